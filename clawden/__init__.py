@@ -1,0 +1,1 @@
+"""Clawden: a personal AI assistant for a home server."""

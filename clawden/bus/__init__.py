@@ -1,0 +1,19 @@
+"""The bus contract: subjects, events, streams, and the connection helpers every service uses."""
+
+from clawden.bus import events, subjects
+from clawden.bus.connection import ConsumeStats, Retry, connect, consume, publish
+from clawden.bus.streams import STREAMS, Consumer, ensure_consumer, ensure_streams
+
+__all__ = [
+    "STREAMS",
+    "ConsumeStats",
+    "Consumer",
+    "Retry",
+    "connect",
+    "consume",
+    "ensure_consumer",
+    "ensure_streams",
+    "events",
+    "publish",
+    "subjects",
+]

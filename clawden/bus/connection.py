@@ -1,0 +1,173 @@
+"""Connecting to NATS, publishing with a natural dedupe key, and the durable consume loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import Header, PubAck
+
+from clawden.bus import events
+from clawden.bus.streams import Consumer, ensure_consumer
+
+log = logging.getLogger("clawden.bus")
+E = TypeVar("E")
+
+
+async def connect(url: str, name: str, **options: Any) -> Client:
+    """Connect with reconnect-forever, a private inbox prefix, and callbacks that never raise."""
+
+    async def on_error(exc: Exception) -> None:
+        try:
+            log.warning("nats error: %s", exc)
+        except Exception:  # a raising callback stops nats-py reconnecting (nats.py#204)
+            pass
+
+    async def on_disconnected() -> None:
+        try:
+            log.warning("nats disconnected from %s", url)
+        except Exception:
+            pass
+
+    async def on_reconnected() -> None:
+        try:
+            log.info("nats reconnected")
+        except Exception:
+            pass
+
+    async def on_closed() -> None:
+        try:
+            log.info("nats connection closed")
+        except Exception:
+            pass
+
+    return await nats.connect(
+        servers=[url],
+        name=f"clawden-{name}",
+        inbox_prefix=f"_INBOX_{name.replace('@', '_')}".encode(),
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=2,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+        closed_cb=on_closed,
+        **options,
+    )
+
+
+async def publish(js: JetStreamContext, subject: str, event: events.Event, *, msg_id: str,
+                  timeout: float = 5.0) -> PubAck:
+    """Publish durably; the natural `msg_id` makes a retry or replay a no-op inside the window."""
+    return await js.publish(subject, events.encode(event), timeout=timeout,
+                            headers={Header.MSG_ID: msg_id})
+
+
+Handler = Callable[[E, Msg], Awaitable[None]]
+
+
+@dataclass
+class ConsumeStats:
+    handled: int = 0
+    failed: int = 0
+    poisoned: int = 0
+    last_error: str = ""
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Retry(Exception):
+    """Raised by a handler to have the message redelivered after `delay` seconds."""
+
+    def __init__(self, reason: str, delay: float = 1.0) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+async def consume(
+    js: JetStreamContext,
+    consumer: Consumer,
+    kind: type[E],
+    handler: Handler[E],
+    *,
+    stopping: asyncio.Event,
+    stats: ConsumeStats | None = None,
+    batch: int = 16,
+    concurrency: int = 1,
+) -> None:
+    """Fetch, decode, handle, ack — until `stopping` is set; in-flight work finishes first.
+
+    The handler acks nothing itself: it returns once its effect is committed and we ack. A payload
+    that does not decode is logged with its JSON path and terminated (redelivery cannot fix it).
+    """
+    stats = stats or ConsumeStats()
+    await ensure_consumer(js, consumer)
+    sub = await js.pull_subscribe_bind(durable=consumer.durable, stream=consumer.stream)
+    decoder = events.decoder_for(kind)
+    limit = asyncio.Semaphore(concurrency)
+
+    async def handle(msg: Msg) -> None:
+        async with limit:
+            try:
+                event = decoder.decode(msg.data)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                stats.poisoned += 1
+                stats.last_error = str(exc)
+                log.error("dropping malformed message on %s: %s", msg.subject, exc)
+                await msg.term()
+                return
+            try:
+                await handler(event, msg)
+            except Retry as exc:
+                stats.failed += 1
+                stats.last_error = str(exc)
+                log.warning("retrying message on %s in %.1fs: %s", msg.subject, exc.delay, exc)
+                await msg.nak(delay=exc.delay)
+                return
+            except Exception as exc:
+                stats.failed += 1
+                stats.last_error = repr(exc)
+                log.exception("handler failed on %s (delivery %d)", msg.subject,
+                              msg.metadata.num_delivered)
+                await msg.nak(delay=min(30.0, 0.5 * 2 ** msg.metadata.num_delivered))
+                return
+            await msg.ack()
+            stats.handled += 1
+
+    pending: set[asyncio.Task[None]] = set()
+    try:
+        while not stopping.is_set():
+            try:
+                # Short fetches: a stalled fetch (nats.py#986) costs latency, never progress.
+                msgs = await sub.fetch(batch=batch, timeout=1.0)
+            except NatsTimeoutError:
+                continue
+            except Exception as exc:
+                if stopping.is_set():
+                    break
+                log.warning("fetch from %s failed: %s", consumer.durable, exc)
+                await asyncio.sleep(0.5)
+                continue
+            if concurrency == 1:
+                for msg in msgs:
+                    await handle(msg)
+            else:
+                for msg in msgs:
+                    task = asyncio.create_task(handle(msg))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+    finally:
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            await sub.unsubscribe()
+        except Exception:
+            pass

@@ -1,0 +1,241 @@
+"""Every payload on the bus: frozen msgspec Structs tagged by `type`, decoded once at the edge.
+
+Schema evolution: add only optional or defaulted fields. Unknown fields are tolerated so an
+older consumer keeps working beside a newer producer; a wrong type, a missing field or an
+unknown tag is rejected with the JSON path in the error.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeVar
+
+import msgspec
+
+# Largest text a chat message may carry on the bus; bridges split or refuse above it.
+MAX_TEXT = 64 * 1024
+T = TypeVar("T")
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    pass
+
+
+class _Part(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class Sender(_Part):
+    id: str
+    name: str = ""
+    is_bot: bool = False
+
+
+class Attachment(_Part):
+    name: str
+    mime: str = "application/octet-stream"
+    size: int = 0
+    url: str = ""  # where the bridge can fetch it from; never fetched by the router
+
+
+class Route(_Part):
+    """Where a conversation lives on its platform."""
+
+    channel: str
+    chat_id: str
+    thread_id: str | None = None
+
+
+class Button(_Part):
+    id: str
+    label: str
+    style: Literal["default", "primary", "danger"] = "default"
+
+
+class Card(_Part):
+    title: str
+    body: str = ""
+    buttons: tuple[Button, ...] = ()
+
+
+# --- chat in ---------------------------------------------------------------------------------------
+
+class InboundMessage(_Event, tag="inbound.message"):
+    """A chat message a bridge received. Natural key: `<channel>:<message_id>`."""
+
+    route: Route
+    message_id: str
+    sender: Sender
+    text: Text
+    sent_at: float
+    is_group: bool = False
+    chat_name: str = ""
+    mentioned: bool = False
+    reply_to: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.route.channel}:{self.message_id}"
+
+
+class InboundAction(_Event, tag="inbound.action"):
+    """A button click on a card. Natural key: `<channel>:<action_id>`."""
+
+    route: Route
+    action_id: str
+    sender: Sender
+    card_id: str
+    button_id: str
+    message_id: str | None = None
+    sent_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.route.channel}:{self.action_id}"
+
+
+# --- chat out --------------------------------------------------------------------------------------
+
+class OutboundMessage(_Event, tag="outbound.message"):
+    """Something to post. `id` is unique per outbound row and is the dedupe key end to end."""
+
+    id: str
+    route: Route
+    text: Text
+    session_id: str = ""
+    agent_group: str = ""
+    seq: int = 0
+    reply_to: str | None = None
+    card: Card | None = None
+    files: tuple[str, ...] = ()
+
+
+class OutboundEdit(_Event, tag="outbound.edit"):
+    id: str
+    route: Route
+    target_message_id: str
+    text: str
+    card: Card | None = None
+    session_id: str = ""
+    seq: int = 0
+
+
+class OutboundReaction(_Event, tag="outbound.reaction"):
+    id: str
+    route: Route
+    target_message_id: str
+    emoji: str
+    session_id: str = ""
+    seq: int = 0
+
+
+class DeliveryReceipt(_Event, tag="receipt"):
+    """A bridge's word on one outbound event: the platform took it (with its id) or refused it."""
+
+    outbound_id: str
+    route: Route
+    ok: bool
+    session_id: str = ""
+    seq: int = 0
+    platform_message_id: str | None = None
+    error: str | None = None
+
+
+# --- sessions -----------------------------------------------------------------------------------------
+
+class WakeMessage(_Part):
+    id: str
+    kind: Literal["chat", "task", "system"]
+    text: str
+    sender: Sender | None = None
+    sent_at: float = 0.0
+    trigger: bool = True
+    attachments: tuple[Attachment, ...] = ()
+
+
+class Wake(_Event, tag="wake"):
+    """The router (or scheduler) hands a message to a session on a runner. Key: `<session>:<message id>`."""
+
+    session_id: str
+    agent_group: str
+    route: Route
+    message: WakeMessage
+    command: Literal["", "clear"] = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.session_id}:{self.message.id}"
+
+
+class TaskOp(_Event, tag="task.op"):
+    op: Literal["create", "update", "pause", "resume", "cancel", "list"]
+    request_id: str
+    agent_group: str
+    task_id: str | None = None
+    session_id: str = ""
+    route: Route | None = None
+    prompt: str | None = None
+    schedule: str | None = None
+    timezone: str | None = None
+    created_by: str = ""
+
+
+# --- approvals ----------------------------------------------------------------------------------------
+
+class ApprovalRequest(_Event, tag="approval.request"):
+    id: str
+    kind: Literal["credential", "question", "sender", "channel", "agent_request"]
+    requester: str
+    agent_group: str
+    card: Card
+    route: Route | None = None
+    expires_at: float = 0.0
+    context: dict[str, str] = {}
+
+
+class ApprovalDecision(_Event, tag="approval.decision"):
+    id: str
+    decision: Literal["approved", "denied", "expired", "answered"]
+    decided_by: str = ""
+    value: str = ""
+    decided_at: float = 0.0
+
+
+# --- observability ---------------------------------------------------------------------------------------
+
+class AuditEvent(_Event, tag="audit"):
+    service: str
+    kind: str
+    at: float
+    summary: str = ""
+    fields: dict[str, str] = {}
+
+
+Event = (
+    InboundMessage | InboundAction | OutboundMessage | OutboundEdit | OutboundReaction
+    | DeliveryReceipt | Wake | TaskOp | ApprovalRequest | ApprovalDecision | AuditEvent
+)
+
+_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> Event:
+    """Decode any bus payload; raises msgspec.ValidationError / DecodeError with the JSON path."""
+    return _decoder.decode(data)
+
+
+def decoder_for(kind: type[T]) -> msgspec.json.Decoder[T]:
+    """A reusable decoder for one event type (or a union of some)."""
+    dec = _decoders.get(kind)
+    if dec is None:
+        dec = _decoders[kind] = msgspec.json.Decoder(kind)
+    return dec  # type: ignore[no-any-return]
+
+
+_decoders: dict[object, msgspec.json.Decoder[object]] = {}

@@ -1,0 +1,114 @@
+"""JetStream streams and durable consumers, and the idempotent bootstrap that makes them so."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from clawden.bus import subjects
+
+DAY = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Stream:
+    name: str
+    subjects: tuple[str, ...]
+    max_age: float
+    # Dedupe horizon for Nats-Msg-Id: as long as any publisher might retry or replay.
+    duplicate_window: float
+    max_bytes: int = 1 << 30
+
+    def config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=self.max_age,
+            max_bytes=self.max_bytes,
+            duplicate_window=self.duplicate_window,
+            num_replicas=1,
+        )
+
+
+STREAMS: tuple[Stream, ...] = (
+    Stream("CLAWDEN_INBOUND", (subjects.ALL_INBOUND,), max_age=7 * DAY, duplicate_window=DAY),
+    Stream("CLAWDEN_OUTBOUND", (subjects.ALL_OUTBOUND,), max_age=7 * DAY, duplicate_window=DAY),
+    Stream("CLAWDEN_RECEIPTS", (subjects.ALL_RECEIPTS,), max_age=7 * DAY, duplicate_window=DAY),
+    Stream("CLAWDEN_WAKE", (subjects.ALL_WAKES,), max_age=7 * DAY, duplicate_window=DAY),
+    Stream("CLAWDEN_TASKS", (subjects.ALL_TASKS,), max_age=7 * DAY, duplicate_window=DAY),
+    Stream("CLAWDEN_APPROVALS", (subjects.ALL_APPROVALS,), max_age=30 * DAY, duplicate_window=DAY),
+    Stream("CLAWDEN_EVENTS", (subjects.ALL_EVENTS,), max_age=30 * DAY, duplicate_window=120.0),
+)
+
+
+@dataclass(frozen=True)
+class Consumer:
+    stream: str
+    durable: str
+    filter_subject: str
+    ack_wait: float = 30.0
+    max_deliver: int = 20
+    # Redelivery spacing after a nak-less timeout; a nak carries its own delay.
+    backoff: tuple[float, ...] = ()
+    max_ack_pending: int = 256
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            backoff=list(self.backoff) or None,
+            max_ack_pending=self.max_ack_pending,
+            filter_subject=self.filter_subject,
+        )
+
+
+def router_inbound() -> Consumer:
+    return Consumer("CLAWDEN_INBOUND", "router", subjects.ALL_INBOUND)
+
+
+def runner_wake(runner_id: str) -> Consumer:
+    # A container cold start can take seconds; the runner also sends in_progress while busy.
+    return Consumer("CLAWDEN_WAKE", f"runner-{runner_id}", subjects.wake(runner_id), ack_wait=60.0)
+
+
+def runner_receipts(runner_id: str) -> Consumer:
+    return Consumer("CLAWDEN_RECEIPTS", f"runner-{runner_id}-receipts", subjects.ALL_RECEIPTS)
+
+
+def bridge_outbound(channel: str) -> Consumer:
+    return Consumer("CLAWDEN_OUTBOUND", f"channel-{channel}", subjects.outbound(channel), ack_wait=60.0,
+                    max_deliver=50)
+
+
+async def ensure_streams(js: JetStreamContext, streams: tuple[Stream, ...] = STREAMS) -> None:
+    """Create each stream, or update it to the intended config. Safe to run from every service."""
+    for stream in streams:
+        cfg = stream.config()
+        try:
+            await js.stream_info(stream.name)
+        except NotFoundError:
+            await js.add_stream(cfg)
+        else:
+            await js.update_stream(cfg)
+
+
+async def ensure_consumer(js: JetStreamContext, consumer: Consumer) -> None:
+    """Create or update a durable (add_consumer updates an existing one; pull_subscribe would not)."""
+    await js.add_consumer(consumer.stream, consumer.config())

@@ -1,0 +1,176 @@
+"""Clawden's configuration: `$CLAWDEN_HOME/config.toml`, overridden by `CLAWDEN_<SECTION>_<KEY>` variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class NatsConfig(msgspec.Struct, frozen=True, kw_only=True):
+    # Empty url: Clawden's own embedded server on 127.0.0.1:port. Anything else: use that server.
+    url: str = ""
+    port: int = 4322
+    credentials_dir: str = ""
+
+
+class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    id: str = "local"
+    image: str = "clawden-agent:latest"
+    idle_timeout: float = 1800.0
+    memory: str = "2g"
+    cpus: float = 2.0
+    pids: int = 512
+    docker_workers: int = 4
+    safety_poll: float = 2.0
+
+
+class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
+    upstream: str = "https://api.anthropic.com"
+    # The real key never lives in config.toml: ANTHROPIC_API_KEY in the vault's environment,
+    # or the file keys/anthropic (mode 0600).
+    model: str = ""
+
+
+class VaultConfig(msgspec.Struct, frozen=True, kw_only=True):
+    extra_ca_file: str = ""
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    home: str = ""
+    install_id: str = "default"
+    nats: NatsConfig = NatsConfig()
+    runner: RunnerConfig = RunnerConfig()
+    model: ModelConfig = ModelConfig()
+    vault: VaultConfig = VaultConfig()
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home)
+
+    @property
+    def nats_url(self) -> str:
+        return self.nats.url or f"nats://127.0.0.1:{self.nats.port}"
+
+    @property
+    def embedded_nats(self) -> bool:
+        return not self.nats.url
+
+    def path(self, *parts: str) -> Path:
+        return self.home_path.joinpath(*parts)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path("data")
+
+    @property
+    def groups_dir(self) -> Path:
+        return self.path("groups")
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.path("sessions")
+
+    @property
+    def gateway_dir(self) -> Path:
+        return self.path("run", "gateway")
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.path("keys")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def default_home() -> Path:
+    env = os.environ.get("CLAWDEN_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".clawden"
+
+
+_SECTIONS = ("nats", "runner", "model", "vault")
+
+
+def _env_overrides(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
+    """CLAWDEN_RUNNER_IDLE_TIMEOUT=60 -> {"runner": {"idle_timeout": "60"}} (converted non-strictly)."""
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith("CLAWDEN_") or key == "CLAWDEN_HOME":
+            continue
+        rest = key[len("CLAWDEN_"):].lower()
+        section, _, field = rest.partition("_")
+        if section in _SECTIONS and field:
+            out.setdefault(section, {})[field] = value
+        elif rest == "install_id":
+            out["install_id"] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load(home: Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    home = (home or default_home()).resolve()
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    file = home / "config.toml"
+    if file.exists():
+        try:
+            raw = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: {exc}") from exc
+    raw = _merge(raw, _env_overrides(env))
+    raw["home"] = str(home)
+    try:
+        return msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{file}: {exc}") from exc
+
+
+DEFAULT_CONFIG_TOML = """\
+# Clawden configuration. Every key can be overridden by CLAWDEN_<SECTION>_<KEY>.
+install_id = "{install_id}"
+
+[nats]
+# Empty: run the embedded server (clawden up) on 127.0.0.1:port. Set a URL to use an existing
+# NATS server or cluster instead.
+url = ""
+port = 4322
+
+[runner]
+image = "clawden-agent:latest"
+idle_timeout = 1800   # seconds a container may sit idle before it is stopped
+memory = "2g"
+cpus = 2.0
+pids = 512
+
+[model]
+# Where the vault sends model requests. The key comes from ANTHROPIC_API_KEY or keys/anthropic.
+upstream = "https://api.anthropic.com"
+"""
+
+
+def init_home(home: Path | None = None) -> Config:
+    """Create the home, its private keys folder and a default config; never overwrites."""
+    home = (home or default_home()).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    for sub in ("data", "groups", "sessions", "logs", "run"):
+        (home / sub).mkdir(exist_ok=True)
+    keys = home / "keys"
+    keys.mkdir(mode=0o700, exist_ok=True)
+    keys.chmod(0o700)
+    file = home / "config.toml"
+    if not file.exists():
+        file.write_text(DEFAULT_CONFIG_TOML.format(install_id=os.urandom(4).hex()))
+    return load(home)

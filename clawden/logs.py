@@ -1,0 +1,126 @@
+"""Logging that journald reads well: native journal fields when stderr is the journal, else `<N>` lines."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import sys
+import time
+from typing import TextIO
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+# syslog priorities by logging level
+_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+def priority(levelno: int) -> int:
+    for level in sorted(_PRIORITY, reverse=True):
+        if levelno >= level:
+            return _PRIORITY[level]
+    return 7
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, str]:
+    """`log.info(..., extra={"session_id": s})` -> {"SESSION_ID": s}: filterable with journalctl."""
+    out: dict[str, str] = {}
+    for key, value in record.__dict__.items():
+        if key in _STD_ATTRS or key.startswith("_"):
+            continue
+        name = "".join(c if c.isalnum() else "_" for c in key.upper()).lstrip("_")
+        if name:
+            out[name] = str(value)
+    return out
+
+
+class PrefixFormatter(logging.Formatter):
+    """For a stderr that journald reads: `<6>logger: message key=value`; human-friendly otherwise."""
+
+    def __init__(self, journal: bool) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        fields = extra_fields(record)
+        if fields:
+            message += " " + " ".join(f"{k.lower()}={v}" for k, v in fields.items())
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        if self.journal:
+            return f"<{priority(record.levelno)}>{record.name}: {message}"
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d} {record.levelname[0]} {record.name}: {message}"
+
+
+class JournalHandler(logging.Handler):
+    """The journal's native protocol: one datagram of KEY=VALUE fields per record."""
+
+    def __init__(self, identifier: str, address: str = JOURNAL_SOCKET) -> None:
+        super().__init__()
+        self.identifier = identifier
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            fields = {
+                "MESSAGE": message,
+                "PRIORITY": str(priority(record.levelno)),
+                "SYSLOG_IDENTIFIER": self.identifier,
+                "LOGGER": record.name,
+                "CODE_FILE": record.pathname,
+                "CODE_LINE": str(record.lineno),
+                "CODE_FUNC": record.funcName,
+                **extra_fields(record),
+            }
+            self.sock.sendto(encode_journal_fields(fields), self.address)
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        self.sock.close()
+        super().close()
+
+
+def encode_journal_fields(fields: dict[str, str]) -> bytes:
+    parts: list[bytes] = []
+    for key, value in fields.items():
+        data = value.encode("utf-8", "replace")
+        if b"\n" in data:  # multi-line values use the length-prefixed binary form
+            parts.append(key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n")
+        else:
+            parts.append(key.encode() + b"=" + data + b"\n")
+    return b"".join(parts)
+
+
+def stderr_is_journal(stream: TextIO = sys.stderr) -> bool:
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    if not expected:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+def setup(identifier: str, level: int = logging.INFO) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    journal = stderr_is_journal()
+    handler: logging.Handler
+    if journal and os.path.exists(JOURNAL_SOCKET):
+        handler = JournalHandler(identifier)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(PrefixFormatter(journal))
+    root.addHandler(handler)
+    root.setLevel(os.environ.get("CLAWDEN_LOG_LEVEL", logging.getLevelName(level)).upper())
+    logging.getLogger("nats").setLevel(logging.WARNING)

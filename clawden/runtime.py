@@ -1,0 +1,183 @@
+"""The service runtime: one event loop, NATS, a micro endpoint, systemd notify, and a clean SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import nats.micro
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from clawden import __name__ as _pkg
+from clawden import config as config_mod
+from clawden import logs
+from clawden.bus import connect, ensure_streams, subjects
+from clawden.sdnotify import Notifier
+
+log = logging.getLogger("clawden.runtime")
+VERSION = "0.1.0"
+DRAIN_TIMEOUT = 10.0
+
+# `clawden run <name>` -> module with `async def main(ctx)`. Bridges run as `channel@<platform>`.
+SERVICES = {
+    "router": "services.router.service",
+    "runner": "services.runner.service",
+    "vault": "services.vault.service",
+}
+CHANNEL_MODULE = "services.channels.{}"
+
+
+class ServiceMain(Protocol):
+    def __call__(self, ctx: ServiceContext) -> Awaitable[None]: ...
+
+
+EndpointHandler = Callable[[bytes], Awaitable[Any]]
+
+
+@dataclass
+class ServiceContext:
+    name: str
+    config: config_mod.Config
+    nc: Client
+    js: JetStreamContext
+    notifier: Notifier
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    stats: dict[str, Any] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    _micro: Service | None = None
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def endpoint(self, verb: str, handler: EndpointHandler) -> None:
+        """Request/reply control at `clawden.ctl.<service>.<verb>`; replies are JSON."""
+        assert self._micro is not None
+
+        async def serve(req: Request) -> None:
+            try:
+                result = await handler(req.data)
+            except Exception as exc:  # never leak a traceback to a caller
+                log.exception("ctl %s failed", verb)
+                await req.respond_error("500", f"{verb} failed: {type(exc).__name__}")
+                return
+            await req.respond(json.dumps(result, default=vars).encode())
+
+        await self._micro.add_endpoint(name=verb, subject=subjects.ctl(_token(self.name), verb),
+                                       handler=serve)
+
+    async def ready(self, status: str = "") -> None:
+        """Called by a service once it takes work: flushes subscriptions, then tells systemd."""
+        await self.nc.flush()
+        self.notifier.ready(status or f"{self.name} ready")
+        self._ready.set()
+        log.info("%s ready", self.name)
+
+
+def _token(name: str) -> str:
+    return name.replace("@", "-")
+
+
+def load_main(name: str) -> ServiceMain:
+    if name.startswith("channel@"):
+        module_name = CHANNEL_MODULE.format(name.split("@", 1)[1])
+    elif name in SERVICES:
+        module_name = SERVICES[name]
+    else:
+        raise SystemExit(f"unknown service {name!r}; known: {', '.join(SERVICES)}, channel@<name>")
+    main: ServiceMain = importlib.import_module(module_name).main
+    return main
+
+
+def run(name: str, home: str | None = None) -> int:
+    """Entry point of `clawden run <name>`: returns the process exit code."""
+    logs.setup(f"clawden-{_token(name)}")
+    main = load_main(name)
+    cfg = config_mod.load(config_mod.Path(home) if home else None)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_serve(name, cfg, main))
+    return uvloop.run(_serve(name, cfg, main))
+
+
+async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
+    notifier = Notifier()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    notifier.status(f"connecting to {cfg.nats_url}")
+    nc = await connect(cfg.nats_url, _token(name))
+    js = nc.jetstream()
+    await ensure_streams(js)
+    ctx = ServiceContext(name=name, config=cfg, nc=nc, js=js, notifier=notifier, stopping=stopping)
+    ctx._micro = await nats.micro.add_service(
+        nc, name=f"clawden-{_token(name)}", version=VERSION,
+        description=f"Clawden {name}", metadata={"pid": str(os.getpid()), "package": _pkg},
+    )
+    await ctx.endpoint("ping", lambda _data: _ping(ctx))
+
+    async with asyncio.TaskGroup() as tg:
+        work = tg.create_task(_guarded(main, ctx), name=f"{name}-main")
+        watchdog = tg.create_task(_watchdog(ctx), name=f"{name}-watchdog")
+        stop_wait = tg.create_task(stopping.wait())
+        await asyncio.wait({work, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        notifier.stopping()
+        stopping.set()
+        log.info("%s stopping", name)
+        try:
+            await asyncio.wait_for(asyncio.shield(work), DRAIN_TIMEOUT)
+        except TimeoutError:
+            log.warning("%s: in-flight work did not finish in %.0fs; cancelling", name, DRAIN_TIMEOUT)
+            work.cancel()
+        watchdog.cancel()
+    failed = work.done() and not work.cancelled() and work.result() is False
+    try:
+        await ctx._micro.stop()
+        await asyncio.wait_for(nc.drain(), 5)
+    except Exception as exc:
+        log.warning("draining nats: %s", exc)
+    notifier.close()
+    return 1 if failed else 0
+
+
+async def _guarded(main: ServiceMain, ctx: ServiceContext) -> bool:
+    try:
+        await main(ctx)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s crashed", ctx.name)
+        return False
+    return True
+
+
+async def _watchdog(ctx: ServiceContext) -> None:
+    interval = ctx.notifier.watchdog_interval
+    if interval is None:
+        return
+    await ctx._ready.wait()
+    while True:
+        # Runs on the service's own loop: a blocked loop stops the pings and systemd restarts us.
+        ctx.notifier.watchdog()
+        await asyncio.sleep(interval)
+
+
+async def _ping(ctx: ServiceContext) -> dict[str, Any]:
+    return {
+        "service": ctx.name,
+        "pid": os.getpid(),
+        "uptime": round(time.time() - ctx.started_at, 3),
+        "ready": ctx._ready.is_set(),
+        "stats": ctx.stats,
+    }

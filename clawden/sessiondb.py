@@ -1,0 +1,411 @@
+"""The per-session SQLite pair shared by the runner (host) and the agent runner (container).
+
+`inbound.db` is written only by the host, `outbound.db` only by the container; each side opens
+the other's file read-only. Stdlib only: this module is copied into the agent image as is.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+INBOUND = "inbound.db"
+OUTBOUND = "outbound.db"
+# Doorbells: datagram sockets in the session folder. The container listens on AGENT_BELL and
+# the host on HOST_BELL; a ring is one empty datagram meaning "look at the other file now".
+AGENT_BELL = "agent.bell"
+HOST_BELL = "host.bell"
+BUSY_TIMEOUT_MS = 5000
+
+_INBOUND_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages_in (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE CHECK (seq % 2 = 0),
+    kind TEXT NOT NULL CHECK (kind IN ('chat', 'task', 'system')),
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'completed', 'failed')),
+    process_after REAL,
+    tries INTEGER NOT NULL DEFAULT 0,
+    trigger INTEGER NOT NULL DEFAULT 1,
+    channel TEXT NOT NULL DEFAULT '',
+    chat_id TEXT NOT NULL DEFAULT '',
+    thread_id TEXT,
+    sender_id TEXT,
+    sender_name TEXT,
+    content TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_in_pending ON messages_in (status, seq);
+CREATE TABLE IF NOT EXISTS delivered (
+    out_seq INTEGER PRIMARY KEY,
+    platform_message_id TEXT,
+    status TEXT NOT NULL CHECK (status IN ('delivered', 'failed')),
+    error TEXT,
+    delivered_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS destinations (
+    name TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    chat_id TEXT NOT NULL,
+    thread_id TEXT
+);
+CREATE TABLE IF NOT EXISTS session_routing (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    channel TEXT NOT NULL,
+    chat_id TEXT NOT NULL,
+    thread_id TEXT
+);
+CREATE TABLE IF NOT EXISTS host_cursor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    published_out_seq INTEGER NOT NULL
+);
+"""
+
+_OUTBOUND_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages_out (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE CHECK (seq % 2 = 1),
+    in_reply_to INTEGER,
+    created_at REAL NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('chat', 'edit', 'reaction', 'file', 'card', 'question', 'task')),
+    channel TEXT NOT NULL DEFAULT '',
+    chat_id TEXT NOT NULL DEFAULT '',
+    thread_id TEXT,
+    content TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS processing_ack (
+    seq INTEGER PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('processing', 'completed', 'failed')),
+    changed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS session_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+class SchemaError(RuntimeError):
+    """A session database was written by a newer Clawden than this one."""
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open one session DB with the pragmas both sides rely on.
+
+    DELETE journaling because WAL's shared memory does not cross VM file sharing; connections
+    are short-lived (open, work, close) so each read sees the other side's latest commit.
+    """
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None)
+    else:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = DELETE")
+    return conn
+
+
+@contextmanager
+def opened(path: Path, *, readonly: bool = False) -> Iterator[sqlite3.Connection]:
+    conn = connect(path, readonly=readonly)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE so the seq we compute cannot be taken by a concurrent writer."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _ensure(path: Path, schema: str) -> None:
+    with opened(path) as conn:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaError(f"{path} has schema {version}, this Clawden knows {SCHEMA_VERSION}")
+        if version < SCHEMA_VERSION:
+            conn.executescript(schema)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def ensure_inbound(folder: Path) -> Path:
+    path = folder / INBOUND
+    _ensure(path, _INBOUND_SCHEMA)
+    return path
+
+
+def ensure_outbound(folder: Path) -> Path:
+    path = folder / OUTBOUND
+    _ensure(path, _OUTBOUND_SCHEMA)
+    return path
+
+
+def _max_seq(conn: sqlite3.Connection, table: str) -> int:
+    return int(conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {table}").fetchone()[0])
+
+
+def _next_with_parity(current: int, parity: int) -> int:
+    nxt = current + 1
+    return nxt if nxt % 2 == parity else nxt + 1
+
+
+# --- rows ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Routing:
+    channel: str
+    chat_id: str
+    thread_id: str | None = None
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    id: str
+    kind: str
+    content: dict[str, Any]
+    routing: Routing
+    sender_id: str | None = None
+    sender_name: str | None = None
+    trigger: bool = True
+    seq: int = 0
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    id: str
+    seq: int
+    kind: str
+    content: dict[str, Any]
+    routing: Routing
+    in_reply_to: int | None
+    created_at: float
+
+
+# --- host side (writes inbound.db) ----------------------------------------------------------------
+
+def insert_inbound(folder: Path, msg: InboundMessage, *, outbound_max_seq: int = 0) -> tuple[int, bool]:
+    """Store an inbound message once; returns (seq, inserted). A replayed id keeps its first seq."""
+    with opened(folder / INBOUND) as conn, transaction(conn):
+        row = conn.execute("SELECT seq FROM messages_in WHERE id = ?", (msg.id,)).fetchone()
+        if row is not None:
+            return int(row["seq"]), False
+        seq = _next_with_parity(max(_max_seq(conn, "messages_in"), outbound_max_seq), 0)
+        conn.execute(
+            "INSERT INTO messages_in (id, seq, kind, created_at, trigger, channel, chat_id, thread_id,"
+            " sender_id, sender_name, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (msg.id, seq, msg.kind, msg.created_at, int(msg.trigger), msg.routing.channel,
+             msg.routing.chat_id, msg.routing.thread_id, msg.sender_id, msg.sender_name,
+             json.dumps(msg.content)),
+        )
+        return seq, True
+
+
+def set_routing(folder: Path, routing: Routing) -> None:
+    with opened(folder / INBOUND) as conn:
+        conn.execute(
+            "INSERT INTO session_routing (id, channel, chat_id, thread_id) VALUES (1, ?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET channel = excluded.channel, chat_id = excluded.chat_id,"
+            " thread_id = excluded.thread_id",
+            (routing.channel, routing.chat_id, routing.thread_id),
+        )
+
+
+def record_delivery(folder: Path, out_seq: int, *, platform_message_id: str | None,
+                    error: str | None = None) -> None:
+    """A receipt from the bridge, so the agent learns whether its message arrived."""
+    with opened(folder / INBOUND) as conn:
+        conn.execute(
+            "INSERT OR REPLACE INTO delivered (out_seq, platform_message_id, status, error, delivered_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (out_seq, platform_message_id, "failed" if error else "delivered", error, time.time()),
+        )
+
+
+def outbound_max_seq(folder: Path) -> int:
+    path = folder / OUTBOUND
+    if not path.exists():
+        return 0
+    with opened(path, readonly=True) as conn:
+        return _max_seq(conn, "messages_out")
+
+
+def read_new_outbound(folder: Path) -> list[OutboundMessage]:
+    """Outbound rows the host has not yet marked published, oldest first."""
+    path = folder / OUTBOUND
+    if not path.exists():
+        return []
+    with opened(folder / INBOUND, readonly=True) as conn:
+        row = conn.execute("SELECT published_out_seq FROM host_cursor WHERE id = 1").fetchone()
+        cursor = int(row[0]) if row else 0
+    with opened(path, readonly=True) as conn:
+        rows = conn.execute(
+            "SELECT * FROM messages_out WHERE seq > ? ORDER BY seq", (cursor,)
+        ).fetchall()
+    return [_outbound_from_row(r) for r in rows]
+
+
+def mark_published(folder: Path, out_seq: int) -> None:
+    with opened(folder / INBOUND) as conn:
+        conn.execute(
+            "INSERT INTO host_cursor (id, published_out_seq) VALUES (1, ?) ON CONFLICT(id) DO UPDATE"
+            " SET published_out_seq = MAX(published_out_seq, excluded.published_out_seq)",
+            (out_seq,),
+        )
+
+
+def sync_acks(folder: Path) -> dict[int, str]:
+    """Copy the container's final acks into messages_in.status; returns what changed."""
+    path = folder / OUTBOUND
+    if not path.exists():
+        return {}
+    with opened(path, readonly=True) as conn:
+        acks = {int(r["seq"]): str(r["status"]) for r in conn.execute(
+            "SELECT seq, status FROM processing_ack WHERE status IN ('completed', 'failed')")}
+    if not acks:
+        return {}
+    changed: dict[int, str] = {}
+    with opened(folder / INBOUND) as conn, transaction(conn):
+        for seq, status in acks.items():
+            cur = conn.execute(
+                "UPDATE messages_in SET status = ? WHERE seq = ? AND status = 'pending'", (status, seq))
+            if cur.rowcount:
+                changed[seq] = status
+    return changed
+
+
+def inbound_status(folder: Path) -> dict[int, str]:
+    with opened(folder / INBOUND, readonly=True) as conn:
+        return {int(r["seq"]): str(r["status"]) for r in conn.execute("SELECT seq, status FROM messages_in")}
+
+
+def fail_unfinished(folder: Path, reason: str) -> list[InboundMessage]:
+    """Mark every triggering message the agent had not finished as failed (the container died).
+
+    Returns the failed messages so the host can tell their chats.
+    """
+    acks: dict[int, str] = {}
+    out = folder / OUTBOUND
+    if out.exists():
+        with opened(out, readonly=True) as conn:
+            acks = {int(r["seq"]): str(r["status"]) for r in conn.execute(
+                "SELECT seq, status FROM processing_ack")}
+    failed: list[InboundMessage] = []
+    with opened(folder / INBOUND) as conn, transaction(conn):
+        for row in conn.execute("SELECT * FROM messages_in WHERE status = 'pending' AND trigger = 1"):
+            seq = int(row["seq"])
+            if acks.get(seq) in ("completed", "failed"):
+                continue
+            failed.append(_inbound_from_row(row))
+        for msg in failed:
+            conn.execute("UPDATE messages_in SET status = 'failed', tries = tries + 1 WHERE seq = ?",
+                         (msg.seq,))
+    del reason  # recorded by the caller in its log; the row only needs the status
+    return failed
+
+
+# --- container side (writes outbound.db) ------------------------------------------------------------
+
+def pending_inbound(folder: Path, *, limit: int = 10) -> list[InboundMessage]:
+    """Pending inbound rows the agent has not acked yet, oldest first (system rows excluded first)."""
+    with opened(folder / OUTBOUND, readonly=True) as conn:
+        done = {int(r[0]) for r in conn.execute("SELECT seq FROM processing_ack")}
+    with opened(folder / INBOUND, readonly=True) as conn:
+        rows = conn.execute(
+            "SELECT * FROM messages_in WHERE status = 'pending' AND kind != 'system'"
+            " AND (process_after IS NULL OR process_after <= ?) ORDER BY seq",
+            (time.time(),),
+        ).fetchall()
+    fresh = [_inbound_from_row(r) for r in rows if int(r["seq"]) not in done]
+    return fresh[-limit:] if limit else fresh
+
+
+def ack(folder: Path, seqs: Iterable[int], status: str) -> None:
+    now = time.time()
+    with opened(folder / OUTBOUND) as conn, transaction(conn):
+        conn.executemany(
+            "INSERT INTO processing_ack (seq, status, changed_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(seq) DO UPDATE SET status = excluded.status, changed_at = excluded.changed_at",
+            [(s, status, now) for s in seqs],
+        )
+
+
+def clear_processing(folder: Path) -> None:
+    """A fresh container forgets claims a dead predecessor left behind, so they run again."""
+    with opened(folder / OUTBOUND) as conn:
+        conn.execute("DELETE FROM processing_ack WHERE status = 'processing'")
+
+
+def session_routing(folder: Path) -> Routing | None:
+    with opened(folder / INBOUND, readonly=True) as conn:
+        row = conn.execute("SELECT channel, chat_id, thread_id FROM session_routing WHERE id = 1").fetchone()
+    return Routing(row["channel"], row["chat_id"], row["thread_id"]) if row else None
+
+
+def write_outbound(folder: Path, *, id: str, kind: str, content: dict[str, Any], routing: Routing,
+                   in_reply_to: int | None = None) -> int:
+    """Append one outbound row with the next odd seq (above every seq in both files)."""
+    with opened(folder / INBOUND, readonly=True) as conn:
+        inbound_max = _max_seq(conn, "messages_in")
+    with opened(folder / OUTBOUND) as conn, transaction(conn):
+        seq = _next_with_parity(max(inbound_max, _max_seq(conn, "messages_out")), 1)
+        conn.execute(
+            "INSERT INTO messages_out (id, seq, in_reply_to, created_at, kind, channel, chat_id, thread_id,"
+            " content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (id, seq, in_reply_to, time.time(), kind, routing.channel, routing.chat_id,
+             routing.thread_id, json.dumps(content)),
+        )
+        return seq
+
+
+def get_state(folder: Path, key: str) -> str | None:
+    with opened(folder / OUTBOUND, readonly=True) as conn:
+        row = conn.execute("SELECT value FROM session_state WHERE key = ?", (key,)).fetchone()
+    return str(row[0]) if row else None
+
+
+def set_state(folder: Path, key: str, value: str | None) -> None:
+    with opened(folder / OUTBOUND) as conn:
+        if value is None:
+            conn.execute("DELETE FROM session_state WHERE key = ?", (key,))
+        else:
+            conn.execute(
+                "INSERT INTO session_state (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key)"
+                " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (key, value, time.time()),
+            )
+
+
+def _inbound_from_row(r: sqlite3.Row) -> InboundMessage:
+    return InboundMessage(
+        id=r["id"], kind=r["kind"], content=json.loads(r["content"]),
+        routing=Routing(r["channel"], r["chat_id"], r["thread_id"]),
+        sender_id=r["sender_id"], sender_name=r["sender_name"], trigger=bool(r["trigger"]),
+        seq=int(r["seq"]), created_at=float(r["created_at"]),
+    )
+
+
+def _outbound_from_row(r: sqlite3.Row) -> OutboundMessage:
+    return OutboundMessage(
+        id=r["id"], seq=int(r["seq"]), kind=r["kind"], content=json.loads(r["content"]),
+        routing=Routing(r["channel"], r["chat_id"], r["thread_id"]),
+        in_reply_to=r["in_reply_to"], created_at=float(r["created_at"]),
+    )

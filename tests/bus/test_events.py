@@ -1,0 +1,83 @@
+"""The bus contract: every event round-trips; bad payloads fail with a JSON path."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from clawden.bus import events as ev
+
+ROUTE = ev.Route(channel="telegram", chat_id="42", thread_id="7")
+SENDER = ev.Sender(id="telegram:1", name="Ada")
+CARD = ev.Card(title="Allow?", body="GET api.github.com/user", buttons=(
+    ev.Button(id="y", label="Approve", style="primary"), ev.Button(id="n", label="Deny", style="danger")))
+
+EXAMPLES: list[ev.Event] = [
+    ev.InboundMessage(route=ROUTE, message_id="m1", sender=SENDER, text="hi", sent_at=1.5, is_group=True,
+                      mentioned=True, attachments=(ev.Attachment(name="a.png", mime="image/png", size=3),)),
+    ev.InboundAction(route=ROUTE, action_id="a1", sender=SENDER, card_id="c1", button_id="y"),
+    ev.OutboundMessage(id="o1", route=ROUTE, text="hello", session_id="s", agent_group="main", seq=3, card=CARD),
+    ev.OutboundEdit(id="o2", route=ROUTE, target_message_id="99", text="edited"),
+    ev.OutboundReaction(id="o3", route=ROUTE, target_message_id="99", emoji="👍"),
+    ev.DeliveryReceipt(outbound_id="o1", route=ROUTE, ok=False, error="chat not found"),
+    ev.Wake(session_id="s", agent_group="main", route=ROUTE,
+            message=ev.WakeMessage(id="telegram:m1", kind="chat", text="hi", sender=SENDER)),
+    ev.TaskOp(op="create", request_id="r1", agent_group="main", prompt="news", schedule="0 8 * * 1",
+              timezone="Europe/Berlin"),
+    ev.ApprovalRequest(id="ap1", kind="credential", requester="vault", agent_group="main", card=CARD,
+                       expires_at=10.0, context={"host": "api.github.com"}),
+    ev.ApprovalDecision(id="ap1", decision="approved", decided_by="telegram:1"),
+    ev.AuditEvent(service="vault", kind="request", at=2.0, fields={"status": "200"}),
+]
+
+
+def test_examples_cover_every_event_type() -> None:
+    assert {type(e) for e in EXAMPLES} == set(ev.Event.__args__)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: type(e).__name__)
+def test_every_event_round_trips_through_json(event: ev.Event) -> None:
+    data = ev.encode(event)
+    assert ev.decode(data) == event
+    assert ev.decoder_for(type(event)).decode(data) == event
+
+
+def test_events_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        EXAMPLES[0].text = "changed"  # type: ignore[misc, union-attr]
+
+
+@pytest.mark.parametrize(("payload", "path_or_text"), [
+    (b'{"type":"receipt","outbound_id":"o","route":{"channel":"x","chat_id":"1"},"ok":"yes"}', "$.ok"),
+    (b'{"type":"receipt","route":{"channel":"x","chat_id":"1"},"ok":true}', "missing required field `outbound_id`"),
+    (b'{"type":"outbound.teleport","id":"o"}', "$.type"),
+    (b'{"type":"wake","session_id":"s","agent_group":"g","route":{"channel":"x","chat_id":1},'
+     b'"message":{"id":"m","kind":"chat","text":"t"}}', "$.route.chat_id"),
+    (b'{"type":"wake","session_id":"s","agent_group":"g","route":{"channel":"x","chat_id":"1"},'
+     b'"message":{"id":"m","kind":"gossip","text":"t"}}', "$.message.kind"),
+])
+def test_bad_payload_is_rejected_with_its_json_path(payload: bytes, path_or_text: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=path_or_text.replace("$", r"\$").replace(".", r"\.")):
+        ev.decode(payload)
+
+
+def test_a_different_event_on_a_typed_subject_is_rejected() -> None:
+    data = ev.encode(EXAMPLES[0])
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.type"):
+        ev.decoder_for(ev.Wake).decode(data)
+
+
+def test_oversized_text_is_rejected() -> None:
+    big = ev.OutboundMessage(id="o", route=ROUTE, text="x" * (ev.MAX_TEXT + 1))
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.text"):
+        ev.decode(ev.encode(big))
+
+
+def test_unknown_fields_from_a_newer_producer_are_tolerated() -> None:
+    data = b'{"type":"approval.decision","id":"a","decision":"denied","new_field":1}'
+    assert ev.decode(data) == ev.ApprovalDecision(id="a", decision="denied")
+
+
+def test_natural_keys() -> None:
+    assert EXAMPLES[0].key == "telegram:m1"  # type: ignore[union-attr]
+    assert EXAMPLES[6].key == "s:telegram:m1"  # type: ignore[union-attr]

@@ -1,0 +1,435 @@
+"""A fake Anthropic Messages API on loopback, speaking the real wire format, for tests and benchmarks.
+
+It answers POST /v1/messages (JSON or `stream: true` SSE) and /v1/messages/count_tokens, records
+every request, plays a per-test script of replies, and otherwise echoes through a tool whose
+name ends with `send_message`, so an agent that replies with that tool gets a plausible turn.
+
+    fake = FakeAnthropic(); await fake.start(); fake.script(Text("hi"), Error(400)); ...; await fake.stop()
+    python -m tests.fakes.anthropic --port 8765      # prints its URL, runs until killed
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+
+DEFAULT_MODEL = "claude-fake-1"
+AFTER_TOOL_TEXT = "Done."
+AUX_TEXT = "Fake reply"
+_ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+    529: "overloaded_error",
+}
+
+
+# --- scripted replies ---------------------------------------------------------------------------
+
+@dataclass
+class Reply:
+    """One scripted answer. `delay` seconds pass before anything is sent."""
+    delay: float = field(default=0.0, kw_only=True)
+
+
+@dataclass
+class Text(Reply):
+    text: str
+
+
+@dataclass
+class ToolCall(Reply):
+    """A tool_use block; `name` may be a suffix of the offered tool (send_message → mcp__x__send_message)."""
+    name: str
+    input: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None  # optional text block before the tool call
+
+
+@dataclass
+class Error(Reply):
+    status: int
+    message: str = "scripted error"
+    type: str | None = None  # defaults from the status (400 → invalid_request_error, ...)
+
+
+@dataclass
+class Hang(Reply):
+    """Hold the request open until `FakeAnthropic.release()`, then answer with `then`."""
+    then: Reply | None = None
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str  # without the query string
+    target: str
+    headers: dict[str, str]
+    body: Any  # parsed JSON, or the raw text when it is not JSON
+    at: float
+
+    @property
+    def has_tools(self) -> bool:
+        return isinstance(self.body, dict) and bool(self.body.get("tools"))
+
+
+# --- the pure part: what to answer --------------------------------------------------------------
+
+def tool_names(body: dict[str, Any]) -> list[str]:
+    return [str(t.get("name", "")) for t in body.get("tools") or [] if isinstance(t, dict)]
+
+
+def last_user_turn(body: dict[str, Any]) -> dict[str, Any] | None:
+    for msg in reversed(body.get("messages") or []):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            return msg
+    return None
+
+
+def _blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
+    content = msg.get("content")
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [b for b in content or [] if isinstance(b, dict)]
+
+
+def is_tool_result_turn(msg: dict[str, Any] | None) -> bool:
+    return msg is not None and any(b.get("type") == "tool_result" for b in _blocks(msg))
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    """The last text the user typed, skipping the <system-reminder> blocks Claude Code adds."""
+    msg = last_user_turn(body)
+    if msg is None:
+        return ""
+    texts = [str(b.get("text", "")) for b in _blocks(msg) if b.get("type") == "text"]
+    real = [t for t in texts if not t.lstrip().startswith("<system-reminder>")]
+    return (real or texts or [""])[-1].strip()
+
+
+def default_reply(body: dict[str, Any]) -> Reply:
+    """Echo through send_message when offered, finish after its result, plain text otherwise."""
+    sender = next((n for n in tool_names(body) if n.endswith("send_message")), None)
+    if sender is None:
+        return Text(AUX_TEXT)
+    if is_tool_result_turn(last_user_turn(body)):
+        return Text(AFTER_TOOL_TEXT)
+    return ToolCall(sender, {"text": f"echo: {last_user_text(body)}"})
+
+
+def _resolve_tool(name: str, body: dict[str, Any]) -> str:
+    offered = tool_names(body)
+    if name in offered:
+        return name
+    return next((n for n in offered if n.endswith(name)), name)
+
+
+def _estimate_tokens(body: Any) -> int:
+    return max(1, len(json.dumps(body)) // 4)
+
+
+def content_blocks(reply: Text | ToolCall, body: dict[str, Any], ids: Callable[[], str]) -> list[dict[str, Any]]:
+    if isinstance(reply, Text):
+        return [{"type": "text", "text": reply.text}]
+    blocks: list[dict[str, Any]] = []
+    if reply.text:
+        blocks.append({"type": "text", "text": reply.text})
+    blocks.append({"type": "tool_use", "id": f"toolu_{ids()}", "name": _resolve_tool(reply.name, body),
+                   "input": reply.input})
+    return blocks
+
+
+def message_json(msg_id: str, model: str, blocks: list[dict[str, Any]], input_tokens: int) -> dict[str, Any]:
+    stop = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
+    return {
+        "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": blocks,
+        "stop_reason": stop, "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": _estimate_tokens(blocks),
+                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+    }
+
+
+def sse_events(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The official event order: message_start, per block start/delta.../stop, message_delta, stop."""
+    start = dict(message, content=[], stop_reason=None, stop_sequence=None,
+                 usage=dict(message["usage"], output_tokens=1))
+    events: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": start}),
+                                                ("ping", {"type": "ping"})]
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "text":
+            events.append(("content_block_start", {"type": "content_block_start", "index": index,
+                                                   "content_block": {"type": "text", "text": ""}}))
+            text = block["text"]
+            for chunk in [text[i:i + 16] for i in range(0, len(text), 16)] or [""]:
+                events.append(("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                       "delta": {"type": "text_delta", "text": chunk}}))
+        else:
+            events.append(("content_block_start", {"type": "content_block_start", "index": index,
+                                                   "content_block": dict(block, input={})}))
+            raw = json.dumps(block["input"])
+            for chunk in [raw[i:i + 16] for i in range(0, len(raw), 16)]:
+                events.append(("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                       "delta": {"type": "input_json_delta",
+                                                                 "partial_json": chunk}}))
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(("message_delta", {"type": "message_delta",
+                                     "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                                     "usage": {"output_tokens": message["usage"]["output_tokens"]}}))
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def error_json(status: int, message: str, type_: str | None = None) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": type_ or _ERROR_TYPES.get(status, "api_error"),
+                                       "message": message}}
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+class FakeAnthropic:
+    """The fake API server. Script replies with `script()`; inspect `requests` afterwards.
+
+    Scripted replies answer only agent turns (requests that offer tools) unless `script(...,
+    any_request=True)`, so Claude Code's auxiliary calls (titles and the like) cannot eat them.
+    `script`, `release` and `requests` are safe to use from another thread.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self._script: deque[tuple[Reply, bool]] = deque()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+        self._released: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.url = ""
+
+    # lifecycle
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeAnthropic:
+        self._loop = asyncio.get_running_loop()
+        self._released = asyncio.Event()
+        self._stopping = False
+        self._server = await asyncio.start_server(self._on_connection, host, port)
+        bound = self._server.sockets[0].getsockname()
+        self.url = f"http://{bound[0]}:{bound[1]}"
+        return self
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._released is not None:
+            self._released.set()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        if self._conns:
+            await asyncio.gather(*self._conns, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    def stop_thread(self) -> None:
+        """Stop a fake started with `start_in_thread()`."""
+        if self._loop is None or self._thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._thread = None
+
+    # scripting and inspection
+    def script(self, *replies: Reply, any_request: bool = False) -> None:
+        with self._lock:
+            self._script.extend((r, any_request) for r in replies)
+
+    def release(self) -> None:
+        """Let every request held by a Hang answer (later Hangs hold again)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._release_now)
+
+    def _release_now(self) -> None:
+        if self._released is not None and not self._stopping:
+            self._released.set()
+            self._released = asyncio.Event()
+
+    @property
+    def pending_script(self) -> int:
+        with self._lock:
+            return len(self._script)
+
+    def messages_requests(self, *, with_tools: bool | None = None) -> list[RecordedRequest]:
+        out = [r for r in list(self.requests) if r.method == "POST" and r.path == "/v1/messages"]
+        return out if with_tools is None else [r for r in out if r.has_tools == with_tools]
+
+    def _next_reply(self, body: dict[str, Any]) -> Reply:
+        with self._lock:
+            if self._script:
+                reply, any_request = self._script[0]
+                if any_request or body.get("tools"):
+                    self._script.popleft()
+                    return reply
+        return default_reply(body)
+
+    # HTTP
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            request: h11.Request | None = None
+            body = bytearray()
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await reader.read(65536))
+                    continue
+                if isinstance(event, h11.ConnectionClosed):
+                    return
+                if isinstance(event, h11.Request):
+                    request = event
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            assert request is not None
+            await self._handle(conn, writer, request, bytes(body))
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                return
+            conn.start_next_cycle()
+
+    async def _handle(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request,
+                      raw: bytes) -> None:
+        target = request.target.decode()
+        path = urlsplit(target).path
+        method = request.method.decode()
+        parsed: Any
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = raw.decode(errors="replace")
+        headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+        self.requests.append(RecordedRequest(method, path, target, headers, parsed, time.time()))
+
+        if method == "POST" and path == "/v1/messages/count_tokens" and isinstance(parsed, dict):
+            await self._send_json(conn, writer, 200, {"input_tokens": _estimate_tokens(parsed)})
+        elif method == "POST" and path == "/v1/messages" and isinstance(parsed, dict):
+            await self._answer(conn, writer, parsed, self._next_reply(parsed))
+        elif method == "POST" and path.startswith("/v1/messages"):
+            await self._send_json(conn, writer, 400, error_json(400, "body must be a JSON object"))
+        else:
+            await self._send_json(conn, writer, 404, error_json(404, f"Not found: {method} {path}"))
+
+    async def _answer(self, conn: h11.Connection, writer: asyncio.StreamWriter, body: dict[str, Any],
+                      reply: Reply) -> None:
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        if isinstance(reply, Hang):
+            assert self._released is not None
+            await self._released.wait()
+            reply = reply.then or default_reply(body)
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+        if isinstance(reply, Error):
+            await self._send_json(conn, writer, reply.status, error_json(reply.status, reply.message, reply.type))
+            return
+        assert isinstance(reply, Text | ToolCall)
+        n = next(self._ids)
+        msg = message_json(f"msg_fake{n:06d}", str(body.get("model") or DEFAULT_MODEL),
+                           content_blocks(reply, body, lambda: f"fake{n:06d}"), _estimate_tokens(body))
+        if not body.get("stream"):
+            await self._send_json(conn, writer, 200, msg)
+            return
+        head = h11.Response(status_code=200, headers=[
+            ("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
+            ("request-id", f"req_fake{n:06d}"), ("anthropic-organization-id", "fake-org")])
+        writer.write(conn.send(head) or b"")
+        for name, data in sse_events(msg):
+            chunk = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+            writer.write(conn.send(h11.Data(data=chunk)) or b"")
+        writer.write(conn.send(h11.EndOfMessage()) or b"")
+        await writer.drain()
+
+    async def _send_json(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int,
+                         payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        n = next(self._ids)
+        head = h11.Response(status_code=status, headers=[
+            ("content-type", "application/json"), ("content-length", str(len(data))),
+            ("request-id", f"req_fake{n:06d}")])
+        writer.write((conn.send(head) or b"") + (conn.send(h11.Data(data=data)) or b"")
+                     + (conn.send(h11.EndOfMessage()) or b""))
+        await writer.drain()
+
+
+def start_in_thread(host: str = "127.0.0.1", port: int = 0) -> FakeAnthropic:
+    """Run a fake on its own event loop in a daemon thread (for tests driving subprocesses)."""
+    fake = FakeAnthropic()
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(fake.start(host, port))
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+            loop.close()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    fake._thread = threading.Thread(target=run, name="fake-anthropic", daemon=True)
+    fake._thread.start()
+    ready.wait(timeout=10)
+    if failure:
+        raise failure[0]
+    return fake
+
+
+async def _main(port: int, host: str) -> None:
+    fake = await FakeAnthropic().start(host, port)
+    print(fake.url, flush=True)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    await fake.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+    asyncio.run(_main(args.port, args.host))
