@@ -50,19 +50,19 @@ async def connect(url: str, name: str, **options: Any) -> Client:
         except Exception:
             pass
 
-    return await nats.connect(
-        servers=[url],
-        name=f"clawden-{name}",
-        inbox_prefix=f"_INBOX_{name.replace('@', '_')}".encode(),
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        connect_timeout=2,
-        error_cb=on_error,
-        disconnected_cb=on_disconnected,
-        reconnected_cb=on_reconnected,
-        closed_cb=on_closed,
-        **options,
-    )
+    settings: dict[str, Any] = {
+        "servers": [url],
+        "name": f"clawden-{name}",
+        "inbox_prefix": f"_INBOX_{name.replace('@', '_')}".encode(),
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 2,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnected,
+        "reconnected_cb": on_reconnected,
+        "closed_cb": on_closed,
+    }
+    return await nats.connect(**(settings | options))
 
 
 async def publish(js: JetStreamContext, subject: str, event: events.Event, *, msg_id: str,
@@ -92,9 +92,14 @@ class Retry(Exception):
         self.delay = delay
 
 
+async def bind(js: JetStreamContext, consumer: Consumer) -> JetStreamContext.PullSubscription:
+    """Create or update the durable, then bind to it; do this before telling systemd READY."""
+    await ensure_consumer(js, consumer)
+    return await js.pull_subscribe_bind(durable=consumer.durable, stream=consumer.stream)
+
+
 async def consume(
-    js: JetStreamContext,
-    consumer: Consumer,
+    sub: JetStreamContext.PullSubscription,
     kind: type[E],
     handler: Handler[E],
     *,
@@ -109,8 +114,6 @@ async def consume(
     that does not decode is logged with its JSON path and terminated (redelivery cannot fix it).
     """
     stats = stats or ConsumeStats()
-    await ensure_consumer(js, consumer)
-    sub = await js.pull_subscribe_bind(durable=consumer.durable, stream=consumer.stream)
     decoder = events.decoder_for(kind)
     limit = asyncio.Semaphore(concurrency)
 
@@ -153,7 +156,7 @@ async def consume(
             except Exception as exc:
                 if stopping.is_set():
                     break
-                log.warning("fetch from %s failed: %s", consumer.durable, exc)
+                log.warning("fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
             if concurrency == 1:

@@ -9,7 +9,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from clawden.bus import ConsumeStats, Consumer, consume, ensure_consumer, ensure_streams, publish, subjects
+from clawden.bus import ConsumeStats, Consumer, bind, consume, ensure_consumer, ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import STREAMS
 
@@ -66,8 +66,8 @@ async def test_malformed_message_is_logged_and_terminated_and_consuming_goes_on(
     stats = ConsumeStats()
     consumer = Consumer("CLAWDEN_INBOUND", "t", subjects.ALL_INBOUND, ack_wait=1.0)
     with caplog.at_level(logging.ERROR, logger="clawden.bus"):
-        await asyncio.wait_for(consume(js, consumer, ev.InboundMessage, handler, stopping=stopping,
-                                       stats=stats), 10)
+        sub = await bind(js, consumer)
+        await asyncio.wait_for(consume(sub, ev.InboundMessage, handler, stopping=stopping, stats=stats), 10)
     assert [m.text for m in received] == ["hello 2"]
     assert stats.poisoned == 2
     assert "at `$.text`" in caplog.text and "JSON is malformed" in caplog.text
@@ -90,5 +90,6 @@ async def test_a_failing_handler_gets_the_message_again(nc: Client) -> None:
         stopping.set()
 
     consumer = Consumer("CLAWDEN_INBOUND", "flaky", subjects.ALL_INBOUND)
-    await asyncio.wait_for(consume(js, consumer, ev.InboundMessage, handler, stopping=stopping), 10)
+    sub = await bind(js, consumer)
+    await asyncio.wait_for(consume(sub, ev.InboundMessage, handler, stopping=stopping), 10)
     assert deliveries == [1, 2]

@@ -1,0 +1,121 @@
+"""The `clawden` command: init, up, chat, run a service, build the image, status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from clawden import config as config_mod
+
+
+def _home(args: argparse.Namespace) -> Path | None:
+    return Path(args.home).expanduser() if args.home else None
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from clawden.setup import init
+
+    cfg = init(_home(args))
+    print(f"Clawden home: {cfg.home}")
+    print(f"  config:      {cfg.path('config.toml')}")
+    print(f"  agent group: {cfg.groups_dir / 'main'} (edit its CLAUDE.md to shape the assistant)")
+    if not (cfg.keys_dir / "anthropic").exists():
+        print(f"  model key:   put your Anthropic API key in {cfg.keys_dir / 'anthropic'} (mode 0600)"
+              " or export ANTHROPIC_API_KEY before `clawden up`")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from clawden import runtime
+
+    return runtime.run(args.service, args.home)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from clawden.supervisor import up
+
+    return up(_home(args), services=args.service or None)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from services.channels.local import chat
+
+    return asyncio.run(chat(config_mod.load(_home(args)), chat_id=args.chat, once=args.once,
+                            timeout=args.timeout))
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from clawden.image import build_agent_image
+
+    tag = build_agent_image(args.tag, args.base, force_base=args.force_base)
+    print(f"built {tag}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from clawden.status import status
+
+    report = asyncio.run(status(config_mod.load(_home(args))))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for svc in report["services"]:
+            print(f"{svc['name']:<24} pid {svc.get('pid', '?'):<8} up {svc.get('uptime', 0):>9.1f}s")
+        if not report["services"]:
+            print("no Clawden service answered (is `clawden up` running?)")
+    return 0 if report["services"] else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clawden", description=__doc__)
+    p.add_argument("--home", help="Clawden home (default: $CLAWDEN_HOME or ~/.clawden)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("init", help="create the home, config and the default agent group").set_defaults(
+        func=cmd_init)
+
+    run = sub.add_parser("run", help="run one service in the foreground (what a systemd unit runs)")
+    run.add_argument("service", help="router, runner, vault, or channel@<platform>")
+    run.set_defaults(func=cmd_run)
+
+    up = sub.add_parser("up", help="run NATS and every service in the foreground (Ctrl-C stops)")
+    up.add_argument("--service", action="append", help="only these services (repeatable)")
+    up.set_defaults(func=cmd_up)
+
+    chat = sub.add_parser("chat", help="talk to your assistant from this terminal")
+    chat.add_argument("--chat", default="terminal", help="which terminal chat (default: terminal)")
+    chat.add_argument("--once", help="send this one message, print the reply, exit")
+    chat.add_argument("--timeout", type=float, default=300.0, help="with --once: seconds to wait")
+    chat.set_defaults(func=cmd_chat)
+
+    image = sub.add_parser("image", help="the agent container image")
+    image_sub = image.add_subparsers(dest="image_command", required=True)
+    build = image_sub.add_parser("build", help="build clawden-agent (bootstraps a base when none pulls)")
+    build.add_argument("--tag", default="clawden-agent:latest")
+    build.add_argument("--base", default=None, help="base image (default: a slim Debian Python image)")
+    build.add_argument("--force-base", action="store_true", help="re-bootstrap the Debian base image")
+    build.set_defaults(func=cmd_image_build)
+
+    st = sub.add_parser("status", help="which services answer, with pid and uptime")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except config_mod.ConfigError as exc:
+        print(f"clawden: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

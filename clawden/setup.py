@@ -1,0 +1,36 @@
+"""`clawden init`: the home folder, its private keys folder, the config and the default agent group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clawden import config as config_mod
+
+STARTER_CLAUDE_MD = """\
+# Your assistant
+
+You are a personal assistant running on your owner's home server. You answer the person who
+writes to you through their chat app. Reply with the `send_message` tool; keep replies short
+and plain, as in a chat.
+
+This folder is your memory: notes you keep here survive between conversations.
+"""
+
+GLOBAL_CLAUDE_MD = """\
+# Shared memory
+
+Facts every agent group may read (mounted read-only into every container).
+"""
+
+
+def init(home: Path | None = None) -> config_mod.Config:
+    cfg = config_mod.init_home(home)
+    group = cfg.groups_dir / "main"
+    group.mkdir(parents=True, exist_ok=True)
+    if not (group / "CLAUDE.md").exists():
+        (group / "CLAUDE.md").write_text(STARTER_CLAUDE_MD)
+    shared = cfg.groups_dir / "global"
+    shared.mkdir(exist_ok=True)
+    if not (shared / "CLAUDE.md").exists():
+        (shared / "CLAUDE.md").write_text(GLOBAL_CLAUDE_MD)
+    return cfg

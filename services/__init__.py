@@ -1,0 +1,1 @@
+"""Clawden services: each a separate process that meets the others only on NATS."""

@@ -1,0 +1,1 @@
+"""Clawden's runner service."""
