@@ -168,17 +168,26 @@ def fetch_wheels(dest: Path, target: WheelTarget, *, log: Log = print) -> None:
         log(f"wheels for {requirement}: all from cache {cache}")
         return
     log(f"wheels for {requirement}: downloading into {cache}")
-    find_links = [cache, *extra_wheelhouses()]
-    if pip_download(requirement, cache, target, find_links=find_links, offline=False, log=log) != 0:
+    seed_cache(cache, requirement, log=log)
+    if pip_download(requirement, cache, target, find_links=[cache], offline=False, log=log) != 0:
         raise ImageBuildError(f"pip download of {requirement} for {target} failed")
     if pip_download(requirement, dest, target, find_links=[cache], offline=True, log=log) != 0:
         raise ImageBuildError(f"wheels for {requirement} are still incomplete in {cache}")
 
 
-def extra_wheelhouses() -> list[Path]:
-    """Folders named in $CLAWDEN_WHEELHOUSE that may already hold wheels (e.g. the SDK's)."""
-    value = os.environ.get("CLAWDEN_WHEELHOUSE", "")
-    return [Path(part) for part in value.split(os.pathsep) if part]
+def seed_cache(cache: Path, requirement: str, *, log: Log) -> None:
+    """Copy SDK wheels found in $CLAWDEN_WHEELHOUSE folders into the cache.
+
+    pip skips downloading a file whose name is already in its destination, so a seeded SDK wheel
+    (the big one: it carries the CLI) is never fetched again.
+    """
+    version = requirement.partition("==")[2] or "*"
+    pattern = f"{SDK_DIST.replace('-', '_')}-{version}-*.whl"
+    folders = [Path(p) for p in os.environ.get("CLAWDEN_WHEELHOUSE", "").split(os.pathsep) if p]
+    for wheel in (w for folder in folders for w in sorted(folder.glob(pattern))):
+        if not (cache / wheel.name).exists():
+            log(f"reusing {wheel}")
+            shutil.copy2(wheel, cache / wheel.name)
 
 
 def pip_download(

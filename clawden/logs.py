@@ -112,8 +112,8 @@ def stderr_is_journal(stream: TextIO = sys.stderr) -> bool:
 
 def setup(identifier: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     journal = stderr_is_journal()
     handler: logging.Handler
     if journal and os.path.exists(JOURNAL_SOCKET):

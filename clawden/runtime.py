@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import nats.micro
@@ -101,7 +102,7 @@ def run(name: str, home: str | None = None) -> int:
     """Entry point of `clawden run <name>`: returns the process exit code."""
     logs.setup(f"clawden-{_token(name)}")
     main = load_main(name)
-    cfg = config_mod.load(config_mod.Path(home) if home else None)
+    cfg = config_mod.load(Path(home) if home else None)
     try:
         import uvloop
     except ImportError:

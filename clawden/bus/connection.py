@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,29 +27,19 @@ E = TypeVar("E")
 async def connect(url: str, name: str, **options: Any) -> Client:
     """Connect with reconnect-forever, a private inbox prefix, and callbacks that never raise."""
 
+    # Logging never raises (handler errors go to handleError), which matters: a raising callback
+    # stops nats-py from reconnecting (nats.py#204).
     async def on_error(exc: Exception) -> None:
-        try:
-            log.warning("nats error: %s", exc)
-        except Exception:  # a raising callback stops nats-py reconnecting (nats.py#204)
-            pass
+        log.warning("nats error: %s", exc)
 
     async def on_disconnected() -> None:
-        try:
-            log.warning("nats disconnected from %s", url)
-        except Exception:
-            pass
+        log.warning("nats disconnected from %s", url)
 
     async def on_reconnected() -> None:
-        try:
-            log.info("nats reconnected")
-        except Exception:
-            pass
+        log.info("nats reconnected")
 
     async def on_closed() -> None:
-        try:
-            log.info("nats connection closed")
-        except Exception:
-            pass
+        log.debug("nats connection closed")
 
     settings: dict[str, Any] = {
         "servers": [url],
@@ -170,7 +161,5 @@ async def consume(
     finally:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-        try:
+        with contextlib.suppress(Exception):
             await sub.unsubscribe()
-        except Exception:
-            pass

@@ -25,20 +25,20 @@ class _Part(msgspec.Struct, frozen=True, kw_only=True):
     pass
 
 
-class Sender(_Part):
+class Sender(_Part, frozen=True):
     id: str
     name: str = ""
     is_bot: bool = False
 
 
-class Attachment(_Part):
+class Attachment(_Part, frozen=True):
     name: str
     mime: str = "application/octet-stream"
     size: int = 0
     url: str = ""  # where the bridge can fetch it from; never fetched by the router
 
 
-class Route(_Part):
+class Route(_Part, frozen=True):
     """Where a conversation lives on its platform."""
 
     channel: str
@@ -46,13 +46,13 @@ class Route(_Part):
     thread_id: str | None = None
 
 
-class Button(_Part):
+class Button(_Part, frozen=True):
     id: str
     label: str
     style: Literal["default", "primary", "danger"] = "default"
 
 
-class Card(_Part):
+class Card(_Part, frozen=True):
     title: str
     body: str = ""
     buttons: tuple[Button, ...] = ()
@@ -60,7 +60,7 @@ class Card(_Part):
 
 # --- chat in ---------------------------------------------------------------------------------------
 
-class InboundMessage(_Event, tag="inbound.message"):
+class InboundMessage(_Event, tag="inbound.message", frozen=True):
     """A chat message a bridge received. Natural key: `<channel>:<message_id>`."""
 
     route: Route
@@ -79,7 +79,7 @@ class InboundMessage(_Event, tag="inbound.message"):
         return f"{self.route.channel}:{self.message_id}"
 
 
-class InboundAction(_Event, tag="inbound.action"):
+class InboundAction(_Event, tag="inbound.action", frozen=True):
     """A button click on a card. Natural key: `<channel>:<action_id>`."""
 
     route: Route
@@ -97,7 +97,7 @@ class InboundAction(_Event, tag="inbound.action"):
 
 # --- chat out --------------------------------------------------------------------------------------
 
-class OutboundMessage(_Event, tag="outbound.message"):
+class OutboundMessage(_Event, tag="outbound.message", frozen=True):
     """Something to post. `id` is unique per outbound row and is the dedupe key end to end."""
 
     id: str
@@ -111,7 +111,7 @@ class OutboundMessage(_Event, tag="outbound.message"):
     files: tuple[str, ...] = ()
 
 
-class OutboundEdit(_Event, tag="outbound.edit"):
+class OutboundEdit(_Event, tag="outbound.edit", frozen=True):
     id: str
     route: Route
     target_message_id: str
@@ -121,7 +121,7 @@ class OutboundEdit(_Event, tag="outbound.edit"):
     seq: int = 0
 
 
-class OutboundReaction(_Event, tag="outbound.reaction"):
+class OutboundReaction(_Event, tag="outbound.reaction", frozen=True):
     id: str
     route: Route
     target_message_id: str
@@ -130,7 +130,7 @@ class OutboundReaction(_Event, tag="outbound.reaction"):
     seq: int = 0
 
 
-class DeliveryReceipt(_Event, tag="receipt"):
+class DeliveryReceipt(_Event, tag="receipt", frozen=True):
     """A bridge's word on one outbound event: the platform took it (with its id) or refused it."""
 
     outbound_id: str
@@ -144,7 +144,7 @@ class DeliveryReceipt(_Event, tag="receipt"):
 
 # --- sessions -----------------------------------------------------------------------------------------
 
-class WakeMessage(_Part):
+class WakeMessage(_Part, frozen=True):
     id: str
     kind: Literal["chat", "task", "system"]
     text: str
@@ -154,7 +154,7 @@ class WakeMessage(_Part):
     attachments: tuple[Attachment, ...] = ()
 
 
-class Wake(_Event, tag="wake"):
+class Wake(_Event, tag="wake", frozen=True):
     """The router (or scheduler) hands a message to a session on a runner. Key: `<session>:<message id>`."""
 
     session_id: str
@@ -168,7 +168,7 @@ class Wake(_Event, tag="wake"):
         return f"{self.session_id}:{self.message.id}"
 
 
-class TaskOp(_Event, tag="task.op"):
+class TaskOp(_Event, tag="task.op", frozen=True):
     op: Literal["create", "update", "pause", "resume", "cancel", "list"]
     request_id: str
     agent_group: str
@@ -183,7 +183,7 @@ class TaskOp(_Event, tag="task.op"):
 
 # --- approvals ----------------------------------------------------------------------------------------
 
-class ApprovalRequest(_Event, tag="approval.request"):
+class ApprovalRequest(_Event, tag="approval.request", frozen=True):
     id: str
     kind: Literal["credential", "question", "sender", "channel", "agent_request"]
     requester: str
@@ -194,7 +194,7 @@ class ApprovalRequest(_Event, tag="approval.request"):
     context: dict[str, str] = {}
 
 
-class ApprovalDecision(_Event, tag="approval.decision"):
+class ApprovalDecision(_Event, tag="approval.decision", frozen=True):
     id: str
     decision: Literal["approved", "denied", "expired", "answered"]
     decided_by: str = ""
@@ -204,7 +204,7 @@ class ApprovalDecision(_Event, tag="approval.decision"):
 
 # --- observability ---------------------------------------------------------------------------------------
 
-class AuditEvent(_Event, tag="audit"):
+class AuditEvent(_Event, tag="audit", frozen=True):
     service: str
     kind: str
     at: float
@@ -235,7 +235,7 @@ def decoder_for(kind: type[T]) -> msgspec.json.Decoder[T]:
     dec = _decoders.get(kind)
     if dec is None:
         dec = _decoders[kind] = msgspec.json.Decoder(kind)
-    return dec  # type: ignore[no-any-return]
+    return dec  # type: ignore[return-value]
 
 
 _decoders: dict[object, msgspec.json.Decoder[object]] = {}

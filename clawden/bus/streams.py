@@ -65,12 +65,15 @@ class Consumer:
     # Redelivery spacing after a nak-less timeout; a nak carries its own delay.
     backoff: tuple[float, ...] = ()
     max_ack_pending: int = 256
+    # A durable created late (a terminal that was never open) starts at new messages; the
+    # policy is fixed at creation, since the server refuses to change it later.
+    deliver_new: bool = False
 
     def config(self) -> ConsumerConfig:
         return ConsumerConfig(
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.NEW if self.deliver_new else DeliverPolicy.ALL,
             ack_wait=self.ack_wait,
             max_deliver=self.max_deliver,
             backoff=list(self.backoff) or None,

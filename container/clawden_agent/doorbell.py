@@ -29,7 +29,7 @@ class Doorbell:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.rung_at = 0.0  # perf_counter() of the latest ring, for latency accounting
+        self.rung_at = 0.0  # perf_counter() of the first ring since clear(), for latency accounting
         self._sock: socket.socket | None = None
         self._event = asyncio.Event()
 
@@ -57,21 +57,23 @@ class Doorbell:
                 break
             except OSError:
                 break
-        self.rung_at = time.perf_counter()
+        if not self._event.is_set():
+            self.rung_at = time.perf_counter()
         self._event.set()
 
     def clear(self) -> None:
         """Forget earlier rings: call before looking at the files, so a ring after it is never lost."""
         self._event.clear()
+        self.rung_at = 0.0
 
     def wake(self) -> None:
         """Wake a waiter from inside the process (shutdown)."""
         self._event.set()
 
-    async def wait(self, timeout: float) -> bool:
-        """True if rung (or woken) within `timeout` seconds."""
+    async def wait(self, within: float) -> bool:
+        """True if rung (or woken) within `within` seconds."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 await self._event.wait()
         except TimeoutError:
             return False

@@ -73,7 +73,7 @@ def build_tools(state: TurnState) -> list[SdkMcpTool[Any]]:
            "properties": {
                "text": {"type": "string", "description": "The message, in the chat's plain-text style."},
                "to": {"type": "string",
-                      "description": "Leave out to answer in the current chat (the only destination for now)."},
+                      "description": "Leave out to answer in the current chat (the only destination yet)."},
            },
            "required": ["text"]})
     async def send_message(args: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from clawden.bus import events as ev
 
@@ -40,7 +41,7 @@ def decide(message: ev.InboundMessage, wirings: list[Wiring]) -> list[Engagement
     return [Engagement(agent_group=g, route=message.route) for g in matches]
 
 
-def command_of(text: str) -> str:
+def command_of(text: str) -> Literal["", "clear"]:
     """`/clear` resets a session's conversation; other slash words go to the agent as text."""
     word = text.strip().split(maxsplit=1)[0].lower() if text.strip() else ""
     return "clear" if word == "/clear" else ""

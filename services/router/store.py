@@ -70,7 +70,8 @@ class RouterStore:
         for name, sql in MIGRATIONS:
             if name in done:
                 continue
-            await self.db.executescript(f"BEGIN; {sql}; INSERT INTO migrations VALUES ('{name}', {time.time()}); COMMIT;")
+            await self.db.executescript(
+                f"BEGIN; {sql}; INSERT INTO migrations VALUES ('{name}', {time.time()}); COMMIT;")
 
     async def ensure_default_group(self, name: str, folder: str, channel: str, chat_id: str) -> bool:
         """Seed the first agent group and wire it, only on an empty install."""

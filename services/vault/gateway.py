@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.cookiejar
+import ipaddress
 import json
 import logging
 import os
+import socket
 import ssl
 import stat
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,7 @@ OAUTH_PREFIX = "sk-ant-oat"
 # Anthropic refuses a bearer OAuth token unless this beta is announced.
 OAUTH_BETA = b"oauth-2025-04-20"
 # A model turn can think for minutes between bytes; the SDK's own default timeout is 10 min.
-UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0)
+UPSTREAM_TIMEOUTS = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0).as_dict()
 TUNNEL_CONNECT_TIMEOUT = 10.0
 
 
@@ -114,15 +114,36 @@ def _with_beta(headers: list[Header], beta: bytes) -> list[Header]:
     return headers
 
 
-def request_path(target: bytes) -> bytes | None:
-    """Path and query of an origin-form or absolute-form target; None when it is neither."""
+def split_target(target: bytes) -> tuple[str | None, bytes] | None:
+    """(host, path and query) of an absolute-form target, (None, target) for origin-form, else None."""
     if target.startswith(b"/"):
-        return target
+        return None, target
     if target.startswith((b"http://", b"https://")):
         parts = urlsplit(target)
+        if not parts.hostname:
+            return None
         path = parts.path or b"/"
-        return path + b"?" + parts.query if parts.query else path
+        return parts.hostname.decode("ascii", "replace"), path + b"?" + parts.query if parts.query else path
     return None
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses: the relay's own address as the agent sees it."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tunnel_allowed(address: str) -> bool:
+    """Whether CONNECT may reach this resolved address: public ones only by default.
+
+    The gateway runs in the host's network namespace, so a tunnel to loopback or the LAN would hand
+    the agent what ``--network none`` took away (NATS on 127.0.0.1, the router, cloud metadata).
+    """
+    return ipaddress.ip_address(address).is_global
 
 
 def connect_target(target: bytes) -> tuple[str, int] | None:
@@ -141,12 +162,6 @@ def error_body(message: str) -> bytes:
 # ---- the adapter: sockets, h11, httpx ----
 
 
-class _NoCookies(http.cookiejar.DefaultCookiePolicy):
-    # The upstream client is shared by every agent group: it must never keep one group's cookies.
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
-        return False
-
-
 class _ClientGone(Exception):
     """The agent side closed or broke the connection mid-request."""
 
@@ -160,28 +175,33 @@ class Gateway:
         credential: str,
         extra_ca_file: Path | str | None = None,
         audit: AuditSink = log_audit,
+        tunnel_to_private: bool = False,
     ) -> None:
+        """``tunnel_to_private`` lets CONNECT reach loopback and LAN addresses (tests, deliberate setups)."""
         base = httpx.URL(upstream_base_url)
         self._base_url = base
         self._base_path = base.raw_path.split(b"?")[0].rstrip(b"/")
         self._upstream_host = base.netloc
         self._upstream_host_str = base.netloc.decode("ascii")
+        self._upstream_hostname = base.host
+        self._tunnel_to_private = tunnel_to_private
         self._credential = credential
         self._audit = audit
         tls = ssl.create_default_context()
         if extra_ca_file is not None:
             tls.load_verify_locations(cafile=str(extra_ca_file))
-        self._client = httpx.AsyncClient(
+        # The bare pooled transport, not an AsyncClient: a proxy wants none of the client's extras
+        # (a cookie jar shared by every agent group, redirect following, default headers), and
+        # skipping them saves ~50 µs a request. No redirects are followed at this layer.
+        self._transport = httpx.AsyncHTTPTransport(
+            verify=tls,
             http1=True,
             http2=False,
-            verify=tls,
-            follow_redirects=False,
             trust_env=False,
-            timeout=UPSTREAM_TIMEOUT,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=60.0),
-            cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
         )
         self._servers: dict[Path, asyncio.Server] = {}
+        self._closing = False
         self._connections: set[asyncio.Task[None]] = set()
 
     async def listen(self, agent_group: str, socket_path: Path) -> None:
@@ -194,6 +214,11 @@ class Gateway:
             self._connections.add(task)
             try:
                 await self._serve_connection(agent_group, reader, writer)
+            except asyncio.CancelledError:
+                # Python 3.11's stream callback logs a traceback for a cancelled handler task;
+                # when close() is the canceller, ending quietly is the intended outcome.
+                if not self._closing:
+                    raise
             finally:
                 self._connections.discard(task)
 
@@ -203,6 +228,7 @@ class Gateway:
         self._servers[socket_path] = server
 
     async def close(self) -> None:
+        self._closing = True
         for path, server in self._servers.items():
             server.close()
             with contextlib.suppress(FileNotFoundError):
@@ -214,7 +240,7 @@ class Gateway:
         for server in self._servers.values():
             await server.wait_closed()
         self._servers.clear()
-        await self._client.aclose()
+        await self._transport.aclose()
 
     # -- one agent connection: a loop of requests on h11 --
 
@@ -261,12 +287,19 @@ class Gateway:
     ) -> None:
         started = time.perf_counter()
         method = request.method.decode("ascii", "replace")
-        path = request_path(request.target)
-        if path is None:
-            _send_simple(
-                writer, conn, 400, "request target must be a path or an absolute http URL", close=True
-            )
+        target = split_target(request.target)
+        if target is None:
+            message = "request target must be a path or an absolute http URL"
+            _send_simple(writer, conn, 400, message, close=True)
             self._record(agent_group, method, self._upstream_host_str, "", 400, started)
+            return
+        host, path = target
+        if host is not None and host != self._upstream_hostname and not is_loopback(host):
+            # Absolute-form via HTTP_PROXY to some other site: only the model API is served this way,
+            # and that site's request must not be replayed at the model API with the key.
+            message = f"only the model API is reachable over plain HTTP; use https://{host} (CONNECT)"
+            _send_simple(writer, conn, 403, message, close=conn.their_state is not h11.DONE)
+            self._record(agent_group, method, host, "", 403, started)
             return
         # Paths only in the audit, never query strings: some APIs carry keys there.
         audit_path = path.partition(b"?")[0].decode("ascii", "replace")
@@ -277,9 +310,10 @@ class Gateway:
                 self._base_url.copy_with(raw_path=self._base_path + path),
                 headers=upstream_request_headers(request.headers, self._credential, self._upstream_host),
                 content=_request_body(conn, reader, writer),
+                extensions={"timeout": UPSTREAM_TIMEOUTS},
             )
             try:
-                response = await self._client.send(upstream, stream=True)
+                response = await self._transport.handle_async_request(upstream)
             except httpx.HTTPError as exc:
                 # Only the exception's class: its text may carry the upstream URL but must stay terse.
                 message = f"upstream unreachable ({type(exc).__name__})"
@@ -317,9 +351,15 @@ class Gateway:
             self._record(agent_group, "CONNECT", authority, "", 400, started)
             return False
         try:
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(*target, limit=READ_SIZE), TUNNEL_CONNECT_TIMEOUT
-            )
+            async with asyncio.timeout(TUNNEL_CONNECT_TIMEOUT):
+                address = await self._tunnel_address(*target)
+                if address is None:
+                    message = f"{authority} is a private address; tunnels go to public hosts only"
+                    _send_simple(writer, conn, 403, message, close=False)
+                    self._record(agent_group, "CONNECT", authority, "", 403, started)
+                    return False
+                # Connect to the checked address, not the name: a second lookup could differ.
+                up_reader, up_writer = await asyncio.open_connection(address, target[1], limit=READ_SIZE)
         except (OSError, TimeoutError) as exc:
             _send_simple(writer, conn, 502, f"cannot reach {authority} ({type(exc).__name__})", close=False)
             await writer.drain()
@@ -339,6 +379,16 @@ class Gateway:
             with contextlib.suppress(ConnectionError, OSError):
                 await up_writer.wait_closed()
         return True
+
+    async def _tunnel_address(self, host: str, port: int) -> str | None:
+        """The address to tunnel to, or None when the name resolves to anything non-public."""
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = [str(info[4][0]) for info in infos]
+        if not addresses:
+            raise OSError(f"no address for {host}")
+        if not self._tunnel_to_private and not all(tunnel_allowed(a) for a in addresses):
+            return None
+        return addresses[0]
 
     def _record(
         self, agent_group: str, method: str, host: str, path: str, status: int, started: float

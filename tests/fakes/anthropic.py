@@ -139,7 +139,8 @@ def _estimate_tokens(body: Any) -> int:
     return max(1, len(json.dumps(body)) // 4)
 
 
-def content_blocks(reply: Text | ToolCall, body: dict[str, Any], ids: Callable[[], str]) -> list[dict[str, Any]]:
+def content_blocks(reply: Text | ToolCall, body: dict[str, Any],
+                   ids: Callable[[], str]) -> list[dict[str, Any]]:
     if isinstance(reply, Text):
         return [{"type": "text", "text": reply.text}]
     blocks: list[dict[str, Any]] = []
@@ -164,8 +165,8 @@ def sse_events(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The official event order: message_start, per block start/delta.../stop, message_delta, stop."""
     start = dict(message, content=[], stop_reason=None, stop_sequence=None,
                  usage=dict(message["usage"], output_tokens=1))
-    events: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": start}),
-                                                ("ping", {"type": "ping"})]
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": start}), ("ping", {"type": "ping"})]
     for index, block in enumerate(message["content"]):
         if block["type"] == "text":
             events.append(("content_block_start", {"type": "content_block_start", "index": index,
@@ -212,10 +213,12 @@ class FakeAnthropic:
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._released: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._extra_servers: list[asyncio.Server] = []
+        self.connections = 0  # accepted connections, to check keep-alive
         self.url = ""
 
     # lifecycle
@@ -228,19 +231,33 @@ class FakeAnthropic:
         self.url = f"http://{bound[0]}:{bound[1]}"
         return self
 
+    async def listen_unix(self, path: str) -> None:
+        """Also serve on a Unix socket (to stand in for the vault gateway's socket)."""
+        assert self._loop is not None, "start() first"
+        self._extra_servers.append(await asyncio.start_unix_server(self._on_connection, path))
+
     async def stop(self) -> None:
         self._stopping = True
         if self._released is not None:
             self._released.set()
+        for extra in self._extra_servers:
+            extra.close()
         if self._server is not None:
             self._server.close()
-        for task in list(self._conns):
-            task.cancel()
+        # Aborting the sockets ends each handler on its own; cancelling them would make asyncio's
+        # stream callback log the CancelledError.
+        for writer in list(self._conns.values()):
+            writer.transport.abort()
         if self._conns:
-            await asyncio.gather(*self._conns, return_exceptions=True)
+            await asyncio.wait(list(self._conns), timeout=5)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+
+    def call(self, coro: Any) -> Any:
+        """Run a coroutine of this fake on its loop from another thread (see `start_in_thread`)."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
 
     def stop_thread(self) -> None:
         """Stop a fake started with `start_in_thread()`."""
@@ -288,13 +305,14 @@ class FakeAnthropic:
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._conns.add(task)
+        self._conns[task] = writer
+        self.connections += 1
         try:
             await self._serve(reader, writer)
         except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._conns.discard(task)
+            self._conns.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -326,8 +344,11 @@ class FakeAnthropic:
     async def _handle(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request,
                       raw: bytes) -> None:
         target = request.target.decode()
-        path = urlsplit(target).path
         method = request.method.decode()
+        split = urlsplit(target)
+        # A proxy request (CONNECT or an absolute URI) means a client tried to leave loopback.
+        proxied = method == "CONNECT" or bool(split.scheme)
+        path = target if proxied else split.path
         parsed: Any
         try:
             parsed = json.loads(raw) if raw else None
@@ -336,7 +357,9 @@ class FakeAnthropic:
         headers = {k.decode().lower(): v.decode() for k, v in request.headers}
         self.requests.append(RecordedRequest(method, path, target, headers, parsed, time.time()))
 
-        if method == "POST" and path == "/v1/messages/count_tokens" and isinstance(parsed, dict):
+        if proxied:
+            await self._send_json(conn, writer, 404, error_json(404, f"The fake is not a proxy: {target}"))
+        elif method == "POST" and path == "/v1/messages/count_tokens" and isinstance(parsed, dict):
             await self._send_json(conn, writer, 200, {"input_tokens": _estimate_tokens(parsed)})
         elif method == "POST" and path == "/v1/messages" and isinstance(parsed, dict):
             await self._answer(conn, writer, parsed, self._next_reply(parsed))
@@ -356,7 +379,8 @@ class FakeAnthropic:
             if reply.delay:
                 await asyncio.sleep(reply.delay)
         if isinstance(reply, Error):
-            await self._send_json(conn, writer, reply.status, error_json(reply.status, reply.message, reply.type))
+            payload = error_json(reply.status, reply.message, reply.type)
+            await self._send_json(conn, writer, reply.status, payload)
             return
         assert isinstance(reply, Text | ToolCall)
         n = next(self._ids)

@@ -1,0 +1,376 @@
+"""The agent runner's loop: wait for the doorbell, turn pending inbound rows into one prompt, run it
+through one long-lived Claude Code session, and ack the rows in outbound.db."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import cast
+
+from claude_agent_sdk import (
+    AssistantMessage,
+    ClaudeAgentOptions,
+    ClaudeSDKClient,
+    McpServerConfig,
+    ResultMessage,
+    TextBlock,
+)
+
+from clawden import sessiondb
+
+from . import doorbell, tools
+
+log = logging.getLogger("clawden_agent")
+
+SESSION_ID_KEY = "claude_session_id"
+HEARTBEAT = ".heartbeat"
+# Only the safety net: rings wake the loop at once, this catches a ring that was lost.
+SAFETY_POLL_SECONDS = 2.0
+BATCH_LIMIT = 10
+PLACEHOLDER_API_KEY = "clawden-managed"
+
+# Keep Claude Code from calling anything but the model: the container has no network, so a
+# stray call would at best fail, at worst wait for a timeout on the hot path.
+QUIET_ENV = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_BUG_COMMAND": "1",
+    "DISABLE_NON_ESSENTIAL_MODEL_CALLS": "1",
+    # The container is the sandbox; Claude Code refuses bypassPermissions as root without this.
+    "IS_SANDBOX": "1",
+}
+
+# Interactive and self-scheduling built-ins that make no sense behind a chat; Clawden's own
+# tools (ask_user_question, schedule_task, ...) take their place.
+DISALLOWED_TOOLS = [
+    "AskUserQuestion", "EnterPlanMode", "ExitPlanMode", "EnterWorktree", "ExitWorktree",
+    "CronCreate", "CronDelete", "CronList", "ScheduleWakeup", "PushNotification", "RemoteTrigger",
+]
+
+SYSTEM_ADDENDUM = """\
+You are a personal assistant that people reach from a chat app through Clawden.
+Each user turn holds the new chat traffic as <message seq="…" from="…" time="…">…</message>
+elements (and <task seq="…" time="…">…</task> for scheduled work). Answer the chat with the
+send_message tool: only what you send with it reaches people. Write chat-sized plain text, send
+more than one message when a long job deserves progress updates, and refer to earlier messages by
+their #seq when useful. Anything you write outside send_message is private scratch space."""
+
+
+@dataclass(frozen=True)
+class Config:
+    session_dir: Path
+    group_dir: Path
+    gateway_socket: str | None
+    relay_port: int
+    model: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        return cls(
+            session_dir=Path(env.get("CLAWDEN_SESSION_DIR", "/workspace/session")),
+            group_dir=Path(env.get("CLAWDEN_GROUP_DIR", "/workspace/agent")),
+            gateway_socket=env.get("CLAWDEN_GATEWAY_SOCKET") or None,
+            relay_port=int(env.get("CLAWDEN_RELAY_PORT", "3128")),
+            model=env.get("CLAWDEN_MODEL") or None,
+        )
+
+
+def cli_env(config: Config, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment Claude Code gets on top of ours."""
+    out = dict(QUIET_ENV)
+    if config.gateway_socket:
+        relay = f"http://127.0.0.1:{config.relay_port}"
+        out.update(ANTHROPIC_BASE_URL=relay, HTTPS_PROXY=relay, HTTP_PROXY=relay, https_proxy=relay,
+                   http_proxy=relay, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+                   ANTHROPIC_API_KEY=PLACEHOLDER_API_KEY)
+    elif not env.get("ANTHROPIC_API_KEY") and not env.get("ANTHROPIC_AUTH_TOKEN"):
+        out["ANTHROPIC_API_KEY"] = PLACEHOLDER_API_KEY
+    return out
+
+
+# --- prompt --------------------------------------------------------------------------------------
+
+def _attr(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _body(msg: sessiondb.InboundMessage) -> str:
+    content = msg.content
+    for key in ("text", "prompt"):
+        if isinstance(content.get(key), str):
+            return str(content[key])
+    return json.dumps(content, ensure_ascii=False)
+
+
+def format_prompt(batch: list[sessiondb.InboundMessage]) -> str:
+    """One line per row; bodies are escaped so a message cannot close its own element."""
+    lines = []
+    for msg in batch:
+        when = datetime.fromtimestamp(msg.created_at, UTC).astimezone().isoformat(timespec="seconds")
+        body = html.escape(_body(msg), quote=False)
+        if msg.kind == "task":
+            lines.append(f'<task seq="{msg.seq}" time="{when}">{body}</task>')
+        else:
+            sender = msg.sender_name or msg.sender_id or "unknown"
+            lines.append(f'<message seq="{msg.seq}" from="{_attr(sender)}" time="{when}">{body}</message>')
+    return "\n".join(lines)
+
+
+def short_reason(text: str, limit: int = 200) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+# --- the Claude Code session -----------------------------------------------------------------------
+
+@dataclass
+class TurnOutcome:
+    result: str = ""
+    session_id: str | None = None
+    error: str | None = None
+    num_turns: int = 0
+    cli_seconds: float = 0.0
+
+
+class Agent:
+    """One persistent ClaudeSDKClient, recreated (resuming the stored conversation) if it dies."""
+
+    def __init__(self, config: Config, state: tools.TurnState, heartbeat: Path) -> None:
+        self.config = config
+        self.heartbeat = heartbeat
+        self.session_id: str | None = None
+        self._client: ClaudeSDKClient | None = None
+        self._server = tools.build_server(state)
+        self._stderr: deque[str] = deque(maxlen=20)
+
+    def _options(self, resume: str | None) -> ClaudeAgentOptions:
+        return ClaudeAgentOptions(
+            cwd=str(self.config.group_dir),
+            permission_mode="bypassPermissions",
+            system_prompt={"type": "preset", "preset": "claude_code", "append": SYSTEM_ADDENDUM},
+            mcp_servers=cast(dict[str, McpServerConfig], {tools.SERVER_NAME: self._server}),
+            disallowed_tools=DISALLOWED_TOOLS,
+            setting_sources=["project", "user"],
+            model=self.config.model,
+            resume=resume,
+            env=cli_env(self.config, os.environ),
+            stderr=self._on_stderr,
+        )
+
+    def _on_stderr(self, line: str) -> None:
+        self._stderr.append(line)
+        log.info("claude: %s", line)
+
+    async def connect(self) -> None:
+        resume = await asyncio.to_thread(sessiondb.get_state, self.config.session_dir, SESSION_ID_KEY)
+        try:
+            await self._connect(resume)
+        except Exception as exc:
+            if not resume or "No conversation found" not in str(exc):
+                raise
+            # The Claude state dir lost that conversation: start a new one rather than fail forever.
+            log.warning("stored conversation %s is gone; starting a new one", resume)
+            await asyncio.to_thread(sessiondb.set_state, self.config.session_dir, SESSION_ID_KEY, None)
+            await self._connect(None)
+
+    async def _connect(self, resume: str | None) -> None:
+        started = time.perf_counter()
+        client = ClaudeSDKClient(self._options(resume))
+        await client.connect()
+        self._client = client
+        self.session_id = resume
+        log.info("claude code ready in %.0f ms (resume=%s)", (time.perf_counter() - started) * 1000, resume)
+
+    async def turn(self, prompt: str) -> TurnOutcome:
+        """Run one query to its ResultMessage. SDK failures come back as `error`, never raised."""
+        outcome = TurnOutcome()
+        started = time.perf_counter()
+        try:
+            if self._client is None:
+                await self.connect()
+            assert self._client is not None
+            await self._client.query(prompt)
+            texts: list[str] = []
+            async for message in self._client.receive_response():
+                self.heartbeat.touch()
+                if isinstance(message, AssistantMessage):
+                    texts.extend(b.text for b in message.content if isinstance(b, TextBlock))
+                elif isinstance(message, ResultMessage):
+                    outcome.session_id = message.session_id
+                    outcome.num_turns = message.num_turns
+                    outcome.result = message.result or ""
+                    if message.is_error:
+                        outcome.error = self._result_error(message, texts)
+                    break
+            else:
+                outcome.error = self._dead("Claude Code stopped without a result")
+        except Exception as exc:
+            log.exception("turn failed")
+            outcome.error = self._dead(short_reason(f"{type(exc).__name__}: {exc}"))
+        if outcome.error is not None and self._client is not None and outcome.session_id is None:
+            await self.close()
+        outcome.cli_seconds = time.perf_counter() - started
+        if outcome.session_id:
+            self.session_id = outcome.session_id
+        return outcome
+
+    def _result_error(self, message: ResultMessage, texts: list[str]) -> str:
+        for candidate in ("; ".join(message.errors or []), message.result or "", texts[-1] if texts else ""):
+            if candidate.strip():
+                return short_reason(candidate)
+        if message.api_error_status:
+            return f"API error (HTTP {message.api_error_status})"
+        return message.subtype
+
+    def _dead(self, reason: str) -> str:
+        tail = [line for line in self._stderr if line.strip()]
+        return short_reason(f"{reason} ({tail[-1]})") if tail and tail[-1] not in reason else reason
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+class Runner:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        folder = config.session_dir
+        self.bell = doorbell.Doorbell(folder / sessiondb.AGENT_BELL)
+        self.host_bell = folder / sessiondb.HOST_BELL
+        self.state = tools.TurnState(folder, self.ring_host)
+        self.agent = Agent(config, self.state, folder / HEARTBEAT)
+        self._stopping = False
+        self._turn: asyncio.Task[None] | None = None
+
+    def ring_host(self) -> None:
+        doorbell.ring(self.host_bell)
+
+    def stop(self) -> None:
+        """SIGTERM: take no more work; an unfinished turn is cancelled and its rows run again later."""
+        if self._stopping:
+            return
+        log.info("stopping")
+        self._stopping = True
+        self.bell.wake()
+        if self._turn is not None:
+            self._turn.cancel()
+
+    async def run(self) -> None:
+        folder = self.config.session_dir
+        await asyncio.to_thread(sessiondb.ensure_outbound, folder)
+        await asyncio.to_thread(sessiondb.clear_processing, folder)
+        self.bell.open()
+        relay: asyncio.Server | None = None
+        try:
+            if self.config.gateway_socket:
+                from .relay import serve_relay
+
+                relay = await serve_relay(self.config.gateway_socket, "127.0.0.1", self.config.relay_port)
+            try:
+                await self.agent.connect()
+            except Exception:
+                log.exception("cannot start Claude Code yet; will retry on the next message")
+            await self._loop()
+        finally:
+            await self.agent.close()
+            self.bell.close()
+            if relay is not None:
+                relay.close()
+
+    async def _loop(self) -> None:
+        folder = self.config.session_dir
+        free_since = time.perf_counter()
+        while not self._stopping:
+            # Latency accounting starts at the ring, or when the loop got free if it rang meanwhile.
+            woke = max(self.bell.rung_at, free_since) if self.bell.rung_at else time.perf_counter()
+            self.bell.clear()
+            batch = await asyncio.to_thread(sessiondb.pending_inbound, folder, limit=BATCH_LIMIT)
+            if not any(m.trigger for m in batch):
+                await self.bell.wait(SAFETY_POLL_SECONDS)
+                continue
+            self._turn = asyncio.create_task(self._handle(batch, woke))
+            try:
+                await asyncio.wait({self._turn})
+                if not self._turn.cancelled() and self._turn.exception() is not None:
+                    log.error("turn crashed", exc_info=self._turn.exception())
+            finally:
+                self._turn = None
+                free_since = time.perf_counter()
+
+    async def _handle(self, batch: list[sessiondb.InboundMessage], woke: float) -> None:
+        folder = self.config.session_dir
+        seqs = [m.seq for m in batch]
+        await asyncio.to_thread(sessiondb.ack, folder, seqs, "processing")
+        self.state.begin(reply_to=[m.seq for m in batch if m.trigger][-1])
+        prompt = format_prompt(batch)
+        before = time.perf_counter()
+        try:
+            outcome = await self.agent.turn(prompt)
+        except asyncio.CancelledError:
+            if self.state.sent:  # the chat already has its answer: do not run it again
+                await asyncio.to_thread(sessiondb.ack, folder, seqs, "completed")
+            raise
+        after = time.perf_counter()
+        status = await asyncio.to_thread(self._finish, outcome, seqs)
+        self.ring_host()
+        done = time.perf_counter()
+        pre = (before - woke) * 1000
+        log.info("turn seqs=%s %s sends=%d api_turns=%d runner_ms=%.1f (pre=%.1f post=%.1f) cli_ms=%.1f",
+                 seqs, status, len(self.state.sent), outcome.num_turns, pre + (done - after) * 1000, pre,
+                 (done - after) * 1000, (after - before) * 1000)
+
+    def _finish(self, outcome: TurnOutcome, seqs: list[int]) -> str:
+        """Blocking tail of a turn: remember the conversation, make sure the chat hears back, ack."""
+        folder = self.config.session_dir
+        if outcome.session_id and outcome.session_id != sessiondb.get_state(folder, SESSION_ID_KEY):
+            sessiondb.set_state(folder, SESSION_ID_KEY, outcome.session_id)
+        if outcome.error is not None:
+            log.warning("turn failed: %s", outcome.error)
+            seq = tools.write_reply(self.state, f"Sorry — the agent failed: {outcome.error}", suffix="failed")
+            status = "failed"
+        else:
+            seq = None
+            if not self.state.sent and outcome.result.strip():
+                seq = tools.write_reply(self.state, outcome.result.strip(), suffix="result")
+            status = "completed"
+        if seq is None and not self.state.sent and (outcome.error or outcome.result.strip()):
+            log.warning("no session routing: the reply to #%s had nowhere to go", self.state.reply_to)
+        sessiondb.ack(folder, seqs, status)
+        return status
+
+
+async def run(config: Config) -> None:
+    runner = Runner(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.stop)
+    await runner.run()
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("CLAWDEN_LOG_LEVEL", "INFO").upper(), force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = Config.from_env(os.environ)
+    log.info("agent runner starting: session=%s group=%s gateway=%s", config.session_dir, config.group_dir,
+             config.gateway_socket or "-")
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(run(config))
+    log.info("agent runner stopped")
+

@@ -1,0 +1,225 @@
+"""Agent containers: the hardened run spec (pure) and the Docker adapter (docker SDK on a bounded pool)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.types import Mount
+
+log = logging.getLogger("clawden.runner.docker")
+T = TypeVar("T")
+
+LABEL_INSTALL = "dev.clawden.install"
+LABEL_GROUP = "dev.clawden.agent-group"
+LABEL_SESSION = "dev.clawden.session"
+
+# Paths inside the container; the agent runner reads them from its environment.
+SESSION_MOUNT = "/workspace/session"
+GROUP_MOUNT = "/workspace/agent"
+GLOBAL_MOUNT = "/workspace/global"
+HOME_MOUNT = "/home/agent"
+GATEWAY_MOUNT = "/run/clawden/gateway"
+RELAY_PORT = 3128
+AGENT_UID = 1000
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    install_id: str
+    agent_group: str
+    session_id: str
+    image: str
+    session_dir: Path
+    group_dir: Path
+    global_dir: Path
+    claude_home: Path
+    gateway_dir: Path
+    memory: str
+    cpus: float
+    pids: int
+    user: str
+    model: str = ""
+    timezone: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"clawden-{self.install_id}-{self.session_id}"
+
+    def labels(self) -> dict[str, str]:
+        return {LABEL_INSTALL: self.install_id, LABEL_GROUP: self.agent_group, LABEL_SESSION: self.session_id}
+
+    def environment(self) -> dict[str, str]:
+        # Only placeholders and paths: the real key lives in the vault and never enters here.
+        env = {
+            "CLAWDEN_SESSION_DIR": SESSION_MOUNT,
+            "CLAWDEN_GROUP_DIR": GROUP_MOUNT,
+            "CLAWDEN_GATEWAY_SOCKET": f"{GATEWAY_MOUNT}/gateway.sock",
+            "CLAWDEN_RELAY_PORT": str(RELAY_PORT),
+            "ANTHROPIC_API_KEY": "clawden-managed",
+            "HOME": HOME_MOUNT,
+            "TZ": self.timezone or "UTC",
+        }
+        if self.model:
+            env["CLAWDEN_MODEL"] = self.model
+        return env
+
+    def run_kwargs(self) -> dict[str, Any]:
+        """Everything `containers.run` gets: no network, read-only root, no capabilities, limits."""
+        mounts = [
+            Mount(SESSION_MOUNT, str(self.session_dir), type="bind"),
+            Mount(GROUP_MOUNT, str(self.group_dir), type="bind"),
+            Mount(HOME_MOUNT, str(self.claude_home), type="bind"),
+            Mount(GATEWAY_MOUNT, str(self.gateway_dir), type="bind", read_only=True),
+        ]
+        if self.global_dir.is_dir():
+            mounts.append(Mount(GLOBAL_MOUNT, str(self.global_dir), type="bind", read_only=True))
+        return {
+            "image": self.image,
+            "name": self.name,
+            "detach": True,
+            "labels": self.labels(),
+            "environment": self.environment(),
+            "user": self.user,
+            "network_mode": "none",
+            "read_only": True,
+            "tmpfs": {"/tmp": "rw,size=256m,mode=1777"},
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "mem_limit": self.memory,
+            "nano_cpus": int(self.cpus * 1e9),
+            "pids_limit": self.pids,
+            "mounts": mounts,
+            "working_dir": GROUP_MOUNT,
+            "stop_signal": "SIGTERM",
+        }
+
+
+def container_user() -> tuple[str, int | None]:
+    """Run as the runner's own uid; as root, as the image's unprivileged user (and chown to it)."""
+    uid = os.getuid()
+    if uid == 0:
+        return f"{AGENT_UID}:{AGENT_UID}", AGENT_UID
+    return f"{uid}:{os.getgid()}", None
+
+
+@dataclass(frozen=True)
+class Died:
+    session_id: str
+    container_id: str
+    exit_code: int
+
+
+class ImageMissing(RuntimeError):
+    pass
+
+
+class Docker:
+    """The docker SDK is blocking: every call goes through a small dedicated pool."""
+
+    def __init__(self, install_id: str, workers: int = 4) -> None:
+        self.install_id = install_id
+        self.client = docker.from_env(timeout=60)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
+        self._events_thread: threading.Thread | None = None
+        self._events_stream: Any = None
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+
+    async def ping(self) -> bool:
+        return bool(await self.call(self.client.ping))
+
+    async def start(self, spec: ContainerSpec) -> Container:
+        def run() -> Container:
+            try:
+                self.client.images.get(spec.image)
+            except docker.errors.ImageNotFound as exc:  # never let run() try a pull
+                raise ImageMissing(
+                    f"agent image {spec.image} is missing; build it with `clawden image build`") from exc
+            # A stale stopped container with our name would block the new one.
+            with contextlib.suppress(docker.errors.NotFound):
+                self.client.containers.get(spec.name).remove(force=True)
+            container: Container = self.client.containers.run(**spec.run_kwargs())
+            return container
+
+        return await self.call(run)
+
+    async def ours(self) -> list[Container]:
+        """Every container of this install, running or not (labels are the source of truth)."""
+        return await self.call(self.client.containers.list, all=True,
+                               filters={"label": [f"{LABEL_INSTALL}={self.install_id}", LABEL_SESSION]})
+
+    async def stop_and_remove(self, container_id: str, timeout: int = 5) -> None:
+        def stop() -> None:
+            try:
+                container = self.client.containers.get(container_id)
+                container.stop(timeout=timeout)
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+        await self.call(stop)
+
+    async def status(self, container_id: str) -> str:
+        def get() -> str:
+            try:
+                return str(self.client.containers.get(container_id).status)
+            except docker.errors.NotFound:
+                return "gone"
+
+        return await self.call(get)
+
+    async def logs_tail(self, container_id: str, lines: int = 20) -> str:
+        def get() -> str:
+            try:
+                return bytes(self.client.containers.get(container_id).logs(tail=lines)).decode(
+                    "utf-8", "replace")
+            except docker.errors.NotFound:
+                return ""
+
+        return await self.call(get)
+
+    def watch_deaths(self, on_death: Callable[[Died], None]) -> None:
+        """Follow Docker's event stream in its own thread (not the pool): one event per death."""
+        loop = asyncio.get_running_loop()
+
+        def follow() -> None:
+            while True:
+                try:
+                    self._events_stream = self.client.events(decode=True, filters={
+                        "type": "container", "event": "die", "label": f"{LABEL_INSTALL}={self.install_id}"})
+                    for event in self._events_stream:
+                        attrs = event.get("Actor", {}).get("Attributes", {})
+                        died = Died(attrs.get(LABEL_SESSION, ""), event.get("id", ""),
+                                    int(attrs.get("exitCode", "-1")))
+                        loop.call_soon_threadsafe(on_death, died)
+                    return  # the stream was closed on purpose
+                except Exception as exc:
+                    if self._events_stream is None:
+                        return
+                    log.warning("docker event stream failed (%s); reconnecting", exc)
+                    threading.Event().wait(1.0)
+
+        self._events_thread = threading.Thread(target=follow, name="docker-events", daemon=True)
+        self._events_thread.start()
+
+    def close(self) -> None:
+        stream, self._events_stream = self._events_stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()

@@ -1,0 +1,121 @@
+"""Session folders on the host side: layout, ownership, the runner's own record of each session, doorbells."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from clawden import sessiondb
+from clawden.bus import events as ev
+
+log = logging.getLogger("clawden.runner.sessions")
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    id: str
+    agent_group: str
+    route: ev.Route
+
+
+class SessionIndex:
+    """`runner.db`: which group and chat each session belongs to. Kept outside the session folder,
+    which the agent can write, so an agent cannot redirect its replies or remount another group."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, agent_group TEXT NOT NULL,"
+            " channel TEXT NOT NULL, chat_id TEXT NOT NULL, thread_id TEXT, updated_at REAL NOT NULL)")
+        self._cache: dict[str, SessionInfo] = {}
+        for row in self.db.execute("SELECT id, agent_group, channel, chat_id, thread_id FROM sessions"):
+            self._cache[row[0]] = SessionInfo(row[0], row[1], ev.Route(channel=row[2], chat_id=row[3],
+                                                                        thread_id=row[4]))
+
+    def get(self, session_id: str) -> SessionInfo | None:
+        return self._cache.get(session_id)
+
+    def put(self, info: SessionInfo) -> None:
+        if self._cache.get(info.id) == info:
+            return
+        self.db.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+            " channel = excluded.channel, chat_id = excluded.chat_id, thread_id = excluded.thread_id,"
+            " updated_at = excluded.updated_at",
+            (info.id, info.agent_group, info.route.channel, info.route.chat_id, info.route.thread_id,
+             time.time()))
+        self._cache[info.id] = info
+
+    def all(self) -> list[SessionInfo]:
+        return list(self._cache.values())
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class UnsafeSessionFolder(RuntimeError):
+    pass
+
+
+def prepare_folder(folder: Path, owner_uid: int | None) -> None:
+    """Create the session folder and its DB pair; hand it to the container's user when we are root."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (sessiondb.INBOUND, sessiondb.OUTBOUND):
+        path = folder / name
+        # The agent can write this folder: never follow a link it planted to a file of ours.
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise UnsafeSessionFolder(f"{path} is not a regular file")
+    for sub in ("inbox", "outbox"):
+        (folder / sub).mkdir(exist_ok=True)
+    sessiondb.ensure_inbound(folder)
+    sessiondb.ensure_outbound(folder)
+    if owner_uid is not None:
+        chown_tree(folder, owner_uid)
+
+
+def chown_tree(root: Path, uid: int) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chown(dirpath, uid, uid, follow_symlinks=False)
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
+
+
+def ring(folder: Path) -> None:
+    """Tell the agent to look at inbound.db now; if nobody listens, its slow poll will."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.sendto(b"", str(folder / sessiondb.AGENT_BELL))
+
+
+class _Bell(asyncio.DatagramProtocol):
+    def __init__(self, on_ring: Callable[[], None]) -> None:
+        self.on_ring = on_ring
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.on_ring()
+
+
+async def listen_bell(folder: Path, on_ring: Callable[[], None], owner_uid: int | None
+                      ) -> asyncio.DatagramTransport:
+    """The host's doorbell in a session folder: the agent rings it after writing outbound.db."""
+    path = folder / sessiondb.HOST_BELL
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: _Bell(on_ring), local_addr=str(path),
+                                                       family=socket.AF_UNIX)
+    os.chmod(path, 0o666)
+    if owner_uid is not None:
+        os.chown(path, owner_uid, owner_uid, follow_symlinks=False)
+    return transport

@@ -1,0 +1,312 @@
+"""The in-container agent runner, run as a host process against the fake Anthropic API.
+
+Real pieces: the runner, the Claude Code CLI the SDK bundles, the session SQLite pair and the
+doorbell sockets. Only the model is fake.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from clawden import sessiondb
+from tests.fakes.anthropic import Error, FakeAnthropic, Hang, Text, start_in_thread
+
+REPO = Path(__file__).resolve().parents[2]
+ROUTING = sessiondb.Routing("telegram", "chat-42")
+SEND = "mcp__clawden__send_message"
+DEADLINE = 30.0
+T = TypeVar("T")
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAnthropic]:
+    server = start_in_thread()
+    yield server
+    server.release()
+    server.stop_thread()
+
+
+class Session:
+    """A session folder as the host runner keeps it, plus its end of the doorbells."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "session"
+        self.group = root / "group"
+        self.home = root / "home"
+        for d in (self.dir, self.group, self.home):
+            d.mkdir(parents=True)
+        (self.group / "CLAUDE.md").write_text("You are Clawden's test agent.\n")
+        sessiondb.ensure_inbound(self.dir)
+        sessiondb.ensure_outbound(self.dir)
+        sessiondb.set_routing(self.dir, ROUTING)
+        self.host_bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.host_bell.bind(str(self.dir / sessiondb.HOST_BELL))
+        self.rings = 0
+        self._n = 0
+
+    def send(self, text: str, sender: str = "Alice") -> int:
+        self._n += 1
+        msg = sessiondb.InboundMessage(id=f"m{self._n}", kind="chat", content={"text": text},
+                                       routing=ROUTING, sender_id="u1", sender_name=sender)
+        seq, _ = sessiondb.insert_inbound(self.dir, msg, outbound_max_seq=sessiondb.outbound_max_seq(self.dir))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as bell:
+            bell.sendto(b"", str(self.dir / sessiondb.AGENT_BELL))
+        return seq
+
+    def wait(self, check: Callable[[], T | None], deadline: float = DEADLINE) -> T:
+        """Poll `check` each time the host bell rings (or every 0.5 s) until it returns a value."""
+        end = time.monotonic() + deadline
+        while True:
+            value = check()
+            if value is not None:
+                return value
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out; outbound={self.outbound()} acks={self.acks()}")
+            self.host_bell.settimeout(min(0.5, remaining))
+            try:
+                self.host_bell.recv(16)
+                self.rings += 1
+            except TimeoutError:
+                pass
+
+    def outbound(self) -> list[sessiondb.OutboundMessage]:
+        with sessiondb.opened(self.dir / sessiondb.OUTBOUND, readonly=True) as conn:
+            rows = conn.execute("SELECT * FROM messages_out ORDER BY seq").fetchall()
+        return [sessiondb._outbound_from_row(r) for r in rows]
+
+    def acks(self) -> dict[int, str]:
+        with sessiondb.opened(self.dir / sessiondb.OUTBOUND, readonly=True) as conn:
+            return {int(r[0]): str(r[1]) for r in conn.execute("SELECT seq, status FROM processing_ack")}
+
+    def reply_to(self, seq: int) -> sessiondb.OutboundMessage:
+        """Wait until `seq` is acked completed or failed and return the reply it got."""
+        self.wait(lambda: self.acks().get(seq) if self.acks().get(seq) in ("completed", "failed") else None)
+        replies = [m for m in self.outbound() if m.in_reply_to == seq]
+        assert len(replies) == 1, replies
+        return replies[0]
+
+    def close(self) -> None:
+        self.host_bell.close()
+
+
+class AgentProcess:
+    def __init__(self, session: Session, env: dict[str, str]) -> None:
+        self.session = session
+        self.log = session.dir.parent / "agent.log"
+        self._log_file = self.log.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "clawden_agent"], env=env,
+                                     stdout=self._log_file, stderr=subprocess.STDOUT)
+        bell = session.dir / sessiondb.AGENT_BELL
+        session.wait(lambda: True if bell.exists() else None, deadline=10)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=20)
+        finally:
+            self._log_file.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._log_file.close()
+
+    def children(self) -> list[int]:
+        out: list[int] = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            out += [int(p) for p in (task / "children").read_text().split()]
+        return out
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Iterator[Session]:
+    s = Session(tmp_path)
+    yield s
+    s.close()
+
+
+def agent_env(session: Session, fake: FakeAnthropic, **extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE", "CLAWDEN_"))}
+    # Anything that tries to leave loopback through a proxy lands on the fake and shows up in
+    # its request log, where the tests below would see it.
+    return {**base, "PYTHONPATH": f"{REPO / 'container'}{os.pathsep}{REPO}", "HOME": str(session.home),
+            "CLAWDEN_SESSION_DIR": str(session.dir), "CLAWDEN_GROUP_DIR": str(session.group),
+            "ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": "sk-ant-test",
+            "HTTPS_PROXY": fake.url, "HTTP_PROXY": fake.url, "NO_PROXY": "127.0.0.1,localhost", **extra}
+
+
+@pytest.fixture
+def start_agent(session: Session, fake: FakeAnthropic) -> Iterator[Callable[..., AgentProcess]]:
+    started: list[AgentProcess] = []
+
+    def start(**extra: str) -> AgentProcess:
+        agent = AgentProcess(session, agent_env(session, fake, **extra))
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill()
+        if agent.proc.returncode not in (0, None, -signal.SIGKILL):
+            sys.stderr.write(agent.log.read_text())
+
+
+def conversation(body: Any) -> str:
+    """Every string in a request's messages, so a test can look for what the model was shown."""
+    def walk(node: Any) -> Iterator[str]:
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, dict):
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value)
+    return "\n".join(walk(body.get("messages") if isinstance(body, dict) else None))
+
+
+def only_api_traffic(fake: FakeAnthropic) -> None:
+    assert {(r.method, r.path) for r in fake.requests} <= {
+        ("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens")}, [r.target for r in fake.requests]
+
+
+# --- tests -------------------------------------------------------------------------------------------
+
+def test_message_gets_the_agents_reply_a_completed_ack_and_a_host_ring(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    start_agent()
+
+    seq = session.send("hello there")
+    reply = session.reply_to(seq)
+
+    assert reply.kind == "chat" and reply.seq % 2 == 1 and reply.seq > seq
+    assert reply.content["text"].startswith(f'echo: <message seq="{seq}" from="Alice" time=')
+    assert reply.content["text"].endswith(">hello there</message>")
+    assert reply.routing == ROUTING
+    assert session.acks() == {seq: "completed"}
+    assert session.rings >= 1
+    assert (session.dir / ".heartbeat").exists()
+    turn = fake.messages_requests(with_tools=True)
+    assert SEND in [t["name"] for t in turn[0].body["tools"]]  # loaded up front, not behind tool search
+    assert len(turn) == 2  # the send_message call, then the end of the turn after its result
+    only_api_traffic(fake)
+
+
+def test_second_message_continues_the_same_conversation(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    start_agent()
+    first = session.reply_to(session.send("my name is Bob"))
+
+    second_seq = session.send("what is my name?")
+    second = session.reply_to(second_seq)
+
+    assert "what is my name?" in second.content["text"]
+    last = fake.messages_requests(with_tools=True)[-1].body
+    assert "my name is Bob" in conversation(last) and first.content["text"][:40] in conversation(last)
+
+
+def test_restarted_runner_resumes_the_stored_conversation(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    agent = start_agent()
+    session.reply_to(session.send("remember the number 7341"))
+    stored = sessiondb.get_state(session.dir, "claude_session_id")
+    assert stored
+    assert agent.terminate() == 0  # SIGTERM is a clean exit
+    assert not (session.dir / sessiondb.AGENT_BELL).exists()
+
+    start_agent()
+    seq = session.send("which number?")
+    session.reply_to(seq)
+
+    last = fake.messages_requests(with_tools=True)[-1].body
+    assert "remember the number 7341" in conversation(last) and "which number?" in conversation(last)
+    assert sessiondb.get_state(session.dir, "claude_session_id") == stored
+
+
+def test_api_error_becomes_a_failure_reply_and_the_next_message_still_works(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    start_agent()
+    fake.script(Error(400, "prompt is too long"))
+
+    bad = session.send("this one fails")
+    failure = session.reply_to(bad)
+    good = session.send("and this one works")
+    reply = session.reply_to(good)
+
+    assert failure.content["text"].startswith("Sorry — the agent failed: ")
+    assert "prompt is too long" in failure.content["text"]
+    assert session.acks() == {bad: "failed", good: "completed"}
+    assert reply.content["text"].startswith("echo: ") and "and this one works" in reply.content["text"]
+
+
+def test_dead_claude_code_fails_the_turn_and_is_restarted_for_the_next(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    agent = start_agent()
+    session.reply_to(session.send("warm up"))
+    fake.script(Hang())
+    stuck = session.send("this one is stuck")
+    session.wait(lambda: True if len(fake.messages_requests(with_tools=True)) == 3 else None)
+
+    for pid in agent.children():
+        os.kill(pid, signal.SIGKILL)
+    failure = session.reply_to(stuck)
+    fake.release()
+    reply = session.reply_to(session.send("are you back?"))
+
+    assert failure.content["text"].startswith("Sorry — the agent failed: ")
+    assert session.acks()[stuck] == "failed"
+    assert "are you back?" in reply.content["text"]
+    assert "warm up" in conversation(fake.messages_requests(with_tools=True)[-1].body)  # resumed
+
+
+def test_final_text_is_sent_when_the_agent_does_not_use_send_message(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    start_agent()
+    fake.script(Text("A plain answer."))
+
+    reply = session.reply_to(session.send("answer without the tool"))
+
+    assert reply.content["text"] == "A plain answer."
+
+
+def test_claims_left_by_a_dead_container_are_run_again(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    seq = session.send("sent while no agent was up")
+    sessiondb.ack(session.dir, [seq], "processing")
+
+    start_agent()
+    reply = session.reply_to(seq)
+
+    assert "sent while no agent was up" in reply.content["text"]
+
+
+def test_gateway_mode_reaches_the_api_only_through_the_relay(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    gateway = tmp_path / "gw.sock"
+    fake.call(fake.listen_unix(str(gateway)))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start_agent(CLAWDEN_GATEWAY_SOCKET=str(gateway), CLAWDEN_RELAY_PORT=str(port),
+                ANTHROPIC_BASE_URL="http://192.0.2.1:9", ANTHROPIC_API_KEY="sk-must-not-leak")
+
+    reply = session.reply_to(session.send("through the gateway"))
+
+    assert "through the gateway" in reply.content["text"]
+    api = fake.messages_requests()
+    assert api and all(r.headers["x-api-key"] == "clawden-managed" for r in api)
+    assert all(r.headers["host"] == f"127.0.0.1:{port}" for r in api)
+    only_api_traffic(fake)
+
