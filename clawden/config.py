@@ -26,6 +26,8 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     pids: int = 512
     docker_workers: int = 4
     safety_poll: float = 2.0
+    # systemd restarts keep containers for the next runner to adopt; `clawden up` stops them.
+    stop_containers_on_exit: bool = False
 
 
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -20,6 +20,7 @@ DEFAULT_BASE = "python:3.11-slim-bookworm"
 BOOTSTRAP_BASE = "clawden-base:bookworm"
 SOURCE_HASH_LABEL = "dev.clawden.source-hash"
 SDK_DIST = "claude-agent-sdk"
+SYSTEM_PACKAGES = ("git", "curl", "ca-certificates", "tini")  # as in container/Dockerfile
 CONTAINER_DIR = Path(__file__).resolve().parents[1] / "container"
 SESSIONDB = Path(__file__).resolve().parent / "sessiondb.py"
 PULL_TIMEOUT_S = 300.0
@@ -64,17 +65,20 @@ def build_agent_image(
     *,
     force_base: bool = False,
     log: Log = print,
-    network: str = "none",
+    network: str | None = None,
 ) -> str:
     """Build the agent image and return its tag.
 
     With no `base`, use python:3.11-slim-bookworm when it is present or pullable, otherwise
     bootstrap clawden-base:bookworm from Debian packages. `force_base` rebuilds that bootstrapped
-    base and builds on it.
+    base and builds on it. The build runs with `--network none` unless the base lacks system
+    packages that apt must fetch (or `network` says otherwise).
     """
     base_image = resolve_base(base, force_base=force_base, log=log)
     target = probe_base(base_image)
     log(f"base {base_image}: python {target.python}, {target.machine}, glibc {target.glibc}")
+    if network is None:
+        network = build_network(base_image, log=log)
     with tempfile.TemporaryDirectory(prefix="clawden-image-") as tmp:
         ctx = Path(tmp)
         assemble_context(ctx, target, log=log)
@@ -261,6 +265,22 @@ def probe_base(base: str) -> WheelTarget:
         raise ImageBuildError(f"cannot run python3 in {base}: {result.stderr.strip()}")
     python, machine, glibc = result.stdout.split()
     return WheelTarget(python=python, machine=machine, glibc=None if glibc == "-" else glibc)
+
+
+def build_network(base: str, *, log: Log) -> str:
+    """ "none", unless the base lacks system packages, which the Dockerfile then installs via apt."""
+    check = " ".join(
+        f"dpkg-query -W -f='${{Status}}' {pkg} 2>/dev/null | grep -q 'ok installed' || echo {pkg};"
+        for pkg in SYSTEM_PACKAGES
+    )
+    result = docker(["docker", "run", "--rm", "--network", "none", "--entrypoint", "sh", base, "-c", check])
+    if result.returncode != 0:
+        raise ImageBuildError(f"cannot inspect the packages of {base}: {result.stderr.strip()}")
+    missing = result.stdout.split()
+    if not missing:
+        return "none"
+    log(f"{base} lacks {', '.join(missing)}: building with the default network so apt can fetch them")
+    return "default"
 
 
 def docker_build(ctx: Path, *, tag: str, base: str, digest: str, network: str, log: Log) -> None:

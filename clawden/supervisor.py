@@ -72,7 +72,8 @@ class Supervisor:
             child.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             child.notify.bind(str(child.notify_path))
             child.notify.setblocking(False)
-        env = dict(os.environ, NOTIFY_SOCKET=str(child.notify_path), CLAWDEN_HOME=self.cfg.home)
+        env = dict(os.environ, NOTIFY_SOCKET=str(child.notify_path), CLAWDEN_HOME=self.cfg.home,
+                   CLAWDEN_RUNNER_STOP_CONTAINERS_ON_EXIT="true")
         if self.cfg.embedded_nats:
             env["CLAWDEN_NATS_URL"] = self.cfg.nats_url
         log = open(child.log_path, "ab")  # noqa: SIM115 - the child owns it

@@ -10,10 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
 
@@ -26,6 +24,7 @@ E = TypeVar("E")
 
 async def connect(url: str, name: str, **options: Any) -> Client:
     """Connect with reconnect-forever, a private inbox prefix, and callbacks that never raise."""
+    nc = Client()
 
     # Logging never raises (handler errors go to handleError), which matters: a raising callback
     # stops nats-py from reconnecting (nats.py#204).
@@ -33,7 +32,8 @@ async def connect(url: str, name: str, **options: Any) -> Client:
         log.warning("nats error: %s", exc)
 
     async def on_disconnected() -> None:
-        log.warning("nats disconnected from %s", url)
+        if not (nc.is_closed or nc.is_draining):
+            log.warning("nats disconnected from %s", url)
 
     async def on_reconnected() -> None:
         log.info("nats reconnected")
@@ -53,7 +53,8 @@ async def connect(url: str, name: str, **options: Any) -> Client:
         "reconnected_cb": on_reconnected,
         "closed_cb": on_closed,
     }
-    return await nats.connect(**(settings | options))
+    await nc.connect(**(settings | options))
+    return nc
 
 
 async def publish(js: JetStreamContext, subject: str, event: events.Event, *, msg_id: str,
@@ -142,12 +143,12 @@ async def consume(
             try:
                 # Short fetches: a stalled fetch (nats.py#986) costs latency, never progress.
                 msgs = await sub.fetch(batch=batch, timeout=1.0)
-            except NatsTimeoutError:
+            except TimeoutError:  # nothing arrived (nats' own TimeoutError subclasses it)
                 continue
             except Exception as exc:
                 if stopping.is_set():
                     break
-                log.warning("fetch failed: %s", exc)
+                log.warning("fetch failed: %r", exc)
                 await asyncio.sleep(0.5)
                 continue
             if concurrency == 1:

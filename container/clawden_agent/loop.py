@@ -23,7 +23,10 @@ from claude_agent_sdk import (
     ClaudeAgentOptions,
     ClaudeSDKClient,
     McpServerConfig,
+    ProcessError,
+    ResultError,
     ResultMessage,
+    SystemMessage,
     TextBlock,
 )
 
@@ -139,22 +142,24 @@ def short_reason(text: str, limit: int = 200) -> str:
 @dataclass
 class TurnOutcome:
     result: str = ""
-    session_id: str | None = None
     error: str | None = None
     num_turns: int = 0
-    cli_seconds: float = 0.0
 
 
 class Agent:
-    """One persistent ClaudeSDKClient, recreated (resuming the stored conversation) if it dies."""
+    """One persistent ClaudeSDKClient, recreated (resuming the stored conversation) if it dies.
+
+    It keeps outbound.db's `claude_session_id` current as soon as Claude Code names the session,
+    so even a container killed during its first turn comes back to the same conversation.
+    """
 
     def __init__(self, config: Config, state: tools.TurnState, heartbeat: Path) -> None:
         self.config = config
         self.heartbeat = heartbeat
-        self.session_id: str | None = None
         self._client: ClaudeSDKClient | None = None
         self._server = tools.build_server(state)
         self._stderr: deque[str] = deque(maxlen=20)
+        self._stored_session: str | None = None
 
     def _options(self, resume: str | None) -> ClaudeAgentOptions:
         return ClaudeAgentOptions(
@@ -176,6 +181,7 @@ class Agent:
 
     async def connect(self) -> None:
         resume = await asyncio.to_thread(sessiondb.get_state, self.config.session_dir, SESSION_ID_KEY)
+        self._stored_session = resume
         try:
             await self._connect(resume)
         except Exception as exc:
@@ -183,7 +189,7 @@ class Agent:
                 raise
             # The Claude state dir lost that conversation: start a new one rather than fail forever.
             log.warning("stored conversation %s is gone; starting a new one", resume)
-            await asyncio.to_thread(sessiondb.set_state, self.config.session_dir, SESSION_ID_KEY, None)
+            await self._remember(None)
             await self._connect(None)
 
     async def _connect(self, resume: str | None) -> None:
@@ -191,13 +197,16 @@ class Agent:
         client = ClaudeSDKClient(self._options(resume))
         await client.connect()
         self._client = client
-        self.session_id = resume
         log.info("claude code ready in %.0f ms (resume=%s)", (time.perf_counter() - started) * 1000, resume)
+
+    async def _remember(self, session_id: str | None) -> None:
+        if session_id != self._stored_session:
+            await asyncio.to_thread(sessiondb.set_state, self.config.session_dir, SESSION_ID_KEY, session_id)
+            self._stored_session = session_id
 
     async def turn(self, prompt: str) -> TurnOutcome:
         """Run one query to its ResultMessage. SDK failures come back as `error`, never raised."""
         outcome = TurnOutcome()
-        started = time.perf_counter()
         try:
             if self._client is None:
                 await self.connect()
@@ -208,24 +217,25 @@ class Agent:
                 self.heartbeat.touch()
                 if isinstance(message, AssistantMessage):
                     texts.extend(b.text for b in message.content if isinstance(b, TextBlock))
+                elif isinstance(message, SystemMessage) and message.subtype == "init":
+                    await self._remember(str(message.data.get("session_id") or "") or None)
                 elif isinstance(message, ResultMessage):
-                    outcome.session_id = message.session_id
+                    await self._remember(message.session_id)
                     outcome.num_turns = message.num_turns
                     outcome.result = message.result or ""
                     if message.is_error:
                         outcome.error = self._result_error(message, texts)
-                    break
-            else:
-                outcome.error = self._dead("Claude Code stopped without a result")
+                    return outcome
+            raise ProcessError("Claude Code stopped without a result")
         except Exception as exc:
             log.exception("turn failed")
-            outcome.error = self._dead(short_reason(f"{type(exc).__name__}: {exc}"))
-        if outcome.error is not None and self._client is not None and outcome.session_id is None:
-            await self.close()
-        outcome.cli_seconds = time.perf_counter() - started
-        if outcome.session_id:
-            self.session_id = outcome.session_id
-        return outcome
+            if isinstance(exc, ProcessError) and not isinstance(exc, ResultError) and exc.exit_code:
+                reason = f"Claude Code exited unexpectedly (exit code {exc.exit_code})"
+            else:
+                reason = f"{type(exc).__name__}: {exc}"
+            outcome.error = self._dead(short_reason(reason))
+            await self.close()  # the next turn starts a fresh Claude Code on the same conversation
+            return outcome
 
     def _result_error(self, message: ResultMessage, texts: list[str]) -> str:
         for candidate in ("; ".join(message.errors or []), message.result or "", texts[-1] if texts else ""):
@@ -239,11 +249,18 @@ class Agent:
         tail = [line for line in self._stderr if line.strip()]
         return short_reason(f"{reason} ({tail[-1]})") if tail and tail[-1] not in reason else reason
 
-    async def close(self) -> None:
+    async def close(self, *, interrupt: bool = False) -> None:
+        """Stop Claude Code. `interrupt` first aborts a turn in flight, which it would otherwise
+        finish (or be killed after a grace period) once its stdin closes."""
         client, self._client = self._client, None
-        if client is not None:
+        if client is None:
+            return
+        if interrupt:
             with contextlib.suppress(Exception):
-                await client.disconnect()
+                async with asyncio.timeout(2):
+                    await client.interrupt()
+        with contextlib.suppress(Exception):
+            await client.disconnect()
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -258,6 +275,7 @@ class Runner:
         self.agent = Agent(config, self.state, folder / HEARTBEAT)
         self._stopping = False
         self._turn: asyncio.Task[None] | None = None
+        self._interrupted = False
 
     def ring_host(self) -> None:
         doorbell.ring(self.host_bell)
@@ -271,12 +289,14 @@ class Runner:
         self.bell.wake()
         if self._turn is not None:
             self._turn.cancel()
+            self._interrupted = True
 
     async def run(self) -> None:
         folder = self.config.session_dir
         await asyncio.to_thread(sessiondb.ensure_outbound, folder)
         await asyncio.to_thread(sessiondb.clear_processing, folder)
         self.bell.open()
+        self.agent.heartbeat.touch()
         relay: asyncio.Server | None = None
         try:
             if self.config.gateway_socket:
@@ -289,7 +309,7 @@ class Runner:
                 log.exception("cannot start Claude Code yet; will retry on the next message")
             await self._loop()
         finally:
-            await self.agent.close()
+            await self.agent.close(interrupt=self._interrupted)
             self.bell.close()
             if relay is not None:
                 relay.close()
@@ -317,14 +337,18 @@ class Runner:
     async def _handle(self, batch: list[sessiondb.InboundMessage], woke: float) -> None:
         folder = self.config.session_dir
         seqs = [m.seq for m in batch]
-        await asyncio.to_thread(sessiondb.ack, folder, seqs, "processing")
+        # The claim is written while Claude Code already works: it only has to land before the
+        # final ack, and a crash before it merely leaves the rows pending, to be run again.
+        claim = asyncio.create_task(asyncio.to_thread(sessiondb.ack, folder, seqs, "processing"))
         self.state.begin(reply_to=[m.seq for m in batch if m.trigger][-1])
         prompt = format_prompt(batch)
         before = time.perf_counter()
         try:
             outcome = await self.agent.turn(prompt)
+            await claim
         except asyncio.CancelledError:
             if self.state.sent:  # the chat already has its answer: do not run it again
+                await claim
                 await asyncio.to_thread(sessiondb.ack, folder, seqs, "completed")
             raise
         after = time.perf_counter()
@@ -337,22 +361,17 @@ class Runner:
                  (done - after) * 1000, (after - before) * 1000)
 
     def _finish(self, outcome: TurnOutcome, seqs: list[int]) -> str:
-        """Blocking tail of a turn: remember the conversation, make sure the chat hears back, ack."""
-        folder = self.config.session_dir
-        if outcome.session_id and outcome.session_id != sessiondb.get_state(folder, SESSION_ID_KEY):
-            sessiondb.set_state(folder, SESSION_ID_KEY, outcome.session_id)
+        """Blocking tail of a turn: make sure the chat hears back, then ack."""
+        reply: tuple[str, str] | None = None
         if outcome.error is not None:
             log.warning("turn failed: %s", outcome.error)
-            seq = tools.write_reply(self.state, f"Sorry — the agent failed: {outcome.error}", suffix="failed")
-            status = "failed"
-        else:
-            seq = None
-            if not self.state.sent and outcome.result.strip():
-                seq = tools.write_reply(self.state, outcome.result.strip(), suffix="result")
-            status = "completed"
-        if seq is None and not self.state.sent and (outcome.error or outcome.result.strip()):
+            reply = (f"Sorry — the agent failed: {outcome.error}", "failed")
+        elif not self.state.sent and outcome.result.strip():
+            reply = (outcome.result.strip(), "result")  # the agent answered without send_message
+        if reply is not None and tools.write_reply(self.state, reply[0], suffix=reply[1]) is None:
             log.warning("no session routing: the reply to #%s had nowhere to go", self.state.reply_to)
-        sessiondb.ack(folder, seqs, status)
+        status = "failed" if outcome.error is not None else "completed"
+        sessiondb.ack(self.config.session_dir, seqs, status)
         return status
 
 

@@ -44,7 +44,7 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
         if event.route.chat_id != chat_id:
             return
         who = event.agent_group or "clawden"
-        print(f"\r{who}> {event.text}", flush=True)
+        print(f"{chr(13) if interactive else ''}{who}> {event.text}", flush=True)
         if interactive:
             print("you> ", end="", flush=True)
         receipt = ev.DeliveryReceipt(outbound_id=event.id, route=event.route, ok=True,

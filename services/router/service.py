@@ -17,7 +17,7 @@ log = logging.getLogger("clawden.router")
 
 DEFAULT_GROUP = "main"
 LOCAL_CHANNEL = "local"
-LOCAL_CHAT = "terminal"
+LOCAL_CHATS = "*"  # every terminal chat on this machine belongs to its owner
 
 
 class Router:
@@ -55,7 +55,7 @@ class Router:
 async def main(ctx: ServiceContext) -> None:
     store = await RouterStore.open(ctx.config.data_dir / "router.db")
     try:
-        if await store.ensure_default_group(DEFAULT_GROUP, DEFAULT_GROUP, LOCAL_CHANNEL, LOCAL_CHAT):
+        if await store.ensure_default_group(DEFAULT_GROUP, DEFAULT_GROUP, LOCAL_CHANNEL, LOCAL_CHATS):
             log.info("created agent group %r wired to the %s channel", DEFAULT_GROUP, LOCAL_CHANNEL)
         router = Router(ctx, store)
         stats = ConsumeStats()

@@ -37,6 +37,7 @@ from services.runner.sessions import (
 )
 
 log = logging.getLogger("clawden.runner")
+START_ATTEMPTS = 5  # deliveries of one wake before its messages fail with a word to the user
 
 
 @dataclass
@@ -106,11 +107,16 @@ class Runner:
                     log.error("%s", exc)
                     await self._fail_pending(info, folder, str(exc))
                     return
-                except Retry:
-                    raise
                 except Exception as exc:
-                    log.exception("could not start a container for %s", info.id)
-                    raise Retry(f"container start failed: {exc}", delay=2.0) from exc
+                    if msg.metadata.num_delivered < START_ATTEMPTS:
+                        log.warning("could not start a container for %s: %s", info.id, exc)
+                        if isinstance(exc, Retry):
+                            raise
+                        raise Retry(f"container start failed: {exc}", delay=2.0) from exc
+                    log.exception("giving up starting a container for %s", info.id)
+                    await self._fail_pending(info, folder, "my container could not be started "
+                                             f"({type(exc).__name__}); the operator has to look at the runner's log.")
+                    return
             else:
                 live.last_activity = time.monotonic()
             await asyncio.to_thread(ring, folder)
@@ -341,7 +347,10 @@ class Runner:
                     log.error("could not resume %s: %s", info.id, exc)
 
     async def shutdown(self) -> None:
-        # Containers keep running across a runner restart; the next runner adopts them.
+        # By default containers keep running across a runner restart; the next runner adopts them.
+        if self.cfg.runner.stop_containers_on_exit:
+            await asyncio.gather(*(self.stop_session(s, "runner exit") for s in list(self.live)),
+                                 return_exceptions=True)
         for live in list(self.live.values()):
             if live.bell is not None:
                 live.bell.close()

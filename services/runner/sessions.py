@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -13,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from clawden import sessiondb
+from clawden import sessiondb, unixsock
 from clawden.bus import events as ev
 
 log = logging.getLogger("clawden.runner.sessions")
@@ -92,10 +91,7 @@ def chown_tree(root: Path, uid: int) -> None:
 
 def ring(folder: Path) -> None:
     """Tell the agent to look at inbound.db now; if nobody listens, its slow poll will."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.setblocking(False)
-        with contextlib.suppress(OSError):
-            sock.sendto(b"", str(folder / sessiondb.AGENT_BELL))
+    unixsock.ring(folder / sessiondb.AGENT_BELL)
 
 
 class _Bell(asyncio.DatagramProtocol):
@@ -110,12 +106,9 @@ async def listen_bell(folder: Path, on_ring: Callable[[], None], owner_uid: int 
                       ) -> asyncio.DatagramTransport:
     """The host's doorbell in a session folder: the agent rings it after writing outbound.db."""
     path = folder / sessiondb.HOST_BELL
-    if path.is_symlink() or path.exists():
-        path.unlink()
+    sock = unixsock.bind(path, socket.SOCK_DGRAM)  # bound by hand: uvloop takes no AF_UNIX local_addr
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: _Bell(on_ring), local_addr=str(path),
-                                                       family=socket.AF_UNIX)
-    os.chmod(path, 0o666)
+    transport, _ = await loop.create_datagram_endpoint(lambda: _Bell(on_ring), sock=sock)
     if owner_uid is not None:
         os.chown(path, owner_uid, owner_uid, follow_symlinks=False)
     return transport

@@ -22,15 +22,17 @@ from urllib.parse import urlsplit
 import h11
 import httpx
 
+from clawden import unixsock
+
 log = logging.getLogger(__name__)
 
 Header = tuple[bytes, bytes]
 
 READ_SIZE = 64 * 1024
-# Claude Code sends large prompt-cache headers; h11's 16 KiB default head limit is too tight.
+# Above h11's 16 KiB default: a 431 would break an agent's turn, and 64 KiB still bounds memory.
 MAX_HEAD_SIZE = 64 * 1024
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
-# Auth the agent may have sent (placeholders) and headers the gateway recomputes itself.
+# The agent's placeholder auth, the Host the gateway sets itself, and Expect (answered here).
 REPLACED = frozenset({b"host", b"x-api-key", b"authorization", b"expect"})
 OAUTH_PREFIX = "sk-ant-oat"
 # Anthropic refuses a bearer OAuth token unless this beta is announced.
@@ -38,6 +40,7 @@ OAUTH_BETA = b"oauth-2025-04-20"
 # A model turn can think for minutes between bytes; the SDK's own default timeout is 10 min.
 UPSTREAM_TIMEOUTS = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0).as_dict()
 TUNNEL_CONNECT_TIMEOUT = 10.0
+URL_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,7 @@ AuditSink = Callable[[AuditRecord], None]
 
 
 def log_audit(record: AuditRecord) -> None:
+    """The default audit sink: one structured log line per request."""
     log.info(
         "audit group=%s method=%s host=%s path=%s status=%d duration_ms=%.1f",
         record.agent_group,
@@ -200,6 +204,7 @@ class Gateway:
             trust_env=False,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=60.0),
         )
+        self._urls: dict[bytes, httpx.URL] = {}
         self._servers: dict[Path, asyncio.Server] = {}
         self._closing = False
         self._connections: set[asyncio.Task[None]] = set()
@@ -222,9 +227,9 @@ class Gateway:
             finally:
                 self._connections.discard(task)
 
-        server = await asyncio.start_unix_server(handle, path=str(socket_path), limit=READ_SIZE)
         # The container's user (uid 1000) must connect; only this group's containers see the folder.
-        os.chmod(socket_path, 0o666)
+        sock = unixsock.bind(socket_path, mode=0o666)
+        server = await asyncio.start_unix_server(handle, sock=sock, limit=READ_SIZE)
         self._servers[socket_path] = server
 
     async def close(self) -> None:
@@ -307,7 +312,7 @@ class Gateway:
         try:
             upstream = httpx.Request(
                 method,
-                self._base_url.copy_with(raw_path=self._base_path + path),
+                self._upstream_url(path),
                 headers=upstream_request_headers(request.headers, self._credential, self._upstream_host),
                 content=_request_body(conn, reader, writer),
                 extensions={"timeout": UPSTREAM_TIMEOUTS},
@@ -379,6 +384,15 @@ class Gateway:
             with contextlib.suppress(ConnectionError, OSError):
                 await up_writer.wait_closed()
         return True
+
+    def _upstream_url(self, path: bytes) -> httpx.URL:
+        # Agents call a handful of paths over and over; parsing each URL anew costs ~15 µs.
+        url = self._urls.get(path)
+        if url is None:
+            if len(self._urls) >= URL_CACHE_SIZE:
+                self._urls.clear()
+            url = self._urls[path] = self._base_url.copy_with(raw_path=self._base_path + path)
+        return url
 
     async def _tunnel_address(self, host: str, port: int) -> str | None:
         """The address to tunnel to, or None when the name resolves to anything non-public."""

@@ -9,7 +9,16 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from clawden.bus import ConsumeStats, Consumer, bind, consume, ensure_consumer, ensure_streams, publish, subjects
+from clawden.bus import (
+    Consumer,
+    ConsumeStats,
+    bind,
+    consume,
+    ensure_consumer,
+    ensure_streams,
+    publish,
+    subjects,
+)
 from clawden.bus import events as ev
 from clawden.bus.streams import STREAMS
 

@@ -6,6 +6,7 @@ doorbell sockets. Only the model is fake.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -58,9 +59,10 @@ class Session:
         self._n += 1
         msg = sessiondb.InboundMessage(id=f"m{self._n}", kind="chat", content={"text": text},
                                        routing=ROUTING, sender_id="u1", sender_name=sender)
-        seq, _ = sessiondb.insert_inbound(self.dir, msg, outbound_max_seq=sessiondb.outbound_max_seq(self.dir))
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as bell:
-            bell.sendto(b"", str(self.dir / sessiondb.AGENT_BELL))
+        seq, _ = sessiondb.insert_inbound(self.dir, msg,
+                                          outbound_max_seq=sessiondb.outbound_max_seq(self.dir))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as bell, contextlib.suppress(OSError):
+            bell.sendto(b"", str(self.dir / sessiondb.AGENT_BELL))  # nobody listening yet is fine
         return seq
 
     def wait(self, check: Callable[[], T | None], deadline: float = DEADLINE) -> T:
@@ -81,9 +83,7 @@ class Session:
                 pass
 
     def outbound(self) -> list[sessiondb.OutboundMessage]:
-        with sessiondb.opened(self.dir / sessiondb.OUTBOUND, readonly=True) as conn:
-            rows = conn.execute("SELECT * FROM messages_out ORDER BY seq").fetchall()
-        return [sessiondb._outbound_from_row(r) for r in rows]
+        return sessiondb.read_new_outbound(self.dir)  # every row: this host never marks any published
 
     def acks(self) -> dict[int, str]:
         with sessiondb.opened(self.dir / sessiondb.OUTBOUND, readonly=True) as conn:
@@ -238,7 +238,7 @@ def test_restarted_runner_resumes_the_stored_conversation(
 def test_api_error_becomes_a_failure_reply_and_the_next_message_still_works(
         session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
     start_agent()
-    fake.script(Error(400, "prompt is too long"))
+    fake.script(Error(403, "the fake refuses this one"))  # 403: Claude Code does not retry it
 
     bad = session.send("this one fails")
     failure = session.reply_to(bad)
@@ -246,7 +246,7 @@ def test_api_error_becomes_a_failure_reply_and_the_next_message_still_works(
     reply = session.reply_to(good)
 
     assert failure.content["text"].startswith("Sorry — the agent failed: ")
-    assert "prompt is too long" in failure.content["text"]
+    assert "the fake refuses this one" in failure.content["text"]
     assert session.acks() == {bad: "failed", good: "completed"}
     assert reply.content["text"].startswith("echo: ") and "and this one works" in reply.content["text"]
 
@@ -293,7 +293,8 @@ def test_claims_left_by_a_dead_container_are_run_again(
 
 
 def test_gateway_mode_reaches_the_api_only_through_the_relay(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], tmp_path: Path) -> None:
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess],
+        tmp_path: Path) -> None:
     gateway = tmp_path / "gw.sock"
     fake.call(fake.listen_unix(str(gateway)))
     with socket.socket() as probe:
@@ -310,3 +311,26 @@ def test_gateway_mode_reaches_the_api_only_through_the_relay(
     assert all(r.headers["host"] == f"127.0.0.1:{port}" for r in api)
     only_api_traffic(fake)
 
+
+
+def test_sigterm_mid_turn_exits_and_the_message_runs_again_in_the_next_container(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    agent = start_agent()
+    fake.script(Hang())
+    seq = session.send("interrupted by a restart")
+    session.wait(lambda: True if fake.messages_requests(with_tools=True) else None)
+
+    started = time.monotonic()
+    assert agent.terminate() == 0
+    stop_seconds = time.monotonic() - started
+    assert session.acks() == {seq: "processing"}
+    conversation_id = sessiondb.get_state(session.dir, "claude_session_id")
+    assert conversation_id  # stored when Claude Code named it, before any result
+    fake.release()
+    start_agent()
+    reply = session.reply_to(seq)
+
+    assert stop_seconds < 10
+    assert "interrupted by a restart" in reply.content["text"]
+    assert session.acks() == {seq: "completed"}
+    assert sessiondb.get_state(session.dir, "claude_session_id") == conversation_id

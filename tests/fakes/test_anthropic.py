@@ -59,7 +59,7 @@ async def read_sse(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]
 
 
 def assert_official_order(events: list[tuple[str, dict[str, Any]]]) -> None:
-    """message_start, then per block start → deltas → stop with rising indexes, message_delta, message_stop."""
+    """message_start; per block start → deltas → stop, indexes rising; message_delta; message_stop."""
     names = [n for n, _ in events if n != "ping"]
     assert all(n == data["type"] for n, data in events)
     assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]

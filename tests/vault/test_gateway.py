@@ -20,8 +20,10 @@ from services.vault.gateway import (
     AuditRecord,
     Gateway,
     connect_target,
-    request_path,
+    is_loopback,
+    split_target,
     strip_hop_by_hop,
+    tunnel_allowed,
     upstream_request_headers,
 )
 
@@ -79,7 +81,8 @@ async def respond_json(request: Received, reply: Reply) -> None:
             ],
         )
     )
-    await reply.send(h11.Data(data=body))
+    if request.method != b"HEAD":
+        await reply.send(h11.Data(data=body))
     await reply.send(h11.EndOfMessage())
 
 
@@ -116,6 +119,14 @@ class FakeUpstream:
         assert task is not None
         self._tasks.add(task)
         self.connections += 1
+        try:
+            await self._answer(reader, writer)
+        except asyncio.CancelledError:
+            pass  # only close() cancels; Python 3.11 would log a cancelled handler's traceback
+        finally:
+            self._tasks.discard(task)
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
         try:
             while (request := await _read_request(conn, reader)) is not None:
@@ -124,10 +135,9 @@ class FakeUpstream:
                 if conn.our_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
-        except (ConnectionError, h11.RemoteProtocolError, asyncio.CancelledError):
-            pass  # cancelled only by close(); Python 3.11 would log a cancelled handler's traceback
+        except (ConnectionError, h11.RemoteProtocolError):
+            pass
         finally:
-            self._tasks.discard(task)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
@@ -173,15 +183,23 @@ def audit() -> list[AuditRecord]:
     return []
 
 
+@contextlib.asynccontextmanager
+async def serving(gateway: Gateway, path: Path) -> AsyncIterator[Path]:
+    await gateway.listen(GROUP, path)
+    try:
+        yield path
+    finally:
+        await gateway.close()
+
+
 @pytest.fixture
 async def gateway_socket(
     upstream: FakeUpstream, sock_dir: Path, audit: list[AuditRecord]
 ) -> AsyncIterator[Path]:
-    gateway = Gateway(upstream.url, REAL_KEY, audit=audit.append)
-    path = sock_dir / GROUP / "gateway.sock"
-    await gateway.listen(GROUP, path)
-    yield path
-    await gateway.close()
+    # Tunnels to loopback are allowed here only because the test echo server lives there.
+    gateway = Gateway(upstream.url, REAL_KEY, audit=audit.append, tunnel_to_private=True)
+    async with serving(gateway, sock_dir / GROUP / "gateway.sock") as path:
+        yield path
 
 
 @pytest.fixture
@@ -282,15 +300,38 @@ def test_hop_by_hop_headers_and_those_named_in_connection_are_dropped() -> None:
     assert strip_hop_by_hop(incoming) == [(b"Content-Type", b"application/json")]
 
 
-def test_request_targets_reduce_to_path_and_query() -> None:
-    assert request_path(b"/v1/messages?beta=true") == b"/v1/messages?beta=true"
-    assert request_path(b"http://127.0.0.1:3128/v1/messages?beta=true") == b"/v1/messages?beta=true"
-    assert request_path(b"http://example.com") == b"/"
-    assert request_path(b"*") is None
+def test_request_targets_split_into_host_and_path() -> None:
+    assert split_target(b"/v1/messages?beta=true") == (None, b"/v1/messages?beta=true")
+    assert split_target(b"http://127.0.0.1:3128/v1/messages?beta=true") == (
+        "127.0.0.1",
+        b"/v1/messages?beta=true",
+    )
+    assert split_target(b"http://Example.com") == ("example.com", b"/")
+    assert split_target(b"*") is None
     assert connect_target(b"api.github.com:443") == ("api.github.com", 443)
     assert connect_target(b"[::1]:8443") == ("::1", 8443)
     assert connect_target(b"api.github.com") is None
     assert connect_target(b"host:99999") is None
+
+
+def test_only_the_relay_address_counts_as_loopback() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("example.com") and not is_loopback("10.0.0.1")
+
+
+def test_tunnels_go_to_public_addresses_only() -> None:
+    assert tunnel_allowed("160.79.104.10") and tunnel_allowed("2607:6bc0::10")
+    for private in (
+        "127.0.0.1",
+        "10.1.2.3",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "::1",
+        "fd00::1",
+    ):
+        assert not tunnel_allowed(private), private
+    assert not tunnel_allowed("::ffff:127.0.0.1")
 
 
 # ---- forwarding through real sockets ----
@@ -439,20 +480,37 @@ async def test_down_upstream_gives_a_502_json_error_without_the_key(sock_dir: Pa
         probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]
     gateway = Gateway(f"http://127.0.0.1:{dead_port}", REAL_KEY)
-    path = sock_dir / "gateway.sock"
-    await gateway.listen(GROUP, path)
-    try:
+    async with serving(gateway, sock_dir / "gateway.sock") as path:
         transport = httpx.AsyncHTTPTransport(uds=str(path))
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
             response = await http.post("/v1/messages", headers=placeholder_headers(), content=b"{}")
-    finally:
-        await gateway.close()
 
     assert response.status_code == 502
     assert response.json()["error"]["type"] == "gateway_error"
     assert set(response.json()["error"]) == {"type", "message"}
     assert REAL_KEY not in response.text
     assert all(REAL_KEY not in value for value in response.headers.values())
+
+
+async def test_plain_http_to_another_site_is_refused_not_sent_to_the_model(
+    gateway_socket: Path, upstream: FakeUpstream
+) -> None:
+    # What a client sends through HTTP_PROXY: the absolute URL of the site it wants.
+    request = h11.Request(
+        method="GET", target="http://example.com/index.html", headers=[("host", "example.com")]
+    )
+    conn = h11.Connection(h11.CLIENT)
+    reader, writer = await send_raw(
+        gateway_socket, (conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+    )
+    try:
+        response, body = await read_response(conn, reader)
+    finally:
+        await close_writer(writer)
+
+    assert response.status_code == 403
+    assert json.loads(body)["error"]["type"] == "gateway_error"
+    assert upstream.received == []
 
 
 async def test_malformed_request_gets_400_and_the_connection_closes(gateway_socket: Path) -> None:
@@ -518,6 +576,21 @@ async def test_connect_to_a_dead_port_answers_502(gateway_socket: Path) -> None:
 
     assert response.status_code == 502
     assert json.loads(body)["error"]["type"] == "gateway_error"
+
+
+async def test_connect_to_a_private_address_is_refused_by_default(
+    upstream: FakeUpstream, sock_dir: Path, echo_port: int
+) -> None:
+    request = f"CONNECT localhost:{echo_port} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    async with serving(Gateway(upstream.url, REAL_KEY), sock_dir / "gateway.sock") as path:
+        reader, writer = await send_raw(path, request)
+        try:
+            response, body = await read_response(h11_client_after(request), reader)
+        finally:
+            await close_writer(writer)
+
+    assert response.status_code == 403
+    assert "private" in json.loads(body)["error"]["message"]
 
 
 def h11_client_after(request: bytes) -> h11.Connection:

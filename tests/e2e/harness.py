@@ -1,0 +1,150 @@
+"""A whole Clawden for tests and benchmarks: `clawden up` as a real process tree, the fake model,
+and a terminal-channel client speaking on the bus like `clawden chat` does."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from clawden import natsserver, setup
+from clawden.bus import bind, connect, consume, ensure_streams, publish, subjects
+from clawden.bus import events as ev
+from services.channels.local import inbound_event, terminal_outbound
+from tests.fakes.anthropic import FakeAnthropic, start_in_thread
+
+LABEL_INSTALL = "dev.clawden.install"
+
+
+@dataclass
+class Stack:
+    home: Path
+    install_id: str
+    key: str
+    fake: FakeAnthropic
+    proc: subprocess.Popen[str]
+    nats_url: str
+    output: list[str] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, CLAWDEN_HOME=str(self.home))
+
+    def containers(self) -> list[docker.models.containers.Container]:
+        client = docker.from_env()
+        try:
+            return list(client.containers.list(filters={"label": f"{LABEL_INSTALL}={self.install_id}"}))
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        client = docker.from_env()
+        try:
+            for c in client.containers.list(all=True, filters={"label": f"{LABEL_INSTALL}={self.install_id}"}):
+                c.remove(force=True)
+        finally:
+            client.close()
+        self.fake.stop_thread()
+
+
+def start_stack(home: Path, *, idle_timeout: float = 1800, ready_timeout: float = 90) -> Stack:
+    fake = start_in_thread()
+    install_id = f"t{secrets.token_hex(4)}"
+    port = natsserver.free_port()
+    cfg = setup.init(home)
+    key = f"sk-ant-api03-{secrets.token_urlsafe(24)}"
+    (cfg.keys_dir / "anthropic").write_text(key)
+    (cfg.keys_dir / "anthropic").chmod(0o600)
+    cfg.path("config.toml").write_text(f"""\
+install_id = "{install_id}"
+[nats]
+port = {port}
+[runner]
+idle_timeout = {idle_timeout}
+[model]
+upstream = "{fake.url}"
+""")
+    env = dict(os.environ, CLAWDEN_HOME=str(home))
+    env.pop("ANTHROPIC_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "clawden", "up"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    stack = Stack(home, install_id, key, fake, proc, f"nats://127.0.0.1:{port}")
+    deadline = time.monotonic() + ready_timeout
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            stack.output.append(line)
+            if "all services ready" in line:
+                return stack
+            continue
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    stack.stop()
+    logs = "".join(p.read_text() for p in (home / "logs").glob("*.log"))
+    raise RuntimeError(f"clawden up did not get ready:\n{''.join(stack.output)}\n{logs}")
+
+
+class Terminal:
+    """One terminal chat on the bus: sends lines, collects replies (and acknowledges them)."""
+
+    def __init__(self, nats_url: str, chat_id: str) -> None:
+        self.nats_url = nats_url
+        self.chat_id = chat_id
+        self.replies: asyncio.Queue[ev.OutboundMessage] = asyncio.Queue()
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+
+    async def __aenter__(self) -> Terminal:
+        self.nc = await connect(self.nats_url, f"test-{self.chat_id}")
+        self.js = self.nc.jetstream()
+        await ensure_streams(self.js)
+        sub = await bind(self.js, terminal_outbound(self.chat_id))
+
+        async def on_reply(event: ev.OutboundMessage, msg: Msg) -> None:
+            if event.route.chat_id == self.chat_id:
+                await self.replies.put(event)
+
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(consume(sub, ev.OutboundMessage, on_reply, stopping=self._stopping))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.nc is not None
+        self._stopping.set()
+        await asyncio.wait_for(self._task, 5)
+        await self.nc.drain()
+
+    async def send(self, text: str) -> ev.InboundMessage:
+        assert self.js is not None
+        event = inbound_event(self.chat_id, "tester", text)
+        await publish(self.js, subjects.inbound("local"), event, msg_id=event.key)
+        return event
+
+    async def reply(self, timeout: float = 60) -> ev.OutboundMessage:
+        return await asyncio.wait_for(self.replies.get(), timeout)
+
+    async def ask(self, text: str, timeout: float = 60) -> ev.OutboundMessage:
+        await self.send(text)
+        return await self.reply(timeout)

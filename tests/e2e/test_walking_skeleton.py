@@ -1,0 +1,142 @@
+"""End to end: `clawden up` (NATS, vault, router, runner as real processes), a real container with the
+real Claude Code CLI, and the fake model standing in for the Anthropic API."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clawden import sessiondb
+from tests.e2e.harness import Stack, Terminal, start_stack
+from tests.fakes.anthropic import Hang
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str
+          ) -> Iterator[Stack]:
+    s = start_stack(tmp_path_factory.mktemp("home"))
+    yield s
+    s.stop()
+
+
+def all_text(stack: Stack) -> str:
+    return str([r.body for r in stack.fake.messages_requests(with_tools=True)])
+
+
+def test_a_line_typed_in_the_terminal_is_answered_by_the_agent(stack: Stack) -> None:
+    out = subprocess.run([sys.executable, "-m", "clawden", "chat", "--once", "what is on today?",
+                          "--timeout", "90"], env=stack.env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("main> echo: ")
+    assert "what is on today?" in out.stdout
+    # The model saw the user's words and got the real key from the vault.
+    agent_calls = stack.fake.messages_requests(with_tools=True)
+    assert agent_calls and "what is on today?" in all_text(stack)
+    assert {r.headers.get("x-api-key") for r in agent_calls} == {stack.key}
+
+
+def test_the_real_key_is_nowhere_in_the_container(stack: Stack) -> None:
+    [container] = stack.containers()
+    env = container.attrs["Config"]["Env"]
+    assert "ANTHROPIC_API_KEY=clawden-managed" in env
+    assert not any(stack.key in e for e in env)
+    found = container.exec_run(
+        ["sh", "-c", f"cat /proc/1/environ /proc/self/environ; grep -rl -- '{stack.key}' "
+                     "/workspace /home/agent /tmp /app /etc 2>/dev/null; true"], user="1000")
+    assert stack.key.encode() not in found.output
+    assert container.attrs["HostConfig"]["NetworkMode"] == "none"
+    assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
+    assert container.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+
+
+async def test_a_second_message_reuses_the_container_and_the_conversation(stack: Stack) -> None:
+    async with Terminal(stack.nats_url, "reuse") as term:
+        first = await term.ask("my name is Ada", timeout=90)
+        assert "my name is Ada" in first.text
+        containers = {c.labels["dev.clawden.session"]: c.id for c in stack.containers()}
+        calls_before = len(stack.fake.messages_requests(with_tools=True))
+        second = await term.ask("what is my name?")
+        assert "what is my name?" in second.text
+        assert second.session_id == first.session_id
+        assert {c.labels["dev.clawden.session"]: c.id for c in stack.containers()} == containers
+        later = stack.fake.messages_requests(with_tools=True)[calls_before:]
+        # Same Claude conversation: the model is shown the first exchange again.
+        assert any("my name is Ada" in str(r.body["messages"]) for r in later)
+
+
+async def test_a_container_killed_mid_turn_gives_a_clear_error_and_the_next_message_works(
+        stack: Stack) -> None:
+    async with Terminal(stack.nats_url, "crash") as term:
+        session = (await term.ask("warm up", timeout=90)).session_id
+        [container] = [c for c in stack.containers() if c.labels["dev.clawden.session"] == session]
+        await wait_until_idle(stack, session)
+        stack.fake.script(Hang())
+        seen = len(stack.fake.requests)
+        await term.send("this one will be interrupted")
+        deadline = time.monotonic() + 30
+        while not any("interrupted" in str(r.body) for r in stack.fake.requests[seen:]):
+            assert time.monotonic() < deadline, "the turn never reached the model"
+            await asyncio.sleep(0.05)
+        container.kill()
+        error = await term.reply(timeout=30)
+        assert "stopped unexpectedly" in error.text and "send your message again" in error.text
+        stack.fake.release()
+        after = await term.ask("are you back?", timeout=90)
+        assert "are you back?" in after.text
+
+
+def processes_with_env(entry: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and entry.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+async def wait_until_idle(stack: Stack, session_id: str) -> None:
+    """The reply can arrive before the agent's turn ends (its closing model call): wait for the ack."""
+    folder = stack.home / "sessions" / "main" / session_id
+    deadline = time.monotonic() + 30
+    while True:
+        inbound = sessiondb.inbound_status(folder)
+        with sessiondb.opened(folder / sessiondb.OUTBOUND, readonly=True) as conn:
+            acks = dict(conn.execute("SELECT seq, status FROM processing_ack").fetchall())
+        if all(acks.get(seq) == "completed" for seq in inbound):
+            return
+        assert time.monotonic() < deadline, (inbound, acks)
+        await asyncio.sleep(0.05)
+
+
+def test_clawden_status_lists_every_service(stack: Stack) -> None:
+    out = subprocess.run([sys.executable, "-m", "clawden", "status", "--json"], env=stack.env(),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    for name in ("router", "runner", "vault"):
+        assert f'"name": "{name}"' in out.stdout
+
+
+def test_ctrl_c_stops_every_service_and_container(tmp_path: Path, docker_client: object,
+                                                 agent_image: str) -> None:
+    s = start_stack(tmp_path / "home")
+    try:
+        out = subprocess.run([sys.executable, "-m", "clawden", "chat", "--once", "hi", "--timeout", "90"],
+                             env=s.env(), capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert len(s.containers()) == 1
+        s.proc.send_signal(2)
+        assert s.proc.wait(40) == 0
+        assert s.containers() == []
+        assert processes_with_env(f"CLAWDEN_HOME={s.home}") == []
+    finally:
+        s.stop()
