@@ -325,7 +325,7 @@ def fail_unfinished(folder: Path, reason: str) -> list[InboundMessage]:
 # --- container side (writes outbound.db) ------------------------------------------------------------
 
 def pending_inbound(folder: Path, *, limit: int = 10) -> list[InboundMessage]:
-    """Pending inbound rows the agent has not acked yet, oldest first (system rows excluded first)."""
+    """Up to `limit` pending rows the agent has not acked yet, oldest first (system rows never count)."""
     with opened(folder / OUTBOUND, readonly=True) as conn:
         done = {int(r[0]) for r in conn.execute("SELECT seq FROM processing_ack")}
     with opened(folder / INBOUND, readonly=True) as conn:
@@ -335,7 +335,7 @@ def pending_inbound(folder: Path, *, limit: int = 10) -> list[InboundMessage]:
             (time.time(),),
         ).fetchall()
     fresh = [_inbound_from_row(r) for r in rows if int(r["seq"]) not in done]
-    return fresh[-limit:] if limit else fresh
+    return fresh[:limit] if limit else fresh
 
 
 def ack(folder: Path, seqs: Iterable[int], status: str) -> None:
