@@ -1,0 +1,89 @@
+"""The session DB pair: seq parity, idempotent writes, the host cursor, acks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clawden import sessiondb as sdb
+
+ROUTE = sdb.Routing("local", "terminal")
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    sdb.ensure_inbound(tmp_path)
+    sdb.ensure_outbound(tmp_path)
+    sdb.set_routing(tmp_path, ROUTE)
+    return tmp_path
+
+
+def message(key: str, text: str = "hi") -> sdb.InboundMessage:
+    return sdb.InboundMessage(id=key, kind="chat", content={"text": text}, routing=ROUTE)
+
+
+def test_inbound_seqs_are_even_outbound_odd_and_all_increase(folder: Path) -> None:
+    a, _ = sdb.insert_inbound(folder, message("a"))
+    out = sdb.write_outbound(folder, id="r1", kind="chat", content={"text": "x"}, routing=ROUTE)
+    b, _ = sdb.insert_inbound(folder, message("b"), outbound_max_seq=sdb.outbound_max_seq(folder))
+    out2 = sdb.write_outbound(folder, id="r2", kind="chat", content={"text": "y"}, routing=ROUTE)
+    assert (a, out, b, out2) == (2, 3, 4, 5)
+
+
+def test_a_replayed_inbound_message_keeps_its_first_seq(folder: Path) -> None:
+    assert sdb.insert_inbound(folder, message("a")) == (2, True)
+    assert sdb.insert_inbound(folder, message("a", "changed")) == (2, False)
+    assert [m.content["text"] for m in sdb.pending_inbound(folder)] == ["hi"]
+
+
+def test_the_host_reads_each_outbound_row_once_in_order(folder: Path) -> None:
+    for i in range(3):
+        sdb.write_outbound(folder, id=f"r{i}", kind="chat", content={"text": str(i)}, routing=ROUTE)
+    rows = sdb.read_new_outbound(folder)
+    assert [r.content["text"] for r in rows] == ["0", "1", "2"]
+    sdb.mark_published(folder, rows[1].seq)
+    assert [r.content["text"] for r in sdb.read_new_outbound(folder)] == ["2"]
+    sdb.mark_published(folder, rows[0].seq)  # a late, older mark never moves the cursor back
+    assert [r.content["text"] for r in sdb.read_new_outbound(folder)] == ["2"]
+
+
+def test_acks_hide_messages_from_the_agent_and_sync_to_the_host(folder: Path) -> None:
+    first, _ = sdb.insert_inbound(folder, message("a"))
+    second, _ = sdb.insert_inbound(folder, message("b"))
+    sdb.ack(folder, [first], "processing")
+    assert [m.seq for m in sdb.pending_inbound(folder)] == [second]
+    sdb.ack(folder, [first], "completed")
+    assert sdb.sync_acks(folder) == {first: "completed"}
+    assert sdb.inbound_status(folder) == {first: "completed", second: "pending"}
+
+
+def test_a_dead_containers_unfinished_messages_fail_and_a_fresh_one_retries_claims(folder: Path) -> None:
+    done, _ = sdb.insert_inbound(folder, message("done"))
+    claimed, _ = sdb.insert_inbound(folder, message("claimed"))
+    sdb.ack(folder, [done], "completed")
+    sdb.ack(folder, [claimed], "processing")
+    failed = sdb.fail_unfinished(folder, "container died")
+    assert [m.seq for m in failed] == [claimed]
+    assert sdb.inbound_status(folder)[claimed] == "failed"
+    sdb.clear_processing(folder)
+    assert sdb.pending_inbound(folder) == []
+
+
+def test_the_agent_takes_its_oldest_messages_first(folder: Path) -> None:
+    seqs = [sdb.insert_inbound(folder, message(str(i)))[0] for i in range(5)]
+    assert [m.seq for m in sdb.pending_inbound(folder, limit=3)] == seqs[:3]
+
+
+def test_a_db_from_a_newer_clawden_is_refused(folder: Path) -> None:
+    with sdb.opened(folder / sdb.INBOUND) as conn:
+        conn.execute(f"PRAGMA user_version = {sdb.SCHEMA_VERSION + 1}")
+    with pytest.raises(sdb.SchemaError):
+        sdb.ensure_inbound(folder)
+
+
+def test_session_state_round_trips(folder: Path) -> None:
+    sdb.set_state(folder, "claude_session_id", "abc")
+    assert sdb.get_state(folder, "claude_session_id") == "abc"
+    sdb.set_state(folder, "claude_session_id", None)
+    assert sdb.get_state(folder, "claude_session_id") is None
