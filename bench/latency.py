@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from clawden import sessiondb
 from tests.e2e.harness import Stack, Terminal, start_stack
 
 NANOCLAW_POLL_FLOOR_MS = 1000.0  # NanoClaw polls both session files every second
@@ -27,18 +26,6 @@ def summary(samples: list[float]) -> dict[str, float]:
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return {"n": len(ordered), "median_ms": round(statistics.median(ordered), 2), "p95_ms": round(p95, 2),
             "min_ms": round(ordered[0], 2), "max_ms": round(ordered[-1], 2)}
-
-
-async def wait_turn_done(stack: Stack, session_id: str) -> None:
-    """Replies can land before the agent's closing model call; start the next turn after it."""
-    folder = stack.home / "sessions" / "main" / session_id
-    while True:
-        inbound = sessiondb.inbound_status(folder)
-        with sessiondb.opened(folder / sessiondb.OUTBOUND, readonly=True) as conn:
-            acks = dict(conn.execute("SELECT seq, status FROM processing_ack").fetchall())
-        if all(acks.get(seq) in ("completed", "failed") for seq in inbound):
-            return
-        await asyncio.sleep(0.01)
 
 
 async def timed_turn(term: Terminal, text: str) -> tuple[float, str]:
@@ -55,7 +42,7 @@ async def measure(stack: Stack, warm: int, cold: int) -> dict[str, object]:
         async with Terminal(stack.nats_url, f"cold-{i}") as term:
             elapsed, session = await timed_turn(term, f"cold hello {i}")
             cold_ms.append(elapsed)
-            await wait_turn_done(stack, session)
+            await stack.wait_until_idle(session)
         for c in stack.containers():  # keep one container at a time, as a fresh chat would see
             c.remove(force=True)
         print(f"  cold {i + 1}/{cold}: {elapsed:.0f} ms", file=sys.stderr)
@@ -63,11 +50,11 @@ async def measure(stack: Stack, warm: int, cold: int) -> dict[str, object]:
     warm_ms: list[float] = []
     async with Terminal(stack.nats_url, "warm") as term:
         _, session = await timed_turn(term, "warm up")
-        await wait_turn_done(stack, session)
+        await stack.wait_until_idle(session)
         for i in range(warm):
             elapsed, session = await timed_turn(term, f"warm hello {i}")
             warm_ms.append(elapsed)
-            await wait_turn_done(stack, session)
+            await stack.wait_until_idle(session)
     warm_summary = summary(warm_ms)
     return {
         "warm": warm_summary,

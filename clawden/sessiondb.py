@@ -292,6 +292,13 @@ def sync_acks(folder: Path) -> dict[int, str]:
     return changed
 
 
+def has_unanswered(folder: Path) -> bool:
+    """Whether the agent still owes an answer (the host syncs acks first); such a session is busy."""
+    with opened(folder / INBOUND, readonly=True) as conn:
+        row = conn.execute("SELECT 1 FROM messages_in WHERE status = 'pending' AND trigger = 1 LIMIT 1").fetchone()
+    return row is not None
+
+
 def inbound_status(folder: Path) -> dict[int, str]:
     with opened(folder / INBOUND, readonly=True) as conn:
         return {int(r["seq"]): str(r["status"]) for r in conn.execute("SELECT seq, status FROM messages_in")}

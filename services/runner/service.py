@@ -295,6 +295,14 @@ class Runner:
         log.info("stopping container of %s (%s)", session_id, reason, extra={"session_id": session_id})
         await self.docker.stop_and_remove(live.container_id)
 
+    async def _stop_if_idle(self, live: Live) -> None:
+        # A long turn is not idleness: the agent still owes an answer, so leave it working.
+        if await asyncio.to_thread(sessiondb.has_unanswered, live.folder):
+            live.last_activity = time.monotonic()
+            return
+        self.counters["idle_stopped"] += 1
+        await self.stop_session(live.info.id, "idle")
+
     async def housekeeping(self) -> None:
         """Safety-net poll for lost rings, and idle stops. Rings do the real work."""
         poll = self.cfg.runner.safety_poll
@@ -305,10 +313,9 @@ class Runner:
             for session_id, live in list(self.live.items()):
                 if not live.container_id:
                     continue
-                self.kick(session_id)
+                self._spawn(self.pump(session_id), f"pump-{session_id}")  # not activity: no kick()
                 if now - live.last_activity > self.cfg.runner.idle_timeout and not live.stopping:
-                    self.counters["idle_stopped"] += 1
-                    self._spawn(self.stop_session(session_id, "idle"), f"idle-{session_id}")
+                    self._spawn(self._stop_if_idle(live), f"idle-{session_id}")
 
     # --- restart ----------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from clawden import natsserver, setup
+from clawden import natsserver, sessiondb, setup
 from clawden.bus import bind, connect, consume, ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from services.channels.local import inbound_event, terminal_outbound
@@ -46,6 +46,19 @@ class Stack:
             return list(client.containers.list(filters={"label": f"{LABEL_INSTALL}={self.install_id}"}))
         finally:
             client.close()
+
+    async def wait_until_idle(self, session_id: str, timeout: float = 30) -> None:
+        """A reply can arrive before the agent's turn ends (its closing model call): wait for the ack."""
+        folder = self.home / "sessions" / "main" / session_id
+        deadline = time.monotonic() + timeout
+        while True:
+            inbound = sessiondb.inbound_status(folder)
+            with sessiondb.opened(folder / sessiondb.OUTBOUND, readonly=True) as conn:
+                acks = dict(conn.execute("SELECT seq, status FROM processing_ack").fetchall())
+            if all(acks.get(seq) in ("completed", "failed") for seq in inbound):
+                return
+            assert time.monotonic() < deadline, (inbound, acks)
+            await asyncio.sleep(0.01)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from clawden import sessiondb
 from tests.e2e.harness import Stack, Terminal, start_stack
 from tests.fakes.anthropic import Hang
 
@@ -77,7 +76,7 @@ async def test_a_container_killed_mid_turn_gives_a_clear_error_and_the_next_mess
     async with Terminal(stack.nats_url, "crash") as term:
         session = (await term.ask("warm up", timeout=90)).session_id
         [container] = [c for c in stack.containers() if c.labels["dev.clawden.session"] == session]
-        await wait_until_idle(stack, session)
+        await stack.wait_until_idle(session)
         stack.fake.script(Hang())
         seen = len(stack.fake.requests)
         await term.send("this one will be interrupted")
@@ -102,20 +101,6 @@ def processes_with_env(entry: str) -> list[int]:
         except OSError:
             continue
     return found
-
-
-async def wait_until_idle(stack: Stack, session_id: str) -> None:
-    """The reply can arrive before the agent's turn ends (its closing model call): wait for the ack."""
-    folder = stack.home / "sessions" / "main" / session_id
-    deadline = time.monotonic() + 30
-    while True:
-        inbound = sessiondb.inbound_status(folder)
-        with sessiondb.opened(folder / sessiondb.OUTBOUND, readonly=True) as conn:
-            acks = dict(conn.execute("SELECT seq, status FROM processing_ack").fetchall())
-        if all(acks.get(seq) == "completed" for seq in inbound):
-            return
-        assert time.monotonic() < deadline, (inbound, acks)
-        await asyncio.sleep(0.05)
 
 
 def test_clawden_status_lists_every_service(stack: Stack) -> None:

@@ -1,0 +1,104 @@
+"""Crashes and idleness with the whole system running: no message lost, no reply sent twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import nats
+import pytest
+
+from clawden.bus import subjects
+from tests.e2e.harness import Stack, Terminal, start_stack
+from tests.fakes.anthropic import Hang
+
+pytestmark = pytest.mark.docker
+IDLE_TIMEOUT = 3
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str
+          ) -> Iterator[Stack]:
+    s = start_stack(tmp_path_factory.mktemp("home"), idle_timeout=IDLE_TIMEOUT)
+    yield s
+    s.stop()
+
+
+async def service_pid(stack: Stack, service: str) -> int:
+    nc = await nats.connect(stack.nats_url)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                reply = await nc.request(subjects.ctl(service, "ping"), b"", timeout=1)
+                return int(json.loads(reply.data)["pid"])
+            except Exception:
+                assert time.monotonic() < deadline, f"{service} never answered"
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+async def wait_for_request_containing(stack: Stack, text: str, after: int) -> None:
+    deadline = time.monotonic() + 30
+    while not any(text in str(r.body) for r in stack.fake.requests[after:]):
+        assert time.monotonic() < deadline, f"the model never saw {text!r}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_runner_killed_mid_turn_is_restarted_and_the_reply_arrives_once(stack: Stack) -> None:
+    async with Terminal(stack.nats_url, "runner-crash") as term:
+        await stack.wait_until_idle((await term.ask("hello", timeout=90)).session_id)
+        old_pid = await service_pid(stack, "runner")
+        stack.fake.script(Hang())
+        seen = len(stack.fake.requests)
+        await term.send("answer me across a runner crash")
+        await wait_for_request_containing(stack, "across a runner crash", seen)
+        os.kill(old_pid, signal.SIGKILL)
+        assert await service_pid(stack, "runner") != old_pid  # `clawden up` brought it back
+        stack.fake.release()
+        reply = await term.reply(timeout=60)
+        assert "across a runner crash" in reply.text
+        with pytest.raises(TimeoutError):  # and only once
+            await term.reply(timeout=3)
+
+
+async def test_a_router_killed_between_messages_loses_nothing(stack: Stack) -> None:
+    async with Terminal(stack.nats_url, "router-crash") as term:
+        await term.ask("first", timeout=90)
+        old_pid = await service_pid(stack, "router")
+        os.kill(old_pid, signal.SIGKILL)
+        await term.send("sent while the router is down")  # JetStream holds it
+        reply = await term.reply(timeout=60)
+        assert "sent while the router is down" in reply.text
+        assert await service_pid(stack, "router") != old_pid
+
+
+async def test_an_idle_container_is_stopped_and_the_next_message_starts_one(stack: Stack) -> None:
+    async with Terminal(stack.nats_url, "idle") as term:
+        first = await term.ask("hi", timeout=90)
+        ours = [c for c in stack.containers() if c.labels["dev.clawden.session"] == first.session_id]
+        assert len(ours) == 1
+        deadline = time.monotonic() + IDLE_TIMEOUT + 15
+        while any(c.labels["dev.clawden.session"] == first.session_id for c in stack.containers()):
+            assert time.monotonic() < deadline, "the idle container was never stopped"
+            await asyncio.sleep(0.5)
+        again = await term.ask("still there?", timeout=90)
+        assert "still there?" in again.text and again.session_id == first.session_id
+
+
+async def test_a_long_turn_is_not_mistaken_for_idleness(stack: Stack) -> None:
+    async with Terminal(stack.nats_url, "long-turn") as term:
+        await stack.wait_until_idle((await term.ask("hi", timeout=90)).session_id)
+        stack.fake.script(Hang())
+        seen = len(stack.fake.requests)
+        await term.send("think for a while")
+        await wait_for_request_containing(stack, "think for a while", seen)
+        await asyncio.sleep(IDLE_TIMEOUT + 4)  # past the idle timeout, with a poll in between
+        stack.fake.release()
+        reply = await term.reply(timeout=30)
+        assert "think for a while" in reply.text
