@@ -102,6 +102,10 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="which services answer, with pid and uptime")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    from clawden.commands import register_all
+
+    register_all(sub)
     return p
 
 
