@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from clawden import config as config_mod
+from clawden.control import ControlError
 
 
 def _home(args: argparse.Namespace) -> Path | None:
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         print(f"clawden: bad configuration: {exc}", file=sys.stderr)
         return 2
+    except ControlError as exc:
+        print(f"clawden: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

@@ -39,6 +39,10 @@ SERVICES = {
 CHANNEL_MODULE = "services.channels.{}"
 
 
+class ControlError(Exception):
+    """Raised by a control endpoint for a bad request; its message goes back to the caller as is."""
+
+
 class ServiceMain(Protocol):
     def __call__(self, ctx: ServiceContext) -> Awaitable[None]: ...
 
@@ -66,6 +70,9 @@ class ServiceContext:
         async def serve(req: Request) -> None:
             try:
                 result = await handler(req.data)
+            except ControlError as exc:  # the caller's mistake, said in plain words
+                await req.respond_error("400", str(exc))
+                return
             except Exception as exc:  # never leak a traceback to a caller
                 log.exception("ctl %s failed", verb)
                 await req.respond_error("500", f"{verb} failed: {type(exc).__name__}")

@@ -100,3 +100,29 @@ def test_service_waits_for_nats_that_starts_later_then_gets_ready(tmp_path: Path
             proc.kill()
         proc.communicate()
         sock.close()
+
+
+def test_control_errors_reach_the_caller_as_plain_words(tmp_path: Path, nats_server: NatsServer) -> None:
+    from clawden import config, control
+
+    setup.init(tmp_path / "home")
+    proc = start_service("router", tmp_path / "home", nats_server.url, tmp_path / "n.sock")
+    cfg = config.load(tmp_path / "home", {"CLAWDEN_NATS_URL": nats_server.url})
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert control.run(cfg, "router", "ping")["service"] == "router"
+                break
+            except control.ControlError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        try:
+            control.run(cfg, "router", "no-such-verb")
+        except control.ControlError as exc:
+            assert "did not answer" in str(exc)
+        else:
+            raise AssertionError("an unknown verb must fail")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)
