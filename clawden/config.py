@@ -26,6 +26,14 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     pids: int = 512
     docker_workers: int = 4
     safety_poll: float = 2.0
+    max_containers: int = 8
+    # Seconds without a heartbeat while the agent owes an answer before it counts as hung
+    # (a declared long tool call extends it).
+    hang_timeout: float = 600.0
+    # Tries a message gets across container crashes and hangs before it fails for good.
+    max_tries: int = 3
+    # Seconds a chat may wait for a free container slot before it is told so.
+    queue_notice_after: float = 5.0
     # systemd restarts keep containers for the next runner to adopt; `clawden up` stops them.
     stop_containers_on_exit: bool = False
 

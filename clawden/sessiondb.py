@@ -187,6 +187,7 @@ class InboundMessage:
     trigger: bool = True
     seq: int = 0
     created_at: float = field(default_factory=time.time)
+    tries: int = 0
 
 
 @dataclass(frozen=True)
@@ -304,29 +305,39 @@ def inbound_status(folder: Path) -> dict[int, str]:
         return {int(r["seq"]): str(r["status"]) for r in conn.execute("SELECT seq, status FROM messages_in")}
 
 
-def fail_unfinished(folder: Path, reason: str) -> list[InboundMessage]:
-    """Mark every triggering message the agent had not finished as failed (the container died).
-
-    Returns the failed messages so the host can tell their chats.
-    """
+def unfinished(folder: Path) -> list[InboundMessage]:
+    """Triggering messages the agent has not finished (no completed/failed ack), oldest first."""
     acks: dict[int, str] = {}
     out = folder / OUTBOUND
     if out.exists():
         with opened(out, readonly=True) as conn:
-            acks = {int(r["seq"]): str(r["status"]) for r in conn.execute(
-                "SELECT seq, status FROM processing_ack")}
+            acks = {int(r["seq"]): str(r["status"]) for r in conn.execute("SELECT seq, status FROM processing_ack")}
+    with opened(folder / INBOUND, readonly=True) as conn:
+        rows = conn.execute("SELECT * FROM messages_in WHERE status = 'pending' AND trigger = 1 ORDER BY seq")
+        return [m for m in map(_inbound_from_row, rows) if acks.get(m.seq) not in ("completed", "failed")]
+
+
+def settle_unfinished(folder: Path, max_tries: int) -> tuple[list[InboundMessage], list[InboundMessage]]:
+    """After a container died or hung: count a try against each unfinished message.
+
+    Returns (to retry, failed for good); failed ones are marked so, the rest stay pending for the
+    next container (which clears its predecessor's processing claims and runs them again).
+    """
+    retry: list[InboundMessage] = []
     failed: list[InboundMessage] = []
+    todo = unfinished(folder)
     with opened(folder / INBOUND) as conn, transaction(conn):
-        for row in conn.execute("SELECT * FROM messages_in WHERE status = 'pending' AND trigger = 1"):
-            seq = int(row["seq"])
-            if acks.get(seq) in ("completed", "failed"):
-                continue
-            failed.append(_inbound_from_row(row))
-        for msg in failed:
-            conn.execute("UPDATE messages_in SET status = 'failed', tries = tries + 1 WHERE seq = ?",
-                         (msg.seq,))
-    del reason  # recorded by the caller in its log; the row only needs the status
-    return failed
+        for msg in todo:
+            gave_up = msg.tries + 1 >= max_tries
+            conn.execute("UPDATE messages_in SET tries = tries + 1, status = ? WHERE seq = ?",
+                         ("failed" if gave_up else "pending", msg.seq))
+            (failed if gave_up else retry).append(msg)
+    return retry, failed
+
+
+def fail_pending(folder: Path) -> list[InboundMessage]:
+    """Give up on every unfinished message at once (the agent cannot be started at all)."""
+    return settle_unfinished(folder, max_tries=0)[1]
 
 
 # --- container side (writes outbound.db) ------------------------------------------------------------
@@ -406,7 +417,7 @@ def _inbound_from_row(r: sqlite3.Row) -> InboundMessage:
         id=r["id"], kind=r["kind"], content=json.loads(r["content"]),
         routing=Routing(r["channel"], r["chat_id"], r["thread_id"]),
         sender_id=r["sender_id"], sender_name=r["sender_name"], trigger=bool(r["trigger"]),
-        seq=int(r["seq"]), created_at=float(r["created_at"]),
+        seq=int(r["seq"]), created_at=float(r["created_at"]), tries=int(r["tries"]),
     )
 
 

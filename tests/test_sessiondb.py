@@ -58,15 +58,18 @@ def test_acks_hide_messages_from_the_agent_and_sync_to_the_host(folder: Path) ->
     assert sdb.inbound_status(folder) == {first: "completed", second: "pending"}
 
 
-def test_a_dead_containers_unfinished_messages_fail_and_a_fresh_one_retries_claims(folder: Path) -> None:
+def test_a_dead_containers_unfinished_messages_are_retried_then_fail(folder: Path) -> None:
     done, _ = sdb.insert_inbound(folder, message("done"))
     claimed, _ = sdb.insert_inbound(folder, message("claimed"))
     sdb.ack(folder, [done], "completed")
     sdb.ack(folder, [claimed], "processing")
-    failed = sdb.fail_unfinished(folder, "container died")
-    assert [m.seq for m in failed] == [claimed]
+    retry, failed = sdb.settle_unfinished(folder, max_tries=2)
+    assert ([m.seq for m in retry], failed) == ([claimed], [])
+    sdb.clear_processing(folder)  # what the next container does first
+    assert [m.seq for m in sdb.pending_inbound(folder)] == [claimed]
+    retry, failed = sdb.settle_unfinished(folder, max_tries=2)
+    assert (retry, [m.seq for m in failed]) == ([], [claimed])
     assert sdb.inbound_status(folder)[claimed] == "failed"
-    sdb.clear_processing(folder)
     assert sdb.pending_inbound(folder) == []
 
 

@@ -22,6 +22,10 @@ from claude_agent_sdk import (
     AssistantMessage,
     ClaudeAgentOptions,
     ClaudeSDKClient,
+    HookContext,
+    HookInput,
+    HookJSONOutput,
+    HookMatcher,
     McpServerConfig,
     ProcessError,
     ResultError,
@@ -37,6 +41,8 @@ from . import doorbell, tools
 log = logging.getLogger("clawden_agent")
 
 SESSION_ID_KEY = "claude_session_id"
+CURRENT_TOOL_KEY = "current_tool"  # the host reads it to tell a long tool call from a hang
+DEFAULT_BASH_TIMEOUT_MS = 120_000  # Claude Code's Bash default when the call declares none
 HEARTBEAT = ".heartbeat"
 # Only the safety net: rings wake the loop at once, this catches a ring that was lost.
 SAFETY_POLL_SECONDS = 2.0
@@ -173,7 +179,28 @@ class Agent:
             resume=resume,
             env=cli_env(self.config, os.environ),
             stderr=self._on_stderr,
+            hooks={
+                "PreToolUse": [HookMatcher(matcher="Bash", hooks=[self._tool_started])],
+                "PostToolUse": [HookMatcher(matcher="Bash", hooks=[self._tool_finished])],
+            },
         )
+
+    async def _tool_started(self, data: HookInput, tool_use_id: str | None, context: HookContext
+                            ) -> HookJSONOutput:
+        """Declare a long Bash call so the host does not take its silence for a hang."""
+        tool_input = data.get("tool_input") or {}
+        timeout_ms = tool_input.get("timeout", DEFAULT_BASH_TIMEOUT_MS) if isinstance(tool_input, dict) else 0
+        declared = json.dumps({"name": data.get("tool_name", ""), "timeout": float(timeout_ms) / 1000,
+                               "started_at": time.time()})
+        self.heartbeat.touch()
+        await asyncio.to_thread(sessiondb.set_state, self.config.session_dir, CURRENT_TOOL_KEY, declared)
+        return {}
+
+    async def _tool_finished(self, data: HookInput, tool_use_id: str | None, context: HookContext
+                             ) -> HookJSONOutput:
+        self.heartbeat.touch()
+        await asyncio.to_thread(sessiondb.set_state, self.config.session_dir, CURRENT_TOOL_KEY, None)
+        return {}
 
     def _on_stderr(self, line: str) -> None:
         self._stderr.append(line)
@@ -340,6 +367,7 @@ class Runner:
         # The claim is written while Claude Code already works: it only has to land before the
         # final ack, and a crash before it merely leaves the rows pending, to be run again.
         claim = asyncio.create_task(asyncio.to_thread(sessiondb.ack, folder, seqs, "processing"))
+        self.agent.heartbeat.touch()  # a turn starts: the host measures silence from here
         self.state.begin(reply_to=[m.seq for m in batch if m.trigger][-1])
         prompt = format_prompt(batch)
         before = time.perf_counter()

@@ -149,9 +149,14 @@ class Docker:
             except docker.errors.ImageNotFound as exc:  # never let run() try a pull
                 raise ImageMissing(
                     f"agent image {spec.image} is missing; build it with `clawden image build`") from exc
-            # A stale stopped container with our name would block the new one.
-            with contextlib.suppress(docker.errors.NotFound):
-                self.client.containers.get(spec.name).remove(force=True)
+            try:
+                existing = self.client.containers.get(spec.name)
+            except docker.errors.NotFound:
+                pass
+            else:
+                if existing.status == "running":  # another runner instance got there first: share it
+                    return existing
+                existing.remove(force=True)  # a stale stopped one would block the name
             container: Container = self.client.containers.run(**spec.run_kwargs())
             return container
 
@@ -170,6 +175,9 @@ class Docker:
                 container.remove(force=True)
             except docker.errors.NotFound:
                 pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: another call is already removing it
+                    raise
 
         await self.call(stop)
 

@@ -25,7 +25,7 @@ from clawden.bus import ConsumeStats, Retry, bind, consume, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import runner_receipts, runner_wake
 from clawden.runtime import ServiceContext
-from services.runner.containers import ContainerSpec, Died, Docker, ImageMissing, container_user
+from services.runner.containers import LABEL_SESSION, ContainerSpec, Died, Docker, ImageMissing, container_user
 from services.runner.sessions import (
     SessionIndex,
     SessionInfo,
@@ -37,7 +37,20 @@ from services.runner.sessions import (
 )
 
 log = logging.getLogger("clawden.runner")
-START_ATTEMPTS = 5  # deliveries of one wake before its messages fail with a word to the user
+HEARTBEAT = ".heartbeat"
+CURRENT_TOOL = "current_tool"  # session_state key the agent sets while a tool runs
+START_ATTEMPTS = 5  # failed container starts in a row before a session's messages fail
+
+
+@dataclass
+class Waiting:
+    """A session waiting for a container slot (or for its crash backoff to pass)."""
+
+    info: SessionInfo
+    folder: Path
+    since: float = field(default_factory=time.monotonic)
+    not_before: float = 0.0
+    told: bool = False
 
 
 @dataclass
@@ -49,7 +62,9 @@ class Live:
     container_id: str = ""
     bell: asyncio.DatagramTransport | None = None
     last_activity: float = field(default_factory=time.monotonic)
+    last_wake: float = field(default_factory=time.monotonic)
     stopping: bool = False
+    hung: bool = False
 
 
 class Runner:
@@ -64,7 +79,11 @@ class Runner:
         self.pump_dirty: set[str] = set()
         self.user, self.owner_uid = container_user()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.counters = {"wakes": 0, "started": 0, "published": 0, "crashed": 0, "idle_stopped": 0}
+        self.queue: dict[str, Waiting] = {}  # insertion order is arrival order
+        self.changed = asyncio.Event()
+        self.making_room = False
+        self.failures: dict[str, int] = {}  # consecutive start failures or crashes per session
+        self.counters = {"wakes": 0, "started": 0, "published": 0, "crashed": 0, "hung": 0, "idle_stopped": 0}
 
     # --- paths ----------------------------------------------------------------------------------
 
@@ -77,7 +96,7 @@ class Runner:
         return self.cfg.path("state", agent_group, "claude")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
+        task = asyncio.create_task(_logged(coro, name), name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -99,27 +118,11 @@ class Runner:
                                  "The operator has to look at the runner's log.")
                 return
             live = self.live.get(info.id)
-            if live is None or not live.container_id:
-                await msg.in_progress()
-                try:
-                    await self._start(info, folder)
-                except ImageMissing as exc:
-                    log.error("%s", exc)
-                    await self._fail_pending(info, folder, str(exc))
-                    return
-                except Exception as exc:
-                    if msg.metadata.num_delivered < START_ATTEMPTS:
-                        log.warning("could not start a container for %s: %s", info.id, exc)
-                        if isinstance(exc, Retry):
-                            raise
-                        raise Retry(f"container start failed: {exc}", delay=2.0) from exc
-                    log.exception("giving up starting a container for %s", info.id)
-                    await self._fail_pending(info, folder, "my container could not be started "
-                                             f"({type(exc).__name__}); the operator has to look at the runner's log.")
-                    return
+            if live is not None:
+                live.last_activity = live.last_wake = time.monotonic()
+                await asyncio.to_thread(ring, folder)
             else:
-                live.last_activity = time.monotonic()
-            await asyncio.to_thread(ring, folder)
+                self.want(info, folder)
 
     def _store_wake(self, folder: Path, wake: ev.Wake) -> None:
         prepare_folder(folder, self.owner_uid)
@@ -242,10 +245,9 @@ class Runner:
                                    agent_group=info.agent_group)
         await publish(self.ctx.js, subjects.outbound(info.route.channel), event, msg_id=event.id)
 
-    async def _fail_pending(self, info: SessionInfo, folder: Path, reason: str) -> None:
-        failed = await asyncio.to_thread(sessiondb.fail_unfinished, folder, reason)
+    async def _fail(self, info: SessionInfo, failed: list[sessiondb.InboundMessage], why: str) -> None:
         for message in failed:
-            await self._tell(info, f"failed-{message.seq}", f"Sorry — I couldn't answer that: {reason}")
+            await self._tell(info, f"failed-{message.seq}", f"Sorry — I couldn't answer that: {why}")
 
     # --- receipts -------------------------------------------------------------------------------
 
@@ -256,7 +258,77 @@ class Runner:
         await asyncio.to_thread(sessiondb.record_delivery, self.session_dir(info), receipt.seq,
                                 platform_message_id=receipt.platform_message_id, error=receipt.error)
 
-    # --- container deaths and idle stops --------------------------------------------------------
+    # --- starting containers: one per session, a global cap, a fair queue, backoff ----------------
+
+    def want(self, info: SessionInfo, folder: Path) -> None:
+        """Make sure this session gets a container: now if a slot is free, else in arrival order.
+
+        Synchronous on purpose: concurrent wakes of one session cannot both get past the checks.
+        """
+        if info.id in self.live or info.id in self.queue:
+            return
+        self.queue[info.id] = Waiting(info, folder)
+        self.changed.set()
+
+    async def dispatcher(self) -> None:
+        """Starts queued sessions as slots free up; tells chats that wait too long why."""
+        while not self.ctx.stopping.is_set():
+            self.changed.clear()
+            now = time.monotonic()
+            for session_id, waiting in list(self.queue.items()):
+                if waiting.not_before > now:
+                    continue
+                if len(self.live) < self.cfg.runner.max_containers:
+                    del self.queue[session_id]
+                    self.live[session_id] = Live(waiting.info, waiting.folder)  # holds the slot
+                    self._spawn(self._launch(waiting), f"launch-{session_id}")
+                elif not waiting.told and now - waiting.since > self.cfg.runner.queue_notice_after:
+                    waiting.told = True
+                    self._spawn(self._tell(waiting.info, f"queued-{int(waiting.since)}",
+                                           "I'm busy with other conversations right now; "
+                                           "I'll get to your message as soon as a slot frees up."),
+                                f"queued-{session_id}")
+            if self.queue and len(self.live) >= self.cfg.runner.max_containers and not self.making_room:
+                self.making_room = True
+                self._spawn(self._make_room(), "make-room")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), 1.0)
+
+    async def _make_room(self) -> None:
+        """Under the cap, an idle container gives its slot to a waiting chat."""
+        try:
+            for live in sorted(self.live.values(), key=lambda lv: lv.last_activity):
+                if live.container_id and not live.stopping and not await asyncio.to_thread(
+                        sessiondb.has_unanswered, live.folder):
+                    await self.stop_session(live.info.id, "making room for a waiting chat")
+                    return
+        finally:
+            self.making_room = False
+
+    async def _launch(self, waiting: Waiting) -> None:
+        info, folder = waiting.info, waiting.folder
+        try:
+            await self._start(info, folder)
+        except Exception as exc:
+            self._forget(info.id)
+            failures = self.failures.get(info.id, 0) + 1
+            self.failures[info.id] = failures
+            final = isinstance(exc, ImageMissing) or failures >= START_ATTEMPTS
+            log.log(logging.ERROR if final else logging.WARNING, "could not start a container for %s (%d): %s",
+                    info.id, failures, exc, extra={"session_id": info.id})
+            if final:
+                self.failures.pop(info.id, None)
+                failed = await asyncio.to_thread(sessiondb.fail_pending, folder)
+                reason = str(exc) if isinstance(exc, ImageMissing) else (
+                    "my container could not be started; the operator has to look at the runner's log.")
+                await self._fail(info, failed, reason)
+            else:
+                self.queue[info.id] = Waiting(info, folder, not_before=time.monotonic() + _backoff(failures))
+            self.changed.set()
+            return
+        await asyncio.to_thread(ring, folder)
+
+    # --- container deaths, hangs and idle stops ---------------------------------------------------
 
     def on_death(self, died: Died) -> None:
         live = self.live.get(died.session_id)
@@ -265,66 +337,85 @@ class Runner:
         self._spawn(self._handle_death(live, died), f"death-{died.session_id}")
 
     async def _handle_death(self, live: Live, died: Died) -> None:
-        async with self.session_locks.setdefault(live.info.id, asyncio.Lock()):
-            if self.live.get(live.info.id) is not live:
+        info = live.info
+        async with self.session_locks.setdefault(info.id, asyncio.Lock()):
+            if self.live.get(info.id) is not live:
                 return
-            expected = live.stopping
-            await self.pump(live.info.id)  # whatever the agent said before it died still goes out
-            self._forget(live.info.id)
-            if not expected:
-                self.counters["crashed"] += 1
-                tail = await self.docker.logs_tail(died.container_id)
-                log.error("container for session %s died (exit %d); last output:\n%s", live.info.id,
-                          died.exit_code, tail, extra={"session_id": live.info.id})
-                await self._fail_pending(
-                    live.info, live.folder,
-                    f"the agent's container stopped unexpectedly (exit code {died.exit_code}). "
-                    "Please send your message again.")
+            await self.pump(info.id)  # whatever the agent said before it died still goes out
+            self._forget(info.id)
+            if live.stopping and not live.hung:
+                await self.docker.stop_and_remove(died.container_id, timeout=1)
+                return
+            self.counters["crashed"] += 1
+            tail = await self.docker.logs_tail(died.container_id)
+            log.error("container for session %s %s (exit %d); last output:\n%s", info.id,
+                      "hung" if live.hung else "died", died.exit_code, tail, extra={"session_id": info.id})
             await self.docker.stop_and_remove(died.container_id, timeout=1)
+            retry, failed = await asyncio.to_thread(sessiondb.settle_unfinished, live.folder,
+                                                    self.cfg.runner.max_tries)
+            what = "got stuck" if live.hung else f"stopped unexpectedly (exit code {died.exit_code})"
+            await self._fail(info, failed, f"my container {what} every time I tried. Please send it again "
+                                           "later, or ask the operator to look at the runner's log.")
+            if retry:
+                # Crash-looping sessions back off: 2 s, 4 s, 8 s … between attempts.
+                crashes = self.failures.get(info.id, 0) + 1
+                self.failures[info.id] = crashes
+                self.queue[info.id] = Waiting(info, live.folder, not_before=time.monotonic() + _backoff(crashes))
+                self.changed.set()
 
     def _forget(self, session_id: str) -> None:
         live = self.live.pop(session_id, None)
         if live is not None and live.bell is not None:
             live.bell.close()
+        self.changed.set()
 
-    async def stop_session(self, session_id: str, reason: str) -> None:
+    async def stop_session(self, session_id: str, reason: str, *, hung: bool = False) -> None:
         live = self.live.get(session_id)
-        if live is None or not live.container_id:
+        if live is None or not live.container_id or live.stopping:
             return
-        live.stopping = True
+        live.stopping, live.hung = True, hung
         log.info("stopping container of %s (%s)", session_id, reason, extra={"session_id": session_id})
-        await self.docker.stop_and_remove(live.container_id)
+        await self.docker.stop_and_remove(live.container_id, timeout=1 if hung else 5)
 
-    async def _stop_if_idle(self, live: Live) -> None:
-        # A long turn is not idleness: the agent still owes an answer, so leave it working.
-        if await asyncio.to_thread(sessiondb.has_unanswered, live.folder):
-            live.last_activity = time.monotonic()
+    async def _check(self, live: Live) -> None:
+        """Idle stop, or hang detection from the agent's heartbeat, for one running container."""
+        busy = await asyncio.to_thread(sessiondb.has_unanswered, live.folder)
+        if not busy:
+            self.failures.pop(live.info.id, None)  # it answered: a later crash starts a fresh count
+            if time.monotonic() - live.last_activity > self.cfg.runner.idle_timeout:
+                self.counters["idle_stopped"] += 1
+                await self.stop_session(live.info.id, "idle")
             return
-        self.counters["idle_stopped"] += 1
-        await self.stop_session(live.info.id, "idle")
+        live.last_activity = time.monotonic()  # a long turn is not idleness
+        silent, allowed = await asyncio.to_thread(_silence, live.folder, self.cfg.runner.hang_timeout)
+        silent = min(silent, time.monotonic() - live.last_wake)  # an old heartbeat before a new message
+        if silent > allowed:
+            self.counters["hung"] += 1
+            await self._tell(live.info, f"hung-{live.container_id[:12]}",
+                             f"I got stuck (no sign of life for {silent:.0f} s), so I'm restarting and will try "
+                             "your message again.")
+            await self.stop_session(live.info.id, f"no heartbeat for {silent:.0f}s", hung=True)
 
     async def housekeeping(self) -> None:
-        """Safety-net poll for lost rings, and idle stops. Rings do the real work."""
+        """Safety-net poll for lost rings; idle stops; hang detection. Rings do the real work."""
         poll = self.cfg.runner.safety_poll
         while not self.ctx.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ctx.stopping.wait(), poll)
-            now = time.monotonic()
             for session_id, live in list(self.live.items()):
-                if not live.container_id:
+                if not live.container_id or live.stopping:
                     continue
                 self._spawn(self.pump(session_id), f"pump-{session_id}")  # not activity: no kick()
-                if now - live.last_activity > self.cfg.runner.idle_timeout and not live.stopping:
-                    self._spawn(self._stop_if_idle(live), f"idle-{session_id}")
+                self._spawn(self._check(live), f"check-{session_id}")
 
     # --- restart ----------------------------------------------------------------------------------
 
     async def adopt(self) -> None:
         """After a restart: keep our running containers, clear dead ones, finish unanswered turns."""
         for container in await self.docker.ours():
-            session_id = container.labels.get("dev.clawden.session", "")
+            session_id = container.labels.get(LABEL_SESSION, "")
             info = self.index.get(session_id)
-            if container.status == "running" and info is not None:
+            if container.status == "running" and info is not None and session_id not in self.live:
                 folder = self.session_dir(info)
                 live = Live(info, folder, container_id=str(container.id))
                 live.bell = await listen_bell(folder, functools.partial(self.kick, info.id), self.owner_uid)
@@ -340,18 +431,9 @@ class Runner:
             if not (folder / sessiondb.INBOUND).exists():
                 continue
             self._spawn(self.pump(info.id), f"pump-{info.id}")
-            pending = await asyncio.to_thread(sessiondb.pending_inbound, folder)
-            if any(m.trigger for m in pending):
+            if await asyncio.to_thread(sessiondb.has_unanswered, folder):
                 log.info("session %s has unanswered messages; restarting its agent", info.id)
-                self._spawn(self._resume(info, folder), f"resume-{info.id}")
-
-    async def _resume(self, info: SessionInfo, folder: Path) -> None:
-        async with self.session_locks.setdefault(info.id, asyncio.Lock()):
-            if info.id not in self.live:
-                try:
-                    await self._start(info, folder)
-                except Exception as exc:
-                    log.error("could not resume %s: %s", info.id, exc)
+                self.want(info, folder)
 
     async def shutdown(self) -> None:
         # By default containers keep running across a runner restart; the next runner adopts them.
@@ -364,6 +446,35 @@ class Runner:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def _logged(coro: Coroutine[Any, Any, None], name: str) -> None:
+    """Background work must not die silently: one session's failure is logged, the rest go on."""
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s failed", name)
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(300, 2**attempt))
+
+
+def _silence(folder: Path, hang_timeout: float) -> tuple[float, float]:
+    """(seconds since the agent's last heartbeat, seconds of silence allowed right now)."""
+    try:
+        silent = time.time() - (folder / HEARTBEAT).stat().st_mtime
+    except FileNotFoundError:
+        silent = 0.0  # not started yet; the container start itself is bounded elsewhere
+    allowed = hang_timeout
+    tool = sessiondb.get_state(folder, CURRENT_TOOL)
+    if tool:
+        # A declared long tool call (a Bash command with a long timeout) is not a hang.
+        declared = float(json.loads(tool).get("timeout", 0))
+        allowed = max(allowed, declared + 30)
+    return silent, allowed
 
 
 def _host_timezone() -> str:
@@ -393,6 +504,7 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(consume(receipts, ev.DeliveryReceipt, runner.on_receipt, stopping=ctx.stopping,
                                    stats=receipt_stats))
             tg.create_task(runner.housekeeping())
+            tg.create_task(runner.dispatcher())
     finally:
         await runner.shutdown()
         docker.close()

@@ -79,7 +79,7 @@ class Stack:
         self.fake.stop_thread()
 
 
-def start_stack(home: Path, *, idle_timeout: float = 1800, ready_timeout: float = 90) -> Stack:
+def start_stack(home: Path, *, idle_timeout: float = 1800, ready_timeout: float = 90, runner: str = "") -> Stack:
     fake = start_in_thread()
     install_id = f"t{secrets.token_hex(4)}"
     port = natsserver.free_port()
@@ -93,6 +93,7 @@ install_id = "{install_id}"
 port = {port}
 [runner]
 idle_timeout = {idle_timeout}
+{runner}
 [model]
 upstream = "{fake.url}"
 """)

@@ -14,16 +14,18 @@ import pytest
 
 from clawden.bus import subjects
 from tests.e2e.harness import Stack, Terminal, start_stack
-from tests.fakes.anthropic import Hang
+from tests.fakes.anthropic import Hang, Text, ToolCall
 
 pytestmark = pytest.mark.docker
 IDLE_TIMEOUT = 3
+HANG_TIMEOUT = 4
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str
           ) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("home"), idle_timeout=IDLE_TIMEOUT)
+    s = start_stack(tmp_path_factory.mktemp("home"), idle_timeout=IDLE_TIMEOUT,
+                    runner=f"hang_timeout = {HANG_TIMEOUT}\nmax_tries = 2")
     yield s
     s.stop()
 
@@ -91,14 +93,31 @@ async def test_an_idle_container_is_stopped_and_the_next_message_starts_one(stac
         assert "still there?" in again.text and again.session_id == first.session_id
 
 
-async def test_a_long_turn_is_not_mistaken_for_idleness(stack: Stack) -> None:
+async def test_a_declared_long_bash_call_is_neither_idleness_nor_a_hang(stack: Stack) -> None:
     async with Terminal(stack.nats_url, "long-turn") as term:
         await stack.wait_until_idle((await term.ask("hi", timeout=90)).session_id)
-        stack.fake.script(Hang())
-        seen = len(stack.fake.requests)
-        await term.send("think for a while")
-        await wait_for_request_containing(stack, "think for a while", seen)
-        await asyncio.sleep(IDLE_TIMEOUT + 4)  # past the idle timeout, with a poll in between
+        # Silent for longer than both the idle and the hang timeout, but declared up front.
+        stack.fake.script(ToolCall("Bash", {"command": f"sleep {HANG_TIMEOUT + 4}", "timeout": 60_000}),
+                          ToolCall("send_message", {"text": "done sleeping"}), Text("ok"))
+        await term.send("run the long job")
+        reply = await term.reply(timeout=60)
+        assert reply.text == "done sleeping"
+        with pytest.raises(TimeoutError):  # no "I got stuck" notice either
+            await term.reply(timeout=2)
+
+
+async def test_a_silent_container_is_stopped_its_user_told_and_the_message_failed_after_its_tries(
+        stack: Stack) -> None:
+    async with Terminal(stack.nats_url, "hang") as term:
+        await stack.wait_until_idle((await term.ask("hi", timeout=90)).session_id)
+        stack.fake.script(Hang(), Hang())  # both tries hang at the model, so no heartbeat comes
+        await term.send("this never finishes")
+        first = await term.reply(timeout=30)
+        assert "I got stuck" in first.text
+        second = await term.reply(timeout=60)
+        assert "I got stuck" in second.text
+        final = await term.reply(timeout=60)
+        assert "couldn't answer that" in final.text and "got stuck every time" in final.text
         stack.fake.release()
-        reply = await term.reply(timeout=30)
-        assert "think for a while" in reply.text
+        after = await term.ask("and now?", timeout=90)
+        assert "and now?" in after.text
