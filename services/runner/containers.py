@@ -195,7 +195,7 @@ class Docker:
             try:
                 return bytes(self.client.containers.get(container_id).logs(tail=lines)).decode(
                     "utf-8", "replace")
-            except docker.errors.NotFound:
+            except docker.errors.APIError:  # gone, or already being removed
                 return ""
 
         return await self.call(get)
