@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -111,7 +112,7 @@ class Runner:
             folder = self.session_dir(info)
             try:
                 await asyncio.to_thread(self._store_wake, folder, wake)
-            except (UnsafeSessionFolder, sessiondb.SchemaError) as exc:
+            except (UnsafeSessionFolder, sessiondb.SchemaError, sqlite3.DatabaseError) as exc:
                 log.error("session %s folder refused: %s", info.id, exc, extra={"session_id": info.id})
                 await self._tell(info, f"wake-refused-{wake.key}",
                                  "Sorry — this conversation's storage is damaged, so I can't answer. "

@@ -1,0 +1,78 @@
+"""Many chats, few slots: one container per session, a fair queue under the cap, broken sessions isolated."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from clawden import control
+from clawden.config import load
+from tests.e2e.harness import Stack, Terminal, start_stack
+from tests.fakes.anthropic import Hang
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str
+          ) -> Iterator[Stack]:
+    s = start_stack(tmp_path_factory.mktemp("home"), runner="max_containers = 1\nqueue_notice_after = 1")
+    yield s
+    s.stop()
+
+
+async def runner_counters(stack: Stack) -> dict[str, int]:
+    cfg = load(stack.home, {"CLAWDEN_NATS_URL": stack.nats_url})
+    return dict((await control.call(cfg, "runner", "ping"))["stats"]["runner"])
+
+
+async def test_a_burst_of_messages_to_a_new_chat_starts_one_container(stack: Stack) -> None:
+    started = (await runner_counters(stack))["started"]
+    async with Terminal(stack.nats_url, "burst") as term:
+        for i in range(5):
+            await term.send(f"burst {i}")
+        replies = [await term.reply(timeout=90)]
+        session = replies[0].session_id
+        await stack.wait_until_idle(session)
+        while not term.replies.empty():
+            replies.append(term.replies.get_nowait())
+    assert (await runner_counters(stack))["started"] == started + 1
+    # Everything sent before the agent woke arrives in its first turn(s), each message seen once.
+    seen = " ".join(r.text for r in replies)
+    assert all(f"burst {i}" in seen for i in range(5))
+    assert len([c for c in stack.containers() if c.labels["dev.clawden.session"] == session]) == 1
+
+
+async def test_chats_beyond_the_cap_wait_their_turn_are_told_and_all_get_answered(stack: Stack) -> None:
+    async with Terminal(stack.nats_url, "cap-a") as a, Terminal(stack.nats_url, "cap-b") as b, \
+            Terminal(stack.nats_url, "cap-c") as c:
+        await stack.wait_until_idle((await a.ask("hello from a", timeout=90)).session_id)
+        stack.fake.script(Hang())
+        await a.send("a keeps the only slot busy")
+        await asyncio.sleep(1)
+        await b.send("hello from b")
+        await c.send("hello from c")
+        told_b, told_c = await b.reply(timeout=30), await c.reply(timeout=30)
+        assert "busy with other conversations" in told_b.text
+        assert "busy with other conversations" in told_c.text
+        stack.fake.release()
+        assert "a keeps the only slot busy" in (await a.reply(timeout=60)).text
+        assert "hello from b" in (await b.reply(timeout=90)).text
+        assert "hello from c" in (await c.reply(timeout=90)).text
+        assert len(stack.containers()) == 1
+
+
+async def test_a_session_with_a_corrupt_database_does_not_hold_up_another(stack: Stack) -> None:
+    async with Terminal(stack.nats_url, "broken") as broken, Terminal(stack.nats_url, "healthy") as healthy:
+        session = (await broken.ask("before the damage", timeout=90)).session_id
+        await stack.wait_until_idle(session)
+        for c in stack.containers():
+            c.remove(force=True)
+        (stack.home / "sessions" / "main" / session / "outbound.db").write_bytes(b"\x00garbage" * 512)
+        await broken.send("after the damage")
+        told = await broken.reply(timeout=30)
+        assert "storage is damaged" in told.text
+        answer = await healthy.ask("are you fine?", timeout=90)
+        assert "are you fine?" in answer.text
