@@ -378,6 +378,62 @@ def session_routing(folder: Path) -> Routing | None:
     return Routing(row["channel"], row["chat_id"], row["thread_id"]) if row else None
 
 
+def destinations(folder: Path) -> dict[str, Routing]:
+    """Named chats this session may send to (the host's projection of the agent group's list)."""
+    with opened(folder / INBOUND, readonly=True) as conn:
+        rows = conn.execute("SELECT name, channel, chat_id, thread_id FROM destinations").fetchall()
+    return {str(r["name"]): Routing(r["channel"], r["chat_id"], r["thread_id"]) for r in rows}
+
+
+def set_destinations(folder: Path, named: dict[str, tuple[str, Routing]]) -> None:
+    """Replace the projection: name -> (display name, routing)."""
+    with opened(folder / INBOUND) as conn, transaction(conn):
+        conn.execute("DELETE FROM destinations")
+        conn.executemany(
+            "INSERT INTO destinations (name, display_name, channel, chat_id, thread_id) VALUES (?, ?, ?, ?, ?)",
+            [(name, shown, r.channel, r.chat_id, r.thread_id) for name, (shown, r) in named.items()])
+
+
+def platform_message_id(folder: Path, seq: int) -> str | None:
+    """The platform's id of a message by seq: a delivered outbound one (odd) or an inbound one (even)."""
+    with opened(folder / INBOUND, readonly=True) as conn:
+        if seq % 2:
+            row = conn.execute("SELECT platform_message_id FROM delivered WHERE out_seq = ? AND status = 'delivered'",
+                               (seq,)).fetchone()
+            return str(row[0]) if row and row[0] else None
+        row = conn.execute("SELECT content FROM messages_in WHERE seq = ?", (seq,)).fetchone()
+    if row is None:
+        return None
+    value = json.loads(row[0]).get("platform_message_id")
+    return str(value) if value else None
+
+
+def failed_deliveries(folder: Path, after_seq: int = 0) -> list[tuple[int, str]]:
+    """(outbound seq, error) of sends the platform refused for good, newest last."""
+    with opened(folder / INBOUND, readonly=True) as conn:
+        rows = conn.execute("SELECT out_seq, error FROM delivered WHERE status = 'failed' AND out_seq > ?"
+                            " ORDER BY out_seq", (after_seq,)).fetchall()
+    return [(int(r[0]), str(r[1] or "")) for r in rows]
+
+
+def response_id(request_id: str) -> str:
+    return f"response:{request_id}"
+
+
+def respond(folder: Path, request_id: str, content: dict[str, Any]) -> None:
+    """The host answers an agent's request (a question, a task listing) with a system row."""
+    routing = session_routing(folder) or Routing("", "")
+    insert_inbound(folder, InboundMessage(id=response_id(request_id), kind="system", content=content,
+                                          routing=routing, trigger=False),
+                   outbound_max_seq=outbound_max_seq(folder))
+
+
+def response(folder: Path, request_id: str) -> dict[str, Any] | None:
+    with opened(folder / INBOUND, readonly=True) as conn:
+        row = conn.execute("SELECT content FROM messages_in WHERE id = ?", (response_id(request_id),)).fetchone()
+    return dict(json.loads(row[0])) if row else None
+
+
 def write_outbound(folder: Path, *, id: str, kind: str, content: dict[str, Any], routing: Routing,
                    in_reply_to: int | None = None) -> int:
     """Append one outbound row with the next odd seq (above every seq in both files)."""

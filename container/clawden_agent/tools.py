@@ -1,10 +1,20 @@
-"""Clawden's tools for the agent, served in-process over MCP. Every tool only writes outbound.db."""
+"""Clawden's tools for the agent, served in-process over MCP. Every tool only writes outbound.db.
+
+The host applies each row (a chat message, an edit, a card, a task operation …). Tools that need
+an answer (a question to the user, a task listing) wait for the host's response row in inbound.db.
+Bad input comes back as a tool error the model can read, never as an exception.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import shutil
 import sqlite3
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +25,12 @@ from clawden import sessiondb
 
 SERVER_NAME = "clawden"
 SEND_MESSAGE = f"mcp__{SERVER_NAME}__send_message"
+MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_TEXT = 64 * 1024
+MAX_OPTIONS = 10
+RESPONSE_POLL = 0.1  # seconds; only tools waiting on a person or the scheduler poll
+FILE_NAME = re.compile(r"^[^/\\\x00]{1,128}$")
+TASK_ID = re.compile(r"^t-[0-9a-f]{8,32}$")
 
 
 @dataclass
@@ -25,25 +41,29 @@ class TurnState:
     ring_host: Callable[[], None]
     reply_to: int | None = None
     sent: list[int] = field(default_factory=list)
+    rows: int = 0  # rows written this turn: their ids must be unique and stable across a re-run
 
     def begin(self, reply_to: int) -> None:
         self.reply_to = reply_to
         self.sent = []
+        self.rows = 0
+
+    def next_id(self, kind: str) -> str:
+        """Derived from the message being answered, so a turn re-run after a crash rewrites the
+        same ids and finds its earlier rows instead of sending them twice."""
+        self.rows += 1
+        return f"reply:{self.reply_to}:{kind}:{self.rows}"
 
 
-def write_reply(state: TurnState, text: str, *, suffix: str,
-                routing: sessiondb.Routing | None = None) -> int | None:
-    """Write one chat row for the current turn; returns its seq.
+class ToolError(Exception):
+    """Told to the model as the tool's result, marked as an error."""
 
-    The row id is derived from the message being answered, so a turn re-run after a crash
-    finds its earlier reply instead of sending a second one. None when there is no chat.
-    """
-    routing = routing or sessiondb.session_routing(state.session_dir)
-    if routing is None:
-        return None
-    row_id = f"reply:{state.reply_to}:{suffix}"
+
+def write_row(state: TurnState, row_id: str, kind: str, content: dict[str, Any],
+              routing: sessiondb.Routing) -> int:
+    """Write one outbound row (once: a replayed id returns the first row's seq)."""
     try:
-        return sessiondb.write_outbound(state.session_dir, id=row_id, kind="chat", content={"text": text},
+        return sessiondb.write_outbound(state.session_dir, id=row_id, kind=kind, content=content,
                                         routing=routing, in_reply_to=state.reply_to)
     except sqlite3.IntegrityError:
         with sessiondb.opened(state.session_dir / sessiondb.OUTBOUND, readonly=True) as conn:
@@ -53,6 +73,15 @@ def write_reply(state: TurnState, text: str, *, suffix: str,
         return int(row[0])
 
 
+def write_reply(state: TurnState, text: str, *, suffix: str,
+                routing: sessiondb.Routing | None = None) -> int | None:
+    """Write one chat row for the current turn; returns its seq, None when there is no chat."""
+    routing = routing or sessiondb.session_routing(state.session_dir)
+    if routing is None:
+        return None
+    return write_row(state, f"reply:{state.reply_to}:{suffix}", "chat", {"text": text}, routing)
+
+
 def _text(text: str, *, error: bool = False) -> dict[str, Any]:
     result: dict[str, Any] = {"content": [{"type": "text", "text": text}]}
     if error:
@@ -60,41 +89,266 @@ def _text(text: str, *, error: bool = False) -> dict[str, Any]:
     return result
 
 
-def _same_chat(to: str, routing: sessiondb.Routing) -> bool:
-    return to.strip().lower() in {"", "current", "here", routing.chat_id.lower(),
-                                  f"{routing.channel}:{routing.chat_id}".lower()}
+def _guarded(fn: Callable[[dict[str, Any]], Awaitable[str]]) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+    async def run(args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return _text(await fn(args))
+        except ToolError as exc:
+            return _text(str(exc), error=True)
+
+    return run
+
+
+def _str(args: dict[str, Any], key: str, *, required: bool = True, limit: int = MAX_TEXT) -> str:
+    value = args.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise ToolError(f"`{key}` is required.")
+        return ""
+    if not isinstance(value, str):
+        raise ToolError(f"`{key}` must be a string.")
+    if len(value) > limit:
+        raise ToolError(f"`{key}` is too long ({len(value)} characters; at most {limit}).")
+    return value.strip()
+
+
+def _int(args: dict[str, Any], key: str) -> int:
+    value = args.get(key)
+    if isinstance(value, str) and value.lstrip("#").isdigit():
+        value = int(value.lstrip("#"))
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ToolError(f"`{key}` must be a message number such as 7 (from #7).")
+    return value
+
+
+class Tools:
+    def __init__(self, state: TurnState, *, workspace_roots: tuple[Path, ...] | None = None) -> None:
+        self.state = state
+        folder = state.session_dir
+        # Where send_file may read from: the agent's own folders, never a path that leaves them.
+        self.roots = workspace_roots or (folder, Path(os.environ.get("CLAWDEN_GROUP_DIR", "/workspace/agent")),
+                                         Path("/tmp"))
+
+    @property
+    def folder(self) -> Path:
+        return self.state.session_dir
+
+    async def _routing(self, to: str) -> sessiondb.Routing:
+        routing = await asyncio.to_thread(sessiondb.session_routing, self.folder)
+        if routing is None:
+            raise ToolError("This session has no chat to answer.")
+        if not to or to.lower() in ("current", "here", routing.chat_id.lower()):
+            return routing
+        named = await asyncio.to_thread(sessiondb.destinations, self.folder)
+        for name, route in named.items():
+            if name.lower() == to.lower():
+                return route
+        known = ", ".join(sorted(named)) or "none"
+        raise ToolError(f"Unknown destination {to!r}. Known destinations: {known}. Leave `to` out to "
+                        "answer in this chat.")
+
+    async def _write(self, kind: str, content: dict[str, Any], routing: sessiondb.Routing) -> int:
+        seq = await asyncio.to_thread(write_row, self.state, self.state.next_id(kind), kind, content, routing)
+        self.state.ring_host()
+        return seq
+
+    async def _await_response(self, request_id: str, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answer = await asyncio.to_thread(sessiondb.response, self.folder, request_id)
+            if answer is not None:
+                return answer
+            await asyncio.sleep(RESPONSE_POLL)
+        return None
+
+    # --- chat ---------------------------------------------------------------------------------
+
+    async def send_message(self, args: dict[str, Any]) -> str:
+        text = _str(args, "text")
+        routing = await self._routing(_str(args, "to", required=False, limit=128))
+        seq = await asyncio.to_thread(write_reply, self.state, text, suffix=f"send:{len(self.state.sent)}",
+                                      routing=routing)
+        assert seq is not None
+        self.state.sent.append(seq)
+        self.state.ring_host()
+        return f"sent as #{seq}"
+
+    async def send_file(self, args: dict[str, Any]) -> str:
+        source = self._readable_file(_str(args, "path", limit=4096))
+        name = _str(args, "filename", required=False, limit=128) or source.name
+        if not FILE_NAME.match(name) or name in (".", ".."):
+            raise ToolError("`filename` must be a plain file name.")
+        routing = await self._routing(_str(args, "to", required=False, limit=128))
+        row_id = self.state.next_id("file")
+        box = self.folder / "outbox" / row_id.replace(":", "_")
+        await asyncio.to_thread(_copy_into, source, box, name)
+        content = {"text": _str(args, "text", required=False), "files": [name], "box": box.name}
+        seq = await asyncio.to_thread(write_row, self.state, row_id, "file", content, routing)
+        self.state.sent.append(seq)
+        self.state.ring_host()
+        return f"file {name} sent as #{seq}"
+
+    def _readable_file(self, path: str) -> Path:
+        raw = Path(path)
+        if not raw.is_absolute():
+            raw = Path(os.environ.get("CLAWDEN_GROUP_DIR", "/workspace/agent")) / raw
+        real = Path(os.path.realpath(raw))
+        if raw.is_symlink() or not any(real.is_relative_to(os.path.realpath(r)) for r in self.roots):
+            raise ToolError(f"{path} is outside the folders you may send from (or a link out of them).")
+        if not real.is_file():
+            raise ToolError(f"{path} is not a file.")
+        size = real.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ToolError(f"{path} is {size} bytes; at most {MAX_FILE_BYTES} can be sent.")
+        return real
+
+    async def edit_message(self, args: dict[str, Any]) -> str:
+        seq, text = _int(args, "seq"), _str(args, "text")
+        if seq % 2 == 0:
+            raise ToolError(f"#{seq} is a message you received; you can only edit your own (odd) messages.")
+        if await asyncio.to_thread(sessiondb.platform_message_id, self.folder, seq) is None:
+            raise ToolError(f"#{seq} has not been delivered (yet), so it cannot be edited.")
+        routing = await self._routing("")
+        await self._write("edit", {"target_seq": seq, "text": text}, routing)
+        return f"#{seq} edited"
+
+    async def add_reaction(self, args: dict[str, Any]) -> str:
+        seq, emoji = _int(args, "seq"), _str(args, "emoji", limit=32)
+        if await asyncio.to_thread(sessiondb.platform_message_id, self.folder, seq) is None:
+            raise ToolError(f"#{seq} is not a delivered message of this chat.")
+        await self._write("reaction", {"target_seq": seq, "emoji": emoji}, await self._routing(""))
+        return f"reacted {emoji} to #{seq}"
+
+    async def send_card(self, args: dict[str, Any]) -> str:
+        title = _str(args, "title", limit=256)
+        buttons = _options(args.get("buttons"), required=False)
+        content = {"title": title, "body": _str(args, "body", required=False),
+                   "buttons": [{"id": str(i + 1), "label": label} for i, label in enumerate(buttons)]}
+        seq = await self._write("card", content, await self._routing(_str(args, "to", required=False, limit=128)))
+        self.state.sent.append(seq)
+        return f"card sent as #{seq}"
+
+    async def ask_user_question(self, args: dict[str, Any]) -> str:
+        question = _str(args, "question", limit=2000)
+        options = _options(args.get("options"), required=True)
+        timeout = args.get("timeout", 300)
+        if not isinstance(timeout, int | float) or not 10 <= timeout <= 86_400:
+            raise ToolError("`timeout` must be between 10 and 86400 seconds.")
+        request_id = f"q-{uuid.uuid4().hex[:16]}"
+        await self._write("question", {"request_id": request_id, "question": question, "options": options,
+                                       "timeout": timeout}, await self._routing(""))
+        answer = await self._await_response(request_id, float(timeout) + 5)
+        if answer is None or answer.get("decision") == "expired":
+            return f"No answer within {int(timeout)} seconds."
+        if answer.get("error"):
+            raise ToolError(str(answer["error"]))
+        who = f" (answered by {answer['by']})" if answer.get("by") else ""
+        return f"The user chose: {answer.get('answer', '')}{who}"
+
+    # --- tasks ----------------------------------------------------------------------------------
+
+    async def _task(self, op: str, fields: dict[str, Any]) -> str:
+        request_id = uuid.uuid4().hex
+        await self._write("task", {"request_id": request_id, "op": op, **fields}, await self._routing(""))
+        answer = await self._await_response(request_id, 15)
+        if answer is None:
+            raise ToolError("The scheduler did not answer; try again later.")
+        if answer.get("error"):
+            raise ToolError(str(answer["error"]))
+        return str(answer.get("result", "done"))
+
+    async def schedule_task(self, args: dict[str, Any]) -> str:
+        fields = {"task_id": f"t-{uuid.uuid4().hex[:12]}", "prompt": _str(args, "prompt", limit=8000),
+                  "schedule": _str(args, "schedule", limit=200),
+                  "timezone": _str(args, "timezone", required=False, limit=64)}
+        return await self._task("create", fields)
+
+    async def list_tasks(self, args: dict[str, Any]) -> str:
+        return await self._task("list", {"status": _str(args, "status", required=False, limit=16)})
+
+    async def update_task(self, args: dict[str, Any]) -> str:
+        fields: dict[str, Any] = {"task_id": _task_id(args)}
+        for key in ("prompt", "schedule", "timezone"):
+            if args.get(key) is not None:
+                fields[key] = _str(args, key, limit=8000)
+        if len(fields) == 1:
+            raise ToolError("Give at least one of `prompt`, `schedule`, `timezone` to change.")
+        return await self._task("update", fields)
+
+    async def pause_task(self, args: dict[str, Any]) -> str:
+        return await self._task("pause", {"task_id": _task_id(args)})
+
+    async def resume_task(self, args: dict[str, Any]) -> str:
+        return await self._task("resume", {"task_id": _task_id(args)})
+
+    async def cancel_task(self, args: dict[str, Any]) -> str:
+        return await self._task("cancel", {"task_id": _task_id(args)})
+
+
+def _task_id(args: dict[str, Any]) -> str:
+    task_id = _str(args, "task_id", limit=64)
+    if not TASK_ID.match(task_id):
+        raise ToolError(f"{task_id!r} is not a task id (they look like t-1a2b3c4d5e6f).")
+    return task_id
+
+
+def _options(value: object, *, required: bool) -> list[str]:
+    if value is None and not required:
+        return []
+    if not isinstance(value, list) or not value or len(value) > MAX_OPTIONS:
+        raise ToolError(f"Give between 1 and {MAX_OPTIONS} options as a list of short strings.")
+    labels = [str(v.get("label") if isinstance(v, dict) else v).strip()[:64] for v in value]
+    if not all(labels):
+        raise ToolError("Every option needs a label.")
+    return labels
+
+
+def _copy_into(source: Path, box: Path, name: str) -> None:
+    box.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, box / name, follow_symlinks=False)
+
+
+_STRING = {"type": "string"}
+_TO = {"type": "string", "description": "A destination name; leave out to answer in the current chat."}
+_SEQ = {"type": "integer", "description": "The message number (#seq)."}
+_TASK_ID = {"type": "string", "description": "The task id, as schedule_task or list_tasks gave it."}
+_LABELS = {"type": "array", "items": {"type": "string"}, "maxItems": MAX_OPTIONS}
+
+
+def _schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required}
+
+
+SPECS: list[tuple[str, str, dict[str, Any]]] = [
+    ("send_message", "Send a chat message to the person or group you are talking with (or to a named "
+     "destination). This is the only way your words reach them. Returns the message's #seq.",
+     _schema({"text": _STRING, "to": _TO}, ["text"])),
+    ("send_file", "Send a file from your folders (the agent folder, the session folder, /tmp) to the chat.",
+     _schema({"path": _STRING, "text": _STRING, "filename": _STRING, "to": _TO}, ["path"])),
+    ("edit_message", "Replace the text of a message you sent earlier, by its #seq.",
+     _schema({"seq": _SEQ, "text": _STRING}, ["seq", "text"])),
+    ("add_reaction", "React with an emoji to a message by its #seq.",
+     _schema({"seq": _SEQ, "emoji": _STRING}, ["seq", "emoji"])),
+    ("send_card", "Send a card: a title, a body and up to 10 buttons (display only).",
+     _schema({"title": _STRING, "body": _STRING, "buttons": _LABELS, "to": _TO}, ["title"])),
+    ("ask_user_question", "Ask the user a multiple-choice question and wait for the answer (or the timeout).",
+     _schema({"question": _STRING, "options": _LABELS, "timeout": {"type": "number", "minimum": 10}},
+             ["question", "options"])),
+    ("schedule_task", "Schedule work for later: a prompt and a schedule (a cron expression like '0 8 * * 1', "
+     "'every 30m', or an ISO time for once), optionally an IANA time zone.",
+     _schema({"prompt": _STRING, "schedule": _STRING, "timezone": _STRING}, ["prompt", "schedule"])),
+    ("list_tasks", "List this agent's scheduled tasks.", _schema({"status": _STRING}, [])),
+    ("update_task", "Change a scheduled task's prompt, schedule or time zone.",
+     _schema({"task_id": _TASK_ID, "prompt": _STRING, "schedule": _STRING, "timezone": _STRING}, ["task_id"])),
+    ("pause_task", "Pause a scheduled task.", _schema({"task_id": _TASK_ID}, ["task_id"])),
+    ("resume_task", "Resume a paused task.", _schema({"task_id": _TASK_ID}, ["task_id"])),
+    ("cancel_task", "Cancel a scheduled task for good.", _schema({"task_id": _TASK_ID}, ["task_id"])),
+]
 
 
 def build_tools(state: TurnState) -> list[SdkMcpTool[Any]]:
-    @tool("send_message",
-          "Send a chat message to the person or group you are talking with. This is the only way your"
-          " words reach them. Returns the message's #seq.",
-          {"type": "object",
-           "properties": {
-               "text": {"type": "string", "description": "The message, in the chat's plain-text style."},
-               "to": {"type": "string",
-                      "description": "Leave out to answer in the current chat (the only destination yet)."},
-           },
-           "required": ["text"]})
-    async def send_message(args: dict[str, Any]) -> dict[str, Any]:
-        text = str(args.get("text") or "").strip()
-        if not text:
-            return _text("Nothing sent: text is empty.", error=True)
-        routing = await asyncio.to_thread(sessiondb.session_routing, state.session_dir)
-        if routing is None:
-            return _text("Nothing sent: this session has no chat to answer.", error=True)
-        to = args.get("to")
-        if isinstance(to, str) and not _same_chat(to, routing):
-            return _text(f"Nothing sent: unknown destination {to!r}; leave `to` out to answer in this chat.",
-                         error=True)
-        seq = await asyncio.to_thread(write_reply, state, text, suffix=f"send:{len(state.sent)}",
-                                      routing=routing)
-        assert seq is not None
-        state.sent.append(seq)
-        state.ring_host()
-        return _text(f"sent as #{seq}")
-
-    return [send_message]
+    impl = Tools(state)
+    return [tool(name, description, schema)(_guarded(getattr(impl, name))) for name, description, schema in SPECS]
 
 
 def build_server(state: TurnState) -> dict[str, Any]:

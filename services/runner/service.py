@@ -22,11 +22,12 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from clawden import sessiondb
-from clawden.bus import ConsumeStats, Retry, bind, consume, publish, subjects
+from clawden.bus import Consumer, ConsumeStats, Retry, bind, consume, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import runner_receipts, runner_wake
 from clawden.runtime import ServiceContext
 from services.runner.containers import LABEL_SESSION, ContainerSpec, Died, Docker, ImageMissing, container_user
+from services.runner.outbound import Action, Ask, ListTasks, Publish, Refused, Respond, translate
 from services.runner.sessions import (
     SessionIndex,
     SessionInfo,
@@ -131,6 +132,8 @@ class Runner:
         sessiondb.set_routing(folder, routing)
         m = wake.message
         content: dict[str, object] = {"text": m.text}
+        if m.kind == "chat" and ":" in m.id:  # `<channel>:<platform message id>`: for reactions and replies
+            content["platform_message_id"] = m.id.split(":", 1)[1]
         if wake.command:
             content["command"] = wake.command
         if m.attachments:
@@ -219,27 +222,53 @@ class Runner:
         folder = self.session_dir(info)
         rows = await asyncio.to_thread(sessiondb.read_new_outbound, folder)
         for row in rows:
-            event = self._outbound_event(info, row)
-            if event is not None:
-                await publish(self.ctx.js, subjects.outbound(event.route.channel), event, msg_id=event.id)
-                self.counters["published"] += 1
+            try:
+                actions = await asyncio.to_thread(translate, info, folder, row, {})
+            except Refused as exc:
+                log.warning("session %s: outbound #%d refused: %s", info.id, row.seq, exc,
+                            extra={"session_id": info.id})
+                actions = []
+            for action in actions:
+                await self._apply(info, folder, action)
             await asyncio.to_thread(sessiondb.mark_published, folder, row.seq)
         await asyncio.to_thread(sessiondb.sync_acks, folder)
 
-    def _outbound_event(self, info: SessionInfo, row: sessiondb.OutboundMessage) -> ev.OutboundMessage | None:
-        route = info.route  # the runner's own record: a row cannot redirect itself to another chat
-        if (row.routing.channel, row.routing.chat_id) not in (("", ""), (route.channel, route.chat_id)):
-            log.warning("session %s tried to send #%d to %s:%s; refused", info.id, row.seq,
-                        row.routing.channel, row.routing.chat_id)
-            return None
-        if row.kind != "chat":
-            log.info("outbound kind %s from %s is not supported yet; skipped", row.kind, info.id)
-            return None
-        text = str(row.content.get("text", ""))[: ev.MAX_TEXT]
-        if not text:
-            return None
-        return ev.OutboundMessage(id=f"{info.id}:{row.id}", route=route, text=text, session_id=info.id,
-                                  agent_group=info.agent_group, seq=row.seq)
+    async def _apply(self, info: SessionInfo, folder: Path, action: Action) -> None:
+        match action:
+            case Publish(subject=subject, event=event, msg_id=msg_id):
+                await publish(self.ctx.js, subject, event, msg_id=msg_id)
+                self.counters["published"] += 1
+            case Respond(request_id=request_id, content=content):
+                await self._respond(folder, request_id, content)
+            case Ask(request=request, options=options):
+                await asyncio.to_thread(self.index.put_question, request.id, info.id, options)
+                await publish(self.ctx.js, subjects.APPROVAL_REQUEST, request, msg_id=f"approval:{request.id}")
+            case ListTasks(request_id=request_id, op=op):
+                try:
+                    reply = await self.ctx.nc.request(subjects.ctl("scheduler", "list"), ev.encode(op), timeout=5)
+                    content = json.loads(reply.data)
+                except Exception as exc:
+                    content = {"error": f"the scheduler did not answer ({type(exc).__name__}); is it running?"}
+                await self._respond(folder, request_id, content)
+
+    async def _respond(self, folder: Path, request_id: str, content: dict[str, Any]) -> None:
+        await asyncio.to_thread(sessiondb.respond, folder, request_id, content)
+        await asyncio.to_thread(ring, folder)
+
+    async def on_decision(self, decision: ev.ApprovalDecision, msg: Msg) -> None:
+        """The answer to an agent's question: back into its session, where the tool waits."""
+        question = await asyncio.to_thread(self.index.take_question, decision.id)
+        if question is None:
+            return  # another requester's decision
+        session_id, options = question
+        info = self.index.get(session_id)
+        if info is None:
+            return
+        answer = decision.value
+        if answer.isdigit() and 1 <= int(answer) <= len(options):
+            answer = options[int(answer) - 1]
+        await self._respond(self.session_dir(info), decision.id, {
+            "decision": decision.decision, "answer": answer, "by": decision.decided_by})
 
     async def _tell(self, info: SessionInfo, key: str, text: str) -> None:
         event = ev.OutboundMessage(id=f"{info.id}:{key}", route=info.route, text=text, session_id=info.id,
@@ -496,6 +525,8 @@ async def main(ctx: ServiceContext) -> None:
         await runner.adopt()
         wakes = await bind(ctx.js, runner_wake(ctx.config.runner.id))
         receipts = await bind(ctx.js, runner_receipts(ctx.config.runner.id))
+        decisions = await bind(ctx.js, Consumer("CLAWDEN_APPROVALS", f"runner-{ctx.config.runner.id}-decisions",
+                                                f"{subjects.PREFIX}.approval.decision.>"))
         await ctx.ready(f"runner {ctx.config.runner.id}: {len(runner.live)} containers adopted")
         wake_stats, receipt_stats = ConsumeStats(), ConsumeStats()
         ctx.stats["wakes"], ctx.stats["receipts"] = wake_stats, receipt_stats
@@ -504,6 +535,7 @@ async def main(ctx: ServiceContext) -> None:
                                    concurrency=8))
             tg.create_task(consume(receipts, ev.DeliveryReceipt, runner.on_receipt, stopping=ctx.stopping,
                                    stats=receipt_stats))
+            tg.create_task(consume(decisions, ev.ApprovalDecision, runner.on_decision, stopping=ctx.stopping))
             tg.create_task(runner.housekeeping())
             tg.create_task(runner.dispatcher())
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -36,6 +37,9 @@ class SessionIndex:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, agent_group TEXT NOT NULL,"
             " channel TEXT NOT NULL, chat_id TEXT NOT NULL, thread_id TEXT, updated_at REAL NOT NULL)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS questions (id TEXT PRIMARY KEY, session_id TEXT NOT NULL,"
+            " options TEXT NOT NULL, asked_at REAL NOT NULL)")
         self._cache: dict[str, SessionInfo] = {}
         for row in self.db.execute("SELECT id, agent_group, channel, chat_id, thread_id FROM sessions"):
             self._cache[row[0]] = SessionInfo(row[0], row[1], ev.Route(channel=row[2], chat_id=row[3],
@@ -54,6 +58,16 @@ class SessionIndex:
             (info.id, info.agent_group, info.route.channel, info.route.chat_id, info.route.thread_id,
              time.time()))
         self._cache[info.id] = info
+
+    def put_question(self, question_id: str, session_id: str, options: tuple[str, ...]) -> None:
+        self.db.execute("INSERT OR IGNORE INTO questions VALUES (?, ?, ?, ?)",
+                        (question_id, session_id, json.dumps(options), time.time()))
+
+    def take_question(self, question_id: str) -> tuple[str, tuple[str, ...]] | None:
+        """The session that asked, once: a second decision for the same question finds nothing."""
+        row = self.db.execute("DELETE FROM questions WHERE id = ? RETURNING session_id, options",
+                              (question_id,)).fetchone()
+        return (str(row[0]), tuple(json.loads(row[1]))) if row else None
 
     def all(self) -> list[SessionInfo]:
         return list(self._cache.values())

@@ -52,12 +52,10 @@ class Stack:
         folder = self.home / "sessions" / "main" / session_id
         deadline = time.monotonic() + timeout
         while True:
-            inbound = sessiondb.inbound_status(folder)
-            with sessiondb.opened(folder / sessiondb.OUTBOUND, readonly=True) as conn:
-                acks = dict(conn.execute("SELECT seq, status FROM processing_ack").fetchall())
-            if all(acks.get(seq) in ("completed", "failed") for seq in inbound):
+            unfinished = sessiondb.unfinished(folder)
+            if not unfinished:
                 return
-            assert time.monotonic() < deadline, (inbound, acks)
+            assert time.monotonic() < deadline, unfinished
             await asyncio.sleep(0.01)
 
     def stop(self) -> None:
@@ -139,6 +137,12 @@ class Terminal:
         async def on_reply(event: ev.OutboundMessage, msg: Msg) -> None:
             if event.route.chat_id == self.chat_id:
                 await self.replies.put(event)
+                # Like `clawden chat`: a receipt with a platform id, so edits and reactions can target it.
+                receipt = ev.DeliveryReceipt(outbound_id=event.id, route=event.route, ok=True,
+                                             session_id=event.session_id, seq=event.seq,
+                                             platform_message_id=f"term-{event.seq}")
+                assert self.js is not None
+                await publish(self.js, subjects.receipt("local"), receipt, msg_id=f"receipt:{event.id}")
 
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(consume(sub, ev.OutboundMessage, on_reply, stopping=self._stopping))
