@@ -41,6 +41,7 @@ from . import doorbell, tools
 log = logging.getLogger("clawden_agent")
 
 SESSION_ID_KEY = "claude_session_id"
+DELIVERY_SEEN_KEY = "delivery_failures_seen"  # the newest failed send already shown to the agent
 CURRENT_TOOL_KEY = "current_tool"  # the host reads it to tell a long tool call from a hang
 DEFAULT_BASH_TIMEOUT_MS = 120_000  # Claude Code's Bash default when the call declares none
 HEARTBEAT = ".heartbeat"
@@ -75,7 +76,9 @@ Each user turn holds the new chat traffic as <message seq="…" from="…" time=
 elements (and <task seq="…" time="…">…</task> for scheduled work). Answer the chat with the
 send_message tool: only what you send with it reaches people. Write chat-sized plain text, send
 more than one message when a long job deserves progress updates, and refer to earlier messages by
-their #seq when useful. Anything you write outside send_message is private scratch space."""
+their #seq when useful. A <delivery-failed seq="…"> element means one of your messages never reached
+the chat; say so another way if it mattered. Anything you write outside send_message is private
+scratch space."""
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,10 @@ class Agent:
         tail = [line for line in self._stderr if line.strip()]
         return short_reason(f"{reason} ({tail[-1]})") if tail and tail[-1] not in reason else reason
 
+    async def reset(self) -> None:
+        await self.close()
+        await self._remember(None)
+
     async def close(self, *, interrupt: bool = False) -> None:
         """Stop Claude Code. `interrupt` first aborts a turn in flight, which it would otherwise
         finish (or be killed after a grace period) once its stdin closes."""
@@ -352,6 +359,10 @@ class Runner:
             if not any(m.trigger for m in batch):
                 await self.bell.wait(SAFETY_POLL_SECONDS)
                 continue
+            clear_at = next((i for i, m in enumerate(batch) if m.content.get("command") == "clear"), None)
+            if clear_at is not None:
+                await self._clear(batch[: clear_at + 1])  # what came before /clear is moot
+                continue
             self._turn = asyncio.create_task(self._handle(batch, woke))
             try:
                 await asyncio.wait({self._turn})
@@ -361,6 +372,27 @@ class Runner:
                 self._turn = None
                 free_since = time.perf_counter()
 
+    async def _clear(self, rows: list[sessiondb.InboundMessage]) -> None:
+        """/clear: forget the conversation; the next message starts a fresh one."""
+        await self.agent.reset()
+        self.state.begin(reply_to=rows[-1].seq)
+        await asyncio.to_thread(tools.write_reply, self.state, "Cleared. The next message starts a fresh "
+                                "conversation.", suffix="clear")
+        await asyncio.to_thread(sessiondb.ack, self.config.session_dir, [m.seq for m in rows], "completed")
+        self.ring_host()
+        log.info("conversation cleared by #%d", rows[-1].seq)
+
+    def _delivery_notes(self) -> str:
+        """Sends the platform refused for good since the last turn, so the agent can react."""
+        folder = self.config.session_dir
+        seen = int(sessiondb.get_state(folder, DELIVERY_SEEN_KEY) or 0)
+        failures = sessiondb.failed_deliveries(folder, after_seq=seen)
+        if not failures:
+            return ""
+        sessiondb.set_state(folder, DELIVERY_SEEN_KEY, str(failures[-1][0]))
+        return "".join(f'<delivery-failed seq="{seq}">{html.escape(error, quote=False)}</delivery-failed>\n'
+                       for seq, error in failures)
+
     async def _handle(self, batch: list[sessiondb.InboundMessage], woke: float) -> None:
         folder = self.config.session_dir
         seqs = [m.seq for m in batch]
@@ -369,7 +401,7 @@ class Runner:
         claim = asyncio.create_task(asyncio.to_thread(sessiondb.ack, folder, seqs, "processing"))
         self.agent.heartbeat.touch()  # a turn starts: the host measures silence from here
         self.state.begin(reply_to=[m.seq for m in batch if m.trigger][-1])
-        prompt = format_prompt(batch)
+        prompt = await asyncio.to_thread(self._delivery_notes) + format_prompt(batch)
         before = time.perf_counter()
         try:
             outcome = await self.agent.turn(prompt)

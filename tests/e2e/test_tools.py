@@ -198,3 +198,34 @@ async def test_list_tasks_without_a_scheduler_says_so(stack: Stack, term: Termin
 async def test_a_bad_task_id_is_an_error_the_model_reads(stack: Stack, term: Terminal) -> None:
     result = await run_tool(stack, term, "pause_task", {"task_id": "../../etc"})
     assert result.startswith("ERROR") and "is not a task id" in result
+
+
+async def test_clear_starts_a_fresh_conversation(stack: Stack, term: Terminal) -> None:
+    await stack.wait_until_idle((await term.ask("remember the word pelican")).session_id)
+    cleared = await term.ask("/clear")
+    assert cleared.text.startswith("Cleared.")
+    seen = len(stack.fake.messages_requests(with_tools=True))
+    await term.ask("what was the word?")
+    fresh = stack.fake.messages_requests(with_tools=True)[seen:]
+    assert fresh and not any("pelican" in str(r.body["messages"]) for r in fresh)
+
+
+async def test_a_send_the_platform_refused_is_shown_to_the_agent(stack: Stack, term: Terminal) -> None:
+    reply = await term.ask("send me something")
+    await stack.wait_until_idle(reply.session_id)
+    nc = await nats.connect(stack.nats_url)
+    try:
+        refused = ev.DeliveryReceipt(outbound_id=f"{reply.id}-refused", route=reply.route, ok=False,
+                                     session_id=reply.session_id, seq=reply.seq, error="bot was blocked by the user")
+        await publish(nc.jetstream(), subjects.receipt("local"), refused, msg_id=f"refused:{reply.id}")
+    finally:
+        await nc.close()
+    folder = stack.home / "sessions" / "main" / reply.session_id
+    deadline = time.monotonic() + 10
+    while not sessiondb.failed_deliveries(folder):
+        assert time.monotonic() < deadline, "the failed receipt never reached the session"
+        await asyncio.sleep(0.05)
+    seen = len(stack.fake.messages_requests(with_tools=True))
+    await term.ask("did my last message arrive?")
+    prompt = str(stack.fake.messages_requests(with_tools=True)[seen].body["messages"])
+    assert f'<delivery-failed seq="{reply.seq}">bot was blocked by the user' in prompt
