@@ -73,6 +73,9 @@ class InboundMessage(_Event, tag="inbound.message", frozen=True):
     mentioned: bool = False
     reply_to: str | None = None
     attachments: tuple[Attachment, ...] = ()
+    # The platform keeps threads (Slack, Discord…): in a group chat each thread is its own
+    # conversation. False: the router ignores `route.thread_id` and the chat is one conversation.
+    supports_threads: bool = False
 
     @property
     def key(self) -> str:
@@ -140,6 +143,27 @@ class DeliveryReceipt(_Event, tag="receipt", frozen=True):
     seq: int = 0
     platform_message_id: str | None = None
     error: str | None = None
+    # False: the bridge is still retrying (a delay notice); a final receipt for the id follows.
+    final: bool = True
+    # The platform lost its answer to a send and the bridge did not repeat it (a repeat could
+    # duplicate): the message probably arrived, but nobody can confirm it.
+    unconfirmed: bool = False
+    # One platform id per part when the bridge split the message ("" for an unconfirmed part);
+    # `platform_message_id` is the last part, the one that carries a card's buttons.
+    part_ids: tuple[str, ...] = ()
+
+
+class Typing(_Event, tag="outbound.typing", frozen=True):
+    """The agent is working on a chat's message: the bridge shows "typing…" until it answers.
+
+    A hint, not a message: no receipt; a bridge ignores one older than its typing horizon.
+    """
+
+    id: str
+    route: Route
+    at: float
+    active: bool = True
+    session_id: str = ""
 
 
 # --- sessions -----------------------------------------------------------------------------------------
@@ -154,6 +178,14 @@ class WakeMessage(_Part, frozen=True):
     attachments: tuple[Attachment, ...] = ()
 
 
+class Destination(_Part, frozen=True):
+    """A chat an agent group may send to by name (besides the chat it is answering)."""
+
+    name: str
+    route: Route
+    display_name: str = ""
+
+
 class Wake(_Event, tag="wake", frozen=True):
     """The router (or scheduler) hands a message to a session on a runner. Key: `<session>:<message id>`."""
 
@@ -162,6 +194,10 @@ class Wake(_Event, tag="wake", frozen=True):
     route: Route
     message: WakeMessage
     command: Literal["", "clear"] = ""
+    # The agent group's named destinations as of this wake: the runner replaces the session's
+    # projection with them, so a change reaches a running agent with its next message. None: the
+    # sender does not know them (a scheduler wake); keep the projection as it is.
+    destinations: tuple[Destination, ...] | None = None
 
     @property
     def key(self) -> str:
@@ -192,6 +228,9 @@ class ApprovalRequest(_Event, tag="approval.request", frozen=True):
     route: Route | None = None
     expires_at: float = 0.0
     context: dict[str, str] = {}
+    # Users (`<channel>:<handle>`) who may decide, most specific first, when the requester knows
+    # (the router does: it owns roles). Empty: the approvals service picks.
+    approvers: tuple[str, ...] = ()
 
 
 class ApprovalDecision(_Event, tag="approval.decision", frozen=True):
@@ -214,7 +253,7 @@ class AuditEvent(_Event, tag="audit", frozen=True):
 
 Event = (
     InboundMessage | InboundAction | OutboundMessage | OutboundEdit | OutboundReaction
-    | DeliveryReceipt | Wake | TaskOp | ApprovalRequest | ApprovalDecision | AuditEvent
+    | DeliveryReceipt | Typing | Wake | TaskOp | ApprovalRequest | ApprovalDecision | AuditEvent
 )
 
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)

@@ -86,6 +86,11 @@ def router_inbound() -> Consumer:
     return Consumer("CLAWDEN_INBOUND", "router", subjects.ALL_INBOUND)
 
 
+def router_decisions() -> Consumer:
+    # Every requester's decisions share these subjects; the router skips ids it did not ask about.
+    return Consumer("CLAWDEN_APPROVALS", "router-decisions", f"{subjects.PREFIX}.approval.decision.>")
+
+
 def runner_wake(runner_id: str) -> Consumer:
     # A container cold start can take seconds; the runner also sends in_progress while busy.
     return Consumer("CLAWDEN_WAKE", f"runner-{runner_id}", subjects.wake(runner_id), ack_wait=60.0)
@@ -96,8 +101,11 @@ def runner_receipts(runner_id: str) -> Consumer:
 
 
 def bridge_outbound(channel: str) -> Consumer:
-    return Consumer("CLAWDEN_OUTBOUND", f"channel-{channel}", subjects.outbound(channel), ack_wait=60.0,
-                    max_deliver=50)
+    # One message in flight: a chat's messages leave in order, even across a bridge crash (with more
+    # pending, the next process would be handed newer ones before the old ones' redelivery). The
+    # bridge signals in_progress while it works, so a crash delays redelivery by at most ack_wait.
+    return Consumer("CLAWDEN_OUTBOUND", f"channel-{channel}", subjects.outbound(channel), ack_wait=15.0,
+                    max_deliver=50, max_ack_pending=1)
 
 
 async def ensure_streams(js: JetStreamContext, streams: tuple[Stream, ...] = STREAMS) -> None:

@@ -1,68 +1,215 @@
-"""The router process: inbound chat events in, wake events for sessions out."""
+"""The router process: inbound chat events in; wakes, approval requests and its own replies out;
+approval decisions in. Deciding is `engage.decide`, state is `store`; this module moves bytes and acks."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import getpass
 import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
+import msgspec
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import Header
 
-from clawden.bus import ConsumeStats, bind, consume, publish, subjects
+from clawden.bus import ensure_consumer
 from clawden.bus import events as ev
-from clawden.bus.streams import router_inbound
-from clawden.runtime import ServiceContext
-from services.router.engage import Drop, command_of, decide
-from services.router.store import RouterStore
+from clawden.bus.streams import router_decisions, router_inbound
+from clawden.runtime import ControlError, ServiceContext
+from services.router import control
+from services.router.pull import Puller
+from services.router.store import Outcome, Outgoing, RouterError, RouterStore
 
 log = logging.getLogger("clawden.router")
+T = TypeVar("T")
 
 DEFAULT_GROUP = "main"
-LOCAL_CHANNEL = "local"
-LOCAL_CHATS = "*"  # every terminal chat on this machine belongs to its owner
+LOCAL_CHANNEL = "local"  # the machine owner's own terminal: its chats all go to `main`, its user owns
+BATCH = 256  # one SQLite transaction per fetched batch; the consumer's max_ack_pending bounds it
+SWEEP_EVERY = 3600.0
+PUBLISH_TIMEOUT = 5.0
+
+Inbound = ev.InboundMessage | ev.InboundAction
 
 
 class Router:
-    def __init__(self, ctx: ServiceContext, store: RouterStore) -> None:
+    def __init__(self, ctx: ServiceContext, store: RouterStore, pool: ThreadPoolExecutor) -> None:
         self.ctx = ctx
         self.store = store
+        self.control = control.Control(store)
+        # One thread owns router.db: routing, decisions and control requests never interleave.
+        self.pool = pool
+        # Held while a batch is decided and its outbox published, so lanes keep their order.
+        self.publishing = asyncio.Lock()
+        self.counts: Counter[str] = Counter()
 
-    async def on_inbound(self, event: ev.InboundMessage | ev.InboundAction, msg: Msg) -> None:
-        if isinstance(event, ev.InboundAction):
-            log.info("button click %s ignored: approvals are not wired yet", event.key)
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
+
+    # --- publishing -------------------------------------------------------------------------------
+
+    async def flush(self, outgoing: Sequence[Outgoing]) -> bool:
+        """Publish outbox rows: lanes concurrently, each lane strictly in order (a session's wakes wait
+        for the previous one's ack). Rows that went out leave the outbox; True if all did."""
+        lanes: dict[str, list[Outgoing]] = {}
+        for row in outgoing:
+            lanes.setdefault(row.lane, []).append(row)
+        sent: list[int] = []
+        js: JetStreamContext = self.ctx.js
+
+        async def lane(rows: list[Outgoing]) -> None:
+            for row in rows:
+                await js.publish(row.subject, row.payload, timeout=PUBLISH_TIMEOUT,
+                                 headers={Header.MSG_ID: row.msg_id})
+                sent.append(row.id)
+
+        results = await asyncio.gather(*(lane(rows) for rows in lanes.values()), return_exceptions=True)
+        await self.db(self.store.published, sent)
+        self.counts["published"] += len(sent)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            self.counts["publish_failed"] += len(errors)
+            log.warning("publishing failed in %d lane(s), kept in the outbox: %r", len(errors), errors[0])
+        return not errors
+
+    async def settle(self, work: Callable[..., Outcome], *args: Any) -> Outcome | None:
+        """Run one store step and publish what it queued; None when the step itself failed."""
+        async with self.publishing:
+            try:
+                outcome = await self.db(work, *args)
+            except Exception:
+                log.exception("router.db step %s failed", getattr(work, "__name__", work))
+                return None
+            self.counts.update(outcome.counts)
+            outcome.unpublished = not await self.flush(outcome.outgoing)
+            return outcome
+
+    # --- inbound ----------------------------------------------------------------------------------
+
+    async def on_batch(self, msgs: Sequence[Msg]) -> None:
+        decoder: msgspec.json.Decoder[Inbound] = ev.decoder_for(Inbound)  # type: ignore[arg-type]
+        events: list[Inbound] = []
+        keyed: list[tuple[Msg, str]] = []
+        for msg in msgs:
+            try:
+                event: Inbound = decoder.decode(msg.data)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                self.counts["poisoned"] += 1
+                log.error("dropping malformed message on %s: %s", msg.subject, exc)
+                await msg.term()
+                continue
+            events.append(event)
+            keyed.append((msg, event.key))
+        if not events:
             return
-        decision = decide(event, await self.store.wirings(event.route.channel))
-        if isinstance(decision, Drop):
-            log.info("dropped %s: %s", event.key, decision.reason)
-            await self.store.record_drop(event.key, event.route.channel, event.route.chat_id,
-                                         event.sender.id, decision.reason)
-            return
-        runner = self.ctx.config.runner.id
-        command = command_of(event.text)
-        for engagement in decision:
-            session_id = await self.store.session_for(
-                engagement.agent_group, event.route.channel, event.route.chat_id, event.route.thread_id,
-                runner)
-            wake = ev.Wake(
-                session_id=session_id, agent_group=engagement.agent_group, route=engagement.route,
-                command=command,
-                message=ev.WakeMessage(id=event.key, kind="chat", text=event.text, sender=event.sender,
-                                       sent_at=event.sent_at, attachments=event.attachments),
-            )
-            # Acked only after every wake is stored: a crash here replays, and the key dedupes.
-            await publish(self.ctx.js, subjects.wake(runner), wake, msg_id=wake.key)
-            log.info("wake %s for %s", session_id, event.key, extra={"session_id": session_id})
+        outcome = await self.settle(self.store.route_batch, events, time.time())
+        for msg, key in keyed:
+            # Routed state is committed; a failed publish stays in the outbox and a redelivery
+            # (seen as a duplicate) flushes it, so a nak loses nothing and routes nothing twice.
+            if outcome is None or outcome.unpublished or key in outcome.failed:
+                await _nak(msg)
+            else:
+                await msg.ack()
+
+    async def on_decisions(self, msgs: Sequence[Msg]) -> None:
+        decoder = ev.decoder_for(ev.ApprovalDecision)
+        for msg in msgs:
+            try:
+                decision = decoder.decode(msg.data)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                self.counts["poisoned"] += 1
+                log.error("dropping malformed decision on %s: %s", msg.subject, exc)
+                await msg.term()
+                continue
+            outcome = await self.settle(self.store.on_decision, decision, time.time())
+            if outcome is None or outcome.unpublished:
+                await _nak(msg)
+            else:
+                await msg.ack()
+
+    async def sweep(self) -> None:
+        """Expire approvals nobody answered and forget old keys; also publishes whatever the outbox
+        still holds (after a crash, or a publish that failed while no message came to retry it)."""
+        await self.settle(self.store.expire_approvals, time.time())
+        await self.db(self.store.prune, time.time())
+
+    async def sweeping(self) -> None:
+        while not self.ctx.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ctx.stopping.wait(), SWEEP_EVERY)
+            if not self.ctx.stopping.is_set():
+                await self.sweep()
+
+    async def pull(self, puller: Puller, handle: Callable[[Sequence[Msg]], Awaitable[None]]) -> None:
+        """Take what has arrived until stopping; the batch in hand is finished first."""
+        try:
+            while not self.ctx.stopping.is_set():
+                try:
+                    msgs = await puller.next(timeout=1.0)
+                except Exception as exc:
+                    if self.ctx.stopping.is_set():
+                        break
+                    log.warning("pull failed: %r", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                if msgs:
+                    await handle(msgs)
+        finally:
+            await puller.stop()
+
+    # --- control ----------------------------------------------------------------------------------
+
+    def endpoint(self, resource: str) -> Callable[[bytes], Awaitable[Any]]:
+        async def serve(data: bytes) -> Any:
+            try:
+                return await self.db(self.control.handle, resource, data)
+            except RouterError as exc:
+                raise ControlError(str(exc)) from None
+        return serve
+
+
+async def _nak(msg: Msg) -> None:
+    with contextlib.suppress(Exception):
+        await msg.nak(delay=min(30.0, 0.5 * 2 ** msg.metadata.num_delivered))
+
+
+def _login() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # no name for this uid (a bare container): nobody is made owner
+        return None
 
 
 async def main(ctx: ServiceContext) -> None:
-    store = await RouterStore.open(ctx.config.data_dir / "router.db")
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-db")
+    loop = asyncio.get_running_loop()
+    store = await loop.run_in_executor(pool, RouterStore.open, ctx.config.data_dir / "router.db",
+                                       ctx.config.runner.id)
     try:
-        if await store.ensure_default_group(DEFAULT_GROUP, DEFAULT_GROUP, LOCAL_CHANNEL, LOCAL_CHATS):
-            log.info("created agent group %r wired to the %s channel", DEFAULT_GROUP, LOCAL_CHANNEL)
-        router = Router(ctx, store)
-        stats = ConsumeStats()
-        ctx.stats["inbound"] = stats
-        sub = await bind(ctx.js, router_inbound())
+        router = Router(ctx, store, pool)
+        for line in await router.db(store.seed, DEFAULT_GROUP, LOCAL_CHANNEL, _login(), time.time()):
+            log.info("first start: %s", line)
+        ctx.stats["router"] = router.counts
+        for resource in control.RESOURCES:
+            await ctx.endpoint(resource, router.endpoint(resource))
+        inbound = Puller(ctx.nc, router_inbound(), batch=BATCH)
+        decisions = Puller(ctx.nc, router_decisions(), batch=16)
+        for puller in (inbound, decisions):
+            await ensure_consumer(ctx.js, puller.consumer)
+            await puller.start()
+        await router.sweep()
         await ctx.ready()
-        await consume(sub, ev.InboundMessage | ev.InboundAction,  # type: ignore[arg-type]
-                      router.on_inbound, stopping=ctx.stopping, stats=stats)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(router.pull(inbound, router.on_batch))
+            tg.create_task(router.pull(decisions, router.on_decisions))
+            tg.create_task(router.sweeping())
     finally:
-        await store.close()
+        await loop.run_in_executor(pool, store.close)
+        pool.shutdown()

@@ -1,119 +1,557 @@
-"""`router.db`: agent groups, wirings, sessions and dropped messages. Owned by the router alone."""
+"""`router.db` at work: the view each message is decided on, the effects of each decision, the
+approvals it waits on, and the outbox of what must be published. Owned by the router alone.
+
+Synchronous on purpose: the service runs every call on one dedicated thread, one transaction per batch.
+"""
 
 from __future__ import annotations
 
-import time
-import uuid
+import logging
+import secrets
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-import aiosqlite
+import msgspec
 
-from services.router.engage import Wiring
+from clawden.bus import events as ev
+from clawden.bus import subjects
+from services.router import cards, engage, schema
+from services.router.entities import ALL_CHATS, ALWAYS, UnknownSenderPolicy, user_id_of
 
-MIGRATIONS: list[tuple[str, str]] = [
-    ("0001_skeleton", """
-        CREATE TABLE agent_groups (
-            name TEXT PRIMARY KEY,
-            folder TEXT NOT NULL,
-            created_at REAL NOT NULL
-        );
-        CREATE TABLE wirings (
-            agent_group TEXT NOT NULL REFERENCES agent_groups(name),
-            channel TEXT NOT NULL,
-            chat_id TEXT NOT NULL,
-            PRIMARY KEY (agent_group, channel, chat_id)
-        );
-        CREATE TABLE sessions (
-            id TEXT PRIMARY KEY,
-            agent_group TEXT NOT NULL REFERENCES agent_groups(name),
-            channel TEXT NOT NULL,
-            chat_id TEXT NOT NULL,
-            thread_id TEXT NOT NULL DEFAULT '',
-            runner TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            last_message_at REAL NOT NULL,
-            UNIQUE (agent_group, channel, chat_id, thread_id)
-        );
-        CREATE TABLE dropped_messages (
-            key TEXT PRIMARY KEY,
-            channel TEXT NOT NULL,
-            chat_id TEXT NOT NULL,
-            sender_id TEXT NOT NULL,
-            reason TEXT NOT NULL,
-            at REAL NOT NULL
-        );
-    """),
-]
+log = logging.getLogger("clawden.router")
+
+APPROVAL_TTL = 7 * 86400.0
+MAX_HELD = 20  # messages one pending approval may hold; more would let a stranger fill the disk
+# Longer than any stream keeps a message (7 days) and than any bridge keeps retrying.
+PROCESSED_KEEP = 30 * 86400.0
+DROPPED_KEEP = 90 * 86400.0
+OUTBOX_BATCH = 2000
+OWNER_BY_PAIRING = "pairing"
+
+_held_decoder = msgspec.json.Decoder(ev.InboundMessage)
+
+
+class RouterError(Exception):
+    """A request the router refuses; the message is for a person."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One outbox row: published in `lane` order (a session's wakes, a chat's replies)."""
+
+    id: int
+    lane: str
+    subject: str
+    msg_id: str
+    payload: bytes
+
+
+@dataclass
+class Outcome:
+    outgoing: list[Outgoing] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    failed: set[str] = field(default_factory=set)  # inbound keys whose routing raised
+    unpublished: bool = False  # set by the adapter: some outgoing rows are still in the outbox
+
+
+@dataclass(frozen=True, slots=True)
+class _ChatRows:
+    own: sqlite3.Row | None
+    wildcard: sqlite3.Row | None
+
+    @property
+    def known(self) -> bool:
+        return self.own is not None or self.wildcard is not None
+
+    @property
+    def policy(self) -> UnknownSenderPolicy:
+        for row in (self.own, self.wildcard):
+            if row is not None and row["unknown_sender_policy"]:
+                policy: UnknownSenderPolicy = row["unknown_sender_policy"]
+                return policy
+        return "request_approval"
+
+    @property
+    def ids(self) -> tuple[int, int]:
+        return (self.wildcard["id"] if self.wildcard else -1, self.own["id"] if self.own else -1)
+
+
+@dataclass
+class Roles:
+    """Every role grant, kept in memory: small, read for every message, written only through here."""
+
+    owners: list[str] = field(default_factory=list)
+    admins: list[str] = field(default_factory=list)  # global
+    scoped: dict[str, list[str]] = field(default_factory=dict)  # agent group -> its admins
+
+    def standing(self, user: str) -> tuple[bool, bool, frozenset[str]]:
+        return (user in self.owners, user in self.admins,
+                frozenset(g for g, users in self.scoped.items() if user in users))
+
+    def approvers(self, agent_group: str | None) -> tuple[str, ...]:
+        """Who may decide: the group's own admins, then global admins, then owners."""
+        ordered = [*(self.scoped.get(agent_group, []) if agent_group else []), *self.admins, *self.owners]
+        return tuple(dict.fromkeys(ordered))
+
+    def may_decide(self, user: str, agent_group: str | None) -> bool:
+        return user in self.approvers(agent_group)
 
 
 class RouterStore:
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self.db = db
+    def __init__(self, conn: sqlite3.Connection, runner_id: str) -> None:
+        self.conn = conn
+        self.runner_id = runner_id
+        self.roles = Roles()
+        self._pairing: dict[str, tuple[str, float]] = {}
+        self._destinations: dict[str, tuple[ev.Destination, ...]] = {}
+        self.reload()
 
     @classmethod
-    async def open(cls, path: Path) -> RouterStore:
+    def open(cls, path: Path, runner_id: str = "local") -> RouterStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path)
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA busy_timeout = 5000")
-        await db.execute("PRAGMA foreign_keys = ON")
-        store = cls(db)
-        await store.migrate()
-        return store
+        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), not the module's.
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL survives any process crash; only a power cut can lose the last commits, the
+        # same bound JetStream's own file store gives (it syncs every couple of minutes).
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        applied = schema.migrate(conn)
+        if applied:
+            log.info("router.db migrated: %s", ", ".join(applied))
+        return cls(conn, runner_id)
 
-    async def close(self) -> None:
-        await self.db.close()
+    def close(self) -> None:
+        self.conn.close()
 
-    async def migrate(self) -> None:
-        await self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, at REAL)")
-        done = {row[0] async for row in await self.db.execute("SELECT name FROM migrations")}
-        for name, sql in MIGRATIONS:
-            if name in done:
-                continue
-            await self.db.executescript(
-                f"BEGIN; {sql}; INSERT INTO migrations VALUES ('{name}', {time.time()}); COMMIT;")
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            self.reload()  # the in-memory copies may hold what was just rolled back
+            raise
+        self.conn.execute("COMMIT")
 
-    async def ensure_default_group(self, name: str, folder: str, channel: str, chat_id: str) -> bool:
-        """Seed the first agent group and wire it, only on an empty install."""
-        row = await (await self.db.execute("SELECT COUNT(*) FROM agent_groups")).fetchone()
-        if row and row[0]:
-            return False
-        await self.db.execute("INSERT INTO agent_groups VALUES (?, ?, ?)", (name, folder, time.time()))
-        await self.db.execute("INSERT INTO wirings VALUES (?, ?, ?)", (name, channel, chat_id))
-        await self.db.commit()
-        return True
+    def reload(self) -> None:
+        """Re-read the in-memory copies (roles, pairing codes, destinations) after a write."""
+        roles = Roles()
+        for row in self.conn.execute("SELECT user_id, role, agent_group FROM roles ORDER BY granted_at, user_id"):
+            if row["role"] == "owner":
+                roles.owners.append(row["user_id"])
+            elif row["agent_group"]:
+                roles.scoped.setdefault(row["agent_group"], []).append(row["user_id"])
+            else:
+                roles.admins.append(row["user_id"])
+        self.roles = roles
+        self._pairing = {row["channel"]: (row["digest"], row["expires_at"])
+                         for row in self.conn.execute("SELECT channel, digest, expires_at FROM pairing_codes")}
+        self._destinations.clear()
 
-    async def wirings(self, channel: str) -> list[Wiring]:
-        cur = await self.db.execute(
-            "SELECT agent_group, channel, chat_id FROM wirings WHERE channel = ?", (channel,))
-        return [Wiring(*row) async for row in cur]
+    # --- first start ------------------------------------------------------------------------------
 
-    async def session_for(self, agent_group: str, channel: str, chat_id: str, thread_id: str | None,
-                          runner: str) -> str:
-        """One session per agent group and chat (and thread); created on first contact."""
-        now = time.time()
-        key = (agent_group, channel, chat_id, thread_id or "")
-        await self.db.execute(
-            "INSERT INTO sessions (id, agent_group, channel, chat_id, thread_id, runner, created_at,"
-            " last_message_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (agent_group, channel, chat_id, thread_id) DO UPDATE SET last_message_at = ?",
-            (f"s-{uuid.uuid4().hex[:16]}", *key, runner, now, now, now),
+    def seed(self, group: str, channel: str, owner_login: str | None, now: float) -> list[str]:
+        """Once per install: agent group `group` answering every chat of `channel` (the terminal),
+        whose user is the owner. Returns what it did, for the log."""
+        done: list[str] = []
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM meta WHERE key = 'seeded'").fetchone():
+                return done
+            if not db.execute("SELECT 1 FROM agent_groups LIMIT 1").fetchone():
+                db.execute("INSERT INTO agent_groups (name, folder, created_at) VALUES (?, ?, ?)",
+                           (group, group, now))
+                mg = self._ensure_chat_row(channel, ALL_CHATS, f"every {channel} chat", False, "public", now)
+                db.execute("INSERT OR IGNORE INTO wirings (messaging_group, agent_group, created_at)"
+                           " VALUES (?, ?, ?)", (mg, group, now))
+                done.append(f"agent group {group!r} answering every {channel} chat")
+            if owner_login and not db.execute("SELECT 1 FROM roles WHERE role = 'owner'").fetchone():
+                user = f"{channel}:{owner_login}"
+                self.grant(user, "owner", "", "install", now)
+                done.append(f"owner {user}")
+            db.execute("INSERT INTO meta (key, value) VALUES ('seeded', ?)", (str(now),))
+        self.reload()
+        return done
+
+    # --- routing ----------------------------------------------------------------------------------
+
+    def route_batch(self, batch: Sequence[ev.InboundMessage | ev.InboundAction], now: float) -> Outcome:
+        """Route a batch in one transaction; each message in its own savepoint, so one that fails
+        (a bug, not bad input: the decision is total) is retried alone and the rest commit."""
+        out = Outcome()
+        with self.transaction() as db:
+            for event in batch:
+                if isinstance(event, ev.InboundAction):
+                    # Card clicks belong to the approvals service, which is not built yet.
+                    out.counts["actions_ignored"] += 1
+                    continue
+                if event.key in out.failed:
+                    continue
+                db.execute("SAVEPOINT one")
+                try:
+                    claimed = db.execute("INSERT OR IGNORE INTO processed (key, at) VALUES (?, ?)",
+                                         (event.key, now)).rowcount
+                    if claimed:
+                        out.counts["routed"] += 1
+                        self._route(event, now, out)
+                    else:
+                        out.counts["duplicates"] += 1
+                except Exception:
+                    log.exception("routing %s failed", event.key)
+                    db.execute("ROLLBACK TO one")
+                    out.failed.add(event.key)
+                    out.counts["failed"] += 1
+                db.execute("RELEASE one")
+        out.outgoing = self.outgoing()
+        return out
+
+    def _route(self, event: ev.InboundMessage, now: float, out: Outcome, *, only: str | None = None) -> None:
+        chat = self._chat_rows(event.route.channel, event.route.chat_id)
+        view = self.view(event, chat, now)
+        decision = engage.decide(event, view, only=only)
+        self._apply(event, chat, view, decision, now, out)
+
+    def _chat_rows(self, channel: str, chat_id: str) -> _ChatRows:
+        own = wildcard = None
+        for row in self.conn.execute(
+                "SELECT id, chat_id, name, is_group, unknown_sender_policy, denied_at FROM messaging_groups"
+                " WHERE channel = ? AND chat_id IN (?, '*')", (channel, chat_id)):
+            if row["chat_id"] == chat_id:
+                own = row
+            else:
+                wildcard = row
+        return _ChatRows(own, wildcard)
+
+    def view(self, event: ev.InboundMessage, chat: _ChatRows, now: float) -> engage.View:
+        """What the router knows that bears on this message; only what the decision can use."""
+        db = self.conn
+        channel = event.route.channel
+        user = user_id_of(channel, event.sender.id)
+        code = self._pairing.get(channel)
+        digest = code[0] if code and code[1] > now else ""
+        wirings: dict[str, engage.Wiring] = {}
+        if chat.known:
+            wildcard_id, _ = chat.ids
+            rows = db.execute(
+                "SELECT messaging_group, agent_group, engage_mode, engage_pattern, sender_scope, ignored_messages,"
+                " session_mode, priority FROM wirings WHERE messaging_group IN (?, ?)", chat.ids).fetchall()
+            # A chat's own wiring of a group overrides the channel-wide one.
+            for row in sorted(rows, key=lambda r: r["messaging_group"] != wildcard_id):
+                wirings[row["agent_group"]] = engage.Wiring(
+                    row["agent_group"], row["engage_mode"], row["engage_pattern"], row["sender_scope"],
+                    row["ignored_messages"], row["session_mode"], row["priority"])
+        owner, admin, admin_of = self.roles.standing(user)
+        members: set[str] = set()
+        denied: set[str] = set()
+        pending: set[str] = set()
+        if wirings:
+            for kind, group in db.execute(
+                    "SELECT 'm', agent_group FROM members WHERE user_id = ?1"
+                    " UNION ALL SELECT 'd', agent_group FROM sender_denials WHERE user_id = ?1"
+                    " UNION ALL SELECT 'p', agent_group FROM approvals WHERE kind = 'sender' AND user_id = ?1",
+                    (user,)):
+                (members if kind == "m" else denied if kind == "d" else pending).add(group)
+        sticky: frozenset[str] = frozenset()
+        thread = engage.effective_thread(event)
+        if thread and event.is_group and any(w.engage_mode == "mention-sticky" for w in wirings.values()):
+            sticky = frozenset(row[0] for row in db.execute(
+                "SELECT agent_group FROM sessions WHERE channel = ? AND chat_id = ? AND thread_id = ?",
+                (channel, event.route.chat_id, thread)))
+        registration_pending = False
+        can_register = True
+        if not wirings:
+            registration_pending = chat.own is not None and db.execute(
+                "SELECT 1 FROM approvals WHERE kind = 'channel' AND messaging_group = ?",
+                (chat.own["id"],)).fetchone() is not None
+            can_register = bool(self.roles.approvers(None)) and db.execute(
+                "SELECT 1 FROM agent_groups LIMIT 1").fetchone() is not None
+        return engage.View(
+            chat=engage.Chat(known=chat.known, policy=chat.policy,
+                             denied=chat.own is not None and chat.own["denied_at"] is not None,
+                             registration_pending=registration_pending),
+            sender=engage.Standing(user, owner=owner, admin=admin, admin_of=admin_of,
+                                   member_of=frozenset(members), denied_for=frozenset(denied),
+                                   pending_for=frozenset(pending)),
+            wirings=tuple(wirings.values()), sticky=sticky, pairing_digest=digest, can_register=can_register)
+
+    def _apply(self, event: ev.InboundMessage, chat: _ChatRows, view: engage.View, decision: engage.Decision,
+               now: float, out: Outcome) -> None:
+        recorded_drop = bool(decision.dropped and decision.record)
+        if not decision.actions and not recorded_drop:
+            out.counts["ignored"] += 1
+            return
+        mg = self._chat_of(event, chat, now)
+        user = view.sender.user_id
+        self._touch_user(user, event.sender.name, now)
+        for index, action in enumerate(decision.actions):
+            if isinstance(action, engage.Deliver):
+                self._deliver(event, action, mg, now, out)
+            elif isinstance(action, engage.Reply):
+                self._reply(event, action.text, index, out)
+            elif isinstance(action, engage.AskSender):
+                self._hold("sender", event, mg, user, action.agent_group, now, out)
+            elif isinstance(action, engage.AskChannel):
+                self._hold("channel", event, mg, user, "", now, out)
+            elif isinstance(action, engage.NoteSender):
+                self.conn.execute(
+                    "INSERT INTO unregistered_senders (user_id, messaging_group, agent_group, name, reason,"
+                    " first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                    " message_count = message_count + 1, last_seen = excluded.last_seen,"
+                    " reason = excluded.reason, name = excluded.name",
+                    (user, mg, action.agent_group, event.sender.name, action.reason, now, now))
+            elif isinstance(action, engage.PairOwner):
+                self.grant(user, "owner", "", OWNER_BY_PAIRING, now)
+                self.conn.execute("DELETE FROM pairing_codes WHERE channel = ?", (event.route.channel,))
+                self._pairing.pop(event.route.channel, None)
+                log.warning("%s paired as an owner on %s", user, event.route.channel)
+                self._reply(event, f"Paired: {user} is now an owner of this Clawden.", index, out)
+                out.counts["paired"] += 1
+        if recorded_drop:
+            self.record_drop(event, user, decision.dropped, now)
+            out.counts["dropped"] += 1
+
+    def _chat_of(self, event: ev.InboundMessage, chat: _ChatRows, now: float) -> int:
+        """The chat's own row, created on first contact (inheriting the channel's policy, if any)."""
+        if chat.own is not None:
+            return int(chat.own["id"])
+        policy = None if chat.wildcard is not None else "request_approval"
+        return self._ensure_chat_row(event.route.channel, event.route.chat_id, event.chat_name, event.is_group,
+                                     policy, now)
+
+    def _ensure_chat_row(self, channel: str, chat_id: str, name: str, is_group: bool, policy: str | None,
+                         now: float) -> int:
+        row = self.conn.execute(
+            "INSERT INTO messaging_groups (channel, chat_id, name, is_group, unknown_sender_policy, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (channel, chat_id) DO UPDATE SET channel = channel"
+            " RETURNING id", (channel, chat_id, name, int(is_group), policy, now)).fetchone()
+        return int(row[0])
+
+    def _touch_user(self, user: str, name: str, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO users (id, display_name, created_at, last_seen) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,"
+            " display_name = iif(excluded.display_name = '', display_name, excluded.display_name)",
+            (user, name, now, now))
+
+    def _deliver(self, event: ev.InboundMessage, action: engage.Deliver, mg: int, now: float,
+                 out: Outcome) -> None:
+        key = action.session
+        agent_shared = key.chat_id == ALL_CHATS
+        session_id, runner = self.conn.execute(
+            "INSERT INTO sessions (id, agent_group, channel, chat_id, thread_id, runner, created_at, last_message_at,"
+            " messaging_group) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (agent_group, channel, chat_id, thread_id) DO UPDATE SET"
+            " last_message_at = excluded.last_message_at RETURNING id, runner",
+            (f"s-{secrets.token_hex(8)}", key.agent_group, key.channel, key.chat_id, key.thread_id, self.runner_id,
+             now, now, None if agent_shared else mg)).fetchone()
+        wake = ev.Wake(
+            session_id=session_id, agent_group=action.agent_group, route=action.route, command=action.command,
+            message=ev.WakeMessage(
+                # Unique per agent group, so one message fanned out stays distinct everywhere.
+                id=f"{event.key}:{action.agent_group}", kind="chat", text=event.text, sender=event.sender,
+                sent_at=event.sent_at, trigger=action.trigger, attachments=event.attachments),
+            destinations=self.destinations(action.agent_group),
         )
-        await self.db.commit()
-        cur = await self.db.execute(
-            "SELECT id FROM sessions WHERE agent_group = ? AND channel = ? AND chat_id = ? AND thread_id = ?",
-            key)
-        row = await cur.fetchone()
-        assert row is not None
-        return str(row[0])
+        self._emit(session_id, subjects.wake(runner), wake.key, ev.encode(wake))
+        out.counts["wakes" if action.trigger else "accumulated"] += 1
 
-    async def session_runner(self, session_id: str) -> str | None:
-        cur = await self.db.execute("SELECT runner FROM sessions WHERE id = ?", (session_id,))
-        row = await cur.fetchone()
-        return str(row[0]) if row else None
+    def _reply(self, event: ev.InboundMessage, text: str, index: int, out: Outcome) -> None:
+        reply = ev.OutboundMessage(id=f"router:{event.key}:{index}", route=event.route, text=text,
+                                   reply_to=event.message_id)
+        self._emit(f"chat:{event.route.channel}:{event.route.chat_id}", subjects.outbound(event.route.channel),
+                   reply.id, ev.encode(reply))
+        out.counts["replies"] += 1
 
-    async def record_drop(self, key: str, channel: str, chat_id: str, sender_id: str, reason: str) -> None:
-        await self.db.execute(
-            "INSERT OR IGNORE INTO dropped_messages VALUES (?, ?, ?, ?, ?, ?)",
-            (key, channel, chat_id, sender_id, reason, time.time()))
-        await self.db.commit()
+    def _emit(self, lane: str, subject: str, msg_id: str, payload: bytes) -> None:
+        self.conn.execute("INSERT INTO outbox (lane, subject, msg_id, payload) VALUES (?, ?, ?, ?)",
+                          (lane, subject, msg_id, payload))
+
+    def destinations(self, agent_group: str) -> tuple[ev.Destination, ...]:
+        cached = self._destinations.get(agent_group)
+        if cached is None:
+            cached = self._destinations[agent_group] = tuple(
+                ev.Destination(name=r["name"], display_name=r["display_name"],
+                               route=ev.Route(channel=r["channel"], chat_id=r["chat_id"], thread_id=r["thread_id"]))
+                for r in self.conn.execute(
+                    "SELECT name, display_name, channel, chat_id, thread_id FROM destinations"
+                    " WHERE agent_group = ? ORDER BY name", (agent_group,)))
+        return cached
+
+    def record_drop(self, event: ev.InboundMessage, user: str, reason: str, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO dropped_messages (key, channel, chat_id, sender_id, reason, at) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET reason = excluded.reason, at = excluded.at",
+            (event.key, event.route.channel, event.route.chat_id, user, reason, now))
+
+    # --- approvals --------------------------------------------------------------------------------
+
+    def _hold(self, kind: Literal["sender", "channel"], event: ev.InboundMessage, mg: int, user: str, group: str,
+              now: float, out: Outcome) -> None:
+        """Keep the message until an approver decides; the first message of a sender (or chat) sends
+        the request, later ones join it."""
+        db = self.conn
+        if kind == "sender":
+            row = db.execute("SELECT id FROM approvals WHERE kind = 'sender' AND user_id = ? AND agent_group = ?",
+                             (user, group)).fetchone()
+        else:
+            row = db.execute("SELECT id FROM approvals WHERE kind = 'channel' AND messaging_group = ?",
+                             (mg,)).fetchone()
+        if row is None:
+            approval_id = f"rt-{secrets.token_hex(8)}"
+            expires_at = now + APPROVAL_TTL
+            if kind == "sender":
+                request = cards.sender_request(approval_id, event, user, group, self.roles.approvers(group),
+                                               expires_at)
+            else:
+                groups = tuple(r[0] for r in db.execute("SELECT name FROM agent_groups ORDER BY created_at, rowid"))
+                request = cards.channel_request(approval_id, event, user, groups, self.roles.approvers(None),
+                                                expires_at)
+                group = request.agent_group
+            db.execute("INSERT INTO approvals (id, kind, messaging_group, user_id, agent_group, created_at,"
+                       " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (approval_id, kind, mg, user, group, now, expires_at))
+            self._emit(approval_id, subjects.APPROVAL_REQUEST, approval_id, ev.encode(request))
+            out.counts["approvals_requested"] += 1
+            log.info("asked for approval %s (%s %s) for %s", approval_id, kind, user, event.key)
+        else:
+            approval_id = row[0]
+            held = db.execute("SELECT COUNT(*) FROM held_messages WHERE approval_id = ?", (approval_id,)).fetchone()
+            if held[0] >= MAX_HELD:
+                self.record_drop(event, user, "too many messages are already waiting for this approval", now)
+                out.counts["dropped"] += 1
+                return
+        db.execute("INSERT OR IGNORE INTO held_messages (approval_id, key, event, held_at) VALUES (?, ?, ?, ?)",
+                   (approval_id, event.key, ev.encode(event), now))
+        out.counts["held"] += 1
+
+    def on_decision(self, decision: ev.ApprovalDecision, now: float) -> Outcome:
+        out = Outcome()
+        with self.transaction() as db:
+            row = db.execute("SELECT * FROM approvals WHERE id = ?", (decision.id,)).fetchone()
+            if row is None:
+                # Another service's approval, or one already settled (a redelivered decision).
+                out.counts["decisions_ignored"] += 1
+            else:
+                self._settle(row, decision, now, out)
+        out.outgoing = self.outgoing()
+        return out
+
+    def expire_approvals(self, now: float) -> Outcome:
+        """Approvals nobody answered in time: their held messages are dropped, nothing is denied."""
+        out = Outcome()
+        with self.transaction() as db:
+            for row in db.execute("SELECT * FROM approvals WHERE expires_at < ?", (now,)).fetchall():
+                self._settle(row, ev.ApprovalDecision(id=row["id"], decision="expired"), now, out)
+        out.outgoing = self.outgoing()
+        return out
+
+    def _settle(self, row: sqlite3.Row, decision: ev.ApprovalDecision, now: float, out: Outcome) -> None:
+        db = self.conn
+        kind, mg, user = row["kind"], row["messaging_group"], row["user_id"]
+        is_group = False
+        held = [_held_decoder.decode(r[0]) for r in db.execute(
+            "SELECT event FROM held_messages WHERE approval_id = ? ORDER BY rowid", (row["id"],))]
+        if decision.decision in ("approved", "answered"):
+            group = row["agent_group"] if kind == "sender" else cards.chosen_group(decision, row["agent_group"])
+            scope = group if kind == "sender" else None
+            # The click is checked here too: only someone who could grant this may grant it.
+            if not self.roles.may_decide(decision.decided_by, scope):
+                log.warning("approval %s: %r may not approve it; still waiting", row["id"], decision.decided_by)
+                out.counts["decisions_refused"] += 1
+                return
+            if not db.execute("SELECT 1 FROM agent_groups WHERE name = ?", (group,)).fetchone():
+                log.warning("approval %s: no agent group %r; still waiting", row["id"], group)
+                out.counts["decisions_refused"] += 1
+                return
+            db.execute("DELETE FROM approvals WHERE id = ?", (row["id"],))
+            if kind == "channel":
+                is_group = bool(db.execute("SELECT is_group FROM messaging_groups WHERE id = ?", (mg,)).fetchone()[0])
+                # A group chat answers when mentioned and keeps to the thread it was pulled into;
+                # members' other lines are kept as context. Unknown senders still meet the gate.
+                db.execute(
+                    "INSERT OR IGNORE INTO wirings (messaging_group, agent_group, engage_mode, engage_pattern,"
+                    " sender_scope, ignored_messages, created_at) VALUES (?, ?, ?, ?, 'known', 'accumulate', ?)",
+                    (mg, group, "mention-sticky" if is_group else "pattern", ALWAYS, now))
+                db.execute("UPDATE messaging_groups SET denied_at = NULL WHERE id = ?", (mg,))
+            # Approving a sender, or a direct chat (whose one other person is the sender), lets them in.
+            if kind == "sender" or not is_group:
+                self.add_member(user, group, decision.decided_by, now)
+            log.info("approval %s approved by %s: replaying %d message(s) for %s", row["id"],
+                     decision.decided_by, len(held), group)
+            out.counts["approved"] += 1
+            for event in held:
+                self._route(event, now, out, only=group)
+            return
+        db.execute("DELETE FROM approvals WHERE id = ?", (row["id"],))
+        if decision.decision == "denied":
+            if kind == "sender":
+                db.execute("INSERT OR REPLACE INTO sender_denials (user_id, agent_group, denied_by, denied_at)"
+                           " VALUES (?, ?, ?, ?)", (user, row["agent_group"], decision.decided_by, now))
+            else:
+                db.execute("UPDATE messaging_groups SET denied_at = ? WHERE id = ?", (now, mg))
+            reason = f"an approver ({decision.decided_by or 'unknown'}) declined"
+        else:
+            reason = "nobody answered the approval request in time"
+        out.counts[decision.decision] += 1
+        for event in held:
+            self.record_drop(event, user_id_of(event.route.channel, event.sender.id), reason, now)
+            out.counts["dropped"] += 1
+
+    # --- entity writes shared by routing and control ----------------------------------------------
+
+    def _ensure_user(self, user: str, now: float) -> None:
+        """A user granted something before the router ever saw them write."""
+        self.conn.execute("INSERT OR IGNORE INTO users (id, created_at) VALUES (?, ?)", (user, now))
+
+    def grant(self, user: str, role: str, agent_group: str, granted_by: str, now: float) -> bool:
+        self._ensure_user(user, now)
+        added = self.conn.execute(
+            "INSERT OR IGNORE INTO roles (user_id, role, agent_group, granted_by, granted_at) VALUES (?, ?, ?, ?, ?)",
+            (user, role, agent_group, granted_by, now)).rowcount
+        self.reload()
+        return bool(added)
+
+    def add_member(self, user: str, agent_group: str, added_by: str, now: float) -> bool:
+        self._ensure_user(user, now)
+        added = self.conn.execute(
+            "INSERT OR IGNORE INTO members (user_id, agent_group, added_by, added_at) VALUES (?, ?, ?, ?)",
+            (user, agent_group, added_by, now)).rowcount
+        # Being let in settles earlier refusals.
+        self.conn.execute("DELETE FROM sender_denials WHERE user_id = ? AND agent_group = ?", (user, agent_group))
+        self.conn.execute("DELETE FROM unregistered_senders WHERE user_id = ? AND agent_group = ?",
+                          (user, agent_group))
+        return bool(added)
+
+    def set_pairing(self, channel: str, digest: str, now: float, expires_at: float) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO pairing_codes (channel, digest, created_at, expires_at)"
+                       " VALUES (?, ?, ?, ?)", (channel, digest, now, expires_at))
+        self._pairing[channel] = (digest, expires_at)
+
+    # --- the outbox -------------------------------------------------------------------------------
+
+    def outgoing(self) -> list[Outgoing]:
+        return [Outgoing(*row) for row in self.conn.execute(
+            "SELECT id, lane, subject, msg_id, payload FROM outbox ORDER BY id LIMIT ?", (OUTBOX_BATCH,))]
+
+    def published(self, ids: Sequence[int]) -> None:
+        if ids:
+            with self.transaction() as db:
+                db.executemany("DELETE FROM outbox WHERE id = ?", ((i,) for i in ids))
+
+    def prune(self, now: float) -> int:
+        """Forget routed keys and drop records past their use; returns how many rows went."""
+        with self.transaction() as db:
+            gone = db.execute("DELETE FROM processed WHERE at < ?", (now - PROCESSED_KEEP,)).rowcount
+            gone += db.execute("DELETE FROM dropped_messages WHERE at < ?", (now - DROPPED_KEEP,)).rowcount
+            gone += db.execute("DELETE FROM pairing_codes WHERE expires_at < ?", (now,)).rowcount
+        self._pairing = {c: v for c, v in self._pairing.items() if v[1] >= now}
+        return gone

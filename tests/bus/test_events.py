@@ -28,6 +28,21 @@ EXAMPLES: list[ev.Event] = [
                        expires_at=10.0, context={"host": "api.github.com"}),
     ev.ApprovalDecision(id="ap1", decision="approved", decided_by="telegram:1"),
     ev.AuditEvent(service="vault", kind="request", at=2.0, fields={"status": "200"}),
+    ev.DeliveryReceipt(outbound_id="o4", route=ROUTE, ok=False, error="part 2 of 2 unconfirmed", final=True,
+                       unconfirmed=True, platform_message_id="", part_ids=("42:7", "")),
+    ev.Typing(id="typing:s:telegram:42:1", route=ROUTE, at=3.5, session_id="s"),
+    # Router fields: a threaded platform, a wake with its group's named destinations (or none at
+    # all), an approval request naming who may decide.
+    ev.InboundMessage(route=ROUTE, message_id="m2", sender=SENDER, text="in a thread", sent_at=2.0, is_group=True,
+                      supports_threads=True),
+    ev.Wake(session_id="s", agent_group="main", route=ROUTE, command="clear",
+            message=ev.WakeMessage(id="telegram:m2:main", kind="chat", text="/clear", sender=SENDER, trigger=False),
+            destinations=(ev.Destination(name="family", route=ev.Route(channel="telegram", chat_id="-100"),
+                                         display_name="Family"),)),
+    ev.Wake(session_id="s", agent_group="main", route=ROUTE, destinations=(),
+            message=ev.WakeMessage(id="telegram:m3:main", kind="chat", text="hi")),
+    ev.ApprovalRequest(id="rt-1", kind="sender", requester="router", agent_group="main", card=CARD,
+                       approvers=("telegram:1", "local:alice")),
 ]
 
 
@@ -76,6 +91,15 @@ def test_oversized_text_is_rejected() -> None:
 def test_unknown_fields_from_a_newer_producer_are_tolerated() -> None:
     data = b'{"type":"approval.decision","id":"a","decision":"denied","new_field":1}'
     assert ev.decode(data) == ev.ApprovalDecision(id="a", decision="denied")
+
+
+def test_a_wake_that_names_no_destinations_differs_from_one_whose_group_has_none() -> None:
+    # None: the sender (a scheduler) does not know them, keep the session's; (): the group has none.
+    data = (b'{"type":"wake","session_id":"s","agent_group":"g","route":{"channel":"x","chat_id":"1"},'
+            b'"message":{"id":"m","kind":"task","text":"t"}}')
+    assert ev.decoder_for(ev.Wake).decode(data).destinations is None
+    none_left = next(e for e in EXAMPLES if isinstance(e, ev.Wake) and e.destinations == ())
+    assert ev.decoder_for(ev.Wake).decode(ev.encode(none_left)).destinations == ()
 
 
 def test_natural_keys() -> None:

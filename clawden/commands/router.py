@@ -1,0 +1,407 @@
+"""`clawden groups|chats|wire|users|roles|members|destinations|sessions|dropped|pair`: the router's
+entities, over NATS request/reply (`clawden.ctl.router.<resource>`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clawden import config as config_mod
+from clawden import control
+
+Payload = dict[str, Any]
+if TYPE_CHECKING:  # subscriptable only to the type checker
+    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+
+ENGAGE_MODES = ("pattern", "mention", "mention-sticky")
+SENDER_SCOPES = ("all", "known")
+IGNORED = ("drop", "accumulate")
+SESSION_MODES = ("shared", "per-thread", "agent-shared")
+POLICIES = ("strict", "request_approval", "public")
+
+
+def _call(args: argparse.Namespace, resource: str, payload: Payload) -> Any:
+    home = Path(args.home).expanduser() if args.home else None
+    return control.run(config_mod.load(home), "router", resource, payload)
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header], *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def _show(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> int:
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif isinstance(data, list) and not data:
+        print("(none)")
+    else:
+        print(render(data))
+    return 0
+
+
+def _fields(data: Payload) -> str:
+    def shown(key: str, value: object) -> object:
+        if isinstance(value, dict | list):
+            return json.dumps(value)
+        return _when(value) if key.endswith("_at") and isinstance(value, float | int) else value
+    return "\n".join(f"{k}: {shown(k, v)}" for k, v in data.items())
+
+
+def _only(args: argparse.Namespace, *names: str) -> Payload:
+    """The options a person actually gave (None means "leave as it is")."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _resource(sub: Sub, name: str, help_text: str) -> tuple[argparse.ArgumentParser, Sub]:
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    verbs = p.add_subparsers(dest=f"{name}_verb", metavar="VERB")
+    return p, verbs
+
+
+def _verb(verbs: Sub, name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    p = verbs.add_parser(name, help=help_text)
+    # SUPPRESS: `clawden groups --json list` keeps the flag given before the verb.
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    p.set_defaults(func=func)
+    return p
+
+
+# --- agent groups ----------------------------------------------------------------------------------
+
+def _group_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--folder", help="folder under groups/ (default: the name)")
+    p.add_argument("--assistant-name", dest="assistant_name", help="what the assistant calls itself")
+    p.add_argument("--provider", help="agent provider (default: claude)")
+    p.add_argument("--model", help="model for this group (default: the runner's)")
+    p.add_argument("--image", help="container image")
+    p.add_argument("--memory", help="container memory limit, e.g. 2g")
+    p.add_argument("--cpus", type=float, help="container CPU limit")
+    p.add_argument("--pids", type=int, help="container pids limit")
+    p.add_argument("--idle-timeout", dest="idle_timeout", type=float, help="seconds an idle container lives")
+
+
+def _group_payload(args: argparse.Namespace) -> Payload:
+    payload = _only(args, "folder", "assistant_name", "provider", "model")
+    container = _only(args, "image", "memory", "cpus", "pids", "idle_timeout")
+    if container:
+        payload["container"] = container
+    return payload
+
+
+def _render_groups(rows: list[Payload]) -> str:
+    return _table([(r["name"], r["folder"], r["model"] or "-", r["chats"], r["sessions"]) for r in rows],
+                  ("NAME", "FOLDER", "MODEL", "WIRED CHATS", "SESSIONS"))
+
+
+def groups_list(args: argparse.Namespace) -> int:
+    return _show(args, _call(args, "groups", {"op": "list"}), _render_groups)
+
+
+def groups_get(args: argparse.Namespace) -> int:
+    return _show(args, _call(args, "groups", {"op": "get", "name": args.name}), _fields)
+
+
+def groups_create(args: argparse.Namespace) -> int:
+    data = _call(args, "groups", {"op": "create", "name": args.name, **_group_payload(args)})
+    return _show(args, data, lambda d: f"created agent group {d['name']} (folder groups/{d['folder']})")
+
+
+def groups_update(args: argparse.Namespace) -> int:
+    data = _call(args, "groups", {"op": "update", "name": args.name, **_group_payload(args)})
+    return _show(args, data, _fields)
+
+
+def groups_delete(args: argparse.Namespace) -> int:
+    data = _call(args, "groups", {"op": "delete", "name": args.name})
+    return _show(args, data, lambda d: f"deleted agent group {d['deleted']} ({d['wirings']} wiring(s),"
+                                       f" {d['sessions']} session(s)); its folder stays on disk")
+
+
+# --- chats -----------------------------------------------------------------------------------------
+
+def _render_chats(rows: list[Payload]) -> str:
+    return _table([(r["channel"], r["chat_id"], r["name"], "group" if r["is_group"] else "direct",
+                    r["policy"] + (" (declined)" if r["denied"] else ""), ",".join(r["wired"]) or "-")
+                   for r in rows], ("CHANNEL", "CHAT", "NAME", "KIND", "UNKNOWN SENDERS", "WIRED TO"))
+
+
+def chats_list(args: argparse.Namespace) -> int:
+    return _show(args, _call(args, "chats", {"op": "list", "channel": args.channel or ""}), _render_chats)
+
+
+def chats_create(args: argparse.Namespace) -> int:
+    payload = {"op": "create", "channel": args.channel, "chat_id": args.chat_id, "is_group": args.group,
+               **_only(args, "name", "policy")}
+    return _show(args, _call(args, "chats", payload), lambda d: _render_chats([d]))
+
+
+def chats_update(args: argparse.Namespace) -> int:
+    payload = {"op": "update", "channel": args.channel, "chat_id": args.chat_id, "allow": args.allow,
+               **_only(args, "name", "policy", "is_group")}
+    return _show(args, _call(args, "chats", payload), lambda d: _render_chats([d]))
+
+
+def chats_delete(args: argparse.Namespace) -> int:
+    data = _call(args, "chats", {"op": "delete", "channel": args.channel, "chat_id": args.chat_id})
+    return _show(args, data, lambda d: f"deleted chat {d['deleted']} and {d['wirings']} wiring(s)")
+
+
+# --- wirings ---------------------------------------------------------------------------------------
+
+def _wiring_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engage", dest="engage_mode", choices=ENGAGE_MODES,
+                   help="when the agent answers (default: every message in a direct chat, mentions in a group)")
+    p.add_argument("--pattern", dest="engage_pattern", help="regular expression for --engage pattern ('.': always)")
+    p.add_argument("--scope", dest="sender_scope", choices=SENDER_SCOPES, help="who may engage it")
+    p.add_argument("--ignored", dest="ignored_messages", choices=IGNORED,
+                   help="messages that do not engage: drop, or keep as context")
+    p.add_argument("--session", dest="session_mode", choices=SESSION_MODES, help="which conversation a message joins")
+    p.add_argument("--priority", type=int, help="higher answers first")
+
+
+WIRING_FIELDS = ("engage_mode", "engage_pattern", "sender_scope", "ignored_messages", "session_mode", "priority")
+
+
+def _render_wirings(rows: list[Payload]) -> str:
+    return _table([(r["channel"], r["chat_id"], r["agent_group"],
+                    r["engage_mode"] + (f" {r['engage_pattern']!r}" if r["engage_mode"] == "pattern" else ""),
+                    r["sender_scope"], r["ignored_messages"], r["session_mode"], r["priority"]) for r in rows],
+                  ("CHANNEL", "CHAT", "GROUP", "ENGAGE", "SCOPE", "IGNORED", "SESSION", "PRIORITY"))
+
+
+def wire_list(args: argparse.Namespace) -> int:
+    payload = {"op": "list", "channel": args.channel or "", "chat_id": args.chat or "",
+               "agent_group": args.group or ""}
+    return _show(args, _call(args, "wirings", payload), _render_wirings)
+
+
+def _wiring_key(args: argparse.Namespace) -> Payload:
+    return {"channel": args.channel, "chat_id": args.chat_id, "agent_group": args.agent_group}
+
+
+def wire_add(args: argparse.Namespace) -> int:
+    data = _call(args, "wirings", {"op": "create", **_wiring_key(args), **_only(args, *WIRING_FIELDS)})
+    return _show(args, data, lambda d: _render_wirings([d]))
+
+
+def wire_update(args: argparse.Namespace) -> int:
+    data = _call(args, "wirings", {"op": "update", **_wiring_key(args), **_only(args, *WIRING_FIELDS)})
+    return _show(args, data, lambda d: _render_wirings([d]))
+
+
+def wire_remove(args: argparse.Namespace) -> int:
+    data = _call(args, "wirings", {"op": "delete", **_wiring_key(args)})
+    return _show(args, data, lambda d: f"unwired {d['unwired']} from {d['chat_id']} on {d['channel']}")
+
+
+# --- users, roles, members, destinations -----------------------------------------------------------
+
+def users_list(args: argparse.Namespace) -> int:
+    return _show(args, _call(args, "users", {"op": "list"}), lambda rows: _table(
+        [(r["id"], r["display_name"], ",".join(r["roles"]) or "-", ",".join(r["member_of"]) or "-",
+          _when(r["last_seen"])) for r in rows], ("USER", "NAME", "ROLES", "MEMBER OF", "LAST SEEN")))
+
+
+def users_unregistered(args: argparse.Namespace) -> int:
+    return _show(args, _call(args, "users", {"op": "unregistered"}), lambda rows: _table(
+        [(r["user_id"], r["name"], f"{r['channel']}:{r['chat_id']}", r["agent_group"], r["reason"],
+          r["message_count"], _when(r["last_seen"])) for r in rows],
+        ("USER", "NAME", "CHAT", "GROUP", "REASON", "MESSAGES", "LAST SEEN")))
+
+
+def roles_list(args: argparse.Namespace) -> int:
+    return _show(args, _call(args, "roles", {"op": "list"}), lambda rows: _table(
+        [(r["user_id"], r["role"], r["agent_group"] or "(global)", r["granted_by"], _when(r["granted_at"]))
+         for r in rows], ("USER", "ROLE", "SCOPE", "GRANTED BY", "SINCE")))
+
+
+def roles_grant(args: argparse.Namespace) -> int:
+    data = _call(args, "roles", {"op": "grant", "user_id": args.user, "role": args.role,
+                                 "agent_group": args.group or ""})
+    scope = f" of {data['agent_group']}" if data["agent_group"] else ""
+    return _show(args, data, lambda d: f"{d['user_id']} is {d['role']}{scope}"
+                                       + ("" if d["changed"] else " (already was)"))
+
+
+def roles_revoke(args: argparse.Namespace) -> int:
+    data = _call(args, "roles", {"op": "revoke", "user_id": args.user, "role": args.role,
+                                 "agent_group": args.group or ""})
+    return _show(args, data, lambda d: f"{d['user_id']} is no longer {d['role']}")
+
+
+def members_list(args: argparse.Namespace) -> int:
+    return _show(args, _call(args, "members", {"op": "list", "agent_group": args.group or ""}), lambda rows: _table(
+        [(r["agent_group"], r["user_id"], r["added_by"], _when(r["added_at"])) for r in rows],
+        ("GROUP", "USER", "ADDED BY", "SINCE")))
+
+
+def members_add(args: argparse.Namespace) -> int:
+    data = _call(args, "members", {"op": "add", "agent_group": args.agent_group, "user_id": args.user})
+    return _show(args, data, lambda d: f"{d['user_id']} is a member of {d['agent_group']}"
+                                       + ("" if d["changed"] else " (already was)"))
+
+
+def members_remove(args: argparse.Namespace) -> int:
+    data = _call(args, "members", {"op": "remove", "agent_group": args.agent_group, "user_id": args.user})
+    return _show(args, data, lambda d: f"{d['user_id']} is no longer a member of {d['agent_group']}")
+
+
+def destinations_list(args: argparse.Namespace) -> int:
+    return _show(args, _call(args, "destinations", {"op": "list", "agent_group": args.group or ""}),
+                 lambda rows: _table([(r["agent_group"], r["name"], r["channel"], r["chat_id"],
+                                       r["thread_id"] or "-", r["display_name"]) for r in rows],
+                                     ("GROUP", "NAME", "CHANNEL", "CHAT", "THREAD", "DISPLAY NAME")))
+
+
+def destinations_add(args: argparse.Namespace) -> int:
+    payload = {"op": "add", "agent_group": args.agent_group, "name": args.name, "channel": args.channel,
+               "chat_id": args.chat_id, "thread_id": args.thread, "display_name": args.display_name or ""}
+    data = _call(args, "destinations", payload)
+    return _show(args, data, lambda d: f"{d['agent_group']} may now send to {d['name']}")
+
+
+def destinations_remove(args: argparse.Namespace) -> int:
+    data = _call(args, "destinations", {"op": "remove", "agent_group": args.agent_group, "name": args.name})
+    return _show(args, data, lambda d: f"removed destination {d['name']} of {d['agent_group']}")
+
+
+# --- sessions, drops, pairing ----------------------------------------------------------------------
+
+def sessions_list(args: argparse.Namespace) -> int:
+    payload = {"op": "list", "agent_group": args.group or "", "limit": args.limit}
+    return _show(args, _call(args, "sessions", payload), lambda rows: _table(
+        [(r["id"], r["agent_group"], r["channel"], r["chat_id"], r["thread_id"] or "-", r["runner"],
+          _when(r["last_message_at"])) for r in rows],
+        ("SESSION", "GROUP", "CHANNEL", "CHAT", "THREAD", "RUNNER", "LAST MESSAGE")))
+
+
+def dropped_list(args: argparse.Namespace) -> int:
+    payload = {"op": "list", "channel": args.channel or "", "limit": args.limit}
+    return _show(args, _call(args, "dropped", payload), lambda rows: _table(
+        [(_when(r["at"]), r["channel"], r["chat_id"], r["sender_id"], r["reason"]) for r in rows],
+        ("WHEN", "CHANNEL", "CHAT", "SENDER", "REASON")))
+
+
+def pair(args: argparse.Namespace) -> int:
+    data = _call(args, "pair", {"op": "create", "channel": args.channel})
+    minutes = max(1, round((data["expires_at"] - time.time()) / 60))
+    return _show(args, data, lambda d: (
+        f"Pairing code for {d['channel']}: {d['code']}\n"
+        f"Send it as a message to the assistant on {d['channel']} within {minutes} minutes;"
+        " whoever sends it first becomes an owner."))
+
+
+def register(sub: Sub) -> None:
+    p, verbs = _resource(sub, "groups", "agent groups: list, get, create, update, delete")
+    p.set_defaults(func=groups_list)
+    _verb(verbs, "list", "list agent groups", groups_list)
+    _verb(verbs, "get", "one agent group in full", groups_get).add_argument("name")
+    v = _verb(verbs, "create", "create an agent group", groups_create)
+    v.add_argument("name")
+    _group_options(v)
+    v = _verb(verbs, "update", "change an agent group's settings", groups_update)
+    v.add_argument("name")
+    _group_options(v)
+    _verb(verbs, "delete", "delete an agent group, its wirings and sessions", groups_delete).add_argument("name")
+
+    p, verbs = _resource(sub, "chats", "chats (messaging groups): list, create, update, delete")
+    p.set_defaults(func=chats_list, channel=None)
+    _verb(verbs, "list", "list chats", chats_list).add_argument("--channel")
+    v = _verb(verbs, "create", "register a chat before anyone writes in it", chats_create)
+    v.add_argument("channel")
+    v.add_argument("chat_id", help="the platform's chat id, or '*' for every chat of the channel")
+    v.add_argument("--name")
+    v.add_argument("--group", action="store_true", help="a group chat (default: a direct chat)")
+    v.add_argument("--policy", choices=POLICIES, help="what happens to unknown senders")
+    v = _verb(verbs, "update", "change a chat", chats_update)
+    v.add_argument("channel")
+    v.add_argument("chat_id")
+    v.add_argument("--name")
+    v.add_argument("--policy", choices=POLICIES, help="what happens to unknown senders")
+    kind = v.add_mutually_exclusive_group()
+    kind.add_argument("--group", dest="is_group", action="store_const", const=True)
+    kind.add_argument("--direct", dest="is_group", action="store_const", const=False)
+    v.add_argument("--allow", action="store_true", help="forget that the owner declined this chat")
+    v = _verb(verbs, "delete", "forget a chat and its wirings", chats_delete)
+    v.add_argument("channel")
+    v.add_argument("chat_id")
+
+    p, verbs = _resource(sub, "wire", "wirings between chats and agent groups: list, add, update, remove")
+    p.set_defaults(func=wire_list, channel=None, chat=None, group=None)
+    v = _verb(verbs, "list", "list wirings", wire_list)
+    v.add_argument("--channel")
+    v.add_argument("--chat")
+    v.add_argument("--group")
+    for verb, func, help_text in (("add", wire_add, "wire an agent group to a chat ('*': every chat)"),
+                                  ("update", wire_update, "change how a wired group engages"),
+                                  ("remove", wire_remove, "unwire an agent group from a chat")):
+        v = _verb(verbs, verb, help_text, func)
+        v.add_argument("channel")
+        v.add_argument("chat_id")
+        v.add_argument("agent_group")
+        if verb != "remove":
+            _wiring_options(v)
+
+    p, verbs = _resource(sub, "users", "users (platform identities): list, unregistered")
+    p.set_defaults(func=users_list)
+    _verb(verbs, "list", "users the router has seen or granted something", users_list)
+    _verb(verbs, "unregistered", "senders the router turned away", users_unregistered)
+
+    p, verbs = _resource(sub, "roles", "owner and admin roles: list, grant, revoke")
+    p.set_defaults(func=roles_list)
+    _verb(verbs, "list", "list role grants", roles_list)
+    for verb, func in (("grant", roles_grant), ("revoke", roles_revoke)):
+        v = _verb(verbs, verb, f"{verb} a role", func)
+        v.add_argument("user", help="a platform identity, e.g. telegram:12345")
+        v.add_argument("role", choices=("owner", "admin"))
+        v.add_argument("--group", help="admin of this agent group only (default: global)")
+
+    p, verbs = _resource(sub, "members", "agent group members: list, add, remove")
+    p.set_defaults(func=members_list, group=None)
+    _verb(verbs, "list", "list members", members_list).add_argument("--group")
+    for verb, func in (("add", members_add), ("remove", members_remove)):
+        v = _verb(verbs, verb, f"{verb} a member", func)
+        v.add_argument("agent_group")
+        v.add_argument("user", help="a platform identity, e.g. telegram:12345")
+
+    p, verbs = _resource(sub, "destinations", "chats an agent group may send to by name: list, add, remove")
+    p.set_defaults(func=destinations_list, group=None)
+    _verb(verbs, "list", "list destinations", destinations_list).add_argument("--group")
+    v = _verb(verbs, "add", "let an agent group send to a chat by name", destinations_add)
+    v.add_argument("agent_group")
+    v.add_argument("name")
+    v.add_argument("channel")
+    v.add_argument("chat_id")
+    v.add_argument("--thread")
+    v.add_argument("--display-name", dest="display_name")
+    v = _verb(verbs, "remove", "remove a destination", destinations_remove)
+    v.add_argument("agent_group")
+    v.add_argument("name")
+
+    p = sub.add_parser("sessions", help="sessions, most recent first")
+    p.add_argument("--group")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=sessions_list)
+
+    p = sub.add_parser("dropped", help="messages that reached no agent, and why")
+    p.add_argument("--channel")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=dropped_list)
+
+    p = sub.add_parser("pair", help="print a one-time code; whoever sends it on CHANNEL becomes an owner")
+    p.add_argument("channel")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=pair)

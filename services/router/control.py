@@ -1,0 +1,605 @@
+"""The router's control requests (`clawden.ctl.router.<resource>`, payload `{"op": ...}`): the CLI's
+view of agent groups, chats, wirings, users, roles, members, destinations, sessions and drops."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from services.router import pairing
+from services.router.entities import (
+    ALL_CHATS,
+    ALWAYS,
+    EngageMode,
+    IgnoredPolicy,
+    InvalidName,
+    RoleName,
+    SenderScope,
+    SessionMode,
+    UnknownSenderPolicy,
+    channel_name,
+    group_name,
+    pattern,
+    user_id,
+)
+from services.router.store import RouterError, RouterStore
+
+Json = dict[str, Any]
+
+
+class _Op(msgspec.Struct, frozen=True, kw_only=True, tag_field="op", forbid_unknown_fields=True):
+    pass
+
+
+class ContainerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+                        omit_defaults=True):
+    """Per-group overrides of the runner's defaults (config.toml `[runner]`)."""
+
+    image: str | None = None
+    memory: str | None = None
+    cpus: float | None = None
+    pids: int | None = None
+    idle_timeout: float | None = None
+
+
+# --- requests --------------------------------------------------------------------------------------
+
+class ListAll(_Op, tag="list", frozen=True):
+    limit: int = 200
+
+
+class GroupGet(_Op, tag="get", frozen=True):
+    name: str
+
+
+class GroupCreate(_Op, tag="create", frozen=True):
+    name: str
+    folder: str = ""
+    assistant_name: str = ""
+    provider: str = "claude"
+    model: str = ""
+    container: ContainerSettings = ContainerSettings()
+
+
+class GroupUpdate(_Op, tag="update", frozen=True):
+    name: str
+    folder: str | None = None
+    assistant_name: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    container: ContainerSettings | None = None
+
+
+class GroupDelete(_Op, tag="delete", frozen=True):
+    name: str
+
+
+class ChatList(_Op, tag="list", frozen=True):
+    channel: str = ""
+
+
+class ChatCreate(_Op, tag="create", frozen=True):
+    channel: str
+    chat_id: str
+    name: str = ""
+    is_group: bool = False
+    policy: UnknownSenderPolicy = "request_approval"
+
+
+class ChatUpdate(_Op, tag="update", frozen=True):
+    channel: str
+    chat_id: str
+    name: str | None = None
+    is_group: bool | None = None
+    policy: UnknownSenderPolicy | None = None
+    allow: bool = False  # forget that the owner declined the chat
+
+
+class ChatDelete(_Op, tag="delete", frozen=True):
+    channel: str
+    chat_id: str
+
+
+class WiringList(_Op, tag="list", frozen=True):
+    channel: str = ""
+    chat_id: str = ""
+    agent_group: str = ""
+
+
+class WiringCreate(_Op, tag="create", frozen=True):
+    channel: str
+    chat_id: str
+    agent_group: str
+    engage_mode: EngageMode | None = None  # default: every message of a direct chat, mentions in a group
+    engage_pattern: str = ALWAYS
+    sender_scope: SenderScope = "all"
+    ignored_messages: IgnoredPolicy = "drop"
+    session_mode: SessionMode = "shared"
+    priority: int = 0
+
+
+class WiringUpdate(_Op, tag="update", frozen=True):
+    channel: str
+    chat_id: str
+    agent_group: str
+    engage_mode: EngageMode | None = None
+    engage_pattern: str | None = None
+    sender_scope: SenderScope | None = None
+    ignored_messages: IgnoredPolicy | None = None
+    session_mode: SessionMode | None = None
+    priority: int | None = None
+
+
+class WiringDelete(_Op, tag="delete", frozen=True):
+    channel: str
+    chat_id: str
+    agent_group: str
+
+
+class UsersUnregistered(_Op, tag="unregistered", frozen=True):
+    limit: int = 200
+
+
+class RoleGrant(_Op, tag="grant", frozen=True):
+    user_id: str
+    role: RoleName
+    agent_group: str = ""
+    granted_by: str = "cli"
+
+
+class RoleRevoke(_Op, tag="revoke", frozen=True):
+    user_id: str
+    role: RoleName
+    agent_group: str = ""
+
+
+class GroupFilter(_Op, tag="list", frozen=True):
+    agent_group: str = ""
+    limit: int = 200
+
+
+class MemberAdd(_Op, tag="add", frozen=True):
+    agent_group: str
+    user_id: str
+    added_by: str = "cli"
+
+
+class MemberRemove(_Op, tag="remove", frozen=True):
+    agent_group: str
+    user_id: str
+
+
+class DestinationAdd(_Op, tag="add", frozen=True):
+    agent_group: str
+    name: str
+    channel: str
+    chat_id: str
+    thread_id: str | None = None
+    display_name: str = ""
+
+
+class DestinationRemove(_Op, tag="remove", frozen=True):
+    agent_group: str
+    name: str
+
+
+class DroppedList(_Op, tag="list", frozen=True):
+    channel: str = ""
+    limit: int = 100
+
+
+class PairCreate(_Op, tag="create", frozen=True):
+    channel: str
+
+
+class ApproversGet(_Op, tag="get", frozen=True):
+    agent_group: str = ""
+
+
+RESOURCES: dict[str, Any] = {
+    "groups": ListAll | GroupGet | GroupCreate | GroupUpdate | GroupDelete,
+    "chats": ChatList | ChatCreate | ChatUpdate | ChatDelete,
+    "wirings": WiringList | WiringCreate | WiringUpdate | WiringDelete,
+    "users": ListAll | UsersUnregistered,
+    "roles": ListAll | RoleGrant | RoleRevoke,
+    "members": GroupFilter | MemberAdd | MemberRemove,
+    "destinations": GroupFilter | DestinationAdd | DestinationRemove,
+    "sessions": GroupFilter,
+    "dropped": DroppedList,
+    "pair": PairCreate,
+    "approvers": ApproversGet,
+    "approvals": ListAll,
+}
+_decoders = {name: msgspec.json.Decoder(kind) for name, kind in RESOURCES.items()}
+
+
+class Control:
+    """Runs on the store's thread, like routing, so a change and a message never interleave."""
+
+    def __init__(self, store: RouterStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.db = store.conn
+        self.clock = clock
+
+    def handle(self, resource: str, data: bytes) -> Any:
+        try:
+            request = _decoders[resource].decode(data or b"{}")
+        except msgspec.ValidationError as exc:
+            raise RouterError(f"bad {resource} request: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise RouterError(f"bad {resource} request: not JSON ({exc})") from None
+        method = getattr(self, f"_{resource}_{type(request).__struct_config__.tag}", None)
+        if method is None:  # pragma: no cover - every tag in RESOURCES has a method
+            raise RouterError(f"{resource}: unsupported request")
+        try:
+            return method(request)
+        except InvalidName as exc:
+            raise RouterError(str(exc)) from None
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _group(self, name: str) -> sqlite3.Row:
+        row = self.db.execute("SELECT * FROM agent_groups WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise RouterError(f"no agent group named {name!r} (see `clawden groups list`)")
+        return row  # type: ignore[no-any-return]
+
+    def _chat(self, channel: str, chat_id: str) -> sqlite3.Row:
+        row = self.db.execute("SELECT * FROM messaging_groups WHERE channel = ? AND chat_id = ?",
+                              (channel, chat_id)).fetchone()
+        if row is None:
+            raise RouterError(f"no chat {chat_id!r} on {channel} (see `clawden chats list`)")
+        return row  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _group_json(row: sqlite3.Row) -> Json:
+        return {"name": row["name"], "folder": row["folder"], "assistant_name": row["assistant_name"],
+                "provider": row["provider"], "model": row["model"], "container": json.loads(row["container"]),
+                "created_at": row["created_at"]}
+
+    # --- agent groups -----------------------------------------------------------------------------
+
+    def _groups_list(self, req: ListAll) -> list[Json]:
+        out = []
+        for row in self.db.execute(
+                "SELECT g.*, (SELECT COUNT(*) FROM wirings w WHERE w.agent_group = g.name) AS chats,"
+                " (SELECT COUNT(*) FROM sessions s WHERE s.agent_group = g.name) AS sessions"
+                " FROM agent_groups g ORDER BY g.created_at, g.rowid LIMIT ?", (req.limit,)):
+            out.append(self._group_json(row) | {"chats": row["chats"], "sessions": row["sessions"]})
+        return out
+
+    def _groups_get(self, req: GroupGet) -> Json:
+        row = self._group(req.name)
+        return self._group_json(row) | {
+            "wirings": self._wirings_list(WiringList(agent_group=req.name)),
+            "members": [r[0] for r in self.db.execute(
+                "SELECT user_id FROM members WHERE agent_group = ? ORDER BY user_id", (req.name,))],
+            "admins": self.store.roles.scoped.get(req.name, []),
+            "destinations": self._destinations_list(GroupFilter(agent_group=req.name)),
+        }
+
+    def _groups_create(self, req: GroupCreate) -> Json:
+        name = group_name(req.name)
+        folder = group_name(req.folder or name)
+        with self.store.transaction() as db:
+            if db.execute("SELECT 1 FROM agent_groups WHERE name = ?", (name,)).fetchone():
+                raise RouterError(f"agent group {name!r} already exists")
+            if db.execute("SELECT 1 FROM agent_groups WHERE folder = ?", (folder,)).fetchone():
+                raise RouterError(f"folder {folder!r} already belongs to another agent group")
+            db.execute("INSERT INTO agent_groups (name, folder, created_at, assistant_name, provider, model,"
+                       " container) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (name, folder, self.clock(), req.assistant_name, req.provider, req.model,
+                        msgspec.json.encode(req.container).decode()))
+        return self._group_json(self._group(name))
+
+    def _groups_update(self, req: GroupUpdate) -> Json:
+        with self.store.transaction() as db:
+            row = self._group(req.name)
+            folder = group_name(req.folder) if req.folder is not None else row["folder"]
+            if folder != row["folder"] and db.execute(
+                    "SELECT 1 FROM agent_groups WHERE folder = ?", (folder,)).fetchone():
+                raise RouterError(f"folder {folder!r} already belongs to another agent group")
+            container = row["container"]
+            if req.container is not None:
+                merged = json.loads(container) | msgspec.to_builtins(req.container)
+                container = json.dumps(merged)
+            db.execute(
+                "UPDATE agent_groups SET folder = ?, assistant_name = ?, provider = ?, model = ?, container = ?"
+                " WHERE name = ?",
+                (folder, _or(req.assistant_name, row["assistant_name"]), _or(req.provider, row["provider"]),
+                 _or(req.model, row["model"]), container, req.name))
+        return self._group_json(self._group(req.name))
+
+    def _groups_delete(self, req: GroupDelete) -> Json:
+        with self.store.transaction() as db:
+            self._group(req.name)
+            counts = {
+                "sessions": db.execute("DELETE FROM sessions WHERE agent_group = ?", (req.name,)).rowcount,
+                "approvals": db.execute("DELETE FROM approvals WHERE agent_group = ? AND kind = 'sender'",
+                                        (req.name,)).rowcount,
+                "roles": db.execute("DELETE FROM roles WHERE agent_group = ?", (req.name,)).rowcount,
+                "wirings": db.execute("DELETE FROM wirings WHERE agent_group = ?", (req.name,)).rowcount,
+            }
+            db.execute("DELETE FROM agent_groups WHERE name = ?", (req.name,))
+        self.store.reload()
+        return {"deleted": req.name} | counts
+
+    # --- chats (messaging groups) -----------------------------------------------------------------
+
+    def _chats_list(self, req: ChatList) -> list[Json]:
+        wired: dict[int, list[str]] = {}
+        for mg, group in self.db.execute("SELECT messaging_group, agent_group FROM wirings ORDER BY agent_group"):
+            wired.setdefault(mg, []).append(group)
+        query = "SELECT * FROM messaging_groups"
+        args: tuple[str, ...] = ()
+        if req.channel:
+            query += " WHERE channel = ?"
+            args = (req.channel,)
+        return [self._chat_json(row, wired.get(row["id"], []))
+                for row in self.db.execute(query + " ORDER BY channel, chat_id", args)]
+
+    @staticmethod
+    def _chat_json(row: sqlite3.Row, wired: list[str]) -> Json:
+        return {"channel": row["channel"], "chat_id": row["chat_id"], "name": row["name"],
+                "is_group": bool(row["is_group"]), "policy": row["unknown_sender_policy"] or "inherit",
+                "denied": row["denied_at"] is not None, "wired": wired, "created_at": row["created_at"]}
+
+    def _chats_create(self, req: ChatCreate) -> Json:
+        channel_name(req.channel)
+        _chat_id(req.chat_id)
+        with self.store.transaction() as db:
+            if db.execute("SELECT 1 FROM messaging_groups WHERE channel = ? AND chat_id = ?",
+                          (req.channel, req.chat_id)).fetchone():
+                raise RouterError(f"chat {req.chat_id!r} on {req.channel} already exists")
+            db.execute("INSERT INTO messaging_groups (channel, chat_id, name, is_group, unknown_sender_policy,"
+                       " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                       (req.channel, req.chat_id, req.name, int(req.is_group), req.policy, self.clock()))
+        return self._chat_json(self._chat(req.channel, req.chat_id), [])
+
+    def _chats_update(self, req: ChatUpdate) -> Json:
+        with self.store.transaction() as db:
+            row = self._chat(req.channel, req.chat_id)
+            db.execute(
+                "UPDATE messaging_groups SET name = ?, is_group = ?, unknown_sender_policy = ?,"
+                " denied_at = ? WHERE id = ?",
+                (_or(req.name, row["name"]), int(_or(req.is_group, bool(row["is_group"]))),
+                 _or(req.policy, row["unknown_sender_policy"]), None if req.allow else row["denied_at"],
+                 row["id"]))
+        wired = [r[0] for r in self.db.execute("SELECT agent_group FROM wirings WHERE messaging_group = ?",
+                                               (row["id"],))]
+        return self._chat_json(self._chat(req.channel, req.chat_id), wired)
+
+    def _chats_delete(self, req: ChatDelete) -> Json:
+        with self.store.transaction() as db:
+            row = self._chat(req.channel, req.chat_id)
+            wirings = db.execute("DELETE FROM wirings WHERE messaging_group = ?", (row["id"],)).rowcount
+            db.execute("DELETE FROM messaging_groups WHERE id = ?", (row["id"],))
+        return {"deleted": f"{req.channel}:{req.chat_id}", "wirings": wirings}
+
+    # --- wirings ----------------------------------------------------------------------------------
+
+    def _wirings_list(self, req: WiringList) -> list[Json]:
+        query = ("SELECT m.channel, m.chat_id, m.name AS chat_name, w.* FROM wirings w"
+                 " JOIN messaging_groups m ON m.id = w.messaging_group WHERE 1")
+        args: list[str] = []
+        for column, value in (("m.channel", req.channel), ("m.chat_id", req.chat_id),
+                              ("w.agent_group", req.agent_group)):
+            if value:
+                query += f" AND {column} = ?"
+                args.append(value)
+        return [{"channel": r["channel"], "chat_id": r["chat_id"], "chat_name": r["chat_name"],
+                 "agent_group": r["agent_group"], "engage_mode": r["engage_mode"],
+                 "engage_pattern": r["engage_pattern"], "sender_scope": r["sender_scope"],
+                 "ignored_messages": r["ignored_messages"], "session_mode": r["session_mode"],
+                 "priority": r["priority"]}
+                for r in self.db.execute(query + " ORDER BY m.channel, m.chat_id, w.priority DESC, w.agent_group",
+                                         args)]
+
+    def _wirings_create(self, req: WiringCreate) -> Json:
+        channel_name(req.channel)
+        _chat_id(req.chat_id)
+        pattern(req.engage_pattern)
+        with self.store.transaction() as db:
+            self._group(req.agent_group)
+            row = db.execute("SELECT id, is_group FROM messaging_groups WHERE channel = ? AND chat_id = ?",
+                             (req.channel, req.chat_id)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO messaging_groups (channel, chat_id, unknown_sender_policy, created_at)"
+                           " VALUES (?, ?, 'request_approval', ?)", (req.channel, req.chat_id, self.clock()))
+                row = self._chat(req.channel, req.chat_id)
+            if db.execute("SELECT 1 FROM wirings WHERE messaging_group = ? AND agent_group = ?",
+                          (row["id"], req.agent_group)).fetchone():
+                raise RouterError(f"{req.agent_group} is already wired to {req.chat_id!r} on {req.channel}"
+                                  " (change it with `clawden wire update`)")
+            mode = req.engage_mode or ("mention" if row["is_group"] else "pattern")
+            db.execute(
+                "INSERT INTO wirings (messaging_group, agent_group, engage_mode, engage_pattern, sender_scope,"
+                " ignored_messages, session_mode, priority, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (row["id"], req.agent_group, mode, req.engage_pattern, req.sender_scope, req.ignored_messages,
+                 req.session_mode, req.priority, self.clock()))
+        return self._one_wiring(req.channel, req.chat_id, req.agent_group)
+
+    def _one_wiring(self, channel: str, chat_id: str, group: str) -> Json:
+        found = self._wirings_list(WiringList(channel=channel, chat_id=chat_id, agent_group=group))
+        if not found:
+            raise RouterError(f"{group} is not wired to {chat_id!r} on {channel}")
+        return found[0]
+
+    def _wirings_update(self, req: WiringUpdate) -> Json:
+        current = self._one_wiring(req.channel, req.chat_id, req.agent_group)
+        if req.engage_pattern is not None:
+            pattern(req.engage_pattern)
+        with self.store.transaction() as db:
+            mg = self._chat(req.channel, req.chat_id)["id"]
+            db.execute(
+                "UPDATE wirings SET engage_mode = ?, engage_pattern = ?, sender_scope = ?, ignored_messages = ?,"
+                " session_mode = ?, priority = ? WHERE messaging_group = ? AND agent_group = ?",
+                (_or(req.engage_mode, current["engage_mode"]), _or(req.engage_pattern, current["engage_pattern"]),
+                 _or(req.sender_scope, current["sender_scope"]),
+                 _or(req.ignored_messages, current["ignored_messages"]),
+                 _or(req.session_mode, current["session_mode"]), _or(req.priority, current["priority"]),
+                 mg, req.agent_group))
+        return self._one_wiring(req.channel, req.chat_id, req.agent_group)
+
+    def _wirings_delete(self, req: WiringDelete) -> Json:
+        self._one_wiring(req.channel, req.chat_id, req.agent_group)
+        with self.store.transaction() as db:
+            mg = self._chat(req.channel, req.chat_id)["id"]
+            db.execute("DELETE FROM wirings WHERE messaging_group = ? AND agent_group = ?", (mg, req.agent_group))
+        return {"unwired": req.agent_group, "channel": req.channel, "chat_id": req.chat_id}
+
+    # --- users, roles, members --------------------------------------------------------------------
+
+    def _users_list(self, req: ListAll) -> list[Json]:
+        members: dict[str, list[str]] = {}
+        for user, group in self.db.execute("SELECT user_id, agent_group FROM members ORDER BY agent_group"):
+            members.setdefault(user, []).append(group)
+        roles: dict[str, list[str]] = {}
+        for row in self.db.execute("SELECT user_id, role, agent_group FROM roles ORDER BY granted_at"):
+            roles.setdefault(row["user_id"], []).append(
+                f"{row['role']}:{row['agent_group']}" if row["agent_group"] else row["role"])
+        return [{"id": r["id"], "display_name": r["display_name"], "roles": roles.get(r["id"], []),
+                 "member_of": members.get(r["id"], []), "last_seen": r["last_seen"]}
+                for r in self.db.execute("SELECT * FROM users ORDER BY last_seen DESC NULLS LAST, id LIMIT ?",
+                                         (req.limit,))]
+
+    def _users_unregistered(self, req: UsersUnregistered) -> list[Json]:
+        return [dict(r) for r in self.db.execute(
+            "SELECT u.user_id, u.name, m.channel, m.chat_id, u.agent_group, u.reason, u.message_count,"
+            " u.first_seen, u.last_seen FROM unregistered_senders u"
+            " JOIN messaging_groups m ON m.id = u.messaging_group ORDER BY u.last_seen DESC LIMIT ?",
+            (req.limit,))]
+
+    def _roles_list(self, req: ListAll) -> list[Json]:
+        return [dict(r) for r in self.db.execute(
+            "SELECT user_id, role, agent_group, granted_by, granted_at FROM roles ORDER BY role DESC, granted_at"
+            " LIMIT ?", (req.limit,))]
+
+    def _roles_grant(self, req: RoleGrant) -> Json:
+        user_id(req.user_id)
+        if req.role == "owner" and req.agent_group:
+            raise RouterError("an owner is always global; grant admin to scope a role to one agent group")
+        with self.store.transaction():
+            if req.agent_group:
+                self._group(req.agent_group)
+            added = self.store.grant(req.user_id, req.role, req.agent_group, req.granted_by, self.clock())
+        return {"user_id": req.user_id, "role": req.role, "agent_group": req.agent_group, "changed": added}
+
+    def _roles_revoke(self, req: RoleRevoke) -> Json:
+        with self.store.transaction() as db:
+            gone = db.execute("DELETE FROM roles WHERE user_id = ? AND role = ? AND agent_group = ?",
+                              (req.user_id, req.role, req.agent_group)).rowcount
+        self.store.reload()
+        if not gone:
+            scope = f" of {req.agent_group}" if req.agent_group else ""
+            raise RouterError(f"{req.user_id} is not {req.role}{scope}")
+        return {"user_id": req.user_id, "role": req.role, "agent_group": req.agent_group, "revoked": True}
+
+    def _members_list(self, req: GroupFilter) -> list[Json]:
+        query = "SELECT user_id, agent_group, added_by, added_at FROM members"
+        args: tuple[str, ...] = ()
+        if req.agent_group:
+            query += " WHERE agent_group = ?"
+            args = (req.agent_group,)
+        return [dict(r) for r in self.db.execute(query + " ORDER BY agent_group, user_id", args)]
+
+    def _members_add(self, req: MemberAdd) -> Json:
+        user_id(req.user_id)
+        with self.store.transaction():
+            self._group(req.agent_group)
+            added = self.store.add_member(req.user_id, req.agent_group, req.added_by, self.clock())
+        return {"user_id": req.user_id, "agent_group": req.agent_group, "changed": added}
+
+    def _members_remove(self, req: MemberRemove) -> Json:
+        with self.store.transaction() as db:
+            gone = db.execute("DELETE FROM members WHERE user_id = ? AND agent_group = ?",
+                              (req.user_id, req.agent_group)).rowcount
+        if not gone:
+            raise RouterError(f"{req.user_id} is not a member of {req.agent_group}")
+        return {"user_id": req.user_id, "agent_group": req.agent_group, "removed": True}
+
+    # --- destinations -----------------------------------------------------------------------------
+
+    def _destinations_list(self, req: GroupFilter) -> list[Json]:
+        query = "SELECT agent_group, name, display_name, channel, chat_id, thread_id FROM destinations"
+        args: tuple[str, ...] = ()
+        if req.agent_group:
+            query += " WHERE agent_group = ?"
+            args = (req.agent_group,)
+        return [dict(r) for r in self.db.execute(query + " ORDER BY agent_group, name", args)]
+
+    def _destinations_add(self, req: DestinationAdd) -> Json:
+        group_name(req.name)
+        channel_name(req.channel)
+        _chat_id(req.chat_id)
+        with self.store.transaction() as db:
+            self._group(req.agent_group)
+            if db.execute("SELECT 1 FROM destinations WHERE agent_group = ? AND name = ?",
+                          (req.agent_group, req.name)).fetchone():
+                raise RouterError(f"{req.agent_group} already has a destination named {req.name!r}")
+            db.execute("INSERT INTO destinations (agent_group, name, display_name, channel, chat_id, thread_id,"
+                       " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (req.agent_group, req.name, req.display_name, req.channel, req.chat_id, req.thread_id,
+                        self.clock()))
+        self.store.reload()
+        return {"agent_group": req.agent_group, "name": req.name, "channel": req.channel, "chat_id": req.chat_id,
+                "thread_id": req.thread_id, "display_name": req.display_name}
+
+    def _destinations_remove(self, req: DestinationRemove) -> Json:
+        with self.store.transaction() as db:
+            gone = db.execute("DELETE FROM destinations WHERE agent_group = ? AND name = ?",
+                              (req.agent_group, req.name)).rowcount
+        self.store.reload()
+        if not gone:
+            raise RouterError(f"{req.agent_group} has no destination named {req.name!r}")
+        return {"agent_group": req.agent_group, "name": req.name, "removed": True}
+
+    # --- sessions, drops, pairing, approvals ------------------------------------------------------
+
+    def _sessions_list(self, req: GroupFilter) -> list[Json]:
+        query = ("SELECT id, agent_group, channel, chat_id, thread_id, runner, created_at, last_message_at"
+                 " FROM sessions")
+        args: tuple[str | int, ...] = (req.limit,)
+        if req.agent_group:
+            query += " WHERE agent_group = ?"
+            args = (req.agent_group, req.limit)
+        return [dict(r) for r in self.db.execute(query + " ORDER BY last_message_at DESC LIMIT ?", args)]
+
+    def _dropped_list(self, req: DroppedList) -> list[Json]:
+        query = "SELECT key, channel, chat_id, sender_id, reason, at FROM dropped_messages"
+        args: tuple[str | int, ...] = (req.limit,)
+        if req.channel:
+            query += " WHERE channel = ?"
+            args = (req.channel, req.limit)
+        return [dict(r) for r in self.db.execute(query + " ORDER BY at DESC LIMIT ?", args)]
+
+    def _pair_create(self, req: PairCreate) -> Json:
+        channel_name(req.channel)
+        code = pairing.new_code()
+        now = self.clock()
+        self.store.set_pairing(req.channel, pairing.digest(code), now, now + pairing.TTL)
+        return {"channel": req.channel, "code": code, "expires_at": now + pairing.TTL}
+
+    def _approvers_get(self, req: ApproversGet) -> Json:
+        return {"agent_group": req.agent_group, "approvers": list(self.store.roles.approvers(req.agent_group or None))}
+
+    def _approvals_list(self, req: ListAll) -> list[Json]:
+        return [dict(r) for r in self.db.execute(
+            "SELECT a.id, a.kind, m.channel, m.chat_id, a.user_id, a.agent_group, a.created_at, a.expires_at,"
+            " (SELECT COUNT(*) FROM held_messages h WHERE h.approval_id = a.id) AS held FROM approvals a"
+            " JOIN messaging_groups m ON m.id = a.messaging_group ORDER BY a.created_at LIMIT ?", (req.limit,))]
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _chat_id(value: str) -> str:
+    if not value or len(value) > 256 or value != value.strip():
+        raise InvalidName(f"chat id {value!r}: give the platform's chat id, or {ALL_CHATS!r} for every chat")
+    return value

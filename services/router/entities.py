@@ -1,0 +1,70 @@
+"""The router's vocabulary: engage modes, policies, roles and session modes, and the names it accepts."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, get_args
+
+EngageMode = Literal["pattern", "mention", "mention-sticky"]
+SenderScope = Literal["all", "known"]
+IgnoredPolicy = Literal["drop", "accumulate"]
+SessionMode = Literal["shared", "per-thread", "agent-shared"]
+UnknownSenderPolicy = Literal["strict", "request_approval", "public"]
+RoleName = Literal["owner", "admin"]
+
+ENGAGE_MODES: tuple[str, ...] = get_args(EngageMode)
+SENDER_SCOPES: tuple[str, ...] = get_args(SenderScope)
+IGNORED_POLICIES: tuple[str, ...] = get_args(IgnoredPolicy)
+SESSION_MODES: tuple[str, ...] = get_args(SessionMode)
+POLICIES: tuple[str, ...] = get_args(UnknownSenderPolicy)
+ROLES: tuple[str, ...] = get_args(RoleName)
+
+# A messaging group whose chat id is this stands for every chat of its channel that has no row of
+# its own: its wirings apply there, and its policy is inherited.
+ALL_CHATS = "*"
+# Pattern that engages on every message, attachments-only ones included.
+ALWAYS = "."
+
+# Agent group names become folder names, container labels and gateway socket directories.
+_GROUP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+# A user is one platform identity: `<channel>:<handle>`.
+_USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}:\S.{0,254}$")
+_CHANNEL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class InvalidName(ValueError):
+    """A name the router refuses, said in words a person can act on."""
+
+
+def group_name(name: str) -> str:
+    if not _GROUP_NAME.match(name):
+        raise InvalidName(f"agent group name {name!r}: use 1-40 lowercase letters, digits, '-' or '_',"
+                          " starting with a letter or digit")
+    return name
+
+
+def channel_name(name: str) -> str:
+    if not _CHANNEL.match(name):
+        raise InvalidName(f"channel {name!r}: use letters, digits, '-' or '_'")
+    return name
+
+
+def user_id(value: str) -> str:
+    if not _USER_ID.match(value):
+        raise InvalidName(f"user {value!r}: users are platform identities like telegram:12345")
+    return value
+
+
+def user_id_of(channel: str, sender_id: str) -> str:
+    """The user a sender is: bridges usually send `<channel>:<handle>`; a bare handle gets the prefix,
+    so the same number on two platforms is never one person."""
+    return sender_id if sender_id.startswith(f"{channel}:") else f"{channel}:{sender_id}"
+
+
+def pattern(value: str) -> str:
+    """An engage pattern must compile; a bad one is refused when written, not discovered per message."""
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise InvalidName(f"engage pattern {value!r} is not a regular expression: {exc}") from None
+    return value

@@ -1,0 +1,203 @@
+"""`router.db`'s tables, as named migrations applied once each, in order."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_skeleton", """
+        CREATE TABLE agent_groups (
+            name TEXT PRIMARY KEY,
+            folder TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE wirings (
+            agent_group TEXT NOT NULL REFERENCES agent_groups(name),
+            channel TEXT NOT NULL,
+            chat_id TEXT NOT NULL,
+            PRIMARY KEY (agent_group, channel, chat_id)
+        );
+        CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            agent_group TEXT NOT NULL REFERENCES agent_groups(name),
+            channel TEXT NOT NULL,
+            chat_id TEXT NOT NULL,
+            thread_id TEXT NOT NULL DEFAULT '',
+            runner TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            last_message_at REAL NOT NULL,
+            UNIQUE (agent_group, channel, chat_id, thread_id)
+        );
+        CREATE TABLE dropped_messages (
+            key TEXT PRIMARY KEY,
+            channel TEXT NOT NULL,
+            chat_id TEXT NOT NULL,
+            sender_id TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            at REAL NOT NULL
+        );
+    """),
+    # The entity model. The skeleton's wirings (agent group, channel, chat) become messaging
+    # groups and wirings with the defaults that reproduce what they did: everyone engages.
+    ("0002_entities", """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+        ALTER TABLE agent_groups ADD COLUMN assistant_name TEXT NOT NULL DEFAULT '';
+        ALTER TABLE agent_groups ADD COLUMN provider TEXT NOT NULL DEFAULT 'claude';
+        ALTER TABLE agent_groups ADD COLUMN model TEXT NOT NULL DEFAULT '';
+        ALTER TABLE agent_groups ADD COLUMN container TEXT NOT NULL DEFAULT '{}';
+        CREATE UNIQUE INDEX agent_groups_folder ON agent_groups (folder);
+
+        CREATE TABLE messaging_groups (
+            id INTEGER PRIMARY KEY,
+            channel TEXT NOT NULL,
+            chat_id TEXT NOT NULL,  -- '*': every chat of the channel without a row of its own
+            name TEXT NOT NULL DEFAULT '',
+            is_group INTEGER NOT NULL DEFAULT 0,
+            -- NULL: inherit the channel's '*' row (request_approval when there is none)
+            unknown_sender_policy TEXT
+                CHECK (unknown_sender_policy IN ('strict', 'request_approval', 'public')),
+            denied_at REAL,
+            created_at REAL NOT NULL,
+            UNIQUE (channel, chat_id)
+        );
+        INSERT INTO messaging_groups (channel, chat_id, unknown_sender_policy, created_at)
+            SELECT DISTINCT channel, chat_id, 'public', CAST(strftime('%s', 'now') AS REAL) FROM wirings;
+
+        CREATE TABLE wirings_v2 (
+            messaging_group INTEGER NOT NULL REFERENCES messaging_groups(id) ON DELETE CASCADE,
+            agent_group TEXT NOT NULL REFERENCES agent_groups(name) ON DELETE CASCADE,
+            engage_mode TEXT NOT NULL DEFAULT 'pattern'
+                CHECK (engage_mode IN ('pattern', 'mention', 'mention-sticky')),
+            engage_pattern TEXT NOT NULL DEFAULT '.',
+            sender_scope TEXT NOT NULL DEFAULT 'all' CHECK (sender_scope IN ('all', 'known')),
+            ignored_messages TEXT NOT NULL DEFAULT 'drop'
+                CHECK (ignored_messages IN ('drop', 'accumulate')),
+            session_mode TEXT NOT NULL DEFAULT 'shared'
+                CHECK (session_mode IN ('shared', 'per-thread', 'agent-shared')),
+            priority INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (messaging_group, agent_group)
+        ) WITHOUT ROWID;
+        INSERT INTO wirings_v2 (messaging_group, agent_group, created_at)
+            SELECT mg.id, w.agent_group, CAST(strftime('%s', 'now') AS REAL) FROM wirings w
+            JOIN messaging_groups mg ON mg.channel = w.channel AND mg.chat_id = w.chat_id;
+        DROP TABLE wirings;
+        ALTER TABLE wirings_v2 RENAME TO wirings;
+        CREATE INDEX wirings_by_group ON wirings (agent_group);
+
+        ALTER TABLE sessions ADD COLUMN messaging_group INTEGER;  -- NULL: agent-shared
+        CREATE INDEX sessions_by_thread ON sessions (channel, chat_id, thread_id);
+        CREATE INDEX dropped_by_time ON dropped_messages (at);
+
+        CREATE TABLE users (
+            id TEXT PRIMARY KEY,  -- <channel>:<handle>, one per platform identity
+            display_name TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            last_seen REAL
+        );
+        CREATE TABLE roles (
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            role TEXT NOT NULL CHECK (role IN ('owner', 'admin')),
+            agent_group TEXT NOT NULL DEFAULT '',  -- '': global; an owner is always global
+            granted_by TEXT NOT NULL DEFAULT '',
+            granted_at REAL NOT NULL,
+            PRIMARY KEY (user_id, role, agent_group),
+            CHECK (role = 'admin' OR agent_group = '')
+        );
+        CREATE TABLE members (
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            agent_group TEXT NOT NULL REFERENCES agent_groups(name) ON DELETE CASCADE,
+            added_by TEXT NOT NULL DEFAULT '',
+            added_at REAL NOT NULL,
+            PRIMARY KEY (user_id, agent_group)
+        ) WITHOUT ROWID;
+        CREATE TABLE destinations (
+            agent_group TEXT NOT NULL REFERENCES agent_groups(name) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            display_name TEXT NOT NULL DEFAULT '',
+            channel TEXT NOT NULL,
+            chat_id TEXT NOT NULL,
+            thread_id TEXT,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (agent_group, name)
+        );
+        CREATE TABLE unregistered_senders (
+            user_id TEXT NOT NULL,
+            messaging_group INTEGER NOT NULL REFERENCES messaging_groups(id) ON DELETE CASCADE,
+            agent_group TEXT NOT NULL,
+            name TEXT NOT NULL DEFAULT '',
+            reason TEXT NOT NULL,
+            message_count INTEGER NOT NULL DEFAULT 1,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            PRIMARY KEY (user_id, messaging_group, agent_group)
+        );
+        CREATE TABLE sender_denials (
+            user_id TEXT NOT NULL,
+            agent_group TEXT NOT NULL REFERENCES agent_groups(name) ON DELETE CASCADE,
+            denied_by TEXT NOT NULL DEFAULT '',
+            denied_at REAL NOT NULL,
+            PRIMARY KEY (user_id, agent_group)
+        );
+        -- Approval requests the router sent and still waits on, with the messages they hold.
+        CREATE TABLE approvals (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('sender', 'channel')),
+            messaging_group INTEGER NOT NULL REFERENCES messaging_groups(id) ON DELETE CASCADE,
+            user_id TEXT NOT NULL,
+            agent_group TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        );
+        CREATE UNIQUE INDEX approvals_one_per_sender ON approvals (user_id, agent_group) WHERE kind = 'sender';
+        CREATE UNIQUE INDEX approvals_one_per_chat ON approvals (messaging_group) WHERE kind = 'channel';
+        CREATE TABLE held_messages (
+            approval_id TEXT NOT NULL REFERENCES approvals(id) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            event BLOB NOT NULL,
+            held_at REAL NOT NULL,
+            PRIMARY KEY (approval_id, key)
+        );
+        CREATE TABLE pairing_codes (
+            channel TEXT PRIMARY KEY,
+            digest TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        );
+        -- Every inbound key routed, so a redelivery after JetStream's dedupe window (or after an
+        -- ack that was lost) routes nothing twice.
+        CREATE TABLE processed (key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+        CREATE INDEX processed_by_time ON processed (at);
+        -- What the router must publish, written in the same transaction as the state it follows
+        -- from; deleted once NATS has it. Lanes keep per-session order.
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            lane TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            msg_id TEXT NOT NULL,
+            payload BLOB NOT NULL
+        );
+    """),
+]
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply the migrations not yet applied, each in its own transaction; returns their names."""
+    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, at REAL)")
+    done = {row[0] for row in conn.execute("SELECT name FROM migrations")}
+    applied = []
+    for name, sql in MIGRATIONS:
+        if name in done:
+            continue
+        # executescript commits first, so the BEGIN/COMMIT pair makes the migration atomic.
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE; {sql}; INSERT INTO migrations VALUES ('{name}', {time.time()});"
+                               " COMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied

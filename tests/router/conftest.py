@@ -1,0 +1,119 @@
+"""A real router process (`python -m clawden run router`) on a real nats-server, with its own home."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from clawden import control, setup
+from clawden.bus import Consumer, bind, events, subjects
+from clawden.config import Config
+from clawden.config import load as load_config
+from tests.conftest import NatsServer
+
+
+@dataclass
+class RouterProcess:
+    home: Path
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def config(self) -> Config:
+        cfg = load_config(self.home)
+        return msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=self.url))
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, CLAWDEN_HOME=str(self.home), CLAWDEN_NATS_URL=self.url)
+
+    async def call(self, resource: str, **payload: Any) -> Any:
+        return await control.call(self.config, "router", resource, payload)
+
+    def output(self) -> str:
+        return (self.home / "router.log").read_text()
+
+
+def start_router(home: Path, url: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, CLAWDEN_HOME=str(home), CLAWDEN_NATS_URL=url)
+    with (home / "router.log").open("ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "clawden", "run", "router"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+async def wait_ready(router: RouterProcess, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ping = await control.call(router.config, "router", "ping", timeout=1)
+            if ping["ready"]:
+                return
+        except control.ControlError:
+            pass
+        assert router.proc.poll() is None, router.output()
+        assert time.monotonic() < deadline, f"router never got ready:\n{router.output()}"
+        await asyncio.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+async def router(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[RouterProcess]:
+    home = tmp_path / "home"
+    setup.init(home)
+    r = RouterProcess(home, nats_server.url, start_router(home, nats_server.url))
+    try:
+        await wait_ready(r)
+        yield r
+    finally:
+        stop(r.proc)
+
+
+@pytest.fixture
+def js(nc: Client) -> Iterator[JetStreamContext]:
+    yield nc.jetstream()
+
+
+async def collect(js: JetStreamContext, durable: str, subject: str, *, want: int, settle: float = 1.0,
+                  timeout: float = 60) -> list[events.Event]:
+    """Everything on `subject` once `want` arrived and nothing more came for `settle` seconds."""
+    stream = "CLAWDEN_WAKE" if subject.startswith(f"{subjects.PREFIX}.wake") else (
+        "CLAWDEN_APPROVALS" if subject.startswith(f"{subjects.PREFIX}.approval") else "CLAWDEN_OUTBOUND")
+    sub = await bind(js, Consumer(stream, durable, subject))
+    got: list[events.Event] = []
+    deadline = time.monotonic() + timeout
+    quiet_since = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            try:
+                msgs = await sub.fetch(batch=256, timeout=0.2)
+            except TimeoutError:
+                if len(got) >= want and time.monotonic() - quiet_since > settle:
+                    break
+                continue
+            for m in msgs:
+                got.append(events.decode(m.data))
+                await m.ack()
+            quiet_since = time.monotonic()
+    finally:
+        await sub.unsubscribe()
+    return got

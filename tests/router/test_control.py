@@ -1,0 +1,89 @@
+"""Control requests: the CLI's changes land in router.db, and mistakes come back as plain words."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from services.router.control import Control
+from services.router.store import RouterError, RouterStore
+
+
+@pytest.fixture
+def control(tmp_path: Path) -> Control:
+    store = RouterStore.open(tmp_path / "router.db")
+    store.seed("main", "local", "alice", 1.0)
+    return Control(store, clock=lambda: 2.0)
+
+
+def call(control: Control, resource: str, **payload: Any) -> Any:
+    return control.handle(resource, msgspec.json.encode(payload))
+
+
+def test_groups_are_created_updated_listed_and_deleted(control: Control) -> None:
+    call(control, "groups", op="create", name="work", model="claude-x", container={"memory": "1g"})
+    call(control, "groups", op="update", name="work", container={"cpus": 1.5})
+    call(control, "wirings", op="create", channel="slack", chat_id="C1", agent_group="work")
+    work = call(control, "groups", op="get", name="work")
+    assert (work["model"], work["container"]) == ("claude-x", {"memory": "1g", "cpus": 1.5})
+    assert [w["chat_id"] for w in work["wirings"]] == ["C1"]
+    assert [g["name"] for g in call(control, "groups", op="list")] == ["main", "work"]
+    assert call(control, "groups", op="delete", name="work")["wirings"] == 1
+    assert [g["name"] for g in call(control, "groups", op="list")] == ["main"]
+
+
+def test_a_wiring_defaults_to_mentions_in_groups_and_every_message_in_direct_chats(control: Control) -> None:
+    call(control, "chats", op="create", channel="telegram", chat_id="g1", is_group=True)
+    assert call(control, "wirings", op="create", channel="telegram", chat_id="g1",
+                agent_group="main")["engage_mode"] == "mention"
+    assert call(control, "wirings", op="create", channel="telegram", chat_id="d1",
+                agent_group="main")["engage_mode"] == "pattern"
+    changed = call(control, "wirings", op="update", channel="telegram", chat_id="d1", agent_group="main",
+                   session_mode="per-thread", priority=3)
+    assert (changed["session_mode"], changed["priority"], changed["engage_mode"]) == ("per-thread", 3, "pattern")
+
+
+def test_roles_and_members_are_granted_and_revoked(control: Control) -> None:
+    call(control, "roles", op="grant", user_id="telegram:7", role="admin", agent_group="main")
+    call(control, "members", op="add", agent_group="main", user_id="telegram:8")
+    assert call(control, "approvers", op="get", agent_group="main")["approvers"] == ["telegram:7", "local:alice"]
+    users = {u["id"]: u for u in call(control, "users", op="list")}
+    assert users["telegram:7"]["roles"] == ["admin:main"]
+    assert users["telegram:8"]["member_of"] == ["main"]
+    call(control, "roles", op="revoke", user_id="telegram:7", role="admin", agent_group="main")
+    assert call(control, "approvers", op="get", agent_group="main")["approvers"] == ["local:alice"]
+
+
+@pytest.mark.parametrize(("resource", "payload", "words"), [
+    ("groups", {"op": "create", "name": "Bad Name"}, "agent group name 'Bad Name': use 1-40 lowercase"),
+    ("groups", {"op": "create", "name": "main"}, "agent group 'main' already exists"),
+    ("groups", {"op": "get", "name": "nope"}, "no agent group named 'nope' (see `clawden groups list`)"),
+    ("groups", {"op": "explode"}, "bad groups request"),
+    ("groups", {"op": "create", "name": "x", "container": {"gpus": 1}}, "unknown field `gpus`"),
+    ("wirings", {"op": "create", "channel": "tg", "chat_id": "1", "agent_group": "ghost"}, "no agent group named"),
+    ("wirings", {"op": "create", "channel": "tg", "chat_id": "1", "agent_group": "main", "engage_pattern": "("},
+     "engage pattern '(' is not a regular expression"),
+    ("wirings", {"op": "create", "channel": "tg", "chat_id": "1", "agent_group": "main",
+                 "session_mode": "sometimes"}, "`$.session_mode`"),
+    ("wirings", {"op": "create", "channel": "local", "chat_id": "*", "agent_group": "main"}, "already wired"),
+    ("wirings", {"op": "delete", "channel": "tg", "chat_id": "1", "agent_group": "main"}, "main is not wired"),
+    ("roles", {"op": "grant", "user_id": "bob", "role": "admin"}, "users are platform identities like"),
+    ("roles", {"op": "grant", "user_id": "tg:1", "role": "owner", "agent_group": "main"}, "always global"),
+    ("roles", {"op": "revoke", "user_id": "tg:1", "role": "admin"}, "tg:1 is not admin"),
+    ("members", {"op": "remove", "agent_group": "main", "user_id": "tg:1"}, "is not a member of main"),
+    ("chats", {"op": "update", "channel": "tg", "chat_id": "404"}, "no chat '404' on tg"),
+    ("pair", {"op": "create", "channel": "no spaces"}, "channel 'no spaces'"),
+])
+def test_mistakes_are_refused_in_plain_words(control: Control, resource: str, payload: dict[str, Any],
+                                            words: str) -> None:
+    with pytest.raises(RouterError) as refused:
+        control.handle(resource, msgspec.json.encode(payload))
+    assert words in str(refused.value)
+
+
+def test_a_payload_that_is_not_json_is_refused(control: Control) -> None:
+    with pytest.raises(RouterError, match="not JSON"):
+        control.handle("groups", b"{nope")

@@ -1,0 +1,236 @@
+"""router.db with real SQLite files: seeding, migration, routing effects, approvals, idempotence."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from clawden.bus import events as ev
+from services.router import engage, pairing
+from services.router.control import Control
+from services.router.schema import MIGRATIONS
+from services.router.store import MAX_HELD, Outcome, RouterStore
+
+OWNER = "local:alice"
+NOW = 1_000.0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RouterStore:
+    s = RouterStore.open(tmp_path / "router.db")
+    s.seed("main", "local", "alice", NOW)
+    return s
+
+
+def admin(store: RouterStore, resource: str, **payload: object) -> Any:
+    return Control(store, clock=lambda: NOW).handle(resource, msgspec.json.encode(payload))
+
+
+def msg(text: str = "hi", *, n: int = 1, channel: str = "telegram", chat: str = "c1", sender: str = "telegram:u1",
+        group: bool = False, mentioned: bool = False) -> ev.InboundMessage:
+    return ev.InboundMessage(route=ev.Route(channel=channel, chat_id=chat), message_id=f"m{n}",
+                             sender=ev.Sender(id=sender, name="Ada"), text=text, sent_at=float(n),
+                             is_group=group, mentioned=mentioned, chat_name="family")
+
+
+def published(store: RouterStore, outcome: Outcome) -> list[ev.Event]:
+    """Decode and clear what the outbox holds, as the adapter would after publishing."""
+    store.published([o.id for o in outcome.outgoing])
+    return [ev.decode(o.payload) for o in outcome.outgoing]
+
+
+def wakes(events: list[ev.Event]) -> list[ev.Wake]:
+    return [e for e in events if isinstance(e, ev.Wake)]
+
+
+def requests(events: list[ev.Event]) -> list[ev.ApprovalRequest]:
+    return [e for e in events if isinstance(e, ev.ApprovalRequest)]
+
+
+def wire(store: RouterStore, chat: str = "c1", group: str = "main", policy: str = "public", **wiring: object) -> None:
+    admin(store, "chats", op="create", channel="telegram", chat_id=chat, policy=policy, is_group=chat.startswith("g"))
+    admin(store, "wirings", op="create", channel="telegram", chat_id=chat, agent_group=group, **wiring)
+
+
+# --- first start and upgrades ----------------------------------------------------------------------
+
+def test_first_start_wires_main_to_every_local_chat_and_makes_the_local_user_owner(store: RouterStore) -> None:
+    [wake] = wakes(published(store, store.route_batch([msg(channel="local", chat="terminal",
+                                                           sender="local:bob")], NOW)))
+    assert (wake.agent_group, wake.route.chat_id) == ("main", "terminal")
+    assert store.roles.owners == [OWNER]
+
+
+def test_seeding_happens_once_so_a_deleted_main_stays_deleted(tmp_path: Path, store: RouterStore) -> None:
+    admin(store, "groups", op="delete", name="main")
+    store.close()
+    again = RouterStore.open(tmp_path / "router.db")
+    assert again.seed("main", "local", "alice", NOW) == []
+    assert admin(again, "groups", op="list") == []
+
+
+def test_a_skeleton_database_keeps_its_groups_wirings_and_sessions(tmp_path: Path) -> None:
+    path = tmp_path / "router.db"
+    old = sqlite3.connect(path)
+    old.executescript(MIGRATIONS[0][1] + """;
+        CREATE TABLE migrations (name TEXT PRIMARY KEY, at REAL);
+        INSERT INTO migrations VALUES ('0001_skeleton', 1);
+        INSERT INTO agent_groups VALUES ('main', 'main', 1);
+        INSERT INTO wirings VALUES ('main', 'local', '*');
+        INSERT INTO sessions VALUES ('s-old', 'main', 'local', 'terminal', '', 'local', 1, 1);""")
+    old.close()
+    store = RouterStore.open(path)
+    store.seed("main", "local", "alice", NOW)
+    [wake] = wakes(published(store, store.route_batch([msg(channel="local", chat="terminal",
+                                                           sender="local:alice")], NOW)))
+    assert wake.session_id == "s-old"
+    assert store.roles.owners == [OWNER]
+
+
+# --- routing ---------------------------------------------------------------------------------------
+
+def test_a_routed_message_becomes_a_wake_with_its_session_and_the_groups_destinations(store: RouterStore) -> None:
+    wire(store)
+    admin(store, "destinations", op="add", agent_group="main", name="family", channel="telegram", chat_id="g7")
+    [first] = wakes(published(store, store.route_batch([msg(n=1)], NOW)))
+    [second] = wakes(published(store, store.route_batch([msg(n=2)], NOW)))
+    assert first.session_id == second.session_id
+    assert first.message.id == "telegram:m1:main"
+    assert first.key == f"{first.session_id}:telegram:m1:main"
+    assert first.destinations == (ev.Destination(name="family", route=ev.Route(channel="telegram", chat_id="g7")),)
+
+
+def test_the_same_message_is_routed_once_even_long_after_jetstreams_window(store: RouterStore) -> None:
+    wire(store)
+    first = store.route_batch([msg(), msg()], NOW)
+    assert len(wakes(published(store, first))) == 1
+    later = store.route_batch([msg()], NOW + 3 * 86400)
+    assert wakes(published(store, later)) == []
+    assert later.counts["duplicates"] == 1
+
+
+def test_a_wake_not_yet_published_stays_in_the_outbox_and_comes_back(store: RouterStore) -> None:
+    wire(store)
+    store.route_batch([msg(n=1)], NOW)  # "crash" before publishing
+    redelivered = store.route_batch([msg(n=1), msg(n=2)], NOW)
+    assert [w.message.id for w in wakes(published(store, redelivered))] == ["telegram:m1:main", "telegram:m2:main"]
+    assert store.outgoing() == []
+
+
+def test_one_message_that_fails_does_not_hold_up_its_batch(store: RouterStore,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    wire(store)
+    real = engage.decide
+
+    def flaky(message: ev.InboundMessage, view: engage.View, **kw: str | None) -> engage.Decision:
+        if message.message_id == "m2":
+            raise RuntimeError("bug")
+        return real(message, view, **kw)
+
+    monkeypatch.setattr(engage, "decide", flaky)
+    outcome = store.route_batch([msg(n=1), msg(n=2), msg(n=3)], NOW)
+    assert outcome.failed == {"telegram:m2"}
+    assert [w.message.id for w in wakes(published(store, outcome))] == ["telegram:m1:main", "telegram:m3:main"]
+    monkeypatch.setattr(engage, "decide", real)  # the retry of the failed one routes it
+    assert len(wakes(published(store, store.route_batch([msg(n=2)], NOW)))) == 1
+
+
+def test_dropped_messages_are_recorded_with_their_reason(store: RouterStore) -> None:
+    wire(store, policy="strict")
+    store.route_batch([msg()], NOW)
+    [dropped] = admin(store, "dropped", op="list")
+    assert dropped["reason"] == "main: unknown sender (strict chat)"
+    [knocked] = admin(store, "users", op="unregistered")
+    assert (knocked["user_id"], knocked["chat_id"]) == ("telegram:u1", "c1")
+
+
+# --- approvals -------------------------------------------------------------------------------------
+
+def test_an_unknown_sender_is_held_and_replayed_in_order_once_an_owner_approves(store: RouterStore) -> None:
+    wire(store, policy="request_approval")
+    [request] = requests(published(store, store.route_batch([msg(n=1), msg(n=2)], NOW)))
+    assert (request.kind, request.agent_group, request.approvers) == ("sender", "main", (OWNER,))
+    approved = store.on_decision(ev.ApprovalDecision(id=request.id, decision="approved", decided_by=OWNER), NOW)
+    assert [w.message.id for w in wakes(published(store, approved))] == ["telegram:m1:main", "telegram:m2:main"]
+    # Now a member: the next message goes straight through.
+    assert len(wakes(published(store, store.route_batch([msg(n=3)], NOW)))) == 1
+
+
+def test_an_approval_clicked_by_someone_who_may_not_grant_it_changes_nothing(store: RouterStore) -> None:
+    wire(store, policy="request_approval")
+    [request] = requests(published(store, store.route_batch([msg()], NOW)))
+    forged = store.on_decision(ev.ApprovalDecision(id=request.id, decision="approved", decided_by="telegram:u1"),
+                               NOW)
+    assert wakes(published(store, forged)) == []
+    assert forged.counts["decisions_refused"] == 1
+    real = store.on_decision(ev.ApprovalDecision(id=request.id, decision="approved", decided_by=OWNER), NOW)
+    assert len(wakes(published(store, real))) == 1
+
+
+def test_a_declined_sender_is_not_asked_about_again(store: RouterStore) -> None:
+    wire(store, policy="request_approval")
+    [request] = requests(published(store, store.route_batch([msg(n=1)], NOW)))
+    published(store, store.on_decision(ev.ApprovalDecision(id=request.id, decision="denied", decided_by=OWNER), NOW))
+    again = published(store, store.route_batch([msg(n=2)], NOW))
+    assert again == []
+    assert {d["reason"] for d in admin(store, "dropped", op="list")} == {
+        "an approver (local:alice) declined", "main: an approver declined this sender"}
+
+
+def test_a_pending_approval_holds_a_bounded_number_of_messages(store: RouterStore) -> None:
+    wire(store, policy="request_approval")
+    outcome = store.route_batch([msg(n=i) for i in range(MAX_HELD + 5)], NOW)
+    assert len(requests(published(store, outcome))) == 1
+    assert outcome.counts["held"] == MAX_HELD
+    assert outcome.counts["dropped"] == 5
+
+
+def test_approvals_nobody_answers_expire_and_drop_what_they_held(store: RouterStore) -> None:
+    wire(store, policy="request_approval")
+    published(store, store.route_batch([msg()], NOW))
+    assert store.expire_approvals(NOW + 86400).counts["expired"] == 0
+    expired = store.expire_approvals(NOW + 8 * 86400)
+    assert expired.counts["expired"] == 1
+    assert [d["reason"] for d in admin(store, "dropped", op="list")] == [
+        "nobody answered the approval request in time"]
+
+
+def test_an_unwired_direct_chat_asks_the_owner_and_is_wired_to_the_chosen_group(store: RouterStore) -> None:
+    admin(store, "groups", op="create", name="helper")
+    [request] = requests(published(store, store.route_batch([msg(n=1), msg(n=2)], NOW)))
+    assert (request.kind, request.agent_group) == ("channel", "main")
+    assert [b.id for b in request.card.buttons] == ["connect:main", "connect:helper", "deny"]
+    decided = store.on_decision(ev.ApprovalDecision(id=request.id, decision="approved", value="connect:helper",
+                                                    decided_by=OWNER), NOW)
+    assert [w.message.id for w in wakes(published(store, decided))] == ["telegram:m1:helper", "telegram:m2:helper"]
+    [wiring] = admin(store, "wirings", op="list", channel="telegram")
+    assert (wiring["agent_group"], wiring["engage_mode"], wiring["sender_scope"]) == ("helper", "pattern", "known")
+
+
+def test_a_declined_chat_stays_quiet(store: RouterStore) -> None:
+    [request] = requests(published(store, store.route_batch([msg(n=1)], NOW)))
+    published(store, store.on_decision(ev.ApprovalDecision(id=request.id, decision="denied", decided_by=OWNER), NOW))
+    assert published(store, store.route_batch([msg(n=2)], NOW)) == []
+    [chat] = admin(store, "chats", op="list", channel="telegram")
+    assert chat["denied"] is True
+
+
+# --- pairing ---------------------------------------------------------------------------------------
+
+def test_the_first_sender_of_a_pairing_code_becomes_an_owner_and_the_code_dies(store: RouterStore) -> None:
+    code = admin(store, "pair", op="create", channel="telegram")["code"]
+    first = published(store, store.route_batch([msg(code, n=1, sender="telegram:u1")], NOW))
+    assert [e.text for e in first if isinstance(e, ev.OutboundMessage)] == [
+        "Paired: telegram:u1 is now an owner of this Clawden."]
+    published(store, store.route_batch([msg(code, n=2, sender="telegram:u2")], NOW))
+    assert store.roles.owners == [OWNER, "telegram:u1"]
+
+
+def test_an_expired_pairing_code_is_just_text(store: RouterStore) -> None:
+    code = admin(store, "pair", op="create", channel="telegram")["code"]
+    published(store, store.route_batch([msg(code)], NOW + pairing.TTL + 1))
+    assert store.roles.owners == [OWNER]
