@@ -38,6 +38,22 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     stop_containers_on_exit: bool = False
 
 
+class MountConfig(msgspec.Struct, frozen=True, kw_only=True):
+    host: str
+    name: str
+    read_write: bool = False
+
+
+class GroupConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Per agent group container settings: `[groups.<name>]`. Unset limits use the runner's."""
+
+    memory: str = ""
+    cpus: float = 0.0
+    pids: int = 0
+    # Extra folders, each also checked against ~/.config/clawden/mount-allowlist.json.
+    mounts: tuple[MountConfig, ...] = ()
+
+
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     upstream: str = "https://api.anthropic.com"
     # The real key never lives in config.toml: ANTHROPIC_API_KEY in the vault's environment,
@@ -56,6 +72,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     runner: RunnerConfig = RunnerConfig()
     model: ModelConfig = ModelConfig()
     vault: VaultConfig = VaultConfig()
+    groups: dict[str, GroupConfig] = {}
 
     @property
     def home_path(self) -> Path:

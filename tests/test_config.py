@@ -44,3 +44,11 @@ def test_a_broken_config_is_a_clear_error(tmp_path: Path, text: str, message: st
     (tmp_path / "config.toml").write_text(text)
     with pytest.raises(config.ConfigError, match=message):
         config.load(tmp_path, {})
+
+
+def test_per_group_container_settings(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(
+        '[groups.research]\nmemory = "4g"\nmounts = [{host = "/srv/papers", name = "papers"}]\n')
+    group = config.load(tmp_path, {}).groups["research"]
+    assert group.memory == "4g" and group.cpus == 0.0
+    assert group.mounts[0].host == "/srv/papers" and not group.mounts[0].read_write

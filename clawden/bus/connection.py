@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
 
 from clawden.bus import events
+from clawden.bus.pull import Puller
 from clawden.bus.streams import Consumer, ensure_consumer
 
 log = logging.getLogger("clawden.bus")
@@ -84,20 +85,21 @@ class Retry(Exception):
         self.delay = delay
 
 
-async def bind(js: JetStreamContext, consumer: Consumer) -> JetStreamContext.PullSubscription:
-    """Create or update the durable, then bind to it; do this before telling systemd READY."""
+async def bind(js: JetStreamContext, consumer: Consumer, *, batch: int = 16) -> Puller:
+    """Create or update the durable, then open a pull on it; do this before telling systemd READY."""
     await ensure_consumer(js, consumer)
-    return await js.pull_subscribe_bind(durable=consumer.durable, stream=consumer.stream)
+    puller = Puller(js._nc, consumer, batch=batch)  # nats-py offers no public accessor for it
+    await puller.start()
+    return puller
 
 
 async def consume(
-    sub: JetStreamContext.PullSubscription,
+    puller: Puller,
     kind: type[E],
     handler: Handler[E],
     *,
     stopping: asyncio.Event,
     stats: ConsumeStats | None = None,
-    batch: int = 16,
     concurrency: int = 1,
 ) -> None:
     """Fetch, decode, handle, ack — until `stopping` is set; in-flight work finishes first.
@@ -140,16 +142,18 @@ async def consume(
     pending: set[asyncio.Task[None]] = set()
     try:
         while not stopping.is_set():
+            asked = time.monotonic()
             try:
-                # Short fetches: a stalled fetch (nats.py#986) costs latency, never progress.
-                msgs = await sub.fetch(batch=batch, timeout=1.0)
-            except TimeoutError:  # nothing arrived (nats' own TimeoutError subclasses it)
-                continue
+                msgs = await puller.next(timeout=1.0)
             except Exception as exc:
                 if stopping.is_set():
                     break
-                log.warning("fetch failed: %r", exc)
+                log.warning("pull failed: %r", exc)
                 await asyncio.sleep(0.5)
+                continue
+            if not msgs:
+                if time.monotonic() - asked < 0.05:
+                    await asyncio.sleep(0.1)  # the server refused the pull at once (e.g. max ack pending)
                 continue
             if concurrency == 1:
                 for msg in msgs:
@@ -162,5 +166,4 @@ async def consume(
     finally:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        await puller.stop()

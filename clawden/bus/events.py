@@ -176,6 +176,8 @@ class WakeMessage(_Part, frozen=True):
     sent_at: float = 0.0
     trigger: bool = True
     attachments: tuple[Attachment, ...] = ()
+    # The platform's own id of a chat message, for the agent's reactions and replies to it.
+    platform_message_id: str = ""
 
 
 class Destination(_Part, frozen=True):

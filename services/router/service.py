@@ -21,10 +21,10 @@ from nats.js.api import Header
 
 from clawden.bus import ensure_consumer
 from clawden.bus import events as ev
+from clawden.bus.pull import Puller
 from clawden.bus.streams import router_decisions, router_inbound
 from clawden.runtime import ControlError, ServiceContext
 from services.router import control
-from services.router.pull import Puller
 from services.router.store import Outcome, Outgoing, RouterError, RouterStore
 
 log = logging.getLogger("clawden.router")

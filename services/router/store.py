@@ -357,7 +357,8 @@ class RouterStore:
             message=ev.WakeMessage(
                 # Unique per agent group, so one message fanned out stays distinct everywhere.
                 id=f"{event.key}:{action.agent_group}", kind="chat", text=event.text, sender=event.sender,
-                sent_at=event.sent_at, trigger=action.trigger, attachments=event.attachments),
+                sent_at=event.sent_at, trigger=action.trigger, attachments=event.attachments,
+                platform_message_id=event.message_id),
             destinations=self.destinations(action.agent_group),
         )
         self._emit(session_id, subjects.wake(runner), wake.key, ev.encode(wake))

@@ -18,6 +18,8 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import Mount
 
+from services.runner.mounts import ExtraMount
+
 log = logging.getLogger("clawden.runner.docker")
 T = TypeVar("T")
 
@@ -52,6 +54,7 @@ class ContainerSpec:
     user: str
     model: str = ""
     timezone: str = ""
+    extra_mounts: tuple[ExtraMount, ...] = ()  # already checked against the mount allowlist
 
     @property
     def name(self) -> str:
@@ -85,6 +88,7 @@ class ContainerSpec:
         ]
         if self.global_dir.is_dir():
             mounts.append(Mount(GLOBAL_MOUNT, str(self.global_dir), type="bind", read_only=True))
+        mounts += [Mount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in self.extra_mounts]
         return {
             "image": self.image,
             "name": self.name,

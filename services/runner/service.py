@@ -25,8 +25,10 @@ from clawden import sessiondb
 from clawden.bus import Consumer, ConsumeStats, Retry, bind, consume, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import runner_receipts, runner_wake
+from clawden.config import GroupConfig
 from clawden.runtime import ServiceContext
 from services.runner.containers import LABEL_SESSION, ContainerSpec, Died, Docker, ImageMissing, container_user
+from services.runner.mounts import Allowlist, ExtraMount, MountRefused, MountRequest, resolve
 from services.runner.outbound import Action, Ask, ListTasks, Publish, Refused, Respond, translate
 from services.runner.sessions import (
     SessionIndex,
@@ -119,6 +121,8 @@ class Runner:
                                  "Sorry — this conversation's storage is damaged, so I can't answer. "
                                  "The operator has to look at the runner's log.")
                 return
+            if not wake.message.trigger:
+                return  # context only (an accumulated message): it waits for the next real one
             live = self.live.get(info.id)
             if live is not None:
                 live.last_activity = live.last_wake = time.monotonic()
@@ -130,10 +134,16 @@ class Runner:
         prepare_folder(folder, self.owner_uid)
         routing = sessiondb.Routing(wake.route.channel, wake.route.chat_id, wake.route.thread_id)
         sessiondb.set_routing(folder, routing)
+        if wake.destinations is not None:  # None: the sender does not know them; keep what we have
+            sessiondb.set_destinations(folder, {
+                d.name: (d.display_name or d.name, sessiondb.Routing(d.route.channel, d.route.chat_id,
+                                                                     d.route.thread_id))
+                for d in wake.destinations})
+            self.index.set_destinations(wake.session_id, [d.route for d in wake.destinations])
         m = wake.message
         content: dict[str, object] = {"text": m.text}
-        if m.kind == "chat" and ":" in m.id:  # `<channel>:<platform message id>`: for reactions and replies
-            content["platform_message_id"] = m.id.split(":", 1)[1]
+        if m.platform_message_id:
+            content["platform_message_id"] = m.platform_message_id
         if wake.command:
             content["command"] = wake.command
         if m.attachments:
@@ -147,6 +157,7 @@ class Runner:
     async def _start(self, info: SessionInfo, folder: Path) -> None:
         gateway = await self._gateway_dir(info.agent_group)
         group_dir = self.cfg.groups_dir / info.agent_group
+        group = self.cfg.groups.get(info.agent_group, GroupConfig())
         claude_home = self.claude_home(info.agent_group)
         await asyncio.to_thread(self._prepare_group, group_dir, claude_home)
         live = self.live.setdefault(info.id, Live(info, folder))
@@ -156,8 +167,9 @@ class Runner:
             install_id=self.cfg.install_id, agent_group=info.agent_group, session_id=info.id,
             image=self.cfg.runner.image, session_dir=folder, group_dir=group_dir,
             global_dir=self.cfg.groups_dir / "global", claude_home=claude_home, gateway_dir=gateway,
-            memory=self.cfg.runner.memory, cpus=self.cfg.runner.cpus, pids=self.cfg.runner.pids,
-            user=self.user, model=self.cfg.model.model, timezone=_host_timezone(),
+            memory=group.memory or self.cfg.runner.memory, cpus=group.cpus or self.cfg.runner.cpus,
+            pids=group.pids or self.cfg.runner.pids, user=self.user, model=self.cfg.model.model,
+            timezone=_host_timezone(), extra_mounts=await asyncio.to_thread(self._extra_mounts, info.agent_group),
         )
         try:
             container = await self.docker.start(spec)
@@ -169,6 +181,20 @@ class Runner:
         self.counters["started"] += 1
         log.info("started container %s for session %s", container.short_id, info.id,
                  extra={"session_id": info.id, "agent_group": info.agent_group})
+
+    def _extra_mounts(self, agent_group: str) -> tuple[ExtraMount, ...]:
+        """The group's extra folders that pass the allowlist; a refused one is left out, loudly."""
+        requests = self.cfg.groups.get(agent_group, GroupConfig()).mounts
+        if not requests:
+            return ()
+        allowlist = Allowlist.load()
+        allowed = []
+        for m in requests:
+            try:
+                allowed.append(resolve(MountRequest(m.host, m.name, m.read_write), allowlist))
+            except MountRefused as exc:
+                log.error("agent group %s: mount %s refused: %s", agent_group, m.name, exc)
+        return tuple(allowed)
 
     def _prepare_group(self, group_dir: Path, claude_home: Path) -> None:
         group_dir.mkdir(parents=True, exist_ok=True)
@@ -223,7 +249,7 @@ class Runner:
         rows = await asyncio.to_thread(sessiondb.read_new_outbound, folder)
         for row in rows:
             try:
-                actions = await asyncio.to_thread(translate, info, folder, row, {})
+                actions = await asyncio.to_thread(translate, info, folder, row, self.index.destinations(info.id))
             except Refused as exc:
                 log.warning("session %s: outbound #%d refused: %s", info.id, row.seq, exc,
                             extra={"session_id": info.id})
@@ -285,6 +311,8 @@ class Runner:
         info = self.index.get(receipt.session_id)
         if info is None or not receipt.seq:
             return  # not one of ours (another runner's session, or a runner notice)
+        if not receipt.ok and not receipt.final:
+            return  # the bridge is still retrying; its final word follows
         await asyncio.to_thread(sessiondb.record_delivery, self.session_dir(info), receipt.seq,
                                 platform_message_id=receipt.platform_message_id, error=receipt.error)
 

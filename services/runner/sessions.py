@@ -40,6 +40,9 @@ class SessionIndex:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS questions (id TEXT PRIMARY KEY, session_id TEXT NOT NULL,"
             " options TEXT NOT NULL, asked_at REAL NOT NULL)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS destinations (session_id TEXT NOT NULL, channel TEXT NOT NULL,"
+            " chat_id TEXT NOT NULL, thread_id TEXT, PRIMARY KEY (session_id, channel, chat_id))")
         self._cache: dict[str, SessionInfo] = {}
         for row in self.db.execute("SELECT id, agent_group, channel, chat_id, thread_id FROM sessions"):
             self._cache[row[0]] = SessionInfo(row[0], row[1], ev.Route(channel=row[2], chat_id=row[3],
@@ -58,6 +61,18 @@ class SessionIndex:
             (info.id, info.agent_group, info.route.channel, info.route.chat_id, info.route.thread_id,
              time.time()))
         self._cache[info.id] = info
+
+    def set_destinations(self, session_id: str, routes: list[ev.Route]) -> None:
+        """The chats (besides its own) this session may send to, as the router last said."""
+        with self.db:
+            self.db.execute("DELETE FROM destinations WHERE session_id = ?", (session_id,))
+            self.db.executemany("INSERT OR REPLACE INTO destinations VALUES (?, ?, ?, ?)",
+                                [(session_id, r.channel, r.chat_id, r.thread_id) for r in routes])
+
+    def destinations(self, session_id: str) -> dict[tuple[str, str], ev.Route]:
+        rows = self.db.execute("SELECT channel, chat_id, thread_id FROM destinations WHERE session_id = ?",
+                               (session_id,)).fetchall()
+        return {(r[0], r[1]): ev.Route(channel=r[0], chat_id=r[1], thread_id=r[2]) for r in rows}
 
     def put_question(self, question_id: str, session_id: str, options: tuple[str, ...]) -> None:
         self.db.execute("INSERT OR IGNORE INTO questions VALUES (?, ?, ?, ?)",

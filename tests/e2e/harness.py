@@ -4,6 +4,7 @@ and a terminal-channel client speaking on the bus like `clawden chat` does."""
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import secrets
 import signal
@@ -156,7 +157,7 @@ class Terminal:
 
     async def send(self, text: str) -> ev.InboundMessage:
         assert self.js is not None
-        event = inbound_event(self.chat_id, "tester", text)
+        event = inbound_event(self.chat_id, getpass.getuser(), text)  # the machine owner, as `clawden chat`
         await publish(self.js, subjects.inbound("local"), event, msg_id=event.key)
         return event
 

@@ -138,7 +138,7 @@ async def test_add_reaction_to_the_users_message(stack: Stack, term: Terminal, t
     await stack.wait_until_idle(reply.session_id)
     folder = stack.home / "sessions" / "main" / reply.session_id
     with sessiondb.opened(folder / sessiondb.INBOUND, readonly=True) as conn:
-        [(user_seq,)] = conn.execute("SELECT seq FROM messages_in WHERE id = ?", (sent.key,)).fetchall()
+        [(user_seq,)] = conn.execute("SELECT seq FROM messages_in WHERE id = ?", (f"{sent.key}:main",)).fetchall()
     result = await run_tool(stack, term, "add_reaction", {"seq": user_seq, "emoji": "👍"})
     assert "reacted 👍" in result
     reaction = await tap.first(ev.OutboundReaction, emoji="👍")

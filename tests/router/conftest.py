@@ -98,15 +98,14 @@ async def collect(js: JetStreamContext, durable: str, subject: str, *, want: int
     """Everything on `subject` once `want` arrived and nothing more came for `settle` seconds."""
     stream = "CLAWDEN_WAKE" if subject.startswith(f"{subjects.PREFIX}.wake") else (
         "CLAWDEN_APPROVALS" if subject.startswith(f"{subjects.PREFIX}.approval") else "CLAWDEN_OUTBOUND")
-    sub = await bind(js, Consumer(stream, durable, subject))
+    puller = await bind(js, Consumer(stream, durable, subject), batch=256)
     got: list[events.Event] = []
     deadline = time.monotonic() + timeout
     quiet_since = time.monotonic()
     try:
         while time.monotonic() < deadline:
-            try:
-                msgs = await sub.fetch(batch=256, timeout=0.2)
-            except TimeoutError:
+            msgs = await puller.next(timeout=0.2)
+            if not msgs:
                 if len(got) >= want and time.monotonic() - quiet_since > settle:
                     break
                 continue
@@ -115,5 +114,5 @@ async def collect(js: JetStreamContext, durable: str, subject: str, *, want: int
                 await m.ack()
             quiet_since = time.monotonic()
     finally:
-        await sub.unsubscribe()
+        await puller.stop()
     return got
