@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import sys
@@ -16,7 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.e2e.harness import Stack, Terminal, start_stack
+import docker
+
+from tests.e2e.harness import LABEL_INSTALL, Stack, Terminal, start_stack
 
 NANOCLAW_POLL_FLOOR_MS = 1000.0  # NanoClaw polls both session files every second
 
@@ -36,13 +39,52 @@ async def timed_turn(term: Terminal, text: str) -> tuple[float, str]:
     return elapsed, reply.session_id
 
 
+def docker_times(stack: Stack, since: float, until: float) -> dict[str, float]:
+    """When Docker created and started this install's containers in the window (epoch seconds)."""
+    client = docker.from_env()
+    try:
+        stream = client.events(since=int(since) - 1, until=int(until) + 1, decode=True,
+                               filters={"type": "container", "label": f"{LABEL_INSTALL}={stack.install_id}"})
+        times: dict[str, float] = {}
+        for event in stream:
+            at = event.get("timeNano", 0) / 1e9
+            if event.get("status") in ("create", "start") and since <= at <= until:
+                times.setdefault(event["status"], at)
+        return times
+    finally:
+        client.close()
+
+
+def idle_memory_mib(stack: Stack) -> list[float]:
+    """Resident memory of each running agent container, as its cgroup counts it (less page cache)."""
+    out = []
+    for container in stack.containers():
+        stats = container.stats(stream=False)["memory_stats"]
+        cache = stats.get("stats", {}).get("cache", 0) or stats.get("stats", {}).get("inactive_file", 0)
+        out.append(round((stats["usage"] - cache) / 2**20, 1))
+    return out
+
+
 async def measure(stack: Stack, warm: int, cold: int) -> dict[str, object]:
     cold_ms: list[float] = []
+    phases: dict[str, list[float]] = {"create": [], "start": [], "agent_ready": [], "reply": []}
     for i in range(cold):
         async with Terminal(stack.nats_url, f"cold-{i}") as term:
+            seen = len(stack.fake.requests)
+            t0 = time.time()
             elapsed, session = await timed_turn(term, f"cold hello {i}")
+            t_reply = t0 + elapsed / 1000
             cold_ms.append(elapsed)
             await stack.wait_until_idle(session)
+        at = await asyncio.to_thread(docker_times, stack, t0, t_reply)
+        first_model_call = min(r.at for r in stack.fake.requests[seen:])
+        # Phases, each from the end of the one before: the runner asks Docker to create the
+        # container, Docker starts it, the agent runner and Claude Code come up and send the first
+        # model request (the fake answers at once), and the turn finishes with the reply on the bus.
+        phases["create"].append((at["create"] - t0) * 1000)
+        phases["start"].append((at["start"] - at["create"]) * 1000)
+        phases["agent_ready"].append((first_model_call - at["start"]) * 1000)
+        phases["reply"].append((t_reply - first_model_call) * 1000)
         for c in stack.containers():  # keep one container at a time, as a fresh chat would see
             c.remove(force=True)
         print(f"  cold {i + 1}/{cold}: {elapsed:.0f} ms", file=sys.stderr)
@@ -55,12 +97,16 @@ async def measure(stack: Stack, warm: int, cold: int) -> dict[str, object]:
             elapsed, session = await timed_turn(term, f"warm hello {i}")
             warm_ms.append(elapsed)
             await stack.wait_until_idle(session)
+    await asyncio.sleep(2)  # let the container settle before weighing it idle
+    memory = await asyncio.to_thread(idle_memory_mib, stack)
     warm_summary = summary(warm_ms)
     return {
         "warm": warm_summary,
         "cold": summary(cold_ms),
+        "cold_phases_median_ms": {k: round(statistics.median(v), 1) for k, v in phases.items()},
+        "idle_container_memory_mib": memory,
         "nanoclaw_floor_over_warm_median": round(NANOCLAW_POLL_FLOOR_MS / warm_summary["median_ms"], 1),
-        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
     }
 
 
@@ -81,6 +127,8 @@ def main() -> int:
     w, c = result["warm"], result["cold"]
     print(f"warm turn: median {w['median_ms']} ms, p95 {w['p95_ms']} ms (n={w['n']})")  # type: ignore[index]
     print(f"cold turn: median {c['median_ms']} ms, p95 {c['p95_ms']} ms (n={c['n']})")  # type: ignore[index]
+    print(f"cold phases (median ms): {result['cold_phases_median_ms']}")
+    print(f"idle container memory (MiB): {result['idle_container_memory_mib']}")
     print(f"NanoClaw's 1000 ms poll floor is {result['nanoclaw_floor_over_warm_median']}x the warm median")
     print(f"written to {args.out}")
     return 0
