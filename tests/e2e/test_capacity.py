@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from clawden import control
 from clawden.config import load
-from tests.e2e.harness import Stack, Terminal, start_stack
+from tests.e2e.harness import Stack, Terminal
 from tests.fakes.anthropic import Hang
 
 pytestmark = pytest.mark.docker
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str
-          ) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("home"), runner="max_containers = 1\nqueue_notice_after = 1")
-    yield s
-    s.stop()
-
+STACK_OPTIONS = {"runner": "max_containers = 1\nqueue_notice_after = 1"}
 
 async def runner_counters(stack: Stack) -> dict[str, int]:
     cfg = load(stack.home, {"CLAWDEN_NATS_URL": stack.nats_url})

@@ -7,13 +7,12 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import nats
 import pytest
 
 from clawden.bus import subjects
-from tests.e2e.harness import Stack, Terminal, start_stack
+from tests.e2e.harness import Stack, Terminal
 from tests.fakes.anthropic import Hang, Text, ToolCall
 
 pytestmark = pytest.mark.docker
@@ -21,14 +20,7 @@ IDLE_TIMEOUT = 3
 HANG_TIMEOUT = 4
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str
-          ) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("home"), idle_timeout=IDLE_TIMEOUT,
-                    runner=f"hang_timeout = {HANG_TIMEOUT}\nmax_tries = 2")
-    yield s
-    s.stop()
-
+STACK_OPTIONS = {"idle_timeout": IDLE_TIMEOUT, "runner": f"hang_timeout = {HANG_TIMEOUT}\nmax_tries = 2"}
 
 async def service_pid(stack: Stack, service: str) -> int:
     nc = await nats.connect(stack.nats_url)

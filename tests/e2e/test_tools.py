@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +17,11 @@ from nats.aio.msg import Msg
 from clawden import sessiondb
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
-from tests.e2e.harness import Stack, Terminal, start_stack
+from tests.e2e.harness import Stack, Terminal
 from tests.fakes.anthropic import Text, ToolCall
 
 pytestmark = pytest.mark.docker
 
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str
-          ) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("home"))
-    yield s
-    s.stop()
 
 
 class Tap:

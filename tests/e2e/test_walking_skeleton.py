@@ -7,7 +7,6 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,6 @@ from tests.fakes.anthropic import Hang
 
 pytestmark = pytest.mark.docker
 
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str
-          ) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("home"))
-    yield s
-    s.stop()
 
 
 def all_text(stack: Stack) -> str:
