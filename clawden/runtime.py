@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -35,8 +36,10 @@ SERVICES = {
     "router": "services.router.service",
     "runner": "services.runner.service",
     "vault": "services.vault.service",
+    "scheduler": "services.scheduler.service",
 }
 CHANNEL_MODULE = "services.channels.{}"
+CHANNEL_ENTRY_POINTS = "clawden.channels"  # third-party bridges: `<name> = "pkg.module:main"`
 
 
 class ControlError(Exception):
@@ -96,12 +99,34 @@ def _token(name: str) -> str:
 
 def load_main(name: str) -> ServiceMain:
     if name.startswith("channel@"):
-        module_name = CHANNEL_MODULE.format(name.split("@", 1)[1])
-    elif name in SERVICES:
-        module_name = SERVICES[name]
-    else:
+        return load_channel(name.split("@", 1)[1])
+    if name not in SERVICES:
         raise SystemExit(f"unknown service {name!r}; known: {', '.join(SERVICES)}, channel@<name>")
-    main: ServiceMain = importlib.import_module(module_name).main
+    main: ServiceMain = importlib.import_module(SERVICES[name]).main
+    return main
+
+
+def load_channel(channel: str) -> ServiceMain:
+    """A bridge from an installed package's `clawden.channels` entry point, else a built-in module."""
+    try:
+        subjects.token(channel)
+    except ValueError:
+        raise SystemExit(f"not a channel name: {channel!r}") from None
+    for entry in importlib.metadata.entry_points(group=CHANNEL_ENTRY_POINTS, name=channel):
+        target = entry.load()
+        found: ServiceMain = getattr(target, "main", target)  # `pkg.mod` or `pkg.mod:main`
+        return found
+    module_name = CHANNEL_MODULE.format(channel)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise  # the bridge exists but one of its own imports is missing: show that
+        raise SystemExit(f"no channel bridge named {channel!r}: none is built in, and no installed "
+                         f"package registers one (entry point group {CHANNEL_ENTRY_POINTS!r})") from None
+    main: ServiceMain | None = getattr(module, "main", None)
+    if main is None:  # e.g. `local`, the terminal client, which is not a service
+        raise SystemExit(f"channel {channel!r} has no bridge service to run")
     return main
 
 

@@ -21,7 +21,7 @@ from types import FrameType
 from clawden import natsserver, setup
 from clawden.config import Config
 
-SERVICES = ("vault", "router", "runner")
+SERVICES = ("vault", "router", "runner", "scheduler")
 STOP_TIMEOUT = 15.0
 
 

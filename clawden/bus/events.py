@@ -217,6 +217,8 @@ class TaskOp(_Event, tag="task.op", frozen=True):
     schedule: str | None = None
     timezone: str | None = None
     created_by: str = ""
+    # The runner that owns the session (its wakes go to `wake.<runner>`); "": the scheduler's default.
+    runner: str = ""
 
 
 # --- approvals ----------------------------------------------------------------------------------------

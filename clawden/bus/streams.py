@@ -108,6 +108,11 @@ def bridge_outbound(channel: str) -> Consumer:
                     max_deliver=50, max_ack_pending=1)
 
 
+def scheduler_tasks() -> Consumer:
+    # One op in flight: a task's create, update and cancel are applied in the order they were sent.
+    return Consumer("CLAWDEN_TASKS", "scheduler", subjects.ALL_TASKS, max_ack_pending=1)
+
+
 async def ensure_streams(js: JetStreamContext, streams: tuple[Stream, ...] = STREAMS) -> None:
     """Create each stream, or update it to the intended config. Safe to run from every service."""
     for stream in streams:

@@ -1,0 +1,160 @@
+"""`clawden tasks list|show|add|update|pause|resume|cancel|runs`: scheduled tasks, over NATS
+request/reply (`clawden.ctl.scheduler.<verb>`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clawden import config as config_mod
+from clawden import control
+
+Payload = dict[str, Any]
+if TYPE_CHECKING:  # subscriptable only to the type checker
+    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+
+CATCH_UP = ("once", "skip")
+
+
+def _config(args: argparse.Namespace) -> config_mod.Config:
+    return config_mod.load(Path(args.home).expanduser() if args.home else None)
+
+
+def _call(args: argparse.Namespace, verb: str, payload: Payload) -> Any:
+    return control.run(_config(args), "scheduler", verb, payload)
+
+
+def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header], *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def _show(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> int:
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif isinstance(data, list) and not data:
+        print("(none)")
+    else:
+        print(render(data))
+    return 0
+
+
+def _render_tasks(rows: list[Payload]) -> str:
+    return _table([(r["id"], r["agent_group"], r["status"], r["schedule"], r["timezone"], r["catch_up"],
+                    r["next_run_local"] or "-", r["prompt"][:40].replace("\n", " ")) for r in rows],
+                  ("TASK", "GROUP", "STATUS", "SCHEDULE", "ZONE", "CATCH-UP", "NEXT RUN", "PROMPT"))
+
+
+def _render_task(task: Payload) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in task.items())
+
+
+def tasks_list(args: argparse.Namespace) -> int:
+    payload = {"agent_group": args.group or "", "status": args.status or ""}
+    return _show(args, _call(args, "tasks", payload), _render_tasks)
+
+
+def tasks_show(args: argparse.Namespace) -> int:
+    return _show(args, _call(args, "get", {"task_id": args.task_id}), _render_task)
+
+
+def _session(args: argparse.Namespace) -> Payload:
+    """The conversation the task's runs join: the router's record of it (its chat and runner)."""
+    sessions = control.run(_config(args), "router", "sessions",
+                           {"op": "list", "agent_group": args.group or "", "limit": 10_000})
+    if args.session:
+        found = [s for s in sessions if s["id"] == args.session]
+        if not found:
+            raise control.ControlError(f"no session {args.session} (see `clawden sessions`)")
+        return dict(found[0])
+    group = args.group or "main"
+    found = [s for s in sessions if s["agent_group"] == group]
+    if not found:
+        raise control.ControlError(f"agent group {group} has no conversation yet: talk to it first, "
+                                   "or give --session (see `clawden sessions`)")
+    return dict(found[0])  # the most recent
+
+
+def tasks_add(args: argparse.Namespace) -> int:
+    session = _session(args)
+    payload: Payload = {
+        "agent_group": session["agent_group"], "session_id": session["id"], "runner": session["runner"],
+        "route": {"channel": session["channel"], "chat_id": session["chat_id"],
+                  "thread_id": session["thread_id"] or None},
+        "prompt": args.prompt, "schedule": args.schedule, "catch_up": args.catch_up,
+        "timezone": args.tz or "",
+    }
+    data = _call(args, "add", payload)
+    return _show(args, data, lambda d: f"scheduled {d['id']} in {d['channel']}:{d['chat_id']}, "
+                                       f"next run {d['next_run_local'] or '-'}")
+
+
+def tasks_update(args: argparse.Namespace) -> int:
+    payload: Payload = {"task_id": args.task_id}
+    for key, value in (("prompt", args.prompt), ("schedule", args.schedule), ("timezone", args.tz),
+                       ("catch_up", args.catch_up)):
+        if value is not None:
+            payload[key] = value
+    if len(payload) == 1:
+        raise control.ControlError("nothing to change: give --prompt, --schedule, --tz or --catch-up")
+    return _show(args, _call(args, "update", payload), lambda d: _render_tasks([d]))
+
+
+def _status(verb: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        data = _call(args, verb, {"task_id": args.task_id})
+        return _show(args, data, lambda d: f"{d['id']} is {d['status']}"
+                                           + (f", next run {d['next_run_local']}" if d["next_run_local"] else ""))
+    return run
+
+
+def tasks_runs(args: argparse.Namespace) -> int:
+    data = _call(args, "runs", {"task_id": args.task_id, "limit": args.limit})
+    return _show(args, data, lambda rows: _table(
+        [(r["scheduled"], r["outcome"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"])), r["detail"])
+         for r in rows], ("SCHEDULED (UTC)", "OUTCOME", "DECIDED AT", "DETAIL")))
+
+
+def register(sub: Sub) -> None:
+    p = sub.add_parser("tasks", help="scheduled tasks: list, show, add, update, pause, resume, cancel, runs")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=tasks_list, group=None, status=None)
+    verbs = p.add_subparsers(dest="tasks_verb", metavar="VERB")
+
+    def verb(name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        v = verbs.add_parser(name, help=help_text)
+        # SUPPRESS: `clawden tasks --json list` keeps the flag given before the verb.
+        v.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+        v.set_defaults(func=func)
+        return v
+
+    v = verb("list", "list tasks", tasks_list)
+    v.add_argument("--group", help="only this agent group's")
+    v.add_argument("--status", choices=("active", "paused", "done", "cancelled"))
+    verb("show", "one task in full", tasks_show).add_argument("task_id")
+    v = verb("add", "schedule a prompt for an agent group's conversation", tasks_add)
+    v.add_argument("schedule", help="cron ('0 8 * * 1'), 'every 30m', an ISO time ('2025-06-01T08:00') or 'in 10m'")
+    v.add_argument("prompt", help="what the agent is asked when the task runs")
+    v.add_argument("--session", help="the conversation to run in (default: the group's most recent)")
+    v.add_argument("--group", help="agent group (default: main, or the session's)")
+    v.add_argument("--tz", help="IANA time zone for cron and naive times (default: the scheduler host's)")
+    v.add_argument("--catch-up", dest="catch_up", choices=CATCH_UP, default="once",
+                   help="after downtime: run once for what was missed (default), or skip it")
+    v = verb("update", "change a task's prompt, schedule, zone or catch-up policy", tasks_update)
+    v.add_argument("task_id")
+    v.add_argument("--prompt")
+    v.add_argument("--schedule")
+    v.add_argument("--tz")
+    v.add_argument("--catch-up", dest="catch_up", choices=CATCH_UP)
+    verb("pause", "stop a task from running until resumed", _status("pause")).add_argument("task_id")
+    verb("resume", "resume a paused task (runs missed while paused are not made up)",
+         _status("resume")).add_argument("task_id")
+    verb("cancel", "cancel a task for good", _status("cancel")).add_argument("task_id")
+    v = verb("runs", "a task's run log, most recent first", tasks_runs)
+    v.add_argument("task_id")
+    v.add_argument("--limit", type=int, default=50)

@@ -1,0 +1,316 @@
+"""The scheduler service: applies task operations from agents and the CLI, and fires each due run as a
+wake, exactly once, sleeping until the next one is due."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
+
+import msgspec
+from nats.aio.msg import Msg
+
+from clawden.bus import bind, consume, publish, subjects
+from clawden.bus import events as ev
+from clawden.bus.streams import scheduler_tasks
+from clawden.runtime import ControlError, ServiceContext
+from services.scheduler import schedule as sched
+from services.scheduler.catchup import Policy, plan
+from services.scheduler.store import Change, NewTask, Store, Task, TaskError
+
+log = logging.getLogger("clawden.scheduler")
+T = TypeVar("T")
+
+# Longest sleep without looking at the clock again: monotonic timers do not count a suspended
+# host's sleep, so a wall-clock jump is noticed within this (a safety net, not the trigger).
+MAX_SLEEP = 300.0
+RETRY_AFTER = 1.0  # a publish that failed (NATS away) is retried this soon
+
+
+class _Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ListRequest(_Request, frozen=True):
+    agent_group: str = ""
+    status: str = ""
+
+
+class TaskRef(_Request, frozen=True):
+    task_id: str
+
+
+class RunsRequest(_Request, frozen=True):
+    task_id: str
+    limit: int = 50
+
+
+class AddRequest(_Request, frozen=True):
+    agent_group: str
+    session_id: str
+    route: ev.Route
+    prompt: str
+    schedule: str
+    runner: str = ""
+    timezone: str = ""
+    catch_up: Policy = "once"
+
+
+class UpdateRequest(_Request, frozen=True):
+    task_id: str
+    prompt: str | None = None
+    schedule: str | None = None
+    timezone: str | None = None
+    catch_up: Policy | None = None
+
+
+_task_op = msgspec.json.Decoder(ev.TaskOp)
+
+
+class Scheduler:
+    def __init__(self, ctx: ServiceContext, store: Store) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.zone = sched.host_zone()
+        self.changed = asyncio.Event()  # re-arms the clock: a task was added or changed
+        self.counters: Counter[str] = Counter()
+        # One thread owns the connection: every store call runs there, in order.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="scheduler-db")
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.store.close()
+
+    # --- firing --------------------------------------------------------------------------------
+
+    async def clock(self) -> None:
+        """Sleep until the earliest due run (or a change), fire what is due, repeat until stopping."""
+        waker = asyncio.create_task(self._wake_on_stop())
+        try:
+            while not self.ctx.stopping.is_set():
+                self.changed.clear()
+                next_at = await self.db(self.store.next_due)
+                now = time.time()
+                if next_at is not None and next_at <= now:
+                    try:
+                        await self.fire_due(now)
+                    except Exception:
+                        log.exception("firing due tasks failed; retrying in %.0fs", RETRY_AFTER)
+                        await self._sleep(RETRY_AFTER)
+                    continue
+                await self._sleep(MAX_SLEEP if next_at is None else min(MAX_SLEEP, next_at - now))
+        finally:
+            waker.cancel()
+
+    async def _wake_on_stop(self) -> None:
+        await self.ctx.stopping.wait()
+        self.changed.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.changed.wait(), max(0.0, seconds))
+
+    async def fire_due(self, now: float) -> None:
+        for task in await self.db(self.store.due, now):
+            try:
+                schedule = task.parsed()
+            except sched.ScheduleError as exc:  # e.g. the zone left the tz database: stop, loudly
+                log.error("task %s has an unusable schedule (%s); pausing it", task.id, exc)
+                await self.db(self.store.set_status, task, "pause", now)
+                continue
+            assert task.next_run is not None
+            p = plan(schedule, task.next_run, now, task.catch_up)
+            # Publish first, then commit: a crash in between re-publishes the same msg id, which
+            # JetStream drops as a duplicate, so each run is fired once whatever happens.
+            for at, outcome in p.fire:
+                await self._publish_wake(task, at)
+                self.counters[outcome] += 1
+            for _at, outcome in p.not_fired:
+                self.counters[outcome] += 1
+            await self.db(self.store.record_plan, task, p, now)
+            if p.not_fired:
+                log.warning("task %s: %d run(s) %s after downtime (catch-up policy %s)%s", task.id,
+                            len(p.not_fired) + p.unlisted, p.not_fired[0][1], task.catch_up,
+                            ", one caught up" if any(o == "caught_up" for _, o in p.fire) else "",
+                            extra={"task_id": task.id})
+
+    async def _publish_wake(self, task: Task, at: int) -> None:
+        key = f"task:{task.id}:{sched.iso(at)}"
+        wake = ev.Wake(session_id=task.session_id, agent_group=task.agent_group,
+                       route=ev.Route(channel=task.channel, chat_id=task.chat_id, thread_id=task.thread_id),
+                       message=ev.WakeMessage(id=key, kind="task", text=task.prompt, sent_at=float(at), trigger=True))
+        await publish(self.ctx.js, subjects.wake(task.runner), wake, msg_id=key)
+        log.info("fired task %s for %s", task.id, sched.iso(at), extra={"task_id": task.id,
+                                                                          "session_id": task.session_id})
+
+    # --- operations from agents (durable, via the runner) -------------------------------------
+
+    async def on_op(self, op: ev.TaskOp, msg: Msg) -> None:
+        """Apply one agent's task operation; acked (by consume) only once the store committed it."""
+        if op.op == "list":
+            return  # lists are requests (ctl.scheduler.list); one on the stream has nothing to change
+        seen = await self.db(self.store.op_seen, op.request_id)
+        if seen is not None:
+            outcome, error = seen
+            if outcome == "rejected":
+                await self._tell_rejected(op, error)  # the notice may not have left last time
+            return
+        when = msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else time.time()
+        try:
+            task = await self.db(self._apply, op, when)
+        except TaskError as exc:
+            self.counters["ops_rejected"] += 1
+            log.warning("rejected task %s %s from %s: %s", op.op, op.task_id, op.agent_group, exc,
+                        extra={"task_id": op.task_id or "", "session_id": op.session_id})
+            await self.db(self.store.record_op, op.request_id, op.op, op.task_id, op.agent_group, str(exc))
+            await self._tell_rejected(op, str(exc))
+            return
+        self.counters["ops_applied"] += 1
+        log.info("task %s: %s from %s, next run %s", task.id, op.op, op.created_by or op.agent_group,
+                 sched.iso(task.next_run) if task.next_run is not None else "-", extra={"task_id": task.id})
+        self.changed.set()
+
+    def _apply(self, op: ev.TaskOp, when: float) -> Task:
+        """On the store thread: one agent operation, validated against what the agent may touch."""
+        if not op.task_id:
+            raise TaskError("the operation names no task")
+        if op.op == "create":
+            if op.route is None or not op.session_id:
+                raise TaskError("a task needs the chat and session it belongs to")
+            return self.store.create(NewTask(
+                id=op.task_id, agent_group=op.agent_group, session_id=op.session_id,
+                runner=_runner(op.runner or self.ctx.config.runner.id), channel=op.route.channel,
+                chat_id=op.route.chat_id, thread_id=op.route.thread_id, prompt=op.prompt or "",
+                schedule=op.schedule or "", timezone=op.timezone or self.zone, catch_up="once",
+                created_by=op.created_by or f"agent:{op.agent_group}"), when, op.request_id)
+        task = self.store.get(op.task_id)
+        if task is None or task.agent_group != op.agent_group:  # another group's task does not exist for it
+            raise TaskError(f"there is no task {op.task_id}")
+        if op.op == "update":
+            return self.store.update(task, Change(prompt=op.prompt, schedule=op.schedule, timezone=op.timezone),
+                                     when, op.request_id)
+        action: Literal["pause", "resume", "cancel"] = op.op  # type: ignore[assignment]
+        return self.store.set_status(task, action, when, op.request_id)
+
+    async def _tell_rejected(self, op: ev.TaskOp, error: str) -> None:
+        """The agent was told "on its way" already: its chat hears what went wrong instead."""
+        if op.route is None:
+            return
+        what = "schedule the task" if op.op == "create" else f"{op.op} task {op.task_id}"
+        notice = ev.OutboundMessage(id=f"task-rejected:{op.request_id}", route=op.route,
+                                    text=f"⚠️ The scheduler could not {what}: {error}",
+                                    session_id=op.session_id, agent_group=op.agent_group)
+        await publish(self.ctx.js, subjects.outbound(op.route.channel), notice, msg_id=notice.id)
+
+    # --- control (request/reply) ---------------------------------------------------------------
+
+    async def agent_list(self, data: bytes) -> dict[str, str]:
+        """`clawden.ctl.scheduler.list`: an agent's tasks as text for the agent, never an error reply."""
+        try:
+            op = _task_op.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return {"error": f"bad list request: {exc}"}
+        tasks = [t for t in await self.db(self.store.tasks, op.agent_group) if t.status in ("active", "paused")]
+        if not tasks:
+            return {"result": "No scheduled tasks."}
+        return {"result": "\n".join(_describe(t) for t in tasks)}
+
+    async def ctl_tasks(self, data: bytes) -> list[dict[str, Any]]:
+        req = _decode(data, ListRequest)
+        return [t.json() for t in await self.db(self.store.tasks, req.agent_group, req.status)]
+
+    async def ctl_get(self, data: bytes) -> dict[str, Any]:
+        return (await self._task(_decode(data, TaskRef).task_id)).json()
+
+    async def ctl_runs(self, data: bytes) -> list[dict[str, Any]]:
+        req = _decode(data, RunsRequest)
+        await self._task(req.task_id)
+        return await self.db(self.store.runs, req.task_id, req.limit)
+
+    async def ctl_add(self, data: bytes) -> dict[str, Any]:
+        req = _decode(data, AddRequest)
+        new = NewTask(id=f"t-{secrets.token_hex(6)}", agent_group=req.agent_group, session_id=req.session_id,
+                      runner=_runner(req.runner or self.ctx.config.runner.id), channel=req.route.channel,
+                      chat_id=req.route.chat_id, thread_id=req.route.thread_id, prompt=req.prompt,
+                      schedule=req.schedule, timezone=req.timezone or self.zone, catch_up=req.catch_up,
+                      created_by="cli")
+        task = await self._change(self.store.create, new, time.time())
+        return task.json()
+
+    async def ctl_update(self, data: bytes) -> dict[str, Any]:
+        req = _decode(data, UpdateRequest)
+        task = await self._task(req.task_id)
+        change = Change(prompt=req.prompt, schedule=req.schedule, timezone=req.timezone, catch_up=req.catch_up)
+        return (await self._change(self.store.update, task, change, time.time())).json()
+
+    def ctl_status(self, op: Literal["pause", "resume", "cancel"]) -> Callable[[bytes], Any]:
+        async def handle(data: bytes) -> dict[str, Any]:
+            task = await self._task(_decode(data, TaskRef).task_id)
+            return (await self._change(self.store.set_status, task, op, time.time())).json()
+        return handle
+
+    async def _task(self, task_id: str) -> Task:
+        task = await self.db(self.store.get, task_id)
+        if task is None:
+            raise ControlError(f"there is no task {task_id}")
+        return task
+
+    async def _change(self, fn: Callable[..., Task], *args: Any) -> Task:
+        try:
+            task = await self.db(fn, *args)
+        except TaskError as exc:
+            raise ControlError(str(exc)) from None
+        self.changed.set()
+        return task
+
+
+def _decode(data: bytes, kind: type[T]) -> T:
+    try:
+        return msgspec.json.decode(data or b"{}", type=kind)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ControlError(f"bad request: {exc}") from None
+
+
+def _runner(name: str) -> str:
+    try:
+        return subjects.token(name)
+    except ValueError:
+        raise TaskError(f"not a runner name: {name!r}") from None
+
+
+def _describe(task: Task) -> str:
+    when = f"next {sched.local(task.next_run, task.timezone)}" if task.next_run is not None else "nothing left to run"
+    state = "" if task.status == "active" else f" [{task.status}]"
+    return f"{task.id}{state}: '{task.schedule}' ({task.timezone}), {when} — {task.prompt[:200]}"
+
+
+async def main(ctx: ServiceContext) -> None:
+    store = await asyncio.to_thread(Store.open, ctx.config.data_dir / "scheduler.db")
+    scheduler = Scheduler(ctx, store)
+    ctx.stats["scheduler"] = scheduler.counters
+    try:
+        await ctx.endpoint("list", scheduler.agent_list)
+        await ctx.endpoint("tasks", scheduler.ctl_tasks)
+        await ctx.endpoint("get", scheduler.ctl_get)
+        await ctx.endpoint("runs", scheduler.ctl_runs)
+        await ctx.endpoint("add", scheduler.ctl_add)
+        await ctx.endpoint("update", scheduler.ctl_update)
+        for verb in ("pause", "resume", "cancel"):
+            await ctx.endpoint(verb, scheduler.ctl_status(verb))
+        ops = await bind(ctx.js, scheduler_tasks())
+        await ctx.ready(f"scheduler ready, host zone {scheduler.zone}")
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(scheduler.clock(), name="scheduler-clock")
+            tg.create_task(consume(ops, ev.TaskOp, scheduler.on_op, stopping=ctx.stopping), name="scheduler-ops")
+    finally:
+        await asyncio.to_thread(scheduler.close)

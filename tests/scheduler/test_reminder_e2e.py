@@ -1,0 +1,45 @@
+"""End to end: asked in chat for a reminder in 3 seconds, the agent schedules it with its tool, and the
+reminder arrives in the same chat (whole system under `clawden up`, real containers, fake model)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.e2e.harness import Stack, Terminal, start_stack
+from tests.fakes.anthropic import Text, ToolCall
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str) -> Iterator[Stack]:
+    s = start_stack(tmp_path_factory.mktemp("home"))
+    yield s
+    s.stop()
+
+
+async def test_remind_me_in_3_seconds_arrives_in_the_same_chat(stack: Stack) -> None:
+    async with Terminal(stack.nats_url, "reminders") as term:
+        due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+        when = due.isoformat()  # what a model writes for "in 3 seconds": an ISO time
+        stack.fake.script(
+            ToolCall("schedule_task", {"prompt": "Remind the user to stretch.", "schedule": when}),
+            ToolCall("send_message", {"text": "OK, I'll remind you in 3 seconds."}),
+            Text("scheduled"),
+            # The task's turn: the agent sees the prompt as a task and writes to the chat.
+            ToolCall("send_message", {"text": "⏰ Time to stretch!"}),
+            Text("reminded"),
+        )
+        ack = await term.ask("remind me in 3 seconds to stretch", timeout=90)
+        assert ack.text == "OK, I'll remind you in 3 seconds."
+        reminder = await term.reply(timeout=60)
+        assert reminder.text == "⏰ Time to stretch!"
+        assert reminder.route == ack.route and reminder.session_id == ack.session_id
+        assert due.timestamp() <= time.time() < due.timestamp() + 30  # at its time, not at once
+        # The agent saw it as a task, not as something the user said.
+        seen = [str(r.body.get("messages", [])) for r in stack.fake.messages_requests(with_tools=True)]
+        assert any("<task" in m and "Remind the user to stretch." in m.split("<task", 1)[1] for m in seen)

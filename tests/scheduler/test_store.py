@@ -1,0 +1,64 @@
+"""`scheduler.db`: named migrations, idempotent operations, and runs that never overwrite a newer change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.scheduler.catchup import plan
+from services.scheduler.store import NewTask, Store, TaskError, migrate
+
+
+def new(task_id: str = "t-000000000001", schedule: str = "every 10s") -> NewTask:
+    return NewTask(id=task_id, agent_group="main", session_id="s-1", runner="local", channel="local",
+                   chat_id="kitchen", thread_id=None, prompt="tick", schedule=schedule, timezone="UTC",
+                   catch_up="once", created_by="agent:main")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store.open(tmp_path / "scheduler.db")
+
+
+def test_migrations_apply_once_by_name(tmp_path: Path) -> None:
+    Store.open(tmp_path / "scheduler.db").close()
+    store = Store.open(tmp_path / "scheduler.db")
+    assert migrate(store.conn) == []
+    assert [r[0] for r in store.conn.execute("SELECT name FROM migrations")] == ["0001_tasks"]
+
+
+def test_a_replayed_create_changes_nothing(store: Store) -> None:
+    first = store.create(new(), 1_000, "r1")
+    assert store.create(new(), 5_000, "r1") == first
+    assert first.next_run == 1_010 and store.op_seen("r1") == ("applied", "")
+
+
+def test_a_bad_schedule_creates_nothing(store: Store) -> None:
+    with pytest.raises(TaskError, match="cannot read"):
+        store.create(new(schedule="whenever"), 1_000)
+    assert store.tasks() == []
+
+
+def test_a_run_planned_before_a_pause_does_not_undo_the_pause(store: Store) -> None:
+    task = store.create(new(), 1_000)
+    p = plan(task.parsed(), 1_010, 1_010.1, task.catch_up)
+    store.set_status(task, "pause", 1_010.05)
+    store.record_plan(task, p, 1_010.2)
+    assert store.get(task.id).status == "paused"  # type: ignore[union-attr]
+
+
+def test_a_one_shot_is_done_after_its_run(store: Store) -> None:
+    task = store.create(new(schedule="in 5s"), 1_000)
+    store.record_plan(task, plan(task.parsed(), 1_005, 1_005.1, "once"), 1_005.1)
+    done = store.get(task.id)
+    assert done is not None and (done.status, done.next_run, done.last_run) == ("done", None, 1_005)
+    with pytest.raises(TaskError, match="is done"):
+        store.set_status(done, "resume", 1_006)
+
+
+def test_resuming_does_not_owe_the_runs_that_fell_in_the_pause(store: Store) -> None:
+    task = store.create(new(), 1_000)
+    paused = store.set_status(task, "pause", 1_001)
+    resumed = store.set_status(paused, "resume", 1_095)
+    assert resumed.status == "active" and resumed.next_run == 1_100
