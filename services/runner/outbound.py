@@ -55,7 +55,7 @@ class Refused(ValueError):
 
 
 def translate(info: SessionInfo, folder: Path, row: sessiondb.OutboundMessage,
-              allowed: dict[tuple[str, str], ev.Route]) -> list[Action]:
+              allowed: dict[tuple[str, str], ev.Route], runner_id: str = "") -> list[Action]:
     """Turn one row into what the runner does; raises Refused for a row it must not act on."""
     route = _route(info, row, allowed)
     key = f"{info.id}:{row.id}"
@@ -104,11 +104,11 @@ def translate(info: SessionInfo, folder: Path, row: sessiondb.OutboundMessage,
                 card=card, route=route, expires_at=time.time() + timeout,
                 context={"session_id": info.id, "seq": str(row.seq)}), options)]
         case "task":
-            return _task(info, route, c)
+            return _task(info, route, c, runner_id)
     raise Refused(f"unknown kind {row.kind!r}")
 
 
-def _task(info: SessionInfo, route: ev.Route, c: dict[str, Any]) -> list[Action]:
+def _task(info: SessionInfo, route: ev.Route, c: dict[str, Any], runner_id: str) -> list[Action]:
     request_id = str(c.get("request_id", ""))
     op = str(c.get("op", ""))
     if op not in ("create", "update", "pause", "resume", "cancel", "list"):
@@ -117,7 +117,7 @@ def _task(info: SessionInfo, route: ev.Route, c: dict[str, Any]) -> list[Action]
         op=op,  # type: ignore[arg-type]
         request_id=request_id, agent_group=info.agent_group, session_id=info.id, route=route,
         task_id=c.get("task_id") or None, prompt=c.get("prompt") or None, schedule=c.get("schedule") or None,
-        timezone=c.get("timezone") or None, created_by=f"agent:{info.agent_group}")
+        timezone=c.get("timezone") or None, created_by=f"agent:{info.agent_group}", runner=runner_id)
     if op == "list":
         return [ListTasks(request_id, task)]
     # Durable: the scheduler applies it whenever it runs; the id makes a replay harmless.

@@ -249,7 +249,8 @@ class Runner:
         rows = await asyncio.to_thread(sessiondb.read_new_outbound, folder)
         for row in rows:
             try:
-                actions = await asyncio.to_thread(translate, info, folder, row, self.index.destinations(info.id))
+                actions = await asyncio.to_thread(translate, info, folder, row, self.index.destinations(info.id),
+                                                  self.cfg.runner.id)
             except Refused as exc:
                 log.warning("session %s: outbound #%d refused: %s", info.id, row.seq, exc,
                             extra={"session_id": info.id})
