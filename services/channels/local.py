@@ -1,4 +1,7 @@
-"""The terminal channel (`clawden chat`): what you type goes in as chat messages, replies print here."""
+"""The terminal channel (`clawden chat`): what you type goes in as chat messages, replies print here.
+
+A card prints as numbered choices; typing one of the numbers presses that button.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +10,18 @@ import getpass
 import sys
 import time
 import uuid
+from dataclasses import dataclass
+from typing import TextIO
 
 from nats.aio.msg import Msg
 
 from clawden.bus import Consumer, bind, connect, consume, ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from clawden.config import Config
+from services.channels.delivery import render_text
 
 CHANNEL = "local"
+OUTBOUND = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing
 
 
 def terminal_outbound(chat_id: str) -> Consumer:
@@ -29,39 +36,90 @@ def inbound_event(chat_id: str, user: str, text: str) -> ev.InboundMessage:
         chat_name="terminal")
 
 
+@dataclass(frozen=True)
+class OpenCard:
+    card_id: str  # the id of the outbound message that carried it
+    message_id: str
+    button_ids: tuple[str, ...]
+
+
+class TerminalChat:
+    """What the terminal shows for each outbound event, and what a typed line means."""
+
+    def __init__(self, chat_id: str, user: str) -> None:
+        self.chat_id = chat_id
+        self.user = user
+        self.route = ev.Route(channel=CHANNEL, chat_id=chat_id)
+        self.open_card: OpenCard | None = None
+
+    def show(self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction, message_id: str) -> str:
+        who = (event.agent_group if isinstance(event, ev.OutboundMessage) else "") or "clawden"
+        if isinstance(event, ev.OutboundReaction):
+            return f"{who} reacted {event.emoji}"
+        text = render_text(event.text, event.card)
+        if isinstance(event, ev.OutboundEdit):
+            if self.open_card is not None and self.open_card.message_id == event.target_message_id:
+                self.open_card = None  # decided (or expired) elsewhere: its numbers mean nothing now
+            text = f"(edited) {text}"
+        lines = [f"{who}> {text}"]
+        if event.card is not None and event.card.buttons:
+            choices = "   ".join(f"[{i}] {b.label}" for i, b in enumerate(event.card.buttons, 1))
+            lines.append(f"    {choices}   (type a number to choose)")
+            card_id = event.id
+            self.open_card = OpenCard(card_id, message_id, tuple(b.id for b in event.card.buttons))
+        return "\n".join(lines)
+
+    def line(self, text: str) -> ev.InboundMessage | ev.InboundAction:
+        """A typed line: the number of an open card's choice presses that button; anything else is chat."""
+        card, choice = self.open_card, text.strip()
+        if card is not None and choice.isdigit() and 1 <= int(choice) <= len(card.button_ids):
+            self.open_card = None
+            return ev.InboundAction(
+                route=self.route, action_id=uuid.uuid4().hex, sender=ev.Sender(id=f"{CHANNEL}:{self.user}",
+                                                                               name=self.user),
+                card_id=card.card_id, button_id=card.button_ids[int(choice) - 1], message_id=card.message_id,
+                sent_at=time.time())
+        return inbound_event(self.chat_id, self.user, text)
+
+
 async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = None,
-               timeout: float = 300.0) -> int:
+               timeout: float = 300.0, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
     nc = await asyncio.wait_for(connect(cfg.nats_url, f"channel-{CHANNEL}", max_reconnect_attempts=3), 10)
     js = nc.jetstream()
     await ensure_streams(js)
     sub = await bind(js, terminal_outbound(chat_id))
     stopping = asyncio.Event()
     got_reply = asyncio.Event()
-    interactive = once is None and sys.stdin.isatty()
+    interactive = once is None and stdin.isatty()
     user = getpass.getuser()
+    terminal = TerminalChat(chat_id, user)
 
-    async def on_outbound(event: ev.OutboundMessage, msg: Msg) -> None:
-        if event.route.chat_id != chat_id:
+    async def on_outbound(event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing,
+                          msg: Msg) -> None:
+        if event.route.chat_id != chat_id or isinstance(event, ev.Typing):
             return
-        who = event.agent_group or "clawden"
-        print(f"{chr(13) if interactive else ''}{who}> {event.text}", flush=True)
+        message_id = event.target_message_id if not isinstance(event, ev.OutboundMessage) else uuid.uuid4().hex
+        print(f"{chr(13) if interactive else ''}{terminal.show(event, message_id)}", file=stdout, flush=True)
         if interactive:
-            print("you> ", end="", flush=True)
+            print("you> ", end="", file=stdout, flush=True)
         receipt = ev.DeliveryReceipt(outbound_id=event.id, route=event.route, ok=True,
                                      session_id=event.session_id, seq=event.seq,
-                                     platform_message_id=uuid.uuid4().hex)
+                                     platform_message_id=message_id)
         await publish(js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{event.id}")
-        got_reply.set()
+        if isinstance(event, ev.OutboundMessage):
+            got_reply.set()
 
     async def send(text: str) -> bool:
         if len(text.encode()) > ev.MAX_TEXT:
             print(f"(not sent: a message may hold at most {ev.MAX_TEXT} bytes)", file=sys.stderr)
             return False
-        event = inbound_event(chat_id, user, text)
+        event = terminal.line(text)
         await publish(js, subjects.inbound(CHANNEL), event, msg_id=event.key)
         return True
 
-    receiver = asyncio.create_task(consume(sub, ev.OutboundMessage, on_outbound, stopping=stopping))
+    receiver = asyncio.create_task(consume(sub, OUTBOUND, on_outbound, stopping=stopping))  # type: ignore[arg-type]
     code = 0
     try:
         if once is not None:
@@ -74,17 +132,17 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
                 code = 1
             return code
         if interactive:
-            print(f"Talking to Clawden as {user} (Ctrl-D to leave).\nyou> ", end="", flush=True)
+            print(f"Talking to Clawden as {user} (Ctrl-D to leave).\nyou> ", end="", file=stdout, flush=True)
         loop = asyncio.get_running_loop()
         while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
+            line = await loop.run_in_executor(None, stdin.readline)
             if not line:
                 break
             text = line.rstrip("\n")
             if text.strip():
                 await send(text)
             elif interactive:
-                print("you> ", end="", flush=True)
+                print("you> ", end="", file=stdout, flush=True)
         if not interactive:
             # Piped input: give the last reply a moment before leaving.
             try:

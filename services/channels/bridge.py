@@ -1,0 +1,291 @@
+"""The bridge contract: what one chat platform's bridge implements, and what its listener publishes through.
+
+A bridge module provides a `Bridge` subclass and `async def main(ctx)` that calls `service.serve(ctx,
+bridge)`; it is registered under the `clawden.channels` entry point group and runs as
+`clawden run channel@<name>`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from clawden.bus import events as ev
+from clawden.bus import publish, subjects
+from clawden.config import Config
+from services.channels.retry import PlatformError
+from services.channels.state import BridgeState
+
+log = logging.getLogger("clawden.channels")
+
+
+# --- what a bridge declares -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Capabilities:
+    max_text: int  # the longest message text, in the platform's own units (see `measure`)
+    measure: Callable[[str], int] = field(default=len, compare=False)
+    threads: bool = False
+    edits: bool = False
+    reactions: bool = False
+    files: bool = False
+    cards: bool = False
+    typing: bool = False
+    typing_interval: float = 4.0  # how often the platform needs the typing signal renewed
+    max_file_bytes: int = 0  # largest upload
+    max_download_bytes: int = 0  # largest inbound attachment the bridge fetches
+    # The platform drops a repeated send carrying the same key (Matrix transaction ids, Discord
+    # nonces): a send whose answer was lost may then be repeated safely.
+    idempotent_sends: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("measure")
+        return out
+
+
+@dataclass(frozen=True)
+class ButtonRef:
+    """A card button as the platform gets it: `data` comes back on a click and fits any platform."""
+
+    label: str
+    data: str
+    style: str = "default"
+
+
+class BridgeConfigError(Exception):
+    """The bridge cannot run as configured (no token, a token the platform rejects); said in plain words."""
+
+
+class Bridge(abc.ABC):
+    """One chat platform. Methods raise `PlatformError` so the shared retry policy can classify failures."""
+
+    name: str
+    capabilities: Capabilities
+    # The listener must call `Inbound.alive()` at least this often; if it does not, it is taken for
+    # connected-but-deaf, cancelled, `reconnect()`ed and started again.
+    deaf_after: float = 120.0
+
+    async def start(self) -> None:  # noqa: B027 - an optional hook; the default does nothing
+        """Check credentials and reach the platform once; raise BridgeConfigError with a clear message."""
+
+    @abc.abstractmethod
+    async def listen(self, inbound: Inbound) -> None:
+        """Receive platform events until cancelled, publishing each through `inbound` before the
+        platform's cursor moves past it; catch up on what arrived while the bridge was down."""
+
+    @abc.abstractmethod
+    async def send_text(self, route: ev.Route, text: str, *, reply_to: str | None,
+                        buttons: list[list[ButtonRef]], key: str) -> str:
+        """Post one message (within max_text); returns its platform id. `key` names this part of this
+        outbound message and stays the same on every try: platforms that dedupe sends take it."""
+
+    async def send_file(self, route: ev.Route, path: Path, *, key: str) -> str:
+        raise PlatformError(f"{self.name} cannot send files", "permanent")
+
+    async def edit(self, route: ev.Route, target: str, text: str, buttons: list[list[ButtonRef]]) -> None:
+        raise PlatformError(f"{self.name} cannot edit messages", "permanent")
+
+    async def react(self, route: ev.Route, target: str, emoji: str) -> None:
+        raise PlatformError(f"{self.name} cannot add reactions", "permanent")
+
+    async def typing(self, route: ev.Route) -> None:  # noqa: B027 - an optional hook
+        """Show "typing…" in the chat for about `capabilities.typing_interval` seconds."""
+
+    async def reconnect(self) -> None:  # noqa: B027 - an optional hook
+        """Drop connections that may be half-open; the listener is started again afterwards."""
+
+    async def close(self) -> None:  # noqa: B027 - an optional hook
+        """Release connections at shutdown."""
+
+
+# --- settings and secrets -----------------------------------------------------------------------------
+
+def channel_settings(cfg: Config, channel: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """`[channels.<name>]` in config.toml, overridden by `CLAWDEN_<NAME>_<KEY>` variables."""
+    env = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    file = cfg.path("config.toml")
+    if file.exists():
+        table = tomllib.loads(file.read_text()).get("channels", {}).get(channel, {})
+        out.update({str(k): str(v) for k, v in table.items() if k != "token"})  # secrets never live there
+    prefix = f"CLAWDEN_{channel.upper()}_"
+    out.update({k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix) and k != prefix + "TOKEN"})
+    return out
+
+
+def read_secret(cfg: Config, channel: str, environ: dict[str, str] | None = None) -> str:
+    """The bridge's credential: `CLAWDEN_<NAME>_TOKEN`, else the file `keys/<name>` (mode 0600).
+
+    Every secret read here is also cut out of all log output of this process.
+    """
+    env = os.environ if environ is None else environ
+    variable = f"CLAWDEN_{channel.upper()}_TOKEN"
+    file = cfg.keys_dir / channel
+    secret = env.get(variable, "").strip()
+    if not secret:
+        if not file.exists():
+            raise BridgeConfigError(f"no {channel} token: set {variable} or write it to {file} (mode 0600)")
+        if file.stat().st_mode & 0o077:
+            raise BridgeConfigError(f"{file} is readable by other users; run `chmod 600 {file}`")
+        secret = file.read_text().strip()
+        if not secret:
+            raise BridgeConfigError(f"{file} is empty; it should hold the {channel} token")
+    redact(secret)
+    return secret
+
+
+class _Redactor(logging.Filter):
+    """Replaces secrets in every record (message, arguments and traceback) before any handler sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+            record.exc_text = None
+        for secret in self.secrets:
+            message = message.replace(secret, "[redacted]")
+        record.msg, record.args = message, ()
+        return True
+
+
+_redactor = _Redactor()
+
+
+def redact(secret: str) -> None:
+    """Keep `secret` out of this process's logs, whichever handler writes them."""
+    if len(secret) < 8:
+        return  # too short to cut out without mangling ordinary words
+    _redactor.secrets.add(secret)
+    for handler in logging.getLogger().handlers:
+        if _redactor not in handler.filters:
+            handler.addFilter(_redactor)
+
+
+# --- inbound: what a listener publishes ---------------------------------------------------------------
+
+def card_token(card_id: str) -> str:
+    """Short, stable button data prefix for a card: 16 URL-safe characters (96 bits)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(card_id.encode()).digest())[:16].decode()
+
+
+class Liveness:
+    """When the listener last showed it was making progress."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self._beat = asyncio.Event()
+
+    def alive(self) -> None:
+        self.last = time.monotonic()
+        self._beat.set()
+
+    @property
+    def age(self) -> float:
+        return time.monotonic() - self.last
+
+    async def wait_deaf(self, after: float) -> None:
+        """Returns once `after` seconds pass without a sign of life."""
+        while True:
+            self._beat.clear()
+            remaining = after - self.age
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat.wait(), remaining)
+
+
+@dataclass
+class BridgeStats:
+    inbound: int = 0
+    clicks: int = 0
+    expired_clicks: int = 0
+    sent: int = 0
+    parts: int = 0
+    failed: int = 0
+    unconfirmed: int = 0
+    retries: int = 0
+    reconnects: int = 0
+    listener_errors: int = 0
+    last_alive: float = 0.0  # wall clock of the listener's last sign of life (shown by `clawden status`)
+
+
+class Inbound:
+    """Handed to `Bridge.listen`: publishes platform events durably and tracks the listener's liveness."""
+
+    def __init__(self, js: JetStreamContext, channel: str, state: BridgeState, files_dir: Path,
+                 stats: BridgeStats) -> None:
+        self.js = js
+        self.channel = channel
+        self.state = state
+        self.files_dir = files_dir
+        self.stats = stats
+        self.liveness = Liveness()
+
+    def alive(self) -> None:
+        self.liveness.alive()
+        self.stats.last_alive = round(time.time(), 1)
+
+    async def pause(self, seconds: float) -> None:
+        """A listener's wait between tries: long waits still count as signs of life."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.alive()
+            await asyncio.sleep(min(left, 5.0))
+        self.alive()
+
+    async def publish(self, event: ev.InboundMessage | ev.InboundAction) -> None:
+        """Returns once JetStream has stored the event; only then may the platform cursor move.
+
+        NATS being away is waited out, never dropped: the key dedupes a publish that did land.
+        """
+        failures = 0
+        while True:
+            try:
+                await publish(self.js, subjects.inbound(self.channel), event, msg_id=event.key)
+                break
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.warning("cannot store inbound %s in JetStream yet (%d tries): %r", event.key, failures, exc)
+                self.alive()  # waiting on NATS is not the platform going deaf
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** failures))
+        if failures:
+            log.info("stored inbound %s after %d failed tries", event.key, failures)
+        if isinstance(event, ev.InboundMessage):
+            self.stats.inbound += 1
+
+    async def click(self, route: ev.Route, data: str, *, action_id: str, sender: ev.Sender,
+                    message_id: str | None) -> bool:
+        """A button press: published as an InboundAction; False when the data names no known card."""
+        token, _, index = data.partition(":")
+        card = await self.state.card(token)
+        if card is None or not index.isdigit() or int(index) >= len(card[1]):
+            self.stats.expired_clicks += 1
+            return False
+        card_id, button_ids = card
+        await self.publish(ev.InboundAction(route=route, action_id=action_id, sender=sender, card_id=card_id,
+                                            button_id=button_ids[int(index)], message_id=message_id,
+                                            sent_at=time.time()))
+        self.stats.clicks += 1
+        return True

@@ -1,0 +1,379 @@
+"""Outbound delivery for every bridge: split, send each part once, retry politely, answer with a receipt.
+
+Each part of a message is written to the sent-log as 'sending' before the platform call and as
+'sent' after it, so a redelivered outbound event (a crash before the ack) skips what already went
+out, and a part whose outcome a crash hid is reported as unconfirmed instead of posted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from clawden.bus import Retry, publish, subjects
+from clawden.bus import events as ev
+from services.channels.bridge import Bridge, BridgeStats, ButtonRef, card_token
+from services.channels.retry import PlatformError, RetryPolicy
+from services.channels.split import split_text
+from services.channels.state import BridgeState
+
+log = logging.getLogger("clawden.channels")
+T = TypeVar("T")
+OutboundEvent = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing
+# Deliveries of one event that crash the handler before it is reported as failed and dropped.
+POISON_AFTER = 5
+KEEPALIVE = 5.0  # seconds between in_progress signals: well inside the consumer's ack_wait
+
+
+@dataclass(frozen=True)
+class Part:
+    text: str = ""
+    file: str = ""
+    reply_to: str | None = None
+    buttons: bool = False  # the part that carries the card's buttons
+
+
+def render_text(text: str, card: ev.Card | None, numbered: bool = False) -> str:
+    """The message text with a card's title and body under it (and its choices, numbered, when the
+    platform has no buttons)."""
+    pieces = [text.strip()]
+    if card is not None:
+        if pieces[0] in (card.title.strip(), card.body.strip()):
+            pieces = []  # the text is the card's own words (a fallback for platforms without cards)
+        pieces += [card.title.strip(), card.body.strip()]
+        if numbered and card.buttons:
+            pieces.append("\n".join(f"{i}) {b.label}" for i, b in enumerate(card.buttons, 1)))
+    return "\n\n".join(p for p in pieces if p)
+
+
+def plan(event: ev.OutboundMessage, max_text: int, measure: Callable[[str], int], *, cards: bool) -> list[Part]:
+    """The parts a message goes out as: its text split to fit, then its files; the reply marker
+    on the first part, the card's buttons on the last text part."""
+    has_buttons = event.card is not None and bool(event.card.buttons) and cards
+    text = render_text(event.text, event.card, numbered=not cards)
+    chunks = split_text(text, max_text, measure)
+    if has_buttons and not chunks:
+        chunks = ["Choose one:"]
+    parts = [Part(text=c, reply_to=event.reply_to if i == 0 else None) for i, c in enumerate(chunks)]
+    if has_buttons:
+        parts[-1] = replace(parts[-1], buttons=True)
+    return parts + [Part(file=f, reply_to=None) for f in event.files]
+
+
+def truncate(text: str, max_text: int, measure: Callable[[str], int]) -> str:
+    """For edits, which cannot be split: the first part, marked as cut."""
+    chunks = split_text(text, max_text, measure)
+    if len(chunks) <= 1:
+        return chunks[0] if chunks else ""
+    head = chunks[0]
+    while head and measure(head + " …") > max_text:
+        head = head[:-1]
+    return head + " …"
+
+
+def button_rows(buttons: list[ButtonRef]) -> list[list[ButtonRef]]:
+    """A few short choices side by side; anything longer one per row, so labels stay readable."""
+    if len(buttons) <= 3 and all(len(b.label) <= 20 for b in buttons):
+        return [buttons]
+    return [[b] for b in buttons]
+
+
+class TypingIndicators:
+    """One "typing…" loop per chat, renewed as the platform needs, until its deadline or a reply."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.tasks: dict[tuple[str, str | None], asyncio.Task[None]] = {}
+
+    def start(self, route: ev.Route, until: float) -> None:
+        self.stop(route)
+        self.tasks[(route.chat_id, route.thread_id)] = asyncio.create_task(self._run(route, until))
+
+    def stop(self, route: ev.Route) -> None:
+        task = self.tasks.pop((route.chat_id, route.thread_id), None)
+        if task is not None:
+            task.cancel()
+
+    async def _run(self, route: ev.Route, until: float) -> None:
+        key = (route.chat_id, route.thread_id)
+        try:
+            while time.time() < until:
+                try:
+                    await self.bridge.typing(route)
+                except PlatformError as exc:
+                    log.debug("typing in %s failed: %s", route.chat_id, exc)
+                    if not exc.retryable:
+                        return
+                await asyncio.sleep(min(self.bridge.capabilities.typing_interval, max(0.0, until - time.time())))
+        finally:
+            if self.tasks.get(key) is asyncio.current_task():
+                del self.tasks[key]
+
+    async def close(self) -> None:
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def _keepalive(msg: Msg) -> AsyncIterator[None]:
+    """Tell JetStream we are still at it, so a long retry is not redelivered elsewhere meanwhile."""
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class Delivery:
+    def __init__(self, bridge: Bridge, state: BridgeState, js: JetStreamContext, stats: BridgeStats,
+                 typing: TypingIndicators, *, stopping: asyncio.Event, policy: RetryPolicy,
+                 typing_horizon: float, file_roots: tuple[Path, ...]) -> None:
+        self.bridge = bridge
+        self.caps = bridge.capabilities
+        self.channel = bridge.name
+        self.state = state
+        self.js = js
+        self.stats = stats
+        self.typing = typing
+        self.stopping = stopping
+        self.policy = policy
+        self.typing_horizon = typing_horizon
+        self.file_roots = tuple(root.resolve() for root in file_roots)
+
+    async def handle(self, event: OutboundEvent, msg: Msg) -> None:
+        """The consume handler: returns once the platform took the event or its failure is reported."""
+        async with _keepalive(msg):
+            try:
+                await self._dispatch(event)
+            except Retry:
+                raise
+            except Exception as exc:
+                if msg.metadata.num_delivered < POISON_AFTER:
+                    raise
+                log.exception("%s: giving up on outbound %s after %d deliveries", self.channel, event.id,
+                              msg.metadata.num_delivered)
+                if not isinstance(event, ev.Typing):
+                    self.stats.failed += 1
+                    await self._receipt(event, ok=False, error=f"the {self.channel} bridge could not handle "
+                                        f"this ({type(exc).__name__}); its log has the details")
+
+    async def _dispatch(self, event: OutboundEvent) -> None:
+        if isinstance(event, ev.Typing):
+            self._typing(event)
+        elif isinstance(event, ev.OutboundMessage):
+            await self._message(event)
+        elif isinstance(event, ev.OutboundEdit):
+            await self._edit(event)
+        else:
+            await self._react(event)
+
+    # --- typing ----------------------------------------------------------------------------------
+
+    def _typing(self, event: ev.Typing) -> None:
+        if not self.caps.typing:
+            return
+        if not event.active:
+            self.typing.stop(event.route)
+            return
+        until = event.at + self.typing_horizon
+        if until > time.time():  # an old hint replayed after downtime shows nothing
+            self.typing.start(event.route, until)
+
+    # --- messages --------------------------------------------------------------------------------
+
+    async def _message(self, event: ev.OutboundMessage) -> None:
+        # The platform clears "typing…" when the bot posts; renewing it afterwards would bring it back.
+        self.typing.stop(event.route)
+        parts = plan(event, self.caps.max_text, self.caps.measure, cards=self.caps.cards)
+        if not parts:
+            await self._fail(event, "nothing to send: the message has no text and no files")
+            return
+        buttons = await self._buttons(event.id, event.card) if any(p.buttons for p in parts) else []
+        done = await self.state.sends(event.id)
+        ids: list[str] = []
+        unconfirmed: list[int] = []
+        for i, part in enumerate(parts):
+            label = f"part {i + 1} of {len(parts)}: " if len(parts) > 1 else ""
+            prior = done.get(i)
+            if prior is not None and prior.state == "sent":
+                ids.append(prior.platform_id)
+                continue
+            if prior is not None and prior.state == "failed":
+                await self._fail(event, label + prior.error, ids)
+                return
+            if prior is not None and not self.caps.idempotent_sends:
+                # 'sending' left by a process that died mid-call, or 'unconfirmed': the platform may
+                # well have it, and nothing can ask; a second copy is the worse outcome.
+                if prior.state == "sending":
+                    log.warning("%s: outbound %s %swas in flight when the bridge stopped; not sending it "
+                                "again", self.channel, event.id, label)
+                    await self.state.mark(event.id, i, "unconfirmed", error="the bridge stopped mid-send")
+                ids.append("")
+                unconfirmed.append(i)
+                continue
+            try:
+                ids.append(await self._send_part(event, i, part, buttons if part.buttons else []))
+            except PlatformError as exc:
+                if exc.kind != "unknown":
+                    await self._fail(event, label + exc.description, ids)
+                    return
+                log.warning("%s: outbound %s %slost its answer (%s); not sending it again", self.channel,
+                            event.id, label, exc.description)
+                ids.append("")
+                unconfirmed.append(i)
+        if unconfirmed:
+            self.stats.unconfirmed += 1
+            which = ", ".join(str(i + 1) for i in unconfirmed)
+            what = f"part {which} of {len(parts)}" if len(parts) > 1 else "the message"
+            await self._receipt(event, ok=False, unconfirmed=True, part_ids=ids, platform_id=ids[-1] or None,
+                                error=f"unconfirmed: {self.channel} did not confirm {what} (the connection or "
+                                      "the bridge dropped mid-send); it was not sent again to avoid a duplicate")
+            return
+        self.stats.sent += 1
+        await self._receipt(event, ok=True, part_ids=ids, platform_id=ids[-1])
+
+    async def _send_part(self, event: ev.OutboundMessage, i: int, part: Part, buttons: list[list[ButtonRef]]) -> str:
+        async def once() -> str:
+            await self.state.mark(event.id, i, "sending")
+            try:
+                key = f"{event.id}#{i}"
+                if part.file:
+                    return await self.bridge.send_file(event.route, self._allowed_file(part.file), key=key)
+                return await self.bridge.send_text(event.route, part.text, reply_to=part.reply_to, buttons=buttons,
+                                                   key=key)
+            except PlatformError as exc:
+                if exc.retryable:  # the platform did not act: the part may go again
+                    await self.state.unmark(event.id, i)
+                raise
+
+        try:
+            platform_id = await self._attempt(event, once, idempotent=self.caps.idempotent_sends)
+        except PlatformError as exc:
+            await self.state.mark(event.id, i, "unconfirmed" if exc.kind == "unknown" else "failed",
+                                  error=exc.description)
+            raise
+        await self.state.mark(event.id, i, "sent", platform_id)
+        self.stats.parts += 1
+        return platform_id
+
+    def _allowed_file(self, name: str) -> Path:
+        # The runner vets what agents send; this keeps a bad outbound event from uploading any file
+        # the bridge's user can read.
+        path = Path(name.removeprefix("file://")).resolve()
+        if not any(path.is_relative_to(root) for root in self.file_roots):
+            raise PlatformError(f"refused to send {name}: it is outside the session folders", "permanent")
+        if not self.caps.files:
+            raise PlatformError(f"{self.channel} cannot send files", "permanent")
+        if not path.is_file():
+            raise PlatformError(f"no such file: {path.name}", "permanent")
+        size = path.stat().st_size
+        if self.caps.max_file_bytes and size > self.caps.max_file_bytes:
+            raise PlatformError(f"{path.name} is {size} bytes; {self.channel} takes at most "
+                                f"{self.caps.max_file_bytes}", "permanent")
+        return path
+
+    async def _buttons(self, card_id: str, card: ev.Card | None) -> list[list[ButtonRef]]:
+        if card is None or not card.buttons:
+            return []
+        token = card_token(card_id)
+        await self.state.remember_card(token, card_id, [b.id for b in card.buttons])
+        return button_rows([ButtonRef(b.label, f"{token}:{i}", b.style) for i, b in enumerate(card.buttons)])
+
+    # --- edits and reactions (repeating them is harmless, so any failure may be retried) -----------
+
+    async def _edit(self, event: ev.OutboundEdit) -> None:
+        text = truncate(render_text(event.text, event.card), self.caps.max_text, self.caps.measure)
+        buttons = await self._buttons(event.id, event.card) if self.caps.cards else []
+        try:
+            if not self.caps.edits:
+                raise PlatformError(f"{self.channel} cannot edit messages", "permanent")
+            await self._attempt(event, lambda: self.bridge.edit(event.route, event.target_message_id, text, buttons),
+                                idempotent=True)
+        except PlatformError as exc:
+            await self._fail(event, exc.description)
+            return
+        await self._receipt(event, ok=True, platform_id=event.target_message_id)
+
+    async def _react(self, event: ev.OutboundReaction) -> None:
+        try:
+            if not self.caps.reactions:
+                raise PlatformError(f"{self.channel} cannot add reactions", "permanent")
+            await self._attempt(event, lambda: self.bridge.react(event.route, event.target_message_id, event.emoji),
+                                idempotent=True)
+        except PlatformError as exc:
+            await self._fail(event, exc.description)
+            return
+        await self._receipt(event, ok=True, platform_id=event.target_message_id)
+
+    # --- retries and receipts ----------------------------------------------------------------------
+
+    async def _attempt(self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction,
+                       call: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
+        started = time.monotonic()
+        attempt = 0
+        noticed = False
+        while True:
+            try:
+                return await call()
+            except PlatformError as exc:
+                if not (exc.retryable or (exc.kind == "unknown" and idempotent)):
+                    raise
+                delay = self.policy.delay(attempt, exc.retry_after)
+                elapsed = time.monotonic() - started
+                if self.policy.gives_up(elapsed, delay):
+                    raise PlatformError(f"gave up after {attempt + 1} tries in {elapsed:.0f}s; last error: "
+                                        f"{exc.description}", "permanent", code=exc.code) from exc
+                self.stats.retries += 1
+                log.warning("%s: outbound %s failed (%s); try %d, next in %.1fs", self.channel, event.id,
+                            exc.description, attempt + 1, delay)
+                if not noticed and delay >= self.policy.notice_after:
+                    noticed = True
+                    await self._receipt(event, ok=False, final=False,
+                                        error=f"delayed: {exc.description}; trying again in {delay:.0f}s")
+                await self._pause(delay)
+                attempt += 1
+
+    async def _pause(self, delay: float) -> None:
+        """Wait before a retry; on shutdown, hand the event back to JetStream with the wait left."""
+        started = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), delay)
+        if self.stopping.is_set():
+            raise Retry("the bridge is stopping", delay=max(0.0, delay - (time.monotonic() - started)))
+
+    async def _fail(self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction, error: str,
+                    part_ids: list[str] | None = None) -> None:
+        self.stats.failed += 1
+        log.error("%s: outbound %s to chat %s failed for good: %s", self.channel, event.id, event.route.chat_id,
+                  error, extra={"session_id": event.session_id} if event.session_id else None)
+        await self._receipt(event, ok=False, error=error, part_ids=part_ids or [])
+
+    async def _receipt(self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction, *, ok: bool,
+                       error: str | None = None, final: bool = True, unconfirmed: bool = False,
+                       part_ids: list[str] | None = None, platform_id: str | None = None) -> None:
+        receipt = ev.DeliveryReceipt(
+            outbound_id=event.id, route=event.route, ok=ok, session_id=event.session_id, seq=event.seq,
+            platform_message_id=platform_id, error=error, final=final, unconfirmed=unconfirmed,
+            part_ids=tuple(part_ids or ()))
+        # A delay notice and the final word are two receipts; each is published once per outbound id.
+        msg_id = f"receipt:{event.id}" if final else f"receipt:{event.id}:delayed"
+        await publish(self.js, subjects.receipt(self.channel), receipt, msg_id=msg_id)

@@ -1,0 +1,53 @@
+"""What a failed platform call means, and when to try it again: the pure part of every bridge's retries."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+# rate_limited, transient: the platform did not act; try again (after `retry_after` if it said so).
+# permanent: trying again cannot help (bad request, blocked bot, no such chat).
+# unknown: the request may have reached the platform and its answer was lost; repeating a send
+#          could post it twice, so a bridge repeats only where the platform dedupes (idempotent_sends).
+Kind = Literal["rate_limited", "transient", "permanent", "unknown"]
+
+
+class PlatformError(Exception):
+    """A platform call that failed, classified for the retry policy. The message is for people."""
+
+    def __init__(self, description: str, kind: Kind, *, code: int = 0, retry_after: float | None = None) -> None:
+        super().__init__(description)
+        self.description = description
+        self.kind: Kind = kind
+        self.code = code
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in ("rate_limited", "transient")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, overridden by the platform's own `retry_after`, within a deadline."""
+
+    first: float = 1.0
+    factor: float = 2.0
+    ceiling: float = 60.0
+    # How long one outbound event may keep failing before it is reported as failed for good.
+    deadline: float = 600.0
+    # A wait at least this long is worth a non-final receipt, so the agent knows it is delayed.
+    notice_after: float = 10.0
+
+    def delay(self, attempt: int, retry_after: float | None, jitter: float | None = None) -> float:
+        """Seconds to wait before try number `attempt + 1` (attempt counts from 0)."""
+        if retry_after is not None and retry_after >= 0:
+            # The platform's word wins; a little extra keeps us from landing on the boundary.
+            return retry_after + 0.1 * (random.random() if jitter is None else jitter)
+        base = min(self.ceiling, self.first * self.factor ** attempt)
+        # Full jitter within the upper half: many bridges restarting together do not stampede.
+        return base * (0.5 + 0.5 * (random.random() if jitter is None else jitter))
+
+    def gives_up(self, elapsed: float, next_delay: float) -> bool:
+        return elapsed + next_delay > self.deadline

@@ -1,0 +1,124 @@
+"""A bridge's process: `serve()` runs any `Bridge` with the shared outbound delivery, listener
+supervision and housekeeping; a bridge module's `main(ctx)` only builds its bridge and calls it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from clawden.bus import ConsumeStats, bind, consume
+from clawden.bus import events as ev
+from clawden.bus.streams import bridge_outbound
+from clawden.runtime import ServiceContext
+from services.channels.bridge import Bridge, BridgeConfigError, BridgeStats, Inbound
+from services.channels.delivery import Delivery, TypingIndicators
+from services.channels.retry import RetryPolicy
+from services.channels.state import BridgeState
+
+log = logging.getLogger("clawden.channels")
+OUTBOUND_EVENTS = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing
+
+
+# --- the process --------------------------------------------------------------------------------------
+
+async def serve(ctx: ServiceContext, bridge: Bridge, *, policy: RetryPolicy | None = None,
+                typing_horizon: float = 120.0) -> None:
+    """Run a bridge: check it can start, take outbound work, listen, until the service stops."""
+    # Request lines carry tokens in their URLs (Telegram's do); client libraries log them at INFO.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    name = bridge.name
+    state = await BridgeState.open(ctx.config.data_dir / "channels" / f"{name}.db")
+    stats = BridgeStats()
+    ctx.stats[name] = stats
+    typing = TypingIndicators(bridge)
+    try:
+        try:
+            await bridge.start()
+        except BridgeConfigError as exc:
+            log.error("%s bridge cannot start: %s", name, exc)
+            raise
+        await state.prune()
+        inbound = Inbound(ctx.js, name, state, ctx.config.data_dir / "channels" / name / "files", stats)
+        delivery = Delivery(bridge, state, ctx.js, stats, typing, stopping=ctx.stopping,
+                            policy=policy or RetryPolicy(), typing_horizon=typing_horizon,
+                            file_roots=(ctx.config.sessions_dir,))
+        # One at a time: with a single message in flight (see bridge_outbound) a larger pull only waits.
+        puller = await bind(ctx.js, bridge_outbound(name), batch=1)
+        await ctx.endpoint("capabilities", lambda _data: _capabilities(bridge))
+        await ctx.ready(f"{name} bridge ready")
+        consume_stats = ConsumeStats()
+        ctx.stats["outbound"] = consume_stats
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(consume(puller, OUTBOUND_EVENTS, delivery.handle,  # type: ignore[arg-type]
+                                   stopping=ctx.stopping, stats=consume_stats))
+            tg.create_task(_listen_forever(bridge, inbound, ctx.stopping, stats))
+            tg.create_task(_housekeeping(state, inbound.files_dir, ctx.stopping))
+    finally:
+        await typing.close()
+        await bridge.close()
+        await state.close()
+
+
+async def _capabilities(bridge: Bridge) -> dict[str, Any]:
+    return {"channel": bridge.name, **bridge.capabilities.describe()}
+
+
+async def _listen_forever(bridge: Bridge, inbound: Inbound, stopping: asyncio.Event, stats: BridgeStats) -> None:
+    """Keep the listener running: restart it when it fails, and when it goes deaf, reconnect first."""
+    failures = 0
+    while not stopping.is_set():
+        inbound.alive()
+        started = time.monotonic()
+        listener = asyncio.create_task(bridge.listen(inbound), name=f"{bridge.name}-listen")
+        deaf = asyncio.create_task(inbound.liveness.wait_deaf(bridge.deaf_after))
+        stop = asyncio.create_task(stopping.wait())
+        done, _ = await asyncio.wait({listener, deaf, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (listener, deaf, stop):
+            task.cancel()
+        await asyncio.gather(listener, deaf, stop, return_exceptions=True)
+        if stop in done:
+            return
+        if deaf in done and listener not in done:
+            stats.reconnects += 1
+            log.warning("%s: the listener showed no sign of life for %.0fs; reconnecting", bridge.name,
+                        bridge.deaf_after)
+            with contextlib.suppress(Exception):
+                await bridge.reconnect()
+            continue
+        if time.monotonic() - started > 300:
+            failures = 0  # it ran well for a while: this is a new problem, not the old one again
+        failures += 1
+        stats.listener_errors += 1
+        exc = listener.exception() if not listener.cancelled() else None
+        delay = min(30.0, 2.0 ** min(failures, 5))
+        if exc is not None:
+            log.error("%s listener failed (%r); restarting in %.0fs", bridge.name, exc, delay, exc_info=exc)
+        else:
+            log.error("%s listener returned; restarting in %.0fs", bridge.name, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+
+
+async def _housekeeping(state: BridgeState, files_dir: Path, stopping: asyncio.Event) -> None:
+    """Old sent-log rows, card buttons and downloaded files go after their keeping time."""
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 6 * 3600)
+        if stopping.is_set():
+            return
+        await state.prune()
+        await asyncio.to_thread(_prune_files, files_dir, time.time() - 7 * 24 * 3600)
+
+
+def _prune_files(root: Path, before: float) -> None:
+    if not root.exists():
+        return
+    for path in root.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.stat().st_mtime < before:
+                path.unlink()

@@ -1,0 +1,544 @@
+"""The Telegram bridge: Bot API long polling in; messages, edits, reactions, files and buttons out (httpx).
+
+Settings (`[channels.telegram]` in config.toml, or `CLAWDEN_TELEGRAM_<KEY>`): `api_url`,
+`poll_timeout`, `send_deadline`, `typing_max`, `delete_webhook`. The bot token comes from
+`CLAWDEN_TELEGRAM_TOKEN` or `keys/telegram` (mode 0600), never from config.toml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+from clawden.bus import events as ev
+from clawden.runtime import ServiceContext
+from services.channels.bridge import (
+    Bridge,
+    BridgeConfigError,
+    ButtonRef,
+    Capabilities,
+    Inbound,
+    channel_settings,
+    read_secret,
+)
+from services.channels.retry import PlatformError, RetryPolicy
+from services.channels.service import serve
+from services.channels.split import utf16_len
+
+log = logging.getLogger("clawden.channels.telegram")
+
+CHANNEL = "telegram"
+API_URL = "https://api.telegram.org"
+CURSOR = "getUpdates.offset"
+# Telegram numbers updates afresh (at random) after a week without any: an older cursor could
+# skip every new update, so it is dropped; JetStream's dedupe covers what that replays.
+CURSOR_STALE = 6 * 24 * 3600.0
+ALLOWED_UPDATES = ["message", "callback_query"]
+PHOTO_LIMIT = 10 * 1024 * 1024  # sendPhoto's cap; bigger images go as documents
+EXPIRED_BUTTON = "This button is no longer active."
+
+CAPABILITIES = Capabilities(
+    max_text=4096, measure=utf16_len, threads=True, edits=True, reactions=True, files=True, cards=True,
+    typing=True, typing_interval=4.0,  # "typing" shows for 5 s or until the bot posts
+    max_file_bytes=50 * 1024 * 1024, max_download_bytes=20 * 1024 * 1024,  # Bot API upload/getFile caps
+)
+
+
+# --- the pure part: Telegram objects -> Clawden events --------------------------------------------------
+
+@dataclass(frozen=True)
+class BotIdentity:
+    id: int
+    username: str
+
+
+@dataclass(frozen=True)
+class FileRef:
+    file_id: str
+    name: str
+    mime: str
+    size: int
+
+
+def message_key(chat_id: int | str, message_id: int | str) -> str:
+    """Telegram numbers messages per chat, so Clawden's id for one is `<chat_id>:<message_id>`."""
+    return f"{chat_id}:{message_id}"
+
+
+def platform_message_id(value: str) -> int | None:
+    """The Telegram message number in `<chat_id>:<message_id>` (or a bare number)."""
+    tail = value.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def entity_text(text: str, entity: dict[str, Any]) -> str:
+    """Entity offsets count UTF-16 code units: slicing the str directly goes wrong after an emoji."""
+    raw = text.encode("utf-16-le")
+    start = int(entity.get("offset", 0)) * 2
+    return raw[start:start + int(entity.get("length", 0)) * 2].decode("utf-16-le", errors="replace")
+
+
+def addresses_bot(message: dict[str, Any], bot: BotIdentity) -> bool:
+    """The bot is @mentioned, text-mentioned, commanded (`/cmd@bot`), or replied to."""
+    text = message.get("text") or message.get("caption") or ""
+    name = "@" + bot.username.lower()
+    for entity in message.get("entities") or message.get("caption_entities") or []:
+        kind = entity.get("type")
+        if kind == "mention" and entity_text(text, entity).lower() == name:
+            return True
+        if kind == "text_mention" and (entity.get("user") or {}).get("id") == bot.id:
+            return True
+        if kind == "bot_command" and entity_text(text, entity).lower().endswith(name):
+            return True
+    replied = message.get("reply_to_message") or {}
+    return bool((replied.get("from") or {}).get("id") == bot.id)
+
+
+def route_of(message: dict[str, Any]) -> ev.Route:
+    chat = message["chat"]
+    # Only forum topics are threads; other replies in a supergroup also carry a thread id.
+    thread = str(message["message_thread_id"]) if message.get("is_topic_message") else None
+    return ev.Route(channel=CHANNEL, chat_id=str(chat["id"]), thread_id=thread)
+
+
+def sender_of(message: dict[str, Any]) -> ev.Sender:
+    user = message.get("from")
+    if user is None:  # a channel post or an anonymous group admin: the chat speaks
+        chat = message.get("sender_chat") or message["chat"]
+        return ev.Sender(id=f"{CHANNEL}:chat:{chat['id']}", name=str(chat.get("title", "")))
+    name = " ".join(str(user[k]) for k in ("first_name", "last_name") if user.get(k)) or str(user.get("username", ""))
+    return ev.Sender(id=f"{CHANNEL}:{user['id']}", name=name, is_bot=bool(user.get("is_bot")))
+
+
+def chat_name(chat: dict[str, Any]) -> str:
+    if chat.get("title"):
+        return str(chat["title"])
+    return " ".join(str(chat[k]) for k in ("first_name", "last_name") if chat.get(k)) or str(chat.get("username", ""))
+
+
+def files_of(message: dict[str, Any]) -> list[FileRef]:
+    """What a message carries that can be fetched: the largest photo size, or the one media file."""
+    found: list[FileRef] = []
+    if message.get("photo"):
+        best = max(message["photo"], key=lambda p: (p.get("file_size", 0), p.get("width", 0)))
+        found.append(FileRef(best["file_id"], f"photo-{best.get('file_unique_id', 'x')}.jpg", "image/jpeg",
+                             int(best.get("file_size", 0))))
+    for kind in ("document", "audio", "voice", "video", "video_note", "animation"):
+        item = message.get(kind)
+        if item:
+            mime = str(item.get("mime_type") or "application/octet-stream")
+            ext = mimetypes.guess_extension(mime) or ""
+            name = str(item.get("file_name") or f"{kind}-{item.get('file_unique_id', 'x')}{ext}")
+            found.append(FileRef(item["file_id"], name, mime, int(item.get("file_size", 0))))
+    return found
+
+
+def inbound_message(message: dict[str, Any], bot: BotIdentity) -> ev.InboundMessage | None:
+    """A Telegram message as a Clawden inbound event; None for service messages (joins, pins…)."""
+    text = str(message.get("text") or message.get("caption") or "")
+    files = files_of(message)
+    if not text and not files:
+        return None
+    chat = message["chat"]
+    is_group = chat.get("type") in ("group", "supergroup")
+    replied = message.get("reply_to_message")
+    return ev.InboundMessage(
+        route=route_of(message), message_id=message_key(chat["id"], message["message_id"]),
+        sender=sender_of(message), text=text, sent_at=float(message.get("date", 0)),
+        is_group=is_group, chat_name=chat_name(chat),
+        mentioned=not is_group or addresses_bot(message, bot),
+        reply_to=message_key(chat["id"], replied["message_id"]) if replied else None,
+        attachments=tuple(ev.Attachment(name=f.name, mime=f.mime, size=f.size) for f in files),
+        supports_threads=bool(chat.get("is_forum")),
+    )
+
+
+def inline_keyboard(rows: list[list[ButtonRef]]) -> dict[str, Any]:
+    return {"inline_keyboard": [[{"text": b.label, "callback_data": b.data} for b in row] for row in rows]}
+
+
+def chat_param(chat_id: str) -> int | str:
+    try:
+        return int(chat_id)
+    except ValueError:
+        if chat_id.startswith("@"):
+            return chat_id  # a public channel's username
+        raise PlatformError(f"not a Telegram chat id: {chat_id!r}", "permanent") from None
+
+
+# --- the Bot API over HTTP ------------------------------------------------------------------------------
+
+class TelegramError(PlatformError):
+    def __init__(self, description: str, kind: Any, *, code: int = 0, retry_after: float | None = None,
+                 migrate_to: int | None = None) -> None:
+        super().__init__(description, kind, code=code, retry_after=retry_after)
+        self.migrate_to = migrate_to
+
+
+class BotAPI:
+    """Calls `<api_url>/bot<token>/<method>`: JSON in, `result` out, every failure a classified TelegramError."""
+
+    def __init__(self, api_url: str, token: str, timeout: float = 30.0) -> None:
+        base = api_url.rstrip("/")
+        self.methods = f"{base}/bot{token}/"
+        self.files = f"{base}/file/bot{token}/"
+        self.timeout = timeout
+        self.client = self._client()
+
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=httpx.Timeout(self.timeout, connect=10.0),
+                                 limits=httpx.Limits(max_connections=4, keepalive_expiry=30.0))
+
+    async def reset(self) -> None:
+        old, self.client = self.client, self._client()
+        await old.aclose()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def call(self, method: str, params: dict[str, Any] | None = None, *, timeout: float | None = None,
+                   files: dict[str, tuple[str, bytes, str]] | None = None) -> Any:
+        url = self.methods + method
+        try:
+            if files:
+                form = {k: str(v) for k, v in (params or {}).items()}
+                response = await self.client.post(url, data=form, files=files, timeout=timeout or self.timeout)
+            else:
+                response = await self.client.post(url, json=params or {}, timeout=timeout or self.timeout)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise TelegramError(f"cannot reach Telegram ({type(exc).__name__})", "transient") from None
+        except httpx.TransportError as exc:
+            # The request may have been processed: a send must not simply be repeated.
+            raise TelegramError(f"Telegram's answer was lost ({type(exc).__name__})", "unknown") from None
+        return _result(response)
+
+    async def download(self, file_path: str, dest: Path, limit: int, progress: Callable[[], None]) -> int:
+        """Streams a file to `dest` (at most `limit` bytes), calling `progress` per chunk; returns its size."""
+        try:
+            async with self.client.stream("GET", self.files + file_path) as response:
+                if response.status_code != 200:
+                    raise TelegramError(f"file download answered HTTP {response.status_code}",
+                                        "transient" if response.status_code >= 500 else "permanent",
+                                        code=response.status_code)
+                size = 0
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                partial = dest.with_name(dest.name + ".part")
+                with partial.open("wb") as out:
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > limit:
+                            raise TelegramError(f"file is larger than {limit} bytes", "permanent")
+                        out.write(chunk)
+                        progress()  # a slow download is not a deaf listener
+                partial.rename(dest)
+                return size
+        except httpx.TransportError as exc:
+            raise TelegramError(f"file download failed ({type(exc).__name__})", "transient") from None
+
+
+def _result(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("ok") is True:
+        return body.get("result")
+    if not isinstance(body, dict):
+        body = {}
+    code = int(body.get("error_code") or response.status_code)
+    description = str(body.get("description") or f"HTTP {response.status_code}")
+    parameters = body.get("parameters") or {}
+    retry_after: float | None = None
+    if "retry_after" in parameters:
+        retry_after = float(parameters["retry_after"])
+    elif response.headers.get("retry-after", "").isdigit():
+        retry_after = float(response.headers["retry-after"])
+    # 401/404 mean the token (or api_url) is wrong, not the message: an operator can fix that, so they
+    # are retried until the send deadline like an outage, instead of failing every message at once.
+    kind = "rate_limited" if code == 429 else "transient" if code >= 500 or code in (401, 404, 409) else "permanent"
+    raise TelegramError(description, kind, code=code, retry_after=retry_after,
+                        migrate_to=parameters.get("migrate_to_chat_id"))
+
+
+# --- the bridge -----------------------------------------------------------------------------------------
+
+class TelegramBridge(Bridge):
+    name = CHANNEL
+    capabilities = CAPABILITIES
+
+    def __init__(self, api_url: str, token: str, *, poll_timeout: float = 25.0, poll_grace: float = 10.0,
+                 delete_webhook: bool = False) -> None:
+        self.api = BotAPI(api_url, token)
+        # Long polls get their own connection pool, so a wedged poll can be dropped without
+        # touching sends in flight.
+        self.poller = BotAPI(api_url, token)
+        self.poll_timeout = poll_timeout
+        self.poll_grace = poll_grace
+        self.delete_webhook = delete_webhook
+        self.me: BotIdentity | None = None
+        # Every HTTP call ends after at most poll_timeout + poll_grace: a listener silent for longer
+        # is stuck somewhere no timeout reaches.
+        self.deaf_after = poll_timeout + poll_grace + 30.0
+
+    async def start(self) -> None:
+        try:
+            await self._identify()
+        except TelegramError as exc:
+            if exc.kind == "permanent":
+                raise
+            # Telegram unreachable right now: outbound work queues up, the listener keeps trying.
+            log.warning("cannot reach Telegram yet (%s); will keep trying", exc.description)
+
+    async def _identify(self) -> BotIdentity:
+        try:
+            me = await self.api.call("getMe", timeout=15.0)
+        except TelegramError as exc:
+            if exc.code in (401, 404):
+                raise BridgeConfigError(
+                    f"Telegram rejected the bot token ({exc.code} {exc.description}); put the token @BotFather "
+                    "gave you in keys/telegram (mode 0600) or CLAWDEN_TELEGRAM_TOKEN") from None
+            raise
+        self.me = BotIdentity(int(me["id"]), str(me.get("username", "")))
+        log.info("telegram bot @%s (id %d) connected", self.me.username, self.me.id)
+        return self.me
+
+    # --- in -------------------------------------------------------------------------------------
+
+    async def listen(self, inbound: Inbound) -> None:
+        offset = await self._saved_offset(inbound)
+        failures = 0
+        first_failure = 0.0
+        while True:
+            try:
+                me = self.me or await self._identify()
+                params: dict[str, Any] = {"timeout": int(self.poll_timeout), "limit": 100,
+                                          "allowed_updates": ALLOWED_UPDATES}
+                if offset is not None:
+                    params["offset"] = offset  # also tells Telegram everything before it is stored
+                updates = await self.poller.call("getUpdates", params, timeout=self.poll_timeout + self.poll_grace)
+            except TelegramError as exc:
+                failures += 1
+                first_failure = first_failure or time.monotonic()
+                await inbound.pause(await self._poll_failed(exc, failures))
+                continue
+            inbound.alive()
+            if failures:
+                log.info("telegram polling recovered after %d failed polls (%.0fs)", failures,
+                         time.monotonic() - first_failure)
+                failures, first_failure = 0, 0.0
+            for update in updates:
+                await self._handle(update, me, inbound)
+            if updates:
+                offset = max(int(u["update_id"]) for u in updates) + 1
+                # Only now: every update before `offset` is in JetStream (or was not for us).
+                await inbound.state.set_cursor(CURSOR, str(offset))
+
+    async def _saved_offset(self, inbound: Inbound) -> int | None:
+        saved = await inbound.state.cursor(CURSOR)
+        if saved is None:
+            return None
+        value, at = saved
+        if time.time() - at > CURSOR_STALE:
+            log.info("the saved getUpdates offset is %.0f days old; starting from what Telegram holds",
+                     (time.time() - at) / 86400)
+            return None
+        return int(value)
+
+    async def _poll_failed(self, exc: TelegramError, failures: int) -> float:
+        """Log a failed poll (not every one of a long outage) and say how long to wait."""
+        delay = exc.retry_after if exc.retry_after is not None else min(30.0, 0.5 * 2 ** min(failures, 6))
+        if exc.code == 409 and "webhook" in exc.description.lower():
+            if self.delete_webhook:
+                log.warning("a webhook was set for this bot; deleting it (delete_webhook = true)")
+                try:
+                    await self.api.call("deleteWebhook", {"drop_pending_updates": False})
+                    return 0.0
+                except TelegramError as again:
+                    log.error("could not delete the webhook: %s", again.description)
+            log.error("a webhook is set for this bot, so Telegram refuses polling: remove it (deleteWebhook) "
+                      "or set delete_webhook = true under [channels.telegram]")
+            return max(delay, 30.0)
+        if exc.code == 409:
+            log.error("another process is polling this bot (%s): run one telegram bridge per bot token",
+                      exc.description)
+            return max(delay, 5.0)
+        if exc.code in (401, 404):
+            log.error("Telegram no longer accepts the bot token (%d %s)", exc.code, exc.description)
+            return 60.0
+        if failures in (1, 10) or failures % 100 == 0:
+            log.warning("telegram poll failed (%s), %d in a row; retrying in %.1fs", exc.description, failures, delay)
+        return delay
+
+    async def _handle(self, update: dict[str, Any], me: BotIdentity, inbound: Inbound) -> None:
+        try:
+            if "message" in update:
+                event = inbound_message(update["message"], me)
+                if event is not None:
+                    event = await self._fetch_files(event, update["message"], inbound)
+                    await inbound.publish(event)
+            elif "callback_query" in update:
+                await self._click(update["callback_query"], inbound)
+        except (KeyError, TypeError, ValueError, msgspec.ValidationError) as exc:
+            # One malformed update must not wedge the poller on it forever.
+            log.error("skipping telegram update %s that does not parse: %r", update.get("update_id"), exc)
+
+    async def _fetch_files(self, event: ev.InboundMessage, message: dict[str, Any], inbound: Inbound
+                           ) -> ev.InboundMessage:
+        refs = files_of(message)
+        if not refs:
+            return event
+        attachments = []
+        for ref, attachment in zip(refs, event.attachments, strict=True):
+            path = await self._download(ref, event, inbound)
+            attachments.append(msgspec.structs.replace(attachment, url=path.as_uri()) if path else attachment)
+        return msgspec.structs.replace(event, attachments=tuple(attachments))
+
+    async def _download(self, ref: FileRef, event: ev.InboundMessage, inbound: Inbound) -> Path | None:
+        limit = self.capabilities.max_download_bytes
+        if ref.size > limit:
+            log.info("not fetching %s (%d bytes): over the %d-byte limit", ref.name, ref.size, limit)
+            return None
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", ref.name)[-100:] or "file"
+        dest = inbound.files_dir / event.route.chat_id / f"{event.message_id.rsplit(':', 1)[-1]}-{safe}"
+        for attempt in range(3):
+            try:
+                info = await self.api.call("getFile", {"file_id": ref.file_id})
+                await self.api.download(str(info["file_path"]), dest, limit, inbound.alive)
+                return dest
+            except TelegramError as exc:
+                if exc.kind == "permanent" or attempt == 2:
+                    log.warning("could not fetch %s from message %s: %s", ref.name, event.key, exc.description)
+                    return None
+                await inbound.pause(1.0 + attempt)
+        return None
+
+    async def _click(self, query: dict[str, Any], inbound: Inbound) -> None:
+        message = query.get("message")
+        data = query.get("data")
+        known = False
+        if message and message.get("chat") and data:
+            known = await inbound.click(
+                route_of(message), str(data), action_id=f"cb:{query['id']}", sender=sender_of(query),
+                message_id=message_key(message["chat"]["id"], message["message_id"]))
+        params: dict[str, Any] = {"callback_query_id": query["id"]}
+        if not known:
+            params["text"] = EXPIRED_BUTTON
+        try:
+            # Stops the button's spinner; a click replayed after a restart is simply too old by now.
+            await self.api.call("answerCallbackQuery", params, timeout=10.0)
+        except TelegramError as exc:
+            log.debug("answerCallbackQuery failed: %s", exc.description)
+
+    # --- out ------------------------------------------------------------------------------------
+
+    async def send_text(self, route: ev.Route, text: str, *, reply_to: str | None,
+                        buttons: list[list[ButtonRef]], key: str) -> str:
+        params = self._where(route)
+        params["text"] = text
+        target = platform_message_id(reply_to) if reply_to else None
+        if target is not None:
+            params["reply_parameters"] = {"message_id": target, "allow_sending_without_reply": True}
+        if buttons:
+            params["reply_markup"] = inline_keyboard(buttons)
+        result = await self._call_in_chat("sendMessage", params)
+        return message_key(result["chat"]["id"], result["message_id"])
+
+    async def send_file(self, route: ev.Route, path: Path, *, key: str) -> str:
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        data = await asyncio.to_thread(path.read_bytes)
+        method, field = ("sendPhoto", "photo") if mime.startswith("image/") and len(data) <= PHOTO_LIMIT \
+            else ("sendDocument", "document")
+        params = self._where(route)
+        result = await self._call_in_chat(method, params, files={field: (path.name, data, mime)})
+        return message_key(result["chat"]["id"], result["message_id"])
+
+    async def edit(self, route: ev.Route, target: str, text: str, buttons: list[list[ButtonRef]]) -> None:
+        message_id = platform_message_id(target)
+        if message_id is None:
+            raise PlatformError(f"not a Telegram message id: {target!r}", "permanent")
+        params = {"chat_id": chat_param(route.chat_id), "message_id": message_id, "text": text or "…",
+                  "reply_markup": inline_keyboard(buttons)}  # no buttons: the old ones go
+        try:
+            await self.api.call("editMessageText", params)
+        except TelegramError as exc:
+            if "message is not modified" not in exc.description:
+                raise  # "not modified" is an edit applied twice: the outcome we wanted
+
+    async def react(self, route: ev.Route, target: str, emoji: str) -> None:
+        message_id = platform_message_id(target)
+        if message_id is None:
+            raise PlatformError(f"not a Telegram message id: {target!r}", "permanent")
+        await self.api.call("setMessageReaction", {"chat_id": chat_param(route.chat_id), "message_id": message_id,
+                                                   "reaction": [{"type": "emoji", "emoji": emoji}]})
+
+    async def typing(self, route: ev.Route) -> None:
+        await self.api.call("sendChatAction", self._where(route) | {"action": "typing"}, timeout=10.0)
+
+    def _where(self, route: ev.Route) -> dict[str, Any]:
+        params: dict[str, Any] = {"chat_id": chat_param(route.chat_id)}
+        if route.thread_id and route.thread_id.isdigit():
+            params["message_thread_id"] = int(route.thread_id)
+        return params
+
+    async def _call_in_chat(self, method: str, params: dict[str, Any],
+                            files: dict[str, tuple[str, bytes, str]] | None = None) -> Any:
+        try:
+            return await self.api.call(method, params, files=files)
+        except TelegramError as exc:
+            if exc.migrate_to is None:
+                raise
+            # A group became a supergroup with a new id: the message goes there (and the id is logged,
+            # since this chat's wiring still names the old one).
+            log.warning("telegram chat %s moved to %s; sending there", params["chat_id"], exc.migrate_to)
+            return await self.api.call(method, params | {"chat_id": exc.migrate_to}, files=files)
+
+    async def reconnect(self) -> None:
+        await self.poller.reset()
+
+    async def close(self) -> None:
+        await self.api.close()
+        await self.poller.close()
+
+
+# --- the service ------------------------------------------------------------------------------------------
+
+def _number(settings: dict[str, str], key: str, default: float) -> float:
+    try:
+        value = float(settings.get(key, default))
+    except ValueError:
+        raise BridgeConfigError(f"[channels.telegram] {key} must be a number, not {settings[key]!r}") from None
+    if value < 0:
+        raise BridgeConfigError(f"[channels.telegram] {key} must not be negative")
+    return value
+
+
+def bridge_from_settings(ctx: ServiceContext) -> tuple[TelegramBridge, RetryPolicy, float]:
+    settings = channel_settings(ctx.config, CHANNEL)
+    api_url = settings.get("api_url", API_URL)
+    if not re.match(r"^https?://[^/\s]+", api_url):
+        raise BridgeConfigError(f"[channels.telegram] api_url must be an http(s) URL, not {api_url!r}")
+    token = read_secret(ctx.config, CHANNEL)
+    bridge = TelegramBridge(api_url, token, poll_timeout=_number(settings, "poll_timeout", 25.0),
+                            poll_grace=_number(settings, "poll_grace", 10.0),
+                            delete_webhook=settings.get("delete_webhook", "").lower() in ("1", "true", "yes"))
+    policy = RetryPolicy(deadline=_number(settings, "send_deadline", 600.0))
+    return bridge, policy, _number(settings, "typing_max", 120.0)
+
+
+async def main(ctx: ServiceContext) -> None:
+    try:
+        bridge, policy, typing_max = bridge_from_settings(ctx)
+    except BridgeConfigError as exc:
+        log.error("telegram bridge cannot start: %s", exc)
+        raise
+    await serve(ctx, bridge, policy=policy, typing_horizon=typing_max)

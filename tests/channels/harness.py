@@ -1,0 +1,160 @@
+"""The real Telegram bridge process (`clawden run channel@telegram`) against the fake Bot API, and a bus
+client that publishes outbound events and reads what the bridge published."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from clawden import setup
+from clawden.bus import connect, ensure_streams, publish, subjects
+from clawden.bus import events as ev
+from tests.fakes.telegram import FakeTelegram
+
+
+class BridgeProcess:
+    """One bridge process; start() waits until it is READY (systemd notify), like the supervisor does."""
+
+    def __init__(self, home: Path, nats_url: str, fake: FakeTelegram, **settings: str) -> None:
+        self.home = home
+        self.nats_url = nats_url
+        self.fake = fake
+        self.settings = {"poll_timeout": "2", "poll_grace": "2"} | settings
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = home / "logs" / "telegram-bridge.log"
+        setup.init(home)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, CLAWDEN_HOME=str(self.home), CLAWDEN_NATS_URL=self.nats_url,
+                   CLAWDEN_TELEGRAM_TOKEN=self.fake.token, CLAWDEN_TELEGRAM_API_URL=self.fake.url)
+        env.update({f"CLAWDEN_TELEGRAM_{k.upper()}": v for k, v in self.settings.items()})
+        env.pop("NOTIFY_SOCKET", None)
+        return env
+
+    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> BridgeProcess:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "channel@telegram"],
+                                     env=env or self.env(), stdout=out, stderr=out, start_new_session=True)
+        out.close()
+        if wait:
+            wait_for(lambda: "channel@telegram ready" in self.output()[self._mark:], 30,
+                     lambda: f"the bridge did not get ready:\n{self.output()}")
+        return self
+
+    _mark = 0
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def mark(self) -> None:
+        """Later readiness checks look only at output after this point (for restarts)."""
+        self._mark = len(self.output())
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.mark()
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, message: Callable[[], str] | str = "timed out") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(message() if callable(message) else message)
+        time.sleep(0.05)
+
+
+async def until(condition: Callable[[], bool], timeout: float, message: Callable[[], str] | str = "timed out") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(message() if callable(message) else message)
+        await asyncio.sleep(0.05)
+
+
+class Bus:
+    """The bus side of a test: publishes outbound events, reads inbound events and receipts (with headers)."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+
+    @classmethod
+    async def open(cls, url: str) -> Bus:
+        bus = cls(await connect(url, "test-bus"))
+        await ensure_streams(bus.js)
+        return bus
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+    async def send(self, chat_id: int | str, text: str, *, id: str, card: ev.Card | None = None,
+                   reply_to: str | None = None, files: tuple[str, ...] = (), thread_id: str | None = None,
+                   seq: int = 0, session_id: str = "") -> ev.OutboundMessage:
+        event = ev.OutboundMessage(id=id, route=ev.Route(channel="telegram", chat_id=str(chat_id), thread_id=thread_id),
+                                   text=text, card=card, reply_to=reply_to, files=files, seq=seq, session_id=session_id)
+        await publish(self.js, subjects.outbound("telegram"), event, msg_id=event.id)
+        return event
+
+    async def publish(self, event: ev.Event, msg_id: str) -> None:
+        await publish(self.js, subjects.outbound("telegram"), event, msg_id=msg_id)
+
+    async def stored(self, subject: str) -> list[tuple[dict[str, str], Any]]:
+        """Every message JetStream holds on `subject`, oldest first, decoded, with its headers."""
+        stream = "CLAWDEN_INBOUND" if ".inbound." in subject else "CLAWDEN_RECEIPTS"
+        info = await self.js.stream_info(stream)
+        if not info.state.messages:
+            return []
+        sub = await self.js.pull_subscribe(subject, stream=stream, config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0))
+        out: list[tuple[dict[str, str], Any]] = []
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(256, timeout=0.5)
+                except TimeoutError:
+                    break
+                for m in msgs:
+                    out.append((dict(m.headers or {}), ev.decode(m.data)))
+                    await m.ack()
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    async def inbound(self) -> list[Any]:
+        return [e for _, e in await self.stored(subjects.inbound("telegram"))]
+
+    async def receipts(self) -> list[ev.DeliveryReceipt]:
+        return [e for _, e in await self.stored(subjects.receipt("telegram"))]
+
+    async def wait_receipts(self, count: int, timeout: float = 30, final: bool = True) -> list[ev.DeliveryReceipt]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [r for r in await self.receipts() if r.final == final]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(found)} of {count} receipts arrived: {found[-3:]}")
+            await asyncio.sleep(0.2)

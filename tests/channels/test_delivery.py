@@ -1,0 +1,164 @@
+"""Delivery rules every bridge gets: parts sent once, lost answers never repeated unless the platform
+dedupes, a handler that keeps crashing reported instead of retried forever."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from nats.aio.client import Client
+
+from clawden.bus import Retry, ensure_streams, subjects
+from clawden.bus import events as ev
+from services.channels.bridge import BridgeStats, Capabilities
+from services.channels.delivery import Delivery, TypingIndicators, plan
+from services.channels.retry import PlatformError, RetryPolicy
+from services.channels.state import BridgeState
+from tests.channels.harness import Bus
+from tests.channels.memory_bridge import MemoryBridge
+
+ROUTE = ev.Route(channel="memory", chat_id="c1")
+
+
+@dataclass
+class FakeMsg:
+    """What Delivery reads from a JetStream message: how often it was delivered."""
+    num_delivered: int = 1
+
+    @property
+    def metadata(self) -> SimpleNamespace:
+        return SimpleNamespace(num_delivered=self.num_delivered)
+
+    async def in_progress(self) -> None:
+        pass
+
+
+class Lost(PlatformError):
+    after_posting = True
+
+    def __init__(self) -> None:
+        super().__init__("the answer was lost", "unknown")
+
+
+@pytest.fixture
+async def state(tmp_path: Path) -> AsyncIterator[BridgeState]:
+    s = await BridgeState.open(tmp_path / "memory.db")
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def bus(nc: Client) -> Bus:
+    await ensure_streams(nc.jetstream())
+    return Bus(nc)
+
+
+def delivery_for(bridge: MemoryBridge, state: BridgeState, bus: Bus, tmp_path: Path,
+                 stopping: asyncio.Event | None = None, deadline: float = 5) -> Delivery:
+    return Delivery(bridge, state, bus.js, BridgeStats(), TypingIndicators(bridge),
+                    stopping=stopping or asyncio.Event(), policy=RetryPolicy(first=0.05, deadline=deadline),
+                    typing_horizon=60, file_roots=(tmp_path,))
+
+
+async def receipts(bus: Bus) -> list[ev.DeliveryReceipt]:
+    return [e for _, e in await bus.stored(subjects.receipt("memory"))]
+
+
+def message(text: str, id: str = "o1", **extra: object) -> ev.OutboundMessage:
+    return ev.OutboundMessage(id=id, route=ROUTE, text=text, **extra)  # type: ignore[arg-type]
+
+
+def test_buttons_ride_on_the_last_part_and_the_reply_marker_on_the_first() -> None:
+    card = ev.Card(title="Pick", buttons=(ev.Button(id="a", label="A"),))
+    parts = plan(message("one two three four five six", reply_to="m9", card=card, files=("/x/f.png",)),
+                 12, len, cards=True)
+    assert [(p.text, p.reply_to, p.buttons, p.file) for p in parts] == [
+        ("one two", "m9", False, ""), ("three four", None, False, ""), ("five six", None, False, ""),
+        ("Pick", None, True, ""), ("", None, False, "/x/f.png")]
+
+
+def test_a_card_whose_text_repeats_its_body_shows_the_body_once() -> None:
+    card = ev.Card(title="Question", body="Which one?", buttons=(ev.Button(id="1", label="A"),))
+    [part] = plan(message("Which one?", card=card), 100, len, cards=True)
+    assert part.text == "Question\n\nWhich one?"
+
+
+def test_a_platform_without_buttons_gets_the_choices_numbered_in_the_text() -> None:
+    card = ev.Card(title="Pick", buttons=(ev.Button(id="a", label="Yes"), ev.Button(id="b", label="No")))
+    [part] = plan(message("", card=card), 100, len, cards=False)
+    assert part.text == "Pick\n\n1) Yes\n2) No" and not part.buttons
+
+
+async def test_a_redelivered_message_sends_only_the_parts_not_yet_sent(
+        state: BridgeState, bus: Bus, tmp_path: Path) -> None:
+    bridge = MemoryBridge()
+    await state.mark("o1", 0, "sent", "p-earlier")
+    await delivery_for(bridge, state, bus, tmp_path).handle(message("first part\n\nsecond part"), FakeMsg(2))
+    assert bridge.posted == [("c1", "second part")]
+    [receipt] = await receipts(bus)
+    assert receipt.ok and receipt.part_ids == ("p-earlier", "p1")
+
+
+async def test_a_lost_answer_is_not_repeated_on_a_platform_that_does_not_dedupe(
+        state: BridgeState, bus: Bus, tmp_path: Path) -> None:
+    bridge = MemoryBridge()
+    bridge.failures.append(Lost())
+    await delivery_for(bridge, state, bus, tmp_path).handle(message("hello"), FakeMsg())
+    assert bridge.posted == [("c1", "hello")] and bridge.calls == 1
+    [receipt] = await receipts(bus)
+    assert receipt.unconfirmed and not receipt.ok
+    # and a redelivery (the ack was lost) does not send it either
+    await delivery_for(bridge, state, bus, tmp_path).handle(message("hello"), FakeMsg(2))
+    assert bridge.calls == 1
+
+
+async def test_a_lost_answer_is_repeated_where_the_platform_dedupes_repeats(
+        state: BridgeState, bus: Bus, tmp_path: Path) -> None:
+    bridge = MemoryBridge(Capabilities(max_text=20, idempotent_sends=True))
+    bridge.failures.append(PlatformError("the answer was lost", "unknown"))
+    await delivery_for(bridge, state, bus, tmp_path).handle(message("hello"), FakeMsg())
+    assert bridge.keys == ["o1#0", "o1#0"]  # the same key both times: the platform drops the repeat
+    [receipt] = await receipts(bus)
+    assert receipt.ok and not receipt.unconfirmed
+
+
+async def test_a_rate_limit_during_shutdown_hands_the_message_back_with_the_wait_left(
+        state: BridgeState, bus: Bus, tmp_path: Path) -> None:
+    bridge = MemoryBridge()
+    bridge.failures.append(PlatformError("Too Many Requests", "rate_limited", retry_after=30))
+    stopping = asyncio.Event()
+    delivery = delivery_for(bridge, state, bus, tmp_path, stopping, deadline=600)
+    handling = asyncio.create_task(delivery.handle(message("hi"), FakeMsg()))
+    await asyncio.sleep(0.2)
+    stopping.set()
+    with pytest.raises(Retry) as retry:
+        await asyncio.wait_for(handling, 5)
+    assert 29 < retry.value.delay <= 30.1
+    assert await state.sends("o1") == {}  # not sent: the next process sends it normally
+
+
+async def test_a_handler_that_keeps_crashing_is_reported_as_failed_instead_of_retried_forever(
+        state: BridgeState, bus: Bus, tmp_path: Path) -> None:
+    def broken_measure(text: str) -> int:
+        raise TypeError("a bug in the bridge")
+
+    bridge = MemoryBridge(Capabilities(max_text=20, measure=broken_measure))
+    delivery = delivery_for(bridge, state, bus, tmp_path)
+    with pytest.raises(TypeError):
+        await delivery.handle(message("hi", seq=3, session_id="s"), FakeMsg(1))
+    await delivery.handle(message("hi", seq=3, session_id="s"), FakeMsg(5))
+    [receipt] = await receipts(bus)
+    assert not receipt.ok and receipt.final and receipt.seq == 3
+    assert receipt.error == "the memory bridge could not handle this (TypeError); its log has the details"
+    assert bridge.posted == []
+
+
+async def test_a_message_with_nothing_to_send_is_reported_not_dropped(
+        state: BridgeState, bus: Bus, tmp_path: Path) -> None:
+    await delivery_for(MemoryBridge(), state, bus, tmp_path).handle(message("   "), FakeMsg())
+    [receipt] = await receipts(bus)
+    assert not receipt.ok and receipt.error == "nothing to send: the message has no text and no files"

@@ -1,0 +1,137 @@
+"""The fake Bot API answers like Telegram does, so the bridge is tested against the real wire format."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes.telegram import NOT_MODIFIED, BadGateway, Drop, Error, FakeTelegram
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTelegram]:
+    f = FakeTelegram().start_in_thread()
+    yield f
+    f.stop_thread()
+
+
+@pytest.fixture
+async def api(fake: FakeTelegram) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"{fake.url}/bot{fake.token}/", timeout=10) as client:
+        yield client
+
+
+async def call(api: httpx.AsyncClient, method: str, **params: Any) -> tuple[int, dict[str, Any]]:
+    response = await api.post(method, json=params)
+    return response.status_code, response.json()
+
+
+async def test_a_wrong_token_gets_401_and_an_unknown_method_404(fake: FakeTelegram) -> None:
+    async with httpx.AsyncClient() as client:
+        wrong = await client.get(f"{fake.url}/bot123:nope/getMe")
+        unknown = await client.get(f"{fake.url}/bot{fake.token}/fly")
+    assert (wrong.status_code, wrong.json()) == (401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+    assert (unknown.status_code, unknown.json()) == (404, {"ok": False, "error_code": 404, "description": "Not Found"})
+
+
+async def test_get_me_names_the_bot_of_the_token(fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    status, body = await call(api, "getMe")
+    assert status == 200 and body["result"]["id"] == int(fake.token.split(":")[0])
+    assert body["result"]["is_bot"] is True
+
+
+async def test_a_long_poll_returns_as_soon_as_someone_writes_and_an_offset_confirms(
+        fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    poll = asyncio.create_task(call(api, "getUpdates", timeout=10))
+    await asyncio.sleep(0.2)
+    fake.send(chat, ada, "hi @clawden_test_bot")
+    _, body = await asyncio.wait_for(poll, 5)
+    [update] = body["result"]
+    assert update["message"]["text"] == "hi @clawden_test_bot"
+    assert update["message"]["entities"] == [{"type": "mention", "offset": 3, "length": 17}]
+    _, again = await call(api, "getUpdates")
+    assert again["result"] == [update]  # not confirmed yet
+    _, after = await call(api, "getUpdates", offset=update["update_id"] + 1)
+    assert after["result"] == [] and fake.pending_updates == 0
+
+
+async def test_a_second_poll_ends_the_first_with_409(fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    first = asyncio.create_task(call(api, "getUpdates", timeout=10))
+    await asyncio.sleep(0.2)
+    second = asyncio.create_task(call(api, "getUpdates", timeout=1))
+    status, body = await asyncio.wait_for(first, 5)
+    assert status == 409 and body["description"].startswith("Conflict: terminated by other getUpdates request")
+    assert (await asyncio.wait_for(second, 5))[0] == 200
+
+
+async def test_polling_while_a_webhook_is_set_is_a_conflict(fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    fake.set_webhook("https://example.org/hook")
+    status, body = await call(api, "getUpdates")
+    assert status == 409 and "webhook is active" in body["description"]
+
+
+async def test_send_errors_carry_telegrams_codes_and_descriptions(fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    assert (await call(api, "sendMessage", chat_id=1, text="x"))[1]["description"] == "Bad Request: chat not found"
+    assert (await call(api, "sendMessage", chat_id=chat["id"], text="x" * 4097))[1]["description"] == \
+        "Bad Request: message is too long"
+    keyboard = {"inline_keyboard": [[{"text": "y", "callback_data": "x" * 65}]]}
+    assert (await call(api, "sendMessage", chat_id=chat["id"], text="x", reply_markup=keyboard))[1]["description"] \
+        == "Bad Request: BUTTON_DATA_INVALID"
+    fake.block(chat)
+    assert await call(api, "sendMessage", chat_id=chat["id"], text="x") == (
+        403, {"ok": False, "error_code": 403, "description": "Forbidden: bot was blocked by the user"})
+
+
+async def test_injected_faults_look_like_telegrams(fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    fake.inject("sendMessage", Error(429, retry_after=3), BadGateway(), Drop(after_processing=True))
+    assert await call(api, "sendMessage", chat_id=chat["id"], text="a") == (429, {
+        "ok": False, "error_code": 429, "description": "Too Many Requests: retry after 3",
+        "parameters": {"retry_after": 3}})
+    gateway = await api.post("sendMessage", json={"chat_id": chat["id"], "text": "b"})
+    assert gateway.status_code == 502 and gateway.headers["content-type"] == "text/html"
+    with pytest.raises(httpx.RemoteProtocolError):
+        await api.post("sendMessage", json={"chat_id": chat["id"], "text": "c"})
+    assert fake.texts(chat) == ["c"]  # only the dropped one took effect
+
+
+async def test_form_encoded_parameters_work_like_json(fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    keyboard = '{"inline_keyboard":[[{"text":"A","callback_data":"a"}]]}'
+    form = {"chat_id": str(chat["id"]), "text": "form", "reply_markup": keyboard}
+    response = await api.post("sendMessage", data=form)
+    assert response.json()["result"]["reply_markup"]["inline_keyboard"][0][0]["callback_data"] == "a"
+
+
+async def test_an_edit_to_the_same_content_is_not_modified(fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    _, sent = await call(api, "sendMessage", chat_id=chat["id"], text="v1")
+    message_id = sent["result"]["message_id"]
+    assert (await call(api, "editMessageText", chat_id=chat["id"], message_id=message_id, text="v2"))[0] == 200
+    assert (await call(api, "editMessageText", chat_id=chat["id"], message_id=message_id, text="v2"))[1][
+        "description"] == NOT_MODIFIED
+    assert fake.texts(chat) == ["v2"]
+
+
+async def test_a_click_arrives_as_a_callback_query_that_can_be_answered_once(
+        fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    keyboard = {"inline_keyboard": [[{"text": "Yes", "callback_data": "c:0"}, {"text": "No", "callback_data": "c:1"}]]}
+    _, sent = await call(api, "sendMessage", chat_id=chat["id"], text="ok?", reply_markup=keyboard)
+    query_id = fake.click(chat, sent["result"]["message_id"], ada, button="No")
+    _, updates = await call(api, "getUpdates")
+    assert updates["result"][0]["callback_query"]["data"] == "c:1"
+    assert (await call(api, "answerCallbackQuery", callback_query_id=query_id))[0] == 200
+    assert (await call(api, "answerCallbackQuery", callback_query_id=query_id))[0] == 400

@@ -1,0 +1,85 @@
+"""The terminal channel shows a card as numbered choices, and a typed number presses that button."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from pathlib import Path
+
+import msgspec
+from nats.aio.client import Client
+
+from clawden import setup
+from clawden.bus import ensure_streams, publish, subjects
+from clawden.bus import events as ev
+from services.channels.local import TerminalChat, chat
+from tests.channels.harness import until
+from tests.conftest import NatsServer
+
+ROUTE = ev.Route(channel="local", chat_id="terminal")
+CARD = ev.Card(title="Allow GitHub?", body="GET api.github.com/user", buttons=(
+    ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny")))
+
+
+def card_message(id: str = "approval:ap-1") -> ev.OutboundMessage:
+    return ev.OutboundMessage(id=id, route=ROUTE, text="The agent asks:", card=CARD, agent_group="main")
+
+
+def test_a_card_prints_as_numbered_choices() -> None:
+    shown = TerminalChat("terminal", "ada").show(card_message(), "m1")
+    assert shown == ("main> The agent asks:\n\nAllow GitHub?\n\nGET api.github.com/user\n"
+                     "    [1] Approve   [2] Deny   (type a number to choose)")
+
+
+def test_typing_a_choice_presses_that_button_once() -> None:
+    terminal = TerminalChat("terminal", "ada")
+    terminal.show(card_message(), "m1")
+    action = terminal.line(" 2 ")
+    assert isinstance(action, ev.InboundAction)
+    assert (action.card_id, action.button_id, action.message_id, action.sender.id) == (
+        "approval:ap-1", "deny", "m1", "local:ada")
+    again = terminal.line("2")
+    assert isinstance(again, ev.InboundMessage) and again.text == "2"
+
+
+def test_a_number_out_of_range_or_without_a_card_is_just_chat() -> None:
+    terminal = TerminalChat("terminal", "ada")
+    assert isinstance(terminal.line("1"), ev.InboundMessage)
+    terminal.show(card_message(), "m1")
+    assert isinstance(terminal.line("3"), ev.InboundMessage)
+    assert isinstance(terminal.line("1"), ev.InboundAction)
+
+
+def test_a_card_edited_elsewhere_no_longer_takes_numbers() -> None:
+    terminal = TerminalChat("terminal", "ada")
+    terminal.show(card_message(), "m1")
+    shown = terminal.show(ev.OutboundEdit(id="e1", route=ROUTE, target_message_id="m1", text="Approved by Bob"), "m1")
+    assert shown == "clawden> (edited) Approved by Bob"
+    assert isinstance(terminal.line("1"), ev.InboundMessage)
+
+
+async def test_clawden_chat_turns_a_typed_number_into_a_button_press_on_the_bus(
+        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    cfg = setup.init(tmp_path / "home")
+    cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
+    js = nc.jetstream()
+    await ensure_streams(js)
+    read_fd, write_fd = os.pipe()
+    stdin, out = os.fdopen(read_fd), io.StringIO()
+    session = asyncio.create_task(chat(cfg, chat_id="terminal", timeout=1, stdin=stdin, stdout=out))
+    for _ in range(100):  # the terminal's consumer exists once `chat` is listening
+        try:
+            await js.consumer_info("CLAWDEN_OUTBOUND", "channel-local-terminal")
+            break
+        except Exception:
+            await asyncio.sleep(0.05)
+    await publish(js, subjects.outbound("local"), card_message(), msg_id="approval:ap-1")
+    await until(lambda: "[2] Deny" in out.getvalue(), 10, lambda: out.getvalue())
+    inbound = await js.subscribe(subjects.inbound("local"))
+    os.write(write_fd, b"2\n")
+    os.close(write_fd)
+    event = ev.decode((await inbound.next_msg(timeout=10)).data)
+    assert isinstance(event, ev.InboundAction) and event.button_id == "deny" and event.card_id == "approval:ap-1"
+    await asyncio.wait_for(session, 15)
+    stdin.close()

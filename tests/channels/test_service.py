@@ -1,0 +1,70 @@
+"""The bridge process keeps its listener alive: a deaf one is reconnected, a crashed one restarted."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from nats.aio.client import Client
+
+from services.channels.bridge import BridgeStats, Inbound
+from services.channels.service import _listen_forever
+from services.channels.state import BridgeState
+from tests.channels.memory_bridge import MemoryBridge
+
+
+class Scripted(MemoryBridge):
+    """A listener that behaves as told on each start: "deaf", "crash", or "healthy"."""
+
+    def __init__(self, *script: str) -> None:
+        super().__init__()
+        self.script = list(script)
+        self.starts = 0
+        self.reconnects = 0
+        self.deaf_after = 0.3
+        self.started = asyncio.Event()
+
+    async def listen(self, inbound: Inbound) -> None:
+        behaviour = self.script[min(self.starts, len(self.script) - 1)]
+        self.starts += 1
+        self.started.set()
+        if behaviour == "crash":
+            raise RuntimeError("the platform library blew up")
+        while True:
+            if behaviour == "healthy":
+                inbound.alive()
+            await asyncio.sleep(0.05)
+
+    async def reconnect(self) -> None:
+        self.reconnects += 1
+
+
+async def run_for(bridge: Scripted, nc: Client, tmp_path: Path, seconds: float) -> BridgeStats:
+    state = await BridgeState.open(tmp_path / "state.db")
+    stats = BridgeStats()
+    stopping = asyncio.Event()
+    inbound = Inbound(nc.jetstream(), "memory", state, tmp_path / "files", stats)
+    task = asyncio.create_task(_listen_forever(bridge, inbound, stopping, stats))
+    await asyncio.sleep(seconds)
+    stopping.set()
+    await asyncio.wait_for(task, 5)
+    await state.close()
+    return stats
+
+
+async def test_a_listener_that_goes_deaf_is_reconnected_and_started_again(nc: Client, tmp_path: Path) -> None:
+    bridge = Scripted("deaf", "healthy")
+    stats = await run_for(bridge, nc, tmp_path, 1.5)
+    assert (bridge.starts, bridge.reconnects, stats.reconnects) == (2, 1, 1)
+
+
+async def test_a_listener_that_crashes_is_started_again(nc: Client, tmp_path: Path) -> None:
+    bridge = Scripted("crash", "healthy")
+    stats = await run_for(bridge, nc, tmp_path, 3)
+    assert (bridge.starts, stats.listener_errors, bridge.reconnects) == (2, 1, 0)
+
+
+async def test_a_listener_that_shows_life_is_left_alone(nc: Client, tmp_path: Path) -> None:
+    bridge = Scripted("healthy")
+    stats = await run_for(bridge, nc, tmp_path, 1.5)
+    assert (bridge.starts, stats.reconnects, stats.listener_errors) == (1, 0, 0)

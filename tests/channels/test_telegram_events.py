@@ -1,0 +1,114 @@
+"""Telegram updates become Clawden events: who spoke, where, whether the bot was addressed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clawden.bus import events as ev
+from services.channels.bridge import ButtonRef
+from services.channels.telegram import (
+    BotIdentity,
+    addresses_bot,
+    entity_text,
+    inbound_message,
+    inline_keyboard,
+    platform_message_id,
+)
+from tests.fakes.telegram import auto_entities
+
+BOT = BotIdentity(id=7012345678, username="Clawden_Bot")
+ADA = {"id": 42, "is_bot": False, "first_name": "Ada", "last_name": "L", "username": "ada"}
+PRIVATE = {"id": 42, "type": "private", "first_name": "Ada"}
+GROUP = {"id": -1001, "type": "supergroup", "title": "Family"}
+
+
+def message(text: str, chat: dict[str, Any] = GROUP, **extra: Any) -> dict[str, Any]:
+    msg: dict[str, Any] = {"message_id": 5, "from": ADA, "chat": chat, "date": 1700000000, "text": text}
+    if entities := auto_entities(text):
+        msg["entities"] = entities
+    return msg | extra
+
+
+def test_a_private_message_is_addressed_to_the_bot_and_keyed_by_chat_and_number() -> None:
+    event = inbound_message(message("hello", PRIVATE), BOT)
+    assert event == ev.InboundMessage(
+        route=ev.Route(channel="telegram", chat_id="42"), message_id="42:5",
+        sender=ev.Sender(id="telegram:42", name="Ada L"), text="hello", sent_at=1700000000.0, is_group=False,
+        chat_name="Ada", mentioned=True)
+    assert event.key == "telegram:42:5"
+
+
+def test_a_group_message_without_a_mention_is_not_addressed() -> None:
+    event = inbound_message(message("dinner at 8?"), BOT)
+    assert event is not None and event.is_group and not event.mentioned and event.chat_name == "Family"
+
+
+def test_a_mention_counts_in_any_letter_case_even_after_an_emoji() -> None:
+    # The emoji takes two UTF-16 units: slicing the str by the entity offset would miss the name.
+    assert addresses_bot(message("😀😀 hey @clawden_bot what's up"), BOT)
+
+
+def test_a_mention_of_someone_else_does_not_count() -> None:
+    assert not addresses_bot(message("ask @clawden_bot_fan about it"), BOT)
+
+
+def test_a_text_mention_of_the_bots_id_counts() -> None:
+    msg = message("hey Clawden", entities=[{"type": "text_mention", "offset": 4, "length": 7,
+                                            "user": {"id": BOT.id, "is_bot": True, "first_name": "Clawden"}}])
+    assert addresses_bot(msg, BOT)
+
+
+def test_a_command_for_this_bot_counts_and_one_for_another_bot_does_not() -> None:
+    assert addresses_bot(message("/status@clawden_bot"), BOT)
+    assert not addresses_bot(message("/status@other_bot"), BOT)
+
+
+def test_a_reply_to_the_bots_message_counts_as_addressing_it() -> None:
+    reply = {"message_id": 4, "from": {"id": BOT.id, "is_bot": True, "first_name": "Clawden"}, "chat": GROUP,
+             "date": 1, "text": "earlier answer"}
+    event = inbound_message(message("and then?", reply_to_message=reply), BOT)
+    assert event is not None and event.mentioned and event.reply_to == "-1001:4"
+
+
+def test_a_forum_topic_is_a_thread_and_other_replies_are_not() -> None:
+    forum = GROUP | {"is_forum": True}
+    topic = inbound_message(message("hi", forum, message_thread_id=77, is_topic_message=True), BOT)
+    plain = inbound_message(message("hi", GROUP, message_thread_id=77), BOT)
+    assert topic is not None and topic.route.thread_id == "77" and topic.supports_threads
+    assert plain is not None and plain.route.thread_id is None
+
+
+def test_a_document_becomes_an_attachment_and_its_caption_the_text() -> None:
+    msg = {"message_id": 9, "from": ADA, "chat": PRIVATE, "date": 1, "caption": "the report",
+           "document": {"file_id": "F1", "file_unique_id": "U1", "file_name": "q3.pdf", "mime_type": "application/pdf",
+                        "file_size": 1234}}
+    event = inbound_message(msg, BOT)
+    assert event is not None and event.text == "the report"
+    assert event.attachments == (ev.Attachment(name="q3.pdf", mime="application/pdf", size=1234),)
+
+
+def test_service_messages_are_not_chat() -> None:
+    assert inbound_message({"message_id": 3, "from": ADA, "chat": GROUP, "date": 1,
+                            "new_chat_members": [ADA]}, BOT) is None
+
+
+def test_a_channel_post_speaks_as_the_chat() -> None:
+    msg = {"message_id": 3, "sender_chat": {"id": -100777, "title": "News"}, "chat": GROUP, "date": 1, "text": "x"}
+    event = inbound_message(msg, BOT)
+    assert event is not None and event.sender == ev.Sender(id="telegram:chat:-100777", name="News")
+
+
+def test_entity_text_counts_utf16_units() -> None:
+    assert entity_text("\U0001d54f @bot", {"offset": 3, "length": 4}) == "@bot"
+
+
+def test_message_ids_accept_clawdens_form_and_bare_numbers() -> None:
+    assert platform_message_id("-1001:42") == 42
+    assert platform_message_id("42") == 42
+    assert platform_message_id("abc") is None
+
+
+def test_buttons_become_an_inline_keyboard_with_their_short_data() -> None:
+    rows = [[ButtonRef("Approve", "tok:0"), ButtonRef("Deny", "tok:1")]]
+    assert inline_keyboard(rows) == {"inline_keyboard": [[{"text": "Approve", "callback_data": "tok:0"},
+                                                          {"text": "Deny", "callback_data": "tok:1"}]]}

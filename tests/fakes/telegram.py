@@ -1,0 +1,790 @@
+"""A fake Telegram Bot API on loopback, speaking the real wire format, with faults to inject, for tests.
+
+It keeps a small world (the bot, users, chats with per-chat message numbers, pending updates) and
+answers the Bot API methods a bridge uses: getMe, getUpdates (long polling, offsets, 409 when a
+second poll arrives or a webhook is set), sendMessage, sendPhoto, sendDocument, editMessageText,
+setMessageReaction, sendChatAction, answerCallbackQuery, getFile (+ /file/bot<token>/...),
+getWebhookInfo, setWebhook, deleteWebhook. Errors carry `error_code`, `description` and
+`parameters` (`retry_after`, `migrate_to_chat_id`) as Telegram sends them.
+
+    fake = FakeTelegram(); fake.start_in_thread()
+    ada = fake.user("Ada"); chat = fake.private_chat(ada)
+    fake.send(chat, ada, "hello"); fake.inject("sendMessage", Error(429, retry_after=1), Drop())
+    python -m tests.fakes.telegram --port 8081      # prints its URL and token, runs until killed
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import email.parser
+import email.policy
+import itertools
+import json
+import re
+import signal
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import h11
+
+TOKEN = "7012345678:AAFakeTokenForTestsOnly-abcdefghijklmn"
+MAX_TEXT = 4096
+DOWNLOAD_LIMIT = 20 * 1024 * 1024
+UPLOAD_LIMIT = 50 * 1024 * 1024
+PHOTO_LIMIT = 10 * 1024 * 1024
+# The reactions Telegram accepts from bots on ordinary chats (a subset is enough here).
+REACTIONS = frozenset(["👍", "👎", "❤", "🔥", "🥰", "👏", "😁", "🤔", "🤯", "😱", "🎉", "🤩", "🙏", "👌", "😍", "💯",
+                       "🤣", "⚡", "🏆", "👀", "🤝", "✍", "🤗", "🫡", "😎"])
+_OBJECT_PARAMS = {"reply_markup", "reply_parameters", "allowed_updates", "reaction", "entities",
+                  "link_preview_options"}
+NOT_MODIFIED = ("Bad Request: message is not modified: specified new message content and reply markup are "
+                "exactly the same as a current content and reply markup of the message")
+
+
+# --- faults -----------------------------------------------------------------------------------------
+
+@dataclass
+class Fault:
+    """What one matching request gets instead of its normal answer."""
+
+
+@dataclass
+class Error(Fault):
+    """A Bot API error body; the request is not carried out."""
+    status: int
+    description: str = ""
+    retry_after: int | None = None
+
+    def body(self) -> dict[str, Any]:
+        text = self.description or {429: f"Too Many Requests: retry after {self.retry_after or 1}",
+                                    500: "Internal Server Error", 502: "Bad Gateway"}.get(self.status, "Error")
+        out: dict[str, Any] = {"ok": False, "error_code": self.status, "description": text}
+        if self.status == 429:
+            out["parameters"] = {"retry_after": self.retry_after or 1}
+        return out
+
+
+@dataclass
+class BadGateway(Fault):
+    """What Telegram's front proxy sends when the Bot API is down: an HTML 502."""
+
+
+@dataclass
+class Drop(Fault):
+    """The connection closes without an answer; with `after_processing` the request took effect first."""
+    after_processing: bool = False
+
+
+@dataclass
+class Hang(Fault):
+    """The request is held and never answered (the client has to time out); nothing happens."""
+
+
+@dataclass
+class Delay(Fault):
+    """The request takes effect after `seconds`, then is answered (if the client still listens)."""
+    seconds: float
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, description: str, parameters: dict[str, Any] | None = None) -> None:
+        super().__init__(description)
+        self.status = status
+        self.description = description
+        self.parameters = parameters
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    params: dict[str, Any]
+    at: float
+    outcome: str  # "ok", "error <code>", or the fault's name
+
+
+@dataclass
+class _Chat:
+    info: dict[str, Any]
+    next_id: int = 1
+    messages: dict[int, dict[str, Any]] = field(default_factory=dict)
+    bot_sent: list[int] = field(default_factory=list)  # message ids in the order the bot sent them
+    blocked: tuple[int, str] | None = None
+    migrated_to: int | None = None
+    typing: list[float] = field(default_factory=list)
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def auto_entities(text: str) -> list[dict[str, Any]]:
+    """The entities Telegram's servers find in plain text a user sends: @mentions and /commands."""
+    found: list[dict[str, Any]] = []
+    for match in re.finditer(r"(?<![\w@])@[A-Za-z0-9_]{5,32}|(?<!\S)/[A-Za-z0-9_]{1,32}(?:@[A-Za-z0-9_]{5,32})?",
+                             text):
+        kind = "mention" if match.group().startswith("@") else "bot_command"
+        found.append({"type": kind, "offset": utf16_len(text[:match.start()]), "length": utf16_len(match.group())})
+    return found
+
+
+class FakeTelegram:
+    """The fake server. World-building and inspection methods are safe to call from any thread."""
+
+    def __init__(self, token: str = TOKEN, bot_username: str = "clawden_test_bot") -> None:
+        self.token = token
+        bot_id = int(token.split(":", 1)[0])
+        self.bot = {"id": bot_id, "is_bot": True, "first_name": "Clawden", "username": bot_username,
+                    "can_join_groups": True, "can_read_all_group_messages": False, "supports_inline_queries": False}
+        self.calls: list[Call] = []
+        self.webhook_url = ""
+        self.confirmed_offset = 0  # every update below this has been confirmed by a getUpdates offset
+        self._lock = threading.RLock()
+        self._chats: dict[int, _Chat] = {}
+        self._users: dict[int, dict[str, Any]] = {}
+        self._updates: list[dict[str, Any]] = []
+        self._update_ids = itertools.count(512_000_001)
+        self._user_ids = itertools.count(100_001)
+        self._group_ids = itertools.count(1)
+        self._query_ids = itertools.count(9_000_000_001)
+        self._queries: dict[str, dict[str, Any] | None] = {}  # id -> the answer, once answered
+        self._files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, content)
+        self._file_ids = itertools.count(1)
+        self._faults: dict[str, deque[Fault]] = defaultdict(deque)
+        self._allowed_updates: list[str] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._new_update: asyncio.Event | None = None
+        self._poll: asyncio.Future[None] | None = None  # the long poll waiting now
+        self._stopped: asyncio.Event | None = None
+        self.url = ""
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeTelegram:
+        self._loop = asyncio.get_running_loop()
+        self._new_update = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._server = await asyncio.start_server(self._on_connection, host, port)
+        bound = self._server.sockets[0].getsockname()
+        self.url = f"http://{bound[0]}:{bound[1]}"
+        return self
+
+    async def stop(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._conns.values()):
+            writer.transport.abort()
+        if self._conns:
+            await asyncio.wait(list(self._conns), timeout=5)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    def start_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> FakeTelegram:
+        """Serve from a daemon thread with its own loop, so a test may block (subprocess waits) freely."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(self.start(host, port))
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-telegram", daemon=True)
+        self._thread.start()
+        ready.wait(timeout=10)
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop_thread(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._thread = None
+
+    def _notify(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        assert self._new_update is not None
+        self._new_update.set()
+        self._new_update = asyncio.Event()
+
+    # --- building the world ------------------------------------------------------------------------
+
+    def user(self, first_name: str = "Ada", username: str | None = None, *, is_bot: bool = False) -> dict[str, Any]:
+        with self._lock:
+            user = {"id": next(self._user_ids), "is_bot": is_bot, "first_name": first_name,
+                    "username": username or first_name.lower(), "language_code": "en"}
+            self._users[user["id"]] = user
+            return user
+
+    def private_chat(self, user: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            info = {"id": user["id"], "type": "private", "first_name": user["first_name"], "username": user["username"]}
+            self._chats.setdefault(user["id"], _Chat(info))
+            return self._chats[user["id"]].info
+
+    def group(self, title: str = "Family", *, supergroup: bool = True, forum: bool = False) -> dict[str, Any]:
+        with self._lock:
+            n = next(self._group_ids)
+            chat_id = -(1_000_000_000_000 + n) if supergroup else -(4_000_000 + n)
+            info: dict[str, Any] = {"id": chat_id, "type": "supergroup" if supergroup else "group", "title": title}
+            if forum:
+                info["is_forum"] = True
+            self._chats[chat_id] = _Chat(info)
+            return info
+
+    def add_file(self, content: bytes) -> str:
+        with self._lock:
+            n = next(self._file_ids)
+            file_id = f"BQACAgIAAxkBAAI{n:06d}"
+            self._files[file_id] = (f"documents/file_{n}.bin", content)
+            return file_id
+
+    def send(self, chat: dict[str, Any], user: dict[str, Any], text: str = "", *,
+             entities: list[dict[str, Any]] | None = None, reply_to: int | None = None,
+             thread_id: int | None = None, document: tuple[str, bytes, str] | None = None) -> dict[str, Any]:
+        """A person sends a message to the bot (or in a group the bot is in); returns the Message."""
+        with self._lock:
+            state = self._chats[chat["id"]]
+            message: dict[str, Any] = {"message_id": state.next_id, "from": user, "chat": state.info,
+                                       "date": int(time.time())}
+            state.next_id += 1
+            key = "caption" if document else "text"
+            if text:
+                message[key] = text
+                found = entities if entities is not None else auto_entities(text)
+                if found:
+                    message["caption_entities" if document else "entities"] = found
+            if reply_to is not None:
+                message["reply_to_message"] = state.messages[reply_to]
+            if thread_id is not None:
+                message["message_thread_id"] = thread_id
+                message["is_topic_message"] = bool(state.info.get("is_forum"))
+            if document is not None:
+                name, content, mime = document
+                file_id = self.add_file(content)
+                message["document"] = {"file_name": name, "mime_type": mime, "file_id": file_id,
+                                        "file_unique_id": f"AgAD{file_id[-6:]}", "file_size": len(content)}
+            state.messages[message["message_id"]] = message
+            self._enqueue("message", message)
+            return message
+
+    def click(self, chat: dict[str, Any], message_id: int, user: dict[str, Any], *, button: str | int = 0,
+              data: str | None = None) -> str:
+        """A person presses an inline button (by label or index) of a bot message; returns the query id."""
+        with self._lock:
+            message = self._chats[chat["id"]].messages[message_id]
+            if data is None:
+                buttons = [b for row in message.get("reply_markup", {}).get("inline_keyboard", []) for b in row]
+                chosen = buttons[button] if isinstance(button, int) else next(b for b in buttons if b["text"] == button)
+                data = str(chosen["callback_data"])
+            query_id = str(next(self._query_ids))
+            self._queries[query_id] = None
+            self._enqueue("callback_query", {"id": query_id, "from": user, "message": message,
+                                             "chat_instance": f"-{abs(chat['id'])}77", "data": data})
+            return query_id
+
+    def _enqueue(self, kind: str, payload: dict[str, Any]) -> None:
+        if self._allowed_updates and kind not in self._allowed_updates:
+            return  # Telegram does not even create updates a bot did not ask for
+        self._updates.append({"update_id": next(self._update_ids), kind: payload})
+        self._notify()
+
+    def block(self, chat: dict[str, Any], description: str = "Forbidden: bot was blocked by the user") -> None:
+        with self._lock:
+            self._chats[chat["id"]].blocked = (403, description)
+
+    def migrate(self, chat: dict[str, Any]) -> dict[str, Any]:
+        """The group becomes a supergroup with a new id; sends to the old id get migrate_to_chat_id."""
+        with self._lock:
+            new = self.group(chat.get("title", "Group"), supergroup=True)
+            self._chats[chat["id"]].migrated_to = new["id"]
+            return new
+
+    def set_webhook(self, url: str) -> None:
+        with self._lock:
+            self.webhook_url = url
+
+    def inject(self, method: str, *faults: Fault) -> None:
+        """The next requests to `method` (any letter case; "*" for every method) get these faults, in turn."""
+        with self._lock:
+            self._faults[method.lower()].extend(faults)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    # --- inspecting ----------------------------------------------------------------------------------
+
+    def bot_messages(self, chat: dict[str, Any] | int) -> list[dict[str, Any]]:
+        """What the bot posted in a chat, oldest first, as the chat shows it now (edits applied)."""
+        chat_id = chat if isinstance(chat, int) else chat["id"]
+        with self._lock:
+            state = self._chats[chat_id]
+            return [json.loads(json.dumps(state.messages[m])) for m in state.bot_sent]
+
+    def texts(self, chat: dict[str, Any] | int) -> list[str]:
+        return [m.get("text") or m.get("caption") or "" for m in self.bot_messages(chat)]
+
+    def typing(self, chat: dict[str, Any]) -> list[float]:
+        with self._lock:
+            return list(self._chats[chat["id"]].typing)
+
+    def answered(self, query_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._queries.get(query_id)
+
+    def calls_to(self, method: str) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if c.method.lower() == method.lower()]
+
+    @property
+    def pending_updates(self) -> int:
+        with self._lock:
+            return len(self._updates)
+
+    @property
+    def pending_faults(self) -> int:
+        with self._lock:
+            return sum(len(q) for q in self._faults.values())
+
+    # --- HTTP ------------------------------------------------------------------------------------------
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns[task] = writer
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._conns.pop(task, None)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        while True:
+            request: h11.Request | None = None
+            body = bytearray()
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await reader.read(65536)
+                    conn.receive_data(data)
+                    continue
+                if isinstance(event, h11.ConnectionClosed):
+                    return
+                if isinstance(event, h11.Request):
+                    request = event
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > UPLOAD_LIMIT + 1024 * 1024:
+                        await self._send(conn, writer, 413, {"ok": False, "error_code": 413,
+                                                             "description": "Request Entity Too Large"})
+                        return
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            assert request is not None
+            if not await self._handle(conn, writer, request, bytes(body)):
+                return  # the connection was dropped on purpose
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                return
+            conn.start_next_cycle()
+
+    async def _handle(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request,
+                      body: bytes) -> bool:
+        split = urlsplit(request.target.decode())
+        path = split.path
+        if path.startswith(f"/file/bot{self.token}/"):
+            return await self._download(conn, writer, path.removeprefix(f"/file/bot{self.token}/"))
+        match = re.fullmatch(r"/bot([^/]+)/([A-Za-z]+)", path)
+        if match is None:
+            await self._send(conn, writer, 404, {"ok": False, "error_code": 404, "description": "Not Found"})
+            return True
+        if match.group(1) != self.token:
+            await self._send(conn, writer, 401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+            return True
+        method = match.group(2)
+        headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+        try:
+            params = _params(split.query, headers.get("content-type", ""), body)
+        except ValueError as exc:
+            await self._send(conn, writer, 400, {"ok": False, "error_code": 400, "description": f"Bad Request: {exc}"})
+            return True
+        fault = self._next_fault(method)
+        if fault is not None:
+            self._record(method, params, type(fault).__name__)
+            return await self._apply_fault(fault, conn, writer, method, params)
+        status, payload = await self._answer(method, params)
+        await self._send(conn, writer, status, payload)
+        return True
+
+    def _next_fault(self, method: str) -> Fault | None:
+        with self._lock:
+            for key in (method.lower(), "*"):
+                if self._faults.get(key):
+                    return self._faults[key].popleft()
+        return None
+
+    async def _apply_fault(self, fault: Fault, conn: h11.Connection, writer: asyncio.StreamWriter, method: str,
+                           params: dict[str, Any]) -> bool:
+        if isinstance(fault, Error):
+            await self._send(conn, writer, fault.status, fault.body())
+            return True
+        if isinstance(fault, BadGateway):
+            html = (b"<html><head><title>502 Bad Gateway</title></head>"
+                    b"<body><center><h1>502 Bad Gateway</h1></center></body></html>")
+            writer.write(conn.send(h11.Response(status_code=502, headers=[
+                ("content-type", "text/html"), ("content-length", str(len(html)))])) or b"")
+            writer.write((conn.send(h11.Data(data=html)) or b"") + (conn.send(h11.EndOfMessage()) or b""))
+            await writer.drain()
+            return True
+        if isinstance(fault, Drop):
+            if fault.after_processing:
+                await self._answer(method, params)
+            writer.transport.abort()
+            return False
+        if isinstance(fault, Hang):
+            assert self._stopped is not None
+            await self._stopped.wait()
+            return False
+        assert isinstance(fault, Delay)
+        await asyncio.sleep(fault.seconds)
+        status, payload = await self._answer(method, params)
+        with contextlib.suppress(ConnectionError, h11.LocalProtocolError):
+            await self._send(conn, writer, status, payload)
+        return True
+
+    async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int,
+                    payload: dict[str, Any]) -> None:
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        head = h11.Response(status_code=status, headers=[
+            ("server", "nginx/1.18.0"), ("content-type", "application/json"), ("content-length", str(len(data))),
+            ("access-control-allow-origin", "*")])
+        writer.write((conn.send(head) or b"") + (conn.send(h11.Data(data=data)) or b"")
+                     + (conn.send(h11.EndOfMessage()) or b""))
+        await writer.drain()
+
+    async def _download(self, conn: h11.Connection, writer: asyncio.StreamWriter, file_path: str) -> bool:
+        with self._lock:
+            content = next((c for p, c in self._files.values() if p == file_path), None)
+        if content is None:
+            await self._send(conn, writer, 404, {"ok": False, "error_code": 404, "description": "Not Found"})
+            return True
+        writer.write((conn.send(h11.Response(status_code=200, headers=[
+            ("content-type", "application/octet-stream"), ("content-length", str(len(content)))])) or b"")
+            + (conn.send(h11.Data(data=content)) or b"") + (conn.send(h11.EndOfMessage()) or b""))
+        await writer.drain()
+        return True
+
+    def _record(self, method: str, params: dict[str, Any], outcome: str) -> None:
+        shown = {k: (f"<{len(v)} bytes>" if isinstance(v, bytes | tuple) else v) for k, v in params.items()}
+        with self._lock:
+            self.calls.append(Call(method, shown, time.time(), outcome))
+
+    # --- the methods -------------------------------------------------------------------------------------
+
+    async def _answer(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        name = method.lower()
+        try:
+            if name == "getupdates":
+                result = await self._get_updates(params)
+            else:
+                handler = _METHODS.get(name)
+                if handler is None:
+                    raise _Refused(404, "Not Found")
+                with self._lock:
+                    result = handler(self, params)
+        except _Refused as refused:
+            self._record(method, params, f"error {refused.status}")
+            body: dict[str, Any] = {"ok": False, "error_code": refused.status, "description": refused.description}
+            if refused.parameters:
+                body["parameters"] = refused.parameters
+            return refused.status, body
+        self._record(method, params, "ok")
+        return 200, {"ok": True, "result": result}
+
+    async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.webhook_url:
+            raise _Refused(409, "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook "
+                                "to delete the webhook first")
+        # A newer poll ends the one waiting: only one bot instance may poll.
+        if self._poll is not None and not self._poll.done():
+            self._poll.set_exception(_Refused(409, "Conflict: terminated by other getUpdates request; make sure "
+                                                   "that only one bot instance is running"))
+        offset = int(params.get("offset", 0))
+        limit = max(1, min(100, int(params.get("limit", 100))))
+        timeout = max(0.0, float(params.get("timeout", 0)))
+        with self._lock:
+            if "allowed_updates" in params:
+                self._allowed_updates = list(params["allowed_updates"]) or None
+            if offset > 0:
+                self._updates = [u for u in self._updates if u["update_id"] >= offset]
+                self.confirmed_offset = max(self.confirmed_offset, offset)
+            elif offset < 0:
+                self._updates = self._updates[offset:]
+            ready = self._updates[:limit]
+        if ready or timeout == 0:
+            return json.loads(json.dumps(ready))
+        assert self._loop is not None and self._new_update is not None
+        poll: asyncio.Future[None] = self._loop.create_future()
+        self._poll = poll
+        arrived = asyncio.ensure_future(self._new_update.wait())
+        try:
+            done, _ = await asyncio.wait({poll, arrived}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if poll in done:
+                poll.result()  # raises the 409 this poll was ended with
+        finally:
+            arrived.cancel()
+            if self._poll is poll:
+                self._poll = None
+        with self._lock:
+            return json.loads(json.dumps(self._updates[:limit]))
+
+    def _chat(self, params: dict[str, Any]) -> _Chat:
+        raw = params.get("chat_id")
+        try:
+            chat_id = int(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise _Refused(400, "Bad Request: chat not found") from None
+        state = self._chats.get(chat_id)
+        if state is None:
+            raise _Refused(400, "Bad Request: chat not found")
+        if state.migrated_to is not None:
+            raise _Refused(400, "Bad Request: group chat was upgraded to a supergroup chat",
+                           {"migrate_to_chat_id": state.migrated_to})
+        if state.blocked is not None:
+            raise _Refused(*state.blocked)
+        return state
+
+    def _bot_message(self, state: _Chat, params: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        message: dict[str, Any] = {"message_id": state.next_id, "from": self.bot, "chat": state.info,
+                                   "date": int(time.time()), **extra}
+        thread = params.get("message_thread_id")
+        if thread is not None:
+            if not state.info.get("is_forum"):
+                raise _Refused(400, "Bad Request: message thread not found")
+            message["message_thread_id"] = int(thread)
+            message["is_topic_message"] = True
+        reply = params.get("reply_parameters") or (
+            {"message_id": params["reply_to_message_id"]} if "reply_to_message_id" in params else None)
+        if reply:
+            target = state.messages.get(int(reply["message_id"]))
+            if target is not None:
+                message["reply_to_message"] = target
+            elif not reply.get("allow_sending_without_reply"):
+                raise _Refused(400, "Bad Request: message to be replied not found")
+        markup = params.get("reply_markup")
+        if markup:
+            message["reply_markup"] = _check_markup(markup)
+        state.next_id += 1
+        state.messages[message["message_id"]] = message
+        state.bot_sent.append(message["message_id"])
+        return message
+
+    def _send_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        state = self._chat(params)
+        text = str(params.get("text", ""))
+        if not text.strip():
+            raise _Refused(400, "Bad Request: message text is empty")
+        if utf16_len(text) > MAX_TEXT:
+            raise _Refused(400, "Bad Request: message is too long")
+        return self._bot_message(state, params, {"text": text})
+
+    def _send_media(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+        state = self._chat(params)
+        upload = params.get(kind)
+        if not isinstance(upload, tuple):
+            raise _Refused(400, f"Bad Request: there is no {kind} in the request")
+        name, content, mime = upload
+        if kind == "photo" and len(content) > PHOTO_LIMIT:
+            raise _Refused(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
+        file_id = self.add_file(content)
+        item = {"file_id": file_id, "file_unique_id": f"AgAD{file_id[-6:]}", "file_size": len(content)}
+        media: Any = ([dict(item, width=800, height=600)] if kind == "photo"
+                      else dict(item, file_name=name, mime_type=mime))
+        extra: dict[str, Any] = {kind: media}
+        if params.get("caption"):
+            extra["caption"] = str(params["caption"])
+        return self._bot_message(state, params, extra)
+
+    def _edit_text(self, params: dict[str, Any]) -> dict[str, Any]:
+        state = self._chat(params)
+        message = state.messages.get(int(params.get("message_id", 0)))
+        if message is None:
+            raise _Refused(400, "Bad Request: message to edit not found")
+        if message["from"]["id"] != self.bot["id"]:
+            raise _Refused(400, "Bad Request: message can't be edited")
+        text = str(params.get("text", ""))
+        if not text.strip():
+            raise _Refused(400, "Bad Request: message text is empty")
+        if utf16_len(text) > MAX_TEXT:
+            raise _Refused(400, "Bad Request: MESSAGE_TOO_LONG")
+        markup = _check_markup(params["reply_markup"]) if params.get("reply_markup") else None
+        if markup is not None and not markup.get("inline_keyboard"):
+            markup = None
+        if message.get("text") == text and message.get("reply_markup") == markup:
+            raise _Refused(400, NOT_MODIFIED)
+        message["text"] = text
+        message["edit_date"] = int(time.time())
+        if markup is None:
+            message.pop("reply_markup", None)
+        else:
+            message["reply_markup"] = markup
+        return message
+
+    def _react(self, params: dict[str, Any]) -> bool:
+        state = self._chat(params)
+        message = state.messages.get(int(params.get("message_id", 0)))
+        if message is None:
+            raise _Refused(400, "Bad Request: MESSAGE_ID_INVALID")
+        reactions = params.get("reaction") or []
+        for r in reactions:
+            if r.get("type") != "emoji" or r.get("emoji") not in REACTIONS:
+                raise _Refused(400, "Bad Request: REACTION_INVALID")
+        message["_bot_reactions"] = [r["emoji"] for r in reactions]
+        return True
+
+    def _chat_action(self, params: dict[str, Any]) -> bool:
+        state = self._chat(params)
+        if params.get("action") not in ("typing", "upload_photo", "upload_document", "record_voice", "find_location"):
+            raise _Refused(400, "Bad Request: wrong parameter action in request")
+        state.typing.append(time.time())
+        return True
+
+    def _answer_query(self, params: dict[str, Any]) -> bool:
+        query_id = str(params.get("callback_query_id", ""))
+        if query_id not in self._queries or self._queries[query_id] is not None:
+            raise _Refused(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+        self._queries[query_id] = {k: v for k, v in params.items() if k != "callback_query_id"}
+        return True
+
+    def _get_file(self, params: dict[str, Any]) -> dict[str, Any]:
+        file_id = str(params.get("file_id", ""))
+        if file_id not in self._files:
+            raise _Refused(400, "Bad Request: invalid file_id")
+        path, content = self._files[file_id]
+        if len(content) > DOWNLOAD_LIMIT:
+            raise _Refused(400, "Bad Request: file is too big")
+        return {"file_id": file_id, "file_unique_id": f"AgAD{file_id[-6:]}", "file_size": len(content),
+                "file_path": path}
+
+    def _webhook_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"url": self.webhook_url, "has_custom_certificate": False, "pending_update_count": len(self._updates)}
+
+    def _set_webhook(self, params: dict[str, Any]) -> bool:
+        self.webhook_url = str(params.get("url", ""))
+        return True
+
+    def _delete_webhook(self, params: dict[str, Any]) -> bool:
+        self.webhook_url = ""
+        if str(params.get("drop_pending_updates", "")).lower() in ("true", "1"):
+            self._updates.clear()
+        return True
+
+
+def _check_markup(markup: Any) -> dict[str, Any]:
+    rows = markup.get("inline_keyboard") if isinstance(markup, dict) else None
+    if not isinstance(rows, list):
+        raise _Refused(400, "Bad Request: can't parse reply keyboard markup JSON object")
+    for row in rows:
+        for button in row:
+            data = button.get("callback_data")
+            if not button.get("text") or data is None or not 1 <= len(str(data).encode()) <= 64:
+                raise _Refused(400, "Bad Request: BUTTON_DATA_INVALID")
+    return {"inline_keyboard": rows}
+
+
+_METHODS: dict[str, Any] = {
+    "getme": lambda fake, params: fake.bot,
+    "sendmessage": FakeTelegram._send_message,
+    "sendphoto": lambda fake, params: fake._send_media("photo", params),
+    "senddocument": lambda fake, params: fake._send_media("document", params),
+    "editmessagetext": FakeTelegram._edit_text,
+    "setmessagereaction": FakeTelegram._react,
+    "sendchataction": FakeTelegram._chat_action,
+    "answercallbackquery": FakeTelegram._answer_query,
+    "getfile": FakeTelegram._get_file,
+    "getwebhookinfo": FakeTelegram._webhook_info,
+    "setwebhook": FakeTelegram._set_webhook,
+    "deletewebhook": FakeTelegram._delete_webhook,
+}
+
+
+def _params(query: str, content_type: str, body: bytes) -> dict[str, Any]:
+    """Bot API parameters come as a query string, a form, multipart (uploads) or JSON; objects in the
+    first three are JSON-serialized strings."""
+    params: dict[str, Any] = dict(parse_qsl(query))
+    if body:
+        kind = content_type.split(";", 1)[0].strip().lower()
+        if kind == "application/json":
+            loaded = json.loads(body)
+            if not isinstance(loaded, dict):
+                raise ValueError("the JSON body must be an object")
+            params.update(loaded)
+            return params
+        if kind == "application/x-www-form-urlencoded":
+            params.update(parse_qsl(body.decode()))
+        elif kind == "multipart/form-data":
+            message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+            for part in message.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                payload = part.get_payload(decode=True) or b""
+                filename = part.get_filename()
+                if filename is not None:
+                    params[str(name)] = (filename, payload, part.get_content_type())
+                else:
+                    params[str(name)] = payload.decode()
+    for key in _OBJECT_PARAMS & params.keys():
+        if isinstance(params[key], str):
+            params[key] = json.loads(params[key])
+    return params
+
+
+async def _main(port: int, host: str) -> None:
+    fake = await FakeTelegram().start(host, port)
+    print(fake.url, fake.token, flush=True)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    await fake.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+    asyncio.run(_main(args.port, args.host))
