@@ -15,11 +15,13 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from types import FrameType
 
 from clawden import natsserver, setup
 from clawden.config import Config
+from clawden.runtime import CHANNEL_ENTRY_POINTS
 
 SERVICES = ("vault", "router", "runner", "scheduler")
 STOP_TIMEOUT = 15.0
@@ -147,9 +149,17 @@ class Supervisor:
         self.say("stopped")
 
 
+def configured_bridges(cfg: Config, environ: dict[str, str] | None = None) -> list[str]:
+    """Bridges with a token (`keys/<name>` or `CLAWDEN_<NAME>_TOKEN`): `clawden up` runs those."""
+    env = dict(os.environ) if environ is None else environ
+    names = {"telegram"} | {e.name for e in metadata.entry_points(group=CHANNEL_ENTRY_POINTS)}
+    return [f"channel@{n}" for n in sorted(names)
+            if (cfg.keys_dir / n).exists() or env.get(f"CLAWDEN_{n.upper()}_TOKEN")]
+
+
 def up(home: Path | None, services: list[str] | None = None) -> int:
     cfg = setup.init(home)
-    sup = Supervisor(cfg, tuple(services or SERVICES))
+    sup = Supervisor(cfg, tuple(services or [*SERVICES, *configured_bridges(cfg)]))
     received: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

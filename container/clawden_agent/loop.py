@@ -121,10 +121,17 @@ def _attr(value: object) -> str:
 
 def _body(msg: sessiondb.InboundMessage) -> str:
     content = msg.content
-    for key in ("text", "prompt"):
-        if isinstance(content.get(key), str):
-            return str(content[key])
-    return json.dumps(content, ensure_ascii=False)
+    text = next((str(content[k]) for k in ("text", "prompt") if isinstance(content.get(k), str)), None)
+    if text is None:
+        return json.dumps(content, ensure_ascii=False)
+    for a in content.get("attachments") or []:
+        where = f"at {msg_file(a['path'])}" if a.get("path") else "(not downloaded)"
+        text += f"\n[attachment {a.get('name')} ({a.get('mime')}, {a.get('size')} bytes) {where}]"
+    return text
+
+
+def msg_file(relative: str) -> str:
+    return str(Path(os.environ.get("CLAWDEN_SESSION_DIR", "/workspace/session")) / relative)
 
 
 def format_prompt(batch: list[sessiondb.InboundMessage]) -> str:

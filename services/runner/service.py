@@ -12,6 +12,8 @@ import contextlib
 import functools
 import json
 import logging
+import re
+import shutil
 import sqlite3
 import time
 from collections.abc import Coroutine
@@ -43,6 +45,7 @@ from services.runner.sessions import (
 log = logging.getLogger("clawden.runner")
 HEARTBEAT = ".heartbeat"
 CURRENT_TOOL = "current_tool"  # session_state key the agent sets while a tool runs
+MAX_INBOX_BYTES = 50 * 1024 * 1024
 START_ATTEMPTS = 5  # failed container starts in a row before a session's messages fail
 
 
@@ -121,6 +124,12 @@ class Runner:
                                  "Sorry — this conversation's storage is damaged, so I can't answer. "
                                  "The operator has to look at the runner's log.")
                 return
+            if wake.message.trigger and wake.message.kind == "chat":
+                # "typing…" in the chat until the answer: a hint for its bridge, never worth failing a wake.
+                with contextlib.suppress(Exception):
+                    await publish(self.ctx.js, subjects.outbound(wake.route.channel), ev.Typing(
+                        id=f"typing:{wake.key}", route=wake.route, at=time.time(), session_id=info.id),
+                        msg_id=f"typing:{wake.key}")
             if not wake.message.trigger:
                 return  # context only (an accumulated message): it waits for the next real one
             live = self.live.get(info.id)
@@ -147,12 +156,31 @@ class Runner:
         if wake.command:
             content["command"] = wake.command
         if m.attachments:
-            content["attachments"] = [{"name": a.name, "mime": a.mime, "size": a.size} for a in m.attachments]
+            content["attachments"] = [self._receive_file(folder, m.id, a) for a in m.attachments]
         sessiondb.insert_inbound(folder, sessiondb.InboundMessage(
             id=m.id, kind=m.kind, content=content, routing=routing,
             sender_id=m.sender.id if m.sender else None, sender_name=m.sender.name if m.sender else None,
             trigger=m.trigger, created_at=m.sent_at or time.time(),
         ), outbound_max_seq=sessiondb.outbound_max_seq(folder))
+
+    def _receive_file(self, folder: Path, message_id: str, attachment: ev.Attachment) -> dict[str, object]:
+        """Copy a bridge's downloaded file into the session's inbox; anything else is only described."""
+        described: dict[str, object] = {"name": attachment.name, "mime": attachment.mime, "size": attachment.size}
+        bridges = (self.cfg.data_dir / "channels").resolve()
+        if not attachment.url.startswith("file://"):
+            return described
+        source = Path(attachment.url.removeprefix("file://")).resolve()
+        # Only files a bridge on this host fetched: never a path a message could point anywhere.
+        if not source.is_relative_to(bridges) or not source.is_file() or source.stat().st_size > MAX_INBOX_BYTES:
+            log.warning("attachment %s of %s not taken: %s", attachment.name, message_id, attachment.url)
+            return described
+        box = folder / "inbox" / re.sub(r"[^A-Za-z0-9._-]", "_", message_id)[-80:]
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", attachment.name)[-100:] or "file"
+        box.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, box / name)
+        if self.owner_uid is not None:
+            chown_tree(box, self.owner_uid)
+        return described | {"path": str((box / name).relative_to(folder))}
 
     async def _start(self, info: SessionInfo, folder: Path) -> None:
         gateway = await self._gateway_dir(info.agent_group)

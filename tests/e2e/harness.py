@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from clawden import natsserver, sessiondb, setup
 from clawden.bus import bind, connect, consume, ensure_streams, publish, subjects
 from clawden.bus import events as ev
-from services.channels.local import inbound_event, terminal_outbound
+from services.channels.local import OUTBOUND, inbound_event, terminal_outbound
 from tests.fakes.anthropic import FakeAnthropic, start_in_thread
 
 LABEL_INSTALL = "dev.clawden.install"
@@ -135,8 +135,9 @@ class Terminal:
         await ensure_streams(self.js)
         sub = await bind(self.js, terminal_outbound(self.chat_id))
 
-        async def on_reply(event: ev.OutboundMessage, msg: Msg) -> None:
-            if event.route.chat_id == self.chat_id:
+        async def on_reply(event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing,
+                           msg: Msg) -> None:
+            if isinstance(event, ev.OutboundMessage) and event.route.chat_id == self.chat_id:
                 await self.replies.put(event)
                 # Like `clawden chat`: a receipt with a platform id, so edits and reactions can target it.
                 receipt = ev.DeliveryReceipt(outbound_id=event.id, route=event.route, ok=True,
@@ -146,7 +147,8 @@ class Terminal:
                 await publish(self.js, subjects.receipt("local"), receipt, msg_id=f"receipt:{event.id}")
 
         self._stopping = asyncio.Event()
-        self._task = asyncio.create_task(consume(sub, ev.OutboundMessage, on_reply, stopping=self._stopping))
+        self._task = asyncio.create_task(consume(sub, OUTBOUND,  # type: ignore[arg-type]
+                                                 on_reply, stopping=self._stopping))
         return self
 
     async def __aexit__(self, *exc: object) -> None:

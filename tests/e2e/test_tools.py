@@ -229,3 +229,26 @@ async def test_a_send_the_platform_refused_is_shown_to_the_agent(stack: Stack, t
     await term.ask("did my last message arrive?")
     prompt = str(stack.fake.messages_requests(with_tools=True)[seen].body["messages"])
     assert f'<delivery-failed seq="{reply.seq}">bot was blocked by the user' in prompt
+
+
+async def test_a_file_a_bridge_fetched_lands_in_the_inbox_and_the_prompt(stack: Stack, term: Terminal) -> None:
+    import msgspec
+
+    from services.channels.local import inbound_event
+
+    fetched = stack.home / "data" / "channels" / "local" / "files" / "note.txt"
+    fetched.parent.mkdir(parents=True, exist_ok=True)
+    fetched.write_text("buy oat milk\n")
+    elsewhere = stack.home / "keys" / "anthropic"  # a message cannot make the runner copy this
+    event = msgspec.structs.replace(inbound_event(term.chat_id, "me", "see attached"), attachments=(
+        ev.Attachment(name="note.txt", mime="text/plain", size=13, url=fetched.as_uri()),
+        ev.Attachment(name="key", mime="text/plain", size=10, url=elsewhere.as_uri())))
+    seen = len(stack.fake.messages_requests(with_tools=True))
+    assert term.js is not None
+    await publish(term.js, subjects.inbound("local"), event, msg_id=event.key)
+    reply = await term.reply()
+    prompt = str(stack.fake.messages_requests(with_tools=True)[seen].body["messages"])
+    assert "[attachment note.txt (text/plain, 13 bytes) at /workspace/session/inbox/" in prompt
+    assert "[attachment key (text/plain, 10 bytes) (not downloaded)]" in prompt
+    inbox = stack.home / "sessions" / "main" / reply.session_id / "inbox"
+    assert [p.read_text() for p in inbox.rglob("*") if p.is_file()] == ["buy oat milk\n"]
