@@ -62,7 +62,18 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class VaultConfig(msgspec.Struct, frozen=True, kw_only=True):
+    # Extra roots the gateway trusts toward sites (a test CA), on top of the system's.
     extra_ca_file: str = ""
+    # Host -> "address:port" the gateway dials instead of resolving the name (tests' fake sites).
+    host_map: dict[str, str] = {}
+    # Groups without their own `clawden egress` setting: "open" (any host, audited) or "allowlist".
+    default_egress: str = "open"
+    approval_timeout: float = 180.0  # seconds a held request waits for a human
+    read_timeout: float = 600.0  # seconds a site may stay silent mid-request (a model thinking)
+    audit_retention_days: float = 30.0
+    # "host:port" for the TCP listener with per-group proxy tokens (engines where sockets cannot
+    # cross into containers); empty: off.
+    tcp_listen: str = ""
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):

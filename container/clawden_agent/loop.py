@@ -36,7 +36,7 @@ from claude_agent_sdk import (
 
 from clawden import sessiondb
 
-from . import doorbell, tools
+from . import doorbell, selftest, tools
 
 log = logging.getLogger("clawden_agent")
 
@@ -105,9 +105,13 @@ def cli_env(config: Config, env: Mapping[str, str]) -> dict[str, str]:
     out = dict(QUIET_ENV)
     if config.gateway_socket:
         relay = f"http://127.0.0.1:{config.relay_port}"
-        out.update(ANTHROPIC_BASE_URL=relay, HTTPS_PROXY=relay, HTTP_PROXY=relay, https_proxy=relay,
+        out.update(HTTPS_PROXY=relay, HTTP_PROXY=relay, https_proxy=relay,
                    http_proxy=relay, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
                    ANTHROPIC_API_KEY=PLACEHOLDER_API_KEY)
+        if not env.get("CLAWDEN_CA_FILE"):
+            # No gateway CA mounted: the vault's plain-HTTP compatibility path to model.upstream.
+            # With it, Claude Code keeps its default https://api.anthropic.com and the gateway intercepts.
+            out["ANTHROPIC_BASE_URL"] = relay
     elif not env.get("ANTHROPIC_API_KEY") and not env.get("ANTHROPIC_AUTH_TOKEN"):
         out["ANTHROPIC_API_KEY"] = PLACEHOLDER_API_KEY
     return out
@@ -344,6 +348,8 @@ class Runner:
                 from .relay import serve_relay
 
                 relay = await serve_relay(self.config.gateway_socket, "127.0.0.1", self.config.relay_port)
+                # Fails loudly (the container exits) when Python or Claude Code does not trust the gateway.
+                await selftest.verify({**os.environ, **cli_env(self.config, os.environ)}, self.config.relay_port)
             try:
                 await self.agent.connect()
             except Exception:

@@ -33,6 +33,7 @@ GROUP_MOUNT = "/workspace/agent"
 GLOBAL_MOUNT = "/workspace/global"
 HOME_MOUNT = "/home/agent"
 GATEWAY_MOUNT = "/run/clawden/gateway"
+TRUST_MOUNT = "/run/clawden/trust"  # the vault's CA and a bundle of it with the system roots, read-only
 RELAY_PORT = 3128
 AGENT_UID = 1000
 
@@ -55,6 +56,7 @@ class ContainerSpec:
     model: str = ""
     timezone: str = ""
     extra_mounts: tuple[ExtraMount, ...] = ()  # already checked against the mount allowlist
+    trust_dir: Path | None = None  # from the vault: clawden-ca.pem and bundle.pem
 
     @property
     def name(self) -> str:
@@ -76,6 +78,12 @@ class ContainerSpec:
         }
         if self.model:
             env["CLAWDEN_MODEL"] = self.model
+        if self.trust_dir is not None:
+            # Variables that replace a client's roots get the bundle (system roots + the gateway CA);
+            # NODE_EXTRA_CA_CERTS adds to Node's own roots, so it gets the CA alone.
+            bundle, ca = f"{TRUST_MOUNT}/bundle.pem", f"{TRUST_MOUNT}/clawden-ca.pem"
+            env.update(SSL_CERT_FILE=bundle, REQUESTS_CA_BUNDLE=bundle, CURL_CA_BUNDLE=bundle,
+                       GIT_SSL_CAINFO=bundle, NODE_EXTRA_CA_CERTS=ca, CLAWDEN_CA_FILE=ca)
         return env
 
     def run_kwargs(self) -> dict[str, Any]:
@@ -89,6 +97,8 @@ class ContainerSpec:
         if self.global_dir.is_dir():
             mounts.append(Mount(GLOBAL_MOUNT, str(self.global_dir), type="bind", read_only=True))
         mounts += [Mount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in self.extra_mounts]
+        if self.trust_dir is not None:
+            mounts.append(Mount(TRUST_MOUNT, str(self.trust_dir), type="bind", read_only=True))
         return {
             "image": self.image,
             "name": self.name,

@@ -183,7 +183,7 @@ class Runner:
         return described | {"path": str((box / name).relative_to(folder))}
 
     async def _start(self, info: SessionInfo, folder: Path) -> None:
-        gateway = await self._gateway_dir(info.agent_group)
+        gateway, trust = await self._gateway_dir(info.agent_group)
         group_dir = self.cfg.groups_dir / info.agent_group
         group = self.cfg.groups.get(info.agent_group, GroupConfig())
         claude_home = self.claude_home(info.agent_group)
@@ -198,6 +198,7 @@ class Runner:
             memory=group.memory or self.cfg.runner.memory, cpus=group.cpus or self.cfg.runner.cpus,
             pids=group.pids or self.cfg.runner.pids, user=self.user, model=self.cfg.model.model,
             timezone=_host_timezone(), extra_mounts=await asyncio.to_thread(self._extra_mounts, info.agent_group),
+            trust_dir=trust,
         )
         try:
             container = await self.docker.start(spec)
@@ -231,8 +232,9 @@ class Runner:
             chown_tree(group_dir, self.owner_uid)
             chown_tree(claude_home, self.owner_uid)
 
-    async def _gateway_dir(self, agent_group: str) -> Path:
-        """Ask the vault for this group's gateway socket; without a vault no agent may start."""
+    async def _gateway_dir(self, agent_group: str) -> tuple[Path, Path | None]:
+        """Ask the vault for this group's gateway socket folder and its CA folder (mounted read-only);
+        without a vault no agent may start."""
         try:
             reply = await self.ctx.nc.request(subjects.ctl("vault", "gateway"),
                                               json.dumps({"agent_group": agent_group}).encode(), timeout=5)
@@ -240,7 +242,9 @@ class Runner:
             raise Retry(f"the vault did not answer: {exc}", delay=2.0) from exc
         if reply.headers and reply.headers.get("Nats-Service-Error"):
             raise Retry(f"the vault refused: {reply.headers.get('Nats-Service-Error')}", delay=5.0)
-        return Path(json.loads(reply.data)["socket"]).parent
+        answer = json.loads(reply.data)
+        trust = answer.get("trust_dir")
+        return Path(answer["socket"]).parent, Path(trust) if trust else None
 
     # --- what agents say ------------------------------------------------------------------------
 

@@ -1,121 +1,79 @@
-"""The vault gateway, first step: one Unix socket per agent group, model requests forwarded with the
-real credential injected, CONNECT tunnelled without interception.
+"""The vault gateway: the HTTPS proxy every agent container talks through.
+
+Each agent group has its own Unix socket, so the socket a connection arrives on names the caller
+(a TCP listener with per-group proxy tokens is the fallback where sockets cannot cross into
+containers). ``CONNECT host:443`` is answered by TLS with a leaf from the vault's CA, and each
+request inside is judged by ``policy.decide`` (a pure function), gets its credentials from
+``injection.inject``, and goes upstream on a pooled, verified connection. This module only moves
+bytes: h11 on both sides, bodies streamed both ways (SSE flows event by event), redirects passed
+back, hop-by-hop headers stripped, WebSocket upgrades piped through after injection.
+
+Plain-HTTP requests (``ANTHROPIC_BASE_URL=http://127.0.0.1:3128``) remain as a compatibility path
+to ``model.upstream``, judged as requests to the model API.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import ipaddress
-import json
 import logging
 import os
-import socket
+import shutil
 import ssl
 import stat
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import h11
-import httpx
 
 from clawden import unixsock
+from services.vault import responses
+from services.vault.approvals import PREVIEW_BYTES, ApprovalAsk, Approver, NoApprover, redact_preview
+from services.vault.audit import AuditRecord, AuditSink, log_audit
+from services.vault.catalog import Catalog, Credential, GroupView, Secret
+from services.vault.certs import CertificateAuthority, LeafCache
+from services.vault.injection import inject, strip_hop_by_hop
+from services.vault.policy import (
+    Allowed,
+    Ask,
+    Blocked,
+    LeakScanner,
+    Limited,
+    RateKey,
+    RequestHead,
+    Verdict,
+    decide,
+    leak_candidates,
+    stored_for_host,
+)
+from services.vault.responses import SELFTEST_HOST, Reply
+from services.vault.upstream import Origin, Response, Upstream, UpstreamError, client_tls
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("clawden.vault")
 
 Header = tuple[bytes, bytes]
-
 READ_SIZE = 64 * 1024
 # Above h11's 16 KiB default: a 431 would break an agent's turn, and 64 KiB still bounds memory.
 MAX_HEAD_SIZE = 64 * 1024
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
-# The agent's placeholder auth, the Host the gateway sets itself, and Expect (answered here).
-REPLACED = frozenset({b"host", b"x-api-key", b"authorization", b"expect"})
-OAUTH_PREFIX = "sk-ant-oat"
-# Anthropic refuses a bearer OAuth token unless this beta is announced.
-OAUTH_BETA = b"oauth-2025-04-20"
-# A model turn can think for minutes between bytes; the SDK's own default timeout is 10 min.
-UPSTREAM_TIMEOUTS = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0).as_dict()
-TUNNEL_CONNECT_TIMEOUT = 10.0
-URL_CACHE_SIZE = 256
+MAX_SELFTEST_BODY = 1 << 20
+TLS_HANDSHAKE_TIMEOUT = 15.0
+IDLE_TIMEOUT = 300.0  # an agent connection with no request in flight
+CLOSE_TIMEOUT = 5.0
+APPROVAL_TIMEOUT = 180.0
+# The host model calls are judged as on the compatibility path, wherever model.upstream points.
+MODEL_HOST = "api.anthropic.com"
+DROPPED_UPSTREAM = frozenset({b"host", b"expect", b"content-length"})
 
 
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """One audited request; carries no header values, so never a credential."""
-
-    agent_group: str
-    method: str
-    host: str
-    path: str
-    status: int
-    duration_ms: float
-
-
-AuditSink = Callable[[AuditRecord], None]
-
-
-def log_audit(record: AuditRecord) -> None:
-    """The default audit sink: one structured log line per request."""
-    log.info(
-        "audit group=%s method=%s host=%s path=%s status=%d duration_ms=%.1f",
-        record.agent_group,
-        record.method,
-        record.host,
-        record.path,
-        record.status,
-        record.duration_ms,
-    )
-
-
-# ---- the pure core: which headers cross the gateway ----
-
-
-def strip_hop_by_hop(headers: Iterable[Header]) -> list[Header]:
-    """Drop hop-by-hop headers, Proxy-*, and any header named in Connection (RFC 9110 §7.6.1)."""
-    headers = list(headers)
-    listed = {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == b"connection"
-        for token in value.split(b",")
-    }
-    return [
-        (name, value)
-        for name, value in headers
-        if (lower := name.lower()) not in HOP_BY_HOP
-        and not lower.startswith(b"proxy-")
-        and lower not in listed
-    ]
-
-
-def upstream_request_headers(
-    incoming: Iterable[Header], credential: str, upstream_host: bytes
-) -> list[Header]:
-    """Headers to send upstream: the agent's own, minus hop-by-hop and auth, plus the real credential."""
-    headers: list[Header] = [(b"host", upstream_host)]
-    headers += [(name, value) for name, value in strip_hop_by_hop(incoming) if name.lower() not in REPLACED]
-    secret = credential.encode("ascii")
-    if credential.startswith(OAUTH_PREFIX):
-        headers.append((b"authorization", b"Bearer " + secret))
-        headers = _with_beta(headers, OAUTH_BETA)
-    else:
-        headers.append((b"x-api-key", secret))
-    return headers
-
-
-def _with_beta(headers: list[Header], beta: bytes) -> list[Header]:
-    for index, (name, value) in enumerate(headers):
-        if name.lower() == b"anthropic-beta":
-            if beta in (token.strip() for token in value.split(b",")):
-                return headers
-            headers[index] = (name, value + b"," + beta)
-            return headers
-    headers.append((b"anthropic-beta", beta))
-    return headers
+# ---- small pure helpers ----
 
 
 def split_target(target: bytes) -> tuple[str | None, bytes] | None:
@@ -131,6 +89,17 @@ def split_target(target: bytes) -> tuple[str | None, bytes] | None:
     return None
 
 
+def connect_target(target: bytes) -> tuple[str, int] | None:
+    """(host, port) of a CONNECT authority-form target; None when malformed."""
+    host, sep, port = target.decode("ascii", "replace").rpartition(":")
+    host = host.removeprefix("[").removesuffix("]").lower().rstrip(".")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if any(c in host for c in "/@ \t") or len(host) > 253:
+        return None
+    return host, int(port)
+
+
 def is_loopback(host: str) -> bool:
     """True for localhost and loopback addresses: the relay's own address as the agent sees it."""
     if host == "localhost":
@@ -141,78 +110,272 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def tunnel_allowed(address: str) -> bool:
-    """Whether CONNECT may reach this resolved address: public ones only by default.
-
-    The gateway runs in the host's network namespace, so a tunnel to loopback or the LAN would hand
-    the agent what ``--network none`` took away (NATS on 127.0.0.1, the router, cloud metadata).
-    """
-    return ipaddress.ip_address(address).is_global
+def wants_upgrade(headers: list[Header]) -> bool:
+    connection = b",".join(v for k, v in headers if k == b"connection").lower()
+    return any(k == b"upgrade" for k, _ in headers) and b"upgrade" in connection
 
 
-def connect_target(target: bytes) -> tuple[str, int] | None:
-    """(host, port) of a CONNECT authority-form target; None when malformed."""
-    host, sep, port = target.decode("ascii", "replace").rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    return host, int(port)
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
-def error_body(message: str) -> bytes:
-    return json.dumps({"error": {"type": "gateway_error", "message": message}}).encode()
+def proxy_token(headers: list[Header]) -> str | None:
+    """The token from ``Proxy-Authorization: Basic`` (as the password, or as the user with none)."""
+    for name, value in headers:
+        if name == b"proxy-authorization":
+            scheme, _, encoded = value.partition(b" ")
+            if scheme.lower() != b"basic":
+                return None
+            try:
+                user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                return None
+            return password or user or None
+    return None
 
 
-# ---- the adapter: sockets, h11, httpx ----
+def model_credential_catalog(credential: str) -> Catalog:
+    """A catalog holding only a model key, granted to every group (tests, tools, the compat path)."""
+    secret = Secret(name="anthropic", kind="anthropic", host_pattern=MODEL_HOST, grants=("*",))
+    return Catalog(credentials=(Credential(secret, credential),))
+
+
+# ---- the agent side of one connection ----
 
 
 class _ClientGone(Exception):
     """The agent side closed or broke the connection mid-request."""
 
 
+class _LeakFound(Exception):
+    def __init__(self, secret: str) -> None:
+        super().__init__(secret)
+        self.secret = secret
+
+
+class _Side:
+    """One agent connection (or the TLS session inside its tunnel) with its h11 state."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+
+    async def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            await self.receive()
+
+    async def receive(self) -> None:
+        try:
+            data = await self.reader.read(READ_SIZE)
+        except (ConnectionError, OSError, ssl.SSLError) as exc:
+            raise _ClientGone from exc
+        self.conn.receive_data(data)
+
+    def send(self, event: h11.Event) -> None:
+        # h11 returns None only for ConnectionClosed, which this module never sends.
+        self.writer.write(self.conn.send(event) or b"")
+
+    def send_reply(self, reply: Reply, close: bool = False) -> None:
+        headers = list(reply.headers)
+        if close or self.conn.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
+            headers.append((b"connection", b"close"))  # the unread rest of the body cannot be trusted
+        self.send(h11.Response(status_code=reply.status, headers=headers))
+        if reply.body:
+            self.send(h11.Data(data=reply.body))
+        self.send(h11.EndOfMessage())
+
+    @property
+    def reusable(self) -> bool:
+        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+
+
+class _Body:
+    """The request body: what has arrived is kept (for an approval preview), the rest streams."""
+
+    def __init__(self, side: _Side) -> None:
+        self.side = side
+        self.chunks: list[bytes] = []
+        self.complete = False
+        self.size = 0
+
+    def _take(self) -> bool:
+        """Take the events h11 already has; False when it needs more bytes."""
+        while not self.complete:
+            event = self.side.conn.next_event()
+            if isinstance(event, h11.Data):
+                data = bytes(event.data)
+                self.chunks.append(data)
+                self.size += len(data)
+            elif isinstance(event, h11.EndOfMessage):
+                self.complete = True
+            elif event is h11.NEED_DATA:
+                return False
+            else:
+                raise _ClientGone
+        return True
+
+    async def _more(self) -> None:
+        if self.side.conn.client_is_waiting_for_100_continue:
+            # curl holds big bodies back until told to go; the upstream never sees Expect.
+            self.side.send(h11.InformationalResponse(status_code=100, headers=[]))
+            await self.side.writer.drain()
+        await self.side.receive()
+
+    async def preview(self, limit: int) -> bytes:
+        while not self._take() and self.size < limit:
+            await self._more()
+        return b"".join(self.chunks)[:limit]
+
+    def source(self, scanner: LeakScanner) -> bytes | AsyncIterator[bytes]:
+        """All of it when it is here (the common, small case), else a stream; both leak-checked."""
+        if self._take():
+            data = b"".join(self.chunks)
+            if scanner and (leaked := scanner.feed(data)) is not None:
+                raise _LeakFound(leaked)
+            return data
+        return self._stream(scanner)
+
+    async def _stream(self, scanner: LeakScanner) -> AsyncIterator[bytes]:
+        sent = 0
+        while True:
+            while sent < len(self.chunks):
+                chunk = self.chunks[sent]
+                sent += 1
+                if scanner and (leaked := scanner.feed(chunk)) is not None:
+                    raise _LeakFound(leaked)
+                yield chunk
+            if self.complete:
+                return
+            try:
+                taken = self._take()
+            except h11.RemoteProtocolError as exc:  # a broken chunked body: nothing sane can follow
+                raise _ClientGone from exc
+            if not taken:
+                await self._more()
+
+
+@dataclass
+class _Exchange:
+    """Audit facts of one request as they become known."""
+
+    group: str
+    method: str
+    host: str
+    path: str
+    started: float
+    at: float
+    decision: str = "allowed"
+    rule: str = ""
+    status: int = 0
+    bytes_out: int = 0
+    injected: tuple[str, ...] = ()
+    approval_id: str = ""
+    body: _Body | None = field(default=None, repr=False)
+
+
+# ---- the gateway ----
+
+
 class Gateway:
-    """Serves agent groups on their Unix sockets and forwards their model traffic upstream."""
+    """Serves agent groups on their sockets; judges, injects and forwards their traffic."""
 
     def __init__(
         self,
-        upstream_base_url: str,
-        credential: str,
+        model_upstream: str = "https://api.anthropic.com",
+        credential: str | None = None,
+        *,
+        catalog: Catalog | None = None,
+        ca: CertificateAuthority | None = None,
+        work_dir: Path | None = None,
         extra_ca_file: Path | str | None = None,
+        host_map: Mapping[str, str] | None = None,
         audit: AuditSink = log_audit,
+        approver: Approver | None = None,
         tunnel_to_private: bool = False,
+        approval_timeout: float = APPROVAL_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        read_timeout: float = 600.0,
+        connect_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """``tunnel_to_private`` lets CONNECT reach loopback and LAN addresses (tests, deliberate setups)."""
-        base = httpx.URL(upstream_base_url)
-        self._base_url = base
-        self._base_path = base.raw_path.split(b"?")[0].rstrip(b"/")
-        self._upstream_host = base.netloc
-        self._upstream_host_str = base.netloc.decode("ascii")
-        self._upstream_hostname = base.host
-        self._tunnel_to_private = tunnel_to_private
-        self._credential = credential
+        """``credential`` alone makes a gateway that injects one model key for every group.
+
+        Without ``ca`` an ephemeral CA is made (nobody trusts it unless told: tests, benchmarks).
+        ``tunnel_to_private`` lets requests reach loopback and LAN addresses (tests only).
+        """
+        model = urlsplit(model_upstream)
+        scheme = model.scheme or "https"
+        port = model.port or (443 if scheme == "https" else 80)
+        self._model = Origin(scheme, (model.hostname or MODEL_HOST).lower(), port)
+        self._model_path = model.path.rstrip("/").encode()
+        if catalog is None:
+            catalog = model_credential_catalog(credential) if credential else Catalog()
+        self.catalog = catalog
+        self._ca = ca
+        self._work_dir = work_dir
+        self._own_work_dir: Path | None = None
+        self._leaf_cache: LeafCache | None = None
+        self._upstream = Upstream(client_tls(extra_ca_file), host_map=host_map, allow_private=tunnel_to_private,
+                                  read_timeout=read_timeout, connect_timeout=connect_timeout)
         self._audit = audit
-        tls = ssl.create_default_context()
-        if extra_ca_file is not None:
-            tls.load_verify_locations(cafile=str(extra_ca_file))
-        # The bare pooled transport, not an AsyncClient: a proxy wants none of the client's extras
-        # (a cookie jar shared by every agent group, redirect following, default headers), and
-        # skipping them saves ~50 µs a request. No redirects are followed at this layer.
-        self._transport = httpx.AsyncHTTPTransport(
-            verify=tls,
-            http1=True,
-            http2=False,
-            trust_env=False,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=60.0),
-        )
-        self._urls: dict[bytes, httpx.URL] = {}
-        self._servers: dict[Path, asyncio.Server] = {}
+        self._approver: Approver = approver or NoApprover()
+        self._approval_timeout = approval_timeout
+        self._idle_timeout = idle_timeout
+        self._clock = clock
+        self._usage: dict[RateKey, int] = {}  # rate-limit counts; in memory, so a restart forgives
+        self._tokens: dict[str, str] = {}  # sha256(token) -> agent group, for the TCP listener
+        self._servers: dict[str, asyncio.Server] = {}
+        self._socket_paths: dict[str, Path] = {}
         self._closing = False
         self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        if self._ca is None:  # made on first use: a gateway that never intercepts never needs one
+            self._ca = CertificateAuthority.create("Clawden ephemeral gateway CA")
+        return self._ca
+
+    @property
+    def _leaves(self) -> LeafCache:
+        if self._leaf_cache is None:
+            if self._work_dir is None:
+                self._own_work_dir = self._work_dir = Path(tempfile.mkdtemp(prefix="clawden-gateway-"))
+            self._leaf_cache = LeafCache(self.ca, self._work_dir / "leaves")
+        return self._leaf_cache
+
+    # -- configuration while running --
+
+    def update_catalog(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def update_tokens(self, token_hashes: Mapping[str, str]) -> None:
+        """Proxy tokens for the TCP listener: sha256 hex of the token -> agent group."""
+        self._tokens = dict(token_hashes)
+
+    # -- listeners --
 
     async def listen(self, agent_group: str, socket_path: Path) -> None:
         """Start serving ``agent_group`` on ``socket_path``; returns once the socket accepts."""
         _clear_socket_path(socket_path)
+        # The container's user (uid 1000) must connect; only this group's containers see the folder.
+        sock = unixsock.bind(socket_path, mode=0o666)
+        server = await asyncio.start_unix_server(self._handler(agent_group), sock=sock, limit=READ_SIZE)
+        self._servers[f"unix:{socket_path}"] = server
+        self._socket_paths[f"unix:{socket_path}"] = socket_path
 
+    async def listen_tcp(self, host: str, port: int) -> int:
+        """The fallback listener: each connection names its group with a proxy token; returns the port."""
+        server = await asyncio.start_server(self._handler(None), host, port, limit=READ_SIZE)
+        bound = int(server.sockets[0].getsockname()[1])
+        self._servers[f"tcp:{host}:{bound}"] = server
+        return bound
+
+    def _handler(self, agent_group: str | None
+                 ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[None, None, None]]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
@@ -224,20 +387,20 @@ class Gateway:
                 # when close() is the canceller, ending quietly is the intended outcome.
                 if not self._closing:
                     raise
+            except Exception:
+                log.exception("gateway connection for %s failed", agent_group or "tcp")
             finally:
                 self._connections.discard(task)
 
-        # The container's user (uid 1000) must connect; only this group's containers see the folder.
-        sock = unixsock.bind(socket_path, mode=0o666)
-        server = await asyncio.start_unix_server(handle, sock=sock, limit=READ_SIZE)
-        self._servers[socket_path] = server
+        return handle
 
     async def close(self) -> None:
         self._closing = True
-        for path, server in self._servers.items():
+        for key, server in self._servers.items():
             server.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            if key in self._socket_paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._socket_paths[key])
         for task in list(self._connections):
             task.cancel()
         if self._connections:
@@ -245,177 +408,372 @@ class Gateway:
         for server in self._servers.values():
             await server.wait_closed()
         self._servers.clear()
-        await self._transport.aclose()
+        await self._upstream.close()
+        if self._own_work_dir is not None:
+            shutil.rmtree(self._own_work_dir, ignore_errors=True)
 
-    # -- one agent connection: a loop of requests on h11 --
+    # -- one agent connection: a loop of requests, perhaps inside a CONNECT tunnel --
 
-    async def _serve_connection(
-        self, agent_group: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+    async def _serve_connection(self, agent_group: str | None, reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+        side = _Side(reader, writer)
+        origin: Origin | None = None
+        group = agent_group
         try:
             while True:
-                event = await _next_event(conn, reader)
+                try:
+                    async with asyncio.timeout(self._idle_timeout):
+                        event = await side.next_event()
+                except TimeoutError:
+                    return
                 if not isinstance(event, h11.Request):
                     return  # ConnectionClosed, or the client went away between requests
+                if len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers) > MAX_HEAD_SIZE:
+                    # h11 bounds only a head still arriving; one that came whole is measured here.
+                    raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+                if agent_group is None and origin is None:
+                    group = self._tokens.get(token_hash(proxy_token(list(event.headers)) or ""))
+                    if group is None:
+                        await self._drain_small_body(side)
+                        side.send_reply(responses.proxy_auth_required())
+                        await writer.drain()
+                        if not side.reusable:
+                            return
+                        side.conn.start_next_cycle()
+                        continue
+                assert group is not None
                 if event.method == b"CONNECT":
-                    if await self._tunnel(agent_group, conn, event, reader, writer):
+                    if origin is not None:
+                        side.send_reply(responses.gateway_error(400, "bad_request", "CONNECT inside a tunnel"),
+                                        close=True)
+                        await side.writer.drain()
                         return
-                else:
-                    await self._forward(agent_group, conn, event, reader, writer)
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return  # MUST_CLOSE, or a request body we never read
-                conn.start_next_cycle()
+                    opened = await self._open_tunnel(group, side, event)
+                    if opened is None:
+                        await side.writer.drain()
+                        if not side.reusable:
+                            return
+                        side.conn.start_next_cycle()
+                        continue
+                    side, origin = opened
+                    continue
+                await self._exchange(group, side, event, origin)
+                if not side.reusable:
+                    return
+                side.conn.start_next_cycle()
         except h11.RemoteProtocolError as exc:
-            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                with contextlib.suppress(h11.LocalProtocolError, ConnectionError):
+            if side.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                with contextlib.suppress(h11.LocalProtocolError, ConnectionError, OSError):
                     status = exc.error_status_hint
-                    _send_simple(writer, conn, status, f"malformed request: {exc}", close=True)
-                    await writer.drain()
-        except (_ClientGone, ConnectionError):
+                    code = "request_header_fields_too_large" if status == 431 else "bad_request"
+                    side.send_reply(responses.gateway_error(status, code, f"malformed request: {exc}"), close=True)
+                    await side.writer.drain()
+        except (_ClientGone, ConnectionError, ssl.SSLError):
             pass  # the agent hung up; nothing to answer
-        except httpx.HTTPError as exc:
-            # The upstream broke mid-response: the head is already sent, so only closing can tell.
-            log.warning("upstream failed mid-response for %s: %s", agent_group, type(exc).__name__)
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+            side.writer.close()
+            # Bounded: after a failed TLS handshake asyncio may never report the close to the stream.
+            with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await side.writer.wait_closed()
+            if side.writer is not writer:
+                writer.close()
 
-    async def _forward(
-        self,
-        agent_group: str,
-        conn: h11.Connection,
-        request: h11.Request,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
-        started = time.perf_counter()
-        method = request.method.decode("ascii", "replace")
-        target = split_target(request.target)
-        if target is None:
-            message = "request target must be a path or an absolute http URL"
-            _send_simple(writer, conn, 400, message, close=True)
-            self._record(agent_group, method, self._upstream_host_str, "", 400, started)
-            return
-        host, path = target
-        if host is not None and host != self._upstream_hostname and not is_loopback(host):
-            # Absolute-form via HTTP_PROXY to some other site: only the model API is served this way,
-            # and that site's request must not be replayed at the model API with the key.
-            message = f"only the model API is reachable over plain HTTP; use https://{host} (CONNECT)"
-            _send_simple(writer, conn, 403, message, close=conn.their_state is not h11.DONE)
-            self._record(agent_group, method, host, "", 403, started)
-            return
-        # Paths only in the audit, never query strings: some APIs carry keys there.
-        audit_path = path.partition(b"?")[0].decode("ascii", "replace")
-        status = 502
-        try:
-            upstream = httpx.Request(
-                method,
-                self._upstream_url(path),
-                headers=upstream_request_headers(request.headers, self._credential, self._upstream_host),
-                content=_request_body(conn, reader, writer),
-                extensions={"timeout": UPSTREAM_TIMEOUTS},
-            )
-            try:
-                response = await self._transport.handle_async_request(upstream)
-            except httpx.HTTPError as exc:
-                # Only the exception's class: its text may carry the upstream URL but must stay terse.
-                message = f"upstream unreachable ({type(exc).__name__})"
-                _send_simple(writer, conn, 502, message, close=conn.their_state is not h11.DONE)
-                await writer.drain()
-                return
-            try:
-                status = response.status_code
-                await _stream_response(conn, response, writer)
-            finally:
-                await response.aclose()
-        finally:
-            self._record(agent_group, method, self._upstream_host_str, audit_path, status, started)
+    async def _drain_small_body(self, side: _Side, limit: int = 64 * 1024) -> None:
+        body = _Body(side)
+        with contextlib.suppress(_ClientGone):
+            await body.preview(limit)
 
-    async def _tunnel(
-        self,
-        agent_group: str,
-        conn: h11.Connection,
-        request: h11.Request,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> bool:
-        """Answer a CONNECT; True when the connection became a raw tunnel (and is now finished)."""
-        started = time.perf_counter()
+    async def _open_tunnel(self, group: str, side: _Side, request: h11.Request
+                           ) -> tuple[_Side, Origin] | None:
+        """Answer a CONNECT and start TLS as the requested host; None when refused (answered)."""
+        started, at = time.perf_counter(), self._clock()
         target = connect_target(request.target)
-        authority = request.target.decode("ascii", "replace")
-        # h11 only switches protocols once the (empty) CONNECT message is complete.
-        event = await _next_event(conn, reader)
+        event = await side.next_event()
         while isinstance(event, h11.Data):
-            event = await _next_event(conn, reader)
+            event = await side.next_event()
         if not isinstance(event, h11.EndOfMessage):
-            return True
+            raise _ClientGone
         if target is None:
-            _send_simple(writer, conn, 400, "CONNECT target must be host:port", close=True)
-            self._record(agent_group, "CONNECT", authority, "", 400, started)
-            return False
-        try:
-            async with asyncio.timeout(TUNNEL_CONNECT_TIMEOUT):
-                address = await self._tunnel_address(*target)
-                if address is None:
-                    message = f"{authority} is a private address; tunnels go to public hosts only"
-                    _send_simple(writer, conn, 403, message, close=False)
-                    self._record(agent_group, "CONNECT", authority, "", 403, started)
-                    return False
-                # Connect to the checked address, not the name: a second lookup could differ.
-                up_reader, up_writer = await asyncio.open_connection(address, target[1], limit=READ_SIZE)
-        except (OSError, TimeoutError) as exc:
-            _send_simple(writer, conn, 502, f"cannot reach {authority} ({type(exc).__name__})", close=False)
-            await writer.drain()
-            self._record(agent_group, "CONNECT", authority, "", 502, started)
-            return False
-        writer.write(
-            _bytes(conn, h11.Response(status_code=200, headers=[], reason=b"Connection Established"))
-        )
-        self._record(agent_group, "CONNECT", authority, "", 200, started)
-        leftover, _ = conn.trailing_data
-        if leftover:
-            up_writer.write(leftover)
-        try:
-            await _pipe(reader, writer, up_reader, up_writer)
-        finally:
-            up_writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await up_writer.wait_closed()
-        return True
-
-    def _upstream_url(self, path: bytes) -> httpx.URL:
-        # Agents call a handful of paths over and over; parsing each URL anew costs ~15 µs.
-        url = self._urls.get(path)
-        if url is None:
-            if len(self._urls) >= URL_CACHE_SIZE:
-                self._urls.clear()
-            url = self._urls[path] = self._base_url.copy_with(raw_path=self._base_path + path)
-        return url
-
-    async def _tunnel_address(self, host: str, port: int) -> str | None:
-        """The address to tunnel to, or None when the name resolves to anything non-public."""
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = [str(info[4][0]) for info in infos]
-        if not addresses:
-            raise OSError(f"no address for {host}")
-        if not self._tunnel_to_private and not all(tunnel_allowed(a) for a in addresses):
+            side.send_reply(responses.gateway_error(400, "bad_request", "CONNECT target must be host:port"))
+            self._record(_Exchange(group, "CONNECT", request.target.decode("ascii", "replace"), "", started, at,
+                                   decision="refused", status=400))
             return None
-        return addresses[0]
-
-    def _record(
-        self, agent_group: str, method: str, host: str, path: str, status: int, started: float
-    ) -> None:
-        duration_ms = (time.perf_counter() - started) * 1000.0
+        host, port = target
+        if side.conn.trailing_data[0]:
+            # Bytes sent before our 200 cannot be handed to TLS through asyncio streams.
+            side.send_reply(responses.gateway_error(400, "bad_request", "data sent before the tunnel opened"),
+                            close=True)
+            return None
         try:
-            self._audit(AuditRecord(agent_group, method, host, path, status, duration_ms))
+            context = self._leaves.context_for(host)
+        except ValueError:
+            side.send_reply(responses.gateway_error(400, "bad_request", f"cannot serve TLS for {host!r}"))
+            return None
+        side.send(h11.Response(status_code=200, headers=[], reason=b"Connection Established"))
+        try:
+            await side.writer.drain()
+            await side.writer.start_tls(context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            # Usually the client does not trust the CA: the container lacks the bundle or its variables.
+            log.warning("TLS with agent group %s for %s failed (%s): does it trust the Clawden CA?",
+                        group, host, getattr(exc, "reason", None) or type(exc).__name__)
+            self._record(_Exchange(group, "CONNECT", host, "", started, at, decision="tls_failed"))
+            side.writer.transport.abort()
+            raise _ClientGone from exc
+        return _Side(side.reader, side.writer), Origin("https", host, port)
+
+    # -- one request --
+
+    async def _exchange(self, group: str, side: _Side, request: h11.Request, origin: Origin | None) -> None:
+        started, now = time.perf_counter(), self._clock()
+        method = request.method.decode("ascii", "replace")
+        ex = _Exchange(group, method, origin.host if origin else "", "", started, now, body=_Body(side))
+        try:
+            routed = self._route(request.target, origin)
+            if isinstance(routed, Reply):
+                ex.decision = "refused"
+                await self._reply(side, ex, routed)
+                return
+            upstream, logical_host, target, trusted = routed
+            head = RequestHead(method, logical_host, upstream.port, target, request.headers)
+            ex.host, ex.path = logical_host, head.path
+            if logical_host == SELFTEST_HOST:
+                await self._selftest(side, ex)
+                return
+            await self._judge_and_forward(side, ex, head, upstream, trusted)
+        finally:
+            self._record(ex)
+
+    def _route(self, target: bytes, origin: Origin | None) -> tuple[Origin, str, bytes, bool] | Reply:
+        """Where a request goes: (upstream, host it is judged as, target, trusted address)."""
+        split = split_target(target)
+        if split is None:
+            return responses.gateway_error(400, "bad_request", "request target must be a path or an absolute URL")
+        host, path = split
+        if origin is not None:  # inside a tunnel: the CONNECT named the host, and it alone counts
+            if host is not None and host != origin.host:
+                return responses.gateway_error(400, "bad_request", f"{host} is not {origin.host}, this tunnel's host")
+            return origin, origin.host, path, False
+        if host is None or is_loopback(host) or host == self._model.host:
+            return self._model, MODEL_HOST, self._model_path + path, True
+        # HTTP_PROXY to some other site over plain HTTP: no credential ever goes out unencrypted.
+        return responses.gateway_error(403, "plain_http_refused",
+                                       f"only the model API is reachable over plain HTTP; use https://{host}")
+
+    async def _judge_and_forward(self, side: _Side, ex: _Exchange, head: RequestHead, upstream: Origin,
+                                 trusted: bool) -> None:
+        view = self.catalog.view(ex.group)
+        body = ex.body
+        assert body is not None
+        verdict: Verdict = decide(view, head, ex.at, self._usage)
+        approved: frozenset[str] = frozenset()
+        while isinstance(verdict, Ask):
+            outcome = await self._ask(ex, head, body, verdict, view)
+            if outcome != "approved":
+                ex.decision = outcome if outcome != "unavailable" else "approval_unavailable"
+                await self._reply(side, ex, responses.approval_denied(ex.approval_id, outcome))
+                return
+            approved |= {verdict.rule.name}
+            ex.decision = "approved"
+            verdict = decide(view, head, self._clock(), self._usage, approved)
+        if isinstance(verdict, Blocked):
+            ex.rule = verdict.rule or ""
+            if verdict.code == "blocked_by_policy":
+                ex.decision, reply = "blocked", responses.blocked_by_policy(ex.method, ex.host, ex.path, verdict.rule)
+            elif verdict.code == "blocked_by_default_policy":
+                ex.decision, reply = "egress_blocked", responses.blocked_by_default_policy(ex.method, ex.host, ex.path)
+            else:
+                ex.decision = "leak_blocked"
+                reply = responses.secret_leak_blocked(ex.method, ex.host, ex.path, verdict.secret or "")
+            await self._reply(side, ex, reply)
+            return
+        if isinstance(verdict, Limited):
+            ex.decision, ex.rule = "rate_limited", verdict.rule.name
+            await self._reply(side, ex, responses.rate_limited(verdict.rule.rate_limit, verdict.rule.rate_window,
+                                                               verdict.retry_after, verdict.rule.name))
+            return
+        assert isinstance(verdict, Allowed)
+        self._charge(verdict, ex.at)
+        ex.injected = tuple(c.name for c in verdict.credentials)
+        await self._forward(side, ex, head, upstream, trusted, body, verdict.credentials, view)
+
+    async def _ask(self, ex: _Exchange, head: RequestHead, body: _Body, verdict: Ask, view: GroupView) -> str:
+        """Hold the request while a human decides; the agent hanging up ends the wait."""
+        ex.rule = verdict.rule.name
+        ex.approval_id = ex.approval_id or uuid.uuid4().hex
+        preview = await body.preview(PREVIEW_BYTES)
+        values = [c.value for c in (*view.granted, *view.others)]
+        ask = ApprovalAsk(id=ex.approval_id, agent_group=ex.group, method=ex.method, host=ex.host, path=ex.path,
+                          rule=verdict.rule.name, preview=redact_preview(preview, values),
+                          expires_at=self._clock() + self._approval_timeout)
+        asking = asyncio.ensure_future(self._approver.ask(ask))
+        hangup = asyncio.ensure_future(_wait_hangup(body.side))
+        try:
+            async with asyncio.timeout(self._approval_timeout + 1):  # the approver should expire first
+                await asyncio.wait({asking, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            return "expired"
+        finally:
+            hangup.cancel()
+            if not asking.done():
+                asking.cancel()
+            # Its read must be over before the connection reads again (one reader at a time).
+            await asyncio.wait({hangup, asking})
+        if asking.cancelled():
+            raise _ClientGone  # the agent hung up while a human was being asked
+        return asking.result()
+
+    def _charge(self, verdict: Allowed, now: float) -> None:
+        for key in verdict.charges:
+            self._usage[key] = self._usage.get(key, 0) + 1
+        if len(self._usage) > 4096:
+            # Only a rule's current window counts; keys of its earlier windows are dead weight.
+            current = {rule: index for rule, _, index in verdict.charges}
+            for key in [k for k in self._usage if current.get(k[0], k[2]) > k[2]]:
+                del self._usage[key]
+
+    async def _forward(self, side: _Side, ex: _Exchange, head: RequestHead, upstream: Origin, trusted: bool,
+                       body: _Body, credentials: tuple[Credential, ...], view: GroupView) -> None:
+        request_headers = list(head.headers)
+        upgrade = wants_upgrade(request_headers)
+        headers = [(k, v) for k, v in strip_hop_by_hop(request_headers, keep_upgrade=upgrade)
+                   if k not in DROPPED_UPSTREAM]
+        headers, target = inject(credentials, headers, head.target)
+        headers.insert(0, (b"host", upstream.authority))
+        try:
+            source = body.source(LeakScanner(leak_candidates(view, head.host)))
+            if isinstance(source, bytes):
+                if source or _has_body_framing(request_headers):
+                    headers.append((b"content-length", str(len(source)).encode()))
+            else:
+                length = next((v for k, v in request_headers if k == b"content-length"), None)
+                headers.append((b"content-length", length) if length is not None
+                               else (b"transfer-encoding", b"chunked"))
+            response = await self._upstream.request(upstream, head.method.encode(), target, headers, source,
+                                                    trusted=trusted)
+        except _LeakFound as exc:
+            ex.decision = "leak_blocked"
+            await self._reply(side, ex, responses.secret_leak_blocked(ex.method, ex.host, ex.path, exc.secret),
+                              close=True)
+            return
+        except UpstreamError as exc:
+            ex.decision = "error"
+            await self._reply(side, ex, responses.gateway_error(exc.status, exc.code, str(exc)))
+            return
+        if response.switched:
+            await self._upgrade(side, ex, response)
+            return
+        if response.status in (401, 403) and not credentials:
+            response.connection.close()  # its body is not wanted; the pool must not get it half-read
+            others = [c.name for c in stored_for_host(view.others, head)]
+            if others:
+                reply = responses.access_restricted(response.status, ex.host, ex.path, others)
+            else:
+                reply = responses.credential_not_found(response.status, ex.host, ex.path)
+            ex.decision = "credential_not_found" if not others else "access_restricted"
+            await self._reply(side, ex, reply)
+            return
+        await self._stream_response(side, ex, response)
+
+    async def _stream_response(self, side: _Side, ex: _Exchange, response: Response) -> None:
+        ex.status = response.status
+        headers = strip_hop_by_hop(response.headers)
+        # Without a content-length h11 frames the body as chunked, so SSE can flow event by event.
+        side.send(h11.Response(status_code=response.status, headers=headers, reason=response.reason))
+        chunks = self._upstream.body_chunks(response)
+        try:
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except (TimeoutError, OSError, ssl.SSLError, h11.ProtocolError) as exc:
+                    # The head is already out: only closing the connection can tell the agent.
+                    log.warning("%s failed mid-response for %s: %s", ex.host, ex.group, type(exc).__name__)
+                    ex.decision = "upstream_broke"
+                    raise _ClientGone from exc
+                side.send(h11.Data(data=chunk))
+                ex.bytes_out += len(chunk)
+                await side.writer.drain()
+        finally:
+            await chunks.aclose()
+        side.send(h11.EndOfMessage())
+        await side.writer.drain()
+
+    async def _upgrade(self, side: _Side, ex: _Exchange, response: Response) -> None:
+        """A 101 from upstream: pass it back, then pipe both ways until either side closes."""
+        ex.status = 101
+        side.send(h11.InformationalResponse(status_code=101, headers=response.headers, reason=response.reason))
+        upstream = response.connection
+        leftover_agent = side.conn.trailing_data[0]
+        leftover_site = upstream.h11.trailing_data[0]
+        if leftover_site:
+            side.writer.write(leftover_site)
+        if leftover_agent:
+            upstream.writer.write(leftover_agent)
+        try:
+            ex.bytes_out = await _pipe(side.reader, side.writer, upstream.reader, upstream.writer)
+        finally:
+            upstream.close()
+        raise _ClientGone  # the connection is spent
+
+    async def _selftest(self, side: _Side, ex: _Exchange) -> None:
+        """The host the agent runner checks its CA trust against, answered here and never forwarded."""
+        ex.decision = "selftest"
+        body = ex.body
+        assert body is not None
+        data = await body.preview(MAX_SELFTEST_BODY)
+        if not body.complete:
+            await self._reply(side, ex, responses.gateway_error(413, "request_too_large", "self-test body too big"))
+            return
+        await self._reply(side, ex, responses.selftest(ex.group, ex.method, ex.path, data))
+
+    async def _reply(self, side: _Side, ex: _Exchange, reply: Reply, close: bool = False) -> None:
+        ex.status = reply.status
+        if side.conn.our_state is not h11.SEND_RESPONSE:
+            raise _ClientGone  # a response already started; nothing clean can follow
+        if ex.body is not None and not close:
+            # A body that already arrived whole lets the connection live on after the answer.
+            with contextlib.suppress(h11.RemoteProtocolError, _ClientGone):
+                ex.body._take()
+        side.send_reply(reply, close=close)
+        await side.writer.drain()
+
+    def _record(self, ex: _Exchange) -> None:
+        record = AuditRecord(
+            agent_group=ex.group, method=ex.method, host=ex.host, path=ex.path, status=ex.status,
+            duration_ms=(time.perf_counter() - ex.started) * 1000.0, decision=ex.decision, rule=ex.rule,
+            bytes_in=ex.body.size if ex.body is not None else 0, bytes_out=ex.bytes_out, injected=ex.injected,
+            approval_id=ex.approval_id, at=ex.at)
+        try:
+            self._audit(record)
         except Exception:
             # A broken audit sink must not take the agent's traffic down with it.
             log.exception("audit sink failed")
 
 
-# ---- byte moving ----
+def _has_body_framing(headers: list[Header]) -> bool:
+    return any(k in (b"content-length", b"transfer-encoding") for k, _ in headers)
+
+
+async def _wait_hangup(side: _Side, limit: int = 1 << 20) -> None:
+    """Returns when the agent closes its connection while its request is held.
+
+    Bytes that arrive meanwhile (the rest of the body, a pipelined request) go to h11's buffer,
+    where the request's own reading finds them; past ``limit`` we stop reading and just wait.
+    """
+    buffered = 0
+    while buffered < limit:
+        try:
+            data = await side.reader.read(READ_SIZE)
+        except (ConnectionError, OSError, ssl.SSLError):
+            return
+        if not data:
+            return
+        buffered += len(data)
+        side.conn.receive_data(data)
+    await asyncio.Event().wait()
 
 
 def _clear_socket_path(socket_path: Path) -> None:
@@ -426,99 +784,22 @@ def _clear_socket_path(socket_path: Path) -> None:
         socket_path.unlink()  # left by a previous run that did not shut down cleanly
 
 
-async def _next_event(
-    conn: h11.Connection, reader: asyncio.StreamReader
-) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        conn.receive_data(await reader.read(READ_SIZE))
+async def _pipe(a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWriter,
+                b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter) -> int:
+    """Bidirectional copy with half-close; a reset on either side ends both. Returns bytes b→a."""
+    copied = [0, 0]
 
-
-def _request_body(
-    conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> bytes | AsyncIterator[bytes]:
-    """The body as bytes when it has already arrived (the common, small case), else a stream."""
-    chunks: list[bytes] = []
-    while True:
-        event = conn.next_event()
-        if isinstance(event, h11.Data):
-            chunks.append(bytes(event.data))
-        elif isinstance(event, h11.EndOfMessage):
-            return b"".join(chunks)
-        elif event is h11.NEED_DATA:
-            return _stream_body(conn, reader, writer, chunks)
-        else:
-            raise _ClientGone
-
-
-async def _stream_body(
-    conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: list[bytes]
-) -> AsyncIterator[bytes]:
-    for chunk in first:
-        yield chunk
-    if conn.client_is_waiting_for_100_continue:
-        # curl holds big bodies back until told to go; httpx upstream never asks, so answer here.
-        writer.write(_bytes(conn, h11.InformationalResponse(status_code=100, headers=[])))
-    while True:
-        event = await _next_event(conn, reader)
-        if isinstance(event, h11.Data):
-            yield bytes(event.data)
-        elif isinstance(event, h11.EndOfMessage):
-            return
-        else:
-            raise _ClientGone
-
-
-async def _stream_response(
-    conn: h11.Connection, response: httpx.Response, writer: asyncio.StreamWriter
-) -> None:
-    reason = response.extensions.get("reason_phrase", b"")
-    headers = strip_hop_by_hop(response.headers.raw)
-    # Without a content-length h11 frames the body as chunked, so SSE can flow event by event.
-    writer.write(_bytes(conn, h11.Response(status_code=response.status_code, headers=headers, reason=reason)))
-    # aiter_raw: bytes exactly as received, still compressed if they were, each read forwarded at once.
-    async for chunk in response.aiter_raw():
-        writer.write(_bytes(conn, h11.Data(data=chunk)))
-        await writer.drain()
-    writer.write(_bytes(conn, h11.EndOfMessage()))
-    await writer.drain()
-
-
-def _bytes(conn: h11.Connection, event: h11.Event) -> bytes:
-    # h11 returns None only for ConnectionClosed, which this module never sends.
-    return conn.send(event) or b""
-
-
-def _send_simple(
-    writer: asyncio.StreamWriter, conn: h11.Connection, status: int, message: str, close: bool
-) -> None:
-    body = error_body(message)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
-    head = _bytes(conn, h11.Response(status_code=status, headers=headers))
-    writer.write(head + _bytes(conn, h11.Data(data=body)) + _bytes(conn, h11.EndOfMessage()))
-
-
-async def _pipe(
-    a_reader: asyncio.StreamReader,
-    a_writer: asyncio.StreamWriter,
-    b_reader: asyncio.StreamReader,
-    b_writer: asyncio.StreamWriter,
-) -> None:
-    """Bidirectional copy with half-close; a reset on either side ends both directions."""
-
-    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: int) -> None:
         try:
             while data := await reader.read(READ_SIZE):
+                copied[slot] += len(data)
                 writer.write(data)
                 await writer.drain()
             if writer.can_write_eof() and not writer.is_closing():
                 writer.write_eof()
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, ssl.SSLError):
             a_writer.transport.abort()
             b_writer.transport.abort()
 
-    await asyncio.gather(pump(a_reader, b_writer), pump(b_reader, a_writer))
+    await asyncio.gather(pump(a_reader, b_writer, 0), pump(b_reader, a_writer, 1))
+    return copied[1]

@@ -1,77 +1,365 @@
-"""The vault process: one gateway socket per agent group, the only way out of an agent's container."""
+"""The vault process: vault.db, the CA, one gateway socket per agent group, and the control endpoints
+behind `clawden secrets|rules|audit|egress`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import re
+import secrets as tokens
+import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from clawden.bus import events as ev
+from clawden.bus import subjects
 from clawden.config import Config
-from clawden.runtime import ServiceContext
-from services.vault.gateway import Gateway
+from clawden.runtime import ControlError, ServiceContext
+from services.vault.approvals import BusApprover
+from services.vault.audit import AuditLog, AuditRecord
+from services.vault.catalog import (
+    GROUP,
+    Catalog,
+    CatalogError,
+    Credential,
+    Egress,
+    Rule,
+    Secret,
+    check_rule,
+    check_secret,
+)
+from services.vault.certs import CertificateAuthority, write_trust_files
+from services.vault.gateway import Gateway, token_hash
+from services.vault.sealing import Sealer, SealError, load_key
+from services.vault.store import Store
 
 log = logging.getLogger("clawden.vault")
 GROUP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SOCKET_NAME = "gateway.sock"
+MODEL_SECRET = "anthropic"
+PRUNE_EVERY = 3600.0
 
 
-def model_credential(cfg: Config) -> str:
-    """The model key: ANTHROPIC_API_KEY in the vault's own environment, else keys/anthropic."""
+def model_credential(cfg: Config) -> tuple[str, str]:
+    """The bootstrap model key and where it came from: ANTHROPIC_API_KEY, else keys/anthropic."""
     key = os.environ.get("ANTHROPIC_API_KEY", "").strip()
     if key:
-        return key
+        return key, "ANTHROPIC_API_KEY"
     file = cfg.keys_dir / "anthropic"
     try:
         if file.stat().st_mode & 0o077:
             log.warning("%s is readable by others; chmod 600 it", file)
-        return file.read_text().strip()
+        return file.read_text().strip(), str(file)
     except FileNotFoundError:
-        return ""
+        return "", ""
+
+
+def vault_dir(cfg: Config) -> Path:
+    return cfg.data_dir / "vault"
+
+
+def trust_dir(cfg: Config) -> Path:
+    """Public: the CA certificate and the bundle containers mount read-only."""
+    return cfg.path("run", "trust")
+
+
+class AddSecret(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    type: str
+    value: str
+    host: str = ""
+    path: str = "*"
+    header: str = ""
+    format: str = "{value}"
+    param: str = ""
+    agents: list[str] = []
+
+    def __repr__(self) -> str:  # this one carries a value: never let it print
+        return f"AddSecret(name={self.name!r}, <value hidden>)"
+
+
+class AddRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    action: str
+    host: str
+    path: str = "*"
+    method: str | None = None
+    agent: str = "*"
+    limit: int = 0
+    window: str = "minute"
+
+
+def _decode(data: bytes, kind: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(data or b"{}", type=kind)
+    except msgspec.ValidationError as exc:
+        raise ControlError(f"bad request: {exc}") from None
+    except msgspec.DecodeError:
+        raise ControlError("bad request: not JSON") from None
 
 
 class Vault:
-    def __init__(self, cfg: Config, gateway: Gateway) -> None:
+    def __init__(self, cfg: Config, store: Store, sealer: Sealer, ca: CertificateAuthority, gateway: Gateway) -> None:
         self.cfg = cfg
+        self.store = store
+        self.sealer = sealer
+        self.ca = ca
         self.gateway = gateway
         self.listening: dict[str, Path] = {}
+        self._lock = asyncio.Lock()
+        self.ca_file, self.bundle_file = write_trust_files(ca, trust_dir(cfg))
+
+    # -- the catalog the gateway reads --
+
+    def load_catalog(self) -> Catalog:
+        credentials = []
+        for secret, sealed in self.store.secrets():
+            try:
+                credentials.append(Credential(secret, self.sealer.open(sealed, f"secret:{secret.name}")))
+            except SealError:
+                log.error("secret %s does not open with this vault key; it is not used", secret.name)
+        egress: dict[str, Egress] = {g: m for g, m in self.store.egress_modes().items()  # type: ignore[misc]
+                                     if m in ("open", "allowlist")}
+        default: Egress = "allowlist" if self.cfg.vault.default_egress == "allowlist" else "open"
+        return Catalog(credentials=tuple(credentials), rules=tuple(self.store.rules()), egress=egress,
+                       default_egress=default)
+
+    async def refresh(self) -> None:
+        catalog = await asyncio.to_thread(self.load_catalog)
+        self.gateway.update_catalog(catalog)
+        tokens_by_hash = {}
+        for group, sealed in (await asyncio.to_thread(self.store.proxy_tokens)).items():
+            try:
+                tokens_by_hash[token_hash(self.sealer.open(sealed, f"proxy-token:{group}"))] = group
+            except SealError:
+                log.error("the proxy token of %s does not open with this vault key", group)
+        self.gateway.update_tokens(tokens_by_hash)
+
+    def bootstrap_model_key(self) -> None:
+        """Keep the secret `anthropic` equal to ANTHROPIC_API_KEY / keys/anthropic when one is given."""
+        value, source = model_credential(self.cfg)
+        current = {s.name: (s, sealed) for s, sealed in self.store.secrets()}.get(MODEL_SECRET)
+        if not value:
+            if current is None:
+                log.warning("no model key: set ANTHROPIC_API_KEY for the vault, write %s, or "
+                            "`clawden secrets add anthropic --type anthropic`", self.cfg.keys_dir / "anthropic")
+            return
+        if current is not None:
+            try:
+                if self.sealer.open(current[1], f"secret:{MODEL_SECRET}") == value:
+                    return
+            except SealError:
+                pass
+        grants = current[0].grants if current is not None else ("*",)
+        secret = check_secret(Secret(name=MODEL_SECRET, kind="anthropic", host_pattern="api.anthropic.com",
+                                     grants=grants), value)
+        self.store.put_secret(secret, self.sealer.seal(value, f"secret:{MODEL_SECRET}"))
+        log.info("stored the model key from %s as secret %s", source, MODEL_SECRET)
+
+    # -- sockets --
 
     async def open_gateway(self, agent_group: str) -> Path:
         if not GROUP_NAME.match(agent_group):
-            raise ValueError(f"bad agent group name {agent_group!r}")
-        path = self.listening.get(agent_group)
-        if path is None:
-            folder = self.cfg.gateway_dir / agent_group
-            folder.mkdir(parents=True, exist_ok=True)
-            folder.chmod(0o755)
-            path = folder / SOCKET_NAME
-            await self.gateway.listen(agent_group, path)
-            self.listening[agent_group] = path
-            log.info("gateway for %s listening on %s", agent_group, path, extra={"agent_group": agent_group})
+            raise ControlError(f"bad agent group name {agent_group!r}")
+        async with self._lock:
+            path = self.listening.get(agent_group)
+            if path is None:
+                folder = self.cfg.gateway_dir / agent_group
+                folder.mkdir(parents=True, exist_ok=True)
+                folder.chmod(0o755)
+                path = folder / SOCKET_NAME
+                await self.gateway.listen(agent_group, path)
+                self.listening[agent_group] = path
+                log.info("gateway for %s listening on %s", agent_group, path, extra={"agent_group": agent_group})
         return path
 
-    async def on_gateway_request(self, data: bytes) -> dict[str, Any]:
-        request = json.loads(data)
-        return {"socket": str(await self.open_gateway(str(request["agent_group"])))}
+    # -- control endpoints --
+
+    async def on_gateway(self, data: bytes) -> dict[str, Any]:
+        request = json.loads(data or b"{}")
+        path = await self.open_gateway(str(request.get("agent_group", "")))
+        return {"socket": str(path), "trust_dir": str(self.ca_file.parent), "ca_file": str(self.ca_file),
+                "bundle_file": str(self.bundle_file), "ca_sha256": self.ca.fingerprint}
+
+    async def on_secrets_add(self, data: bytes) -> dict[str, Any]:
+        request: AddSecret = _decode(data, AddSecret)
+        if request.type not in ("anthropic", "openai", "generic"):
+            raise ControlError(f"--type must be anthropic, openai or generic, not {request.type!r}")
+        try:
+            secret = check_secret(Secret(
+                name=request.name, kind=request.type, host_pattern=request.host,  # type: ignore[arg-type]
+                path_pattern=request.path, header_name=request.header, value_format=request.format,
+                param_name=request.param, grants=tuple(request.agents or ["*"]), created_at=time.time()),
+                request.value)
+        except CatalogError as exc:
+            raise ControlError(str(exc)) from None
+        sealed = self.sealer.seal(request.value, f"secret:{secret.name}")
+        created = await asyncio.to_thread(self.store.put_secret, secret, sealed)
+        await self.refresh()
+        log.info("secret %s %s (%s for %s)", secret.name, "added" if created else "replaced", secret.kind,
+                 secret.host_pattern)
+        return {"secret": msgspec.to_builtins(secret), "created": created}
+
+    async def on_secrets_list(self, data: bytes) -> dict[str, Any]:
+        secrets = await asyncio.to_thread(self.store.secrets)
+        return {"secrets": [msgspec.to_builtins(s) for s, _ in secrets]}
+
+    async def on_secrets_remove(self, data: bytes) -> dict[str, Any]:
+        name = str(json.loads(data or b"{}").get("name", ""))
+        removed = await asyncio.to_thread(self.store.remove_secret, name)
+        if not removed:
+            raise ControlError(f"no secret named {name!r}")
+        await self.refresh()
+        log.info("secret %s removed", name)
+        return {"removed": name}
+
+    async def on_secrets_grant(self, data: bytes) -> dict[str, Any]:
+        request = json.loads(data or b"{}")
+        name, agents, revoke = str(request.get("name", "")), list(request.get("agents") or []), bool(
+            request.get("revoke"))
+        for group in agents:
+            if not GROUP.match(str(group)):
+                raise ControlError(f"{group!r} is not an agent group name")
+        changed = await asyncio.to_thread(self.store.change_grants, name, () if revoke else agents,
+                                          agents if revoke else ())
+        if not changed:
+            raise ControlError(f"no secret named {name!r}")
+        await self.refresh()
+        secret = await asyncio.to_thread(self.store.secret, name)
+        return {"secret": msgspec.to_builtins(secret)}
+
+    async def on_rules_add(self, data: bytes) -> dict[str, Any]:
+        request: AddRule = _decode(data, AddRule)
+        if request.action not in ("block", "manual_approval", "rate_limit", "allow"):
+            raise ControlError("--action must be block, manual_approval, rate_limit or allow")
+        if request.window not in ("minute", "hour", "day"):
+            raise ControlError("--window must be minute, hour or day")
+        try:
+            rule = check_rule(Rule(
+                name=request.name, action=request.action, host_pattern=request.host,  # type: ignore[arg-type]
+                path_pattern=request.path, method=request.method, agent_group=request.agent,
+                rate_limit=request.limit, rate_window=request.window,  # type: ignore[arg-type]
+                created_at=time.time()))
+        except CatalogError as exc:
+            raise ControlError(str(exc)) from None
+        if not await asyncio.to_thread(self.store.add_rule, rule):
+            raise ControlError(f"a rule named {rule.name!r} exists; remove it first")
+        await self.refresh()
+        log.info("rule %s added: %s %s%s", rule.name, rule.action, rule.host_pattern, rule.path_pattern)
+        return {"rule": msgspec.to_builtins(rule)}
+
+    async def on_rules_list(self, data: bytes) -> dict[str, Any]:
+        return {"rules": [msgspec.to_builtins(r) for r in await asyncio.to_thread(self.store.rules)]}
+
+    async def on_rules_remove(self, data: bytes) -> dict[str, Any]:
+        name = str(json.loads(data or b"{}").get("name", ""))
+        if not await asyncio.to_thread(self.store.remove_rule, name):
+            raise ControlError(f"no rule named {name!r}")
+        await self.refresh()
+        return {"removed": name}
+
+    async def on_audit(self, data: bytes) -> dict[str, Any]:
+        request = json.loads(data or b"{}")
+        group = request.get("agent") or None
+        since = request.get("since")
+        limit = max(1, min(int(request.get("limit") or 100), 10_000))
+        records = await asyncio.to_thread(self.store.audit, group, float(since) if since is not None else None,
+                                          limit)
+        return {"records": records}
+
+    async def on_egress(self, data: bytes) -> dict[str, Any]:
+        request = json.loads(data or b"{}")
+        group, mode = str(request.get("agent_group", "")), request.get("mode")
+        if not GROUP_NAME.match(group):
+            raise ControlError(f"bad agent group name {group!r}")
+        if mode is not None:
+            if mode not in ("open", "allowlist"):
+                raise ControlError("the egress mode is open or allowlist")
+            await asyncio.to_thread(self.store.set_egress, group, mode)
+            await self.refresh()
+            log.info("egress of %s is now %s", group, mode)
+        return {"agent_group": group, "egress": self.gateway.catalog.view(group).egress}
+
+    async def on_proxy_token(self, data: bytes) -> dict[str, Any]:
+        """The TCP listener's token for a group (made on first use); for runners that cannot mount sockets."""
+        group = str(json.loads(data or b"{}").get("agent_group", ""))
+        if not GROUP_NAME.match(group):
+            raise ControlError(f"bad agent group name {group!r}")
+        if not self.cfg.vault.tcp_listen:
+            raise ControlError("the TCP listener is off ([vault] tcp_listen)")
+        sealed = (await asyncio.to_thread(self.store.proxy_tokens)).get(group)
+        if sealed is None:
+            token = f"clp_{tokens.token_hex(24)}"
+            await asyncio.to_thread(self.store.set_proxy_token, group, self.sealer.seal(token, f"proxy-token:{group}"))
+            await self.refresh()
+        else:
+            token = self.sealer.open(sealed, f"proxy-token:{group}")
+        return {"agent_group": group, "proxy_url": f"http://{group}:{token}@{self.cfg.vault.tcp_listen}"}
 
 
 async def main(ctx: ServiceContext) -> None:
     cfg = ctx.config
-    credential = model_credential(cfg)
-    if not credential:
-        log.error("no model key: set ANTHROPIC_API_KEY for the vault or write %s", cfg.keys_dir / "anthropic")
-    gateway = Gateway(cfg.model.upstream, credential, extra_ca_file=cfg.vault.extra_ca_file or None)
-    vault = Vault(cfg, gateway)
+    folder = vault_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    store = Store(folder / "vault.db")
+    sealer = Sealer(load_key(cfg.keys_dir / "vault.key"))
+    ca = CertificateAuthority.load_or_create(cfg.keys_dir / "gateway-ca.key", cfg.keys_dir / "gateway-ca.pem",
+                                             f"Clawden gateway CA ({cfg.install_id})")
+    audit = AuditLog(store.write_audit, publish=lambda record: _publish_audit(ctx, record))
+    gateway = Gateway(cfg.model.upstream, ca=ca, work_dir=folder, extra_ca_file=cfg.vault.extra_ca_file or None,
+                      host_map=cfg.vault.host_map, audit=audit, approver=BusApprover(ctx.nc, ctx.js),
+                      approval_timeout=cfg.vault.approval_timeout, read_timeout=cfg.vault.read_timeout)
+    vault = Vault(cfg, store, sealer, ca, gateway)
+    await asyncio.to_thread(vault.bootstrap_model_key)
+    await vault.refresh()
+    audit_done = asyncio.Event()
     try:
-        # Containers that outlived a vault restart reconnect to the same socket paths.
-        if cfg.gateway_dir.is_dir():
-            for folder in sorted(cfg.gateway_dir.iterdir()):
-                if folder.is_dir() and GROUP_NAME.match(folder.name):
-                    await vault.open_gateway(folder.name)
-        await ctx.endpoint("gateway", vault.on_gateway_request)
-        await ctx.ready(f"vault: {len(vault.listening)} gateways")
-        await ctx.stopping.wait()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(audit.run(audit_done), name="vault-audit")
+            tg.create_task(_prune(store, cfg.vault.audit_retention_days, ctx.stopping), name="vault-prune")
+            # Containers that outlived a vault restart reconnect to the same socket paths.
+            if cfg.gateway_dir.is_dir():
+                for sub in sorted(cfg.gateway_dir.iterdir()):
+                    if sub.is_dir() and GROUP_NAME.match(sub.name):
+                        await vault.open_gateway(sub.name)
+            if cfg.vault.tcp_listen:
+                host, _, port = cfg.vault.tcp_listen.rpartition(":")
+                await gateway.listen_tcp(host.strip("[]"), int(port))
+                log.info("gateway TCP listener on %s (proxy tokens)", cfg.vault.tcp_listen)
+            for verb, handler in (
+                ("gateway", vault.on_gateway), ("secrets-add", vault.on_secrets_add),
+                ("secrets-list", vault.on_secrets_list), ("secrets-remove", vault.on_secrets_remove),
+                ("secrets-grant", vault.on_secrets_grant), ("rules-add", vault.on_rules_add),
+                ("rules-list", vault.on_rules_list), ("rules-remove", vault.on_rules_remove),
+                ("audit", vault.on_audit), ("egress", vault.on_egress), ("proxy-token", vault.on_proxy_token),
+            ):
+                await ctx.endpoint(verb, handler)
+            ctx.stats["audit"] = audit.stats
+            await ctx.ready(f"vault: {len(vault.listening)} gateways, CA sha256 {ca.fingerprint[:16]}")
+            await ctx.stopping.wait()
+            await gateway.close()  # requests in flight end (and are recorded) before the last flush
+            audit_done.set()
     finally:
+        audit_done.set()
         await gateway.close()
+        store.close()
+
+
+async def _publish_audit(ctx: ServiceContext, record: AuditRecord) -> None:
+    await ctx.nc.publish(subjects.event("vault", "audit"), ev.encode(record.event()))
+
+
+async def _prune(store: Store, days: float, stopping: asyncio.Event) -> None:
+    while not stopping.is_set():
+        removed = await asyncio.to_thread(store.prune_audit, time.time() - days * 86400)
+        if removed:
+            log.info("pruned %d audit records older than %g days", removed, days)
+        try:
+            await asyncio.wait_for(stopping.wait(), PRUNE_EVERY)
+        except TimeoutError:
+            continue

@@ -23,7 +23,7 @@ from clawden import natsserver, sessiondb, setup
 from clawden.bus import bind, connect, consume, ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from services.channels.local import OUTBOUND, inbound_event, terminal_outbound
-from tests.fakes.anthropic import FakeAnthropic, start_in_thread
+from tests.fakes.anthropic import FakeAnthropic, make_tls, start_in_thread
 
 LABEL_INSTALL = "dev.clawden.install"
 
@@ -78,11 +78,17 @@ class Stack:
         self.fake.stop_thread()
 
 
-def start_stack(home: Path, *, idle_timeout: float = 1800, ready_timeout: float = 90, runner: str = "") -> Stack:
+def start_stack(home: Path, *, idle_timeout: float = 1800, ready_timeout: float = 90, runner: str = "",
+                vault: str = "") -> Stack:
     fake = start_in_thread()
     install_id = f"t{secrets.token_hex(4)}"
     port = natsserver.free_port()
     cfg = setup.init(home)
+    # Claude Code keeps its default https://api.anthropic.com; the vault intercepts it and dials the
+    # fake (TLS on loopback, with a test CA) through its host map. keys/anthropic is the bootstrap
+    # source of the vault's `anthropic` secret, as in the README's quick start.
+    tls = make_tls(["api.anthropic.com"], str(cfg.path("run")))
+    fake_address = fake.call(fake.listen_tls(tls.server_context))
     key = f"sk-ant-api03-{secrets.token_urlsafe(24)}"
     (cfg.keys_dir / "anthropic").write_text(key)
     (cfg.keys_dir / "anthropic").chmod(0o600)
@@ -93,8 +99,10 @@ port = {port}
 [runner]
 idle_timeout = {idle_timeout}
 {runner}
-[model]
-upstream = "{fake.url}"
+[vault]
+extra_ca_file = "{tls.ca_file}"
+host_map = {{"api.anthropic.com" = "{fake_address}"}}
+{vault}
 """)
     env = dict(os.environ, CLAWDEN_HOME=str(home))
     env.pop("ANTHROPIC_API_KEY", None)

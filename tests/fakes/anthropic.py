@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import json
 import signal
+import ssl
 import threading
 import time
 from collections import deque
@@ -236,6 +237,14 @@ class FakeAnthropic:
         assert self._loop is not None, "start() first"
         self._extra_servers.append(await asyncio.start_unix_server(self._on_connection, path))
 
+    async def listen_tls(self, context: ssl.SSLContext, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Also serve HTTPS (as api.anthropic.com, say, with `make_tls`); returns `host:port`."""
+        assert self._loop is not None, "start() first"
+        server = await asyncio.start_server(self._on_connection, host, port, ssl=context)
+        self._extra_servers.append(server)
+        bound = server.sockets[0].getsockname()
+        return f"{bound[0]}:{bound[1]}"
+
     async def stop(self) -> None:
         self._stopping = True
         if self._released is not None:
@@ -409,6 +418,56 @@ class FakeAnthropic:
         writer.write((conn.send(head) or b"") + (conn.send(h11.Data(data=data)) or b"")
                      + (conn.send(h11.EndOfMessage()) or b""))
         await writer.drain()
+
+
+@dataclass(frozen=True)
+class FakeTLS:
+    """A throwaway CA and a server certificate from it: what a test trusts to reach a fake over TLS."""
+
+    server_context: ssl.SSLContext
+    ca_file: str
+
+
+def make_tls(hostnames: list[str], directory: str) -> FakeTLS:
+    """A test CA (written to `directory/fake-ca.pem`) and a leaf for `hostnames`, both ECDSA P-256."""
+    import datetime as dt
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Fake sites test CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+          .not_valid_after(now + dt.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .add_extension(ca_ski, critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hostnames]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    ca_file = os.path.join(directory, "fake-ca.pem")
+    chain_file = os.path.join(directory, "fake-site.pem")
+    with open(ca_file, "wb") as out:
+        out.write(ca.public_bytes(pem))
+    with open(chain_file, "wb") as out:
+        out.write(leaf.public_bytes(pem) + key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(chain_file)
+    return FakeTLS(context, ca_file)
 
 
 def start_in_thread(host: str = "127.0.0.1", port: int = 0) -> FakeAnthropic:

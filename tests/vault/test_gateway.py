@@ -1,380 +1,135 @@
-"""The vault gateway against a recording upstream on loopback: injection, streaming, keep-alive, CONNECT."""
+"""The gateway against fake sites on loopback, driven as agents drive it: through the relay, over
+HTTPS with the gateway's CA (and over plain HTTP on the model compatibility path)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
 import json
-import socket
-import stat
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+import logging
+import ssl
+from collections.abc import AsyncIterator
 
 import h11
 import httpx
 import pytest
 
-from services.vault.gateway import (
-    AuditRecord,
-    Gateway,
-    connect_target,
-    is_loopback,
-    split_target,
-    strip_hop_by_hop,
-    tunnel_allowed,
-    upstream_request_headers,
+from services.vault.audit import AuditRecord
+from services.vault.catalog import Catalog
+from services.vault.gateway import Gateway, connect_target, proxy_token, split_target, token_hash
+from tests.vault.conftest import GROUP, RigFactory, rule, secret
+from tests.vault.sites import (
+    FakeUpstream,
+    Received,
+    Reply,
+    close_writer,
+    open_tunnel,
+    read_response,
+    send_raw,
 )
+
+# Imported by tests/container/test_relay.py.
+__all__ = ["PLACEHOLDER", "REAL_KEY", "FakeUpstream"]
 
 REAL_KEY = "sk-ant-api03-real-secret-key"
 PLACEHOLDER = "clawden-managed"
-GROUP = "family"
+GITHUB_TOKEN = "ghp_real-github-token-0123456789"
+OPENAI_KEY = "sk-proj-real-openai-key-abcdef"
 
-pytestmark = pytest.mark.timeout(10)
-
-
-# ---- a recording upstream speaking real HTTP/1.1 ----
+pytestmark = pytest.mark.timeout(15)
 
 
-@dataclass
-class Received:
-    method: bytes
-    target: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-    def header(self, name: bytes) -> bytes | None:
-        values = [value for key, value in self.headers if key == name]
-        assert len(values) <= 1, f"{name!r} sent {len(values)} times"
-        return values[0] if values else None
-
-
-class Reply:
-    """Sends one response on the upstream's h11 connection."""
-
-    def __init__(self, conn: h11.Connection, writer: asyncio.StreamWriter) -> None:
-        self._conn = conn
-        self._writer = writer
-
-    async def send(self, event: h11.Event) -> None:
-        self._writer.write(self._conn.send(event) or b"")
-        await self._writer.drain()
-
-
-Responder = Callable[[Received, Reply], Awaitable[None]]
-
-
-async def respond_json(request: Received, reply: Reply) -> None:
-    body = json.dumps({"id": "msg_1", "echo": request.target.decode()}).encode()
-    await reply.send(
-        h11.Response(
-            status_code=200,
-            headers=[
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                # Hop-by-hop on the way back: must not reach the agent.
-                (b"connection", b"x-upstream-hop"),
-                (b"x-upstream-hop", b"1"),
-                (b"keep-alive", b"timeout=5"),
-                (b"request-id", b"req_1"),
-            ],
-        )
-    )
-    if request.method != b"HEAD":
-        await reply.send(h11.Data(data=body))
-    await reply.send(h11.EndOfMessage())
-
-
-@dataclass
-class FakeUpstream:
-    """A stand-in for the model API on 127.0.0.1 that records every request it receives."""
-
-    respond: Responder = respond_json
-    received: list[Received] = field(default_factory=list)
-    connections: int = 0
-    _server: asyncio.Server | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    async def start(self) -> FakeUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.connections += 1
-        try:
-            await self._answer(reader, writer)
-        except asyncio.CancelledError:
-            pass  # only close() cancels; Python 3.11 would log a cancelled handler's traceback
-        finally:
-            self._tasks.discard(task)
-
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while (request := await _read_request(conn, reader)) is not None:
-                self.received.append(request)
-                await self.respond(request, Reply(conn, writer))
-                if conn.our_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-        except (ConnectionError, h11.RemoteProtocolError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
-
-
-async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> Received | None:
-    head: h11.Request | None = None
-    body = bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(65536))
-        elif isinstance(event, h11.Request):
-            head = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            assert head is not None
-            return Received(head.method, head.target, list(head.headers), bytes(body))
-        else:
-            return None
-
-
-# ---- fixtures ----
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    # Unix socket paths are limited to ~107 bytes, too short for pytest's tmp_path.
-    with tempfile.TemporaryDirectory(prefix="clawden-gw-", dir="/tmp") as name:
-        yield Path(name)
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    fake = await FakeUpstream().start()
-    yield fake
-    await fake.close()
-
-
-@pytest.fixture
-def audit() -> list[AuditRecord]:
-    return []
-
-
-@contextlib.asynccontextmanager
-async def serving(gateway: Gateway, path: Path) -> AsyncIterator[Path]:
-    await gateway.listen(GROUP, path)
-    try:
-        yield path
-    finally:
-        await gateway.close()
-
-
-@pytest.fixture
-async def gateway_socket(
-    upstream: FakeUpstream, sock_dir: Path, audit: list[AuditRecord]
-) -> AsyncIterator[Path]:
-    # Tunnels to loopback are allowed here only because the test echo server lives there.
-    gateway = Gateway(upstream.url, REAL_KEY, audit=audit.append, tunnel_to_private=True)
-    async with serving(gateway, sock_dir / GROUP / "gateway.sock") as path:
-        yield path
-
-
-@pytest.fixture
-async def client(gateway_socket: Path) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.AsyncHTTPTransport(uds=str(gateway_socket))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=5) as http:
-        yield http
+def model_key() -> tuple:  # type: ignore[type-arg]
+    return (secret("anthropic", "anthropic", "api.anthropic.com", REAL_KEY),)
 
 
 def placeholder_headers() -> dict[str, str]:
     return {"x-api-key": PLACEHOLDER, "anthropic-version": "2023-06-01", "content-type": "application/json"}
 
 
-async def send_raw(path: Path, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_unix_connection(str(path))
-    writer.write(data)
-    await writer.drain()
-    return reader, writer
+def nothing_secret_in(text: str) -> bool:
+    return all(v not in text for v in (REAL_KEY, GITHUB_TOKEN, OPENAI_KEY))
 
 
-async def read_response(conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[h11.Response, bytes]:
-    response: h11.Response | None = None
-    body = bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(65536))
-        elif isinstance(event, h11.Response):
-            response = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            assert response is not None
-            return response, bytes(body)
-        else:
-            raise AssertionError(f"unexpected {event!r}")
+# ---- small pure pieces ----
 
 
-async def close_writer(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(ConnectionError):
-        await writer.wait_closed()
-
-
-# ---- the pure header decision ----
-
-
-def test_api_key_replaces_the_agents_placeholder_and_any_bearer() -> None:
-    incoming = [
-        (b"host", b"127.0.0.1:3128"),
-        (b"x-api-key", PLACEHOLDER.encode()),
-        (b"authorization", b"Bearer agent-made-this-up"),
-        (b"anthropic-version", b"2023-06-01"),
-    ]
-
-    headers = upstream_request_headers(incoming, REAL_KEY, b"api.anthropic.com")
-
-    assert headers == [
-        (b"host", b"api.anthropic.com"),
-        (b"anthropic-version", b"2023-06-01"),
-        (b"x-api-key", REAL_KEY.encode()),
-    ]
-
-
-def test_oauth_token_goes_as_bearer_with_the_oauth_beta() -> None:
-    incoming = [(b"x-api-key", PLACEHOLDER.encode()), (b"anthropic-beta", b"prompt-caching-2024-07-31")]
-
-    headers = dict(upstream_request_headers(incoming, "sk-ant-oat01-token", b"api.anthropic.com"))
-
-    assert b"x-api-key" not in headers
-    assert headers[b"authorization"] == b"Bearer sk-ant-oat01-token"
-    assert headers[b"anthropic-beta"] == b"prompt-caching-2024-07-31,oauth-2025-04-20"
-
-
-def test_oauth_beta_is_not_announced_twice() -> None:
-    incoming = [(b"anthropic-beta", b"oauth-2025-04-20")]
-
-    headers = upstream_request_headers(incoming, "sk-ant-oat01-token", b"h")
-
-    assert (b"anthropic-beta", b"oauth-2025-04-20") in headers
-    assert [name for name, _ in headers].count(b"anthropic-beta") == 1
-
-
-def test_hop_by_hop_headers_and_those_named_in_connection_are_dropped() -> None:
-    incoming = [
-        (b"Connection", b"keep-alive, X-Private-Hop"),
-        (b"Keep-Alive", b"timeout=5"),
-        (b"Proxy-Authorization", b"Basic eA=="),
-        (b"Proxy-Connection", b"keep-alive"),
-        (b"TE", b"trailers"),
-        (b"Trailer", b"x-checksum"),
-        (b"Transfer-Encoding", b"chunked"),
-        (b"Upgrade", b"websocket"),
-        (b"X-Private-Hop", b"1"),
-        (b"Content-Type", b"application/json"),
-    ]
-
-    assert strip_hop_by_hop(incoming) == [(b"Content-Type", b"application/json")]
-
-
-def test_request_targets_split_into_host_and_path() -> None:
+def test_targets_and_proxy_tokens_parse() -> None:
     assert split_target(b"/v1/messages?beta=true") == (None, b"/v1/messages?beta=true")
-    assert split_target(b"http://127.0.0.1:3128/v1/messages?beta=true") == (
-        "127.0.0.1",
-        b"/v1/messages?beta=true",
-    )
     assert split_target(b"http://Example.com") == ("example.com", b"/")
     assert split_target(b"*") is None
-    assert connect_target(b"api.github.com:443") == ("api.github.com", 443)
+    assert connect_target(b"API.github.com:443") == ("api.github.com", 443)
     assert connect_target(b"[::1]:8443") == ("::1", 8443)
     assert connect_target(b"api.github.com") is None
     assert connect_target(b"host:99999") is None
+    basic = base64.b64encode(b"main:clp_abc").decode()
+    assert proxy_token([(b"proxy-authorization", f"Basic {basic}".encode())]) == "clp_abc"
+    assert proxy_token([(b"proxy-authorization", b"Bearer x")]) is None
 
 
-def test_only_the_relay_address_counts_as_loopback() -> None:
-    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
-    assert not is_loopback("example.com") and not is_loopback("10.0.0.1")
+# ---- HTTPS through the relay: interception and injection ----
 
 
-def test_tunnels_go_to_public_addresses_only() -> None:
-    assert tunnel_allowed("160.79.104.10") and tunnel_allowed("2607:6bc0::10")
-    for private in (
-        "127.0.0.1",
-        "10.1.2.3",
-        "192.168.1.1",
-        "169.254.169.254",
-        "100.64.0.1",
-        "::1",
-        "fd00::1",
-    ):
-        assert not tunnel_allowed(private), private
-    assert not tunnel_allowed("::ffff:127.0.0.1")
-
-
-# ---- forwarding through real sockets ----
-
-
-async def test_upstream_gets_the_real_key_never_the_placeholder(
-    client: httpx.AsyncClient, upstream: FakeUpstream
-) -> None:
-    headers = placeholder_headers() | {"authorization": "Bearer agent-guess"}
-
-    response = await client.post("/v1/messages?beta=true", headers=headers, content=b'{"model":"m"}')
+async def test_https_request_gets_the_real_key_and_the_agent_never_sees_it(rig: RigFactory) -> None:
+    async with rig(model_key()) as r, r.client() as http:
+        response = await http.post("https://api.anthropic.com/v1/messages?beta=true", headers=placeholder_headers(),
+                                   content=b'{"model":"m"}')
 
     assert response.status_code == 200
     assert response.json()["echo"] == "/v1/messages?beta=true"
-    (seen,) = upstream.received
+    (seen,) = r.site.received
     assert seen.header(b"x-api-key") == REAL_KEY.encode()
-    assert seen.header(b"authorization") is None
-    assert seen.header(b"host") == upstream.url.removeprefix("http://").encode()
+    assert seen.header(b"host") == b"api.anthropic.com"
     assert seen.body == b'{"model":"m"}'
     assert all(PLACEHOLDER.encode() not in value for _, value in seen.headers)
+    assert nothing_secret_in(response.text) and nothing_secret_in(str(response.headers))
+    (record,) = r.audit
+    assert (record.method, record.host, record.path, record.status, record.injected) == (
+        "POST", "api.anthropic.com", "/v1/messages", 200, ("anthropic",))
 
 
-async def test_hop_by_hop_headers_are_stripped_both_ways(
-    client: httpx.AsyncClient, upstream: FakeUpstream
-) -> None:
-    headers = placeholder_headers() | {
-        "connection": "keep-alive, x-agent-hop",
-        "x-agent-hop": "1",
-        "keep-alive": "timeout=30",
-        "proxy-authorization": "Basic eDp5",
-        "te": "trailers",
-    }
+async def test_a_client_without_the_ca_fails_tls_and_the_failure_is_audited(rig: RigFactory) -> None:
+    async with rig(model_key()) as r:
+        async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{r.relay_port}", trust_env=False, timeout=5) as http:
+            with pytest.raises(httpx.ConnectError):
+                await http.get("https://api.anthropic.com/v1/models")
+        await asyncio.sleep(0.05)
 
-    response = await client.post("/v1/messages", headers=headers, content=b"{}")
-
-    names = {name for name, _ in upstream.received[0].headers}
-    assert names.isdisjoint({b"connection", b"x-agent-hop", b"keep-alive", b"proxy-authorization", b"te"})
-    assert "x-upstream-hop" not in response.headers
-    assert "keep-alive" not in response.headers
-    assert response.headers["request-id"] == "req_1"
+    assert r.site.received == []
+    assert [(a.method, a.host, a.decision) for a in r.audit] == [("CONNECT", "api.anthropic.com", "tls_failed")]
 
 
-async def test_sse_flows_event_by_event(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_each_secret_type_is_injected_its_own_way(rig: RigFactory) -> None:
+    credentials = (
+        secret("github", "generic", "api.example.test", GITHUB_TOKEN, header_name="Authorization",
+               value_format="token {value}"),
+        secret("maps", "generic", "other.example.test", "maps-key-123456", param_name="key"),
+        secret("openai", "openai", "api.openai.com", OPENAI_KEY),
+    )
+    async with rig(credentials) as r, r.client() as http:
+        await http.get("https://api.example.test/user", headers={"authorization": "Bearer placeholder"})
+        await http.get("https://other.example.test/geo?q=paris&key=placeholder&sig=a%2Fb")
+        await http.post("https://api.openai.com/v1/chat", content=b"{}")
+
+    github, maps, openai = r.site.received
+    assert github.header(b"authorization") == f"token {GITHUB_TOKEN}".encode()
+    assert maps.target == b"/geo?q=paris&sig=a%2Fb&key=maps-key-123456"
+    assert openai.header(b"authorization") == f"Bearer {OPENAI_KEY}".encode()
+
+
+async def test_oauth_model_tokens_go_as_bearer_with_the_oauth_beta(rig: RigFactory) -> None:
+    oauth = (secret("anthropic", "anthropic", "api.anthropic.com", "sk-ant-oat01-oauth-token-value"),)
+    async with rig(oauth) as r, r.client() as http:
+        await http.post("https://api.anthropic.com/v1/messages", content=b"{}",
+                        headers=placeholder_headers() | {"anthropic-beta": "prompt-caching-2024-07-31"})
+
+    (seen,) = r.site.received
+    assert seen.header(b"x-api-key") is None
+    assert seen.header(b"authorization") == b"Bearer sk-ant-oat01-oauth-token-value"
+    assert seen.header(b"anthropic-beta") == b"prompt-caching-2024-07-31,oauth-2025-04-20"
+
+
+async def test_sse_flows_event_by_event_through_the_tunnel(rig: RigFactory, site: FakeUpstream) -> None:
     second_may_go = asyncio.Event()
 
     async def respond_sse(request: Received, reply: Reply) -> None:
@@ -384,244 +139,468 @@ async def test_sse_flows_event_by_event(client: httpx.AsyncClient, upstream: Fak
         await reply.send(h11.Data(data=b"event: message_stop\ndata: {}\n\n"))
         await reply.send(h11.EndOfMessage())
 
-    upstream.respond = respond_sse
-
-    async with asyncio.timeout(3), client.stream("POST", "/v1/messages", content=b"{}") as response:
-        assert response.headers["transfer-encoding"] == "chunked"
+    site.respond = respond_sse
+    async with rig(model_key()) as r, r.client() as http, http.stream(
+            "POST", "https://api.anthropic.com/v1/messages", content=b"{}") as response:
         chunks = response.aiter_raw()
         first = await anext(chunks)
-        assert first == b"event: message_start\ndata: {}\n\n"
-        assert not second_may_go.is_set()  # the upstream is still holding the second event
+        assert not second_may_go.is_set()  # the site still holds the second event back
         second_may_go.set()
         rest = b"".join([chunk async for chunk in chunks])
 
+    assert first == b"event: message_start\ndata: {}\n\n"
     assert rest == b"event: message_stop\ndata: {}\n\n"
 
 
-async def test_three_requests_share_one_keep_alive_connection(
-    gateway_socket: Path, upstream: FakeUpstream
-) -> None:
-    conn = h11.Connection(h11.CLIENT)
-    reader, writer = await asyncio.open_unix_connection(str(gateway_socket))
-    try:
+async def test_requests_in_one_tunnel_share_one_upstream_connection(rig: RigFactory) -> None:
+    async with rig(model_key()) as r, r.client() as http:
         for n in range(3):
-            body = b'{"n":%d}' % n
-            head = h11.Request(
-                method="POST",
-                target=f"/v1/messages/{n}",
-                headers=[
-                    ("host", "127.0.0.1"),
-                    ("x-api-key", PLACEHOLDER),
-                    ("content-length", str(len(body))),
-                ],
-            )
-            writer.write((conn.send(head) or b"") + (conn.send(h11.Data(data=body)) or b""))
-            writer.write(conn.send(h11.EndOfMessage()) or b"")
-            response, answer = await read_response(conn, reader)
-            assert response.status_code == 200
-            assert json.loads(answer)["echo"] == f"/v1/messages/{n}"
-            conn.start_next_cycle()
-    finally:
-        await close_writer(writer)
+            response = await http.post(f"https://api.anthropic.com/v1/messages/{n}", content=b'{"n":%d}' % n)
+            assert response.json()["echo"] == f"/v1/messages/{n}"
 
-    assert [r.body for r in upstream.received] == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
-    assert upstream.connections == 1  # and the upstream side was pooled too
+    assert [x.body for x in r.site.received] == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    assert r.site.connections == 1
 
 
-async def test_streamed_request_body_reaches_upstream_whole(
-    client: httpx.AsyncClient, upstream: FakeUpstream
-) -> None:
+async def test_hop_by_hop_headers_are_stripped_both_ways(rig: RigFactory) -> None:
+    headers = {"connection": "keep-alive, x-agent-hop", "x-agent-hop": "1", "keep-alive": "timeout=30",
+               "te": "trailers", "proxy-authorization": "Basic eDp5"}
+    async with rig(model_key()) as r, r.client() as http:
+        response = await http.post("https://api.anthropic.com/v1/messages", headers=headers, content=b"{}")
+
+    names = {name for name, _ in r.site.received[0].headers}
+    assert names.isdisjoint({b"connection", b"x-agent-hop", b"keep-alive", b"proxy-authorization", b"te"})
+    assert "x-upstream-hop" not in response.headers and "keep-alive" not in response.headers
+    assert response.headers["request-id"] == "req_1"
+
+
+async def test_a_big_request_body_streams_through_whole(rig: RigFactory) -> None:
     async def body() -> AsyncIterator[bytes]:
-        for part in (b'{"messages":', b"[" + b"x" * 200_000 + b"]", b"}"):
+        for part in (b'{"messages":', b"[" + b"x" * 300_000 + b"]", b"}"):
             yield part
             await asyncio.sleep(0)
 
-    response = await client.post("/v1/messages", headers=placeholder_headers(), content=body())
+    async with rig(model_key()) as r, r.client() as http:
+        response = await http.post("https://api.anthropic.com/v1/messages", content=body())
 
     assert response.status_code == 200
-    assert upstream.received[0].body == b'{"messages":[' + b"x" * 200_000 + b"]}"
+    assert r.site.received[0].body == b'{"messages":[' + b"x" * 300_000 + b"]}"
+    assert r.audit[0].bytes_in == len(r.site.received[0].body)
 
 
-async def test_redirects_are_passed_back_not_followed(
-    client: httpx.AsyncClient, upstream: FakeUpstream
-) -> None:
+async def test_redirects_are_passed_back_not_followed(rig: RigFactory, site: FakeUpstream) -> None:
     async def respond_redirect(request: Received, reply: Reply) -> None:
-        headers = [(b"location", b"/elsewhere"), (b"content-length", b"0")]
-        await reply.send(h11.Response(status_code=307, headers=headers))
+        await reply.send(h11.Response(status_code=307, headers=[(b"location", b"https://elsewhere.test/x"),
+                                                                (b"content-length", b"0")]))
         await reply.send(h11.EndOfMessage())
 
-    upstream.respond = respond_redirect
+    site.respond = respond_redirect
+    async with rig() as r, r.client() as http:
+        response = await http.get("https://api.example.test/moved")
 
-    response = await client.get("/v1/models")
-
-    assert response.status_code == 307
-    assert response.headers["location"] == "/elsewhere"
-    assert len(upstream.received) == 1
-
-
-async def test_every_request_is_audited_without_the_key(
-    client: httpx.AsyncClient, audit: list[AuditRecord], upstream: FakeUpstream
-) -> None:
-    await client.post("/v1/messages?key=secret-in-query", headers=placeholder_headers(), content=b"{}")
-
-    (record,) = audit
-    assert (record.agent_group, record.method, record.path, record.status) == (
-        GROUP,
-        "POST",
-        "/v1/messages",
-        200,
-    )
-    assert record.host == upstream.url.removeprefix("http://")
-    assert REAL_KEY not in repr(record) and "secret-in-query" not in repr(record)
+    assert (response.status_code, response.headers["location"]) == (307, "https://elsewhere.test/x")
+    assert len(r.site.received) == 1
 
 
-async def test_down_upstream_gives_a_502_json_error_without_the_key(sock_dir: Path) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        dead_port = probe.getsockname()[1]
-    gateway = Gateway(f"http://127.0.0.1:{dead_port}", REAL_KEY)
-    async with serving(gateway, sock_dir / "gateway.sock") as path:
-        transport = httpx.AsyncHTTPTransport(uds=str(path))
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
-            response = await http.post("/v1/messages", headers=placeholder_headers(), content=b"{}")
+async def test_websocket_upgrade_is_piped_after_injection(rig: RigFactory, site: FakeUpstream) -> None:
+    async def respond_upgrade(request: Received, reply: Reply) -> None:
+        await reply.send(h11.InformationalResponse(status_code=101, headers=[
+            (b"upgrade", b"websocket"), (b"connection", b"Upgrade"), (b"sec-websocket-accept", b"abc=")]))
+        writer = reply._writer
+        writer.write(b"hello from the site")
+        await writer.drain()
 
-    assert response.status_code == 502
-    assert response.json()["error"]["type"] == "gateway_error"
-    assert set(response.json()["error"]) == {"type", "message"}
-    assert REAL_KEY not in response.text
-    assert all(REAL_KEY not in value for value in response.headers.values())
-
-
-async def test_plain_http_to_another_site_is_refused_not_sent_to_the_model(
-    gateway_socket: Path, upstream: FakeUpstream
-) -> None:
-    # What a client sends through HTTP_PROXY: the absolute URL of the site it wants.
-    request = h11.Request(
-        method="GET", target="http://example.com/index.html", headers=[("host", "example.com")]
-    )
-    conn = h11.Connection(h11.CLIENT)
-    reader, writer = await send_raw(
-        gateway_socket, (conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b"")
-    )
-    try:
-        response, body = await read_response(conn, reader)
-    finally:
-        await close_writer(writer)
-
-    assert response.status_code == 403
-    assert json.loads(body)["error"]["type"] == "gateway_error"
-    assert upstream.received == []
-
-
-async def test_malformed_request_gets_400_and_the_connection_closes(gateway_socket: Path) -> None:
-    reader, writer = await send_raw(gateway_socket, b"THIS IS NOT HTTP\r\n\r\n")
-    try:
-        answer = await asyncio.wait_for(reader.read(), 2)  # read() to EOF proves the close
-    finally:
-        await close_writer(writer)
-
-    assert answer.startswith(b"HTTP/1.1 400 ")
-    assert b'"gateway_error"' in answer
-
-
-# ---- CONNECT ----
-
-
-@pytest.fixture
-async def echo_port() -> AsyncIterator[int]:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        await close_writer(writer)  # after the client's half-close
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
-
-
-async def test_connect_opens_a_raw_tunnel(
-    gateway_socket: Path, echo_port: int, audit: list[AuditRecord]
-) -> None:
-    authority = f"127.0.0.1:{echo_port}"
-    request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode()
-    reader, writer = await send_raw(gateway_socket, request)
-    try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
-        writer.write(b"\x16\x03\x01 not http at all")
-        echoed = await asyncio.wait_for(reader.readexactly(len(b"\x16\x03\x01 not http at all")), 2)
-        writer.write(b"last words")
-        writer.write_eof()  # half-close: the echo still answers, then closes
-        tail = await asyncio.wait_for(reader.read(), 2)
-    finally:
-        await close_writer(writer)
-
-    assert head.startswith(b"HTTP/1.1 200 ")
-    assert echoed == b"\x16\x03\x01 not http at all"
-    assert tail == b"last words"
-    assert [(r.method, r.host, r.status) for r in audit] == [("CONNECT", authority, 200)]
-
-
-async def test_connect_to_a_dead_port_answers_502(gateway_socket: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead_port = probe.getsockname()[1]
-    request = f"CONNECT 127.0.0.1:{dead_port} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-    reader, writer = await send_raw(gateway_socket, request)
-    try:
-        response, body = await read_response(h11_client_after(request), reader)
-    finally:
-        await close_writer(writer)
-
-    assert response.status_code == 502
-    assert json.loads(body)["error"]["type"] == "gateway_error"
-
-
-async def test_connect_to_a_private_address_is_refused_by_default(
-    upstream: FakeUpstream, sock_dir: Path, echo_port: int
-) -> None:
-    request = f"CONNECT localhost:{echo_port} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-    async with serving(Gateway(upstream.url, REAL_KEY), sock_dir / "gateway.sock") as path:
-        reader, writer = await send_raw(path, request)
+    site.respond = respond_upgrade
+    token = (secret("ws", "generic", "api.example.test", GITHUB_TOKEN, header_name="Authorization",
+                    value_format="Bearer {value}"),)
+    async with rig(token) as r:
+        reader, writer = await open_tunnel(r.socket, "api.example.test", r.gateway.ca.cert_pem)
         try:
-            response, body = await read_response(h11_client_after(request), reader)
+            writer.write(b"GET /socket HTTP/1.1\r\nHost: api.example.test\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhl\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            greeting = await asyncio.wait_for(reader.readexactly(len(b"hello from the site")), 5)
         finally:
             await close_writer(writer)
 
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"sec-websocket-accept: abc=" in head.lower()
+    assert greeting == b"hello from the site"
+    (seen,) = r.site.received
+    assert seen.header(b"upgrade") == b"websocket"
+    assert seen.header(b"authorization") == f"Bearer {GITHUB_TOKEN}".encode()
+
+
+async def test_the_selftest_host_is_answered_by_the_gateway_itself(rig: RigFactory) -> None:
+    async with rig() as r, r.client() as http:
+        ping = await http.get("https://selftest.clawden.invalid/")
+        turn = await http.post("https://selftest.clawden.invalid/v1/messages", json={"model": "x", "stream": True})
+
+    assert ping.json() == {"ok": True, "service": "clawden-vault", "agent_group": GROUP}
+    assert "clawden-selftest-ok" in turn.text and turn.headers["content-type"] == "text/event-stream"
+    assert r.site.received == []
+
+
+# ---- when nothing was injected ----
+
+
+async def test_an_auth_failure_without_a_credential_tells_the_agent_what_to_ask_for(
+        rig: RigFactory, site: FakeUpstream) -> None:
+    async def respond_401(request: Received, reply: Reply) -> None:
+        body = b'{"message":"Bad credentials"}'
+        await reply.send(h11.Response(status_code=401, headers=[(b"content-length", str(len(body)).encode())]))
+        await reply.send(h11.Data(data=body))
+        await reply.send(h11.EndOfMessage())
+
+    site.respond = respond_401
+    others = (secret("github", "generic", "api.example.test", GITHUB_TOKEN, grants=("work",),
+                     header_name="Authorization"),)
+    async with rig(others) as r, r.client() as http:
+        unknown = await http.get("https://other.example.test/v1/things")
+        restricted = await http.get("https://api.example.test/user")
+
+    assert unknown.status_code == 401
+    assert unknown.headers["x-should-retry"] == "false"
+    body = unknown.json()
+    assert (body["error"], body["hostname"], body["path"]) == ("credential_not_found", "other.example.test",
+                                                             "/v1/things")
+    assert "clawden secrets add" in body["message"] and "--host other.example.test" in body["message"]
+    assert restricted.status_code == 401
+    assert restricted.json()["error"] == "access_restricted" and restricted.json()["secrets"] == ["github"]
+    assert nothing_secret_in(restricted.text)
+
+
+async def test_an_auth_failure_with_an_injected_key_passes_through(rig: RigFactory, site: FakeUpstream) -> None:
+    async def respond_401(request: Received, reply: Reply) -> None:
+        await reply.send(h11.Response(status_code=401, headers=[(b"content-length", b"2")]))
+        await reply.send(h11.Data(data=b"no"))
+        await reply.send(h11.EndOfMessage())
+
+    site.respond = respond_401
+    async with rig(model_key()) as r, r.client() as http:
+        response = await http.post("https://api.anthropic.com/v1/messages", content=b"{}")
+
+    assert (response.status_code, response.text) == (401, "no")
+
+
+# ---- rules, egress, leaks ----
+
+
+async def test_a_blocked_path_gets_403_and_never_reaches_the_site(rig: RigFactory) -> None:
+    rules = (rule("no-deletes", "block", "api.example.test", method="DELETE", path_pattern="/repos/*"),)
+    async with rig(rules=rules) as r, r.client() as http:
+        blocked = await http.delete("https://api.example.test/repos/x/y")
+        allowed = await http.get("https://api.example.test/repos/x/y")
+
+    assert blocked.status_code == 403
+    assert blocked.json() == {"error": "blocked_by_policy", "message": blocked.json()["message"], "method": "DELETE",
+                              "host": "api.example.test", "path": "/repos/x/y", "rule_name": "no-deletes"}
+    assert allowed.status_code == 200
+    assert [x.method for x in r.site.received] == [b"GET"]
+    assert [(a.decision, a.rule) for a in r.audit] == [("blocked", "no-deletes"), ("allowed", "")]
+
+
+async def test_a_rate_limited_host_answers_429_after_the_limit(rig: RigFactory) -> None:
+    now = [1_000_000.0]
+    rules = (rule("slow", "rate_limit", "api.example.test", rate_limit=2, rate_window="minute"),)
+    async with rig(rules=rules, clock=lambda: now[0]) as r, r.client() as http:
+        statuses = [(await http.get("https://api.example.test/x")).status_code for _ in range(3)]
+        limited = await http.get("https://api.example.test/x")
+        now[0] += 60
+        later = await http.get("https://api.example.test/x")
+
+    assert statuses == [200, 200, 429]
+    assert limited.headers["retry-after"] == "20"  # 1,000,000 s is 40 s into its minute
+    assert limited.json()["error"] == "rate_limited" and limited.json()["limit"] == 2
+    assert later.status_code == 200
+    assert len(r.site.received) == 3
+
+
+async def test_allowlist_egress_lets_through_only_hosts_with_a_secret_or_an_allow_rule(rig: RigFactory) -> None:
+    credentials = (secret("github", "generic", "api.example.test", GITHUB_TOKEN, header_name="Authorization"),)
+    rules = (rule("openai-ok", "allow", "api.openai.com"),)
+    async with rig(credentials, rules, egress={GROUP: "allowlist"}) as r, r.client() as http:
+        with_secret = await http.get("https://api.example.test/")
+        with_rule = await http.get("https://api.openai.com/")
+        neither = await http.get("https://other.example.test/")
+
+    assert (with_secret.status_code, with_rule.status_code, neither.status_code) == (200, 200, 403)
+    assert neither.json()["error"] == "blocked_by_default_policy"
+    assert neither.json()["host"] == "other.example.test"
+
+
+async def test_a_secret_value_sent_to_another_host_is_blocked(rig: RigFactory) -> None:
+    credentials = (*model_key(),
+                   secret("github", "generic", "api.example.test", GITHUB_TOKEN, header_name="Authorization"))
+    async with rig(credentials) as r, r.client() as http:
+        in_header = await http.get("https://other.example.test/", headers={"x-steal": f"k={REAL_KEY}"})
+        in_query = await http.get(f"https://other.example.test/?t={GITHUB_TOKEN}")
+        to_its_host = await http.get("https://api.example.test/", headers={"x-echo": GITHUB_TOKEN})
+
+    assert in_header.status_code == in_query.status_code == 403
+    assert in_header.json()["error"] == "secret_leak_blocked" and in_header.json()["secret"] == "anthropic"
+    assert in_query.json()["secret"] == "github"
+    assert nothing_secret_in(in_header.text + in_query.text)
+    assert to_its_host.status_code == 200
+    assert len(r.site.received) == 1
+
+
+async def test_a_secret_value_in_a_streamed_body_is_stopped_before_it_leaves(rig: RigFactory) -> None:
+    half = len(REAL_KEY) // 2
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"a":"' + b"x" * 100_000
+        await asyncio.sleep(0.05)
+        yield REAL_KEY[:half].encode()  # the value straddles two chunks
+        await asyncio.sleep(0.05)
+        yield REAL_KEY[half:].encode() + b'"}'
+
+    async with rig(model_key()) as r, r.client() as http:
+        response = await http.post("https://other.example.test/upload", content=body())
+        after = await http.get("https://other.example.test/fine")
+
+    assert response.status_code == 403 and response.json()["error"] == "secret_leak_blocked"
+    assert all(REAL_KEY.encode() not in x.body for x in r.site.received)
+    assert after.status_code == 200
+
+
+# ---- approval ----
+
+
+async def test_an_approval_gated_request_waits_then_passes_on_approve(rig: RigFactory) -> None:
+    rules = (rule("ask-pay", "manual_approval", "api.example.test", path_pattern="/pay/*"),)
+    credentials = (secret("bank", "generic", "api.example.test", GITHUB_TOKEN, header_name="Authorization"),)
+    async with rig(credentials, rules) as r, r.client() as http:
+        held = asyncio.create_task(http.post("https://api.example.test/pay/42", content=b'{"amount":5,"token":"'
+                                             + GITHUB_TOKEN.encode() + b'"}'))
+        await asyncio.wait_for(r.approver.asked.wait(), 5)
+        async with r.client() as other:  # a held request does not hold up the gateway
+            assert (await other.get("https://api.example.test/balance")).status_code == 200
+        assert not held.done() and [x.target for x in r.site.received] == [b"/balance"]
+        r.approver.answer("approved")
+        response = await held
+
+    assert response.status_code == 200
+    (ask,) = r.approver.asks
+    assert (ask.method, ask.host, ask.path, ask.rule, ask.agent_group) == ("POST", "api.example.test", "/pay/42",
+                                                                          "ask-pay", GROUP)
+    assert '"amount":5' in ask.preview and nothing_secret_in(ask.preview)
+    assert r.site.received[-1].header(b"authorization") == GITHUB_TOKEN.encode()
+    assert [(a.decision, a.approval_id == ask.id) for a in r.audit if a.path == "/pay/42"] == [("approved", True)]
+
+
+@pytest.mark.parametrize("outcome", ["denied", "expired"])
+async def test_an_approval_gated_request_fails_on_deny_or_expiry(rig: RigFactory, outcome: str) -> None:
+    rules = (rule("ask-all", "manual_approval", "api.example.test"),)
+    async with rig(rules=rules) as r, r.client() as http:
+        r.approver.answer(outcome)  # type: ignore[arg-type]
+        response = await http.post("https://api.example.test/pay", content=b"{}")
+
     assert response.status_code == 403
-    assert "private" in json.loads(body)["error"]["message"]
+    body = response.json()
+    assert body["error"] == "manual_approval_denied" and body["approval_id"] == r.approver.asks[0].id
+    assert ("denied" if outcome == "denied" else "timed out") in body["message"]
+    assert r.site.received == []
 
 
-def h11_client_after(request: bytes) -> h11.Connection:
-    """An h11 client connection that has already sent ``request`` (a CONNECT without body)."""
+async def test_the_approval_wait_itself_expires(rig: RigFactory) -> None:
+    rules = (rule("ask-all", "manual_approval", "api.example.test"),)
+    async with rig(rules=rules, approval_timeout=0.2) as r, r.client() as http:
+        response = await http.get("https://api.example.test/")  # nobody ever answers
+
+    assert response.status_code == 403 and "timed out" in response.json()["message"]
+
+
+async def test_an_agent_that_hangs_up_while_held_withdraws_the_ask(rig: RigFactory) -> None:
+    rules = (rule("ask-all", "manual_approval", "api.example.test"),)
+    async with rig(rules=rules) as r:
+        _, writer = await open_tunnel(r.socket, "api.example.test", r.gateway.ca.cert_pem)
+        writer.write(b"GET / HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
+        await asyncio.wait_for(r.approver.asked.wait(), 5)
+        await close_writer(writer)
+        for _ in range(100):
+            if r.approver.cancelled:
+                break
+            await asyncio.sleep(0.02)
+
+    assert r.approver.cancelled == 1
+    assert r.site.received == []
+
+
+# ---- bad input and bad sites ----
+
+
+async def test_malformed_request_gets_400_and_the_connection_closes(rig: RigFactory) -> None:
+    async with rig() as r:
+        reader, writer = await send_raw(r.socket, b"THIS IS NOT HTTP\r\n\r\n")
+        try:
+            answer = await asyncio.wait_for(reader.read(), 2)  # read() to EOF proves the close
+        finally:
+            await close_writer(writer)
+
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b'"bad_request"' in answer
+
+
+async def test_oversized_headers_get_431_and_others_are_still_served(rig: RigFactory) -> None:
+    async with rig(model_key()) as r:
+        huge = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+        reader, writer = await send_raw(r.socket, huge)
+        try:
+            answer = await asyncio.wait_for(reader.read(), 2)
+        finally:
+            await close_writer(writer)
+        async with r.client() as http:
+            fine = await http.get("https://api.example.test/")
+
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert fine.status_code == 200
+
+
+async def test_a_client_that_leaves_mid_body_does_not_disturb_others(rig: RigFactory) -> None:
+    async with rig(model_key()) as r:
+        _, writer = await open_tunnel(r.socket, "api.example.test", r.gateway.ca.cert_pem)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.transport.abort()
+        async with r.client() as http:
+            fine = await http.get("https://api.example.test/after")
+
+    assert fine.status_code == 200
+    assert r.site.received[-1].target == b"/after"
+
+
+async def test_a_hanging_site_gives_504_and_a_resetting_one_502(rig: RigFactory, site: FakeUpstream) -> None:
+    async def respond(request: Received, reply: Reply) -> None:
+        if request.target == b"/hang":
+            await asyncio.sleep(30)
+        elif request.target == b"/reset":
+            reply._writer.transport.abort()
+        else:
+            from tests.vault.sites import respond_json
+            await respond_json(request, reply)
+
+    site.respond = respond
+    async with rig(read_timeout=0.3) as r, r.client() as http:
+        hung = await http.get("https://api.example.test/hang")
+        reset = await http.get("https://api.example.test/reset")
+        fine = await http.get("https://api.example.test/fine")
+
+    assert (hung.status_code, hung.json()["error"]) == (504, "gateway_timeout")
+    assert (reset.status_code, reset.json()["error"]) == (502, "bad_gateway")
+    assert fine.status_code == 200
+
+
+async def test_names_that_resolve_to_private_addresses_are_not_reached(rig: RigFactory) -> None:
+    async with rig() as r, r.client() as http:
+        response = await http.get("https://localhost/admin")
+
+    assert response.status_code == 403 and response.json()["error"] == "private_address_blocked"
+
+
+# ---- the compatibility path: plain HTTP to model.upstream ----
+
+
+async def test_plain_http_model_requests_get_the_key_from_model_upstream(rig: RigFactory) -> None:
+    plain_site = await FakeUpstream().start()
+    try:
+        async with rig(model_key(), model_upstream=plain_site.url) as r:
+            async with r.plain() as http:
+                response = await http.post("/v1/messages?beta=true", headers=placeholder_headers(), content=b"{}")
+            # What a client sends through HTTP_PROXY: the absolute URL of the site it wants.
+            reader, writer = await send_raw(r.socket, b"GET http://example.com/x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            try:
+                other, body = await read_response(h11_client("GET", b"http://example.com/x"), reader)
+            finally:
+                await close_writer(writer)
+    finally:
+        await plain_site.close()
+
+    assert response.status_code == 200
+    (seen,) = plain_site.received
+    assert seen.header(b"x-api-key") == REAL_KEY.encode() and seen.target == b"/v1/messages?beta=true"
+    assert other.status_code == 403 and json.loads(body)["error"] == "plain_http_refused"
+
+
+def h11_client(method: str, target: bytes) -> h11.Connection:
+    """An h11 client connection that has already sent a body-less ``method target``."""
     conn = h11.Connection(h11.CLIENT)
-    target = request.split(b" ")[1]
-    conn.send(h11.Request(method="CONNECT", target=target, headers=[("host", "x")]))
+    conn.send(h11.Request(method=method, target=target, headers=[("host", "x")]))
     conn.send(h11.EndOfMessage())
     return conn
 
 
-# ---- the socket itself ----
+async def test_a_down_model_upstream_gives_a_502_without_the_key(sock_dir: object) -> None:
+    import socket
+    from pathlib import Path
 
-
-async def test_listen_replaces_a_stale_socket_and_opens_it_to_the_container_user(
-    upstream: FakeUpstream, sock_dir: Path
-) -> None:
-    path = sock_dir / "nested" / "gateway.sock"
-    path.parent.mkdir()
-    with socket.socket(socket.AF_UNIX) as stale:
-        stale.bind(str(path))  # a leftover from a crashed run: nobody listens
-    gateway = Gateway(upstream.url, REAL_KEY)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    gateway = Gateway(f"http://127.0.0.1:{dead_port}", REAL_KEY)
+    path = Path(str(sock_dir)) / "gw.sock"
     await gateway.listen(GROUP, path)
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
         transport = httpx.AsyncHTTPTransport(uds=str(path))
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
-            response = await http.get("/v1/models")
+            response = await http.post("/v1/messages", headers=placeholder_headers(), content=b"{}")
     finally:
         await gateway.close()
 
-    assert mode == 0o666
+    assert response.status_code == 502 and response.json()["error"] == "bad_gateway"
+    assert nothing_secret_in(response.text) and nothing_secret_in(str(response.headers))
+
+
+# ---- the TCP fallback ----
+
+
+async def test_the_tcp_listener_needs_the_groups_proxy_token(rig: RigFactory) -> None:
+    async with rig(model_key()) as r:
+        r.gateway.update_tokens({token_hash("clp_good"): "work"})
+        port = await r.gateway.listen_tcp("127.0.0.1", 0)
+        context = ssl.create_default_context(cadata=r.gateway.ca.cert_pem.decode())
+        async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{port}", verify=context, trust_env=False) as none:
+            with pytest.raises(httpx.ProxyError, match="407"):
+                await none.get("https://api.anthropic.com/v1/models")
+        async with httpx.AsyncClient(proxy=f"http://work:clp_bad@127.0.0.1:{port}", verify=context,
+                                     trust_env=False) as wrong:
+            with pytest.raises(httpx.ProxyError, match="407"):
+                await wrong.get("https://api.anthropic.com/v1/models")
+        async with httpx.AsyncClient(proxy=f"http://work:clp_good@127.0.0.1:{port}", verify=context,
+                                     trust_env=False) as right:
+            response = await right.get("https://api.anthropic.com/v1/models")
+
     assert response.status_code == 200
-    assert not path.exists()
+    assert [a.agent_group for a in r.audit if a.host == "api.anthropic.com"] == ["work"]
+
+
+# ---- a value never shows ----
+
+
+async def test_no_secret_value_reaches_logs_audit_or_errors(rig: RigFactory, caplog: pytest.LogCaptureFixture,
+                                                           site: FakeUpstream) -> None:
+    caplog.set_level(logging.DEBUG)
+    credentials = (*model_key(),
+                   secret("github", "generic", "api.example.test", GITHUB_TOKEN, header_name="Authorization"))
+    rules = (rule("ask", "manual_approval", "other.example.test", path_pattern="/ask"),
+             rule("nope", "block", "other.example.test", path_pattern="/blocked"))
+    async with rig(credentials, rules, read_timeout=0.3) as r, r.client() as http:
+        r.approver.answer("denied")
+        texts = [
+            (await http.get("https://api.example.test/ok")).text,
+            (await http.get("https://other.example.test/blocked")).text,
+            (await http.post("https://other.example.test/ask", content=f'{{"t":"{GITHUB_TOKEN}"}}'.encode())).text,
+            (await http.get("https://other.example.test/leak", headers={"x": REAL_KEY})).text,
+            (await http.get("https://localhost/private")).text,
+        ]
+
+    everything = "\n".join([*texts, caplog.text, repr(r.audit), repr(r.approver.asks), repr(r.gateway.catalog)])
+    assert nothing_secret_in(everything)
+    assert isinstance(r.audit[0], AuditRecord)
+
+
+def test_a_catalog_repr_hides_values() -> None:
+    catalog = Catalog(credentials=model_key())
+    assert REAL_KEY not in repr(catalog) and REAL_KEY not in str(catalog.credentials)
+    assert json.dumps([c.secret.name for c in catalog.credentials]) == '["anthropic"]'

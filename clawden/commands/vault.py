@@ -1,0 +1,246 @@
+"""`clawden secrets|rules|audit|egress`: the vault's credentials, rules and audit trail, over NATS.
+
+A secret's value is read from stdin or a hidden prompt, never from the command line (where `ps`
+and the shell history would keep it), and no command ever prints one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from clawden import config as config_mod
+from clawden import control
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """`30m`, `2h`, `7d` ago; an ISO date or time (local unless it says otherwise); or epoch seconds."""
+    now = time.time() if now is None else now
+    value = text.strip()
+    match = _DURATION.match(value)
+    if match:
+        return now - float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--since: {text!r} is not like 30m, 2h, 7d, 2026-11-21 or "
+                                         "2026-11-21T08:00") from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return moment.timestamp()
+
+
+def _cfg(args: argparse.Namespace) -> config_mod.Config:
+    return config_mod.load(Path(args.home).expanduser() if args.home else None)
+
+
+def _call(args: argparse.Namespace, verb: str, payload: dict[str, Any]) -> Any:
+    return control.run(_cfg(args), "vault", verb, payload)
+
+
+def _read_value(args: argparse.Namespace) -> str:
+    prompt = f"value of {args.name} (not shown): "
+    value = (getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.read()).strip()
+    if not value:
+        raise SystemExit("clawden: no value given (type it at the prompt or pipe it in)")
+    return value
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _describe(secret: dict[str, Any]) -> str:
+    if secret["kind"] == "anthropic":
+        return "x-api-key (or Bearer for OAuth)"
+    if secret["kind"] == "openai":
+        return "Authorization: Bearer"
+    if secret.get("param_name"):
+        return f"?{secret['param_name']}="
+    return f"{secret['header_name']}: {secret['value_format']}"
+
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+def cmd_secrets_add(args: argparse.Namespace) -> int:
+    payload = {"name": args.name, "type": args.type, "value": _read_value(args), "host": args.host or "",
+               "path": args.path, "header": args.header or "", "format": args.format, "param": args.param or "",
+               "agents": args.agent or []}
+    reply = _call(args, "secrets-add", payload)
+    secret = reply["secret"]
+    verb = "stored" if reply["created"] else "replaced"
+    grants = ", ".join(secret["grants"]).replace("*", "every agent group")
+    print(f"{verb} {secret['name']}: {_describe(secret)} for {secret['host_pattern']}{secret['path_pattern']}"
+          f" (granted to {grants})")
+    return 0
+
+
+def cmd_secrets_list(args: argparse.Namespace) -> int:
+    secrets = _call(args, "secrets-list", {})["secrets"]
+    if args.json:
+        print(json.dumps(secrets, indent=2))
+        return 0
+    if not secrets:
+        print("no secrets stored (clawden secrets add NAME --type ...)")
+        return 0
+    rows = [[s["name"], s["kind"], s["host_pattern"] + ("" if s["path_pattern"] == "*" else s["path_pattern"]),
+             _describe(s), ",".join(s["grants"]) or "(nobody)"] for s in secrets]
+    print(_table(rows, ["NAME", "TYPE", "HOST", "INJECTED AS", "AGENTS"]))
+    return 0
+
+
+def cmd_secrets_remove(args: argparse.Namespace) -> int:
+    _call(args, "secrets-remove", {"name": args.name})
+    print(f"removed {args.name}")
+    return 0
+
+
+def cmd_secrets_grant(args: argparse.Namespace) -> int:
+    secret = _call(args, "secrets-grant", {"name": args.name, "agents": args.agent, "revoke": args.revoke})["secret"]
+    print(f"{secret['name']} is granted to: {', '.join(secret['grants']) or 'nobody'}")
+    return 0
+
+
+# --- rules -----------------------------------------------------------------------------------------
+
+def cmd_rules_add(args: argparse.Namespace) -> int:
+    payload = {"name": args.name, "action": args.action, "host": args.host, "path": args.path,
+               "method": args.method, "agent": args.agent, "limit": args.limit or 0, "window": args.window}
+    rule = _call(args, "rules-add", payload)["rule"]
+    print(f"added rule {rule['name']}: {_rule_text(rule)}")
+    return 0
+
+
+def _rule_text(rule: dict[str, Any]) -> str:
+    action = rule["action"]
+    if action == "rate_limit":
+        action = f"rate_limit {rule['rate_limit']}/{rule['rate_window']}"
+    path = "" if rule["path_pattern"] == "*" else rule["path_pattern"]
+    where = f"{rule['method'] or '*'} {rule['host_pattern']}{path}"
+    return f"{action} {where} for {'every agent group' if rule['agent_group'] == '*' else rule['agent_group']}"
+
+
+def cmd_rules_list(args: argparse.Namespace) -> int:
+    rules = _call(args, "rules-list", {})["rules"]
+    if args.json:
+        print(json.dumps(rules, indent=2))
+        return 0
+    if not rules:
+        print("no rules (clawden rules add NAME --action block|manual_approval|rate_limit|allow --host ...)")
+        return 0
+    rows = [[r["name"], r["action"] + (f" {r['rate_limit']}/{r['rate_window']}" if r["action"] == "rate_limit" else ""),
+             r["method"] or "*", r["host_pattern"] + ("" if r["path_pattern"] == "*" else r["path_pattern"]),
+             r["agent_group"]] for r in rules]
+    print(_table(rows, ["NAME", "ACTION", "METHOD", "WHERE", "AGENTS"]))
+    return 0
+
+
+def cmd_rules_remove(args: argparse.Namespace) -> int:
+    _call(args, "rules-remove", {"name": args.name})
+    print(f"removed rule {args.name}")
+    return 0
+
+
+# --- audit and egress ------------------------------------------------------------------------------
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    payload = {"agent": args.agent, "since": args.since, "limit": args.limit}
+    records = _call(args, "audit", payload)["records"]
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    if not records:
+        print("no audited requests match")
+        return 0
+    rows = [[dt.datetime.fromtimestamp(r["at"]).strftime("%Y-%m-%d %H:%M:%S"), r["agent_group"], r["method"],
+             r["host"] + r["path"], str(r["status"]), r["decision"] + (f" ({r['rule']})" if r["rule"] else ""),
+             f"{r['duration_ms']:.0f}ms", r["injected"]] for r in records]
+    print(_table(rows, ["TIME", "AGENT", "METHOD", "WHERE", "STATUS", "DECISION", "TOOK", "INJECTED"]))
+    return 0
+
+
+def cmd_egress(args: argparse.Namespace) -> int:
+    reply = _call(args, "egress", {"agent_group": args.group, "mode": args.mode})
+    print(f"{reply['agent_group']}: egress {reply['egress']}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    secrets = sub.add_parser("secrets", help="credentials the vault adds to agents' requests")
+    ssub = secrets.add_subparsers(dest="secrets_command", required=True)
+
+    add = ssub.add_parser("add", help="store (or replace) a secret; its value comes from stdin or a prompt",
+                          description="The value is read from stdin or a hidden prompt, never from arguments.")
+    add.add_argument("name")
+    add.add_argument("--type", required=True, choices=["anthropic", "openai", "generic"])
+    add.add_argument("--host", help="host pattern, e.g. api.github.com or *.example.com "
+                                    "(anthropic and openai have defaults)")
+    add.add_argument("--path", default="*", help="path pattern (default: every path)")
+    add.add_argument("--header", help="generic: header to set, e.g. Authorization")
+    add.add_argument("--format", default="{value}", help="generic: header value format (default {value}), "
+                                                         "e.g. 'Bearer {value}'")
+    add.add_argument("--param", help="generic: query parameter to set instead of a header")
+    add.add_argument("--agent", action="append", help="agent group to grant it to (repeatable; default: all)")
+    add.set_defaults(func=cmd_secrets_add)
+
+    lst = ssub.add_parser("list", help="stored secrets (never their values)")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_secrets_list)
+
+    rm = ssub.add_parser("remove", help="forget a secret")
+    rm.add_argument("name")
+    rm.set_defaults(func=cmd_secrets_remove)
+
+    grant = ssub.add_parser("grant", help="let agent groups use a secret (or --revoke)")
+    grant.add_argument("name")
+    grant.add_argument("--agent", action="append", required=True, help="agent group, or '*' for all (repeatable)")
+    grant.add_argument("--revoke", action="store_true", help="take the grant away instead")
+    grant.set_defaults(func=cmd_secrets_grant)
+
+    rules = sub.add_parser("rules", help="block, hold for approval, rate-limit or allow agents' requests")
+    rsub = rules.add_subparsers(dest="rules_command", required=True)
+    radd = rsub.add_parser("add", help="add a rule (order: block > manual_approval > rate_limit)")
+    radd.add_argument("name")
+    radd.add_argument("--action", required=True, choices=["block", "manual_approval", "rate_limit", "allow"])
+    radd.add_argument("--host", required=True, help="host pattern, e.g. api.stripe.com, *.example.com or *")
+    radd.add_argument("--path", default="*", help="path pattern (default: every path)")
+    radd.add_argument("--method", help="only this method (default: every method)")
+    radd.add_argument("--agent", default="*", help="only this agent group (default: every group)")
+    radd.add_argument("--limit", type=int, help="rate_limit: requests per window")
+    radd.add_argument("--window", default="minute", choices=["minute", "hour", "day"])
+    radd.set_defaults(func=cmd_rules_add)
+    rlist = rsub.add_parser("list", help="the rules")
+    rlist.add_argument("--json", action="store_true")
+    rlist.set_defaults(func=cmd_rules_list)
+    rrm = rsub.add_parser("remove", help="remove a rule")
+    rrm.add_argument("name")
+    rrm.set_defaults(func=cmd_rules_remove)
+
+    audit = sub.add_parser("audit", help="requests agents made through the vault")
+    audit.add_argument("--agent", help="only this agent group")
+    audit.add_argument("--since", type=parse_since, help="30m, 2h, 7d, or a date/time like 2026-11-21T08:00")
+    audit.add_argument("--limit", type=int, default=100, help="the newest N (default 100)")
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(func=cmd_audit)
+
+    egress = sub.add_parser("egress", help="show or set where an agent group may go: open or allowlist")
+    egress.add_argument("group")
+    egress.add_argument("mode", nargs="?", choices=["open", "allowlist"])
+    egress.set_defaults(func=cmd_egress)

@@ -1,0 +1,131 @@
+"""Asking a human about a held request: the card (pure) and the bus round trip.
+
+The vault publishes an ``ApprovalRequest`` on ``clawden.approval.request`` and waits for the
+``ApprovalDecision`` on ``clawden.approval.decision.<id>`` (subscribed before publishing, so a fast
+decision cannot be missed) or for the expiry. Who is asked and how is the approvals service's job.
+The card shows method, host, path and the first bytes of the body with every stored value and
+anything that looks like a credential blanked out; never a header.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import msgspec
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from clawden.bus import events as ev
+from clawden.bus import publish, subjects
+
+log = logging.getLogger("clawden.vault")
+
+PREVIEW_BYTES = 4096  # read from the body before asking; the rest stays on the wire
+CARD_PREVIEW_CHARS = 600
+Outcome = Literal["approved", "denied", "expired", "unavailable"]
+_CREDENTIAL_FIELD = re.compile(
+    r"""(?ix)
+    (["']?(?:api[_-]?key|access[_-]?token|refresh[_-]?token|token|secret|password|passwd|authorization|
+          client[_-]?secret|private[_-]?key)["']?\s*[:=]\s*)
+    ("[^"]*"|'[^']*'|[^\s&,}]+)""")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalAsk:
+    id: str
+    agent_group: str
+    method: str
+    host: str
+    path: str
+    rule: str
+    preview: str  # already redacted
+    expires_at: float
+
+
+class Approver(Protocol):
+    async def ask(self, ask: ApprovalAsk) -> Outcome: ...
+
+
+class NoApprover:
+    """Where no bus is wired (tools, benchmarks): nobody can say yes."""
+
+    async def ask(self, ask: ApprovalAsk) -> Outcome:
+        return "unavailable"
+
+
+def redact_preview(raw: bytes, values: Iterable[str], limit: int = CARD_PREVIEW_CHARS) -> str:
+    text = raw.decode("utf-8", "replace")
+    for value in sorted((v for v in values if len(v) >= 4), key=len, reverse=True):
+        text = text.replace(value, "[secret]")
+    text = _CREDENTIAL_FIELD.sub(lambda m: m.group(1) + '"[redacted]"', text)
+    text = _BEARER.sub(lambda m: m.group(1) + " [redacted]", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def card_for(ask: ApprovalAsk) -> ev.Card:
+    lines = [f"{ask.method} https://{ask.host}{ask.path}", f"Agent group: {ask.agent_group}",
+             f"Rule: {ask.rule}"]
+    if ask.preview:
+        lines += ["", "Body (start, credentials removed):", ask.preview]
+    return ev.Card(
+        title=f"Let agent {ask.agent_group} {ask.method} {ask.host}{ask.path}?",
+        body="\n".join(lines),
+        buttons=(ev.Button(id="approve", label="Approve", style="primary"),
+                 ev.Button(id="deny", label="Deny", style="danger")),
+    )
+
+
+def request_event(ask: ApprovalAsk) -> ev.ApprovalRequest:
+    return ev.ApprovalRequest(
+        id=ask.id, kind="credential", requester="vault", agent_group=ask.agent_group, card=card_for(ask),
+        expires_at=ask.expires_at,
+        context={"method": ask.method, "host": ask.host, "path": ask.path, "rule": ask.rule,
+                 "body_preview": ask.preview},
+    )
+
+
+_decisions = msgspec.json.Decoder(ev.ApprovalDecision)
+
+
+class BusApprover:
+    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+        self._nc = nc
+        self._js = js
+
+    async def ask(self, ask: ApprovalAsk) -> Outcome:
+        sub = await self._nc.subscribe(subjects.approval_decision(ask.id))
+        try:
+            try:
+                await publish(self._js, subjects.APPROVAL_REQUEST, request_event(ask), msg_id=f"vault:{ask.id}")
+            except Exception as exc:
+                log.error("cannot publish approval request %s: %s", ask.id, exc)
+                return "unavailable"
+            log.info("approval %s asked: %s %s%s for %s", ask.id, ask.method, ask.host, ask.path, ask.agent_group)
+            while (remaining := ask.expires_at - time.time()) > 0:
+                try:
+                    msg = await sub.next_msg(timeout=remaining)
+                except TimeoutError:
+                    break
+                try:
+                    decision = _decisions.decode(msg.data)
+                except msgspec.DecodeError as exc:
+                    log.warning("ignoring a malformed decision for %s: %s", ask.id, exc)
+                    continue
+                if decision.id != ask.id:
+                    continue
+                outcome: Outcome = "approved" if decision.decision == "approved" else (
+                    "expired" if decision.decision == "expired" else "denied")
+                log.info("approval %s %s by %s", ask.id, outcome, decision.decided_by or "?")
+                return outcome
+            return "expired"
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection is gone; the subscription went with it
+                log.debug("unsubscribing approval %s: %s", ask.id, exc)

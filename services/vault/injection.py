@@ -1,0 +1,95 @@
+"""Putting credentials into a request, per secret type (pure).
+
+- ``anthropic``: an API key goes in ``x-api-key`` (any ``authorization`` is dropped); an OAuth token
+  (``sk-ant-oat…``) goes as ``authorization: Bearer`` with the OAuth beta announced.
+- ``openai``: ``authorization: Bearer <value>``.
+- ``generic``: a header with a ``{value}`` format (``Bearer {value}``), or a query parameter,
+  added or replaced while the rest of the query keeps its exact bytes.
+Whatever the agent sent in those places (its placeholder) is replaced, never kept beside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from urllib.parse import quote
+
+from services.vault.catalog import Credential
+
+Header = tuple[bytes, bytes]
+
+OAUTH_PREFIX = "sk-ant-oat"
+# Anthropic refuses a bearer OAuth token unless this beta is announced.
+OAUTH_BETA = b"oauth-2025-04-20"
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
+
+
+def strip_hop_by_hop(headers: Iterable[Header], keep_upgrade: bool = False) -> list[Header]:
+    """Drop hop-by-hop headers, Proxy-*, and any header named in Connection (RFC 9110 §7.6.1).
+
+    ``keep_upgrade`` keeps ``Upgrade`` and ``Connection: upgrade`` for a WebSocket handshake.
+    """
+    headers = list(headers)
+    listed = {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    }
+    kept = [
+        (name, value)
+        for name, value in headers
+        if (lower := name.lower()) not in HOP_BY_HOP
+        and not lower.startswith(b"proxy-")
+        and lower not in listed
+    ]
+    if keep_upgrade:
+        kept += [(name, value) for name, value in headers if name.lower() == b"upgrade"]
+        kept.append((b"connection", b"upgrade"))
+    return kept
+
+
+def inject(credentials: Sequence[Credential], headers: list[Header], target: bytes) -> tuple[list[Header], bytes]:
+    """``headers`` and ``target`` with each credential applied in turn."""
+    for credential in credentials:
+        secret, value = credential.secret, credential.value.encode()
+        if secret.kind == "anthropic":
+            if credential.value.startswith(OAUTH_PREFIX):
+                headers = _set(_drop(headers, b"x-api-key"), b"authorization", b"Bearer " + value)
+                headers = _with_beta(headers, OAUTH_BETA)
+            else:
+                headers = _set(_drop(headers, b"authorization"), b"x-api-key", value)
+        elif secret.kind == "openai":
+            headers = _set(headers, b"authorization", b"Bearer " + value)
+        elif secret.header_name:
+            formatted = secret.value_format.replace("{value}", credential.value).encode()
+            headers = _set(headers, secret.header_name.lower().encode(), formatted)
+        elif secret.param_name:
+            target = set_query_param(target, secret.param_name, credential.value)
+    return headers, target
+
+
+def set_query_param(target: bytes, name: str, value: str) -> bytes:
+    path, sep, query = target.partition(b"?")
+    key = quote(name, safe="").encode()
+    pairs = [p for p in query.split(b"&") if p and p.partition(b"=")[0] != key] if sep else []
+    pairs.append(key + b"=" + quote(value, safe="").encode())
+    return path + b"?" + b"&".join(pairs)
+
+
+def _drop(headers: list[Header], name: bytes) -> list[Header]:
+    return [(k, v) for k, v in headers if k.lower() != name]
+
+
+def _set(headers: list[Header], name: bytes, value: bytes) -> list[Header]:
+    return [*_drop(headers, name), (name, value)]
+
+
+def _with_beta(headers: list[Header], beta: bytes) -> list[Header]:
+    for index, (name, value) in enumerate(headers):
+        if name.lower() == b"anthropic-beta":
+            if beta in (token.strip() for token in value.split(b",")):
+                return headers
+            headers[index] = (name, value + b"," + beta)
+            return headers
+    headers.append((b"anthropic-beta", beta))
+    return headers

@@ -1,0 +1,164 @@
+"""The gateway's decision for one request: a pure function of (agent group, request head, rules, clock).
+
+Order, as in OneCLI: the leak guard and block rules first, then the egress allowlist, then manual
+approval, then rate limits; what passes gets the group's matching secrets injected. Rate limits
+count in fixed windows (``now // window``); the caller owns the counters and passes a read-only
+view of them in, and adds the returned ``charges`` once the request goes ahead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote_to_bytes
+
+from services.vault.catalog import WINDOW_SECONDS, Credential, GroupView, Rule
+from services.vault.patterns import host_matches, path_matches
+
+Header = tuple[bytes, bytes]
+RateKey = tuple[str, str, int]  # (rule name, agent group, window index)
+BlockCode = Literal["blocked_by_policy", "blocked_by_default_policy", "secret_leak_blocked"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """What the gateway knows of a request before its body: where it goes and its headers."""
+
+    method: str
+    host: str  # lower case, no port
+    port: int
+    target: bytes  # path and query, as sent
+    headers: Sequence[Header]
+
+    @property
+    def path(self) -> str:
+        return self.target.partition(b"?")[0].decode("ascii", "replace") or "/"
+
+    @property
+    def query(self) -> bytes:
+        return self.target.partition(b"?")[2]
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    credentials: tuple[Credential, ...]  # to inject, in order (the last write to a header wins)
+    charges: tuple[RateKey, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    code: BlockCode
+    rule: str | None = None
+    secret: str | None = None  # the leaked secret's name, never its value
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    rule: Rule
+
+
+@dataclass(frozen=True, slots=True)
+class Limited:
+    rule: Rule
+    retry_after: int
+
+
+Verdict = Allowed | Blocked | Ask | Limited
+
+
+def decide(view: GroupView, head: RequestHead, now: float, usage: Mapping[RateKey, int],
+           approved: frozenset[str] = frozenset()) -> Verdict:
+    """Judge ``head`` for ``view.group``; ``approved`` names approval rules a human already passed."""
+    leaked = leaked_in_head(view, head)
+    if leaked is not None:
+        return Blocked("secret_leak_blocked", secret=leaked.name)
+    matching = [rule for rule in view.rules if rule_matches(rule, head)]
+    for rule in matching:
+        if rule.action == "block":
+            return Blocked("blocked_by_policy", rule=rule.name)
+    if view.egress == "allowlist" and not _allowlisted(view, head, matching):
+        return Blocked("blocked_by_default_policy")
+    for rule in matching:
+        if rule.action == "manual_approval" and rule.name not in approved:
+            return Ask(rule)
+    charges: list[RateKey] = []
+    for rule in matching:
+        if rule.action == "rate_limit":
+            window = WINDOW_SECONDS[rule.rate_window]
+            index = int(now // window)
+            key = (rule.name, view.group, index)
+            if usage.get(key, 0) >= rule.rate_limit:
+                return Limited(rule, retry_after=max(1, math.ceil((index + 1) * window - now)))
+            charges.append(key)
+    return Allowed(injectable(view.granted, head), tuple(charges))
+
+
+def injectable(credentials: Sequence[Credential], head: RequestHead) -> tuple[Credential, ...]:
+    path = head.path
+    return tuple(c for c in credentials
+                 if host_matches(c.secret.host_pattern, head.host) and path_matches(c.secret.path_pattern, path))
+
+
+def stored_for_host(credentials: Sequence[Credential], head: RequestHead) -> tuple[Credential, ...]:
+    return tuple(c for c in credentials if host_matches(c.secret.host_pattern, head.host))
+
+
+def rule_matches(rule: Rule, head: RequestHead) -> bool:
+    if not host_matches(rule.host_pattern, head.host):
+        return False
+    path = head.path
+    if (rule.method is None or rule.method == head.method) and path_matches(rule.path_pattern, path):
+        return True
+    # A push over smart HTTP starts with GET .../info/refs?service=git-receive-pack: a rule that
+    # blocks the push must block its discovery too, or the agent learns refs it may not change.
+    return (rule.path_pattern.endswith("/git-receive-pack") and head.method == "GET"
+            and path.endswith("/info/refs") and b"service=git-receive-pack" in head.query
+            and path_matches(rule.path_pattern.removesuffix("git-receive-pack") + "info/refs", path))
+
+
+def _allowlisted(view: GroupView, head: RequestHead, matching: Sequence[Rule]) -> bool:
+    if any(rule.action == "allow" for rule in matching):
+        return True
+    return any(host_matches(c.secret.host_pattern, head.host) for c in view.granted)
+
+
+# ---- the leak guard: a stored value on its way to a host outside its pattern ----
+
+
+def leak_candidates(view: GroupView, host: str) -> tuple[Credential, ...]:
+    """Stored secrets that must not travel to ``host``."""
+    return tuple(c for c in view.leak_checked if not host_matches(c.secret.host_pattern, host))
+
+
+def leaked_in_head(view: GroupView, head: RequestHead) -> Credential | None:
+    candidates = leak_candidates(view, head.host)
+    if not candidates:
+        return None
+    haystack = b"\n".join([head.target, unquote_to_bytes(head.target), *(value for _, value in head.headers)])
+    for credential in candidates:
+        if credential.value.encode() in haystack:
+            return credential
+    return None
+
+
+class LeakScanner:
+    """Scans a streamed body for stored values, across chunk boundaries."""
+
+    def __init__(self, candidates: Sequence[Credential]) -> None:
+        self._needles = [(c.name, c.value.encode()) for c in candidates]
+        self._keep = max((len(n) for _, n in self._needles), default=1) - 1
+        self._tail = b""
+
+    def __bool__(self) -> bool:
+        return bool(self._needles)
+
+    def feed(self, chunk: bytes) -> str | None:
+        """The name of a secret whose value this chunk completes, else None."""
+        window = self._tail + chunk
+        for name, needle in self._needles:
+            if needle in window:
+                return name
+        self._tail = window[-self._keep:] if self._keep else b""
+        return None

@@ -1,0 +1,248 @@
+"""``vault.db``: secrets (sealed), grants, rules, per-group settings and the audit trail.
+
+Only the vault service opens it. Calls are synchronous and short; the service runs them in a
+thread. Values are stored sealed (``sealing.Sealer``) with the secret's name as associated data.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from services.vault.audit import AuditRecord
+from services.vault.catalog import Rule, Secret
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        host_pattern TEXT NOT NULL,
+        path_pattern TEXT NOT NULL DEFAULT '*',
+        header_name TEXT NOT NULL DEFAULT '',
+        value_format TEXT NOT NULL DEFAULT '{value}',
+        param_name TEXT NOT NULL DEFAULT '',
+        sealed TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE grants (
+        secret TEXT NOT NULL REFERENCES secrets(name) ON DELETE CASCADE,
+        agent_group TEXT NOT NULL,
+        PRIMARY KEY (secret, agent_group)
+    );
+    CREATE TABLE rules (
+        name TEXT PRIMARY KEY,
+        action TEXT NOT NULL,
+        host_pattern TEXT NOT NULL,
+        path_pattern TEXT NOT NULL DEFAULT '*',
+        method TEXT,
+        agent_group TEXT NOT NULL DEFAULT '*',
+        rate_limit INTEGER NOT NULL DEFAULT 0,
+        rate_window TEXT NOT NULL DEFAULT 'minute',
+        enabled INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE groups (
+        agent_group TEXT PRIMARY KEY,
+        egress TEXT,
+        proxy_token_sealed TEXT
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        agent_group TEXT NOT NULL,
+        method TEXT NOT NULL,
+        host TEXT NOT NULL,
+        path TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        decision TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        bytes_in INTEGER NOT NULL,
+        bytes_out INTEGER NOT NULL,
+        duration_ms REAL NOT NULL,
+        injected TEXT NOT NULL,
+        approval_id TEXT NOT NULL
+    );
+    CREATE INDEX audit_at ON audit (at);
+    CREATE INDEX audit_group_at ON audit (agent_group, at);
+    """,
+)
+
+AUDIT_COLUMNS = ("at", "agent_group", "method", "host", "path", "status", "decision", "rule", "bytes_in",
+                 "bytes_out", "duration_ms", "injected", "approval_id")
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5)
+        path.chmod(0o600)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+
+    def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cursor = self._db.execute(sql, tuple(args))
+            cursor.row_factory = sqlite3.Row
+            return list(cursor.fetchall())
+
+    # -- secrets --
+
+    def put_secret(self, secret: Secret, sealed: str) -> bool:
+        """Store or replace a secret; grants are replaced by the secret's own. True when it is new."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                existed = self._db.execute("SELECT 1 FROM secrets WHERE name = ?", (secret.name,)).fetchone()
+                self._db.execute(
+                    """INSERT INTO secrets (name, kind, host_pattern, path_pattern, header_name, value_format,
+                                            param_name, sealed, created_at, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, host_pattern = excluded.host_pattern,
+                           path_pattern = excluded.path_pattern, header_name = excluded.header_name,
+                           value_format = excluded.value_format, param_name = excluded.param_name,
+                           sealed = excluded.sealed, updated_at = excluded.updated_at""",
+                    (secret.name, secret.kind, secret.host_pattern, secret.path_pattern, secret.header_name,
+                     secret.value_format, secret.param_name, sealed, now, now))
+                self._db.execute("DELETE FROM grants WHERE secret = ?", (secret.name,))
+                self._db.executemany("INSERT INTO grants (secret, agent_group) VALUES (?, ?)",
+                                     [(secret.name, group) for group in secret.grants])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return existed is None
+
+    def remove_secret(self, name: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM secrets WHERE name = ?", (name,)).rowcount > 0
+
+    def change_grants(self, name: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> bool:
+        with self._lock:
+            if self._db.execute("SELECT 1 FROM secrets WHERE name = ?", (name,)).fetchone() is None:
+                return False
+            self._db.executemany("INSERT OR IGNORE INTO grants (secret, agent_group) VALUES (?, ?)",
+                                 [(name, group) for group in add])
+            self._db.executemany("DELETE FROM grants WHERE secret = ? AND agent_group = ?",
+                                 [(name, group) for group in remove])
+            return True
+
+    def secrets(self) -> list[tuple[Secret, str]]:
+        """Every secret with its sealed value, in name order."""
+        grants: dict[str, list[str]] = {}
+        for row in self._rows("SELECT secret, agent_group FROM grants ORDER BY agent_group"):
+            grants.setdefault(row["secret"], []).append(row["agent_group"])
+        return [
+            (Secret(name=row["name"], kind=row["kind"], host_pattern=row["host_pattern"],
+                    path_pattern=row["path_pattern"], header_name=row["header_name"],
+                    value_format=row["value_format"], param_name=row["param_name"],
+                    grants=tuple(grants.get(row["name"], ())), created_at=row["created_at"]),
+             row["sealed"])
+            for row in self._rows("SELECT * FROM secrets ORDER BY name")
+        ]
+
+    def secret(self, name: str) -> Secret | None:
+        return next((s for s, _ in self.secrets() if s.name == name), None)
+
+    # -- rules --
+
+    def add_rule(self, rule: Rule) -> bool:
+        """False when a rule of that name exists already."""
+        with self._lock:
+            try:
+                self._db.execute(
+                    """INSERT INTO rules (name, action, host_pattern, path_pattern, method, agent_group, rate_limit,
+                                          rate_window, enabled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (rule.name, rule.action, rule.host_pattern, rule.path_pattern, rule.method, rule.agent_group,
+                     rule.rate_limit, rule.rate_window, int(rule.enabled), rule.created_at or time.time()))
+            except sqlite3.IntegrityError:
+                return False
+        return True
+
+    def remove_rule(self, name: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM rules WHERE name = ?", (name,)).rowcount > 0
+
+    def rules(self) -> list[Rule]:
+        return [
+            Rule(name=row["name"], action=row["action"], host_pattern=row["host_pattern"],
+                 path_pattern=row["path_pattern"], method=row["method"], agent_group=row["agent_group"],
+                 rate_limit=row["rate_limit"], rate_window=row["rate_window"], enabled=bool(row["enabled"]),
+                 created_at=row["created_at"])
+            for row in self._rows("SELECT * FROM rules ORDER BY created_at, name")
+        ]
+
+    # -- per-group settings --
+
+    def set_egress(self, group: str, mode: str | None) -> None:
+        with self._lock:
+            self._db.execute("""INSERT INTO groups (agent_group, egress) VALUES (?, ?)
+                                ON CONFLICT (agent_group) DO UPDATE SET egress = excluded.egress""", (group, mode))
+
+    def egress_modes(self) -> dict[str, str]:
+        return {row["agent_group"]: row["egress"]
+                for row in self._rows("SELECT agent_group, egress FROM groups WHERE egress IS NOT NULL")}
+
+    def set_proxy_token(self, group: str, sealed: str) -> None:
+        with self._lock:
+            self._db.execute("""INSERT INTO groups (agent_group, proxy_token_sealed) VALUES (?, ?)
+                                ON CONFLICT (agent_group)
+                                DO UPDATE SET proxy_token_sealed = excluded.proxy_token_sealed""", (group, sealed))
+
+    def proxy_tokens(self) -> dict[str, str]:
+        """agent group -> sealed proxy token."""
+        return {row["agent_group"]: row["proxy_token_sealed"] for row in
+                self._rows("SELECT agent_group, proxy_token_sealed FROM groups WHERE proxy_token_sealed IS NOT NULL")}
+
+    # -- audit --
+
+    def write_audit(self, records: list[AuditRecord]) -> None:
+        rows = [(r.at, r.agent_group, r.method, r.host, r.path, r.status, r.decision, r.rule, r.bytes_in,
+                 r.bytes_out, round(r.duration_ms, 3), ",".join(r.injected), r.approval_id) for r in records]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) "
+                                     f"VALUES ({', '.join('?' * len(AUDIT_COLUMNS))})", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def audit(self, group: str | None = None, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` records matching, oldest first."""
+        where: list[str] = []
+        args: list[Any] = []
+        if group:
+            where.append("agent_group = ?")
+            args.append(group)
+        if since is not None:
+            where.append("at >= ?")
+            args.append(since)
+        sql = (f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit {'WHERE ' + ' AND '.join(where) if where else ''} "
+               "ORDER BY id DESC LIMIT ?")
+        rows = self._rows(sql, [*args, limit])
+        return [dict(row) for row in reversed(rows)]
+
+    def prune_audit(self, before: float) -> int:
+        with self._lock:
+            return self._db.execute("DELETE FROM audit WHERE at < ?", (before,)).rowcount

@@ -1,0 +1,101 @@
+"""The gateway CA and its leaves follow OneCLI's profile, and strict clients accept them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from services.vault.certs import CertificateAuthority, LeafCache, write_trust_files
+
+
+def test_the_ca_is_made_once_with_a_private_key(tmp_path: Path) -> None:
+    key, cert = tmp_path / "keys" / "ca.key", tmp_path / "keys" / "ca.pem"
+    ca = CertificateAuthority.load_or_create(key, cert, "Test CA")
+    again = CertificateAuthority.load_or_create(key, cert, "Test CA")
+
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert again.fingerprint == ca.fingerprint
+    assert isinstance(ca.key, ec.EllipticCurvePrivateKey) and ca.key.curve.name == "secp256r1"
+    constraints = ca.cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert constraints.critical and constraints.value.ca
+    usage = ca.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.key_cert_sign and usage.crl_sign
+    assert ca.cert.not_valid_after_utc - ca.cert.not_valid_before_utc > dt.timedelta(days=3600)
+
+
+def test_half_a_ca_is_an_error_not_a_silent_new_ca(tmp_path: Path) -> None:
+    key, cert = tmp_path / "ca.key", tmp_path / "ca.pem"
+    CertificateAuthority.load_or_create(key, cert, "Test CA")
+    cert.unlink()
+    with pytest.raises(FileNotFoundError, match="remove both"):
+        CertificateAuthority.load_or_create(key, cert, "Test CA")
+
+
+def test_a_leaf_has_san_eku_aki_and_lasts_a_day() -> None:
+    ca = CertificateAuthority.create("Test CA")
+    leaf, key = ca.issue("api.example.test")
+
+    assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == ["api.example.test"]
+    assert ExtendedKeyUsageOID.SERVER_AUTH in leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert aki.key_identifier == ski.digest
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == dt.timedelta(hours=24, minutes=5)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    ip_leaf, _ = ca.issue("10.0.0.7")
+    assert ip_leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.IPAddress)
+
+
+async def test_a_strict_python_client_completes_tls_with_alpn_http11(tmp_path: Path) -> None:
+    import asyncio
+
+    ca = CertificateAuthority.create("Test CA")
+    context = LeafCache(ca, tmp_path / "leaves").context_for("api.example.test")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"ok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    client = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    client.verify_flags |= ssl.VERIFY_X509_STRICT  # what Python 3.13 turns on by default
+    client.set_alpn_protocols(["h2", "http/1.1"])
+    try:
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2], ssl=client,
+                                                       server_hostname="api.example.test")
+        assert await reader.read() == b"ok"
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
+        writer.close()
+    finally:
+        server.close()
+    assert list((tmp_path / "leaves").iterdir()) == []  # the leaf's key file lived only while loading
+
+
+def test_leaves_are_cached_and_renewed_before_they_expire(tmp_path: Path) -> None:
+    cache = LeafCache(CertificateAuthority.create("Test CA"), tmp_path / "leaves")
+    now = dt.datetime.now(dt.UTC)
+    first = cache.context_for("a.test", now)
+    assert cache.context_for("A.test", now + dt.timedelta(hours=22)) is first
+    assert cache.context_for("a.test", now + dt.timedelta(hours=23, minutes=30)) is not first
+
+
+def test_trust_files_hold_the_ca_alone_and_with_the_system_roots(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create("Test CA")
+    roots = tmp_path / "roots.pem"
+    roots.write_bytes(CertificateAuthority.create("Some public root").cert_pem)
+    ca_file, bundle = write_trust_files(ca, tmp_path / "trust", (str(tmp_path / "missing.pem"), str(roots)))
+
+    assert ca_file.read_bytes() == ca.cert_pem
+    assert bundle.read_bytes().startswith(ca.cert_pem) and bundle.read_bytes().endswith(roots.read_bytes())
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o644
+    ssl.create_default_context(cafile=str(bundle))  # parses as a bundle

@@ -1,0 +1,105 @@
+"""The policy decision is pure: a request head, a group's rules and secrets, and the clock in; a verdict out."""
+
+from __future__ import annotations
+
+from services.vault.catalog import Catalog, Credential, GroupView, Rule
+from services.vault.policy import Allowed, Ask, Blocked, LeakScanner, Limited, RequestHead, decide
+from tests.vault.conftest import rule, secret
+
+KEY = "sk-ant-api03-policy-test-key"
+TOKEN = "ghp_policy-test-token-123"
+NOW = 1_000_000.0  # 40 s into its minute
+
+
+def head(method: str = "GET", host: str = "api.example.test", target: bytes = b"/", headers: tuple = ()
+         ) -> RequestHead:  # type: ignore[type-arg]
+    return RequestHead(method, host, 443, target, list(headers))
+
+
+def view(rules: tuple[Rule, ...] = (), credentials: tuple[Credential, ...] = (), group: str = "main",
+         egress: dict[str, str] | None = None) -> GroupView:
+    return Catalog(credentials=credentials, rules=rules, egress=egress or {}).view(group)  # type: ignore[arg-type]
+
+
+def test_block_beats_approval_beats_rate_limit() -> None:
+    rules = (rule("limit", "rate_limit", "api.example.test", rate_limit=1),
+             rule("ask", "manual_approval", "api.example.test"),
+             rule("no", "block", "api.example.test", method="DELETE"))
+    assert decide(view(rules), head("DELETE"), NOW, {}) == Blocked("blocked_by_policy", rule="no")
+    assert decide(view(rules), head("GET"), NOW, {}) == Ask(rules[1])
+    approved = decide(view(rules), head("GET"), NOW, {}, approved=frozenset({"ask"}))
+    assert approved == Allowed((), charges=(("limit", "main", int(NOW // 60)),))
+    limited = decide(view(rules), head("GET"), NOW, {("limit", "main", int(NOW // 60)): 1}, frozenset({"ask"}))
+    assert limited == Limited(rules[0], retry_after=20)
+
+
+def test_rules_apply_to_their_group_and_methods_only() -> None:
+    rules = (rule("work-only", "block", "api.example.test", agent_group="work"),
+             rule("posts", "block", "api.example.test", method="POST", path_pattern="/v1/*"),
+             rule("off", "block", "api.example.test", enabled=False))
+    assert isinstance(decide(view(rules, group="work"), head(), NOW, {}), Blocked)
+    assert isinstance(decide(view(rules), head(), NOW, {}), Allowed)
+    assert decide(view(rules), head("POST", target=b"/v1/x?y=1"), NOW, {}) == Blocked("blocked_by_policy", rule="posts")
+    assert isinstance(decide(view(rules), head("POST", target=b"/v2/x"), NOW, {}), Allowed)
+
+
+def test_blocking_a_git_push_blocks_its_discovery_request_too() -> None:
+    rules = (rule("no-push", "block", "github.com", method="POST", path_pattern="/*/*/git-receive-pack"),)
+    discovery = head("GET", "github.com", b"/me/repo/info/refs?service=git-receive-pack")
+    fetch = head("GET", "github.com", b"/me/repo/info/refs?service=git-upload-pack")
+    assert decide(view(rules), discovery, NOW, {}) == Blocked("blocked_by_policy", rule="no-push")
+    assert isinstance(decide(view(rules), fetch, NOW, {}), Allowed)
+
+
+def test_rate_limits_count_in_fixed_windows() -> None:
+    rules = (rule("hourly", "rate_limit", "*", rate_limit=2, rate_window="hour"),)
+    window = int(NOW // 3600)
+    assert decide(view(rules), head(), NOW, {("hourly", "main", window): 1}).charges == (  # type: ignore[union-attr]
+        ("hourly", "main", window),)
+    limited = decide(view(rules), head(), NOW, {("hourly", "main", window): 2})
+    assert isinstance(limited, Limited) and limited.retry_after == (window + 1) * 3600 - NOW
+    assert isinstance(decide(view(rules), head(), NOW + 3600, {("hourly", "main", window): 2}), Allowed)
+
+
+def test_only_granted_secrets_for_the_host_and_path_are_injected() -> None:
+    credentials = (secret("mine", "generic", "api.example.test", TOKEN, grants=("main",), header_name="X-A"),
+                   secret("theirs", "generic", "api.example.test", "other-token-000", grants=("work",),
+                          header_name="X-B"),
+                   secret("uploads", "generic", "api.example.test", "upload-token-0", path_pattern="/upload/*",
+                          header_name="X-C"),
+                   secret("model", "anthropic", "api.anthropic.com", KEY))
+    verdict = decide(view(credentials=credentials), head(target=b"/upload/1"), NOW, {})
+    assert isinstance(verdict, Allowed)
+    assert [c.name for c in verdict.credentials] == ["mine", "uploads"]
+    assert [c.name for c in decide(view(credentials=credentials), head(), NOW, {}).credentials] == [  # type: ignore[union-attr]
+        "mine"]
+
+
+def test_allowlist_egress_needs_a_granted_secret_or_an_allow_rule() -> None:
+    credentials = (secret("mine", "generic", "api.example.test", TOKEN, grants=("main",), header_name="X-A"),)
+    rules = (rule("ok", "allow", "*.allowed.test"),)
+    strict = view(rules, credentials, egress={"main": "allowlist"})
+    assert isinstance(decide(strict, head(), NOW, {}), Allowed)
+    assert isinstance(decide(strict, head(host="cdn.allowed.test"), NOW, {}), Allowed)
+    assert decide(strict, head(host="elsewhere.test"), NOW, {}) == Blocked("blocked_by_default_policy")
+    assert isinstance(decide(view(rules, credentials), head(host="elsewhere.test"), NOW, {}), Allowed)
+
+
+def test_the_leak_guard_finds_values_headed_for_the_wrong_host() -> None:
+    credentials = (secret("model", "anthropic", "api.anthropic.com", KEY),
+                   secret("gh", "generic", "api.github.com", TOKEN, grants=("work",), header_name="Authorization"))
+    leaky = view(credentials=credentials)
+    assert decide(leaky, head(headers=((b"x-a", f"Bearer {KEY}".encode()),)), NOW, {}) == Blocked(
+        "secret_leak_blocked", secret="model")
+    # Another group's secret counts too, and so does a percent-encoded copy in the query.
+    quoted = TOKEN.replace("_", "%5F").encode()
+    assert decide(leaky, head(target=b"/?q=" + quoted), NOW, {}) == Blocked("secret_leak_blocked", secret="gh")
+    assert isinstance(decide(leaky, head(host="api.anthropic.com", headers=((b"x-api-key", KEY.encode()),)),
+                             NOW, {}), Allowed)
+
+
+def test_the_body_scanner_catches_a_value_split_across_chunks() -> None:
+    scanner = LeakScanner((secret("model", "anthropic", "api.anthropic.com", KEY),))
+    assert scanner.feed(b'{"text":"' + KEY[:9].encode()) is None
+    assert scanner.feed(KEY[9:].encode() + b'"}') == "model"
+    assert not LeakScanner(())

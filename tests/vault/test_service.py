@@ -1,0 +1,301 @@
+"""The vault service as it runs: `clawden run vault` against a real NATS server, managed through the
+`clawden secrets|rules|audit|egress` commands, asking for approvals on the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from nats.aio.client import Client
+
+from clawden import config as config_mod
+from clawden import control, setup
+from clawden.bus import events as ev
+from clawden.bus import subjects
+from clawden.commands.vault import parse_since
+from tests.conftest import NatsServer
+from tests.fakes.anthropic import make_tls
+from tests.vault.sites import FakeUpstream, load_relay
+
+pytestmark = pytest.mark.timeout(60)
+
+BOOT_KEY = "sk-ant-api03-bootstrap-key-from-file"
+GITHUB = "ghp_service-test-token-0123456789abcdef"
+relay = load_relay()
+
+
+@dataclass
+class Vault:
+    home: Path
+    cfg: config_mod.Config
+    proc: subprocess.Popen[bytes]
+    log: Path
+    site: FakeUpstream
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, CLAWDEN_HOME=str(self.home))
+        env.pop("ANTHROPIC_API_KEY", None)
+        return env
+
+    async def call(self, verb: str, payload: dict[str, Any] | None = None) -> Any:
+        return await control.call(self.cfg, "vault", verb, payload)
+
+    async def cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "clawden", *args], input=stdin,
+                                       env=self.env(), capture_output=True, text=True, timeout=30)
+
+    def logs(self) -> str:
+        return self.log.read_text()
+
+
+def spawn_vault(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "clawden", "run", "vault"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.fixture
+def short_home() -> Iterator[Path]:
+    # The gateway socket lives under the home; pytest's tmp_path is too long for sun_path.
+    with tempfile.TemporaryDirectory(prefix="clawden-vs-", dir="/tmp") as name:
+        yield Path(name)
+
+
+@pytest.fixture
+async def vault(nats_server: NatsServer, short_home: Path) -> AsyncIterator[Vault]:
+    tls = make_tls(["api.example.test", "api.anthropic.com"], str(short_home))
+    site = await FakeUpstream().start(tls.server_context)
+    home = short_home / "home"
+    cfg = setup.init(home)
+    (cfg.keys_dir / "anthropic").write_text(BOOT_KEY + "\n")
+    (cfg.keys_dir / "anthropic").chmod(0o600)
+    cfg.path("config.toml").write_text(f"""\
+install_id = "vt"
+[nats]
+url = "{nats_server.url}"
+[vault]
+extra_ca_file = "{tls.ca_file}"
+host_map = {{"api.example.test" = "{site.address}", "api.anthropic.com" = "{site.address}"}}
+approval_timeout = 5
+""")
+    cfg = config_mod.load(home)
+    log = short_home / "vault.log"
+    env = dict(os.environ, CLAWDEN_HOME=str(home))
+    env.pop("ANTHROPIC_API_KEY", None)
+    proc = spawn_vault(env, log)
+    v = Vault(home, cfg, proc, log, site)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await v.call("gateway", {"agent_group": "main"})
+                break
+            except control.ControlError:
+                assert proc.poll() is None and time.monotonic() < deadline, v.logs()
+                await asyncio.sleep(0.2)
+        yield v
+    finally:
+        v.proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(v.proc.wait, 20)
+        await site.close()
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[Client]:
+    from clawden.bus import connect
+
+    nc = await connect(nats_server.url, "test-approver")
+    yield nc
+    await nc.close()
+
+
+async def agent_client(v: Vault, group: str = "main") -> tuple[httpx.AsyncClient, asyncio.Server]:
+    """An agent of `group` as its container sees things: the relay, and the mounted CA bundle."""
+    reply = await v.call("gateway", {"agent_group": group})
+    server = await relay.serve_relay(reply["socket"])
+    context = ssl.create_default_context(cafile=reply["ca_file"])
+    client = httpx.AsyncClient(proxy=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", verify=context,
+                               trust_env=False, timeout=10)
+    return client, server
+
+
+def test_since_takes_durations_dates_and_epochs() -> None:
+    now = 1_800_000_000.0
+    assert parse_since("30m", now) == now - 1800
+    assert parse_since("2d", now) == now - 2 * 86400
+    assert parse_since("1700000000", now) == 1_700_000_000.0
+    assert parse_since("2026-11-21T08:00:00+00:00", now) == 1_795_248_000.0
+
+
+async def test_the_model_key_from_keys_anthropic_is_sealed_and_injected(vault: Vault) -> None:
+    reply = await vault.call("gateway", {"agent_group": "main"})
+    trust = Path(reply["trust_dir"])
+    assert stat.S_IMODE((vault.cfg.keys_dir / "gateway-ca.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((vault.cfg.keys_dir / "vault.key").stat().st_mode) == 0o600
+    files = folder_files(trust)
+    assert set(files) == {"clawden-ca.pem", "bundle.pem"}
+    assert b"PRIVATE" not in b"".join(files.values())
+
+    client, server = await agent_client(vault)
+    async with client:
+        response = await client.post("https://api.anthropic.com/v1/messages", content=b"{}",
+                                     headers={"x-api-key": "clawden-managed"})
+    server.close()
+
+    assert response.status_code == 200
+    assert vault.site.received[-1].header(b"x-api-key") == BOOT_KEY.encode()
+    db = (vault.cfg.data_dir / "vault" / "vault.db").read_bytes()
+    assert BOOT_KEY.encode() not in db
+    assert stat.S_IMODE((vault.cfg.data_dir / "vault").stat().st_mode) == 0o700
+
+
+async def test_secrets_rules_and_audit_through_the_cli(vault: Vault) -> None:
+    added = await vault.cli("secrets", "add", "github", "--type", "generic", "--host", "api.example.test",
+                            "--header", "Authorization", "--format", "Bearer {value}", "--agent", "main",
+                            stdin=GITHUB + "\n")
+    assert added.returncode == 0, added.stderr
+    assert "stored github: Authorization: Bearer {value} for api.example.test*" in added.stdout
+    listed = await vault.cli("secrets", "list")
+    assert "github" in listed.stdout and "anthropic" in listed.stdout
+    rule = await vault.cli("rules", "add", "two-a-minute", "--action", "rate_limit", "--host", "api.example.test",
+                           "--limit", "2", "--agent", "main")
+    assert rule.returncode == 0, rule.stderr
+    assert "rate_limit 2/minute * api.example.test for main" in rule.stdout
+    bad = await vault.cli("rules", "add", "x", "--action", "block", "--host", "https://api.example.test")
+    assert bad.returncode != 0 and "hostname" in bad.stderr
+
+    client, server = await agent_client(vault)
+    async with client:
+        statuses = [(await client.get("https://api.example.test/user")).status_code for _ in range(3)]
+    server.close()
+    assert statuses == [200, 200, 429]
+    assert vault.site.received[-1].header(b"authorization") == f"Bearer {GITHUB}".encode()
+
+    await asyncio.sleep(1.2)  # the audit log flushes every half second
+    audit = await vault.cli("audit", "--agent", "main", "--since", "5m")
+    assert audit.returncode == 0, audit.stderr
+    lines = [line for line in audit.stdout.splitlines() if "api.example.test/user" in line]
+    assert len(lines) == 3 and "rate_limited (two-a-minute)" in lines[-1] and "github" in lines[0]
+    assert (await vault.cli("audit", "--agent", "nobody")).stdout.strip() == "no audited requests match"
+
+    assert (await vault.cli("rules", "remove", "two-a-minute")).returncode == 0
+    revoked = await vault.cli("secrets", "grant", "github", "--agent", "main", "--revoke")
+    assert "granted to: nobody" in revoked.stdout
+    assert (await vault.cli("secrets", "remove", "github")).returncode == 0
+    gone = await vault.cli("secrets", "remove", "github")
+    assert gone.returncode != 0 and "no secret named 'github'" in gone.stderr
+
+    everything = vault.logs() + added.stdout + listed.stdout + audit.stdout + (
+        await vault.cli("secrets", "list", "--json")).stdout
+    assert GITHUB not in everything and BOOT_KEY not in everything
+
+
+async def test_egress_allowlist_is_set_per_group(vault: Vault) -> None:
+    set_ = await vault.cli("egress", "kids", "allowlist")
+    assert set_.stdout.strip() == "kids: egress allowlist"
+    assert (await vault.cli("egress", "main")).stdout.strip() == "main: egress open"
+    client, server = await agent_client(vault, "kids")
+    async with client:
+        model = await client.post("https://api.anthropic.com/v1/messages", content=b"{}")
+        other = await client.get("https://api.example.test/")
+    server.close()
+    assert model.status_code == 200  # the model key is granted to every group
+    assert other.status_code == 403 and other.json()["error"] == "blocked_by_default_policy"
+
+
+async def test_a_held_request_waits_for_a_decision_on_the_bus(vault: Vault, bus: Client) -> None:
+    await vault.call("secrets-add", {"name": "bank", "type": "generic", "value": GITHUB, "host": "api.example.test",
+                                     "header": "Authorization"})
+    await vault.call("rules-add", {"name": "ask-pay", "action": "manual_approval", "host": "api.example.test",
+                                   "path": "/pay/*", "method": "POST"})
+    requests: asyncio.Queue[ev.ApprovalRequest] = asyncio.Queue()
+
+    async def on_request(msg: Any) -> None:
+        event = ev.decode(msg.data)
+        assert isinstance(event, ev.ApprovalRequest)
+        await requests.put(event)
+
+    await bus.subscribe(subjects.APPROVAL_REQUEST, cb=on_request)
+    events: list[ev.Event] = []
+
+    async def on_audit(msg: Any) -> None:
+        events.append(ev.decode(msg.data))
+
+    await bus.subscribe(subjects.event("vault", "audit"), cb=on_audit)
+    await bus.flush()
+
+    client, server = await agent_client(vault)
+    async with client:
+        body = b'{"amount": 12, "note": "' + GITHUB.encode() + b'"}'
+        approved_call = asyncio.create_task(client.post("https://api.example.test/pay/1", content=body))
+        ask = await asyncio.wait_for(requests.get(), 10)
+        assert not approved_call.done()
+        await bus.publish(subjects.approval_decision(ask.id),
+                          ev.encode(ev.ApprovalDecision(id=ask.id, decision="approved", decided_by="owner")))
+        approved = await approved_call
+
+        denied_call = asyncio.create_task(client.post("https://api.example.test/pay/2", content=b"{}"))
+        ask2 = await asyncio.wait_for(requests.get(), 10)
+        await bus.publish(subjects.approval_decision(ask2.id),
+                          ev.encode(ev.ApprovalDecision(id=ask2.id, decision="denied")))
+        denied = await denied_call
+
+        started = time.monotonic()
+        expired = await client.post("https://api.example.test/pay/3", content=b"{}")  # nobody answers
+        waited = time.monotonic() - started
+    server.close()
+
+    assert approved.status_code == 200
+    assert vault.site.received[-1].target == b"/pay/1" and vault.site.received[-1].header(
+        b"authorization") == GITHUB.encode()
+    assert (ask.kind, ask.requester, ask.agent_group) == ("credential", "vault", "main")
+    assert ask.context["method"] == "POST" and ask.context["path"] == "/pay/1"
+    assert [b.id for b in ask.card.buttons] == ["approve", "deny"]
+    assert '"amount": 12' in ask.card.body and GITHUB not in ev.encode(ask).decode()
+    assert denied.status_code == 403 and denied.json()["error"] == "manual_approval_denied"
+    assert expired.status_code == 403 and "timed out" in expired.json()["message"] and 4 < waited < 10
+    await asyncio.sleep(1.2)
+    audited = [e for e in events if isinstance(e, ev.AuditEvent) and e.fields["path"].startswith("/pay/")]
+    assert [e.fields["decision"] for e in audited] == ["approved", "denied", "expired"]
+    assert GITHUB not in str(events) and GITHUB not in vault.logs()
+
+
+async def test_secrets_survive_a_restart_and_bad_requests_are_refused(vault: Vault) -> None:
+    with pytest.raises(control.ControlError, match="needs either --header NAME or --param NAME"):
+        await vault.call("secrets-add", {"name": "x", "type": "generic", "value": "v" * 10, "host": "a.test"})
+    with pytest.raises(control.ControlError, match="'\\*' would hand it to every site"):
+        await vault.call("secrets-add", {"name": "x", "type": "generic", "value": "v" * 10, "host": "*",
+                                         "header": "X"})
+    with pytest.raises(control.ControlError, match="bad request"):
+        await vault.call("secrets-add", {"name": "x"})
+    await vault.call("secrets-add", {"name": "openai", "type": "openai", "value": "sk-proj-survivor-123456"})
+    vault.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(vault.proc.wait, 20) == 0
+    vault.proc = spawn_vault(vault.env(), vault.log)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            listed = await vault.call("secrets-list")
+            break
+        except control.ControlError:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+    assert {s["name"] for s in listed["secrets"]} == {"anthropic", "openai"}
+    assert "sk-proj-survivor" not in vault.logs()
