@@ -12,13 +12,22 @@ import sys
 
 # One read's worth: big enough for a request body chunk, small enough to keep latency flat.
 READ_SIZE = 64 * 1024
+_connections: set[asyncio.Task[object]] = set()
 
 
 async def serve_relay(socket_path: str, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
     """Start the relay and return the listening server; the chosen port is in ``server.sockets``."""
 
     async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        await _relay_connection(socket_path, client_reader, client_writer)
+        # asyncio keeps a connection's task only as long as its transport: once the client side
+        # closes while the gateway side still talks, the task would be collected mid-copy.
+        task = asyncio.current_task()
+        assert task is not None
+        _connections.add(task)
+        try:
+            await _relay_connection(socket_path, client_reader, client_writer)
+        finally:
+            _connections.discard(task)
 
     return await asyncio.start_server(handle, host, port, limit=READ_SIZE)
 
