@@ -37,6 +37,7 @@ SERVICES = {
     "runner": "services.runner.service",
     "vault": "services.vault.service",
     "scheduler": "services.scheduler.service",
+    "approvals": "services.approvals.service",
 }
 CHANNEL_MODULE = "services.channels.{}"
 CHANNEL_ENTRY_POINTS = "clawden.channels"  # third-party bridges: `<name> = "pkg.module:main"`

@@ -23,7 +23,7 @@ from clawden import natsserver, setup
 from clawden.config import Config
 from clawden.runtime import CHANNEL_ENTRY_POINTS
 
-SERVICES = ("vault", "router", "runner", "scheduler")
+SERVICES = ("vault", "router", "runner", "scheduler", "approvals")
 STOP_TIMEOUT = 15.0
 
 

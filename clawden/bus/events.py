@@ -243,6 +243,8 @@ class ApprovalDecision(_Event, tag="approval.decision", frozen=True):
     decided_by: str = ""
     value: str = ""
     decided_at: float = 0.0
+    # Why, in plain words, when nobody clicked (no approver, expiry, a restart); shown to the requester.
+    reason: str = ""
 
 
 # --- observability ---------------------------------------------------------------------------------------

@@ -91,6 +91,25 @@ def router_decisions() -> Consumer:
     return Consumer("CLAWDEN_APPROVALS", "router-decisions", f"{subjects.PREFIX}.approval.decision.>")
 
 
+def approvals_requests() -> Consumer:
+    return Consumer("CLAWDEN_APPROVALS", "approvals", subjects.APPROVAL_REQUEST)
+
+
+def approvals_clicks() -> Consumer:
+    return Consumer("CLAWDEN_APPROVALS", "approvals-clicks", subjects.APPROVAL_CLICK)
+
+
+def approvals_receipts() -> Consumer:
+    # The platform id of each card, so expiry can edit it; every other receipt is skipped. A new
+    # durable starts at new receipts: old ones cannot name a card this service sent.
+    return Consumer("CLAWDEN_RECEIPTS", "approvals-receipts", subjects.ALL_RECEIPTS, deliver_new=True)
+
+
+def approvals_inbound() -> Consumer:
+    # Read only, to learn each user's direct chat (where their cards go); the router still routes.
+    return Consumer("CLAWDEN_INBOUND", "approvals-inbound", subjects.ALL_INBOUND, deliver_new=True)
+
+
 def runner_wake(runner_id: str) -> Consumer:
     # A container cold start can take seconds; the runner also sends in_progress while busy.
     return Consumer("CLAWDEN_WAKE", f"runner-{runner_id}", subjects.wake(runner_id), ack_wait=60.0)

@@ -38,6 +38,10 @@ def task(op: str) -> str:
 APPROVAL_REQUEST = f"{PREFIX}.approval.request"
 
 
+# A card click the router forwards to the approvals service (the router owns inbound).
+APPROVAL_CLICK = f"{PREFIX}.approval.click"
+
+
 def approval_decision(approval_id: str) -> str:
     return f"{PREFIX}.approval.decision.{token(approval_id)}"
 

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import Header
 
-from clawden.bus import ensure_consumer
+from clawden.bus import ensure_consumer, subjects
 from clawden.bus import events as ev
 from clawden.bus.pull import Puller
 from clawden.bus.streams import router_decisions, router_inbound
@@ -105,6 +105,9 @@ class Router:
                 log.error("dropping malformed message on %s: %s", msg.subject, exc)
                 await msg.term()
                 continue
+            if isinstance(event, ev.InboundAction):
+                await self.forward_click(event, msg)
+                continue
             events.append(event)
             keyed.append((msg, event.key))
         if not events:
@@ -117,6 +120,19 @@ class Router:
                 await _nak(msg)
             else:
                 await msg.ack()
+
+    async def forward_click(self, action: ev.InboundAction, msg: Msg) -> None:
+        """Card clicks belong to the approvals service: passed on durably, keyed so a redelivery is one."""
+        try:
+            await self.ctx.js.publish(subjects.APPROVAL_CLICK, ev.encode(action), timeout=PUBLISH_TIMEOUT,
+                                      headers={Header.MSG_ID: f"click:{action.key}"})
+        except Exception as exc:
+            log.warning("forwarding click %s failed: %r", action.key, exc)
+            self.counts["publish_failed"] += 1
+            await _nak(msg)
+            return
+        self.counts["clicks_forwarded"] += 1
+        await msg.ack()
 
     async def on_decisions(self, msgs: Sequence[Msg]) -> None:
         decoder = ev.decoder_for(ev.ApprovalDecision)

@@ -1,0 +1,86 @@
+"""`clawden approvals list|show`: pending and past approvals with who decided, over NATS request/reply
+(`clawden.ctl.approvals.<verb>`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clawden import config as config_mod
+from clawden import control
+
+Payload = dict[str, Any]
+if TYPE_CHECKING:  # subscriptable only to the type checker
+    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+
+STATUSES = ("pending", "approved", "denied", "expired", "answered")
+
+
+def _call(args: argparse.Namespace, verb: str, payload: Payload) -> Any:
+    cfg = config_mod.load(Path(args.home).expanduser() if args.home else None)
+    return control.run(cfg, "approvals", verb, payload)
+
+
+def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header], *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def _when(at: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
+
+
+def _show(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> int:
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif isinstance(data, list) and not data:
+        print("(none)")
+    else:
+        print(render(data))
+    return 0
+
+
+def _render_list(rows: list[Payload]) -> str:
+    return _table([(r["id"], r["kind"], r["agent_group"], r["status"], r["approver"] or r["chat_id"] or "-",
+                    _when(r["created_at"]), _when(r["expires_at"] if r["status"] == "pending" else r["decided_at"]),
+                    r["decided_by"] or r["reason"][:40]) for r in rows],
+                  ("ID", "KIND", "GROUP", "STATUS", "SENT TO", "ASKED", "EXPIRES/DECIDED", "BY"))
+
+
+def _render_one(row: Payload) -> str:
+    lines = [f"{k}: {row[k]}" for k in ("id", "card_id", "kind", "requester", "agent_group", "status", "approver",
+                                         "deciders", "channel", "chat_id", "decided_by", "value", "reason")]
+    lines += [f"created: {_when(row['created_at'])}", f"expires: {_when(row['expires_at'])}",
+              f"decided: {_when(row['decided_at'])}", "", row["title"], row["body"], "", "audit:"]
+    lines += [f"  {_when(a['at'])}  {a['what']:<11} {a['actor']:<20} {a['detail']}" for a in row["audit"]]
+    return "\n".join(lines)
+
+
+def approvals_list(args: argparse.Namespace) -> int:
+    rows = _call(args, "list", {"status": args.status or "", "limit": args.limit})
+    return _show(args, rows, _render_list)
+
+
+def approvals_show(args: argparse.Namespace) -> int:
+    return _show(args, _call(args, "show", {"id": args.approval_id}), _render_one)
+
+
+def register(sub: Sub) -> None:
+    p = sub.add_parser("approvals", help="approval requests and questions: list, show (with their audit)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=approvals_list, status=None, limit=200)
+    verbs = p.add_subparsers(dest="approvals_verb", metavar="VERB")
+    v = verbs.add_parser("list", help="list approvals, newest first")
+    v.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    v.add_argument("--status", choices=STATUSES)
+    v.add_argument("--limit", type=int, default=200)
+    v.set_defaults(func=approvals_list)
+    v = verbs.add_parser("show", help="one approval in full, with its audit trail")
+    v.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    v.add_argument("approval_id", help="the request id or the card id")
+    v.set_defaults(func=approvals_show)

@@ -1,0 +1,86 @@
+"""The pure rules: where a card goes, who may press it, what a press means, and how long a card lives."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from clawden.bus import events as ev
+
+Decision = Literal["approved", "denied", "answered"]
+# When the requester set no expiry: OneCLI holds a request 180 s; a question waits as long as the
+# agent's default; a new sender or chat can wait a day for its owner.
+DEFAULT_TTL = {"credential": 180.0, "question": 300.0, "agent_request": 3600.0}
+LONG_TTL = 24 * 3600.0
+# Platforms whose direct chat with a user has the user's own handle as its id (a Telegram private
+# chat's id is the user's id); `local` is the machine owner's terminal, `clawden chat`'s default chat.
+DIRECT_BY_HANDLE = frozenset({"telegram", "whatsapp", "signal", "imessage", "email"})
+LOCAL_DEFAULT_CHAT = "terminal"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    approver: str  # "" when the card goes to the asking chat (a question)
+    route: ev.Route
+
+
+def user_id(channel: str, sender_id: str) -> str:
+    """The user a click came from, named like the router names users (`<channel>:<handle>`)."""
+    return sender_id if sender_id.startswith(f"{channel}:") else f"{channel}:{sender_id}"
+
+
+def ttl(kind: str) -> float:
+    return DEFAULT_TTL.get(kind, LONG_TTL)
+
+
+def direct_chat(user: str, known: Mapping[str, ev.Route]) -> ev.Route | None:
+    """Where a user reads their own cards: the direct chat we last saw them write in, else one the
+    platform derives from the handle; None when the platform needs a chat we never saw."""
+    if user in known:
+        return known[user]
+    channel, _, handle = user.partition(":")
+    if not handle:
+        return None
+    if channel == "local":
+        return ev.Route(channel="local", chat_id=LOCAL_DEFAULT_CHAT)
+    if channel in DIRECT_BY_HANDLE:
+        return ev.Route(channel=channel, chat_id=handle)
+    return None
+
+
+def choose_delivery(request: ev.ApprovalRequest, approvers: Sequence[str],
+                    known: Mapping[str, ev.Route]) -> Delivery | None:
+    """A question goes to the chat that asked. Anything else goes to the first approver (most specific
+    first) with a reachable direct chat, preferring one on the channel the request came from."""
+    if request.kind == "question":
+        return Delivery("", request.route) if request.route is not None else None
+    reachable = [(a, r) for a in approvers if (r := direct_chat(a, known)) is not None]
+    if not reachable:
+        return None
+    origin = request.route.channel if request.route is not None else request.context.get("channel", "")
+    for approver, route in reachable:
+        if route.channel == origin:
+            return Delivery(approver, route)
+    approver, route = reachable[0]
+    return Delivery(approver, route)
+
+
+def may_decide(kind: str, deciders: Sequence[str], card_route: ev.Route, clicker: str,
+               click_route: ev.Route) -> bool:
+    """Only the designated approver or another approver of that scope (admins, owners) decides. A
+    question with no named deciders is answered by whoever is in the chat that asked, and only there."""
+    if deciders:
+        return clicker in deciders
+    return kind == "question" and (click_route.channel, click_route.chat_id) == (card_route.channel,
+                                                                                  card_route.chat_id)
+
+
+def meaning(kind: str, button: ev.Button) -> Decision:
+    """What pressing a button decides: a question's choice is its answer; `deny` or a danger button
+    says no; any other button (approve, connect to a group…) says yes, its id carried as the value."""
+    if kind == "question":
+        return "answered"
+    if button.id == "deny" or button.style == "danger":
+        return "denied"
+    return "approved"

@@ -1,0 +1,83 @@
+"""`approvals.db`'s tables, as named migrations applied once each, in order."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_approvals", """
+        -- One row per request, kept after the decision: it is the record of who decided what.
+        CREATE TABLE approvals (
+            id TEXT PRIMARY KEY,              -- the requester's id; decisions go out under it
+            card_id TEXT NOT NULL UNIQUE,     -- short: what buttons carry
+            kind TEXT NOT NULL,
+            requester TEXT NOT NULL,
+            agent_group TEXT NOT NULL,
+            request BLOB NOT NULL,            -- the ApprovalRequest as received
+            card BLOB NOT NULL,               -- the Card as shown
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'approved', 'denied', 'expired', 'answered')),
+            approver TEXT NOT NULL DEFAULT '',  -- who the card went to ('' for a question's chat)
+            deciders TEXT NOT NULL DEFAULT '[]',  -- JSON list of users who may press its buttons
+            channel TEXT NOT NULL DEFAULT '',
+            chat_id TEXT NOT NULL DEFAULT '',
+            thread_id TEXT,
+            card_message_id TEXT,             -- the platform's id, from the delivery receipt
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            decided_at REAL,
+            decided_by TEXT NOT NULL DEFAULT '',
+            value TEXT NOT NULL DEFAULT '',
+            reason TEXT NOT NULL DEFAULT '',
+            edited INTEGER NOT NULL DEFAULT 0  -- the card shows its outcome
+        );
+        CREATE INDEX approvals_status ON approvals (status, expires_at);
+        CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY,
+            approval_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            what TEXT NOT NULL,
+            actor TEXT NOT NULL DEFAULT '',
+            detail TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX audit_approval ON audit (approval_id, seq);
+        -- Clicks applied, by `<channel>:<action id>`: a redelivered click does nothing twice.
+        CREATE TABLE clicks (key TEXT PRIMARY KEY, approval_id TEXT NOT NULL, at REAL NOT NULL);
+        -- The direct chat each user last wrote in, per user id: where their cards go.
+        CREATE TABLE direct_chats (
+            user_id TEXT PRIMARY KEY,
+            channel TEXT NOT NULL,
+            chat_id TEXT NOT NULL,
+            thread_id TEXT,
+            seen_at REAL NOT NULL
+        );
+        -- Events committed with the state that caused them, published after the commit.
+        CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY,
+            subject TEXT NOT NULL,
+            msg_id TEXT NOT NULL,
+            payload BLOB NOT NULL
+        );
+    """),
+]
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply the migrations not yet applied, each in its own transaction; returns their names."""
+    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, at REAL)")
+    done = {row[0] for row in conn.execute("SELECT name FROM migrations")}
+    applied = []
+    for name, sql in MIGRATIONS:
+        if name in done:
+            continue
+        # executescript commits first, so the BEGIN/COMMIT pair makes the migration atomic.
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE; {sql}; INSERT INTO migrations VALUES ('{name}', {time.time()});"
+                               " COMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied

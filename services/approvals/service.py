@@ -1,0 +1,222 @@
+"""The approvals process: requests in, cards out, clicks checked, expiry kept, decisions back to whoever
+asked. Deciding lives in `policy` and `store`; this module moves bytes, times expiry and acks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js.api import Header
+
+from clawden.bus import bind, consume, subjects
+from clawden.bus import events as ev
+from clawden.bus.connection import Retry
+from clawden.bus.streams import approvals_clicks, approvals_inbound, approvals_receipts, approvals_requests
+from clawden.runtime import ControlError, ServiceContext
+from services.approvals import policy
+from services.approvals.store import Step, Store
+
+log = logging.getLogger("clawden.approvals")
+T = TypeVar("T")
+
+PUBLISH_TIMEOUT = 5.0
+ROUTER_TIMEOUT = 5.0
+# Deliveries of one request while the router does not say who may approve; then a clear denial.
+ROUTER_TRIES = 5
+# The expiry timer re-arms on every new card; this bounds a sleep (and retries the outbox) anyway.
+SAFETY_TICK = 30.0
+RESTART_REASON = "Clawden's approvals service restarted before anyone answered; ask again"
+STATUSES = ("pending", "approved", "denied", "expired", "answered")
+
+
+class ListRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    status: str = ""
+    limit: int = 200
+
+
+class ShowRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: str
+
+
+class Approvals:
+    def __init__(self, ctx: ServiceContext, store: Store, pool: ThreadPoolExecutor) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.pool = pool  # one thread owns approvals.db
+        self.counts: Counter[str] = Counter()
+        self.changed = asyncio.Event()
+        self.flushing = asyncio.Lock()
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
+
+    async def flush(self) -> None:
+        """Publish what committed steps queued; a failure leaves it queued and raises Retry."""
+        async with self.flushing:
+            while rows := await self.db(self.store.outbox):
+                sent: list[int] = []
+                try:
+                    for row in rows:
+                        await self.ctx.js.publish(row.subject, row.payload, timeout=PUBLISH_TIMEOUT,
+                                                  headers={Header.MSG_ID: row.msg_id})
+                        sent.append(row.seq)
+                except Exception as exc:
+                    self.counts["publish_failed"] += 1
+                    raise Retry(f"publishing failed, kept in the outbox: {exc!r}", delay=2.0) from exc
+                finally:
+                    await self.db(self.store.published, sent)
+                self.counts["published"] += len(sent)
+
+    async def step(self, fn: Callable[..., Step], *args: Any) -> Step:
+        result = await self.db(fn, *args)
+        self.counts[result.result] += 1
+        await self.flush()
+        return result
+
+    # --- handlers -------------------------------------------------------------------------------
+
+    async def on_request(self, request: ev.ApprovalRequest, msg: Msg) -> None:
+        approvers: tuple[str, ...] = request.approvers
+        if not approvers and request.kind != "question":
+            try:
+                approvers = await self.ask_router(request.agent_group)
+            except Exception as exc:
+                if msg.metadata.num_delivered < ROUTER_TRIES:
+                    raise Retry(f"the router did not say who approves {request.agent_group}: {exc!r}",
+                                delay=2.0) from exc
+                await self.step(self.store.approvers_unknown, request,
+                                "Clawden could not find out who may approve it (the router did not answer)",
+                                time.time())
+                return
+        await self.step(self.store.add_request, request, approvers, time.time())
+        self.changed.set()
+
+    async def ask_router(self, agent_group: str) -> tuple[str, ...]:
+        """Admins of the agent group, then global admins, then owners: the router owns roles."""
+        reply = await self.ctx.nc.request(subjects.ctl("router", "approvers"),
+                                          json.dumps({"op": "get", "agent_group": agent_group}).encode(),
+                                          timeout=ROUTER_TIMEOUT)
+        if "Nats-Service-Error" in (reply.headers or {}):
+            raise RuntimeError(reply.headers["Nats-Service-Error"])  # type: ignore[index]
+        return tuple(json.loads(reply.data)["approvers"])
+
+    async def on_click(self, action: ev.InboundAction, msg: Msg) -> None:
+        await self.step(self.store.click, action, time.time())
+
+    async def on_receipt(self, receipt: ev.DeliveryReceipt, msg: Msg) -> None:
+        if receipt.outbound_id.startswith("ap-") and ":" not in receipt.outbound_id:
+            await self.step(self.store.receipt, receipt, time.time())
+
+    async def on_inbound(self, event: ev.InboundMessage | ev.InboundAction, msg: Msg) -> None:
+        if isinstance(event, ev.InboundMessage) and not event.is_group and not event.sender.is_bot:
+            user = policy.user_id(event.route.channel, event.sender.id)
+            if await self.db(self.store.learn_chat, user, event.route, time.time()):
+                self.counts["chats_learned"] += 1
+
+    # --- expiry ---------------------------------------------------------------------------------
+
+    async def expiring(self) -> None:
+        while not self.ctx.stopping.is_set():
+            nxt = await self.db(self.store.next_expiry)
+            wait = SAFETY_TICK if nxt is None else min(SAFETY_TICK, max(0.0, nxt - time.time()))
+            self.changed.clear()
+            stop = asyncio.ensure_future(self.ctx.stopping.wait())
+            change = asyncio.ensure_future(self.changed.wait())
+            try:
+                await asyncio.wait({stop, change}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                change.cancel()
+            if self.ctx.stopping.is_set():
+                return
+            try:
+                expired = await self.db(self.store.expire_due, time.time())
+                self.counts["expired"] += expired
+                await self.flush()
+            except Exception as exc:  # the next tick tries again; the outbox keeps what is owed
+                log.warning("expiry pass failed: %r", exc)
+
+    async def recover(self, clicks: Any) -> None:
+        """Startup: apply clicks that came while we were down, then expire what is still pending."""
+        await self.flush()
+        with contextlib.suppress(TimeoutError):
+            while msgs := await clicks.next(timeout=0.5):
+                decoder = ev.decoder_for(ev.InboundAction)
+                for m in msgs:
+                    try:
+                        await self.on_click(decoder.decode(m.data), m)
+                    except (msgspec.ValidationError, msgspec.DecodeError):
+                        await m.term()
+                        continue
+                    except Exception as exc:  # applied or not, it comes back and is applied once
+                        log.warning("click at startup failed: %r", exc)
+                        await m.nak(delay=2.0)
+                        continue
+                    await m.ack()
+        expired = await self.db(self.store.expire_all_pending, time.time(), RESTART_REASON)
+        if expired:
+            log.warning("expired %d approval(s) left pending by the previous process; requesters told", expired)
+        self.counts["expired_at_start"] += expired
+        await self.flush()
+
+    # --- control --------------------------------------------------------------------------------
+
+    async def ctl_list(self, data: bytes) -> Any:
+        req = _decode(ListRequest, data)
+        if req.status and req.status not in STATUSES:
+            raise ControlError(f"status {req.status!r}: one of {', '.join(STATUSES)}")
+        return await self.db(self.store.list, req.status, max(1, min(req.limit, 10_000)))
+
+    async def ctl_show(self, data: bytes) -> Any:
+        req = _decode(ShowRequest, data)
+        found = await self.db(self.store.get, req.id)
+        if found is None:
+            raise ControlError(f"no approval {req.id!r} (see `clawden approvals list`)")
+        return found
+
+
+def _decode(kind: type[T], data: bytes) -> T:
+    try:
+        return msgspec.json.decode(data or b"{}", type=kind)
+    except msgspec.ValidationError as exc:
+        raise ControlError(f"bad request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ControlError(f"bad request: not JSON ({exc})") from None
+
+
+async def main(ctx: ServiceContext) -> None:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="approvals-db")
+    loop = asyncio.get_running_loop()
+    store = await loop.run_in_executor(pool, Store.open, ctx.config.data_dir / "approvals.db")
+    try:
+        svc = Approvals(ctx, store, pool)
+        ctx.stats["approvals"] = svc.counts
+        await ctx.endpoint("list", svc.ctl_list)
+        await ctx.endpoint("show", svc.ctl_show)
+        requests = await bind(ctx.js, approvals_requests())
+        clicks = await bind(ctx.js, approvals_clicks())
+        receipts = await bind(ctx.js, approvals_receipts())
+        inbound = await bind(ctx.js, approvals_inbound(), batch=64)
+        await svc.recover(clicks)
+        await ctx.ready()
+        stop = ctx.stopping
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(consume(requests, ev.ApprovalRequest, svc.on_request, stopping=stop))
+            tg.create_task(consume(clicks, ev.InboundAction, svc.on_click, stopping=stop))
+            tg.create_task(consume(receipts, ev.DeliveryReceipt, svc.on_receipt, stopping=stop))
+            tg.create_task(consume(inbound, ev.InboundMessage | ev.InboundAction,  # type: ignore[arg-type]
+                                   svc.on_inbound, stopping=stop))
+            tg.create_task(svc.expiring())
+    finally:
+        await loop.run_in_executor(pool, store.close)
+        pool.shutdown()

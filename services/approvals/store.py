@@ -1,0 +1,309 @@
+"""`approvals.db`: each request, its card and its outcome, with an audit trail; every step commits its
+state and the events it causes together (an outbox), so a crash between the two loses nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from clawden.bus import events as ev
+from clawden.bus import subjects
+from services.approvals import cards, policy
+from services.approvals.schema import migrate
+
+log = logging.getLogger("clawden.approvals")
+DECIDER = "approvals"  # decided_by when no person decided (no approver, undeliverable card)
+_card_decoder = msgspec.json.Decoder(ev.Card)
+_request_decoder = msgspec.json.Decoder(ev.ApprovalRequest)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    seq: int
+    subject: str
+    msg_id: str
+    payload: bytes
+
+
+@dataclass
+class Step:
+    """What one store step did, for the service's counters and logs."""
+
+    result: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class Store:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._chats: dict[str, ev.Route] = {}
+        for row in conn.execute("SELECT * FROM direct_chats"):
+            self._chats[row["user_id"]] = ev.Route(channel=row["channel"], chat_id=row["chat_id"],
+                                                   thread_id=row["thread_id"])
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")  # a decision, once told, is never forgotten
+        conn.execute("PRAGMA busy_timeout = 5000")
+        migrate(conn)
+        return cls(conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _emit(self, subject: str, msg_id: str, event: ev.Event) -> None:
+        self.conn.execute("INSERT INTO outbox (subject, msg_id, payload) VALUES (?, ?, ?)",
+                          (subject, msg_id, ev.encode(event)))
+
+    def _audit(self, approval_id: str, now: float, what: str, actor: str = "", detail: str = "") -> None:
+        self.conn.execute("INSERT INTO audit (approval_id, at, what, actor, detail) VALUES (?, ?, ?, ?, ?)",
+                          (approval_id, now, what, actor, detail))
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def add_request(self, request: ev.ApprovalRequest, approvers: Sequence[str], now: float) -> Step:
+        """Record a request and send its card; with nobody to send it to, deny it at once and say why."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM approvals WHERE id = ?", (request.id,)).fetchone():
+                return Step("duplicate")
+            card = cards.card_for(request)
+            expires_at = request.expires_at or now + policy.ttl(request.kind)
+            delivery = policy.choose_delivery(request, approvers, self._chats)
+            card_id = cards.short_id()
+            while db.execute("SELECT 1 FROM approvals WHERE card_id = ?", (card_id,)).fetchone():
+                card_id = cards.short_id()
+            route = delivery.route if delivery else None
+            db.execute(
+                "INSERT INTO approvals (id, card_id, kind, requester, agent_group, request, card, approver, deciders,"
+                " channel, chat_id, thread_id, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (request.id, card_id, request.kind, request.requester, request.agent_group, ev.encode(request),
+                 msgspec.json.encode(card), delivery.approver if delivery else "", json.dumps(list(approvers)),
+                 route.channel if route else "", route.chat_id if route else "", route.thread_id if route else None,
+                 now, expires_at))
+            self._audit(request.id, now, "requested", request.requester,
+                        f"{request.kind} for {request.agent_group}: {card.title}")
+            if delivery is None:
+                reason = ("nobody can approve it: no admin of this agent group, no global admin and no owner"
+                          " has a chat Clawden can reach (grant one with `clawden roles`)")
+                self._decide(request.id, "denied", DECIDER, "", reason, now)
+                log.warning("approval %s (%s for %s) denied: no approver", request.id, request.kind,
+                            request.agent_group)
+                return Step("no_approver")
+            if expires_at <= now:
+                self._decide(request.id, "expired", "", "", "it had expired before it arrived", now)
+                return Step("expired")
+            self._emit(subjects.outbound(delivery.route.channel), card_id, ev.OutboundMessage(
+                id=card_id, route=delivery.route, text=cards.text_of(card), card=card,
+                agent_group=request.agent_group))
+            self._audit(request.id, now, "card_sent", delivery.approver,
+                        f"{delivery.route.channel}:{delivery.route.chat_id} as {card_id}")
+            return Step("sent")
+
+    def approvers_unknown(self, request: ev.ApprovalRequest, why: str, now: float) -> Step:
+        """The router never said who may approve: the requester hears a no rather than nothing."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM approvals WHERE id = ?", (request.id,)).fetchone():
+                return Step("duplicate")
+            card = cards.card_for(request)
+            db.execute(
+                "INSERT INTO approvals (id, card_id, kind, requester, agent_group, request, card, created_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (request.id, cards.short_id(), request.kind, request.requester, request.agent_group,
+                 ev.encode(request), msgspec.json.encode(card), now, request.expires_at or now))
+            self._audit(request.id, now, "requested", request.requester, f"{request.kind}: {card.title}")
+            self._decide(request.id, "denied", DECIDER, "", why, now)
+            return Step("no_approver")
+
+    # --- deciding -------------------------------------------------------------------------------
+
+    def _decide(self, approval_id: str, decision: str, decided_by: str, value: str, reason: str, now: float,
+                label: str = "", target: str | None = None) -> None:
+        """Settle a pending row: the decision to the requester (keyed by the id, so once), the card
+        edited to show it (once its platform id is known), and the audit line."""
+        db = self.conn
+        db.execute("UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, value = ?, reason = ?,"
+                   " card_message_id = COALESCE(card_message_id, ?) WHERE id = ?",
+                   (decision, now, decided_by, value, reason, target, approval_id))
+        self._emit(subjects.approval_decision(approval_id), f"decision:{approval_id}", ev.ApprovalDecision(
+            id=approval_id, decision=decision,  # type: ignore[arg-type]
+            decided_by=decided_by, value=value, decided_at=now, reason=reason))
+        self._audit(approval_id, now, decision, decided_by, reason or value)
+        self._edit(approval_id, label)
+
+    def _edit(self, approval_id: str, label: str = "") -> None:
+        db = self.conn
+        row = db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+        if row["edited"] or not row["card_message_id"] or not row["channel"]:
+            return  # no card went out, or the receipt naming it has not come yet (it edits then)
+        card = _card_decoder.decode(row["card"])
+        if not label and row["value"]:
+            label = next((b.label for b in card.buttons if b.id == row["value"]), row["value"])
+        decided_by = "" if row["decided_by"] == DECIDER else row["decided_by"]
+        shown = cards.decided_card(card, cards.outcome_line(row["status"], decided_by, label, row["reason"]))
+        route = ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"])
+        edit_id = f"{row['card_id']}:{row['status']}"
+        self._emit(subjects.outbound(route.channel), edit_id, ev.OutboundEdit(
+            id=edit_id, route=route, target_message_id=row["card_message_id"], text=cards.text_of(shown), card=shown))
+        db.execute("UPDATE approvals SET edited = 1 WHERE id = ?", (approval_id,))
+
+    def click(self, action: ev.InboundAction, now: float) -> Step:
+        """A button press: applied once, and only when the presser may decide; anyone else is told
+        politely and nothing changes."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM approvals WHERE card_id = ?", (action.card_id,)).fetchone()
+            if row is None:
+                return Step("unknown")  # a card another part of Clawden sent (an agent's send_card)
+            if db.execute("SELECT 1 FROM clicks WHERE key = ?", (action.key,)).fetchone():
+                return Step("duplicate")
+            db.execute("INSERT INTO clicks (key, approval_id, at) VALUES (?, ?, ?)", (action.key, row["id"], now))
+            clicker = policy.user_id(action.route.channel, action.sender.id)
+            name = action.sender.name or clicker
+            card = _card_decoder.decode(row["card"])
+            card_route = ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"])
+            reply_id = f"{row['card_id']}:reply:{action.action_id}"[:200]
+            if not policy.may_decide(row["kind"], json.loads(row["deciders"]), card_route, clicker, action.route):
+                self._audit(row["id"], now, "refused", clicker, f"pressed {action.button_id}")
+                who = row["approver"] or "an admin"
+                self._reply(action, reply_id, f"Sorry {name}, only {who} or another admin of"
+                                              f" {row['agent_group']} can decide this one. Nothing was changed.")
+                return Step("refused")
+            if row["status"] != "pending":
+                self._audit(row["id"], now, "late_click", clicker, f"pressed {action.button_id} ({row['status']})")
+                by = f" by {row['decided_by']}" if row["decided_by"] and row["decided_by"] != DECIDER else ""
+                self._reply(action, reply_id, f"This was already settled: {row['status']}{by}.")
+                return Step("already")
+            button = next((b for b in card.buttons if b.id == action.button_id), None)
+            if button is None:
+                self._audit(row["id"], now, "bad_button", clicker, action.button_id)
+                return Step("bad_button")
+            decision = policy.meaning(row["kind"], button)
+            self._decide(row["id"], decision, clicker, button.id, "", now, label=button.label,
+                         target=action.message_id)
+            log.info("approval %s %s by %s (%s)", row["id"], decision, clicker, button.id)
+            return Step(decision)
+
+    def _reply(self, action: ev.InboundAction, reply_id: str, text: str) -> None:
+        self._emit(subjects.outbound(action.route.channel), reply_id,
+                   ev.OutboundMessage(id=reply_id, route=action.route, text=text))
+
+    # --- delivery receipts ----------------------------------------------------------------------
+
+    def receipt(self, receipt: ev.DeliveryReceipt, now: float) -> Step:
+        """A card's receipt: its platform id (to edit it later); a card that could not be delivered
+        denies the request with the reason, rather than leaving it to wait for nobody."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM approvals WHERE card_id = ?", (receipt.outbound_id,)).fetchone()
+            if row is None:
+                return Step("not_ours")
+            if receipt.ok and receipt.platform_message_id:
+                db.execute("UPDATE approvals SET card_message_id = ? WHERE id = ?",
+                           (receipt.platform_message_id, row["id"]))
+                if row["status"] != "pending":
+                    self._edit(row["id"])  # decided before its receipt came: edit it now
+                return Step("delivered")
+            if not receipt.ok and receipt.final and row["status"] == "pending":
+                self._decide(row["id"], "denied", DECIDER, "",
+                             f"the card could not be delivered to {row['approver'] or 'the chat'}:"
+                             f" {receipt.error or 'the platform refused it'}", now)
+                return Step("undeliverable")
+            return Step("ignored")
+
+    # --- expiry ---------------------------------------------------------------------------------
+
+    def expire_due(self, now: float) -> int:
+        with self._tx() as db:
+            due = [r[0] for r in db.execute(
+                "SELECT id FROM approvals WHERE status = 'pending' AND expires_at <= ?", (now,))]
+            for approval_id in due:
+                self._decide(approval_id, "expired", "", "", "nobody answered in time", now)
+            return len(due)
+
+    def expire_all_pending(self, now: float, reason: str) -> int:
+        """After a restart: whoever waited may have restarted too, so nothing is left half-open; the
+        requester is told and may ask again."""
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM approvals WHERE status = 'pending'")]
+            for approval_id in ids:
+                self._decide(approval_id, "expired", "", "", reason, now)
+            return len(ids)
+
+    def next_expiry(self) -> float | None:
+        row = self.conn.execute("SELECT MIN(expires_at) FROM approvals WHERE status = 'pending'").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    # --- direct chats ---------------------------------------------------------------------------
+
+    def learn_chat(self, user: str, route: ev.Route, now: float) -> bool:
+        """Remember where a user writes to the assistant directly; False when nothing changed."""
+        if self._chats.get(user) == route:
+            return False
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO direct_chats (user_id, channel, chat_id, thread_id, seen_at)"
+                       " VALUES (?, ?, ?, ?, ?)", (user, route.channel, route.chat_id, route.thread_id, now))
+        self._chats[user] = route
+        return True
+
+    # --- outbox ---------------------------------------------------------------------------------
+
+    def outbox(self, limit: int = 256) -> list[Outgoing]:
+        return [Outgoing(r["seq"], r["subject"], r["msg_id"], bytes(r["payload"])) for r in self.conn.execute(
+            "SELECT * FROM outbox ORDER BY seq LIMIT ?", (limit,))]
+
+    def published(self, seqs: Sequence[int]) -> None:
+        if seqs:
+            with self._tx() as db:
+                db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def list(self, status: str = "", limit: int = 200) -> list[dict[str, Any]]:
+        sql = ("SELECT id, card_id, kind, requester, agent_group, status, approver, channel, chat_id, created_at,"
+               " expires_at, decided_at, decided_by, value, reason FROM approvals")
+        args: list[Any] = []
+        if status:
+            sql += " WHERE status = ?"
+            args.append(status)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        args.append(limit)
+        return [dict(r) for r in self.conn.execute(sql, args)]
+
+    def get(self, approval_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM approvals WHERE id = ? OR card_id = ?",
+                                (approval_id, approval_id)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        del out["request"], out["card"]
+        card = _card_decoder.decode(row["card"])
+        out["title"], out["body"] = card.title, card.body
+        out["deciders"] = json.loads(row["deciders"])
+        out["audit"] = [dict(r) for r in self.conn.execute(
+            "SELECT at, what, actor, detail FROM audit WHERE approval_id = ? ORDER BY seq", (row["id"],))]
+        return out
+
+    def request_of(self, approval_id: str) -> ev.ApprovalRequest | None:
+        row = self.conn.execute("SELECT request FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+        return None if row is None else _request_decoder.decode(row[0])

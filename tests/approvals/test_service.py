@@ -1,0 +1,208 @@
+"""The approvals service as real processes (`clawden up` with the router and approvals) on a real NATS:
+a requester waits on its decision while the owner clicks over the local channel, through the router."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from clawden import natsserver, setup
+from clawden.bus import bind, connect, consume, ensure_streams, publish, subjects
+from clawden.bus import events as ev
+from services.channels.local import terminal_outbound
+
+OWNER = f"local:{getpass.getuser()}"  # the login that first ran the router owns the install
+TERMINAL = "terminal"  # where the owner's cards go on the local channel
+
+
+class Up:
+    def __init__(self, home: Path) -> None:
+        port = natsserver.free_port()
+        cfg = setup.init(home)
+        cfg.path("config.toml").write_text(f"[nats]\nport = {port}\n")
+        self.url = f"nats://127.0.0.1:{port}"
+        self.home = home
+        self.out = (home / "up.log").open("w")  # a file, not a pipe nobody drains
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "clawden", "up", "--service", "router", "--service", "approvals"],
+            env=dict(os.environ, CLAWDEN_HOME=str(home)), stdout=self.out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        deadline = time.monotonic() + 60
+        while "all services ready" not in (home / "up.log").read_text():
+            assert time.monotonic() < deadline and self.proc.poll() is None, (home / "up.log").read_text()
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.out.close()
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    stack = Up(tmp_path_factory.mktemp("home"))
+    yield stack
+    stack.stop()
+
+
+class Owner:
+    """The owner's terminal on the bus, like `clawden chat`: shows cards and edits, receipts them, and
+    presses buttons by publishing the InboundAction the terminal would."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.seen: list[ev.OutboundMessage | ev.OutboundEdit] = []
+        self.ids: dict[str, str] = {}  # outbound id -> the platform id the terminal gave it
+
+    async def on_outbound(self, event: ev.OutboundMessage | ev.OutboundEdit, msg: Msg) -> None:
+        if event.route.chat_id != TERMINAL:
+            return
+        self.seen.append(event)
+        if isinstance(event, ev.OutboundMessage):
+            self.ids[event.id] = platform_id = uuid.uuid4().hex
+            await publish(self.js, subjects.receipt("local"), ev.DeliveryReceipt(
+                outbound_id=event.id, route=event.route, ok=True, platform_message_id=platform_id),
+                msg_id=f"receipt:{event.id}")
+
+    async def first(self, kind: type[Any], timeout: float = 20, **where: Any) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            for e in self.seen:
+                if isinstance(e, kind) and all(v in getattr(e, k) for k, v in where.items()):
+                    return e
+            assert time.monotonic() < deadline, f"no {kind.__name__} with {where}: {self.seen[-3:]}"
+            await asyncio.sleep(0.05)
+
+    async def press(self, card: ev.OutboundMessage, button: str, who: str = OWNER) -> None:
+        action = ev.InboundAction(route=card.route, action_id=uuid.uuid4().hex,
+                                  sender=ev.Sender(id=who, name=who.split(":", 1)[1]), card_id=card.id,
+                                  button_id=button, message_id=self.ids[card.id], sent_at=time.time())
+        await publish(self.js, subjects.inbound("local"), action, msg_id=action.key)
+
+
+class Requester:
+    """Waits on a decision the way the vault does: subscribed to its decision subject before asking."""
+
+    def __init__(self, nc: Client, rid: str) -> None:
+        self.nc = nc
+        self.rid = rid
+        self.decisions: asyncio.Queue[ev.ApprovalDecision] = asyncio.Queue()
+
+    async def ask(self, ttl: float = 120, host: str = "api.github.com") -> None:
+        async def got(msg: Msg) -> None:
+            await self.decisions.put(ev.decoder_for(ev.ApprovalDecision).decode(msg.data))
+
+        await self.nc.subscribe(subjects.approval_decision(self.rid), cb=got)
+        request = ev.ApprovalRequest(
+            id=self.rid, kind="credential", requester="vault", agent_group="main",
+            card=ev.Card(title="held", buttons=(ev.Button(id="approve", label="Approve", style="primary"),
+                                                ev.Button(id="deny", label="Deny", style="danger"))),
+            expires_at=time.time() + ttl,
+            context={"method": "POST", "host": host, "path": "/repos/me/x/issues", "rule": "github writes",
+                     "body_preview": '{"title": "bug"}'})
+        await publish(self.nc.jetstream(), subjects.APPROVAL_REQUEST, request, msg_id=f"vault:{self.rid}")
+
+    async def decision(self, timeout: float = 20) -> ev.ApprovalDecision:
+        return await asyncio.wait_for(self.decisions.get(), timeout)
+
+
+@pytest.fixture
+async def bus(up: Up) -> AsyncIterator[tuple[Client, Owner]]:
+    nc = await connect(up.url, "test")
+    await ensure_streams(nc.jetstream())
+    owner = Owner(nc)
+    stopping = asyncio.Event()
+    puller = await bind(nc.jetstream(), terminal_outbound(TERMINAL))
+    task = asyncio.create_task(consume(puller, ev.OutboundMessage | ev.OutboundEdit,  # type: ignore[arg-type]
+                                       owner.on_outbound, stopping=stopping))
+    yield nc, owner
+    stopping.set()
+    await asyncio.wait_for(task, 10)
+    await nc.close()
+
+
+async def control(nc: Client, verb: str, payload: dict[str, Any]) -> Any:
+    reply = await nc.request(subjects.ctl("approvals", verb), json.dumps(payload).encode(), timeout=10)
+    return json.loads(reply.data)
+
+
+async def test_owners_approve_over_the_local_channel_releases_the_waiting_request(
+        bus: tuple[Client, Owner]) -> None:
+    nc, owner = bus
+    requester = Requester(nc, "vault-approve")
+    await requester.ask()
+    card = await owner.first(ev.OutboundMessage, text="api.github.com")
+    assert "POST https://api.github.com/repos/me/x/issues" in card.card.body and requester.decisions.empty()
+    await owner.press(card, "approve")
+    decision = await requester.decision()
+    assert (decision.decision, decision.decided_by) == ("approved", OWNER)
+    edit = await owner.first(ev.OutboundEdit, target_message_id=owner.ids[card.id])
+    assert f"Approved by {OWNER}" in edit.text and edit.card.buttons == ()
+
+
+async def test_owners_deny_fails_the_request(bus: tuple[Client, Owner]) -> None:
+    nc, owner = bus
+    requester = Requester(nc, "vault-deny")
+    await requester.ask(host="deny.example.com")
+    card = await owner.first(ev.OutboundMessage, text="deny.example.com")
+    await owner.press(card, "deny")
+    assert (await requester.decision()).decision == "denied"
+    assert "Denied by" in (await owner.first(ev.OutboundEdit, target_message_id=owner.ids[card.id])).text
+
+
+async def test_a_strangers_click_changes_nothing(bus: tuple[Client, Owner]) -> None:
+    nc, owner = bus
+    requester = Requester(nc, "vault-stranger")
+    await requester.ask(host="stranger.example.com")
+    card = await owner.first(ev.OutboundMessage, text="stranger.example.com")
+    await owner.press(card, "approve", who="local:mallory")
+    refusal = await owner.first(ev.OutboundMessage, text="Sorry mallory")
+    assert "Nothing was changed" in refusal.text and requester.decisions.empty()
+    pending = await control(nc, "list", {"status": "pending"})
+    assert "vault-stranger" in [p["id"] for p in pending]
+    await owner.press(card, "deny")  # the owner still can
+    assert (await requester.decision()).decided_by == OWNER
+
+
+async def test_expiry_denies_and_edits_the_card(bus: tuple[Client, Owner]) -> None:
+    nc, owner = bus
+    requester = Requester(nc, "vault-expire")
+    await requester.ask(ttl=3, host="expire.example.com")
+    card = await owner.first(ev.OutboundMessage, text="expire.example.com")
+    assert (await requester.decision()).decision == "expired"
+    edit = await owner.first(ev.OutboundEdit, target_message_id=owner.ids[card.id])
+    assert "Expired" in edit.text and edit.card.buttons == ()
+
+
+async def test_a_restart_leaves_no_card_pending_and_no_requester_waiting(
+        up: Up, bus: tuple[Client, Owner]) -> None:
+    nc, owner = bus
+    requester = Requester(nc, "vault-restart")
+    await requester.ask(host="restart.example.com")
+    card = await owner.first(ev.OutboundMessage, text="restart.example.com")
+    ping = json.loads((await nc.request(subjects.ctl("approvals", "ping"), b"", timeout=10)).data)
+    os.kill(ping["pid"], signal.SIGKILL)  # `clawden up` starts it again
+    decision = await requester.decision(timeout=60)
+    assert decision.decision == "expired" and "restarted" in decision.reason
+    edit = await owner.first(ev.OutboundEdit, target_message_id=owner.ids[card.id])
+    assert "Expired" in edit.text
+    assert await control(nc, "list", {"status": "pending"}) == []

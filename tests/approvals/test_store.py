@@ -1,0 +1,137 @@
+"""approvals.db steps on a real SQLite file: each decision applied once, with its events in the outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from clawden.bus import events as ev
+from services.approvals import cards
+from services.approvals.store import Store
+
+OWNER = "local:alice"
+TERMINAL = ev.Route(channel="local", chat_id="terminal")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(tmp_path / "approvals.db")
+    yield s
+    s.close()
+
+
+def request(rid: str = "vault-1", kind: str = "credential", expires_at: float = 1060.0) -> ev.ApprovalRequest:
+    return ev.ApprovalRequest(id=rid, kind=kind, requester="vault", agent_group="main",  # type: ignore[arg-type]
+                              card=ev.Card(title="t", buttons=(cards.APPROVE, cards.DENY)), expires_at=expires_at,
+                              context={"method": "GET", "host": "example.com", "path": "/"})
+
+
+def drain(store: Store) -> list[ev.Event]:
+    rows = store.outbox()
+    store.published([r.seq for r in rows])
+    return [ev.decode(r.payload) for r in rows]
+
+
+def sent_card(store: Store) -> ev.OutboundMessage:
+    (card,) = [e for e in drain(store) if isinstance(e, ev.OutboundMessage)]
+    store.receipt(ev.DeliveryReceipt(outbound_id=card.id, route=card.route, ok=True, platform_message_id="m1"), 1001)
+    return card
+
+
+def click(card: ev.OutboundMessage, button: str, who: str = OWNER, action: str = "a1") -> ev.InboundAction:
+    return ev.InboundAction(route=card.route, action_id=action, sender=ev.Sender(id=who, name=who.split(":")[1]),
+                            card_id=card.id, button_id=button, message_id="m1")
+
+
+def test_request_sends_a_card_to_the_approvers_direct_chat(store: Store) -> None:
+    assert store.add_request(request(), [OWNER], 1000).result == "sent"
+    card = sent_card(store)
+    assert card.route == TERMINAL and card.id.startswith("ap-") and card.card is not None
+    assert store.list("pending")[0]["approver"] == OWNER
+
+
+def test_no_approver_is_a_clear_denial_to_the_requester(store: Store) -> None:
+    assert store.add_request(request(), [], 1000).result == "no_approver"
+    (decision,) = drain(store)
+    assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "denied"
+    assert "nobody can approve it" in decision.reason
+
+
+def test_a_decision_applies_once_even_if_clicked_twice(store: Store) -> None:
+    store.add_request(request(), [OWNER], 1000)
+    card = sent_card(store)
+    assert store.click(click(card, "approve"), 1002).result == "approved"
+    assert store.click(click(card, "approve"), 1003).result == "duplicate"  # the same click redelivered
+    assert store.click(click(card, "deny", action="a2"), 1004).result == "already"
+    events = drain(store)
+    decisions = [e for e in events if isinstance(e, ev.ApprovalDecision)]
+    assert [(d.decision, d.decided_by) for d in decisions] == [("approved", OWNER)]
+    edit = next(e for e in events if isinstance(e, ev.OutboundEdit))
+    assert edit.target_message_id == "m1" and edit.card is not None and edit.card.buttons == ()
+    assert "Approved by local:alice" in edit.text
+    assert store.get("vault-1")["status"] == "approved"  # type: ignore[index]
+
+
+def test_a_strangers_click_is_refused_and_changes_nothing(store: Store) -> None:
+    store.add_request(request(), [OWNER], 1000)
+    card = sent_card(store)
+    assert store.click(click(card, "approve", who="local:mallory"), 1002).result == "refused"
+    (reply,) = drain(store)
+    assert isinstance(reply, ev.OutboundMessage) and reply.text.startswith("Sorry mallory")
+    assert store.list("pending")[0]["id"] == "vault-1"
+
+
+def test_expiry_tells_the_requester_and_edits_the_card(store: Store) -> None:
+    store.add_request(request(expires_at=1010), [OWNER], 1000)
+    sent_card(store)
+    assert store.expire_due(1009) == 0
+    assert store.expire_due(1010) == 1
+    decision, edit = drain(store)
+    assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "expired"
+    assert isinstance(edit, ev.OutboundEdit) and "Expired" in edit.text
+
+
+def test_a_card_decided_before_its_receipt_is_edited_when_the_receipt_comes(store: Store) -> None:
+    store.add_request(request(expires_at=1010), [OWNER], 1000)
+    (card,) = drain(store)
+    assert isinstance(card, ev.OutboundMessage)
+    store.expire_due(1011)
+    assert [type(e) for e in drain(store)] == [ev.ApprovalDecision]
+    store.receipt(ev.DeliveryReceipt(outbound_id=card.id, route=card.route, ok=True, platform_message_id="m9"), 1012)
+    (edit,) = drain(store)
+    assert isinstance(edit, ev.OutboundEdit) and edit.target_message_id == "m9"
+
+
+def test_an_undeliverable_card_denies_the_request(store: Store) -> None:
+    store.add_request(request(), [OWNER], 1000)
+    (card,) = drain(store)
+    assert isinstance(card, ev.OutboundMessage)
+    store.receipt(ev.DeliveryReceipt(outbound_id=card.id, route=card.route, ok=False, error="chat not found"), 1001)
+    (decision,) = drain(store)
+    assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "denied"
+    assert "chat not found" in decision.reason
+
+
+def test_a_learned_direct_chat_is_remembered_across_restarts(tmp_path: Path) -> None:
+    laptop = ev.Route(channel="local", chat_id="laptop")
+    first = Store.open(tmp_path / "approvals.db")
+    assert first.learn_chat(OWNER, laptop, 1000) and not first.learn_chat(OWNER, laptop, 1001)
+    first.close()
+    second = Store.open(tmp_path / "approvals.db")
+    second.add_request(request(), [OWNER], 1000)
+    assert [e.route for e in drain(second) if isinstance(e, ev.OutboundMessage)] == [laptop]
+    second.close()
+
+
+def test_every_step_is_audited(store: Store) -> None:
+    store.add_request(request(), [OWNER], 1000)
+    card = sent_card(store)
+    store.click(click(card, "approve", who="local:mallory"), 1002)
+    store.click(click(card, "deny", action="a2"), 1003)
+    found = store.get(card.id)
+    assert found is not None
+    assert [a["what"] for a in found["audit"]] == ["requested", "card_sent", "refused", "denied"]
+    assert msgspec.json.encode(found)  # the control endpoint can send it as is
