@@ -13,7 +13,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -48,6 +48,7 @@ HEARTBEAT = ".heartbeat"
 # Only the safety net: rings wake the loop at once, this catches a ring that was lost.
 SAFETY_POLL_SECONDS = 2.0
 BATCH_LIMIT = 10
+MERGE_GRACE_SECONDS = 1.0
 PLACEHOLDER_API_KEY = "clawden-managed"
 
 # Keep Claude Code from calling anything but the model: the container has no network, so a
@@ -161,7 +162,8 @@ def short_reason(text: str, limit: int = 200) -> str:
 
 @dataclass
 class TurnOutcome:
-    result: str = ""
+    # Final texts of queries the agent answered without send_message: they still reach the chat.
+    unsent: list[str] = field(default_factory=list)
     error: str | None = None
     num_turns: int = 0
 
@@ -177,9 +179,12 @@ class Agent:
         self.config = config
         self.heartbeat = heartbeat
         self._client: ClaudeSDKClient | None = None
+        self._state = state
         self._server = tools.build_server(state)
         self._stderr: deque[str] = deque(maxlen=20)
         self._stored_session: str | None = None
+        self._expected = 0  # results the open turn still waits for (one per query sent)
+        self._open = False
 
     def _options(self, resume: str | None) -> ClaudeAgentOptions:
         return ClaudeAgentOptions(
@@ -252,9 +257,28 @@ class Agent:
             if self._client is None:
                 await self.connect()
             assert self._client is not None
+            self._expected, self._open = 1, True
             await self._client.query(prompt)
             texts: list[str] = []
-            async for message in self._client.receive_response():
+            results = 0
+            sent_before = len(self._state.sent)
+            stream = self._client.receive_messages().__aiter__()
+            short_of_results = False
+            while True:
+                try:
+                    if short_of_results:
+                        # A follow-up fed in mid-turn is either answered in this same turn (after a
+                        # tool call) or queued as a turn of its own, whose first message comes at
+                        # once; silence after the result means it was merged.
+                        message = await asyncio.wait_for(stream.__anext__(), MERGE_GRACE_SECONDS)
+                    else:
+                        message = await stream.__anext__()
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    self._open = False
+                    return outcome
+                short_of_results = False
                 self.heartbeat.touch()
                 if isinstance(message, AssistantMessage):
                     texts.extend(b.text for b in message.content if isinstance(b, TextBlock))
@@ -262,13 +286,21 @@ class Agent:
                     await self._remember(str(message.data.get("session_id") or "") or None)
                 elif isinstance(message, ResultMessage):
                     await self._remember(message.session_id)
-                    outcome.num_turns = message.num_turns
-                    outcome.result = message.result or ""
-                    if message.is_error:
+                    results += 1
+                    outcome.num_turns += message.num_turns
+                    text = (message.result or "").strip()
+                    if text and len(self._state.sent) == sent_before:
+                        outcome.unsent.append(text)
+                    sent_before = len(self._state.sent)
+                    if message.is_error and outcome.error is None:
                         outcome.error = self._result_error(message, texts)
-                    return outcome
+                    if results >= self._expected:
+                        self._open = False
+                        return outcome
+                    short_of_results = True
             raise ProcessError("Claude Code stopped without a result")
         except Exception as exc:
+            self._open = False
             log.exception("turn failed")
             if isinstance(exc, ProcessError) and not isinstance(exc, ResultError) and exc.exit_code:
                 reason = f"Claude Code exited unexpectedly (exit code {exc.exit_code})"
@@ -277,6 +309,17 @@ class Agent:
             outcome.error = self._dead(short_reason(reason))
             await self.close()  # the next turn starts a fresh Claude Code on the same conversation
             return outcome
+
+    async def push(self, prompt: str) -> bool:
+        """Hand a follow-up to the running turn; Claude Code answers it right after what it is doing.
+
+        False when no turn is open (it just ended): the caller's rows then wait for the next turn.
+        """
+        if not self._open or self._client is None:
+            return False
+        self._expected += 1  # before the await: the turn must not end between query and count
+        await self._client.query(prompt)
+        return True
 
     def _result_error(self, message: ResultMessage, texts: list[str]) -> str:
         for candidate in ("; ".join(message.errors or []), message.result or "", texts[-1] if texts else ""):
@@ -376,14 +419,36 @@ class Runner:
             if clear_at is not None:
                 await self._clear(batch[: clear_at + 1])  # what came before /clear is moot
                 continue
-            self._turn = asyncio.create_task(self._handle(batch, woke))
+            claimed = [m.seq for m in batch]
+            self._turn = asyncio.create_task(self._handle(batch, woke, claimed))
             try:
-                await asyncio.wait({self._turn})
+                await self._feed(self._turn, claimed)
                 if not self._turn.cancelled() and self._turn.exception() is not None:
                     log.error("turn crashed", exc_info=self._turn.exception())
             finally:
                 self._turn = None
                 free_since = time.perf_counter()
+
+    async def _feed(self, turn: asyncio.Task[None], claimed: list[int]) -> None:
+        """While a turn runs, messages that arrive go into it at once, not after it."""
+        folder = self.config.session_dir
+        while not turn.done():
+            self.bell.clear()
+            rung = asyncio.create_task(self.bell.wait(SAFETY_POLL_SECONDS))
+            await asyncio.wait({turn, rung}, return_when=asyncio.FIRST_COMPLETED)
+            rung.cancel()
+            if turn.done() or self._stopping:
+                break
+            fresh = [m for m in await asyncio.to_thread(sessiondb.pending_inbound, folder, limit=BATCH_LIMIT)
+                     if m.seq not in claimed]
+            if not any(m.trigger for m in fresh) or any(m.content.get("command") for m in fresh):
+                continue  # commands (/clear) wait for the turn to end
+            if await self.agent.push(format_prompt(fresh)):
+                seqs = [m.seq for m in fresh]
+                claimed.extend(seqs)
+                await asyncio.to_thread(sessiondb.ack, folder, seqs, "processing")
+                log.info("fed #%s into the running turn", seqs)
+        await asyncio.wait({turn})
 
     async def _clear(self, rows: list[sessiondb.InboundMessage]) -> None:
         """/clear: forget the conversation; the next message starts a fresh one."""
@@ -406,12 +471,12 @@ class Runner:
         return "".join(f'<delivery-failed seq="{seq}">{html.escape(error, quote=False)}</delivery-failed>\n'
                        for seq, error in failures)
 
-    async def _handle(self, batch: list[sessiondb.InboundMessage], woke: float) -> None:
+    async def _handle(self, batch: list[sessiondb.InboundMessage], woke: float, seqs: list[int]) -> None:
+        """Run one turn for `batch`; `seqs` grows while it runs as follow-ups are fed in."""
         folder = self.config.session_dir
-        seqs = [m.seq for m in batch]
         # The claim is written while Claude Code already works: it only has to land before the
         # final ack, and a crash before it merely leaves the rows pending, to be run again.
-        claim = asyncio.create_task(asyncio.to_thread(sessiondb.ack, folder, seqs, "processing"))
+        claim = asyncio.create_task(asyncio.to_thread(sessiondb.ack, folder, list(seqs), "processing"))
         self.agent.heartbeat.touch()  # a turn starts: the host measures silence from here
         self.state.begin(reply_to=[m.seq for m in batch if m.trigger][-1])
         prompt = await asyncio.to_thread(self._delivery_notes) + format_prompt(batch)
@@ -435,14 +500,13 @@ class Runner:
 
     def _finish(self, outcome: TurnOutcome, seqs: list[int]) -> str:
         """Blocking tail of a turn: make sure the chat hears back, then ack."""
-        reply: tuple[str, str] | None = None
+        replies = [(text, f"result:{i}") for i, text in enumerate(outcome.unsent)]
         if outcome.error is not None:
             log.warning("turn failed: %s", outcome.error)
-            reply = (f"Sorry — the agent failed: {outcome.error}", "failed")
-        elif not self.state.sent and outcome.result.strip():
-            reply = (outcome.result.strip(), "result")  # the agent answered without send_message
-        if reply is not None and tools.write_reply(self.state, reply[0], suffix=reply[1]) is None:
-            log.warning("no session routing: the reply to #%s had nowhere to go", self.state.reply_to)
+            replies = [(f"Sorry — the agent failed: {outcome.error}", "failed")]
+        for text, suffix in replies:
+            if tools.write_reply(self.state, text, suffix=suffix) is None:
+                log.warning("no session routing: the reply to #%s had nowhere to go", self.state.reply_to)
         status = "failed" if outcome.error is not None else "completed"
         sessiondb.ack(self.config.session_dir, seqs, status)
         return status

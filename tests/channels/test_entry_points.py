@@ -68,7 +68,8 @@ def test_a_bridge_from_another_package_runs_and_is_listed(tmp_path: Path, nats_s
         assert "acme-clawden-bridge 1.0" in lines["acme"] and "running" in lines["acme"], listing.stdout
         # Telegram ships with Clawden: listed by Clawden's own entry point (or as built in from a
         # source tree that was never pip-installed).
-        assert ("clawden " in lines["telegram"] or "built in" in lines["telegram"]) and "not running" in lines["telegram"]
+        telegram = lines["telegram"]
+        assert ("clawden " in telegram or "built in" in telegram) and "not running" in telegram
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:

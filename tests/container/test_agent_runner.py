@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from clawden import sessiondb
-from tests.fakes.anthropic import Error, FakeAnthropic, Hang, Text, start_in_thread
+from tests.fakes.anthropic import Error, FakeAnthropic, Hang, Text, ToolCall, start_in_thread
 
 REPO = Path(__file__).resolve().parents[2]
 ROUTING = sessiondb.Routing("telegram", "chat-42")
@@ -334,3 +334,25 @@ def test_sigterm_mid_turn_exits_and_the_message_runs_again_in_the_next_container
     assert "interrupted by a restart" in reply.content["text"]
     assert session.acks() == {seq: "completed"}
     assert sessiondb.get_state(session.dir, "claude_session_id") == conversation_id
+
+
+def test_a_message_sent_during_a_turn_is_fed_into_it(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    agent = start_agent()
+    fake.script(Hang(then=ToolCall("send_message", {"text": "answer one"})),
+                ToolCall("send_message", {"text": "answer two"}), Text("done"))
+    first = session.send("first question")
+    session.wait(lambda: True if any("first question" in conversation(r.body)
+                                     for r in fake.messages_requests(with_tools=True)) else None)
+    seen = len(fake.messages_requests(with_tools=True))
+    second = session.send("second question")
+    # Taken by the running turn (not left for the next one) while the model still thinks about the first.
+    session.wait(lambda: True if session.acks().get(second) == "processing" else None)
+    assert session.acks()[first] == "processing"
+    fake.release()
+    session.wait(lambda: True if {session.acks().get(first), session.acks().get(second)} == {"completed"} else None)
+    assert [m.content["text"] for m in session.outbound()] == ["answer one", "answer two"]
+    # The model was shown the second question before its turn on the first one was over.
+    later = fake.messages_requests(with_tools=True)[seen:]
+    assert any("second question" in conversation(r.body) for r in later)
+    assert f"fed #[{second}] into the running turn" in agent.log.read_text()
