@@ -10,5 +10,7 @@ import pkgutil
 
 def register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         module.register(sub)

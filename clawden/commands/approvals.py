@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clawden import config as config_mod
 from clawden import control
+from clawden.commands._output import show as _show
+from clawden.commands._output import table as _table
+from clawden.commands._output import when as _when
 
 Payload = dict[str, Any]
 if TYPE_CHECKING:  # subscriptable only to the type checker
@@ -25,24 +25,7 @@ def _call(args: argparse.Namespace, verb: str, payload: Payload) -> Any:
     return control.run(cfg, "approvals", verb, payload)
 
 
-def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
-    cells = [[str(c) for c in header], *[["" if c is None else str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
-
-def _when(at: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
-
-
-def _show(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> int:
-    if args.json:
-        print(json.dumps(data, indent=2))
-    elif isinstance(data, list) and not data:
-        print("(none)")
-    else:
-        print(render(data))
-    return 0
 
 
 def _render_list(rows: list[Payload]) -> str:

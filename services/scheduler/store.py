@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from clawden import migrations
 from services.scheduler import schedule as sched
 from services.scheduler.catchup import Outcome, Plan, Policy
 
@@ -121,23 +122,7 @@ class Change:
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:
-    """Apply the migrations not yet applied, each in its own transaction; returns their names."""
-    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, at REAL)")
-    done = {row[0] for row in conn.execute("SELECT name FROM migrations")}
-    applied = []
-    for name, sql in MIGRATIONS:
-        if name in done:
-            continue
-        # executescript commits first, so the BEGIN/COMMIT pair makes the migration atomic.
-        try:
-            conn.executescript(f"BEGIN IMMEDIATE; {sql}; INSERT INTO migrations VALUES ('{name}', {time.time()});"
-                               " COMMIT;")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        applied.append(name)
-    return applied
+    return migrations.apply(conn, MIGRATIONS)
 
 
 class Store:
