@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 from pathlib import Path
@@ -23,8 +24,16 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"Clawden home: {cfg.home}")
     print(f"  config:      {cfg.path('config.toml')}")
     print(f"  agent group: {cfg.groups_dir / 'main'} (edit its CLAUDE.md to shape the assistant)")
-    if not (cfg.keys_dir / "anthropic").exists():
-        print(f"  model key:   put your Anthropic API key in {cfg.keys_dir / 'anthropic'} (mode 0600)"
+    key_file = cfg.keys_dir / "anthropic"
+    if not key_file.exists() and sys.stdin.isatty():
+        key = getpass.getpass("  Anthropic API key (kept by the vault only; Enter to skip): ").strip()
+        if key:
+            key_file.touch(mode=0o600)
+            key_file.write_text(key + "\n")
+    if key_file.exists():
+        print(f"  model key:   {key_file} (the vault makes it its `anthropic` secret)")
+    else:
+        print(f"  model key:   put your Anthropic API key in {key_file} (mode 0600)"
               " or export ANTHROPIC_API_KEY before `clawden up`")
     return 0
 
