@@ -108,7 +108,11 @@ class AgentProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "clawden_agent"], env=env,
                                      stdout=self._log_file, stderr=subprocess.STDOUT)
         bell = session.dir / sessiondb.AGENT_BELL
-        session.wait(lambda: True if bell.exists() else None, deadline=10)
+        try:
+            session.wait(lambda: True if bell.exists() else None, deadline=10)
+        except BaseException:
+            self.kill()  # a runner that never came up must not leak its process and log file
+            raise
 
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
