@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import h11
 
+from tests.fakes.threaded import ThreadedServer
+
 DEFAULT_MODEL = "claude-fake-1"
 AFTER_TOOL_TEXT = "Done."
 AUX_TEXT = "Fake reply"
@@ -199,7 +201,7 @@ def error_json(status: int, message: str, type_: str | None = None) -> dict[str,
 
 # --- the server ---------------------------------------------------------------------------------
 
-class FakeAnthropic:
+class FakeAnthropic(ThreadedServer):
     """The fake API server. Script replies with `script()`; inspect `requests` afterwards.
 
     Scripted replies answer only agent turns (requests that offer tools) unless `script(...,
@@ -262,20 +264,6 @@ class FakeAnthropic:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-
-    def call(self, coro: Any) -> Any:
-        """Run a coroutine of this fake on its loop from another thread (see `start_in_thread`)."""
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
-
-    def stop_thread(self) -> None:
-        """Stop a fake started with `start_in_thread()`."""
-        if self._loop is None or self._thread is None:
-            return
-        asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._thread = None
 
     # scripting and inspection
     def script(self, *replies: Reply, any_request: bool = False) -> None:
@@ -473,29 +461,7 @@ def make_tls(hostnames: list[str], directory: str) -> FakeTLS:
 def start_in_thread(host: str = "127.0.0.1", port: int = 0) -> FakeAnthropic:
     """Run a fake on its own event loop in a daemon thread (for tests driving subprocesses)."""
     fake = FakeAnthropic()
-    ready = threading.Event()
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(fake.start(host, port))
-        except BaseException as exc:
-            failure.append(exc)
-            ready.set()
-            loop.close()
-            return
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
-
-    fake._thread = threading.Thread(target=run, name="fake-anthropic", daemon=True)
-    fake._thread.start()
-    ready.wait(timeout=10)
-    if failure:
-        raise failure[0]
+    fake._serve_in_thread(host, port, "fake-anthropic")
     return fake
 
 

@@ -33,6 +33,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
+from tests.fakes.threaded import ThreadedServer
+
 TOKEN = "7012345678:AAFakeTokenForTestsOnly-abcdefghijklmn"
 MAX_TEXT = 4096
 DOWNLOAD_LIMIT = 20 * 1024 * 1024
@@ -133,7 +135,7 @@ def auto_entities(text: str) -> list[dict[str, Any]]:
     return found
 
 
-class FakeTelegram:
+class FakeTelegram(ThreadedServer):
     """The fake server. World-building and inspection methods are safe to call from any thread."""
 
     def __init__(self, token: str = TOKEN, bot_username: str = "clawden_test_bot") -> None:
@@ -192,38 +194,8 @@ class FakeTelegram:
 
     def start_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> FakeTelegram:
         """Serve from a daemon thread with its own loop, so a test may block (subprocess waits) freely."""
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            try:
-                loop.run_until_complete(self.start(host, port))
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-telegram", daemon=True)
-        self._thread.start()
-        ready.wait(timeout=10)
-        if failure:
-            raise failure[0]
+        self._serve_in_thread(host, port, "fake-telegram")
         return self
-
-    def stop_thread(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._thread = None
 
     def _notify(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
