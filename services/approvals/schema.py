@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-
-from clawden import migrations
-
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_approvals", """
         -- One row per request, kept after the decision: it is the record of who decided what.
@@ -63,6 +59,3 @@ MIGRATIONS: list[tuple[str, str]] = [
     """),
 ]
 
-
-def migrate(conn: sqlite3.Connection) -> list[str]:
-    return migrations.apply(conn, MIGRATIONS)

@@ -6,18 +6,19 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from clawden import servicedb
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from services.approvals import cards, policy
-from services.approvals.schema import migrate
+from services.approvals.schema import MIGRATIONS
 
 log = logging.getLogger("clawden.approvals")
 DECIDER = "approvals"  # decided_by when no person decided (no approver, undeliverable card)
@@ -51,27 +52,15 @@ class Store:
 
     @classmethod
     def open(cls, path: Path) -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")  # a decision, once told, is never forgotten
-        conn.execute("PRAGMA busy_timeout = 5000")
-        migrate(conn)
+        # FULL: a decision, once told, is never forgotten.
+        conn, _ = servicedb.open_db(path, MIGRATIONS, synchronous="FULL")
         return cls(conn)
 
     def close(self) -> None:
         self.conn.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return servicedb.transaction(self.conn)
 
     def _emit(self, subject: str, msg_id: str, event: ev.Event) -> None:
         self.conn.execute("INSERT INTO outbox (subject, msg_id, payload) VALUES (?, ?, ?)",

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-
-from clawden import migrations
-
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_skeleton", """
         CREATE TABLE agent_groups (
@@ -183,6 +179,3 @@ MIGRATIONS: list[tuple[str, str]] = [
     """),
 ]
 
-
-def migrate(conn: sqlite3.Connection) -> list[str]:
-    return migrations.apply(conn, MIGRATIONS)

@@ -18,6 +18,7 @@ from typing import Literal
 
 import msgspec
 
+from clawden import servicedb
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from services.router import cards, engage, schema
@@ -113,17 +114,9 @@ class RouterStore:
 
     @classmethod
     def open(cls, path: Path, runner_id: str = "local") -> RouterStore:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), not the module's.
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL survives any process crash; only a power cut can lose the last commits, the
         # same bound JetStream's own file store gives (it syncs every couple of minutes).
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA busy_timeout = 5000")
-        conn.execute("PRAGMA foreign_keys = ON")
-        applied = schema.migrate(conn)
+        conn, applied = servicedb.open_db(path, schema.MIGRATIONS, synchronous="NORMAL", foreign_keys=True)
         if applied:
             log.info("router.db migrated: %s", ", ".join(applied))
         return cls(conn, runner_id)
@@ -133,14 +126,12 @@ class RouterStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            yield self.conn
+            with servicedb.transaction(self.conn) as conn:
+                yield conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
             self.reload()  # the in-memory copies may hold what was just rolled back
             raise
-        self.conn.execute("COMMIT")
 
     def reload(self) -> None:
         """Re-read the in-memory copies (roles, pairing codes, destinations) after a write."""

@@ -7,13 +7,12 @@ import json
 import logging
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from clawden import sessiondb, unixsock
+from clawden import servicedb, sessiondb, unixsock
 from clawden.bus import events as ev
 
 log = logging.getLogger("clawden.runner.sessions")
@@ -26,23 +25,24 @@ class SessionInfo:
     route: ev.Route
 
 
+MIGRATIONS = [
+    ("0001_runner", """
+        CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, agent_group TEXT NOT NULL,
+            channel TEXT NOT NULL, chat_id TEXT NOT NULL, thread_id TEXT, updated_at REAL NOT NULL);
+        CREATE TABLE IF NOT EXISTS questions (id TEXT PRIMARY KEY, session_id TEXT NOT NULL,
+            options TEXT NOT NULL, asked_at REAL NOT NULL);
+        CREATE TABLE IF NOT EXISTS destinations (session_id TEXT NOT NULL, channel TEXT NOT NULL,
+            chat_id TEXT NOT NULL, thread_id TEXT, PRIMARY KEY (session_id, channel, chat_id));
+    """),
+]
+
+
 class SessionIndex:
     """`runner.db`: which group and chat each session belongs to. Kept outside the session folder,
     which the agent can write, so an agent cannot redirect its replies or remount another group."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, agent_group TEXT NOT NULL,"
-            " channel TEXT NOT NULL, chat_id TEXT NOT NULL, thread_id TEXT, updated_at REAL NOT NULL)")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS questions (id TEXT PRIMARY KEY, session_id TEXT NOT NULL,"
-            " options TEXT NOT NULL, asked_at REAL NOT NULL)")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS destinations (session_id TEXT NOT NULL, channel TEXT NOT NULL,"
-            " chat_id TEXT NOT NULL, thread_id TEXT, PRIMARY KEY (session_id, channel, chat_id))")
+        self.db, _ = servicedb.open_db(path, MIGRATIONS)
         self._cache: dict[str, SessionInfo] = {}
         for row in self.db.execute("SELECT id, agent_group, channel, chat_id, thread_id FROM sessions"):
             self._cache[row[0]] = SessionInfo(row[0], row[1], ev.Route(channel=row[2], chat_id=row[3],

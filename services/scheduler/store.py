@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from clawden import migrations
+from clawden import servicedb
 from services.scheduler import schedule as sched
 from services.scheduler.catchup import Outcome, Plan, Policy
 
@@ -122,7 +121,7 @@ class Change:
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:
-    return migrations.apply(conn, MIGRATIONS)
+    return servicedb.apply_migrations(conn, MIGRATIONS)
 
 
 class Store:
@@ -131,27 +130,15 @@ class Store:
 
     @classmethod
     def open(cls, path: Path) -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")  # a fired run is never forgotten by a power cut
-        conn.execute("PRAGMA busy_timeout = 5000")
-        migrate(conn)
+        # FULL: a fired run is never forgotten by a power cut.
+        conn, _ = servicedb.open_db(path, MIGRATIONS, synchronous="FULL")
         return cls(conn)
 
     def close(self) -> None:
         self.conn.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return servicedb.transaction(self.conn)
 
     # --- reading -------------------------------------------------------------------------------
 

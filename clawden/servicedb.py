@@ -1,0 +1,60 @@
+"""A service's own SQLite database: WAL, a busy timeout, named migrations applied once each, and
+immediate transactions. (The session pair has different rules: `clawden/sessiondb.py`.)"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+
+def open_db(path: Path, migrations: Sequence[tuple[str, str]], *,
+            synchronous: Literal["NORMAL", "FULL"] = "FULL", foreign_keys: bool = False
+            ) -> tuple[sqlite3.Connection, list[str]]:
+    """Open (creating the folder), set the pragmas, migrate; returns the connection and what was applied.
+
+    `isolation_level=None`: transactions are ours (`transaction()`), not the sqlite3 module's.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    if foreign_keys:
+        conn.execute("PRAGMA foreign_keys = ON")
+    return conn, apply_migrations(conn, migrations)
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[tuple[str, str]]) -> list[str]:
+    """Apply the migrations not yet applied, each in its own transaction; returns their names."""
+    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, at REAL)")
+    done = {row[0] for row in conn.execute("SELECT name FROM migrations")}
+    applied = []
+    for name, sql in migrations:
+        if name in done:
+            continue
+        # executescript commits first, so the BEGIN/COMMIT pair makes the migration atomic.
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE; {sql}; INSERT INTO migrations VALUES ('{name}', {time.time()});"
+                               " COMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied
