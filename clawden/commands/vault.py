@@ -18,6 +18,7 @@ from typing import Any
 
 from clawden import config as config_mod
 from clawden import control
+from clawden.commands._output import table as _table
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -58,13 +59,6 @@ def _read_value(args: argparse.Namespace) -> str:
     if not value:
         raise SystemExit("clawden: no value given (type it at the prompt or pipe it in)")
     return value
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in [header, *rows]]
-    return "\n".join(lines)
 
 
 def _describe(secret: dict[str, Any]) -> str:

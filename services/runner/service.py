@@ -279,10 +279,10 @@ class Runner:
             return
         folder = self.session_dir(info)
         rows = await asyncio.to_thread(sessiondb.read_new_outbound, folder)
+        allowed = await asyncio.to_thread(self.index.destinations, info.id) if rows else {}
         for row in rows:
             try:
-                actions = await asyncio.to_thread(translate, info, folder, row, self.index.destinations(info.id),
-                                                  self.cfg.runner.id)
+                actions = await asyncio.to_thread(translate, info, folder, row, allowed, self.cfg.runner.id)
             except Refused as exc:
                 log.warning("session %s: outbound #%d refused: %s", info.id, row.seq, exc,
                             extra={"session_id": info.id})
