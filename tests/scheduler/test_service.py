@@ -161,6 +161,7 @@ async def test_restart_after_five_missed_runs_catches_up_as_each_policy_says(
     scheduler.stop()
     stopped = time.time()
     await asyncio.sleep(5.5)  # five scheduled runs of each task pass with no scheduler
+    starting = time.time()
     await scheduler.start(bus.nc)
     restarted = time.time()
     await asyncio.sleep(2.5)
@@ -178,7 +179,12 @@ async def test_restart_after_five_missed_runs_catches_up_as_each_policy_says(
         sent_for_downtime = [s for s in sent if stopped < s <= restarted]
         if policy == "once":
             assert set(missed) <= {"missed", "caught_up"} and len(missed) >= 5, missed
-            assert len(sent_for_downtime) == 1, "exactly one run makes up for the downtime"
+            # One run makes up for the downtime: the latest missed one, or one that came due within
+            # the grace (half a period) of the new process's first look, which then fires on time.
+            caught_up = [r["scheduled_at"] for r in runs if r["outcome"] == "caught_up"]
+            assert len(caught_up) <= 1, caught_up
+            assert all(s in caught_up or s >= starting - 0.5 for s in sent_for_downtime), sent_for_downtime
+            assert caught_up or any(starting - 0.5 <= s <= restarted for s in sent_for_downtime), runs
         else:
             assert set(missed) == {"skipped"} and len(missed) >= 5, missed
             assert all(s >= restarted - 1 for s in sent_for_downtime), "nothing missed is fired"
