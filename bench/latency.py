@@ -69,7 +69,7 @@ async def measure(stack: Stack, warm: int, cold: int) -> dict[str, object]:
     cold_ms: list[float] = []
     phases: dict[str, list[float]] = {"create": [], "start": [], "agent_ready": [], "reply": []}
     for i in range(cold):
-        async with Terminal(stack.nats_url, f"cold-{i}") as term:
+        async with Terminal(stack, f"cold-{i}") as term:
             seen = len(stack.fake.requests)
             t0 = time.time()
             elapsed, session = await timed_turn(term, f"cold hello {i}")
@@ -90,7 +90,7 @@ async def measure(stack: Stack, warm: int, cold: int) -> dict[str, object]:
         print(f"  cold {i + 1}/{cold}: {elapsed:.0f} ms", file=sys.stderr)
 
     warm_ms: list[float] = []
-    async with Terminal(stack.nats_url, "warm") as term:
+    async with Terminal(stack, "warm") as term:
         _, session = await timed_turn(term, "warm up")
         await stack.wait_until_idle(session)
         for i in range(warm):

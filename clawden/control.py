@@ -6,7 +6,8 @@ import asyncio
 import json
 from typing import Any
 
-from clawden.bus import connect, subjects
+from clawden import natsauth
+from clawden.bus import subjects
 from clawden.config import Config
 
 
@@ -17,7 +18,7 @@ class ControlError(Exception):
 async def call(cfg: Config, service: str, verb: str, payload: dict[str, Any] | None = None,
                timeout: float = 10.0) -> Any:
     try:
-        nc = await asyncio.wait_for(connect(cfg.nats_url, "cli", max_reconnect_attempts=1), timeout)
+        nc = await asyncio.wait_for(natsauth.connect_as(cfg, natsauth.CLI, max_reconnect_attempts=1), timeout)
     except (TimeoutError, OSError) as exc:
         raise ControlError(f"cannot reach NATS at {cfg.nats_url}: is Clawden running?") from exc
     try:

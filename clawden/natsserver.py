@@ -37,11 +37,10 @@ def free_port() -> int:
 
 
 def command(port: int, store_dir: Path, *, config_file: Path | None = None) -> list[str]:
-    cmd = [str(binary()), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store_dir),
-           "--server_name", "clawden"]
-    if config_file is not None:
-        cmd += ["-c", str(config_file)]
-    return cmd
+    if config_file is not None:  # it names the address, the store and who may connect (natsauth.py)
+        return [str(binary()), "-c", str(config_file)]
+    return [str(binary()), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store_dir),
+            "--server_name", "clawden"]
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 10.0) -> None:
@@ -57,12 +56,13 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None, timeo
     raise NatsServerError(f"nats-server did not listen on 127.0.0.1:{port} within {timeout}s")
 
 
-def start(port: int, store_dir: Path, *, log_file: Path | None = None) -> subprocess.Popen[bytes]:
+def start(port: int, store_dir: Path, *, log_file: Path | None = None,
+          config_file: Path | None = None) -> subprocess.Popen[bytes]:
     """Start a JetStream-enabled, loopback-only server and wait until it accepts connections."""
     store_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
-    proc = subprocess.Popen(command(port, store_dir), stdout=out, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(port, store_dir, config_file=config_file), stdout=out,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         wait_listening(port, proc)
     except NatsServerError:

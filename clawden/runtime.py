@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.metadata
 import json
 import logging
 import os
+import pkgutil
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -17,14 +19,16 @@ from typing import Any, Protocol
 
 import nats.micro
 from nats.aio.client import Client
+from nats.errors import AuthorizationError
 from nats.js import JetStreamContext
 from nats.micro.request import Request
 from nats.micro.service import Service
 
 from clawden import __name__ as _pkg
 from clawden import config as config_mod
-from clawden import logs
-from clawden.bus import connect, ensure_streams, subjects
+from clawden import logs, natsauth
+from clawden.bus import ensure_streams, subjects
+from clawden.bus.streams import wait_streams
 from clawden.sdnotify import Notifier
 
 log = logging.getLogger("clawden.runtime")
@@ -94,8 +98,20 @@ class ServiceContext:
         log.info("%s ready", self.name)
 
 
-def _token(name: str) -> str:
-    return name.replace("@", "-")
+_token = natsauth.identity
+
+
+def installed_channels() -> dict[str, str]:
+    """Bridge name -> where it comes from: a package's entry point, or a module built into Clawden."""
+    found: dict[str, str] = {}
+    for entry in importlib.metadata.entry_points(group=CHANNEL_ENTRY_POINTS):
+        dist = entry.dist
+        found.setdefault(entry.name, f"{dist.name} {dist.version}" if dist is not None else entry.value)
+    package = importlib.import_module(CHANNEL_MODULE.rsplit(".", 1)[0])
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in found and hasattr(importlib.import_module(CHANNEL_MODULE.format(module.name)), "main"):
+            found[module.name] = "built in"
+    return dict(sorted(found.items()))
 
 
 def load_main(name: str) -> ServiceMain:
@@ -151,9 +167,30 @@ async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
         loop.add_signal_handler(sig, stopping.set)
 
     notifier.status(f"connecting to {cfg.nats_url}")
-    nc = await connect(cfg.nats_url, _token(name))
+    ident = natsauth.identity(name)
+    connecting = asyncio.ensure_future(natsauth.connect_as(cfg, ident))
+    stop_wait = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait({connecting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    if not connecting.done():  # told to stop while NATS was still away
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await connecting
+        return 0
+    try:
+        nc = connecting.result()
+    except natsauth.IdentityError as exc:
+        log.error("%s", exc)
+        return 1
+    except AuthorizationError:
+        log.error("NATS at %s refused the identity %r: `clawden init` gives each installed service one; "
+                  "then reload NATS (`systemctl reload clawden-nats`, or restart `clawden up`)", cfg.nats_url, ident)
+        return 1
     js = nc.jetstream()
-    await ensure_streams(js)
+    if ident in natsauth.CORE:
+        await ensure_streams(js)
+    else:  # a bridge may not shape streams; the core services make them
+        await wait_streams(js, notifier)
     ctx = ServiceContext(name=name, config=cfg, nc=nc, js=js, notifier=notifier, stopping=stopping)
     ctx._micro = await nats.micro.add_service(
         nc, name=f"clawden-{_token(name)}", version=VERSION,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from clawden import config as config_mod
+from clawden import natsauth
+from clawden.runtime import installed_channels
 
 STARTER_CLAUDE_MD = """\
 # Your assistant
@@ -33,4 +35,6 @@ def init(home: Path | None = None) -> config_mod.Config:
     shared.mkdir(exist_ok=True)
     if not (shared / "CLAUDE.md").exists():
         (shared / "CLAUDE.md").write_text(GLOBAL_CLAUDE_MD)
+    if cfg.embedded_nats:
+        natsauth.write_server_config(cfg, tuple(installed_channels()))
     return cfg

@@ -9,11 +9,12 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from clawden import config as config_mod
-from clawden.bus import connect, subjects
+from clawden import natsauth
+from clawden.bus import subjects
 
 
 async def status(cfg: config_mod.Config, wait: float = 0.5) -> dict[str, Any]:
-    nc = await asyncio.wait_for(connect(cfg.nats_url, "cli", max_reconnect_attempts=1), 5)
+    nc = await asyncio.wait_for(natsauth.connect_as(cfg, natsauth.CLI, max_reconnect_attempts=1), 5)
     try:
         found: list[dict[str, Any]] = []
         inbox = nc.new_inbox()

@@ -15,13 +15,12 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from types import FrameType
 
-from clawden import natsserver, setup
+from clawden import natsauth, natsserver, setup
 from clawden.config import Config
-from clawden.runtime import CHANNEL_ENTRY_POINTS
+from clawden.runtime import installed_channels
 
 SERVICES = ("vault", "router", "runner", "scheduler", "approvals")
 STOP_TIMEOUT = 15.0
@@ -66,7 +65,8 @@ class Supervisor:
                                  "(or set [nats] port in config.toml)")
         except OSError:
             pass
-        self.nats = natsserver.start(self.cfg.nats.port, self.cfg.data_dir / "nats", log_file=log)
+        self.nats = natsserver.start(self.cfg.nats.port, self.cfg.data_dir / "nats", log_file=log,
+                                     config_file=natsauth.conf_path(self.cfg))
         self.say(f"nats      {self.cfg.nats_url:<28} log: {log}")
 
     def spawn(self, child: Child) -> None:
@@ -152,7 +152,7 @@ class Supervisor:
 def configured_bridges(cfg: Config, environ: dict[str, str] | None = None) -> list[str]:
     """Bridges with a token (`keys/<name>` or `CLAWDEN_<NAME>_TOKEN`): `clawden up` runs those."""
     env = dict(os.environ) if environ is None else environ
-    names = {"telegram"} | {e.name for e in metadata.entry_points(group=CHANNEL_ENTRY_POINTS)}
+    names = installed_channels()
     return [f"channel@{n}" for n in sorted(names)
             if (cfg.keys_dir / n).exists() or env.get(f"CLAWDEN_{n.upper()}_TOKEN")]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import AuthorizationError
 from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
 
@@ -23,14 +25,27 @@ log = logging.getLogger("clawden.bus")
 E = TypeVar("E")
 
 
+def inbox_prefix(name: str) -> str:
+    """Replies to `name` arrive under this prefix only: with per-service NATS permissions, no other
+    identity may subscribe to it (natsauth.py)."""
+    return f"_INBOX_{name.replace('@', '_')}"
+
+
 async def connect(url: str, name: str, **options: Any) -> Client:
-    """Connect with reconnect-forever, a private inbox prefix, and callbacks that never raise."""
+    """Connect with reconnect-forever, a private inbox prefix, and callbacks that never raise.
+
+    A server that is not up yet is waited for; one that refuses our credentials is not: that
+    raises `AuthorizationError` at once instead of retrying forever.
+    """
     nc = Client()
+    refused = asyncio.Event()
 
     # Logging never raises (handler errors go to handleError), which matters: a raising callback
     # stops nats-py from reconnecting (nats.py#204).
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
+        if not nc.is_connected and "authorization violation" in str(exc).lower():
+            refused.set()
 
     async def on_disconnected() -> None:
         if not (nc.is_closed or nc.is_draining):
@@ -45,7 +60,7 @@ async def connect(url: str, name: str, **options: Any) -> Client:
     settings: dict[str, Any] = {
         "servers": [url],
         "name": f"clawden-{name}",
-        "inbox_prefix": f"_INBOX_{name.replace('@', '_')}".encode(),
+        "inbox_prefix": inbox_prefix(name).encode(),
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
         "connect_timeout": 2,
@@ -54,8 +69,21 @@ async def connect(url: str, name: str, **options: Any) -> Client:
         "reconnected_cb": on_reconnected,
         "closed_cb": on_closed,
     }
-    await nc.connect(**(settings | options))
-    return nc
+    connecting = asyncio.ensure_future(nc.connect(**(settings | options)))
+    refusal = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait({connecting, refusal}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refusal.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            await nc.close()
+    if not connecting.cancelled():
+        connecting.result()  # raises what a connect without retries raised
+        return nc
+    raise AuthorizationError(f"NATS at {url} refused the credentials of {name!r}")
 
 
 async def publish(js: JetStreamContext, subject: str, event: events.Event, *, msg_id: str,

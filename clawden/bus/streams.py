@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -71,6 +73,9 @@ class Consumer:
 
     def config(self) -> ConsumerConfig:
         return ConsumerConfig(
+            # A name makes the client create it at `CONSUMER.CREATE.<stream>.<name>.<filter>`, which the
+            # server checks against the config: a NATS permission can then pin both (natsauth.py).
+            name=self.durable,
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.NEW if self.deliver_new else DeliverPolicy.ALL,
@@ -119,6 +124,10 @@ def runner_receipts(runner_id: str) -> Consumer:
     return Consumer("CLAWDEN_RECEIPTS", f"runner-{runner_id}-receipts", subjects.ALL_RECEIPTS)
 
 
+def runner_decisions(runner_id: str) -> Consumer:
+    return Consumer("CLAWDEN_APPROVALS", f"runner-{runner_id}-decisions", f"{subjects.PREFIX}.approval.decision.>")
+
+
 def bridge_outbound(channel: str) -> Consumer:
     # One message in flight: a chat's messages leave in order, even across a bridge crash (with more
     # pending, the next process would be handed newer ones before the old ones' redelivery). The
@@ -142,6 +151,19 @@ async def ensure_streams(js: JetStreamContext, streams: tuple[Stream, ...] = STR
             await js.add_stream(cfg)
         else:
             await js.update_stream(cfg)
+
+
+async def wait_streams(js: JetStreamContext, notifier: Any = None, streams: tuple[Stream, ...] = STREAMS) -> None:
+    """For a service that may not create streams: wait, with a note, until the core services have."""
+    for stream in streams:
+        while True:
+            try:
+                await js.stream_info(stream.name)
+                break
+            except NotFoundError:
+                if notifier is not None:
+                    notifier.status(f"waiting for stream {stream.name} (is the router running?)")
+                await asyncio.sleep(1.0)
 
 
 async def ensure_consumer(js: JetStreamContext, consumer: Consumer) -> None:

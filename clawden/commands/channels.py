@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import importlib.metadata
-import pkgutil
 import time
 from pathlib import Path
 from typing import Any
 
 from clawden import config as config_mod
-from clawden.runtime import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE
-
-
-def installed() -> dict[str, str]:
-    """Bridge name -> where it comes from: a package's entry point, or a module built into Clawden."""
-    found: dict[str, str] = {}
-    for entry in importlib.metadata.entry_points(group=CHANNEL_ENTRY_POINTS):
-        dist = entry.dist
-        found.setdefault(entry.name, f"{dist.name} {dist.version}" if dist is not None else entry.value)
-    package = importlib.import_module(CHANNEL_MODULE.rsplit(".", 1)[0])
-    for module in pkgutil.iter_modules(package.__path__):
-        if module.name not in found and hasattr(importlib.import_module(CHANNEL_MODULE.format(module.name)), "main"):
-            found[module.name] = "built in"
-    return dict(sorted(found.items()))
+from clawden.runtime import installed_channels
 
 
 async def running(cfg: config_mod.Config) -> dict[str, dict[str, Any]] | None:
@@ -55,7 +39,7 @@ def describe(name: str, ping: dict[str, Any] | None) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     cfg = config_mod.load(Path(args.home).expanduser() if args.home else None)
-    bridges = installed()
+    bridges = installed_channels()
     pings = asyncio.run(running(cfg))
     for name in sorted(set(bridges) | set(pings or {})):
         state = describe(name, (pings or {}).get(name)) if pings is not None else "unknown (NATS unreachable)"

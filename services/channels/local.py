@@ -15,7 +15,8 @@ from typing import TextIO
 
 from nats.aio.msg import Msg
 
-from clawden.bus import Consumer, bind, connect, consume, ensure_streams, publish, subjects
+from clawden import natsauth
+from clawden.bus import Consumer, bind, consume, ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from clawden.config import Config
 from services.channels.delivery import render_text
@@ -86,7 +87,8 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
                timeout: float = 300.0, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    nc = await asyncio.wait_for(connect(cfg.nats_url, f"channel-{CHANNEL}", max_reconnect_attempts=3), 10)
+    # The owner's terminal: the CLI identity (a bridge's identity could not make a durable per terminal).
+    nc = await asyncio.wait_for(natsauth.connect_as(cfg, natsauth.CLI, max_reconnect_attempts=3), 10)
     js = nc.jetstream()
     await ensure_streams(js)
     sub = await bind(js, terminal_outbound(chat_id))

@@ -24,9 +24,9 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from clawden import sessiondb
-from clawden.bus import Consumer, ConsumeStats, Retry, bind, consume, publish, subjects
+from clawden.bus import ConsumeStats, Retry, bind, consume, publish, subjects
 from clawden.bus import events as ev
-from clawden.bus.streams import runner_receipts, runner_wake
+from clawden.bus.streams import runner_decisions, runner_receipts, runner_wake
 from clawden.config import GroupConfig
 from clawden.runtime import ServiceContext
 from services.runner.containers import LABEL_SESSION, ContainerSpec, Died, Docker, ImageMissing, container_user
@@ -586,8 +586,7 @@ async def main(ctx: ServiceContext) -> None:
         await runner.adopt()
         wakes = await bind(ctx.js, runner_wake(ctx.config.runner.id))
         receipts = await bind(ctx.js, runner_receipts(ctx.config.runner.id))
-        decisions = await bind(ctx.js, Consumer("CLAWDEN_APPROVALS", f"runner-{ctx.config.runner.id}-decisions",
-                                                f"{subjects.PREFIX}.approval.decision.>"))
+        decisions = await bind(ctx.js, runner_decisions(ctx.config.runner.id))
         await ctx.ready(f"runner {ctx.config.runner.id}: {len(runner.live)} containers adopted")
         wake_stats, receipt_stats = ConsumeStats(), ConsumeStats()
         ctx.stats["wakes"], ctx.stats["receipts"] = wake_stats, receipt_stats

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.docker
 
 
 async def test_ask_user_question_round_trip_through_the_local_channel(stack: Stack) -> None:  # noqa: F811
-    async with Terminal(stack.nats_url, "approvals-question") as term:
+    async with Terminal(stack, "approvals-question") as term:
         await stack.wait_until_idle((await term.ask("hello", timeout=90)).session_id)
         seen = len(tool_results(stack))
         stack.fake.script(ToolCall("ask_user_question", {"question": "Tea or coffee?",

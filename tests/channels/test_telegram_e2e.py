@@ -141,7 +141,7 @@ async def test_a_card_press_reaches_the_router_as_a_button_action(
     ada = telegram.user("Ada")
     chat = telegram.private_chat(ada)
     await wire(stack, chat)
-    bus = await Bus.open(stack.nats_url)
+    bus = Bus(await stack.connect("test-bus"))
     try:
         # As the approvals service will: a card on the chat's outbound subject.
         await bus.send(chat["id"], "The agent wants to use GitHub.", id="approval:e2e-1", card=ev.Card(

@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from clawden import natsserver, sessiondb, setup
+from clawden import config, natsauth, natsserver, sessiondb, setup
 from clawden.bus import bind, connect, consume, ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from services.channels.local import OUTBOUND, inbound_event, terminal_outbound
@@ -40,6 +40,11 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         return dict(os.environ, CLAWDEN_HOME=str(self.home))
+
+    async def connect(self, name: str = "test") -> Client:
+        """A client as the owner's CLI identity: the stack's NATS lets nobody in without one."""
+        seed = natsauth.seed_path(config.load(self.home), natsauth.CLI).read_text().strip()
+        return await connect(self.nats_url, name, nkeys_seed_str=seed)
 
     def containers(self) -> list[docker.models.containers.Container]:
         client = docker.from_env()
@@ -130,15 +135,15 @@ host_map = {{"api.anthropic.com" = "{fake_address}"}}
 class Terminal:
     """One terminal chat on the bus: sends lines, collects replies (and acknowledges them)."""
 
-    def __init__(self, nats_url: str, chat_id: str) -> None:
-        self.nats_url = nats_url
+    def __init__(self, stack: Stack, chat_id: str) -> None:
+        self.stack = stack
         self.chat_id = chat_id
         self.replies: asyncio.Queue[ev.OutboundMessage] = asyncio.Queue()
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
 
     async def __aenter__(self) -> Terminal:
-        self.nc = await connect(self.nats_url, f"test-{self.chat_id}")
+        self.nc = await self.stack.connect(f"test-{self.chat_id}")
         self.js = self.nc.jetstream()
         await ensure_streams(self.js)
         sub = await bind(self.js, terminal_outbound(self.chat_id))

@@ -23,7 +23,7 @@ async def runner_counters(stack: Stack) -> dict[str, int]:
 
 async def test_a_burst_of_messages_to_a_new_chat_starts_one_container(stack: Stack) -> None:
     started = (await runner_counters(stack))["started"]
-    async with Terminal(stack.nats_url, "burst") as term:
+    async with Terminal(stack, "burst") as term:
         for i in range(5):
             await term.send(f"burst {i}")
         replies = [await term.reply(timeout=90)]
@@ -39,8 +39,8 @@ async def test_a_burst_of_messages_to_a_new_chat_starts_one_container(stack: Sta
 
 
 async def test_chats_beyond_the_cap_wait_their_turn_are_told_and_all_get_answered(stack: Stack) -> None:
-    async with Terminal(stack.nats_url, "cap-a") as a, Terminal(stack.nats_url, "cap-b") as b, \
-            Terminal(stack.nats_url, "cap-c") as c:
+    async with Terminal(stack, "cap-a") as a, Terminal(stack, "cap-b") as b, \
+            Terminal(stack, "cap-c") as c:
         await stack.wait_until_idle((await a.ask("hello from a", timeout=90)).session_id)
         stack.fake.script(Hang())
         await a.send("a keeps the only slot busy")
@@ -58,7 +58,7 @@ async def test_chats_beyond_the_cap_wait_their_turn_are_told_and_all_get_answere
 
 
 async def test_a_session_with_a_corrupt_database_does_not_hold_up_another(stack: Stack) -> None:
-    async with Terminal(stack.nats_url, "broken") as broken, Terminal(stack.nats_url, "healthy") as healthy:
+    async with Terminal(stack, "broken") as broken, Terminal(stack, "healthy") as healthy:
         session = (await broken.ask("before the damage", timeout=90)).session_id
         await stack.wait_until_idle(session)
         for c in stack.containers():

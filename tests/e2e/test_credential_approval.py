@@ -65,7 +65,7 @@ def button(card: ev.OutboundMessage, approve: bool) -> str:
 
 @pytest.fixture
 async def owner(stack: Stack) -> Any:
-    async with Terminal(stack.nats_url, "terminal") as term:
+    async with Terminal(stack, "terminal") as term:
         await stack.wait_until_idle((await term.ask("hello", timeout=90)).session_id)  # a container runs
         cfg = config_mod.load(stack.home)
         await asyncio.to_thread(control.run, cfg, "vault", "rules-add", {

@@ -8,7 +8,6 @@ import os
 import signal
 import time
 
-import nats
 import pytest
 
 from clawden.bus import subjects
@@ -23,7 +22,7 @@ HANG_TIMEOUT = 4
 STACK_OPTIONS = {"idle_timeout": IDLE_TIMEOUT, "runner": f"hang_timeout = {HANG_TIMEOUT}\nmax_tries = 2"}
 
 async def service_pid(stack: Stack, service: str) -> int:
-    nc = await nats.connect(stack.nats_url)
+    nc = await stack.connect()
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -45,7 +44,7 @@ async def wait_for_request_containing(stack: Stack, text: str, after: int) -> No
 
 
 async def test_a_runner_killed_mid_turn_is_restarted_and_the_reply_arrives_once(stack: Stack) -> None:
-    async with Terminal(stack.nats_url, "runner-crash") as term:
+    async with Terminal(stack, "runner-crash") as term:
         await stack.wait_until_idle((await term.ask("hello", timeout=90)).session_id)
         old_pid = await service_pid(stack, "runner")
         stack.fake.script(Hang())
@@ -62,7 +61,7 @@ async def test_a_runner_killed_mid_turn_is_restarted_and_the_reply_arrives_once(
 
 
 async def test_a_router_killed_between_messages_loses_nothing(stack: Stack) -> None:
-    async with Terminal(stack.nats_url, "router-crash") as term:
+    async with Terminal(stack, "router-crash") as term:
         await term.ask("first", timeout=90)
         old_pid = await service_pid(stack, "router")
         os.kill(old_pid, signal.SIGKILL)
@@ -73,7 +72,7 @@ async def test_a_router_killed_between_messages_loses_nothing(stack: Stack) -> N
 
 
 async def test_an_idle_container_is_stopped_and_the_next_message_starts_one(stack: Stack) -> None:
-    async with Terminal(stack.nats_url, "idle") as term:
+    async with Terminal(stack, "idle") as term:
         first = await term.ask("hi", timeout=90)
         ours = [c for c in stack.containers() if c.labels["dev.clawden.session"] == first.session_id]
         assert len(ours) == 1
@@ -86,7 +85,7 @@ async def test_an_idle_container_is_stopped_and_the_next_message_starts_one(stac
 
 
 async def test_a_declared_long_bash_call_is_neither_idleness_nor_a_hang(stack: Stack) -> None:
-    async with Terminal(stack.nats_url, "long-turn") as term:
+    async with Terminal(stack, "long-turn") as term:
         await stack.wait_until_idle((await term.ask("hi", timeout=90)).session_id)
         # Silent for longer than both the idle and the hang timeout, but declared up front.
         stack.fake.script(ToolCall("Bash", {"command": f"sleep {HANG_TIMEOUT + 4}", "timeout": 60_000}),
@@ -100,7 +99,7 @@ async def test_a_declared_long_bash_call_is_neither_idleness_nor_a_hang(stack: S
 
 async def test_a_silent_container_is_stopped_its_user_told_and_the_message_failed_after_its_tries(
         stack: Stack) -> None:
-    async with Terminal(stack.nats_url, "hang") as term:
+    async with Terminal(stack, "hang") as term:
         await stack.wait_until_idle((await term.ask("hi", timeout=90)).session_id)
         stack.fake.script(Hang(), Hang())  # both tries hang at the model, so no heartbeat comes
         await term.send("this never finishes")

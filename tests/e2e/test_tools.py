@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from nats.aio.msg import Msg
 
@@ -48,7 +47,7 @@ class Tap:
 @pytest.fixture
 async def tap(stack: Stack) -> AsyncIterator[Tap]:
     t = Tap()
-    nc = await nats.connect(stack.nats_url)
+    nc = await stack.connect()
     await nc.subscribe("clawden.>", cb=t.on_msg)
     yield t
     await nc.close()
@@ -56,7 +55,7 @@ async def tap(stack: Stack) -> AsyncIterator[Tap]:
 
 @pytest.fixture
 async def term(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[Terminal]:
-    async with Terminal(stack.nats_url, request.node.name[:40].replace("[", "-").replace("]", "")) as t:
+    async with Terminal(stack, request.node.name[:40].replace("[", "-").replace("]", "")) as t:
         # A first turn starts the container; later turns are the tool calls under test.
         await stack.wait_until_idle((await t.ask("hello", timeout=90)).session_id)
         yield t
@@ -153,7 +152,7 @@ async def test_ask_user_question_waits_for_the_answer(stack: Stack, term: Termin
     await term.send("ask me something")
     asked = await tap.first(ev.ApprovalRequest, kind="question")
     assert asked.card.body == "Tea or coffee?" and asked.route.chat_id == term.chat_id
-    nc = await nats.connect(stack.nats_url)
+    nc = await stack.connect()
     try:
         decision = ev.ApprovalDecision(id=asked.id, decision="answered", value="2", decided_by="local:tester")
         await publish(nc.jetstream(), subjects.approval_decision(asked.id), decision, msg_id=f"d:{asked.id}")
@@ -213,7 +212,7 @@ async def test_clear_starts_a_fresh_conversation(stack: Stack, term: Terminal) -
 async def test_a_send_the_platform_refused_is_shown_to_the_agent(stack: Stack, term: Terminal) -> None:
     reply = await term.ask("send me something")
     await stack.wait_until_idle(reply.session_id)
-    nc = await nats.connect(stack.nats_url)
+    nc = await stack.connect()
     try:
         refused = ev.DeliveryReceipt(outbound_id=f"{reply.id}-refused", route=reply.route, ok=False,
                                      session_id=reply.session_id, seq=reply.seq, error="bot was blocked by the user")

@@ -49,7 +49,7 @@ def test_the_real_key_is_nowhere_in_the_container(stack: Stack) -> None:
 
 
 async def test_a_second_message_reuses_the_container_and_the_conversation(stack: Stack) -> None:
-    async with Terminal(stack.nats_url, "reuse") as term:
+    async with Terminal(stack, "reuse") as term:
         first = await term.ask("my name is Ada", timeout=90)
         assert "my name is Ada" in first.text
         containers = {c.labels["dev.clawden.session"]: c.id for c in stack.containers()}
@@ -64,7 +64,7 @@ async def test_a_second_message_reuses_the_container_and_the_conversation(stack:
 
 
 async def test_a_container_killed_mid_turn_is_replaced_and_the_message_answered_once(stack: Stack) -> None:
-    async with Terminal(stack.nats_url, "crash") as term:
+    async with Terminal(stack, "crash") as term:
         session = (await term.ask("warm up", timeout=90)).session_id
         [container] = [c for c in stack.containers() if c.labels["dev.clawden.session"] == session]
         await stack.wait_until_idle(session)

@@ -23,7 +23,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent
 
 
 async def test_remind_me_in_3_seconds_arrives_in_the_same_chat(stack: Stack) -> None:
-    async with Terminal(stack.nats_url, "reminders") as term:
+    async with Terminal(stack, "reminders") as term:
         due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
         when = due.isoformat()  # what a model writes for "in 3 seconds": an ISO time
         stack.fake.script(

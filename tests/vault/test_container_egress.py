@@ -19,8 +19,8 @@ import pytest
 
 from clawden import config as config_mod
 from clawden import control
-from clawden.bus import connect, subjects
 from clawden.bus import events as ev
+from clawden.bus import subjects
 from tests.e2e.harness import Stack, start_stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
@@ -143,7 +143,7 @@ def test_rules_hold_from_inside_the_container(stack: Stack) -> None:
 async def test_an_approval_gated_request_waits_then_passes_fails_or_expires(stack: Stack) -> None:
     await asyncio.to_thread(vault, stack, "rules-add", {"name": "e2e-ask", "action": "manual_approval",
                                                         "host": "api.anthropic.com", "path": "/v1/ask/*"})
-    nc = await connect(stack.nats_url, "test-approver")
+    nc = await stack.connect("test-approver")
     asks: asyncio.Queue[ev.ApprovalRequest] = asyncio.Queue()
 
     async def on_request(msg: Any) -> None:

@@ -1,0 +1,192 @@
+"""Per-service NATS identities: one nkey user per service, allowed only the subjects it needs.
+
+`clawden init` keeps a seed per identity in `keys/nats/<identity>.nk` (mode 0600) and writes the
+embedded server's `nats.conf` with each identity's public key and permissions. A service reads
+its seed from `$CREDENTIALS_DIRECTORY/nats.nk` (a systemd `LoadCredential=`), else from the home;
+with no seed it connects without one (an external server, or a test's open server).
+
+What each identity may do is derived from the bus contract: the durables it reads (so it may
+create, pull from and acknowledge only those, on the subject their filter names), the subjects
+it publishes to, the control endpoints it calls. A bridge may publish only its own inbound and
+receipt subjects and read only its own outbound subject; only the core services manage streams.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nkeys
+from nats.aio.client import Client
+
+from clawden.bus import connect, streams, subjects
+from clawden.bus.connection import inbox_prefix
+from clawden.config import Config
+
+SEED_CREDENTIAL = "nats.nk"  # the name under $CREDENTIALS_DIRECTORY
+CLI = "cli"  # the owner's command line: may do anything (it can read every seed anyway)
+CORE = ("router", "runner", "vault", "scheduler", "approvals")
+
+
+class IdentityError(RuntimeError):
+    pass
+
+
+def identity(service: str) -> str:
+    """`channel@telegram` -> `channel-telegram`: the name a service has on the bus."""
+    return service.replace("@", "-")
+
+
+@dataclass(frozen=True)
+class Grant:
+    consumes: tuple[streams.Consumer, ...] = ()
+    publishes: tuple[str, ...] = ()
+    subscribes: tuple[str, ...] = ()  # core NATS subscriptions to stream subjects
+    calls: tuple[str, ...] = ()  # control endpoints: (service, verb) as `service.verb`
+    manages_streams: bool = False
+
+
+def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
+    runner = cfg.runner.id
+    table = {
+        "router": Grant(
+            consumes=(streams.router_inbound(), streams.router_decisions()),
+            publishes=(subjects.ALL_WAKES, subjects.ALL_OUTBOUND, subjects.APPROVAL_REQUEST, subjects.APPROVAL_CLICK),
+            manages_streams=True),
+        "runner": Grant(
+            consumes=(streams.runner_wake(runner), streams.runner_receipts(runner), streams.runner_decisions(runner)),
+            publishes=(subjects.ALL_OUTBOUND, subjects.APPROVAL_REQUEST, subjects.ALL_TASKS),
+            calls=("vault.gateway", "scheduler.list"),
+            manages_streams=True),
+        "scheduler": Grant(
+            consumes=(streams.scheduler_tasks(),),
+            publishes=(subjects.ALL_WAKES, subjects.ALL_OUTBOUND),
+            manages_streams=True),
+        "approvals": Grant(
+            consumes=(streams.approvals_requests(), streams.approvals_clicks(), streams.approvals_receipts(),
+                      streams.approvals_inbound()),
+            publishes=(f"{subjects.PREFIX}.approval.decision.>", subjects.ALL_OUTBOUND),
+            calls=("router.approvers",),
+            manages_streams=True),
+        "vault": Grant(
+            publishes=(subjects.APPROVAL_REQUEST, f"{subjects.PREFIX}.event.vault.>"),
+            subscribes=(f"{subjects.PREFIX}.approval.decision.>",),
+            manages_streams=True),
+    }
+    for name in channels:
+        table[identity(f"channel@{name}")] = Grant(
+            consumes=(streams.bridge_outbound(name),),
+            publishes=(subjects.inbound(name), subjects.receipt(name)))
+    return table
+
+
+def _consumer_subjects(c: streams.Consumer) -> list[str]:
+    api = "$JS.API.CONSUMER"
+    return [f"{api}.CREATE.{c.stream}.{c.durable}.{c.filter_subject}", f"{api}.INFO.{c.stream}.{c.durable}",
+            f"{api}.MSG.NEXT.{c.stream}.{c.durable}", f"$JS.ACK.{c.stream}.{c.durable}.>"]
+
+
+def permissions(ident: str, grant: Grant) -> dict[str, Any]:
+    service = f"clawden-{ident}"
+    publish = [*grant.publishes, *(f"{subjects.PREFIX}.ctl.{call}" for call in grant.calls)]
+    for consumer in grant.consumes:
+        publish += _consumer_subjects(consumer)
+    names = sorted({s.name for s in streams.STREAMS})
+    publish += [f"$JS.API.STREAM.INFO.{n}" for n in names]
+    if grant.manages_streams:
+        publish += [f"$JS.API.STREAM.{verb}.{n}" for verb in ("CREATE", "UPDATE") for n in names]
+    subscribe = [f"{inbox_prefix(ident)}.>", f"{subjects.PREFIX}.ctl.{ident}.>",
+                 "$SRV.*", f"$SRV.*.{service}", f"$SRV.*.{service}.*", *grant.subscribes]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe},
+            "allow_responses": True}
+
+
+ADMIN_PERMISSIONS: dict[str, Any] = {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+
+
+# ---- seeds on disk ----
+
+def seed_dir(cfg: Config) -> Path:
+    return cfg.keys_dir / "nats"
+
+
+def seed_path(cfg: Config, ident: str) -> Path:
+    return seed_dir(cfg) / f"{ident}.nk"
+
+
+def new_seed() -> str:
+    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)).decode()
+
+
+def public_key(seed: str) -> str:
+    return str(nkeys.from_seed(bytearray(seed.strip().encode())).public_key.decode())
+
+
+def ensure_seed(cfg: Config, ident: str) -> str:
+    """This identity's seed, created (0600, written atomically) when it has none yet."""
+    path = seed_path(cfg, ident)
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    seed = new_seed()
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(seed + "\n")
+    os.replace(tmp, path)
+    return seed
+
+
+def load_seed(cfg: Config, ident: str, environ: dict[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    credentials = env.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / SEED_CREDENTIAL).exists():
+        return (Path(credentials) / SEED_CREDENTIAL).read_text().strip()
+    path = seed_path(cfg, ident)
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            raise IdentityError(f"{path} is readable by others; run: chmod 600 {path}")
+        return path.read_text().strip()
+    return None
+
+
+async def connect_as(cfg: Config, ident: str, **options: Any) -> Client:
+    """Connect to this install's NATS as `ident`, with its seed when it has one."""
+    seed = load_seed(cfg, ident)
+    if seed is not None:
+        options.setdefault("nkeys_seed_str", seed)
+    return await connect(cfg.nats_url, ident, **options)
+
+
+# ---- the embedded server's config ----
+
+def conf_path(cfg: Config) -> Path:
+    return cfg.path("nats.conf")
+
+
+def server_config(cfg: Config, channels: tuple[str, ...]) -> dict[str, Any]:
+    users = [{"nkey": public_key(ensure_seed(cfg, CLI)), "permissions": ADMIN_PERMISSIONS}]
+    for ident, grant in sorted(grants(cfg, channels).items()):
+        users.append({"nkey": public_key(ensure_seed(cfg, ident)), "permissions": permissions(ident, grant)})
+    return {
+        "server_name": "clawden",
+        "listen": f"127.0.0.1:{cfg.nats.port}",
+        "jetstream": {"store_dir": str(cfg.data_dir / "nats")},
+        "authorization": {"users": users},
+    }
+
+
+def write_server_config(cfg: Config, channels: tuple[str, ...]) -> Path:
+    """(Re)write nats.conf for the identities this install has; returns its path. JSON is valid
+    NATS config, and quoting every string keeps `$JS...` subjects from reading as variables."""
+    path = conf_path(cfg)
+    text = json.dumps(server_config(cfg, channels), indent=2) + "\n"
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o600)
+        os.replace(tmp, path)
+    return path

@@ -1,0 +1,160 @@
+"""Per-service NATS identities against a real nats-server running the config `clawden init` writes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+from nats.errors import AuthorizationError
+
+from clawden import config as config_mod
+from clawden import natsauth, natsserver, setup
+from clawden.bus import bind, connect, ensure_streams, subjects
+from clawden.bus import events as ev
+from clawden.bus.streams import bridge_outbound, runner_wake
+
+CHANNELS = ("telegram", "signal")
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Iterator[config_mod.Config]:
+    cfg = setup.init(tmp_path / "home")
+    cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, port=natsserver.free_port()))
+    natsauth.write_server_config(cfg, CHANNELS)
+    proc = natsserver.start(cfg.nats.port, cfg.data_dir / "nats", config_file=natsauth.conf_path(cfg))
+    yield cfg
+    proc.terminate()
+    proc.wait(10)
+
+
+class Client_:
+    """A connection as one identity that remembers the server's permission errors."""
+
+    def __init__(self, cfg: config_mod.Config, ident: str) -> None:
+        self.cfg, self.ident = cfg, ident
+        self.errors: list[str] = []
+        self.nc: Client | None = None
+
+    async def __aenter__(self) -> Client:
+        async def on_error(exc: Exception) -> None:
+            self.errors.append(str(exc).lower())  # nats-py lowercases them anyway
+
+        self.nc = await natsauth.connect_as(self.cfg, self.ident, error_cb=on_error)
+        return self.nc
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.nc is not None
+        await self.nc.close()
+
+
+@pytest.fixture
+async def streams_ready(cfg: config_mod.Config) -> AsyncIterator[None]:
+    async with Client_(cfg, "router") as nc:  # a core service makes the streams
+        await ensure_streams(nc.jetstream())
+    yield
+
+
+def inbound(channel: str) -> bytes:
+    return ev.encode(ev.InboundMessage(route=ev.Route(channel=channel, chat_id="1"), message_id="m1",
+                                       sender=ev.Sender(id=f"{channel}:1", name="Ada"), text="hi", sent_at=0.0))
+
+
+async def messages(cfg: config_mod.Config, stream: str) -> int:
+    async with Client_(cfg, natsauth.CLI) as nc:
+        return (await nc.jetstream().stream_info(stream)).state.messages
+
+
+async def test_a_bridge_may_publish_only_its_own_inbound_subject(
+        cfg: config_mod.Config, streams_ready: None) -> None:
+    bridge = Client_(cfg, "channel-telegram")
+    async with bridge as nc:
+        js = nc.jetstream()
+        ack = await js.publish(subjects.inbound("telegram"), inbound("telegram"), timeout=5)
+        assert ack.stream == "CLAWDEN_INBOUND"
+        for subject in (subjects.inbound("signal"), subjects.wake("local"), subjects.outbound("telegram"),
+                        subjects.APPROVAL_REQUEST):
+            with pytest.raises(TimeoutError):  # the server drops it: no stream ever acknowledges
+                await js.publish(subject, inbound("signal"), timeout=1)
+        await nc.flush()
+        await asyncio.sleep(0.1)
+    refused = [e for e in bridge.errors if "permissions violation for publish" in e]
+    assert len(refused) == 4, bridge.errors
+    assert any('"clawden.inbound.signal"' in e for e in refused)
+    assert any('"clawden.wake.local"' in e for e in refused)
+    assert await messages(cfg, "CLAWDEN_INBOUND") == 1
+    assert await messages(cfg, "CLAWDEN_WAKE") == 0
+
+
+async def test_a_bridge_reads_its_own_outbound_durable_and_no_other(
+        cfg: config_mod.Config, streams_ready: None) -> None:
+    bridge = Client_(cfg, "channel-telegram")
+    async with bridge as nc:
+        js = nc.jetstream()
+        puller = await bind(js, bridge_outbound("telegram"))  # create, then pull from its own durable
+        assert await puller.next(timeout=0.2) == []
+        await puller.stop()
+        with pytest.raises(TimeoutError):
+            await bind(js, bridge_outbound("signal"))
+        with pytest.raises(TimeoutError):
+            await bind(js, runner_wake("local"))
+    assert any("consumer.create.clawden_outbound.channel-signal" in e for e in bridge.errors), bridge.errors
+
+
+async def test_a_bridge_may_not_reshape_streams_or_read_another_identitys_replies(
+        cfg: config_mod.Config, streams_ready: None) -> None:
+    bridge = Client_(cfg, "channel-telegram")
+    async with bridge as nc:
+        config = json.dumps({"name": "CLAWDEN_INBOUND", "subjects": ["clawden.inbound.>"], "max_age": 1})
+        with pytest.raises(TimeoutError):
+            await nc.request("$JS.API.STREAM.UPDATE.CLAWDEN_INBOUND", config.encode(), timeout=1)
+        await nc.subscribe("_INBOX_router.>")
+        await nc.subscribe("clawden.ctl.vault.>")
+        await nc.flush()
+        await asyncio.sleep(0.1)
+    assert any("permissions violation for publish" in e and "stream.update" in e for e in bridge.errors)
+    assert any('subscription to "_inbox_router.>"' in e for e in bridge.errors), bridge.errors
+    assert any('subscription to "clawden.ctl.vault.>"' in e for e in bridge.errors), bridge.errors
+
+
+async def test_nobody_gets_in_without_a_known_key_and_a_refused_service_stops_trying(
+        cfg: config_mod.Config) -> None:
+    stranger = natsauth.new_seed()  # a well-formed key the server does not list
+    for options in ({}, {"nkeys_seed_str": stranger}):
+        # reconnect-forever waits for a server that is not up yet, but not for one that said no
+        with pytest.raises(AuthorizationError):
+            await asyncio.wait_for(connect(cfg.nats_url, "stranger", **options), 10)
+
+
+def test_seeds_are_private_and_each_identity_has_its_own(cfg: config_mod.Config) -> None:
+    folder = natsauth.seed_dir(cfg)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    seeds = {p.stem: p.read_text().strip() for p in folder.glob("*.nk")}
+    assert set(seeds) == {"cli", "router", "runner", "vault", "scheduler", "approvals",
+                          "channel-telegram", "channel-signal"}
+    assert len(set(seeds.values())) == len(seeds)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.glob("*.nk"))
+    assert stat.S_IMODE(natsauth.conf_path(cfg).stat().st_mode) == 0o600
+    conf = natsauth.conf_path(cfg).read_text()
+    assert all(seed not in conf for seed in seeds.values())  # public keys only
+    assert setup.init(cfg.home_path) and seeds == {p.stem: p.read_text().strip() for p in folder.glob("*.nk")}
+
+
+def test_a_seed_comes_from_the_systemd_credential_first_and_a_loose_one_is_refused(
+        cfg: config_mod.Config, tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / natsauth.SEED_CREDENTIAL).write_text("SUfromsystemd\n")
+    assert natsauth.load_seed(cfg, "router", {"CREDENTIALS_DIRECTORY": str(creds)}) == "SUfromsystemd"
+    path = natsauth.seed_path(cfg, "router")
+    assert natsauth.load_seed(cfg, "router", {}) == path.read_text().strip()
+    os.chmod(path, 0o644)
+    with pytest.raises(natsauth.IdentityError, match="chmod 600"):
+        natsauth.load_seed(cfg, "router", {})
+    assert natsauth.load_seed(cfg, "channel-unknown", {}) is None
