@@ -23,13 +23,26 @@ def priority(levelno: int) -> int:
     return 7
 
 
+# The journal fields Clawden writes, each `CLAWDEN_<NAME>` (`journalctl CLAWDEN_SESSION=s-…`), from
+# the `extra=` keys the code logs with; any other extra key becomes CLAWDEN_<KEY> as it is.
+FIELD_PREFIX = "CLAWDEN_"
+FIELDS = {"service": "SERVICE", "session_id": "SESSION", "agent_group": "GROUP", "message_id": "MESSAGE",
+          "task_id": "TASK"}
+
+
+def context(session_id: str = "", agent_group: str = "", message_id: str = "") -> dict[str, str]:
+    """`log.info(..., extra=logs.context(session, group, message))`, leaving out what is unknown."""
+    given = {"session_id": session_id, "agent_group": agent_group, "message_id": message_id}
+    return {k: v for k, v in given.items() if v}
+
+
 def extra_fields(record: logging.LogRecord) -> dict[str, str]:
-    """`log.info(..., extra={"session_id": s})` -> {"SESSION_ID": s}: filterable with journalctl."""
+    """`log.info(..., extra={"session_id": s})` -> {"SESSION": s}: CLAWDEN_SESSION in the journal."""
     out: dict[str, str] = {}
     for key, value in record.__dict__.items():
         if key in _STD_ATTRS or key.startswith("_"):
             continue
-        name = "".join(c if c.isalnum() else "_" for c in key.upper()).lstrip("_")
+        name = FIELDS.get(key) or "".join(c if c.isalnum() else "_" for c in key.upper()).lstrip("_")
         if name:
             out[name] = str(value)
     return out
@@ -46,7 +59,7 @@ class PrefixFormatter(logging.Formatter):
         message = record.getMessage()
         fields = extra_fields(record)
         if fields:
-            message += " " + " ".join(f"{k.lower()}={v}" for k, v in fields.items())
+            message += " " + " ".join(f"{k.lower()}={v}" for k, v in fields.items())  # session=s-…
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
         if self.journal:
@@ -58,9 +71,10 @@ class PrefixFormatter(logging.Formatter):
 class JournalHandler(logging.Handler):
     """The journal's native protocol: one datagram of KEY=VALUE fields per record."""
 
-    def __init__(self, identifier: str, address: str = JOURNAL_SOCKET) -> None:
+    def __init__(self, identifier: str, address: str = JOURNAL_SOCKET, service: str = "") -> None:
         super().__init__()
         self.identifier = identifier
+        self.service = service or identifier.removeprefix("clawden-")
         self.address = address
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
@@ -77,7 +91,8 @@ class JournalHandler(logging.Handler):
                 "CODE_FILE": record.pathname,
                 "CODE_LINE": str(record.lineno),
                 "CODE_FUNC": record.funcName,
-                **extra_fields(record),
+                f"{FIELD_PREFIX}SERVICE": self.service,
+                **{FIELD_PREFIX + k: v for k, v in extra_fields(record).items()},
             }
             self.sock.sendto(encode_journal_fields(fields), self.address)
         except Exception:
@@ -114,6 +129,7 @@ def setup(identifier: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        old.close()
     journal = stderr_is_journal()
     handler: logging.Handler
     if journal and os.path.exists(JOURNAL_SOCKET):

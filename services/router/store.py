@@ -18,7 +18,7 @@ from typing import Literal
 
 import msgspec
 
-from clawden import servicedb
+from clawden import logs, servicedb
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from services.router import cards, engage, schema
@@ -354,6 +354,9 @@ class RouterStore:
         )
         self._emit(session_id, subjects.wake(runner), wake.key, ev.encode(wake))
         out.counts["wakes" if action.trigger else "accumulated"] += 1
+        log.info("%s from %s:%s -> session %s of %s%s", event.key, event.route.channel, event.route.chat_id,
+                 session_id, action.agent_group, "" if action.trigger else " (context, no wake)",
+                 extra=logs.context(session_id, action.agent_group, event.key))
 
     def _reply(self, event: ev.InboundMessage, text: str, index: int, out: Outcome) -> None:
         reply = ev.OutboundMessage(id=f"router:{event.key}:{index}", route=event.route, text=text,

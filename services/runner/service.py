@@ -23,7 +23,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from clawden import sessiondb
+from clawden import logs, sessiondb
 from clawden.bus import ConsumeStats, Retry, bind, consume, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import runner_decisions, runner_receipts, runner_wake
@@ -112,6 +112,11 @@ class Runner:
     async def on_wake(self, wake: ev.Wake, msg: Msg) -> None:
         self.counters["wakes"] += 1
         info = SessionInfo(wake.session_id, wake.agent_group, wake.route)
+        # The message as its bridge named it (`<channel>:<platform id>`), as the router logged it too.
+        message = (f"{wake.route.channel}:{wake.message.platform_message_id}" if wake.message.platform_message_id
+                   else wake.message.id)
+        log.info("wake %s for session %s of %s", wake.key, info.id, info.agent_group,
+                 extra=logs.context(info.id, info.agent_group, message))
         lock = self.session_locks.setdefault(info.id, asyncio.Lock())
         async with lock:
             await asyncio.to_thread(self.index.put, info)
