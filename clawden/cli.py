@@ -24,6 +24,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"Clawden home: {cfg.home}")
     print(f"  config:      {cfg.path('config.toml')}")
     print(f"  agent group: {cfg.groups_dir / 'main'} (edit its CLAUDE.md to shape the assistant)")
+    if cfg.embedded_nats:
+        from clawden import natsauth
+
+        count = len(list(natsauth.seed_dir(cfg).glob("*.nk")))
+        print(f"  NATS:        {natsauth.conf_path(cfg)} ({count} identities, seeds in {natsauth.seed_dir(cfg)});"
+              " a running server reads changes on reload")
     key_file = cfg.keys_dir / "anthropic"
     if not key_file.exists() and sys.stdin.isatty():
         key = getpass.getpass("  Anthropic API key (kept by the vault only; Enter to skip): ").strip()
