@@ -1,0 +1,451 @@
+"""Systemd units and launchd plists for a real install: the templates in `units/` rendered for this
+install's interpreter, home and user, and the plan (files and commands) that installs or removes them.
+
+Template syntax, kept small on purpose: `@NAME@` is replaced by a value of this install (XML-escaped in
+plists), and a line starting with `@?flag@` is kept, without that prefix, only where the flag holds
+(`@?!flag@`: only where it does not).
+Everything else in a template is installed as written.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import plistlib
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from xml.sax.saxutils import escape
+
+from clawden import natsserver
+from clawden.config import Config
+
+Mode = Literal["system", "user", "launchd"]
+
+UNITS_DIR = Path(__file__).resolve().parents[1] / "units"
+SERVICES = ("vault", "router", "runner", "scheduler", "approvals")  # the core, as `clawden up` runs it
+TARGET = "clawden.target"
+NATS_UNIT = "clawden-nats.service"
+CHANNEL_TEMPLATE = "clawden-channel@.service"
+LABEL_PREFIX = "dev.clawden"
+SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
+# Hidden from every service by ProtectHome= and PrivateTmp=: install paths there are bound back read-only.
+HIDDEN = (Path("/home"), Path("/root"), Path("/run/user"), Path("/tmp"), Path("/var/tmp"))
+DOCKER_SOCKET = Path("/var/run/docker.sock")
+LINGER_DIR = Path("/var/lib/systemd/linger")  # logind's record of who lingers
+# What a unit file can carry without quoting or escaping (systemd specifiers use `%`, BindPaths `:`).
+SAFE_PATH = re.compile(r"/[\w.+,@~/-]*", re.ASCII)
+PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
+FLAG = re.compile(r"@\?(!?)([a-z][a-z0-9_]*)@")
+
+
+class UnitsError(Exception):
+    """Something the person running `clawden units` must fix; the message says how."""
+
+
+# ---- rendering (pure) ----------------------------------------------------------------------------
+
+def render(template: str, values: Mapping[str, str], flags: Mapping[str, bool]) -> str:
+    out: list[str] = []
+    for line in template.splitlines(keepends=True):
+        cond = FLAG.match(line)
+        if cond:
+            negate, flag = cond.groups()
+            if flag not in flags:
+                raise UnitsError(f"template flag {flag!r} is not defined")
+            if flags[flag] == bool(negate):
+                continue
+            line = line[cond.end():]
+
+        def value(m: re.Match[str]) -> str:
+            if m.group(1) not in values:
+                raise UnitsError(f"template placeholder @{m.group(1)}@ has no value")
+            return values[m.group(1)]
+
+        out.append(PLACEHOLDER.sub(value, line))
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Install:
+    """Everything about this install that the units name."""
+
+    mode: Mode
+    home: Path
+    python: Path
+    nats_server: Path | None  # None: an external NATS server, so no unit for it
+    user: str
+    group: str
+    user_home: Path
+    channels: tuple[str, ...] = ()  # bridges to run, one template instance each
+    read_only: tuple[Path, ...] = ()  # interpreter and code under hidden folders, bound back read-only
+    nats_seeds: bool = True  # every service has `keys/nats/<identity>.nk`, passed as a credential
+    docker_group: str | None = None
+    docker_host: str | None = None  # DOCKER_HOST as `clawden units install` saw it (rootless Docker, macOS)
+
+    @property
+    def uid(self) -> int:
+        return pwd.getpwnam(self.user).pw_uid
+
+    def values(self) -> dict[str, str]:
+        values = {
+            "PYTHON": str(self.python),
+            "CLAWDEN_HOME": str(self.home),
+            "USER": self.user,
+            "GROUP": self.group,
+            "WANTED_BY": "multi-user.target" if self.mode == "system" else "default.target",
+            "INSTALL_BINDS": " ".join(str(p) for p in self.read_only),
+            "CONFIG_DIR": str(self.user_home / ".config" / "clawden"),
+            "PATH": f"{self.python.parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        }
+        if self.nats_server is not None:
+            values["NATS_SERVER"] = str(self.nats_server)
+        if self.docker_group:
+            values["DOCKER_GROUP"] = self.docker_group
+        if self.docker_host:
+            values["DOCKER_HOST"] = self.docker_host
+        if self.docker_socket is not None:
+            values["DOCKER_SOCKET"] = str(self.docker_socket)
+        return values
+
+    @property
+    def docker_socket(self) -> Path | None:
+        """DOCKER_HOST's Unix socket where services cannot see it (rootless Docker's is in /run/user)."""
+        if not (self.docker_host or "").startswith("unix://"):
+            return None
+        path = Path((self.docker_host or "").removeprefix("unix://"))
+        return path if any(path.is_relative_to(h) for h in HIDDEN) else None
+
+    def flags(self) -> dict[str, bool]:
+        embedded = self.nats_server is not None
+        return {
+            "system": self.mode == "system",
+            "root": self.mode == "system" and self.user == "root",
+            "embedded_nats": embedded,
+            "remote_nats": not embedded and self.mode == "system",
+            "nats_seeds": self.nats_seeds,
+            "install_binds": bool(self.read_only),
+            "docker_group": bool(self.docker_group) and self.mode == "system",
+            "docker_host": bool(self.docker_host),
+            "docker_socket_hidden": self.docker_socket is not None,
+            # Docker over TCP (DOCKER_HOST=tcp://…) may be another machine: then the runner is not loopback-only.
+            "runner_loopback": embedded and (self.docker_host or "unix://").startswith("unix://"),
+        }
+
+    def check_paths(self) -> None:
+        paths = [self.home, self.python, self.user_home, *self.read_only]
+        paths += [self.docker_socket] if self.docker_socket is not None else []
+        paths += [self.nats_server] if self.nats_server is not None else []
+        if self.docker_host and not re.fullmatch(r"[\w.+,@~/:\[\]-]+", self.docker_host, re.ASCII):
+            raise UnitsError(f"DOCKER_HOST={self.docker_host!r} cannot go into a unit file as is")
+        for path in paths:
+            if not SAFE_PATH.fullmatch(str(path)):
+                raise UnitsError(f"{path}: unit files cannot name this path as is (only letters, digits and "
+                                 "._+,@~-/ are safe there); use a plainer path for the home or the venv")
+
+
+@dataclass(frozen=True)
+class UnitFile:
+    name: str  # as installed
+    text: str
+
+
+def _template(kind: str, name: str) -> str:
+    path = UNITS_DIR / kind / name
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise UnitsError(f"unit template {path} is missing: `clawden units` needs Clawden's source tree "
+                         "(install it with `pip install -e`)") from None
+
+
+def systemd_units(inst: Install) -> list[UnitFile]:
+    """The target, the NATS server (when embedded), one unit per service and the bridge template."""
+    inst.check_paths()
+    names = [TARGET, *([NATS_UNIT] if inst.nats_server is not None else []),
+             *(f"clawden-{s}.service" for s in SERVICES), CHANNEL_TEMPLATE]
+    values, flags = inst.values(), inst.flags()
+    return [UnitFile(n, render(_template("systemd", n), values, flags)) for n in names]
+
+
+def enabled_units(inst: Install) -> list[str]:
+    """What `systemctl enable` gets: the target and every unit it should pull in, bridges included."""
+    return [TARGET, *([NATS_UNIT] if inst.nats_server is not None else []),
+            *(f"clawden-{s}.service" for s in SERVICES), *(channel_unit(c) for c in inst.channels)]
+
+
+def channel_unit(channel: str) -> str:
+    return CHANNEL_TEMPLATE.replace("@", f"@{channel}")
+
+
+def label(name: str) -> str:
+    return f"{LABEL_PREFIX}.{name}"
+
+
+def launchd_plists(inst: Install) -> list[UnitFile]:
+    """One LaunchAgent per service, the NATS server (when embedded) and one per bridge."""
+    inst.check_paths()
+    values = {k: escape(v) for k, v in inst.values().items()}
+    flags = inst.flags()
+    jobs = [*(["nats"] if inst.nats_server is not None else []), *SERVICES]
+    plists = [UnitFile(f"{label(j)}.plist", render(_template("launchd", f"{label(j)}.plist"), values, flags))
+              for j in jobs]
+    template = _template("launchd", f"{label('channel')}.plist")
+    for channel in inst.channels:
+        text = render(template, {**values, "CHANNEL": escape(channel)}, flags)
+        plists.append(UnitFile(f"{label('channel.' + channel)}.plist", text))
+    for plist in plists:
+        check_plist(plist)
+    return plists
+
+
+def check_plist(plist: UnitFile) -> dict[str, object]:
+    """What launchd needs and plistlib cannot tell: a matching Label, absolute program and log paths."""
+    try:
+        data = plistlib.loads(plist.text.encode())
+    except (ValueError, plistlib.InvalidFileException) as exc:
+        raise UnitsError(f"{plist.name} is not a valid plist: {exc}") from exc
+    if data.get("Label") != plist.name.removesuffix(".plist"):
+        raise UnitsError(f"{plist.name}: Label {data.get('Label')!r} does not match the file name")
+    argv = data.get("ProgramArguments")
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)
+            and os.path.isabs(argv[0])):
+        raise UnitsError(f"{plist.name}: ProgramArguments must be strings starting with an absolute path")
+    for key in ("StandardOutPath", "StandardErrorPath", "WorkingDirectory"):
+        if not (isinstance(data.get(key), str) and os.path.isabs(data[key])):
+            raise UnitsError(f"{plist.name}: {key} must be an absolute path")
+    return dict(data)
+
+
+# ---- discovering this install ----------------------------------------------------------------------
+
+def default_mode() -> Mode:
+    if sys.platform == "darwin":
+        return "launchd"
+    return "system" if os.geteuid() == 0 else "user"
+
+
+def install_roots(python: Path, extra: Iterable[Path] = ()) -> tuple[Path, ...]:
+    """Where the interpreter, the venv and the code live, as far as those places are hidden from services."""
+    import clawden
+    import services
+
+    paths = sysconfig.get_paths()
+    candidates = {Path(os.path.realpath(python)), Path(sys.prefix), Path(sys.base_prefix),
+                  Path(clawden.__file__).resolve().parent, Path(services.__file__).resolve().parent,
+                  *(Path(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths),
+                  *extra}
+    hidden = sorted({c for c in candidates if c.exists() and any(c.is_relative_to(h) for h in HIDDEN)})
+    roots: list[Path] = []
+    for path in hidden:  # sorted, so a folder comes before what it holds
+        if not any(path.is_relative_to(r) for r in roots):
+            roots.append(path)
+    return tuple(roots)
+
+
+def discover(cfg: Config, mode: Mode, channels: Sequence[str],
+             environ: Mapping[str, str] | None = None) -> Install:
+    """This install as units see it: the running interpreter, the home and the home's owner."""
+    env = os.environ if environ is None else environ
+    home = cfg.home_path
+    if not home.is_dir():
+        raise UnitsError(f"no Clawden home at {home}: run `clawden init` first")
+    python = Path(sys.executable)
+    if not python.is_absolute():
+        raise UnitsError(f"cannot tell the interpreter's absolute path ({sys.executable!r})")
+    nats_server = None
+    if cfg.embedded_nats:
+        try:
+            nats_server = natsserver.binary()
+        except natsserver.NatsServerError as exc:
+            raise UnitsError(str(exc)) from None
+    # System services run as the home's owner; user services as whoever installs them.
+    account = pwd.getpwuid(home.stat().st_uid if mode == "system" else os.getuid())
+    user_home = Path(env.get("HOME") or account.pw_dir) if mode != "system" else Path(account.pw_dir)
+    roots = install_roots(python, [nats_server] if nats_server is not None else [])
+    seeds = [cfg.keys_dir / "nats" / f"{s}.nk" for s in [*SERVICES, *(f"channel-{c}" for c in channels)]]
+    return Install(
+        mode=mode, home=home, python=python, nats_server=nats_server, user=account.pw_name,
+        group=grp.getgrgid(account.pw_gid).gr_name, user_home=user_home, channels=tuple(channels),
+        read_only=tuple(r for r in roots if not r.is_relative_to(home)),
+        # Embedded NATS: the plan makes every seed before the units need it. External: only those present.
+        nats_seeds=cfg.embedded_nats or all(s.exists() for s in seeds),
+        docker_group=_docker_group(account, env) if mode == "system" else None,
+        docker_host=env.get("DOCKER_HOST") or None)
+
+
+def _docker_group(account: pwd.struct_passwd, env: Mapping[str, str]) -> str | None:
+    """The group owning the Docker socket, for the runner's SupplementaryGroups= (root needs none)."""
+    if account.pw_uid == 0:
+        return None
+    host = env.get("DOCKER_HOST", "")
+    socket = Path(host.removeprefix("unix://")) if host.startswith("unix://") else DOCKER_SOCKET
+    try:
+        return grp.getgrgid(socket.stat().st_gid).gr_name
+    except (OSError, KeyError):
+        return None
+
+
+# ---- the plan: files and commands ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Write:
+    path: Path
+    text: str
+
+    def __str__(self) -> str:
+        return f"write {self.path}"
+
+
+@dataclass(frozen=True)
+class Remove:
+    path: Path
+
+    def __str__(self) -> str:
+        return f"remove {self.path}"
+
+
+@dataclass(frozen=True)
+class Run:
+    argv: tuple[str, ...]
+    check: bool = True  # False: a failure is reported and the plan goes on
+    hint: str = ""
+
+    def __str__(self) -> str:
+        return "$ " + " ".join(self.argv)
+
+
+@dataclass(frozen=True)
+class Call:
+    """An in-process step (writing nats.conf), described for --dry-run."""
+
+    description: str
+    do: Callable[[], str] = field(compare=False)
+
+    def __str__(self) -> str:
+        return self.description
+
+
+Action = Write | Remove | Run | Call
+
+
+def identities(cfg: Config) -> Call | None:
+    """With the embedded server: each service's seed and nats.conf, as `clawden init` makes them (idempotent),
+    so that no unit's `LoadCredential=` names a missing file."""
+    if not cfg.embedded_nats:
+        return None
+    from clawden import natsauth
+    from clawden.runtime import installed_channels
+
+    channels = tuple(installed_channels())
+    conf = natsauth.conf_path(cfg)
+
+    def write() -> str:
+        natsauth.write_server_config(cfg, channels)
+        return f"nats identities: {conf} and {natsauth.seed_dir(cfg)}/<identity>.nk (0600)"
+
+    return Call(f"nats identities: {conf} and {natsauth.seed_dir(cfg)}/<identity>.nk (0600)", write)
+
+
+def unit_dir(mode: Mode, user_home: Path, environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    if mode == "system":
+        return SYSTEM_UNIT_DIR
+    if mode == "launchd":
+        return user_home / "Library" / "LaunchAgents"
+    config = env.get("XDG_CONFIG_HOME") or str(user_home / ".config")
+    return Path(config) / "systemd" / "user"
+
+
+def _systemctl(mode: Mode, *args: str) -> tuple[str, ...]:
+    return ("systemctl", *(["--user"] if mode == "user" else []), *args)
+
+
+def install_plan(inst: Install, folder: Path, identities: Call | None = None, *, now: bool = False) -> list[Action]:
+    if inst.mode == "launchd":
+        domain = f"gui/{inst.uid}"
+        plan: list[Action] = [identities] if identities else []
+        for plist in launchd_plists(inst):
+            path = folder / plist.name
+            plan += [Write(path, plist.text),
+                     Run(("launchctl", "bootout", f"{domain}/{plist.name.removesuffix('.plist')}"), check=False),
+                     Run(("launchctl", "bootstrap", domain, str(path)))]
+        return plan
+    plan = [identities] if identities else []
+    plan += [Write(folder / unit.name, unit.text) for unit in systemd_units(inst)]
+    plan.append(Run(_systemctl(inst.mode, "daemon-reload")))
+    plan.append(Run(_systemctl(inst.mode, "enable", *(["--now"] if now else []), *enabled_units(inst))))
+    if inst.nats_server is not None:  # a running server picks up identities added to nats.conf
+        plan.append(Run(_systemctl(inst.mode, "try-reload-or-restart", NATS_UNIT)))
+    if inst.mode == "user" and not (LINGER_DIR / inst.user).exists():
+        # Without polkit only root may turn it on: then say how, but the units are installed all the same.
+        plan.append(Run(("loginctl", "enable-linger", inst.user), check=False,
+                        hint=f"without linger your services start at your login and stop when you log out; "
+                             f"turn it on with `sudo loginctl enable-linger {inst.user}`"))
+    return plan
+
+
+def uninstall_plan(mode: Mode, folder: Path, uid: int) -> list[Action]:
+    """Stop, disable and remove whatever Clawden units or plists `folder` holds."""
+    if mode == "launchd":
+        plan: list[Action] = []
+        for path in sorted(folder.glob(f"{LABEL_PREFIX}.*.plist")):
+            plan += [Run(("launchctl", "bootout", f"gui/{uid}/{path.name.removesuffix('.plist')}"), check=False),
+                     Remove(path)]
+        return plan
+    files = sorted(p for p in folder.glob("clawden*") if p.is_file() and not p.is_symlink())
+    instances = sorted(p.name for p in (folder / f"{TARGET}.wants").glob("clawden-channel@?*.service"))
+    if not files and not instances:
+        return []
+    units = {p.name for p in files} - {CHANNEL_TEMPLATE}
+    plan = [Run(_systemctl(mode, "disable", "--now", *sorted(units), *instances), check=False),
+            Run(_systemctl(mode, "stop", "clawden-channel@*.service"), check=False)]
+    plan += [Remove(p) for p in files]
+    plan += [Run(_systemctl(mode, "daemon-reload")), Run(_systemctl(mode, "reset-failed", "clawden*"), check=False)]
+    return plan
+
+
+def apply(plan: Sequence[Action], say: Callable[[str], object], *, dry_run: bool = False) -> None:
+    """Carry the plan out in order, saying each step as it is done (or, dry, would be)."""
+    if not dry_run:
+        tools = {a.argv[0] for a in plan if isinstance(a, Run)}
+        missing = sorted(t for t in tools if shutil.which(t) is None)
+        if missing:
+            raise UnitsError(f"{', '.join(missing)} not found: this machine does not run "
+                             f"{'launchd' if 'launchctl' in missing else 'systemd'}. Run Clawden in the "
+                             "foreground with `clawden up`, or see the units with `clawden units show`")
+    for action in plan:
+        if dry_run:
+            say(str(action))
+            continue
+        if isinstance(action, Write):
+            action.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = action.path.with_name(f".{action.path.name}.tmp")
+            tmp.write_text(action.text)
+            tmp.chmod(0o644)
+            os.replace(tmp, action.path)
+            say(str(action))
+        elif isinstance(action, Remove):
+            action.path.unlink(missing_ok=True)
+            say(str(action))
+        elif isinstance(action, Call):
+            say(action.do())
+        else:
+            say(str(action))
+            result = subprocess.run(action.argv, capture_output=True, text=True, check=False)
+            output = (result.stdout + result.stderr).strip()
+            if result.returncode == 0:
+                continue
+            if action.check:
+                hint = f"\n{action.hint}" if action.hint else ""
+                raise UnitsError(f"`{' '.join(action.argv)}` failed ({result.returncode}): {output}{hint}")
+            say(f"  (exit {result.returncode}{': ' + output.splitlines()[-1] if output else ''})")
+            if action.hint:
+                say(f"  {action.hint}")
