@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build a Debian bookworm base image (clawden-base:bookworm) from Debian packages, for hosts
 # that cannot pull the configured base image. The mirror is read from the host's apt sources.
+# `--include a,b` adds packages (the systemd test image: `--tag clawden-systemd:bookworm
+# --include systemd,systemd-sysv,dbus`).
 set -euo pipefail
 
 TAG="${CLAWDEN_BASE_TAG:-clawden-base:bookworm}"
@@ -9,13 +11,14 @@ INCLUDE="python3,python3-venv,git,curl,ca-certificates,tini"
 FORCE=0
 
 usage() {
-    echo "usage: $0 [--force] [--tag TAG]" >&2
+    echo "usage: $0 [--force] [--tag TAG] [--include PKG,PKG...]" >&2
 }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --force) FORCE=1 ;;
         --tag) TAG="$2"; shift ;;
+        --include) INCLUDE="$INCLUDE,$2"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage; exit 2 ;;
     esac
@@ -93,7 +96,7 @@ log "importing $TAG"
 tar -C "$ROOTFS" --numeric-owner -c . | docker import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["/bin/bash"]' \
-    --message "clawden: debootstrap $SUITE minbase" \
+    --message "clawden: debootstrap $SUITE minbase with $INCLUDE" \
     - "$TAG" >/dev/null
 if [[ -n "$OLD_ID" ]]; then
     # The replaced image; this fails harmlessly while images built on it still exist.

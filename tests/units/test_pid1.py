@@ -1,0 +1,198 @@
+"""The units for real: systemd as PID 1 in a container built from Debian packages, Clawden installed in it
+with `clawden units install --system`, agent containers on the host's engine, the fake model and the fake
+Telegram Bot API on the host's loopback.
+
+The repo, its venv and the interpreter are mounted read-only at their own paths, the home read-write at
+its own path (the runner's agent containers mount it from the host), and the container shares the host's
+network so that the vault and the bridge reach the fakes, and the host's `clawden chat` reaches NATS, all
+on 127.0.0.1. Tests run in file order on one machine; the last one stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from clawden import config as config_mod
+from clawden import control, natsserver, units
+from tests.fakes.anthropic import FakeAnthropic, make_tls, start_in_thread
+from tests.fakes.telegram import FakeTelegram
+from tests.units.machine import LABEL_INSTALL, Machine, booted
+
+pytestmark = pytest.mark.docker
+
+UNITS = ["clawden-nats.service", *(f"clawden-{s}.service" for s in units.SERVICES),
+         units.channel_unit("telegram")]
+ANSWER = 120.0
+
+
+@dataclass
+class Install:
+    machine: Machine
+    home: Path
+    install_id: str
+    fake: FakeAnthropic
+    telegram: FakeTelegram
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, CLAWDEN_HOME=str(self.home))
+
+
+def write_install(home: Path, fake: FakeAnthropic, telegram: FakeTelegram) -> str:
+    """What the owner sets up before `clawden init`: the config, the model key, the bot token."""
+    install_id = f"u{secrets.token_hex(4)}"
+    (home / "keys").mkdir(parents=True, mode=0o700)
+    tls = make_tls(["api.anthropic.com"], str(home))
+    fake_address = fake.call(fake.listen_tls(tls.server_context))
+    (home / "config.toml").write_text(f"""\
+install_id = "{install_id}"
+[nats]
+port = {natsserver.free_port()}
+[vault]
+extra_ca_file = "{tls.ca_file}"
+host_map = {{"api.anthropic.com" = "{fake_address}"}}
+[channels.telegram]
+api_url = "{telegram.url}"
+poll_timeout = 2
+poll_grace = 2
+""")
+    for name, secret in (("anthropic", f"sk-ant-api03-{secrets.token_urlsafe(24)}"), ("telegram", telegram.token)):
+        (home / "keys" / name).write_text(secret + "\n")
+        (home / "keys" / name).chmod(0o600)
+    return install_id
+
+
+@pytest.fixture(scope="module")
+def install(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
+            agent_image: str) -> Iterator[Install]:
+    home = tmp_path_factory.mktemp("pid1") / "home"
+    fake = start_in_thread()
+    telegram = FakeTelegram().start_in_thread()
+    install_id = write_install(home, fake, telegram)
+    try:
+        with booted(docker_client, f"clawden-pid1-{install_id}", labels={LABEL_INSTALL: install_id},
+                    volumes={str(home): {"bind": str(home), "mode": "rw"}}) as machine:
+            machine.env = {"CLAWDEN_HOME": str(home)}
+            python = sys.executable
+            machine.sh(f"{python} -m clawden init </dev/null")
+            print(machine.sh(f"{python} -m clawden units install --system"))
+            machine.sh("systemctl start clawden.target")
+            yield Install(machine, home, install_id, fake, telegram)
+    finally:
+        for agent in docker_client.containers.list(all=True, filters={"label": f"{LABEL_INSTALL}={install_id}"}):
+            agent.remove(force=True)
+        telegram.stop_thread()
+        fake.stop_thread()
+
+
+def chat_once(install: Install, text: str) -> subprocess.CompletedProcess[str]:
+    """The owner's terminal on the host, through the install's NATS (as its `cli` identity)."""
+    return subprocess.run([sys.executable, "-m", "clawden", "chat", "--once", text, "--timeout", str(ANSWER)],
+                          env=install.env(), capture_output=True, text=True, timeout=ANSWER + 30)
+
+
+def telegram_chat(install: Install, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A private chat with the bot, wired to agent group `main` (as `clawden wire` does)."""
+    person = install.telegram.user(name)
+    chat = install.telegram.private_chat(person)
+    cfg = config_mod.load(install.home)
+
+    async def wire() -> None:
+        await control.call(cfg, "router", "chats", {"op": "create", "channel": "telegram", "chat_id": str(chat["id"]),
+                                                    "name": name, "is_group": False, "policy": "public"})
+        await control.call(cfg, "router", "wirings", {"op": "create", "channel": "telegram",
+                                                      "chat_id": str(chat["id"]), "agent_group": "main"})
+
+    asyncio.run(wire())
+    return person, chat
+
+
+def telegram_answers(install: Install, chat: dict[str, Any], count: int) -> list[str]:
+    install.machine.wait(lambda: len(install.telegram.texts(chat)) >= count, ANSWER,
+                         f"telegram answers: {install.telegram.texts(chat)}")
+    return install.telegram.texts(chat)
+
+
+def test_every_unit_of_the_target_is_active(install: Install) -> None:
+    m = install.machine
+    assert {u: m.state(u) for u in [units.TARGET, *UNITS]} == dict.fromkeys([units.TARGET, *UNITS], "active")
+    # Each runs as its unit says: notify, watchdog on, its own NATS identity as a credential.
+    show = m.sh("systemctl show -p Type -p WatchdogUSec clawden-router")
+    assert "Type=notify" in show and "WatchdogUSec=30s" in show
+    assert m.sh("ls /run/credentials/clawden-router.service").split() == ["nats.nk"]
+
+
+def test_a_terminal_chat_and_a_telegram_chat_are_answered(install: Install) -> None:
+    out = chat_once(install, "hello from the terminal")
+    assert out.returncode == 0, out.stderr + install.machine.journal()
+    assert out.stdout.startswith("main> echo: ") and "hello from the terminal" in out.stdout
+    ada, chat = telegram_chat(install, "Ada")
+    install.telegram.send(chat, ada, "hello from telegram")
+    [answer] = telegram_answers(install, chat, 1)
+    assert "hello from telegram" in answer
+
+
+def test_restarting_a_bridge_restarts_only_it_while_the_terminal_keeps_talking(install: Install) -> None:
+    m, bridge = install.machine, units.channel_unit("telegram")
+    before = {u: m.main_pid(u) for u in UNITS}
+    answered: list[subprocess.CompletedProcess[str]] = []
+    talker = threading.Thread(target=lambda: answered.append(chat_once(install, "still there?")))
+    talker.start()
+    m.sh(f"systemctl restart {bridge}")
+    talker.join(ANSWER + 60)
+    after = {u: m.main_pid(u) for u in UNITS}
+    assert after[bridge] != before[bridge]
+    assert {u: p for u, p in after.items() if u != bridge} == {u: p for u, p in before.items() if u != bridge}
+    [out] = answered
+    assert out.returncode == 0 and "still there?" in out.stdout, out.stderr
+    # The restarted bridge answers again.
+    bea, chat = telegram_chat(install, "Bea")
+    install.telegram.send(chat, bea, "and after the restart?")
+    assert "and after the restart?" in telegram_answers(install, chat, 1)[-1]
+
+
+def test_the_journal_carries_each_service_and_session_as_fields(install: Install) -> None:
+    m = install.machine
+    records = [json.loads(line) for line in m.sh("journalctl -o json --no-pager -u 'clawden*'").splitlines()]
+    ours = [r for r in records if str(r.get("SYSLOG_IDENTIFIER", "")).startswith("clawden-")]
+    assert {r["SYSLOG_IDENTIFIER"] for r in ours} >= {f"clawden-{s}" for s in units.SERVICES}
+    by_service = {r.get("CLAWDEN_SERVICE") for r in ours if r.get("_SYSTEMD_UNIT") == "clawden-router.service"}
+    assert "router" in by_service, sorted(map(str, by_service))
+    sessions = {r["CLAWDEN_SESSION"] for r in ours if r.get("CLAWDEN_SESSION")}
+    assert sessions, "no record names a session after the chats"
+    session = sorted(sessions)[0]
+    filtered = m.sh(f"journalctl -o json --no-pager CLAWDEN_SESSION={session}").splitlines()
+    assert filtered and all(json.loads(line)["CLAWDEN_SESSION"] == session for line in filtered)
+
+
+def test_a_service_killed_with_sigkill_is_restarted_by_systemd(install: Install) -> None:
+    m, unit = install.machine, "clawden-scheduler.service"
+    killed = m.main_pid(unit)
+    m.sh(f"systemctl kill -s KILL {unit}")
+    m.wait(lambda: m.state(unit) == "active" and m.main_pid(unit) not in (0, killed), 30, f"{unit} not restarted")
+    assert int(m.sh(f"systemctl show -p NRestarts --value {unit}")) >= 1
+
+
+def test_stopping_the_target_stops_every_unit_cleanly_and_nats_last(install: Install) -> None:
+    m = install.machine
+    m.sh("systemctl stop clawden.target")  # returns once the target is down; its units follow
+    m.wait(lambda: all(m.state(u) == "inactive" for u in UNITS), 60, "units still running")
+    results = {u: m.sh(f"systemctl show -p Result --value {u}").strip() for u in UNITS}
+    assert results == dict.fromkeys(UNITS, "success")  # SIGTERM drained, exit 0: not a failure
+
+    def stopped_at(unit: str) -> int:
+        return int(m.sh(f"systemctl show -p InactiveEnterTimestampMonotonic --value {unit}"))
+
+    assert stopped_at("clawden-nats.service") >= max(stopped_at(u) for u in UNITS[1:])
