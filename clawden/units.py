@@ -338,20 +338,26 @@ Action = Write | Remove | Run | Call
 
 def identities(cfg: Config) -> Call | None:
     """With the embedded server: each service's seed and nats.conf, as `clawden init` makes them (idempotent),
-    so that no unit's `LoadCredential=` names a missing file."""
+    so that no unit's `LoadCredential=` names a missing file. Written by root (`sudo … --system`) into
+    someone else's home, they are handed to the home's owner, whom the services run as."""
     if not cfg.embedded_nats:
         return None
     from clawden import natsauth
     from clawden.runtime import installed_channels
 
     channels = tuple(installed_channels())
-    conf = natsauth.conf_path(cfg)
+    conf, seeds = natsauth.conf_path(cfg), natsauth.seed_dir(cfg)
+    said = f"nats identities: {conf} and {seeds}/<identity>.nk (0600)"
 
     def write() -> str:
         natsauth.write_server_config(cfg, channels)
-        return f"nats identities: {conf} and {natsauth.seed_dir(cfg)}/<identity>.nk (0600)"
+        owner = cfg.home_path.stat()
+        if os.geteuid() == 0 and owner.st_uid != 0:
+            for path in (conf, seeds, *seeds.glob("*.nk")):
+                os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
+        return said
 
-    return Call(f"nats identities: {conf} and {natsauth.seed_dir(cfg)}/<identity>.nk (0600)", write)
+    return Call(said, write)
 
 
 def unit_dir(mode: Mode, user_home: Path, environ: Mapping[str, str] | None = None) -> Path:
@@ -381,6 +387,11 @@ def install_plan(inst: Install, folder: Path, identities: Call | None = None, *,
     plan = [identities] if identities else []
     plan += [Write(folder / unit.name, unit.text) for unit in systemd_units(inst)]
     plan.append(Run(_systemctl(inst.mode, "daemon-reload")))
+    # A bridge whose token is gone stops and stays off; the ones configured now are enabled below.
+    gone = sorted(p.name for p in (folder / f"{TARGET}.wants").glob("clawden-channel@?*.service")
+                  if p.name not in {channel_unit(c) for c in inst.channels})
+    if gone:
+        plan.append(Run(_systemctl(inst.mode, "disable", "--now", *gone), check=False))
     plan.append(Run(_systemctl(inst.mode, "enable", *(["--now"] if now else []), *enabled_units(inst))))
     if inst.nats_server is not None:  # a running server picks up identities added to nats.conf
         plan.append(Run(_systemctl(inst.mode, "try-reload-or-restart", NATS_UNIT)))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clawden import units
+from clawden import config, units
 
 FAKE_TOOL = """#!/bin/sh
 echo "$(basename "$0") $*" >> "{log}"
@@ -154,3 +154,31 @@ def test_only_hidden_install_paths_are_bound_back_and_the_interpreter_is_among_t
     real = Path(os.path.realpath(sys.executable))
     if any(real.is_relative_to(h) for h in units.HIDDEN):
         assert any(real.is_relative_to(r) for r in roots)
+
+
+def test_a_bridge_without_a_token_any_more_is_disabled_on_the_next_install(
+        home: Path, machine: tuple[dict[str, str], Path], tmp_path: Path) -> None:
+    env, log = machine
+    wants = tmp_path / "config" / "systemd" / "user" / "clawden.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "clawden-channel@slack.service").symlink_to("../clawden-channel@.service")
+    assert clawden(home, "units", "install", "--user", env=env).returncode == 0
+    calls = log.read_text().splitlines()
+    assert "systemctl --user disable --now clawden-channel@slack.service" in calls
+    assert not any("enable" in c and "slack" in c for c in calls if "disable" not in c)
+
+
+def test_identities_written_by_root_into_a_users_home_belong_to_that_user(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can write into someone else's home")
+    home = tmp_path / "home"
+    assert clawden(home, "init", env=dict(os.environ)).returncode == 0
+    nobody = pwd.getpwnam("nobody")
+    for path in [home, *home.rglob("*")]:
+        os.chown(path, nobody.pw_uid, nobody.pw_gid, follow_symlinks=False)
+    (home / "nats.conf").unlink()
+    step = units.identities(config.load(home))
+    assert step is not None
+    step.do()
+    written = [home / "nats.conf", *(home / "keys" / "nats").iterdir()]
+    assert {p.stat().st_uid for p in written} == {nobody.pw_uid}
