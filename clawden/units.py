@@ -128,6 +128,7 @@ class Install:
         return {
             "system": self.mode == "system",
             "root": self.mode == "system" and self.user == "root",
+            "service_user": self.mode == "system" and self.user != "root",
             "embedded_nats": embedded,
             "remote_nats": not embedded and self.mode == "system",
             "nats_seeds": self.nats_seeds,

@@ -27,17 +27,21 @@ LABEL_INSTALL = "dev.clawden.install"
 class Machine:
     container: Container
     env: dict[str, str] = field(default_factory=dict)  # for every command run in it
-    user: str = "root"  # who runs the commands; systemctl and journalctl get --user for anyone else
+    user: str = "root"  # who runs commands in it
+    scope: str = "system"  # whose systemd `systemctl` talks to: "system" (as root) or "user" (as `user`)
 
-    def sh(self, command: str, *, check: bool = True) -> str:
-        code, out = self.container.exec_run(["sh", "-c", command], environment=self.env, user=self.user)
+    def sh(self, command: str, *, check: bool = True, root: bool = False) -> str:
+        code, out = self.container.exec_run(["sh", "-c", command], environment=self.env,
+                                            user="root" if root else self.user)
         text = out.decode(errors="replace")
         if check:
             assert code == 0, f"`{command}` exited {code}:\n{text}\n{self.journal()}"
         return text
 
     def systemctl(self, args: str, *, check: bool = True) -> str:
-        return self.sh(f"systemctl {'--user ' if self.user != 'root' else ''}{args}", check=check)
+        if self.scope == "user":
+            return self.sh(f"systemctl --user {args}", check=check)
+        return self.sh(f"systemctl {args}", check=check, root=True)
 
     def journal(self, lines: int = 150) -> str:
         _, out = self.container.exec_run(["journalctl", "--no-pager", "-n", str(lines)])

@@ -116,7 +116,7 @@ def test_show_prints_each_unit_under_its_install_path(home: Path, machine: tuple
     folder = tmp_path / "config" / "systemd" / "user"
     assert f"# ---- {folder / 'clawden-channel@.service'}" in out.stdout
     assert "ExecStart=" + sys.executable + " -P -m clawden run channel@%i" in out.stdout
-    assert "@?" not in out.stdout and "User=" not in out.stdout  # user units never switch users
+    assert "@?" not in out.stdout and "\nUser=" not in out.stdout  # user units never switch users
 
 
 def test_launchd_elsewhere_than_macos_only_shows_the_plan(home: Path, machine: tuple[dict[str, str], Path]) -> None:

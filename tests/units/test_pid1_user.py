@@ -1,8 +1,10 @@
-"""User units for real: a login with lingering on, in the docker group, installs Clawden's units into its
-own systemd user manager (`clawden units install --user`), in a container booted by systemd.
+"""Clawden run as an ordinary login, for real, in a container booted by systemd: the login's own user units
+(`clawden units install --user`, with lingering and the docker group), and system units that root installs
+for the login's home (`sudo clawden --home ~alice/.clawden units install --system`), which then run as
+that login, reaching Docker through `SupplementaryGroups=` alone.
 
-No chat here: agent containers would mount this user's home from the host, where it does not exist
-(test_pid1.py chats). Tests run in file order on one machine.
+No chat here: agent containers would mount this login's home from the host, where it does not exist
+(test_pid1.py chats). Tests run in file order on each machine.
 """
 
 from __future__ import annotations
@@ -24,40 +26,50 @@ pytestmark = pytest.mark.docker
 USER, UID = "alice", 1500
 HOME = f"/home/{USER}/.clawden"
 UNITS = ["clawden-nats.service", *(f"clawden-{s}.service" for s in units.SERVICES)]
+PYTHON = sys.executable
 
 
-@pytest.fixture(scope="module")
-def machine(docker_client: docker.DockerClient) -> Iterator[Machine]:
+def install_command(machine: Machine) -> str:
+    return f"{PYTHON} -m clawden --home {HOME} units install --{machine.scope}"
+
+
+@pytest.fixture(scope="module", params=["user", "system"])
+def machine(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> Iterator[Machine]:
+    scope = request.param
     install_id = f"u{secrets.token_hex(4)}"
-    with booted(docker_client, f"clawden-pid1-user-{install_id}", volumes={},
+    with booted(docker_client, f"clawden-pid1-{scope}-{install_id}", volumes={},
                 labels={LABEL_INSTALL: install_id}) as machine:
         docker_gid = os.stat("/var/run/docker.sock").st_gid
-        # The interpreter may live under /root (pyenv): let the user through, as its owner would have to.
-        machine.sh(f"chmod o+x /root; groupadd -o -g {docker_gid} docker && useradd -m -u {UID} -G docker {USER}"
-                   f" && loginctl enable-linger {USER}")
-        machine.wait(lambda: machine.sh(f"systemctl is-active user@{UID}", check=False).strip() == "active", 30,
-                     "the user manager did not start")
-        machine.user = USER
+        # The interpreter may live under /root (pyenv): let the login through, as its owner would have to.
+        # Only user units need the login in the docker group; system units grant it themselves.
+        machine.sh(f"chmod o+x /root && groupadd -o -g {docker_gid} docker && "
+                   f"useradd -m -u {UID} {'-G docker ' if scope == 'user' else ''}{USER}")
+        if scope == "user":
+            machine.sh(f"loginctl enable-linger {USER}")
+            machine.wait(lambda: machine.sh(f"systemctl is-active user@{UID}", check=False).strip() == "active",
+                         30, "the user manager did not start")
+        machine.user, machine.scope = USER, scope
         machine.env = {"HOME": f"/home/{USER}", "XDG_RUNTIME_DIR": f"/run/user/{UID}"}
-        machine.sh(f"{sys.executable} -m clawden init </dev/null >/dev/null && "
+        machine.sh(f"{PYTHON} -m clawden init </dev/null >/dev/null && "
                    f"sed -i 's/^port = .*/port = {natsserver.free_port()}/' {HOME}/config.toml && "
                    f"sed -i 's/^install_id = .*/install_id = \"{install_id}\"/' {HOME}/config.toml")
-        print(machine.sh(f"{sys.executable} -m clawden units install --user --now"))
+        print(machine.sh(f"{install_command(machine)} --now", root=scope == "system"))
         yield machine
 
 
-def test_user_units_run_as_the_user_and_reach_docker(machine: Machine) -> None:
+def test_the_units_run_as_the_login_and_reach_docker(machine: Machine) -> None:
     assert {u: machine.state(u) for u in [units.TARGET, *UNITS]} == dict.fromkeys([units.TARGET, *UNITS], "active")
+    # Active means READY=1 came through (for user units, through a notify socket ProtectHome= hides),
+    # after the runner reached the engine with a docker group it was given, not born with.
     runner = machine.main_pid("clawden-runner.service")
-    # Active means READY=1 came through the notify socket ProtectHome= hides, after the runner reached the
-    # engine with the docker group it keeps inside its user namespace.
     assert machine.sh(f"ps -o user= -p {runner}").strip() == USER
+    assert "docker" not in machine.sh(f"id -Gn {USER}") or machine.scope == "user"
 
 
 def test_every_service_answers_clawden_status_over_its_own_identity(machine: Machine) -> None:
     def answering() -> set[str]:
         try:
-            report = json.loads(machine.sh(f"{sys.executable} -m clawden status --json", check=False))
+            report = json.loads(machine.sh(f"{PYTHON} -m clawden status --json", check=False))
         except ValueError:  # NATS not answering yet: an error message, not JSON
             return set()
         return {s["name"] for s in report["services"]}
@@ -68,7 +80,7 @@ def test_every_service_answers_clawden_status_over_its_own_identity(machine: Mac
 
 def test_a_reinstall_reloads_nats_and_a_killed_service_comes_back(machine: Machine) -> None:
     nats = machine.main_pid("clawden-nats.service")
-    machine.sh(f"{sys.executable} -m clawden units install --user")
+    machine.sh(install_command(machine), root=machine.scope == "system")
     assert machine.main_pid("clawden-nats.service") == nats  # reloaded, not restarted
     router = machine.main_pid("clawden-router.service")
     machine.systemctl("kill -s KILL clawden-router.service")
@@ -77,6 +89,7 @@ def test_a_reinstall_reloads_nats_and_a_killed_service_comes_back(machine: Machi
 
 
 def test_uninstall_stops_everything_and_leaves_no_unit_file(machine: Machine) -> None:
-    machine.sh(f"{sys.executable} -m clawden units uninstall --user")
+    machine.sh(f"{PYTHON} -m clawden units uninstall --{machine.scope}", root=machine.scope == "system")
     assert {u: machine.state(u) for u in UNITS} == dict.fromkeys(UNITS, "inactive")
-    assert not machine.sh(f"ls /home/{USER}/.config/systemd/user | grep clawden", check=False).strip()
+    folder = f"/home/{USER}/.config/systemd/user" if machine.scope == "user" else "/etc/systemd/system"
+    assert not machine.sh(f"ls {folder} | grep clawden", check=False, root=True).strip()
