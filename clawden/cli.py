@@ -1,11 +1,10 @@
-"""The `clawden` command: init, up, chat, run a service, build the image, status."""
+"""The `clawden` command: init, up, chat, run a service, build the image; the rest in `clawden.commands`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import getpass
-import json
 import sys
 from pathlib import Path
 
@@ -71,20 +70,6 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from clawden.status import status
-
-    report = asyncio.run(status(config_mod.load(_home(args))))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for svc in report["services"]:
-            print(f"{svc['name']:<24} pid {svc.get('pid', '?'):<8} up {svc.get('uptime', 0):>9.1f}s")
-        if not report["services"]:
-            print("no Clawden service answered (is `clawden up` running?)")
-    return 0 if report["services"] else 1
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clawden", description=__doc__)
     p.add_argument("--home", help="Clawden home (default: $CLAWDEN_HOME or ~/.clawden)")
@@ -114,10 +99,6 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--base", default=None, help="base image (default: a slim Debian Python image)")
     build.add_argument("--force-base", action="store_true", help="re-bootstrap the Debian base image")
     build.set_defaults(func=cmd_image_build)
-
-    st = sub.add_parser("status", help="which services answer, with pid and uptime")
-    st.add_argument("--json", action="store_true")
-    st.set_defaults(func=cmd_status)
 
     from clawden.commands import register_all
 

@@ -504,6 +504,21 @@ class Runner:
                 self._spawn(self.pump(session_id), f"pump-{session_id}")  # not activity: no kick()
                 self._spawn(self._check(live), f"check-{session_id}")
 
+    # --- control --------------------------------------------------------------------------------
+
+    async def ctl_containers(self, _data: bytes) -> dict[str, Any]:
+        """For `clawden status`: the sessions with a container, and those waiting for a slot."""
+        now = time.monotonic()
+        return {
+            "runner": self.cfg.runner.id, "max": self.cfg.runner.max_containers,
+            "running": [{"session_id": live.info.id, "agent_group": live.info.agent_group,
+                         "container": live.container_id[:12],
+                         "state": "stopping" if live.stopping else "running" if live.container_id else "starting",
+                         "idle": round(now - live.last_activity, 1)} for live in list(self.live.values())],
+            "waiting": [{"session_id": w.info.id, "agent_group": w.info.agent_group,
+                         "waiting": round(now - w.since, 1)} for w in list(self.queue.values())],
+        }
+
     # --- restart ----------------------------------------------------------------------------------
 
     async def adopt(self) -> None:
@@ -585,6 +600,7 @@ async def main(ctx: ServiceContext) -> None:
     index = SessionIndex(ctx.config.data_dir / "runner.db")
     runner = Runner(ctx, docker, index)
     ctx.stats["runner"] = runner.counters
+    await ctx.endpoint("containers", runner.ctl_containers)
     try:
         await docker.ping()
         docker.watch_deaths(runner.on_death)
