@@ -1,4 +1,4 @@
-"""`clawden status`: is it running, and what is it doing."""
+"""`clawden status|doctor`: is it running, and is it healthy."""
 
 from __future__ import annotations
 
@@ -38,6 +38,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if healthy(report) else 1
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from clawden.doctor import diagnose, exit_code, render
+
+    _quiet_bus()
+    results = asyncio.run(diagnose(_cfg(args)))
+    if args.json:
+        print(json.dumps([{"check": name, "status": r.status, "detail": r.detail, "fix": r.fix}
+                          for name, r in results], indent=2))
+    else:
+        print(render(results))
+    return exit_code(results)
+
+
 def register(sub: Sub) -> None:
     st = sub.add_parser("status", help="running services, their requests, containers, backlogs, approvals",
                         description="Every service instance that answers over NATS, with version, uptime, pid and "
@@ -45,3 +58,8 @@ def register(sub: Sub) -> None:
                                     "pending approvals; bridges' failed deliveries. Exit 1 when a service is down.")
     st.add_argument("--json", action="store_true", help="print the whole report as JSON")
     st.set_defaults(func=cmd_status)
+
+    doc = sub.add_parser("doctor", help="check Docker, the image, NATS, keys, the CA, credentials, channels, disk",
+                         description="Each check prints ok, WARN or FAIL with a fix; exit 1 when any failed.")
+    doc.add_argument("--json", action="store_true", help="print the results as JSON")
+    doc.set_defaults(func=cmd_doctor)

@@ -21,6 +21,7 @@ import httpx
 import msgspec
 
 from clawden.bus import events as ev
+from clawden.config import Config
 from clawden.runtime import ServiceContext
 from services.channels.bridge import (
     Bridge,
@@ -533,6 +534,17 @@ def bridge_from_settings(ctx: ServiceContext) -> tuple[TelegramBridge, RetryPoli
                             delete_webhook=settings.get("delete_webhook", "").lower() in ("1", "true", "yes"))
     policy = RetryPolicy(deadline=_number(settings, "send_deadline", 600.0))
     return bridge, policy, _number(settings, "typing_max", 120.0)
+
+
+async def check_token(cfg: Config, environ: dict[str, str] | None = None) -> str:
+    """For `clawden doctor`: getMe with the token and API URL this bridge would use; the bot's @name."""
+    settings = channel_settings(cfg, CHANNEL, environ)
+    api = BotAPI(settings.get("api_url", API_URL), read_secret(cfg, CHANNEL, environ), timeout=10.0)
+    try:
+        me = await api.call("getMe")
+    finally:
+        await api.close()
+    return f"@{me.get('username', '')}"
 
 
 async def main(ctx: ServiceContext) -> None:

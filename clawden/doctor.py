@@ -1,0 +1,555 @@
+"""`clawden doctor`: independent checks of what Clawden needs — Docker, the agent image, NATS, key
+permissions, the gateway CA and its trust inside a container, the model credential, each channel's
+token, disk space — each ok, WARN or FAIL, a failure with a one-line fix.
+
+Checks run concurrently, each under its own timeout, so one that fails or hangs hides none of the
+others; they share one NATS connection, made on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import importlib
+import importlib.metadata
+import json
+import os
+import secrets
+import shutil
+import sys
+import tomllib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from nats.aio.client import Client
+
+from clawden import natsauth
+from clawden.config import Config
+from clawden.runtime import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE, installed_channels
+from clawden.status import Unreachable, connect_cli, ctl, start_hint
+
+GiB = 1 << 30
+DISK_WARN = 1 * GiB
+DISK_FAIL = 100 * (1 << 20)
+CA_EXPIRY_WARN = dt.timedelta(days=30)
+CONTAINER_WAIT = 45.0  # the trust check's container: start, Python, one TLS handshake
+# Where the vault keeps its key and CA (services/vault/service.py); the trust folder comes from it too.
+VAULT_KEY = "vault.key"
+CA_CERT = "gateway-ca.pem"
+DOCTOR_LABEL = "dev.clawden.doctor"
+
+Status = Literal["ok", "WARN", "FAIL"]
+
+
+@dataclass(frozen=True)
+class Result:
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def ok(detail: str) -> Result:
+    return Result("ok", detail)
+
+
+def warn(detail: str, fix: str) -> Result:
+    return Result("WARN", detail, fix)
+
+
+def fail(detail: str, fix: str) -> Result:
+    return Result("FAIL", detail, fix)
+
+
+@dataclass
+class Probe:
+    """What the checks share: this install's config, the environment they read, one NATS connection."""
+
+    cfg: Config
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    _nats: asyncio.Task[Client] | None = None
+
+    async def nats(self) -> Client:
+        """The owner's CLI connection, made once; `Unreachable` for every check if it cannot be."""
+        if self._nats is None:
+            self._nats = asyncio.ensure_future(connect_cli(self.cfg))
+        return await asyncio.shield(self._nats)
+
+    async def ctl(self, service: str, verb: str, payload: dict[str, Any] | None = None) -> Any:
+        return await ctl(await self.nats(), service, verb, payload)
+
+    async def close(self) -> None:
+        if self._nats is None:
+            return
+        if not self._nats.done():
+            self._nats.cancel()
+        try:
+            nc = await self._nats
+        except BaseException:
+            return
+        await nc.close()
+
+
+CheckFn = Callable[[Probe], Awaitable[Result]]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    run: CheckFn
+    timeout: float = 10.0
+
+
+# ---- Docker and the image ------------------------------------------------------------------------
+
+def _docker(timeout: int = 10) -> Any:
+    import docker
+
+    return docker.from_env(timeout=timeout)
+
+
+DOCKER_FIX = "start Docker (`sudo systemctl start docker`) and let this user use it (the `docker` group)"
+
+
+async def check_docker(p: Probe) -> Result:
+    def version() -> dict[str, Any]:
+        client = _docker(5)
+        try:
+            answer: dict[str, Any] = client.version()
+            return answer
+        finally:
+            client.close()
+
+    try:
+        v = await asyncio.to_thread(version)
+    except Exception as exc:  # DockerException, requests' errors, PermissionError
+        return fail(f"the Docker engine does not answer: {exc}", DOCKER_FIX)
+    return ok(f"engine {v.get('Version', '?')} ({v.get('Os', '?')}/{v.get('Arch', '?')})")
+
+
+async def check_image(p: Probe) -> Result:
+    image = p.cfg.runner.image
+
+    def inspect() -> Result:
+        import docker.errors
+
+        from clawden import image as image_mod
+
+        try:
+            client = _docker()
+        except Exception as exc:
+            return fail(f"cannot ask Docker for {image}: {exc}", DOCKER_FIX)
+        try:
+            found = client.images.get(image)
+        except docker.errors.ImageNotFound:
+            return fail(f"{image} is missing", f"clawden image build --tag {image}")
+        finally:
+            client.close()
+        built = dt.datetime.fromisoformat(found.attrs["Created"]).astimezone().strftime("%Y-%m-%d %H:%M")
+        detail = f"{image}, {found.attrs.get('Size', 0) / 1e6:.0f} MB, built {built}"
+        built_from = (found.labels or {}).get(image_mod.SOURCE_HASH_LABEL)
+        if built_from and built_from != _agent_sources_hash():
+            return warn(detail + "; built from other agent sources than these", f"clawden image build --tag {image}")
+        return ok(detail)
+
+    return await asyncio.to_thread(inspect)
+
+
+def _agent_sources_hash() -> str | None:
+    """The hash `clawden image build` labels an image with, for the agent sources installed here."""
+    import tempfile
+
+    from clawden import image as image_mod
+
+    with tempfile.TemporaryDirectory(prefix="clawden-hash-") as tmp:
+        try:
+            image_mod.write_sources(Path(tmp))
+        except OSError:  # no agent sources next to this install: nothing to compare with
+            return None
+        return image_mod.source_hash(Path(tmp))
+
+
+# ---- NATS ------------------------------------------------------------------------------------------
+
+async def check_nats(p: Probe) -> Result:
+    try:
+        nc = await p.nats()
+    except Unreachable as exc:
+        return fail(str(exc), exc.fix)
+    try:
+        await nc.jetstream().account_info()
+    except Exception as exc:
+        return fail(f"{p.cfg.nats_url} accepts the CLI but JetStream does not answer ({type(exc).__name__})",
+                    "run NATS with JetStream enabled (`clawden up` and the units do)")
+    version = nc.connected_server_version._server_version  # nats-py keeps the plain string only here
+    return ok(f"{p.cfg.nats_url} (nats-server {version}) accepts the owner's CLI identity; JetStream answers")
+
+
+# ---- keys and permissions ------------------------------------------------------------------------
+
+def key_problems(keys: Path) -> tuple[list[Path], list[Path]]:
+    """Folders under `keys/` others may enter, and secret files others may read (certificates are public)."""
+    dirs: list[Path] = []
+    files: list[Path] = []
+    for path in [keys, *sorted(keys.rglob("*"))]:
+        mode = path.lstat().st_mode
+        if path.is_symlink() or not (path.is_dir() or path.is_file()):
+            continue
+        if mode & 0o077 and path.is_dir():
+            dirs.append(path)
+        elif mode & 0o077 and path.suffix != ".pem":
+            files.append(path)
+    return dirs, files
+
+
+async def check_keys(p: Probe) -> Result:
+    keys = p.cfg.keys_dir
+    if not keys.is_dir():
+        return fail(f"{keys} does not exist", "clawden init")
+    try:
+        dirs, files = await asyncio.to_thread(key_problems, keys)
+    except PermissionError as exc:
+        return fail(f"cannot read {exc.filename}", "run `clawden doctor` as the user Clawden runs as")
+    if dirs or files:
+        shown = ", ".join(f"{q.relative_to(p.cfg.home_path)} ({q.stat().st_mode & 0o777:o})" for q in [*dirs, *files])
+        fix = "; ".join(f"chmod {mode} {' '.join(str(q) for q in group)}"
+                        for mode, group in (("700", dirs), ("600", files)) if group)
+        return fail(f"readable by others: {shown}", fix)
+    seeds = len(list(natsauth.seed_dir(p.cfg).glob("*.nk")))
+    return ok(f"{keys} 0700, secrets 0600 ({seeds} NATS seeds)")
+
+
+def decode_key(data: bytes) -> bool:
+    try:
+        return len(base64.b64decode(data.strip(), validate=True)) == 32
+    except binascii.Error:
+        return False
+
+
+async def check_vault_key(p: Probe) -> Result:
+    key = p.cfg.keys_dir / VAULT_KEY
+    sealed = p.cfg.data_dir / "vault" / "vault.db"
+    if not key.exists():
+        if sealed.exists():
+            return fail(f"{key} is missing but {sealed} holds secrets sealed with it",
+                        f"restore {key} from a backup (or remove {sealed} and add the secrets again)")
+        return warn(f"{key} does not exist yet (the vault creates it when it first starts)",
+                    start_hint(p.cfg, "clawden-vault"))
+    mode = key.stat().st_mode & 0o777
+    if mode & 0o077:
+        return fail(f"{key} is mode {mode:o}: others may read the key to every secret", f"chmod 600 {key}")
+    try:
+        data = await asyncio.to_thread(key.read_bytes)
+    except PermissionError:
+        return fail(f"cannot read {key}", "run `clawden doctor` as the user Clawden runs as")
+    if not decode_key(data):
+        return fail(f"{key} does not hold a base64 32-byte key", f"restore {key} from a backup")
+    return ok(f"{key} 0600, a 32-byte key")
+
+
+# ---- the gateway CA --------------------------------------------------------------------------------
+
+def trust_dir(cfg: Config) -> Path:
+    from services.vault.service import trust_dir as vault_trust_dir
+
+    return vault_trust_dir(cfg)
+
+
+def vault_start(cfg: Config) -> str:
+    return f"{start_hint(cfg, 'clawden-vault')} (the vault makes the CA when it starts)"
+
+
+async def check_ca(p: Probe) -> Result:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from services.vault.certs import BUNDLE_FILE, CA_FILE
+
+    cert_file = p.cfg.keys_dir / CA_CERT
+    if not cert_file.exists():
+        return fail(f"no gateway CA ({cert_file} is missing)", vault_start(p.cfg))
+    pem = cert_file.read_bytes()
+    cert = x509.load_pem_x509_certificate(pem)
+    until = cert.not_valid_after_utc
+    left = until - dt.datetime.now(dt.UTC)
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex()[:16]
+    trust = trust_dir(p.cfg)
+    mounted, bundle = trust / CA_FILE, trust / BUNDLE_FILE
+    restart = "restart the vault: it rewrites " + str(trust)
+    if not mounted.exists() or not bundle.exists():
+        return fail(f"{trust} lacks {CA_FILE} or {BUNDLE_FILE}, which containers mount", restart)
+    if mounted.read_bytes() != pem or pem.strip() not in bundle.read_bytes():
+        return fail(f"{trust} holds another CA than {cert_file}: containers would not trust the gateway", restart)
+    detail = f"sha256 {fingerprint}…, valid until {until:%Y-%m-%d}; {trust} matches it"
+    if left <= dt.timedelta(0):
+        return fail(f"the gateway CA expired on {until:%Y-%m-%d}",
+                    f"move {cert_file} and its key aside and restart the vault (it makes a new CA)")
+    if left < CA_EXPIRY_WARN:
+        return warn(detail, f"the CA expires soon: move {cert_file} and its key aside and restart the vault")
+    return ok(detail)
+
+
+# Runs inside the agent image (stdlib and clawden_agent only): is the CA in Python's default trust, and
+# when a gateway socket is mounted, does a TLS handshake through the relay verify?
+TRUST_SCRIPT = r"""
+import asyncio, json, os, ssl, sys
+
+def done(ok, detail):
+    print(json.dumps({"ok": ok, "detail": detail}))
+    sys.exit(0 if ok else 1)
+
+ca = os.environ.get("CLAWDEN_CA_FILE", "")
+try:
+    der = ssl.PEM_cert_to_DER_cert(open(ca).read())
+except (OSError, ValueError) as exc:
+    done(False, "cannot read the mounted CA %s: %s" % (ca, exc))
+if der not in ssl.create_default_context().get_ca_certs(binary_form=True):
+    done(False, "Python's default trust (SSL_CERT_FILE=%s) lacks the gateway CA" % os.environ.get("SSL_CERT_FILE"))
+sock = os.environ.get("CLAWDEN_GATEWAY_SOCKET", "")
+if not os.path.exists(sock):
+    done(True, "the CA is in the container's default trust (no handshake: the vault is not running)")
+from clawden_agent import selftest
+from clawden_agent.relay import serve_relay
+
+async def handshake():
+    relay = await serve_relay(sock, "127.0.0.1", 0)
+    try:
+        return await asyncio.to_thread(selftest.python_check, relay.sockets[0].getsockname()[1], 10.0)
+    finally:
+        relay.close()
+
+try:
+    answer = asyncio.run(handshake())
+except selftest.SelfTestFailed as exc:
+    done(False, str(exc))
+done(True, "a TLS handshake through the vault gateway verified (agent group %s)" % answer.get("agent_group"))
+"""
+
+
+def _probe_group(cfg: Config) -> str:
+    groups = sorted(d.name for d in cfg.groups_dir.glob("*") if d.is_dir() and d.name != "global")
+    return "main" if "main" in groups or not groups else groups[0]
+
+
+def run_trust_container(cfg: Config, trust: Path, gateway_dir: Path | None) -> tuple[bool, str]:
+    """The trust script in a container made like an agent's: no network, read-only, no capabilities."""
+    from docker.types import Mount
+
+    from services.runner.containers import GATEWAY_MOUNT, TRUST_MOUNT, ContainerSpec, container_user
+
+    nowhere = Path("/nonexistent")
+    spec = ContainerSpec(install_id=cfg.install_id, agent_group="doctor", session_id="doctor", image=cfg.runner.image,
+                         session_dir=nowhere, group_dir=nowhere, global_dir=nowhere, claude_home=nowhere,
+                         gateway_dir=nowhere, memory="256m", cpus=1.0, pids=64, user=container_user()[0],
+                         trust_dir=trust)
+    env = spec.environment()  # exactly the trust variables an agent gets
+    mounts = [Mount(TRUST_MOUNT, str(trust), type="bind", read_only=True)]
+    if gateway_dir is not None:
+        mounts.append(Mount(GATEWAY_MOUNT, str(gateway_dir), type="bind", read_only=True))
+    client = _docker(int(CONTAINER_WAIT) + 15)
+    container = None
+    try:
+        container = client.containers.run(
+            cfg.runner.image, ["python", "-c", TRUST_SCRIPT], detach=True, environment=env, user=spec.user,
+            name=f"clawden-{cfg.install_id}-doctor-{secrets.token_hex(3)}",
+            labels={"dev.clawden.install": cfg.install_id, DOCTOR_LABEL: "trust"},
+            network_mode="none", read_only=True, tmpfs={"/tmp": "rw,size=16m,mode=1777"}, cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"], mem_limit="256m", pids_limit=64, mounts=mounts)
+        code = int(container.wait(timeout=CONTAINER_WAIT).get("StatusCode", -1))
+        output = bytes(container.logs()).decode("utf-8", "replace").strip()
+    finally:
+        if container is not None:
+            container.remove(force=True)
+        client.close()
+    try:
+        answer = json.loads(output.splitlines()[-1])
+        return bool(answer["ok"]) and code == 0, str(answer["detail"])
+    except (ValueError, IndexError, KeyError, TypeError):
+        return False, f"the check exited {code}: {output[-300:] or '(no output)'}"
+
+
+async def check_ca_trust(p: Probe) -> Result:
+    from services.vault.certs import CA_FILE
+
+    trust = trust_dir(p.cfg)
+    if not (trust / CA_FILE).exists():
+        return fail(f"no CA in {trust} to check", vault_start(p.cfg))
+    gateway_dir: Path | None = None
+    try:  # with the vault up, the whole path: relay, gateway socket, TLS to its self-test host
+        answer = await p.ctl("vault", "gateway", {"agent_group": _probe_group(p.cfg)})
+    except (Unreachable, RuntimeError):
+        pass
+    else:
+        if Path(answer["socket"]).parent.is_dir():  # not when the vault runs on another machine
+            gateway_dir, trust = Path(answer["socket"]).parent, Path(answer["trust_dir"])
+    try:
+        trusted, detail = await asyncio.to_thread(run_trust_container, p.cfg, trust, gateway_dir)
+    except Exception as exc:
+        return fail(f"could not run a container from {p.cfg.runner.image}: {exc}",
+                    f"see the Docker and agent image checks; `clawden image build --tag {p.cfg.runner.image}`")
+    if not trusted:
+        return fail(f"a container from {p.cfg.runner.image} does not trust the gateway: {detail}",
+                    f"rebuild the image (`clawden image build --tag {p.cfg.runner.image}`) and restart the vault")
+    return ok(detail)
+
+
+# ---- the model credential --------------------------------------------------------------------------
+
+def local_model_key(cfg: Config, environ: dict[str, str]) -> str:
+    """Where the vault would take the model key from at its start, or ''."""
+    if environ.get("ANTHROPIC_API_KEY", "").strip():
+        return "ANTHROPIC_API_KEY (in this shell)"
+    file = cfg.keys_dir / "anthropic"
+    try:
+        return str(file) if file.read_text().strip() else ""
+    except OSError:
+        return ""
+
+
+MODEL_FIX = ("`clawden secrets add anthropic --type anthropic` (or write the key to keys/anthropic, chmod 600, "
+             "and restart the vault)")
+
+
+async def check_model(p: Probe) -> Result:
+    local = local_model_key(p.cfg, p.environ)
+    try:
+        stored = (await p.ctl("vault", "secrets-list"))["secrets"]
+    except (Unreachable, RuntimeError):
+        if local:
+            return ok(f"{local} (the vault could not be asked; it stores this key when it starts)")
+        return fail("no model credential: no ANTHROPIC_API_KEY, no keys/anthropic, and the vault could not "
+                    "be asked for a stored one", MODEL_FIX)
+    names = [s["name"] for s in stored if s.get("kind") == "anthropic"]
+    if names:
+        grants = sorted({g for s in stored if s["name"] in names for g in s.get("grants", [])})
+        who = ", ".join(grants).replace("*", "every agent group") or "nobody"
+        return ok(f"the vault holds {', '.join(names)} (granted to {who})")
+    if local:
+        return fail(f"{local} exists but the vault holds no anthropic secret", "restart the vault (it stores it then)")
+    return fail("no model credential: the vault holds no anthropic secret", MODEL_FIX)
+
+
+# ---- channels --------------------------------------------------------------------------------------
+
+def configured_channels(cfg: Config, environ: dict[str, str]) -> list[str]:
+    """Installed bridges with a token (what `clawden up` runs) or a `[channels.<name>]` table."""
+    tables: dict[str, Any] = {}
+    file = cfg.path("config.toml")
+    if file.exists():
+        tables = tomllib.loads(file.read_text()).get("channels", {})
+    return [name for name in installed_channels()
+            if (cfg.keys_dir / name).exists() or environ.get(f"CLAWDEN_{name.upper()}_TOKEN") or name in tables]
+
+
+def bridge_module(channel: str) -> Any:
+    for entry in importlib.metadata.entry_points(group=CHANNEL_ENTRY_POINTS, name=channel):
+        target = entry.load()
+        return sys.modules.get(getattr(target, "__module__", ""), target)
+    return importlib.import_module(CHANNEL_MODULE.format(channel))
+
+
+def channel_check(channel: str) -> CheckFn:
+    async def check(p: Probe) -> Result:
+        from services.channels.bridge import BridgeConfigError, read_secret
+
+        token_fix = (f"put the {channel} token in {p.cfg.keys_dir / channel} (chmod 600) "
+                     f"or CLAWDEN_{channel.upper()}_TOKEN")
+        try:
+            read_secret(p.cfg, channel, p.environ)
+        except BridgeConfigError as exc:
+            return fail(str(exc), token_fix)
+        online: Callable[[Config, dict[str, str]], Awaitable[str]] | None = getattr(
+            bridge_module(channel), "check_token", None)
+        if online is None:
+            return ok("token present (this bridge has no online check)")
+        try:
+            who = await online(p.cfg, p.environ)
+        except Exception as exc:
+            code = getattr(exc, "code", 0)
+            if code in (401, 403, 404):
+                return fail(f"{channel} rejected the token ({code} {exc})", token_fix)
+            return fail(f"could not ask {channel} about the token: {exc}",
+                        f"check this machine's network, or [channels.{channel}] api_url in config.toml")
+        return ok(f"token accepted: {who}")
+
+    return check
+
+
+async def no_channels(p: Probe) -> Result:
+    return ok("none configured (`clawden chat` works from this machine's terminal)")
+
+
+# ---- disk ------------------------------------------------------------------------------------------
+
+def disk_result(free: int, where: Path) -> Result:
+    text = f"{free / GiB:.1f} GiB free in {where}"
+    if free < DISK_FAIL:
+        return fail(text, "free space: old sessions under sessions/, Docker images (`docker image prune`)")
+    if free < DISK_WARN:
+        return warn(text, "free space soon: old sessions under sessions/, Docker images (`docker image prune`)")
+    return ok(text)
+
+
+async def check_disk(p: Probe) -> Result:
+    usage = await asyncio.to_thread(shutil.disk_usage, p.cfg.home_path)
+    return disk_result(usage.free, p.cfg.home_path)
+
+
+# ---- running them ----------------------------------------------------------------------------------
+
+def checks(cfg: Config, environ: dict[str, str]) -> list[Check]:
+    channels = configured_channels(cfg, environ)
+    return [
+        Check("Docker", check_docker, 15),
+        Check("agent image", check_image, 30),
+        Check("NATS", check_nats, 10),
+        Check("keys", check_keys, 5),
+        Check("vault key", check_vault_key, 5),
+        Check("gateway CA", check_ca, 5),
+        Check("CA trust in a container", check_ca_trust, CONTAINER_WAIT + 20),
+        Check("model credential", check_model, 10),
+        *([Check(f"channel {name}", channel_check(name), 20) for name in channels]
+          or [Check("channels", no_channels)]),
+        Check("disk", check_disk, 5),
+    ]
+
+
+async def _guarded(check: Check, probe: Probe) -> Result:
+    try:
+        return await asyncio.wait_for(check.run(probe), check.timeout)
+    except TimeoutError:
+        return fail(f"no answer within {check.timeout:.0f}s", "run `clawden doctor` again; if it persists, "
+                                                               "this part is stuck")
+    except Exception as exc:
+        return fail(f"the check itself failed: {type(exc).__name__}: {exc}", "please report this")
+
+
+async def diagnose(cfg: Config, environ: dict[str, str] | None = None) -> list[tuple[str, Result]]:
+    probe = Probe(cfg, dict(os.environ) if environ is None else environ)
+    todo = checks(cfg, probe.environ)
+    try:
+        results = await asyncio.gather(*(_guarded(c, probe) for c in todo))
+    finally:
+        await probe.close()
+    return [(c.name, r) for c, r in zip(todo, results, strict=True)]
+
+
+def render(results: Sequence[tuple[str, Result]]) -> str:
+    width = max(len(name) for name, _ in results) + 2
+    lines = []
+    for name, r in results:
+        lines.append(f"{r.status:<5} {name:<{width}}{r.detail}")
+        if r.fix:
+            lines.append(f"{'':<6}{'':<{width}}fix: {r.fix}")
+    failed = sum(r.status == "FAIL" for _, r in results)
+    warned = sum(r.status == "WARN" for _, r in results)
+    summary = [f"{failed} failed" if failed else "", f"{warned} to look at" if warned else ""]
+    lines += ["", ", ".join(s for s in summary if s) or "all checks passed"]
+    return "\n".join(lines)
+
+
+def exit_code(results: Sequence[tuple[str, Result]]) -> int:
+    return 1 if any(r.status == "FAIL" for _, r in results) else 0

@@ -1,0 +1,209 @@
+"""`clawden doctor`: every check against the real thing — the Docker engine, a running Clawden, the
+agent image, the fake Telegram Bot API — and each failure with the fix that goes with it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clawden import config as config_mod
+from clawden import natsauth
+from clawden.cli import main
+from clawden.doctor import (
+    DISK_WARN,
+    Probe,
+    Result,
+    channel_check,
+    check_ca_trust,
+    check_keys,
+    check_nats,
+    check_vault_key,
+    configured_channels,
+    diagnose,
+    disk_result,
+    exit_code,
+)
+from services.vault.certs import CertificateAuthority, write_trust_files
+from services.vault.service import trust_dir
+from tests.e2e.harness import Stack
+from tests.fakes.telegram import FakeTelegram
+from tests.ops.conftest import fresh_home
+
+
+def by_name(results: list[tuple[str, Result]]) -> dict[str, Result]:
+    return dict(results)
+
+
+@pytest.mark.docker
+async def test_a_running_install_passes_every_check(stack: Stack) -> None:
+    results = by_name(await diagnose(config_mod.load(stack.home, environ={}), environ={}))
+
+    assert {name for name, r in results.items() if r.status == "FAIL"} == set()
+    assert results["Docker"].status == results["NATS"].status == results["vault key"].status == "ok"
+    assert "a TLS handshake through the vault gateway verified" in results["CA trust in a container"].detail
+    assert results["model credential"].detail.startswith("the vault holds anthropic")
+    assert results["channels"].detail.startswith("none configured")
+
+
+@pytest.mark.docker
+def test_the_command_exits_0_when_nothing_failed(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--home", str(stack.home), "doctor"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok    Docker ") and "FAIL" not in out
+
+
+def test_each_failure_says_its_fix_and_hides_none_of_the_others(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    cfg = fresh_home(tmp_path / "home")  # never started: no NATS, no vault key, no CA, no model key
+
+    results = by_name(asyncio.run(diagnose(cfg, environ={})))
+
+    assert results["NATS"] == Result("FAIL", f"cannot reach NATS at {cfg.nats_url} (NoServersError)",
+                                     "start Clawden with `clawden up`")
+    assert results["vault key"].status == "WARN" and "creates it when it first starts" in results["vault key"].detail
+    assert results["gateway CA"].status == results["CA trust in a container"].status == "FAIL"
+    assert results["model credential"].status == "FAIL"
+    assert "clawden secrets add anthropic --type anthropic" in results["model credential"].fix
+    assert results["keys"].status == results["disk"].status == "ok"  # checked all the same
+    assert exit_code(list(results.items())) == 1
+
+    assert main(["--home", str(cfg.home), "doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  NATS " in out and "fix: start Clawden with `clawden up`" in out and "4 failed" in out
+
+
+async def test_nats_refusing_the_cli_identity_is_a_failure_with_its_fix(secured_nats: config_mod.Config) -> None:
+    natsauth.seed_path(secured_nats, natsauth.CLI).write_text(natsauth.new_seed() + "\n")
+    probe = Probe(secured_nats, {})
+    try:
+        result = await check_nats(probe)
+    finally:
+        await probe.close()
+    assert result.status == "FAIL" and "refused the owner's CLI identity" in result.detail
+    assert "clawden init" in result.fix
+
+
+async def test_secrets_others_may_read_fail_with_the_chmod_that_fixes_them(tmp_path: Path) -> None:
+    cfg = fresh_home(tmp_path / "home")
+    key = cfg.keys_dir / "vault.key"
+    key.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+    key.chmod(0o644)
+    (cfg.keys_dir / "anthropic").write_text("sk-ant-test\n")
+    (cfg.keys_dir / "anthropic").chmod(0o640)
+    (cfg.keys_dir / "gateway-ca.pem").write_text("a public certificate\n")
+    (cfg.keys_dir / "gateway-ca.pem").chmod(0o644)
+    probe = Probe(cfg, {})
+
+    keys, vault_key = await check_keys(probe), await check_vault_key(probe)
+
+    assert keys.status == "FAIL" and "keys/vault.key (644)" in keys.detail and "keys/anthropic (640)" in keys.detail
+    assert keys.fix == f"chmod 600 {cfg.keys_dir / 'anthropic'} {key}"
+    assert "gateway-ca.pem" not in keys.detail  # certificates are public
+    assert vault_key == Result("FAIL", f"{key} is mode 644: others may read the key to every secret",
+                               f"chmod 600 {key}")
+
+    key.chmod(0o600)
+    (cfg.keys_dir / "anthropic").chmod(0o600)
+    assert (await check_keys(probe)).status == (await check_vault_key(probe)).status == "ok"
+
+
+async def test_a_damaged_vault_key_or_a_lost_one_with_sealed_secrets_fails(tmp_path: Path) -> None:
+    cfg = fresh_home(tmp_path / "home")
+    probe = Probe(cfg, {})
+    key = cfg.keys_dir / "vault.key"
+    key.touch(mode=0o600)
+    key.write_text("not base64 of 32 bytes\n")
+    assert "does not hold a base64 32-byte key" in (await check_vault_key(probe)).detail
+
+    key.unlink()
+    (cfg.data_dir / "vault").mkdir()
+    (cfg.data_dir / "vault" / "vault.db").touch()
+    lost = await check_vault_key(probe)
+    assert lost.status == "FAIL" and "holds secrets sealed with it" in lost.detail and "backup" in lost.fix
+
+
+@pytest.fixture
+def telegram() -> Iterator[FakeTelegram]:
+    fake = FakeTelegram().start_in_thread()
+    yield fake
+    fake.stop_thread()
+
+
+async def test_a_telegram_token_is_asked_with_getme_where_the_bridge_would_ask(
+        tmp_path: Path, telegram: FakeTelegram) -> None:
+    cfg = fresh_home(tmp_path / "home")
+    env = {"CLAWDEN_TELEGRAM_TOKEN": telegram.token, "CLAWDEN_TELEGRAM_API_URL": telegram.url}
+    assert configured_channels(cfg, env) == ["telegram"] and configured_channels(cfg, {}) == []
+
+    result = await channel_check("telegram")(Probe(cfg, env))
+
+    assert result == Result("ok", "token accepted: @clawden_test_bot")
+    assert [call.outcome for call in telegram.calls_to("getMe")] == ["ok"]
+
+
+async def test_a_telegram_token_the_api_rejects_fails_with_where_to_put_the_right_one(
+        tmp_path: Path, telegram: FakeTelegram) -> None:
+    cfg = fresh_home(tmp_path / "home")
+    (cfg.keys_dir / "telegram").write_text("7012345678:revoked\n")
+    (cfg.keys_dir / "telegram").chmod(0o600)
+    env = {"CLAWDEN_TELEGRAM_API_URL": telegram.url}
+    assert configured_channels(cfg, env) == ["telegram"]
+
+    result = await channel_check("telegram")(Probe(cfg, env))
+
+    assert result.status == "FAIL" and result.detail.startswith("telegram rejected the token (401")
+    assert str(cfg.keys_dir / "telegram") in result.fix
+
+
+async def test_a_telegram_token_file_others_may_read_is_refused_before_any_request(
+        tmp_path: Path, telegram: FakeTelegram) -> None:
+    cfg = fresh_home(tmp_path / "home")
+    (cfg.keys_dir / "telegram").write_text(telegram.token + "\n")
+    (cfg.keys_dir / "telegram").chmod(0o644)
+
+    result = await channel_check("telegram")(Probe(cfg, {"CLAWDEN_TELEGRAM_API_URL": telegram.url}))
+
+    assert result.status == "FAIL" and "readable by other users" in result.detail
+    assert telegram.calls_to("getMe") == []
+
+
+def vault_ca(cfg: config_mod.Config) -> CertificateAuthority:
+    """The CA files as the vault writes them (its key and certificate, the trust folder)."""
+    ca = CertificateAuthority.load_or_create(cfg.keys_dir / "gateway-ca.key", cfg.keys_dir / "gateway-ca.pem", "t")
+    write_trust_files(ca, trust_dir(cfg))
+    return ca
+
+
+@pytest.mark.docker
+async def test_a_container_trusts_the_ca_even_while_the_vault_is_down(tmp_path: Path, agent_image: str) -> None:
+    cfg = fresh_home(tmp_path / "home")
+    vault_ca(cfg)
+
+    result = await check_ca_trust(Probe(cfg, {}))
+
+    assert result == Result("ok", "the CA is in the container's default trust (no handshake: the vault is "
+                                  "not running)")
+
+
+@pytest.mark.docker
+async def test_a_container_whose_bundle_lacks_the_ca_fails(tmp_path: Path, agent_image: str) -> None:
+    cfg = fresh_home(tmp_path / "home")
+    vault_ca(cfg)
+    (trust_dir(cfg) / "bundle.pem").write_bytes(CertificateAuthority.create("someone else").cert_pem)
+
+    result = await check_ca_trust(Probe(cfg, {}))
+
+    assert result.status == "FAIL"
+    assert "Python's default trust (SSL_CERT_FILE=/run/clawden/trust/bundle.pem) lacks the gateway CA" in result.detail
+
+
+def test_disk_space_warns_under_a_gibibyte_and_fails_near_empty(tmp_path: Path) -> None:
+    assert disk_result(DISK_WARN + 1, tmp_path).status == "ok"
+    assert disk_result(DISK_WARN - 1, tmp_path).status == "WARN"
+    assert disk_result(10 << 20, tmp_path).status == "FAIL"
