@@ -1,4 +1,4 @@
-"""`clawden status|doctor`: is it running, and is it healthy."""
+"""`clawden status|doctor|logs`: is it running, is it healthy, what did it say."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +52,43 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return exit_code(results)
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from clawden import logview
+
+    try:
+        service = logview.canonical(args.service) if args.service else None
+    except ValueError as exc:
+        print(f"clawden: {exc}", file=sys.stderr)
+        return 2
+    scope = None if args.files else logview.installed_scope()
+    if scope is not None:
+        command = logview.journal_command(scope, service, lines=args.lines, follow=args.follow, session=args.session)
+        try:
+            return subprocess.run(command, check=False).returncode
+        except FileNotFoundError:
+            print("clawden: the units are installed but journalctl is missing", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+    logs = _cfg(args).path("logs")
+    try:
+        logview.read_files(logs, service, lines=args.lines, session=args.session, follow=args.follow,
+                           out=sys.stdout)
+    except FileNotFoundError as exc:
+        print(f"clawden: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of lines")
+    return value
+
+
 def register(sub: Sub) -> None:
     st = sub.add_parser("status", help="running services, their requests, containers, backlogs, approvals",
                         description="Every service instance that answers over NATS, with version, uptime, pid and "
@@ -63,3 +101,14 @@ def register(sub: Sub) -> None:
                          description="Each check prints ok, WARN or FAIL with a fix; exit 1 when any failed.")
     doc.add_argument("--json", action="store_true", help="print the results as JSON")
     doc.set_defaults(func=cmd_doctor)
+
+    logs = sub.add_parser("logs", help="show (and follow) the services' logs",
+                          description="journalctl for the clawden-* units when they are installed; otherwise the "
+                                      "files in <home>/logs that `clawden up` writes, every service interleaved by "
+                                      "time when none is named.")
+    logs.add_argument("service", nargs="?", help="router, runner, vault, scheduler, approvals, nats or channel@<name>")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("--session", help="only lines about this session id")
+    logs.add_argument("-n", "--lines", type=_count, default=50, help="how many of the last lines (default 50)")
+    logs.add_argument("--files", action="store_true", help="read <home>/logs even where units are installed")
+    logs.set_defaults(func=cmd_logs)

@@ -1,0 +1,247 @@
+"""Reading Clawden's logs back for `clawden logs`: journalctl where the systemd units are installed,
+else the files `clawden up` and the launchd agents write under <home>/logs, interleaved by time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TextIO
+
+from clawden.units import TARGET
+
+Scope = Literal["user", "system"]
+FOLLOW_POLL = 0.25  # seconds between looks at the files while following (the stdlib has no file events)
+BLOCK = 64 * 1024
+WRAP = 12 * 3600  # a time of day this much later than the next line's: that line is from the next day
+
+# `HH:MM:SS.mmm L logger: ...` (clawden.logs.PrefixFormatter) and `[pid] YYYY/MM/DD HH:MM:SS.ffffff [INF] ...` (nats)
+_CLAWDEN_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) [A-Z] ")
+_NATS_LINE = re.compile(r"^\[\d+\] (\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)\.(\d+) ")
+
+
+# ---- names -----------------------------------------------------------------------------------------
+
+def canonical(service: str) -> str:
+    """`router`, `clawden-router.service`, `channel-telegram` or `channel@telegram` -> `router` / `channel@telegram`."""
+    name = service.removesuffix(".service").removesuffix(".log").removeprefix("clawden-")
+    if name.startswith("channel-"):
+        name = "channel@" + name.removeprefix("channel-")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(@[A-Za-z0-9_-]+)?", name):
+        raise ValueError(f"not a service name: {service!r}")
+    return name
+
+
+def unit_name(service: str) -> str:
+    return f"clawden-{canonical(service)}.service"
+
+
+def file_name(service: str) -> str:
+    return canonical(service).replace("@", "-") + ".log"
+
+
+# ---- journald --------------------------------------------------------------------------------------
+
+def installed_scope(unit_dirs: Sequence[tuple[Scope, Path]] | None = None, *,
+                    ask_systemctl: bool = True) -> Scope | None:
+    """Where `clawden units install` put the units: its target in a unit folder, else what systemctl knows."""
+    from clawden.units import SYSTEM_UNIT_DIR, unit_dir
+
+    default: list[tuple[Scope, Path]] = [("user", unit_dir("user", Path.home())), ("system", SYSTEM_UNIT_DIR)]
+    dirs = unit_dirs if unit_dirs is not None else default
+    for scope, folder in dirs:
+        if (folder / TARGET).exists():
+            return scope
+    if not ask_systemctl or shutil.which("systemctl") is None:
+        return None
+    scopes: tuple[Scope, ...] = ("user", "system")
+    for scope in scopes:
+        try:
+            found = subprocess.run(["systemctl", *(["--user"] if scope == "user" else []), "cat", TARGET],
+                                   capture_output=True, timeout=5, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if found.returncode == 0:
+            return scope
+    return None
+
+
+def journal_command(scope: Scope, service: str | None, *, lines: int, follow: bool, session: str | None) -> list[str]:
+    """journalctl for one unit (or every clawden-* unit), the last `lines` entries, filtered by session."""
+    unit = unit_name(service) if service else "clawden-*"
+    cmd = ["journalctl", f"--user-unit={unit}" if scope == "user" else f"--unit={unit}", "-n", str(lines)]
+    if follow:
+        cmd.append("--follow")
+    if session:
+        cmd.append(f"CLAWDEN_SESSION={session}")
+    return cmd
+
+
+# ---- the files -------------------------------------------------------------------------------------
+
+@dataclass
+class Record:
+    """One log entry: its first line and any continuation lines (a traceback), with its time if known."""
+
+    service: str
+    text: str
+    tod: float | None  # seconds after midnight, local time
+    at: float = 0.0  # epoch seconds, once anchored
+
+
+def time_of_day(line: str) -> float | None:
+    if m := _CLAWDEN_LINE.match(line):
+        h, mi, s, ms = (int(g) for g in m.groups())
+        return h * 3600 + mi * 60 + s + ms / 1000
+    if m := _NATS_LINE.match(line):
+        h, mi, s = (int(g) for g in m.groups()[3:6])
+        return h * 3600 + mi * 60 + s + float("0." + m.group(7))
+    return None
+
+
+def parse(service: str, lines: Iterable[str]) -> list[Record]:
+    records: list[Record] = []
+    for line in lines:
+        tod = time_of_day(line)
+        if tod is None and records:
+            records[-1].text += "\n" + line
+        else:
+            records.append(Record(service, line, tod))
+    return records
+
+
+def anchor(records: list[Record], last_write: float) -> None:
+    """Give each record a date: lines carry only the time of day, so count back from the file's last
+    write, a day earlier each time the clock runs backwards across midnight."""
+    stamp = dt.datetime.fromtimestamp(last_write)
+    midnight = stamp.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    now_tod = last_write - midnight
+    later: float | None = None
+    for record in reversed(records):
+        tod = record.tod if record.tod is not None else later
+        if tod is None:
+            record.at = last_write
+            continue
+        if later is None:
+            if tod > now_tod + 60:  # written before midnight, the file last touched after it
+                midnight -= 86400
+        elif tod > later + WRAP:
+            midnight -= 86400
+        record.at = midnight + tod
+        later = tod
+
+
+_SESSION = r"(?:^|\s)(?:clawden_)?session(?:_id)?={}(?:\s|$)"
+
+
+def session_filter(session: str | None) -> re.Pattern[str] | None:
+    return re.compile(_SESSION.format(re.escape(session)), re.MULTILINE) if session else None
+
+
+def tail_records(path: Path, service: str, count: int, match: re.Pattern[str] | None) -> list[Record]:
+    """The last `count` records (matching ones, with a session filter) of one file, read from its end."""
+    size = path.stat().st_size
+    step = BLOCK
+    with path.open("rb") as f:
+        while True:
+            start = max(0, size - step)
+            f.seek(start)
+            lines = f.read(size - start).decode("utf-8", "replace").splitlines()
+            if start > 0:
+                lines = lines[1:]  # may start mid-line
+            records = parse(service, lines)
+            if start > 0 and records and records[0].tod is None:
+                records = records[1:]  # the tail of a record that began further back
+            chosen = [r for r in records if match is None or match.search(r.text)]
+            if start == 0 or len(chosen) >= count:
+                break
+            step *= 4
+    anchor(records, path.stat().st_mtime)
+    return chosen[-count:] if count else []
+
+
+def log_files(logs: Path, service: str | None) -> dict[str, Path]:
+    """Service name (as in the file name) -> file."""
+    if service:
+        path = logs / file_name(service)
+        if not path.exists():
+            have = ", ".join(sorted(p.stem for p in logs.glob("*.log"))) or "none"
+            raise FileNotFoundError(f"no log for {canonical(service)} in {logs} (there are: {have})")
+        return {path.stem: path}
+    return {p.stem: p for p in sorted(logs.glob("*.log"))}
+
+
+def merged(per_file: Iterable[list[Record]]) -> list[Record]:
+    return list(heapq.merge(*per_file, key=lambda r: r.at))
+
+
+def show(record: Record, out: TextIO, width: int) -> None:
+    if width:
+        prefix = f"{record.service:<{width}} | "
+        out.write(prefix + record.text.replace("\n", "\n" + " " * len(prefix)) + "\n")
+    else:
+        out.write(record.text + "\n")
+    out.flush()
+
+
+def read_files(logs: Path, service: str | None, *, lines: int, session: str | None, follow: bool,
+               out: TextIO) -> None:
+    """Print the last `lines` records (of every service, interleaved by time, when none is named)."""
+    match = session_filter(session)
+    files = log_files(logs, service)
+    width = 0 if service else max([len(name) for name in files] + [10])
+    for record in merged(tail_records(p, name, lines, match) for name, p in files.items())[-lines:] if lines else []:
+        show(record, out, width)
+    if follow:
+        for record in follow_files(logs, service, {n: p.stat().st_size for n, p in files.items()}, match):
+            show(record, out, width)
+
+
+def follow_files(logs: Path, service: str | None, offsets: dict[str, int],
+                 match: re.Pattern[str] | None) -> Iterator[Record]:
+    """New records as they are appended; a truncated file is read again from its start, a new one from
+    its start too (a service that began to log)."""
+    partial: dict[str, str] = {}
+    showing: dict[str, bool] = {}  # whether the last record of that file passed the filter
+    last_tod: dict[str, float] = {}
+    while True:
+        batch: list[list[Record]] = []
+        for name, path in log_files(logs, service).items():
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            offset = offsets.get(name, 0)
+            if size < offset:
+                offset, partial[name] = 0, ""
+            if size == offset:
+                continue
+            with path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read(size - offset)
+            offsets[name] = size
+            text = partial.pop(name, "") + chunk.decode("utf-8", "replace")
+            if "\n" not in text:
+                partial[name] = text
+                continue
+            complete, _, partial[name] = text.rpartition("\n")
+            fresh: list[Record] = []
+            for record in parse(name, complete.split("\n")):
+                if record.tod is None:  # lines continuing the last record of an earlier look
+                    record.tod = last_tod.get(name, 0.0)
+                    if showing.get(name, match is None):
+                        fresh.append(record)
+                    continue
+                last_tod[name] = record.tod
+                showing[name] = match is None or bool(match.search(record.text))
+                if showing[name]:
+                    fresh.append(record)
+            batch.append(fresh)
+        yield from heapq.merge(*batch, key=lambda r: r.tod or 0.0)
+        time.sleep(FOLLOW_POLL)
