@@ -185,6 +185,17 @@ def test_a_service_killed_with_sigkill_is_restarted_by_systemd(install: Install)
     assert int(m.sh(f"systemctl show -p NRestarts --value {unit}")) >= 1
 
 
+def test_a_wedged_service_is_restarted_by_the_watchdog_while_the_others_keep_pinging(install: Install) -> None:
+    m, unit = install.machine, "clawden-approvals.service"
+    wedged = m.main_pid(unit)
+    m.sh(f"systemctl kill -s STOP {unit}")  # its event loop stops, and with it the WATCHDOG=1 pings
+    m.wait(lambda: m.state(unit) == "active" and m.main_pid(unit) not in (0, wedged), 90, f"{unit} not restarted")
+    assert "Watchdog timeout" in m.sh(f"journalctl --no-pager -u {unit}")
+    # Everyone else has been up for longer than WatchdogSec by now, on their pings alone.
+    steady = ["clawden-nats.service", "clawden-router.service", "clawden-runner.service", "clawden-vault.service"]
+    assert {u: m.sh(f"systemctl show -p NRestarts --value {u}").strip() for u in steady} == dict.fromkeys(steady, "0")
+
+
 def test_stopping_the_target_stops_every_unit_cleanly_and_nats_last(install: Install) -> None:
     m = install.machine
     m.sh("systemctl stop clawden.target")  # returns once the target is down; its units follow
