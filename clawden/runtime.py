@@ -187,7 +187,8 @@ async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
                   "then reload NATS (`systemctl reload clawden-nats`, or restart `clawden up`)", cfg.nats_url, ident)
         return 1
     js = nc.jetstream()
-    if ident in natsauth.CORE:
+    # Where the server checks identities only the core makes streams; on an open one anyone may.
+    if ident in natsauth.CORE or not nc._server_info.get("auth_required"):
         await ensure_streams(js)
     else:  # a bridge may not shape streams; the core services make them
         await wait_streams(js, notifier)

@@ -20,7 +20,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from clawden import natsserver, setup
+from clawden import config, natsauth, natsserver, setup
 from clawden.bus import bind, connect, consume, ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from services.channels.local import terminal_outbound
@@ -127,7 +127,9 @@ class Requester:
 
 @pytest.fixture
 async def bus(up: Up) -> AsyncIterator[tuple[Client, Owner]]:
-    nc = await connect(up.url, "test")
+    # The owner's identity: the stack's NATS admits only known keys.
+    seed = natsauth.seed_path(config.load(up.home), natsauth.CLI).read_text().strip()
+    nc = await connect(up.url, "test", nkeys_seed_str=seed)
     await ensure_streams(nc.jetstream())
     owner = Owner(nc)
     stopping = asyncio.Event()
