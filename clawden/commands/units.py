@@ -24,16 +24,16 @@ def _install(args: argparse.Namespace) -> tuple[config_mod.Config, units.Install
     return cfg, units.discover(cfg, _mode(args), channels)
 
 
-def _needs_root(mode: units.Mode, dry_run: bool) -> None:
+def _needs_root(mode: units.Mode, dry_run: bool, verb: str, home: str) -> None:
     if mode == "system" and not dry_run and os.geteuid() != 0:
-        raise units.UnitsError(f"system units go to {units.SYSTEM_UNIT_DIR}, which needs root: "
-                               f"sudo {sys.executable} -m clawden --home <home> units install --system "
-                               "(or install user units: --user)")
+        raise units.UnitsError(f"system units live in {units.SYSTEM_UNIT_DIR}, which needs root: "
+                               f"sudo {sys.executable} -m clawden --home {home} units {verb} --system "
+                               "(or use user units: --user)")
 
 
 def cmd_install(args: argparse.Namespace) -> int:
     cfg, inst = _install(args)
-    _needs_root(inst.mode, args.dry_run)
+    _needs_root(inst.mode, args.dry_run, "install", cfg.home)
     folder = units.unit_dir(inst.mode, inst.user_home)
     plan = units.install_plan(inst, folder, units.identities(cfg), now=args.now)
     units.apply(plan, print, dry_run=args.dry_run)
@@ -53,7 +53,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
     mode = _mode(args)
-    _needs_root(mode, args.dry_run)
+    _needs_root(mode, args.dry_run, "uninstall", args.home or "<home>")
     folder = units.unit_dir(mode, Path.home())
     plan = units.uninstall_plan(mode, folder, os.getuid())
     if not plan:
