@@ -26,8 +26,9 @@ def _install(args: argparse.Namespace) -> tuple[config_mod.Config, units.Install
 
 def _needs_root(mode: units.Mode, dry_run: bool, verb: str, home: str) -> None:
     if mode == "system" and not dry_run and os.geteuid() != 0:
+        where = f"--home {home} " if home else ""
         raise units.UnitsError(f"system units live in {units.SYSTEM_UNIT_DIR}, which needs root: "
-                               f"sudo {sys.executable} -m clawden --home {home} units {verb} --system "
+                               f"sudo {sys.executable} -m clawden {where}units {verb} --system "
                                "(or use user units: --user)")
 
 
@@ -53,7 +54,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
     mode = _mode(args)
-    _needs_root(mode, args.dry_run, "uninstall", args.home or "<home>")
+    _needs_root(mode, args.dry_run, "uninstall", "")  # removing needs no home
     folder = units.unit_dir(mode, Path.home())
     plan = units.uninstall_plan(mode, folder, os.getuid())
     if not plan:
