@@ -21,7 +21,7 @@ import nats.micro
 from nats.aio.client import Client
 from nats.errors import AuthorizationError
 from nats.js import JetStreamContext
-from nats.micro.request import Request
+from nats.micro.request import Request, ServiceError
 from nats.micro.service import Service
 
 from clawden import __name__ as _pkg
@@ -75,16 +75,15 @@ class ServiceContext:
         """Request/reply control at `clawden.ctl.<service>.<verb>`; replies are JSON."""
         assert self._micro is not None
 
+        # A ServiceError is answered by micro as is, and counted in the endpoint's `num_errors`.
         async def serve(req: Request) -> None:
             try:
                 result = await handler(req.data)
             except ControlError as exc:  # the caller's mistake, said in plain words
-                await req.respond_error("400", str(exc))
-                return
+                raise ServiceError("400", str(exc)) from None
             except Exception as exc:  # never leak a traceback to a caller
                 log.exception("ctl %s failed", verb)
-                await req.respond_error("500", f"{verb} failed: {type(exc).__name__}")
-                return
+                raise ServiceError("500", f"{verb} failed: {type(exc).__name__}") from None
             await req.respond(json.dumps(result, default=vars).encode())
 
         await self._micro.add_endpoint(name=verb, subject=subjects.ctl(_token(self.name), verb),
