@@ -24,6 +24,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent
 
 async def test_remind_me_in_3_seconds_arrives_in_the_same_chat(stack: Stack) -> None:
     async with Terminal(stack, "reminders") as term:
+        # A warm container first: a cold start slower than 3 s would make the reminder due before the
+        # agent even schedules it (it then fires at once, into the turn that is scheduling it).
+        stack.fake.script(ToolCall("send_message", {"text": "hello"}), Text("greeted"))
+        await stack.wait_until_idle((await term.ask("hello", timeout=90)).session_id)
         due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
         when = due.isoformat()  # what a model writes for "in 3 seconds": an ISO time
         stack.fake.script(
