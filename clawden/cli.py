@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import logging
 import sys
 from pathlib import Path
 
@@ -108,6 +109,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command not in ("run", "up"):
+        # A command says in one line when NATS is away; the client's per-attempt warnings are noise.
+        logging.getLogger("clawden.bus").setLevel(logging.ERROR)
     try:
         code: int = args.func(args)
     except config_mod.ConfigError as exc:

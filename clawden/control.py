@@ -6,7 +6,6 @@ import asyncio
 import json
 from typing import Any
 
-from clawden import natsauth
 from clawden.bus import subjects
 from clawden.config import Config
 
@@ -17,10 +16,12 @@ class ControlError(Exception):
 
 async def call(cfg: Config, service: str, verb: str, payload: dict[str, Any] | None = None,
                timeout: float = 10.0) -> Any:
+    from clawden.status import Unreachable, connect_cli
+
     try:
-        nc = await asyncio.wait_for(natsauth.connect_as(cfg, natsauth.CLI, max_reconnect_attempts=1), timeout)
-    except (TimeoutError, OSError) as exc:
-        raise ControlError(f"cannot reach NATS at {cfg.nats_url}: is Clawden running?") from exc
+        nc = await connect_cli(cfg, timeout)
+    except Unreachable as exc:
+        raise ControlError(f"{exc}\n  fix: {exc.fix}") from None
     try:
         try:
             reply = await nc.request(subjects.ctl(service, verb), json.dumps(payload or {}).encode(),
