@@ -47,6 +47,14 @@ CHANNEL_MODULE = "services.channels.{}"
 CHANNEL_ENTRY_POINTS = "clawden.channels"  # third-party bridges: `<name> = "pkg.module:main"`
 
 
+EX_CONFIG = 78  # sysexits.h: units name it in RestartPreventExitStatus=, so no restart loop
+
+
+class ConfigurationError(Exception):
+    """The service cannot run as configured (a missing token, a refused identity): it exits with
+    EX_CONFIG after logging why, and is not restarted until someone fixes the configuration."""
+
+
 class ControlError(Exception):
     """Raised by a control endpoint for a bad request; its message goes back to the caller as is."""
 
@@ -180,11 +188,11 @@ async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
         nc = connecting.result()
     except natsauth.IdentityError as exc:
         log.error("%s", exc)
-        return 1
+        return EX_CONFIG
     except AuthorizationError:
         log.error("NATS at %s refused the identity %r: `clawden init` gives each installed service one; "
                   "then reload NATS (`systemctl reload clawden-nats`, or restart `clawden up`)", cfg.nats_url, ident)
-        return 1
+        return EX_CONFIG
     js = nc.jetstream()
     # Where the server checks identities only the core makes streams; on an open one anyone may.
     if ident in natsauth.CORE or not nc._server_info.get("auth_required"):
@@ -212,25 +220,29 @@ async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
             log.warning("%s: in-flight work did not finish in %.0fs; cancelling", name, DRAIN_TIMEOUT)
             work.cancel()
         watchdog.cancel()
-    failed = work.done() and not work.cancelled() and work.result() is False
+    code = work.result() if work.done() and not work.cancelled() else 0
     try:
         await ctx._micro.stop()
         await asyncio.wait_for(nc.drain(), 5)
     except Exception as exc:
         log.warning("draining nats: %s", exc)
     notifier.close()
-    return 1 if failed else 0
+    return code
 
 
-async def _guarded(main: ServiceMain, ctx: ServiceContext) -> bool:
+async def _guarded(main: ServiceMain, ctx: ServiceContext) -> int:
+    """The service's exit code: 0 when it returned, EX_CONFIG for a ConfigurationError, else 1."""
     try:
         await main(ctx)
     except asyncio.CancelledError:
         raise
+    except ConfigurationError as exc:
+        log.error("%s cannot run as configured: %s", ctx.name, exc)
+        return EX_CONFIG
     except Exception:
         log.exception("%s crashed", ctx.name)
-        return False
-    return True
+        return 1
+    return 0
 
 
 async def _watchdog(ctx: ServiceContext) -> None:

@@ -20,7 +20,7 @@ from types import FrameType
 
 from clawden import natsauth, natsserver, setup
 from clawden.config import Config
-from clawden.runtime import installed_channels
+from clawden.runtime import EX_CONFIG, installed_channels
 
 SERVICES = ("vault", "router", "runner", "scheduler", "approvals")
 STOP_TIMEOUT = 15.0
@@ -100,6 +100,10 @@ class Supervisor:
                 if child.restarts and now - child.started_at > 60:
                     child.restarts = 0  # healthy again: the next crash restarts at once
                 continue
+            if code == EX_CONFIG:  # it said why in its log; restarting would only say it again
+                self.say(f"{child.name} cannot run as configured; not restarting it (see {child.log_path})")
+                child.proc, child.next_start = None, float("inf")
+                continue
             delay = min(30.0, 2.0 ** child.restarts) if child.restarts else 0.5
             child.restarts += 1
             child.proc = None
@@ -135,8 +139,6 @@ class Supervisor:
                 self.say(f"{child.name} did not stop in time; killing it")
                 child.proc.kill()
                 child.proc.wait()
-            if child.notify is not None:
-                child.notify.close()
         if self.nats is not None:
             self.nats.terminate()
             try:
@@ -144,6 +146,8 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 self.nats.kill()
         for child in self.children:
+            if child.notify is not None:
+                child.notify.close()
             child.notify_path.unlink(missing_ok=True)
         self.tmp.rmdir()
         self.say("stopped")

@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
 from clawden.config import Config
+from clawden.runtime import ConfigurationError
 from services.channels.retry import PlatformError
 from services.channels.state import BridgeState
 
@@ -66,7 +67,7 @@ class ButtonRef:
     style: str = "default"
 
 
-class BridgeConfigError(Exception):
+class BridgeConfigError(ConfigurationError):
     """The bridge cannot run as configured (no token, a token the platform rejects); said in plain words."""
 
 

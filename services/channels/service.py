@@ -14,7 +14,7 @@ from clawden.bus import ConsumeStats, bind, consume
 from clawden.bus import events as ev
 from clawden.bus.streams import bridge_outbound
 from clawden.runtime import ServiceContext
-from services.channels.bridge import Bridge, BridgeConfigError, BridgeStats, Inbound
+from services.channels.bridge import Bridge, BridgeStats, Inbound
 from services.channels.delivery import Delivery, TypingIndicators
 from services.channels.retry import RetryPolicy
 from services.channels.state import BridgeState
@@ -37,11 +37,7 @@ async def serve(ctx: ServiceContext, bridge: Bridge, *, policy: RetryPolicy | No
     ctx.stats[name] = stats
     typing = TypingIndicators(bridge)
     try:
-        try:
-            await bridge.start()
-        except BridgeConfigError as exc:
-            log.error("%s bridge cannot start: %s", name, exc)
-            raise
+        await bridge.start()  # a BridgeConfigError stops the service with EX_CONFIG (runtime)
         await state.prune()
         inbound = Inbound(ctx.js, name, state, ctx.config.data_dir / "channels" / name / "files", stats)
         delivery = Delivery(bridge, state, ctx.js, stats, typing, stopping=ctx.stopping,

@@ -548,9 +548,5 @@ async def check_token(cfg: Config, environ: dict[str, str] | None = None) -> str
 
 
 async def main(ctx: ServiceContext) -> None:
-    try:
-        bridge, policy, typing_max = bridge_from_settings(ctx)
-    except BridgeConfigError as exc:
-        log.error("telegram bridge cannot start: %s", exc)
-        raise
+    bridge, policy, typing_max = bridge_from_settings(ctx)
     await serve(ctx, bridge, policy=policy, typing_horizon=typing_max)

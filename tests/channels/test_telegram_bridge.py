@@ -16,6 +16,7 @@ import pytest
 
 from clawden.bus import events as ev
 from clawden.bus import subjects
+from clawden.runtime import EX_CONFIG
 from tests.channels.harness import BridgeProcess, Bus, until
 from tests.conftest import NatsServer
 from tests.fakes.telegram import BadGateway, Delay, Drop, Error, FakeTelegram, Fault, Hang
@@ -402,7 +403,7 @@ async def test_a_rejected_token_stops_the_bridge_with_a_clear_error_and_no_token
         fake: FakeTelegram, bridge: BridgeProcess) -> None:
     wrong = "7012345678:AAWrongTokenWrongTokenWrongToken123"
     bridge.start(wait=False, env=bridge.env() | {"CLAWDEN_TELEGRAM_TOKEN": wrong})
-    assert bridge.proc is not None and bridge.proc.wait(30) != 0
+    assert bridge.proc is not None and bridge.proc.wait(30) == EX_CONFIG
     output = bridge.output()
     assert "Telegram rejected the bot token (401 Unauthorized)" in output
     assert wrong not in output and "[redacted]" not in output.split("Telegram rejected")[0][-200:]
@@ -412,7 +413,7 @@ async def test_a_missing_token_says_where_to_put_one(bridge: BridgeProcess) -> N
     env = bridge.env()
     del env["CLAWDEN_TELEGRAM_TOKEN"]
     bridge.start(wait=False, env=env)
-    assert bridge.proc is not None and bridge.proc.wait(30) != 0
+    assert bridge.proc is not None and bridge.proc.wait(30) == EX_CONFIG
     assert "no telegram token: set CLAWDEN_TELEGRAM_TOKEN or write it to" in bridge.output()
 
 
@@ -423,7 +424,7 @@ async def test_a_token_file_readable_by_others_is_refused(bridge: BridgeProcess)
     key.write_text(token + "\n")
     key.chmod(0o644)
     bridge.start(wait=False, env=env)
-    assert bridge.proc is not None and bridge.proc.wait(30) != 0
+    assert bridge.proc is not None and bridge.proc.wait(30) == EX_CONFIG
     assert "is readable by other users" in bridge.output()
     key.chmod(0o600)
     bridge.start(env=env)  # the same file, private now, works
