@@ -140,17 +140,23 @@ def ensure_seed(cfg: Config, ident: str) -> str:
     return seed
 
 
-def load_seed(cfg: Config, ident: str, environ: dict[str, str] | None = None) -> str | None:
+def find_seed(cfg: Config, ident: str, environ: dict[str, str] | None = None) -> Path | None:
+    """Where this identity's seed is: the systemd credential first, else the home's file."""
     env = os.environ if environ is None else environ
     credentials = env.get("CREDENTIALS_DIRECTORY")
     if credentials and (Path(credentials) / SEED_CREDENTIAL).exists():
-        return (Path(credentials) / SEED_CREDENTIAL).read_text().strip()
+        return Path(credentials) / SEED_CREDENTIAL
     path = seed_path(cfg, ident)
     if path.exists():
         if path.stat().st_mode & 0o077:
             raise IdentityError(f"{path} is readable by others; run: chmod 600 {path}")
-        return path.read_text().strip()
+        return path
     return None
+
+
+def load_seed(cfg: Config, ident: str, environ: dict[str, str] | None = None) -> str | None:
+    path = find_seed(cfg, ident, environ)
+    return None if path is None else path.read_text().strip()
 
 
 async def connect_as(cfg: Config, ident: str, **options: Any) -> Client:
