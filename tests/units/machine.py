@@ -89,10 +89,17 @@ def booted(client: docker.DockerClient, name: str, *, volumes: dict[str, dict[st
         tmpfs={"/run": "", "/run/lock": ""}, environment={"container": "docker"}, volumes=mounts, labels=labels)
     machine = Machine(container)
     try:
-        # Until systemd listens, systemctl cannot even ask.
-        machine.wait(lambda: "bus" not in machine.sh("systemctl is-system-running", check=False), 30, "no boot")
-        booted = machine.sh("systemctl is-system-running --wait", check=False).strip()
-        assert booted in ("running", "degraded"), booted + machine.sh("systemctl --failed --no-pager", check=False)
+        # Until systemd listens on its private socket (which can come and go early in boot),
+        # systemctl cannot even ask: ask again until it answers with the state boot ended in.
+        answers: list[str] = []
+
+        def settled() -> bool:
+            answers.append(machine.sh("systemctl is-system-running --wait", check=False).strip())
+            return "Failed to connect" not in answers[-1]
+
+        machine.wait(settled, 60, "no boot")
+        assert answers[-1] in ("running", "degraded"), answers[-1] + machine.sh(
+            "systemctl --failed --no-pager", check=False)
         yield machine
     finally:
         container.remove(force=True)
