@@ -144,9 +144,11 @@ def session_filter(session: str | None) -> re.Pattern[str] | None:
     return re.compile(_SESSION.format(re.escape(session)), re.MULTILINE) if session else None
 
 
-def tail_records(path: Path, service: str, count: int, match: re.Pattern[str] | None) -> list[Record]:
-    """The last `count` records (matching ones, with a session filter) of one file, read from its end."""
-    size = path.stat().st_size
+def tail_records(path: Path, service: str, count: int, match: re.Pattern[str] | None,
+                 size: int | None = None) -> list[Record]:
+    """The last `count` records (matching ones, with a session filter) of one file's first `size`
+    bytes (all of it by default), read from their end."""
+    size = path.stat().st_size if size is None else size
     step = BLOCK
     with path.open("rb") as f:
         while True:
@@ -196,10 +198,13 @@ def read_files(logs: Path, service: str | None, *, lines: int, session: str | No
     match = session_filter(session)
     files = log_files(logs, service)
     width = 0 if service else max([len(name) for name in files] + [10])
-    for record in merged(tail_records(p, name, lines, match) for name, p in files.items())[-lines:] if lines else []:
+    # Sizes first: what is written while the tail is shown belongs to the follow, not lost between.
+    sizes = {n: p.stat().st_size for n, p in files.items()}
+    tails = (tail_records(p, name, lines, match, sizes[name]) for name, p in files.items())
+    for record in merged(tails)[-lines:] if lines else []:
         show(record, out, width)
     if follow:
-        for record in follow_files(logs, service, {n: p.stat().st_size for n, p in files.items()}, match):
+        for record in follow_files(logs, service, sizes, match):
             show(record, out, width)
 
 
