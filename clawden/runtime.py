@@ -94,7 +94,7 @@ class ServiceContext:
                 raise ServiceError("500", f"{verb} failed: {type(exc).__name__}") from None
             await req.respond(json.dumps(result, default=vars).encode())
 
-        await self._micro.add_endpoint(name=verb, subject=subjects.ctl(_token(self.name), verb),
+        await self._micro.add_endpoint(name=verb, subject=subjects.ctl(natsauth.identity(self.name), verb),
                                        handler=serve)
 
     async def ready(self, status: str = "") -> None:
@@ -103,9 +103,6 @@ class ServiceContext:
         self.notifier.ready(status or f"{self.name} ready")
         self._ready.set()
         log.info("%s ready", self.name)
-
-
-_token = natsauth.identity
 
 
 def installed_channels() -> dict[str, str]:
@@ -156,7 +153,7 @@ def load_channel(channel: str) -> ServiceMain:
 
 def run(name: str, home: str | None = None) -> int:
     """Entry point of `clawden run <name>`: returns the process exit code."""
-    logs.setup(f"clawden-{_token(name)}")
+    logs.setup(f"clawden-{natsauth.identity(name)}")
     main = load_main(name)
     cfg = config_mod.load(Path(home) if home else None)
     try:
@@ -203,7 +200,7 @@ async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
         await wait_streams(js, notifier)
     ctx = ServiceContext(name=name, config=cfg, nc=nc, js=js, notifier=notifier, stopping=stopping)
     ctx._micro = await nats.micro.add_service(
-        nc, name=f"clawden-{_token(name)}", version=VERSION,
+        nc, name=f"clawden-{natsauth.identity(name)}", version=VERSION,
         description=f"Clawden {name}", metadata={"pid": str(os.getpid()), "package": _pkg},
     )
     await ctx.endpoint("ping", lambda _data: _ping(ctx))

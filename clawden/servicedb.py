@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
+
+# BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception: the same for a service's file as for a session's.
+from clawden.sessiondb import transaction as transaction
+
+__all__ = ["apply_migrations", "open_db", "transaction"]
 
 
 def open_db(path: Path, migrations: Sequence[tuple[str, str]], *,
@@ -29,15 +33,6 @@ def open_db(path: Path, migrations: Sequence[tuple[str, str]], *,
     return conn, apply_migrations(conn, migrations)
 
 
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[tuple[str, str]]) -> list[str]:

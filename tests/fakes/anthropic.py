@@ -10,12 +10,10 @@ name ends with `send_message`, so an agent that replies with that tool gets a pl
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
 import json
-import signal
 import ssl
 import threading
 import time
@@ -27,7 +25,7 @@ from urllib.parse import urlsplit
 
 import h11
 
-from tests.fakes.threaded import ThreadedServer
+from tests.fakes.threaded import ThreadedServer, serve_from_command_line
 
 DEFAULT_MODEL = "claude-fake-1"
 AFTER_TOOL_TEXT = "Done."
@@ -465,20 +463,5 @@ def start_in_thread(host: str = "127.0.0.1", port: int = 0) -> FakeAnthropic:
     return fake
 
 
-async def _main(port: int, host: str) -> None:
-    fake = await FakeAnthropic().start(host, port)
-    print(fake.url, flush=True)
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, done.set)
-    await done.wait()
-    await fake.stop()
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--host", default="127.0.0.1")
-    args = parser.parse_args()
-    asyncio.run(_main(args.port, args.host))
+    serve_from_command_line(FakeAnthropic, __doc__, lambda fake: fake.url)

@@ -15,7 +15,6 @@ getWebhookInfo, setWebhook, deleteWebhook. Errors carry `error_code`, `descripti
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import email.parser
@@ -23,7 +22,6 @@ import email.policy
 import itertools
 import json
 import re
-import signal
 import threading
 import time
 from collections import defaultdict, deque
@@ -33,7 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
-from tests.fakes.threaded import ThreadedServer
+from tests.fakes.threaded import ThreadedServer, serve_from_command_line
 
 TOKEN = "7012345678:AAFakeTokenForTestsOnly-abcdefghijklmn"
 MAX_TEXT = 4096
@@ -743,20 +741,5 @@ def _params(query: str, content_type: str, body: bytes) -> dict[str, Any]:
     return params
 
 
-async def _main(port: int, host: str) -> None:
-    fake = await FakeTelegram().start(host, port)
-    print(fake.url, fake.token, flush=True)
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, done.set)
-    await done.wait()
-    await fake.stop()
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--host", default="127.0.0.1")
-    args = parser.parse_args()
-    asyncio.run(_main(args.port, args.host))
+    serve_from_command_line(FakeTelegram, __doc__, lambda fake: f"{fake.url} {fake.token}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import signal
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 
@@ -52,3 +54,24 @@ class ThreadedServer:
         """Run a coroutine on the fake's loop from another thread."""
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+
+
+def serve_from_command_line(make: Callable[[], Any], doc: str, describe: Callable[[Any], str]) -> None:
+    """`python -m tests.fakes.<name> [--port N] [--host H]`: start a fake, print `describe(fake)`, run
+    until SIGTERM or Ctrl-C."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+
+    async def main() -> None:
+        fake = await make().start(args.host, args.port)
+        print(describe(fake), flush=True)
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        await done.wait()
+        await fake.stop()
+
+    asyncio.run(main())
