@@ -89,13 +89,14 @@ def booted(client: docker.DockerClient, name: str, *, volumes: dict[str, dict[st
         tmpfs={"/run": "", "/run/lock": ""}, environment={"container": "docker"}, volumes=mounts, labels=labels)
     machine = Machine(container)
     try:
-        # Until systemd listens on its private socket (which can come and go early in boot),
-        # systemctl cannot even ask: ask again until it answers with the state boot ended in.
+        # Early in boot systemctl cannot ask yet: before systemd makes /run/systemd/system it answers
+        # "offline" (sd_booted() is false), and its private socket can come and go ("Failed to connect").
+        # Ask again until it names a state the manager itself reports (--wait waits out "starting").
         answers: list[str] = []
 
         def settled() -> bool:
             answers.append(machine.sh("systemctl is-system-running --wait", check=False).strip())
-            return "Failed to connect" not in answers[-1]
+            return answers[-1] in ("running", "degraded", "maintenance", "stopping")
 
         machine.wait(settled, 60, "no boot")
         assert answers[-1] in ("running", "degraded"), answers[-1] + machine.sh(
