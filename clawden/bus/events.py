@@ -216,6 +216,7 @@ class TaskOp(_Event, tag="task.op", frozen=True):
     prompt: str | None = None
     schedule: str | None = None
     timezone: str | None = None
+    status: str = ""  # "list" only: just the tasks in this state ("": active and paused ones)
     created_by: str = ""
     # The runner that owns the session (its wakes go to `wake.<runner>`); "": the scheduler's default.
     runner: str = ""

@@ -31,6 +31,7 @@ MAX_OPTIONS = 10
 RESPONSE_POLL = 0.1  # seconds; only tools waiting on a person or the scheduler poll
 FILE_NAME = re.compile(r"^[^/\\\x00]{1,128}$")
 TASK_ID = re.compile(r"^t-[0-9a-f]{8,32}$")
+TASK_STATUSES = ("active", "paused", "done", "cancelled")  # as the scheduler keeps them
 
 
 @dataclass
@@ -264,7 +265,10 @@ class Tools:
         return await self._task("create", fields)
 
     async def list_tasks(self, args: dict[str, Any]) -> str:
-        return await self._task("list", {"status": _str(args, "status", required=False, limit=16)})
+        status = _str(args, "status", required=False, limit=16)
+        if status and status not in TASK_STATUSES:
+            raise ToolError(f"`status` is one of {', '.join(TASK_STATUSES)}.")
+        return await self._task("list", {"status": status})
 
     async def update_task(self, args: dict[str, Any]) -> str:
         fields: dict[str, Any] = {"task_id": _task_id(args)}
@@ -337,7 +341,8 @@ SPECS: list[tuple[str, str, dict[str, Any]]] = [
     ("schedule_task", "Schedule work for later: a prompt and a schedule (a cron expression like '0 8 * * 1', "
      "'every 30m', or an ISO time for once), optionally an IANA time zone.",
      _schema({"prompt": _STRING, "schedule": _STRING, "timezone": _STRING}, ["prompt", "schedule"])),
-    ("list_tasks", "List this agent's scheduled tasks.", _schema({"status": _STRING}, [])),
+    ("list_tasks", "List this agent's scheduled tasks: active and paused ones, or only those with `status`.",
+     _schema({"status": {"type": "string", "enum": list(TASK_STATUSES)}}, [])),
     ("update_task", "Change a scheduled task's prompt, schedule or time zone.",
      _schema({"task_id": _TASK_ID, "prompt": _STRING, "schedule": _STRING, "timezone": _STRING}, ["task_id"])),
     ("pause_task", "Pause a scheduled task.", _schema({"task_id": _TASK_ID}, ["task_id"])),

@@ -117,7 +117,8 @@ def _task(info: SessionInfo, route: ev.Route, c: dict[str, Any], runner_id: str)
         op=op,  # type: ignore[arg-type]
         request_id=request_id, agent_group=info.agent_group, session_id=info.id, route=route,
         task_id=c.get("task_id") or None, prompt=c.get("prompt") or None, schedule=c.get("schedule") or None,
-        timezone=c.get("timezone") or None, created_by=f"agent:{info.agent_group}", runner=runner_id)
+        timezone=c.get("timezone") or None, status=str(c.get("status") or ""), created_by=f"agent:{info.agent_group}",
+        runner=runner_id)
     if op == "list":
         return [ListTasks(request_id, task)]
     # Durable: the scheduler applies it whenever it runs; the id makes a replay harmless.

@@ -23,7 +23,7 @@ from clawden.bus.streams import scheduler_tasks
 from clawden.runtime import ControlError, ServiceContext
 from services.scheduler import schedule as sched
 from services.scheduler.catchup import Policy, plan
-from services.scheduler.store import Change, NewTask, Store, Task, TaskError
+from services.scheduler.store import STATUSES, Change, NewTask, Store, Task, TaskError
 
 log = logging.getLogger("clawden.scheduler")
 T = TypeVar("T")
@@ -220,9 +220,12 @@ class Scheduler:
             op = _task_op.decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             return {"error": f"bad list request: {exc}"}
-        tasks = [t for t in await self.db(self.store.tasks, op.agent_group) if t.status in ("active", "paused")]
+        if op.status and op.status not in STATUSES:
+            return {"error": f"there is no task status {op.status!r} (one of {', '.join(STATUSES)})"}
+        wanted = (op.status,) if op.status else ("active", "paused")
+        tasks = [t for t in await self.db(self.store.tasks, op.agent_group) if t.status in wanted]
         if not tasks:
-            return {"result": "No scheduled tasks."}
+            return {"result": f"No {op.status} tasks." if op.status else "No scheduled tasks."}
         return {"result": "\n".join(_describe(t) for t in tasks)}
 
     async def ctl_tasks(self, data: bytes) -> list[dict[str, Any]]:

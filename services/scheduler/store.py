@@ -8,13 +8,14 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from clawden import servicedb
 from services.scheduler import schedule as sched
 from services.scheduler.catchup import Outcome, Plan, Policy
 
 Status = Literal["active", "paused", "done", "cancelled"]
+STATUSES: tuple[Status, ...] = get_args(Status)
 RUNS_KEPT = 1000  # run log rows kept per task
 
 MIGRATIONS: list[tuple[str, str]] = [

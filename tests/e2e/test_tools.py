@@ -192,6 +192,7 @@ async def test_list_tasks_answers_from_the_scheduler(stack: Stack, term: Termina
             break
         assert time.monotonic() < deadline, listing
     assert not listing.startswith("ERROR")
+    assert await run_tool(stack, term, "list_tasks", {"status": "cancelled"}) == "No cancelled tasks."
 
 
 async def test_a_bad_task_id_is_an_error_the_model_reads(stack: Stack, term: Terminal) -> None:

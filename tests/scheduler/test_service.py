@@ -4,6 +4,7 @@ bad operations are refused to the chat that asked; the CLI reads and changes tas
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -197,11 +198,19 @@ async def test_a_paused_task_never_fires_until_resumed(bus: Bus, scheduler: Sche
     await bus.op("pause", "t-0000000000b1")
     await asyncio.sleep(3.5)
     assert bus.fired("t-0000000000b1") == []
-    listing = await bus.nc.request(subjects.ctl("scheduler", "list"), ev.encode(ev.TaskOp(
-        op="list", request_id="r", agent_group="main")), timeout=5)
-    assert "t-0000000000b1 [paused]: 'every 1s'" in listing.data.decode()
+    assert "t-0000000000b1 [paused]: 'every 1s'" in await agent_list(bus)
+    assert "t-0000000000b1 [paused]" in await agent_list(bus, "paused")
+    assert await agent_list(bus, "active") == "No active tasks."
+    assert "there is no task status 'sleeping'" in await agent_list(bus, "sleeping", key="error")
     await bus.op("resume", "t-0000000000b1")
     await bus.until(lambda: bus.fired("t-0000000000b1"), timeout=5)
+
+
+async def agent_list(bus: Bus, status: str = "", key: str = "result") -> str:
+    """What an agent's list_tasks reads (the runner asks on its behalf)."""
+    answer = await bus.nc.request(subjects.ctl("scheduler", "list"), ev.encode(ev.TaskOp(
+        op="list", request_id="r", agent_group="main", status=status)), timeout=5)
+    return str(json.loads(answer.data)[key])
 
 
 async def test_a_bad_operation_is_refused_to_the_chat_that_asked(bus: Bus, scheduler: Scheduler) -> None:
