@@ -15,13 +15,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from clawden.resources import resource_dir
+
 DEFAULT_TAG = "clawden-agent:latest"
 DEFAULT_BASE = "python:3.11-slim-bookworm"
 BOOTSTRAP_BASE = "clawden-base:bookworm"
 SOURCE_HASH_LABEL = "dev.clawden.source-hash"
 SDK_DIST = "claude-agent-sdk"
 SYSTEM_PACKAGES = ("git", "curl", "ca-certificates", "tini")  # as in container/Dockerfile
-CONTAINER_DIR = Path(__file__).resolve().parents[1] / "container"
+CONTAINER_DIR = resource_dir("container")  # Dockerfile, bootstrap-base.sh, clawden_agent/
 SESSIONDB = Path(__file__).resolve().parent / "sessiondb.py"
 PULL_TIMEOUT_S = 300.0
 

@@ -26,10 +26,11 @@ from xml.sax.saxutils import escape
 
 from clawden import natsserver
 from clawden.config import Config
+from clawden.resources import resource_dir
 
 Mode = Literal["system", "user", "launchd"]
 
-UNITS_DIR = Path(__file__).resolve().parents[1] / "units"
+UNITS_DIR = resource_dir("units")
 SERVICES = ("vault", "router", "runner", "scheduler", "approvals")  # the core, as `clawden up` runs it
 TARGET = "clawden.target"
 NATS_UNIT = "clawden-nats.service"
@@ -163,8 +164,8 @@ def _template(kind: str, name: str) -> str:
     try:
         return path.read_text()
     except FileNotFoundError:
-        raise UnitsError(f"unit template {path} is missing: `clawden units` needs Clawden's source tree "
-                         "(install it with `pip install -e`)") from None
+        raise UnitsError(f"unit template {path} is missing: this Clawden install lacks its unit templates; "
+                         "reinstall Clawden") from None
 
 
 def systemd_units(inst: Install) -> list[UnitFile]:
