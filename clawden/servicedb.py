@@ -1,22 +1,28 @@
 """A service's own SQLite database: WAL, a busy timeout, named migrations applied once each, and
-immediate transactions. (The session pair has different rules: `clawden/sessiondb.py`.)"""
+immediate transactions; `Store`, the base of each service's store. (The session pair has different
+rules: `clawden/sessiondb.py`.)"""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal, Self
 
 # BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception: the same for a service's file as for a session's.
 from clawden.sessiondb import transaction as transaction
 
-__all__ = ["apply_migrations", "open_db", "transaction"]
+__all__ = ["Store", "apply_migrations", "open_db", "transaction"]
+
+log = logging.getLogger("clawden.servicedb")
+Synchronous = Literal["NORMAL", "FULL"]
 
 
 def open_db(path: Path, migrations: Sequence[tuple[str, str]], *,
-            synchronous: Literal["NORMAL", "FULL"] = "FULL", foreign_keys: bool = False
+            synchronous: Synchronous = "FULL", foreign_keys: bool = False
             ) -> tuple[sqlite3.Connection, list[str]]:
     """Open (creating the folder), set the pragmas, migrate; returns the connection and what was applied.
 
@@ -31,8 +37,6 @@ def open_db(path: Path, migrations: Sequence[tuple[str, str]], *,
     if foreign_keys:
         conn.execute("PRAGMA foreign_keys = ON")
     return conn, apply_migrations(conn, migrations)
-
-
 
 
 def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[tuple[str, str]]) -> list[str]:
@@ -53,3 +57,33 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[tuple[str, s
             raise
         applied.append(name)
     return applied
+
+
+class Store:
+    """A service's database on one connection: a subclass names its migrations (and the pragmas its
+    file wants, where they differ) and adds what it reads and writes."""
+
+    migrations: ClassVar[Sequence[tuple[str, str]]]
+    synchronous: ClassVar[Synchronous] = "FULL"
+    foreign_keys: ClassVar[bool] = False
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    @classmethod
+    def connect(cls, path: Path) -> sqlite3.Connection:
+        """The store's file, opened and migrated; a migration applied now is logged."""
+        conn, applied = open_db(path, cls.migrations, synchronous=cls.synchronous, foreign_keys=cls.foreign_keys)
+        if applied:
+            log.info("%s migrated: %s", path.name, ", ".join(applied))
+        return conn
+
+    @classmethod
+    def open(cls, path: Path) -> Self:
+        return cls(cls.connect(path))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.conn)
