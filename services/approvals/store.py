@@ -7,9 +7,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -42,25 +40,16 @@ class Step:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-class Store:
+class Store(servicedb.Store):
+    migrations = MIGRATIONS
+    synchronous = "FULL"  # a decision, once told, is never forgotten
+
     def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+        super().__init__(conn)
         self._chats: dict[str, ev.Route] = {}
         for row in conn.execute("SELECT * FROM direct_chats"):
             self._chats[row["user_id"]] = ev.Route(channel=row["channel"], chat_id=row["chat_id"],
                                                    thread_id=row["thread_id"])
-
-    @classmethod
-    def open(cls, path: Path) -> Store:
-        # FULL: a decision, once told, is never forgotten.
-        conn, _ = servicedb.open_db(path, MIGRATIONS, synchronous="FULL")
-        return cls(conn)
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        return servicedb.transaction(self.conn)
 
     def _emit(self, subject: str, msg_id: str, event: ev.Event) -> None:
         self.conn.execute("INSERT INTO outbox (subject, msg_id, payload) VALUES (?, ?, ?)",

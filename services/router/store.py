@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 import msgspec
 
@@ -103,9 +103,15 @@ class Roles:
         return user in self.approvers(agent_group)
 
 
-class RouterStore:
+class RouterStore(servicedb.Store):
+    migrations = schema.MIGRATIONS
+    # NORMAL in WAL survives any process crash; only a power cut can lose the last commits, the
+    # same bound JetStream's own file store gives (it syncs every couple of minutes).
+    synchronous = "NORMAL"
+    foreign_keys = True
+
     def __init__(self, conn: sqlite3.Connection, runner_id: str) -> None:
-        self.conn = conn
+        super().__init__(conn)
         self.runner_id = runner_id
         self.roles = Roles()
         self._pairing: dict[str, tuple[str, float]] = {}
@@ -113,21 +119,13 @@ class RouterStore:
         self.reload()
 
     @classmethod
-    def open(cls, path: Path, runner_id: str = "local") -> RouterStore:
-        # NORMAL in WAL survives any process crash; only a power cut can lose the last commits, the
-        # same bound JetStream's own file store gives (it syncs every couple of minutes).
-        conn, applied = servicedb.open_db(path, schema.MIGRATIONS, synchronous="NORMAL", foreign_keys=True)
-        if applied:
-            log.info("router.db migrated: %s", ", ".join(applied))
-        return cls(conn, runner_id)
-
-    def close(self) -> None:
-        self.conn.close()
+    def open(cls, path: Path, runner_id: str = "local") -> Self:
+        return cls(cls.connect(path), runner_id)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         try:
-            with servicedb.transaction(self.conn) as conn:
+            with self._tx() as conn:
                 yield conn
         except BaseException:
             self.reload()  # the in-memory copies may hold what was just rolled back

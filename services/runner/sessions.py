@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from clawden import servicedb, sessiondb, unixsock
 from clawden.bus import events as ev
@@ -37,16 +38,22 @@ MIGRATIONS = [
 ]
 
 
-class SessionIndex:
+class SessionIndex(servicedb.Store):
     """`runner.db`: which group and chat each session belongs to. Kept outside the session folder,
     which the agent can write, so an agent cannot redirect its replies or remount another group."""
 
+    migrations = MIGRATIONS
+
     def __init__(self, path: Path) -> None:
-        self.db, _ = servicedb.open_db(path, MIGRATIONS)
+        super().__init__(self.connect(path))
         self._cache: dict[str, SessionInfo] = {}
-        for row in self.db.execute("SELECT id, agent_group, channel, chat_id, thread_id FROM sessions"):
+        for row in self.conn.execute("SELECT id, agent_group, channel, chat_id, thread_id FROM sessions"):
             self._cache[row[0]] = SessionInfo(row[0], row[1], ev.Route(channel=row[2], chat_id=row[3],
                                                                         thread_id=row[4]))
+
+    @classmethod
+    def open(cls, path: Path) -> Self:
+        return cls(path)  # built from its path: `SessionIndex(path)`, as the runner does
 
     def get(self, session_id: str) -> SessionInfo | None:
         return self._cache.get(session_id)
@@ -54,7 +61,7 @@ class SessionIndex:
     def put(self, info: SessionInfo) -> None:
         if self._cache.get(info.id) == info:
             return
-        self.db.execute(
+        self.conn.execute(
             "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
             " channel = excluded.channel, chat_id = excluded.chat_id, thread_id = excluded.thread_id,"
             " updated_at = excluded.updated_at",
@@ -64,31 +71,28 @@ class SessionIndex:
 
     def set_destinations(self, session_id: str, routes: list[ev.Route]) -> None:
         """The chats (besides its own) this session may send to, as the router last said."""
-        with self.db:
-            self.db.execute("DELETE FROM destinations WHERE session_id = ?", (session_id,))
-            self.db.executemany("INSERT OR REPLACE INTO destinations VALUES (?, ?, ?, ?)",
-                                [(session_id, r.channel, r.chat_id, r.thread_id) for r in routes])
+        with self.conn:
+            self.conn.execute("DELETE FROM destinations WHERE session_id = ?", (session_id,))
+            self.conn.executemany("INSERT OR REPLACE INTO destinations VALUES (?, ?, ?, ?)",
+                                  [(session_id, r.channel, r.chat_id, r.thread_id) for r in routes])
 
     def destinations(self, session_id: str) -> dict[tuple[str, str], ev.Route]:
-        rows = self.db.execute("SELECT channel, chat_id, thread_id FROM destinations WHERE session_id = ?",
-                               (session_id,)).fetchall()
+        rows = self.conn.execute("SELECT channel, chat_id, thread_id FROM destinations WHERE session_id = ?",
+                                 (session_id,)).fetchall()
         return {(r[0], r[1]): ev.Route(channel=r[0], chat_id=r[1], thread_id=r[2]) for r in rows}
 
     def put_question(self, question_id: str, session_id: str, options: tuple[str, ...]) -> None:
-        self.db.execute("INSERT OR IGNORE INTO questions VALUES (?, ?, ?, ?)",
-                        (question_id, session_id, json.dumps(options), time.time()))
+        self.conn.execute("INSERT OR IGNORE INTO questions VALUES (?, ?, ?, ?)",
+                          (question_id, session_id, json.dumps(options), time.time()))
 
     def take_question(self, question_id: str) -> tuple[str, tuple[str, ...]] | None:
         """The session that asked, once: a second decision for the same question finds nothing."""
-        row = self.db.execute("DELETE FROM questions WHERE id = ? RETURNING session_id, options",
-                              (question_id,)).fetchone()
+        row = self.conn.execute("DELETE FROM questions WHERE id = ? RETURNING session_id, options",
+                                (question_id,)).fetchone()
         return (str(row[0]), tuple(json.loads(row[1]))) if row else None
 
     def all(self) -> list[SessionInfo]:
         return list(self._cache.values())
-
-    def close(self) -> None:
-        self.db.close()
 
 
 class UnsafeSessionFolder(RuntimeError):

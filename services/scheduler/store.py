@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 from clawden import servicedb
@@ -125,21 +123,9 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
     return servicedb.apply_migrations(conn, MIGRATIONS)
 
 
-class Store:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    @classmethod
-    def open(cls, path: Path) -> Store:
-        # FULL: a fired run is never forgotten by a power cut.
-        conn, _ = servicedb.open_db(path, MIGRATIONS, synchronous="FULL")
-        return cls(conn)
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        return servicedb.transaction(self.conn)
+class Store(servicedb.Store):
+    migrations = MIGRATIONS
+    synchronous = "FULL"  # a fired run is never forgotten by a power cut
 
     # --- reading -------------------------------------------------------------------------------
 
