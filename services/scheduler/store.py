@@ -66,7 +66,9 @@ class TaskError(ValueError):
 
 
 @dataclass(frozen=True)
-class Task:
+class NewTask:
+    """A task as asked for; the store adds its state (`Task`)."""
+
     id: str
     agent_group: str
     session_id: str
@@ -78,11 +80,15 @@ class Task:
     schedule: str
     timezone: str
     catch_up: Policy
+    created_by: str
+
+
+@dataclass(frozen=True)
+class Task(NewTask):
     status: Status
     anchor: int
     next_run: int | None
     last_run: int | None
-    created_by: str
     created_at: float
     updated_at: float
 
@@ -93,22 +99,6 @@ class Task:
         out = asdict(self)
         out["next_run_local"] = sched.local(self.next_run, self.timezone) if self.next_run is not None else None
         return out
-
-
-@dataclass(frozen=True)
-class NewTask:
-    id: str
-    agent_group: str
-    session_id: str
-    runner: str
-    channel: str
-    chat_id: str
-    thread_id: str | None
-    prompt: str
-    schedule: str
-    timezone: str
-    catch_up: Policy
-    created_by: str
 
 
 @dataclass(frozen=True)
