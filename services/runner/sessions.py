@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ class SessionIndex(servicedb.Store):
 
     def __init__(self, path: Path) -> None:
         super().__init__(self.connect(path))
+        # Worker threads and the event loop share the one connection: a transaction must not take in
+        # another thread's statement, so every use of it holds this lock.
+        self._lock = threading.Lock()
         self._cache: dict[str, SessionInfo] = {}
         for row in self.conn.execute("SELECT id, agent_group, channel, chat_id, thread_id FROM sessions"):
             self._cache[row[0]] = SessionInfo(row[0], row[1], ev.Route(channel=row[2], chat_id=row[3],
@@ -61,34 +65,38 @@ class SessionIndex(servicedb.Store):
     def put(self, info: SessionInfo) -> None:
         if self._cache.get(info.id) == info:
             return
-        self.conn.execute(
+        with self._lock:
+            self.conn.execute(
             "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
-            " channel = excluded.channel, chat_id = excluded.chat_id, thread_id = excluded.thread_id,"
-            " updated_at = excluded.updated_at",
-            (info.id, info.agent_group, info.route.channel, info.route.chat_id, info.route.thread_id,
-             time.time()))
+                " channel = excluded.channel, chat_id = excluded.chat_id, thread_id = excluded.thread_id,"
+                " updated_at = excluded.updated_at",
+                (info.id, info.agent_group, info.route.channel, info.route.chat_id, info.route.thread_id,
+                 time.time()))
         self._cache[info.id] = info
 
     def set_destinations(self, session_id: str, routes: list[ev.Route]) -> None:
         """The chats (besides its own) this session may send to, as the router last said."""
-        with self.conn:
+        with self._lock, self._tx():  # all of them or none: never a half-replaced list
             self.conn.execute("DELETE FROM destinations WHERE session_id = ?", (session_id,))
             self.conn.executemany("INSERT OR REPLACE INTO destinations VALUES (?, ?, ?, ?)",
                                   [(session_id, r.channel, r.chat_id, r.thread_id) for r in routes])
 
     def destinations(self, session_id: str) -> dict[tuple[str, str], ev.Route]:
-        rows = self.conn.execute("SELECT channel, chat_id, thread_id FROM destinations WHERE session_id = ?",
-                                 (session_id,)).fetchall()
+        with self._lock:
+            rows = self.conn.execute("SELECT channel, chat_id, thread_id FROM destinations WHERE session_id = ?",
+                                     (session_id,)).fetchall()
         return {(r[0], r[1]): ev.Route(channel=r[0], chat_id=r[1], thread_id=r[2]) for r in rows}
 
     def put_question(self, question_id: str, session_id: str, options: tuple[str, ...]) -> None:
-        self.conn.execute("INSERT OR IGNORE INTO questions VALUES (?, ?, ?, ?)",
-                          (question_id, session_id, json.dumps(options), time.time()))
+        with self._lock:
+            self.conn.execute("INSERT OR IGNORE INTO questions VALUES (?, ?, ?, ?)",
+                              (question_id, session_id, json.dumps(options), time.time()))
 
     def take_question(self, question_id: str) -> tuple[str, tuple[str, ...]] | None:
         """The session that asked, once: a second decision for the same question finds nothing."""
-        row = self.conn.execute("DELETE FROM questions WHERE id = ? RETURNING session_id, options",
-                                (question_id,)).fetchone()
+        with self._lock:
+            row = self.conn.execute("DELETE FROM questions WHERE id = ? RETURNING session_id, options",
+                                    (question_id,)).fetchone()
         return (str(row[0]), tuple(json.loads(row[1]))) if row else None
 
     def all(self) -> list[SessionInfo]:
