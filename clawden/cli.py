@@ -57,7 +57,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from services.channels.local import chat
+    from clawden.chat import chat
 
     return asyncio.run(chat(config_mod.load(_home(args)), chat_id=args.chat, once=args.once,
                             timeout=args.timeout))

@@ -176,6 +176,15 @@ def load(home: Path | None = None, environ: dict[str, str] | None = None) -> Con
         raise ConfigError(f"{file}: {exc}") from exc
 
 
+
+def configured_bridges(cfg: Config, environ: dict[str, str] | None = None) -> list[str]:
+    """Bridges with a token (`keys/<name>` or `CLAWDEN_<NAME>_TOKEN`): `clawden up` runs those."""
+    from clawden.runtime import installed_channels  # the runtime imports this module
+
+    env = dict(os.environ) if environ is None else environ
+    names = installed_channels()
+    return [f"channel@{n}" for n in sorted(names)
+            if (cfg.keys_dir / n).exists() or env.get(f"CLAWDEN_{n.upper()}_TOKEN")]
 DEFAULT_CONFIG_TOML = """\
 # Clawden configuration. Every key can be overridden by CLAWDEN_<SECTION>_<KEY>.
 install_id = "{install_id}"

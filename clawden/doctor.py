@@ -27,19 +27,18 @@ from typing import Any, Literal
 
 from nats.aio.client import Client
 
-from clawden import natsauth
-from clawden.config import Config
+from clawden import agentcontainer, natsauth
+from clawden.bridgeconfig import BridgeConfigError, read_secret
+from clawden.config import Config, configured_bridges
 from clawden.runtime import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE, installed_channels
 from clawden.status import Unreachable, connect_cli, ctl, start_hint
+from clawden.vaultfiles import BUNDLE_FILE, CA_CERT, CA_FILE, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
 
 GiB = 1 << 30
 DISK_WARN = 1 * GiB
 DISK_FAIL = 100 * (1 << 20)
 CA_EXPIRY_WARN = dt.timedelta(days=30)
 CONTAINER_WAIT = 45.0  # the trust check's container: start, Python, one TLS handshake
-# Where the vault keeps its key and CA (services/vault/service.py); the trust folder comes from it too.
-VAULT_KEY = "vault.key"
-CA_CERT = "gateway-ca.pem"
 DOCTOR_LABEL = "dev.clawden.doctor"
 
 Status = Literal["ok", "WARN", "FAIL"]
@@ -231,7 +230,7 @@ def decode_key(data: bytes) -> bool:
 
 async def check_vault_key(p: Probe) -> Result:
     key = p.cfg.keys_dir / VAULT_KEY
-    sealed = p.cfg.data_dir / "vault" / "vault.db"
+    sealed = vault_dir(p.cfg) / VAULT_DB
     if not key.exists():
         if sealed.exists():
             return fail(f"{key} is missing but {sealed} holds secrets sealed with it",
@@ -252,12 +251,6 @@ async def check_vault_key(p: Probe) -> Result:
 
 # ---- the gateway CA --------------------------------------------------------------------------------
 
-def trust_dir(cfg: Config) -> Path:
-    from services.vault.service import trust_dir as vault_trust_dir
-
-    return vault_trust_dir(cfg)
-
-
 def vault_start(cfg: Config) -> str:
     return f"{start_hint(cfg, 'clawden-vault')} (the vault makes the CA when it starts)"
 
@@ -265,8 +258,6 @@ def vault_start(cfg: Config) -> str:
 async def check_ca(p: Probe) -> Result:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
-
-    from services.vault.certs import BUNDLE_FILE, CA_FILE
 
     cert_file = p.cfg.keys_dir / CA_CERT
     if not cert_file.exists():
@@ -338,22 +329,16 @@ def run_trust_container(cfg: Config, trust: Path, gateway_dir: Path | None) -> t
     """The trust script in a container made like an agent's: no network, read-only, no capabilities."""
     from docker.types import Mount
 
-    from services.runner.containers import GATEWAY_MOUNT, TRUST_MOUNT, ContainerSpec, container_user
-
-    nowhere = Path("/nonexistent")
-    spec = ContainerSpec(install_id=cfg.install_id, agent_group="doctor", session_id="doctor", image=cfg.runner.image,
-                         session_dir=nowhere, group_dir=nowhere, global_dir=nowhere, claude_home=nowhere,
-                         gateway_dir=nowhere, memory="256m", cpus=1.0, pids=64, user=container_user()[0],
-                         trust_dir=trust)
-    env = spec.environment()  # exactly the trust variables an agent gets
-    mounts = [Mount(TRUST_MOUNT, str(trust), type="bind", read_only=True)]
+    env = agentcontainer.environment(trust=True)  # an agent's environment, trust variables included
+    user = agentcontainer.container_user()[0]
+    mounts = [Mount(agentcontainer.TRUST_MOUNT, str(trust), type="bind", read_only=True)]
     if gateway_dir is not None:
-        mounts.append(Mount(GATEWAY_MOUNT, str(gateway_dir), type="bind", read_only=True))
+        mounts.append(Mount(agentcontainer.GATEWAY_MOUNT, str(gateway_dir), type="bind", read_only=True))
     client = _docker(int(CONTAINER_WAIT) + 15)
     container = None
     try:
         container = client.containers.run(
-            cfg.runner.image, ["python", "-c", TRUST_SCRIPT], detach=True, environment=env, user=spec.user,
+            cfg.runner.image, ["python", "-c", TRUST_SCRIPT], detach=True, environment=env, user=user,
             name=f"clawden-{cfg.install_id}-doctor-{secrets.token_hex(3)}",
             labels={"dev.clawden.install": cfg.install_id, DOCTOR_LABEL: "trust"},
             network_mode="none", read_only=True, tmpfs={"/tmp": "rw,size=16m,mode=1777"}, cap_drop=["ALL"],
@@ -372,8 +357,6 @@ def run_trust_container(cfg: Config, trust: Path, gateway_dir: Path | None) -> t
 
 
 async def check_ca_trust(p: Probe) -> Result:
-    from services.vault.certs import CA_FILE
-
     trust = trust_dir(p.cfg)
     if not (trust / CA_FILE).exists():
         return fail(f"no CA in {trust} to check", vault_start(p.cfg))
@@ -440,8 +423,8 @@ def configured_channels(cfg: Config, environ: dict[str, str]) -> list[str]:
     file = cfg.path("config.toml")
     if file.exists():
         tables = tomllib.loads(file.read_text()).get("channels", {})
-    return [name for name in installed_channels()
-            if (cfg.keys_dir / name).exists() or environ.get(f"CLAWDEN_{name.upper()}_TOKEN") or name in tables]
+    bridges = configured_bridges(cfg, environ)
+    return [name for name in installed_channels() if f"channel@{name}" in bridges or name in tables]
 
 
 def bridge_module(channel: str) -> Any:
@@ -453,8 +436,6 @@ def bridge_module(channel: str) -> Any:
 
 def channel_check(channel: str) -> CheckFn:
     async def check(p: Probe) -> Result:
-        from services.channels.bridge import BridgeConfigError, read_secret
-
         token_fix = (f"put the {channel} token in {p.cfg.keys_dir / channel} (chmod 600) "
                      f"or CLAWDEN_{channel.upper()}_TOKEN")
         try:

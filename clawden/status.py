@@ -68,9 +68,7 @@ async def connect_cli(cfg: config_mod.Config, timeout: float = 5.0) -> Client:
 
 def expected_services(cfg: config_mod.Config) -> list[str]:
     """What should answer: the core services and every bridge with a token (what `clawden up` runs)."""
-    from clawden.supervisor import configured_bridges
-
-    return [*natsauth.CORE, *(natsauth.identity(b) for b in configured_bridges(cfg))]
+    return [*natsauth.CORE, *(natsauth.identity(b) for b in config_mod.configured_bridges(cfg))]
 
 
 # ---- asking ----------------------------------------------------------------------------------------
@@ -206,9 +204,7 @@ def deliveries(instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def gather(cfg: config_mod.Config, wait: float = DISCOVERY_WAIT) -> Report:
     """The whole report; raises `Unreachable` when the bus itself cannot be asked."""
-    from clawden.supervisor import configured_bridges
-
-    channels = tuple(b.split("@", 1)[1] for b in configured_bridges(cfg))
+    channels = tuple(b.split("@", 1)[1] for b in config_mod.configured_bridges(cfg))
     nc = await connect_cli(cfg)
     try:
         instances, down = await _services(nc, expected_services(cfg), wait)

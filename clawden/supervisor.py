@@ -19,8 +19,8 @@ from pathlib import Path
 from types import FrameType
 
 from clawden import natsauth, natsserver, setup
-from clawden.config import Config
-from clawden.runtime import EX_CONFIG, installed_channels
+from clawden.config import Config, configured_bridges
+from clawden.runtime import EX_CONFIG
 
 SERVICES = ("vault", "router", "runner", "scheduler", "approvals")
 STOP_TIMEOUT = 15.0
@@ -151,14 +151,6 @@ class Supervisor:
             child.notify_path.unlink(missing_ok=True)
         self.tmp.rmdir()
         self.say("stopped")
-
-
-def configured_bridges(cfg: Config, environ: dict[str, str] | None = None) -> list[str]:
-    """Bridges with a token (`keys/<name>` or `CLAWDEN_<NAME>_TOKEN`): `clawden up` runs those."""
-    env = dict(os.environ) if environ is None else environ
-    names = installed_channels()
-    return [f"channel@{n}" for n in sorted(names)
-            if (cfg.keys_dir / n).exists() or env.get(f"CLAWDEN_{n.upper()}_TOKEN")]
 
 
 def up(home: Path | None, services: list[str] | None = None) -> int:

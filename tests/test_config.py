@@ -52,3 +52,11 @@ def test_per_group_container_settings(tmp_path: Path) -> None:
     group = config.load(tmp_path, {}).groups["research"]
     assert group.memory == "4g" and group.cpus == 0.0
     assert group.mounts[0].host == "/srv/papers" and not group.mounts[0].read_write
+
+
+def test_a_bridge_runs_only_with_a_token(tmp_path: Path) -> None:
+    cfg = setup.init(tmp_path)
+    assert config.configured_bridges(cfg, {}) == []
+    assert config.configured_bridges(cfg, {"CLAWDEN_TELEGRAM_TOKEN": "123:abc"}) == ["channel@telegram"]
+    (cfg.keys_dir / "telegram").write_text("123:abc")
+    assert config.configured_bridges(cfg, {}) == ["channel@telegram"]

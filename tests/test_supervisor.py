@@ -1,4 +1,4 @@
-"""`clawden up`: which bridges it runs, and which children it restarts."""
+"""`clawden up`: which children it restarts."""
 
 from __future__ import annotations
 
@@ -9,16 +9,8 @@ from pathlib import Path
 import pytest
 
 from clawden import config, setup
-from clawden.supervisor import Supervisor, configured_bridges
+from clawden.supervisor import Supervisor
 from tests.conftest import NatsServer
-
-
-def test_a_bridge_runs_only_with_a_token(tmp_path: Path) -> None:
-    cfg = setup.init(tmp_path)
-    assert configured_bridges(cfg, {}) == []
-    assert configured_bridges(cfg, {"CLAWDEN_TELEGRAM_TOKEN": "123:abc"}) == ["channel@telegram"]
-    (cfg.keys_dir / "telegram").write_text("123:abc")
-    assert configured_bridges(cfg, {}) == ["channel@telegram"]
 
 
 def test_a_service_that_cannot_run_as_configured_is_not_restarted(

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from clawden import config as config_mod
 from clawden import units
-from clawden.supervisor import configured_bridges
 
 
 def _mode(args: argparse.Namespace) -> units.Mode:
@@ -20,7 +19,7 @@ def _mode(args: argparse.Namespace) -> units.Mode:
 
 def _install(args: argparse.Namespace) -> tuple[config_mod.Config, units.Install]:
     cfg = config_mod.load(Path(args.home).expanduser() if args.home else None)
-    channels = [b.removeprefix("channel@") for b in configured_bridges(cfg)]
+    channels = [b.removeprefix("channel@") for b in config_mod.configured_bridges(cfg)]
     return cfg, units.discover(cfg, _mode(args), channels)
 
 

@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 
 from clawden.bus import Retry, publish, subjects
 from clawden.bus import events as ev
+from clawden.cardtext import render_text
 from services.channels.bridge import Bridge, BridgeStats, ButtonRef, card_token
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.split import split_text
@@ -40,19 +41,6 @@ class Part:
     file: str = ""
     reply_to: str | None = None
     buttons: bool = False  # the part that carries the card's buttons
-
-
-def render_text(text: str, card: ev.Card | None, numbered: bool = False) -> str:
-    """The message text with a card's title and body under it (and its choices, numbered, when the
-    platform has no buttons)."""
-    pieces = [text.strip()]
-    if card is not None:
-        if pieces[0] in (card.title.strip(), card.body.strip()):
-            pieces = []  # the text is the card's own words (a fallback for platforms without cards)
-        pieces += [card.title.strip(), card.body.strip()]
-        if numbered and card.buttons:
-            pieces.append("\n".join(f"{i}) {b.label}" for i, b in enumerate(card.buttons, 1)))
-    return "\n\n".join(p for p in pieces if p)
 
 
 def plan(event: ev.OutboundMessage, max_text: int, measure: Callable[[str], int], *, cards: bool) -> list[Part]:

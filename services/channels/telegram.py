@@ -20,18 +20,11 @@ from typing import Any
 import httpx
 import msgspec
 
+from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secret
 from clawden.bus import events as ev
 from clawden.config import Config
 from clawden.runtime import ServiceContext
-from services.channels.bridge import (
-    Bridge,
-    BridgeConfigError,
-    ButtonRef,
-    Capabilities,
-    Inbound,
-    channel_settings,
-    read_secret,
-)
+from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.service import serve
 from services.channels.split import utf16_len

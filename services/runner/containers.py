@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,8 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import Mount
 
+from clawden import agentcontainer
+from clawden.agentcontainer import GATEWAY_MOUNT, GLOBAL_MOUNT, GROUP_MOUNT, HOME_MOUNT, SESSION_MOUNT, TRUST_MOUNT
 from services.runner.mounts import ExtraMount
 
 log = logging.getLogger("clawden.runner.docker")
@@ -26,16 +27,6 @@ T = TypeVar("T")
 LABEL_INSTALL = "dev.clawden.install"
 LABEL_GROUP = "dev.clawden.agent-group"
 LABEL_SESSION = "dev.clawden.session"
-
-# Paths inside the container; the agent runner reads them from its environment.
-SESSION_MOUNT = "/workspace/session"
-GROUP_MOUNT = "/workspace/agent"
-GLOBAL_MOUNT = "/workspace/global"
-HOME_MOUNT = "/home/agent"
-GATEWAY_MOUNT = "/run/clawden/gateway"
-TRUST_MOUNT = "/run/clawden/trust"  # the vault's CA and a bundle of it with the system roots, read-only
-RELAY_PORT = 3128
-AGENT_UID = 1000
 
 
 @dataclass(frozen=True)
@@ -66,25 +57,7 @@ class ContainerSpec:
         return {LABEL_INSTALL: self.install_id, LABEL_GROUP: self.agent_group, LABEL_SESSION: self.session_id}
 
     def environment(self) -> dict[str, str]:
-        # Only placeholders and paths: the real key lives in the vault and never enters here.
-        env = {
-            "CLAWDEN_SESSION_DIR": SESSION_MOUNT,
-            "CLAWDEN_GROUP_DIR": GROUP_MOUNT,
-            "CLAWDEN_GATEWAY_SOCKET": f"{GATEWAY_MOUNT}/gateway.sock",
-            "CLAWDEN_RELAY_PORT": str(RELAY_PORT),
-            "ANTHROPIC_API_KEY": "clawden-managed",
-            "HOME": HOME_MOUNT,
-            "TZ": self.timezone or "UTC",
-        }
-        if self.model:
-            env["CLAWDEN_MODEL"] = self.model
-        if self.trust_dir is not None:
-            # Variables that replace a client's roots get the bundle (system roots + the gateway CA);
-            # NODE_EXTRA_CA_CERTS adds to Node's own roots, so it gets the CA alone.
-            bundle, ca = f"{TRUST_MOUNT}/bundle.pem", f"{TRUST_MOUNT}/clawden-ca.pem"
-            env.update(SSL_CERT_FILE=bundle, REQUESTS_CA_BUNDLE=bundle, CURL_CA_BUNDLE=bundle,
-                       GIT_SSL_CAINFO=bundle, NODE_EXTRA_CA_CERTS=ca, CLAWDEN_CA_FILE=ca)
-        return env
+        return agentcontainer.environment(model=self.model, timezone=self.timezone, trust=self.trust_dir is not None)
 
     def run_kwargs(self) -> dict[str, Any]:
         """Everything `containers.run` gets: no network, read-only root, no capabilities, limits."""
@@ -118,14 +91,6 @@ class ContainerSpec:
             "working_dir": GROUP_MOUNT,
             "stop_signal": "SIGTERM",
         }
-
-
-def container_user() -> tuple[str, int | None]:
-    """Run as the runner's own uid; as root, as the image's unprivileged user (and chown to it)."""
-    uid = os.getuid()
-    if uid == 0:
-        return f"{AGENT_UID}:{AGENT_UID}", AGENT_UID
-    return f"{uid}:{os.getgid()}", None
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,13 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from clawden import logs, sessiondb
+from clawden.agentcontainer import container_user
 from clawden.bus import ConsumeStats, Retry, bind, consume, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import runner_decisions, runner_receipts, runner_wake
 from clawden.config import GroupConfig
 from clawden.runtime import ServiceContext
-from services.runner.containers import LABEL_SESSION, ContainerSpec, Died, Docker, ImageMissing, container_user
+from services.runner.containers import LABEL_SESSION, ContainerSpec, Died, Docker, ImageMissing
 from services.runner.mounts import Allowlist, ExtraMount, MountRefused, MountRequest, resolve
 from services.runner.outbound import Action, Ask, ListTasks, Publish, Refused, Respond, translate
 from services.runner.sessions import (

@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from clawden.vaultfiles import BUNDLE_FILE, CA_FILE
+
 log = logging.getLogger("clawden.vault")
 
 CA_VALIDITY = dt.timedelta(days=3650)
@@ -33,8 +35,6 @@ LEAF_VALIDITY = dt.timedelta(hours=24)
 LEAF_BACKDATE = dt.timedelta(minutes=5)
 LEAF_REFRESH_BEFORE = dt.timedelta(hours=1)
 LEAF_CACHE_SIZE = 1024
-CA_FILE = "clawden-ca.pem"
-BUNDLE_FILE = "bundle.pem"
 # Where hosts keep their roots (Debian/Ubuntu, Fedora/RHEL, Alpine/macOS); the first found is used.
 SYSTEM_BUNDLES = (
     "/etc/ssl/certs/ca-certificates.crt",

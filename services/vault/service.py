@@ -19,6 +19,7 @@ from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.config import Config
 from clawden.runtime import ControlError, ServiceContext
+from clawden.vaultfiles import CA_CERT, CA_KEY, SOCKET_NAME, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
 from services.vault.approvals import BusApprover
 from services.vault.audit import AuditLog, AuditRecord
 from services.vault.catalog import (
@@ -39,7 +40,6 @@ from services.vault.store import Store
 
 log = logging.getLogger("clawden.vault")
 GROUP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-SOCKET_NAME = "gateway.sock"
 MODEL_SECRET = "anthropic"
 PRUNE_EVERY = 3600.0
 
@@ -56,15 +56,6 @@ def model_credential(cfg: Config) -> tuple[str, str]:
         return file.read_text().strip(), str(file)
     except FileNotFoundError:
         return "", ""
-
-
-def vault_dir(cfg: Config) -> Path:
-    return cfg.data_dir / "vault"
-
-
-def trust_dir(cfg: Config) -> Path:
-    """Public: the CA certificate and the bundle containers mount read-only."""
-    return cfg.path("run", "trust")
 
 
 class AddSecret(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -306,9 +297,9 @@ async def main(ctx: ServiceContext) -> None:
     folder = vault_dir(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
-    store = Store(folder / "vault.db")
-    sealer = Sealer(load_key(cfg.keys_dir / "vault.key"))
-    ca = CertificateAuthority.load_or_create(cfg.keys_dir / "gateway-ca.key", cfg.keys_dir / "gateway-ca.pem",
+    store = Store(folder / VAULT_DB)
+    sealer = Sealer(load_key(cfg.keys_dir / VAULT_KEY))
+    ca = CertificateAuthority.load_or_create(cfg.keys_dir / CA_KEY, cfg.keys_dir / CA_CERT,
                                              f"Clawden gateway CA ({cfg.install_id})")
     audit = AuditLog(store.write_audit, publish=lambda record: _publish_audit(ctx, record))
     gateway = Gateway(cfg.model.upstream, ca=ca, work_dir=folder, extra_ca_file=cfg.vault.extra_ca_file or None,

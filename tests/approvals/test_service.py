@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from clawden import config, natsauth, natsserver, setup
 from clawden.bus import bind, connect, consume, ensure_streams, publish, subjects
 from clawden.bus import events as ev
-from services.channels.local import terminal_outbound
+from clawden.chat import terminal_outbound
 
 OWNER = f"local:{getpass.getuser()}"  # the login that first ran the router owns the install
 TERMINAL = "terminal"  # where the owner's cards go on the local channel

@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from clawden import config, natsauth, natsserver, sessiondb, setup
 from clawden.bus import bind, connect, consume, ensure_streams, publish, subjects
 from clawden.bus import events as ev
-from services.channels.local import OUTBOUND, inbound_event, terminal_outbound
+from clawden.chat import OUTBOUND, inbound_event, terminal_outbound
 from tests.fakes.anthropic import FakeAnthropic, make_tls, start_in_thread
 
 LABEL_INSTALL = "dev.clawden.install"

@@ -234,7 +234,7 @@ async def test_a_send_the_platform_refused_is_shown_to_the_agent(stack: Stack, t
 async def test_a_file_a_bridge_fetched_lands_in_the_inbox_and_the_prompt(stack: Stack, term: Terminal) -> None:
     import msgspec
 
-    from services.channels.local import inbound_event
+    from clawden.chat import inbound_event
 
     fetched = stack.home / "data" / "channels" / "local" / "files" / "note.txt"
     fetched.parent.mkdir(parents=True, exist_ok=True)

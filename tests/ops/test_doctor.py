@@ -28,8 +28,8 @@ from clawden.doctor import (
     disk_result,
     exit_code,
 )
+from clawden.vaultfiles import trust_dir
 from services.vault.certs import CertificateAuthority, write_trust_files
-from services.vault.service import trust_dir
 from tests.e2e.harness import Stack
 from tests.fakes.telegram import FakeTelegram
 from tests.ops.conftest import fresh_home

@@ -1,4 +1,4 @@
-"""The terminal channel shows a card as numbered choices, and a typed number presses that button."""
+"""`clawden chat` shows a card as numbered choices, and a typed number presses that button."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from nats.aio.client import Client
 from clawden import setup
 from clawden.bus import ensure_streams, publish, subjects
 from clawden.bus import events as ev
-from services.channels.local import TerminalChat, chat
+from clawden.chat import TerminalChat, chat
 from tests.channels.harness import until
 from tests.conftest import NatsServer
 

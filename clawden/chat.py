@@ -1,4 +1,4 @@
-"""The terminal channel (`clawden chat`): what you type goes in as chat messages, replies print here.
+"""`clawden chat`, the terminal channel: what you type goes in as chat messages, replies print here.
 
 A card prints as numbered choices; typing one of the numbers presses that button.
 """
@@ -18,8 +18,8 @@ from nats.aio.msg import Msg
 from clawden import natsauth
 from clawden.bus import Consumer, bind, consume, ensure_streams, publish, subjects
 from clawden.bus import events as ev
+from clawden.cardtext import render_text
 from clawden.config import Config
-from services.channels.delivery import render_text
 
 CHANNEL = "local"
 OUTBOUND = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing

@@ -1,0 +1,81 @@
+"""How a chat bridge is configured: its `[channels.<name>]` settings and its token, the token kept out of
+every log line of the process that read it. The bridges use these, and `clawden doctor` checks them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+
+from clawden.config import Config
+from clawden.runtime import ConfigurationError
+
+
+class BridgeConfigError(ConfigurationError):
+    """The bridge cannot run as configured (no token, a token the platform rejects); said in plain words."""
+
+
+def channel_settings(cfg: Config, channel: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """`[channels.<name>]` in config.toml, overridden by `CLAWDEN_<NAME>_<KEY>` variables."""
+    env = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    file = cfg.path("config.toml")
+    if file.exists():
+        table = tomllib.loads(file.read_text()).get("channels", {}).get(channel, {})
+        out.update({str(k): str(v) for k, v in table.items() if k != "token"})  # secrets never live there
+    prefix = f"CLAWDEN_{channel.upper()}_"
+    out.update({k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix) and k != prefix + "TOKEN"})
+    return out
+
+
+def read_secret(cfg: Config, channel: str, environ: dict[str, str] | None = None) -> str:
+    """The bridge's credential: `CLAWDEN_<NAME>_TOKEN`, else the file `keys/<name>` (mode 0600).
+
+    Every secret read here is also cut out of all log output of this process.
+    """
+    env = os.environ if environ is None else environ
+    variable = f"CLAWDEN_{channel.upper()}_TOKEN"
+    file = cfg.keys_dir / channel
+    secret = env.get(variable, "").strip()
+    if not secret:
+        if not file.exists():
+            raise BridgeConfigError(f"no {channel} token: set {variable} or write it to {file} (mode 0600)")
+        if file.stat().st_mode & 0o077:
+            raise BridgeConfigError(f"{file} is readable by other users; run `chmod 600 {file}`")
+        secret = file.read_text().strip()
+        if not secret:
+            raise BridgeConfigError(f"{file} is empty; it should hold the {channel} token")
+    redact(secret)
+    return secret
+
+
+class _Redactor(logging.Filter):
+    """Replaces secrets in every record (message, arguments and traceback) before any handler sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+            record.exc_text = None
+        for secret in self.secrets:
+            message = message.replace(secret, "[redacted]")
+        record.msg, record.args = message, ()
+        return True
+
+
+_redactor = _Redactor()
+
+
+def redact(secret: str) -> None:
+    """Keep `secret` out of this process's logs, whichever handler writes them."""
+    if len(secret) < 8:
+        return  # too short to cut out without mangling ordinary words
+    _redactor.secrets.add(secret)
+    for handler in logging.getLogger().handlers:
+        if _redactor not in handler.filters:
+            handler.addFilter(_redactor)
