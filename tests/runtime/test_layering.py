@@ -1,0 +1,68 @@
+"""Layering: the kernel (`clawden/`) never imports a service, and no service imports another one.
+
+Services meet only on NATS, through the contract in `clawden/`; what two of them share lives there.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# clawden.units imports the `services` package (its __init__ is a docstring) only to find the folder it
+# lies in; it uses no service. importlib.util.find_spec("services") would find it without the import.
+LOCATES_SERVICES = {("clawden.units", "services")}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(source: str, module: str, is_package: bool = False) -> Iterator[tuple[int, str]]:
+    """(line, dotted name) for every import statement at any depth, functions included; relative
+    imports resolved, and `from a import b` named `a.b` since b may be a module."""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = [node.module] if node.module else []
+            if node.level:
+                base = [*package[:len(package) - node.level + 1], *base]
+            yield from ((node.lineno, ".".join([*base, alias.name])) for alias in node.names)
+
+
+def modules(folder: str) -> list[tuple[Path, str]]:
+    found = [(p, module_name(p)) for p in sorted((ROOT / folder).rglob("*.py"))]
+    assert found, f"no modules under {folder}/"
+    return found
+
+
+def service_of(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if parts[0] == "services" and len(parts) > 1 else None
+
+
+def test_the_scan_sees_imports_inside_functions_and_relative_ones() -> None:
+    source = "import os\ndef f():\n    from services.router import engage\n    from . import sibling\n"
+    assert list(imported(source, "services.channels.bridge")) == [
+        (1, "os"), (3, "services.router.engage"), (4, "services.channels.sibling")]
+
+
+def test_the_kernel_imports_no_service() -> None:
+    wrong = [f"{path.relative_to(ROOT)}:{line} imports {name}"
+             for path, module in modules("clawden")
+             for line, name in imported(path.read_text(), module, path.name == "__init__.py")
+             if (name == "services" or name.startswith("services.")) and (module, name) not in LOCATES_SERVICES]
+    assert wrong == []
+
+
+def test_no_service_imports_another() -> None:
+    wrong = [f"{path.relative_to(ROOT)}:{line} imports {name}"
+             for path, module in modules("services") if service_of(module) is not None
+             for line, name in imported(path.read_text(), module, path.name == "__init__.py")
+             if service_of(name) not in (None, service_of(module))]
+    assert wrong == []
