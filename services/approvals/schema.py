@@ -57,5 +57,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             payload BLOB NOT NULL
         );
     """),
+    # Approvers whose card could not be delivered: the next one in line gets it instead.
+    ("0002_undeliverable", "ALTER TABLE approvals ADD COLUMN unreachable TEXT NOT NULL DEFAULT '[]'"),
 ]
 

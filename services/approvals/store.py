@@ -69,9 +69,7 @@ class Store(servicedb.Store):
             card = cards.card_for(request)
             expires_at = request.expires_at or now + policy.ttl(request.kind)
             delivery = policy.choose_delivery(request, approvers, self._chats)
-            card_id = cards.short_id()
-            while db.execute("SELECT 1 FROM approvals WHERE card_id = ?", (card_id,)).fetchone():
-                card_id = cards.short_id()
+            card_id = self._new_card_id()
             route = delivery.route if delivery else None
             db.execute(
                 "INSERT INTO approvals (id, card_id, kind, requester, agent_group, request, card, approver, deciders,"
@@ -93,12 +91,21 @@ class Store(servicedb.Store):
             if expires_at <= now:
                 self._decide(request.id, "expired", "", "", "it had expired before it arrived", now)
                 return Step("expired")
-            self._emit(subjects.outbound(delivery.route.channel), card_id, ev.OutboundMessage(
-                id=card_id, route=delivery.route, text=cards.text_of(card), card=card,
-                agent_group=request.agent_group))
-            self._audit(request.id, now, "card_sent", delivery.approver,
-                        f"{delivery.route.channel}:{delivery.route.chat_id} as {card_id}")
+            self._send_card(request, card, card_id, delivery, now)
             return Step("sent")
+
+    def _new_card_id(self) -> str:
+        card_id = cards.short_id()
+        while self.conn.execute("SELECT 1 FROM approvals WHERE card_id = ?", (card_id,)).fetchone():
+            card_id = cards.short_id()
+        return card_id
+
+    def _send_card(self, request: ev.ApprovalRequest, card: ev.Card, card_id: str, delivery: policy.Delivery,
+                   now: float) -> None:
+        self._emit(subjects.outbound(delivery.route.channel), card_id, ev.OutboundMessage(
+            id=card_id, route=delivery.route, text=cards.text_of(card), card=card, agent_group=request.agent_group))
+        self._audit(request.id, now, "card_sent", delivery.approver,
+                    f"{delivery.route.channel}:{delivery.route.chat_id} as {card_id}")
 
     def approvers_unknown(self, request: ev.ApprovalRequest, why: str, now: float) -> Step:
         """The router never said who may approve: the requester hears a no rather than nothing."""
@@ -190,8 +197,9 @@ class Store(servicedb.Store):
     # --- delivery receipts ----------------------------------------------------------------------
 
     def receipt(self, receipt: ev.DeliveryReceipt, now: float) -> Step:
-        """A card's receipt: its platform id (to edit it later); a card that could not be delivered
-        denies the request with the reason, rather than leaving it to wait for nobody."""
+        """A card's receipt: its platform id (to edit it later). A card that could not be delivered goes
+        to the next approver in line with a reachable chat; when none is left the request is denied with
+        the reason, rather than left to wait for nobody."""
         with self._tx() as db:
             row = db.execute("SELECT * FROM approvals WHERE card_id = ?", (receipt.outbound_id,)).fetchone()
             if row is None:
@@ -203,11 +211,30 @@ class Store(servicedb.Store):
                     self._edit(row["id"])  # decided before its receipt came: edit it now
                 return Step("delivered")
             if not receipt.ok and receipt.final and row["status"] == "pending":
-                self._decide(row["id"], "denied", DECIDER, "",
-                             f"the card could not be delivered to {row['approver'] or 'the chat'}:"
-                             f" {receipt.error or 'the platform refused it'}", now)
-                return Step("undeliverable")
+                error = receipt.error or "the platform refused it"
+                self._audit(row["id"], now, "card_undeliverable", row["approver"],
+                            f"{row['channel']}:{row['chat_id']}: {error}")
+                return self._next_approver(row, error, now)
             return Step("ignored")
+
+    def _next_approver(self, row: sqlite3.Row, error: str, now: float) -> Step:
+        unreachable = [*json.loads(row["unreachable"]), row["approver"]]
+        request = _request_decoder.decode(row["request"])
+        rest = [a for a in json.loads(row["deciders"]) if a not in unreachable]
+        delivery = policy.choose_delivery(request, rest, self._chats) if row["approver"] else None
+        if delivery is None:
+            self._decide(row["id"], "denied", DECIDER, "",
+                         f"the card could not be delivered to {row['approver'] or 'the chat'}: {error}", now)
+            return Step("undeliverable")
+        card_id = self._new_card_id()  # a new card: its receipt and its clicks must name this one
+        self.conn.execute(
+            "UPDATE approvals SET card_id = ?, approver = ?, channel = ?, chat_id = ?, thread_id = ?, unreachable = ?"
+            " WHERE id = ?", (card_id, delivery.approver, delivery.route.channel, delivery.route.chat_id,
+                              delivery.route.thread_id, json.dumps(unreachable), row["id"]))
+        self._send_card(request, _card_decoder.decode(row["card"]), card_id, delivery, now)
+        log.warning("approval %s: card to %s undeliverable (%s); sent to %s instead", row["id"], row["approver"],
+                    error, delivery.approver)
+        return Step("next_approver")
 
     # --- expiry ---------------------------------------------------------------------------------
 

@@ -115,6 +115,42 @@ def test_an_undeliverable_card_denies_the_request(store: Store) -> None:
     assert "chat not found" in decision.reason
 
 
+def test_an_undeliverable_card_goes_to_the_next_approver_in_line(store: Store) -> None:
+    """The group admin blocked the bot: the card goes to the next approver (here a global admin on
+    Telegram, then the owner at the terminal), who decides; the request never waits for nobody."""
+    approvers = ["telegram:111", "telegram:222", OWNER]
+    store.add_request(request(), approvers, 1000)
+    (first,) = drain(store)
+    assert isinstance(first, ev.OutboundMessage) and first.route.chat_id == "111"
+    refused = ev.DeliveryReceipt(outbound_id=first.id, route=first.route, ok=False, error="bot was blocked")
+    assert store.receipt(refused, 1001).result == "next_approver"
+    assert store.receipt(refused, 1001).result == "not_ours", "a redelivered receipt changes nothing"
+    (second,) = drain(store)
+    assert isinstance(second, ev.OutboundMessage) and second.route.chat_id == "222" and second.id != first.id
+    store.receipt(ev.DeliveryReceipt(outbound_id=second.id, route=second.route, ok=False, error="chat not found"), 1002)
+    third = sent_card(store)
+    assert third.route == TERMINAL and store.list("pending")[0]["approver"] == OWNER
+    assert store.click(click(third, "approve"), 1003).result == "approved"
+    decision, edit = drain(store)
+    assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "approved"
+    assert isinstance(edit, ev.OutboundEdit) and edit.route == TERMINAL
+    found = store.get("vault-1")
+    assert found is not None
+    trail = [(a["what"], a["actor"]) for a in found["audit"]]
+    assert trail.count(("card_undeliverable", "telegram:111")) == 1 and ("card_sent", OWNER) in trail
+
+
+def test_when_no_approver_can_be_reached_the_request_is_denied_with_the_reason(store: Store) -> None:
+    store.add_request(request(), ["telegram:111", "telegram:222"], 1000)
+    for error in ("bot was blocked", "chat not found"):
+        (card,) = drain(store)
+        assert isinstance(card, ev.OutboundMessage)
+        store.receipt(ev.DeliveryReceipt(outbound_id=card.id, route=card.route, ok=False, error=error), 1001)
+    (decision,) = drain(store)
+    assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "denied"
+    assert decision.reason == "the card could not be delivered to telegram:222: chat not found"
+
+
 def test_a_learned_direct_chat_is_remembered_across_restarts(tmp_path: Path) -> None:
     laptop = ev.Route(channel="local", chat_id="laptop")
     first = Store.open(tmp_path / "approvals.db")
