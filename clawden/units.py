@@ -10,6 +10,7 @@ Everything else in a template is installed as written.
 from __future__ import annotations
 
 import grp
+import importlib.util
 import os
 import plistlib
 import pwd
@@ -237,11 +238,12 @@ def default_mode() -> Mode:
 def install_roots(python: Path, extra: Iterable[Path] = ()) -> tuple[Path, ...]:
     """Where the interpreter, the venv and the code live, as far as those places are hidden from services."""
     import clawden
-    import services
 
+    services = importlib.util.find_spec("services")  # found, not imported: the kernel uses no service
     paths = sysconfig.get_paths()
     candidates = {Path(os.path.realpath(python)), Path(sys.prefix), Path(sys.base_prefix),
-                  Path(clawden.__file__).resolve().parent, Path(services.__file__).resolve().parent,
+                  Path(clawden.__file__).resolve().parent,
+                  *([Path(services.origin).resolve().parent] if services and services.origin else []),
                   *(Path(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths),
                   *extra}
     hidden = sorted({c for c in candidates if c.exists() and any(c.is_relative_to(h) for h in HIDDEN)})
