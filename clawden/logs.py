@@ -11,6 +11,9 @@ import time
 from typing import TextIO
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+LOG_FILE_VARIABLE = "CLAWDEN_LOG_FILE"  # set by `clawden up`: the file stderr is, rotated by its size
+MAX_LOG_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3  # <file>.1 (newest) to <file>.3
 # syslog priorities by logging level
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -49,11 +52,13 @@ def extra_fields(record: logging.LogRecord) -> dict[str, str]:
 
 
 class PrefixFormatter(logging.Formatter):
-    """For a stderr that journald reads: `<6>logger: message key=value`; human-friendly otherwise."""
+    """For a stderr that journald reads: `<6>logger: message key=value`; human-friendly otherwise, with
+    the date in front when the lines go to a file (a terminal needs only the time)."""
 
-    def __init__(self, journal: bool) -> None:
+    def __init__(self, journal: bool, dated: bool = False) -> None:
         super().__init__()
         self.journal = journal
+        self.dated = dated
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -64,7 +69,7 @@ class PrefixFormatter(logging.Formatter):
             message += "\n" + self.formatException(record.exc_info)
         if self.journal:
             return f"<{priority(record.levelno)}>{record.name}: {message}"
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S" if self.dated else "%H:%M:%S", time.localtime(record.created))
         return f"{stamp}.{int(record.msecs):03d} {record.levelname[0]} {record.name}: {message}"
 
 
@@ -125,18 +130,61 @@ def stderr_is_journal(stream: TextIO = sys.stderr) -> bool:
     return expected == f"{st.st_dev}:{st.st_ino}"
 
 
+class RotatingStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Under `clawden up` stderr is the service's log file. Past `max_bytes` it becomes `<file>.1` (older
+    ones move up to `.<backups>`, the oldest goes) and a fresh file takes stderr's place, so what is
+    printed without logging (a crash's traceback) lands in the current file too."""
+
+    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
+        super().__init__(sys.stderr)
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+
+    @staticmethod
+    def applies(path: str) -> bool:
+        """Only when stderr really is that file: never rename a file this process does not write."""
+        try:
+            st, mine = os.stat(path), os.fstat(sys.stderr.fileno())
+        except (OSError, ValueError):
+            return False
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if os.fstat(self.stream.fileno()).st_size >= self.max_bytes:
+                self.rotate()
+        except (OSError, ValueError):
+            pass  # keep logging where we can
+        super().emit(record)
+
+    def rotate(self) -> None:
+        self.flush()
+        for n in range(self.backups - 1, 0, -1):
+            if os.path.exists(f"{self.path}.{n}"):
+                os.replace(f"{self.path}.{n}", f"{self.path}.{n + 1}")
+        os.replace(self.path, f"{self.path}.1")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.dup2(fd, self.stream.fileno())
+        finally:
+            os.close(fd)
+
+
 def setup(identifier: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
         old.close()
     journal = stderr_is_journal()
+    log_file = os.environ.get(LOG_FILE_VARIABLE, "")
     handler: logging.Handler
     if journal and os.path.exists(JOURNAL_SOCKET):
         handler = JournalHandler(identifier)
+    elif not journal and log_file and RotatingStderr.applies(log_file):
+        handler = RotatingStderr(log_file, MAX_LOG_BYTES, LOG_BACKUPS)
+        handler.setFormatter(PrefixFormatter(journal=False, dated=True))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(PrefixFormatter(journal))
+        handler.setFormatter(PrefixFormatter(journal, dated=not journal and not sys.stderr.isatty()))
     root.addHandler(handler)
     root.setLevel(os.environ.get("CLAWDEN_LOG_LEVEL", logging.getLevelName(level)).upper())
     logging.getLogger("nats").setLevel(logging.WARNING)

@@ -3,8 +3,10 @@ else the files `clawden up` and the launchd agents write under <home>/logs, inte
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import heapq
+import os
 import re
 import shutil
 import subprocess
@@ -21,8 +23,9 @@ FOLLOW_POLL = 0.25  # seconds between looks at the files while following (the st
 BLOCK = 64 * 1024
 WRAP = 12 * 3600  # a time of day this much later than the next line's: that line is from the next day
 
-# `HH:MM:SS.mmm L logger: ...` (clawden.logs.PrefixFormatter) and `[pid] YYYY/MM/DD HH:MM:SS.ffffff [INF] ...` (nats)
-_CLAWDEN_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) [A-Z] ")
+# `[YYYY-MM-DD ]HH:MM:SS.mmm L logger: ...` (clawden.logs.PrefixFormatter: dated in files, except those
+# written before it dated them) and `[pid] YYYY/MM/DD HH:MM:SS.ffffff [INF] ...` (nats)
+_CLAWDEN_LINE = re.compile(r"^(?:(\d{4})-(\d\d)-(\d\d) )?(\d\d):(\d\d):(\d\d)\.(\d{3}) [A-Z] ")
 _NATS_LINE = re.compile(r"^\[\d+\] (\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)\.(\d+) ")
 
 
@@ -93,32 +96,44 @@ class Record:
     text: str
     tod: float | None  # seconds after midnight, local time
     at: float = 0.0  # epoch seconds, once anchored
+    midnight: float | None = None  # epoch seconds of its day's start, when the line names its date
+
+
+def stamp_of(line: str) -> tuple[float | None, float | None]:
+    """(seconds after midnight, that midnight as epoch seconds when the line has a date) in local time."""
+    if m := _CLAWDEN_LINE.match(line):
+        date, (h, mi, s, ms) = m.groups()[:3], (int(g) for g in m.groups()[3:])
+        tod = h * 3600 + mi * 60 + s + ms / 1000
+    elif m := _NATS_LINE.match(line):
+        date, (h, mi, s) = m.groups()[:3], (int(g) for g in m.groups()[3:6])
+        tod = h * 3600 + mi * 60 + s + float("0." + m.group(7))
+    else:
+        return None, None
+    if date[0] is None:
+        return tod, None
+    year, month, day = (int(g) for g in date)
+    return tod, dt.datetime(year, month, day).timestamp()
 
 
 def time_of_day(line: str) -> float | None:
-    if m := _CLAWDEN_LINE.match(line):
-        h, mi, s, ms = (int(g) for g in m.groups())
-        return h * 3600 + mi * 60 + s + ms / 1000
-    if m := _NATS_LINE.match(line):
-        h, mi, s = (int(g) for g in m.groups()[3:6])
-        return h * 3600 + mi * 60 + s + float("0." + m.group(7))
-    return None
+    return stamp_of(line)[0]
 
 
 def parse(service: str, lines: Iterable[str]) -> list[Record]:
     records: list[Record] = []
     for line in lines:
-        tod = time_of_day(line)
+        tod, midnight = stamp_of(line)
         if tod is None and records:
             records[-1].text += "\n" + line
         else:
-            records.append(Record(service, line, tod))
+            records.append(Record(service, line, tod, midnight=midnight))
     return records
 
 
 def anchor(records: list[Record], last_write: float) -> None:
-    """Give each record a date: lines carry only the time of day, so count back from the file's last
-    write, a day earlier each time the clock runs backwards across midnight."""
+    """Give each record its time: a dated line has it; an undated one (from before lines were dated)
+    counts back from the next dated one, or from the file's last write, a day earlier each time the clock
+    runs backwards across midnight."""
     stamp = dt.datetime.fromtimestamp(last_write)
     midnight = stamp.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
     now_tod = last_write - midnight
@@ -128,7 +143,9 @@ def anchor(records: list[Record], last_write: float) -> None:
         if tod is None:
             record.at = last_write
             continue
-        if later is None:
+        if record.midnight is not None:
+            midnight = record.midnight
+        elif later is None:
             if tod > now_tod + 60:  # written before midnight, the file last touched after it
                 midnight -= 86400
         elif tod > later + WRAP:
@@ -199,38 +216,66 @@ def read_files(logs: Path, service: str | None, *, lines: int, session: str | No
     files = log_files(logs, service)
     width = 0 if service else max([len(name) for name in files] + [10])
     # Sizes first: what is written while the tail is shown belongs to the follow, not lost between.
-    sizes = {n: p.stat().st_size for n, p in files.items()}
-    tails = (tail_records(p, name, lines, match, sizes[name]) for name, p in files.items())
+    places = {n: Place.of(p) for n, p in files.items()}
+    tails = (tail_records(p, name, lines, match, places[name].offset) for name, p in files.items())
     for record in merged(tails)[-lines:] if lines else []:
         show(record, out, width)
     if follow:
-        for record in follow_files(logs, service, sizes, match):
+        for record in follow_files(logs, service, places, match):
             show(record, out, width)
 
 
-def follow_files(logs: Path, service: str | None, offsets: dict[str, int],
+@dataclass(frozen=True)
+class Place:
+    """How far a log file has been read, and which file that was (a rotation puts a new one there)."""
+
+    offset: int = 0
+    inode: int | None = None
+
+    @classmethod
+    def of(cls, path: Path) -> Place:
+        st = path.stat()
+        return cls(st.st_size, st.st_ino)
+
+
+def _appended(path: Path, place: Place) -> tuple[bytes, Place] | None:
+    """What was written to `path` since `place` (None: nothing) and the new place. When the file was
+    rotated (`clawden.logs.RotatingStderr`), the rest of the old one, now `<path>.1`, comes first; a
+    truncated file is read again from its start."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    head, offset = b"", place.offset
+    if place.inode is not None and st.st_ino != place.inode:
+        with contextlib.suppress(OSError), path.with_name(path.name + ".1").open("rb") as f:
+            if os.fstat(f.fileno()).st_ino == place.inode:
+                f.seek(offset)
+                head = f.read()
+        offset = 0
+    elif st.st_size < offset:
+        offset = 0
+    if st.st_size == offset and not head:
+        return None
+    with path.open("rb") as f:
+        f.seek(offset)
+        return head + f.read(st.st_size - offset), Place(st.st_size, st.st_ino)
+
+
+def follow_files(logs: Path, service: str | None, places: dict[str, Place],
                  match: re.Pattern[str] | None) -> Iterator[Record]:
-    """New records as they are appended; a truncated file is read again from its start, a new one from
-    its start too (a service that began to log)."""
+    """New records as they are appended, across rotations; a truncated file is read again from its
+    start, a new one from its start too (a service that began to log)."""
     partial: dict[str, str] = {}
     showing: dict[str, bool] = {}  # whether the last record of that file passed the filter
     last_tod: dict[str, float] = {}
     while True:
         batch: list[list[Record]] = []
         for name, path in log_files(logs, service).items():
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
+            found = _appended(path, places.get(name, Place()))
+            if found is None:
                 continue
-            offset = offsets.get(name, 0)
-            if size < offset:
-                offset, partial[name] = 0, ""
-            if size == offset:
-                continue
-            with path.open("rb") as f:
-                f.seek(offset)
-                chunk = f.read(size - offset)
-            offsets[name] = size
+            chunk, places[name] = found
             text = partial.pop(name, "") + chunk.decode("utf-8", "replace")
             if "\n" not in text:
                 partial[name] = text

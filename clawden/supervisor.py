@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from clawden import natsauth, natsserver, setup
+from clawden import logs, natsauth, natsserver, setup
 from clawden.config import Config, configured_bridges
 from clawden.runtime import EX_CONFIG
 
@@ -75,7 +75,7 @@ class Supervisor:
             child.notify.bind(str(child.notify_path))
             child.notify.setblocking(False)
         env = dict(os.environ, NOTIFY_SOCKET=str(child.notify_path), CLAWDEN_HOME=self.cfg.home,
-                   CLAWDEN_RUNNER_STOP_CONTAINERS_ON_EXIT="true")
+                   CLAWDEN_RUNNER_STOP_CONTAINERS_ON_EXIT="true", **{logs.LOG_FILE_VARIABLE: str(child.log_path)})
         if self.cfg.embedded_nats:
             env["CLAWDEN_NATS_URL"] = self.cfg.nats_url
         log = open(child.log_path, "ab")  # noqa: SIM115 - the child owns it

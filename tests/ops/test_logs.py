@@ -85,6 +85,18 @@ def test_lines_either_side_of_midnight_stay_in_order(tmp_path: Path) -> None:
     assert [line.rsplit(": ", 1)[1] for line in read(folder).splitlines()] == ["late", "later", "earliest", "early"]
 
 
+def test_dated_lines_are_placed_by_their_date_not_the_files_last_write(tmp_path: Path) -> None:
+    folder = write_logs(tmp_path / "logs", {
+        "router": "2026-11-20 23:00:00.000 I r: two days ago\n2026-11-22 09:00:00.000 I r: today\n",
+        "runner": "2026-11-21 12:00:00.000 I r: yesterday\n",
+        "nats": "[1] 2026/11/21 08:00:00.000000 [INF] yesterday morning\n",
+    }, dt.datetime(2026, 11, 22, 9, 30))
+    os.utime(folder / "runner.log", (dt.datetime(2026, 11, 22, 9, 0).timestamp(),) * 2)  # touched today
+
+    assert [line.rsplit(": ", 1)[-1].split("] ")[-1] for line in read(folder).splitlines()] == [
+        "two days ago", "yesterday morning", "yesterday", "today"]
+
+
 def test_a_long_log_is_read_from_its_end(tmp_path: Path) -> None:
     lines = [f"{h:02d}:{m:02d}:00.000 I clawden.router: line {h * 60 + m}" for h in range(10, 20) for m in range(60)]
     body = "\n".join(lines * 200) + "\n"  # about 5 MB
@@ -121,6 +133,46 @@ def test_following_prints_new_lines_of_the_session_as_they_are_written(tmp_path:
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+ROTATING = """
+import logging, sys
+from clawden import logs
+logs.MAX_LOG_BYTES = 2000
+logs.setup("clawden-router")
+for i in range(300):
+    logging.getLogger("clawden.router").info("line %03d", i)
+print("printed, not logged", file=sys.stderr)
+"""
+
+
+def test_a_service_log_under_clawden_up_is_dated_and_rotated_by_size(tmp_path: Path) -> None:
+    path = tmp_path / "router.log"
+    with path.open("ab") as stderr:  # as the supervisor starts a service
+        subprocess.run([sys.executable, "-c", ROTATING], stderr=stderr, check=True,
+                       env=dict(os.environ, CLAWDEN_LOG_FILE=str(path)))
+
+    kept = [path, *(tmp_path / f"router.log.{n}" for n in (3, 2, 1))]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)  # no .4: the oldest went
+    assert all(p.stat().st_size < 2000 + 100 for p in kept)
+    newest = path.read_text().splitlines()
+    assert newest[-2].endswith("I clawden.router: line 299") and newest[-1] == "printed, not logged"
+    assert logview.stamp_of(newest[0])[1] is not None, "lines in files carry their date"
+    numbers = [int(line[-3:]) for p in [*kept[1:], path] for line in p.read_text().splitlines() if "line" in line]
+    assert numbers == list(range(numbers[0], 300)), "rotation loses no line"
+
+
+def test_following_goes_on_across_a_rotation(tmp_path: Path) -> None:
+    folder = write_logs(tmp_path / "logs", {"router": "10:00:00.000 I r: first\n"}, dt.datetime(2026, 11, 21, 10, 5))
+    path = folder / "router.log"
+    follow = logview.follow_files(folder, "router", {"router": logview.Place.of(path)}, None)
+    with path.open("a") as log:
+        log.write("10:00:01.000 I r: before the rotation\n")
+    path.rename(folder / "router.log.1")
+    path.write_text("10:00:02.000 I r: after it\n")
+
+    shown = [next(follow).text, next(follow).text]
+    assert shown == ["10:00:01.000 I r: before the rotation", "10:00:02.000 I r: after it"]
 
 
 def test_names_map_to_units_and_files() -> None:
