@@ -131,26 +131,27 @@ def stderr_is_journal(stream: TextIO = sys.stderr) -> bool:
 
 
 class RotatingStderr(logging.StreamHandler):  # type: ignore[type-arg]
-    """Under `clawden up` stderr is the service's log file. Past `max_bytes` it becomes `<file>.1` (older
-    ones move up to `.<backups>`, the oldest goes) and a fresh file takes stderr's place, so what is
-    printed without logging (a crash's traceback) lands in the current file too."""
+    """Under `clawden up` and launchd, stderr (and stdout) is the service's log file. Past `max_bytes` it
+    becomes `<file>.1` (older ones move up to `.<backups>`, the oldest goes) and a fresh file takes their
+    place, so what is printed without logging (a crash's traceback) lands in the current file too."""
 
     def __init__(self, path: str, max_bytes: int, backups: int) -> None:
         super().__init__(sys.stderr)
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        self.fds = [fd for fd in (1, 2) if self.writes_to(path, fd)]
 
     @staticmethod
-    def applies(path: str) -> bool:
-        """Only when stderr really is that file: never rename a file this process does not write."""
+    def writes_to(path: str, fd: int = 2) -> bool:
+        """Whether `fd` really is that file: never rename a file this process does not write."""
         try:
-            st, mine = os.stat(path), os.fstat(sys.stderr.fileno())
-        except (OSError, ValueError):
+            st, mine = os.stat(path), os.fstat(fd)
+        except OSError:
             return False
         return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            if os.fstat(self.stream.fileno()).st_size >= self.max_bytes:
+            if os.fstat(2).st_size >= self.max_bytes:
                 self.rotate()
         except (OSError, ValueError):
             pass  # keep logging where we can
@@ -162,9 +163,11 @@ class RotatingStderr(logging.StreamHandler):  # type: ignore[type-arg]
             if os.path.exists(f"{self.path}.{n}"):
                 os.replace(f"{self.path}.{n}", f"{self.path}.{n + 1}")
         os.replace(self.path, f"{self.path}.1")
+        sys.stdout.flush()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
-            os.dup2(fd, self.stream.fileno())
+            for target in self.fds:
+                os.dup2(fd, target)
         finally:
             os.close(fd)
 
@@ -179,7 +182,7 @@ def setup(identifier: str, level: int = logging.INFO) -> None:
     handler: logging.Handler
     if journal and os.path.exists(JOURNAL_SOCKET):
         handler = JournalHandler(identifier)
-    elif not journal and log_file and RotatingStderr.applies(log_file):
+    elif not journal and log_file and RotatingStderr.writes_to(log_file):
         handler = RotatingStderr(log_file, MAX_LOG_BYTES, LOG_BACKUPS)
         handler.setFormatter(PrefixFormatter(journal=False, dated=True))
     else:

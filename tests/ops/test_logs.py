@@ -143,20 +143,22 @@ logs.setup("clawden-router")
 for i in range(300):
     logging.getLogger("clawden.router").info("line %03d", i)
 print("printed, not logged", file=sys.stderr)
+print("and to stdout", flush=True)
 """
 
 
 def test_a_service_log_under_clawden_up_is_dated_and_rotated_by_size(tmp_path: Path) -> None:
     path = tmp_path / "router.log"
     with path.open("ab") as stderr:  # as the supervisor starts a service
-        subprocess.run([sys.executable, "-c", ROTATING], stderr=stderr, check=True,
+        subprocess.run([sys.executable, "-c", ROTATING], stdout=stderr, stderr=stderr, check=True,
                        env=dict(os.environ, CLAWDEN_LOG_FILE=str(path)))
 
     kept = [path, *(tmp_path / f"router.log.{n}" for n in (3, 2, 1))]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)  # no .4: the oldest went
     assert all(p.stat().st_size < 2000 + 100 for p in kept)
     newest = path.read_text().splitlines()
-    assert newest[-2].endswith("I clawden.router: line 299") and newest[-1] == "printed, not logged"
+    assert newest[-3].endswith("I clawden.router: line 299")
+    assert newest[-2:] == ["printed, not logged", "and to stdout"]
     assert logview.stamp_of(newest[0])[1] is not None, "lines in files carry their date"
     numbers = [int(line[-3:]) for p in [*kept[1:], path] for line in p.read_text().splitlines() if "line" in line]
     assert numbers == list(range(numbers[0], 300)), "rotation loses no line"
