@@ -7,6 +7,8 @@ unknown tag is rejected with the JSON path in the error.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Literal, TypeVar
 
 import msgspec
@@ -188,6 +190,73 @@ class Destination(_Part, frozen=True):
     display_name: str = ""
 
 
+# Bounds of an agent group's settings, the same for the router (which refuses them at `clawden groups
+# create|update`) and the runner (which checks what arrives before using it).
+MEMORY_RANGE = (64 * 2**20, 2**40)  # bytes: below 64 MiB nothing starts; 1 TiB is no limit at all
+CPUS_RANGE = (0.01, 256.0)
+PIDS_RANGE = (32, 65_536)
+IDLE_TIMEOUT_RANGE = (5.0, 30 * 86_400.0)  # seconds
+RESERVED_FOLDERS = frozenset({"global"})  # groups/global is every group's read-only shared memory
+_MEMORY = re.compile(r"^(\d{1,13})(\.\d{1,6})?([kmg]b?|b)?$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/\[\]-]{0,127}$")
+# A Docker image reference: [registry[:port]/]path[:tag][@sha256:digest], lowercase path components.
+_IMAGE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9.-]*(?::\d{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+                    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+                    r"(?:@sha256:[a-f0-9]{64})?$")
+
+
+def memory_bytes(text: str) -> int | None:
+    """Docker's memory notation (`512m`, `2g`, `1.5g`, `300mb`, bytes without a unit); None if it is not that."""
+    m = _MEMORY.match(text)
+    if m is None:
+        return None
+    unit = (m.group(3) or "").lower().removesuffix("b")
+    return int(float(m.group(1) + (m.group(2) or "")) * _UNITS[unit])
+
+
+class GroupSettings(_Part, frozen=True):
+    """An agent group's settings as the router keeps them (`clawden groups create|update`), sent with
+    every wake; the runner applies them at the group's next container start, before config.toml's
+    `[groups.<name>]` and its own defaults. "" / 0: not set here. Extra mounts are not among them:
+    those stay with the host's admin (config.toml and the mount allowlist)."""
+
+    folder: str = ""  # under the runner's groups/: the group's memory (CLAUDE.md), mounted read-write
+    model: str = ""
+    image: str = ""
+    memory: str = ""  # Docker's notation: 512m, 2g
+    cpus: float = 0.0
+    pids: int = 0
+    idle_timeout: float = 0.0  # seconds an idle container lives
+    # When the router last changed them: of two snapshots that arrive out of order, the later one wins.
+    changed_at: float = 0.0
+
+    def problems(self) -> dict[str, str]:
+        """Each set field that is out of bounds, with why, in words a person can act on."""
+        out: dict[str, str] = {}
+        if self.folder and (not _FOLDER.match(self.folder) or self.folder in RESERVED_FOLDERS):
+            out["folder"] = (f"folder {self.folder!r}: one folder name (letters, digits, '.', '-', '_'), not"
+                             f" {', '.join(sorted(RESERVED_FOLDERS))}")
+        if self.model and not _MODEL.match(self.model):
+            out["model"] = f"model {self.model!r}: give a model name like claude-sonnet-4-5"
+        if self.image and (len(self.image) > 255 or not _IMAGE.match(self.image)):
+            out["image"] = f"image {self.image!r}: give an image reference like clawden-agent:latest"
+        if self.memory:
+            size = memory_bytes(self.memory)
+            if size is None or not MEMORY_RANGE[0] <= size <= MEMORY_RANGE[1]:
+                out["memory"] = f"memory {self.memory!r}: give a size from 64m to 1024g, e.g. 2g"
+        if self.cpus and not (math.isfinite(self.cpus) and CPUS_RANGE[0] <= self.cpus <= CPUS_RANGE[1]):
+            out["cpus"] = f"cpus {self.cpus}: give a number from {CPUS_RANGE[0]} to {CPUS_RANGE[1]:g}"
+        if self.pids and not PIDS_RANGE[0] <= self.pids <= PIDS_RANGE[1]:
+            out["pids"] = f"pids {self.pids}: give a number from {PIDS_RANGE[0]} to {PIDS_RANGE[1]}"
+        if self.idle_timeout and not (math.isfinite(self.idle_timeout)
+                                      and IDLE_TIMEOUT_RANGE[0] <= self.idle_timeout <= IDLE_TIMEOUT_RANGE[1]):
+            out["idle_timeout"] = (f"idle timeout {self.idle_timeout}: give seconds from {IDLE_TIMEOUT_RANGE[0]:g}"
+                                   f" to {IDLE_TIMEOUT_RANGE[1]:.0f} (30 days)")
+        return out
+
+
 class Wake(_Event, tag="wake", frozen=True):
     """The router (or scheduler) hands a message to a session on a runner. Key: `<session>:<message id>`."""
 
@@ -200,6 +269,9 @@ class Wake(_Event, tag="wake", frozen=True):
     # projection with them, so a change reaches a running agent with its next message. None: the
     # sender does not know them (a scheduler wake); keep the projection as it is.
     destinations: tuple[Destination, ...] | None = None
+    # The agent group's settings as of this wake, likewise: the runner keeps the latest per group and
+    # starts the group's containers with them. None: the sender does not know them (a scheduler wake).
+    group: GroupSettings | None = None
 
     @property
     def key(self) -> str:
