@@ -66,15 +66,18 @@ def _verb(verbs: Sub, name: str, help_text: str, func: Callable[[argparse.Namesp
 # --- agent groups ----------------------------------------------------------------------------------
 
 def _group_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--folder", help="folder under groups/ (default: the name)")
+    # The runner applies these at the group's next container start, over config.toml's
+    # [groups.<name>] and [runner]; "" or 0 clears one so config.toml's applies again.
+    p.add_argument("--folder", help="folder under groups/ with the group's memory (default: the name)")
     p.add_argument("--assistant-name", dest="assistant_name", help="what the assistant calls itself")
-    p.add_argument("--provider", help="agent provider (default: claude)")
-    p.add_argument("--model", help="model for this group (default: the runner's)")
-    p.add_argument("--image", help="container image")
-    p.add_argument("--memory", help="container memory limit, e.g. 2g")
-    p.add_argument("--cpus", type=float, help="container CPU limit")
-    p.add_argument("--pids", type=int, help="container pids limit")
-    p.add_argument("--idle-timeout", dest="idle_timeout", type=float, help="seconds an idle container lives")
+    p.add_argument("--provider", help="agent provider (only claude, the default)")
+    p.add_argument("--model", help="model for this group (default: config.toml's [model] model)")
+    p.add_argument("--image", help="container image (default: config.toml's)")
+    p.add_argument("--memory", help="container memory limit, e.g. 2g (default: config.toml's)")
+    p.add_argument("--cpus", type=float, help="container CPU limit (default: config.toml's)")
+    p.add_argument("--pids", type=int, help="container pids limit (default: config.toml's)")
+    p.add_argument("--idle-timeout", dest="idle_timeout", type=float,
+                   help="seconds an idle container lives (default: config.toml's)")
 
 
 def _group_payload(args: argparse.Namespace) -> Payload:
@@ -296,7 +299,7 @@ def register(sub: Sub) -> None:
     v = _verb(verbs, "create", "create an agent group", groups_create)
     v.add_argument("name")
     _group_options(v)
-    v = _verb(verbs, "update", "change an agent group's settings", groups_update)
+    v = _verb(verbs, "update", "change an agent group's settings (its next container start uses them)", groups_update)
     v.add_argument("name")
     _group_options(v)
     _verb(verbs, "delete", "delete an agent group, its wirings and sessions", groups_delete).add_argument("name")

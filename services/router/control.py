@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from clawden.bus import events as ev
 from services.router import pairing
 from services.router.entities import (
     ALL_CHATS,
@@ -38,7 +39,8 @@ class _Op(msgspec.Struct, frozen=True, kw_only=True, tag_field="op", forbid_unkn
 
 class ContainerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
                         omit_defaults=True):
-    """Per-group overrides of the runner's defaults (config.toml `[runner]`)."""
+    """Per-group overrides of config.toml (`[groups.<name>]`, then `[runner]`), sent to the runner with
+    every wake. "" or 0 clears one, so the runner's own setting applies again."""
 
     image: str | None = None
     memory: str | None = None
@@ -285,34 +287,43 @@ class Control:
 
     def _groups_create(self, req: GroupCreate) -> Json:
         name = group_name(req.name)
-        folder = group_name(req.folder or name)
+        folder = _folder(req.folder or name)
+        _provider(req.provider)
+        _check_settings(req.model, req.container)
+        container = _set_only(msgspec.to_builtins(req.container))
         with self.store.transaction() as db:
             if db.execute("SELECT 1 FROM agent_groups WHERE name = ?", (name,)).fetchone():
                 raise RouterError(f"agent group {name!r} already exists")
             if db.execute("SELECT 1 FROM agent_groups WHERE folder = ?", (folder,)).fetchone():
                 raise RouterError(f"folder {folder!r} already belongs to another agent group")
+            now = self.clock()
             db.execute("INSERT INTO agent_groups (name, folder, created_at, assistant_name, provider, model,"
-                       " container) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (name, folder, self.clock(), req.assistant_name, req.provider, req.model,
-                        msgspec.json.encode(req.container).decode()))
+                       " container, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (name, folder, now, req.assistant_name, req.provider, req.model, json.dumps(container), now))
+        self.store.reload()
         return self._group_json(self._group(name))
 
     def _groups_update(self, req: GroupUpdate) -> Json:
+        if req.provider is not None:
+            _provider(req.provider)
+        _check_settings(req.model, req.container)
         with self.store.transaction() as db:
             row = self._group(req.name)
-            folder = group_name(req.folder) if req.folder is not None else row["folder"]
+            folder = _folder(req.folder) if req.folder is not None else row["folder"]
             if folder != row["folder"] and db.execute(
                     "SELECT 1 FROM agent_groups WHERE folder = ?", (folder,)).fetchone():
                 raise RouterError(f"folder {folder!r} already belongs to another agent group")
             container = row["container"]
             if req.container is not None:
                 merged = json.loads(container) | msgspec.to_builtins(req.container)
-                container = json.dumps(merged)
+                container = json.dumps(_set_only(merged))
+            # The next wake carries the new settings to the runner, stamped so a late older one loses.
             db.execute(
-                "UPDATE agent_groups SET folder = ?, assistant_name = ?, provider = ?, model = ?, container = ?"
-                " WHERE name = ?",
+                "UPDATE agent_groups SET folder = ?, assistant_name = ?, provider = ?, model = ?, container = ?,"
+                " changed_at = ? WHERE name = ?",
                 (folder, _or(req.assistant_name, row["assistant_name"]), _or(req.provider, row["provider"]),
-                 _or(req.model, row["model"]), container, req.name))
+                 _or(req.model, row["model"]), container, self.clock(), req.name))
+        self.store.reload()
         return self._group_json(self._group(req.name))
 
     def _groups_delete(self, req: GroupDelete) -> Json:
@@ -597,6 +608,36 @@ class Control:
 
 def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
+
+
+PROVIDERS = ("claude",)  # agent providers the runner's image can run
+
+
+def _provider(value: str) -> str:
+    if value not in PROVIDERS:
+        raise RouterError(f"provider {value!r}: only {', '.join(map(repr, PROVIDERS))} is available")
+    return value
+
+
+def _folder(value: str) -> str:
+    folder = group_name(value)
+    if folder in ev.RESERVED_FOLDERS:
+        raise RouterError(f"folder {folder!r} is the memory every agent group shares read-only; give another"
+                          " with --folder")
+    return folder
+
+
+def _check_settings(model: str | None, container: ContainerSettings | None) -> None:
+    """What the runner would refuse is refused here, where the person who typed it can fix it."""
+    given = msgspec.to_builtins(container) if container is not None else {}
+    problems = ev.GroupSettings(model=model or "", **given).problems()
+    if problems:
+        raise RouterError("; ".join(problems.values()))
+
+
+def _set_only(container: Json) -> Json:
+    """Container settings without the cleared ones ("" or 0): the runner's apply to those."""
+    return {k: v for k, v in container.items() if v not in ("", 0, None)}
 
 
 def _chat_id(value: str) -> str:

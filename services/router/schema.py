@@ -177,5 +177,10 @@ MIGRATIONS: list[tuple[str, str]] = [
             payload BLOB NOT NULL
         );
     """),
+    # When an agent group's settings last changed: wakes carry them to the runner, and of two
+    # snapshots that arrive out of order the runner keeps the later one.
+    ("0003_agent_group_changed_at", """
+        ALTER TABLE agent_groups ADD COLUMN changed_at REAL NOT NULL DEFAULT 0;
+        UPDATE agent_groups SET changed_at = created_at;
+    """),
 ]
-

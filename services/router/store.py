@@ -116,6 +116,7 @@ class RouterStore(servicedb.Store):
         self.roles = Roles()
         self._pairing: dict[str, tuple[str, float]] = {}
         self._destinations: dict[str, tuple[ev.Destination, ...]] = {}
+        self._settings: dict[str, ev.GroupSettings] = {}
         self.reload()
 
     @classmethod
@@ -132,7 +133,7 @@ class RouterStore(servicedb.Store):
             raise
 
     def reload(self) -> None:
-        """Re-read the in-memory copies (roles, pairing codes, destinations) after a write."""
+        """Re-read the in-memory copies (roles, pairing codes, destinations, group settings) after a write."""
         roles = Roles()
         for row in self.conn.execute("SELECT user_id, role, agent_group FROM roles ORDER BY granted_at, user_id"):
             if row["role"] == "owner":
@@ -145,6 +146,7 @@ class RouterStore(servicedb.Store):
         self._pairing = {row["channel"]: (row["digest"], row["expires_at"])
                          for row in self.conn.execute("SELECT channel, digest, expires_at FROM pairing_codes")}
         self._destinations.clear()
+        self._settings.clear()
 
     # --- first start ------------------------------------------------------------------------------
 
@@ -156,8 +158,8 @@ class RouterStore(servicedb.Store):
             if db.execute("SELECT 1 FROM meta WHERE key = 'seeded'").fetchone():
                 return done
             if not db.execute("SELECT 1 FROM agent_groups LIMIT 1").fetchone():
-                db.execute("INSERT INTO agent_groups (name, folder, created_at) VALUES (?, ?, ?)",
-                           (group, group, now))
+                db.execute("INSERT INTO agent_groups (name, folder, created_at, changed_at) VALUES (?, ?, ?, ?)",
+                           (group, group, now, now))
                 mg = self._ensure_chat_row(channel, ALL_CHATS, f"every {channel} chat", False, "public", now)
                 db.execute("INSERT OR IGNORE INTO wirings (messaging_group, agent_group, created_at)"
                            " VALUES (?, ?, ?)", (mg, group, now))
@@ -349,6 +351,7 @@ class RouterStore(servicedb.Store):
                 sent_at=event.sent_at, trigger=action.trigger, attachments=event.attachments,
                 platform_message_id=event.message_id),
             destinations=self.destinations(action.agent_group),
+            group=self.group_settings(action.agent_group),
         )
         self._emit(session_id, subjects.wake(runner), wake.key, ev.encode(wake))
         out.counts["wakes" if action.trigger else "accumulated"] += 1
@@ -376,6 +379,24 @@ class RouterStore(servicedb.Store):
                 for r in self.conn.execute(
                     "SELECT name, display_name, channel, chat_id, thread_id FROM destinations"
                     " WHERE agent_group = ? ORDER BY name", (agent_group,)))
+        return cached
+
+    def group_settings(self, agent_group: str) -> ev.GroupSettings | None:
+        """The group's settings for the runner, as `clawden groups create|update` left them."""
+        cached = self._settings.get(agent_group)
+        if cached is None:
+            row = self.conn.execute("SELECT folder, model, container, changed_at FROM agent_groups WHERE name = ?",
+                                    (agent_group,)).fetchone()
+            if row is None:
+                return None
+            base = {"folder": row["folder"], "model": row["model"], "changed_at": row["changed_at"]}
+            try:
+                cached = msgspec.convert(msgspec.json.decode(row["container"]) | base, ev.GroupSettings)
+            except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:
+                # Written by an older version: the runner's own settings apply to the container.
+                log.error("agent group %s: stored container settings unusable (%s); sending none", agent_group, exc)
+                cached = msgspec.convert(base, ev.GroupSettings)
+            self._settings[agent_group] = cached
         return cached
 
     def record_drop(self, event: ev.InboundMessage, user: str, reason: str, now: float) -> None:
