@@ -19,6 +19,8 @@ from docker.types import Mount
 
 from clawden import agentcontainer
 from clawden.agentcontainer import GATEWAY_MOUNT, GLOBAL_MOUNT, GROUP_MOUNT, HOME_MOUNT, SESSION_MOUNT, TRUST_MOUNT
+from clawden.bus import events as ev
+from clawden.config import Config, GroupConfig
 from services.runner.mounts import ExtraMount
 
 log = logging.getLogger("clawden.runner.docker")
@@ -27,6 +29,59 @@ T = TypeVar("T")
 LABEL_INSTALL = "dev.clawden.install"
 LABEL_GROUP = "dev.clawden.agent-group"
 LABEL_SESSION = "dev.clawden.session"
+
+
+@dataclass(frozen=True)
+class GroupRun:
+    """How a group's containers run: the router's setting for each field where it sent a sound one,
+    else config.toml's `[groups.<name>]`, else the runner's own (`[runner]`, `[model]`)."""
+
+    folder: str
+    model: str
+    image: str
+    memory: str
+    cpus: float
+    pids: int
+    idle_timeout: float
+    refused: tuple[str, ...] = ()  # what the router sent that is not used, and why
+
+
+def group_run(agent_group: str, sent: ev.GroupSettings | None, cfg: Config, *,
+              engine_cpus: int | None = None) -> GroupRun:
+    """Pure: what arrived on the bus is checked field by field; a field out of bounds is refused (and
+    reported in `refused`) and the next source applies, so a bad setting never stops a container."""
+    local = cfg.groups.get(agent_group, GroupConfig())
+    sent = sent or ev.GroupSettings()
+    problems = sent.problems()
+    # Docker refuses a CPU limit above what its engine has; every start would fail.
+    if sent.cpus and engine_cpus and sent.cpus > engine_cpus and "cpus" not in problems:
+        problems["cpus"] = f"cpus {sent.cpus:g}: the Docker engine has only {engine_cpus}"
+
+    def pick(name: str, *fallbacks: Any) -> Any:
+        value = getattr(sent, name)
+        if value and name not in problems:
+            return value
+        return next((f for f in fallbacks if f), fallbacks[-1])
+
+    return GroupRun(
+        folder=pick("folder", agent_group),
+        model=pick("model", cfg.model.model),
+        image=pick("image", cfg.runner.image),
+        memory=pick("memory", local.memory, cfg.runner.memory),
+        cpus=float(pick("cpus", local.cpus, cfg.runner.cpus)),
+        pids=int(pick("pids", local.pids, cfg.runner.pids)),
+        idle_timeout=float(pick("idle_timeout", cfg.runner.idle_timeout)),
+        refused=tuple(problems.values()),
+    )
+
+
+def group_folder(groups_dir: Path, folder: str, agent_group: str) -> tuple[Path, str]:
+    """The group's folder under `groups_dir`, refusing one that is a link or resolves elsewhere (then
+    the group's default, its name); returns the folder and why the asked one was refused ("")."""
+    candidate = groups_dir / folder
+    if folder == agent_group or (not candidate.is_symlink() and candidate.resolve().parent == groups_dir.resolve()):
+        return candidate, ""
+    return groups_dir / agent_group, f"folder {folder!r} is a link or leaves {groups_dir}"
 
 
 @dataclass(frozen=True)
@@ -120,6 +175,15 @@ class Docker:
 
     async def ping(self) -> bool:
         return bool(await self.call(self.client.ping))
+
+    async def engine_cpus(self) -> int | None:
+        """CPUs the engine has (Docker refuses a larger `--cpus`); None if it does not say."""
+        try:
+            info = await self.call(self.client.info)
+        except docker.errors.APIError:
+            return None
+        cpus = info.get("NCPU")
+        return cpus if isinstance(cpus, int) and cpus > 0 else None
 
     async def start(self, spec: ContainerSpec) -> Container:
         def run() -> Container:

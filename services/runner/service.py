@@ -30,7 +30,16 @@ from clawden.bus import events as ev
 from clawden.bus.streams import runner_decisions, runner_receipts, runner_wake
 from clawden.config import GroupConfig
 from clawden.runtime import ServiceContext
-from services.runner.containers import LABEL_SESSION, ContainerSpec, Died, Docker, ImageMissing
+from services.runner.containers import (
+    LABEL_SESSION,
+    ContainerSpec,
+    Died,
+    Docker,
+    GroupRun,
+    ImageMissing,
+    group_folder,
+    group_run,
+)
 from services.runner.mounts import Allowlist, ExtraMount, MountRefused, MountRequest, resolve
 from services.runner.outbound import Action, Ask, ListTasks, Publish, Refused, Respond, translate
 from services.runner.sessions import (
@@ -91,6 +100,7 @@ class Runner:
         self.changed = asyncio.Event()
         self.making_room = False
         self.failures: dict[str, int] = {}  # consecutive start failures or crashes per session
+        self.engine_cpus: int | None = None  # what Docker's engine has; set once it answered
         self.counters = {"wakes": 0, "started": 0, "published": 0, "crashed": 0, "hung": 0, "idle_stopped": 0}
 
     # --- paths ----------------------------------------------------------------------------------
@@ -102,6 +112,12 @@ class Runner:
         # The group's Claude Code state (conversations) outlives containers; kept out of the
         # group folder so the agent's memory stays readable.
         return self.cfg.path("state", agent_group, "claude")
+
+    def group_run(self, agent_group: str) -> GroupRun:
+        """How this group's containers run now: the router's last settings for it (kept in runner.db,
+        so a scheduler wake or a restart finds them), over config.toml's."""
+        return group_run(agent_group, self.index.group_settings(agent_group), self.cfg,
+                         engine_cpus=self.engine_cpus)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(_logged(coro, name), name=name)
@@ -121,6 +137,8 @@ class Runner:
         lock = self.session_locks.setdefault(info.id, asyncio.Lock())
         async with lock:
             await asyncio.to_thread(self.index.put, info)
+            if wake.group is not None:  # None: the sender does not know them; keep the last ones
+                await asyncio.to_thread(self.index.set_group_settings, info.agent_group, wake.group)
             folder = self.session_dir(info)
             try:
                 await asyncio.to_thread(self._store_wake, folder, wake)
@@ -190,8 +208,13 @@ class Runner:
 
     async def _start(self, info: SessionInfo, folder: Path) -> None:
         gateway, trust = await self._gateway_dir(info.agent_group)
-        group_dir = self.cfg.groups_dir / info.agent_group
-        group = self.cfg.groups.get(info.agent_group, GroupConfig())
+        run = self.group_run(info.agent_group)
+        group_dir, bad_folder = await asyncio.to_thread(group_folder, self.cfg.groups_dir, run.folder,
+                                                        info.agent_group)
+        for why in (*run.refused, bad_folder):
+            if why:  # the router's check should have caught it; the next source applies instead
+                log.error("agent group %s: not using the router's setting: %s", info.agent_group, why,
+                          extra={"session_id": info.id, "agent_group": info.agent_group})
         claude_home = self.claude_home(info.agent_group)
         await asyncio.to_thread(self._prepare_group, group_dir, claude_home)
         live = self.live.setdefault(info.id, Live(info, folder))
@@ -199,10 +222,9 @@ class Runner:
             live.bell = await listen_bell(folder, functools.partial(self.kick, info.id), self.owner_uid)
         spec = ContainerSpec(
             install_id=self.cfg.install_id, agent_group=info.agent_group, session_id=info.id,
-            image=self.cfg.runner.image, session_dir=folder, group_dir=group_dir,
+            image=run.image, session_dir=folder, group_dir=group_dir,
             global_dir=self.cfg.groups_dir / "global", claude_home=claude_home, gateway_dir=gateway,
-            memory=group.memory or self.cfg.runner.memory, cpus=group.cpus or self.cfg.runner.cpus,
-            pids=group.pids or self.cfg.runner.pids, user=self.user, model=self.cfg.model.model,
+            memory=run.memory, cpus=run.cpus, pids=run.pids, user=self.user, model=run.model,
             timezone=_host_timezone(), extra_mounts=await asyncio.to_thread(self._extra_mounts, info.agent_group),
             trust_dir=trust,
         )
@@ -479,7 +501,8 @@ class Runner:
         busy = await asyncio.to_thread(sessiondb.has_unanswered, live.folder)
         if not busy:
             self.failures.pop(live.info.id, None)  # it answered: a later crash starts a fresh count
-            if time.monotonic() - live.last_activity > self.cfg.runner.idle_timeout:
+            # The group's latest idle timeout, also for a container started before it changed.
+            if time.monotonic() - live.last_activity > self.group_run(live.info.agent_group).idle_timeout:
                 self.counters["idle_stopped"] += 1
                 await self.stop_session(live.info.id, "idle")
             return
@@ -604,6 +627,7 @@ async def main(ctx: ServiceContext) -> None:
     await ctx.endpoint("containers", runner.ctl_containers)
     try:
         await docker.ping()
+        runner.engine_cpus = await docker.engine_cpus()
         docker.watch_deaths(runner.on_death)
         await runner.adopt()
         wakes = await bind(ctx.js, runner_wake(ctx.config.runner.id))

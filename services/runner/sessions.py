@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+import msgspec
+
 from clawden import servicedb, sessiondb, unixsock
 from clawden.bus import events as ev
 
@@ -36,7 +38,14 @@ MIGRATIONS = [
         CREATE TABLE IF NOT EXISTS destinations (session_id TEXT NOT NULL, channel TEXT NOT NULL,
             chat_id TEXT NOT NULL, thread_id TEXT, PRIMARY KEY (session_id, channel, chat_id));
     """),
+    # Each agent group's settings as the router last sent them (msgspec JSON of ev.GroupSettings), so a
+    # scheduler wake, which carries none, and a restarted runner start containers the same way.
+    ("0002_group_settings", """
+        CREATE TABLE group_settings (agent_group TEXT PRIMARY KEY, settings TEXT NOT NULL,
+            changed_at REAL NOT NULL, updated_at REAL NOT NULL);
+    """),
 ]
+_settings_decoder = msgspec.json.Decoder(ev.GroupSettings)
 
 
 class SessionIndex(servicedb.Store):
@@ -54,6 +63,12 @@ class SessionIndex(servicedb.Store):
         for row in self.conn.execute("SELECT id, agent_group, channel, chat_id, thread_id FROM sessions"):
             self._cache[row[0]] = SessionInfo(row[0], row[1], ev.Route(channel=row[2], chat_id=row[3],
                                                                         thread_id=row[4]))
+        self._groups: dict[str, ev.GroupSettings] = {}
+        for group, data in self.conn.execute("SELECT agent_group, settings FROM group_settings"):
+            try:
+                self._groups[group] = _settings_decoder.decode(data)
+            except msgspec.DecodeError as exc:  # ValidationError too: a newer version's shape
+                log.warning("agent group %s: stored settings unreadable (%s); using config.toml's", group, exc)
 
     @classmethod
     def open(cls, path: Path) -> Self:
@@ -86,6 +101,24 @@ class SessionIndex(servicedb.Store):
             rows = self.conn.execute("SELECT channel, chat_id, thread_id FROM destinations WHERE session_id = ?",
                                      (session_id,)).fetchall()
         return {(r[0], r[1]): ev.Route(channel=r[0], chat_id=r[1], thread_id=r[2]) for r in rows}
+
+    def set_group_settings(self, agent_group: str, settings: ev.GroupSettings) -> bool:
+        """Keep the router's latest snapshot of a group's settings; an older one arriving late is ignored.
+        True if it changed what is kept."""
+        with self._lock:
+            kept = self._groups.get(agent_group)
+            if kept == settings or (kept is not None and kept.changed_at > settings.changed_at):
+                return False
+            self.conn.execute(
+                "INSERT INTO group_settings VALUES (?, ?, ?, ?) ON CONFLICT (agent_group) DO UPDATE SET"
+                " settings = excluded.settings, changed_at = excluded.changed_at, updated_at = excluded.updated_at",
+                (agent_group, msgspec.json.encode(settings).decode(), settings.changed_at, time.time()))
+            self._groups[agent_group] = settings
+            return True
+
+    def group_settings(self, agent_group: str) -> ev.GroupSettings | None:
+        """The router's last word on the group's settings; None if it never sent one."""
+        return self._groups.get(agent_group)
 
     def put_question(self, question_id: str, session_id: str, options: tuple[str, ...]) -> None:
         with self._lock:

@@ -52,6 +52,7 @@ def test_destinations_are_replaced_whole_while_other_threads_use_the_index(tmp_p
         repeat(lambda i: seen.append(set(index.destinations("s-1")))),
         repeat(lambda i: index.put(SessionInfo(f"s-{i}", "main", ev.Route(channel="local", chat_id=str(i))))),
         repeat(lambda i: index.put_question(f"q-{i}", "s-1", ("ok",))),
+        repeat(lambda i: index.set_group_settings("main", ev.GroupSettings(pids=32 + i, changed_at=i))),
     ]
     for t in threads:
         t.start()
@@ -62,3 +63,4 @@ def test_destinations_are_replaced_whole_while_other_threads_use_the_index(tmp_p
     index.close()
     reopened = SessionIndex.open(tmp_path / "runner.db")
     assert len(reopened.all()) == 300 and reopened.take_question("q-299") == ("s-1", ("ok",))
+    assert reopened.group_settings("main") == ev.GroupSettings(pids=331, changed_at=299)
