@@ -96,10 +96,12 @@ class Scheduler:
         self.spawn()
         assert self.proc is not None
         deadline = time.monotonic() + 30
-        while True:
+        while True:  # ready: its endpoints and consumers are up, not only the ping every service has
             try:
-                await nc.request(subjects.ctl("scheduler", "ping"), b"", timeout=0.5)
-                return
+                ping = await nc.request(subjects.ctl("scheduler", "ping"), b"", timeout=0.5)
+                if json.loads(ping.data)["ready"]:
+                    return
+                raise RuntimeError("not ready yet")
             except Exception:
                 assert self.proc.poll() is None, self.log.read_text()
                 assert time.monotonic() < deadline, self.log.read_text()
