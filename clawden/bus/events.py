@@ -180,6 +180,8 @@ class WakeMessage(_Part, frozen=True):
     attachments: tuple[Attachment, ...] = ()
     # The platform's own id of a chat message, for the agent's reactions and replies to it.
     platform_message_id: str = ""
+    # A task's pre-check: bash the agent's container runs first; it decides whether the model is woken.
+    script: str = ""
 
 
 class Destination(_Part, frozen=True):
@@ -289,6 +291,7 @@ class TaskOp(_Event, tag="task.op", frozen=True):
     schedule: str | None = None
     timezone: str | None = None
     status: str = ""  # "list" only: just the tasks in this state ("": active and paused ones)
+    script: str | None = None  # the pre-check script; on update "" removes it, None leaves it
     created_by: str = ""
     # The runner that owns the session (its wakes go to `wake.<runner>`); "": the scheduler's default.
     runner: str = ""

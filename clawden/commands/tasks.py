@@ -4,6 +4,7 @@ request/reply (`clawden.ctl.scheduler.<verb>`)."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,8 @@ if TYPE_CHECKING:  # subscriptable only to the type checker
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
 CATCH_UP = ("once", "skip")
+SCRIPT_HELP = ("a bash pre-check run in the agent's container before each run ('-': standard input); its last"
+               ' line must be JSON, {"wakeAgent": true, "data": ...} to run with data, {"wakeAgent": false} to skip')
 
 
 def _config(args: argparse.Namespace) -> config_mod.Config:
@@ -74,7 +77,7 @@ def tasks_add(args: argparse.Namespace) -> int:
         "route": {"channel": session["channel"], "chat_id": session["chat_id"],
                   "thread_id": session["thread_id"] or None},
         "prompt": args.prompt, "schedule": args.schedule, "catch_up": args.catch_up,
-        "timezone": args.tz or "",
+        "timezone": args.tz or "", "script": _script(args.script) if args.script else "",
     }
     data = _call(args, "add", payload)
     return _show(args, data, lambda d: f"scheduled {d['id']} in {d['channel']}:{d['chat_id']}, "
@@ -83,13 +86,23 @@ def tasks_add(args: argparse.Namespace) -> int:
 
 def tasks_update(args: argparse.Namespace) -> int:
     payload: Payload = {"task_id": args.task_id}
+    script = "" if args.no_script else _script(args.script) if args.script else None
     for key, value in (("prompt", args.prompt), ("schedule", args.schedule), ("timezone", args.tz),
-                       ("catch_up", args.catch_up)):
+                       ("catch_up", args.catch_up), ("script", script)):
         if value is not None:
             payload[key] = value
     if len(payload) == 1:
-        raise control.ControlError("nothing to change: give --prompt, --schedule, --tz or --catch-up")
+        raise control.ControlError("nothing to change: give --prompt, --schedule, --tz, --catch-up, --script"
+                                   " or --no-script")
     return _show(args, _call(args, "update", payload), lambda d: _render_tasks([d]))
+
+
+def _script(path: str) -> str:
+    """A pre-check script from a file, or from standard input with `-`."""
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).expanduser().read_text()
+    except OSError as exc:
+        raise control.ControlError(f"cannot read the script {path}: {exc.strerror}") from None
 
 
 def _status(verb: str) -> Callable[[argparse.Namespace], int]:
@@ -132,12 +145,15 @@ def register(sub: Sub) -> None:
     v.add_argument("--tz", help="IANA time zone for cron and naive times (default: the scheduler host's)")
     v.add_argument("--catch-up", dest="catch_up", choices=CATCH_UP, default="once",
                    help="after downtime: run once for what was missed (default), or skip it")
+    v.add_argument("--script", metavar="FILE", help=SCRIPT_HELP)
     v = verb("update", "change a task's prompt, schedule, zone or catch-up policy", tasks_update)
     v.add_argument("task_id")
     v.add_argument("--prompt")
     v.add_argument("--schedule")
     v.add_argument("--tz")
     v.add_argument("--catch-up", dest="catch_up", choices=CATCH_UP)
+    v.add_argument("--script", metavar="FILE", help=SCRIPT_HELP)
+    v.add_argument("--no-script", dest="no_script", action="store_true", help="remove the pre-check script")
     verb("pause", "stop a task from running until resumed", _status("pause")).add_argument("task_id")
     verb("resume", "resume a paused task (runs missed while paused are not made up)",
          _status("resume")).add_argument("task_id")

@@ -13,7 +13,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -36,12 +36,13 @@ from claude_agent_sdk import (
 
 from clawden import sessiondb
 
-from . import doorbell, selftest, tools
+from . import doorbell, precheck, selftest, tools
 
 log = logging.getLogger("clawden_agent")
 
 SESSION_ID_KEY = "claude_session_id"
 DELIVERY_SEEN_KEY = "delivery_failures_seen"  # the newest failed send already shown to the agent
+PRECHECK_ERROR_KEY = "precheck_error:"  # + task id: the error the chat was last told about
 CURRENT_TOOL_KEY = "current_tool"  # the host reads it to tell a long tool call from a hang
 DEFAULT_BASH_TIMEOUT_MS = 120_000  # Claude Code's Bash default when the call declares none
 HEARTBEAT = ".heartbeat"
@@ -146,6 +147,8 @@ def format_prompt(batch: list[sessiondb.InboundMessage]) -> str:
         when = datetime.fromtimestamp(msg.created_at, UTC).astimezone().isoformat(timespec="seconds")
         body = html.escape(_body(msg), quote=False)
         if msg.kind == "task":
+            if isinstance(output := msg.content.get("script_output"), str) and output:
+                body += f"\n<script-output>{html.escape(output, quote=False)}</script-output>"
             lines.append(f'<task seq="{msg.seq}" time="{when}">{body}</task>')
         else:
             sender = msg.sender_name or msg.sender_id or "unknown"
@@ -419,6 +422,9 @@ class Runner:
             if clear_at is not None:
                 await self._clear(batch[: clear_at + 1])  # what came before /clear is moot
                 continue
+            batch = await self._precheck(batch)
+            if not any(m.trigger for m in batch):
+                continue
             claimed = [m.seq for m in batch]
             self._turn = asyncio.create_task(self._handle(batch, woke, claimed))
             try:
@@ -459,6 +465,40 @@ class Runner:
         await asyncio.to_thread(sessiondb.ack, self.config.session_dir, [m.seq for m in rows], "completed")
         self.ring_host()
         log.info("conversation cleared by #%d", rows[-1].seq)
+
+    async def _precheck(self, batch: list[sessiondb.InboundMessage]) -> list[sessiondb.InboundMessage]:
+        """A task with a pre-check script runs it first. A yes keeps the task, with the script's data for
+        the agent; a no settles its row without waking the model; a broken script does too, and the
+        chat is told (once per distinct error, not at every run)."""
+        kept: list[sessiondb.InboundMessage] = []
+        for msg in batch:
+            script = msg.content.get("script") if msg.kind == "task" else None
+            if not isinstance(script, str) or not script.strip():
+                kept.append(msg)
+                continue
+            verdict = await precheck.run(script, self.config.group_dir, {**os.environ, **cli_env(self.config,
+                                                                                               os.environ)})
+            await asyncio.to_thread(self._note_precheck, msg, verdict)
+            if verdict.wake:
+                kept.append(replace(msg, content={**msg.content, "script_output": verdict.data}))
+        return kept
+
+    def _note_precheck(self, msg: sessiondb.InboundMessage, verdict: precheck.Verdict) -> None:
+        folder = self.config.session_dir
+        task = msg.id.split(":")[1] if msg.id.startswith("task:") else msg.id
+        key = PRECHECK_ERROR_KEY + task
+        told = sessiondb.get_state(folder, key) or ""
+        if verdict.error and verdict.error != told:
+            self.state.begin(reply_to=msg.seq)
+            tools.write_reply(self.state, f"⚠️ The pre-check script of task {task} failed ({verdict.error}), so "
+                              "this run was skipped. Ask me to fix or remove it.", suffix="precheck")
+            self.ring_host()
+        if verdict.error != told:
+            sessiondb.set_state(folder, key, verdict.error)
+        if not verdict.wake:
+            sessiondb.ack(folder, [msg.seq], "completed")
+            log.info("task #%d skipped by its pre-check script%s", msg.seq,
+                     f": {verdict.error}" if verdict.error else "")
 
     def _delivery_notes(self) -> str:
         """Sends the platform refused for good since the last turn, so the agent can react."""

@@ -32,6 +32,7 @@ RESPONSE_POLL = 0.1  # seconds; only tools waiting on a person or the scheduler 
 FILE_NAME = re.compile(r"^[^/\\\x00]{1,128}$")
 TASK_ID = re.compile(r"^t-[0-9a-f]{8,32}$")
 TASK_STATUSES = ("active", "paused", "done", "cancelled")  # as the scheduler keeps them
+MAX_SCRIPT = 16 * 1024  # as the scheduler takes them
 
 
 @dataclass
@@ -261,7 +262,8 @@ class Tools:
     async def schedule_task(self, args: dict[str, Any]) -> str:
         fields = {"task_id": f"t-{uuid.uuid4().hex[:12]}", "prompt": _str(args, "prompt", limit=8000),
                   "schedule": _str(args, "schedule", limit=200),
-                  "timezone": _str(args, "timezone", required=False, limit=64)}
+                  "timezone": _str(args, "timezone", required=False, limit=64),
+                  "script": _str(args, "script", required=False, limit=MAX_SCRIPT)}
         return await self._task("create", fields)
 
     async def list_tasks(self, args: dict[str, Any]) -> str:
@@ -275,8 +277,10 @@ class Tools:
         for key in ("prompt", "schedule", "timezone"):
             if args.get(key) is not None:
                 fields[key] = _str(args, key, limit=8000)
+        if args.get("script") is not None:  # "" removes it
+            fields["script"] = _str(args, "script", required=False, limit=MAX_SCRIPT)
         if len(fields) == 1:
-            raise ToolError("Give at least one of `prompt`, `schedule`, `timezone` to change.")
+            raise ToolError("Give at least one of `prompt`, `schedule`, `timezone`, `script` to change.")
         return await self._task("update", fields)
 
     async def pause_task(self, args: dict[str, Any]) -> str:
@@ -316,6 +320,10 @@ _STRING = {"type": "string"}
 _TO = {"type": "string", "description": "A destination name; leave out to answer in the current chat."}
 _SEQ = {"type": "integer", "description": "The message number (#seq)."}
 _TASK_ID = {"type": "string", "description": "The task id, as schedule_task or list_tasks gave it."}
+_SCRIPT = {"type": "string", "description": (
+    "Optional bash run in this container before each run, to save a model call when there is nothing to do. "
+    'Its last output line must be JSON: {"wakeAgent": true, "data": ...} runs the task with `data` shown to you; '
+    '{"wakeAgent": false} skips this run. 30 s at most. On update, "" removes it.')}
 _LABELS = {"type": "array", "items": {"type": "string"}, "maxItems": MAX_OPTIONS}
 
 
@@ -339,12 +347,14 @@ SPECS: list[tuple[str, str, dict[str, Any]]] = [
      _schema({"question": _STRING, "options": _LABELS, "timeout": {"type": "number", "minimum": 10}},
              ["question", "options"])),
     ("schedule_task", "Schedule work for later: a prompt and a schedule (a cron expression like '0 8 * * 1', "
-     "'every 30m', or an ISO time for once), optionally an IANA time zone.",
-     _schema({"prompt": _STRING, "schedule": _STRING, "timezone": _STRING}, ["prompt", "schedule"])),
+     "'every 30m', or an ISO time for once), optionally an IANA time zone and a pre-check `script`.",
+     _schema({"prompt": _STRING, "schedule": _STRING, "timezone": _STRING, "script": _SCRIPT},
+             ["prompt", "schedule"])),
     ("list_tasks", "List this agent's scheduled tasks: active and paused ones, or only those with `status`.",
      _schema({"status": {"type": "string", "enum": list(TASK_STATUSES)}}, [])),
     ("update_task", "Change a scheduled task's prompt, schedule or time zone.",
-     _schema({"task_id": _TASK_ID, "prompt": _STRING, "schedule": _STRING, "timezone": _STRING}, ["task_id"])),
+     _schema({"task_id": _TASK_ID, "prompt": _STRING, "schedule": _STRING, "timezone": _STRING,
+              "script": _SCRIPT}, ["task_id"])),
     ("pause_task", "Pause a scheduled task.", _schema({"task_id": _TASK_ID}, ["task_id"])),
     ("resume_task", "Resume a paused task.", _schema({"task_id": _TASK_ID}, ["task_id"])),
     ("cancel_task", "Cancel a scheduled task for good.", _schema({"task_id": _TASK_ID}, ["task_id"])),

@@ -118,7 +118,7 @@ def _task(info: SessionInfo, route: ev.Route, c: dict[str, Any], runner_id: str)
         request_id=request_id, agent_group=info.agent_group, session_id=info.id, route=route,
         task_id=c.get("task_id") or None, prompt=c.get("prompt") or None, schedule=c.get("schedule") or None,
         timezone=c.get("timezone") or None, status=str(c.get("status") or ""), created_by=f"agent:{info.agent_group}",
-        runner=runner_id)
+        runner=runner_id, script=c["script"] if isinstance(c.get("script"), str) else None)
     if op == "list":
         return [ListTasks(request_id, task)]
     # Durable: the scheduler applies it whenever it runs; the id makes a replay harmless.

@@ -177,6 +177,8 @@ class Runner:
         content: dict[str, object] = {"text": m.text}
         if m.platform_message_id:
             content["platform_message_id"] = m.platform_message_id
+        if m.script:
+            content["script"] = m.script
         if wake.command:
             content["command"] = wake.command
         if m.attachments:

@@ -61,6 +61,7 @@ class AddRequest(_Request, frozen=True):
     runner: str = ""
     timezone: str = ""
     catch_up: Policy = "once"
+    script: str = ""
 
 
 class UpdateRequest(_Request, frozen=True):
@@ -69,6 +70,7 @@ class UpdateRequest(_Request, frozen=True):
     schedule: str | None = None
     timezone: str | None = None
     catch_up: Policy | None = None
+    script: str | None = None
 
 
 _task_op = msgspec.json.Decoder(ev.TaskOp)
@@ -148,7 +150,8 @@ class Scheduler:
         key = f"task:{task.id}:{sched.iso(at)}"
         wake = ev.Wake(session_id=task.session_id, agent_group=task.agent_group,
                        route=ev.Route(channel=task.channel, chat_id=task.chat_id, thread_id=task.thread_id),
-                       message=ev.WakeMessage(id=key, kind="task", text=task.prompt, sent_at=float(at), trigger=True))
+                       message=ev.WakeMessage(id=key, kind="task", text=task.prompt, sent_at=float(at), trigger=True,
+                                              script=task.script))
         await publish(self.ctx.js, subjects.wake(task.runner), wake, msg_id=key)
         log.info("fired task %s for %s", task.id, sched.iso(at), extra={"task_id": task.id,
                                                                           "session_id": task.session_id})
@@ -192,12 +195,13 @@ class Scheduler:
                 runner=_runner(op.runner or self.ctx.config.runner.id), channel=op.route.channel,
                 chat_id=op.route.chat_id, thread_id=op.route.thread_id, prompt=op.prompt or "",
                 schedule=op.schedule or "", timezone=op.timezone or self.zone, catch_up="once",
-                created_by=op.created_by or f"agent:{op.agent_group}"), when, op.request_id)
+                created_by=op.created_by or f"agent:{op.agent_group}", script=op.script or ""), when, op.request_id)
         task = self.store.get(op.task_id)
         if task is None or task.agent_group != op.agent_group:  # another group's task does not exist for it
             raise TaskError(f"there is no task {op.task_id}")
         if op.op == "update":
-            return self.store.update(task, Change(prompt=op.prompt, schedule=op.schedule, timezone=op.timezone),
+            return self.store.update(task, Change(prompt=op.prompt, schedule=op.schedule, timezone=op.timezone,
+                                                  script=op.script),
                                      when, op.request_id)
         action: Literal["pause", "resume", "cancel"] = op.op  # type: ignore[assignment]
         return self.store.set_status(task, action, when, op.request_id)
@@ -246,14 +250,15 @@ class Scheduler:
                       runner=_runner(req.runner or self.ctx.config.runner.id), channel=req.route.channel,
                       chat_id=req.route.chat_id, thread_id=req.route.thread_id, prompt=req.prompt,
                       schedule=req.schedule, timezone=req.timezone or self.zone, catch_up=req.catch_up,
-                      created_by="cli")
+                      created_by="cli", script=req.script)
         task = await self._change(self.store.create, new, time.time())
         return task.json()
 
     async def ctl_update(self, data: bytes) -> dict[str, Any]:
         req = _decode(data, UpdateRequest)
         task = await self._task(req.task_id)
-        change = Change(prompt=req.prompt, schedule=req.schedule, timezone=req.timezone, catch_up=req.catch_up)
+        change = Change(prompt=req.prompt, schedule=req.schedule, timezone=req.timezone, catch_up=req.catch_up,
+                        script=req.script)
         return (await self._change(self.store.update, task, change, time.time())).json()
 
     def ctl_status(self, op: Literal["pause", "resume", "cancel"]) -> Callable[[bytes], Any]:
@@ -294,7 +299,8 @@ def _runner(name: str) -> str:
 def _describe(task: Task) -> str:
     when = f"next {sched.local(task.next_run, task.timezone)}" if task.next_run is not None else "nothing left to run"
     state = "" if task.status == "active" else f" [{task.status}]"
-    return f"{task.id}{state}: '{task.schedule}' ({task.timezone}), {when} — {task.prompt[:200]}"
+    script = ", with a pre-check script" if task.script else ""
+    return f"{task.id}{state}: '{task.schedule}' ({task.timezone}){script}, {when} — {task.prompt[:200]}"
 
 
 async def main(ctx: ServiceContext) -> None:

@@ -15,6 +15,7 @@ from services.scheduler.catchup import Outcome, Plan, Policy
 Status = Literal["active", "paused", "done", "cancelled"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 RUNS_KEPT = 1000  # run log rows kept per task
+MAX_SCRIPT = 16 * 1024  # characters of a pre-check script
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_tasks", """
@@ -58,6 +59,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             at REAL NOT NULL
         );
     """),
+    # A bash script the agent's container runs before each run; it decides whether the model is woken.
+    ("0002_precheck_script", "ALTER TABLE tasks ADD COLUMN script TEXT NOT NULL DEFAULT ''"),
 ]
 
 
@@ -65,7 +68,7 @@ class TaskError(ValueError):
     """An operation the scheduler refuses (bad schedule, unknown task …); the message is for a person."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NewTask:
     """A task as asked for; the store adds its state (`Task`)."""
 
@@ -81,9 +84,10 @@ class NewTask:
     timezone: str
     catch_up: Policy
     created_by: str
+    script: str = ""  # the pre-check script ("": the model is woken every run)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Task(NewTask):
     status: Status
     anchor: int
@@ -107,6 +111,7 @@ class Change:
     schedule: str | None = None
     timezone: str | None = None
     catch_up: Policy | None = None
+    script: str | None = None  # "": remove the script
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:
@@ -169,14 +174,18 @@ class Store(servicedb.Store):
             raise TaskError(f"a task with id {new.id} already exists")
         if not new.prompt.strip():
             raise TaskError("the task has no prompt")
+        _check_script(new.script)
         anchor = int(now)
         schedule = _parse(new.schedule, new.timezone, anchor)
         first = sched.first_run(schedule, anchor)
         with self._tx() as db:
             db.execute(
-                "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, NULL, ?, ?, ?)",
+                "INSERT INTO tasks (id, agent_group, session_id, runner, channel, chat_id, thread_id, prompt, schedule,"
+                " timezone, catch_up, status, anchor, next_run, last_run, created_by, created_at, updated_at, script)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, NULL, ?, ?, ?, ?)",
                 (new.id, new.agent_group, new.session_id, new.runner, new.channel, new.chat_id, new.thread_id,
-                 new.prompt, new.schedule, schedule.zone, new.catch_up, anchor, first, new.created_by, now, now))
+                 new.prompt, new.schedule, schedule.zone, new.catch_up, anchor, first, new.created_by, now, now,
+                 new.script))
             if request_id:
                 _op(db, request_id, "create", new.id, new.agent_group)
         task = self.get(new.id)
@@ -186,6 +195,8 @@ class Store(servicedb.Store):
     def update(self, task: Task, change: Change, now: float, request_id: str = "") -> Task:
         if task.status in ("cancelled", "done"):
             raise TaskError(f"task {task.id} is {task.status}; schedule a new one instead")
+        if change.script is not None:
+            _check_script(change.script)
         text = change.schedule if change.schedule is not None else task.schedule
         zone_name = change.timezone if change.timezone is not None else task.timezone
         anchor, next_run = task.anchor, task.next_run
@@ -194,9 +205,10 @@ class Store(servicedb.Store):
             next_run = sched.first_run(_parse(text, zone_name, anchor), anchor)
         with self._tx() as db:
             db.execute("UPDATE tasks SET prompt = ?, schedule = ?, timezone = ?, catch_up = ?, anchor = ?,"
-                       " next_run = ?, updated_at = ? WHERE id = ?",
+                       " next_run = ?, updated_at = ?, script = ? WHERE id = ?",
                        (change.prompt if change.prompt is not None else task.prompt, text, zone_name,
-                        change.catch_up or task.catch_up, anchor, next_run, now, task.id))
+                        change.catch_up or task.catch_up, anchor, next_run, now,
+                        change.script if change.script is not None else task.script, task.id))
             if request_id:
                 _op(db, request_id, "update", task.id, task.agent_group)
         return self._reload(task.id)
@@ -251,6 +263,13 @@ def _parse(text: str, zone_name: str, now: int) -> sched.Schedule:
         return sched.parse(text, zone_name, now)
     except sched.ScheduleError as exc:
         raise TaskError(str(exc)) from None
+
+
+def _check_script(script: str) -> None:
+    if len(script) > MAX_SCRIPT:
+        raise TaskError(f"the pre-check script is longer than {MAX_SCRIPT} characters")
+    if "\x00" in script:
+        raise TaskError("the pre-check script contains a NUL character")
 
 
 def _op(db: sqlite3.Connection, request_id: str, op: str, task_id: str, agent_group: str) -> None:

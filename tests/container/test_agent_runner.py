@@ -57,8 +57,16 @@ class Session:
 
     def send(self, text: str, sender: str = "Alice") -> int:
         self._n += 1
-        msg = sessiondb.InboundMessage(id=f"m{self._n}", kind="chat", content={"text": text},
-                                       routing=ROUTING, sender_id="u1", sender_name=sender)
+        return self._insert(sessiondb.InboundMessage(id=f"m{self._n}", kind="chat", content={"text": text},
+                                                     routing=ROUTING, sender_id="u1", sender_name=sender))
+
+    def task(self, prompt: str, script: str, task_id: str = "t-0123456789ab") -> int:
+        """A scheduled run, as the host writes it from the scheduler's wake."""
+        self._n += 1
+        return self._insert(sessiondb.InboundMessage(id=f"task:{task_id}:2026-11-22T08:00:0{self._n}Z", kind="task",
+                                                     content={"text": prompt, "script": script}, routing=ROUTING))
+
+    def _insert(self, msg: sessiondb.InboundMessage) -> int:
         seq, _ = sessiondb.insert_inbound(self.dir, msg,
                                           outbound_max_seq=sessiondb.outbound_max_seq(self.dir))
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as bell, contextlib.suppress(OSError):
@@ -283,6 +291,34 @@ def test_final_text_is_sent_when_the_agent_does_not_use_send_message(
     reply = session.reply_to(session.send("answer without the tool"))
 
     assert reply.content["text"] == "A plain answer."
+
+
+def test_a_pre_check_script_that_says_no_skips_the_model_and_one_that_says_yes_hands_it_its_data(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    (session.group / "inbox").mkdir()
+    check = ('n=$(ls inbox | wc -l); [ "$n" -eq 0 ] && echo \'{"wakeAgent": false}\' && exit 0; '
+             'echo "{\\"wakeAgent\\": true, \\"data\\": \\"$n new letters\\"}"')
+    start_agent()
+    quiet = session.task("summarise the inbox", check)
+    session.wait(lambda: True if session.acks().get(quiet) == "completed" else None)
+    assert fake.messages_requests(with_tools=True) == [] and session.outbound() == []
+
+    (session.group / "inbox" / "letter").write_text("hello")
+    reply = session.reply_to(session.task("summarise the inbox", check))
+    assert "summarise the inbox\n<script-output>1 new letters</script-output></task>" in reply.content["text"]
+
+
+def test_a_broken_pre_check_script_skips_the_run_and_the_chat_hears_once(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    start_agent()
+    first, again = session.task("news", "curl-that-does-not-exist"), session.task("news", "curl-that-does-not-exist")
+    session.wait(lambda: True if {session.acks().get(s) for s in (first, again)} == {"completed"} else None)
+    (notice,) = session.outbound()
+    assert notice.content["text"].startswith("⚠️ The pre-check script of task t-0123456789ab failed (it exited "
+                                              "with 127: bash: line 1: curl-that-does-not-exist: command not found)")
+    assert fake.messages_requests(with_tools=True) == []
+    fixed = session.task("news", 'echo \'{"wakeAgent": true}\'')
+    assert "<task" in session.reply_to(fixed).content["text"]
 
 
 def test_claims_left_by_a_dead_container_are_run_again(

@@ -164,8 +164,12 @@ async def test_ask_user_question_waits_for_the_answer(stack: Stack, term: Termin
         await asyncio.sleep(0.05)
 
 
+PRECHECK = 'test -s news.txt && echo \'{"wakeAgent": true}\' || echo \'{"wakeAgent": false}\''
+
+
 @pytest.mark.parametrize(("tool", "args", "op"), [
-    ("schedule_task", {"prompt": "news digest", "schedule": "0 8 * * 1", "timezone": "Europe/Berlin"}, "create"),
+    ("schedule_task", {"prompt": "news digest", "schedule": "0 8 * * 1", "timezone": "Europe/Berlin",
+                       "script": PRECHECK}, "create"),
     ("update_task", {"task_id": "t-0123456789ab", "schedule": "0 9 * * 1"}, "update"),
     ("pause_task", {"task_id": "t-0123456789ab"}, "pause"),
     ("resume_task", {"task_id": "t-0123456789ab"}, "resume"),
@@ -179,6 +183,7 @@ async def test_task_tools_send_task_operations_to_the_scheduler(
     assert task.agent_group == "main" and task.route is not None and task.route.chat_id == term.chat_id
     if op == "create":
         assert (task.prompt, task.schedule, task.timezone) == ("news digest", "0 8 * * 1", "Europe/Berlin")
+        assert task.script == PRECHECK
         assert task.task_id is not None and task.task_id.startswith("t-")
 
 

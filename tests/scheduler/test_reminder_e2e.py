@@ -1,8 +1,10 @@
 """End to end: asked in chat for a reminder in 3 seconds, the agent schedules it with its tool, and the
-reminder arrives in the same chat (whole system under `clawden up`, real containers, fake model)."""
+reminder arrives in the same chat; a task whose pre-check script finds nothing never reaches the model
+(whole system under `clawden up`, real containers, fake model)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -47,3 +49,30 @@ async def test_remind_me_in_3_seconds_arrives_in_the_same_chat(stack: Stack) -> 
         # The agent saw it as a task, not as something the user said.
         seen = [str(r.body.get("messages", [])) for r in stack.fake.messages_requests(with_tools=True)]
         assert any("<task" in m and "Remind the user to stretch." in m.split("<task", 1)[1] for m in seen)
+
+
+NEWS_CHECK = """f=news.txt
+[ -s "$f" ] || { echo '{"wakeAgent": false}'; exit 0; }
+d=$(cat "$f"); rm "$f"
+echo "{\\"wakeAgent\\": true, \\"data\\": \\"$d\\"}\""""
+
+
+async def test_a_task_wakes_the_model_only_when_its_pre_check_finds_news(stack: Stack) -> None:
+    async with Terminal(stack, "news") as term:
+        stack.fake.script(
+            ToolCall("schedule_task", {"prompt": "Tell the user the news.", "schedule": "every 2s",
+                                       "script": NEWS_CHECK}),
+            ToolCall("send_message", {"text": "I'll tell you when there is news."}), Text("scheduled"))
+        ack = await term.ask("tell me when there is news", timeout=90)
+        assert ack.text == "I'll tell you when there is news."
+        await stack.wait_until_idle(ack.session_id)
+        asked = len(stack.fake.messages_requests())
+        await asyncio.sleep(6)  # three runs, each settled by its check without the model
+        assert len(stack.fake.messages_requests()) == asked
+
+        stack.fake.script(ToolCall("send_message", {"text": "📰 The parcel has arrived."}), Text("told"))
+        (stack.home / "groups" / "main" / "news.txt").write_text("parcel arrived")
+        news = await term.reply(timeout=30)
+        assert news.text == "📰 The parcel has arrived." and news.session_id == ack.session_id
+        seen = [str(r.body.get("messages", [])) for r in stack.fake.messages_requests(with_tools=True)]
+        assert any("Tell the user the news.\\n<script-output>parcel arrived</script-output></task>" in m for m in seen)

@@ -208,6 +208,16 @@ async def test_a_paused_task_never_fires_until_resumed(bus: Bus, scheduler: Sche
     await bus.until(lambda: bus.fired("t-0000000000b1"), timeout=5)
 
 
+async def test_a_pre_check_script_travels_with_each_run_until_removed(bus: Bus, scheduler: Scheduler) -> None:
+    script = 'echo \'{"wakeAgent": false}\''
+    await bus.op("create", "t-0000000000f1", prompt="news, if any", schedule="every 1s", script=script)
+    await bus.until(lambda: bus.fired("t-0000000000f1"))
+    assert bus.fired("t-0000000000f1")[0].wake.message.script == script
+    assert "with a pre-check script" in await agent_list(bus)
+    await bus.op("update", "t-0000000000f1", script="")
+    await bus.until(lambda: not bus.fired("t-0000000000f1")[-1].wake.message.script)
+
+
 async def agent_list(bus: Bus, status: str = "", key: str = "result") -> str:
     """What an agent's list_tasks reads (the runner asks on its behalf)."""
     answer = await bus.nc.request(subjects.ctl("scheduler", "list"), ev.encode(ev.TaskOp(
@@ -261,3 +271,10 @@ async def test_cli_lists_pauses_and_shows_runs(bus: Bus, scheduler: Scheduler) -
     assert await asyncio.to_thread(cli, "tasks", "runs", "t-0000000000e1") == "(none)\n"
     bad = await asyncio.to_thread(run, "tasks", "update", "t-0000000000e1", "--schedule", "soon")
     assert bad.returncode == 1 and "cannot read 'soon'" in bad.stderr
+    script = scheduler.home / "news.sh"
+    script.write_text('echo \'{"wakeAgent": false}\'\n')
+    await asyncio.to_thread(cli, "tasks", "update", "t-0000000000e1", "--script", str(script))
+    assert json.loads(await asyncio.to_thread(cli, "tasks", "show", "t-0000000000e1", "--json"))["script"] == \
+        script.read_text()
+    await asyncio.to_thread(cli, "tasks", "update", "t-0000000000e1", "--no-script")
+    assert json.loads(await asyncio.to_thread(cli, "tasks", "show", "t-0000000000e1", "--json"))["script"] == ""

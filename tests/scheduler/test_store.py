@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from clawden import servicedb
 from services.scheduler.catchup import plan
-from services.scheduler.store import NewTask, Store, TaskError, migrate
+from services.scheduler.store import MAX_SCRIPT, MIGRATIONS, Change, NewTask, Store, TaskError, migrate
 
 
 def new(task_id: str = "t-000000000001", schedule: str = "every 10s") -> NewTask:
@@ -25,7 +26,26 @@ def test_migrations_apply_once_by_name(tmp_path: Path) -> None:
     Store.open(tmp_path / "scheduler.db").close()
     store = Store.open(tmp_path / "scheduler.db")
     assert migrate(store.conn) == []
-    assert [r[0] for r in store.conn.execute("SELECT name FROM migrations")] == ["0001_tasks"]
+    assert [r[0] for r in store.conn.execute("SELECT name FROM migrations")] == ["0001_tasks", "0002_precheck_script"]
+
+
+def test_a_database_from_before_scripts_keeps_its_tasks(tmp_path: Path) -> None:
+    conn, _ = servicedb.open_db(tmp_path / "scheduler.db", MIGRATIONS[:1])
+    conn.execute("INSERT INTO tasks VALUES ('t-000000000001', 'main', 's-1', 'local', 'local', 'kitchen', NULL,"
+                 " 'tick', 'every 10s', 'UTC', 'once', 'active', 1000, 1010, NULL, 'cli', 1000, 1000)")
+    conn.close()
+    task = Store.open(tmp_path / "scheduler.db").get("t-000000000001")
+    assert task is not None and task.prompt == "tick" and task.script == ""
+
+
+def test_a_pre_check_script_is_kept_changed_and_removed(store: Store) -> None:
+    script = 'test -s /workspace/agent/news && echo \'{"wakeAgent": true}\' || echo \'{"wakeAgent": false}\''
+    task = store.create(NewTask(**{**new().__dict__, "script": script}), 1_000)
+    assert task.script == script and store.get(task.id) == task
+    assert store.update(task, Change(prompt="tock"), 1_001).script == script, "left alone unless named"
+    assert store.update(task, Change(script=""), 1_002).script == ""
+    with pytest.raises(TaskError, match="longer than"):
+        store.update(task, Change(script="x" * (MAX_SCRIPT + 1)), 1_003)
 
 
 def test_a_replayed_create_changes_nothing(store: Store) -> None:
