@@ -1,9 +1,11 @@
-"""`clawden approvals list|show`: pending and past approvals with who decided, over NATS request/reply
-(`clawden.ctl.approvals.<verb>`)."""
+"""`clawden approvals list|show|approve|deny|answer`: pending and past approvals with who decided, and
+deciding at the machine without a chat, over NATS request/reply (`clawden.ctl.approvals.<verb>`)."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +55,17 @@ def approvals_show(args: argparse.Namespace) -> int:
     return _show(args, _call(args, "show", {"id": args.approval_id}), _render_one)
 
 
+def approvals_decide(choice: str | None) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        payload = {"id": args.approval_id, "choice": choice or args.choice, "by": f"local:{getpass.getuser()}"}
+        row = _call(args, "decide", payload)
+        return _show(args, row, lambda r: f"{r['id']} is {r['status']}" + (f": {r['value']}" if choice is None else ""))
+    return run
+
+
 def register(sub: Sub) -> None:
-    p = sub.add_parser("approvals", help="approval requests and questions: list, show (with their audit)")
+    p = sub.add_parser("approvals", help="approval requests and questions: list, show (with their audit), "
+                                         "approve, deny, answer")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=approvals_list, status=None, limit=200)
     verbs = p.add_subparsers(dest="approvals_verb", metavar="VERB")
@@ -67,3 +78,12 @@ def register(sub: Sub) -> None:
     v.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     v.add_argument("approval_id", help="the request id or the card id")
     v.set_defaults(func=approvals_show)
+    for name, choice, help_text in (("approve", "approve", "say yes to a pending request, as the machine's owner"),
+                                    ("deny", "deny", "say no to a pending request, as the machine's owner"),
+                                    ("answer", None, "answer a pending question with one of its choices")):
+        v = verbs.add_parser(name, help=help_text)
+        v.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+        v.add_argument("approval_id", help="the request id or the card id")
+        if choice is None:
+            v.add_argument("choice", help="the choice's label or number")
+        v.set_defaults(func=approvals_decide(choice))

@@ -48,6 +48,12 @@ class ShowRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     id: str
 
 
+class DecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: str
+    choice: str  # a button's id, label or number: "approve", "deny", "2"
+    by: str = ""  # who decided, as the audit and the edited card show it
+
+
 class Approvals:
     def __init__(self, ctx: ServiceContext, store: Store, pool: ThreadPoolExecutor) -> None:
         self.ctx = ctx
@@ -177,6 +183,21 @@ class Approvals:
             raise ControlError(f"status {req.status!r}: one of {', '.join(STATUSES)}")
         return await self.db(self.store.list, req.status, max(1, min(req.limit, 10_000)))
 
+    async def ctl_decide(self, data: bytes) -> Any:
+        """`clawden approvals approve|deny|answer`: the machine's owner decides without a chat."""
+        req = _decode(DecideRequest, data)
+        step = await self.step(self.store.decide, req.id, req.choice, req.by or "the machine's owner", time.time())
+        found = await self.db(self.store.get, req.id)
+        if step.result == "unknown" or found is None:
+            raise ControlError(f"no approval {req.id!r} (see `clawden approvals list`)")
+        if step.result == "already":
+            raise ControlError(f"{req.id} is already {found['status']}" + (f" by {found['decided_by']}"
+                                                                          if found["decided_by"] else ""))
+        if step.result == "bad_button":
+            choices = ", ".join(f"{i}) {b['label']}" for i, b in enumerate(found["buttons"], 1))
+            raise ControlError(f"{req.choice!r} is not one of its choices: {choices}")
+        return found
+
     async def ctl_show(self, data: bytes) -> Any:
         req = _decode(ShowRequest, data)
         found = await self.db(self.store.get, req.id)
@@ -203,6 +224,7 @@ async def main(ctx: ServiceContext) -> None:
         ctx.stats["approvals"] = svc.counts
         await ctx.endpoint("list", svc.ctl_list)
         await ctx.endpoint("show", svc.ctl_show)
+        await ctx.endpoint("decide", svc.ctl_decide)
         requests = await bind(ctx.js, approvals_requests())
         clicks = await bind(ctx.js, approvals_clicks())
         receipts = await bind(ctx.js, approvals_receipts())

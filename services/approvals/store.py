@@ -236,6 +236,29 @@ class Store(servicedb.Store):
                     error, delivery.approver)
         return Step("next_approver")
 
+    def decide(self, ref: str, choice: str, decider: str, now: float) -> Step:
+        """A decision made at the machine (`clawden approvals approve|deny|answer`), whose owner may decide
+        anything: `choice` names a button by id, label or number; the card is edited as for a click."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM approvals WHERE id = ? OR card_id = ?", (ref, ref)).fetchone()
+            if row is None:
+                return Step("unknown")
+            if row["status"] != "pending":
+                return Step("already")
+            buttons = _card_decoder.decode(row["card"]).buttons
+            wanted = choice.strip().casefold()
+            button = next((b for i, b in enumerate(buttons, 1)
+                           if wanted in (b.id.casefold(), b.label.casefold(), str(i))), None)
+            if button is None and wanted in ("approve", "deny") and row["kind"] != "question":
+                meant = "approved" if wanted == "approve" else "denied"  # the card's first yes (or no)
+                button = next((b for b in buttons if policy.meaning(row["kind"], b) == meant), None)
+            if button is None:
+                return Step("bad_button")
+            decision = policy.meaning(row["kind"], button)
+            self._decide(row["id"], decision, decider, button.id, "", now, label=button.label)
+            log.info("approval %s %s by %s at the machine (%s)", row["id"], decision, decider, button.id)
+            return Step(decision)
+
     # --- expiry ---------------------------------------------------------------------------------
 
     def expire_due(self, now: float) -> int:
@@ -304,6 +327,7 @@ class Store(servicedb.Store):
         del out["request"], out["card"]
         card = _card_decoder.decode(row["card"])
         out["title"], out["body"] = card.title, card.body
+        out["buttons"] = [{"id": b.id, "label": b.label} for b in card.buttons]
         out["deciders"] = json.loads(row["deciders"])
         out["audit"] = [dict(r) for r in self.conn.execute(
             "SELECT at, what, actor, detail FROM audit WHERE approval_id = ? ORDER BY seq", (row["id"],))]

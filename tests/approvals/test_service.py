@@ -185,6 +185,27 @@ async def test_a_strangers_click_changes_nothing(bus: tuple[Client, Owner]) -> N
     assert (await requester.decision()).decided_by == OWNER
 
 
+async def test_the_owner_decides_at_the_machine_when_no_chat_is_at_hand(up: Up, bus: tuple[Client, Owner]) -> None:
+    nc, owner = bus
+    requester = Requester(nc, "vault-cli")
+    await requester.ask(host="cli.example.com")
+    card = await owner.first(ev.OutboundMessage, text="cli.example.com")
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "clawden", "approvals", *argv], capture_output=True, text=True,
+                              env=dict(os.environ, CLAWDEN_HOME=str(up.home)), timeout=30)
+
+    wrong = await asyncio.to_thread(cli, "answer", card.id, "maybe")
+    assert wrong.returncode == 1 and "'maybe' is not one of its choices: 1) Approve, 2) Deny" in wrong.stderr
+    done = await asyncio.to_thread(cli, "approve", "vault-cli")
+    assert done.returncode == 0 and done.stdout.strip() == "vault-cli is approved", done.stderr
+    assert (await requester.decision()).decided_by == OWNER
+    edit = await owner.first(ev.OutboundEdit, target_message_id=owner.ids[card.id])
+    assert f"Approved by {OWNER}" in edit.text and edit.card.buttons == ()
+    again = await asyncio.to_thread(cli, "deny", "vault-cli")
+    assert again.returncode == 1 and f"vault-cli is already approved by {OWNER}" in again.stderr
+
+
 async def test_expiry_denies_and_edits_the_card(bus: tuple[Client, Owner]) -> None:
     nc, owner = bus
     requester = Requester(nc, "vault-expire")

@@ -151,6 +151,25 @@ def test_when_no_approver_can_be_reached_the_request_is_denied_with_the_reason(s
     assert decision.reason == "the card could not be delivered to telegram:222: chat not found"
 
 
+def test_at_the_machine_approve_takes_the_cards_first_yes_and_a_question_its_choice(store: Store) -> None:
+    wiring = ev.ApprovalRequest(id="router-1", kind="channel", requester="router", agent_group="main",
+                                card=ev.Card(title="New chat", buttons=(
+                                    ev.Button(id="connect:main", label="Connect to main", style="primary"),
+                                    ev.Button(id="deny", label="Ignore this chat", style="danger"))))
+    store.add_request(wiring, [OWNER], 1000)
+    assert store.decide("router-1", "approve", OWNER, 1001).result == "approved"
+    assert store.get("router-1")["value"] == "connect:main"  # type: ignore[index]
+    assert store.decide("router-1", "deny", OWNER, 1002).result == "already"
+
+    question = ev.ApprovalRequest(id="q-1", kind="question", requester="runner", agent_group="main",
+                                  route=TERMINAL, card=ev.Card(title="Tea or coffee?", buttons=(
+                                      ev.Button(id="1", label="Tea"), ev.Button(id="2", label="Coffee"))))
+    store.add_request(question, [], 1000)
+    assert store.decide("q-1", "approve", OWNER, 1001).result == "bad_button", "a question has no yes"
+    assert store.decide("q-1", "coffee", OWNER, 1002).result == "answered"
+    assert store.decide("nope", "approve", OWNER, 1003).result == "unknown"
+
+
 def test_a_learned_direct_chat_is_remembered_across_restarts(tmp_path: Path) -> None:
     laptop = ev.Route(channel="local", chat_id="laptop")
     first = Store.open(tmp_path / "approvals.db")
