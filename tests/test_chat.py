@@ -74,7 +74,7 @@ async def test_clawden_chat_turns_a_typed_number_into_a_button_press_on_the_bus(
             break
         except Exception:
             await asyncio.sleep(0.05)
-    await publish(js, subjects.outbound("local"), card_message(), msg_id="approval:ap-1")
+    await publish(js, subjects.outbound("local", ROUTE.chat_id), card_message(), msg_id="approval:ap-1")
     await until(lambda: "[2] Deny" in out.getvalue(), 10, lambda: out.getvalue())
     inbound = await js.subscribe(subjects.inbound("local"))
     os.write(write_fd, b"2\n")
@@ -83,3 +83,33 @@ async def test_clawden_chat_turns_a_typed_number_into_a_button_press_on_the_bus(
     assert isinstance(event, ev.InboundAction) and event.button_id == "deny" and event.card_id == "approval:ap-1"
     await asyncio.wait_for(session, 15)
     stdin.close()
+
+
+async def test_the_terminal_shows_its_chats_replies_from_every_lane_and_the_pre_lane_subject_in_order(
+        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    cfg = setup.init(tmp_path / "home")
+    cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
+    js = nc.jetstream()
+    await ensure_streams(js)
+    read_fd, write_fd = os.pipe()
+    stdin, out = os.fdopen(read_fd), io.StringIO()
+    session = asyncio.create_task(chat(cfg, chat_id="terminal", timeout=1, stdin=stdin, stdout=out))
+    for _ in range(100):
+        try:
+            await js.consumer_info("CLAWDEN_OUTBOUND", "channel-local-terminal")
+            break
+        except Exception:
+            await asyncio.sleep(0.05)
+    other = ev.Route(channel="local", chat_id=next(c for c in map(str, range(100))
+                                                  if subjects.lane(c) != subjects.lane(ROUTE.chat_id)))
+    sends = [(subjects.outbound_legacy("local"), ROUTE, "one"),  # a publisher from before lanes
+             (subjects.outbound("local", ROUTE.chat_id), ROUTE, "two"),
+             (subjects.outbound("local", other.chat_id), other, "not mine"),
+             (subjects.outbound("local", ROUTE.chat_id), ROUTE, "three")]
+    for i, (subject, route, text) in enumerate(sends):
+        await publish(js, subject, ev.OutboundMessage(id=f"m{i}", route=route, text=text), msg_id=f"m{i}")
+    await until(lambda: "three" in out.getvalue(), 10, lambda: out.getvalue())
+    os.close(write_fd)
+    await asyncio.wait_for(session, 15)
+    stdin.close()
+    assert [line.split("> ", 1)[1] for line in out.getvalue().splitlines()] == ["one", "two", "three"]

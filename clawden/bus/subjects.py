@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 
 PREFIX = "clawden"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -19,7 +20,37 @@ def inbound(channel: str) -> str:
     return f"{PREFIX}.inbound.{token(channel)}"
 
 
-def outbound(channel: str) -> str:
+# A bridge takes its outbound work from this many lanes, one durable each with one message in flight:
+# a chat's events all land in one lane, so they leave in order, while a chat the platform holds back
+# (a 30-40 s rate limit) stalls only the chats that share its lane (1 in 8), not all of them. More
+# lanes cost one durable and one open pull each; 8 keeps `clawden status` readable. Changing it moves
+# chats between lanes, which may reorder what is in flight at the switch: it is part of the contract.
+OUTBOUND_LANES = 8
+
+
+def lane(chat_id: str) -> int:
+    """The chat's lane: crc32, stable across processes, machines and Python versions (hash() is salted)."""
+    return zlib.crc32(chat_id.encode()) % OUTBOUND_LANES
+
+
+def outbound(channel: str, chat_id: str) -> str:
+    """Where an event for this chat goes: its channel's lane for the chat."""
+    return outbound_lane(channel, lane(chat_id))
+
+
+def outbound_lane(channel: str, lane: int) -> str:
+    if not 0 <= lane < OUTBOUND_LANES:
+        raise ValueError(f"no outbound lane {lane}")
+    return f"{PREFIX}.outbound.{token(channel)}.{lane}"
+
+
+def outbound_all(channel: str) -> str:
+    """Every lane of a channel, for a reader of the whole channel (the terminal)."""
+    return f"{PREFIX}.outbound.{token(channel)}.>"
+
+
+def outbound_legacy(channel: str) -> str:
+    """The subject before lanes: what a publisher of an older version still sends to during an upgrade."""
     return f"{PREFIX}.outbound.{token(channel)}"
 
 
@@ -55,7 +86,7 @@ def ctl(service: str, verb: str) -> str:
 
 
 ALL_INBOUND = f"{PREFIX}.inbound.>"
-ALL_OUTBOUND = f"{PREFIX}.outbound.>"
+ALL_OUTBOUND = f"{PREFIX}.outbound.>"  # lanes and the legacy subject alike
 ALL_RECEIPTS = f"{PREFIX}.receipt.>"
 ALL_WAKES = f"{PREFIX}.wake.>"
 ALL_TASKS = f"{PREFIX}.task.>"

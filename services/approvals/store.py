@@ -102,7 +102,7 @@ class Store(servicedb.Store):
 
     def _send_card(self, request: ev.ApprovalRequest, card: ev.Card, card_id: str, delivery: policy.Delivery,
                    now: float) -> None:
-        self._emit(subjects.outbound(delivery.route.channel), card_id, ev.OutboundMessage(
+        self._emit(subjects.outbound(delivery.route.channel, delivery.route.chat_id), card_id, ev.OutboundMessage(
             id=card_id, route=delivery.route, text=cards.text_of(card), card=card, agent_group=request.agent_group))
         self._audit(request.id, now, "card_sent", delivery.approver,
                     f"{delivery.route.channel}:{delivery.route.chat_id} as {card_id}")
@@ -150,7 +150,7 @@ class Store(servicedb.Store):
         shown = cards.decided_card(card, cards.outcome_line(row["status"], decided_by, label, row["reason"]))
         route = ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"])
         edit_id = f"{row['card_id']}:{row['status']}"
-        self._emit(subjects.outbound(route.channel), edit_id, ev.OutboundEdit(
+        self._emit(subjects.outbound(route.channel, route.chat_id), edit_id, ev.OutboundEdit(
             id=edit_id, route=route, target_message_id=row["card_message_id"], text=cards.text_of(shown), card=shown))
         db.execute("UPDATE approvals SET edited = 1 WHERE id = ?", (approval_id,))
 
@@ -191,7 +191,7 @@ class Store(servicedb.Store):
             return Step(decision)
 
     def _reply(self, action: ev.InboundAction, reply_id: str, text: str) -> None:
-        self._emit(subjects.outbound(action.route.channel), reply_id,
+        self._emit(subjects.outbound(action.route.channel, action.route.chat_id), reply_id,
                    ev.OutboundMessage(id=reply_id, route=action.route, text=text))
 
     # --- delivery receipts ----------------------------------------------------------------------

@@ -362,8 +362,8 @@ class RouterStore(servicedb.Store):
     def _reply(self, event: ev.InboundMessage, text: str, index: int, out: Outcome) -> None:
         reply = ev.OutboundMessage(id=f"router:{event.key}:{index}", route=event.route, text=text,
                                    reply_to=event.message_id)
-        self._emit(f"chat:{event.route.channel}:{event.route.chat_id}", subjects.outbound(event.route.channel),
-                   reply.id, ev.encode(reply))
+        self._emit(f"chat:{event.route.channel}:{event.route.chat_id}",
+                   subjects.outbound(event.route.channel, event.route.chat_id), reply.id, ev.encode(reply))
         out.counts["replies"] += 1
 
     def _emit(self, lane: str, subject: str, msg_id: str, payload: bytes) -> None:

@@ -65,20 +65,20 @@ def translate(info: SessionInfo, folder: Path, row: sessiondb.OutboundMessage,
             text = _text(c.get("text"))
             if not text:
                 raise Refused("empty message")
-            return [Publish(subjects.outbound(route.channel), ev.OutboundMessage(
+            return [Publish(subjects.outbound(route.channel, route.chat_id), ev.OutboundMessage(
                 id=key, route=route, text=text, agent_group=info.agent_group, session_id=info.id, seq=row.seq), key)]
         case "file":
             paths = tuple(str(_outbox_file(folder, str(c.get("box", "")), str(n))) for n in c.get("files") or [])
             if not paths:
                 raise Refused("a file row without files")
-            return [Publish(subjects.outbound(route.channel), ev.OutboundMessage(
+            return [Publish(subjects.outbound(route.channel, route.chat_id), ev.OutboundMessage(
                 id=key, route=route, text=_text(c.get("text")), files=paths, agent_group=info.agent_group,
                 session_id=info.id, seq=row.seq), key)]
         case "card":
             buttons = tuple(ev.Button(id=str(b.get("id", i + 1))[:16], label=str(b.get("label", ""))[:64])
                             for i, b in enumerate(c.get("buttons") or []) if isinstance(b, dict))
             card = ev.Card(title=_text(c.get("title"))[:256], body=_text(c.get("body")), buttons=buttons)
-            return [Publish(subjects.outbound(route.channel), ev.OutboundMessage(
+            return [Publish(subjects.outbound(route.channel, route.chat_id), ev.OutboundMessage(
                 id=key, route=route, text=card.body or card.title, card=card, agent_group=info.agent_group,
                 session_id=info.id, seq=row.seq), key)]
         case "edit" | "reaction":
@@ -92,7 +92,7 @@ def translate(info: SessionInfo, folder: Path, row: sessiondb.OutboundMessage,
             else:
                 event = ev.OutboundReaction(id=key, route=route, target_message_id=target,
                                             emoji=_text(c.get("emoji"))[:32], session_id=info.id, seq=row.seq)
-            return [Publish(subjects.outbound(route.channel), event, key)]
+            return [Publish(subjects.outbound(route.channel, route.chat_id), event, key)]
         case "question":
             request_id = str(c.get("request_id", ""))
             options = tuple(str(o)[:64] for o in c.get("options") or [])

@@ -151,7 +151,7 @@ class Runner:
             if wake.message.trigger and wake.message.kind == "chat":
                 # "typing…" in the chat until the answer: a hint for its bridge, never worth failing a wake.
                 with contextlib.suppress(Exception):
-                    await publish(self.ctx.js, subjects.outbound(wake.route.channel), ev.Typing(
+                    await publish(self.ctx.js, subjects.outbound(wake.route.channel, wake.route.chat_id), ev.Typing(
                         id=f"typing:{wake.key}", route=wake.route, at=time.time(), session_id=info.id),
                         msg_id=f"typing:{wake.key}")
             if not wake.message.trigger:
@@ -362,7 +362,7 @@ class Runner:
     async def _tell(self, info: SessionInfo, key: str, text: str) -> None:
         event = ev.OutboundMessage(id=f"{info.id}:{key}", route=info.route, text=text, session_id=info.id,
                                    agent_group=info.agent_group)
-        await publish(self.ctx.js, subjects.outbound(info.route.channel), event, msg_id=event.id)
+        await publish(self.ctx.js, subjects.outbound(info.route.channel, info.route.chat_id), event, msg_id=event.id)
 
     async def _fail(self, info: SessionInfo, failed: list[sessiondb.InboundMessage], why: str) -> None:
         for message in failed:

@@ -214,7 +214,7 @@ class Scheduler:
         notice = ev.OutboundMessage(id=f"task-rejected:{op.request_id}", route=op.route,
                                     text=f"⚠️ The scheduler could not {what}: {error}",
                                     session_id=op.session_id, agent_group=op.agent_group)
-        await publish(self.ctx.js, subjects.outbound(op.route.channel), notice, msg_id=notice.id)
+        await publish(self.ctx.js, subjects.outbound(op.route.channel, op.route.chat_id), notice, msg_id=notice.id)
 
     # --- control (request/reply) ---------------------------------------------------------------
 

@@ -22,6 +22,8 @@ from clawden.bus import connect, ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from tests.fakes.telegram import FakeTelegram
 
+OutboundEvent = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing
+
 
 class BridgeProcess:
     """One bridge process; start() waits until it is READY (systemd notify), like the supervisor does."""
@@ -115,11 +117,13 @@ class Bus:
                    seq: int = 0, session_id: str = "") -> ev.OutboundMessage:
         event = ev.OutboundMessage(id=id, route=ev.Route(channel="telegram", chat_id=str(chat_id), thread_id=thread_id),
                                    text=text, card=card, reply_to=reply_to, files=files, seq=seq, session_id=session_id)
-        await publish(self.js, subjects.outbound("telegram"), event, msg_id=event.id)
+        await publish(self.js, subjects.outbound("telegram", str(chat_id)), event, msg_id=event.id)
         return event
 
-    async def publish(self, event: ev.Event, msg_id: str) -> None:
-        await publish(self.js, subjects.outbound("telegram"), event, msg_id=msg_id)
+    async def publish(self, event: OutboundEvent, msg_id: str, *, legacy: bool = False) -> None:
+        """To the chat's lane; `legacy`: to the bare subject, as a publisher from before lanes did."""
+        subject = subjects.outbound_legacy("telegram") if legacy else subjects.outbound("telegram", event.route.chat_id)
+        await publish(self.js, subject, event, msg_id=msg_id)
 
     async def stored(self, subject: str) -> list[tuple[dict[str, str], Any]]:
         """Every message JetStream holds on `subject`, oldest first, decoded, with its headers."""

@@ -16,6 +16,7 @@ import pytest
 
 from clawden.bus import events as ev
 from clawden.bus import subjects
+from clawden.bus.streams import bridge_outbound_legacy
 from clawden.runtime import EX_CONFIG
 from tests.channels.harness import BridgeProcess, Bus, until
 from tests.conftest import NatsServer
@@ -262,27 +263,38 @@ async def test_typing_shows_while_the_agent_works_and_stops_with_the_answer(
 
 # --- never lost, never twice --------------------------------------------------------------------------------
 
+def chats_in_lanes(fake: FakeTelegram, count: int) -> list[dict[str, object]]:
+    """Private chats that each have an outbound lane of their own."""
+    chats: dict[int, dict[str, object]] = {}
+    while len(chats) < count:
+        chat = fake.private_chat(fake.user(f"User{len(chats)}"))
+        chats.setdefault(subjects.lane(str(chat["id"])), chat)
+    return list(chats.values())
+
+
 async def _two_hundred_in_flight(fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, signal_: int
-                                 ) -> tuple[dict[str, object], list[str], list[ev.DeliveryReceipt]]:
-    ada = fake.user("Ada")
-    chat = fake.private_chat(ada)
+                                 ) -> tuple[list[dict[str, object]], list[list[str]], list[ev.DeliveryReceipt]]:
+    # Four chats in four lanes, so four messages are in flight at once when the signal lands.
+    chats = chats_in_lanes(fake, 4)
     bridge.start()
-    expected = [f"message {i:03d}" for i in range(200)]
-    for i, text in enumerate(expected):
-        await bus.send(chat["id"], text, id=f"s1:m{i:03d}", seq=2 * i + 1, session_id="s1")
-    await until(lambda: len(fake.texts(chat)) >= 60, 60, "the bridge did not get going")
+    expected = [[f"chat {c} message {i:03d}" for i in range(50)] for c in range(4)]
+    for i in range(50):
+        for c, chat in enumerate(chats):
+            await bus.send(chat["id"], expected[c][i], id=f"s{c}:m{i:03d}", seq=2 * i + 1, session_id=f"s{c}")
+    sent = lambda: sum(len(fake.texts(chat)) for chat in chats)  # noqa: E731
+    await until(lambda: sent() >= 60, 60, "the bridge did not get going")
     bridge.stop(signal_)
-    assert len(fake.texts(chat)) < 200, "all were sent before the stop: the test proves nothing"
+    assert sent() < 200, "all were sent before the stop: the test proves nothing"
     bridge.start()
     receipts = await bus.wait_receipts(200, timeout=90)
-    return chat, expected, receipts
+    return chats, expected, receipts
 
 
 async def test_a_bridge_stopped_with_200_answers_in_flight_delivers_each_exactly_once(
         fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
     import signal
-    chat, expected, receipts = await _two_hundred_in_flight(fake, bus, bridge, signal.SIGTERM)
-    assert fake.texts(chat) == expected
+    chats, expected, receipts = await _two_hundred_in_flight(fake, bus, bridge, signal.SIGTERM)
+    assert [fake.texts(chat) for chat in chats] == expected  # type: ignore[arg-type]
     assert all(r.ok and not r.unconfirmed for r in receipts)
     assert len({r.outbound_id for r in receipts}) == 200
 
@@ -290,17 +302,67 @@ async def test_a_bridge_stopped_with_200_answers_in_flight_delivers_each_exactly
 async def test_a_bridge_killed_with_200_answers_in_flight_repeats_none_and_reports_any_doubt(
         fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
     import signal
-    chat, expected, receipts = await _two_hundred_in_flight(fake, bus, bridge, signal.SIGKILL)
-    texts = fake.texts(chat)
-    assert len(texts) == len(set(texts)), "a message was sent twice"
-    assert texts == sorted(texts), "messages went out of order"
+    chats, expected, receipts = await _two_hundred_in_flight(fake, bus, bridge, signal.SIGKILL)
     doubtful = {r.outbound_id for r in receipts if r.unconfirmed}
-    # SIGKILL can land between Telegram taking a message and the bridge writing that down: that one
-    # message (one in flight at a time) is reported unconfirmed instead of being sent again.
-    assert len(doubtful) <= 1
-    missing = {f"s1:m{expected.index(t):03d}" for t in set(expected) - set(texts)}
-    assert missing <= doubtful
+    # SIGKILL can land between Telegram taking a message and the bridge writing that down: that message
+    # (one in flight per lane) is reported unconfirmed instead of being sent again.
+    assert len(doubtful) <= len(chats)
+    for c, chat in enumerate(chats):
+        texts = fake.texts(chat)  # type: ignore[arg-type]
+        assert len(texts) == len(set(texts)), "a message was sent twice"
+        assert texts == sorted(texts), "messages went out of order"
+        missing = {f"s{c}:m{expected[c].index(t):03d}" for t in set(expected[c]) - set(texts)}
+        assert missing <= doubtful
     assert all(r.ok for r in receipts if r.outbound_id not in doubtful)
+
+
+# --- lanes: a chat held back holds back only its own lane -----------------------------------------------------
+
+async def test_a_chat_held_back_by_a_rate_limit_does_not_hold_up_other_chats(
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    busy = fake.group("Busy group")
+    [quiet] = [c for c in chats_in_lanes(fake, 2) if subjects.lane(str(c["id"])) != subjects.lane(str(busy["id"]))][:1]
+    fake.inject("sendMessage", Error(429, retry_after=5))  # the busy group's first send is held back 5 s
+    bridge.start()
+    await bus.send(busy["id"], "busy 1", id="busy-1")
+    await bus.send(busy["id"], "busy 2", id="busy-2")
+    await until(lambda: fake.pending_faults == 0, 10, "the busy group's send never reached Telegram")
+    published = time.time()
+    await bus.send(quiet["id"], "quiet 1", id="quiet-1")
+    receipts = {r.outbound_id: r for r in await bus.wait_receipts(3, timeout=30)}
+
+    assert all(r.ok for r in receipts.values())
+    sends = [c for c in fake.calls_to("sendMessage") if c.outcome == "ok"]
+    order = [(str(c.params["chat_id"]), c.params["text"]) for c in sends]
+    assert order == [(str(quiet["id"]), "quiet 1"), (str(busy["id"]), "busy 1"), (str(busy["id"]), "busy 2")]
+    assert sends[0].at - published < 2.0, "the quiet chat waited for the busy one"
+    held = next(c for c in fake.calls_to("sendMessage") if c.outcome == "Error")
+    assert sends[1].at - held.at >= 5.0, "retry_after was not honoured"
+    assert fake.texts(busy) == ["busy 1", "busy 2"] and fake.texts(quiet) == ["quiet 1"]  # type: ignore[arg-type]
+
+
+async def test_what_an_upgrade_left_on_the_pre_lane_durable_leaves_first_and_once(
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    route = ev.Route(channel="telegram", chat_id=str(chat["id"]))
+    # The previous version's bridge stopped with its single durable still holding two answers.
+    await bus.js.add_consumer("CLAWDEN_OUTBOUND", bridge_outbound_legacy("telegram").config())
+    for i in (1, 2):
+        await bus.publish(ev.OutboundMessage(id=f"old-{i}", route=route, text=f"old {i}"), f"old-{i}", legacy=True)
+    # An upgraded runner already answers on the chat's lane.
+    await bus.send(chat["id"], "new 1", id="new-1")
+    bridge.start()
+    await bus.wait_receipts(3)
+    assert fake.texts(chat) == ["old 1", "old 2", "new 1"]
+    # A runner of the older version, not yet restarted, still publishes to the bare subject: delivered too.
+    await bus.publish(ev.OutboundMessage(id="old-3", route=route, text="old 3"), "old-3", legacy=True)
+    receipts = await bus.wait_receipts(4)
+    assert fake.texts(chat) == ["old 1", "old 2", "new 1", "old 3"]
+    assert all(r.ok for r in receipts) and len({r.outbound_id for r in receipts}) == 4
+    info = await bus.js.consumer_info("CLAWDEN_OUTBOUND", "channel-telegram")
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    assert "channel-telegram is drained; the lanes start" in bridge.output()
 
 
 async def test_a_send_telegram_took_while_the_bridge_died_is_not_sent_again(

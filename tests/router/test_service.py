@@ -93,7 +93,7 @@ async def test_a_non_admin_is_refused_clear_until_paired_as_owner(router: Router
                                                                   js: JetStreamContext) -> None:
     await router.call("chats", op="create", channel="telegram", chat_id="c1", policy="public")
     await router.call("wirings", op="create", channel="telegram", chat_id="c1", agent_group="main")
-    outbound = subjects.outbound("telegram")
+    outbound = subjects.outbound("telegram", "c1")
 
     await send(js, chat_message(1, chat="c1", text="/clear"))
     [refusal] = await collect(js, "t-out", outbound, want=1)

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import msgspec
@@ -16,9 +17,10 @@ from nats.errors import AuthorizationError
 
 from clawden import config as config_mod
 from clawden import natsauth, natsserver, setup
-from clawden.bus import bind, connect, ensure_streams, subjects
+from clawden.bus import bind, connect, ensure_consumer, ensure_streams, subjects
 from clawden.bus import events as ev
-from clawden.bus.streams import bridge_outbound, runner_wake
+from clawden.bus.pull import Puller
+from clawden.bus.streams import bridge_lanes, bridge_outbound, bridge_outbound_legacy, runner_wake
 
 CHANNELS = ("telegram", "signal")
 
@@ -78,7 +80,7 @@ async def test_a_bridge_may_publish_only_its_own_inbound_subject(
         js = nc.jetstream()
         ack = await js.publish(subjects.inbound("telegram"), inbound("telegram"), timeout=5)
         assert ack.stream == "CLAWDEN_INBOUND"
-        for subject in (subjects.inbound("signal"), subjects.wake("local"), subjects.outbound("telegram"),
+        for subject in (subjects.inbound("signal"), subjects.wake("local"), subjects.outbound("telegram", "1"),
                         subjects.APPROVAL_REQUEST):
             with pytest.raises(TimeoutError):  # the server drops it: no stream ever acknowledges
                 await js.publish(subject, inbound("signal"), timeout=1)
@@ -92,19 +94,71 @@ async def test_a_bridge_may_publish_only_its_own_inbound_subject(
     assert await messages(cfg, "CLAWDEN_WAKE") == 0
 
 
-async def test_a_bridge_reads_its_own_outbound_durable_and_no_other(
+async def test_a_bridge_reads_its_own_outbound_lanes_and_no_other_durable(
         cfg: config_mod.Config, streams_ready: None) -> None:
     bridge = Client_(cfg, "channel-telegram")
     async with bridge as nc:
         js = nc.jetstream()
-        puller = await bind(js, bridge_outbound("telegram"))  # create, then pull from its own durable
-        assert await puller.next(timeout=0.2) == []
-        await puller.stop()
+        for lane in bridge_lanes("telegram"):  # create, then pull from each of its own durables
+            puller = await bind(js, lane)
+            assert await puller.next(timeout=0.2) == []
+            await puller.stop()
         with pytest.raises(TimeoutError):
-            await bind(js, bridge_outbound("signal"))
+            await bind(js, bridge_outbound("signal", 0))
         with pytest.raises(TimeoutError):
             await bind(js, runner_wake("local"))
-    assert any("consumer.create.clawden_outbound.channel-signal" in e for e in bridge.errors), bridge.errors
+        elsewhere = replace(bridge_outbound("telegram", 0), filter_subject=subjects.outbound_lane("telegram", 1))
+        with pytest.raises(TimeoutError):  # a lane's durable, made to read another lane's subject
+            await bind(js, elsewhere)
+        with pytest.raises(TimeoutError):  # the pre-lane durable: read where an upgrade left it, never made
+            await bind(js, bridge_outbound_legacy("telegram"))
+    assert any("consumer.create.clawden_outbound.channel-signal-0" in e for e in bridge.errors), bridge.errors
+    assert any("consumer.create.clawden_outbound.channel-telegram-0.clawden.outbound.telegram.1" in e
+               for e in bridge.errors), bridge.errors
+    assert any("consumer.create.clawden_outbound.channel-telegram.clawden.outbound.telegram" in e
+               for e in bridge.errors), bridge.errors
+
+
+async def test_a_bridge_drains_the_pre_lane_durable_an_upgrade_left_but_not_another_bridges(
+        cfg: config_mod.Config, streams_ready: None) -> None:
+    old = ev.OutboundMessage(id="v1", route=ev.Route(channel="telegram", chat_id="1"), text="from before lanes")
+    async with Client_(cfg, natsauth.CLI) as nc:  # as the previous version left the install
+        js = nc.jetstream()
+        for channel in CHANNELS:
+            await ensure_consumer(js, bridge_outbound_legacy(channel))
+            await js.publish(subjects.outbound_legacy(channel), ev.encode(old), timeout=5)
+    bridge = Client_(cfg, "channel-telegram")
+    async with bridge as nc:
+        js = nc.jetstream()
+        assert (await js.consumer_info("CLAWDEN_OUTBOUND", "channel-telegram")).num_pending == 1
+        puller = Puller(nc, bridge_outbound_legacy("telegram"), batch=1)
+        await puller.start()
+        [msg] = await puller.next(timeout=5)
+        assert ev.decode(msg.data) == old
+        await msg.ack_sync()
+        await puller.stop()
+        signal = Puller(nc, bridge_outbound_legacy("signal"), batch=1)
+        await signal.start()
+        assert await signal.next(timeout=0.5) == []
+        await signal.stop()
+        await nc.flush()
+        await asyncio.sleep(0.1)
+    assert any("consumer.msg.next.clawden_outbound.channel-signal" in e for e in bridge.errors), bridge.errors
+    async with Client_(cfg, natsauth.CLI) as nc:
+        info = await nc.jetstream().consumer_info("CLAWDEN_OUTBOUND", "channel-telegram")
+        assert (info.num_pending, info.num_ack_pending) == (0, 0)
+
+
+async def test_every_publisher_of_replies_may_publish_to_a_chats_lane(
+        cfg: config_mod.Config, streams_ready: None) -> None:
+    route = ev.Route(channel="telegram", chat_id="1")
+    for ident in ("router", "runner", "scheduler", "approvals"):
+        async with Client_(cfg, ident) as nc:
+            reply = ev.OutboundMessage(id=f"from-{ident}", route=route, text="hi")
+            ack = await nc.jetstream().publish(subjects.outbound("telegram", route.chat_id), ev.encode(reply),
+                                               timeout=5)
+            assert ack.stream == "CLAWDEN_OUTBOUND"
+    assert await messages(cfg, "CLAWDEN_OUTBOUND") == 4
 
 
 async def test_a_bridge_may_not_reshape_streams_or_read_another_identitys_replies(

@@ -121,7 +121,7 @@ async def bus(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Bus]:
     await ensure_streams(nc.jetstream())
     b = Bus(nc, home, nats_server.url)
     await nc.subscribe(subjects.ALL_WAKES, cb=b.on_wake)  # core: sees every publish, even a deduplicated one
-    await nc.subscribe(subjects.outbound("local"), cb=b.on_outbound)
+    await nc.subscribe(subjects.outbound_all("local"), cb=b.on_outbound)
     yield b
     await nc.close()
 
