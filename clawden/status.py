@@ -163,8 +163,10 @@ async def _services(nc: Client, expected: list[str], wait: float) -> tuple[list[
 
 async def _backlogs(nc: Client, cfg: config_mod.Config, channels: tuple[str, ...]) -> list[dict[str, Any]]:
     """Each durable's backlog (delivered-not-yet and unacknowledged), and the expected ones missing."""
-    owners = {(c.stream, c.durable): ident for ident, grant in natsauth.grants(cfg, channels).items()
-              for c in grant.consumes}
+    table = natsauth.grants(cfg, channels)
+    owners = {(c.stream, c.durable): ident for ident, grant in table.items() for c in grant.consumes}
+    # Durables read only where they exist (a pre-lane leftover): named when present, never missing.
+    who = owners | {(c.stream, c.durable): ident for ident, grant in table.items() for c in grant.reads}
     js = nc.jetstream()
     rows: list[dict[str, Any]] = []
     for stream in streams.STREAMS:
@@ -174,13 +176,43 @@ async def _backlogs(nc: Client, cfg: config_mod.Config, channels: tuple[str, ...
             rows.append({"stream": stream.name, "durable": "", "error": f"no stream ({type(exc).__name__})"})
             continue
         for info in infos:
-            rows.append({"stream": stream.name, "durable": info.name, "owner": owners.get((stream.name, info.name), ""),
+            rows.append({"stream": stream.name, "durable": info.name, "owner": who.get((stream.name, info.name), ""),
                          "pending": info.num_pending or 0, "ack_pending": info.num_ack_pending or 0,
                          "redelivered": info.num_redelivered or 0, "waiting_pulls": info.num_waiting or 0})
         present = {info.name for info in infos}
         rows += [{"stream": stream.name, "durable": durable, "owner": owner, "missing": True}
                  for (name, durable), owner in sorted(owners.items()) if name == stream.name and durable not in present]
-    return rows
+    return fold_lanes(rows, channels)
+
+
+def fold_lanes(rows: list[dict[str, Any]], channels: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A bridge's outbound lanes as one row (`channel-telegram-0..7`), their backlogs summed; missing
+    only when every lane is. The pre-lane durable an upgrade left keeps its own row."""
+    lane_of = {(c.stream, c.durable): channel for channel in channels for c in streams.bridge_lanes(channel)}
+    out: list[dict[str, Any]] = []
+    folded: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        channel = lane_of.get((row["stream"], row["durable"]))
+        if channel is None:
+            out.append(row)
+            continue
+        into = folded.get(channel)
+        if into is None:
+            into = folded[channel] = {"stream": row["stream"], "owner": row.get("owner", ""), "lanes": 0,
+                                      "durable": f"channel-{channel}-0..{subjects.OUTBOUND_LANES - 1}",
+                                      "pending": 0, "ack_pending": 0, "redelivered": 0, "waiting_pulls": 0}
+            out.append(into)
+        if row.get("missing"):
+            continue
+        into["lanes"] += 1
+        for key in ("pending", "ack_pending", "redelivered", "waiting_pulls"):
+            into[key] += row[key]
+    for row in folded.values():
+        if not row["lanes"]:
+            for key in ("pending", "ack_pending", "redelivered", "waiting_pulls"):
+                del row[key]
+            row["missing"] = True
+    return out
 
 
 async def _approvals(nc: Client) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from clawden import config as config_mod
 from clawden import control, natsauth, runtime
 from clawden.bus import ensure_streams, publish, subjects
 from clawden.bus import events as ev
-from clawden.bus.streams import bridge_outbound, ensure_consumer
+from clawden.bus.streams import bridge_lanes, bridge_outbound_legacy, ensure_consumer
 from clawden.cli import main
 from clawden.status import Unreachable, gather, healthy, render
 from tests.e2e.harness import Stack, Terminal
@@ -90,7 +90,7 @@ async def test_a_pending_approval_is_counted_and_listed(stack: Stack) -> None:
         async def on_card(msg: Msg) -> None:
             await cards.put(msg.data)
 
-        await nc.subscribe(subjects.outbound("local"), cb=on_card)
+        await nc.subscribe(subjects.outbound_all("local"), cb=on_card)
         await publish(nc.jetstream(), subjects.APPROVAL_REQUEST, request, msg_id=f"ops:{request.id}")
         while b"Tea or coffee?" not in await asyncio.wait_for(cards.get(), 20):
             pass  # the card leaves once the approval is stored as pending
@@ -112,24 +112,37 @@ async def test_a_bridge_that_is_down_is_listed_with_what_it_has_not_delivered(st
     token.chmod(0o600)
     nc = await stack.connect()
     js = nc.jetstream()
+    lanes = bridge_lanes("telegram")
+    legacy = bridge_outbound_legacy("telegram")
+    chats = ("42", next(c for c in map(str, range(100)) if subjects.lane(c) != subjects.lane("42")))
     try:
         await ensure_streams(js)
-        await ensure_consumer(js, bridge_outbound("telegram"))  # as the bridge left it when it stopped
-        message = ev.OutboundMessage(id="ops-undelivered", route=ev.Route(channel="telegram", chat_id="42"),
-                                     text="hello")
-        await publish(js, subjects.outbound("telegram"), message, msg_id=message.id)
+        for consumer in (*lanes, legacy):  # as the bridge left them when it stopped, on an upgraded install
+            await ensure_consumer(js, consumer)
+        for chat in chats:
+            message = ev.OutboundMessage(id=f"ops-undelivered-{chat}", route=ev.Route(channel="telegram", chat_id=chat),
+                                         text="hello")
+            await publish(js, subjects.outbound("telegram", chat), message, msg_id=message.id)
+        old = ev.OutboundMessage(id="ops-legacy", route=ev.Route(channel="telegram", chat_id="42"), text="from v1")
+        await publish(js, subjects.outbound_legacy("telegram"), old, msg_id=old.id)
 
         report = await gather(cfg_of(stack))
     finally:
         token.unlink()
-        await js.delete_consumer("CLAWDEN_OUTBOUND", "channel-telegram")
+        for consumer in (*lanes, legacy):
+            await js.delete_consumer("CLAWDEN_OUTBOUND", consumer.durable)
         await nc.close()
 
     assert report["down"] == ["channel-telegram"] and not healthy(report)
-    [backlog] = [r for r in report["streams"] if r["durable"] == "channel-telegram"]
-    assert (backlog["pending"], backlog["ack_pending"], backlog["owner"]) == (1, 0, "channel-telegram")
+    # The eight lanes are one row, their backlogs summed; the pre-lane durable has its own.
+    [backlog] = [r for r in report["streams"] if r["durable"] == "channel-telegram-0..7"]
+    assert (backlog["pending"], backlog["ack_pending"], backlog["owner"], backlog["lanes"]) == (
+        2, 0, "channel-telegram", 8)
+    [before_lanes] = [r for r in report["streams"] if r["durable"] == "channel-telegram"]
+    assert (before_lanes["pending"], before_lanes["owner"]) == (1, "channel-telegram")
+    assert not [r for r in report["streams"] if r["durable"].startswith("channel-telegram-") and r is not backlog]
     text = render(report)
-    assert "channel-telegram  DOWN" in text
+    assert "channel-telegram  DOWN" in text and "channel-telegram-0..7" in text
 
 
 @pytest.mark.docker
