@@ -2,8 +2,8 @@
 
 Order, as in OneCLI: the leak guard and block rules first, then the egress allowlist, then manual
 approval, then rate limits; what passes gets the group's matching secrets injected. Rate limits
-count in fixed windows (``now // window``); the caller owns the counters and passes a read-only
-view of them in, and adds the returned ``charges`` once the request goes ahead.
+count in fixed windows (``now // window``); the caller owns the counters (``ratecounts.RateCounts``)
+and passes a read-only view of them in, and adds the returned ``charges`` once the request goes ahead.
 """
 
 from __future__ import annotations
@@ -11,15 +11,27 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from services.vault.catalog import WINDOW_SECONDS, Credential, GroupView, Rule
 from services.vault.patterns import host_matches, path_matches
 
 Header = tuple[bytes, bytes]
-RateKey = tuple[str, str, int]  # (rule name, agent group, window index)
 BlockCode = Literal["blocked_by_policy", "blocked_by_default_policy", "secret_leak_blocked"]
+
+
+class RateKey(NamedTuple):
+    """What one rate-limit count is of: a rule, for one agent group, in one fixed window."""
+
+    rule: str
+    group: str
+    window: int  # which one: now // seconds
+    seconds: int  # its length: keys of a rule re-added with another window length never meet
+
+    @property
+    def ends(self) -> int:
+        return (self.window + 1) * self.seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +99,9 @@ def decide(view: GroupView, head: RequestHead, now: float, usage: Mapping[RateKe
     for rule in matching:
         if rule.action == "rate_limit":
             window = WINDOW_SECONDS[rule.rate_window]
-            index = int(now // window)
-            key = (rule.name, view.group, index)
+            key = RateKey(rule.name, view.group, int(now // window), window)
             if usage.get(key, 0) >= rule.rate_limit:
-                return Limited(rule, retry_after=max(1, math.ceil((index + 1) * window - now)))
+                return Limited(rule, retry_after=max(1, math.ceil(key.ends - now)))
             charges.append(key)
     return Allowed(injectable(view.granted, head), tuple(charges))
 

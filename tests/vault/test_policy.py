@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.vault.catalog import Catalog, Credential, GroupView, Rule
-from services.vault.policy import Allowed, Ask, Blocked, LeakScanner, Limited, RequestHead, decide
+from services.vault.policy import Allowed, Ask, Blocked, LeakScanner, Limited, RateKey, RequestHead, decide
 from tests.vault.conftest import rule, secret
 
 KEY = "sk-ant-api03-policy-test-key"
@@ -28,8 +28,9 @@ def test_block_beats_approval_beats_rate_limit() -> None:
     assert decide(view(rules), head("DELETE"), NOW, {}) == Blocked("blocked_by_policy", rule="no")
     assert decide(view(rules), head("GET"), NOW, {}) == Ask(rules[1])
     approved = decide(view(rules), head("GET"), NOW, {}, approved=frozenset({"ask"}))
-    assert approved == Allowed((), charges=(("limit", "main", int(NOW // 60)),))
-    limited = decide(view(rules), head("GET"), NOW, {("limit", "main", int(NOW // 60)): 1}, frozenset({"ask"}))
+    assert approved == Allowed((), charges=(RateKey("limit", "main", int(NOW // 60), 60),))
+    limited = decide(view(rules), head("GET"), NOW, {RateKey("limit", "main", int(NOW // 60), 60): 1},
+                     frozenset({"ask"}))
     assert limited == Limited(rules[0], retry_after=20)
 
 
@@ -53,12 +54,11 @@ def test_blocking_a_git_push_blocks_its_discovery_request_too() -> None:
 
 def test_rate_limits_count_in_fixed_windows() -> None:
     rules = (rule("hourly", "rate_limit", "*", rate_limit=2, rate_window="hour"),)
-    window = int(NOW // 3600)
-    assert decide(view(rules), head(), NOW, {("hourly", "main", window): 1}).charges == (  # type: ignore[union-attr]
-        ("hourly", "main", window),)
-    limited = decide(view(rules), head(), NOW, {("hourly", "main", window): 2})
-    assert isinstance(limited, Limited) and limited.retry_after == (window + 1) * 3600 - NOW
-    assert isinstance(decide(view(rules), head(), NOW + 3600, {("hourly", "main", window): 2}), Allowed)
+    key = RateKey("hourly", "main", int(NOW // 3600), 3600)
+    assert decide(view(rules), head(), NOW, {key: 1}).charges == (key,)  # type: ignore[union-attr]
+    limited = decide(view(rules), head(), NOW, {key: 2})
+    assert isinstance(limited, Limited) and limited.retry_after == key.ends - NOW
+    assert isinstance(decide(view(rules), head(), NOW + 3600, {key: 2}), Allowed)
 
 
 def test_only_granted_secrets_for_the_host_and_path_are_injected() -> None:
