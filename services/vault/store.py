@@ -1,4 +1,4 @@
-"""``vault.db``: secrets (sealed), grants, rules, per-group settings and the audit trail.
+"""``vault.db``: secrets (sealed), grants, rules, per-group settings, rate-limit counts and the audit trail.
 
 Only the vault service opens it. Calls are synchronous and short; the service runs them in a
 thread. Values are stored sealed (``sealing.Sealer``) with the secret's name as associated data.
@@ -15,6 +15,7 @@ from typing import Any
 
 from services.vault.audit import AuditRecord
 from services.vault.catalog import Rule, Secret
+from services.vault.policy import RateKey
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -70,6 +71,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_at ON audit (at);
     CREATE INDEX audit_group_at ON audit (agent_group, at);
+    """,
+    """
+    CREATE TABLE rate_counts (
+        rule TEXT NOT NULL,
+        agent_group TEXT NOT NULL,
+        window_seconds INTEGER NOT NULL,
+        window_index INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (rule, agent_group, window_seconds, window_index)
+    ) WITHOUT ROWID;
     """,
 )
 
@@ -190,6 +201,33 @@ class Store:
                  created_at=row["created_at"])
             for row in self._rows("SELECT * FROM rules ORDER BY created_at, name")
         ]
+
+    # -- rate-limit counts (``ratecounts.RateCounts`` writes them behind) --
+
+    def rate_counts(self, now: float) -> list[tuple[RateKey, int]]:
+        """The counts of windows still open at ``now``; rows of windows that ended are deleted."""
+        with self._lock:
+            self._db.execute("DELETE FROM rate_counts WHERE (window_index + 1) * window_seconds <= ?", (now,))
+            rows = self._db.execute(
+                "SELECT rule, agent_group, window_index, window_seconds, count FROM rate_counts").fetchall()
+        return [(RateKey(rule, group, index, seconds), count) for rule, group, index, seconds, count in rows]
+
+    def save_rate_counts(self, counts: list[tuple[RateKey, int]], now: float) -> None:
+        """Store counts (a stored count is never lowered: writes may arrive out of order) and prune ended windows."""
+        rows = [(key.rule, key.group, key.seconds, key.window, count) for key, count in counts]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    """INSERT INTO rate_counts (rule, agent_group, window_seconds, window_index, count)
+                       VALUES (?, ?, ?, ?, ?)
+                       ON CONFLICT (rule, agent_group, window_seconds, window_index)
+                       DO UPDATE SET count = max(count, excluded.count)""", rows)
+                self._db.execute("DELETE FROM rate_counts WHERE (window_index + 1) * window_seconds <= ?", (now,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     # -- per-group settings --
 
