@@ -47,13 +47,13 @@ from services.vault.policy import (
     Blocked,
     LeakScanner,
     Limited,
-    RateKey,
     RequestHead,
     Verdict,
     decide,
     leak_candidates,
     stored_for_host,
 )
+from services.vault.ratecounts import RateCounts
 from services.vault.responses import SELFTEST_HOST, Reply
 from services.vault.upstream import Origin, Response, Upstream, UpstreamError, client_tls
 
@@ -295,6 +295,7 @@ class Gateway:
         host_map: Mapping[str, str] | None = None,
         audit: AuditSink = log_audit,
         approver: Approver | None = None,
+        rate_counts: RateCounts | None = None,
         tunnel_to_private: bool = False,
         approval_timeout: float = APPROVAL_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
@@ -305,6 +306,7 @@ class Gateway:
         """``credential`` alone makes a gateway that injects one model key for every group.
 
         Without ``ca`` an ephemeral CA is made (nobody trusts it unless told: tests, benchmarks).
+        Without ``rate_counts`` rate limits count in memory only, and a restart forgives.
         ``tunnel_to_private`` lets requests reach loopback and LAN addresses (tests only).
         """
         model = urlsplit(model_upstream)
@@ -326,7 +328,7 @@ class Gateway:
         self._approval_timeout = approval_timeout
         self._idle_timeout = idle_timeout
         self._clock = clock
-        self._usage: dict[RateKey, int] = {}  # rate-limit counts; in memory, so a restart forgives
+        self._rates = rate_counts if rate_counts is not None else RateCounts()
         self._tokens: dict[str, str] = {}  # sha256(token) -> agent group, for the TCP listener
         self._servers: dict[str, asyncio.Server] = {}
         self._socket_paths: dict[str, Path] = {}
@@ -566,7 +568,7 @@ class Gateway:
         view = self.catalog.view(ex.group)
         body = ex.body
         assert body is not None
-        verdict: Verdict = decide(view, head, ex.at, self._usage)
+        verdict: Verdict = decide(view, head, ex.at, self._rates.counts)
         approved: frozenset[str] = frozenset()
         while isinstance(verdict, Ask):
             outcome = await self._ask(ex, head, body, verdict, view)
@@ -576,7 +578,7 @@ class Gateway:
                 return
             approved |= {verdict.rule.name}
             ex.decision = "approved"
-            verdict = decide(view, head, self._clock(), self._usage, approved)
+            verdict = decide(view, head, self._clock(), self._rates.counts, approved)
         if isinstance(verdict, Blocked):
             ex.rule = verdict.rule or ""
             if verdict.code == "blocked_by_policy":
@@ -594,7 +596,7 @@ class Gateway:
                                                                verdict.retry_after, verdict.rule.name))
             return
         assert isinstance(verdict, Allowed)
-        self._charge(verdict, ex.at)
+        self._rates.charge(verdict.charges, ex.at)
         ex.injected = tuple(c.name for c in verdict.credentials)
         await self._forward(side, ex, head, upstream, trusted, body, verdict.credentials, view)
 
@@ -623,15 +625,6 @@ class Gateway:
         if asking.cancelled():
             raise _ClientGone  # the agent hung up while a human was being asked
         return asking.result()
-
-    def _charge(self, verdict: Allowed, now: float) -> None:
-        for key in verdict.charges:
-            self._usage[key] = self._usage.get(key, 0) + 1
-        if len(self._usage) > 4096:
-            # Only a rule's current window counts; keys of its earlier windows are dead weight.
-            current = {rule: index for rule, _, index in verdict.charges}
-            for key in [k for k in self._usage if current.get(k[0], k[2]) > k[2]]:
-                del self._usage[key]
 
     async def _forward(self, side: _Side, ex: _Exchange, head: RequestHead, upstream: Origin, trusted: bool,
                        body: _Body, credentials: tuple[Credential, ...], view: GroupView) -> None:

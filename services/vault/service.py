@@ -35,6 +35,7 @@ from services.vault.catalog import (
 )
 from services.vault.certs import CertificateAuthority, write_trust_files
 from services.vault.gateway import Gateway, token_hash
+from services.vault.ratecounts import RateCounts
 from services.vault.sealing import Sealer, SealError, load_key
 from services.vault.store import Store
 
@@ -302,16 +303,20 @@ async def main(ctx: ServiceContext) -> None:
     ca = CertificateAuthority.load_or_create(cfg.keys_dir / CA_KEY, cfg.keys_dir / CA_CERT,
                                              f"Clawden gateway CA ({cfg.install_id})")
     audit = AuditLog(store.write_audit, publish=lambda record: _publish_audit(ctx, record))
+    rates = RateCounts(store.save_rate_counts)  # a restart must not forgive a daily cap
+    rates.load(await asyncio.to_thread(store.rate_counts, time.time()))
     gateway = Gateway(cfg.model.upstream, ca=ca, work_dir=folder, extra_ca_file=cfg.vault.extra_ca_file or None,
                       host_map=cfg.vault.host_map, audit=audit, approver=BusApprover(ctx.nc, ctx.js),
-                      approval_timeout=cfg.vault.approval_timeout, read_timeout=cfg.vault.read_timeout)
+                      rate_counts=rates, approval_timeout=cfg.vault.approval_timeout,
+                      read_timeout=cfg.vault.read_timeout)
     vault = Vault(cfg, store, sealer, ca, gateway)
     await asyncio.to_thread(vault.bootstrap_model_key)
     await vault.refresh()
-    audit_done = asyncio.Event()
+    last_flush = asyncio.Event()
     try:
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(audit.run(audit_done), name="vault-audit")
+            tg.create_task(audit.run(last_flush), name="vault-audit")
+            tg.create_task(rates.run(last_flush), name="vault-rates")
             tg.create_task(_prune(store, cfg.vault.audit_retention_days, ctx.stopping), name="vault-prune")
             # Containers that outlived a vault restart reconnect to the same socket paths.
             if cfg.gateway_dir.is_dir():
@@ -331,13 +336,15 @@ async def main(ctx: ServiceContext) -> None:
             ):
                 await ctx.endpoint(verb, handler)
             ctx.stats["audit"] = audit.stats
+            ctx.stats["rates"] = rates.stats
             await ctx.ready(f"vault: {len(vault.listening)} gateways, CA sha256 {ca.fingerprint[:16]}")
             await ctx.stopping.wait()
             await gateway.close()  # requests in flight end (and are recorded) before the last flush
-            audit_done.set()
+            last_flush.set()
     finally:
-        audit_done.set()
+        last_flush.set()
         await gateway.close()
+        await rates.flush()  # a no-op after a clean stop; after a failure, what can still be saved
         store.close()
 
 

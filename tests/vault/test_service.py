@@ -286,16 +286,54 @@ async def test_secrets_survive_a_restart_and_bad_requests_are_refused(vault: Vau
     with pytest.raises(control.ControlError, match="bad request"):
         await vault.call("secrets-add", {"name": "x"})
     await vault.call("secrets-add", {"name": "openai", "type": "openai", "value": "sk-proj-survivor-123456"})
+    await restart(vault)
+    listed = await vault.call("secrets-list")
+    assert {s["name"] for s in listed["secrets"]} == {"anthropic", "openai"}
+    assert "sk-proj-survivor" not in vault.logs()
+
+
+async def test_a_daily_rate_limit_is_not_forgiven_by_a_restart(vault: Vault) -> None:
+    await vault.call("rules-add", {"name": "three-a-day", "action": "rate_limit", "host": "api.example.test",
+                                   "path": "/send", "agent": "main", "limit": 3, "window": "day"})
+    await vault.call("rules-add", {"name": "two-a-day", "action": "rate_limit", "host": "api.example.test",
+                                   "path": "/read", "agent": "main", "limit": 2, "window": "day"})
+    client, server = await agent_client(vault)
+    async with client:
+        before = [(await client.post("https://api.example.test/send")).status_code for _ in range(3)]
+        before.append((await client.get("https://api.example.test/read")).status_code)
+    server.close()
+    assert before == [200, 200, 200, 200]
+
+    await restart(vault)  # a clean stop: every count is written before the process exits
+
+    client, server = await agent_client(vault)
+    work, work_server = await agent_client(vault, "work")
+    async with client, work:
+        fourth = await client.post("https://api.example.test/send")
+        reads = [(await client.get("https://api.example.test/read")).status_code for _ in range(2)]
+        elsewhere = (await client.get("https://api.example.test/user")).status_code
+        other_group = (await work.post("https://api.example.test/send")).status_code
+    server.close()
+    work_server.close()
+    assert fourth.status_code == 429
+    body = fourth.json()
+    assert (body["error"], body["limit"], body["window"], body["rule_name"]) == ("rate_limited", 3, "day",
+                                                                                 "three-a-day")
+    assert 0 < int(fourth.headers["retry-after"]) <= 86400
+    assert reads == [200, 429]  # the other rule's one request before the restart still counts
+    assert elsewhere == 200 and other_group == 200
+
+
+async def restart(vault: Vault) -> None:
+    """SIGTERM the vault, wait for a clean exit, start it again and wait until it answers."""
     vault.proc.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(vault.proc.wait, 20) == 0
+    assert await asyncio.to_thread(vault.proc.wait, 20) == 0, vault.logs()
     vault.proc = spawn_vault(vault.env(), vault.log)
     deadline = time.monotonic() + 30
     while True:
         try:
-            listed = await vault.call("secrets-list")
-            break
+            await vault.call("secrets-list")
+            return
         except control.ControlError:
-            assert time.monotonic() < deadline
+            assert vault.proc.poll() is None and time.monotonic() < deadline, vault.logs()
             await asyncio.sleep(0.2)
-    assert {s["name"] for s in listed["secrets"]} == {"anthropic", "openai"}
-    assert "sk-proj-survivor" not in vault.logs()
