@@ -173,7 +173,8 @@ async def test_restart_after_five_missed_runs_catches_up_as_each_policy_says(
         runs = sorted(await bus.ctl("runs", {"task_id": task_id, "limit": 1000}), key=lambda r: r["scheduled_at"])
         log = [r["scheduled_at"] for r in runs]
         assert log == list(range(log[0], log[0] + len(log))), "every scheduled instant is accounted for once"
-        sent = instants(bus.fired(task_id))
+        # A wake is published before its run is committed: one fired this very moment may not be logged yet.
+        sent = [s for s in instants(bus.fired(task_id)) if s <= log[-1]]
         assert len(sent) == len(set(sent))
         assert sorted(sent) == [r["scheduled_at"] for r in runs if r["outcome"] in ("fired", "caught_up")]
         # Runs due a second or more before the new process was up were missed for sure; the one
