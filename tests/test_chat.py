@@ -6,9 +6,11 @@ import asyncio
 import io
 import os
 from pathlib import Path
+from typing import TextIO
 
 import msgspec
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from clawden import setup
 from clawden.bus import ensure_streams, publish, subjects
@@ -59,8 +61,9 @@ def test_a_card_edited_elsewhere_no_longer_takes_numbers() -> None:
     assert isinstance(terminal.line("1"), ev.InboundMessage)
 
 
-async def test_clawden_chat_turns_a_typed_number_into_a_button_press_on_the_bus(
-        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+async def start_terminal(tmp_path: Path, nats_server: NatsServer, nc: Client) -> tuple[
+        JetStreamContext, asyncio.Task[None], TextIO, int, io.StringIO]:
+    """`clawden chat` on a pipe for stdin, listening: its stream, task, stdin, the pipe's write end, output."""
     cfg = setup.init(tmp_path / "home")
     cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
     js = nc.jetstream()
@@ -74,6 +77,12 @@ async def test_clawden_chat_turns_a_typed_number_into_a_button_press_on_the_bus(
             break
         except Exception:
             await asyncio.sleep(0.05)
+    return js, session, stdin, write_fd, out
+
+
+async def test_clawden_chat_turns_a_typed_number_into_a_button_press_on_the_bus(
+        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    js, session, stdin, write_fd, out = await start_terminal(tmp_path, nats_server, nc)
     await publish(js, subjects.outbound("local", ROUTE.chat_id), card_message(), msg_id="approval:ap-1")
     await until(lambda: "[2] Deny" in out.getvalue(), 10, lambda: out.getvalue())
     inbound = await js.subscribe(subjects.inbound("local"))
@@ -87,19 +96,7 @@ async def test_clawden_chat_turns_a_typed_number_into_a_button_press_on_the_bus(
 
 async def test_the_terminal_shows_its_chats_replies_from_every_lane_and_the_pre_lane_subject_in_order(
         tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
-    cfg = setup.init(tmp_path / "home")
-    cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
-    js = nc.jetstream()
-    await ensure_streams(js)
-    read_fd, write_fd = os.pipe()
-    stdin, out = os.fdopen(read_fd), io.StringIO()
-    session = asyncio.create_task(chat(cfg, chat_id="terminal", timeout=1, stdin=stdin, stdout=out))
-    for _ in range(100):
-        try:
-            await js.consumer_info("CLAWDEN_OUTBOUND", "channel-local-terminal")
-            break
-        except Exception:
-            await asyncio.sleep(0.05)
+    js, session, stdin, write_fd, out = await start_terminal(tmp_path, nats_server, nc)
     other = ev.Route(channel="local", chat_id=next(c for c in map(str, range(100))
                                                   if subjects.lane(c) != subjects.lane(ROUTE.chat_id)))
     sends = [(subjects.outbound_legacy("local"), ROUTE, "one"),  # a publisher from before lanes
