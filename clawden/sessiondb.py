@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: turn_cost
 INBOUND = "inbound.db"
 OUTBOUND = "outbound.db"
 # Doorbells: datagram sockets in the session folder. The container listens on AGENT_BELL and
@@ -89,6 +89,13 @@ CREATE TABLE IF NOT EXISTS session_state (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS turn_cost (
+    seq INTEGER PRIMARY KEY,
+    usd REAL NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    charged_at REAL NOT NULL
 );
 """
 
@@ -364,6 +371,49 @@ def ack(folder: Path, seqs: Iterable[int], status: str) -> None:
             " ON CONFLICT(seq) DO UPDATE SET status = excluded.status, changed_at = excluded.changed_at",
             [(s, status, now) for s in seqs],
         )
+
+
+def unclaim(folder: Path, seqs: Iterable[int]) -> None:
+    """Give rows the agent claimed but never showed the model back to the pending queue."""
+    with opened(folder / OUTBOUND) as conn, transaction(conn):
+        conn.executemany("DELETE FROM processing_ack WHERE seq = ? AND status = 'processing'",
+                         [(s,) for s in seqs])
+
+
+@dataclass(frozen=True)
+class Cost:
+    usd: float
+    input_tokens: int
+    output_tokens: int
+    messages: int
+
+
+def record_cost(folder: Path, seqs: list[int], *, usd: float, input_tokens: int, output_tokens: int) -> None:
+    """Charge one model turn to the rows it answered, in equal shares."""
+    n = len(seqs)
+    now = time.time()
+    with opened(folder / OUTBOUND) as conn, transaction(conn):
+        conn.executemany(
+            "INSERT INTO turn_cost (seq, usd, input_tokens, output_tokens, charged_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(seq) DO UPDATE SET usd = usd + excluded.usd, input_tokens = input_tokens +"
+            " excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens",
+            [(s, usd / n, input_tokens // n + (i < input_tokens % n), output_tokens // n + (i < output_tokens % n),
+              now) for i, s in enumerate(seqs)])
+
+
+def cost(folder: Path, seqs: Iterable[int] | None = None) -> Cost:
+    """What the rows `seqs` (every row when None) cost in model use."""
+    with opened(folder / OUTBOUND, readonly=True) as conn:
+        rows = conn.execute("SELECT seq, usd, input_tokens, output_tokens FROM turn_cost").fetchall()
+    wanted = None if seqs is None else set(seqs)
+    picked = [r for r in rows if wanted is None or int(r[0]) in wanted]
+    return Cost(sum(float(r[1]) for r in picked), sum(int(r[2]) for r in picked), sum(int(r[3]) for r in picked),
+                len(picked))
+
+
+def charged_seqs(folder: Path) -> list[int]:
+    with opened(folder / OUTBOUND, readonly=True) as conn:
+        return [int(r[0]) for r in conn.execute("SELECT seq FROM turn_cost ORDER BY seq")]
 
 
 def clear_processing(folder: Path) -> None:

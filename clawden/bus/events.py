@@ -266,7 +266,7 @@ class Wake(_Event, tag="wake", frozen=True):
     agent_group: str
     route: Route
     message: WakeMessage
-    command: Literal["", "clear"] = ""
+    command: Literal["", "clear", "cost"] = ""
     # The agent group's named destinations as of this wake: the runner replaces the session's
     # projection with them, so a change reaches a running agent with its next message. None: the
     # sender does not know them (a scheduler wake); keep the projection as it is.

@@ -1,5 +1,5 @@
-"""The agent runner's loop: wait for the doorbell, turn pending inbound rows into one prompt, run it
-through one long-lived Claude Code session, and ack the rows in outbound.db."""
+"""The agent runner's loop: wait for the doorbell, send pending inbound rows as one prompt to one
+long-lived Claude Code session, and ack the rows in outbound.db as the results that answer them come."""
 
 from __future__ import annotations
 
@@ -11,45 +11,51 @@ import logging
 import os
 import signal
 import time
+import uuid
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from claude_agent_sdk import (
     AssistantMessage,
     ClaudeAgentOptions,
     ClaudeSDKClient,
+    CLIConnectionError,
     HookContext,
     HookInput,
     HookJSONOutput,
     HookMatcher,
     McpServerConfig,
+    Message,
     ProcessError,
-    ResultError,
     ResultMessage,
     SystemMessage,
-    TextBlock,
+    ToolUseBlock,
+    UserMessage,
+    get_session_info,
 )
 
 from clawden import sessiondb
 
 from . import doorbell, precheck, selftest, tools
+from .ledger import Ledger, Settled
 
 log = logging.getLogger("clawden_agent")
 
 SESSION_ID_KEY = "claude_session_id"
 DELIVERY_SEEN_KEY = "delivery_failures_seen"  # the newest failed send already shown to the agent
 PRECHECK_ERROR_KEY = "precheck_error:"  # + task id: the error the chat was last told about
-CURRENT_TOOL_KEY = "current_tool"  # the host reads it to tell a long tool call from a hang
+COST_TOTAL_KEY = "cost_total_usd"  # the conversation's running total at its last result
 DEFAULT_BASH_TIMEOUT_MS = 120_000  # Claude Code's Bash default when the call declares none
 HEARTBEAT = ".heartbeat"
 # Only the safety net: rings wake the loop at once, this catches a ring that was lost.
 SAFETY_POLL_SECONDS = 2.0
 BATCH_LIMIT = 10
-MERGE_GRACE_SECONDS = 1.0
+SIGHTING_WAIT_SECONDS = 30.0
+DEFAULT_MAX_TURNS = 100  # model calls for one prompt before Claude Code stops it
 PLACEHOLDER_API_KEY = "clawden-managed"
 
 # Keep Claude Code from calling anything but the model: the container has no network, so a
@@ -61,16 +67,21 @@ QUIET_ENV = {
     "DISABLE_AUTOUPDATER": "1",
     "DISABLE_BUG_COMMAND": "1",
     "DISABLE_NON_ESSENTIAL_MODEL_CALLS": "1",
-    # The container is the sandbox; Claude Code refuses bypassPermissions as root without this.
+    # Tells Claude Code it runs sandboxed, which it requires before bypassPermissions when started
+    # as root (the tests run the agent runner as a host process); the container's user is not root.
     "IS_SANDBOX": "1",
 }
 
-# Interactive and self-scheduling built-ins that make no sense behind a chat; Clawden's own
-# tools (ask_user_question, schedule_task, ...) take their place.
-DISALLOWED_TOOLS = [
-    "AskUserQuestion", "EnterPlanMode", "ExitPlanMode", "EnterWorktree", "ExitWorktree",
-    "CronCreate", "CronDelete", "CronList", "ScheduleWakeup", "PushNotification", "RemoteTrigger",
-]
+# The built-ins an agent gets, named rather than denied, so a newer Claude Code's new tools stay off
+# until they are looked at. Left out: its interactive, worktree and self-scheduling tools, whose
+# place Clawden's own (ask_user_question, schedule_task, ...) takes, and peer messaging.
+BUILTIN_TOOLS = ["Bash", "Read", "Write", "Edit", "NotebookEdit", "WebFetch", "WebSearch", "Task", "TaskStop",
+                 "Skill", "ToolSearch"]
+
+FRESH_NOTICE = ("I could not reopen our earlier conversation, so I started a fresh one. My memory file is "
+                "still here; anything said only in the chat before now I no longer remember.")
+TOO_LONG_NOTICE = ("Our conversation grew too long for the model, so I started a fresh one and answered your "
+                   "message in it. My memory file is still here.")
 
 SYSTEM_ADDENDUM = """\
 You are a personal assistant that people reach from a chat app through Clawden.
@@ -90,6 +101,8 @@ class Config:
     gateway_socket: str | None
     relay_port: int
     model: str | None
+    global_dir: Path = Path("/workspace/global")
+    max_turns: int = DEFAULT_MAX_TURNS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -99,6 +112,8 @@ class Config:
             gateway_socket=env.get("CLAWDEN_GATEWAY_SOCKET") or None,
             relay_port=int(env.get("CLAWDEN_RELAY_PORT", "3128")),
             model=env.get("CLAWDEN_MODEL") or None,
+            global_dir=Path(env.get("CLAWDEN_GLOBAL_DIR", "/workspace/global")),
+            max_turns=int(env.get("CLAWDEN_MAX_TURNS") or DEFAULT_MAX_TURNS),
         )
 
 
@@ -163,16 +178,8 @@ def short_reason(text: str, limit: int = 200) -> str:
 
 # --- the Claude Code session -----------------------------------------------------------------------
 
-@dataclass
-class TurnOutcome:
-    # Final texts of queries the agent answered without send_message: they still reach the chat.
-    unsent: list[str] = field(default_factory=list)
-    error: str | None = None
-    num_turns: int = 0
-
-
 class Agent:
-    """One persistent ClaudeSDKClient, recreated (resuming the stored conversation) if it dies.
+    """One persistent ClaudeSDKClient, recreated (resuming the stored conversation) when it dies.
 
     It keeps outbound.db's `claude_session_id` current as soon as Claude Code names the session,
     so even a container killed during its first turn comes back to the same conversation.
@@ -181,169 +188,127 @@ class Agent:
     def __init__(self, config: Config, state: tools.TurnState, heartbeat: Path) -> None:
         self.config = config
         self.heartbeat = heartbeat
-        self._client: ClaudeSDKClient | None = None
+        self.sightings = Sightings()
+        self.client: ClaudeSDKClient | None = None
         self._state = state
         self._server = tools.build_server(state)
         self._stderr: deque[str] = deque(maxlen=20)
         self._stored_session: str | None = None
-        self._expected = 0  # results the open turn still waits for (one per query sent)
-        self._open = False
 
     def _options(self, resume: str | None) -> ClaudeAgentOptions:
+        global_dir = self.config.global_dir
         return ClaudeAgentOptions(
             cwd=str(self.config.group_dir),
             permission_mode="bypassPermissions",
-            system_prompt={"type": "preset", "preset": "claude_code", "append": SYSTEM_ADDENDUM},
+            # Not a snapshot: an updated addendum reaches resumed conversations too.
+            system_prompt={"type": "preset", "preset": "claude_code", "append": SYSTEM_ADDENDUM, "snapshot": False},
             mcp_servers=cast(dict[str, McpServerConfig], {tools.SERVER_NAME: self._server}),
-            disallowed_tools=DISALLOWED_TOOLS,
-            setting_sources=["project", "user"],
+            strict_mcp_config=True,  # never a .mcp.json the agent wrote
+            tools=BUILTIN_TOOLS,
+            # CLAUDE.md and the group's .claude/, which the host mounts read-only; never the user
+            # settings in the agent's writable home, where a planted hook would outlive /clear.
+            setting_sources=["project"],
+            add_dirs=[str(global_dir)] if (global_dir / "CLAUDE.md").is_file() else [],
+            max_turns=self.config.max_turns,
             model=self.config.model,
             resume=resume,
             env=cli_env(self.config, os.environ),
             stderr=self._on_stderr,
+            # Claude Code echoes each prompt when it takes it into the conversation: the exact
+            # moment the agent's replies start answering it.
+            extra_args={"replay-user-messages": None},
             hooks={
-                "PreToolUse": [HookMatcher(matcher="Bash", hooks=[self._tool_started])],
+                "PreToolUse": [HookMatcher(matcher=None, hooks=[self._tool_starting]),
+                               HookMatcher(matcher="Bash", hooks=[self._tool_started])],
                 "PostToolUse": [HookMatcher(matcher="Bash", hooks=[self._tool_finished])],
             },
         )
+
+    async def _tool_starting(self, data: HookInput, tool_use_id: str | None, context: HookContext
+                             ) -> HookJSONOutput:
+        """Every tool waits until the reader has seen the message that called it, and with it every
+        prompt Claude Code took in before: a reply is then marked as answering the right message."""
+        if tool_use_id:
+            await self.sightings.wait(tool_use_id)
+        return {}
 
     async def _tool_started(self, data: HookInput, tool_use_id: str | None, context: HookContext
                             ) -> HookJSONOutput:
         """Declare a long Bash call so the host does not take its silence for a hang."""
         tool_input = data.get("tool_input") or {}
         timeout_ms = tool_input.get("timeout", DEFAULT_BASH_TIMEOUT_MS) if isinstance(tool_input, dict) else 0
-        declared = json.dumps({"name": data.get("tool_name", ""), "timeout": float(timeout_ms) / 1000,
-                               "started_at": time.time()})
         self.heartbeat.touch()
-        await asyncio.to_thread(sessiondb.set_state, self.config.session_dir, CURRENT_TOOL_KEY, declared)
+        await asyncio.to_thread(tools.declare_wait, self.config.session_dir, str(data.get("tool_name", "")),
+                                float(timeout_ms) / 1000)
         return {}
 
     async def _tool_finished(self, data: HookInput, tool_use_id: str | None, context: HookContext
                              ) -> HookJSONOutput:
         self.heartbeat.touch()
-        await asyncio.to_thread(sessiondb.set_state, self.config.session_dir, CURRENT_TOOL_KEY, None)
+        await asyncio.to_thread(tools.declare_wait, self.config.session_dir, None)
         return {}
 
     def _on_stderr(self, line: str) -> None:
         self._stderr.append(line)
         log.info("claude: %s", line)
 
-    async def connect(self) -> None:
+    async def connect(self) -> str | None:
+        """Start Claude Code on the stored conversation. When that conversation cannot be resumed
+        (gone, or failing to load), start a fresh one and return what the chat should be told."""
         resume = await asyncio.to_thread(sessiondb.get_state, self.config.session_dir, SESSION_ID_KEY)
         self._stored_session = resume
+        notice = None
+        if resume and await asyncio.to_thread(get_session_info, resume, str(self.config.group_dir)) is None:
+            log.warning("stored conversation %s is gone; starting a new one", resume)
+            notice, resume = FRESH_NOTICE, None
         try:
             await self._connect(resume)
-        except Exception as exc:
-            if not resume or "No conversation found" not in str(exc):
+        except Exception:
+            if not resume:
                 raise
-            # The Claude state dir lost that conversation: start a new one rather than fail forever.
-            log.warning("stored conversation %s is gone; starting a new one", resume)
-            await self._remember(None)
+            log.exception("cannot resume conversation %s; starting a new one", resume)
+            notice, resume = FRESH_NOTICE, None
             await self._connect(None)
+        if notice:
+            await self.forget()
+        return notice
 
     async def _connect(self, resume: str | None) -> None:
         started = time.perf_counter()
         client = ClaudeSDKClient(self._options(resume))
         await client.connect()
-        self._client = client
+        self.client = client
         log.info("claude code ready in %.0f ms (resume=%s)", (time.perf_counter() - started) * 1000, resume)
 
-    async def _remember(self, session_id: str | None) -> None:
+    async def remember(self, session_id: str | None) -> None:
         if session_id != self._stored_session:
             await asyncio.to_thread(sessiondb.set_state, self.config.session_dir, SESSION_ID_KEY, session_id)
             self._stored_session = session_id
 
-    async def turn(self, prompt: str) -> TurnOutcome:
-        """Run one query to its ResultMessage. SDK failures come back as `error`, never raised."""
-        outcome = TurnOutcome()
-        try:
-            if self._client is None:
-                await self.connect()
-            assert self._client is not None
-            self._expected, self._open = 1, True
-            await self._client.query(prompt)
-            texts: list[str] = []
-            results = 0
-            sent_before = len(self._state.sent)
-            stream = self._client.receive_messages().__aiter__()
-            short_of_results = False
-            while True:
-                try:
-                    if short_of_results:
-                        # A follow-up fed in mid-turn is either answered in this same turn (after a
-                        # tool call) or queued as a turn of its own, whose first message comes at
-                        # once; silence after the result means it was merged.
-                        message = await asyncio.wait_for(stream.__anext__(), MERGE_GRACE_SECONDS)
-                    else:
-                        message = await stream.__anext__()
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    self._open = False
-                    return outcome
-                short_of_results = False
-                self.heartbeat.touch()
-                if isinstance(message, AssistantMessage):
-                    texts.extend(b.text for b in message.content if isinstance(b, TextBlock))
-                elif isinstance(message, SystemMessage) and message.subtype == "init":
-                    await self._remember(str(message.data.get("session_id") or "") or None)
-                elif isinstance(message, ResultMessage):
-                    await self._remember(message.session_id)
-                    results += 1
-                    outcome.num_turns += message.num_turns
-                    text = (message.result or "").strip()
-                    if text and len(self._state.sent) == sent_before:
-                        outcome.unsent.append(text)
-                    sent_before = len(self._state.sent)
-                    if message.is_error and outcome.error is None:
-                        outcome.error = self._result_error(message, texts)
-                    if results >= self._expected:
-                        self._open = False
-                        return outcome
-                    short_of_results = True
-            raise ProcessError("Claude Code stopped without a result")
-        except Exception as exc:
-            self._open = False
-            log.exception("turn failed")
-            if isinstance(exc, ProcessError) and not isinstance(exc, ResultError) and exc.exit_code:
-                reason = f"Claude Code exited unexpectedly (exit code {exc.exit_code})"
-            else:
-                reason = f"{type(exc).__name__}: {exc}"
-            outcome.error = self._dead(short_reason(reason))
-            await self.close()  # the next turn starts a fresh Claude Code on the same conversation
-            return outcome
+    async def forget(self) -> None:
+        """The next Claude Code starts a new conversation, whose running cost starts at zero."""
+        await self.remember(None)
+        await asyncio.to_thread(sessiondb.set_state, self.config.session_dir, COST_TOTAL_KEY, None)
 
-    async def push(self, prompt: str) -> bool:
-        """Hand a follow-up to the running turn; Claude Code answers it right after what it is doing.
+    async def send(self, uuid: str, text: str) -> None:
+        """Hand Claude Code one prompt. It answers at once, merges it into the running turn, or
+        queues it; the uuid comes back in the result that answered it."""
+        if self.client is None:
+            raise CLIConnectionError("Claude Code is not running")
+        message = {"type": "user", "message": {"role": "user", "content": text}, "parent_tool_use_id": None,
+                   "uuid": uuid,
+                   # Delivered as written: an `@/path` in a chat message is text, not a file to read.
+                   "client_composed": True}
+        await self.client.query(_once(message))
 
-        False when no turn is open (it just ended): the caller's rows then wait for the next turn.
-        """
-        if not self._open or self._client is None:
-            return False
-        self._expected += 1  # before the await: the turn must not end between query and count
-        await self._client.query(prompt)
-        return True
-
-    def _result_error(self, message: ResultMessage, texts: list[str]) -> str:
-        for candidate in ("; ".join(message.errors or []), message.result or "", texts[-1] if texts else ""):
-            if candidate.strip():
-                return short_reason(candidate)
-        if message.api_error_status:
-            return f"API error (HTTP {message.api_error_status})"
-        return message.subtype
-
-    def _dead(self, reason: str) -> str:
+    def dead(self, reason: str) -> str:
         tail = [line for line in self._stderr if line.strip()]
         return short_reason(f"{reason} ({tail[-1]})") if tail and tail[-1] not in reason else reason
-
-    async def reset(self) -> None:
-        await self.close()
-        await self._remember(None)
 
     async def close(self, *, interrupt: bool = False) -> None:
         """Stop Claude Code. `interrupt` first aborts a turn in flight, which it would otherwise
         finish (or be killed after a grace period) once its stdin closes."""
-        client, self._client = self._client, None
+        client, self.client = self.client, None
         if client is None:
             return
         if interrupt:
@@ -354,33 +319,96 @@ class Agent:
             await client.disconnect()
 
 
+class Sightings:
+    """The tool calls the reader has seen. Claude Code writes the message that calls a tool before it
+    asks the tool's hook, so the wait ends as soon as the reader catches up with its own stream."""
+
+    KEEP = 256
+
+    def __init__(self) -> None:
+        self._seen: dict[str, asyncio.Event] = {}
+
+    def _event(self, tool_use_id: str) -> asyncio.Event:
+        event = self._seen.get(tool_use_id)
+        if event is None:
+            event = self._seen[tool_use_id] = asyncio.Event()
+            while len(self._seen) > self.KEEP:
+                self._seen.pop(next(iter(self._seen))).set()
+        return event
+
+    def saw(self, message: AssistantMessage) -> None:
+        for block in message.content:
+            if isinstance(block, ToolUseBlock):
+                self._event(block.id).set()
+
+    async def wait(self, tool_use_id: str) -> None:
+        try:
+            # Bounded only in case a Claude Code version calls a tool it never reported: then the
+            # reply may be marked with an older message, and the log says so.
+            async with asyncio.timeout(SIGHTING_WAIT_SECONDS):
+                await self._event(tool_use_id).wait()
+        except TimeoutError:
+            log.warning("tool call %s was never reported; its reply may name an older message", tool_use_id)
+        self._seen.pop(tool_use_id, None)
+
+
+async def _once(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    yield message
+
+
+def result_error(message: ResultMessage) -> str:
+    """Why a result failed, in words for the chat: the CLI's own error text, never the agent's
+    private scratch text."""
+    if message.terminal_reason == "max_turns" or message.subtype == "error_max_turns":
+        return f"it took more than {message.num_turns - 1} steps, the limit for one message"
+    for candidate in ("; ".join(message.errors or []), message.result or ""):
+        if candidate.strip():
+            return short_reason(candidate)
+    if message.api_error_status:
+        return f"API error (HTTP {message.api_error_status})"
+    return message.subtype
+
+
+def named_uuids(message: ResultMessage) -> list[str]:
+    if message.user_message_uuids:
+        return list(message.user_message_uuids)
+    return [message.user_message_uuid] if message.user_message_uuid else []
+
+
+def too_long(message: ResultMessage) -> bool:
+    return message.is_error and "prompt is too long" in f"{message.result} {message.errors}".lower()
+
+
 # --- the loop --------------------------------------------------------------------------------------
 
 class Runner:
+    """Sends each batch of pending rows as one prompt the moment it arrives, and settles rows from the
+    results Claude Code returns: the ledger matches them by uuid, whatever the order or the load."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         folder = config.session_dir
         self.bell = doorbell.Doorbell(folder / sessiondb.AGENT_BELL)
         self.host_bell = folder / sessiondb.HOST_BELL
-        self.state = tools.TurnState(folder, self.ring_host)
+        self.ledger = Ledger()
+        self.state = tools.TurnState(folder, self.ring_host, on_write=self.ledger.wrote_to_chat)
         self.agent = Agent(config, self.state, folder / HEARTBEAT)
         self._stopping = False
-        self._turn: asyncio.Task[None] | None = None
-        self._interrupted = False
+        self._reader: asyncio.Task[None] | None = None
+        self._writes_at_result = 0
+        self._fresh_for: set[int] = set()  # rows already re-run once in a fresh conversation
+        self._resent: set[int] = set()  # rows sent again once after Claude Code died under them
 
     def ring_host(self) -> None:
         doorbell.ring(self.host_bell)
 
     def stop(self) -> None:
-        """SIGTERM: take no more work; an unfinished turn is cancelled and its rows run again later."""
+        """SIGTERM: take no more work. What the agent has not answered runs again in the next container."""
         if self._stopping:
             return
         log.info("stopping")
         self._stopping = True
         self.bell.wake()
-        if self._turn is not None:
-            self._turn.cancel()
-            self._interrupted = True
 
     async def run(self) -> None:
         folder = self.config.session_dir
@@ -397,74 +425,261 @@ class Runner:
                 # Fails loudly (the container exits) when Python or Claude Code does not trust the gateway.
                 await selftest.verify({**os.environ, **cli_env(self.config, os.environ)}, self.config.relay_port)
             try:
-                await self.agent.connect()
+                await self._start_agent()
             except Exception:
                 log.exception("cannot start Claude Code yet; will retry on the next message")
             await self._loop()
         finally:
-            await self.agent.close(interrupt=self._interrupted)
+            await self._shut_down()
             self.bell.close()
             if relay is not None:
                 relay.close()
 
+    async def _shut_down(self) -> None:
+        busy = self.ledger.busy
+        answered, _, _ = self.ledger.lost()
+        if answered:  # the chat has its answer: do not run these again
+            await asyncio.to_thread(sessiondb.ack, self.config.session_dir, [s for p in answered for s in p.seqs],
+                                    "completed")
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+        await self.agent.close(interrupt=busy)
+
+    async def _start_agent(self) -> None:
+        notice = await self.agent.connect()
+        assert self.agent.client is not None
+        self._reader = asyncio.create_task(self._read(self.agent.client))
+        if notice:
+            await asyncio.to_thread(self._tell, f"fresh:{uuid.uuid4()}", notice)
+
     async def _loop(self) -> None:
         folder = self.config.session_dir
-        free_since = time.perf_counter()
         while not self._stopping:
-            # Latency accounting starts at the ring, or when the loop got free if it rang meanwhile.
-            woke = max(self.bell.rung_at, free_since) if self.bell.rung_at else time.perf_counter()
             self.bell.clear()
-            batch = await asyncio.to_thread(sessiondb.pending_inbound, folder, limit=BATCH_LIMIT)
+            claimed = self.ledger.claimed
+            batch = [m for m in await asyncio.to_thread(sessiondb.pending_inbound, folder, limit=BATCH_LIMIT)
+                     if m.seq not in claimed]
             if not any(m.trigger for m in batch):
                 await self.bell.wait(SAFETY_POLL_SECONDS)
                 continue
-            clear_at = next((i for i, m in enumerate(batch) if m.content.get("command") == "clear"), None)
-            if clear_at is not None:
-                await self._clear(batch[: clear_at + 1])  # what came before /clear is moot
+            command_at = next((i for i, m in enumerate(batch) if m.content.get("command")), None)
+            if command_at == 0 or (command_at is not None and not any(m.trigger for m in batch[:command_at])):
+                if self.ledger.busy:  # a command waits for what was sent before it; each result rings
+                    await self.bell.wait(SAFETY_POLL_SECONDS)
+                    continue
+                await self._command(batch[: command_at + 1])
                 continue
+            if command_at is not None:
+                batch = batch[:command_at]
             batch = await self._precheck(batch)
-            if not any(m.trigger for m in batch):
-                continue
-            claimed = [m.seq for m in batch]
-            self._turn = asyncio.create_task(self._handle(batch, woke, claimed))
-            try:
-                await self._feed(self._turn, claimed)
-                if not self._turn.cancelled() and self._turn.exception() is not None:
-                    log.error("turn crashed", exc_info=self._turn.exception())
-            finally:
-                self._turn = None
-                free_since = time.perf_counter()
+            if any(m.trigger for m in batch):
+                await self._send(batch)
 
-    async def _feed(self, turn: asyncio.Task[None], claimed: list[int]) -> None:
-        """While a turn runs, messages that arrive go into it at once, not after it."""
+    async def _send(self, batch: list[sessiondb.InboundMessage]) -> None:
         folder = self.config.session_dir
-        while not turn.done():
-            self.bell.clear()
-            rung = asyncio.create_task(self.bell.wait(SAFETY_POLL_SECONDS))
-            await asyncio.wait({turn, rung}, return_when=asyncio.FIRST_COMPLETED)
-            rung.cancel()
-            if turn.done() or self._stopping:
-                break
-            fresh = [m for m in await asyncio.to_thread(sessiondb.pending_inbound, folder, limit=BATCH_LIMIT)
-                     if m.seq not in claimed]
-            if not any(m.trigger for m in fresh) or any(m.content.get("command") for m in fresh):
-                continue  # commands (/clear) wait for the turn to end
-            if await self.agent.push(format_prompt(fresh)):
-                seqs = [m.seq for m in fresh]
-                claimed.extend(seqs)
-                await asyncio.to_thread(sessiondb.ack, folder, seqs, "processing")
-                log.info("fed #%s into the running turn", seqs)
-        await asyncio.wait({turn})
+        seqs = [m.seq for m in batch]
+        anchor = [m.seq for m in batch if m.trigger][-1]
+        if self.agent.client is None:
+            try:
+                await self._start_agent()
+            except Exception as exc:
+                log.exception("cannot start Claude Code")
+                reason = self.agent.dead(short_reason(f"{type(exc).__name__}: {exc}"))
+                await asyncio.to_thread(self._fail, seqs, anchor, reason)
+                return
+        # Claimed before it is sent: a crash from here on leaves it to the next container.
+        await asyncio.to_thread(sessiondb.ack, folder, seqs, "processing")
+        if self.agent.client is None:  # Claude Code died meanwhile: the loop sends these to the next one
+            await asyncio.to_thread(sessiondb.unclaim, folder, seqs)
+            return
+        prompt = self.ledger.sent(str(uuid.uuid4()), seqs, anchor)
+        self.agent.heartbeat.touch()  # the host measures silence from here
+        text = await asyncio.to_thread(self._delivery_notes) + format_prompt(batch)
+        try:
+            await self.agent.send(prompt.uuid, text)
+        except Exception as exc:
+            await self._lost(f"{type(exc).__name__}: {exc}")
+            return
+        log.info("sent #%s as prompt %s", seqs, prompt.uuid)
 
-    async def _clear(self, rows: list[sessiondb.InboundMessage]) -> None:
-        """/clear: forget the conversation; the next message starts a fresh one."""
-        await self.agent.reset()
-        self.state.begin(reply_to=rows[-1].seq)
-        await asyncio.to_thread(tools.write_reply, self.state, "Cleared. The next message starts a fresh "
-                                "conversation.", suffix="clear")
+    # --- what Claude Code says ---------------------------------------------------------------------
+
+    async def _read(self, client: ClaudeSDKClient) -> None:
+        """Everything Claude Code says, for as long as it runs: results of turns it started on its
+        own (a background task's report) are read too, and never taken for the next prompt's."""
+        reason = "Claude Code stopped without a result"
+        try:
+            async for message in client.receive_messages():
+                self.agent.heartbeat.touch()
+                await self._on_message(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("Claude Code failed")
+            if isinstance(exc, ProcessError) and exc.exit_code:
+                reason = f"Claude Code exited unexpectedly (exit code {exc.exit_code})"
+            else:
+                reason = f"{type(exc).__name__}: {exc}"
+        if not self._stopping and self.agent.client is client:
+            await self._lost(short_reason(reason))
+
+    async def _on_message(self, message: Message) -> None:
+        if isinstance(message, SystemMessage) and message.subtype == "init":
+            await self.agent.remember(str(message.data.get("session_id") or "") or None)
+        elif isinstance(message, AssistantMessage):
+            self.agent.sightings.saw(message)
+        elif isinstance(message, UserMessage):
+            prompt = self.ledger.taken(message.uuid)
+            if prompt is not None:  # from here on, the agent's replies answer this prompt's rows
+                self.state.begin(reply_to=prompt.anchor)
+                log.info("claude code took #%s into the conversation", prompt.seqs)
+        elif isinstance(message, ResultMessage):
+            await self.agent.remember(message.session_id)
+            await self._on_result(message)
+
+    async def _on_result(self, message: ResultMessage) -> None:
+        wrote = self.state.writes > self._writes_at_result
+        self._writes_at_result = self.state.writes
+        settled = self.ledger.result(named_uuids(message), error=message.is_error)
+        cost = await asyncio.to_thread(self._charge, message, settled.seqs)
+        if not settled.prompts:
+            text = (message.result or "").strip()
+            log.info("a turn Claude Code started on its own ended (%s): %s", message.subtype, short_reason(text))
+            if text and not wrote and not message.is_error:
+                await asyncio.to_thread(self._tell, f"own:{message.uuid or uuid.uuid4()}", text)
+            return
+        if too_long(message) and not self._fresh_for.intersection(settled.seqs):
+            await self._start_fresh(settled)
+            return
+        status = await asyncio.to_thread(self._settle, settled, message, wrote)
+        self.ring_host()
+        self.bell.wake()  # a command waiting for the agent to be idle may go now
+        log.info("settled #%s %s api_turns=%d sends=%s cost_usd=%.6f duration_ms=%d", settled.seqs, status,
+                 message.num_turns, wrote, cost, message.duration_ms)
+
+    def _settle(self, settled: Settled, message: ResultMessage, wrote: bool) -> str:
+        """Make sure the chat hears back about the rows a result names, then ack them."""
+        anchor = settled.anchor
+        assert anchor is not None
+        if message.is_error:
+            reason = result_error(message)
+            log.warning("turn failed: %s", reason)
+            tools.write_reply(self.state, f"Sorry — the agent failed: {reason}", suffix="failed", reply_to=anchor)
+            status = "failed"
+        else:
+            text = (message.result or "").strip()
+            if text and not wrote:  # answered without send_message: the final text still reaches the chat
+                tools.write_reply(self.state, text, suffix="result", reply_to=anchor)
+            status = "completed"
+        sessiondb.ack(self.config.session_dir, settled.seqs, status)
+        return status
+
+    def _charge(self, message: ResultMessage, seqs: list[int]) -> float:
+        """Claude Code reports the conversation's running total; each result costs the difference."""
+        folder = self.config.session_dir
+        total = float(message.total_cost_usd or 0.0)
+        before = float(sessiondb.get_state(folder, COST_TOTAL_KEY) or 0.0)
+        cost = total - before if total >= before else total  # a lower total: a new conversation
+        sessiondb.set_state(folder, COST_TOTAL_KEY, repr(total))
+        if seqs:
+            usage = message.usage or {}
+            sessiondb.record_cost(folder, seqs, usd=cost, input_tokens=int(usage.get("input_tokens") or 0),
+                                  output_tokens=int(usage.get("output_tokens") or 0))
+        return cost
+
+    async def _start_fresh(self, settled: Settled) -> None:
+        """The conversation no longer fits the model: start a new one and run these rows in it."""
+        log.warning("conversation too long; starting a fresh one for #%s", settled.seqs)
+        self._fresh_for.update(settled.seqs)
+        await self._restart_agent()
+        await asyncio.to_thread(self._tell, f"fresh:{uuid.uuid4()}", TOO_LONG_NOTICE)
+        await asyncio.to_thread(sessiondb.unclaim, self.config.session_dir, settled.seqs)
+        self.bell.wake()
+
+    async def _restart_agent(self) -> None:
+        reader, self._reader = self._reader, None
+        client = self.agent.client
+        await self.agent.close(interrupt=True)
+        await self.agent.forget()
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        lost = self.ledger.lost()  # whatever else was in flight is sent again to the fresh conversation
+        await asyncio.to_thread(sessiondb.unclaim, self.config.session_dir,
+                                [s for group in lost for p in group for s in p.seqs])
+        del client
+
+    async def _lost(self, reason: str) -> None:
+        """Claude Code died. What it answered is done; what it was answering fails (it may be what killed
+        it); what it had not started on is sent once more, to the next Claude Code."""
+        if self.agent.client is None and not self.ledger.busy:
+            return
+        await self.agent.close()
+        self._reader = None
+        answered, failed, unseen = self.ledger.lost()
+        failed += [p for p in unseen if self._resent.intersection(p.seqs)]
+        unseen = [p for p in unseen if not self._resent.intersection(p.seqs)]
+        self._resent.update(s for p in unseen for s in p.seqs)
+        reason = self.agent.dead(reason)
+        folder = self.config.session_dir
+
+        def settle() -> None:
+            if answered:
+                sessiondb.ack(folder, [s for p in answered for s in p.seqs], "completed")
+            for p in failed:
+                self._fail(p.seqs, p.anchor, reason)
+            if unseen:
+                sessiondb.unclaim(folder, [s for p in unseen for s in p.seqs])
+
+        await asyncio.to_thread(settle)
+        log.warning("claude code is gone (%s): %d answered, %d failed, %d to send again", reason, len(answered),
+                    len(failed), len(unseen))
+        self.ring_host()
+        self.bell.wake()
+
+    def _fail(self, seqs: list[int], anchor: int, reason: str) -> None:
+        log.warning("turn failed: %s", reason)
+        tools.write_reply(self.state, f"Sorry — the agent failed: {reason}", suffix="failed", reply_to=anchor)
+        sessiondb.ack(self.config.session_dir, seqs, "failed")
+        self.ring_host()
+
+    def _tell(self, row_id: str, text: str) -> None:
+        """A message of the agent's own, answering nothing in particular."""
+        routing = sessiondb.session_routing(self.config.session_dir)
+        if routing is not None:
+            sessiondb.write_outbound(self.config.session_dir, id=row_id, kind="chat", content={"text": text},
+                                     routing=routing, in_reply_to=None)
+            self.ring_host()
+
+    # --- rows that need no model -------------------------------------------------------------------
+
+    async def _command(self, rows: list[sessiondb.InboundMessage]) -> None:
+        """/clear forgets the conversation (what came before it in the batch is moot); /cost tells what
+        the conversation and the last message cost. Neither wakes the model."""
+        command = rows[-1]
+        if command.content.get("command") == "clear":
+            await self._restart_agent()
+            text = "Cleared. The next message starts a fresh conversation."
+        else:
+            text = await asyncio.to_thread(self._cost_text, command.seq)
+        self.state.begin(reply_to=command.seq)
+        await asyncio.to_thread(tools.write_reply, self.state, text, suffix=str(command.content["command"]))
         await asyncio.to_thread(sessiondb.ack, self.config.session_dir, [m.seq for m in rows], "completed")
         self.ring_host()
-        log.info("conversation cleared by #%d", rows[-1].seq)
+        log.info("/%s by #%d", command.content["command"], command.seq)
+
+    def _cost_text(self, before: int) -> str:
+        folder = self.config.session_dir
+        total = sessiondb.cost(folder)
+        if not total.messages:
+            return "Nothing has been spent in this chat yet."
+        charged = [seq for seq in sessiondb.charged_seqs(folder) if seq < before]
+        last = sessiondb.cost(folder, charged[-1:])
+        return (f"This chat has cost ${total.usd:.4f} over {total.messages} messages ({total.input_tokens:,} "
+                f"input and {total.output_tokens:,} output tokens). The last one, #{charged[-1]}, cost "
+                f"${last.usd:.4f} ({last.input_tokens:,} in, {last.output_tokens:,} out).")
 
     async def _precheck(self, batch: list[sessiondb.InboundMessage]) -> list[sessiondb.InboundMessage]:
         """A task with a pre-check script runs it first. A yes keeps the task, with the script's data for
@@ -510,46 +725,6 @@ class Runner:
         sessiondb.set_state(folder, DELIVERY_SEEN_KEY, str(failures[-1][0]))
         return "".join(f'<delivery-failed seq="{seq}">{html.escape(error, quote=False)}</delivery-failed>\n'
                        for seq, error in failures)
-
-    async def _handle(self, batch: list[sessiondb.InboundMessage], woke: float, seqs: list[int]) -> None:
-        """Run one turn for `batch`; `seqs` grows while it runs as follow-ups are fed in."""
-        folder = self.config.session_dir
-        # The claim is written while Claude Code already works: it only has to land before the
-        # final ack, and a crash before it merely leaves the rows pending, to be run again.
-        claim = asyncio.create_task(asyncio.to_thread(sessiondb.ack, folder, list(seqs), "processing"))
-        self.agent.heartbeat.touch()  # a turn starts: the host measures silence from here
-        self.state.begin(reply_to=[m.seq for m in batch if m.trigger][-1])
-        prompt = await asyncio.to_thread(self._delivery_notes) + format_prompt(batch)
-        before = time.perf_counter()
-        try:
-            outcome = await self.agent.turn(prompt)
-            await claim
-        except asyncio.CancelledError:
-            if self.state.sent:  # the chat already has its answer: do not run it again
-                await claim
-                await asyncio.to_thread(sessiondb.ack, folder, seqs, "completed")
-            raise
-        after = time.perf_counter()
-        status = await asyncio.to_thread(self._finish, outcome, seqs)
-        self.ring_host()
-        done = time.perf_counter()
-        pre = (before - woke) * 1000
-        log.info("turn seqs=%s %s sends=%d api_turns=%d runner_ms=%.1f (pre=%.1f post=%.1f) cli_ms=%.1f",
-                 seqs, status, len(self.state.sent), outcome.num_turns, pre + (done - after) * 1000, pre,
-                 (done - after) * 1000, (after - before) * 1000)
-
-    def _finish(self, outcome: TurnOutcome, seqs: list[int]) -> str:
-        """Blocking tail of a turn: make sure the chat hears back, then ack."""
-        replies = [(text, f"result:{i}") for i, text in enumerate(outcome.unsent)]
-        if outcome.error is not None:
-            log.warning("turn failed: %s", outcome.error)
-            replies = [(f"Sorry — the agent failed: {outcome.error}", "failed")]
-        for text, suffix in replies:
-            if tools.write_reply(self.state, text, suffix=suffix) is None:
-                log.warning("no session routing: the reply to #%s had nowhere to go", self.state.reply_to)
-        status = "failed" if outcome.error is not None else "completed"
-        sessiondb.ack(self.config.session_dir, seqs, status)
-        return status
 
 
 async def run(config: Config) -> None:

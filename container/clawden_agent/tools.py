@@ -8,6 +8,7 @@ Bad input comes back as a tool error the model can read, never as an exception.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ FILE_NAME = re.compile(r"^[^/\\\x00]{1,128}$")
 TASK_ID = re.compile(r"^t-[0-9a-f]{8,32}$")
 TASK_STATUSES = ("active", "paused", "done", "cancelled")  # as the scheduler keeps them
 MAX_SCRIPT = 16 * 1024  # as the scheduler takes them
+CURRENT_TOOL_KEY = "current_tool"  # the host reads it to tell a long wait from a hang
 
 
 @dataclass
@@ -42,13 +44,23 @@ class TurnState:
     session_dir: Path
     ring_host: Callable[[], None]
     reply_to: int | None = None
-    sent: list[int] = field(default_factory=list)
-    rows: int = 0  # rows written this turn: their ids must be unique and stable across a re-run
+    sent: list[int] = field(default_factory=list)  # chat rows answering `reply_to`
+    rows: int = 0  # rows written for `reply_to`: their ids must be unique and stable across a re-run
+    writes: int = 0  # chat rows written in all
+    on_write: Callable[[], None] | None = None
 
     def begin(self, reply_to: int) -> None:
+        """From now on the agent answers `reply_to` (the newest message it has been shown)."""
         self.reply_to = reply_to
         self.sent = []
         self.rows = 0
+
+    def record(self, seq: int) -> None:
+        """A row that reached the chat."""
+        self.sent.append(seq)
+        self.writes += 1
+        if self.on_write is not None:
+            self.on_write()
 
     def next_id(self, kind: str) -> str:
         """Derived from the message being answered, so a turn re-run after a crash rewrites the
@@ -62,11 +74,11 @@ class ToolError(Exception):
 
 
 def write_row(state: TurnState, row_id: str, kind: str, content: dict[str, Any],
-              routing: sessiondb.Routing) -> int:
+              routing: sessiondb.Routing, *, reply_to: int | None = None) -> int:
     """Write one outbound row (once: a replayed id returns the first row's seq)."""
     try:
         return sessiondb.write_outbound(state.session_dir, id=row_id, kind=kind, content=content,
-                                        routing=routing, in_reply_to=state.reply_to)
+                                        routing=routing, in_reply_to=reply_to or state.reply_to)
     except sqlite3.IntegrityError:
         with sessiondb.opened(state.session_dir / sessiondb.OUTBOUND, readonly=True) as conn:
             row = conn.execute("SELECT seq FROM messages_out WHERE id = ?", (row_id,)).fetchone()
@@ -75,13 +87,22 @@ def write_row(state: TurnState, row_id: str, kind: str, content: dict[str, Any],
         return int(row[0])
 
 
-def write_reply(state: TurnState, text: str, *, suffix: str,
-                routing: sessiondb.Routing | None = None) -> int | None:
-    """Write one chat row for the current turn; returns its seq, None when there is no chat."""
+def write_reply(state: TurnState, text: str, *, suffix: str, routing: sessiondb.Routing | None = None,
+                reply_to: int | None = None) -> int | None:
+    """Write one chat row answering `reply_to` (by default the message the agent answers now);
+    returns its seq, None when there is no chat."""
     routing = routing or sessiondb.session_routing(state.session_dir)
     if routing is None:
         return None
-    return write_row(state, f"reply:{state.reply_to}:{suffix}", "chat", {"text": text}, routing)
+    reply_to = reply_to or state.reply_to
+    return write_row(state, f"reply:{reply_to}:{suffix}", "chat", {"text": text}, routing, reply_to=reply_to)
+
+
+def declare_wait(folder: Path, name: str | None, timeout: float = 0.0) -> None:
+    """Tell the host that the agent waits, for up to `timeout` seconds, on a tool (a long command, a
+    person, the scheduler), so it does not take the silence for a hang; None: the wait is over."""
+    value = json.dumps({"name": name, "timeout": timeout, "started_at": time.time()}) if name else None
+    sessiondb.set_state(folder, CURRENT_TOOL_KEY, value)
 
 
 def _text(text: str, *, error: bool = False) -> dict[str, Any]:
@@ -155,13 +176,17 @@ class Tools:
         return seq
 
     async def _await_response(self, request_id: str, timeout: float) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            answer = await asyncio.to_thread(sessiondb.response, self.folder, request_id)
-            if answer is not None:
-                return answer
-            await asyncio.sleep(RESPONSE_POLL)
-        return None
+        await asyncio.to_thread(declare_wait, self.folder, f"waiting for {request_id}", timeout)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                answer = await asyncio.to_thread(sessiondb.response, self.folder, request_id)
+                if answer is not None:
+                    return answer
+                await asyncio.sleep(RESPONSE_POLL)
+            return None
+        finally:
+            await asyncio.to_thread(declare_wait, self.folder, None)
 
     # --- chat ---------------------------------------------------------------------------------
 
@@ -171,7 +196,7 @@ class Tools:
         seq = await asyncio.to_thread(write_reply, self.state, text, suffix=f"send:{len(self.state.sent)}",
                                       routing=routing)
         assert seq is not None
-        self.state.sent.append(seq)
+        self.state.record(seq)
         self.state.ring_host()
         return f"sent as #{seq}"
 
@@ -186,7 +211,7 @@ class Tools:
         await asyncio.to_thread(_copy_into, source, box, name)
         content = {"text": _str(args, "text", required=False), "files": [name], "box": box.name}
         seq = await asyncio.to_thread(write_row, self.state, row_id, "file", content, routing)
-        self.state.sent.append(seq)
+        self.state.record(seq)
         self.state.ring_host()
         return f"file {name} sent as #{seq}"
 
@@ -227,7 +252,7 @@ class Tools:
         content = {"title": title, "body": _str(args, "body", required=False),
                    "buttons": [{"id": str(i + 1), "label": label} for i, label in enumerate(buttons)]}
         seq = await self._write("card", content, await self._routing(_str(args, "to", required=False, limit=128)))
-        self.state.sent.append(seq)
+        self.state.record(seq)
         return f"card sent as #{seq}"
 
     async def ask_user_question(self, args: dict[str, Any]) -> str:
@@ -237,8 +262,9 @@ class Tools:
         if not isinstance(timeout, int | float) or not 10 <= timeout <= 86_400:
             raise ToolError("`timeout` must be between 10 and 86400 seconds.")
         request_id = f"q-{uuid.uuid4().hex[:16]}"
-        await self._write("question", {"request_id": request_id, "question": question, "options": options,
-                                       "timeout": timeout}, await self._routing(""))
+        seq = await self._write("question", {"request_id": request_id, "question": question, "options": options,
+                                             "timeout": timeout}, await self._routing(""))
+        self.state.record(seq)
         answer = await self._await_response(request_id, float(timeout) + 5)
         if answer is None or answer.get("decision") == "expired":
             return f"No answer within {int(timeout)} seconds."

@@ -21,7 +21,7 @@ ADMIN_ONLY = frozenset({"clear", "compact", "context", "cost", "files", "init"})
 class Command:
     word: str  # "" when the text is not a command
     kind: Literal["text", "ignored", "admin"]
-    wake_command: Literal["", "clear"] = ""
+    wake_command: Literal["", "clear", "cost"] = ""
 
 
 TEXT = Command("", "text")
@@ -38,5 +38,5 @@ def parse(text: str) -> Command:
     if word in IGNORED:
         return Command(word, "ignored")
     if word in ADMIN_ONLY:
-        return Command(word, "admin", "clear" if word == "clear" else "")
+        return Command(word, "admin", word if word in ("clear", "cost") else "")
     return Command(word, "text")

@@ -95,7 +95,7 @@ class Deliver:
     session: SessionKey
     route: ev.Route  # where replies go: the message's chat, its thread only where threads count
     trigger: bool = True  # False: stored for context (accumulate), the agent is not woken
-    command: Literal["", "clear"] = ""  # "clear" resets the conversation
+    command: Literal["", "clear", "cost"] = ""  # "clear" resets the conversation, "cost" tells it
 
 
 @dataclass(frozen=True, slots=True)

@@ -263,24 +263,43 @@ def test_api_error_becomes_a_failure_reply_and_the_next_message_still_works(
     assert reply.content["text"].startswith("echo: ") and "and this one works" in reply.content["text"]
 
 
-def test_dead_claude_code_fails_the_turn_and_is_restarted_for_the_next(
+def test_a_message_claude_code_died_on_is_sent_again_once_then_fails(
         session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
     agent = start_agent()
     session.reply_to(session.send("warm up"))
-    fake.script(Hang())
-    stuck = session.send("this one is stuck")
-    session.wait(lambda: True if len(fake.messages_requests(with_tools=True)) == 3 else None)
 
-    for pid in agent.children():
-        os.kill(pid, signal.SIGKILL)
+    def kill_claude_code_mid_request(requests: int) -> None:
+        session.wait(lambda: True if len(fake.messages_requests(with_tools=True)) == requests else None)
+        for pid in agent.children():
+            os.kill(pid, signal.SIGKILL)
+
+    fake.script(Hang(), Hang())
+    stuck = session.send("this one is stuck")
+    kill_claude_code_mid_request(3)  # it had not answered: sent again to a fresh Claude Code
+    kill_claude_code_mid_request(4)  # again: this message may be what kills it, so it fails
     failure = session.reply_to(stuck)
     fake.release()
     reply = session.reply_to(session.send("are you back?"))
 
-    assert failure.content["text"].startswith("Sorry — the agent failed: ")
+    assert failure.content["text"].startswith("Sorry — the agent failed: Claude Code exited unexpectedly")
     assert session.acks()[stuck] == "failed"
     assert "are you back?" in reply.content["text"]
     assert "warm up" in conversation(fake.messages_requests(with_tools=True)[-1].body)  # resumed
+
+
+def test_a_message_claude_code_died_on_once_gets_its_answer_from_the_next(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    agent = start_agent()
+    fake.script(Hang())
+    seq = session.send("answer me despite the crash")
+    session.wait(lambda: True if fake.messages_requests(with_tools=True) else None)
+
+    for pid in agent.children():
+        os.kill(pid, signal.SIGKILL)
+    reply = session.reply_to(seq)
+
+    assert reply.content["text"].startswith("echo: ") and "answer me despite the crash" in reply.content["text"]
+    assert session.acks() == {seq: "completed"}
 
 
 def test_final_text_is_sent_when_the_agent_does_not_use_send_message(
@@ -395,4 +414,4 @@ def test_a_message_sent_during_a_turn_is_fed_into_it(
     # The model was shown the second question before its turn on the first one was over.
     later = fake.messages_requests(with_tools=True)[seen:]
     assert any("second question" in conversation(r.body) for r in later)
-    assert f"fed #[{second}] into the running turn" in agent.log.read_text()
+    assert f"claude code took #[{second}] into the conversation" in agent.log.read_text()
