@@ -11,7 +11,8 @@ from clawden.vaultfiles import BUNDLE_FILE, CA_FILE, SOCKET_NAME
 SESSION_MOUNT = "/workspace/session"
 GROUP_MOUNT = "/workspace/agent"
 GLOBAL_MOUNT = "/workspace/global"
-HOME_MOUNT = "/home/agent"
+HOME_MOUNT = "/home/agent"  # the session's own Claude Code home (its conversations), never shared
+PROJECT_SETTINGS = ".claude"  # in the group folder, mounted read-only over the writable folder
 GATEWAY_MOUNT = "/run/clawden/gateway"
 TRUST_MOUNT = "/run/clawden/trust"  # the vault's CA and a bundle of it with the system roots, read-only
 RELAY_PORT = 3128

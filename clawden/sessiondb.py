@@ -23,6 +23,7 @@ OUTBOUND = "outbound.db"
 AGENT_BELL = "agent.bell"
 HOST_BELL = "host.bell"
 BUSY_TIMEOUT_MS = 5000
+CONVERSATION_KEY = "claude_session_id"  # session_state: the Claude Code conversation to resume
 
 _INBOUND_SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages_in (

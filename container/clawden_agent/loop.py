@@ -45,7 +45,7 @@ from .ledger import Ledger, Settled
 
 log = logging.getLogger("clawden_agent")
 
-SESSION_ID_KEY = "claude_session_id"
+SESSION_ID_KEY = sessiondb.CONVERSATION_KEY
 DELIVERY_SEEN_KEY = "delivery_failures_seen"  # the newest failed send already shown to the agent
 PRECHECK_ERROR_KEY = "precheck_error:"  # + task id: the error the chat was last told about
 COST_TOTAL_KEY = "cost_total_usd"  # the conversation's running total at its last result
@@ -67,6 +67,8 @@ QUIET_ENV = {
     "DISABLE_AUTOUPDATER": "1",
     "DISABLE_BUG_COMMAND": "1",
     "DISABLE_NON_ESSENTIAL_MODEL_CALLS": "1",
+    # The CLAUDE.md of add_dirs (the global memory folder) loads like the group's own.
+    "CLAUDE_CODE_ADDITIONAL_DIRECTORIES_CLAUDE_MD": "1",
     # Tells Claude Code it runs sandboxed, which it requires before bypassPermissions when started
     # as root (the tests run the agent runner as a host process); the container's user is not root.
     "IS_SANDBOX": "1",
@@ -356,11 +358,11 @@ async def _once(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield message
 
 
-def result_error(message: ResultMessage) -> str:
+def result_error(message: ResultMessage, max_turns: int) -> str:
     """Why a result failed, in words for the chat: the CLI's own error text, never the agent's
     private scratch text."""
     if message.terminal_reason == "max_turns" or message.subtype == "error_max_turns":
-        return f"it took more than {message.num_turns - 1} steps, the limit for one message"
+        return f"it took more than {max_turns} steps, the limit for one message"
     for candidate in ("; ".join(message.errors or []), message.result or ""):
         if candidate.strip():
             return short_reason(candidate)
@@ -518,6 +520,8 @@ class Runner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if self._stopping or self.agent.client is not client:
+                return  # closed on purpose (a fresh conversation, a shutdown)
             log.exception("Claude Code failed")
             if isinstance(exc, ProcessError) and exc.exit_code:
                 reason = f"Claude Code exited unexpectedly (exit code {exc.exit_code})"
@@ -565,7 +569,7 @@ class Runner:
         anchor = settled.anchor
         assert anchor is not None
         if message.is_error:
-            reason = result_error(message)
+            reason = result_error(message, self.config.max_turns)
             log.warning("turn failed: %s", reason)
             tools.write_reply(self.state, f"Sorry — the agent failed: {reason}", suffix="failed", reply_to=anchor)
             status = "failed"

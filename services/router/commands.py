@@ -38,5 +38,5 @@ def parse(text: str) -> Command:
     if word in IGNORED:
         return Command(word, "ignored")
     if word in ADMIN_ONLY:
-        return Command(word, "admin", word if word in ("clear", "cost") else "")
+        return Command(word, "admin", "clear" if word == "clear" else "cost" if word == "cost" else "")
     return Command(word, "text")

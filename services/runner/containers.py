@@ -18,7 +18,15 @@ from docker.models.containers import Container
 from docker.types import Mount
 
 from clawden import agentcontainer
-from clawden.agentcontainer import GATEWAY_MOUNT, GLOBAL_MOUNT, GROUP_MOUNT, HOME_MOUNT, SESSION_MOUNT, TRUST_MOUNT
+from clawden.agentcontainer import (
+    GATEWAY_MOUNT,
+    GLOBAL_MOUNT,
+    GROUP_MOUNT,
+    HOME_MOUNT,
+    PROJECT_SETTINGS,
+    SESSION_MOUNT,
+    TRUST_MOUNT,
+)
 from clawden.bus import events as ev
 from clawden.config import Config, GroupConfig
 from services.runner.mounts import ExtraMount
@@ -119,6 +127,10 @@ class ContainerSpec:
         mounts = [
             Mount(SESSION_MOUNT, str(self.session_dir), type="bind"),
             Mount(GROUP_MOUNT, str(self.group_dir), type="bind"),
+            # Claude Code's project settings (hooks, skills, agents) are the owner's to write, never the
+            # agent's: a planted hook would run in every later session of the group.
+            Mount(f"{GROUP_MOUNT}/{PROJECT_SETTINGS}", str(self.group_dir / PROJECT_SETTINGS), type="bind",
+                  read_only=True),
             Mount(HOME_MOUNT, str(self.claude_home), type="bind"),
             Mount(GATEWAY_MOUNT, str(self.gateway_dir), type="bind", read_only=True),
         ]

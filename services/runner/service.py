@@ -24,7 +24,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from clawden import logs, sessiondb
-from clawden.agentcontainer import container_user
+from clawden.agentcontainer import PROJECT_SETTINGS, container_user
 from clawden.bus import ConsumeStats, Retry, bind, consume, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import runner_decisions, runner_receipts, runner_wake
@@ -46,6 +46,7 @@ from services.runner.sessions import (
     SessionIndex,
     SessionInfo,
     UnsafeSessionFolder,
+    adopt_conversation,
     chown_tree,
     listen_bell,
     prepare_folder,
@@ -54,7 +55,7 @@ from services.runner.sessions import (
 
 log = logging.getLogger("clawden.runner")
 HEARTBEAT = ".heartbeat"
-CURRENT_TOOL = "current_tool"  # session_state key the agent sets while a tool runs
+CURRENT_TOOL = "current_tool"  # session_state key the agent sets while it waits on a tool
 MAX_INBOX_BYTES = 50 * 1024 * 1024
 START_ATTEMPTS = 5  # failed container starts in a row before a session's messages fail
 
@@ -108,10 +109,11 @@ class Runner:
     def session_dir(self, info: SessionInfo) -> Path:
         return self.cfg.sessions_dir / info.agent_group / info.id
 
-    def claude_home(self, agent_group: str) -> Path:
-        # The group's Claude Code state (conversations) outlives containers; kept out of the
-        # group folder so the agent's memory stays readable.
-        return self.cfg.path("state", agent_group, "claude")
+    def claude_home(self, info: SessionInfo) -> Path:
+        # The session's Claude Code state (its conversation) outlives containers. One per session:
+        # Claude Code's ~/.claude.json does not survive concurrent writers. Kept out of the group
+        # folder so the agent's memory stays readable.
+        return self.cfg.path("state", info.agent_group, "homes", info.id)
 
     def group_run(self, agent_group: str) -> GroupRun:
         """How this group's containers run now: the router's last settings for it (kept in runner.db,
@@ -217,8 +219,9 @@ class Runner:
             if why:  # the router's check should have caught it; the next source applies instead
                 log.error("agent group %s: not using the router's setting: %s", info.agent_group, why,
                           extra={"session_id": info.id, "agent_group": info.agent_group})
-        claude_home = self.claude_home(info.agent_group)
-        await asyncio.to_thread(self._prepare_group, group_dir, claude_home)
+        claude_home = self.claude_home(info)
+        await asyncio.to_thread(self._prepare_group, group_dir, claude_home,
+                                self.cfg.path("state", info.agent_group, "claude"), folder)
         live = self.live.setdefault(info.id, Live(info, folder))
         if live.bell is None:
             live.bell = await listen_bell(folder, functools.partial(self.kick, info.id), self.owner_uid)
@@ -255,9 +258,11 @@ class Runner:
                 log.error("agent group %s: mount %s refused: %s", agent_group, m.name, exc)
         return tuple(allowed)
 
-    def _prepare_group(self, group_dir: Path, claude_home: Path) -> None:
-        group_dir.mkdir(parents=True, exist_ok=True)
-        claude_home.mkdir(parents=True, exist_ok=True)
+    def _prepare_group(self, group_dir: Path, claude_home: Path, shared_home: Path, folder: Path) -> None:
+        (group_dir / PROJECT_SETTINGS).mkdir(parents=True, exist_ok=True)
+        if not claude_home.exists():
+            claude_home.mkdir(parents=True)
+            adopt_conversation(shared_home, claude_home, folder)
         if self.owner_uid is not None:
             chown_tree(group_dir, self.owner_uid)
             chown_tree(claude_home, self.owner_uid)

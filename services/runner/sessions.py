@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -161,6 +162,22 @@ def chown_tree(root: Path, uid: int) -> None:
         os.chown(dirpath, uid, uid, follow_symlinks=False)
         for name in dirnames + filenames:
             os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
+
+
+def adopt_conversation(shared_home: Path, home: Path, folder: Path) -> None:
+    """Upgrade from one Claude Code home per agent group: copy this session's stored conversation
+    from the group's old home into the session's own, so it resumes instead of starting over."""
+    projects = shared_home / ".claude" / "projects"
+    if not projects.is_dir() or not (folder / sessiondb.OUTBOUND).exists():
+        return
+    conversation = sessiondb.get_state(folder, sessiondb.CONVERSATION_KEY)
+    if not conversation:
+        return
+    for transcript in projects.glob(f"*/{conversation}.jsonl"):
+        target = home / transcript.relative_to(shared_home)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(transcript, target)
+        log.info("copied conversation %s into the session's own home %s", conversation, home)
 
 
 def ring(folder: Path) -> None:

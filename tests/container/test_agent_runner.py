@@ -7,7 +7,10 @@ doorbell sockets. Only the model is fake.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -415,3 +418,218 @@ def test_a_message_sent_during_a_turn_is_fed_into_it(
     later = fake.messages_requests(with_tools=True)[seen:]
     assert any("second question" in conversation(r.body) for r in later)
     assert f"claude code took #[{second}] into the conversation" in agent.log.read_text()
+
+
+# --- every message gets exactly its own reply, whatever the timing -----------------------------------
+
+MESSAGE_SEQ = re.compile(r'<message seq="(\d+)"')
+
+
+def answered(reply: sessiondb.OutboundMessage) -> set[int]:
+    """The messages a reply echoes (the fake echoes every prompt of the turn it answers)."""
+    return {int(s) for s in MESSAGE_SEQ.findall(reply.content["text"])}
+
+
+def assert_each_message_answered_once(session: Session, seqs: list[int]) -> None:
+    session.wait(lambda: True if all(session.acks().get(s) == "completed" for s in seqs) else None)
+    replies = [m for m in session.outbound() if m.kind == "chat"]
+    covered = [s for r in replies for s in answered(r)]
+    assert sorted(covered) == sorted(seqs), [(r.in_reply_to, r.content["text"][:200]) for r in replies]
+    for reply in replies:  # marked as answering the newest message it answers, never another
+        assert reply.in_reply_to == max(answered(reply)), (reply.in_reply_to, reply.content["text"][:200])
+
+
+@contextlib.contextmanager
+def cpu_starved() -> Iterator[None]:
+    """Busy processes on every core, as a loaded home server has."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * (os.cpu_count() or 2))]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+@pytest.mark.parametrize("follow_ups", [1, 3, 10])
+@pytest.mark.parametrize("starved", [False, True], ids=["idle", "cpu-starved"])
+def test_messages_sent_while_a_turn_runs_each_get_exactly_one_correctly_marked_reply(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], follow_ups: int,
+        starved: bool) -> None:
+    start_agent()
+    session.reply_to(session.send("warm up"))
+    fake.script(Hang(delay=0.2))  # the first question's turn is slow
+    with cpu_starved() if starved else contextlib.nullcontext():
+        seqs = [session.send("question 0")]
+        session.wait(lambda: True if session.acks().get(seqs[0]) == "processing" else None)
+        for i in range(1, follow_ups + 1):
+            seqs.append(session.send(f"question {i}"))
+            if i == follow_ups // 2:
+                fake.release()  # the rest arrive while Claude Code answers the first ones
+        fake.release()
+        assert_each_message_answered_once(session, [2, *seqs])
+
+
+def test_a_turn_claude_code_starts_on_its_own_is_not_taken_for_the_next_messages_answer(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    flag = tmp_path / "background-done"
+    start_agent()
+    fake.script(ToolCall("Bash", {"command": f"sleep 1; touch {flag}; echo background-finished",
+                                  "run_in_background": True, "description": "a background job"}),
+                ToolCall("send_message", {"text": "started it"}), Text("ok"),
+                # When the job ends, Claude Code starts a turn of its own to report it.
+                Text("The background job finished."))
+    first = session.send("start a background job")
+    assert session.reply_to(first).content["text"] == "started it"
+    session.wait(lambda: True if any(m.content["text"] == "The background job finished." and m.in_reply_to is None
+                                     for m in session.outbound()) else None)
+
+    second = session.send("and now?")
+    reply = session.reply_to(second)
+
+    assert "and now?" in reply.content["text"] and reply.in_reply_to == second
+    assert len([m for m in session.outbound() if m.in_reply_to == first]) == 1
+
+
+def test_a_container_killed_between_two_results_answers_the_rest_once_after_restart(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    agent = start_agent()
+    first = session.send("first")
+    session.reply_to(first)
+    fake.script(Hang())
+    second = session.send("second")
+    session.wait(lambda: True if len(fake.messages_requests(with_tools=True)) == 3 else None)
+    for pid in agent.children():  # the whole container goes: runner and Claude Code
+        os.kill(pid, signal.SIGKILL)
+    agent.kill()
+
+    fake.release()
+    start_agent()
+    reply = session.reply_to(second)
+
+    assert "second" in reply.content["text"]
+    assert [m.in_reply_to for m in session.outbound()] == [first, second]
+    assert session.acks() == {first: "completed", second: "completed"}
+
+
+def test_a_runaway_agent_is_stopped_at_the_turn_limit_and_the_chat_is_told(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    start_agent(CLAWDEN_MAX_TURNS="3")
+    fake.script(*[ToolCall("Bash", {"command": f"echo step {i}", "description": "again"}) for i in range(10)])
+
+    seq = session.send("loop forever")
+    notice = session.reply_to(seq)
+    fake.forget_script()
+
+    assert notice.content["text"] == ("Sorry — the agent failed: it took more than 3 steps, the limit for one "
+                                      "message")
+    assert session.acks()[seq] == "failed"
+    assert len(fake.messages_requests(with_tools=True)) <= 4
+    assert "echo: " in session.reply_to(session.send("still there?")).content["text"]
+
+
+def test_global_memory_reaches_the_model(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    shared = tmp_path / "global"
+    shared.mkdir()
+    (shared / "CLAUDE.md").write_text("The household's wifi is called PINEAPPLE-7.\n")
+    start_agent(CLAWDEN_GLOBAL_DIR=str(shared))
+
+    session.reply_to(session.send("what is the wifi called?"))
+
+    request = json.dumps(fake.messages_requests(with_tools=True)[0].body)
+    assert "PINEAPPLE-7" in request and "You are Clawden's test agent." in request
+
+
+def test_cost_reports_each_message_from_the_models_usage(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    start_agent()
+    first = session.send("one")
+    session.reply_to(first)
+    second = session.send("two")
+    session.reply_to(second)
+
+    costs = {seq: sessiondb.cost(session.dir, [seq]) for seq in (first, second)}
+    requests = fake.messages_requests(with_tools=True)
+    usage = [r for r in requests if r.body.get("stream") or True]
+    assert all(c.usd > 0 for c in costs.values())
+    assert costs[first].input_tokens + costs[second].input_tokens == sum(
+        max(1, len(json.dumps(r.body)) // 4) for r in usage)  # the fake's input_tokens, turn by turn
+
+    session._n += 1
+    seq, _ = sessiondb.insert_inbound(session.dir, sessiondb.InboundMessage(
+        id="m-cost", kind="chat", content={"text": "/cost", "command": "cost"}, routing=ROUTING, sender_id="u1"),
+        outbound_max_seq=sessiondb.outbound_max_seq(session.dir))
+    doorbell_ring(session)
+    text = session.reply_to(seq).content["text"]
+    total = costs[first].usd + costs[second].usd
+    assert text.startswith(f"This chat has cost ${total:.4f} over 2 messages")
+    assert f"The last one, #{second}, cost ${costs[second].usd:.4f}" in text
+    assert len(fake.messages_requests(with_tools=True)) == len(requests)  # no model call for /cost
+
+
+def doorbell_ring(session: Session) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as bell, contextlib.suppress(OSError):
+        bell.sendto(b"", str(session.dir / sessiondb.AGENT_BELL))
+
+
+def test_a_conversation_that_is_gone_starts_fresh_with_one_notice(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    agent = start_agent()
+    session.reply_to(session.send("remember 7341"))
+    assert agent.terminate() == 0
+    shutil.rmtree(session.home / ".claude" / "projects")  # the stored conversation is lost
+
+    start_agent()
+    seq = session.send("which number?")
+    reply = session.reply_to(seq)
+
+    notices = [m for m in session.outbound() if m.in_reply_to is None]
+    assert [n.content["text"] for n in notices] == [
+        "I could not reopen our earlier conversation, so I started a fresh one. My memory file is still here; "
+        "anything said only in the chat before now I no longer remember."]
+    assert "which number?" in reply.content["text"]
+    assert "remember 7341" not in conversation(fake.messages_requests(with_tools=True)[-1].body)
+
+
+def test_a_conversation_too_long_for_the_model_is_compacted_by_claude_code_without_a_notice(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    start_agent()
+    session.reply_to(session.send("a long history"))
+    fake.overflow_when("a long history")  # the history no longer fits, nor does a summary of it
+
+    seq = session.send("one more")
+    reply = session.reply_to(seq)
+
+    assert "one more" in reply.content["text"] and session.acks()[seq] == "completed"
+    assert [m for m in session.outbound() if m.in_reply_to is None] == []
+
+
+def test_a_conversation_claude_code_cannot_shrink_starts_fresh_and_answers_there_with_one_notice(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    start_agent()
+    session.reply_to(session.send("a long history"))
+    stuck = sessiondb.get_state(session.dir, sessiondb.CONVERSATION_KEY)
+    assert stuck
+    fake.overflow_when(stuck)  # every request of that conversation (it names itself) is refused
+
+    seq = session.send("one more")
+    reply = session.reply_to(seq)
+
+    assert "one more" in reply.content["text"] and session.acks()[seq] == "completed"
+    notices = [m.content["text"] for m in session.outbound() if m.in_reply_to is None]
+    assert notices == ["Our conversation grew too long for the model, so I started a fresh one and answered "
+                       "your message in it. My memory file is still here."]
+    assert sessiondb.get_state(session.dir, sessiondb.CONVERSATION_KEY) != stuck
+    assert "a long history" not in conversation(fake.messages_requests(with_tools=True)[-1].body)
+
+
+def test_an_at_path_in_a_message_is_text_not_a_file_to_read(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    secret = tmp_path / "private.txt"
+    secret.write_text("TOP-SECRET-CONTENTS")
+    start_agent()
+
+    session.reply_to(session.send(f"look at @{secret}"))
+
+    assert "TOP-SECRET-CONTENTS" not in json.dumps([r.body for r in fake.messages_requests()])

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 import ssl
 import threading
 import time
@@ -30,6 +31,8 @@ from tests.fakes.threaded import ThreadedServer, serve_from_command_line
 DEFAULT_MODEL = "claude-fake-1"
 AFTER_TOOL_TEXT = "Done."
 AUX_TEXT = "Fake reply"
+COMPACTION_ASK = "REMINDER: Do NOT call any tools. Respond with plain text only"
+COMPACTION_SUMMARY = "<analysis>The fake read the conversation.</analysis>\n<summary>The conversation so far.</summary>"
 _ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
     404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
@@ -109,23 +112,50 @@ def is_tool_result_turn(msg: dict[str, Any] | None) -> bool:
     return msg is not None and any(b.get("type") == "tool_result" for b in _blocks(msg))
 
 
+MID_TURN = re.compile(r"The user sent a new message while you were working:\n(.*?)\n\nThis is how Claude Code",
+                      re.DOTALL)
+
+
+def _said(msg: dict[str, Any] | None) -> list[str]:
+    texts = [str(b.get("text", "")) for b in _blocks(msg or {}) if b.get("type") == "text"]
+    if (msg or {}).get("role") == "system":  # how Claude Code hands over a prompt sent mid-turn
+        return [m.group(1).strip() for t in texts for m in MID_TURN.finditer(t)]
+    return [t.strip() for t in texts if t.strip() and not t.lstrip().startswith("<system-reminder>")]
+
+
+def since_last_answer(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages after the model's last turn: the tool results and whatever the user said since."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+    return messages[last + 1:]
+
+
 def last_user_text(body: dict[str, Any]) -> str:
-    """The last text the user typed, skipping the <system-reminder> blocks Claude Code adds."""
+    """What the user said since the model's last turn, skipping the <system-reminder> blocks Claude Code
+    adds. Several prompts Claude Code merged (or handed over mid-turn) come as one line each."""
+    said = [t for m in since_last_answer(body) for t in _said(m)]
+    if said:
+        return "\n".join(said)
     msg = last_user_turn(body)
-    if msg is None:
-        return ""
-    texts = [str(b.get("text", "")) for b in _blocks(msg) if b.get("type") == "text"]
-    real = [t for t in texts if not t.lstrip().startswith("<system-reminder>")]
-    return (real or texts or [""])[-1].strip()
+    texts = [str(b.get("text", "")) for b in _blocks(msg or {}) if b.get("type") == "text"]
+    return (texts or [""])[-1].strip()
+
+
+def is_compaction(body: dict[str, Any]) -> bool:
+    """Claude Code asking for a summary of the conversation (to compact it): tools are offered, but
+    the request says not to call any, and a real model answers with the summary as plain text."""
+    return COMPACTION_ASK in str((last_user_turn(body) or {}).get("content"))
 
 
 def default_reply(body: dict[str, Any]) -> Reply:
     """Echo through send_message when offered, finish after its result, plain text otherwise."""
+    if is_compaction(body):
+        return Text(COMPACTION_SUMMARY)
     sender = next((n for n in tool_names(body) if n.endswith("send_message")), None)
     if sender is None:
         return Text(AUX_TEXT)
-    if is_tool_result_turn(last_user_turn(body)):
-        return Text(AFTER_TOOL_TEXT)
+    if is_tool_result_turn(last_user_turn(body)) and not any(_said(m) for m in since_last_answer(body)):
+        return Text(AFTER_TOOL_TEXT)  # prompts that came in beside a tool result are answered too
     return ToolCall(sender, {"text": f"echo: {last_user_text(body)}"})
 
 
@@ -202,8 +232,9 @@ def error_json(status: int, message: str, type_: str | None = None) -> dict[str,
 class FakeAnthropic(ThreadedServer):
     """The fake API server. Script replies with `script()`; inspect `requests` afterwards.
 
-    Scripted replies answer only agent turns (requests that offer tools) unless `script(...,
-    any_request=True)`, so Claude Code's auxiliary calls (titles and the like) cannot eat them.
+    Scripted replies answer only agent turns (requests that offer tools and are not a compaction)
+    unless `script(..., any_request=True)`, so Claude Code's auxiliary calls (titles, summaries and
+    the like) cannot eat them.
     `script`, `release` and `requests` are safe to use from another thread.
     """
 
@@ -219,6 +250,7 @@ class FakeAnthropic(ThreadedServer):
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._extra_servers: list[asyncio.Server] = []
+        self._overflow_marker: str | None = None
         self.connections = 0  # accepted connections, to check keep-alive
         self.url = ""
 
@@ -268,6 +300,16 @@ class FakeAnthropic(ThreadedServer):
         with self._lock:
             self._script.extend((r, any_request) for r in replies)
 
+    def overflow_when(self, marker: str | None) -> None:
+        """Refuse every request whose body holds `marker` as the real API refuses a conversation over
+        the model's window (400 "prompt is too long"), summaries of it included; None: stop."""
+        self._overflow_marker = marker
+
+    def forget_script(self) -> None:
+        """Drop the scripted replies not used yet."""
+        with self._lock:
+            self._script.clear()
+
     def release(self) -> None:
         """Let every request held by a Hang answer (later Hangs hold again)."""
         if self._loop is not None:
@@ -291,7 +333,7 @@ class FakeAnthropic(ThreadedServer):
         with self._lock:
             if self._script:
                 reply, any_request = self._script[0]
-                if any_request or body.get("tools"):
+                if any_request or (body.get("tools") and not is_compaction(body)):
                     self._script.popleft()
                     return reply
         return default_reply(body)
@@ -357,7 +399,13 @@ class FakeAnthropic(ThreadedServer):
         elif method == "POST" and path == "/v1/messages/count_tokens" and isinstance(parsed, dict):
             await self._send_json(conn, writer, 200, {"input_tokens": _estimate_tokens(parsed)})
         elif method == "POST" and path == "/v1/messages" and isinstance(parsed, dict):
-            await self._answer(conn, writer, parsed, self._next_reply(parsed))
+            marker = self._overflow_marker
+            if marker is not None and marker in raw.decode(errors="replace"):
+                reply: Reply = Error(400, f"prompt is too long: {_estimate_tokens(parsed) + 1_000_000} tokens > "
+                                          "1000000 maximum")
+            else:
+                reply = self._next_reply(parsed)
+            await self._answer(conn, writer, parsed, reply)
         elif method == "POST" and path.startswith("/v1/messages"):
             await self._send_json(conn, writer, 400, error_json(400, "body must be a JSON object"))
         else:

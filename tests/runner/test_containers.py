@@ -32,6 +32,7 @@ def test_mounts_are_only_what_the_session_needs(tmp_path: Path) -> None:
     assert mounts == {
         "/workspace/session": (str(tmp_path / "s"), False),
         "/workspace/agent": (str(tmp_path / "g"), False),
+        "/workspace/agent/.claude": (str(tmp_path / "g" / ".claude"), True),
         "/home/agent": (str(tmp_path / "c"), False),
         "/run/clawden/gateway": (str(tmp_path / "gw"), True),
         "/workspace/global": (str(tmp_path / "global"), True),
