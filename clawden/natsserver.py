@@ -60,9 +60,13 @@ def start(port: int, store_dir: Path, *, log_file: Path | None = None,
           config_file: Path | None = None) -> subprocess.Popen[bytes]:
     """Start a JetStream-enabled, loopback-only server and wait until it accepts connections."""
     store_dir.mkdir(parents=True, exist_ok=True)
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
-    proc = subprocess.Popen(command(port, store_dir, config_file=config_file), stdout=out,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its copy
+    try:
+        proc = subprocess.Popen(command(port, store_dir, config_file=config_file), stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    finally:
+        if not isinstance(out, int):
+            out.close()
     try:
         wait_listening(port, proc)
     except NatsServerError:

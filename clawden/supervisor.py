@@ -87,7 +87,22 @@ class Supervisor:
         child.started_at = time.monotonic()
         self.say(f"{child.name:<9} pid {child.proc.pid:<22} log: {child.log_path}")
 
+    def keep_nats(self) -> None:
+        """A dead embedded NATS server is started again (JetStream keeps its data on disk, so nothing
+        is lost); the services reconnect to it on their own."""
+        if self.nats is None or self.stopping or (code := self.nats.poll()) is None:
+            return
+        self.say(f"nats exited with {code}; restarting it")
+        self.nats = None
+        try:
+            self.nats = natsserver.start(self.cfg.nats.port, self.cfg.data_dir / "nats",
+                                         log_file=self.logs / "nats.log", config_file=natsauth.conf_path(self.cfg))
+        except natsserver.NatsServerError as exc:
+            self.say(f"nats did not start again: {exc}")
+            raise SystemExit(1) from exc
+
     def poll(self) -> None:
+        self.keep_nats()
         now = time.monotonic()
         for child in self.children:
             self._read_notify(child)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import signal
+import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from clawden import config, setup
+from clawden import config, natsauth, setup
 from clawden.supervisor import Supervisor
 from tests.conftest import NatsServer
 
@@ -33,3 +36,44 @@ def test_a_service_that_cannot_run_as_configured_is_not_restarted(
         assert "no telegram token" in sup.children[0].log_path.read_text()
     finally:
         sup.stop()
+
+
+def test_a_killed_embedded_nats_server_is_started_again_with_its_streams(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a free port for this test's embedded server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "config.toml").write_text(f"[nats]\nport = {port}\n")
+    cfg = setup.init(tmp_path)
+    out = io.StringIO()
+    sup = Supervisor(cfg, (), out=out)
+    try:
+        sup.start_nats()
+        assert sup.nats is not None
+        asyncio.run(_put_stream(cfg))
+        sup.nats.send_signal(signal.SIGKILL)
+        sup.nats.wait()
+
+        sup.poll()
+
+        assert "nats exited with -9; restarting it" in out.getvalue()
+        assert sup.nats is not None and sup.nats.poll() is None
+        assert asyncio.run(_stream_messages(cfg)) == 1  # JetStream's data survived on disk
+    finally:
+        sup.stop()
+
+
+async def _put_stream(cfg: config.Config) -> None:
+    nc = await natsauth.connect_as(cfg, natsauth.CLI)
+    js = nc.jetstream()
+    await js.add_stream(name="SURVIVOR", subjects=["clawden.test.survivor"])
+    await js.publish("clawden.test.survivor", b"kept")
+    await nc.close()
+
+
+async def _stream_messages(cfg: config.Config) -> int:
+    nc = await natsauth.connect_as(cfg, natsauth.CLI)
+    try:
+        info = await nc.jetstream().stream_info("SURVIVOR")
+        return int(info.state.messages)
+    finally:
+        await nc.close()

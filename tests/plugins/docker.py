@@ -13,6 +13,8 @@ import docker
 import pytest
 from docker.errors import DockerException, ImageNotFound
 
+from clawden.image import image_is_current
+
 AGENT_IMAGE = "clawden-agent:latest"
 
 
@@ -39,4 +41,6 @@ def agent_image(docker_client: docker.DockerClient) -> str:
         docker_client.images.get(AGENT_IMAGE)
     except ImageNotFound:
         _unavailable(f"image {AGENT_IMAGE} is missing; run `clawden image build`")
+    if not image_is_current(AGENT_IMAGE):  # tests of the agent's code must run the code under test
+        _unavailable(f"image {AGENT_IMAGE} was built from older sources; run `clawden image build`")
     return AGENT_IMAGE
