@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TIMEOUT = 30.0
+PIPE_GRACE = 2.0  # seconds to read what is left in the pipes after the script's group was killed
 MAX_OUTPUT = 1024 * 1024  # bytes of stdout read; a script printing more is cut off and fails
 MAX_DATA = 16 * 1024  # characters of `data` shown to the agent
 MAX_SCRIPT = 16 * 1024
@@ -53,7 +54,7 @@ async def run(script: str, cwd: Path, env: Mapping[str, str], timeout: float = T
         errors.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await errors
-        await proc.communicate()  # the rest of the pipes read, or asyncio never sees the exit
+        await _reap(proc)
     if code != 0:
         last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no error output"]
         return Verdict(False, error=f"it exited with {code}: {last[0][:300]}")
@@ -89,6 +90,18 @@ async def _tail(stream: asyncio.StreamReader, keep: int = 4096) -> bytes:
     while chunk := await stream.read(65536):
         kept = (kept + chunk)[-keep:]
     return kept
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Read the rest of the pipes (asyncio sees the exit only then), but not forever: a process the
+    script moved out of its group can hold them open after the group is killed."""
+    try:
+        async with asyncio.timeout(PIPE_GRACE):
+            await proc.communicate()
+    except TimeoutError:
+        transport = getattr(proc, "_transport", None)  # asyncio offers no public way to drop the pipes
+        if transport is not None:
+            transport.close()
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:

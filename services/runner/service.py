@@ -55,6 +55,9 @@ from services.runner.sessions import (
 
 log = logging.getLogger("clawden.runner")
 HEARTBEAT = ".heartbeat"
+# Seconds between SIGTERM and SIGKILL for a container: the agent interrupts Claude Code (2 s) and the
+# SDK's own close waits for it to exit (up to 5 s more), with room to spare on a busy machine.
+STOP_GRACE = 15
 CURRENT_TOOL = "current_tool"  # session_state key the agent sets while it waits on a tool
 MAX_INBOX_BYTES = 50 * 1024 * 1024
 START_ATTEMPTS = 5  # failed container starts in a row before a session's messages fail
@@ -501,7 +504,7 @@ class Runner:
             return
         live.stopping, live.hung = True, hung
         log.info("stopping container of %s (%s)", session_id, reason, extra={"session_id": session_id})
-        await self.docker.stop_and_remove(live.container_id, timeout=1 if hung else 5)
+        await self.docker.stop_and_remove(live.container_id, timeout=1 if hung else STOP_GRACE)
 
     async def _check(self, live: Live) -> None:
         """Idle stop, or hang detection from the agent's heartbeat, for one running container."""
