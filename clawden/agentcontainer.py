@@ -19,7 +19,8 @@ RELAY_PORT = 3128
 AGENT_UID = 1000
 
 
-def environment(*, model: str = "", timezone: str = "", trust: bool = False) -> dict[str, str]:
+def environment(*, model: str = "", timezone: str = "", trust: bool = False, max_turns: int = 0,
+                turn_budget: float = 0.0) -> dict[str, str]:
     """What the agent runner reads; `trust` when the vault's trust folder is mounted at TRUST_MOUNT."""
     # Only placeholders and paths: the real key lives in the vault and never enters here.
     env = {
@@ -33,6 +34,10 @@ def environment(*, model: str = "", timezone: str = "", trust: bool = False) -> 
     }
     if model:
         env["CLAWDEN_MODEL"] = model
+    if max_turns:
+        env["CLAWDEN_MAX_TURNS"] = str(max_turns)
+    if turn_budget:
+        env["CLAWDEN_TURN_BUDGET"] = f"{turn_budget:g}"
     if trust:
         # Variables that replace a client's roots get the bundle (system roots + the gateway CA);
         # NODE_EXTRA_CA_CERTS adds to Node's own roots, so it gets the CA alone.

@@ -30,6 +30,10 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Seconds without a heartbeat while the agent owes an answer before it counts as hung
     # (a declared long tool call extends it).
     hang_timeout: float = 600.0
+    # Model calls the agent may make for one message, and seconds it may work on it (waits for a
+    # person's answer not counted), before it is stopped and the chat told.
+    max_turns: int = 100
+    turn_budget: float = 1800.0
     # Tries a message gets across container crashes and hangs before it fails for good.
     max_tries: int = 3
     # Seconds a chat may wait for a free container slot before it is told so.

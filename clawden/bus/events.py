@@ -198,6 +198,8 @@ MEMORY_RANGE = (64 * 2**20, 2**40)  # bytes: below 64 MiB nothing starts; 1 TiB 
 CPUS_RANGE = (0.01, 256.0)
 PIDS_RANGE = (32, 65_536)
 IDLE_TIMEOUT_RANGE = (5.0, 30 * 86_400.0)  # seconds
+MAX_TURNS_RANGE = (1, 10_000)  # model calls for one message
+TURN_BUDGET_RANGE = (10.0, 86_400.0)  # seconds one message may take, waits on people not counted
 RESERVED_FOLDERS = frozenset({"global"})  # groups/global is every group's read-only shared memory
 _MEMORY = re.compile(r"^(\d{1,13})(\.\d{1,6})?([kmg]b?|b)?$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
@@ -231,6 +233,8 @@ class GroupSettings(_Part, frozen=True):
     cpus: float = 0.0
     pids: int = 0
     idle_timeout: float = 0.0  # seconds an idle container lives
+    max_turns: int = 0  # model calls the agent may make for one message
+    turn_budget: float = 0.0  # seconds the agent may work on one message
     # When the router last changed them: of two snapshots that arrive out of order, the later one wins.
     changed_at: float = 0.0
 
@@ -256,6 +260,13 @@ class GroupSettings(_Part, frozen=True):
                                       and IDLE_TIMEOUT_RANGE[0] <= self.idle_timeout <= IDLE_TIMEOUT_RANGE[1]):
             out["idle_timeout"] = (f"idle timeout {self.idle_timeout}: give seconds from {IDLE_TIMEOUT_RANGE[0]:g}"
                                    f" to {IDLE_TIMEOUT_RANGE[1]:.0f} (30 days)")
+        if self.max_turns and not MAX_TURNS_RANGE[0] <= self.max_turns <= MAX_TURNS_RANGE[1]:
+            out["max_turns"] = (f"max turns {self.max_turns}: give a number from {MAX_TURNS_RANGE[0]} to "
+                                f"{MAX_TURNS_RANGE[1]}")
+        if self.turn_budget and not (math.isfinite(self.turn_budget)
+                                     and TURN_BUDGET_RANGE[0] <= self.turn_budget <= TURN_BUDGET_RANGE[1]):
+            out["turn_budget"] = (f"turn budget {self.turn_budget}: give seconds from {TURN_BUDGET_RANGE[0]:g} to "
+                                  f"{TURN_BUDGET_RANGE[1]:.0f} (a day)")
         return out
 
 

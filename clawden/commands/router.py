@@ -78,11 +78,16 @@ def _group_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pids", type=int, help="container pids limit (default: config.toml's)")
     p.add_argument("--idle-timeout", dest="idle_timeout", type=float,
                    help="seconds an idle container lives (default: config.toml's)")
+    p.add_argument("--max-turns", dest="max_turns", type=int,
+                   help="model calls the agent may make for one message (default: config.toml's)")
+    p.add_argument("--turn-budget", dest="turn_budget", type=float,
+                   help="seconds the agent may work on one message, not counting waits for an answer "
+                        "(default: config.toml's)")
 
 
 def _group_payload(args: argparse.Namespace) -> Payload:
     payload = _only(args, "folder", "assistant_name", "provider", "model")
-    container = _only(args, "image", "memory", "cpus", "pids", "idle_timeout")
+    container = _only(args, "image", "memory", "cpus", "pids", "idle_timeout", "max_turns", "turn_budget")
     if container:
         payload["container"] = container
     return payload

@@ -13,7 +13,7 @@ import signal
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +56,7 @@ SAFETY_POLL_SECONDS = 2.0
 BATCH_LIMIT = 10
 SIGHTING_WAIT_SECONDS = 30.0
 DEFAULT_MAX_TURNS = 100  # model calls for one prompt before Claude Code stops it
+DEFAULT_TURN_BUDGET = 1800.0  # seconds of work on one turn (waits on a person not counted)
 PLACEHOLDER_API_KEY = "clawden-managed"
 
 # Keep Claude Code from calling anything but the model: the container has no network, so a
@@ -105,6 +106,7 @@ class Config:
     model: str | None
     global_dir: Path = Path("/workspace/global")
     max_turns: int = DEFAULT_MAX_TURNS
+    turn_budget: float = DEFAULT_TURN_BUDGET
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -116,6 +118,7 @@ class Config:
             model=env.get("CLAWDEN_MODEL") or None,
             global_dir=Path(env.get("CLAWDEN_GLOBAL_DIR", "/workspace/global")),
             max_turns=int(env.get("CLAWDEN_MAX_TURNS") or DEFAULT_MAX_TURNS),
+            turn_budget=float(env.get("CLAWDEN_TURN_BUDGET") or DEFAULT_TURN_BUDGET),
         )
 
 
@@ -171,6 +174,13 @@ def format_prompt(batch: list[sessiondb.InboundMessage]) -> str:
             sender = msg.sender_name or msg.sender_id or "unknown"
             lines.append(f'<message seq="{msg.seq}" from="{_attr(sender)}" time="{when}">{body}</message>')
     return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    for unit, size in (("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} seconds"
 
 
 def short_reason(text: str, limit: int = 200) -> str:
@@ -354,6 +364,46 @@ class Sightings:
         self._seen.pop(tool_use_id, None)
 
 
+class TurnBudget:
+    """How long Claude Code may work on one turn; time spent waiting on a person (a question, an
+    approval) does not count. A policy, like the turn limit: no result is matched by it."""
+
+    def __init__(self, seconds: float, state: tools.TurnState, spent: Callable[[], None]) -> None:
+        self.seconds = seconds
+        self._state = state
+        self._spent = spent
+        self._timer: asyncio.TimerHandle | None = None
+        self._started = 0.0
+        self._waited_before = 0.0
+        self.over = False
+
+    def start(self) -> None:
+        """A turn took in a prompt; the first one of a turn starts its clock."""
+        if self._timer is None:
+            self._started = time.monotonic()
+            self._waited_before = self._state.waiting(self._started)
+            self._arm(self.seconds)
+
+    def _arm(self, delay: float) -> None:
+        self._timer = asyncio.get_running_loop().call_later(delay, self._check)
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        worked = now - self._started - (self._state.waiting(now) - self._waited_before)
+        if worked < self.seconds:
+            self._arm(max(1.0, self.seconds - worked))
+            return
+        self._timer, self.over = None, True
+        self._spent()
+
+    def stop(self) -> bool:
+        """The turn ended; True when it was stopped for its budget."""
+        if self._timer is not None:
+            self._timer.cancel()
+        over, self._timer, self.over = self.over, None, False
+        return over
+
+
 async def _once(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield message
 
@@ -400,6 +450,8 @@ class Runner:
         self._writes_at_result = 0
         self._fresh_for: set[int] = set()  # rows already re-run once in a fresh conversation
         self._resent: set[int] = set()  # rows sent again once after Claude Code died under them
+        self._budget = TurnBudget(config.turn_budget, self.state, self._over_budget)
+        self._interrupting: asyncio.Task[None] | None = None
 
     def ring_host(self) -> None:
         doorbell.ring(self.host_bell)
@@ -539,12 +591,14 @@ class Runner:
             prompt = self.ledger.taken(message.uuid)
             if prompt is not None:  # from here on, the agent's replies answer this prompt's rows
                 self.state.begin(reply_to=prompt.anchor)
+                self._budget.start()
                 log.info("claude code took #%s into the conversation", prompt.seqs)
         elif isinstance(message, ResultMessage):
             await self.agent.remember(message.session_id)
             await self._on_result(message)
 
     async def _on_result(self, message: ResultMessage) -> None:
+        over_budget = self._budget.stop()
         wrote = self.state.writes > self._writes_at_result
         self._writes_at_result = self.state.writes
         settled = self.ledger.result(named_uuids(message), error=message.is_error)
@@ -558,18 +612,19 @@ class Runner:
         if too_long(message) and not self._fresh_for.intersection(settled.seqs):
             await self._start_fresh(settled)
             return
-        status = await asyncio.to_thread(self._settle, settled, message, wrote)
+        status = await asyncio.to_thread(self._settle, settled, message, wrote, over_budget)
         self.ring_host()
         self.bell.wake()  # a command waiting for the agent to be idle may go now
         log.info("settled #%s %s api_turns=%d sends=%s cost_usd=%.6f duration_ms=%d", settled.seqs, status,
                  message.num_turns, wrote, cost, message.duration_ms)
 
-    def _settle(self, settled: Settled, message: ResultMessage, wrote: bool) -> str:
+    def _settle(self, settled: Settled, message: ResultMessage, wrote: bool, over_budget: bool) -> str:
         """Make sure the chat hears back about the rows a result names, then ack them."""
         anchor = settled.anchor
         assert anchor is not None
         if message.is_error:
-            reason = result_error(message, self.config.max_turns)
+            reason = (f"it worked on this for more than {duration(self.config.turn_budget)}, the limit for one "
+                      "message" if over_budget else result_error(message, self.config.max_turns))
             log.warning("turn failed: %s", reason)
             tools.write_reply(self.state, f"Sorry — the agent failed: {reason}", suffix="failed", reply_to=anchor)
             status = "failed"
@@ -604,8 +659,9 @@ class Runner:
         self.bell.wake()
 
     async def _restart_agent(self) -> None:
+        """Stop Claude Code and forget its conversation; the next prompt starts a fresh one."""
         reader, self._reader = self._reader, None
-        client = self.agent.client
+        self._budget.stop()
         await self.agent.close(interrupt=True)
         await self.agent.forget()
         if reader is not None and reader is not asyncio.current_task():
@@ -613,7 +669,12 @@ class Runner:
         lost = self.ledger.lost()  # whatever else was in flight is sent again to the fresh conversation
         await asyncio.to_thread(sessiondb.unclaim, self.config.session_dir,
                                 [s for group in lost for p in group for s in p.seqs])
-        del client
+
+    def _over_budget(self) -> None:
+        client = self.agent.client
+        if client is not None:
+            log.warning("the turn ran past its budget of %.0f s; interrupting it", self.config.turn_budget)
+            self._interrupting = asyncio.create_task(client.interrupt())
 
     async def _lost(self, reason: str) -> None:
         """Claude Code died. What it answered is done; what it was answering fails (it may be what killed
@@ -622,6 +683,7 @@ class Runner:
             return
         await self.agent.close()
         self._reader = None
+        self._budget.stop()
         answered, failed, unseen = self.ledger.lost()
         failed += [p for p in unseen if self._resent.intersection(p.seqs)]
         unseen = [p for p in unseen if not self._resent.intersection(p.seqs)]

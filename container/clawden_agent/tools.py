@@ -48,6 +48,12 @@ class TurnState:
     rows: int = 0  # rows written for `reply_to`: their ids must be unique and stable across a re-run
     writes: int = 0  # chat rows written in all
     on_write: Callable[[], None] | None = None
+    waited: float = 0.0  # seconds spent waiting on a person or the scheduler, in all
+    waiting_since: float | None = None  # monotonic, while such a wait is on
+
+    def waiting(self, now: float) -> float:
+        """Seconds spent waiting in all, the wait in progress included."""
+        return self.waited + (now - self.waiting_since if self.waiting_since is not None else 0.0)
 
     def begin(self, reply_to: int) -> None:
         """From now on the agent answers `reply_to` (the newest message it has been shown)."""
@@ -177,6 +183,7 @@ class Tools:
 
     async def _await_response(self, request_id: str, timeout: float) -> dict[str, Any] | None:
         await asyncio.to_thread(declare_wait, self.folder, f"waiting for {request_id}", timeout)
+        self.state.waiting_since = time.monotonic()
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -186,6 +193,8 @@ class Tools:
                 await asyncio.sleep(RESPONSE_POLL)
             return None
         finally:
+            self.state.waited = self.state.waiting(time.monotonic())
+            self.state.waiting_since = None
             await asyncio.to_thread(declare_wait, self.folder, None)
 
     # --- chat ---------------------------------------------------------------------------------

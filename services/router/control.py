@@ -47,6 +47,8 @@ class ContainerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     cpus: float | None = None
     pids: int | None = None
     idle_timeout: float | None = None
+    max_turns: int | None = None
+    turn_budget: float | None = None
 
 
 # --- requests --------------------------------------------------------------------------------------

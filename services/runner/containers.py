@@ -51,6 +51,8 @@ class GroupRun:
     cpus: float
     pids: int
     idle_timeout: float
+    max_turns: int
+    turn_budget: float
     refused: tuple[str, ...] = ()  # what the router sent that is not used, and why
 
 
@@ -79,6 +81,8 @@ def group_run(agent_group: str, sent: ev.GroupSettings | None, cfg: Config, *,
         cpus=float(pick("cpus", local.cpus, cfg.runner.cpus)),
         pids=int(pick("pids", local.pids, cfg.runner.pids)),
         idle_timeout=float(pick("idle_timeout", cfg.runner.idle_timeout)),
+        max_turns=int(pick("max_turns", cfg.runner.max_turns)),
+        turn_budget=float(pick("turn_budget", cfg.runner.turn_budget)),
         refused=tuple(problems.values()),
     )
 
@@ -109,6 +113,8 @@ class ContainerSpec:
     user: str
     model: str = ""
     timezone: str = ""
+    max_turns: int = 0  # 0: the agent runner's own default
+    turn_budget: float = 0.0
     extra_mounts: tuple[ExtraMount, ...] = ()  # already checked against the mount allowlist
     trust_dir: Path | None = None  # from the vault: clawden-ca.pem and bundle.pem
 
@@ -120,7 +126,8 @@ class ContainerSpec:
         return {LABEL_INSTALL: self.install_id, LABEL_GROUP: self.agent_group, LABEL_SESSION: self.session_id}
 
     def environment(self) -> dict[str, str]:
-        return agentcontainer.environment(model=self.model, timezone=self.timezone, trust=self.trust_dir is not None)
+        return agentcontainer.environment(model=self.model, timezone=self.timezone, trust=self.trust_dir is not None,
+                                          max_turns=self.max_turns, turn_budget=self.turn_budget)
 
     def run_kwargs(self) -> dict[str, Any]:
         """Everything `containers.run` gets: no network, read-only root, no capabilities, limits."""

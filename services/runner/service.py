@@ -233,6 +233,7 @@ class Runner:
             image=run.image, session_dir=folder, group_dir=group_dir,
             global_dir=self.cfg.groups_dir / "global", claude_home=claude_home, gateway_dir=gateway,
             memory=run.memory, cpus=run.cpus, pids=run.pids, user=self.user, model=run.model,
+            max_turns=run.max_turns, turn_budget=run.turn_budget,
             timezone=_host_timezone(), extra_mounts=await asyncio.to_thread(self._extra_mounts, info.agent_group),
             trust_dir=trust,
         )

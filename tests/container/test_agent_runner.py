@@ -633,3 +633,34 @@ def test_an_at_path_in_a_message_is_text_not_a_file_to_read(
     session.reply_to(session.send(f"look at @{secret}"))
 
     assert "TOP-SECRET-CONTENTS" not in json.dumps([r.body for r in fake.messages_requests()])
+
+
+def test_a_turn_past_its_time_budget_is_stopped_and_the_chat_is_told(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    start_agent(CLAWDEN_TURN_BUDGET="10")
+    fake.script(ToolCall("Bash", {"command": "echo working", "description": "step"}), Hang())
+
+    seq = session.send("take forever")
+    notice = session.reply_to(seq)
+    fake.release()
+
+    assert notice.content["text"] == ("Sorry — the agent failed: it worked on this for more than 10 seconds, the "
+                                      "limit for one message")
+    assert session.acks()[seq] == "failed"
+    assert "echo: " in session.reply_to(session.send("still there?")).content["text"]
+
+
+def test_waiting_for_a_persons_answer_does_not_count_against_the_time_budget(
+        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    start_agent(CLAWDEN_TURN_BUDGET="5")
+    fake.script(ToolCall("ask_user_question", {"question": "Which one?", "options": ["tea", "coffee"], "timeout": 60}),
+                ToolCall("send_message", {"text": "tea it is"}), Text("done"))
+    seq = session.send("ask me something")
+    question = session.wait(lambda: next((m for m in session.outbound() if m.kind == "question"), None))
+
+    time.sleep(8)  # the person takes longer than the whole budget to answer
+    sessiondb.respond(session.dir, question.content["request_id"], {"answer": "tea"})
+    session.wait(lambda: session.acks().get(seq) if session.acks().get(seq) in ("completed", "failed") else None)
+
+    assert session.acks()[seq] == "completed"
+    assert [m.content["text"] for m in session.outbound() if m.kind == "chat"] == ["tea it is"]

@@ -28,15 +28,16 @@ def test_nothing_from_the_router_means_config_toml_then_the_runners_defaults(tmp
     cfg = config(tmp_path, work=GroupConfig(memory="1g", pids=128))
     assert group_run("work", None, cfg) == GroupRun(
         folder="work", model="claude-default", image="clawden-agent:latest", memory="1g", cpus=2.0, pids=128,
-        idle_timeout=1800)
+        idle_timeout=1800, max_turns=100, turn_budget=1800)
 
 
 def test_the_routers_setting_wins_field_by_field_over_config_toml(tmp_path: Path) -> None:
     cfg = config(tmp_path, work=GroupConfig(memory="1g", cpus=1.0, pids=128))
-    sent = ev.GroupSettings(folder="w", model="claude-group", memory="300m", pids=200, idle_timeout=60)
+    sent = ev.GroupSettings(folder="w", model="claude-group", memory="300m", pids=200, idle_timeout=60,
+                            max_turns=7, turn_budget=120)
     assert group_run("work", sent, cfg) == GroupRun(
         folder="w", model="claude-group", image="clawden-agent:latest", memory="300m", cpus=1.0, pids=200,
-        idle_timeout=60)
+        idle_timeout=60, max_turns=7, turn_budget=120)
 
 
 @pytest.mark.parametrize(("sent", "fallback", "why"), [
@@ -54,6 +55,8 @@ def test_the_routers_setting_wins_field_by_field_over_config_toml(tmp_path: Path
     ({"image": "--privileged"}, {"image": "clawden-agent:latest"}, "image '--privileged'"),
     ({"image": "x" * 300}, {"image": "clawden-agent:latest"}, "image 'xxx"),
     ({"model": "m\nEVIL=1"}, {"model": "claude-default"}, "model 'm\\nEVIL=1'"),
+    ({"max_turns": -3}, {"max_turns": 100}, "max turns -3"),
+    ({"turn_budget": 1.0}, {"turn_budget": 1800}, "turn budget 1.0"),
 ])
 def test_a_setting_out_of_bounds_is_refused_and_the_next_source_applies(
         tmp_path: Path, sent: dict[str, Any], fallback: dict[str, Any], why: str) -> None:
