@@ -12,6 +12,7 @@ SESSION_MOUNT = "/workspace/session"
 GROUP_MOUNT = "/workspace/agent"
 GLOBAL_MOUNT = "/workspace/global"
 HOME_MOUNT = "/home/agent"  # the session's own Claude Code home (its conversations), never shared
+CACHE_MOUNT = "/run/clawden/cache"  # the group's, shared by its sessions: what a container may remember
 PROJECT_SETTINGS = ".claude"  # in the group folder, mounted read-only over the writable folder
 GATEWAY_MOUNT = "/run/clawden/gateway"
 TRUST_MOUNT = "/run/clawden/trust"  # the vault's CA and a bundle of it with the system roots, read-only
@@ -30,6 +31,7 @@ def environment(*, model: str = "", timezone: str = "", trust: bool = False, max
         "CLAWDEN_RELAY_PORT": str(RELAY_PORT),
         "ANTHROPIC_API_KEY": "clawden-managed",
         "HOME": HOME_MOUNT,
+        "CLAWDEN_CACHE_DIR": CACHE_MOUNT,
         "TZ": timezone or "UTC",
     }
     if model:

@@ -4,7 +4,8 @@ Two checks through the relay, against a host the gateway answers itself (never f
 Python's default TLS context (SSL_CERT_FILE), and the Claude Code CLI with the very environment
 it runs under (NODE_EXTRA_CA_CERTS and its own certificate-store rules), playing one model turn.
 The Claude Code check costs about half a second of CPU, so a pass is remembered in the group's
-home for the same CA, CLI and trust variables; the Python check runs every time.
+cache folder (`CLAWDEN_CACHE_DIR`, shared by the group's sessions) for the same CA, CLI and trust
+variables; the Python check runs every time.
 
 Stdlib only: it runs inside the agent image.
 """
@@ -33,7 +34,7 @@ TRUST_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT
                    "CLAUDE_CODE_CERT_STORE", "NODE_TLS_REJECT_UNAUTHORIZED", "NODE_OPTIONS")
 PYTHON_TIMEOUT = 15.0
 CLAUDE_TIMEOUT = 60.0
-CACHE_FILE = ".cache/clawden/selftest.json"
+CACHE_FILE = "selftest.json"
 
 
 class SelfTestFailed(RuntimeError):
@@ -135,7 +136,7 @@ def run_checks(env: Mapping[str, str], relay_port: int) -> str:
     if claude is None:
         raise SelfTestFailed("the Claude Code CLI is not in this image")
     fingerprint = trust_fingerprint(env, claude)
-    cache = Path(env.get("HOME") or "/tmp") / CACHE_FILE
+    cache = Path(env.get("CLAWDEN_CACHE_DIR") or Path(env.get("HOME") or "/tmp") / ".cache" / "clawden") / CACHE_FILE
     if _remembered(cache, fingerprint):
         return summary + "; claude code passed before with this CA and CLI"
     started = time.perf_counter()

@@ -19,6 +19,7 @@ from docker.types import Mount
 
 from clawden import agentcontainer
 from clawden.agentcontainer import (
+    CACHE_MOUNT,
     GATEWAY_MOUNT,
     GLOBAL_MOUNT,
     GROUP_MOUNT,
@@ -106,6 +107,7 @@ class ContainerSpec:
     group_dir: Path
     global_dir: Path
     claude_home: Path
+    cache_dir: Path
     gateway_dir: Path
     memory: str
     cpus: float
@@ -139,6 +141,7 @@ class ContainerSpec:
             Mount(f"{GROUP_MOUNT}/{PROJECT_SETTINGS}", str(self.group_dir / PROJECT_SETTINGS), type="bind",
                   read_only=True),
             Mount(HOME_MOUNT, str(self.claude_home), type="bind"),
+            Mount(CACHE_MOUNT, str(self.cache_dir), type="bind"),
             Mount(GATEWAY_MOUNT, str(self.gateway_dir), type="bind", read_only=True),
         ]
         if self.global_dir.is_dir():

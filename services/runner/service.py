@@ -223,7 +223,8 @@ class Runner:
                 log.error("agent group %s: not using the router's setting: %s", info.agent_group, why,
                           extra={"session_id": info.id, "agent_group": info.agent_group})
         claude_home = self.claude_home(info)
-        await asyncio.to_thread(self._prepare_group, group_dir, claude_home,
+        cache_dir = self.cfg.path("state", info.agent_group, "cache")
+        await asyncio.to_thread(self._prepare_group, group_dir, claude_home, cache_dir,
                                 self.cfg.path("state", info.agent_group, "claude"), folder)
         live = self.live.setdefault(info.id, Live(info, folder))
         if live.bell is None:
@@ -231,7 +232,8 @@ class Runner:
         spec = ContainerSpec(
             install_id=self.cfg.install_id, agent_group=info.agent_group, session_id=info.id,
             image=run.image, session_dir=folder, group_dir=group_dir,
-            global_dir=self.cfg.groups_dir / "global", claude_home=claude_home, gateway_dir=gateway,
+            global_dir=self.cfg.groups_dir / "global", claude_home=claude_home, cache_dir=cache_dir,
+            gateway_dir=gateway,
             memory=run.memory, cpus=run.cpus, pids=run.pids, user=self.user, model=run.model,
             max_turns=run.max_turns, turn_budget=run.turn_budget,
             timezone=_host_timezone(), extra_mounts=await asyncio.to_thread(self._extra_mounts, info.agent_group),
@@ -262,14 +264,17 @@ class Runner:
                 log.error("agent group %s: mount %s refused: %s", agent_group, m.name, exc)
         return tuple(allowed)
 
-    def _prepare_group(self, group_dir: Path, claude_home: Path, shared_home: Path, folder: Path) -> None:
+    def _prepare_group(self, group_dir: Path, claude_home: Path, cache_dir: Path, shared_home: Path,
+                       folder: Path) -> None:
         (group_dir / PROJECT_SETTINGS).mkdir(parents=True, exist_ok=True)
+        cache_dir.mkdir(parents=True, exist_ok=True)
         if not claude_home.exists():
             claude_home.mkdir(parents=True)
             adopt_conversation(shared_home, claude_home, folder)
         if self.owner_uid is not None:
             chown_tree(group_dir, self.owner_uid)
             chown_tree(claude_home, self.owner_uid)
+            chown_tree(cache_dir, self.owner_uid)
 
     async def _gateway_dir(self, agent_group: str) -> tuple[Path, Path | None]:
         """Ask the vault for this group's gateway socket folder and its CA folder (mounted read-only);

@@ -134,6 +134,9 @@ class AgentProcess:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
+            for pid in self.children():  # Claude Code too, as when a container goes
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.proc.kill()
             self.proc.wait(timeout=10)
         self._log_file.close()
@@ -499,9 +502,7 @@ def test_a_container_killed_between_two_results_answers_the_rest_once_after_rest
     fake.script(Hang())
     second = session.send("second")
     session.wait(lambda: True if len(fake.messages_requests(with_tools=True)) == 3 else None)
-    for pid in agent.children():  # the whole container goes: runner and Claude Code
-        os.kill(pid, signal.SIGKILL)
-    agent.kill()
+    agent.kill()  # the whole container goes: runner and Claude Code
 
     fake.release()
     start_agent()

@@ -12,7 +12,8 @@ def spec(tmp_path: Path) -> ContainerSpec:
     return ContainerSpec(
         install_id="abc", agent_group="main", session_id="s-1", image="clawden-agent:latest",
         session_dir=tmp_path / "s", group_dir=tmp_path / "g", global_dir=tmp_path / "global",
-        claude_home=tmp_path / "c", gateway_dir=tmp_path / "gw", memory="1g", cpus=1.5, pids=128,
+        claude_home=tmp_path / "c", cache_dir=tmp_path / "cache", gateway_dir=tmp_path / "gw", memory="1g",
+        cpus=1.5, pids=128,
         user="1000:1000")
 
 
@@ -34,6 +35,7 @@ def test_mounts_are_only_what_the_session_needs(tmp_path: Path) -> None:
         "/workspace/agent": (str(tmp_path / "g"), False),
         "/workspace/agent/.claude": (str(tmp_path / "g" / ".claude"), True),
         "/home/agent": (str(tmp_path / "c"), False),
+        "/run/clawden/cache": (str(tmp_path / "cache"), False),
         "/run/clawden/gateway": (str(tmp_path / "gw"), True),
         "/workspace/global": (str(tmp_path / "global"), True),
     }

@@ -1,0 +1,190 @@
+"""Fifty live sessions on one machine: a whole Clawden (`clawden up`, real containers, the real Claude
+Code CLI, the fake model) with `max_containers` chats talking at once.
+
+Phases, measured in one run:
+- cold wave: every chat sends its first message at the same moment (no container runs yet);
+- steady: Poisson arrivals at `--rate` messages/s summed over all chats, for `--seconds`;
+- burst: every chat sends at once, warm; the drain time is until the last reply;
+- then CPU seconds per answered message of Claude Code, the runner, the router and NATS (steady phase),
+  the memory of each idle container, and the idle stack once its containers are gone (RSS, CPU %).
+
+    .venv/bin/python -m bench.scale [--chats 50] [--rate 2] [--seconds 60] [--out bench/results/scale.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from bench.latency import idle_memory_mib, summary
+from tests.chaos.chaos import SERVICES, nats_pid, service_pid
+from tests.e2e.harness import Stack, Terminal, start_stack
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class Chat:
+    """A terminal chat whose replies are matched to the messages they echo, however merged."""
+
+    def __init__(self, term: Terminal) -> None:
+        self.term = term
+        self.pending: dict[str, float] = {}  # text -> when it was sent
+        self.latencies: list[float] = []
+        self._answered = asyncio.Event()
+        self._answered.set()
+        self._reader = asyncio.create_task(self._read())
+
+    async def send(self, text: str) -> None:
+        self.pending[text] = time.perf_counter()
+        self._answered.clear()
+        await self.term.send(text)
+
+    async def _read(self) -> None:
+        while True:
+            reply = await self.term.replies.get()
+            now = time.perf_counter()
+            for text in [t for t in self.pending if f">{t}<" in reply.text or f">{t}\n" in reply.text]:
+                self.latencies.append((now - self.pending.pop(text)) * 1000)
+            if not self.pending:
+                self._answered.set()
+
+    async def drained(self) -> None:
+        await self._answered.wait()
+
+    def close(self) -> None:
+        self._reader.cancel()
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 1e6
+    except OSError:
+        return 0.0
+
+
+def claude_code_pids() -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"_bundled/claude" in (entry / "cmdline").read_bytes().split(b"\0")[0]:
+                    out.append(int(entry.name))
+            except OSError:
+                pass
+    return out
+
+
+async def stack_pids(stack: Stack) -> dict[str, int]:
+    pids = {name: await service_pid(stack, name) for name in SERVICES}
+    nats = nats_pid(stack)
+    assert nats is not None
+    return pids | {"nats": nats}
+
+
+async def cold_wave(chats: list[Chat]) -> dict[str, object]:
+    started = time.perf_counter()
+    await asyncio.gather(*(c.send(f"{c.term.chat_id} first") for c in chats))
+    await asyncio.gather(*(c.drained() for c in chats))
+    firsts = [c.latencies[0] for c in chats]
+    return {"last_first_reply_s": round(time.perf_counter() - started, 2), **summary(firsts)}
+
+
+async def steady(chats: list[Chat], rate: float, seconds: float, rng: random.Random) -> int:
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        await asyncio.sleep(rng.expovariate(rate))
+        chat = rng.choice(chats)
+        await chat.send(f"{chat.term.chat_id} steady {n}")
+        n += 1
+    await asyncio.gather(*(c.drained() for c in chats))
+    return n
+
+
+async def measure(stack: Stack, n_chats: int, rate: float, seconds: float) -> dict[str, object]:
+    rng = random.Random(7)
+    async with AsyncExitStack() as exits:
+        terms = [await exits.enter_async_context(Terminal(stack, f"scale-{i}")) for i in range(n_chats)]
+        chats = [Chat(t) for t in terms]
+        print("cold wave …", file=sys.stderr)
+        cold = await cold_wave(chats)
+        for c in chats:
+            c.latencies.clear()
+        await asyncio.sleep(5)  # the cold wave's closing model calls settle
+        pids = await stack_pids(stack)
+        claude = claude_code_pids()
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()} | {
+            "claude_code": sum(cpu_seconds(p) for p in claude)}
+        print(f"steady {rate}/s for {seconds:.0f} s …", file=sys.stderr)
+        answered = await steady(chats, rate, seconds, rng)
+        after = {name: cpu_seconds(pid) for name, pid in pids.items()} | {
+            "claude_code": sum(cpu_seconds(p) for p in claude)}
+        steady_ms = [x for c in chats for x in c.latencies]
+        for c in chats:
+            c.latencies.clear()
+        print("burst …", file=sys.stderr)
+        started = time.perf_counter()
+        await asyncio.gather(*(c.send(f"{c.term.chat_id} burst") for c in chats))
+        await asyncio.gather(*(c.drained() for c in chats))
+        burst = {"drain_s": round(time.perf_counter() - started, 2), **summary([x for c in chats for x in c.latencies])}
+        await asyncio.sleep(5)
+        memory = await asyncio.to_thread(idle_memory_mib, stack)
+        for c in chats:
+            c.close()
+    for container in stack.containers():
+        await asyncio.to_thread(container.remove, force=True)
+    await asyncio.sleep(10)
+    pids = await stack_pids(stack)
+    cpu0, t0 = sum(cpu_seconds(p) for p in pids.values()), time.perf_counter()
+    await asyncio.sleep(30)
+    idle_cpu = (sum(cpu_seconds(p) for p in pids.values()) - cpu0) / (time.perf_counter() - t0) * 100
+    return {
+        "chats": n_chats, "cold_wave": cold,
+        "steady": {"rate_per_s": rate, "seconds": seconds, "messages": answered, **summary(steady_ms)},
+        "burst": burst,
+        "cpu_s_per_message": {k: round((after[k] - before[k]) / max(1, answered), 3) for k in before},
+        "idle_container_memory_mib": {"median": statistics.median(memory) if memory else None, "n": len(memory)},
+        "idle_stack": {"rss_mb": round(sum(rss_mb(p) for p in pids.values()), 1), "cpu_percent": round(idle_cpu, 2),
+                       "per_process_rss_mb": {k: round(rss_mb(p), 1) for k, p in pids.items()}},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chats", type=int, default=50)
+    parser.add_argument("--rate", type=float, default=2.0, help="messages per second over all chats")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the steady phase")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="clawden-scale-") as tmp:
+        stack = start_stack(Path(tmp) / "home", ready_timeout=180, runner=f"max_containers = {args.chats}")
+        try:
+            result = asyncio.run(measure(stack, args.chats, args.rate, args.seconds))
+        finally:
+            stack.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
