@@ -434,7 +434,7 @@ def answered(reply: sessiondb.OutboundMessage) -> set[int]:
 
 
 def assert_each_message_answered_once(session: Session, seqs: list[int]) -> None:
-    session.wait(lambda: True if all(session.acks().get(s) == "completed" for s in seqs) else None)
+    session.wait(lambda: True if all(session.acks().get(s) == "completed" for s in seqs) else None, deadline=120)
     replies = [m for m in session.outbound() if m.kind == "chat"]
     covered = [s for r in replies for s in answered(r)]
     assert sorted(covered) == sorted(seqs), [(r.in_reply_to, r.content["text"][:200]) for r in replies]
@@ -464,7 +464,9 @@ def test_messages_sent_while_a_turn_runs_each_get_exactly_one_correctly_marked_r
     fake.script(Hang(delay=0.2))  # the first question's turn is slow
     with cpu_starved() if starved else contextlib.nullcontext():
         seqs = [session.send("question 0")]
-        session.wait(lambda: True if session.acks().get(seqs[0]) == "processing" else None)
+        # Held by the fake (a release before the request arrives would not release it).
+        session.wait(lambda: True if any("question 0" in conversation(r.body)
+                                         for r in fake.messages_requests(with_tools=True)) else None, deadline=120)
         for i in range(1, follow_ups + 1):
             seqs.append(session.send(f"question {i}"))
             if i == follow_ups // 2:
