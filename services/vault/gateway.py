@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import ssl
 import stat
@@ -41,6 +42,8 @@ from services.vault.audit import AuditRecord, AuditSink, log_audit
 from services.vault.catalog import Catalog, Credential, GroupView, Secret
 from services.vault.certs import CertificateAuthority, LeafCache
 from services.vault.injection import inject, strip_hop_by_hop
+from services.vault.paths import PathRefused, normalise
+from services.vault.patterns import SECRET_PORT
 from services.vault.policy import (
     Allowed,
     Ask,
@@ -70,6 +73,8 @@ CLOSE_TIMEOUT = 5.0
 APPROVAL_TIMEOUT = 180.0
 # The host model calls are judged as on the compatibility path, wherever model.upstream points.
 MODEL_HOST = "api.anthropic.com"
+METHOD = re.compile(r"[A-Z]+(?:-[A-Z]+)*")
+BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE", "CONNECT"})
 DROPPED_UPSTREAM = frozenset({b"host", b"expect", b"content-length"})
 
 
@@ -532,13 +537,24 @@ class Gateway:
         method = request.method.decode("ascii", "replace")
         ex = _Exchange(group, method, origin.host if origin else "", "", started, now, body=_Body(side))
         try:
-            routed = self._route(request.target, origin)
+            # Methods are matched exactly, so only their canonical, upper-case spelling goes through.
+            routed = (self._route(request.target, origin) if METHOD.fullmatch(method) else responses.gateway_error(
+                400, "bad_request", f"method {method!r} must be an upper-case token such as GET or DELETE"))
             if isinstance(routed, Reply):
                 ex.decision = "refused"
                 await self._reply(side, ex, routed)
                 return
             upstream, logical_host, target, trusted = routed
-            head = RequestHead(method, logical_host, upstream.port, target, request.headers)
+            if method in BODYLESS and declares_body(list(request.headers)):
+                # Many servers never read a body on these methods: its bytes would be taken for
+                # the next request on the connection, one no rule has seen.
+                ex.decision = "refused"
+                await self._reply(side, ex, responses.gateway_error(
+                    400, "body_not_allowed", f"a {method} request may not carry a body"))
+                return
+            # The model API reached over plain HTTP is, logically, https://api.anthropic.com.
+            port = SECRET_PORT if trusted else upstream.port
+            head = RequestHead(method, logical_host, port, target, request.headers)
             ex.host, ex.path = logical_host, head.path
             if logical_host == SELFTEST_HOST:
                 await self._selftest(side, ex)
@@ -552,7 +568,12 @@ class Gateway:
         split = split_target(target)
         if split is None:
             return responses.gateway_error(400, "bad_request", "request target must be a path or an absolute URL")
-        host, path = split
+        host, raw_path = split
+        try:
+            # Rules, scopes and the upstream all see one form of the path (see `paths`).
+            path = normalise(raw_path).raw
+        except PathRefused as exc:
+            return responses.gateway_error(400, "path_refused", f"refused path: {exc}")
         if origin is not None:  # inside a tunnel: the CONNECT named the host, and it alone counts
             if host is not None and host != origin.host:
                 return responses.gateway_error(400, "bad_request", f"{host} is not {origin.host}, this tunnel's host")
@@ -644,7 +665,7 @@ class Gateway:
                 headers.append((b"content-length", length) if length is not None
                                else (b"transfer-encoding", b"chunked"))
             response = await self._upstream.request(upstream, head.method.encode(), target, headers, source,
-                                                    trusted=trusted)
+                                                    trusted=trusted, owner=ex.group)
         except _LeakFound as exc:
             ex.decision = "leak_blocked"
             await self._reply(side, ex, responses.secret_leak_blocked(ex.method, ex.host, ex.path, exc.secret),
@@ -748,6 +769,10 @@ class Gateway:
 
 def _has_body_framing(headers: list[Header]) -> bool:
     return any(k in (b"content-length", b"transfer-encoding") for k, _ in headers)
+
+
+def declares_body(headers: list[Header]) -> bool:
+    return any(k == b"transfer-encoding" or (k == b"content-length" and v.strip() != b"0") for k, v in headers)
 
 
 async def _wait_hangup(side: _Side, limit: int = 1 << 20) -> None:

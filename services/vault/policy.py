@@ -15,9 +15,16 @@ from typing import Literal, NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from services.vault.catalog import WINDOW_SECONDS, Credential, GroupView, Rule
-from services.vault.patterns import host_matches, path_matches
+from services.vault.patterns import host_matches, path_matches, secret_port
 
 Header = tuple[bytes, bytes]
+# Headers and a query parameter through which frameworks (Rails, Laravel, Express's method-override)
+# let a POST act as another method: a rule on that method holds for them too.
+METHOD_OVERRIDE_HEADERS = (b"x-http-method-override", b"x-http-method", b"x-method-override")
+METHOD_OVERRIDE_PARAM = "_method"
+# Rules that hold a request back match its path whatever the case and with or without a trailing /:
+# servers such as GitHub treat names case-insensitively. Rules that let one through match exactly.
+RESTRICTIVE = frozenset({"block", "manual_approval", "rate_limit"})
 BlockCode = Literal["blocked_by_policy", "blocked_by_default_policy", "secret_leak_blocked"]
 
 
@@ -38,10 +45,10 @@ class RateKey(NamedTuple):
 class RequestHead:
     """What the gateway knows of a request before its body: where it goes and its headers."""
 
-    method: str
+    method: str  # an upper-case token (the gateway refuses others)
     host: str  # lower case, no port
     port: int
-    target: bytes  # path and query, as sent
+    target: bytes  # path and query, the path in the gateway's one form (`paths.normalise`)
     headers: Sequence[Header]
 
     @property
@@ -51,6 +58,14 @@ class RequestHead:
     @property
     def query(self) -> bytes:
         return self.target.partition(b"?")[2]
+
+    @property
+    def methods(self) -> frozenset[str]:
+        """The method, and any other one the request asks the server to act as."""
+        named = [value for name, value in self.headers if name.lower() in METHOD_OVERRIDE_HEADERS]
+        named += [value for key, _, value in (p.partition(b"=") for p in self.query.split(b"&"))
+                  if unquote_to_bytes(key) == METHOD_OVERRIDE_PARAM.encode()]
+        return frozenset({self.method, *(unquote_to_bytes(v).decode("latin-1").strip().upper() for v in named)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +124,8 @@ def decide(view: GroupView, head: RequestHead, now: float, usage: Mapping[RateKe
 def injectable(credentials: Sequence[Credential], head: RequestHead) -> tuple[Credential, ...]:
     path = head.path
     return tuple(c for c in credentials
-                 if host_matches(c.secret.host_pattern, head.host) and path_matches(c.secret.path_pattern, path))
+                 if host_matches(c.secret.host_pattern, head.host) and head.port == secret_port(c.secret.host_pattern)
+                 and path_matches(c.secret.path_pattern, path))
 
 
 def stored_for_host(credentials: Sequence[Credential], head: RequestHead) -> tuple[Credential, ...]:
@@ -117,10 +133,14 @@ def stored_for_host(credentials: Sequence[Credential], head: RequestHead) -> tup
 
 
 def rule_matches(rule: Rule, head: RequestHead) -> bool:
-    if not host_matches(rule.host_pattern, head.host):
+    if not host_matches(rule.host_pattern, head.host, head.port):
         return False
     path = head.path
-    if (rule.method is None or rule.method == head.method) and path_matches(rule.path_pattern, path):
+    restrictive = rule.action in RESTRICTIVE
+    methods = head.methods if restrictive else {head.method}
+    paths = {path, path.rstrip("/") or "/"} if restrictive else {path}
+    if (rule.method is None or rule.method in methods) and any(
+            path_matches(rule.path_pattern, p, ignore_case=restrictive) for p in paths):
         return True
     # A push over smart HTTP starts with GET .../info/refs?service=git-receive-pack: a rule that
     # blocks the push must block its discovery too, or the agent learns refs it may not change.

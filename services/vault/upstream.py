@@ -68,6 +68,7 @@ def client_tls(extra_ca_file: Path | str | None = None) -> ssl.SSLContext:
 @dataclass(eq=False)
 class Connection:
     origin: Origin
+    owner: str  # the agent group it serves: a connection is never shared across groups
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     h11: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT,
@@ -102,12 +103,14 @@ class Upstream:
         self.read_timeout = read_timeout
         self._idle_expiry = idle_expiry
         self._max_idle = max_idle_per_origin
-        self._idle: dict[Origin, list[Connection]] = {}
+        # Pooled per agent group: should a site ever read one request's bytes as part of another's,
+        # the two belong to the same group, and so carry the same credentials.
+        self._idle: dict[tuple[str, Origin], list[Connection]] = {}
 
     # -- the pool --
 
-    async def acquire(self, origin: Origin, trusted: bool = False) -> Connection:
-        idle = self._idle.get(origin)
+    async def acquire(self, origin: Origin, trusted: bool = False, owner: str = "") -> Connection:
+        idle = self._idle.get((owner, origin))
         now = time.monotonic()
         while idle:
             conn = idle.pop()
@@ -116,13 +119,13 @@ class Upstream:
                 conn.reused = True
                 return conn
             conn.close()
-        return await self._connect(origin, trusted)
+        return await self._connect(origin, trusted, owner)
 
     def release(self, conn: Connection) -> None:
         if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE and not conn.writer.is_closing():
             conn.h11.start_next_cycle()
             conn.idle_since = time.monotonic()
-            idle = self._idle.setdefault(conn.origin, [])
+            idle = self._idle.setdefault((conn.owner, conn.origin), [])
             idle.append(conn)
             if len(idle) > self._max_idle:
                 idle.pop(0).close()
@@ -138,7 +141,7 @@ class Upstream:
             with contextlib.suppress(ConnectionError, OSError, ssl.SSLError):
                 await conn.writer.wait_closed()
 
-    async def _connect(self, origin: Origin, trusted: bool) -> Connection:
+    async def _connect(self, origin: Origin, trusted: bool, owner: str) -> Connection:
         mapped = self._host_map.get(origin.host) or self._host_map.get(f"{origin.host}:{origin.port}")
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -160,7 +163,7 @@ class Upstream:
                                 f"({exc.verify_message})") from exc
         except (OSError, ssl.SSLError) as exc:
             raise UpstreamError(502, "bad_gateway", f"cannot reach {origin.host} ({type(exc).__name__})") from exc
-        return Connection(origin, reader, writer)
+        return Connection(origin, owner, reader, writer)
 
     async def _resolve(self, origin: Origin, trusted: bool) -> str:
         try:
@@ -180,7 +183,7 @@ class Upstream:
     # -- one exchange --
 
     async def request(self, origin: Origin, method: bytes, target: bytes, headers: list[Header],
-                      body: bytes | AsyncIterable[bytes], *, trusted: bool = False) -> Response:
+                      body: bytes | AsyncIterable[bytes], *, trusted: bool = False, owner: str = "") -> Response:
         """Send a request and read the response head; the body follows from ``body_chunks``.
 
         A pooled connection the site closed meanwhile is retried once on a fresh one when the body
@@ -188,7 +191,7 @@ class Upstream:
         pass through unchanged, and the connection is dropped.
         """
         for attempt in (0, 1):
-            conn = await self.acquire(origin, trusted)
+            conn = await self.acquire(origin, trusted, owner)
             started = False
             try:
                 conn.writer.write(_send(conn, h11.Request(method=method, target=target, headers=headers)))

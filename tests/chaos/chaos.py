@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from clawden import config, natsauth
 from clawden.bus import subjects
 from tests.e2e.harness import Stack, Terminal
 
@@ -26,11 +27,14 @@ class Chat:
     replies: list[str] = field(default_factory=list)
 
 
-async def talk(stack: Stack, chat: Chat, messages: int, reply_timeout: float) -> None:
-    """One message at a time: the next goes when the last was answered, as a person types."""
+async def talk(stack: Stack, chat: Chat, messages: int, reply_timeout: float, until: asyncio.Event) -> None:
+    """One message at a time: the next goes when the last was answered, as a person types; at least
+    `messages`, and on until the chaos is over."""
     async with Terminal(stack, chat.name) as term:
-        for i in range(messages):
+        i = 0
+        while i < messages or not until.is_set():
             text = f"{chat.name} message {i}"
+            i += 1
             chat.sent.append(text)
             await term.send(text)
             chat.replies.append((await term.reply(timeout=reply_timeout)).text)
@@ -70,7 +74,7 @@ def pid_of(*pgrep: str) -> int | None:
 
 
 def nats_pid(stack: Stack) -> int | None:
-    return pid_of("-f", f"nats-server .*-p {stack.nats_url.rsplit(':', 1)[1]} ")
+    return pid_of("-f", f"nats-server -c {natsauth.conf_path(config.load(stack.home))}")
 
 
 async def kill_service(stack: Stack, service: str) -> None:
@@ -119,17 +123,18 @@ KINDS: list[tuple[str, Callable[[Stack], Awaitable[None]]]] = [
 async def run(stack: Stack, *, chats: int, messages: int, every: float, rounds: int = 1,
               reply_timeout: float = 180, log: Callable[[str], None] = lambda _: None,
               ) -> tuple[dict[str, int], list[Chat]]:
-    """`chats` chats send `messages` each while a kill happens every `every` seconds, each kind in turn,
-    `rounds` times over (or until the chats are done)."""
+    """`chats` chats talk (`messages` each at least) while a kill happens every `every` seconds, each
+    kind in turn, `rounds` times over; they stop once the last kill is `every` seconds behind."""
     talking = [Chat(f"chaos-{i}") for i in range(chats)]
-    traffic = asyncio.gather(*(talk(stack, c, messages, reply_timeout) for c in talking))
+    over = asyncio.Event()
+    traffic = asyncio.gather(*(talk(stack, c, messages, reply_timeout, over) for c in talking))
     try:
         for name, kill in KINDS * rounds:
             await asyncio.sleep(every)
-            if traffic.done():
-                break
             log(f"kill: {name}")
             await kill(stack)
+        await asyncio.sleep(every)
+        over.set()
         await traffic
     finally:
         traffic.cancel()

@@ -111,7 +111,8 @@ def rig(site: FakeUpstream, site_tls: FakeTLS, sock_dir: Path) -> RigFactory:
         approver = ScriptedApprover()
         catalog = Catalog(credentials=credentials, rules=rules, egress=egress or {})  # type: ignore[arg-type]
         gateway = Gateway(kw.pop("model_upstream", "https://api.anthropic.com"), catalog=catalog,
-                          extra_ca_file=site_tls.ca_file, host_map=dict.fromkeys(SITES, site.address),
+                          extra_ca_file=site_tls.ca_file,
+                          host_map=dict.fromkeys(SITES, kw.pop("site_address", None) or site.address),
                           audit=audit.append, approver=approver, **kw)
         path = sock_dir / GROUP / "gateway.sock"
         await gateway.listen(GROUP, path)

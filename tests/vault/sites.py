@@ -195,3 +195,50 @@ def load_relay() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@dataclass
+class LaxSite:
+    """A keep-alive HTTP/1.1 site that, like many real ones, never reads a body on a GET: whatever a GET
+    carries is read as the next request on the connection. Records (connection, method, target,
+    authorization) for each request it served."""
+
+    served: list[tuple[int, str, str, str]] = field(default_factory=list)
+    _server: asyncio.Server | None = None
+    _count: int = 0
+
+    @property
+    def address(self) -> str:
+        assert self._server is not None
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def start(self, tls: ssl.SSLContext) -> LaxSite:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls)
+        return self
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._count += 1
+        number = self._count
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                fields = (line.partition(":") for line in lines[1:] if line)
+                headers = {k.strip().lower(): v.strip() for k, _, v in fields}
+                if method != "GET" and int(headers.get("content-length", "0")):
+                    await reader.readexactly(int(headers["content-length"]))
+                self.served.append((number, method, target, headers.get("authorization", "")))
+                body = b'{"ok": true}'
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, ValueError):
+            pass
+        finally:
+            writer.close()

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import posixpath
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -174,3 +177,52 @@ async def test_an_approval_gated_request_waits_then_passes_fails_or_expires(stac
     assert outcomes[0][0] == 404  # approved: it reached the fake, which has no such path
     assert outcomes[1][:2] == (403, "manual_approval_denied")
     assert outcomes[2][:2] == (403, "manual_approval_denied") and outcomes[2][2] >= 3
+
+
+RAW = """
+import http.client, json, ssl, sys
+out = []
+for method, path, headers in json.loads(sys.argv[1]):
+    conn = http.client.HTTPSConnection("127.0.0.1", 3128, context=ssl.create_default_context(), timeout=60)
+    conn.set_tunnel("api.anthropic.com", 443)
+    conn.putrequest(method, path, skip_host=False, skip_accept_encoding=True)
+    for name, value in headers.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    response = conn.getresponse()
+    out.append([response.status, response.read().decode()])
+    conn.close()
+print(json.dumps(out))
+"""
+
+
+def raw(stack: Stack, *requests: tuple[str, str, dict[str, str]]) -> list[tuple[int, Any]]:
+    """Requests written as a hostile agent would, byte for byte, through the container's relay."""
+    result = container(stack).exec_run(["python", "-c", RAW, json.dumps(requests)], user="1000")
+    assert result.exit_code == 0, result.output.decode()
+    return [(status, _json_or_text(body)) for status, body in json.loads(result.output.decode().splitlines()[-1])]
+
+
+def as_servers_resolve(path: str) -> str:
+    """The path a Node or uvicorn server would route: escapes decoded, \\ as /, dot segments gone."""
+    resolved = posixpath.normpath(unquote(path.split("#")[0].split(";")[0].replace("\\", "/")))
+    return re.sub("/+", "/", resolved).lower()
+
+
+def test_no_spelling_of_a_blocked_path_or_method_gets_past_the_gateway(stack: Stack) -> None:
+    vault(stack, "rules-add", {"name": "e2e-no-prod", "action": "block", "host": "api.anthropic.com",
+                               "method": "DELETE", "path": "/v1/prod/*"})
+    spellings = ["/v1/x/../prod/a", "/v1/./prod/a", "/v1/x/%2e%2e/prod/a", "/v1/%70rod/a", "/v1/prod%2Fa",
+                 "//v1//prod/a", "/v1\\prod/a", "/v1/prod/a#frag", "/v1/prod;x/a", "/v1/PROD/a", "/v1/prod"]
+    seen = len(stack.fake.requests)
+
+    answers = raw(stack, *[("DELETE", p, {}) for p in spellings], ("delete", "/v1/prod/a", {}),
+                  ("POST", "/v1/prod/a", {"X-HTTP-Method-Override": "DELETE"}),
+                  ("POST", "/v1/prod/a?_method=DELETE", {}))
+
+    assert [(s, b["error"]) for s, b in answers] == [
+        *[(403, "blocked_by_policy")] * 4, (400, "path_refused"), (403, "blocked_by_policy"),
+        *[(400, "path_refused")] * 3, *[(403, "blocked_by_policy")] * 2, (400, "bad_request"),
+        *[(403, "blocked_by_policy")] * 2]
+    reached = [as_servers_resolve(r.path) for r in stack.fake.requests[seen:]]
+    assert not any(p.startswith("/v1/prod") for p in reached), reached

@@ -9,6 +9,7 @@ import json
 import logging
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import h11
 import httpx
@@ -17,9 +18,11 @@ import pytest
 from services.vault.audit import AuditRecord
 from services.vault.catalog import Catalog
 from services.vault.gateway import Gateway, connect_target, proxy_token, split_target, token_hash
-from tests.vault.conftest import GROUP, RigFactory, rule, secret
+from tests.fakes.anthropic import FakeTLS
+from tests.vault.conftest import GROUP, RigFactory, relay, rule, secret
 from tests.vault.sites import (
     FakeUpstream,
+    LaxSite,
     Received,
     Reply,
     close_writer,
@@ -604,3 +607,52 @@ def test_a_catalog_repr_hides_values() -> None:
     catalog = Catalog(credentials=model_key())
     assert REAL_KEY not in repr(catalog) and REAL_KEY not in str(catalog.credentials)
     assert json.dumps([c.secret.name for c in catalog.credentials]) == '["anthropic"]'
+
+
+# --- no smuggling through upstream connections (issue: a hostile agent) ------------------------------
+
+@pytest.fixture
+async def lax_site(site_tls: FakeTLS) -> AsyncIterator[LaxSite]:
+    site = await LaxSite().start(site_tls.server_context)
+    yield site
+    await site.close()
+
+
+async def test_a_body_on_a_get_is_refused_so_it_cannot_become_a_request_no_rule_saw(
+        rig: RigFactory, lax_site: LaxSite) -> None:
+    smuggled = b"DELETE /repos/acme/prod HTTP/1.1\r\nHost: api.example.test\r\n\r\n"
+    async with rig(rules=(rule("no-deletes", "block", "api.example.test", method="DELETE"),),
+                   site_address=lax_site.address) as r, r.client() as client:
+        refused = await client.request("GET", "https://api.example.test/repos/acme", content=smuggled)
+        fine = await client.get("https://api.example.test/repos/acme")
+
+    assert refused.status_code == 400 and refused.json()["error"] == "body_not_allowed"
+    assert fine.status_code == 200
+    assert [(method, target) for _, method, target, _ in lax_site.served] == [("GET", "/repos/acme")]
+
+
+async def test_two_agent_groups_never_share_an_upstream_connection(
+        rig: RigFactory, lax_site: LaxSite, sock_dir: Path) -> None:
+    family = secret("family-token", "generic", "api.example.test", "tok-family", grants=(GROUP,),
+                    header_name="authorization", value_format="Bearer {value}")
+    other = secret("other-token", "generic", "api.example.test", "tok-other", grants=("other",),
+                   header_name="authorization", value_format="Bearer {value}")
+    async with rig(credentials=(family, other), site_address=lax_site.address) as r:
+        await r.gateway.listen("other", sock_dir / "other" / "gateway.sock")
+        other_relay = await relay.serve_relay(str(sock_dir / "other" / "gateway.sock"))
+        context = ssl.create_default_context(cadata=r.gateway.ca.cert_pem.decode())
+        try:
+            async with r.client() as mine, httpx.AsyncClient(
+                    proxy=f"http://127.0.0.1:{other_relay.sockets[0].getsockname()[1]}", verify=context,
+                    trust_env=False, timeout=5) as theirs:
+                for _ in range(3):
+                    assert (await mine.get("https://api.example.test/a")).status_code == 200
+                    assert (await theirs.get("https://api.example.test/b")).status_code == 200
+        finally:
+            other_relay.close()
+            await other_relay.wait_closed()
+
+    tokens: dict[int, set[str]] = {}
+    for connection, _, _, authorization in lax_site.served:
+        tokens.setdefault(connection, set()).add(authorization)
+    assert len(lax_site.served) == 6 and all(len(seen) == 1 for seen in tokens.values()), tokens

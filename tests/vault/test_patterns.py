@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from services.vault.patterns import PatternError, check_host_pattern, check_path_pattern, host_matches, path_matches
+from services.vault.patterns import (
+    PatternError,
+    check_host_pattern,
+    check_path_pattern,
+    host_matches,
+    path_matches,
+    secret_port,
+)
 
 
 @pytest.mark.parametrize(("pattern", "host", "matches"), [
@@ -40,8 +47,27 @@ def test_path_patterns(pattern: str, path: str, matches: bool) -> None:
     assert path_matches(pattern, path) is matches
 
 
+@pytest.mark.parametrize(("pattern", "host", "port", "matches"), [
+    ("api.github.com", "api.github.com", 8443, True),  # a rule without a port holds on every port
+    ("api.github.com:8443", "api.github.com", 8443, True),
+    ("api.github.com:8443", "api.github.com", 443, False),
+])
+def test_host_patterns_with_ports(pattern: str, host: str, port: int, matches: bool) -> None:
+    assert host_matches(pattern, host, port) is matches
+
+
+def test_a_secret_is_injected_on_443_unless_its_pattern_names_a_port() -> None:
+    assert (secret_port("api.github.com"), secret_port("git.example.com:8443")) == (443, 8443)
+
+
+def test_rules_that_hold_requests_back_can_match_paths_whatever_the_case() -> None:
+    assert path_matches("/repos/acme/prod/*", "/repos/ACME/Prod/x", ignore_case=True)
+    assert not path_matches("/repos/acme/prod/*", "/repos/ACME/Prod/x")
+
+
 def test_bad_patterns_are_refused_with_a_reason() -> None:
-    for bad in ("https://api.github.com", "api.github.com:443", "api.github.com/x", "*.*.example.com", ""):
+    for bad in ("https://api.github.com", "api.github.com:0", "api.github.com:99999", "api.github.com/x",
+                "*.*.example.com", "", "api.anthropic.com*", "api*.example.com", "*example.com"):
         with pytest.raises(PatternError):
             check_host_pattern(bad)
     with pytest.raises(PatternError):
@@ -49,4 +75,5 @@ def test_bad_patterns_are_refused_with_a_reason() -> None:
     with pytest.raises(PatternError):
         check_path_pattern("/v1?x=1")
     assert check_host_pattern(" API.Example.com ") == "api.example.com"
+    assert check_host_pattern("git.example.com:8443") == "git.example.com:8443"
     assert check_path_pattern("") == "*"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.vault.catalog import Catalog, Credential, GroupView, Rule
+from services.vault.paths import PathRefused, normalise
 from services.vault.policy import Allowed, Ask, Blocked, LeakScanner, Limited, RateKey, RequestHead, decide
 from tests.vault.conftest import rule, secret
 
@@ -11,8 +14,8 @@ TOKEN = "ghp_policy-test-token-123"
 NOW = 1_000_000.0  # 40 s into its minute
 
 
-def head(method: str = "GET", host: str = "api.example.test", target: bytes = b"/", headers: tuple = ()
-         ) -> RequestHead:  # type: ignore[type-arg]
+def head(method: str = "GET", host: str = "api.example.test", target: bytes = b"/",
+         headers: tuple[tuple[bytes, bytes], ...] = ()) -> RequestHead:
     return RequestHead(method, host, 443, target, list(headers))
 
 
@@ -103,3 +106,54 @@ def test_the_body_scanner_catches_a_value_split_across_chunks() -> None:
     assert scanner.feed(b'{"text":"' + KEY[:9].encode()) is None
     assert scanner.feed(KEY[9:].encode() + b'"}') == "model"
     assert not LeakScanner(())
+
+
+# --- one path form: what the gateway normalises before any rule sees it (issue: path tricks) ------
+
+PROD_VARIANTS = [b"/repos/acme/x/../prod/deploy", b"/repos/acme/./prod/deploy", b"/repos/acme/x/%2e%2e/prod/deploy",
+                 b"/repos/acme/%70rod/deploy", b"/repos//acme//prod/deploy", b"/repos/ACME/prod/deploy",
+                 b"/repos/acme/PROD/deploy", b"/repos/acme/prod/", b"/repos/acme/prod"]
+REFUSED_VARIANTS = [b"/repos/acme%2Fprod/deploy", b"/repos/acme\\prod/deploy", b"/repos/acme/prod/deploy#x",
+                    b"/repos/acme/prod;x/deploy", b"/repos/acme/prod%5cdeploy"]
+
+
+@pytest.mark.parametrize("target", PROD_VARIANTS)
+def test_every_spelling_of_a_blocked_path_is_blocked(target: bytes) -> None:
+    rules = (rule("no-prod-deletes", "block", "api.github.com", method="DELETE", path_pattern="/repos/acme/prod/*"),)
+    normalised = normalise(target).raw
+
+    assert decide(view(rules), head("DELETE", "api.github.com", normalised), NOW, {}) == Blocked(
+        "blocked_by_policy", rule="no-prod-deletes")
+
+
+@pytest.mark.parametrize("target", REFUSED_VARIANTS)
+def test_spellings_that_have_no_one_form_are_refused(target: bytes) -> None:
+    with pytest.raises(PathRefused):
+        normalise(target)
+
+
+def test_a_path_scoped_allow_and_a_secret_scope_cannot_be_left_by_dot_segments() -> None:
+    allow = (rule("public", "allow", "api.example.test", path_pattern="/public/*"),)
+    scoped = secret("tenant-a", "generic", "api.example.test", TOKEN, path_pattern="/tenant-a/*")
+    escape = normalise(b"/public/../private/x").raw
+    assert decide(view(allow, egress={"main": "allowlist"}), head(target=escape), NOW, {}) == Blocked(
+        "blocked_by_default_policy")
+    assert decide(view((), (scoped,)), head(target=normalise(b"/tenant-a/../tenant-b/x").raw), NOW, {}) == Allowed(())
+    assert decide(view((), (scoped,)), head(target=normalise(b"/tenant-a/./x").raw), NOW, {}) == Allowed((scoped,))
+
+
+def test_a_method_override_is_held_to_the_rules_of_the_method_it_names() -> None:
+    rules = (rule("no-deletes", "block", "api.example.test", method="DELETE"),)
+    for overridden in (head("POST", headers=((b"X-HTTP-Method-Override", b"DELETE"),)),
+                       head("POST", headers=((b"x-http-method", b"delete"),)),
+                       head("POST", target=b"/x?_method=DELETE")):
+        assert decide(view(rules), overridden, NOW, {}) == Blocked("blocked_by_policy", rule="no-deletes")
+    assert isinstance(decide(view(rules), head("POST"), NOW, {}), Allowed)
+
+
+def test_a_secret_goes_only_to_its_port() -> None:
+    token = secret("gh", "generic", "api.github.com", TOKEN)
+    on_8443 = RequestHead("GET", "api.github.com", 8443, b"/", [])
+
+    assert decide(view((), (token,)), on_8443, NOW, {}) == Allowed(())
+    assert decide(view((), (token,)), head(host="api.github.com"), NOW, {}) == Allowed((token,))
