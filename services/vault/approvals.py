@@ -42,10 +42,12 @@ class ApprovalAsk:
     agent_group: str
     method: str
     host: str
-    path: str
+    path: str  # with the query string: the human sees the whole target
     rule: str
     preview: str  # already redacted
     expires_at: float
+    body_bytes: int | None = 0  # the whole body's size; None when not known yet (a stream)
+    body_whole: bool = True  # the preview holds all of it (before the card's own cut)
 
 
 class Approver(Protocol):
@@ -72,7 +74,10 @@ def card_for(ask: ApprovalAsk) -> ev.Card:
     lines = [f"{ask.method} https://{ask.host}{ask.path}", f"Agent group: {ask.agent_group}",
              f"Rule: {ask.rule}"]
     if ask.preview:
-        lines += ["", "Body (start, credentials removed):", ask.preview]
+        whole = ask.body_whole and not ask.preview.endswith("…")
+        size = "of an unknown size" if ask.body_bytes is None else f"of {ask.body_bytes:,} bytes"
+        lines += ["", "Body (credentials removed):" if whole else
+                  f"Body: only its start is shown, {size} in all (credentials removed):", ask.preview]
     return ev.Card(
         title=f"Let agent {ask.agent_group} {ask.method} {ask.host}{ask.path}?",
         body="\n".join(lines),

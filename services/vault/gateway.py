@@ -28,7 +28,7 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -116,8 +116,12 @@ def is_loopback(host: str) -> bool:
 
 
 def wants_upgrade(headers: list[Header]) -> bool:
+    """A WebSocket upgrade, the only one passed on: after any 101 the connection is a pipe no rule
+    reads, and for WebSocket that is what the agent asked the rules about; h2c and the like would
+    turn an inspected exchange into an uninspected one, so their Upgrade header is dropped."""
     connection = b",".join(v for k, v in headers if k == b"connection").lower()
-    return any(k == b"upgrade" for k, _ in headers) and b"upgrade" in connection
+    protocols = [v.strip().lower() for k, v in headers if k == b"upgrade"]
+    return protocols == [b"websocket"] and b"upgrade" in connection
 
 
 def token_hash(token: str) -> str:
@@ -627,7 +631,10 @@ class Gateway:
         ex.approval_id = ex.approval_id or uuid.uuid4().hex
         preview = await body.preview(PREVIEW_BYTES)
         values = [c.value for c in (*view.granted, *view.others)]
-        ask = ApprovalAsk(id=ex.approval_id, agent_group=ex.group, method=ex.method, host=ex.host, path=ex.path,
+        size = body.size if body.complete else declared_length(head.headers)
+        ask = ApprovalAsk(id=ex.approval_id, agent_group=ex.group, method=ex.method, host=ex.host, body_bytes=size,
+                          body_whole=body.complete and body.size <= PREVIEW_BYTES,
+                          path=head.target.decode("ascii", "replace"),
                           rule=verdict.rule.name, preview=redact_preview(preview, values),
                           expires_at=self._clock() + self._approval_timeout)
         asking = asyncio.ensure_future(self._approver.ask(ask))
@@ -676,6 +683,12 @@ class Gateway:
             await self._reply(side, ex, responses.gateway_error(exc.status, exc.code, str(exc)))
             return
         if response.switched:
+            if not upgrade or not wants_upgrade([(b"connection", b"upgrade"), *response.headers]):
+                response.connection.close()  # a switch nobody asked for (or not to WebSocket): no pipe
+                ex.decision = "upgrade_refused"
+                await self._reply(side, ex, responses.gateway_error(
+                    502, "bad_gateway", f"{ex.host} switched protocols unasked; only WebSocket is passed on"))
+                return
             await self._upgrade(side, ex, response)
             return
         if response.status in (401, 403) and not credentials:
@@ -717,7 +730,7 @@ class Gateway:
 
     async def _upgrade(self, side: _Side, ex: _Exchange, response: Response) -> None:
         """A 101 from upstream: pass it back, then pipe both ways until either side closes."""
-        ex.status = 101
+        ex.status, ex.decision = 101, "websocket"
         side.send(h11.InformationalResponse(status_code=101, headers=response.headers, reason=response.reason))
         upstream = response.connection
         leftover_agent = side.conn.trailing_data[0]
@@ -769,6 +782,11 @@ class Gateway:
 
 def _has_body_framing(headers: list[Header]) -> bool:
     return any(k in (b"content-length", b"transfer-encoding") for k, _ in headers)
+
+
+def declared_length(headers: Sequence[Header]) -> int | None:
+    value = next((v for k, v in headers if k == b"content-length"), None)
+    return int(value) if value is not None and value.strip().isdigit() else None
 
 
 def declares_body(headers: list[Header]) -> bool:

@@ -15,6 +15,7 @@ import h11
 import httpx
 import pytest
 
+from services.vault.approvals import card_for
 from services.vault.audit import AuditRecord
 from services.vault.catalog import Catalog
 from services.vault.gateway import Gateway, connect_target, proxy_token, split_target, token_hash
@@ -656,3 +657,40 @@ async def test_two_agent_groups_never_share_an_upstream_connection(
     for connection, _, _, authorization in lax_site.served:
         tokens.setdefault(connection, set()).add(authorization)
     assert len(lax_site.served) == 6 and all(len(seen) == 1 for seen in tokens.values()), tokens
+
+
+async def test_an_approval_card_shows_the_whole_target_and_says_when_the_body_is_cut(rig: RigFactory) -> None:
+    rules = (rule("ask-all", "manual_approval", "api.example.test"),)
+    big = b'{"to": "acct_9", "memo": "' + b"x" * 10_000 + b'"}'
+    async with rig(rules=rules) as r, r.client() as http:
+        held = asyncio.create_task(http.post("https://api.example.test/pay?to=acct_9&amount=500", content=big))
+        await asyncio.wait_for(r.approver.asked.wait(), 5)
+        r.approver.answer("denied")
+        await held
+
+    (ask,) = r.approver.asks
+    body = card_for(ask).body
+    assert ask.path == "/pay?to=acct_9&amount=500" and "https://api.example.test/pay?to=acct_9&amount=500" in body
+    assert f"only its start is shown, of {len(big):,} bytes in all" in body
+
+
+async def test_an_upgrade_other_than_websocket_never_turns_the_connection_into_a_pipe(
+        rig: RigFactory, site: FakeUpstream) -> None:
+    async def switch_anyway(request: Received, reply: Reply) -> None:  # a site that switches to h2c unasked
+        reply._writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+        await reply._writer.drain()
+
+    site.respond = switch_anyway
+    async with rig() as r:
+        reader, writer = await open_tunnel(r.socket, "api.example.test", r.gateway.ca.cert_pem)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: api.example.test\r\nUpgrade: h2c\r\nConnection: Upgrade, "
+                         b"HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        finally:
+            await close_writer(writer)
+
+    (seen,) = r.site.received
+    assert seen.header(b"upgrade") is None  # not asked of the site
+    assert head.startswith(b"HTTP/1.1 502 ")  # and a switch it made anyway is not piped
+    assert [a.status for a in r.audit if a.path == "/"] == [502]
