@@ -48,6 +48,7 @@ from services.vault.policy import (
     Allowed,
     Ask,
     Blocked,
+    LeakFound,
     LeakScanner,
     Limited,
     RequestHead,
@@ -156,12 +157,6 @@ class _ClientGone(Exception):
     """The agent side closed or broke the connection mid-request."""
 
 
-class _LeakFound(Exception):
-    def __init__(self, secret: str) -> None:
-        super().__init__(secret)
-        self.secret = secret
-
-
 class _Side:
     """One agent connection (or the TLS session inside its tunnel) with its h11 state."""
 
@@ -240,12 +235,11 @@ class _Body:
         return b"".join(self.chunks)[:limit]
 
     def source(self, scanner: LeakScanner) -> bytes | AsyncIterator[bytes]:
-        """All of it when it is here (the common, small case), else a stream; both leak-checked."""
+        """All of it when it is here (the common, small case), else a stream; both leak-checked
+        (stored values redacted, disguised ones raising LeakFound)."""
         if self._take():
             data = b"".join(self.chunks)
-            if scanner and (leaked := scanner.feed(data)) is not None:
-                raise _LeakFound(leaked)
-            return data
+            return scanner.feed(data) + scanner.flush() if scanner else data
         return self._stream(scanner)
 
     async def _stream(self, scanner: LeakScanner) -> AsyncIterator[bytes]:
@@ -254,10 +248,13 @@ class _Body:
             while sent < len(self.chunks):
                 chunk = self.chunks[sent]
                 sent += 1
-                if scanner and (leaked := scanner.feed(chunk)) is not None:
-                    raise _LeakFound(leaked)
-                yield chunk
+                if scanner:
+                    chunk = scanner.feed(chunk)
+                if chunk:
+                    yield chunk
             if self.complete:
+                if scanner and (rest := scanner.flush()):
+                    yield rest
                 return
             try:
                 taken = self._take()
@@ -662,8 +659,9 @@ class Gateway:
                    if k not in DROPPED_UPSTREAM]
         headers, target = inject(credentials, headers, head.target)
         headers.insert(0, (b"host", upstream.authority))
+        scanner = LeakScanner(leak_candidates(view, head.host))
         try:
-            source = body.source(LeakScanner(leak_candidates(view, head.host)))
+            source = body.source(scanner)
             if isinstance(source, bytes):
                 if source or _has_body_framing(request_headers):
                     headers.append((b"content-length", str(len(source)).encode()))
@@ -673,7 +671,7 @@ class Gateway:
                                else (b"transfer-encoding", b"chunked"))
             response = await self._upstream.request(upstream, head.method.encode(), target, headers, source,
                                                     trusted=trusted, owner=ex.group)
-        except _LeakFound as exc:
+        except LeakFound as exc:
             ex.decision = "leak_blocked"
             await self._reply(side, ex, responses.secret_leak_blocked(ex.method, ex.host, ex.path, exc.secret),
                               close=True)
@@ -682,6 +680,11 @@ class Gateway:
             ex.decision = "error"
             await self._reply(side, ex, responses.gateway_error(exc.status, exc.code, str(exc)))
             return
+        if scanner.redacted:
+            # Say which, never the value: a conversation that quoted a key goes on without it.
+            ex.decision = "redacted"
+            log.warning("agent group %s sent the value of %s to %s: redacted", ex.group,
+                        ", ".join(sorted(scanner.redacted)), ex.host)
         if response.switched:
             if not upgrade or not wants_upgrade([(b"connection", b"upgrade"), *response.headers]):
                 response.connection.close()  # a switch nobody asked for (or not to WebSocket): no pipe

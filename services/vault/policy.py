@@ -8,7 +8,10 @@ and passes a read-only view of them in, and adds the returned ``charges`` once t
 
 from __future__ import annotations
 
+import base64
+import functools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -164,32 +167,96 @@ def leak_candidates(view: GroupView, host: str) -> tuple[Credential, ...]:
 
 
 def leaked_in_head(view: GroupView, head: RequestHead) -> Credential | None:
+    """A stored value in the target or the headers (their names too), plain or encoded."""
     candidates = leak_candidates(view, head.host)
     if not candidates:
         return None
-    haystack = b"\n".join([head.target, unquote_to_bytes(head.target), *(value for _, value in head.headers)])
-    for credential in candidates:
-        if credential.value.encode() in haystack:
-            return credential
-    return None
+    haystack = b"\n".join([head.target, *(part for header in head.headers for part in header)])
+    decoded = decodings(haystack)
+    return next((c for c in candidates if _found(c.value.encode(), haystack, decoded)), None)
+
+
+def decodings(data: bytes) -> list[bytes]:
+    """What a receiver might decode ``data`` into: percent-escapes (once and twice), JSON's ``\\u``
+    and ``\\/`` escapes; nothing when it holds no escape at all (the common case, kept cheap)."""
+    if b"%" not in data and b"\\" not in data:
+        return []
+    once = unquote_to_bytes(data)
+    json_text = JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)).encode("utf-8", "replace"), data)
+    return [once, unquote_to_bytes(once), json_text.replace(b"\\/", b"/")]
+
+
+def base64_cores(value: bytes) -> list[bytes]:
+    """Pieces that any base64 (standard or URL-safe) text carrying ``value`` must hold, at any of the
+    three alignments: its encoding less the characters the neighbouring bytes can change."""
+    cores = []
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + value).rstrip(b"=")
+        first = (4 * shift + 2) // 3 + (1 if shift else 0)  # characters touched by the padding bytes
+        core = encoded[first:len(encoded) - 2]  # the last characters depend on what follows
+        if len(core) >= 8:
+            cores += [core, core.replace(b"+", b"-").replace(b"/", b"_")]
+    return cores
+
+
+def _found(value: bytes, window: bytes, decoded: list[bytes]) -> bool:
+    return (value in window or any(value in d for d in decoded)
+            or any(core in window for core in _cores(value)))
+
+
+@functools.lru_cache(maxsize=256)
+def _cores(value: bytes) -> tuple[bytes, ...]:
+    return tuple(base64_cores(value))
+
+
+JSON_ESCAPE = re.compile(rb"\\u([0-9a-fA-F]{4})")
+REDACTED = b"[redacted]"
+
+
+class LeakFound(Exception):
+    def __init__(self, secret: str) -> None:
+        super().__init__(secret)
+        self.secret = secret
 
 
 class LeakScanner:
-    """Scans a streamed body for stored values, across chunk boundaries."""
+    """Scans a streamed body for stored values that must not go where it goes.
+
+    A value sent as it is gets redacted in place (same length, so the framing holds): a conversation
+    that once quoted a key keeps working, and the key does not travel. A value in disguise (escaped,
+    percent- or base64-encoded) is a deliberate attempt: ``LeakFound``. The last bytes of each chunk,
+    as many as the longest disguise, are held back until the next chunk (or ``flush``) shows what
+    they are part of, so nothing of a value leaves before it is recognised.
+    """
 
     def __init__(self, candidates: Sequence[Credential]) -> None:
-        self._needles = [(c.name, c.value.encode()) for c in candidates]
-        self._keep = max((len(n) for _, n in self._needles), default=1) - 1
+        self._needles = [(c.name, c.value.encode()) for c in candidates if c.value]
+        # A value escaped whole is at most six bytes a byte (\\u0041), or nine when percent-encoded twice.
+        self._keep = max((9 * len(n) for _, n in self._needles), default=0)
         self._tail = b""
+        self.redacted: set[str] = set()
 
     def __bool__(self) -> bool:
         return bool(self._needles)
 
-    def feed(self, chunk: bytes) -> str | None:
-        """The name of a secret whose value this chunk completes, else None."""
-        window = self._tail + chunk
-        for name, needle in self._needles:
-            if needle in window:
-                return name
-        self._tail = window[-self._keep:] if self._keep else b""
-        return None
+    def feed(self, chunk: bytes) -> bytes:
+        """What of ``self``'s held bytes and ``chunk`` may go now, redacted."""
+        window = self._scan(self._tail + chunk)
+        cut = max(0, len(window) - self._keep)
+        self._tail = window[cut:]
+        return window[:cut]
+
+    def flush(self) -> bytes:
+        rest, self._tail = self._tail, b""
+        return rest
+
+    def _scan(self, window: bytes) -> bytes:
+        for name, value in self._needles:
+            if value in window:
+                window = window.replace(value, (REDACTED + b"*" * len(value))[:len(value)])
+                self.redacted.add(name)
+        decoded = decodings(window)
+        for name, value in self._needles:
+            if _found(value, window, decoded):
+                raise LeakFound(name)
+        return window

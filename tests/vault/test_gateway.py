@@ -8,7 +8,7 @@ import base64
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import h11
@@ -349,23 +349,31 @@ async def test_a_secret_value_sent_to_another_host_is_blocked(rig: RigFactory) -
     assert len(r.site.received) == 1
 
 
-async def test_a_secret_value_in_a_streamed_body_is_stopped_before_it_leaves(rig: RigFactory) -> None:
-    half = len(REAL_KEY) // 2
-
+def streamed(*parts: bytes) -> Callable[[], AsyncIterator[bytes]]:
     async def body() -> AsyncIterator[bytes]:
-        yield b'{"a":"' + b"x" * 100_000
-        await asyncio.sleep(0.05)
-        yield REAL_KEY[:half].encode()  # the value straddles two chunks
-        await asyncio.sleep(0.05)
-        yield REAL_KEY[half:].encode() + b'"}'
+        for part in parts:
+            yield part
+            await asyncio.sleep(0.05)
+    return body
 
+
+async def test_a_stored_value_in_a_streamed_body_is_redacted_and_a_disguised_one_refused(rig: RigFactory) -> None:
+    half = len(REAL_KEY) // 2
+    plain = streamed(b'{"a":"' + b"x" * 100_000, REAL_KEY[:half].encode(),  # the value straddles two chunks
+                     REAL_KEY[half:].encode() + b'"}')
+    escaped = "".join(f"%{b:02X}" for b in REAL_KEY.encode()).encode()
+    disguised = streamed(b'{"a":"' + b"x" * 100_000, escaped[:30], escaped[30:] + b'"}')
     async with rig(model_key()) as r, r.client() as http:
-        response = await http.post("https://other.example.test/upload", content=body())
+        redacted = await http.post("https://other.example.test/upload", content=plain())
+        refused = await http.post("https://other.example.test/upload", content=disguised())
         after = await http.get("https://other.example.test/fine")
 
-    assert response.status_code == 403 and response.json()["error"] == "secret_leak_blocked"
-    assert all(REAL_KEY.encode() not in x.body for x in r.site.received)
-    assert after.status_code == 200
+    assert redacted.status_code == 200 and refused.status_code == 403
+    assert refused.json()["error"] == "secret_leak_blocked"
+    (upload, fine) = r.site.received
+    assert len(upload.body) == 100_000 + len(b'{"a":""}') + len(REAL_KEY) and REAL_KEY.encode() not in upload.body
+    assert b"[redacted]" in upload.body and fine.target == b"/fine" and after.status_code == 200
+    assert [a.decision for a in r.audit if a.path == "/upload"] == ["redacted", "leak_blocked"]
 
 
 # ---- approval ----

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import json
+from collections.abc import Callable
+
 import pytest
 
 from services.vault.catalog import Catalog, Credential, GroupView, Rule
 from services.vault.paths import PathRefused, normalise
-from services.vault.policy import Allowed, Ask, Blocked, LeakScanner, Limited, RateKey, RequestHead, decide
+from services.vault.policy import (
+    Allowed,
+    Ask,
+    Blocked,
+    LeakFound,
+    LeakScanner,
+    Limited,
+    RateKey,
+    RequestHead,
+    decide,
+)
 from tests.vault.conftest import rule, secret
 
 KEY = "sk-ant-api03-policy-test-key"
@@ -101,11 +115,40 @@ def test_the_leak_guard_finds_values_headed_for_the_wrong_host() -> None:
                              NOW, {}), Allowed)
 
 
-def test_the_body_scanner_catches_a_value_split_across_chunks() -> None:
+def test_the_body_scanner_redacts_a_plain_value_split_across_chunks_before_any_of_it_leaves() -> None:
     scanner = LeakScanner((secret("model", "anthropic", "api.anthropic.com", KEY),))
-    assert scanner.feed(b'{"text":"' + KEY[:9].encode()) is None
-    assert scanner.feed(KEY[9:].encode() + b'"}') == "model"
+    first = scanner.feed(b'{"text":"' + KEY[:9].encode())
+    second = scanner.feed(KEY[9:].encode() + b'"}')
+    sent = first + second + scanner.flush()
+
+    assert KEY[:4].encode() not in first  # held back until the next chunk showed what it was
+    assert len(sent) == len(b'{"text":""}') + len(KEY) and KEY.encode() not in sent
+    assert json.loads(sent)["text"].startswith("[redacted]") and scanner.redacted == {"model"}
     assert not LeakScanner(())
+
+
+def _json_escaped(value: str) -> bytes:
+    return "".join(f"\\u{ord(c):04x}" if i % 2 else c for i, c in enumerate(value)).encode()
+
+
+@pytest.mark.parametrize(("disguise", "encode"), [
+    ("json \\u escapes", _json_escaped),
+    ("percent-encoding", lambda v: "".join(f"%{b:02X}" for b in v.encode()).encode()),
+    ("double percent-encoding", lambda v: "".join(f"%25{b:02X}" for b in v.encode()).encode()),
+    ("base64", lambda v: base64.b64encode(b"k=" + v.encode())),
+    ("url-safe base64", lambda v: base64.urlsafe_b64encode(b"key:" + v.encode() + b"!")),
+])
+def test_a_disguised_value_in_a_body_is_refused(disguise: str, encode: Callable[[str], bytes]) -> None:
+    scanner = LeakScanner((secret("model", "anthropic", "api.anthropic.com", KEY),))
+    with pytest.raises(LeakFound):
+        scanner.feed(b'{"note": "' + encode(KEY) + b'"}')
+        scanner.flush()
+
+
+def test_a_value_used_as_a_header_name_is_a_leak() -> None:
+    credentials = (secret("model", "anthropic", "api.anthropic.com", KEY),)
+    assert decide(view((), credentials), head(headers=((KEY.encode(), b"1"),)), NOW, {}) == Blocked(
+        "secret_leak_blocked", secret="model")
 
 
 # --- one path form: what the gateway normalises before any rule sees it (issue: path tricks) ------
