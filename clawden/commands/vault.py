@@ -76,7 +76,7 @@ def _describe(secret: dict[str, Any]) -> str:
 def cmd_secrets_add(args: argparse.Namespace) -> int:
     payload = {"name": args.name, "type": args.type, "value": _read_value(args), "host": args.host or "",
                "path": args.path, "header": args.header or "", "format": args.format, "param": args.param or "",
-               "agents": args.agent or []}
+               "agents": args.agent or [], "replace": args.replace, "force": args.force}
     reply = _call(args, "secrets-add", payload)
     secret = reply["secret"]
     verb = "stored" if reply["created"] else "replaced"
@@ -180,7 +180,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     secrets = sub.add_parser("secrets", help="credentials the vault adds to agents' requests")
     ssub = secrets.add_subparsers(dest="secrets_command", required=True)
 
-    add = ssub.add_parser("add", help="store (or replace) a secret; its value comes from stdin or a prompt",
+    add = ssub.add_parser("add", help="store a secret (--replace: replace one); its value comes from stdin or a "
+                                      "prompt",
                           description="The value is read from stdin or a hidden prompt, never from arguments.")
     add.add_argument("name")
     add.add_argument("--type", required=True, choices=["anthropic", "openai", "generic"])
@@ -192,6 +193,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                                          "e.g. 'Bearer {value}'")
     add.add_argument("--param", help="generic: query parameter to set instead of a header")
     add.add_argument("--agent", action="append", help="agent group to grant it to (repeatable; default: all)")
+    add.add_argument("--replace", action="store_true", help="replace a secret of the same name")
+    add.add_argument("--force", action="store_true",
+                     help="let a secret that is not the model key match the model API's host")
     add.set_defaults(func=cmd_secrets_add)
 
     lst = ssub.add_parser("list", help="stored secrets (never their values)")

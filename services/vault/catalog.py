@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from services.vault.patterns import check_host_pattern, check_path_pattern, specificity
+from services.vault.patterns import check_host_pattern, check_path_pattern, host_matches, specificity, too_broad
 
 SecretKind = Literal["anthropic", "openai", "generic"]
 Action = Literal["block", "manual_approval", "rate_limit", "allow"]
@@ -26,6 +26,7 @@ GROUP = re.compile(r"^(\*|[A-Za-z0-9_-]{1,64})$")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
 WINDOW_SECONDS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
 DEFAULT_HOSTS: dict[str, str] = {"anthropic": "api.anthropic.com", "openai": "api.openai.com"}
+MODEL_SECRET = "anthropic"  # the model key's name, as the vault stores it from keys/anthropic
 MAX_VALUE = 10_000
 # Values this short could occur by chance anywhere; the leak guard skips them.
 MIN_LEAK_CHECK = 8
@@ -80,8 +81,9 @@ class Credential:
         return self.secret.name
 
 
-def check_secret(secret: Secret, value: str) -> Secret:
-    """The secret, normalised, or CatalogError saying what is wrong with it."""
+def check_secret(secret: Secret, value: str, *, force: bool = False) -> Secret:
+    """The secret, normalised, or CatalogError saying what is wrong with it. ``force`` lets a secret
+    other than the model key match the model API's host (never a public suffix)."""
     if not NAME.match(secret.name):
         raise CatalogError(f"secret name {secret.name!r}: letters, digits, '_', '.', '-' (up to 64)")
     if not value or len(value) > MAX_VALUE:
@@ -98,6 +100,14 @@ def check_secret(secret: Secret, value: str) -> Secret:
         raise CatalogError(str(exc)) from exc
     if host == "*":
         raise CatalogError("a secret must name its host: '*' would hand it to every site")
+    if (broad := too_broad(host)) is not None:
+        raise CatalogError(f"host pattern {broad}")
+    if secret.name == MODEL_SECRET and (secret.kind != "anthropic" or host != DEFAULT_HOSTS["anthropic"]):
+        raise CatalogError(f"the {MODEL_SECRET} secret is the model key: its type is anthropic and its host "
+                           f"{DEFAULT_HOSTS['anthropic']}; give another secret another name")
+    if secret.kind != "anthropic" and host_matches(host, DEFAULT_HOSTS["anthropic"]) and not force:
+        raise CatalogError(f"host pattern {host!r} matches the model API ({DEFAULT_HOSTS['anthropic']}), so this "
+                           "secret would ride on every model call; narrow it, or add --force if that is meant")
     if secret.kind == "generic":
         if bool(secret.header_name) == bool(secret.param_name):
             raise CatalogError("a generic secret needs either --header NAME or --param NAME")

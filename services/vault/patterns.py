@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Any
 
 HOST_PATTERN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9*]([A-Za-z0-9*.-]*[A-Za-z0-9*])?$")
 SECRET_PORT = 443  # where a secret whose pattern names no port is injected
@@ -23,6 +24,30 @@ SECRET_PORT = 443  # where a secret whose pattern names no port is injected
 
 class PatternError(ValueError):
     """A pattern a person typed that cannot be used; the message says why."""
+
+
+@functools.lru_cache(maxsize=1)
+def _suffixes() -> tuple[Any, Any]:
+    from publicsuffixlist import PublicSuffixList  # the list ships in the package: no download
+
+    return PublicSuffixList(), PublicSuffixList(only_icann=True)
+
+
+def too_broad(pattern: str) -> str | None:
+    """Why a secret's host pattern reaches far more than one site, else None: its fixed part (what
+    follows a ``*``, or the whole host) is a public suffix or shorter (``*.com``, ``*.co.uk``,
+    ``*.github.io``, ``co.uk``). An exact host is judged by ICANN's suffixes only, so a service at a
+    private suffix's own name (``s3.amazonaws.com``) stays possible."""
+    host, _ = split_port(pattern)
+    every, icann = _suffixes()
+    if "*" in host:
+        fixed = host.rpartition("*")[2].lstrip(".")
+        if not fixed or every.is_public(fixed):
+            return (f"{pattern!r} matches every site under the public suffix {fixed or '*'!r}; name the site "
+                    f"(api.example.com or *.example.com)")
+    elif icann.is_public(host):
+        return f"{pattern!r} is a public suffix, not a site"
+    return None
 
 
 def split_port(pattern: str) -> tuple[str, int | None]:

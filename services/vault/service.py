@@ -24,6 +24,7 @@ from services.vault.approvals import BusApprover
 from services.vault.audit import AuditLog, AuditRecord
 from services.vault.catalog import (
     GROUP,
+    MODEL_SECRET,
     Catalog,
     CatalogError,
     Credential,
@@ -41,7 +42,7 @@ from services.vault.store import Store
 
 log = logging.getLogger("clawden.vault")
 GROUP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-MODEL_SECRET = "anthropic"
+
 PRUNE_EVERY = 3600.0
 
 
@@ -69,6 +70,8 @@ class AddSecret(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     format: str = "{value}"
     param: str = ""
     agents: list[str] = []
+    replace: bool = False  # a secret of that name exists: replace it (else refused)
+    force: bool = False  # a non-model secret may match the model API's host
 
     def __repr__(self) -> str:  # this one carries a value: never let it print
         return f"AddSecret(name={self.name!r}, <value hidden>)"
@@ -186,9 +189,12 @@ class Vault:
                 name=request.name, kind=request.type, host_pattern=request.host,  # type: ignore[arg-type]
                 path_pattern=request.path, header_name=request.header, value_format=request.format,
                 param_name=request.param, grants=tuple(request.agents or ["*"]), created_at=time.time()),
-                request.value)
+                request.value, force=request.force)
         except CatalogError as exc:
             raise ControlError(str(exc)) from None
+        if not request.replace and any(s.name == secret.name for s, _ in await asyncio.to_thread(self.store.secrets)):
+            raise ControlError(f"a secret named {secret.name} exists; add --replace to replace it (its value, "
+                               "host and grants)")
         sealed = self.sealer.seal(request.value, f"secret:{secret.name}")
         created = await asyncio.to_thread(self.store.put_secret, secret, sealed)
         await self.refresh()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import ssl
 import stat
@@ -337,3 +338,42 @@ async def restart(vault: Vault) -> None:
         except control.ControlError:
             assert vault.proc.poll() is None and time.monotonic() < deadline, vault.logs()
             await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize(("host", "why"), [
+    ("*.com", "matches every site under the public suffix 'com'"),
+    ("*.co.uk", "matches every site under the public suffix 'co.uk'"),
+    ("*.github.io", "matches every site under the public suffix 'github.io'"),
+    ("co.uk", "is a public suffix, not a site"),
+    ("api.example.com*", "a * must stand for a whole label"),
+    ("*.anthropic.com", "matches the model API (api.anthropic.com)"),
+])
+async def test_a_typo_in_a_host_pattern_never_sends_a_secret_to_the_wrong_place(
+        vault: Vault, host: str, why: str) -> None:
+    before = await vault.call("secrets-list")
+
+    with pytest.raises(control.ControlError, match=re.escape(why)):
+        await vault.call("secrets-add", {"name": "gh", "type": "generic", "value": GITHUB, "host": host,
+                                         "header": "Authorization"})
+
+    assert await vault.call("secrets-list") == before
+
+
+async def test_a_secret_is_replaced_only_when_asked_and_the_model_key_keeps_its_type_and_host(vault: Vault) -> None:
+    await vault.call("secrets-add", {"name": "gh", "type": "generic", "value": GITHUB, "host": "api.github.com",
+                                     "header": "Authorization"})
+    before = await vault.call("secrets-list")
+    with pytest.raises(control.ControlError, match="a secret named gh exists; add --replace"):
+        await vault.call("secrets-add", {"name": "gh", "type": "generic", "value": "x" * 20, "host": "evil.test",
+                                         "header": "Authorization"})
+    with pytest.raises(control.ControlError, match="the anthropic secret is the model key"):
+        await vault.call("secrets-add", {"name": "anthropic", "type": "generic", "value": "x" * 20,
+                                         "host": "evil.test", "header": "X", "replace": True})
+    assert await vault.call("secrets-list") == before
+
+    replaced = await vault.call("secrets-add", {"name": "gh", "type": "generic", "value": GITHUB, "replace": True,
+                                                "host": "api.github.com", "header": "Authorization",
+                                                "agents": ["main"]})
+    forced = await vault.call("secrets-add", {"name": "proxy", "type": "generic", "value": "p" * 20, "force": True,
+                                              "host": "api.anthropic.com", "header": "X-Proxy-Key"})
+    assert replaced["created"] is False and replaced["secret"]["grants"] == ["main"] and forced["created"] is True
