@@ -27,6 +27,9 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     docker_workers: int = 4
     safety_poll: float = 2.0
     max_containers: int = 8
+    # Containers coming up at once (docker start until the agent's Claude Code answers); 0: one per
+    # CPU. Fifty starting together on two cores each take the whole wave's time.
+    parallel_starts: int = 0
     # Seconds without a heartbeat while the agent owes an answer before it counts as hung
     # (a declared long tool call extends it).
     hang_timeout: float = 600.0

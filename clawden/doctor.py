@@ -511,6 +511,10 @@ async def _guarded(check: Check, probe: Probe) -> Result:
 async def diagnose(cfg: Config, environ: dict[str, str] | None = None) -> list[tuple[str, Result]]:
     probe = Probe(cfg, dict(os.environ) if environ is None else environ)
     todo = checks(cfg, probe.environ)
+    # Imported here, once, before the checks' threads start: the docker SDK imported lazily by several
+    # threads at once fails ("partially initialized module 'docker.types'"). Kept out of the module's
+    # imports so other commands do not pay for it.
+    importlib.import_module("docker.errors")
     try:
         results = await asyncio.gather(*(_guarded(c, probe) for c in todo))
     finally:

@@ -53,6 +53,17 @@ def _call(args: argparse.Namespace, verb: str, payload: dict[str, Any]) -> Any:
     return control.run(_cfg(args), "vault", verb, payload)
 
 
+def _known_groups(args: argparse.Namespace, names: list[str] | None) -> None:
+    """Refuse agent groups the router does not know: a rule or grant for a typo protects nobody."""
+    asked = {n for n in names or [] if n and n != "*"}
+    if not asked:
+        return
+    known = {g["name"] for g in control.run(_cfg(args), "router", "groups", {"op": "list"})}
+    if unknown := sorted(asked - known):
+        raise SystemExit(f"clawden: no agent group {', '.join(unknown)}; the groups are: {', '.join(sorted(known))} "
+                         "(or '*' for all)")
+
+
 def _read_value(args: argparse.Namespace) -> str:
     prompt = f"value of {args.name} (not shown): "
     value = (getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.read()).strip()
@@ -74,6 +85,7 @@ def _describe(secret: dict[str, Any]) -> str:
 # --- secrets ---------------------------------------------------------------------------------------
 
 def cmd_secrets_add(args: argparse.Namespace) -> int:
+    _known_groups(args, args.agent)
     payload = {"name": args.name, "type": args.type, "value": _read_value(args), "host": args.host or "",
                "path": args.path, "header": args.header or "", "format": args.format, "param": args.param or "",
                "agents": args.agent or [], "replace": args.replace, "force": args.force}
@@ -107,6 +119,7 @@ def cmd_secrets_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_secrets_grant(args: argparse.Namespace) -> int:
+    _known_groups(args, args.agent)
     secret = _call(args, "secrets-grant", {"name": args.name, "agents": args.agent, "revoke": args.revoke})["secret"]
     print(f"{secret['name']} is granted to: {', '.join(secret['grants']) or 'nobody'}")
     return 0
@@ -115,6 +128,7 @@ def cmd_secrets_grant(args: argparse.Namespace) -> int:
 # --- rules -----------------------------------------------------------------------------------------
 
 def cmd_rules_add(args: argparse.Namespace) -> int:
+    _known_groups(args, [args.agent])
     payload = {"name": args.name, "action": args.action, "host": args.host, "path": args.path,
                "method": args.method, "agent": args.agent, "limit": args.limit or 0, "window": args.window}
     rule = _call(args, "rules-add", payload)["rule"]
@@ -171,6 +185,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_egress(args: argparse.Namespace) -> int:
+    _known_groups(args, [args.group])
     reply = _call(args, "egress", {"agent_group": args.group, "mode": args.mode})
     print(f"{reply['agent_group']}: egress {reply['egress']}")
     return 0
@@ -222,7 +237,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     radd.add_argument("--method", help="only this method (default: every method)")
     radd.add_argument("--agent", default="*", help="only this agent group (default: every group)")
     radd.add_argument("--limit", type=int, help="rate_limit: requests per window")
-    radd.add_argument("--window", default="minute", choices=["minute", "hour", "day"])
+    radd.add_argument("--window", choices=["minute", "hour", "day"], help="rate_limit: the window (default minute)")
     radd.set_defaults(func=cmd_rules_add)
     rlist = rsub.add_parser("list", help="the rules")
     rlist.add_argument("--json", action="store_true")

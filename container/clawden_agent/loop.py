@@ -482,6 +482,7 @@ class Runner:
                 await self._start_agent()
             except Exception:
                 log.exception("cannot start Claude Code yet; will retry on the next message")
+            self.ring_host()  # up: the host starts its next container
             await self._loop()
         finally:
             await self._shut_down()

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import re
 import shutil
 import sqlite3
@@ -55,6 +56,7 @@ from services.runner.sessions import (
 
 log = logging.getLogger("clawden.runner")
 HEARTBEAT = ".heartbeat"
+START_GATE_SECONDS = 60.0
 # Seconds between SIGTERM and SIGKILL for a container: the agent interrupts Claude Code (2 s) and the
 # SDK's own close waits for it to exit (up to 5 s more), with room to spare on a busy machine.
 STOP_GRACE = 15
@@ -86,6 +88,7 @@ class Live:
     last_wake: float = field(default_factory=time.monotonic)
     stopping: bool = False
     hung: bool = False
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # the agent rang: it is up
 
 
 class Runner:
@@ -103,6 +106,7 @@ class Runner:
         self.queue: dict[str, Waiting] = {}  # insertion order is arrival order
         self.changed = asyncio.Event()
         self.making_room = False
+        self.starting = asyncio.Semaphore(self.cfg.runner.parallel_starts or os.cpu_count() or 2)
         self.failures: dict[str, int] = {}  # consecutive start failures or crashes per session
         self.engine_cpus: int | None = None  # what Docker's engine has; set once it answered
         self.counters = {"wakes": 0, "started": 0, "published": 0, "crashed": 0, "hung": 0, "idle_stopped": 0}
@@ -297,6 +301,7 @@ class Runner:
         live = self.live.get(session_id)
         if live is not None:
             live.last_activity = time.monotonic()
+            live.ready.set()
         self._spawn(self.pump(session_id), f"pump-{session_id}")
 
     async def pump(self, session_id: str) -> None:
@@ -443,7 +448,15 @@ class Runner:
     async def _launch(self, waiting: Waiting) -> None:
         info, folder = waiting.info, waiting.folder
         try:
-            await self._start(info, folder)
+            # A few at a time, each until its agent rings (Claude Code is up): a wave of starts on a
+            # small machine then answers its first chats in seconds instead of all at the end, and the
+            # group's later containers find the CA self-test already passed by its first.
+            async with self.starting:
+                await self._start(info, folder)
+                live = self.live.get(info.id)
+                if live is not None:
+                    with contextlib.suppress(TimeoutError):  # bounded: a slow agent only slows the wave
+                        await asyncio.wait_for(live.ready.wait(), START_GATE_SECONDS)
         except Exception as exc:
             self._forget(info.id)
             failures = self.failures.get(info.id, 0) + 1
@@ -469,6 +482,7 @@ class Runner:
         live = self.live.get(died.session_id)
         if live is None or live.container_id != died.container_id:
             return
+        live.ready.set()  # a start that died frees its place in the wave
         self._spawn(self._handle_death(live, died), f"death-{died.session_id}")
 
     async def _handle_death(self, live: Live, died: Died) -> None:

@@ -26,6 +26,7 @@ GROUP = re.compile(r"^(\*|[A-Za-z0-9_-]{1,64})$")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
 WINDOW_SECONDS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
 DEFAULT_HOSTS: dict[str, str] = {"anthropic": "api.anthropic.com", "openai": "api.openai.com"}
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 MODEL_SECRET = "anthropic"  # the model key's name, as the vault stores it from keys/anthropic
 MAX_VALUE = 10_000
 # Values this short could occur by chance anywhere; the leak guard skips them.
@@ -133,8 +134,8 @@ def check_rule(rule: Rule) -> Rule:
     except ValueError as exc:
         raise CatalogError(str(exc)) from exc
     method = rule.method.upper() if rule.method else None
-    if method is not None and not re.match(r"^[A-Z]{1,16}$", method):
-        raise CatalogError(f"{rule.method!r} is not an HTTP method")
+    if method is not None and method not in HTTP_METHODS:
+        raise CatalogError(f"{rule.method!r} is not an HTTP method; give one of {', '.join(sorted(HTTP_METHODS))}")
     if not GROUP.match(rule.agent_group):
         raise CatalogError(f"{rule.agent_group!r} is not an agent group name")
     if rule.action == "rate_limit" and not 1 <= rule.rate_limit <= 1_000_000:

@@ -85,7 +85,7 @@ class AddRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     method: str | None = None
     agent: str = "*"
     limit: int = 0
-    window: str = "minute"
+    window: str | None = None  # rate_limit only: minute (the default), hour or day
 
 
 def _decode(data: bytes, kind: type[Any]) -> Any:
@@ -234,13 +234,15 @@ class Vault:
         request: AddRule = _decode(data, AddRule)
         if request.action not in ("block", "manual_approval", "rate_limit", "allow"):
             raise ControlError("--action must be block, manual_approval, rate_limit or allow")
-        if request.window not in ("minute", "hour", "day"):
+        if request.window not in (None, "minute", "hour", "day"):
             raise ControlError("--window must be minute, hour or day")
+        if request.action != "rate_limit" and (request.limit or request.window is not None):
+            raise ControlError(f"--limit and --window belong to rate_limit rules, not to a {request.action} rule")
         try:
             rule = check_rule(Rule(
                 name=request.name, action=request.action, host_pattern=request.host,  # type: ignore[arg-type]
                 path_pattern=request.path, method=request.method, agent_group=request.agent,
-                rate_limit=request.limit, rate_window=request.window,  # type: ignore[arg-type]
+                rate_limit=request.limit, rate_window=request.window or "minute",  # type: ignore[arg-type]
                 created_at=time.time()))
         except CatalogError as exc:
             raise ControlError(str(exc)) from None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,3 +209,13 @@ def test_disk_space_warns_under_a_gibibyte_and_fails_near_empty(tmp_path: Path) 
     assert disk_result(DISK_WARN + 1, tmp_path).status == "ok"
     assert disk_result(DISK_WARN - 1, tmp_path).status == "WARN"
     assert disk_result(10 << 20, tmp_path).status == "FAIL"
+
+
+@pytest.mark.docker
+def test_doctor_in_a_fresh_process_passes_against_a_running_install_every_time(stack: Stack) -> None:
+    """Each run a new process, as a user runs it: the docker SDK imported by several check threads at
+    once used to fail ("partially initialized module 'docker.types'") and blame Docker."""
+    for _ in range(8):
+        out = subprocess.run([sys.executable, "-m", "clawden", "--home", str(stack.home), "doctor"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "FAIL" not in out.stdout, out.stdout + out.stderr
