@@ -58,7 +58,11 @@ def _known_groups(args: argparse.Namespace, names: list[str] | None) -> None:
     asked = {n for n in names or [] if n and n != "*"}
     if not asked:
         return
-    known = {g["name"] for g in control.run(_cfg(args), "router", "groups", {"op": "list"})}
+    try:
+        known = {g["name"] for g in control.run(_cfg(args), "router", "groups", {"op": "list"}, timeout=3)}
+    except control.ControlError as exc:  # a vault run on its own: say what could not be checked
+        print(f"clawden: not checked that agent group {', '.join(sorted(asked))} exists: {exc}", file=sys.stderr)
+        return
     if unknown := sorted(asked - known):
         raise SystemExit(f"clawden: no agent group {', '.join(unknown)}; the groups are: {', '.join(sorted(known))} "
                          "(or '*' for all)")

@@ -40,7 +40,8 @@ def stored(stack: Stack) -> tuple[object, object]:
     (("secrets", "add", "gh", "--type", "generic", "--host", "api.github.com", "--header", "Authorization",
       "--agent", "nosuch"), "no agent group nosuch"),
     (("secrets", "add", "anthropic", "--type", "generic", "--host", "evil.test", "--header", "X"),
-     "a secret named anthropic exists; add --replace"),
+     "the anthropic secret is the model key: its type is anthropic and its host api.anthropic.com"),
+    (("secrets", "add", "anthropic", "--type", "anthropic"), "a secret named anthropic exists; add --replace"),
     (("egress", "nosuch", "allowlist"), "no agent group nosuch"),
 ])
 def test_a_typo_is_refused_in_one_line_and_changes_nothing(stack: Stack, args: tuple[str, ...], says: str) -> None:
