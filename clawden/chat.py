@@ -15,11 +15,12 @@ from typing import TextIO
 
 from nats.aio.msg import Msg
 
-from clawden import natsauth
 from clawden.bus import Consumer, bind, consume, ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from clawden.cardtext import render_text
 from clawden.config import Config
+from clawden.control import ControlError
+from clawden.status import Unreachable, connect_cli
 
 CHANNEL = "local"
 OUTBOUND = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing
@@ -90,8 +91,15 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
                timeout: float = 300.0, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
+    try:
+        subjects.token(chat_id)
+    except ValueError:
+        raise ControlError(f"--chat {chat_id!r}: a chat name is one word of letters, digits, '-' and '_'") from None
     # The owner's terminal: the CLI identity (a bridge's identity could not make a durable per terminal).
-    nc = await asyncio.wait_for(natsauth.connect_as(cfg, natsauth.CLI, max_reconnect_attempts=3), 10)
+    try:
+        nc = await connect_cli(cfg, timeout=10, reconnects=3)
+    except Unreachable as exc:
+        raise ControlError(f"{exc}\n  fix: {exc.fix}") from None
     js = nc.jetstream()
     await ensure_streams(js)
     sub = await bind(js, terminal_outbound(chat_id))

@@ -49,10 +49,11 @@ def start_hint(cfg: config_mod.Config, unit: str = "clawden.target") -> str:
     return "start Clawden with `clawden up`"
 
 
-async def connect_cli(cfg: config_mod.Config, timeout: float = 5.0) -> Client:
+async def connect_cli(cfg: config_mod.Config, timeout: float = 5.0, reconnects: int = 1) -> Client:
     """The owner's CLI connection, or `Unreachable` in plain words."""
     try:
-        return await asyncio.wait_for(natsauth.connect_as(cfg, natsauth.CLI, max_reconnect_attempts=1), timeout)
+        return await asyncio.wait_for(natsauth.connect_as(cfg, natsauth.CLI, max_reconnect_attempts=reconnects),
+                                      timeout)
     except natsauth.IdentityError as exc:
         raise Unreachable(str(exc), f"chmod 600 {natsauth.seed_path(cfg, natsauth.CLI)}") from None
     except AuthorizationError:

@@ -4,14 +4,15 @@ traceback, and nothing is stored."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.harness import Stack
-
-pytestmark = pytest.mark.docker
+from tests.ops.conftest import fresh_home
 
 
 def clawden(stack: Stack, *args: str, value: str = "") -> subprocess.CompletedProcess[str]:
@@ -24,6 +25,7 @@ def stored(stack: Stack) -> tuple[object, object]:
             json.loads(clawden(stack, "rules", "list", "--json").stdout))
 
 
+@pytest.mark.docker
 @pytest.mark.parametrize(("args", "says"), [
     (("rules", "add", "r1", "--action", "block", "--host", "api.github.com", "--agent", "nosuch"),
      "no agent group nosuch; the groups are: main"),
@@ -52,3 +54,16 @@ def test_a_typo_is_refused_in_one_line_and_changes_nothing(stack: Stack, args: t
     assert out.returncode != 0 and says in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 2, out.stderr
     assert stored(stack) == before
+
+
+@pytest.mark.parametrize("args", [("chat", "--once", "hello"), ("chat", "--chat", "my chat", "--once", "hi")])
+def test_chat_with_clawden_stopped_says_what_to_do_in_two_lines(tmp_path: Path, args: tuple[str, ...]) -> None:
+    cfg = fresh_home(tmp_path / "home")  # NATS is not running there
+
+    out = subprocess.run([sys.executable, "-m", "clawden", "--home", cfg.home, *args], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "CLAWDEN_HOME": cfg.home})
+
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) <= 2 and lines[0].startswith("clawden: "), out.stderr
+    assert ("cannot reach NATS" in out.stderr and "clawden up" in out.stderr) or "a chat name is one word" in out.stderr
