@@ -87,6 +87,14 @@ class TerminalChat:
         return inbound_event(self.chat_id, self.user, text)
 
 
+HELP = """\
+Everything you type goes to your assistant, except:
+  /clear   start a fresh conversation (the agent's memory file stays)
+  /cost    what this chat and its last message cost
+  /help    this list
+  /exit    leave (also /quit, or Ctrl-D)"""
+
+
 async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = None,
                timeout: float = 300.0, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     stdin = stdin or sys.stdin
@@ -136,6 +144,8 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
     code = 0
     try:
         if once is not None:
+            if not once.strip():
+                raise ControlError("--once needs a message to send")
             if not await send(once):
                 return 2
             try:
@@ -152,9 +162,15 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
             if not line:
                 break
             text = line.rstrip("\n")
-            if text.strip():
+            command = text.strip().lower()
+            if command in ("/exit", "/quit"):
+                break
+            if command == "/help":
+                print(HELP, file=stdout, flush=True)
+            elif text.strip():
                 await send(text)
-            elif interactive:
+                continue
+            if interactive:
                 print("you> ", end="", file=stdout, flush=True)
         if not interactive:
             # Piped input: give the last reply a moment before leaving.

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TextIO
 
 import msgspec
+import nats.errors
+import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -110,3 +112,18 @@ async def test_the_terminal_shows_its_chats_replies_from_every_lane_and_the_pre_
     await asyncio.wait_for(session, 15)
     stdin.close()
     assert [line.split("> ", 1)[1] for line in out.getvalue().splitlines()] == ["one", "two", "three"]
+
+
+async def test_help_lists_the_commands_and_exit_leaves_without_sending_what_follows(
+        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    js, session, stdin, write_fd, out = await start_terminal(tmp_path, nats_server, nc)
+    inbound = await js.subscribe(subjects.inbound("local"))
+    os.write(write_fd, b"/help\n/exit\nnever sent\n")
+
+    await asyncio.wait_for(session, 15)
+    os.close(write_fd)
+    stdin.close()
+
+    assert "/exit    leave (also /quit, or Ctrl-D)" in out.getvalue()
+    with pytest.raises(nats.errors.TimeoutError):
+        await inbound.next_msg(timeout=1)
