@@ -28,10 +28,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="times through every kind of kill")
     parser.add_argument("--max-containers", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("bench/results/chaos.json"))
+    parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it, logs and all")
     args = parser.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="clawden-chaos-") as tmp:
-        stack = start_stack(Path(tmp) / "home", ready_timeout=180,
+        home = args.keep or Path(tmp) / "home"
+        stack = start_stack(home, ready_timeout=180,
                             runner=f"max_containers = {args.max_containers}\nhang_timeout = 60")
         try:
             figures, chats = asyncio.run(chaos.run(stack, chats=args.chats, messages=args.messages,
@@ -42,7 +44,7 @@ def main() -> int:
             stack.stop()
     result = {"chats": args.chats, "messages_per_chat": args.messages, "kills": [k for k, _ in chaos.KINDS],
               "rounds": args.rounds, "seconds": round(time.monotonic() - started, 1), **figures,
-              "replies": sum(len(c.replies) for c in chats)}
+              "replies": sum(len(c.replies) for c in chats), "mismatches": chaos.mismatches(chats)[:30]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

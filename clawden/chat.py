@@ -87,6 +87,7 @@ class TerminalChat:
         return inbound_event(self.chat_id, self.user, text)
 
 
+SHOWN_KEPT = 1000
 HELP = """\
 Everything you type goes to your assistant, except:
   /clear   start a fresh conversation (the agent's memory file stays)
@@ -116,11 +117,17 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
     interactive = once is None and stdin.isatty()
     user = getpass.getuser()
     terminal = TerminalChat(chat_id, user)
+    shown: dict[str, None] = {}  # outbound ids already printed, oldest first
 
     async def on_outbound(event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing,
                           msg: Msg) -> None:
         if event.route.chat_id != chat_id or isinstance(event, ev.Typing):
             return
+        if event.id in shown:
+            return  # redelivered (its ack was lost, say to a NATS restart): shown once already
+        shown[event.id] = None
+        if len(shown) > SHOWN_KEPT:
+            shown.pop(next(iter(shown)))
         message_id = event.target_message_id if not isinstance(event, ev.OutboundMessage) else uuid.uuid4().hex
         print(f"{chr(13) if interactive else ''}{terminal.show(event, message_id)}", file=stdout, flush=True)
         if interactive:

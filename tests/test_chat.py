@@ -127,3 +127,19 @@ async def test_help_lists_the_commands_and_exit_leaves_without_sending_what_foll
     assert "/exit    leave (also /quit, or Ctrl-D)" in out.getvalue()
     with pytest.raises(nats.errors.TimeoutError):
         await inbound.next_msg(timeout=1)
+
+
+async def test_a_reply_delivered_twice_is_shown_once(tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    js, session, stdin, write_fd, out = await start_terminal(tmp_path, nats_server, nc)
+    reply = ev.OutboundMessage(id="s-1:reply:2:send:0", route=ROUTE, text="only once")
+    # As JetStream redelivers a message whose ack was lost (a NATS restart between print and ack).
+    await publish(js, subjects.outbound("local", ROUTE.chat_id), reply, msg_id="first-delivery")
+    await publish(js, subjects.outbound("local", ROUTE.chat_id), reply, msg_id="second-delivery")
+    await publish(js, subjects.outbound("local", ROUTE.chat_id), ev.OutboundMessage(
+        id="s-1:reply:4:send:0", route=ROUTE, text="the next one"), msg_id="third")
+    await until(lambda: "the next one" in out.getvalue(), 10, lambda: out.getvalue())
+    os.close(write_fd)
+    await asyncio.wait_for(session, 15)
+    stdin.close()
+
+    assert out.getvalue().count("only once") == 1

@@ -56,7 +56,7 @@ from services.runner.sessions import (
 
 log = logging.getLogger("clawden.runner")
 HEARTBEAT = ".heartbeat"
-START_GATE_SECONDS = 60.0
+START_GATE_SECONDS = 20.0  # a start slot is held at most this long (an agent stuck coming up)
 # Seconds between SIGTERM and SIGKILL for a container: the agent interrupts Claude Code (2 s) and the
 # SDK's own close waits for it to exit (up to 5 s more), with room to spare on a busy machine.
 STOP_GRACE = 15
@@ -249,7 +249,9 @@ class Runner:
             self._forget(info.id)
             raise
         live.container_id = str(container.id)
-        live.last_activity = time.monotonic()
+        # Silence is measured from here: not from a wait for a start slot, nor from the heartbeat a
+        # dead predecessor left in the folder.
+        live.last_activity = live.last_wake = time.monotonic()
         self.counters["started"] += 1
         log.info("started container %s for session %s", container.short_id, info.id,
                  extra={"session_id": info.id, "agent_group": info.agent_group})

@@ -42,6 +42,12 @@ async def talk(stack: Stack, chat: Chat, messages: int, reply_timeout: float, un
             chat.replies.append((await term.reply(timeout=3)).text)
 
 
+def mismatches(chats: list[Chat]) -> list[tuple[str, str, str]]:
+    """(chat, what was sent, the reply it got) wherever the reply does not answer that message."""
+    return [(chat.name, sent, reply[:300]) for chat in chats
+            for sent, reply in zip(chat.sent, chat.replies, strict=False) if f">{sent}<" not in reply]
+
+
 def check(chats: list[Chat]) -> dict[str, int]:
     """Lost, duplicated and misrouted replies across all chats (all zero when the run was sound)."""
     lost = duplicated = misrouted = 0

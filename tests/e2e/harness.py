@@ -139,6 +139,7 @@ class Terminal:
         self.stack = stack
         self.chat_id = chat_id
         self.replies: asyncio.Queue[ev.OutboundMessage] = asyncio.Queue()
+        self.seen: set[str] = set()
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
 
@@ -151,6 +152,9 @@ class Terminal:
         async def on_reply(event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing,
                            msg: Msg) -> None:
             if isinstance(event, ev.OutboundMessage) and event.route.chat_id == self.chat_id:
+                if event.id in self.seen:
+                    return  # redelivered after a lost ack: `clawden chat` shows it once, and so do we
+                self.seen.add(event.id)
                 await self.replies.put(event)
                 # Like `clawden chat`: a receipt with a platform id, so edits and reactions can target it.
                 receipt = ev.DeliveryReceipt(outbound_id=event.id, route=event.route, ok=True,
