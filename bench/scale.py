@@ -26,8 +26,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from bench.latency import idle_memory_mib, summary
-from tests.chaos.chaos import SERVICES, nats_pid, service_pid
-from tests.e2e.harness import Stack, Terminal, start_stack
+from tests.chaos.chaos import SERVICES, nats_pid
+from tests.e2e.harness import Stack, Terminal, service_pid, start_stack
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")

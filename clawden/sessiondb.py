@@ -24,6 +24,8 @@ AGENT_BELL = "agent.bell"
 HOST_BELL = "host.bell"
 BUSY_TIMEOUT_MS = 5000
 CONVERSATION_KEY = "claude_session_id"  # session_state: the Claude Code conversation to resume
+CURRENT_TOOL_KEY = "current_tool"  # session_state: a declared wait (a long tool call, a person), for the host
+HEARTBEAT = ".heartbeat"  # in the session folder: the agent touches it while it works
 
 _INBOUND_SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages_in (

@@ -45,12 +45,10 @@ from .ledger import Ledger, Settled
 
 log = logging.getLogger("clawden_agent")
 
-SESSION_ID_KEY = sessiondb.CONVERSATION_KEY
 DELIVERY_SEEN_KEY = "delivery_failures_seen"  # the newest failed send already shown to the agent
 PRECHECK_ERROR_KEY = "precheck_error:"  # + task id: the error the chat was last told about
 COST_TOTAL_KEY = "cost_total_usd"  # the conversation's running total at its last result
 DEFAULT_BASH_TIMEOUT_MS = 120_000  # Claude Code's Bash default when the call declares none
-HEARTBEAT = ".heartbeat"
 # Only the safety net: rings wake the loop at once, this catches a ring that was lost.
 SAFETY_POLL_SECONDS = 2.0
 BATCH_LIMIT = 10
@@ -267,7 +265,7 @@ class Agent:
     async def connect(self) -> str | None:
         """Start Claude Code on the stored conversation. When that conversation cannot be resumed
         (gone, or failing to load), start a fresh one and return what the chat should be told."""
-        resume = await asyncio.to_thread(sessiondb.get_state, self.config.session_dir, SESSION_ID_KEY)
+        resume = await asyncio.to_thread(sessiondb.get_state, self.config.session_dir, sessiondb.CONVERSATION_KEY)
         self._stored_session = resume
         notice = None
         if resume and await asyncio.to_thread(get_session_info, resume, str(self.config.group_dir)) is None:
@@ -294,7 +292,8 @@ class Agent:
 
     async def remember(self, session_id: str | None) -> None:
         if session_id != self._stored_session:
-            await asyncio.to_thread(sessiondb.set_state, self.config.session_dir, SESSION_ID_KEY, session_id)
+            await asyncio.to_thread(sessiondb.set_state, self.config.session_dir, sessiondb.CONVERSATION_KEY,
+                                    session_id)
             self._stored_session = session_id
 
     async def forget(self) -> None:
@@ -444,7 +443,7 @@ class Runner:
         self.host_bell = folder / sessiondb.HOST_BELL
         self.ledger = Ledger()
         self.state = tools.TurnState(folder, self.ring_host, on_write=self.ledger.wrote_to_chat)
-        self.agent = Agent(config, self.state, folder / HEARTBEAT)
+        self.agent = Agent(config, self.state, folder / sessiondb.HEARTBEAT)
         self._stopping = False
         self._reader: asyncio.Task[None] | None = None
         self._writes_at_result = 0
@@ -624,18 +623,14 @@ class Runner:
         anchor = settled.anchor
         assert anchor is not None
         if message.is_error:
-            reason = (f"it worked on this for more than {duration(self.config.turn_budget)}, the limit for one "
-                      "message" if over_budget else result_error(message, self.config.max_turns))
-            log.warning("turn failed: %s", reason)
-            tools.write_reply(self.state, f"Sorry — the agent failed: {reason}", suffix="failed", reply_to=anchor)
-            status = "failed"
-        else:
-            text = (message.result or "").strip()
-            if text and not wrote:  # answered without send_message: the final text still reaches the chat
-                tools.write_reply(self.state, text, suffix="result", reply_to=anchor)
-            status = "completed"
-        sessiondb.ack(self.config.session_dir, settled.seqs, status)
-        return status
+            self._fail(settled.seqs, anchor, f"it worked on this for more than {duration(self.config.turn_budget)}, "
+                       "the limit for one message" if over_budget else result_error(message, self.config.max_turns))
+            return "failed"
+        text = (message.result or "").strip()
+        if text and not wrote:  # answered without send_message: the final text still reaches the chat
+            tools.write_reply(self.state, text, suffix="result", reply_to=anchor)
+        sessiondb.ack(self.config.session_dir, settled.seqs, "completed")
+        return "completed"
 
     def _charge(self, message: ResultMessage, seqs: list[int]) -> float:
         """Claude Code reports the conversation's running total; each result costs the difference."""

@@ -34,7 +34,6 @@ FILE_NAME = re.compile(r"^[^/\\\x00]{1,128}$")
 TASK_ID = re.compile(r"^t-[0-9a-f]{8,32}$")
 TASK_STATUSES = ("active", "paused", "done", "cancelled")  # as the scheduler keeps them
 MAX_SCRIPT = 16 * 1024  # as the scheduler takes them
-CURRENT_TOOL_KEY = "current_tool"  # the host reads it to tell a long wait from a hang
 
 
 @dataclass
@@ -108,7 +107,7 @@ def declare_wait(folder: Path, name: str | None, timeout: float = 0.0) -> None:
     """Tell the host that the agent waits, for up to `timeout` seconds, on a tool (a long command, a
     person, the scheduler), so it does not take the silence for a hang; None: the wait is over."""
     value = json.dumps({"name": name, "timeout": timeout, "started_at": time.time()}) if name else None
-    sessiondb.set_state(folder, CURRENT_TOOL_KEY, value)
+    sessiondb.set_state(folder, sessiondb.CURRENT_TOOL_KEY, value)
 
 
 def _text(text: str, *, error: bool = False) -> dict[str, Any]:

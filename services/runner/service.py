@@ -55,12 +55,10 @@ from services.runner.sessions import (
 )
 
 log = logging.getLogger("clawden.runner")
-HEARTBEAT = ".heartbeat"
 START_GATE_SECONDS = 20.0  # a start slot is held at most this long (an agent stuck coming up)
 # Seconds between SIGTERM and SIGKILL for a container: the agent interrupts Claude Code (2 s) and the
 # SDK's own close waits for it to exit (up to 5 s more), with room to spare on a busy machine.
 STOP_GRACE = 15
-CURRENT_TOOL = "current_tool"  # session_state key the agent sets while it waits on a tool
 MAX_INBOX_BYTES = 50 * 1024 * 1024
 START_ATTEMPTS = 5  # failed container starts in a row before a session's messages fail
 
@@ -632,11 +630,11 @@ def _backoff(attempt: int) -> float:
 def _silence(folder: Path, hang_timeout: float) -> tuple[float, float]:
     """(seconds since the agent's last heartbeat, seconds of silence allowed right now)."""
     try:
-        silent = time.time() - (folder / HEARTBEAT).stat().st_mtime
+        silent = time.time() - (folder / sessiondb.HEARTBEAT).stat().st_mtime
     except FileNotFoundError:
         silent = 0.0  # not started yet; the container start itself is bounded elsewhere
     allowed = hang_timeout
-    tool = sessiondb.get_state(folder, CURRENT_TOOL)
+    tool = sessiondb.get_state(folder, sessiondb.CURRENT_TOOL_KEY)
     if tool:
         # A declared long tool call (a Bash command with a long timeout) is not a hang.
         declared = float(json.loads(tool).get("timeout", 0))

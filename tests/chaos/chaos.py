@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from clawden import config, natsauth
-from clawden.bus import subjects
-from tests.e2e.harness import Stack, Terminal
+from tests.e2e.harness import Stack, Terminal, service_pid
 
 SERVICES = ("router", "runner", "vault", "scheduler", "approvals")
 
@@ -56,22 +53,6 @@ def check(chats: list[Chat]) -> dict[str, int]:
         duplicated += max(0, len(chat.replies) - len(chat.sent))
         misrouted += sum(1 for sent, reply in zip(chat.sent, chat.replies, strict=False) if f">{sent}<" not in reply)
     return {"lost": lost, "duplicated": duplicated, "misrouted": misrouted}
-
-
-async def service_pid(stack: Stack, service: str, timeout: float = 60) -> int:
-    nc = await stack.connect()
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                reply = await nc.request(subjects.ctl(service, "ping"), b"", timeout=1)
-                return int(json.loads(reply.data)["pid"])
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
-    finally:
-        await nc.close()
 
 
 def pid_of(*pgrep: str) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import os
 import secrets
 import signal
@@ -81,6 +82,22 @@ class Stack:
         finally:
             client.close()
         self.fake.stop_thread()
+
+
+async def service_pid(stack: Stack, service: str, timeout: float = 60) -> int:
+    """The pid a running service answers its ping with, once it answers (`clawden up` restarts it)."""
+    nc = await stack.connect()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = await nc.request(subjects.ctl(service, "ping"), b"", timeout=1)
+                return int(json.loads(reply.data)["pid"])
+            except Exception:
+                assert time.monotonic() < deadline, f"{service} never answered"
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
 
 
 def start_stack(home: Path, *, idle_timeout: float = 1800, ready_timeout: float = 90, runner: str = "",

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
 
 import pytest
 
-from clawden.bus import subjects
-from tests.e2e.harness import Stack, Terminal
+from tests.e2e.harness import Stack, Terminal, service_pid
 from tests.fakes.anthropic import Hang, Text, ToolCall
 
 pytestmark = pytest.mark.docker
@@ -20,21 +18,6 @@ HANG_TIMEOUT = 4
 
 
 STACK_OPTIONS = {"idle_timeout": IDLE_TIMEOUT, "runner": f"hang_timeout = {HANG_TIMEOUT}\nmax_tries = 2"}
-
-async def service_pid(stack: Stack, service: str) -> int:
-    nc = await stack.connect()
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                reply = await nc.request(subjects.ctl(service, "ping"), b"", timeout=1)
-                return int(json.loads(reply.data)["pid"])
-            except Exception:
-                assert time.monotonic() < deadline, f"{service} never answered"
-                await asyncio.sleep(0.2)
-    finally:
-        await nc.close()
-
 
 async def wait_for_request_containing(stack: Stack, text: str, after: int) -> None:
     deadline = time.monotonic() + 30

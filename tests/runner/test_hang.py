@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from clawden import sessiondb
-from services.runner.service import HEARTBEAT, _silence
+from services.runner.service import _silence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "container"))  # the image's own package
 from clawden_agent.tools import declare_wait
@@ -18,9 +18,9 @@ HANG_TIMEOUT = 600.0
 
 def session_silent_for(tmp_path: Path, seconds: float) -> Path:
     sessiondb.ensure_outbound(tmp_path)
-    (tmp_path / HEARTBEAT).touch()
+    (tmp_path / sessiondb.HEARTBEAT).touch()
     then = time.time() - seconds
-    os.utime(tmp_path / HEARTBEAT, (then, then))
+    os.utime(tmp_path / sessiondb.HEARTBEAT, (then, then))
     return tmp_path
 
 
