@@ -5,12 +5,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import importlib.metadata
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn, cast
 
 from clawden import config as config_mod
 from clawden.control import ControlError
+
+DESCRIPTION = """\
+Clawden: your personal AI assistant on your own server. Every chat is answered by a Claude agent in
+its own container, which never sees your API keys.
+
+Start here: `clawden init` (home and model key), `clawden up` (run it), `clawden chat` (talk to it);
+`clawden doctor` checks the install."""
 
 
 def _home(args: argparse.Namespace) -> Path | None:
@@ -71,9 +81,31 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clawden", description=__doc__)
-    p.add_argument("--home", help="Clawden home (default: $CLAWDEN_HOME or ~/.clawden)")
+HOME_HELP = "Clawden home (default: $CLAWDEN_HOME or ~/.clawden)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is said in two lines (what is wrong, where the help is) instead of
+    the whole usage block above it; subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n  see `{self.prog} --help`\n")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("clawden")
+    except importlib.metadata.PackageNotFoundError:
+        from clawden.runtime import VERSION
+
+        return VERSION
+
+
+def parser() -> Parser:
+    p = Parser(prog="clawden", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--home", help=HOME_HELP)
+    p.add_argument("--version", action="version", version=f"clawden {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("init", help="create the home, config and the default agent group").set_defaults(
@@ -96,30 +128,85 @@ def parser() -> argparse.ArgumentParser:
     image = sub.add_parser("image", help="the agent container image")
     image_sub = image.add_subparsers(dest="image_command", required=True)
     build = image_sub.add_parser("build", help="build clawden-agent (bootstraps a base when none pulls)")
-    build.add_argument("--tag", default="clawden-agent:latest")
+    build.add_argument("--tag", default="clawden-agent:latest",
+                       help="image tag to build (default clawden-agent:latest; a group's own image: its tag)")
     build.add_argument("--base", default=None, help="base image (default: a slim Debian Python image)")
     build.add_argument("--force-base", action="store_true", help="re-bootstrap the Debian base image")
     build.set_defaults(func=cmd_image_build)
 
     from clawden.commands import register_all
 
-    register_all(sub)
+    register_all(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))  # its parsers are Parsers
+    _home_anywhere(p)
     return p
 
 
+def _subparsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    return [child for action in p._actions if isinstance(action, argparse._SubParsersAction)
+            for child in dict.fromkeys(action.choices.values())]
+
+
+def _home_anywhere(p: argparse.ArgumentParser) -> None:
+    """`--home` is taken after the subcommand too (`clawden status --home H`); SUPPRESS keeps the value
+    given before it when it is not repeated."""
+    for child in _subparsers(p):
+        if not any("--home" in a.option_strings for a in child._actions):
+            child.add_argument("--home", default=argparse.SUPPRESS, help=HOME_HELP)
+        _home_anywhere(child)
+
+
+# Commands that make the home (or need none); every other one needs an existing home. `logs` reads the
+# journal where units are installed, and checks the home itself before it reads files.
+NO_HOME_NEEDED = {("init",), ("up",), ("run",), ("image",), ("units", "uninstall"), ("logs",)}
+
+
+def _command_path(args: argparse.Namespace) -> tuple[str, ...]:
+    verb = next((getattr(args, k) for k in vars(args) if k.endswith(("_command", "_verb")) and getattr(args, k)),
+                None)
+    return (args.command, verb) if verb else (args.command,)
+
+
+def check_home(args: argparse.Namespace) -> str | None:
+    """Why this command cannot use the home it is pointed at, in one line with the fix; None when it can."""
+    path = _command_path(args)
+    home = _home(args) or config_mod.default_home()
+    given = bool(getattr(args, "home", None))
+    if path[:1] in NO_HOME_NEEDED or path in NO_HOME_NEEDED:
+        return config_mod.home_problem(home, given, missing_ok=True)
+    return config_mod.home_problem(home, given)
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`clawden status --json | head -1`): what it did not read is nobody's
+        # concern. stdout is pointed at /dev/null so the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell shows for a command the pipe ended
+
+
+def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     if args.command not in ("run", "up"):
         # A command says in one line when NATS is away; the client's per-attempt warnings are noise.
         logging.getLogger("clawden.bus").setLevel(logging.ERROR)
+    if problem := check_home(args):
+        print(f"clawden: {problem}", file=sys.stderr)
+        return 2
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe is found here, not at the interpreter's exit
     except config_mod.ConfigError as exc:
         print(f"clawden: bad configuration: {exc}", file=sys.stderr)
         return 2
     except ControlError as exc:
         print(f"clawden: {exc}", file=sys.stderr)
         return 1
+    except (FileExistsError, NotADirectoryError) as exc:  # a file where the home needs a folder
+        print(f"clawden: {exc.filename or 'a file'} is in the way: Clawden needs a folder there; move it aside",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return code

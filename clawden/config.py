@@ -137,6 +137,19 @@ def default_home() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".clawden"
 
 
+def home_problem(home: Path, given: bool = False, *, missing_ok: bool = False) -> str | None:
+    """What is wrong with `home` as a Clawden home, in one line that names the fix; None when nothing.
+    `given`: it came from --home, so the fix repeats it."""
+    home = home.expanduser().resolve()
+    where = f"--home {home} " if given else ""
+    if home.exists() and not home.is_dir():
+        return (f"{home} is a file, not a Clawden home: move it aside and run `clawden {where}init`, or point "
+                "--home or CLAWDEN_HOME at your home")
+    if not home.exists() and not missing_ok:
+        return f"no home at {home}: run `clawden {where}init` (or point --home or CLAWDEN_HOME at yours)"
+    return None
+
+
 _SECTIONS = ("nats", "runner", "model", "vault")
 
 

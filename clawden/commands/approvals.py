@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from clawden import config as config_mod
 from clawden import control
+from clawden.commands._args import LIMIT
 from clawden.commands._output import show as _show
 from clawden.commands._output import table as _table
 from clawden.commands._output import when as _when
@@ -71,8 +72,8 @@ def register(sub: Sub) -> None:
     verbs = p.add_subparsers(dest="approvals_verb", metavar="VERB")
     v = verbs.add_parser("list", help="list approvals, newest first")
     v.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
-    v.add_argument("--status", choices=STATUSES)
-    v.add_argument("--limit", type=int, default=200)
+    v.add_argument("--status", choices=STATUSES, help="only approvals in this state")
+    v.add_argument("--limit", type=LIMIT, default=200, help="the newest N (default 200)")
     v.set_defaults(func=approvals_list)
     v = verbs.add_parser("show", help="one approval in full, with its audit trail")
     v.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")

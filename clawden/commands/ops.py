@@ -70,6 +70,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
             return 1
         except KeyboardInterrupt:
             return 0
+    home = Path(args.home).expanduser() if args.home else config_mod.default_home()
+    if problem := config_mod.home_problem(home, bool(args.home)):
+        print(f"clawden: {problem}", file=sys.stderr)
+        return 2
     logs = _cfg(args).path("logs")
     try:
         logview.read_files(logs, service, lines=args.lines, session=args.session, follow=args.follow,

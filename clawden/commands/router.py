@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from clawden import config as config_mod
 from clawden import control
+from clawden.commands._args import LIMIT, PRIORITY, int_between
 from clawden.commands._output import show as _show
 from clawden.commands._output import table as _table
 from clawden.commands._output import when as _when
@@ -75,10 +76,10 @@ def _group_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="container image (default: config.toml's)")
     p.add_argument("--memory", help="container memory limit, e.g. 2g (default: config.toml's)")
     p.add_argument("--cpus", type=float, help="container CPU limit (default: config.toml's)")
-    p.add_argument("--pids", type=int, help="container pids limit (default: config.toml's)")
+    p.add_argument("--pids", type=int_between(1, 1 << 22), help="container pids limit (default: config.toml's)")
     p.add_argument("--idle-timeout", dest="idle_timeout", type=float,
                    help="seconds an idle container lives (default: config.toml's)")
-    p.add_argument("--max-turns", dest="max_turns", type=int,
+    p.add_argument("--max-turns", dest="max_turns", type=int_between(0, 1_000_000),
                    help="model calls the agent may make for one message (default: config.toml's)")
     p.add_argument("--turn-budget", dest="turn_budget", type=float,
                    help="seconds the agent may work on one message, not counting waits for an answer "
@@ -161,7 +162,7 @@ def _wiring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ignored", dest="ignored_messages", choices=IGNORED,
                    help="messages that do not engage: drop, or keep as context")
     p.add_argument("--session", dest="session_mode", choices=SESSION_MODES, help="which conversation a message joins")
-    p.add_argument("--priority", type=int, help="higher answers first")
+    p.add_argument("--priority", type=PRIORITY, help="higher answers first (-1000000 to 1000000)")
 
 
 WIRING_FIELDS = ("engage_mode", "engage_pattern", "sender_scope", "ignored_messages", "session_mode", "priority")
@@ -300,7 +301,7 @@ def register(sub: Sub) -> None:
     p, verbs = _resource(sub, "groups", "agent groups: list, get, create, update, delete")
     p.set_defaults(func=groups_list)
     _verb(verbs, "list", "list agent groups", groups_list)
-    _verb(verbs, "get", "one agent group in full", groups_get).add_argument("name")
+    _verb(verbs, "get", "one agent group in full", groups_get).add_argument("name", help="the agent group")
     v = _verb(verbs, "create", "create an agent group", groups_create)
     v.add_argument("name")
     _group_options(v)
@@ -311,21 +312,21 @@ def register(sub: Sub) -> None:
 
     p, verbs = _resource(sub, "chats", "chats (messaging groups): list, create, update, delete")
     p.set_defaults(func=chats_list, channel=None)
-    _verb(verbs, "list", "list chats", chats_list).add_argument("--channel")
+    _verb(verbs, "list", "list chats", chats_list).add_argument("--channel", help="only this channel's chats")
     v = _verb(verbs, "create", "register a chat before anyone writes in it", chats_create)
     v.add_argument("channel")
     v.add_argument("chat_id", help="the platform's chat id, or '*' for every chat of the channel")
-    v.add_argument("--name")
+    v.add_argument("--name", help="a name to show for the chat")
     v.add_argument("--group", action="store_true", help="a group chat (default: a direct chat)")
     v.add_argument("--policy", choices=POLICIES, help="what happens to unknown senders")
     v = _verb(verbs, "update", "change a chat", chats_update)
     v.add_argument("channel")
     v.add_argument("chat_id")
-    v.add_argument("--name")
+    v.add_argument("--name", help="a name to show for the chat")
     v.add_argument("--policy", choices=POLICIES, help="what happens to unknown senders")
     kind = v.add_mutually_exclusive_group()
-    kind.add_argument("--group", dest="is_group", action="store_const", const=True)
-    kind.add_argument("--direct", dest="is_group", action="store_const", const=False)
+    kind.add_argument("--group", dest="is_group", action="store_const", const=True, help="it is a group chat")
+    kind.add_argument("--direct", dest="is_group", action="store_const", const=False, help="it is a direct chat")
     v.add_argument("--allow", action="store_true", help="forget that the owner declined this chat")
     v = _verb(verbs, "delete", "forget a chat and its wirings", chats_delete)
     v.add_argument("channel")
@@ -334,9 +335,9 @@ def register(sub: Sub) -> None:
     p, verbs = _resource(sub, "wire", "wirings between chats and agent groups: list, add, update, remove")
     p.set_defaults(func=wire_list, channel=None, chat=None, group=None)
     v = _verb(verbs, "list", "list wirings", wire_list)
-    v.add_argument("--channel")
-    v.add_argument("--chat")
-    v.add_argument("--group")
+    v.add_argument("--channel", help="only this channel's wirings")
+    v.add_argument("--chat", help="only this chat's wirings")
+    v.add_argument("--group", help="only this agent group's wirings")
     for verb, func, help_text in (("add", wire_add, "wire an agent group to a chat ('*': every chat)"),
                                   ("update", wire_update, "change how a wired group engages"),
                                   ("remove", wire_remove, "unwire an agent group from a chat")):
@@ -363,7 +364,7 @@ def register(sub: Sub) -> None:
 
     p, verbs = _resource(sub, "members", "agent group members: list, add, remove")
     p.set_defaults(func=members_list, group=None)
-    _verb(verbs, "list", "list members", members_list).add_argument("--group")
+    _verb(verbs, "list", "list members", members_list).add_argument("--group", help="only this agent group's")
     for verb, func in (("add", members_add), ("remove", members_remove)):
         v = _verb(verbs, verb, f"{verb} a member", func)
         v.add_argument("agent_group")
@@ -371,27 +372,27 @@ def register(sub: Sub) -> None:
 
     p, verbs = _resource(sub, "destinations", "chats an agent group may send to by name: list, add, remove")
     p.set_defaults(func=destinations_list, group=None)
-    _verb(verbs, "list", "list destinations", destinations_list).add_argument("--group")
+    _verb(verbs, "list", "list destinations", destinations_list).add_argument("--group", help="only this agent group's")
     v = _verb(verbs, "add", "let an agent group send to a chat by name", destinations_add)
     v.add_argument("agent_group")
     v.add_argument("name")
     v.add_argument("channel")
     v.add_argument("chat_id")
-    v.add_argument("--thread")
-    v.add_argument("--display-name", dest="display_name")
+    v.add_argument("--thread", help="a thread in that chat (default: none)")
+    v.add_argument("--display-name", dest="display_name", help="how the agent sees the destination named")
     v = _verb(verbs, "remove", "remove a destination", destinations_remove)
     v.add_argument("agent_group")
     v.add_argument("name")
 
     p = sub.add_parser("sessions", help="sessions, most recent first")
-    p.add_argument("--group")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--group", help="only this agent group's")
+    p.add_argument("--limit", type=LIMIT, default=50, help="the newest N (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=sessions_list)
 
     p = sub.add_parser("dropped", help="messages that reached no agent, and why")
-    p.add_argument("--channel")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--channel", help="only this channel's")
+    p.add_argument("--limit", type=LIMIT, default=50, help="the newest N (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=dropped_list)
 

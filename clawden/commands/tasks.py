@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from clawden import config as config_mod
 from clawden import control
+from clawden.commands._args import LIMIT
 from clawden.commands._output import show as _show
 from clawden.commands._output import table as _table
 
@@ -135,7 +136,7 @@ def register(sub: Sub) -> None:
 
     v = verb("list", "list tasks", tasks_list)
     v.add_argument("--group", help="only this agent group's")
-    v.add_argument("--status", choices=("active", "paused", "done", "cancelled"))
+    v.add_argument("--status", choices=("active", "paused", "done", "cancelled"), help="only tasks in this state")
     verb("show", "one task in full", tasks_show).add_argument("task_id")
     v = verb("add", "schedule a prompt for an agent group's conversation", tasks_add)
     v.add_argument("schedule", help="cron ('0 8 * * 1'), 'every 30m', an ISO time ('2025-06-01T08:00') or 'in 10m'")
@@ -148,10 +149,10 @@ def register(sub: Sub) -> None:
     v.add_argument("--script", metavar="FILE", help=SCRIPT_HELP)
     v = verb("update", "change a task's prompt, schedule, zone or catch-up policy", tasks_update)
     v.add_argument("task_id")
-    v.add_argument("--prompt")
-    v.add_argument("--schedule")
-    v.add_argument("--tz")
-    v.add_argument("--catch-up", dest="catch_up", choices=CATCH_UP)
+    v.add_argument("--prompt", help="the new prompt")
+    v.add_argument("--schedule", help="the new schedule (as for `tasks add`)")
+    v.add_argument("--tz", help="the new IANA time zone")
+    v.add_argument("--catch-up", dest="catch_up", choices=CATCH_UP, help="after downtime: run once, or skip")
     v.add_argument("--script", metavar="FILE", help=SCRIPT_HELP)
     v.add_argument("--no-script", dest="no_script", action="store_true", help="remove the pre-check script")
     verb("pause", "stop a task from running until resumed", _status("pause")).add_argument("task_id")
@@ -160,4 +161,4 @@ def register(sub: Sub) -> None:
     verb("cancel", "cancel a task for good", _status("cancel")).add_argument("task_id")
     v = verb("runs", "a task's run log, most recent first", tasks_runs)
     v.add_argument("task_id")
-    v.add_argument("--limit", type=int, default=50)
+    v.add_argument("--limit", type=LIMIT, default=50, help="the newest N runs (default 50)")

@@ -18,6 +18,7 @@ from typing import Any
 
 from clawden import config as config_mod
 from clawden import control
+from clawden.commands._args import LIMIT
 from clawden.commands._output import table as _table
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -203,7 +204,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                       "prompt",
                           description="The value is read from stdin or a hidden prompt, never from arguments.")
     add.add_argument("name")
-    add.add_argument("--type", required=True, choices=["anthropic", "openai", "generic"])
+    add.add_argument("--type", required=True, choices=["anthropic", "openai", "generic"],
+                     help="anthropic (the model key), openai, or generic (give --header or --param)")
     add.add_argument("--host", help="host pattern, e.g. api.github.com or *.example.com "
                                     "(anthropic and openai have defaults)")
     add.add_argument("--path", default="*", help="path pattern (default: every path)")
@@ -218,7 +220,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.set_defaults(func=cmd_secrets_add)
 
     lst = ssub.add_parser("list", help="stored secrets (never their values)")
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--json", action="store_true", help="print JSON")
     lst.set_defaults(func=cmd_secrets_list)
 
     rm = ssub.add_parser("remove", help="forget a secret")
@@ -235,16 +237,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rsub = rules.add_subparsers(dest="rules_command", required=True)
     radd = rsub.add_parser("add", help="add a rule (order: block > manual_approval > rate_limit)")
     radd.add_argument("name")
-    radd.add_argument("--action", required=True, choices=["block", "manual_approval", "rate_limit", "allow"])
+    radd.add_argument("--action", required=True, choices=["block", "manual_approval", "rate_limit", "allow"],
+                      help="what happens to a matching request")
     radd.add_argument("--host", required=True, help="host pattern, e.g. api.stripe.com, *.example.com or *")
     radd.add_argument("--path", default="*", help="path pattern (default: every path)")
     radd.add_argument("--method", help="only this method (default: every method)")
     radd.add_argument("--agent", default="*", help="only this agent group (default: every group)")
-    radd.add_argument("--limit", type=int, help="rate_limit: requests per window")
+    radd.add_argument("--limit", type=LIMIT, help="rate_limit: requests per window")
     radd.add_argument("--window", choices=["minute", "hour", "day"], help="rate_limit: the window (default minute)")
     radd.set_defaults(func=cmd_rules_add)
     rlist = rsub.add_parser("list", help="the rules")
-    rlist.add_argument("--json", action="store_true")
+    rlist.add_argument("--json", action="store_true", help="print JSON")
     rlist.set_defaults(func=cmd_rules_list)
     rrm = rsub.add_parser("remove", help="remove a rule")
     rrm.add_argument("name")
@@ -253,8 +256,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = sub.add_parser("audit", help="requests agents made through the vault")
     audit.add_argument("--agent", help="only this agent group")
     audit.add_argument("--since", type=parse_since, help="30m, 2h, 7d, or a date/time like 2026-11-21T08:00")
-    audit.add_argument("--limit", type=int, default=100, help="the newest N (default 100)")
-    audit.add_argument("--json", action="store_true")
+    audit.add_argument("--limit", type=LIMIT, default=100, help="the newest N (default 100)")
+    audit.add_argument("--json", action="store_true", help="print JSON")
     audit.set_defaults(func=cmd_audit)
 
     egress = sub.add_parser("egress", help="show or set where an agent group may go: open or allowlist")
