@@ -46,12 +46,29 @@ def cmd_init(args: argparse.Namespace) -> int:
         if key:
             key_file.touch(mode=0o600)
             key_file.write_text(key + "\n")
+    where = f"--home {cfg.home} " if args.home else ""
     if key_file.exists():
-        print(f"  model key:   {key_file} (the vault makes it its `anthropic` secret)")
+        print(f"  model key:   {key_file} (the vault makes it its `anthropic` secret){_tell_vault(cfg)}")
+        print(f"next: `clawden {where}up` (it stays in the foreground), then `clawden {where}chat` in another"
+              " terminal")
     else:
-        print(f"  model key:   put your Anthropic API key in {key_file} (mode 0600)"
-              " or export ANTHROPIC_API_KEY before `clawden up`")
+        print(f"  model key:   none yet: put your Anthropic API key in {key_file} (chmod 600) and run this again,"
+              " or give it to the vault once it runs: `clawden secrets add anthropic --type anthropic`")
+        print(f"next: `clawden {where}up`, give it the key as above, then `clawden {where}chat` in another"
+              " terminal")
     return 0
+
+
+def _tell_vault(cfg: config_mod.Config) -> str:
+    """A running vault reads the key file again at once (no restart); a stopped one reads it when it starts."""
+    from clawden import control
+
+    logging.getLogger("clawden.bus").setLevel(logging.CRITICAL)
+    try:
+        answer = control.run(cfg, "vault", "model-key", timeout=2.0)
+    except ControlError:
+        return ""
+    return "; the running vault has it" if answer.get("present") else ""
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import msgspec
 class NatsConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Empty url: Clawden's own embedded server on 127.0.0.1:port. Anything else: use that server.
     url: str = ""
-    port: int = 4322
+    port: int = 4322  # DEFAULT_NATS_PORT; `clawden init` writes a free one
     credentials_dir: str = ""
 
 
@@ -213,7 +213,7 @@ install_id = "{install_id}"
 # Empty: run the embedded server (clawden up) on 127.0.0.1:port. Set a URL to use an existing
 # NATS server or cluster instead.
 url = ""
-port = 4322
+port = {port}
 
 [runner]
 image = "clawden-agent:latest"
@@ -239,5 +239,21 @@ def init_home(home: Path | None = None) -> Config:
     keys.chmod(0o700)
     file = home / "config.toml"
     if not file.exists():
-        file.write_text(DEFAULT_CONFIG_TOML.format(install_id=os.urandom(4).hex()))
+        file.write_text(DEFAULT_CONFIG_TOML.format(install_id=os.urandom(4).hex(), port=free_nats_port()))
     return load(home)
+
+
+DEFAULT_NATS_PORT = 4322
+
+
+def free_nats_port(preferred: int = DEFAULT_NATS_PORT) -> int:
+    """The port a new install's NATS gets: the usual one, unless something (another install) holds it."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])

@@ -175,6 +175,11 @@ async def connect_as(cfg: Config, ident: str, **options: Any) -> Client:
 
 # ---- the embedded server's config ----
 
+def server_name(cfg: Config) -> str:
+    """What this install's embedded server calls itself, so a port held by another install can be named."""
+    return f"clawden-{cfg.install_id}"
+
+
 def conf_path(cfg: Config) -> Path:
     return cfg.path("nats.conf")
 
@@ -184,7 +189,7 @@ def server_config(cfg: Config, channels: tuple[str, ...]) -> dict[str, Any]:
     for ident, grant in sorted(grants(cfg, channels).items()):
         users.append({"nkey": public_key(ensure_seed(cfg, ident)), "permissions": permissions(ident, grant)})
     return {
-        "server_name": "clawden",
+        "server_name": server_name(cfg),
         "listen": f"127.0.0.1:{cfg.nats.port}",
         "jetstream": {"store_dir": str(cfg.data_dir / "nats")},
         "authorization": {"users": users},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -34,6 +35,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def announced_name(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> str | None:
+    """The server_name a NATS server on `port` announces in its INFO line, before anyone logs in; None
+    when nothing answers like NATS. An install's own server calls itself `clawden-<install id>`."""
+    try:
+        with socket.create_connection((host, port), timeout) as sock, sock.makefile("rb") as stream:
+            line = stream.readline(1 << 16)
+    except OSError:
+        return None
+    if not line.startswith(b"INFO "):
+        return None
+    try:
+        return str(json.loads(line[5:]).get("server_name", ""))
+    except (ValueError, AttributeError):
+        return None
 
 
 def command(port: int, store_dir: Path, *, config_file: Path | None = None) -> list[str]:

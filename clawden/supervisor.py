@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -24,6 +24,13 @@ from clawden.runtime import EX_CONFIG
 
 SERVICES = ("vault", "router", "runner", "scheduler", "approvals")
 STOP_TIMEOUT = 15.0
+MODEL_KEY_FIELD, NO_MODEL_KEY = "X_CLAWDEN_MODEL_KEY", "missing"  # what the vault notifies (services/vault)
+READY = "all services ready — talk to your assistant with `clawden chat`"
+NO_MODEL_KEY_SAID = """\
+not ready: no model key, so the assistant cannot answer anyone. Give the vault your Anthropic API key
+(no restart needed; this console says when it has it), in another terminal:
+    clawden secrets add anthropic --type anthropic      (paste the key at the prompt)
+or write it to {key_file} (chmod 600) and run `clawden init`."""
 
 
 @dataclass
@@ -37,6 +44,7 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     next_start: float = 0.0
+    said: dict[str, str] = field(default_factory=dict)  # the last value of each notify field
 
 
 class Supervisor:
@@ -50,6 +58,7 @@ class Supervisor:
                          for s in services]
         self.nats: subprocess.Popen[bytes] | None = None
         self.stopping = False
+        self.announced = ""  # what was last said about being ready, so it is said once per change
 
     def say(self, line: str) -> None:
         print(line, file=self.out, flush=True)  # type: ignore[call-overload]
@@ -59,10 +68,18 @@ class Supervisor:
             self.say(f"using NATS at {self.cfg.nats_url}")
             return
         log = self.logs / "nats.log"
+        name = natsserver.announced_name(self.cfg.nats.port)
+        if name == natsauth.server_name(self.cfg):
+            raise SystemExit(f"this install's NATS already runs on port {self.cfg.nats.port}: is `clawden up` "
+                             "running in another terminal (or the units)?")
+        if name is not None and name.startswith("clawden-") and name != "clawden-":
+            raise SystemExit(f"port {self.cfg.nats.port} belongs to another Clawden install (install id "
+                             f"{name.removeprefix('clawden-')}): give this one its own port ([nats] port in "
+                             f"{self.cfg.path('config.toml')}), then run `clawden init` and `clawden up` again")
         try:
             with socket.create_connection(("127.0.0.1", self.cfg.nats.port), timeout=0.3):
                 raise SystemExit(f"port {self.cfg.nats.port} is taken: is another `clawden up` running? "
-                                 "(or set [nats] port in config.toml)")
+                                 f"(or set [nats] port in {self.cfg.path('config.toml')})")
         except OSError:
             pass
         self.nats = natsserver.start(self.cfg.nats.port, self.cfg.data_dir / "nats", log_file=log,
@@ -133,11 +150,31 @@ class Supervisor:
                 data = child.notify.recv(4096).decode()
             except (BlockingIOError, OSError):
                 return
-            if "READY=1" in data and not child.ready:
+            fields = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
+            child.said.update(fields)
+            if fields.get("READY") == "1" and not child.ready:
                 child.ready = True
                 self.say(f"{child.name} ready")
-                if all(c.ready for c in self.children):
-                    self.say("all services ready — talk to your assistant with `clawden chat`")
+            self.announce()
+
+    def readiness(self) -> str:
+        """"" while a service is not up yet; else what to tell the person: ready, or what is missing."""
+        if not self.children or not all(c.ready for c in self.children):
+            return ""
+        vault = next((c for c in self.children if c.name == "vault"), None)
+        if vault is not None and vault.said.get(MODEL_KEY_FIELD, NO_MODEL_KEY) == NO_MODEL_KEY:
+            return NO_MODEL_KEY_SAID.format(key_file=self.cfg.keys_dir / "anthropic")
+        return READY
+
+    def announce(self) -> None:
+        state = self.readiness()
+        if state and state != self.announced:
+            if state == READY and self.announced.startswith("not ready"):
+                names = next(c.said.get(MODEL_KEY_FIELD) for c in self.children if c.name == "vault")
+                self.say(f"the vault has a model key now (secret {names})")
+            self.say(state)
+        if state:
+            self.announced = state
 
     def stop(self) -> None:
         self.stopping = True

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from clawden import config, natsauth, setup
+from clawden import config, natsauth, natsserver, setup
 from clawden.supervisor import Supervisor
 from tests.conftest import NatsServer
 
@@ -77,3 +80,49 @@ async def _stream_messages(cfg: config.Config) -> int:
         return int(info.state.messages)
     finally:
         await nc.close()
+
+
+def _until(sup: Supervisor, out: io.StringIO, text: str, timeout: float = 60) -> None:
+    """Polls the supervisor as `clawden up` does until its console says `text`."""
+    deadline = time.monotonic() + timeout
+    while text not in out.getvalue():
+        assert time.monotonic() < deadline, out.getvalue()
+        sup.poll()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("given_by", ["secrets add", "init"])
+def test_up_is_not_ready_without_a_model_key_and_says_so_until_one_is_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given_by: str) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    home = tmp_path / "home"
+    (home).mkdir()
+    (home / "config.toml").write_text(f"[nats]\nport = {natsserver.free_port()}\n")
+    cfg = setup.init(home)
+    out = io.StringIO()
+    sup = Supervisor(cfg, ("vault",), out=out)
+    env = {**os.environ, "CLAWDEN_HOME": str(home)}
+    try:
+        sup.start_nats()
+        _until(sup, out, "not ready: no model key")
+        assert "all services ready" not in out.getvalue()
+        assert "clawden secrets add anthropic --type anthropic" in out.getvalue()
+
+        if given_by == "init":
+            key_file = home / "keys" / "anthropic"
+            key_file.write_text("sk-ant-api03-a-key-given-later\n")
+            key_file.chmod(0o600)
+            said = subprocess.run([sys.executable, "-m", "clawden", "init"], env=env, capture_output=True,
+                                  text=True, timeout=60)
+            assert said.returncode == 0 and "the running vault has it" in said.stdout, said.stdout + said.stderr
+        else:
+            said = subprocess.run([sys.executable, "-m", "clawden", "secrets", "add", "anthropic", "--type",
+                                   "anthropic"], env=env, input="sk-ant-api03-a-key-given-later\n",
+                                  capture_output=True, text=True, timeout=60)
+            assert said.returncode == 0, said.stderr
+
+        _until(sup, out, "all services ready")  # the same vault process: nothing was restarted
+        assert "the vault has a model key now (secret anthropic)" in out.getvalue()
+        assert out.getvalue().count(" pid ") == 1
+    finally:
+        sup.stop()

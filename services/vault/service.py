@@ -19,6 +19,7 @@ from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.config import Config
 from clawden.runtime import ControlError, ServiceContext
+from clawden.sdnotify import Notifier
 from clawden.vaultfiles import CA_CERT, CA_KEY, SOCKET_NAME, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
 from services.vault.approvals import BusApprover
 from services.vault.audit import AuditLog, AuditRecord
@@ -44,6 +45,10 @@ log = logging.getLogger("clawden.vault")
 GROUP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 PRUNE_EVERY = 3600.0
+# A notify field (systemd passes on X_ fields it does not know) by which `clawden up` learns whether the
+# assistant can answer at all: "missing", or the names of the model secrets.
+MODEL_KEY_FIELD = "x_clawden_model_key"
+NO_MODEL_KEY = "missing"
 
 
 def model_credential(cfg: Config) -> tuple[str, str]:
@@ -98,8 +103,10 @@ def _decode(data: bytes, kind: type[Any]) -> Any:
 
 
 class Vault:
-    def __init__(self, cfg: Config, store: Store, sealer: Sealer, ca: CertificateAuthority, gateway: Gateway) -> None:
+    def __init__(self, cfg: Config, store: Store, sealer: Sealer, ca: CertificateAuthority, gateway: Gateway,
+                 notifier: Notifier | None = None) -> None:
         self.cfg = cfg
+        self.notifier = notifier
         self.store = store
         self.sealer = sealer
         self.ca = ca
@@ -133,6 +140,20 @@ class Vault:
             except SealError:
                 log.error("the proxy token of %s does not open with this vault key", group)
         self.gateway.update_tokens(tokens_by_hash)
+        self.tell_model_key(catalog)
+
+    @staticmethod
+    def model_secrets(catalog: Catalog) -> list[str]:
+        return sorted(c.secret.name for c in catalog.credentials if c.secret.kind == "anthropic")
+
+    def tell_model_key(self, catalog: Catalog) -> None:
+        """Say to systemd / `clawden up` whether a model key is stored: without one nothing can answer."""
+        if self.notifier is None:
+            return
+        names = self.model_secrets(catalog)
+        self.notifier.notify(**{MODEL_KEY_FIELD: ",".join(names) or NO_MODEL_KEY,
+                                "status": f"model key: {', '.join(names)}" if names else
+                                "no model key: `clawden secrets add anthropic --type anthropic`"})
 
     def bootstrap_model_key(self) -> None:
         """Keep the secret `anthropic` equal to ANTHROPIC_API_KEY / keys/anthropic when one is given."""
@@ -173,6 +194,15 @@ class Vault:
         return path
 
     # -- control endpoints --
+
+    async def on_model_key(self, data: bytes) -> dict[str, Any]:
+        """Read ANTHROPIC_API_KEY / keys/anthropic again (`clawden init` asks after writing the file), so a
+        key given after the start is used without a restart; answers which model secrets are stored."""
+        async with self._lock:
+            await asyncio.to_thread(self.bootstrap_model_key)
+            await self.refresh()
+        names = self.model_secrets(self.gateway.catalog)
+        return {"present": bool(names), "secrets": names}
 
     async def on_gateway(self, data: bytes) -> dict[str, Any]:
         request = json.loads(data or b"{}")
@@ -317,7 +347,7 @@ async def main(ctx: ServiceContext) -> None:
                       host_map=cfg.vault.host_map, audit=audit, approver=BusApprover(ctx.nc, ctx.js),
                       rate_counts=rates, approval_timeout=cfg.vault.approval_timeout,
                       read_timeout=cfg.vault.read_timeout)
-    vault = Vault(cfg, store, sealer, ca, gateway)
+    vault = Vault(cfg, store, sealer, ca, gateway, ctx.notifier)
     await asyncio.to_thread(vault.bootstrap_model_key)
     await vault.refresh()
     last_flush = asyncio.Event()
@@ -341,11 +371,13 @@ async def main(ctx: ServiceContext) -> None:
                 ("secrets-grant", vault.on_secrets_grant), ("rules-add", vault.on_rules_add),
                 ("rules-list", vault.on_rules_list), ("rules-remove", vault.on_rules_remove),
                 ("audit", vault.on_audit), ("egress", vault.on_egress), ("proxy-token", vault.on_proxy_token),
+                ("model-key", vault.on_model_key),
             ):
                 await ctx.endpoint(verb, handler)
             ctx.stats["audit"] = audit.stats
             ctx.stats["rates"] = rates.stats
             await ctx.ready(f"vault: {len(vault.listening)} gateways, CA sha256 {ca.fingerprint[:16]}")
+            vault.tell_model_key(gateway.catalog)  # after READY, so it is the status systemd keeps showing
             await ctx.stopping.wait()
             await gateway.close()  # requests in flight end (and are recorded) before the last flush
             last_flush.set()

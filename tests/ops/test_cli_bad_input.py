@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from clawden import config as config_mod
 from clawden.cli import parser
+from clawden.config import free_nats_port
 from tests.ops.conftest import fresh_home
 
 
@@ -116,3 +119,26 @@ def test_a_reader_that_went_away_ends_the_command_quietly(tmp_path: Path) -> Non
         os.close(write)
 
     assert out.returncode == 141 and out.stderr == ""
+
+
+def test_init_gives_a_new_install_a_free_nats_port() -> None:
+    with socket.socket() as held:  # another install's NATS, say
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+
+        assert free_nats_port(port) != port
+    assert free_nats_port(port) == port  # the usual port, once it is free
+
+
+@pytest.mark.parametrize("args", [("status",), ("chat", "--once", "hi"), ("tasks",), ("up",)])
+def test_a_port_held_by_another_install_is_named_as_such(tmp_path: Path, secured_nats: config_mod.Config,
+                                                          args: tuple[str, ...]) -> None:
+    mine = fresh_home(tmp_path / "mine", port=secured_nats.nats.port)
+
+    out = clawden(*args, home=Path(mine.home))
+
+    assert out.returncode == 1
+    assert f"port {mine.nats.port} belongs to another Clawden install (install id {secured_nats.install_id}" \
+        in said_briefly(out)[0]
+    assert "[nats] port in" in out.stderr
