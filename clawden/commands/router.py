@@ -4,6 +4,7 @@ entities, over NATS request/reply (`clawden.ctl.router.<resource>`)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -131,8 +132,36 @@ def _render_chats(rows: list[Payload]) -> str:
                    for r in rows], ("CHANNEL", "CHAT", "NAME", "KIND", "UNKNOWN SENDERS", "WIRED TO"))
 
 
+def _reach_lines(reach: dict[str, str]) -> str:
+    return "\n".join(f"{name} groups: {note}" for name, note in sorted(reach.items()))
+
+
+async def _group_reach(cfg: config_mod.Config, channel: str) -> dict[str, str]:
+    """Each running bridge's word on which group messages reach it (Telegram's privacy mode), by channel."""
+    from clawden.commands.channels import running
+
+    out: dict[str, str] = {}
+    for name in sorted(await running(cfg) or {}):
+        if channel and name != channel:
+            continue
+        try:
+            caps = await control.call(cfg, f"channel-{name}", "capabilities", timeout=3.0)
+        except control.ControlError:
+            continue
+        if isinstance(caps, dict) and caps.get("group_note"):
+            out[name] = str(caps["group_note"])
+    return out
+
+
 def chats_list(args: argparse.Namespace) -> int:
-    return _show(args, _call(args, "chats", {"op": "list", "channel": args.channel or ""}), _render_chats)
+    rows = _call(args, "chats", {"op": "list", "channel": args.channel or ""})
+    code = _show(args, rows, _render_chats)
+    if not args.json:
+        # A group the bot cannot read (privacy mode) never shows here: say what the bridge can see.
+        home = Path(args.home).expanduser() if args.home else None
+        if reach := asyncio.run(_group_reach(config_mod.load(home), args.channel or "")):
+            print("\n" + _reach_lines(reach))
+    return code
 
 
 def chats_create(args: argparse.Namespace) -> int:

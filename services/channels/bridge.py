@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from nats.js import JetStreamContext
 
@@ -55,6 +55,15 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class GroupReach:
+    """Which group-chat messages the platform hands the bridge (Telegram's privacy mode), learnt from the
+    platform at start and announced with the capabilities, for `clawden chats list` and `clawden doctor`."""
+
+    messages: Literal["all", "addressed"]
+    note: str  # for a person: what reaches the bot in a group, and how to change it
+
+
+@dataclass(frozen=True)
 class ButtonRef:
     """A card button as the platform gets it: `data` comes back on a click and fits any platform."""
 
@@ -71,6 +80,8 @@ class Bridge(abc.ABC):
     # The listener must call `Inbound.alive()` at least this often; if it does not, it is taken for
     # connected-but-deaf, cancelled, `reconnect()`ed and started again.
     deaf_after: float = 120.0
+    # None until the bridge knows (or where the platform hands a bridge every group message).
+    group_reach: GroupReach | None = None
 
     async def start(self) -> None:  # noqa: B027 - an optional hook; the default does nothing
         """Check credentials and reach the platform once; raise BridgeConfigError with a clear message."""

@@ -128,7 +128,9 @@ async def _after(drained: asyncio.Event, stopping: asyncio.Event, puller: Puller
 
 
 async def _capabilities(bridge: Bridge) -> dict[str, Any]:
-    return {"channel": bridge.name, **bridge.capabilities.describe()}
+    reach = bridge.group_reach
+    group = {"group_messages": reach.messages, "group_note": reach.note} if reach is not None else {}
+    return {"channel": bridge.name, **bridge.capabilities.describe(), **group}
 
 
 async def _listen_forever(bridge: Bridge, inbound: Inbound, stopping: asyncio.Event, stats: BridgeStats) -> None:

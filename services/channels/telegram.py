@@ -24,7 +24,7 @@ from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secre
 from clawden.bus import events as ev
 from clawden.config import Config
 from clawden.runtime import ServiceContext
-from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound
+from services.channels.bridge import Bridge, ButtonRef, Capabilities, GroupReach, Inbound
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.service import serve
 from services.channels.split import utf16_len
@@ -54,6 +54,37 @@ CAPABILITIES = Capabilities(
 class BotIdentity:
     id: int
     username: str
+    # getMe's can_read_all_group_messages: privacy mode is off (or was, when it joined a group).
+    reads_all_groups: bool = False
+
+
+# In privacy mode a group bot never sees a plain message, not even one that @mentions it, but it does
+# see `/command@bot`: `/ask@bot <question>` is how a group talks to the agent then (and replying to
+# one of the bot's messages). Bot API: Privacy mode (core.telegram.org/bots/features#privacy-mode).
+ASK = "ask"
+
+
+def group_reach(bot: BotIdentity) -> GroupReach:
+    """What reaches the bot in a group under its privacy mode, and how to change it, in a person's words."""
+    name = f"@{bot.username}"
+    change = ("groups it joined before a change keep their old mode until the bot is removed from the group "
+              "and added again")
+    if bot.reads_all_groups:
+        return GroupReach("all", f"privacy mode off: in groups {name} gets every message (a wiring in mention "
+                                 f"mode still answers only @mentions, /{ASK}@{bot.username} and replies to it); "
+                                 f"{change}")
+    return GroupReach("addressed", f"privacy mode on: in groups {name} gets only /{ASK}@{bot.username} <text> "
+                                   f"(or another /command@{bot.username}) and replies to its own messages, never "
+                                   f"an @mention; to let it read every message: @BotFather, /setprivacy, Disable, "
+                                   f"then {change}")
+
+
+def asked(text: str, bot: BotIdentity) -> str | None:
+    """The question in `/ask@bot <question>` (or a bare `/ask <question>`); None if it is not one."""
+    match = re.match(rf"/{ASK}(?:@([A-Za-z0-9_]+))?(?:\s+|$)", text, re.IGNORECASE)
+    if match is None or (match.group(1) is not None and match.group(1).lower() != bot.username.lower()):
+        return None
+    return text[match.end():]
 
 
 @dataclass(frozen=True)
@@ -140,6 +171,9 @@ def files_of(message: dict[str, Any]) -> list[FileRef]:
 def inbound_message(message: dict[str, Any], bot: BotIdentity) -> ev.InboundMessage | None:
     """A Telegram message as a Clawden inbound event; None for service messages (joins, pins…)."""
     text = str(message.get("text") or message.get("caption") or "")
+    question = asked(text, bot)
+    if question is not None:
+        text = question  # the agent gets the question, not the command that carried it
     files = files_of(message)
     if not text and not files:
         return None
@@ -150,7 +184,7 @@ def inbound_message(message: dict[str, Any], bot: BotIdentity) -> ev.InboundMess
         route=route_of(message), message_id=message_key(chat["id"], message["message_id"]),
         sender=sender_of(message), text=text, sent_at=float(message.get("date", 0)),
         is_group=is_group, chat_name=chat_name(chat),
-        mentioned=not is_group or addresses_bot(message, bot),
+        mentioned=not is_group or question is not None or addresses_bot(message, bot),
         reply_to=message_key(chat["id"], replied["message_id"]) if replied else None,
         attachments=tuple(ev.Attachment(name=f.name, mime=f.mime, size=f.size) for f in files),
         supports_threads=bool(chat.get("is_forum")),
@@ -302,8 +336,10 @@ class TelegramBridge(Bridge):
                     f"Telegram rejected the bot token ({exc.code} {exc.description}); put the token @BotFather "
                     "gave you in keys/telegram (mode 0600) or CLAWDEN_TELEGRAM_TOKEN") from None
             raise
-        self.me = BotIdentity(int(me["id"]), str(me.get("username", "")))
-        log.info("telegram bot @%s (id %d) connected", self.me.username, self.me.id)
+        self.me = BotIdentity(int(me["id"]), str(me.get("username", "")),
+                              bool(me.get("can_read_all_group_messages")))
+        self.group_reach = group_reach(self.me)
+        log.info("telegram bot @%s (id %d) connected; %s", self.me.username, self.me.id, self.group_reach.note)
         return self.me
 
     # --- in -------------------------------------------------------------------------------------
@@ -537,7 +573,8 @@ async def check_token(cfg: Config, environ: dict[str, str] | None = None) -> str
         me = await api.call("getMe")
     finally:
         await api.close()
-    return f"@{me.get('username', '')}"
+    bot = BotIdentity(int(me["id"]), str(me.get("username", "")), bool(me.get("can_read_all_group_messages")))
+    return f"@{bot.username}; {group_reach(bot).note}"
 
 
 async def main(ctx: ServiceContext) -> None:

@@ -135,3 +135,55 @@ async def test_a_click_arrives_as_a_callback_query_that_can_be_answered_once(
     assert updates["result"][0]["callback_query"]["data"] == "c:1"
     assert (await call(api, "answerCallbackQuery", callback_query_id=query_id))[0] == 200
     assert (await call(api, "answerCallbackQuery", callback_query_id=query_id))[0] == 400
+
+
+async def updates(api: httpx.AsyncClient) -> list[dict[str, Any]]:
+    _, body = await call(api, "getUpdates", timeout=0)
+    return [u["message"] for u in body["result"]]
+
+
+async def test_in_privacy_mode_a_group_bot_gets_commands_and_replies_to_it_but_never_a_mention(
+        fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    ada = fake.user("Ada")
+    family = fake.group("Family")
+    _, me = await call(api, "getMe")
+    assert me["result"]["can_read_all_group_messages"] is False
+    _, sent = await call(api, "sendMessage", chat_id=family["id"], text="Good morning")
+    for text in ("dinner at 8?", "@clawden_test_bot which restaurant?", "/ask@other_bot hi"):
+        fake.send(family, ada, text)
+    fake.send(family, ada, "/ask@clawden_test_bot which restaurant?")
+    fake.send(family, ada, "/ask which restaurant?")
+    fake.send(family, ada, "and the other one?", reply_to=sent["result"]["message_id"])
+    fake.send(fake.private_chat(ada), ada, "hello in private")
+    assert [m["text"] for m in await updates(api)] == [
+        "/ask@clawden_test_bot which restaurant?", "/ask which restaurant?", "and the other one?", "hello in private"]
+    assert [m["text"] for m in fake.withheld] == ["dinner at 8?", "@clawden_test_bot which restaurant?",
+                                                 "/ask@other_bot hi"]
+
+
+async def test_with_privacy_mode_off_or_as_an_admin_the_bot_gets_every_group_message(
+        fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    ada = fake.user("Ada")
+    admin_of = fake.group("Club", bot_admin=True)
+    fake.send(admin_of, ada, "dinner at 8?")
+    fake.set_privacy(False)
+    _, me = await call(api, "getMe")
+    assert me["result"]["can_read_all_group_messages"] is True
+    family = fake.group("Family")
+    fake.send(family, ada, "lunch at 1?")
+    assert [m["text"] for m in await updates(api)] == ["dinner at 8?", "lunch at 1?"]
+    assert fake.withheld == []
+
+
+async def test_a_privacy_change_reaches_a_group_only_once_the_bot_is_removed_and_re_added(
+        fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    ada = fake.user("Ada")
+    family = fake.group("Family")
+    fake.set_privacy(False)
+    fake.send(family, ada, "still private")
+    joined = fake.readd(family, ada)
+    fake.send(family, ada, "now it reads this")
+    got = await updates(api)
+    assert [m.get("text") or "joined" for m in got] == ["joined", "now it reads this"]
+    assert got[0]["new_chat_members"][0]["id"] == fake.bot["id"] == joined["new_chat_members"][0]["id"]
+    assert [m["text"] for m in fake.withheld] == ["still private"]

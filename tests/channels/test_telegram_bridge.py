@@ -65,18 +65,43 @@ async def test_a_private_message_is_stored_once_under_its_natural_key(
         "what is on today?", True, False, f"telegram:{ada['id']}")
 
 
-async def test_a_group_message_says_whether_the_bot_was_mentioned(
+async def test_in_privacy_mode_a_group_reaches_the_bot_by_ask_and_by_replies_to_it(
         fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
     ada = fake.user("Ada")
     family = fake.group("Family")
     bridge.start()
+    await bus.send(family["id"], "Good morning, family", id="morning")
+    await bus.wait_receipts(1)
+    [morning] = fake.bot_messages(family)
     fake.send(family, ada, "dinner at 8?")
-    fake.send(family, ada, "@clawden_test_bot book a table")
+    fake.send(family, ada, "@clawden_test_bot book a table")  # Telegram keeps this from a bot in privacy mode
+    fake.send(family, ada, "/ask@clawden_test_bot book a table")
+    fake.send(family, ada, "and a cake", reply_to=morning["message_id"])
     await until(lambda: fake.confirmed_offset > 0 and fake.pending_updates == 0, 15)
-    await asyncio.sleep(0.3)
     events = await bus.inbound()
     assert [(e.text, e.is_group, e.mentioned) for e in events] == [
-        ("dinner at 8?", True, False), ("@clawden_test_bot book a table", True, True)]
+        ("book a table", True, True), ("and a cake", True, True)]
+    assert len(fake.withheld) == 2
+
+
+async def test_with_privacy_mode_off_every_group_message_arrives_saying_whether_the_bot_was_addressed(
+        tmp_path: Path, nats_server: NatsServer, bus: Bus) -> None:
+    fake = FakeTelegram(privacy=False).start_in_thread()
+    bridge = BridgeProcess(tmp_path / "home", nats_server.url, fake)
+    try:
+        ada = fake.user("Ada")
+        family = fake.group("Family")
+        bridge.start()
+        fake.send(family, ada, "dinner at 8?")
+        fake.send(family, ada, "@clawden_test_bot book a table")
+        await until(lambda: fake.confirmed_offset > 0 and fake.pending_updates == 0, 15)
+        events = await bus.inbound()
+        assert [(e.text, e.is_group, e.mentioned) for e in events] == [
+            ("dinner at 8?", True, False), ("@clawden_test_bot book a table", True, True)]
+        assert "privacy mode off" in bridge.output()
+    finally:
+        bridge.close()
+        fake.stop_thread()
 
 
 async def test_an_update_is_confirmed_to_telegram_only_after_jetstream_stored_it(
@@ -530,4 +555,8 @@ async def test_the_bridge_declares_what_it_supports(nats_server: NatsServer, bri
     caps = json.loads(reply.data)
     assert caps == caps | {"channel": "telegram", "max_text": 4096, "threads": True, "edits": True,
                            "reactions": True, "files": True, "cards": True, "typing": True,
-                           "max_file_bytes": 50 * 1024 * 1024, "idempotent_sends": False}
+                           "max_file_bytes": 50 * 1024 * 1024, "idempotent_sends": False,
+                           "group_messages": "addressed"}
+    # getMe said privacy mode is on (the fake's default, as for a new bot): groups reach it only by
+    # `/ask@bot` and replies.
+    assert caps["group_note"].startswith("privacy mode on: in groups @clawden_test_bot gets only /ask@")

@@ -73,17 +73,41 @@ async def test_a_private_message_is_answered_with_typing_shown_meanwhile(
     assert telegram.typing(chat), "no typing indicator while the agent worked"
 
 
-async def test_a_group_message_is_answered_only_when_the_bot_is_mentioned(
+async def test_a_group_in_privacy_mode_is_answered_by_ask_and_by_replies_to_the_bot(
         stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess) -> None:
     ada = telegram.user("Ada")
-    family = telegram.group("Family")
+    family = telegram.group("Family")  # the bot joined with privacy mode on, as every new bot has it
     await wire(stack, family)
     telegram.send(family, ada, "dinner at 8 tonight?")
-    telegram.send(family, ada, "@clawden_test_bot which restaurant is open late")
+    telegram.send(family, ada, "@clawden_test_bot is the pizzeria open?")  # Telegram never delivers this one
+    telegram.send(family, ada, "/ask@clawden_test_bot which restaurant is open late")
     [answer] = await answers(telegram, family, 1)
+    assert "which restaurant is open late" in answer and "/ask" not in answer
+    [first] = telegram.bot_messages(family)
+    telegram.send(family, ada, "and which one has a terrace", reply_to=first["message_id"])
+    second = (await answers(telegram, family, 2))[1]
+    assert "which one has a terrace" in second
+    # One conversation: the second turn's request to the model carries the first turn too.
+    assert any("which restaurant is open late" in str(r.body) and "which one has a terrace" in str(r.body)
+               for r in stack.fake.messages_requests(with_tools=True))
+    assert not any("dinner at 8" in str(r.body) or "pizzeria" in str(r.body)
+                   for r in stack.fake.messages_requests(with_tools=True))
+
+
+async def test_a_group_with_privacy_mode_off_is_answered_when_the_bot_is_mentioned(
+        stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess) -> None:
+    ada = telegram.user("Ada")
+    telegram.set_privacy(False)
+    try:
+        club = telegram.group("Club")  # joined after /setprivacy Disable: it reads every message here
+    finally:
+        telegram.set_privacy(True)
+    await wire(stack, club)
+    telegram.send(club, ada, "dinner at 8 tonight?")
+    telegram.send(club, ada, "@clawden_test_bot which restaurant is open late")
+    [answer] = await answers(telegram, club, 1)
     assert "which restaurant is open late" in answer
-    await asyncio.sleep(2)
-    assert len(telegram.texts(family)) == 1
+    assert [m for m in telegram.withheld if m["chat"]["id"] == club["id"]] == []  # Telegram delivered both
     assert not any("dinner at 8" in str(r.body) for r in stack.fake.messages_requests(with_tools=True))
 
 

@@ -10,6 +10,7 @@ from services.channels.telegram import (
     BotIdentity,
     addresses_bot,
     entity_text,
+    group_reach,
     inbound_message,
     inline_keyboard,
     platform_message_id,
@@ -68,6 +69,26 @@ def test_a_reply_to_the_bots_message_counts_as_addressing_it() -> None:
              "date": 1, "text": "earlier answer"}
     event = inbound_message(message("and then?", reply_to_message=reply), BOT)
     assert event is not None and event.mentioned and event.reply_to == "-1001:4"
+
+
+def test_ask_with_the_bots_name_addresses_it_and_hands_on_only_the_question() -> None:
+    # In privacy mode `/ask@bot <question>` is one of the few group messages Telegram delivers.
+    for text in ("/ask@Clawden_Bot which restaurant is open late", "/ask which restaurant is open late"):
+        event = inbound_message(message(text), BOT)
+        assert event is not None and event.mentioned and event.text == "which restaurant is open late"
+
+
+def test_ask_meant_for_another_bot_is_not_for_this_one() -> None:
+    event = inbound_message(message("/ask@other_bot which restaurant"), BOT)
+    assert event is not None and not event.mentioned and event.text == "/ask@other_bot which restaurant"
+
+
+def test_the_privacy_mode_getme_reports_is_said_with_how_to_change_it() -> None:
+    on = group_reach(BOT)
+    off = group_reach(BotIdentity(BOT.id, BOT.username, reads_all_groups=True))
+    assert on.messages == "addressed" and "/ask@Clawden_Bot" in on.note and "/setprivacy" in on.note
+    assert "never an @mention" in on.note and "removed from the group and added again" in on.note
+    assert off.messages == "all" and off.note.startswith("privacy mode off")
 
 
 def test_a_forum_topic_is_a_thread_and_other_replies_are_not() -> None:

@@ -117,6 +117,10 @@ class _Chat:
     blocked: tuple[int, str] | None = None
     migrated_to: int | None = None
     typing: list[float] = field(default_factory=list)
+    # Bot API: Privacy mode (core.telegram.org/bots/features#privacy-mode). A group keeps the mode the
+    # bot had when it joined: a change in @BotFather applies once the bot is removed and re-added.
+    bot_reads_all: bool = True
+    bot_admin: bool = False
 
 
 def utf16_len(text: str) -> int:
@@ -136,11 +140,15 @@ def auto_entities(text: str) -> list[dict[str, Any]]:
 class FakeTelegram(ThreadedServer):
     """The fake server. World-building and inspection methods are safe to call from any thread."""
 
-    def __init__(self, token: str = TOKEN, bot_username: str = "clawden_test_bot") -> None:
+    def __init__(self, token: str = TOKEN, bot_username: str = "clawden_test_bot", *, privacy: bool = True) -> None:
         self.token = token
         bot_id = int(token.split(":", 1)[0])
+        # Bot API: getMe, User.can_read_all_group_messages (core.telegram.org/bots/api#user) is true
+        # when privacy mode is off; bots are created with privacy mode on.
         self.bot = {"id": bot_id, "is_bot": True, "first_name": "Clawden", "username": bot_username,
-                    "can_join_groups": True, "can_read_all_group_messages": False, "supports_inline_queries": False}
+                    "can_join_groups": True, "can_read_all_group_messages": not privacy,
+                    "supports_inline_queries": False}
+        self.withheld: list[dict[str, Any]] = []  # group messages privacy mode kept from the bot
         self.calls: list[Call] = []
         self.webhook_url = ""
         self.confirmed_offset = 0  # every update below this has been confirmed by a getUpdates offset
@@ -219,15 +227,59 @@ class FakeTelegram(ThreadedServer):
             self._chats.setdefault(user["id"], _Chat(info))
             return self._chats[user["id"]].info
 
-    def group(self, title: str = "Family", *, supergroup: bool = True, forum: bool = False) -> dict[str, Any]:
+    def group(self, title: str = "Family", *, supergroup: bool = True, forum: bool = False,
+              bot_admin: bool = False) -> dict[str, Any]:
+        """A group the bot is in, joined under the privacy mode it has now (see `set_privacy`)."""
         with self._lock:
             n = next(self._group_ids)
             chat_id = -(1_000_000_000_000 + n) if supergroup else -(4_000_000 + n)
             info: dict[str, Any] = {"id": chat_id, "type": "supergroup" if supergroup else "group", "title": title}
             if forum:
                 info["is_forum"] = True
-            self._chats[chat_id] = _Chat(info)
+            self._chats[chat_id] = _Chat(info, bot_reads_all=bool(self.bot["can_read_all_group_messages"]),
+                                         bot_admin=bot_admin)
             return info
+
+    def set_privacy(self, enabled: bool) -> None:
+        """@BotFather's /setprivacy: getMe says so at once, but groups the bot is already in keep the mode
+        it joined them with until it is removed and re-added (`readd`).
+        Bot API: Privacy mode (core.telegram.org/bots/features#privacy-mode)."""
+        with self._lock:
+            self.bot["can_read_all_group_messages"] = not enabled
+
+    def readd(self, chat: dict[str, Any], by: dict[str, Any]) -> dict[str, Any]:
+        """Someone removes the bot from a group and adds it again: the group now gets the bot's current
+        privacy mode, and the bot gets the `new_chat_members` service message."""
+        with self._lock:
+            state = self._chats[chat["id"]]
+            state.bot_reads_all = bool(self.bot["can_read_all_group_messages"])
+            return self._service_message(state, by, {"new_chat_members": [self.bot]})
+
+    def _service_message(self, state: _Chat, user: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        """Service messages reach every bot in the group, whatever its privacy mode."""
+        message: dict[str, Any] = {"message_id": state.next_id, "from": user, "chat": state.info,
+                                   "date": int(time.time()), **fields}
+        state.next_id += 1
+        state.messages[message["message_id"]] = message
+        self._enqueue("message", message)
+        return message
+
+    def _bot_sees(self, state: _Chat, message: dict[str, Any]) -> bool:
+        """Bot API: Privacy mode (core.telegram.org/bots/features#privacy-mode). In a group, a bot in
+        privacy mode gets commands (`/cmd@this_bot`, and a bare `/cmd` when it was the last bot to write
+        there: the only bot here), replies to its own messages and service messages; never other
+        messages, not even those that @mention it. An admin bot, or one that joined with privacy mode
+        off, gets everything."""
+        if state.info["type"] not in ("group", "supergroup") or state.bot_reads_all or state.bot_admin:
+            return True
+        replied = message.get("reply_to_message") or {}
+        if (replied.get("from") or {}).get("id") == self.bot["id"]:
+            return True
+        text = str(message.get("text") or message.get("caption") or "")
+        command = re.match(r"/[A-Za-z0-9_]{1,32}(?:@([A-Za-z0-9_]{5,32}))?(?!\S)", text)
+        if command is None:
+            return False
+        return command.group(1) is None or command.group(1).lower() == str(self.bot["username"]).lower()
 
     def add_file(self, content: bytes) -> str:
         with self._lock:
@@ -262,7 +314,10 @@ class FakeTelegram(ThreadedServer):
                 message["document"] = {"file_name": name, "mime_type": mime, "file_id": file_id,
                                         "file_unique_id": f"AgAD{file_id[-6:]}", "file_size": len(content)}
             state.messages[message["message_id"]] = message
-            self._enqueue("message", message)
+            if self._bot_sees(state, message):
+                self._enqueue("message", message)
+            else:
+                self.withheld.append(message)
             return message
 
     def click(self, chat: dict[str, Any], message_id: int, user: dict[str, Any], *, button: str | int = 0,

@@ -145,7 +145,8 @@ async def test_a_telegram_token_is_asked_with_getme_where_the_bridge_would_ask(
 
     result = await channel_check("telegram")(Probe(cfg, env))
 
-    assert result == Result("ok", "token accepted: @clawden_test_bot")
+    assert result.status == "ok" and result.detail.startswith("token accepted: @clawden_test_bot; privacy mode on:")
+    assert "/setprivacy" in result.detail  # and how to let the bot read every group message
     assert [call.outcome for call in telegram.calls_to("getMe")] == ["ok"]
 
 
