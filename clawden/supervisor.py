@@ -8,6 +8,7 @@ the services first and NATS last.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -45,6 +46,7 @@ class Child:
     started_at: float = 0.0
     next_start: float = 0.0
     said: dict[str, str] = field(default_factory=dict)  # the last value of each notify field
+    log_offset: int = 0  # where this run's lines start in its log
 
 
 class Supervisor:
@@ -96,6 +98,7 @@ class Supervisor:
         if self.cfg.embedded_nats:
             env["CLAWDEN_NATS_URL"] = self.cfg.nats_url
         log = open(child.log_path, "ab")  # noqa: SIM115 - the child owns it
+        child.log_offset = log.tell()
         child.proc = subprocess.Popen(
             [sys.executable, "-m", "clawden", "run", child.name], env=env, stdout=log, stderr=log,
             stdin=subprocess.DEVNULL, start_new_session=True)
@@ -133,7 +136,8 @@ class Supervisor:
                     child.restarts = 0  # healthy again: the next crash restarts at once
                 continue
             if code == EX_CONFIG:  # it said why in its log; restarting would only say it again
-                self.say(f"{child.name} cannot run as configured; not restarting it (see {child.log_path})")
+                self.say(f"{child.name} cannot run as configured: {last_error(child.log_path, child.log_offset)}\n"
+                         f"{'':<10}not restarting it (see {child.log_path})")
                 child.proc, child.next_start = None, float("inf")
                 continue
             delay = min(30.0, 2.0 ** child.restarts) if child.restarts else 0.5
@@ -141,6 +145,10 @@ class Supervisor:
             child.proc = None
             child.next_start = now + delay
             self.say(f"{child.name} exited with {code}; restarting in {delay:.1f}s (see {child.log_path})")
+
+    def nothing_runs(self) -> bool:
+        """Every service has given up for good (each cannot run as configured): waiting would change nothing."""
+        return bool(self.children) and all(c.proc is None and c.next_start == float("inf") for c in self.children)
 
     def _read_notify(self, child: Child) -> None:
         if child.notify is None:
@@ -220,7 +228,26 @@ def up(home: Path | None, services: list[str] | None = None) -> int:
         sup.start_nats()
         while not received:
             sup.poll()
+            if sup.nothing_runs():
+                sup.say("nothing can run as configured: fix what is said above, then `clawden up` again")
+                return 1
             time.sleep(0.1)
     finally:
         sup.stop()
     return 0
+
+
+_ERROR_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\.\d{3} E [\w.-]+: (.*)$")
+
+
+def last_error(log_path: Path, offset: int = 0) -> str:
+    """The last error a service logged since `offset` (its last line when it logged none as an error)."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            lines = log.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return "(its log cannot be read)"
+    errors = [m.group(1) for line in lines if (m := _ERROR_LINE.match(line))]
+    plain = [line for line in lines if line.strip()]
+    return (errors or plain or ["(it logged nothing)"])[-1]

@@ -36,9 +36,29 @@ def test_a_service_that_cannot_run_as_configured_is_not_restarted(
             sup.poll()
             time.sleep(0.05)
         assert sup.children[0].proc is None and out.getvalue().count(" pid ") == 1, out.getvalue()
-        assert "no telegram token" in sup.children[0].log_path.read_text()
+        assert "channel@telegram cannot run as configured: no telegram token" in out.getvalue()
+        assert sup.nothing_runs()
     finally:
         sup.stop()
+
+
+def test_up_exits_when_nothing_can_run_and_says_why(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(f"[nats]\nport = {natsserver.free_port()}\n")
+    cfg = setup.init(home)
+    for service in ("scheduler", "approvals"):  # a seed others may read: neither service will use it
+        natsauth.seed_path(cfg, service).chmod(0o644)
+
+    out = subprocess.run([sys.executable, "-m", "clawden", "--home", str(home), "up", "--service", "scheduler",
+                          "--service", "approvals"], capture_output=True, text=True, timeout=120)
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    for service in ("scheduler", "approvals"):
+        assert (f"{service} cannot run as configured: {natsauth.seed_path(cfg, service)} is readable by others;"
+                f" run: chmod 600 {natsauth.seed_path(cfg, service)}") in out.stdout, out.stdout
+    assert "nothing can run as configured: fix what is said above, then `clawden up` again" in out.stdout
+    assert out.stdout.rstrip().endswith("stopped")
 
 
 def test_a_killed_embedded_nats_server_is_started_again_with_its_streams(tmp_path: Path) -> None:
