@@ -129,8 +129,27 @@ async def check_docker(p: Probe) -> Result:
     return ok(f"engine {v.get('Version', '?')} ({v.get('Os', '?')}/{v.get('Arch', '?')})")
 
 
+async def group_images(p: Probe) -> tuple[dict[str, list[str]], str]:
+    """Image -> the agent groups that run it (config.toml's image for those without their own), and a
+    note when the router could not say which groups have their own."""
+    default = p.cfg.runner.image
+    try:
+        groups = await p.ctl("router", "groups", {"op": "list", "limit": 10_000})
+    except (Unreachable, RuntimeError):
+        return {default: []}, "; groups' own images not checked (the router did not answer)"
+    images: dict[str, list[str]] = {default: []}
+    for group in groups:
+        images.setdefault((group.get("container") or {}).get("image") or default, []).append(group["name"])
+    return images, ""
+
+
+def _used_by(groups: list[str]) -> str:
+    return f" (agent group{'s' if len(groups) > 1 else ''} {', '.join(groups)})" if groups else ""
+
+
 async def check_image(p: Probe) -> Result:
-    image = p.cfg.runner.image
+    """The image every agent group runs: config.toml's, and each group's own (`groups update --image`)."""
+    images, note = await group_images(p)
 
     def inspect() -> Result:
         import docker.errors
@@ -140,18 +159,31 @@ async def check_image(p: Probe) -> Result:
         try:
             client = _docker()
         except Exception as exc:
-            return fail(f"cannot ask Docker for {image}: {exc}", DOCKER_FIX)
+            return fail(f"cannot ask Docker for {', '.join(images)}: {exc}", DOCKER_FIX)
+        found: dict[str, Any] = {}
+        missing: list[str] = []
         try:
-            found = client.images.get(image)
-        except docker.errors.ImageNotFound:
-            return fail(f"{image} is missing", f"clawden image build --tag {image}")
+            for image in images:
+                try:
+                    found[image] = client.images.get(image)
+                except docker.errors.ImageNotFound:
+                    missing.append(image)
         finally:
             client.close()
-        built = dt.datetime.fromisoformat(found.attrs["Created"]).astimezone().strftime("%Y-%m-%d %H:%M")
-        detail = f"{image}, {found.attrs.get('Size', 0) / 1e6:.0f} MB, built {built}"
-        built_from = (found.labels or {}).get(image_mod.SOURCE_HASH_LABEL)
-        if built_from and built_from != _agent_sources_hash():
-            return warn(detail + "; built from other agent sources than these", f"clawden image build --tag {image}")
+        if missing:
+            return fail("missing: " + "; ".join(f"{i}{_used_by(images[i])}" for i in missing),
+                        "; ".join(f"clawden image build --tag {i}" for i in missing))
+        sources = _agent_sources_hash()
+        stale = [i for i, f in found.items()
+                 if (built := (f.labels or {}).get(image_mod.SOURCE_HASH_LABEL)) and built != sources]
+        details = []
+        for image, f in found.items():
+            built = dt.datetime.fromisoformat(f.attrs["Created"]).astimezone().strftime("%Y-%m-%d %H:%M")
+            details.append(f"{image}{_used_by(images[image])}, {f.attrs.get('Size', 0) / 1e6:.0f} MB, built {built}")
+        detail = "; ".join(details) + note
+        if stale:
+            return warn(detail + f"; {', '.join(stale)} built from other agent sources than these",
+                        "; ".join(f"clawden image build --tag {i}" for i in stale))
         return ok(detail)
 
     return await asyncio.to_thread(inspect)

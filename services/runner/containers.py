@@ -213,8 +213,8 @@ class Docker:
             try:
                 self.client.images.get(spec.image)
             except docker.errors.ImageNotFound as exc:  # never let run() try a pull
-                raise ImageMissing(
-                    f"agent image {spec.image} is missing; build it with `clawden image build`") from exc
+                raise ImageMissing(f"agent image {spec.image} is missing; build it with "
+                                   f"`clawden image build --tag {spec.image}`") from exc
             try:
                 existing = self.client.containers.get(spec.name)
             except docker.errors.NotFound:

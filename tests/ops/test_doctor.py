@@ -22,6 +22,7 @@ from clawden.doctor import (
     Result,
     channel_check,
     check_ca_trust,
+    check_image,
     check_keys,
     check_nats,
     check_vault_key,
@@ -34,7 +35,7 @@ from clawden.vaultfiles import trust_dir
 from services.vault.certs import CertificateAuthority, write_trust_files
 from tests.e2e.harness import Stack
 from tests.fakes.telegram import FakeTelegram
-from tests.ops.conftest import fresh_home
+from tests.ops.conftest import Core, fresh_home
 
 
 def by_name(results: list[tuple[str, Result]]) -> dict[str, Result]:
@@ -220,3 +221,19 @@ def test_doctor_in_a_fresh_process_passes_against_a_running_install_every_time(s
         out = subprocess.run([sys.executable, "-m", "clawden", "--home", str(stack.home), "doctor"],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and "FAIL" not in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.docker
+async def test_each_groups_own_image_is_checked_and_the_fix_builds_that_tag(core: Core, docker_client: object) -> None:
+    made = core.clawden("groups", "create", "painter", "--image", "clawden-agent:no-such-tag")
+    assert made.returncode == 0, made.stderr
+    probe = Probe(core.cfg, {})
+    try:
+        result = await check_image(probe)
+    finally:
+        await probe.close()
+        core.clawden("groups", "delete", "painter", "--yes")
+
+    assert result.status == "FAIL"
+    assert result.detail == "missing: clawden-agent:no-such-tag (agent group painter)"
+    assert result.fix == "clawden image build --tag clawden-agent:no-such-tag"
