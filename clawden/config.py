@@ -83,6 +83,11 @@ class VaultConfig(msgspec.Struct, frozen=True, kw_only=True):
     tcp_listen: str = ""
 
 
+class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    # Shortest `every` interval a task may have without a pre-check script: each run is a model turn.
+    min_interval: float = 60.0
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     home: str = ""
     install_id: str = "default"
@@ -90,6 +95,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     runner: RunnerConfig = RunnerConfig()
     model: ModelConfig = ModelConfig()
     vault: VaultConfig = VaultConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
     groups: dict[str, GroupConfig] = {}
 
     @property
@@ -150,7 +156,7 @@ def home_problem(home: Path, given: bool = False, *, missing_ok: bool = False) -
     return None
 
 
-_SECTIONS = ("nats", "runner", "model", "vault")
+_SECTIONS = ("nats", "runner", "model", "vault", "scheduler")
 
 
 def _env_overrides(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:

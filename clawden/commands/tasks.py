@@ -4,11 +4,13 @@ request/reply (`clawden.ctl.scheduler.<verb>`)."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from clawden import config as config_mod
 from clawden import control
@@ -35,14 +37,37 @@ def _call(args: argparse.Namespace, verb: str, payload: Payload) -> Any:
 
 
 
+def _chat(task: Payload) -> str:
+    return f"{task['channel']}:{task['chat_id']}" + (f" thread {task['thread_id']}" if task.get("thread_id") else "")
+
+
 def _render_tasks(rows: list[Payload]) -> str:
-    return _table([(r["id"], r["agent_group"], r["status"], r["schedule"], r["timezone"], r["catch_up"],
+    return _table([(r["id"], r["agent_group"], _chat(r), r["status"], r["schedule"], r["timezone"], r["catch_up"],
                     r["next_run_local"] or "-", r["prompt"][:40].replace("\n", " ")) for r in rows],
-                  ("TASK", "GROUP", "STATUS", "SCHEDULE", "ZONE", "CATCH-UP", "NEXT RUN", "PROMPT"))
+                  ("TASK", "GROUP", "CHAT", "STATUS", "SCHEDULE", "ZONE", "CATCH-UP", "NEXT RUN", "PROMPT"))
+
+
+TIMES = ("next_run", "last_run", "anchor", "created_at", "updated_at")  # epoch seconds in the service's answer
 
 
 def _render_task(task: Payload) -> str:
-    return "\n".join(f"{k}: {v}" for k, v in task.items())
+    """One task, its times on its own clock (`--json` keeps the epochs)."""
+    try:
+        zone: dt.tzinfo | None = ZoneInfo(task["timezone"])
+    except (ZoneInfoNotFoundError, ValueError, KeyError):
+        zone = None
+
+    def shown(key: str, value: Any) -> str:
+        if key in TIMES:
+            return dt.datetime.fromtimestamp(value, zone).strftime("%Y-%m-%d %H:%M:%S %Z").rstrip() if value else "-"
+        if key == "script" and value:
+            return "\n" + "\n".join(f"  {line}" for line in str(value).splitlines())
+        return "-" if value is None or value == "" else str(value)
+
+    lines = [f"chat: {_chat(task)}"]
+    lines += [f"{k}: {shown(k, v)}" for k, v in task.items()
+              if k not in ("next_run_local", "channel", "chat_id", "thread_id")]
+    return "\n".join(lines)
 
 
 def tasks_list(args: argparse.Namespace) -> int:
@@ -79,6 +104,7 @@ def tasks_add(args: argparse.Namespace) -> int:
                   "thread_id": session["thread_id"] or None},
         "prompt": args.prompt, "schedule": args.schedule, "catch_up": args.catch_up,
         "timezone": args.tz or "", "script": _script(args.script) if args.script else "",
+        "allow_past": args.now,
     }
     data = _call(args, "add", payload)
     return _show(args, data, lambda d: f"scheduled {d['id']} in {d['channel']}:{d['chat_id']}, "
@@ -139,7 +165,8 @@ def register(sub: Sub) -> None:
     v.add_argument("--status", choices=("active", "paused", "done", "cancelled"), help="only tasks in this state")
     verb("show", "one task in full", tasks_show).add_argument("task_id")
     v = verb("add", "schedule a prompt for an agent group's conversation", tasks_add)
-    v.add_argument("schedule", help="cron ('0 8 * * 1'), 'every 30m', an ISO time ('2025-06-01T08:00') or 'in 10m'")
+    v.add_argument("schedule", help="cron ('0 8 * * 1'), 'every 30m' (1m at least, unless --script decides each "
+                                    "run), an ISO time ('2025-06-01T08:00') or 'in 10m'")
     v.add_argument("prompt", help="what the agent is asked when the task runs")
     v.add_argument("--session", help="the conversation to run in (default: the group's most recent)")
     v.add_argument("--group", help="agent group (default: main, or the session's)")
@@ -147,6 +174,8 @@ def register(sub: Sub) -> None:
     v.add_argument("--catch-up", dest="catch_up", choices=CATCH_UP, default="once",
                    help="after downtime: run once for what was missed (default), or skip it")
     v.add_argument("--script", metavar="FILE", help=SCRIPT_HELP)
+    v.add_argument("--now", action="store_true",
+                   help="accept a time already past (the task then runs once, right away)")
     v = verb("update", "change a task's prompt, schedule, zone or catch-up policy", tasks_update)
     v.add_argument("task_id")
     v.add_argument("--prompt", help="the new prompt")

@@ -121,6 +121,30 @@ def parse(text: str, zone_name: str, now: float) -> Schedule:
     return schedule
 
 
+def check_pace(schedule: Schedule, *, gated: bool, minimum: float) -> None:
+    """Refuse an interval shorter than `minimum` seconds: each run is a model turn. A task gated by a
+    pre-check script may run more often, since the script (not the model) decides most runs."""
+    if schedule.kind == "interval" and schedule.every < minimum and not gated:
+        raise ScheduleError(f"'{schedule.text}' would wake the model every {schedule.every} s; the shortest "
+                            f"interval is {_seconds(minimum)}, unless a pre-check script decides when the "
+                            "model is woken (--script)")
+
+
+def check_future(schedule: Schedule, now: float, slack: float = 60.0) -> None:
+    """Refuse a one-shot time that is already past (by more than `slack` seconds: "now" typed a little
+    late is still now); it would fire at once, which is rarely what was meant."""
+    if schedule.kind == "once" and schedule.at < now - slack:
+        ago = _seconds(now - schedule.at)
+        raise ScheduleError(f"'{schedule.text}' is in the past ({local(schedule.at, schedule.zone)}, {ago} ago)")
+
+
+def _seconds(span: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if span >= size:
+            return f"{span / size:.0f} {unit}"
+    return f"{span:.0f} s"
+
+
 def first_run(schedule: Schedule, created: int) -> int | None:
     """The first scheduled instant of a task created (or rescheduled) at `created`."""
     if schedule.kind == "once":

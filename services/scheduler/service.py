@@ -23,7 +23,7 @@ from clawden.bus.streams import scheduler_tasks
 from clawden.runtime import ControlError, ServiceContext
 from services.scheduler import schedule as sched
 from services.scheduler.catchup import Policy, plan
-from services.scheduler.store import STATUSES, Change, NewTask, Store, Task, TaskError
+from services.scheduler.store import STATUSES, Change, NewTask, PastTime, Store, Task, TaskError
 
 log = logging.getLogger("clawden.scheduler")
 T = TypeVar("T")
@@ -62,6 +62,7 @@ class AddRequest(_Request, frozen=True):
     timezone: str = ""
     catch_up: Policy = "once"
     script: str = ""
+    allow_past: bool = False  # a one-shot time already past runs at once (`tasks add --now`)
 
 
 class UpdateRequest(_Request, frozen=True):
@@ -195,14 +196,15 @@ class Scheduler:
                 runner=_runner(op.runner or self.ctx.config.runner.id), channel=op.route.channel,
                 chat_id=op.route.chat_id, thread_id=op.route.thread_id, prompt=op.prompt or "",
                 schedule=op.schedule or "", timezone=op.timezone or self.zone, catch_up="once",
-                created_by=op.created_by or f"agent:{op.agent_group}", script=op.script or ""), when, op.request_id)
+                created_by=op.created_by or f"agent:{op.agent_group}", script=op.script or ""), when, op.request_id,
+                min_interval=self.ctx.config.scheduler.min_interval)
         task = self.store.get(op.task_id)
         if task is None or task.agent_group != op.agent_group:  # another group's task does not exist for it
             raise TaskError(f"there is no task {op.task_id}")
         if op.op == "update":
             return self.store.update(task, Change(prompt=op.prompt, schedule=op.schedule, timezone=op.timezone,
                                                   script=op.script),
-                                     when, op.request_id)
+                                     when, op.request_id, min_interval=self.ctx.config.scheduler.min_interval)
         action: Literal["pause", "resume", "cancel"] = op.op  # type: ignore[assignment]
         return self.store.set_status(task, action, when, op.request_id)
 
@@ -251,7 +253,15 @@ class Scheduler:
                       chat_id=req.route.chat_id, thread_id=req.route.thread_id, prompt=req.prompt,
                       schedule=req.schedule, timezone=req.timezone or self.zone, catch_up=req.catch_up,
                       created_by="cli", script=req.script)
-        task = await self._change(self.store.create, new, time.time())
+        create = functools.partial(self.store.create, min_interval=self.ctx.config.scheduler.min_interval,
+                                   allow_past=req.allow_past)
+        try:
+            task = await self.db(create, new, time.time())
+        except PastTime as exc:
+            raise ControlError(f"{exc}: give a later time, or add --now to run it once right away") from None
+        except TaskError as exc:
+            raise ControlError(str(exc)) from None
+        self.changed.set()
         return task.json()
 
     async def ctl_update(self, data: bytes) -> dict[str, Any]:
@@ -259,7 +269,8 @@ class Scheduler:
         task = await self._task(req.task_id)
         change = Change(prompt=req.prompt, schedule=req.schedule, timezone=req.timezone, catch_up=req.catch_up,
                         script=req.script)
-        return (await self._change(self.store.update, task, change, time.time())).json()
+        update = functools.partial(self.store.update, min_interval=self.ctx.config.scheduler.min_interval)
+        return (await self._change(update, task, change, time.time())).json()
 
     def ctl_status(self, op: Literal["pause", "resume", "cancel"]) -> Callable[[bytes], Any]:
         async def handle(data: bytes) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
@@ -66,6 +67,10 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 class TaskError(ValueError):
     """An operation the scheduler refuses (bad schedule, unknown task …); the message is for a person."""
+
+
+class PastTime(TaskError):
+    """A one-shot time already past, refused unless the caller allows it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,8 +170,10 @@ class Store(servicedb.Store):
                        (request_id, op, task_id, agent_group, "rejected" if error else "applied", error,
                         time.time()))
 
-    def create(self, new: NewTask, now: float, request_id: str = "") -> Task:
-        """Add a task. Its schedule is read in its zone; `now` anchors intervals and `in 10m`."""
+    def create(self, new: NewTask, now: float, request_id: str = "", *, min_interval: float = 0.0,
+               allow_past: bool = True) -> Task:
+        """Add a task. Its schedule is read in its zone; `now` anchors intervals and `in 10m`. An interval
+        under `min_interval` needs a pre-check script; a past one-shot needs `allow_past`."""
         existing = self.get(new.id)
         if existing is not None:
             if existing.agent_group == new.agent_group and existing.session_id == new.session_id:
@@ -177,6 +184,12 @@ class Store(servicedb.Store):
         _check_script(new.script)
         anchor = int(now)
         schedule = _parse(new.schedule, new.timezone, anchor)
+        _check(sched.check_pace, schedule, gated=bool(new.script.strip()), minimum=min_interval)
+        if not allow_past:
+            try:
+                sched.check_future(schedule, now)
+            except sched.ScheduleError as exc:
+                raise PastTime(str(exc)) from None
         first = sched.first_run(schedule, anchor)
         with self._tx() as db:
             db.execute(
@@ -192,14 +205,19 @@ class Store(servicedb.Store):
         assert task is not None
         return task
 
-    def update(self, task: Task, change: Change, now: float, request_id: str = "") -> Task:
+    def update(self, task: Task, change: Change, now: float, request_id: str = "", *,
+               min_interval: float = 0.0) -> Task:
         if task.status in ("cancelled", "done"):
             raise TaskError(f"task {task.id} is {task.status}; schedule a new one instead")
         if change.script is not None:
             _check_script(change.script)
         text = change.schedule if change.schedule is not None else task.schedule
         zone_name = change.timezone if change.timezone is not None else task.timezone
+        script = change.script if change.script is not None else task.script
         anchor, next_run = task.anchor, task.next_run
+        if change.schedule is not None or change.script is not None:  # the pace is judged on what results
+            _check(sched.check_pace, _parse(text, zone_name, int(now)), gated=bool(script.strip()),
+                   minimum=min_interval)
         if change.schedule is not None or change.timezone is not None:
             anchor = int(now)
             next_run = sched.first_run(_parse(text, zone_name, anchor), anchor)
@@ -261,6 +279,13 @@ class Store(servicedb.Store):
 def _parse(text: str, zone_name: str, now: int) -> sched.Schedule:
     try:
         return sched.parse(text, zone_name, now)
+    except sched.ScheduleError as exc:
+        raise TaskError(str(exc)) from None
+
+
+def _check(check: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    try:
+        check(*args, **kwargs)
     except sched.ScheduleError as exc:
         raise TaskError(str(exc)) from None
 

@@ -5,18 +5,26 @@ and never a traceback."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime as dt
+import getpass
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from clawden import config as config_mod
+from clawden import natsauth
+from clawden.bus import publish, subjects
+from clawden.chat import inbound_event
 from clawden.cli import parser
 from clawden.config import free_nats_port
-from tests.ops.conftest import fresh_home
+from tests.ops.conftest import Core, fresh_home
 
 
 def clawden(*args: str, home: Path | None = None, stdout: int = subprocess.PIPE,
@@ -142,3 +150,84 @@ def test_a_port_held_by_another_install_is_named_as_such(tmp_path: Path, secured
     assert f"port {mine.nats.port} belongs to another Clawden install (install id {secured_nats.install_id}" \
         in said_briefly(out)[0]
     assert "[nats] port in" in out.stderr
+
+
+# ---- with the core services running (no Docker) --------------------------------------------------
+
+async def _talk(core: Core, chat_id: str) -> None:
+    """A line from the owner's terminal, so the router opens a session (no runner answers here)."""
+    nc = await natsauth.connect_as(core.cfg, natsauth.CLI)
+    try:
+        event = inbound_event(chat_id, getpass.getuser(), "hello")
+        await publish(nc.jetstream(), subjects.inbound("local"), event, msg_id=event.key)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture(scope="module")
+def session(core: Core) -> str:
+    asyncio.run(_talk(core, "tasks-chat"))
+    deadline = time.monotonic() + 30
+    while True:  # the router commits the session a moment after the message: ask until it lists it
+        listed = json.loads(core.clawden("sessions", "--json").stdout or "[]")
+        found = [s["id"] for s in listed if s["chat_id"] == "tasks-chat"]
+        if found:
+            return str(found[0])
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.1)
+
+
+def tasks(core: Core) -> list[dict[str, object]]:
+    out = core.clawden("tasks", "list", "--json")
+    assert out.returncode == 0, out.stderr
+    return list(json.loads(out.stdout))
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("2020-01-01T08:00", "hi"), "'2020-01-01T08:00' is in the past"),
+    (("every 1s", "hi"), "'every 1s' would wake the model every 1 s; the shortest interval is 1 min, unless a "
+                         "pre-check script decides when the model is woken (--script)"),
+])
+def test_a_task_that_would_fire_at_once_or_every_second_is_refused(core: Core, session: str,
+                                                                    args: tuple[str, ...], says: str) -> None:
+    before = tasks(core)
+
+    out = core.clawden("tasks", "add", *args, "--session", session)
+
+    assert out.returncode == 1 and says in said_briefly(out)[0]
+    assert "add --now" in out.stderr or "every" in args[0]
+    assert tasks(core) == before
+
+
+def test_a_past_time_with_now_and_a_fast_interval_with_a_script_are_taken(core: Core, session: str,
+                                                                           tmp_path: Path) -> None:
+    script = tmp_path / "check.sh"
+    script.write_text("echo '{\"wakeAgent\": false}'\n")
+
+    late = core.clawden("tasks", "add", "2020-01-01T08:00", "remind me", "--session", session, "--now", "--json")
+    fast = core.clawden("tasks", "add", "every 10s", "look", "--session", session, "--script", str(script),
+                        "--json")
+
+    assert late.returncode == 0 and fast.returncode == 0, late.stderr + fast.stderr
+    ids = {json.loads(late.stdout)["id"], json.loads(fast.stdout)["id"]}
+    assert ids <= {str(t["id"]) for t in tasks(core)}
+    for task_id in ids:
+        core.clawden("tasks", "cancel", task_id)
+
+
+def test_tasks_list_shows_the_chat_and_show_prints_readable_times(core: Core, session: str) -> None:
+    added = core.clawden("tasks", "add", "0 8 * * *", "good morning", "--session", session, "--tz", "UTC",
+                         "--json")
+    task = json.loads(added.stdout)
+
+    listed = core.clawden("tasks", "list").stdout
+    shown = core.clawden("tasks", "show", task["id"]).stdout
+    core.clawden("tasks", "cancel", task["id"])
+
+    header, *rows = listed.splitlines()
+    assert header.split()[:4] == ["TASK", "GROUP", "CHAT", "STATUS"]
+    assert any(row.split()[:3] == [task["id"], "main", "local:tasks-chat"] for row in rows), listed
+    assert "chat: local:tasks-chat" in shown
+    next_run = dt.datetime.fromtimestamp(task["next_run"], dt.UTC).strftime("%Y-%m-%d 08:00:00 UTC")
+    assert f"next_run: {next_run}" in shown and f"{task['next_run']}" not in shown, shown
+    assert "last_run: -" in shown

@@ -7,7 +7,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.scheduler.schedule import ScheduleError, first_run, iso, local, next_after, parse
+from services.scheduler.schedule import (
+    ScheduleError,
+    check_future,
+    check_pace,
+    first_run,
+    iso,
+    local,
+    next_after,
+    parse,
+)
 
 
 def at(wall: str, zone: str) -> int:
@@ -133,3 +142,21 @@ def test_bad_schedules_are_refused_in_plain_words(schedule: str, message: str) -
 def test_unknown_zones_are_refused(zone: str) -> None:
     with pytest.raises(ScheduleError, match="unknown time zone"):
         parse("0 8 * * *", zone, 0)
+
+
+def test_a_one_shot_a_little_late_is_still_now_but_an_old_one_is_past() -> None:
+    check_future(parse("in 10s", "UTC", 1_000), 1_050)  # typed at 1000, read at 1050: still fine
+    past = r"'2020-01-01T08:00' is in the past \(2020-01-01 08:00:00 UTC, 1\d\d\d d ago\)"
+    with pytest.raises(ScheduleError, match=past):
+        check_future(parse("2020-01-01T08:00", "UTC", 0), 1_700_000_000)
+
+
+@pytest.mark.parametrize(("schedule", "gated", "refused"), [
+    ("every 59s", False, True), ("every 1m", False, False), ("every 1s", True, False), ("* * * * *", False, False),
+])
+def test_the_shortest_interval_without_a_pre_check_is_a_minute(schedule: str, gated: bool, refused: bool) -> None:
+    if refused:
+        with pytest.raises(ScheduleError, match="the shortest interval is 1 min"):
+            check_pace(parse(schedule, "UTC", 0), gated=gated, minimum=60)
+    else:
+        check_pace(parse(schedule, "UTC", 0), gated=gated, minimum=60)

@@ -83,7 +83,10 @@ class Scheduler:
 
     def __init__(self, home: Path, nats_url: str) -> None:
         self.home = home
-        self.env = dict(os.environ, CLAWDEN_HOME=str(home), CLAWDEN_NATS_URL=nats_url)
+        # Tasks every second keep these tests short; a real install refuses intervals under a minute
+        # unless a pre-check script gates them.
+        self.env = dict(os.environ, CLAWDEN_HOME=str(home), CLAWDEN_NATS_URL=nats_url,
+                        CLAWDEN_SCHEDULER_MIN_INTERVAL="1")
         self.log = home / "scheduler.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -8,7 +8,7 @@ import pytest
 
 from clawden import servicedb
 from services.scheduler.catchup import plan
-from services.scheduler.store import MAX_SCRIPT, MIGRATIONS, Change, NewTask, Store, TaskError, migrate
+from services.scheduler.store import MAX_SCRIPT, MIGRATIONS, Change, NewTask, PastTime, Store, TaskError, migrate
 
 
 def new(task_id: str = "t-000000000001", schedule: str = "every 10s") -> NewTask:
@@ -82,3 +82,21 @@ def test_resuming_does_not_owe_the_runs_that_fell_in_the_pause(store: Store) -> 
     paused = store.set_status(task, "pause", 1_001)
     resumed = store.set_status(paused, "resume", 1_095)
     assert resumed.status == "active" and resumed.next_run == 1_100
+
+
+def test_an_interval_under_the_minimum_needs_a_pre_check_script(store: Store) -> None:
+    with pytest.raises(TaskError, match="'every 1s' would wake the model every 1 s; the shortest interval is 1 min"):
+        store.create(new(schedule="every 1s"), 1_000, min_interval=60)
+    gated = store.create(NewTask(**{**new(schedule="every 1s").__dict__, "script": "echo '{}'"}), 1_000,
+                         min_interval=60)
+    with pytest.raises(TaskError, match="unless a pre-check script decides"):
+        store.update(gated, Change(script=""), 1_001, min_interval=60)
+    assert store.get(gated.id) == gated and store.create(new("t-000000000002", "every 1m"), 1_000, min_interval=60)
+
+
+def test_a_past_one_shot_is_refused_unless_allowed(store: Store) -> None:
+    with pytest.raises(PastTime, match="'2020-01-01T08:00' is in the past"):
+        store.create(new(schedule="2020-01-01T08:00"), 1_700_000_000, allow_past=False)
+    assert store.tasks() == []
+    late = store.create(new(schedule="2020-01-01T08:00"), 1_700_000_000, allow_past=True)
+    assert late.next_run is not None and late.next_run < 1_700_000_000  # due: it runs at once
