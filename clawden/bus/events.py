@@ -13,10 +13,15 @@ from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
+from clawden.bus import subjects
+
 # Largest text a chat message may carry on the bus; bridges split or refuse above it.
 MAX_TEXT = 64 * 1024
 T = TypeVar("T")
 Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+# A value that becomes a NATS subject token (a channel, a runner, an approval id): refused when it is
+# decoded, so no handler meets one that `subjects.token` would reject halfway through its work.
+Token = Annotated[str, msgspec.Meta(pattern=subjects.TOKEN_PATTERN)]
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -43,7 +48,7 @@ class Attachment(_Part, frozen=True):
 class Route(_Part, frozen=True):
     """Where a conversation lives on its platform."""
 
-    channel: str
+    channel: Token
     chat_id: str
     thread_id: str | None = None
 
@@ -305,13 +310,13 @@ class TaskOp(_Event, tag="task.op", frozen=True):
     script: str | None = None  # the pre-check script; on update "" removes it, None leaves it
     created_by: str = ""
     # The runner that owns the session (its wakes go to `wake.<runner>`); "": the scheduler's default.
-    runner: str = ""
+    runner: Annotated[str, msgspec.Meta(pattern=f"^$|{subjects.TOKEN_PATTERN}")] = ""
 
 
 # --- approvals ----------------------------------------------------------------------------------------
 
 class ApprovalRequest(_Event, tag="approval.request", frozen=True):
-    id: str
+    id: Token
     kind: Literal["credential", "question", "sender", "channel", "agent_request"]
     requester: str
     agent_group: str
@@ -325,7 +330,7 @@ class ApprovalRequest(_Event, tag="approval.request", frozen=True):
 
 
 class ApprovalDecision(_Event, tag="approval.decision", frozen=True):
-    id: str
+    id: Token
     decision: Literal["approved", "denied", "expired", "answered"]
     decided_by: str = ""
     value: str = ""

@@ -6,7 +6,8 @@ import re
 import zlib
 
 PREFIX = "clawden"
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_TOKEN = re.compile(TOKEN_PATTERN)
 
 
 def token(value: str) -> str:
