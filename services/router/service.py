@@ -105,6 +105,13 @@ class Router:
                 log.error("dropping malformed message on %s: %s", msg.subject, exc)
                 await msg.term()
                 continue
+            if (claimed := _channel_of(event)) != (channel := msg.subject.rsplit(".", 1)[-1]):
+                # A bridge may publish only on its own subject; what it says inside must match, or
+                # a compromised bridge could speak as another channel's owner.
+                self.counts["poisoned"] += 1
+                log.error("dropping a message on %s that claims to come from channel %r", msg.subject, claimed)
+                await msg.term()
+                continue
             if isinstance(event, ev.InboundAction):
                 await self.forward_click(event, msg)
                 continue

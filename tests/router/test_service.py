@@ -117,6 +117,18 @@ async def test_a_malformed_event_is_dropped_and_routing_goes_on(router: RouterPr
     assert (await router.call("ping"))["stats"]["router"]["poisoned"] == 1
 
 
+async def test_a_message_whose_route_names_another_channel_than_its_subject_is_dropped(
+        router: RouterProcess, js: JetStreamContext) -> None:
+    # The telegram bridge may publish only on inbound.telegram; inside, it must not speak as the terminal
+    # (where `local *` reaches main as the owner).
+    spoof = chat_message(1, chat="terminal", channel="local", sender="local:owner")
+    await js.publish(subjects.inbound("telegram"), ev.encode(spoof))
+    await send(js, chat_message(2, chat="terminal", channel="local", sender="local:someone"))
+    [wake] = await collect(js, "t-wakes", WAKES, want=1)
+    assert isinstance(wake, ev.Wake) and wake.message.id.startswith("local:m2")
+    assert (await router.call("ping"))["stats"]["router"]["poisoned"] == 1
+
+
 def clawden(router: RouterProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "clawden", *args], env=router.env(), capture_output=True,
                           text=True, timeout=60)
