@@ -198,6 +198,11 @@ class Router:
         return serve
 
 
+def _channel_of(event: Inbound) -> str:
+    route = getattr(event, "route", None)
+    return route.channel if route is not None else str(getattr(event, "channel", ""))
+
+
 async def _nak(msg: Msg) -> None:
     with contextlib.suppress(Exception):
         await msg.nak(delay=min(30.0, 0.5 * 2 ** msg.metadata.num_delivered))
