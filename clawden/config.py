@@ -203,6 +203,50 @@ def load(home: Path | None = None, environ: dict[str, str] | None = None) -> Con
 
 
 
+def unknown_settings(raw: dict[str, Any]) -> list[str]:
+    """Sections and keys of a config.toml that Clawden does not read, each with the nearest it does
+    (`[runer]`, `cpu =`): a typo is otherwise a setting silently not applied. `[channels.*]` belongs to
+    the bridges, which read their own keys."""
+    return _unknown(raw, Config, "", skip=frozenset({"home", "channels"}))
+
+
+def _unknown(raw: dict[str, Any], kind: type[msgspec.Struct], where: str,
+             skip: frozenset[str] = frozenset()) -> list[str]:
+    import difflib
+
+    known = {f.name: f.type for f in msgspec.structs.fields(kind)}
+    found: list[str] = []
+    for key, value in raw.items():
+        if key in skip:
+            continue
+        if key not in known:
+            near = difflib.get_close_matches(key, [k for k in known if k not in skip], n=1, cutoff=0.6)
+            is_table = isinstance(value, dict)
+            name = f"[{where}{key}]" if is_table else f"{key} in [{where.rstrip('.')}]" if where else key
+            hint = (f" (did you mean {f'[{where}{near[0]}]' if is_table else near[0]}?)" if near else "")
+            found.append(f"{name} is not a setting Clawden knows{hint}")
+            continue
+        field_type = known[key]
+        if isinstance(value, dict):
+            if isinstance(field_type, type) and issubclass(field_type, msgspec.Struct):
+                found += _unknown(value, field_type, f"{where}{key}.")
+            elif key == "groups" and not where:  # [groups.<name>]: each one a GroupConfig
+                for group, table in value.items():
+                    if isinstance(table, dict):
+                        found += _unknown(table, GroupConfig, f"groups.{group}.")
+    return found
+
+
+def unknown_in_file(cfg: Config) -> list[str]:
+    """`unknown_settings` of this home's config.toml ([] when there is none, or it does not parse:
+    loading it says that)."""
+    file = cfg.path("config.toml")
+    try:
+        return unknown_settings(tomllib.loads(file.read_text()))
+    except (OSError, tomllib.TOMLDecodeError):
+        return []
+
+
 def configured_bridges(cfg: Config, environ: dict[str, str] | None = None) -> list[str]:
     """Bridges with a token (`keys/<name>` or `CLAWDEN_<NAME>_TOKEN`): `clawden up` runs those."""
     from clawden.runtime import installed_channels  # the runtime imports this module

@@ -29,7 +29,7 @@ from nats.aio.client import Client
 
 from clawden import agentcontainer, natsauth
 from clawden.bridgeconfig import BridgeConfigError, read_secret
-from clawden.config import Config, configured_bridges
+from clawden.config import Config, configured_bridges, unknown_in_file
 from clawden.runtime import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE, installed_channels
 from clawden.status import Unreachable, connect_cli, ctl, start_hint
 from clawden.vaultfiles import BUNDLE_FILE, CA_CERT, CA_FILE, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
@@ -447,6 +447,27 @@ async def check_model(p: Probe) -> Result:
     return fail("no model credential: the vault holds no anthropic secret", MODEL_FIX)
 
 
+# ---- config.toml -----------------------------------------------------------------------------------
+
+async def check_config(p: Probe) -> Result:
+    """Names config.toml has that Clawden does not read (typos), and model names that are not Claude's."""
+    from clawden.models import model_warning
+
+    file = p.cfg.path("config.toml")
+    problems = unknown_in_file(p.cfg)
+    if problem := model_warning(p.cfg.model.model):
+        problems.append(f"[model] model: {problem}")
+    try:
+        groups = await p.ctl("router", "groups", {"op": "list", "limit": 10_000})
+    except (Unreachable, RuntimeError):
+        groups = []
+    problems += [f"agent group {g['name']}: {problem} (`clawden groups update {g['name']} --model ...`)"
+                 for g in groups if (problem := model_warning(g.get("model") or ""))]
+    if problems:
+        return warn("; ".join(problems), f"correct them (settings in {file})")
+    return ok(f"{file}: every setting is one Clawden reads" if file.exists() else "no config.toml (defaults)")
+
+
 # ---- channels --------------------------------------------------------------------------------------
 
 def configured_channels(cfg: Config, environ: dict[str, str]) -> list[str]:
@@ -519,6 +540,7 @@ def checks(cfg: Config, environ: dict[str, str]) -> list[Check]:
         Check("Docker", check_docker, 15),
         Check("agent image", check_image, 30),
         Check("NATS", check_nats, 10),
+        Check("config", check_config, 10),
         Check("keys", check_keys, 5),
         Check("vault key", check_vault_key, 5),
         Check("gateway CA", check_ca, 5),

@@ -20,7 +20,8 @@ from pathlib import Path
 from types import FrameType
 
 from clawden import logs, natsauth, natsserver, setup
-from clawden.config import Config, configured_bridges
+from clawden.config import Config, configured_bridges, unknown_in_file
+from clawden.models import model_warning
 from clawden.runtime import EX_CONFIG
 
 SERVICES = ("vault", "router", "runner", "scheduler", "approvals")
@@ -224,6 +225,8 @@ def up(home: Path | None, services: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     sup.say(f"Clawden home {cfg.home}")
+    for problem in config_warnings(cfg):
+        sup.say(f"warning: {problem}")
     try:
         sup.start_nats()
         while not received:
@@ -235,6 +238,14 @@ def up(home: Path | None, services: list[str] | None = None) -> int:
     finally:
         sup.stop()
     return 0
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """What in config.toml is probably a mistake: names Clawden does not read, a model that is not Claude's."""
+    found = [f"{cfg.path('config.toml')}: {line}" for line in unknown_in_file(cfg)]
+    if problem := model_warning(cfg.model.model):
+        found.append(f"[model] model: {problem}")
+    return found
 
 
 _ERROR_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\.\d{3} E [\w.-]+: (.*)$")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from clawden import config, setup
+from clawden.models import model_warning
 
 
 def test_init_creates_a_private_keys_folder_a_config_and_the_main_group(tmp_path: Path) -> None:
@@ -60,3 +61,29 @@ def test_a_bridge_runs_only_with_a_token(tmp_path: Path) -> None:
     assert config.configured_bridges(cfg, {"CLAWDEN_TELEGRAM_TOKEN": "123:abc"}) == ["channel@telegram"]
     (cfg.keys_dir / "telegram").write_text("123:abc")
     assert config.configured_bridges(cfg, {}) == ["channel@telegram"]
+
+
+def test_names_clawden_does_not_read_are_found_with_the_nearest_it_does(tmp_path: Path) -> None:
+    setup.init(tmp_path)
+    (tmp_path / "config.toml").write_text('install_id = "x"\n[runer]\ncpus = 1\n[runner]\ncpu = 2\nmemory = "1g"\n'
+                                          '[groups.main]\nmemroy = "1g"\n[channels.telegram]\nanything = 1\n'
+                                          '[vault]\nzebra = 1\n')
+
+    assert config.unknown_in_file(config.load(tmp_path, environ={})) == [
+        "[runer] is not a setting Clawden knows (did you mean [runner]?)",
+        "cpu in [runner] is not a setting Clawden knows (did you mean cpus?)",
+        "memroy in [groups.main] is not a setting Clawden knows (did you mean memory?)",
+        "zebra in [vault] is not a setting Clawden knows",
+    ]
+
+
+def test_the_config_init_writes_has_nothing_unknown(tmp_path: Path) -> None:
+    assert config.unknown_in_file(setup.init(tmp_path)) == []
+
+
+@pytest.mark.parametrize(("name", "doubtful"), [
+    ("claude-sonnet-4-5", False), ("claude-opus-4-1-20250805", False), ("claude-3-5-haiku-latest", False),
+    ("sonnet", False), ("opus[1m]", False), ("", False), ("gpt-4o", True), ("claude-gpt", True),
+])
+def test_a_model_that_is_not_claudes_is_doubtful(name: str, doubtful: bool) -> None:
+    assert (model_warning(name) is not None) == doubtful

@@ -45,7 +45,7 @@ def test_a_service_that_cannot_run_as_configured_is_not_restarted(
 def test_up_exits_when_nothing_can_run_and_says_why(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    (home / "config.toml").write_text(f"[nats]\nport = {natsserver.free_port()}\n")
+    (home / "config.toml").write_text(f"[nats]\nport = {natsserver.free_port()}\n[runer]\ncpus = 1\n")
     cfg = setup.init(home)
     for service in ("scheduler", "approvals"):  # a seed others may read: neither service will use it
         natsauth.seed_path(cfg, service).chmod(0o644)
@@ -59,6 +59,8 @@ def test_up_exits_when_nothing_can_run_and_says_why(tmp_path: Path) -> None:
                 f" run: chmod 600 {natsauth.seed_path(cfg, service)}") in out.stdout, out.stdout
     assert "nothing can run as configured: fix what is said above, then `clawden up` again" in out.stdout
     assert out.stdout.rstrip().endswith("stopped")
+    assert f"warning: {home / 'config.toml'}: [runer] is not a setting Clawden knows (did you mean [runner]?)" \
+        in out.stdout
 
 
 def test_a_killed_embedded_nats_server_is_started_again_with_its_streams(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from clawden.commands._args import LIMIT, PRIORITY, int_between
 from clawden.commands._output import show as _show
 from clawden.commands._output import table as _table
 from clawden.commands._output import when as _when
+from clawden.models import model_warning
 
 Payload = dict[str, Any]
 if TYPE_CHECKING:  # subscriptable only to the type checker
@@ -89,6 +91,8 @@ def _group_options(p: argparse.ArgumentParser) -> None:
 
 def _group_payload(args: argparse.Namespace) -> Payload:
     payload = _only(args, "folder", "assistant_name", "provider", "model")
+    if problem := model_warning(args.model or ""):  # the router checks only its shape
+        print(f"clawden: warning: {problem}", file=sys.stderr)
     container = _only(args, "image", "memory", "cpus", "pids", "idle_timeout", "max_turns", "turn_budget")
     if container:
         payload["container"] = container
@@ -119,6 +123,15 @@ def groups_update(args: argparse.Namespace) -> int:
 
 
 def groups_delete(args: argparse.Namespace) -> int:
+    if not args.yes:
+        group = _call(args, "groups", {"op": "get", "name": args.name})
+        what = (f"agent group {args.name} with its {len(group['wirings'])} wiring(s) and its sessions"
+                + (" (the one `clawden chat` and new chats talk to)" if args.name == "main" else ""))
+        if not sys.stdin.isatty():
+            raise control.ControlError(f"deleting {what} needs --yes")
+        if input(f"Delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("not deleted")
+            return 1
     data = _call(args, "groups", {"op": "delete", "name": args.name})
     return _show(args, data, lambda d: f"deleted agent group {d['deleted']} ({d['wirings']} wiring(s),"
                                        f" {d['sessions']} session(s)); its folder stays on disk")
@@ -337,7 +350,9 @@ def register(sub: Sub) -> None:
     v = _verb(verbs, "update", "change an agent group's settings (its next container start uses them)", groups_update)
     v.add_argument("name")
     _group_options(v)
-    _verb(verbs, "delete", "delete an agent group, its wirings and sessions", groups_delete).add_argument("name")
+    v = _verb(verbs, "delete", "delete an agent group, its wirings and sessions (asks first)", groups_delete)
+    v.add_argument("name", help="the agent group")
+    v.add_argument("--yes", action="store_true", help="do not ask (needed where nobody can answer)")
 
     p, verbs = _resource(sub, "chats", "chats (messaging groups): list, create, update, delete")
     p.set_defaults(func=chats_list, channel=None)

@@ -231,3 +231,26 @@ def test_tasks_list_shows_the_chat_and_show_prints_readable_times(core: Core, se
     next_run = dt.datetime.fromtimestamp(task["next_run"], dt.UTC).strftime("%Y-%m-%d 08:00:00 UTC")
     assert f"next_run: {next_run}" in shown and f"{task['next_run']}" not in shown, shown
     assert "last_run: -" in shown
+
+
+def groups(core: Core) -> list[str]:
+    return [g["name"] for g in json.loads(core.clawden("groups", "list", "--json").stdout)]
+
+
+def test_deleting_an_agent_group_where_nobody_can_answer_needs_yes(core: Core) -> None:
+    out = core.clawden("groups", "delete", "main")
+
+    assert out.returncode == 1
+    assert said_briefly(out) == ["clawden: deleting agent group main with its 1 wiring(s) and its sessions (the one "
+                                 "`clawden chat` and new chats talk to) needs --yes"]
+    assert "main" in groups(core)
+
+
+def test_a_model_that_is_not_claudes_is_warned_of_and_yes_deletes(core: Core) -> None:
+    made = core.clawden("groups", "create", "gptish", "--model", "gpt-4o")
+
+    assert made.returncode == 0 and said_briefly(made)[0].startswith(
+        "clawden: warning: 'gpt-4o' is not a Claude model name Clawden knows")
+    gone = core.clawden("groups", "delete", "gptish", "--yes")
+    assert gone.returncode == 0 and "deleted agent group gptish" in gone.stdout
+    assert "gptish" not in groups(core)

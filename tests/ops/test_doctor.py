@@ -22,6 +22,7 @@ from clawden.doctor import (
     Result,
     channel_check,
     check_ca_trust,
+    check_config,
     check_image,
     check_keys,
     check_nats,
@@ -237,3 +238,20 @@ async def test_each_groups_own_image_is_checked_and_the_fix_builds_that_tag(core
     assert result.status == "FAIL"
     assert result.detail == "missing: clawden-agent:no-such-tag (agent group painter)"
     assert result.fix == "clawden image build --tag clawden-agent:no-such-tag"
+
+
+async def test_a_typo_in_config_and_a_model_that_is_not_claudes_are_warned_of(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    cfg = fresh_home(home)
+    with (home / "config.toml").open("a") as file:
+        file.write('[runner]\ncpu = 1\n[model]\nmodel = "gpt-4o"\n')
+    probe = Probe(config_mod.load(home, environ={}), {})
+    try:
+        result = await check_config(probe)
+    finally:
+        await probe.close()
+
+    assert result.status == "WARN"
+    assert result.detail.startswith("cpu in [runner] is not a setting Clawden knows (did you mean cpus?); "
+                                    "[model] model: 'gpt-4o' is not a Claude model name")
+    assert result.fix == f"correct them (settings in {cfg.path('config.toml')})"
