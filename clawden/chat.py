@@ -114,6 +114,7 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
     sub = await bind(js, terminal_outbound(chat_id))
     stopping = asyncio.Event()
     got_reply = asyncio.Event()
+    failed: list[str] = []  # ids of replies that said the message will not be answered
     interactive = once is None and stdin.isatty()
     user = getpass.getuser()
     terminal = TerminalChat(chat_id, user)
@@ -136,7 +137,9 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
                                      session_id=event.session_id, seq=event.seq,
                                      platform_message_id=message_id)
         await publish(js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{event.id}")
-        if isinstance(event, ev.OutboundMessage):
+        if isinstance(event, ev.OutboundMessage) and event.kind != "notice":  # a notice: the answer follows
+            if event.kind == "error":
+                failed.append(event.id)
             got_reply.set()
 
     async def send(text: str) -> bool:
@@ -160,7 +163,7 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
             except TimeoutError:
                 print(f"(no reply within {timeout:.0f}s)", file=sys.stderr)
                 code = 1
-            return code
+            return 1 if failed else code  # a script can tell an answer from "could not answer"
         if interactive:
             print(f"Talking to Clawden as {user} (Ctrl-D to leave).\nyou> ", end="", file=stdout, flush=True)
         loop = asyncio.get_running_loop()

@@ -143,3 +143,25 @@ async def test_a_reply_delivered_twice_is_shown_once(tmp_path: Path, nats_server
     stdin.close()
 
     assert out.getvalue().count("only once") == 1
+
+
+@pytest.mark.parametrize(("last", "code"), [("reply", 0), ("error", 1)])
+async def test_once_waits_past_a_notice_and_exits_non_zero_when_the_message_will_not_be_answered(
+        tmp_path: Path, nats_server: NatsServer, nc: Client, last: str, code: int) -> None:
+    cfg = setup.init(tmp_path / "home")
+    cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
+    js = nc.jetstream()
+    await ensure_streams(js)
+    inbound = await js.subscribe(subjects.inbound("local"))
+    out = io.StringIO()
+    session = asyncio.create_task(chat(cfg, chat_id="terminal", once="hello", timeout=30, stdout=out))
+    sent = ev.decode((await inbound.next_msg(timeout=15)).data)
+    assert isinstance(sent, ev.InboundMessage) and sent.text == "hello"
+
+    for i, (kind, text) in enumerate((("notice", "I'm busy; your turn comes"), (last, "the answer"))):
+        await publish(js, subjects.outbound("local", ROUTE.chat_id),
+                      ev.OutboundMessage(id=f"s-1:{i}", route=ROUTE, text=text, kind=kind),  # type: ignore[arg-type]
+                      msg_id=f"s-1:{i}")
+
+    assert await asyncio.wait_for(session, 15) == code
+    assert "I'm busy; your turn comes" in out.getvalue() and "the answer" in out.getvalue()

@@ -119,6 +119,10 @@ class OutboundMessage(_Event, tag="outbound.message", frozen=True):
     reply_to: str | None = None
     card: Card | None = None
     files: tuple[str, ...] = ()
+    # Who speaks: "reply", the agent (or the host answering a command); "notice", the host about a
+    # message still to be answered (queued, retried); "error", the host saying it will not be answered
+    # (failed, refused). `clawden chat --once` waits past a notice and exits non-zero on an error.
+    kind: Literal["reply", "notice", "error"] = "reply"
 
 
 class OutboundEdit(_Event, tag="outbound.edit", frozen=True):

@@ -20,7 +20,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from nats.aio.msg import Msg
 
@@ -153,7 +153,7 @@ class Runner:
                 log.error("session %s folder refused: %s", info.id, exc, extra={"session_id": info.id})
                 await self._tell(info, f"wake-refused-{wake.key}",
                                  "Sorry — this conversation's storage is damaged, so I can't answer. "
-                                 "The operator has to look at the runner's log.")
+                                 "The operator has to look at the runner's log.", "error")
                 return
             if wake.message.trigger and wake.message.kind == "chat":
                 # "typing…" in the chat until the answer: a hint for its bridge, never worth failing a wake.
@@ -378,14 +378,15 @@ class Runner:
         await self._respond(self.session_dir(info), decision.id, {
             "decision": decision.decision, "answer": answer, "by": decision.decided_by})
 
-    async def _tell(self, info: SessionInfo, key: str, text: str) -> None:
+    async def _tell(self, info: SessionInfo, key: str, text: str,
+                    kind: Literal["notice", "error"] = "notice") -> None:
         event = ev.OutboundMessage(id=f"{info.id}:{key}", route=info.route, text=text, session_id=info.id,
-                                   agent_group=info.agent_group)
+                                   agent_group=info.agent_group, kind=kind)
         await publish(self.ctx.js, subjects.outbound(info.route.channel, info.route.chat_id), event, msg_id=event.id)
 
     async def _fail(self, info: SessionInfo, failed: list[sessiondb.InboundMessage], why: str) -> None:
         for message in failed:
-            await self._tell(info, f"failed-{message.seq}", f"Sorry — I couldn't answer that: {why}")
+            await self._tell(info, f"failed-{message.seq}", f"Sorry — I couldn't answer that: {why}", "error")
 
     # --- receipts -------------------------------------------------------------------------------
 

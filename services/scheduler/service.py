@@ -215,7 +215,7 @@ class Scheduler:
         what = "schedule the task" if op.op == "create" else f"{op.op} task {op.task_id}"
         notice = ev.OutboundMessage(id=f"task-rejected:{op.request_id}", route=op.route,
                                     text=f"⚠️ The scheduler could not {what}: {error}",
-                                    session_id=op.session_id, agent_group=op.agent_group)
+                                    session_id=op.session_id, agent_group=op.agent_group, kind="error")
         await publish(self.ctx.js, subjects.outbound(op.route.channel, op.route.chat_id), notice, msg_id=notice.id)
 
     # --- control (request/reply) ---------------------------------------------------------------
