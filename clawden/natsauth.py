@@ -57,7 +57,8 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
     table = {
         "router": Grant(
             consumes=(streams.router_inbound(), streams.router_decisions()),
-            publishes=(subjects.ALL_WAKES, subjects.ALL_OUTBOUND, subjects.APPROVAL_REQUEST, subjects.APPROVAL_CLICK),
+            publishes=(subjects.ALL_WAKES, subjects.ALL_OUTBOUND, subjects.APPROVAL_REQUEST, subjects.APPROVAL_CLICK,
+                       f"{subjects.PREFIX}.event.router.>"),
             manages_streams=True),
         "runner": Grant(
             consumes=(streams.runner_wake(runner), streams.runner_receipts(runner), streams.runner_decisions(runner)),

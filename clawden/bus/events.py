@@ -105,6 +105,21 @@ class InboundAction(_Event, tag="inbound.action", frozen=True):
         return f"{self.route.channel}:{self.action_id}"
 
 
+class ChatMoved(_Event, tag="inbound.chat_moved", frozen=True):
+    """The platform gave a chat a new id (a Telegram group upgraded to a supergroup): a bridge publishes it
+    on its inbound subject, the router carries the chat's wirings, sessions and held approvals over to the
+    new id and announces it on `event.router.chat_moved`. Natural key: `<channel>:moved:<old_chat_id>`."""
+
+    channel: str
+    old_chat_id: str
+    new_chat_id: str
+    sent_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.channel}:moved:{self.old_chat_id}"
+
+
 # --- chat out --------------------------------------------------------------------------------------
 
 class OutboundMessage(_Event, tag="outbound.message", frozen=True):
@@ -354,7 +369,7 @@ class AuditEvent(_Event, tag="audit", frozen=True):
 
 
 Event = (
-    InboundMessage | InboundAction | OutboundMessage | OutboundEdit | OutboundReaction
+    InboundMessage | InboundAction | ChatMoved | OutboundMessage | OutboundEdit | OutboundReaction
     | DeliveryReceipt | Typing | Wake | TaskOp | ApprovalRequest | ApprovalDecision | AuditEvent
 )
 

@@ -194,6 +194,12 @@ def chats_delete(args: argparse.Namespace) -> int:
     return _show(args, data, lambda d: f"deleted chat {d['deleted']} and {d['wirings']} wiring(s)")
 
 
+def chats_move(args: argparse.Namespace) -> int:
+    data = _call(args, "chats", {"op": "move", "channel": args.channel, "chat_id": args.chat_id,
+                                 "new_chat_id": args.new_chat_id})
+    return _show(args, data, lambda d: _render_chats([d]))
+
+
 # --- wirings ---------------------------------------------------------------------------------------
 
 def _wiring_options(p: argparse.ArgumentParser) -> None:
@@ -375,6 +381,11 @@ def register(sub: Sub) -> None:
     v = _verb(verbs, "delete", "forget a chat and its wirings", chats_delete)
     v.add_argument("channel")
     v.add_argument("chat_id")
+    v = _verb(verbs, "move", "the platform gave a chat a new id: its wirings, sessions and held messages follow "
+                             "(bridges that see it happen do this themselves)", chats_move)
+    v.add_argument("channel")
+    v.add_argument("chat_id")
+    v.add_argument("new_chat_id", help="the chat's id on the platform now")
 
     p, verbs = _resource(sub, "wire", "wirings between chats and agent groups: list, add, update, remove")
     p.set_defaults(func=wire_list, channel=None, chat=None, group=None)

@@ -123,8 +123,11 @@ class Approvals:
         if receipt.outbound_id.startswith("ap-") and ":" not in receipt.outbound_id:
             await self.step(self.store.receipt, receipt, time.time())
 
-    async def on_inbound(self, event: ev.InboundMessage | ev.InboundAction, msg: Msg) -> None:
-        if isinstance(event, ev.InboundMessage) and not event.is_group and not event.sender.is_bot:
+    async def on_inbound(self, event: ev.InboundMessage | ev.InboundAction | ev.ChatMoved, msg: Msg) -> None:
+        if isinstance(event, ev.ChatMoved):
+            # A group's question cards now live under its new id: answers from there must count.
+            self.counts["chats_moved"] += await self.db(self.store.move_chat, event)
+        elif isinstance(event, ev.InboundMessage) and not event.is_group and not event.sender.is_bot:
             user = policy.user_id(event.route.channel, event.sender.id)
             if await self.db(self.store.learn_chat, user, event.route, time.time()):
                 self.counts["chats_learned"] += 1
@@ -236,7 +239,7 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(consume(requests, ev.ApprovalRequest, svc.on_request, stopping=stop))
             tg.create_task(consume(clicks, ev.InboundAction, svc.on_click, stopping=stop))
             tg.create_task(consume(receipts, ev.DeliveryReceipt, svc.on_receipt, stopping=stop))
-            tg.create_task(consume(inbound, ev.InboundMessage | ev.InboundAction,  # type: ignore[arg-type]
+            tg.create_task(consume(inbound, ev.InboundMessage | ev.InboundAction | ev.ChatMoved,  # type: ignore[arg-type]
                                    svc.on_inbound, stopping=stop))
             tg.create_task(svc.expiring())
     finally:

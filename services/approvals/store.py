@@ -294,6 +294,18 @@ class Store(servicedb.Store):
         self._chats[user] = route
         return True
 
+    def move_chat(self, moved: ev.ChatMoved) -> int:
+        """A chat got a new id on its platform (a Telegram group became a supergroup): cards and direct
+        chats recorded under the old id follow it. Returns how many rows moved."""
+        args = (moved.new_chat_id, moved.channel, moved.old_chat_id)
+        with self._tx() as db:
+            count = db.execute("UPDATE approvals SET chat_id = ? WHERE channel = ? AND chat_id = ?", args).rowcount
+            count += db.execute("UPDATE direct_chats SET chat_id = ? WHERE channel = ? AND chat_id = ?", args).rowcount
+        for user, route in list(self._chats.items()):
+            if (route.channel, route.chat_id) == (moved.channel, moved.old_chat_id):
+                self._chats[user] = msgspec.structs.replace(route, chat_id=moved.new_chat_id)
+        return count
+
     # --- outbox ---------------------------------------------------------------------------------
 
     def outbox(self, limit: int = 256) -> list[Outgoing]:

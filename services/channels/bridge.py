@@ -188,7 +188,7 @@ class Inbound:
             await asyncio.sleep(min(left, 5.0))
         self.alive()
 
-    async def publish(self, event: ev.InboundMessage | ev.InboundAction) -> None:
+    async def publish(self, event: ev.InboundMessage | ev.InboundAction | ev.ChatMoved) -> None:
         """Returns once JetStream has stored the event; only then may the platform cursor move.
 
         NATS being away is waited out, never dropped: the key dedupes a publish that did land.

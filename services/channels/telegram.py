@@ -191,6 +191,17 @@ def inbound_message(message: dict[str, Any], bot: BotIdentity) -> ev.InboundMess
     )
 
 
+def migration_of(message: dict[str, Any]) -> tuple[int, int] | None:
+    """(old id, new id) from either service message of a group's upgrade to a supergroup: the old group
+    gets `migrate_to_chat_id`, the new supergroup `migrate_from_chat_id` (core.telegram.org/bots/api#message)."""
+    chat = int(message["chat"]["id"])
+    if message.get("migrate_to_chat_id"):
+        return chat, int(message["migrate_to_chat_id"])
+    if message.get("migrate_from_chat_id"):
+        return int(message["migrate_from_chat_id"]), chat
+    return None
+
+
 def inline_keyboard(rows: list[list[ButtonRef]]) -> dict[str, Any]:
     return {"inline_keyboard": [[{"text": b.label, "callback_data": b.data} for b in row] for row in rows]}
 
@@ -314,6 +325,10 @@ class TelegramBridge(Bridge):
         self.poll_grace = poll_grace
         self.delete_webhook = delete_webhook
         self.me: BotIdentity | None = None
+        # Groups Telegram upgraded to supergroups (old id -> new id), learnt from a service message or a
+        # refused send; the router is told through `inbound` (the listener's), which moves the wiring.
+        self.moved: dict[int, int] = {}
+        self._inbound: Inbound | None = None
         # Every HTTP call ends after at most poll_timeout + poll_grace: a listener silent for longer
         # is stuck somewhere no timeout reaches.
         self.deaf_after = poll_timeout + poll_grace + 30.0
@@ -345,6 +360,7 @@ class TelegramBridge(Bridge):
     # --- in -------------------------------------------------------------------------------------
 
     async def listen(self, inbound: Inbound) -> None:
+        self._inbound = inbound
         offset = await self._saved_offset(inbound)
         failures = 0
         first_failure = 0.0
@@ -411,7 +427,9 @@ class TelegramBridge(Bridge):
 
     async def _handle(self, update: dict[str, Any], me: BotIdentity, inbound: Inbound) -> None:
         try:
-            if "message" in update:
+            if "message" in update and (moved := migration_of(update["message"])) is not None:
+                await self._moved(*moved, inbound)
+            elif "message" in update:
                 event = inbound_message(update["message"], me)
                 if event is not None:
                     event = await self._fetch_files(event, update["message"], inbound)
@@ -421,6 +439,19 @@ class TelegramBridge(Bridge):
         except (KeyError, TypeError, ValueError, msgspec.ValidationError) as exc:
             # One malformed update must not wedge the poller on it forever.
             log.error("skipping telegram update %s that does not parse: %r", update.get("update_id"), exc)
+
+    async def _moved(self, old: int, new: int, inbound: Inbound | None = None) -> None:
+        """A group became a supergroup: sends go to the new id from now on, and the router moves the chat's
+        wiring, sessions and approvals (Bot API: Message.migrate_to_chat_id, core.telegram.org/bots/api#message)."""
+        first = self.moved.get(old) != new
+        self.moved[old] = new
+        inbound = inbound or self._inbound
+        if inbound is None:
+            return  # no listener yet: the service message in the group tells the router when it runs
+        await inbound.publish(ev.ChatMoved(channel=CHANNEL, old_chat_id=str(old), new_chat_id=str(new),
+                                           sent_at=time.time()))
+        if first:
+            log.warning("telegram group %d became supergroup %d; its chat moves with it", old, new)
 
     async def _fetch_files(self, event: ev.InboundMessage, message: dict[str, Any], inbound: Inbound
                            ) -> ev.InboundMessage:
@@ -496,10 +527,10 @@ class TelegramBridge(Bridge):
         message_id = platform_message_id(target)
         if message_id is None:
             raise PlatformError(f"not a Telegram message id: {target!r}", "permanent")
-        params = {"chat_id": chat_param(route.chat_id), "message_id": message_id, "text": text or "…",
+        params = {"chat_id": self._chat_of(route, target), "message_id": message_id, "text": text or "…",
                   "reply_markup": inline_keyboard(buttons)}  # no buttons: the old ones go
         try:
-            await self.api.call("editMessageText", params)
+            await self._call_on_message("editMessageText", params)
         except TelegramError as exc:
             if "message is not modified" not in exc.description:
                 raise  # "not modified" is an edit applied twice: the outcome we wanted
@@ -508,29 +539,49 @@ class TelegramBridge(Bridge):
         message_id = platform_message_id(target)
         if message_id is None:
             raise PlatformError(f"not a Telegram message id: {target!r}", "permanent")
-        await self.api.call("setMessageReaction", {"chat_id": chat_param(route.chat_id), "message_id": message_id,
-                                                   "reaction": [{"type": "emoji", "emoji": emoji}]})
+        await self._call_on_message("setMessageReaction", {
+            "chat_id": self._chat_of(route, target), "message_id": message_id,
+            "reaction": [{"type": "emoji", "emoji": emoji}]})
 
     async def typing(self, route: ev.Route) -> None:
-        await self.api.call("sendChatAction", self._where(route) | {"action": "typing"}, timeout=10.0)
+        await self._call_in_chat("sendChatAction", self._where(route) | {"action": "typing"}, timeout=10.0)
+
+    def _chat_of(self, route: ev.Route, target: str) -> int | str:
+        """The chat a message lives in: the one its id names (`<chat>:<message>`), else the route's."""
+        head, _, tail = target.rpartition(":")
+        return chat_param(head) if head and tail.isdigit() else chat_param(route.chat_id)
 
     def _where(self, route: ev.Route) -> dict[str, Any]:
-        params: dict[str, Any] = {"chat_id": chat_param(route.chat_id)}
+        chat = chat_param(route.chat_id)
+        params: dict[str, Any] = {"chat_id": self.moved.get(chat, chat) if isinstance(chat, int) else chat}
         if route.thread_id and route.thread_id.isdigit():
             params["message_thread_id"] = int(route.thread_id)
         return params
 
     async def _call_in_chat(self, method: str, params: dict[str, Any],
-                            files: dict[str, tuple[str, bytes, str]] | None = None) -> Any:
+                            files: dict[str, tuple[str, bytes, str]] | None = None, timeout: float | None = None
+                            ) -> Any:
         try:
-            return await self.api.call(method, params, files=files)
+            return await self.api.call(method, params, files=files, timeout=timeout)
         except TelegramError as exc:
             if exc.migrate_to is None:
                 raise
-            # A group became a supergroup with a new id: the message goes there (and the id is logged,
-            # since this chat's wiring still names the old one).
-            log.warning("telegram chat %s moved to %s; sending there", params["chat_id"], exc.migrate_to)
-            return await self.api.call(method, params | {"chat_id": exc.migrate_to}, files=files)
+            # Bot API: "group chat was upgraded to a supergroup chat" with parameters.migrate_to_chat_id
+            # (core.telegram.org/bots/api#responseparameters): nothing was sent; it goes to the new id.
+            await self._moved(int(params["chat_id"]), int(exc.migrate_to))
+            return await self.api.call(method, params | {"chat_id": int(exc.migrate_to)}, files=files,
+                                       timeout=timeout)
+
+    async def _call_on_message(self, method: str, params: dict[str, Any]) -> Any:
+        try:
+            return await self.api.call(method, params)
+        except TelegramError as exc:
+            if exc.migrate_to is None:
+                raise
+            # A message of the group before its upgrade keeps its old chat, which the API no longer serves.
+            await self._moved(int(params["chat_id"]), int(exc.migrate_to))
+            raise TelegramError(f"the group became a supergroup (id {exc.migrate_to}); Telegram no longer lets the "
+                                f"bot change messages from before the upgrade", "permanent", code=exc.code) from None
 
     async def reconnect(self) -> None:
         await self.poller.reset()

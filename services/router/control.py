@@ -109,6 +109,15 @@ class ChatDelete(_Op, tag="delete", frozen=True):
     chat_id: str
 
 
+class ChatMove(_Op, tag="move", frozen=True):
+    """The platform gave the chat a new id: its wirings, sessions and held approvals follow (bridges
+    announce this on their inbound subject as `ChatMoved`; this is the same move asked for by hand)."""
+
+    channel: str
+    chat_id: str
+    new_chat_id: str
+
+
 class WiringList(_Op, tag="list", frozen=True):
     channel: str = ""
     chat_id: str = ""
@@ -207,7 +216,7 @@ class ApproversGet(_Op, tag="get", frozen=True):
 
 RESOURCES: dict[str, Any] = {
     "groups": ListAll | GroupGet | GroupCreate | GroupUpdate | GroupDelete,
-    "chats": ChatList | ChatCreate | ChatUpdate | ChatDelete,
+    "chats": ChatList | ChatCreate | ChatUpdate | ChatDelete | ChatMove,
     "wirings": WiringList | WiringCreate | WiringUpdate | WiringDelete,
     "users": ListAll | UsersUnregistered,
     "roles": ListAll | RoleGrant | RoleRevoke,
@@ -393,6 +402,19 @@ class Control:
             wirings = db.execute("DELETE FROM wirings WHERE messaging_group = ?", (row["id"],)).rowcount
             db.execute("DELETE FROM messaging_groups WHERE id = ?", (row["id"],))
         return {"deleted": f"{req.channel}:{req.chat_id}", "wirings": wirings}
+
+    def _chats_move(self, req: ChatMove) -> Json:
+        channel_name(req.channel)
+        _chat_id(req.new_chat_id)
+        self._chat(req.channel, req.chat_id)
+        outcome = self.store.move_chat(ev.ChatMoved(channel=req.channel, old_chat_id=req.chat_id,
+                                                    new_chat_id=req.new_chat_id, sent_at=self.clock()))
+        if not outcome.counts["chats_moved"]:
+            raise RouterError(f"chat {req.chat_id!r} on {req.channel} cannot move to {req.new_chat_id!r}")
+        wired = [r[0] for r in self.db.execute(
+            "SELECT w.agent_group FROM wirings w JOIN messaging_groups m ON m.id = w.messaging_group"
+            " WHERE m.channel = ? AND m.chat_id = ?", (req.channel, req.new_chat_id))]
+        return self._chat_json(self._chat(req.channel, req.new_chat_id), wired)
 
     # --- wirings ----------------------------------------------------------------------------------
 

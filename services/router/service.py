@@ -36,7 +36,7 @@ BATCH = 256  # one SQLite transaction per fetched batch; the consumer's max_ack_
 SWEEP_EVERY = 3600.0
 PUBLISH_TIMEOUT = 5.0
 
-Inbound = ev.InboundMessage | ev.InboundAction
+Inbound = ev.InboundMessage | ev.InboundAction | ev.ChatMoved
 
 
 class Router:
@@ -192,9 +192,13 @@ class Router:
     def endpoint(self, resource: str) -> Callable[[bytes], Awaitable[Any]]:
         async def serve(data: bytes) -> Any:
             try:
-                return await self.db(self.control.handle, resource, data)
+                answer = await self.db(self.control.handle, resource, data)
             except RouterError as exc:
                 raise ControlError(str(exc)) from None
+            if resource == "chats":  # a move by hand is announced at once, not with the next message
+                async with self.publishing:
+                    await self.flush(await self.db(self.store.outgoing))
+            return answer
         return serve
 
 

@@ -174,10 +174,13 @@ class RouterStore(servicedb.Store):
 
     # --- routing ----------------------------------------------------------------------------------
 
-    def route_batch(self, batch: Sequence[ev.InboundMessage | ev.InboundAction], now: float) -> Outcome:
+    def route_batch(self, batch: Sequence[ev.InboundMessage | ev.InboundAction | ev.ChatMoved], now: float
+                    ) -> Outcome:
         """Route a batch in one transaction; each message in its own savepoint, so one that fails
-        (a bug, not bad input: the decision is total) is retried alone and the rest commit."""
+        (a bug, not bad input: the decision is total) is retried alone and the rest commit. A chat's move
+        to a new id is applied in its place among the messages, so what follows it finds the chat."""
         out = Outcome()
+        moved = False
         with self.transaction() as db:
             for event in batch:
                 if isinstance(event, ev.InboundAction):
@@ -190,19 +193,83 @@ class RouterStore(servicedb.Store):
                 try:
                     claimed = db.execute("INSERT OR IGNORE INTO processed (key, at) VALUES (?, ?)",
                                          (event.key, now)).rowcount
-                    if claimed:
+                    if not claimed:
+                        out.counts["duplicates"] += 1
+                    elif isinstance(event, ev.ChatMoved):
+                        moved = self._move_chat(event, out) or moved
+                    else:
                         out.counts["routed"] += 1
                         self._route(event, now, out)
-                    else:
-                        out.counts["duplicates"] += 1
                 except Exception:
                     log.exception("routing %s failed", event.key)
                     db.execute("ROLLBACK TO one")
                     out.failed.add(event.key)
                     out.counts["failed"] += 1
                 db.execute("RELEASE one")
+        if moved:
+            self.reload()  # destinations may name the chat
         out.outgoing = self.outgoing()
         return out
+
+    def move_chat(self, moved: ev.ChatMoved) -> Outcome:
+        """`clawden.ctl.router.chats` op `move`: the same move, asked for by a person."""
+        out = Outcome()
+        with self.transaction():
+            found = self._move_chat(moved, out)
+        if found:
+            self.reload()
+        out.outgoing = self.outgoing()
+        return out
+
+    def _move_chat(self, moved: ev.ChatMoved, out: Outcome) -> bool:
+        """A chat got a new id on its platform (a Telegram group became a supergroup): its row, wirings,
+        sessions (so the conversation goes on), destinations and held approvals follow it, and the move is
+        announced on `event.router.chat_moved`. False when no chat has the old id (already moved)."""
+        db = self.conn
+        channel, old_id, new_id = moved.channel, moved.old_chat_id, moved.new_chat_id
+        old = db.execute("SELECT * FROM messaging_groups WHERE channel = ? AND chat_id = ?",
+                         (channel, old_id)).fetchone()
+        if old is None or old_id == new_id or ALL_CHATS in (old_id, new_id):
+            out.counts["moves_ignored"] += 1
+            return False
+        new = db.execute("SELECT * FROM messaging_groups WHERE channel = ? AND chat_id = ?",
+                         (channel, new_id)).fetchone()
+        mg = int(old["id"])
+        if new is None:
+            db.execute("UPDATE messaging_groups SET chat_id = ? WHERE id = ?", (new_id, mg))
+        else:
+            # The new id wrote first (a message overtook the move): the old chat's settings win, what
+            # the new row holds that the old one does not is kept.
+            mg = int(new["id"])
+            for table in ("wirings", "approvals", "unregistered_senders"):
+                db.execute(f"UPDATE OR IGNORE {table} SET messaging_group = ? WHERE messaging_group = ?",
+                           (mg, old["id"]))
+            db.execute("UPDATE messaging_groups SET name = ?, is_group = ?, unknown_sender_policy = ?, denied_at = ?"
+                       " WHERE id = ?", (old["name"] or new["name"], old["is_group"], old["unknown_sender_policy"],
+                                          old["denied_at"], mg))
+            db.execute("DELETE FROM messaging_groups WHERE id = ?", (old["id"],))
+        # The conversation goes on under the new id; a session the new id started meanwhile gives way.
+        db.execute("DELETE FROM sessions WHERE channel = ?1 AND chat_id = ?2 AND (agent_group, thread_id) IN"
+                   " (SELECT agent_group, thread_id FROM sessions WHERE channel = ?1 AND chat_id = ?3)",
+                   (channel, new_id, old_id))
+        sessions = db.execute("UPDATE sessions SET chat_id = ?, messaging_group = ? WHERE channel = ? AND chat_id = ?",
+                              (new_id, mg, channel, old_id)).rowcount
+        db.execute("UPDATE destinations SET chat_id = ? WHERE channel = ? AND chat_id = ?", (new_id, channel, old_id))
+        # Held messages are replayed when their approval is decided: they must name the chat as it is now.
+        for approval_id, key, blob in db.execute(
+                "SELECT h.approval_id, h.key, h.event FROM held_messages h JOIN approvals a ON a.id = h.approval_id"
+                " WHERE a.messaging_group = ?", (mg,)).fetchall():
+            event = _held_decoder.decode(blob)
+            if event.route.chat_id == old_id:
+                event = msgspec.structs.replace(event, route=msgspec.structs.replace(event.route, chat_id=new_id))
+                db.execute("UPDATE held_messages SET event = ? WHERE approval_id = ? AND key = ?",
+                           (ev.encode(event), approval_id, key))
+        self._emit(f"chat:{channel}:{new_id}", subjects.event("router", "chat_moved"), f"router:{moved.key}",
+                   ev.encode(moved))
+        log.warning("%s chat %s is now %s: %d session(s) and its wirings moved with it", channel, old_id, new_id,
+                    sessions)
+        out.counts["chats_moved"] += 1
+        return True
 
     def _route(self, event: ev.InboundMessage, now: float, out: Outcome, *, only: str | None = None) -> None:
         chat = self._chat_rows(event.route.channel, event.route.chat_id)

@@ -190,3 +190,16 @@ def test_every_step_is_audited(store: Store) -> None:
     assert found is not None
     assert [a["what"] for a in found["audit"]] == ["requested", "card_sent", "refused", "denied"]
     assert msgspec.json.encode(found)  # the control endpoint can send it as is
+
+
+def test_a_question_asked_in_a_group_that_became_a_supergroup_is_answered_from_the_supergroup(store: Store) -> None:
+    old = ev.Route(channel="telegram", chat_id="-41")
+    question = ev.ApprovalRequest(id="q-1", kind="question", requester="runner", agent_group="main", route=old,
+                                  card=ev.Card(title="Pizza or pasta?", buttons=(
+                                      ev.Button(id="1", label="Pizza"), ev.Button(id="2", label="Pasta"))))
+    store.add_request(question, [], 1000)
+    card = sent_card(store)
+    assert store.move_chat(ev.ChatMoved(channel="telegram", old_chat_id="-41", new_chat_id="-1001")) == 1
+    from_supergroup = msgspec.structs.replace(click(card, "2", who="telegram:7"),
+                                              route=ev.Route(channel="telegram", chat_id="-1001"))
+    assert store.click(from_supergroup, 1001).result == "answered"

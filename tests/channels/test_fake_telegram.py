@@ -187,3 +187,17 @@ async def test_a_privacy_change_reaches_a_group_only_once_the_bot_is_removed_and
     assert [m.get("text") or "joined" for m in got] == ["joined", "now it reads this"]
     assert got[0]["new_chat_members"][0]["id"] == fake.bot["id"] == joined["new_chat_members"][0]["id"]
     assert [m["text"] for m in fake.withheld] == ["still private"]
+
+
+async def test_a_group_upgraded_to_a_supergroup_says_so_in_both_chats_and_refuses_the_old_id(
+        fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    ada = fake.user("Ada")
+    family = fake.group("Family", supergroup=False)
+    supergroup = fake.migrate(family, by=ada)
+    got = await updates(api)  # service messages reach a bot in privacy mode too
+    assert [(m["chat"]["id"], m.get("migrate_to_chat_id"), m.get("migrate_from_chat_id")) for m in got] == [
+        (family["id"], supergroup["id"], None), (supergroup["id"], None, family["id"])]
+    status, body = await call(api, "sendMessage", chat_id=family["id"], text="hello?")
+    assert (status, body["description"], body["parameters"]) == (
+        400, "Bad Request: group chat was upgraded to a supergroup chat", {"migrate_to_chat_id": supergroup["id"]})
+    assert supergroup["type"] == "supergroup" and str(supergroup["id"]).startswith("-100")

@@ -18,6 +18,8 @@ from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.bus.streams import bridge_outbound_legacy
 from clawden.runtime import EX_CONFIG
+from services.channels.retry import PlatformError
+from services.channels.telegram import TelegramBridge
 from tests.channels.harness import BridgeProcess, Bus, until
 from tests.conftest import NatsServer
 from tests.fakes.telegram import BadGateway, Delay, Drop, Error, FakeTelegram, Fault, Hang
@@ -469,6 +471,42 @@ async def test_a_send_that_fails_for_good_is_reported_final_and_logged(
     log = bridge.output()
     assert "outbound s1:blocked to chat" in log and "failed for good: Forbidden: bot was blocked by the user" in log
     assert "outbound s1:flaky" in log and "gave up after" in log
+
+
+async def test_a_group_upgraded_to_a_supergroup_is_announced_once_and_answers_reach_the_supergroup(
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    ada = fake.user("Ada")
+    family = fake.group("Family", supergroup=False)
+    bridge.start()
+    supergroup = fake.migrate(family, by=ada)
+    await bus.send(family["id"], "dinner is at 8", id="s1:r1", session_id="s1")  # the session still names the old id
+    [receipt] = await bus.wait_receipts(1)
+    assert receipt.ok and fake.texts(supergroup) == ["dinner is at 8"]
+    assert receipt.platform_message_id == f"{supergroup['id']}:{fake.bot_messages(supergroup)[0]['message_id']}"
+    await until(lambda: fake.pending_updates == 0, 15)
+    moves = [e for e in await bus.inbound() if isinstance(e, ev.ChatMoved)]
+    assert [(m.old_chat_id, m.new_chat_id) for m in moves] == [(str(family["id"]), str(supergroup["id"]))]
+
+
+async def test_a_send_refused_because_the_group_was_upgraded_goes_to_the_supergroup_and_old_edits_fail_plainly(
+        fake: FakeTelegram) -> None:
+    ada = fake.user("Ada")
+    family = fake.group("Family", supergroup=False)
+    old = ev.Route(channel="telegram", chat_id=str(family["id"]))
+    bot = TelegramBridge(fake.url, fake.token)
+    try:
+        card = await bot.send_text(old, "Approve?", reply_to=None, buttons=[], key="k1")
+        supergroup = fake.migrate(family, by=ada)  # the listener has not seen the service messages
+        sent = await bot.send_text(old, "dinner is at 8", reply_to=None, buttons=[], key="k2")
+        await bot.typing(old)
+        with pytest.raises(PlatformError) as refused:
+            await bot.edit(old, card, "Approved", [])
+    finally:
+        await bot.close()
+    assert sent.startswith(f"{supergroup['id']}:") and fake.texts(supergroup) == ["dinner is at 8"]
+    assert fake.typing(supergroup) and bot.moved == {family["id"]: supergroup["id"]}
+    assert refused.value.kind == "permanent" and "became a supergroup" in str(refused.value)
+    assert [c.outcome for c in fake.calls_to("sendMessage")] == ["ok", "error 400", "ok"]
 
 
 async def test_a_long_rate_limit_is_announced_with_a_receipt_that_is_not_final(

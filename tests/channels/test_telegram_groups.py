@@ -9,12 +9,17 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from nats.js.api import Header
 
 from clawden import setup
+from clawden.bus import connect, subjects
+from clawden.bus import events as ev
 from tests.channels.harness import BridgeProcess, until
 from tests.conftest import NatsServer
 from tests.fakes.telegram import FakeTelegram
-from tests.router.conftest import RouterProcess, start_router, stop, wait_ready
+from tests.router.conftest import RouterProcess, collect, start_router, stop, wait_ready
+
+WAKES = f"{subjects.PREFIX}.wake.>"
 
 
 @pytest.fixture
@@ -62,3 +67,47 @@ async def test_a_group_in_privacy_mode_shows_in_chats_list_once_someone_asks_wit
     await until(lambda: str(family["id"]) in chats_list(router), 30, "the group never reached the router")
     [row] = [line for line in chats_list(router).splitlines() if str(family["id"]) in line]
     assert "Family" in row and "group" in row
+
+
+async def test_a_group_upgraded_to_a_supergroup_mid_conversation_keeps_its_session_and_held_approvals(
+        fake: FakeTelegram, router: RouterProcess, bridge: BridgeProcess) -> None:
+    ada, bob = fake.user("Ada"), fake.user("Bob")
+    family = fake.group("Family", supergroup=False)  # a basic group: an admin's change will upgrade it
+    old_id = str(family["id"])
+    await router.call("chats", op="create", channel="telegram", chat_id=old_id, name="Family", is_group=True,
+                      policy="request_approval")
+    await router.call("wirings", op="create", channel="telegram", chat_id=old_id, agent_group="main")
+    await router.call("members", op="add", agent_group="main", user_id=f"telegram:{ada['id']}")
+    [owner] = [r["user_id"] for r in await router.call("roles", op="list")]
+    nc = await connect(router.url, "test")
+    js = nc.jetstream()
+    try:
+        fake.send(family, ada, "/ask@clawden_test_bot what shall we cook?")
+        fake.send(family, bob, "/ask@clawden_test_bot may I join?")  # a stranger: held until the owner says yes
+        [first] = await collect(js, "t-wakes", WAKES, want=1)
+        [request] = await collect(js, "t-requests", subjects.APPROVAL_REQUEST, want=1)
+        assert isinstance(first, ev.Wake) and isinstance(request, ev.ApprovalRequest)
+
+        supergroup = fake.migrate(family, by=ada)
+        new_id = str(supergroup["id"])
+        fake.send(supergroup, ada, "/ask@clawden_test_bot and for dessert?")
+        [second] = await collect(js, "t-wakes", WAKES, want=1)
+        assert isinstance(second, ev.Wake)
+        assert (second.session_id, second.route.chat_id, second.message.text) == (
+            first.session_id, new_id, "and for dessert?")
+
+        decision = ev.ApprovalDecision(id=request.id, decision="approved", decided_by=owner)
+        await js.publish(subjects.approval_decision(request.id), ev.encode(decision),
+                         headers={Header.MSG_ID: f"{request.id}:yes"})
+        [third] = await collect(js, "t-wakes", WAKES, want=1)
+        assert isinstance(third, ev.Wake)
+        assert (third.session_id, third.route.chat_id, third.message.text) == (first.session_id, new_id,
+                                                                              "may I join?")
+        # The move was announced once (both service messages and the bridge name it; one move happened).
+        announced = await js.pull_subscribe(subjects.event("router", "chat_moved"), stream="CLAWDEN_EVENTS")
+        moves = [ev.decode(m.data) for m in await announced.fetch(10, timeout=2)]
+        assert [(m.old_chat_id, m.new_chat_id) for m in moves if isinstance(m, ev.ChatMoved)] == [(old_id, new_id)]
+    finally:
+        await nc.close()
+    listed = chats_list(router)
+    assert new_id in listed and old_id not in listed

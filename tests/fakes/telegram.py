@@ -294,6 +294,8 @@ class FakeTelegram(ThreadedServer):
         """A person sends a message to the bot (or in a group the bot is in); returns the Message."""
         with self._lock:
             state = self._chats[chat["id"]]
+            if state.migrated_to is not None:
+                raise ValueError(f"group {chat['id']} is now supergroup {state.migrated_to}: write there")
             message: dict[str, Any] = {"message_id": state.next_id, "from": user, "chat": state.info,
                                        "date": int(time.time())}
             state.next_id += 1
@@ -345,11 +347,23 @@ class FakeTelegram(ThreadedServer):
         with self._lock:
             self._chats[chat["id"]].blocked = (403, description)
 
-    def migrate(self, chat: dict[str, Any]) -> dict[str, Any]:
-        """The group becomes a supergroup with a new id; sends to the old id get migrate_to_chat_id."""
+    def migrate(self, chat: dict[str, Any], by: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The group becomes a supergroup with a new id (an admin turned on a setting only supergroups have).
+        Bot API: Message.migrate_to_chat_id / migrate_from_chat_id (core.telegram.org/bots/api#message): the
+        old group gets the first service message, the new supergroup the second, and every later call
+        naming the old id is refused with 400 and parameters.migrate_to_chat_id
+        (core.telegram.org/bots/api#responseparameters). The bot keeps the privacy mode it had there."""
         with self._lock:
-            new = self.group(chat.get("title", "Group"), supergroup=True)
-            self._chats[chat["id"]].migrated_to = new["id"]
+            old = self._chats[chat["id"]]
+            if old.info["type"] != "group" or old.migrated_to is not None:
+                raise ValueError("only a basic group, once, becomes a supergroup")
+            who = by or {"id": 777_000, "is_bot": False, "first_name": "Telegram"}
+            new = self.group(str(chat.get("title", "Group")), supergroup=True, bot_admin=old.bot_admin)
+            state = self._chats[new["id"]]
+            state.bot_reads_all = old.bot_reads_all
+            self._service_message(old, who, {"migrate_to_chat_id": new["id"]})
+            self._service_message(state, who, {"migrate_from_chat_id": chat["id"]})
+            old.migrated_to = new["id"]
             return new
 
     def set_webhook(self, url: str) -> None:

@@ -234,3 +234,26 @@ def test_an_expired_pairing_code_is_just_text(store: RouterStore) -> None:
     code = admin(store, "pair", op="create", channel="telegram")["code"]
     published(store, store.route_batch([msg(code)], NOW + pairing.TTL + 1))
     assert store.roles.owners == [OWNER]
+
+
+def test_a_chat_that_moved_after_its_new_id_spoke_first_keeps_its_wiring_and_conversation(store: RouterStore) -> None:
+    # Only the move's own messages say it happened; a message in the new chat can be stored before them.
+    admin(store, "chats", op="create", channel="telegram", chat_id="-41", is_group=True, policy="public")
+    admin(store, "wirings", op="create", channel="telegram", chat_id="-41", agent_group="main",
+          engage_mode="pattern")
+    [before] = wakes(published(store, store.route_batch([msg("first", n=1, chat="-41", group=True)], NOW)))
+    overtaking = msg("hello?", n=2, chat="-1001", group=True, mentioned=True)
+    moved = ev.ChatMoved(channel="telegram", old_chat_id="-41", new_chat_id="-1001")
+    after = msg("second", n=3, chat="-1001", group=True)
+    out = published(store, store.route_batch([overtaking, moved, after, moved], NOW + 1))
+
+    [announced] = [e for e in out if isinstance(e, ev.ChatMoved)]
+    assert announced == moved
+    [wake] = wakes(out)
+    assert (wake.session_id, wake.route.chat_id, wake.message.text) == (before.session_id, "-1001", "second")
+    chats = admin(store, "chats", op="list", channel="telegram")
+    assert [(c["chat_id"], c["wired"], c["policy"]) for c in chats] == [("-1001", ["main"], "public")]
+    assert admin(store, "chats", op="move", channel="telegram", chat_id="-1001",
+                 new_chat_id="-1002")["chat_id"] == "-1002"
+    with pytest.raises(Exception, match="no chat '-41'"):
+        admin(store, "chats", op="move", channel="telegram", chat_id="-41", new_chat_id="-1003")
