@@ -4,7 +4,6 @@ behind `clawden secrets|rules|audit|egress`."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
@@ -91,6 +90,27 @@ class AddRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     agent: str = "*"
     limit: int = 0
     window: str | None = None  # rate_limit only: minute (the default), hour or day
+
+
+class Named(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+
+
+class Grant(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    agents: list[str] = []
+    revoke: bool = False
+
+
+class AuditQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    agent: str | None = None
+    since: float | None = None
+    limit: int | None = None  # None: the last 100
+
+
+class GroupRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    agent_group: str
+    mode: str | None = None  # egress only: set it
 
 
 def _decode(data: bytes, kind: type[Any]) -> Any:
@@ -205,8 +225,8 @@ class Vault:
         return {"present": bool(names), "secrets": names}
 
     async def on_gateway(self, data: bytes) -> dict[str, Any]:
-        request = json.loads(data or b"{}")
-        path = await self.open_gateway(str(request.get("agent_group", "")))
+        request: GroupRequest = _decode(data, GroupRequest)
+        path = await self.open_gateway(request.agent_group)
         return {"socket": str(path), "trust_dir": str(self.ca_file.parent), "ca_file": str(self.ca_file),
                 "bundle_file": str(self.bundle_file), "ca_sha256": self.ca.fingerprint}
 
@@ -237,7 +257,7 @@ class Vault:
         return {"secrets": [msgspec.to_builtins(s) for s, _ in secrets]}
 
     async def on_secrets_remove(self, data: bytes) -> dict[str, Any]:
-        name = str(json.loads(data or b"{}").get("name", ""))
+        name = _decode(data, Named).name
         removed = await asyncio.to_thread(self.store.remove_secret, name)
         if not removed:
             raise ControlError(f"no secret named {name!r}")
@@ -246,9 +266,8 @@ class Vault:
         return {"removed": name}
 
     async def on_secrets_grant(self, data: bytes) -> dict[str, Any]:
-        request = json.loads(data or b"{}")
-        name, agents, revoke = str(request.get("name", "")), list(request.get("agents") or []), bool(
-            request.get("revoke"))
+        request: Grant = _decode(data, Grant)
+        name, agents, revoke = request.name, request.agents, request.revoke
         for group in agents:
             if not GROUP.match(str(group)):
                 raise ControlError(f"{group!r} is not an agent group name")
@@ -286,24 +305,21 @@ class Vault:
         return {"rules": [msgspec.to_builtins(r) for r in await asyncio.to_thread(self.store.rules)]}
 
     async def on_rules_remove(self, data: bytes) -> dict[str, Any]:
-        name = str(json.loads(data or b"{}").get("name", ""))
+        name = _decode(data, Named).name
         if not await asyncio.to_thread(self.store.remove_rule, name):
             raise ControlError(f"no rule named {name!r}")
         await self.refresh()
         return {"removed": name}
 
     async def on_audit(self, data: bytes) -> dict[str, Any]:
-        request = json.loads(data or b"{}")
-        group = request.get("agent") or None
-        since = request.get("since")
-        limit = max(1, min(int(request.get("limit") or 100), 10_000))
-        records = await asyncio.to_thread(self.store.audit, group, float(since) if since is not None else None,
-                                          limit)
+        request: AuditQuery = _decode(data, AuditQuery)
+        limit = max(1, min(request.limit or 100, 10_000))
+        records = await asyncio.to_thread(self.store.audit, request.agent or None, request.since, limit)
         return {"records": records}
 
     async def on_egress(self, data: bytes) -> dict[str, Any]:
-        request = json.loads(data or b"{}")
-        group, mode = str(request.get("agent_group", "")), request.get("mode")
+        request: GroupRequest = _decode(data, GroupRequest)
+        group, mode = request.agent_group, request.mode
         if not GROUP_NAME.match(group):
             raise ControlError(f"bad agent group name {group!r}")
         if mode is not None:
@@ -316,7 +332,7 @@ class Vault:
 
     async def on_proxy_token(self, data: bytes) -> dict[str, Any]:
         """The TCP listener's token for a group (made on first use); for runners that cannot mount sockets."""
-        group = str(json.loads(data or b"{}").get("agent_group", ""))
+        group = _decode(data, GroupRequest).agent_group
         if not GROUP_NAME.match(group):
             raise ControlError(f"bad agent group name {group!r}")
         if not self.cfg.vault.tcp_listen:
