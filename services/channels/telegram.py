@@ -39,6 +39,9 @@ CURSOR = "getUpdates.offset"
 CURSOR_STALE = 6 * 24 * 3600.0
 ALLOWED_UPDATES = ["message", "callback_query"]
 PHOTO_LIMIT = 10 * 1024 * 1024  # sendPhoto's cap; bigger images go as documents
+# sendPhoto also refuses images whose width + height exceeds 10000 or whose sides differ more than 20
+# times (core.telegram.org/bots/api#sendphoto), and bytes it cannot read as an image: those go as documents.
+PHOTO_REFUSALS = ("PHOTO_INVALID_DIMENSIONS", "IMAGE_PROCESS_FAILED", "PHOTO_EXT_INVALID", "PHOTO_INVALID")
 EXPIRED_BUTTON = "This button is no longer active."
 
 CAPABILITIES = Capabilities(
@@ -517,10 +520,18 @@ class TelegramBridge(Bridge):
     async def send_file(self, route: ev.Route, path: Path, *, key: str) -> str:
         mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         data = await asyncio.to_thread(path.read_bytes)
-        method, field = ("sendPhoto", "photo") if mime.startswith("image/") and len(data) <= PHOTO_LIMIT \
-            else ("sendDocument", "document")
         params = self._where(route)
-        result = await self._call_in_chat(method, params, files={field: (path.name, data, mime)})
+        upload = (path.name, data, mime)
+        if mime.startswith("image/") and len(data) <= PHOTO_LIMIT:
+            try:
+                result = await self._call_in_chat("sendPhoto", params, files={"photo": upload})
+                return message_key(result["chat"]["id"], result["message_id"])
+            except TelegramError as exc:
+                if not any(word in exc.description for word in PHOTO_REFUSALS):
+                    raise
+                # Refused for certain (nothing was posted): a tall screenshot still arrives, as a file.
+                log.info("telegram refused %s as a photo (%s); sending it as a file", path.name, exc.description)
+        result = await self._call_in_chat("sendDocument", params, files={"document": upload})
         return message_key(result["chat"]["id"], result["message_id"])
 
     async def edit(self, route: ev.Route, target: str, text: str, buttons: list[list[ButtonRef]]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes.telegram import NOT_MODIFIED, BadGateway, Drop, Error, FakeTelegram
+from tests.fakes.telegram import NOT_MODIFIED, BadGateway, Drop, Error, FakeTelegram, image_size, png
 
 
 @pytest.fixture
@@ -201,3 +201,23 @@ async def test_a_group_upgraded_to_a_supergroup_says_so_in_both_chats_and_refuse
     assert (status, body["description"], body["parameters"]) == (
         400, "Bad Request: group chat was upgraded to a supergroup chat", {"migrate_to_chat_id": supergroup["id"]})
     assert supergroup["type"] == "supergroup" and str(supergroup["id"]).startswith("-100")
+
+
+async def test_send_photo_refuses_what_telegram_refuses(fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    chat = fake.private_chat(fake.user("Ada"))
+
+    async def photo(data: bytes) -> str:
+        response = await api.post("sendPhoto", data={"chat_id": str(chat["id"])},
+                                  files={"photo": ("p.png", data, "image/png")})
+        body = response.json()
+        return "ok" if body["ok"] else body["description"]
+
+    assert image_size(png(1080, 9200)) == (1080, 9200)
+    assert await photo(png(1280, 960)) == "ok"
+    assert await photo(png(5000, 5001)) == "Bad Request: PHOTO_INVALID_DIMENSIONS"  # over 10000 in total
+    assert await photo(png(2100, 100)) == "Bad Request: PHOTO_INVALID_DIMENSIONS"  # a ratio over 20
+    assert await photo(png(2000, 100)) == "ok"  # exactly 20 is allowed
+    assert await photo(b"GIF89a") == "Bad Request: IMAGE_PROCESS_FAILED"
+    document = await api.post("sendDocument", data={"chat_id": str(chat["id"])},
+                              files={"document": ("tall.png", png(1080, 9200), "image/png")})
+    assert document.json()["ok"]

@@ -22,7 +22,7 @@ from services.channels.retry import PlatformError
 from services.channels.telegram import TelegramBridge
 from tests.channels.harness import BridgeProcess, Bus, until
 from tests.conftest import NatsServer
-from tests.fakes.telegram import BadGateway, Delay, Drop, Error, FakeTelegram, Fault, Hang
+from tests.fakes.telegram import BadGateway, Delay, Drop, Error, FakeTelegram, Fault, Hang, png
 
 
 @pytest.fixture
@@ -256,7 +256,7 @@ async def test_a_file_from_a_session_folder_is_uploaded_and_one_from_elsewhere_r
     chat = fake.private_chat(ada)
     outbox = bridge.home / "sessions" / "main" / "s1" / "outbox"
     outbox.mkdir(parents=True)
-    (outbox / "chart.png").write_bytes(b"\x89PNG fake")
+    (outbox / "chart.png").write_bytes(png(800, 600))
     secret = tmp_path / "secret.txt"
     secret.write_text("do not send")
     bridge.start()
@@ -265,9 +265,31 @@ async def test_a_file_from_a_session_folder_is_uploaded_and_one_from_elsewhere_r
     receipts = {r.outbound_id: r for r in await bus.wait_receipts(2)}
     messages = fake.bot_messages(chat)
     assert [m.get("text") for m in messages] == ["here it is", None, "and this"]
-    assert messages[1]["photo"][0]["file_size"] == 9
+    assert messages[1]["photo"][0]["file_size"] == len(png(800, 600))
     assert receipts["f1"].ok and len(receipts["f1"].part_ids) == 2
     assert not receipts["f2"].ok and "outside the session folders" in (receipts["f2"].error or "")
+
+
+async def test_an_image_telegram_refuses_as_a_photo_arrives_as_a_file(
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    outbox = bridge.home / "sessions" / "main" / "s1" / "outbox"
+    outbox.mkdir(parents=True)
+    images = {"screenshot.png": png(1080, 9200), "banner.png": png(2200, 100), "photo.png": png(1280, 960),
+              "broken.png": b"\x89PNG not really"}
+    for name, data in images.items():
+        (outbox / name).write_bytes(data)
+    bridge.start()
+    await bus.send(chat["id"], "", id="f1", files=tuple(str(outbox / name) for name in images))
+    [receipt] = await bus.wait_receipts(1)
+    assert receipt.ok and len(receipt.part_ids) == 4
+    sent = [("photo", m["photo"][0]["width"]) if "photo" in m else ("document", m["document"]["file_name"])
+            for m in fake.bot_messages(chat)]
+    assert sent == [("document", "screenshot.png"), ("document", "banner.png"), ("photo", 1280),
+                    ("document", "broken.png")]
+    refusals = [c.outcome for c in fake.calls_to("sendPhoto")]
+    assert refusals == ["error 400", "error 400", "ok", "error 400"]
 
 
 async def test_typing_shows_while_the_agent_works_and_stops_with_the_answer(

@@ -22,8 +22,10 @@ import email.policy
 import itertools
 import json
 import re
+import struct
 import threading
 import time
+import zlib
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,6 +123,42 @@ class _Chat:
     # bot had when it joined: a change in @BotFather applies once the bot is removed and re-added.
     bot_reads_all: bool = True
     bot_admin: bool = False
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG, GIF, WebP (VP8X) or JPEG header, as Telegram reads an upload; None if
+    the bytes are none of these."""
+    try:
+        return _image_size(data)
+    except struct.error:  # cut short
+        return None
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return struct.unpack("<HH", data[6:10])
+    if data[:4] == b"RIFF" and data[8:16] == b"WEBPVP8X":
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if data[:2] == b"\xff\xd8":
+        at = 2
+        while at + 9 <= len(data) and data[at] == 0xFF:
+            marker, length = data[at + 1], struct.unpack(">H", data[at + 2:at + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
+                height, width = struct.unpack(">HH", data[at + 5:at + 9])
+                return width, height
+            at += 2 + length
+    return None
+
+
+def png(width: int, height: int) -> bytes:
+    """A real (black, greyscale) PNG of this size, for tests that send images."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    rows = zlib.compress(b"".join(b"\x00" + bytes(width) for _ in range(height)), 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
 
 
 def utf16_len(text: str) -> int:
@@ -665,11 +703,22 @@ class FakeTelegram(ThreadedServer):
         if not isinstance(upload, tuple):
             raise _Refused(400, f"Bad Request: there is no {kind} in the request")
         name, content, mime = upload
-        if kind == "photo" and len(content) > PHOTO_LIMIT:
-            raise _Refused(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
+        size = (0, 0)
+        if kind == "photo":
+            # Bot API: sendPhoto (core.telegram.org/bots/api#sendphoto): "The photo must be at most 10 MB
+            # in size. The photo's width and height must not exceed 10000 in total. Width and height ratio
+            # must be at most 20." Bytes that are no image Telegram can read are refused as well.
+            if len(content) > PHOTO_LIMIT:
+                raise _Refused(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
+            found = image_size(content)
+            if found is None or 0 in found:
+                raise _Refused(400, "Bad Request: IMAGE_PROCESS_FAILED")
+            size = found
+            if sum(size) > 10_000 or max(size) > 20 * min(size):
+                raise _Refused(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
         file_id = self.add_file(content)
         item = {"file_id": file_id, "file_unique_id": f"AgAD{file_id[-6:]}", "file_size": len(content)}
-        media: Any = ([dict(item, width=800, height=600)] if kind == "photo"
+        media: Any = ([dict(item, width=size[0], height=size[1])] if kind == "photo"
                       else dict(item, file_name=name, mime_type=mime))
         extra: dict[str, Any] = {kind: media}
         if params.get("caption"):
