@@ -78,8 +78,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from clawden.runtime import SERVICES, installed_channels
     from clawden.supervisor import up
 
+    known = [*SERVICES, *(f"channel@{name}" for name in installed_channels())]
+    if unknown := [s for s in args.service or [] if s not in known]:
+        raise ControlError(f"no service {', '.join(unknown)}; the services are: {', '.join(known)}")
     return up(_home(args), services=args.service or None)
 
 

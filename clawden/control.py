@@ -19,6 +19,10 @@ class ControlError(Exception):
     """The service refused the request, or did not answer; the message is for a person."""
 
 
+class NoBus(ControlError):
+    """NATS itself could not be reached (or refused the CLI): no service can be asked anything."""
+
+
 async def call(cfg: Config, service: str, verb: str, payload: dict[str, Any] | None = None,
                timeout: float = 10.0) -> Any:
     from clawden.status import Unreachable, connect_cli
@@ -26,7 +30,7 @@ async def call(cfg: Config, service: str, verb: str, payload: dict[str, Any] | N
     try:
         nc = await connect_cli(cfg, timeout)
     except Unreachable as exc:
-        raise ControlError(f"{exc}\n  fix: {exc.fix}") from None
+        raise NoBus(f"{exc}\n  fix: {exc.fix}") from None
     deadline = time.monotonic() + timeout
     try:
         while True:

@@ -39,6 +39,24 @@ def _call(args: argparse.Namespace, resource: str, payload: Payload) -> Any:
 
 
 
+def _known_channel(args: argparse.Namespace, channel: str, *, to_pair: bool = False) -> None:
+    """Refuse a channel no bridge here serves: a wiring or chat for a typo would wait for nobody. `local`
+    is the terminal; pairing needs a bridge with its token (the one `clawden up` runs)."""
+    from clawden.runtime import installed_channels
+
+    bridges = sorted(installed_channels())
+    known = bridges if to_pair else ["local", *bridges]
+    if channel not in known:
+        why = " (`local` is the terminal: its user is the machine's owner, no pairing)" if channel == "local" else ""
+        raise control.ControlError(f"no channel {channel}{why}; the channels are: {', '.join(known)}")
+    if to_pair:
+        cfg = config_mod.load(Path(args.home).expanduser() if args.home else None)
+        if f"channel@{channel}" not in config_mod.configured_bridges(cfg):
+            raise control.ControlError(
+                f"the {channel} bridge has no token, so nobody could send it the code: put the token in "
+                f"{cfg.keys_dir / channel} (chmod 600) or CLAWDEN_{channel.upper()}_TOKEN, and restart `clawden up`")
+
+
 def _fields(data: Payload) -> str:
     def shown(key: str, value: object) -> object:
         if isinstance(value, dict | list):
@@ -178,6 +196,7 @@ def chats_list(args: argparse.Namespace) -> int:
 
 
 def chats_create(args: argparse.Namespace) -> int:
+    _known_channel(args, args.channel)
     payload = {"op": "create", "channel": args.channel, "chat_id": args.chat_id, "is_group": args.group,
                **_only(args, "name", "policy")}
     return _show(args, _call(args, "chats", payload), lambda d: _render_chats([d]))
@@ -234,6 +253,7 @@ def _wiring_key(args: argparse.Namespace) -> Payload:
 
 
 def wire_add(args: argparse.Namespace) -> int:
+    _known_channel(args, args.channel)
     data = _call(args, "wirings", {"op": "create", **_wiring_key(args), **_only(args, *WIRING_FIELDS)})
     return _show(args, data, lambda d: _render_wirings([d]))
 
@@ -308,6 +328,7 @@ def destinations_list(args: argparse.Namespace) -> int:
 
 
 def destinations_add(args: argparse.Namespace) -> int:
+    _known_channel(args, args.channel)
     payload = {"op": "add", "agent_group": args.agent_group, "name": args.name, "channel": args.channel,
                "chat_id": args.chat_id, "thread_id": args.thread, "display_name": args.display_name or ""}
     data = _call(args, "destinations", payload)
@@ -337,6 +358,7 @@ def dropped_list(args: argparse.Namespace) -> int:
 
 
 def pair(args: argparse.Namespace) -> int:
+    _known_channel(args, args.channel, to_pair=True)
     data = _call(args, "pair", {"op": "create", "channel": args.channel})
     minutes = max(1, round((data["expires_at"] - time.time()) / 60))
     return _show(args, data, lambda d: (

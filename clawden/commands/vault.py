@@ -61,6 +61,8 @@ def _known_groups(args: argparse.Namespace, names: list[str] | None) -> None:
         return
     try:
         known = {g["name"] for g in control.run(_cfg(args), "router", "groups", {"op": "list"}, timeout=3)}
+    except control.NoBus:
+        raise  # the vault cannot be asked either: say that once
     except control.ControlError as exc:  # a vault run on its own: say what could not be checked
         print(f"clawden: not checked that agent group {', '.join(sorted(asked))} exists: {exc}", file=sys.stderr)
         return

@@ -46,9 +46,12 @@ def secured_nats(tmp_path: Path) -> Iterator[config_mod.Config]:
     proc.wait(10)
 
 
+CORE = ("vault", "router", "scheduler", "approvals")  # every service but the runner, which needs Docker
+
+
 @dataclass
 class Core:
-    """`clawden up` with the services that need no Docker: the router, the scheduler and the vault."""
+    """`clawden up` with the services that need no Docker: all but the runner."""
 
     home: Path
     proc: subprocess.Popen[bytes]
@@ -74,8 +77,8 @@ def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Core]:
     key.chmod(0o600)
     log = home / "up.log"
     with log.open("wb") as out:  # a file, not a pipe nobody drains
-        proc = subprocess.Popen([sys.executable, "-m", "clawden", "up", "--service", "vault", "--service", "router",
-                                 "--service", "scheduler"], env=dict(os.environ, CLAWDEN_HOME=str(home)),
+        proc = subprocess.Popen([sys.executable, "-m", "clawden", "up", *(f"--service={s}" for s in CORE)],
+                                env=dict(os.environ, CLAWDEN_HOME=str(home)),
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while "all services ready" not in log.read_text():

@@ -254,3 +254,91 @@ def test_a_model_that_is_not_claudes_is_warned_of_and_yes_deletes(core: Core) ->
     gone = core.clawden("groups", "delete", "gptish", "--yes")
     assert gone.returncode == 0 and "deleted agent group gptish" in gone.stdout
     assert "gptish" not in groups(core)
+
+
+# ---- every subcommand, given bad input: running, stopped, and pointed at another install's port -------
+
+# (arguments, what the one or two lines must say) with the core services running.
+BAD_INPUT = [
+    (("approvals", "show", "nope"), "no approval 'nope' (see `clawden approvals list`)"),
+    (("approvals", "approve", "nope"), "no approval 'nope'"),
+    (("approvals", "answer", "nope", "maybe"), "no approval 'nope'"),
+    (("approvals", "list", "--status", "bogus"), "argument --status: invalid choice: 'bogus'"),
+    (("channels", "list", "--bogus"), "unrecognized arguments: --bogus"),
+    (("logs", "nosuch", "--files"), "no log for nosuch"),
+    (("groups", "get", "nosuch"), "no agent group named 'nosuch' (see `clawden groups list`)"),
+    (("groups", "create", "Bad!Name"), "agent group name 'Bad!Name': use 1-40 lowercase letters"),
+    (("groups", "update", "main", "--memory", "lots"), "memory 'lots': give a size from 64m to 1024g"),
+    (("groups", "update", "main", "--max-turns", "-5"), "-5 is out of range: give 0 to 1000000"),
+    (("groups", "delete", "nosuch", "--yes"), "no agent group named 'nosuch'"),
+    (("chats", "create", "nosuchchannel", "x"), "no channel nosuchchannel; the channels are: local, "),
+    (("chats", "update", "local", "nosuch", "--name", "x"), "no chat 'nosuch' on local (see `clawden chats list`)"),
+    (("chats", "delete", "local", "nosuch"), "no chat 'nosuch' on local"),
+    (("wire", "add", "nosuchchannel", "x", "main"), "no channel nosuchchannel; the channels are: local, "),
+    (("wire", "add", "local", "terminal", "nosuch"), "no agent group named 'nosuch'"),
+    (("wire", "add", "local", "terminal", "main", "--engage", "pattern", "--pattern", "("),
+     "engage pattern '(' is not a regular expression"),
+    (("wire", "remove", "local", "nosuch", "main"), "main is not wired to 'nosuch' on local"),
+    (("roles", "grant", "nobody", "owner"), "user 'nobody': users are platform identities like telegram:12345"),
+    (("roles", "grant", "local:ada", "admin", "--group", "nosuch"), "no agent group named 'nosuch'"),
+    (("members", "add", "nosuch", "local:ada"), "no agent group named 'nosuch'"),
+    (("destinations", "add", "main", "d", "nosuchchannel", "x"), "no channel nosuchchannel"),
+    (("destinations", "remove", "main", "nosuch"), "main has no destination named 'nosuch'"),
+    (("sessions", "--limit", "0"), "argument --limit: 0 is out of range"),
+    (("dropped", "--limit", "x"), "argument --limit: 'x' is not a whole number"),
+    (("pair", "nosuch"), "no channel nosuch; the channels are: "),
+    (("pair", "local"), "`local` is the terminal"),
+    (("tasks", "show", "t-nope"), "there is no task t-nope"),
+    (("tasks", "add", "whenever", "hi", "--session", "s-nope"), "no session s-nope (see `clawden sessions`)"),
+    (("tasks", "pause", "t-nope"), "there is no task t-nope"),
+    (("tasks", "runs", "t-nope"), "there is no task t-nope"),
+    (("secrets", "remove", "nosuch"), "no secret named 'nosuch'"),
+    (("secrets", "grant", "nosuch", "--agent", "main"), "no secret named 'nosuch'"),
+    (("secrets", "add", "gh", "--type", "generic", "--host", "*.io", "--header", "Authorization"),
+     "public suffix 'io'"),
+    (("rules", "remove", "nosuch"), "no rule named 'nosuch'"),
+    (("audit", "--since", "yesterday"), "'yesterday' is not like 30m, 2h, 7d"),
+    (("egress", "nosuch", "allowlist"), "no agent group nosuch; the groups are: main"),
+    (("chat", "--chat", "a.b", "--once", "hi"), "a chat name is one word"),
+    (("chat", "--once", " "), "--once needs a message to send"),
+    (("up", "--service", "bogus"), "no service bogus; the services are: router, runner, vault, scheduler, "),
+    (("run", "bogus"), "unknown service 'bogus'"),
+    (("units", "show", "--bogus"), "unrecognized arguments: --bogus"),
+]
+NEEDS_NATS = [args for args, _ in BAD_INPUT
+              if args[0] not in ("logs", "sessions", "dropped", "audit", "run", "up", "units", "channels")
+              and "--status" not in args and "--max-turns" not in args and args[:2] != ("chat", "--once")]
+
+
+@pytest.mark.parametrize(("args", "says"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_with_clawden_running(core: Core, args: tuple[str, ...], says: str) -> None:
+    out = core.clawden(*args, value="ghp_a-token-that-must-go-nowhere-1234")
+
+    assert out.returncode != 0, out.stdout
+    assert says in " ".join(said_briefly(out)), out.stderr
+
+
+@pytest.mark.parametrize("args", NEEDS_NATS, ids=[" ".join(a) for a in NEEDS_NATS])
+def test_bad_input_with_clawden_stopped(tmp_path: Path, args: tuple[str, ...]) -> None:
+    cfg = fresh_home(tmp_path / "home")  # nothing runs on its port
+
+    out = clawden(*args, home=Path(cfg.home), value="x")
+
+    assert out.returncode != 0, out.stdout
+    lines = said_briefly(out)
+    assert f"cannot reach NATS at {cfg.nats_url}" in lines[0] or lines[0].startswith("clawden: no channel") \
+        or "`local` is the terminal" in lines[0] or "a chat name is one word" in lines[0], out.stderr
+    assert "clawden up" in out.stderr or "channels are" in out.stderr or "one word" in out.stderr
+
+
+@pytest.mark.parametrize("args", NEEDS_NATS, ids=[" ".join(a) for a in NEEDS_NATS])
+def test_bad_input_pointed_at_another_installs_port(core: Core, tmp_path: Path, args: tuple[str, ...]) -> None:
+    mine = fresh_home(tmp_path / "mine", port=core.cfg.nats.port)
+
+    out = clawden(*args, home=Path(mine.home), value="x")
+
+    assert out.returncode != 0, out.stdout
+    lines = said_briefly(out)
+    assert f"port {mine.nats.port} belongs to another Clawden install (install id {core.cfg.install_id}" \
+        in lines[0] or lines[0].startswith("clawden: no channel") or "`local` is the terminal" in lines[0] \
+        or "a chat name is one word" in lines[0], out.stderr
