@@ -140,10 +140,15 @@ def route_of(message: dict[str, Any]) -> ev.Route:
 
 
 def sender_of(message: dict[str, Any]) -> ev.Sender:
-    user = message.get("from")
-    if user is None:  # a channel post or an anonymous group admin: the chat speaks
-        chat = message.get("sender_chat") or message["chat"]
-        return ev.Sender(id=f"{CHANNEL}:chat:{chat['id']}", name=str(chat.get("title", "")))
+    # Bot API: Message.sender_chat (core.telegram.org/bots/api#message): a message sent on behalf of a chat
+    # (an anonymous admin: the group itself; someone posting as a channel; a linked channel's post
+    # forwarded to its discussion group) names that chat, and `from` holds a stand-in bot user
+    # (GroupAnonymousBot, Channel_Bot) or Telegram's service account: the chat speaks, not a bot.
+    chat = message.get("sender_chat")
+    if chat is not None or message.get("from") is None:
+        chat = chat or message["chat"]
+        return ev.Sender(id=f"{CHANNEL}:chat:{chat['id']}", name=chat_name(chat))
+    user = message["from"]
     name = " ".join(str(user[k]) for k in ("first_name", "last_name") if user.get(k)) or str(user.get("username", ""))
     return ev.Sender(id=f"{CHANNEL}:{user['id']}", name=name, is_bot=bool(user.get("is_bot")))
 

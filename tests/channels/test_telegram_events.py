@@ -15,7 +15,7 @@ from services.channels.telegram import (
     inline_keyboard,
     platform_message_id,
 )
-from tests.fakes.telegram import auto_entities
+from tests.fakes.telegram import ANONYMOUS_ADMIN, CHANNEL_BOT, TELEGRAM_SERVICE, auto_entities
 
 BOT = BotIdentity(id=7012345678, username="Clawden_Bot")
 ADA = {"id": 42, "is_bot": False, "first_name": "Ada", "last_name": "L", "username": "ada"}
@@ -113,10 +113,23 @@ def test_service_messages_are_not_chat() -> None:
                             "new_chat_members": [ADA]}, BOT) is None
 
 
-def test_a_channel_post_speaks_as_the_chat() -> None:
-    msg = {"message_id": 3, "sender_chat": {"id": -100777, "title": "News"}, "chat": GROUP, "date": 1, "text": "x"}
+NEWS = {"id": -100777, "type": "channel", "title": "News"}
+
+
+def test_an_anonymous_admin_speaks_as_the_group_not_as_a_bot() -> None:
+    # Telegram's shape: a stand-in bot in `from`, the group itself in `sender_chat`.
+    msg = message("/ask@Clawden_Bot who cooks tonight?", **{"from": ANONYMOUS_ADMIN, "sender_chat": GROUP})
     event = inbound_message(msg, BOT)
-    assert event is not None and event.sender == ev.Sender(id="telegram:chat:-100777", name="News")
+    assert event is not None and event.mentioned
+    assert event.sender == ev.Sender(id="telegram:chat:-1001", name="Family", is_bot=False)
+
+
+def test_someone_posting_as_a_channel_and_a_linked_channels_post_speak_as_the_channel() -> None:
+    as_channel = message("hello", **{"from": CHANNEL_BOT, "sender_chat": NEWS})
+    forwarded = message("new post", **{"from": TELEGRAM_SERVICE, "sender_chat": NEWS, "is_automatic_forward": True})
+    for msg in (as_channel, forwarded):
+        event = inbound_message(msg, BOT)
+        assert event is not None and event.sender == ev.Sender(id="telegram:chat:-100777", name="News")
 
 
 def test_entity_text_counts_utf16_units() -> None:

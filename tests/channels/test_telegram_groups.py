@@ -111,3 +111,23 @@ async def test_a_group_upgraded_to_a_supergroup_mid_conversation_keeps_its_sessi
         await nc.close()
     listed = chats_list(router)
     assert new_id in listed and old_id not in listed
+
+
+async def test_an_anonymous_admin_and_a_channel_are_answered_not_dropped_as_bots(
+        fake: FakeTelegram, router: RouterProcess, bridge: BridgeProcess) -> None:
+    ada = fake.user("Ada")
+    family = fake.group("Family")
+    news = fake.channel("Family News")
+    await router.call("chats", op="create", channel="telegram", chat_id=str(family["id"]), name="Family",
+                      is_group=True, policy="public")
+    await router.call("wirings", op="create", channel="telegram", chat_id=str(family["id"]), agent_group="main")
+    nc = await connect(router.url, "test")
+    try:
+        fake.send(family, ada, "/ask@clawden_test_bot who cooks tonight?", as_chat=family)  # an anonymous admin
+        fake.send(family, ada, "/ask@clawden_test_bot any news?", as_chat=news)  # Ada posting as the channel
+        wakes = await collect(nc.jetstream(), "t-wakes", WAKES, want=2)
+    finally:
+        await nc.close()
+    assert sorted((w.message.sender.id, w.message.text) for w in wakes  # type: ignore[union-attr]
+                  if isinstance(w, ev.Wake) and w.message.sender is not None) == [
+        (f"telegram:chat:{family['id']}", "who cooks tonight?"), (f"telegram:chat:{news['id']}", "any news?")]

@@ -36,6 +36,12 @@ import h11
 from tests.fakes.threaded import ThreadedServer, serve_from_command_line
 
 TOKEN = "7012345678:AAFakeTokenForTestsOnly-abcdefghijklmn"
+# The stand-in senders of messages sent on behalf of a chat (Bot API: Message.from and sender_chat,
+# core.telegram.org/bots/api#message): an anonymous group admin, someone posting as a channel, and
+# Telegram's service account that forwards a linked channel's posts to its discussion group.
+ANONYMOUS_ADMIN = {"id": 1087968824, "is_bot": True, "first_name": "Group", "username": "GroupAnonymousBot"}
+CHANNEL_BOT = {"id": 136817688, "is_bot": True, "first_name": "Channel", "username": "Channel_Bot"}
+TELEGRAM_SERVICE = {"id": 777000, "is_bot": False, "first_name": "Telegram"}
 MAX_TEXT = 4096
 DOWNLOAD_LIMIT = 20 * 1024 * 1024
 UPLOAD_LIMIT = 50 * 1024 * 1024
@@ -319,6 +325,15 @@ class FakeTelegram(ThreadedServer):
             return False
         return command.group(1) is None or command.group(1).lower() == str(self.bot["username"]).lower()
 
+    def channel(self, title: str = "News") -> dict[str, Any]:
+        """A channel: it can speak in a group (someone posting as it, or its posts forwarded to the
+        group it is linked to for discussion), see `send(..., as_chat=...)`."""
+        with self._lock:
+            n = next(self._group_ids)
+            info = {"id": -(1_000_000_000_000 + n), "type": "channel", "title": title}
+            self._chats[info["id"]] = _Chat(info)
+            return info
+
     def add_file(self, content: bytes) -> str:
         with self._lock:
             n = next(self._file_ids)
@@ -328,14 +343,23 @@ class FakeTelegram(ThreadedServer):
 
     def send(self, chat: dict[str, Any], user: dict[str, Any], text: str = "", *,
              entities: list[dict[str, Any]] | None = None, reply_to: int | None = None,
-             thread_id: int | None = None, document: tuple[str, bytes, str] | None = None) -> dict[str, Any]:
-        """A person sends a message to the bot (or in a group the bot is in); returns the Message."""
+             thread_id: int | None = None, document: tuple[str, bytes, str] | None = None,
+             as_chat: dict[str, Any] | None = None, forwarded: bool = False) -> dict[str, Any]:
+        """A person sends a message to the bot (or in a group the bot is in); returns the Message. With
+        `as_chat` they speak on behalf of a chat: the group itself (an anonymous admin) or a channel; with
+        `forwarded` too, it is the channel's post that Telegram copies into its discussion group."""
         with self._lock:
             state = self._chats[chat["id"]]
             if state.migrated_to is not None:
                 raise ValueError(f"group {chat['id']} is now supergroup {state.migrated_to}: write there")
             message: dict[str, Any] = {"message_id": state.next_id, "from": user, "chat": state.info,
                                        "date": int(time.time())}
+            if as_chat is not None:
+                stand_in = (ANONYMOUS_ADMIN if as_chat["id"] == chat["id"]
+                            else TELEGRAM_SERVICE if forwarded else CHANNEL_BOT)
+                message |= {"from": stand_in, "sender_chat": self._chats[as_chat["id"]].info}
+                if forwarded:
+                    message["is_automatic_forward"] = True
             state.next_id += 1
             key = "caption" if document else "text"
             if text:
