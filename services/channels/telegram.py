@@ -43,6 +43,7 @@ PHOTO_LIMIT = 10 * 1024 * 1024  # sendPhoto's cap; bigger images go as documents
 # times (core.telegram.org/bots/api#sendphoto), and bytes it cannot read as an image: those go as documents.
 PHOTO_REFUSALS = ("PHOTO_INVALID_DIMENSIONS", "IMAGE_PROCESS_FAILED", "PHOTO_EXT_INVALID", "PHOTO_INVALID")
 EXPIRED_BUTTON = "This button is no longer active."
+MAX_CAPTION = 1024  # a photo's or file's caption, in UTF-16 units like the text
 
 CAPABILITIES = Capabilities(
     max_text=4096, measure=utf16_len, threads=True, edits=True, reactions=True, files=True, cards=True,
@@ -546,7 +547,18 @@ class TelegramBridge(Bridge):
         params = {"chat_id": self._chat_of(route, target), "message_id": message_id, "text": text or "…",
                   "reply_markup": inline_keyboard(buttons)}  # no buttons: the old ones go
         try:
-            await self._call_on_message("editMessageText", params)
+            try:
+                await self._call_on_message("editMessageText", params)
+            except TelegramError as exc:
+                if "no text in the message" not in exc.description:
+                    raise
+                # A message with a photo or a file (the last part of one sent with files) has a caption
+                # instead (core.telegram.org/bots/api#editmessagecaption); nothing was changed yet.
+                if utf16_len(text) > MAX_CAPTION:
+                    raise TelegramError(f"the message is a file, whose caption holds at most {MAX_CAPTION} "
+                                        f"characters; the edit has {utf16_len(text)}", "permanent") from None
+                caption = {k: v for k, v in params.items() if k != "text"} | {"caption": text}
+                await self._call_on_message("editMessageCaption", caption)
         except TelegramError as exc:
             if "message is not modified" not in exc.description:
                 raise  # "not modified" is an edit applied twice: the outcome we wanted

@@ -221,3 +221,20 @@ async def test_send_photo_refuses_what_telegram_refuses(fake: FakeTelegram, api:
     document = await api.post("sendDocument", data={"chat_id": str(chat["id"])},
                               files={"document": ("tall.png", png(1080, 9200), "image/png")})
     assert document.json()["ok"]
+
+
+async def test_a_photo_is_edited_through_its_caption_never_its_text(fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    chat = fake.private_chat(fake.user("Ada"))
+    sent = (await api.post("sendPhoto", data={"chat_id": str(chat["id"]), "caption": "draft"},
+                           files={"photo": ("p.png", png(800, 600), "image/png")})).json()["result"]
+    where = {"chat_id": chat["id"], "message_id": sent["message_id"]}
+    status, body = await call(api, "editMessageText", **where, text="final")
+    assert (status, body["description"]) == (400, "Bad Request: there is no text in the message to edit")
+    status, body = await call(api, "editMessageCaption", **where, caption="final")
+    assert status == 200 and body["result"]["caption"] == "final"
+    status, body = await call(api, "editMessageCaption", **where, caption="x" * 1025)
+    assert (status, body["description"]) == (400, "Bad Request: message caption is too long")
+    _, text = await call(api, "sendMessage", chat_id=chat["id"], text="hello")
+    status, body = await call(api, "editMessageCaption", chat_id=chat["id"],
+                              message_id=text["result"]["message_id"], caption="hi")
+    assert (status, body["description"]) == (400, "Bad Request: there is no caption in the message to edit")

@@ -250,6 +250,29 @@ async def test_an_edit_and_a_reaction_reach_the_message(fake: FakeTelegram, bus:
     assert not receipts["react-2"].ok and receipts["react-2"].error == "Bad Request: REACTION_INVALID"
 
 
+async def test_an_edit_of_a_message_sent_with_a_file_changes_the_files_caption(
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    route = ev.Route(channel="telegram", chat_id=str(chat["id"]))
+    outbox = bridge.home / "sessions" / "main" / "s1" / "outbox"
+    outbox.mkdir(parents=True)
+    (outbox / "chart.png").write_bytes(png(800, 600))
+    bridge.start()
+    await bus.send(chat["id"], "Sales, draft", id="m1", files=(str(outbox / "chart.png"),))
+    [sent] = await bus.wait_receipts(1)
+    assert sent.platform_message_id == sent.part_ids[-1]  # the file: what an edit of the message aims at
+    await bus.publish(ev.OutboundEdit(id="e1", route=route, target_message_id=sent.platform_message_id,
+                                      text="Sales, final"), "e1")
+    await bus.publish(ev.OutboundEdit(id="e2", route=route, target_message_id=sent.platform_message_id,
+                                      text="x" * 1500), "e2")
+    receipts = {r.outbound_id: r for r in await bus.wait_receipts(3)}
+    assert receipts["e1"].ok
+    assert not receipts["e2"].ok and "caption holds at most 1024 characters" in (receipts["e2"].error or "")
+    text, photo = fake.bot_messages(chat)
+    assert text["text"] == "Sales, draft" and photo["caption"] == "Sales, final" and "edit_date" in photo
+
+
 async def test_a_file_from_a_session_folder_is_uploaded_and_one_from_elsewhere_refused(
         fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, tmp_path: Path) -> None:
     ada = fake.user("Ada")

@@ -2,7 +2,7 @@
 
 It keeps a small world (the bot, users, chats with per-chat message numbers, pending updates) and
 answers the Bot API methods a bridge uses: getMe, getUpdates (long polling, offsets, 409 when a
-second poll arrives or a webhook is set), sendMessage, sendPhoto, sendDocument, editMessageText,
+second poll arrives or a webhook is set), sendMessage, sendPhoto, sendDocument, editMessageText, editMessageCaption,
 setMessageReaction, sendChatAction, answerCallbackQuery, getFile (+ /file/bot<token>/...),
 getWebhookInfo, setWebhook, deleteWebhook. Errors carry `error_code`, `description` and
 `parameters` (`retry_after`, `migrate_to_chat_id`) as Telegram sends them.
@@ -43,6 +43,8 @@ ANONYMOUS_ADMIN = {"id": 1087968824, "is_bot": True, "first_name": "Group", "use
 CHANNEL_BOT = {"id": 136817688, "is_bot": True, "first_name": "Channel", "username": "Channel_Bot"}
 TELEGRAM_SERVICE = {"id": 777000, "is_bot": False, "first_name": "Telegram"}
 MAX_TEXT = 4096
+MAX_CAPTION = 1024
+MEDIA_KINDS = ("photo", "document", "audio", "video", "animation", "voice")
 DOWNLOAD_LIMIT = 20 * 1024 * 1024
 UPLOAD_LIMIT = 50 * 1024 * 1024
 PHOTO_LIMIT = 10 * 1024 * 1024
@@ -756,6 +758,10 @@ class FakeTelegram(ThreadedServer):
             raise _Refused(400, "Bad Request: message to edit not found")
         if message["from"]["id"] != self.bot["id"]:
             raise _Refused(400, "Bad Request: message can't be edited")
+        if "text" not in message:
+            # Bot API: editMessageText edits "text and game messages"; a message with a photo or a file
+            # has a caption, edited with editMessageCaption (core.telegram.org/bots/api#editmessagecaption).
+            raise _Refused(400, "Bad Request: there is no text in the message to edit")
         text = str(params.get("text", ""))
         if not text.strip():
             raise _Refused(400, "Bad Request: message text is empty")
@@ -767,6 +773,36 @@ class FakeTelegram(ThreadedServer):
         if message.get("text") == text and message.get("reply_markup") == markup:
             raise _Refused(400, NOT_MODIFIED)
         message["text"] = text
+        message["edit_date"] = int(time.time())
+        if markup is None:
+            message.pop("reply_markup", None)
+        else:
+            message["reply_markup"] = markup
+        return message
+
+    def _edit_caption(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Bot API: editMessageCaption (core.telegram.org/bots/api#editmessagecaption): the caption of a
+        message with media, 0-1024 characters."""
+        state = self._chat(params)
+        message = state.messages.get(int(params.get("message_id", 0)))
+        if message is None:
+            raise _Refused(400, "Bad Request: message to edit not found")
+        if message["from"]["id"] != self.bot["id"]:
+            raise _Refused(400, "Bad Request: message can't be edited")
+        if not any(kind in message for kind in MEDIA_KINDS):
+            raise _Refused(400, "Bad Request: there is no caption in the message to edit")
+        caption = str(params.get("caption", ""))
+        if utf16_len(caption) > MAX_CAPTION:
+            raise _Refused(400, "Bad Request: message caption is too long")
+        markup = _check_markup(params["reply_markup"]) if params.get("reply_markup") else None
+        if markup is not None and not markup.get("inline_keyboard"):
+            markup = None
+        if message.get("caption", "") == caption and message.get("reply_markup") == markup:
+            raise _Refused(400, NOT_MODIFIED)
+        if caption:
+            message["caption"] = caption
+        else:
+            message.pop("caption", None)
         message["edit_date"] = int(time.time())
         if markup is None:
             message.pop("reply_markup", None)
@@ -842,6 +878,7 @@ _METHODS: dict[str, Any] = {
     "sendphoto": lambda fake, params: fake._send_media("photo", params),
     "senddocument": lambda fake, params: fake._send_media("document", params),
     "editmessagetext": FakeTelegram._edit_text,
+    "editmessagecaption": FakeTelegram._edit_caption,
     "setmessagereaction": FakeTelegram._react,
     "sendchataction": FakeTelegram._chat_action,
     "answercallbackquery": FakeTelegram._answer_query,
