@@ -43,6 +43,7 @@ PHOTO_LIMIT = 10 * 1024 * 1024  # sendPhoto's cap; bigger images go as documents
 # times (core.telegram.org/bots/api#sendphoto), and bytes it cannot read as an image: those go as documents.
 PHOTO_REFUSALS = ("PHOTO_INVALID_DIMENSIONS", "IMAGE_PROCESS_FAILED", "PHOTO_EXT_INVALID", "PHOTO_INVALID")
 EXPIRED_BUTTON = "This button is no longer active."
+ALBUM_WAIT = 1.0  # seconds an album last in a poll waits for its other parts (they come within moments)
 MAX_CAPTION = 1024  # a photo's or file's caption, in UTF-16 units like the text
 
 CAPABILITIES = Capabilities(
@@ -97,6 +98,10 @@ class FileRef:
     name: str
     mime: str
     size: int
+
+
+def _ids(group: list[dict[str, Any]]) -> list[int]:
+    return [int(u["update_id"]) for u in group]
 
 
 def message_key(chat_id: int | str, message_id: int | str) -> str:
@@ -209,6 +214,37 @@ def migration_of(message: dict[str, Any]) -> tuple[int, int] | None:
     if message.get("migrate_from_chat_id"):
         return int(message["migrate_from_chat_id"]), chat
     return None
+
+
+def albums(updates: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Updates as people see them: the parts of an album (consecutive messages of one chat sharing a
+    `media_group_id`, core.telegram.org/bots/api#message) together, every other update alone."""
+    groups: list[list[dict[str, Any]]] = []
+    for update in updates:
+        key = _album_key(update)
+        if key is not None and groups and _album_key(groups[-1][-1]) == key:
+            groups[-1].append(update)
+        else:
+            groups.append([update])
+    return groups
+
+
+def _album_key(update: dict[str, Any]) -> tuple[Any, str] | None:
+    message = update.get("message") or {}
+    album = message.get("media_group_id")
+    return (message.get("chat", {}).get("id"), str(album)) if album else None
+
+
+def album_message(parts: list[dict[str, Any]], bot: BotIdentity) -> tuple[ev.InboundMessage | None, list[FileRef]]:
+    """One event for an album: the first part's id, the caption one of its parts carries (Telegram shows
+    it under the album), and every part's file."""
+    captioned = next((p for p in parts if p.get("caption")), parts[0])
+    event = inbound_message(captioned | {"message_id": parts[0]["message_id"]}, bot)
+    refs = [ref for part in parts for ref in files_of(part)]
+    if event is None:
+        return None, []
+    attachments = tuple(ev.Attachment(name=f.name, mime=f.mime, size=f.size) for f in refs)
+    return msgspec.structs.replace(event, attachments=attachments), refs
 
 
 def inline_keyboard(rows: list[list[ButtonRef]]) -> dict[str, Any]:
@@ -371,6 +407,7 @@ class TelegramBridge(Bridge):
     async def listen(self, inbound: Inbound) -> None:
         self._inbound = inbound
         offset = await self._saved_offset(inbound)
+        held: list[int] | None = None  # the update ids of an album waiting for its other parts
         failures = 0
         first_failure = 0.0
         while True:
@@ -391,12 +428,23 @@ class TelegramBridge(Bridge):
                 log.info("telegram polling recovered after %d failed polls (%.0fs)", failures,
                          time.monotonic() - first_failure)
                 failures, first_failure = 0, 0.0
-            for update in updates:
-                await self._handle(update, me, inbound)
-            if updates:
-                offset = max(int(u["update_id"]) for u in updates) + 1
+            groups = albums(updates)
+            if groups and _album_key(groups[-1][0]) is not None and held != _ids(groups[-1]):
+                # An album's parts arrive as separate updates within moments, and a poll may end between
+                # them: the album last in a batch waits ALBUM_WAIT for more parts, unconfirmed (so the next
+                # poll hands it back with whatever joined it), and is published once nothing more came.
+                held = _ids(groups.pop())
+            else:
+                held = None
+            for group in groups:
+                await self._handle(group, me, inbound)
+            handled = [u for group in groups for u in group]
+            if handled:
+                offset = max(int(u["update_id"]) for u in handled) + 1
                 # Only now: every update before `offset` is in JetStream (or was not for us).
                 await inbound.state.set_cursor(CURSOR, str(offset))
+            if held is not None:
+                await inbound.pause(ALBUM_WAIT)
 
     async def _saved_offset(self, inbound: Inbound) -> int | None:
         saved = await inbound.state.cursor(CURSOR)
@@ -434,14 +482,20 @@ class TelegramBridge(Bridge):
             log.warning("telegram poll failed (%s), %d in a row; retrying in %.1fs", exc.description, failures, delay)
         return delay
 
-    async def _handle(self, update: dict[str, Any], me: BotIdentity, inbound: Inbound) -> None:
+    async def _handle(self, group: list[dict[str, Any]], me: BotIdentity, inbound: Inbound) -> None:
+        """One update, or an album's updates together."""
+        update = group[0]
         try:
-            if "message" in update and (moved := migration_of(update["message"])) is not None:
+            if len(group) > 1:
+                event, refs = album_message([u["message"] for u in group], me)
+                if event is not None:
+                    await inbound.publish(await self._fetch_files(event, refs, inbound))
+            elif "message" in update and (moved := migration_of(update["message"])) is not None:
                 await self._moved(*moved, inbound)
             elif "message" in update:
                 event = inbound_message(update["message"], me)
                 if event is not None:
-                    event = await self._fetch_files(event, update["message"], inbound)
+                    event = await self._fetch_files(event, files_of(update["message"]), inbound)
                     await inbound.publish(event)
             elif "callback_query" in update:
                 await self._click(update["callback_query"], inbound)
@@ -462,9 +516,8 @@ class TelegramBridge(Bridge):
         if first:
             log.warning("telegram group %d became supergroup %d; its chat moves with it", old, new)
 
-    async def _fetch_files(self, event: ev.InboundMessage, message: dict[str, Any], inbound: Inbound
+    async def _fetch_files(self, event: ev.InboundMessage, refs: list[FileRef], inbound: Inbound
                            ) -> ev.InboundMessage:
-        refs = files_of(message)
         if not refs:
             return event
         attachments = []

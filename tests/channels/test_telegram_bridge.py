@@ -158,6 +158,27 @@ async def test_an_attachment_is_fetched_into_the_bridges_folder(
     assert path.is_relative_to(bridge.home / "data" / "channels" / "telegram" / "files")
 
 
+async def test_an_album_arrives_as_one_message_with_every_photo(
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    bridge.start()
+    parts = fake.send_album(chat, ada, [png(800, 600), png(600, 800), png(1024, 768)], caption="our holiday")
+    fake.send(chat, ada, "which one is best?")
+    await until(lambda: fake.pending_updates == 0, 15, "the bridge never confirmed the album")
+    album, question = await bus.inbound()
+    assert (album.text, album.message_id, question.text) == (
+        "our holiday", f"{chat['id']}:{parts[0]['message_id']}", "which one is best?")
+    assert [a.size for a in album.attachments] == [len(png(800, 600)), len(png(600, 800)), len(png(1024, 768))]
+    assert all(a.url.startswith("file://") for a in album.attachments)
+    # An album last in its poll waits for parts still to come, then goes out whole, once.
+    fake.send_album(chat, ada, [png(640, 480), png(480, 640)])
+    await until(lambda: fake.pending_updates == 0, 15, "the bridge never confirmed the second album")
+    *_, last = await bus.inbound()
+    assert (last.text, len(last.attachments)) == ("", 2)
+    assert len(await bus.inbound()) == 3
+
+
 # --- outbound -----------------------------------------------------------------------------------------------
 
 async def test_an_answer_is_sent_and_receipted_with_its_platform_id(

@@ -9,6 +9,7 @@ from services.channels.bridge import ButtonRef
 from services.channels.telegram import (
     BotIdentity,
     addresses_bot,
+    albums,
     entity_text,
     group_reach,
     inbound_message,
@@ -146,3 +147,13 @@ def test_buttons_become_an_inline_keyboard_with_their_short_data() -> None:
     rows = [[ButtonRef("Approve", "tok:0"), ButtonRef("Deny", "tok:1")]]
     assert inline_keyboard(rows) == {"inline_keyboard": [[{"text": "Approve", "callback_data": "tok:0"},
                                                           {"text": "Deny", "callback_data": "tok:1"}]]}
+
+
+def test_an_albums_parts_group_together_only_within_one_chat_and_in_a_row() -> None:
+    def part(update: int, chat: dict[str, Any], album: str | None) -> dict[str, Any]:
+        msg = message("", chat) | {"message_id": update}
+        return {"update_id": update, "message": msg | ({"media_group_id": album} if album else {})}
+
+    updates = [part(1, GROUP, "a"), part(2, GROUP, "a"), part(3, PRIVATE, "a"), part(4, GROUP, None),
+               part(5, GROUP, "a")]
+    assert [[u["update_id"] for u in g] for g in albums(updates)] == [[1, 2], [3], [4], [5]]

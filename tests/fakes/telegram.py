@@ -386,6 +386,32 @@ class FakeTelegram(ThreadedServer):
                 self.withheld.append(message)
             return message
 
+    def send_album(self, chat: dict[str, Any], user: dict[str, Any], photos: list[bytes], caption: str = ""
+                   ) -> list[dict[str, Any]]:
+        """A person sends several photos at once: Telegram delivers one message (and update) per photo,
+        sharing a `media_group_id`, the caption on the first (core.telegram.org/bots/api#message)."""
+        with self._lock:
+            state = self._chats[chat["id"]]
+            album = str(next(self._file_ids) * 7_919 + 13_000_000_000_000_000)
+            sent = []
+            for n, content in enumerate(photos):
+                width, height = image_size(content) or (0, 0)
+                file_id = self.add_file(content)
+                message: dict[str, Any] = {
+                    "message_id": state.next_id, "from": user, "chat": state.info, "date": int(time.time()),
+                    "media_group_id": album, "photo": [{"file_id": file_id, "file_unique_id": f"AgAD{file_id[-6:]}",
+                                                        "file_size": len(content), "width": width, "height": height}]}
+                if caption and n == 0:
+                    message["caption"] = caption
+                state.next_id += 1
+                state.messages[message["message_id"]] = message
+                if self._bot_sees(state, message):
+                    self._enqueue("message", message)
+                else:
+                    self.withheld.append(message)
+                sent.append(message)
+            return sent
+
     def click(self, chat: dict[str, Any], message_id: int, user: dict[str, Any], *, button: str | int = 0,
               data: str | None = None) -> str:
         """A person presses an inline button (by label or index) of a bot message; returns the query id."""
