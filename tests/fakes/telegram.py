@@ -2,10 +2,16 @@
 
 It keeps a small world (the bot, users, chats with per-chat message numbers, pending updates) and
 answers the Bot API methods a bridge uses: getMe, getUpdates (long polling, offsets, 409 when a
-second poll arrives or a webhook is set), sendMessage, sendPhoto, sendDocument, editMessageText, editMessageCaption,
-setMessageReaction, sendChatAction, answerCallbackQuery, getFile (+ /file/bot<token>/...),
-getWebhookInfo, setWebhook, deleteWebhook. Errors carry `error_code`, `description` and
-`parameters` (`retry_after`, `migrate_to_chat_id`) as Telegram sends them.
+second poll arrives or a webhook is set), sendMessage, sendPhoto, sendDocument, editMessageText,
+editMessageCaption, setMessageReaction, sendChatAction, answerCallbackQuery, getFile
+(+ /file/bot<token>/...), getWebhookInfo, setWebhook, deleteWebhook. Errors carry `error_code`,
+`description` and `parameters` (`retry_after`, `migrate_to_chat_id`) as Telegram sends them.
+
+It is as strict as Telegram where a bridge can go wrong, each rule citing the Bot API section it
+comes from: privacy mode in groups (on by default, as for a new bot; `set_privacy`, `readd`), a group's
+upgrade to a supergroup (`migrate`), photos it refuses (dimensions, ratio, unreadable bytes), captions
+instead of text on media, stand-in senders for anonymous admins and channels (`send(as_chat=...)`),
+albums (`send_album`).
 
     fake = FakeTelegram(); fake.start_in_thread()
     ada = fake.user("Ada"); chat = fake.private_chat(ada)
