@@ -174,6 +174,8 @@ def files_of(message: dict[str, Any]) -> list[FileRef]:
                              int(best.get("file_size", 0))))
     for kind in ("document", "audio", "voice", "video", "video_note", "animation"):
         item = message.get(kind)
+        if kind == "document" and message.get("animation"):
+            continue  # an animation also comes as a document, the same file (core.telegram.org/bots/api#message)
         if item:
             mime = str(item.get("mime_type") or "application/octet-stream")
             ext = mimetypes.guess_extension(mime) or ""

@@ -179,6 +179,18 @@ async def test_an_album_arrives_as_one_message_with_every_photo(
     assert len(await bus.inbound()) == 3
 
 
+async def test_an_animation_is_fetched_once_though_it_also_comes_as_a_document(
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    bridge.start()
+    fake.send(chat, ada, "look", animation=("dance.mp4", b"\x00\x00\x00\x18ftypmp42", "video/mp4"))
+    await until(lambda: fake.confirmed_offset > 0, 15)
+    [event] = await bus.inbound()
+    assert [a.name for a in event.attachments] == ["dance.mp4"]
+    assert len(fake.calls_to("getFile")) == 1
+
+
 # --- outbound -----------------------------------------------------------------------------------------------
 
 async def test_an_answer_is_sent_and_receipted_with_its_platform_id(

@@ -157,3 +157,11 @@ def test_an_albums_parts_group_together_only_within_one_chat_and_in_a_row() -> N
     updates = [part(1, GROUP, "a"), part(2, GROUP, "a"), part(3, PRIVATE, "a"), part(4, GROUP, None),
                part(5, GROUP, "a")]
     assert [[u["update_id"] for u in g] for g in albums(updates)] == [[1, 2], [3], [4], [5]]
+
+
+def test_an_animation_is_one_attachment_though_telegram_also_sends_it_as_a_document() -> None:
+    gif = {"file_id": "A1", "file_unique_id": "U1", "file_name": "dance.mp4", "mime_type": "video/mp4",
+           "file_size": 5000}
+    event = inbound_message({"message_id": 9, "from": ADA, "chat": PRIVATE, "date": 1, "animation": gif,
+                             "document": gif}, BOT)
+    assert event is not None and event.attachments == (ev.Attachment(name="dance.mp4", mime="video/mp4", size=5000),)

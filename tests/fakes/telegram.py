@@ -352,7 +352,8 @@ class FakeTelegram(ThreadedServer):
     def send(self, chat: dict[str, Any], user: dict[str, Any], text: str = "", *,
              entities: list[dict[str, Any]] | None = None, reply_to: int | None = None,
              thread_id: int | None = None, document: tuple[str, bytes, str] | None = None,
-             as_chat: dict[str, Any] | None = None, forwarded: bool = False) -> dict[str, Any]:
+             as_chat: dict[str, Any] | None = None, forwarded: bool = False,
+             animation: tuple[str, bytes, str] | None = None) -> dict[str, Any]:
         """A person sends a message to the bot (or in a group the bot is in); returns the Message. With
         `as_chat` they speak on behalf of a chat: the group itself (an anonymous admin) or a channel; with
         `forwarded` too, it is the channel's post that Telegram copies into its discussion group."""
@@ -369,17 +370,25 @@ class FakeTelegram(ThreadedServer):
                 if forwarded:
                     message["is_automatic_forward"] = True
             state.next_id += 1
-            key = "caption" if document else "text"
+            key = "caption" if document or animation else "text"
             if text:
                 message[key] = text
                 found = entities if entities is not None else auto_entities(text)
                 if found:
-                    message["caption_entities" if document else "entities"] = found
+                    message["caption_entities" if document or animation else "entities"] = found
             if reply_to is not None:
                 message["reply_to_message"] = state.messages[reply_to]
             if thread_id is not None:
                 message["message_thread_id"] = thread_id
                 message["is_topic_message"] = bool(state.info.get("is_forum"))
+            if animation is not None:
+                # Bot API: Message.animation: "For backward compatibility, when this field is set, the
+                # document field will also be set" (core.telegram.org/bots/api#message): one file, twice.
+                name, content, mime = animation
+                file_id = self.add_file(content)
+                message["animation"] = message["document"] = {
+                    "file_name": name, "mime_type": mime, "file_id": file_id, "file_unique_id": f"AgAD{file_id[-6:]}",
+                    "file_size": len(content), "width": 320, "height": 240, "duration": 2}
             if document is not None:
                 name, content, mime = document
                 file_id = self.add_file(content)
