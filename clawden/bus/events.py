@@ -22,6 +22,13 @@ Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 # A value that becomes a NATS subject token (a channel, a runner, an approval id): refused when it is
 # decoded, so no handler meets one that `subjects.token` would reject halfway through its work.
 Token = Annotated[str, msgspec.Meta(pattern=subjects.TOKEN_PATTERN)]
+# Names that become a folder on the host (sessions/<group>/<session>): never `..`, a slash or a dot
+# file, whoever sent them. "" where the field may be empty.
+FOLDER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+GroupName = Annotated[str, msgspec.Meta(pattern=FOLDER_PATTERN)]
+SessionId = Annotated[str, msgspec.Meta(pattern=subjects.TOKEN_PATTERN)]
+OptionalGroup = Annotated[str, msgspec.Meta(pattern=f"^$|{FOLDER_PATTERN}")]
+OptionalSession = Annotated[str, msgspec.Meta(pattern=f"^$|{subjects.TOKEN_PATTERN}")]
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -128,8 +135,8 @@ class OutboundMessage(_Event, tag="outbound.message", frozen=True):
     id: str
     route: Route
     text: Text
-    session_id: str = ""
-    agent_group: str = ""
+    session_id: OptionalSession = ""
+    agent_group: OptionalGroup = ""
     seq: int = 0
     reply_to: str | None = None
     card: Card | None = None
@@ -146,7 +153,7 @@ class OutboundEdit(_Event, tag="outbound.edit", frozen=True):
     target_message_id: str
     text: str
     card: Card | None = None
-    session_id: str = ""
+    session_id: OptionalSession = ""
     seq: int = 0
 
 
@@ -155,7 +162,7 @@ class OutboundReaction(_Event, tag="outbound.reaction", frozen=True):
     route: Route
     target_message_id: str
     emoji: str
-    session_id: str = ""
+    session_id: OptionalSession = ""
     seq: int = 0
 
 
@@ -165,7 +172,7 @@ class DeliveryReceipt(_Event, tag="receipt", frozen=True):
     outbound_id: str
     route: Route
     ok: bool
-    session_id: str = ""
+    session_id: OptionalSession = ""
     seq: int = 0
     platform_message_id: str | None = None
     error: str | None = None
@@ -189,7 +196,7 @@ class Typing(_Event, tag="outbound.typing", frozen=True):
     route: Route
     at: float
     active: bool = True
-    session_id: str = ""
+    session_id: OptionalSession = ""
 
 
 # --- sessions -----------------------------------------------------------------------------------------
@@ -227,7 +234,7 @@ TURN_BUDGET_RANGE = (10.0, 86_400.0)  # seconds one message may take, waits on p
 RESERVED_FOLDERS = frozenset({"global"})  # groups/global is every group's read-only shared memory
 _MEMORY = re.compile(r"^(\d{1,13})(\.\d{1,6})?([kmg]b?|b)?$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
-_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_FOLDER = re.compile(FOLDER_PATTERN)
 _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/\[\]-]{0,127}$")
 # A Docker image reference: [registry[:port]/]path[:tag][@sha256:digest], lowercase path components.
 _IMAGE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9.-]*(?::\d{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -297,8 +304,8 @@ class GroupSettings(_Part, frozen=True):
 class Wake(_Event, tag="wake", frozen=True):
     """The router (or scheduler) hands a message to a session on a runner. Key: `<session>:<message id>`."""
 
-    session_id: str
-    agent_group: str
+    session_id: SessionId
+    agent_group: GroupName
     route: Route
     message: WakeMessage
     command: Literal["", "clear", "cost"] = ""
@@ -318,9 +325,9 @@ class Wake(_Event, tag="wake", frozen=True):
 class TaskOp(_Event, tag="task.op", frozen=True):
     op: Literal["create", "update", "pause", "resume", "cancel", "list"]
     request_id: str
-    agent_group: str
+    agent_group: GroupName
     task_id: str | None = None
-    session_id: str = ""
+    session_id: OptionalSession = ""
     route: Route | None = None
     prompt: str | None = None
     schedule: str | None = None
@@ -338,7 +345,7 @@ class ApprovalRequest(_Event, tag="approval.request", frozen=True):
     id: Token
     kind: Literal["credential", "question", "sender", "channel", "agent_request"]
     requester: str
-    agent_group: str
+    agent_group: GroupName
     card: Card
     route: Route | None = None
     expires_at: float = 0.0

@@ -118,3 +118,17 @@ def test_a_value_that_becomes_a_subject_token_is_refused_when_decoded(payload: b
     # approvals service each time it was redelivered, when it became `approval.decision.<id>`.
     with pytest.raises(msgspec.ValidationError, match="regex"):
         ev.decode(payload)
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"type":"wake","session_id":"../keys","agent_group":"main","route":{"channel":"local","chat_id":"1"},'
+    b'"message":{"id":"m","kind":"chat","text":"hi"}}',
+    b'{"type":"wake","session_id":"s-1","agent_group":"..","route":{"channel":"local","chat_id":"1"},'
+    b'"message":{"id":"m","kind":"chat","text":"hi"}}',
+    b'{"type":"receipt","outbound_id":"o","ok":true,"route":{"channel":"local","chat_id":"1"},"session_id":"a/b"}',
+    b'{"type":"task.op","op":"list","request_id":"r","agent_group":".hidden"}',
+])
+def test_a_name_that_becomes_a_host_folder_cannot_climb_out_of_it(payload: bytes) -> None:
+    # Found by tests/chaos/test_fuzz.py: the runner made sessions/<group>/<session> folders of whatever a wake named.
+    with pytest.raises(msgspec.ValidationError, match="regex"):
+        ev.decode(payload)
