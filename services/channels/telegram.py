@@ -72,16 +72,16 @@ ASK = "ask"
 def group_reach(bot: BotIdentity) -> GroupReach:
     """What reaches the bot in a group under its privacy mode, and how to change it, in a person's words."""
     name = f"@{bot.username}"
-    change = ("groups it joined before a change keep their old mode until the bot is removed from the group "
-              "and added again")
     if bot.reads_all_groups:
         return GroupReach("all", f"privacy mode off: in groups {name} gets every message (a wiring in mention "
                                  f"mode still answers only @mentions, /{ASK}@{bot.username} and replies to it); "
-                                 f"{change}")
+                                 f"a group it joined while privacy mode was on keeps that mode until the bot is "
+                                 f"removed from it and added again")
     return GroupReach("addressed", f"privacy mode on: in groups {name} gets only /{ASK}@{bot.username} <text> "
                                    f"(or another /command@{bot.username}) and replies to its own messages, never "
                                    f"an @mention; to let it read every message: @BotFather, /setprivacy, Disable, "
-                                   f"then {change}")
+                                   f"then remove the bot from each group and add it again (a group keeps the mode "
+                                   f"the bot joined it with)")
 
 
 def asked(text: str, bot: BotIdentity) -> str | None:

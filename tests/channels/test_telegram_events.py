@@ -88,7 +88,7 @@ def test_the_privacy_mode_getme_reports_is_said_with_how_to_change_it() -> None:
     on = group_reach(BOT)
     off = group_reach(BotIdentity(BOT.id, BOT.username, reads_all_groups=True))
     assert on.messages == "addressed" and "/ask@Clawden_Bot" in on.note and "/setprivacy" in on.note
-    assert "never an @mention" in on.note and "removed from the group and added again" in on.note
+    assert "never an @mention" in on.note and "remove the bot from each group and add it again" in on.note
     assert off.messages == "all" and off.note.startswith("privacy mode off")
 
 
