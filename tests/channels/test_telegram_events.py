@@ -114,20 +114,20 @@ def test_service_messages_are_not_chat() -> None:
                             "new_chat_members": [ADA]}, BOT) is None
 
 
-NEWS = {"id": -100777, "type": "channel", "title": "News"}
+NEWS: dict[str, Any] = {"id": -100777, "type": "channel", "title": "News"}
 
 
 def test_an_anonymous_admin_speaks_as_the_group_not_as_a_bot() -> None:
     # Telegram's shape: a stand-in bot in `from`, the group itself in `sender_chat`.
-    msg = message("/ask@Clawden_Bot who cooks tonight?", **{"from": ANONYMOUS_ADMIN, "sender_chat": GROUP})
+    msg = message("/ask@Clawden_Bot who cooks tonight?") | {"from": ANONYMOUS_ADMIN, "sender_chat": GROUP}
     event = inbound_message(msg, BOT)
     assert event is not None and event.mentioned
     assert event.sender == ev.Sender(id="telegram:chat:-1001", name="Family", is_bot=False)
 
 
 def test_someone_posting_as_a_channel_and_a_linked_channels_post_speak_as_the_channel() -> None:
-    as_channel = message("hello", **{"from": CHANNEL_BOT, "sender_chat": NEWS})
-    forwarded = message("new post", **{"from": TELEGRAM_SERVICE, "sender_chat": NEWS, "is_automatic_forward": True})
+    as_channel = message("hello") | {"from": CHANNEL_BOT, "sender_chat": NEWS}
+    forwarded = message("new post") | {"from": TELEGRAM_SERVICE, "sender_chat": NEWS, "is_automatic_forward": True}
     for msg in (as_channel, forwarded):
         event = inbound_message(msg, BOT)
         assert event is not None and event.sender == ev.Sender(id="telegram:chat:-100777", name="News")

@@ -128,6 +128,6 @@ async def test_an_anonymous_admin_and_a_channel_are_answered_not_dropped_as_bots
         wakes = await collect(nc.jetstream(), "t-wakes", WAKES, want=2)
     finally:
         await nc.close()
-    assert sorted((w.message.sender.id, w.message.text) for w in wakes  # type: ignore[union-attr]
+    assert sorted((w.message.sender.id, w.message.text) for w in wakes
                   if isinstance(w, ev.Wake) and w.message.sender is not None) == [
         (f"telegram:chat:{family['id']}", "who cooks tonight?"), (f"telegram:chat:{news['id']}", "any news?")]

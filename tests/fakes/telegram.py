@@ -338,7 +338,7 @@ class FakeTelegram(ThreadedServer):
         group it is linked to for discussion), see `send(..., as_chat=...)`."""
         with self._lock:
             n = next(self._group_ids)
-            info = {"id": -(1_000_000_000_000 + n), "type": "channel", "title": title}
+            info: dict[str, Any] = {"id": -(1_000_000_000_000 + n), "type": "channel", "title": title}
             self._chats[info["id"]] = _Chat(info)
             return info
 
