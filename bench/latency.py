@@ -1,6 +1,10 @@
 """Inbound-to-reply latency of a whole Clawden (`clawden up`, a real container, the real Claude Code CLI)
 against the fake model, for a warm session (its container runs) and a cold one (no container yet).
 
+In the same run it times a bare Claude Code turn: the Agent SDK on the host, the same fake model, the
+same two model calls per turn (the echo through a `send_message` tool, then "Done."), from the prompt
+to the tool's call. Clawden's warm median over that one is what Clawden adds to Claude Code.
+
     .venv/bin/python -m bench.latency [--warm 50] [--cold 8] [--out bench/results/latency.json]
 """
 
@@ -18,6 +22,10 @@ import time
 from pathlib import Path
 
 import docker
+from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage, create_sdk_mcp_server, tool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "container"))
+from clawden_agent.loop import BUILTIN_TOOLS, QUIET_ENV
 
 from tests.e2e.harness import LABEL_INSTALL, Stack, Terminal, start_stack
 
@@ -65,6 +73,41 @@ def idle_memory_mib(stack: Stack) -> list[float]:
     return out
 
 
+async def bare_turns(fake_url: str, turns: int, work: Path) -> list[float]:
+    """Milliseconds from a prompt to Claude Code's send_message call, the SDK's client kept warm."""
+    called: asyncio.Queue[str] = asyncio.Queue()
+
+    @tool("send_message", "Send a message to the chat", {"text": str})
+    async def send_message(args: dict[str, str]) -> dict[str, object]:
+        called.put_nowait(args["text"])
+        return {"content": [{"type": "text", "text": "sent"}]}
+
+    await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
+    options = ClaudeAgentOptions(
+        cwd=str(work), permission_mode="bypassPermissions", setting_sources=[], strict_mcp_config=True,
+        mcp_servers={"clawden": create_sdk_mcp_server("clawden", tools=[send_message])}, tools=BUILTIN_TOOLS,
+        env={**QUIET_ENV, "ANTHROPIC_BASE_URL": fake_url, "ANTHROPIC_API_KEY": "sk-ant-bench",
+             "CLAUDE_CONFIG_DIR": str(work / ".claude-home"),
+             # With a base URL of its own, Claude Code defers MCP tools behind ToolSearch (an extra
+             # model call); in the container, through the vault, it offers them at once.
+             "ENABLE_TOOL_SEARCH": "false"})
+    samples: list[float] = []
+    async with ClaudeSDKClient(options) as client:
+        for i in range(turns + 1):  # the first turn warms it up, as Clawden's does
+            text = f"bare hello {i}"
+            start = time.perf_counter()
+            await client.query(text)
+            said = await asyncio.wait_for(called.get(), 120)
+            elapsed = (time.perf_counter() - start) * 1000
+            assert text in said, said
+            async for message in client.receive_response():  # the closing call: the turn's end
+                if isinstance(message, ResultMessage):
+                    break
+            if i:
+                samples.append(elapsed)
+    return samples
+
+
 async def measure(stack: Stack, warm: int, cold: int) -> dict[str, object]:
     cold_ms: list[float] = []
     phases: dict[str, list[float]] = {"create": [], "start": [], "agent_ready": [], "reply": []}
@@ -99,9 +142,12 @@ async def measure(stack: Stack, warm: int, cold: int) -> dict[str, object]:
             await stack.wait_until_idle(session)
     await asyncio.sleep(2)  # let the container settle before weighing it idle
     memory = await asyncio.to_thread(idle_memory_mib, stack)
+    bare = summary(await bare_turns(stack.fake.url, warm, stack.home / "bare"))
     warm_summary = summary(warm_ms)
     return {
         "warm": warm_summary,
+        "bare_claude_code": bare,
+        "warm_over_bare": round(warm_summary["median_ms"] / bare["median_ms"], 2),
         "cold": summary(cold_ms),
         "cold_phases_median_ms": {k: round(statistics.median(v), 1) for k, v in phases.items()},
         "idle_container_memory_mib": memory,
@@ -126,6 +172,9 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     w, c = result["warm"], result["cold"]
     print(f"warm turn: median {w['median_ms']} ms, p95 {w['p95_ms']} ms (n={w['n']})")  # type: ignore[index]
+    b = result["bare_claude_code"]
+    print(f"bare Claude Code turn: median {b['median_ms']} ms, p95 {b['p95_ms']} ms; "  # type: ignore[index]
+          f"Clawden's warm median is {result['warm_over_bare']}x it")
     print(f"cold turn: median {c['median_ms']} ms, p95 {c['p95_ms']} ms (n={c['n']})")  # type: ignore[index]
     print(f"cold phases (median ms): {result['cold_phases_median_ms']}")
     print(f"idle container memory (MiB): {result['idle_container_memory_mib']}")

@@ -113,6 +113,7 @@ def assemble_context(ctx: Path, target: WheelTarget, *, log: Log = print) -> Non
 def write_sources(ctx: Path) -> None:
     """Write the Dockerfile and `app/` (clawden.sessiondb plus the clawden_agent package)."""
     shutil.copy2(CONTAINER_DIR / "Dockerfile", ctx / "Dockerfile")
+    write_constraints(ctx / "constraints.txt")
     clawden = ctx / "app" / "clawden"
     clawden.mkdir(parents=True, exist_ok=True)
     (clawden / "__init__.py").write_text("")
@@ -139,9 +140,10 @@ def copy_python_tree(src: Path, dest: Path) -> None:
 
 
 def source_hash(ctx: Path) -> str:
-    """SHA-256 over the Dockerfile and every file under `app/` (paths and contents)."""
+    """SHA-256 over the Dockerfile, the constraints and every file under `app/` (paths and contents)."""
     digest = hashlib.sha256()
-    for path in [ctx / "Dockerfile", *sorted(p for p in (ctx / "app").rglob("*") if p.is_file())]:
+    app = sorted(p for p in (ctx / "app").rglob("*") if p.is_file())
+    for path in [ctx / "Dockerfile", ctx / "constraints.txt", *app]:
         digest.update(path.relative_to(ctx).as_posix().encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
@@ -163,6 +165,17 @@ def sdk_requirement() -> str:
         return f"{SDK_DIST}=={importlib.metadata.version(SDK_DIST)}"
     except importlib.metadata.PackageNotFoundError:
         return SDK_DIST
+
+
+# Versions the agent image holds to, whatever the newest is. mcp 2.x builds its protocol models for two
+# schema versions when imported: `import claude_agent_sdk` took 0.83 CPU-s with mcp 2.3 and 0.48 with
+# mcp 1.30, on every container start (the SDK supports both majors, see its _mcp_compat).
+AGENT_CONSTRAINTS = ("mcp>=1.23,<2",)
+
+
+def write_constraints(path: Path) -> Path:
+    path.write_text("".join(f"{c}\n" for c in AGENT_CONSTRAINTS))
+    return path
 
 
 def fetch_wheels(dest: Path, target: WheelTarget, *, log: Log = print) -> None:
@@ -212,7 +225,8 @@ def pip_download(
     cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--dest", str(dest)]
     cmd += [arg for link in find_links for arg in ("--find-links", str(link))]
     cmd += ["--no-index"] if offline else []
-    cmd += [*target.pip_flags(), requirement]
+    constraints = write_constraints(dest.parent / f".{dest.name}-constraints.txt")
+    cmd += ["--constraint", str(constraints), *target.pip_flags(), requirement]
     if log is None:
         return subprocess.run(cmd, capture_output=True, check=False).returncode
     return run_logged(cmd, log)
