@@ -1,15 +1,20 @@
 """`clawden chat`, the terminal channel: what you type goes in as chat messages, replies print here.
 
-A card prints as numbered choices; typing one of the numbers presses that button.
+A card prints as numbered choices; typing one of the numbers presses that button. A paste of several
+lines is one message (the terminal brackets it, GNU readline keeps it whole), and so is piped input
+up to its end, unless `--lines` asks for a message per line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -88,6 +93,7 @@ class TerminalChat:
 
 
 SHOWN_KEPT = 1000
+PROMPT = "you> "
 HELP = """\
 Everything you type goes to your assistant, except:
   /clear   start a fresh conversation (the agent's memory file stays)
@@ -96,8 +102,96 @@ Everything you type goes to your assistant, except:
   /exit    leave (also /quit, or Ctrl-D)"""
 
 
+class Reader:
+    """Lines from the terminal or a pipe, read in a daemon thread (so Ctrl-C ends the chat at once
+    instead of after the next Enter) and handed to the event loop; None at the end. In a terminal it is
+    GNU readline, which brings a bracketed paste back as one text with its newlines."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stdin: TextIO, *, interactive: bool) -> None:
+        self.loop = loop
+        self.stdin = stdin
+        self.interactive = interactive
+        self.texts: asyncio.Queue[str | None] = asyncio.Queue()
+        self.ready = threading.Event()  # the loop has handled the last text: read the next
+
+    def start(self) -> None:
+        self.ready.set()
+        threading.Thread(target=self._read, name="clawden-chat-input", daemon=True).start()
+
+    def _read(self) -> None:
+        if self.interactive:
+            import readline  # noqa: F401 - input() edits lines (and keeps pastes whole) once it is loaded
+        while True:
+            self.ready.wait()
+            self.ready.clear()
+            text: str | None
+            if self.interactive:
+                try:
+                    text = input(PROMPT)
+                except EOFError:
+                    text = None
+            else:
+                text = self.stdin.readline() or None
+            self.loop.call_soon_threadsafe(self.texts.put_nowait, text)
+            if text is None:
+                return
+
+    @staticmethod
+    def typed() -> str:
+        """What is on the input line right now, so a reply printed over it can put it back."""
+        try:
+            import readline
+        except ImportError:
+            return ""
+        return readline.get_line_buffer()
+
+
+class Paragraphs:
+    """Piped input as messages: everything up to its end is one (a /command on its own line is handled
+    where it stands), or one message per line."""
+
+    def __init__(self, *, line_by_line: bool) -> None:
+        self.line_by_line = line_by_line
+        self.held: list[str] = []
+
+    def feed(self, line: str | None) -> list[str]:
+        if line is None:
+            return self._flush()
+        text = line.rstrip("\n")
+        if self.line_by_line or text.strip().lower() in COMMANDS:
+            return [*self._flush(), text]
+        self.held.append(text)
+        return []
+
+    def _flush(self) -> list[str]:
+        text, self.held = "\n".join(self.held).strip("\n"), []
+        return [text] if text.strip() else []
+
+
+@contextlib.contextmanager
+def terminal_kept(stdin: TextIO, stdout: TextIO) -> Iterator[None]:
+    """The terminal as it was when the chat began, also when Ctrl-C leaves readline mid-line (its raw
+    mode and bracketed paste would otherwise stay on in the shell)."""
+    try:
+        import termios
+
+        saved = termios.tcgetattr(stdin.fileno())
+    except (ImportError, OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        termios.tcsetattr(stdin.fileno(), termios.TCSADRAIN, saved)
+        print("\x1b[?2004l", end="", file=stdout, flush=True)
+
+
+COMMANDS = ("/exit", "/quit", "/help")  # what the terminal handles itself
+
+
 async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = None,
-               timeout: float = 300.0, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+               timeout: float = 300.0, stdin: TextIO | None = None, stdout: TextIO | None = None,
+               line_by_line: bool = False) -> int:
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     try:
@@ -115,7 +209,7 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
     stopping = asyncio.Event()
     got_reply = asyncio.Event()
     failed: list[str] = []  # ids of replies that said the message will not be answered
-    interactive = once is None and stdin.isatty()
+    interactive = once is None and stdin is sys.stdin and stdin.isatty()
     user = getpass.getuser()
     terminal = TerminalChat(chat_id, user)
     shown: dict[str, None] = {}  # outbound ids already printed, oldest first
@@ -130,9 +224,11 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
         if len(shown) > SHOWN_KEPT:
             shown.pop(next(iter(shown)))
         message_id = event.target_message_id if not isinstance(event, ev.OutboundMessage) else uuid.uuid4().hex
-        print(f"{chr(13) if interactive else ''}{terminal.show(event, message_id)}", file=stdout, flush=True)
-        if interactive:
-            print("you> ", end="", file=stdout, flush=True)
+        if interactive:  # over the input line, which is then drawn again below with what was typed on it
+            print(f"\r\x1b[K{terminal.show(event, message_id)}\n{PROMPT}{Reader.typed()}", end="", file=stdout,
+                  flush=True)
+        else:
+            print(terminal.show(event, message_id), file=stdout, flush=True)
         receipt = ev.DeliveryReceipt(outbound_id=event.id, route=event.route, ok=True,
                                      session_id=event.session_id, seq=event.seq,
                                      platform_message_id=message_id)
@@ -150,6 +246,17 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
         await publish(js, subjects.inbound(CHANNEL), event, msg_id=event.key)
         return True
 
+    async def handle(text: str) -> bool:
+        """One typed text: sent, or a command the terminal handles; False to leave."""
+        command = text.strip().lower()
+        if command in ("/exit", "/quit"):
+            return False
+        if command == "/help":
+            print(HELP, file=stdout, flush=True)
+        elif text.strip():
+            await send(text)
+        return True
+
     receiver = asyncio.create_task(consume(sub, OUTBOUND, on_outbound, stopping=stopping))  # type: ignore[arg-type]
     code = 0
     try:
@@ -165,29 +272,34 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
                 code = 1
             return 1 if failed else code  # a script can tell an answer from "could not answer"
         if interactive:
-            print(f"Talking to Clawden as {user} (Ctrl-D to leave).\nyou> ", end="", file=stdout, flush=True)
-        loop = asyncio.get_running_loop()
-        while True:
-            line = await loop.run_in_executor(None, stdin.readline)
-            if not line:
+            print(f"Talking to Clawden as {user} (Ctrl-D or /exit to leave, /help for more).", file=stdout,
+                  flush=True)
+            keyboard = Reader(asyncio.get_running_loop(), stdin, interactive=True)
+            with terminal_kept(stdin, stdout):
+                keyboard.start()
+                while (text := await keyboard.texts.get()) is not None:
+                    if not await handle(text):
+                        break
+                    keyboard.ready.set()
+            return code
+        pipe, paragraphs = Reader(asyncio.get_running_loop(), stdin, interactive=False), Paragraphs(
+            line_by_line=line_by_line)
+        pipe.start()
+        leaving = False
+        while not leaving:
+            line = await pipe.texts.get()
+            for text in paragraphs.feed(line):
+                if not await handle(text):
+                    leaving = True
+                    break
+            if line is None:
                 break
-            text = line.rstrip("\n")
-            command = text.strip().lower()
-            if command in ("/exit", "/quit"):
-                break
-            if command == "/help":
-                print(HELP, file=stdout, flush=True)
-            elif text.strip():
-                await send(text)
-                continue
-            if interactive:
-                print("you> ", end="", file=stdout, flush=True)
-        if not interactive:
-            # Piped input: give the last reply a moment before leaving.
-            try:
-                await asyncio.wait_for(got_reply.wait(), timeout)
-            except TimeoutError:
-                code = 1
+            pipe.ready.set()
+        # Piped input: give the last reply a moment before leaving.
+        try:
+            await asyncio.wait_for(got_reply.wait(), timeout)
+        except TimeoutError:
+            code = 1
         return code
     finally:
         stopping.set()

@@ -91,7 +91,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from clawden.chat import chat
 
     return asyncio.run(chat(config_mod.load(_home(args)), chat_id=args.chat, once=args.once,
-                            timeout=args.timeout))
+                            timeout=args.timeout, line_by_line=args.lines))
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -144,6 +144,8 @@ def parser() -> Parser:
     chat.add_argument("--chat", default="terminal", help="which terminal chat (default: terminal)")
     chat.add_argument("--once", help="send this one message, print the reply, exit")
     chat.add_argument("--timeout", type=float, default=300.0, help="with --once: seconds to wait")
+    chat.add_argument("--lines", action="store_true",
+                      help="piped input: a message per line (default: all of it is one message)")
     chat.set_defaults(func=cmd_chat)
 
     image = sub.add_parser("image", help="the agent container image")

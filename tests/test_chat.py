@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
+import pty
+import select
+import sys
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -165,3 +170,97 @@ async def test_once_waits_past_a_notice_and_exits_non_zero_when_the_message_will
 
     assert await asyncio.wait_for(session, 15) == code
     assert "I'm busy; your turn comes" in out.getvalue() and "the answer" in out.getvalue()
+
+
+@pytest.mark.parametrize(("lines", "messages"), [(False, ["first line\nsecond line"]),
+                                                   (True, ["first line", "second line"])])
+async def test_piped_input_is_one_message_unless_asked_line_by_line(
+        tmp_path: Path, nats_server: NatsServer, nc: Client, lines: bool, messages: list[str]) -> None:
+    home = tmp_path / "home"
+    setup.init(home)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    inbound = await js.subscribe(subjects.inbound("local"))
+    env = {**os.environ, "CLAWDEN_HOME": str(home), "CLAWDEN_NATS_URL": nats_server.url}
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clawden", "chat", "--timeout", "1", *(["--lines"] if lines else []),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    await proc.communicate(b"first line\nsecond line\n")
+
+    got = [ev.decode((await inbound.next_msg(timeout=10)).data) for _ in messages]
+    assert [m.text for m in got if isinstance(m, ev.InboundMessage)] == messages
+    with pytest.raises(nats.errors.TimeoutError):
+        await inbound.next_msg(timeout=0.5)
+
+
+class Pty:
+    """`clawden chat` in a pseudo-terminal, as a person runs it."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the chat, with the pty as its terminal
+            os.execve(sys.executable, [sys.executable, "-m", "clawden", "chat"], env)
+        self.seen = b""
+
+    def wait_for(self, text: bytes, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            left = deadline - time.monotonic()
+            assert left > 0, self.seen
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                try:
+                    self.seen += os.read(self.fd, 4096)
+                except OSError:  # the child closed its end
+                    assert text in self.seen, self.seen
+
+    def write(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(self.pid, 9)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+    def exit_code(self, timeout: float = 10) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            assert time.monotonic() < deadline, self.seen
+            with contextlib.suppress(OSError):  # keep the pty drained so the child never blocks on it
+                if select.select([self.fd], [], [], 0.1)[0]:
+                    self.seen += os.read(self.fd, 4096)
+
+
+async def test_in_a_terminal_a_paste_is_one_message_a_reply_keeps_the_typed_line_and_ctrl_c_leaves_at_once(
+        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    home = tmp_path / "home"
+    setup.init(home)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    inbound = await js.subscribe(subjects.inbound("local"))
+    term = Pty({**os.environ, "CLAWDEN_HOME": str(home), "CLAWDEN_NATS_URL": nats_server.url, "TERM": "xterm"})
+    try:
+        await asyncio.to_thread(term.wait_for, b"you> ")
+
+        term.write(b"\x1b[200~line one\nline two\x1b[201~\r")  # what a terminal sends for a pasted text
+        pasted = ev.decode((await inbound.next_msg(timeout=10)).data)
+        assert isinstance(pasted, ev.InboundMessage) and pasted.text == "line one\nline two"
+        with pytest.raises(nats.errors.TimeoutError):
+            await inbound.next_msg(timeout=0.5)
+
+        term.write(b"half typ")
+        await asyncio.to_thread(term.wait_for, b"half typ")
+        await publish(js, subjects.outbound("local", ROUTE.chat_id),
+                      ev.OutboundMessage(id="r-1", route=ROUTE, text="a reply", agent_group="main"), msg_id="r-1")
+        await asyncio.to_thread(term.wait_for, b"main> a reply\r\nyou> half typ")
+
+        term.write(b"\x03")  # Ctrl-C, with nothing sent
+        assert await asyncio.to_thread(term.exit_code) == 130
+        assert b"Traceback" not in term.seen and term.seen.endswith(b"\x1b[?2004l"), term.seen[-200:]
+    finally:
+        await asyncio.to_thread(term.close)
