@@ -158,8 +158,16 @@ def groups_delete(args: argparse.Namespace) -> int:
 # --- chats -----------------------------------------------------------------------------------------
 
 def _render_chats(rows: list[Payload]) -> str:
+    # A chat with no wiring of its own is answered through its channel's `*` row, if that one is wired.
+    every = {r["channel"]: r["wired"] for r in rows if r["chat_id"] == "*"}
+
+    def wired(r: Payload) -> str:
+        if r["wired"]:
+            return ",".join(r["wired"])
+        return f"{','.join(every[r['channel']])} (via *)" if every.get(r["channel"]) else "-"
+
     return _table([(r["channel"], r["chat_id"], r["name"], "group" if r["is_group"] else "direct",
-                    r["policy"] + (" (declined)" if r["denied"] else ""), ",".join(r["wired"]) or "-")
+                    r["policy"] + (" (declined)" if r["denied"] else ""), wired(r))
                    for r in rows], ("CHANNEL", "CHAT", "NAME", "KIND", "UNKNOWN SENDERS", "WIRED TO"))
 
 

@@ -301,8 +301,10 @@ class RouterStore(servicedb.Store):
             rows = db.execute(
                 "SELECT messaging_group, agent_group, engage_mode, engage_pattern, sender_scope, ignored_messages,"
                 " session_mode, priority FROM wirings WHERE messaging_group IN (?, ?)", chat.ids).fetchall()
-            # A chat's own wiring of a group overrides the channel-wide one.
-            for row in sorted(rows, key=lambda r: r["messaging_group"] != wildcard_id):
+            # A chat's own wirings replace the channel-wide (`*`) ones: a chat wired to an agent group is
+            # answered by the groups wired to it alone, and `*` serves the chats with no wiring of their own.
+            own = [row for row in rows if row["messaging_group"] != wildcard_id]
+            for row in own or rows:
                 wirings[row["agent_group"]] = engage.Wiring(
                     row["agent_group"], row["engage_mode"], row["engage_pattern"], row["sender_scope"],
                     row["ignored_messages"], row["session_mode"], row["priority"])

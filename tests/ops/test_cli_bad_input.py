@@ -342,3 +342,25 @@ def test_bad_input_pointed_at_another_installs_port(core: Core, tmp_path: Path, 
     assert f"port {mine.nats.port} belongs to another Clawden install (install id {core.cfg.install_id}" \
         in lines[0] or lines[0].startswith("clawden: no channel") or "`local` is the terminal" in lines[0] \
         or "a chat name is one word" in lines[0], out.stderr
+
+
+def test_chats_list_says_what_answers_each_chat_and_a_chats_own_wiring_replaces_the_wildcard(
+        core: Core, session: str) -> None:
+    assert core.clawden("groups", "create", "family").returncode == 0
+    try:
+        assert core.clawden("chats", "create", "local", "kitchen").returncode == 0
+        assert core.clawden("wire", "add", "local", "kitchen", "family").returncode == 0
+        asyncio.run(_talk(core, "kitchen"))
+
+        rows = {tuple(line.split()[:2]): line for line in core.clawden("chats", "list").stdout.splitlines()[1:]}
+        assert rows[("local", "tasks-chat")].endswith("main (via *)")
+        assert rows[("local", "kitchen")].endswith("family")
+        deadline = time.monotonic() + 30
+        while not (kitchen := [s for s in json.loads(core.clawden("sessions", "--json").stdout)
+                               if s["chat_id"] == "kitchen"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)  # the router commits the session a moment after the message
+        assert [s["agent_group"] for s in kitchen] == ["family"]  # not main too, through `local *`
+    finally:
+        core.clawden("chats", "delete", "local", "kitchen")
+        core.clawden("groups", "delete", "family", "--yes")

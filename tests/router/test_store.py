@@ -257,3 +257,16 @@ def test_a_chat_that_moved_after_its_new_id_spoke_first_keeps_its_wiring_and_con
                  new_chat_id="-1002")["chat_id"] == "-1002"
     with pytest.raises(Exception, match="no chat '-41'"):
         admin(store, "chats", op="move", channel="telegram", chat_id="-41", new_chat_id="-1003")
+
+
+def test_a_chat_wired_to_a_group_is_answered_by_it_alone_not_also_through_the_wildcard(store: RouterStore) -> None:
+    admin(store, "groups", op="create", name="family")
+    admin(store, "chats", op="create", channel="local", chat_id="kitchen")
+    admin(store, "wirings", op="create", channel="local", chat_id="kitchen", agent_group="family")
+
+    [own] = wakes(published(store, store.route_batch([msg(channel="local", chat="kitchen", sender=OWNER)], NOW)))
+    [other] = wakes(published(store, store.route_batch([msg(n=2, channel="local", chat="terminal", sender=OWNER)],
+                                                       NOW)))
+
+    assert (own.agent_group, own.route.chat_id) == ("family", "kitchen")
+    assert (other.agent_group, other.route.chat_id) == ("main", "terminal")  # `local *` serves the rest
