@@ -83,12 +83,14 @@ class ServiceContext:
         """Request/reply control at `clawden.ctl.<service>.<verb>`; replies are JSON."""
         assert self._micro is not None
 
-        # A ServiceError is answered by micro as is, and counted in the endpoint's `num_errors`.
+        # A ServiceError is answered by micro as is, and counted in the endpoint's `num_errors`; a caller's
+        # mistake (a typo on the CLI) is answered the same way but not counted: it is no fault of ours.
         async def serve(req: Request) -> None:
             try:
                 result = await handler(req.data)
             except ControlError as exc:  # the caller's mistake, said in plain words
-                raise ServiceError("400", str(exc)) from None
+                await req.respond_error("400", str(exc))
+                return
             except Exception as exc:  # never leak a traceback to a caller
                 log.exception("ctl %s failed", verb)
                 raise ServiceError("500", f"{verb} failed: {type(exc).__name__}") from None
