@@ -236,6 +236,10 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
         if isinstance(event, ev.OutboundMessage) and event.kind != "notice":  # a notice: the answer follows
             if event.kind == "error":
                 failed.append(event.id)
+            if once is not None:
+                # Said before the ack that follows this handler, so the receiver stops right after it
+                # instead of starting another pull and waiting out its expiry (a second per message).
+                stopping.set()
             got_reply.set()
 
     async def send(text: str) -> bool:

@@ -264,3 +264,24 @@ async def test_in_a_terminal_a_paste_is_one_message_a_reply_keeps_the_typed_line
         assert b"Traceback" not in term.seen and term.seen.endswith(b"\x1b[?2004l"), term.seen[-200:]
     finally:
         await asyncio.to_thread(term.close)
+
+
+async def test_once_leaves_as_soon_as_its_reply_is_shown_and_acknowledged(
+        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    cfg = setup.init(tmp_path / "home")
+    cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
+    js = nc.jetstream()
+    await ensure_streams(js)
+    inbound = await js.subscribe(subjects.inbound("local"))
+    session = asyncio.create_task(chat(cfg, chat_id="terminal", once="hello", timeout=30, stdout=io.StringIO()))
+    await inbound.next_msg(timeout=15)
+
+    await publish(js, subjects.outbound("local", ROUTE.chat_id), ev.OutboundMessage(id="s-1:r", route=ROUTE,
+                                                                                    text="hi"), msg_id="s-1:r")
+    replied = time.monotonic()
+    assert await asyncio.wait_for(session, 15) == 0
+    took = time.monotonic() - replied
+
+    info = await js.consumer_info("CLAWDEN_OUTBOUND", "channel-local-terminal")
+    assert info.num_ack_pending == 0 and info.num_pending == 0  # acknowledged: never shown again
+    assert took < 0.9, took  # no second pull waited out (it was 1.0 s and more)
