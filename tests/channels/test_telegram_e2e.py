@@ -56,6 +56,16 @@ async def wire(stack: Stack, chat: dict[str, Any]) -> None:
                                                   "agent_group": "main"})
 
 
+def closed_turns(stack: Stack, marker: str) -> int:
+    """Turns the agent finished in the conversation whose text holds `marker`: a turn ends when the model
+    reads the result of its send_message, after the answer is already in the chat; a test that leaves
+    earlier lets that last request take the next test's scripted reply."""
+    def closes(body: Any) -> bool:
+        last = (body.get("messages") or [{}])[-1] if isinstance(body, dict) else {}
+        return any(isinstance(c, dict) and c.get("type") == "tool_result" for c in last.get("content") or [])
+    return sum(1 for r in stack.fake.messages_requests(with_tools=True) if closes(r.body) and marker in str(r.body))
+
+
 async def answers(telegram: FakeTelegram, chat: dict[str, Any], count: int, timeout: float = ANSWER) -> list[str]:
     await until(lambda: len(telegram.texts(chat)) >= count, timeout,
                 lambda: f"{len(telegram.texts(chat))} of {count} answers: {telegram.texts(chat)}")
@@ -92,6 +102,8 @@ async def test_a_group_in_privacy_mode_is_answered_by_ask_and_by_replies_to_the_
                for r in stack.fake.messages_requests(with_tools=True))
     assert not any("dinner at 8" in str(r.body) or "pizzeria" in str(r.body)
                    for r in stack.fake.messages_requests(with_tools=True))
+    await until(lambda: closed_turns(stack, "which restaurant is open late") >= 2, ANSWER,
+                "the agent never finished its turns")
 
 
 async def test_a_group_with_privacy_mode_off_is_answered_when_the_bot_is_mentioned(
@@ -104,10 +116,12 @@ async def test_a_group_with_privacy_mode_off_is_answered_when_the_bot_is_mention
         telegram.set_privacy(True)
     await wire(stack, club)
     telegram.send(club, ada, "dinner at 8 tonight?")
-    telegram.send(club, ada, "@clawden_test_bot which restaurant is open late")
+    telegram.send(club, ada, "@clawden_test_bot which pub is open late")
     [answer] = await answers(telegram, club, 1)
-    assert "which restaurant is open late" in answer
+    assert "which pub is open late" in answer
     assert [m for m in telegram.withheld if m["chat"]["id"] == club["id"]] == []  # Telegram delivered both
+    await until(lambda: closed_turns(stack, "which pub is open late") >= 1, ANSWER,
+                "the agent never finished its turn")
     assert not any("dinner at 8" in str(r.body) for r in stack.fake.messages_requests(with_tools=True))
 
 
