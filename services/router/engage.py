@@ -74,6 +74,7 @@ class View:
     sticky: frozenset[str] = frozenset()
     pairing_digest: str = ""  # the channel's live pairing code, if `clawden pair` made one
     can_register: bool = True  # somebody (an owner or global admin) could approve a new chat
+    has_groups: bool = True  # an agent group exists that a new chat could be wired to
 
 
 # --- what it decides -------------------------------------------------------------------------------
@@ -103,6 +104,7 @@ class Reply:
     """The router answers the chat itself (a refusal, a pairing confirmation)."""
 
     text: str
+    refusal: bool = False  # the message will not be answered (sent as kind "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +222,7 @@ def decide(message: ev.InboundMessage, view: View, *, only: str | None = None) -
             refusals.append(f"{group}: only members may talk to it here")
             continue
         if command.kind == "admin" and not sender.is_admin_of(group):
-            actions.append(Reply(f"Only an admin of {group} can use /{command.word}."))
+            actions.append(Reply(f"Only an admin of {group} can use /{command.word}.", refusal=True))
             continue
         actions.append(Deliver(group, _session(wiring, message, thread), route,
                                command=command.wake_command))
@@ -240,6 +242,9 @@ def _unwired(view: View, is_addressed: bool) -> Decision:
         return _drop("the owner declined to connect this chat")
     if view.chat.registration_pending:
         return Decision((AskChannel(new=False),))
+    if not view.has_groups:
+        return _drop("chat is not wired to any agent group, and there is none to wire it to: create one"
+                     " (`clawden groups create NAME`) and wire it (`clawden wire add CHANNEL CHAT NAME`)")
     if not view.can_register:
         return _drop("chat is not wired to any agent group, and there is no owner to approve it"
                      " (pair one with `clawden pair <channel>`)")

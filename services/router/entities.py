@@ -22,6 +22,7 @@ ROLES: tuple[str, ...] = get_args(RoleName)
 # A messaging group whose chat id is this stands for every chat of its channel that has no row of
 # its own: its wirings apply there, and its policy is inherited.
 ALL_CHATS = "*"
+TERMINAL_CHANNEL = "local"  # `clawden chat`: the machine owner's own terminal
 # Pattern that engages on every message, attachments-only ones included.
 ALWAYS = "."
 

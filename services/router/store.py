@@ -22,7 +22,7 @@ from clawden import logs, servicedb
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from services.router import cards, engage, schema
-from services.router.entities import ALL_CHATS, ALWAYS, UnknownSenderPolicy, user_id_of
+from services.router.entities import ALL_CHATS, ALWAYS, TERMINAL_CHANNEL, UnknownSenderPolicy, user_id_of
 
 log = logging.getLogger("clawden.router")
 
@@ -326,13 +326,13 @@ class RouterStore(servicedb.Store):
                 "SELECT agent_group FROM sessions WHERE channel = ? AND chat_id = ? AND thread_id = ?",
                 (channel, event.route.chat_id, thread)))
         registration_pending = False
-        can_register = True
+        can_register = has_groups = True
         if not wirings:
             registration_pending = chat.own is not None and db.execute(
                 "SELECT 1 FROM approvals WHERE kind = 'channel' AND messaging_group = ?",
                 (chat.own["id"],)).fetchone() is not None
-            can_register = bool(self.roles.approvers(None)) and db.execute(
-                "SELECT 1 FROM agent_groups LIMIT 1").fetchone() is not None
+            can_register = bool(self.roles.approvers(None))
+            has_groups = db.execute("SELECT 1 FROM agent_groups LIMIT 1").fetchone() is not None
         return engage.View(
             chat=engage.Chat(known=chat.known, policy=chat.policy,
                              denied=chat.own is not None and chat.own["denied_at"] is not None,
@@ -340,7 +340,8 @@ class RouterStore(servicedb.Store):
             sender=engage.Standing(user, owner=owner, admin=admin, admin_of=admin_of,
                                    member_of=frozenset(members), denied_for=frozenset(denied),
                                    pending_for=frozenset(pending)),
-            wirings=tuple(wirings.values()), sticky=sticky, pairing_digest=digest, can_register=can_register)
+            wirings=tuple(wirings.values()), sticky=sticky, pairing_digest=digest, can_register=can_register,
+            has_groups=has_groups)
 
     def _apply(self, event: ev.InboundMessage, chat: _ChatRows, view: engage.View, decision: engage.Decision,
                now: float, out: Outcome) -> None:
@@ -355,7 +356,7 @@ class RouterStore(servicedb.Store):
             if isinstance(action, engage.Deliver):
                 self._deliver(event, action, mg, now, out)
             elif isinstance(action, engage.Reply):
-                self._reply(event, action.text, index, out)
+                self._reply(event, action.text, index, out, kind="error" if action.refusal else "reply")
             elif isinstance(action, engage.AskSender):
                 self._hold("sender", event, mg, user, action.agent_group, now, out)
             elif isinstance(action, engage.AskChannel):
@@ -377,6 +378,8 @@ class RouterStore(servicedb.Store):
         if recorded_drop:
             self.record_drop(event, user, decision.dropped, now)
             out.counts["dropped"] += 1
+            if event.route.channel == TERMINAL_CHANNEL:  # the machine's owner: never left without a word
+                self._reply(event, f"(not delivered: {decision.dropped})", len(decision.actions), out, kind="error")
 
     def _chat_of(self, event: ev.InboundMessage, chat: _ChatRows, now: float) -> int:
         """The chat's own row, created on first contact (inheriting the channel's policy, if any)."""
@@ -428,9 +431,10 @@ class RouterStore(servicedb.Store):
                  session_id, action.agent_group, "" if action.trigger else " (context, no wake)",
                  extra=logs.context(session_id, action.agent_group, event.key))
 
-    def _reply(self, event: ev.InboundMessage, text: str, index: int, out: Outcome) -> None:
+    def _reply(self, event: ev.InboundMessage, text: str, index: int, out: Outcome,
+               kind: Literal["reply", "error"] = "reply") -> None:
         reply = ev.OutboundMessage(id=f"router:{event.key}:{index}", route=event.route, text=text,
-                                   reply_to=event.message_id)
+                                   reply_to=event.message_id, kind=kind)
         self._emit(f"chat:{event.route.channel}:{event.route.chat_id}",
                    subjects.outbound(event.route.channel, event.route.chat_id), reply.id, ev.encode(reply))
         out.counts["replies"] += 1

@@ -38,10 +38,11 @@ def msg(text: str = "hi", *, chat: str = "c1", thread: str | None = None, group:
 
 def view(*wirings: Wiring, policy: str = "public", sender: Standing | None = None, sticky: tuple[str, ...] = (),
          known: bool = True, denied: bool = False, pending: bool = False, can_register: bool = True,
-         code: str = "") -> View:
+         code: str = "", has_groups: bool = True) -> View:
     return View(chat=Chat(known=known, policy=policy, denied=denied, registration_pending=pending),  # type: ignore[arg-type]
                 sender=sender or Standing(USER), wirings=wirings, sticky=frozenset(sticky),
-                pairing_digest=pairing.digest(code) if code else "", can_register=can_register)
+                pairing_digest=pairing.digest(code) if code else "", can_register=can_register,
+                has_groups=has_groups)
 
 
 def summary(d: Decision) -> tuple[str, ...]:
@@ -163,6 +164,10 @@ CASES = [
     pytest.param(msg(), view(known=False, can_register=False),
                  ("drop: chat is not wired to any agent group, and there is no owner to approve it"
                   " (pair one with `clawden pair <channel>`)",), id="no-owner-says-how-to-pair"),
+    pytest.param(msg(), view(known=False, has_groups=False),
+                 ("drop: chat is not wired to any agent group, and there is none to wire it to: create one"
+                  " (`clawden groups create NAME`) and wire it (`clawden wire add CHANNEL CHAT NAME`)",),
+                 id="no-agent-group-says-make-one-not-pair"),
     # --- pairing ---
     pytest.param(msg("abcde fghjk"), view(MAIN, code=CODE), ("pair",), id="pairing-code-pairs"),
     pytest.param(msg(CODE), view(known=False, code=CODE), ("pair",), id="pairing-works-in-an-unknown-chat"),

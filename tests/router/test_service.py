@@ -98,6 +98,7 @@ async def test_a_non_admin_is_refused_clear_until_paired_as_owner(router: Router
     await send(js, chat_message(1, chat="c1", text="/clear"))
     [refusal] = await collect(js, "t-out", outbound, want=1)
     assert isinstance(refusal, ev.OutboundMessage) and refusal.text == "Only an admin of main can use /clear."
+    assert refusal.kind == "error"  # `clawden chat --once` exits 1 on it
 
     code = (await router.call("pair", op="create", channel="telegram"))["code"]
     await send(js, chat_message(2, chat="c1", text=code))

@@ -270,3 +270,16 @@ def test_a_chat_wired_to_a_group_is_answered_by_it_alone_not_also_through_the_wi
 
     assert (own.agent_group, own.route.chat_id) == ("family", "kitchen")
     assert (other.agent_group, other.route.chat_id) == ("main", "terminal")  # `local *` serves the rest
+
+
+def test_the_terminal_is_told_why_its_message_reached_nobody_and_what_to_do(store: RouterStore) -> None:
+    admin(store, "groups", op="delete", name="main")  # the owner is still there: a group is what is missing
+
+    events = published(store, store.route_batch([msg(channel="local", chat="terminal", sender=OWNER)], NOW))
+
+    [reply] = [e for e in events if isinstance(e, ev.OutboundMessage)]
+    assert reply.kind == "error" and reply.route.chat_id == "terminal"
+    assert reply.text == ("(not delivered: chat is not wired to any agent group, and there is none to wire it to:"
+                          " create one (`clawden groups create NAME`) and wire it (`clawden wire add CHANNEL CHAT"
+                          " NAME`))")
+    assert not wakes(events)
