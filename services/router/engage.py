@@ -188,7 +188,7 @@ def decide(message: ev.InboundMessage, view: View, *, only: str | None = None) -
     else:
         wirings = view.wirings
     if not wirings:
-        return _unwired(view, is_addressed)
+        return _unwired(view, is_addressed, message.route)
 
     thread = effective_thread(message)
     route = ev.Route(channel=message.route.channel, chat_id=message.route.chat_id, thread_id=thread)
@@ -235,7 +235,7 @@ def decide(message: ev.InboundMessage, view: View, *, only: str | None = None) -
     return Decision(tuple(actions), dropped="no wired agent group engaged", record=is_addressed)
 
 
-def _unwired(view: View, is_addressed: bool) -> Decision:
+def _unwired(view: View, is_addressed: bool, route: ev.Route) -> Decision:
     if not is_addressed:
         return _drop("chat is not wired to any agent group", record=False)
     if view.chat.denied:
@@ -244,7 +244,8 @@ def _unwired(view: View, is_addressed: bool) -> Decision:
         return Decision((AskChannel(new=False),))
     if not view.has_groups:
         return _drop("chat is not wired to any agent group, and there is none to wire it to: create one"
-                     " (`clawden groups create NAME`) and wire it (`clawden wire add CHANNEL CHAT NAME`)")
+                     f" (`clawden groups create NAME`) and wire it (`clawden wire add {route.channel}"
+                     f" {route.chat_id} NAME`)")
     if not view.can_register:
         return _drop("chat is not wired to any agent group, and there is no owner to approve it"
                      " (pair one with `clawden pair <channel>`)")

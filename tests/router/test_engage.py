@@ -166,7 +166,7 @@ CASES = [
                   " (pair one with `clawden pair <channel>`)",), id="no-owner-says-how-to-pair"),
     pytest.param(msg(), view(known=False, has_groups=False),
                  ("drop: chat is not wired to any agent group, and there is none to wire it to: create one"
-                  " (`clawden groups create NAME`) and wire it (`clawden wire add CHANNEL CHAT NAME`)",),
+                  " (`clawden groups create NAME`) and wire it (`clawden wire add telegram c1 NAME`)",),
                  id="no-agent-group-says-make-one-not-pair"),
     # --- pairing ---
     pytest.param(msg("abcde fghjk"), view(MAIN, code=CODE), ("pair",), id="pairing-code-pairs"),

@@ -280,6 +280,6 @@ def test_the_terminal_is_told_why_its_message_reached_nobody_and_what_to_do(stor
     [reply] = [e for e in events if isinstance(e, ev.OutboundMessage)]
     assert reply.kind == "error" and reply.route.chat_id == "terminal"
     assert reply.text == ("(not delivered: chat is not wired to any agent group, and there is none to wire it to:"
-                          " create one (`clawden groups create NAME`) and wire it (`clawden wire add CHANNEL CHAT"
+                          " create one (`clawden groups create NAME`) and wire it (`clawden wire add local terminal"
                           " NAME`))")
     assert not wakes(events)
