@@ -285,3 +285,11 @@ async def test_once_leaves_as_soon_as_its_reply_is_shown_and_acknowledged(
     info = await js.consumer_info("CLAWDEN_OUTBOUND", "channel-local-terminal")
     assert info.num_ack_pending == 0 and info.num_pending == 0  # acknowledged: never shown again
     assert took < 0.9, took  # no second pull waited out (it was 1.0 s and more)
+
+
+def test_clawdens_own_cards_and_notices_are_labelled_as_clawdens_not_the_agents() -> None:
+    terminal = TerminalChat("terminal", "ada")
+    card = msgspec.structs.replace(card_message(), kind="notice")
+    assert terminal.show(card, "m1").startswith("clawden> The agent asks:")
+    error = ev.OutboundMessage(id="s-1:failed-2", route=ROUTE, text="Sorry", agent_group="main", kind="error")
+    assert terminal.show(error, "m2") == "clawden> Sorry"

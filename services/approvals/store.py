@@ -102,8 +102,11 @@ class Store(servicedb.Store):
 
     def _send_card(self, request: ev.ApprovalRequest, card: ev.Card, card_id: str, delivery: policy.Delivery,
                    now: float) -> None:
+        # A question is the agent speaking; any other card is the host asking (a notice: the chat's answer
+        # still follows), which the terminal labels as Clawden's, not the agent's.
         self._emit(subjects.outbound(delivery.route.channel, delivery.route.chat_id), card_id, ev.OutboundMessage(
-            id=card_id, route=delivery.route, text=cards.text_of(card), card=card, agent_group=request.agent_group))
+            id=card_id, route=delivery.route, text=cards.text_of(card), card=card, agent_group=request.agent_group,
+            kind="reply" if request.kind == "question" else "notice"))
         self._audit(request.id, now, "card_sent", delivery.approver,
                     f"{delivery.route.channel}:{delivery.route.chat_id} as {card_id}")
 

@@ -50,6 +50,7 @@ def test_request_sends_a_card_to_the_approvers_direct_chat(store: Store) -> None
     assert store.add_request(request(), [OWNER], 1000).result == "sent"
     card = sent_card(store)
     assert card.route == TERMINAL and card.id.startswith("ap-") and card.card is not None
+    assert card.kind == "notice"  # Clawden asking, not the agent speaking
     assert store.list("pending")[0]["approver"] == OWNER
 
 
@@ -165,6 +166,8 @@ def test_at_the_machine_approve_takes_the_cards_first_yes_and_a_question_its_cho
                                   route=TERMINAL, card=ev.Card(title="Tea or coffee?", buttons=(
                                       ev.Button(id="1", label="Tea"), ev.Button(id="2", label="Coffee"))))
     store.add_request(question, [], 1000)
+    assert [e.kind for e in drain(store) if isinstance(e, ev.OutboundMessage) and e.card is not None
+            and e.card.title == "Tea or coffee?"] == ["reply"]  # the agent asks
     assert store.decide("q-1", "approve", OWNER, 1001).result == "bad_button", "a question has no yes"
     assert store.decide("q-1", "coffee", OWNER, 1002).result == "answered"
     assert store.decide("nope", "approve", OWNER, 1003).result == "unknown"
