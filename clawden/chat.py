@@ -65,7 +65,7 @@ class TerminalChat:
     def show(self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction, message_id: str) -> str:
         # The agent's words carry its group's name; Clawden's own (an approval card, a notice, an error) not.
         speaks = isinstance(event, ev.OutboundMessage) and event.kind == "reply"
-        who = (event.agent_group if speaks else "") or "clawden"
+        who = (event.agent_group if isinstance(event, ev.OutboundMessage) and speaks else "") or "clawden"
         if isinstance(event, ev.OutboundReaction):
             return f"{who} reacted {event.emoji}"
         text = render_text(event.text, event.card)
