@@ -227,6 +227,8 @@ def up(home: Path | None, services: list[str] | None = None) -> int:
     sup.say(f"Clawden home {cfg.home}")
     for problem in config_warnings(cfg):
         sup.say(f"warning: {problem}")
+    if "runner" in (services or SERVICES) and (missing := image_warning(cfg.runner.image)):
+        sup.say(f"warning: {missing}")
     try:
         sup.start_nats()
         while not received:
@@ -246,6 +248,19 @@ def config_warnings(cfg: Config) -> list[str]:
     if problem := model_warning(cfg.model.model):
         found.append(f"[model] model: {problem}")
     return found
+
+
+def image_warning(image: str) -> str | None:
+    """The agent image missing is said at `up`, not at the first message (groups' own: `clawden doctor`)."""
+    from clawden.image import ImageBuildError, image_exists
+
+    try:
+        if image_exists(image):
+            return None
+    except ImageBuildError as exc:  # no docker CLI
+        return f"cannot check the agent image {image}: {exc}"
+    return (f"agent image {image} is missing (or Docker does not answer): no agent can start until "
+            f"`clawden image build --tag {image}`; `clawden doctor` checks Docker and every group's image")
 
 
 _ERROR_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\.\d{3} E [\w.-]+: (.*)$")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from clawden import config, natsauth, natsserver, setup
-from clawden.supervisor import Supervisor
+from clawden.supervisor import Supervisor, image_warning
 from tests.conftest import NatsServer
 
 
@@ -148,3 +148,9 @@ def test_up_is_not_ready_without_a_model_key_and_says_so_until_one_is_given(
         assert out.getvalue().count(" pid ") == 1
     finally:
         sup.stop()
+
+
+def test_a_missing_agent_image_is_said_at_up_with_the_command_that_builds_that_tag(agent_image: str) -> None:
+    assert image_warning(agent_image) is None
+    problem = image_warning("clawden-agent:no-such-tag")
+    assert problem is not None and "`clawden image build --tag clawden-agent:no-such-tag`" in problem
