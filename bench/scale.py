@@ -99,12 +99,23 @@ async def stack_pids(stack: Stack) -> dict[str, int]:
     return pids | {"nats": nats}
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
+    fields = [int(f) for f in open("/proc/stat").readline().split()[1:]]  # noqa: SIM115
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 async def cold_wave(chats: list[Chat]) -> dict[str, object]:
     started = time.perf_counter()
+    busy0, total0 = machine_jiffies()
     await asyncio.gather(*(c.send(f"{c.term.chat_id} first") for c in chats))
     await asyncio.gather(*(c.drained() for c in chats))
+    busy1, total1 = machine_jiffies()
     firsts = [c.latencies[0] for c in chats]
-    return {"last_first_reply_s": round(time.perf_counter() - started, 2), **summary(firsts)}
+    return {"last_first_reply_s": round(time.perf_counter() - started, 2), **summary(firsts),
+            # Under 1: the wave waited on something other than the CPUs.
+            "machine_cpu_busy": round((busy1 - busy0) / max(1, total1 - total0), 2)}
 
 
 async def steady(chats: list[Chat], rate: float, seconds: float, rng: random.Random) -> int:
@@ -119,13 +130,16 @@ async def steady(chats: list[Chat], rate: float, seconds: float, rng: random.Ran
     return n
 
 
-async def measure(stack: Stack, n_chats: int, rate: float, seconds: float) -> dict[str, object]:
+async def measure(stack: Stack, n_chats: int, rate: float, seconds: float, cold_only: bool = False
+                  ) -> dict[str, object]:
     rng = random.Random(7)
     async with AsyncExitStack() as exits:
         terms = [await exits.enter_async_context(Terminal(stack, f"scale-{i}")) for i in range(n_chats)]
         chats = [Chat(t) for t in terms]
         print("cold wave …", file=sys.stderr)
         cold = await cold_wave(chats)
+        if cold_only:
+            return {"chats": n_chats, "cold_wave": cold}
         for c in chats:
             c.latencies.clear()
         await asyncio.sleep(5)  # the cold wave's closing model calls settle
@@ -173,11 +187,15 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=2.0, help="messages per second over all chats")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the steady phase")
     parser.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
+    parser.add_argument("--cold-only", action="store_true", help="stop after the cold wave")
+    parser.add_argument("--runner", action="append", default=[], metavar="KEY=VALUE",
+                        help="a [runner] setting for this run, e.g. parallel_starts=4 (repeatable)")
     args = parser.parse_args()
+    runner = "\n".join([f"max_containers = {args.chats}", *(s.replace("=", " = ", 1) for s in args.runner)])
     with tempfile.TemporaryDirectory(prefix="clawden-scale-") as tmp:
-        stack = start_stack(Path(tmp) / "home", ready_timeout=180, runner=f"max_containers = {args.chats}")
+        stack = start_stack(Path(tmp) / "home", ready_timeout=180, runner=runner)
         try:
-            result = asyncio.run(measure(stack, args.chats, args.rate, args.seconds))
+            result = asyncio.run(measure(stack, args.chats, args.rate, args.seconds, args.cold_only))
         finally:
             stack.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
