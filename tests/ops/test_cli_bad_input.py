@@ -364,3 +364,16 @@ def test_chats_list_says_what_answers_each_chat_and_a_chats_own_wiring_replaces_
     finally:
         core.clawden("chats", "delete", "local", "kitchen")
         core.clawden("groups", "delete", "family", "--yes")
+
+
+@pytest.mark.parametrize("args", [("status", "--json"), ("groups", "list"), ("secrets", "list", "--json")])
+def test_status_and_the_rest_end_quietly_when_their_reader_went_away(core: Core, args: tuple[str, ...]) -> None:
+    read, write = os.pipe()
+    os.close(read)  # `| head -1` that already has its line
+    try:
+        out = subprocess.run([sys.executable, "-m", "clawden", *args], env=core.env(), stdout=write,
+                             stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+
+    assert out.returncode == 141 and out.stderr == ""
