@@ -105,7 +105,7 @@ class Router:
                 log.error("dropping malformed message on %s: %s", msg.subject, exc)
                 await msg.term()
                 continue
-            if (claimed := _channel_of(event)) != (channel := msg.subject.rsplit(".", 1)[-1]):
+            if (claimed := _channel_of(event)) != msg.subject.rsplit(".", 1)[-1]:
                 # A bridge may publish only on its own subject; what it says inside must match, or
                 # a compromised bridge could speak as another channel's owner.
                 self.counts["poisoned"] += 1

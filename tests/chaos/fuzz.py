@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 
 from clawden import config, natsauth
-from clawden.bus import subjects
 from clawden.bus import events as ev
+from clawden.bus import subjects
 
 # The kinds a subject carries, as the contract says (clawden/bus/events.py).
 KINDS: dict[str, tuple[type[Any], ...]] = {
