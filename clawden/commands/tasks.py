@@ -93,7 +93,9 @@ def _session(args: argparse.Namespace) -> Payload:
     if not found:
         raise control.ControlError(f"agent group {group} has no conversation yet: talk to it first, "
                                    "or give --session (see `clawden sessions`)")
-    return dict(found[0])  # the most recent
+    # The owner's own terminal, where someone surely reads it; else the group's most recent chat.
+    terminal = [s for s in found if (s["channel"], s["chat_id"], s["thread_id"] or "") == ("local", "terminal", "")]
+    return dict((terminal or found)[0])
 
 
 def tasks_add(args: argparse.Namespace) -> int:
@@ -168,7 +170,8 @@ def register(sub: Sub) -> None:
     v.add_argument("schedule", help="cron ('0 8 * * 1'), 'every 30m' (1m at least, unless --script decides each "
                                     "run), an ISO time ('2025-06-01T08:00') or 'in 10m'")
     v.add_argument("prompt", help="what the agent is asked when the task runs")
-    v.add_argument("--session", help="the conversation to run in (default: the group's most recent)")
+    v.add_argument("--session", help="the conversation to run in (default: the group's in the owner's terminal, "
+                                     "else its most recent; see `clawden sessions`)")
     v.add_argument("--group", help="agent group (default: main, or the session's)")
     v.add_argument("--tz", help="IANA time zone for cron and naive times (default: the scheduler host's)")
     v.add_argument("--catch-up", dest="catch_up", choices=CATCH_UP, default="once",

@@ -377,3 +377,19 @@ def test_status_and_the_rest_end_quietly_when_their_reader_went_away(core: Core,
         os.close(write)
 
     assert out.returncode == 141 and out.stderr == ""
+
+
+def test_a_task_without_session_goes_to_the_owners_terminal_not_the_latest_chat(core: Core, session: str) -> None:
+    asyncio.run(_talk(core, "terminal"))
+    asyncio.run(_talk(core, "somebody-elses"))  # the group's most recent chat, which nobody may watch
+    deadline = time.monotonic() + 30
+    while {"terminal", "somebody-elses"} - {s["chat_id"] for s in json.loads(core.clawden("sessions",
+                                                                                          "--json").stdout)}:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)  # the router commits each session a moment after its message
+
+    added = core.clawden("tasks", "add", "0 9 * * *", "plan the day", "--json")
+    task = json.loads(added.stdout)
+    core.clawden("tasks", "cancel", task["id"])
+
+    assert (task["channel"], task["chat_id"]) == ("local", "terminal")
