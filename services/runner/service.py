@@ -31,6 +31,7 @@ from clawden.bus import events as ev
 from clawden.bus.streams import runner_decisions, runner_receipts, runner_wake
 from clawden.config import GroupConfig
 from clawden.runtime import ServiceContext
+from services.runner import core
 from services.runner.containers import (
     LABEL_SESSION,
     ContainerSpec,
@@ -415,21 +416,21 @@ class Runner:
         """Starts queued sessions as slots free up; tells chats that wait too long why."""
         while not self.ctx.stopping.is_set():
             self.changed.clear()
-            now = time.monotonic()
-            for session_id, waiting in list(self.queue.items()):
-                if waiting.not_before > now:
-                    continue
-                if len(self.live) < self.cfg.runner.max_containers:
-                    del self.queue[session_id]
-                    self.live[session_id] = Live(waiting.info, waiting.folder)  # holds the slot
-                    self._spawn(self._launch(waiting), f"launch-{session_id}")
-                elif not waiting.told and now - waiting.since > self.cfg.runner.queue_notice_after:
-                    waiting.told = True
-                    self._spawn(self._tell(waiting.info, f"queued-{int(waiting.since)}",
-                                           "I'm busy with other conversations right now; "
-                                           "I'll get to your message as soon as a slot frees up."),
-                                f"queued-{session_id}")
-            if self.queue and len(self.live) >= self.cfg.runner.max_containers and not self.making_room:
+            plan = core.dispatch((core.Queued(sid, w.since, w.not_before, w.told) for sid, w in self.queue.items()),
+                                 len(self.live), self.cfg.runner.max_containers, time.monotonic(),
+                                 self.cfg.runner.queue_notice_after, self.making_room)
+            for session_id in plan.start:
+                waiting = self.queue.pop(session_id)
+                self.live[session_id] = Live(waiting.info, waiting.folder)  # holds the slot
+                self._spawn(self._launch(waiting), f"launch-{session_id}")
+            for session_id in plan.tell:
+                waiting = self.queue[session_id]
+                waiting.told = True
+                self._spawn(self._tell(waiting.info, f"queued-{int(waiting.since)}",
+                                       "I'm busy with other conversations right now; "
+                                       "I'll get to your message as soon as a slot frees up."),
+                            f"queued-{session_id}")
+            if plan.make_room:
                 self.making_room = True
                 self._spawn(self._make_room(), "make-room")
             with contextlib.suppress(TimeoutError):
@@ -462,17 +463,17 @@ class Runner:
             self._forget(info.id)
             failures = self.failures.get(info.id, 0) + 1
             self.failures[info.id] = failures
-            final = isinstance(exc, ImageMissing) or failures >= START_ATTEMPTS
-            log.log(logging.ERROR if final else logging.WARNING, "could not start a container for %s (%d): %s",
+            then = core.start_failed(failures, START_ATTEMPTS, isinstance(exc, ImageMissing), time.monotonic())
+            log.log(logging.ERROR if then.give_up else logging.WARNING, "could not start a container for %s (%d): %s",
                     info.id, failures, exc, extra={"session_id": info.id})
-            if final:
+            if then.give_up:
                 self.failures.pop(info.id, None)
                 failed = await asyncio.to_thread(sessiondb.fail_pending, folder)
                 reason = str(exc) if isinstance(exc, ImageMissing) else (
                     "my container could not be started; the operator has to look at the runner's log.")
                 await self._fail(info, failed, reason)
             else:
-                self.queue[info.id] = Waiting(info, folder, not_before=time.monotonic() + _backoff(failures))
+                self.queue[info.id] = Waiting(info, folder, not_before=then.retry_at or 0.0)
             self.changed.set()
             return
         await asyncio.to_thread(ring, folder)
@@ -510,7 +511,7 @@ class Runner:
                 # Crash-looping sessions back off: 2 s, 4 s, 8 s … between attempts.
                 crashes = self.failures.get(info.id, 0) + 1
                 self.failures[info.id] = crashes
-                self.queue[info.id] = Waiting(info, live.folder, not_before=time.monotonic() + _backoff(crashes))
+                self.queue[info.id] = Waiting(info, live.folder, not_before=time.monotonic() + core.backoff(crashes))
                 self.changed.set()
 
     def _forget(self, session_id: str) -> None:
@@ -530,17 +531,22 @@ class Runner:
     async def _check(self, live: Live) -> None:
         """Idle stop, or hang detection from the agent's heartbeat, for one running container."""
         busy = await asyncio.to_thread(sessiondb.has_unanswered, live.folder)
+        heartbeat_age, tool_timeout = (0.0, None) if not busy else await asyncio.to_thread(_silence, live.folder)
+        now = time.monotonic()
+        # The group's latest idle timeout, also for a container started before it changed.
+        state = core.health(busy=busy, idle_for=now - live.last_activity,
+                            idle_timeout=self.group_run(live.info.agent_group).idle_timeout,
+                            heartbeat_age=heartbeat_age, since_wake=now - live.last_wake,
+                            allowed=core.allowed_silence(self.cfg.runner.hang_timeout, tool_timeout))
         if not busy:
             self.failures.pop(live.info.id, None)  # it answered: a later crash starts a fresh count
-            # The group's latest idle timeout, also for a container started before it changed.
-            if time.monotonic() - live.last_activity > self.group_run(live.info.agent_group).idle_timeout:
+            if state == "idle":
                 self.counters["idle_stopped"] += 1
                 await self.stop_session(live.info.id, "idle")
             return
-        live.last_activity = time.monotonic()  # a long turn is not idleness
-        silent, allowed = await asyncio.to_thread(_silence, live.folder, self.cfg.runner.hang_timeout)
-        silent = min(silent, time.monotonic() - live.last_wake)  # an old heartbeat before a new message
-        if silent > allowed:
+        live.last_activity = now  # a long turn is not idleness
+        if state == "hung":
+            silent = min(heartbeat_age, now - live.last_wake)
             self.counters["hung"] += 1
             await self._tell(live.info, f"hung-{live.container_id[:12]}",
                              f"I got stuck (no sign of life for {silent:.0f} s), so I'm restarting and will try "
@@ -624,23 +630,14 @@ async def _logged(coro: Coroutine[Any, Any, None], name: str) -> None:
         log.exception("%s failed", name)
 
 
-def _backoff(attempt: int) -> float:
-    return float(min(300, 2**attempt))
-
-
-def _silence(folder: Path, hang_timeout: float) -> tuple[float, float]:
-    """(seconds since the agent's last heartbeat, seconds of silence allowed right now)."""
+def _silence(folder: Path) -> tuple[float, float | None]:
+    """(seconds since the agent's last heartbeat, the timeout of the long tool call it declared, if any)."""
     try:
         silent = time.time() - (folder / sessiondb.HEARTBEAT).stat().st_mtime
     except FileNotFoundError:
         silent = 0.0  # not started yet; the container start itself is bounded elsewhere
-    allowed = hang_timeout
     tool = sessiondb.get_state(folder, sessiondb.CURRENT_TOOL_KEY)
-    if tool:
-        # A declared long tool call (a Bash command with a long timeout) is not a hang.
-        declared = float(json.loads(tool).get("timeout", 0))
-        allowed = max(allowed, declared + 30)
-    return silent, allowed
+    return silent, float(json.loads(tool).get("timeout", 0)) if tool else None
 
 
 def _host_timezone() -> str:

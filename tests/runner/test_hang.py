@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from clawden import sessiondb
+from services.runner import core
 from services.runner.service import _silence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "container"))  # the image's own package
@@ -28,7 +29,8 @@ def test_a_question_waiting_fifteen_minutes_is_not_a_hang(tmp_path: Path) -> Non
     folder = session_silent_for(tmp_path, 15 * 60)
     declare_wait(folder, "waiting for q-1", 3600)
 
-    silent, allowed = _silence(folder, HANG_TIMEOUT)
+    silent, tool_timeout = _silence(folder)
+    allowed = core.allowed_silence(HANG_TIMEOUT, tool_timeout)
 
     assert silent > HANG_TIMEOUT and silent < allowed
 
@@ -38,6 +40,7 @@ def test_silence_with_no_declared_wait_is_a_hang_after_the_timeout(tmp_path: Pat
     declare_wait(folder, "waiting for q-1", 3600)
     declare_wait(folder, None)  # answered: the wait is over
 
-    silent, allowed = _silence(folder, HANG_TIMEOUT)
+    silent, tool_timeout = _silence(folder)
+    allowed = core.allowed_silence(HANG_TIMEOUT, tool_timeout)
 
-    assert allowed == HANG_TIMEOUT and silent > allowed
+    assert tool_timeout is None and allowed == HANG_TIMEOUT and silent > allowed
