@@ -70,10 +70,21 @@ def redact_preview(raw: bytes, values: Iterable[str], limit: int = CARD_PREVIEW_
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+MODEL_CALL = re.compile(r"^/v1/messages(?:\?|$)")
+_MODEL_FIELD = re.compile(r'"model"\s*:\s*"([^"]{1,100})"')
+
+
 def card_for(ask: ApprovalAsk) -> ev.Card:
     lines = [f"{ask.method} https://{ask.host}{ask.path}", f"Agent group: {ask.agent_group}",
              f"Rule: {ask.rule}"]
-    if ask.preview:
+    if ask.method == "POST" and MODEL_CALL.match(ask.path) and ask.host.endswith("anthropic.com"):
+        # Its body is the agent's whole conversation, whose start is Claude Code's system prompt: no
+        # preview a person could judge by. Say what it is instead.
+        model = _MODEL_FIELD.search(ask.preview)
+        size = "" if ask.body_bytes is None else f", {ask.body_bytes:,} bytes"
+        lines += ["", f"A model call: the agent asks {model.group(1) if model else 'the model'} to think"
+                      f" (its conversation so far{size}; not shown)."]
+    elif ask.preview:
         whole = ask.body_whole and not ask.preview.endswith("…")
         size = "of an unknown size" if ask.body_bytes is None else f"of {ask.body_bytes:,} bytes"
         lines += ["", "Body (credentials removed):" if whole else

@@ -15,7 +15,7 @@ import h11
 import httpx
 import pytest
 
-from services.vault.approvals import card_for
+from services.vault.approvals import ApprovalAsk, card_for
 from services.vault.audit import AuditRecord
 from services.vault.catalog import Catalog
 from services.vault.gateway import Gateway, connect_target, proxy_token, split_target, token_hash
@@ -702,3 +702,16 @@ async def test_an_upgrade_other_than_websocket_never_turns_the_connection_into_a
     assert seen.header(b"upgrade") is None  # not asked of the site
     assert head.startswith(b"HTTP/1.1 502 ")  # and a switch it made anyway is not piped
     assert [a.status for a in r.audit if a.path == "/"] == [502]
+
+
+def test_a_card_for_a_model_call_says_so_instead_of_showing_claude_codes_system_prompt() -> None:
+    ask = ApprovalAsk(id="a1", agent_group="main", method="POST", host="api.anthropic.com",
+                      path="/v1/messages?beta=true", rule="ask-all",
+                      preview='{"model":"claude-sonnet-4-5","system":"You are Claude Code, Anthropic',
+                      expires_at=0.0, body_bytes=48_211, body_whole=False)
+
+    body = card_for(ask).body
+
+    assert "A model call: the agent asks claude-sonnet-4-5 to think (its conversation so far, 48,211 bytes; " \
+           "not shown)." in body
+    assert "You are Claude Code" not in body
