@@ -1,4 +1,5 @@
-"""Layering: the kernel (`clawden/`) never imports a service, and no service imports another one.
+"""Layering: the kernel (`clawden/`) never imports a service, no service imports another one or the
+command line, and the pure cores do no I/O.
 
 Services meet only on NATS, through the contract in `clawden/`; what two of them share lives there.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,4 +64,31 @@ def test_no_service_imports_another() -> None:
              for path, module in modules("services") if service_of(module) is not None
              for line, name in imported(path.read_text(), module, path.name == "__init__.py")
              if service_of(name) not in (None, service_of(module))]
+    assert wrong == []
+
+
+CLI = ("clawden.cli", "clawden.commands", "clawden.doctor", "clawden.status", "clawden.logview", "clawden.units",
+       "clawden.image")
+
+
+def test_no_service_imports_the_command_line_or_the_operator_tools() -> None:
+    wrong = [f"{path.relative_to(ROOT)}:{line} imports {name}"
+             for path, module in modules("services")
+             for line, name in imported(path.read_text(), module, path.name == "__init__.py")
+             if any(name == c or name.startswith(f"{c}.") for c in CLI)]
+    assert wrong == []
+
+
+# The pure cores decide from plain data: no clock, no event loop, no disk, no bus, no Docker.
+PURE = ("services/runner/core.py", "services/router/engage.py", "services/vault/policy.py",
+        "container/clawden_agent/ledger.py")
+IO = ("asyncio", "time", "os", "sqlite3", "aiosqlite", "subprocess", "socket", "docker", "nats", "pathlib",
+      "clawden.sessiondb", "clawden.servicedb", "clawden.runtime", "clawden.bus.connection")
+
+
+@pytest.mark.parametrize("path", PURE)
+def test_a_pure_core_does_no_io(path: str) -> None:
+    module = module_name(ROOT / path)
+    wrong = [f"{path}:{line} imports {name}" for line, name in imported((ROOT / path).read_text(), module)
+             if any(name == m or name.startswith(f"{m}.") for m in IO)]
     assert wrong == []
