@@ -11,7 +11,8 @@ def render_text(text: str, card: ev.Card | None, numbered: bool = False) -> str:
     platform has no buttons)."""
     pieces = [text.strip()]
     if card is not None:
-        if pieces[0] in (card.title.strip(), card.body.strip()):
+        own_words = (card.title.strip(), card.body.strip(), f"{card.title.strip()}\n\n{card.body.strip()}")
+        if pieces[0] in own_words:
             pieces = []  # the text is the card's own words (a fallback for platforms without cards)
         pieces += [card.title.strip(), card.body.strip()]
         if numbered and card.buttons:

@@ -61,6 +61,7 @@ class TerminalChat:
         self.user = user
         self.route = ev.Route(channel=CHANNEL, chat_id=chat_id)
         self.open_card: OpenCard | None = None
+        self.texts: dict[str, str] = {}  # what was printed for each message id, newest last
 
     def show(self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction, message_id: str) -> str:
         # The agent's words carry its group's name; Clawden's own (an approval card, a notice, an error) not.
@@ -69,10 +70,16 @@ class TerminalChat:
         if isinstance(event, ev.OutboundReaction):
             return f"{who} reacted {event.emoji}"
         text = render_text(event.text, event.card)
+        target = event.target_message_id if isinstance(event, ev.OutboundEdit) else message_id
+        before, self.texts[target] = self.texts.pop(target, ""), text
+        if len(self.texts) > SHOWN_KEPT:
+            self.texts.pop(next(iter(self.texts)))
         if isinstance(event, ev.OutboundEdit):
             if self.open_card is not None and self.open_card.message_id == event.target_message_id:
                 self.open_card = None  # decided (or expired) elsewhere: its numbers mean nothing now
-            text = f"(edited) {text}"
+            # A decided card comes back whole with its outcome below: print only what is new.
+            added = text[len(before):].strip() if before and text.startswith(before) else ""
+            text = f"(edited) {added or text}"
         lines = [f"{who}> {text}"]
         if event.card is not None and event.card.buttons:
             choices = "   ".join(f"[{i}] {b.label}" for i, b in enumerate(event.card.buttons, 1))

@@ -293,3 +293,28 @@ def test_clawdens_own_cards_and_notices_are_labelled_as_clawdens_not_the_agents(
     assert terminal.show(card, "m1").startswith("clawden> The agent asks:")
     error = ev.OutboundMessage(id="s-1:failed-2", route=ROUTE, text="Sorry", agent_group="main", kind="error")
     assert terminal.show(error, "m2") == "clawden> Sorry"
+
+
+def test_a_card_whose_text_is_its_own_words_prints_them_once() -> None:
+    card = ev.Card(title="Let agent main POST api.example.test/pay?", body="POST https://api.example.test/pay",
+                   buttons=(ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny")))
+    approval = ev.OutboundMessage(id="ap-1", route=ROUTE, text=f"{card.title}\n\n{card.body}", card=card,
+                                  kind="notice")
+
+    shown = TerminalChat("terminal", "ada").show(approval, "m1")
+
+    assert shown.count("Let agent main POST") == 1 and shown.count("https://api.example.test/pay") == 1, shown
+
+
+def test_a_decided_card_shows_only_its_outcome_not_the_card_again() -> None:
+    terminal = TerminalChat("terminal", "ada")
+    card = ev.Card(title="Allow GitHub?", body="GET api.github.com/user", buttons=(ev.Button(id="approve",
+                                                                                            label="Approve"),))
+    terminal.show(ev.OutboundMessage(id="ap-1", route=ROUTE, text="Allow GitHub?\n\nGET api.github.com/user",
+                                     card=card, kind="notice"), "m1")
+    decided = ev.Card(title=card.title, body=f"{card.body}\n\n✅ Approved by local:ada")
+
+    shown = terminal.show(ev.OutboundEdit(id="ap-1:approved", route=ROUTE, target_message_id="m1",
+                                          text=f"{decided.title}\n\n{decided.body}", card=decided), "m1")
+
+    assert shown == "clawden> (edited) ✅ Approved by local:ada"
