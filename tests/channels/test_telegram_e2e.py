@@ -56,14 +56,24 @@ async def wire(stack: Stack, chat: dict[str, Any]) -> None:
                                                   "agent_group": "main"})
 
 
-def closed_turns(stack: Stack, marker: str) -> int:
-    """Turns the agent finished in the conversation whose text holds `marker`: a turn ends when the model
-    reads the result of its send_message, after the answer is already in the chat; a test that leaves
-    earlier lets that last request take the next test's scripted reply."""
-    def closes(body: Any) -> bool:
-        last = (body.get("messages") or [{}])[-1] if isinstance(body, dict) else {}
-        return any(isinstance(c, dict) and c.get("type") == "tool_result" for c in last.get("content") or [])
-    return sum(1 for r in stack.fake.messages_requests(with_tools=True) if closes(r.body) and marker in str(r.body))
+def sends_read(stack: Stack, marker: str) -> int:
+    """How many of its tool calls (send_message) the agent has read the results of, in the conversation
+    whose text holds `marker`. A turn ends only once the model has read them, after the answer is in the
+    chat: a test that leaves earlier lets that last request take the next test's scripted reply."""
+    most = 0
+    for request in stack.fake.messages_requests(with_tools=True):
+        if not isinstance(request.body, dict) or marker not in str(request.body):
+            continue
+        uses: set[str] = set()
+        results: set[str] = set()
+        for message in request.body.get("messages") or []:
+            for block in message.get("content") if isinstance(message.get("content"), list) else []:
+                if block.get("type") == "tool_use":
+                    uses.add(block.get("id"))
+                elif block.get("type") == "tool_result":
+                    results.add(block.get("tool_use_id"))
+        most = max(most, len(uses & results))
+    return most
 
 
 async def answers(telegram: FakeTelegram, chat: dict[str, Any], count: int, timeout: float = ANSWER) -> list[str]:
@@ -102,7 +112,7 @@ async def test_a_group_in_privacy_mode_is_answered_by_ask_and_by_replies_to_the_
                for r in stack.fake.messages_requests(with_tools=True))
     assert not any("dinner at 8" in str(r.body) or "pizzeria" in str(r.body)
                    for r in stack.fake.messages_requests(with_tools=True))
-    await until(lambda: closed_turns(stack, "which restaurant is open late") >= 2, ANSWER,
+    await until(lambda: sends_read(stack, "which restaurant is open late") >= 2, ANSWER,
                 "the agent never finished its turns")
 
 
@@ -120,7 +130,7 @@ async def test_a_group_with_privacy_mode_off_is_answered_when_the_bot_is_mention
     [answer] = await answers(telegram, club, 1)
     assert "which pub is open late" in answer
     assert [m for m in telegram.withheld if m["chat"]["id"] == club["id"]] == []  # Telegram delivered both
-    await until(lambda: closed_turns(stack, "which pub is open late") >= 1, ANSWER,
+    await until(lambda: sends_read(stack, "which pub is open late") >= 1, ANSWER,
                 "the agent never finished its turn")
     assert not any("dinner at 8" in str(r.body) for r in stack.fake.messages_requests(with_tools=True))
 
