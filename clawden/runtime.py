@@ -15,8 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import msgspec
 import nats.micro
 from nats.aio.client import Client
 from nats.errors import AuthorizationError
@@ -57,6 +58,20 @@ class ConfigurationError(Exception):
 
 class ControlError(Exception):
     """Raised by a control endpoint for a bad request; its message goes back to the caller as is."""
+
+
+T = TypeVar("T")
+
+
+def decode_request(kind: type[T], data: bytes) -> T:
+    """A control request decoded into its Struct, once; a bad one is the caller's mistake, said in one
+    shape by every service ("bad request: <what, at which JSON path>"). No body is an empty object."""
+    try:
+        return msgspec.json.decode(data or b"{}", type=kind)
+    except msgspec.ValidationError as exc:
+        raise ControlError(f"bad request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ControlError(f"bad request: not JSON ({exc})") from None
 
 
 class ServiceMain(Protocol):

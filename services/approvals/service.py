@@ -22,7 +22,7 @@ from clawden.bus import bind, consume, subjects
 from clawden.bus import events as ev
 from clawden.bus.connection import Retry
 from clawden.bus.streams import approvals_clicks, approvals_inbound, approvals_receipts, approvals_requests
-from clawden.runtime import ControlError, ServiceContext
+from clawden.runtime import ControlError, ServiceContext, decode_request
 from services.approvals import policy
 from services.approvals.store import Step, Store
 
@@ -181,14 +181,14 @@ class Approvals:
     # --- control --------------------------------------------------------------------------------
 
     async def ctl_list(self, data: bytes) -> Any:
-        req = _decode(ListRequest, data)
+        req = decode_request(ListRequest, data)
         if req.status and req.status not in STATUSES:
             raise ControlError(f"status {req.status!r}: one of {', '.join(STATUSES)}")
         return await self.db(self.store.list, req.status, max(1, min(req.limit, 10_000)))
 
     async def ctl_decide(self, data: bytes) -> Any:
         """`clawden approvals approve|deny|answer`: the machine's owner decides without a chat."""
-        req = _decode(DecideRequest, data)
+        req = decode_request(DecideRequest, data)
         step = await self.step(self.store.decide, req.id, req.choice, req.by or "the machine's owner", time.time())
         found = await self.db(self.store.get, req.id)
         if step.result == "unknown" or found is None:
@@ -202,20 +202,11 @@ class Approvals:
         return found
 
     async def ctl_show(self, data: bytes) -> Any:
-        req = _decode(ShowRequest, data)
+        req = decode_request(ShowRequest, data)
         found = await self.db(self.store.get, req.id)
         if found is None:
             raise ControlError(f"no approval {req.id!r} (see `clawden approvals list`)")
         return found
-
-
-def _decode(kind: type[T], data: bytes) -> T:
-    try:
-        return msgspec.json.decode(data or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        raise ControlError(f"bad request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise ControlError(f"bad request: not JSON ({exc})") from None
 
 
 async def main(ctx: ServiceContext) -> None:

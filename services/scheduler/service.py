@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from clawden.bus import bind, consume, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import scheduler_tasks
-from clawden.runtime import ControlError, ServiceContext
+from clawden.runtime import ControlError, ServiceContext, decode_request
 from services.scheduler import schedule as sched
 from services.scheduler.catchup import Policy, plan
 from services.scheduler.store import STATUSES, Change, NewTask, PastTime, Store, Task, TaskError
@@ -235,19 +235,19 @@ class Scheduler:
         return {"result": "\n".join(_describe(t) for t in tasks)}
 
     async def ctl_tasks(self, data: bytes) -> list[dict[str, Any]]:
-        req = _decode(data, ListRequest)
+        req = decode_request(ListRequest, data)
         return [t.json() for t in await self.db(self.store.tasks, req.agent_group, req.status)]
 
     async def ctl_get(self, data: bytes) -> dict[str, Any]:
-        return (await self._task(_decode(data, TaskRef).task_id)).json()
+        return (await self._task(decode_request(TaskRef, data).task_id)).json()
 
     async def ctl_runs(self, data: bytes) -> list[dict[str, Any]]:
-        req = _decode(data, RunsRequest)
+        req = decode_request(RunsRequest, data)
         await self._task(req.task_id)
         return await self.db(self.store.runs, req.task_id, req.limit)
 
     async def ctl_add(self, data: bytes) -> dict[str, Any]:
-        req = _decode(data, AddRequest)
+        req = decode_request(AddRequest, data)
         new = NewTask(id=f"t-{secrets.token_hex(6)}", agent_group=req.agent_group, session_id=req.session_id,
                       runner=_runner(req.runner or self.ctx.config.runner.id), channel=req.route.channel,
                       chat_id=req.route.chat_id, thread_id=req.route.thread_id, prompt=req.prompt,
@@ -265,7 +265,7 @@ class Scheduler:
         return task.json()
 
     async def ctl_update(self, data: bytes) -> dict[str, Any]:
-        req = _decode(data, UpdateRequest)
+        req = decode_request(UpdateRequest, data)
         task = await self._task(req.task_id)
         change = Change(prompt=req.prompt, schedule=req.schedule, timezone=req.timezone, catch_up=req.catch_up,
                         script=req.script)
@@ -274,7 +274,7 @@ class Scheduler:
 
     def ctl_status(self, op: Literal["pause", "resume", "cancel"]) -> Callable[[bytes], Any]:
         async def handle(data: bytes) -> dict[str, Any]:
-            task = await self._task(_decode(data, TaskRef).task_id)
+            task = await self._task(decode_request(TaskRef, data).task_id)
             return (await self._change(self.store.set_status, task, op, time.time())).json()
         return handle
 
@@ -291,13 +291,6 @@ class Scheduler:
             raise ControlError(str(exc)) from None
         self.changed.set()
         return task
-
-
-def _decode(data: bytes, kind: type[T]) -> T:
-    try:
-        return msgspec.json.decode(data or b"{}", type=kind)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ControlError(f"bad request: {exc}") from None
 
 
 def _runner(name: str) -> str:

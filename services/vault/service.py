@@ -17,7 +17,7 @@ import msgspec
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.config import Config
-from clawden.runtime import ControlError, ServiceContext
+from clawden.runtime import ControlError, ServiceContext, decode_request
 from clawden.sdnotify import Notifier
 from clawden.vaultfiles import CA_CERT, CA_KEY, SOCKET_NAME, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
 from services.vault.approvals import BusApprover
@@ -111,15 +111,6 @@ class AuditQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class GroupRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     agent_group: str
     mode: str | None = None  # egress only: set it
-
-
-def _decode(data: bytes, kind: type[Any]) -> Any:
-    try:
-        return msgspec.json.decode(data or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        raise ControlError(f"bad request: {exc}") from None
-    except msgspec.DecodeError:
-        raise ControlError("bad request: not JSON") from None
 
 
 class Vault:
@@ -225,13 +216,13 @@ class Vault:
         return {"present": bool(names), "secrets": names}
 
     async def on_gateway(self, data: bytes) -> dict[str, Any]:
-        request: GroupRequest = _decode(data, GroupRequest)
+        request: GroupRequest = decode_request(GroupRequest, data)
         path = await self.open_gateway(request.agent_group)
         return {"socket": str(path), "trust_dir": str(self.ca_file.parent), "ca_file": str(self.ca_file),
                 "bundle_file": str(self.bundle_file), "ca_sha256": self.ca.fingerprint}
 
     async def on_secrets_add(self, data: bytes) -> dict[str, Any]:
-        request: AddSecret = _decode(data, AddSecret)
+        request: AddSecret = decode_request(AddSecret, data)
         if request.type not in ("anthropic", "openai", "generic"):
             raise ControlError(f"--type must be anthropic, openai or generic, not {request.type!r}")
         try:
@@ -257,7 +248,7 @@ class Vault:
         return {"secrets": [msgspec.to_builtins(s) for s, _ in secrets]}
 
     async def on_secrets_remove(self, data: bytes) -> dict[str, Any]:
-        name = _decode(data, Named).name
+        name = decode_request(Named, data).name
         removed = await asyncio.to_thread(self.store.remove_secret, name)
         if not removed:
             raise ControlError(f"no secret named {name!r}")
@@ -266,7 +257,7 @@ class Vault:
         return {"removed": name}
 
     async def on_secrets_grant(self, data: bytes) -> dict[str, Any]:
-        request: Grant = _decode(data, Grant)
+        request: Grant = decode_request(Grant, data)
         name, agents, revoke = request.name, request.agents, request.revoke
         for group in agents:
             if not GROUP.match(str(group)):
@@ -280,7 +271,7 @@ class Vault:
         return {"secret": msgspec.to_builtins(secret)}
 
     async def on_rules_add(self, data: bytes) -> dict[str, Any]:
-        request: AddRule = _decode(data, AddRule)
+        request: AddRule = decode_request(AddRule, data)
         if request.action not in ("block", "manual_approval", "rate_limit", "allow"):
             raise ControlError("--action must be block, manual_approval, rate_limit or allow")
         if request.window not in (None, "minute", "hour", "day"):
@@ -305,20 +296,20 @@ class Vault:
         return {"rules": [msgspec.to_builtins(r) for r in await asyncio.to_thread(self.store.rules)]}
 
     async def on_rules_remove(self, data: bytes) -> dict[str, Any]:
-        name = _decode(data, Named).name
+        name = decode_request(Named, data).name
         if not await asyncio.to_thread(self.store.remove_rule, name):
             raise ControlError(f"no rule named {name!r}")
         await self.refresh()
         return {"removed": name}
 
     async def on_audit(self, data: bytes) -> dict[str, Any]:
-        request: AuditQuery = _decode(data, AuditQuery)
+        request: AuditQuery = decode_request(AuditQuery, data)
         limit = max(1, min(request.limit or 100, 10_000))
         records = await asyncio.to_thread(self.store.audit, request.agent or None, request.since, limit)
         return {"records": records}
 
     async def on_egress(self, data: bytes) -> dict[str, Any]:
-        request: GroupRequest = _decode(data, GroupRequest)
+        request: GroupRequest = decode_request(GroupRequest, data)
         group, mode = request.agent_group, request.mode
         if not GROUP_NAME.match(group):
             raise ControlError(f"bad agent group name {group!r}")
@@ -332,7 +323,7 @@ class Vault:
 
     async def on_proxy_token(self, data: bytes) -> dict[str, Any]:
         """The TCP listener's token for a group (made on first use); for runners that cannot mount sockets."""
-        group = _decode(data, GroupRequest).agent_group
+        group = decode_request(GroupRequest, data).agent_group
         if not GROUP_NAME.match(group):
             raise ControlError(f"bad agent group name {group!r}")
         if not self.cfg.vault.tcp_listen:
