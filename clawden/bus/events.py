@@ -25,9 +25,12 @@ Token = Annotated[str, msgspec.Meta(pattern=subjects.TOKEN_PATTERN)]
 # Names that become a folder on the host (sessions/<group>/<session>): never `..`, a slash or a dot
 # file, whoever sent them. "" where the field may be empty.
 FOLDER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-GroupName = Annotated[str, msgspec.Meta(pattern=FOLDER_PATTERN)]
+# An agent group's name: the one rule, for the router that creates groups and everyone who reads them.
+GROUP_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+GROUP_NAME = re.compile(GROUP_PATTERN)
+GroupName = Annotated[str, msgspec.Meta(pattern=GROUP_PATTERN)]
 SessionId = Annotated[str, msgspec.Meta(pattern=subjects.TOKEN_PATTERN)]
-OptionalGroup = Annotated[str, msgspec.Meta(pattern=f"^$|{FOLDER_PATTERN}")]
+OptionalGroup = Annotated[str, msgspec.Meta(pattern=f"^$|{GROUP_PATTERN}")]
 OptionalSession = Annotated[str, msgspec.Meta(pattern=f"^$|{subjects.TOKEN_PATTERN}")]
 
 
@@ -117,7 +120,7 @@ class ChatMoved(_Event, tag="inbound.chat_moved", frozen=True):
     on its inbound subject, the router carries the chat's wirings, sessions and held approvals over to the
     new id and announces it on `event.router.chat_moved`. Natural key: `<channel>:moved:<old_chat_id>`."""
 
-    channel: str
+    channel: Token
     old_chat_id: str
     new_chat_id: str
     sent_at: float = 0.0

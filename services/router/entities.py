@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Literal, get_args
 
+from clawden.bus import events as ev
+
 EngageMode = Literal["pattern", "mention", "mention-sticky"]
 SenderScope = Literal["all", "known"]
 IgnoredPolicy = Literal["drop", "accumulate"]
@@ -27,7 +29,7 @@ TERMINAL_CHANNEL = "local"  # `clawden chat`: the machine owner's own terminal
 ALWAYS = "."
 
 # Agent group names become folder names, container labels and gateway socket directories.
-_GROUP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+_GROUP_NAME = ev.GROUP_NAME
 # A user is one platform identity: `<channel>:<handle>`.
 _USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}:\S.{0,254}$")
 _CHANNEL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

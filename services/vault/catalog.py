@@ -14,6 +14,7 @@ from typing import Literal
 
 import msgspec
 
+from clawden.bus import events as ev
 from services.vault.patterns import check_host_pattern, check_path_pattern, host_matches, specificity, too_broad
 
 SecretKind = Literal["anthropic", "openai", "generic"]
@@ -22,7 +23,7 @@ Window = Literal["minute", "hour", "day"]
 Egress = Literal["open", "allowlist"]
 ALL_GROUPS = "*"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-GROUP = re.compile(r"^(\*|[A-Za-z0-9_-]{1,64})$")
+GROUP = re.compile(rf"^(\*|{ev.GROUP_PATTERN[1:-1]})$")  # a group's name, or every group
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
 WINDOW_SECONDS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
 DEFAULT_HOSTS: dict[str, str] = {"anthropic": "api.anthropic.com", "openai": "api.openai.com"}

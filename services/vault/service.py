@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import secrets as tokens
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from services.vault.sealing import Sealer, SealError, load_key
 from services.vault.store import Store
 
 log = logging.getLogger("clawden.vault")
-GROUP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+GROUP_NAME = ev.GROUP_NAME
 
 PRUNE_EVERY = 3600.0
 # A notify field (systemd passes on X_ fields it does not know) by which `clawden up` learns whether the

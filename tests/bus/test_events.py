@@ -43,6 +43,7 @@ EXAMPLES: list[ev.Event] = [
             message=ev.WakeMessage(id="telegram:m3:main", kind="chat", text="hi")),
     ev.ApprovalRequest(id="rt-1", kind="sender", requester="router", agent_group="main", card=CARD,
                        approvers=("telegram:1", "local:alice")),
+    ev.ChatMoved(channel="telegram", old_chat_id="-42", new_chat_id="-10042", sent_at=3.0),
 ]
 
 
@@ -105,6 +106,7 @@ def test_a_wake_that_names_no_destinations_differs_from_one_whose_group_has_none
 def test_natural_keys() -> None:
     assert EXAMPLES[0].key == "telegram:m1"  # type: ignore[union-attr]
     assert EXAMPLES[6].key == "s:telegram:m1"  # type: ignore[union-attr]
+    assert EXAMPLES[-1].key == "telegram:moved:-42"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("payload", [
