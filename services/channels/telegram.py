@@ -109,6 +109,34 @@ def message_key(chat_id: int | str, message_id: int | str) -> str:
     return f"{chat_id}:{message_id}"
 
 
+# The only emoji a bot may react with (Bot API: ReactionTypeEmoji, core.telegram.org/bots/api#reactiontypeemoji).
+REACTIONS = (
+    "👍", "👎", "❤", "🔥", "🥰", "👏", "😁", "🤔", "🤯", "😱", "🤬", "😢", "🎉", "🤩", "🤮", "💩", "🙏", "👌", "🕊",
+    "🤡", "🥱", "🥴", "😍", "🐳", "❤\u200d🔥", "🌚", "🌭", "💯", "🤣", "⚡", "🍌", "🏆", "💔", "🤨", "😐", "🍓",
+    "🍾", "💋", "🖕", "😈", "😴", "😭", "🤓", "👻", "👨\u200d💻", "👀", "🎃", "🙈", "😇", "😨", "🤝", "✍", "🤗",
+    "🫡", "🎅", "🎄", "☃", "💅", "🤪", "🗿", "🆒", "💘", "🙉", "🦄", "😘", "💊", "🙊", "😎", "👾", "🤷\u200d♂", "🤷",
+    "🤷\u200d♀", "😡")
+_ALLOWED = frozenset(REACTIONS)
+# Common choices Telegram refuses (REACTION_INVALID), and the allowed emoji nearest in meaning.
+NEAREST = {
+    "✅": "👌", "✔": "👌", "☑": "👌", "🆗": "👌", "👋": "🤗", "🚀": "🔥", "💪": "🔥", "🙌": "👏", "🎊": "🎉",
+    "🥳": "🎉", "⭐": "🤩", "🌟": "🤩", "✨": "🤩", "😀": "😁", "😃": "😁", "😄": "😁", "😊": "😁", "🙂": "😁",
+    "😅": "😁", "😂": "🤣", "♥": "❤", "💖": "❤", "💕": "❤", "😮": "🤯", "😲": "🤯", "😯": "😱", "❌": "👎", "🙁": "😢",
+    "☹": "😢", "😔": "😢", "🤞": "🙏", "📝": "✍", "💡": "🤓", "🧐": "🤔", "😠": "😡",
+}
+_MODIFIERS = re.compile("[\ufe0f\U0001f3fb-\U0001f3ff]")  # the emoji presentation selector, skin tones
+
+
+def allowed_reaction(emoji: str) -> str:
+    """`emoji` as a reaction Telegram accepts: itself, without the selectors and skin tones Telegram's list
+    lacks, or the nearest allowed one; refused with the list when there is none."""
+    bare = _MODIFIERS.sub("", emoji)
+    for candidate in (emoji, bare, NEAREST.get(bare, "")):
+        if candidate in _ALLOWED:
+            return candidate
+    raise PlatformError(f"Telegram takes no {emoji} reaction; it accepts only {' '.join(REACTIONS)}", "permanent")
+
+
 def platform_message_id(value: str) -> int | None:
     """The Telegram message number in `<chat_id>:<message_id>` (or a bare number)."""
     tail = value.rsplit(":", 1)[-1]
@@ -622,6 +650,7 @@ class TelegramBridge(Bridge):
         message_id = platform_message_id(target)
         if message_id is None:
             raise PlatformError(f"not a Telegram message id: {target!r}", "permanent")
+        emoji = allowed_reaction(emoji)
         await self._call_on_message("setMessageReaction", {
             "chat_id": self._chat_of(route, target), "message_id": message_id,
             "reaction": [{"type": "emoji", "emoji": emoji}]})

@@ -280,7 +280,26 @@ async def test_an_edit_and_a_reaction_reach_the_message(fake: FakeTelegram, bus:
     assert message["text"] == "Approved by Ada" and "reply_markup" not in message
     assert message["_bot_reactions"] == ["👍"]
     assert receipts["edit-1"].ok and receipts["edit-2"].ok and receipts["react-1"].ok
-    assert not receipts["react-2"].ok and receipts["react-2"].error == "Bad Request: REACTION_INVALID"
+    assert not receipts["react-2"].ok and "Telegram takes no 🦜 reaction; it accepts only 👍 👎" in (
+        receipts["react-2"].error or "")
+
+
+async def test_a_reaction_telegram_refuses_is_sent_as_the_nearest_one_it_accepts(
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    route = ev.Route(channel="telegram", chat_id=str(chat["id"]))
+    bridge.start()
+    await bus.send(chat["id"], "Done?", id="m1")
+    [receipt] = await bus.wait_receipts(1)
+    assert receipt.platform_message_id is not None
+    for i, emoji in enumerate(["✅", "👍🏽", "❤️"]):  # REACTION_INVALID as they are (see the fake)
+        await bus.publish(ev.OutboundReaction(id=f"r{i}", route=route, target_message_id=receipt.platform_message_id,
+                                              emoji=emoji), f"r{i}")
+    receipts = {r.outbound_id: r for r in await bus.wait_receipts(4)}
+    assert all(receipts[f"r{i}"].ok for i in range(3)), receipts
+    # A bot's reactions replace each other (setMessageReaction), in the order sent: the last one stays.
+    assert fake.bot_messages(chat)[0]["_bot_reactions"] == ["❤"]
 
 
 async def test_an_edit_of_a_message_sent_with_a_file_changes_the_files_caption(

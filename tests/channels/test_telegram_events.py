@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from clawden.bus import events as ev
+from services.channels import telegram
 from services.channels.bridge import ButtonRef
+from services.channels.retry import PlatformError
 from services.channels.telegram import (
     BotIdentity,
     addresses_bot,
@@ -16,6 +20,7 @@ from services.channels.telegram import (
     inline_keyboard,
     platform_message_id,
 )
+from tests.fakes import telegram as fake_telegram
 from tests.fakes.telegram import ANONYMOUS_ADMIN, CHANNEL_BOT, TELEGRAM_SERVICE, auto_entities
 
 BOT = BotIdentity(id=7012345678, username="Clawden_Bot")
@@ -165,3 +170,21 @@ def test_an_animation_is_one_attachment_though_telegram_also_sends_it_as_a_docum
     event = inbound_message({"message_id": 9, "from": ADA, "chat": PRIVATE, "date": 1, "animation": gif,
                              "document": gif}, BOT)
     assert event is not None and event.attachments == (ev.Attachment(name="dance.mp4", mime="video/mp4", size=5000),)
+
+
+@pytest.mark.parametrize(("emoji", "sent"), [
+    ("👍", "👍"), ("❤️", "❤"), ("👍🏽", "👍"), ("✍🏻", "✍"), ("✅", "👌"), ("👋", "🤗"), ("🚀", "🔥"), ("😂", "🤣"),
+    ("❤\u200d🔥", "❤\u200d🔥"),
+])
+def test_a_reaction_is_one_telegram_accepts(emoji: str, sent: str) -> None:
+    assert telegram.allowed_reaction(emoji) == sent
+
+
+def test_a_reaction_with_no_near_one_is_refused_with_the_list() -> None:
+    with pytest.raises(PlatformError, match="Telegram takes no 🦜 reaction; it accepts only 👍 👎"):
+        telegram.allowed_reaction("🦜")
+
+
+def test_the_bridge_and_the_fake_agree_on_telegrams_reactions() -> None:
+    assert set(telegram.REACTIONS) == fake_telegram.REACTIONS and len(telegram.REACTIONS) == 73
+    assert set(telegram.NEAREST.values()) <= fake_telegram.REACTIONS

@@ -54,9 +54,15 @@ MEDIA_KINDS = ("photo", "document", "audio", "video", "animation", "voice")
 DOWNLOAD_LIMIT = 20 * 1024 * 1024
 UPLOAD_LIMIT = 50 * 1024 * 1024
 PHOTO_LIMIT = 10 * 1024 * 1024
-# The reactions Telegram accepts from bots on ordinary chats (a subset is enough here).
-REACTIONS = frozenset(["👍", "👎", "❤", "🔥", "🥰", "👏", "😁", "🤔", "🤯", "😱", "🎉", "🤩", "🙏", "👌", "😍", "💯",
-                       "🤣", "⚡", "🏆", "👀", "🤝", "✍", "🤗", "🫡", "😎"])
+# Every emoji a bot may react with, and nothing else (Bot API: ReactionTypeEmoji,
+# core.telegram.org/bots/api#reactiontypeemoji): another one is REACTION_INVALID. Written out here, not
+# imported from the bridge, so the bridge cannot loosen what the fake accepts.
+REACTIONS = frozenset([
+    "👍", "👎", "❤", "🔥", "🥰", "👏", "😁", "🤔", "🤯", "😱", "🤬", "😢", "🎉", "🤩", "🤮", "💩", "🙏", "👌", "🕊",
+    "🤡", "🥱", "🥴", "😍", "🐳", "❤\u200d🔥", "🌚", "🌭", "💯", "🤣", "⚡", "🍌", "🏆", "💔", "🤨", "😐", "🍓",
+    "🍾", "💋", "🖕", "😈", "😴", "😭", "🤓", "👻", "👨\u200d💻", "👀", "🎃", "🙈", "😇", "😨", "🤝", "✍", "🤗",
+    "🫡", "🎅", "🎄", "☃", "💅", "🤪", "🗿", "🆒", "💘", "🙉", "🦄", "😘", "💊", "🙊", "😎", "👾", "🤷\u200d♂", "🤷",
+    "🤷\u200d♀", "😡"])
 _OBJECT_PARAMS = {"reply_markup", "reply_parameters", "allowed_updates", "reaction", "entities",
                   "link_preview_options"}
 NOT_MODIFIED = ("Bad Request: message is not modified: specified new message content and reply markup are "
