@@ -109,20 +109,16 @@ def test_natural_keys() -> None:
     assert EXAMPLES[-1].key == "telegram:moved:-42"  # type: ignore[union-attr]
 
 
+# Found by tests/chaos/test_fuzz.py: an approval id with a dot passed decoding and then raised in the approvals
+# service at each redelivery, when it became `approval.decision.<id>`; the runner made sessions/<group>/<session>
+# folders of whatever a wake named.
 @pytest.mark.parametrize("payload", [
+    # values that become a subject token
     b'{"type":"approval.decision","id":"a.b","decision":"approved"}',
     b'{"type":"approval.request","id":"","kind":"question","requester":"r","agent_group":"g","card":{"title":"t"}}',
     b'{"type":"receipt","outbound_id":"o","ok":true,"route":{"channel":"tele gram","chat_id":"1"}}',
     b'{"type":"task.op","op":"list","request_id":"r","agent_group":"g","runner":"run.*"}',
-])
-def test_a_value_that_becomes_a_subject_token_is_refused_when_decoded(payload: bytes) -> None:
-    # Found by tests/chaos/test_fuzz.py: an approval id with a dot passed decoding and then raised in the
-    # approvals service each time it was redelivered, when it became `approval.decision.<id>`.
-    with pytest.raises(msgspec.ValidationError, match="regex"):
-        ev.decode(payload)
-
-
-@pytest.mark.parametrize("payload", [
+    # names that become a folder on the host
     b'{"type":"wake","session_id":"../keys","agent_group":"main","route":{"channel":"local","chat_id":"1"},'
     b'"message":{"id":"m","kind":"chat","text":"hi"}}',
     b'{"type":"wake","session_id":"s-1","agent_group":"..","route":{"channel":"local","chat_id":"1"},'
@@ -130,7 +126,6 @@ def test_a_value_that_becomes_a_subject_token_is_refused_when_decoded(payload: b
     b'{"type":"receipt","outbound_id":"o","ok":true,"route":{"channel":"local","chat_id":"1"},"session_id":"a/b"}',
     b'{"type":"task.op","op":"list","request_id":"r","agent_group":".hidden"}',
 ])
-def test_a_name_that_becomes_a_host_folder_cannot_climb_out_of_it(payload: bytes) -> None:
-    # Found by tests/chaos/test_fuzz.py: the runner made sessions/<group>/<session> folders of whatever a wake named.
+def test_a_name_that_becomes_a_subject_or_a_host_folder_is_refused_when_decoded(payload: bytes) -> None:
     with pytest.raises(msgspec.ValidationError, match="regex"):
         ev.decode(payload)
