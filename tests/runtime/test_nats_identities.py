@@ -21,6 +21,7 @@ from clawden.bus import bind, connect, ensure_consumer, ensure_streams, subjects
 from clawden.bus import events as ev
 from clawden.bus.pull import Puller
 from clawden.bus.streams import bridge_lanes, bridge_outbound, bridge_outbound_legacy, runner_wake
+from tests.eventually import eventually
 
 CHANNELS = ("telegram", "signal")
 
@@ -84,8 +85,9 @@ async def test_a_bridge_may_publish_only_its_own_inbound_subject(
                         subjects.APPROVAL_REQUEST):
             with pytest.raises(TimeoutError):  # the server drops it: no stream ever acknowledges
                 await js.publish(subject, inbound("signal"), timeout=1)
-        await nc.flush()
-        await asyncio.sleep(0.1)
+        # The server reports each refusal asynchronously: wait until all four have come back.
+        await eventually(lambda: len([e for e in bridge.errors if "permissions violation for publish" in e]) >= 4,
+                         message=lambda: bridge.errors)
     refused = [e for e in bridge.errors if "permissions violation for publish" in e]
     assert len(refused) == 4, bridge.errors
     assert any('"clawden.inbound.signal"' in e for e in refused)
@@ -141,8 +143,8 @@ async def test_a_bridge_drains_the_pre_lane_durable_an_upgrade_left_but_not_anot
         await signal.start()
         assert await signal.next(timeout=0.5) == []
         await signal.stop()
-        await nc.flush()
-        await asyncio.sleep(0.1)
+        await eventually(lambda: any("consumer.msg.next.clawden_outbound.channel-signal" in e for e in bridge.errors),
+                         message=lambda: bridge.errors)
     assert any("consumer.msg.next.clawden_outbound.channel-signal" in e for e in bridge.errors), bridge.errors
     async with Client_(cfg, natsauth.CLI) as nc:
         info = await nc.jetstream().consumer_info("CLAWDEN_OUTBOUND", "channel-telegram")
@@ -170,8 +172,8 @@ async def test_a_bridge_may_not_reshape_streams_or_read_another_identitys_replie
             await nc.request("$JS.API.STREAM.UPDATE.CLAWDEN_INBOUND", config.encode(), timeout=1)
         await nc.subscribe("_INBOX_router.>")
         await nc.subscribe("clawden.ctl.vault.>")
-        await nc.flush()
-        await asyncio.sleep(0.1)
+        await eventually(lambda: sum("_inbox_router.>" in e or "clawden.ctl.vault.>" in e for e in bridge.errors) >= 2,
+                         message=lambda: bridge.errors)
     assert any("permissions violation for publish" in e and "stream.update" in e for e in bridge.errors)
     assert any('subscription to "_inbox_router.>"' in e for e in bridge.errors), bridge.errors
     assert any('subscription to "clawden.ctl.vault.>"' in e for e in bridge.errors), bridge.errors

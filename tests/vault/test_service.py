@@ -28,6 +28,7 @@ from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.commands.vault import parse_since
 from tests.conftest import NatsServer
+from tests.eventually import eventually
 from tests.fakes.anthropic import make_tls
 from tests.vault.sites import FakeUpstream, load_relay
 
@@ -189,10 +190,16 @@ async def test_secrets_rules_and_audit_through_the_cli(vault: Vault) -> None:
     assert statuses == [200, 200, 429]
     assert vault.site.received[-1].header(b"authorization") == f"Bearer {GITHUB}".encode()
 
-    await asyncio.sleep(1.2)  # the audit log flushes every half second
-    audit = await vault.cli("audit", "--agent", "main", "--since", "5m")
-    assert audit.returncode == 0, audit.stderr
-    lines = [line for line in audit.stdout.splitlines() if "api.example.test/user" in line]
+    def user_lines(audit: subprocess.CompletedProcess[str]) -> list[str]:
+        return [line for line in audit.stdout.splitlines() if "api.example.test/user" in line]
+
+    async def audited() -> subprocess.CompletedProcess[str] | None:  # the log is flushed every half second
+        audit = await vault.cli("audit", "--agent", "main", "--since", "5m")
+        assert audit.returncode == 0, audit.stderr
+        return audit if len(user_lines(audit)) >= 3 else None
+
+    audit = await eventually(audited, timeout=15)
+    lines = user_lines(audit)
     assert len(lines) == 3 and "rate_limited (two-a-minute)" in lines[-1] and "github" in lines[0]
     assert (await vault.cli("audit", "--agent", "nobody")).stdout.strip() == "no audited requests match"
 
@@ -272,8 +279,11 @@ async def test_a_held_request_waits_for_a_decision_on_the_bus(vault: Vault, bus:
     assert '"amount": 12' in ask.card.body and GITHUB not in ev.encode(ask).decode()
     assert denied.status_code == 403 and denied.json()["error"] == "manual_approval_denied"
     assert expired.status_code == 403 and "timed out" in expired.json()["message"] and 4 < waited < 10
-    await asyncio.sleep(1.2)
-    audited = [e for e in events if isinstance(e, ev.AuditEvent) and e.fields["path"].startswith("/pay/")]
+    def paid() -> list[ev.AuditEvent]:  # audit events are published as the log is flushed, every half second
+        audited = [e for e in events if isinstance(e, ev.AuditEvent) and e.fields["path"].startswith("/pay/")]
+        return audited if len(audited) >= 3 else []
+
+    audited = await eventually(paid, timeout=15, message=lambda: events)
     assert [e.fields["decision"] for e in audited] == ["approved", "denied", "expired"]
     assert GITHUB not in str(events) and GITHUB not in vault.logs()
 
