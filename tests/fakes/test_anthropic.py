@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.eventually import eventually
 from tests.fakes.anthropic import (
     AFTER_TOOL_TEXT,
     AUX_TEXT,
@@ -176,7 +177,7 @@ async def test_hang_holds_the_request_until_released(fake: FakeAnthropic, client
     fake.script(Hang(then=Text("late")))
 
     pending = asyncio.create_task(client.post("/v1/messages", json=body()))
-    await asyncio.sleep(0.2)
+    await eventually(lambda: fake.requests)  # it arrived: from here on it is held, not on its way
     assert not pending.done() and len(fake.requests) == 1
     fake.release()
     response = await asyncio.wait_for(pending, 5)
