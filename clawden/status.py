@@ -241,6 +241,12 @@ async def _approvals(nc: Client) -> dict[str, Any]:
                                                for p in pending]}
 
 
+# unsent: calls whose connection failed before the request left; ambiguous: calls whose connection dropped
+# after it left (a bridge may send those again once, see Capabilities.ambiguous_resends); expired: updates
+# the platform dropped before the bridge could fetch them (Telegram keeps them 24 h).
+DELIVERY_COUNTERS = ("sent", "failed", "unconfirmed", "retries", "unsent", "ambiguous", "expired")
+
+
 def deliveries(instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each running bridge's delivery counters (since it started), from its ping stats."""
     out = []
@@ -249,7 +255,7 @@ def deliveries(instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         channel = inst["name"].removeprefix("channel-")
         counts = (inst.get("stats") or {}).get(channel) or {}
-        out.append({"channel": channel, **{k: counts.get(k, 0) for k in ("sent", "failed", "unconfirmed", "retries")}})
+        out.append({"channel": channel, **{k: counts.get(k, 0) for k in DELIVERY_COUNTERS}})
     return out
 
 
@@ -362,6 +368,11 @@ def render(report: Report) -> str:
 
     if report["deliveries"]:
         out += ["", "deliveries since each bridge started:"]
-        out.append(table([[d["channel"], d["sent"], d["failed"], d["unconfirmed"], d["retries"]]
-                          for d in report["deliveries"]], ["CHANNEL", "SENT", "FAILED", "UNCONFIRMED", "RETRIES"]))
+        out.append(table([[d["channel"], *(d.get(k, 0) for k in DELIVERY_COUNTERS[:-1])]
+                          for d in report["deliveries"]],
+                         ["CHANNEL", "SENT", "FAILED", "UNCONFIRMED", "RETRIES", "NOT SENT", "DROPPED MID-SEND"]))
+        lost = [d for d in report["deliveries"] if d.get("expired")]
+        for d in lost:
+            out.append(f"{d['channel']}: {d['expired']} incoming message(s) expired on the platform before the "
+                       f"bridge could fetch them (it was away too long); their senders were not answered")
     return "\n".join(out)

@@ -47,6 +47,9 @@ class Capabilities:
     # The platform drops a repeated send carrying the same key (Matrix transaction ids, Discord
     # nonces): a send whose answer was lost may then be repeated safely.
     idempotent_sends: bool = False
+    # How many times a send whose answer was lost (kind unknown) is sent again where the platform does
+    # not dedupe: each may post a second copy, so a bridge sets it only when a lost message is the worse harm.
+    ambiguous_resends: int = 0
 
     def describe(self) -> dict[str, Any]:
         out = asdict(self)
@@ -159,6 +162,9 @@ class BridgeStats:
     failed: int = 0
     unconfirmed: int = 0
     retries: int = 0
+    unsent: int = 0  # calls whose connection failed before the request left (retried like a 5xx)
+    ambiguous: int = 0  # calls whose connection dropped after the request left (see ambiguous_resends)
+    expired: int = 0  # inbound messages the platform dropped before the listener fetched them
     reconnects: int = 0
     listener_errors: int = 0
     last_alive: float = 0.0  # wall clock of the listener's last sign of life (shown by `clawden status`)

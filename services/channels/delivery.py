@@ -254,7 +254,8 @@ class Delivery:
                 raise
 
         try:
-            platform_id = await self._attempt(event, once, idempotent=self.caps.idempotent_sends)
+            platform_id = await self._attempt(event, once, idempotent=self.caps.idempotent_sends,
+                                              resends=self.caps.ambiguous_resends)
         except PlatformError as exc:
             await self.state.mark(event.id, i, "unconfirmed" if exc.kind == "unknown" else "failed",
                                   error=exc.description)
@@ -315,7 +316,9 @@ class Delivery:
     # --- retries and receipts ----------------------------------------------------------------------
 
     async def _attempt(self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction,
-                       call: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
+                       call: Callable[[], Awaitable[T]], *, idempotent: bool, resends: int = 0) -> T:
+        """`resends`: how many sends whose outcome is unknown may go again though the platform does not
+        dedupe them (each may post a second copy; the bridge's capabilities say why it accepts that)."""
         started = time.monotonic()
         attempt = 0
         noticed = False
@@ -323,8 +326,18 @@ class Delivery:
             try:
                 return await call()
             except PlatformError as exc:
-                if not (exc.retryable or (exc.kind == "unknown" and idempotent)):
+                if exc.connection:
+                    if exc.kind == "unknown":
+                        self.stats.ambiguous += 1
+                    else:
+                        self.stats.unsent += 1
+                resend = exc.kind == "unknown" and not idempotent and resends > 0
+                if not (exc.retryable or (exc.kind == "unknown" and idempotent) or resend):
                     raise
+                if resend:
+                    resends -= 1
+                    log.warning("%s: outbound %s lost its answer (%s); sending it once more, which may post it "
+                                "twice", self.channel, event.id, exc.description)
                 delay = self.policy.delay(attempt, exc.retry_after)
                 elapsed = time.monotonic() - started
                 if self.policy.gives_up(elapsed, delay):

@@ -9,19 +9,24 @@ from typing import Literal
 # rate_limited, transient: the platform did not act; try again (after `retry_after` if it said so).
 # permanent: trying again cannot help (bad request, blocked bot, no such chat).
 # unknown: the request may have reached the platform and its answer was lost; repeating a send
-#          could post it twice, so a bridge repeats only where the platform dedupes (idempotent_sends).
+#          could post it twice, so a bridge repeats it only where the platform dedupes (idempotent_sends)
+#          or as often as it declares a second copy the lesser harm (Capabilities.ambiguous_resends).
 Kind = Literal["rate_limited", "transient", "permanent", "unknown"]
 
 
 class PlatformError(Exception):
     """A platform call that failed, classified for the retry policy. The message is for people."""
 
-    def __init__(self, description: str, kind: Kind, *, code: int = 0, retry_after: float | None = None) -> None:
+    def __init__(self, description: str, kind: Kind, *, code: int = 0, retry_after: float | None = None,
+                 connection: bool = False) -> None:
         super().__init__(description)
         self.description = description
         self.kind: Kind = kind
         self.code = code
         self.retry_after = retry_after
+        # The connection failed, not the platform: with kind transient the request never left
+        # (connect, TLS, a full pool); with kind unknown it left and the answer never came.
+        self.connection = connection
 
     @property
     def retryable(self) -> bool:

@@ -50,6 +50,12 @@ CAPABILITIES = Capabilities(
     max_text=4096, measure=utf16_len, threads=True, edits=True, reactions=True, files=True, cards=True,
     typing=True, typing_interval=4.0,  # "typing" shows for 5 s or until the bot posts
     max_file_bytes=50 * 1024 * 1024, max_download_bytes=20 * 1024 * 1024,  # Bot API upload/getFile caps
+    # A send whose connection dropped after the request went out is sent once more. Telegram has no
+    # idempotency key and no way for a bot to list what it posted, so the bridge cannot tell "posted,
+    # answer lost" from "never arrived" (the common case: a keep-alive connection the server had already
+    # closed). Once more turns a lost answer into a delivered one at the risk of one duplicate; a second
+    # failure in a row is reported unconfirmed and not repeated, so a flapping link cannot post it many times.
+    ambiguous_resends=1,
 )
 
 
@@ -294,8 +300,8 @@ def chat_param(chat_id: str) -> int | str:
 
 class TelegramError(PlatformError):
     def __init__(self, description: str, kind: Any, *, code: int = 0, retry_after: float | None = None,
-                 migrate_to: int | None = None) -> None:
-        super().__init__(description, kind, code=code, retry_after=retry_after)
+                 migrate_to: int | None = None, connection: bool = False) -> None:
+        super().__init__(description, kind, code=code, retry_after=retry_after, connection=connection)
         self.migrate_to = migrate_to
 
 
@@ -329,11 +335,17 @@ class BotAPI:
                 response = await self.client.post(url, data=form, files=files, timeout=timeout or self.timeout)
             else:
                 response = await self.client.post(url, json=params or {}, timeout=timeout or self.timeout)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise TelegramError(f"cannot reach Telegram ({type(exc).__name__})", "transient") from None
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError,
+                httpx.WriteTimeout) as exc:
+            # Certainly unsent: no connection (refused, DNS, TLS), no free one, or the request was cut off
+            # while being written, so Telegram never had all of it. Tried again like a 5xx.
+            raise TelegramError(f"cannot reach Telegram ({type(exc).__name__})", "transient",
+                                connection=True) from None
         except httpx.TransportError as exc:
-            # The request may have been processed: a send must not simply be repeated.
-            raise TelegramError(f"Telegram's answer was lost ({type(exc).__name__})", "unknown") from None
+            # Ambiguous: the request went out and the connection dropped before the answer (ReadError,
+            # RemoteProtocolError, ReadTimeout). Telegram may have posted it; see CAPABILITIES.ambiguous_resends.
+            raise TelegramError(f"Telegram's answer was lost ({type(exc).__name__})", "unknown",
+                                connection=True) from None
         return _result(response)
 
     async def download(self, file_path: str, dest: Path, limit: int, progress: Callable[[], None]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from urllib.request import url2pathname
 import nats
 import pytest
 
+from clawden import status
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.bus.streams import bridge_outbound_legacy
@@ -45,6 +47,12 @@ def bridge(tmp_path: Path, nats_server: NatsServer, fake: FakeTelegram) -> Itera
     yield b
     b.close()
     assert fake.token not in b.output(), "the bot token reached the log"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def texts_of(fake: FakeTelegram, chat: dict[str, object]) -> list[str]:
@@ -506,17 +514,69 @@ async def test_a_send_telegram_took_while_the_bridge_died_is_not_sent_again(
     assert fake.texts(chat) == ["exactly once"]
 
 
-async def test_a_send_whose_answer_was_lost_is_reported_unconfirmed_not_repeated(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+async def delivery_counts(nats_url: str) -> dict[str, int]:
+    """What `clawden status` shows for the bridge: its ping stats through status's own reading."""
+    nc = await nats.connect(nats_url)
+    try:
+        ping = await status.ctl(nc, "channel-telegram", "ping")
+    finally:
+        await nc.close()
+    [row] = status.deliveries([{"name": "channel-telegram", "stats": ping["stats"]}])
+    return row
+
+
+async def test_a_send_whose_connection_dropped_after_it_went_out_is_sent_once_more_and_counted(
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, nats_server: NatsServer) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     bridge.start()
-    fake.inject("sendMessage", Drop(after_processing=True))
+    fake.inject("sendMessage", Drop())  # the connection closes before Telegram acted on it
+    await bus.send(chat["id"], "one", id="a")
+    [receipt] = await bus.wait_receipts(1)
+    assert receipt.ok and not receipt.unconfirmed
+    assert fake.texts(chat) == ["one"]
+    counts = await delivery_counts(nats_server.url)
+    assert (counts["ambiguous"], counts["unsent"], counts["unconfirmed"]) == (1, 0, 0)
+
+
+async def test_a_send_dropped_twice_in_a_row_is_reported_unconfirmed_and_not_sent_a_third_time(
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, nats_server: NatsServer) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    bridge.start()
+    # Both tries reached Telegram and lost their answers: the documented price of the one resend is
+    # a duplicate here, and it stops there.
+    fake.inject("sendMessage", Drop(after_processing=True), Drop(after_processing=True))
     await bus.send(chat["id"], "one", id="a")
     await bus.send(chat["id"], "two", id="b")
     receipts = {r.outbound_id: r for r in await bus.wait_receipts(2)}
-    assert fake.texts(chat) == ["one", "two"]
+    assert fake.texts(chat) == ["one", "one", "two"]
     assert receipts["a"].unconfirmed and receipts["b"].ok
+    counts = await delivery_counts(nats_server.url)
+    assert (counts["ambiguous"], counts["unconfirmed"], counts["sent"]) == (2, 1, 1)
+
+
+async def test_a_send_that_could_not_connect_is_retried_and_counted_as_not_sent(
+        tmp_path: Path, nats_server: NatsServer, bus: Bus) -> None:
+    fake = FakeTelegram()
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    port = free_port()
+    bridge = BridgeProcess(tmp_path / "home", nats_server.url, fake)
+    fake.url = f"http://127.0.0.1:{port}"  # nothing listens there yet: every connect is refused
+    try:
+        bridge.start()
+        await bus.send(chat["id"], "one", id="a")
+        await until(lambda: "outbound a failed (cannot reach Telegram (ConnectError))" in bridge.output(), 15,
+                    bridge.output)
+        fake.start_in_thread(port=port)
+        [receipt] = await bus.wait_receipts(1)
+        assert receipt.ok and fake.texts(chat) == ["one"]
+        counts = await delivery_counts(nats_server.url)
+        assert counts["unsent"] >= 1 and counts["ambiguous"] == 0
+    finally:
+        bridge.close()
+        fake.stop_thread()
 
 
 async def test_with_429s_5xx_and_dropped_polls_nothing_is_lost_or_repeated(
