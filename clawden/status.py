@@ -367,12 +367,17 @@ def render(report: Report) -> str:
                              ["ID", "KIND", "GROUP", "APPROVER", "EXPIRES"]))
 
     if report["deliveries"]:
-        out += ["", "deliveries since each bridge started:"]
-        out.append(table([[d["channel"], *(d.get(k, 0) for k in DELIVERY_COUNTERS[:-1])]
-                          for d in report["deliveries"]],
-                         ["CHANNEL", "SENT", "FAILED", "UNCONFIRMED", "RETRIES", "NOT SENT", "DROPPED MID-SEND"]))
-        lost = [d for d in report["deliveries"] if d.get("expired")]
-        for d in lost:
+        out += ["", render_deliveries(report["deliveries"])]
+    return "\n".join(out)
+
+
+def render_deliveries(rows: list[dict[str, Any]]) -> str:
+    """The bridges' counters as `clawden status` prints them, with a line per bridge that lost messages."""
+    out = ["deliveries since each bridge started:",
+           table([[d["channel"], *(d.get(k, 0) for k in DELIVERY_COUNTERS[:-1])] for d in rows],
+                 ["CHANNEL", "SENT", "FAILED", "UNCONFIRMED", "RETRIES", "NOT SENT", "DROPPED MID-SEND"])]
+    for d in rows:
+        if d.get("expired"):
             out.append(f"{d['channel']}: {d['expired']} incoming message(s) expired on the platform before the "
                        f"bridge could fetch them (it was away too long); their senders were not answered")
     return "\n".join(out)

@@ -470,6 +470,8 @@ class TelegramBridge(Bridge):
                 log.info("telegram polling recovered after %d failed polls (%.0fs)", failures,
                          time.monotonic() - first_failure)
                 failures, first_failure = 0, 0.0
+            if offset is not None and updates and (first := min(_ids(updates))) > offset:
+                offset = await self._expired(first - offset, first, inbound)
             groups = albums(updates)
             if groups and _album_key(groups[-1][0]) is not None and held != _ids(groups[-1]):
                 # An album's parts arrive as separate updates within moments, and a poll may end between
@@ -487,6 +489,18 @@ class TelegramBridge(Bridge):
                 await inbound.state.set_cursor(CURSOR, str(offset))
             if held is not None:
                 await inbound.pause(ALBUM_WAIT)
+
+    async def _expired(self, lost: int, first: int, inbound: Inbound) -> int:
+        """Telegram keeps an update 24 h at most (core.telegram.org/bots/api#getupdates) and numbers them
+        one after another: the first update after a long outage having a higher id than the saved offset
+        means the ones between expired unread. Their content is gone, so who wrote cannot be told; the
+        owner learns it from the log and `clawden status`. Returns the new offset (the gap is skipped)."""
+        log.warning("Telegram dropped %d update(s) the bridge never fetched (it keeps them 24 hours at most, and "
+                    "the bridge was away longer): those messages were not answered, and who sent them is unknown",
+                    lost)
+        inbound.stats.expired += lost
+        await inbound.state.set_cursor(CURSOR, str(first))  # nothing below it exists any more
+        return first
 
     async def _saved_offset(self, inbound: Inbound) -> int | None:
         saved = await inbound.state.cursor(CURSOR)

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes.telegram import NOT_MODIFIED, BadGateway, Drop, Error, FakeTelegram, image_size, png
+from tests.fakes.telegram import NOT_MODIFIED, BadGateway, Clock, Drop, Error, FakeTelegram, image_size, png
 
 
 @pytest.fixture
@@ -238,3 +238,25 @@ async def test_a_photo_is_edited_through_its_caption_never_its_text(fake: FakeTe
     status, body = await call(api, "editMessageCaption", chat_id=chat["id"],
                               message_id=text["result"]["message_id"], caption="hi")
     assert (status, body["description"]) == (400, "Bad Request: there is no caption in the message to edit")
+
+
+async def test_an_update_nobody_fetched_for_24_hours_is_gone_and_the_next_one_keeps_counting() -> None:
+    clock = Clock()
+    fake = FakeTelegram(clock=clock).start_in_thread()
+    try:
+        ada = fake.user("Ada")
+        chat = fake.private_chat(ada)
+        old = fake.send(chat, ada, "still there?")
+        clock.advance(24 * 3600 - 1)
+        async with httpx.AsyncClient(base_url=f"{fake.url}/bot{fake.token}/", timeout=10) as api:
+            _, kept = await call(api, "getUpdates")
+            clock.advance(2)
+            new = fake.send(chat, ada, "a day later")
+            _, body = await call(api, "getUpdates")
+        assert [u["message"]["text"] for u in kept["result"]] == ["still there?"]
+        [update] = body["result"]
+        assert update["message"] == new and new["date"] == int(clock.now)
+        assert update["update_id"] == kept["result"][0]["update_id"] + 1
+        assert [u["message"] for u in fake.expired] == [old]
+    finally:
+        fake.stop_thread()

@@ -24,7 +24,7 @@ from services.channels.retry import PlatformError
 from services.channels.telegram import TelegramBridge
 from tests.channels.harness import BridgeProcess, Bus, until
 from tests.conftest import NatsServer
-from tests.fakes.telegram import BadGateway, Delay, Drop, Error, FakeTelegram, Fault, Hang, png
+from tests.fakes.telegram import BadGateway, Clock, Delay, Drop, Error, FakeTelegram, Fault, Hang, png
 
 
 @pytest.fixture
@@ -149,6 +149,35 @@ async def test_messages_sent_while_the_bridge_was_down_are_published_once_when_i
     events = await bus.inbound()
     assert [e.text for e in events] == ["before", "while", "you", "were", "away"]
     assert len({e.key for e in events}) == 5
+
+
+async def test_messages_telegram_dropped_during_a_day_long_outage_are_counted_and_logged(
+        tmp_path: Path, nats_server: NatsServer, bus: Bus) -> None:
+    clock = Clock()
+    fake = FakeTelegram(clock=clock).start_in_thread()
+    bridge = BridgeProcess(tmp_path / "home", nats_server.url, fake)
+    try:
+        ada = fake.user("Ada")
+        chat = fake.private_chat(ada)
+        bridge.start()
+        fake.send(chat, ada, "before")
+        await until(lambda: fake.confirmed_offset > 0, 15)
+        assert bridge.stop() == 0
+        fake.send(chat, ada, "are you there?")
+        fake.send(chat, ada, "hello?")
+        clock.advance(25 * 3600)  # Telegram has dropped both by now
+        fake.send(chat, ada, "a day later")
+        bridge.start()
+        await until(lambda: fake.pending_updates == 0 and "Telegram dropped" in bridge.output(), 15, bridge.output)
+        await until(lambda: fake.confirmed_offset > fake.expired[-1]["update_id"] + 1, 15)
+        assert [e.text for e in await bus.inbound()] == ["before", "a day later"]
+        assert "Telegram dropped 2 update(s) the bridge never fetched" in bridge.output()
+        assert (await delivery_counts(nats_server.url))["expired"] == 2
+        assert "2 incoming message(s) expired" in status.render_deliveries(
+            [await delivery_counts(nats_server.url)])
+    finally:
+        bridge.close()
+        fake.stop_thread()
 
 
 async def test_an_attachment_is_fetched_into_the_bridges_folder(

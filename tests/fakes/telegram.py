@@ -11,7 +11,7 @@ It is as strict as Telegram where a bridge can go wrong, each rule citing the Bo
 comes from: privacy mode in groups (on by default, as for a new bot; `set_privacy`, `readd`), a group's
 upgrade to a supergroup (`migrate`), photos it refuses (dimensions, ratio, unreadable bytes), captions
 instead of text on media, stand-in senders for anonymous admins and channels (`send(as_chat=...)`),
-albums (`send_album`).
+albums (`send_album`), updates dropped unfetched after 24 h (`clock=Clock()`, then `advance`).
 
     fake = FakeTelegram(); fake.start_in_thread()
     ada = fake.user("Ada"); chat = fake.private_chat(ada)
@@ -33,6 +33,7 @@ import threading
 import time
 import zlib
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -65,6 +66,10 @@ REACTIONS = frozenset([
     "🤷\u200d♀", "😡"])
 _OBJECT_PARAMS = {"reply_markup", "reply_parameters", "allowed_updates", "reaction", "entities",
                   "link_preview_options"}
+# Bot API: getUpdates (core.telegram.org/bots/api#getupdates): "incoming updates are stored on the server
+# until the bot receives them either way, but they will not be kept longer than 24 hours". The update ids
+# they held are not reused: the next update a bot gets after such a gap has a higher id than its offset.
+UPDATE_LIFETIME = 24 * 3600.0
 NOT_MODIFIED = ("Bad Request: message is not modified: specified new message content and reply markup are "
                 "exactly the same as a current content and reply markup of the message")
 
@@ -195,11 +200,27 @@ def auto_entities(text: str) -> list[dict[str, Any]]:
     return found
 
 
-class FakeTelegram(ThreadedServer):
-    """The fake server. World-building and inspection methods are safe to call from any thread."""
+class Clock:
+    """A clock a test moves by hand (`advance`), for rules that take hours: the fake never sleeps for them."""
 
-    def __init__(self, token: str = TOKEN, bot_username: str = "clawden_test_bot", *, privacy: bool = True) -> None:
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeTelegram(ThreadedServer):
+    """The fake server. World-building and inspection methods are safe to call from any thread.
+    `clock` (wall-clock seconds) dates messages and ages updates; pass a `Clock` to move time by hand."""
+
+    def __init__(self, token: str = TOKEN, bot_username: str = "clawden_test_bot", *, privacy: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
         self.token = token
+        self.clock = clock
         bot_id = int(token.split(":", 1)[0])
         # Bot API: getMe, User.can_read_all_group_messages (core.telegram.org/bots/api#user) is true
         # when privacy mode is off; bots are created with privacy mode on.
@@ -214,6 +235,8 @@ class FakeTelegram(ThreadedServer):
         self._chats: dict[int, _Chat] = {}
         self._users: dict[int, dict[str, Any]] = {}
         self._updates: list[dict[str, Any]] = []
+        self._update_at: dict[int, float] = {}  # update_id -> when it was created, by `clock`
+        self.expired: list[dict[str, Any]] = []  # updates dropped unfetched after UPDATE_LIFETIME
         self._update_ids = itertools.count(512_000_001)
         self._user_ids = itertools.count(100_001)
         self._group_ids = itertools.count(1)
@@ -316,7 +339,7 @@ class FakeTelegram(ThreadedServer):
     def _service_message(self, state: _Chat, user: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         """Service messages reach every bot in the group, whatever its privacy mode."""
         message: dict[str, Any] = {"message_id": state.next_id, "from": user, "chat": state.info,
-                                   "date": int(time.time()), **fields}
+                                   "date": int(self.clock()), **fields}
         state.next_id += 1
         state.messages[message["message_id"]] = message
         self._enqueue("message", message)
@@ -368,7 +391,7 @@ class FakeTelegram(ThreadedServer):
             if state.migrated_to is not None:
                 raise ValueError(f"group {chat['id']} is now supergroup {state.migrated_to}: write there")
             message: dict[str, Any] = {"message_id": state.next_id, "from": user, "chat": state.info,
-                                       "date": int(time.time())}
+                                       "date": int(self.clock())}
             if as_chat is not None:
                 stand_in = (ANONYMOUS_ADMIN if as_chat["id"] == chat["id"]
                             else TELEGRAM_SERVICE if forwarded else CHANNEL_BOT)
@@ -419,7 +442,7 @@ class FakeTelegram(ThreadedServer):
                 width, height = image_size(content) or (0, 0)
                 file_id = self.add_file(content)
                 message: dict[str, Any] = {
-                    "message_id": state.next_id, "from": user, "chat": state.info, "date": int(time.time()),
+                    "message_id": state.next_id, "from": user, "chat": state.info, "date": int(self.clock()),
                     "media_group_id": album, "photo": [{"file_id": file_id, "file_unique_id": f"AgAD{file_id[-6:]}",
                                                         "file_size": len(content), "width": width, "height": height}]}
                 if caption and n == 0:
@@ -451,8 +474,18 @@ class FakeTelegram(ThreadedServer):
     def _enqueue(self, kind: str, payload: dict[str, Any]) -> None:
         if self._allowed_updates and kind not in self._allowed_updates:
             return  # Telegram does not even create updates a bot did not ask for
-        self._updates.append({"update_id": next(self._update_ids), kind: payload})
+        update_id = next(self._update_ids)
+        self._updates.append({"update_id": update_id, kind: payload})
+        self._update_at[update_id] = self.clock()
         self._notify()
+
+    def _expire(self) -> None:
+        """Drops updates older than UPDATE_LIFETIME, as Telegram does whether or not anyone polled."""
+        now = self.clock()
+        kept = [u for u in self._updates if now - self._update_at[u["update_id"]] <= UPDATE_LIFETIME]
+        if len(kept) < len(self._updates):
+            self.expired += [u for u in self._updates if u not in kept]
+            self._updates = kept
 
     def block(self, chat: dict[str, Any], description: str = "Forbidden: bot was blocked by the user") -> None:
         with self._lock:
@@ -659,7 +692,7 @@ class FakeTelegram(ThreadedServer):
     def _record(self, method: str, params: dict[str, Any], outcome: str) -> None:
         shown = {k: (f"<{len(v)} bytes>" if isinstance(v, bytes | tuple) else v) for k, v in params.items()}
         with self._lock:
-            self.calls.append(Call(method, shown, time.time(), outcome))
+            self.calls.append(Call(method, shown, self.clock(), outcome))
 
     # --- the methods -------------------------------------------------------------------------------------
 
@@ -697,6 +730,7 @@ class FakeTelegram(ThreadedServer):
         with self._lock:
             if "allowed_updates" in params:
                 self._allowed_updates = list(params["allowed_updates"]) or None
+            self._expire()
             if offset > 0:
                 self._updates = [u for u in self._updates if u["update_id"] >= offset]
                 self.confirmed_offset = max(self.confirmed_offset, offset)
@@ -718,6 +752,7 @@ class FakeTelegram(ThreadedServer):
             if self._poll is poll:
                 self._poll = None
         with self._lock:
+            self._expire()
             return json.loads(json.dumps(self._updates[:limit]))
 
     def _chat(self, params: dict[str, Any]) -> _Chat:
@@ -738,7 +773,7 @@ class FakeTelegram(ThreadedServer):
 
     def _bot_message(self, state: _Chat, params: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         message: dict[str, Any] = {"message_id": state.next_id, "from": self.bot, "chat": state.info,
-                                   "date": int(time.time()), **extra}
+                                   "date": int(self.clock()), **extra}
         thread = params.get("message_thread_id")
         if thread is not None:
             if not state.info.get("is_forum"):
@@ -820,7 +855,7 @@ class FakeTelegram(ThreadedServer):
         if message.get("text") == text and message.get("reply_markup") == markup:
             raise _Refused(400, NOT_MODIFIED)
         message["text"] = text
-        message["edit_date"] = int(time.time())
+        message["edit_date"] = int(self.clock())
         if markup is None:
             message.pop("reply_markup", None)
         else:
@@ -850,7 +885,7 @@ class FakeTelegram(ThreadedServer):
             message["caption"] = caption
         else:
             message.pop("caption", None)
-        message["edit_date"] = int(time.time())
+        message["edit_date"] = int(self.clock())
         if markup is None:
             message.pop("reply_markup", None)
         else:
@@ -873,7 +908,7 @@ class FakeTelegram(ThreadedServer):
         state = self._chat(params)
         if params.get("action") not in ("typing", "upload_photo", "upload_document", "record_voice", "find_location"):
             raise _Refused(400, "Bad Request: wrong parameter action in request")
-        state.typing.append(time.time())
+        state.typing.append(self.clock())
         return True
 
     def _answer_query(self, params: dict[str, Any]) -> bool:
