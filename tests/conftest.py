@@ -1,4 +1,5 @@
-"""Shared fixtures: a real nats-server per test on a free loopback port with a temp store."""
+"""Shared fixtures: a real nats-server per test on a free loopback port with a temp store; and the
+`nats` and `docker` markers, put on each test by the fixtures it uses."""
 
 from __future__ import annotations
 
@@ -20,6 +21,23 @@ from clawden import natsserver
 from clawden.bus import connect
 
 pytest_plugins = ["tests.plugins.docker"]
+
+# A test using one of these starts a nats-server (directly, or through `clawden up`), needs Docker, or runs a
+# whole program as a child process (Claude Code): it gets the marker, so `pytest -m "not docker and not nats and
+# not process"` is the fast subset. A test that does so some other way carries the marker by hand.
+MARKED_BY_FIXTURE = {
+    "nats": frozenset({"nats_server", "secured_nats", "core", "stack", "up"}),
+    "docker": frozenset({"docker_client", "agent_image"}),
+    "process": frozenset({"start_agent"}),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in MARKED_BY_FIXTURE.items():
+            if used & fixtures and item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
 
 
 class NatsServer:

@@ -42,6 +42,7 @@ def test_a_service_that_cannot_run_as_configured_is_not_restarted(
         sup.stop()
 
 
+@pytest.mark.nats
 def test_up_exits_when_nothing_can_run_and_says_why(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -63,6 +64,7 @@ def test_up_exits_when_nothing_can_run_and_says_why(tmp_path: Path) -> None:
         in out.stdout
 
 
+@pytest.mark.nats
 def test_a_killed_embedded_nats_server_is_started_again_with_its_streams(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a free port for this test's embedded server
         probe.bind(("127.0.0.1", 0))
@@ -113,6 +115,7 @@ def _until(sup: Supervisor, out: io.StringIO, text: str, timeout: float = 60) ->
         time.sleep(0.05)
 
 
+@pytest.mark.nats
 @pytest.mark.parametrize("given_by", ["secrets add", "init"])
 def test_up_is_not_ready_without_a_model_key_and_says_so_until_one_is_given(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given_by: str) -> None:

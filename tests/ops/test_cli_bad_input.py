@@ -26,6 +26,8 @@ from clawden.cli import parser
 from clawden.config import free_nats_port
 from tests.ops.conftest import Core, fresh_home
 
+pytestmark = pytest.mark.process  # each test runs the `clawden` command as a process
+
 
 def clawden(*args: str, home: Path | None = None, stdout: int = subprocess.PIPE,
             value: str = "") -> subprocess.CompletedProcess[str]:

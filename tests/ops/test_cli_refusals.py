@@ -14,6 +14,8 @@ import pytest
 from tests.e2e.harness import Stack
 from tests.ops.conftest import fresh_home
 
+pytestmark = pytest.mark.process  # each test runs the `clawden` command as a process
+
 
 def clawden(stack: Stack, *args: str, value: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "clawden", *args], env=stack.env(), input=value,

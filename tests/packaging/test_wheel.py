@@ -18,6 +18,8 @@ import pytest
 
 from clawden import image, units
 
+pytestmark = pytest.mark.process  # builds and installs a wheel
+
 REPO = Path(__file__).resolve().parents[2]
 NOT_SOURCES = shutil.ignore_patterns(".venv", ".git", ".ci", "build", "dist", "*.egg-info", "__pycache__",
                                      ".*_cache", ".hypothesis")

@@ -25,6 +25,8 @@ from tests.eventually import eventually
 
 CHANNELS = ("telegram", "signal")
 
+pytestmark = pytest.mark.nats  # every test here runs a secured nats-server, or its identities' seeds
+
 
 @pytest.fixture
 def cfg(tmp_path: Path) -> Iterator[config_mod.Config]:

@@ -13,6 +13,8 @@ import pytest
 
 from clawden import config, units
 
+pytestmark = pytest.mark.process  # each test runs the `clawden` command as a process
+
 FAKE_TOOL = """#!/bin/sh
 echo "$(basename "$0") $*" >> "{log}"
 """

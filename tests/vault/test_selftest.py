@@ -55,6 +55,7 @@ async def test_python_trusts_the_gateway_only_with_its_ca(rig: RigFactory, tmp_p
             await asyncio.to_thread(selftest.python_check, r.relay_port)
 
 
+@pytest.mark.process  # Claude Code
 async def test_claude_code_passes_with_its_trust_settings_and_fails_loudly_without(
         rig: RigFactory, tmp_path: Path) -> None:
     claude = selftest.claude_binary({"PATH": ""})
@@ -71,6 +72,7 @@ async def test_claude_code_passes_with_its_trust_settings_and_fails_loudly_witho
     assert {a.decision for a in r.audit} <= {"selftest", "tls_failed"}
 
 
+@pytest.mark.process  # Claude Code
 async def test_a_pass_is_remembered_for_the_same_ca_and_cli(rig: RigFactory, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     async with rig() as r:
