@@ -23,8 +23,8 @@ from clawden import setup
 from clawden.bus import ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from clawden.chat import TerminalChat, chat
-from tests.channels.harness import until
 from tests.conftest import NatsServer
+from tests.eventually import eventually
 
 ROUTE = ev.Route(channel="local", chat_id="terminal")
 CARD = ev.Card(title="Allow GitHub?", body="GET api.github.com/user", buttons=(
@@ -91,7 +91,7 @@ async def test_clawden_chat_turns_a_typed_number_into_a_button_press_on_the_bus(
         tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
     js, session, stdin, write_fd, out = await start_terminal(tmp_path, nats_server, nc)
     await publish(js, subjects.outbound("local", ROUTE.chat_id), card_message(), msg_id="approval:ap-1")
-    await until(lambda: "[2] Deny" in out.getvalue(), 10, lambda: out.getvalue())
+    await eventually(lambda: "[2] Deny" in out.getvalue(), 10, lambda: out.getvalue())
     inbound = await js.subscribe(subjects.inbound("local"))
     os.write(write_fd, b"2\n")
     os.close(write_fd)
@@ -112,7 +112,7 @@ async def test_the_terminal_shows_its_chats_replies_from_every_lane_and_the_pre_
              (subjects.outbound("local", ROUTE.chat_id), ROUTE, "three")]
     for i, (subject, route, text) in enumerate(sends):
         await publish(js, subject, ev.OutboundMessage(id=f"m{i}", route=route, text=text), msg_id=f"m{i}")
-    await until(lambda: "three" in out.getvalue(), 10, lambda: out.getvalue())
+    await eventually(lambda: "three" in out.getvalue(), 10, lambda: out.getvalue())
     os.close(write_fd)
     await asyncio.wait_for(session, 15)
     stdin.close()
@@ -142,7 +142,7 @@ async def test_a_reply_delivered_twice_is_shown_once(tmp_path: Path, nats_server
     await publish(js, subjects.outbound("local", ROUTE.chat_id), reply, msg_id="second-delivery")
     await publish(js, subjects.outbound("local", ROUTE.chat_id), ev.OutboundMessage(
         id="s-1:reply:4:send:0", route=ROUTE, text="the next one"), msg_id="third")
-    await until(lambda: "the next one" in out.getvalue(), 10, lambda: out.getvalue())
+    await eventually(lambda: "the next one" in out.getvalue(), 10, lambda: out.getvalue())
     os.close(write_fd)
     await asyncio.wait_for(session, 15)
     stdin.close()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from clawden import control
 from clawden.config import load
 from tests.e2e.harness import Stack, Terminal
+from tests.eventually import eventually
 from tests.fakes.anthropic import Hang
 
 pytestmark = pytest.mark.docker
@@ -44,7 +43,9 @@ async def test_chats_beyond_the_cap_wait_their_turn_are_told_and_all_get_answere
         await stack.wait_until_idle((await a.ask("hello from a", timeout=90)).session_id)
         stack.fake.script(Hang())
         await a.send("a keeps the only slot busy")
-        await asyncio.sleep(1)
+        # The slot is taken once the model holds a's turn: only then may b and c come.
+        await eventually(lambda: any("a keeps the only slot busy" in str(r.body.get("messages", []))
+                                     for r in stack.fake.messages_requests()), timeout=60)
         await b.send("hello from b")
         await c.send("hello from c")
         told_b, told_c = await b.reply(timeout=30), await c.reply(timeout=30)

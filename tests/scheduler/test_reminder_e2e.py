@@ -4,14 +4,15 @@ reminder arrives in the same chat; a task whose pre-check script finds nothing n
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from clawden import sessiondb
 from tests.e2e.harness import Stack, Terminal, start_stack
+from tests.eventually import eventually
 from tests.fakes.anthropic import Text, ToolCall
 
 pytestmark = pytest.mark.docker
@@ -67,8 +68,15 @@ async def test_a_task_wakes_the_model_only_when_its_pre_check_finds_news(stack: 
         assert ack.text == "I'll tell you when there is news."
         await stack.wait_until_idle(ack.session_id)
         asked = len(stack.fake.messages_requests())
-        await asyncio.sleep(6)  # three runs, each settled by its check without the model
-        assert len(stack.fake.messages_requests()) == asked
+        folder = stack.home / "sessions" / "main" / ack.session_id
+        before = set(sessiondb.inbound_status(folder))
+
+        def settled_runs() -> bool:  # three runs came in, and the agent is done with each
+            runs = set(sessiondb.inbound_status(folder)) - before
+            return len(runs) >= 3 and not runs & {m.seq for m in sessiondb.unfinished(folder)}
+
+        await eventually(settled_runs, timeout=30)
+        assert len(stack.fake.messages_requests()) == asked  # each settled by its check, without the model
 
         stack.fake.script(ToolCall("send_message", {"text": "📰 The parcel has arrived."}), Text("told"))
         (stack.home / "groups" / "main" / "news.txt").write_text("parcel arrived")

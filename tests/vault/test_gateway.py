@@ -486,7 +486,7 @@ async def test_a_client_that_leaves_mid_body_does_not_disturb_others(rig: RigFac
 async def test_a_hanging_site_gives_504_and_a_resetting_one_502(rig: RigFactory, site: FakeUpstream) -> None:
     async def respond(request: Received, reply: Reply) -> None:
         if request.target == b"/hang":
-            await asyncio.sleep(30)
+            await asyncio.Event().wait()  # hangs until the site closes
         elif request.target == b"/reset":
             reply._writer.transport.abort()
         else:
