@@ -130,7 +130,7 @@ def stderr_is_journal(stream: TextIO = sys.stderr) -> bool:
     return expected == f"{st.st_dev}:{st.st_ino}"
 
 
-class RotatingStderr(logging.StreamHandler):  # type: ignore[type-arg]
+class RotatingStderr(logging.StreamHandler[TextIO]):
     """Under `clawden up` and launchd, stderr (and stdout) is the service's log file. Past `max_bytes` it
     becomes `<file>.1` (older ones move up to `.<backups>`, the oldest goes) and a fresh file takes their
     place, so what is printed without logging (a crash's traceback) lands in the current file too."""

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from clawden import logs, natsauth, natsserver, setup
 from clawden.config import Config, configured_bridges, unknown_in_file
@@ -51,7 +52,7 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, services: tuple[str, ...], out: object = sys.stdout) -> None:
+    def __init__(self, cfg: Config, services: tuple[str, ...], out: TextIO = sys.stdout) -> None:
         self.cfg = cfg
         self.out = out
         self.logs = cfg.path("logs")
@@ -64,7 +65,7 @@ class Supervisor:
         self.announced = ""  # what was last said about being ready, so it is said once per change
 
     def say(self, line: str) -> None:
-        print(line, file=self.out, flush=True)  # type: ignore[call-overload]
+        print(line, file=self.out, flush=True)
 
     def start_nats(self) -> None:
         if not self.cfg.embedded_nats:

@@ -112,8 +112,8 @@ class Approvals:
         reply = await self.ctx.nc.request(subjects.ctl("router", "approvers"),
                                           json.dumps({"op": "get", "agent_group": agent_group}).encode(),
                                           timeout=ROUTER_TIMEOUT)
-        if "Nats-Service-Error" in (reply.headers or {}):
-            raise RuntimeError(reply.headers["Nats-Service-Error"])  # type: ignore[index]
+        if "Nats-Service-Error" in (headers := reply.headers or {}):
+            raise RuntimeError(headers["Nats-Service-Error"])
         return tuple(json.loads(reply.data)["approvers"])
 
     async def on_click(self, action: ev.InboundAction, msg: Msg) -> None:

@@ -257,17 +257,17 @@ class Control:
     # --- helpers ----------------------------------------------------------------------------------
 
     def _group(self, name: str) -> sqlite3.Row:
-        row = self.db.execute("SELECT * FROM agent_groups WHERE name = ?", (name,)).fetchone()
+        row: sqlite3.Row | None = self.db.execute("SELECT * FROM agent_groups WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise RouterError(f"no agent group named {name!r} (see `clawden groups list`)")
-        return row  # type: ignore[no-any-return]
+        return row
 
     def _chat(self, channel: str, chat_id: str) -> sqlite3.Row:
-        row = self.db.execute("SELECT * FROM messaging_groups WHERE channel = ? AND chat_id = ?",
-                              (channel, chat_id)).fetchone()
+        row: sqlite3.Row | None = self.db.execute("SELECT * FROM messaging_groups WHERE channel = ? AND chat_id = ?",
+                                                  (channel, chat_id)).fetchone()
         if row is None:
             raise RouterError(f"no chat {chat_id!r} on {channel} (see `clawden chats list`)")
-        return row  # type: ignore[no-any-return]
+        return row
 
     @staticmethod
     def _group_json(row: sqlite3.Row) -> Json:

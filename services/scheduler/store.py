@@ -15,6 +15,7 @@ from services.scheduler.catchup import Outcome, Plan, Policy
 
 Status = Literal["active", "paused", "done", "cancelled"]
 STATUSES: tuple[Status, ...] = get_args(Status)
+_STATUS_AFTER: dict[str, Status] = {"pause": "paused", "resume": "active", "cancel": "cancelled"}
 RUNS_KEPT = 1000  # run log rows kept per task
 MAX_SCRIPT = 16 * 1024  # characters of a pre-check script
 
@@ -235,7 +236,7 @@ class Store(servicedb.Store):
                    request_id: str = "") -> Task:
         if task.status in ("cancelled", "done") and op != "cancel":
             raise TaskError(f"task {task.id} is {task.status}; it cannot be {op}d")
-        status: Status = {"pause": "paused", "resume": "active", "cancel": "cancelled"}[op]  # type: ignore[assignment]
+        status = _STATUS_AFTER[op]
         next_run = task.next_run
         if op == "resume" and task.status == "paused":
             schedule = task.parsed()
