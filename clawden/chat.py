@@ -270,7 +270,7 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
             await send(text)
         return True
 
-    receiver = asyncio.create_task(consume(sub, OUTBOUND, on_outbound, stopping=stopping))  # type: ignore[arg-type]
+    receiver = asyncio.create_task(consume(sub, OUTBOUND, on_outbound, stopping=stopping))  # type: ignore[arg-type]  # a union is no type[E]
     code = 0
     try:
         if once is not None:

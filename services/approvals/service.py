@@ -230,7 +230,7 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(consume(requests, ev.ApprovalRequest, svc.on_request, stopping=stop))
             tg.create_task(consume(clicks, ev.InboundAction, svc.on_click, stopping=stop))
             tg.create_task(consume(receipts, ev.DeliveryReceipt, svc.on_receipt, stopping=stop))
-            tg.create_task(consume(inbound, ev.InboundMessage | ev.InboundAction | ev.ChatMoved,  # type: ignore[arg-type]
+            tg.create_task(consume(inbound, ev.InboundMessage | ev.InboundAction | ev.ChatMoved,  # type: ignore[arg-type]  # a union is no type[E]
                                    svc.on_inbound, stopping=stop))
             tg.create_task(svc.expiring())
     finally:

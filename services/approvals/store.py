@@ -8,7 +8,7 @@ import logging
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -127,8 +127,8 @@ class Store(servicedb.Store):
 
     # --- deciding -------------------------------------------------------------------------------
 
-    def _decide(self, approval_id: str, decision: str, decided_by: str, value: str, reason: str, now: float,
-                label: str = "", target: str | None = None) -> None:
+    def _decide(self, approval_id: str, decision: policy.Decision | Literal["expired"], decided_by: str, value: str,
+                reason: str, now: float, label: str = "", target: str | None = None) -> None:
         """Settle a pending row: the decision to the requester (keyed by the id, so once), the card
         edited to show it (once its platform id is known), and the audit line."""
         db = self.conn
@@ -136,7 +136,7 @@ class Store(servicedb.Store):
                    " card_message_id = COALESCE(card_message_id, ?) WHERE id = ?",
                    (decision, now, decided_by, value, reason, target, approval_id))
         self._emit(subjects.approval_decision(approval_id), f"decision:{approval_id}", ev.ApprovalDecision(
-            id=approval_id, decision=decision,  # type: ignore[arg-type]
+            id=approval_id, decision=decision,
             decided_by=decided_by, value=value, decided_at=now, reason=reason))
         self._audit(approval_id, now, decision, decided_by, reason or value)
         self._edit(approval_id, label)

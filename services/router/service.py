@@ -94,7 +94,7 @@ class Router:
     # --- inbound ----------------------------------------------------------------------------------
 
     async def on_batch(self, msgs: Sequence[Msg]) -> None:
-        decoder: msgspec.json.Decoder[Inbound] = ev.decoder_for(Inbound)  # type: ignore[arg-type]
+        decoder: msgspec.json.Decoder[Inbound] = ev.decoder_for(Inbound)  # type: ignore[arg-type]  # a union is no type[T]
         events: list[Inbound] = []
         keyed: list[tuple[Msg, str]] = []
         for msg in msgs:

@@ -114,7 +114,7 @@ def _task(info: SessionInfo, route: ev.Route, c: dict[str, Any], runner_id: str)
     if op not in ("create", "update", "pause", "resume", "cancel", "list"):
         raise Refused(f"unknown task operation {op!r}")
     task = ev.TaskOp(
-        op=op,  # type: ignore[arg-type]
+        op=op,  # type: ignore[arg-type]  # checked against TaskOp's literals above; mypy does not narrow str by `in`
         request_id=request_id, agent_group=info.agent_group, session_id=info.id, route=route,
         task_id=c.get("task_id") or None, prompt=c.get("prompt") or None, schedule=c.get("schedule") or None,
         timezone=c.get("timezone") or None, status=str(c.get("status") or ""), created_by=f"agent:{info.agent_group}",

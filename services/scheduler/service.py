@@ -205,7 +205,7 @@ class Scheduler:
             return self.store.update(task, Change(prompt=op.prompt, schedule=op.schedule, timezone=op.timezone,
                                                   script=op.script),
                                      when, op.request_id, min_interval=self.ctx.config.scheduler.min_interval)
-        action: Literal["pause", "resume", "cancel"] = op.op  # type: ignore[assignment]
+        action: Literal["pause", "resume", "cancel"] = op.op  # type: ignore[assignment]  # create, update returned; on_op drops list
         return self.store.set_status(task, action, when, op.request_id)
 
     async def _tell_rejected(self, op: ev.TaskOp, error: str) -> None:

@@ -134,7 +134,7 @@ class Vault:
                 credentials.append(Credential(secret, self.sealer.open(sealed, f"secret:{secret.name}")))
             except SealError:
                 log.error("secret %s does not open with this vault key; it is not used", secret.name)
-        egress: dict[str, Egress] = {g: m for g, m in self.store.egress_modes().items()  # type: ignore[misc]
+        egress: dict[str, Egress] = {g: m for g, m in self.store.egress_modes().items()  # type: ignore[misc]  # filtered below
                                      if m in ("open", "allowlist")}
         default: Egress = "allowlist" if self.cfg.vault.default_egress == "allowlist" else "open"
         return Catalog(credentials=tuple(credentials), rules=tuple(self.store.rules()), egress=egress,
@@ -226,7 +226,7 @@ class Vault:
             raise ControlError(f"--type must be anthropic, openai or generic, not {request.type!r}")
         try:
             secret = check_secret(Secret(
-                name=request.name, kind=request.type, host_pattern=request.host,  # type: ignore[arg-type]
+                name=request.name, kind=request.type, host_pattern=request.host,  # type: ignore[arg-type]  # type checked above
                 path_pattern=request.path, header_name=request.header, value_format=request.format,
                 param_name=request.param, grants=tuple(request.agents or ["*"]), created_at=time.time()),
                 request.value, force=request.force)
@@ -279,9 +279,9 @@ class Vault:
             raise ControlError(f"--limit and --window belong to rate_limit rules, not to a {request.action} rule")
         try:
             rule = check_rule(Rule(
-                name=request.name, action=request.action, host_pattern=request.host,  # type: ignore[arg-type]
+                name=request.name, action=request.action, host_pattern=request.host,  # type: ignore[arg-type]  # checked above
                 path_pattern=request.path, method=request.method, agent_group=request.agent,
-                rate_limit=request.limit, rate_window=request.window or "minute",  # type: ignore[arg-type]
+                rate_limit=request.limit, rate_window=request.window or "minute",  # type: ignore[arg-type]  # checked above
                 created_at=time.time()))
         except CatalogError as exc:
             raise ControlError(str(exc)) from None
