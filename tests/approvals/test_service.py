@@ -24,6 +24,7 @@ from clawden import config, natsauth, natsserver, setup
 from clawden.bus import bind, connect, consume, ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from clawden.chat import terminal_outbound
+from tests.eventually import eventually
 
 OWNER = f"local:{getpass.getuser()}"  # the login that first ran the router owns the install
 TERMINAL = "terminal"  # where the owner's cards go on the local channel
@@ -84,13 +85,11 @@ class Owner:
                 msg_id=f"receipt:{event.id}")
 
     async def first(self, kind: type[Any], timeout: float = 20, **where: Any) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            for e in self.seen:
-                if isinstance(e, kind) and all(v in getattr(e, k) for k, v in where.items()):
-                    return e
-            assert time.monotonic() < deadline, f"no {kind.__name__} with {where}: {self.seen[-3:]}"
-            await asyncio.sleep(0.05)
+        def found() -> Any:
+            return next((e for e in self.seen
+                         if isinstance(e, kind) and all(v in getattr(e, k) for k, v in where.items())), None)
+
+        return await eventually(found, timeout, lambda: f"no {kind.__name__} with {where}: {self.seen[-3:]}")
 
     async def press(self, card: ev.OutboundMessage, button: str, who: str = OWNER) -> None:
         action = ev.InboundAction(route=card.route, action_id=uuid.uuid4().hex,

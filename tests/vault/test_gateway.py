@@ -19,6 +19,7 @@ from services.vault.approvals import ApprovalAsk, card_for
 from services.vault.audit import AuditRecord
 from services.vault.catalog import Catalog
 from services.vault.gateway import Gateway, connect_target, proxy_token, split_target, token_hash
+from tests.eventually import eventually
 from tests.fakes.anthropic import FakeTLS
 from tests.vault.conftest import GROUP, RigFactory, relay, rule, secret
 from tests.vault.sites import (
@@ -97,7 +98,7 @@ async def test_a_client_without_the_ca_fails_tls_and_the_failure_is_audited(rig:
         async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{r.relay_port}", trust_env=False, timeout=5) as http:
             with pytest.raises(httpx.ConnectError):
                 await http.get("https://api.anthropic.com/v1/models")
-        await asyncio.sleep(0.05)
+        await eventually(lambda: r.audit)  # the failed handshake is audited as the tunnel closes
 
     assert r.site.received == []
     assert [(a.method, a.host, a.decision) for a in r.audit] == [("CONNECT", "api.anthropic.com", "tls_failed")]
@@ -430,10 +431,7 @@ async def test_an_agent_that_hangs_up_while_held_withdraws_the_ask(rig: RigFacto
         writer.write(b"GET / HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
         await asyncio.wait_for(r.approver.asked.wait(), 5)
         await close_writer(writer)
-        for _ in range(100):
-            if r.approver.cancelled:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: r.approver.cancelled, timeout=5)
 
     assert r.approver.cancelled == 1
     assert r.site.received == []
