@@ -13,8 +13,8 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +24,7 @@ from clawden.bus import publish, subjects
 from clawden.chat import inbound_event
 from clawden.cli import parser
 from clawden.config import free_nats_port
+from tests.eventually import eventually_sync
 from tests.ops.conftest import Core, fresh_home
 
 pytestmark = pytest.mark.process  # each test runs the `clawden` command as a process
@@ -169,14 +170,14 @@ async def _talk(core: Core, chat_id: str) -> None:
 @pytest.fixture(scope="module")
 def session(core: Core) -> str:
     asyncio.run(_talk(core, "tasks-chat"))
-    deadline = time.monotonic() + 30
-    while True:  # the router commits the session a moment after the message: ask until it lists it
-        listed = json.loads(core.clawden("sessions", "--json").stdout or "[]")
-        found = [s["id"] for s in listed if s["chat_id"] == "tasks-chat"]
-        if found:
-            return str(found[0])
-        assert time.monotonic() < deadline, listed
-        time.sleep(0.1)
+    return str(eventually_sync(lambda: chat_sessions(core, "tasks-chat"), 30)[0]["id"])
+
+
+def chat_sessions(core: Core, *chat_ids: str) -> list[dict[str, Any]]:
+    """The sessions of these chats, once each has one (the router commits a session a moment after its
+    message), else none."""
+    listed = [s for s in json.loads(core.clawden("sessions", "--json").stdout or "[]") if s["chat_id"] in chat_ids]
+    return listed if {s["chat_id"] for s in listed} == set(chat_ids) else []
 
 
 def tasks(core: Core) -> list[dict[str, object]]:
@@ -357,11 +358,7 @@ def test_chats_list_says_what_answers_each_chat_and_a_chats_own_wiring_replaces_
         rows = {tuple(line.split()[:2]): line for line in core.clawden("chats", "list").stdout.splitlines()[1:]}
         assert rows[("local", "tasks-chat")].endswith("main (via *)")
         assert rows[("local", "kitchen")].endswith("family")
-        deadline = time.monotonic() + 30
-        while not (kitchen := [s for s in json.loads(core.clawden("sessions", "--json").stdout)
-                               if s["chat_id"] == "kitchen"]):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)  # the router commits the session a moment after the message
+        kitchen = eventually_sync(lambda: chat_sessions(core, "kitchen"), 30)
         assert [s["agent_group"] for s in kitchen] == ["family"]  # not main too, through `local *`
     finally:
         core.clawden("chats", "delete", "local", "kitchen")
@@ -384,11 +381,7 @@ def test_status_and_the_rest_end_quietly_when_their_reader_went_away(core: Core,
 def test_a_task_without_session_goes_to_the_owners_terminal_not_the_latest_chat(core: Core, session: str) -> None:
     asyncio.run(_talk(core, "terminal"))
     asyncio.run(_talk(core, "somebody-elses"))  # the group's most recent chat, which nobody may watch
-    deadline = time.monotonic() + 30
-    while {"terminal", "somebody-elses"} - {s["chat_id"] for s in json.loads(core.clawden("sessions",
-                                                                                          "--json").stdout)}:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)  # the router commits each session a moment after its message
+    eventually_sync(lambda: chat_sessions(core, "terminal", "somebody-elses"), 30)
 
     added = core.clawden("tasks", "add", "0 9 * * *", "plan the day", "--json")
     task = json.loads(added.stdout)
