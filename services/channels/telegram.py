@@ -45,6 +45,7 @@ PHOTO_REFUSALS = ("PHOTO_INVALID_DIMENSIONS", "IMAGE_PROCESS_FAILED", "PHOTO_EXT
 EXPIRED_BUTTON = "This button is no longer active."
 ALBUM_WAIT = 1.0  # seconds an album last in a poll waits for its other parts (they come within moments)
 MAX_CAPTION = 1024  # a photo's or file's caption, in UTF-16 units like the text
+TOO_LARGE = Path("/dev/null/too-large")  # a file Telegram will not hand a bot (over 20 MB): said in the text
 
 CAPABILITIES = Capabilities(
     max_text=4096, measure=utf16_len, threads=True, edits=True, reactions=True, files=True, cards=True,
@@ -168,13 +169,24 @@ def addresses_bot(message: dict[str, Any], bot: BotIdentity) -> bool:
             return True
         if kind == "bot_command" and entity_text(text, entity).lower().endswith(name):
             return True
-    replied = message.get("reply_to_message") or {}
+    replied = real_reply(message) or {}
     return bool((replied.get("from") or {}).get("id") == bot.id)
+
+
+def real_reply(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The message this one answers, if someone chose to answer one: in a topic every message that replies to
+    nothing carries the topic's `forum_topic_created` message as reply_to_message (core.telegram.org/bots/api#message),
+    which is where it was posted, not what it answers."""
+    replied = message.get("reply_to_message")
+    if not replied or "forum_topic_created" in replied:
+        return None
+    return dict(replied)
 
 
 def route_of(message: dict[str, Any]) -> ev.Route:
     chat = message["chat"]
-    # Only forum topics are threads; other replies in a supergroup also carry a thread id.
+    # Only topics are threads (in forum supergroups, and since Bot API 9.3 in private chats with the bot
+    # when it has topics enabled); other replies in a supergroup also carry a thread id.
     thread = str(message["message_thread_id"]) if message.get("is_topic_message") else None
     return ev.Route(channel=CHANNEL, chat_id=str(chat["id"]), thread_id=thread)
 
@@ -229,7 +241,7 @@ def inbound_message(message: dict[str, Any], bot: BotIdentity) -> ev.InboundMess
         return None
     chat = message["chat"]
     is_group = chat.get("type") in ("group", "supergroup")
-    replied = message.get("reply_to_message")
+    replied = real_reply(message)
     return ev.InboundMessage(
         route=route_of(message), message_id=message_key(chat["id"], message["message_id"]),
         sender=sender_of(message), text=text, sent_at=float(message.get("date", 0)),
@@ -237,7 +249,7 @@ def inbound_message(message: dict[str, Any], bot: BotIdentity) -> ev.InboundMess
         mentioned=not is_group or question is not None or addresses_bot(message, bot),
         reply_to=message_key(chat["id"], replied["message_id"]) if replied else None,
         attachments=tuple(ev.Attachment(name=f.name, mime=f.mime, size=f.size) for f in files),
-        supports_threads=bool(chat.get("is_forum")),
+        supports_threads=bool(chat.get("is_forum") or message.get("is_topic_message")),
     )
 
 
@@ -577,24 +589,42 @@ class TelegramBridge(Bridge):
         if not refs:
             return event
         attachments = []
+        too_large = []
         for ref, attachment in zip(refs, event.attachments, strict=True):
             path = await self._download(ref, event, inbound)
+            if path is TOO_LARGE:
+                too_large.append(ref.name)
+                path = None
             attachments.append(msgspec.structs.replace(attachment, url=path.as_uri()) if path else attachment)
-        return msgspec.structs.replace(event, attachments=tuple(attachments))
+        text = event.text
+        if too_large:
+            # The message still goes: the agent reads the words and knows a file came that it cannot open.
+            text = (text + "\n\n" if text else "") + "".join(
+                f"[{name} was too large to fetch: Telegram lets bots download files of at most 20 MB]"
+                for name in too_large)
+        return msgspec.structs.replace(event, attachments=tuple(attachments), text=text)
 
     async def _download(self, ref: FileRef, event: ev.InboundMessage, inbound: Inbound) -> Path | None:
+        """The fetched file, TOO_LARGE when Telegram will not serve it to a bot, or None when fetching failed."""
         limit = self.capabilities.max_download_bytes
         if ref.size > limit:
             log.info("not fetching %s (%d bytes): over the %d-byte limit", ref.name, ref.size, limit)
-            return None
+            return TOO_LARGE
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", ref.name)[-100:] or "file"
         dest = inbound.files_dir / event.route.chat_id / f"{event.message_id.rsplit(':', 1)[-1]}-{safe}"
         for attempt in range(3):
             try:
                 info = await self.api.call("getFile", {"file_id": ref.file_id})
+                if not info.get("file_path"):
+                    # File.file_path is optional (core.telegram.org/bots/api#file): absent for a file over the
+                    # 20 MB a bot may download, whatever size the message claimed.
+                    log.info("not fetching %s: Telegram gave no path for it (over 20 MB)", ref.name)
+                    return TOO_LARGE
                 await self.api.download(str(info["file_path"]), dest, limit, inbound.alive)
                 return dest
             except TelegramError as exc:
+                if "file is too big" in exc.description:
+                    return TOO_LARGE
                 if exc.kind == "permanent" or attempt == 2:
                     log.warning("could not fetch %s from message %s: %s", ref.name, event.key, exc.description)
                     return None

@@ -195,6 +195,45 @@ async def test_an_attachment_is_fetched_into_the_bridges_folder(
     assert path.is_relative_to(bridge.home / "data" / "channels" / "telegram" / "files")
 
 
+async def test_a_file_telegram_gives_no_path_for_still_delivers_the_message_saying_it_was_too_large(
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    bridge.start()
+    sent = fake.send(chat, ada, "the holiday video", document=("trip.mp4", b"\x00" * 64, "video/mp4"))
+    fake.drop_file_path(sent["document"]["file_id"])  # getFile answers without file_path, as for files over 20 MB
+    fake.send(chat, ada, "did it arrive?")
+    await until(lambda: fake.confirmed_offset > sent["message_id"] and fake.pending_updates == 0, 15)
+    first, second = await bus.inbound()
+    assert first.text == ("the holiday video\n\n[trip.mp4 was too large to fetch: Telegram lets bots download files "
+                          "of at most 20 MB]")
+    assert [(a.name, a.url) for a in first.attachments] == [("trip.mp4", "")]
+    assert second.text == "did it arrive?"
+
+
+async def test_a_message_in_a_private_chat_topic_keeps_its_topic_and_the_answer_goes_there(
+        tmp_path: Path, nats_server: NatsServer, bus: Bus) -> None:
+    fake = FakeTelegram(private_topics=True).start_in_thread()
+    bridge = BridgeProcess(tmp_path / "home", nats_server.url, fake)
+    try:
+        ada = fake.user("Ada")
+        chat = fake.private_chat(ada)
+        trip = fake.topic(chat, ada, "Trip")
+        bridge.start()
+        fake.send(chat, ada, "book the train", thread_id=trip)
+        await until(lambda: fake.pending_updates == 0 and fake.confirmed_offset > 0, 15)
+        [event] = [e for e in await bus.inbound() if isinstance(e, ev.InboundMessage)]
+        assert (event.route.thread_id, event.supports_threads, event.reply_to) == (str(trip), True, None)
+        await bus.send(chat["id"], "booked", id="train", thread_id=event.route.thread_id)
+        [receipt] = await bus.wait_receipts(1)
+        assert receipt.ok, receipt.error
+        [answer] = fake.bot_messages(chat)
+        assert (answer["text"], answer["message_thread_id"]) == ("booked", trip)
+    finally:
+        bridge.close()
+        fake.stop_thread()
+
+
 async def test_an_album_arrives_as_one_message_with_every_photo(
         fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
     ada = fake.user("Ada")

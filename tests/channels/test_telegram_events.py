@@ -20,6 +20,7 @@ from services.channels.telegram import (
     inline_keyboard,
     platform_message_id,
 )
+from services.router import engage
 from tests.fakes import telegram as fake_telegram
 from tests.fakes.telegram import ANONYMOUS_ADMIN, CHANNEL_BOT, TELEGRAM_SERVICE, auto_entities
 
@@ -188,3 +189,28 @@ def test_a_reaction_with_no_near_one_is_refused_with_the_list() -> None:
 def test_the_bridge_and_the_fake_agree_on_telegrams_reactions() -> None:
     assert set(telegram.REACTIONS) == fake_telegram.REACTIONS and len(telegram.REACTIONS) == 73
     assert set(telegram.NEAREST.values()) <= fake_telegram.REACTIONS
+
+
+def test_the_implicit_reply_to_a_topics_first_message_is_no_reply_and_does_not_address_the_bot() -> None:
+    fake = fake_telegram.FakeTelegram()
+    ada, bob = fake.user("Ada"), fake.user("Bob")
+    forum = fake.group("Family", forum=True)
+    trip = fake.topic(forum, fake.bot, "Trip")  # the bot opened the topic: its first message is the bot's
+    plain = fake.send(forum, ada, "what about Tuesday?", thread_id=trip)
+    answer = fake.send(forum, bob, "Tuesday works", thread_id=trip, reply_to=plain["message_id"])
+    assert plain["reply_to_message"]["forum_topic_created"] == {"name": "Trip", "icon_color": 7322096}
+    bot = BotIdentity(int(fake.bot["id"]), str(fake.bot["username"]))
+    first, second = inbound_message(plain, bot), inbound_message(answer, bot)
+    assert first is not None and second is not None
+    assert (first.route.thread_id, first.reply_to, first.mentioned) == (str(trip), None, False)
+    assert (second.reply_to, second.mentioned) == (f"{forum['id']}:{plain['message_id']}", False)
+
+
+def test_a_private_chat_topic_survives_routing_as_a_thread() -> None:
+    fake = fake_telegram.FakeTelegram(private_topics=True)
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    trip = fake.topic(chat, ada, "Trip")
+    event = inbound_message(fake.send(chat, ada, "book the train", thread_id=trip), BOT)
+    assert event is not None
+    assert engage.effective_thread(event) == str(trip)

@@ -148,6 +148,7 @@ class _Chat:
     # bot had when it joined: a change in @BotFather applies once the bot is removed and re-added.
     bot_reads_all: bool = True
     bot_admin: bool = False
+    topics: dict[int, dict[str, Any]] = field(default_factory=dict)  # thread id -> its forum_topic_created message
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
@@ -218,7 +219,7 @@ class FakeTelegram(ThreadedServer):
     `clock` (wall-clock seconds) dates messages and ages updates; pass a `Clock` to move time by hand."""
 
     def __init__(self, token: str = TOKEN, bot_username: str = "clawden_test_bot", *, privacy: bool = True,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, private_topics: bool = False) -> None:
         self.token = token
         self.clock = clock
         bot_id = int(token.split(":", 1)[0])
@@ -226,7 +227,10 @@ class FakeTelegram(ThreadedServer):
         # when privacy mode is off; bots are created with privacy mode on.
         self.bot = {"id": bot_id, "is_bot": True, "first_name": "Clawden", "username": bot_username,
                     "can_join_groups": True, "can_read_all_group_messages": not privacy,
-                    "supports_inline_queries": False}
+                    "supports_inline_queries": False,
+                    # Bot API 9.3: User.has_topics_enabled (core.telegram.org/bots/api#user): forum topic
+                    # mode is on for the bot's private chats (set in @BotFather).
+                    "has_topics_enabled": private_topics}
         self.withheld: list[dict[str, Any]] = []  # group messages privacy mode kept from the bot
         self.calls: list[Call] = []
         self.webhook_url = ""
@@ -371,6 +375,30 @@ class FakeTelegram(ThreadedServer):
             self._chats[info["id"]] = _Chat(info)
             return info
 
+    def topic(self, chat: dict[str, Any], by: dict[str, Any], name: str = "Trip") -> int:
+        """Someone opens a topic in a forum supergroup, or in a private chat with the bot when the bot has
+        topics enabled (Bot API 9.3); returns its message_thread_id, the id of its `forum_topic_created`
+        service message (core.telegram.org/bots/api#forumtopiccreated)."""
+        with self._lock:
+            state = self._chats[chat["id"]]
+            if not self._has_topics(state):
+                raise ValueError("topics exist only in forum supergroups and, with topics enabled, private chats")
+            created = self._service_message(state, by, {"forum_topic_created": {"name": name, "icon_color": 7322096}})
+            thread = int(created["message_id"])
+            created |= {"message_thread_id": thread, "is_topic_message": True}
+            state.topics[thread] = created
+            return thread
+
+    def _has_topics(self, state: _Chat) -> bool:
+        return bool(state.info.get("is_forum")) or (
+            state.info["type"] == "private" and bool(self.bot.get("has_topics_enabled")))
+
+    def drop_file_path(self, file_id: str) -> None:
+        """getFile answers for this file without `file_path`: the field is optional (Bot API: File,
+        core.telegram.org/bots/api#file), and a bot cannot download such a file."""
+        with self._lock:
+            self._files[file_id] = ("", self._files[file_id][1])
+
     def add_file(self, content: bytes) -> str:
         with self._lock:
             n = next(self._file_ids)
@@ -409,7 +437,11 @@ class FakeTelegram(ThreadedServer):
                 message["reply_to_message"] = state.messages[reply_to]
             if thread_id is not None:
                 message["message_thread_id"] = thread_id
-                message["is_topic_message"] = bool(state.info.get("is_forum"))
+                message["is_topic_message"] = self._has_topics(state)
+                if reply_to is None and thread_id in state.topics:
+                    # In a topic, a message that replies to nothing still carries reply_to_message: the
+                    # topic's forum_topic_created message (core.telegram.org/bots/api#message, message_thread_id).
+                    message["reply_to_message"] = state.topics[thread_id]
             if animation is not None:
                 # Bot API: Message.animation: "For backward compatibility, when this field is set, the
                 # document field will also be set" (core.telegram.org/bots/api#message): one file, twice.
@@ -776,7 +808,9 @@ class FakeTelegram(ThreadedServer):
                                    "date": int(self.clock()), **extra}
         thread = params.get("message_thread_id")
         if thread is not None:
-            if not state.info.get("is_forum"):
+            # Bot API: sendMessage.message_thread_id, "for forum supergroups and private chats of bots with
+            # forum topic mode enabled only" (core.telegram.org/bots/api#sendmessage, Bot API 9.3).
+            if not self._has_topics(state):
                 raise _Refused(400, "Bad Request: message thread not found")
             message["message_thread_id"] = int(thread)
             message["is_topic_message"] = True
@@ -925,8 +959,8 @@ class FakeTelegram(ThreadedServer):
         path, content = self._files[file_id]
         if len(content) > DOWNLOAD_LIMIT:
             raise _Refused(400, "Bad Request: file is too big")
-        return {"file_id": file_id, "file_unique_id": f"AgAD{file_id[-6:]}", "file_size": len(content),
-                "file_path": path}
+        found = {"file_id": file_id, "file_unique_id": f"AgAD{file_id[-6:]}", "file_size": len(content)}
+        return found | {"file_path": path} if path else found
 
     def _webhook_info(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"url": self.webhook_url, "has_custom_certificate": False, "pending_update_count": len(self._updates)}
