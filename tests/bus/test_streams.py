@@ -82,7 +82,7 @@ async def test_malformed_message_is_logged_and_terminated_and_consuming_goes_on(
     assert "at `$.text`" in caplog.text and "JSON is malformed" in caplog.text
     await nc.flush()  # the terms have reached the server: a termed message is no longer pending, so never redelivered
     info = await js.consumer_info("CLAWDEN_INBOUND", "t")
-    assert info.num_ack_pending == 0 and info.num_redelivered == 0
+    assert info.num_ack_pending == 0 and info.num_redelivered == 0 and info.num_pending == 0  # none nak'd either
 
 
 async def test_a_failing_handler_gets_the_message_again(nc: Client) -> None:
