@@ -78,7 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from clawden.runtime import SERVICES, installed_channels
+    from clawden.registry import installed_channels
+    from clawden.runtime import SERVICES
     from clawden.supervisor import up
 
     known = [*SERVICES, *(f"channel@{name}" for name in installed_channels())]

@@ -9,6 +9,8 @@ from typing import Any
 
 import msgspec
 
+from clawden.registry import installed_channels
+
 
 class NatsConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Empty url: Clawden's own embedded server on 127.0.0.1:port. Anything else: use that server.
@@ -249,8 +251,6 @@ def unknown_in_file(cfg: Config) -> list[str]:
 
 def configured_bridges(cfg: Config, environ: dict[str, str] | None = None) -> list[str]:
     """Bridges with a token (`keys/<name>` or `CLAWDEN_<NAME>_TOKEN`): `clawden up` runs those."""
-    from clawden.runtime import installed_channels  # the runtime imports this module
-
     env = dict(os.environ) if environ is None else environ
     names = installed_channels()
     return [f"channel@{n}" for n in sorted(names)

@@ -30,7 +30,7 @@ from nats.aio.client import Client
 from clawden import agentcontainer, natsauth
 from clawden.bridgeconfig import BridgeConfigError, read_secret
 from clawden.config import Config, configured_bridges, unknown_in_file
-from clawden.runtime import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE, installed_channels
+from clawden.registry import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE, installed_channels
 from clawden.status import Unreachable, connect_cli, ctl, start_hint
 from clawden.vaultfiles import BUNDLE_FILE, CA_CERT, CA_FILE, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
 

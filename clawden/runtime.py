@@ -9,7 +9,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import pkgutil
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from clawden import config as config_mod
 from clawden import logs, natsauth
 from clawden.bus import ensure_streams, subjects
 from clawden.bus.streams import wait_streams
+from clawden.registry import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE
 from clawden.sdnotify import Notifier
 
 log = logging.getLogger("clawden.runtime")
@@ -44,8 +44,6 @@ SERVICES = {
     "scheduler": "services.scheduler.service",
     "approvals": "services.approvals.service",
 }
-CHANNEL_MODULE = "services.channels.{}"
-CHANNEL_ENTRY_POINTS = "clawden.channels"  # third-party bridges: `<name> = "pkg.module:main"`
 
 
 EX_CONFIG = 78  # sysexits.h: units name it in RestartPreventExitStatus=, so no restart loop
@@ -120,19 +118,6 @@ class ServiceContext:
         self.notifier.ready(status or f"{self.name} ready")
         self._ready.set()
         log.info("%s ready", self.name)
-
-
-def installed_channels() -> dict[str, str]:
-    """Bridge name -> where it comes from: a package's entry point, or a module built into Clawden."""
-    found: dict[str, str] = {}
-    for entry in importlib.metadata.entry_points(group=CHANNEL_ENTRY_POINTS):
-        dist = entry.dist
-        found.setdefault(entry.name, f"{dist.name} {dist.version}" if dist is not None else entry.value)
-    package = importlib.import_module(CHANNEL_MODULE.rsplit(".", 1)[0])
-    for module in pkgutil.iter_modules(package.__path__):
-        if module.name not in found and hasattr(importlib.import_module(CHANNEL_MODULE.format(module.name)), "main"):
-            found[module.name] = "built in"
-    return dict(sorted(found.items()))
 
 
 def load_main(name: str) -> ServiceMain:

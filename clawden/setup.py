@@ -6,7 +6,7 @@ from pathlib import Path
 
 from clawden import config as config_mod
 from clawden import natsauth
-from clawden.runtime import installed_channels
+from clawden.registry import installed_channels
 
 STARTER_CLAUDE_MD = """\
 # Your assistant

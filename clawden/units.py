@@ -347,7 +347,7 @@ def identities(cfg: Config) -> Call | None:
     if not cfg.embedded_nats:
         return None
     from clawden import natsauth
-    from clawden.runtime import installed_channels
+    from clawden.registry import installed_channels
 
     channels = tuple(installed_channels())
     conf, seeds = natsauth.conf_path(cfg), natsauth.seed_dir(cfg)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from clawden import config as config_mod
-from clawden.runtime import installed_channels
+from clawden.registry import installed_channels
 
 
 async def running(cfg: config_mod.Config) -> dict[str, dict[str, Any]] | None:

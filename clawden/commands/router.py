@@ -42,7 +42,7 @@ def _call(args: argparse.Namespace, resource: str, payload: Payload) -> Any:
 def _known_channel(args: argparse.Namespace, channel: str, *, to_pair: bool = False) -> None:
     """Refuse a channel no bridge here serves: a wiring or chat for a typo would wait for nobody. `local`
     is the terminal; pairing needs a bridge with its token (the one `clawden up` runs)."""
-    from clawden.runtime import installed_channels
+    from clawden.registry import installed_channels
 
     bridges = sorted(installed_channels())
     known = bridges if to_pair else ["local", *bridges]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from clawden import config
-from clawden.runtime import installed_channels
+from clawden.registry import installed_channels
 from tests.channels.harness import BridgeProcess
 from tests.chaos import fuzz
 from tests.chaos.chaos import SERVICES
