@@ -95,7 +95,7 @@ class Router:
 
     async def on_batch(self, msgs: Sequence[Msg]) -> None:
         decoder: msgspec.json.Decoder[Inbound] = ev.decoder_for(Inbound)  # type: ignore[arg-type]  # a union is no type[T]
-        events: list[Inbound] = []
+        events: list[ev.InboundMessage | ev.ChatMoved] = []  # clicks go to the approvals service
         keyed: list[tuple[Msg, str]] = []
         for msg in msgs:
             try:
