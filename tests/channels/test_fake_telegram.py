@@ -260,3 +260,58 @@ async def test_an_update_nobody_fetched_for_24_hours_is_gone_and_the_next_one_ke
         assert [u["message"] for u in fake.expired] == [old]
     finally:
         fake.stop_thread()
+
+
+async def test_a_bot_cannot_write_first_to_a_user_who_never_wrote_to_it(
+        fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    ada = fake.user("Ada")  # known to Telegram (say, from a group), but she never started the bot
+    status, body = await call(api, "sendMessage", chat_id=ada["id"], text="hello")
+    assert (status, body) == (403, {"ok": False, "error_code": 403,
+                                    "description": "Forbidden: bot can't initiate conversation with a user"})
+    fake.private_chat(ada)  # she presses Start
+    assert (await call(api, "sendMessage", chat_id=ada["id"], text="hello"))[0] == 200
+
+
+async def test_a_callback_query_answered_too_late_is_refused() -> None:
+    clock = Clock()
+    fake = FakeTelegram(clock=clock).start_in_thread()
+    try:
+        ada = fake.user("Ada")
+        chat = fake.private_chat(ada)
+        card = fake._send_message({"chat_id": chat["id"], "text": "?", "reply_markup": {
+            "inline_keyboard": [[{"text": "Yes", "callback_data": "y"}]]}})
+        prompt = fake.click(chat, card["message_id"], ada)
+        late = fake.click(chat, card["message_id"], ada)
+        async with httpx.AsyncClient(base_url=f"{fake.url}/bot{fake.token}/", timeout=10) as api:
+            clock.advance(10)
+            answered = await call(api, "answerCallbackQuery", callback_query_id=prompt)
+            clock.advance(10)
+            refused = await call(api, "answerCallbackQuery", callback_query_id=late)
+        assert answered[0] == 200
+        assert refused == (400, {"ok": False, "error_code": 400, "description": "Bad Request: query is too old and "
+                                 "response timeout expired or query ID is invalid"})
+    finally:
+        fake.stop_thread()
+
+
+async def test_flood_limits_refuse_a_second_message_a_second_in_a_chat_and_a_21st_a_minute_in_a_group() -> None:
+    clock = Clock()
+    fake = FakeTelegram(clock=clock, flood_limits=True).start_in_thread()
+    try:
+        ada = fake.user("Ada")
+        chat = fake.private_chat(ada)
+        family = fake.group("Family")
+        async with httpx.AsyncClient(base_url=f"{fake.url}/bot{fake.token}/", timeout=10) as api:
+            assert (await call(api, "sendMessage", chat_id=chat["id"], text="one"))[0] == 200
+            too_soon = await call(api, "sendMessage", chat_id=chat["id"], text="two")
+            clock.advance(1)
+            assert (await call(api, "sendMessage", chat_id=chat["id"], text="two"))[0] == 200
+            for n in range(20):
+                assert (await call(api, "sendMessage", chat_id=family["id"], text=f"{n}"))[0] == 200
+                clock.advance(2)
+            twenty_first = await call(api, "sendMessage", chat_id=family["id"], text="20")
+        assert too_soon == (429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 1",
+                                  "parameters": {"retry_after": 1}})
+        assert twenty_first[0] == 429 and twenty_first[1]["parameters"] == {"retry_after": 20}
+    finally:
+        fake.stop_thread()

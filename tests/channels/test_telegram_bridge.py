@@ -4,6 +4,7 @@ nothing lost, nothing repeated, every failure reported."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import time
@@ -334,6 +335,47 @@ async def test_a_press_on_a_button_nobody_knows_is_answered_as_expired_and_goes_
     await until(lambda: fake.answered(query) is not None, 15)
     assert fake.answered(query) == {"text": "This button is no longer active."}
     assert not [e for e in await bus.inbound() if isinstance(e, ev.InboundAction)]
+
+
+async def test_a_press_made_while_the_bridge_was_down_still_counts_though_telegram_refuses_the_late_answer(
+        tmp_path: Path, nats_server: NatsServer, bus: Bus) -> None:
+    clock = Clock()
+    fake = FakeTelegram(clock=clock).start_in_thread()
+    bridge = BridgeProcess(tmp_path / "home", nats_server.url, fake)
+    try:
+        ada = fake.user("Ada")
+        chat = fake.private_chat(ada)
+        bridge.start()
+        await bus.send(chat["id"], "Lunch?", id="lunch",
+                       card=ev.Card(title="?", buttons=(ev.Button(id="y", label="Y"),)))
+        await bus.wait_receipts(1)
+        [card] = fake.bot_messages(chat)
+        assert bridge.stop() == 0
+        query = fake.click(chat, card["message_id"], ada)
+        clock.advance(60)  # the spinner is long gone: Telegram no longer takes an answer
+        fake.send(chat, ada, "and dessert?")
+        bridge.start()
+        await until(lambda: fake.pending_updates == 0 and fake.confirmed_offset > 0, 15)
+        await until(lambda: len(fake.calls_to("answerCallbackQuery")) == 1, 15)
+        assert [c.outcome for c in fake.calls_to("answerCallbackQuery")] == ["error 400"]
+        assert fake.answered(query) is None
+        events = await bus.inbound()
+        assert [(type(e).__name__, getattr(e, "button_id", getattr(e, "text", ""))) for e in events] == [
+            ("InboundAction", "y"), ("InboundMessage", "and dessert?")]
+    finally:
+        bridge.close()
+        fake.stop_thread()
+
+
+async def test_a_first_message_to_a_user_who_never_wrote_to_the_bot_fails_saying_why(
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    bob = fake.user("Bob")  # never pressed Start
+    bridge.start()
+    await bus.send(bob["id"], "hello Bob", id="hello")
+    [receipt] = await bus.wait_receipts(1)
+    assert not receipt.ok and not receipt.unconfirmed
+    assert receipt.error == "Forbidden: bot can't initiate conversation with a user"
+    assert [c.outcome for c in fake.calls_to("sendMessage")] == ["error 403"]  # tried once: retrying cannot help
 
 
 async def test_an_edit_and_a_reaction_reach_the_message(fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
@@ -732,6 +774,27 @@ async def test_a_send_refused_because_the_group_was_upgraded_goes_to_the_supergr
     assert fake.typing(supergroup) and bot.moved == {family["id"]: supergroup["id"]}
     assert refused.value.kind == "permanent" and "became a supergroup" in str(refused.value)
     assert [c.outcome for c in fake.calls_to("sendMessage")] == ["ok", "error 400", "ok"]
+
+
+async def test_under_telegrams_flood_limits_a_burst_to_one_group_arrives_whole_and_in_order(
+        tmp_path: Path, nats_server: NatsServer, bus: Bus) -> None:
+    fake = FakeTelegram(flood_limits=True).start_in_thread()
+    bridge = BridgeProcess(tmp_path / "home", nats_server.url, fake)
+    try:
+        family = fake.group("Family")
+        bridge.start()
+        for n in range(3):
+            await bus.send(family["id"], f"step {n}", id=f"step-{n}")
+        receipts = await bus.wait_receipts(3)
+        assert all(r.ok for r in receipts)
+        assert fake.texts(family) == ["step 0", "step 1", "step 2"]
+        calls = fake.calls_to("sendMessage")
+        assert "error 429" in [c.outcome for c in calls]  # the bridge did go too fast, and waited as told
+        posted = [c.at for c in calls if c.outcome == "ok"]
+        assert all(later - earlier >= 1.0 for earlier, later in itertools.pairwise(posted))
+    finally:
+        bridge.close()
+        fake.stop_thread()
 
 
 async def test_a_long_rate_limit_is_announced_with_a_receipt_that_is_not_final(

@@ -11,7 +11,9 @@ It is as strict as Telegram where a bridge can go wrong, each rule citing the Bo
 comes from: privacy mode in groups (on by default, as for a new bot; `set_privacy`, `readd`), a group's
 upgrade to a supergroup (`migrate`), photos it refuses (dimensions, ratio, unreadable bytes), captions
 instead of text on media, stand-in senders for anonymous admins and channels (`send(as_chat=...)`),
-albums (`send_album`), updates dropped unfetched after 24 h (`clock=Clock()`, then `advance`).
+albums (`send_album`), updates dropped unfetched after 24 h (`clock=Clock()`, then `advance`), topics in
+forums and private chats (`topic`), no first message to a user who never wrote, callback answers that
+expire, flood limits (`flood_limits=True`).
 
     fake = FakeTelegram(); fake.start_in_thread()
     ada = fake.user("Ada"); chat = fake.private_chat(ada)
@@ -70,6 +72,7 @@ _OBJECT_PARAMS = {"reply_markup", "reply_parameters", "allowed_updates", "reacti
 # until the bot receives them either way, but they will not be kept longer than 24 hours". The update ids
 # they held are not reused: the next update a bot gets after such a gap has a higher id than its offset.
 UPDATE_LIFETIME = 24 * 3600.0
+CALLBACK_ANSWER_WINDOW = 15.0  # seconds a callback query may still be answered (see _answer_query)
 NOT_MODIFIED = ("Bad Request: message is not modified: specified new message content and reply markup are "
                 "exactly the same as a current content and reply markup of the message")
 
@@ -149,6 +152,7 @@ class _Chat:
     bot_reads_all: bool = True
     bot_admin: bool = False
     topics: dict[int, dict[str, Any]] = field(default_factory=dict)  # thread id -> its forum_topic_created message
+    sends: list[float] = field(default_factory=list)  # when the bot posted here, for the flood limits
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
@@ -219,9 +223,12 @@ class FakeTelegram(ThreadedServer):
     `clock` (wall-clock seconds) dates messages and ages updates; pass a `Clock` to move time by hand."""
 
     def __init__(self, token: str = TOKEN, bot_username: str = "clawden_test_bot", *, privacy: bool = True,
-                 clock: Callable[[], float] = time.time, private_topics: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, private_topics: bool = False,
+                 flood_limits: bool = False) -> None:
         self.token = token
         self.clock = clock
+        self.flood_limits = flood_limits  # off by default: most tests send faster than Telegram allows
+        self._sends: list[float] = []  # when the bot's messages were posted, every chat
         bot_id = int(token.split(":", 1)[0])
         # Bot API: getMe, User.can_read_all_group_messages (core.telegram.org/bots/api#user) is true
         # when privacy mode is off; bots are created with privacy mode on.
@@ -246,6 +253,7 @@ class FakeTelegram(ThreadedServer):
         self._group_ids = itertools.count(1)
         self._query_ids = itertools.count(9_000_000_001)
         self._queries: dict[str, dict[str, Any] | None] = {}  # id -> the answer, once answered
+        self._query_at: dict[str, float] = {}  # id -> when the button was pressed, by `clock`
         self._files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, content)
         self._file_ids = itertools.count(1)
         self._faults: dict[str, deque[Fault]] = defaultdict(deque)
@@ -307,6 +315,8 @@ class FakeTelegram(ThreadedServer):
             return user
 
     def private_chat(self, user: dict[str, Any]) -> dict[str, Any]:
+        """The user's private chat with the bot: they pressed Start (or wrote), so the bot may write there.
+        A user without one can be sent nothing (see `_chat`)."""
         with self._lock:
             info = {"id": user["id"], "type": "private", "first_name": user["first_name"], "username": user["username"]}
             self._chats.setdefault(user["id"], _Chat(info))
@@ -499,6 +509,7 @@ class FakeTelegram(ThreadedServer):
                 data = str(chosen["callback_data"])
             query_id = str(next(self._query_ids))
             self._queries[query_id] = None
+            self._query_at[query_id] = self.clock()
             self._enqueue("callback_query", {"id": query_id, "from": user, "message": message,
                                              "chat_instance": f"-{abs(chat['id'])}77", "data": data})
             return query_id
@@ -794,6 +805,11 @@ class FakeTelegram(ThreadedServer):
         except (TypeError, ValueError):
             raise _Refused(400, "Bad Request: chat not found") from None
         state = self._chats.get(chat_id)
+        if state is None and chat_id in self._users:
+            # Bot API: a bot cannot write first (core.telegram.org/bots#how-are-bots-different-from-users:
+            # "Bots can't initiate conversations with users. A user must either add them to a group or send
+            # them a message first"): a user the fake knows with no private chat never wrote to the bot.
+            raise _Refused(403, "Forbidden: bot can't initiate conversation with a user")
         if state is None:
             raise _Refused(400, "Bad Request: chat not found")
         if state.migrated_to is not None:
@@ -803,7 +819,29 @@ class FakeTelegram(ThreadedServer):
             raise _Refused(*state.blocked)
         return state
 
+    def _flood(self, state: _Chat) -> None:
+        """Bot API FAQ, "My bot is hitting limits, how do I avoid this?" (core.telegram.org/bots/faq#my-bot-is-
+        hitting-limits-how-do-i-avoid-this): in one chat no more than one message per second, in a group no
+        more than 20 a minute, and about 30 a second overall; beyond that a 429 with parameters.retry_after
+        (whole seconds). Telegram tolerates short bursts; the fake, when asked (`flood_limits`), does not."""
+        if not self.flood_limits:
+            return
+        now = self.clock()
+        waits = [0.0]
+        if state.sends and now - state.sends[-1] < 1.0:
+            waits.append(1.0 - (now - state.sends[-1]))
+        minute = [t for t in state.sends if now - t < 60.0]
+        if state.info["type"] in ("group", "supergroup") and len(minute) >= 20:
+            waits.append(60.0 - (now - minute[-20]))
+        second = [t for t in self._sends if now - t < 1.0]
+        if len(second) >= 30:
+            waits.append(1.0 - (now - second[-30]))
+        if max(waits) > 0:
+            after = max(1, int(max(waits) + 0.999))
+            raise _Refused(429, f"Too Many Requests: retry after {after}", {"retry_after": after})
+
     def _bot_message(self, state: _Chat, params: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        self._flood(state)
         message: dict[str, Any] = {"message_id": state.next_id, "from": self.bot, "chat": state.info,
                                    "date": int(self.clock()), **extra}
         thread = params.get("message_thread_id")
@@ -828,6 +866,8 @@ class FakeTelegram(ThreadedServer):
         state.next_id += 1
         state.messages[message["message_id"]] = message
         state.bot_sent.append(message["message_id"])
+        state.sends.append(self.clock())
+        self._sends.append(self.clock())
         return message
 
     def _send_message(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -947,7 +987,11 @@ class FakeTelegram(ThreadedServer):
 
     def _answer_query(self, params: dict[str, Any]) -> bool:
         query_id = str(params.get("callback_query_id", ""))
-        if query_id not in self._queries or self._queries[query_id] is not None:
+        # Bot API: answerCallbackQuery (core.telegram.org/bots/api#answercallbackquery): the client shows a
+        # progress bar until the bot answers, and a query answered late, twice or never issued gets this
+        # 400. The reference gives no number; Telegram's servers stop taking the answer after about 15 s.
+        too_old = self.clock() - self._query_at.get(query_id, 0.0) > CALLBACK_ANSWER_WINDOW
+        if query_id not in self._queries or self._queries[query_id] is not None or too_old:
             raise _Refused(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
         self._queries[query_id] = {k: v for k, v in params.items() if k != "callback_query_id"}
         return True
