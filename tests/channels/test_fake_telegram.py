@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.fakes.telegram import NOT_MODIFIED, BadGateway, Clock, Drop, Error, FakeTelegram, image_size, png
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeTelegram]:
-    f = FakeTelegram().start_in_thread()
-    yield f
-    f.stop_thread()
 
 
 @pytest.fixture

@@ -29,13 +29,6 @@ from tests.fakes.telegram import BadGateway, Clock, Delay, Drop, Error, FakeTele
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeTelegram]:
-    f = FakeTelegram().start_in_thread()
-    yield f
-    f.stop_thread()
-
-
-@pytest.fixture
 async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
     b = await Bus.open(nats_server.url)
     yield b

@@ -5,40 +5,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 from nats.js.api import Header
 
-from clawden import setup
 from clawden.bus import connect, subjects
 from clawden.bus import events as ev
 from tests.channels.harness import BridgeProcess, until
-from tests.conftest import NatsServer
 from tests.fakes.telegram import FakeTelegram
-from tests.router.conftest import RouterProcess, collect, start_router, stop, wait_ready
+from tests.router.conftest import RouterProcess, collect
 
 WAKES = f"{subjects.PREFIX}.wake.>"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeTelegram]:
-    f = FakeTelegram().start_in_thread()
-    yield f
-    f.stop_thread()
-
-
-@pytest.fixture
-async def router(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[RouterProcess]:
-    home = tmp_path / "home"
-    setup.init(home)
-    r = RouterProcess(home, nats_server.url, start_router(home, nats_server.url))
-    try:
-        await wait_ready(r)
-        yield r
-    finally:
-        stop(r.proc)
 
 
 @pytest.fixture
