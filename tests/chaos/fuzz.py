@@ -109,8 +109,8 @@ def targets(cfg: config.Config, channels: tuple[str, ...], endpoints: list[str])
 
 
 async def control_endpoints(nc: Client, timeout: float = 2.0) -> list[str]:
-    """The subject of every endpoint the running services announce, except a few that act for real
-    on a well-formed request: none of those can come from random bytes, but `ping` answers anything."""
+    """The subject of every endpoint the running services announce. Only malformed and random payloads go
+    to them: a well-formed request (`secrets-remove` of a real name) would act for real."""
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     await nc.publish("$SRV.INFO", b"", reply=inbox)
