@@ -11,9 +11,11 @@ from tests.router.conftest import router as router_fixture
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeTelegram]:
-    """A fresh fake Bot API server for the test."""
-    f = FakeTelegram().start_in_thread()
+def fake(request: pytest.FixtureRequest) -> Iterator[FakeTelegram]:
+    """A fresh fake Bot API server for the test, made with the arguments of its `fake` mark if it has one
+    (`@pytest.mark.fake(privacy=False)`)."""
+    mark = request.node.get_closest_marker("fake")
+    f = FakeTelegram(**(mark.kwargs if mark else {})).start_in_thread()
     yield f
     f.stop_thread()
 

@@ -88,24 +88,19 @@ async def test_in_privacy_mode_a_group_reaches_the_bot_by_ask_and_by_replies_to_
     assert len(fake.withheld) == 2
 
 
+@pytest.mark.fake(privacy=False)
 async def test_with_privacy_mode_off_every_group_message_arrives_saying_whether_the_bot_was_addressed(
-        tmp_path: Path, nats_server: NatsServer, bus: Bus) -> None:
-    fake = FakeTelegram(privacy=False).start_in_thread()
-    bridge = BridgeProcess(tmp_path / "home", nats_server.url, fake)
-    try:
-        ada = fake.user("Ada")
-        family = fake.group("Family")
-        bridge.start()
-        fake.send(family, ada, "dinner at 8?")
-        fake.send(family, ada, "@clawden_test_bot book a table")
-        await until(lambda: fake.confirmed_offset > 0 and fake.pending_updates == 0, 15)
-        events = await bus.inbound()
-        assert [(e.text, e.is_group, e.mentioned) for e in events] == [
-            ("dinner at 8?", True, False), ("@clawden_test_bot book a table", True, True)]
-        assert "privacy mode off" in bridge.output()
-    finally:
-        bridge.close()
-        fake.stop_thread()
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    ada = fake.user("Ada")
+    family = fake.group("Family")
+    bridge.start()
+    fake.send(family, ada, "dinner at 8?")
+    fake.send(family, ada, "@clawden_test_bot book a table")
+    await until(lambda: fake.confirmed_offset > 0 and fake.pending_updates == 0, 15)
+    events = await bus.inbound()
+    assert [(e.text, e.is_group, e.mentioned) for e in events] == [
+        ("dinner at 8?", True, False), ("@clawden_test_bot book a table", True, True)]
+    assert "privacy mode off" in bridge.output()
 
 
 async def test_an_update_is_confirmed_to_telegram_only_after_jetstream_stored_it(
@@ -145,33 +140,29 @@ async def test_messages_sent_while_the_bridge_was_down_are_published_once_when_i
     assert len({e.key for e in events}) == 5
 
 
+@pytest.mark.fake(clock=Clock())
 async def test_messages_telegram_dropped_during_a_day_long_outage_are_counted_and_logged(
-        tmp_path: Path, nats_server: NatsServer, bus: Bus) -> None:
-    clock = Clock()
-    fake = FakeTelegram(clock=clock).start_in_thread()
-    bridge = BridgeProcess(tmp_path / "home", nats_server.url, fake)
-    try:
-        ada = fake.user("Ada")
-        chat = fake.private_chat(ada)
-        bridge.start()
-        fake.send(chat, ada, "before")
-        await until(lambda: fake.confirmed_offset > 0, 15)
-        assert bridge.stop() == 0
-        fake.send(chat, ada, "are you there?")
-        fake.send(chat, ada, "hello?")
-        clock.advance(25 * 3600)  # Telegram has dropped both by now
-        fake.send(chat, ada, "a day later")
-        bridge.start()
-        await until(lambda: fake.pending_updates == 0 and "Telegram dropped" in bridge.output(), 15, bridge.output)
-        await until(lambda: fake.confirmed_offset > fake.expired[-1]["update_id"] + 1, 15)
-        assert [e.text for e in await bus.inbound()] == ["before", "a day later"]
-        assert "Telegram dropped 2 update(s) the bridge never fetched" in bridge.output()
-        assert (await delivery_counts(nats_server.url))["expired"] == 2
-        assert "2 incoming message(s) expired" in status.render_deliveries(
-            [await delivery_counts(nats_server.url)])
-    finally:
-        bridge.close()
-        fake.stop_thread()
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, nats_server: NatsServer) -> None:
+    clock = fake.clock
+    assert isinstance(clock, Clock)
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    bridge.start()
+    fake.send(chat, ada, "before")
+    await until(lambda: fake.confirmed_offset > 0, 15)
+    assert bridge.stop() == 0
+    fake.send(chat, ada, "are you there?")
+    fake.send(chat, ada, "hello?")
+    clock.advance(25 * 3600)  # Telegram has dropped both by now
+    fake.send(chat, ada, "a day later")
+    bridge.start()
+    await until(lambda: fake.pending_updates == 0 and "Telegram dropped" in bridge.output(), 15, bridge.output)
+    await until(lambda: fake.confirmed_offset > fake.expired[-1]["update_id"] + 1, 15)
+    assert [e.text for e in await bus.inbound()] == ["before", "a day later"]
+    assert "Telegram dropped 2 update(s) the bridge never fetched" in bridge.output()
+    assert (await delivery_counts(nats_server.url))["expired"] == 2
+    assert "2 incoming message(s) expired" in status.render_deliveries(
+        [await delivery_counts(nats_server.url)])
 
 
 async def test_an_attachment_is_fetched_into_the_bridges_folder(
@@ -205,27 +196,22 @@ async def test_a_file_telegram_gives_no_path_for_still_delivers_the_message_sayi
     assert second.text == "did it arrive?"
 
 
+@pytest.mark.fake(private_topics=True)
 async def test_a_message_in_a_private_chat_topic_keeps_its_topic_and_the_answer_goes_there(
-        tmp_path: Path, nats_server: NatsServer, bus: Bus) -> None:
-    fake = FakeTelegram(private_topics=True).start_in_thread()
-    bridge = BridgeProcess(tmp_path / "home", nats_server.url, fake)
-    try:
-        ada = fake.user("Ada")
-        chat = fake.private_chat(ada)
-        trip = fake.topic(chat, ada, "Trip")
-        bridge.start()
-        fake.send(chat, ada, "book the train", thread_id=trip)
-        await until(lambda: fake.pending_updates == 0 and fake.confirmed_offset > 0, 15)
-        [event] = [e for e in await bus.inbound() if isinstance(e, ev.InboundMessage)]
-        assert (event.route.thread_id, event.supports_threads, event.reply_to) == (str(trip), True, None)
-        await bus.send(chat["id"], "booked", id="train", thread_id=event.route.thread_id)
-        [receipt] = await bus.wait_receipts(1)
-        assert receipt.ok, receipt.error
-        [answer] = fake.bot_messages(chat)
-        assert (answer["text"], answer["message_thread_id"]) == ("booked", trip)
-    finally:
-        bridge.close()
-        fake.stop_thread()
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    trip = fake.topic(chat, ada, "Trip")
+    bridge.start()
+    fake.send(chat, ada, "book the train", thread_id=trip)
+    await until(lambda: fake.pending_updates == 0 and fake.confirmed_offset > 0, 15)
+    [event] = [e for e in await bus.inbound() if isinstance(e, ev.InboundMessage)]
+    assert (event.route.thread_id, event.supports_threads, event.reply_to) == (str(trip), True, None)
+    await bus.send(chat["id"], "booked", id="train", thread_id=event.route.thread_id)
+    [receipt] = await bus.wait_receipts(1)
+    assert receipt.ok, receipt.error
+    [answer] = fake.bot_messages(chat)
+    assert (answer["text"], answer["message_thread_id"]) == ("booked", trip)
 
 
 async def test_an_album_arrives_as_one_message_with_every_photo(
@@ -330,34 +316,30 @@ async def test_a_press_on_a_button_nobody_knows_is_answered_as_expired_and_goes_
     assert not [e for e in await bus.inbound() if isinstance(e, ev.InboundAction)]
 
 
+@pytest.mark.fake(clock=Clock())
 async def test_a_press_made_while_the_bridge_was_down_still_counts_though_telegram_refuses_the_late_answer(
-        tmp_path: Path, nats_server: NatsServer, bus: Bus) -> None:
-    clock = Clock()
-    fake = FakeTelegram(clock=clock).start_in_thread()
-    bridge = BridgeProcess(tmp_path / "home", nats_server.url, fake)
-    try:
-        ada = fake.user("Ada")
-        chat = fake.private_chat(ada)
-        bridge.start()
-        await bus.send(chat["id"], "Lunch?", id="lunch",
-                       card=ev.Card(title="?", buttons=(ev.Button(id="y", label="Y"),)))
-        await bus.wait_receipts(1)
-        [card] = fake.bot_messages(chat)
-        assert bridge.stop() == 0
-        query = fake.click(chat, card["message_id"], ada)
-        clock.advance(60)  # the spinner is long gone: Telegram no longer takes an answer
-        fake.send(chat, ada, "and dessert?")
-        bridge.start()
-        await until(lambda: fake.pending_updates == 0 and fake.confirmed_offset > 0, 15)
-        await until(lambda: len(fake.calls_to("answerCallbackQuery")) == 1, 15)
-        assert [c.outcome for c in fake.calls_to("answerCallbackQuery")] == ["error 400"]
-        assert fake.answered(query) is None
-        events = await bus.inbound()
-        assert [(type(e).__name__, getattr(e, "button_id", getattr(e, "text", ""))) for e in events] == [
-            ("InboundAction", "y"), ("InboundMessage", "and dessert?")]
-    finally:
-        bridge.close()
-        fake.stop_thread()
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    clock = fake.clock
+    assert isinstance(clock, Clock)
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    bridge.start()
+    await bus.send(chat["id"], "Lunch?", id="lunch",
+                   card=ev.Card(title="?", buttons=(ev.Button(id="y", label="Y"),)))
+    await bus.wait_receipts(1)
+    [card] = fake.bot_messages(chat)
+    assert bridge.stop() == 0
+    query = fake.click(chat, card["message_id"], ada)
+    clock.advance(60)  # the spinner is long gone: Telegram no longer takes an answer
+    fake.send(chat, ada, "and dessert?")
+    bridge.start()
+    await until(lambda: fake.pending_updates == 0 and fake.confirmed_offset > 0, 15)
+    await until(lambda: len(fake.calls_to("answerCallbackQuery")) == 1, 15)
+    assert [c.outcome for c in fake.calls_to("answerCallbackQuery")] == ["error 400"]
+    assert fake.answered(query) is None
+    events = await bus.inbound()
+    assert [(type(e).__name__, getattr(e, "button_id", getattr(e, "text", ""))) for e in events] == [
+        ("InboundAction", "y"), ("InboundMessage", "and dessert?")]
 
 
 async def test_a_first_message_to_a_user_who_never_wrote_to_the_bot_fails_saying_why(
@@ -769,25 +751,20 @@ async def test_a_send_refused_because_the_group_was_upgraded_goes_to_the_supergr
     assert [c.outcome for c in fake.calls_to("sendMessage")] == ["ok", "error 400", "ok"]
 
 
+@pytest.mark.fake(flood_limits=True)
 async def test_under_telegrams_flood_limits_a_burst_to_one_group_arrives_whole_and_in_order(
-        tmp_path: Path, nats_server: NatsServer, bus: Bus) -> None:
-    fake = FakeTelegram(flood_limits=True).start_in_thread()
-    bridge = BridgeProcess(tmp_path / "home", nats_server.url, fake)
-    try:
-        family = fake.group("Family")
-        bridge.start()
-        for n in range(3):
-            await bus.send(family["id"], f"step {n}", id=f"step-{n}")
-        receipts = await bus.wait_receipts(3)
-        assert all(r.ok for r in receipts)
-        assert fake.texts(family) == ["step 0", "step 1", "step 2"]
-        calls = fake.calls_to("sendMessage")
-        assert "error 429" in [c.outcome for c in calls]  # the bridge did go too fast, and waited as told
-        posted = [c.at for c in calls if c.outcome == "ok"]
-        assert all(later - earlier >= 1.0 for earlier, later in itertools.pairwise(posted))
-    finally:
-        bridge.close()
-        fake.stop_thread()
+        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    family = fake.group("Family")
+    bridge.start()
+    for n in range(3):
+        await bus.send(family["id"], f"step {n}", id=f"step-{n}")
+    receipts = await bus.wait_receipts(3)
+    assert all(r.ok for r in receipts)
+    assert fake.texts(family) == ["step 0", "step 1", "step 2"]
+    calls = fake.calls_to("sendMessage")
+    assert "error 429" in [c.outcome for c in calls]  # the bridge did go too fast, and waited as told
+    posted = [c.at for c in calls if c.outcome == "ok"]
+    assert all(later - earlier >= 1.0 for earlier, later in itertools.pairwise(posted))
 
 
 async def test_a_long_rate_limit_is_announced_with_a_receipt_that_is_not_final(
