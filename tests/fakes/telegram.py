@@ -907,13 +907,17 @@ class FakeTelegram(ThreadedServer):
             extra["caption"] = str(params["caption"])
         return self._bot_message(state, params, extra)
 
-    def _edit_text(self, params: dict[str, Any]) -> dict[str, Any]:
-        state = self._chat(params)
-        message = state.messages.get(int(params.get("message_id", 0)))
+    def _editable(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The bot's own message an edit names; a bot may edit nothing else."""
+        message = self._chat(params).messages.get(int(params.get("message_id", 0)))
         if message is None:
             raise _Refused(400, "Bad Request: message to edit not found")
         if message["from"]["id"] != self.bot["id"]:
             raise _Refused(400, "Bad Request: message can't be edited")
+        return message
+
+    def _edit_text(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = self._editable(params)
         if "text" not in message:
             # Bot API: editMessageText edits "text and game messages"; a message with a photo or a file
             # has a caption, edited with editMessageCaption (core.telegram.org/bots/api#editmessagecaption).
@@ -923,36 +927,24 @@ class FakeTelegram(ThreadedServer):
             raise _Refused(400, "Bad Request: message text is empty")
         if utf16_len(text) > MAX_TEXT:
             raise _Refused(400, "Bad Request: MESSAGE_TOO_LONG")
-        markup = _check_markup(params["reply_markup"]) if params.get("reply_markup") else None
-        if markup is not None and not markup.get("inline_keyboard"):
-            markup = None
+        markup = _edited_markup(params)
         if message.get("text") == text and message.get("reply_markup") == markup:
             raise _Refused(400, NOT_MODIFIED)
         message["text"] = text
         message["edit_date"] = int(self.clock())
-        if markup is None:
-            message.pop("reply_markup", None)
-        else:
-            message["reply_markup"] = markup
+        _set_markup(message, markup)
         return message
 
     def _edit_caption(self, params: dict[str, Any]) -> dict[str, Any]:
         """Bot API: editMessageCaption (core.telegram.org/bots/api#editmessagecaption): the caption of a
         message with media, 0-1024 characters."""
-        state = self._chat(params)
-        message = state.messages.get(int(params.get("message_id", 0)))
-        if message is None:
-            raise _Refused(400, "Bad Request: message to edit not found")
-        if message["from"]["id"] != self.bot["id"]:
-            raise _Refused(400, "Bad Request: message can't be edited")
+        message = self._editable(params)
         if not any(kind in message for kind in MEDIA_KINDS):
             raise _Refused(400, "Bad Request: there is no caption in the message to edit")
         caption = str(params.get("caption", ""))
         if utf16_len(caption) > MAX_CAPTION:
             raise _Refused(400, "Bad Request: message caption is too long")
-        markup = _check_markup(params["reply_markup"]) if params.get("reply_markup") else None
-        if markup is not None and not markup.get("inline_keyboard"):
-            markup = None
+        markup = _edited_markup(params)
         if message.get("caption", "") == caption and message.get("reply_markup") == markup:
             raise _Refused(400, NOT_MODIFIED)
         if caption:
@@ -960,10 +952,7 @@ class FakeTelegram(ThreadedServer):
         else:
             message.pop("caption", None)
         message["edit_date"] = int(self.clock())
-        if markup is None:
-            message.pop("reply_markup", None)
-        else:
-            message["reply_markup"] = markup
+        _set_markup(message, markup)
         return message
 
     def _react(self, params: dict[str, Any]) -> bool:
@@ -1082,3 +1071,16 @@ def _params(query: str, content_type: str, body: bytes) -> dict[str, Any]:
 
 if __name__ == "__main__":
     serve_from_command_line(FakeTelegram, __doc__, lambda fake: f"{fake.url} {fake.token}")
+
+
+def _edited_markup(params: dict[str, Any]) -> dict[str, Any] | None:
+    """An edit's reply_markup: an empty inline keyboard (or none) removes the buttons."""
+    markup = _check_markup(params["reply_markup"]) if params.get("reply_markup") else None
+    return markup if markup is not None and markup.get("inline_keyboard") else None
+
+
+def _set_markup(message: dict[str, Any], markup: dict[str, Any] | None) -> None:
+    if markup is None:
+        message.pop("reply_markup", None)
+    else:
+        message["reply_markup"] = markup
