@@ -24,6 +24,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,20 +109,20 @@ def targets(cfg: config.Config, channels: tuple[str, ...], endpoints: list[str])
     return out
 
 
-async def control_endpoints(nc: Client, timeout: float = 2.0) -> list[str]:
-    """The subject of every endpoint the running services announce. Only malformed and random payloads go
-    to them: a well-formed request (`secrets-remove` of a real name) would act for real."""
+async def control_endpoints(nc: Client, services: Iterable[str], timeout: float = 60.0) -> list[str]:
+    """The subject of every endpoint the running `services` announce: once each has answered `$SRV.INFO`,
+    however slow the machine (the timeout only ends a wait for one that is down). Only malformed and
+    random payloads go to them: a well-formed request (`secrets-remove` of a real name) would act for real."""
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     await nc.publish("$SRV.INFO", b"", reply=inbox)
+    missing = {f"clawden-{natsauth.identity(s)}" for s in services}
     found: set[str] = set()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            msg = await sub.next_msg(timeout=deadline - time.monotonic())
-        except TimeoutError:
-            break
+    while missing:
+        msg = await sub.next_msg(timeout=max(0.0, deadline - time.monotonic()))  # TimeoutError: one is down
         info = json.loads(msg.data)
+        missing.discard(str(info.get("name", "")))
         if str(info.get("name", "")).startswith("clawden-"):
             found.update(e["subject"] for e in info.get("endpoints") or [])
     await sub.unsubscribe()

@@ -54,7 +54,8 @@ async def test_malformed_payloads_on_every_subject_are_refused_once_and_nothing_
             assert ">hello before<" in (await term.ask("hello before", timeout=120)).text
         pids = {s: await service_pid(stack, s) for s in SERVICES}
         before = await fuzz.drained(nc)
-        aims = fuzz.targets(cfg, tuple(installed_channels()), await fuzz.control_endpoints(nc))
+        endpoints = await fuzz.control_endpoints(nc, [*SERVICES, "channel@telegram"])
+        aims = fuzz.targets(cfg, tuple(installed_channels()), endpoints)
         shots = fuzz.corpus(aims, SHOTS)
         sizes = log_sizes(stack.home)
 
