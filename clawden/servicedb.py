@@ -1,16 +1,19 @@
 """A service's own SQLite database: WAL, a busy timeout, named migrations applied once each, and
-immediate transactions; `Store`, the base of each service's store. (The session pair has different
-rules: `clawden/sessiondb.py`.)"""
+immediate transactions; `Store`, the base of each service's store, which a service starts on its own
+aiosqlite connection. (The session pair has different rules: `clawden/sessiondb.py`.)"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, ParamSpec, Self, TypeVar, cast
+
+import aiosqlite
 
 # BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception: the same for a service's file as for a session's.
 from clawden.sessiondb import transaction as transaction
@@ -19,6 +22,8 @@ __all__ = ["Store", "apply_migrations", "open_db", "transaction"]
 
 log = logging.getLogger("clawden.servicedb")
 Synchronous = Literal["NORMAL", "FULL"]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def open_db(path: Path, migrations: Sequence[tuple[str, str]], *,
@@ -61,7 +66,12 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[tuple[str, s
 
 class Store:
     """A service's database on one connection: a subclass names its migrations (and the pragmas its
-    file wants, where they differ) and adds what it reads and writes."""
+    file wants, where they differ) and adds what it reads and writes, as synchronous steps (each
+    usually one transaction), so a test drives them without an event loop.
+
+    A service `start`s its store instead of `open`ing it: one aiosqlite connection's own thread then
+    opens the file and runs every step (`await store.run(store.step, ...)`), so SQLite never blocks
+    the event loop and two steps never interleave."""
 
     migrations: ClassVar[Sequence[tuple[str, str]]]
     synchronous: ClassVar[Synchronous] = "FULL"
@@ -69,6 +79,37 @@ class Store:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self._owner: aiosqlite.Connection | None = None  # set by start(): the thread that owns conn
+
+    @classmethod
+    async def start(cls, path: Path, *args: Any) -> Self:
+        """The store on its own aiosqlite connection, opened, migrated and built (`cls(conn, *args)`)
+        on that connection's thread; `stop()` closes it."""
+        opened: list[sqlite3.Connection] = []
+
+        def connect() -> sqlite3.Connection:
+            opened.append(cls.connect(path))
+            return opened[0]
+
+        owner = await aiosqlite.Connection(connect, iter_chunk_size=64)
+        try:
+            store = await _on(owner, cls, opened[0], *args)
+        except BaseException:
+            await owner.close()
+            raise
+        store._owner = owner
+        return store
+
+    async def run(self, step: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`step(*args, **kwargs)` on the connection's own thread, after every step queued before it."""
+        if self._owner is None:
+            raise RuntimeError(f"{type(self).__name__} was opened, not started: it has no thread to run on")
+        return await _on(self._owner, step, *args, **kwargs)
+
+    async def stop(self) -> None:
+        """Close the file on its thread (after the steps already queued), then end the thread."""
+        if self._owner is not None:
+            await self._owner.close()
 
     @classmethod
     def connect(cls, path: Path) -> sqlite3.Connection:
@@ -87,3 +128,10 @@ class Store:
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         return transaction(self.conn)
+
+
+def _on(owner: aiosqlite.Connection, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
+    """`fn` queued on aiosqlite's connection thread. aiosqlite runs each of its own methods this way
+    (`Connection._execute`) but offers no public name for it; tests/runtime/test_servicedb.py pins it."""
+    execute = cast("Callable[..., Awaitable[T]]", owner._execute)
+    return execute(functools.partial(fn, *args, **kwargs))
