@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import getpass
 import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -28,7 +26,6 @@ from services.router import control
 from services.router.store import Outcome, Outgoing, RouterError, RouterStore
 
 log = logging.getLogger("clawden.router")
-T = TypeVar("T")
 
 DEFAULT_GROUP = "main"
 LOCAL_CHANNEL = "local"  # the machine owner's own terminal: its chats all go to `main`, its user owns
@@ -40,18 +37,14 @@ Inbound = ev.InboundMessage | ev.InboundAction | ev.ChatMoved
 
 
 class Router:
-    def __init__(self, ctx: ServiceContext, store: RouterStore, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, ctx: ServiceContext, store: RouterStore) -> None:
         self.ctx = ctx
+        # Started: one thread owns router.db, so routing, decisions and control requests never interleave.
         self.store = store
         self.control = control.Control(store)
-        # One thread owns router.db: routing, decisions and control requests never interleave.
-        self.pool = pool
         # Held while a batch is decided and its outbox published, so lanes keep their order.
         self.publishing = asyncio.Lock()
         self.counts: Counter[str] = Counter()
-
-    async def db(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
 
     # --- publishing -------------------------------------------------------------------------------
 
@@ -71,7 +64,7 @@ class Router:
                 sent.append(row.id)
 
         results = await asyncio.gather(*(lane(rows) for rows in lanes.values()), return_exceptions=True)
-        await self.db(self.store.published, sent)
+        await self.store.run(self.store.published, sent)
         self.counts["published"] += len(sent)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -83,7 +76,7 @@ class Router:
         """Run one store step and publish what it queued; None when the step itself failed."""
         async with self.publishing:
             try:
-                outcome = await self.db(work, *args)
+                outcome = await self.store.run(work, *args)
             except Exception:
                 log.exception("router.db step %s failed", getattr(work, "__name__", work))
                 return None
@@ -161,7 +154,7 @@ class Router:
         """Expire approvals nobody answered and forget old keys; also publishes whatever the outbox
         still holds (after a crash, or a publish that failed while no message came to retry it)."""
         await self.settle(self.store.expire_approvals, time.time())
-        await self.db(self.store.prune, time.time())
+        await self.store.run(self.store.prune, time.time())
 
     async def sweeping(self) -> None:
         while not self.ctx.stopping.is_set():
@@ -192,12 +185,12 @@ class Router:
     def endpoint(self, resource: str) -> Callable[[bytes], Awaitable[Any]]:
         async def serve(data: bytes) -> Any:
             try:
-                answer = await self.db(self.control.handle, resource, data)
+                answer = await self.store.run(self.control.handle, resource, data)
             except RouterError as exc:
                 raise ControlError(str(exc)) from None
             if resource == "chats":  # a move by hand is announced at once, not with the next message
                 async with self.publishing:
-                    await self.flush(await self.db(self.store.outgoing))
+                    await self.flush(await self.store.run(self.store.outgoing))
             return answer
         return serve
 
@@ -220,13 +213,10 @@ def _login() -> str | None:
 
 
 async def main(ctx: ServiceContext) -> None:
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-db")
-    loop = asyncio.get_running_loop()
-    store = await loop.run_in_executor(pool, RouterStore.open, ctx.config.data_dir / "router.db",
-                                       ctx.config.runner.id)
+    store = await RouterStore.start(ctx.config.data_dir / "router.db", ctx.config.runner.id)
     try:
-        router = Router(ctx, store, pool)
-        for line in await router.db(store.seed, DEFAULT_GROUP, LOCAL_CHANNEL, _login(), time.time()):
+        router = Router(ctx, store)
+        for line in await store.run(store.seed, DEFAULT_GROUP, LOCAL_CHANNEL, _login(), time.time()):
             log.info("first start: %s", line)
         ctx.stats["router"] = router.counts
         for resource in control.RESOURCES:
@@ -243,5 +233,4 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(router.pull(decisions, router.on_decisions))
             tg.create_task(router.sweeping())
     finally:
-        await loop.run_in_executor(pool, store.close)
-        pool.shutdown()
+        await store.stop()
