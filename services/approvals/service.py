@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -27,7 +25,6 @@ from services.approvals import policy
 from services.approvals.store import Step, Store
 
 log = logging.getLogger("clawden.approvals")
-T = TypeVar("T")
 
 PUBLISH_TIMEOUT = 5.0
 ROUTER_TIMEOUT = 5.0
@@ -55,21 +52,17 @@ class DecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 class Approvals:
-    def __init__(self, ctx: ServiceContext, store: Store, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, ctx: ServiceContext, store: Store) -> None:
         self.ctx = ctx
-        self.store = store
-        self.pool = pool  # one thread owns approvals.db
+        self.store = store  # started: one thread owns approvals.db
         self.counts: Counter[str] = Counter()
         self.changed = asyncio.Event()
         self.flushing = asyncio.Lock()
 
-    async def db(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
-
     async def flush(self) -> None:
         """Publish what committed steps queued; a failure leaves it queued and raises Retry."""
         async with self.flushing:
-            while rows := await self.db(self.store.outbox):
+            while rows := await self.store.run(self.store.outbox):
                 sent: list[int] = []
                 try:
                     for row in rows:
@@ -80,11 +73,11 @@ class Approvals:
                     self.counts["publish_failed"] += 1
                     raise Retry(f"publishing failed, kept in the outbox: {exc!r}", delay=2.0) from exc
                 finally:
-                    await self.db(self.store.published, sent)
+                    await self.store.run(self.store.published, sent)
                 self.counts["published"] += len(sent)
 
     async def step(self, fn: Callable[..., Step], *args: Any) -> Step:
-        result = await self.db(fn, *args)
+        result = await self.store.run(fn, *args)
         self.counts[result.result] += 1
         await self.flush()
         return result
@@ -126,17 +119,17 @@ class Approvals:
     async def on_inbound(self, event: ev.InboundMessage | ev.InboundAction | ev.ChatMoved, msg: Msg) -> None:
         if isinstance(event, ev.ChatMoved):
             # A group's question cards now live under its new id: answers from there must count.
-            self.counts["chats_moved"] += await self.db(self.store.move_chat, event)
+            self.counts["chats_moved"] += await self.store.run(self.store.move_chat, event)
         elif isinstance(event, ev.InboundMessage) and not event.is_group and not event.sender.is_bot:
             user = policy.user_id(event.route.channel, event.sender.id)
-            if await self.db(self.store.learn_chat, user, event.route, time.time()):
+            if await self.store.run(self.store.learn_chat, user, event.route, time.time()):
                 self.counts["chats_learned"] += 1
 
     # --- expiry ---------------------------------------------------------------------------------
 
     async def expiring(self) -> None:
         while not self.ctx.stopping.is_set():
-            nxt = await self.db(self.store.next_expiry)
+            nxt = await self.store.run(self.store.next_expiry)
             wait = SAFETY_TICK if nxt is None else min(SAFETY_TICK, max(0.0, nxt - time.time()))
             self.changed.clear()
             stop = asyncio.ensure_future(self.ctx.stopping.wait())
@@ -149,7 +142,7 @@ class Approvals:
             if self.ctx.stopping.is_set():
                 return
             try:
-                expired = await self.db(self.store.expire_due, time.time())
+                expired = await self.store.run(self.store.expire_due, time.time())
                 self.counts["expired"] += expired
                 await self.flush()
             except Exception as exc:  # the next tick tries again; the outbox keeps what is owed
@@ -172,7 +165,7 @@ class Approvals:
                         await m.nak(delay=2.0)
                         continue
                     await m.ack()
-        expired = await self.db(self.store.expire_all_pending, time.time(), RESTART_REASON)
+        expired = await self.store.run(self.store.expire_all_pending, time.time(), RESTART_REASON)
         if expired:
             log.warning("expired %d approval(s) left pending by the previous process; requesters told", expired)
         self.counts["expired_at_start"] += expired
@@ -184,13 +177,13 @@ class Approvals:
         req = decode_request(ListRequest, data)
         if req.status and req.status not in STATUSES:
             raise ControlError(f"status {req.status!r}: one of {', '.join(STATUSES)}")
-        return await self.db(self.store.list, req.status, max(1, min(req.limit, 10_000)))
+        return await self.store.run(self.store.list, req.status, max(1, min(req.limit, 10_000)))
 
     async def ctl_decide(self, data: bytes) -> Any:
         """`clawden approvals approve|deny|answer`: the machine's owner decides without a chat."""
         req = decode_request(DecideRequest, data)
         step = await self.step(self.store.decide, req.id, req.choice, req.by or "the machine's owner", time.time())
-        found = await self.db(self.store.get, req.id)
+        found = await self.store.run(self.store.get, req.id)
         if step.result == "unknown" or found is None:
             raise ControlError(f"no approval {req.id!r} (see `clawden approvals list`)")
         if step.result == "already":
@@ -203,18 +196,16 @@ class Approvals:
 
     async def ctl_show(self, data: bytes) -> Any:
         req = decode_request(ShowRequest, data)
-        found = await self.db(self.store.get, req.id)
+        found = await self.store.run(self.store.get, req.id)
         if found is None:
             raise ControlError(f"no approval {req.id!r} (see `clawden approvals list`)")
         return found
 
 
 async def main(ctx: ServiceContext) -> None:
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="approvals-db")
-    loop = asyncio.get_running_loop()
-    store = await loop.run_in_executor(pool, Store.open, ctx.config.data_dir / "approvals.db")
+    store = await Store.start(ctx.config.data_dir / "approvals.db")
     try:
-        svc = Approvals(ctx, store, pool)
+        svc = Approvals(ctx, store)
         ctx.stats["approvals"] = svc.counts
         await ctx.endpoint("list", svc.ctl_list)
         await ctx.endpoint("show", svc.ctl_show)
@@ -234,5 +225,4 @@ async def main(ctx: ServiceContext) -> None:
                                    svc.on_inbound, stopping=stop))
             tg.create_task(svc.expiring())
     finally:
-        await loop.run_in_executor(pool, store.close)
-        pool.shutdown()
+        await store.stop()
