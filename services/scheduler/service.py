@@ -11,8 +11,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import msgspec
 from nats.aio.msg import Msg
@@ -26,7 +25,6 @@ from services.scheduler.catchup import Policy, plan
 from services.scheduler.store import STATUSES, Change, NewTask, PastTime, Store, Task, TaskError
 
 log = logging.getLogger("clawden.scheduler")
-T = TypeVar("T")
 
 # Longest sleep without looking at the clock again: monotonic timers do not count a suspended
 # host's sleep, so a wall-clock jump is noticed within this (a safety net, not the trigger).
@@ -80,19 +78,10 @@ _task_op = msgspec.json.Decoder(ev.TaskOp)
 class Scheduler:
     def __init__(self, ctx: ServiceContext, store: Store) -> None:
         self.ctx = ctx
-        self.store = store
+        self.store = store  # started: one thread owns the connection, every step runs there in order
         self.zone = sched.host_zone()
         self.changed = asyncio.Event()  # re-arms the clock: a task was added or changed
         self.counters: Counter[str] = Counter()
-        # One thread owns the connection: every store call runs there, in order.
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="scheduler-db")
-
-    async def db(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        self.store.close()
 
     # --- firing --------------------------------------------------------------------------------
 
@@ -102,7 +91,7 @@ class Scheduler:
         try:
             while not self.ctx.stopping.is_set():
                 self.changed.clear()
-                next_at = await self.db(self.store.next_due)
+                next_at = await self.store.run(self.store.next_due)
                 now = time.time()
                 if next_at is not None and next_at <= now:
                     try:
@@ -124,12 +113,12 @@ class Scheduler:
             await asyncio.wait_for(self.changed.wait(), max(0.0, seconds))
 
     async def fire_due(self, now: float) -> None:
-        for task in await self.db(self.store.due, now):
+        for task in await self.store.run(self.store.due, now):
             try:
                 schedule = task.parsed()
             except sched.ScheduleError as exc:  # e.g. the zone left the tz database: stop, loudly
                 log.error("task %s has an unusable schedule (%s); pausing it", task.id, exc)
-                await self.db(self.store.set_status, task, "pause", now)
+                await self.store.run(self.store.set_status, task, "pause", now)
                 continue
             assert task.next_run is not None
             p = plan(schedule, task.next_run, now, task.catch_up)
@@ -140,7 +129,7 @@ class Scheduler:
                 self.counters[outcome] += 1
             for _at, outcome in p.not_fired:
                 self.counters[outcome] += 1
-            await self.db(self.store.record_plan, task, p, now)
+            await self.store.run(self.store.record_plan, task, p, now)
             if p.not_fired:
                 log.warning("task %s: %d run(s) %s after downtime (catch-up policy %s)%s", task.id,
                             len(p.not_fired) + p.unlisted, p.not_fired[0][1], task.catch_up,
@@ -163,7 +152,7 @@ class Scheduler:
         """Apply one agent's task operation; acked (by consume) only once the store committed it."""
         if op.op == "list":
             return  # lists are requests (ctl.scheduler.list); one on the stream has nothing to change
-        seen = await self.db(self.store.op_seen, op.request_id)
+        seen = await self.store.run(self.store.op_seen, op.request_id)
         if seen is not None:
             outcome, error = seen
             if outcome == "rejected":
@@ -171,12 +160,12 @@ class Scheduler:
             return
         when = msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else time.time()
         try:
-            task = await self.db(self._apply, op, when)
+            task = await self.store.run(self._apply, op, when)
         except TaskError as exc:
             self.counters["ops_rejected"] += 1
             log.warning("rejected task %s %s from %s: %s", op.op, op.task_id, op.agent_group, exc,
                         extra={"task_id": op.task_id or "", "session_id": op.session_id})
-            await self.db(self.store.record_op, op.request_id, op.op, op.task_id, op.agent_group, str(exc))
+            await self.store.run(self.store.record_op, op.request_id, op.op, op.task_id, op.agent_group, str(exc))
             await self._tell_rejected(op, str(exc))
             return
         self.counters["ops_applied"] += 1
@@ -229,14 +218,14 @@ class Scheduler:
         if op.status and op.status not in STATUSES:
             return {"error": f"there is no task status {op.status!r} (one of {', '.join(STATUSES)})"}
         wanted = (op.status,) if op.status else ("active", "paused")
-        tasks = [t for t in await self.db(self.store.tasks, op.agent_group) if t.status in wanted]
+        tasks = [t for t in await self.store.run(self.store.tasks, op.agent_group) if t.status in wanted]
         if not tasks:
             return {"result": f"No {op.status} tasks." if op.status else "No scheduled tasks."}
         return {"result": "\n".join(_describe(t) for t in tasks)}
 
     async def ctl_tasks(self, data: bytes) -> list[dict[str, Any]]:
         req = decode_request(ListRequest, data)
-        return [t.json() for t in await self.db(self.store.tasks, req.agent_group, req.status)]
+        return [t.json() for t in await self.store.run(self.store.tasks, req.agent_group, req.status)]
 
     async def ctl_get(self, data: bytes) -> dict[str, Any]:
         return (await self._task(decode_request(TaskRef, data).task_id)).json()
@@ -244,7 +233,7 @@ class Scheduler:
     async def ctl_runs(self, data: bytes) -> list[dict[str, Any]]:
         req = decode_request(RunsRequest, data)
         await self._task(req.task_id)
-        return await self.db(self.store.runs, req.task_id, req.limit)
+        return await self.store.run(self.store.runs, req.task_id, req.limit)
 
     async def ctl_add(self, data: bytes) -> dict[str, Any]:
         req = decode_request(AddRequest, data)
@@ -256,7 +245,7 @@ class Scheduler:
         create = functools.partial(self.store.create, min_interval=self.ctx.config.scheduler.min_interval,
                                    allow_past=req.allow_past)
         try:
-            task = await self.db(create, new, time.time())
+            task = await self.store.run(create, new, time.time())
         except PastTime as exc:
             raise ControlError(f"{exc}: give a later time, or add --now to run it once right away") from None
         except TaskError as exc:
@@ -279,14 +268,14 @@ class Scheduler:
         return handle
 
     async def _task(self, task_id: str) -> Task:
-        task = await self.db(self.store.get, task_id)
+        task = await self.store.run(self.store.get, task_id)
         if task is None:
             raise ControlError(f"there is no task {task_id}")
         return task
 
     async def _change(self, fn: Callable[..., Task], *args: Any) -> Task:
         try:
-            task = await self.db(fn, *args)
+            task = await self.store.run(fn, *args)
         except TaskError as exc:
             raise ControlError(str(exc)) from None
         self.changed.set()
@@ -308,7 +297,7 @@ def _describe(task: Task) -> str:
 
 
 async def main(ctx: ServiceContext) -> None:
-    store = await asyncio.to_thread(Store.open, ctx.config.data_dir / "scheduler.db")
+    store = await Store.start(ctx.config.data_dir / "scheduler.db")
     scheduler = Scheduler(ctx, store)
     ctx.stats["scheduler"] = scheduler.counters
     try:
@@ -326,4 +315,4 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(scheduler.clock(), name="scheduler-clock")
             tg.create_task(consume(ops, ev.TaskOp, scheduler.on_op, stopping=ctx.stopping), name="scheduler-ops")
     finally:
-        await asyncio.to_thread(scheduler.close)
+        await store.stop()
