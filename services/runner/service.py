@@ -144,9 +144,12 @@ class Runner:
                  extra=logs.context(info.id, info.agent_group, message))
         lock = self.session_locks.setdefault(info.id, asyncio.Lock())
         async with lock:
-            await asyncio.to_thread(self.index.put, info)
+            await self.index.run(self.index.put, info)
             if wake.group is not None:  # None: the sender does not know them; keep the last ones
-                await asyncio.to_thread(self.index.set_group_settings, info.agent_group, wake.group)
+                await self.index.run(self.index.set_group_settings, info.agent_group, wake.group)
+            if wake.destinations is not None:  # None: the sender does not know them; keep what we have
+                await self.index.run(self.index.set_destinations, wake.session_id,
+                                     [d.route for d in wake.destinations])
             folder = self.session_dir(info)
             try:
                 await asyncio.to_thread(self._store_wake, folder, wake)
@@ -180,7 +183,6 @@ class Runner:
                 d.name: (d.display_name or d.name, sessiondb.Routing(d.route.channel, d.route.chat_id,
                                                                      d.route.thread_id))
                 for d in wake.destinations})
-            self.index.set_destinations(wake.session_id, [d.route for d in wake.destinations])
         m = wake.message
         content: dict[str, object] = {"text": m.text}
         if m.platform_message_id:
@@ -329,7 +331,7 @@ class Runner:
             return
         folder = self.session_dir(info)
         rows = await asyncio.to_thread(sessiondb.read_new_outbound, folder)
-        allowed = await asyncio.to_thread(self.index.destinations, info.id) if rows else {}
+        allowed = await self.index.run(self.index.destinations, info.id) if rows else {}
         for row in rows:
             try:
                 actions = await asyncio.to_thread(translate, info, folder, row, allowed, self.cfg.runner.id)
@@ -350,7 +352,7 @@ class Runner:
             case Respond(request_id=request_id, content=content):
                 await self._respond(folder, request_id, content)
             case Ask(request=request, options=options):
-                await asyncio.to_thread(self.index.put_question, request.id, info.id, options)
+                await self.index.run(self.index.put_question, request.id, info.id, options)
                 await publish(self.ctx.js, subjects.APPROVAL_REQUEST, request, msg_id=f"approval:{request.id}")
             case ListTasks(request_id=request_id, op=op):
                 try:
@@ -366,7 +368,7 @@ class Runner:
 
     async def on_decision(self, decision: ev.ApprovalDecision, msg: Msg) -> None:
         """The answer to an agent's question: back into its session, where the tool waits."""
-        question = await asyncio.to_thread(self.index.take_question, decision.id)
+        question = await self.index.run(self.index.take_question, decision.id)
         if question is None:
             return  # another requester's decision
         session_id, options = question
@@ -649,7 +651,7 @@ def _host_timezone() -> str:
 
 async def main(ctx: ServiceContext) -> None:
     docker = Docker(ctx.config.install_id, ctx.config.runner.docker_workers)
-    index = SessionIndex(ctx.config.data_dir / "runner.db")
+    index = await SessionIndex.start(ctx.config.data_dir / "runner.db")
     runner = Runner(ctx, docker, index)
     ctx.stats["runner"] = runner.counters
     await ctx.endpoint("containers", runner.ctl_containers)
@@ -675,4 +677,4 @@ async def main(ctx: ServiceContext) -> None:
     finally:
         await runner.shutdown()
         docker.close()
-        index.close()
+        await index.stop()

@@ -8,12 +8,11 @@ import logging
 import os
 import shutil
 import socket
-import threading
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 import msgspec
 
@@ -55,11 +54,10 @@ class SessionIndex(servicedb.Store):
 
     migrations = MIGRATIONS
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(self.connect(path))
-        # Worker threads and the event loop share the one connection: a transaction must not take in
-        # another thread's statement, so every use of it holds this lock.
-        self._lock = threading.Lock()
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        # Sessions and group settings are read from these copies on the event loop; whatever touches the
+        # file is a step the runner runs on the store's own thread (`SessionIndex.start`, `run`).
+        super().__init__(conn)
         self._cache: dict[str, SessionInfo] = {}
         for row in self.conn.execute("SELECT id, agent_group, channel, chat_id, thread_id FROM sessions"):
             self._cache[row[0]] = SessionInfo(row[0], row[1], ev.Route(channel=row[2], chat_id=row[3],
@@ -71,66 +69,56 @@ class SessionIndex(servicedb.Store):
             except msgspec.DecodeError as exc:  # ValidationError too: a newer version's shape
                 log.warning("agent group %s: stored settings unreadable (%s); using config.toml's", group, exc)
 
-    @classmethod
-    def open(cls, path: Path) -> Self:
-        return cls(path)  # built from its path: `SessionIndex(path)`, as the runner does
-
     def get(self, session_id: str) -> SessionInfo | None:
         return self._cache.get(session_id)
 
     def put(self, info: SessionInfo) -> None:
         if self._cache.get(info.id) == info:
             return
-        with self._lock:
-            self.conn.execute(
+        self.conn.execute(
             "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
-                " channel = excluded.channel, chat_id = excluded.chat_id, thread_id = excluded.thread_id,"
-                " updated_at = excluded.updated_at",
-                (info.id, info.agent_group, info.route.channel, info.route.chat_id, info.route.thread_id,
-                 time.time()))
+            " channel = excluded.channel, chat_id = excluded.chat_id, thread_id = excluded.thread_id,"
+            " updated_at = excluded.updated_at",
+            (info.id, info.agent_group, info.route.channel, info.route.chat_id, info.route.thread_id, time.time()))
         self._cache[info.id] = info
 
     def set_destinations(self, session_id: str, routes: list[ev.Route]) -> None:
         """The chats (besides its own) this session may send to, as the router last said."""
-        with self._lock, self._tx():  # all of them or none: never a half-replaced list
+        with self._tx():  # all of them or none: never a half-replaced list
             self.conn.execute("DELETE FROM destinations WHERE session_id = ?", (session_id,))
             self.conn.executemany("INSERT OR REPLACE INTO destinations VALUES (?, ?, ?, ?)",
                                   [(session_id, r.channel, r.chat_id, r.thread_id) for r in routes])
 
     def destinations(self, session_id: str) -> dict[tuple[str, str], ev.Route]:
-        with self._lock:
-            rows = self.conn.execute("SELECT channel, chat_id, thread_id FROM destinations WHERE session_id = ?",
-                                     (session_id,)).fetchall()
+        rows = self.conn.execute("SELECT channel, chat_id, thread_id FROM destinations WHERE session_id = ?",
+                                 (session_id,)).fetchall()
         return {(r[0], r[1]): ev.Route(channel=r[0], chat_id=r[1], thread_id=r[2]) for r in rows}
 
     def set_group_settings(self, agent_group: str, settings: ev.GroupSettings) -> bool:
         """Keep the router's latest snapshot of a group's settings; an older one arriving late is ignored.
         True if it changed what is kept."""
-        with self._lock:
-            kept = self._groups.get(agent_group)
-            if kept == settings or (kept is not None and kept.changed_at > settings.changed_at):
-                return False
-            self.conn.execute(
-                "INSERT INTO group_settings VALUES (?, ?, ?, ?) ON CONFLICT (agent_group) DO UPDATE SET"
-                " settings = excluded.settings, changed_at = excluded.changed_at, updated_at = excluded.updated_at",
-                (agent_group, msgspec.json.encode(settings).decode(), settings.changed_at, time.time()))
-            self._groups[agent_group] = settings
-            return True
+        kept = self._groups.get(agent_group)
+        if kept == settings or (kept is not None and kept.changed_at > settings.changed_at):
+            return False
+        self.conn.execute(
+            "INSERT INTO group_settings VALUES (?, ?, ?, ?) ON CONFLICT (agent_group) DO UPDATE SET"
+            " settings = excluded.settings, changed_at = excluded.changed_at, updated_at = excluded.updated_at",
+            (agent_group, msgspec.json.encode(settings).decode(), settings.changed_at, time.time()))
+        self._groups[agent_group] = settings
+        return True
 
     def group_settings(self, agent_group: str) -> ev.GroupSettings | None:
         """The router's last word on the group's settings; None if it never sent one."""
         return self._groups.get(agent_group)
 
     def put_question(self, question_id: str, session_id: str, options: tuple[str, ...]) -> None:
-        with self._lock:
-            self.conn.execute("INSERT OR IGNORE INTO questions VALUES (?, ?, ?, ?)",
-                              (question_id, session_id, json.dumps(options), time.time()))
+        self.conn.execute("INSERT OR IGNORE INTO questions VALUES (?, ?, ?, ?)",
+                          (question_id, session_id, json.dumps(options), time.time()))
 
     def take_question(self, question_id: str) -> tuple[str, tuple[str, ...]] | None:
         """The session that asked, once: a second decision for the same question finds nothing."""
-        with self._lock:
-            row = self.conn.execute("DELETE FROM questions WHERE id = ? RETURNING session_id, options",
-                                    (question_id,)).fetchone()
+        row = self.conn.execute("DELETE FROM questions WHERE id = ? RETURNING session_id, options",
+                                (question_id,)).fetchone()
         return (str(row[0]), tuple(json.loads(row[1]))) if row else None
 
     def all(self) -> list[SessionInfo]:

@@ -116,13 +116,13 @@ def wake(n: int, group: ev.GroupSettings | None, kind: str = "chat") -> ev.Wake:
 async def test_after_a_runner_restart_a_scheduler_wake_starts_with_the_routers_last_settings(
         tmp_path: Path) -> None:
     sent = ev.GroupSettings(folder="w", model="claude-group", memory="300m", pids=200, changed_at=5)
-    first = runner(tmp_path, SessionIndex.open(tmp_path / "data" / "runner.db"))
+    first = runner(tmp_path, await SessionIndex.start(tmp_path / "data" / "runner.db"))
     await first.on_wake(wake(1, sent), cast(Any, None))
-    first.index.close()
+    await first.index.stop()
 
-    again = runner(tmp_path, SessionIndex.open(tmp_path / "data" / "runner.db"))
+    again = runner(tmp_path, await SessionIndex.start(tmp_path / "data" / "runner.db"))
     await again.on_wake(wake(2, None, kind="task"), cast(Any, None))  # the scheduler knows no settings
     assert "s-1" in again.queue, "the task wake asks for a container"
     run = again.group_run("work")
     assert (run.folder, run.model, run.memory, run.pids, run.cpus) == ("w", "claude-group", "300m", 200, 2.0)
-    again.index.close()
+    await again.index.stop()
