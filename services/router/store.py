@@ -18,7 +18,7 @@ from typing import Literal, Self
 
 import msgspec
 
-from clawden import logs, servicedb
+from clawden import logs, outbox
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from services.router import cards, engage, schema
@@ -31,7 +31,6 @@ MAX_HELD = 20  # messages one pending approval may hold; more would let a strang
 # Longer than any stream keeps a message (7 days) and than any bridge keeps retrying.
 PROCESSED_KEEP = 30 * 86400.0
 DROPPED_KEEP = 90 * 86400.0
-OUTBOX_BATCH = 2000
 OWNER_BY_PAIRING = "pairing"
 
 _held_decoder = msgspec.json.Decoder(ev.InboundMessage)
@@ -41,20 +40,9 @@ class RouterError(Exception):
     """A request the router refuses; the message is for a person."""
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One outbox row: published in `lane` order (a session's wakes, a chat's replies)."""
-
-    id: int
-    lane: str
-    subject: str
-    msg_id: str
-    payload: bytes
-
-
 @dataclass
 class Outcome:
-    outgoing: list[Outgoing] = field(default_factory=list)
+    outgoing: list[outbox.Outgoing] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     failed: set[str] = field(default_factory=set)  # inbound keys whose routing raised
     unpublished: bool = False  # set by the adapter: some outgoing rows are still in the outbox
@@ -103,7 +91,7 @@ class Roles:
         return user in self.approvers(agent_group)
 
 
-class RouterStore(servicedb.Store):
+class RouterStore(outbox.OutboxStore):
     migrations = schema.MIGRATIONS
     # NORMAL in WAL survives any process crash; only a power cut can lose the last commits, the
     # same bound JetStream's own file store gives (it syncs every couple of minutes).
@@ -259,8 +247,7 @@ class RouterStore(servicedb.Store):
                 event = msgspec.structs.replace(event, route=msgspec.structs.replace(event.route, chat_id=new_id))
                 db.execute("UPDATE held_messages SET event = ? WHERE approval_id = ? AND key = ?",
                            (ev.encode(event), approval_id, key))
-        self._emit(f"chat:{channel}:{new_id}", subjects.event("router", "chat_moved"), f"router:{moved.key}",
-                   ev.encode(moved))
+        self.emit(subjects.event("router", "chat_moved"), f"router:{moved.key}", moved, lane=f"chat:{channel}:{new_id}")
         log.warning("%s chat %s is now %s: %d session(s) and its wirings moved with it", channel, old_id, new_id,
                     sessions)
         out.counts["chats_moved"] += 1
@@ -420,7 +407,7 @@ class RouterStore(servicedb.Store):
             destinations=self.destinations(action.agent_group),
             group=self.group_settings(action.agent_group),
         )
-        self._emit(session_id, subjects.wake(runner), wake.key, ev.encode(wake))
+        self.emit(subjects.wake(runner), wake.key, wake, lane=session_id)
         out.counts["wakes" if action.trigger else "accumulated"] += 1
         log.info("%s from %s:%s -> session %s of %s%s", event.key, event.route.channel, event.route.chat_id,
                  session_id, action.agent_group, "" if action.trigger else " (context, no wake)",
@@ -430,13 +417,9 @@ class RouterStore(servicedb.Store):
                kind: Literal["reply", "error"] = "reply") -> None:
         reply = ev.OutboundMessage(id=f"router:{event.key}:{index}", route=event.route, text=text,
                                    reply_to=event.message_id, kind=kind)
-        self._emit(f"chat:{event.route.channel}:{event.route.chat_id}",
-                   subjects.outbound(event.route.channel, event.route.chat_id), reply.id, ev.encode(reply))
+        self.emit(subjects.outbound(event.route.channel, event.route.chat_id), reply.id, reply,
+                  lane=f"chat:{event.route.channel}:{event.route.chat_id}")
         out.counts["replies"] += 1
-
-    def _emit(self, lane: str, subject: str, msg_id: str, payload: bytes) -> None:
-        self.conn.execute("INSERT INTO outbox (lane, subject, msg_id, payload) VALUES (?, ?, ?, ?)",
-                          (lane, subject, msg_id, payload))
 
     def destinations(self, agent_group: str) -> tuple[ev.Destination, ...]:
         cached = self._destinations.get(agent_group)
@@ -500,7 +483,7 @@ class RouterStore(servicedb.Store):
             db.execute("INSERT INTO approvals (id, kind, messaging_group, user_id, agent_group, created_at,"
                        " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (approval_id, kind, mg, user, group, now, expires_at))
-            self._emit(approval_id, subjects.APPROVAL_REQUEST, approval_id, ev.encode(request))
+            self.emit(subjects.APPROVAL_REQUEST, approval_id, request, lane=approval_id)
             out.counts["approvals_requested"] += 1
             log.info("asked for approval %s (%s %s) for %s", approval_id, kind, user, event.key)
         else:
@@ -617,17 +600,6 @@ class RouterStore(servicedb.Store):
             db.execute("INSERT OR REPLACE INTO pairing_codes (channel, digest, created_at, expires_at)"
                        " VALUES (?, ?, ?, ?)", (channel, digest, now, expires_at))
         self._pairing[channel] = (digest, expires_at)
-
-    # --- the outbox -------------------------------------------------------------------------------
-
-    def outgoing(self) -> list[Outgoing]:
-        return [Outgoing(*row) for row in self.conn.execute(
-            "SELECT id, lane, subject, msg_id, payload FROM outbox ORDER BY id LIMIT ?", (OUTBOX_BATCH,))]
-
-    def published(self, ids: Sequence[int]) -> None:
-        if ids:
-            with self.transaction() as db:
-                db.executemany("DELETE FROM outbox WHERE id = ?", ((i,) for i in ids))
 
     def prune(self, now: float) -> int:
         """Forget routed keys and drop records past their use; returns how many rows went."""

@@ -1,0 +1,165 @@
+"""The real Matrix bridge process (`clawden run channel@matrix`) against the real Synapse, people as Matrix
+clients speaking the client-server API (httpx), and a bus client on the bridge's subjects."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from clawden import setup
+from clawden.bus import events as ev
+from clawden.bus import publish, subjects
+from tests.channels.harness import Bus, wait_for
+from tests.servers.synapse.fixture import Account, Synapse
+
+
+class MatrixBridgeProcess:
+    """One bridge process; start() waits until it is READY, like the supervisor does."""
+
+    def __init__(self, home: Path, nats_url: str, synapse: Synapse, bot: Account, **settings: str) -> None:
+        self.home = home
+        self.nats_url = nats_url
+        self.synapse = synapse
+        self.bot = bot
+        self.settings = {"sync_timeout": "2"} | settings
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = home / "logs" / "matrix-bridge.log"
+        self._mark = 0
+        setup.init(home)
+
+    def env(self) -> dict[str, str]:
+        token = json.dumps({"access_token": self.bot.token, "device_id": self.bot.device_id})
+        env = dict(os.environ, CLAWDEN_HOME=str(self.home), CLAWDEN_NATS_URL=self.nats_url,
+                   CLAWDEN_MATRIX_TOKEN=token, CLAWDEN_MATRIX_HOMESERVER=self.synapse.url)
+        env.update({f"CLAWDEN_MATRIX_{k.upper()}": v for k, v in self.settings.items()})
+        env.pop("NOTIFY_SOCKET", None)
+        return env
+
+    def start(self) -> MatrixBridgeProcess:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "channel@matrix"], env=self.env(),
+                                     stdout=out, stderr=out, start_new_session=True)
+        out.close()
+        wait_for(lambda: "channel@matrix ready" in self.output()[self._mark:], 30,
+                 lambda: f"the bridge did not get ready:\n{self.output()}")
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._mark = len(self.output())
+        return code
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Person:
+    """Someone on the homeserver with an ordinary client: rooms, messages, replies, reactions, files."""
+
+    def __init__(self, synapse: Synapse, account: Account) -> None:
+        self.account = account
+        self.user_id = account.user_id
+        self.http = httpx.AsyncClient(base_url=synapse.url, timeout=30,
+                                      headers={"Authorization": f"Bearer {account.token}"})
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        resp = await self.http.request(method, path, **kwargs)
+        resp.raise_for_status()
+        body: dict[str, Any] = resp.json()
+        return body
+
+    async def create_room(self, *, invite: list[str], name: str = "", direct: bool = False,
+                          encrypted: bool = False) -> str:
+        body: dict[str, Any] = {"invite": invite, "is_direct": direct,
+                                "preset": "trusted_private_chat" if direct else "private_chat"}
+        if name:
+            body["name"] = name
+        if encrypted:
+            body["initial_state"] = [{"type": "m.room.encryption", "state_key": "",
+                                      "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]
+        return str((await self._call("POST", "/_matrix/client/v3/createRoom", json=body))["room_id"])
+
+    async def join(self, room_id: str) -> None:
+        await self._call("POST", f"/_matrix/client/v3/join/{quote(room_id)}", json={})
+
+    async def invite(self, room_id: str, user_id: str) -> None:
+        await self._call("POST", f"/_matrix/client/v3/rooms/{quote(room_id)}/invite", json={"user_id": user_id})
+
+    async def membership(self, room_id: str, user_id: str) -> str:
+        resp = await self.http.get(f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.member/{quote(user_id)}")
+        return str(resp.json().get("membership", "")) if resp.status_code == 200 else ""
+
+    async def send(self, room_id: str, content: dict[str, Any], kind: str = "m.room.message") -> str:
+        txn = secrets.token_hex(8)
+        path = f"/_matrix/client/v3/rooms/{quote(room_id)}/send/{kind}/{txn}"
+        return str((await self._call("PUT", path, json=content))["event_id"])
+
+    async def say(self, room_id: str, text: str, **extra: Any) -> str:
+        return await self.send(room_id, {"msgtype": "m.text", "body": text, **extra})
+
+    async def upload(self, data: bytes, name: str, mime: str) -> str:
+        resp = await self._call("POST", "/_matrix/media/v3/upload", params={"filename": name}, content=data,
+                                headers={"Content-Type": mime})
+        return str(resp["content_uri"])
+
+    async def download(self, mxc: str) -> bytes:
+        server, _, media = mxc.removeprefix("mxc://").partition("/")
+        resp = await self.http.get(f"/_matrix/client/v1/media/download/{server}/{media}")
+        resp.raise_for_status()
+        return resp.content
+
+    async def events(self, room_id: str, sender: str | None = None) -> list[dict[str, Any]]:
+        """The room's events, oldest first (the last 1000), optionally only one sender's."""
+        body = await self._call("GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/messages",
+                                params={"dir": "b", "limit": 1000})
+        events = list(reversed(body.get("chunk") or []))
+        return [e for e in events if sender is None or e.get("sender") == sender]
+
+    async def messages_from(self, room_id: str, sender: str) -> list[dict[str, Any]]:
+        return [e for e in await self.events(room_id, sender) if e.get("type") == "m.room.message"]
+
+
+class MatrixBus(Bus):
+    """The bus side of a test, on the Matrix bridge's subjects."""
+
+    async def send(self, chat_id: int | str, text: str, *, id: str, card: ev.Card | None = None,
+                   reply_to: str | None = None, files: tuple[str, ...] = (), thread_id: str | None = None,
+                   seq: int = 0, session_id: str = "") -> ev.OutboundMessage:
+        event = ev.OutboundMessage(id=id, route=ev.Route(channel="matrix", chat_id=str(chat_id), thread_id=thread_id),
+                                   text=text, card=card, reply_to=reply_to, files=files, seq=seq, session_id=session_id)
+        await publish(self.js, subjects.outbound("matrix", str(chat_id)), event, msg_id=event.id)
+        return event
+
+    async def publish(self, event: Any, msg_id: str, *, legacy: bool = False) -> None:
+        await publish(self.js, subjects.outbound("matrix", event.route.chat_id), event, msg_id=msg_id)
+
+    async def inbound(self) -> list[Any]:
+        return [e for _, e in await self.stored(subjects.inbound("matrix"))]
+
+    async def receipts(self) -> list[ev.DeliveryReceipt]:
+        return [e for _, e in await self.stored(subjects.receipt("matrix"))]
+
+
+def deadline(seconds: float) -> float:
+    return time.monotonic() + seconds

@@ -1,0 +1,268 @@
+"""The Matrix bridge as it runs (`clawden run channel@matrix`) with real NATS against a real Synapse: rooms as
+chats, replies, threads, mentions, cards answered by number, files through the media repository, nothing
+lost or repeated across a crash, 429s waited out."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import httpx
+import pytest
+
+from clawden.bus import events as ev
+from services.channels.matrix import E2EE_NOTICE
+from tests.channels.matrix_harness import MatrixBridgeProcess, MatrixBus, Person
+from tests.conftest import NatsServer
+from tests.eventually import eventually
+from tests.servers.synapse.fixture import Account, Synapse
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[MatrixBus]:
+    b = await MatrixBus.open(nats_server.url)
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+def bot(synapse: Synapse) -> Account:
+    return synapse.register("Clawden", displayname="Clawden")
+
+
+@pytest.fixture
+def bridge(tmp_path: Path, nats_server: NatsServer, synapse: Synapse, bot: Account) -> Iterator[MatrixBridgeProcess]:
+    b = MatrixBridgeProcess(tmp_path / "home", nats_server.url, synapse, bot).start()
+    yield b
+    b.close()
+    assert bot.token not in b.output(), "the access token reached the log"
+
+
+@pytest.fixture
+async def ada(synapse: Synapse) -> AsyncIterator[Person]:
+    p = Person(synapse, synapse.register("Ada"))
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def bob(synapse: Synapse) -> AsyncIterator[Person]:
+    p = Person(synapse, synapse.register("Bob"))
+    yield p
+    await p.close()
+
+
+async def joined(person: Person, room_id: str, user_id: str) -> None:
+    await eventually(lambda: _is_joined(person, room_id, user_id), 20, f"{user_id} never joined {room_id}")
+
+
+async def _is_joined(person: Person, room_id: str, user_id: str) -> bool:
+    return await person.membership(room_id, user_id) == "join"
+
+
+async def messages(bus: MatrixBus, count: int) -> list[ev.InboundMessage]:
+    async def found() -> list[ev.InboundMessage] | None:
+        events = [e for e in await bus.inbound() if isinstance(e, ev.InboundMessage)]
+        return events if len(events) >= count else None
+    return await eventually(found, 30, f"fewer than {count} inbound messages arrived")
+
+
+def local_file(url: str) -> bytes:
+    return Path(url2pathname(urlsplit(url).path)).read_bytes()
+
+
+async def direct_room(ada: Person, bot: Account) -> str:
+    room = await ada.create_room(invite=[bot.user_id], direct=True)
+    await joined(ada, room, bot.user_id)
+    return room
+
+
+# --- in -------------------------------------------------------------------------------------------------
+
+async def test_a_direct_room_message_is_a_mentioned_message_of_that_room(
+        ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    room = await direct_room(ada, bot)
+    event_id = await ada.say(room, "what is on today?")
+    [message] = await messages(bus, 1)
+    assert message.route == ev.Route(channel="matrix", chat_id=room)
+    assert (message.message_id, message.text, message.sender.id) == (event_id, "what is on today?",
+                                                                      f"matrix:{ada.user_id}")
+    assert message.mentioned and not message.is_group
+
+
+async def test_in_a_group_room_only_a_mention_addresses_the_bot(
+        ada: Person, bob: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    room = await ada.create_room(invite=[bot.user_id, bob.user_id], name="Family")
+    await joined(ada, room, bot.user_id)
+    await bob.join(room)
+    await ada.say(room, "dinner at 8 tonight?")
+    await ada.say(room, "Clawden, which pub is open late?")
+    await ada.say(room, "ask the bot", **{"m.mentions": {"user_ids": [bot.user_id]}})
+    await ada.say(room, f"{bot.user_id} any news?")
+    found = await messages(bus, 4)
+    assert [(m.text, m.mentioned, m.is_group) for m in found] == [
+        ("dinner at 8 tonight?", False, True), ("Clawden, which pub is open late?", True, True),
+        ("ask the bot", True, True), (f"{bot.user_id} any news?", True, True)]
+    assert found[0].chat_name == "Family"
+
+
+async def test_replies_and_threads_keep_their_place_both_ways(
+        ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    room = await direct_room(ada, bot)
+    root = await ada.say(room, "let's plan the trip")
+    in_thread = await ada.say(room, "which train?", **{"m.relates_to": {
+        "rel_type": "m.thread", "event_id": root, "is_falling_back": True, "m.in_reply_to": {"event_id": root}}})
+    first, second = await messages(bus, 2)
+    assert (first.route.thread_id, first.reply_to) == (None, None)
+    assert (second.route.thread_id, second.reply_to, second.supports_threads) == (root, None, True)
+    await bus.send(room, "the 9:12", id="answer-1", thread_id=root, reply_to=in_thread)
+    await bus.send(room, "noted", id="answer-2", reply_to=root)
+    await bus.wait_receipts(2)
+    answer, noted = await ada.messages_from(room, bot.user_id)
+    assert answer["content"]["m.relates_to"]["rel_type"] == "m.thread"
+    assert answer["content"]["m.relates_to"]["event_id"] == root
+    assert answer["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == in_thread
+    assert noted["content"]["m.relates_to"] == {"m.in_reply_to": {"event_id": root}}
+    # Ada replies to the bot's answer: the reply is to one of its messages, and names it.
+    await ada.say(room, "thanks", **{"m.relates_to": {"m.in_reply_to": {"event_id": noted["event_id"]}}})
+    third = (await messages(bus, 3))[2]
+    assert (third.reply_to, third.text) == (noted["event_id"], "thanks")
+
+
+async def test_an_invite_is_accepted_and_an_encrypted_room_is_told_once(
+        ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    room = await ada.create_room(invite=[bot.user_id], direct=True, encrypted=True)
+    await joined(ada, room, bot.user_id)
+    await ada.send(room, {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "xx", "sender_key": "k",
+                          "session_id": "s", "device_id": "D"}, kind="m.room.encrypted")
+    await ada.send(room, {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "yy", "sender_key": "k",
+                          "session_id": "s", "device_id": "D"}, kind="m.room.encrypted")
+
+    async def told() -> list[str] | None:
+        bodies = [m["content"].get("body") for m in await ada.messages_from(room, bot.user_id)]
+        return bodies if bodies else None
+    assert await eventually(told, 20, "the encrypted room was never told") == [E2EE_NOTICE]
+    await ada.say(room, "plain words after")  # the bridge went on: a later message still arrives once
+    [message] = await messages(bus, 1)
+    assert message.text == "plain words after"
+    assert [m["content"]["body"] for m in await ada.messages_from(room, bot.user_id)] == [E2EE_NOTICE]
+
+
+# --- out ------------------------------------------------------------------------------------------------
+
+async def test_edits_and_reactions_go_out_as_relations(
+        ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    room = await direct_room(ada, bot)
+    question = await ada.say(room, "is the shop open?")
+    await bus.send(room, "checking…", id="m1")
+    [receipt] = await bus.wait_receipts(1)
+    assert receipt.ok and receipt.platform_message_id
+    await bus.publish(ev.OutboundEdit(id="e1", route=ev.Route(channel="matrix", chat_id=room),
+                                      target_message_id=receipt.platform_message_id, text="yes, until 6"), "e1")
+    await bus.publish(ev.OutboundReaction(id="r1", route=ev.Route(channel="matrix", chat_id=room),
+                                          target_message_id=question, emoji="👍"), "r1")
+    await bus.wait_receipts(3)
+    events = await ada.events(room, bot.user_id)
+    edit = next(e for e in events if e["content"].get("m.relates_to", {}).get("rel_type") == "m.replace")
+    assert edit["content"]["m.new_content"]["body"] == "yes, until 6"
+    assert edit["content"]["m.relates_to"]["event_id"] == receipt.platform_message_id
+    [reaction] = [e for e in events if e["type"] == "m.reaction"]
+    assert reaction["content"]["m.relates_to"] == {"rel_type": "m.annotation", "event_id": question, "key": "👍"}
+
+
+async def test_files_travel_through_the_media_repository_both_ways(
+        tmp_path: Path, ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    room = await direct_room(ada, bot)
+    data = bytes(range(256)) * 400
+    mxc = await ada.upload(data, "notes.bin", "application/octet-stream")
+    await ada.send(room, {"msgtype": "m.file", "body": "notes.bin", "filename": "notes.bin", "url": mxc,
+                          "info": {"size": len(data), "mimetype": "application/octet-stream"}})
+    [message] = await messages(bus, 1)
+    [attachment] = message.attachments
+    assert (attachment.name, attachment.size) == ("notes.bin", len(data))
+    assert local_file(attachment.url) == data
+    # The agent sends one back: from a session folder, as the runner publishes it.
+    outgoing = bridge.home / "sessions" / "main" / "s1" / "outbox" / "plan.txt"
+    outgoing.parent.mkdir(parents=True)
+    outgoing.write_text("day 1: museum\n" * 100)
+    await bus.send(room, "", id="file-1", files=(str(outgoing),))
+    [receipt] = await bus.wait_receipts(1)
+    assert receipt.ok, receipt.error
+    [sent] = await ada.messages_from(room, bot.user_id)
+    assert (sent["content"]["msgtype"], sent["content"]["body"]) == ("m.file", "plan.txt")
+    assert await ada.download(sent["content"]["url"]) == outgoing.read_bytes()
+
+
+async def test_a_card_goes_to_the_approver_in_a_direct_room_and_only_a_numbered_reply_presses_it(
+        ada: Person, bob: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    card = ev.Card(title="Allow GitHub?", buttons=(ev.Button(id="approve", label="Approve"),
+                                                  ev.Button(id="deny", label="Deny", style="danger")))
+    # As the approvals service does for an approver with no direct chat yet: the chat is the user.
+    await bus.send(ada.user_id, "The agent wants to use GitHub.", id="approval:m1", card=card)
+    [receipt] = await bus.wait_receipts(1)
+    assert receipt.ok, receipt.error
+
+    async def invited() -> str | None:
+        sync = (await ada.http.get("/_matrix/client/v3/sync", params={"timeout": 0})).json()
+        rooms = list((sync.get("rooms") or {}).get("invite", {}))
+        return rooms[0] if rooms else None
+    room = await eventually(invited, 20, "the approver was never invited to a direct room")
+    await ada.join(room)
+    [shown] = await ada.messages_from(room, bot.user_id)
+    assert shown["event_id"] == receipt.platform_message_id
+    assert "1) Approve" in shown["content"]["body"] and "2) Deny" in shown["content"]["body"]
+    reply = {"m.relates_to": {"m.in_reply_to": {"event_id": shown["event_id"]}}}
+    await ada.say(room, "what is GitHub?", **reply)  # not a number: an ordinary message
+    await ada.say(room, "2", **reply)
+    await ada.say(room, "9", **reply)  # no such choice: an ordinary message
+
+    async def actions() -> list[ev.InboundAction] | None:
+        found = [e for e in await bus.inbound() if isinstance(e, ev.InboundAction)]
+        return found or None
+    [action] = await eventually(actions, 20, "the numbered reply pressed nothing")
+    assert (action.card_id, action.button_id, action.sender.id) == ("approval:m1", "deny", f"matrix:{ada.user_id}")
+    assert action.message_id == shown["event_id"] and action.route.chat_id == room
+    texts = [m.text for m in await messages(bus, 2)]
+    assert texts == ["what is GitHub?", "9"]
+    # A second card to her reuses the room the bridge made and remembers.
+    await bus.send(ada.user_id, "And Slack?", id="approval:m2", card=card)
+    await bus.wait_receipts(2)
+    assert len(await ada.messages_from(room, bot.user_id)) == 2
+
+
+# --- crashes and limits -----------------------------------------------------------------------------------
+
+async def test_a_killed_bridge_loses_and_repeats_nothing_either_way(
+        ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    room = await direct_room(ada, bot)
+    for i in range(25):
+        await bus.send(room, f"answer {i}", id=f"out-{i}")
+    sent = [await ada.say(room, f"question {i}") for i in range(25)]
+    bridge.stop(signal.SIGKILL)
+    sent += [await ada.say(room, f"question {i}") for i in range(25, 50)]  # while it is down
+    bridge.start()
+    found = await messages(bus, 50)
+    await bus.wait_receipts(25, timeout=60)
+    assert sorted(m.message_id for m in found) == sorted(sent)  # each once, none lost
+    bodies = [m["content"]["body"] for m in await ada.messages_from(room, bot.user_id)]
+    assert sorted(bodies) == sorted(f"answer {i}" for i in range(25))  # each once
+
+
+async def test_a_429_from_synapse_is_waited_out_and_every_message_arrives(
+        synapse: Synapse, ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    room = await direct_room(ada, bot)
+    admin = synapse.register("Admin", admin=True)
+    async with httpx.AsyncClient(base_url=synapse.url, headers={"Authorization": f"Bearer {admin.token}"}) as http:
+        resp = await http.post(f"/_synapse/admin/v1/users/{bot.user_id}/override_ratelimit",
+                               json={"messages_per_second": 2, "burst_count": 1})
+        resp.raise_for_status()
+    for i in range(5):
+        await bus.send(room, f"line {i}", id=f"burst-{i}")
+    receipts = await bus.wait_receipts(5, timeout=60)
+    assert all(r.ok for r in receipts)
+    assert "M_LIMIT_EXCEEDED" in bridge.output()
+    bodies = [m["content"]["body"] for m in await ada.messages_from(room, bot.user_id)]
+    assert sorted(bodies) == [f"line {i}" for i in range(5)]
