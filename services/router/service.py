@@ -14,16 +14,16 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.api import Header
 
+from clawden import outbox
 from clawden.bus import ensure_consumer, subjects
 from clawden.bus import events as ev
 from clawden.bus.pull import Puller
 from clawden.bus.streams import router_decisions, router_inbound
 from clawden.runtime import ControlError, ServiceContext
 from services.router import control
-from services.router.store import Outcome, Outgoing, RouterError, RouterStore
+from services.router.store import Outcome, RouterError, RouterStore
 
 log = logging.getLogger("clawden.router")
 
@@ -48,29 +48,14 @@ class Router:
 
     # --- publishing -------------------------------------------------------------------------------
 
-    async def flush(self, outgoing: Sequence[Outgoing]) -> bool:
-        """Publish outbox rows: lanes concurrently, each lane strictly in order (a session's wakes wait
-        for the previous one's ack). Rows that went out leave the outbox; True if all did."""
-        lanes: dict[str, list[Outgoing]] = {}
-        for row in outgoing:
-            lanes.setdefault(row.lane, []).append(row)
-        sent: list[int] = []
-        js: JetStreamContext = self.ctx.js
-
-        async def lane(rows: list[Outgoing]) -> None:
-            for row in rows:
-                await js.publish(row.subject, row.payload, timeout=PUBLISH_TIMEOUT,
-                                 headers={Header.MSG_ID: row.msg_id})
-                sent.append(row.id)
-
-        results = await asyncio.gather(*(lane(rows) for rows in lanes.values()), return_exceptions=True)
-        await self.store.run(self.store.published, sent)
-        self.counts["published"] += len(sent)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            self.counts["publish_failed"] += len(errors)
-            log.warning("publishing failed in %d lane(s), kept in the outbox: %r", len(errors), errors[0])
-        return not errors
+    async def flush(self, outgoing: Sequence[outbox.Outgoing]) -> bool:
+        """Publish outbox rows (a session's wakes each wait for the previous one's ack); True if all went."""
+        done = await outbox.publish(self.ctx.js, self.store, outgoing, timeout=PUBLISH_TIMEOUT)
+        self.counts["published"] += done.sent
+        if done.errors:
+            self.counts["publish_failed"] += len(done.errors)
+            log.warning("publishing failed in %d lane(s), kept in the outbox: %r", len(done.errors), done.errors[0])
+        return not done.errors
 
     async def settle(self, work: Callable[..., Outcome], *args: Any) -> Outcome | None:
         """Run one store step and publish what it queued; None when the step itself failed."""
