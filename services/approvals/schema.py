@@ -59,5 +59,10 @@ MIGRATIONS: list[tuple[str, str]] = [
     """),
     # Approvers whose card could not be delivered: the next one in line gets it instead.
     ("0002_undeliverable", "ALTER TABLE approvals ADD COLUMN unreachable TEXT NOT NULL DEFAULT '[]'"),
+    # The kernel's outbox (clawden/outbox.py): rows by `id`, in one lane, so published in order as before.
+    ("0003_kernel_outbox", """
+        ALTER TABLE outbox RENAME COLUMN seq TO id;
+        ALTER TABLE outbox ADD COLUMN lane TEXT NOT NULL DEFAULT '';
+    """),
 ]
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.api import Header
 
+from clawden import outbox
 from clawden.bus import bind, consume, subjects
 from clawden.bus import events as ev
 from clawden.bus.connection import Retry
@@ -60,21 +60,13 @@ class Approvals:
         self.flushing = asyncio.Lock()
 
     async def flush(self) -> None:
-        """Publish what committed steps queued; a failure leaves it queued and raises Retry."""
+        """Publish what committed steps queued, in order; a failure leaves it queued and raises Retry."""
         async with self.flushing:
-            while rows := await self.store.run(self.store.outbox):
-                sent: list[int] = []
-                try:
-                    for row in rows:
-                        await self.ctx.js.publish(row.subject, row.payload, timeout=PUBLISH_TIMEOUT,
-                                                  headers={Header.MSG_ID: row.msg_id})
-                        sent.append(row.seq)
-                except Exception as exc:
-                    self.counts["publish_failed"] += 1
-                    raise Retry(f"publishing failed, kept in the outbox: {exc!r}", delay=2.0) from exc
-                finally:
-                    await self.store.run(self.store.published, sent)
-                self.counts["published"] += len(sent)
+            done = await outbox.flush(self.ctx.js, self.store, timeout=PUBLISH_TIMEOUT)
+        self.counts["published"] += done.sent
+        if done.errors:
+            self.counts["publish_failed"] += 1
+            raise Retry(f"publishing failed, kept in the outbox: {done.errors[0]!r}", delay=2.0) from done.errors[0]
 
     async def step(self, fn: Callable[..., Step], *args: Any) -> Step:
         result = await self.store.run(fn, *args)

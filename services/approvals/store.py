@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from clawden import servicedb
+from clawden import outbox
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from services.approvals import cards, policy
@@ -24,14 +24,6 @@ _card_decoder = msgspec.json.Decoder(ev.Card)
 _request_decoder = msgspec.json.Decoder(ev.ApprovalRequest)
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    seq: int
-    subject: str
-    msg_id: str
-    payload: bytes
-
-
 @dataclass
 class Step:
     """What one store step did, for the service's counters and logs."""
@@ -40,7 +32,7 @@ class Step:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-class Store(servicedb.Store):
+class Store(outbox.OutboxStore):
     migrations = MIGRATIONS
     synchronous = "FULL"  # a decision, once told, is never forgotten
 
@@ -50,10 +42,6 @@ class Store(servicedb.Store):
         for row in conn.execute("SELECT * FROM direct_chats"):
             self._chats[row["user_id"]] = ev.Route(channel=row["channel"], chat_id=row["chat_id"],
                                                    thread_id=row["thread_id"])
-
-    def _emit(self, subject: str, msg_id: str, event: ev.Event) -> None:
-        self.conn.execute("INSERT INTO outbox (subject, msg_id, payload) VALUES (?, ?, ?)",
-                          (subject, msg_id, ev.encode(event)))
 
     def _audit(self, approval_id: str, now: float, what: str, actor: str = "", detail: str = "") -> None:
         self.conn.execute("INSERT INTO audit (approval_id, at, what, actor, detail) VALUES (?, ?, ?, ?, ?)",
@@ -104,7 +92,7 @@ class Store(servicedb.Store):
                    now: float) -> None:
         # A question is the agent speaking; any other card is the host asking (a notice: the chat's answer
         # still follows), which the terminal labels as Clawden's, not the agent's.
-        self._emit(subjects.outbound(delivery.route.channel, delivery.route.chat_id), card_id, ev.OutboundMessage(
+        self.emit(subjects.outbound(delivery.route.channel, delivery.route.chat_id), card_id, ev.OutboundMessage(
             id=card_id, route=delivery.route, text=cards.text_of(card), card=card, agent_group=request.agent_group,
             kind="reply" if request.kind == "question" else "notice"))
         self._audit(request.id, now, "card_sent", delivery.approver,
@@ -135,7 +123,7 @@ class Store(servicedb.Store):
         db.execute("UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, value = ?, reason = ?,"
                    " card_message_id = COALESCE(card_message_id, ?) WHERE id = ?",
                    (decision, now, decided_by, value, reason, target, approval_id))
-        self._emit(subjects.approval_decision(approval_id), f"decision:{approval_id}", ev.ApprovalDecision(
+        self.emit(subjects.approval_decision(approval_id), f"decision:{approval_id}", ev.ApprovalDecision(
             id=approval_id, decision=decision,
             decided_by=decided_by, value=value, decided_at=now, reason=reason))
         self._audit(approval_id, now, decision, decided_by, reason or value)
@@ -153,7 +141,7 @@ class Store(servicedb.Store):
         shown = cards.decided_card(card, cards.outcome_line(row["status"], decided_by, label, row["reason"]))
         route = ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"])
         edit_id = f"{row['card_id']}:{row['status']}"
-        self._emit(subjects.outbound(route.channel, route.chat_id), edit_id, ev.OutboundEdit(
+        self.emit(subjects.outbound(route.channel, route.chat_id), edit_id, ev.OutboundEdit(
             id=edit_id, route=route, target_message_id=row["card_message_id"], text=cards.text_of(shown), card=shown))
         db.execute("UPDATE approvals SET edited = 1 WHERE id = ?", (approval_id,))
 
@@ -194,7 +182,7 @@ class Store(servicedb.Store):
             return Step(decision)
 
     def _reply(self, action: ev.InboundAction, reply_id: str, text: str) -> None:
-        self._emit(subjects.outbound(action.route.channel, action.route.chat_id), reply_id,
+        self.emit(subjects.outbound(action.route.channel, action.route.chat_id), reply_id,
                    ev.OutboundMessage(id=reply_id, route=action.route, text=text))
 
     # --- delivery receipts ----------------------------------------------------------------------
@@ -308,17 +296,6 @@ class Store(servicedb.Store):
             if (route.channel, route.chat_id) == (moved.channel, moved.old_chat_id):
                 self._chats[user] = msgspec.structs.replace(route, chat_id=moved.new_chat_id)
         return count
-
-    # --- outbox ---------------------------------------------------------------------------------
-
-    def outbox(self, limit: int = 256) -> list[Outgoing]:
-        return [Outgoing(r["seq"], r["subject"], r["msg_id"], bytes(r["payload"])) for r in self.conn.execute(
-            "SELECT * FROM outbox ORDER BY seq LIMIT ?", (limit,))]
-
-    def published(self, seqs: Sequence[int]) -> None:
-        if seqs:
-            with self._tx() as db:
-                db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
 
     # --- reading --------------------------------------------------------------------------------
 

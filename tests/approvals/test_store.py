@@ -8,8 +8,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from clawden import servicedb
 from clawden.bus import events as ev
 from services.approvals import cards
+from services.approvals.schema import MIGRATIONS
 from services.approvals.store import Store
 
 OWNER = "local:alice"
@@ -30,8 +32,8 @@ def request(rid: str = "vault-1", kind: str = "credential", expires_at: float = 
 
 
 def drain(store: Store) -> list[ev.Event]:
-    rows = store.outbox()
-    store.published([r.seq for r in rows])
+    rows = store.outgoing()
+    store.published([r.id for r in rows])
     return [ev.decode(r.payload) for r in rows]
 
 
@@ -206,3 +208,16 @@ def test_a_question_asked_in_a_group_that_became_a_supergroup_is_answered_from_t
     from_supergroup = msgspec.structs.replace(click(card, "2", who="telegram:7"),
                                               route=ev.Route(channel="telegram", chat_id="-1001"))
     assert store.click(from_supergroup, 1001).result == "answered"
+
+
+def test_events_queued_before_the_kernel_outbox_are_still_published_in_order(tmp_path: Path) -> None:
+    conn, _ = servicedb.open_db(tmp_path / "approvals.db", MIGRATIONS[:2])
+    events = [ev.ApprovalDecision(id=f"ap-{i}", decision="denied") for i in range(3)]
+    conn.executemany("INSERT INTO outbox (subject, msg_id, payload) VALUES (?, ?, ?)",
+                     [(f"s{i}", f"m{i}", ev.encode(e)) for i, e in enumerate(events)])
+    conn.close()
+    store = Store.open(tmp_path / "approvals.db")
+    rows = store.outgoing()
+    assert [(r.lane, r.subject, r.msg_id) for r in rows] == [("", "s0", "m0"), ("", "s1", "m1"), ("", "s2", "m2")]
+    assert drain(store) == events and store.outgoing() == []
+    store.close()
