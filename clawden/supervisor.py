@@ -21,6 +21,7 @@ from types import FrameType
 from typing import TextIO
 
 from clawden import logs, natsauth, natsserver, setup
+from clawden.backoff import backoff
 from clawden.config import Config, configured_bridges, unknown_in_file
 from clawden.models import model_warning
 from clawden.runtime import EX_CONFIG
@@ -142,7 +143,7 @@ class Supervisor:
                          f"{'':<10}not restarting it (see {child.log_path})")
                 child.proc, child.next_start = None, float("inf")
                 continue
-            delay = min(30.0, 2.0 ** child.restarts) if child.restarts else 0.5
+            delay = backoff(child.restarts, cap=30.0) if child.restarts else 0.5
             child.restarts += 1
             child.proc = None
             child.next_start = now + delay

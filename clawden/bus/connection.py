@@ -17,6 +17,7 @@ from nats.errors import AuthorizationError
 from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
 
+from clawden.backoff import backoff
 from clawden.bus import events
 from clawden.bus.pull import Puller
 from clawden.bus.streams import Consumer, ensure_consumer
@@ -96,6 +97,13 @@ async def publish(js: JetStreamContext, subject: str, event: events.Event, *, ms
 Handler = Callable[[E, Msg], Awaitable[None]]
 
 
+async def nak(msg: Msg) -> None:
+    """Have `msg` redelivered after a backoff that grows with its deliveries (1 s, 2 s … 30 s); a nak that
+    cannot be sent (NATS away) leaves the redelivery to the consumer's AckWait."""
+    with contextlib.suppress(Exception):
+        await msg.nak(delay=backoff(msg.metadata.num_delivered, base=0.5, cap=30.0))
+
+
 @dataclass
 class ConsumeStats:
     handled: int = 0
@@ -162,7 +170,7 @@ async def consume(
                 stats.last_error = repr(exc)
                 log.exception("handler failed on %s (delivery %d)", msg.subject,
                               msg.metadata.num_delivered)
-                await msg.nak(delay=min(30.0, 0.5 * 2 ** msg.metadata.num_delivered))
+                await nak(msg)
                 return
             await msg.ack()
             stats.handled += 1

@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from nats.js.api import Header
 
 from clawden import outbox
-from clawden.bus import ensure_consumer, subjects
+from clawden.bus import ensure_consumer, nak, subjects
 from clawden.bus import events as ev
 from clawden.bus.pull import Puller
 from clawden.bus.streams import router_decisions, router_inbound
@@ -102,7 +102,7 @@ class Router:
             # Routed state is committed; a failed publish stays in the outbox and a redelivery
             # (seen as a duplicate) flushes it, so a nak loses nothing and routes nothing twice.
             if outcome is None or outcome.unpublished or key in outcome.failed:
-                await _nak(msg)
+                await nak(msg)
             else:
                 await msg.ack()
 
@@ -114,7 +114,7 @@ class Router:
         except Exception as exc:
             log.warning("forwarding click %s failed: %r", action.key, exc)
             self.counts["publish_failed"] += 1
-            await _nak(msg)
+            await nak(msg)
             return
         self.counts["clicks_forwarded"] += 1
         await msg.ack()
@@ -131,7 +131,7 @@ class Router:
                 continue
             outcome = await self.settle(self.store.on_decision, decision, time.time())
             if outcome is None or outcome.unpublished:
-                await _nak(msg)
+                await nak(msg)
             else:
                 await msg.ack()
 
@@ -183,11 +183,6 @@ class Router:
 def _channel_of(event: Inbound) -> str:
     route = getattr(event, "route", None)
     return route.channel if route is not None else str(getattr(event, "channel", ""))
-
-
-async def _nak(msg: Msg) -> None:
-    with contextlib.suppress(Exception):
-        await msg.nak(delay=min(30.0, 0.5 * 2 ** msg.metadata.num_delivered))
 
 
 def _login() -> str | None:

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from clawden.backoff import backoff
+
 MAX_BACKOFF = 300.0  # seconds between two attempts of one session, at most
 TOOL_GRACE = 30.0  # seconds past a declared tool timeout before its silence counts
 
@@ -52,11 +54,6 @@ def dispatch(queue: Iterable[Queued], live: int, cap: int, now: float, notice_af
     return plan
 
 
-def backoff(attempt: int) -> float:
-    """Seconds before attempt `attempt + 1` of a session that failed `attempt` times: 2, 4, 8 … 300."""
-    return float(min(MAX_BACKOFF, 2**attempt))
-
-
 @dataclass(frozen=True)
 class StartFailed:
     give_up: bool  # fail the session's pending messages with the reason
@@ -67,7 +64,7 @@ def start_failed(failures: int, attempts: int, image_missing: bool, now: float) 
     """After the `failures`-th failed start in a row: a missing image will not appear by itself."""
     if image_missing or failures >= attempts:
         return StartFailed(give_up=True, retry_at=None)
-    return StartFailed(give_up=False, retry_at=now + backoff(failures))
+    return StartFailed(give_up=False, retry_at=now + backoff(failures, cap=MAX_BACKOFF))
 
 
 def allowed_silence(hang_timeout: float, tool_timeout: float | None) -> float:

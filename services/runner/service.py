@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 
 from clawden import logs, sessiondb
 from clawden.agentcontainer import PROJECT_SETTINGS, container_user
+from clawden.backoff import backoff
 from clawden.bus import ConsumeStats, Retry, bind, consume, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import runner_decisions, runner_receipts, runner_wake
@@ -513,7 +514,8 @@ class Runner:
                 # Crash-looping sessions back off: 2 s, 4 s, 8 s … between attempts.
                 crashes = self.failures.get(info.id, 0) + 1
                 self.failures[info.id] = crashes
-                self.queue[info.id] = Waiting(info, live.folder, not_before=time.monotonic() + core.backoff(crashes))
+                self.queue[info.id] = Waiting(info, live.folder,
+                                              not_before=time.monotonic() + backoff(crashes, cap=core.MAX_BACKOFF))
                 self.changed.set()
 
     def _forget(self, session_id: str) -> None:

@@ -1,4 +1,5 @@
-"""The runner's pure decisions as tables: slots and the queue, backoff, failed starts, idle and hung."""
+"""The runner's pure decisions as tables: slots and the queue, failed starts (their backoff is the kernel's,
+tests/runtime/test_backoff.py), idle and hung."""
 
 from __future__ import annotations
 
@@ -30,11 +31,6 @@ def test_dispatch(queue: list[Queued], live: int, cap: int, making_room: bool, s
                   make_room: bool) -> None:
     plan = core.dispatch(queue, live, cap, now=100.0, notice_after=NOTICE, making_room=making_room)
     assert (plan.start, plan.tell, plan.make_room) == (start, tell, make_room)
-
-
-@pytest.mark.parametrize(("attempt", "delay"), [(1, 2.0), (2, 4.0), (5, 32.0), (8, 256.0), (9, 300.0), (40, 300.0)])
-def test_backoff_doubles_up_to_five_minutes(attempt: int, delay: float) -> None:
-    assert core.backoff(attempt) == delay
 
 
 @pytest.mark.parametrize(("failures", "image_missing", "expected"), [
