@@ -112,7 +112,8 @@ class Approvals:
         if isinstance(event, ev.ChatMoved):
             # A group's question cards now live under its new id: answers from there must count.
             self.counts["chats_moved"] += await self.store.run(self.store.move_chat, event)
-        elif isinstance(event, ev.InboundMessage) and not event.is_group and not event.sender.is_bot:
+        elif (isinstance(event, ev.InboundMessage) and not event.is_group and not event.sender.is_bot
+              and not event.refused):  # a forged sender's chat is never where their cards go
             user = policy.user_id(event.route.channel, event.sender.id)
             if await self.store.run(self.store.learn_chat, user, event.route, time.time()):
                 self.counts["chats_learned"] += 1

@@ -170,6 +170,8 @@ def addressed(message: ev.InboundMessage) -> bool:
 
 def decide(message: ev.InboundMessage, view: View, *, only: str | None = None) -> Decision:
     """Route one message. `only` replays a held message for the one agent group it was held for."""
+    if message.refused:
+        return _drop(message.refused)
     if message.sender.is_bot:
         return _drop("message from a bot", record=False)
     text = message.text.strip()

@@ -4,7 +4,6 @@ approval decisions in. Deciding is `engage.decide`, state is `store`; this modul
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
 import logging
 import time
@@ -21,7 +20,7 @@ from clawden.bus import ensure_consumer, nak, subjects
 from clawden.bus import events as ev
 from clawden.bus.pull import Puller
 from clawden.bus.streams import router_decisions, router_inbound
-from clawden.runtime import ControlError, ServiceContext
+from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
 from services.router import control
 from services.router.store import Outcome, RouterError, RouterStore
 
@@ -142,11 +141,8 @@ class Router:
         await self.store.run(self.store.prune, time.time())
 
     async def sweeping(self) -> None:
-        while not self.ctx.stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ctx.stopping.wait(), SWEEP_EVERY)
-            if not self.ctx.stopping.is_set():
-                await self.sweep()
+        while await sleep_unless_stopping(self.ctx.stopping, SWEEP_EVERY):
+            await self.sweep()
 
     async def pull(self, puller: Puller, handle: Callable[[Sequence[Msg]], Awaitable[None]]) -> None:
         """Take what has arrived until stopping; the batch in hand is finished first."""

@@ -4,7 +4,6 @@ wake, exactly once, sleeping until the next one is due."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import secrets
@@ -19,7 +18,7 @@ from nats.aio.msg import Msg
 from clawden.bus import bind, consume, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import scheduler_tasks
-from clawden.runtime import ControlError, ServiceContext, decode_request
+from clawden.runtime import ControlError, ServiceContext, decode_request, sleep_unless_stopping
 from services.scheduler import schedule as sched
 from services.scheduler.catchup import Policy, plan
 from services.scheduler.store import STATUSES, Change, NewTask, PastTime, Store, Task, TaskError
@@ -87,30 +86,19 @@ class Scheduler:
 
     async def clock(self) -> None:
         """Sleep until the earliest due run (or a change), fire what is due, repeat until stopping."""
-        waker = asyncio.create_task(self._wake_on_stop())
-        try:
-            while not self.ctx.stopping.is_set():
-                self.changed.clear()
-                next_at = await self.store.run(self.store.next_due)
-                now = time.time()
-                if next_at is not None and next_at <= now:
-                    try:
-                        await self.fire_due(now)
-                    except Exception:
-                        log.exception("firing due tasks failed; retrying in %.0fs", RETRY_AFTER)
-                        await self._sleep(RETRY_AFTER)
-                    continue
-                await self._sleep(MAX_SLEEP if next_at is None else min(MAX_SLEEP, next_at - now))
-        finally:
-            waker.cancel()
-
-    async def _wake_on_stop(self) -> None:
-        await self.ctx.stopping.wait()
-        self.changed.set()
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.changed.wait(), max(0.0, seconds))
+        while not self.ctx.stopping.is_set():
+            self.changed.clear()
+            next_at = await self.store.run(self.store.next_due)
+            now = time.time()
+            if next_at is not None and next_at <= now:
+                try:
+                    await self.fire_due(now)
+                except Exception:
+                    log.exception("firing due tasks failed; retrying in %.0fs", RETRY_AFTER)
+                    await sleep_unless_stopping(self.ctx.stopping, RETRY_AFTER, self.changed)
+                continue
+            sleep = MAX_SLEEP if next_at is None else min(MAX_SLEEP, next_at - now)
+            await sleep_unless_stopping(self.ctx.stopping, sleep, self.changed)
 
     async def fire_due(self, now: float) -> None:
         for task in await self.store.run(self.store.due, now):
