@@ -20,14 +20,14 @@ from nats.aio.client import Client
 from clawden import natsserver
 from clawden.bus import connect
 
-pytest_plugins = ["tests.plugins.docker", "tests.servers.synapse.fixture"]
+pytest_plugins = ["tests.plugins.docker", "tests.servers.synapse.fixture", "tests.servers.mail.fixture"]
 
 # A test using one of these starts a nats-server (directly, or through `clawden up`), needs Docker, or runs a
 # whole program as a child process (Claude Code): it gets the marker, so `pytest -m "not docker and not nats and
 # not process"` is the fast subset. A test that does so some other way carries the marker by hand.
 MARKED_BY_FIXTURE = {
     "nats": frozenset({"nats_server", "secured_nats", "core", "stack", "up"}),
-    "docker": frozenset({"docker_client", "agent_image", "synapse"}),
+    "docker": frozenset({"docker_client", "agent_image", "synapse", "mail_server"}),
     "process": frozenset({"start_agent"}),
 }
 
