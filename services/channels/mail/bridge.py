@@ -1,0 +1,434 @@
+"""The email bridge: IMAP IDLE (or polling) in, SMTP submission out (aioimaplib, aiosmtplib). A thread is a chat.
+
+Settings (`[channels.email]` in config.toml, or `CLAWDEN_EMAIL_<KEY>`): `address` (the assistant's), `name`,
+`username` (default: the address), `imap_host`, `imap_port`, `imap_security` (`tls` or `none`), `smtp_host`,
+`smtp_port`, `smtp_security` (`starttls`, `tls` or `none`), `mailbox`, `poll_interval`, `idle_renew`,
+`allow` (addresses or `@domains` whose mail may reach an agent; empty: the router's policy alone decides),
+`trusted_servers` (authserv-ids whose Authentication-Results count), `require_authentication`, `max_file_mb`,
+`send_deadline`. The password comes from `CLAWDEN_EMAIL_TOKEN` or `keys/email` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+import re
+import ssl
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import parseaddr
+from pathlib import Path
+
+import aioimaplib
+import aiosmtplib
+
+from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secret
+from clawden.bus import events as ev
+from clawden.config import Config
+from clawden.runtime import ServiceContext
+from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound
+from services.channels.mail import core
+from services.channels.mail.store import MailStore
+from services.channels.retry import Kind, PlatformError, RetryPolicy
+from services.channels.service import serve
+
+log = logging.getLogger("clawden.channels.email")
+
+CHANNEL = "email"
+_FETCHED = re.compile(rb"UID (\d+)")
+_UIDVALIDITY = re.compile(r"UIDVALIDITY (\d+)")
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    address: str
+    password: str
+    name: str = "Clawden"
+    username: str = ""
+    imap_host: str = "127.0.0.1"
+    imap_port: int = 993
+    imap_security: str = "tls"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 587
+    smtp_security: str = "starttls"
+    mailbox: str = "INBOX"
+    poll_interval: float = 60.0  # servers without IDLE are asked this often
+    idle_renew: float = 300.0  # IDLE is restarted this often (RFC 9051 asks for less than 29 minutes)
+    allow: tuple[str, ...] = ()
+    trusted_servers: tuple[str, ...] = ()
+    require_authentication: bool = False
+    max_file_bytes: int = 10 * 1024 * 1024
+    timeout: float = 30.0
+
+    @property
+    def login(self) -> str:
+        return self.username or self.address
+
+    @classmethod
+    def load(cls, cfg: Config, environ: dict[str, str] | None = None) -> MailSettings:
+        s = channel_settings(cfg, CHANNEL, environ)
+        address = s.get("address", "").strip().lower()
+        if "@" not in address:
+            raise BridgeConfigError("no email address: set [channels.email] address (or CLAWDEN_EMAIL_ADDRESS)")
+        host = s.get("imap_host", "")
+        if not host:
+            raise BridgeConfigError("no IMAP server: set [channels.email] imap_host")
+        imap_security = s.get("imap_security", "tls")
+        smtp_security = s.get("smtp_security", "starttls")
+        if imap_security not in ("tls", "none") or smtp_security not in ("tls", "starttls", "none"):
+            raise BridgeConfigError("imap_security is tls or none; smtp_security is starttls, tls or none")
+
+        def words(key: str) -> tuple[str, ...]:
+            return tuple(w.strip().lower() for w in re.split(r"[,\s]+", s.get(key, "")) if w.strip())
+
+        try:
+            return cls(
+                address=address, password=read_secret(cfg, CHANNEL, environ), name=s.get("name", "Clawden"),
+                username=s.get("username", ""), imap_host=host,
+                imap_port=int(s.get("imap_port", 993 if imap_security == "tls" else 143)),
+                imap_security=imap_security, smtp_host=s.get("smtp_host", host),
+                smtp_port=int(s.get("smtp_port", {"tls": 465, "starttls": 587}.get(smtp_security, 25))),
+                smtp_security=smtp_security, mailbox=s.get("mailbox", "INBOX"),
+                poll_interval=float(s.get("poll_interval", 60)), idle_renew=float(s.get("idle_renew", 300)),
+                allow=words("allow"), trusted_servers=words("trusted_servers") or (host.lower(),),
+                require_authentication=s.get("require_authentication", "false").lower() in ("1", "true", "yes"),
+                max_file_bytes=int(float(s.get("max_file_mb", 10)) * 1024 * 1024))
+        except ValueError as exc:
+            raise BridgeConfigError(f"[channels.email]: {exc}") from exc
+
+    def allowed(self, sender: str) -> bool:
+        return not self.allow or sender in self.allow or f"@{core.domain(sender)}" in self.allow
+
+
+# --- the platform clients -------------------------------------------------------------------------------
+
+class ImapError(Exception):
+    pass
+
+
+async def imap_connect(s: MailSettings) -> aioimaplib.IMAP4:
+    if s.imap_security == "tls":
+        client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(host=s.imap_host, port=s.imap_port, timeout=s.timeout,
+                                                         ssl_context=ssl.create_default_context())
+    else:
+        client = aioimaplib.IMAP4(host=s.imap_host, port=s.imap_port, timeout=s.timeout)
+    await client.wait_hello_from_server()
+    response = await client.login(s.login, s.password)
+    if response.result != "OK":
+        raise BridgeConfigError(f"IMAP login as {s.login} refused: {_said(response)}")
+    return client
+
+
+def _said(response: aioimaplib.Response) -> str:
+    return b" ".join(x for x in response.lines if isinstance(x, bytes)).decode(errors="replace")[:300]
+
+
+def _ok(response: aioimaplib.Response, what: str) -> aioimaplib.Response:
+    if response.result != "OK":
+        raise ImapError(f"IMAP {what}: {response.result} {_said(response)}")
+    return response
+
+
+def smtp_client(s: MailSettings) -> aiosmtplib.SMTP:
+    return aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, username=s.login, password=s.password,
+                           use_tls=s.smtp_security == "tls", start_tls=s.smtp_security == "starttls",
+                           timeout=s.timeout)
+
+
+def smtp_failure(exc: Exception, *, submitting: bool) -> PlatformError:
+    """What a failed submission means. The server's answer decides where there is one: 4xx is temporary, 5xx
+    permanent. A connection that broke while connecting or logging in certainly sent nothing; one that broke
+    while the mail was being submitted (`submitting`) may have delivered it."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        words = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+        kind: Kind = "transient" if codes and all(400 <= c < 500 for c in codes) else "permanent"
+        return PlatformError(f"the mail server refused the recipient ({words})", kind, code=max(codes or [0]))
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        kind = "transient" if 400 <= exc.code < 500 else "permanent"
+        return PlatformError(f"the mail server answered {exc.code} {exc.message}", kind, code=exc.code)
+    broken = isinstance(exc, aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPTimeoutError | OSError | TimeoutError)
+    if broken and submitting:
+        return PlatformError(f"the connection to the mail server broke mid-submission: {exc!r}", "unknown",
+                             connection=True)
+    if broken or isinstance(exc, aiosmtplib.SMTPConnectError):
+        return PlatformError(f"cannot reach the mail server: {exc}", "transient", connection=True)
+    return PlatformError(f"the mail server cannot take mail from this bridge as configured: {exc}", "permanent")
+
+
+# --- the bridge -----------------------------------------------------------------------------------------
+
+class EmailBridge(Bridge):
+    name = CHANNEL
+
+    def __init__(self, settings: MailSettings, store_path: Path) -> None:
+        self.s = settings
+        self.store_path = store_path
+        self._store: MailStore | None = None
+        self.capabilities = Capabilities(
+            max_text=200_000, files=True, cards=True,  # cards: numbered choices, answered by a reply
+            max_file_bytes=settings.max_file_bytes, max_download_bytes=settings.max_file_bytes)
+        # IDLE is renewed every idle_renew seconds, and each renewal is a sign of life.
+        self.deaf_after = max(120.0, settings.idle_renew * 2 + settings.timeout * 2, settings.poll_interval * 3)
+        self._send_lock = asyncio.Lock()
+
+    @property
+    def store(self) -> MailStore:
+        assert self._store is not None, "start() opens the store"
+        return self._store
+
+    async def start(self) -> None:
+        self._store = await MailStore.open(self.store_path)
+        await self.store.prune()
+        try:
+            client = await imap_connect(self.s)
+            await client.logout()
+        except BridgeConfigError:
+            raise
+        except Exception as exc:  # the server is down or away: the listener keeps trying
+            log.warning("IMAP server %s:%d not reachable yet: %r", self.s.imap_host, self.s.imap_port, exc)
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    # --- in -------------------------------------------------------------------------------------------
+
+    async def listen(self, inbound: Inbound) -> None:
+        client = await imap_connect(self.s)
+        try:
+            selected = _ok(await client.select(self.s.mailbox), f"SELECT {self.s.mailbox}")
+            validity = next((m.group(1) for line in selected.lines if isinstance(line, bytes)
+                             if (m := _UIDVALIDITY.search(line.decode(errors="replace")))), "")
+            last = await self._cursor(inbound, validity)
+            idle = client.has_capability("IDLE")
+            log.info("reading %s as %s from UID %d (UIDVALIDITY %s; %s)", self.s.mailbox, self.s.login, last,
+                     validity, "IDLE" if idle else f"polling every {self.s.poll_interval:.0f}s")
+            while True:
+                last = await self._catch_up(client, inbound, validity, last)
+                inbound.alive()
+                if idle:
+                    await self._idle(client)
+                else:
+                    await inbound.pause(self.s.poll_interval)  # no push: polling is all there is
+                    _ok(await client.noop(), "NOOP")
+        finally:
+            try:
+                await asyncio.wait_for(client.logout(), 5)
+            except Exception as exc:  # a dead connection: nothing to log out of
+                log.debug("IMAP logout: %r", exc)
+
+    async def _cursor(self, inbound: Inbound, validity: str) -> int:
+        """The last UID handled, valid only under the UIDVALIDITY it was taken with."""
+        stored = await inbound.state.cursor(f"{self.s.mailbox}.uidvalidity")
+        uid = await inbound.state.cursor(f"{self.s.mailbox}.uid")
+        if stored is None:
+            await inbound.state.set_cursor(f"{self.s.mailbox}.uidvalidity", validity)
+            return 0
+        if stored[0] != validity:
+            # The server renumbered the mailbox: read it again from the start; mail already handled is
+            # known by its Message-ID and skipped.
+            log.warning("%s was renumbered (UIDVALIDITY %s, was %s): reading it again, skipping mail already "
+                        "handled", self.s.mailbox, validity, stored[0])
+            await inbound.state.set_cursor(f"{self.s.mailbox}.uid", "0")
+            await inbound.state.set_cursor(f"{self.s.mailbox}.uidvalidity", validity)
+            return 0
+        return int(uid[0]) if uid else 0
+
+    async def _idle(self, client: aioimaplib.IMAP4) -> None:
+        waiting = await client.idle_start(timeout=self.s.idle_renew + self.s.timeout)
+        try:
+            # Whatever the server pushes (EXISTS, EXPUNGE, FETCH), a search for new UIDs follows.
+            await client.wait_server_push(timeout=self.s.idle_renew)
+        except TimeoutError:
+            pass
+        finally:
+            if client.has_pending_idle():
+                client.idle_done()
+            await asyncio.wait_for(waiting, self.s.timeout)
+
+    async def _catch_up(self, client: aioimaplib.IMAP4, inbound: Inbound, validity: str, last: int) -> int:
+        found = _ok(await client.uid_search(f"UID {last + 1}:*"), "UID SEARCH")
+        uids = sorted(int(u) for line in found.lines if isinstance(line, bytes)
+                      for u in line.split() if u.isdigit() and int(u) > last)
+        for uid in uids:
+            fetched = _ok(await client.uid("fetch", str(uid), "(BODY.PEEK[])"), f"UID FETCH {uid}")
+            raw = next((bytes(x) for x in fetched.lines if isinstance(x, bytearray)), None)
+            if raw is not None:
+                await self._received(raw, f"{validity}.{uid}", inbound)
+                await client.uid("store", str(uid), "+FLAGS.SILENT (\\Seen)")
+            await inbound.state.set_cursor(f"{self.s.mailbox}.uid", str(uid))
+            last = uid
+            inbound.alive()
+        return last
+
+    async def _received(self, raw: bytes, fallback_id: str, inbound: Inbound) -> None:
+        """One mail: its thread noted, then published (or refused with its reason); idempotent."""
+        message = core.parse(raw)
+        msgid = (core.message_ids(core.header(message, "Message-ID")) or [f"<{fallback_id}@imap.invalid>"])[0]
+        key = f"{CHANNEL}:{core.bare(msgid)}"
+        if await self.store.handled(key):
+            return
+        sender = core.address(core.header(message, "Reply-To") or core.header(message, "From"))
+        author = core.address(core.header(message, "From"))
+        chat_id = await self._thread_of(message, msgid, author)
+        others = [a for a in core.addresses([core.header(message, "To"), core.header(message, "Cc")])
+                  if a != self.s.address and a != sender]
+        prior = await self.store.thread(chat_id)
+        refs = (*(prior.references if prior else core.message_ids(core.header(message, "References"))), msgid)
+        thread = core.Thread(chat_id, prior.subject if prior else core.header(message, "Subject"),
+                             tuple(dict.fromkeys([sender, *others])) if sender else (prior.to if prior else ()),
+                             tuple(dict.fromkeys(refs)))
+        refused = core.automatic(message, own=self.s.address)
+        if not refused:
+            verdict = core.authenticity(message, self.s.trusted_servers)
+            if verdict.checked and not verdict.aligned:
+                refused = f"unverified sender: {verdict.reason}"
+            elif not verdict.checked and self.s.require_authentication:
+                refused = f"unverified sender: {verdict.reason} (require_authentication is on)"
+            elif not self.s.allowed(author):
+                refused = f"{author} is not among the allowed senders ([channels.email] allow)"
+        if not refused:  # only mail that may be answered keeps the thread's people and ids
+            await self.store.save(thread, msgid)
+        text = core.fresh_text(message)
+        route = ev.Route(channel=CHANNEL, chat_id=chat_id)
+        who = ev.Sender(id=author, name=_display_name(core.header(message, "From")))
+        parent = core.message_ids(core.header(message, "In-Reply-To"))
+        number = core.choice(text)
+        card = await self.store.card(parent) if number is not None and not refused else None
+        if card is not None and number is not None and 1 <= number <= card[1]:
+            known = await inbound.click(route, f"{card[0]}:{number - 1}", action_id=core.bare(msgid), sender=who,
+                                        message_id=core.bare(parent[0]))
+            log.info("%s answered card %s with choice %d%s", author, card[0], number, "" if known else " (expired)")
+        else:
+            attachments = () if refused else await self._save_files(message, chat_id, core.bare(msgid), inbound)
+            subject = core.header(message, "Subject")
+            body = text if not subject or prior is not None else f"{subject}\n\n{text}".strip()
+            await inbound.publish(ev.InboundMessage(
+                route=route, message_id=core.bare(msgid), sender=who, text=body, sent_at=time.time(),
+                chat_name=subject[:100], mentioned=True, attachments=attachments,
+                reply_to=core.bare(parent[0]) if parent else None, refused=refused))
+            if refused:
+                log.info("mail %s from %s goes to no agent: %s", msgid, author, refused)
+        await self.store.mark_handled(key)
+
+    async def _thread_of(self, message: EmailMessage, msgid: str, sender: str) -> str:
+        ids = [*core.message_ids(core.header(message, "In-Reply-To")),
+               *reversed(core.message_ids(core.header(message, "References")))]
+        known = await self.store.chat_of_ids(ids)
+        if known is not None:
+            return known
+        root = core.thread_root(message)
+        if root is None:  # no thread headers: a client that keeps none may still answer a thread we know
+            by_subject = await self.store.chat_by_subject(core.header(message, "Subject"), sender)
+            if by_subject is not None:
+                return by_subject
+        return core.chat_of(root or msgid)
+
+    async def _save_files(self, message: EmailMessage, chat_id: str, msgid: str,
+                          inbound: Inbound) -> tuple[ev.Attachment, ...]:
+        out = []
+        limit = self.capabilities.max_download_bytes
+        for n, file in enumerate(core.files(message)):
+            attachment = ev.Attachment(name=file.name, mime=file.mime, size=len(file.data))
+            if len(file.data) > limit:
+                log.info("not keeping %s (%d bytes) of %s: over the %d-byte limit", file.name, len(file.data),
+                         msgid, limit)
+                out.append(attachment)
+                continue
+            safe = re.sub(r"[^A-Za-z0-9._-]", "_", file.name)[-100:] or "file"
+            dest = inbound.files_dir / chat_id / f"{re.sub(r'[^A-Za-z0-9]', '', msgid)[:40]}-{n}-{safe}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(dest.write_bytes, file.data)
+            out.append(ev.Attachment(name=file.name, mime=file.mime, size=len(file.data), url=dest.as_uri()))
+        return tuple(out)
+
+    # --- out ------------------------------------------------------------------------------------------
+
+    async def send_text(self, route: ev.Route, text: str, *, reply_to: str | None,
+                        buttons: list[list[ButtonRef]], key: str) -> str:
+        choices = [b for row in buttons for b in row]
+        if choices:
+            text = (text.rstrip() + "\n\n" + "\n".join(f"{i}) {b.label}" for i, b in enumerate(choices, 1))
+                    + "\n\nReply with the number of your choice.")
+        msgid = await self._send(route, text, [], key)
+        if choices:
+            token = choices[0].data.partition(":")[0]
+            await self.store.remember_card(msgid, token, len(choices))
+        return core.bare(msgid)
+
+    async def send_file(self, route: ev.Route, path: Path, *, key: str) -> str:
+        data = await asyncio.to_thread(path.read_bytes)
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return core.bare(await self._send(route, f"Attached: {path.name}", [core.File(path.name, mime, data)], key))
+
+    async def _send(self, route: ev.Route, text: str, files: list[core.File], key: str) -> str:
+        thread = await self._thread_for(route, text)
+        mail = core.compose(own=self.s.address, name=self.s.name, thread=thread, text=text, key=key,
+                            attachments=files)
+        msgid = str(mail["Message-ID"])
+        async with self._send_lock:  # one submission at a time: a home server's SMTP limits are small
+            smtp = smtp_client(self.s)
+            try:
+                await smtp.connect()  # with STARTTLS and the login, as configured
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                raise smtp_failure(exc, submitting=False) from exc
+            try:
+                await smtp.send_message(mail)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                raise smtp_failure(exc, submitting=True) from exc
+            finally:
+                try:
+                    await smtp.quit()
+                except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                    smtp.close()
+        await self.store.save(core.Thread(thread.chat_id, thread.subject, thread.to, (*thread.references, msgid)),
+                              msgid)
+        return msgid
+
+    async def _thread_for(self, route: ev.Route, text: str) -> core.Thread:
+        if "@" in route.chat_id:
+            # A chat named by an address (an approver's cards): a thread of its own, started with this mail.
+            to = core.address(route.chat_id)
+            first = next((line.strip() for line in text.split("\n") if line.strip()), "")
+            subject = first if len(first) <= 70 else first[:67] + "..."
+            return core.Thread(route.chat_id, subject or f"A message from {self.s.name}", (to,), ())
+        thread = await self.store.thread(route.chat_id)
+        if thread is None or not thread.to:
+            raise PlatformError(f"no mail thread {route.chat_id} is known to this bridge", "permanent")
+        return thread
+
+
+def _display_name(value: str) -> str:
+    return parseaddr(value)[0]
+
+
+# --- the process ----------------------------------------------------------------------------------------
+
+async def check_token(cfg: Config, environ: dict[str, str] | None = None) -> str:
+    """For `clawden doctor`: log in to IMAP and to SMTP with the settings the bridge would use."""
+    s = MailSettings.load(cfg, environ)
+    client = await imap_connect(s)
+    try:
+        folder = _ok(await client.select(s.mailbox), f"SELECT {s.mailbox}")
+        count = next((line.split()[0].decode() for line in folder.lines
+                      if isinstance(line, bytes) and line.endswith(b"EXISTS")), "?")
+    finally:
+        await client.logout()
+    try:
+        async with smtp_client(s):
+            pass
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        raise BridgeConfigError(f"SMTP login as {s.login} refused: {exc.code} {exc.message}") from exc
+    return (f"{s.address}: IMAP {s.imap_host}:{s.imap_port} ({s.mailbox}, {count} mails) and SMTP "
+            f"{s.smtp_host}:{s.smtp_port} ({s.smtp_security}) logins accepted")
+
+
+async def main(ctx: ServiceContext) -> None:
+    settings = MailSettings.load(ctx.config, None)
+    deadline = float(channel_settings(ctx.config, CHANNEL).get("send_deadline", 600))
+    bridge = EmailBridge(settings, ctx.config.data_dir / "channels" / "email-threads.db")
+    await serve(ctx, bridge, policy=RetryPolicy(deadline=deadline))

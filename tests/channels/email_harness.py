@@ -1,0 +1,191 @@
+"""The real email bridge process (`clawden run channel@email`) against the real Postfix + Dovecot, mail written
+and read as a person's client would, and a bus client on the email channel's subjects."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from clawden import setup
+from clawden.bus import connect, ensure_streams, publish, subjects
+from clawden.bus import events as ev
+from tests.eventually import eventually
+from tests.servers.mail.fixture import MailServer
+
+CHANNEL = "email"
+TRUSTED = "mx.clawden.test"  # the authserv-id the bridge trusts: what "our" mail server writes
+
+
+def unique(name: str) -> str:
+    """A fresh `<name>…@localhost` mailbox: one mail server serves the whole session."""
+    return f"{name}{secrets.token_hex(3)}@localhost"
+
+
+def user(address: str) -> str:
+    return address.partition("@")[0]
+
+
+class EmailBridgeProcess:
+    """One email bridge process; start() waits until it is READY, like the supervisor does."""
+
+    def __init__(self, home: Path, nats_url: str, server: MailServer, address: str, *,
+                 env: dict[str, str] | None = None, **settings: str) -> None:
+        self.home = home
+        self.nats_url = nats_url
+        self.server = server
+        self.address = address
+        self.extra_env = env or {}
+        self.settings = {
+            "address": address, "imap_host": server.host, "imap_port": str(server.imap_port),
+            "imap_security": "none", "smtp_host": server.host, "smtp_port": str(server.smtp_port),
+            "smtp_security": "none", "trusted_servers": TRUSTED} | settings
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = home / "logs" / "email-bridge.log"
+        self._mark = 0
+        setup.init(home)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, CLAWDEN_HOME=str(self.home), CLAWDEN_NATS_URL=self.nats_url,
+                   CLAWDEN_EMAIL_TOKEN=self.server.password)
+        env.update({f"CLAWDEN_EMAIL_{k.upper()}": v for k, v in self.settings.items()})
+        env.update(self.extra_env)
+        env.pop("NOTIFY_SOCKET", None)
+        return env
+
+    def spawn(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "channel@email"],
+                                         env=self.env(), stdout=out, stderr=out, start_new_session=True)
+
+    async def start(self) -> EmailBridgeProcess:
+        self.spawn()
+        await eventually(lambda: "channel@email ready" in self.output()[self._mark:], 30,
+                         lambda: f"the email bridge did not get ready:\n{self.output()}")
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._mark = len(self.output())
+        return code
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def letter(sender: str, to: str, text: str, *, subject: str = "Plans", reply_to: EmailMessage | None = None,
+           files: tuple[tuple[str, str, bytes], ...] = (), **headers: str) -> EmailMessage:
+    """A mail as a person's client writes it; `reply_to`: an answer to that mail (thread headers kept)."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = subject if reply_to is None else f"Re: {reply_to['Subject']}".replace("Re: Re: ", "Re: ")
+    message["Message-ID"] = make_msgid(domain=sender.partition("@")[2] or "localhost")
+    if reply_to is not None:
+        message["In-Reply-To"] = str(reply_to["Message-ID"])
+        message["References"] = " ".join(filter(None, [str(reply_to.get("References") or ""),
+                                                       str(reply_to["Message-ID"])]))
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    message.set_content(text)
+    for name, mime, data in files:
+        maintype, _, subtype = mime.partition("/")
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return message
+
+
+async def mails(server: MailServer, address: str, count: int, timeout: float = 30,
+                where: Callable[[EmailMessage], bool] = lambda m: True) -> list[EmailMessage]:
+    """The first `count` mails in `address`'s INBOX that match, once there are that many."""
+    async def enough() -> list[EmailMessage] | None:
+        found = [m for m in await asyncio.to_thread(server.inbox, user(address)) if where(m)]
+        return found if len(found) >= count else None
+
+    result: list[EmailMessage] = await eventually(enough, timeout, lambda: f"fewer than {count} mails for {address}: "
+                                                  f"{[m['Subject'] for m in server.inbox(user(address))]}")
+    return result
+
+
+def text_of(message: EmailMessage) -> str:
+    body = message.get_body(preferencelist=("plain",))
+    return "" if body is None else str(body.get_content()).replace("\r\n", "\n").strip()
+
+
+class EmailBus:
+    """The bus side of a test on the email channel: publishes outbound events, reads inbound and receipts."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+
+    @classmethod
+    async def open(cls, url: str, nc: Client | None = None) -> EmailBus:
+        bus = cls(nc or await connect(url, "test-bus"))
+        await ensure_streams(bus.js)
+        return bus
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+    async def send(self, chat_id: str, text: str, *, id: str, card: ev.Card | None = None,
+                   files: tuple[str, ...] = ()) -> ev.OutboundMessage:
+        event = ev.OutboundMessage(id=id, route=ev.Route(channel=CHANNEL, chat_id=chat_id), text=text, card=card,
+                                   files=files)
+        await publish(self.js, subjects.outbound(CHANNEL, chat_id), event, msg_id=event.id)
+        return event
+
+    async def stored(self, subject: str, stream: str) -> list[Any]:
+        info = await self.js.stream_info(stream)
+        if not info.state.messages:
+            return []
+        sub = await self.js.pull_subscribe(subject, stream=stream, config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0))
+        out: list[Any] = []
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(256, timeout=0.5)
+                except TimeoutError:
+                    break
+                for m in msgs:
+                    out.append(ev.decode(m.data))
+                    await m.ack()
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    async def inbound(self) -> list[Any]:
+        return await self.stored(subjects.inbound(CHANNEL), "CLAWDEN_INBOUND")
+
+    async def receipts(self) -> list[ev.DeliveryReceipt]:
+        return await self.stored(subjects.receipt(CHANNEL), "CLAWDEN_RECEIPTS")
+
+    async def wait(self, read: Callable[[], Awaitable[list[Any]]], where: Callable[[Any], bool], count: int = 1,
+                   timeout: float = 30) -> list[Any]:
+        async def enough() -> list[Any] | None:
+            found = [e for e in await read() if where(e)]
+            return found if len(found) >= count else None
+
+        result: list[Any] = await eventually(enough, timeout, f"fewer than {count} matching events arrived")
+        return result

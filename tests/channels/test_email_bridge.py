@@ -1,0 +1,190 @@
+"""The email bridge as it runs (`clawden run channel@email`), with real NATS and a real Postfix + Dovecot: mail in
+as events in its thread, answers out in the thread, files both ways, cards answered by number, automatic and
+forged mail refused with a reason, nothing lost or repeated across a restart, SMTP failures retried or reported."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import pytest
+
+from clawden.bus import events as ev
+from tests.channels.email_harness import EmailBridgeProcess, EmailBus, letter, mails, text_of, unique
+from tests.conftest import NatsServer
+from tests.eventually import eventually
+from tests.servers.mail.fixture import MailServer
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[EmailBus]:
+    b = await EmailBus.open(nats_server.url)
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+def bot() -> str:
+    return unique("assistant")
+
+
+@pytest.fixture
+def bridge_process(tmp_path: Path, nats_server: NatsServer, mail_server: MailServer,
+                   bot: str) -> Iterator[EmailBridgeProcess]:
+    b = EmailBridgeProcess(tmp_path / "home", nats_server.url, mail_server, bot, max_file_mb="0.01")
+    yield b
+    b.close()
+    assert mail_server.password not in b.output(), "the password reached the log"
+
+
+@pytest.fixture
+async def bridge(bridge_process: EmailBridgeProcess) -> EmailBridgeProcess:
+    return await bridge_process.start()
+
+
+def messages(events: list[object]) -> list[ev.InboundMessage]:
+    return [e for e in events if isinstance(e, ev.InboundMessage)]
+
+
+async def test_a_mail_and_its_reply_arrive_as_one_chat_and_the_answer_keeps_the_thread(
+        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    ada = unique("ada")
+    first = letter(ada, bot, "Shall we have dinner on Sunday?", subject="Sunday")
+    mail_server.send(first)
+    [got] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
+    assert got.sender.id == ada and got.mentioned and not got.is_group and not got.refused
+    assert "Shall we have dinner on Sunday?" in got.text and got.chat_name == "Sunday"
+    assert got.message_id == str(first["Message-ID"]).strip("<>")
+
+    await bus.send(got.route.chat_id, "Sunday at 8 works.\n\nSee you then.", id="out-1")
+    [answer] = await mails(mail_server, ada, 1)
+    assert answer["Subject"] == "Re: Sunday" and answer["In-Reply-To"] == first["Message-ID"]
+    assert str(first["Message-ID"]) in str(answer["References"]) and answer["Auto-Submitted"] == "auto-replied"
+    assert text_of(answer) == "Sunday at 8 works.\n\nSee you then."  # nothing quoted
+    html = answer.get_body(preferencelist=("html",))
+    assert html is not None and "<p>See you then.</p>" in str(html.get_content())
+    [receipt] = await bus.wait(bus.receipts, lambda r: r.outbound_id == "out-1")
+    assert receipt.ok and receipt.platform_message_id == str(answer["Message-ID"]).strip("<>")
+
+    mail_server.send(letter(ada, bot, "Great, I'll bring wine.\n\nOn Sunday, you wrote:\n> Sunday at 8 works.",
+                            reply_to=answer))
+    got_both = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage), count=2)
+    second = got_both[1]
+    assert second.route.chat_id == got.route.chat_id and second.text == "Great, I'll bring wine."
+
+
+async def test_files_come_in_within_the_limit_and_go_out_as_attachments(
+        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str, tmp_path: Path) -> None:
+    ada = unique("ada")
+    small, large = b"menu: soup, bread\n", bytes(range(256)) * 64  # the limit here is 0.01 MB
+    mail_server.send(letter(ada, bot, "Two files", files=(("menu.txt", "text/plain", small),
+                                                          ("photo.bin", "application/octet-stream", large))))
+    [got] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
+    menu, photo = got.attachments
+    assert (menu.name, menu.mime, menu.size) == ("menu.txt", "text/plain", len(small))
+    assert await asyncio.to_thread(Path(url2pathname(urlsplit(menu.url).path)).read_bytes) == small
+    assert photo.name == "photo.bin" and photo.size == len(large) and photo.url == ""  # over the limit: not kept
+
+    sessions = bridge.home / "sessions" / "main" / "s1" / "outbox"  # the bridge sends only from session folders
+    sessions.mkdir(parents=True)
+    (sessions / "plan.txt").write_bytes(b"dinner at 8")
+    await bus.send(got.route.chat_id, "", id="out-file", files=(str(sessions / "plan.txt"),))
+    [answer] = await mails(mail_server, ada, 1)
+    [attachment] = list(answer.iter_attachments())
+    assert attachment.get_filename() == "plan.txt" and attachment.get_payload(decode=True) == b"dinner at 8"
+    assert answer["In-Reply-To"] is not None
+
+
+async def test_a_card_goes_out_numbered_and_a_reply_with_a_number_presses_its_button(
+        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    ada = unique("ada")
+    await bus.send(ada, "The agent wants to use GitHub.", id="approval:mail-1", card=ev.Card(
+        title="Allow?", buttons=(ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny"))))
+    [card] = await mails(mail_server, ada, 1)
+    assert "1) Approve\n2) Deny" in text_of(card) and card["Subject"] == "The agent wants to use GitHub."
+    mail_server.send(letter(ada, bot, "2\n\nOn Saturday you wrote:\n> 1) Approve", reply_to=card))
+    [action] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundAction))
+    assert (action.card_id, action.button_id, action.sender.id) == ("approval:mail-1", "deny", ada)
+    assert messages(await bus.inbound()) == []  # a pressed button is not also a message
+
+
+@pytest.mark.parametrize(("headers", "reason"), [
+    ({"Auto_Submitted": "auto-replied", "Subject": "Out of office"}, "Auto-Submitted: auto-replied"),
+    ({"Precedence": "bulk"}, "Precedence: bulk"),
+    ({"List_Id": "<family.lists.localhost>"}, "mailing-list mail"),
+    ({"Authentication_Results": "mx.clawden.test; dkim=pass header.d=evil.example; spf=fail smtp.mailfrom=x"},
+     "unverified sender: From domain localhost has no aligned DKIM or SPF pass"),
+])
+async def test_automatic_and_forged_mail_is_refused_with_its_reason(
+        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str,
+        headers: dict[str, str], reason: str) -> None:
+    ada = unique("ada")
+    subject = headers.pop("Subject", "Hello")
+    mail_server.send(letter(ada, bot, "Automatic words", subject=subject, **headers))
+    [got] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
+    assert reason in got.refused and got.attachments == ()
+
+
+async def test_a_bounce_is_refused_and_never_answered(
+        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    bounce = letter("MAILER-DAEMON@localhost", bot, "Delivery failed", subject="Undelivered Mail Returned to Sender")
+    mail_server.send(bounce)
+    [got] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
+    assert "bounce" in got.refused
+    await bus.send(got.route.chat_id, "an answer nobody should get", id="out-bounce")
+    [receipt] = await bus.wait(bus.receipts, lambda r: r.outbound_id == "out-bounce")
+    assert not receipt.ok and "no mail thread" in (receipt.error or "")
+
+
+async def test_mail_that_arrives_while_the_bridge_is_down_is_read_once_after_it_comes_back(
+        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    ada = unique("ada")
+    mail_server.send(letter(ada, bot, "before", subject="m0"))
+    await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
+    bridge.stop(signal.SIGKILL)
+    for i in range(1, 6):
+        mail_server.send(letter(ada, bot, f"while away {i}", subject=f"m{i}"))
+    await mails(mail_server, bot, 6)  # all delivered to the mailbox before the bridge is back
+    await bridge.start()
+    got = messages(await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage), count=6))
+    assert sorted(m.chat_name for m in got) == [f"m{i}" for i in range(6)]
+    # The stream dedupes by key anyway; the bridge itself must not even try twice (its UID mark held).
+    assert bridge.output().count("reading INBOX") == 2 and "from UID 1 " in bridge.output()
+
+
+async def test_a_temporary_smtp_refusal_is_retried_until_the_mail_goes(
+        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    ada = unique("ada")
+    mail_server.send(letter(ada, bot, "Anything new?"))
+    [got] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
+    mail_server.refuse({f"^{ada}$": "450 4.2.0 Mailbox busy, try later"})
+    try:
+        await bus.send(got.route.chat_id, "Nothing new.", id="out-4xx")
+        await eventually(lambda: "450" in bridge.output() and "next in" in bridge.output(), 30,
+                         lambda: f"no retry of the 4xx in the log:\n{bridge.output()[-2000:]}")
+    finally:
+        mail_server.refuse({})
+    [answer] = await mails(mail_server, ada, 1, timeout=60)
+    assert text_of(answer) == "Nothing new."
+    [receipt] = await bus.wait(bus.receipts, lambda r: r.outbound_id == "out-4xx" and r.final, timeout=60)
+    assert receipt.ok
+
+
+async def test_a_permanent_smtp_refusal_is_reported_with_the_servers_words(
+        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    ada = unique("gone")
+    mail_server.send(letter(ada, bot, "Reply to me"))
+    [got] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
+    mail_server.refuse({f"^{ada}$": "550 5.1.1 No such user here"})
+    try:
+        await bus.send(got.route.chat_id, "Here you go.", id="out-5xx")
+        [receipt] = await bus.wait(bus.receipts, lambda r: r.outbound_id == "out-5xx")
+    finally:
+        mail_server.refuse({})
+    error = receipt.error or ""
+    assert not receipt.ok and receipt.final and "550 5.1.1" in error and "No such user here" in error
+    assert mail_server.inbox(ada.partition("@")[0]) == []
