@@ -636,6 +636,7 @@ async def login(homeserver: str, user: str, password: str, device_name: str = "C
 
 
 async def main(ctx: ServiceContext) -> None:
+    logging.getLogger("nio").setLevel(logging.WARNING)  # nio logs every event of every sync at INFO
     bridge, policy, typing_max = bridge_from_settings(ctx)
     await serve(ctx, bridge, policy=policy, typing_horizon=typing_max)
 

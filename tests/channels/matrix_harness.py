@@ -77,6 +77,8 @@ class Person:
     def __init__(self, synapse: Synapse, account: Account) -> None:
         self.account = account
         self.user_id = account.user_id
+        self._since = ""
+        self._invited: list[str] = []
         self.http = httpx.AsyncClient(base_url=synapse.url, timeout=30,
                                       headers={"Authorization": f"Bearer {account.token}"})
 
@@ -117,6 +119,17 @@ class Person:
 
     async def say(self, room_id: str, text: str, **extra: Any) -> str:
         return await self.send(room_id, {"msgtype": "m.text", "body": text, **extra})
+
+    async def invites(self) -> list[str]:
+        """Rooms she is invited to, from her own /sync. Incremental (from the last `next_batch`): Synapse answers a
+        repeated identical /sync from a cache for a while, so an initial sync asked again shows nothing new."""
+        params: dict[str, Any] = {"timeout": 1000}
+        if self._since:
+            params["since"] = self._since
+        body = await self._call("GET", "/_matrix/client/v3/sync", params=params)
+        self._since = str(body["next_batch"])
+        self._invited += [r for r in (body.get("rooms") or {}).get("invite", {}) if r not in self._invited]
+        return list(self._invited)
 
     async def upload(self, data: bytes, name: str, mime: str) -> str:
         resp = await self._call("POST", "/_matrix/media/v3/upload", params={"filename": name}, content=data,

@@ -206,8 +206,7 @@ async def test_a_card_goes_to_the_approver_in_a_direct_room_and_only_a_numbered_
     assert receipt.ok, receipt.error
 
     async def invited() -> str | None:
-        sync = (await ada.http.get("/_matrix/client/v3/sync", params={"timeout": 0})).json()
-        rooms = list((sync.get("rooms") or {}).get("invite", {}))
+        rooms = await ada.invites()
         return rooms[0] if rooms else None
     room = await eventually(invited, 20, "the approver was never invited to a direct room")
     await ada.join(room)
