@@ -491,6 +491,8 @@ def channel_check(channel: str) -> CheckFn:
     async def check(p: Probe) -> Result:
         token_fix = (f"put the {channel} token in {p.cfg.keys_dir / channel} (chmod 600) "
                      f"or CLAWDEN_{channel.upper()}_TOKEN")
+        if hasattr(bridge_module(channel), "login"):  # a bridge that logs in with a password (Matrix) stores it
+            token_fix = f"run `clawden channels login {channel}` (it writes {p.cfg.keys_dir / channel}, mode 0600)"
         try:
             read_secret(p.cfg, channel, p.environ)
         except BridgeConfigError as exc:

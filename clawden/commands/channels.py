@@ -49,8 +49,49 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_login(args: argparse.Namespace) -> int:
+    """Log a bridge in once with a password and keep only what it hands back (Matrix: token and device id)."""
+    import getpass
+    import sys
+
+    from clawden.bridgeconfig import BridgeConfigError
+    from clawden.doctor import bridge_module
+
+    cfg = config_mod.load(Path(args.home).expanduser() if args.home else None)
+    if args.channel not in installed_channels():
+        print(f"error: no bridge named {args.channel!r} is installed (see `clawden channels list`)", file=sys.stderr)
+        return 2
+    module = bridge_module(args.channel)
+    if not hasattr(module, "login") or not hasattr(module, "store_login"):
+        print(f"error: the {args.channel} bridge has no login; put its token in {cfg.keys_dir / args.channel} "
+              "(mode 0600)", file=sys.stderr)
+        return 2
+    if not args.homeserver or not args.user:
+        print("error: --homeserver and --user are required", file=sys.stderr)
+        return 2
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass(
+        f"password for {args.user}: ")
+    try:
+        cred = asyncio.run(module.login(args.homeserver, args.user, password))
+        for line in module.store_login(cfg, args.homeserver, cred):
+            print(line)
+    except (BridgeConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the platform refused: its words, not a traceback
+        print(f"error: {args.channel} login failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     channels = sub.add_parser("channels", help="chat bridges: which are installed and which run")
     verbs = channels.add_subparsers(dest="channels_command", required=True)
     verbs.add_parser("list", help="installed bridges, and the running ones with their counters").set_defaults(
         func=cmd_list)
+    login = verbs.add_parser("login", help="log a bridge in once with a password; only its token is kept (matrix)")
+    login.add_argument("channel", help="the bridge, e.g. matrix")
+    login.add_argument("--homeserver", help="the homeserver's URL, e.g. https://matrix.example.org")
+    login.add_argument("--user", help="the bot account, e.g. @clawden:example.org")
+    login.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    login.set_defaults(func=cmd_login)

@@ -19,6 +19,7 @@ import html
 import json
 import logging
 import mimetypes
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -633,6 +634,30 @@ async def login(homeserver: str, user: str, password: str, device_name: str = "C
     finally:
         await client.close()
     return Credential(str(resp.access_token), str(resp.device_id))
+
+
+def store_login(cfg: Config, homeserver: str, cred: Credential) -> list[str]:
+    """Write keys/matrix (mode 0600 from the start) and, if config.toml has no [channels.matrix], the homeserver;
+    returns what was done, for a person."""
+    cfg.keys_dir.mkdir(parents=True, exist_ok=True)
+    key = cfg.keys_dir / CHANNEL
+    partial = key.with_name(key.name + ".new")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"access_token": cred.access_token, "device_id": cred.device_id}, out)
+        out.write("\n")
+    partial.replace(key)
+    done = [f"stored the access token and device id {cred.device_id} in {key} (mode 0600); no password is kept"]
+    file = cfg.path("config.toml")
+    current = channel_settings(cfg, CHANNEL, {}).get("homeserver")
+    if current is None:
+        with file.open("a") as out:
+            out.write(f'\n[channels.matrix]\nhomeserver = "{homeserver}"\n')
+        done.append(f"set [channels.matrix] homeserver = {homeserver!r} in {file}")
+    elif current.rstrip("/") != homeserver.rstrip("/"):
+        done.append(f"note: {file} names homeserver {current!r}; change it to {homeserver!r}")
+    return done
 
 
 async def main(ctx: ServiceContext) -> None:
