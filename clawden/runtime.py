@@ -120,6 +120,20 @@ class ServiceContext:
         log.info("%s ready", self.name)
 
 
+async def sleep_unless_stopping(stopping: asyncio.Event, seconds: float, *wakers: asyncio.Event) -> bool:
+    """Sleep `seconds`, ended early once `stopping` (or any of `wakers`) is set; False once stopping,
+    so a periodic chore reads `while await sleep_unless_stopping(ctx.stopping, EVERY): chore()`."""
+    events = (stopping, *wakers)
+    if not any(event.is_set() for event in events):
+        waits = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waits, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+    return not stopping.is_set()
+
+
 def load_main(name: str) -> ServiceMain:
     if name.startswith("channel@"):
         return load_channel(name.split("@", 1)[1])

@@ -109,6 +109,16 @@ class Bridge(abc.ABC):
     async def react(self, route: ev.Route, target: str, emoji: str) -> None:
         raise PlatformError(f"{self.name} cannot add reactions", "permanent")
 
+    async def delete(self, route: ev.Route, target: str) -> None:
+        """Remove one of the bot's messages (a part an edit of a split message no longer needs); one already
+        gone counts as removed. Where the platform cannot, the part is edited to a bare mark instead."""
+        raise PlatformError(f"{self.name} cannot delete messages", "permanent")
+
+    async def pace(self, route: ev.Route) -> None:  # noqa: B027 - an optional hook
+        """Wait until the platform's rate limits let one more message (or edit) into this chat. Called before
+        a part is logged as being sent, so a stop while waiting leaves it plainly unsent. A rate, never what
+        delivery rests on: a rate-limit answer is still waited out and retried."""
+
     async def typing(self, route: ev.Route) -> None:  # noqa: B027 - an optional hook
         """Show "typing…" in the chat for about `capabilities.typing_interval` seconds."""
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
@@ -25,7 +25,7 @@ from clawden.cardtext import render_text
 from services.channels.bridge import Bridge, BridgeStats, ButtonRef, card_token
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.split import split_text
-from services.channels.state import BridgeState
+from services.channels.state import BridgeState, Send
 
 log = logging.getLogger("clawden.channels")
 T = TypeVar("T")
@@ -66,6 +66,31 @@ def truncate(text: str, max_text: int, measure: Callable[[str], int]) -> str:
     while head and measure(head + " …") > max_text:
         head = head[:-1]
     return head + " …"
+
+
+@dataclass(frozen=True)
+class PartEdit:
+    target: str  # the part's platform id
+    text: str = ""
+    buttons: bool = False  # the part that carries the card's buttons
+    remove: bool = False  # the new text no longer needs this part
+
+
+def plan_edit(target: str, parts: Mapping[int, Send], text: str, max_text: int,
+              measure: Callable[[str], int]) -> list[PartEdit]:
+    """What an edit changes. A message the sent-log knows has its text parts refilled in order (the card's
+    buttons on the last one used), the text parts the new text no longer needs removed, and its files left
+    as they are; more text than its parts hold is cut at the last. A message the log does not know (or
+    one of files only) is edited where the target points."""
+    texts = [p.platform_id for _, p in sorted(parts.items()) if p.kind == "text" and p.platform_id]
+    if len(texts) <= 1:
+        return [PartEdit(texts[0] if texts else target, truncate(text, max_text, measure), buttons=True)]
+    chunks = split_text(text, max_text, measure) or [""]
+    if len(chunks) > len(texts):
+        chunks = [*chunks[:len(texts) - 1], truncate("\n\n".join(chunks[len(texts) - 1:]), max_text, measure)]
+    edits = [PartEdit(pid, chunk, buttons=i == len(chunks) - 1)
+             for i, (pid, chunk) in enumerate(zip(texts, chunks, strict=False))]
+    return [*edits, *(PartEdit(pid, remove=True) for pid in texts[len(chunks):])]
 
 
 def button_rows(buttons: list[ButtonRef]) -> list[list[ButtonRef]]:
@@ -241,7 +266,8 @@ class Delivery:
 
     async def _send_part(self, event: ev.OutboundMessage, i: int, part: Part, buttons: list[list[ButtonRef]]) -> str:
         async def once() -> str:
-            await self.state.mark(event.id, i, "sending")
+            await self.bridge.pace(event.route)  # before 'sending': a stop while waiting leaves it unsent
+            await self.state.mark(event.id, i, "sending", kind="file" if part.file else "text")
             try:
                 key = f"{event.id}#{i}"
                 if part.file:
@@ -290,17 +316,39 @@ class Delivery:
     # --- edits and reactions (repeating them is harmless, so any failure may be retried) -----------
 
     async def _edit(self, event: ev.OutboundEdit) -> None:
-        text = truncate(render_text(event.text, event.card), self.caps.max_text, self.caps.measure)
-        buttons = await self._buttons(event.id, event.card) if self.caps.cards else []
-        try:
-            if not self.caps.edits:
-                raise PlatformError(f"{self.channel} cannot edit messages", "permanent")
-            await self._attempt(event, lambda: self.bridge.edit(event.route, event.target_message_id, text, buttons),
-                                idempotent=True)
-        except PlatformError as exc:
-            await self._fail(event, exc.description)
+        if not self.caps.edits:
+            await self._fail(event, f"{self.channel} cannot edit messages")
             return
+        buttons = await self._buttons(event.id, event.card) if self.caps.cards else []
+        found = await self.state.message_of(event.target_message_id)
+        edits = plan_edit(event.target_message_id, found[1] if found else {}, render_text(event.text, event.card),
+                          self.caps.max_text, self.caps.measure)
+        for n, change in enumerate(edits):
+            label = f"part {n + 1} of {len(edits)}: " if len(edits) > 1 else ""
+            try:
+                await self._apply_edit(event, change, buttons if change.buttons else [])
+            except PlatformError as exc:
+                await self._fail(event, label + exc.description)
+                return
         await self._receipt(event, ok=True, platform_id=event.target_message_id)
+
+    async def _apply_edit(self, event: ev.OutboundEdit, change: PartEdit, buttons: list[list[ButtonRef]]) -> None:
+        async def once() -> None:
+            await self.bridge.pace(event.route)
+            if change.remove:
+                try:
+                    await self.bridge.delete(event.route, change.target)
+                    return
+                except PlatformError as exc:
+                    if exc.retryable or exc.kind == "unknown":
+                        raise
+                    log.info("%s: cannot delete part %s (%s); emptying it", self.channel, change.target,
+                             exc.description)
+            await self.bridge.edit(event.route, change.target, change.text, buttons)
+
+        await self._attempt(event, once, idempotent=True)
+        if change.remove:
+            await self.state.removed(change.target)
 
     async def _react(self, event: ev.OutboundReaction) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 import aiosqlite
+
+from clawden import servicedb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cursor (
@@ -36,8 +39,20 @@ CREATE TABLE IF NOT EXISTS cards (
     created_at REAL NOT NULL
 );
 """
+# Named migrations (clawden.servicedb), applied once each; the first is the schema files made before
+# there were migrations already have, so it changes nothing there.
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_bridge_state", SCHEMA),
+    # What each part of a message is, so an edit of a split message changes its text parts, never its files:
+    # '' for a part logged before this was kept (its edits aim at the one message they name).
+    ("0002_send_kinds", """
+        ALTER TABLE sends ADD COLUMN kind TEXT NOT NULL DEFAULT '' CHECK (kind IN ('', 'text', 'file'));
+        CREATE INDEX sends_by_platform_id ON sends (platform_id) WHERE platform_id != '';
+    """),
+]
 
 SendState = Literal["sending", "sent", "failed", "unconfirmed"]
+PartKind = Literal["", "text", "file"]
 # The sent-log must outlive any redelivery of an outbound event: the stream keeps them 7 days.
 SENDS_KEPT = 8 * 24 * 3600.0
 CARDS_KEPT = 31 * 24 * 3600.0  # approvals may be clicked for as long as their stream keeps them
@@ -49,6 +64,7 @@ class Send:
     state: SendState
     platform_id: str
     error: str
+    kind: PartKind = ""
 
 
 class BridgeState:
@@ -57,14 +73,12 @@ class BridgeState:
 
     @classmethod
     async def open(cls, path: Path) -> BridgeState:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(_migrate, path)
         db = await aiosqlite.connect(path)
         await db.execute("PRAGMA journal_mode = WAL")
         # FULL: a 'sent' row must survive a power cut too, or the message would go out again.
         await db.execute("PRAGMA synchronous = FULL")
         await db.execute("PRAGMA busy_timeout = 5000")
-        await db.executescript(SCHEMA)
-        await db.commit()
         return cls(db)
 
     async def close(self) -> None:
@@ -85,13 +99,30 @@ class BridgeState:
 
     async def sends(self, outbound_id: str) -> dict[int, Send]:
         cur = await self.db.execute(
-            "SELECT part, state, platform_id, error FROM sends WHERE outbound_id = ?", (outbound_id,))
-        return {int(r[0]): Send(int(r[0]), r[1], str(r[2]), str(r[3])) async for r in cur}
+            "SELECT part, state, platform_id, error, kind FROM sends WHERE outbound_id = ?", (outbound_id,))
+        return {int(r[0]): Send(int(r[0]), r[1], str(r[2]), str(r[3]), r[4]) async for r in cur}
+
+    async def message_of(self, platform_id: str) -> tuple[str, dict[int, Send]] | None:
+        """The outbound message one of whose parts the platform knows as `platform_id`, with every part."""
+        cur = await self.db.execute("SELECT outbound_id FROM sends WHERE platform_id = ? LIMIT 1", (platform_id,))
+        row = await cur.fetchone()
+        return (str(row[0]), await self.sends(str(row[0]))) if row else None
 
     async def mark(self, outbound_id: str, part: int, state: SendState, platform_id: str = "",
-                   error: str = "") -> None:
-        await self.db.execute("INSERT OR REPLACE INTO sends VALUES (?, ?, ?, ?, ?, ?)",
-                              (outbound_id, part, state, platform_id, error, time.time()))
+                   error: str = "", kind: PartKind = "") -> None:
+        """`kind` "" keeps what the row says already."""
+        await self.db.execute(
+            "INSERT INTO sends (outbound_id, part, state, platform_id, error, updated_at, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (outbound_id, part) DO UPDATE SET state = excluded.state,"
+            " platform_id = excluded.platform_id, error = excluded.error, updated_at = excluded.updated_at,"
+            " kind = iif(excluded.kind = '', kind, excluded.kind)",
+            (outbound_id, part, state, platform_id, error, time.time(), kind))
+        await self.db.commit()
+
+    async def removed(self, platform_id: str) -> None:
+        """An edit took this part away (or emptied it): later edits of its message leave it be."""
+        await self.db.execute("UPDATE sends SET platform_id = '', updated_at = ? WHERE platform_id = ?",
+                              (time.time(), platform_id))
         await self.db.commit()
 
     async def unmark(self, outbound_id: str, part: int) -> None:
@@ -118,3 +149,8 @@ class BridgeState:
         await self.db.execute("DELETE FROM sends WHERE updated_at < ?", (now - SENDS_KEPT,))
         await self.db.execute("DELETE FROM cards WHERE created_at < ?", (now - CARDS_KEPT,))
         await self.db.commit()
+
+
+def _migrate(path: Path) -> None:
+    conn, _applied = servicedb.open_db(path, MIGRATIONS)
+    conn.close()

@@ -25,6 +25,7 @@ from clawden.bus import events as ev
 from clawden.config import Config
 from clawden.runtime import ServiceContext
 from services.channels.bridge import Bridge, ButtonRef, Capabilities, GroupReach, Inbound
+from services.channels.pacing import Limit, Pacer
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.service import serve
 from services.channels.split import utf16_len
@@ -46,6 +47,13 @@ EXPIRED_BUTTON = "This button is no longer active."
 ALBUM_WAIT = 1.0  # seconds an album last in a poll waits for its other parts (they come within moments)
 MAX_CAPTION = 1024  # a photo's or file's caption, in UTF-16 units like the text
 TOO_LARGE = Path("/dev/null/too-large")  # a file Telegram will not hand a bot (over 20 MB): said in the text
+# Bot API FAQ, "My bot is hitting limits, how do I avoid this?" (core.telegram.org/bots/faq#my-bot-is-hitting-
+# limits-how-do-i-avoid-this): in one chat avoid more than one message per second, in a group no more than
+# 20 a minute, and overall about 30 a second (or a 429 with retry_after). Sends and edits are paced to them.
+CHAT_LIMIT = Limit(1, 1.0)
+GROUP_LIMIT = Limit(20, 60.0)
+OVERALL_LIMIT = Limit(30, 1.0)
+PACING_SLACK = 0.2  # seconds added to each window: a request is timed here, counted on Telegram's arrival
 
 CAPABILITIES = Capabilities(
     max_text=4096, measure=utf16_len, threads=True, edits=True, reactions=True, files=True, cards=True,
@@ -428,6 +436,7 @@ class TelegramBridge(Bridge):
         # refused send; the router is told through `inbound` (the listener's), which moves the wiring.
         self.moved: dict[int, int] = {}
         self._inbound: Inbound | None = None
+        self.pacer = Pacer(CHAT_LIMIT, GROUP_LIMIT, OVERALL_LIMIT, slack=PACING_SLACK)
         # Every HTTP call ends after at most poll_timeout + poll_grace: a listener silent for longer
         # is stuck somewhere no timeout reaches.
         self.deaf_after = poll_timeout + poll_grace + 30.0
@@ -710,6 +719,28 @@ class TelegramBridge(Bridge):
         await self._call_on_message("setMessageReaction", {
             "chat_id": self._chat_of(route, target), "message_id": message_id,
             "reaction": [{"type": "emoji", "emoji": emoji}]})
+
+    async def delete(self, route: ev.Route, target: str) -> None:
+        message_id = platform_message_id(target)
+        if message_id is None:
+            raise PlatformError(f"not a Telegram message id: {target!r}", "permanent")
+        try:
+            await self._call_on_message("deleteMessage", {"chat_id": self._chat_of(route, target),
+                                                          "message_id": message_id})
+        except TelegramError as exc:
+            if "message to delete not found" not in exc.description:
+                raise  # "can't be deleted" (over 48 h old): delivery empties the part instead
+            # Gone already: a delete whose answer was lost, tried again.
+
+    async def pace(self, route: ev.Route) -> None:
+        chat = self._where(route)["chat_id"]
+        # Private chats have the user's (positive) id; groups, supergroups and channels negative ones, or
+        # a channel's @username (core.telegram.org/bots/api#chat).
+        group = not isinstance(chat, int) or chat < 0
+        now = time.monotonic()
+        wait = self.pacer.reserve(str(chat), group=group, now=now) - now
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def typing(self, route: ev.Route) -> None:
         await self._call_in_chat("sendChatAction", self._where(route) | {"action": "typing"}, timeout=10.0)

@@ -31,7 +31,7 @@ from clawden.bus import ConsumeStats, Retry, bind, consume, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import runner_decisions, runner_receipts, runner_wake
 from clawden.config import GroupConfig
-from clawden.runtime import ServiceContext
+from clawden.runtime import ServiceContext, sleep_unless_stopping
 from services.runner import core
 from services.runner.containers import (
     LABEL_SESSION,
@@ -436,8 +436,7 @@ class Runner:
             if plan.make_room:
                 self.making_room = True
                 self._spawn(self._make_room(), "make-room")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), 1.0)
+            await sleep_unless_stopping(self.ctx.stopping, 1.0, self.changed)
 
     async def _make_room(self) -> None:
         """Under the cap, an idle container gives its slot to a waiting chat."""
@@ -560,9 +559,7 @@ class Runner:
     async def housekeeping(self) -> None:
         """Safety-net poll for lost rings; idle stops; hang detection. Rings do the real work."""
         poll = self.cfg.runner.safety_poll
-        while not self.ctx.stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ctx.stopping.wait(), poll)
+        while await sleep_unless_stopping(self.ctx.stopping, poll):
             for session_id, live in list(self.live.items()):
                 if not live.container_id or live.stopping:
                     continue

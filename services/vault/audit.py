@@ -8,13 +8,13 @@ background task writes batches to ``vault.db`` and publishes each as an ``AuditE
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from clawden.bus import events as ev
+from clawden.runtime import sleep_unless_stopping
 
 log = logging.getLogger("clawden.vault.audit")
 
@@ -86,9 +86,7 @@ class AuditLog:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Flush every interval (or when a batch is full) until ``stopping``, then once more."""
-        while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+        while await sleep_unless_stopping(stopping, self._interval, self._wake):
             self._wake.clear()
             await self.flush()
         await self.flush()

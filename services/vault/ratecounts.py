@@ -10,11 +10,11 @@ and the written count and may land in any order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
 
+from clawden.runtime import sleep_unless_stopping
 from services.vault.policy import RateKey
 
 log = logging.getLogger("clawden.vault.rates")
@@ -59,9 +59,7 @@ class RateCounts:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Flush every interval until ``stopping``, then once more."""
-        while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self._interval)
+        while await sleep_unless_stopping(stopping, self._interval):
             await self.flush()
         await self.flush()
 

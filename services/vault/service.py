@@ -16,7 +16,7 @@ import msgspec
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.config import Config
-from clawden.runtime import ControlError, ServiceContext, decode_request
+from clawden.runtime import ControlError, ServiceContext, decode_request, sleep_unless_stopping
 from clawden.sdnotify import Notifier
 from clawden.vaultfiles import CA_CERT, CA_KEY, SOCKET_NAME, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
 from services.vault.approvals import BusApprover
@@ -403,7 +403,4 @@ async def _prune(store: Store, days: float, stopping: asyncio.Event) -> None:
         removed = await asyncio.to_thread(store.prune_audit, time.time() - days * 86400)
         if removed:
             log.info("pruned %d audit records older than %g days", removed, days)
-        try:
-            await asyncio.wait_for(stopping.wait(), PRUNE_EVERY)
-        except TimeoutError:
-            continue
+        await sleep_unless_stopping(stopping, PRUNE_EVERY)

@@ -3,7 +3,7 @@
 It keeps a small world (the bot, users, chats with per-chat message numbers, pending updates) and
 answers the Bot API methods a bridge uses: getMe, getUpdates (long polling, offsets, 409 when a
 second poll arrives or a webhook is set), sendMessage, sendPhoto, sendDocument, editMessageText,
-editMessageCaption, setMessageReaction, sendChatAction, answerCallbackQuery, getFile
+editMessageCaption, deleteMessage, setMessageReaction, sendChatAction, answerCallbackQuery, getFile
 (+ /file/bot<token>/...), getWebhookInfo, setWebhook, deleteWebhook. Errors carry `error_code`,
 `description` and `parameters` (`retry_after`, `migrate_to_chat_id`) as Telegram sends them.
 
@@ -53,6 +53,7 @@ CHANNEL_BOT = {"id": 136817688, "is_bot": True, "first_name": "Channel", "userna
 TELEGRAM_SERVICE = {"id": 777000, "is_bot": False, "first_name": "Telegram"}
 MAX_TEXT = 4096
 MAX_CAPTION = 1024
+DELETE_WINDOW = 48 * 3600.0
 MEDIA_KINDS = ("photo", "document", "audio", "video", "animation", "voice")
 DOWNLOAD_LIMIT = 20 * 1024 * 1024
 UPLOAD_LIMIT = 50 * 1024 * 1024
@@ -955,6 +956,21 @@ class FakeTelegram(ThreadedServer):
         _set_markup(message, markup)
         return message
 
+    def _delete(self, params: dict[str, Any]) -> bool:
+        """Bot API: deleteMessage (core.telegram.org/bots/api#deletemessage): "A message can only be deleted if
+        it was sent less than 48 hours ago"; a bot deletes its own messages (others' only as an admin, which
+        the fake's bot never needs). A message gone already is "not found", as a repeated call finds it."""
+        state = self._chat(params)
+        message_id = int(params.get("message_id", 0))
+        message = state.messages.get(message_id)
+        if message is None:
+            raise _Refused(400, "Bad Request: message to delete not found")
+        if message["from"]["id"] != self.bot["id"] or self.clock() - message["date"] >= DELETE_WINDOW:
+            raise _Refused(400, "Bad Request: message can't be deleted")
+        del state.messages[message_id]
+        state.bot_sent.remove(message_id)
+        return True
+
     def _react(self, params: dict[str, Any]) -> bool:
         state = self._chat(params)
         message = state.messages.get(int(params.get("message_id", 0)))
@@ -1028,6 +1044,7 @@ _METHODS: dict[str, Any] = {
     "senddocument": lambda fake, params: fake._send_media("document", params),
     "editmessagetext": FakeTelegram._edit_text,
     "editmessagecaption": FakeTelegram._edit_caption,
+    "deletemessage": FakeTelegram._delete,
     "setmessagereaction": FakeTelegram._react,
     "sendchataction": FakeTelegram._chat_action,
     "answercallbackquery": FakeTelegram._answer_query,
