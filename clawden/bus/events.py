@@ -134,6 +134,24 @@ class ChatMoved(_Event, tag="inbound.chat_moved", frozen=True):
         return f"{self.channel}:moved:{self.old_chat_id}"
 
 
+class MessagesLost(_Event, tag="inbound.lost", frozen=True):
+    """A bridge learnt that its platform dropped messages before the bridge fetched them (Telegram keeps an
+    undelivered update 24 hours): nobody answered them, and what they said and who sent them are gone.
+    Published on the bridge's inbound subject; the router tells the owners. Natural key:
+    `<channel>:lost:<marker>`."""
+
+    channel: Token
+    marker: str  # where the gap ends, in the platform's terms (Telegram: the first update id after it)
+    count: int = 0  # how many, at least; 0: unknown
+    since: float = 0.0  # when the bridge last fetched anything before the gap; 0: unknown
+    detected_at: float = 0.0
+    why: str = ""  # what the platform keeps, in a person's words
+
+    @property
+    def key(self) -> str:
+        return f"{self.channel}:lost:{self.marker}"
+
+
 # --- chat out --------------------------------------------------------------------------------------
 
 class OutboundMessage(_Event, tag="outbound.message", frozen=True):
@@ -383,7 +401,7 @@ class AuditEvent(_Event, tag="audit", frozen=True):
 
 
 Event = (
-    InboundMessage | InboundAction | ChatMoved | OutboundMessage | OutboundEdit | OutboundReaction
+    InboundMessage | InboundAction | ChatMoved | MessagesLost | OutboundMessage | OutboundEdit | OutboundReaction
     | DeliveryReceipt | Typing | Wake | TaskOp | ApprovalRequest | ApprovalDecision | AuditEvent
 )
 

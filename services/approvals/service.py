@@ -25,6 +25,9 @@ from services.approvals import policy
 from services.approvals.store import Step, Store
 
 log = logging.getLogger("clawden.approvals")
+# What the inbound subjects carry: direct chats and moves are learnt from it; the rest is skipped (clicks
+# come on their own subject, and messages a platform lost are the router's to tell the owners).
+Inbound = ev.InboundMessage | ev.InboundAction | ev.ChatMoved | ev.MessagesLost
 
 PUBLISH_TIMEOUT = 5.0
 ROUTER_TIMEOUT = 5.0
@@ -108,7 +111,7 @@ class Approvals:
         if receipt.outbound_id.startswith("ap-") and ":" not in receipt.outbound_id:
             await self.step(self.store.receipt, receipt, time.time())
 
-    async def on_inbound(self, event: ev.InboundMessage | ev.InboundAction | ev.ChatMoved, msg: Msg) -> None:
+    async def on_inbound(self, event: Inbound, msg: Msg) -> None:
         if isinstance(event, ev.ChatMoved):
             # A group's question cards now live under its new id: answers from there must count.
             self.counts["chats_moved"] += await self.store.run(self.store.move_chat, event)
@@ -214,7 +217,7 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(consume(requests, ev.ApprovalRequest, svc.on_request, stopping=stop))
             tg.create_task(consume(clicks, ev.InboundAction, svc.on_click, stopping=stop))
             tg.create_task(consume(receipts, ev.DeliveryReceipt, svc.on_receipt, stopping=stop))
-            tg.create_task(consume(inbound, ev.InboundMessage | ev.InboundAction | ev.ChatMoved,  # type: ignore[arg-type]  # a union is no type[E]
+            tg.create_task(consume(inbound, Inbound,  # type: ignore[arg-type]  # a union is no type[E]
                                    svc.on_inbound, stopping=stop))
             tg.create_task(svc.expiring())
     finally:

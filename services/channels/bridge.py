@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 from nats.js import JetStreamContext
 
 from clawden.bus import events as ev
@@ -204,7 +205,7 @@ class Inbound:
             await asyncio.sleep(min(left, 5.0))
         self.alive()
 
-    async def publish(self, event: ev.InboundMessage | ev.InboundAction | ev.ChatMoved) -> None:
+    async def publish(self, event: ev.InboundMessage | ev.InboundAction | ev.ChatMoved | ev.MessagesLost) -> None:
         """Returns once JetStream has stored the event; only then may the platform cursor move.
 
         NATS being away is waited out, never dropped: the key dedupes a publish that did land.
@@ -241,3 +242,25 @@ class Inbound:
                                             sent_at=time.time()))
         self.stats.clicks += 1
         return True
+
+    async def admit(self, chat_id: str, user_id: str) -> tuple[bool, str]:
+        """An invite into `chat_id` by `user_id` (`<channel>:<handle>`): may the bot join? The router answers by the
+        chat's unknown-sender policy and records a refusal as a dropped message. While it cannot answer this raises
+        a transient PlatformError, so the listener tries again without moving its cursor past the invite."""
+        payload = msgspec.json.encode({"op": "invite", "channel": self.channel, "chat_id": chat_id, "user_id": user_id})
+        try:
+            reply = await self.js._nc.request(subjects.ctl("router", "admit"), payload, timeout=10.0)
+        except Exception as exc:  # no responders, a timeout, NATS away: nothing decided
+            raise PlatformError(f"the router did not answer about an invite ({exc!r})", "transient") from None
+        if error := (reply.headers or {}).get("Nats-Service-Error"):
+            raise PlatformError(f"the router could not decide about an invite: {error}", "transient")
+        answer = _admission.decode(reply.data)
+        return answer.allowed, answer.reason
+
+
+class Admission(msgspec.Struct, frozen=True):
+    allowed: bool
+    reason: str = ""
+
+
+_admission = msgspec.json.Decoder(Admission)

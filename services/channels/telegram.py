@@ -515,10 +515,16 @@ class TelegramBridge(Bridge):
         """Telegram keeps an update 24 h at most (core.telegram.org/bots/api#getupdates) and numbers them
         one after another: the first update after a long outage having a higher id than the saved offset
         means the ones between expired unread. Their content is gone, so who wrote cannot be told; the
-        owner learns it from the log and `clawden status`. Returns the new offset (the gap is skipped)."""
+        owner is told (`MessagesLost`, which the router turns into a notice), and the log and `clawden
+        status` count it. Returns the new offset (the gap is skipped)."""
         log.warning("Telegram dropped %d update(s) the bridge never fetched (it keeps them 24 hours at most, and "
                     "the bridge was away longer): those messages were not answered, and who sent them is unknown",
                     lost)
+        saved = await inbound.state.cursor(CURSOR)
+        # Before the cursor moves: a crash in between finds the same gap again, under the same key.
+        await inbound.publish(ev.MessagesLost(
+            channel=CHANNEL, marker=str(first), count=lost, since=saved[1] if saved else 0.0,
+            detected_at=time.time(), why="Telegram keeps messages for a bot 24 hours, and the bot was away longer"))
         inbound.stats.expired += lost
         await inbound.state.set_cursor(CURSOR, str(first))  # nothing below it exists any more
         return first

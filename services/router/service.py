@@ -32,7 +32,7 @@ BATCH = 256  # one SQLite transaction per fetched batch; the consumer's max_ack_
 SWEEP_EVERY = 3600.0
 PUBLISH_TIMEOUT = 5.0
 
-Inbound = ev.InboundMessage | ev.InboundAction | ev.ChatMoved
+Inbound = ev.InboundMessage | ev.InboundAction | ev.ChatMoved | ev.MessagesLost
 
 
 class Router:
@@ -72,7 +72,7 @@ class Router:
 
     async def on_batch(self, msgs: Sequence[Msg]) -> None:
         decoder: msgspec.json.Decoder[Inbound] = ev.decoder_for(Inbound)  # type: ignore[arg-type]  # a union is no type[T]
-        events: list[ev.InboundMessage | ev.ChatMoved] = []  # clicks go to the approvals service
+        events: list[ev.InboundMessage | ev.ChatMoved | ev.MessagesLost] = []  # clicks go to the approvals service
         keyed: list[tuple[Msg, str]] = []
         for msg in msgs:
             try:

@@ -21,7 +21,7 @@ import msgspec
 from clawden import logs, outbox
 from clawden.bus import events as ev
 from clawden.bus import subjects
-from services.router import cards, engage, schema
+from services.router import cards, engage, notices, schema
 from services.router.entities import ALL_CHATS, ALWAYS, TERMINAL_CHANNEL, UnknownSenderPolicy, user_id_of
 
 log = logging.getLogger("clawden.router")
@@ -162,7 +162,7 @@ class RouterStore(outbox.OutboxStore):
 
     # --- routing ----------------------------------------------------------------------------------
 
-    def route_batch(self, batch: Sequence[ev.InboundMessage | ev.ChatMoved], now: float) -> Outcome:
+    def route_batch(self, batch: Sequence[ev.InboundMessage | ev.ChatMoved | ev.MessagesLost], now: float) -> Outcome:
         """Route a batch in one transaction; each message in its own savepoint, so one that fails
         (a bug, not bad input: the decision is total) is retried alone and the rest commit. A chat's move
         to a new id is applied in its place among the messages, so what follows it finds the chat."""
@@ -180,6 +180,8 @@ class RouterStore(outbox.OutboxStore):
                         out.counts["duplicates"] += 1
                     elif isinstance(event, ev.ChatMoved):
                         moved = self._move_chat(event, out) or moved
+                    elif isinstance(event, ev.MessagesLost):
+                        self._tell_owners_lost(event, out)
                     else:
                         out.counts["routed"] += 1
                         self._route(event, now, out)
@@ -252,6 +254,17 @@ class RouterStore(outbox.OutboxStore):
                     sessions)
         out.counts["chats_moved"] += 1
         return True
+
+    def _tell_owners_lost(self, event: ev.MessagesLost, out: Outcome) -> None:
+        """A platform dropped messages unread: each owner hears it where they read this channel."""
+        routes = notices.owner_chats(self.roles.owners, event.channel)
+        log.warning("%s dropped %s message(s) before the bridge fetched them; telling %d owner chat(s)",
+                    event.channel, event.count or "some", len(routes))
+        for route in routes:
+            notice = notices.messages_lost(event, route)
+            self.emit(subjects.outbound(route.channel, route.chat_id), notice.id, notice,
+                      lane=f"chat:{route.channel}:{route.chat_id}")
+        out.counts["lost_noticed"] += 1
 
     def _route(self, event: ev.InboundMessage, now: float, out: Outcome, *, only: str | None = None) -> None:
         chat = self._chat_rows(event.route.channel, event.route.chat_id)
