@@ -93,6 +93,10 @@ class InboundMessage(_Event, tag="inbound.message", frozen=True):
     # The platform keeps threads (Slack, Discord…): in a group chat each thread is its own
     # conversation. False: the router ignores `route.thread_id` and the chat is one conversation.
     supports_threads: bool = False
+    # The thread is a topic (Telegram's forum topics, and topics in a private chat with the bot): a
+    # conversation of its own, so each topic is its own session, in a direct chat too, whatever the
+    # wiring's session mode (a thread in a Slack DM, a side remark, stays with the chat unless `per-thread`).
+    topic: bool = False
     # Why the bridge vouches against this message reaching any agent ("" when it does not): a sender the
     # platform could not authenticate (an email whose From fails DKIM/SPF alignment), automatic mail (an
     # auto-reply, a bounce). The router records it under `clawden dropped` with this reason, and answers nothing.

@@ -258,6 +258,9 @@ def inbound_message(message: dict[str, Any], bot: BotIdentity) -> ev.InboundMess
         reply_to=message_key(chat["id"], replied["message_id"]) if replied else None,
         attachments=tuple(ev.Attachment(name=f.name, mime=f.mime, size=f.size) for f in files),
         supports_threads=bool(chat.get("is_forum") or message.get("is_topic_message")),
+        # A topic is a conversation of its own, in a forum and in a private chat alike (Bot API 9.3:
+        # core.telegram.org/bots/api#message, is_topic_message): each gets its own session.
+        topic=bool(message.get("is_topic_message")),
     )
 
 

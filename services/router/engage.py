@@ -284,8 +284,9 @@ def _compile(pattern: str) -> re.Pattern[str] | None:
 def _session(w: Wiring, message: ev.InboundMessage, thread: str | None) -> SessionKey:
     if w.session_mode == "agent-shared":
         return SessionKey(w.agent_group, ALL_CHATS, ALL_CHATS)
-    # In a threaded group chat every thread is its own conversation whatever the wiring says;
-    # `per-thread` also splits threads in direct messages.
-    per_thread = thread is not None and (w.session_mode == "per-thread" or message.is_group)
+    # In a threaded group chat every thread is its own conversation whatever the wiring says, and so is
+    # every topic (which the platform keeps as a chat of its own, in a direct chat too: Telegram's topics in
+    # a private chat with the bot); `per-thread` also splits a direct chat's other threads.
+    per_thread = thread is not None and (w.session_mode == "per-thread" or message.is_group or message.topic)
     return SessionKey(w.agent_group, message.route.channel, message.route.chat_id,
                       thread if per_thread and thread else "")

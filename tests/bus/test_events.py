@@ -44,7 +44,9 @@ EXAMPLES: list[ev.Event] = [
     ev.ApprovalRequest(id="rt-1", kind="sender", requester="router", agent_group="main", card=CARD,
                        approvers=("telegram:1", "local:alice")),
     ev.ChatMoved(channel="telegram", old_chat_id="-42", new_chat_id="-10042", sent_at=3.0),
-    # Messages the platform dropped unread.
+    # A topic (its own session), and messages the platform dropped unread.
+    ev.InboundMessage(route=ev.Route(channel="telegram", chat_id="42", thread_id="7"), message_id="m4",
+                      sender=SENDER, text="in a topic", sent_at=4.0, supports_threads=True, topic=True),
     ev.MessagesLost(channel="telegram", marker="905", count=2, since=1.0, detected_at=90001.0,
                     why="Telegram keeps messages for a bot 24 hours"),
 ]
@@ -109,7 +111,7 @@ def test_a_wake_that_names_no_destinations_differs_from_one_whose_group_has_none
 def test_natural_keys() -> None:
     assert EXAMPLES[0].key == "telegram:m1"  # type: ignore[union-attr]
     assert EXAMPLES[6].key == "s:telegram:m1"  # type: ignore[union-attr]
-    assert EXAMPLES[-2].key == "telegram:moved:-42"  # type: ignore[union-attr]
+    assert EXAMPLES[-3].key == "telegram:moved:-42"  # type: ignore[union-attr]
     assert EXAMPLES[-1].key == "telegram:lost:905"  # type: ignore[union-attr]
 
 
