@@ -66,7 +66,7 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
             calls=("vault.gateway", "scheduler.list"),
             manages_streams=True),
         "scheduler": Grant(
-            consumes=(streams.scheduler_tasks(),),
+            consumes=(streams.scheduler_tasks(), streams.scheduler_chat_moves()),
             publishes=(subjects.ALL_WAKES, subjects.ALL_OUTBOUND),
             manages_streams=True),
         "approvals": Grant(

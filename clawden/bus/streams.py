@@ -158,6 +158,11 @@ def scheduler_tasks() -> Consumer:
     return Consumer("CLAWDEN_TASKS", "scheduler", subjects.ALL_TASKS, max_ack_pending=1)
 
 
+def scheduler_chat_moves() -> Consumer:
+    # The router's word that a chat has a new id: the tasks aimed at it follow (applying one twice is harmless).
+    return Consumer("CLAWDEN_EVENTS", "scheduler-chat-moves", subjects.event("router", "chat_moved"))
+
+
 async def ensure_streams(js: JetStreamContext, streams: tuple[Stream, ...] = STREAMS) -> None:
     """Create each stream, or update it to the intended config. Safe to run from every service."""
     for stream in streams:

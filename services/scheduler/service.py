@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 
 from clawden.bus import bind, consume, publish, subjects
 from clawden.bus import events as ev
-from clawden.bus.streams import scheduler_tasks
+from clawden.bus.streams import scheduler_chat_moves, scheduler_tasks
 from clawden.runtime import ControlError, ServiceContext, decode_request, sleep_unless_stopping
 from services.scheduler import schedule as sched
 from services.scheduler.catchup import Policy, plan
@@ -161,6 +161,16 @@ class Scheduler:
                  sched.iso(task.next_run) if task.next_run is not None else "-", extra={"task_id": task.id})
         self.changed.set()
 
+    async def on_chat_moved(self, moved: ev.ChatMoved, msg: Msg) -> None:
+        """The router moved a chat to its new id (a Telegram group became a supergroup): tasks aimed at the
+        old id would post where nobody reads any more. Applying it twice changes nothing."""
+        count = await self.store.run(self.store.move_chat, moved.channel, moved.old_chat_id, moved.new_chat_id,
+                                     time.time())
+        if count:
+            self.counters["tasks_moved"] += count
+            log.warning("%s chat %s is now %s: %d task(s) moved with it", moved.channel, moved.old_chat_id,
+                        moved.new_chat_id, count)
+
     def _apply(self, op: ev.TaskOp, when: float) -> Task:
         """On the store thread: one agent operation, validated against what the agent may touch."""
         if not op.task_id:
@@ -298,9 +308,12 @@ async def main(ctx: ServiceContext) -> None:
         for verb in ("pause", "resume", "cancel"):
             await ctx.endpoint(verb, scheduler.ctl_status(verb))
         ops = await bind(ctx.js, scheduler_tasks())
+        moves = await bind(ctx.js, scheduler_chat_moves())
         await ctx.ready(f"scheduler ready, host zone {scheduler.zone}")
         async with asyncio.TaskGroup() as tg:
             tg.create_task(scheduler.clock(), name="scheduler-clock")
             tg.create_task(consume(ops, ev.TaskOp, scheduler.on_op, stopping=ctx.stopping), name="scheduler-ops")
+            tg.create_task(consume(moves, ev.ChatMoved, scheduler.on_chat_moved, stopping=ctx.stopping),
+                           name="scheduler-chat-moves")
     finally:
         await store.stop()

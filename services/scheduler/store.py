@@ -251,6 +251,12 @@ class Store(servicedb.Store):
                 _op(db, request_id, op, task.id, task.agent_group)
         return self._reload(task.id)
 
+    def move_chat(self, channel: str, old_chat_id: str, new_chat_id: str, now: float) -> int:
+        """A chat got a new id on its platform (the router's `chat_moved`): its tasks follow it. Returns how many."""
+        with self._tx() as db:
+            return db.execute("UPDATE tasks SET chat_id = ?, updated_at = ? WHERE channel = ? AND chat_id = ?",
+                              (new_chat_id, now, channel, old_chat_id)).rowcount
+
     def record_plan(self, task: Task, plan: Plan, now: float) -> None:
         """Commit what was done with the task's due runs (the wakes are already published)."""
         rows: list[tuple[int, Outcome]] = [*plan.fire, *plan.not_fired]

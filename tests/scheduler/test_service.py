@@ -307,3 +307,28 @@ async def test_cli_lists_pauses_and_shows_runs(bus: Bus, scheduler: Scheduler) -
         script.read_text()
     await asyncio.to_thread(cli, "tasks", "update", "t-0000000000e1", "--no-script")
     assert json.loads(await asyncio.to_thread(cli, "tasks", "show", "t-0000000000e1", "--json"))["script"] == ""
+
+
+async def test_tasks_follow_a_chat_the_router_moved_to_a_new_id(bus: Bus, scheduler: Scheduler) -> None:
+    group = {"channel": "telegram", "chat_id": "-41"}
+    moved = await bus.ctl("add", {"agent_group": "main", "session_id": "s-family", "route": group,
+                                  "prompt": "water the plants", "schedule": "every 1s"})
+    other = await bus.ctl("add", {"agent_group": "main", "session_id": "s-other", "route": {
+        "channel": "telegram", "chat_id": "-42"}, "prompt": "feed the cat", "schedule": "every 1h"})
+    await eventually(lambda: bus.fired(moved["id"]))
+    assert bus.fired(moved["id"])[0].wake.route.chat_id == "-41"
+    # What the router announces once it has moved the chat's wirings and sessions (a Telegram group
+    # upgraded to a supergroup), under the key it uses.
+    announced = ev.ChatMoved(channel="telegram", old_chat_id="-41", new_chat_id="-1001", sent_at=time.time())
+    await publish(bus.nc.jetstream(), subjects.event("router", "chat_moved"), announced,
+                  msg_id=f"router:{announced.key}")
+
+    async def moved_over() -> bool:
+        return str((await bus.ctl("get", {"task_id": moved["id"]}))["chat_id"]) == "-1001"
+
+    await eventually(moved_over)
+    since = len(bus.fired(moved["id"]))
+    await eventually(lambda: len(bus.fired(moved["id"])) > since)
+    assert {f.wake.route.chat_id for f in bus.fired(moved["id"])[since:]} == {"-1001"}
+    assert (await bus.ctl("get", {"task_id": moved["id"]}))["session_id"] == "s-family"
+    assert (await bus.ctl("get", {"task_id": other["id"]}))["chat_id"] == "-42"
