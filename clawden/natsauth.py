@@ -83,7 +83,8 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
     for name in channels:
         table[identity(f"channel@{name}")] = Grant(
             consumes=streams.bridge_lanes(name), reads=(streams.bridge_outbound_legacy(name),),
-            publishes=(subjects.inbound(name), subjects.receipt(name)))
+            publishes=(subjects.inbound(name), subjects.receipt(name)),
+            calls=("router.admit",))  # may the bot join a chat it was invited to (Inbound.admit)
     return table
 
 

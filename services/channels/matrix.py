@@ -314,10 +314,18 @@ class MatrixBridge(Bridge):
                                 delay)
                 await inbound.pause(delay)
                 continue
-            failures = 0
             inbound.alive()
             assert isinstance(resp, SyncResponse)
-            await self._handle_sync(resp, me, inbound, catch_up=since is not None)
+            try:
+                await self._handle_sync(resp, me, inbound, catch_up=since is not None)
+            except PlatformError as exc:
+                # Part of the batch could not be handled (the router did not answer about an invite, a backfill
+                # failed): the same sync again from the saved cursor; what was published already is deduped.
+                failures += 1
+                log.warning("matrix: could not handle a sync (%s); trying it again", exc.description)
+                await inbound.pause(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                continue
+            failures = 0
             since = resp.next_batch
             # Only now: everything in this batch is in JetStream (or was not for us).
             await inbound.state.set_cursor(CURSOR, since)
@@ -452,7 +460,14 @@ class MatrixBridge(Bridge):
             log.warning("could not join room %s: %s", room_id, exc.description)
 
     async def _may_join(self, inviter: str, room_id: str, inbound: Inbound) -> bool:
-        return bool(inviter)
+        """The router decides by the room's unknown-sender policy (and records a refusal as dropped); while it
+        cannot answer, the sync is repeated from the saved cursor, and the invite with it."""
+        if not inviter:
+            return False
+        allowed, reason = await inbound.admit(room_id, f"{CHANNEL}:{inviter}")
+        if not allowed:
+            log.info("matrix: the router refused the invite of %s to %s: %s", inviter, room_id, reason)
+        return allowed
 
     async def _fetch_files(self, event: ev.InboundMessage, inbound: Inbound) -> ev.InboundMessage:
         attachments = []

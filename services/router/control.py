@@ -206,6 +206,14 @@ class DroppedList(_Op, tag="list", frozen=True):
     limit: int = 100
 
 
+class AdmitInvite(_Op, tag="invite", frozen=True):
+    """A bridge asks before it joins a chat it was invited to (a Matrix room): may this inviter bring it in?"""
+
+    channel: str
+    chat_id: str
+    user_id: str  # the inviter, `<channel>:<handle>`
+
+
 class PairCreate(_Op, tag="create", frozen=True):
     channel: str
 
@@ -224,6 +232,7 @@ RESOURCES: dict[str, Any] = {
     "destinations": GroupFilter | DestinationAdd | DestinationRemove,
     "sessions": GroupFilter,
     "dropped": DroppedList,
+    "admit": AdmitInvite,
     "pair": PairCreate,
     "approvers": ApproversGet,
     "approvals": ListAll,
@@ -612,6 +621,34 @@ class Control:
             query += " WHERE channel = ?"
             args = (req.channel, req.limit)
         return [dict(r) for r in self.db.execute(query + " ORDER BY at DESC LIMIT ?", args)]
+
+    def _admit_invite(self, req: AdmitInvite) -> Json:
+        """Join on an invite as the chat's unknown-sender policy would let the inviter's messages through: a known
+        user (owner, admin, member) always; anyone under `public` or `request_approval` (an approver is asked when
+        they write); under `strict`, or into a chat the owner denied, nobody else. A refusal is a dropped message."""
+        channel_name(req.channel)
+        user = req.user_id if req.user_id.startswith(f"{req.channel}:") else f"{req.channel}:{req.user_id}"
+        owner, admin, admin_of = self.store.roles.standing(user)
+        if owner or admin or admin_of or self.db.execute("SELECT 1 FROM members WHERE user_id = ?", (user,)).fetchone():
+            return {"allowed": True, "reason": "a known user"}
+        rows = {r["chat_id"]: r for r in self.db.execute(
+            "SELECT chat_id, unknown_sender_policy, denied_at FROM messaging_groups WHERE channel = ? AND chat_id IN"
+            " (?, '*')", (req.channel, req.chat_id))}
+        own, wildcard = rows.get(req.chat_id), rows.get("*")
+        policy = next((r["unknown_sender_policy"] for r in (own, wildcard) if r is not None
+                       and r["unknown_sender_policy"]), "request_approval")
+        reason = ""
+        if own is not None and own["denied_at"] is not None:
+            reason = "invited into a chat the owner denied"
+        elif policy == "strict":
+            reason = "invited by an unknown user (strict chat)"
+        if not reason:
+            return {"allowed": True, "reason": f"unknown user, {policy} chat"}
+        with self.store.transaction() as db:
+            db.execute("INSERT INTO dropped_messages (key, channel, chat_id, sender_id, reason, at) VALUES"
+                       " (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET reason = excluded.reason, at = excluded.at",
+                       (f"{req.channel}:invite:{req.chat_id}", req.channel, req.chat_id, user, reason, self.clock()))
+        return {"allowed": False, "reason": reason}
 
     def _pair_create(self, req: PairCreate) -> Json:
         channel_name(req.channel)

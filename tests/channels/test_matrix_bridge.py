@@ -4,6 +4,7 @@ lost or repeated across a crash, 429s waited out."""
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,8 +13,10 @@ from urllib.request import url2pathname
 
 import httpx
 import pytest
+from nats.aio.msg import Msg
 
 from clawden.bus import events as ev
+from clawden.bus import subjects
 from services.channels.matrix import E2EE_NOTICE
 from tests.channels.matrix_harness import MatrixBridgeProcess, MatrixBus, Person
 from tests.conftest import NatsServer
@@ -29,12 +32,26 @@ async def bus(nats_server: NatsServer) -> AsyncIterator[MatrixBus]:
 
 
 @pytest.fixture
+async def router_admits(bus: MatrixBus) -> AsyncIterator[set[str]]:
+    """The router's `admit` endpoint (its policy is tested with the router): inviters in the set are refused."""
+    refused: set[str] = set()
+
+    async def answer(msg: Msg) -> None:
+        user = json.loads(msg.data)["user_id"]
+        await msg.respond(json.dumps({"allowed": user not in refused, "reason": "test"}).encode())
+    sub = await bus.nc.subscribe(subjects.ctl("router", "admit"), cb=answer)
+    yield refused
+    await sub.unsubscribe()
+
+
+@pytest.fixture
 def bot(synapse: Synapse) -> Account:
     return synapse.register("Clawden", displayname="Clawden")
 
 
 @pytest.fixture
-def bridge(tmp_path: Path, nats_server: NatsServer, synapse: Synapse, bot: Account) -> Iterator[MatrixBridgeProcess]:
+def bridge(tmp_path: Path, nats_server: NatsServer, synapse: Synapse, bot: Account,
+           router_admits: set[str]) -> Iterator[MatrixBridgeProcess]:
     b = MatrixBridgeProcess(tmp_path / "home", nats_server.url, synapse, bot).start()
     yield b
     b.close()
@@ -149,6 +166,25 @@ async def test_an_invite_is_accepted_and_an_encrypted_room_is_told_once(
     [message] = await messages(bus, 1)
     assert message.text == "plain words after"
     assert [m["content"]["body"] for m in await ada.messages_from(room, bot.user_id)] == [E2EE_NOTICE]
+
+
+async def test_an_invite_the_router_refuses_is_declined_and_the_room_never_heard(
+        ada: Person, bob: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess,
+        router_admits: set[str]) -> None:
+    router_admits.add(f"matrix:{bob.user_id}")
+    room = await bob.create_room(invite=[bot.user_id], direct=True)
+    await eventually(lambda: _membership_is(bob, room, bot.user_id, "leave"), 20, "the invite was never declined")
+    await bob.say(room, "hello?")
+    welcome = await ada.create_room(invite=[bot.user_id], direct=True)  # a later invite is still taken
+    await joined(ada, welcome, bot.user_id)
+    await ada.say(welcome, "hi")
+    [message] = await messages(bus, 1)
+    assert message.route.chat_id == welcome
+    assert "refused the invite" in bridge.output()
+
+
+async def _membership_is(person: Person, room_id: str, user_id: str, membership: str) -> bool:
+    return await person.membership(room_id, user_id) == membership
 
 
 # --- out ------------------------------------------------------------------------------------------------

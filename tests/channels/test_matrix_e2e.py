@@ -136,3 +136,19 @@ async def test_a_stranger_waits_for_the_owner_who_alone_decides_in_a_direct_room
     await ada.say(direct, "1", **reply)
     answer = (await answers(ada, room, bot, 1))[-1]
     assert "when is the bin day" in str(answer["content"]["body"])  # type: ignore[index]
+
+
+async def test_an_invite_from_a_stranger_into_a_strict_room_is_declined_and_shown_as_dropped(
+        stack: Stack, bob: Person, bot: Account, bridge: MatrixBridgeProcess) -> None:
+    room = await bob.create_room(invite=[], name="Private")
+    cfg = config_mod.load(stack.home)
+    await control.call(cfg, "router", "chats", {"op": "create", "channel": "matrix", "chat_id": room,
+                                                "name": "Private", "is_group": True, "policy": "strict"})
+    await bob.invite(room, bot.user_id)
+
+    async def declined() -> bool:
+        return await bob.membership(room, bot.user_id) == "leave"
+    await eventually(declined, 30, "the bot did not decline the invite")
+    dropped = await control.call(cfg, "router", "dropped", {"op": "list", "channel": "matrix"})
+    assert [(d["chat_id"], d["sender_id"], d["reason"]) for d in dropped if d["chat_id"] == room] == [
+        (room, f"matrix:{bob.user_id}", "invited by an unknown user (strict chat)")]
