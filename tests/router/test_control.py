@@ -57,6 +57,25 @@ def test_roles_and_members_are_granted_and_revoked(control: Control) -> None:
     assert call(control, "approvers", op="get", agent_group="main")["approvers"] == ["local:alice"]
 
 
+def test_an_invite_is_admitted_by_the_chats_unknown_sender_policy_and_a_refusal_is_dropped(control: Control) -> None:
+    call(control, "members", op="add", agent_group="main", user_id="matrix:@ada:x")
+    call(control, "chats", op="create", channel="matrix", chat_id="!strict", policy="strict")
+    call(control, "chats", op="create", channel="matrix", chat_id="!open", policy="public")
+
+    def admit(chat_id: str, user_id: str) -> tuple[bool, str]:
+        answer = call(control, "admit", op="invite", channel="matrix", chat_id=chat_id, user_id=user_id)
+        return answer["allowed"], answer["reason"]
+
+    assert admit("!strict", "matrix:@ada:x") == (True, "a known user")
+    assert admit("!open", "matrix:@eve:x") == (True, "unknown user, public chat")
+    assert admit("!new", "@eve:x") == (True, "unknown user, request_approval chat")  # an approver is asked later
+    assert admit("!strict", "matrix:@eve:x") == (False, "invited by an unknown user (strict chat)")
+    call(control, "chats", op="create", channel="matrix", chat_id="*", policy="strict")  # the channel's default
+    assert admit("!new", "matrix:@eve:x")[0] is False and admit("!open", "matrix:@eve:x")[0] is True
+    assert sorted((d["chat_id"], d["sender_id"]) for d in call(control, "dropped", op="list", channel="matrix")) == [
+        ("!new", "matrix:@eve:x"), ("!strict", "matrix:@eve:x")]
+
+
 @pytest.mark.parametrize(("resource", "payload", "words"), [
     ("groups", {"op": "create", "name": "Bad Name"}, "agent group name 'Bad Name': use 1-40 lowercase"),
     ("groups", {"op": "create", "name": "main"}, "agent group 'main' already exists"),
