@@ -33,9 +33,10 @@ def write_units(inst: units.Install, folder: Path) -> list[Path]:
     for unit in units.systemd_units(inst):
         (folder / unit.name).write_text(unit.text)
         paths.append(folder / unit.name)
-    instance = folder / units.channel_unit("telegram")
-    instance.symlink_to(units.CHANNEL_TEMPLATE)
-    return [*paths, instance]
+    instances = [folder / units.channel_unit(name) for name in ("telegram", "matrix")]
+    for instance in instances:
+        instance.symlink_to(units.CHANNEL_TEMPLATE)
+    return [*paths, *instances]
 
 
 def systemd_analyze() -> str:

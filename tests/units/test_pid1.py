@@ -1,6 +1,6 @@
 """The units for real: systemd as PID 1 in a container built from Debian packages, Clawden installed in it
-with `clawden units install --system`, agent containers on the host's engine, the fake model and the fake
-Telegram Bot API on the host's loopback.
+with `clawden units install --system`, agent containers on the host's engine, the fake model, the fake
+Telegram Bot API and a real Synapse on the host's loopback.
 
 The repo, its venv and the interpreter are mounted read-only at their own paths, the home read-write at
 its own path (the runner's agent containers mount it from the host), and the container shares the host's
@@ -27,14 +27,17 @@ import pytest
 
 from clawden import config as config_mod
 from clawden import control, natsserver, units
+from tests.channels.matrix_harness import Person
+from tests.eventually import eventually
 from tests.fakes.anthropic import FakeAnthropic, make_tls, start_in_thread
 from tests.fakes.telegram import FakeTelegram
+from tests.servers.synapse.fixture import Account, Synapse
 from tests.units.machine import LABEL_INSTALL, Machine, booted
 
 pytestmark = pytest.mark.docker
 
 UNITS = ["clawden-nats.service", *(f"clawden-{s}.service" for s in units.SERVICES),
-         units.channel_unit("telegram")]
+         units.channel_unit("telegram"), units.channel_unit("matrix")]
 ANSWER = 120.0
 
 
@@ -45,13 +48,15 @@ class Install:
     install_id: str
     fake: FakeAnthropic
     telegram: FakeTelegram
+    synapse: Synapse
+    bot: Account
 
     def env(self) -> dict[str, str]:
         return dict(os.environ, CLAWDEN_HOME=str(self.home))
 
 
-def write_install(home: Path, fake: FakeAnthropic, telegram: FakeTelegram) -> str:
-    """What the owner sets up before `clawden init`: the config, the model key, the bot token."""
+def write_install(home: Path, fake: FakeAnthropic, telegram: FakeTelegram, synapse: Synapse, bot: Account) -> str:
+    """What the owner sets up before `clawden init`: the config, the model key, the bots' credentials."""
     install_id = f"u{secrets.token_hex(4)}"
     (home / "keys").mkdir(parents=True, mode=0o700)
     tls = make_tls(["api.anthropic.com"], str(home))
@@ -67,8 +72,13 @@ host_map = {{"api.anthropic.com" = "{fake_address}"}}
 api_url = "{telegram.url}"
 poll_timeout = 2
 poll_grace = 2
+[channels.matrix]
+homeserver = "{synapse.url}"
+sync_timeout = 2
 """)
-    for name, secret in (("anthropic", f"sk-ant-api03-{secrets.token_urlsafe(24)}"), ("telegram", telegram.token)):
+    matrix = json.dumps({"access_token": bot.token, "device_id": bot.device_id})
+    for name, secret in (("anthropic", f"sk-ant-api03-{secrets.token_urlsafe(24)}"), ("telegram", telegram.token),
+                         ("matrix", matrix)):
         (home / "keys" / name).write_text(secret + "\n")
         (home / "keys" / name).chmod(0o600)
     return install_id
@@ -76,11 +86,12 @@ poll_grace = 2
 
 @pytest.fixture(scope="module")
 def install(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
-            agent_image: str) -> Iterator[Install]:
+            agent_image: str, synapse: Synapse) -> Iterator[Install]:
     home = tmp_path_factory.mktemp("pid1") / "home"
     fake = start_in_thread()
     telegram = FakeTelegram().start_in_thread()
-    install_id = write_install(home, fake, telegram)
+    bot = synapse.register("Clawden", displayname="Clawden")
+    install_id = write_install(home, fake, telegram, synapse, bot)
     try:
         with booted(docker_client, f"clawden-pid1-{install_id}", labels={LABEL_INSTALL: install_id},
                     volumes={str(home): {"bind": str(home), "mode": "rw"}}) as machine:
@@ -89,7 +100,7 @@ def install(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Dock
             machine.sh(f"{python} -m clawden init </dev/null")
             print(machine.sh(f"{python} -m clawden units install --system"))
             machine.sh("systemctl start clawden.target")
-            yield Install(machine, home, install_id, fake, telegram)
+            yield Install(machine, home, install_id, fake, telegram, synapse, bot)
     finally:
         for agent in docker_client.containers.list(all=True, filters={"label": f"{LABEL_INSTALL}={install_id}"}):
             agent.remove(force=True)
@@ -142,6 +153,30 @@ def test_a_terminal_chat_and_a_telegram_chat_are_answered(install: Install) -> N
     install.telegram.send(chat, ada, "hello from telegram")
     [answer] = telegram_answers(install, chat, 1)
     assert "hello from telegram" in answer
+
+
+def test_a_matrix_room_is_answered(install: Install) -> None:
+    async def converse() -> str:
+        ada = Person(install.synapse, install.synapse.register("Ada"))
+        try:
+            room = await ada.create_room(invite=[install.bot.user_id], direct=True)
+            async def joined() -> bool:  # the bridge joins on the invite
+                return await ada.membership(room, install.bot.user_id) == "join"
+            await eventually(joined, 30, "the bridge never joined on the invite")
+            cfg = config_mod.load(install.home)
+            await control.call(cfg, "router", "chats", {"op": "create", "channel": "matrix", "chat_id": room,
+                                                        "name": "Ada", "is_group": False, "policy": "public"})
+            await control.call(cfg, "router", "wirings", {"op": "create", "channel": "matrix", "chat_id": room,
+                                                          "agent_group": "main"})
+            await ada.say(room, "hello from matrix")
+            [answer] = await eventually(lambda: ada.messages_from(room, install.bot.user_id), ANSWER,
+                                        lambda: f"no answer in the room:\n{install.machine.journal()}")
+            return str(answer["content"]["body"])
+        finally:
+            await ada.close()
+
+    answer = asyncio.run(converse())
+    assert answer.startswith("echo: ") and "hello from matrix" in answer, install.machine.journal()
 
 
 def test_restarting_a_bridge_restarts_only_it_while_the_terminal_keeps_talking(install: Install) -> None:

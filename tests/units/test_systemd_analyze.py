@@ -13,7 +13,8 @@ from clawden import units
 from tests.units.conftest import VARIANTS, analyze_env, install_for, systemd_analyze, write_units
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-SCORED = ["clawden-nats.service", *(f"clawden-{s}.service" for s in units.SERVICES), units.channel_unit("telegram")]
+SCORED = ["clawden-nats.service", *(f"clawden-{s}.service" for s in units.SERVICES), units.channel_unit("telegram"),
+          units.channel_unit("matrix")]
 
 
 @pytest.fixture(params=VARIANTS)
