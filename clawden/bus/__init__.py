@@ -1,7 +1,7 @@
 """The bus contract: subjects, events, streams, and the connection helpers every service uses."""
 
 from clawden.bus import events, subjects
-from clawden.bus.connection import ConsumeStats, Retry, bind, connect, consume, nak, publish
+from clawden.bus.connection import ConsumeStats, Retry, bind, connect, consume, consume_batches, nak, publish
 from clawden.bus.streams import STREAMS, Consumer, ensure_consumer, ensure_streams
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "bind",
     "connect",
     "consume",
+    "consume_batches",
     "ensure_consumer",
     "ensure_streams",
     "events",

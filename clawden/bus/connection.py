@@ -129,6 +129,36 @@ async def bind(js: JetStreamContext, consumer: Consumer, *, batch: int = 16) -> 
     return puller
 
 
+async def consume_batches(puller: Puller, handle: Callable[[list[Msg]], Awaitable[None]], *,
+                          stopping: asyncio.Event, until_idle: float | None = None) -> None:
+    """The consume loop: fetch what has arrived and hand it over as one batch, until `stopping` is set;
+    the batch in hand is finished first, then the pull is closed. With `until_idle`, return instead once
+    a pull brings nothing for that long, and leave the pull open for the loop that follows (a startup
+    drain). `handle` acks, naks or terminates each message itself."""
+    try:
+        while not stopping.is_set():
+            asked = time.monotonic()
+            try:
+                msgs = await puller.next(timeout=1.0 if until_idle is None else until_idle)
+            except Exception as exc:
+                if stopping.is_set():
+                    break
+                log.warning("pull failed: %r", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if not msgs:
+                if until_idle is not None:
+                    return
+                if time.monotonic() - asked < 0.05:
+                    await asyncio.sleep(0.1)  # the server refused the pull at once (e.g. max ack pending)
+                continue
+            await handle(msgs)
+    except BaseException:
+        await puller.stop()
+        raise
+    await puller.stop()
+
+
 async def consume(
     puller: Puller,
     kind: type[E],
@@ -137,8 +167,10 @@ async def consume(
     stopping: asyncio.Event,
     stats: ConsumeStats | None = None,
     concurrency: int = 1,
+    until_idle: float | None = None,
 ) -> None:
-    """Fetch, decode, handle, ack — until `stopping` is set; in-flight work finishes first.
+    """Fetch, decode, handle, ack, in `consume_batches`'s loop (`until_idle` as there); in-flight work
+    finishes first.
 
     The handler acks nothing itself: it returns once its effect is committed and we ack. A payload
     that does not decode is logged with its JSON path and terminated (redelivery cannot fix it).
@@ -176,30 +208,19 @@ async def consume(
             stats.handled += 1
 
     pending: set[asyncio.Task[None]] = set()
+
+    async def batch(msgs: list[Msg]) -> None:
+        if concurrency == 1:
+            for msg in msgs:
+                await handle(msg)
+            return
+        for msg in msgs:
+            task = asyncio.create_task(handle(msg))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
     try:
-        while not stopping.is_set():
-            asked = time.monotonic()
-            try:
-                msgs = await puller.next(timeout=1.0)
-            except Exception as exc:
-                if stopping.is_set():
-                    break
-                log.warning("pull failed: %r", exc)
-                await asyncio.sleep(0.5)
-                continue
-            if not msgs:
-                if time.monotonic() - asked < 0.05:
-                    await asyncio.sleep(0.1)  # the server refused the pull at once (e.g. max ack pending)
-                continue
-            if concurrency == 1:
-                for msg in msgs:
-                    await handle(msg)
-            else:
-                for msg in msgs:
-                    task = asyncio.create_task(handle(msg))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
+        await consume_batches(puller, batch, stopping=stopping, until_idle=until_idle)
     finally:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-        await puller.stop()

@@ -4,7 +4,6 @@ asked. Deciding lives in `policy` and `store`; this module moves bytes, times ex
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -19,8 +18,9 @@ from clawden import outbox
 from clawden.bus import bind, consume, subjects
 from clawden.bus import events as ev
 from clawden.bus.connection import Retry
+from clawden.bus.pull import Puller
 from clawden.bus.streams import approvals_clicks, approvals_inbound, approvals_receipts, approvals_requests
-from clawden.runtime import ControlError, ServiceContext, decode_request
+from clawden.runtime import ControlError, ServiceContext, decode_request, sleep_unless_stopping
 from services.approvals import policy
 from services.approvals.store import Step, Store
 
@@ -128,14 +128,7 @@ class Approvals:
             nxt = await self.store.run(self.store.next_expiry)
             wait = SAFETY_TICK if nxt is None else min(SAFETY_TICK, max(0.0, nxt - time.time()))
             self.changed.clear()
-            stop = asyncio.ensure_future(self.ctx.stopping.wait())
-            change = asyncio.ensure_future(self.changed.wait())
-            try:
-                await asyncio.wait({stop, change}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-                change.cancel()
-            if self.ctx.stopping.is_set():
+            if not await sleep_unless_stopping(self.ctx.stopping, wait, self.changed):
                 return
             try:
                 expired = await self.store.run(self.store.expire_due, time.time())
@@ -144,23 +137,11 @@ class Approvals:
             except Exception as exc:  # the next tick tries again; the outbox keeps what is owed
                 log.warning("expiry pass failed: %r", exc)
 
-    async def recover(self, clicks: Any) -> None:
+    async def recover(self, clicks: Puller) -> None:
         """Startup: apply clicks that came while we were down, then expire what is still pending."""
         await self.flush()
-        with contextlib.suppress(TimeoutError):
-            while msgs := await clicks.next(timeout=0.5):
-                decoder = ev.decoder_for(ev.InboundAction)
-                for m in msgs:
-                    try:
-                        await self.on_click(decoder.decode(m.data), m)
-                    except (msgspec.ValidationError, msgspec.DecodeError):
-                        await m.term()
-                        continue
-                    except Exception as exc:  # applied or not, it comes back and is applied once
-                        log.warning("click at startup failed: %r", exc)
-                        await m.nak(delay=2.0)
-                        continue
-                    await m.ack()
+        # Applied or not, a click that fails comes back and is applied once.
+        await consume(clicks, ev.InboundAction, self.on_click, stopping=self.ctx.stopping, until_idle=0.5)
         expired = await self.store.run(self.store.expire_all_pending, time.time(), RESTART_REASON)
         if expired:
             log.warning("expired %d approval(s) left pending by the previous process; requesters told", expired)

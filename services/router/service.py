@@ -16,9 +16,8 @@ from nats.aio.msg import Msg
 from nats.js.api import Header
 
 from clawden import outbox
-from clawden.bus import ensure_consumer, nak, subjects
+from clawden.bus import bind, consume_batches, nak, subjects
 from clawden.bus import events as ev
-from clawden.bus.pull import Puller
 from clawden.bus.streams import router_decisions, router_inbound
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
 from services.router import control
@@ -144,23 +143,6 @@ class Router:
         while await sleep_unless_stopping(self.ctx.stopping, SWEEP_EVERY):
             await self.sweep()
 
-    async def pull(self, puller: Puller, handle: Callable[[Sequence[Msg]], Awaitable[None]]) -> None:
-        """Take what has arrived until stopping; the batch in hand is finished first."""
-        try:
-            while not self.ctx.stopping.is_set():
-                try:
-                    msgs = await puller.next(timeout=1.0)
-                except Exception as exc:
-                    if self.ctx.stopping.is_set():
-                        break
-                    log.warning("pull failed: %r", exc)
-                    await asyncio.sleep(0.5)
-                    continue
-                if msgs:
-                    await handle(msgs)
-        finally:
-            await puller.stop()
-
     # --- control ----------------------------------------------------------------------------------
 
     def endpoint(self, resource: str) -> Callable[[bytes], Awaitable[Any]]:
@@ -197,16 +179,14 @@ async def main(ctx: ServiceContext) -> None:
         ctx.stats["router"] = router.counts
         for resource in control.RESOURCES:
             await ctx.endpoint(resource, router.endpoint(resource))
-        inbound = Puller(ctx.nc, router_inbound(), batch=BATCH)
-        decisions = Puller(ctx.nc, router_decisions(), batch=16)
-        for puller in (inbound, decisions):
-            await ensure_consumer(ctx.js, puller.consumer)
-            await puller.start()
+        inbound = await bind(ctx.js, router_inbound(), batch=BATCH)
+        decisions = await bind(ctx.js, router_decisions(), batch=16)
         await router.sweep()
         await ctx.ready()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(router.pull(inbound, router.on_batch))
-            tg.create_task(router.pull(decisions, router.on_decisions))
+            # Batches, not one message at a time: a batch is routed in one transaction.
+            tg.create_task(consume_batches(inbound, router.on_batch, stopping=ctx.stopping))
+            tg.create_task(consume_batches(decisions, router.on_decisions, stopping=ctx.stopping))
             tg.create_task(router.sweeping())
     finally:
         await store.stop()

@@ -1,0 +1,71 @@
+"""The one consume loop, by batches, against a real nats-server: what has arrived is handed over
+together, stopping ends it, and a startup drain returns once nothing is left, keeping its pull open."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from clawden.bus import Consumer, bind, consume, consume_batches, ensure_streams, publish, subjects
+from clawden.bus import events as ev
+from tests.eventually import eventually
+
+ROUTE = ev.Route(channel="local", chat_id="tty")
+
+
+def message(n: int) -> ev.InboundMessage:
+    return ev.InboundMessage(route=ROUTE, message_id=str(n), sender=ev.Sender(id="local:me"),
+                             text=f"hello {n}", sent_at=float(n))
+
+
+async def test_what_has_arrived_comes_as_batches_until_stopping(nc: Client) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    for n in range(5):
+        await publish(js, subjects.inbound("local"), message(n), msg_id=message(n).key)
+    puller = await bind(js, Consumer("CLAWDEN_INBOUND", "batches", subjects.ALL_INBOUND), batch=16)
+    seen: list[list[str]] = []
+    stopping = asyncio.Event()
+
+    async def handle(msgs: list[Msg]) -> None:
+        seen.append([ev.decoder_for(ev.InboundMessage).decode(m.data).message_id for m in msgs])
+        for m in msgs:
+            await m.ack()
+        if sum(map(len, seen)) == 5:
+            stopping.set()
+
+    await asyncio.wait_for(consume_batches(puller, handle, stopping=stopping), 10)
+    assert [i for batch in seen for i in batch] == ["0", "1", "2", "3", "4"]
+    assert len(seen) < 5, "messages that were waiting came together, not one at a time"
+
+
+async def test_a_startup_drain_returns_when_nothing_is_left_and_the_loop_after_it_takes_the_rest(
+        nc: Client) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    for n in range(3):
+        await publish(js, subjects.inbound("local"), message(n), msg_id=message(n).key)
+    puller = await bind(js, Consumer("CLAWDEN_INBOUND", "drained", subjects.ALL_INBOUND))
+    handled: list[str] = []
+    stopping = asyncio.Event()
+
+    async def handler(event: ev.InboundMessage, msg: Msg) -> None:
+        handled.append(event.message_id)
+        if event.message_id == "late":
+            stopping.set()
+
+    await asyncio.wait_for(consume(puller, ev.InboundMessage, handler, stopping=stopping, until_idle=0.5), 10)
+    assert handled == ["0", "1", "2"] and not stopping.is_set()
+    late = ev.InboundMessage(route=ROUTE, message_id="late", sender=ev.Sender(id="local:me"), text="late",
+                            sent_at=9.0)
+    await publish(js, subjects.inbound("local"), late, msg_id=late.key)
+    await asyncio.wait_for(consume(puller, ev.InboundMessage, handler, stopping=stopping), 10)
+    assert handled == ["0", "1", "2", "late"]
+
+    async def all_acked() -> bool:  # an ack is a plain publish: the server counts it a moment later
+        info = await js.consumer_info("CLAWDEN_INBOUND", "drained")
+        return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+
+    await eventually(all_acked, message="every message is acked")
