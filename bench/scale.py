@@ -6,7 +6,8 @@ Phases, measured in one run:
 - steady: Poisson arrivals at `--rate` messages/s summed over all chats, for `--seconds`;
 - burst: every chat sends at once, warm; the drain time is until the last reply;
 - then CPU seconds per answered message of Claude Code, the runner, the router and NATS (steady phase),
-  the memory of each idle container, and the idle stack once its containers are gone (RSS, CPU %).
+  the memory of each idle container, and the idle stack once its containers are gone (PSS and RSS, CPU %),
+  `clawden up` itself included.
 
     .venv/bin/python -m bench.scale [--chats 50] [--rate 2] [--seconds 60] [--out bench/results/scale.json]
 """
@@ -30,7 +31,6 @@ from tests.chaos.chaos import SERVICES, nats_pid
 from tests.e2e.harness import Stack, Terminal, service_pid, start_stack
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class Chat:
@@ -73,11 +73,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def rss_mb(pid: int) -> float:
+def memory_mb(pid: int) -> dict[str, float]:
+    """RSS, and PSS: each shared page divided among the processes that map it, so that PSS sums to what
+    the processes cost the machine together (RSS counts a shared page once per process)."""
     try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 1e6
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
     except OSError:
-        return 0.0
+        return {"rss": 0.0, "pss": 0.0}
+    return {k: int(fields[k.capitalize()].split()[0]) / 1000 for k in ("rss", "pss")}
 
 
 def claude_code_pids() -> list[int]:
@@ -166,18 +169,20 @@ async def measure(stack: Stack, n_chats: int, rate: float, seconds: float, cold_
     for container in stack.containers():
         await asyncio.to_thread(container.remove, force=True)
     await asyncio.sleep(10)
-    pids = await stack_pids(stack)
+    pids = await stack_pids(stack) | {"supervisor": stack.proc.pid}  # `clawden up` itself counts too
     cpu0, t0 = sum(cpu_seconds(p) for p in pids.values()), time.perf_counter()
     await asyncio.sleep(30)
     idle_cpu = (sum(cpu_seconds(p) for p in pids.values()) - cpu0) / (time.perf_counter() - t0) * 100
+    held = {k: {m: round(v, 1) for m, v in memory_mb(p).items()} for k, p in pids.items()}
     return {
         "chats": n_chats, "cold_wave": cold,
         "steady": {"rate_per_s": rate, "seconds": seconds, "messages": answered, **summary(steady_ms)},
         "burst": burst,
         "cpu_s_per_message": {k: round((after[k] - before[k]) / max(1, answered), 3) for k in before},
         "idle_container_memory_mib": {"median": statistics.median(memory) if memory else None, "n": len(memory)},
-        "idle_stack": {"rss_mb": round(sum(rss_mb(p) for p in pids.values()), 1), "cpu_percent": round(idle_cpu, 2),
-                       "per_process_rss_mb": {k: round(rss_mb(p), 1) for k, p in pids.items()}},
+        "idle_stack": {"pss_mb": round(sum(m["pss"] for m in held.values()), 1),
+                       "rss_mb": round(sum(m["rss"] for m in held.values()), 1), "cpu_percent": round(idle_cpu, 2),
+                       "per_process_mb": held},
     }
 
 

@@ -157,3 +157,47 @@ def test_a_missing_agent_image_is_said_at_up_with_the_command_that_builds_that_t
     assert image_warning(agent_image) is None
     problem = image_warning("clawden-agent:no-such-tag")
     assert problem is not None and "`clawden image build --tag clawden-agent:no-such-tag`" in problem
+
+
+@pytest.mark.nats
+@pytest.mark.skipif(sys.platform != "linux", reason="`clawden up` forks its children on Linux only")
+def test_up_forks_each_service_from_itself_holding_none_of_its_descriptors_and_restarts_a_killed_one(
+        tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(f"[nats]\nport = {natsserver.free_port()}\n")
+    setup.init(tmp_path)
+    up = subprocess.Popen([sys.executable, "-m", "clawden", "--home", str(tmp_path), "up", "--service", "scheduler",
+                           "--service", "approvals"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert up.stdout is not None
+    said: list[str] = []
+    try:
+        for line in up.stdout:
+            said.append(line)
+            if "all services ready" in line:
+                break
+        pids = {line.split()[0]: int(line.split()[2]) for line in said if " pid " in line}
+        assert set(pids) == {"scheduler", "approvals"}, said
+
+        def status(pid: int) -> dict[str, str]:
+            return dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+
+        def opened(pid: int) -> set[str]:
+            return {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+
+        for name, pid in pids.items():
+            assert status(pid)["PPid"].strip() == str(up.pid)
+            assert status(pid)["Name"].strip() == f"clawden-{name}"[:15]
+            # Nothing of the supervisor's (its console, the other children's notify sockets, NATS's log).
+            assert opened(pid) & opened(up.pid) <= {os.devnull}, (opened(pid), opened(up.pid))
+
+        os.kill(pids["approvals"], signal.SIGKILL)
+        for line in up.stdout:
+            said.append(line)
+            if line.startswith("approvals ready"):
+                break
+        restarted = [int(line.split()[2]) for line in said if line.startswith("approvals ") and " pid " in line]
+        assert len(restarted) == 2 and status(restarted[1])["PPid"].strip() == str(up.pid), said
+        assert "approvals exited with -9" in "".join(said)
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.communicate(timeout=60)
+    assert up.returncode == 0

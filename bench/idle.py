@@ -1,0 +1,58 @@
+"""The idle stack: what a running Clawden with no chats costs the machine, with `clawden up`'s children
+forked from it (the default on Linux) and started afresh, measured in one run.
+
+For each: the memory of every process (PSS, which sums to what they cost together, and RSS), and their
+CPU share over `--seconds` of idleness, `clawden up` itself included.
+
+    .venv/bin/python -m bench.idle [--seconds 30] [--out bench/results/idle.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.scale import cpu_seconds, memory_mb, stack_pids
+from tests.e2e.harness import start_stack
+
+
+def measure(fork: bool, seconds: float) -> dict[str, Any]:
+    os.environ["CLAWDEN_UP_FORK"] = "1" if fork else "0"
+    with tempfile.TemporaryDirectory(prefix="clawden-idle-") as tmp:
+        stack = start_stack(Path(tmp) / "home", ready_timeout=180)
+        try:
+            pids = asyncio.run(stack_pids(stack)) | {"supervisor": stack.proc.pid}
+            time.sleep(5)  # past the start's one-off work (streams, consumers, the CA self-test)
+            cpu0, t0 = sum(cpu_seconds(p) for p in pids.values()), time.perf_counter()
+            time.sleep(seconds)
+            cpu = (sum(cpu_seconds(p) for p in pids.values()) - cpu0) / (time.perf_counter() - t0) * 100
+            held = {k: {m: round(v, 1) for m, v in memory_mb(p).items()} for k, p in pids.items()}
+        finally:
+            stack.stop()
+    return {"pss_mb": round(sum(m["pss"] for m in held.values()), 1),
+            "rss_mb": round(sum(m["rss"] for m in held.values()), 1),
+            "cpu_percent": round(cpu, 2), "per_process_mb": held}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/idle.json"))
+    args = parser.parse_args()
+    forked, afresh = measure(True, args.seconds), measure(False, args.seconds)
+    result = {"forked": forked, "afresh": afresh, "pss_ratio": round(forked["pss_mb"] / afresh["pss_mb"], 2)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
