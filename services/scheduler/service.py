@@ -7,7 +7,6 @@ import asyncio
 import functools
 import logging
 import secrets
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Literal
@@ -18,7 +17,8 @@ from nats.aio.msg import Msg
 from clawden.bus import bind, consume, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import scheduler_chat_moves, scheduler_tasks
-from clawden.runtime import ControlError, ServiceContext, decode_request, sleep_unless_stopping
+from clawden.clock import Clock
+from clawden.runtime import ControlError, ServiceContext, decode_request
 from services.scheduler import schedule as sched
 from services.scheduler.catchup import Policy, plan
 from services.scheduler.store import STATUSES, Change, NewTask, PastTime, Store, Task, TaskError
@@ -75,30 +75,31 @@ _task_op = msgspec.json.Decoder(ev.TaskOp)
 
 
 class Scheduler:
-    def __init__(self, ctx: ServiceContext, store: Store) -> None:
+    def __init__(self, ctx: ServiceContext, store: Store, clock: Clock | None = None) -> None:
         self.ctx = ctx
         self.store = store  # started: one thread owns the connection, every step runs there in order
+        self.clock = clock or Clock()  # what time it is and how it passes: a test moves a fake one
         self.zone = sched.host_zone()
         self.changed = asyncio.Event()  # re-arms the clock: a task was added or changed
         self.counters: Counter[str] = Counter()
 
     # --- firing --------------------------------------------------------------------------------
 
-    async def clock(self) -> None:
+    async def firing(self) -> None:
         """Sleep until the earliest due run (or a change), fire what is due, repeat until stopping."""
         while not self.ctx.stopping.is_set():
             self.changed.clear()
             next_at = await self.store.run(self.store.next_due)
-            now = time.time()
+            now = self.clock.now()
             if next_at is not None and next_at <= now:
                 try:
                     await self.fire_due(now)
                 except Exception:
                     log.exception("firing due tasks failed; retrying in %.0fs", RETRY_AFTER)
-                    await sleep_unless_stopping(self.ctx.stopping, RETRY_AFTER, self.changed)
+                    await self.clock.sleep(RETRY_AFTER, self.ctx.stopping, self.changed)
                 continue
             sleep = MAX_SLEEP if next_at is None else min(MAX_SLEEP, next_at - now)
-            await sleep_unless_stopping(self.ctx.stopping, sleep, self.changed)
+            await self.clock.sleep(sleep, self.ctx.stopping, self.changed)
 
     async def fire_due(self, now: float) -> None:
         for task in await self.store.run(self.store.due, now):
@@ -146,14 +147,15 @@ class Scheduler:
             if outcome == "rejected":
                 await self._tell_rejected(op, error)  # the notice may not have left last time
             return
-        when = msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else time.time()
+        when = msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else self.clock.now()
         try:
             task = await self.store.run(self._apply, op, when)
         except TaskError as exc:
             self.counters["ops_rejected"] += 1
             log.warning("rejected task %s %s from %s: %s", op.op, op.task_id, op.agent_group, exc,
                         extra={"task_id": op.task_id or "", "session_id": op.session_id})
-            await self.store.run(self.store.record_op, op.request_id, op.op, op.task_id, op.agent_group, str(exc))
+            await self.store.run(self.store.record_op, op.request_id, op.op, op.task_id, op.agent_group,
+                                 self.clock.now(), str(exc))
             await self._tell_rejected(op, str(exc))
             return
         self.counters["ops_applied"] += 1
@@ -165,7 +167,7 @@ class Scheduler:
         """The router moved a chat to its new id (a Telegram group became a supergroup): tasks aimed at the
         old id would post where nobody reads any more. Applying it twice changes nothing."""
         count = await self.store.run(self.store.move_chat, moved.channel, moved.old_chat_id, moved.new_chat_id,
-                                     time.time())
+                                     self.clock.now())
         if count:
             self.counters["tasks_moved"] += count
             log.warning("%s chat %s is now %s: %d task(s) moved with it", moved.channel, moved.old_chat_id,
@@ -243,7 +245,7 @@ class Scheduler:
         create = functools.partial(self.store.create, min_interval=self.ctx.config.scheduler.min_interval,
                                    allow_past=req.allow_past)
         try:
-            task = await self.store.run(create, new, time.time())
+            task = await self.store.run(create, new, self.clock.now())
         except PastTime as exc:
             raise ControlError(f"{exc}: give a later time, or add --now to run it once right away") from None
         except TaskError as exc:
@@ -257,12 +259,12 @@ class Scheduler:
         change = Change(prompt=req.prompt, schedule=req.schedule, timezone=req.timezone, catch_up=req.catch_up,
                         script=req.script)
         update = functools.partial(self.store.update, min_interval=self.ctx.config.scheduler.min_interval)
-        return (await self._change(update, task, change, time.time())).json()
+        return (await self._change(update, task, change, self.clock.now())).json()
 
     def ctl_status(self, op: Literal["pause", "resume", "cancel"]) -> Callable[[bytes], Any]:
         async def handle(data: bytes) -> dict[str, Any]:
             task = await self._task(decode_request(TaskRef, data).task_id)
-            return (await self._change(self.store.set_status, task, op, time.time())).json()
+            return (await self._change(self.store.set_status, task, op, self.clock.now())).json()
         return handle
 
     async def _task(self, task_id: str) -> Task:
@@ -311,7 +313,7 @@ async def main(ctx: ServiceContext) -> None:
         moves = await bind(ctx.js, scheduler_chat_moves())
         await ctx.ready(f"scheduler ready, host zone {scheduler.zone}")
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(scheduler.clock(), name="scheduler-clock")
+            tg.create_task(scheduler.firing(), name="scheduler-clock")
             tg.create_task(consume(ops, ev.TaskOp, scheduler.on_op, stopping=ctx.stopping), name="scheduler-ops")
             tg.create_task(consume(moves, ev.ChatMoved, scheduler.on_chat_moved, stopping=ctx.stopping),
                            name="scheduler-chat-moves")

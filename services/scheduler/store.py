@@ -4,7 +4,6 @@ alone; synchronous, run on the service's one store thread."""
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
@@ -164,12 +163,12 @@ class Store(servicedb.Store):
 
     # --- changing ------------------------------------------------------------------------------
 
-    def record_op(self, request_id: str, op: str, task_id: str | None, agent_group: str, error: str = "") -> None:
+    def record_op(self, request_id: str, op: str, task_id: str | None, agent_group: str, now: float,
+                  error: str = "") -> None:
         """Log an operation; a rejected one is kept too, so its redelivery is not judged twice."""
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO ops VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (request_id, op, task_id, agent_group, "rejected" if error else "applied", error,
-                        time.time()))
+                       (request_id, op, task_id, agent_group, "rejected" if error else "applied", error, now))
 
     def create(self, new: NewTask, now: float, request_id: str = "", *, min_interval: float = 0.0,
                allow_past: bool = True) -> Task:
@@ -201,7 +200,7 @@ class Store(servicedb.Store):
                  new.prompt, new.schedule, schedule.zone, new.catch_up, anchor, first, new.created_by, now, now,
                  new.script))
             if request_id:
-                _op(db, request_id, "create", new.id, new.agent_group)
+                _op(db, request_id, "create", new.id, new.agent_group, now)
         task = self.get(new.id)
         assert task is not None
         return task
@@ -229,7 +228,7 @@ class Store(servicedb.Store):
                         change.catch_up or task.catch_up, anchor, next_run, now,
                         change.script if change.script is not None else task.script, task.id))
             if request_id:
-                _op(db, request_id, "update", task.id, task.agent_group)
+                _op(db, request_id, "update", task.id, task.agent_group, now)
         return self._reload(task.id)
 
     def set_status(self, task: Task, op: Literal["pause", "resume", "cancel"], now: float,
@@ -248,7 +247,7 @@ class Store(servicedb.Store):
                        (task.status if task.status == "done" else status,
                         None if op == "cancel" else next_run, now, task.id))
             if request_id:
-                _op(db, request_id, op, task.id, task.agent_group)
+                _op(db, request_id, op, task.id, task.agent_group, now)
         return self._reload(task.id)
 
     def move_chat(self, channel: str, old_chat_id: str, new_chat_id: str, now: float) -> int:
@@ -304,9 +303,9 @@ def _check_script(script: str) -> None:
         raise TaskError("the pre-check script contains a NUL character")
 
 
-def _op(db: sqlite3.Connection, request_id: str, op: str, task_id: str, agent_group: str) -> None:
+def _op(db: sqlite3.Connection, request_id: str, op: str, task_id: str, agent_group: str, now: float) -> None:
     db.execute("INSERT OR IGNORE INTO ops VALUES (?, ?, ?, ?, 'applied', '', ?)",
-               (request_id, op, task_id, agent_group, time.time()))
+               (request_id, op, task_id, agent_group, now))
 
 
 def _task(row: sqlite3.Row) -> Task:
