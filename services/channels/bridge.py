@@ -115,10 +115,12 @@ class Bridge(abc.ABC):
         gone counts as removed. Where the platform cannot, the part is edited to a bare mark instead."""
         raise PlatformError(f"{self.name} cannot delete messages", "permanent")
 
-    async def pace(self, route: ev.Route) -> None:  # noqa: B027 - an optional hook
-        """Wait until the platform's rate limits let one more message (or edit) into this chat. Called before
-        a part is logged as being sent, so a stop while waiting leaves it plainly unsent. A rate, never what
-        delivery rests on: a rate-limit answer is still waited out and retried."""
+    def pace(self, route: ev.Route) -> float:
+        """Seconds until the platform's rate limits let one more message (or edit) into this chat, that moment
+        booked for it. Delivery waits them out before a part is logged as being sent, so a stop meanwhile
+        leaves it plainly unsent. A rate, never what delivery rests on: a rate-limit answer is still waited
+        out and retried."""
+        return 0.0
 
     async def typing(self, route: ev.Route) -> None:  # noqa: B027 - an optional hook
         """Show "typing…" in the chat for about `capabilities.typing_interval` seconds."""

@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from clawden.bus import Retry, publish, subjects
 from clawden.bus import events as ev
 from clawden.cardtext import render_text
+from clawden.runtime import sleep_unless_stopping
 from services.channels.bridge import Bridge, BridgeStats, ButtonRef, card_token
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.split import split_text
@@ -266,7 +267,7 @@ class Delivery:
 
     async def _send_part(self, event: ev.OutboundMessage, i: int, part: Part, buttons: list[list[ButtonRef]]) -> str:
         async def once() -> str:
-            await self.bridge.pace(event.route)  # before 'sending': a stop while waiting leaves it unsent
+            await self._paced(event.route)  # before 'sending': a stop while waiting leaves it unsent
             await self.state.mark(event.id, i, "sending", kind="file" if part.file else "text")
             try:
                 key = f"{event.id}#{i}"
@@ -334,7 +335,7 @@ class Delivery:
 
     async def _apply_edit(self, event: ev.OutboundEdit, change: PartEdit, buttons: list[list[ButtonRef]]) -> None:
         async def once() -> None:
-            await self.bridge.pace(event.route)
+            await self._paced(event.route)
             if change.remove:
                 try:
                     await self.bridge.delete(event.route, change.target)
@@ -400,6 +401,13 @@ class Delivery:
                                         error=f"delayed: {exc.description}; trying again in {delay:.0f}s")
                 await self._pause(delay)
                 attempt += 1
+
+    async def _paced(self, route: ev.Route) -> None:
+        """Wait the platform's pace for one more message into this chat; a stop meanwhile hands the event back
+        to JetStream (this part was neither sent nor logged yet, and what went before is in the sent-log)."""
+        wait = self.bridge.pace(route)
+        if wait > 0 and not await sleep_unless_stopping(self.stopping, wait):
+            raise Retry("the bridge is stopping", delay=0.0)
 
     async def _pause(self, delay: float) -> None:
         """Wait before a retry; on shutdown, hand the event back to JetStream with the wait left."""

@@ -741,15 +741,13 @@ class TelegramBridge(Bridge):
                 raise  # "can't be deleted" (over 48 h old): delivery empties the part instead
             # Gone already: a delete whose answer was lost, tried again.
 
-    async def pace(self, route: ev.Route) -> None:
+    def pace(self, route: ev.Route) -> float:
         chat = self._where(route)["chat_id"]
         # Private chats have the user's (positive) id; groups, supergroups and channels negative ones, or
         # a channel's @username (core.telegram.org/bots/api#chat).
         group = not isinstance(chat, int) or chat < 0
         now = time.monotonic()
-        wait = self.pacer.reserve(str(chat), group=group, now=now) - now
-        if wait > 0:
-            await asyncio.sleep(wait)
+        return self.pacer.reserve(str(chat), group=group, now=now) - now
 
     async def typing(self, route: ev.Route) -> None:
         await self._call_in_chat("sendChatAction", self._where(route) | {"action": "typing"}, timeout=10.0)

@@ -518,11 +518,12 @@ def chats_in_lanes(fake: FakeTelegram, count: int) -> list[dict[str, object]]:
 
 async def _two_hundred_in_flight(fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, signal_: int
                                  ) -> tuple[list[dict[str, object]], list[list[str]], list[ev.DeliveryReceipt]]:
-    # Four chats in four lanes, so four messages are in flight at once when the signal lands.
-    chats = chats_in_lanes(fake, 4)
+    # Eight chats in the eight lanes, so eight messages are in flight at once when the signal lands (and each
+    # chat's 25 take 30 s at Telegram's pace of one a second per chat).
+    chats = chats_in_lanes(fake, 8)
     bridge.start()
-    expected = [[f"chat {c} message {i:03d}" for i in range(50)] for c in range(4)]
-    for i in range(50):
+    expected = [[f"chat {c} message {i:03d}" for i in range(25)] for c in range(8)]
+    for i in range(25):
         for c, chat in enumerate(chats):
             await bus.send(chat["id"], expected[c][i], id=f"s{c}:m{i:03d}", seq=2 * i + 1, session_id=f"s{c}")
     sent = lambda: sum(len(fake.texts(chat)) for chat in chats)  # noqa: E731
