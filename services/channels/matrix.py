@@ -356,6 +356,8 @@ class MatrixBridge(Bridge):
             older = [e.source for e in reversed(page.chunk)] + older
             token = page.end if page.chunk and page.end and page.end != token else None
             inbound.alive()
+        log.info("matrix: room %s had more new events than one sync carries; read %d back from /messages", room_id,
+                 len(older))
         return older
 
     def _view(self, room_id: str) -> RoomView:

@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 
 from clawden.bus import events as ev
 from clawden.bus import subjects
-from services.channels.matrix import E2EE_NOTICE
+from services.channels.matrix import E2EE_NOTICE, TIMELINE_LIMIT
 from tests.channels.matrix_harness import MatrixBridgeProcess, MatrixBus, Person
 from tests.conftest import NatsServer
 from tests.eventually import eventually
@@ -301,3 +301,25 @@ async def test_a_429_from_synapse_is_waited_out_and_every_message_arrives(
     assert "M_LIMIT_EXCEEDED" in bridge.output()
     bodies = [m["content"]["body"] for m in await ada.messages_from(room, bot.user_id)]
     assert sorted(bodies) == [f"line {i}" for i in range(5)]
+
+
+async def test_a_send_the_homeserver_refuses_for_good_is_reported_with_its_words(
+        ada: Person, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    room = await ada.create_room(invite=[])  # the bot was never invited
+    await bus.send(room, "hello?", id="nope-1")
+    [receipt] = await bus.wait_receipts(1)
+    assert not receipt.ok and receipt.error is not None and "M_FORBIDDEN" in receipt.error
+    assert "failed for good" in bridge.output()
+
+
+async def test_more_messages_while_down_than_one_sync_carries_are_read_back_in_order(
+        ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    room = await direct_room(ada, bot)
+    await ada.say(room, "before")
+    await messages(bus, 1)
+    assert bridge.stop() == 0
+    sent = [await ada.say(room, f"while away {i}") for i in range(TIMELINE_LIMIT + 30)]
+    bridge.start()
+    found = await messages(bus, len(sent) + 1)
+    assert [m.message_id for m in found[1:]] == sent  # none lost, none twice, in order
+    assert "more new events than one sync carries" in bridge.output()  # the /messages path was taken

@@ -3,13 +3,15 @@ Synapse, a real agent container running Claude Code against the fake model."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from clawden import config as config_mod
-from clawden import control
+from clawden import control, sessiondb
 from tests.channels.matrix_harness import MatrixBridgeProcess, Person
 from tests.e2e.harness import Stack, start_stack
 from tests.eventually import eventually
@@ -152,3 +154,33 @@ async def test_an_invite_from_a_stranger_into_a_strict_room_is_declined_and_show
     dropped = await control.call(cfg, "router", "dropped", {"op": "list", "channel": "matrix"})
     assert [(d["chat_id"], d["sender_id"], d["reason"]) for d in dropped if d["chat_id"] == room] == [
         (room, f"matrix:{bob.user_id}", "invited by an unknown user (strict chat)")]
+
+
+def settled(stack: Stack) -> bool:
+    """Every session's triggering messages are finished: no turn is still running or waiting."""
+    folders = [f for f in (stack.home / "sessions" / "main").iterdir() if (f / sessiondb.INBOUND).exists()]
+    return all(not sessiondb.unfinished(f) for f in folders)
+
+
+async def test_fifty_messages_across_a_killed_bridge_are_each_answered_exactly_once(
+        stack: Stack, ada: Person, bot: Account, bridge: MatrixBridgeProcess) -> None:
+    room = await ada.create_room(invite=[bot.user_id], direct=True)
+    await joined(ada, room, bot.user_id)
+    await wire(stack, room, group=False)
+    questions = [f"question Q{i:02d}Z" for i in range(50)]  # no characters the prompt would escape
+    for text in questions[:20]:
+        await ada.say(room, text)
+    await answers(ada, room, bot, 1)  # the agent is answering: replies are in flight when the bridge dies
+    bridge.stop(signal.SIGKILL)
+    for text in questions[20:]:  # while it is down
+        await ada.say(room, text)
+    bridge.start()
+
+    async def all_answered() -> list[str] | None:
+        bodies = [str(m["content"]["body"]) for m in await ada.messages_from(room, bot.user_id)]
+        done = all(any(q in b for b in bodies) for q in questions) and await asyncio.to_thread(settled, stack)
+        return bodies if done else None
+    bodies = await eventually(all_answered, 2 * ANSWER, "not every message was answered")
+    counts = {q: sum(b.count(q) for b in bodies) for q in questions}
+    assert {q: n for q, n in counts.items() if n != 1} == {}, bodies  # each answered, none twice
+    assert len(bodies) == len(set(bodies))  # and no answer posted twice
