@@ -34,7 +34,7 @@ from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secre
 from clawden.bus import events as ev
 from clawden.config import Config
 from clawden.runtime import ServiceContext
-from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound
+from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound, card_token
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.service import serve
 from services.channels.state import BridgeState
@@ -422,8 +422,9 @@ class MatrixBridge(Bridge):
                             message_id=target)
 
     async def _card_token(self, event_id: str, inbound: Inbound) -> str | None:
-        saved = await inbound.state.cursor(f"card:{event_id}")
-        return saved[0] if saved else None
+        """The button token of the card the bot posted as `event_id` (its sent-log knows the outbound message)."""
+        found = await inbound.state.message_of(event_id)
+        return card_token(found[0]) if found else None
 
     async def _encrypted(self, room_id: str, inbound: Inbound) -> None:
         """One clear message per encrypted room, not silence."""
@@ -548,11 +549,7 @@ class MatrixBridge(Bridge):
             body, formatted = card_content(text, buttons)
             content |= {"body": body, "format": "org.matrix.custom.html", "formatted_body": formatted}
         content |= self._relates(route, reply_to)
-        event_id = await self._send(route, "m.room.message", content, key)
-        if buttons:
-            token = buttons[0][0].data.partition(":")[0]
-            await self._require_state().set_cursor(f"card:{event_id}", token)
-        return event_id
+        return await self._send(route, "m.room.message", content, key)
 
     async def _send(self, route: ev.Route, kind: str, content: dict[str, Any], key: str) -> str:
         room_id = await self._room(route)

@@ -262,10 +262,20 @@ async def test_a_card_goes_to_the_approver_in_a_direct_room_and_only_a_numbered_
     assert action.message_id == shown["event_id"] and action.route.chat_id == room
     texts = [m.text for m in await messages(bus, 2)]
     assert texts == ["what is GitHub?", "9"]
-    # A second card to her reuses the room the bridge made and remembers.
+    # A second card to her reuses the room the bridge made and remembers; a keycap reaction presses too.
     await bus.send(ada.user_id, "And Slack?", id="approval:m2", card=card)
-    await bus.wait_receipts(2)
-    assert len(await ada.messages_from(room, bot.user_id)) == 2
+    second = (await bus.wait_receipts(2))[1]
+    assert [m["event_id"] for m in await ada.messages_from(room, bot.user_id)] == [shown["event_id"],
+                                                                                   second.platform_message_id]
+    await ada.send(room, {"m.relates_to": {"rel_type": "m.annotation", "event_id": second.platform_message_id,
+                                           "key": "1\ufe0f\u20e3"}}, kind="m.reaction")
+
+    async def both() -> list[ev.InboundAction] | None:
+        found = [e for e in await bus.inbound() if isinstance(e, ev.InboundAction)]
+        return found if len(found) == 2 else None
+    pressed = (await eventually(both, 20, "the keycap reaction pressed nothing"))[1]
+    assert (pressed.card_id, pressed.button_id, pressed.sender.id) == ("approval:m2", "approve",
+                                                                       f"matrix:{ada.user_id}")
 
 
 # --- crashes and limits -----------------------------------------------------------------------------------
