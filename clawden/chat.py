@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from clawden.bus import Consumer, bind, consume, ensure_streams, publish, subjects
 from clawden.bus import events as ev
@@ -198,6 +199,117 @@ def terminal_kept(stdin: TextIO, stdout: TextIO) -> Iterator[None]:
 COMMANDS = ("/exit", "/quit", "/help")  # what the terminal handles itself
 
 
+class Conversation:
+    """One terminal's side of a chat once connected: replies shown (and receipted) as they come, and
+    what is typed or piped sent; `ask`, `talk` and `pipe` are the three ways a chat runs."""
+
+    def __init__(self, js: JetStreamContext, terminal: TerminalChat, stdout: TextIO, *, interactive: bool,
+                 once: bool) -> None:
+        self.js = js
+        self.terminal = terminal
+        self.stdout = stdout
+        self.interactive = interactive
+        self.once = once
+        self.stopping = asyncio.Event()
+        self.got_reply = asyncio.Event()
+        self.failed: list[str] = []  # ids of replies that said the message will not be answered
+        self.shown: dict[str, None] = {}  # outbound ids already printed, oldest first
+
+    async def on_outbound(self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing,
+                          msg: Msg) -> None:
+        if event.route.chat_id != self.terminal.chat_id or isinstance(event, ev.Typing):
+            return
+        if event.id in self.shown:
+            return  # redelivered (its ack was lost, say to a NATS restart): shown once already
+        self.shown[event.id] = None
+        if len(self.shown) > SHOWN_KEPT:
+            self.shown.pop(next(iter(self.shown)))
+        message_id = event.target_message_id if not isinstance(event, ev.OutboundMessage) else uuid.uuid4().hex
+        if self.interactive:  # over the input line, which is then drawn again below with what was typed on it
+            print(f"\r\x1b[K{self.terminal.show(event, message_id)}\n{PROMPT}{Reader.typed()}", end="",
+                  file=self.stdout, flush=True)
+        else:
+            print(self.terminal.show(event, message_id), file=self.stdout, flush=True)
+        receipt = ev.DeliveryReceipt(outbound_id=event.id, route=event.route, ok=True,
+                                     session_id=event.session_id, seq=event.seq,
+                                     platform_message_id=message_id)
+        await publish(self.js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{event.id}")
+        if isinstance(event, ev.OutboundMessage) and event.kind != "notice":  # a notice: the answer follows
+            if event.kind == "error":
+                self.failed.append(event.id)
+            if self.once:
+                # Said before the ack that follows this handler, so the receiver stops right after it
+                # instead of starting another pull and waiting out its expiry (a second per message).
+                self.stopping.set()
+            self.got_reply.set()
+
+    async def send(self, text: str) -> bool:
+        if len(text.encode()) > ev.MAX_TEXT:
+            print(f"(not sent: a message may hold at most {ev.MAX_TEXT} bytes)", file=sys.stderr)
+            return False
+        event = self.terminal.line(text)
+        await publish(self.js, subjects.inbound(CHANNEL), event, msg_id=event.key)
+        return True
+
+    async def handle(self, text: str) -> bool:
+        """One typed text: sent, or a command the terminal handles; False to leave."""
+        command = text.strip().lower()
+        if command in ("/exit", "/quit"):
+            return False
+        if command == "/help":
+            print(HELP, file=self.stdout, flush=True)
+        elif text.strip():
+            await self.send(text)
+        return True
+
+    async def replied(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.got_reply.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def ask(self, text: str, timeout: float) -> int:
+        """`--once`: one message, and its answer; the exit code tells an answer from "could not answer"."""
+        if not text.strip():
+            raise ControlError("--once needs a message to send")
+        if not await self.send(text):
+            return 2
+        if not await self.replied(timeout):
+            print(f"(no reply within {timeout:.0f}s)", file=sys.stderr)
+            return 1
+        return 1 if self.failed else 0
+
+    async def talk(self, stdin: TextIO) -> int:
+        """A person at the terminal, until Ctrl-D or /exit."""
+        print(f"Talking to Clawden as {self.terminal.user} (Ctrl-D or /exit to leave, /help for more).",
+              file=self.stdout, flush=True)
+        keyboard = Reader(asyncio.get_running_loop(), stdin, interactive=True)
+        with terminal_kept(stdin, self.stdout):
+            keyboard.start()
+            while (text := await keyboard.texts.get()) is not None:
+                if not await self.handle(text):
+                    break
+                keyboard.ready.set()
+        return 0
+
+    async def pipe(self, stdin: TextIO, *, line_by_line: bool, timeout: float) -> int:
+        """Piped input, as paragraphs or lines; then the last reply is given a moment before leaving."""
+        pipe, paragraphs = Reader(asyncio.get_running_loop(), stdin, interactive=False), Paragraphs(
+            line_by_line=line_by_line)
+        pipe.start()
+        while True:
+            line = await pipe.texts.get()
+            for text in paragraphs.feed(line):
+                if not await self.handle(text):
+                    line = None
+                    break
+            if line is None:
+                break
+            pipe.ready.set()
+        return 0 if await self.replied(timeout) else 1
+
+
 async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = None,
                timeout: float = 300.0, stdin: TextIO | None = None, stdout: TextIO | None = None,
                line_by_line: bool = False) -> int:
@@ -215,106 +327,17 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
     js = nc.jetstream()
     await ensure_streams(js)
     sub = await bind(js, terminal_outbound(chat_id))
-    stopping = asyncio.Event()
-    got_reply = asyncio.Event()
-    failed: list[str] = []  # ids of replies that said the message will not be answered
     interactive = once is None and stdin is sys.stdin and stdin.isatty()
-    user = getpass.getuser()
-    terminal = TerminalChat(chat_id, user)
-    shown: dict[str, None] = {}  # outbound ids already printed, oldest first
-
-    async def on_outbound(event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing,
-                          msg: Msg) -> None:
-        if event.route.chat_id != chat_id or isinstance(event, ev.Typing):
-            return
-        if event.id in shown:
-            return  # redelivered (its ack was lost, say to a NATS restart): shown once already
-        shown[event.id] = None
-        if len(shown) > SHOWN_KEPT:
-            shown.pop(next(iter(shown)))
-        message_id = event.target_message_id if not isinstance(event, ev.OutboundMessage) else uuid.uuid4().hex
-        if interactive:  # over the input line, which is then drawn again below with what was typed on it
-            print(f"\r\x1b[K{terminal.show(event, message_id)}\n{PROMPT}{Reader.typed()}", end="", file=stdout,
-                  flush=True)
-        else:
-            print(terminal.show(event, message_id), file=stdout, flush=True)
-        receipt = ev.DeliveryReceipt(outbound_id=event.id, route=event.route, ok=True,
-                                     session_id=event.session_id, seq=event.seq,
-                                     platform_message_id=message_id)
-        await publish(js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{event.id}")
-        if isinstance(event, ev.OutboundMessage) and event.kind != "notice":  # a notice: the answer follows
-            if event.kind == "error":
-                failed.append(event.id)
-            if once is not None:
-                # Said before the ack that follows this handler, so the receiver stops right after it
-                # instead of starting another pull and waiting out its expiry (a second per message).
-                stopping.set()
-            got_reply.set()
-
-    async def send(text: str) -> bool:
-        if len(text.encode()) > ev.MAX_TEXT:
-            print(f"(not sent: a message may hold at most {ev.MAX_TEXT} bytes)", file=sys.stderr)
-            return False
-        event = terminal.line(text)
-        await publish(js, subjects.inbound(CHANNEL), event, msg_id=event.key)
-        return True
-
-    async def handle(text: str) -> bool:
-        """One typed text: sent, or a command the terminal handles; False to leave."""
-        command = text.strip().lower()
-        if command in ("/exit", "/quit"):
-            return False
-        if command == "/help":
-            print(HELP, file=stdout, flush=True)
-        elif text.strip():
-            await send(text)
-        return True
-
-    receiver = asyncio.create_task(consume(sub, OUTBOUND, on_outbound, stopping=stopping))  # type: ignore[arg-type]  # a union is no type[E]
-    code = 0
+    talk = Conversation(js, TerminalChat(chat_id, getpass.getuser()), stdout, interactive=interactive,
+                        once=once is not None)
+    receiver = asyncio.create_task(consume(sub, OUTBOUND, talk.on_outbound, stopping=talk.stopping))  # type: ignore[arg-type]  # a union is no type[E]
     try:
         if once is not None:
-            if not once.strip():
-                raise ControlError("--once needs a message to send")
-            if not await send(once):
-                return 2
-            try:
-                await asyncio.wait_for(got_reply.wait(), timeout)
-            except TimeoutError:
-                print(f"(no reply within {timeout:.0f}s)", file=sys.stderr)
-                code = 1
-            return 1 if failed else code  # a script can tell an answer from "could not answer"
+            return await talk.ask(once, timeout)
         if interactive:
-            print(f"Talking to Clawden as {user} (Ctrl-D or /exit to leave, /help for more).", file=stdout,
-                  flush=True)
-            keyboard = Reader(asyncio.get_running_loop(), stdin, interactive=True)
-            with terminal_kept(stdin, stdout):
-                keyboard.start()
-                while (text := await keyboard.texts.get()) is not None:
-                    if not await handle(text):
-                        break
-                    keyboard.ready.set()
-            return code
-        pipe, paragraphs = Reader(asyncio.get_running_loop(), stdin, interactive=False), Paragraphs(
-            line_by_line=line_by_line)
-        pipe.start()
-        leaving = False
-        while not leaving:
-            line = await pipe.texts.get()
-            for text in paragraphs.feed(line):
-                if not await handle(text):
-                    leaving = True
-                    break
-            if line is None:
-                break
-            pipe.ready.set()
-        # Piped input: give the last reply a moment before leaving.
-        try:
-            await asyncio.wait_for(got_reply.wait(), timeout)
-        except TimeoutError:
-            code = 1
-        return code
+            return await talk.talk(stdin)
+        return await talk.pipe(stdin, line_by_line=line_by_line, timeout=timeout)
     finally:
-        stopping.set()
+        talk.stopping.set()
         await asyncio.wait_for(receiver, 5)
         await nc.drain()
