@@ -21,6 +21,8 @@ import logging
 import mimetypes
 import os
 import re
+from collections import OrderedDict
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ E2EE_NOTICE = ("End-to-end encryption is not supported by this assistant yet, so
 # Keycap digits as reactions (without the presentation selector, which clients add or leave out).
 DIGITS = {f"{n}\u20e3": n for n in range(1, 10)} | {"\U0001f51f": 10}
 FILE_TYPES = {"m.file", "m.image", "m.audio", "m.video"}
+OWN_KEPT = 2000  # the bot's own recent event ids kept in memory
 
 CAPABILITIES = Capabilities(
     # Synapse refuses events over 65536 bytes of JSON; 32 000 characters of body (and its HTML) stay inside.
@@ -126,7 +129,7 @@ def mentions_me(content: dict[str, Any], body: str, me: Me) -> bool:
     return bool(name) and re.search(rf"(?<!\w){re.escape(name)}(?!\w)", lowered) is not None
 
 
-def inbound_message(event: dict[str, Any], room: RoomView, me: Me, own: set[str]) -> ev.InboundMessage | None:
+def inbound_message(event: dict[str, Any], room: RoomView, me: Me, own: Container[str]) -> ev.InboundMessage | None:
     """A person's `m.room.message` as an inbound event; None for edits, notices (bots) and what has no text."""
     content = event.get("content") or {}
     if not isinstance(content, dict) or relation(content).get("rel_type") == "m.replace":
@@ -261,7 +264,8 @@ class MatrixBridge(Bridge):
         self.me: Me | None = None
         self.api = new_client(self.homeserver, None, credential.access_token, credential.device_id)
         self.poller = new_client(self.homeserver, None, credential.access_token, credential.device_id)
-        self.own: set[str] = set()  # event ids the bot posted (recent): replies to them address it
+        # Event ids the bot posted lately (replies to them address it); older ones are found in the sent-log.
+        self.own: OrderedDict[str, None] = OrderedDict()
         self.deaf_after = sync_timeout + 60.0
         self._state: Inbound | None = None
 
@@ -367,11 +371,17 @@ class MatrixBridge(Bridge):
         members = int(room.joined_count or 0) + int(room.invited_count or 0)
         return RoomView(room_id, str(room.display_name or ""), members or len(room.users), bool(room.encrypted))
 
+    def _posted(self, event_id: str) -> None:
+        self.own[event_id] = None
+        self.own.move_to_end(event_id)
+        while len(self.own) > OWN_KEPT:
+            self.own.popitem(last=False)
+
     async def _event(self, source: dict[str, Any], room: RoomView, me: Me, inbound: Inbound) -> None:
         kind = source.get("type")
         if source.get("sender") == me.user_id:
             if source.get("event_id"):
-                self.own.add(str(source["event_id"]))
+                self._posted(str(source["event_id"]))
             return
         try:
             if kind == "m.room.encrypted" or (kind == "m.room.encryption" and source.get("state_key") == ""):
@@ -384,6 +394,9 @@ class MatrixBridge(Bridge):
             log.error("skipping matrix event %s that does not parse: %r", source.get("event_id"), exc)
 
     async def _message(self, source: dict[str, Any], room: RoomView, me: Me, inbound: Inbound) -> None:
+        target = reply_target(source.get("content") or {})
+        if target and target not in self.own and await inbound.state.message_of(target) is not None:
+            self._posted(target)  # a reply to what the bot said before this run
         event = inbound_message(source, room, me, self.own)
         if event is None:
             return
@@ -555,7 +568,7 @@ class MatrixBridge(Bridge):
         room_id = await self._room(route)
         resp = await call("send", self.api.room_send(room_id, kind, content, tx_id=txn_id(key)))
         event_id = str(resp.event_id)
-        self.own.add(event_id)
+        self._posted(event_id)
         return event_id
 
     async def send_file(self, route: ev.Route, path: Path, *, key: str) -> str:

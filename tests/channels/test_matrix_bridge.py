@@ -126,6 +126,21 @@ async def test_in_a_group_room_only_a_mention_addresses_the_bot(
     assert found[0].chat_name == "Family"
 
 
+async def test_in_a_group_room_a_reply_to_what_the_bot_said_before_a_restart_still_addresses_it(
+        ada: Person, bob: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    room = await ada.create_room(invite=[bot.user_id, bob.user_id], name="Club")
+    await joined(ada, room, bot.user_id)
+    await bob.join(room)
+    await bus.send(room, "the pub opens at 6", id="said-1")
+    [receipt] = await bus.wait_receipts(1)
+    assert bridge.stop() == 0
+    bridge.start()
+    await ada.say(room, "and closes?", **{"m.relates_to": {"m.in_reply_to": {"event_id": receipt.platform_message_id}}})
+    await ada.say(room, "see you there")
+    replied, plain = await messages(bus, 2)
+    assert (replied.mentioned, replied.reply_to, plain.mentioned) == (True, receipt.platform_message_id, False)
+
+
 async def test_replies_and_threads_keep_their_place_both_ways(
         ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
     room = await direct_room(ada, bot)
