@@ -23,7 +23,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Container
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -287,11 +287,25 @@ class MatrixBridge(Bridge):
         profile = await self.api.get_displayname(who.user_id)
         name = str(getattr(profile, "displayname", "") or "")
         self.me = Me(who.user_id, who.device_id or self.credential.device_id, name)
+        await self._learn_upload_limit()
         for client in (self.api, self.poller):
             client.user_id = client.user = self.me.user_id
             client.device_id = self.me.device_id
         log.info("matrix: signed in as %s (device %s, display name %r)", self.me.user_id, self.me.device_id, name)
         return self.me
+
+    async def _learn_upload_limit(self) -> None:
+        """Files go up to the homeserver's own limit (its media config's `m.upload.size`), where it says one."""
+        try:
+            config = await call("media config", self.api.content_repository_config())
+        except MatrixError as exc:
+            log.info("matrix: the homeserver did not say its upload limit (%s); keeping %d bytes", exc.description,
+                     self.capabilities.max_file_bytes)
+            return
+        size = getattr(config, "upload_size", None)
+        if isinstance(size, int) and size > 0:
+            self.capabilities = replace(self.capabilities, max_file_bytes=size, max_download_bytes=size)
+            log.info("matrix: the homeserver takes files of up to %d bytes", size)
 
     # --- in -------------------------------------------------------------------------------------
 

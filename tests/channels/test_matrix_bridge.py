@@ -245,6 +245,13 @@ async def test_files_travel_through_the_media_repository_both_ways(
     [sent] = await ada.messages_from(room, bot.user_id)
     assert (sent["content"]["msgtype"], sent["content"]["body"]) == ("m.file", "plan.txt")
     assert await ada.download(sent["content"]["url"]) == outgoing.read_bytes()
+    # Over the homeserver's own limit (10M in the test Synapse's max_upload_size): refused before any upload.
+    big = outgoing.with_name("big.bin")
+    big.write_bytes(b"x" * (10 * 1024 * 1024 + 1))
+    await bus.send(room, "", id="file-2", files=(str(big),))
+    refused = (await bus.wait_receipts(2))[1]
+    assert not refused.ok and refused.error == f"big.bin is {10 * 1024 * 1024 + 1} bytes; matrix takes at most 10485760"
+    assert len(await ada.messages_from(room, bot.user_id)) == 1
 
 
 async def test_a_card_goes_to_the_approver_in_a_direct_room_and_only_a_numbered_reply_presses_it(
