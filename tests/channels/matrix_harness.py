@@ -108,6 +108,9 @@ class Person:
     async def invite(self, room_id: str, user_id: str) -> None:
         await self._call("POST", f"/_matrix/client/v3/rooms/{quote(room_id)}/invite", json={"user_id": user_id})
 
+    async def kick(self, room_id: str, user_id: str) -> None:
+        await self._call("POST", f"/_matrix/client/v3/rooms/{quote(room_id)}/kick", json={"user_id": user_id})
+
     async def membership(self, room_id: str, user_id: str) -> str:
         resp = await self.http.get(f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.member/{quote(user_id)}")
         return str(resp.json().get("membership", "")) if resp.status_code == 200 else ""

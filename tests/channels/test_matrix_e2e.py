@@ -15,6 +15,7 @@ from clawden import control, sessiondb
 from tests.channels.matrix_harness import MatrixBridgeProcess, Person
 from tests.e2e.harness import Stack, start_stack
 from tests.eventually import eventually
+from tests.fakes.anthropic import Text, ToolCall
 from tests.servers.synapse.fixture import Account, Synapse
 
 pytestmark = pytest.mark.docker
@@ -184,3 +185,46 @@ async def test_fifty_messages_across_a_killed_bridge_are_each_answered_exactly_o
     counts = {q: sum(b.count(q) for b in bodies) for q in questions}
     assert {q: n for q, n in counts.items() if n != 1} == {}, bodies  # each answered, none twice
     assert len(bodies) == len(set(bodies))  # and no answer posted twice
+
+
+async def test_a_file_reaches_the_agents_inbox_and_the_file_it_sends_arrives_in_the_room(
+        stack: Stack, ada: Person, bot: Account, bridge: MatrixBridgeProcess) -> None:
+    room = await ada.create_room(invite=[bot.user_id], direct=True)
+    await joined(ada, room, bot.user_id)
+    await wire(stack, room, group=False)
+    await ada.say(room, "hello")
+    await answers(ada, room, bot, 1)  # the container is up: the next turn is the scripted one
+    await eventually(lambda: asyncio.to_thread(settled, stack), ANSWER, "the first turn never finished")
+    write = ToolCall("Write", {"file_path": "/workspace/agent/report.txt", "content": "quarterly numbers\n"})
+    stack.fake.script(write, ToolCall("send_file", {"path": "report.txt", "text": "here it is"}), Text("ok"))
+    note = b"buy oat milk\n"
+    mxc = await ada.upload(note, "note.txt", "text/plain")
+    seen = len(stack.fake.messages_requests(with_tools=True))
+    await ada.send(room, {"msgtype": "m.file", "body": "note.txt", "filename": "note.txt", "url": mxc,
+                          "info": {"size": len(note), "mimetype": "text/plain"}})
+
+    async def file_back() -> dict[str, object] | None:
+        files = [m for m in await ada.messages_from(room, bot.user_id) if m["content"].get("msgtype") == "m.file"]
+        return files[0] if files else None
+    sent = await eventually(file_back, ANSWER, "the agent's file never arrived")
+    assert sent["content"]["body"] == "report.txt"  # type: ignore[index]
+    assert await ada.download(str(sent["content"]["url"])) == b"quarterly numbers\n"  # type: ignore[index]
+    prompt = str(stack.fake.messages_requests(with_tools=True)[seen].body["messages"])
+    assert "[attachment note.txt (text/plain, 13 bytes) at /workspace/session/inbox/" in prompt
+    inboxes = [f / "inbox" for f in (stack.home / "sessions" / "main").iterdir()]
+    assert note in [p.read_bytes() for inbox in inboxes for p in inbox.rglob("*") if p.is_file()]
+
+
+async def test_a_send_the_homeserver_refuses_for_good_is_reported_back_to_the_agent(
+        stack: Stack, ada: Person, bot: Account, bridge: MatrixBridgeProcess) -> None:
+    room = await ada.create_room(invite=[bot.user_id])  # a room of two where she is its only admin
+    await joined(ada, room, bot.user_id)
+    await wire(stack, room, group=False)
+    await ada.say(room, "remind me about the dentist")
+    await ada.kick(room, bot.user_id)  # before the answer comes: the bot may no longer post there
+
+    def failed() -> list[tuple[int, str]]:
+        return [f for s in (stack.home / "sessions" / "main").iterdir() if (s / sessiondb.INBOUND).exists()
+                for f in sessiondb.failed_deliveries(s, after_seq=0)]
+    found = await eventually(lambda: asyncio.to_thread(failed), ANSWER, "no failed delivery reached a session")
+    assert any("M_FORBIDDEN" in error for _, error in found), found
