@@ -88,16 +88,36 @@ def check_secret(secret: Secret, value: str, *, force: bool = False) -> Secret:
     other than the model key match the model API's host (never a public suffix)."""
     if not NAME.match(secret.name):
         raise CatalogError(f"secret name {secret.name!r}: letters, digits, '_', '.', '-' (up to 64)")
+    _check_value(secret.name, value)
+    host = _check_host(secret, force=force)
+    try:
+        path = check_path_pattern(secret.path_pattern)
+    except ValueError as exc:
+        raise CatalogError(str(exc)) from exc
+    if secret.kind == "generic":
+        _check_generic(secret)
+    grants = tuple(sorted(set(secret.grants)))
+    for group in grants:
+        if not GROUP.match(group):
+            raise CatalogError(f"{group!r} is not an agent group name")
+    return msgspec.structs.replace(secret, host_pattern=host, path_pattern=path, grants=grants)
+
+
+def _check_value(name: str, value: str) -> None:
     if not value or len(value) > MAX_VALUE:
-        raise CatalogError(f"the value of {secret.name} must be 1 to {MAX_VALUE} characters")
+        raise CatalogError(f"the value of {name} must be 1 to {MAX_VALUE} characters")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise CatalogError(f"the value of {secret.name} holds control characters (a stray newline?)")
+        raise CatalogError(f"the value of {name} holds control characters (a stray newline?)")
+
+
+def _check_host(secret: Secret, *, force: bool) -> str:
+    """The secret's host pattern, normalised: named, narrower than a public suffix, and the model API's
+    only for the model key (or with ``force``)."""
     host = secret.host_pattern or DEFAULT_HOSTS.get(secret.kind, "")
     if not host:
         raise CatalogError(f"a {secret.kind} secret needs a host pattern (--host)")
     try:
         host = check_host_pattern(host)
-        path = check_path_pattern(secret.path_pattern)
     except ValueError as exc:
         raise CatalogError(str(exc)) from exc
     if host == "*":
@@ -110,20 +130,19 @@ def check_secret(secret: Secret, value: str, *, force: bool = False) -> Secret:
     if secret.kind != "anthropic" and host_matches(host, DEFAULT_HOSTS["anthropic"]) and not force:
         raise CatalogError(f"host pattern {host!r} matches the model API ({DEFAULT_HOSTS['anthropic']}), so this "
                            "secret would ride on every model call; narrow it, or add --force if that is meant")
-    if secret.kind == "generic":
-        if bool(secret.header_name) == bool(secret.param_name):
-            raise CatalogError("a generic secret needs either --header NAME or --param NAME")
-        if secret.header_name and not HEADER_NAME.match(secret.header_name):
-            raise CatalogError(f"{secret.header_name!r} is not a header name")
-        if secret.param_name and not re.match(r"^[A-Za-z0-9_.~-]{1,64}$", secret.param_name):
-            raise CatalogError(f"{secret.param_name!r} is not a query parameter name")
-        if "{value}" not in secret.value_format:
-            raise CatalogError("the format must hold {value}, e.g. 'Bearer {value}'")
-    grants = tuple(sorted(set(secret.grants)))
-    for group in grants:
-        if not GROUP.match(group):
-            raise CatalogError(f"{group!r} is not an agent group name")
-    return msgspec.structs.replace(secret, host_pattern=host, path_pattern=path, grants=grants)
+    return host
+
+
+def _check_generic(secret: Secret) -> None:
+    """A generic secret goes in one header or one query parameter, through a format holding {value}."""
+    if bool(secret.header_name) == bool(secret.param_name):
+        raise CatalogError("a generic secret needs either --header NAME or --param NAME")
+    if secret.header_name and not HEADER_NAME.match(secret.header_name):
+        raise CatalogError(f"{secret.header_name!r} is not a header name")
+    if secret.param_name and not re.match(r"^[A-Za-z0-9_.~-]{1,64}$", secret.param_name):
+        raise CatalogError(f"{secret.param_name!r} is not a query parameter name")
+    if "{value}" not in secret.value_format:
+        raise CatalogError("the format must hold {value}, e.g. 'Bearer {value}'")
 
 
 def check_rule(rule: Rule) -> Rule:

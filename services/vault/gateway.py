@@ -197,6 +197,25 @@ class _Side:
         return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 
 
+def _next_cycle(side: _Side) -> bool:
+    """Ready for the connection's next request; False when this one was its last."""
+    if not side.reusable:
+        return False
+    side.conn.start_next_cycle()
+    return True
+
+
+async def _answer_malformed(side: _Side, exc: h11.RemoteProtocolError) -> None:
+    """A request h11 could not parse gets its 400 (or 431) when nothing of a response went out yet."""
+    if side.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    with contextlib.suppress(h11.LocalProtocolError, ConnectionError, OSError):
+        status = exc.error_status_hint
+        code = "request_header_fields_too_large" if status == 431 else "bad_request"
+        side.send_reply(responses.gateway_error(status, code, f"malformed request: {exc}"), close=True)
+        await side.writer.drain()
+
+
 class _Body:
     """The request body: what has arrived is kept (for an approval preview), the rest streams."""
 
@@ -428,54 +447,29 @@ class Gateway:
         origin: Origin | None = None
         group = agent_group
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(self._idle_timeout):
-                        event = await side.next_event()
-                except TimeoutError:
-                    return
-                if not isinstance(event, h11.Request):
-                    return  # ConnectionClosed, or the client went away between requests
-                if len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers) > MAX_HEAD_SIZE:
-                    # h11 bounds only a head still arriving; one that came whole is measured here.
-                    raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+            while (event := await self._next_request(side)) is not None:
                 if agent_group is None and origin is None:
-                    group = self._tokens.get(token_hash(proxy_token(list(event.headers)) or ""))
+                    group = await self._authenticate(side, event)
                     if group is None:
-                        await self._drain_small_body(side)
-                        side.send_reply(responses.proxy_auth_required())
-                        await writer.drain()
-                        if not side.reusable:
+                        if not _next_cycle(side):
                             return
-                        side.conn.start_next_cycle()
                         continue
                 assert group is not None
-                if event.method == b"CONNECT":
-                    if origin is not None:
-                        side.send_reply(responses.gateway_error(400, "bad_request", "CONNECT inside a tunnel"),
-                                        close=True)
-                        await side.writer.drain()
-                        return
-                    opened = await self._open_tunnel(group, side, event)
-                    if opened is None:
-                        await side.writer.drain()
-                        if not side.reusable:
-                            return
-                        side.conn.start_next_cycle()
-                        continue
+                if event.method != b"CONNECT":
+                    await self._exchange(group, side, event, origin)
+                elif origin is not None:
+                    side.send_reply(responses.gateway_error(400, "bad_request", "CONNECT inside a tunnel"), close=True)
+                    await side.writer.drain()
+                    return
+                elif (opened := await self._open_tunnel(group, side, event)) is not None:
                     side, origin = opened
                     continue
-                await self._exchange(group, side, event, origin)
-                if not side.reusable:
-                    return
-                side.conn.start_next_cycle()
-        except h11.RemoteProtocolError as exc:
-            if side.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                with contextlib.suppress(h11.LocalProtocolError, ConnectionError, OSError):
-                    status = exc.error_status_hint
-                    code = "request_header_fields_too_large" if status == 431 else "bad_request"
-                    side.send_reply(responses.gateway_error(status, code, f"malformed request: {exc}"), close=True)
+                else:
                     await side.writer.drain()
+                if not _next_cycle(side):
+                    return
+        except h11.RemoteProtocolError as exc:
+            await _answer_malformed(side, exc)
         except (_ClientGone, ConnectionError, ssl.SSLError):
             pass  # the agent hung up; nothing to answer
         finally:
@@ -486,6 +480,29 @@ class Gateway:
                     await side.writer.wait_closed()
             if side.writer is not writer:
                 writer.close()
+
+    async def _next_request(self, side: _Side) -> h11.Request | None:
+        """The agent's next request head; None once it hangs up or stays idle too long."""
+        try:
+            async with asyncio.timeout(self._idle_timeout):
+                event = await side.next_event()
+        except TimeoutError:
+            return None
+        if not isinstance(event, h11.Request):
+            return None  # ConnectionClosed, or the client went away between requests
+        if len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers) > MAX_HEAD_SIZE:
+            # h11 bounds only a head still arriving; one that came whole is measured here.
+            raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+        return event
+
+    async def _authenticate(self, side: _Side, request: h11.Request) -> str | None:
+        """The agent group whose proxy token the first request carries; None (answered 407) without one."""
+        group = self._tokens.get(token_hash(proxy_token(list(request.headers)) or ""))
+        if group is None:
+            await self._drain_small_body(side)
+            side.send_reply(responses.proxy_auth_required())
+            await side.writer.drain()
+        return group
 
     async def _drain_small_body(self, side: _Side, limit: int = 64 * 1024) -> None:
         body = _Body(side)

@@ -194,16 +194,7 @@ class Upstream:
             conn = await self.acquire(origin, trusted, owner)
             started = False
             try:
-                conn.writer.write(_send(conn, h11.Request(method=method, target=target, headers=headers)))
-                if isinstance(body, bytes):
-                    if body:
-                        conn.writer.write(_send(conn, h11.Data(data=body)))
-                else:
-                    async for chunk in body:
-                        conn.writer.write(_send(conn, h11.Data(data=chunk)))
-                        await conn.writer.drain()
-                conn.writer.write(_send(conn, h11.EndOfMessage()))
-                await conn.writer.drain()
+                await _write_request(conn, h11.Request(method=method, target=target, headers=headers), body)
                 while True:
                     event = await self._next_event(conn)
                     started = True
@@ -261,3 +252,17 @@ class Upstream:
 
 def _send(conn: Connection, event: h11.Event) -> bytes:
     return conn.h11.send(event) or b""
+
+
+async def _write_request(conn: Connection, request: h11.Request, body: bytes | AsyncIterable[bytes]) -> None:
+    """The request whole: its head, its body (streamed as it comes), its end."""
+    conn.writer.write(_send(conn, request))
+    if isinstance(body, bytes):
+        if body:
+            conn.writer.write(_send(conn, h11.Data(data=body)))
+    else:
+        async for chunk in body:
+            conn.writer.write(_send(conn, h11.Data(data=chunk)))
+            await conn.writer.drain()
+    conn.writer.write(_send(conn, h11.EndOfMessage()))
+    await conn.writer.drain()
