@@ -361,6 +361,16 @@ class MatrixBridge(Bridge):
             view = self._view(room_id)
             for source in events:
                 await self._event(source, view, me, inbound)
+            taken = [e for e in events if e.get("type") == "m.room.message" and e.get("sender") != me.user_id]
+            if taken and not view.encrypted:
+                await self._read_up_to(room_id, str(taken[-1].get("event_id", "")))
+
+    async def _read_up_to(self, room_id: str, event_id: str) -> None:
+        """A read receipt once the room's messages are stored: people see the assistant has them. Best effort."""
+        try:
+            await call("read receipt", self.poller.room_read_markers(room_id, event_id, event_id))
+        except MatrixError as exc:
+            log.debug("matrix: no read receipt in %s: %s", room_id, exc.description)
 
     async def _backfill(self, room_id: str, prev_batch: str, inbound: Inbound) -> list[dict[str, Any]]:
         """A room with more new events than one sync carries (`limited`): the rest, oldest first, from /messages

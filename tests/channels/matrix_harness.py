@@ -79,6 +79,7 @@ class Person:
         self.user_id = account.user_id
         self._since = ""
         self._invited: list[str] = []
+        self._ephemeral: dict[str, list[dict[str, Any]]] = {}
         self.http = httpx.AsyncClient(base_url=synapse.url, timeout=30,
                                       headers={"Authorization": f"Bearer {account.token}"})
 
@@ -123,16 +124,28 @@ class Person:
     async def say(self, room_id: str, text: str, **extra: Any) -> str:
         return await self.send(room_id, {"msgtype": "m.text", "body": text, **extra})
 
-    async def invites(self) -> list[str]:
-        """Rooms she is invited to, from her own /sync. Incremental (from the last `next_batch`): Synapse answers a
-        repeated identical /sync from a cache for a while, so an initial sync asked again shows nothing new."""
+    async def _sync(self) -> None:
+        """One incremental /sync (from the last `next_batch`): Synapse answers a repeated identical /sync from a
+        cache for a while, so an initial sync asked again shows nothing new."""
         params: dict[str, Any] = {"timeout": 1000}
         if self._since:
             params["since"] = self._since
         body = await self._call("GET", "/_matrix/client/v3/sync", params=params)
         self._since = str(body["next_batch"])
-        self._invited += [r for r in (body.get("rooms") or {}).get("invite", {}) if r not in self._invited]
+        rooms = body.get("rooms") or {}
+        self._invited += [r for r in rooms.get("invite", {}) if r not in self._invited]
+        for room_id, room in rooms.get("join", {}).items():
+            self._ephemeral.setdefault(room_id, []).extend((room.get("ephemeral") or {}).get("events") or [])
+
+    async def invites(self) -> list[str]:
+        """Rooms she is invited to, from her own /sync."""
+        await self._sync()
         return list(self._invited)
+
+    async def ephemeral(self, room_id: str, kind: str) -> list[dict[str, Any]]:
+        """The room's typing notices or receipts (`m.typing`, `m.receipt`) her client has seen so far."""
+        await self._sync()
+        return [e for e in self._ephemeral.get(room_id, []) if e.get("type") == kind]
 
     async def upload(self, data: bytes, name: str, mime: str) -> str:
         resp = await self._call("POST", "/_matrix/media/v3/upload", params={"filename": name}, content=data,

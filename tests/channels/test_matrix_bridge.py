@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -99,7 +100,7 @@ async def direct_room(ada: Person, bot: Account) -> str:
 
 # --- in -------------------------------------------------------------------------------------------------
 
-async def test_a_direct_room_message_is_a_mentioned_message_of_that_room(
+async def test_a_direct_room_message_is_stored_marked_read_and_answered_with_typing_shown(
         ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
     room = await direct_room(ada, bot)
     event_id = await ada.say(room, "what is on today?")
@@ -108,6 +109,16 @@ async def test_a_direct_room_message_is_a_mentioned_message_of_that_room(
     assert (message.message_id, message.text, message.sender.id) == (event_id, "what is on today?",
                                                                       f"matrix:{ada.user_id}")
     assert message.mentioned and not message.is_group
+
+    async def read_by_bot() -> bool:  # a read receipt once it is stored
+        receipts = await ada.ephemeral(room, "m.receipt")
+        return any(bot.user_id in (r["content"].get(event_id, {}).get("m.read") or {}) for r in receipts)
+    await eventually(read_by_bot, 20, "the bot never marked the message read")
+    await bus.publish(ev.Typing(id="typing-1", route=message.route, active=True, at=time.time()), "typing-1")
+
+    async def typing() -> bool:  # and "typing…" while the agent works
+        return any(bot.user_id in t["content"].get("user_ids", []) for t in await ada.ephemeral(room, "m.typing"))
+    await eventually(typing, 20, "the bot never showed it was typing")
 
 
 async def test_in_a_group_room_only_a_mention_addresses_the_bot(
