@@ -143,8 +143,10 @@ async def test_a_long_answer_arrives_split_and_in_order(
     chapters = [f"Chapter {i}. " + f"Line {i} of the long story. " * 90 for i in range(5)]  # ~2.4k each
     stack.fake.script(ToolCall("send_message", {"text": "\n\n".join(chapters)}))
     telegram.send(chat, ada, "tell me a long story")
-    texts = await answers(telegram, chat, 4)
-    await asyncio.sleep(1)
+    # The five parts go out a second apart (Telegram's pace in one chat); the turn ends once the agent has
+    # read its send's result, after every part is in: nothing arrives after that.
+    await answers(telegram, chat, 5)
+    await until(lambda: sends_read(stack, "tell me a long story") >= 1, ANSWER, "the agent never finished its turn")
     texts = telegram.texts(chat)
     assert [t.split(".")[0] for t in texts] == ["Chapter 0", "Chapter 1", "Chapter 2", "Chapter 3", "Chapter 4"]
     assert "\n\n".join(texts) == "\n\n".join(c.rstrip() for c in chapters)
