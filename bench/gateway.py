@@ -84,8 +84,8 @@ async def serve_gateway(socket_path: str, upstream: str, extra_ca: str, work: st
     from services.vault.gateway import Gateway
     from services.vault.store import Store
 
-    store = Store(Path(work) / "vault.db")
-    audit = AuditLog(store.write_audit)
+    store = await Store.start(Path(work) / "vault.db")
+    audit = AuditLog(lambda batch: store.run(store.write_audit, batch))
     secret = Secret(name="bench", kind="generic", host_pattern=HOST, header_name="x-api-key", grants=("*",))
     ca = CertificateAuthority.create("Clawden bench CA")
     gateway = Gateway(catalog=Catalog(credentials=(Credential(secret, SECRET),)), ca=ca, work_dir=Path(work),
@@ -98,6 +98,7 @@ async def serve_gateway(socket_path: str, upstream: str, extra_ca: str, work: st
     await gateway.close()
     stopping.set()
     await flusher
+    await store.stop()
 
 
 def _write(path: str, data: bytes) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from clawden.runtime import sleep_unless_stopping
 from services.vault.policy import RateKey
@@ -22,7 +22,8 @@ log = logging.getLogger("clawden.vault.rates")
 FLUSH_INTERVAL = 1.0
 MAX_KEYS = 4096  # above this, keys of windows that ended are dropped from memory
 
-Saver = Callable[[list[tuple[RateKey, int]], float], None]  # (changed counts, now); prunes ended windows
+# (changed counts, now); prunes ended windows. The service's runs `Store.save_rate_counts` on the store's thread.
+Saver = Callable[[list[tuple[RateKey, int]], float], Awaitable[None]]
 
 
 class RateCounts:
@@ -66,12 +67,12 @@ class RateCounts:
     async def flush(self) -> None:
         if self._save is None or not self._dirty:
             return
-        # Taken on the event loop, where charges happen; the thread gets a snapshot, never the dict.
+        # Taken on the event loop, where charges happen; the store's thread gets a snapshot, never the dict.
         batch = [(key, self.counts[key]) for key in self._dirty if key in self.counts]
         self._dirty.clear()
         saved = False
         try:
-            await asyncio.to_thread(self._save, batch, self._clock())
+            await self._save(batch, self._clock())
             saved = True
             self.stats["flushes"] += 1
         except Exception:

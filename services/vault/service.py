@@ -141,10 +141,10 @@ class Vault:
                        default_egress=default)
 
     async def refresh(self) -> None:
-        catalog = await asyncio.to_thread(self.load_catalog)
+        catalog = await self.store.run(self.load_catalog)
         self.gateway.update_catalog(catalog)
         tokens_by_hash = {}
-        for group, sealed in (await asyncio.to_thread(self.store.proxy_tokens)).items():
+        for group, sealed in (await self.store.run(self.store.proxy_tokens)).items():
             try:
                 tokens_by_hash[token_hash(self.sealer.open(sealed, f"proxy-token:{group}"))] = group
             except SealError:
@@ -209,7 +209,7 @@ class Vault:
         """Read ANTHROPIC_API_KEY / keys/anthropic again (`clawden init` asks after writing the file), so a
         key given after the start is used without a restart; answers which model secrets are stored."""
         async with self._lock:
-            await asyncio.to_thread(self.bootstrap_model_key)
+            await self.store.run(self.bootstrap_model_key)
             await self.refresh()
         names = self.model_secrets(self.gateway.catalog)
         return {"present": bool(names), "secrets": names}
@@ -232,23 +232,23 @@ class Vault:
                 request.value, force=request.force)
         except CatalogError as exc:
             raise ControlError(str(exc)) from None
-        if not request.replace and any(s.name == secret.name for s, _ in await asyncio.to_thread(self.store.secrets)):
+        if not request.replace and any(s.name == secret.name for s, _ in await self.store.run(self.store.secrets)):
             raise ControlError(f"a secret named {secret.name} exists; add --replace to replace it (its value, "
                                "host and grants)")
         sealed = self.sealer.seal(request.value, f"secret:{secret.name}")
-        created = await asyncio.to_thread(self.store.put_secret, secret, sealed)
+        created = await self.store.run(self.store.put_secret, secret, sealed)
         await self.refresh()
         log.info("secret %s %s (%s for %s)", secret.name, "added" if created else "replaced", secret.kind,
                  secret.host_pattern)
         return {"secret": msgspec.to_builtins(secret), "created": created}
 
     async def on_secrets_list(self, data: bytes) -> dict[str, Any]:
-        secrets = await asyncio.to_thread(self.store.secrets)
+        secrets = await self.store.run(self.store.secrets)
         return {"secrets": [msgspec.to_builtins(s) for s, _ in secrets]}
 
     async def on_secrets_remove(self, data: bytes) -> dict[str, Any]:
         name = decode_request(Named, data).name
-        removed = await asyncio.to_thread(self.store.remove_secret, name)
+        removed = await self.store.run(self.store.remove_secret, name)
         if not removed:
             raise ControlError(f"no secret named {name!r}")
         await self.refresh()
@@ -261,12 +261,12 @@ class Vault:
         for group in agents:
             if not GROUP.match(str(group)):
                 raise ControlError(f"{group!r} is not an agent group name")
-        changed = await asyncio.to_thread(self.store.change_grants, name, () if revoke else agents,
+        changed = await self.store.run(self.store.change_grants, name, () if revoke else agents,
                                           agents if revoke else ())
         if not changed:
             raise ControlError(f"no secret named {name!r}")
         await self.refresh()
-        secret = await asyncio.to_thread(self.store.secret, name)
+        secret = await self.store.run(self.store.secret, name)
         return {"secret": msgspec.to_builtins(secret)}
 
     async def on_rules_add(self, data: bytes) -> dict[str, Any]:
@@ -285,18 +285,18 @@ class Vault:
                 created_at=time.time()))
         except CatalogError as exc:
             raise ControlError(str(exc)) from None
-        if not await asyncio.to_thread(self.store.add_rule, rule):
+        if not await self.store.run(self.store.add_rule, rule):
             raise ControlError(f"a rule named {rule.name!r} exists; remove it first")
         await self.refresh()
         log.info("rule %s added: %s %s%s", rule.name, rule.action, rule.host_pattern, rule.path_pattern)
         return {"rule": msgspec.to_builtins(rule)}
 
     async def on_rules_list(self, data: bytes) -> dict[str, Any]:
-        return {"rules": [msgspec.to_builtins(r) for r in await asyncio.to_thread(self.store.rules)]}
+        return {"rules": [msgspec.to_builtins(r) for r in await self.store.run(self.store.rules)]}
 
     async def on_rules_remove(self, data: bytes) -> dict[str, Any]:
         name = decode_request(Named, data).name
-        if not await asyncio.to_thread(self.store.remove_rule, name):
+        if not await self.store.run(self.store.remove_rule, name):
             raise ControlError(f"no rule named {name!r}")
         await self.refresh()
         return {"removed": name}
@@ -304,7 +304,7 @@ class Vault:
     async def on_audit(self, data: bytes) -> dict[str, Any]:
         request: AuditQuery = decode_request(AuditQuery, data)
         limit = max(1, min(request.limit or 100, 10_000))
-        records = await asyncio.to_thread(self.store.audit, request.agent or None, request.since, limit)
+        records = await self.store.run(self.store.audit, request.agent or None, request.since, limit)
         return {"records": records}
 
     async def on_egress(self, data: bytes) -> dict[str, Any]:
@@ -315,7 +315,7 @@ class Vault:
         if mode is not None:
             if mode not in ("open", "allowlist"):
                 raise ControlError("the egress mode is open or allowlist")
-            await asyncio.to_thread(self.store.set_egress, group, mode)
+            await self.store.run(self.store.set_egress, group, mode)
             await self.refresh()
             log.info("egress of %s is now %s", group, mode)
         return {"agent_group": group, "egress": self.gateway.catalog.view(group).egress}
@@ -327,10 +327,10 @@ class Vault:
             raise ControlError(f"bad agent group name {group!r}")
         if not self.cfg.vault.tcp_listen:
             raise ControlError("the TCP listener is off ([vault] tcp_listen)")
-        sealed = (await asyncio.to_thread(self.store.proxy_tokens)).get(group)
+        sealed = (await self.store.run(self.store.proxy_tokens)).get(group)
         if sealed is None:
             token = f"clp_{tokens.token_hex(24)}"
-            await asyncio.to_thread(self.store.set_proxy_token, group, self.sealer.seal(token, f"proxy-token:{group}"))
+            await self.store.run(self.store.set_proxy_token, group, self.sealer.seal(token, f"proxy-token:{group}"))
             await self.refresh()
         else:
             token = self.sealer.open(sealed, f"proxy-token:{group}")
@@ -342,19 +342,21 @@ async def main(ctx: ServiceContext) -> None:
     folder = vault_dir(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
-    store = Store(folder / VAULT_DB)
+    store = await Store.start(folder / VAULT_DB)
     sealer = Sealer(load_key(cfg.keys_dir / VAULT_KEY))
     ca = CertificateAuthority.load_or_create(cfg.keys_dir / CA_KEY, cfg.keys_dir / CA_CERT,
                                              f"Clawden gateway CA ({cfg.install_id})")
-    audit = AuditLog(store.write_audit, publish=lambda record: _publish_audit(ctx, record))
-    rates = RateCounts(store.save_rate_counts)  # a restart must not forgive a daily cap
-    rates.load(await asyncio.to_thread(store.rate_counts, time.time()))
+    audit = AuditLog(lambda batch: store.run(store.write_audit, batch),
+                     publish=lambda record: _publish_audit(ctx, record))
+    # A restart must not forgive a daily cap.
+    rates = RateCounts(lambda counts, now: store.run(store.save_rate_counts, counts, now))
+    rates.load(await store.run(store.rate_counts, time.time()))
     gateway = Gateway(cfg.model.upstream, ca=ca, work_dir=folder, extra_ca_file=cfg.vault.extra_ca_file or None,
                       host_map=cfg.vault.host_map, audit=audit, approver=BusApprover(ctx.nc, ctx.js),
                       rate_counts=rates, approval_timeout=cfg.vault.approval_timeout,
                       read_timeout=cfg.vault.read_timeout)
     vault = Vault(cfg, store, sealer, ca, gateway, ctx.notifier)
-    await asyncio.to_thread(vault.bootstrap_model_key)
+    await store.run(vault.bootstrap_model_key)
     await vault.refresh()
     last_flush = asyncio.Event()
     try:
@@ -391,7 +393,7 @@ async def main(ctx: ServiceContext) -> None:
         last_flush.set()
         await gateway.close()
         await rates.flush()  # a no-op after a clean stop; after a failure, what can still be saved
-        store.close()
+        await store.stop()
 
 
 async def _publish_audit(ctx: ServiceContext, record: AuditRecord) -> None:
@@ -400,7 +402,7 @@ async def _publish_audit(ctx: ServiceContext, record: AuditRecord) -> None:
 
 async def _prune(store: Store, days: float, stopping: asyncio.Event) -> None:
     while not stopping.is_set():
-        removed = await asyncio.to_thread(store.prune_audit, time.time() - days * 86400)
+        removed = await store.run(store.prune_audit, time.time() - days * 86400)
         if removed:
             log.info("pruned %d audit records older than %g days", removed, days)
         await sleep_unless_stopping(stopping, PRUNE_EVERY)

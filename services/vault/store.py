@@ -1,25 +1,28 @@
 """``vault.db``: secrets (sealed), grants, rules, per-group settings, rate-limit counts and the audit trail.
 
-Only the vault service opens it. Calls are synchronous and short; the service runs them in a
-thread. Values are stored sealed (``sealing.Sealer``) with the secret's name as associated data.
+Only the vault service opens it. Calls are synchronous and short steps; the service starts the store on
+its own thread (`servicedb.Store.start`) and runs them there. Values are stored sealed
+(``sealing.Sealer``) with the secret's name as associated data.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from clawden import servicedb
 from services.vault.audit import AuditRecord
 from services.vault.catalog import Rule, Secret
 from services.vault.policy import RateKey
 
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE secrets (
+# Named, and each idempotent: a vault.db from before named migrations (numbered by user_version) has
+# every table already and takes them as no-ops.
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_vault", """
+    CREATE TABLE IF NOT EXISTS secrets (
         name TEXT PRIMARY KEY,
         kind TEXT NOT NULL,
         host_pattern TEXT NOT NULL,
@@ -31,12 +34,12 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL,
         updated_at REAL NOT NULL
     );
-    CREATE TABLE grants (
+    CREATE TABLE IF NOT EXISTS grants (
         secret TEXT NOT NULL REFERENCES secrets(name) ON DELETE CASCADE,
         agent_group TEXT NOT NULL,
         PRIMARY KEY (secret, agent_group)
     );
-    CREATE TABLE rules (
+    CREATE TABLE IF NOT EXISTS rules (
         name TEXT PRIMARY KEY,
         action TEXT NOT NULL,
         host_pattern TEXT NOT NULL,
@@ -48,12 +51,12 @@ MIGRATIONS: tuple[str, ...] = (
         enabled INTEGER NOT NULL DEFAULT 1,
         created_at REAL NOT NULL
     );
-    CREATE TABLE groups (
+    CREATE TABLE IF NOT EXISTS groups (
         agent_group TEXT PRIMARY KEY,
         egress TEXT,
         proxy_token_sealed TEXT
     );
-    CREATE TABLE audit (
+    CREATE TABLE IF NOT EXISTS audit (
         id INTEGER PRIMARY KEY,
         at REAL NOT NULL,
         agent_group TEXT NOT NULL,
@@ -69,11 +72,11 @@ MIGRATIONS: tuple[str, ...] = (
         injected TEXT NOT NULL,
         approval_id TEXT NOT NULL
     );
-    CREATE INDEX audit_at ON audit (at);
-    CREATE INDEX audit_group_at ON audit (agent_group, at);
-    """,
-    """
-    CREATE TABLE rate_counts (
+    CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+    CREATE INDEX IF NOT EXISTS audit_group_at ON audit (agent_group, at);
+    """),
+    ("0002_rate_counts", """
+    CREATE TABLE IF NOT EXISTS rate_counts (
         rule TEXT NOT NULL,
         agent_group TEXT NOT NULL,
         window_seconds INTEGER NOT NULL,
@@ -81,81 +84,63 @@ MIGRATIONS: tuple[str, ...] = (
         count INTEGER NOT NULL,
         PRIMARY KEY (rule, agent_group, window_seconds, window_index)
     ) WITHOUT ROWID;
-    """,
-)
+    """),
+]
 
 AUDIT_COLUMNS = ("at", "agent_group", "method", "host", "path", "status", "decision", "rule", "bytes_in",
                  "bytes_out", "duration_ms", "injected", "approval_id")
 
 
-class Store:
-    def __init__(self, path: Path) -> None:
+class Store(servicedb.Store):
+    migrations = MIGRATIONS
+    synchronous = "NORMAL"
+    foreign_keys = True
+
+    @classmethod
+    def connect(cls, path: Path) -> sqlite3.Connection:
+        # Sealed or not, secrets are nobody else's to read: the file (and the WAL SQLite makes with its
+        # mode) is the owner's alone from the start.
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5)
+        path.touch(mode=0o600, exist_ok=True)
         path.chmod(0o600)
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _migrate(self) -> None:
-        with self._lock:
-            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+        return super().connect(path)
 
     def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            cursor = self._db.execute(sql, tuple(args))
-            cursor.row_factory = sqlite3.Row
-            return list(cursor.fetchall())
+        return list(self.conn.execute(sql, tuple(args)).fetchall())
 
     # -- secrets --
 
     def put_secret(self, secret: Secret, sealed: str) -> bool:
         """Store or replace a secret; grants are replaced by the secret's own. True when it is new."""
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                existed = self._db.execute("SELECT 1 FROM secrets WHERE name = ?", (secret.name,)).fetchone()
-                self._db.execute(
-                    """INSERT INTO secrets (name, kind, host_pattern, path_pattern, header_name, value_format,
-                                            param_name, sealed, created_at, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                       ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, host_pattern = excluded.host_pattern,
-                           path_pattern = excluded.path_pattern, header_name = excluded.header_name,
-                           value_format = excluded.value_format, param_name = excluded.param_name,
-                           sealed = excluded.sealed, updated_at = excluded.updated_at""",
-                    (secret.name, secret.kind, secret.host_pattern, secret.path_pattern, secret.header_name,
-                     secret.value_format, secret.param_name, sealed, now, now))
-                self._db.execute("DELETE FROM grants WHERE secret = ?", (secret.name,))
-                self._db.executemany("INSERT INTO grants (secret, agent_group) VALUES (?, ?)",
-                                     [(secret.name, group) for group in secret.grants])
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._tx():
+            existed = self.conn.execute("SELECT 1 FROM secrets WHERE name = ?", (secret.name,)).fetchone()
+            self.conn.execute(
+                """INSERT INTO secrets (name, kind, host_pattern, path_pattern, header_name, value_format,
+                                        param_name, sealed, created_at, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, host_pattern = excluded.host_pattern,
+                       path_pattern = excluded.path_pattern, header_name = excluded.header_name,
+                       value_format = excluded.value_format, param_name = excluded.param_name,
+                       sealed = excluded.sealed, updated_at = excluded.updated_at""",
+                (secret.name, secret.kind, secret.host_pattern, secret.path_pattern, secret.header_name,
+                 secret.value_format, secret.param_name, sealed, now, now))
+            self.conn.execute("DELETE FROM grants WHERE secret = ?", (secret.name,))
+            self.conn.executemany("INSERT INTO grants (secret, agent_group) VALUES (?, ?)",
+                                  [(secret.name, group) for group in secret.grants])
         return existed is None
 
     def remove_secret(self, name: str) -> bool:
-        with self._lock:
-            return self._db.execute("DELETE FROM secrets WHERE name = ?", (name,)).rowcount > 0
+        return self.conn.execute("DELETE FROM secrets WHERE name = ?", (name,)).rowcount > 0
 
     def change_grants(self, name: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> bool:
-        with self._lock:
-            if self._db.execute("SELECT 1 FROM secrets WHERE name = ?", (name,)).fetchone() is None:
-                return False
-            self._db.executemany("INSERT OR IGNORE INTO grants (secret, agent_group) VALUES (?, ?)",
-                                 [(name, group) for group in add])
-            self._db.executemany("DELETE FROM grants WHERE secret = ? AND agent_group = ?",
-                                 [(name, group) for group in remove])
-            return True
+        if self.conn.execute("SELECT 1 FROM secrets WHERE name = ?", (name,)).fetchone() is None:
+            return False
+        self.conn.executemany("INSERT OR IGNORE INTO grants (secret, agent_group) VALUES (?, ?)",
+                              [(name, group) for group in add])
+        self.conn.executemany("DELETE FROM grants WHERE secret = ? AND agent_group = ?",
+                              [(name, group) for group in remove])
+        return True
 
     def secrets(self) -> list[tuple[Secret, str]]:
         """Every secret with its sealed value, in name order."""
@@ -178,20 +163,18 @@ class Store:
 
     def add_rule(self, rule: Rule) -> bool:
         """False when a rule of that name exists already."""
-        with self._lock:
-            try:
-                self._db.execute(
-                    """INSERT INTO rules (name, action, host_pattern, path_pattern, method, agent_group, rate_limit,
-                                          rate_window, enabled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (rule.name, rule.action, rule.host_pattern, rule.path_pattern, rule.method, rule.agent_group,
-                     rule.rate_limit, rule.rate_window, int(rule.enabled), rule.created_at or time.time()))
-            except sqlite3.IntegrityError:
-                return False
+        try:
+            self.conn.execute(
+                """INSERT INTO rules (name, action, host_pattern, path_pattern, method, agent_group, rate_limit,
+                                      rate_window, enabled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (rule.name, rule.action, rule.host_pattern, rule.path_pattern, rule.method, rule.agent_group,
+                 rule.rate_limit, rule.rate_window, int(rule.enabled), rule.created_at or time.time()))
+        except sqlite3.IntegrityError:
+            return False
         return True
 
     def remove_rule(self, name: str) -> bool:
-        with self._lock:
-            return self._db.execute("DELETE FROM rules WHERE name = ?", (name,)).rowcount > 0
+        return self.conn.execute("DELETE FROM rules WHERE name = ?", (name,)).rowcount > 0
 
     def rules(self) -> list[Rule]:
         return [
@@ -206,45 +189,36 @@ class Store:
 
     def rate_counts(self, now: float) -> list[tuple[RateKey, int]]:
         """The counts of windows still open at ``now``; rows of windows that ended are deleted."""
-        with self._lock:
-            self._db.execute("DELETE FROM rate_counts WHERE (window_index + 1) * window_seconds <= ?", (now,))
-            rows = self._db.execute(
-                "SELECT rule, agent_group, window_index, window_seconds, count FROM rate_counts").fetchall()
+        self.conn.execute("DELETE FROM rate_counts WHERE (window_index + 1) * window_seconds <= ?", (now,))
+        rows = self.conn.execute(
+            "SELECT rule, agent_group, window_index, window_seconds, count FROM rate_counts").fetchall()
         return [(RateKey(rule, group, index, seconds), count) for rule, group, index, seconds, count in rows]
 
     def save_rate_counts(self, counts: list[tuple[RateKey, int]], now: float) -> None:
         """Store counts (a stored count is never lowered: writes may arrive out of order) and prune ended windows."""
         rows = [(key.rule, key.group, key.seconds, key.window, count) for key, count in counts]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    """INSERT INTO rate_counts (rule, agent_group, window_seconds, window_index, count)
-                       VALUES (?, ?, ?, ?, ?)
-                       ON CONFLICT (rule, agent_group, window_seconds, window_index)
-                       DO UPDATE SET count = max(count, excluded.count)""", rows)
-                self._db.execute("DELETE FROM rate_counts WHERE (window_index + 1) * window_seconds <= ?", (now,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._tx():
+            self.conn.executemany(
+                """INSERT INTO rate_counts (rule, agent_group, window_seconds, window_index, count)
+                   VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (rule, agent_group, window_seconds, window_index)
+                   DO UPDATE SET count = max(count, excluded.count)""", rows)
+            self.conn.execute("DELETE FROM rate_counts WHERE (window_index + 1) * window_seconds <= ?", (now,))
 
     # -- per-group settings --
 
     def set_egress(self, group: str, mode: str | None) -> None:
-        with self._lock:
-            self._db.execute("""INSERT INTO groups (agent_group, egress) VALUES (?, ?)
-                                ON CONFLICT (agent_group) DO UPDATE SET egress = excluded.egress""", (group, mode))
+        self.conn.execute("""INSERT INTO groups (agent_group, egress) VALUES (?, ?)
+                             ON CONFLICT (agent_group) DO UPDATE SET egress = excluded.egress""", (group, mode))
 
     def egress_modes(self) -> dict[str, str]:
         return {row["agent_group"]: row["egress"]
                 for row in self._rows("SELECT agent_group, egress FROM groups WHERE egress IS NOT NULL")}
 
     def set_proxy_token(self, group: str, sealed: str) -> None:
-        with self._lock:
-            self._db.execute("""INSERT INTO groups (agent_group, proxy_token_sealed) VALUES (?, ?)
-                                ON CONFLICT (agent_group)
-                                DO UPDATE SET proxy_token_sealed = excluded.proxy_token_sealed""", (group, sealed))
+        self.conn.execute("""INSERT INTO groups (agent_group, proxy_token_sealed) VALUES (?, ?)
+                             ON CONFLICT (agent_group)
+                             DO UPDATE SET proxy_token_sealed = excluded.proxy_token_sealed""", (group, sealed))
 
     def proxy_tokens(self) -> dict[str, str]:
         """agent group -> sealed proxy token."""
@@ -256,15 +230,9 @@ class Store:
     def write_audit(self, records: list[AuditRecord]) -> None:
         rows = [(r.at, r.agent_group, r.method, r.host, r.path, r.status, r.decision, r.rule, r.bytes_in,
                  r.bytes_out, round(r.duration_ms, 3), ",".join(r.injected), r.approval_id) for r in records]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) "
-                                     f"VALUES ({', '.join('?' * len(AUDIT_COLUMNS))})", rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._tx():
+            self.conn.executemany(f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) "
+                                  f"VALUES ({', '.join('?' * len(AUDIT_COLUMNS))})", rows)
 
     def audit(self, group: str | None = None, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The newest ``limit`` records matching, oldest first."""
@@ -282,5 +250,4 @@ class Store:
         return [dict(row) for row in reversed(rows)]
 
     def prune_audit(self, before: float) -> int:
-        with self._lock:
-            return self._db.execute("DELETE FROM audit WHERE at < ?", (before,)).rowcount
+        return self.conn.execute("DELETE FROM audit WHERE at < ?", (before,)).rowcount

@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 from services.vault.policy import RateKey
@@ -30,7 +29,8 @@ CHILD = textwrap.dedent(f"""
     day, other = RateKey(*{tuple(DAY)!r}), RateKey(*{tuple(OTHER)!r})
 
     async def main() -> None:
-        rates = RateCounts(Store(Path(sys.argv[1])).save_rate_counts, clock=lambda: {NOW!r})
+        store = await Store.start(Path(sys.argv[1]))
+        rates = RateCounts(lambda counts, now: store.run(store.save_rate_counts, counts, now), clock=lambda: {NOW!r})
         for key in (day, day, day, other):
             rates.charge([key], {NOW!r})
         await rates.flush()
@@ -49,7 +49,7 @@ def test_what_was_flushed_survives_a_kill_9(tmp_path: Path) -> None:
                            cwd=Path(__file__).resolve().parents[2])
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert child.stdout.strip() == "1"  # the two later charges of one key: the only counts at risk
-    store = Store(db)
+    store = Store.open(db)
     rates = RateCounts()
     rates.load(store.rate_counts(NOW))
     assert rates.counts == {DAY: 3, OTHER: 1}
@@ -57,7 +57,7 @@ def test_what_was_flushed_survives_a_kill_9(tmp_path: Path) -> None:
 
 
 def test_windows_that_ended_are_pruned_and_never_loaded(tmp_path: Path) -> None:
-    store = Store(tmp_path / "vault.db")
+    store = Store.open(tmp_path / "vault.db")
     store.save_rate_counts([(DAY, 2), (MINUTE, 5)], NOW)
     assert dict(store.rate_counts(NOW + 19)) == {DAY: 2, MINUTE: 5}
     assert dict(store.rate_counts(NOW + 20)) == {DAY: 2}  # the minute ended at NOW + 20, and its row with it
@@ -69,7 +69,7 @@ def test_windows_that_ended_are_pruned_and_never_loaded(tmp_path: Path) -> None:
 
 
 def test_a_stored_count_is_never_lowered_by_a_late_write(tmp_path: Path) -> None:
-    store = Store(tmp_path / "vault.db")
+    store = Store.open(tmp_path / "vault.db")
     store.save_rate_counts([(DAY, 5)], NOW)
     store.save_rate_counts([(DAY, 3)], NOW)  # an older snapshot landing after a newer one
     assert store.rate_counts(NOW) == [(DAY, 5)]
@@ -82,7 +82,7 @@ async def test_a_failed_write_is_kept_for_the_next_flush() -> None:
     saved: list[list[tuple[RateKey, int]]] = []
     failures = [OSError("disk I/O error")]
 
-    def save(counts: list[tuple[RateKey, int]], now: float) -> None:
+    async def save(counts: list[tuple[RateKey, int]], now: float) -> None:
         if failures:
             raise failures.pop()
         saved.append(counts)
@@ -100,9 +100,9 @@ async def test_a_failed_write_is_kept_for_the_next_flush() -> None:
 
 async def test_run_flushes_each_interval_and_once_more_when_stopping() -> None:
     saved: list[list[tuple[RateKey, int]]] = []
-    wrote = threading.Event()
+    wrote = asyncio.Event()
 
-    def save(counts: list[tuple[RateKey, int]], now: float) -> None:
+    async def save(counts: list[tuple[RateKey, int]], now: float) -> None:
         saved.append(counts)
         wrote.set()
 
@@ -110,7 +110,7 @@ async def test_run_flushes_each_interval_and_once_more_when_stopping() -> None:
     stopping = asyncio.Event()
     task = asyncio.create_task(rates.run(stopping))
     rates.charge([DAY], NOW)
-    assert await asyncio.to_thread(wrote.wait, 5)
+    await asyncio.wait_for(wrote.wait(), 5)
     assert saved == [[(DAY, 1)]]
     rates.charge([DAY], NOW)
     stopping.set()
@@ -118,8 +118,12 @@ async def test_run_flushes_each_interval_and_once_more_when_stopping() -> None:
     assert saved[-1] == [(DAY, 2)] and rates.pending == 0
 
 
+async def ignore(counts: list[tuple[RateKey, int]], now: float) -> None:
+    """A saver that is never reached: nothing here flushes."""
+
+
 def test_memory_drops_windows_that_ended_once_keys_pile_up() -> None:
-    rates = RateCounts(lambda counts, now: None)
+    rates = RateCounts(ignore)
     rates.charge([RateKey(f"r{i}", "main", int(NOW // 60) - 1, 60) for i in range(MAX_KEYS)], NOW)
     assert len(rates.counts) == MAX_KEYS
     rates.charge([DAY], NOW)
@@ -128,13 +132,27 @@ def test_memory_drops_windows_that_ended_once_keys_pile_up() -> None:
 
 def test_a_vault_db_from_before_the_counts_gains_their_table(tmp_path: Path) -> None:
     path = tmp_path / "vault.db"
-    old = sqlite3.connect(path, isolation_level=None)
-    old.executescript(f"BEGIN; {MIGRATIONS[0]}; PRAGMA user_version=1; COMMIT;")
+    old = sqlite3.connect(path, isolation_level=None)  # as the vault numbered its migrations then
+    old.executescript(f"BEGIN; {MIGRATIONS[0][1]}; PRAGMA user_version=1; COMMIT;")
     old.execute("INSERT INTO groups (agent_group, egress) VALUES ('main', 'allowlist')")
     old.close()
-    store = Store(path)
+    store = Store.open(path)
     assert store.egress_modes() == {"main": "allowlist"}
     store.save_rate_counts([(DAY, 1)], NOW)
     assert store.rate_counts(NOW) == [(DAY, 1)]
     store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+    named = sqlite3.connect(path).execute("SELECT name FROM migrations ORDER BY name").fetchall()
+    assert named == [(name,) for name, _ in MIGRATIONS]
+
+
+def test_a_vault_db_from_before_named_migrations_keeps_everything(tmp_path: Path) -> None:
+    path = tmp_path / "vault.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript(f"BEGIN; {MIGRATIONS[0][1]}; {MIGRATIONS[1][1]}; PRAGMA user_version=2; COMMIT;")
+    old.execute("INSERT INTO groups (agent_group, egress) VALUES ('main', 'open')")
+    old.execute("INSERT INTO rate_counts VALUES ('daily', 'main', 86400, ?, 7)", (DAY.window,))
+    old.close()
+    store = Store.open(path)
+    assert store.egress_modes() == {"main": "open"} and store.rate_counts(NOW) == [(DAY, 7)]
+    store.close()
+    assert path.stat().st_mode & 0o777 == 0o600
