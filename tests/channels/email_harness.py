@@ -116,14 +116,20 @@ def letter(sender: str, to: str, text: str, *, subject: str = "Plans", reply_to:
 
 
 async def mails(server: MailServer, address: str, count: int, timeout: float = 30,
-                where: Callable[[EmailMessage], bool] = lambda m: True) -> list[EmailMessage]:
-    """The first `count` mails in `address`'s INBOX that match, once there are that many."""
+                where: Callable[[EmailMessage], bool] = lambda m: True,
+                context: Callable[[], str] = lambda: "") -> list[EmailMessage]:
+    """The first `count` mails in `address`'s INBOX that match, once there are that many; `context` adds to
+    the failure message (a bridge's log)."""
     async def enough() -> list[EmailMessage] | None:
         found = [m for m in await asyncio.to_thread(server.inbox, user(address)) if where(m)]
         return found if len(found) >= count else None
 
-    result: list[EmailMessage] = await eventually(enough, timeout, lambda: f"fewer than {count} mails for {address}: "
-                                                  f"{[m['Subject'] for m in server.inbox(user(address))]}")
+    def failure() -> str:
+        subjects = [m["Subject"] for m in server.inbox(user(address))]
+        return (f"fewer than {count} mails for {address}: {subjects}\n{context()[-3000:]}\n"
+                f"mail server:\n{server.logs()[-3000:]}")
+
+    result: list[EmailMessage] = await eventually(enough, timeout, failure)
     return result
 
 

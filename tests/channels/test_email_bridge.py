@@ -168,7 +168,7 @@ async def test_a_temporary_smtp_refusal_is_retried_until_the_mail_goes(
                          lambda: f"no retry of the 4xx in the log:\n{bridge.output()[-2000:]}")
     finally:
         mail_server.refuse({})
-    [answer] = await mails(mail_server, ada, 1, timeout=60)
+    [answer] = await mails(mail_server, ada, 1, timeout=60, context=bridge.output)
     assert text_of(answer) == "Nothing new."
     [receipt] = await bus.wait(bus.receipts, lambda r: r.outbound_id == "out-4xx" and r.final, timeout=60)
     assert receipt.ok

@@ -108,17 +108,38 @@ class ImapError(Exception):
     pass
 
 
+class LoginRefused(BridgeConfigError):
+    """The server refused the login: `clawden doctor` reads the code as "the credential is wrong"."""
+
+    code = 401
+
+
 async def imap_connect(s: MailSettings) -> aioimaplib.IMAP4:
     if s.imap_security == "tls":
         client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(host=s.imap_host, port=s.imap_port, timeout=s.timeout,
                                                          ssl_context=ssl.create_default_context())
     else:
         client = aioimaplib.IMAP4(host=s.imap_host, port=s.imap_port, timeout=s.timeout)
-    await client.wait_hello_from_server()
-    response = await client.login(s.login, s.password)
-    if response.result != "OK":
-        raise BridgeConfigError(f"IMAP login as {s.login} refused: {_said(response)}")
+    try:
+        await client.wait_hello_from_server()
+        response = await client.login(s.login, s.password)
+        if response.result != "OK":
+            raise LoginRefused(f"IMAP login as {s.login} refused: {_said(response)}")
+    except BaseException:
+        await imap_close(client)
+        raise
     return client
+
+
+async def imap_close(client: aioimaplib.IMAP4) -> None:
+    """Log out, or at least close the connection (a dead or refused one has nothing to log out of)."""
+    try:
+        await asyncio.wait_for(client.logout(), 5)
+    except Exception as exc:
+        log.debug("IMAP logout: %r", exc)
+    transport = getattr(client.protocol, "transport", None) if client.protocol is not None else None
+    if transport is not None and not transport.is_closing():
+        transport.close()
 
 
 def _said(response: aioimaplib.Response) -> str:
@@ -183,8 +204,7 @@ class EmailBridge(Bridge):
         self._store = await MailStore.open(self.store_path)
         await self.store.prune()
         try:
-            client = await imap_connect(self.s)
-            await client.logout()
+            await imap_close(await imap_connect(self.s))
         except BridgeConfigError:
             raise
         except Exception as exc:  # the server is down or away: the listener keeps trying
@@ -216,10 +236,7 @@ class EmailBridge(Bridge):
                     await inbound.pause(self.s.poll_interval)  # no push: polling is all there is
                     _ok(await client.noop(), "NOOP")
         finally:
-            try:
-                await asyncio.wait_for(client.logout(), 5)
-            except Exception as exc:  # a dead connection: nothing to log out of
-                log.debug("IMAP logout: %r", exc)
+            await imap_close(client)
 
     async def _cursor(self, inbound: Inbound, validity: str) -> int:
         """The last UID handled, valid only under the UIDVALIDITY it was taken with."""
@@ -417,12 +434,12 @@ async def check_token(cfg: Config, environ: dict[str, str] | None = None) -> str
         count = next((line.split()[0].decode() for line in folder.lines
                       if isinstance(line, bytes) and line.endswith(b"EXISTS")), "?")
     finally:
-        await client.logout()
+        await imap_close(client)
     try:
         async with smtp_client(s):
             pass
     except aiosmtplib.SMTPAuthenticationError as exc:
-        raise BridgeConfigError(f"SMTP login as {s.login} refused: {exc.code} {exc.message}") from exc
+        raise LoginRefused(f"SMTP login as {s.login} refused: {exc.code} {exc.message}") from exc
     return (f"{s.address}: IMAP {s.imap_host}:{s.imap_port} ({s.mailbox}, {count} mails) and SMTP "
             f"{s.smtp_host}:{s.smtp_port} ({s.smtp_security}) logins accepted")
 

@@ -25,6 +25,7 @@ mkdir "$CTX/debs"
 
 # apt resolves the packages against the base image's own dpkg status, so it fetches exactly what the
 # base lacks (a bare dependency walk would also pick alternatives, such as libelogind0 for libsystemd0).
+apt-cache show "${PACKAGES[@]}" >/dev/null 2>&1 || apt-get update -qq  # a fresh machine has no lists yet
 docker run --rm --network none "$BASE" cat /var/lib/dpkg/status > "$CTX/status"
 mkdir -p "$CTX/debs/partial"
 apt-get install -qq -y --download-only -o APT::Sandbox::User=root --no-install-recommends -o "Dir::State::status=$CTX/status" \

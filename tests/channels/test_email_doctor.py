@@ -1,0 +1,53 @@
+"""`clawden doctor` for the email channel: it logs in to IMAP and to SMTP, on the real Postfix + Dovecot, the way
+the bridge would, and says which login failed and where the password goes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clawden.doctor import Probe, channel_check, configured_channels
+from tests.channels.email_harness import unique
+from tests.ops.conftest import fresh_home
+from tests.servers.mail.fixture import MailServer
+
+
+def settings(server: MailServer, address: str, **more: str) -> dict[str, str]:
+    values = {"address": address, "imap_host": server.host, "imap_port": str(server.imap_port),
+              "imap_security": "none", "smtp_port": str(server.smtp_port), "smtp_security": "none"} | more
+    return {f"CLAWDEN_EMAIL_{k.upper()}": v for k, v in values.items()}
+
+
+async def test_the_imap_and_smtp_logins_are_checked_where_the_bridge_would_log_in(
+        tmp_path: Path, mail_server: MailServer) -> None:
+    cfg = fresh_home(tmp_path / "home")
+    address = unique("assistant")
+    env = settings(mail_server, address) | {"CLAWDEN_EMAIL_TOKEN": mail_server.password}
+    assert "email" in configured_channels(cfg, env) and "email" not in configured_channels(cfg, {})
+
+    result = await channel_check("email")(Probe(cfg, env))
+
+    assert result.status == "ok", result
+    assert f"{address}: IMAP 127.0.0.1:{mail_server.imap_port} (INBOX, 0 mails)" in result.detail
+    assert f"SMTP 127.0.0.1:{mail_server.smtp_port} (none) logins accepted" in result.detail
+
+
+async def test_a_wrong_password_fails_with_where_to_put_the_right_one(
+        tmp_path: Path, mail_server: MailServer) -> None:
+    cfg = fresh_home(tmp_path / "home")
+    (cfg.keys_dir / "email").write_text("not-the-password\n")
+    (cfg.keys_dir / "email").chmod(0o600)
+
+    result = await channel_check("email")(Probe(cfg, settings(mail_server, unique("assistant"))))
+
+    assert result.status == "FAIL" and result.detail.startswith("email rejected the token (401 IMAP login as")
+    assert str(cfg.keys_dir / "email") in result.fix
+
+
+async def test_an_unreachable_server_is_not_mistaken_for_a_wrong_password(
+        tmp_path: Path, mail_server: MailServer) -> None:
+    cfg = fresh_home(tmp_path / "home")
+    env = settings(mail_server, unique("assistant"), imap_port="1") | {"CLAWDEN_EMAIL_TOKEN": mail_server.password}
+
+    result = await channel_check("email")(Probe(cfg, env))
+
+    assert result.status == "FAIL" and result.detail.startswith("could not ask email")
