@@ -259,3 +259,16 @@ async def test_a_temporary_smtp_failure_is_retried_and_a_permanent_one_reaches_t
     assert "are you busy too?" in text_of(answer)
     assert mail_server.inbox(gone.split("@")[0]) == []
     await turns_done(stack, "are you busy too?", 1)
+
+
+async def test_the_owner_pairs_by_mailing_the_code_alone_as_the_subject(
+        stack: Stack, mail_server: MailServer, bridge: EmailBridgeProcess, bot: str) -> None:
+    dee = unique("dee")
+    pair = await control.call(config_mod.load(stack.home), "router", "pair", {"op": "create", "channel": "email"})
+    message = letter(dee, bot, "", subject=pair["code"])
+    mail_server.send(message)
+    [answer] = await mails(mail_server, dee, 1, 60)
+    assert text_of(answer) == f"Paired: email:{dee} is now an owner of this Clawden."
+    assert answer["In-Reply-To"] == message["Message-ID"]
+    roles = await control.call(config_mod.load(stack.home), "router", "roles", {"op": "list"})
+    assert any(r["user_id"] == f"email:{dee}" and r["role"] == "owner" for r in roles)
