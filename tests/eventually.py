@@ -20,10 +20,10 @@ def _failure(message: Callable[[], object] | str) -> AssertionError:
 
 
 @overload
-async def eventually(condition: Callable[[], Awaitable[T]], timeout: float = ...,
+async def eventually(condition: Callable[[], Awaitable[T | None]], timeout: float = ...,
                      message: Callable[[], object] | str = ...) -> T: ...
 @overload
-async def eventually(condition: Callable[[], T], timeout: float = ...,
+async def eventually(condition: Callable[[], T | None], timeout: float = ...,
                      message: Callable[[], object] | str = ...) -> T: ...
 async def eventually(condition: Callable[[], object], timeout: float = 10,
                      message: Callable[[], object] | str = "timed out waiting") -> object:
@@ -41,7 +41,7 @@ async def eventually(condition: Callable[[], object], timeout: float = 10,
         await asyncio.sleep(POLL)
 
 
-def eventually_sync(condition: Callable[[], T], timeout: float = 10,
+def eventually_sync(condition: Callable[[], T | None], timeout: float = 10,
                     message: Callable[[], object] | str = "timed out waiting") -> T:
     """`eventually` for a test without an event loop."""
     deadline = time.monotonic() + timeout

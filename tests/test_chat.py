@@ -69,7 +69,7 @@ def test_a_card_edited_elsewhere_no_longer_takes_numbers() -> None:
 
 
 async def start_terminal(tmp_path: Path, nats_server: NatsServer, nc: Client) -> tuple[
-        JetStreamContext, asyncio.Task[None], TextIO, int, io.StringIO]:
+        JetStreamContext, asyncio.Task[int], TextIO, int, io.StringIO]:
     """`clawden chat` on a pipe for stdin, listening: its stream, task, stdin, the pipe's write end, output."""
     cfg = setup.init(tmp_path / "home")
     cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))

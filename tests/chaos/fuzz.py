@@ -200,7 +200,8 @@ def _mutations(target: Target, doc: dict[str, Any], draw: st.DrawFn) -> tuple[st
     keys = [k for k in doc if k != "type"]
     if kind == "retyped" and keys:
         key = draw(st.sampled_from(keys))
-        doc[key] = draw(_json.filter(lambda v, old=doc[key]: type(v) is not type(old)))
+        old = doc[key]
+        doc[key] = draw(_json.filter(lambda v: type(v) is not type(old)))
     elif kind == "untagged":
         doc.pop("type", None) if draw(st.booleans()) else doc.update(type=draw(st.text(max_size=20)))
     elif kind == "missing" and keys:
@@ -284,7 +285,7 @@ async def drained(nc: Client, timeout: float = 300) -> dict[str, dict[str, int]]
         state: dict[str, dict[str, int]] = {}
         busy: list[str] = []
         for stream in await js.streams_info():
-            for c in await js.consumers_info(stream.config.name):
+            for c in await js.consumers_info(stream.config.name or ""):
                 name = f"{stream.config.name}/{c.name}"
                 state[name] = {"pending": c.num_pending or 0, "ack_pending": c.num_ack_pending or 0,
                                "redelivered": c.num_redelivered or 0}

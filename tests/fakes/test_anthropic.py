@@ -40,7 +40,8 @@ async def client(fake: FakeAnthropic) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def body(text: str = "hi", *, tools: bool = True, stream: bool = False, **extra: Any) -> dict[str, Any]:
+def body(text: str | list[dict[str, str]] = "hi", *, tools: bool = True, stream: bool = False,
+         **extra: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"model": "claude-test", "max_tokens": 100, "stream": stream,
                            "messages": [{"role": "user", "content": text}], **extra}
     if tools:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import plistlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ def launchd(home: Path) -> units.Install:
     return dataclasses.replace(install_for(home, "user"), mode="launchd")
 
 
-def plists(home: Path) -> dict[str, dict[str, object]]:
+def plists(home: Path) -> dict[str, dict[str, Any]]:
     return {p.name: plistlib.loads(p.text.encode()) for p in units.launchd_plists(launchd(home))}
 
 
