@@ -21,6 +21,7 @@ from clawden.bus import bind, connect, ensure_consumer, ensure_streams, subjects
 from clawden.bus import events as ev
 from clawden.bus.pull import Puller
 from clawden.bus.streams import bridge_lanes, bridge_outbound, bridge_outbound_legacy, runner_wake
+from clawden.registry import installed_channels
 from tests.eventually import eventually
 
 CHANNELS = ("telegram", "signal")
@@ -194,8 +195,10 @@ def test_seeds_are_private_and_each_identity_has_its_own(cfg: config_mod.Config)
     folder = natsauth.seed_dir(cfg)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     seeds = {p.stem: p.read_text().strip() for p in folder.glob("*.nk")}
-    assert set(seeds) == {"cli", "router", "runner", "vault", "scheduler", "approvals",
-                          "channel-telegram", "channel-signal"}
+    # Every installed bridge gets one at init, and so does each configured one (signal: this test's).
+    bridges = {f"channel-{name}" for name in [*installed_channels(), *CHANNELS]}
+    assert set(seeds) == {"cli", "router", "runner", "vault", "scheduler", "approvals", *bridges}
+    assert {"channel-telegram", "channel-signal"} <= bridges
     assert len(set(seeds.values())) == len(seeds)
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.glob("*.nk"))
     assert stat.S_IMODE(natsauth.conf_path(cfg).stat().st_mode) == 0o600
