@@ -170,64 +170,29 @@ def addressed(message: ev.InboundMessage) -> bool:
 
 def decide(message: ev.InboundMessage, view: View, *, only: str | None = None) -> Decision:
     """Route one message. `only` replays a held message for the one agent group it was held for."""
-    if message.refused:
-        return _drop(message.refused)
-    if message.sender.is_bot:
-        return _drop("message from a bot", record=False)
     text = message.text.strip()
-    if not text and not message.attachments:
-        return _drop("empty message")
-    if only is None and view.pairing_digest and pairing.matches(text, view.pairing_digest):
-        return Decision((PairOwner(),))
+    if (screened := _screen(message, text, view, only)) is not None:
+        return screened
     command = commands.parse(text)
     if command.kind == "ignored":
         return _drop(f"/{command.word} is a command for the agent's host, not the agent")
     is_addressed = addressed(message)
-    if only is not None:
-        wirings = tuple(w for w in view.wirings if w.agent_group == only)
-        if not wirings:
-            return _drop(f"agent group {only} is no longer wired to this chat")
-    else:
-        wirings = view.wirings
+    wirings = view.wirings if only is None else tuple(w for w in view.wirings if w.agent_group == only)
     if not wirings:
+        if only is not None:
+            return _drop(f"agent group {only} is no longer wired to this chat")
         return _unwired(view, is_addressed, message.route)
 
     thread = effective_thread(message)
-    route = ev.Route(channel=message.route.channel, chat_id=message.route.chat_id, thread_id=thread)
-    sender = view.sender
-    policy = view.chat.policy
+    turn = _Turn(message, view, text, command, is_addressed, thread,
+                 ev.Route(channel=message.route.channel, chat_id=message.route.chat_id, thread_id=thread))
     actions: list[Action] = []
     refusals: list[str] = []
     for wiring in sorted(wirings, key=_wiring_order):
-        group = wiring.agent_group
-        engaged = _engages(wiring, text, is_addressed, message.is_group, thread, view.sticky)
-        known = sender.knows(group)
-        scope_ok = wiring.sender_scope == "all" or known
-        if not engaged:
-            # Context for later, never a way around the gates, and never an approval card for a
-            # line that was not addressed to the agent.
-            if (wiring.ignored_messages == "accumulate" and (known or policy == "public") and scope_ok
-                    and command.kind == "text"):
-                actions.append(Deliver(group, _session(wiring, message, thread), route, trigger=False))
-            continue
-        if not known and policy != "public":
-            if group in sender.denied_for:
-                refusals.append(f"{group}: an approver declined this sender")
-            elif policy == "strict":
-                actions.append(NoteSender(group, "unknown sender (strict chat)"))
-                refusals.append(f"{group}: unknown sender (strict chat)")
-            else:
-                actions.append(AskSender(group, new=group not in sender.pending_for))
-            continue
-        if not scope_ok:
-            actions.append(NoteSender(group, "sender is not a member"))
-            refusals.append(f"{group}: only members may talk to it here")
-            continue
-        if command.kind == "admin" and not sender.is_admin_of(group):
-            actions.append(Reply(f"Only an admin of {group} can use /{command.word}.", refusal=True))
-            continue
-        actions.append(Deliver(group, _session(wiring, message, thread), route,
-                               command=command.wake_command))
+        done, refusal = _judge(wiring, turn)
+        actions += done
+        if refusal:
+            refusals.append(f"{wiring.agent_group}: {refusal}")
 
     if any(isinstance(a, Deliver | Reply | AskSender) for a in actions):
         return Decision(tuple(actions))
@@ -235,6 +200,60 @@ def decide(message: ev.InboundMessage, view: View, *, only: str | None = None) -
         return Decision(tuple(actions), dropped="; ".join(refusals))
     # Nobody engaged: unremarkable in a group chat unless the bot was addressed.
     return Decision(tuple(actions), dropped="no wired agent group engaged", record=is_addressed)
+
+
+def _screen(message: ev.InboundMessage, text: str, view: View, only: str | None) -> Decision | None:
+    """What is decided before any wiring is looked at: refusals, bots, empty lines, the pairing code."""
+    if message.refused:
+        return _drop(message.refused)
+    if message.sender.is_bot:
+        return _drop("message from a bot", record=False)
+    if not text and not message.attachments:
+        return _drop("empty message")
+    if only is None and view.pairing_digest and pairing.matches(text, view.pairing_digest):
+        return Decision((PairOwner(),))
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    """One message as every wiring of its chat judges it."""
+
+    message: ev.InboundMessage
+    view: View
+    text: str
+    command: commands.Command
+    is_addressed: bool
+    thread: str | None
+    route: ev.Route
+
+
+def _judge(wiring: Wiring, turn: _Turn) -> tuple[list[Action], str]:
+    """What one wiring does with the message, and why it refused it ("" when it did not)."""
+    group = wiring.agent_group
+    sender, policy, command = turn.view.sender, turn.view.chat.policy, turn.command
+    engaged = _engages(wiring, turn.text, turn.is_addressed, turn.message.is_group, turn.thread, turn.view.sticky)
+    known = sender.knows(group)
+    scope_ok = wiring.sender_scope == "all" or known
+    if not engaged:
+        # Context for later, never a way around the gates, and never an approval card for a
+        # line that was not addressed to the agent.
+        if (wiring.ignored_messages == "accumulate" and (known or policy == "public") and scope_ok
+                and command.kind == "text"):
+            return [Deliver(group, _session(wiring, turn.message, turn.thread), turn.route, trigger=False)], ""
+        return [], ""
+    if not known and policy != "public":
+        if group in sender.denied_for:
+            return [], "an approver declined this sender"
+        if policy == "strict":
+            return [NoteSender(group, "unknown sender (strict chat)")], "unknown sender (strict chat)"
+        return [AskSender(group, new=group not in sender.pending_for)], ""
+    if not scope_ok:
+        return [NoteSender(group, "sender is not a member")], "only members may talk to it here"
+    if command.kind == "admin" and not sender.is_admin_of(group):
+        return [Reply(f"Only an admin of {group} can use /{command.word}.", refusal=True)], ""
+    return [Deliver(group, _session(wiring, turn.message, turn.thread), turn.route,
+                    command=command.wake_command)], ""
 
 
 def _unwired(view: View, is_addressed: bool, route: ev.Route) -> Decision:
