@@ -162,6 +162,20 @@ def inbound_message(event: dict[str, Any], room: RoomView, me: Me, own: Containe
         reply_to=reply_to, attachments=attachments, supports_threads=True)
 
 
+def since_invited(events: list[dict[str, Any]], me: str) -> list[dict[str, Any]]:
+    """A room the bot just joined shows it the room's recent past: only what came after its invite (or its join,
+    where it had none) is for it. A later profile change (a join after a join) is no boundary."""
+    cut = -1
+    for i, event in enumerate(events):
+        if event.get("type") != "m.room.member" or event.get("state_key") != me:
+            continue
+        membership = (event.get("content") or {}).get("membership")
+        before = ((event.get("unsigned") or {}).get("prev_content") or {}).get("membership")
+        if membership == "invite" or (membership == "join" and before not in ("join", "invite")):
+            cut = i
+    return events[cut + 1:]
+
+
 def chosen_number(body: str, count: int) -> int | None:
     """A reply to a card that is just one of its numbers (`2`, `2)`, `#2`): that choice, from 0."""
     match = re.fullmatch(r"\s*#?(\d{1,2})[.)]?\s*", body)
@@ -359,6 +373,9 @@ class MatrixBridge(Bridge):
             if not catch_up:
                 continue  # the bridge's first run: what was said before it existed is not for it
             view = self._view(room_id)
+            if view.encrypted:
+                await self._encrypted(room_id, inbound)  # said once per room, even if nobody writes there
+            events = since_invited(events, me.user_id)
             for source in events:
                 await self._event(source, view, me, inbound)
             taken = [e for e in events if e.get("type") == "m.room.message" and e.get("sender") != me.user_id]

@@ -152,6 +152,18 @@ async def test_in_a_group_room_a_reply_to_what_the_bot_said_before_a_restart_sti
     assert (replied.mentioned, replied.reply_to, plain.mentioned) == (True, receipt.platform_message_id, False)
 
 
+async def test_a_room_the_bot_is_invited_into_late_is_read_from_the_invite_on_not_its_past(
+        ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    room = await ada.create_room(invite=[], name="Old room")
+    await ada.say(room, "what we said before the bot came")
+    await ada.invite(room, bot.user_id)
+    await joined(ada, room, bot.user_id)
+    await ada.say(room, "welcome, bot")
+    [message] = await messages(bus, 1)
+    assert message.text == "welcome, bot"
+    assert [m.text for m in await bus.inbound() if isinstance(m, ev.InboundMessage)] == ["welcome, bot"]
+
+
 async def test_replies_and_threads_keep_their_place_both_ways(
         ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
     room = await direct_room(ada, bot)

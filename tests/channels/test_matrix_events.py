@@ -16,6 +16,7 @@ from services.channels.matrix import (
     classify,
     inbound_message,
     parse_credential,
+    since_invited,
     strip_fallback,
     txn_id,
 )
@@ -102,3 +103,21 @@ def test_transaction_ids_are_stable_per_part_and_the_credential_parses() -> None
     assert txn_id("out-1#0") == txn_id("out-1#0") != txn_id("out-1#1")
     assert parse_credential('{"access_token": "syt_abcdefgh", "device_id": "D1"}').device_id == "D1"
     assert parse_credential("syt_bare_token_1").access_token == "syt_bare_token_1"
+
+
+def member(state_key: str, membership: str, before: str | None = None) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "m.room.member", "state_key": state_key, "content": {"membership": membership}}
+    if before:
+        event["unsigned"] = {"prev_content": {"membership": before}}
+    return event
+
+
+def test_a_room_just_joined_is_read_from_the_bots_invite_on_and_a_profile_change_is_no_boundary() -> None:
+    old, between, new = message({"body": "old"}), message({"body": "between"}), message({"body": "new"})
+    timeline = [old, member(ME.user_id, "invite"), between, member(ME.user_id, "join", "invite"), new]
+    assert since_invited(timeline, ME.user_id) == [between, member(ME.user_id, "join", "invite"), new]
+    assert since_invited([old, member(ME.user_id, "join"), new], ME.user_id) == [new]  # joined without an invite
+    renamed = [old, member(ME.user_id, "join", "join"), new]  # the bot's display name changed
+    assert since_invited(renamed, ME.user_id) == renamed
+    assert since_invited([old, member("@ada:example.org", "invite"), new], ME.user_id) == [
+        old, member("@ada:example.org", "invite"), new]
