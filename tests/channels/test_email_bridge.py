@@ -188,3 +188,51 @@ async def test_a_permanent_smtp_refusal_is_reported_with_the_servers_words(
     error = receipt.error or ""
     assert not receipt.ok and receipt.final and "550 5.1.1" in error and "No such user here" in error
     assert mail_server.inbox(ada.partition("@")[0]) == []
+
+
+@pytest.mark.parametrize("smtp", ["starttls", "tls"])
+async def test_imap_over_tls_and_smtp_with_starttls_or_implicit_tls_carry_mail_both_ways(
+        tmp_path: Path, nats_server: NatsServer, mail_server: MailServer, bus: EmailBus, smtp: str) -> None:
+    bot, ada = unique("assistant"), unique("ada")
+    bridge = EmailBridgeProcess(
+        tmp_path / "home", nats_server.url, mail_server, bot, imap_security="tls",
+        imap_port=str(mail_server.imaps_port), smtp_security=smtp, ca_file=str(mail_server.ca_file),
+        smtp_port=str(mail_server.smtp_port if smtp == "starttls" else mail_server.smtps_port))
+    try:
+        await bridge.start()
+        mail_server.send(letter(ada, bot, "over TLS?"))
+        [got] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
+        await bus.send(got.route.chat_id, "over TLS.", id=f"out-{smtp}")
+        [answer] = await mails(mail_server, ada, 1, context=bridge.output)
+        assert text_of(answer) == "over TLS."
+    finally:
+        bridge.close()
+
+
+async def test_a_certificate_the_bridge_does_not_trust_is_refused(
+        tmp_path: Path, nats_server: NatsServer, mail_server: MailServer) -> None:
+    bridge = EmailBridgeProcess(tmp_path / "home", nats_server.url, mail_server, unique("assistant"),
+                                imap_security="tls", imap_port=str(mail_server.imaps_port))
+    try:
+        await bridge.start()  # it runs, and keeps trying: the server may get a good certificate
+        await eventually(lambda: "CERTIFICATE_VERIFY_FAILED" in bridge.output(), 30,
+                         lambda: f"no certificate failure in the log:\n{bridge.output()[-2000:]}")
+        assert "reading INBOX" not in bridge.output()
+    finally:
+        bridge.close()
+
+
+async def test_without_idle_the_bridge_polls_and_still_reads_each_mail_once(
+        tmp_path: Path, nats_server: NatsServer, mail_server: MailServer, bus: EmailBus) -> None:
+    bot, ada = unique("assistant"), unique("ada")
+    bridge = EmailBridgeProcess(tmp_path / "home", nats_server.url, mail_server, bot, idle="false",
+                                poll_interval="0.5")
+    try:
+        await bridge.start()
+        await eventually(lambda: "polling every" in bridge.output(), 10, "the bridge did not say it polls")
+        for i in range(3):
+            mail_server.send(letter(ada, bot, f"polled {i}", subject=f"p{i}"))
+        got = messages(await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage), count=3))
+        assert sorted(m.chat_name for m in got) == ["p0", "p1", "p2"]
+    finally:
+        bridge.close()

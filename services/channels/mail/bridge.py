@@ -2,7 +2,7 @@
 
 Settings (`[channels.email]` in config.toml, or `CLAWDEN_EMAIL_<KEY>`): `address` (the assistant's), `name`,
 `username` (default: the address), `imap_host`, `imap_port`, `imap_security` (`tls` or `none`), `smtp_host`,
-`smtp_port`, `smtp_security` (`starttls`, `tls` or `none`), `mailbox`, `poll_interval`, `idle_renew`,
+`smtp_port`, `smtp_security` (`starttls`, `tls` or `none`), `mailbox`, `idle`, `poll_interval`, `idle_renew`, `ca_file`,
 `allow` (addresses or `@domains` whose mail may reach an agent; empty: the router's policy alone decides),
 `trusted_servers` (authserv-ids whose Authentication-Results count), `require_authentication`, `max_file_mb`,
 `send_deadline`. The password comes from `CLAWDEN_EMAIL_TOKEN` or `keys/email` (mode 0600).
@@ -54,13 +54,15 @@ class MailSettings:
     smtp_port: int = 587
     smtp_security: str = "starttls"
     mailbox: str = "INBOX"
-    poll_interval: float = 60.0  # servers without IDLE are asked this often
+    idle: bool = True  # false: poll even where the server has IDLE
+    poll_interval: float = 60.0  # servers without IDLE (or with idle off) are asked this often
     idle_renew: float = 300.0  # IDLE is restarted this often (RFC 9051 asks for less than 29 minutes)
     allow: tuple[str, ...] = ()
     trusted_servers: tuple[str, ...] = ()
     require_authentication: bool = False
     max_file_bytes: int = 10 * 1024 * 1024
     timeout: float = 30.0
+    ca_file: str = ""  # a CA bundle to trust besides the system's (a server with its own certificate)
 
     @property
     def login(self) -> str:
@@ -91,12 +93,19 @@ class MailSettings:
                 imap_security=imap_security, smtp_host=s.get("smtp_host", host),
                 smtp_port=int(s.get("smtp_port", {"tls": 465, "starttls": 587}.get(smtp_security, 25))),
                 smtp_security=smtp_security, mailbox=s.get("mailbox", "INBOX"),
+                idle=s.get("idle", "true").lower() in ("1", "true", "yes"), ca_file=s.get("ca_file", ""),
                 poll_interval=float(s.get("poll_interval", 60)), idle_renew=float(s.get("idle_renew", 300)),
                 allow=words("allow"), trusted_servers=words("trusted_servers") or (host.lower(),),
                 require_authentication=s.get("require_authentication", "false").lower() in ("1", "true", "yes"),
                 max_file_bytes=int(float(s.get("max_file_mb", 10)) * 1024 * 1024))
         except ValueError as exc:
             raise BridgeConfigError(f"[channels.email]: {exc}") from exc
+
+    def tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        if self.ca_file:
+            context.load_verify_locations(cafile=self.ca_file)
+        return context
 
     def allowed(self, sender: str) -> bool:
         return not self.allow or sender in self.allow or f"@{core.domain(sender)}" in self.allow
@@ -117,7 +126,7 @@ class LoginRefused(BridgeConfigError):
 async def imap_connect(s: MailSettings) -> aioimaplib.IMAP4:
     if s.imap_security == "tls":
         client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(host=s.imap_host, port=s.imap_port, timeout=s.timeout,
-                                                         ssl_context=ssl.create_default_context())
+                                                         ssl_context=s.tls())
     else:
         client = aioimaplib.IMAP4(host=s.imap_host, port=s.imap_port, timeout=s.timeout)
     try:
@@ -155,7 +164,7 @@ def _ok(response: aioimaplib.Response, what: str) -> aioimaplib.Response:
 def smtp_client(s: MailSettings) -> aiosmtplib.SMTP:
     return aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, username=s.login, password=s.password,
                            use_tls=s.smtp_security == "tls", start_tls=s.smtp_security == "starttls",
-                           timeout=s.timeout)
+                           tls_context=s.tls() if s.smtp_security != "none" else None, timeout=s.timeout)
 
 
 def smtp_failure(exc: Exception, *, submitting: bool) -> PlatformError:
@@ -224,9 +233,9 @@ class EmailBridge(Bridge):
             validity = next((m.group(1) for line in selected.lines if isinstance(line, bytes)
                              if (m := _UIDVALIDITY.search(line.decode(errors="replace")))), "")
             last = await self._cursor(inbound, validity)
-            idle = client.has_capability("IDLE")
+            idle = self.s.idle and client.has_capability("IDLE")
             log.info("reading %s as %s from UID %d (UIDVALIDITY %s; %s)", self.s.mailbox, self.s.login, last,
-                     validity, "IDLE" if idle else f"polling every {self.s.poll_interval:.0f}s")
+                     validity, "IDLE" if idle else f"polling every {self.s.poll_interval:g}s")
             while True:
                 last = await self._catch_up(client, inbound, validity, last)
                 inbound.alive()

@@ -5,9 +5,16 @@
 # are refused with the code the rule gives: 4xx and 5xx on demand.
 set -eu
 : "${SMTP_PORT:=25025}" "${IMAP_PORT:=25143}" "${MAIL_PASSWORD:=test-password}"
+: "${SMTPS_PORT:=25465}" "${IMAPS_PORT:=25993}"
 W=/srv
 mkdir -p $W/postfix/etc $W/postfix/queue $W/postfix/data $W/mail $W/dovecot/run $W/dovecot/state
 touch $W/rules
+# A certificate for 127.0.0.1 and localhost, made afresh: STARTTLS on $SMTP_PORT, implicit TLS on $SMTPS_PORT
+# and $IMAPS_PORT. The tests read /srv/tls/cert.pem to trust it.
+mkdir -p $W/tls
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout $W/tls/key.pem -out $W/tls/cert.pem 2>/dev/null
+chmod 644 $W/tls/cert.pem
 cat > $W/postfix/etc/main.cf <<CF
 compatibility_level = 3.6
 queue_directory = $W/postfix/queue
@@ -29,6 +36,9 @@ smtpd_peername_lookup = no
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 smtpd_recipient_restrictions = check_recipient_access regexp:$W/rules
 virtual_mailbox_domains = localhost
+smtpd_tls_cert_file = $W/tls/cert.pem
+smtpd_tls_key_file = $W/tls/key.pem
+smtpd_tls_security_level = may
 smtpd_sasl_auth_enable = yes
 smtpd_sasl_type = dovecot
 smtpd_sasl_path = $W/dovecot/auth
@@ -38,6 +48,7 @@ message_size_limit = 52428800
 CF
 sed -e "s/^smtp \( *\)inet/127.0.0.1:$SMTP_PORT\1inet/" \
     -e 's/^\([a-z0-9.:]* *[a-z]* *[-ny] *[-ny] *\)[-y]\( \)/\1n\2/' /etc/postfix/master.cf > $W/postfix/etc/master.cf
+echo "127.0.0.1:$SMTPS_PORT inet n - n - - smtpd -o smtpd_tls_wrappermode=yes" >> $W/postfix/etc/master.cf
 chown postfix $W/postfix/data
 chown mail:mail $W/mail
 cat > $W/dovecot/dovecot.conf <<CF
@@ -47,7 +58,9 @@ base_dir = $W/dovecot/run
 state_dir = $W/dovecot/state
 instance_name = clawden-test-dovecot
 log_path = /dev/stderr
-ssl = no
+ssl = yes
+ssl_cert = <$W/tls/cert.pem
+ssl_key = <$W/tls/key.pem
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 mail_location = maildir:$W/mail/%n
@@ -77,11 +90,12 @@ service imap-login {
     port = $IMAP_PORT
   }
   inet_listener imaps {
-    port = 0
+    address = 127.0.0.1
+    port = $IMAPS_PORT
   }
 }
 CF
 dovecot -c $W/dovecot/dovecot.conf
 postfix -c $W/postfix/etc start
-echo "mail server ready: smtp 127.0.0.1:$SMTP_PORT imap 127.0.0.1:$IMAP_PORT"
+echo "mail server ready: smtp 127.0.0.1:$SMTP_PORT (smtps $SMTPS_PORT) imap 127.0.0.1:$IMAP_PORT (imaps $IMAPS_PORT)"
 exec sleep infinity

@@ -43,9 +43,12 @@ def source_hash() -> str:
 
 @dataclass
 class MailServer:
-    smtp_port: int
-    imap_port: int
+    smtp_port: int  # plain, or STARTTLS
+    imap_port: int  # plain
     container: DockerContainer
+    smtps_port: int = 0  # implicit TLS
+    imaps_port: int = 0  # implicit TLS
+    ca_file: Path = Path()  # the server's own certificate (127.0.0.1, localhost), to trust it
     host: str = "127.0.0.1"
     password: str = PASSWORD
 
@@ -97,16 +100,17 @@ def _answers(port: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def mail_server(docker_client: docker.DockerClient) -> Iterator[MailServer]:
+def mail_server(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServer]:
     try:
         image = docker_client.images.get(TAG)
     except ImageNotFound:
         _unavailable(f"image {TAG} is missing; run bin/setup (or `bash tests/servers/mail/build.sh`)")
     if (image.labels or {}).get("dev.clawden.source") != source_hash():
         _unavailable(f"image {TAG} was built from an older context; run `bash tests/servers/mail/build.sh`")
-    smtp_port, imap_port = free_port(), free_port()
+    smtp_port, imap_port, smtps_port, imaps_port = free_port(), free_port(), free_port(), free_port()
     container = (DockerContainer(TAG)
                  .with_env("SMTP_PORT", str(smtp_port)).with_env("IMAP_PORT", str(imap_port))
+                 .with_env("SMTPS_PORT", str(smtps_port)).with_env("IMAPS_PORT", str(imaps_port))
                  .with_env("MAIL_PASSWORD", PASSWORD)
                  .with_kwargs(network_mode="host"))
     container.start()
@@ -118,6 +122,8 @@ def mail_server(docker_client: docker.DockerClient) -> Iterator[MailServer]:
                 raise AssertionError(f"the mail server did not answer within {START_TIMEOUT:.0f}s:\n"
                                      f"{(out + err).decode(errors='replace')[-3000:]}")
             time.sleep(0.05)
-        yield MailServer(smtp_port, imap_port, container)
+        ca_file = tmp_path_factory.mktemp("mail-tls") / "cert.pem"
+        ca_file.write_bytes(container.get_wrapped_container().exec_run(["cat", "/srv/tls/cert.pem"]).output)
+        yield MailServer(smtp_port, imap_port, container, smtps_port, imaps_port, ca_file)
     finally:
         container.stop()
