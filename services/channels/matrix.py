@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import msgspec
 from nio import AsyncClient, AsyncClientConfig, ErrorResponse, RoomPreset, SyncResponse
-from nio.responses import DownloadError, WhoamiError
+from nio.responses import DownloadError
 
 from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secret, redact
 from clawden.bus import events as ev
@@ -292,14 +292,18 @@ class MatrixBridge(Bridge):
             log.warning("cannot reach the homeserver yet (%s); will keep trying", exc.description)
 
     async def _identify(self) -> Me:
-        who = await self.api.whoami()
-        if isinstance(who, WhoamiError):
-            if who.status_code == "M_UNKNOWN_TOKEN":
-                raise BridgeConfigError(f"the homeserver no longer accepts the access token ({who.message}); run "
-                                        "`clawden channels login matrix` again")
-            raise classify(who, "whoami")
-        profile = await self.api.get_displayname(who.user_id)
-        name = str(getattr(profile, "displayname", "") or "")
+        try:
+            who = await call("whoami", self.api.whoami())
+        except MatrixError as exc:
+            if "M_UNKNOWN_TOKEN" in exc.description or exc.code == 401:
+                raise BridgeConfigError(f"the homeserver no longer accepts the access token ({exc.description}); "
+                                        "run `clawden channels login matrix` again") from None
+            raise
+        try:
+            name = str(getattr(await call("profile", self.api.get_displayname(who.user_id)), "displayname", "") or "")
+        except MatrixError as exc:  # no display name set (404), or the profile is private: the MXID still works
+            log.info("matrix: no display name for %s (%s); mentions by MXID only", who.user_id, exc.description)
+            name = ""
         self.me = Me(who.user_id, who.device_id or self.credential.device_id, name)
         await self._learn_upload_limit()
         for client in (self.api, self.poller):

@@ -45,13 +45,14 @@ class MatrixBridgeProcess:
         env.pop("NOTIFY_SOCKET", None)
         return env
 
-    def start(self) -> MatrixBridgeProcess:
+    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> MatrixBridgeProcess:
         out = self.log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "channel@matrix"], env=self.env(),
-                                     stdout=out, stderr=out, start_new_session=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "channel@matrix"],
+                                     env=env or self.env(), stdout=out, stderr=out, start_new_session=True)
         out.close()
-        wait_for(lambda: "channel@matrix ready" in self.output()[self._mark:], 30,
-                 lambda: f"the bridge did not get ready:\n{self.output()}")
+        if wait:
+            wait_for(lambda: "channel@matrix ready" in self.output()[self._mark:], 30,
+                     lambda: f"the bridge did not get ready:\n{self.output()}")
         return self
 
     def output(self) -> str:

@@ -18,6 +18,8 @@ from nats.aio.msg import Msg
 
 from clawden.bus import events as ev
 from clawden.bus import subjects
+from clawden.natsserver import free_port
+from clawden.runtime import EX_CONFIG
 from services.channels.matrix import E2EE_NOTICE, TIMELINE_LIMIT
 from tests.channels.matrix_harness import MatrixBridgeProcess, MatrixBus, Person
 from tests.conftest import NatsServer
@@ -57,6 +59,14 @@ def bridge(tmp_path: Path, nats_server: NatsServer, synapse: Synapse, bot: Accou
     yield b
     b.close()
     assert bot.token not in b.output(), "the access token reached the log"
+
+
+@pytest.fixture
+def stopped_bridge(tmp_path: Path, nats_server: NatsServer, synapse: Synapse,
+                   bot: Account) -> Iterator[MatrixBridgeProcess]:
+    b = MatrixBridgeProcess(tmp_path / "home", nats_server.url, synapse, bot)
+    yield b
+    b.close()
 
 
 @pytest.fixture
@@ -378,3 +388,34 @@ async def test_more_messages_while_down_than_one_sync_carries_are_read_back_in_o
     found = await messages(bus, len(sent) + 1)
     assert [m.message_id for m in found[1:]] == sent  # none lost, none twice, in order
     assert "more new events than one sync carries" in bridge.output()  # the /messages path was taken
+
+
+# --- starting ----------------------------------------------------------------------------------------------
+
+async def test_a_token_the_homeserver_no_longer_accepts_stops_the_bridge_saying_to_log_in_again(
+        stopped_bridge: MatrixBridgeProcess) -> None:
+    revoked = "syt_Y2xhd2Rlbg_revokedrevokedrev_0AbCdE"
+    stopped_bridge.start(wait=False, env=stopped_bridge.env() | {"CLAWDEN_MATRIX_TOKEN": revoked})
+    assert stopped_bridge.proc is not None and stopped_bridge.proc.wait(30) == EX_CONFIG
+    output = stopped_bridge.output()
+    assert "no longer accepts the access token" in output and "clawden channels login matrix" in output
+    assert revoked not in output and "Traceback" not in output
+
+
+async def test_a_homeserver_away_at_start_is_waited_for_and_what_was_queued_goes_out_once_it_is_back(
+        stopped_bridge: MatrixBridgeProcess, synapse: Synapse, bot: Account, ada: Person, bus: MatrixBus,
+        router_admits: set[str]) -> None:
+    stopped_bridge.start()
+    room = await direct_room(ada, bot)
+    assert stopped_bridge.stop() == 0
+    away = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    stopped_bridge.start(env=stopped_bridge.env() | {"CLAWDEN_MATRIX_HOMESERVER": away})  # it still gets ready
+    assert "cannot reach the homeserver yet" in stopped_bridge.output()
+    await bus.send(room, "sorry for the wait", id="late-1")
+    await eventually(lambda: "outbound late-1 failed (send: cannot reach the homeserver" in stopped_bridge.output(),
+                     30, "the send was never tried")
+    assert stopped_bridge.stop() == 0  # mid-retry: the message goes back to JetStream
+    stopped_bridge.start()
+    [receipt] = await bus.wait_receipts(1)
+    assert receipt.ok
+    assert [m["content"]["body"] for m in await ada.messages_from(room, bot.user_id)] == ["sorry for the wait"]
