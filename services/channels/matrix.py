@@ -699,6 +699,7 @@ async def check_token(cfg: Config, environ: dict[str, str] | None = None) -> str
 
 async def login(homeserver: str, user: str, password: str, device_name: str = "Clawden") -> Credential:
     """Log in once with a password; only the access token and device id are kept."""
+    homeserver = homeserver_of({"homeserver": homeserver})
     client = AsyncClient(homeserver.rstrip("/"), user, config=AsyncClientConfig(max_limit_exceeded=0, max_timeouts=0,
                                                                                 encryption_enabled=False))
     try:
@@ -725,7 +726,7 @@ def store_login(cfg: Config, homeserver: str, cred: Credential) -> list[str]:
     current = channel_settings(cfg, CHANNEL, {}).get("homeserver")
     if current is None:
         with file.open("a") as out:
-            out.write(f'\n[channels.matrix]\nhomeserver = "{homeserver}"\n')
+            out.write(f"\n[channels.matrix]\nhomeserver = {json.dumps(homeserver)}\n")  # a TOML basic string
         done.append(f"set [channels.matrix] homeserver = {homeserver!r} in {file}")
     elif current.rstrip("/") != homeserver.rstrip("/"):
         done.append(f"note: {file} names homeserver {current!r}; change it to {homeserver!r}")
