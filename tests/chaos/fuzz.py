@@ -197,6 +197,12 @@ def _mutations(target: Target, doc: dict[str, Any], draw: st.DrawFn) -> tuple[st
     if kind == "truncated":
         data = _encode(doc)
         return kind, data[:draw(st.integers(0, max(0, len(data) - 1)))]
+    _mutate(kind, target, doc, draw)
+    return kind, _encode(doc)
+
+
+def _mutate(kind: str, target: Target, doc: dict[str, Any], draw: st.DrawFn) -> None:
+    """A well-formed document made wrong in place, as `kind` says."""
     keys = [k for k in doc if k != "type"]
     if kind == "retyped" and keys:
         key = draw(st.sampled_from(keys))
@@ -215,7 +221,6 @@ def _mutations(target: Target, doc: dict[str, Any], draw: st.DrawFn) -> tuple[st
         route = doc.get("route")
         if isinstance(route, dict):
             route["channel"] = "local" if target.channel != "local" else "telegram"
-    return kind, _encode(doc)
 
 
 @st.composite
