@@ -236,3 +236,32 @@ async def test_without_idle_the_bridge_polls_and_still_reads_each_mail_once(
         assert sorted(m.chat_name for m in got) == ["p0", "p1", "p2"]
     finally:
         bridge.close()
+
+
+async def test_fifty_mails_in_and_fifty_answers_out_across_a_kill_each_go_once(
+        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    ada = unique("ada")
+    opening = letter(ada, bot, "start", subject="Fifty")
+    mail_server.send(opening)
+    [first] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
+    chat = first.route.chat_id
+    for i in range(50):
+        await bus.send(chat, f"answer {i}", id=f"fifty-{i}")
+    for i in range(50):
+        mail_server.send(letter(ada, bot, f"mail {i}", reply_to=opening))
+        if i == 25:
+            await mails(mail_server, ada, 5, where=lambda m: text_of(m).startswith("answer "))
+            bridge.stop(signal.SIGKILL)  # answers half out, mail half read, more of both on the way
+    await bridge.start()
+
+    got = messages(await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage), count=51, timeout=60))
+    assert sorted(m.text for m in got if m.text.startswith("mail ")) == sorted(f"mail {i}" for i in range(50))
+    assert {m.route.chat_id for m in got} == {chat}
+    receipts = await bus.wait(bus.receipts, lambda r: r.outbound_id.startswith("fifty-") and r.final, count=50,
+                              timeout=60)
+    unconfirmed = {r.outbound_id for r in receipts if r.unconfirmed}
+    assert len(unconfirmed) <= 1 and all(r.ok for r in receipts if not r.unconfirmed)
+    answers = [text_of(m) for m in mail_server.inbox(ada.partition("@")[0])]
+    assert len(answers) == len(set(answers)), "an answer went out twice"
+    missing = {f"fifty-{i}" for i in range(50) if f"answer {i}" not in answers}
+    assert missing <= unconfirmed  # only the one in flight at the kill may be lost, and it says so
