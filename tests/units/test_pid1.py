@@ -1,6 +1,6 @@
 """The units for real: systemd as PID 1 in a container built from Debian packages, Clawden installed in it
 with `clawden units install --system`, agent containers on the host's engine, the fake model, the fake
-Telegram Bot API and a real Synapse on the host's loopback.
+Telegram Bot API, a real Synapse and a real Postfix + Dovecot on the host's loopback.
 
 The repo, its venv and the interpreter are mounted read-only at their own paths, the home read-write at
 its own path (the runner's agent containers mount it from the host), and the container shares the host's
@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +28,19 @@ import pytest
 
 from clawden import config as config_mod
 from clawden import control, natsserver, units
+from tests.channels.email_harness import letter, mails, text_of, unique
 from tests.channels.matrix_harness import Person
 from tests.eventually import eventually
 from tests.fakes.anthropic import FakeAnthropic, make_tls, start_in_thread
 from tests.fakes.telegram import FakeTelegram
+from tests.servers.mail.fixture import MailServer
 from tests.servers.synapse.fixture import Account, Synapse
 from tests.units.machine import LABEL_INSTALL, Machine, booted
 
 pytestmark = pytest.mark.docker
 
 UNITS = ["clawden-nats.service", *(f"clawden-{s}.service" for s in units.SERVICES),
-         units.channel_unit("telegram"), units.channel_unit("matrix")]
+         units.channel_unit("telegram"), units.channel_unit("matrix"), units.channel_unit("email")]
 ANSWER = 120.0
 
 
@@ -50,12 +53,15 @@ class Install:
     telegram: FakeTelegram
     synapse: Synapse
     bot: Account
+    mail: MailServer
+    mailbox: str
 
     def env(self) -> dict[str, str]:
         return dict(os.environ, CLAWDEN_HOME=str(self.home))
 
 
-def write_install(home: Path, fake: FakeAnthropic, telegram: FakeTelegram, synapse: Synapse, bot: Account) -> str:
+def write_install(home: Path, fake: FakeAnthropic, telegram: FakeTelegram, synapse: Synapse, bot: Account,
+                  mail: MailServer, mailbox: str) -> str:
     """What the owner sets up before `clawden init`: the config, the model key, the bots' credentials."""
     install_id = f"u{secrets.token_hex(4)}"
     (home / "keys").mkdir(parents=True, mode=0o700)
@@ -75,10 +81,17 @@ poll_grace = 2
 [channels.matrix]
 homeserver = "{synapse.url}"
 sync_timeout = 2
+[channels.email]
+address = "{mailbox}"
+imap_host = "{mail.host}"
+imap_port = {mail.imaps_port}
+smtp_port = {mail.smtp_port}
+ca_file = "{home / 'mail-ca.pem'}"
 """)
+    (home / "mail-ca.pem").write_bytes(mail.ca_file.read_bytes())  # IMAPS and STARTTLS, verified
     matrix = json.dumps({"access_token": bot.token, "device_id": bot.device_id})
     for name, secret in (("anthropic", f"sk-ant-api03-{secrets.token_urlsafe(24)}"), ("telegram", telegram.token),
-                         ("matrix", matrix)):
+                         ("matrix", matrix), ("email", mail.password)):
         (home / "keys" / name).write_text(secret + "\n")
         (home / "keys" / name).chmod(0o600)
     return install_id
@@ -86,12 +99,13 @@ sync_timeout = 2
 
 @pytest.fixture(scope="module")
 def install(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
-            agent_image: str, synapse: Synapse) -> Iterator[Install]:
+            agent_image: str, synapse: Synapse, mail_server: MailServer) -> Iterator[Install]:
     home = tmp_path_factory.mktemp("pid1") / "home"
     fake = start_in_thread()
     telegram = FakeTelegram().start_in_thread()
     bot = synapse.register("Clawden", displayname="Clawden")
-    install_id = write_install(home, fake, telegram, synapse, bot)
+    mailbox = unique("assistant")
+    install_id = write_install(home, fake, telegram, synapse, bot, mail_server, mailbox)
     try:
         with booted(docker_client, f"clawden-pid1-{install_id}", labels={LABEL_INSTALL: install_id},
                     volumes={str(home): {"bind": str(home), "mode": "rw"}}) as machine:
@@ -100,7 +114,7 @@ def install(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Dock
             machine.sh(f"{python} -m clawden init </dev/null")
             print(machine.sh(f"{python} -m clawden units install --system"))
             machine.sh("systemctl start clawden.target")
-            yield Install(machine, home, install_id, fake, telegram, synapse, bot)
+            yield Install(machine, home, install_id, fake, telegram, synapse, bot, mail_server, mailbox)
     finally:
         for agent in docker_client.containers.list(all=True, filters={"label": f"{LABEL_INSTALL}={install_id}"}):
             agent.remove(force=True)
@@ -177,6 +191,22 @@ def test_a_matrix_room_is_answered(install: Install) -> None:
 
     answer = asyncio.run(converse())
     assert answer.startswith("echo: ") and "hello from matrix" in answer, install.machine.journal()
+
+
+def test_an_email_is_answered_in_its_thread(install: Install) -> None:
+    ada = unique("ada")
+
+    async def converse() -> list[EmailMessage]:
+        cfg = config_mod.load(install.home)
+        await control.call(cfg, "router", "chats", {"op": "create", "channel": "email", "chat_id": "*",
+                                                    "policy": "public"})
+        await control.call(cfg, "router", "wirings", {"op": "create", "channel": "email", "chat_id": "*",
+                                                      "agent_group": "main"})
+        install.mail.send(letter(ada, install.mailbox, "hello from email", subject="Hi"))
+        return await mails(install.mail, ada, 1, ANSWER, context=install.machine.journal)
+
+    [answer] = asyncio.run(converse())
+    assert answer["Subject"] == "Re: Hi" and "hello from email" in text_of(answer), install.machine.journal()
 
 
 def test_restarting_a_bridge_restarts_only_it_while_the_terminal_keeps_talking(install: Install) -> None:
