@@ -29,11 +29,11 @@ CODE = "ABCDE-FGHJK"
 
 def msg(text: str = "hi", *, chat: str = "c1", thread: str | None = None, group: bool = False,
         mentioned: bool = False, bot: bool = False, threads: bool = False,
-        attachments: tuple[ev.Attachment, ...] = ()) -> ev.InboundMessage:
+        attachments: tuple[ev.Attachment, ...] = (), refused: str = "") -> ev.InboundMessage:
     return ev.InboundMessage(
         route=ev.Route(channel="telegram", chat_id=chat, thread_id=thread), message_id="m1",
         sender=ev.Sender(id=USER, name="Ada", is_bot=bot), text=text, sent_at=1.0, is_group=group,
-        mentioned=mentioned, supports_threads=threads, attachments=attachments)
+        mentioned=mentioned, supports_threads=threads, attachments=attachments, refused=refused)
 
 
 def view(*wirings: Wiring, policy: str = "public", sender: Standing | None = None, sticky: tuple[str, ...] = (),
@@ -174,6 +174,8 @@ CASES = [
     pytest.param(msg("ABCDE-FGHJJ"), view(MAIN, code=CODE), DELIVER, id="wrong-code-is-just-text"),
     # --- never worth routing ---
     pytest.param(msg(bot=True), view(MAIN), ("drop quietly: message from a bot",), id="bots-are-ignored"),
+    pytest.param(msg(refused="From fails DKIM alignment"), view(MAIN, code=CODE),
+                 ("drop: From fails DKIM alignment",), id="a-message-its-bridge-refused-is-recorded-and-goes-nowhere"),
     pytest.param(msg("  "), view(MAIN), ("drop: empty message",), id="empty-message-dropped"),
     pytest.param(msg("", attachments=(ev.Attachment(name="a.png"),)), view(MAIN), DELIVER,
                  id="attachment-only-message-engages"),

@@ -19,7 +19,9 @@ from services.vault.policy import (
     Limited,
     RateKey,
     RequestHead,
+    base64_cores,
     decide,
+    stored_for_host,
 )
 from tests.vault.conftest import rule, secret
 
@@ -200,3 +202,21 @@ def test_a_secret_goes_only_to_its_port() -> None:
 
     assert decide(view((), (token,)), on_8443, NOW, {}) == Allowed(())
     assert decide(view((), (token,)), head(host="api.github.com"), NOW, {}) == Allowed((token,))
+
+
+def test_what_is_stored_for_a_host_is_listed_whatever_its_grants_path_or_port() -> None:
+    """What the audit names when a request got no secret: the ones kept for that host all the same."""
+    mine = secret("gh", "generic", "api.github.com", TOKEN, grants=("work",), header_name="Authorization")
+    scoped = secret("gh-repo", "generic", "api.github.com", TOKEN + "2", header_name="Authorization",
+                    path_pattern="/repos/*")
+    other = secret("model", "anthropic", "api.anthropic.com", KEY)
+    assert stored_for_host((mine, scoped, other), head(host="api.github.com", target=b"/user")) == (mine, scoped)
+    assert stored_for_host((mine, other), head(host="example.test")) == ()
+
+
+def test_a_value_too_short_for_a_sure_base64_core_has_none_and_a_long_one_is_found_at_every_alignment() -> None:
+    assert base64_cores(b"s3cret") == []  # a core under 8 characters would match innocent text
+    for prefix in (b"", b"k", b"k=", b"key"):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            encoded = encode(prefix + KEY.encode() + b"!")
+            assert any(core in encoded for core in base64_cores(KEY.encode())), (prefix, encode)
