@@ -127,6 +127,14 @@ def test_an_answer_keeps_the_thread_quotes_nothing_and_says_it_is_automatic() ->
     assert [(f.name, f.data) for f in core.files(parsed)] == [("plan.txt", b"8 pm")]
 
 
+def test_an_answer_to_an_earlier_mail_of_the_thread_names_it_as_its_parent() -> None:
+    thread = core.Thread("t1", "Plans", ("ada@example.org",), ("<root@x>", "<m1@x>", "<m2@x>"))
+    answer = core.compose(own="a@b", name="", thread=thread, text="about m1", key="k", parent="<m1@x>")
+    assert answer["In-Reply-To"] == "<m1@x>" and answer["References"] == "<root@x> <m1@x>"
+    stranger = core.compose(own="a@b", name="", thread=thread, text="x", key="k", parent="<elsewhere@x>")
+    assert stranger["In-Reply-To"] == "<m2@x>"  # not one of the thread's: the latest
+
+
 def test_long_references_keep_the_root_and_the_latest() -> None:
     refs = core.references([f"<{i}@x>" for i in range(50)], limit=5)
     assert refs == ["<0@x>", "<46@x>", "<47@x>", "<48@x>", "<49@x>"]

@@ -380,7 +380,7 @@ class EmailBridge(Bridge):
         if choices:
             text = (text.rstrip() + "\n\n" + "\n".join(f"{i}) {b.label}" for i, b in enumerate(choices, 1))
                     + "\n\nReply with the number of your choice.")
-        msgid = await self._send(route, text, [], key)
+        msgid = await self._send(route, text, [], key, parent=f"<{reply_to}>" if reply_to else None)
         if choices:
             token = choices[0].data.partition(":")[0]
             await self.store.remember_card(msgid, token, len(choices))
@@ -391,10 +391,11 @@ class EmailBridge(Bridge):
         mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return core.bare(await self._send(route, f"Attached: {path.name}", [core.File(path.name, mime, data)], key))
 
-    async def _send(self, route: ev.Route, text: str, files: list[core.File], key: str) -> str:
+    async def _send(self, route: ev.Route, text: str, files: list[core.File], key: str,
+                    parent: str | None = None) -> str:
         thread = await self._thread_for(route, text)
         mail = core.compose(own=self.s.address, name=self.s.name, thread=thread, text=text, key=key,
-                            attachments=files)
+                            attachments=files, parent=parent)
         msgid = str(mail["Message-ID"])
         async with self._send_lock:  # one submission at a time: a home server's SMTP limits are small
             smtp = smtp_client(self.s)

@@ -254,9 +254,10 @@ def html_part(text: str) -> str:
 
 
 def compose(*, own: str, name: str, thread: Thread, text: str, key: str,
-            attachments: Sequence[File] = ()) -> EmailMessage:
+            attachments: Sequence[File] = (), parent: str | None = None) -> EmailMessage:
     """An answer in the thread: its headers keep the thread, it quotes nothing, it says it is automatic
-    (RFC 3834, so other robots do not answer it), plain text with a simple HTML alternative."""
+    (RFC 3834, so other robots do not answer it), plain text with a simple HTML alternative. It answers the
+    thread's latest mail, or `parent` where that is one of the thread's."""
     out = EmailMessage()
     out["From"] = f"{name} <{own}>" if name else own
     out["To"] = ", ".join(thread.to)
@@ -264,7 +265,10 @@ def compose(*, own: str, name: str, thread: Thread, text: str, key: str,
     out["Subject"] = subject if not thread.references or _PREFIX.match(subject) else f"Re: {subject}"
     out["Message-ID"] = message_id_for(key, own) if key else make_msgid(domain=domain(own))
     if thread.references:
-        refs = references(thread.references)
+        chain = list(thread.references)
+        if parent in chain:
+            chain = chain[:chain.index(parent) + 1]
+        refs = references(chain)
         out["In-Reply-To"] = refs[-1]
         out["References"] = " ".join(refs)
     out["Auto-Submitted"] = "auto-replied"
