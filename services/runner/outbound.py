@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clawden import sessiondb
+import msgspec
+
+from clawden import sessiondb, sessionrows
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from services.runner.sessions import SessionInfo
@@ -59,71 +61,69 @@ def translate(info: SessionInfo, folder: Path, row: sessiondb.OutboundMessage,
     """Turn one row into what the runner does; raises Refused for a row it must not act on."""
     route = _route(info, row, allowed)
     key = f"{info.id}:{row.id}"
-    c = row.content
-    match row.kind:
-        case "chat":
-            text = _text(c.get("text"))
-            if not text:
+    try:
+        content = sessionrows.outbound(row.kind, row.content)
+    except msgspec.ValidationError as exc:
+        raise Refused(f"#{row.seq} is no {row.kind} row: {exc}") from None
+    match content:
+        case sessionrows.Chat(text=text):
+            if not _text(text):
                 raise Refused("empty message")
             return [Publish(subjects.outbound(route.channel, route.chat_id), ev.OutboundMessage(
-                id=key, route=route, text=text, agent_group=info.agent_group, session_id=info.id, seq=row.seq), key)]
-        case "file":
-            paths = tuple(str(_outbox_file(folder, str(c.get("box", "")), str(n))) for n in c.get("files") or [])
+                id=key, route=route, text=_text(text), agent_group=info.agent_group, session_id=info.id,
+                seq=row.seq), key)]
+        case sessionrows.File(box=box, files=files, text=text):
+            paths = tuple(str(_outbox_file(folder, box, name)) for name in files)
             if not paths:
                 raise Refused("a file row without files")
             return [Publish(subjects.outbound(route.channel, route.chat_id), ev.OutboundMessage(
-                id=key, route=route, text=_text(c.get("text")), files=paths, agent_group=info.agent_group,
+                id=key, route=route, text=_text(text), files=paths, agent_group=info.agent_group,
                 session_id=info.id, seq=row.seq), key)]
-        case "card":
-            buttons = tuple(ev.Button(id=str(b.get("id", i + 1))[:16], label=str(b.get("label", ""))[:64])
-                            for i, b in enumerate(c.get("buttons") or []) if isinstance(b, dict))
-            card = ev.Card(title=_text(c.get("title"))[:256], body=_text(c.get("body")), buttons=buttons)
+        case sessionrows.Card(title=title, body=body, buttons=buttons):
+            card = ev.Card(title=_text(title)[:256], body=_text(body), buttons=tuple(
+                ev.Button(id=(b.id or str(i + 1))[:16], label=b.label[:64]) for i, b in enumerate(buttons)))
             return [Publish(subjects.outbound(route.channel, route.chat_id), ev.OutboundMessage(
                 id=key, route=route, text=card.body or card.title, card=card, agent_group=info.agent_group,
                 session_id=info.id, seq=row.seq), key)]
-        case "edit" | "reaction":
-            target = sessiondb.platform_message_id(folder, int(c.get("target_seq", 0)))
+        case sessionrows.Edit(target_seq=seq) | sessionrows.Reaction(target_seq=seq):
+            target = sessiondb.platform_message_id(folder, seq)
             if target is None:
-                raise Refused(f"#{c.get('target_seq')} has no platform message id")
+                raise Refused(f"#{seq} has no platform message id")
             event: ev.Event
-            if row.kind == "edit":
-                event = ev.OutboundEdit(id=key, route=route, target_message_id=target, text=_text(c.get("text")),
+            if isinstance(content, sessionrows.Edit):
+                event = ev.OutboundEdit(id=key, route=route, target_message_id=target, text=_text(content.text),
                                         session_id=info.id, seq=row.seq)
             else:
                 event = ev.OutboundReaction(id=key, route=route, target_message_id=target,
-                                            emoji=_text(c.get("emoji"))[:32], session_id=info.id, seq=row.seq)
+                                            emoji=_text(content.emoji)[:32], session_id=info.id, seq=row.seq)
             return [Publish(subjects.outbound(route.channel, route.chat_id), event, key)]
-        case "question":
-            request_id = str(c.get("request_id", ""))
-            options = tuple(str(o)[:64] for o in c.get("options") or [])
-            timeout = float(c.get("timeout", 300))
-            card = ev.Card(title="Question", body=_text(c.get("question")),
-                           buttons=tuple(ev.Button(id=str(i + 1), label=o) for i, o in enumerate(options)))
+        case sessionrows.Question(request_id=request_id, question=question, options=options, timeout=timeout):
+            shown = tuple(o[:64] for o in options)
+            card = ev.Card(title="Question", body=_text(question),
+                           buttons=tuple(ev.Button(id=str(i + 1), label=o) for i, o in enumerate(shown)))
             return [Ask(ev.ApprovalRequest(
                 id=subjects.token(request_id), kind="question", requester="runner", agent_group=info.agent_group,
                 card=card, route=route, expires_at=time.time() + timeout,
-                context={"session_id": info.id, "seq": str(row.seq)}), options)]
-        case "task":
-            return _task(info, route, c, runner_id)
-    raise Refused(f"unknown kind {row.kind!r}")
+                context={"session_id": info.id, "seq": str(row.seq)}), shown)]
+        case sessionrows.TaskRequest():
+            return _task(info, route, content, runner_id)
 
 
-def _task(info: SessionInfo, route: ev.Route, c: dict[str, Any], runner_id: str) -> list[Action]:
-    request_id = str(c.get("request_id", ""))
-    op = str(c.get("op", ""))
+def _task(info: SessionInfo, route: ev.Route, c: sessionrows.TaskRequest, runner_id: str) -> list[Action]:
+    op = c.op
     if op not in ("create", "update", "pause", "resume", "cancel", "list"):
         raise Refused(f"unknown task operation {op!r}")
     task = ev.TaskOp(
         op=op,  # type: ignore[arg-type]  # checked against TaskOp's literals above; mypy does not narrow str by `in`
-        request_id=request_id, agent_group=info.agent_group, session_id=info.id, route=route,
-        task_id=c.get("task_id") or None, prompt=c.get("prompt") or None, schedule=c.get("schedule") or None,
-        timezone=c.get("timezone") or None, status=str(c.get("status") or ""), created_by=f"agent:{info.agent_group}",
-        runner=runner_id, script=c["script"] if isinstance(c.get("script"), str) else None)
+        request_id=c.request_id, agent_group=info.agent_group, session_id=info.id, route=route,
+        task_id=c.task_id or None, prompt=c.prompt or None, schedule=c.schedule or None,
+        timezone=c.timezone or None, status=c.status, created_by=f"agent:{info.agent_group}",
+        runner=runner_id, script=c.script)
     if op == "list":
-        return [ListTasks(request_id, task)]
+        return [ListTasks(c.request_id, task)]
     # Durable: the scheduler applies it whenever it runs; the id makes a replay harmless.
-    return [Publish(subjects.task(op), task, f"task:{request_id}"),
-            Respond(request_id, {"result": f"{op} of task {task.task_id} is on its way to the scheduler"})]
+    return [Publish(subjects.task(op), task, f"task:{c.request_id}"),
+            Respond(c.request_id, {"result": f"{op} of task {task.task_id} is on its way to the scheduler"})]
 
 
 def _route(info: SessionInfo, row: sessiondb.OutboundMessage, allowed: dict[tuple[str, str], ev.Route]) -> ev.Route:
