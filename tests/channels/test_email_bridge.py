@@ -77,6 +77,22 @@ async def test_a_mail_and_its_reply_arrive_as_one_chat_and_the_answer_keeps_the_
     assert second.route.chat_id == got.route.chat_id and second.text == "Great, I'll bring wine."
 
 
+async def test_a_mail_among_several_people_is_for_the_assistant_when_it_is_in_to_or_named(
+        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    ada, bob = unique("ada"), unique("bob")
+    mail_server.send(letter(ada, bot, "to you, bob listening", subject="a", Cc=bob))
+    mail_server.send(letter(ada, bob, "to bob, you listening", subject="b", Cc=bot))
+    mail_server.send(letter(ada, bob, "what does clawden think?", subject="c", Cc=bot))
+    mail_server.send(letter(ada, bot, "just us", subject="d"))
+    got = {m.chat_name: m for m in messages(await bus.wait(bus.inbound, lambda e: True, count=4))}
+    assert {k: (m.is_group, m.mentioned) for k, m in got.items()} == {
+        "a": (True, True), "b": (True, False), "c": (True, True), "d": (False, True)}
+
+    await bus.send(got["a"].route.chat_id, "to you both", id="out-group")
+    [answer] = await mails(mail_server, bob, 1, where=lambda m: m["Subject"] == "Re: a")
+    assert {a.strip() for a in str(answer["To"]).split(",")} == {ada, bob}  # everyone in the thread
+
+
 async def test_files_come_in_within_the_limit_and_go_out_as_attachments(
         mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str, tmp_path: Path) -> None:
     ada = unique("ada")

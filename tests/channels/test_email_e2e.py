@@ -45,16 +45,18 @@ def ada() -> str:
 @pytest.fixture(scope="module")
 def bot(stack: Stack, owner: str, ada: str) -> str:
     """The assistant's mailbox. Every thread of the channel is wired to `main`; unknown senders wait for the
-    owner's approval; Ada is a member of `main` (what `clawden wire add email '*' main`, `clawden roles grant`
-    and `clawden members add` do)."""
+    owner's approval; Ada is a member of `main` (what `clawden wire add email '*' main --engage mention`,
+    `clawden roles grant` and `clawden members add` do)."""
     cfg = config_mod.load(stack.home)
 
     async def prepare() -> None:
         await control.call(cfg, "router", "roles", {"op": "grant", "user_id": f"email:{owner}", "role": "owner"})
         await control.call(cfg, "router", "chats", {"op": "create", "channel": "email", "chat_id": "*",
                                                     "policy": "request_approval"})
+        # Mention mode: a mail between a person and the assistant is always for it, one among several people
+        # only when the assistant is in To or named (what `--engage mention` does, as the README says).
         await control.call(cfg, "router", "wirings", {"op": "create", "channel": "email", "chat_id": "*",
-                                                      "agent_group": "main"})
+                                                      "agent_group": "main", "engage_mode": "mention"})
         await control.call(cfg, "router", "members", {"op": "add", "agent_group": "main",
                                                       "user_id": f"email:{ada}"})
 
@@ -138,6 +140,20 @@ async def test_a_mail_is_answered_in_its_thread_and_a_reply_continues_the_conver
     said = user_texts(stack, "and tomorrow?")
     assert any("what is on today?" in t for t in said) and any("and tomorrow?" in t for t in said)
     await turns_done(stack, "and tomorrow?", 2)
+
+
+async def test_in_a_thread_among_several_people_a_mail_naming_the_assistant_engages_and_a_plain_one_does_not(
+        stack: Stack, mail_server: MailServer, bridge: EmailBridgeProcess, bot: str, ada: str) -> None:
+    bob = unique("bob")
+    plain = letter(ada, bob, "dinner at 8 tonight?", subject="Dinner", Cc=bot)
+    mail_server.send(plain)
+    mail_server.send(letter(ada, bob, "Clawden, is the pizzeria open late?", reply_to=plain, Cc=bot))
+    [answer] = await mails(mail_server, bob, 1, ANSWER, where=lambda m: str(m["From"]).endswith(f"<{bot}>"))
+    assert "is the pizzeria open late?" in text_of(answer) and answer["Subject"] == "Re: Dinner"
+    assert {a.strip() for a in str(answer["To"]).split(",")} == {ada, bob}
+    await turns_done(stack, "is the pizzeria open late?", 1)
+    # The mention engaged; the plain mail before it never reached the model.
+    assert not any("dinner at 8" in str(r.body) for r in stack.fake.messages_requests(with_tools=True))
 
 
 async def test_an_unknown_sender_waits_for_the_owner_who_alone_approves_by_replying_with_a_number(

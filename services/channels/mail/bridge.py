@@ -335,11 +335,19 @@ class EmailBridge(Bridge):
             body = text if not subject or prior is not None else f"{subject}\n\n{text}".strip()
             await inbound.publish(ev.InboundMessage(
                 route=route, message_id=core.bare(msgid), sender=who, text=body, sent_at=time.time(),
-                chat_name=subject[:100], mentioned=True, attachments=attachments,
+                chat_name=subject[:100], is_group=bool(others), attachments=attachments,
+                mentioned=self._addressed(message, text, bool(others)),
                 reply_to=core.bare(parent[0]) if parent else None, refused=refused))
             if refused:
                 log.info("mail %s from %s goes to no agent: %s", msgid, author, refused)
         await self.store.mark_handled(key)
+
+    def _addressed(self, message: EmailMessage, text: str, group: bool) -> bool:
+        """A mail among several people is for the assistant when it is in To (Cc is listening in), or when the
+        text names it; a mail between the sender and the assistant alone always is."""
+        if not group or self.s.address in core.addresses([core.header(message, "To")]):
+            return True
+        return bool(self.s.name) and re.search(rf"\b{re.escape(self.s.name)}\b", text, re.IGNORECASE) is not None
 
     async def _thread_of(self, message: EmailMessage, msgid: str, sender: str) -> str:
         ids = [*core.message_ids(core.header(message, "In-Reply-To")),
