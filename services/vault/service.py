@@ -40,7 +40,6 @@ from services.vault.sealing import Sealer, SealError, load_key
 from services.vault.store import Store
 
 log = logging.getLogger("clawden.vault")
-GROUP_NAME = ev.GROUP_NAME
 
 PRUNE_EVERY = 3600.0
 # A notify field (systemd passes on X_ fields it does not know) by which `clawden up` learns whether the
@@ -189,7 +188,7 @@ class Vault:
     # -- sockets --
 
     async def open_gateway(self, agent_group: str) -> Path:
-        if not GROUP_NAME.match(agent_group):
+        if not ev.GROUP_NAME.match(agent_group):
             raise ControlError(f"bad agent group name {agent_group!r}")
         async with self._lock:
             path = self.listening.get(agent_group)
@@ -310,7 +309,7 @@ class Vault:
     async def on_egress(self, data: bytes) -> dict[str, Any]:
         request: GroupRequest = decode_request(GroupRequest, data)
         group, mode = request.agent_group, request.mode
-        if not GROUP_NAME.match(group):
+        if not ev.GROUP_NAME.match(group):
             raise ControlError(f"bad agent group name {group!r}")
         if mode is not None:
             if mode not in ("open", "allowlist"):
@@ -323,7 +322,7 @@ class Vault:
     async def on_proxy_token(self, data: bytes) -> dict[str, Any]:
         """The TCP listener's token for a group (made on first use); for runners that cannot mount sockets."""
         group = decode_request(GroupRequest, data).agent_group
-        if not GROUP_NAME.match(group):
+        if not ev.GROUP_NAME.match(group):
             raise ControlError(f"bad agent group name {group!r}")
         if not self.cfg.vault.tcp_listen:
             raise ControlError("the TCP listener is off ([vault] tcp_listen)")
@@ -367,7 +366,7 @@ async def main(ctx: ServiceContext) -> None:
             # Containers that outlived a vault restart reconnect to the same socket paths.
             if cfg.gateway_dir.is_dir():
                 for sub in sorted(cfg.gateway_dir.iterdir()):
-                    if sub.is_dir() and GROUP_NAME.match(sub.name):
+                    if sub.is_dir() and ev.GROUP_NAME.match(sub.name):
                         await vault.open_gateway(sub.name)
             if cfg.vault.tcp_listen:
                 host, _, port = cfg.vault.tcp_listen.rpartition(":")
