@@ -46,7 +46,8 @@ PHOTO_REFUSALS = ("PHOTO_INVALID_DIMENSIONS", "IMAGE_PROCESS_FAILED", "PHOTO_EXT
 EXPIRED_BUTTON = "This button is no longer active."
 ALBUM_WAIT = 1.0  # seconds an album last in a poll waits for its other parts (they come within moments)
 MAX_CAPTION = 1024  # a photo's or file's caption, in UTF-16 units like the text
-TOO_LARGE = Path("/dev/null/too-large")  # a file Telegram will not hand a bot (over 20 MB): said in the text
+
+
 # Bot API FAQ, "My bot is hitting limits, how do I avoid this?" (core.telegram.org/bots/faq#my-bot-is-hitting-
 # limits-how-do-i-avoid-this): in one chat avoid more than one message per second, in a group no more than
 # 20 a minute, and overall about 30 a second (or a 429 with retry_after). Sends and edits are paced to them.
@@ -54,6 +55,11 @@ CHAT_LIMIT = Limit(1, 1.0)
 GROUP_LIMIT = Limit(20, 60.0)
 OVERALL_LIMIT = Limit(30, 1.0)
 PACING_SLACK = 0.2  # seconds added to each window: a request is timed here, counted on Telegram's arrival
+
+
+class TooLarge(Exception):
+    """A file Telegram will not hand a bot (over 20 MB): the message goes on, saying so in its text."""
+
 
 CAPABILITIES = Capabilities(
     max_text=4096, measure=utf16_len, threads=True, edits=True, reactions=True, files=True, cards=True,
@@ -609,8 +615,9 @@ class TelegramBridge(Bridge):
         attachments = []
         too_large = []
         for ref, attachment in zip(refs, event.attachments, strict=True):
-            path = await self._download(ref, event, inbound)
-            if path is TOO_LARGE:
+            try:
+                path = await self._download(ref, event, inbound)
+            except TooLarge:
                 too_large.append(ref.name)
                 path = None
             attachments.append(msgspec.structs.replace(attachment, url=path.as_uri()) if path else attachment)
@@ -623,11 +630,11 @@ class TelegramBridge(Bridge):
         return msgspec.structs.replace(event, attachments=tuple(attachments), text=text)
 
     async def _download(self, ref: FileRef, event: ev.InboundMessage, inbound: Inbound) -> Path | None:
-        """The fetched file, TOO_LARGE when Telegram will not serve it to a bot, or None when fetching failed."""
+        """The fetched file, or None when fetching failed; TooLarge when Telegram will not serve it to a bot."""
         limit = self.capabilities.max_download_bytes
         if ref.size > limit:
             log.info("not fetching %s (%d bytes): over the %d-byte limit", ref.name, ref.size, limit)
-            return TOO_LARGE
+            raise TooLarge(ref.name)
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", ref.name)[-100:] or "file"
         dest = inbound.files_dir / event.route.chat_id / f"{event.message_id.rsplit(':', 1)[-1]}-{safe}"
         for attempt in range(3):
@@ -637,12 +644,12 @@ class TelegramBridge(Bridge):
                     # File.file_path is optional (core.telegram.org/bots/api#file): absent for a file over the
                     # 20 MB a bot may download, whatever size the message claimed.
                     log.info("not fetching %s: Telegram gave no path for it (over 20 MB)", ref.name)
-                    return TOO_LARGE
+                    raise TooLarge(ref.name)
                 await self.api.download(str(info["file_path"]), dest, limit, inbound.alive)
                 return dest
             except TelegramError as exc:
                 if "file is too big" in exc.description:
-                    return TOO_LARGE
+                    raise TooLarge(ref.name) from exc
                 if exc.kind == "permanent" or attempt == 2:
                     log.warning("could not fetch %s from message %s: %s", ref.name, event.key, exc.description)
                     return None
