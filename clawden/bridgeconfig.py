@@ -28,6 +28,17 @@ def channel_settings(cfg: Config, channel: str, environ: dict[str, str] | None =
     return out
 
 
+def number(channel: str, settings: dict[str, str], key: str, default: float) -> float:
+    """A non-negative number setting of `[channels.<channel>]`, or BridgeConfigError saying which is wrong."""
+    try:
+        value = float(settings.get(key, default))
+    except ValueError:
+        raise BridgeConfigError(f"[channels.{channel}] {key} must be a number, not {settings[key]!r}") from None
+    if value < 0:
+        raise BridgeConfigError(f"[channels.{channel}] {key} must not be negative")
+    return value
+
+
 def read_secret(cfg: Config, channel: str, environ: dict[str, str] | None = None) -> str:
     """The bridge's credential: `CLAWDEN_<NAME>_TOKEN`, else the file `keys/<name>` (mode 0600).
 

@@ -32,7 +32,7 @@ import msgspec
 from nio import AsyncClient, AsyncClientConfig, ErrorResponse, RoomPreset, SyncResponse
 from nio.responses import DownloadError
 
-from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secret, redact
+from clawden.bridgeconfig import BridgeConfigError, channel_settings, number, read_secret, redact
 from clawden.bus import events as ev
 from clawden.config import Config
 from clawden.runtime import ServiceContext
@@ -659,16 +659,6 @@ class MatrixBridge(Bridge):
 
 # --- the service ------------------------------------------------------------------------------------------
 
-def _number(settings: dict[str, str], key: str, default: float) -> float:
-    try:
-        value = float(settings.get(key, default))
-    except ValueError:
-        raise BridgeConfigError(f"[channels.matrix] {key} must be a number, not {settings[key]!r}") from None
-    if value < 0:
-        raise BridgeConfigError(f"[channels.matrix] {key} must not be negative")
-    return value
-
-
 def homeserver_of(settings: dict[str, str]) -> str:
     homeserver = settings.get("homeserver", "")
     if not re.match(r"^https?://[^/\s]+", homeserver):
@@ -680,9 +670,9 @@ def homeserver_of(settings: dict[str, str]) -> str:
 def bridge_from_settings(ctx: ServiceContext) -> tuple[MatrixBridge, RetryPolicy, float]:
     settings = channel_settings(ctx.config, CHANNEL)
     bridge = MatrixBridge(homeserver_of(settings), parse_credential(read_secret(ctx.config, CHANNEL)),
-                          sync_timeout=_number(settings, "sync_timeout", 30.0))
-    policy = RetryPolicy(deadline=_number(settings, "send_deadline", 600.0))
-    return bridge, policy, _number(settings, "typing_max", 120.0)
+                          sync_timeout=number(CHANNEL, settings, "sync_timeout", 30.0))
+    policy = RetryPolicy(deadline=number(CHANNEL, settings, "send_deadline", 600.0))
+    return bridge, policy, number(CHANNEL, settings, "typing_max", 120.0)
 
 
 async def check_token(cfg: Config, environ: dict[str, str] | None = None) -> str:

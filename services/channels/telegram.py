@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secret
+from clawden.bridgeconfig import BridgeConfigError, channel_settings, number, read_secret
 from clawden.bus import events as ev
 from clawden.config import Config
 from clawden.runtime import ServiceContext
@@ -806,27 +806,17 @@ class TelegramBridge(Bridge):
 
 # --- the service ------------------------------------------------------------------------------------------
 
-def _number(settings: dict[str, str], key: str, default: float) -> float:
-    try:
-        value = float(settings.get(key, default))
-    except ValueError:
-        raise BridgeConfigError(f"[channels.telegram] {key} must be a number, not {settings[key]!r}") from None
-    if value < 0:
-        raise BridgeConfigError(f"[channels.telegram] {key} must not be negative")
-    return value
-
-
 def bridge_from_settings(ctx: ServiceContext) -> tuple[TelegramBridge, RetryPolicy, float]:
     settings = channel_settings(ctx.config, CHANNEL)
     api_url = settings.get("api_url", API_URL)
     if not re.match(r"^https?://[^/\s]+", api_url):
         raise BridgeConfigError(f"[channels.telegram] api_url must be an http(s) URL, not {api_url!r}")
     token = read_secret(ctx.config, CHANNEL)
-    bridge = TelegramBridge(api_url, token, poll_timeout=_number(settings, "poll_timeout", 25.0),
-                            poll_grace=_number(settings, "poll_grace", 10.0),
+    bridge = TelegramBridge(api_url, token, poll_timeout=number(CHANNEL, settings, "poll_timeout", 25.0),
+                            poll_grace=number(CHANNEL, settings, "poll_grace", 10.0),
                             delete_webhook=settings.get("delete_webhook", "").lower() in ("1", "true", "yes"))
-    policy = RetryPolicy(deadline=_number(settings, "send_deadline", 600.0))
-    return bridge, policy, _number(settings, "typing_max", 120.0)
+    policy = RetryPolicy(deadline=number(CHANNEL, settings, "send_deadline", 600.0))
+    return bridge, policy, number(CHANNEL, settings, "typing_max", 120.0)
 
 
 async def check_token(cfg: Config, environ: dict[str, str] | None = None) -> str:
