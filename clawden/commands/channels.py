@@ -89,9 +89,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verbs = channels.add_subparsers(dest="channels_command", required=True)
     verbs.add_parser("list", help="installed bridges, and the running ones with their counters").set_defaults(
         func=cmd_list)
-    login = verbs.add_parser("login", help="log a bridge in once with a password; only its token is kept (matrix)")
-    login.add_argument("channel", help="the bridge, e.g. matrix")
-    login.add_argument("--homeserver", help="the homeserver's URL, e.g. https://matrix.example.org")
-    login.add_argument("--user", help="the bot account, e.g. @clawden:example.org")
+    login = verbs.add_parser("login", help="log a bridge in once with a password (matrix: only its token is kept; "
+                                           "email: both logins checked, the password kept in keys/email)")
+    login.add_argument("channel", help="the bridge, e.g. matrix or email")
+    login.add_argument("--homeserver", "--server", help="the homeserver's URL, e.g. https://matrix.example.org; "
+                                                        "for email the mail server, e.g. mail.example.org")
+    login.add_argument("--user", help="the bot account, e.g. @clawden:example.org, or the assistant's address")
     login.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     login.set_defaults(func=cmd_login)

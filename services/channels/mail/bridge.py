@@ -11,11 +11,14 @@ Settings (`[channels.email]` in config.toml, or `CLAWDEN_EMAIL_<KEY>`): `address
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import mimetypes
+import os
 import re
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import parseaddr
@@ -70,7 +73,11 @@ class MailSettings:
 
     @classmethod
     def load(cls, cfg: Config, environ: dict[str, str] | None = None) -> MailSettings:
-        s = channel_settings(cfg, CHANNEL, environ)
+        return cls.of(channel_settings(cfg, CHANNEL, environ), lambda: read_secret(cfg, CHANNEL, environ))
+
+    @classmethod
+    def of(cls, s: dict[str, str], password: Callable[[], str]) -> MailSettings:
+        """From `[channels.email]` values; the password is read only once the values make sense."""
         address = s.get("address", "").strip().lower()
         if "@" not in address:
             raise BridgeConfigError("no email address: set [channels.email] address (or CLAWDEN_EMAIL_ADDRESS)")
@@ -87,7 +94,7 @@ class MailSettings:
 
         try:
             return cls(
-                address=address, password=read_secret(cfg, CHANNEL, environ), name=s.get("name", "Clawden"),
+                address=address, password=password(), name=s.get("name", "Clawden"),
                 username=s.get("username", ""), imap_host=host,
                 imap_port=int(s.get("imap_port", 993 if imap_security == "tls" else 143)),
                 imap_security=imap_security, smtp_host=s.get("smtp_host", host),
@@ -460,6 +467,50 @@ async def check_token(cfg: Config, environ: dict[str, str] | None = None) -> str
         raise LoginRefused(f"SMTP login as {s.login} refused: {exc.code} {exc.message}") from exc
     return (f"{s.address}: IMAP {s.imap_host}:{s.imap_port} ({s.mailbox}, {count} mails) and SMTP "
             f"{s.smtp_host}:{s.smtp_port} ({s.smtp_security}) logins accepted")
+
+
+async def login(server: str, user: str, password: str) -> MailSettings:
+    """`clawden channels login email --server HOST --user ADDRESS`: both logins checked, on the usual ports
+    (IMAP over TLS on 993, submission with STARTTLS on 587) unless `CLAWDEN_EMAIL_<KEY>` says otherwise."""
+    prefix = "CLAWDEN_EMAIL_"
+    given = {k[len(prefix):].lower(): v for k, v in os.environ.items()
+             if k.startswith(prefix) and k != prefix + "TOKEN"}
+    s = MailSettings.of(given | {"address": user, "imap_host": server}, lambda: password)
+    await imap_close(await imap_connect(s))
+    try:
+        async with smtp_client(s):
+            pass
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        raise LoginRefused(f"SMTP login as {s.login} refused: {exc.code} {exc.message}") from exc
+    return s
+
+
+def store_login(cfg: Config, server: str, s: MailSettings) -> list[str]:
+    """Write keys/email (mode 0600 from the start) and, if config.toml has no [channels.email], the address and
+    the server; returns what was done, for a person."""
+    cfg.keys_dir.mkdir(parents=True, exist_ok=True)
+    key = cfg.keys_dir / CHANNEL
+    partial = key.with_name(key.name + ".new")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(s.password + "\n")
+    partial.replace(key)
+    done = [f"IMAP and SMTP logins as {s.login} accepted; stored the password in {key} (mode 0600): the mail "
+            "server asks for it at every login"]
+    file = cfg.path("config.toml")
+    if not channel_settings(cfg, CHANNEL, {}):
+        lines = [f"address = {json.dumps(s.address)}", f"imap_host = {json.dumps(server)}"]
+        more = (("imap_port", s.imap_port), ("imap_security", s.imap_security),
+                ("smtp_host", s.smtp_host if s.smtp_host != server else ""), ("smtp_port", s.smtp_port),
+                ("smtp_security", s.smtp_security), ("ca_file", s.ca_file))
+        lines += [f"{k} = {json.dumps(v)}" for k, v in more if v and str(v) != str(getattr(MailSettings, k, ""))]
+        with file.open("a") as out:
+            out.write("\n[channels.email]\n" + "".join(line + "\n" for line in lines))  # TOML basic strings
+        done.append(f"wrote [channels.email] ({s.address} on {server}) to {file}")
+    else:
+        done.append(f"{file} already has [channels.email]; left as it is")
+    return done
 
 
 async def main(ctx: ServiceContext) -> None:
