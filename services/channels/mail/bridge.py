@@ -333,7 +333,10 @@ class EmailBridge(Bridge):
         number = core.choice(text)
         card = await self.store.card(parent) if number is not None and not refused else None
         if card is not None and number is not None and 1 <= number <= card[1]:
-            known = await inbound.click(route, f"{card[0]}:{number - 1}", action_id=core.bare(msgid), sender=who,
+            # A card mailed to an address (an approver's) is answered from that person's own mailbox: what the
+            # approvals service says back to whoever answered goes to them, not to the card's addressee.
+            where = ev.Route(channel=CHANNEL, chat_id=author) if "@" in chat_id and author else route
+            known = await inbound.click(where, f"{card[0]}:{number - 1}", action_id=core.bare(msgid), sender=who,
                                         message_id=core.bare(parent[0]))
             log.info("%s answered card %s with choice %d%s", author, card[0], number, "" if known else " (expired)")
         else:
