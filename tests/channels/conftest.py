@@ -1,4 +1,4 @@
-"""Fixtures the Telegram tests share."""
+"""Fixtures the channel tests share."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.e2e.harness import Stack, start_stack
 from tests.fakes.telegram import FakeTelegram
 from tests.router.conftest import router as router_fixture
 
@@ -22,3 +23,11 @@ def fake(request: pytest.FixtureRequest) -> Iterator[FakeTelegram]:
 
 # The router as a real process, for the tests where a bridge and the router meet.
 router = router_fixture
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str) -> Iterator[Stack]:
+    """A whole Clawden (`clawden up`, real agent containers, the fake model) for one end-to-end module."""
+    s = start_stack(tmp_path_factory.mktemp("home"))
+    yield s
+    s.stop()

@@ -14,19 +14,12 @@ from clawden import config as config_mod
 from clawden import control, sessiondb
 from clawden.bus import events as ev
 from tests.channels.harness import BridgeProcess, Bus, until
-from tests.e2e.harness import Stack, start_stack
+from tests.e2e.harness import Stack
 from tests.fakes.anthropic import ToolCall
 from tests.fakes.telegram import FakeTelegram
 
 pytestmark = pytest.mark.docker
 ANSWER = 120.0  # a first message starts a container
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("home"))
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")
