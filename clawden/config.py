@@ -90,6 +90,24 @@ class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True):
     min_interval: float = 60.0
 
 
+class WebhooksConfig(msgspec.Struct, frozen=True, kw_only=True):
+    # The front door (`clawden run webhooks`) runs where this is set (`clawden up`, the units); empty: off.
+    # Loopback by default: a reverse proxy or a tunnel in front gives it HTTPS and a public name.
+    listen: str = ""
+    # The https URL the platforms are told (through the proxy); `clawden doctor` checks it reaches us.
+    public_url: str = ""
+    max_body: int = 1 << 20  # bytes; WhatsApp's deliveries are a few KiB
+    rate: float = 50.0  # requests per second per source, with a burst of `burst`
+    burst: int = 200
+    # Seconds a client may take to send its whole body (slowloris), and to wait for JetStream's ack.
+    body_timeout: float = 10.0
+    ack_timeout: float = 5.0
+    # Behind a proxy every request comes from it: take the source from X-Forwarded-For's last hop.
+    forwarded_for: bool = False
+    # Third-party bridges' routes: channel -> scheme (clawden/bus/webhooks.py).
+    routes: dict[str, str] = {}
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     home: str = ""
     install_id: str = "default"
@@ -98,6 +116,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     model: ModelConfig = ModelConfig()
     vault: VaultConfig = VaultConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     groups: dict[str, GroupConfig] = {}
 
     @property
@@ -158,7 +177,7 @@ def home_problem(home: Path, given: bool = False, *, missing_ok: bool = False) -
     return None
 
 
-_SECTIONS = ("nats", "runner", "model", "vault", "scheduler")
+_SECTIONS = ("nats", "runner", "model", "vault", "scheduler", "webhooks")
 
 
 def _env_overrides(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:

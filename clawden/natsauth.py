@@ -23,7 +23,7 @@ from typing import Any
 import nkeys
 from nats.aio.client import Client
 
-from clawden.bus import connect, streams, subjects
+from clawden.bus import connect, streams, subjects, webhooks
 from clawden.bus.connection import inbox_prefix
 from clawden.config import Config
 
@@ -80,12 +80,22 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
             subscribes=(f"{subjects.PREFIX}.approval.decision.>",),
             manages_streams=True),
     }
+    routes = webhook_routes(cfg)
+    # The webhook front door publishes only what it verified, each channel to its own subject.
+    table["webhooks"] = Grant(publishes=tuple(subjects.webhook(c) for c in sorted(routes)))
     for name in channels:
+        hooks = (streams.bridge_webhooks(name),) if name in routes else ()
         table[identity(f"channel@{name}")] = Grant(
-            consumes=streams.bridge_lanes(name), reads=(streams.bridge_outbound_legacy(name),),
+            consumes=(*streams.bridge_lanes(name), *hooks), reads=(streams.bridge_outbound_legacy(name),),
             publishes=(subjects.inbound(name), subjects.receipt(name)),
             calls=("router.admit",))  # may the bot join a chat it was invited to (Inbound.admit)
     return table
+
+
+def webhook_routes(cfg: Config) -> dict[str, str]:
+    """Channel -> signature scheme of every route the front door serves: the built-in bridges' and
+    config.toml's `[webhooks.routes]`."""
+    return {**webhooks.BUILT_IN_ROUTES, **cfg.webhooks.routes}
 
 
 def _consumer_subjects(c: streams.Consumer, *, create: bool = True) -> list[str]:

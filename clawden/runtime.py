@@ -43,6 +43,7 @@ SERVICES = {
     "vault": "services.vault.service",
     "scheduler": "services.scheduler.service",
     "approvals": "services.approvals.service",
+    "webhooks": "services.webhooks.service",
 }
 
 

@@ -53,6 +53,8 @@ STREAMS: tuple[Stream, ...] = (
     Stream("CLAWDEN_WAKE", (subjects.ALL_WAKES,), max_age=7 * DAY, duplicate_window=DAY),
     Stream("CLAWDEN_TASKS", (subjects.ALL_TASKS,), max_age=7 * DAY, duplicate_window=DAY),
     Stream("CLAWDEN_APPROVALS", (subjects.ALL_APPROVALS,), max_age=30 * DAY, duplicate_window=DAY),
+    # Raw webhook deliveries the front door verified, kept until their bridge has read them.
+    Stream("CLAWDEN_WEBHOOKS", (subjects.ALL_WEBHOOKS,), max_age=7 * DAY, duplicate_window=DAY),
     Stream("CLAWDEN_EVENTS", (subjects.ALL_EVENTS,), max_age=30 * DAY, duplicate_window=120.0),
 )
 
@@ -151,6 +153,13 @@ def bridge_outbound_legacy(channel: str) -> Consumer:
     # what publishers of the older version send there until they restart.
     return Consumer("CLAWDEN_OUTBOUND", f"channel-{channel}", subjects.outbound_legacy(channel), ack_wait=15.0,
                     max_deliver=50, max_ack_pending=1)
+
+
+def bridge_webhooks(channel: str) -> Consumer:
+    # The deliveries the front door stored for this bridge; order across deliveries is the platform's
+    # problem (status callbacks arrive out of order anyway), so several may be in flight.
+    return Consumer("CLAWDEN_WEBHOOKS", f"channel-{channel}-webhooks", subjects.webhook(channel), ack_wait=30.0,
+                    max_deliver=50, max_ack_pending=64)
 
 
 def scheduler_tasks() -> Consumer:

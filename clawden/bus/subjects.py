@@ -55,6 +55,11 @@ def outbound_legacy(channel: str) -> str:
     return f"{PREFIX}.outbound.{token(channel)}"
 
 
+def webhook(channel: str) -> str:
+    """Where the webhook front door puts each verified delivery for this channel's bridge."""
+    return f"{PREFIX}.webhook.{token(channel)}"
+
+
 def receipt(channel: str) -> str:
     return f"{PREFIX}.receipt.{token(channel)}"
 
@@ -89,6 +94,7 @@ def ctl(service: str, verb: str) -> str:
 ALL_INBOUND = f"{PREFIX}.inbound.>"
 ALL_OUTBOUND = f"{PREFIX}.outbound.>"  # lanes and the legacy subject alike
 ALL_RECEIPTS = f"{PREFIX}.receipt.>"
+ALL_WEBHOOKS = f"{PREFIX}.webhook.>"
 ALL_WAKES = f"{PREFIX}.wake.>"
 ALL_TASKS = f"{PREFIX}.task.>"
 ALL_APPROVALS = f"{PREFIX}.approval.>"

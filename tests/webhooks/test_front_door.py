@@ -1,0 +1,188 @@
+"""The webhook front door alone, as its own process over real NATS: what the platform signed is stored in
+JetStream before the 200, once however often it comes; anything else is refused and never stored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+
+from clawden.bus import webhooks
+from tests.conftest import NatsServer
+from tests.eventually import eventually
+from tests.fakes.whatsapp import VERIFY_TOKEN
+from tests.webhooks.harness import FrontDoorProcess, make_home
+
+pytestmark = pytest.mark.process
+
+STREAM = "CLAWDEN_WEBHOOKS"
+
+
+async def door_for(tmp_path: Path, nats_server: NatsServer, settings: str = "") -> FrontDoorProcess:
+    port = make_home(tmp_path / "home", settings=settings)
+    return await FrontDoorProcess(tmp_path / "home", nats_server.url, port, tmp_path / "webhooks.log").start()
+
+
+@pytest.fixture
+async def door(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[FrontDoorProcess]:
+    front = await door_for(tmp_path, nats_server)
+    yield front
+    front.stop()
+
+
+async def stored(nc: Client) -> list[webhooks.WebhookDelivery]:
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(STREAM)
+    except NotFoundError:
+        return []
+    out: list[webhooks.WebhookDelivery] = []
+    if not info.state.messages:
+        return out
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(STREAM, seq)
+        assert msg.data is not None
+        out.append(webhooks.decoder.decode(msg.data))
+    return out
+
+
+async def test_a_signed_delivery_is_in_jetstream_when_answered_and_its_retry_is_not_stored_again(
+        door: FrontDoorProcess, nc: Client) -> None:
+    sender = door.sender()
+    payload = sender.text("447700900123", "hello")
+    first = await sender.post(payload)
+    assert first.status_code == 200
+    got = await stored(nc)  # no wait: the 200 came after JetStream's ack
+    assert [json.loads(d.body) for d in got] == [payload]
+    assert got[0].channel == "whatsapp"
+    again = await sender.post(payload)  # Meta retries what it thinks failed
+    assert again.status_code == 200
+    assert len(await stored(nc)) == 1
+
+
+async def test_unsigned_wrongly_signed_and_malformed_deliveries_are_refused_and_never_stored(
+        door: FrontDoorProcess, nc: Client) -> None:
+    sender = door.sender()
+    payload = sender.text("447700900123", "let me in")
+    assert (await sender.post(payload, signature="none")).status_code == 401
+    assert (await sender.post(payload, signature="wrong")).status_code == 401
+    assert (await sender.post(b"{not json", signature="right")).status_code == 400
+    assert (await sender.post(b"[1, 2]", signature="right")).status_code == 400
+    async with httpx.AsyncClient() as client:
+        assert (await client.put(door.url, content=b"{}")).status_code == 405
+        assert (await client.post(door.url.replace("whatsapp", "nobody"), content=b"{}")).status_code == 404
+    assert await stored(nc) == []
+    log = door.output()
+    assert "no X-Hub-Signature-256 header" in log
+    assert "does not match the body" in log
+    assert "not a JSON object" in log
+
+
+async def test_the_subscription_handshake_echoes_the_challenge_only_for_the_verify_token(
+        door: FrontDoorProcess) -> None:
+    sender = door.sender()
+    right = await sender.handshake(VERIFY_TOKEN, challenge="1158201444")
+    assert (right.status_code, right.text) == (200, "1158201444")
+    wrong = await sender.handshake("guess", challenge="1158201444")
+    assert wrong.status_code == 403
+    assert "1158201444" not in wrong.text
+
+
+async def test_a_ten_mebibyte_body_is_refused_without_being_read(door: FrontDoorProcess, nc: Client) -> None:
+    size = 10 * 1024 * 1024
+    status, sent = await door.sender().oversized(size, declared=True)
+    assert status == 413
+    assert sent < size  # answered before the body was all sent: it was never read
+    status, sent = await door.sender().oversized(size, declared=False)
+    assert status == 413
+    assert sent < size // 2  # chunked: read only up to the 1 MiB limit, then refused
+    assert await stored(nc) == []
+
+
+async def test_a_source_over_its_rate_is_told_when_to_come_back(
+        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    door = await door_for(tmp_path, nats_server, settings="rate = 0.5\nburst = 3")
+    try:
+        sender = door.sender()
+        answers = [await sender.post(sender.text("447700900123", f"n{i}")) for i in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert int(answers[-1].headers["retry-after"]) >= 1
+        assert len(await stored(nc)) == 3
+    finally:
+        door.stop()
+
+
+async def test_a_client_that_stalls_mid_body_is_cut_off(tmp_path: Path, nats_server: NatsServer) -> None:
+    door = await door_for(tmp_path, nats_server, settings="body_timeout = 1")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", door.port)
+        writer.write(b"POST /hooks/whatsapp HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n"
+                     b"x-hub-signature-256: sha256=" + b"0" * 64 + b"\r\n\r\n{\"object\"")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 20)
+        writer.close()
+        assert status_line.split()[1] == b"408"
+    finally:
+        door.stop()
+
+
+async def test_with_nats_down_the_platform_is_told_to_retry_and_its_retry_is_stored(
+        door: FrontDoorProcess, nats_server: NatsServer) -> None:
+    sender = door.sender()
+    payload = sender.text("447700900123", "while NATS restarts")
+    nats_server.stop()
+    refused = await sender.post(payload)
+    assert refused.status_code == 503
+    assert "retry-after" in refused.headers
+    nats_server.restart()
+
+    async def retried() -> bool:  # Meta retries with backoff; here, until the door is back on NATS
+        return (await sender.post(payload)).status_code == 200
+
+    await eventually(retried, timeout=30, message=door.output)
+    from clawden.bus import connect
+    client = await connect(nats_server.url, "test")
+    try:
+        assert [json.loads(d.body) for d in await stored(client)] == [payload]
+    finally:
+        await client.close()
+
+
+async def test_killed_with_a_hundred_in_flight_the_retries_store_each_delivery_exactly_once(
+        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    door = await door_for(tmp_path, nats_server, settings="rate = 10000.0\nburst = 10000")
+    sender = door.sender()
+    payloads = [sender.text("447700900123", f"message {i}") for i in range(100)]
+    answered: set[int] = set()
+
+    async def deliver(i: int, client: httpx.AsyncClient) -> None:
+        try:
+            if (await sender.post(payloads[i], client=client)).status_code == 200:
+                answered.add(i)
+        except httpx.HTTPError:
+            pass  # the connection died with the process: Meta counts that as a failure and retries
+
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=20)) as client:
+        flight = [asyncio.create_task(deliver(i, client)) for i in range(100)]
+        await eventually(lambda: len(answered) >= 10, timeout=30)
+        door.kill()
+        await asyncio.gather(*flight)
+    assert len(answered) < 100, "the kill came too late to leave anything in flight"
+    door = await door.start()
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            # Meta retries every delivery it had no 200 for, and now and then one it had.
+            for i in range(100):
+                if i not in answered or i % 10 == 0:
+                    assert (await sender.post(payloads[i], client=client)).status_code == 200
+        bodies = sorted(json.loads(d.body)["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"]
+                        for d in await stored(nc))
+        assert bodies == sorted(f"message {i}" for i in range(100))
+    finally:
+        door.stop()
