@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.scale import cpu_seconds, memory_mb, stack_pids
+from bench.scale import idle_stack
 from tests.e2e.harness import start_stack
 
 
@@ -28,17 +28,10 @@ def measure(fork: bool, seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="clawden-idle-") as tmp:
         stack = start_stack(Path(tmp) / "home", ready_timeout=180)
         try:
-            pids = asyncio.run(stack_pids(stack)) | {"supervisor": stack.proc.pid}
             time.sleep(5)  # past the start's one-off work (streams, consumers, the CA self-test)
-            cpu0, t0 = sum(cpu_seconds(p) for p in pids.values()), time.perf_counter()
-            time.sleep(seconds)
-            cpu = (sum(cpu_seconds(p) for p in pids.values()) - cpu0) / (time.perf_counter() - t0) * 100
-            held = {k: {m: round(v, 1) for m, v in memory_mb(p).items()} for k, p in pids.items()}
+            return asyncio.run(idle_stack(stack, seconds))
         finally:
             stack.stop()
-    return {"pss_mb": round(sum(m["pss"] for m in held.values()), 1),
-            "rss_mb": round(sum(m["rss"] for m in held.values()), 1),
-            "cpu_percent": round(cpu, 2), "per_process_mb": held}
 
 
 def main() -> int:

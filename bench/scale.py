@@ -25,6 +25,7 @@ import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 from bench.latency import idle_memory_mib, summary
 from tests.chaos.chaos import SERVICES, nats_pid
@@ -102,6 +103,19 @@ async def stack_pids(stack: Stack) -> dict[str, int]:
     return pids | {"nats": nats}
 
 
+async def idle_stack(stack: Stack, seconds: float) -> dict[str, Any]:
+    """The stack at rest for `seconds`: the PSS and RSS of each process, `clawden up` itself included, and
+    their CPU share."""
+    pids = await stack_pids(stack) | {"supervisor": stack.proc.pid}
+    cpu0, t0 = sum(cpu_seconds(p) for p in pids.values()), time.perf_counter()
+    await asyncio.sleep(seconds)
+    cpu = (sum(cpu_seconds(p) for p in pids.values()) - cpu0) / (time.perf_counter() - t0) * 100
+    held = {k: {m: round(v, 1) for m, v in memory_mb(p).items()} for k, p in pids.items()}
+    return {"pss_mb": round(sum(m["pss"] for m in held.values()), 1),
+            "rss_mb": round(sum(m["rss"] for m in held.values()), 1),
+            "cpu_percent": round(cpu, 2), "per_process_mb": held}
+
+
 def machine_jiffies() -> tuple[int, int]:
     """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
     fields = [int(f) for f in open("/proc/stat").readline().split()[1:]]  # noqa: SIM115
@@ -169,20 +183,13 @@ async def measure(stack: Stack, n_chats: int, rate: float, seconds: float, cold_
     for container in stack.containers():
         await asyncio.to_thread(container.remove, force=True)
     await asyncio.sleep(10)
-    pids = await stack_pids(stack) | {"supervisor": stack.proc.pid}  # `clawden up` itself counts too
-    cpu0, t0 = sum(cpu_seconds(p) for p in pids.values()), time.perf_counter()
-    await asyncio.sleep(30)
-    idle_cpu = (sum(cpu_seconds(p) for p in pids.values()) - cpu0) / (time.perf_counter() - t0) * 100
-    held = {k: {m: round(v, 1) for m, v in memory_mb(p).items()} for k, p in pids.items()}
     return {
         "chats": n_chats, "cold_wave": cold,
         "steady": {"rate_per_s": rate, "seconds": seconds, "messages": answered, **summary(steady_ms)},
         "burst": burst,
         "cpu_s_per_message": {k: round((after[k] - before[k]) / max(1, answered), 3) for k in before},
         "idle_container_memory_mib": {"median": statistics.median(memory) if memory else None, "n": len(memory)},
-        "idle_stack": {"pss_mb": round(sum(m["pss"] for m in held.values()), 1),
-                       "rss_mb": round(sum(m["rss"] for m in held.values()), 1), "cpu_percent": round(idle_cpu, 2),
-                       "per_process_mb": held},
+        "idle_stack": await idle_stack(stack, 30.0),
     }
 
 
