@@ -514,6 +514,13 @@ def channel_check(channel: str) -> CheckFn:
     return check
 
 
+async def check_webhooks(p: Probe) -> Result:
+    """The front door answers Meta's handshake locally, and through [webhooks] public_url when it is set."""
+    probe = importlib.import_module("services.webhooks.check")
+    level, detail, fix = await probe.check(p.cfg, p.environ)
+    return ok(detail) if level == "ok" else warn(detail, fix) if level == "warn" else fail(detail, fix)
+
+
 async def no_channels(p: Probe) -> Result:
     return ok("none configured (`clawden chat` works from this machine's terminal)")
 
@@ -550,6 +557,7 @@ def checks(cfg: Config, environ: dict[str, str]) -> list[Check]:
         Check("model credential", check_model, 10),
         *([Check(f"channel {name}", channel_check(name), 20) for name in channels]
           or [Check("channels", no_channels)]),
+        *([Check("webhooks", check_webhooks, 25)] if cfg.webhooks.listen else []),
         Check("disk", check_disk, 5),
     ]
 

@@ -86,8 +86,10 @@ def another_server(cfg: config_mod.Config) -> str | None:
 
 
 def expected_services(cfg: config_mod.Config) -> list[str]:
-    """What should answer: the core services and every bridge with a token (what `clawden up` runs)."""
-    return [*natsauth.CORE, *(natsauth.identity(b) for b in config_mod.configured_bridges(cfg))]
+    """What should answer: the core services, the webhook front door where it is configured, and every bridge
+    with a token (what `clawden up` runs)."""
+    return [*natsauth.CORE, *(["webhooks"] if cfg.webhooks.listen else []),
+            *(natsauth.identity(b) for b in config_mod.configured_bridges(cfg))]
 
 
 # ---- asking ----------------------------------------------------------------------------------------

@@ -315,7 +315,8 @@ class Supervisor:
 
 def up(home: Path | None, services: list[str] | None = None) -> int:
     cfg = setup.init(home)
-    sup = Supervisor(cfg, tuple(services or [*SERVICES, *configured_bridges(cfg)]), fork=FORK)
+    webhooks = ["webhooks"] if cfg.webhooks.listen else []  # the front door, where `[webhooks] listen` is set
+    sup = Supervisor(cfg, tuple(services or [*SERVICES, *webhooks, *configured_bridges(cfg)]), fork=FORK)
     received: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

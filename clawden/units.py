@@ -36,6 +36,7 @@ SERVICES = ("vault", "router", "runner", "scheduler", "approvals")  # the core, 
 TARGET = "clawden.target"
 NATS_UNIT = "clawden-nats.service"
 CHANNEL_TEMPLATE = "clawden-channel@.service"
+WEBHOOKS = "webhooks"  # the front door: a unit of its own where `[webhooks] listen` is set
 LABEL_PREFIX = "dev.clawden"
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 # Hidden from every service by ProtectHome= and PrivateTmp=: install paths there are bound back read-only.
@@ -87,10 +88,16 @@ class Install:
     group: str
     user_home: Path
     channels: tuple[str, ...] = ()  # bridges to run, one template instance each
+    webhooks: bool = False  # the webhook front door runs (`[webhooks] listen` is set)
     read_only: tuple[Path, ...] = ()  # interpreter and code under hidden folders, bound back read-only
     nats_seeds: bool = True  # every service has `keys/nats/<identity>.nk`, passed as a credential
     docker_group: str | None = None
     docker_host: str | None = None  # DOCKER_HOST as `clawden units install` saw it (rootless Docker, macOS)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The services with a unit of their own: the core, and the front door where it runs."""
+        return (*SERVICES, *([WEBHOOKS] if self.webhooks else []))
 
     @property
     def uid(self) -> int:
@@ -173,7 +180,7 @@ def systemd_units(inst: Install) -> list[UnitFile]:
     """The target, the NATS server (when embedded), one unit per service and the bridge template."""
     inst.check_paths()
     names = [TARGET, *([NATS_UNIT] if inst.nats_server is not None else []),
-             *(f"clawden-{s}.service" for s in SERVICES), CHANNEL_TEMPLATE]
+             *(f"clawden-{s}.service" for s in inst.services), CHANNEL_TEMPLATE]
     values, flags = inst.values(), inst.flags()
     return [UnitFile(n, render(_template("systemd", n), values, flags)) for n in names]
 
@@ -181,7 +188,7 @@ def systemd_units(inst: Install) -> list[UnitFile]:
 def enabled_units(inst: Install) -> list[str]:
     """What `systemctl enable` gets: the target and every unit it should pull in, bridges included."""
     return [TARGET, *([NATS_UNIT] if inst.nats_server is not None else []),
-            *(f"clawden-{s}.service" for s in SERVICES), *(channel_unit(c) for c in inst.channels)]
+            *(f"clawden-{s}.service" for s in inst.services), *(channel_unit(c) for c in inst.channels)]
 
 
 def channel_unit(channel: str) -> str:
@@ -197,7 +204,7 @@ def launchd_plists(inst: Install) -> list[UnitFile]:
     inst.check_paths()
     values = {k: escape(v) for k, v in inst.values().items()}
     flags = inst.flags()
-    jobs = [*(["nats"] if inst.nats_server is not None else []), *SERVICES]
+    jobs = [*(["nats"] if inst.nats_server is not None else []), *inst.services]
     plists = [UnitFile(f"{label(j)}.plist", render(_template("launchd", f"{label(j)}.plist"), values, flags))
               for j in jobs]
     template = _template("launchd", f"{label('channel')}.plist")
@@ -274,10 +281,12 @@ def discover(cfg: Config, mode: Mode, channels: Sequence[str],
     account = pwd.getpwuid(home.stat().st_uid if mode == "system" else os.getuid())
     user_home = Path(env.get("HOME") or account.pw_dir) if mode != "system" else Path(account.pw_dir)
     roots = install_roots(python, [nats_server] if nats_server is not None else [])
-    seeds = [cfg.keys_dir / "nats" / f"{s}.nk" for s in [*SERVICES, *(f"channel-{c}" for c in channels)]]
+    webhooks = bool(cfg.webhooks.listen)
+    seeds = [cfg.keys_dir / "nats" / f"{s}.nk"
+             for s in [*SERVICES, *([WEBHOOKS] if webhooks else []), *(f"channel-{c}" for c in channels)]]
     return Install(
         mode=mode, home=home, python=python, nats_server=nats_server, user=account.pw_name,
-        group=grp.getgrgid(account.pw_gid).gr_name, user_home=user_home, channels=tuple(channels),
+        group=grp.getgrgid(account.pw_gid).gr_name, user_home=user_home, channels=tuple(channels), webhooks=webhooks,
         read_only=tuple(r for r in roots if not r.is_relative_to(home)),
         # Embedded NATS: the plan makes every seed before the units need it. External: only those present.
         nats_seeds=cfg.embedded_nats or all(s.exists() for s in seeds),

@@ -18,7 +18,8 @@ VARIANTS = ("system-root", "system", "user")
 def install_for(home: Path, variant: str) -> units.Install:
     home.mkdir(parents=True, exist_ok=True)
     cfg = config.load(home)
-    inst = units.discover(cfg, "user" if variant == "user" else "system", ["telegram"])
+    inst = dataclasses.replace(units.discover(cfg, "user" if variant == "user" else "system", ["telegram"]),
+                               webhooks=True)  # every unit there is, the front door's too
     if variant == "system-root":
         return dataclasses.replace(inst, user="root", group="root", docker_group=None)
     if variant == "system":

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
@@ -186,3 +187,17 @@ async def test_killed_with_a_hundred_in_flight_the_retries_store_each_delivery_e
         assert bodies == sorted(f"message {i}" for i in range(100))
     finally:
         door.stop()
+
+
+async def test_doctor_proves_the_public_url_reaches_the_door_by_its_handshake(door: FrontDoorProcess) -> None:
+    from clawden import config, doctor, natsserver
+
+    def with_public(url: str) -> config.Config:
+        cfg = config.load(door.home)
+        return msgspec.structs.replace(cfg, webhooks=msgspec.structs.replace(cfg.webhooks, public_url=url))
+
+    reaching = await doctor.check_webhooks(doctor.Probe(with_public(f"http://127.0.0.1:{door.port}"), {}))
+    assert reaching.status == "ok", reaching
+    nowhere = await doctor.check_webhooks(doctor.Probe(with_public(f"http://127.0.0.1:{natsserver.free_port()}"), {}))
+    assert nowhere.status == "FAIL"
+    assert "did not answer" in nowhere.detail
