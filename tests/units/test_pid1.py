@@ -32,6 +32,7 @@ from tests.channels.email_harness import letter, mails, text_of, unique
 from tests.channels.matrix_harness import Person
 from tests.eventually import eventually
 from tests.fakes.anthropic import FakeAnthropic, make_tls, start_in_thread
+from tests.fakes.slack import BOT_USER, FakeSlack
 from tests.fakes.telegram import FakeTelegram
 from tests.servers.mail.fixture import MailServer
 from tests.servers.synapse.fixture import Account, Synapse
@@ -40,7 +41,8 @@ from tests.units.machine import LABEL_INSTALL, Machine, booted
 pytestmark = pytest.mark.docker
 
 UNITS = ["clawden-nats.service", *(f"clawden-{s}.service" for s in units.SERVICES),
-         units.channel_unit("telegram"), units.channel_unit("matrix"), units.channel_unit("email")]
+         units.channel_unit("telegram"), units.channel_unit("matrix"), units.channel_unit("email"),
+         units.channel_unit("slack")]
 ANSWER = 120.0
 
 
@@ -55,13 +57,14 @@ class Install:
     bot: Account
     mail: MailServer
     mailbox: str
+    slack: FakeSlack
 
     def env(self) -> dict[str, str]:
         return dict(os.environ, CLAWDEN_HOME=str(self.home))
 
 
 def write_install(home: Path, fake: FakeAnthropic, telegram: FakeTelegram, synapse: Synapse, bot: Account,
-                  mail: MailServer, mailbox: str) -> str:
+                  mail: MailServer, mailbox: str, slack: FakeSlack) -> str:
     """What the owner sets up before `clawden init`: the config, the model key, the bots' credentials."""
     install_id = f"u{secrets.token_hex(4)}"
     (home / "keys").mkdir(parents=True, mode=0o700)
@@ -87,11 +90,13 @@ imap_host = "{mail.host}"
 imap_port = {mail.imaps_port}
 smtp_port = {mail.smtp_port}
 ca_file = "{home / 'mail-ca.pem'}"
+[channels.slack]
+api_url = "{slack.url}"
 """)
     (home / "mail-ca.pem").write_bytes(mail.ca_file.read_bytes())  # IMAPS and STARTTLS, verified
     matrix = json.dumps({"access_token": bot.token, "device_id": bot.device_id})
     for name, secret in (("anthropic", f"sk-ant-api03-{secrets.token_urlsafe(24)}"), ("telegram", telegram.token),
-                         ("matrix", matrix), ("email", mail.password)):
+                         ("matrix", matrix), ("email", mail.password), ("slack", slack.token)):
         (home / "keys" / name).write_text(secret + "\n")
         (home / "keys" / name).chmod(0o600)
     return install_id
@@ -103,9 +108,10 @@ def install(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Dock
     home = tmp_path_factory.mktemp("pid1") / "home"
     fake = start_in_thread()
     telegram = FakeTelegram().start_in_thread()
+    slack = FakeSlack().start_in_thread()
     bot = synapse.register("Clawden", displayname="Clawden")
     mailbox = unique("assistant")
-    install_id = write_install(home, fake, telegram, synapse, bot, mail_server, mailbox)
+    install_id = write_install(home, fake, telegram, synapse, bot, mail_server, mailbox, slack)
     try:
         with booted(docker_client, f"clawden-pid1-{install_id}", labels={LABEL_INSTALL: install_id},
                     volumes={str(home): {"bind": str(home), "mode": "rw"}}) as machine:
@@ -114,11 +120,12 @@ def install(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Dock
             machine.sh(f"{python} -m clawden init </dev/null")
             print(machine.sh(f"{python} -m clawden units install --system"))
             machine.sh("systemctl start clawden.target")
-            yield Install(machine, home, install_id, fake, telegram, synapse, bot, mail_server, mailbox)
+            yield Install(machine, home, install_id, fake, telegram, synapse, bot, mail_server, mailbox, slack)
     finally:
         for agent in docker_client.containers.list(all=True, filters={"label": f"{LABEL_INSTALL}={install_id}"}):
             agent.remove(force=True)
         telegram.stop_thread()
+        slack.stop_thread()
         fake.stop_thread()
 
 
@@ -191,6 +198,27 @@ def test_a_matrix_room_is_answered(install: Install) -> None:
 
     answer = asyncio.run(converse())
     assert answer.startswith("echo: ") and "hello from matrix" in answer, install.machine.journal()
+
+
+def test_a_slack_dm_and_a_mention_in_a_channel_are_answered(install: Install) -> None:
+    slack = install.slack
+    ada = slack.user("ada")
+    dm, general = slack.dm(ada), slack.channel("general", ada)
+    cfg = config_mod.load(install.home)
+
+    async def wire() -> None:
+        for chat, group in ((dm, False), (general, True)):
+            await control.call(cfg, "router", "chats", {"op": "create", "channel": "slack", "chat_id": chat,
+                                                        "name": chat, "is_group": group, "policy": "public"})
+            await control.call(cfg, "router", "wirings", {"op": "create", "channel": "slack", "chat_id": chat,
+                                                          "agent_group": "main"})
+
+    asyncio.run(wire())
+    slack.say(dm, ada, "hello from a slack dm")
+    slack.say(general, ada, f"<@{BOT_USER}> hello from a slack channel")
+    install.machine.wait(lambda: bool(slack.texts(dm)) and bool(slack.texts(general)), ANSWER, "no slack answers")
+    assert "hello from a slack dm" in slack.texts(dm)[0], install.machine.journal()
+    assert "hello from a slack channel" in slack.texts(general)[0]
 
 
 def test_an_email_is_answered_in_its_thread(install: Install) -> None:
