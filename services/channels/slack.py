@@ -351,24 +351,23 @@ class SlackBridge(Bridge):
             finally:
                 self.socket = None
 
-    def _first_time(self, key: str) -> bool:
-        if not key:
-            return True
-        if key in self.seen:
-            return False
-        self.seen[key] = None
-        while len(self.seen) > SEEN_KEPT:
-            self.seen.popitem(last=False)
-        return True
+    def _handled(self, key: str) -> None:
+        """Remember an event as stored (only then: one cut short by a reconnect is taken when it comes again)."""
+        if key:
+            self.seen[key] = None
+            while len(self.seen) > SEEN_KEPT:
+                self.seen.popitem(last=False)
 
     async def _envelope(self, kind: str, payload: dict[str, Any], me: Me, inbound: Inbound) -> None:
         try:
             if kind == "events_api":
-                if not self._first_time(str(payload.get("event_id") or "")):
+                event_id = str(payload.get("event_id") or "")
+                if event_id in self.seen:
                     return  # a redelivery (retry_attempt > 0) of what is already stored
                 event = payload.get("event") or {}
                 if event.get("type") in ("message", "app_mention"):
                     await self._message(event, me, inbound)
+                self._handled(event_id)
             elif payload.get("type") == "block_actions":
                 await self._actions(payload, inbound)
         except (KeyError, TypeError, ValueError, msgspec.ValidationError) as exc:
@@ -398,12 +397,13 @@ class SlackBridge(Bridge):
             if action.get("type") != "button":
                 continue
             key = f"{channel}:{ts}:{action.get('action_ts')}:{user.get('id')}"
-            if not self._first_time(key):
+            if key in self.seen:
                 continue
             pressed = await inbound.click(route, str(action.get("value") or ""), action_id=key,
                                           sender=ev.Sender(id=f"{CHANNEL}:{user.get('id')}",
                                                            name=str(user.get("username") or user.get("name") or "")),
                                           message_id=message_id(channel, ts))
+            self._handled(key)
             if not pressed:
                 log.info("slack: a press on an expired card in %s", channel)
 

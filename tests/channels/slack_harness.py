@@ -1,28 +1,32 @@
 """The real Slack bridge process (`clawden run channel@slack`) against the fake Slack, and a bus client for the
-`slack` channel's subjects (the Telegram harness's, pointed at another channel)."""
+`slack` channel's subjects (the Telegram harness's Bus, pointed at another channel)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from clawden import setup
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
-from tests.channels.harness import BridgeProcess, Bus, OutboundEvent, wait_for
+from tests.channels.harness import Bus, OutboundEvent, wait_for
 from tests.fakes.slack import FakeSlack
 
 
-class SlackBridge(BridgeProcess):
+class SlackBridge:
+    """One Slack bridge process; start() waits until it is READY (systemd notify) and has its socket."""
+
     def __init__(self, home: Path, nats_url: str, fake: FakeSlack, **settings: str) -> None:
         self.home = home
         self.nats_url = nats_url
         self.slack = fake
         self.settings = settings
-        self.proc = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.log = home / "logs" / "slack-bridge.log"
-        from clawden import setup
+        self._mark = 0
         setup.init(home)
 
     def env(self) -> dict[str, str]:
@@ -32,16 +36,32 @@ class SlackBridge(BridgeProcess):
         env.pop("NOTIFY_SOCKET", None)
         return env
 
-    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> SlackBridge:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "channel@slack"],
-                                     env=env or self.env(), stdout=out, stderr=out, start_new_session=True)
-        out.close()
-        if wait:
-            wait_for(lambda: "channel@slack ready" in self.output()[self._mark:], 30,
-                     lambda: f"the bridge did not get ready:\n{self.output()}")
-            wait_for(lambda: self.slack.connections > 0, 30, lambda: f"no socket:\n{self.output()}")
+    def start(self) -> SlackBridge:
+        connections = self.slack.connections
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "channel@slack"],
+                                         env=self.env(), stdout=out, stderr=out, start_new_session=True)
+        wait_for(lambda: "channel@slack ready" in self.output()[self._mark:], 30,
+                 lambda: f"the bridge did not get ready:\n{self.output()}")
+        wait_for(lambda: self.slack.connections > connections, 30, lambda: f"no socket:\n{self.output()}")
         return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._mark = len(self.output())
+        return code
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class SlackBus(Bus):
