@@ -18,7 +18,7 @@ from services.channels.slack import Me, card_blocks, escape, inbound_message
 from tests.channels.harness import until
 from tests.channels.slack_harness import SlackBridge, SlackBus
 from tests.conftest import NatsServer
-from tests.fakes.slack import BOT_USER, Error, FakeSlack
+from tests.fakes.slack import BOT_USER, Drop, Error, FakeSlack
 
 
 @pytest.fixture
@@ -231,3 +231,15 @@ async def test_a_429_in_one_channel_holds_only_that_channel(
                   if c.params.get("channel") == held and c.outcome == "ok")
     assert landed.at - faulted.at >= 4.0, "Retry-After was not honoured"
     assert all(r.ok for r in await bus.wait_receipts(2))
+
+
+async def test_a_5xx_and_a_dropped_answer_are_tried_again_and_the_message_lands_once(
+        slack: FakeSlack, bus: SlackBus, bridge: SlackBridge) -> None:
+    ada = slack.user("ada")
+    dm = slack.dm(ada)
+    slack.inject("chat.postMessage", Error(503), Drop())
+    bridge.start()
+    await bus.send(dm, "after two failures", id="r1")
+    [receipt] = await bus.wait_receipts(1)
+    assert receipt.ok and slack.texts(dm) == ["after two failures"]
+    assert [c.outcome for c in slack.calls_to("chat.postMessage")] == ["fault 503 internal_error", "dropped", "ok"]
