@@ -197,3 +197,15 @@ async def test_a_chat_held_by_a_429_does_not_hold_up_another(
     assert len(slack.texts(held)) == 1
     held_answer = (await answers(slack, held, 2, timeout=60))[1]
     assert "first question" in held_answer
+
+
+async def test_the_owner_pairs_by_sending_the_code_in_a_dm(
+        stack: Stack, slack: FakeSlack, bridge: SlackBridge) -> None:
+    dee = slack.user("dee")
+    dm = slack.dm(dee)
+    pair = await control.call(config_mod.load(stack.home), "router", "pair", {"op": "create", "channel": "slack"})
+    slack.say(dm, dee, pair["code"])
+    [answer] = await answers(slack, dm, 1, timeout=60)
+    assert answer == f"Paired: slack:{dee} is now an owner of this Clawden."
+    roles = await control.call(config_mod.load(stack.home), "router", "roles", {"op": "list"})
+    assert any(r["user_id"] == f"slack:{dee}" and r["role"] == "owner" for r in roles)
