@@ -187,12 +187,12 @@ async def test_a_chat_held_by_a_429_does_not_hold_up_another(
     slack.say(free, bea, "hello")
     await answers(slack, held, 1)
     await answers(slack, free, 1)  # both containers are up: what follows measures the bridge, not a start
-    slack.inject("chat.postMessage", Error(429, "ratelimited", retry_after=10, channel=held))
+    slack.inject("chat.postMessage", Error(429, "ratelimited", retry_after=15, channel=held))
     slack.say(held, ada, "first question")
     await eventually(lambda: any(c.outcome.startswith("fault 429") for c in slack.calls_to("chat.postMessage")),
                      ANSWER, "the held chat's answer never reached Slack")
     slack.say(free, bea, "second question")
-    answer = (await answers(slack, free, 2, timeout=8))[1]  # inside the other chat's 10 s
+    answer = (await answers(slack, free, 2, timeout=12))[1]  # inside the other chat's 15 s
     assert "second question" in answer
     assert len(slack.texts(held)) == 1
     held_answer = (await answers(slack, held, 2, timeout=60))[1]
