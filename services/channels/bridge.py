@@ -115,6 +115,10 @@ class Bridge(abc.ABC):
         gone counts as removed. Where the platform cannot, the part is edited to a bare mark instead."""
         raise PlatformError(f"{self.name} cannot delete messages", "permanent")
 
+    def about_to_send(self, event: ev.OutboundMessage) -> None:  # noqa: B027 - an optional hook
+        """Called with each outbound message before its parts go: a bridge whose platform reports delivery
+        later (WhatsApp's status webhooks) keeps what such a late receipt must name (session and seq)."""
+
     def pace(self, route: ev.Route) -> float:
         """Seconds until the platform's rate limits let one more message (or edit) into this chat, that moment
         booked for it. Delivery waits them out before a part is logged as being sent, so a stop meanwhile

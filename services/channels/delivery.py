@@ -217,6 +217,7 @@ class Delivery:
     async def _message(self, event: ev.OutboundMessage) -> None:
         # The platform clears "typing…" when the bot posts; renewing it afterwards would bring it back.
         self.typing.stop(event.route)
+        self.bridge.about_to_send(event)
         parts = plan(event, self.caps.max_text, self.caps.measure, cards=self.caps.cards)
         if not parts:
             await self._fail(event, "nothing to send: the message has no text and no files")

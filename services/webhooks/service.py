@@ -84,7 +84,7 @@ async def main(ctx: ServiceContext) -> None:
     config = uvicorn.Config(
         door, lifespan="off", log_config=None, access_log=False, server_header=False, date_header=False,
         timeout_keep_alive=5, timeout_graceful_shutdown=5, h11_max_incomplete_event_size=16 * 1024,
-        limit_concurrency=1000, http="h11", ws="none", proxy_headers=False)
+        limit_concurrency=1000, http="h11", ws="none", proxy_headers=False, interface="asgi3")
     # Server.serve() would take SIGTERM from the runtime; its startup and shutdown are driven here instead.
     config.load()
     server = uvicorn.Server(config)

@@ -1,0 +1,485 @@
+"""The WhatsApp Cloud API bridge: deliveries come in through the webhook front door (JetStream, verified
+there), messages go out through the Graph API with the bridge's own token.
+
+In: text, replies (context), reactions, images, documents, audio and video (fetched with the token:
+GET the media id for its URL, then GET the URL), reply-button and list replies (card clicks), and
+status callbacks (delivered, read, failed) as delivery receipts. Out: text (4096 characters a message),
+replies, reactions, files (uploaded, then sent by media id), cards as reply buttons (up to 3), a list
+(up to 10 rows) or numbered text. WhatsApp lets a business write only within 24 hours of the person's
+last message (the customer-service window); outside it only a template may go, so the bridge refuses
+a free-form message with that reason and sends the configured template, if any, to invite a reply.
+Settings: `[channels.whatsapp] phone_number_id`, `graph_url`, `template`, `template_language`; the
+token in keys/whatsapp (0600). The doc pages cited are the WhatsApp Cloud API's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import msgspec
+
+from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secret
+from clawden.bus import bind, consume, publish, subjects, webhooks
+from clawden.bus import events as ev
+from clawden.bus.streams import bridge_webhooks
+from clawden.config import Config
+from clawden.runtime import ServiceContext
+from services.channels import service
+from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound
+from services.channels.retry import PlatformError
+
+log = logging.getLogger("clawden.channels.whatsapp")
+CHANNEL = "whatsapp"
+GRAPH_URL = "https://graph.facebook.com/v21.0"
+MAX_TEXT = 4096  # "Messages: text object": body up to 4096 characters
+MAX_BODY_WITH_BUTTONS = 1024  # "Interactive object": body.text up to 1024 characters
+MAX_BUTTONS, MAX_BUTTON_TITLE = 3, 20  # "Reply buttons": up to 3, titles up to 20 characters
+MAX_ROWS, MAX_ROW_TITLE = 10, 24  # "List messages": up to 10 rows, titles up to 24 characters
+WINDOW = 24 * 3600.0  # "Customer service windows"
+UPLOAD_LIMIT = 100 * 1024 * 1024  # documents; images 5 MB, audio and video 16 MB ("Supported media types")
+DOWNLOAD_LIMIT = 100 * 1024 * 1024
+# Graph error codes ("Error codes" page): what trying again can fix.
+RATE_CODES = {4, 80007, 130429, 131048, 131056}
+TRANSIENT_CODES = {1, 2, 131000, 131016, 133004}
+WINDOW_CODES = {131047}  # "Re-engagement message": more than 24 hours since the person last wrote
+TOKEN_CODES = {190}
+WINDOW_REFUSAL = ("not sent: WhatsApp lets a business write only within 24 hours of the person's last message, "
+                  "and this person last wrote {ago}; only an approved template may be sent until they write again")
+
+
+# --- the webhook's JSON ("Webhooks reference: messages"), decoded once ----------------------------------
+
+class _S(msgspec.Struct, frozen=True, kw_only=True, rename={"from_": "from"}):
+    pass
+
+
+class Profile(_S, frozen=True):
+    name: str = ""
+
+
+class Contact(_S, frozen=True):
+    wa_id: str
+    profile: Profile = Profile()
+
+
+class Context(_S, frozen=True):
+    id: str = ""
+
+
+class Text(_S, frozen=True):
+    body: str
+
+
+class Reaction(_S, frozen=True):
+    message_id: str
+    emoji: str = ""  # "" when the reaction was removed
+
+
+class Media(_S, frozen=True):
+    id: str
+    mime_type: str = "application/octet-stream"
+    caption: str = ""
+    filename: str = ""
+
+
+class Reply(_S, frozen=True):
+    id: str
+    title: str = ""
+
+
+class Interactive(_S, frozen=True):
+    type: str
+    button_reply: Reply | None = None
+    list_reply: Reply | None = None
+
+
+class TemplateButton(_S, frozen=True):
+    payload: str
+    text: str = ""
+
+
+class Message(_S, frozen=True):
+    from_: str
+    id: str
+    timestamp: str
+    type: str
+    text: Text | None = None
+    context: Context | None = None
+    reaction: Reaction | None = None
+    image: Media | None = None
+    document: Media | None = None
+    audio: Media | None = None
+    video: Media | None = None
+    sticker: Media | None = None
+    interactive: Interactive | None = None
+    button: TemplateButton | None = None
+
+
+class StatusError(_S, frozen=True):
+    code: int = 0
+    title: str = ""
+    message: str = ""
+
+
+class Status(_S, frozen=True):
+    id: str
+    status: str
+    timestamp: str
+    recipient_id: str = ""
+    errors: tuple[StatusError, ...] = ()
+
+
+class Value(_S, frozen=True):
+    messaging_product: str = "whatsapp"
+    contacts: tuple[Contact, ...] = ()
+    messages: tuple[Message, ...] = ()
+    statuses: tuple[Status, ...] = ()
+
+
+class Change(_S, frozen=True):
+    field: str
+    value: Value
+
+
+class Entry(_S, frozen=True):
+    id: str
+    changes: tuple[Change, ...] = ()
+
+
+class Envelope(_S, frozen=True):
+    object: str
+    entry: tuple[Entry, ...] = ()
+
+
+envelope_decoder = msgspec.json.Decoder(Envelope)
+MEDIA_KINDS = ("image", "document", "audio", "video", "sticker")
+
+
+class SentRecord(msgspec.Struct, frozen=True):
+    """What a late status callback must name: kept per WhatsApp message id the bridge sent."""
+
+    outbound_id: str
+    session_id: str
+    seq: int
+    chat_id: str
+
+
+_sent_encoder = msgspec.json.Encoder()
+_sent_decoder = msgspec.json.Decoder(SentRecord)
+
+
+# --- the pure parts ---------------------------------------------------------------------------------------
+
+def graph_error(status: int, body: dict[str, Any], retry_after: str | None) -> PlatformError:
+    """A Graph API error answer, classified ("Error codes": `error.code`, `error.message`, `error.error_data`)."""
+    found = body.get("error")
+    err: dict[str, Any] = found if isinstance(found, dict) else {}
+    code = int(err.get("code") or 0)
+    details = (err.get("error_data") or {}).get("details", "") if isinstance(err.get("error_data"), dict) else ""
+    text = f"WhatsApp: {err.get('message') or f'HTTP {status}'}" + (f" ({details})" if details else "")
+    after = float(retry_after) if retry_after and retry_after.isdigit() else None
+    if status == 429 or code in RATE_CODES:
+        return PlatformError(text, "rate_limited", code=code, retry_after=after)
+    if status >= 500 or code in TRANSIENT_CODES:
+        return PlatformError(text, "transient", code=code)
+    if code in WINDOW_CODES:
+        return PlatformError(text + ": outside the 24-hour customer-service window; only a template may be sent",
+                             "permanent", code=code)
+    if code in TOKEN_CODES or status == 401:
+        return PlatformError(text + ": the token in keys/whatsapp is invalid or expired", "permanent", code=code)
+    return PlatformError(text, "permanent", code=code)
+
+
+def interactive(text: str, buttons: list[ButtonRef]) -> dict[str, Any] | None:
+    """A card's buttons as WhatsApp shows them: reply buttons (up to 3 short titles), else a list (up to 10
+    rows), else None (the caller numbers them in the text)."""
+    body = {"text": text[:MAX_BODY_WITH_BUTTONS] or "…"}
+    if len(buttons) <= MAX_BUTTONS and all(len(b.label) <= MAX_BUTTON_TITLE for b in buttons):
+        return {"type": "button", "body": body, "action": {"buttons": [
+            {"type": "reply", "reply": {"id": b.data, "title": b.label}} for b in buttons]}}
+    if len(buttons) <= MAX_ROWS:
+        return {"type": "list", "body": body, "action": {"button": "Choose", "sections": [{"title": "Options", "rows": [
+            {"id": b.data, "title": b.label[:MAX_ROW_TITLE], **({"description": b.label[:72]}
+                                                              if len(b.label) > MAX_ROW_TITLE else {})}
+            for b in buttons]}]}}
+    return None
+
+
+def numbered(text: str, buttons: list[ButtonRef]) -> str:
+    return text + "\n\n" + "\n".join(f"{i + 1}. {b.label}" for i, b in enumerate(buttons))
+
+
+def ago(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours:.0f} hours ago" if hours < 72 else f"{hours / 24:.0f} days ago"
+
+
+def media_kind(mime: str) -> Literal["image", "audio", "video", "document"]:
+    major = mime.split("/", 1)[0]
+    if mime in ("image/jpeg", "image/png"):
+        return "image"
+    if major in ("audio", "video"):
+        return "audio" if major == "audio" else "video"
+    return "document"
+
+
+# --- the bridge -----------------------------------------------------------------------------------------
+
+class WhatsAppBridge(Bridge):
+    name = CHANNEL
+    capabilities = Capabilities(max_text=MAX_TEXT, reactions=True, files=True, cards=True,
+                                max_file_bytes=UPLOAD_LIMIT, max_download_bytes=DOWNLOAD_LIMIT)
+    # The listener is a JetStream consumer: a quiet line is no sign of deafness (NATS keeps the pull alive).
+    deaf_after = 365 * 24 * 3600.0
+
+    def __init__(self, ctx: ServiceContext, token: str, settings: dict[str, str]) -> None:
+        self.ctx = ctx
+        self.token = token
+        self.phone_number_id = settings.get("phone_number_id", "")
+        self.graph_url = settings.get("graph_url", GRAPH_URL).rstrip("/")
+        self.template = settings.get("template", "")
+        self.template_language = settings.get("template_language", "en_US")
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
+                                      headers={"authorization": f"Bearer {token}"})
+        self._inbound: Inbound | None = None
+        self._pending: dict[str, ev.OutboundMessage] = {}  # outbound id -> message, while its parts go
+
+    # --- Graph calls ---
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        url = path if path.startswith("http") else f"{self.graph_url}/{path}"
+        try:
+            response = await self.http.request(method, url, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise PlatformError(f"WhatsApp unreachable: {exc!r}", "transient", connection=True) from None
+        except httpx.HTTPError as exc:
+            raise PlatformError(f"WhatsApp's answer was lost: {exc!r}", "unknown", connection=True) from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code >= 400 or not isinstance(body, dict):
+            raise graph_error(response.status_code, body if isinstance(body, dict) else {},
+                              response.headers.get("retry-after"))
+        return body
+
+    async def start(self) -> None:
+        if not self.phone_number_id:
+            raise BridgeConfigError("no phone number id: set [channels.whatsapp] phone_number_id in config.toml "
+                                    "(Meta's app dashboard, WhatsApp > API Setup)")
+        try:
+            info = await self._call("GET", self.phone_number_id)
+        except PlatformError as exc:
+            if exc.kind == "permanent":
+                raise BridgeConfigError(f"WhatsApp refused the phone number id {self.phone_number_id}: "
+                                        f"{exc.description}") from None
+            log.warning("WhatsApp unreachable at start (%s); starting anyway", exc.description)
+            return
+        log.info("WhatsApp number %s (%s)", info.get("display_phone_number", "?"), info.get("verified_name", "?"))
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    # --- in: the front door's deliveries ---
+
+    async def listen(self, inbound: Inbound) -> None:
+        self._inbound = inbound
+        puller = await bind(self.ctx.js, bridge_webhooks(CHANNEL), batch=16)
+
+        async def handle(delivery: webhooks.WebhookDelivery, _msg: Any) -> None:
+            inbound.alive()
+            await self.on_delivery(delivery.body, inbound)
+
+        await consume(puller, webhooks.WebhookDelivery, handle, stopping=self.ctx.stopping)
+
+    async def on_delivery(self, body: bytes, inbound: Inbound) -> None:
+        try:
+            envelope = envelope_decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            log.warning("a WhatsApp delivery that is not what Meta sends was skipped: %s", exc)
+            return
+        for entry in envelope.entry:
+            for change in entry.changes:
+                if change.field != "messages":
+                    continue
+                names = {c.wa_id: c.profile.name for c in change.value.contacts}
+                for message in change.value.messages:
+                    await self._message(message, names.get(message.from_, ""), inbound)
+                for status in change.value.statuses:
+                    await self._status(status)
+
+    async def _message(self, m: Message, name: str, inbound: Inbound) -> None:
+        sent_at = float(m.timestamp) if m.timestamp.isdigit() else time.time()
+        await self._saw(m.from_, sent_at)
+        route = ev.Route(channel=CHANNEL, chat_id=m.from_)
+        sender = ev.Sender(id=m.from_, name=name)
+        reply = m.interactive.button_reply or m.interactive.list_reply if m.interactive else None
+        if reply is not None or m.button is not None:
+            data = reply.id if reply is not None else m.button.payload if m.button else ""
+            if await inbound.click(route, data, action_id=m.id, sender=sender,
+                                   message_id=m.context.id if m.context else None):
+                return
+            text = reply.title if reply is not None else m.button.text if m.button else ""
+        elif m.reaction is not None:
+            text = (f"[reacted {m.reaction.emoji} to message {m.reaction.message_id}]" if m.reaction.emoji
+                    else f"[removed a reaction from message {m.reaction.message_id}]")
+        else:
+            text = m.text.body if m.text else ""
+        media = next((getattr(m, k) for k in MEDIA_KINDS if getattr(m, k) is not None), None)
+        attachments: tuple[ev.Attachment, ...] = ()
+        if media is not None:
+            text = text or media.caption
+            attachments = (await self._fetch(m, media, inbound),)
+        if not text and not attachments:
+            text = f"[a {m.type} message, which Clawden cannot show]"
+        await inbound.publish(ev.InboundMessage(
+            route=route, message_id=m.id, sender=sender, text=text, sent_at=sent_at,
+            reply_to=m.context.id if m.context and m.context.id else None, attachments=attachments))
+
+    async def _fetch(self, m: Message, media: Media, inbound: Inbound) -> ev.Attachment:
+        """GET the media id for a short-lived URL, then GET that URL with the token ("Media: download")."""
+        ext = mimetypes.guess_extension(media.mime_type.split(";")[0]) or ""
+        name = media.filename or f"{m.type}{ext}"
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[-100:] or "file"
+        dest = inbound.files_dir / m.from_ / f"{m.id[-24:].replace('=', '')}-{safe}"
+        try:
+            info = await self._call("GET", media.id)
+            if int(info.get("file_size") or 0) > DOWNLOAD_LIMIT:
+                raise PlatformError(f"{name} is over {DOWNLOAD_LIMIT} bytes", "permanent")
+            response = await self.http.get(str(info["url"]))
+            if response.status_code != 200:
+                raise graph_error(response.status_code, {}, None)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(dest.write_bytes, response.content)
+        except (PlatformError, KeyError, httpx.HTTPError) as exc:
+            log.warning("could not fetch %s of %s: %r", name, m.id, exc)
+            return ev.Attachment(name=name, mime=media.mime_type)
+        return ev.Attachment(name=name, mime=media.mime_type, size=dest.stat().st_size, url=dest.as_uri())
+
+    async def _status(self, s: Status) -> None:
+        """delivered, read and failed become receipts for the message WhatsApp names; sent was said at send."""
+        if s.status not in ("delivered", "read", "failed") or self._inbound is None:
+            return
+        found = await self._inbound.state.cursor(f"sent:{s.id}")
+        if found is None:
+            return  # not ours, or older than we keep
+        record = _sent_decoder.decode(found[0])
+        error = None
+        if s.status == "failed":
+            why = "; ".join(f"{e.title or e.message} ({e.code})" for e in s.errors) or "no reason given"
+            error = f"WhatsApp could not deliver it: {why}"
+        receipt = ev.DeliveryReceipt(outbound_id=record.outbound_id, route=ev.Route(channel=CHANNEL,
+                                     chat_id=record.chat_id), ok=error is None, session_id=record.session_id,
+                                     seq=record.seq, platform_message_id=s.id, error=error)
+        await publish(self.ctx.js, subjects.receipt(CHANNEL), receipt,
+                      msg_id=f"receipt:{record.outbound_id}:{s.status}")
+
+    async def _saw(self, wa_id: str, at: float) -> None:
+        """The person wrote at `at`: their customer-service window runs 24 hours from the latest message."""
+        if self._inbound is None:
+            return
+        state = self._inbound.state
+        known = await state.cursor(f"window:{wa_id}")
+        if known is None or float(known[0]) < at:
+            await state.set_cursor(f"window:{wa_id}", str(at))
+
+    # --- out ---
+
+    def about_to_send(self, event: ev.OutboundMessage) -> None:
+        self._pending[event.id] = event
+
+    async def _window_open(self, wa_id: str) -> None:
+        state = self._inbound.state if self._inbound else None
+        known = await state.cursor(f"window:{wa_id}") if state else None
+        since = time.time() - float(known[0]) if known else None
+        if since is not None and since < WINDOW:
+            return
+        note = WINDOW_REFUSAL.format(ago=ago(since) if since is not None else "never")
+        if self.template:
+            try:
+                await self._post_message(wa_id, {"type": "template", "template": {
+                    "name": self.template, "language": {"code": self.template_language}}})
+                note += f"; the template {self.template!r} was sent to invite a reply"
+            except PlatformError as exc:
+                note += f"; the template {self.template!r} could not be sent either ({exc.description})"
+        raise PlatformError(note, "permanent", code=131047)
+
+    async def _post_message(self, to: str, fields: dict[str, Any], reply_to: str | None = None) -> str:
+        payload: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, **fields}
+        if reply_to:
+            payload["context"] = {"message_id": reply_to}
+        body = await self._call("POST", f"{self.phone_number_id}/messages", json=payload)
+        try:
+            return str(body["messages"][0]["id"])
+        except (KeyError, IndexError, TypeError):
+            raise PlatformError(f"WhatsApp answered without a message id: {str(body)[:200]}", "unknown") from None
+
+    async def _remember(self, wamid: str, key: str, chat_id: str) -> None:
+        event = self._pending.get(key.rsplit("#", 1)[0])
+        if event is None or self._inbound is None:
+            return
+        record = SentRecord(event.id, event.session_id, event.seq, chat_id)
+        await self._inbound.state.set_cursor(f"sent:{wamid}", _sent_encoder.encode(record).decode())
+
+    async def send_text(self, route: ev.Route, text: str, *, reply_to: str | None,
+                        buttons: list[list[ButtonRef]], key: str) -> str:
+        await self._window_open(route.chat_id)
+        flat = [b for row in buttons for b in row]
+        fields: dict[str, Any] = {"type": "text", "text": {"body": text, "preview_url": False}}
+        if flat:
+            shaped = interactive(text, flat) if len(text) <= MAX_BODY_WITH_BUTTONS else None
+            if shaped is not None:
+                fields = {"type": "interactive", "interactive": shaped}
+            elif len(flat) > MAX_ROWS or len(text) > MAX_BODY_WITH_BUTTONS:
+                fields = {"type": "text", "text": {"body": numbered(text, flat)[:MAX_TEXT], "preview_url": False}}
+        wamid = await self._post_message(route.chat_id, fields, reply_to)
+        await self._remember(wamid, key, route.chat_id)
+        return wamid
+
+    async def send_file(self, route: ev.Route, path: Path, *, key: str) -> str:
+        await self._window_open(route.chat_id)
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        kind = media_kind(mime)
+        uploaded = await self._call("POST", f"{self.phone_number_id}/media",
+                                    data={"messaging_product": "whatsapp", "type": mime},
+                                    files={"file": (path.name, await asyncio.to_thread(path.read_bytes), mime)})
+        media: dict[str, Any] = {"id": str(uploaded["id"])}
+        if kind == "document":
+            media["filename"] = path.name
+        wamid = await self._post_message(route.chat_id, {"type": kind, kind: media})
+        await self._remember(wamid, key, route.chat_id)
+        return wamid
+
+    async def react(self, route: ev.Route, target: str, emoji: str) -> None:
+        await self._window_open(route.chat_id)
+        await self._post_message(route.chat_id, {"type": "reaction", "reaction": {"message_id": target,
+                                                                                  "emoji": emoji}})
+
+
+async def check_token(cfg: Config, environ: dict[str, str]) -> str:
+    """`clawden doctor`: the token against the phone number id (GET /<phone_number_id>)."""
+    settings = channel_settings(cfg, CHANNEL, environ)
+    token = read_secret(cfg, CHANNEL, environ)
+    number = settings.get("phone_number_id", "")
+    if not number:
+        raise BridgeConfigError("set [channels.whatsapp] phone_number_id in config.toml")
+    async with httpx.AsyncClient(timeout=10, headers={"authorization": f"Bearer {token}"}) as client:
+        response = await client.get(f"{settings.get('graph_url', GRAPH_URL).rstrip('/')}/{number}")
+    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.status_code != 200:
+        exc = graph_error(response.status_code, body, None)
+        exc.code = response.status_code
+        raise exc
+    return f"{body.get('verified_name', '?')} ({body.get('display_phone_number', number)})"
+
+
+async def main(ctx: ServiceContext) -> None:
+    token = read_secret(ctx.config, CHANNEL)
+    await service.serve(ctx, WhatsAppBridge(ctx, token, channel_settings(ctx.config, CHANNEL)))

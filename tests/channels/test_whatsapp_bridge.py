@@ -1,0 +1,146 @@
+"""The WhatsApp bridge process between the real front door and the fake Graph API, over real NATS: what a
+person sends reaches the bus once, what the agent says reaches the person, and WhatsApp's own rules
+(the 24-hour window, rate limits, status callbacks) come back to the agent as receipts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from clawden.bus import events as ev
+from tests.channels.whatsapp_harness import WhatsApp, whatsapp
+from tests.conftest import NatsServer
+from tests.eventually import eventually
+from tests.fakes.telegram import png
+from tests.fakes.whatsapp import GraphError
+
+pytestmark = pytest.mark.process
+ADA = "447700900123"
+
+
+@pytest.fixture
+async def wa(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[WhatsApp]:
+    async with whatsapp(tmp_path, nats_server.url) as running:
+        yield running
+
+
+async def receipt_for(wa: WhatsApp, outbound_id: str, count: int = 1) -> list[ev.DeliveryReceipt]:
+    async def found() -> list[ev.DeliveryReceipt] | None:
+        mine = [r for r in await wa.bus.receipts() if r.outbound_id == outbound_id and r.final]
+        return mine if len(mine) >= count else None
+
+    return await eventually(found, timeout=30, message=wa.bridge.output)
+
+
+async def test_a_message_reaches_the_bus_once_and_the_answer_goes_back_as_a_reply_split_at_4096(
+        wa: WhatsApp) -> None:
+    wamid, status = await wa.graph.user_writes(ADA, "hello there", name="Ada")
+    assert status == 200
+    # Meta's retry of the same message in another batch: a new body, the same WhatsApp message id.
+    sender = wa.door.sender()
+    assert (await sender.post(sender.text(ADA, "hello there", name="Ada", msg_id=wamid))).status_code == 200
+    [message] = await eventually(wa.bus.inbound, timeout=30, message=wa.bridge.output)
+    assert (message.message_id, message.text, message.sender.id, message.sender.name) == (wamid, "hello there",
+                                                                                            ADA, "Ada")
+    assert message.route.chat_id == ADA
+    await wa.bus.send_to(ADA, "a" * 4096 + "b" * 10, id="out-1", reply_to=wamid, session_id="s1", seq=3)
+    [receipt] = await receipt_for(wa, "out-1")
+    assert receipt.ok, receipt
+    sent = wa.graph.to(ADA)
+    assert [len(m.text) for m in sent] == [4096, 10]
+    assert sent[0].payload["context"] == {"message_id": wamid}
+    assert receipt.platform_message_id == sent[-1].wamid
+    assert len(await wa.bus.inbound()) == 1
+
+
+async def test_a_card_becomes_reply_buttons_and_a_press_becomes_its_click(wa: WhatsApp) -> None:
+    await wa.graph.user_writes(ADA, "may I?")
+    await eventually(wa.bus.inbound, timeout=30, message=wa.bridge.output)
+    card = ev.Card(title="Allow?", body="Let the agent read your calendar?",
+                   buttons=(ev.Button(id="yes", label="Allow"), ev.Button(id="no", label="Deny")))
+    await wa.bus.send_to(ADA, card.body, id="card-1", card=card)
+    await receipt_for(wa, "card-1")
+    [shown] = wa.graph.to(ADA)
+    assert shown.type == "interactive" and shown.payload["interactive"]["type"] == "button"
+    assert [b["reply"]["title"] for b in shown.payload["interactive"]["action"]["buttons"]] == ["Allow", "Deny"]
+    await wa.graph.user_presses(ADA, shown, 1)
+
+    async def click() -> ev.InboundAction | None:
+        return next((e for e in await wa.bus.inbound() if isinstance(e, ev.InboundAction)), None)
+
+    action = await eventually(click, timeout=30, message=wa.bridge.output)
+    assert (action.card_id, action.button_id, action.sender.id, action.message_id) == ("card-1", "no", ADA,
+                                                                                        shown.wamid)
+
+
+async def test_a_card_with_more_buttons_than_three_becomes_a_list(wa: WhatsApp) -> None:
+    await wa.graph.user_writes(ADA, "options?")
+    card = ev.Card(title="Pick", body="Which one?", buttons=tuple(ev.Button(id=f"b{i}", label=f"Choice {i}")
+                                                                  for i in range(5)))
+    await wa.bus.send_to(ADA, card.body, id="card-2", card=card)
+    await receipt_for(wa, "card-2")
+    [shown] = wa.graph.to(ADA)
+    assert shown.payload["interactive"]["type"] == "list"
+    await wa.graph.user_presses(ADA, shown, 4)
+
+    async def click() -> ev.InboundAction | None:
+        return next((e for e in await wa.bus.inbound() if isinstance(e, ev.InboundAction)), None)
+
+    assert (await eventually(click, timeout=30, message=wa.bridge.output)).button_id == "b4"
+
+
+async def test_an_image_is_fetched_with_the_token_and_a_file_is_uploaded_then_sent(wa: WhatsApp) -> None:
+    picture = png(4, 3)
+    await wa.graph.user_sends_image(ADA, picture, caption="look")
+
+    async def with_file() -> ev.InboundMessage | None:
+        return next((e for e in await wa.bus.inbound() if isinstance(e, ev.InboundMessage) and e.attachments), None)
+
+    message = await eventually(with_file, timeout=30, message=wa.bridge.output)
+    [attachment] = message.attachments
+    assert message.text == "look" and attachment.mime == "image/png"
+    assert Path(urlsplit(attachment.url).path).read_bytes() == picture  # noqa: ASYNC240 - a test's small read
+    report = wa.home / "sessions" / "main" / "s1" / "outbox" / "report.pdf"
+    report.parent.mkdir(parents=True)
+    report.write_bytes(b"%PDF-1.4 fake report")
+    await wa.bus.send_to(ADA, "", id="file-1", files=(str(report),))
+    [receipt] = await receipt_for(wa, "file-1")
+    assert receipt.ok, receipt
+    [sent] = wa.graph.to(ADA)
+    assert sent.type == "document" and sent.payload["document"]["filename"] == "report.pdf"
+    assert wa.graph.media[sent.payload["document"]["id"]][0] == b"%PDF-1.4 fake report"
+
+
+async def test_status_callbacks_become_receipts_a_failure_with_its_reason(wa: WhatsApp) -> None:
+    await wa.graph.user_writes(ADA, "hi")
+    await wa.bus.send_to(ADA, "first", id="out-r", session_id="s1", seq=5)
+    await wa.bus.send_to(ADA, "second", id="out-f", session_id="s1", seq=7)
+    await receipt_for(wa, "out-f")
+    first, second = wa.graph.to(ADA)
+    assert await wa.graph.status(first, "read") == 200
+    assert await wa.graph.status(second, "failed", errors=[{"code": 131026, "title": "Message undeliverable"}]) == 200
+    read = [r for r in await receipt_for(wa, "out-r", 2) if r.platform_message_id == first.wamid and r.seq == 5]
+    assert read and all(r.ok for r in read)
+    failed = [r for r in await receipt_for(wa, "out-f", 2) if not r.ok]
+    assert [(r.session_id, r.seq) for r in failed] == [("s1", 7)]
+    assert "Message undeliverable (131026)" in (failed[0].error or "")
+
+
+async def test_outside_the_24_hour_window_a_message_is_refused_with_the_reason(wa: WhatsApp) -> None:
+    await wa.bus.send_to("447700900999", "are you there?", id="cold-1", session_id="s2", seq=1)
+    [receipt] = await receipt_for(wa, "cold-1")
+    assert not receipt.ok
+    assert "within 24 hours" in (receipt.error or "") and "template" in (receipt.error or "")
+    assert wa.graph.to("447700900999") == [] and wa.graph.undelivered == []
+
+
+async def test_a_throughput_limit_is_waited_out_and_the_message_sent_once(wa: WhatsApp) -> None:
+    await wa.graph.user_writes(ADA, "hi")
+    wa.graph.inject("messages", GraphError(429, 130429, "Rate limit hit", retry_after=1), GraphError(500, 131000))
+    await wa.bus.send_to(ADA, "after the limit", id="out-429")
+    [receipt] = await receipt_for(wa, "out-429")
+    assert receipt.ok
+    assert [m.text for m in wa.graph.to(ADA)] == ["after the limit"]
