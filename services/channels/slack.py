@@ -19,6 +19,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,7 @@ def clean_text(text: str, me: Me) -> str:
     return unescape(re.sub(rf"<@{re.escape(me.user_id)}(\|[^>]*)?>", "", text)).strip()
 
 
-def inbound_message(event: dict[str, Any], me: Me, own_threads: set[str]) -> ev.InboundMessage | None:
+def inbound_message(event: dict[str, Any], me: Me, own_threads: Container[str]) -> ev.InboundMessage | None:
     """A person's message (or app mention) as an inbound event; None for the bot's own, other bots', edits,
     deletes and joins. Slack sends a mention twice (`message` and `app_mention`): both make the same event, so
     the second is dropped by its key."""
@@ -258,7 +259,7 @@ class SlackBridge(Bridge):
         self.me: Me | None = None
         self.pacer = Pacer(CHANNEL_LIMIT, slack=0.1)
         self.seen: OrderedDict[str, None] = OrderedDict()
-        self.own_threads: set[str] = set()  # `<channel>:<ts>` of threads the bot has posted in
+        self.own_threads: OrderedDict[str, None] = OrderedDict()  # `<channel>:<ts>` of threads it posted in
         self.socket: aiohttp.ClientWebSocketResponse | None = None
         self._inbound: Inbound | None = None
         self.acks = 0
@@ -351,6 +352,12 @@ class SlackBridge(Bridge):
             finally:
                 self.socket = None
 
+    def _own_thread(self, root: str) -> None:
+        self.own_threads[root] = None
+        self.own_threads.move_to_end(root)
+        while len(self.own_threads) > SEEN_KEPT:
+            self.own_threads.popitem(last=False)
+
     def _handled(self, key: str) -> None:
         """Remember an event as stored (only then: one cut short by a reconnect is taken when it comes again)."""
         if key:
@@ -377,7 +384,7 @@ class SlackBridge(Bridge):
         thread_ts = event.get("thread_ts")
         root = message_id(str(event.get("channel") or ""), str(thread_ts))
         if thread_ts and root not in self.own_threads and await inbound.state.message_of(root) is not None:
-            self.own_threads.add(root)  # a thread under what the bot said before this run
+            self._own_thread(root)  # a thread under what the bot said before this run
         message = inbound_message(event, me, self.own_threads)
         if message is None:
             return
@@ -475,7 +482,7 @@ class SlackBridge(Bridge):
         posted = await self.bot.call("chat.postMessage", json=body, channel=channel)
         ts = str(posted["ts"])
         sent_in = str(posted.get("channel") or channel)
-        self.own_threads.add(message_id(sent_in, str(body.get("thread_ts") or ts)))
+        self._own_thread(message_id(sent_in, str(body.get("thread_ts") or ts)))
         return message_id(sent_in, ts)
 
     async def send_file(self, route: ev.Route, path: Path, *, key: str) -> str:
