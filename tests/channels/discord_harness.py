@@ -1,0 +1,97 @@
+"""The real Discord bridge process (`clawden run channel@discord`) against the fake Discord, and a bus client for the
+`discord` channel's subjects (the Telegram harness's, pointed at another channel)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from clawden import setup
+from clawden.bus import events as ev
+from clawden.bus import publish, subjects
+from tests.channels.harness import Bus, OutboundEvent, wait_for
+from tests.fakes.discord import FakeDiscord
+
+
+class DiscordBridge:
+    """One bridge process; start() waits until it is READY (systemd notify) and has a Gateway session."""
+
+    def __init__(self, home: Path, nats_url: str, fake: FakeDiscord, **settings: str) -> None:
+        self.home = home
+        self.nats_url = nats_url
+        self.discord = fake
+        self.settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = home / "logs" / "discord-bridge.log"
+        self._mark = 0
+        setup.init(home)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, CLAWDEN_HOME=str(self.home), CLAWDEN_NATS_URL=self.nats_url,
+                   CLAWDEN_DISCORD_TOKEN=self.discord.token, CLAWDEN_DISCORD_API_URL=self.discord.url,
+                   CLAWDEN_DISCORD_GATEWAY_URL=self.discord.gateway_url)
+        env.update({f"CLAWDEN_DISCORD_{k.upper()}": v for k, v in self.settings.items()})
+        env.pop("NOTIFY_SOCKET", None)
+        return env
+
+    def start(self) -> DiscordBridge:
+        sessions = len(self.discord.identifies) + len(self.discord.resumes)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "channel@discord"],
+                                         env=self.env(), stdout=out, stderr=out, start_new_session=True)
+        wait_for(lambda: "channel@discord ready" in self.output()[self._mark:], 30,
+                 lambda: f"the bridge did not get ready:\n{self.output()}")
+        wait_for(lambda: len(self.discord.identifies) + len(self.discord.resumes) > sessions, 30,
+                 lambda: f"no Gateway session:\n{self.output()}")
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._mark = len(self.output())
+        return code
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class DiscordBus(Bus):
+    async def send(self, chat_id: int | str, text: str, *, id: str, card: ev.Card | None = None,
+                   reply_to: str | None = None, files: tuple[str, ...] = (), thread_id: str | None = None,
+                   seq: int = 0, session_id: str = "") -> ev.OutboundMessage:
+        event = ev.OutboundMessage(id=id, route=ev.Route(channel="discord", chat_id=str(chat_id), thread_id=thread_id),
+                                   text=text, card=card, reply_to=reply_to, files=files, seq=seq, session_id=session_id)
+        await publish(self.js, subjects.outbound("discord", str(chat_id)), event, msg_id=event.id)
+        return event
+
+    async def publish(self, event: OutboundEvent, msg_id: str, *, legacy: bool = False) -> None:
+        await publish(self.js, subjects.outbound("discord", event.route.chat_id), event, msg_id=msg_id)
+
+    async def inbound(self) -> list[object]:
+        return [e for _, e in await self.stored(subjects.inbound("discord"))]
+
+    async def receipts(self) -> list[ev.DeliveryReceipt]:
+        return [e for _, e in await self.stored(subjects.receipt("discord"))]
+
+    async def messages(self, count: int, timeout: float = 20) -> list[ev.InboundMessage]:
+        """Waits for at least `count` inbound messages; returns every one stored."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in await self.inbound() if isinstance(e, ev.InboundMessage)]
+            if len(found) >= count:
+                return found
+            assert time.monotonic() < deadline, f"{len(found)} of {count} inbound messages: {found[-3:]}"
+            await asyncio.sleep(0.1)
