@@ -4,11 +4,7 @@ and read as a person's client would, and a bus client on the email channel's sub
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import signal
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -19,9 +15,9 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from clawden import setup
 from clawden.bus import connect, ensure_streams, publish, subjects
 from clawden.bus import events as ev
+from tests.channels.harness import ChannelProcess
 from tests.eventually import eventually
 from tests.servers.mail.fixture import MailServer
 
@@ -38,60 +34,31 @@ def user(address: str) -> str:
     return address.partition("@")[0]
 
 
-class EmailBridgeProcess:
-    """One email bridge process; start() waits until it is READY, like the supervisor does."""
+class EmailBridgeProcess(ChannelProcess):
+    """The email bridge against the real Postfix + Dovecot, as the mailbox `address`; start() is awaited."""
+
+    channel = CHANNEL
 
     def __init__(self, home: Path, nats_url: str, server: MailServer, address: str, *,
                  env: dict[str, str] | None = None, **settings: str) -> None:
-        self.home = home
-        self.nats_url = nats_url
         self.server = server
         self.address = address
         self.extra_env = env or {}
-        self.settings = {
+        super().__init__(home, nats_url, **({
             "address": address, "imap_host": server.host, "imap_port": str(server.imap_port),
             "imap_security": "none", "smtp_host": server.host, "smtp_port": str(server.smtp_port),
-            "smtp_security": "none", "trusted_servers": TRUSTED} | settings
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = home / "logs" / "email-bridge.log"
-        self._mark = 0
-        setup.init(home)
+            "smtp_security": "none", "trusted_servers": TRUSTED} | settings))
+
+    def credentials(self) -> dict[str, str]:
+        return {"CLAWDEN_EMAIL_TOKEN": self.server.password}
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, CLAWDEN_HOME=str(self.home), CLAWDEN_NATS_URL=self.nats_url,
-                   CLAWDEN_EMAIL_TOKEN=self.server.password)
-        env.update({f"CLAWDEN_EMAIL_{k.upper()}": v for k, v in self.settings.items()})
-        env.update(self.extra_env)
-        env.pop("NOTIFY_SOCKET", None)
-        return env
+        return super().env() | self.extra_env
 
-    def spawn(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "channel@email"],
-                                         env=self.env(), stdout=out, stderr=out, start_new_session=True)
-
-    async def start(self) -> EmailBridgeProcess:
+    async def start(self) -> EmailBridgeProcess:  # type: ignore[override]  # awaited: the tests run in a loop
         self.spawn()
-        await eventually(lambda: "channel@email ready" in self.output()[self._mark:], 30,
-                         lambda: f"the email bridge did not get ready:\n{self.output()}")
+        await eventually(self.ready, 30, self.not_ready)
         return self
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self._mark = len(self.output())
-        return code
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def letter(sender: str, to: str, text: str, *, subject: str = "Plans", reply_to: EmailMessage | None = None,

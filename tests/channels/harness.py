@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -25,36 +25,49 @@ from tests.fakes.telegram import FakeTelegram
 OutboundEvent = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing
 
 
-class BridgeProcess:
-    """One bridge process; start() waits until it is READY (systemd notify), like the supervisor does."""
+class ChannelProcess:
+    """One bridge process (`clawden run channel@<channel>`), its settings and credentials given as the
+    `CLAWDEN_<CHANNEL>_*` variables a unit would get; start() waits until it is READY (systemd notify),
+    like the supervisor does."""
 
-    def __init__(self, home: Path, nats_url: str, fake: FakeTelegram, **settings: str) -> None:
+    channel: ClassVar[str]
+
+    def __init__(self, home: Path, nats_url: str, **settings: str) -> None:
         self.home = home
         self.nats_url = nats_url
-        self.fake = fake
-        self.settings = {"poll_timeout": "2", "poll_grace": "2"} | settings
+        self.settings = settings
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = home / "logs" / "telegram-bridge.log"
+        self.log = home / "logs" / f"{self.channel}-bridge.log"
+        self._mark = 0
         setup.init(home)
 
+    def credentials(self) -> dict[str, str]:
+        """The variables that point the bridge at its server and log it in."""
+        return {}
+
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, CLAWDEN_HOME=str(self.home), CLAWDEN_NATS_URL=self.nats_url,
-                   CLAWDEN_TELEGRAM_TOKEN=self.fake.token, CLAWDEN_TELEGRAM_API_URL=self.fake.url)
-        env.update({f"CLAWDEN_TELEGRAM_{k.upper()}": v for k, v in self.settings.items()})
+        env = dict(os.environ, CLAWDEN_HOME=str(self.home), CLAWDEN_NATS_URL=self.nats_url, **self.credentials())
+        env.update({f"CLAWDEN_{self.channel.upper()}_{k.upper()}": v for k, v in self.settings.items()})
         env.pop("NOTIFY_SOCKET", None)
         return env
 
-    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> BridgeProcess:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "channel@telegram"],
-                                     env=env or self.env(), stdout=out, stderr=out, start_new_session=True)
-        out.close()
-        if wait:
-            wait_for(lambda: "channel@telegram ready" in self.output()[self._mark:], 30,
-                     lambda: f"the bridge did not get ready:\n{self.output()}")
-        return self
+    def spawn(self, env: dict[str, str] | None = None) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", f"channel@{self.channel}"],
+                                         env=env or self.env(), stdout=out, stderr=out, start_new_session=True)
 
-    _mark = 0
+    def ready(self) -> bool:
+        return f"channel@{self.channel} ready" in self.output()[self._mark:]
+
+    def not_ready(self) -> str:
+        return f"the {self.channel} bridge did not get ready:\n{self.output()}"
+
+    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> Self:
+        self.spawn(env)
+        if wait:
+            wait_for(self.ready, 30, self.not_ready)
+        return self
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -78,6 +91,19 @@ class BridgeProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class BridgeProcess(ChannelProcess):
+    """The Telegram bridge against the fake Bot API."""
+
+    channel = "telegram"
+
+    def __init__(self, home: Path, nats_url: str, fake: FakeTelegram, **settings: str) -> None:
+        self.fake = fake
+        super().__init__(home, nats_url, **({"poll_timeout": "2", "poll_grace": "2"} | settings))
+
+    def credentials(self) -> dict[str, str]:
+        return {"CLAWDEN_TELEGRAM_TOKEN": self.fake.token, "CLAWDEN_TELEGRAM_API_URL": self.fake.url}
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, message: Callable[[], str] | str = "timed out") -> None:

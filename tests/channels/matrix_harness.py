@@ -4,11 +4,7 @@ clients speaking the client-server API (httpx), and a bus client on the bridge's
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,60 +12,25 @@ from urllib.parse import quote
 
 import httpx
 
-from clawden import setup
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
-from tests.channels.harness import Bus, wait_for
+from tests.channels.harness import Bus, ChannelProcess
 from tests.servers.synapse.fixture import Account, Synapse
 
 
-class MatrixBridgeProcess:
-    """One bridge process; start() waits until it is READY, like the supervisor does."""
+class MatrixBridgeProcess(ChannelProcess):
+    """The Matrix bridge against the real Synapse, logged in as `bot`."""
+
+    channel = "matrix"
 
     def __init__(self, home: Path, nats_url: str, synapse: Synapse, bot: Account, **settings: str) -> None:
-        self.home = home
-        self.nats_url = nats_url
         self.synapse = synapse
         self.bot = bot
-        self.settings = {"sync_timeout": "2"} | settings
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = home / "logs" / "matrix-bridge.log"
-        self._mark = 0
-        setup.init(home)
+        super().__init__(home, nats_url, **({"sync_timeout": "2"} | settings))
 
-    def env(self) -> dict[str, str]:
+    def credentials(self) -> dict[str, str]:
         token = json.dumps({"access_token": self.bot.token, "device_id": self.bot.device_id})
-        env = dict(os.environ, CLAWDEN_HOME=str(self.home), CLAWDEN_NATS_URL=self.nats_url,
-                   CLAWDEN_MATRIX_TOKEN=token, CLAWDEN_MATRIX_HOMESERVER=self.synapse.url)
-        env.update({f"CLAWDEN_MATRIX_{k.upper()}": v for k, v in self.settings.items()})
-        env.pop("NOTIFY_SOCKET", None)
-        return env
-
-    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> MatrixBridgeProcess:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "channel@matrix"],
-                                     env=env or self.env(), stdout=out, stderr=out, start_new_session=True)
-        out.close()
-        if wait:
-            wait_for(lambda: "channel@matrix ready" in self.output()[self._mark:], 30,
-                     lambda: f"the bridge did not get ready:\n{self.output()}")
-        return self
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self._mark = len(self.output())
-        return code
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        return {"CLAWDEN_MATRIX_TOKEN": token, "CLAWDEN_MATRIX_HOMESERVER": self.synapse.url}
 
 
 class Person:

@@ -158,7 +158,10 @@ async def test_messages_telegram_dropped_during_a_day_long_outage_are_counted_an
     bridge.start()
     await until(lambda: fake.pending_updates == 0 and "Telegram dropped" in bridge.output(), 15, bridge.output)
     await until(lambda: fake.confirmed_offset > fake.expired[-1]["update_id"] + 1, 15)
-    assert [e.text for e in await bus.inbound()] == ["before", "a day later"]
+    published = await bus.inbound()
+    assert [e.text for e in published if isinstance(e, ev.InboundMessage)] == ["before", "a day later"]
+    [lost] = [e for e in published if isinstance(e, ev.MessagesLost)]  # for the router to tell the owners
+    assert lost.channel == "telegram" and lost.count == 2
     assert "Telegram dropped 2 update(s) the bridge never fetched" in bridge.output()
     assert (await delivery_counts(nats_server.url))["expired"] == 2
     assert "2 incoming message(s) expired" in status.render_deliveries(
