@@ -294,6 +294,13 @@ class FakeDiscord(ThreadedServer):
         """The next `count` resumes get Invalid Session (d false): the session is over."""
         self._refuse_resume += count
 
+    def end_session(self) -> None:
+        """The session ends on Discord's side and the connection drops: a resume gets Invalid Session, and what is said
+        until the bot identifies again reaches no Gateway connection (only the REST history has it)."""
+        with self._lock:
+            self.session = None
+        self.drop_socket()
+
     def stop_acking_heartbeats(self) -> None:
         """Heartbeats go unanswered on this connection (a zombie): the client should reconnect and resume."""
         self._ack_heartbeats = False
@@ -477,7 +484,7 @@ class FakeDiscord(ThreadedServer):
     def _answer(self, name: str, request: web.Request, body: Any, status: int, answer: Any,
                 route: str) -> web.Response:
         with self._lock:
-            self.calls.append(Call(name, request.method, request.path, body, status, time.time()))
+            self.calls.append(Call(name, request.method, request.path_qs, body, status, time.time()))
         remaining, reset = self._buckets.get(route, (self.bucket[0], time.time() + self.bucket[1]))
         headers = {"X-RateLimit-Limit": str(self.bucket[0]), "X-RateLimit-Remaining": str(max(remaining, 0)),
                    "X-RateLimit-Reset": f"{reset:.3f}", "X-RateLimit-Reset-After": f"{max(reset - time.time(), 0):.3f}",
