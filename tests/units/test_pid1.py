@@ -1,6 +1,6 @@
 """The units for real: systemd as PID 1 in a container built from Debian packages, Clawden installed in it
 with `clawden units install --system`, agent containers on the host's engine, the fake model, the fake
-Telegram Bot API, a real Synapse and a real Postfix + Dovecot on the host's loopback.
+Telegram Bot API, the fake Slack and Discord, a real Synapse and a real Postfix + Dovecot on the host's loopback.
 
 The repo, its venv and the interpreter are mounted read-only at their own paths, the home read-write at
 its own path (the runner's agent containers mount it from the host), and the container shares the host's
@@ -32,9 +32,9 @@ from tests.channels.email_harness import letter, mails, text_of, unique
 from tests.channels.matrix_harness import Person
 from tests.eventually import eventually
 from tests.fakes.anthropic import FakeAnthropic, make_tls, start_in_thread
+from tests.fakes.discord import BOT_ID, FakeDiscord
 from tests.fakes.slack import BOT_USER, FakeSlack
 from tests.fakes.telegram import FakeTelegram
-from tests.fakes.whatsapp import APP_SECRET, PHONE_NUMBER_ID, VERIFY_TOKEN, FakeGraph, WebhookSender
 from tests.servers.mail.fixture import MailServer
 from tests.servers.synapse.fixture import Account, Synapse
 from tests.units.machine import LABEL_INSTALL, Machine, booted
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.docker
 
 UNITS = ["clawden-nats.service", *(f"clawden-{s}.service" for s in units.SERVICES),
          units.channel_unit("telegram"), units.channel_unit("matrix"), units.channel_unit("email"),
-         units.channel_unit("slack")]
+         units.channel_unit("slack"), units.channel_unit("discord")]
 ANSWER = 120.0
 
 
@@ -59,13 +59,14 @@ class Install:
     mail: MailServer
     mailbox: str
     slack: FakeSlack
+    discord: FakeDiscord
 
     def env(self) -> dict[str, str]:
         return dict(os.environ, CLAWDEN_HOME=str(self.home))
 
 
 def write_install(home: Path, fake: FakeAnthropic, telegram: FakeTelegram, synapse: Synapse, bot: Account,
-                  mail: MailServer, mailbox: str, slack: FakeSlack) -> str:
+                  mail: MailServer, mailbox: str, slack: FakeSlack, discord: FakeDiscord) -> str:
     """What the owner sets up before `clawden init`: the config, the model key, the bots' credentials."""
     install_id = f"u{secrets.token_hex(4)}"
     (home / "keys").mkdir(parents=True, mode=0o700)
@@ -93,11 +94,15 @@ smtp_port = {mail.smtp_port}
 ca_file = "{home / 'mail-ca.pem'}"
 [channels.slack]
 api_url = "{slack.url}"
+[channels.discord]
+api_url = "{discord.url}"
+gateway_url = "{discord.gateway_url}"
 """)
     (home / "mail-ca.pem").write_bytes(mail.ca_file.read_bytes())  # IMAPS and STARTTLS, verified
     matrix = json.dumps({"access_token": bot.token, "device_id": bot.device_id})
     for name, secret in (("anthropic", f"sk-ant-api03-{secrets.token_urlsafe(24)}"), ("telegram", telegram.token),
-                         ("matrix", matrix), ("email", mail.password), ("slack", slack.token)):
+                         ("matrix", matrix), ("email", mail.password), ("slack", slack.token),
+                         ("discord", discord.token)):
         (home / "keys" / name).write_text(secret + "\n")
         (home / "keys" / name).chmod(0o600)
     return install_id
@@ -110,9 +115,10 @@ def install(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Dock
     fake = start_in_thread()
     telegram = FakeTelegram().start_in_thread()
     slack = FakeSlack().start_in_thread()
+    discord = FakeDiscord().start_in_thread()
     bot = synapse.register("Clawden", displayname="Clawden")
     mailbox = unique("assistant")
-    install_id = write_install(home, fake, telegram, synapse, bot, mail_server, mailbox, slack)
+    install_id = write_install(home, fake, telegram, synapse, bot, mail_server, mailbox, slack, discord)
     try:
         with booted(docker_client, f"clawden-pid1-{install_id}", labels={LABEL_INSTALL: install_id},
                     volumes={str(home): {"bind": str(home), "mode": "rw"}}) as machine:
@@ -121,12 +127,13 @@ def install(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Dock
             machine.sh(f"{python} -m clawden init </dev/null")
             print(machine.sh(f"{python} -m clawden units install --system"))
             machine.sh("systemctl start clawden.target")
-            yield Install(machine, home, install_id, fake, telegram, synapse, bot, mail_server, mailbox, slack)
+            yield Install(machine, home, install_id, fake, telegram, synapse, bot, mail_server, mailbox, slack, discord)
     finally:
         for agent in docker_client.containers.list(all=True, filters={"label": f"{LABEL_INSTALL}={install_id}"}):
             agent.remove(force=True)
         telegram.stop_thread()
         slack.stop_thread()
+        discord.stop_thread()
         fake.stop_thread()
 
 
@@ -222,6 +229,28 @@ def test_a_slack_dm_and_a_mention_in_a_channel_are_answered(install: Install) ->
     assert "hello from a slack channel" in slack.texts(general)[0]
 
 
+def test_a_discord_dm_and_a_mention_in_a_channel_are_answered(install: Install) -> None:
+    discord = install.discord
+    ada = discord.user("ada")
+    dm, general = discord.dm(ada), discord.channel("general")
+    cfg = config_mod.load(install.home)
+
+    async def wire() -> None:
+        for chat, group in ((dm, False), (general, True)):
+            await control.call(cfg, "router", "chats", {"op": "create", "channel": "discord", "chat_id": chat,
+                                                        "name": chat, "is_group": group, "policy": "public"})
+            await control.call(cfg, "router", "wirings", {"op": "create", "channel": "discord", "chat_id": chat,
+                                                          "agent_group": "main"})
+
+    asyncio.run(wire())
+    discord.say(dm, ada, "hello from a discord dm")
+    discord.say(general, ada, f"<@{BOT_ID}> hello from a discord channel")
+    install.machine.wait(lambda: bool(discord.texts(dm)) and bool(discord.texts(general)), ANSWER,
+                         "no discord answers")
+    assert "hello from a discord dm" in discord.texts(dm)[0], install.machine.journal()
+    assert "hello from a discord channel" in discord.texts(general)[0]
+
+
 def test_an_email_is_answered_in_its_thread(install: Install) -> None:
     ada = unique("ada")
 
@@ -236,43 +265,6 @@ def test_an_email_is_answered_in_its_thread(install: Install) -> None:
 
     [answer] = asyncio.run(converse())
     assert answer["Subject"] == "Re: Hi" and "hello from email" in text_of(answer), install.machine.journal()
-
-
-def test_a_whatsapp_message_comes_in_through_the_webhook_front_door_unit(install: Install) -> None:
-    """Configured afterwards, as an owner adds WhatsApp to a running install: `units install` again enables
-    clawden-webhooks.service and the bridge's instance, each under its own identity, and Meta's signed
-    delivery to the door is answered through the Graph API."""
-    m, home = install.machine, install.home
-    door = natsserver.free_port()
-    graph = FakeGraph(WebhookSender(f"http://127.0.0.1:{door}/hooks/whatsapp")).start_in_thread()
-    try:
-        with (home / "config.toml").open("a") as f:
-            f.write(f'[webhooks]\nlisten = "127.0.0.1:{door}"\n[channels.whatsapp]\n'
-                    f'graph_url = "{graph.url}/v21.0"\nphone_number_id = "{PHONE_NUMBER_ID}"\n')
-        for name, secret in (("whatsapp", graph.token), ("whatsapp.app_secret", APP_SECRET),
-                             ("whatsapp.verify_token", VERIFY_TOKEN)):
-            (home / "keys" / name).write_text(secret + "\n")
-            (home / "keys" / name).chmod(0o600)
-        m.sh(f"{sys.executable} -m clawden units install --system")
-        m.systemctl("start clawden.target")
-        m.wait(lambda: m.state("clawden-webhooks.service") == "active"
-               and m.state(units.channel_unit("whatsapp")) == "active", ANSWER, "the WhatsApp units never came up")
-        ada = "447700900301"
-
-        async def converse() -> int:
-            cfg = config_mod.load(home)
-            await control.call(cfg, "router", "chats", {"op": "create", "channel": "whatsapp", "chat_id": ada,
-                                                        "name": "Ada", "is_group": False, "policy": "public"})
-            await control.call(cfg, "router", "wirings", {"op": "create", "channel": "whatsapp", "chat_id": ada,
-                                                          "agent_group": "main"})
-            return (await graph.user_writes(ada, "hello from whatsapp"))[1]  # the door is READY: it listens
-
-        assert asyncio.run(converse()) == 200
-        m.wait(lambda: bool(graph.to(ada)), ANSWER, "no WhatsApp answer")
-        assert "hello from whatsapp" in graph.to(ada)[0].text
-        assert "clawden-webhooks" in m.sh("journalctl --no-pager -o cat -t clawden-webhooks -n 20")
-    finally:
-        graph.stop_thread()
 
 
 def test_restarting_a_bridge_restarts_only_it_while_the_terminal_keeps_talking(install: Install) -> None:

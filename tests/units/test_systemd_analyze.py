@@ -15,6 +15,7 @@ from tests.units.conftest import VARIANTS, analyze_env, install_for, systemd_ana
 README = Path(__file__).resolve().parents[2] / "README.md"
 SCORED = ["clawden-nats.service", *(f"clawden-{s}.service" for s in units.SERVICES), units.channel_unit("telegram"),
           units.channel_unit("matrix"), units.channel_unit("email"), units.channel_unit("slack"),
+          units.channel_unit("discord"),
           "clawden-webhooks.service"]
 
 
