@@ -15,7 +15,7 @@ from tests.channels.whatsapp_harness import WhatsApp, whatsapp
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 from tests.fakes.telegram import png
-from tests.fakes.whatsapp import GraphError
+from tests.fakes.whatsapp import PHONE_NUMBER_ID, GraphError
 
 pytestmark = pytest.mark.process
 ADA = "447700900123"
@@ -144,3 +144,24 @@ async def test_a_throughput_limit_is_waited_out_and_the_message_sent_once(wa: Wh
     [receipt] = await receipt_for(wa, "out-429")
     assert receipt.ok
     assert [m.text for m in wa.graph.to(ADA)] == ["after the limit"]
+
+
+async def test_what_arrives_while_the_bridge_is_down_waits_in_jetstream_for_it(wa: WhatsApp) -> None:
+    assert wa.bridge.stop() == 0
+    wamid, status = await wa.graph.user_writes(ADA, "are you there?")
+    assert status == 200  # the door stored it: Meta will not retry, so the stream must keep it
+    wa.bridge.start()
+    [message] = await eventually(wa.bus.inbound, timeout=30, message=wa.bridge.output)
+    assert (message.message_id, message.text) == (wamid, "are you there?")
+
+
+async def test_doctor_checks_the_token_against_the_phone_number_id(wa: WhatsApp) -> None:
+    from clawden import config, doctor
+
+    env = {"CLAWDEN_WHATSAPP_TOKEN": wa.graph.token, "CLAWDEN_WHATSAPP_GRAPH_URL": f"{wa.graph.url}/v21.0",
+           "CLAWDEN_WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID}
+    cfg = config.load(wa.home, env)
+    good = await doctor.channel_check("whatsapp")(doctor.Probe(cfg, env))
+    assert good.status == "ok" and "Clawden Test" in good.detail
+    bad = await doctor.channel_check("whatsapp")(doctor.Probe(cfg, {**env, "CLAWDEN_WHATSAPP_TOKEN": "EAAwrong"}))
+    assert bad.status == "FAIL" and "rejected the token" in bad.detail
