@@ -35,6 +35,7 @@ from tests.fakes.anthropic import FakeAnthropic, make_tls, start_in_thread
 from tests.fakes.discord import BOT_ID, FakeDiscord
 from tests.fakes.slack import BOT_USER, FakeSlack
 from tests.fakes.telegram import FakeTelegram
+from tests.fakes.whatsapp import APP_SECRET, PHONE_NUMBER_ID, VERIFY_TOKEN, FakeGraph, WebhookSender
 from tests.servers.mail.fixture import MailServer
 from tests.servers.synapse.fixture import Account, Synapse
 from tests.units.machine import LABEL_INSTALL, Machine, booted
@@ -265,6 +266,43 @@ def test_an_email_is_answered_in_its_thread(install: Install) -> None:
 
     [answer] = asyncio.run(converse())
     assert answer["Subject"] == "Re: Hi" and "hello from email" in text_of(answer), install.machine.journal()
+
+
+def test_a_whatsapp_message_comes_in_through_the_webhook_front_door_unit(install: Install) -> None:
+    """Configured afterwards, as an owner adds WhatsApp to a running install: `units install` again enables
+    clawden-webhooks.service and the bridge's instance, each under its own identity, and Meta's signed
+    delivery to the door is answered through the Graph API."""
+    m, home = install.machine, install.home
+    door = natsserver.free_port()
+    graph = FakeGraph(WebhookSender(f"http://127.0.0.1:{door}/hooks/whatsapp")).start_in_thread()
+    try:
+        with (home / "config.toml").open("a") as f:
+            f.write(f'[webhooks]\nlisten = "127.0.0.1:{door}"\n[channels.whatsapp]\n'
+                    f'graph_url = "{graph.url}/v21.0"\nphone_number_id = "{PHONE_NUMBER_ID}"\n')
+        for name, secret in (("whatsapp", graph.token), ("whatsapp.app_secret", APP_SECRET),
+                             ("whatsapp.verify_token", VERIFY_TOKEN)):
+            (home / "keys" / name).write_text(secret + "\n")
+            (home / "keys" / name).chmod(0o600)
+        m.sh(f"{sys.executable} -m clawden units install --system")
+        m.systemctl("start clawden.target")
+        m.wait(lambda: m.state("clawden-webhooks.service") == "active"
+               and m.state(units.channel_unit("whatsapp")) == "active", ANSWER, "the WhatsApp units never came up")
+        ada = "447700900301"
+
+        async def converse() -> int:
+            cfg = config_mod.load(home)
+            await control.call(cfg, "router", "chats", {"op": "create", "channel": "whatsapp", "chat_id": ada,
+                                                        "name": "Ada", "is_group": False, "policy": "public"})
+            await control.call(cfg, "router", "wirings", {"op": "create", "channel": "whatsapp", "chat_id": ada,
+                                                          "agent_group": "main"})
+            return (await graph.user_writes(ada, "hello from whatsapp"))[1]  # the door is READY: it listens
+
+        assert asyncio.run(converse()) == 200
+        m.wait(lambda: bool(graph.to(ada)), ANSWER, "no WhatsApp answer")
+        assert "hello from whatsapp" in graph.to(ada)[0].text
+        assert "clawden-webhooks" in m.sh("journalctl --no-pager -o cat -t clawden-webhooks -n 20")
+    finally:
+        graph.stop_thread()
 
 
 def test_restarting_a_bridge_restarts_only_it_while_the_terminal_keeps_talking(install: Install) -> None:
