@@ -68,3 +68,21 @@ def test_a_flood_of_sources_cannot_grow_the_table_past_its_bound() -> None:
     for i in range(MAX_SOURCES + 50):
         rate.take(f"10.0.{i // 256}.{i % 256}", float(i) / 1e6)
     assert len(rate) <= MAX_SOURCES
+
+
+def test_when_every_source_is_busy_the_longest_quiet_one_is_forgotten() -> None:
+    rate = RateLimit(rate=0.001, burst=1)  # a bucket refills in 1000 s: nobody is idle in this test
+    for i in range(MAX_SOURCES):
+        assert rate.take(f"s{i}", float(i) / 1e6) == 0.0
+    assert rate.take("s0", 0.5) > 0  # s0 has spent its token
+    assert rate.take("newcomer", 1.0) == 0.0
+    assert len(rate) == MAX_SOURCES
+    assert rate.take("s1", 1.0) == 0.0  # s1 was the longest quiet, so it was forgotten: a fresh bucket
+
+
+def test_sources_quiet_long_enough_to_have_a_full_bucket_are_forgotten_first() -> None:
+    rate = RateLimit(rate=1.0, burst=1)
+    for i in range(MAX_SOURCES):
+        rate.take(f"s{i}", 0.0)
+    assert rate.take("newcomer", 2.0) == 0.0  # everyone else refilled long ago: nothing to remember
+    assert len(rate) == 1
