@@ -15,8 +15,9 @@ DEFAULT_TTL = {"credential": 180.0, "question": 300.0, "agent_request": 3600.0}
 LONG_TTL = 24 * 3600.0
 # Platforms whose direct chat with a user has the user's own handle as its id (a Telegram private
 # chat's id is the user's id; the Matrix bridge makes a direct room for a chat id that is a user id and
-# remembers it); `local` is the machine owner's terminal, `clawden chat`'s default chat.
-DIRECT_BY_HANDLE = frozenset({"telegram", "whatsapp", "signal", "imessage", "email", "matrix"})
+# remembers it, the Slack bridge opens the user's DM with conversations.open); `local` is the machine
+# owner's terminal, `clawden chat`'s default chat.
+DIRECT_BY_HANDLE = frozenset({"telegram", "whatsapp", "signal", "imessage", "email", "matrix", "slack"})
 LOCAL_DEFAULT_CHAT = "terminal"
 
 

@@ -3,65 +3,33 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
+from typing import Self
 
-from clawden import setup
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
-from tests.channels.harness import Bus, OutboundEvent, wait_for
+from tests.channels.harness import Bus, ChannelProcess, OutboundEvent, wait_for
 from tests.fakes.slack import FakeSlack
 
 
-class SlackBridge:
-    """One Slack bridge process; start() waits until it is READY (systemd notify) and has its socket."""
+class SlackBridge(ChannelProcess):
+    """The Slack bridge against the fake Slack; start() also waits until it has its socket."""
+
+    channel = "slack"
 
     def __init__(self, home: Path, nats_url: str, fake: FakeSlack, **settings: str) -> None:
-        self.home = home
-        self.nats_url = nats_url
         self.slack = fake
-        self.settings = settings
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = home / "logs" / "slack-bridge.log"
-        self._mark = 0
-        setup.init(home)
+        super().__init__(home, nats_url, **settings)
 
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ, CLAWDEN_HOME=str(self.home), CLAWDEN_NATS_URL=self.nats_url,
-                   CLAWDEN_SLACK_TOKEN=self.slack.token, CLAWDEN_SLACK_API_URL=self.slack.url)
-        env.update({f"CLAWDEN_SLACK_{k.upper()}": v for k, v in self.settings.items()})
-        env.pop("NOTIFY_SOCKET", None)
-        return env
+    def credentials(self) -> dict[str, str]:
+        return {"CLAWDEN_SLACK_TOKEN": self.slack.token, "CLAWDEN_SLACK_API_URL": self.slack.url}
 
-    def start(self) -> SlackBridge:
+    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> Self:
         connections = self.slack.connections
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "channel@slack"],
-                                         env=self.env(), stdout=out, stderr=out, start_new_session=True)
-        wait_for(lambda: "channel@slack ready" in self.output()[self._mark:], 30,
-                 lambda: f"the bridge did not get ready:\n{self.output()}")
-        wait_for(lambda: self.slack.connections > connections, 30, lambda: f"no socket:\n{self.output()}")
+        super().start(wait=wait, env=env)
+        if wait:
+            wait_for(lambda: self.slack.connections > connections, 30, lambda: f"no socket:\n{self.output()}")
         return self
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self._mark = len(self.output())
-        return code
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 class SlackBus(Bus):

@@ -12,20 +12,13 @@ import pytest
 from clawden import config as config_mod
 from clawden import control, sessiondb
 from tests.channels.slack_harness import SlackBridge
-from tests.e2e.harness import Stack, start_stack
+from tests.e2e.harness import Stack
 from tests.eventually import eventually
 from tests.fakes.anthropic import Text, ToolCall
 from tests.fakes.slack import BOT_USER, Error, FakeSlack
 
 pytestmark = pytest.mark.docker
 ANSWER = 120.0  # a first message starts a container
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("home"))
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")
