@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from clawden.bus import events as ev
+from clawden.bus import publish, subjects
 from tests.channels.whatsapp_harness import WhatsApp, whatsapp
 from tests.conftest import NatsServer
 from tests.eventually import eventually
@@ -165,3 +166,35 @@ async def test_doctor_checks_the_token_against_the_phone_number_id(wa: WhatsApp)
     assert good.status == "ok" and "Clawden Test" in good.detail
     bad = await doctor.channel_check("whatsapp")(doctor.Probe(cfg, {**env, "CLAWDEN_WHATSAPP_TOKEN": "EAAwrong"}))
     assert bad.status == "FAIL" and "rejected the token" in bad.detail
+
+
+async def test_a_reaction_goes_both_ways(wa: WhatsApp) -> None:
+    wamid, _ = await wa.graph.user_writes(ADA, "good news")
+    reaction = ev.OutboundReaction(id="react-1", route=ev.Route(channel="whatsapp", chat_id=ADA),
+                                   target_message_id=wamid, emoji="👍")
+    await publish(wa.bus.js, subjects.outbound("whatsapp", ADA), reaction, msg_id=reaction.id)
+    await receipt_for(wa, "react-1")
+    [sent] = wa.graph.to(ADA)
+    assert sent.payload["reaction"] == {"message_id": wamid, "emoji": "👍"}
+    assert wa.graph.sender is not None
+    body = wa.graph.sender.text(ADA, "")
+    message = body["entry"][0]["changes"][0]["value"]["messages"][0]
+    message.update(type="reaction", reaction={"message_id": sent.wamid, "emoji": "❤️"})
+    del message["text"]
+    await wa.graph.user_writes(ADA, payload=body)
+
+    async def reacted() -> ev.InboundMessage | None:
+        return next((e for e in await wa.bus.inbound() if e.message_id == message["id"]), None)
+
+    assert (await eventually(reacted, timeout=30, message=wa.bridge.output)).text == (
+        f"[reacted ❤️ to message {sent.wamid}]")
+
+
+async def test_outside_the_window_the_configured_template_invites_a_reply(
+        tmp_path: Path, nats_server: NatsServer) -> None:
+    async with whatsapp(tmp_path, nats_server.url, template="hello_again") as wa:
+        await wa.bus.send_to("447700900998", "your report is ready", id="cold-2")
+        [receipt] = await receipt_for(wa, "cold-2")
+        assert not receipt.ok and "the template 'hello_again' was sent" in (receipt.error or "")
+        [sent] = wa.graph.to("447700900998")
+        assert sent.type == "template" and sent.payload["template"]["name"] == "hello_again"
