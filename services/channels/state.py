@@ -95,6 +95,14 @@ class BridgeState:
         await self.db.execute("INSERT OR REPLACE INTO cursor VALUES (?, ?, ?)", (name, value, time.time()))
         await self.db.commit()
 
+    async def forget_cursors(self, prefix: str, before: float) -> int:
+        """Drop the cursors named `<prefix>…` last set before `before` (a bridge's per-message or per-person
+        records, kept as cursors); how many went."""
+        cur = await self.db.execute("DELETE FROM cursor WHERE substr(name, 1, ?) = ? AND updated_at < ?",
+                                    (len(prefix), prefix, before))
+        await self.db.commit()
+        return int(cur.rowcount or 0)
+
     # --- sent-log ------------------------------------------------------------------------------
 
     async def sends(self, outbound_id: str) -> dict[int, Send]:

@@ -34,6 +34,7 @@ from clawden.runtime import ServiceContext
 from services.channels import service
 from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound
 from services.channels.retry import PlatformError
+from services.channels.state import SENDS_KEPT
 
 log = logging.getLogger("clawden.channels.whatsapp")
 CHANNEL = "whatsapp"
@@ -43,6 +44,9 @@ MAX_BODY_WITH_BUTTONS = 1024  # "Interactive object": body.text up to 1024 chara
 MAX_BUTTONS, MAX_BUTTON_TITLE = 3, 20  # "Reply buttons": up to 3, titles up to 20 characters
 MAX_ROWS, MAX_ROW_TITLE = 10, 24  # "List messages": up to 10 rows, titles up to 24 characters
 WINDOW = 24 * 3600.0  # "Customer service windows"
+WINDOW_KEPT = 30 * 24 * 3600.0  # past it a refusal says "never" instead of "n days ago"
+PRUNE_EVERY = 6 * 3600.0
+PENDING_KEPT = 1000
 UPLOAD_LIMIT = 100 * 1024 * 1024  # documents; images 5 MB, audio and video 16 MB ("Supported media types")
 DOWNLOAD_LIMIT = 100 * 1024 * 1024
 # Graph error codes ("Error codes" page): what trying again can fix.
@@ -250,6 +254,7 @@ class WhatsAppBridge(Bridge):
                                       headers={"authorization": f"Bearer {token}"})
         self._inbound: Inbound | None = None
         self._pending: dict[str, ev.OutboundMessage] = {}  # outbound id -> message, while its parts go
+        self._pruned = 0.0
 
     # --- Graph calls ---
 
@@ -292,12 +297,23 @@ class WhatsAppBridge(Bridge):
     async def listen(self, inbound: Inbound) -> None:
         self._inbound = inbound
         puller = await bind(self.ctx.js, bridge_webhooks(CHANNEL), batch=16)
+        await self._forget_old(inbound)
 
         async def handle(delivery: webhooks.WebhookDelivery, _msg: Any) -> None:
             inbound.alive()
             await self.on_delivery(delivery.body, inbound)
+            if time.monotonic() - self._pruned > PRUNE_EVERY:
+                await self._forget_old(inbound)
 
         await consume(puller, webhooks.WebhookDelivery, handle, stopping=self.ctx.stopping)
+
+    async def _forget_old(self, inbound: Inbound) -> None:
+        """Status records live as long as the sent-log (a status for an older message names nothing we
+        could tell); a person's last-message time only while it can still open the window soon."""
+        self._pruned = time.monotonic()
+        now = time.time()
+        await inbound.state.forget_cursors("sent:", now - SENDS_KEPT)
+        await inbound.state.forget_cursors("window:", now - WINDOW_KEPT)
 
     async def on_delivery(self, body: bytes, inbound: Inbound) -> None:
         try:
@@ -394,6 +410,8 @@ class WhatsAppBridge(Bridge):
 
     def about_to_send(self, event: ev.OutboundMessage) -> None:
         self._pending[event.id] = event
+        while len(self._pending) > PENDING_KEPT:  # oldest first; a redelivered message is announced again
+            self._pending.pop(next(iter(self._pending)))
 
     async def _window_open(self, wa_id: str) -> None:
         state = self._inbound.state if self._inbound else None

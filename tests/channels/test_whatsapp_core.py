@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from services.channels.bridge import ButtonRef
+from services.channels.state import BridgeState
 from services.channels.whatsapp import graph_error, interactive, media_kind, numbered
 
 
@@ -59,3 +63,18 @@ def test_more_than_ten_become_numbered_text() -> None:
                                             ("application/pdf", "document")])
 def test_a_file_goes_as_the_media_type_whatsapp_takes_it_as(mime: str, kind: str) -> None:
     assert media_kind(mime) == kind
+
+
+async def test_a_bridge_forgets_only_the_old_cursors_of_one_kind(tmp_path: Path) -> None:
+    state = await BridgeState.open(tmp_path / "whatsapp.db")
+    try:
+        await state.set_cursor("sent:wamid.1", "{}")
+        await state.set_cursor("window:447700900123", "1700000000")
+        await state.set_cursor("sentinel", "kept")
+        assert await state.forget_cursors("sent:", time.time() + 1) == 1
+        assert await state.forget_cursors("window:", time.time() - 60) == 0  # set just now: not old yet
+        assert await state.cursor("sent:wamid.1") is None
+        assert await state.cursor("window:447700900123") is not None
+        assert await state.cursor("sentinel") is not None
+    finally:
+        await state.close()
