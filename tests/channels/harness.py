@@ -130,7 +130,7 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream()
 
     @classmethod
-    async def open(cls, url: str) -> Bus:
+    async def open(cls, url: str) -> Self:
         bus = cls(await connect(url, "test-bus"))
         await ensure_streams(bus.js)
         return bus

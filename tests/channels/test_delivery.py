@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from clawden.bus import Retry, ensure_streams, subjects
 from clawden.bus import events as ev
@@ -35,6 +37,11 @@ class FakeMsg:
 
     async def in_progress(self) -> None:
         pass
+
+
+def fake_msg(num_delivered: int = 1) -> Msg:
+    """A JetStream message as far as Delivery reads one."""
+    return cast("Msg", FakeMsg(num_delivered))
 
 
 class Lost(PlatformError):
@@ -97,7 +104,7 @@ async def test_a_redelivered_message_sends_only_the_parts_not_yet_sent(
         state: BridgeState, bus: Bus, tmp_path: Path) -> None:
     bridge = MemoryBridge()
     await state.mark("o1", 0, "sent", "p-earlier")
-    await delivery_for(bridge, state, bus, tmp_path).handle(message("first part\n\nsecond part"), FakeMsg(2))
+    await delivery_for(bridge, state, bus, tmp_path).handle(message("first part\n\nsecond part"), fake_msg(2))
     assert bridge.posted == [("c1", "second part")]
     [receipt] = await receipts(bus)
     assert receipt.ok and receipt.part_ids == ("p-earlier", "p1")
@@ -107,12 +114,12 @@ async def test_a_lost_answer_is_not_repeated_on_a_platform_that_does_not_dedupe(
         state: BridgeState, bus: Bus, tmp_path: Path) -> None:
     bridge = MemoryBridge()
     bridge.failures.append(Lost())
-    await delivery_for(bridge, state, bus, tmp_path).handle(message("hello"), FakeMsg())
+    await delivery_for(bridge, state, bus, tmp_path).handle(message("hello"), fake_msg())
     assert bridge.posted == [("c1", "hello")] and bridge.calls == 1
     [receipt] = await receipts(bus)
     assert receipt.unconfirmed and not receipt.ok
     # and a redelivery (the ack was lost) does not send it either
-    await delivery_for(bridge, state, bus, tmp_path).handle(message("hello"), FakeMsg(2))
+    await delivery_for(bridge, state, bus, tmp_path).handle(message("hello"), fake_msg(2))
     assert bridge.calls == 1
 
 
@@ -120,7 +127,7 @@ async def test_a_lost_answer_is_repeated_where_the_platform_dedupes_repeats(
         state: BridgeState, bus: Bus, tmp_path: Path) -> None:
     bridge = MemoryBridge(Capabilities(max_text=20, idempotent_sends=True))
     bridge.failures.append(PlatformError("the answer was lost", "unknown"))
-    await delivery_for(bridge, state, bus, tmp_path).handle(message("hello"), FakeMsg())
+    await delivery_for(bridge, state, bus, tmp_path).handle(message("hello"), fake_msg())
     assert bridge.keys == ["o1#0", "o1#0"]  # the same key both times: the platform drops the repeat
     [receipt] = await receipts(bus)
     assert receipt.ok and not receipt.unconfirmed
@@ -132,7 +139,7 @@ async def test_a_rate_limit_during_shutdown_hands_the_message_back_with_the_wait
     bridge.failures.append(PlatformError("Too Many Requests", "rate_limited", retry_after=30))
     stopping = asyncio.Event()
     delivery = delivery_for(bridge, state, bus, tmp_path, stopping, deadline=600)
-    handling = asyncio.create_task(delivery.handle(message("hi"), FakeMsg()))
+    handling = asyncio.create_task(delivery.handle(message("hi"), fake_msg()))
     await asyncio.sleep(0.2)
     stopping.set()
     with pytest.raises(Retry) as retry:
@@ -149,8 +156,8 @@ async def test_a_handler_that_keeps_crashing_is_reported_as_failed_instead_of_re
     bridge = MemoryBridge(Capabilities(max_text=20, measure=broken_measure))
     delivery = delivery_for(bridge, state, bus, tmp_path)
     with pytest.raises(TypeError):
-        await delivery.handle(message("hi", seq=3, session_id="s"), FakeMsg(1))
-    await delivery.handle(message("hi", seq=3, session_id="s"), FakeMsg(5))
+        await delivery.handle(message("hi", seq=3, session_id="s"), fake_msg(1))
+    await delivery.handle(message("hi", seq=3, session_id="s"), fake_msg(5))
     [receipt] = await receipts(bus)
     assert not receipt.ok and receipt.final and receipt.seq == 3
     assert receipt.error == "the memory bridge could not handle this (TypeError); its log has the details"
@@ -159,6 +166,6 @@ async def test_a_handler_that_keeps_crashing_is_reported_as_failed_instead_of_re
 
 async def test_a_message_with_nothing_to_send_is_reported_not_dropped(
         state: BridgeState, bus: Bus, tmp_path: Path) -> None:
-    await delivery_for(MemoryBridge(), state, bus, tmp_path).handle(message("   "), FakeMsg())
+    await delivery_for(MemoryBridge(), state, bus, tmp_path).handle(message("   "), fake_msg())
     [receipt] = await receipts(bus)
     assert not receipt.ok and receipt.error == "nothing to send: the message has no text and no files"

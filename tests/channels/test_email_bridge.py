@@ -8,6 +8,7 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -140,7 +141,7 @@ async def test_automatic_and_forged_mail_is_refused_with_its_reason(
         headers: dict[str, str], reason: str) -> None:
     ada = unique("ada")
     subject = headers.pop("Subject", "Hello")
-    mail_server.send(letter(ada, bot, "Automatic words", subject=subject, **headers))
+    mail_server.send(letter(ada, bot, "Automatic words", subject=subject, **cast("dict[str, Any]", headers)))
     [got] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
     assert reason in got.refused and got.attachments == ()
 

@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -510,9 +511,9 @@ async def test_typing_shows_while_the_agent_works_and_stops_with_the_answer(
 
 # --- never lost, never twice --------------------------------------------------------------------------------
 
-def chats_in_lanes(fake: FakeTelegram, count: int) -> list[dict[str, object]]:
+def chats_in_lanes(fake: FakeTelegram, count: int) -> list[dict[str, Any]]:
     """Private chats that each have an outbound lane of their own."""
-    chats: dict[int, dict[str, object]] = {}
+    chats: dict[int, dict[str, Any]] = {}
     while len(chats) < count:
         chat = fake.private_chat(fake.user(f"User{len(chats)}"))
         chats.setdefault(subjects.lane(str(chat["id"])), chat)
@@ -520,7 +521,7 @@ def chats_in_lanes(fake: FakeTelegram, count: int) -> list[dict[str, object]]:
 
 
 async def _two_hundred_in_flight(fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, signal_: int
-                                 ) -> tuple[list[dict[str, object]], list[list[str]], list[ev.DeliveryReceipt]]:
+                                 ) -> tuple[list[dict[str, Any]], list[list[str]], list[ev.DeliveryReceipt]]:
     # Eight chats in the eight lanes, so eight messages are in flight at once when the signal lands (and each
     # chat's 25 take 30 s at Telegram's pace of one a second per chat).
     chats = chats_in_lanes(fake, 8)
@@ -717,9 +718,9 @@ async def test_with_429s_5xx_and_dropped_polls_nothing_is_lost_or_repeated(
     assert fake.texts(chat) == [f"answer {i}" for i in range(10)]
     assert [e.text for e in await bus.inbound()] == [f"question {i}" for i in range(10)]
     assert all(r.ok for r in await bus.receipts())
-    sends = fake.calls_to("sendMessage")
-    rate_limited = next(i for i, c in enumerate(sends) if c.outcome == "Error")
-    assert sends[rate_limited + 1].at - sends[rate_limited].at >= 2.0, "retry_after was not honoured"
+    calls = fake.calls_to("sendMessage")
+    rate_limited = next(i for i, c in enumerate(calls) if c.outcome == "Error")
+    assert calls[rate_limited + 1].at - calls[rate_limited].at >= 2.0, "retry_after was not honoured"
 
 
 async def test_a_send_that_fails_for_good_is_reported_final_and_logged(

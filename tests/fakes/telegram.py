@@ -233,7 +233,7 @@ class FakeTelegram(ThreadedServer):
         bot_id = int(token.split(":", 1)[0])
         # Bot API: getMe, User.can_read_all_group_messages (core.telegram.org/bots/api#user) is true
         # when privacy mode is off; bots are created with privacy mode on.
-        self.bot = {"id": bot_id, "is_bot": True, "first_name": "Clawden", "username": bot_username,
+        self.bot: dict[str, Any] = {"id": bot_id, "is_bot": True, "first_name": "Clawden", "username": bot_username,
                     "can_join_groups": True, "can_read_all_group_messages": not privacy,
                     "supports_inline_queries": False,
                     # Bot API 9.3: User.has_topics_enabled (core.telegram.org/bots/api#user): forum topic
@@ -310,7 +310,7 @@ class FakeTelegram(ThreadedServer):
 
     def user(self, first_name: str = "Ada", username: str | None = None, *, is_bot: bool = False) -> dict[str, Any]:
         with self._lock:
-            user = {"id": next(self._user_ids), "is_bot": is_bot, "first_name": first_name,
+            user: dict[str, Any] = {"id": next(self._user_ids), "is_bot": is_bot, "first_name": first_name,
                     "username": username or first_name.lower(), "language_code": "en"}
             self._users[user["id"]] = user
             return user
@@ -788,7 +788,8 @@ class FakeTelegram(ThreadedServer):
         self._poll = poll
         arrived = asyncio.ensure_future(self._new_update.wait())
         try:
-            done, _ = await asyncio.wait({poll, arrived}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {poll, arrived}
+            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if poll in done:
                 poll.result()  # raises the 409 this poll was ended with
         finally:
@@ -1074,7 +1075,8 @@ def _params(query: str, content_type: str, body: bytes) -> dict[str, Any]:
                 b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
             for part in message.iter_parts():
                 name = part.get_param("name", header="content-disposition")
-                payload = part.get_payload(decode=True) or b""
+                decoded = part.get_payload(decode=True)
+                payload = decoded if isinstance(decoded, bytes) else b""
                 filename = part.get_filename()
                 if filename is not None:
                     params[str(name)] = (filename, payload, part.get_content_type())
