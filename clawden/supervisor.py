@@ -313,10 +313,15 @@ class Supervisor:
         self.say("stopped")
 
 
+def default_services(cfg: Config) -> tuple[str, ...]:
+    """What `clawden up` runs: the core, the webhook front door where `[webhooks] listen` is set, and every
+    bridge with a token."""
+    return (*SERVICES, *(["webhooks"] if cfg.webhooks.listen else []), *configured_bridges(cfg))
+
+
 def up(home: Path | None, services: list[str] | None = None) -> int:
     cfg = setup.init(home)
-    webhooks = ["webhooks"] if cfg.webhooks.listen else []  # the front door, where `[webhooks] listen` is set
-    sup = Supervisor(cfg, tuple(services or [*SERVICES, *webhooks, *configured_bridges(cfg)]), fork=FORK)
+    sup = Supervisor(cfg, tuple(services or default_services(cfg)), fork=FORK)
     received: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
