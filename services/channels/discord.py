@@ -433,10 +433,11 @@ class DiscordBridge(Bridge):
             self.session.resume_url = str(data.get("resume_gateway_url") or self.gateway_url).rstrip("/")
             self.me = str((data.get("user") or {}).get("id") or self.me)
             log.info("discord: identified (session %s); reading what was missed", self.session.session_id[:8])
-            # Beside the read loop, which must go on taking heartbeat acks while the history is read.
-            self._catching_up = asyncio.create_task(self._catch_up(inbound))
+            await self._open_gaps(inbound)
+            self._start_catch_up(inbound)
         elif kind == "RESUMED":
             log.info("discord: resumed at seq %s", self.session.seq)
+            self._start_catch_up(inbound)  # a history read an earlier drop cut short goes on
         elif kind in ("THREAD_CREATE", "CHANNEL_CREATE"):
             self._learn_channel(data)
         elif kind == "GUILD_CREATE":
@@ -493,11 +494,26 @@ class DiscordBridge(Bridge):
         while len(self.seen) > SEEN_KEPT:
             self.seen.popitem(last=False)
 
+    async def _open_gaps(self, inbound: Inbound) -> None:
+        """A new session replays nothing: each known channel has a gap from the last message stored (`last:`) on,
+        kept (`gap:`) until its history is read, however many drops and live messages come meanwhile. Recorded
+        before the read loop takes the next dispatch, so no live message can move a channel's mark past its gap."""
+        db = inbound.state.db
+        await db.execute("INSERT OR IGNORE INTO cursor SELECT 'gap:' || substr(name, 6), value, updated_at"
+                         " FROM cursor WHERE name LIKE 'last:%'")
+        await db.commit()
+
+    def _start_catch_up(self, inbound: Inbound) -> None:
+        # Beside the read loop, which must go on taking heartbeat acks while the history is read.
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.create_task(self._catch_up(inbound))
+
     async def _catch_up(self, inbound: Inbound) -> None:
-        """After identifying (a refused resume, a restart): read each known channel's history since the last message
-        the bridge stored, oldest first, through Get Channel Messages (`after`)."""
-        cursor = await inbound.state.db.execute("SELECT name, value FROM cursor WHERE name LIKE 'last:%'")
-        channels = [(str(name)[5:], str(value)) async for name, value in cursor]
+        """Read each open gap's history, oldest first, through Get Channel Messages (`after`); the gap's mark moves
+        after each page, and the gap closes when a page comes back short."""
+        db = inbound.state.db
+        cursor = await db.execute("SELECT name, value FROM cursor WHERE name LIKE 'gap:%'")
+        channels = [(str(name)[4:], str(value)) async for name, value in cursor]
         for channel, after in channels:
             while True:
                 try:
@@ -516,6 +532,9 @@ class DiscordBridge(Bridge):
                 if len(messages) < HISTORY_PAGE:
                     break
                 after = str(messages[-1]["id"])
+                await inbound.state.set_cursor(f"gap:{channel}", after)
+            await db.execute("DELETE FROM cursor WHERE name = ?", (f"gap:{channel}",))
+            await db.commit()
             log.info("discord: %s read up to date", channel)
 
     async def _interaction(self, data: dict[str, Any], inbound: Inbound) -> None:

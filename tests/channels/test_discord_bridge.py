@@ -173,6 +173,28 @@ async def test_a_refused_resume_identifies_anew_and_reads_what_it_missed_from_th
     assert history.outcome == 200 and len(await bus.inbound()) == 4
 
 
+async def test_a_history_read_cut_short_by_the_next_drop_goes_on_after_the_resume(
+        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    """Live messages after the gap must not move the channel's mark past what the history has not yet given."""
+    ada = discord.user("ada")
+    dm = discord.dm(ada)
+    bridge.start()
+    discord.say(dm, ada, "first")
+    await bus.messages(1)
+    discord.inject("history", *[Error(500, channel=dm)] * 3)  # the read stalls, retrying
+    discord.end_session()
+    discord.say(dm, ada, "missed")
+    await until(lambda: len(discord.calls_to("history")) >= 1, 20, lambda: bridge.output()[-2000:])
+    discord.say(dm, ada, "live after the gap")
+    await bus.messages(2)
+    resumes = len(discord.resumes)
+    discord.drop_socket()  # cuts the stalled read short; the connection after it is a resume
+    await until(lambda: len(discord.resumes) > resumes, 20, lambda: bridge.output()[-2000:])
+    got = await bus.messages(3)
+    assert sorted(m.text for m in got) == ["first", "live after the gap", "missed"]
+    assert len(discord.identifies) == 2 and discord.calls_to("history")[-1].outcome == 200
+
+
 async def test_what_was_said_while_the_bridge_was_down_is_read_from_the_history_at_start(
         discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
     ada = discord.user("ada")
