@@ -198,3 +198,25 @@ async def test_outside_the_window_the_configured_template_invites_a_reply(
         assert not receipt.ok and "the template 'hello_again' was sent" in (receipt.error or "")
         [sent] = wa.graph.to("447700900998")
         assert sent.type == "template" and sent.payload["template"]["name"] == "hello_again"
+
+
+async def test_status_callbacks_out_of_order_give_one_receipt_each_and_no_failure(wa: WhatsApp) -> None:
+    await wa.graph.user_writes(ADA, "hi")
+    await wa.bus.send_to(ADA, "hello", id="out-o", session_id="s1", seq=9)
+    await receipt_for(wa, "out-o")
+    [sent] = wa.graph.to(ADA)
+    assert wa.graph.sender is not None
+    for status in ("read", "delivered", "sent"):  # Meta sends them as they come
+        assert await wa.graph.status(sent, status) == 200
+    # ... and again, in another batch (another body, so the front door stores it too).
+    assert (await wa.graph.sender.post(wa.graph.sender.status(sent.wamid, ADA, "read", at=1))).status_code == 200
+    # The bridge reads the stream in order: once this later message is on the bus, every status was handled.
+    marker, _ = await wa.graph.user_writes(ADA, "marker")
+
+    async def handled() -> bool:
+        return any(e.message_id == marker for e in await wa.bus.inbound())
+
+    await eventually(handled, timeout=30, message=wa.bridge.output)
+    receipts = [r for r in await wa.bus.receipts() if r.outbound_id == "out-o"]
+    assert sorted(r.platform_message_id == sent.wamid for r in receipts) == [True, True, True]  # send, delivered, read
+    assert all(r.ok and r.seq == 9 for r in receipts)
