@@ -219,3 +219,19 @@ def test_a_seed_comes_from_the_systemd_credential_first_and_a_loose_one_is_refus
     with pytest.raises(natsauth.IdentityError, match="chmod 600"):
         natsauth.load_seed(cfg, "router", {})
     assert natsauth.load_seed(cfg, "channel-unknown", {}) is None
+
+
+async def test_the_webhook_front_door_may_publish_only_its_routes_subjects(
+        cfg: config_mod.Config, streams_ready: None) -> None:
+    door = Client_(cfg, "webhooks")
+    async with door as nc:
+        js = nc.jetstream()
+        ack = await js.publish(subjects.webhook("whatsapp"), b"{}", timeout=5)
+        assert ack.stream == "CLAWDEN_WEBHOOKS"
+        for subject in (subjects.webhook("telegram"), subjects.inbound("whatsapp"), subjects.receipt("whatsapp")):
+            with pytest.raises(TimeoutError):  # dropped by the server: no stream acknowledges it
+                await js.publish(subject, b"{}", timeout=1)
+        await eventually(lambda: len([e for e in door.errors if "permissions violation for publish" in e]) >= 3,
+                         message=lambda: door.errors)
+    assert await messages(cfg, "CLAWDEN_WEBHOOKS") == 1
+    assert await messages(cfg, "CLAWDEN_INBOUND") == 0
