@@ -464,8 +464,12 @@ class DiscordBridge(Bridge):
         elif guild is False:
             place = Place(dm=True)
         else:
-            info = await self.rest.call("GET", f"/channels/{channel}")
-            self._learn_channel(info)
+            try:
+                self._learn_channel(await self.rest.call("GET", f"/channels/{channel}"))
+            except DiscordError as exc:  # not kept: asked again next time
+                log.warning("discord: cannot tell where channel %s sits (%s); taking it for a channel",
+                            channel, exc.description)
+                return Place(dm=False)
             place = self.places[channel]
         self.places[channel] = place
         await inbound.state.set_cursor(f"place:{channel}", f"{'dm' if place.dm else 'guild'}:{place.parent or ''}")
@@ -546,7 +550,10 @@ class DiscordBridge(Bridge):
         if interaction in self.seen:
             return
         self._saw(interaction)
-        await self.rest.call("POST", f"/interactions/{interaction}/{data['token']}/callback", json={"type": 6})
+        try:
+            await self.rest.call("POST", f"/interactions/{interaction}/{data['token']}/callback", json={"type": 6})
+        except DiscordError as exc:  # the person sees "interaction failed"; the press itself still counts
+            log.warning("discord: could not acknowledge interaction %s: %s", interaction, exc.description)
         user = (data.get("member") or {}).get("user") or data.get("user") or {}
         channel = str(data["channel_id"])
         msg = data.get("message") or {}

@@ -296,6 +296,24 @@ async def test_a_card_press_is_acknowledged_at_once_and_the_decided_card_loses_i
     assert decided["content"] == "Denied by ada" and decided["components"] == []
 
 
+async def test_a_press_whose_acknowledgement_fails_still_counts_and_the_bridge_keeps_listening(
+        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    ada = discord.user("ada")
+    dm = discord.dm(ada)
+    card = ev.Card(title="Go?", buttons=(ev.Button(id="yes", label="Yes"),))
+    bridge.start()
+    await bus.send(dm, "Go?", id="approval:ap-2", card=card)
+    await bus.wait_receipts(1)
+    [message] = discord.bot_messages(dm)
+    discord.inject("callback", Error(503))
+    discord.click(dm, message["id"], ada)
+    discord.say(dm, ada, "still there?")
+    await bus.messages(1)
+    [action] = [e for e in await bus.inbound() if isinstance(e, ev.InboundAction)]
+    assert (action.button_id, action.sender.id) == ("yes", f"discord:{ada}")
+    assert [c.outcome for c in discord.calls_to("callback")] == [503]
+
+
 async def test_a_file_goes_up_as_multipart_and_a_reaction_lands_on_the_message(
         discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
     ada = discord.user("ada")
