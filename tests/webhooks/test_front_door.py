@@ -17,7 +17,7 @@ from nats.js.errors import NotFoundError
 from clawden.bus import webhooks
 from tests.conftest import NatsServer
 from tests.eventually import eventually
-from tests.fakes.whatsapp import VERIFY_TOKEN
+from tests.fakes.whatsapp import APP_SECRET, VERIFY_TOKEN, sign
 from tests.webhooks.harness import FrontDoorProcess, make_home
 
 pytestmark = pytest.mark.process
@@ -201,3 +201,24 @@ async def test_doctor_proves_the_public_url_reaches_the_door_by_its_handshake(do
     nowhere = await doctor.check_webhooks(doctor.Probe(with_public(f"http://127.0.0.1:{natsserver.free_port()}"), {}))
     assert nowhere.status == "FAIL"
     assert "did not answer" in nowhere.detail
+
+
+async def test_behind_a_proxy_the_rate_is_counted_per_forwarded_source(
+        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    door = await door_for(tmp_path, nats_server, settings="rate = 0.1\nburst = 1\nforwarded_for = true")
+    try:
+        sender = door.sender()
+
+        async def via_proxy(client_ip: str, text: str) -> int:
+            body = json.dumps(sender.text("447700900123", text)).encode()
+            async with httpx.AsyncClient() as client:
+                answer = await client.post(door.url, content=body, headers={
+                    "x-hub-signature-256": sign(APP_SECRET, body), "x-forwarded-for": f"198.51.100.7, {client_ip}"})
+            return answer.status_code
+
+        assert await via_proxy("203.0.113.1", "one") == 200
+        assert await via_proxy("203.0.113.2", "two") == 200  # all come from 127.0.0.1, yet each has its own
+        assert await via_proxy("203.0.113.1", "three") == 429
+        assert "from 203.0.113.1 refused: over" in door.output()
+    finally:
+        door.stop()
