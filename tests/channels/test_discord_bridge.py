@@ -15,6 +15,7 @@ from urllib.request import url2pathname
 import pytest
 
 from clawden.bus import events as ev
+from clawden.bus import subjects
 from services.channels.discord import INTENTS, Buckets, Place, inbound_message, route_key
 from tests.channels.discord_harness import DiscordBridge, DiscordBus
 from tests.channels.harness import until
@@ -347,3 +348,23 @@ async def test_a_429_is_waited_out_as_discord_says_and_the_message_goes_once(
     assert outcomes == [429, 502, 200]
     first, second = discord.calls_to("create_message")[:2]
     assert second.at - first.at >= 1.5, "the retry came before retry_after"
+
+
+async def test_a_channel_held_by_a_429_does_not_hold_up_another(
+        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    ada = discord.user("ada")
+    held = discord.dm(ada)
+    free = next(c for c in (discord.dm(discord.user(f"p{i}")) for i in range(20))
+                if subjects.lane(c) != subjects.lane(held))  # another lane: a lane holds one message at a time
+    discord.inject("create_message", Error(429, retry_after=4, channel=held))
+    bridge.start()
+    await bus.send(held, "for ada", id="h1")
+    await until(lambda: [c.outcome for c in discord.calls_to("create_message")] == [429], 10)
+    started = time.monotonic()
+    await bus.send(free, "for bea", id="f1")
+    await until(lambda: discord.texts(free) == ["for bea"], 10)
+    assert time.monotonic() - started < 2.0, "the other channel waited on the 429"
+    assert discord.texts(held) == []
+    await until(lambda: discord.texts(held) == ["for ada"], 15)
+    first, second = [c for c in discord.calls_to("create_message") if f"/channels/{held}/" in c.path]
+    assert second.at - first.at >= 4.0
