@@ -5,9 +5,8 @@
 
 Each round, a busy group's message meets a 429 with `retry_after` of `--stall` seconds; then one
 message to each of `--chats` other chats is published, 50 ms apart, and timed from its publish to
-Telegram taking it. `single` publishes to the subject before lanes and reads it through the single
-durable with one message in flight (how every bridge worked before lanes); `lanes` publishes to
-the chats' lanes, read by eight such durables at once.
+Telegram taking it, through the chats' lanes (eight durables read at once, one message in flight
+each). The single durable of before lanes was measured against it once (README) and is gone.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from typing import Any
 from clawden import natsserver
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
-from clawden.bus.streams import bridge_outbound_legacy
 from tests.channels.harness import BridgeProcess, Bus, until
 from tests.fakes.telegram import Error, FakeTelegram
 
@@ -37,7 +35,7 @@ def summary(samples: list[float]) -> dict[str, float]:
             "max_ms": round(ordered[-1], 1), "over_1s": sum(1 for s in ordered if s > 1000)}
 
 
-async def run(mode: str, rounds: int, chats: int, stall: int) -> dict[str, float]:
+async def run(rounds: int, chats: int, stall: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="clawden-bench-outbound-") as tmp:
         port = natsserver.free_port()
         server = natsserver.start(port, Path(tmp) / "nats")
@@ -45,8 +43,6 @@ async def run(mode: str, rounds: int, chats: int, stall: int) -> dict[str, float
         bridge = BridgeProcess(Path(tmp) / "home", f"nats://127.0.0.1:{port}", fake)
         bus = await Bus.open(bridge.nats_url)
         try:
-            if mode == "single":
-                await bus.js.add_consumer("CLAWDEN_OUTBOUND", bridge_outbound_legacy("telegram").config())
             bridge.start()
             busy = fake.group("Busy group")
             others = [fake.private_chat(fake.user(f"User{i}")) for i in range(chats)]
@@ -55,10 +51,8 @@ async def run(mode: str, rounds: int, chats: int, stall: int) -> dict[str, float
             async def send(chat: dict[str, Any], key: str) -> None:
                 event = ev.OutboundMessage(id=key, route=ev.Route(channel="telegram", chat_id=str(chat["id"])),
                                            text=key)
-                subject = (subjects.outbound_legacy("telegram") if mode == "single"
-                           else subjects.outbound("telegram", event.route.chat_id))
                 published[key] = time.time()
-                await publish(bus.js, subject, event, msg_id=key)
+                await publish(bus.js, subjects.outbound("telegram", event.route.chat_id), event, msg_id=key)
 
             for r in range(rounds):
                 fake.inject("sendMessage", Error(429, retry_after=stall))
@@ -87,9 +81,8 @@ def main() -> int:
     args = parser.parse_args()
     result: dict[str, Any] = {"machine": platform.platform(), "rounds": args.rounds, "chats": args.chats,
                               "stall_s": args.stall, "lane_count": subjects.OUTBOUND_LANES}
-    for mode in ("single", "lanes"):
-        result[mode] = asyncio.run(run(mode, args.rounds, args.chats, args.stall))
-        print(f"{mode:>6}: other chats' latency while one is held back {args.stall}s: {result[mode]}")
+    result["lanes"] = asyncio.run(run(args.rounds, args.chats, args.stall))
+    print(f"other chats' latency while one is held back {args.stall}s: {result['lanes']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

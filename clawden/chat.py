@@ -33,11 +33,9 @@ OUTBOUND = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typin
 
 
 def terminal_outbound(chat_id: str) -> Consumer:
-    # Every lane of the channel in stream order (each terminal skips other chats' events), and the
-    # subject from before lanes, which a publisher of the older version may still use.
+    # Every lane of the channel in stream order (each terminal skips other chats' events).
     return Consumer("CLAWDEN_OUTBOUND", f"channel-{CHANNEL}-{subjects.token(chat_id)}",
-                    subjects.outbound_all(CHANNEL), ack_wait=30.0, deliver_new=True,
-                    more_subjects=(subjects.outbound_legacy(CHANNEL),))
+                    subjects.outbound_all(CHANNEL), ack_wait=30.0, deliver_new=True)
 
 
 def inbound_event(chat_id: str, user: str, text: str) -> ev.InboundMessage:

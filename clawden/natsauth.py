@@ -8,8 +8,7 @@ with no seed it connects without one (an external server, or a test's open serve
 What each identity may do is derived from the bus contract: the durables it reads (so it may
 create, pull from and acknowledge only those, on the subject their filter names), the subjects
 it publishes to, the control endpoints it calls. A bridge may publish only its own inbound and
-receipt subjects and read only its own outbound lanes (and the single pre-lane durable an upgraded
-install may still have); only the core services manage streams.
+receipt subjects and read only its own outbound lanes; only the core services manage streams.
 """
 
 from __future__ import annotations
@@ -44,8 +43,6 @@ def identity(service: str) -> str:
 @dataclass(frozen=True)
 class Grant:
     consumes: tuple[streams.Consumer, ...] = ()
-    # Durables it may read and acknowledge if they exist, but neither create nor change (an upgrade's leftovers).
-    reads: tuple[streams.Consumer, ...] = ()
     publishes: tuple[str, ...] = ()
     subscribes: tuple[str, ...] = ()  # core NATS subscriptions to stream subjects
     calls: tuple[str, ...] = ()  # control endpoints: (service, verb) as `service.verb`
@@ -86,7 +83,7 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
     for name in channels:
         hooks = (streams.bridge_webhooks(name),) if name in routes else ()
         table[identity(f"channel@{name}")] = Grant(
-            consumes=(*streams.bridge_lanes(name), *hooks), reads=(streams.bridge_outbound_legacy(name),),
+            consumes=(*streams.bridge_lanes(name), *hooks),
             publishes=(subjects.inbound(name), subjects.receipt(name)),
             calls=("router.admit",))  # may the bot join a chat it was invited to (Inbound.admit)
     return table
@@ -98,11 +95,10 @@ def webhook_routes(cfg: Config) -> dict[str, str]:
     return {**webhooks.BUILT_IN_ROUTES, **cfg.webhooks.routes}
 
 
-def _consumer_subjects(c: streams.Consumer, *, create: bool = True) -> list[str]:
+def _consumer_subjects(c: streams.Consumer) -> list[str]:
     api = "$JS.API.CONSUMER"
-    read = [f"{api}.INFO.{c.stream}.{c.durable}", f"{api}.MSG.NEXT.{c.stream}.{c.durable}",
-            f"$JS.ACK.{c.stream}.{c.durable}.>"]
-    return [f"{api}.CREATE.{c.stream}.{c.durable}.{c.filter_subject}", *read] if create else read
+    return [f"{api}.CREATE.{c.stream}.{c.durable}.{c.filter_subject}", f"{api}.INFO.{c.stream}.{c.durable}",
+            f"{api}.MSG.NEXT.{c.stream}.{c.durable}", f"$JS.ACK.{c.stream}.{c.durable}.>"]
 
 
 def permissions(ident: str, grant: Grant) -> dict[str, Any]:
@@ -110,8 +106,6 @@ def permissions(ident: str, grant: Grant) -> dict[str, Any]:
     publish = [*grant.publishes, *(f"{subjects.PREFIX}.ctl.{call}" for call in grant.calls)]
     for consumer in grant.consumes:
         publish += _consumer_subjects(consumer)
-    for consumer in grant.reads:
-        publish += _consumer_subjects(consumer, create=False)
     names = sorted({s.name for s in streams.STREAMS})
     publish += [f"$JS.API.STREAM.INFO.{n}" for n in names]
     if grant.manages_streams:

@@ -186,8 +186,6 @@ async def _backlogs(nc: Client, cfg: config_mod.Config, channels: tuple[str, ...
     """Each durable's backlog (delivered-not-yet and unacknowledged), and the expected ones missing."""
     table = natsauth.grants(cfg, channels)
     owners = {(c.stream, c.durable): ident for ident, grant in table.items() for c in grant.consumes}
-    # Durables read only where they exist (a pre-lane leftover): named when present, never missing.
-    who = owners | {(c.stream, c.durable): ident for ident, grant in table.items() for c in grant.reads}
     js = nc.jetstream()
     rows: list[dict[str, Any]] = []
     for stream in streams.STREAMS:
@@ -197,7 +195,7 @@ async def _backlogs(nc: Client, cfg: config_mod.Config, channels: tuple[str, ...
             rows.append({"stream": stream.name, "durable": "", "error": f"no stream ({type(exc).__name__})"})
             continue
         for info in infos:
-            rows.append({"stream": stream.name, "durable": info.name, "owner": who.get((stream.name, info.name), ""),
+            rows.append({"stream": stream.name, "durable": info.name, "owner": owners.get((stream.name, info.name), ""),
                          "pending": info.num_pending or 0, "ack_pending": info.num_ack_pending or 0,
                          "redelivered": info.num_redelivered or 0, "waiting_pulls": info.num_waiting or 0})
         present = {info.name for info in infos}
@@ -208,7 +206,7 @@ async def _backlogs(nc: Client, cfg: config_mod.Config, channels: tuple[str, ...
 
 def fold_lanes(rows: list[dict[str, Any]], channels: tuple[str, ...]) -> list[dict[str, Any]]:
     """A bridge's outbound lanes as one row (`channel-telegram-0..7`), their backlogs summed; missing
-    only when every lane is. The pre-lane durable an upgrade left keeps its own row."""
+    only when every lane is."""
     lane_of = {(c.stream, c.durable): channel for channel in channels for c in streams.bridge_lanes(channel)}
     out: list[dict[str, Any]] = []
     folded: dict[str, dict[str, Any]] = {}

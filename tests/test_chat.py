@@ -101,12 +101,12 @@ async def test_clawden_chat_turns_a_typed_number_into_a_button_press_on_the_bus(
     stdin.close()
 
 
-async def test_the_terminal_shows_its_chats_replies_from_every_lane_and_the_pre_lane_subject_in_order(
+async def test_the_terminal_shows_its_chats_replies_from_every_lane_in_order(
         tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
     js, session, stdin, write_fd, out = await start_terminal(tmp_path, nats_server, nc)
     other = ev.Route(channel="local", chat_id=next(c for c in map(str, range(100))
                                                   if subjects.lane(c) != subjects.lane(ROUTE.chat_id)))
-    sends = [(subjects.outbound_legacy("local"), ROUTE, "one"),  # a publisher from before lanes
+    sends = [(subjects.outbound("local", ROUTE.chat_id), ROUTE, "one"),
              (subjects.outbound("local", ROUTE.chat_id), ROUTE, "two"),
              (subjects.outbound("local", other.chat_id), other, "not mine"),
              (subjects.outbound("local", ROUTE.chat_id), ROUTE, "three")]

@@ -72,9 +72,6 @@ class Consumer:
     # A durable created late (a terminal that was never open) starts at new messages; the
     # policy is fixed at creation, since the server refuses to change it later.
     deliver_new: bool = False
-    # Further subjects, for a reader that is not pinned by a permission (several filters make the
-    # client create it at `CONSUMER.CREATE.<stream>.<name>`, without the filter).
-    more_subjects: tuple[str, ...] = ()
 
     def config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -88,8 +85,7 @@ class Consumer:
             max_deliver=self.max_deliver,
             backoff=list(self.backoff) or None,
             max_ack_pending=self.max_ack_pending,
-            filter_subject=None if self.more_subjects else self.filter_subject,
-            filter_subjects=[self.filter_subject, *self.more_subjects] if self.more_subjects else None,
+            filter_subject=self.filter_subject,
         )
 
 
@@ -145,14 +141,6 @@ def bridge_outbound(channel: str, lane: int) -> Consumer:
 def bridge_lanes(channel: str) -> tuple[Consumer, ...]:
     """A bridge's outbound durables, one per lane, read concurrently (subjects.OUTBOUND_LANES)."""
     return tuple(bridge_outbound(channel, lane) for lane in range(subjects.OUTBOUND_LANES))
-
-
-def bridge_outbound_legacy(channel: str) -> Consumer:
-    # The single durable a bridge read before lanes, on the bare channel subject. A bridge never creates
-    # it; where an upgraded install still has it, the bridge drains it first and keeps reading it, for
-    # what publishers of the older version send there until they restart.
-    return Consumer("CLAWDEN_OUTBOUND", f"channel-{channel}", subjects.outbound_legacy(channel), ack_wait=15.0,
-                    max_deliver=50, max_ack_pending=1)
 
 
 def bridge_webhooks(channel: str) -> Consumer:

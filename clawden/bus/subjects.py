@@ -50,11 +50,6 @@ def outbound_all(channel: str) -> str:
     return f"{PREFIX}.outbound.{token(channel)}.>"
 
 
-def outbound_legacy(channel: str) -> str:
-    """The subject before lanes: what a publisher of an older version still sends to during an upgrade."""
-    return f"{PREFIX}.outbound.{token(channel)}"
-
-
 def webhook(channel: str) -> str:
     """Where the webhook front door puts each verified delivery for this channel's bridge."""
     return f"{PREFIX}.webhook.{token(channel)}"
@@ -92,7 +87,7 @@ def ctl(service: str, verb: str) -> str:
 
 
 ALL_INBOUND = f"{PREFIX}.inbound.>"
-ALL_OUTBOUND = f"{PREFIX}.outbound.>"  # lanes and the legacy subject alike
+ALL_OUTBOUND = f"{PREFIX}.outbound.>"  # every channel's lanes
 ALL_RECEIPTS = f"{PREFIX}.receipt.>"
 ALL_WEBHOOKS = f"{PREFIX}.webhook.>"
 ALL_WAKES = f"{PREFIX}.wake.>"

@@ -7,17 +7,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
-
-from clawden.bus import Consumer, ConsumeStats, bind, consume
+from clawden.bus import ConsumeStats, bind, consume
 from clawden.bus import events as ev
 from clawden.bus.pull import Puller
-from clawden.bus.streams import bridge_lanes, bridge_outbound_legacy
+from clawden.bus.streams import bridge_lanes
 from clawden.runtime import ServiceContext
 from services.channels.bridge import Bridge, BridgeStats, Inbound
 from services.channels.delivery import Delivery, TypingIndicators
@@ -50,7 +46,6 @@ async def serve(ctx: ServiceContext, bridge: Bridge, *, policy: RetryPolicy | No
                             file_roots=(ctx.config.sessions_dir,))
         # One at a time per lane: with a single message in flight (see bridge_outbound) a larger pull only waits.
         lanes = [await bind(ctx.js, lane, batch=1) for lane in bridge_lanes(name)]
-        legacy = await _legacy_puller(ctx.js, bridge_outbound_legacy(name))
         await ctx.endpoint("capabilities", lambda _data: _capabilities(bridge))
         await ctx.ready(f"{name} bridge ready")
         consume_stats = ConsumeStats()
@@ -60,71 +55,15 @@ async def serve(ctx: ServiceContext, bridge: Bridge, *, policy: RetryPolicy | No
             await consume(puller, OUTBOUND_EVENTS, delivery.handle,  # type: ignore[arg-type]
                           stopping=ctx.stopping, stats=consume_stats)
 
-        drained = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
-            if legacy is None:
-                drained.set()
-            else:
-                tg.create_task(take(legacy))
-                tg.create_task(_wait_drained(ctx.js, legacy.consumer, drained, ctx.stopping))
             for puller in lanes:
-                tg.create_task(_after(drained, ctx.stopping, puller, take))
+                tg.create_task(take(puller))
             tg.create_task(_listen_forever(bridge, inbound, ctx.stopping, stats))
             tg.create_task(_housekeeping(state, inbound.files_dir, ctx.stopping))
     finally:
         await typing.close()
         await bridge.close()
         await state.close()
-
-
-# --- outbound lanes, and the durable from before them ------------------------------------------------------
-
-async def _legacy_puller(js: JetStreamContext, legacy: Consumer) -> Puller | None:
-    """A pull on the pre-lane durable if this install still has it (an upgrade): never created here."""
-    try:
-        await js.consumer_info(legacy.stream, legacy.durable)
-    except NotFoundError:
-        return None
-    log.info("outbound: reading %s, the durable from before lanes, first", legacy.durable)
-    puller = Puller(js._nc, legacy, batch=1)  # nats-py offers no public accessor for the connection
-    await puller.start()
-    return puller
-
-
-async def _wait_drained(js: JetStreamContext, legacy: Consumer, drained: asyncio.Event,
-                        stopping: asyncio.Event) -> None:
-    """Set `drained` once the pre-lane durable holds nothing (pending or in flight), so what was queued
-    there before the upgrade leaves before anything newer for the same chat. Asked once a second:
-    only while an upgrade drains, and no event says when the server's count reaches zero."""
-    while not stopping.is_set():
-        try:
-            info = await js.consumer_info(legacy.stream, legacy.durable)
-            left = (info.num_pending or 0) + (info.num_ack_pending or 0)
-        except NotFoundError:  # someone removed it: nothing is left to keep in order
-            left = 0
-        except Exception as exc:  # NATS away for a moment: ask again
-            log.warning("outbound: could not ask about %s: %r", legacy.durable, exc)
-            left = -1
-        if left == 0:
-            log.info("outbound: %s is drained; the lanes start", legacy.durable)
-            drained.set()
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), 1.0)
-
-
-async def _after(drained: asyncio.Event, stopping: asyncio.Event, puller: Puller,
-                 take: Callable[[Puller], Awaitable[None]]) -> None:
-    """Consume a lane once the pre-lane durable is drained (at once on a fresh install)."""
-    wait = asyncio.create_task(drained.wait())
-    stop = asyncio.create_task(stopping.wait())
-    await asyncio.wait({wait, stop}, return_when=asyncio.FIRST_COMPLETED)
-    wait.cancel()
-    stop.cancel()
-    if drained.is_set() and not stopping.is_set():
-        await take(puller)
-    else:
-        await puller.stop()
 
 
 async def _capabilities(bridge: Bridge) -> dict[str, Any]:

@@ -146,10 +146,9 @@ class Bus:
         await publish(self.js, subjects.outbound("telegram", str(chat_id)), event, msg_id=event.id)
         return event
 
-    async def publish(self, event: OutboundEvent, msg_id: str, *, legacy: bool = False) -> None:
-        """To the chat's lane; `legacy`: to the bare subject, as a publisher from before lanes did."""
-        subject = subjects.outbound_legacy("telegram") if legacy else subjects.outbound("telegram", event.route.chat_id)
-        await publish(self.js, subject, event, msg_id=msg_id)
+    async def publish(self, event: OutboundEvent, msg_id: str) -> None:
+        """To the chat's lane."""
+        await publish(self.js, subjects.outbound("telegram", event.route.chat_id), event, msg_id=msg_id)
 
     async def stored(self, subject: str) -> list[tuple[dict[str, str], Any]]:
         """Every message JetStream holds on `subject`, oldest first, decoded, with its headers."""

@@ -142,7 +142,7 @@ class MatrixBus(Bus):
         await publish(self.js, subjects.outbound("matrix", str(chat_id)), event, msg_id=event.id)
         return event
 
-    async def publish(self, event: Any, msg_id: str, *, legacy: bool = False) -> None:
+    async def publish(self, event: Any, msg_id: str) -> None:
         await publish(self.js, subjects.outbound("matrix", event.route.chat_id), event, msg_id=msg_id)
 
     async def inbound(self) -> list[Any]:

@@ -41,7 +41,7 @@ class SlackBus(Bus):
         await publish(self.js, subjects.outbound("slack", str(chat_id)), event, msg_id=event.id)
         return event
 
-    async def publish(self, event: OutboundEvent, msg_id: str, *, legacy: bool = False) -> None:
+    async def publish(self, event: OutboundEvent, msg_id: str) -> None:
         await publish(self.js, subjects.outbound("slack", event.route.chat_id), event, msg_id=msg_id)
 
     async def inbound(self) -> list[object]:

@@ -20,7 +20,6 @@ import pytest
 from clawden import status
 from clawden.bus import events as ev
 from clawden.bus import subjects
-from clawden.bus.streams import bridge_outbound_legacy
 from clawden.runtime import EX_CONFIG
 from services.channels.retry import PlatformError
 from services.channels.telegram import TelegramBridge
@@ -588,30 +587,6 @@ async def test_a_chat_held_back_by_a_rate_limit_does_not_hold_up_other_chats(
     held = next(c for c in fake.calls_to("sendMessage") if c.outcome == "Error")
     assert sends[1].at - held.at >= 5.0, "retry_after was not honoured"
     assert fake.texts(busy) == ["busy 1", "busy 2"] and fake.texts(quiet) == ["quiet 1"]  # type: ignore[arg-type]
-
-
-async def test_what_an_upgrade_left_on_the_pre_lane_durable_leaves_first_and_once(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
-    ada = fake.user("Ada")
-    chat = fake.private_chat(ada)
-    route = ev.Route(channel="telegram", chat_id=str(chat["id"]))
-    # The previous version's bridge stopped with its single durable still holding two answers.
-    await bus.js.add_consumer("CLAWDEN_OUTBOUND", bridge_outbound_legacy("telegram").config())
-    for i in (1, 2):
-        await bus.publish(ev.OutboundMessage(id=f"old-{i}", route=route, text=f"old {i}"), f"old-{i}", legacy=True)
-    # An upgraded runner already answers on the chat's lane.
-    await bus.send(chat["id"], "new 1", id="new-1")
-    bridge.start()
-    await bus.wait_receipts(3)
-    assert fake.texts(chat) == ["old 1", "old 2", "new 1"]
-    # A runner of the older version, not yet restarted, still publishes to the bare subject: delivered too.
-    await bus.publish(ev.OutboundMessage(id="old-3", route=route, text="old 3"), "old-3", legacy=True)
-    receipts = await bus.wait_receipts(4)
-    assert fake.texts(chat) == ["old 1", "old 2", "new 1", "old 3"]
-    assert all(r.ok for r in receipts) and len({r.outbound_id for r in receipts}) == 4
-    info = await bus.js.consumer_info("CLAWDEN_OUTBOUND", "channel-telegram")
-    assert (info.num_pending, info.num_ack_pending) == (0, 0)
-    assert "channel-telegram is drained; the lanes start" in bridge.output()
 
 
 async def test_a_send_telegram_took_while_the_bridge_died_is_not_sent_again(

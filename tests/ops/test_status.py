@@ -17,7 +17,7 @@ from clawden import config as config_mod
 from clawden import control, natsauth, runtime
 from clawden.bus import ensure_streams, publish, subjects
 from clawden.bus import events as ev
-from clawden.bus.streams import bridge_lanes, bridge_outbound_legacy, ensure_consumer
+from clawden.bus.streams import bridge_lanes, ensure_consumer
 from clawden.cli import main
 from clawden.status import Unreachable, gather, healthy, render
 from tests.e2e.harness import Stack, Terminal
@@ -110,33 +110,28 @@ async def test_a_bridge_that_is_down_is_listed_with_what_it_has_not_delivered(st
     nc = await stack.connect()
     js = nc.jetstream()
     lanes = bridge_lanes("telegram")
-    legacy = bridge_outbound_legacy("telegram")
     chats = ("42", next(c for c in map(str, range(100)) if subjects.lane(c) != subjects.lane("42")))
     try:
         await ensure_streams(js)
-        for consumer in (*lanes, legacy):  # as the bridge left them when it stopped, on an upgraded install
+        for consumer in lanes:  # as the bridge left them when it stopped
             await ensure_consumer(js, consumer)
         for chat in chats:
             message = ev.OutboundMessage(id=f"ops-undelivered-{chat}", route=ev.Route(channel="telegram", chat_id=chat),
                                          text="hello")
             await publish(js, subjects.outbound("telegram", chat), message, msg_id=message.id)
-        old = ev.OutboundMessage(id="ops-legacy", route=ev.Route(channel="telegram", chat_id="42"), text="from v1")
-        await publish(js, subjects.outbound_legacy("telegram"), old, msg_id=old.id)
 
         report = await gather(cfg_of(stack))
     finally:
         token.unlink()
-        for consumer in (*lanes, legacy):
+        for consumer in lanes:
             await js.delete_consumer("CLAWDEN_OUTBOUND", consumer.durable)
         await nc.close()
 
     assert report["down"] == ["channel-telegram"] and not healthy(report)
-    # The eight lanes are one row, their backlogs summed; the pre-lane durable has its own.
+    # The eight lanes are one row, their backlogs summed.
     [backlog] = [r for r in report["streams"] if r["durable"] == "channel-telegram-0..7"]
     assert (backlog["pending"], backlog["ack_pending"], backlog["owner"], backlog["lanes"]) == (
         2, 0, "channel-telegram", 8)
-    [before_lanes] = [r for r in report["streams"] if r["durable"] == "channel-telegram"]
-    assert (before_lanes["pending"], before_lanes["owner"]) == (1, "channel-telegram")
     assert not [r for r in report["streams"] if r["durable"].startswith("channel-telegram-") and r is not backlog]
     text = render(report)
     assert "channel-telegram  DOWN" in text and "channel-telegram-0..7" in text

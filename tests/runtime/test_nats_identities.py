@@ -17,10 +17,9 @@ from nats.errors import AuthorizationError
 
 from clawden import config as config_mod
 from clawden import natsauth, natsserver, setup
-from clawden.bus import bind, connect, ensure_consumer, ensure_streams, subjects
+from clawden.bus import bind, connect, ensure_streams, subjects
 from clawden.bus import events as ev
-from clawden.bus.pull import Puller
-from clawden.bus.streams import bridge_lanes, bridge_outbound, bridge_outbound_legacy, runner_wake
+from clawden.bus.streams import bridge_lanes, bridge_outbound, runner_wake
 from clawden.registry import installed_channels
 from tests.eventually import eventually
 
@@ -115,43 +114,9 @@ async def test_a_bridge_reads_its_own_outbound_lanes_and_no_other_durable(
         elsewhere = replace(bridge_outbound("telegram", 0), filter_subject=subjects.outbound_lane("telegram", 1))
         with pytest.raises(TimeoutError):  # a lane's durable, made to read another lane's subject
             await bind(js, elsewhere)
-        with pytest.raises(TimeoutError):  # the pre-lane durable: read where an upgrade left it, never made
-            await bind(js, bridge_outbound_legacy("telegram"))
     assert any("consumer.create.clawden_outbound.channel-signal-0" in e for e in bridge.errors), bridge.errors
     assert any("consumer.create.clawden_outbound.channel-telegram-0.clawden.outbound.telegram.1" in e
                for e in bridge.errors), bridge.errors
-    assert any("consumer.create.clawden_outbound.channel-telegram.clawden.outbound.telegram" in e
-               for e in bridge.errors), bridge.errors
-
-
-async def test_a_bridge_drains_the_pre_lane_durable_an_upgrade_left_but_not_another_bridges(
-        cfg: config_mod.Config, streams_ready: None) -> None:
-    old = ev.OutboundMessage(id="v1", route=ev.Route(channel="telegram", chat_id="1"), text="from before lanes")
-    async with Client_(cfg, natsauth.CLI) as nc:  # as the previous version left the install
-        js = nc.jetstream()
-        for channel in CHANNELS:
-            await ensure_consumer(js, bridge_outbound_legacy(channel))
-            await js.publish(subjects.outbound_legacy(channel), ev.encode(old), timeout=5)
-    bridge = Client_(cfg, "channel-telegram")
-    async with bridge as nc:
-        js = nc.jetstream()
-        assert (await js.consumer_info("CLAWDEN_OUTBOUND", "channel-telegram")).num_pending == 1
-        puller = Puller(nc, bridge_outbound_legacy("telegram"), batch=1)
-        await puller.start()
-        [msg] = await puller.next(timeout=5)
-        assert ev.decode(msg.data) == old
-        await msg.ack_sync()
-        await puller.stop()
-        signal = Puller(nc, bridge_outbound_legacy("signal"), batch=1)
-        await signal.start()
-        assert await signal.next(timeout=0.5) == []
-        await signal.stop()
-        await eventually(lambda: any("consumer.msg.next.clawden_outbound.channel-signal" in e for e in bridge.errors),
-                         message=lambda: bridge.errors)
-    assert any("consumer.msg.next.clawden_outbound.channel-signal" in e for e in bridge.errors), bridge.errors
-    async with Client_(cfg, natsauth.CLI) as nc:
-        info = await nc.jetstream().consumer_info("CLAWDEN_OUTBOUND", "channel-telegram")
-        assert (info.num_pending, info.num_ack_pending) == (0, 0)
 
 
 async def test_every_publisher_of_replies_may_publish_to_a_chats_lane(
