@@ -211,6 +211,20 @@ async def test_what_was_said_while_the_bridge_was_down_is_read_from_the_history_
     assert [m.text for m in got] == ["before the stop", "while down"]
 
 
+async def test_a_session_discord_timed_out_is_identified_anew_and_read_back_from_the_history(
+        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    ada = discord.user("ada")
+    dm = discord.dm(ada)
+    bridge.start()
+    discord.say(dm, ada, "first")
+    await bus.messages(1)
+    discord.time_out_session()  # close 4009: a resume would be refused, so none is tried
+    discord.say(dm, ada, "missed")
+    await until(lambda: len(discord.identifies) == 2, 20, lambda: bridge.output()[-2000:])
+    assert [m.text for m in await bus.messages(2)] == ["first", "missed"]
+    assert discord.resumes == [] and discord.timeouts == 1
+
+
 async def test_a_zombie_connection_without_heartbeat_acks_is_closed_and_resumed(
         tmp_path: Path, nats_server: NatsServer, bus: DiscordBus) -> None:
     fast = FakeDiscord(heartbeat_ms=300).start_in_thread()
@@ -226,6 +240,7 @@ async def test_a_zombie_connection_without_heartbeat_acks_is_closed_and_resumed(
         await until(lambda: len(fast.resumes) == 1, 10, lambda: b.output()[-2000:])
         fast.say(dm, ada, "two")
         assert [m.text for m in await bus.messages(2)] == ["one", "two"]
+        assert fast.timeouts == 0, "the fake saw the bridge's heartbeats stop"
     finally:
         b.close()
         fast.stop_thread()

@@ -10,7 +10,8 @@ does. It is strict where a bridge can go wrong, each rule citing the Discord dev
   `session_id`, `seq`), anything else closes with 4003 (not authenticated); a second Identify closes with 4005; a
   wrong token with 4004. Ready carries `session_id` and `resume_gateway_url`. Heartbeat (op 1) is answered with
   Heartbeat ACK (op 11). Every dispatch (op 0) carries the next `s`; a Resume replays what came after its `seq` and
-  ends with RESUMED. Invalid Session (op 9, `d` false): the session is gone, identify anew. Reconnect (op 7).
+  ends with RESUMED. Invalid Session (op 9, `d` false): the session is gone, identify anew. Reconnect (op 7). A
+  client whose heartbeats stop loses its session (close 4009, "Opcodes and Status Codes": session timed out).
 - "Gateway": Message Content Intent: without intent 1<<15 a guild message's `content`, `attachments` and
   `components` are empty, unless it mentions the bot (DMs always carry them).
 - "Rate Limits": every answer carries `X-RateLimit-Limit`, `-Remaining`, `-Reset`, `-Reset-After`, `-Bucket`; a call
@@ -127,6 +128,8 @@ class FakeDiscord(ThreadedServer):
         self.identifies: list[dict[str, Any]] = []
         self.resumes: list[dict[str, Any]] = []
         self.heartbeats: list[Any] = []
+        self.timeouts = 0  # sessions ended for missed heartbeats (close 4009)
+        self._last_beat = 0.0
         self.callbacks: list[tuple[str, int, float]] = []  # interaction id, type, seconds after it was sent
         self.sent_dispatches: list[int] = []  # every seq sent, over every connection
         self.session: GatewaySession | None = None
@@ -301,6 +304,12 @@ class FakeDiscord(ThreadedServer):
             self.session = None
         self.drop_socket()
 
+    def time_out_session(self) -> None:
+        """Discord ends the session as if its heartbeats had been missed: close code 4009, identify anew."""
+        ws = self._ws
+        if ws is not None:
+            self.call(self._time_out(ws))
+
     def stop_acking_heartbeats(self) -> None:
         """Heartbeats go unanswered on this connection (a zombie): the client should reconnect and resume."""
         self._ack_heartbeats = False
@@ -328,11 +337,13 @@ class FakeDiscord(ThreadedServer):
         self._ws = ws
         self._identified = False
         self._ack_heartbeats = True
+        self._last_beat = time.monotonic()
         self.connections += 1
         resume_path = request.path.startswith("/resume")
         # One writer per connection: dispatches leave in seq order.
         self._outq = asyncio.Queue()
         writer = asyncio.create_task(self._writer(ws, self._outq))
+        watchdog = asyncio.create_task(self._watch_heartbeats(ws))
         self._outq.put_nowait({"op": 10, "d": {"heartbeat_interval": self.heartbeat_ms}, "s": None, "t": None})
         try:
             async for msg in ws:
@@ -341,9 +352,26 @@ class FakeDiscord(ThreadedServer):
                 await self._op(ws, json.loads(msg.data), resume_path)
         finally:
             writer.cancel()
+            watchdog.cancel()
             if self._ws is ws:
                 self._ws = None
         return ws
+
+    async def _watch_heartbeats(self, ws: web.WebSocketResponse) -> None:
+        """A client that stops heartbeating loses its session: closed with 4009 (session timed out), not resumable.
+        Half an interval and two seconds of grace past the interval."""
+        interval = self.heartbeat_ms / 1000
+        while not ws.closed:
+            await asyncio.sleep(min(interval / 4, 1.0))
+            if time.monotonic() - self._last_beat > interval * 1.5 + 2.0:
+                await self._time_out(ws)
+                return
+
+    async def _time_out(self, ws: web.WebSocketResponse) -> None:
+        with self._lock:
+            self.session = None
+            self.timeouts += 1
+        await ws.close(code=4009, message=b"Session timed out")
 
     async def _writer(self, ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]]) -> None:
         while not ws.closed:
@@ -359,6 +387,7 @@ class FakeDiscord(ThreadedServer):
         op, d = payload.get("op"), payload.get("d") or {}
         if op == 1:
             self.heartbeats.append(payload.get("d"))
+            self._last_beat = time.monotonic()
             if self._ack_heartbeats:
                 self._outq.put_nowait({"op": 11, "d": None, "s": None, "t": None})
         elif op in (2, 6) and self._identified:
