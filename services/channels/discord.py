@@ -53,6 +53,7 @@ INTENTS = (1 << 0) | (1 << 9) | (1 << 12) | (1 << 15)
 FATAL_CLOSE = {4004: "the token was refused", 4010: "invalid shard", 4011: "sharding required",
                4012: "invalid API version", 4013: "invalid intents",
                4014: "a disallowed intent: switch on Message Content in the developer portal (Bot page)"}
+FATAL_RETRY = 600.0  # seconds between identifies while a close code says the configuration is wrong
 NO_RESUME_CLOSE = {4007, 4009}  # invalid seq, session timed out: identify anew
 # Create Message takes about 5 a channel per 5 seconds; sends and edits into one channel are paced to it. A rate only:
 # the buckets the X-RateLimit headers describe are what the bridge obeys.
@@ -342,6 +343,12 @@ class DiscordBridge(Bridge):
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6))
                 log.warning("discord: the Gateway failed (%r); connecting again in %.1fs", exc, delay)
                 await inbound.pause(delay)
+            except BridgeConfigError as exc:
+                # Only a person can fix it; Discord allows 1000 identifies a day and resets the token past that,
+                # so the bridge tries again rarely instead of at the listener's restart pace.
+                self.session.forget()
+                log.error("discord: %s; trying again in %.0f minutes", exc, FATAL_RETRY / 60)
+                await inbound.pause(FATAL_RETRY)
 
     async def _connection(self, url: str, inbound: Inbound) -> None:
         assert self._ws_session is not None

@@ -39,7 +39,7 @@ class DiscordBridge:
         env.pop("NOTIFY_SOCKET", None)
         return env
 
-    def start(self) -> DiscordBridge:
+    def start(self, *, session_timeout: float = 30) -> DiscordBridge:
         sessions = len(self.discord.identifies) + len(self.discord.resumes)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
@@ -47,7 +47,7 @@ class DiscordBridge:
                                          env=self.env(), stdout=out, stderr=out, start_new_session=True)
         wait_for(lambda: "channel@discord ready" in self.output()[self._mark:], 30,
                  lambda: f"the bridge did not get ready:\n{self.output()}")
-        wait_for(lambda: len(self.discord.identifies) + len(self.discord.resumes) > sessions, 30,
+        wait_for(lambda: len(self.discord.identifies) + len(self.discord.resumes) > sessions, session_timeout,
                  lambda: f"no Gateway session:\n{self.output()}")
         return self
 

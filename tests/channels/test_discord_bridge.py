@@ -383,3 +383,17 @@ async def test_a_channel_held_by_a_429_does_not_hold_up_another(
     await until(lambda: discord.texts(held) == ["for ada"], 15)
     first, second = [c for c in discord.calls_to("create_message") if f"/channels/{held}/" in c.path]
     assert second.at - first.at >= 4.0
+
+
+async def test_without_the_message_content_intent_switched_on_the_bridge_says_so_and_does_not_hammer_the_gateway(
+        tmp_path: Path, nats_server: NatsServer) -> None:
+    fake = FakeDiscord(message_content=False).start_in_thread()
+    b = DiscordBridge(tmp_path / "home", nats_server.url, fake)
+    try:
+        with pytest.raises(AssertionError, match="no Gateway session"):
+            b.start(session_timeout=3)
+        assert "4014" in b.output() and "switch on Message Content" in b.output()
+        assert "trying again in 10 minutes" in b.output() and fake.connections == 1
+    finally:
+        b.close()
+        fake.stop_thread()

@@ -6,12 +6,13 @@ messages. People act through `say`, `thread` and `click`; the fake turns that in
 does. It is strict where a bridge can go wrong, each rule citing the Discord developer docs page it comes from:
 
 - "Gateway": Hello (op 10) with `heartbeat_interval` opens a connection; the URL carries `v=10&encoding=json`; the
-  first thing sent must be Identify (op 2, the token, `intents`, `properties`) or Resume (op 6, `token`,
-  `session_id`, `seq`), anything else closes with 4003 (not authenticated); a second Identify closes with 4005; a
-  wrong token with 4004. Ready carries `session_id` and `resume_gateway_url`. Heartbeat (op 1) is answered with
-  Heartbeat ACK (op 11). Every dispatch (op 0) carries the next `s`; a Resume replays what came after its `seq` and
-  ends with RESUMED. Invalid Session (op 9, `d` false): the session is gone, identify anew. Reconnect (op 7). A
-  client whose heartbeats stop loses its session (close 4009, "Opcodes and Status Codes": session timed out).
+  first thing sent must be Identify (op 2, the token, `intents`, `properties`) or Resume (op 6, `token`, `session_id`,
+  `seq`), anything else closes with 4003 (not authenticated); a second Identify closes with 4005; a wrong token with
+  4004; a privileged intent not switched on in the developer portal with 4014. Ready carries `session_id` and
+  `resume_gateway_url`. Heartbeat (op 1) is answered with Heartbeat ACK (op 11). Every dispatch (op 0) carries the
+  next `s`; a Resume replays what came after its `seq` and ends with RESUMED. Invalid Session (op 9, `d` false): the
+  session is gone, identify anew. Reconnect (op 7). A client whose heartbeats stop loses its session (close 4009,
+  "Opcodes and Status Codes": session timed out).
 - "Gateway": Message Content Intent: without intent 1<<15 a guild message's `content`, `attachments` and
   `components` are empty, unless it mentions the bot (DMs always carry them).
 - "Rate Limits": every answer carries `X-RateLimit-Limit`, `-Remaining`, `-Reset`, `-Reset-After`, `-Bucket`; a call
@@ -115,8 +116,10 @@ class ApiError(Exception):
 
 
 class FakeDiscord(ThreadedServer):
-    def __init__(self, *, heartbeat_ms: int = 41250, bucket: tuple[int, float] = (5, 5.0)) -> None:
+    def __init__(self, *, heartbeat_ms: int = 41250, bucket: tuple[int, float] = (5, 5.0),
+                 message_content: bool = True) -> None:
         self.heartbeat_ms = heartbeat_ms
+        self.message_content = message_content  # the privileged intent switched on in the developer portal
         self.bucket = bucket
         self.token = TOKEN
         self.bot_id = BOT_ID
@@ -405,6 +408,9 @@ class FakeDiscord(ThreadedServer):
             return
         if not isinstance(d.get("intents"), int) or not isinstance(d.get("properties"), dict):
             await ws.close(code=4002, message=b"Decode error")
+            return
+        if d["intents"] & MESSAGE_CONTENT and not self.message_content:
+            await ws.close(code=4014, message=b"Disallowed intent(s)")
             return
         self.identifies.append(d)
         self._identified = True
