@@ -23,6 +23,7 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -109,6 +110,14 @@ def clean_text(text: str, me: str) -> str:
     return re.sub(rf"<@!?{re.escape(me)}>", "", text).strip()
 
 
+def sent_at(msg: dict[str, Any]) -> float:
+    """When the message was posted (its ISO 8601 `timestamp`); now, for one without a readable one."""
+    try:
+        return datetime.fromisoformat(str(msg["timestamp"])).timestamp()
+    except (KeyError, ValueError):
+        return time.time()
+
+
 def inbound_message(msg: dict[str, Any], me: str, place: Place) -> ev.InboundMessage | None:
     """A person's message as an inbound event; None for bots (the bridge's own included), system messages and empty
     ones. `mentioned`: a DM, the bot among `mentions`, or a reply to the bot's message."""
@@ -133,7 +142,7 @@ def inbound_message(msg: dict[str, Any], me: str, place: Place) -> ev.InboundMes
     return ev.InboundMessage(
         route=place.route(channel), message_id=message_id(channel, str(msg["id"])),
         sender=ev.Sender(id=f"{CHANNEL}:{user}", name=str(author.get("global_name") or author.get("username") or user)),
-        text=text, sent_at=time.time(), is_group=not place.dm, mentioned=mentioned,
+        text=text, sent_at=sent_at(msg), is_group=not place.dm, mentioned=mentioned,
         reply_to=message_id(channel, str(ref)) if ref else None, attachments=attachments, supports_threads=True)
 
 

@@ -59,6 +59,8 @@ def test_a_mention_a_reply_to_the_bot_and_a_dm_engage_and_a_bot_is_never_read() 
     guild = Place(dm=False)
     mention = inbound_message(msg, BOT_ID, guild)
     assert mention is not None and (mention.text, mention.mentioned, mention.is_group) == ("hi there", True, True)
+    dated = inbound_message(dict(msg, timestamp="2026-12-05T01:02:03.500000+00:00"), BOT_ID, guild)
+    assert dated is not None and dated.sent_at == 1796432523.5
     plain = inbound_message(dict(msg, content="lunch?", mentions=[]), BOT_ID, guild)
     assert plain is not None and not plain.mentioned
     reply = inbound_message(dict(msg, content="and then?", mentions=[], type=19,
