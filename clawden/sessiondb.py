@@ -7,6 +7,7 @@ the other's file read-only. Stdlib only: this module is copied into the agent im
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -114,6 +115,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     are short-lived (open, work, close) so each read sees the other side's latest commit.
     """
     if readonly:
+        _roll_back_hot_journal(path)
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
                                isolation_level=None)
     else:
@@ -123,6 +125,21 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if not readonly:
         conn.execute("PRAGMA journal_mode = DELETE")
     return conn
+
+
+def _roll_back_hot_journal(path: Path) -> None:
+    """A writer killed mid-transaction leaves a hot journal, which only a read-write connection may roll
+    back: until then every read-only open fails ("attempt to write a readonly database"). The runner
+    restarted after such a kill reads its sessions before it writes them, so it would never get there.
+    Where this side may write the file, one read-write open settles it: SQLite rolls a journal back only
+    when it is hot (no live writer holds the file's lock), so a writer mid-transaction is left alone."""
+    if not Path(f"{path}-journal").exists() or not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        return
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    finally:
+        conn.close()
 
 
 @contextmanager

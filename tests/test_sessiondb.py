@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,37 @@ def test_session_state_round_trips(folder: Path) -> None:
     assert sdb.get_state(folder, "claude_session_id") == "abc"
     sdb.set_state(folder, "claude_session_id", None)
     assert sdb.get_state(folder, "claude_session_id") is None
+
+
+def test_a_writer_killed_mid_transaction_leaves_nothing_a_reader_cannot_read(folder: Path) -> None:
+    """The runner SIGKILLed while it writes inbound.db leaves a hot journal, which only a read-write
+    connection may roll back; the restarted runner reads before it writes, so its read must recover it."""
+    sdb.insert_inbound(folder, message("before"))
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(folder / sdb.INBOUND)],
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None and writer.stdout.readline().strip() == "mid-transaction"
+    writer.kill()
+    writer.wait()
+    writer.stdout.close()
+    assert (folder / f"{sdb.INBOUND}-journal").stat().st_size > 0  # hot: its writer is gone
+
+    assert sdb.has_unanswered(folder)  # "attempt to write a readonly database" before the fix
+    assert list(sdb.inbound_status(folder).values()) == ["pending"]  # the half-written row rolled back
+    assert not (folder / f"{sdb.INBOUND}-journal").exists()
+
+
+# A writer that has changed pages of the file itself (its cache spilled) when it is killed: the journal
+# holds the only copy of what they were.
+KILLED_WRITER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode = DELETE")
+conn.execute("PRAGMA cache_size = 1")
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("UPDATE messages_in SET status = 'completed'")
+conn.execute("CREATE TABLE filler (x BLOB)")
+conn.execute("INSERT INTO filler SELECT randomblob(4000) FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL"
+             " SELECT i + 1 FROM n WHERE i < 200) SELECT i FROM n)")
+print("mid-transaction", flush=True)
+time.sleep(60)
+"""
