@@ -13,8 +13,9 @@ import base64
 import contextlib
 import hashlib
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -210,6 +211,41 @@ class Inbound:
             self.alive()
             await asyncio.sleep(min(left, 5.0))
         self.alive()
+
+    async def fetch_attachments(self, message: ev.InboundMessage, limit: int,
+                                get: Callable[[ev.Attachment], Awaitable[bytes]]) -> ev.InboundMessage:
+        """`message` with each attachment fetched by `get` into the bridge's folder (its url then the local
+        file), three tries while `get` raises a transient PlatformError; one over `limit` bytes is not
+        fetched, one that cannot be keeps an empty url, and the text says what was too large."""
+        attachments, notes = [], []
+        for attachment in message.attachments:
+            path: Path | None = None
+            if attachment.size > limit:
+                notes.append(f"[{attachment.name} was too large to fetch]")
+            elif attachment.url:
+                path = await self._fetch(attachment, message, get)
+            attachments.append(msgspec.structs.replace(attachment, url=path.as_uri() if path else ""))
+        text = message.text + ("\n\n" if message.text and notes else "") + "\n".join(notes)
+        return msgspec.structs.replace(message, attachments=tuple(attachments), text=text)
+
+    async def _fetch(self, attachment: ev.Attachment, message: ev.InboundMessage,
+                     get: Callable[[ev.Attachment], Awaitable[bytes]]) -> Path | None:
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", attachment.name)[-100:] or "file"
+        dest = self.files_dir / re.sub(r"[^A-Za-z0-9]", "_", message.message_id) / safe
+        for attempt in range(3):
+            try:
+                body = await get(attachment)
+            except PlatformError as exc:
+                if exc.kind == "permanent" or attempt == 2:
+                    log.warning("%s: could not fetch %s of %s: %s", self.channel, attachment.name, message.key,
+                                exc.description)
+                    return None
+                await self.pause(1.0 + attempt)
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(dest.write_bytes, body)
+            return dest
+        return None
 
     async def publish(self, event: ev.InboundMessage | ev.InboundAction | ev.ChatMoved | ev.MessagesLost) -> None:
         """Returns once JetStream has stored the event; only then may the platform cursor move.

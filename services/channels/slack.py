@@ -389,7 +389,8 @@ class SlackBridge(Bridge):
         if message is None:
             return
         if message.attachments:
-            message = await self._fetch_files(message, inbound)
+            message = await inbound.fetch_attachments(message, self.capabilities.max_download_bytes,
+                                                      self._get_file)
         await inbound.publish(message)
 
     async def _actions(self, payload: dict[str, Any], inbound: Inbound) -> None:
@@ -414,43 +415,19 @@ class SlackBridge(Bridge):
             if not pressed:
                 log.info("slack: a press on an expired card in %s", channel)
 
-    async def _fetch_files(self, message: ev.InboundMessage, inbound: Inbound) -> ev.InboundMessage:
-        attachments = []
-        notes = []
-        for attachment in message.attachments:
-            path: Path | None = None
-            if attachment.size > self.capabilities.max_download_bytes:
-                notes.append(f"[{attachment.name} was too large to fetch]")
-            elif attachment.url:
-                path = await self._download(attachment, message, inbound)
-            attachments.append(msgspec.structs.replace(attachment, url=path.as_uri() if path else ""))
-        text = message.text + ("\n\n" if message.text and notes else "") + "\n".join(notes)
-        return msgspec.structs.replace(message, attachments=tuple(attachments), text=text)
-
-    async def _download(self, attachment: ev.Attachment, message: ev.InboundMessage, inbound: Inbound) -> Path | None:
+    async def _get_file(self, attachment: ev.Attachment) -> bytes:
         """`url_private_download` needs the bot token (api.slack.com/types/file#authentication)."""
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", attachment.name)[-100:] or "file"
-        dest = inbound.files_dir / re.sub(r"[^A-Za-z0-9]", "_", message.message_id) / safe
         self._apis()
         assert self.session is not None
-        for attempt in range(3):
-            try:
-                async with self.session.get(attachment.url, headers={"Authorization": f"Bearer {self.tokens.bot}"},
-                                            allow_redirects=True) as resp:
-                    if resp.status >= 400 or resp.content_type == "text/html":  # a login page: no access
-                        raise SlackError(f"download: HTTP {resp.status}", "transient" if resp.status >= 500
-                                         else "permanent")
-                    body = await resp.read()
-            except (aiohttp.ClientError, TimeoutError, SlackError) as exc:
-                if (isinstance(exc, SlackError) and exc.kind == "permanent") or attempt == 2:
-                    log.warning("slack: could not fetch %s of %s: %r", attachment.name, message.key, exc)
-                    return None
-                await inbound.pause(1.0 + attempt)
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            await asyncio.to_thread(dest.write_bytes, body)
-            return dest
-        return None
+        try:
+            async with self.session.get(attachment.url, headers={"Authorization": f"Bearer {self.tokens.bot}"},
+                                        allow_redirects=True) as resp:
+                if resp.status >= 400 or resp.content_type == "text/html":  # a login page: no access
+                    raise SlackError(f"download: HTTP {resp.status}", "transient" if resp.status >= 500
+                                     else "permanent")
+                return await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SlackError(f"download: {exc!r}", "transient") from exc
 
     # --- out: the Web API -----------------------------------------------------------------------
 
