@@ -33,18 +33,33 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="clawden-chaos-") as tmp:
         home = args.keep or Path(tmp) / "home"
-        stack = start_stack(home, ready_timeout=180,
-                            runner=f"max_containers = {args.max_containers}\nhang_timeout = 60")
+        stack = start_stack(
+            home, ready_timeout=180, runner=f"max_containers = {args.max_containers}\nhang_timeout = 60"
+        )
         try:
-            figures, chats = asyncio.run(chaos.run(stack, chats=args.chats, messages=args.messages,
-                                                   every=args.every, rounds=args.rounds, reply_timeout=600,
-                                                   log=lambda line: print(f"{time.monotonic() - started:7.1f}s {line}",
-                                                                          flush=True)))
+            figures, chats = asyncio.run(
+                chaos.run(
+                    stack,
+                    chats=args.chats,
+                    messages=args.messages,
+                    every=args.every,
+                    rounds=args.rounds,
+                    reply_timeout=600,
+                    log=lambda line: print(f"{time.monotonic() - started:7.1f}s {line}", flush=True),
+                )
+            )
         finally:
             stack.stop()
-    result = {"chats": args.chats, "messages_per_chat": args.messages, "kills": [k for k, _ in chaos.KINDS],
-              "rounds": args.rounds, "seconds": round(time.monotonic() - started, 1), **figures,
-              "replies": sum(len(c.replies) for c in chats), "mismatches": chaos.mismatches(chats)[:30]}
+    result = {
+        "chats": args.chats,
+        "messages_per_chat": args.messages,
+        "kills": [k for k, _ in chaos.KINDS],
+        "rounds": args.rounds,
+        "seconds": round(time.monotonic() - started, 1),
+        **figures,
+        "replies": sum(len(c.replies) for c in chats),
+        "mismatches": chaos.mismatches(chats)[:30],
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

@@ -35,11 +35,17 @@ from typing import Any
 
 HOST = "api.bench.test"
 BODY = b'{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
-REQUEST = (b"POST /v1/messages HTTP/1.1\r\nhost: " + HOST.encode() + b"\r\nx-api-key: clawden-managed\r\n"
-           b"content-type: application/json\r\ncontent-length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
+REQUEST = (
+    b"POST /v1/messages HTTP/1.1\r\nhost: " + HOST.encode() + b"\r\nx-api-key: clawden-managed\r\n"
+    b"content-type: application/json\r\ncontent-length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
+)
 ANSWER = b'{"id":"msg_bench","ok":true}'
-RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-            + str(len(ANSWER)).encode() + b"\r\n\r\n" + ANSWER)
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+    + str(len(ANSWER)).encode()
+    + b"\r\n\r\n"
+    + ANSWER
+)
 SECRET = "bench-secret-value-0123456789"  # injected as x-api-key by the gateway
 
 
@@ -48,7 +54,7 @@ SECRET = "bench-secret-value-0123456789"  # injected as x-api-key by the gateway
 
 def _content_length(head: bytes) -> int:
     at = head.lower().find(b"content-length:")
-    return int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
+    return int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
 
 
 class _Upstream(asyncio.Protocol):
@@ -88,8 +94,14 @@ async def serve_gateway(socket_path: str, upstream: str, extra_ca: str, work: st
     audit = AuditLog(lambda batch: store.run(store.write_audit, batch))
     secret = Secret(name="bench", kind="generic", host_pattern=HOST, header_name="x-api-key", grants=("*",))
     ca = CertificateAuthority.create("Clawden bench CA")
-    gateway = Gateway(catalog=Catalog(credentials=(Credential(secret, SECRET),)), ca=ca, work_dir=Path(work),
-                      extra_ca_file=extra_ca, host_map={HOST: upstream}, audit=audit)
+    gateway = Gateway(
+        catalog=Catalog(credentials=(Credential(secret, SECRET),)),
+        ca=ca,
+        work_dir=Path(work),
+        extra_ca_file=extra_ca,
+        host_map={HOST: upstream},
+        audit=audit,
+    )
     await gateway.listen("bench", Path(socket_path))
     stopping = asyncio.Event()
     flusher = asyncio.create_task(audit.run(stopping))
@@ -151,7 +163,8 @@ class _Client(asyncio.Protocol):
 
 async def open_direct(port: int, context: ssl.SSLContext) -> _Client:
     _, client = await asyncio.get_running_loop().create_connection(
-        _Client, "127.0.0.1", port, ssl=context, server_hostname=HOST)
+        _Client, "127.0.0.1", port, ssl=context, server_hostname=HOST
+    )
     return client
 
 
@@ -233,14 +246,36 @@ class Processes:
         tls = make_tls([HOST], str(self.work))
         self.site_ca = tls.ca_file
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-        self.procs = [subprocess.Popen([sys.executable, "-m", "bench.gateway", "--serve-upstream",
-                                        str(self.work / "fake-site.pem"), str(self.work / "port")], env=env)]
+        self.procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.gateway",
+                    "--serve-upstream",
+                    str(self.work / "fake-site.pem"),
+                    str(self.work / "port"),
+                ],
+                env=env,
+            )
+        ]
         try:
             self.port = int(_wait_file(self.work / "port"))
             self.socket = str(self.work / "gw.sock")
-            self.gateway = subprocess.Popen([sys.executable, "-m", "bench.gateway", "--serve-gateway", self.socket,
-                                             f"127.0.0.1:{self.port}", tls.ca_file, str(self.work),
-                                             str(self.work / "gw-ca.pem")], env=env)
+            self.gateway = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.gateway",
+                    "--serve-gateway",
+                    self.socket,
+                    f"127.0.0.1:{self.port}",
+                    tls.ca_file,
+                    str(self.work),
+                    str(self.work / "gw-ca.pem"),
+                ],
+                env=env,
+            )
             self.procs.append(self.gateway)
             self.gateway_ca = _wait_file(self.work / "gw-ca.pem")
         except BaseException:
@@ -338,8 +373,10 @@ def main() -> None:
         results = _run(measure(args, procs))
     finally:
         procs.stop()
-    report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "platform": platform.platform()}, **results}
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        **results,
+    }
     print(json.dumps(report, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -35,8 +35,13 @@ NANOCLAW_POLL_FLOOR_MS = 1000.0  # NanoClaw polls both session files every secon
 def summary(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"n": len(ordered), "median_ms": round(statistics.median(ordered), 2), "p95_ms": round(p95, 2),
-            "min_ms": round(ordered[0], 2), "max_ms": round(ordered[-1], 2)}
+    return {
+        "n": len(ordered),
+        "median_ms": round(statistics.median(ordered), 2),
+        "p95_ms": round(p95, 2),
+        "min_ms": round(ordered[0], 2),
+        "max_ms": round(ordered[-1], 2),
+    }
 
 
 async def timed_turn(term: Terminal, text: str) -> tuple[float, str]:
@@ -51,8 +56,12 @@ def docker_times(stack: Stack, since: float, until: float) -> dict[str, float]:
     """When Docker created and started this install's containers in the window (epoch seconds)."""
     client = docker.from_env()
     try:
-        stream = client.events(since=int(since) - 1, until=int(until) + 1, decode=True,
-                               filters={"type": "container", "label": f"{LABEL_INSTALL}={stack.install_id}"})
+        stream = client.events(
+            since=int(since) - 1,
+            until=int(until) + 1,
+            decode=True,
+            filters={"type": "container", "label": f"{LABEL_INSTALL}={stack.install_id}"},
+        )
         times: dict[str, float] = {}
         for event in stream:
             at = event.get("timeNano", 0) / 1e9
@@ -84,13 +93,22 @@ async def bare_turns(fake_url: str, turns: int, work: Path) -> list[float]:
 
     await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
     options = ClaudeAgentOptions(
-        cwd=str(work), permission_mode="bypassPermissions", setting_sources=[], strict_mcp_config=True,
-        mcp_servers={"clawden": create_sdk_mcp_server("clawden", tools=[send_message])}, tools=BUILTIN_TOOLS,
-        env={**QUIET_ENV, "ANTHROPIC_BASE_URL": fake_url, "ANTHROPIC_API_KEY": "sk-ant-bench",
-             "CLAUDE_CONFIG_DIR": str(work / ".claude-home"),
-             # With a base URL of its own, Claude Code defers MCP tools behind ToolSearch (an extra
-             # model call); in the container, through the vault, it offers them at once.
-             "ENABLE_TOOL_SEARCH": "false"})
+        cwd=str(work),
+        permission_mode="bypassPermissions",
+        setting_sources=[],
+        strict_mcp_config=True,
+        mcp_servers={"clawden": create_sdk_mcp_server("clawden", tools=[send_message])},
+        tools=BUILTIN_TOOLS,
+        env={
+            **QUIET_ENV,
+            "ANTHROPIC_BASE_URL": fake_url,
+            "ANTHROPIC_API_KEY": "sk-ant-bench",
+            "CLAUDE_CONFIG_DIR": str(work / ".claude-home"),
+            # With a base URL of its own, Claude Code defers MCP tools behind ToolSearch (an extra
+            # model call); in the container, through the vault, it offers them at once.
+            "ENABLE_TOOL_SEARCH": "false",
+        },
+    )
     samples: list[float] = []
     async with ClaudeSDKClient(options) as client:
         for i in range(turns + 1):  # the first turn warms it up, as Clawden's does
@@ -173,8 +191,10 @@ def main() -> int:
     w, c = result["warm"], result["cold"]
     print(f"warm turn: median {w['median_ms']} ms, p95 {w['p95_ms']} ms (n={w['n']})")  # type: ignore[index]
     b = result["bare_claude_code"]
-    print(f"bare Claude Code turn: median {b['median_ms']} ms, p95 {b['p95_ms']} ms; "  # type: ignore[index]
-          f"Clawden's warm median is {result['warm_over_bare']}x it")
+    print(
+        f"bare Claude Code turn: median {b['median_ms']} ms, p95 {b['p95_ms']} ms; "  # type: ignore[index]
+        f"Clawden's warm median is {result['warm_over_bare']}x it"
+    )
     print(f"cold turn: median {c['median_ms']} ms, p95 {c['p95_ms']} ms (n={c['n']})")  # type: ignore[index]
     print(f"cold phases (median ms): {result['cold_phases_median_ms']}")
     print(f"idle container memory (MiB): {result['idle_container_memory_mib']}")

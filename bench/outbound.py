@@ -31,8 +31,13 @@ from tests.fakes.telegram import Error, FakeTelegram
 def summary(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"n": len(ordered), "median_ms": round(statistics.median(ordered), 1), "p95_ms": round(p95, 1),
-            "max_ms": round(ordered[-1], 1), "over_1s": sum(1 for s in ordered if s > 1000)}
+    return {
+        "n": len(ordered),
+        "median_ms": round(statistics.median(ordered), 1),
+        "p95_ms": round(p95, 1),
+        "max_ms": round(ordered[-1], 1),
+        "over_1s": sum(1 for s in ordered if s > 1000),
+    }
 
 
 async def run(rounds: int, chats: int, stall: int) -> dict[str, float]:
@@ -49,8 +54,9 @@ async def run(rounds: int, chats: int, stall: int) -> dict[str, float]:
             published: dict[str, float] = {}
 
             async def send(chat: dict[str, Any], key: str) -> None:
-                event = ev.OutboundMessage(id=key, route=ev.Route(channel="telegram", chat_id=str(chat["id"])),
-                                           text=key)
+                event = ev.OutboundMessage(
+                    id=key, route=ev.Route(channel="telegram", chat_id=str(chat["id"])), text=key
+                )
                 published[key] = time.time()
                 await publish(bus.js, subjects.outbound("telegram", event.route.chat_id), event, msg_id=key)
 
@@ -79,8 +85,13 @@ def main() -> int:
     parser.add_argument("--stall", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results/outbound.json"))
     args = parser.parse_args()
-    result: dict[str, Any] = {"machine": platform.platform(), "rounds": args.rounds, "chats": args.chats,
-                              "stall_s": args.stall, "lane_count": subjects.OUTBOUND_LANES}
+    result: dict[str, Any] = {
+        "machine": platform.platform(),
+        "rounds": args.rounds,
+        "chats": args.chats,
+        "stall_s": args.stall,
+        "lane_count": subjects.OUTBOUND_LANES,
+    }
     result["lanes"] = asyncio.run(run(args.rounds, args.chats, args.stall))
     print(f"other chats' latency while one is held back {args.stall}s: {result['lanes']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

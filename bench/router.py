@@ -39,8 +39,9 @@ CHATS = 50
 def router(home: Path, url: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, CLAWDEN_HOME=str(home), CLAWDEN_NATS_URL=url)
     with (home / "router.log").open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "clawden", "run", "router"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "clawden", "run", "router"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 async def ctl(nc: Any, verb: str, payload: dict[str, Any] | None = None, timeout: float = 30) -> Any:
@@ -65,16 +66,26 @@ async def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def event(i: int) -> ev.InboundMessage:
     return ev.InboundMessage(
-        route=ev.Route(channel=CHANNEL, chat_id=f"chat{i % CHATS}"), message_id=f"m{i}",
-        sender=ev.Sender(id=f"{CHANNEL}:u{i % 17}", name="Bench"), text=f"message {i}", sent_at=float(i),
-        is_group=True, mentioned=i % 3 == 0, chat_name=f"chat {i % CHATS}")
+        route=ev.Route(channel=CHANNEL, chat_id=f"chat{i % CHATS}"),
+        message_id=f"m{i}",
+        sender=ev.Sender(id=f"{CHANNEL}:u{i % 17}", name="Bench"),
+        text=f"message {i}",
+        sent_at=float(i),
+        is_group=True,
+        mentioned=i % 3 == 0,
+        chat_name=f"chat {i % CHATS}",
+    )
 
 
 async def preload(js: JetStreamContext, count: int) -> None:
     subject = subjects.inbound(CHANNEL)
     for start in range(0, count, 500):
-        await asyncio.gather(*(js.publish(subject, ev.encode(e), headers={Header.MSG_ID: e.key})
-                               for e in map(event, range(start, min(count, start + 500)))))
+        await asyncio.gather(
+            *(
+                js.publish(subject, ev.encode(e), headers={Header.MSG_ID: e.key})
+                for e in map(event, range(start, min(count, start + 500)))
+            )
+        )
 
 
 async def one_run(count: int) -> dict[str, float]:
@@ -90,11 +101,15 @@ async def one_run(count: int) -> dict[str, float]:
             js = nc.jetstream()
             await ensure_streams(js)
             await ctl(nc, "groups", {"op": "create", "name": "helper"})
-            await ctl(nc, "chats", {"op": "create", "channel": CHANNEL, "chat_id": "*", "is_group": True,
-                                    "policy": "public"})
+            await ctl(
+                nc, "chats", {"op": "create", "channel": CHANNEL, "chat_id": "*", "is_group": True, "policy": "public"}
+            )
             for group, mode in (("main", "pattern"), ("helper", "mention")):
-                await ctl(nc, "wirings", {"op": "create", "channel": CHANNEL, "chat_id": "*", "agent_group": group,
-                                          "engage_mode": mode})
+                await ctl(
+                    nc,
+                    "wirings",
+                    {"op": "create", "channel": CHANNEL, "chat_id": "*", "agent_group": group, "engage_mode": mode},
+                )
             await stop(proc)
             await preload(js, count)
             proc = router(home, url)
@@ -113,8 +128,11 @@ async def one_run(count: int) -> dict[str, float]:
             wakes = (await js.stream_info("CLAWDEN_WAKE")).state.messages
             stats = (await ctl(nc, "ping"))["stats"]["router"]
             assert stats["routed"] == count, stats
-            return {"events_per_s": (count - acked_at_first) / (last_ack - first_ack),
-                    "wakes_per_event": wakes / count, "seconds": last_ack - first_ack}
+            return {
+                "events_per_s": (count - acked_at_first) / (last_ack - first_ack),
+                "wakes_per_event": wakes / count,
+                "seconds": last_ack - first_ack,
+            }
         finally:
             if proc.poll() is None:
                 await stop(proc)
@@ -133,19 +151,25 @@ def main() -> int:
     for i in range(args.runs):
         run = asyncio.run(one_run(args.events))
         runs.append(run)
-        print(f"  run {i + 1}/{args.runs}: {run['events_per_s']:.0f} events/s"
-              f" ({run['wakes_per_event']:.2f} wakes/event)", file=sys.stderr)
+        print(
+            f"  run {i + 1}/{args.runs}: {run['events_per_s']:.0f} events/s ({run['wakes_per_event']:.2f} wakes/event)",
+            file=sys.stderr,
+        )
     rates = [r["events_per_s"] for r in runs]
     result = {
-        "events": args.events, "chats": CHATS, "runs": [round(r, 1) for r in rates],
+        "events": args.events,
+        "chats": CHATS,
+        "runs": [round(r, 1) for r in rates],
         "median_events_per_s": round(statistics.median(rates), 1),
         "wakes_per_event": round(runs[0]["wakes_per_event"], 3),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "sqlite": sqlite3.sqlite_version},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"router: median {result['median_events_per_s']} routed events/s over {args.runs} runs of {args.events}"
-          f" ({result['wakes_per_event']} wakes per event); written to {args.out}")
+    print(
+        f"router: median {result['median_events_per_s']} routed events/s over {args.runs} runs of {args.events}"
+        f" ({result['wakes_per_event']} wakes per event); written to {args.out}"
+    )
     return 0
 
 

@@ -111,9 +111,12 @@ async def idle_stack(stack: Stack, seconds: float) -> dict[str, Any]:
     await asyncio.sleep(seconds)
     cpu = (sum(cpu_seconds(p) for p in pids.values()) - cpu0) / (time.perf_counter() - t0) * 100
     held = {k: {m: round(v, 1) for m, v in memory_mb(p).items()} for k, p in pids.items()}
-    return {"pss_mb": round(sum(m["pss"] for m in held.values()), 1),
-            "rss_mb": round(sum(m["rss"] for m in held.values()), 1),
-            "cpu_percent": round(cpu, 2), "per_process_mb": held}
+    return {
+        "pss_mb": round(sum(m["pss"] for m in held.values()), 1),
+        "rss_mb": round(sum(m["rss"] for m in held.values()), 1),
+        "cpu_percent": round(cpu, 2),
+        "per_process_mb": held,
+    }
 
 
 def machine_jiffies() -> tuple[int, int]:
@@ -130,9 +133,12 @@ async def cold_wave(chats: list[Chat]) -> dict[str, object]:
     await asyncio.gather(*(c.drained() for c in chats))
     busy1, total1 = machine_jiffies()
     firsts = [c.latencies[0] for c in chats]
-    return {"last_first_reply_s": round(time.perf_counter() - started, 2), **summary(firsts),
-            # Under 1: the wave waited on something other than the CPUs.
-            "machine_cpu_busy": round((busy1 - busy0) / max(1, total1 - total0), 2)}
+    return {
+        "last_first_reply_s": round(time.perf_counter() - started, 2),
+        **summary(firsts),
+        # Under 1: the wave waited on something other than the CPUs.
+        "machine_cpu_busy": round((busy1 - busy0) / max(1, total1 - total0), 2),
+    }
 
 
 async def steady(chats: list[Chat], rate: float, seconds: float, rng: random.Random) -> int:
@@ -147,8 +153,9 @@ async def steady(chats: list[Chat], rate: float, seconds: float, rng: random.Ran
     return n
 
 
-async def measure(stack: Stack, n_chats: int, rate: float, seconds: float, cold_only: bool = False
-                  ) -> dict[str, object]:
+async def measure(
+    stack: Stack, n_chats: int, rate: float, seconds: float, cold_only: bool = False
+) -> dict[str, object]:
     rng = random.Random(7)
     async with AsyncExitStack() as exits:
         terms = [await exits.enter_async_context(Terminal(stack, f"scale-{i}")) for i in range(n_chats)]
@@ -163,11 +170,13 @@ async def measure(stack: Stack, n_chats: int, rate: float, seconds: float, cold_
         pids = await stack_pids(stack)
         claude = claude_code_pids()
         before = {name: cpu_seconds(pid) for name, pid in pids.items()} | {
-            "claude_code": sum(cpu_seconds(p) for p in claude)}
+            "claude_code": sum(cpu_seconds(p) for p in claude)
+        }
         print(f"steady {rate}/s for {seconds:.0f} s …", file=sys.stderr)
         answered = await steady(chats, rate, seconds, rng)
         after = {name: cpu_seconds(pid) for name, pid in pids.items()} | {
-            "claude_code": sum(cpu_seconds(p) for p in claude)}
+            "claude_code": sum(cpu_seconds(p) for p in claude)
+        }
         steady_ms = [x for c in chats for x in c.latencies]
         for c in chats:
             c.latencies.clear()
@@ -184,7 +193,8 @@ async def measure(stack: Stack, n_chats: int, rate: float, seconds: float, cold_
         await asyncio.to_thread(container.remove, force=True)
     await asyncio.sleep(10)
     return {
-        "chats": n_chats, "cold_wave": cold,
+        "chats": n_chats,
+        "cold_wave": cold,
         "steady": {"rate_per_s": rate, "seconds": seconds, "messages": answered, **summary(steady_ms)},
         "burst": burst,
         "cpu_s_per_message": {k: round((after[k] - before[k]) / max(1, answered), 3) for k in before},
@@ -200,8 +210,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the steady phase")
     parser.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
     parser.add_argument("--cold-only", action="store_true", help="stop after the cold wave")
-    parser.add_argument("--runner", action="append", default=[], metavar="KEY=VALUE",
-                        help="a [runner] setting for this run, e.g. parallel_starts=4 (repeatable)")
+    parser.add_argument(
+        "--runner",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [runner] setting for this run, e.g. parallel_starts=4 (repeatable)",
+    )
     args = parser.parse_args()
     runner = "\n".join([f"max_containers = {args.chats}", *(s.replace("=", " = ", 1) for s in args.runner)])
     with tempfile.TemporaryDirectory(prefix="clawden-scale-") as tmp:

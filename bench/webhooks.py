@@ -31,8 +31,10 @@ async def connection(port: int, bodies: list[bytes], latencies: list[float], sta
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for body in bodies:
-            head = (f"POST /hooks/whatsapp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-                    f"x-hub-signature-256: {sign(APP_SECRET, body)}\r\ncontent-length: {len(body)}\r\n\r\n")
+            head = (
+                f"POST /hooks/whatsapp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                f"x-hub-signature-256: {sign(APP_SECRET, body)}\r\ncontent-length: {len(body)}\r\n\r\n"
+            )
             started = time.perf_counter()
             writer.write(head.encode() + body)
             status_line = await reader.readline()
@@ -63,11 +65,16 @@ async def run(count: int, connections: int) -> dict[str, Any]:
             latencies: list[float] = []
             statuses: dict[int, int] = {}
             # A warm-up of one request per connection, not counted.
-            await asyncio.gather(*(connection(port, [json.dumps(sender.text("1", f"warm {i}")).encode()], [], {})
-                                   for i in range(connections)))
+            await asyncio.gather(
+                *(
+                    connection(port, [json.dumps(sender.text("1", f"warm {i}")).encode()], [], {})
+                    for i in range(connections)
+                )
+            )
             started = time.perf_counter()
-            await asyncio.gather(*(connection(port, bodies[i::connections], latencies, statuses)
-                                   for i in range(connections)))
+            await asyncio.gather(
+                *(connection(port, bodies[i::connections], latencies, statuses) for i in range(connections))
+            )
             elapsed = time.perf_counter() - started
             nc = await connect(f"nats://127.0.0.1:{nats_port}", "bench")
             stored = (await nc.jetstream().stream_info("CLAWDEN_WEBHOOKS")).state.messages - connections
@@ -77,10 +84,16 @@ async def run(count: int, connections: int) -> dict[str, Any]:
             server.terminate()
             server.wait(10)
     ordered = sorted(latencies)
-    return {"count": count, "connections": connections, "per_second": round(count / elapsed),
-            "median_ms": round(statistics.median(ordered), 2),
-            "p99_ms": round(ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))], 2),
-            "statuses": statuses, "stored": stored, "machine": f"{platform.machine()}, {platform.python_version()}"}
+    return {
+        "count": count,
+        "connections": connections,
+        "per_second": round(count / elapsed),
+        "median_ms": round(statistics.median(ordered), 2),
+        "p99_ms": round(ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))], 2),
+        "statuses": statuses,
+        "stored": stored,
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+    }
 
 
 def main() -> None:

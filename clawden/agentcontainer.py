@@ -20,8 +20,9 @@ RELAY_PORT = 3128
 AGENT_UID = 1000
 
 
-def environment(*, model: str = "", timezone: str = "", trust: bool = False, max_turns: int = 0,
-                turn_budget: float = 0.0) -> dict[str, str]:
+def environment(
+    *, model: str = "", timezone: str = "", trust: bool = False, max_turns: int = 0, turn_budget: float = 0.0
+) -> dict[str, str]:
     """What the agent runner reads; `trust` when the vault's trust folder is mounted at TRUST_MOUNT."""
     # Only placeholders and paths: the real key lives in the vault and never enters here.
     env = {
@@ -44,8 +45,14 @@ def environment(*, model: str = "", timezone: str = "", trust: bool = False, max
         # Variables that replace a client's roots get the bundle (system roots + the gateway CA);
         # NODE_EXTRA_CA_CERTS adds to Node's own roots, so it gets the CA alone.
         bundle, ca = f"{TRUST_MOUNT}/{BUNDLE_FILE}", f"{TRUST_MOUNT}/{CA_FILE}"
-        env.update(SSL_CERT_FILE=bundle, REQUESTS_CA_BUNDLE=bundle, CURL_CA_BUNDLE=bundle,
-                   GIT_SSL_CAINFO=bundle, NODE_EXTRA_CA_CERTS=ca, CLAWDEN_CA_FILE=ca)
+        env.update(
+            SSL_CERT_FILE=bundle,
+            REQUESTS_CA_BUNDLE=bundle,
+            CURL_CA_BUNDLE=bundle,
+            GIT_SSL_CAINFO=bundle,
+            NODE_EXTRA_CA_CERTS=ca,
+            CLAWDEN_CA_FILE=ca,
+        )
     return env
 
 

@@ -24,7 +24,7 @@ def channel_settings(cfg: Config, channel: str, environ: dict[str, str] | None =
         table = tomllib.loads(file.read_text()).get("channels", {}).get(channel, {})
         out.update({str(k): str(v) for k, v in table.items() if k != "token"})  # secrets never live there
     prefix = f"CLAWDEN_{channel.upper()}_"
-    out.update({k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix) and k != prefix + "TOKEN"})
+    out.update({k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix) and k != prefix + "TOKEN"})
     return out
 
 

@@ -34,15 +34,24 @@ OUTBOUND = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typin
 
 def terminal_outbound(chat_id: str) -> Consumer:
     # Every lane of the channel in stream order (each terminal skips other chats' events).
-    return Consumer("CLAWDEN_OUTBOUND", f"channel-{CHANNEL}-{subjects.token(chat_id)}",
-                    subjects.outbound_all(CHANNEL), ack_wait=30.0, deliver_new=True)
+    return Consumer(
+        "CLAWDEN_OUTBOUND",
+        f"channel-{CHANNEL}-{subjects.token(chat_id)}",
+        subjects.outbound_all(CHANNEL),
+        ack_wait=30.0,
+        deliver_new=True,
+    )
 
 
 def inbound_event(chat_id: str, user: str, text: str) -> ev.InboundMessage:
     return ev.InboundMessage(
-        route=ev.Route(channel=CHANNEL, chat_id=chat_id), message_id=uuid.uuid4().hex,
-        sender=ev.Sender(id=f"{CHANNEL}:{user}", name=user), text=text, sent_at=time.time(),
-        chat_name="terminal")
+        route=ev.Route(channel=CHANNEL, chat_id=chat_id),
+        message_id=uuid.uuid4().hex,
+        sender=ev.Sender(id=f"{CHANNEL}:{user}", name=user),
+        text=text,
+        sent_at=time.time(),
+        chat_name="terminal",
+    )
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,7 @@ class TerminalChat:
             if self.open_card is not None and self.open_card.message_id == event.target_message_id:
                 self.open_card = None  # decided (or expired) elsewhere: its numbers mean nothing now
             # A decided card comes back whole with its outcome below: print only what is new.
-            added = text[len(before):].strip() if before and text.startswith(before) else ""
+            added = text[len(before) :].strip() if before and text.startswith(before) else ""
             text = f"(edited) {added or text}"
         lines = [f"{who}> {text}"]
         if event.card is not None and event.card.buttons:
@@ -93,10 +102,14 @@ class TerminalChat:
         if card is not None and choice.isdigit() and 1 <= int(choice) <= len(card.button_ids):
             self.open_card = None
             return ev.InboundAction(
-                route=self.route, action_id=uuid.uuid4().hex, sender=ev.Sender(id=f"{CHANNEL}:{self.user}",
-                                                                               name=self.user),
-                card_id=card.card_id, button_id=card.button_ids[int(choice) - 1], message_id=card.message_id,
-                sent_at=time.time())
+                route=self.route,
+                action_id=uuid.uuid4().hex,
+                sender=ev.Sender(id=f"{CHANNEL}:{self.user}", name=self.user),
+                card_id=card.card_id,
+                button_id=card.button_ids[int(choice) - 1],
+                message_id=card.message_id,
+                sent_at=time.time(),
+            )
         return inbound_event(self.chat_id, self.user, text)
 
 
@@ -201,8 +214,9 @@ class Conversation:
     """One terminal's side of a chat once connected: replies shown (and receipted) as they come, and
     what is typed or piped sent; `ask`, `talk` and `pipe` are the three ways a chat runs."""
 
-    def __init__(self, js: JetStreamContext, terminal: TerminalChat, stdout: TextIO, *, interactive: bool,
-                 once: bool) -> None:
+    def __init__(
+        self, js: JetStreamContext, terminal: TerminalChat, stdout: TextIO, *, interactive: bool, once: bool
+    ) -> None:
         self.js = js
         self.terminal = terminal
         self.stdout = stdout
@@ -213,8 +227,9 @@ class Conversation:
         self.failed: list[str] = []  # ids of replies that said the message will not be answered
         self.shown: dict[str, None] = {}  # outbound ids already printed, oldest first
 
-    async def on_outbound(self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing,
-                          msg: Msg) -> None:
+    async def on_outbound(
+        self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing, msg: Msg
+    ) -> None:
         if event.route.chat_id != self.terminal.chat_id or isinstance(event, ev.Typing):
             return
         if event.id in self.shown:
@@ -224,13 +239,22 @@ class Conversation:
             self.shown.pop(next(iter(self.shown)))
         message_id = event.target_message_id if not isinstance(event, ev.OutboundMessage) else uuid.uuid4().hex
         if self.interactive:  # over the input line, which is then drawn again below with what was typed on it
-            print(f"\r\x1b[K{self.terminal.show(event, message_id)}\n{PROMPT}{Reader.typed()}", end="",
-                  file=self.stdout, flush=True)
+            print(
+                f"\r\x1b[K{self.terminal.show(event, message_id)}\n{PROMPT}{Reader.typed()}",
+                end="",
+                file=self.stdout,
+                flush=True,
+            )
         else:
             print(self.terminal.show(event, message_id), file=self.stdout, flush=True)
-        receipt = ev.DeliveryReceipt(outbound_id=event.id, route=event.route, ok=True,
-                                     session_id=event.session_id, seq=event.seq,
-                                     platform_message_id=message_id)
+        receipt = ev.DeliveryReceipt(
+            outbound_id=event.id,
+            route=event.route,
+            ok=True,
+            session_id=event.session_id,
+            seq=event.seq,
+            platform_message_id=message_id,
+        )
         await publish(self.js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{event.id}")
         if isinstance(event, ev.OutboundMessage) and event.kind != "notice":  # a notice: the answer follows
             if event.kind == "error":
@@ -280,8 +304,11 @@ class Conversation:
 
     async def talk(self, stdin: TextIO) -> int:
         """A person at the terminal, until Ctrl-D or /exit."""
-        print(f"Talking to Clawden as {self.terminal.user} (Ctrl-D or /exit to leave, /help for more).",
-              file=self.stdout, flush=True)
+        print(
+            f"Talking to Clawden as {self.terminal.user} (Ctrl-D or /exit to leave, /help for more).",
+            file=self.stdout,
+            flush=True,
+        )
         keyboard = Reader(asyncio.get_running_loop(), stdin, interactive=True)
         with terminal_kept(stdin, self.stdout):
             keyboard.start()
@@ -293,8 +320,10 @@ class Conversation:
 
     async def pipe(self, stdin: TextIO, *, line_by_line: bool, timeout: float) -> int:
         """Piped input, as paragraphs or lines; then the last reply is given a moment before leaving."""
-        pipe, paragraphs = Reader(asyncio.get_running_loop(), stdin, interactive=False), Paragraphs(
-            line_by_line=line_by_line)
+        pipe, paragraphs = (
+            Reader(asyncio.get_running_loop(), stdin, interactive=False),
+            Paragraphs(line_by_line=line_by_line),
+        )
         pipe.start()
         while True:
             line = await pipe.texts.get()
@@ -308,9 +337,16 @@ class Conversation:
         return 0 if await self.replied(timeout) else 1
 
 
-async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = None,
-               timeout: float = 300.0, stdin: TextIO | None = None, stdout: TextIO | None = None,
-               line_by_line: bool = False) -> int:
+async def chat(
+    cfg: Config,
+    *,
+    chat_id: str = "terminal",
+    once: str | None = None,
+    timeout: float = 300.0,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    line_by_line: bool = False,
+) -> int:
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     try:
@@ -326,8 +362,9 @@ async def chat(cfg: Config, *, chat_id: str = "terminal", once: str | None = Non
     await ensure_streams(js)
     sub = await bind(js, terminal_outbound(chat_id))
     interactive = once is None and stdin is sys.stdin and stdin.isatty()
-    talk = Conversation(js, TerminalChat(chat_id, getpass.getuser()), stdout, interactive=interactive,
-                        once=once is not None)
+    talk = Conversation(
+        js, TerminalChat(chat_id, getpass.getuser()), stdout, interactive=interactive, once=once is not None
+    )
     receiver = asyncio.create_task(consume(sub, OUTBOUND, talk.on_outbound, stopping=talk.stopping))  # type: ignore[arg-type]  # a union is no type[E]
     try:
         if once is not None:

@@ -38,8 +38,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         from clawden import natsauth
 
         count = len(list(natsauth.seed_dir(cfg).glob("*.nk")))
-        print(f"  NATS:        {natsauth.conf_path(cfg)} ({count} identities, seeds in {natsauth.seed_dir(cfg)});"
-              " a running server reads changes on reload")
+        print(
+            f"  NATS:        {natsauth.conf_path(cfg)} ({count} identities, seeds in {natsauth.seed_dir(cfg)});"
+            " a running server reads changes on reload"
+        )
     key_file = cfg.keys_dir / "anthropic"
     if not key_file.exists() and sys.stdin.isatty():
         key = getpass.getpass("  Anthropic API key (kept by the vault only; Enter to skip): ").strip()
@@ -49,13 +51,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     where = f"--home {cfg.home} " if args.home else ""
     if key_file.exists():
         print(f"  model key:   {key_file} (the vault makes it its `anthropic` secret){_tell_vault(cfg)}")
-        print(f"next: `clawden {where}up` (it stays in the foreground), then `clawden {where}chat` in another"
-              " terminal")
+        print(f"next: `clawden {where}up` (it stays in the foreground), then `clawden {where}chat` in another terminal")
     else:
-        print(f"  model key:   none yet: put your Anthropic API key in {key_file} (chmod 600) and run this again,"
-              " or give it to the vault once it runs: `clawden secrets add anthropic --type anthropic`")
-        print(f"next: `clawden {where}up`, give it the key as above, then `clawden {where}chat` in another"
-              " terminal")
+        print(
+            f"  model key:   none yet: put your Anthropic API key in {key_file} (chmod 600) and run this again,"
+            " or give it to the vault once it runs: `clawden secrets add anthropic --type anthropic`"
+        )
+        print(f"next: `clawden {where}up`, give it the key as above, then `clawden {where}chat` in another terminal")
     return 0
 
 
@@ -91,8 +93,15 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from clawden.chat import chat
 
-    return asyncio.run(chat(config_mod.load(_home(args)), chat_id=args.chat, once=args.once,
-                            timeout=args.timeout, line_by_line=args.lines))
+    return asyncio.run(
+        chat(
+            config_mod.load(_home(args)),
+            chat_id=args.chat,
+            once=args.once,
+            timeout=args.timeout,
+            line_by_line=args.lines,
+        )
+    )
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -124,14 +133,12 @@ def _version() -> str:
 
 
 def parser() -> Parser:
-    p = Parser(prog="clawden", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="clawden", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--home", help=HOME_HELP)
     p.add_argument("--version", action="version", version=f"clawden {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("init", help="create the home, config and the default agent group").set_defaults(
-        func=cmd_init)
+    sub.add_parser("init", help="create the home, config and the default agent group").set_defaults(func=cmd_init)
 
     run = sub.add_parser("run", help="run one service in the foreground (what a systemd unit runs)")
     run.add_argument("service", help="router, runner, vault, or channel@<platform>")
@@ -145,15 +152,19 @@ def parser() -> Parser:
     chat.add_argument("--chat", default="terminal", help="which terminal chat (default: terminal)")
     chat.add_argument("--once", help="send this one message, print the reply, exit")
     chat.add_argument("--timeout", type=float, default=300.0, help="with --once: seconds to wait")
-    chat.add_argument("--lines", action="store_true",
-                      help="piped input: a message per line (default: all of it is one message)")
+    chat.add_argument(
+        "--lines", action="store_true", help="piped input: a message per line (default: all of it is one message)"
+    )
     chat.set_defaults(func=cmd_chat)
 
     image = sub.add_parser("image", help="the agent container image")
     image_sub = image.add_subparsers(dest="image_command", required=True)
     build = image_sub.add_parser("build", help="build clawden-agent (bootstraps a base when none pulls)")
-    build.add_argument("--tag", default="clawden-agent:latest",
-                       help="image tag to build (default clawden-agent:latest; a group's own image: its tag)")
+    build.add_argument(
+        "--tag",
+        default="clawden-agent:latest",
+        help="image tag to build (default clawden-agent:latest; a group's own image: its tag)",
+    )
     build.add_argument("--base", default=None, help="base image (default: a slim Debian Python image)")
     build.add_argument("--force-base", action="store_true", help="re-bootstrap the Debian base image")
     build.set_defaults(func=cmd_image_build)
@@ -166,8 +177,12 @@ def parser() -> Parser:
 
 
 def _subparsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
-    return [child for action in p._actions if isinstance(action, argparse._SubParsersAction)
-            for child in dict.fromkeys(action.choices.values())]
+    return [
+        child
+        for action in p._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for child in dict.fromkeys(action.choices.values())
+    ]
 
 
 def _home_anywhere(p: argparse.ArgumentParser) -> None:
@@ -185,8 +200,7 @@ NO_HOME_NEEDED = {("init",), ("up",), ("run",), ("image",), ("units", "uninstall
 
 
 def _command_path(args: argparse.Namespace) -> tuple[str, ...]:
-    verb = next((getattr(args, k) for k in vars(args) if k.endswith(("_command", "_verb")) and getattr(args, k)),
-                None)
+    verb = next((getattr(args, k) for k in vars(args) if k.endswith(("_command", "_verb")) and getattr(args, k)), None)
     return (args.command, verb) if verb else (args.command,)
 
 
@@ -228,8 +242,10 @@ def _main(argv: list[str] | None) -> int:
         print(f"clawden: {exc}", file=sys.stderr)
         return 1
     except (FileExistsError, NotADirectoryError) as exc:  # a file where the home needs a folder
-        print(f"clawden: {exc.filename or 'a file'} is in the way: Clawden needs a folder there; move it aside",
-              file=sys.stderr)
+        print(
+            f"clawden: {exc.filename or 'a file'} is in the way: Clawden needs a folder there; move it aside",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

@@ -170,8 +170,10 @@ def home_problem(home: Path, given: bool = False, *, missing_ok: bool = False) -
     home = home.expanduser().resolve()
     where = f"--home {home} " if given else ""
     if home.exists() and not home.is_dir():
-        return (f"{home} is a file, not a Clawden home: move it aside and run `clawden {where}init`, or point "
-                "--home or CLAWDEN_HOME at your home")
+        return (
+            f"{home} is a file, not a Clawden home: move it aside and run `clawden {where}init`, or point "
+            "--home or CLAWDEN_HOME at your home"
+        )
     if not home.exists() and not missing_ok:
         return f"no home at {home}: run `clawden {where}init` (or point --home or CLAWDEN_HOME at yours)"
     return None
@@ -186,7 +188,7 @@ def _env_overrides(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]
     for key, value in environ.items():
         if not key.startswith("CLAWDEN_") or key == "CLAWDEN_HOME":
             continue
-        rest = key[len("CLAWDEN_"):].lower()
+        rest = key[len("CLAWDEN_") :].lower()
         section, _, field = rest.partition("_")
         if section in _SECTIONS and field:
             out.setdefault(section, {})[field] = value
@@ -223,7 +225,6 @@ def load(home: Path | None = None, environ: dict[str, str] | None = None) -> Con
         raise ConfigError(f"{file}: {exc}") from exc
 
 
-
 def unknown_settings(raw: dict[str, Any]) -> list[str]:
     """Sections and keys of a config.toml that Clawden does not read, each with the nearest it does
     (`[runer]`, `cpu =`): a typo is otherwise a setting silently not applied. `[channels.*]` belongs to
@@ -231,8 +232,9 @@ def unknown_settings(raw: dict[str, Any]) -> list[str]:
     return _unknown(raw, Config, "", skip=frozenset({"home", "channels"}))
 
 
-def _unknown(raw: dict[str, Any], kind: type[msgspec.Struct], where: str,
-             skip: frozenset[str] = frozenset()) -> list[str]:
+def _unknown(
+    raw: dict[str, Any], kind: type[msgspec.Struct], where: str, skip: frozenset[str] = frozenset()
+) -> list[str]:
     import difflib
 
     known = {f.name: f.type for f in msgspec.structs.fields(kind)}
@@ -244,7 +246,7 @@ def _unknown(raw: dict[str, Any], kind: type[msgspec.Struct], where: str,
             near = difflib.get_close_matches(key, [k for k in known if k not in skip], n=1, cutoff=0.6)
             is_table = isinstance(value, dict)
             name = f"[{where}{key}]" if is_table else f"{key} in [{where.rstrip('.')}]" if where else key
-            hint = (f" (did you mean {f'[{where}{near[0]}]' if is_table else near[0]}?)" if near else "")
+            hint = f" (did you mean {f'[{where}{near[0]}]' if is_table else near[0]}?)" if near else ""
             found.append(f"{name} is not a setting Clawden knows{hint}")
             continue
         field_type = known[key]
@@ -272,8 +274,11 @@ def configured_bridges(cfg: Config, environ: dict[str, str] | None = None) -> li
     """Bridges with a token (`keys/<name>` or `CLAWDEN_<NAME>_TOKEN`): `clawden up` runs those."""
     env = dict(os.environ) if environ is None else environ
     names = installed_channels()
-    return [f"channel@{n}" for n in sorted(names)
-            if (cfg.keys_dir / n).exists() or env.get(f"CLAWDEN_{n.upper()}_TOKEN")]
+    return [
+        f"channel@{n}" for n in sorted(names) if (cfg.keys_dir / n).exists() or env.get(f"CLAWDEN_{n.upper()}_TOKEN")
+    ]
+
+
 DEFAULT_CONFIG_TOML = """\
 # Clawden configuration. Every key can be overridden by CLAWDEN_<SECTION>_<KEY>.
 install_id = "{install_id}"

@@ -23,8 +23,9 @@ class NoBus(ControlError):
     """NATS itself could not be reached (or refused the CLI): no service can be asked anything."""
 
 
-async def call(cfg: Config, service: str, verb: str, payload: dict[str, Any] | None = None,
-               timeout: float = 10.0) -> Any:
+async def call(
+    cfg: Config, service: str, verb: str, payload: dict[str, Any] | None = None, timeout: float = 10.0
+) -> Any:
     from clawden.status import Unreachable, connect_cli
 
     try:
@@ -35,15 +36,19 @@ async def call(cfg: Config, service: str, verb: str, payload: dict[str, Any] | N
     try:
         while True:
             try:
-                reply = await nc.request(subjects.ctl(service, verb), json.dumps(payload or {}).encode(),
-                                         timeout=max(0.1, deadline - time.monotonic()))
+                reply = await nc.request(
+                    subjects.ctl(service, verb),
+                    json.dumps(payload or {}).encode(),
+                    timeout=max(0.1, deadline - time.monotonic()),
+                )
                 break
             except NoRespondersError as exc:
                 # Nobody listens yet: the service is down, or still starting (its endpoints come up
                 # one by one); ask again until the time is up rather than fail a just-started one.
                 if time.monotonic() + NO_RESPONDERS_RETRY >= deadline:
-                    raise ControlError(f"the {service} service did not answer (it is not running, or"
-                                       f" not this far into its start)") from exc
+                    raise ControlError(
+                        f"the {service} service did not answer (it is not running, or not this far into its start)"
+                    ) from exc
                 await asyncio.sleep(NO_RESPONDERS_RETRY)
             except Exception as exc:
                 raise ControlError(f"the {service} service did not answer ({type(exc).__name__})") from exc
@@ -55,7 +60,6 @@ async def call(cfg: Config, service: str, verb: str, payload: dict[str, Any] | N
         await nc.close()
 
 
-def run(cfg: Config, service: str, verb: str, payload: dict[str, Any] | None = None,
-        timeout: float = 10.0) -> Any:
+def run(cfg: Config, service: str, verb: str, payload: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
     """Synchronous wrapper for argparse handlers."""
     return asyncio.run(call(cfg, service, verb, payload, timeout))

@@ -104,6 +104,7 @@ class Check:
 
 # ---- Docker and the image ------------------------------------------------------------------------
 
+
 def _docker(timeout: int = 10) -> Any:
     import docker
 
@@ -171,19 +172,26 @@ async def check_image(p: Probe) -> Result:
         finally:
             client.close()
         if missing:
-            return fail("missing: " + "; ".join(f"{i}{_used_by(images[i])}" for i in missing),
-                        "; ".join(f"clawden image build --tag {i}" for i in missing))
+            return fail(
+                "missing: " + "; ".join(f"{i}{_used_by(images[i])}" for i in missing),
+                "; ".join(f"clawden image build --tag {i}" for i in missing),
+            )
         sources = _agent_sources_hash()
-        stale = [i for i, f in found.items()
-                 if (built := (f.labels or {}).get(image_mod.SOURCE_HASH_LABEL)) and built != sources]
+        stale = [
+            i
+            for i, f in found.items()
+            if (built := (f.labels or {}).get(image_mod.SOURCE_HASH_LABEL)) and built != sources
+        ]
         details = []
         for image, f in found.items():
             built = dt.datetime.fromisoformat(f.attrs["Created"]).astimezone().strftime("%Y-%m-%d %H:%M")
             details.append(f"{image}{_used_by(images[image])}, {f.attrs.get('Size', 0) / 1e6:.0f} MB, built {built}")
         detail = "; ".join(details) + note
         if stale:
-            return warn(detail + f"; {', '.join(stale)} built from other agent sources than these",
-                        "; ".join(f"clawden image build --tag {i}" for i in stale))
+            return warn(
+                detail + f"; {', '.join(stale)} built from other agent sources than these",
+                "; ".join(f"clawden image build --tag {i}" for i in stale),
+            )
         return ok(detail)
 
     return await asyncio.to_thread(inspect)
@@ -205,6 +213,7 @@ def _agent_sources_hash() -> str | None:
 
 # ---- NATS ------------------------------------------------------------------------------------------
 
+
 async def check_nats(p: Probe) -> Result:
     try:
         nc = await p.nats()
@@ -213,13 +222,16 @@ async def check_nats(p: Probe) -> Result:
     try:
         await nc.jetstream().account_info()
     except Exception as exc:
-        return fail(f"{p.cfg.nats_url} accepts the CLI but JetStream does not answer ({type(exc).__name__})",
-                    "run NATS with JetStream enabled (`clawden up` and the units do)")
+        return fail(
+            f"{p.cfg.nats_url} accepts the CLI but JetStream does not answer ({type(exc).__name__})",
+            "run NATS with JetStream enabled (`clawden up` and the units do)",
+        )
     version = nc.connected_server_version._server_version  # nats-py keeps the plain string only here
     return ok(f"{p.cfg.nats_url} (nats-server {version}) accepts the owner's CLI identity; JetStream answers")
 
 
 # ---- keys and permissions ------------------------------------------------------------------------
+
 
 def key_problems(keys: Path) -> tuple[list[Path], list[Path]]:
     """Folders under `keys/` others may enter, and secret files others may read (certificates are public)."""
@@ -246,8 +258,11 @@ async def check_keys(p: Probe) -> Result:
         return fail(f"cannot read {exc.filename}", "run `clawden doctor` as the user Clawden runs as")
     if dirs or files:
         shown = ", ".join(f"{q.relative_to(p.cfg.home_path)} ({q.stat().st_mode & 0o777:o})" for q in [*dirs, *files])
-        fix = "; ".join(f"chmod {mode} {' '.join(str(q) for q in group)}"
-                        for mode, group in (("700", dirs), ("600", files)) if group)
+        fix = "; ".join(
+            f"chmod {mode} {' '.join(str(q) for q in group)}"
+            for mode, group in (("700", dirs), ("600", files))
+            if group
+        )
         return fail(f"readable by others: {shown}", fix)
     seeds = len(list(natsauth.seed_dir(p.cfg).glob("*.nk")))
     return ok(f"{keys} 0700, secrets 0600 ({seeds} NATS seeds)")
@@ -265,10 +280,13 @@ async def check_vault_key(p: Probe) -> Result:
     sealed = vault_dir(p.cfg) / VAULT_DB
     if not key.exists():
         if sealed.exists():
-            return fail(f"{key} is missing but {sealed} holds secrets sealed with it",
-                        f"restore {key} from a backup (or remove {sealed} and add the secrets again)")
-        return warn(f"{key} does not exist yet (the vault creates it when it first starts)",
-                    start_hint(p.cfg, "clawden-vault"))
+            return fail(
+                f"{key} is missing but {sealed} holds secrets sealed with it",
+                f"restore {key} from a backup (or remove {sealed} and add the secrets again)",
+            )
+        return warn(
+            f"{key} does not exist yet (the vault creates it when it first starts)", start_hint(p.cfg, "clawden-vault")
+        )
     mode = key.stat().st_mode & 0o777
     if mode & 0o077:
         return fail(f"{key} is mode {mode:o}: others may read the key to every secret", f"chmod 600 {key}")
@@ -282,6 +300,7 @@ async def check_vault_key(p: Probe) -> Result:
 
 
 # ---- the gateway CA --------------------------------------------------------------------------------
+
 
 def vault_start(cfg: Config) -> str:
     return f"{start_hint(cfg, 'clawden-vault')} (the vault makes the CA when it starts)"
@@ -308,8 +327,10 @@ async def check_ca(p: Probe) -> Result:
         return fail(f"{trust} holds another CA than {cert_file}: containers would not trust the gateway", restart)
     detail = f"sha256 {fingerprint}…, valid until {until:%Y-%m-%d}; {trust} matches it"
     if left <= dt.timedelta(0):
-        return fail(f"the gateway CA expired on {until:%Y-%m-%d}",
-                    f"move {cert_file} and its key aside and restart the vault (it makes a new CA)")
+        return fail(
+            f"the gateway CA expired on {until:%Y-%m-%d}",
+            f"move {cert_file} and its key aside and restart the vault (it makes a new CA)",
+        )
     if left < CA_EXPIRY_WARN:
         return warn(detail, f"the CA expires soon: move {cert_file} and its key aside and restart the vault")
     return ok(detail)
@@ -370,11 +391,22 @@ def run_trust_container(cfg: Config, trust: Path, gateway_dir: Path | None) -> t
     container = None
     try:
         container = client.containers.run(
-            cfg.runner.image, ["python", "-c", TRUST_SCRIPT], detach=True, environment=env, user=user,
+            cfg.runner.image,
+            ["python", "-c", TRUST_SCRIPT],
+            detach=True,
+            environment=env,
+            user=user,
             name=f"clawden-{cfg.install_id}-doctor-{secrets.token_hex(3)}",
             labels={"dev.clawden.install": cfg.install_id, DOCTOR_LABEL: "trust"},
-            network_mode="none", read_only=True, tmpfs={"/tmp": "rw,size=16m,mode=1777"}, cap_drop=["ALL"],
-            security_opt=["no-new-privileges:true"], mem_limit="256m", pids_limit=64, mounts=mounts)
+            network_mode="none",
+            read_only=True,
+            tmpfs={"/tmp": "rw,size=16m,mode=1777"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            mem_limit="256m",
+            pids_limit=64,
+            mounts=mounts,
+        )
         code = int(container.wait(timeout=CONTAINER_WAIT).get("StatusCode", -1))
         output = bytes(container.logs()).decode("utf-8", "replace").strip()
     finally:
@@ -403,15 +435,20 @@ async def check_ca_trust(p: Probe) -> Result:
     try:
         trusted, detail = await asyncio.to_thread(run_trust_container, p.cfg, trust, gateway_dir)
     except Exception as exc:
-        return fail(f"could not run a container from {p.cfg.runner.image}: {exc}",
-                    f"see the Docker and agent image checks; `clawden image build --tag {p.cfg.runner.image}`")
+        return fail(
+            f"could not run a container from {p.cfg.runner.image}: {exc}",
+            f"see the Docker and agent image checks; `clawden image build --tag {p.cfg.runner.image}`",
+        )
     if not trusted:
-        return fail(f"a container from {p.cfg.runner.image} does not trust the gateway: {detail}",
-                    f"rebuild the image (`clawden image build --tag {p.cfg.runner.image}`) and restart the vault")
+        return fail(
+            f"a container from {p.cfg.runner.image} does not trust the gateway: {detail}",
+            f"rebuild the image (`clawden image build --tag {p.cfg.runner.image}`) and restart the vault",
+        )
     return ok(detail)
 
 
 # ---- the model credential --------------------------------------------------------------------------
+
 
 def local_model_key(cfg: Config, environ: dict[str, str]) -> str:
     """Where the vault would take the model key from at its start, or ''."""
@@ -424,8 +461,10 @@ def local_model_key(cfg: Config, environ: dict[str, str]) -> str:
         return ""
 
 
-MODEL_FIX = ("`clawden secrets add anthropic --type anthropic` (or write the key to keys/anthropic, chmod 600, "
-             "and restart the vault)")
+MODEL_FIX = (
+    "`clawden secrets add anthropic --type anthropic` (or write the key to keys/anthropic, chmod 600, "
+    "and restart the vault)"
+)
 
 
 async def check_model(p: Probe) -> Result:
@@ -435,8 +474,11 @@ async def check_model(p: Probe) -> Result:
     except (Unreachable, RuntimeError):
         if local:
             return ok(f"{local} (the vault could not be asked; it stores this key when it starts)")
-        return fail("no model credential: no ANTHROPIC_API_KEY, no keys/anthropic, and the vault could not "
-                    "be asked for a stored one", MODEL_FIX)
+        return fail(
+            "no model credential: no ANTHROPIC_API_KEY, no keys/anthropic, and the vault could not "
+            "be asked for a stored one",
+            MODEL_FIX,
+        )
     names = [s["name"] for s in stored if s.get("kind") == "anthropic"]
     if names:
         grants = sorted({g for s in stored if s["name"] in names for g in s.get("grants", [])})
@@ -448,6 +490,7 @@ async def check_model(p: Probe) -> Result:
 
 
 # ---- config.toml -----------------------------------------------------------------------------------
+
 
 async def check_config(p: Probe) -> Result:
     """Names config.toml has that Clawden does not read (typos), and model names that are not Claude's."""
@@ -461,14 +504,18 @@ async def check_config(p: Probe) -> Result:
         groups = await p.ctl("router", "groups", {"op": "list", "limit": 10_000})
     except (Unreachable, RuntimeError):
         groups = []
-    problems += [f"agent group {g['name']}: {problem} (`clawden groups update {g['name']} --model ...`)"
-                 for g in groups if (problem := model_warning(g.get("model") or ""))]
+    problems += [
+        f"agent group {g['name']}: {problem} (`clawden groups update {g['name']} --model ...`)"
+        for g in groups
+        if (problem := model_warning(g.get("model") or ""))
+    ]
     if problems:
         return warn("; ".join(problems), f"correct them (settings in {file})")
     return ok(f"{file}: every setting is one Clawden reads" if file.exists() else "no config.toml (defaults)")
 
 
 # ---- channels --------------------------------------------------------------------------------------
+
 
 def configured_channels(cfg: Config, environ: dict[str, str]) -> list[str]:
     """Installed bridges with a token (what `clawden up` runs) or a `[channels.<name>]` table."""
@@ -489,8 +536,9 @@ def bridge_module(channel: str) -> Any:
 
 def channel_check(channel: str) -> CheckFn:
     async def check(p: Probe) -> Result:
-        token_fix = (f"put the {channel} token in {p.cfg.keys_dir / channel} (chmod 600) "
-                     f"or CLAWDEN_{channel.upper()}_TOKEN")
+        token_fix = (
+            f"put the {channel} token in {p.cfg.keys_dir / channel} (chmod 600) or CLAWDEN_{channel.upper()}_TOKEN"
+        )
         if hasattr(bridge_module(channel), "login"):  # a bridge that logs in with a password (Matrix) stores it
             token_fix = f"run `clawden channels login {channel}` (it writes {p.cfg.keys_dir / channel}, mode 0600)"
         try:
@@ -498,7 +546,8 @@ def channel_check(channel: str) -> CheckFn:
         except BridgeConfigError as exc:
             return fail(str(exc), token_fix)
         online: Callable[[Config, dict[str, str]], Awaitable[str]] | None = getattr(
-            bridge_module(channel), "check_token", None)
+            bridge_module(channel), "check_token", None
+        )
         if online is None:
             return ok("token present (this bridge has no online check)")
         try:
@@ -507,8 +556,10 @@ def channel_check(channel: str) -> CheckFn:
             code = getattr(exc, "code", 0)
             if code in (401, 403, 404):
                 return fail(f"{channel} rejected the token ({code} {exc})", token_fix)
-            return fail(f"could not ask {channel} about the token: {exc}",
-                        f"check this machine's network, or [channels.{channel}] api_url in config.toml")
+            return fail(
+                f"could not ask {channel} about the token: {exc}",
+                f"check this machine's network, or [channels.{channel}] api_url in config.toml",
+            )
         return ok(f"token accepted: {who}")
 
     return check
@@ -527,6 +578,7 @@ async def no_channels(p: Probe) -> Result:
 
 # ---- disk ------------------------------------------------------------------------------------------
 
+
 def disk_result(free: int, where: Path) -> Result:
     text = f"{free / GiB:.1f} GiB free in {where}"
     if free < DISK_FAIL:
@@ -543,6 +595,7 @@ async def check_disk(p: Probe) -> Result:
 
 # ---- running them ----------------------------------------------------------------------------------
 
+
 def checks(cfg: Config, environ: dict[str, str]) -> list[Check]:
     channels = configured_channels(cfg, environ)
     return [
@@ -555,8 +608,7 @@ def checks(cfg: Config, environ: dict[str, str]) -> list[Check]:
         Check("gateway CA", check_ca, 5),
         Check("CA trust in a container", check_ca_trust, CONTAINER_WAIT + 20),
         Check("model credential", check_model, 10),
-        *([Check(f"channel {name}", channel_check(name), 20) for name in channels]
-          or [Check("channels", no_channels)]),
+        *([Check(f"channel {name}", channel_check(name), 20) for name in channels] or [Check("channels", no_channels)]),
         *([Check("webhooks", check_webhooks, 25)] if cfg.webhooks.listen else []),
         Check("disk", check_disk, 5),
     ]
@@ -566,8 +618,9 @@ async def _guarded(check: Check, probe: Probe) -> Result:
     try:
         return await asyncio.wait_for(check.run(probe), check.timeout)
     except TimeoutError:
-        return fail(f"no answer within {check.timeout:.0f}s", "run `clawden doctor` again; if it persists, "
-                                                               "this part is stuck")
+        return fail(
+            f"no answer within {check.timeout:.0f}s", "run `clawden doctor` again; if it persists, this part is stuck"
+        )
     except Exception as exc:
         return fail(f"the check itself failed: {type(exc).__name__}: {exc}", "please report this")
 

@@ -29,8 +29,13 @@ def priority(levelno: int) -> int:
 # The journal fields Clawden writes, each `CLAWDEN_<NAME>` (`journalctl CLAWDEN_SESSION=s-…`), from
 # the `extra=` keys the code logs with; any other extra key becomes CLAWDEN_<KEY> as it is.
 FIELD_PREFIX = "CLAWDEN_"
-FIELDS = {"service": "SERVICE", "session_id": "SESSION", "agent_group": "GROUP", "message_id": "MESSAGE",
-          "task_id": "TASK"}
+FIELDS = {
+    "service": "SERVICE",
+    "session_id": "SESSION",
+    "agent_group": "GROUP",
+    "message_id": "MESSAGE",
+    "task_id": "TASK",
+}
 
 
 def context(session_id: str = "", agent_group: str = "", message_id: str = "") -> dict[str, str]:

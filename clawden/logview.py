@@ -31,6 +31,7 @@ _NATS_LINE = re.compile(r"^\[\d+\] (\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)\.(
 
 # ---- names -----------------------------------------------------------------------------------------
 
+
 def canonical(service: str) -> str:
     """`router`, `clawden-router.service`, `channel-telegram` or `channel@telegram` -> `router` / `channel@telegram`."""
     name = service.removesuffix(".service").removesuffix(".log").removeprefix("clawden-")
@@ -51,8 +52,10 @@ def file_name(service: str) -> str:
 
 # ---- journald --------------------------------------------------------------------------------------
 
-def installed_scope(unit_dirs: Sequence[tuple[Scope, Path]] | None = None, *,
-                    ask_systemctl: bool = True) -> Scope | None:
+
+def installed_scope(
+    unit_dirs: Sequence[tuple[Scope, Path]] | None = None, *, ask_systemctl: bool = True
+) -> Scope | None:
     """Where `clawden units install` put the units: its target in a unit folder, else what systemctl knows."""
     from clawden.units import SYSTEM_UNIT_DIR, unit_dir
 
@@ -66,8 +69,12 @@ def installed_scope(unit_dirs: Sequence[tuple[Scope, Path]] | None = None, *,
     scopes: tuple[Scope, ...] = ("user", "system")
     for scope in scopes:
         try:
-            found = subprocess.run(["systemctl", *(["--user"] if scope == "user" else []), "cat", TARGET],
-                                   capture_output=True, timeout=5, check=False)
+            found = subprocess.run(
+                ["systemctl", *(["--user"] if scope == "user" else []), "cat", TARGET],
+                capture_output=True,
+                timeout=5,
+                check=False,
+            )
         except (OSError, subprocess.TimeoutExpired):
             continue
         if found.returncode == 0:
@@ -87,6 +94,7 @@ def journal_command(scope: Scope, service: str | None, *, lines: int, follow: bo
 
 
 # ---- the files -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Record:
@@ -161,8 +169,9 @@ def session_filter(session: str | None) -> re.Pattern[str] | None:
     return re.compile(_SESSION.format(re.escape(session)), re.MULTILINE) if session else None
 
 
-def tail_records(path: Path, service: str, count: int, match: re.Pattern[str] | None,
-                 size: int | None = None) -> list[Record]:
+def tail_records(
+    path: Path, service: str, count: int, match: re.Pattern[str] | None, size: int | None = None
+) -> list[Record]:
     """The last `count` records (matching ones, with a session filter) of one file's first `size`
     bytes (all of it by default), read from their end."""
     size = path.stat().st_size if size is None else size
@@ -209,8 +218,7 @@ def show(record: Record, out: TextIO, width: int) -> None:
     out.flush()
 
 
-def read_files(logs: Path, service: str | None, *, lines: int, session: str | None, follow: bool,
-               out: TextIO) -> None:
+def read_files(logs: Path, service: str | None, *, lines: int, session: str | None, follow: bool, out: TextIO) -> None:
     """Print the last `lines` records (of every service, interleaved by time, when none is named)."""
     match = session_filter(session)
     files = log_files(logs, service)
@@ -262,8 +270,9 @@ def _appended(path: Path, place: Place) -> tuple[bytes, Place] | None:
         return head + f.read(st.st_size - offset), Place(st.st_size, st.st_ino)
 
 
-def follow_files(logs: Path, service: str | None, places: dict[str, Place],
-                 match: re.Pattern[str] | None) -> Iterator[Record]:
+def follow_files(
+    logs: Path, service: str | None, places: dict[str, Place], match: re.Pattern[str] | None
+) -> Iterator[Record]:
     """New records as they are appended, across rotations; a truncated file is read again from its
     start, a new one from its start too (a service that began to log)."""
     partial: dict[str, str] = {}

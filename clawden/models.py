@@ -16,6 +16,8 @@ def model_warning(name: str) -> str | None:
     bare = name.strip().removesuffix("[1m]")
     if not bare or bare in ALIASES or _CLAUDE_ID.match(bare):
         return None
-    return (f"{name!r} is not a Claude model name Clawden knows (claude-<family>-<version> with family "
-            f"{', '.join(FAMILIES)}, or an alias: {', '.join(ALIASES[1:4])}); the vault sends it to Anthropic "
-            "as it is, which refuses a model it does not have")
+    return (
+        f"{name!r} is not a Claude model name Clawden knows (claude-<family>-<version> with family "
+        f"{', '.join(FAMILIES)}, or an alias: {', '.join(ALIASES[1:4])}); the vault sends it to Anthropic "
+        "as it is, which refuses a model it does not have"
+    )

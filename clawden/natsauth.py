@@ -54,28 +54,42 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
     table = {
         "router": Grant(
             consumes=(streams.router_inbound(), streams.router_decisions()),
-            publishes=(subjects.ALL_WAKES, subjects.ALL_OUTBOUND, subjects.APPROVAL_REQUEST, subjects.APPROVAL_CLICK,
-                       f"{subjects.PREFIX}.event.router.>"),
-            manages_streams=True),
+            publishes=(
+                subjects.ALL_WAKES,
+                subjects.ALL_OUTBOUND,
+                subjects.APPROVAL_REQUEST,
+                subjects.APPROVAL_CLICK,
+                f"{subjects.PREFIX}.event.router.>",
+            ),
+            manages_streams=True,
+        ),
         "runner": Grant(
             consumes=(streams.runner_wake(runner), streams.runner_receipts(runner), streams.runner_decisions(runner)),
             publishes=(subjects.ALL_OUTBOUND, subjects.APPROVAL_REQUEST, subjects.ALL_TASKS),
             calls=("vault.gateway", "scheduler.list"),
-            manages_streams=True),
+            manages_streams=True,
+        ),
         "scheduler": Grant(
             consumes=(streams.scheduler_tasks(), streams.scheduler_chat_moves()),
             publishes=(subjects.ALL_WAKES, subjects.ALL_OUTBOUND),
-            manages_streams=True),
+            manages_streams=True,
+        ),
         "approvals": Grant(
-            consumes=(streams.approvals_requests(), streams.approvals_clicks(), streams.approvals_receipts(),
-                      streams.approvals_inbound()),
+            consumes=(
+                streams.approvals_requests(),
+                streams.approvals_clicks(),
+                streams.approvals_receipts(),
+                streams.approvals_inbound(),
+            ),
             publishes=(f"{subjects.PREFIX}.approval.decision.>", subjects.ALL_OUTBOUND),
             calls=("router.approvers",),
-            manages_streams=True),
+            manages_streams=True,
+        ),
         "vault": Grant(
             publishes=(subjects.APPROVAL_REQUEST, f"{subjects.PREFIX}.event.vault.>"),
             subscribes=(f"{subjects.PREFIX}.approval.decision.>",),
-            manages_streams=True),
+            manages_streams=True,
+        ),
     }
     routes = webhook_routes(cfg)
     # The webhook front door publishes only what it verified, each channel to its own subject.
@@ -85,7 +99,8 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
         table[identity(f"channel@{name}")] = Grant(
             consumes=(*streams.bridge_lanes(name), *hooks),
             publishes=(subjects.inbound(name), subjects.receipt(name)),
-            calls=("router.admit",))  # may the bot join a chat it was invited to (Inbound.admit)
+            calls=("router.admit",),
+        )  # may the bot join a chat it was invited to (Inbound.admit)
     return table
 
 
@@ -97,8 +112,12 @@ def webhook_routes(cfg: Config) -> dict[str, str]:
 
 def _consumer_subjects(c: streams.Consumer) -> list[str]:
     api = "$JS.API.CONSUMER"
-    return [f"{api}.CREATE.{c.stream}.{c.durable}.{c.filter_subject}", f"{api}.INFO.{c.stream}.{c.durable}",
-            f"{api}.MSG.NEXT.{c.stream}.{c.durable}", f"$JS.ACK.{c.stream}.{c.durable}.>"]
+    return [
+        f"{api}.CREATE.{c.stream}.{c.durable}.{c.filter_subject}",
+        f"{api}.INFO.{c.stream}.{c.durable}",
+        f"{api}.MSG.NEXT.{c.stream}.{c.durable}",
+        f"$JS.ACK.{c.stream}.{c.durable}.>",
+    ]
 
 
 def permissions(ident: str, grant: Grant) -> dict[str, Any]:
@@ -110,16 +129,22 @@ def permissions(ident: str, grant: Grant) -> dict[str, Any]:
     publish += [f"$JS.API.STREAM.INFO.{n}" for n in names]
     if grant.manages_streams:
         publish += [f"$JS.API.STREAM.{verb}.{n}" for verb in ("CREATE", "UPDATE") for n in names]
-    subscribe = [f"{inbox_prefix(ident)}.>", f"{subjects.PREFIX}.ctl.{ident}.>",
-                 "$SRV.*", f"$SRV.*.{service}", f"$SRV.*.{service}.*", *grant.subscribes]
-    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe},
-            "allow_responses": True}
+    subscribe = [
+        f"{inbox_prefix(ident)}.>",
+        f"{subjects.PREFIX}.ctl.{ident}.>",
+        "$SRV.*",
+        f"$SRV.*.{service}",
+        f"$SRV.*.{service}.*",
+        *grant.subscribes,
+    ]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}, "allow_responses": True}
 
 
 ADMIN_PERMISSIONS: dict[str, Any] = {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
 
 
 # ---- seeds on disk ----
+
 
 def seed_dir(cfg: Config) -> Path:
     return cfg.keys_dir / "nats"
@@ -180,6 +205,7 @@ async def connect_as(cfg: Config, ident: str, **options: Any) -> Client:
 
 
 # ---- the embedded server's config ----
+
 
 def server_name(cfg: Config) -> str:
     """What this install's embedded server calls itself, so a port held by another install can be named."""

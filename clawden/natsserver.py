@@ -56,8 +56,7 @@ def announced_name(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> 
 def command(port: int, store_dir: Path, *, config_file: Path | None = None) -> list[str]:
     if config_file is not None:  # it names the address, the store and who may connect (natsauth.py)
         return [str(binary()), "-c", str(config_file)]
-    return [str(binary()), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store_dir),
-            "--server_name", "clawden"]
+    return [str(binary()), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store_dir), "--server_name", "clawden"]
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 10.0) -> None:
@@ -73,14 +72,19 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None, timeo
     raise NatsServerError(f"nats-server did not listen on 127.0.0.1:{port} within {timeout}s")
 
 
-def start(port: int, store_dir: Path, *, log_file: Path | None = None,
-          config_file: Path | None = None) -> subprocess.Popen[bytes]:
+def start(
+    port: int, store_dir: Path, *, log_file: Path | None = None, config_file: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start a JetStream-enabled, loopback-only server and wait until it accepts connections."""
     store_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its copy
     try:
-        proc = subprocess.Popen(command(port, store_dir, config_file=config_file), stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            command(port, store_dir, config_file=config_file),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     finally:
         if not isinstance(out, int):
             out.close()

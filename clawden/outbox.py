@@ -53,12 +53,18 @@ class OutboxStore(servicedb.Store):
 
     def emit(self, subject: str, msg_id: str, event: ev.Event, lane: str = "") -> None:
         """Queue `event`, inside the step's transaction, so it is published only if the step commits."""
-        self.conn.execute("INSERT INTO outbox (lane, subject, msg_id, payload) VALUES (?, ?, ?, ?)",
-                          (lane, subject, msg_id, ev.encode(event)))
+        self.conn.execute(
+            "INSERT INTO outbox (lane, subject, msg_id, payload) VALUES (?, ?, ?, ?)",
+            (lane, subject, msg_id, ev.encode(event)),
+        )
 
     def outgoing(self, limit: int = BATCH) -> list[Outgoing]:
-        return [Outgoing(int(r[0]), str(r[1]), str(r[2]), str(r[3]), bytes(r[4])) for r in self.conn.execute(
-            "SELECT id, lane, subject, msg_id, payload FROM outbox ORDER BY id LIMIT ?", (limit,))]
+        return [
+            Outgoing(int(r[0]), str(r[1]), str(r[2]), str(r[3]), bytes(r[4]))
+            for r in self.conn.execute(
+                "SELECT id, lane, subject, msg_id, payload FROM outbox ORDER BY id LIMIT ?", (limit,)
+            )
+        ]
 
     def published(self, ids: Sequence[int]) -> None:
         if ids:
@@ -66,8 +72,9 @@ class OutboxStore(servicedb.Store):
                 db.executemany("DELETE FROM outbox WHERE id = ?", ((i,) for i in ids))
 
 
-async def publish(js: JetStreamContext, store: OutboxStore, rows: Sequence[Outgoing], *,
-                  timeout: float = PUBLISH_TIMEOUT) -> Flushed:
+async def publish(
+    js: JetStreamContext, store: OutboxStore, rows: Sequence[Outgoing], *, timeout: float = PUBLISH_TIMEOUT
+) -> Flushed:
     """Publish `rows` (read from a started `store`): each lane in order, stopping at its first failure,
     the lanes side by side. The rows that went out leave the outbox."""
     lanes: dict[str, list[Outgoing]] = {}

@@ -110,8 +110,9 @@ class ServiceContext:
                 raise ServiceError("500", f"{verb} failed: {type(exc).__name__}") from None
             await req.respond(json.dumps(result, default=vars).encode())
 
-        await self._micro.add_endpoint(name=verb, subject=subjects.ctl(natsauth.identity(self.name), verb),
-                                       handler=serve)
+        await self._micro.add_endpoint(
+            name=verb, subject=subjects.ctl(natsauth.identity(self.name), verb), handler=serve
+        )
 
     async def ready(self, status: str = "") -> None:
         """Called by a service once it takes work: flushes subscriptions, then tells systemd."""
@@ -160,8 +161,10 @@ def load_channel(channel: str) -> ServiceMain:
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise  # the bridge exists but one of its own imports is missing: show that
-        raise SystemExit(f"no channel bridge named {channel!r}: none is built in, and no installed "
-                         f"package registers one (entry point group {CHANNEL_ENTRY_POINTS!r})") from None
+        raise SystemExit(
+            f"no channel bridge named {channel!r}: none is built in, and no installed "
+            f"package registers one (entry point group {CHANNEL_ENTRY_POINTS!r})"
+        ) from None
     main: ServiceMain | None = getattr(module, "main", None)
     if main is None:  # e.g. `local`, the terminal client, which is not a service
         raise SystemExit(f"channel {channel!r} has no bridge service to run")
@@ -204,8 +207,12 @@ async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
         log.error("%s", exc)
         return EX_CONFIG
     except AuthorizationError:
-        log.error("NATS at %s refused the identity %r: `clawden init` gives each installed service one; "
-                  "then reload NATS (`systemctl reload clawden-nats`, or restart `clawden up`)", cfg.nats_url, ident)
+        log.error(
+            "NATS at %s refused the identity %r: `clawden init` gives each installed service one; "
+            "then reload NATS (`systemctl reload clawden-nats`, or restart `clawden up`)",
+            cfg.nats_url,
+            ident,
+        )
         return EX_CONFIG
     # Said once: a unit whose credential came up empty would otherwise quietly use the home's file.
     log.info("connected to %s as %s (seed: %s)", cfg.nats_url, ident, natsauth.find_seed(cfg, ident) or "none")
@@ -217,8 +224,11 @@ async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
         await wait_streams(js, notifier)
     ctx = ServiceContext(name=name, config=cfg, nc=nc, js=js, notifier=notifier, stopping=stopping)
     ctx._micro = await nats.micro.add_service(
-        nc, name=f"clawden-{natsauth.identity(name)}", version=VERSION,
-        description=f"Clawden {name}", metadata={"pid": str(os.getpid()), "package": _pkg},
+        nc,
+        name=f"clawden-{natsauth.identity(name)}",
+        version=VERSION,
+        description=f"Clawden {name}",
+        metadata={"pid": str(os.getpid()), "package": _pkg},
     )
     await ctx.endpoint("ping", lambda _data: _ping(ctx))
 

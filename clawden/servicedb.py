@@ -26,9 +26,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def open_db(path: Path, migrations: Sequence[tuple[str, str]], *,
-            synchronous: Synchronous = "FULL", foreign_keys: bool = False
-            ) -> tuple[sqlite3.Connection, list[str]]:
+def open_db(
+    path: Path, migrations: Sequence[tuple[str, str]], *, synchronous: Synchronous = "FULL", foreign_keys: bool = False
+) -> tuple[sqlite3.Connection, list[str]]:
     """Open (creating the folder), set the pragmas, migrate; returns the connection and what was applied.
 
     `isolation_level=None`: transactions are ours (`transaction()`), not the sqlite3 module's.
@@ -54,8 +54,9 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[tuple[str, s
             continue
         # executescript commits first, so the BEGIN/COMMIT pair makes the migration atomic.
         try:
-            conn.executescript(f"BEGIN IMMEDIATE; {sql}; INSERT INTO migrations VALUES ('{name}', {time.time()});"
-                               " COMMIT;")
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {sql}; INSERT INTO migrations VALUES ('{name}', {time.time()}); COMMIT;"
+            )
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

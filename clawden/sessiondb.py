@@ -116,8 +116,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """
     if readonly:
         _roll_back_hot_journal(path)
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
-                               isolation_level=None)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     else:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     conn.row_factory = sqlite3.Row
@@ -196,6 +195,7 @@ def _next_with_parity(current: int, parity: int) -> int:
 
 # --- rows ---------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Routing:
     channel: str
@@ -230,6 +230,7 @@ class OutboundMessage:
 
 # --- host side (writes inbound.db) ----------------------------------------------------------------
 
+
 def insert_inbound(folder: Path, msg: InboundMessage, *, outbound_max_seq: int = 0) -> tuple[int, bool]:
     """Store an inbound message once; returns (seq, inserted). A replayed id keeps its first seq."""
     with opened(folder / INBOUND) as conn, transaction(conn):
@@ -240,9 +241,19 @@ def insert_inbound(folder: Path, msg: InboundMessage, *, outbound_max_seq: int =
         conn.execute(
             "INSERT INTO messages_in (id, seq, kind, created_at, trigger, channel, chat_id, thread_id,"
             " sender_id, sender_name, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (msg.id, seq, msg.kind, msg.created_at, int(msg.trigger), msg.routing.channel,
-             msg.routing.chat_id, msg.routing.thread_id, msg.sender_id, msg.sender_name,
-             json.dumps(msg.content)),
+            (
+                msg.id,
+                seq,
+                msg.kind,
+                msg.created_at,
+                int(msg.trigger),
+                msg.routing.channel,
+                msg.routing.chat_id,
+                msg.routing.thread_id,
+                msg.sender_id,
+                msg.sender_name,
+                json.dumps(msg.content),
+            ),
         )
         return seq, True
 
@@ -257,8 +268,7 @@ def set_routing(folder: Path, routing: Routing) -> None:
         )
 
 
-def record_delivery(folder: Path, out_seq: int, *, platform_message_id: str | None,
-                    error: str | None = None) -> None:
+def record_delivery(folder: Path, out_seq: int, *, platform_message_id: str | None, error: str | None = None) -> None:
     """A receipt from the bridge, so the agent learns whether its message arrived."""
     with opened(folder / INBOUND) as conn:
         conn.execute(
@@ -285,9 +295,7 @@ def read_new_outbound(folder: Path) -> list[OutboundMessage]:
         row = conn.execute("SELECT published_out_seq FROM host_cursor WHERE id = 1").fetchone()
         cursor = int(row[0]) if row else 0
     with opened(path, readonly=True) as conn:
-        rows = conn.execute(
-            "SELECT * FROM messages_out WHERE seq > ? ORDER BY seq", (cursor,)
-        ).fetchall()
+        rows = conn.execute("SELECT * FROM messages_out WHERE seq > ? ORDER BY seq", (cursor,)).fetchall()
     return [_outbound_from_row(r) for r in rows]
 
 
@@ -306,15 +314,16 @@ def sync_acks(folder: Path) -> dict[int, str]:
     if not path.exists():
         return {}
     with opened(path, readonly=True) as conn:
-        acks = {int(r["seq"]): str(r["status"]) for r in conn.execute(
-            "SELECT seq, status FROM processing_ack WHERE status IN ('completed', 'failed')")}
+        acks = {
+            int(r["seq"]): str(r["status"])
+            for r in conn.execute("SELECT seq, status FROM processing_ack WHERE status IN ('completed', 'failed')")
+        }
     if not acks:
         return {}
     changed: dict[int, str] = {}
     with opened(folder / INBOUND) as conn, transaction(conn):
         for seq, status in acks.items():
-            cur = conn.execute(
-                "UPDATE messages_in SET status = ? WHERE seq = ? AND status = 'pending'", (status, seq))
+            cur = conn.execute("UPDATE messages_in SET status = ? WHERE seq = ? AND status = 'pending'", (status, seq))
             if cur.rowcount:
                 changed[seq] = status
     return changed
@@ -356,8 +365,10 @@ def settle_unfinished(folder: Path, max_tries: int) -> tuple[list[InboundMessage
     with opened(folder / INBOUND) as conn, transaction(conn):
         for msg in todo:
             gave_up = msg.tries + 1 >= max_tries
-            conn.execute("UPDATE messages_in SET tries = tries + 1, status = ? WHERE seq = ?",
-                         ("failed" if gave_up else "pending", msg.seq))
+            conn.execute(
+                "UPDATE messages_in SET tries = tries + 1, status = ? WHERE seq = ?",
+                ("failed" if gave_up else "pending", msg.seq),
+            )
             (failed if gave_up else retry).append(msg)
     return retry, failed
 
@@ -368,6 +379,7 @@ def fail_pending(folder: Path) -> list[InboundMessage]:
 
 
 # --- container side (writes outbound.db) ------------------------------------------------------------
+
 
 def pending_inbound(folder: Path, *, limit: int = 10) -> list[InboundMessage]:
     """Up to `limit` pending rows the agent has not acked yet, oldest first (system rows never count)."""
@@ -396,8 +408,7 @@ def ack(folder: Path, seqs: Iterable[int], status: str) -> None:
 def unclaim(folder: Path, seqs: Iterable[int]) -> None:
     """Give rows the agent claimed but never showed the model back to the pending queue."""
     with opened(folder / OUTBOUND) as conn, transaction(conn):
-        conn.executemany("DELETE FROM processing_ack WHERE seq = ? AND status = 'processing'",
-                         [(s,) for s in seqs])
+        conn.executemany("DELETE FROM processing_ack WHERE seq = ? AND status = 'processing'", [(s,) for s in seqs])
 
 
 @dataclass(frozen=True)
@@ -417,8 +428,17 @@ def record_cost(folder: Path, seqs: list[int], *, usd: float, input_tokens: int,
             "INSERT INTO turn_cost (seq, usd, input_tokens, output_tokens, charged_at) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT(seq) DO UPDATE SET usd = usd + excluded.usd, input_tokens = input_tokens +"
             " excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens",
-            [(s, usd / n, input_tokens // n + (i < input_tokens % n), output_tokens // n + (i < output_tokens % n),
-              now) for i, s in enumerate(seqs)])
+            [
+                (
+                    s,
+                    usd / n,
+                    input_tokens // n + (i < input_tokens % n),
+                    output_tokens // n + (i < output_tokens % n),
+                    now,
+                )
+                for i, s in enumerate(seqs)
+            ],
+        )
 
 
 def cost(folder: Path, seqs: Iterable[int] | None = None) -> Cost:
@@ -427,8 +447,9 @@ def cost(folder: Path, seqs: Iterable[int] | None = None) -> Cost:
         rows = conn.execute("SELECT seq, usd, input_tokens, output_tokens FROM turn_cost").fetchall()
     wanted = None if seqs is None else set(seqs)
     picked = [r for r in rows if wanted is None or int(r[0]) in wanted]
-    return Cost(sum(float(r[1]) for r in picked), sum(int(r[2]) for r in picked), sum(int(r[3]) for r in picked),
-                len(picked))
+    return Cost(
+        sum(float(r[1]) for r in picked), sum(int(r[2]) for r in picked), sum(int(r[3]) for r in picked), len(picked)
+    )
 
 
 def charged_seqs(folder: Path) -> list[int]:
@@ -461,15 +482,17 @@ def set_destinations(folder: Path, named: dict[str, tuple[str, Routing]]) -> Non
         conn.execute("DELETE FROM destinations")
         conn.executemany(
             "INSERT INTO destinations (name, display_name, channel, chat_id, thread_id) VALUES (?, ?, ?, ?, ?)",
-            [(name, shown, r.channel, r.chat_id, r.thread_id) for name, (shown, r) in named.items()])
+            [(name, shown, r.channel, r.chat_id, r.thread_id) for name, (shown, r) in named.items()],
+        )
 
 
 def platform_message_id(folder: Path, seq: int) -> str | None:
     """The platform's id of a message by seq: a delivered outbound one (odd) or an inbound one (even)."""
     with opened(folder / INBOUND, readonly=True) as conn:
         if seq % 2:
-            row = conn.execute("SELECT platform_message_id FROM delivered WHERE out_seq = ? AND status = 'delivered'",
-                               (seq,)).fetchone()
+            row = conn.execute(
+                "SELECT platform_message_id FROM delivered WHERE out_seq = ? AND status = 'delivered'", (seq,)
+            ).fetchone()
             return str(row[0]) if row and row[0] else None
         row = conn.execute("SELECT content FROM messages_in WHERE seq = ?", (seq,)).fetchone()
     if row is None:
@@ -481,8 +504,10 @@ def platform_message_id(folder: Path, seq: int) -> str | None:
 def failed_deliveries(folder: Path, after_seq: int = 0) -> list[tuple[int, str]]:
     """(outbound seq, error) of sends the platform refused for good, newest last."""
     with opened(folder / INBOUND, readonly=True) as conn:
-        rows = conn.execute("SELECT out_seq, error FROM delivered WHERE status = 'failed' AND out_seq > ?"
-                            " ORDER BY out_seq", (after_seq,)).fetchall()
+        rows = conn.execute(
+            "SELECT out_seq, error FROM delivered WHERE status = 'failed' AND out_seq > ? ORDER BY out_seq",
+            (after_seq,),
+        ).fetchall()
     return [(int(r[0]), str(r[1] or "")) for r in rows]
 
 
@@ -493,9 +518,11 @@ def response_id(request_id: str) -> str:
 def respond(folder: Path, request_id: str, content: dict[str, Any]) -> None:
     """The host answers an agent's request (a question, a task listing) with a system row."""
     routing = session_routing(folder) or Routing("", "")
-    insert_inbound(folder, InboundMessage(id=response_id(request_id), kind="system", content=content,
-                                          routing=routing, trigger=False),
-                   outbound_max_seq=outbound_max_seq(folder))
+    insert_inbound(
+        folder,
+        InboundMessage(id=response_id(request_id), kind="system", content=content, routing=routing, trigger=False),
+        outbound_max_seq=outbound_max_seq(folder),
+    )
 
 
 def response(folder: Path, request_id: str) -> dict[str, Any] | None:
@@ -504,8 +531,9 @@ def response(folder: Path, request_id: str) -> dict[str, Any] | None:
     return dict(json.loads(row[0])) if row else None
 
 
-def write_outbound(folder: Path, *, id: str, kind: str, content: dict[str, Any], routing: Routing,
-                   in_reply_to: int | None = None) -> int:
+def write_outbound(
+    folder: Path, *, id: str, kind: str, content: dict[str, Any], routing: Routing, in_reply_to: int | None = None
+) -> int:
     """Append one outbound row with the next odd seq (above every seq in both files)."""
     with opened(folder / INBOUND, readonly=True) as conn:
         inbound_max = _max_seq(conn, "messages_in")
@@ -514,8 +542,17 @@ def write_outbound(folder: Path, *, id: str, kind: str, content: dict[str, Any],
         conn.execute(
             "INSERT INTO messages_out (id, seq, in_reply_to, created_at, kind, channel, chat_id, thread_id,"
             " content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (id, seq, in_reply_to, time.time(), kind, routing.channel, routing.chat_id,
-             routing.thread_id, json.dumps(content)),
+            (
+                id,
+                seq,
+                in_reply_to,
+                time.time(),
+                kind,
+                routing.channel,
+                routing.chat_id,
+                routing.thread_id,
+                json.dumps(content),
+            ),
         )
         return seq
 
@@ -540,16 +577,26 @@ def set_state(folder: Path, key: str, value: str | None) -> None:
 
 def _inbound_from_row(r: sqlite3.Row) -> InboundMessage:
     return InboundMessage(
-        id=r["id"], kind=r["kind"], content=json.loads(r["content"]),
+        id=r["id"],
+        kind=r["kind"],
+        content=json.loads(r["content"]),
         routing=Routing(r["channel"], r["chat_id"], r["thread_id"]),
-        sender_id=r["sender_id"], sender_name=r["sender_name"], trigger=bool(r["trigger"]),
-        seq=int(r["seq"]), created_at=float(r["created_at"]), tries=int(r["tries"]),
+        sender_id=r["sender_id"],
+        sender_name=r["sender_name"],
+        trigger=bool(r["trigger"]),
+        seq=int(r["seq"]),
+        created_at=float(r["created_at"]),
+        tries=int(r["tries"]),
     )
 
 
 def _outbound_from_row(r: sqlite3.Row) -> OutboundMessage:
     return OutboundMessage(
-        id=r["id"], seq=int(r["seq"]), kind=r["kind"], content=json.loads(r["content"]),
+        id=r["id"],
+        seq=int(r["seq"]),
+        kind=r["kind"],
+        content=json.loads(r["content"]),
         routing=Routing(r["channel"], r["chat_id"], r["thread_id"]),
-        in_reply_to=r["in_reply_to"], created_at=float(r["created_at"]),
+        in_reply_to=r["in_reply_to"],
+        created_at=float(r["created_at"]),
     )

@@ -52,20 +52,25 @@ def start_hint(cfg: config_mod.Config, unit: str = "clawden.target") -> str:
 async def connect_cli(cfg: config_mod.Config, timeout: float = 5.0, reconnects: int = 1) -> Client:
     """The owner's CLI connection, or `Unreachable` in plain words."""
     try:
-        return await asyncio.wait_for(natsauth.connect_as(cfg, natsauth.CLI, max_reconnect_attempts=reconnects),
-                                      timeout)
+        return await asyncio.wait_for(
+            natsauth.connect_as(cfg, natsauth.CLI, max_reconnect_attempts=reconnects), timeout
+        )
     except natsauth.IdentityError as exc:
         raise Unreachable(str(exc), f"chmod 600 {natsauth.seed_path(cfg, natsauth.CLI)}") from None
     except AuthorizationError:
         if other := another_server(cfg):
-            raise Unreachable(other, f"stop that one, or give this install its own port: [nats] port in "
-                                     f"{cfg.path('config.toml')}, then `clawden init` and `clawden up`") from None
+            raise Unreachable(
+                other,
+                f"stop that one, or give this install its own port: [nats] port in "
+                f"{cfg.path('config.toml')}, then `clawden init` and `clawden up`",
+            ) from None
         seed = natsauth.seed_path(cfg, natsauth.CLI)
         why = "with the seed in " + str(seed) if seed.exists() else f"without a seed ({seed} is missing)"
         raise Unreachable(
             f"NATS at {cfg.nats_url} refused the owner's CLI identity {why}",
             "run `clawden init` (it writes the seeds and nats.conf), then restart NATS "
-            "(`systemctl --user restart clawden-nats`, or restart `clawden up`)") from None
+            "(`systemctl --user restart clawden-nats`, or restart `clawden up`)",
+        ) from None
     except (NoServersError, OSError, TimeoutError, NatsError) as exc:
         raise Unreachable(f"cannot reach NATS at {cfg.nats_url} ({type(exc).__name__})", start_hint(cfg)) from None
 
@@ -80,19 +85,25 @@ def another_server(cfg: config_mod.Config) -> str | None:
     if name is None or name in (natsauth.server_name(cfg), "clawden"):  # "clawden": a server from before names
         return None
     if name.startswith("clawden-"):
-        return (f"port {cfg.nats.port} belongs to another Clawden install (install id {name.removeprefix('clawden-')};"
-                f" this home {cfg.home} is {cfg.install_id})")
+        return (
+            f"port {cfg.nats.port} belongs to another Clawden install (install id {name.removeprefix('clawden-')};"
+            f" this home {cfg.home} is {cfg.install_id})"
+        )
     return f"port {cfg.nats.port} is held by a NATS server that is not this install's ({name or 'unnamed'})"
 
 
 def expected_services(cfg: config_mod.Config) -> list[str]:
     """What should answer: the core services, the webhook front door where it is configured, and every bridge
     with a token (what `clawden up` runs)."""
-    return [*natsauth.CORE, *(["webhooks"] if cfg.webhooks.listen else []),
-            *(natsauth.identity(b) for b in config_mod.configured_bridges(cfg))]
+    return [
+        *natsauth.CORE,
+        *(["webhooks"] if cfg.webhooks.listen else []),
+        *(natsauth.identity(b) for b in config_mod.configured_bridges(cfg)),
+    ]
 
 
 # ---- asking ----------------------------------------------------------------------------------------
+
 
 async def discover(nc: Client, expected: list[str], wait: float = DISCOVERY_WAIT) -> list[dict[str, Any]]:
     """Every instance's micro stats (`$SRV.STATS`): waits until all expected names answered, or `wait`."""
@@ -120,8 +131,9 @@ async def discover(nc: Client, expected: list[str], wait: float = DISCOVERY_WAIT
     return found
 
 
-async def ctl(nc: Client, service: str, verb: str, payload: dict[str, Any] | None = None,
-              timeout: float = CTL_TIMEOUT) -> Any:
+async def ctl(
+    nc: Client, service: str, verb: str, payload: dict[str, Any] | None = None, timeout: float = CTL_TIMEOUT
+) -> Any:
     """A control request; a refusal or silence raises RuntimeError with the reason."""
     try:
         reply = await nc.request(subjects.ctl(service, verb), json.dumps(payload or {}).encode(), timeout=timeout)
@@ -156,11 +168,17 @@ def _instance(stats: dict[str, Any], now: float) -> dict[str, Any]:
         "pid": int(pid) if str(pid).isdigit() else None,
         "started": started_at,
         "uptime": round(now - started_at, 3) if started_at else None,
-        "endpoints": [{"name": e.get("name", ""), "requests": e.get("num_requests", 0),
-                       "errors": e.get("num_errors", 0), "last_error": e.get("last_error", ""),
-                       # micro reports nanoseconds
-                       "average_ms": round(e.get("average_processing_time", 0) / 1e6, 3)}
-                      for e in stats.get("endpoints") or []],
+        "endpoints": [
+            {
+                "name": e.get("name", ""),
+                "requests": e.get("num_requests", 0),
+                "errors": e.get("num_errors", 0),
+                "last_error": e.get("last_error", ""),
+                # micro reports nanoseconds
+                "average_ms": round(e.get("average_processing_time", 0) / 1e6, 3),
+            }
+            for e in stats.get("endpoints") or []
+        ],
     }
 
 
@@ -195,12 +213,23 @@ async def _backlogs(nc: Client, cfg: config_mod.Config, channels: tuple[str, ...
             rows.append({"stream": stream.name, "durable": "", "error": f"no stream ({type(exc).__name__})"})
             continue
         for info in infos:
-            rows.append({"stream": stream.name, "durable": info.name, "owner": owners.get((stream.name, info.name), ""),
-                         "pending": info.num_pending or 0, "ack_pending": info.num_ack_pending or 0,
-                         "redelivered": info.num_redelivered or 0, "waiting_pulls": info.num_waiting or 0})
+            rows.append(
+                {
+                    "stream": stream.name,
+                    "durable": info.name,
+                    "owner": owners.get((stream.name, info.name), ""),
+                    "pending": info.num_pending or 0,
+                    "ack_pending": info.num_ack_pending or 0,
+                    "redelivered": info.num_redelivered or 0,
+                    "waiting_pulls": info.num_waiting or 0,
+                }
+            )
         present = {info.name for info in infos}
-        rows += [{"stream": stream.name, "durable": durable, "owner": owner, "missing": True}
-                 for (name, durable), owner in sorted(owners.items()) if name == stream.name and durable not in present]
+        rows += [
+            {"stream": stream.name, "durable": durable, "owner": owner, "missing": True}
+            for (name, durable), owner in sorted(owners.items())
+            if name == stream.name and durable not in present
+        ]
     return fold_lanes(rows, channels)
 
 
@@ -217,9 +246,16 @@ def fold_lanes(rows: list[dict[str, Any]], channels: tuple[str, ...]) -> list[di
             continue
         into = folded.get(channel)
         if into is None:
-            into = folded[channel] = {"stream": row["stream"], "owner": row.get("owner", ""), "lanes": 0,
-                                      "durable": f"channel-{channel}-0..{subjects.OUTBOUND_LANES - 1}",
-                                      "pending": 0, "ack_pending": 0, "redelivered": 0, "waiting_pulls": 0}
+            into = folded[channel] = {
+                "stream": row["stream"],
+                "owner": row.get("owner", ""),
+                "lanes": 0,
+                "durable": f"channel-{channel}-0..{subjects.OUTBOUND_LANES - 1}",
+                "pending": 0,
+                "ack_pending": 0,
+                "redelivered": 0,
+                "waiting_pulls": 0,
+            }
             out.append(into)
         if row.get("missing"):
             continue
@@ -236,9 +272,13 @@ def fold_lanes(rows: list[dict[str, Any]], channels: tuple[str, ...]) -> list[di
 
 async def _approvals(nc: Client) -> dict[str, Any]:
     pending = await ctl(nc, "approvals", "list", {"status": "pending", "limit": 10_000})
-    return {"pending": len(pending), "items": [{k: p.get(k) for k in ("id", "kind", "agent_group", "requester",
-                                                                        "approver", "created_at", "expires_at")}
-                                               for p in pending]}
+    return {
+        "pending": len(pending),
+        "items": [
+            {k: p.get(k) for k in ("id", "kind", "agent_group", "requester", "approver", "created_at", "expires_at")}
+            for p in pending
+        ],
+    }
 
 
 # unsent: calls whose connection failed before the request left; ambiguous: calls whose connection dropped
@@ -270,10 +310,18 @@ async def gather(cfg: config_mod.Config, wait: float = DISCOVERY_WAIT) -> Report
         containers, backlogs, approvals = await asyncio.gather(
             _section(ctl(nc, "runner", "containers")) if "runner" in up else asyncio.sleep(0, absent),
             _section(_backlogs(nc, cfg, channels)),
-            _section(_approvals(nc)) if "approvals" in up else asyncio.sleep(0, absent))
-        return {"nats": cfg.nats_url, "at": time.time(), "services": instances, "down": down,
-                "containers": containers, "streams": backlogs, "approvals": approvals,
-                "deliveries": deliveries(instances)}
+            _section(_approvals(nc)) if "approvals" in up else asyncio.sleep(0, absent),
+        )
+        return {
+            "nats": cfg.nats_url,
+            "at": time.time(),
+            "services": instances,
+            "down": down,
+            "containers": containers,
+            "streams": backlogs,
+            "approvals": approvals,
+            "deliveries": deliveries(instances),
+        }
     finally:
         await nc.close()
 
@@ -288,6 +336,7 @@ def healthy(report: Report) -> bool:
 
 
 # ---- showing (pure) --------------------------------------------------------------------------------
+
 
 def duration(seconds: float | None) -> str:
     if seconds is None:
@@ -316,12 +365,17 @@ def render(report: Report) -> str:
     for inst in report["services"]:
         requests, errors, avg = _totals(inst)
         state = "not answering" if "error" in inst else "up" if inst.get("ready", True) else "starting"
-        rows.append([inst["name"], state, inst["version"], inst["pid"] or "-", duration(inst["uptime"]),
-                     requests, errors, avg])
+        rows.append(
+            [inst["name"], state, inst["version"], inst["pid"] or "-", duration(inst["uptime"]), requests, errors, avg]
+        )
     rows += [[name, "DOWN", "", "", "", "", "", ""] for name in report["down"]]
     out.append(table(rows, ["SERVICE", "STATE", "VERSION", "PID", "UPTIME", "REQUESTS", "ERRORS", "AVG"]))
-    busy = [[inst["name"], e["name"], e["requests"], e["errors"], f"{e['average_ms']:.1f}ms", e["last_error"][:60]]
-            for inst in report["services"] for e in inst["endpoints"] if e["requests"] or e["errors"]]
+    busy = [
+        [inst["name"], e["name"], e["requests"], e["errors"], f"{e['average_ms']:.1f}ms", e["last_error"][:60]]
+        for inst in report["services"]
+        for e in inst["endpoints"]
+        if e["requests"] or e["errors"]
+    ]
     if busy:
         out += ["", table(busy, ["SERVICE", "ENDPOINT", "REQUESTS", "ERRORS", "AVG", "LAST ERROR"])]
     for inst in report["services"]:
@@ -334,13 +388,21 @@ def render(report: Report) -> str:
         out.append(f"containers: unknown ({box['error']})")
     else:
         running, waiting = box["running"], box["waiting"]
-        out.append(f"containers (runner {box['runner']}): {len(running)} of {box['max']} running"
-                   + (f", {len(waiting)} waiting for a slot" if waiting else ""))
+        out.append(
+            f"containers (runner {box['runner']}): {len(running)} of {box['max']} running"
+            + (f", {len(waiting)} waiting for a slot" if waiting else "")
+        )
         if running or waiting:
-            out.append(table([[c["session_id"], c["agent_group"], c["container"] or "-", c["state"],
-                               duration(c["idle"])] for c in running]
-                             + [[w["session_id"], w["agent_group"], "-", "waiting", duration(w["waiting"])]
-                                for w in waiting], ["SESSION", "GROUP", "CONTAINER", "STATE", "IDLE"]))
+            out.append(
+                table(
+                    [
+                        [c["session_id"], c["agent_group"], c["container"] or "-", c["state"], duration(c["idle"])]
+                        for c in running
+                    ]
+                    + [[w["session_id"], w["agent_group"], "-", "waiting", duration(w["waiting"])] for w in waiting],
+                    ["SESSION", "GROUP", "CONTAINER", "STATE", "IDLE"],
+                )
+            )
 
     out.append("")
     backlog = report["streams"]
@@ -348,11 +410,22 @@ def render(report: Report) -> str:
         out.append(f"stream backlogs: unknown ({backlog['error']})")
     else:
         out.append("stream backlogs (pending: not yet delivered; ack pending: delivered, not yet done):")
-        out.append(table([[r["stream"], r["durable"] or "-", r.get("owner") or "-",
-                           "missing" if r.get("missing") else r.get("error") or r["pending"],
-                           "" if r.get("missing") or r.get("error") else r["ack_pending"],
-                           "" if r.get("missing") or r.get("error") else r["redelivered"]] for r in backlog],
-                         ["STREAM", "DURABLE", "READER", "PENDING", "ACK PENDING", "REDELIVERED"]))
+        out.append(
+            table(
+                [
+                    [
+                        r["stream"],
+                        r["durable"] or "-",
+                        r.get("owner") or "-",
+                        "missing" if r.get("missing") else r.get("error") or r["pending"],
+                        "" if r.get("missing") or r.get("error") else r["ack_pending"],
+                        "" if r.get("missing") or r.get("error") else r["redelivered"],
+                    ]
+                    for r in backlog
+                ],
+                ["STREAM", "DURABLE", "READER", "PENDING", "ACK PENDING", "REDELIVERED"],
+            )
+        )
 
     out.append("")
     approvals = report["approvals"]
@@ -362,9 +435,21 @@ def render(report: Report) -> str:
         out.append(f"pending approvals: {approvals['pending']}")
         if approvals["items"]:
             now = report["at"]
-            out.append(table([[a["id"], a["kind"], a["agent_group"], a["approver"] or "-",
-                               f"in {duration(max(0.0, (a['expires_at'] or now) - now))}"] for a in approvals["items"]],
-                             ["ID", "KIND", "GROUP", "APPROVER", "EXPIRES"]))
+            out.append(
+                table(
+                    [
+                        [
+                            a["id"],
+                            a["kind"],
+                            a["agent_group"],
+                            a["approver"] or "-",
+                            f"in {duration(max(0.0, (a['expires_at'] or now) - now))}",
+                        ]
+                        for a in approvals["items"]
+                    ],
+                    ["ID", "KIND", "GROUP", "APPROVER", "EXPIRES"],
+                )
+            )
 
     if report["deliveries"]:
         out += ["", render_deliveries(report["deliveries"])]
@@ -373,11 +458,17 @@ def render(report: Report) -> str:
 
 def render_deliveries(rows: list[dict[str, Any]]) -> str:
     """The bridges' counters as `clawden status` prints them, with a line per bridge that lost messages."""
-    out = ["deliveries since each bridge started:",
-           table([[d["channel"], *(d.get(k, 0) for k in DELIVERY_COUNTERS[:-1])] for d in rows],
-                 ["CHANNEL", "SENT", "FAILED", "UNCONFIRMED", "RETRIES", "NOT SENT", "DROPPED MID-SEND"])]
+    out = [
+        "deliveries since each bridge started:",
+        table(
+            [[d["channel"], *(d.get(k, 0) for k in DELIVERY_COUNTERS[:-1])] for d in rows],
+            ["CHANNEL", "SENT", "FAILED", "UNCONFIRMED", "RETRIES", "NOT SENT", "DROPPED MID-SEND"],
+        ),
+    ]
     for d in rows:
         if d.get("expired"):
-            out.append(f"{d['channel']}: {d['expired']} incoming message(s) expired on the platform before the "
-                       f"bridge could fetch them (it was away too long); their senders were not answered")
+            out.append(
+                f"{d['channel']}: {d['expired']} incoming message(s) expired on the platform before the "
+                f"bridge could fetch them (it was away too long); their senders were not answered"
+            )
     return "\n".join(out)

@@ -145,16 +145,14 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, services: tuple[str, ...], out: TextIO = sys.stdout, fork: bool = False
-                 ) -> None:
+    def __init__(self, cfg: Config, services: tuple[str, ...], out: TextIO = sys.stdout, fork: bool = False) -> None:
         self.cfg = cfg
         self.fork = fork  # children are forked from this process (see `preload`), else started afresh
         self.out = out
         self.logs = cfg.path("logs")
         self.logs.mkdir(exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix="clawden-up-"))
-        self.children = [Child(s, self.logs / f"{s.replace('@', '-')}.log", self.tmp / f"{s}.notify")
-                         for s in services]
+        self.children = [Child(s, self.logs / f"{s.replace('@', '-')}.log", self.tmp / f"{s}.notify") for s in services]
         self.nats: subprocess.Popen[bytes] | None = None
         self.stopping = False
         self.announced = ""  # what was last said about being ready, so it is said once per change
@@ -169,20 +167,27 @@ class Supervisor:
         log = self.logs / "nats.log"
         name = natsserver.announced_name(self.cfg.nats.port)
         if name == natsauth.server_name(self.cfg):
-            raise SystemExit(f"this install's NATS already runs on port {self.cfg.nats.port}: is `clawden up` "
-                             "running in another terminal (or the units)?")
+            raise SystemExit(
+                f"this install's NATS already runs on port {self.cfg.nats.port}: is `clawden up` "
+                "running in another terminal (or the units)?"
+            )
         if name is not None and name.startswith("clawden-") and name != "clawden-":
-            raise SystemExit(f"port {self.cfg.nats.port} belongs to another Clawden install (install id "
-                             f"{name.removeprefix('clawden-')}): give this one its own port ([nats] port in "
-                             f"{self.cfg.path('config.toml')}), then run `clawden init` and `clawden up` again")
+            raise SystemExit(
+                f"port {self.cfg.nats.port} belongs to another Clawden install (install id "
+                f"{name.removeprefix('clawden-')}): give this one its own port ([nats] port in "
+                f"{self.cfg.path('config.toml')}), then run `clawden init` and `clawden up` again"
+            )
         try:
             with socket.create_connection(("127.0.0.1", self.cfg.nats.port), timeout=0.3):
-                raise SystemExit(f"port {self.cfg.nats.port} is taken: is another `clawden up` running? "
-                                 f"(or set [nats] port in {self.cfg.path('config.toml')})")
+                raise SystemExit(
+                    f"port {self.cfg.nats.port} is taken: is another `clawden up` running? "
+                    f"(or set [nats] port in {self.cfg.path('config.toml')})"
+                )
         except OSError:
             pass
-        self.nats = natsserver.start(self.cfg.nats.port, self.cfg.data_dir / "nats", log_file=log,
-                                     config_file=natsauth.conf_path(self.cfg))
+        self.nats = natsserver.start(
+            self.cfg.nats.port, self.cfg.data_dir / "nats", log_file=log, config_file=natsauth.conf_path(self.cfg)
+        )
         self.say(f"nats      {self.cfg.nats_url:<28} log: {log}")
 
     def spawn(self, child: Child) -> None:
@@ -190,8 +195,13 @@ class Supervisor:
             child.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             child.notify.bind(str(child.notify_path))
             child.notify.setblocking(False)
-        env = dict(os.environ, NOTIFY_SOCKET=str(child.notify_path), CLAWDEN_HOME=self.cfg.home,
-                   CLAWDEN_RUNNER_STOP_CONTAINERS_ON_EXIT="true", **{logs.LOG_FILE_VARIABLE: str(child.log_path)})
+        env = dict(
+            os.environ,
+            NOTIFY_SOCKET=str(child.notify_path),
+            CLAWDEN_HOME=self.cfg.home,
+            CLAWDEN_RUNNER_STOP_CONTAINERS_ON_EXIT="true",
+            **{logs.LOG_FILE_VARIABLE: str(child.log_path)},
+        )
         if self.cfg.embedded_nats:
             env["CLAWDEN_NATS_URL"] = self.cfg.nats_url
         log = open(child.log_path, "ab")  # noqa: SIM115 - the child owns it
@@ -200,8 +210,13 @@ class Supervisor:
             child.proc = Forked.start(child.name, env, log)
         else:
             child.proc = subprocess.Popen(
-                [sys.executable, "-m", "clawden", "run", child.name], env=env, stdout=log, stderr=log,
-                stdin=subprocess.DEVNULL, start_new_session=True)
+                [sys.executable, "-m", "clawden", "run", child.name],
+                env=env,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         log.close()
         child.ready = False
         child.started_at = time.monotonic()
@@ -215,8 +230,12 @@ class Supervisor:
         self.say(f"nats exited with {code}; restarting it")
         self.nats = None
         try:
-            self.nats = natsserver.start(self.cfg.nats.port, self.cfg.data_dir / "nats",
-                                         log_file=self.logs / "nats.log", config_file=natsauth.conf_path(self.cfg))
+            self.nats = natsserver.start(
+                self.cfg.nats.port,
+                self.cfg.data_dir / "nats",
+                log_file=self.logs / "nats.log",
+                config_file=natsauth.conf_path(self.cfg),
+            )
         except natsserver.NatsServerError as exc:
             self.say(f"nats did not start again: {exc}")
             raise SystemExit(1) from exc
@@ -236,8 +255,10 @@ class Supervisor:
                     child.restarts = 0  # healthy again: the next crash restarts at once
                 continue
             if code == EX_CONFIG:  # it said why in its log; restarting would only say it again
-                self.say(f"{child.name} cannot run as configured: {last_error(child.log_path, child.log_offset)}\n"
-                         f"{'':<10}not restarting it (see {child.log_path})")
+                self.say(
+                    f"{child.name} cannot run as configured: {last_error(child.log_path, child.log_offset)}\n"
+                    f"{'':<10}not restarting it (see {child.log_path})"
+                )
                 child.proc, child.next_start = None, float("inf")
                 continue
             delay = backoff(child.restarts, cap=30.0) if child.restarts else 0.5
@@ -266,7 +287,7 @@ class Supervisor:
             self.announce()
 
     def readiness(self) -> str:
-        """"" while a service is not up yet; else what to tell the person: ready, or what is missing."""
+        """ "" while a service is not up yet; else what to tell the person: ready, or what is missing."""
         if not self.children or not all(c.ready for c in self.children):
             return ""
         vault = next((c for c in self.children if c.name == "vault"), None)
@@ -366,8 +387,10 @@ def image_warning(image: str) -> str | None:
             return None
     except ImageBuildError as exc:  # no docker CLI
         return f"cannot check the agent image {image}: {exc}"
-    return (f"agent image {image} is missing (or Docker does not answer): no agent can start until "
-            f"`clawden image build --tag {image}`; `clawden doctor` checks Docker and every group's image")
+    return (
+        f"agent image {image} is missing (or Docker does not answer): no agent can start until "
+        f"`clawden image build --tag {image}`; `clawden doctor` checks Docker and every group's image"
+    )
 
 
 _ERROR_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\.\d{3} E [\w.-]+: (.*)$")

@@ -55,6 +55,7 @@ class UnitsError(Exception):
 
 # ---- rendering (pure) ----------------------------------------------------------------------------
 
+
 def render(template: str, values: Mapping[str, str], flags: Mapping[str, bool]) -> str:
     out: list[str] = []
     for line in template.splitlines(keepends=True):
@@ -65,7 +66,7 @@ def render(template: str, values: Mapping[str, str], flags: Mapping[str, bool]) 
                 raise UnitsError(f"template flag {flag!r} is not defined")
             if flags[flag] == bool(negate):
                 continue
-            line = line[cond.end():]
+            line = line[cond.end() :]
 
         def value(m: re.Match[str]) -> str:
             if m.group(1) not in values:
@@ -157,8 +158,10 @@ class Install:
             raise UnitsError(f"DOCKER_HOST={self.docker_host!r} cannot go into a unit file as is")
         for path in paths:
             if not SAFE_PATH.fullmatch(str(path)):
-                raise UnitsError(f"{path}: unit files cannot name this path as is (only letters, digits and "
-                                 "._+,@~-/ are safe there); use a plainer path for the home or the venv")
+                raise UnitsError(
+                    f"{path}: unit files cannot name this path as is (only letters, digits and "
+                    "._+,@~-/ are safe there); use a plainer path for the home or the venv"
+                )
 
 
 @dataclass(frozen=True)
@@ -172,23 +175,32 @@ def _template(kind: str, name: str) -> str:
     try:
         return path.read_text()
     except FileNotFoundError:
-        raise UnitsError(f"unit template {path} is missing: this Clawden install lacks its unit templates; "
-                         "reinstall Clawden") from None
+        raise UnitsError(
+            f"unit template {path} is missing: this Clawden install lacks its unit templates; reinstall Clawden"
+        ) from None
 
 
 def systemd_units(inst: Install) -> list[UnitFile]:
     """The target, the NATS server (when embedded), one unit per service and the bridge template."""
     inst.check_paths()
-    names = [TARGET, *([NATS_UNIT] if inst.nats_server is not None else []),
-             *(f"clawden-{s}.service" for s in inst.services), CHANNEL_TEMPLATE]
+    names = [
+        TARGET,
+        *([NATS_UNIT] if inst.nats_server is not None else []),
+        *(f"clawden-{s}.service" for s in inst.services),
+        CHANNEL_TEMPLATE,
+    ]
     values, flags = inst.values(), inst.flags()
     return [UnitFile(n, render(_template("systemd", n), values, flags)) for n in names]
 
 
 def enabled_units(inst: Install) -> list[str]:
     """What `systemctl enable` gets: the target and every unit it should pull in, bridges included."""
-    return [TARGET, *([NATS_UNIT] if inst.nats_server is not None else []),
-            *(f"clawden-{s}.service" for s in inst.services), *(channel_unit(c) for c in inst.channels)]
+    return [
+        TARGET,
+        *([NATS_UNIT] if inst.nats_server is not None else []),
+        *(f"clawden-{s}.service" for s in inst.services),
+        *(channel_unit(c) for c in inst.channels),
+    ]
 
 
 def channel_unit(channel: str) -> str:
@@ -205,8 +217,9 @@ def launchd_plists(inst: Install) -> list[UnitFile]:
     values = {k: escape(v) for k, v in inst.values().items()}
     flags = inst.flags()
     jobs = [*(["nats"] if inst.nats_server is not None else []), *inst.services]
-    plists = [UnitFile(f"{label(j)}.plist", render(_template("launchd", f"{label(j)}.plist"), values, flags))
-              for j in jobs]
+    plists = [
+        UnitFile(f"{label(j)}.plist", render(_template("launchd", f"{label(j)}.plist"), values, flags)) for j in jobs
+    ]
     template = _template("launchd", f"{label('channel')}.plist")
     for channel in inst.channels:
         text = render(template, {**values, "CHANNEL": escape(channel)}, flags)
@@ -225,8 +238,7 @@ def check_plist(plist: UnitFile) -> dict[str, object]:
     if data.get("Label") != plist.name.removesuffix(".plist"):
         raise UnitsError(f"{plist.name}: Label {data.get('Label')!r} does not match the file name")
     argv = data.get("ProgramArguments")
-    if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)
-            and os.path.isabs(argv[0])):
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv) and os.path.isabs(argv[0])):
         raise UnitsError(f"{plist.name}: ProgramArguments must be strings starting with an absolute path")
     for key in ("StandardOutPath", "StandardErrorPath", "WorkingDirectory"):
         if not (isinstance(data.get(key), str) and os.path.isabs(data[key])):
@@ -235,6 +247,7 @@ def check_plist(plist: UnitFile) -> dict[str, object]:
 
 
 # ---- discovering this install ----------------------------------------------------------------------
+
 
 def default_mode() -> Mode:
     if sys.platform == "darwin":
@@ -248,11 +261,15 @@ def install_roots(python: Path, extra: Iterable[Path] = ()) -> tuple[Path, ...]:
 
     services = importlib.util.find_spec("services")  # found, not imported: the kernel uses no service
     paths = sysconfig.get_paths()
-    candidates = {Path(os.path.realpath(python)), Path(sys.prefix), Path(sys.base_prefix),
-                  Path(clawden.__file__).resolve().parent,
-                  *([Path(services.origin).resolve().parent] if services and services.origin else []),
-                  *(Path(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths),
-                  *extra}
+    candidates = {
+        Path(os.path.realpath(python)),
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(clawden.__file__).resolve().parent,
+        *([Path(services.origin).resolve().parent] if services and services.origin else []),
+        *(Path(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths),
+        *extra,
+    }
     hidden = sorted({c for c in candidates if c.exists() and any(c.is_relative_to(h) for h in HIDDEN)})
     roots: list[Path] = []
     for path in hidden:  # sorted, so a folder comes before what it holds
@@ -261,8 +278,7 @@ def install_roots(python: Path, extra: Iterable[Path] = ()) -> tuple[Path, ...]:
     return tuple(roots)
 
 
-def discover(cfg: Config, mode: Mode, channels: Sequence[str],
-             environ: Mapping[str, str] | None = None) -> Install:
+def discover(cfg: Config, mode: Mode, channels: Sequence[str], environ: Mapping[str, str] | None = None) -> Install:
     """This install as units see it: the running interpreter, the home and the home's owner."""
     env = os.environ if environ is None else environ
     home = cfg.home_path
@@ -282,16 +298,26 @@ def discover(cfg: Config, mode: Mode, channels: Sequence[str],
     user_home = Path(env.get("HOME") or account.pw_dir) if mode != "system" else Path(account.pw_dir)
     roots = install_roots(python, [nats_server] if nats_server is not None else [])
     webhooks = bool(cfg.webhooks.listen)
-    seeds = [cfg.keys_dir / "nats" / f"{s}.nk"
-             for s in [*SERVICES, *([WEBHOOKS] if webhooks else []), *(f"channel-{c}" for c in channels)]]
+    seeds = [
+        cfg.keys_dir / "nats" / f"{s}.nk"
+        for s in [*SERVICES, *([WEBHOOKS] if webhooks else []), *(f"channel-{c}" for c in channels)]
+    ]
     return Install(
-        mode=mode, home=home, python=python, nats_server=nats_server, user=account.pw_name,
-        group=grp.getgrgid(account.pw_gid).gr_name, user_home=user_home, channels=tuple(channels), webhooks=webhooks,
+        mode=mode,
+        home=home,
+        python=python,
+        nats_server=nats_server,
+        user=account.pw_name,
+        group=grp.getgrgid(account.pw_gid).gr_name,
+        user_home=user_home,
+        channels=tuple(channels),
+        webhooks=webhooks,
         read_only=tuple(r for r in roots if not r.is_relative_to(home)),
         # Embedded NATS: the plan makes every seed before the units need it. External: only those present.
         nats_seeds=cfg.embedded_nats or all(s.exists() for s in seeds),
         docker_group=_docker_group(account, env) if mode == "system" else None,
-        docker_host=env.get("DOCKER_HOST") or None)
+        docker_host=env.get("DOCKER_HOST") or None,
+    )
 
 
 def _docker_group(account: pwd.struct_passwd, env: Mapping[str, str]) -> str | None:
@@ -307,6 +333,7 @@ def _docker_group(account: pwd.struct_passwd, env: Mapping[str, str]) -> str | N
 
 
 # ---- the plan: files and commands ------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Write:
@@ -393,16 +420,21 @@ def install_plan(inst: Install, folder: Path, identities: Call | None = None, *,
         plan: list[Action] = [identities] if identities else []
         for plist in launchd_plists(inst):
             path = folder / plist.name
-            plan += [Write(path, plist.text),
-                     Run(("launchctl", "bootout", f"{domain}/{plist.name.removesuffix('.plist')}"), check=False),
-                     Run(("launchctl", "bootstrap", domain, str(path)))]
+            plan += [
+                Write(path, plist.text),
+                Run(("launchctl", "bootout", f"{domain}/{plist.name.removesuffix('.plist')}"), check=False),
+                Run(("launchctl", "bootstrap", domain, str(path))),
+            ]
         return plan
     plan = [identities] if identities else []
     plan += [Write(folder / unit.name, unit.text) for unit in systemd_units(inst)]
     plan.append(Run(_systemctl(inst.mode, "daemon-reload")))
     # A bridge whose token is gone stops and stays off; the ones configured now are enabled below.
-    gone = sorted(p.name for p in (folder / f"{TARGET}.wants").glob("clawden-channel@?*.service")
-                  if p.name not in {channel_unit(c) for c in inst.channels})
+    gone = sorted(
+        p.name
+        for p in (folder / f"{TARGET}.wants").glob("clawden-channel@?*.service")
+        if p.name not in {channel_unit(c) for c in inst.channels}
+    )
     if gone:
         plan.append(Run(_systemctl(inst.mode, "disable", "--now", *gone), check=False))
     plan.append(Run(_systemctl(inst.mode, "enable", *(["--now"] if now else []), *enabled_units(inst))))
@@ -410,9 +442,14 @@ def install_plan(inst: Install, folder: Path, identities: Call | None = None, *,
         plan.append(Run(_systemctl(inst.mode, "try-reload-or-restart", NATS_UNIT)))
     if inst.mode == "user" and not (LINGER_DIR / inst.user).exists():
         # Without polkit only root may turn it on: then say how, but the units are installed all the same.
-        plan.append(Run(("loginctl", "enable-linger", inst.user), check=False,
-                        hint=f"without linger your services start at your login and stop when you log out; "
-                             f"turn it on with `sudo loginctl enable-linger {inst.user}`"))
+        plan.append(
+            Run(
+                ("loginctl", "enable-linger", inst.user),
+                check=False,
+                hint=f"without linger your services start at your login and stop when you log out; "
+                f"turn it on with `sudo loginctl enable-linger {inst.user}`",
+            )
+        )
     return plan
 
 
@@ -421,16 +458,20 @@ def uninstall_plan(mode: Mode, folder: Path, uid: int) -> list[Action]:
     if mode == "launchd":
         plan: list[Action] = []
         for path in sorted(folder.glob(f"{LABEL_PREFIX}.*.plist")):
-            plan += [Run(("launchctl", "bootout", f"gui/{uid}/{path.name.removesuffix('.plist')}"), check=False),
-                     Remove(path)]
+            plan += [
+                Run(("launchctl", "bootout", f"gui/{uid}/{path.name.removesuffix('.plist')}"), check=False),
+                Remove(path),
+            ]
         return plan
     files = sorted(p for p in folder.glob("clawden*") if p.is_file() and not p.is_symlink())
     instances = sorted(p.name for p in (folder / f"{TARGET}.wants").glob("clawden-channel@?*.service"))
     if not files and not instances:
         return []
     units = {p.name for p in files} - {CHANNEL_TEMPLATE}
-    plan = [Run(_systemctl(mode, "disable", "--now", *sorted(units), *instances), check=False),
-            Run(_systemctl(mode, "stop", "clawden-channel@*.service"), check=False)]
+    plan = [
+        Run(_systemctl(mode, "disable", "--now", *sorted(units), *instances), check=False),
+        Run(_systemctl(mode, "stop", "clawden-channel@*.service"), check=False),
+    ]
     plan += [Remove(p) for p in files]
     plan += [Run(_systemctl(mode, "daemon-reload")), Run(_systemctl(mode, "reset-failed", "clawden*"), check=False)]
     return plan
@@ -442,9 +483,11 @@ def apply(plan: Sequence[Action], say: Callable[[str], object], *, dry_run: bool
         tools = {a.argv[0] for a in plan if isinstance(a, Run)}
         missing = sorted(t for t in tools if shutil.which(t) is None)
         if missing:
-            raise UnitsError(f"{', '.join(missing)} not found: this machine does not run "
-                             f"{'launchd' if 'launchctl' in missing else 'systemd'}. Run Clawden in the "
-                             "foreground with `clawden up`, or see the units with `clawden units show`")
+            raise UnitsError(
+                f"{', '.join(missing)} not found: this machine does not run "
+                f"{'launchd' if 'launchctl' in missing else 'systemd'}. Run Clawden in the "
+                "foreground with `clawden up`, or see the units with `clawden units show`"
+            )
     for action in plan:
         if dry_run:
             say(str(action))

@@ -20,13 +20,16 @@ def _failure(message: Callable[[], object] | str) -> AssertionError:
 
 
 @overload
-async def eventually(condition: Callable[[], Awaitable[T | None]], timeout: float = ...,
-                     message: Callable[[], object] | str = ...) -> T: ...
+async def eventually(
+    condition: Callable[[], Awaitable[T | None]], timeout: float = ..., message: Callable[[], object] | str = ...
+) -> T: ...
 @overload
-async def eventually(condition: Callable[[], T | None], timeout: float = ...,
-                     message: Callable[[], object] | str = ...) -> T: ...
-async def eventually(condition: Callable[[], object], timeout: float = 10,
-                     message: Callable[[], object] | str = "timed out waiting") -> object:
+async def eventually(
+    condition: Callable[[], T | None], timeout: float = ..., message: Callable[[], object] | str = ...
+) -> T: ...
+async def eventually(
+    condition: Callable[[], object], timeout: float = 10, message: Callable[[], object] | str = "timed out waiting"
+) -> object:
     """The condition's first truthy value (awaited, if it is a coroutine function's), once it has one;
     an AssertionError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -41,8 +44,9 @@ async def eventually(condition: Callable[[], object], timeout: float = 10,
         await asyncio.sleep(POLL)
 
 
-def eventually_sync(condition: Callable[[], T | None], timeout: float = 10,
-                    message: Callable[[], object] | str = "timed out waiting") -> T:
+def eventually_sync(
+    condition: Callable[[], T | None], timeout: float = 10, message: Callable[[], object] | str = "timed out waiting"
+) -> T:
     """`eventually` for a test without an event loop."""
     deadline = time.monotonic() + timeout
     while not (value := condition()):

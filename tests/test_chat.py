@@ -27,8 +27,11 @@ from tests.conftest import NatsServer
 from tests.eventually import eventually
 
 ROUTE = ev.Route(channel="local", chat_id="terminal")
-CARD = ev.Card(title="Allow GitHub?", body="GET api.github.com/user", buttons=(
-    ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny")))
+CARD = ev.Card(
+    title="Allow GitHub?",
+    body="GET api.github.com/user",
+    buttons=(ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny")),
+)
 
 
 def card_message(id: str = "approval:ap-1") -> ev.OutboundMessage:
@@ -37,8 +40,10 @@ def card_message(id: str = "approval:ap-1") -> ev.OutboundMessage:
 
 def test_a_card_prints_as_numbered_choices() -> None:
     shown = TerminalChat("terminal", "ada").show(card_message(), "m1")
-    assert shown == ("main> The agent asks:\n\nAllow GitHub?\n\nGET api.github.com/user\n"
-                     "    [1] Approve   [2] Deny   (type a number to choose)")
+    assert shown == (
+        "main> The agent asks:\n\nAllow GitHub?\n\nGET api.github.com/user\n"
+        "    [1] Approve   [2] Deny   (type a number to choose)"
+    )
 
 
 def test_typing_a_choice_presses_that_button_once() -> None:
@@ -47,7 +52,11 @@ def test_typing_a_choice_presses_that_button_once() -> None:
     action = terminal.line(" 2 ")
     assert isinstance(action, ev.InboundAction)
     assert (action.card_id, action.button_id, action.message_id, action.sender.id) == (
-        "approval:ap-1", "deny", "m1", "local:ada")
+        "approval:ap-1",
+        "deny",
+        "m1",
+        "local:ada",
+    )
     again = terminal.line("2")
     assert isinstance(again, ev.InboundMessage) and again.text == "2"
 
@@ -68,8 +77,9 @@ def test_a_card_edited_elsewhere_no_longer_takes_numbers() -> None:
     assert isinstance(terminal.line("1"), ev.InboundMessage)
 
 
-async def start_terminal(tmp_path: Path, nats_server: NatsServer, nc: Client) -> tuple[
-        JetStreamContext, asyncio.Task[int], TextIO, int, io.StringIO]:
+async def start_terminal(
+    tmp_path: Path, nats_server: NatsServer, nc: Client
+) -> tuple[JetStreamContext, asyncio.Task[int], TextIO, int, io.StringIO]:
     """`clawden chat` on a pipe for stdin, listening: its stream, task, stdin, the pipe's write end, output."""
     cfg = setup.init(tmp_path / "home")
     cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
@@ -88,7 +98,8 @@ async def start_terminal(tmp_path: Path, nats_server: NatsServer, nc: Client) ->
 
 
 async def test_clawden_chat_turns_a_typed_number_into_a_button_press_on_the_bus(
-        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    tmp_path: Path, nats_server: NatsServer, nc: Client
+) -> None:
     js, session, stdin, write_fd, out = await start_terminal(tmp_path, nats_server, nc)
     await publish(js, subjects.outbound("local", ROUTE.chat_id), card_message(), msg_id="approval:ap-1")
     await eventually(lambda: "[2] Deny" in out.getvalue(), 10, lambda: out.getvalue())
@@ -102,14 +113,19 @@ async def test_clawden_chat_turns_a_typed_number_into_a_button_press_on_the_bus(
 
 
 async def test_the_terminal_shows_its_chats_replies_from_every_lane_in_order(
-        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    tmp_path: Path, nats_server: NatsServer, nc: Client
+) -> None:
     js, session, stdin, write_fd, out = await start_terminal(tmp_path, nats_server, nc)
-    other = ev.Route(channel="local", chat_id=next(c for c in map(str, range(100))
-                                                  if subjects.lane(c) != subjects.lane(ROUTE.chat_id)))
-    sends = [(subjects.outbound("local", ROUTE.chat_id), ROUTE, "one"),
-             (subjects.outbound("local", ROUTE.chat_id), ROUTE, "two"),
-             (subjects.outbound("local", other.chat_id), other, "not mine"),
-             (subjects.outbound("local", ROUTE.chat_id), ROUTE, "three")]
+    other = ev.Route(
+        channel="local",
+        chat_id=next(c for c in map(str, range(100)) if subjects.lane(c) != subjects.lane(ROUTE.chat_id)),
+    )
+    sends = [
+        (subjects.outbound("local", ROUTE.chat_id), ROUTE, "one"),
+        (subjects.outbound("local", ROUTE.chat_id), ROUTE, "two"),
+        (subjects.outbound("local", other.chat_id), other, "not mine"),
+        (subjects.outbound("local", ROUTE.chat_id), ROUTE, "three"),
+    ]
     for i, (subject, route, text) in enumerate(sends):
         await publish(js, subject, ev.OutboundMessage(id=f"m{i}", route=route, text=text), msg_id=f"m{i}")
     await eventually(lambda: "three" in out.getvalue(), 10, lambda: out.getvalue())
@@ -120,7 +136,8 @@ async def test_the_terminal_shows_its_chats_replies_from_every_lane_in_order(
 
 
 async def test_help_lists_the_commands_and_exit_leaves_without_sending_what_follows(
-        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    tmp_path: Path, nats_server: NatsServer, nc: Client
+) -> None:
     js, session, stdin, write_fd, out = await start_terminal(tmp_path, nats_server, nc)
     inbound = await js.subscribe(subjects.inbound("local"))
     os.write(write_fd, b"/help\n/exit\nnever sent\n")
@@ -140,8 +157,12 @@ async def test_a_reply_delivered_twice_is_shown_once(tmp_path: Path, nats_server
     # As JetStream redelivers a message whose ack was lost (a NATS restart between print and ack).
     await publish(js, subjects.outbound("local", ROUTE.chat_id), reply, msg_id="first-delivery")
     await publish(js, subjects.outbound("local", ROUTE.chat_id), reply, msg_id="second-delivery")
-    await publish(js, subjects.outbound("local", ROUTE.chat_id), ev.OutboundMessage(
-        id="s-1:reply:4:send:0", route=ROUTE, text="the next one"), msg_id="third")
+    await publish(
+        js,
+        subjects.outbound("local", ROUTE.chat_id),
+        ev.OutboundMessage(id="s-1:reply:4:send:0", route=ROUTE, text="the next one"),
+        msg_id="third",
+    )
     await eventually(lambda: "the next one" in out.getvalue(), 10, lambda: out.getvalue())
     os.close(write_fd)
     await asyncio.wait_for(session, 15)
@@ -152,7 +173,8 @@ async def test_a_reply_delivered_twice_is_shown_once(tmp_path: Path, nats_server
 
 @pytest.mark.parametrize(("last", "code"), [("reply", 0), ("error", 1)])
 async def test_once_waits_past_a_notice_and_exits_non_zero_when_the_message_will_not_be_answered(
-        tmp_path: Path, nats_server: NatsServer, nc: Client, last: str, code: int) -> None:
+    tmp_path: Path, nats_server: NatsServer, nc: Client, last: str, code: int
+) -> None:
     cfg = setup.init(tmp_path / "home")
     cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
     js = nc.jetstream()
@@ -164,18 +186,23 @@ async def test_once_waits_past_a_notice_and_exits_non_zero_when_the_message_will
     assert isinstance(sent, ev.InboundMessage) and sent.text == "hello"
 
     for i, (kind, text) in enumerate((("notice", "I'm busy; your turn comes"), (last, "the answer"))):
-        await publish(js, subjects.outbound("local", ROUTE.chat_id),
-                      ev.OutboundMessage(id=f"s-1:{i}", route=ROUTE, text=text, kind=kind),  # type: ignore[arg-type]
-                      msg_id=f"s-1:{i}")
+        await publish(
+            js,
+            subjects.outbound("local", ROUTE.chat_id),
+            ev.OutboundMessage(id=f"s-1:{i}", route=ROUTE, text=text, kind=kind),  # type: ignore[arg-type]
+            msg_id=f"s-1:{i}",
+        )
 
     assert await asyncio.wait_for(session, 15) == code
     assert "I'm busy; your turn comes" in out.getvalue() and "the answer" in out.getvalue()
 
 
-@pytest.mark.parametrize(("lines", "messages"), [(False, ["first line\nsecond line"]),
-                                                   (True, ["first line", "second line"])])
+@pytest.mark.parametrize(
+    ("lines", "messages"), [(False, ["first line\nsecond line"]), (True, ["first line", "second line"])]
+)
 async def test_piped_input_is_one_message_unless_asked_line_by_line(
-        tmp_path: Path, nats_server: NatsServer, nc: Client, lines: bool, messages: list[str]) -> None:
+    tmp_path: Path, nats_server: NatsServer, nc: Client, lines: bool, messages: list[str]
+) -> None:
     home = tmp_path / "home"
     setup.init(home)
     js = nc.jetstream()
@@ -184,8 +211,18 @@ async def test_piped_input_is_one_message_unless_asked_line_by_line(
     env = {**os.environ, "CLAWDEN_HOME": str(home), "CLAWDEN_NATS_URL": nats_server.url}
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "clawden", "chat", "--timeout", "1", *(["--lines"] if lines else []),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+        sys.executable,
+        "-m",
+        "clawden",
+        "chat",
+        "--timeout",
+        "1",
+        *(["--lines"] if lines else []),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
     await proc.communicate(b"first line\nsecond line\n")
 
     got = [ev.decode((await inbound.next_msg(timeout=10)).data) for _ in messages]
@@ -237,7 +274,8 @@ class Pty:
 
 
 async def test_in_a_terminal_a_paste_is_one_message_a_reply_keeps_the_typed_line_and_ctrl_c_leaves_at_once(
-        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    tmp_path: Path, nats_server: NatsServer, nc: Client
+) -> None:
     home = tmp_path / "home"
     setup.init(home)
     js = nc.jetstream()
@@ -255,8 +293,12 @@ async def test_in_a_terminal_a_paste_is_one_message_a_reply_keeps_the_typed_line
 
         term.write(b"half typ")
         await asyncio.to_thread(term.wait_for, b"half typ")
-        await publish(js, subjects.outbound("local", ROUTE.chat_id),
-                      ev.OutboundMessage(id="r-1", route=ROUTE, text="a reply", agent_group="main"), msg_id="r-1")
+        await publish(
+            js,
+            subjects.outbound("local", ROUTE.chat_id),
+            ev.OutboundMessage(id="r-1", route=ROUTE, text="a reply", agent_group="main"),
+            msg_id="r-1",
+        )
         await asyncio.to_thread(term.wait_for, b"main> a reply\r\nyou> half typ")
 
         term.write(b"\x03")  # Ctrl-C, with nothing sent
@@ -267,7 +309,8 @@ async def test_in_a_terminal_a_paste_is_one_message_a_reply_keeps_the_typed_line
 
 
 async def test_once_leaves_as_soon_as_its_reply_is_shown_and_acknowledged(
-        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    tmp_path: Path, nats_server: NatsServer, nc: Client
+) -> None:
     cfg = setup.init(tmp_path / "home")
     cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
     js = nc.jetstream()
@@ -276,8 +319,12 @@ async def test_once_leaves_as_soon_as_its_reply_is_shown_and_acknowledged(
     session = asyncio.create_task(chat(cfg, chat_id="terminal", once="hello", timeout=30, stdout=io.StringIO()))
     await inbound.next_msg(timeout=15)
 
-    await publish(js, subjects.outbound("local", ROUTE.chat_id), ev.OutboundMessage(id="s-1:r", route=ROUTE,
-                                                                                    text="hi"), msg_id="s-1:r")
+    await publish(
+        js,
+        subjects.outbound("local", ROUTE.chat_id),
+        ev.OutboundMessage(id="s-1:r", route=ROUTE, text="hi"),
+        msg_id="s-1:r",
+    )
     replied = time.monotonic()
     assert await asyncio.wait_for(session, 15) == 0
     took = time.monotonic() - replied
@@ -296,10 +343,12 @@ def test_clawdens_own_cards_and_notices_are_labelled_as_clawdens_not_the_agents(
 
 
 def test_a_card_whose_text_is_its_own_words_prints_them_once() -> None:
-    card = ev.Card(title="Let agent main POST api.example.test/pay?", body="POST https://api.example.test/pay",
-                   buttons=(ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny")))
-    approval = ev.OutboundMessage(id="ap-1", route=ROUTE, text=f"{card.title}\n\n{card.body}", card=card,
-                                  kind="notice")
+    card = ev.Card(
+        title="Let agent main POST api.example.test/pay?",
+        body="POST https://api.example.test/pay",
+        buttons=(ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny")),
+    )
+    approval = ev.OutboundMessage(id="ap-1", route=ROUTE, text=f"{card.title}\n\n{card.body}", card=card, kind="notice")
 
     shown = TerminalChat("terminal", "ada").show(approval, "m1")
 
@@ -308,13 +357,26 @@ def test_a_card_whose_text_is_its_own_words_prints_them_once() -> None:
 
 def test_a_decided_card_shows_only_its_outcome_not_the_card_again() -> None:
     terminal = TerminalChat("terminal", "ada")
-    card = ev.Card(title="Allow GitHub?", body="GET api.github.com/user", buttons=(ev.Button(id="approve",
-                                                                                            label="Approve"),))
-    terminal.show(ev.OutboundMessage(id="ap-1", route=ROUTE, text="Allow GitHub?\n\nGET api.github.com/user",
-                                     card=card, kind="notice"), "m1")
+    card = ev.Card(
+        title="Allow GitHub?", body="GET api.github.com/user", buttons=(ev.Button(id="approve", label="Approve"),)
+    )
+    terminal.show(
+        ev.OutboundMessage(
+            id="ap-1", route=ROUTE, text="Allow GitHub?\n\nGET api.github.com/user", card=card, kind="notice"
+        ),
+        "m1",
+    )
     decided = ev.Card(title=card.title, body=f"{card.body}\n\n✅ Approved by local:ada")
 
-    shown = terminal.show(ev.OutboundEdit(id="ap-1:approved", route=ROUTE, target_message_id="m1",
-                                          text=f"{decided.title}\n\n{decided.body}", card=decided), "m1")
+    shown = terminal.show(
+        ev.OutboundEdit(
+            id="ap-1:approved",
+            route=ROUTE,
+            target_message_id="m1",
+            text=f"{decided.title}\n\n{decided.body}",
+            card=decided,
+        ),
+        "m1",
+    )
 
     assert shown == "clawden> (edited) ✅ Approved by local:ada"

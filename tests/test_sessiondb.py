@@ -98,8 +98,9 @@ def test_a_writer_killed_mid_transaction_leaves_nothing_a_reader_cannot_read(fol
     """The runner SIGKILLed while it writes inbound.db leaves a hot journal, which only a read-write
     connection may roll back; the restarted runner reads before it writes, so its read must recover it."""
     sdb.insert_inbound(folder, message("before"))
-    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(folder / sdb.INBOUND)],
-                              stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(folder / sdb.INBOUND)], stdout=subprocess.PIPE, text=True
+    )
     assert writer.stdout is not None and writer.stdout.readline().strip() == "mid-transaction"
     writer.kill()
     writer.wait()

@@ -20,7 +20,8 @@ from tests.conftest import NatsServer
 
 
 def test_a_service_that_cannot_run_as_configured_is_not_restarted(
-        tmp_path: Path, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     setup.init(tmp_path)
     (tmp_path / "config.toml").write_text(f'[nats]\nurl = "{nats_server.url}"\n')
     monkeypatch.delenv("CLAWDEN_TELEGRAM_TOKEN", raising=False)
@@ -51,17 +52,36 @@ def test_up_exits_when_nothing_can_run_and_says_why(tmp_path: Path) -> None:
     for service in ("scheduler", "approvals"):  # a seed others may read: neither service will use it
         natsauth.seed_path(cfg, service).chmod(0o644)
 
-    out = subprocess.run([sys.executable, "-m", "clawden", "--home", str(home), "up", "--service", "scheduler",
-                          "--service", "approvals"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clawden",
+            "--home",
+            str(home),
+            "up",
+            "--service",
+            "scheduler",
+            "--service",
+            "approvals",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert out.returncode == 1, out.stdout + out.stderr
     for service in ("scheduler", "approvals"):
-        assert (f"{service} cannot run as configured: {natsauth.seed_path(cfg, service)} is readable by others;"
-                f" run: chmod 600 {natsauth.seed_path(cfg, service)}") in out.stdout, out.stdout
+        assert (
+            f"{service} cannot run as configured: {natsauth.seed_path(cfg, service)} is readable by others;"
+            f" run: chmod 600 {natsauth.seed_path(cfg, service)}"
+        ) in out.stdout, out.stdout
     assert "nothing can run as configured: fix what is said above, then `clawden up` again" in out.stdout
     assert out.stdout.rstrip().endswith("stopped")
-    assert f"warning: {home / 'config.toml'}: [runer] is not a setting Clawden knows (did you mean [runner]?)" \
+    assert (
+        f"warning: {home / 'config.toml'}: [runer] is not a setting Clawden knows (did you mean [runner]?)"
         in out.stdout
+    )
 
 
 @pytest.mark.nats
@@ -118,7 +138,8 @@ def _until(sup: Supervisor, out: io.StringIO, text: str, timeout: float = 60) ->
 @pytest.mark.nats
 @pytest.mark.parametrize("given_by", ["secrets add", "init"])
 def test_up_is_not_ready_without_a_model_key_and_says_so_until_one_is_given(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given_by: str) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given_by: str
+) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     home = tmp_path / "home"
     (home).mkdir()
@@ -137,13 +158,19 @@ def test_up_is_not_ready_without_a_model_key_and_says_so_until_one_is_given(
             key_file = home / "keys" / "anthropic"
             key_file.write_text("sk-ant-api03-a-key-given-later\n")
             key_file.chmod(0o600)
-            said = subprocess.run([sys.executable, "-m", "clawden", "init"], env=env, capture_output=True,
-                                  text=True, timeout=60)
+            said = subprocess.run(
+                [sys.executable, "-m", "clawden", "init"], env=env, capture_output=True, text=True, timeout=60
+            )
             assert said.returncode == 0 and "the running vault has it" in said.stdout, said.stdout + said.stderr
         else:
-            said = subprocess.run([sys.executable, "-m", "clawden", "secrets", "add", "anthropic", "--type",
-                                   "anthropic"], env=env, input="sk-ant-api03-a-key-given-later\n",
-                                  capture_output=True, text=True, timeout=60)
+            said = subprocess.run(
+                [sys.executable, "-m", "clawden", "secrets", "add", "anthropic", "--type", "anthropic"],
+                env=env,
+                input="sk-ant-api03-a-key-given-later\n",
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert said.returncode == 0, said.stderr
 
         _until(sup, out, "all services ready")  # the same vault process: nothing was restarted
@@ -162,11 +189,27 @@ def test_a_missing_agent_image_is_said_at_up_with_the_command_that_builds_that_t
 @pytest.mark.nats
 @pytest.mark.skipif(sys.platform != "linux", reason="`clawden up` forks its children on Linux only")
 def test_up_forks_each_service_from_itself_holding_none_of_its_descriptors_and_restarts_a_killed_one(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     (tmp_path / "config.toml").write_text(f"[nats]\nport = {natsserver.free_port()}\n")
     setup.init(tmp_path)
-    up = subprocess.Popen([sys.executable, "-m", "clawden", "--home", str(tmp_path), "up", "--service", "scheduler",
-                           "--service", "approvals"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "clawden",
+            "--home",
+            str(tmp_path),
+            "up",
+            "--service",
+            "scheduler",
+            "--service",
+            "approvals",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert up.stdout is not None
     said: list[str] = []
     try:

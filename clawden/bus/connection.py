@@ -87,11 +87,11 @@ async def connect(url: str, name: str, **options: Any) -> Client:
     raise AuthorizationError(f"NATS at {url} refused the credentials of {name!r}")
 
 
-async def publish(js: JetStreamContext, subject: str, event: events.Event, *, msg_id: str,
-                  timeout: float = 5.0) -> PubAck:
+async def publish(
+    js: JetStreamContext, subject: str, event: events.Event, *, msg_id: str, timeout: float = 5.0
+) -> PubAck:
     """Publish durably; the natural `msg_id` makes a retry or replay a no-op inside the window."""
-    return await js.publish(subject, events.encode(event), timeout=timeout,
-                            headers={Header.MSG_ID: msg_id})
+    return await js.publish(subject, events.encode(event), timeout=timeout, headers={Header.MSG_ID: msg_id})
 
 
 Handler = Callable[[E, Msg], Awaitable[None]]
@@ -129,8 +129,13 @@ async def bind(js: JetStreamContext, consumer: Consumer, *, batch: int = 16) -> 
     return puller
 
 
-async def consume_batches(puller: Puller, handle: Callable[[list[Msg]], Awaitable[None]], *,
-                          stopping: asyncio.Event, until_idle: float | None = None) -> None:
+async def consume_batches(
+    puller: Puller,
+    handle: Callable[[list[Msg]], Awaitable[None]],
+    *,
+    stopping: asyncio.Event,
+    until_idle: float | None = None,
+) -> None:
     """The consume loop: fetch what has arrived and hand it over as one batch, until `stopping` is set;
     the batch in hand is finished first, then the pull is closed. With `until_idle`, return instead once
     a pull brings nothing for that long, and leave the pull open for the loop that follows (a startup
@@ -200,8 +205,7 @@ async def consume(
             except Exception as exc:
                 stats.failed += 1
                 stats.last_error = repr(exc)
-                log.exception("handler failed on %s (delivery %d)", msg.subject,
-                              msg.metadata.num_delivered)
+                log.exception("handler failed on %s (delivery %d)", msg.subject, msg.metadata.num_delivered)
                 await nak(msg)
                 return
             await msg.ack()

@@ -77,6 +77,7 @@ class Card(_Part, frozen=True):
 
 # --- chat in ---------------------------------------------------------------------------------------
 
+
 class InboundMessage(_Event, tag="inbound.message", frozen=True):
     """A chat message a bridge received. Natural key: `<channel>:<message_id>`."""
 
@@ -158,6 +159,7 @@ class MessagesLost(_Event, tag="inbound.lost", frozen=True):
 
 # --- chat out --------------------------------------------------------------------------------------
 
+
 class OutboundMessage(_Event, tag="outbound.message", frozen=True):
     """Something to post. `id` is unique per outbound row and is the dedupe key end to end."""
 
@@ -230,6 +232,7 @@ class Typing(_Event, tag="outbound.typing", frozen=True):
 
 # --- sessions -----------------------------------------------------------------------------------------
 
+
 class WakeMessage(_Part, frozen=True):
     id: str
     kind: Literal["chat", "task", "system"]
@@ -266,9 +269,11 @@ _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 _FOLDER = re.compile(FOLDER_PATTERN)
 _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/\[\]-]{0,127}$")
 # A Docker image reference: [registry[:port]/]path[:tag][@sha256:digest], lowercase path components.
-_IMAGE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9.-]*(?::\d{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-                    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
-                    r"(?:@sha256:[a-f0-9]{64})?$")
+_IMAGE = re.compile(
+    r"^(?:[A-Za-z0-9][A-Za-z0-9.-]*(?::\d{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@sha256:[a-f0-9]{64})?$"
+)
 
 
 def memory_bytes(text: str) -> int | None:
@@ -302,8 +307,10 @@ class GroupSettings(_Part, frozen=True):
         """Each set field that is out of bounds, with why, in words a person can act on."""
         out: dict[str, str] = {}
         if self.folder and (not _FOLDER.match(self.folder) or self.folder in RESERVED_FOLDERS):
-            out["folder"] = (f"folder {self.folder!r}: one folder name (letters, digits, '.', '-', '_'), not"
-                             f" {', '.join(sorted(RESERVED_FOLDERS))}")
+            out["folder"] = (
+                f"folder {self.folder!r}: one folder name (letters, digits, '.', '-', '_'), not"
+                f" {', '.join(sorted(RESERVED_FOLDERS))}"
+            )
         if self.model and not _MODEL.match(self.model):
             out["model"] = f"model {self.model!r}: give a model name like claude-sonnet-4-5"
         if self.image and (len(self.image) > 255 or not _IMAGE.match(self.image)):
@@ -316,17 +323,24 @@ class GroupSettings(_Part, frozen=True):
             out["cpus"] = f"cpus {self.cpus}: give a number from {CPUS_RANGE[0]} to {CPUS_RANGE[1]:g}"
         if self.pids and not PIDS_RANGE[0] <= self.pids <= PIDS_RANGE[1]:
             out["pids"] = f"pids {self.pids}: give a number from {PIDS_RANGE[0]} to {PIDS_RANGE[1]}"
-        if self.idle_timeout and not (math.isfinite(self.idle_timeout)
-                                      and IDLE_TIMEOUT_RANGE[0] <= self.idle_timeout <= IDLE_TIMEOUT_RANGE[1]):
-            out["idle_timeout"] = (f"idle timeout {self.idle_timeout}: give seconds from {IDLE_TIMEOUT_RANGE[0]:g}"
-                                   f" to {IDLE_TIMEOUT_RANGE[1]:.0f} (30 days)")
+        if self.idle_timeout and not (
+            math.isfinite(self.idle_timeout) and IDLE_TIMEOUT_RANGE[0] <= self.idle_timeout <= IDLE_TIMEOUT_RANGE[1]
+        ):
+            out["idle_timeout"] = (
+                f"idle timeout {self.idle_timeout}: give seconds from {IDLE_TIMEOUT_RANGE[0]:g}"
+                f" to {IDLE_TIMEOUT_RANGE[1]:.0f} (30 days)"
+            )
         if self.max_turns and not MAX_TURNS_RANGE[0] <= self.max_turns <= MAX_TURNS_RANGE[1]:
-            out["max_turns"] = (f"max turns {self.max_turns}: give a number from {MAX_TURNS_RANGE[0]} to "
-                                f"{MAX_TURNS_RANGE[1]}")
-        if self.turn_budget and not (math.isfinite(self.turn_budget)
-                                     and TURN_BUDGET_RANGE[0] <= self.turn_budget <= TURN_BUDGET_RANGE[1]):
-            out["turn_budget"] = (f"turn budget {self.turn_budget}: give seconds from {TURN_BUDGET_RANGE[0]:g} to "
-                                  f"{TURN_BUDGET_RANGE[1]:.0f} (a day)")
+            out["max_turns"] = (
+                f"max turns {self.max_turns}: give a number from {MAX_TURNS_RANGE[0]} to {MAX_TURNS_RANGE[1]}"
+            )
+        if self.turn_budget and not (
+            math.isfinite(self.turn_budget) and TURN_BUDGET_RANGE[0] <= self.turn_budget <= TURN_BUDGET_RANGE[1]
+        ):
+            out["turn_budget"] = (
+                f"turn budget {self.turn_budget}: give seconds from {TURN_BUDGET_RANGE[0]:g} to "
+                f"{TURN_BUDGET_RANGE[1]:.0f} (a day)"
+            )
         return out
 
 
@@ -370,6 +384,7 @@ class TaskOp(_Event, tag="task.op", frozen=True):
 
 # --- approvals ----------------------------------------------------------------------------------------
 
+
 class ApprovalRequest(_Event, tag="approval.request", frozen=True):
     id: Token
     kind: Literal["credential", "question", "sender", "channel", "agent_request"]
@@ -396,6 +411,7 @@ class ApprovalDecision(_Event, tag="approval.decision", frozen=True):
 
 # --- observability ---------------------------------------------------------------------------------------
 
+
 class AuditEvent(_Event, tag="audit", frozen=True):
     service: str
     kind: str
@@ -405,8 +421,20 @@ class AuditEvent(_Event, tag="audit", frozen=True):
 
 
 Event = (
-    InboundMessage | InboundAction | ChatMoved | MessagesLost | OutboundMessage | OutboundEdit | OutboundReaction
-    | DeliveryReceipt | Typing | Wake | TaskOp | ApprovalRequest | ApprovalDecision | AuditEvent
+    InboundMessage
+    | InboundAction
+    | ChatMoved
+    | MessagesLost
+    | OutboundMessage
+    | OutboundEdit
+    | OutboundReaction
+    | DeliveryReceipt
+    | Typing
+    | Wake
+    | TaskOp
+    | ApprovalRequest
+    | ApprovalDecision
+    | AuditEvent
 )
 
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)

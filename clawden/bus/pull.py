@@ -61,8 +61,11 @@ class Puller:
         # A request lost with a reconnect is given up after its expiry (plus slack) and renewed.
         self._deadline = time.monotonic() + self.expires + 1.0
         request = {"batch": self.batch, "expires": int(self.expires * 1e9)}
-        await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{self.consumer.stream}.{self.consumer.durable}",
-                              json.dumps(request).encode(), reply=self._inbox)
+        await self.nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{self.consumer.stream}.{self.consumer.durable}",
+            json.dumps(request).encode(),
+            reply=self._inbox,
+        )
 
     async def next(self, timeout: float = 1.0) -> list[Msg]:
         """What has arrived (at most `batch`), waiting up to `timeout` for the first; [] if none came."""
@@ -72,5 +75,5 @@ class Puller:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout)
-        taken, self._buffer = self._buffer[:self.batch], self._buffer[self.batch:]
+        taken, self._buffer = self._buffer[: self.batch], self._buffer[self.batch :]
         return taken

@@ -134,8 +134,14 @@ def bridge_outbound(channel: str, lane: int) -> Consumer:
     # One message in flight per lane: a chat's messages leave in order, even across a bridge crash (with
     # more pending, the next process would be handed newer ones before the old ones' redelivery). The
     # bridge signals in_progress while it works, so a crash delays redelivery by at most ack_wait.
-    return Consumer("CLAWDEN_OUTBOUND", f"channel-{channel}-{lane}", subjects.outbound_lane(channel, lane),
-                    ack_wait=15.0, max_deliver=50, max_ack_pending=1)
+    return Consumer(
+        "CLAWDEN_OUTBOUND",
+        f"channel-{channel}-{lane}",
+        subjects.outbound_lane(channel, lane),
+        ack_wait=15.0,
+        max_deliver=50,
+        max_ack_pending=1,
+    )
 
 
 def bridge_lanes(channel: str) -> tuple[Consumer, ...]:
@@ -146,8 +152,14 @@ def bridge_lanes(channel: str) -> tuple[Consumer, ...]:
 def bridge_webhooks(channel: str) -> Consumer:
     # The deliveries the front door stored for this bridge; order across deliveries is the platform's
     # problem (status callbacks arrive out of order anyway), so several may be in flight.
-    return Consumer("CLAWDEN_WEBHOOKS", f"channel-{channel}-webhooks", subjects.webhook(channel), ack_wait=30.0,
-                    max_deliver=50, max_ack_pending=64)
+    return Consumer(
+        "CLAWDEN_WEBHOOKS",
+        f"channel-{channel}-webhooks",
+        subjects.webhook(channel),
+        ack_wait=30.0,
+        max_deliver=50,
+        max_ack_pending=64,
+    )
 
 
 def scheduler_tasks() -> Consumer:

@@ -28,21 +28,54 @@ def _call(args: argparse.Namespace, verb: str, payload: Payload) -> Any:
     return control.run(cfg, "approvals", verb, payload)
 
 
-
-
-
 def _render_list(rows: list[Payload]) -> str:
-    return _table([(r["id"], r["kind"], r["agent_group"], r["status"], r["approver"] or r["chat_id"] or "-",
-                    _when(r["created_at"]), _when(r["expires_at"] if r["status"] == "pending" else r["decided_at"]),
-                    r["decided_by"] or r["reason"][:40]) for r in rows],
-                  ("ID", "KIND", "GROUP", "STATUS", "SENT TO", "ASKED", "EXPIRES/DECIDED", "BY"))
+    return _table(
+        [
+            (
+                r["id"],
+                r["kind"],
+                r["agent_group"],
+                r["status"],
+                r["approver"] or r["chat_id"] or "-",
+                _when(r["created_at"]),
+                _when(r["expires_at"] if r["status"] == "pending" else r["decided_at"]),
+                r["decided_by"] or r["reason"][:40],
+            )
+            for r in rows
+        ],
+        ("ID", "KIND", "GROUP", "STATUS", "SENT TO", "ASKED", "EXPIRES/DECIDED", "BY"),
+    )
 
 
 def _render_one(row: Payload) -> str:
-    lines = [f"{k}: {row[k]}" for k in ("id", "card_id", "kind", "requester", "agent_group", "status", "approver",
-                                         "deciders", "channel", "chat_id", "decided_by", "value", "reason")]
-    lines += [f"created: {_when(row['created_at'])}", f"expires: {_when(row['expires_at'])}",
-              f"decided: {_when(row['decided_at'])}", "", row["title"], row["body"], "", "audit:"]
+    lines = [
+        f"{k}: {row[k]}"
+        for k in (
+            "id",
+            "card_id",
+            "kind",
+            "requester",
+            "agent_group",
+            "status",
+            "approver",
+            "deciders",
+            "channel",
+            "chat_id",
+            "decided_by",
+            "value",
+            "reason",
+        )
+    ]
+    lines += [
+        f"created: {_when(row['created_at'])}",
+        f"expires: {_when(row['expires_at'])}",
+        f"decided: {_when(row['decided_at'])}",
+        "",
+        row["title"],
+        row["body"],
+        "",
+        "audit:",
+    ]
     lines += [f"  {_when(a['at'])}  {a['what']:<11} {a['actor']:<20} {a['detail']}" for a in row["audit"]]
     return "\n".join(lines)
 
@@ -61,12 +94,14 @@ def approvals_decide(choice: str | None) -> Callable[[argparse.Namespace], int]:
         payload = {"id": args.approval_id, "choice": choice or args.choice, "by": f"local:{getpass.getuser()}"}
         row = _call(args, "decide", payload)
         return _show(args, row, lambda r: f"{r['id']} is {r['status']}" + (f": {r['value']}" if choice is None else ""))
+
     return run
 
 
 def register(sub: Sub) -> None:
-    p = sub.add_parser("approvals", help="approval requests and questions: list, show (with their audit), "
-                                         "approve, deny, answer")
+    p = sub.add_parser(
+        "approvals", help="approval requests and questions: list, show (with their audit), approve, deny, answer"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=approvals_list, status=None, limit=200)
     verbs = p.add_subparsers(dest="approvals_verb", metavar="VERB")
@@ -79,9 +114,11 @@ def register(sub: Sub) -> None:
     v.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     v.add_argument("approval_id", help="the request id or the card id")
     v.set_defaults(func=approvals_show)
-    for name, choice, help_text in (("approve", "approve", "say yes to a pending request, as the machine's owner"),
-                                    ("deny", "deny", "say no to a pending request, as the machine's owner"),
-                                    ("answer", None, "answer a pending question with one of its choices")):
+    for name, choice, help_text in (
+        ("approve", "approve", "say yes to a pending request, as the machine's owner"),
+        ("deny", "deny", "say no to a pending request, as the machine's owner"),
+        ("answer", None, "answer a pending question with one of its choices"),
+    ):
         v = verbs.add_parser(name, help=help_text)
         v.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
         v.add_argument("approval_id", help="the request id or the card id")

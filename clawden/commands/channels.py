@@ -31,8 +31,9 @@ def describe(name: str, ping: dict[str, Any] | None) -> str:
     if "error" in ping:
         return f"not answering ({ping['error']})"
     stats = ping.get("stats", {}).get(name, {})
-    counts = "  ".join(f"{k} {stats[k]}" for k in ("inbound", "sent", "failed", "unconfirmed", "reconnects")
-                       if k in stats)
+    counts = "  ".join(
+        f"{k} {stats[k]}" for k in ("inbound", "sent", "failed", "unconfirmed", "reconnects") if k in stats
+    )
     heard = f"  heard {time.time() - stats['last_alive']:.0f}s ago" if stats.get("last_alive") else ""
     return f"running  pid {ping.get('pid', '?')}  up {ping.get('uptime', 0):.0f}s{heard}  {counts}".rstrip()
 
@@ -63,14 +64,18 @@ def cmd_login(args: argparse.Namespace) -> int:
         return 2
     module = bridge_module(args.channel)
     if not hasattr(module, "login") or not hasattr(module, "store_login"):
-        print(f"error: the {args.channel} bridge has no login; put its token in {cfg.keys_dir / args.channel} "
-              "(mode 0600)", file=sys.stderr)
+        print(
+            f"error: the {args.channel} bridge has no login; put its token in {cfg.keys_dir / args.channel} "
+            "(mode 0600)",
+            file=sys.stderr,
+        )
         return 2
     if not args.homeserver or not args.user:
         print("error: --homeserver and --user are required", file=sys.stderr)
         return 2
-    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass(
-        f"password for {args.user}: ")
+    password = (
+        sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass(f"password for {args.user}: ")
+    )
     try:
         cred = asyncio.run(module.login(args.homeserver, args.user, password))
         for line in module.store_login(cfg, args.homeserver, cred):
@@ -88,12 +93,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     channels = sub.add_parser("channels", help="chat bridges: which are installed and which run")
     verbs = channels.add_subparsers(dest="channels_command", required=True)
     verbs.add_parser("list", help="installed bridges, and the running ones with their counters").set_defaults(
-        func=cmd_list)
-    login = verbs.add_parser("login", help="log a bridge in once with a password (matrix: only its token is kept; "
-                                           "email: both logins checked, the password kept in keys/email)")
+        func=cmd_list
+    )
+    login = verbs.add_parser(
+        "login",
+        help="log a bridge in once with a password (matrix: only its token is kept; "
+        "email: both logins checked, the password kept in keys/email)",
+    )
     login.add_argument("channel", help="the bridge, e.g. matrix or email")
-    login.add_argument("--homeserver", "--server", help="the homeserver's URL, e.g. https://matrix.example.org; "
-                                                        "for email the mail server, e.g. mail.example.org")
+    login.add_argument(
+        "--homeserver",
+        "--server",
+        help="the homeserver's URL, e.g. https://matrix.example.org; for email the mail server, e.g. mail.example.org",
+    )
     login.add_argument("--user", help="the bot account, e.g. @clawden:example.org, or the assistant's address")
     login.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     login.set_defaults(func=cmd_login)

@@ -45,8 +45,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     _quiet_bus()
     results = asyncio.run(diagnose(_cfg(args)))
     if args.json:
-        print(json.dumps([{"check": name, "status": r.status, "detail": r.detail, "fix": r.fix}
-                          for name, r in results], indent=2))
+        print(
+            json.dumps(
+                [{"check": name, "status": r.status, "detail": r.detail, "fix": r.fix} for name, r in results], indent=2
+            )
+        )
     else:
         print(render(results))
     return exit_code(results)
@@ -76,8 +79,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return 2
     logs = _cfg(args).path("logs")
     try:
-        logview.read_files(logs, service, lines=args.lines, session=args.session, follow=args.follow,
-                           out=sys.stdout)
+        logview.read_files(logs, service, lines=args.lines, session=args.session, follow=args.follow, out=sys.stdout)
     except FileNotFoundError as exc:
         print(f"clawden: {exc}", file=sys.stderr)
         return 1
@@ -94,22 +96,31 @@ def _count(text: str) -> int:
 
 
 def register(sub: Sub) -> None:
-    st = sub.add_parser("status", help="running services, their requests, containers, backlogs, approvals",
-                        description="Every service instance that answers over NATS, with version, uptime, pid and "
-                                    "per-endpoint request stats; the runner's containers; each durable's backlog; "
-                                    "pending approvals; bridges' failed deliveries. Exit 1 when a service is down.")
+    st = sub.add_parser(
+        "status",
+        help="running services, their requests, containers, backlogs, approvals",
+        description="Every service instance that answers over NATS, with version, uptime, pid and "
+        "per-endpoint request stats; the runner's containers; each durable's backlog; "
+        "pending approvals; bridges' failed deliveries. Exit 1 when a service is down.",
+    )
     st.add_argument("--json", action="store_true", help="print the whole report as JSON")
     st.set_defaults(func=cmd_status)
 
-    doc = sub.add_parser("doctor", help="check Docker, the image, NATS, keys, the CA, credentials, channels, disk",
-                         description="Each check prints ok, WARN or FAIL with a fix; exit 1 when any failed.")
+    doc = sub.add_parser(
+        "doctor",
+        help="check Docker, the image, NATS, keys, the CA, credentials, channels, disk",
+        description="Each check prints ok, WARN or FAIL with a fix; exit 1 when any failed.",
+    )
     doc.add_argument("--json", action="store_true", help="print the results as JSON")
     doc.set_defaults(func=cmd_doctor)
 
-    logs = sub.add_parser("logs", help="show (and follow) the services' logs",
-                          description="journalctl for the clawden-* units when they are installed; otherwise the "
-                                      "files in <home>/logs that `clawden up` writes, every service interleaved by "
-                                      "time when none is named.")
+    logs = sub.add_parser(
+        "logs",
+        help="show (and follow) the services' logs",
+        description="journalctl for the clawden-* units when they are installed; otherwise the "
+        "files in <home>/logs that `clawden up` writes, every service interleaved by "
+        "time when none is named.",
+    )
     logs.add_argument("service", nargs="?", help="router, runner, vault, scheduler, approvals, nats or channel@<name>")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("--session", help="only lines about this session id")

@@ -36,9 +36,6 @@ def _call(args: argparse.Namespace, resource: str, payload: Payload) -> Any:
     return control.run(config_mod.load(home), "router", resource, payload)
 
 
-
-
-
 def _known_channel(args: argparse.Namespace, channel: str, *, to_pair: bool = False) -> None:
     """Refuse a channel no bridge here serves: a wiring or chat for a typo would wait for nobody. `local`
     is the terminal; pairing needs a bridge with its token (the one `clawden up` runs)."""
@@ -54,7 +51,8 @@ def _known_channel(args: argparse.Namespace, channel: str, *, to_pair: bool = Fa
         if f"channel@{channel}" not in config_mod.configured_bridges(cfg):
             raise control.ControlError(
                 f"the {channel} bridge has no token, so nobody could send it the code: put the token in "
-                f"{cfg.keys_dir / channel} (chmod 600) or CLAWDEN_{channel.upper()}_TOKEN, and restart `clawden up`")
+                f"{cfg.keys_dir / channel} (chmod 600) or CLAWDEN_{channel.upper()}_TOKEN, and restart `clawden up`"
+            )
 
 
 def _fields(data: Payload) -> str:
@@ -62,6 +60,7 @@ def _fields(data: Payload) -> str:
         if isinstance(value, dict | list):
             return json.dumps(value)
         return _when(value) if key.endswith("_at") and isinstance(value, float | int) else value
+
     return "\n".join(f"{k}: {shown(k, v)}" for k, v in data.items())
 
 
@@ -87,6 +86,7 @@ def _verb(verbs: Sub, name: str, help_text: str, func: Callable[[argparse.Namesp
 
 # --- agent groups ----------------------------------------------------------------------------------
 
+
 def _group_options(p: argparse.ArgumentParser) -> None:
     # The runner applies these at the group's next container start, over config.toml's
     # [groups.<name>] and [runner]; "" or 0 clears one so config.toml's applies again.
@@ -98,13 +98,24 @@ def _group_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", help="container memory limit, e.g. 2g (default: config.toml's)")
     p.add_argument("--cpus", type=float, help="container CPU limit (default: config.toml's)")
     p.add_argument("--pids", type=int_between(1, 1 << 22), help="container pids limit (default: config.toml's)")
-    p.add_argument("--idle-timeout", dest="idle_timeout", type=float,
-                   help="seconds an idle container lives (default: config.toml's)")
-    p.add_argument("--max-turns", dest="max_turns", type=int_between(0, 1_000_000),
-                   help="model calls the agent may make for one message (default: config.toml's)")
-    p.add_argument("--turn-budget", dest="turn_budget", type=float,
-                   help="seconds the agent may work on one message, not counting waits for an answer "
-                        "(default: config.toml's)")
+    p.add_argument(
+        "--idle-timeout",
+        dest="idle_timeout",
+        type=float,
+        help="seconds an idle container lives (default: config.toml's)",
+    )
+    p.add_argument(
+        "--max-turns",
+        dest="max_turns",
+        type=int_between(0, 1_000_000),
+        help="model calls the agent may make for one message (default: config.toml's)",
+    )
+    p.add_argument(
+        "--turn-budget",
+        dest="turn_budget",
+        type=float,
+        help="seconds the agent may work on one message, not counting waits for an answer (default: config.toml's)",
+    )
 
 
 def _group_payload(args: argparse.Namespace) -> Payload:
@@ -118,8 +129,10 @@ def _group_payload(args: argparse.Namespace) -> Payload:
 
 
 def _render_groups(rows: list[Payload]) -> str:
-    return _table([(r["name"], r["folder"], r["model"] or "-", r["chats"], r["sessions"]) for r in rows],
-                  ("NAME", "FOLDER", "MODEL", "WIRED CHATS", "SESSIONS"))
+    return _table(
+        [(r["name"], r["folder"], r["model"] or "-", r["chats"], r["sessions"]) for r in rows],
+        ("NAME", "FOLDER", "MODEL", "WIRED CHATS", "SESSIONS"),
+    )
 
 
 def groups_list(args: argparse.Namespace) -> int:
@@ -143,19 +156,27 @@ def groups_update(args: argparse.Namespace) -> int:
 def groups_delete(args: argparse.Namespace) -> int:
     if not args.yes:
         group = _call(args, "groups", {"op": "get", "name": args.name})
-        what = (f"agent group {args.name} with its {len(group['wirings'])} wiring(s) and its sessions"
-                + (" (the one `clawden chat` and new chats talk to)" if args.name == "main" else ""))
+        what = f"agent group {args.name} with its {len(group['wirings'])} wiring(s) and its sessions" + (
+            " (the one `clawden chat` and new chats talk to)" if args.name == "main" else ""
+        )
         if not sys.stdin.isatty():
             raise control.ControlError(f"deleting {what} needs --yes")
         if input(f"Delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
             print("not deleted")
             return 1
     data = _call(args, "groups", {"op": "delete", "name": args.name})
-    return _show(args, data, lambda d: f"deleted agent group {d['deleted']} ({d['wirings']} wiring(s),"
-                                       f" {d['sessions']} session(s)); its folder stays on disk")
+    return _show(
+        args,
+        data,
+        lambda d: (
+            f"deleted agent group {d['deleted']} ({d['wirings']} wiring(s),"
+            f" {d['sessions']} session(s)); its folder stays on disk"
+        ),
+    )
 
 
 # --- chats -----------------------------------------------------------------------------------------
+
 
 def _render_chats(rows: list[Payload]) -> str:
     # A chat with no wiring of its own is answered through its channel's `*` row, if that one is wired.
@@ -166,9 +187,20 @@ def _render_chats(rows: list[Payload]) -> str:
             return ",".join(r["wired"])
         return f"{','.join(every[r['channel']])} (via *)" if every.get(r["channel"]) else "-"
 
-    return _table([(r["channel"], r["chat_id"], r["name"], "group" if r["is_group"] else "direct",
-                    r["policy"] + (" (declined)" if r["denied"] else ""), wired(r))
-                   for r in rows], ("CHANNEL", "CHAT", "NAME", "KIND", "UNKNOWN SENDERS", "WIRED TO"))
+    return _table(
+        [
+            (
+                r["channel"],
+                r["chat_id"],
+                r["name"],
+                "group" if r["is_group"] else "direct",
+                r["policy"] + (" (declined)" if r["denied"] else ""),
+                wired(r),
+            )
+            for r in rows
+        ],
+        ("CHANNEL", "CHAT", "NAME", "KIND", "UNKNOWN SENDERS", "WIRED TO"),
+    )
 
 
 def _reach_lines(reach: dict[str, str]) -> str:
@@ -205,14 +237,24 @@ def chats_list(args: argparse.Namespace) -> int:
 
 def chats_create(args: argparse.Namespace) -> int:
     _known_channel(args, args.channel)
-    payload = {"op": "create", "channel": args.channel, "chat_id": args.chat_id, "is_group": args.group,
-               **_only(args, "name", "policy")}
+    payload = {
+        "op": "create",
+        "channel": args.channel,
+        "chat_id": args.chat_id,
+        "is_group": args.group,
+        **_only(args, "name", "policy"),
+    }
     return _show(args, _call(args, "chats", payload), lambda d: _render_chats([d]))
 
 
 def chats_update(args: argparse.Namespace) -> int:
-    payload = {"op": "update", "channel": args.channel, "chat_id": args.chat_id, "allow": args.allow,
-               **_only(args, "name", "policy", "is_group")}
+    payload = {
+        "op": "update",
+        "channel": args.channel,
+        "chat_id": args.chat_id,
+        "allow": args.allow,
+        **_only(args, "name", "policy", "is_group"),
+    }
     return _show(args, _call(args, "chats", payload), lambda d: _render_chats([d]))
 
 
@@ -222,20 +264,30 @@ def chats_delete(args: argparse.Namespace) -> int:
 
 
 def chats_move(args: argparse.Namespace) -> int:
-    data = _call(args, "chats", {"op": "move", "channel": args.channel, "chat_id": args.chat_id,
-                                 "new_chat_id": args.new_chat_id})
+    data = _call(
+        args, "chats", {"op": "move", "channel": args.channel, "chat_id": args.chat_id, "new_chat_id": args.new_chat_id}
+    )
     return _show(args, data, lambda d: _render_chats([d]))
 
 
 # --- wirings ---------------------------------------------------------------------------------------
 
+
 def _wiring_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engage", dest="engage_mode", choices=ENGAGE_MODES,
-                   help="when the agent answers (default: every message in a direct chat, mentions in a group)")
+    p.add_argument(
+        "--engage",
+        dest="engage_mode",
+        choices=ENGAGE_MODES,
+        help="when the agent answers (default: every message in a direct chat, mentions in a group)",
+    )
     p.add_argument("--pattern", dest="engage_pattern", help="regular expression for --engage pattern ('.': always)")
     p.add_argument("--scope", dest="sender_scope", choices=SENDER_SCOPES, help="who may engage it")
-    p.add_argument("--ignored", dest="ignored_messages", choices=IGNORED,
-                   help="messages that do not engage: drop, or keep as context")
+    p.add_argument(
+        "--ignored",
+        dest="ignored_messages",
+        choices=IGNORED,
+        help="messages that do not engage: drop, or keep as context",
+    )
     p.add_argument("--session", dest="session_mode", choices=SESSION_MODES, help="which conversation a message joins")
     p.add_argument("--priority", type=PRIORITY, help="higher answers first (-1000000 to 1000000)")
 
@@ -244,15 +296,26 @@ WIRING_FIELDS = ("engage_mode", "engage_pattern", "sender_scope", "ignored_messa
 
 
 def _render_wirings(rows: list[Payload]) -> str:
-    return _table([(r["channel"], r["chat_id"], r["agent_group"],
-                    r["engage_mode"] + (f" {r['engage_pattern']!r}" if r["engage_mode"] == "pattern" else ""),
-                    r["sender_scope"], r["ignored_messages"], r["session_mode"], r["priority"]) for r in rows],
-                  ("CHANNEL", "CHAT", "GROUP", "ENGAGE", "SCOPE", "IGNORED", "SESSION", "PRIORITY"))
+    return _table(
+        [
+            (
+                r["channel"],
+                r["chat_id"],
+                r["agent_group"],
+                r["engage_mode"] + (f" {r['engage_pattern']!r}" if r["engage_mode"] == "pattern" else ""),
+                r["sender_scope"],
+                r["ignored_messages"],
+                r["session_mode"],
+                r["priority"],
+            )
+            for r in rows
+        ],
+        ("CHANNEL", "CHAT", "GROUP", "ENGAGE", "SCOPE", "IGNORED", "SESSION", "PRIORITY"),
+    )
 
 
 def wire_list(args: argparse.Namespace) -> int:
-    payload = {"op": "list", "channel": args.channel or "", "chat_id": args.chat or "",
-               "agent_group": args.group or ""}
+    payload = {"op": "list", "channel": args.channel or "", "chat_id": args.chat or "", "agent_group": args.group or ""}
     return _show(args, _call(args, "wirings", payload), _render_wirings)
 
 
@@ -278,49 +341,98 @@ def wire_remove(args: argparse.Namespace) -> int:
 
 # --- users, roles, members, destinations -----------------------------------------------------------
 
+
 def users_list(args: argparse.Namespace) -> int:
-    return _show(args, _call(args, "users", {"op": "list"}), lambda rows: _table(
-        [(r["id"], r["display_name"], ",".join(r["roles"]) or "-", ",".join(r["member_of"]) or "-",
-          _when(r["last_seen"])) for r in rows], ("USER", "NAME", "ROLES", "MEMBER OF", "LAST SEEN")))
+    return _show(
+        args,
+        _call(args, "users", {"op": "list"}),
+        lambda rows: _table(
+            [
+                (
+                    r["id"],
+                    r["display_name"],
+                    ",".join(r["roles"]) or "-",
+                    ",".join(r["member_of"]) or "-",
+                    _when(r["last_seen"]),
+                )
+                for r in rows
+            ],
+            ("USER", "NAME", "ROLES", "MEMBER OF", "LAST SEEN"),
+        ),
+    )
 
 
 def users_unregistered(args: argparse.Namespace) -> int:
-    return _show(args, _call(args, "users", {"op": "unregistered"}), lambda rows: _table(
-        [(r["user_id"], r["name"], f"{r['channel']}:{r['chat_id']}", r["agent_group"], r["reason"],
-          r["message_count"], _when(r["last_seen"])) for r in rows],
-        ("USER", "NAME", "CHAT", "GROUP", "REASON", "MESSAGES", "LAST SEEN")))
+    return _show(
+        args,
+        _call(args, "users", {"op": "unregistered"}),
+        lambda rows: _table(
+            [
+                (
+                    r["user_id"],
+                    r["name"],
+                    f"{r['channel']}:{r['chat_id']}",
+                    r["agent_group"],
+                    r["reason"],
+                    r["message_count"],
+                    _when(r["last_seen"]),
+                )
+                for r in rows
+            ],
+            ("USER", "NAME", "CHAT", "GROUP", "REASON", "MESSAGES", "LAST SEEN"),
+        ),
+    )
 
 
 def roles_list(args: argparse.Namespace) -> int:
-    return _show(args, _call(args, "roles", {"op": "list"}), lambda rows: _table(
-        [(r["user_id"], r["role"], r["agent_group"] or "(global)", r["granted_by"], _when(r["granted_at"]))
-         for r in rows], ("USER", "ROLE", "SCOPE", "GRANTED BY", "SINCE")))
+    return _show(
+        args,
+        _call(args, "roles", {"op": "list"}),
+        lambda rows: _table(
+            [
+                (r["user_id"], r["role"], r["agent_group"] or "(global)", r["granted_by"], _when(r["granted_at"]))
+                for r in rows
+            ],
+            ("USER", "ROLE", "SCOPE", "GRANTED BY", "SINCE"),
+        ),
+    )
 
 
 def roles_grant(args: argparse.Namespace) -> int:
-    data = _call(args, "roles", {"op": "grant", "user_id": args.user, "role": args.role,
-                                 "agent_group": args.group or ""})
+    data = _call(
+        args, "roles", {"op": "grant", "user_id": args.user, "role": args.role, "agent_group": args.group or ""}
+    )
     scope = f" of {data['agent_group']}" if data["agent_group"] else ""
-    return _show(args, data, lambda d: f"{d['user_id']} is {d['role']}{scope}"
-                                       + ("" if d["changed"] else " (already was)"))
+    return _show(
+        args, data, lambda d: f"{d['user_id']} is {d['role']}{scope}" + ("" if d["changed"] else " (already was)")
+    )
 
 
 def roles_revoke(args: argparse.Namespace) -> int:
-    data = _call(args, "roles", {"op": "revoke", "user_id": args.user, "role": args.role,
-                                 "agent_group": args.group or ""})
+    data = _call(
+        args, "roles", {"op": "revoke", "user_id": args.user, "role": args.role, "agent_group": args.group or ""}
+    )
     return _show(args, data, lambda d: f"{d['user_id']} is no longer {d['role']}")
 
 
 def members_list(args: argparse.Namespace) -> int:
-    return _show(args, _call(args, "members", {"op": "list", "agent_group": args.group or ""}), lambda rows: _table(
-        [(r["agent_group"], r["user_id"], r["added_by"], _when(r["added_at"])) for r in rows],
-        ("GROUP", "USER", "ADDED BY", "SINCE")))
+    return _show(
+        args,
+        _call(args, "members", {"op": "list", "agent_group": args.group or ""}),
+        lambda rows: _table(
+            [(r["agent_group"], r["user_id"], r["added_by"], _when(r["added_at"])) for r in rows],
+            ("GROUP", "USER", "ADDED BY", "SINCE"),
+        ),
+    )
 
 
 def members_add(args: argparse.Namespace) -> int:
     data = _call(args, "members", {"op": "add", "agent_group": args.agent_group, "user_id": args.user})
-    return _show(args, data, lambda d: f"{d['user_id']} is a member of {d['agent_group']}"
-                                       + ("" if d["changed"] else " (already was)"))
+    return _show(
+        args,
+        data,
+        lambda d: f"{d['user_id']} is a member of {d['agent_group']}" + ("" if d["changed"] else " (already was)"),
+    )
 
 
 def members_remove(args: argparse.Namespace) -> int:
@@ -329,16 +441,30 @@ def members_remove(args: argparse.Namespace) -> int:
 
 
 def destinations_list(args: argparse.Namespace) -> int:
-    return _show(args, _call(args, "destinations", {"op": "list", "agent_group": args.group or ""}),
-                 lambda rows: _table([(r["agent_group"], r["name"], r["channel"], r["chat_id"],
-                                       r["thread_id"] or "-", r["display_name"]) for r in rows],
-                                     ("GROUP", "NAME", "CHANNEL", "CHAT", "THREAD", "DISPLAY NAME")))
+    return _show(
+        args,
+        _call(args, "destinations", {"op": "list", "agent_group": args.group or ""}),
+        lambda rows: _table(
+            [
+                (r["agent_group"], r["name"], r["channel"], r["chat_id"], r["thread_id"] or "-", r["display_name"])
+                for r in rows
+            ],
+            ("GROUP", "NAME", "CHANNEL", "CHAT", "THREAD", "DISPLAY NAME"),
+        ),
+    )
 
 
 def destinations_add(args: argparse.Namespace) -> int:
     _known_channel(args, args.channel)
-    payload = {"op": "add", "agent_group": args.agent_group, "name": args.name, "channel": args.channel,
-               "chat_id": args.chat_id, "thread_id": args.thread, "display_name": args.display_name or ""}
+    payload = {
+        "op": "add",
+        "agent_group": args.agent_group,
+        "name": args.name,
+        "channel": args.channel,
+        "chat_id": args.chat_id,
+        "thread_id": args.thread,
+        "display_name": args.display_name or "",
+    }
     data = _call(args, "destinations", payload)
     return _show(args, data, lambda d: f"{d['agent_group']} may now send to {d['name']}")
 
@@ -350,29 +476,55 @@ def destinations_remove(args: argparse.Namespace) -> int:
 
 # --- sessions, drops, pairing ----------------------------------------------------------------------
 
+
 def sessions_list(args: argparse.Namespace) -> int:
     payload = {"op": "list", "agent_group": args.group or "", "limit": args.limit}
-    return _show(args, _call(args, "sessions", payload), lambda rows: _table(
-        [(r["id"], r["agent_group"], r["channel"], r["chat_id"], r["thread_id"] or "-", r["runner"],
-          _when(r["last_message_at"])) for r in rows],
-        ("SESSION", "GROUP", "CHANNEL", "CHAT", "THREAD", "RUNNER", "LAST MESSAGE")))
+    return _show(
+        args,
+        _call(args, "sessions", payload),
+        lambda rows: _table(
+            [
+                (
+                    r["id"],
+                    r["agent_group"],
+                    r["channel"],
+                    r["chat_id"],
+                    r["thread_id"] or "-",
+                    r["runner"],
+                    _when(r["last_message_at"]),
+                )
+                for r in rows
+            ],
+            ("SESSION", "GROUP", "CHANNEL", "CHAT", "THREAD", "RUNNER", "LAST MESSAGE"),
+        ),
+    )
 
 
 def dropped_list(args: argparse.Namespace) -> int:
     payload = {"op": "list", "channel": args.channel or "", "limit": args.limit}
-    return _show(args, _call(args, "dropped", payload), lambda rows: _table(
-        [(_when(r["at"]), r["channel"], r["chat_id"], r["sender_id"], r["reason"]) for r in rows],
-        ("WHEN", "CHANNEL", "CHAT", "SENDER", "REASON")))
+    return _show(
+        args,
+        _call(args, "dropped", payload),
+        lambda rows: _table(
+            [(_when(r["at"]), r["channel"], r["chat_id"], r["sender_id"], r["reason"]) for r in rows],
+            ("WHEN", "CHANNEL", "CHAT", "SENDER", "REASON"),
+        ),
+    )
 
 
 def pair(args: argparse.Namespace) -> int:
     _known_channel(args, args.channel, to_pair=True)
     data = _call(args, "pair", {"op": "create", "channel": args.channel})
     minutes = max(1, round((data["expires_at"] - time.time()) / 60))
-    return _show(args, data, lambda d: (
-        f"Pairing code for {d['channel']}: {d['code']}\n"
-        f"Send it as a message to the assistant on {d['channel']} within {minutes} minutes;"
-        " whoever sends it first becomes an owner."))
+    return _show(
+        args,
+        data,
+        lambda d: (
+            f"Pairing code for {d['channel']}: {d['code']}\n"
+            f"Send it as a message to the assistant on {d['channel']} within {minutes} minutes;"
+            " whoever sends it first becomes an owner."
+        ),
+    )
 
 
 def register(sub: Sub) -> None:
@@ -411,8 +563,13 @@ def register(sub: Sub) -> None:
     v = _verb(verbs, "delete", "forget a chat and its wirings", chats_delete)
     v.add_argument("channel")
     v.add_argument("chat_id")
-    v = _verb(verbs, "move", "the platform gave a chat a new id: its wirings, sessions and held messages follow "
-                             "(bridges that see it happen do this themselves)", chats_move)
+    v = _verb(
+        verbs,
+        "move",
+        "the platform gave a chat a new id: its wirings, sessions and held messages follow "
+        "(bridges that see it happen do this themselves)",
+        chats_move,
+    )
     v.add_argument("channel")
     v.add_argument("chat_id")
     v.add_argument("new_chat_id", help="the chat's id on the platform now")
@@ -423,9 +580,11 @@ def register(sub: Sub) -> None:
     v.add_argument("--channel", help="only this channel's wirings")
     v.add_argument("--chat", help="only this chat's wirings")
     v.add_argument("--group", help="only this agent group's wirings")
-    for verb, func, help_text in (("add", wire_add, "wire an agent group to a chat ('*': every chat)"),
-                                  ("update", wire_update, "change how a wired group engages"),
-                                  ("remove", wire_remove, "unwire an agent group from a chat")):
+    for verb, func, help_text in (
+        ("add", wire_add, "wire an agent group to a chat ('*': every chat)"),
+        ("update", wire_update, "change how a wired group engages"),
+        ("remove", wire_remove, "unwire an agent group from a chat"),
+    ):
         v = _verb(verbs, verb, help_text, func)
         v.add_argument("channel")
         v.add_argument("chat_id")

@@ -23,8 +23,10 @@ if TYPE_CHECKING:  # subscriptable only to the type checker
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
 CATCH_UP = ("once", "skip")
-SCRIPT_HELP = ("a bash pre-check run in the agent's container before each run ('-': standard input); its last"
-               ' line must be JSON, {"wakeAgent": true, "data": ...} to run with data, {"wakeAgent": false} to skip')
+SCRIPT_HELP = (
+    "a bash pre-check run in the agent's container before each run ('-': standard input); its last"
+    ' line must be JSON, {"wakeAgent": true, "data": ...} to run with data, {"wakeAgent": false} to skip'
+)
 
 
 def _config(args: argparse.Namespace) -> config_mod.Config:
@@ -35,16 +37,28 @@ def _call(args: argparse.Namespace, verb: str, payload: Payload) -> Any:
     return control.run(_config(args), "scheduler", verb, payload)
 
 
-
-
 def _chat(task: Payload) -> str:
     return f"{task['channel']}:{task['chat_id']}" + (f" thread {task['thread_id']}" if task.get("thread_id") else "")
 
 
 def _render_tasks(rows: list[Payload]) -> str:
-    return _table([(r["id"], r["agent_group"], _chat(r), r["status"], r["schedule"], r["timezone"], r["catch_up"],
-                    r["next_run_local"] or "-", r["prompt"][:40].replace("\n", " ")) for r in rows],
-                  ("TASK", "GROUP", "CHAT", "STATUS", "SCHEDULE", "ZONE", "CATCH-UP", "NEXT RUN", "PROMPT"))
+    return _table(
+        [
+            (
+                r["id"],
+                r["agent_group"],
+                _chat(r),
+                r["status"],
+                r["schedule"],
+                r["timezone"],
+                r["catch_up"],
+                r["next_run_local"] or "-",
+                r["prompt"][:40].replace("\n", " "),
+            )
+            for r in rows
+        ],
+        ("TASK", "GROUP", "CHAT", "STATUS", "SCHEDULE", "ZONE", "CATCH-UP", "NEXT RUN", "PROMPT"),
+    )
 
 
 TIMES = ("next_run", "last_run", "anchor", "created_at", "updated_at")  # epoch seconds in the service's answer
@@ -65,8 +79,9 @@ def _render_task(task: Payload) -> str:
         return "-" if value is None or value == "" else str(value)
 
     lines = [f"chat: {_chat(task)}"]
-    lines += [f"{k}: {shown(k, v)}" for k, v in task.items()
-              if k not in ("next_run_local", "channel", "chat_id", "thread_id")]
+    lines += [
+        f"{k}: {shown(k, v)}" for k, v in task.items() if k not in ("next_run_local", "channel", "chat_id", "thread_id")
+    ]
     return "\n".join(lines)
 
 
@@ -81,8 +96,9 @@ def tasks_show(args: argparse.Namespace) -> int:
 
 def _session(args: argparse.Namespace) -> Payload:
     """The conversation the task's runs join: the router's record of it (its chat and runner)."""
-    sessions = control.run(_config(args), "router", "sessions",
-                           {"op": "list", "agent_group": args.group or "", "limit": 10_000})
+    sessions = control.run(
+        _config(args), "router", "sessions", {"op": "list", "agent_group": args.group or "", "limit": 10_000}
+    )
     if args.session:
         found = [s for s in sessions if s["id"] == args.session]
         if not found:
@@ -91,8 +107,9 @@ def _session(args: argparse.Namespace) -> Payload:
     group = args.group or "main"
     found = [s for s in sessions if s["agent_group"] == group]
     if not found:
-        raise control.ControlError(f"agent group {group} has no conversation yet: talk to it first, "
-                                   "or give --session (see `clawden sessions`)")
+        raise control.ControlError(
+            f"agent group {group} has no conversation yet: talk to it first, or give --session (see `clawden sessions`)"
+        )
     # The owner's own terminal, where someone surely reads it; else the group's most recent chat.
     terminal = [s for s in found if (s["channel"], s["chat_id"], s["thread_id"] or "") == ("local", "terminal", "")]
     return dict((terminal or found)[0])
@@ -101,28 +118,45 @@ def _session(args: argparse.Namespace) -> Payload:
 def tasks_add(args: argparse.Namespace) -> int:
     session = _session(args)
     payload: Payload = {
-        "agent_group": session["agent_group"], "session_id": session["id"], "runner": session["runner"],
-        "route": {"channel": session["channel"], "chat_id": session["chat_id"],
-                  "thread_id": session["thread_id"] or None},
-        "prompt": args.prompt, "schedule": args.schedule, "catch_up": args.catch_up,
-        "timezone": args.tz or "", "script": _script(args.script) if args.script else "",
+        "agent_group": session["agent_group"],
+        "session_id": session["id"],
+        "runner": session["runner"],
+        "route": {
+            "channel": session["channel"],
+            "chat_id": session["chat_id"],
+            "thread_id": session["thread_id"] or None,
+        },
+        "prompt": args.prompt,
+        "schedule": args.schedule,
+        "catch_up": args.catch_up,
+        "timezone": args.tz or "",
+        "script": _script(args.script) if args.script else "",
         "allow_past": args.now,
     }
     data = _call(args, "add", payload)
-    return _show(args, data, lambda d: f"scheduled {d['id']} in {d['channel']}:{d['chat_id']}, "
-                                       f"next run {d['next_run_local'] or '-'}")
+    return _show(
+        args,
+        data,
+        lambda d: f"scheduled {d['id']} in {d['channel']}:{d['chat_id']}, next run {d['next_run_local'] or '-'}",
+    )
 
 
 def tasks_update(args: argparse.Namespace) -> int:
     payload: Payload = {"task_id": args.task_id}
     script = "" if args.no_script else _script(args.script) if args.script else None
-    for key, value in (("prompt", args.prompt), ("schedule", args.schedule), ("timezone", args.tz),
-                       ("catch_up", args.catch_up), ("script", script)):
+    for key, value in (
+        ("prompt", args.prompt),
+        ("schedule", args.schedule),
+        ("timezone", args.tz),
+        ("catch_up", args.catch_up),
+        ("script", script),
+    ):
         if value is not None:
             payload[key] = value
     if len(payload) == 1:
-        raise control.ControlError("nothing to change: give --prompt, --schedule, --tz, --catch-up, --script"
-                                   " or --no-script")
+        raise control.ControlError(
+            "nothing to change: give --prompt, --schedule, --tz, --catch-up, --script or --no-script"
+        )
     return _show(args, _call(args, "update", payload), lambda d: _render_tasks([d]))
 
 
@@ -137,16 +171,30 @@ def _script(path: str) -> str:
 def _status(verb: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         data = _call(args, verb, {"task_id": args.task_id})
-        return _show(args, data, lambda d: f"{d['id']} is {d['status']}"
-                                           + (f", next run {d['next_run_local']}" if d["next_run_local"] else ""))
+        return _show(
+            args,
+            data,
+            lambda d: (
+                f"{d['id']} is {d['status']}" + (f", next run {d['next_run_local']}" if d["next_run_local"] else "")
+            ),
+        )
+
     return run
 
 
 def tasks_runs(args: argparse.Namespace) -> int:
     data = _call(args, "runs", {"task_id": args.task_id, "limit": args.limit})
-    return _show(args, data, lambda rows: _table(
-        [(r["scheduled"], r["outcome"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"])), r["detail"])
-         for r in rows], ("SCHEDULED (UTC)", "OUTCOME", "DECIDED AT", "DETAIL")))
+    return _show(
+        args,
+        data,
+        lambda rows: _table(
+            [
+                (r["scheduled"], r["outcome"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"])), r["detail"])
+                for r in rows
+            ],
+            ("SCHEDULED (UTC)", "OUTCOME", "DECIDED AT", "DETAIL"),
+        ),
+    )
 
 
 def register(sub: Sub) -> None:
@@ -167,18 +215,30 @@ def register(sub: Sub) -> None:
     v.add_argument("--status", choices=("active", "paused", "done", "cancelled"), help="only tasks in this state")
     verb("show", "one task in full", tasks_show).add_argument("task_id")
     v = verb("add", "schedule a prompt for an agent group's conversation", tasks_add)
-    v.add_argument("schedule", help="cron ('0 8 * * 1'), 'every 30m' (1m at least, unless --script decides each "
-                                    "run), an ISO time ('2025-06-01T08:00') or 'in 10m'")
+    v.add_argument(
+        "schedule",
+        help="cron ('0 8 * * 1'), 'every 30m' (1m at least, unless --script decides each "
+        "run), an ISO time ('2025-06-01T08:00') or 'in 10m'",
+    )
     v.add_argument("prompt", help="what the agent is asked when the task runs")
-    v.add_argument("--session", help="the conversation to run in (default: the group's in the owner's terminal, "
-                                     "else its most recent; see `clawden sessions`)")
+    v.add_argument(
+        "--session",
+        help="the conversation to run in (default: the group's in the owner's terminal, "
+        "else its most recent; see `clawden sessions`)",
+    )
     v.add_argument("--group", help="agent group (default: main, or the session's)")
     v.add_argument("--tz", help="IANA time zone for cron and naive times (default: the scheduler host's)")
-    v.add_argument("--catch-up", dest="catch_up", choices=CATCH_UP, default="once",
-                   help="after downtime: run once for what was missed (default), or skip it")
+    v.add_argument(
+        "--catch-up",
+        dest="catch_up",
+        choices=CATCH_UP,
+        default="once",
+        help="after downtime: run once for what was missed (default), or skip it",
+    )
     v.add_argument("--script", metavar="FILE", help=SCRIPT_HELP)
-    v.add_argument("--now", action="store_true",
-                   help="accept a time already past (the task then runs once, right away)")
+    v.add_argument(
+        "--now", action="store_true", help="accept a time already past (the task then runs once, right away)"
+    )
     v = verb("update", "change a task's prompt, schedule, zone or catch-up policy", tasks_update)
     v.add_argument("task_id")
     v.add_argument("--prompt", help="the new prompt")
@@ -188,8 +248,9 @@ def register(sub: Sub) -> None:
     v.add_argument("--script", metavar="FILE", help=SCRIPT_HELP)
     v.add_argument("--no-script", dest="no_script", action="store_true", help="remove the pre-check script")
     verb("pause", "stop a task from running until resumed", _status("pause")).add_argument("task_id")
-    verb("resume", "resume a paused task (runs missed while paused are not made up)",
-         _status("resume")).add_argument("task_id")
+    verb("resume", "resume a paused task (runs missed while paused are not made up)", _status("resume")).add_argument(
+        "task_id"
+    )
     verb("cancel", "cancel a task for good", _status("cancel")).add_argument("task_id")
     v = verb("runs", "a task's run log, most recent first", tasks_runs)
     v.add_argument("task_id")

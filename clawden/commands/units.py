@@ -26,9 +26,11 @@ def _install(args: argparse.Namespace) -> tuple[config_mod.Config, units.Install
 def _needs_root(mode: units.Mode, dry_run: bool, verb: str, home: str) -> None:
     if mode == "system" and not dry_run and os.geteuid() != 0:
         where = f"--home {home} " if home else ""
-        raise units.UnitsError(f"system units live in {units.SYSTEM_UNIT_DIR}, which needs root: "
-                               f"sudo {sys.executable} -m clawden {where}units {verb} --system "
-                               "(or use user units: --user)")
+        raise units.UnitsError(
+            f"system units live in {units.SYSTEM_UNIT_DIR}, which needs root: "
+            f"sudo {sys.executable} -m clawden {where}units {verb} --system "
+            "(or use user units: --user)"
+        )
 
 
 def cmd_install(args: argparse.Namespace) -> int:
@@ -41,13 +43,17 @@ def cmd_install(args: argparse.Namespace) -> int:
         return 0
     ctl = "systemctl" + (" --user" if inst.mode == "user" else "")
     if inst.mode == "launchd":
-        print(f"installed: launchctl print gui/{inst.uid}/{units.label('router')} shows a service; "
-              f"logs are in {cfg.path('logs')}")
+        print(
+            f"installed: launchctl print gui/{inst.uid}/{units.label('router')} shows a service; "
+            f"logs are in {cfg.path('logs')}"
+        )
     else:
         if not args.now:
             print(f"installed: start it with `{ctl} start {units.TARGET}`")
-        print(f"status: `{ctl} status 'clawden*'`; logs: `journalctl{' --user' if inst.mode == 'user' else ''} "
-              "-u 'clawden*' -f`")
+        print(
+            f"status: `{ctl} status 'clawden*'`; logs: `journalctl{' --user' if inst.mode == 'user' else ''} "
+            "-u 'clawden*' -f`"
+        )
     return 0
 
 
@@ -92,16 +98,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     def modes(parser: argparse.ArgumentParser) -> None:
         group = parser.add_mutually_exclusive_group()
-        group.add_argument("--user", dest="mode", action="store_const", const="user",
-                           help="systemd user units in ~/.config/systemd/user (default when not root)")
-        group.add_argument("--system", dest="mode", action="store_const", const="system",
-                           help="systemd system units in /etc/systemd/system (default as root)")
-        group.add_argument("--launchd", dest="mode", action="store_const", const="launchd",
-                           help="launchd agents in ~/Library/LaunchAgents (default on macOS)")
+        group.add_argument(
+            "--user",
+            dest="mode",
+            action="store_const",
+            const="user",
+            help="systemd user units in ~/.config/systemd/user (default when not root)",
+        )
+        group.add_argument(
+            "--system",
+            dest="mode",
+            action="store_const",
+            const="system",
+            help="systemd system units in /etc/systemd/system (default as root)",
+        )
+        group.add_argument(
+            "--launchd",
+            dest="mode",
+            action="store_const",
+            const="launchd",
+            help="launchd agents in ~/Library/LaunchAgents (default on macOS)",
+        )
         parser.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
         # Also accepted after the verb; SUPPRESS keeps `clawden --home H units ...` working.
-        parser.add_argument("--home", default=argparse.SUPPRESS, help="Clawden home (default: $CLAWDEN_HOME "
-                            "or ~/.clawden)")
+        parser.add_argument(
+            "--home", default=argparse.SUPPRESS, help="Clawden home (default: $CLAWDEN_HOME or ~/.clawden)"
+        )
 
     install = verbs.add_parser("install", help="write the units for this install, enable them (and linger)")
     modes(install)

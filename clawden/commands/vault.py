@@ -39,8 +39,9 @@ def parse_since(text: str, now: float | None = None) -> float:
     try:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--since: {text!r} is not like 30m, 2h, 7d, 2026-11-21 or "
-                                         "2026-11-21T08:00") from None
+        raise argparse.ArgumentTypeError(
+            f"--since: {text!r} is not like 30m, 2h, 7d, 2026-11-21 or 2026-11-21T08:00"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.astimezone()
     return moment.timestamp()
@@ -67,8 +68,9 @@ def _known_groups(args: argparse.Namespace, names: list[str] | None) -> None:
         print(f"clawden: not checked that agent group {', '.join(sorted(asked))} exists: {exc}", file=sys.stderr)
         return
     if unknown := sorted(asked - known):
-        raise SystemExit(f"clawden: no agent group {', '.join(unknown)}; the groups are: {', '.join(sorted(known))} "
-                         "(or '*' for all)")
+        raise SystemExit(
+            f"clawden: no agent group {', '.join(unknown)}; the groups are: {', '.join(sorted(known))} (or '*' for all)"
+        )
 
 
 def _read_value(args: argparse.Namespace) -> str:
@@ -91,17 +93,30 @@ def _describe(secret: dict[str, Any]) -> str:
 
 # --- secrets ---------------------------------------------------------------------------------------
 
+
 def cmd_secrets_add(args: argparse.Namespace) -> int:
     _known_groups(args, args.agent)
-    payload = {"name": args.name, "type": args.type, "value": _read_value(args), "host": args.host or "",
-               "path": args.path, "header": args.header or "", "format": args.format, "param": args.param or "",
-               "agents": args.agent or [], "replace": args.replace, "force": args.force}
+    payload = {
+        "name": args.name,
+        "type": args.type,
+        "value": _read_value(args),
+        "host": args.host or "",
+        "path": args.path,
+        "header": args.header or "",
+        "format": args.format,
+        "param": args.param or "",
+        "agents": args.agent or [],
+        "replace": args.replace,
+        "force": args.force,
+    }
     reply = _call(args, "secrets-add", payload)
     secret = reply["secret"]
     verb = "stored" if reply["created"] else "replaced"
     grants = ", ".join(secret["grants"]).replace("*", "every agent group")
-    print(f"{verb} {secret['name']}: {_describe(secret)} for {secret['host_pattern']}{secret['path_pattern']}"
-          f" (granted to {grants})")
+    print(
+        f"{verb} {secret['name']}: {_describe(secret)} for {secret['host_pattern']}{secret['path_pattern']}"
+        f" (granted to {grants})"
+    )
     return 0
 
 
@@ -113,8 +128,16 @@ def cmd_secrets_list(args: argparse.Namespace) -> int:
     if not secrets:
         print("no secrets stored (clawden secrets add NAME --type ...)")
         return 0
-    rows = [[s["name"], s["kind"], s["host_pattern"] + ("" if s["path_pattern"] == "*" else s["path_pattern"]),
-             _describe(s), ",".join(s["grants"]) or "(nobody)"] for s in secrets]
+    rows = [
+        [
+            s["name"],
+            s["kind"],
+            s["host_pattern"] + ("" if s["path_pattern"] == "*" else s["path_pattern"]),
+            _describe(s),
+            ",".join(s["grants"]) or "(nobody)",
+        ]
+        for s in secrets
+    ]
     print(_table(rows, ["NAME", "TYPE", "HOST", "INJECTED AS", "AGENTS"]))
     return 0
 
@@ -134,10 +157,19 @@ def cmd_secrets_grant(args: argparse.Namespace) -> int:
 
 # --- rules -----------------------------------------------------------------------------------------
 
+
 def cmd_rules_add(args: argparse.Namespace) -> int:
     _known_groups(args, [args.agent])
-    payload = {"name": args.name, "action": args.action, "host": args.host, "path": args.path,
-               "method": args.method, "agent": args.agent, "limit": args.limit or 0, "window": args.window}
+    payload = {
+        "name": args.name,
+        "action": args.action,
+        "host": args.host,
+        "path": args.path,
+        "method": args.method,
+        "agent": args.agent,
+        "limit": args.limit or 0,
+        "window": args.window,
+    }
     rule = _call(args, "rules-add", payload)["rule"]
     print(f"added rule {rule['name']}: {_rule_text(rule)}")
     return 0
@@ -160,9 +192,16 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
     if not rules:
         print("no rules (clawden rules add NAME --action block|manual_approval|rate_limit|allow --host ...)")
         return 0
-    rows = [[r["name"], r["action"] + (f" {r['rate_limit']}/{r['rate_window']}" if r["action"] == "rate_limit" else ""),
-             r["method"] or "*", r["host_pattern"] + ("" if r["path_pattern"] == "*" else r["path_pattern"]),
-             r["agent_group"]] for r in rules]
+    rows = [
+        [
+            r["name"],
+            r["action"] + (f" {r['rate_limit']}/{r['rate_window']}" if r["action"] == "rate_limit" else ""),
+            r["method"] or "*",
+            r["host_pattern"] + ("" if r["path_pattern"] == "*" else r["path_pattern"]),
+            r["agent_group"],
+        ]
+        for r in rules
+    ]
     print(_table(rows, ["NAME", "ACTION", "METHOD", "WHERE", "AGENTS"]))
     return 0
 
@@ -175,6 +214,7 @@ def cmd_rules_remove(args: argparse.Namespace) -> int:
 
 # --- audit and egress ------------------------------------------------------------------------------
 
+
 def cmd_audit(args: argparse.Namespace) -> int:
     payload = {"agent": args.agent, "since": args.since, "limit": args.limit}
     records = _call(args, "audit", payload)["records"]
@@ -184,9 +224,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if not records:
         print("no audited requests match")
         return 0
-    rows = [[dt.datetime.fromtimestamp(r["at"]).strftime("%Y-%m-%d %H:%M:%S"), r["agent_group"], r["method"],
-             r["host"] + r["path"], str(r["status"]), r["decision"] + (f" ({r['rule']})" if r["rule"] else ""),
-             f"{r['duration_ms']:.0f}ms", r["injected"]] for r in records]
+    rows = [
+        [
+            dt.datetime.fromtimestamp(r["at"]).strftime("%Y-%m-%d %H:%M:%S"),
+            r["agent_group"],
+            r["method"],
+            r["host"] + r["path"],
+            str(r["status"]),
+            r["decision"] + (f" ({r['rule']})" if r["rule"] else ""),
+            f"{r['duration_ms']:.0f}ms",
+            r["injected"],
+        ]
+        for r in records
+    ]
     print(_table(rows, ["TIME", "AGENT", "METHOD", "WHERE", "STATUS", "DECISION", "TOOK", "INJECTED"]))
     return 0
 
@@ -202,23 +252,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     secrets = sub.add_parser("secrets", help="credentials the vault adds to agents' requests")
     ssub = secrets.add_subparsers(dest="secrets_command", required=True)
 
-    add = ssub.add_parser("add", help="store a secret (--replace: replace one); its value comes from stdin or a "
-                                      "prompt",
-                          description="The value is read from stdin or a hidden prompt, never from arguments.")
+    add = ssub.add_parser(
+        "add",
+        help="store a secret (--replace: replace one); its value comes from stdin or a prompt",
+        description="The value is read from stdin or a hidden prompt, never from arguments.",
+    )
     add.add_argument("name")
-    add.add_argument("--type", required=True, choices=["anthropic", "openai", "generic"],
-                     help="anthropic (the model key), openai, or generic (give --header or --param)")
-    add.add_argument("--host", help="host pattern, e.g. api.github.com or *.example.com "
-                                    "(anthropic and openai have defaults)")
+    add.add_argument(
+        "--type",
+        required=True,
+        choices=["anthropic", "openai", "generic"],
+        help="anthropic (the model key), openai, or generic (give --header or --param)",
+    )
+    add.add_argument(
+        "--host", help="host pattern, e.g. api.github.com or *.example.com (anthropic and openai have defaults)"
+    )
     add.add_argument("--path", default="*", help="path pattern (default: every path)")
     add.add_argument("--header", help="generic: header to set, e.g. Authorization")
-    add.add_argument("--format", default="{value}", help="generic: header value format (default {value}), "
-                                                         "e.g. 'Bearer {value}'")
+    add.add_argument(
+        "--format", default="{value}", help="generic: header value format (default {value}), e.g. 'Bearer {value}'"
+    )
     add.add_argument("--param", help="generic: query parameter to set instead of a header")
     add.add_argument("--agent", action="append", help="agent group to grant it to (repeatable; default: all)")
     add.add_argument("--replace", action="store_true", help="replace a secret of the same name")
-    add.add_argument("--force", action="store_true",
-                     help="let a secret that is not the model key match the model API's host")
+    add.add_argument(
+        "--force", action="store_true", help="let a secret that is not the model key match the model API's host"
+    )
     add.set_defaults(func=cmd_secrets_add)
 
     lst = ssub.add_parser("list", help="stored secrets (never their values)")
@@ -239,8 +298,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rsub = rules.add_subparsers(dest="rules_command", required=True)
     radd = rsub.add_parser("add", help="add a rule (order: block > manual_approval > rate_limit)")
     radd.add_argument("name")
-    radd.add_argument("--action", required=True, choices=["block", "manual_approval", "rate_limit", "allow"],
-                      help="what happens to a matching request")
+    radd.add_argument(
+        "--action",
+        required=True,
+        choices=["block", "manual_approval", "rate_limit", "allow"],
+        help="what happens to a matching request",
+    )
     radd.add_argument("--host", required=True, help="host pattern, e.g. api.stripe.com, *.example.com or *")
     radd.add_argument("--path", default="*", help="path pattern (default: every path)")
     radd.add_argument("--method", help="only this method (default: every method)")

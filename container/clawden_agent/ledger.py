@@ -83,5 +83,8 @@ class Ledger:
         prompts = list(self.open.values())
         self.open.clear()
         self._taken_since_result = []
-        return ([p for p in prompts if p.answered], [p for p in prompts if p.taken and not p.answered],
-                [p for p in prompts if not p.taken])
+        return (
+            [p for p in prompts if p.answered],
+            [p for p in prompts if p.taken and not p.answered],
+            [p for p in prompts if not p.taken],
+        )

@@ -76,13 +76,28 @@ QUIET_ENV = {
 # The built-ins an agent gets, named rather than denied, so a newer Claude Code's new tools stay off
 # until they are looked at. Left out: its interactive, worktree and self-scheduling tools, whose
 # place Clawden's own (ask_user_question, schedule_task, ...) takes, and peer messaging.
-BUILTIN_TOOLS = ["Bash", "Read", "Write", "Edit", "NotebookEdit", "WebFetch", "WebSearch", "Task", "TaskStop",
-                 "Skill", "ToolSearch"]
+BUILTIN_TOOLS = [
+    "Bash",
+    "Read",
+    "Write",
+    "Edit",
+    "NotebookEdit",
+    "WebFetch",
+    "WebSearch",
+    "Task",
+    "TaskStop",
+    "Skill",
+    "ToolSearch",
+]
 
-FRESH_NOTICE = ("I could not reopen our earlier conversation, so I started a fresh one. My memory file is "
-                "still here; anything said only in the chat before now I no longer remember.")
-TOO_LONG_NOTICE = ("Our conversation grew too long for the model, so I started a fresh one and answered your "
-                   "message in it. My memory file is still here.")
+FRESH_NOTICE = (
+    "I could not reopen our earlier conversation, so I started a fresh one. My memory file is "
+    "still here; anything said only in the chat before now I no longer remember."
+)
+TOO_LONG_NOTICE = (
+    "Our conversation grew too long for the model, so I started a fresh one and answered your "
+    "message in it. My memory file is still here."
+)
 
 SYSTEM_ADDENDUM = """\
 You are a personal assistant that people reach from a chat app through Clawden.
@@ -125,9 +140,15 @@ def cli_env(config: Config, env: Mapping[str, str]) -> dict[str, str]:
     out = dict(QUIET_ENV)
     if config.gateway_socket:
         relay = f"http://127.0.0.1:{config.relay_port}"
-        out.update(HTTPS_PROXY=relay, HTTP_PROXY=relay, https_proxy=relay,
-                   http_proxy=relay, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
-                   ANTHROPIC_API_KEY=PLACEHOLDER_API_KEY)
+        out.update(
+            HTTPS_PROXY=relay,
+            HTTP_PROXY=relay,
+            https_proxy=relay,
+            http_proxy=relay,
+            NO_PROXY="127.0.0.1,localhost",
+            no_proxy="127.0.0.1,localhost",
+            ANTHROPIC_API_KEY=PLACEHOLDER_API_KEY,
+        )
         if not env.get("CLAWDEN_CA_FILE"):
             # No gateway CA mounted: the vault's plain-HTTP compatibility path to model.upstream.
             # With it, Claude Code keeps its default https://api.anthropic.com and the gateway intercepts.
@@ -138,6 +159,7 @@ def cli_env(config: Config, env: Mapping[str, str]) -> dict[str, str]:
 
 
 # --- prompt --------------------------------------------------------------------------------------
+
 
 def _attr(value: object) -> str:
     return html.escape(str(value), quote=True)
@@ -188,6 +210,7 @@ def short_reason(text: str, limit: int = 200) -> str:
 
 # --- the Claude Code session -----------------------------------------------------------------------
 
+
 class Agent:
     """One persistent ClaudeSDKClient, recreated (resuming the stored conversation) when it dies.
 
@@ -228,32 +251,32 @@ class Agent:
             # moment the agent's replies start answering it.
             extra_args={"replay-user-messages": None},
             hooks={
-                "PreToolUse": [HookMatcher(matcher=None, hooks=[self._tool_starting]),
-                               HookMatcher(matcher="Bash", hooks=[self._tool_started])],
+                "PreToolUse": [
+                    HookMatcher(matcher=None, hooks=[self._tool_starting]),
+                    HookMatcher(matcher="Bash", hooks=[self._tool_started]),
+                ],
                 "PostToolUse": [HookMatcher(matcher="Bash", hooks=[self._tool_finished])],
             },
         )
 
-    async def _tool_starting(self, data: HookInput, tool_use_id: str | None, context: HookContext
-                             ) -> HookJSONOutput:
+    async def _tool_starting(self, data: HookInput, tool_use_id: str | None, context: HookContext) -> HookJSONOutput:
         """Every tool waits until the reader has seen the message that called it, and with it every
         prompt Claude Code took in before: a reply is then marked as answering the right message."""
         if tool_use_id:
             await self.sightings.wait(tool_use_id)
         return {}
 
-    async def _tool_started(self, data: HookInput, tool_use_id: str | None, context: HookContext
-                            ) -> HookJSONOutput:
+    async def _tool_started(self, data: HookInput, tool_use_id: str | None, context: HookContext) -> HookJSONOutput:
         """Declare a long Bash call so the host does not take its silence for a hang."""
         tool_input = data.get("tool_input") or {}
         timeout_ms = tool_input.get("timeout", DEFAULT_BASH_TIMEOUT_MS) if isinstance(tool_input, dict) else 0
         self.heartbeat.touch()
-        await asyncio.to_thread(tools.declare_wait, self.config.session_dir, str(data.get("tool_name", "")),
-                                float(timeout_ms) / 1000)
+        await asyncio.to_thread(
+            tools.declare_wait, self.config.session_dir, str(data.get("tool_name", "")), float(timeout_ms) / 1000
+        )
         return {}
 
-    async def _tool_finished(self, data: HookInput, tool_use_id: str | None, context: HookContext
-                             ) -> HookJSONOutput:
+    async def _tool_finished(self, data: HookInput, tool_use_id: str | None, context: HookContext) -> HookJSONOutput:
         self.heartbeat.touch()
         await asyncio.to_thread(tools.declare_wait, self.config.session_dir, None)
         return {}
@@ -292,8 +315,9 @@ class Agent:
 
     async def remember(self, session_id: str | None) -> None:
         if session_id != self._stored_session:
-            await asyncio.to_thread(sessiondb.set_state, self.config.session_dir, sessiondb.CONVERSATION_KEY,
-                                    session_id)
+            await asyncio.to_thread(
+                sessiondb.set_state, self.config.session_dir, sessiondb.CONVERSATION_KEY, session_id
+            )
             self._stored_session = session_id
 
     async def forget(self) -> None:
@@ -306,10 +330,14 @@ class Agent:
         queues it; the uuid comes back in the result that answered it."""
         if self.client is None:
             raise CLIConnectionError("Claude Code is not running")
-        message = {"type": "user", "message": {"role": "user", "content": text}, "parent_tool_use_id": None,
-                   "uuid": uuid,
-                   # Delivered as written: an `@/path` in a chat message is text, not a file to read.
-                   "client_composed": True}
+        message = {
+            "type": "user",
+            "message": {"role": "user", "content": text},
+            "parent_tool_use_id": None,
+            "uuid": uuid,
+            # Delivered as written: an `@/path` in a chat message is text, not a file to read.
+            "client_composed": True,
+        }
         await self.client.query(_once(message))
 
     def dead(self, reason: str) -> str:
@@ -432,6 +460,7 @@ def too_long(message: ResultMessage) -> bool:
 
 # --- the loop --------------------------------------------------------------------------------------
 
+
 class Runner:
     """Sends each batch of pending rows as one prompt the moment it arrives, and settles rows from the
     results Claude Code returns: the ledger matches them by uuid, whatever the order or the load."""
@@ -493,8 +522,9 @@ class Runner:
         busy = self.ledger.busy
         answered, _, _ = self.ledger.lost()
         if answered:  # the chat has its answer: do not run these again
-            await asyncio.to_thread(sessiondb.ack, self.config.session_dir, [s for p in answered for s in p.seqs],
-                                    "completed")
+            await asyncio.to_thread(
+                sessiondb.ack, self.config.session_dir, [s for p in answered for s in p.seqs], "completed"
+            )
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.cancel()
@@ -514,8 +544,11 @@ class Runner:
         while not self._stopping:
             self.bell.clear()
             claimed = self.ledger.claimed
-            batch = [m for m in await asyncio.to_thread(sessiondb.pending_inbound, folder, limit=BATCH_LIMIT)
-                     if m.seq not in claimed]
+            batch = [
+                m
+                for m in await asyncio.to_thread(sessiondb.pending_inbound, folder, limit=BATCH_LIMIT)
+                if m.seq not in claimed
+            ]
             if not any(m.trigger for m in batch):
                 await self.bell.wait(SAFETY_POLL_SECONDS)
                 continue
@@ -615,16 +648,28 @@ class Runner:
         status = await asyncio.to_thread(self._settle, settled, message, wrote, over_budget)
         self.ring_host()
         self.bell.wake()  # a command waiting for the agent to be idle may go now
-        log.info("settled #%s %s api_turns=%d sends=%s cost_usd=%.6f duration_ms=%d", settled.seqs, status,
-                 message.num_turns, wrote, cost, message.duration_ms)
+        log.info(
+            "settled #%s %s api_turns=%d sends=%s cost_usd=%.6f duration_ms=%d",
+            settled.seqs,
+            status,
+            message.num_turns,
+            wrote,
+            cost,
+            message.duration_ms,
+        )
 
     def _settle(self, settled: Settled, message: ResultMessage, wrote: bool, over_budget: bool) -> str:
         """Make sure the chat hears back about the rows a result names, then ack them."""
         anchor = settled.anchor
         assert anchor is not None
         if message.is_error:
-            self._fail(settled.seqs, anchor, f"it worked on this for more than {duration(self.config.turn_budget)}, "
-                       "the limit for one message" if over_budget else result_error(message, self.config.max_turns))
+            self._fail(
+                settled.seqs,
+                anchor,
+                f"it worked on this for more than {duration(self.config.turn_budget)}, the limit for one message"
+                if over_budget
+                else result_error(message, self.config.max_turns),
+            )
             return "failed"
         text = (message.result or "").strip()
         if text and not wrote:  # answered without send_message: the final text still reaches the chat
@@ -641,8 +686,13 @@ class Runner:
         sessiondb.set_state(folder, COST_TOTAL_KEY, repr(total))
         if seqs:
             usage = message.usage or {}
-            sessiondb.record_cost(folder, seqs, usd=cost, input_tokens=int(usage.get("input_tokens") or 0),
-                                  output_tokens=int(usage.get("output_tokens") or 0))
+            sessiondb.record_cost(
+                folder,
+                seqs,
+                usd=cost,
+                input_tokens=int(usage.get("input_tokens") or 0),
+                output_tokens=int(usage.get("output_tokens") or 0),
+            )
         return cost
 
     async def _start_fresh(self, settled: Settled) -> None:
@@ -663,8 +713,9 @@ class Runner:
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
         lost = self.ledger.lost()  # whatever else was in flight is sent again to the fresh conversation
-        await asyncio.to_thread(sessiondb.unclaim, self.config.session_dir,
-                                [s for group in lost for p in group for s in p.seqs])
+        await asyncio.to_thread(
+            sessiondb.unclaim, self.config.session_dir, [s for group in lost for p in group for s in p.seqs]
+        )
 
     def _over_budget(self) -> None:
         client = self.agent.client
@@ -696,8 +747,13 @@ class Runner:
                 sessiondb.unclaim(folder, [s for p in unseen for s in p.seqs])
 
         await asyncio.to_thread(settle)
-        log.warning("claude code is gone (%s): %d answered, %d failed, %d to send again", reason, len(answered),
-                    len(failed), len(unseen))
+        log.warning(
+            "claude code is gone (%s): %d answered, %d failed, %d to send again",
+            reason,
+            len(answered),
+            len(failed),
+            len(unseen),
+        )
         self.ring_host()
         self.bell.wake()
 
@@ -711,8 +767,14 @@ class Runner:
         """A message of the agent's own, answering nothing in particular."""
         routing = sessiondb.session_routing(self.config.session_dir)
         if routing is not None:
-            sessiondb.write_outbound(self.config.session_dir, id=row_id, kind="chat", content={"text": text},
-                                     routing=routing, in_reply_to=None)
+            sessiondb.write_outbound(
+                self.config.session_dir,
+                id=row_id,
+                kind="chat",
+                content={"text": text},
+                routing=routing,
+                in_reply_to=None,
+            )
             self.ring_host()
 
     # --- rows that need no model -------------------------------------------------------------------
@@ -739,9 +801,11 @@ class Runner:
             return "Nothing has been spent in this chat yet."
         charged = [seq for seq in sessiondb.charged_seqs(folder) if seq < before]
         last = sessiondb.cost(folder, charged[-1:])
-        return (f"This chat has cost ${total.usd:.4f} over {total.messages} messages ({total.input_tokens:,} "
-                f"input and {total.output_tokens:,} output tokens). The last one, #{charged[-1]}, cost "
-                f"${last.usd:.4f} ({last.input_tokens:,} in, {last.output_tokens:,} out).")
+        return (
+            f"This chat has cost ${total.usd:.4f} over {total.messages} messages ({total.input_tokens:,} "
+            f"input and {total.output_tokens:,} output tokens). The last one, #{charged[-1]}, cost "
+            f"${last.usd:.4f} ({last.input_tokens:,} in, {last.output_tokens:,} out)."
+        )
 
     async def _precheck(self, batch: list[sessiondb.InboundMessage]) -> list[sessiondb.InboundMessage]:
         """A task with a pre-check script runs it first. A yes keeps the task, with the script's data for
@@ -753,8 +817,9 @@ class Runner:
             if not isinstance(script, str) or not script.strip():
                 kept.append(msg)
                 continue
-            verdict = await precheck.run(script, self.config.group_dir, {**os.environ, **cli_env(self.config,
-                                                                                               os.environ)})
+            verdict = await precheck.run(
+                script, self.config.group_dir, {**os.environ, **cli_env(self.config, os.environ)}
+            )
             await asyncio.to_thread(self._note_precheck, msg, verdict)
             if verdict.wake:
                 kept.append(replace(msg, content={**msg.content, "script_output": verdict.data}))
@@ -767,15 +832,20 @@ class Runner:
         told = sessiondb.get_state(folder, key) or ""
         if verdict.error and verdict.error != told:
             self.state.begin(reply_to=msg.seq)
-            tools.write_reply(self.state, f"⚠️ The pre-check script of task {task} failed ({verdict.error}), so "
-                              "this run was skipped. Ask me to fix or remove it.", suffix="precheck")
+            tools.write_reply(
+                self.state,
+                f"⚠️ The pre-check script of task {task} failed ({verdict.error}), so "
+                "this run was skipped. Ask me to fix or remove it.",
+                suffix="precheck",
+            )
             self.ring_host()
         if verdict.error != told:
             sessiondb.set_state(folder, key, verdict.error)
         if not verdict.wake:
             sessiondb.ack(folder, [msg.seq], "completed")
-            log.info("task #%d skipped by its pre-check script%s", msg.seq,
-                     f": {verdict.error}" if verdict.error else "")
+            log.info(
+                "task #%d skipped by its pre-check script%s", msg.seq, f": {verdict.error}" if verdict.error else ""
+            )
 
     def _delivery_notes(self) -> str:
         """Sends the platform refused for good since the last turn, so the agent can react."""
@@ -785,8 +855,10 @@ class Runner:
         if not failures:
             return ""
         sessiondb.set_state(folder, DELIVERY_SEEN_KEY, str(failures[-1][0]))
-        return "".join(f'<delivery-failed seq="{seq}">{html.escape(error, quote=False)}</delivery-failed>\n'
-                       for seq, error in failures)
+        return "".join(
+            f'<delivery-failed seq="{seq}">{html.escape(error, quote=False)}</delivery-failed>\n'
+            for seq, error in failures
+        )
 
 
 async def run(config: Config) -> None:
@@ -798,12 +870,18 @@ async def run(config: Config) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("CLAWDEN_LOG_LEVEL", "INFO").upper(), force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("CLAWDEN_LOG_LEVEL", "INFO").upper(),
+        force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     config = Config.from_env(os.environ)
-    log.info("agent runner starting: session=%s group=%s gateway=%s", config.session_dir, config.group_dir,
-             config.gateway_socket or "-")
+    log.info(
+        "agent runner starting: session=%s group=%s gateway=%s",
+        config.session_dir,
+        config.group_dir,
+        config.gateway_socket or "-",
+    )
     with contextlib.suppress(asyncio.CancelledError):
         asyncio.run(run(config))
     log.info("agent runner stopped")
-

@@ -34,8 +34,16 @@ async def run(script: str, cwd: Path, env: Mapping[str, str], timeout: float = T
     """Run `script` with bash in `cwd` and read its verdict; never raises for the script's faults."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            "bash", "-c", script, cwd=cwd, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            "bash",
+            "-c",
+            script,
+            cwd=cwd,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
     except OSError as exc:
         return Verdict(False, error=f"could not start bash: {exc}")
     assert proc.stdout is not None and proc.stderr is not None

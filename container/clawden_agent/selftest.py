@@ -30,8 +30,16 @@ log = logging.getLogger("clawden_agent.selftest")
 
 SELFTEST_HOST = "selftest.clawden.invalid"
 SELFTEST_TEXT = "clawden-selftest-ok"
-TRUST_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "NODE_EXTRA_CA_CERTS",
-                   "CLAUDE_CODE_CERT_STORE", "NODE_TLS_REJECT_UNAUTHORIZED", "NODE_OPTIONS")
+TRUST_VARIABLES = (
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+    "CLAUDE_CODE_CERT_STORE",
+    "NODE_TLS_REJECT_UNAUTHORIZED",
+    "NODE_OPTIONS",
+)
 PYTHON_TIMEOUT = 15.0
 CLAUDE_TIMEOUT = 60.0
 CACHE_FILE = "selftest.json"
@@ -54,10 +62,12 @@ def python_check(relay_port: int, timeout: float = PYTHON_TIMEOUT) -> dict[str, 
         raise SelfTestFailed(
             f"Python does not trust the vault gateway's certificate ({exc.verify_message}); "
             f"SSL_CERT_FILE={os.environ.get('SSL_CERT_FILE', '(unset)')}. The runner must mount the CA "
-            "bundle and set the trust variables.") from exc
+            "bundle and set the trust variables."
+        ) from exc
     except (OSError, http.client.HTTPException) as exc:
-        raise SelfTestFailed(f"cannot reach the vault gateway through the relay on port {relay_port}: "
-                             f"{type(exc).__name__}: {exc}") from exc
+        raise SelfTestFailed(
+            f"cannot reach the vault gateway through the relay on port {relay_port}: {type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         conn.close()
     if response.status != 200:
@@ -85,11 +95,29 @@ def claude_check(claude: str, env: Mapping[str, str], timeout: float = CLAUDE_TI
     """One `claude -p` turn against the self-test host, with Claude Code's own environment."""
     run_env = dict(env, ANTHROPIC_BASE_URL=f"https://{SELFTEST_HOST}")
     run_env.setdefault("ANTHROPIC_API_KEY", "clawden-managed")
-    command = [claude, "-p", "--bare", "--no-session-persistence", "--tools", "", "--max-turns", "1",
-               "--model", "claude-sonnet-4-5", "clawden self-test"]
+    command = [
+        claude,
+        "-p",
+        "--bare",
+        "--no-session-persistence",
+        "--tools",
+        "",
+        "--max-turns",
+        "1",
+        "--model",
+        "claude-sonnet-4-5",
+        "clawden self-test",
+    ]
     try:
-        done = subprocess.run(command, env=run_env, capture_output=True, text=True, timeout=timeout,
-                              cwd=run_env.get("HOME") or "/tmp", check=False)
+        done = subprocess.run(
+            command,
+            env=run_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=run_env.get("HOME") or "/tmp",
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         raise SelfTestFailed(f"Claude Code's self-test turn did not finish in {timeout:.0f} s") from exc
     if SELFTEST_TEXT not in done.stdout:
@@ -97,7 +125,8 @@ def claude_check(claude: str, env: Mapping[str, str], timeout: float = CLAUDE_TI
         raise SelfTestFailed(
             "Claude Code cannot reach the model through the vault gateway, most likely because it does not "
             f"trust the gateway's CA (NODE_EXTRA_CA_CERTS={env.get('NODE_EXTRA_CA_CERTS', '(unset)')}): "
-            f"exit {done.returncode}: {tail[:500]}")
+            f"exit {done.returncode}: {tail[:500]}"
+        )
 
 
 def trust_fingerprint(env: Mapping[str, str], claude: str) -> str:

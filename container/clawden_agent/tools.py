@@ -78,12 +78,25 @@ class ToolError(Exception):
     """Told to the model as the tool's result, marked as an error."""
 
 
-def write_row(state: TurnState, row_id: str, kind: str, content: dict[str, Any],
-              routing: sessiondb.Routing, *, reply_to: int | None = None) -> int:
+def write_row(
+    state: TurnState,
+    row_id: str,
+    kind: str,
+    content: dict[str, Any],
+    routing: sessiondb.Routing,
+    *,
+    reply_to: int | None = None,
+) -> int:
     """Write one outbound row (once: a replayed id returns the first row's seq)."""
     try:
-        return sessiondb.write_outbound(state.session_dir, id=row_id, kind=kind, content=content,
-                                        routing=routing, in_reply_to=reply_to or state.reply_to)
+        return sessiondb.write_outbound(
+            state.session_dir,
+            id=row_id,
+            kind=kind,
+            content=content,
+            routing=routing,
+            in_reply_to=reply_to or state.reply_to,
+        )
     except sqlite3.IntegrityError:
         with sessiondb.opened(state.session_dir / sessiondb.OUTBOUND, readonly=True) as conn:
             row = conn.execute("SELECT seq FROM messages_out WHERE id = ?", (row_id,)).fetchone()
@@ -92,8 +105,9 @@ def write_row(state: TurnState, row_id: str, kind: str, content: dict[str, Any],
         return int(row[0])
 
 
-def write_reply(state: TurnState, text: str, *, suffix: str, routing: sessiondb.Routing | None = None,
-                reply_to: int | None = None) -> int | None:
+def write_reply(
+    state: TurnState, text: str, *, suffix: str, routing: sessiondb.Routing | None = None, reply_to: int | None = None
+) -> int | None:
     """Write one chat row answering `reply_to` (by default the message the agent answers now);
     returns its seq, None when there is no chat."""
     routing = routing or sessiondb.session_routing(state.session_dir)
@@ -154,8 +168,11 @@ class Tools:
         self.state = state
         folder = state.session_dir
         # Where send_file may read from: the agent's own folders, never a path that leaves them.
-        self.roots = workspace_roots or (folder, Path(os.environ.get("CLAWDEN_GROUP_DIR", "/workspace/agent")),
-                                         Path("/tmp"))
+        self.roots = workspace_roots or (
+            folder,
+            Path(os.environ.get("CLAWDEN_GROUP_DIR", "/workspace/agent")),
+            Path("/tmp"),
+        )
 
     @property
     def folder(self) -> Path:
@@ -172,8 +189,9 @@ class Tools:
             if name.lower() == to.lower():
                 return route
         known = ", ".join(sorted(named)) or "none"
-        raise ToolError(f"Unknown destination {to!r}. Known destinations: {known}. Leave `to` out to "
-                        "answer in this chat.")
+        raise ToolError(
+            f"Unknown destination {to!r}. Known destinations: {known}. Leave `to` out to answer in this chat."
+        )
 
     async def _write(self, kind: str, content: dict[str, Any], routing: sessiondb.Routing) -> int:
         seq = await asyncio.to_thread(write_row, self.state, self.state.next_id(kind), kind, content, routing)
@@ -201,8 +219,9 @@ class Tools:
     async def send_message(self, args: dict[str, Any]) -> str:
         text = _str(args, "text")
         routing = await self._routing(_str(args, "to", required=False, limit=128))
-        seq = await asyncio.to_thread(write_reply, self.state, text, suffix=f"send:{len(self.state.sent)}",
-                                      routing=routing)
+        seq = await asyncio.to_thread(
+            write_reply, self.state, text, suffix=f"send:{len(self.state.sent)}", routing=routing
+        )
         assert seq is not None
         self.state.record(seq)
         self.state.ring_host()
@@ -257,8 +276,11 @@ class Tools:
     async def send_card(self, args: dict[str, Any]) -> str:
         title = _str(args, "title", limit=256)
         buttons = _options(args.get("buttons"), required=False)
-        content = {"title": title, "body": _str(args, "body", required=False),
-                   "buttons": [{"id": str(i + 1), "label": label} for i, label in enumerate(buttons)]}
+        content = {
+            "title": title,
+            "body": _str(args, "body", required=False),
+            "buttons": [{"id": str(i + 1), "label": label} for i, label in enumerate(buttons)],
+        }
         seq = await self._write("card", content, await self._routing(_str(args, "to", required=False, limit=128)))
         self.state.record(seq)
         return f"card sent as #{seq}"
@@ -270,8 +292,11 @@ class Tools:
         if not isinstance(timeout, int | float) or not 10 <= timeout <= 86_400:
             raise ToolError("`timeout` must be between 10 and 86400 seconds.")
         request_id = f"q-{uuid.uuid4().hex[:16]}"
-        seq = await self._write("question", {"request_id": request_id, "question": question, "options": options,
-                                             "timeout": timeout}, await self._routing(""))
+        seq = await self._write(
+            "question",
+            {"request_id": request_id, "question": question, "options": options, "timeout": timeout},
+            await self._routing(""),
+        )
         self.state.record(seq)
         answer = await self._await_response(request_id, float(timeout) + 5)
         if answer is None or answer.get("decision") == "expired":
@@ -294,10 +319,13 @@ class Tools:
         return str(answer.get("result", "done"))
 
     async def schedule_task(self, args: dict[str, Any]) -> str:
-        fields = {"task_id": f"t-{uuid.uuid4().hex[:12]}", "prompt": _str(args, "prompt", limit=8000),
-                  "schedule": _str(args, "schedule", limit=200),
-                  "timezone": _str(args, "timezone", required=False, limit=64),
-                  "script": _str(args, "script", required=False, limit=MAX_SCRIPT)}
+        fields = {
+            "task_id": f"t-{uuid.uuid4().hex[:12]}",
+            "prompt": _str(args, "prompt", limit=8000),
+            "schedule": _str(args, "schedule", limit=200),
+            "timezone": _str(args, "timezone", required=False, limit=64),
+            "script": _str(args, "script", required=False, limit=MAX_SCRIPT),
+        }
         return await self._task("create", fields)
 
     async def list_tasks(self, args: dict[str, Any]) -> str:
@@ -354,10 +382,14 @@ _STRING = {"type": "string"}
 _TO = {"type": "string", "description": "A destination name; leave out to answer in the current chat."}
 _SEQ = {"type": "integer", "description": "The message number (#seq)."}
 _TASK_ID = {"type": "string", "description": "The task id, as schedule_task or list_tasks gave it."}
-_SCRIPT = {"type": "string", "description": (
-    "Optional bash run in this container before each run, to save a model call when there is nothing to do. "
-    'Its last output line must be JSON: {"wakeAgent": true, "data": ...} runs the task with `data` shown to you; '
-    '{"wakeAgent": false} skips this run. 30 s at most. On update, "" removes it.')}
+_SCRIPT = {
+    "type": "string",
+    "description": (
+        "Optional bash run in this container before each run, to save a model call when there is nothing to do. "
+        'Its last output line must be JSON: {"wakeAgent": true, "data": ...} runs the task with `data` shown to you; '
+        '{"wakeAgent": false} skips this run. 30 s at most. On update, "" removes it.'
+    ),
+}
 _LABELS = {"type": "array", "items": {"type": "string"}, "maxItems": MAX_OPTIONS}
 
 
@@ -366,29 +398,61 @@ def _schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
 
 
 SPECS: list[tuple[str, str, dict[str, Any]]] = [
-    ("send_message", "Send a chat message to the person or group you are talking with (or to a named "
-     "destination). This is the only way your words reach them. Returns the message's #seq.",
-     _schema({"text": _STRING, "to": _TO}, ["text"])),
-    ("send_file", "Send a file from your folders (the agent folder, the session folder, /tmp) to the chat.",
-     _schema({"path": _STRING, "text": _STRING, "filename": _STRING, "to": _TO}, ["path"])),
-    ("edit_message", "Replace the text of a message you sent earlier, by its #seq.",
-     _schema({"seq": _SEQ, "text": _STRING}, ["seq", "text"])),
-    ("add_reaction", "React with an emoji to a message by its #seq.",
-     _schema({"seq": _SEQ, "emoji": _STRING}, ["seq", "emoji"])),
-    ("send_card", "Send a card: a title, a body and up to 10 buttons (display only).",
-     _schema({"title": _STRING, "body": _STRING, "buttons": _LABELS, "to": _TO}, ["title"])),
-    ("ask_user_question", "Ask the user a multiple-choice question and wait for the answer (or the timeout).",
-     _schema({"question": _STRING, "options": _LABELS, "timeout": {"type": "number", "minimum": 10}},
-             ["question", "options"])),
-    ("schedule_task", "Schedule work for later: a prompt and a schedule (a cron expression like '0 8 * * 1', "
-     "'every 30m', or an ISO time for once), optionally an IANA time zone and a pre-check `script`.",
-     _schema({"prompt": _STRING, "schedule": _STRING, "timezone": _STRING, "script": _SCRIPT},
-             ["prompt", "schedule"])),
-    ("list_tasks", "List this agent's scheduled tasks: active and paused ones, or only those with `status`.",
-     _schema({"status": {"type": "string", "enum": list(TASK_STATUSES)}}, [])),
-    ("update_task", "Change a scheduled task's prompt, schedule or time zone.",
-     _schema({"task_id": _TASK_ID, "prompt": _STRING, "schedule": _STRING, "timezone": _STRING,
-              "script": _SCRIPT}, ["task_id"])),
+    (
+        "send_message",
+        "Send a chat message to the person or group you are talking with (or to a named "
+        "destination). This is the only way your words reach them. Returns the message's #seq.",
+        _schema({"text": _STRING, "to": _TO}, ["text"]),
+    ),
+    (
+        "send_file",
+        "Send a file from your folders (the agent folder, the session folder, /tmp) to the chat.",
+        _schema({"path": _STRING, "text": _STRING, "filename": _STRING, "to": _TO}, ["path"]),
+    ),
+    (
+        "edit_message",
+        "Replace the text of a message you sent earlier, by its #seq.",
+        _schema({"seq": _SEQ, "text": _STRING}, ["seq", "text"]),
+    ),
+    (
+        "add_reaction",
+        "React with an emoji to a message by its #seq.",
+        _schema({"seq": _SEQ, "emoji": _STRING}, ["seq", "emoji"]),
+    ),
+    (
+        "send_card",
+        "Send a card: a title, a body and up to 10 buttons (display only).",
+        _schema({"title": _STRING, "body": _STRING, "buttons": _LABELS, "to": _TO}, ["title"]),
+    ),
+    (
+        "ask_user_question",
+        "Ask the user a multiple-choice question and wait for the answer (or the timeout).",
+        _schema(
+            {"question": _STRING, "options": _LABELS, "timeout": {"type": "number", "minimum": 10}},
+            ["question", "options"],
+        ),
+    ),
+    (
+        "schedule_task",
+        "Schedule work for later: a prompt and a schedule (a cron expression like '0 8 * * 1', "
+        "'every 30m', or an ISO time for once), optionally an IANA time zone and a pre-check `script`.",
+        _schema(
+            {"prompt": _STRING, "schedule": _STRING, "timezone": _STRING, "script": _SCRIPT}, ["prompt", "schedule"]
+        ),
+    ),
+    (
+        "list_tasks",
+        "List this agent's scheduled tasks: active and paused ones, or only those with `status`.",
+        _schema({"status": {"type": "string", "enum": list(TASK_STATUSES)}}, []),
+    ),
+    (
+        "update_task",
+        "Change a scheduled task's prompt, schedule or time zone.",
+        _schema(
+            {"task_id": _TASK_ID, "prompt": _STRING, "schedule": _STRING, "timezone": _STRING, "script": _SCRIPT},
+            ["task_id"],
+        ),
+    ),
     ("pause_task", "Pause a scheduled task.", _schema({"task_id": _TASK_ID}, ["task_id"])),
     ("resume_task", "Resume a paused task.", _schema({"task_id": _TASK_ID}, ["task_id"])),
     ("cancel_task", "Cancel a scheduled task for good.", _schema({"task_id": _TASK_ID}, ["task_id"])),

@@ -27,8 +27,10 @@ def card_for(request: ev.ApprovalRequest) -> ev.Card:
         return request.card
     c = request.context
     method, host, path = c.get("method", "?"), c["host"], c.get("path", "/")
-    lines = [f"Agent group {request.agent_group} wants to send a request with a stored credential:",
-             f"{method} https://{host}{path}"]
+    lines = [
+        f"Agent group {request.agent_group} wants to send a request with a stored credential:",
+        f"{method} https://{host}{path}",
+    ]
     if c.get("rule"):
         lines.append(f"Rule asking for approval: {c['rule']}")
     preview = c.get("body_preview", "")
@@ -36,8 +38,11 @@ def card_for(request: ev.ApprovalRequest) -> ev.Card:
         if len(preview) > PREVIEW_CHARS:
             preview = preview[: PREVIEW_CHARS - 1] + "…"
         lines += ["", "Start of the body (credentials removed):", preview]
-    return ev.Card(title=f"Allow {request.agent_group} to call {host}?", body="\n".join(lines),
-                   buttons=request.card.buttons or (APPROVE, DENY))
+    return ev.Card(
+        title=f"Allow {request.agent_group} to call {host}?",
+        body="\n".join(lines),
+        buttons=request.card.buttons or (APPROVE, DENY),
+    )
 
 
 def text_of(card: ev.Card) -> str:

@@ -51,8 +51,9 @@ def direct_chat(user: str, known: Mapping[str, ev.Route]) -> ev.Route | None:
     return None
 
 
-def choose_delivery(request: ev.ApprovalRequest, approvers: Sequence[str],
-                    known: Mapping[str, ev.Route]) -> Delivery | None:
+def choose_delivery(
+    request: ev.ApprovalRequest, approvers: Sequence[str], known: Mapping[str, ev.Route]
+) -> Delivery | None:
     """A question goes to the chat that asked. Anything else goes to the first approver (most specific
     first) with a reachable direct chat, preferring one on the channel the request came from."""
     if request.kind == "question":
@@ -68,14 +69,12 @@ def choose_delivery(request: ev.ApprovalRequest, approvers: Sequence[str],
     return Delivery(approver, route)
 
 
-def may_decide(kind: str, deciders: Sequence[str], card_route: ev.Route, clicker: str,
-               click_route: ev.Route) -> bool:
+def may_decide(kind: str, deciders: Sequence[str], card_route: ev.Route, clicker: str, click_route: ev.Route) -> bool:
     """Only the designated approver or another approver of that scope (admins, owners) decides. A
     question with no named deciders is answered by whoever is in the chat that asked, and only there."""
     if deciders:
         return clicker in deciders
-    return kind == "question" and (click_route.channel, click_route.chat_id) == (card_route.channel,
-                                                                                  card_route.chat_id)
+    return kind == "question" and (click_route.channel, click_route.chat_id) == (card_route.channel, card_route.chat_id)
 
 
 def meaning(kind: str, button: ev.Button) -> Decision:

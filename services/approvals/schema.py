@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 MIGRATIONS: list[tuple[str, str]] = [
-    ("0001_approvals", """
+    (
+        "0001_approvals",
+        """
         -- One row per request, kept after the decision: it is the record of who decided what.
         CREATE TABLE approvals (
             id TEXT PRIMARY KEY,              -- the requester's id; decisions go out under it
@@ -56,13 +58,16 @@ MIGRATIONS: list[tuple[str, str]] = [
             msg_id TEXT NOT NULL,
             payload BLOB NOT NULL
         );
-    """),
+    """,
+    ),
     # Approvers whose card could not be delivered: the next one in line gets it instead.
     ("0002_undeliverable", "ALTER TABLE approvals ADD COLUMN unreachable TEXT NOT NULL DEFAULT '[]'"),
     # The kernel's outbox (clawden/outbox.py): rows by `id`, in one lane, so published in order as before.
-    ("0003_kernel_outbox", """
+    (
+        "0003_kernel_outbox",
+        """
         ALTER TABLE outbox RENAME COLUMN seq TO id;
         ALTER TABLE outbox ADD COLUMN lane TEXT NOT NULL DEFAULT '';
-    """),
+    """,
+    ),
 ]
-

@@ -86,20 +86,26 @@ class Approvals:
                 approvers = await self.ask_router(request.agent_group)
             except Exception as exc:
                 if msg.metadata.num_delivered < ROUTER_TRIES:
-                    raise Retry(f"the router did not say who approves {request.agent_group}: {exc!r}",
-                                delay=2.0) from exc
-                await self.step(self.store.approvers_unknown, request,
-                                "Clawden could not find out who may approve it (the router did not answer)",
-                                time.time())
+                    raise Retry(
+                        f"the router did not say who approves {request.agent_group}: {exc!r}", delay=2.0
+                    ) from exc
+                await self.step(
+                    self.store.approvers_unknown,
+                    request,
+                    "Clawden could not find out who may approve it (the router did not answer)",
+                    time.time(),
+                )
                 return
         await self.step(self.store.add_request, request, approvers, time.time())
         self.changed.set()
 
     async def ask_router(self, agent_group: str) -> tuple[str, ...]:
         """Admins of the agent group, then global admins, then owners: the router owns roles."""
-        reply = await self.ctx.nc.request(subjects.ctl("router", "approvers"),
-                                          json.dumps({"op": "get", "agent_group": agent_group}).encode(),
-                                          timeout=ROUTER_TIMEOUT)
+        reply = await self.ctx.nc.request(
+            subjects.ctl("router", "approvers"),
+            json.dumps({"op": "get", "agent_group": agent_group}).encode(),
+            timeout=ROUTER_TIMEOUT,
+        )
         if "Nats-Service-Error" in (headers := reply.headers or {}):
             raise RuntimeError(headers["Nats-Service-Error"])
         return tuple(json.loads(reply.data)["approvers"])
@@ -115,8 +121,12 @@ class Approvals:
         if isinstance(event, ev.ChatMoved):
             # A group's question cards now live under its new id: answers from there must count.
             self.counts["chats_moved"] += await self.store.run(self.store.move_chat, event)
-        elif (isinstance(event, ev.InboundMessage) and not event.is_group and not event.sender.is_bot
-              and not event.refused):  # a forged sender's chat is never where their cards go
+        elif (
+            isinstance(event, ev.InboundMessage)
+            and not event.is_group
+            and not event.sender.is_bot
+            and not event.refused
+        ):  # a forged sender's chat is never where their cards go
             user = policy.user_id(event.route.channel, event.sender.id)
             if await self.store.run(self.store.learn_chat, user, event.route, time.time()):
                 self.counts["chats_learned"] += 1
@@ -164,8 +174,9 @@ class Approvals:
         if step.result == "unknown" or found is None:
             raise ControlError(f"no approval {req.id!r} (see `clawden approvals list`)")
         if step.result == "already":
-            raise ControlError(f"{req.id} is already {found['status']}" + (f" by {found['decided_by']}"
-                                                                          if found["decided_by"] else ""))
+            raise ControlError(
+                f"{req.id} is already {found['status']}" + (f" by {found['decided_by']}" if found["decided_by"] else "")
+            )
         if step.result == "bad_button":
             choices = ", ".join(f"{i}) {b['label']}" for i, b in enumerate(found["buttons"], 1))
             raise ControlError(f"{req.choice!r} is not one of its choices: {choices}")
@@ -198,8 +209,14 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(consume(requests, ev.ApprovalRequest, svc.on_request, stopping=stop))
             tg.create_task(consume(clicks, ev.InboundAction, svc.on_click, stopping=stop))
             tg.create_task(consume(receipts, ev.DeliveryReceipt, svc.on_receipt, stopping=stop))
-            tg.create_task(consume(inbound, Inbound,  # type: ignore[arg-type]  # a union is no type[E]
-                                   svc.on_inbound, stopping=stop))
+            tg.create_task(
+                consume(
+                    inbound,
+                    Inbound,  # type: ignore[arg-type]  # a union is no type[E]
+                    svc.on_inbound,
+                    stopping=stop,
+                )
+            )
             tg.create_task(svc.expiring())
     finally:
         await store.stop()

@@ -40,12 +40,15 @@ class Store(outbox.OutboxStore):
         super().__init__(conn)
         self._chats: dict[str, ev.Route] = {}
         for row in conn.execute("SELECT * FROM direct_chats"):
-            self._chats[row["user_id"]] = ev.Route(channel=row["channel"], chat_id=row["chat_id"],
-                                                   thread_id=row["thread_id"])
+            self._chats[row["user_id"]] = ev.Route(
+                channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"]
+            )
 
     def _audit(self, approval_id: str, now: float, what: str, actor: str = "", detail: str = "") -> None:
-        self.conn.execute("INSERT INTO audit (approval_id, at, what, actor, detail) VALUES (?, ?, ?, ?, ?)",
-                          (approval_id, now, what, actor, detail))
+        self.conn.execute(
+            "INSERT INTO audit (approval_id, at, what, actor, detail) VALUES (?, ?, ?, ?, ?)",
+            (approval_id, now, what, actor, detail),
+        )
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -63,18 +66,39 @@ class Store(outbox.OutboxStore):
                 "INSERT INTO approvals (id, card_id, kind, requester, agent_group, request, card, approver, deciders,"
                 " channel, chat_id, thread_id, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (request.id, card_id, request.kind, request.requester, request.agent_group, ev.encode(request),
-                 msgspec.json.encode(card), delivery.approver if delivery else "", json.dumps(list(approvers)),
-                 route.channel if route else "", route.chat_id if route else "", route.thread_id if route else None,
-                 now, expires_at))
-            self._audit(request.id, now, "requested", request.requester,
-                        f"{request.kind} for {request.agent_group}: {card.title}")
+                (
+                    request.id,
+                    card_id,
+                    request.kind,
+                    request.requester,
+                    request.agent_group,
+                    ev.encode(request),
+                    msgspec.json.encode(card),
+                    delivery.approver if delivery else "",
+                    json.dumps(list(approvers)),
+                    route.channel if route else "",
+                    route.chat_id if route else "",
+                    route.thread_id if route else None,
+                    now,
+                    expires_at,
+                ),
+            )
+            self._audit(
+                request.id,
+                now,
+                "requested",
+                request.requester,
+                f"{request.kind} for {request.agent_group}: {card.title}",
+            )
             if delivery is None:
-                reason = ("nobody can approve it: no admin of this agent group, no global admin and no owner"
-                          " has a chat Clawden can reach (grant one with `clawden roles`)")
+                reason = (
+                    "nobody can approve it: no admin of this agent group, no global admin and no owner"
+                    " has a chat Clawden can reach (grant one with `clawden roles`)"
+                )
                 self._decide(request.id, "denied", DECIDER, "", reason, now)
-                log.warning("approval %s (%s for %s) denied: no approver", request.id, request.kind,
-                            request.agent_group)
+                log.warning(
+                    "approval %s (%s for %s) denied: no approver", request.id, request.kind, request.agent_group
+                )
                 return Step("no_approver")
             if expires_at <= now:
                 self._decide(request.id, "expired", "", "", "it had expired before it arrived", now)
@@ -88,15 +112,30 @@ class Store(outbox.OutboxStore):
             card_id = cards.short_id()
         return card_id
 
-    def _send_card(self, request: ev.ApprovalRequest, card: ev.Card, card_id: str, delivery: policy.Delivery,
-                   now: float) -> None:
+    def _send_card(
+        self, request: ev.ApprovalRequest, card: ev.Card, card_id: str, delivery: policy.Delivery, now: float
+    ) -> None:
         # A question is the agent speaking; any other card is the host asking (a notice: the chat's answer
         # still follows), which the terminal labels as Clawden's, not the agent's.
-        self.emit(subjects.outbound(delivery.route.channel, delivery.route.chat_id), card_id, ev.OutboundMessage(
-            id=card_id, route=delivery.route, text=cards.text_of(card), card=card, agent_group=request.agent_group,
-            kind="reply" if request.kind == "question" else "notice"))
-        self._audit(request.id, now, "card_sent", delivery.approver,
-                    f"{delivery.route.channel}:{delivery.route.chat_id} as {card_id}")
+        self.emit(
+            subjects.outbound(delivery.route.channel, delivery.route.chat_id),
+            card_id,
+            ev.OutboundMessage(
+                id=card_id,
+                route=delivery.route,
+                text=cards.text_of(card),
+                card=card,
+                agent_group=request.agent_group,
+                kind="reply" if request.kind == "question" else "notice",
+            ),
+        )
+        self._audit(
+            request.id,
+            now,
+            "card_sent",
+            delivery.approver,
+            f"{delivery.route.channel}:{delivery.route.chat_id} as {card_id}",
+        )
 
     def approvers_unknown(self, request: ev.ApprovalRequest, why: str, now: float) -> Step:
         """The router never said who may approve: the requester hears a no rather than nothing."""
@@ -107,25 +146,50 @@ class Store(outbox.OutboxStore):
             db.execute(
                 "INSERT INTO approvals (id, card_id, kind, requester, agent_group, request, card, created_at,"
                 " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (request.id, cards.short_id(), request.kind, request.requester, request.agent_group,
-                 ev.encode(request), msgspec.json.encode(card), now, request.expires_at or now))
+                (
+                    request.id,
+                    cards.short_id(),
+                    request.kind,
+                    request.requester,
+                    request.agent_group,
+                    ev.encode(request),
+                    msgspec.json.encode(card),
+                    now,
+                    request.expires_at or now,
+                ),
+            )
             self._audit(request.id, now, "requested", request.requester, f"{request.kind}: {card.title}")
             self._decide(request.id, "denied", DECIDER, "", why, now)
             return Step("no_approver")
 
     # --- deciding -------------------------------------------------------------------------------
 
-    def _decide(self, approval_id: str, decision: policy.Decision | Literal["expired"], decided_by: str, value: str,
-                reason: str, now: float, label: str = "", target: str | None = None) -> None:
+    def _decide(
+        self,
+        approval_id: str,
+        decision: policy.Decision | Literal["expired"],
+        decided_by: str,
+        value: str,
+        reason: str,
+        now: float,
+        label: str = "",
+        target: str | None = None,
+    ) -> None:
         """Settle a pending row: the decision to the requester (keyed by the id, so once), the card
         edited to show it (once its platform id is known), and the audit line."""
         db = self.conn
-        db.execute("UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, value = ?, reason = ?,"
-                   " card_message_id = COALESCE(card_message_id, ?) WHERE id = ?",
-                   (decision, now, decided_by, value, reason, target, approval_id))
-        self.emit(subjects.approval_decision(approval_id), f"decision:{approval_id}", ev.ApprovalDecision(
-            id=approval_id, decision=decision,
-            decided_by=decided_by, value=value, decided_at=now, reason=reason))
+        db.execute(
+            "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, value = ?, reason = ?,"
+            " card_message_id = COALESCE(card_message_id, ?) WHERE id = ?",
+            (decision, now, decided_by, value, reason, target, approval_id),
+        )
+        self.emit(
+            subjects.approval_decision(approval_id),
+            f"decision:{approval_id}",
+            ev.ApprovalDecision(
+                id=approval_id, decision=decision, decided_by=decided_by, value=value, decided_at=now, reason=reason
+            ),
+        )
         self._audit(approval_id, now, decision, decided_by, reason or value)
         self._edit(approval_id, label)
 
@@ -141,8 +205,13 @@ class Store(outbox.OutboxStore):
         shown = cards.decided_card(card, cards.outcome_line(row["status"], decided_by, label, row["reason"]))
         route = ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"])
         edit_id = f"{row['card_id']}:{row['status']}"
-        self.emit(subjects.outbound(route.channel, route.chat_id), edit_id, ev.OutboundEdit(
-            id=edit_id, route=route, target_message_id=row["card_message_id"], text=cards.text_of(shown), card=shown))
+        self.emit(
+            subjects.outbound(route.channel, route.chat_id),
+            edit_id,
+            ev.OutboundEdit(
+                id=edit_id, route=route, target_message_id=row["card_message_id"], text=cards.text_of(shown), card=shown
+            ),
+        )
         db.execute("UPDATE approvals SET edited = 1 WHERE id = ?", (approval_id,))
 
     def click(self, action: ev.InboundAction, now: float) -> Step:
@@ -163,8 +232,12 @@ class Store(outbox.OutboxStore):
             if not policy.may_decide(row["kind"], json.loads(row["deciders"]), card_route, clicker, action.route):
                 self._audit(row["id"], now, "refused", clicker, f"pressed {action.button_id}")
                 who = row["approver"] or "an admin"
-                self._reply(action, reply_id, f"Sorry {name}, only {who} or another admin of"
-                                              f" {row['agent_group']} can decide this one. Nothing was changed.")
+                self._reply(
+                    action,
+                    reply_id,
+                    f"Sorry {name}, only {who} or another admin of"
+                    f" {row['agent_group']} can decide this one. Nothing was changed.",
+                )
                 return Step("refused")
             if row["status"] != "pending":
                 self._audit(row["id"], now, "late_click", clicker, f"pressed {action.button_id} ({row['status']})")
@@ -176,14 +249,16 @@ class Store(outbox.OutboxStore):
                 self._audit(row["id"], now, "bad_button", clicker, action.button_id)
                 return Step("bad_button")
             decision = policy.meaning(row["kind"], button)
-            self._decide(row["id"], decision, clicker, button.id, "", now, label=button.label,
-                         target=action.message_id)
+            self._decide(row["id"], decision, clicker, button.id, "", now, label=button.label, target=action.message_id)
             log.info("approval %s %s by %s (%s)", row["id"], decision, clicker, button.id)
             return Step(decision)
 
     def _reply(self, action: ev.InboundAction, reply_id: str, text: str) -> None:
-        self.emit(subjects.outbound(action.route.channel, action.route.chat_id), reply_id,
-                   ev.OutboundMessage(id=reply_id, route=action.route, text=text))
+        self.emit(
+            subjects.outbound(action.route.channel, action.route.chat_id),
+            reply_id,
+            ev.OutboundMessage(id=reply_id, route=action.route, text=text),
+        )
 
     # --- delivery receipts ----------------------------------------------------------------------
 
@@ -196,15 +271,17 @@ class Store(outbox.OutboxStore):
             if row is None:
                 return Step("not_ours")
             if receipt.ok and receipt.platform_message_id:
-                db.execute("UPDATE approvals SET card_message_id = ? WHERE id = ?",
-                           (receipt.platform_message_id, row["id"]))
+                db.execute(
+                    "UPDATE approvals SET card_message_id = ? WHERE id = ?", (receipt.platform_message_id, row["id"])
+                )
                 if row["status"] != "pending":
                     self._edit(row["id"])  # decided before its receipt came: edit it now
                 return Step("delivered")
             if not receipt.ok and receipt.final and row["status"] == "pending":
                 error = receipt.error or "the platform refused it"
-                self._audit(row["id"], now, "card_undeliverable", row["approver"],
-                            f"{row['channel']}:{row['chat_id']}: {error}")
+                self._audit(
+                    row["id"], now, "card_undeliverable", row["approver"], f"{row['channel']}:{row['chat_id']}: {error}"
+                )
                 return self._next_approver(row, error, now)
             return Step("ignored")
 
@@ -214,17 +291,37 @@ class Store(outbox.OutboxStore):
         rest = [a for a in json.loads(row["deciders"]) if a not in unreachable]
         delivery = policy.choose_delivery(request, rest, self._chats) if row["approver"] else None
         if delivery is None:
-            self._decide(row["id"], "denied", DECIDER, "",
-                         f"the card could not be delivered to {row['approver'] or 'the chat'}: {error}", now)
+            self._decide(
+                row["id"],
+                "denied",
+                DECIDER,
+                "",
+                f"the card could not be delivered to {row['approver'] or 'the chat'}: {error}",
+                now,
+            )
             return Step("undeliverable")
         card_id = self._new_card_id()  # a new card: its receipt and its clicks must name this one
         self.conn.execute(
             "UPDATE approvals SET card_id = ?, approver = ?, channel = ?, chat_id = ?, thread_id = ?, unreachable = ?"
-            " WHERE id = ?", (card_id, delivery.approver, delivery.route.channel, delivery.route.chat_id,
-                              delivery.route.thread_id, json.dumps(unreachable), row["id"]))
+            " WHERE id = ?",
+            (
+                card_id,
+                delivery.approver,
+                delivery.route.channel,
+                delivery.route.chat_id,
+                delivery.route.thread_id,
+                json.dumps(unreachable),
+                row["id"],
+            ),
+        )
         self._send_card(request, _card_decoder.decode(row["card"]), card_id, delivery, now)
-        log.warning("approval %s: card to %s undeliverable (%s); sent to %s instead", row["id"], row["approver"],
-                    error, delivery.approver)
+        log.warning(
+            "approval %s: card to %s undeliverable (%s); sent to %s instead",
+            row["id"],
+            row["approver"],
+            error,
+            delivery.approver,
+        )
         return Step("next_approver")
 
     def decide(self, ref: str, choice: str, decider: str, now: float) -> Step:
@@ -238,8 +335,9 @@ class Store(outbox.OutboxStore):
                 return Step("already")
             buttons = _card_decoder.decode(row["card"]).buttons
             wanted = choice.strip().casefold()
-            button = next((b for i, b in enumerate(buttons, 1)
-                           if wanted in (b.id.casefold(), b.label.casefold(), str(i))), None)
+            button = next(
+                (b for i, b in enumerate(buttons, 1) if wanted in (b.id.casefold(), b.label.casefold(), str(i))), None
+            )
             if button is None and wanted in ("approve", "deny") and row["kind"] != "question":
                 meant = "approved" if wanted == "approve" else "denied"  # the card's first yes (or no)
                 button = next((b for b in buttons if policy.meaning(row["kind"], b) == meant), None)
@@ -254,8 +352,10 @@ class Store(outbox.OutboxStore):
 
     def expire_due(self, now: float) -> int:
         with self._tx() as db:
-            due = [r[0] for r in db.execute(
-                "SELECT id FROM approvals WHERE status = 'pending' AND expires_at <= ?", (now,))]
+            due = [
+                r[0]
+                for r in db.execute("SELECT id FROM approvals WHERE status = 'pending' AND expires_at <= ?", (now,))
+            ]
             for approval_id in due:
                 self._decide(approval_id, "expired", "", "", "nobody answered in time", now)
             return len(due)
@@ -280,8 +380,11 @@ class Store(outbox.OutboxStore):
         if self._chats.get(user) == route:
             return False
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO direct_chats (user_id, channel, chat_id, thread_id, seen_at)"
-                       " VALUES (?, ?, ?, ?, ?)", (user, route.channel, route.chat_id, route.thread_id, now))
+            db.execute(
+                "INSERT OR REPLACE INTO direct_chats (user_id, channel, chat_id, thread_id, seen_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (user, route.channel, route.chat_id, route.thread_id, now),
+            )
         self._chats[user] = route
         return True
 
@@ -300,8 +403,10 @@ class Store(outbox.OutboxStore):
     # --- reading --------------------------------------------------------------------------------
 
     def list(self, status: str = "", limit: int = 200) -> list[dict[str, Any]]:
-        sql = ("SELECT id, card_id, kind, requester, agent_group, status, approver, channel, chat_id, created_at,"
-               " expires_at, decided_at, decided_by, value, reason FROM approvals")
+        sql = (
+            "SELECT id, card_id, kind, requester, agent_group, status, approver, channel, chat_id, created_at,"
+            " expires_at, decided_at, decided_by, value, reason FROM approvals"
+        )
         args: list[Any] = []
         if status:
             sql += " WHERE status = ?"
@@ -311,8 +416,9 @@ class Store(outbox.OutboxStore):
         return [dict(r) for r in self.conn.execute(sql, args)]
 
     def get(self, approval_id: str) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT * FROM approvals WHERE id = ? OR card_id = ?",
-                                (approval_id, approval_id)).fetchone()
+        row = self.conn.execute(
+            "SELECT * FROM approvals WHERE id = ? OR card_id = ?", (approval_id, approval_id)
+        ).fetchone()
         if row is None:
             return None
         out = dict(row)
@@ -321,8 +427,12 @@ class Store(outbox.OutboxStore):
         out["title"], out["body"] = card.title, card.body
         out["buttons"] = [{"id": b.id, "label": b.label} for b in card.buttons]
         out["deciders"] = json.loads(row["deciders"])
-        out["audit"] = [dict(r) for r in self.conn.execute(
-            "SELECT at, what, actor, detail FROM audit WHERE approval_id = ? ORDER BY seq", (row["id"],))]
+        out["audit"] = [
+            dict(r)
+            for r in self.conn.execute(
+                "SELECT at, what, actor, detail FROM audit WHERE approval_id = ? ORDER BY seq", (row["id"],)
+            )
+        ]
         return out
 
     def request_of(self, approval_id: str) -> ev.ApprovalRequest | None:

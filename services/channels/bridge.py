@@ -33,6 +33,7 @@ log = logging.getLogger("clawden.channels")
 
 # --- what a bridge declares -------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Capabilities:
     max_text: int  # the longest message text, in the platform's own units (see `measure`)
@@ -97,8 +98,9 @@ class Bridge(abc.ABC):
         platform's cursor moves past it; catch up on what arrived while the bridge was down."""
 
     @abc.abstractmethod
-    async def send_text(self, route: ev.Route, text: str, *, reply_to: str | None,
-                        buttons: list[list[ButtonRef]], key: str) -> str:
+    async def send_text(
+        self, route: ev.Route, text: str, *, reply_to: str | None, buttons: list[list[ButtonRef]], key: str
+    ) -> str:
         """Post one message (within max_text); returns its platform id. `key` names this part of this
         outbound message and stays the same on every try: platforms that dedupe sends take it."""
 
@@ -138,6 +140,7 @@ class Bridge(abc.ABC):
 
 
 # --- inbound: what a listener publishes ---------------------------------------------------------------
+
 
 def card_token(card_id: str) -> str:
     """Short, stable button data prefix for a card: 16 URL-safe characters (96 bits)."""
@@ -191,8 +194,9 @@ class BridgeStats:
 class Inbound:
     """Handed to `Bridge.listen`: publishes platform events durably and tracks the listener's liveness."""
 
-    def __init__(self, js: JetStreamContext, channel: str, state: BridgeState, files_dir: Path,
-                 stats: BridgeStats) -> None:
+    def __init__(
+        self, js: JetStreamContext, channel: str, state: BridgeState, files_dir: Path, stats: BridgeStats
+    ) -> None:
         self.js = js
         self.channel = channel
         self.state = state
@@ -212,8 +216,9 @@ class Inbound:
             await asyncio.sleep(min(left, 5.0))
         self.alive()
 
-    async def fetch_attachments(self, message: ev.InboundMessage, limit: int,
-                                get: Callable[[ev.Attachment], Awaitable[bytes]]) -> ev.InboundMessage:
+    async def fetch_attachments(
+        self, message: ev.InboundMessage, limit: int, get: Callable[[ev.Attachment], Awaitable[bytes]]
+    ) -> ev.InboundMessage:
         """`message` with each attachment fetched by `get` into the bridge's folder (its url then the local
         file), three tries while `get` raises a transient PlatformError; one over `limit` bytes is not
         fetched, one that cannot be keeps an empty url, and the text says what was too large."""
@@ -228,8 +233,9 @@ class Inbound:
         text = message.text + ("\n\n" if message.text and notes else "") + "\n".join(notes)
         return msgspec.structs.replace(message, attachments=tuple(attachments), text=text)
 
-    async def _fetch(self, attachment: ev.Attachment, message: ev.InboundMessage,
-                     get: Callable[[ev.Attachment], Awaitable[bytes]]) -> Path | None:
+    async def _fetch(
+        self, attachment: ev.Attachment, message: ev.InboundMessage, get: Callable[[ev.Attachment], Awaitable[bytes]]
+    ) -> Path | None:
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", attachment.name)[-100:] or "file"
         dest = self.files_dir / re.sub(r"[^A-Za-z0-9]", "_", message.message_id) / safe
         for attempt in range(3):
@@ -237,8 +243,9 @@ class Inbound:
                 body = await get(attachment)
             except PlatformError as exc:
                 if exc.kind == "permanent" or attempt == 2:
-                    log.warning("%s: could not fetch %s of %s: %s", self.channel, attachment.name, message.key,
-                                exc.description)
+                    log.warning(
+                        "%s: could not fetch %s of %s: %s", self.channel, attachment.name, message.key, exc.description
+                    )
                     return None
                 await self.pause(1.0 + attempt)
                 continue
@@ -264,14 +271,15 @@ class Inbound:
                 if failures == 1 or failures % 20 == 0:
                     log.warning("cannot store inbound %s in JetStream yet (%d tries): %r", event.key, failures, exc)
                 self.alive()  # waiting on NATS is not the platform going deaf
-                await asyncio.sleep(min(5.0, 0.2 * 2 ** failures))
+                await asyncio.sleep(min(5.0, 0.2 * 2**failures))
         if failures:
             log.info("stored inbound %s after %d failed tries", event.key, failures)
         if isinstance(event, ev.InboundMessage):
             self.stats.inbound += 1
 
-    async def click(self, route: ev.Route, data: str, *, action_id: str, sender: ev.Sender,
-                    message_id: str | None) -> bool:
+    async def click(
+        self, route: ev.Route, data: str, *, action_id: str, sender: ev.Sender, message_id: str | None
+    ) -> bool:
         """A button press: published as an InboundAction; False when the data names no known card."""
         token, _, index = data.partition(":")
         card = await self.state.card(token)
@@ -279,9 +287,17 @@ class Inbound:
             self.stats.expired_clicks += 1
             return False
         card_id, button_ids = card
-        await self.publish(ev.InboundAction(route=route, action_id=action_id, sender=sender, card_id=card_id,
-                                            button_id=button_ids[int(index)], message_id=message_id,
-                                            sent_at=time.time()))
+        await self.publish(
+            ev.InboundAction(
+                route=route,
+                action_id=action_id,
+                sender=sender,
+                card_id=card_id,
+                button_id=button_ids[int(index)],
+                message_id=message_id,
+                sent_at=time.time(),
+            )
+        )
         self.stats.clicks += 1
         return True
 

@@ -77,8 +77,9 @@ class PartEdit:
     remove: bool = False  # the new text no longer needs this part
 
 
-def plan_edit(target: str, parts: Mapping[int, Send], text: str, max_text: int,
-              measure: Callable[[str], int]) -> list[PartEdit]:
+def plan_edit(
+    target: str, parts: Mapping[int, Send], text: str, max_text: int, measure: Callable[[str], int]
+) -> list[PartEdit]:
     """What an edit changes. A message the sent-log knows has its text parts refilled in order (the card's
     buttons on the last one used), the text parts the new text no longer needs removed, and its files left
     as they are; more text than its parts hold is cut at the last. A message the log does not know (or
@@ -88,10 +89,12 @@ def plan_edit(target: str, parts: Mapping[int, Send], text: str, max_text: int,
         return [PartEdit(texts[0] if texts else target, truncate(text, max_text, measure), buttons=True)]
     chunks = split_text(text, max_text, measure) or [""]
     if len(chunks) > len(texts):
-        chunks = [*chunks[:len(texts) - 1], truncate("\n\n".join(chunks[len(texts) - 1:]), max_text, measure)]
-    edits = [PartEdit(pid, chunk, buttons=i == len(chunks) - 1)
-             for i, (pid, chunk) in enumerate(zip(texts, chunks, strict=False))]
-    return [*edits, *(PartEdit(pid, remove=True) for pid in texts[len(chunks):])]
+        chunks = [*chunks[: len(texts) - 1], truncate("\n\n".join(chunks[len(texts) - 1 :]), max_text, measure)]
+    edits = [
+        PartEdit(pid, chunk, buttons=i == len(chunks) - 1)
+        for i, (pid, chunk) in enumerate(zip(texts, chunks, strict=False))
+    ]
+    return [*edits, *(PartEdit(pid, remove=True) for pid in texts[len(chunks) :])]
 
 
 def button_rows(buttons: list[ButtonRef]) -> list[list[ButtonRef]]:
@@ -142,6 +145,7 @@ class TypingIndicators:
 @contextlib.asynccontextmanager
 async def _keepalive(msg: Msg) -> AsyncIterator[None]:
     """Tell JetStream we are still at it, so a long retry is not redelivered elsewhere meanwhile."""
+
     async def beat() -> None:
         while True:
             await asyncio.sleep(KEEPALIVE)
@@ -158,9 +162,19 @@ async def _keepalive(msg: Msg) -> AsyncIterator[None]:
 
 
 class Delivery:
-    def __init__(self, bridge: Bridge, state: BridgeState, js: JetStreamContext, stats: BridgeStats,
-                 typing: TypingIndicators, *, stopping: asyncio.Event, policy: RetryPolicy,
-                 typing_horizon: float, file_roots: tuple[Path, ...]) -> None:
+    def __init__(
+        self,
+        bridge: Bridge,
+        state: BridgeState,
+        js: JetStreamContext,
+        stats: BridgeStats,
+        typing: TypingIndicators,
+        *,
+        stopping: asyncio.Event,
+        policy: RetryPolicy,
+        typing_horizon: float,
+        file_roots: tuple[Path, ...],
+    ) -> None:
         self.bridge = bridge
         self.caps = bridge.capabilities
         self.channel = bridge.name
@@ -183,12 +197,20 @@ class Delivery:
             except Exception as exc:
                 if msg.metadata.num_delivered < POISON_AFTER:
                     raise
-                log.exception("%s: giving up on outbound %s after %d deliveries", self.channel, event.id,
-                              msg.metadata.num_delivered)
+                log.exception(
+                    "%s: giving up on outbound %s after %d deliveries",
+                    self.channel,
+                    event.id,
+                    msg.metadata.num_delivered,
+                )
                 if not isinstance(event, ev.Typing):
                     self.stats.failed += 1
-                    await self._receipt(event, ok=False, error=f"the {self.channel} bridge could not handle "
-                                        f"this ({type(exc).__name__}); its log has the details")
+                    await self._receipt(
+                        event,
+                        ok=False,
+                        error=f"the {self.channel} bridge could not handle "
+                        f"this ({type(exc).__name__}); its log has the details",
+                    )
 
     async def _dispatch(self, event: OutboundEvent) -> None:
         if isinstance(event, ev.Typing):
@@ -239,8 +261,12 @@ class Delivery:
                 # 'sending' left by a process that died mid-call, or 'unconfirmed': the platform may
                 # well have it, and nothing can ask; a second copy is the worse outcome.
                 if prior.state == "sending":
-                    log.warning("%s: outbound %s %swas in flight when the bridge stopped; not sending it "
-                                "again", self.channel, event.id, label)
+                    log.warning(
+                        "%s: outbound %s %swas in flight when the bridge stopped; not sending it again",
+                        self.channel,
+                        event.id,
+                        label,
+                    )
                     await self.state.mark(event.id, i, "unconfirmed", error="the bridge stopped mid-send")
                 ids.append("")
                 unconfirmed.append(i)
@@ -251,17 +277,28 @@ class Delivery:
                 if exc.kind != "unknown":
                     await self._fail(event, label + exc.description, ids)
                     return
-                log.warning("%s: outbound %s %slost its answer (%s); not sending it again", self.channel,
-                            event.id, label, exc.description)
+                log.warning(
+                    "%s: outbound %s %slost its answer (%s); not sending it again",
+                    self.channel,
+                    event.id,
+                    label,
+                    exc.description,
+                )
                 ids.append("")
                 unconfirmed.append(i)
         if unconfirmed:
             self.stats.unconfirmed += 1
             which = ", ".join(str(i + 1) for i in unconfirmed)
             what = f"part {which} of {len(parts)}" if len(parts) > 1 else "the message"
-            await self._receipt(event, ok=False, unconfirmed=True, part_ids=ids, platform_id=ids[-1] or None,
-                                error=f"unconfirmed: {self.channel} did not confirm {what} (the connection or "
-                                      "the bridge dropped mid-send); it was not sent again to avoid a duplicate")
+            await self._receipt(
+                event,
+                ok=False,
+                unconfirmed=True,
+                part_ids=ids,
+                platform_id=ids[-1] or None,
+                error=f"unconfirmed: {self.channel} did not confirm {what} (the connection or "
+                "the bridge dropped mid-send); it was not sent again to avoid a duplicate",
+            )
             return
         self.stats.sent += 1
         await self._receipt(event, ok=True, part_ids=ids, platform_id=ids[-1])
@@ -274,19 +311,22 @@ class Delivery:
                 key = f"{event.id}#{i}"
                 if part.file:
                     return await self.bridge.send_file(event.route, self._allowed_file(part.file), key=key)
-                return await self.bridge.send_text(event.route, part.text, reply_to=part.reply_to, buttons=buttons,
-                                                   key=key)
+                return await self.bridge.send_text(
+                    event.route, part.text, reply_to=part.reply_to, buttons=buttons, key=key
+                )
             except PlatformError as exc:
                 if exc.retryable:  # the platform did not act: the part may go again
                     await self.state.unmark(event.id, i)
                 raise
 
         try:
-            platform_id = await self._attempt(event, once, idempotent=self.caps.idempotent_sends,
-                                              resends=self.caps.ambiguous_resends)
+            platform_id = await self._attempt(
+                event, once, idempotent=self.caps.idempotent_sends, resends=self.caps.ambiguous_resends
+            )
         except PlatformError as exc:
-            await self.state.mark(event.id, i, "unconfirmed" if exc.kind == "unknown" else "failed",
-                                  error=exc.description)
+            await self.state.mark(
+                event.id, i, "unconfirmed" if exc.kind == "unknown" else "failed", error=exc.description
+            )
             raise
         await self.state.mark(event.id, i, "sent", platform_id)
         self.stats.parts += 1
@@ -304,8 +344,9 @@ class Delivery:
             raise PlatformError(f"no such file: {path.name}", "permanent")
         size = path.stat().st_size
         if self.caps.max_file_bytes and size > self.caps.max_file_bytes:
-            raise PlatformError(f"{path.name} is {size} bytes; {self.channel} takes at most "
-                                f"{self.caps.max_file_bytes}", "permanent")
+            raise PlatformError(
+                f"{path.name} is {size} bytes; {self.channel} takes at most {self.caps.max_file_bytes}", "permanent"
+            )
         return path
 
     async def _buttons(self, card_id: str, card: ev.Card | None) -> list[list[ButtonRef]]:
@@ -323,8 +364,13 @@ class Delivery:
             return
         buttons = await self._buttons(event.id, event.card) if self.caps.cards else []
         found = await self.state.message_of(event.target_message_id)
-        edits = plan_edit(event.target_message_id, found[1] if found else {}, render_text(event.text, event.card),
-                          self.caps.max_text, self.caps.measure)
+        edits = plan_edit(
+            event.target_message_id,
+            found[1] if found else {},
+            render_text(event.text, event.card),
+            self.caps.max_text,
+            self.caps.measure,
+        )
         for n, change in enumerate(edits):
             label = f"part {n + 1} of {len(edits)}: " if len(edits) > 1 else ""
             try:
@@ -344,8 +390,9 @@ class Delivery:
                 except PlatformError as exc:
                     if exc.retryable or exc.kind == "unknown":
                         raise
-                    log.info("%s: cannot delete part %s (%s); emptying it", self.channel, change.target,
-                             exc.description)
+                    log.info(
+                        "%s: cannot delete part %s (%s); emptying it", self.channel, change.target, exc.description
+                    )
             await self.bridge.edit(event.route, change.target, change.text, buttons)
 
         await self._attempt(event, once, idempotent=True)
@@ -356,8 +403,9 @@ class Delivery:
         try:
             if not self.caps.reactions:
                 raise PlatformError(f"{self.channel} cannot add reactions", "permanent")
-            await self._attempt(event, lambda: self.bridge.react(event.route, event.target_message_id, event.emoji),
-                                idempotent=True)
+            await self._attempt(
+                event, lambda: self.bridge.react(event.route, event.target_message_id, event.emoji), idempotent=True
+            )
         except PlatformError as exc:
             await self._fail(event, exc.description)
             return
@@ -365,8 +413,14 @@ class Delivery:
 
     # --- retries and receipts ----------------------------------------------------------------------
 
-    async def _attempt(self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction,
-                       call: Callable[[], Awaitable[T]], *, idempotent: bool, resends: int = 0) -> T:
+    async def _attempt(
+        self,
+        event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction,
+        call: Callable[[], Awaitable[T]],
+        *,
+        idempotent: bool,
+        resends: int = 0,
+    ) -> T:
         """`resends`: how many sends whose outcome is unknown may go again though the platform does not
         dedupe them (each may post a second copy; the bridge's capabilities say why it accepts that)."""
         started = time.monotonic()
@@ -386,20 +440,34 @@ class Delivery:
                     raise
                 if resend:
                     resends -= 1
-                    log.warning("%s: outbound %s lost its answer (%s); sending it once more, which may post it "
-                                "twice", self.channel, event.id, exc.description)
+                    log.warning(
+                        "%s: outbound %s lost its answer (%s); sending it once more, which may post it twice",
+                        self.channel,
+                        event.id,
+                        exc.description,
+                    )
                 delay = self.policy.delay(attempt, exc.retry_after)
                 elapsed = time.monotonic() - started
                 if self.policy.gives_up(elapsed, delay):
-                    raise PlatformError(f"gave up after {attempt + 1} tries in {elapsed:.0f}s; last error: "
-                                        f"{exc.description}", "permanent", code=exc.code) from exc
+                    raise PlatformError(
+                        f"gave up after {attempt + 1} tries in {elapsed:.0f}s; last error: {exc.description}",
+                        "permanent",
+                        code=exc.code,
+                    ) from exc
                 self.stats.retries += 1
-                log.warning("%s: outbound %s failed (%s); try %d, next in %.1fs", self.channel, event.id,
-                            exc.description, attempt + 1, delay)
+                log.warning(
+                    "%s: outbound %s failed (%s); try %d, next in %.1fs",
+                    self.channel,
+                    event.id,
+                    exc.description,
+                    attempt + 1,
+                    delay,
+                )
                 if not noticed and delay >= self.policy.notice_after:
                     noticed = True
-                    await self._receipt(event, ok=False, final=False,
-                                        error=f"delayed: {exc.description}; trying again in {delay:.0f}s")
+                    await self._receipt(
+                        event, ok=False, final=False, error=f"delayed: {exc.description}; trying again in {delay:.0f}s"
+                    )
                 await self._pause(delay)
                 attempt += 1
 
@@ -418,20 +486,46 @@ class Delivery:
         if self.stopping.is_set():
             raise Retry("the bridge is stopping", delay=max(0.0, delay - (time.monotonic() - started)))
 
-    async def _fail(self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction, error: str,
-                    part_ids: list[str] | None = None) -> None:
+    async def _fail(
+        self,
+        event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction,
+        error: str,
+        part_ids: list[str] | None = None,
+    ) -> None:
         self.stats.failed += 1
-        log.error("%s: outbound %s to chat %s failed for good: %s", self.channel, event.id, event.route.chat_id,
-                  error, extra={"session_id": event.session_id} if event.session_id else None)
+        log.error(
+            "%s: outbound %s to chat %s failed for good: %s",
+            self.channel,
+            event.id,
+            event.route.chat_id,
+            error,
+            extra={"session_id": event.session_id} if event.session_id else None,
+        )
         await self._receipt(event, ok=False, error=error, part_ids=part_ids or [])
 
-    async def _receipt(self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction, *, ok: bool,
-                       error: str | None = None, final: bool = True, unconfirmed: bool = False,
-                       part_ids: list[str] | None = None, platform_id: str | None = None) -> None:
+    async def _receipt(
+        self,
+        event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction,
+        *,
+        ok: bool,
+        error: str | None = None,
+        final: bool = True,
+        unconfirmed: bool = False,
+        part_ids: list[str] | None = None,
+        platform_id: str | None = None,
+    ) -> None:
         receipt = ev.DeliveryReceipt(
-            outbound_id=event.id, route=event.route, ok=ok, session_id=event.session_id, seq=event.seq,
-            platform_message_id=platform_id, error=error, final=final, unconfirmed=unconfirmed,
-            part_ids=tuple(part_ids or ()))
+            outbound_id=event.id,
+            route=event.route,
+            ok=ok,
+            session_id=event.session_id,
+            seq=event.seq,
+            platform_message_id=platform_id,
+            error=error,
+            final=final,
+            unconfirmed=unconfirmed,
+            part_ids=tuple(part_ids or ()),
+        )
         # A delay notice and the final word are two receipts; each is published once per outbound id.
         msg_id = f"receipt:{event.id}" if final else f"receipt:{event.id}:delayed"
         await publish(self.js, subjects.receipt(self.channel), receipt, msg_id=msg_id)

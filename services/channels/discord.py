@@ -51,9 +51,14 @@ LABEL = 80  # a button's label (Discord docs, "Message Components": Button)
 # DIRECT_MESSAGES, MESSAGE_CONTENT (privileged: switched on in the developer portal, else close code 4014).
 INTENTS = (1 << 0) | (1 << 9) | (1 << 12) | (1 << 15)
 # Close codes after which a session cannot go on (Discord docs, "Opcodes and Status Codes": Gateway Close Event Codes).
-FATAL_CLOSE = {4004: "the token was refused", 4010: "invalid shard", 4011: "sharding required",
-               4012: "invalid API version", 4013: "invalid intents",
-               4014: "a disallowed intent: switch on Message Content in the developer portal (Bot page)"}
+FATAL_CLOSE = {
+    4004: "the token was refused",
+    4010: "invalid shard",
+    4011: "sharding required",
+    4012: "invalid API version",
+    4013: "invalid intents",
+    4014: "a disallowed intent: switch on Message Content in the developer portal (Bot page)",
+}
 FATAL_RETRY = 600.0  # seconds between identifies while a close code says the configuration is wrong
 NO_RESUME_CLOSE = {4007, 4009}  # invalid seq, session timed out: identify anew
 # Create Message takes about 5 a channel per 5 seconds; sends and edits into one channel are paced to it. A rate only:
@@ -63,15 +68,23 @@ SEEN_KEPT = 5000
 HISTORY_PAGE = 100  # Get Channel Messages: limit 1-100
 
 CAPABILITIES = Capabilities(
-    max_text=MAX_TEXT, threads=True, edits=True, reactions=True, files=True, cards=True, typing=True,
+    max_text=MAX_TEXT,
+    threads=True,
+    edits=True,
+    reactions=True,
+    files=True,
+    cards=True,
+    typing=True,
     typing_interval=8.0,  # Trigger Typing Indicator lasts 10 seconds
-    max_file_bytes=10 * 1024 * 1024, max_download_bytes=25 * 1024 * 1024,  # 10 MiB without boosts
+    max_file_bytes=10 * 1024 * 1024,
+    max_download_bytes=25 * 1024 * 1024,  # 10 MiB without boosts
     # Create Message with `nonce` and `enforce_nonce: true`: a repeat within minutes returns the first message.
     idempotent_sends=True,
 )
 
 
 # --- the pure part: Discord messages -> Clawden events ------------------------------------------------------
+
 
 def message_id(channel: str, message: str) -> str:
     return f"{channel}:{message}"
@@ -128,10 +141,15 @@ def inbound_message(msg: dict[str, Any], me: str, place: Place) -> ev.InboundMes
     raw = str(msg.get("content") or "")
     text = clean_text(raw, me)
     attachments = tuple(
-        ev.Attachment(name=str(a.get("filename") or "file"), mime=str(a.get("content_type") or
-                                                                        "application/octet-stream"),
-                      size=int(a.get("size") or 0), url=str(a.get("url") or ""))
-        for a in msg.get("attachments") or [] if isinstance(a, dict))
+        ev.Attachment(
+            name=str(a.get("filename") or "file"),
+            mime=str(a.get("content_type") or "application/octet-stream"),
+            size=int(a.get("size") or 0),
+            url=str(a.get("url") or ""),
+        )
+        for a in msg.get("attachments") or []
+        if isinstance(a, dict)
+    )
     if not text and not attachments:
         return None
     referenced = msg.get("referenced_message") or {}
@@ -140,32 +158,49 @@ def inbound_message(msg: dict[str, Any], me: str, place: Place) -> ev.InboundMes
     ref = (msg.get("message_reference") or {}).get("message_id")
     user = str(author["id"])
     return ev.InboundMessage(
-        route=place.route(channel), message_id=message_id(channel, str(msg["id"])),
+        route=place.route(channel),
+        message_id=message_id(channel, str(msg["id"])),
         sender=ev.Sender(id=f"{CHANNEL}:{user}", name=str(author.get("global_name") or author.get("username") or user)),
-        text=text, sent_at=sent_at(msg), is_group=not place.dm, mentioned=mentioned,
-        reply_to=message_id(channel, str(ref)) if ref else None, attachments=attachments, supports_threads=True)
+        text=text,
+        sent_at=sent_at(msg),
+        is_group=not place.dm,
+        mentioned=mentioned,
+        reply_to=message_id(channel, str(ref)) if ref else None,
+        attachments=attachments,
+        supports_threads=True,
+    )
 
 
 def components(buttons: list[list[ButtonRef]]) -> list[dict[str, Any]]:
     """Action rows of buttons (Discord docs, "Message Components"); custom_id is the button data. 5 rows of 5."""
     styles = {"primary": 1, "danger": 4, "success": 3}
-    return [{"type": 1, "components": [
-        {"type": 2, "style": styles.get(b.style, 2), "label": b.label[:LABEL] or "?", "custom_id": b.data}
-        for b in row[:5]]} for row in buttons[:5]]
+    return [
+        {
+            "type": 1,
+            "components": [
+                {"type": 2, "style": styles.get(b.style, 2), "label": b.label[:LABEL] or "?", "custom_id": b.data}
+                for b in row[:5]
+            ],
+        }
+        for row in buttons[:5]
+    ]
 
 
 # --- rate limits: the per-route buckets and the global limit -------------------------------------------------
+
 
 def route_key(method: str, path: str) -> str:
     """The route a bucket is learnt for: the method, the path with ids masked except the top-level resource's
     (channel, guild, webhook), which Discord keys buckets by (Discord docs, "Rate Limits")."""
     parts = path.strip("/").split("/")
-    masked = [p if not p.isdigit() or (i > 0 and parts[i - 1] in ("channels", "guilds", "webhooks")) else "{id}"
-              for i, p in enumerate(parts)]
+    masked = [
+        p if not p.isdigit() or (i > 0 and parts[i - 1] in ("channels", "guilds", "webhooks")) else "{id}"
+        for i, p in enumerate(parts)
+    ]
     if parts and parts[0] == "interactions":
         masked = ["interactions", "{id}", "{token}", *masked[3:]]
     if "reactions" in parts:
-        masked = masked[:masked.index("reactions") + 1]
+        masked = masked[: masked.index("reactions") + 1]
     return f"{method} /{'/'.join(masked)}"
 
 
@@ -206,6 +241,7 @@ class Buckets:
 
 # --- the REST API ---------------------------------------------------------------------------------------------
 
+
 class DiscordError(PlatformError):
     pass
 
@@ -233,28 +269,41 @@ class RestApi:
 
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None or self.session.closed:
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers={
-                "Authorization": f"Bot {self.token}", "User-Agent": "DiscordBot (https://clawden.invalid, 1)"})
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=30),
+                headers={"Authorization": f"Bot {self.token}", "User-Agent": "DiscordBot (https://clawden.invalid, 1)"},
+            )
         return self.session
 
-    async def call(self, method: str, path: str, *, json: Any = None, form: aiohttp.FormData | None = None,
-                   params: dict[str, str] | None = None) -> Any:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        form: aiohttp.FormData | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Any:
         route = route_key(method, path)
         what = f"{method} {route.partition(' ')[2]}"
         if (wait := self.buckets.wait(route, time.monotonic())) > 0:
-            raise DiscordError(f"{what}: rate limited (held {wait:.2f}s more)", "rate_limited", code=429,
-                               retry_after=wait)
+            raise DiscordError(
+                f"{what}: rate limited (held {wait:.2f}s more)", "rate_limited", code=429, retry_after=wait
+            )
         try:
-            async with self._session().request(method, self.api_url + path, json=json, data=form,
-                                               params=params) as resp:
+            async with self._session().request(
+                method, self.api_url + path, json=json, data=form, params=params
+            ) as resp:
                 headers = {k.lower(): v for k, v in resp.headers.items()}
                 body = await resp.json(content_type=None) if resp.status != 204 else None
         except (aiohttp.ClientConnectorError, aiohttp.ClientSSLError, ConnectionRefusedError) as exc:
-            raise DiscordError(f"{what}: cannot reach Discord ({type(exc).__name__})", "transient",
-                               connection=True) from None
+            raise DiscordError(
+                f"{what}: cannot reach Discord ({type(exc).__name__})", "transient", connection=True
+            ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DiscordError(f"{what}: Discord's answer was lost ({type(exc).__name__})", "unknown",
-                               connection=True) from None
+            raise DiscordError(
+                f"{what}: Discord's answer was lost ({type(exc).__name__})", "unknown", connection=True
+            ) from None
         now = time.monotonic()
         self.buckets.learn(route, headers, now)
         if resp.status >= 400:
@@ -271,6 +320,7 @@ class RestApi:
 
 
 # --- the Gateway session, as far as it outlives one connection ------------------------------------------------
+
 
 @dataclass
 class Session:
@@ -400,12 +450,21 @@ class DiscordBridge(Bridge):
     async def _hello(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         if self.session.session_id:
             self.resumes += 1
-            await ws.send_json({"op": 6, "d": {"token": self.token, "session_id": self.session.session_id,
-                                               "seq": self.session.seq}})
+            await ws.send_json(
+                {"op": 6, "d": {"token": self.token, "session_id": self.session.session_id, "seq": self.session.seq}}
+            )
         else:
             self.identifies += 1
-            await ws.send_json({"op": 2, "d": {"token": self.token, "intents": INTENTS, "properties": {
-                "os": "linux", "browser": "clawden", "device": "clawden"}}})
+            await ws.send_json(
+                {
+                    "op": 2,
+                    "d": {
+                        "token": self.token,
+                        "intents": INTENTS,
+                        "properties": {"os": "linux", "browser": "clawden", "device": "clawden"},
+                    },
+                }
+            )
 
     async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse, interval: float, acked: asyncio.Event) -> None:
         """Every `interval` (the first after a random part of it) send the last seq; a beat not acked by the next one
@@ -421,8 +480,9 @@ class DiscordBridge(Bridge):
             await ws.send_json({"op": 1, "d": self.session.seq})
             await asyncio.sleep(interval)
 
-    async def _payload(self, ws: aiohttp.ClientWebSocketResponse, payload: dict[str, Any], acked: asyncio.Event,
-                       inbound: Inbound) -> None:
+    async def _payload(
+        self, ws: aiohttp.ClientWebSocketResponse, payload: dict[str, Any], acked: asyncio.Event, inbound: Inbound
+    ) -> None:
         op = payload.get("op")
         if op == 11:
             acked.set()
@@ -483,8 +543,9 @@ class DiscordBridge(Bridge):
             try:
                 self._learn_channel(await self.rest.call("GET", f"/channels/{channel}"))
             except DiscordError as exc:  # not kept: asked again next time
-                log.warning("discord: cannot tell where channel %s sits (%s); taking it for a channel",
-                            channel, exc.description)
+                log.warning(
+                    "discord: cannot tell where channel %s sits (%s); taking it for a channel", channel, exc.description
+                )
                 return Place(dm=False)
             place = self.places[channel]
         self.places[channel] = place
@@ -502,8 +563,7 @@ class DiscordBridge(Bridge):
         message = inbound_message(data, self.me, place)
         if message is not None:
             if message.attachments:
-                message = await inbound.fetch_attachments(message, self.capabilities.max_download_bytes,
-                                                          self._get_file)
+                message = await inbound.fetch_attachments(message, self.capabilities.max_download_bytes, self._get_file)
             await inbound.publish(message)
         self._saw(key)
         last = await inbound.state.cursor(f"last:{channel}")
@@ -520,8 +580,10 @@ class DiscordBridge(Bridge):
         kept (`gap:`) until its history is read, however many drops and live messages come meanwhile. Recorded
         before the read loop takes the next dispatch, so no live message can move a channel's mark past its gap."""
         db = inbound.state.db
-        await db.execute("INSERT OR IGNORE INTO cursor SELECT 'gap:' || substr(name, 6), value, updated_at"
-                         " FROM cursor WHERE name LIKE 'last:%'")
+        await db.execute(
+            "INSERT OR IGNORE INTO cursor SELECT 'gap:' || substr(name, 6), value, updated_at"
+            " FROM cursor WHERE name LIKE 'last:%'"
+        )
         await db.commit()
 
     def _start_catch_up(self, inbound: Inbound) -> None:
@@ -538,8 +600,9 @@ class DiscordBridge(Bridge):
         for channel, after in channels:
             while True:
                 try:
-                    page = await self.rest.call("GET", f"/channels/{channel}/messages",
-                                                params={"after": after, "limit": str(HISTORY_PAGE)})
+                    page = await self.rest.call(
+                        "GET", f"/channels/{channel}/messages", params={"after": after, "limit": str(HISTORY_PAGE)}
+                    )
                 except DiscordError as exc:
                     if exc.kind == "permanent":  # the channel is gone or closed to the bot
                         log.warning("discord: cannot read the history of %s: %s", channel, exc.description)
@@ -576,10 +639,14 @@ class DiscordBridge(Bridge):
         msg = data.get("message") or {}
         place = await self._place(channel, bool(data.get("guild_id")), inbound)
         pressed = await inbound.click(
-            place.route(channel), str((data.get("data") or {}).get("custom_id") or ""), action_id=interaction,
-            sender=ev.Sender(id=f"{CHANNEL}:{user.get('id')}", name=str(user.get("global_name") or
-                                                                        user.get("username") or "")),
-            message_id=message_id(channel, str(msg.get("id"))) if msg.get("id") else None)
+            place.route(channel),
+            str((data.get("data") or {}).get("custom_id") or ""),
+            action_id=interaction,
+            sender=ev.Sender(
+                id=f"{CHANNEL}:{user.get('id')}", name=str(user.get("global_name") or user.get("username") or "")
+            ),
+            message_id=message_id(channel, str(msg.get("id"))) if msg.get("id") else None,
+        )
         if not pressed:
             log.info("discord: a press on an expired card in %s", channel)
 
@@ -589,8 +656,9 @@ class DiscordBridge(Bridge):
         try:
             async with self._ws_session.get(attachment.url) as resp:
                 if resp.status >= 400:
-                    raise DiscordError(f"download: HTTP {resp.status}",
-                                       "transient" if resp.status >= 500 else "permanent")
+                    raise DiscordError(
+                        f"download: HTTP {resp.status}", "transient" if resp.status >= 500 else "permanent"
+                    )
                 return await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DiscordError(f"download: {exc!r}", "transient") from exc
@@ -617,11 +685,16 @@ class DiscordBridge(Bridge):
         now = time.monotonic()
         return self.pacer.reserve(route.thread_id or route.chat_id, group=False, now=now) - now
 
-    async def send_text(self, route: ev.Route, text: str, *, reply_to: str | None,
-                        buttons: list[list[ButtonRef]], key: str) -> str:
+    async def send_text(
+        self, route: ev.Route, text: str, *, reply_to: str | None, buttons: list[list[ButtonRef]], key: str
+    ) -> str:
         channel = await self._channel(route)
-        body: dict[str, Any] = {"content": text, "nonce": nonce(key), "enforce_nonce": True,
-                                "allowed_mentions": {"parse": [], "replied_user": True}}
+        body: dict[str, Any] = {
+            "content": text,
+            "nonce": nonce(key),
+            "enforce_nonce": True,
+            "allowed_mentions": {"parse": [], "replied_user": True},
+        }
         if buttons:
             body["components"] = components(buttons)
         if reply_to:
@@ -635,9 +708,13 @@ class DiscordBridge(Bridge):
         channel = await self._channel(route)
         data = await asyncio.to_thread(path.read_bytes)
         form = aiohttp.FormData()
-        form.add_field("payload_json", msgspec.json.encode({
-            "nonce": nonce(key), "enforce_nonce": True,
-            "attachments": [{"id": 0, "filename": path.name}]}).decode(), content_type="application/json")
+        form.add_field(
+            "payload_json",
+            msgspec.json.encode(
+                {"nonce": nonce(key), "enforce_nonce": True, "attachments": [{"id": 0, "filename": path.name}]}
+            ).decode(),
+            content_type="application/json",
+        )
         form.add_field("files[0]", data, filename=path.name, content_type="application/octet-stream")
         posted = await self.rest.call("POST", f"/channels/{channel}/messages", form=form)
         return message_id(channel, str(posted["id"]))
@@ -645,8 +722,9 @@ class DiscordBridge(Bridge):
     async def edit(self, route: ev.Route, target: str, text: str, buttons: list[list[ButtonRef]]) -> None:
         channel, msg = split_id(target)
         # components=[] takes a decided card's buttons away, so no one can press them again.
-        await self.rest.call("PATCH", f"/channels/{channel}/messages/{msg}",
-                             json={"content": text, "components": components(buttons)})
+        await self.rest.call(
+            "PATCH", f"/channels/{channel}/messages/{msg}", json={"content": text, "components": components(buttons)}
+        )
 
     async def delete(self, route: ev.Route, target: str) -> None:
         channel, msg = split_id(target)
@@ -677,6 +755,7 @@ class DiscordBridge(Bridge):
 
 # --- the service ------------------------------------------------------------------------------------------------
 
+
 def url_of(settings: dict[str, str], key: str, default: str, schemes: str) -> str:
     url = settings.get(key, default)
     if not re.match(rf"^({schemes})://[^/\s]+", url):
@@ -686,9 +765,11 @@ def url_of(settings: dict[str, str], key: str, default: str, schemes: str) -> st
 
 def bridge_from_settings(ctx: ServiceContext) -> tuple[DiscordBridge, RetryPolicy]:
     settings = channel_settings(ctx.config, CHANNEL)
-    bridge = DiscordBridge(url_of(settings, "api_url", DEFAULT_API_URL, "https?"),
-                           url_of(settings, "gateway_url", DEFAULT_GATEWAY_URL, "wss?"),
-                           read_secret(ctx.config, CHANNEL).strip())
+    bridge = DiscordBridge(
+        url_of(settings, "api_url", DEFAULT_API_URL, "https?"),
+        url_of(settings, "gateway_url", DEFAULT_GATEWAY_URL, "wss?"),
+        read_secret(ctx.config, CHANNEL).strip(),
+    )
     try:
         deadline = float(settings.get("send_deadline", 600.0))
     except ValueError:

@@ -46,8 +46,10 @@ log = logging.getLogger("clawden.channels.matrix")
 CHANNEL = "matrix"
 CURSOR = "sync.next_batch"
 TIMELINE_LIMIT = 100  # events per room per /sync; more than that is fetched with /messages (see _backfill)
-E2EE_NOTICE = ("End-to-end encryption is not supported by this assistant yet, so it cannot read this room. "
-               "Talk to it in a room without encryption.")
+E2EE_NOTICE = (
+    "End-to-end encryption is not supported by this assistant yet, so it cannot read this room. "
+    "Talk to it in a room without encryption."
+)
 # Keycap digits as reactions (without the presentation selector, which clients add or leave out).
 DIGITS = {f"{n}\u20e3": n for n in range(1, 10)} | {"\U0001f51f": 10}
 FILE_TYPES = {"m.file", "m.image", "m.audio", "m.video"}
@@ -55,8 +57,16 @@ OWN_KEPT = 2000  # the bot's own recent event ids kept in memory
 
 CAPABILITIES = Capabilities(
     # Synapse refuses events over 65536 bytes of JSON; 32 000 characters of body (and its HTML) stay inside.
-    max_text=16000, threads=True, edits=True, reactions=True, files=True, cards=True, typing=True,
-    typing_interval=20.0, max_file_bytes=50 * 1024 * 1024, max_download_bytes=50 * 1024 * 1024,
+    max_text=16000,
+    threads=True,
+    edits=True,
+    reactions=True,
+    files=True,
+    cards=True,
+    typing=True,
+    typing_interval=20.0,
+    max_file_bytes=50 * 1024 * 1024,
+    max_download_bytes=50 * 1024 * 1024,
     # A send carries a transaction id derived from the outbound part: the homeserver answers a repeat with
     # the first event's id instead of posting again, so a send whose answer was lost is simply sent again.
     idempotent_sends=True,
@@ -64,6 +74,7 @@ CAPABILITIES = Capabilities(
 
 
 # --- the pure part: Matrix events -> Clawden events ------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Me:
@@ -145,8 +156,14 @@ def inbound_message(event: dict[str, Any], room: RoomView, me: Me, own: Containe
     if msgtype in FILE_TYPES:
         info: dict[str, Any] = content["info"] if isinstance(content.get("info"), dict) else {}
         name = str(content.get("filename") or body or "file")
-        attachments = (ev.Attachment(name=name, mime=str(info.get("mimetype") or "application/octet-stream"),
-                                     size=int(info.get("size") or 0), url=str(content.get("url") or "")),)
+        attachments = (
+            ev.Attachment(
+                name=name,
+                mime=str(info.get("mimetype") or "application/octet-stream"),
+                size=int(info.get("size") or 0),
+                url=str(content.get("url") or ""),
+            ),
+        )
         body = "" if body == name else body  # the body of a file message is its name unless a caption is set
     if not body and not attachments:
         return None
@@ -155,11 +172,17 @@ def inbound_message(event: dict[str, Any], room: RoomView, me: Me, own: Containe
     thread = thread_of(content)
     return ev.InboundMessage(
         route=ev.Route(channel=CHANNEL, chat_id=room.room_id, thread_id=thread),
-        message_id=str(event["event_id"]), sender=ev.Sender(id=f"{CHANNEL}:{sender}", name=sender),
-        text=("* " + body if msgtype == "m.emote" else body), sent_at=float(event.get("origin_server_ts", 0)) / 1000,
-        is_group=is_group, chat_name=room.name,
+        message_id=str(event["event_id"]),
+        sender=ev.Sender(id=f"{CHANNEL}:{sender}", name=sender),
+        text=("* " + body if msgtype == "m.emote" else body),
+        sent_at=float(event.get("origin_server_ts", 0)) / 1000,
+        is_group=is_group,
+        chat_name=room.name,
         mentioned=not is_group or mentions_me(content, body, me) or (reply_to is not None and reply_to in own),
-        reply_to=reply_to, attachments=attachments, supports_threads=True)
+        reply_to=reply_to,
+        attachments=attachments,
+        supports_threads=True,
+    )
 
 
 def since_invited(events: list[dict[str, Any]], me: str) -> list[dict[str, Any]]:
@@ -173,7 +196,7 @@ def since_invited(events: list[dict[str, Any]], me: str) -> list[dict[str, Any]]
         before = ((event.get("unsigned") or {}).get("prev_content") or {}).get("membership")
         if membership == "invite" or (membership == "join" and before not in ("join", "invite")):
             cut = i
-    return events[cut + 1:]
+    return events[cut + 1 :]
 
 
 def chosen_number(body: str, count: int) -> int | None:
@@ -196,6 +219,7 @@ def card_content(text: str, buttons: list[list[ButtonRef]]) -> tuple[str, str]:
 
 
 # --- the client-server API through matrix-nio ---------------------------------------------------------------
+
 
 class MatrixError(PlatformError):
     pass
@@ -220,12 +244,14 @@ async def call(what: str, coro: Any) -> Any:
     try:
         resp = await coro
     except (aiohttp.ClientConnectorError, aiohttp.ClientSSLError, ConnectionRefusedError) as exc:
-        raise MatrixError(f"{what}: cannot reach the homeserver ({type(exc).__name__})", "transient",
-                          connection=True) from None
+        raise MatrixError(
+            f"{what}: cannot reach the homeserver ({type(exc).__name__})", "transient", connection=True
+        ) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         # The request may have reached the homeserver; transaction ids make a repeat of a send harmless.
-        raise MatrixError(f"{what}: the homeserver's answer was lost ({type(exc).__name__})", "unknown",
-                          connection=True) from None
+        raise MatrixError(
+            f"{what}: the homeserver's answer was lost ({type(exc).__name__})", "unknown", connection=True
+        ) from None
     if isinstance(resp, tuple):  # upload answers (response, decryption keys)
         resp = resp[0]
     if isinstance(resp, ErrorResponse):
@@ -235,8 +261,7 @@ async def call(what: str, coro: Any) -> Any:
 
 def new_client(homeserver: str, me: Me | None, token: str, device_id: str) -> AsyncClient:
     # The shared retry policy decides about 429s and timeouts, so nio's own retries are off.
-    config = AsyncClientConfig(max_limit_exceeded=0, max_timeouts=0, store_sync_tokens=False,
-                               encryption_enabled=False)
+    config = AsyncClientConfig(max_limit_exceeded=0, max_timeouts=0, store_sync_tokens=False, encryption_enabled=False)
     client = AsyncClient(homeserver, user=me.user_id if me else "", device_id=device_id, config=config)
     client.access_token = token
     if me is not None:
@@ -257,8 +282,9 @@ def parse_credential(secret: str) -> Credential:
             data = json.loads(secret)
             cred = Credential(str(data["access_token"]), str(data.get("device_id") or ""))
         except (ValueError, KeyError, TypeError):
-            raise BridgeConfigError("keys/matrix is not the JSON `clawden channels login matrix` writes; "
-                                    "run it again") from None
+            raise BridgeConfigError(
+                "keys/matrix is not the JSON `clawden channels login matrix` writes; run it again"
+            ) from None
     else:
         cred = Credential(secret, "")
     redact(cred.access_token)
@@ -266,6 +292,7 @@ def parse_credential(secret: str) -> Credential:
 
 
 # --- the bridge -----------------------------------------------------------------------------------------
+
 
 class MatrixBridge(Bridge):
     name = CHANNEL
@@ -296,8 +323,10 @@ class MatrixBridge(Bridge):
             who = await call("whoami", self.api.whoami())
         except MatrixError as exc:
             if "M_UNKNOWN_TOKEN" in exc.description or exc.code == 401:
-                raise BridgeConfigError(f"the homeserver no longer accepts the access token ({exc.description}); "
-                                        "run `clawden channels login matrix` again") from None
+                raise BridgeConfigError(
+                    f"the homeserver no longer accepts the access token ({exc.description}); "
+                    "run `clawden channels login matrix` again"
+                ) from None
             raise
         try:
             name = str(getattr(await call("profile", self.api.get_displayname(who.user_id)), "displayname", "") or "")
@@ -317,8 +346,11 @@ class MatrixBridge(Bridge):
         try:
             config = await call("media config", self.api.content_repository_config())
         except MatrixError as exc:
-            log.info("matrix: the homeserver did not say its upload limit (%s); keeping %d bytes", exc.description,
-                     self.capabilities.max_file_bytes)
+            log.info(
+                "matrix: the homeserver did not say its upload limit (%s); keeping %d bytes",
+                exc.description,
+                self.capabilities.max_file_bytes,
+            )
             return
         size = getattr(config, "upload_size", None)
         if isinstance(size, int) and size > 0:
@@ -333,21 +365,31 @@ class MatrixBridge(Bridge):
         saved = await inbound.state.cursor(CURSOR)
         since = saved[0] if saved else None
         first = True
-        sync_filter = {"room": {"timeline": {"limit": TIMELINE_LIMIT}, "state": {"lazy_load_members": False}},
-                       "presence": {"not_types": ["*"]}, "account_data": {"not_types": ["*"]}}
+        sync_filter = {
+            "room": {"timeline": {"limit": TIMELINE_LIMIT}, "state": {"lazy_load_members": False}},
+            "presence": {"not_types": ["*"]},
+            "account_data": {"not_types": ["*"]},
+        }
         failures = 0
         while True:
             try:
                 # full_state on the first sync of a run: the room list and members nio keeps start empty.
-                resp = await call("sync", self.poller.sync(
-                    timeout=0 if first else int(self.sync_timeout * 1000), sync_filter=sync_filter, since=since,
-                    full_state=first or None))
+                resp = await call(
+                    "sync",
+                    self.poller.sync(
+                        timeout=0 if first else int(self.sync_timeout * 1000),
+                        sync_filter=sync_filter,
+                        since=since,
+                        full_state=first or None,
+                    ),
+                )
             except MatrixError as exc:
                 failures += 1
                 delay = exc.retry_after if exc.retry_after is not None else min(30.0, 0.5 * 2 ** min(failures, 6))
                 if failures in (1, 10) or failures % 100 == 0:
-                    log.warning("matrix sync failed (%s), %d in a row; retrying in %.1fs", exc.description, failures,
-                                delay)
+                    log.warning(
+                        "matrix sync failed (%s), %d in a row; retrying in %.1fs", exc.description, failures, delay
+                    )
                 await inbound.pause(delay)
                 continue
             inbound.alive()
@@ -405,8 +447,11 @@ class MatrixBridge(Bridge):
             older = [e.source for e in reversed(page.chunk)] + older
             token = page.end if page.chunk and page.end and page.end != token else None
             inbound.alive()
-        log.info("matrix: room %s had more new events than one sync carries; read %d back from /messages", room_id,
-                 len(older))
+        log.info(
+            "matrix: room %s had more new events than one sync carries; read %d back from /messages",
+            room_id,
+            len(older),
+        )
         return older
 
     def _view(self, room_id: str) -> RoomView:
@@ -460,8 +505,9 @@ class MatrixBridge(Bridge):
         index = chosen_number(text, len(card[1]))
         if index is None:
             return False
-        await inbound.click(event.route, f"{token}:{index}", action_id=event.message_id, sender=event.sender,
-                            message_id=target)
+        await inbound.click(
+            event.route, f"{token}:{index}", action_id=event.message_id, sender=event.sender, message_id=target
+        )
         return True
 
     async def _reaction(self, source: dict[str, Any], room: RoomView, inbound: Inbound) -> None:
@@ -475,9 +521,13 @@ class MatrixBridge(Bridge):
         if token is None or number is None:
             return
         sender = str(source["sender"])
-        await inbound.click(ev.Route(channel=CHANNEL, chat_id=room.room_id), f"{token}:{number - 1}",
-                            action_id=str(source["event_id"]), sender=ev.Sender(id=f"{CHANNEL}:{sender}", name=sender),
-                            message_id=target)
+        await inbound.click(
+            ev.Route(channel=CHANNEL, chat_id=room.room_id),
+            f"{token}:{number - 1}",
+            action_id=str(source["event_id"]),
+            sender=ev.Sender(id=f"{CHANNEL}:{sender}", name=sender),
+            message_id=target,
+        )
 
     async def _card_token(self, event_id: str, inbound: Inbound) -> str | None:
         """The button token of the card the bot posted as `event_id` (its sent-log knows the outbound message)."""
@@ -488,12 +538,19 @@ class MatrixBridge(Bridge):
         """One clear message per encrypted room, not silence."""
         if await inbound.state.cursor(f"e2ee:{room_id}") is not None:
             return
-        log.warning("matrix room %s is end-to-end encrypted, which the bridge does not support; saying so there",
-                    room_id)
+        log.warning(
+            "matrix room %s is end-to-end encrypted, which the bridge does not support; saying so there", room_id
+        )
         try:
-            await call("send", self.api.room_send(room_id, "m.room.message", {"msgtype": "m.notice",
-                                                                               "body": E2EE_NOTICE},
-                                                  tx_id=txn_id(f"e2ee:{room_id}")))
+            await call(
+                "send",
+                self.api.room_send(
+                    room_id,
+                    "m.room.message",
+                    {"msgtype": "m.notice", "body": E2EE_NOTICE},
+                    tx_id=txn_id(f"e2ee:{room_id}"),
+                ),
+            )
         except MatrixError as exc:
             log.warning("could not tell room %s that encryption is unsupported: %s", room_id, exc.description)
             return
@@ -536,8 +593,10 @@ class MatrixBridge(Bridge):
         for attachment in event.attachments:
             path: Path | None = None
             if attachment.size > self.capabilities.max_download_bytes:
-                notes.append(f"[{attachment.name} was too large to fetch: over "
-                             f"{self.capabilities.max_download_bytes // (1024 * 1024)} MB]")
+                notes.append(
+                    f"[{attachment.name} was too large to fetch: over "
+                    f"{self.capabilities.max_download_bytes // (1024 * 1024)} MB]"
+                )
             elif attachment.url.startswith("mxc://"):
                 path = await self._download(attachment, event, inbound)
             attachments.append(msgspec.structs.replace(attachment, url=path.as_uri() if path else ""))
@@ -579,8 +638,12 @@ class MatrixBridge(Bridge):
         saved = await state.cursor(f"dm:{route.chat_id}")
         if saved is not None:
             return saved[0]
-        resp = await call("create a direct room", self.api.room_create(
-            is_direct=True, invite=[route.chat_id], preset=RoomPreset.trusted_private_chat, federate=True))
+        resp = await call(
+            "create a direct room",
+            self.api.room_create(
+                is_direct=True, invite=[route.chat_id], preset=RoomPreset.trusted_private_chat, federate=True
+            ),
+        )
         room_id = str(resp.room_id)
         await state.set_cursor(f"dm:{route.chat_id}", room_id)
         log.info("matrix: made direct room %s with %s", room_id, route.chat_id)
@@ -593,15 +656,21 @@ class MatrixBridge(Bridge):
 
     def _relates(self, route: ev.Route, reply_to: str | None) -> dict[str, Any]:
         if route.thread_id:
-            return {"m.relates_to": {"rel_type": "m.thread", "event_id": route.thread_id,
-                                     "is_falling_back": reply_to is None,
-                                     "m.in_reply_to": {"event_id": reply_to or route.thread_id}}}
+            return {
+                "m.relates_to": {
+                    "rel_type": "m.thread",
+                    "event_id": route.thread_id,
+                    "is_falling_back": reply_to is None,
+                    "m.in_reply_to": {"event_id": reply_to or route.thread_id},
+                }
+            }
         if reply_to:
             return {"m.relates_to": {"m.in_reply_to": {"event_id": reply_to}}}
         return {}
 
-    async def send_text(self, route: ev.Route, text: str, *, reply_to: str | None,
-                        buttons: list[list[ButtonRef]], key: str) -> str:
+    async def send_text(
+        self, route: ev.Route, text: str, *, reply_to: str | None, buttons: list[list[ButtonRef]], key: str
+    ) -> str:
         content: dict[str, Any] = {"msgtype": "m.text", "body": text, "m.mentions": {}}
         if buttons:
             body, formatted = card_content(text, buttons)
@@ -619,11 +688,18 @@ class MatrixBridge(Bridge):
     async def send_file(self, route: ev.Route, path: Path, *, key: str) -> str:
         mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         data = await asyncio.to_thread(path.read_bytes)
-        uploaded = await call("upload", self.api.upload(lambda _got429, _timeouts: data, content_type=mime,
-                                                        filename=path.name, filesize=len(data)))
+        uploaded = await call(
+            "upload",
+            self.api.upload(lambda _got429, _timeouts: data, content_type=mime, filename=path.name, filesize=len(data)),
+        )
         msgtype = next((t for t in ("image", "audio", "video") if mime.startswith(t + "/")), "file")
-        content = {"msgtype": f"m.{msgtype}", "body": path.name, "filename": path.name,
-                   "url": uploaded.content_uri, "info": {"mimetype": mime, "size": len(data)}}
+        content = {
+            "msgtype": f"m.{msgtype}",
+            "body": path.name,
+            "filename": path.name,
+            "url": uploaded.content_uri,
+            "info": {"mimetype": mime, "size": len(data)},
+        }
         content |= self._relates(route, None)
         return await self._send(route, "m.room.message", content, key)
 
@@ -632,8 +708,13 @@ class MatrixBridge(Bridge):
         if buttons:
             body, formatted = card_content(text, buttons)
             new = {"msgtype": "m.text", "body": body, "format": "org.matrix.custom.html", "formatted_body": formatted}
-        content = {**new, "body": "* " + new["body"], "m.new_content": new, "m.mentions": {},
-                   "m.relates_to": {"rel_type": "m.replace", "event_id": target}}
+        content = {
+            **new,
+            "body": "* " + new["body"],
+            "m.new_content": new,
+            "m.mentions": {},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": target},
+        }
         content.pop("formatted_body", None)
         content.pop("format", None)
         await self._send(route, "m.room.message", content, f"edit:{target}:{hashlib.sha256(text.encode()).hexdigest()}")
@@ -648,8 +729,12 @@ class MatrixBridge(Bridge):
 
     async def reconnect(self) -> None:
         old = self.poller
-        self.poller = new_client(self.homeserver, self.me, self.credential.access_token,
-                                 self.me.device_id if self.me else self.credential.device_id)
+        self.poller = new_client(
+            self.homeserver,
+            self.me,
+            self.credential.access_token,
+            self.me.device_id if self.me else self.credential.device_id,
+        )
         await old.close()
 
     async def close(self) -> None:
@@ -659,18 +744,24 @@ class MatrixBridge(Bridge):
 
 # --- the service ------------------------------------------------------------------------------------------
 
+
 def homeserver_of(settings: dict[str, str]) -> str:
     homeserver = settings.get("homeserver", "")
     if not re.match(r"^https?://[^/\s]+", homeserver):
-        raise BridgeConfigError("[channels.matrix] homeserver must be the homeserver's http(s) URL "
-                                f"(`clawden channels login matrix` sets it), not {homeserver!r}")
+        raise BridgeConfigError(
+            "[channels.matrix] homeserver must be the homeserver's http(s) URL "
+            f"(`clawden channels login matrix` sets it), not {homeserver!r}"
+        )
     return homeserver
 
 
 def bridge_from_settings(ctx: ServiceContext) -> tuple[MatrixBridge, RetryPolicy, float]:
     settings = channel_settings(ctx.config, CHANNEL)
-    bridge = MatrixBridge(homeserver_of(settings), parse_credential(read_secret(ctx.config, CHANNEL)),
-                          sync_timeout=number(CHANNEL, settings, "sync_timeout", 30.0))
+    bridge = MatrixBridge(
+        homeserver_of(settings),
+        parse_credential(read_secret(ctx.config, CHANNEL)),
+        sync_timeout=number(CHANNEL, settings, "sync_timeout", 30.0),
+    )
     policy = RetryPolicy(deadline=number(CHANNEL, settings, "send_deadline", 600.0))
     return bridge, policy, number(CHANNEL, settings, "typing_max", 120.0)
 
@@ -690,8 +781,11 @@ async def check_token(cfg: Config, environ: dict[str, str] | None = None) -> str
 async def login(homeserver: str, user: str, password: str, device_name: str = "Clawden") -> Credential:
     """Log in once with a password; only the access token and device id are kept."""
     homeserver = homeserver_of({"homeserver": homeserver})
-    client = AsyncClient(homeserver.rstrip("/"), user, config=AsyncClientConfig(max_limit_exceeded=0, max_timeouts=0,
-                                                                                encryption_enabled=False))
+    client = AsyncClient(
+        homeserver.rstrip("/"),
+        user,
+        config=AsyncClientConfig(max_limit_exceeded=0, max_timeouts=0, encryption_enabled=False),
+    )
     try:
         resp = await call("login", client.login(password=password, device_name=device_name))
     finally:
@@ -727,4 +821,3 @@ async def main(ctx: ServiceContext) -> None:
     logging.getLogger("nio").setLevel(logging.WARNING)  # nio logs every event of every sync at INFO
     bridge, policy, typing_max = bridge_from_settings(ctx)
     await serve(ctx, bridge, policy=policy, typing_horizon=typing_max)
-

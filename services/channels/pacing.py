@@ -23,8 +23,9 @@ class Pacer:
     are added to each window, so that jitter between this clock and the platform's does not tip a send
     over the limit."""
 
-    def __init__(self, chat: Limit, group: Limit | None = None, overall: Limit | None = None, *,
-                 slack: float = 0.0) -> None:
+    def __init__(
+        self, chat: Limit, group: Limit | None = None, overall: Limit | None = None, *, slack: float = 0.0
+    ) -> None:
         self.chat = chat
         self.group = group
         self.overall = overall
@@ -65,4 +66,4 @@ class Pacer:
             if not booked:
                 del self._chats[chat]
         if self.overall is not None:
-            del self._all[:bisect.bisect_left(self._all, now - self.overall.per - self.slack)]
+            del self._all[: bisect.bisect_left(self._all, now - self.overall.per - self.slack)]

@@ -17,8 +17,9 @@ Kind = Literal["rate_limited", "transient", "permanent", "unknown"]
 class PlatformError(Exception):
     """A platform call that failed, classified for the retry policy. The message is for people."""
 
-    def __init__(self, description: str, kind: Kind, *, code: int = 0, retry_after: float | None = None,
-                 connection: bool = False) -> None:
+    def __init__(
+        self, description: str, kind: Kind, *, code: int = 0, retry_after: float | None = None, connection: bool = False
+    ) -> None:
         super().__init__(description)
         self.description = description
         self.kind: Kind = kind
@@ -50,7 +51,7 @@ class RetryPolicy:
         if retry_after is not None and retry_after >= 0:
             # The platform's word wins; a little extra keeps us from landing on the boundary.
             return retry_after + 0.1 * (random.random() if jitter is None else jitter)
-        base = min(self.ceiling, self.first * self.factor ** attempt)
+        base = min(self.ceiling, self.first * self.factor**attempt)
         # Full jitter within the upper half: many bridges restarting together do not stampede.
         return base * (0.5 + 0.5 * (random.random() if jitter is None else jitter))
 

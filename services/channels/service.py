@@ -26,8 +26,10 @@ OUTBOUND_EVENTS = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | e
 
 # --- the process --------------------------------------------------------------------------------------
 
-async def serve(ctx: ServiceContext, bridge: Bridge, *, policy: RetryPolicy | None = None,
-                typing_horizon: float = 120.0) -> None:
+
+async def serve(
+    ctx: ServiceContext, bridge: Bridge, *, policy: RetryPolicy | None = None, typing_horizon: float = 120.0
+) -> None:
     """Run a bridge: check it can start, take outbound work, listen, until the service stops."""
     # Request lines carry tokens in their URLs (Telegram's do); client libraries log them at INFO.
     for noisy in ("httpx", "httpcore"):
@@ -41,9 +43,17 @@ async def serve(ctx: ServiceContext, bridge: Bridge, *, policy: RetryPolicy | No
         await bridge.start()  # a BridgeConfigError stops the service with EX_CONFIG (runtime)
         await state.prune()
         inbound = Inbound(ctx.js, name, state, ctx.config.data_dir / "channels" / name / "files", stats)
-        delivery = Delivery(bridge, state, ctx.js, stats, typing, stopping=ctx.stopping,
-                            policy=policy or RetryPolicy(), typing_horizon=typing_horizon,
-                            file_roots=(ctx.config.sessions_dir,))
+        delivery = Delivery(
+            bridge,
+            state,
+            ctx.js,
+            stats,
+            typing,
+            stopping=ctx.stopping,
+            policy=policy or RetryPolicy(),
+            typing_horizon=typing_horizon,
+            file_roots=(ctx.config.sessions_dir,),
+        )
         # One at a time per lane: with a single message in flight (see bridge_outbound) a larger pull only waits.
         lanes = [await bind(ctx.js, lane, batch=1) for lane in bridge_lanes(name)]
         await ctx.endpoint("capabilities", lambda _data: _capabilities(bridge))
@@ -52,8 +62,13 @@ async def serve(ctx: ServiceContext, bridge: Bridge, *, policy: RetryPolicy | No
         ctx.stats["outbound"] = consume_stats
 
         async def take(puller: Puller) -> None:
-            await consume(puller, OUTBOUND_EVENTS, delivery.handle,  # type: ignore[arg-type]
-                          stopping=ctx.stopping, stats=consume_stats)
+            await consume(
+                puller,
+                OUTBOUND_EVENTS,  # type: ignore[arg-type]  # a union is no type[E]
+                delivery.handle,
+                stopping=ctx.stopping,
+                stats=consume_stats,
+            )
 
         async with asyncio.TaskGroup() as tg:
             for puller in lanes:
@@ -89,8 +104,9 @@ async def _listen_forever(bridge: Bridge, inbound: Inbound, stopping: asyncio.Ev
             return
         if deaf in done and listener not in done:
             stats.reconnects += 1
-            log.warning("%s: the listener showed no sign of life for %.0fs; reconnecting", bridge.name,
-                        bridge.deaf_after)
+            log.warning(
+                "%s: the listener showed no sign of life for %.0fs; reconnecting", bridge.name, bridge.deaf_after
+            )
             with contextlib.suppress(Exception):
                 await bridge.reconnect()
             continue

@@ -53,19 +53,46 @@ CHANNEL_LIMIT = Limit(1, 1.0)
 SEEN_KEPT = 5000  # event ids kept in memory to drop a redelivered envelope
 # Unicode emoji the agent uses, by the names reactions.add takes (api.slack.com/methods/reactions.add: `name`).
 EMOJI_NAMES = {
-    "👍": "+1", "👎": "-1", "❤": "heart", "❤️": "heart", "🔥": "fire", "🎉": "tada", "👀": "eyes",
-    "✅": "white_check_mark", "❌": "x", "🙏": "pray", "👏": "clap", "😂": "joy", "😁": "grin",
-    "🤔": "thinking_face", "💯": "100",
-    "⚡": "zap", "🚀": "rocket", "👌": "ok_hand", "😢": "cry", "😍": "heart_eyes", "🙂": "slightly_smiling_face",
-    "⏳": "hourglass_flowing_sand", "✍": "writing_hand", "🤝": "handshake", "😎": "sunglasses",
+    "👍": "+1",
+    "👎": "-1",
+    "❤": "heart",
+    "❤️": "heart",
+    "🔥": "fire",
+    "🎉": "tada",
+    "👀": "eyes",
+    "✅": "white_check_mark",
+    "❌": "x",
+    "🙏": "pray",
+    "👏": "clap",
+    "😂": "joy",
+    "😁": "grin",
+    "🤔": "thinking_face",
+    "💯": "100",
+    "⚡": "zap",
+    "🚀": "rocket",
+    "👌": "ok_hand",
+    "😢": "cry",
+    "😍": "heart_eyes",
+    "🙂": "slightly_smiling_face",
+    "⏳": "hourglass_flowing_sand",
+    "✍": "writing_hand",
+    "🤝": "handshake",
+    "😎": "sunglasses",
 }
 
 CAPABILITIES = Capabilities(
-    max_text=MAX_TEXT, measure=lambda text: measure(text), threads=True, edits=True, reactions=True, files=True,
-    cards=True, typing=False,
+    max_text=MAX_TEXT,
+    measure=lambda text: measure(text),
+    threads=True,
+    edits=True,
+    reactions=True,
+    files=True,
+    cards=True,
+    typing=False,
     # files.getUploadURLExternal takes up to 1 GB; a home server's agents send far less, and the whole file
     # is read into memory, so the bridge keeps to 100 MB both ways.
-    max_file_bytes=100 * 1024 * 1024, max_download_bytes=100 * 1024 * 1024,
+    max_file_bytes=100 * 1024 * 1024,
+    max_download_bytes=100 * 1024 * 1024,
     # chat.postMessage has no idempotency key: a send whose answer was lost is sent once more (a duplicate is
     # the lesser harm than a lost answer), then reported unconfirmed.
     ambiguous_resends=1,
@@ -73,6 +100,7 @@ CAPABILITIES = Capabilities(
 
 
 # --- the pure part: text, cards, Slack events -> Clawden events --------------------------------------------
+
 
 def escape(text: str) -> str:
     """Slack's three control characters (api.slack.com/reference/surfaces/formatting#escaping)."""
@@ -102,13 +130,17 @@ def card_blocks(text: str, buttons: list[list[ButtonRef]]) -> list[dict[str, Any
     """A card: a section with its text, then one actions block per row of buttons (value: the button data)."""
     body = escape(text)
     if len(body) > SECTION_TEXT:
-        body = body[:SECTION_TEXT - 1] + "…"
+        body = body[: SECTION_TEXT - 1] + "…"
     blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": body or " "}}]
     for r, row in enumerate(buttons):
         elements = []
         for i, button in enumerate(row):
-            element: dict[str, Any] = {"type": "button", "action_id": f"b{r}-{i}", "value": button.data,
-                                       "text": {"type": "plain_text", "text": button.label[:BUTTON_TEXT] or "?"}}
+            element: dict[str, Any] = {
+                "type": "button",
+                "action_id": f"b{r}-{i}",
+                "value": button.data,
+                "text": {"type": "plain_text", "text": button.label[:BUTTON_TEXT] or "?"},
+            }
             if button.style in ("primary", "danger"):
                 element["style"] = button.style
             elements.append(element)
@@ -144,32 +176,55 @@ def inbound_message(event: dict[str, Any], me: Me, own_threads: Container[str]) 
     thread_ts = event.get("thread_ts")
     thread = str(thread_ts) if thread_ts and thread_ts != ts else None
     direct = event.get("channel_type") == "im" or channel.startswith("D")
-    mentioned = (direct or event.get("type") == "app_mention" or f"<@{me.user_id}" in raw
-                 or (thread is not None and message_id(channel, thread) in own_threads))
+    mentioned = (
+        direct
+        or event.get("type") == "app_mention"
+        or f"<@{me.user_id}" in raw
+        or (thread is not None and message_id(channel, thread) in own_threads)
+    )
     attachments = tuple(
-        ev.Attachment(name=str(f.get("name") or "file"), mime=str(f.get("mimetype") or "application/octet-stream"),
-                      size=int(f.get("size") or 0),
-                      url=str(f.get("url_private_download") or f.get("url_private") or ""))
-        for f in event.get("files") or [] if isinstance(f, dict))
+        ev.Attachment(
+            name=str(f.get("name") or "file"),
+            mime=str(f.get("mimetype") or "application/octet-stream"),
+            size=int(f.get("size") or 0),
+            url=str(f.get("url_private_download") or f.get("url_private") or ""),
+        )
+        for f in event.get("files") or []
+        if isinstance(f, dict)
+    )
     if not text and not attachments:
         return None
     user = str(event["user"])
     return ev.InboundMessage(
         route=ev.Route(channel=CHANNEL, chat_id=channel, thread_id=thread),
-        message_id=message_id(channel, ts), sender=ev.Sender(id=f"{CHANNEL}:{user}", name=user),
-        text=text, sent_at=float(ts), is_group=not direct, mentioned=mentioned,
-        reply_to=message_id(channel, thread) if thread else None, attachments=attachments, supports_threads=True)
+        message_id=message_id(channel, ts),
+        sender=ev.Sender(id=f"{CHANNEL}:{user}", name=user),
+        text=text,
+        sent_at=float(ts),
+        is_group=not direct,
+        mentioned=mentioned,
+        reply_to=message_id(channel, thread) if thread else None,
+        attachments=attachments,
+        supports_threads=True,
+    )
 
 
 # --- the Web API through slack-sdk ---------------------------------------------------------------------
+
 
 class SlackError(PlatformError):
     pass
 
 
 # Errors an operator fixes (a token, a scope): retried until the deadline, like a 5xx, so nothing is lost.
-FIXABLE = {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "missing_scope",
-           "team_access_not_granted"}
+FIXABLE = {
+    "invalid_auth",
+    "not_authed",
+    "account_inactive",
+    "token_revoked",
+    "missing_scope",
+    "team_access_not_granted",
+}
 
 
 def classify(exc: SlackApiError, method: str) -> SlackError:
@@ -181,8 +236,11 @@ def classify(exc: SlackApiError, method: str) -> SlackError:
         header = exc.response.headers.get("Retry-After") if exc.response.headers else None
         retry = float(header) if header and str(header).isdigit() else None
         return SlackError(text, "rate_limited", code=429, retry_after=retry)
-    if status >= 500 or status == 0 or code in ("internal_error", "fatal_error", "service_unavailable",
-                                                "request_timeout"):
+    if (
+        status >= 500
+        or status == 0
+        or code in ("internal_error", "fatal_error", "service_unavailable", "request_timeout")
+    ):
         return SlackError(text, "transient", code=status)
     if code in FIXABLE:
         return SlackError(text, "transient", code=401)
@@ -200,13 +258,15 @@ class WebApi:
         self.client = AsyncWebClient(token=token, base_url=api_url, session=session, retry_handlers=[], timeout=30)
         self.held: dict[tuple[str, str], float] = {}
 
-    async def call(self, method: str, *, json: dict[str, Any] | None = None, form: dict[str, Any] | None = None,
-                   channel: str = "") -> dict[str, Any]:
+    async def call(
+        self, method: str, *, json: dict[str, Any] | None = None, form: dict[str, Any] | None = None, channel: str = ""
+    ) -> dict[str, Any]:
         hold = (method, channel if method in self.PER_CHANNEL else "")
         left = self.held.get(hold, 0.0) - time.monotonic()
         if left > 0:
-            raise SlackError(f"{method}: ratelimited (held {left:.1f}s more)", "rate_limited", code=429,
-                             retry_after=left)
+            raise SlackError(
+                f"{method}: ratelimited (held {left:.1f}s more)", "rate_limited", code=429, retry_after=left
+            )
         try:
             resp = await self.client.api_call(method, json=json, data=form)
         except SlackApiError as exc:
@@ -215,11 +275,13 @@ class WebApi:
                 self.held[hold] = time.monotonic() + (error.retry_after or 1.0)
             raise error from None
         except (aiohttp.ClientConnectorError, aiohttp.ClientSSLError, ConnectionRefusedError) as exc:
-            raise SlackError(f"{method}: cannot reach Slack ({type(exc).__name__})", "transient",
-                             connection=True) from None
+            raise SlackError(
+                f"{method}: cannot reach Slack ({type(exc).__name__})", "transient", connection=True
+            ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SlackError(f"{method}: Slack's answer was lost ({type(exc).__name__})", "unknown",
-                             connection=True) from None
+            raise SlackError(
+                f"{method}: Slack's answer was lost ({type(exc).__name__})", "unknown", connection=True
+            ) from None
         data = resp.data
         assert isinstance(data, dict)
         return data
@@ -236,14 +298,17 @@ def parse_tokens(secret: str) -> Tokens:
     bot = next((w for w in words if w.startswith("xoxb-")), "")
     app = next((w for w in words if w.startswith("xapp-")), "")
     if not bot or not app:
-        raise BridgeConfigError("the Slack credential needs both the bot token (xoxb-…) and the app-level token "
-                                "(xapp-…), separated by a space or a new line")
+        raise BridgeConfigError(
+            "the Slack credential needs both the bot token (xoxb-…) and the app-level token "
+            "(xapp-…), separated by a space or a new line"
+        )
     redact(bot)
     redact(app)
     return Tokens(bot, app)
 
 
 # --- the bridge -----------------------------------------------------------------------------------------
+
 
 class SlackBridge(Bridge):
     name = CHANNEL
@@ -389,8 +454,7 @@ class SlackBridge(Bridge):
         if message is None:
             return
         if message.attachments:
-            message = await inbound.fetch_attachments(message, self.capabilities.max_download_bytes,
-                                                      self._get_file)
+            message = await inbound.fetch_attachments(message, self.capabilities.max_download_bytes, self._get_file)
         await inbound.publish(message)
 
     async def _actions(self, payload: dict[str, Any], inbound: Inbound) -> None:
@@ -407,10 +471,15 @@ class SlackBridge(Bridge):
             key = f"{channel}:{ts}:{action.get('action_ts')}:{user.get('id')}"
             if key in self.seen:
                 continue
-            pressed = await inbound.click(route, str(action.get("value") or ""), action_id=key,
-                                          sender=ev.Sender(id=f"{CHANNEL}:{user.get('id')}",
-                                                           name=str(user.get("username") or user.get("name") or "")),
-                                          message_id=message_id(channel, ts))
+            pressed = await inbound.click(
+                route,
+                str(action.get("value") or ""),
+                action_id=key,
+                sender=ev.Sender(
+                    id=f"{CHANNEL}:{user.get('id')}", name=str(user.get("username") or user.get("name") or "")
+                ),
+                message_id=message_id(channel, ts),
+            )
             self._handled(key)
             if not pressed:
                 log.info("slack: a press on an expired card in %s", channel)
@@ -420,11 +489,13 @@ class SlackBridge(Bridge):
         self._apis()
         assert self.session is not None
         try:
-            async with self.session.get(attachment.url, headers={"Authorization": f"Bearer {self.tokens.bot}"},
-                                        allow_redirects=True) as resp:
+            async with self.session.get(
+                attachment.url, headers={"Authorization": f"Bearer {self.tokens.bot}"}, allow_redirects=True
+            ) as resp:
                 if resp.status >= 400 or resp.content_type == "text/html":  # a login page: no access
-                    raise SlackError(f"download: HTTP {resp.status}", "transient" if resp.status >= 500
-                                     else "permanent")
+                    raise SlackError(
+                        f"download: HTTP {resp.status}", "transient" if resp.status >= 500 else "permanent"
+                    )
                 return await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SlackError(f"download: {exc!r}", "transient") from exc
@@ -448,8 +519,9 @@ class SlackBridge(Bridge):
         now = time.monotonic()
         return self.pacer.reserve(route.chat_id, group=False, now=now) - now
 
-    async def send_text(self, route: ev.Route, text: str, *, reply_to: str | None,
-                        buttons: list[list[ButtonRef]], key: str) -> str:
+    async def send_text(
+        self, route: ev.Route, text: str, *, reply_to: str | None, buttons: list[list[ButtonRef]], key: str
+    ) -> str:
         channel = await self._channel(route)
         body: dict[str, Any] = {"channel": channel, "text": escape(text), "unfurl_links": False}
         if buttons:
@@ -470,12 +542,17 @@ class SlackBridge(Bridge):
         try:
             async with self.session.post(str(got["upload_url"]), data=data) as resp:
                 if resp.status >= 400:
-                    raise SlackError(f"file upload: HTTP {resp.status}",
-                                     "transient" if resp.status >= 500 else "permanent", code=resp.status)
+                    raise SlackError(
+                        f"file upload: HTTP {resp.status}",
+                        "transient" if resp.status >= 500 else "permanent",
+                        code=resp.status,
+                    )
         except aiohttp.ClientError as exc:
             raise SlackError(f"file upload: {type(exc).__name__}", "transient", connection=True) from None
-        form: dict[str, Any] = {"files": msgspec.json.encode([{"id": got["file_id"], "title": path.name}]).decode(),
-                                "channel_id": channel}
+        form: dict[str, Any] = {
+            "files": msgspec.json.encode([{"id": got["file_id"], "title": path.name}]).decode(),
+            "channel_id": channel,
+        }
         if route.thread_id:
             form["thread_ts"] = route.thread_id.rpartition(":")[2]
         done = await self.bot.call("files.completeUploadExternal", form=form)
@@ -484,8 +561,12 @@ class SlackBridge(Bridge):
     async def edit(self, route: ev.Route, target: str, text: str, buttons: list[list[ButtonRef]]) -> None:
         channel, ts = split_id(target)
         # blocks=[] takes a decided card's buttons away, so no one can press them again.
-        body = {"channel": channel, "ts": ts, "text": escape(text),
-                "blocks": card_blocks(text, buttons) if buttons else []}
+        body = {
+            "channel": channel,
+            "ts": ts,
+            "text": escape(text),
+            "blocks": card_blocks(text, buttons) if buttons else [],
+        }
         await self.bot.call("chat.update", json=body, channel=channel)
 
     async def delete(self, route: ev.Route, target: str) -> None:
@@ -518,6 +599,7 @@ class SlackBridge(Bridge):
 
 # --- the service ------------------------------------------------------------------------------------------
 
+
 def api_url_of(settings: dict[str, str]) -> str:
     url = settings.get("api_url", DEFAULT_API_URL)
     if not re.match(r"^https?://[^/\s]+", url):
@@ -549,4 +631,3 @@ async def main(ctx: ServiceContext) -> None:
     logging.getLogger("slack_sdk").setLevel(logging.WARNING)
     bridge, policy = bridge_from_settings(ctx)
     await serve(ctx, bridge, policy=policy)
-

@@ -34,7 +34,7 @@ def split_text(text: str, limit: int, measure: Measure = len) -> list[str]:
         if part.strip():
             parts.append(part)
         # Leading spaces stay (an indented line keeps its indent); blank lines between parts go.
-        rest = rest[cut + skip:].lstrip("\n")
+        rest = rest[cut + skip :].lstrip("\n")
     return parts
 
 

@@ -45,10 +45,13 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0001_bridge_state", SCHEMA),
     # What each part of a message is, so an edit of a split message changes its text parts, never its files:
     # '' for a part logged before this was kept (its edits aim at the one message they name).
-    ("0002_send_kinds", """
+    (
+        "0002_send_kinds",
+        """
         ALTER TABLE sends ADD COLUMN kind TEXT NOT NULL DEFAULT '' CHECK (kind IN ('', 'text', 'file'));
         CREATE INDEX sends_by_platform_id ON sends (platform_id) WHERE platform_id != '';
-    """),
+    """,
+    ),
 ]
 
 SendState = Literal["sending", "sent", "failed", "unconfirmed"]
@@ -98,8 +101,9 @@ class BridgeState:
     async def forget_cursors(self, prefix: str, before: float) -> int:
         """Drop the cursors named `<prefix>…` last set before `before` (a bridge's per-message or per-person
         records, kept as cursors); how many went."""
-        cur = await self.db.execute("DELETE FROM cursor WHERE substr(name, 1, ?) = ? AND updated_at < ?",
-                                    (len(prefix), prefix, before))
+        cur = await self.db.execute(
+            "DELETE FROM cursor WHERE substr(name, 1, ?) = ? AND updated_at < ?", (len(prefix), prefix, before)
+        )
         await self.db.commit()
         return int(cur.rowcount or 0)
 
@@ -107,7 +111,8 @@ class BridgeState:
 
     async def sends(self, outbound_id: str) -> dict[int, Send]:
         cur = await self.db.execute(
-            "SELECT part, state, platform_id, error, kind FROM sends WHERE outbound_id = ?", (outbound_id,))
+            "SELECT part, state, platform_id, error, kind FROM sends WHERE outbound_id = ?", (outbound_id,)
+        )
         return {int(r[0]): Send(int(r[0]), r[1], str(r[2]), str(r[3]), r[4]) async for r in cur}
 
     async def message_of(self, platform_id: str) -> tuple[str, dict[int, Send]] | None:
@@ -116,21 +121,24 @@ class BridgeState:
         row = await cur.fetchone()
         return (str(row[0]), await self.sends(str(row[0]))) if row else None
 
-    async def mark(self, outbound_id: str, part: int, state: SendState, platform_id: str = "",
-                   error: str = "", kind: PartKind = "") -> None:
+    async def mark(
+        self, outbound_id: str, part: int, state: SendState, platform_id: str = "", error: str = "", kind: PartKind = ""
+    ) -> None:
         """`kind` "" keeps what the row says already."""
         await self.db.execute(
             "INSERT INTO sends (outbound_id, part, state, platform_id, error, updated_at, kind)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (outbound_id, part) DO UPDATE SET state = excluded.state,"
             " platform_id = excluded.platform_id, error = excluded.error, updated_at = excluded.updated_at,"
             " kind = iif(excluded.kind = '', kind, excluded.kind)",
-            (outbound_id, part, state, platform_id, error, time.time(), kind))
+            (outbound_id, part, state, platform_id, error, time.time(), kind),
+        )
         await self.db.commit()
 
     async def removed(self, platform_id: str) -> None:
         """An edit took this part away (or emptied it): later edits of its message leave it be."""
-        await self.db.execute("UPDATE sends SET platform_id = '', updated_at = ? WHERE platform_id = ?",
-                              (time.time(), platform_id))
+        await self.db.execute(
+            "UPDATE sends SET platform_id = '', updated_at = ? WHERE platform_id = ?", (time.time(), platform_id)
+        )
         await self.db.commit()
 
     async def unmark(self, outbound_id: str, part: int) -> None:
@@ -141,8 +149,9 @@ class BridgeState:
     # --- card buttons --------------------------------------------------------------------------
 
     async def remember_card(self, token: str, card_id: str, button_ids: list[str]) -> None:
-        await self.db.execute("INSERT OR IGNORE INTO cards VALUES (?, ?, ?, ?)",
-                              (token, card_id, json.dumps(button_ids), time.time()))
+        await self.db.execute(
+            "INSERT OR IGNORE INTO cards VALUES (?, ?, ?, ?)", (token, card_id, json.dumps(button_ids), time.time())
+        )
         await self.db.commit()
 
     async def card(self, token: str) -> tuple[str, list[str]] | None:

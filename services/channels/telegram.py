@@ -62,9 +62,17 @@ class TooLarge(Exception):
 
 
 CAPABILITIES = Capabilities(
-    max_text=4096, measure=utf16_len, threads=True, edits=True, reactions=True, files=True, cards=True,
-    typing=True, typing_interval=4.0,  # "typing" shows for 5 s or until the bot posts
-    max_file_bytes=50 * 1024 * 1024, max_download_bytes=20 * 1024 * 1024,  # Bot API upload/getFile caps
+    max_text=4096,
+    measure=utf16_len,
+    threads=True,
+    edits=True,
+    reactions=True,
+    files=True,
+    cards=True,
+    typing=True,
+    typing_interval=4.0,  # "typing" shows for 5 s or until the bot posts
+    max_file_bytes=50 * 1024 * 1024,
+    max_download_bytes=20 * 1024 * 1024,  # Bot API upload/getFile caps
     # A send whose connection dropped after the request went out is sent once more. Telegram has no
     # idempotency key and no way for a bot to list what it posted, so the bridge cannot tell "posted,
     # answer lost" from "never arrived" (the common case: a keep-alive connection the server had already
@@ -75,6 +83,7 @@ CAPABILITIES = Capabilities(
 
 
 # --- the pure part: Telegram objects -> Clawden events --------------------------------------------------
+
 
 @dataclass(frozen=True)
 class BotIdentity:
@@ -94,15 +103,21 @@ def group_reach(bot: BotIdentity) -> GroupReach:
     """What reaches the bot in a group under its privacy mode, and how to change it, in a person's words."""
     name = f"@{bot.username}"
     if bot.reads_all_groups:
-        return GroupReach("all", f"privacy mode off: in groups {name} gets every message (a wiring in mention "
-                                 f"mode still answers only @mentions, /{ASK}@{bot.username} and replies to it); "
-                                 f"a group it joined while privacy mode was on keeps that mode until the bot is "
-                                 f"removed from it and added again")
-    return GroupReach("addressed", f"privacy mode on: in groups {name} gets only /{ASK}@{bot.username} <text> "
-                                   f"(or another /command@{bot.username}) and replies to its own messages, never "
-                                   f"an @mention; to let it read every message: @BotFather, /setprivacy, Disable, "
-                                   f"then remove the bot from each group and add it again (a group keeps the mode "
-                                   f"the bot joined it with)")
+        return GroupReach(
+            "all",
+            f"privacy mode off: in groups {name} gets every message (a wiring in mention "
+            f"mode still answers only @mentions, /{ASK}@{bot.username} and replies to it); "
+            f"a group it joined while privacy mode was on keeps that mode until the bot is "
+            f"removed from it and added again",
+        )
+    return GroupReach(
+        "addressed",
+        f"privacy mode on: in groups {name} gets only /{ASK}@{bot.username} <text> "
+        f"(or another /command@{bot.username}) and replies to its own messages, never "
+        f"an @mention; to let it read every message: @BotFather, /setprivacy, Disable, "
+        f"then remove the bot from each group and add it again (a group keeps the mode "
+        f"the bot joined it with)",
+    )
 
 
 def asked(text: str, bot: BotIdentity) -> str | None:
@@ -110,7 +125,7 @@ def asked(text: str, bot: BotIdentity) -> str | None:
     match = re.match(rf"/{ASK}(?:@([A-Za-z0-9_]+))?(?:\s+|$)", text, re.IGNORECASE)
     if match is None or (match.group(1) is not None and match.group(1).lower() != bot.username.lower()):
         return None
-    return text[match.end():]
+    return text[match.end() :]
 
 
 @dataclass(frozen=True)
@@ -132,18 +147,118 @@ def message_key(chat_id: int | str, message_id: int | str) -> str:
 
 # The only emoji a bot may react with (Bot API: ReactionTypeEmoji, core.telegram.org/bots/api#reactiontypeemoji).
 REACTIONS = (
-    "👍", "👎", "❤", "🔥", "🥰", "👏", "😁", "🤔", "🤯", "😱", "🤬", "😢", "🎉", "🤩", "🤮", "💩", "🙏", "👌", "🕊",
-    "🤡", "🥱", "🥴", "😍", "🐳", "❤\u200d🔥", "🌚", "🌭", "💯", "🤣", "⚡", "🍌", "🏆", "💔", "🤨", "😐", "🍓",
-    "🍾", "💋", "🖕", "😈", "😴", "😭", "🤓", "👻", "👨\u200d💻", "👀", "🎃", "🙈", "😇", "😨", "🤝", "✍", "🤗",
-    "🫡", "🎅", "🎄", "☃", "💅", "🤪", "🗿", "🆒", "💘", "🙉", "🦄", "😘", "💊", "🙊", "😎", "👾", "🤷\u200d♂", "🤷",
-    "🤷\u200d♀", "😡")
+    "👍",
+    "👎",
+    "❤",
+    "🔥",
+    "🥰",
+    "👏",
+    "😁",
+    "🤔",
+    "🤯",
+    "😱",
+    "🤬",
+    "😢",
+    "🎉",
+    "🤩",
+    "🤮",
+    "💩",
+    "🙏",
+    "👌",
+    "🕊",
+    "🤡",
+    "🥱",
+    "🥴",
+    "😍",
+    "🐳",
+    "❤\u200d🔥",
+    "🌚",
+    "🌭",
+    "💯",
+    "🤣",
+    "⚡",
+    "🍌",
+    "🏆",
+    "💔",
+    "🤨",
+    "😐",
+    "🍓",
+    "🍾",
+    "💋",
+    "🖕",
+    "😈",
+    "😴",
+    "😭",
+    "🤓",
+    "👻",
+    "👨\u200d💻",
+    "👀",
+    "🎃",
+    "🙈",
+    "😇",
+    "😨",
+    "🤝",
+    "✍",
+    "🤗",
+    "🫡",
+    "🎅",
+    "🎄",
+    "☃",
+    "💅",
+    "🤪",
+    "🗿",
+    "🆒",
+    "💘",
+    "🙉",
+    "🦄",
+    "😘",
+    "💊",
+    "🙊",
+    "😎",
+    "👾",
+    "🤷\u200d♂",
+    "🤷",
+    "🤷\u200d♀",
+    "😡",
+)
 _ALLOWED = frozenset(REACTIONS)
 # Common choices Telegram refuses (REACTION_INVALID), and the allowed emoji nearest in meaning.
 NEAREST = {
-    "✅": "👌", "✔": "👌", "☑": "👌", "🆗": "👌", "👋": "🤗", "🚀": "🔥", "💪": "🔥", "🙌": "👏", "🎊": "🎉",
-    "🥳": "🎉", "⭐": "🤩", "🌟": "🤩", "✨": "🤩", "😀": "😁", "😃": "😁", "😄": "😁", "😊": "😁", "🙂": "😁",
-    "😅": "😁", "😂": "🤣", "♥": "❤", "💖": "❤", "💕": "❤", "😮": "🤯", "😲": "🤯", "😯": "😱", "❌": "👎", "🙁": "😢",
-    "☹": "😢", "😔": "😢", "🤞": "🙏", "📝": "✍", "💡": "🤓", "🧐": "🤔", "😠": "😡",
+    "✅": "👌",
+    "✔": "👌",
+    "☑": "👌",
+    "🆗": "👌",
+    "👋": "🤗",
+    "🚀": "🔥",
+    "💪": "🔥",
+    "🙌": "👏",
+    "🎊": "🎉",
+    "🥳": "🎉",
+    "⭐": "🤩",
+    "🌟": "🤩",
+    "✨": "🤩",
+    "😀": "😁",
+    "😃": "😁",
+    "😄": "😁",
+    "😊": "😁",
+    "🙂": "😁",
+    "😅": "😁",
+    "😂": "🤣",
+    "♥": "❤",
+    "💖": "❤",
+    "💕": "❤",
+    "😮": "🤯",
+    "😲": "🤯",
+    "😯": "😱",
+    "❌": "👎",
+    "🙁": "😢",
+    "☹": "😢",
+    "😔": "😢",
+    "🤞": "🙏",
+    "📝": "✍",
+    "💡": "🤓",
+    "🧐": "🤔",
+    "😠": "😡",
 }
 _MODIFIERS = re.compile("[\ufe0f\U0001f3fb-\U0001f3ff]")  # the emoji presentation selector, skin tones
 
@@ -168,7 +283,7 @@ def entity_text(text: str, entity: dict[str, Any]) -> str:
     """Entity offsets count UTF-16 code units: slicing the str directly goes wrong after an emoji."""
     raw = text.encode("utf-16-le")
     start = int(entity.get("offset", 0)) * 2
-    return raw[start:start + int(entity.get("length", 0)) * 2].decode("utf-16-le", errors="replace")
+    return raw[start : start + int(entity.get("length", 0)) * 2].decode("utf-16-le", errors="replace")
 
 
 def addresses_bot(message: dict[str, Any], bot: BotIdentity) -> bool:
@@ -230,8 +345,14 @@ def files_of(message: dict[str, Any]) -> list[FileRef]:
     found: list[FileRef] = []
     if message.get("photo"):
         best = max(message["photo"], key=lambda p: (p.get("file_size", 0), p.get("width", 0)))
-        found.append(FileRef(best["file_id"], f"photo-{best.get('file_unique_id', 'x')}.jpg", "image/jpeg",
-                             int(best.get("file_size", 0))))
+        found.append(
+            FileRef(
+                best["file_id"],
+                f"photo-{best.get('file_unique_id', 'x')}.jpg",
+                "image/jpeg",
+                int(best.get("file_size", 0)),
+            )
+        )
     for kind in ("document", "audio", "voice", "video", "video_note", "animation"):
         item = message.get(kind)
         if kind == "document" and message.get("animation"):
@@ -257,9 +378,13 @@ def inbound_message(message: dict[str, Any], bot: BotIdentity) -> ev.InboundMess
     is_group = chat.get("type") in ("group", "supergroup")
     replied = real_reply(message)
     return ev.InboundMessage(
-        route=route_of(message), message_id=message_key(chat["id"], message["message_id"]),
-        sender=sender_of(message), text=text, sent_at=float(message.get("date", 0)),
-        is_group=is_group, chat_name=chat_name(chat),
+        route=route_of(message),
+        message_id=message_key(chat["id"], message["message_id"]),
+        sender=sender_of(message),
+        text=text,
+        sent_at=float(message.get("date", 0)),
+        is_group=is_group,
+        chat_name=chat_name(chat),
         mentioned=not is_group or question is not None or addresses_bot(message, bot),
         reply_to=message_key(chat["id"], replied["message_id"]) if replied else None,
         attachments=tuple(ev.Attachment(name=f.name, mime=f.mime, size=f.size) for f in files),
@@ -327,9 +452,18 @@ def chat_param(chat_id: str) -> int | str:
 
 # --- the Bot API over HTTP ------------------------------------------------------------------------------
 
+
 class TelegramError(PlatformError):
-    def __init__(self, description: str, kind: Any, *, code: int = 0, retry_after: float | None = None,
-                 migrate_to: int | None = None, connection: bool = False) -> None:
+    def __init__(
+        self,
+        description: str,
+        kind: Any,
+        *,
+        code: int = 0,
+        retry_after: float | None = None,
+        migrate_to: int | None = None,
+        connection: bool = False,
+    ) -> None:
         super().__init__(description, kind, code=code, retry_after=retry_after, connection=connection)
         self.migrate_to = migrate_to
 
@@ -345,8 +479,10 @@ class BotAPI:
         self.client = self._client()
 
     def _client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=httpx.Timeout(self.timeout, connect=10.0),
-                                 limits=httpx.Limits(max_connections=4, keepalive_expiry=30.0))
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=4, keepalive_expiry=30.0),
+        )
 
     async def reset(self) -> None:
         old, self.client = self.client, self._client()
@@ -355,8 +491,14 @@ class BotAPI:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def call(self, method: str, params: dict[str, Any] | None = None, *, timeout: float | None = None,
-                   files: dict[str, tuple[str, bytes, str]] | None = None) -> Any:
+    async def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        files: dict[str, tuple[str, bytes, str]] | None = None,
+    ) -> Any:
         url = self.methods + method
         try:
             if files:
@@ -364,17 +506,22 @@ class BotAPI:
                 response = await self.client.post(url, data=form, files=files, timeout=timeout or self.timeout)
             else:
                 response = await self.client.post(url, json=params or {}, timeout=timeout or self.timeout)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError,
-                httpx.WriteTimeout) as exc:
+        except (
+            httpx.ConnectError,
+            httpx.ConnectTimeout,
+            httpx.PoolTimeout,
+            httpx.WriteError,
+            httpx.WriteTimeout,
+        ) as exc:
             # Certainly unsent: no connection (refused, DNS, TLS), no free one, or the request was cut off
             # while being written, so Telegram never had all of it. Tried again like a 5xx.
-            raise TelegramError(f"cannot reach Telegram ({type(exc).__name__})", "transient",
-                                connection=True) from None
+            raise TelegramError(f"cannot reach Telegram ({type(exc).__name__})", "transient", connection=True) from None
         except httpx.TransportError as exc:
             # Ambiguous: the request went out and the connection dropped before the answer (ReadError,
             # RemoteProtocolError, ReadTimeout). Telegram may have posted it; see CAPABILITIES.ambiguous_resends.
-            raise TelegramError(f"Telegram's answer was lost ({type(exc).__name__})", "unknown",
-                                connection=True) from None
+            raise TelegramError(
+                f"Telegram's answer was lost ({type(exc).__name__})", "unknown", connection=True
+            ) from None
         return _result(response)
 
     async def download(self, file_path: str, dest: Path, limit: int, progress: Callable[[], None]) -> int:
@@ -382,9 +529,11 @@ class BotAPI:
         try:
             async with self.client.stream("GET", self.files + file_path) as response:
                 if response.status_code != 200:
-                    raise TelegramError(f"file download answered HTTP {response.status_code}",
-                                        "transient" if response.status_code >= 500 else "permanent",
-                                        code=response.status_code)
+                    raise TelegramError(
+                        f"file download answered HTTP {response.status_code}",
+                        "transient" if response.status_code >= 500 else "permanent",
+                        code=response.status_code,
+                    )
                 size = 0
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 partial = dest.with_name(dest.name + ".part")
@@ -421,18 +570,27 @@ def _result(response: httpx.Response) -> Any:
     # 401/404 mean the token (or api_url) is wrong, not the message: an operator can fix that, so they
     # are retried until the send deadline like an outage, instead of failing every message at once.
     kind = "rate_limited" if code == 429 else "transient" if code >= 500 or code in (401, 404, 409) else "permanent"
-    raise TelegramError(description, kind, code=code, retry_after=retry_after,
-                        migrate_to=parameters.get("migrate_to_chat_id"))
+    raise TelegramError(
+        description, kind, code=code, retry_after=retry_after, migrate_to=parameters.get("migrate_to_chat_id")
+    )
 
 
 # --- the bridge -----------------------------------------------------------------------------------------
+
 
 class TelegramBridge(Bridge):
     name = CHANNEL
     capabilities = CAPABILITIES
 
-    def __init__(self, api_url: str, token: str, *, poll_timeout: float = 25.0, poll_grace: float = 10.0,
-                 delete_webhook: bool = False) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        token: str,
+        *,
+        poll_timeout: float = 25.0,
+        poll_grace: float = 10.0,
+        delete_webhook: bool = False,
+    ) -> None:
         self.api = BotAPI(api_url, token)
         # Long polls get their own connection pool, so a wedged poll can be dropped without
         # touching sends in flight.
@@ -466,10 +624,10 @@ class TelegramBridge(Bridge):
             if exc.code in (401, 404):
                 raise BridgeConfigError(
                     f"Telegram rejected the bot token ({exc.code} {exc.description}); put the token @BotFather "
-                    "gave you in keys/telegram (mode 0600) or CLAWDEN_TELEGRAM_TOKEN") from None
+                    "gave you in keys/telegram (mode 0600) or CLAWDEN_TELEGRAM_TOKEN"
+                ) from None
             raise
-        self.me = BotIdentity(int(me["id"]), str(me.get("username", "")),
-                              bool(me.get("can_read_all_group_messages")))
+        self.me = BotIdentity(int(me["id"]), str(me.get("username", "")), bool(me.get("can_read_all_group_messages")))
         self.group_reach = group_reach(self.me)
         log.info("telegram bot @%s (id %d) connected; %s", self.me.username, self.me.id, self.group_reach.note)
         return self.me
@@ -485,8 +643,11 @@ class TelegramBridge(Bridge):
         while True:
             try:
                 me = self.me or await self._identify()
-                params: dict[str, Any] = {"timeout": int(self.poll_timeout), "limit": 100,
-                                          "allowed_updates": ALLOWED_UPDATES}
+                params: dict[str, Any] = {
+                    "timeout": int(self.poll_timeout),
+                    "limit": 100,
+                    "allowed_updates": ALLOWED_UPDATES,
+                }
                 if offset is not None:
                     params["offset"] = offset  # also tells Telegram everything before it is stored
                 updates = await self.poller.call("getUpdates", params, timeout=self.poll_timeout + self.poll_grace)
@@ -497,8 +658,11 @@ class TelegramBridge(Bridge):
                 continue
             inbound.alive()
             if failures:
-                log.info("telegram polling recovered after %d failed polls (%.0fs)", failures,
-                         time.monotonic() - first_failure)
+                log.info(
+                    "telegram polling recovered after %d failed polls (%.0fs)",
+                    failures,
+                    time.monotonic() - first_failure,
+                )
                 failures, first_failure = 0, 0.0
             if offset is not None and updates and (first := min(_ids(updates))) > offset:
                 offset = await self._expired(first - offset, first, inbound)
@@ -526,14 +690,23 @@ class TelegramBridge(Bridge):
         means the ones between expired unread. Their content is gone, so who wrote cannot be told; the
         owner is told (`MessagesLost`, which the router turns into a notice), and the log and `clawden
         status` count it. Returns the new offset (the gap is skipped)."""
-        log.warning("Telegram dropped %d update(s) the bridge never fetched (it keeps them 24 hours at most, and "
-                    "the bridge was away longer): those messages were not answered, and who sent them is unknown",
-                    lost)
+        log.warning(
+            "Telegram dropped %d update(s) the bridge never fetched (it keeps them 24 hours at most, and "
+            "the bridge was away longer): those messages were not answered, and who sent them is unknown",
+            lost,
+        )
         saved = await inbound.state.cursor(CURSOR)
         # Before the cursor moves: a crash in between finds the same gap again, under the same key.
-        await inbound.publish(ev.MessagesLost(
-            channel=CHANNEL, marker=str(first), count=lost, since=saved[1] if saved else 0.0,
-            detected_at=time.time(), why="Telegram keeps messages for a bot 24 hours, and the bot was away longer"))
+        await inbound.publish(
+            ev.MessagesLost(
+                channel=CHANNEL,
+                marker=str(first),
+                count=lost,
+                since=saved[1] if saved else 0.0,
+                detected_at=time.time(),
+                why="Telegram keeps messages for a bot 24 hours, and the bot was away longer",
+            )
+        )
         inbound.stats.expired += lost
         await inbound.state.set_cursor(CURSOR, str(first))  # nothing below it exists any more
         return first
@@ -544,8 +717,10 @@ class TelegramBridge(Bridge):
             return None
         value, at = saved
         if time.time() - at > CURSOR_STALE:
-            log.info("the saved getUpdates offset is %.0f days old; starting from what Telegram holds",
-                     (time.time() - at) / 86400)
+            log.info(
+                "the saved getUpdates offset is %.0f days old; starting from what Telegram holds",
+                (time.time() - at) / 86400,
+            )
             return None
         return int(value)
 
@@ -560,12 +735,15 @@ class TelegramBridge(Bridge):
                     return 0.0
                 except TelegramError as again:
                     log.error("could not delete the webhook: %s", again.description)
-            log.error("a webhook is set for this bot, so Telegram refuses polling: remove it (deleteWebhook) "
-                      "or set delete_webhook = true under [channels.telegram]")
+            log.error(
+                "a webhook is set for this bot, so Telegram refuses polling: remove it (deleteWebhook) "
+                "or set delete_webhook = true under [channels.telegram]"
+            )
             return max(delay, 30.0)
         if exc.code == 409:
-            log.error("another process is polling this bot (%s): run one telegram bridge per bot token",
-                      exc.description)
+            log.error(
+                "another process is polling this bot (%s): run one telegram bridge per bot token", exc.description
+            )
             return max(delay, 5.0)
         if exc.code in (401, 404):
             log.error("Telegram no longer accepts the bot token (%d %s)", exc.code, exc.description)
@@ -603,13 +781,13 @@ class TelegramBridge(Bridge):
         inbound = inbound or self._inbound
         if inbound is None:
             return  # no listener yet: the service message in the group tells the router when it runs
-        await inbound.publish(ev.ChatMoved(channel=CHANNEL, old_chat_id=str(old), new_chat_id=str(new),
-                                           sent_at=time.time()))
+        await inbound.publish(
+            ev.ChatMoved(channel=CHANNEL, old_chat_id=str(old), new_chat_id=str(new), sent_at=time.time())
+        )
         if first:
             log.warning("telegram group %d became supergroup %d; its chat moves with it", old, new)
 
-    async def _fetch_files(self, event: ev.InboundMessage, refs: list[FileRef], inbound: Inbound
-                           ) -> ev.InboundMessage:
+    async def _fetch_files(self, event: ev.InboundMessage, refs: list[FileRef], inbound: Inbound) -> ev.InboundMessage:
         if not refs:
             return event
         attachments = []
@@ -626,7 +804,8 @@ class TelegramBridge(Bridge):
             # The message still goes: the agent reads the words and knows a file came that it cannot open.
             text = (text + "\n\n" if text else "") + "".join(
                 f"[{name} was too large to fetch: Telegram lets bots download files of at most 20 MB]"
-                for name in too_large)
+                for name in too_large
+            )
         return msgspec.structs.replace(event, attachments=tuple(attachments), text=text)
 
     async def _download(self, ref: FileRef, event: ev.InboundMessage, inbound: Inbound) -> Path | None:
@@ -662,8 +841,12 @@ class TelegramBridge(Bridge):
         known = False
         if message and message.get("chat") and data:
             known = await inbound.click(
-                route_of(message), str(data), action_id=f"cb:{query['id']}", sender=sender_of(query),
-                message_id=message_key(message["chat"]["id"], message["message_id"]))
+                route_of(message),
+                str(data),
+                action_id=f"cb:{query['id']}",
+                sender=sender_of(query),
+                message_id=message_key(message["chat"]["id"], message["message_id"]),
+            )
         params: dict[str, Any] = {"callback_query_id": query["id"]}
         if not known:
             params["text"] = EXPIRED_BUTTON
@@ -675,8 +858,9 @@ class TelegramBridge(Bridge):
 
     # --- out ------------------------------------------------------------------------------------
 
-    async def send_text(self, route: ev.Route, text: str, *, reply_to: str | None,
-                        buttons: list[list[ButtonRef]], key: str) -> str:
+    async def send_text(
+        self, route: ev.Route, text: str, *, reply_to: str | None, buttons: list[list[ButtonRef]], key: str
+    ) -> str:
         params = self._where(route)
         params["text"] = text
         target = platform_message_id(reply_to) if reply_to else None
@@ -708,8 +892,12 @@ class TelegramBridge(Bridge):
         message_id = platform_message_id(target)
         if message_id is None:
             raise PlatformError(f"not a Telegram message id: {target!r}", "permanent")
-        params = {"chat_id": self._chat_of(route, target), "message_id": message_id, "text": text or "…",
-                  "reply_markup": inline_keyboard(buttons)}  # no buttons: the old ones go
+        params = {
+            "chat_id": self._chat_of(route, target),
+            "message_id": message_id,
+            "text": text or "…",
+            "reply_markup": inline_keyboard(buttons),
+        }  # no buttons: the old ones go
         try:
             try:
                 await self._call_on_message("editMessageText", params)
@@ -719,8 +907,11 @@ class TelegramBridge(Bridge):
                 # A message with a photo or a file (the last part of one sent with files) has a caption
                 # instead (core.telegram.org/bots/api#editmessagecaption); nothing was changed yet.
                 if utf16_len(text) > MAX_CAPTION:
-                    raise TelegramError(f"the message is a file, whose caption holds at most {MAX_CAPTION} "
-                                        f"characters; the edit has {utf16_len(text)}", "permanent") from None
+                    raise TelegramError(
+                        f"the message is a file, whose caption holds at most {MAX_CAPTION} "
+                        f"characters; the edit has {utf16_len(text)}",
+                        "permanent",
+                    ) from None
                 caption = {k: v for k, v in params.items() if k != "text"} | {"caption": text}
                 await self._call_on_message("editMessageCaption", caption)
         except TelegramError as exc:
@@ -732,17 +923,23 @@ class TelegramBridge(Bridge):
         if message_id is None:
             raise PlatformError(f"not a Telegram message id: {target!r}", "permanent")
         emoji = allowed_reaction(emoji)
-        await self._call_on_message("setMessageReaction", {
-            "chat_id": self._chat_of(route, target), "message_id": message_id,
-            "reaction": [{"type": "emoji", "emoji": emoji}]})
+        await self._call_on_message(
+            "setMessageReaction",
+            {
+                "chat_id": self._chat_of(route, target),
+                "message_id": message_id,
+                "reaction": [{"type": "emoji", "emoji": emoji}],
+            },
+        )
 
     async def delete(self, route: ev.Route, target: str) -> None:
         message_id = platform_message_id(target)
         if message_id is None:
             raise PlatformError(f"not a Telegram message id: {target!r}", "permanent")
         try:
-            await self._call_on_message("deleteMessage", {"chat_id": self._chat_of(route, target),
-                                                          "message_id": message_id})
+            await self._call_on_message(
+                "deleteMessage", {"chat_id": self._chat_of(route, target), "message_id": message_id}
+            )
         except TelegramError as exc:
             if "message to delete not found" not in exc.description:
                 raise  # "can't be deleted" (over 48 h old): delivery empties the part instead
@@ -771,9 +968,13 @@ class TelegramBridge(Bridge):
             params["message_thread_id"] = int(route.thread_id)
         return params
 
-    async def _call_in_chat(self, method: str, params: dict[str, Any],
-                            files: dict[str, tuple[str, bytes, str]] | None = None, timeout: float | None = None
-                            ) -> Any:
+    async def _call_in_chat(
+        self,
+        method: str,
+        params: dict[str, Any],
+        files: dict[str, tuple[str, bytes, str]] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         try:
             return await self.api.call(method, params, files=files, timeout=timeout)
         except TelegramError as exc:
@@ -782,8 +983,7 @@ class TelegramBridge(Bridge):
             # Bot API: "group chat was upgraded to a supergroup chat" with parameters.migrate_to_chat_id
             # (core.telegram.org/bots/api#responseparameters): nothing was sent; it goes to the new id.
             await self._moved(int(params["chat_id"]), int(exc.migrate_to))
-            return await self.api.call(method, params | {"chat_id": int(exc.migrate_to)}, files=files,
-                                       timeout=timeout)
+            return await self.api.call(method, params | {"chat_id": int(exc.migrate_to)}, files=files, timeout=timeout)
 
     async def _call_on_message(self, method: str, params: dict[str, Any]) -> Any:
         try:
@@ -793,8 +993,12 @@ class TelegramBridge(Bridge):
                 raise
             # A message of the group before its upgrade keeps its old chat, which the API no longer serves.
             await self._moved(int(params["chat_id"]), int(exc.migrate_to))
-            raise TelegramError(f"the group became a supergroup (id {exc.migrate_to}); Telegram no longer lets the "
-                                f"bot change messages from before the upgrade", "permanent", code=exc.code) from None
+            raise TelegramError(
+                f"the group became a supergroup (id {exc.migrate_to}); Telegram no longer lets the "
+                f"bot change messages from before the upgrade",
+                "permanent",
+                code=exc.code,
+            ) from None
 
     async def reconnect(self) -> None:
         await self.poller.reset()
@@ -806,15 +1010,20 @@ class TelegramBridge(Bridge):
 
 # --- the service ------------------------------------------------------------------------------------------
 
+
 def bridge_from_settings(ctx: ServiceContext) -> tuple[TelegramBridge, RetryPolicy, float]:
     settings = channel_settings(ctx.config, CHANNEL)
     api_url = settings.get("api_url", API_URL)
     if not re.match(r"^https?://[^/\s]+", api_url):
         raise BridgeConfigError(f"[channels.telegram] api_url must be an http(s) URL, not {api_url!r}")
     token = read_secret(ctx.config, CHANNEL)
-    bridge = TelegramBridge(api_url, token, poll_timeout=number(CHANNEL, settings, "poll_timeout", 25.0),
-                            poll_grace=number(CHANNEL, settings, "poll_grace", 10.0),
-                            delete_webhook=settings.get("delete_webhook", "").lower() in ("1", "true", "yes"))
+    bridge = TelegramBridge(
+        api_url,
+        token,
+        poll_timeout=number(CHANNEL, settings, "poll_timeout", 25.0),
+        poll_grace=number(CHANNEL, settings, "poll_grace", 10.0),
+        delete_webhook=settings.get("delete_webhook", "").lower() in ("1", "true", "yes"),
+    )
     policy = RetryPolicy(deadline=number(CHANNEL, settings, "send_deadline", 600.0))
     return bridge, policy, number(CHANNEL, settings, "typing_max", 120.0)
 

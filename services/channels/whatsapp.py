@@ -54,11 +54,14 @@ RATE_CODES = {4, 80007, 130429, 131048, 131056}
 TRANSIENT_CODES = {1, 2, 131000, 131016, 133004}
 WINDOW_CODES = {131047}  # "Re-engagement message": more than 24 hours since the person last wrote
 TOKEN_CODES = {190}
-WINDOW_REFUSAL = ("not sent: WhatsApp lets a business write only within 24 hours of the person's last message, "
-                  "and this person last wrote {ago}; only an approved template may be sent until they write again")
+WINDOW_REFUSAL = (
+    "not sent: WhatsApp lets a business write only within 24 hours of the person's last message, "
+    "and this person last wrote {ago}; only an approved template may be sent until they write again"
+)
 
 
 # --- the webhook's JSON ("Webhooks reference: messages"), decoded once ----------------------------------
+
 
 class _S(msgspec.Struct, frozen=True, kw_only=True, rename={"from_": "from"}):
     pass
@@ -181,6 +184,7 @@ _sent_decoder = msgspec.json.Decoder(SentRecord)
 
 # --- the pure parts ---------------------------------------------------------------------------------------
 
+
 def graph_error(status: int, body: dict[str, Any], retry_after: str | None) -> PlatformError:
     """A Graph API error answer, classified ("Error codes": `error.code`, `error.message`, `error.error_data`)."""
     found = body.get("error")
@@ -194,8 +198,9 @@ def graph_error(status: int, body: dict[str, Any], retry_after: str | None) -> P
     if status >= 500 or code in TRANSIENT_CODES:
         return PlatformError(text, "transient", code=code)
     if code in WINDOW_CODES:
-        return PlatformError(text + ": outside the 24-hour customer-service window; only a template may be sent",
-                             "permanent", code=code)
+        return PlatformError(
+            text + ": outside the 24-hour customer-service window; only a template may be sent", "permanent", code=code
+        )
     if code in TOKEN_CODES or status == 401:
         return PlatformError(text + ": the token in keys/whatsapp is invalid or expired", "permanent", code=code)
     return PlatformError(text, "permanent", code=code)
@@ -206,13 +211,32 @@ def interactive(text: str, buttons: list[ButtonRef]) -> dict[str, Any] | None:
     rows), else None (the caller numbers them in the text)."""
     body = {"text": text[:MAX_BODY_WITH_BUTTONS] or "…"}
     if len(buttons) <= MAX_BUTTONS and all(len(b.label) <= MAX_BUTTON_TITLE for b in buttons):
-        return {"type": "button", "body": body, "action": {"buttons": [
-            {"type": "reply", "reply": {"id": b.data, "title": b.label}} for b in buttons]}}
+        return {
+            "type": "button",
+            "body": body,
+            "action": {"buttons": [{"type": "reply", "reply": {"id": b.data, "title": b.label}} for b in buttons]},
+        }
     if len(buttons) <= MAX_ROWS:
-        return {"type": "list", "body": body, "action": {"button": "Choose", "sections": [{"title": "Options", "rows": [
-            {"id": b.data, "title": b.label[:MAX_ROW_TITLE], **({"description": b.label[:72]}
-                                                              if len(b.label) > MAX_ROW_TITLE else {})}
-            for b in buttons]}]}}
+        return {
+            "type": "list",
+            "body": body,
+            "action": {
+                "button": "Choose",
+                "sections": [
+                    {
+                        "title": "Options",
+                        "rows": [
+                            {
+                                "id": b.data,
+                                "title": b.label[:MAX_ROW_TITLE],
+                                **({"description": b.label[:72]} if len(b.label) > MAX_ROW_TITLE else {}),
+                            }
+                            for b in buttons
+                        ],
+                    }
+                ],
+            },
+        }
     return None
 
 
@@ -236,10 +260,17 @@ def media_kind(mime: str) -> Literal["image", "audio", "video", "document"]:
 
 # --- the bridge -----------------------------------------------------------------------------------------
 
+
 class WhatsAppBridge(Bridge):
     name = CHANNEL
-    capabilities = Capabilities(max_text=MAX_TEXT, reactions=True, files=True, cards=True,
-                                max_file_bytes=UPLOAD_LIMIT, max_download_bytes=DOWNLOAD_LIMIT)
+    capabilities = Capabilities(
+        max_text=MAX_TEXT,
+        reactions=True,
+        files=True,
+        cards=True,
+        max_file_bytes=UPLOAD_LIMIT,
+        max_download_bytes=DOWNLOAD_LIMIT,
+    )
     # The listener is a JetStream consumer: a quiet line is no sign of deafness (NATS keeps the pull alive).
     deaf_after = 365 * 24 * 3600.0
 
@@ -250,8 +281,9 @@ class WhatsAppBridge(Bridge):
         self.graph_url = settings.get("graph_url", GRAPH_URL).rstrip("/")
         self.template = settings.get("template", "")
         self.template_language = settings.get("template_language", "en_US")
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
-                                      headers={"authorization": f"Bearer {token}"})
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=10.0), headers={"authorization": f"Bearer {token}"}
+        )
         self._inbound: Inbound | None = None
         self._pending: dict[str, ev.OutboundMessage] = {}  # outbound id -> message, while its parts go
         self._pruned = 0.0
@@ -271,20 +303,24 @@ class WhatsAppBridge(Bridge):
         except ValueError:
             body = {}
         if response.status_code >= 400 or not isinstance(body, dict):
-            raise graph_error(response.status_code, body if isinstance(body, dict) else {},
-                              response.headers.get("retry-after"))
+            raise graph_error(
+                response.status_code, body if isinstance(body, dict) else {}, response.headers.get("retry-after")
+            )
         return body
 
     async def start(self) -> None:
         if not self.phone_number_id:
-            raise BridgeConfigError("no phone number id: set [channels.whatsapp] phone_number_id in config.toml "
-                                    "(Meta's app dashboard, WhatsApp > API Setup)")
+            raise BridgeConfigError(
+                "no phone number id: set [channels.whatsapp] phone_number_id in config.toml "
+                "(Meta's app dashboard, WhatsApp > API Setup)"
+            )
         try:
             info = await self._call("GET", self.phone_number_id)
         except PlatformError as exc:
             if exc.kind == "permanent":
-                raise BridgeConfigError(f"WhatsApp refused the phone number id {self.phone_number_id}: "
-                                        f"{exc.description}") from None
+                raise BridgeConfigError(
+                    f"WhatsApp refused the phone number id {self.phone_number_id}: {exc.description}"
+                ) from None
             log.warning("WhatsApp unreachable at start (%s); starting anyway", exc.description)
             return
         log.info("WhatsApp number %s (%s)", info.get("display_phone_number", "?"), info.get("verified_name", "?"))
@@ -339,13 +375,17 @@ class WhatsAppBridge(Bridge):
         reply = m.interactive.button_reply or m.interactive.list_reply if m.interactive else None
         if reply is not None or m.button is not None:
             data = reply.id if reply is not None else m.button.payload if m.button else ""
-            if await inbound.click(route, data, action_id=m.id, sender=sender,
-                                   message_id=m.context.id if m.context else None):
+            if await inbound.click(
+                route, data, action_id=m.id, sender=sender, message_id=m.context.id if m.context else None
+            ):
                 return
             text = reply.title if reply is not None else m.button.text if m.button else ""
         elif m.reaction is not None:
-            text = (f"[reacted {m.reaction.emoji} to message {m.reaction.message_id}]" if m.reaction.emoji
-                    else f"[removed a reaction from message {m.reaction.message_id}]")
+            text = (
+                f"[reacted {m.reaction.emoji} to message {m.reaction.message_id}]"
+                if m.reaction.emoji
+                else f"[removed a reaction from message {m.reaction.message_id}]"
+            )
         else:
             text = m.text.body if m.text else ""
         media = next((getattr(m, k) for k in MEDIA_KINDS if getattr(m, k) is not None), None)
@@ -355,9 +395,17 @@ class WhatsAppBridge(Bridge):
             attachments = (await self._fetch(m, media, inbound),)
         if not text and not attachments:
             text = f"[a {m.type} message, which Clawden cannot show]"
-        await inbound.publish(ev.InboundMessage(
-            route=route, message_id=m.id, sender=sender, text=text, sent_at=sent_at,
-            reply_to=m.context.id if m.context and m.context.id else None, attachments=attachments))
+        await inbound.publish(
+            ev.InboundMessage(
+                route=route,
+                message_id=m.id,
+                sender=sender,
+                text=text,
+                sent_at=sent_at,
+                reply_to=m.context.id if m.context and m.context.id else None,
+                attachments=attachments,
+            )
+        )
 
     async def _fetch(self, m: Message, media: Media, inbound: Inbound) -> ev.Attachment:
         """GET the media id for a short-lived URL, then GET that URL with the token ("Media: download")."""
@@ -391,11 +439,18 @@ class WhatsAppBridge(Bridge):
         if s.status == "failed":
             why = "; ".join(f"{e.title or e.message} ({e.code})" for e in s.errors) or "no reason given"
             error = f"WhatsApp could not deliver it: {why}"
-        receipt = ev.DeliveryReceipt(outbound_id=record.outbound_id, route=ev.Route(channel=CHANNEL,
-                                     chat_id=record.chat_id), ok=error is None, session_id=record.session_id,
-                                     seq=record.seq, platform_message_id=s.id, error=error)
-        await publish(self.ctx.js, subjects.receipt(CHANNEL), receipt,
-                      msg_id=f"receipt:{record.outbound_id}:{s.status}")
+        receipt = ev.DeliveryReceipt(
+            outbound_id=record.outbound_id,
+            route=ev.Route(channel=CHANNEL, chat_id=record.chat_id),
+            ok=error is None,
+            session_id=record.session_id,
+            seq=record.seq,
+            platform_message_id=s.id,
+            error=error,
+        )
+        await publish(
+            self.ctx.js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{record.outbound_id}:{s.status}"
+        )
 
     async def _saw(self, wa_id: str, at: float) -> None:
         """The person wrote at `at`: their customer-service window runs 24 hours from the latest message."""
@@ -422,8 +477,13 @@ class WhatsAppBridge(Bridge):
         note = WINDOW_REFUSAL.format(ago=ago(since) if since is not None else "never")
         if self.template:
             try:
-                await self._post_message(wa_id, {"type": "template", "template": {
-                    "name": self.template, "language": {"code": self.template_language}}})
+                await self._post_message(
+                    wa_id,
+                    {
+                        "type": "template",
+                        "template": {"name": self.template, "language": {"code": self.template_language}},
+                    },
+                )
                 note += f"; the template {self.template!r} was sent to invite a reply"
             except PlatformError as exc:
                 note += f"; the template {self.template!r} could not be sent either ({exc.description})"
@@ -446,8 +506,9 @@ class WhatsAppBridge(Bridge):
         record = SentRecord(event.id, event.session_id, event.seq, chat_id)
         await self._inbound.state.set_cursor(f"sent:{wamid}", _sent_encoder.encode(record).decode())
 
-    async def send_text(self, route: ev.Route, text: str, *, reply_to: str | None,
-                        buttons: list[list[ButtonRef]], key: str) -> str:
+    async def send_text(
+        self, route: ev.Route, text: str, *, reply_to: str | None, buttons: list[list[ButtonRef]], key: str
+    ) -> str:
         await self._window_open(route.chat_id)
         flat = [b for row in buttons for b in row]
         fields: dict[str, Any] = {"type": "text", "text": {"body": text, "preview_url": False}}
@@ -465,9 +526,12 @@ class WhatsAppBridge(Bridge):
         await self._window_open(route.chat_id)
         mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         kind = media_kind(mime)
-        uploaded = await self._call("POST", f"{self.phone_number_id}/media",
-                                    data={"messaging_product": "whatsapp", "type": mime},
-                                    files={"file": (path.name, await asyncio.to_thread(path.read_bytes), mime)})
+        uploaded = await self._call(
+            "POST",
+            f"{self.phone_number_id}/media",
+            data={"messaging_product": "whatsapp", "type": mime},
+            files={"file": (path.name, await asyncio.to_thread(path.read_bytes), mime)},
+        )
         media: dict[str, Any] = {"id": str(uploaded["id"])}
         if kind == "document":
             media["filename"] = path.name
@@ -477,8 +541,9 @@ class WhatsAppBridge(Bridge):
 
     async def react(self, route: ev.Route, target: str, emoji: str) -> None:
         await self._window_open(route.chat_id)
-        await self._post_message(route.chat_id, {"type": "reaction", "reaction": {"message_id": target,
-                                                                                  "emoji": emoji}})
+        await self._post_message(
+            route.chat_id, {"type": "reaction", "reaction": {"message_id": target, "emoji": emoji}}
+        )
 
 
 async def check_token(cfg: Config, environ: dict[str, str]) -> str:

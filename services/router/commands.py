@@ -7,12 +7,38 @@ from typing import Literal
 
 # Commands that act on the Claude Code CLI itself (its account, settings, UI). They mean nothing to
 # a chat user and could change the agent's setup, so they never reach the agent.
-IGNORED = frozenset({
-    "help", "login", "logout", "doctor", "config", "remote-control", "exit", "quit", "resume",
-    "model", "permissions", "mcp", "hooks", "agents", "add-dir", "upgrade", "install-github-app",
-    "terminal-setup", "ide", "vim", "bug", "export", "release-notes", "memory", "status",
-    "statusline", "privacy-settings", "migrate-installer",
-})
+IGNORED = frozenset(
+    {
+        "help",
+        "login",
+        "logout",
+        "doctor",
+        "config",
+        "remote-control",
+        "exit",
+        "quit",
+        "resume",
+        "model",
+        "permissions",
+        "mcp",
+        "hooks",
+        "agents",
+        "add-dir",
+        "upgrade",
+        "install-github-app",
+        "terminal-setup",
+        "ide",
+        "vim",
+        "bug",
+        "export",
+        "release-notes",
+        "memory",
+        "status",
+        "statusline",
+        "privacy-settings",
+        "migrate-installer",
+    }
+)
 # Commands that change or reveal the session's conversation: only admins of the agent group.
 ADMIN_ONLY = frozenset({"clear", "compact", "context", "cost", "files", "init"})
 

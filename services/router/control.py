@@ -37,8 +37,7 @@ class _Op(msgspec.Struct, frozen=True, kw_only=True, tag_field="op", forbid_unkn
     pass
 
 
-class ContainerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
-                        omit_defaults=True):
+class ContainerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """Per-group overrides of config.toml (`[groups.<name>]`, then `[runner]`), sent to the runner with
     every wake. "" or 0 clears one, so the runner's own setting applies again."""
 
@@ -52,6 +51,7 @@ class ContainerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 
 
 # --- requests --------------------------------------------------------------------------------------
+
 
 class ListAll(_Op, tag="list", frozen=True):
     limit: int = 200
@@ -272,26 +272,35 @@ class Control:
         return row
 
     def _chat(self, channel: str, chat_id: str) -> sqlite3.Row:
-        row: sqlite3.Row | None = self.db.execute("SELECT * FROM messaging_groups WHERE channel = ? AND chat_id = ?",
-                                                  (channel, chat_id)).fetchone()
+        row: sqlite3.Row | None = self.db.execute(
+            "SELECT * FROM messaging_groups WHERE channel = ? AND chat_id = ?", (channel, chat_id)
+        ).fetchone()
         if row is None:
             raise RouterError(f"no chat {chat_id!r} on {channel} (see `clawden chats list`)")
         return row
 
     @staticmethod
     def _group_json(row: sqlite3.Row) -> Json:
-        return {"name": row["name"], "folder": row["folder"], "assistant_name": row["assistant_name"],
-                "provider": row["provider"], "model": row["model"], "container": json.loads(row["container"]),
-                "created_at": row["created_at"]}
+        return {
+            "name": row["name"],
+            "folder": row["folder"],
+            "assistant_name": row["assistant_name"],
+            "provider": row["provider"],
+            "model": row["model"],
+            "container": json.loads(row["container"]),
+            "created_at": row["created_at"],
+        }
 
     # --- agent groups -----------------------------------------------------------------------------
 
     def _groups_list(self, req: ListAll) -> list[Json]:
         out = []
         for row in self.db.execute(
-                "SELECT g.*, (SELECT COUNT(*) FROM wirings w WHERE w.agent_group = g.name) AS chats,"
-                " (SELECT COUNT(*) FROM sessions s WHERE s.agent_group = g.name) AS sessions"
-                " FROM agent_groups g ORDER BY g.created_at, g.rowid LIMIT ?", (req.limit,)):
+            "SELECT g.*, (SELECT COUNT(*) FROM wirings w WHERE w.agent_group = g.name) AS chats,"
+            " (SELECT COUNT(*) FROM sessions s WHERE s.agent_group = g.name) AS sessions"
+            " FROM agent_groups g ORDER BY g.created_at, g.rowid LIMIT ?",
+            (req.limit,),
+        ):
             out.append(self._group_json(row) | {"chats": row["chats"], "sessions": row["sessions"]})
         return out
 
@@ -299,8 +308,12 @@ class Control:
         row = self._group(req.name)
         return self._group_json(row) | {
             "wirings": self._wirings_list(WiringList(agent_group=req.name)),
-            "members": [r[0] for r in self.db.execute(
-                "SELECT user_id FROM members WHERE agent_group = ? ORDER BY user_id", (req.name,))],
+            "members": [
+                r[0]
+                for r in self.db.execute(
+                    "SELECT user_id FROM members WHERE agent_group = ? ORDER BY user_id", (req.name,)
+                )
+            ],
             "admins": self.store.roles.scoped.get(req.name, []),
             "destinations": self._destinations_list(GroupFilter(agent_group=req.name)),
         }
@@ -317,9 +330,11 @@ class Control:
             if db.execute("SELECT 1 FROM agent_groups WHERE folder = ?", (folder,)).fetchone():
                 raise RouterError(f"folder {folder!r} already belongs to another agent group")
             now = self.clock()
-            db.execute("INSERT INTO agent_groups (name, folder, created_at, assistant_name, provider, model,"
-                       " container, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (name, folder, now, req.assistant_name, req.provider, req.model, json.dumps(container), now))
+            db.execute(
+                "INSERT INTO agent_groups (name, folder, created_at, assistant_name, provider, model,"
+                " container, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, folder, now, req.assistant_name, req.provider, req.model, json.dumps(container), now),
+            )
         self.store.reload()
         return self._group_json(self._group(name))
 
@@ -330,8 +345,10 @@ class Control:
         with self.store.transaction() as db:
             row = self._group(req.name)
             folder = _folder(req.folder) if req.folder is not None else row["folder"]
-            if folder != row["folder"] and db.execute(
-                    "SELECT 1 FROM agent_groups WHERE folder = ?", (folder,)).fetchone():
+            if (
+                folder != row["folder"]
+                and db.execute("SELECT 1 FROM agent_groups WHERE folder = ?", (folder,)).fetchone()
+            ):
                 raise RouterError(f"folder {folder!r} already belongs to another agent group")
             container = row["container"]
             if req.container is not None:
@@ -341,8 +358,16 @@ class Control:
             db.execute(
                 "UPDATE agent_groups SET folder = ?, assistant_name = ?, provider = ?, model = ?, container = ?,"
                 " changed_at = ? WHERE name = ?",
-                (folder, _or(req.assistant_name, row["assistant_name"]), _or(req.provider, row["provider"]),
-                 _or(req.model, row["model"]), container, self.clock(), req.name))
+                (
+                    folder,
+                    _or(req.assistant_name, row["assistant_name"]),
+                    _or(req.provider, row["provider"]),
+                    _or(req.model, row["model"]),
+                    container,
+                    self.clock(),
+                    req.name,
+                ),
+            )
         self.store.reload()
         return self._group_json(self._group(req.name))
 
@@ -351,8 +376,9 @@ class Control:
             self._group(req.name)
             counts = {
                 "sessions": db.execute("DELETE FROM sessions WHERE agent_group = ?", (req.name,)).rowcount,
-                "approvals": db.execute("DELETE FROM approvals WHERE agent_group = ? AND kind = 'sender'",
-                                        (req.name,)).rowcount,
+                "approvals": db.execute(
+                    "DELETE FROM approvals WHERE agent_group = ? AND kind = 'sender'", (req.name,)
+                ).rowcount,
                 "roles": db.execute("DELETE FROM roles WHERE agent_group = ?", (req.name,)).rowcount,
                 "wirings": db.execute("DELETE FROM wirings WHERE agent_group = ?", (req.name,)).rowcount,
             }
@@ -371,25 +397,37 @@ class Control:
         if req.channel:
             query += " WHERE channel = ?"
             args = (req.channel,)
-        return [self._chat_json(row, wired.get(row["id"], []))
-                for row in self.db.execute(query + " ORDER BY channel, chat_id", args)]
+        return [
+            self._chat_json(row, wired.get(row["id"], []))
+            for row in self.db.execute(query + " ORDER BY channel, chat_id", args)
+        ]
 
     @staticmethod
     def _chat_json(row: sqlite3.Row, wired: list[str]) -> Json:
-        return {"channel": row["channel"], "chat_id": row["chat_id"], "name": row["name"],
-                "is_group": bool(row["is_group"]), "policy": row["unknown_sender_policy"] or "inherit",
-                "denied": row["denied_at"] is not None, "wired": wired, "created_at": row["created_at"]}
+        return {
+            "channel": row["channel"],
+            "chat_id": row["chat_id"],
+            "name": row["name"],
+            "is_group": bool(row["is_group"]),
+            "policy": row["unknown_sender_policy"] or "inherit",
+            "denied": row["denied_at"] is not None,
+            "wired": wired,
+            "created_at": row["created_at"],
+        }
 
     def _chats_create(self, req: ChatCreate) -> Json:
         channel_name(req.channel)
         _chat_id(req.chat_id)
         with self.store.transaction() as db:
-            if db.execute("SELECT 1 FROM messaging_groups WHERE channel = ? AND chat_id = ?",
-                          (req.channel, req.chat_id)).fetchone():
+            if db.execute(
+                "SELECT 1 FROM messaging_groups WHERE channel = ? AND chat_id = ?", (req.channel, req.chat_id)
+            ).fetchone():
                 raise RouterError(f"chat {req.chat_id!r} on {req.channel} already exists")
-            db.execute("INSERT INTO messaging_groups (channel, chat_id, name, is_group, unknown_sender_policy,"
-                       " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                       (req.channel, req.chat_id, req.name, int(req.is_group), req.policy, self.clock()))
+            db.execute(
+                "INSERT INTO messaging_groups (channel, chat_id, name, is_group, unknown_sender_policy,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (req.channel, req.chat_id, req.name, int(req.is_group), req.policy, self.clock()),
+            )
         return self._chat_json(self._chat(req.channel, req.chat_id), [])
 
     def _chats_update(self, req: ChatUpdate) -> Json:
@@ -398,11 +436,17 @@ class Control:
             db.execute(
                 "UPDATE messaging_groups SET name = ?, is_group = ?, unknown_sender_policy = ?,"
                 " denied_at = ? WHERE id = ?",
-                (_or(req.name, row["name"]), int(_or(req.is_group, bool(row["is_group"]))),
-                 _or(req.policy, row["unknown_sender_policy"]), None if req.allow else row["denied_at"],
-                 row["id"]))
-        wired = [r[0] for r in self.db.execute("SELECT agent_group FROM wirings WHERE messaging_group = ?",
-                                               (row["id"],))]
+                (
+                    _or(req.name, row["name"]),
+                    int(_or(req.is_group, bool(row["is_group"]))),
+                    _or(req.policy, row["unknown_sender_policy"]),
+                    None if req.allow else row["denied_at"],
+                    row["id"],
+                ),
+            )
+        wired = [
+            r[0] for r in self.db.execute("SELECT agent_group FROM wirings WHERE messaging_group = ?", (row["id"],))
+        ]
         return self._chat_json(self._chat(req.channel, req.chat_id), wired)
 
     def _chats_delete(self, req: ChatDelete) -> Json:
@@ -416,33 +460,54 @@ class Control:
         channel_name(req.channel)
         _chat_id(req.new_chat_id)
         self._chat(req.channel, req.chat_id)
-        outcome = self.store.move_chat(ev.ChatMoved(channel=req.channel, old_chat_id=req.chat_id,
-                                                    new_chat_id=req.new_chat_id, sent_at=self.clock()))
+        outcome = self.store.move_chat(
+            ev.ChatMoved(
+                channel=req.channel, old_chat_id=req.chat_id, new_chat_id=req.new_chat_id, sent_at=self.clock()
+            )
+        )
         if not outcome.counts["chats_moved"]:
             raise RouterError(f"chat {req.chat_id!r} on {req.channel} cannot move to {req.new_chat_id!r}")
-        wired = [r[0] for r in self.db.execute(
-            "SELECT w.agent_group FROM wirings w JOIN messaging_groups m ON m.id = w.messaging_group"
-            " WHERE m.channel = ? AND m.chat_id = ?", (req.channel, req.new_chat_id))]
+        wired = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT w.agent_group FROM wirings w JOIN messaging_groups m ON m.id = w.messaging_group"
+                " WHERE m.channel = ? AND m.chat_id = ?",
+                (req.channel, req.new_chat_id),
+            )
+        ]
         return self._chat_json(self._chat(req.channel, req.new_chat_id), wired)
 
     # --- wirings ----------------------------------------------------------------------------------
 
     def _wirings_list(self, req: WiringList) -> list[Json]:
-        query = ("SELECT m.channel, m.chat_id, m.name AS chat_name, w.* FROM wirings w"
-                 " JOIN messaging_groups m ON m.id = w.messaging_group WHERE 1")
+        query = (
+            "SELECT m.channel, m.chat_id, m.name AS chat_name, w.* FROM wirings w"
+            " JOIN messaging_groups m ON m.id = w.messaging_group WHERE 1"
+        )
         args: list[str] = []
-        for column, value in (("m.channel", req.channel), ("m.chat_id", req.chat_id),
-                              ("w.agent_group", req.agent_group)):
+        for column, value in (
+            ("m.channel", req.channel),
+            ("m.chat_id", req.chat_id),
+            ("w.agent_group", req.agent_group),
+        ):
             if value:
                 query += f" AND {column} = ?"
                 args.append(value)
-        return [{"channel": r["channel"], "chat_id": r["chat_id"], "chat_name": r["chat_name"],
-                 "agent_group": r["agent_group"], "engage_mode": r["engage_mode"],
-                 "engage_pattern": r["engage_pattern"], "sender_scope": r["sender_scope"],
-                 "ignored_messages": r["ignored_messages"], "session_mode": r["session_mode"],
-                 "priority": r["priority"]}
-                for r in self.db.execute(query + " ORDER BY m.channel, m.chat_id, w.priority DESC, w.agent_group",
-                                         args)]
+        return [
+            {
+                "channel": r["channel"],
+                "chat_id": r["chat_id"],
+                "chat_name": r["chat_name"],
+                "agent_group": r["agent_group"],
+                "engage_mode": r["engage_mode"],
+                "engage_pattern": r["engage_pattern"],
+                "sender_scope": r["sender_scope"],
+                "ignored_messages": r["ignored_messages"],
+                "session_mode": r["session_mode"],
+                "priority": r["priority"],
+            }
+            for r in self.db.execute(query + " ORDER BY m.channel, m.chat_id, w.priority DESC, w.agent_group", args)
+        ]
 
     def _wirings_create(self, req: WiringCreate) -> Json:
         channel_name(req.channel)
@@ -450,22 +515,40 @@ class Control:
         pattern(req.engage_pattern)
         with self.store.transaction() as db:
             self._group(req.agent_group)
-            row = db.execute("SELECT id, is_group FROM messaging_groups WHERE channel = ? AND chat_id = ?",
-                             (req.channel, req.chat_id)).fetchone()
+            row = db.execute(
+                "SELECT id, is_group FROM messaging_groups WHERE channel = ? AND chat_id = ?",
+                (req.channel, req.chat_id),
+            ).fetchone()
             if row is None:
-                db.execute("INSERT INTO messaging_groups (channel, chat_id, unknown_sender_policy, created_at)"
-                           " VALUES (?, ?, 'request_approval', ?)", (req.channel, req.chat_id, self.clock()))
+                db.execute(
+                    "INSERT INTO messaging_groups (channel, chat_id, unknown_sender_policy, created_at)"
+                    " VALUES (?, ?, 'request_approval', ?)",
+                    (req.channel, req.chat_id, self.clock()),
+                )
                 row = self._chat(req.channel, req.chat_id)
-            if db.execute("SELECT 1 FROM wirings WHERE messaging_group = ? AND agent_group = ?",
-                          (row["id"], req.agent_group)).fetchone():
-                raise RouterError(f"{req.agent_group} is already wired to {req.chat_id!r} on {req.channel}"
-                                  " (change it with `clawden wire update`)")
+            if db.execute(
+                "SELECT 1 FROM wirings WHERE messaging_group = ? AND agent_group = ?", (row["id"], req.agent_group)
+            ).fetchone():
+                raise RouterError(
+                    f"{req.agent_group} is already wired to {req.chat_id!r} on {req.channel}"
+                    " (change it with `clawden wire update`)"
+                )
             mode = req.engage_mode or ("mention" if row["is_group"] else "pattern")
             db.execute(
                 "INSERT INTO wirings (messaging_group, agent_group, engage_mode, engage_pattern, sender_scope,"
                 " ignored_messages, session_mode, priority, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (row["id"], req.agent_group, mode, req.engage_pattern, req.sender_scope, req.ignored_messages,
-                 req.session_mode, req.priority, self.clock()))
+                (
+                    row["id"],
+                    req.agent_group,
+                    mode,
+                    req.engage_pattern,
+                    req.sender_scope,
+                    req.ignored_messages,
+                    req.session_mode,
+                    req.priority,
+                    self.clock(),
+                ),
+            )
         return self._one_wiring(req.channel, req.chat_id, req.agent_group)
 
     def _one_wiring(self, channel: str, chat_id: str, group: str) -> Json:
@@ -483,11 +566,17 @@ class Control:
             db.execute(
                 "UPDATE wirings SET engage_mode = ?, engage_pattern = ?, sender_scope = ?, ignored_messages = ?,"
                 " session_mode = ?, priority = ? WHERE messaging_group = ? AND agent_group = ?",
-                (_or(req.engage_mode, current["engage_mode"]), _or(req.engage_pattern, current["engage_pattern"]),
-                 _or(req.sender_scope, current["sender_scope"]),
-                 _or(req.ignored_messages, current["ignored_messages"]),
-                 _or(req.session_mode, current["session_mode"]), _or(req.priority, current["priority"]),
-                 mg, req.agent_group))
+                (
+                    _or(req.engage_mode, current["engage_mode"]),
+                    _or(req.engage_pattern, current["engage_pattern"]),
+                    _or(req.sender_scope, current["sender_scope"]),
+                    _or(req.ignored_messages, current["ignored_messages"]),
+                    _or(req.session_mode, current["session_mode"]),
+                    _or(req.priority, current["priority"]),
+                    mg,
+                    req.agent_group,
+                ),
+            )
         return self._one_wiring(req.channel, req.chat_id, req.agent_group)
 
     def _wirings_delete(self, req: WiringDelete) -> Json:
@@ -506,23 +595,39 @@ class Control:
         roles: dict[str, list[str]] = {}
         for row in self.db.execute("SELECT user_id, role, agent_group FROM roles ORDER BY granted_at"):
             roles.setdefault(row["user_id"], []).append(
-                f"{row['role']}:{row['agent_group']}" if row["agent_group"] else row["role"])
-        return [{"id": r["id"], "display_name": r["display_name"], "roles": roles.get(r["id"], []),
-                 "member_of": members.get(r["id"], []), "last_seen": r["last_seen"]}
-                for r in self.db.execute("SELECT * FROM users ORDER BY last_seen DESC NULLS LAST, id LIMIT ?",
-                                         (req.limit,))]
+                f"{row['role']}:{row['agent_group']}" if row["agent_group"] else row["role"]
+            )
+        return [
+            {
+                "id": r["id"],
+                "display_name": r["display_name"],
+                "roles": roles.get(r["id"], []),
+                "member_of": members.get(r["id"], []),
+                "last_seen": r["last_seen"],
+            }
+            for r in self.db.execute("SELECT * FROM users ORDER BY last_seen DESC NULLS LAST, id LIMIT ?", (req.limit,))
+        ]
 
     def _users_unregistered(self, req: UsersUnregistered) -> list[Json]:
-        return [dict(r) for r in self.db.execute(
-            "SELECT u.user_id, u.name, m.channel, m.chat_id, u.agent_group, u.reason, u.message_count,"
-            " u.first_seen, u.last_seen FROM unregistered_senders u"
-            " JOIN messaging_groups m ON m.id = u.messaging_group ORDER BY u.last_seen DESC LIMIT ?",
-            (req.limit,))]
+        return [
+            dict(r)
+            for r in self.db.execute(
+                "SELECT u.user_id, u.name, m.channel, m.chat_id, u.agent_group, u.reason, u.message_count,"
+                " u.first_seen, u.last_seen FROM unregistered_senders u"
+                " JOIN messaging_groups m ON m.id = u.messaging_group ORDER BY u.last_seen DESC LIMIT ?",
+                (req.limit,),
+            )
+        ]
 
     def _roles_list(self, req: ListAll) -> list[Json]:
-        return [dict(r) for r in self.db.execute(
-            "SELECT user_id, role, agent_group, granted_by, granted_at FROM roles ORDER BY role DESC, granted_at"
-            " LIMIT ?", (req.limit,))]
+        return [
+            dict(r)
+            for r in self.db.execute(
+                "SELECT user_id, role, agent_group, granted_by, granted_at FROM roles ORDER BY role DESC, granted_at"
+                " LIMIT ?",
+                (req.limit,),
+            )
+        ]
 
     def _roles_grant(self, req: RoleGrant) -> Json:
         user_id(req.user_id)
@@ -536,8 +641,10 @@ class Control:
 
     def _roles_revoke(self, req: RoleRevoke) -> Json:
         with self.store.transaction() as db:
-            gone = db.execute("DELETE FROM roles WHERE user_id = ? AND role = ? AND agent_group = ?",
-                              (req.user_id, req.role, req.agent_group)).rowcount
+            gone = db.execute(
+                "DELETE FROM roles WHERE user_id = ? AND role = ? AND agent_group = ?",
+                (req.user_id, req.role, req.agent_group),
+            ).rowcount
         self.store.reload()
         if not gone:
             scope = f" of {req.agent_group}" if req.agent_group else ""
@@ -561,8 +668,9 @@ class Control:
 
     def _members_remove(self, req: MemberRemove) -> Json:
         with self.store.transaction() as db:
-            gone = db.execute("DELETE FROM members WHERE user_id = ? AND agent_group = ?",
-                              (req.user_id, req.agent_group)).rowcount
+            gone = db.execute(
+                "DELETE FROM members WHERE user_id = ? AND agent_group = ?", (req.user_id, req.agent_group)
+            ).rowcount
         if not gone:
             raise RouterError(f"{req.user_id} is not a member of {req.agent_group}")
         return {"user_id": req.user_id, "agent_group": req.agent_group, "removed": True}
@@ -583,21 +691,30 @@ class Control:
         _chat_id(req.chat_id)
         with self.store.transaction() as db:
             self._group(req.agent_group)
-            if db.execute("SELECT 1 FROM destinations WHERE agent_group = ? AND name = ?",
-                          (req.agent_group, req.name)).fetchone():
+            if db.execute(
+                "SELECT 1 FROM destinations WHERE agent_group = ? AND name = ?", (req.agent_group, req.name)
+            ).fetchone():
                 raise RouterError(f"{req.agent_group} already has a destination named {req.name!r}")
-            db.execute("INSERT INTO destinations (agent_group, name, display_name, channel, chat_id, thread_id,"
-                       " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (req.agent_group, req.name, req.display_name, req.channel, req.chat_id, req.thread_id,
-                        self.clock()))
+            db.execute(
+                "INSERT INTO destinations (agent_group, name, display_name, channel, chat_id, thread_id,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (req.agent_group, req.name, req.display_name, req.channel, req.chat_id, req.thread_id, self.clock()),
+            )
         self.store.reload()
-        return {"agent_group": req.agent_group, "name": req.name, "channel": req.channel, "chat_id": req.chat_id,
-                "thread_id": req.thread_id, "display_name": req.display_name}
+        return {
+            "agent_group": req.agent_group,
+            "name": req.name,
+            "channel": req.channel,
+            "chat_id": req.chat_id,
+            "thread_id": req.thread_id,
+            "display_name": req.display_name,
+        }
 
     def _destinations_remove(self, req: DestinationRemove) -> Json:
         with self.store.transaction() as db:
-            gone = db.execute("DELETE FROM destinations WHERE agent_group = ? AND name = ?",
-                              (req.agent_group, req.name)).rowcount
+            gone = db.execute(
+                "DELETE FROM destinations WHERE agent_group = ? AND name = ?", (req.agent_group, req.name)
+            ).rowcount
         self.store.reload()
         if not gone:
             raise RouterError(f"{req.agent_group} has no destination named {req.name!r}")
@@ -606,8 +723,7 @@ class Control:
     # --- sessions, drops, pairing, approvals ------------------------------------------------------
 
     def _sessions_list(self, req: GroupFilter) -> list[Json]:
-        query = ("SELECT id, agent_group, channel, chat_id, thread_id, runner, created_at, last_message_at"
-                 " FROM sessions")
+        query = "SELECT id, agent_group, channel, chat_id, thread_id, runner, created_at, last_message_at FROM sessions"
         args: tuple[str | int, ...] = (req.limit,)
         if req.agent_group:
             query += " WHERE agent_group = ?"
@@ -631,12 +747,19 @@ class Control:
         owner, admin, admin_of = self.store.roles.standing(user)
         if owner or admin or admin_of or self.db.execute("SELECT 1 FROM members WHERE user_id = ?", (user,)).fetchone():
             return {"allowed": True, "reason": "a known user"}
-        rows = {r["chat_id"]: r for r in self.db.execute(
-            "SELECT chat_id, unknown_sender_policy, denied_at FROM messaging_groups WHERE channel = ? AND chat_id IN"
-            " (?, '*')", (req.channel, req.chat_id))}
+        rows = {
+            r["chat_id"]: r
+            for r in self.db.execute(
+                "SELECT chat_id, unknown_sender_policy, denied_at FROM messaging_groups"
+                " WHERE channel = ? AND chat_id IN (?, '*')",
+                (req.channel, req.chat_id),
+            )
+        }
         own, wildcard = rows.get(req.chat_id), rows.get("*")
-        policy = next((r["unknown_sender_policy"] for r in (own, wildcard) if r is not None
-                       and r["unknown_sender_policy"]), "request_approval")
+        policy = next(
+            (r["unknown_sender_policy"] for r in (own, wildcard) if r is not None and r["unknown_sender_policy"]),
+            "request_approval",
+        )
         reason = ""
         if own is not None and own["denied_at"] is not None:
             reason = "invited into a chat the owner denied"
@@ -645,9 +768,11 @@ class Control:
         if not reason:
             return {"allowed": True, "reason": f"unknown user, {policy} chat"}
         with self.store.transaction() as db:
-            db.execute("INSERT INTO dropped_messages (key, channel, chat_id, sender_id, reason, at) VALUES"
-                       " (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET reason = excluded.reason, at = excluded.at",
-                       (f"{req.channel}:invite:{req.chat_id}", req.channel, req.chat_id, user, reason, self.clock()))
+            db.execute(
+                "INSERT INTO dropped_messages (key, channel, chat_id, sender_id, reason, at) VALUES"
+                " (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET reason = excluded.reason, at = excluded.at",
+                (f"{req.channel}:invite:{req.chat_id}", req.channel, req.chat_id, user, reason, self.clock()),
+            )
         return {"allowed": False, "reason": reason}
 
     def _pair_create(self, req: PairCreate) -> Json:
@@ -661,10 +786,15 @@ class Control:
         return {"agent_group": req.agent_group, "approvers": list(self.store.roles.approvers(req.agent_group or None))}
 
     def _approvals_list(self, req: ListAll) -> list[Json]:
-        return [dict(r) for r in self.db.execute(
-            "SELECT a.id, a.kind, m.channel, m.chat_id, a.user_id, a.agent_group, a.created_at, a.expires_at,"
-            " (SELECT COUNT(*) FROM held_messages h WHERE h.approval_id = a.id) AS held FROM approvals a"
-            " JOIN messaging_groups m ON m.id = a.messaging_group ORDER BY a.created_at LIMIT ?", (req.limit,))]
+        return [
+            dict(r)
+            for r in self.db.execute(
+                "SELECT a.id, a.kind, m.channel, m.chat_id, a.user_id, a.agent_group, a.created_at, a.expires_at,"
+                " (SELECT COUNT(*) FROM held_messages h WHERE h.approval_id = a.id) AS held FROM approvals a"
+                " JOIN messaging_groups m ON m.id = a.messaging_group ORDER BY a.created_at LIMIT ?",
+                (req.limit,),
+            )
+        ]
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -683,8 +813,9 @@ def _provider(value: str) -> str:
 def _folder(value: str) -> str:
     folder = group_name(value)
     if folder in ev.RESERVED_FOLDERS:
-        raise RouterError(f"folder {folder!r} is the memory every agent group shares read-only; give another"
-                          " with --folder")
+        raise RouterError(
+            f"folder {folder!r} is the memory every agent group shares read-only; give another with --folder"
+        )
     return folder
 
 

@@ -184,8 +184,15 @@ def decide(message: ev.InboundMessage, view: View, *, only: str | None = None) -
         return _unwired(view, is_addressed, message.route)
 
     thread = effective_thread(message)
-    turn = _Turn(message, view, text, command, is_addressed, thread,
-                 ev.Route(channel=message.route.channel, chat_id=message.route.chat_id, thread_id=thread))
+    turn = _Turn(
+        message,
+        view,
+        text,
+        command,
+        is_addressed,
+        thread,
+        ev.Route(channel=message.route.channel, chat_id=message.route.chat_id, thread_id=thread),
+    )
     actions: list[Action] = []
     refusals: list[str] = []
     for wiring in sorted(wirings, key=_wiring_order):
@@ -238,8 +245,12 @@ def _judge(wiring: Wiring, turn: _Turn) -> tuple[list[Action], str]:
     if not engaged:
         # Context for later, never a way around the gates, and never an approval card for a
         # line that was not addressed to the agent.
-        if (wiring.ignored_messages == "accumulate" and (known or policy == "public") and scope_ok
-                and command.kind == "text"):
+        if (
+            wiring.ignored_messages == "accumulate"
+            and (known or policy == "public")
+            and scope_ok
+            and command.kind == "text"
+        ):
             return [Deliver(group, _session(wiring, turn.message, turn.thread), turn.route, trigger=False)], ""
         return [], ""
     if not known and policy != "public":
@@ -252,8 +263,7 @@ def _judge(wiring: Wiring, turn: _Turn) -> tuple[list[Action], str]:
         return [NoteSender(group, "sender is not a member")], "only members may talk to it here"
     if command.kind == "admin" and not sender.is_admin_of(group):
         return [Reply(f"Only an admin of {group} can use /{command.word}.", refusal=True)], ""
-    return [Deliver(group, _session(wiring, turn.message, turn.thread), turn.route,
-                    command=command.wake_command)], ""
+    return [Deliver(group, _session(wiring, turn.message, turn.thread), turn.route, command=command.wake_command)], ""
 
 
 def _unwired(view: View, is_addressed: bool, route: ev.Route) -> Decision:
@@ -264,12 +274,16 @@ def _unwired(view: View, is_addressed: bool, route: ev.Route) -> Decision:
     if view.chat.registration_pending:
         return Decision((AskChannel(new=False),))
     if not view.has_groups:
-        return _drop("chat is not wired to any agent group, and there is none to wire it to: create one"
-                     f" (`clawden groups create NAME`) and wire it (`clawden wire add {route.channel}"
-                     f" {route.chat_id} NAME`)")
+        return _drop(
+            "chat is not wired to any agent group, and there is none to wire it to: create one"
+            f" (`clawden groups create NAME`) and wire it (`clawden wire add {route.channel}"
+            f" {route.chat_id} NAME`)"
+        )
     if not view.can_register:
-        return _drop("chat is not wired to any agent group, and there is no owner to approve it"
-                     " (pair one with `clawden pair <channel>`)")
+        return _drop(
+            "chat is not wired to any agent group, and there is no owner to approve it"
+            " (pair one with `clawden pair <channel>`)"
+        )
     return Decision((AskChannel(new=True),))
 
 
@@ -277,8 +291,9 @@ def _wiring_order(w: Wiring) -> tuple[int, str]:
     return (-w.priority, w.agent_group)
 
 
-def _engages(w: Wiring, text: str, is_addressed: bool, is_group: bool, thread: str | None,
-             sticky: frozenset[str]) -> bool:
+def _engages(
+    w: Wiring, text: str, is_addressed: bool, is_group: bool, thread: str | None, sticky: frozenset[str]
+) -> bool:
     if w.engage_mode == "pattern":
         if w.engage_pattern == ALWAYS:
             return True
@@ -288,8 +303,7 @@ def _engages(w: Wiring, text: str, is_addressed: bool, is_group: bool, thread: s
         return compiled is not None and compiled.search(text) is not None
     if is_addressed:
         return True
-    return (w.engage_mode == "mention-sticky" and is_group and thread is not None
-            and w.agent_group in sticky)
+    return w.engage_mode == "mention-sticky" and is_group and thread is not None and w.agent_group in sticky
 
 
 @functools.lru_cache(maxsize=512)
@@ -307,5 +321,6 @@ def _session(w: Wiring, message: ev.InboundMessage, thread: str | None) -> Sessi
     # every topic (which the platform keeps as a chat of its own, in a direct chat too: Telegram's topics in
     # a private chat with the bot); `per-thread` also splits a direct chat's other threads.
     per_thread = thread is not None and (w.session_mode == "per-thread" or message.is_group or message.topic)
-    return SessionKey(w.agent_group, message.route.channel, message.route.chat_id,
-                      thread if per_thread and thread else "")
+    return SessionKey(
+        w.agent_group, message.route.channel, message.route.chat_id, thread if per_thread and thread else ""
+    )

@@ -41,8 +41,10 @@ class InvalidName(ValueError):
 
 def group_name(name: str) -> str:
     if not _GROUP_NAME.match(name):
-        raise InvalidName(f"agent group name {name!r}: use 1-40 lowercase letters, digits, '-' or '_',"
-                          " starting with a letter or digit")
+        raise InvalidName(
+            f"agent group name {name!r}: use 1-40 lowercase letters, digits, '-' or '_',"
+            " starting with a letter or digit"
+        )
     return name
 
 

@@ -28,14 +28,16 @@ def owner_chats(owners: Sequence[str], channel: str) -> list[ev.Route]:
 def messages_lost(event: ev.MessagesLost, route: ev.Route) -> ev.OutboundMessage:
     """The notice of messages a platform dropped unread, for one owner's chat."""
     count = f"{event.count} message{'s' if event.count != 1 else ''}" if event.count else "Messages"
-    since = (f" since {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(event.since))}" if event.since else "")
+    since = f" since {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(event.since))}" if event.since else ""
     why = f" ({event.why})" if event.why else ""
-    text = (f"⚠️ {count} sent on {event.channel}{since} never reached me: {event.channel} dropped them before I "
-            f"could fetch them{why}. Nobody answered them, and who sent them is unknown; ask people who wrote "
-            f"meanwhile to write again.")
+    text = (
+        f"⚠️ {count} sent on {event.channel}{since} never reached me: {event.channel} dropped them before I "
+        f"could fetch them{why}. Nobody answered them, and who sent them is unknown; ask people who wrote "
+        f"meanwhile to write again."
+    )
     return ev.OutboundMessage(id=f"router:{event.key}:{route.chat_id}", route=route, text=text, kind="notice")
 
 
 def _handle(user: str, channel: str) -> str:
     prefix = f"{channel}:"
-    return user[len(prefix):] if user.startswith(prefix) else ""
+    return user[len(prefix) :] if user.startswith(prefix) else ""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 MIGRATIONS: list[tuple[str, str]] = [
-    ("0001_skeleton", """
+    (
+        "0001_skeleton",
+        """
         CREATE TABLE agent_groups (
             name TEXT PRIMARY KEY,
             folder TEXT NOT NULL,
@@ -34,10 +36,13 @@ MIGRATIONS: list[tuple[str, str]] = [
             reason TEXT NOT NULL,
             at REAL NOT NULL
         );
-    """),
+    """,
+    ),
     # The entity model. The skeleton's wirings (agent group, channel, chat) become messaging
     # groups and wirings with the defaults that reproduce what they did: everyone engages.
-    ("0002_entities", """
+    (
+        "0002_entities",
+        """
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
         ALTER TABLE agent_groups ADD COLUMN assistant_name TEXT NOT NULL DEFAULT '';
@@ -176,11 +181,15 @@ MIGRATIONS: list[tuple[str, str]] = [
             msg_id TEXT NOT NULL,
             payload BLOB NOT NULL
         );
-    """),
+    """,
+    ),
     # When an agent group's settings last changed: wakes carry them to the runner, and of two
     # snapshots that arrive out of order the runner keeps the later one.
-    ("0003_agent_group_changed_at", """
+    (
+        "0003_agent_group_changed_at",
+        """
         ALTER TABLE agent_groups ADD COLUMN changed_at REAL NOT NULL DEFAULT 0;
         UPDATE agent_groups SET changed_at = created_at;
-    """),
+    """,
+    ),
 ]

@@ -107,8 +107,12 @@ class Router:
     async def forward_click(self, action: ev.InboundAction, msg: Msg) -> None:
         """Card clicks belong to the approvals service: passed on durably, keyed so a redelivery is one."""
         try:
-            await self.ctx.js.publish(subjects.APPROVAL_CLICK, ev.encode(action), timeout=PUBLISH_TIMEOUT,
-                                      headers={Header.MSG_ID: f"click:{action.key}"})
+            await self.ctx.js.publish(
+                subjects.APPROVAL_CLICK,
+                ev.encode(action),
+                timeout=PUBLISH_TIMEOUT,
+                headers={Header.MSG_ID: f"click:{action.key}"},
+            )
         except Exception as exc:
             log.warning("forwarding click %s failed: %r", action.key, exc)
             self.counts["publish_failed"] += 1
@@ -155,6 +159,7 @@ class Router:
                 async with self.publishing:
                     await self.flush(await self.store.run(self.store.outgoing))
             return answer
+
         return serve
 
 

@@ -79,8 +79,11 @@ class Roles:
     scoped: dict[str, list[str]] = field(default_factory=dict)  # agent group -> its admins
 
     def standing(self, user: str) -> tuple[bool, bool, frozenset[str]]:
-        return (user in self.owners, user in self.admins,
-                frozenset(g for g, users in self.scoped.items() if user in users))
+        return (
+            user in self.owners,
+            user in self.admins,
+            frozenset(g for g, users in self.scoped.items() if user in users),
+        )
 
     def approvers(self, agent_group: str | None) -> tuple[str, ...]:
         """Who may decide: the group's own admins, then global admins, then owners."""
@@ -131,8 +134,10 @@ class RouterStore(outbox.OutboxStore):
             else:
                 roles.admins.append(row["user_id"])
         self.roles = roles
-        self._pairing = {row["channel"]: (row["digest"], row["expires_at"])
-                         for row in self.conn.execute("SELECT channel, digest, expires_at FROM pairing_codes")}
+        self._pairing = {
+            row["channel"]: (row["digest"], row["expires_at"])
+            for row in self.conn.execute("SELECT channel, digest, expires_at FROM pairing_codes")
+        }
         self._destinations.clear()
         self._settings.clear()
 
@@ -146,11 +151,15 @@ class RouterStore(outbox.OutboxStore):
             if db.execute("SELECT 1 FROM meta WHERE key = 'seeded'").fetchone():
                 return done
             if not db.execute("SELECT 1 FROM agent_groups LIMIT 1").fetchone():
-                db.execute("INSERT INTO agent_groups (name, folder, created_at, changed_at) VALUES (?, ?, ?, ?)",
-                           (group, group, now, now))
+                db.execute(
+                    "INSERT INTO agent_groups (name, folder, created_at, changed_at) VALUES (?, ?, ?, ?)",
+                    (group, group, now, now),
+                )
                 mg = self._ensure_chat_row(channel, ALL_CHATS, f"every {channel} chat", False, "public", now)
-                db.execute("INSERT OR IGNORE INTO wirings (messaging_group, agent_group, created_at)"
-                           " VALUES (?, ?, ?)", (mg, group, now))
+                db.execute(
+                    "INSERT OR IGNORE INTO wirings (messaging_group, agent_group, created_at) VALUES (?, ?, ?)",
+                    (mg, group, now),
+                )
                 done.append(f"agent group {group!r} answering every {channel} chat")
             if owner_login and not db.execute("SELECT 1 FROM roles WHERE role = 'owner'").fetchone():
                 user = f"{channel}:{owner_login}"
@@ -174,8 +183,9 @@ class RouterStore(outbox.OutboxStore):
                     continue
                 db.execute("SAVEPOINT one")
                 try:
-                    claimed = db.execute("INSERT OR IGNORE INTO processed (key, at) VALUES (?, ?)",
-                                         (event.key, now)).rowcount
+                    claimed = db.execute(
+                        "INSERT OR IGNORE INTO processed (key, at) VALUES (?, ?)", (event.key, now)
+                    ).rowcount
                     if not claimed:
                         out.counts["duplicates"] += 1
                     elif isinstance(event, ev.ChatMoved):
@@ -212,13 +222,15 @@ class RouterStore(outbox.OutboxStore):
         announced on `event.router.chat_moved`. False when no chat has the old id (already moved)."""
         db = self.conn
         channel, old_id, new_id = moved.channel, moved.old_chat_id, moved.new_chat_id
-        old = db.execute("SELECT * FROM messaging_groups WHERE channel = ? AND chat_id = ?",
-                         (channel, old_id)).fetchone()
+        old = db.execute(
+            "SELECT * FROM messaging_groups WHERE channel = ? AND chat_id = ?", (channel, old_id)
+        ).fetchone()
         if old is None or old_id == new_id or ALL_CHATS in (old_id, new_id):
             out.counts["moves_ignored"] += 1
             return False
-        new = db.execute("SELECT * FROM messaging_groups WHERE channel = ? AND chat_id = ?",
-                         (channel, new_id)).fetchone()
+        new = db.execute(
+            "SELECT * FROM messaging_groups WHERE channel = ? AND chat_id = ?", (channel, new_id)
+        ).fetchone()
         mg = int(old["id"])
         if new is None:
             db.execute("UPDATE messaging_groups SET chat_id = ? WHERE id = ?", (new_id, mg))
@@ -227,43 +239,63 @@ class RouterStore(outbox.OutboxStore):
             # the new row holds that the old one does not is kept.
             mg = int(new["id"])
             for table in ("wirings", "approvals", "unregistered_senders"):
-                db.execute(f"UPDATE OR IGNORE {table} SET messaging_group = ? WHERE messaging_group = ?",
-                           (mg, old["id"]))
-            db.execute("UPDATE messaging_groups SET name = ?, is_group = ?, unknown_sender_policy = ?, denied_at = ?"
-                       " WHERE id = ?", (old["name"] or new["name"], old["is_group"], old["unknown_sender_policy"],
-                                          old["denied_at"], mg))
+                db.execute(
+                    f"UPDATE OR IGNORE {table} SET messaging_group = ? WHERE messaging_group = ?", (mg, old["id"])
+                )
+            db.execute(
+                "UPDATE messaging_groups SET name = ?, is_group = ?, unknown_sender_policy = ?, denied_at = ?"
+                " WHERE id = ?",
+                (old["name"] or new["name"], old["is_group"], old["unknown_sender_policy"], old["denied_at"], mg),
+            )
             db.execute("DELETE FROM messaging_groups WHERE id = ?", (old["id"],))
         # The conversation goes on under the new id; a session the new id started meanwhile gives way.
-        db.execute("DELETE FROM sessions WHERE channel = ?1 AND chat_id = ?2 AND (agent_group, thread_id) IN"
-                   " (SELECT agent_group, thread_id FROM sessions WHERE channel = ?1 AND chat_id = ?3)",
-                   (channel, new_id, old_id))
-        sessions = db.execute("UPDATE sessions SET chat_id = ?, messaging_group = ? WHERE channel = ? AND chat_id = ?",
-                              (new_id, mg, channel, old_id)).rowcount
+        db.execute(
+            "DELETE FROM sessions WHERE channel = ?1 AND chat_id = ?2 AND (agent_group, thread_id) IN"
+            " (SELECT agent_group, thread_id FROM sessions WHERE channel = ?1 AND chat_id = ?3)",
+            (channel, new_id, old_id),
+        )
+        sessions = db.execute(
+            "UPDATE sessions SET chat_id = ?, messaging_group = ? WHERE channel = ? AND chat_id = ?",
+            (new_id, mg, channel, old_id),
+        ).rowcount
         db.execute("UPDATE destinations SET chat_id = ? WHERE channel = ? AND chat_id = ?", (new_id, channel, old_id))
         # Held messages are replayed when their approval is decided: they must name the chat as it is now.
         for approval_id, key, blob in db.execute(
-                "SELECT h.approval_id, h.key, h.event FROM held_messages h JOIN approvals a ON a.id = h.approval_id"
-                " WHERE a.messaging_group = ?", (mg,)).fetchall():
+            "SELECT h.approval_id, h.key, h.event FROM held_messages h JOIN approvals a ON a.id = h.approval_id"
+            " WHERE a.messaging_group = ?",
+            (mg,),
+        ).fetchall():
             event = _held_decoder.decode(blob)
             if event.route.chat_id == old_id:
                 event = msgspec.structs.replace(event, route=msgspec.structs.replace(event.route, chat_id=new_id))
-                db.execute("UPDATE held_messages SET event = ? WHERE approval_id = ? AND key = ?",
-                           (ev.encode(event), approval_id, key))
+                db.execute(
+                    "UPDATE held_messages SET event = ? WHERE approval_id = ? AND key = ?",
+                    (ev.encode(event), approval_id, key),
+                )
         self.emit(subjects.event("router", "chat_moved"), f"router:{moved.key}", moved, lane=f"chat:{channel}:{new_id}")
-        log.warning("%s chat %s is now %s: %d session(s) and its wirings moved with it", channel, old_id, new_id,
-                    sessions)
+        log.warning(
+            "%s chat %s is now %s: %d session(s) and its wirings moved with it", channel, old_id, new_id, sessions
+        )
         out.counts["chats_moved"] += 1
         return True
 
     def _tell_owners_lost(self, event: ev.MessagesLost, out: Outcome) -> None:
         """A platform dropped messages unread: each owner hears it where they read this channel."""
         routes = notices.owner_chats(self.roles.owners, event.channel)
-        log.warning("%s dropped %s message(s) before the bridge fetched them; telling %d owner chat(s)",
-                    event.channel, event.count or "some", len(routes))
+        log.warning(
+            "%s dropped %s message(s) before the bridge fetched them; telling %d owner chat(s)",
+            event.channel,
+            event.count or "some",
+            len(routes),
+        )
         for route in routes:
             notice = notices.messages_lost(event, route)
-            self.emit(subjects.outbound(route.channel, route.chat_id), notice.id, notice,
-                      lane=f"chat:{route.channel}:{route.chat_id}")
+            self.emit(
+                subjects.outbound(route.channel, route.chat_id),
+                notice.id,
+                notice,
+                lane=f"chat:{route.channel}:{route.chat_id}",
+            )
         out.counts["lost_noticed"] += 1
 
     def _route(self, event: ev.InboundMessage, now: float, out: Outcome, *, only: str | None = None) -> None:
@@ -275,8 +307,10 @@ class RouterStore(outbox.OutboxStore):
     def _chat_rows(self, channel: str, chat_id: str) -> _ChatRows:
         own = wildcard = None
         for row in self.conn.execute(
-                "SELECT id, chat_id, name, is_group, unknown_sender_policy, denied_at FROM messaging_groups"
-                " WHERE channel = ? AND chat_id IN (?, '*')", (channel, chat_id)):
+            "SELECT id, chat_id, name, is_group, unknown_sender_policy, denied_at FROM messaging_groups"
+            " WHERE channel = ? AND chat_id IN (?, '*')",
+            (channel, chat_id),
+        ):
             if row["chat_id"] == chat_id:
                 own = row
             else:
@@ -295,51 +329,88 @@ class RouterStore(outbox.OutboxStore):
             wildcard_id, _ = chat.ids
             rows = db.execute(
                 "SELECT messaging_group, agent_group, engage_mode, engage_pattern, sender_scope, ignored_messages,"
-                " session_mode, priority FROM wirings WHERE messaging_group IN (?, ?)", chat.ids).fetchall()
+                " session_mode, priority FROM wirings WHERE messaging_group IN (?, ?)",
+                chat.ids,
+            ).fetchall()
             # A chat's own wirings replace the channel-wide (`*`) ones: a chat wired to an agent group is
             # answered by the groups wired to it alone, and `*` serves the chats with no wiring of their own.
             own = [row for row in rows if row["messaging_group"] != wildcard_id]
             for row in own or rows:
                 wirings[row["agent_group"]] = engage.Wiring(
-                    row["agent_group"], row["engage_mode"], row["engage_pattern"], row["sender_scope"],
-                    row["ignored_messages"], row["session_mode"], row["priority"])
+                    row["agent_group"],
+                    row["engage_mode"],
+                    row["engage_pattern"],
+                    row["sender_scope"],
+                    row["ignored_messages"],
+                    row["session_mode"],
+                    row["priority"],
+                )
         owner, admin, admin_of = self.roles.standing(user)
         members: set[str] = set()
         denied: set[str] = set()
         pending: set[str] = set()
         if wirings:
             for kind, group in db.execute(
-                    "SELECT 'm', agent_group FROM members WHERE user_id = ?1"
-                    " UNION ALL SELECT 'd', agent_group FROM sender_denials WHERE user_id = ?1"
-                    " UNION ALL SELECT 'p', agent_group FROM approvals WHERE kind = 'sender' AND user_id = ?1",
-                    (user,)):
+                "SELECT 'm', agent_group FROM members WHERE user_id = ?1"
+                " UNION ALL SELECT 'd', agent_group FROM sender_denials WHERE user_id = ?1"
+                " UNION ALL SELECT 'p', agent_group FROM approvals WHERE kind = 'sender' AND user_id = ?1",
+                (user,),
+            ):
                 (members if kind == "m" else denied if kind == "d" else pending).add(group)
         sticky: frozenset[str] = frozenset()
         thread = engage.effective_thread(event)
         if thread and event.is_group and any(w.engage_mode == "mention-sticky" for w in wirings.values()):
-            sticky = frozenset(row[0] for row in db.execute(
-                "SELECT agent_group FROM sessions WHERE channel = ? AND chat_id = ? AND thread_id = ?",
-                (channel, event.route.chat_id, thread)))
+            sticky = frozenset(
+                row[0]
+                for row in db.execute(
+                    "SELECT agent_group FROM sessions WHERE channel = ? AND chat_id = ? AND thread_id = ?",
+                    (channel, event.route.chat_id, thread),
+                )
+            )
         registration_pending = False
         can_register = has_groups = True
         if not wirings:
-            registration_pending = chat.own is not None and db.execute(
-                "SELECT 1 FROM approvals WHERE kind = 'channel' AND messaging_group = ?",
-                (chat.own["id"],)).fetchone() is not None
+            registration_pending = (
+                chat.own is not None
+                and db.execute(
+                    "SELECT 1 FROM approvals WHERE kind = 'channel' AND messaging_group = ?", (chat.own["id"],)
+                ).fetchone()
+                is not None
+            )
             can_register = bool(self.roles.approvers(None))
             has_groups = db.execute("SELECT 1 FROM agent_groups LIMIT 1").fetchone() is not None
         return engage.View(
-            chat=engage.Chat(known=chat.known, policy=chat.policy,
-                             denied=chat.own is not None and chat.own["denied_at"] is not None,
-                             registration_pending=registration_pending),
-            sender=engage.Standing(user, owner=owner, admin=admin, admin_of=admin_of,
-                                   member_of=frozenset(members), denied_for=frozenset(denied),
-                                   pending_for=frozenset(pending)),
-            wirings=tuple(wirings.values()), sticky=sticky, pairing_digest=digest, can_register=can_register,
-            has_groups=has_groups)
+            chat=engage.Chat(
+                known=chat.known,
+                policy=chat.policy,
+                denied=chat.own is not None and chat.own["denied_at"] is not None,
+                registration_pending=registration_pending,
+            ),
+            sender=engage.Standing(
+                user,
+                owner=owner,
+                admin=admin,
+                admin_of=admin_of,
+                member_of=frozenset(members),
+                denied_for=frozenset(denied),
+                pending_for=frozenset(pending),
+            ),
+            wirings=tuple(wirings.values()),
+            sticky=sticky,
+            pairing_digest=digest,
+            can_register=can_register,
+            has_groups=has_groups,
+        )
 
-    def _apply(self, event: ev.InboundMessage, chat: _ChatRows, view: engage.View, decision: engage.Decision,
-               now: float, out: Outcome) -> None:
+    def _apply(
+        self,
+        event: ev.InboundMessage,
+        chat: _ChatRows,
+        view: engage.View,
+        decision: engage.Decision,
+        now: float,
+        out: Outcome,
+    ) -> None:
         recorded_drop = bool(decision.dropped and decision.record)
         if not decision.actions and not recorded_drop:
             out.counts["ignored"] += 1
@@ -362,7 +433,8 @@ class RouterStore(outbox.OutboxStore):
                     " first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
                     " message_count = message_count + 1, last_seen = excluded.last_seen,"
                     " reason = excluded.reason, name = excluded.name",
-                    (user, mg, action.agent_group, event.sender.name, action.reason, now, now))
+                    (user, mg, action.agent_group, event.sender.name, action.reason, now, now),
+                )
             elif isinstance(action, engage.PairOwner):
                 self.grant(user, "owner", "", OWNER_BY_PAIRING, now)
                 self.conn.execute("DELETE FROM pairing_codes WHERE channel = ?", (event.route.channel,))
@@ -381,15 +453,19 @@ class RouterStore(outbox.OutboxStore):
         if chat.own is not None:
             return int(chat.own["id"])
         policy = None if chat.wildcard is not None else "request_approval"
-        return self._ensure_chat_row(event.route.channel, event.route.chat_id, event.chat_name, event.is_group,
-                                     policy, now)
+        return self._ensure_chat_row(
+            event.route.channel, event.route.chat_id, event.chat_name, event.is_group, policy, now
+        )
 
-    def _ensure_chat_row(self, channel: str, chat_id: str, name: str, is_group: bool, policy: str | None,
-                         now: float) -> int:
+    def _ensure_chat_row(
+        self, channel: str, chat_id: str, name: str, is_group: bool, policy: str | None, now: float
+    ) -> int:
         row = self.conn.execute(
             "INSERT INTO messaging_groups (channel, chat_id, name, is_group, unknown_sender_policy, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (channel, chat_id) DO UPDATE SET channel = channel"
-            " RETURNING id", (channel, chat_id, name, int(is_group), policy, now)).fetchone()
+            " RETURNING id",
+            (channel, chat_id, name, int(is_group), policy, now),
+        ).fetchone()
         return int(row[0])
 
     def _touch_user(self, user: str, name: str, now: float) -> None:
@@ -397,10 +473,10 @@ class RouterStore(outbox.OutboxStore):
             "INSERT INTO users (id, display_name, created_at, last_seen) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,"
             " display_name = iif(excluded.display_name = '', display_name, excluded.display_name)",
-            (user, name, now, now))
+            (user, name, now, now),
+        )
 
-    def _deliver(self, event: ev.InboundMessage, action: engage.Deliver, mg: int, now: float,
-                 out: Outcome) -> None:
+    def _deliver(self, event: ev.InboundMessage, action: engage.Deliver, mg: int, now: float, out: Outcome) -> None:
         key = action.session
         agent_shared = key.chat_id == ALL_CHATS
         session_id, runner = self.conn.execute(
@@ -408,49 +484,88 @@ class RouterStore(outbox.OutboxStore):
             " messaging_group) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (agent_group, channel, chat_id, thread_id) DO UPDATE SET"
             " last_message_at = excluded.last_message_at RETURNING id, runner",
-            (f"s-{secrets.token_hex(8)}", key.agent_group, key.channel, key.chat_id, key.thread_id, self.runner_id,
-             now, now, None if agent_shared else mg)).fetchone()
+            (
+                f"s-{secrets.token_hex(8)}",
+                key.agent_group,
+                key.channel,
+                key.chat_id,
+                key.thread_id,
+                self.runner_id,
+                now,
+                now,
+                None if agent_shared else mg,
+            ),
+        ).fetchone()
         wake = ev.Wake(
-            session_id=session_id, agent_group=action.agent_group, route=action.route, command=action.command,
+            session_id=session_id,
+            agent_group=action.agent_group,
+            route=action.route,
+            command=action.command,
             message=ev.WakeMessage(
                 # Unique per agent group, so one message fanned out stays distinct everywhere.
-                id=f"{event.key}:{action.agent_group}", kind="chat", text=event.text, sender=event.sender,
-                sent_at=event.sent_at, trigger=action.trigger, attachments=event.attachments,
-                platform_message_id=event.message_id),
+                id=f"{event.key}:{action.agent_group}",
+                kind="chat",
+                text=event.text,
+                sender=event.sender,
+                sent_at=event.sent_at,
+                trigger=action.trigger,
+                attachments=event.attachments,
+                platform_message_id=event.message_id,
+            ),
             destinations=self.destinations(action.agent_group),
             group=self.group_settings(action.agent_group),
         )
         self.emit(subjects.wake(runner), wake.key, wake, lane=session_id)
         out.counts["wakes" if action.trigger else "accumulated"] += 1
-        log.info("%s from %s:%s -> session %s of %s%s", event.key, event.route.channel, event.route.chat_id,
-                 session_id, action.agent_group, "" if action.trigger else " (context, no wake)",
-                 extra=logs.context(session_id, action.agent_group, event.key))
+        log.info(
+            "%s from %s:%s -> session %s of %s%s",
+            event.key,
+            event.route.channel,
+            event.route.chat_id,
+            session_id,
+            action.agent_group,
+            "" if action.trigger else " (context, no wake)",
+            extra=logs.context(session_id, action.agent_group, event.key),
+        )
 
-    def _reply(self, event: ev.InboundMessage, text: str, index: int, out: Outcome,
-               kind: Literal["reply", "error"] = "reply") -> None:
-        reply = ev.OutboundMessage(id=f"router:{event.key}:{index}", route=event.route, text=text,
-                                   reply_to=event.message_id, kind=kind)
-        self.emit(subjects.outbound(event.route.channel, event.route.chat_id), reply.id, reply,
-                  lane=f"chat:{event.route.channel}:{event.route.chat_id}")
+    def _reply(
+        self, event: ev.InboundMessage, text: str, index: int, out: Outcome, kind: Literal["reply", "error"] = "reply"
+    ) -> None:
+        reply = ev.OutboundMessage(
+            id=f"router:{event.key}:{index}", route=event.route, text=text, reply_to=event.message_id, kind=kind
+        )
+        self.emit(
+            subjects.outbound(event.route.channel, event.route.chat_id),
+            reply.id,
+            reply,
+            lane=f"chat:{event.route.channel}:{event.route.chat_id}",
+        )
         out.counts["replies"] += 1
 
     def destinations(self, agent_group: str) -> tuple[ev.Destination, ...]:
         cached = self._destinations.get(agent_group)
         if cached is None:
             cached = self._destinations[agent_group] = tuple(
-                ev.Destination(name=r["name"], display_name=r["display_name"],
-                               route=ev.Route(channel=r["channel"], chat_id=r["chat_id"], thread_id=r["thread_id"]))
+                ev.Destination(
+                    name=r["name"],
+                    display_name=r["display_name"],
+                    route=ev.Route(channel=r["channel"], chat_id=r["chat_id"], thread_id=r["thread_id"]),
+                )
                 for r in self.conn.execute(
                     "SELECT name, display_name, channel, chat_id, thread_id FROM destinations"
-                    " WHERE agent_group = ? ORDER BY name", (agent_group,)))
+                    " WHERE agent_group = ? ORDER BY name",
+                    (agent_group,),
+                )
+            )
         return cached
 
     def group_settings(self, agent_group: str) -> ev.GroupSettings | None:
         """The group's settings for the runner, as `clawden groups create|update` left them."""
         cached = self._settings.get(agent_group)
         if cached is None:
-            row = self.conn.execute("SELECT folder, model, container, changed_at FROM agent_groups WHERE name = ?",
-                                    (agent_group,)).fetchone()
+            row = self.conn.execute(
+                "SELECT folder, model, container, changed_at FROM agent_groups WHERE name = ?", (agent_group,)
+            ).fetchone()
             if row is None:
                 return None
             base = {"folder": row["folder"], "model": row["model"], "changed_at": row["changed_at"]}
@@ -467,35 +582,48 @@ class RouterStore(outbox.OutboxStore):
         self.conn.execute(
             "INSERT INTO dropped_messages (key, channel, chat_id, sender_id, reason, at) VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (key) DO UPDATE SET reason = excluded.reason, at = excluded.at",
-            (event.key, event.route.channel, event.route.chat_id, user, reason, now))
+            (event.key, event.route.channel, event.route.chat_id, user, reason, now),
+        )
 
     # --- approvals --------------------------------------------------------------------------------
 
-    def _hold(self, kind: Literal["sender", "channel"], event: ev.InboundMessage, mg: int, user: str, group: str,
-              now: float, out: Outcome) -> None:
+    def _hold(
+        self,
+        kind: Literal["sender", "channel"],
+        event: ev.InboundMessage,
+        mg: int,
+        user: str,
+        group: str,
+        now: float,
+        out: Outcome,
+    ) -> None:
         """Keep the message until an approver decides; the first message of a sender (or chat) sends
         the request, later ones join it."""
         db = self.conn
         if kind == "sender":
-            row = db.execute("SELECT id FROM approvals WHERE kind = 'sender' AND user_id = ? AND agent_group = ?",
-                             (user, group)).fetchone()
+            row = db.execute(
+                "SELECT id FROM approvals WHERE kind = 'sender' AND user_id = ? AND agent_group = ?", (user, group)
+            ).fetchone()
         else:
-            row = db.execute("SELECT id FROM approvals WHERE kind = 'channel' AND messaging_group = ?",
-                             (mg,)).fetchone()
+            row = db.execute(
+                "SELECT id FROM approvals WHERE kind = 'channel' AND messaging_group = ?", (mg,)
+            ).fetchone()
         if row is None:
             approval_id = f"rt-{secrets.token_hex(8)}"
             expires_at = now + APPROVAL_TTL
             if kind == "sender":
-                request = cards.sender_request(approval_id, event, user, group, self.roles.approvers(group),
-                                               expires_at)
+                request = cards.sender_request(approval_id, event, user, group, self.roles.approvers(group), expires_at)
             else:
                 groups = tuple(r[0] for r in db.execute("SELECT name FROM agent_groups ORDER BY created_at, rowid"))
-                request = cards.channel_request(approval_id, event, user, groups, self.roles.approvers(None),
-                                                expires_at)
+                request = cards.channel_request(
+                    approval_id, event, user, groups, self.roles.approvers(None), expires_at
+                )
                 group = request.agent_group
-            db.execute("INSERT INTO approvals (id, kind, messaging_group, user_id, agent_group, created_at,"
-                       " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (approval_id, kind, mg, user, group, now, expires_at))
+            db.execute(
+                "INSERT INTO approvals (id, kind, messaging_group, user_id, agent_group, created_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (approval_id, kind, mg, user, group, now, expires_at),
+            )
             self.emit(subjects.APPROVAL_REQUEST, approval_id, request, lane=approval_id)
             out.counts["approvals_requested"] += 1
             log.info("asked for approval %s (%s %s) for %s", approval_id, kind, user, event.key)
@@ -506,8 +634,10 @@ class RouterStore(outbox.OutboxStore):
                 self.record_drop(event, user, "too many messages are already waiting for this approval", now)
                 out.counts["dropped"] += 1
                 return
-        db.execute("INSERT OR IGNORE INTO held_messages (approval_id, key, event, held_at) VALUES (?, ?, ?, ?)",
-                   (approval_id, event.key, ev.encode(event), now))
+        db.execute(
+            "INSERT OR IGNORE INTO held_messages (approval_id, key, event, held_at) VALUES (?, ?, ?, ?)",
+            (approval_id, event.key, ev.encode(event), now),
+        )
         out.counts["held"] += 1
 
     def on_decision(self, decision: ev.ApprovalDecision, now: float) -> Outcome:
@@ -535,8 +665,10 @@ class RouterStore(outbox.OutboxStore):
         db = self.conn
         kind, mg, user = row["kind"], row["messaging_group"], row["user_id"]
         is_group = False
-        held = [_held_decoder.decode(r[0]) for r in db.execute(
-            "SELECT event FROM held_messages WHERE approval_id = ? ORDER BY rowid", (row["id"],))]
+        held = [
+            _held_decoder.decode(r[0])
+            for r in db.execute("SELECT event FROM held_messages WHERE approval_id = ? ORDER BY rowid", (row["id"],))
+        ]
         if decision.decision in ("approved", "answered"):
             group = row["agent_group"] if kind == "sender" else cards.chosen_group(decision, row["agent_group"])
             scope = group if kind == "sender" else None
@@ -557,13 +689,19 @@ class RouterStore(outbox.OutboxStore):
                 db.execute(
                     "INSERT OR IGNORE INTO wirings (messaging_group, agent_group, engage_mode, engage_pattern,"
                     " sender_scope, ignored_messages, created_at) VALUES (?, ?, ?, ?, 'known', 'accumulate', ?)",
-                    (mg, group, "mention-sticky" if is_group else "pattern", ALWAYS, now))
+                    (mg, group, "mention-sticky" if is_group else "pattern", ALWAYS, now),
+                )
                 db.execute("UPDATE messaging_groups SET denied_at = NULL WHERE id = ?", (mg,))
             # Approving a sender, or a direct chat (whose one other person is the sender), lets them in.
             if kind == "sender" or not is_group:
                 self.add_member(user, group, decision.decided_by, now)
-            log.info("approval %s approved by %s: replaying %d message(s) for %s", row["id"],
-                     decision.decided_by, len(held), group)
+            log.info(
+                "approval %s approved by %s: replaying %d message(s) for %s",
+                row["id"],
+                decision.decided_by,
+                len(held),
+                group,
+            )
             out.counts["approved"] += 1
             for event in held:
                 self._route(event, now, out, only=group)
@@ -571,8 +709,11 @@ class RouterStore(outbox.OutboxStore):
         db.execute("DELETE FROM approvals WHERE id = ?", (row["id"],))
         if decision.decision == "denied":
             if kind == "sender":
-                db.execute("INSERT OR REPLACE INTO sender_denials (user_id, agent_group, denied_by, denied_at)"
-                           " VALUES (?, ?, ?, ?)", (user, row["agent_group"], decision.decided_by, now))
+                db.execute(
+                    "INSERT OR REPLACE INTO sender_denials (user_id, agent_group, denied_by, denied_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (user, row["agent_group"], decision.decided_by, now),
+                )
             else:
                 db.execute("UPDATE messaging_groups SET denied_at = ? WHERE id = ?", (now, mg))
             reason = f"an approver ({decision.decided_by or 'unknown'}) declined"
@@ -593,7 +734,8 @@ class RouterStore(outbox.OutboxStore):
         self._ensure_user(user, now)
         added = self.conn.execute(
             "INSERT OR IGNORE INTO roles (user_id, role, agent_group, granted_by, granted_at) VALUES (?, ?, ?, ?, ?)",
-            (user, role, agent_group, granted_by, now)).rowcount
+            (user, role, agent_group, granted_by, now),
+        ).rowcount
         self.reload()
         return bool(added)
 
@@ -601,17 +743,19 @@ class RouterStore(outbox.OutboxStore):
         self._ensure_user(user, now)
         added = self.conn.execute(
             "INSERT OR IGNORE INTO members (user_id, agent_group, added_by, added_at) VALUES (?, ?, ?, ?)",
-            (user, agent_group, added_by, now)).rowcount
+            (user, agent_group, added_by, now),
+        ).rowcount
         # Being let in settles earlier refusals.
         self.conn.execute("DELETE FROM sender_denials WHERE user_id = ? AND agent_group = ?", (user, agent_group))
-        self.conn.execute("DELETE FROM unregistered_senders WHERE user_id = ? AND agent_group = ?",
-                          (user, agent_group))
+        self.conn.execute("DELETE FROM unregistered_senders WHERE user_id = ? AND agent_group = ?", (user, agent_group))
         return bool(added)
 
     def set_pairing(self, channel: str, digest: str, now: float, expires_at: float) -> None:
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO pairing_codes (channel, digest, created_at, expires_at)"
-                       " VALUES (?, ?, ?, ?)", (channel, digest, now, expires_at))
+            db.execute(
+                "INSERT OR REPLACE INTO pairing_codes (channel, digest, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (channel, digest, now, expires_at),
+            )
         self._pairing[channel] = (digest, expires_at)
 
     def prune(self, now: float) -> int:

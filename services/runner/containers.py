@@ -57,8 +57,9 @@ class GroupRun:
     refused: tuple[str, ...] = ()  # what the router sent that is not used, and why
 
 
-def group_run(agent_group: str, sent: ev.GroupSettings | None, cfg: Config, *,
-              engine_cpus: int | None = None) -> GroupRun:
+def group_run(
+    agent_group: str, sent: ev.GroupSettings | None, cfg: Config, *, engine_cpus: int | None = None
+) -> GroupRun:
     """Pure: what arrived on the bus is checked field by field; a field out of bounds is refused (and
     reported in `refused`) and the next source applies, so a bad setting never stops a container."""
     local = cfg.groups.get(agent_group, GroupConfig())
@@ -128,8 +129,13 @@ class ContainerSpec:
         return {LABEL_INSTALL: self.install_id, LABEL_GROUP: self.agent_group, LABEL_SESSION: self.session_id}
 
     def environment(self) -> dict[str, str]:
-        return agentcontainer.environment(model=self.model, timezone=self.timezone, trust=self.trust_dir is not None,
-                                          max_turns=self.max_turns, turn_budget=self.turn_budget)
+        return agentcontainer.environment(
+            model=self.model,
+            timezone=self.timezone,
+            trust=self.trust_dir is not None,
+            max_turns=self.max_turns,
+            turn_budget=self.turn_budget,
+        )
 
     def run_kwargs(self) -> dict[str, Any]:
         """Everything `containers.run` gets: no network, read-only root, no capabilities, limits."""
@@ -138,8 +144,9 @@ class ContainerSpec:
             Mount(GROUP_MOUNT, str(self.group_dir), type="bind"),
             # Claude Code's project settings (hooks, skills, agents) are the owner's to write, never the
             # agent's: a planted hook would run in every later session of the group.
-            Mount(f"{GROUP_MOUNT}/{PROJECT_SETTINGS}", str(self.group_dir / PROJECT_SETTINGS), type="bind",
-                  read_only=True),
+            Mount(
+                f"{GROUP_MOUNT}/{PROJECT_SETTINGS}", str(self.group_dir / PROJECT_SETTINGS), type="bind", read_only=True
+            ),
             Mount(HOME_MOUNT, str(self.claude_home), type="bind"),
             Mount(CACHE_MOUNT, str(self.cache_dir), type="bind"),
             Mount(GATEWAY_MOUNT, str(self.gateway_dir), type="bind", read_only=True),
@@ -213,8 +220,9 @@ class Docker:
             try:
                 self.client.images.get(spec.image)
             except docker.errors.ImageNotFound as exc:  # never let run() try a pull
-                raise ImageMissing(f"agent image {spec.image} is missing; build it with "
-                                   f"`clawden image build --tag {spec.image}`") from exc
+                raise ImageMissing(
+                    f"agent image {spec.image} is missing; build it with `clawden image build --tag {spec.image}`"
+                ) from exc
             try:
                 existing = self.client.containers.get(spec.name)
             except docker.errors.NotFound:
@@ -230,8 +238,11 @@ class Docker:
 
     async def ours(self) -> list[Container]:
         """Every container of this install, running or not (labels are the source of truth)."""
-        return await self.call(self.client.containers.list, all=True,
-                               filters={"label": [f"{LABEL_INSTALL}={self.install_id}", LABEL_SESSION]})
+        return await self.call(
+            self.client.containers.list,
+            all=True,
+            filters={"label": [f"{LABEL_INSTALL}={self.install_id}", LABEL_SESSION]},
+        )
 
     async def stop_and_remove(self, container_id: str, timeout: int = 5) -> None:
         def stop() -> None:
@@ -259,8 +270,7 @@ class Docker:
     async def logs_tail(self, container_id: str, lines: int = 20) -> str:
         def get() -> str:
             try:
-                return bytes(self.client.containers.get(container_id).logs(tail=lines)).decode(
-                    "utf-8", "replace")
+                return bytes(self.client.containers.get(container_id).logs(tail=lines)).decode("utf-8", "replace")
             except docker.errors.APIError:  # gone, or already being removed
                 return ""
 
@@ -273,12 +283,13 @@ class Docker:
         def follow() -> None:
             while True:
                 try:
-                    self._events_stream = self.client.events(decode=True, filters={
-                        "type": "container", "event": "die", "label": f"{LABEL_INSTALL}={self.install_id}"})
+                    self._events_stream = self.client.events(
+                        decode=True,
+                        filters={"type": "container", "event": "die", "label": f"{LABEL_INSTALL}={self.install_id}"},
+                    )
                     for event in self._events_stream:
                         attrs = event.get("Actor", {}).get("Attributes", {})
-                        died = Died(attrs.get(LABEL_SESSION, ""), event.get("id", ""),
-                                    int(attrs.get("exitCode", "-1")))
+                        died = Died(attrs.get(LABEL_SESSION, ""), event.get("id", ""), int(attrs.get("exitCode", "-1")))
                         loop.call_soon_threadsafe(on_death, died)
                     return  # the stream was closed on purpose
                 except Exception as exc:

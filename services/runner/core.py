@@ -35,8 +35,9 @@ class Dispatch:
     make_room: bool = False  # every slot is taken and someone waits: ask an idle container to leave
 
 
-def dispatch(queue: Iterable[Queued], live: int, cap: int, now: float, notice_after: float,
-             making_room: bool) -> Dispatch:
+def dispatch(
+    queue: Iterable[Queued], live: int, cap: int, now: float, notice_after: float, making_room: bool
+) -> Dispatch:
     """What the dispatcher does this round, with `live` slots taken out of `cap`."""
     plan = Dispatch()
     waiting = False
@@ -78,8 +79,9 @@ def allowed_silence(hang_timeout: float, tool_timeout: float | None) -> float:
 Health = Literal["working", "idle", "quiet", "hung"]
 
 
-def health(*, busy: bool, idle_for: float, idle_timeout: float, heartbeat_age: float, since_wake: float,
-           allowed: float) -> Health:
+def health(
+    *, busy: bool, idle_for: float, idle_timeout: float, heartbeat_age: float, since_wake: float, allowed: float
+) -> Health:
     """A running container's state for the housekeeping round.
 
     - idle: nothing unanswered for longer than the group's idle timeout (stop it);

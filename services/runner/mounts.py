@@ -14,11 +14,31 @@ from pathlib import Path
 DEFAULT_ALLOWLIST = Path("~/.config/clawden/mount-allowlist.json")
 EXTRA_ROOT = "/workspace/extra"
 # Never mounted, whatever the allowlist says: a path through one, or a folder holding one.
-BLOCKED = frozenset({
-    ".ssh", ".gnupg", ".gpg", ".aws", ".azure", ".gcloud", ".kube", ".docker", ".config", "credentials",
-    ".env", ".netrc", ".npmrc", ".pypirc", ".git-credentials", "id_rsa", "id_ed25519", "id_ecdsa",
-    "private_key", ".secret", ".clawden",
-})
+BLOCKED = frozenset(
+    {
+        ".ssh",
+        ".gnupg",
+        ".gpg",
+        ".aws",
+        ".azure",
+        ".gcloud",
+        ".kube",
+        ".docker",
+        ".config",
+        "credentials",
+        ".env",
+        ".netrc",
+        ".npmrc",
+        ".pypirc",
+        ".git-credentials",
+        "id_rsa",
+        "id_ed25519",
+        "id_ecdsa",
+        "private_key",
+        ".secret",
+        ".clawden",
+    }
+)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -44,8 +64,10 @@ class Allowlist:
         if not file.exists():
             return cls(roots=())
         data = json.loads(file.read_text())
-        roots = tuple(AllowedRoot(Path(os.path.realpath(Path(r["path"]).expanduser())), bool(r.get("allowReadWrite")))
-                      for r in data.get("allowedRoots", []))
+        roots = tuple(
+            AllowedRoot(Path(os.path.realpath(Path(r["path"]).expanduser())), bool(r.get("allowReadWrite")))
+            for r in data.get("allowedRoots", [])
+        )
         return cls(roots=roots, blocked=BLOCKED | frozenset(data.get("blockedPatterns", [])))
 
 

@@ -56,8 +56,13 @@ class Refused(ValueError):
     pass
 
 
-def translate(info: SessionInfo, folder: Path, row: sessiondb.OutboundMessage,
-              allowed: dict[tuple[str, str], ev.Route], runner_id: str = "") -> list[Action]:
+def translate(
+    info: SessionInfo,
+    folder: Path,
+    row: sessiondb.OutboundMessage,
+    allowed: dict[tuple[str, str], ev.Route],
+    runner_id: str = "",
+) -> list[Action]:
     """Turn one row into what the runner does; raises Refused for a row it must not act on."""
     route = _route(info, row, allowed)
     key = f"{info.id}:{row.id}"
@@ -69,42 +74,108 @@ def translate(info: SessionInfo, folder: Path, row: sessiondb.OutboundMessage,
         case sessionrows.Chat(text=text):
             if not _text(text):
                 raise Refused("empty message")
-            return [Publish(subjects.outbound(route.channel, route.chat_id), ev.OutboundMessage(
-                id=key, route=route, text=_text(text), agent_group=info.agent_group, session_id=info.id,
-                seq=row.seq), key)]
+            return [
+                Publish(
+                    subjects.outbound(route.channel, route.chat_id),
+                    ev.OutboundMessage(
+                        id=key,
+                        route=route,
+                        text=_text(text),
+                        agent_group=info.agent_group,
+                        session_id=info.id,
+                        seq=row.seq,
+                    ),
+                    key,
+                )
+            ]
         case sessionrows.File(box=box, files=files, text=text):
             paths = tuple(str(_outbox_file(folder, box, name)) for name in files)
             if not paths:
                 raise Refused("a file row without files")
-            return [Publish(subjects.outbound(route.channel, route.chat_id), ev.OutboundMessage(
-                id=key, route=route, text=_text(text), files=paths, agent_group=info.agent_group,
-                session_id=info.id, seq=row.seq), key)]
+            return [
+                Publish(
+                    subjects.outbound(route.channel, route.chat_id),
+                    ev.OutboundMessage(
+                        id=key,
+                        route=route,
+                        text=_text(text),
+                        files=paths,
+                        agent_group=info.agent_group,
+                        session_id=info.id,
+                        seq=row.seq,
+                    ),
+                    key,
+                )
+            ]
         case sessionrows.Card(title=title, body=body, buttons=buttons):
-            card = ev.Card(title=_text(title)[:256], body=_text(body), buttons=tuple(
-                ev.Button(id=(b.id or str(i + 1))[:16], label=b.label[:64]) for i, b in enumerate(buttons)))
-            return [Publish(subjects.outbound(route.channel, route.chat_id), ev.OutboundMessage(
-                id=key, route=route, text=card.body or card.title, card=card, agent_group=info.agent_group,
-                session_id=info.id, seq=row.seq), key)]
+            card = ev.Card(
+                title=_text(title)[:256],
+                body=_text(body),
+                buttons=tuple(
+                    ev.Button(id=(b.id or str(i + 1))[:16], label=b.label[:64]) for i, b in enumerate(buttons)
+                ),
+            )
+            return [
+                Publish(
+                    subjects.outbound(route.channel, route.chat_id),
+                    ev.OutboundMessage(
+                        id=key,
+                        route=route,
+                        text=card.body or card.title,
+                        card=card,
+                        agent_group=info.agent_group,
+                        session_id=info.id,
+                        seq=row.seq,
+                    ),
+                    key,
+                )
+            ]
         case sessionrows.Edit(target_seq=seq) | sessionrows.Reaction(target_seq=seq):
             target = sessiondb.platform_message_id(folder, seq)
             if target is None:
                 raise Refused(f"#{seq} has no platform message id")
             event: ev.Event
             if isinstance(content, sessionrows.Edit):
-                event = ev.OutboundEdit(id=key, route=route, target_message_id=target, text=_text(content.text),
-                                        session_id=info.id, seq=row.seq)
+                event = ev.OutboundEdit(
+                    id=key,
+                    route=route,
+                    target_message_id=target,
+                    text=_text(content.text),
+                    session_id=info.id,
+                    seq=row.seq,
+                )
             else:
-                event = ev.OutboundReaction(id=key, route=route, target_message_id=target,
-                                            emoji=_text(content.emoji)[:32], session_id=info.id, seq=row.seq)
+                event = ev.OutboundReaction(
+                    id=key,
+                    route=route,
+                    target_message_id=target,
+                    emoji=_text(content.emoji)[:32],
+                    session_id=info.id,
+                    seq=row.seq,
+                )
             return [Publish(subjects.outbound(route.channel, route.chat_id), event, key)]
         case sessionrows.Question(request_id=request_id, question=question, options=options, timeout=timeout):
             shown = tuple(o[:64] for o in options)
-            card = ev.Card(title="Question", body=_text(question),
-                           buttons=tuple(ev.Button(id=str(i + 1), label=o) for i, o in enumerate(shown)))
-            return [Ask(ev.ApprovalRequest(
-                id=subjects.token(request_id), kind="question", requester="runner", agent_group=info.agent_group,
-                card=card, route=route, expires_at=time.time() + timeout,
-                context={"session_id": info.id, "seq": str(row.seq)}), shown)]
+            card = ev.Card(
+                title="Question",
+                body=_text(question),
+                buttons=tuple(ev.Button(id=str(i + 1), label=o) for i, o in enumerate(shown)),
+            )
+            return [
+                Ask(
+                    ev.ApprovalRequest(
+                        id=subjects.token(request_id),
+                        kind="question",
+                        requester="runner",
+                        agent_group=info.agent_group,
+                        card=card,
+                        route=route,
+                        expires_at=time.time() + timeout,
+                        context={"session_id": info.id, "seq": str(row.seq)},
+                    ),
+                    shown,
+                )
+            ]
         case sessionrows.TaskRequest():
             return _task(info, route, content, runner_id)
 
@@ -115,15 +186,26 @@ def _task(info: SessionInfo, route: ev.Route, c: sessionrows.TaskRequest, runner
         raise Refused(f"unknown task operation {op!r}")
     task = ev.TaskOp(
         op=op,  # type: ignore[arg-type]  # checked against TaskOp's literals above; mypy does not narrow str by `in`
-        request_id=c.request_id, agent_group=info.agent_group, session_id=info.id, route=route,
-        task_id=c.task_id or None, prompt=c.prompt or None, schedule=c.schedule or None,
-        timezone=c.timezone or None, status=c.status, created_by=f"agent:{info.agent_group}",
-        runner=runner_id, script=c.script)
+        request_id=c.request_id,
+        agent_group=info.agent_group,
+        session_id=info.id,
+        route=route,
+        task_id=c.task_id or None,
+        prompt=c.prompt or None,
+        schedule=c.schedule or None,
+        timezone=c.timezone or None,
+        status=c.status,
+        created_by=f"agent:{info.agent_group}",
+        runner=runner_id,
+        script=c.script,
+    )
     if op == "list":
         return [ListTasks(c.request_id, task)]
     # Durable: the scheduler applies it whenever it runs; the id makes a replay harmless.
-    return [Publish(subjects.task(op), task, f"task:{c.request_id}"),
-            Respond(c.request_id, {"result": f"{op} of task {task.task_id} is on its way to the scheduler"})]
+    return [
+        Publish(subjects.task(op), task, f"task:{c.request_id}"),
+        Respond(c.request_id, {"result": f"{op} of task {task.task_id} is on its way to the scheduler"}),
+    ]
 
 
 def _route(info: SessionInfo, row: sessiondb.OutboundMessage, allowed: dict[tuple[str, str], ev.Route]) -> ev.Route:

@@ -125,8 +125,7 @@ class Runner:
     def group_run(self, agent_group: str) -> GroupRun:
         """How this group's containers run now: the router's last settings for it (kept in runner.db,
         so a scheduler wake or a restart finds them), over config.toml's."""
-        return group_run(agent_group, self.index.group_settings(agent_group), self.cfg,
-                         engine_cpus=self.engine_cpus)
+        return group_run(agent_group, self.index.group_settings(agent_group), self.cfg, engine_cpus=self.engine_cpus)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(_logged(coro, name), name=name)
@@ -139,33 +138,47 @@ class Runner:
         self.counters["wakes"] += 1
         info = SessionInfo(wake.session_id, wake.agent_group, wake.route)
         # The message as its bridge named it (`<channel>:<platform id>`), as the router logged it too.
-        message = (f"{wake.route.channel}:{wake.message.platform_message_id}" if wake.message.platform_message_id
-                   else wake.message.id)
-        log.info("wake %s for session %s of %s", wake.key, info.id, info.agent_group,
-                 extra=logs.context(info.id, info.agent_group, message))
+        message = (
+            f"{wake.route.channel}:{wake.message.platform_message_id}"
+            if wake.message.platform_message_id
+            else wake.message.id
+        )
+        log.info(
+            "wake %s for session %s of %s",
+            wake.key,
+            info.id,
+            info.agent_group,
+            extra=logs.context(info.id, info.agent_group, message),
+        )
         lock = self.session_locks.setdefault(info.id, asyncio.Lock())
         async with lock:
             await self.index.run(self.index.put, info)
             if wake.group is not None:  # None: the sender does not know them; keep the last ones
                 await self.index.run(self.index.set_group_settings, info.agent_group, wake.group)
             if wake.destinations is not None:  # None: the sender does not know them; keep what we have
-                await self.index.run(self.index.set_destinations, wake.session_id,
-                                     [d.route for d in wake.destinations])
+                await self.index.run(self.index.set_destinations, wake.session_id, [d.route for d in wake.destinations])
             folder = self.session_dir(info)
             try:
                 await asyncio.to_thread(self._store_wake, folder, wake)
             except (UnsafeSessionFolder, sessiondb.SchemaError, sqlite3.DatabaseError) as exc:
                 log.error("session %s folder refused: %s", info.id, exc, extra={"session_id": info.id})
-                await self._tell(info, f"wake-refused-{wake.key}",
-                                 "Sorry — this conversation's storage is damaged, so I can't answer. "
-                                 "The operator has to look at the runner's log.", "error")
+                await self._tell(
+                    info,
+                    f"wake-refused-{wake.key}",
+                    "Sorry — this conversation's storage is damaged, so I can't answer. "
+                    "The operator has to look at the runner's log.",
+                    "error",
+                )
                 return
             if wake.message.trigger and wake.message.kind == "chat":
                 # "typing…" in the chat until the answer: a hint for its bridge, never worth failing a wake.
                 with contextlib.suppress(Exception):
-                    await publish(self.ctx.js, subjects.outbound(wake.route.channel, wake.route.chat_id), ev.Typing(
-                        id=f"typing:{wake.key}", route=wake.route, at=time.time(), session_id=info.id),
-                        msg_id=f"typing:{wake.key}")
+                    await publish(
+                        self.ctx.js,
+                        subjects.outbound(wake.route.channel, wake.route.chat_id),
+                        ev.Typing(id=f"typing:{wake.key}", route=wake.route, at=time.time(), session_id=info.id),
+                        msg_id=f"typing:{wake.key}",
+                    )
             if not wake.message.trigger:
                 return  # context only (an accumulated message): it waits for the next real one
             live = self.live.get(info.id)
@@ -180,10 +193,16 @@ class Runner:
         routing = sessiondb.Routing(wake.route.channel, wake.route.chat_id, wake.route.thread_id)
         sessiondb.set_routing(folder, routing)
         if wake.destinations is not None:  # None: the sender does not know them; keep what we have
-            sessiondb.set_destinations(folder, {
-                d.name: (d.display_name or d.name, sessiondb.Routing(d.route.channel, d.route.chat_id,
-                                                                     d.route.thread_id))
-                for d in wake.destinations})
+            sessiondb.set_destinations(
+                folder,
+                {
+                    d.name: (
+                        d.display_name or d.name,
+                        sessiondb.Routing(d.route.channel, d.route.chat_id, d.route.thread_id),
+                    )
+                    for d in wake.destinations
+                },
+            )
         m = wake.message
         content: dict[str, object] = {"text": m.text}
         if m.platform_message_id:
@@ -194,11 +213,20 @@ class Runner:
             content["command"] = wake.command
         if m.attachments:
             content["attachments"] = [self._receive_file(folder, m.id, a) for a in m.attachments]
-        sessiondb.insert_inbound(folder, sessiondb.InboundMessage(
-            id=m.id, kind=m.kind, content=content, routing=routing,
-            sender_id=m.sender.id if m.sender else None, sender_name=m.sender.name if m.sender else None,
-            trigger=m.trigger, created_at=m.sent_at or time.time(),
-        ), outbound_max_seq=sessiondb.outbound_max_seq(folder))
+        sessiondb.insert_inbound(
+            folder,
+            sessiondb.InboundMessage(
+                id=m.id,
+                kind=m.kind,
+                content=content,
+                routing=routing,
+                sender_id=m.sender.id if m.sender else None,
+                sender_name=m.sender.name if m.sender else None,
+                trigger=m.trigger,
+                created_at=m.sent_at or time.time(),
+            ),
+            outbound_max_seq=sessiondb.outbound_max_seq(folder),
+        )
 
     def _receive_file(self, folder: Path, message_id: str, attachment: ev.Attachment) -> dict[str, object]:
         """Copy a bridge's downloaded file into the session's inbox; anything else is only described."""
@@ -222,27 +250,48 @@ class Runner:
     async def _start(self, info: SessionInfo, folder: Path) -> None:
         gateway, trust = await self._gateway_dir(info.agent_group)
         run = self.group_run(info.agent_group)
-        group_dir, bad_folder = await asyncio.to_thread(group_folder, self.cfg.groups_dir, run.folder,
-                                                        info.agent_group)
+        group_dir, bad_folder = await asyncio.to_thread(group_folder, self.cfg.groups_dir, run.folder, info.agent_group)
         for why in (*run.refused, bad_folder):
             if why:  # the router's check should have caught it; the next source applies instead
-                log.error("agent group %s: not using the router's setting: %s", info.agent_group, why,
-                          extra={"session_id": info.id, "agent_group": info.agent_group})
+                log.error(
+                    "agent group %s: not using the router's setting: %s",
+                    info.agent_group,
+                    why,
+                    extra={"session_id": info.id, "agent_group": info.agent_group},
+                )
         claude_home = self.claude_home(info)
         cache_dir = self.cfg.path("state", info.agent_group, "cache")
-        await asyncio.to_thread(self._prepare_group, group_dir, claude_home, cache_dir,
-                                self.cfg.path("state", info.agent_group, "claude"), folder)
+        await asyncio.to_thread(
+            self._prepare_group,
+            group_dir,
+            claude_home,
+            cache_dir,
+            self.cfg.path("state", info.agent_group, "claude"),
+            folder,
+        )
         live = self.live.setdefault(info.id, Live(info, folder))
         if live.bell is None:
             live.bell = await listen_bell(folder, functools.partial(self.kick, info.id), self.owner_uid)
         spec = ContainerSpec(
-            install_id=self.cfg.install_id, agent_group=info.agent_group, session_id=info.id,
-            image=run.image, session_dir=folder, group_dir=group_dir,
-            global_dir=self.cfg.groups_dir / "global", claude_home=claude_home, cache_dir=cache_dir,
+            install_id=self.cfg.install_id,
+            agent_group=info.agent_group,
+            session_id=info.id,
+            image=run.image,
+            session_dir=folder,
+            group_dir=group_dir,
+            global_dir=self.cfg.groups_dir / "global",
+            claude_home=claude_home,
+            cache_dir=cache_dir,
             gateway_dir=gateway,
-            memory=run.memory, cpus=run.cpus, pids=run.pids, user=self.user, model=run.model,
-            max_turns=run.max_turns, turn_budget=run.turn_budget,
-            timezone=_host_timezone(), extra_mounts=await asyncio.to_thread(self._extra_mounts, info.agent_group),
+            memory=run.memory,
+            cpus=run.cpus,
+            pids=run.pids,
+            user=self.user,
+            model=run.model,
+            max_turns=run.max_turns,
+            turn_budget=run.turn_budget,
+            timezone=_host_timezone(),
+            extra_mounts=await asyncio.to_thread(self._extra_mounts, info.agent_group),
             trust_dir=trust,
         )
         try:
@@ -255,8 +304,12 @@ class Runner:
         # dead predecessor left in the folder.
         live.last_activity = live.last_wake = time.monotonic()
         self.counters["started"] += 1
-        log.info("started container %s for session %s", container.short_id, info.id,
-                 extra={"session_id": info.id, "agent_group": info.agent_group})
+        log.info(
+            "started container %s for session %s",
+            container.short_id,
+            info.id,
+            extra={"session_id": info.id, "agent_group": info.agent_group},
+        )
 
     def _extra_mounts(self, agent_group: str) -> tuple[ExtraMount, ...]:
         """The group's extra folders that pass the allowlist; a refused one is left out, loudly."""
@@ -272,8 +325,9 @@ class Runner:
                 log.error("agent group %s: mount %s refused: %s", agent_group, m.name, exc)
         return tuple(allowed)
 
-    def _prepare_group(self, group_dir: Path, claude_home: Path, cache_dir: Path, shared_home: Path,
-                       folder: Path) -> None:
+    def _prepare_group(
+        self, group_dir: Path, claude_home: Path, cache_dir: Path, shared_home: Path, folder: Path
+    ) -> None:
         (group_dir / PROJECT_SETTINGS).mkdir(parents=True, exist_ok=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
         if not claude_home.exists():
@@ -288,8 +342,9 @@ class Runner:
         """Ask the vault for this group's gateway socket folder and its CA folder (mounted read-only);
         without a vault no agent may start."""
         try:
-            reply = await self.ctx.nc.request(subjects.ctl("vault", "gateway"),
-                                              json.dumps({"agent_group": agent_group}).encode(), timeout=5)
+            reply = await self.ctx.nc.request(
+                subjects.ctl("vault", "gateway"), json.dumps({"agent_group": agent_group}).encode(), timeout=5
+            )
         except Exception as exc:
             raise Retry(f"the vault did not answer: {exc}", delay=2.0) from exc
         if reply.headers and reply.headers.get("Nats-Service-Error"):
@@ -320,8 +375,7 @@ class Runner:
                 try:
                     await self._pump_once(session_id)
                 except Exception:
-                    log.exception("publishing outbound for %s failed; the next ring or poll retries",
-                                  session_id)
+                    log.exception("publishing outbound for %s failed; the next ring or poll retries", session_id)
                     return
                 if session_id not in self.pump_dirty:
                     return
@@ -337,8 +391,9 @@ class Runner:
             try:
                 actions = await asyncio.to_thread(translate, info, folder, row, allowed, self.cfg.runner.id)
             except Refused as exc:
-                log.warning("session %s: outbound #%d refused: %s", info.id, row.seq, exc,
-                            extra={"session_id": info.id})
+                log.warning(
+                    "session %s: outbound #%d refused: %s", info.id, row.seq, exc, extra={"session_id": info.id}
+                )
                 actions = []
             for action in actions:
                 await self._apply(info, folder, action)
@@ -379,13 +434,21 @@ class Runner:
         answer = decision.value
         if answer.isdigit() and 1 <= int(answer) <= len(options):
             answer = options[int(answer) - 1]
-        await self._respond(self.session_dir(info), decision.id, {
-            "decision": decision.decision, "answer": answer, "by": decision.decided_by})
+        await self._respond(
+            self.session_dir(info),
+            decision.id,
+            {"decision": decision.decision, "answer": answer, "by": decision.decided_by},
+        )
 
-    async def _tell(self, info: SessionInfo, key: str, text: str,
-                    kind: Literal["notice", "error"] = "notice") -> None:
-        event = ev.OutboundMessage(id=f"{info.id}:{key}", route=info.route, text=text, session_id=info.id,
-                                   agent_group=info.agent_group, kind=kind)
+    async def _tell(self, info: SessionInfo, key: str, text: str, kind: Literal["notice", "error"] = "notice") -> None:
+        event = ev.OutboundMessage(
+            id=f"{info.id}:{key}",
+            route=info.route,
+            text=text,
+            session_id=info.id,
+            agent_group=info.agent_group,
+            kind=kind,
+        )
         await publish(self.ctx.js, subjects.outbound(info.route.channel, info.route.chat_id), event, msg_id=event.id)
 
     async def _fail(self, info: SessionInfo, failed: list[sessiondb.InboundMessage], why: str) -> None:
@@ -400,8 +463,13 @@ class Runner:
             return  # not one of ours (another runner's session, or a runner notice)
         if not receipt.ok and not receipt.final:
             return  # the bridge is still retrying; its final word follows
-        await asyncio.to_thread(sessiondb.record_delivery, self.session_dir(info), receipt.seq,
-                                platform_message_id=receipt.platform_message_id, error=receipt.error)
+        await asyncio.to_thread(
+            sessiondb.record_delivery,
+            self.session_dir(info),
+            receipt.seq,
+            platform_message_id=receipt.platform_message_id,
+            error=receipt.error,
+        )
 
     # --- starting containers: one per session, a global cap, a fair queue, backoff ----------------
 
@@ -419,9 +487,14 @@ class Runner:
         """Starts queued sessions as slots free up; tells chats that wait too long why."""
         while not self.ctx.stopping.is_set():
             self.changed.clear()
-            plan = core.dispatch((core.Queued(sid, w.since, w.not_before, w.told) for sid, w in self.queue.items()),
-                                 len(self.live), self.cfg.runner.max_containers, time.monotonic(),
-                                 self.cfg.runner.queue_notice_after, self.making_room)
+            plan = core.dispatch(
+                (core.Queued(sid, w.since, w.not_before, w.told) for sid, w in self.queue.items()),
+                len(self.live),
+                self.cfg.runner.max_containers,
+                time.monotonic(),
+                self.cfg.runner.queue_notice_after,
+                self.making_room,
+            )
             for session_id in plan.start:
                 waiting = self.queue.pop(session_id)
                 self.live[session_id] = Live(waiting.info, waiting.folder)  # holds the slot
@@ -429,10 +502,15 @@ class Runner:
             for session_id in plan.tell:
                 waiting = self.queue[session_id]
                 waiting.told = True
-                self._spawn(self._tell(waiting.info, f"queued-{int(waiting.since)}",
-                                       "I'm busy with other conversations right now; "
-                                       "I'll get to your message as soon as a slot frees up."),
-                            f"queued-{session_id}")
+                self._spawn(
+                    self._tell(
+                        waiting.info,
+                        f"queued-{int(waiting.since)}",
+                        "I'm busy with other conversations right now; "
+                        "I'll get to your message as soon as a slot frees up.",
+                    ),
+                    f"queued-{session_id}",
+                )
             if plan.make_room:
                 self.making_room = True
                 self._spawn(self._make_room(), "make-room")
@@ -442,8 +520,11 @@ class Runner:
         """Under the cap, an idle container gives its slot to a waiting chat."""
         try:
             for live in sorted(self.live.values(), key=lambda lv: lv.last_activity):
-                if live.container_id and not live.stopping and not await asyncio.to_thread(
-                        sessiondb.has_unanswered, live.folder):
+                if (
+                    live.container_id
+                    and not live.stopping
+                    and not await asyncio.to_thread(sessiondb.has_unanswered, live.folder)
+                ):
                     await self.stop_session(live.info.id, "making room for a waiting chat")
                     return
         finally:
@@ -466,13 +547,22 @@ class Runner:
             failures = self.failures.get(info.id, 0) + 1
             self.failures[info.id] = failures
             then = core.start_failed(failures, START_ATTEMPTS, isinstance(exc, ImageMissing), time.monotonic())
-            log.log(logging.ERROR if then.give_up else logging.WARNING, "could not start a container for %s (%d): %s",
-                    info.id, failures, exc, extra={"session_id": info.id})
+            log.log(
+                logging.ERROR if then.give_up else logging.WARNING,
+                "could not start a container for %s (%d): %s",
+                info.id,
+                failures,
+                exc,
+                extra={"session_id": info.id},
+            )
             if then.give_up:
                 self.failures.pop(info.id, None)
                 failed = await asyncio.to_thread(sessiondb.fail_pending, folder)
-                reason = str(exc) if isinstance(exc, ImageMissing) else (
-                    "my container could not be started; the operator has to look at the runner's log.")
+                reason = (
+                    str(exc)
+                    if isinstance(exc, ImageMissing)
+                    else ("my container could not be started; the operator has to look at the runner's log.")
+                )
                 await self._fail(info, failed, reason)
             else:
                 self.queue[info.id] = Waiting(info, folder, not_before=then.retry_at or 0.0)
@@ -501,20 +591,30 @@ class Runner:
                 return
             self.counters["crashed"] += 1
             tail = await self.docker.logs_tail(died.container_id)
-            log.error("container for session %s %s (exit %d); last output:\n%s", info.id,
-                      "hung" if live.hung else "died", died.exit_code, tail, extra={"session_id": info.id})
+            log.error(
+                "container for session %s %s (exit %d); last output:\n%s",
+                info.id,
+                "hung" if live.hung else "died",
+                died.exit_code,
+                tail,
+                extra={"session_id": info.id},
+            )
             await self.docker.stop_and_remove(died.container_id, timeout=1)
-            retry, failed = await asyncio.to_thread(sessiondb.settle_unfinished, live.folder,
-                                                    self.cfg.runner.max_tries)
+            retry, failed = await asyncio.to_thread(sessiondb.settle_unfinished, live.folder, self.cfg.runner.max_tries)
             what = "got stuck" if live.hung else f"stopped unexpectedly (exit code {died.exit_code})"
-            await self._fail(info, failed, f"my container {what} every time I tried. Please send it again "
-                                           "later, or ask the operator to look at the runner's log.")
+            await self._fail(
+                info,
+                failed,
+                f"my container {what} every time I tried. Please send it again "
+                "later, or ask the operator to look at the runner's log.",
+            )
             if retry:
                 # Crash-looping sessions back off: 2 s, 4 s, 8 s … between attempts.
                 crashes = self.failures.get(info.id, 0) + 1
                 self.failures[info.id] = crashes
-                self.queue[info.id] = Waiting(info, live.folder,
-                                              not_before=time.monotonic() + backoff(crashes, cap=core.MAX_BACKOFF))
+                self.queue[info.id] = Waiting(
+                    info, live.folder, not_before=time.monotonic() + backoff(crashes, cap=core.MAX_BACKOFF)
+                )
                 self.changed.set()
 
     def _forget(self, session_id: str) -> None:
@@ -537,10 +637,14 @@ class Runner:
         heartbeat_age, tool_timeout = (0.0, None) if not busy else await asyncio.to_thread(_silence, live.folder)
         now = time.monotonic()
         # The group's latest idle timeout, also for a container started before it changed.
-        state = core.health(busy=busy, idle_for=now - live.last_activity,
-                            idle_timeout=self.group_run(live.info.agent_group).idle_timeout,
-                            heartbeat_age=heartbeat_age, since_wake=now - live.last_wake,
-                            allowed=core.allowed_silence(self.cfg.runner.hang_timeout, tool_timeout))
+        state = core.health(
+            busy=busy,
+            idle_for=now - live.last_activity,
+            idle_timeout=self.group_run(live.info.agent_group).idle_timeout,
+            heartbeat_age=heartbeat_age,
+            since_wake=now - live.last_wake,
+            allowed=core.allowed_silence(self.cfg.runner.hang_timeout, tool_timeout),
+        )
         if not busy:
             self.failures.pop(live.info.id, None)  # it answered: a later crash starts a fresh count
             if state == "idle":
@@ -551,9 +655,11 @@ class Runner:
         if state == "hung":
             silent = min(heartbeat_age, now - live.last_wake)
             self.counters["hung"] += 1
-            await self._tell(live.info, f"hung-{live.container_id[:12]}",
-                             f"I got stuck (no sign of life for {silent:.0f} s), so I'm restarting and will try "
-                             "your message again.")
+            await self._tell(
+                live.info,
+                f"hung-{live.container_id[:12]}",
+                f"I got stuck (no sign of life for {silent:.0f} s), so I'm restarting and will try your message again.",
+            )
             await self.stop_session(live.info.id, f"no heartbeat for {silent:.0f}s", hung=True)
 
     async def housekeeping(self) -> None:
@@ -572,13 +678,22 @@ class Runner:
         """For `clawden status`: the sessions with a container, and those waiting for a slot."""
         now = time.monotonic()
         return {
-            "runner": self.cfg.runner.id, "max": self.cfg.runner.max_containers,
-            "running": [{"session_id": live.info.id, "agent_group": live.info.agent_group,
-                         "container": live.container_id[:12],
-                         "state": "stopping" if live.stopping else "running" if live.container_id else "starting",
-                         "idle": round(now - live.last_activity, 1)} for live in list(self.live.values())],
-            "waiting": [{"session_id": w.info.id, "agent_group": w.info.agent_group,
-                         "waiting": round(now - w.since, 1)} for w in list(self.queue.values())],
+            "runner": self.cfg.runner.id,
+            "max": self.cfg.runner.max_containers,
+            "running": [
+                {
+                    "session_id": live.info.id,
+                    "agent_group": live.info.agent_group,
+                    "container": live.container_id[:12],
+                    "state": "stopping" if live.stopping else "running" if live.container_id else "starting",
+                    "idle": round(now - live.last_activity, 1),
+                }
+                for live in list(self.live.values())
+            ],
+            "waiting": [
+                {"session_id": w.info.id, "agent_group": w.info.agent_group, "waiting": round(now - w.since, 1)}
+                for w in list(self.queue.values())
+            ],
         }
 
     # --- restart ----------------------------------------------------------------------------------
@@ -611,8 +726,9 @@ class Runner:
     async def shutdown(self) -> None:
         # By default containers keep running across a runner restart; the next runner adopts them.
         if self.cfg.runner.stop_containers_on_exit:
-            await asyncio.gather(*(self.stop_session(s, "runner exit") for s in list(self.live)),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                *(self.stop_session(s, "runner exit") for s in list(self.live)), return_exceptions=True
+            )
         for live in list(self.live.values()):
             if live.bell is not None:
                 live.bell.close()
@@ -666,10 +782,12 @@ async def main(ctx: ServiceContext) -> None:
         wake_stats, receipt_stats = ConsumeStats(), ConsumeStats()
         ctx.stats["wakes"], ctx.stats["receipts"] = wake_stats, receipt_stats
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(consume(wakes, ev.Wake, runner.on_wake, stopping=ctx.stopping, stats=wake_stats,
-                                   concurrency=8))
-            tg.create_task(consume(receipts, ev.DeliveryReceipt, runner.on_receipt, stopping=ctx.stopping,
-                                   stats=receipt_stats))
+            tg.create_task(
+                consume(wakes, ev.Wake, runner.on_wake, stopping=ctx.stopping, stats=wake_stats, concurrency=8)
+            )
+            tg.create_task(
+                consume(receipts, ev.DeliveryReceipt, runner.on_receipt, stopping=ctx.stopping, stats=receipt_stats)
+            )
             tg.create_task(consume(decisions, ev.ApprovalDecision, runner.on_decision, stopping=ctx.stopping))
             tg.create_task(runner.housekeeping())
             tg.create_task(runner.dispatcher())

@@ -30,20 +30,26 @@ class SessionInfo:
 
 
 MIGRATIONS = [
-    ("0001_runner", """
+    (
+        "0001_runner",
+        """
         CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, agent_group TEXT NOT NULL,
             channel TEXT NOT NULL, chat_id TEXT NOT NULL, thread_id TEXT, updated_at REAL NOT NULL);
         CREATE TABLE IF NOT EXISTS questions (id TEXT PRIMARY KEY, session_id TEXT NOT NULL,
             options TEXT NOT NULL, asked_at REAL NOT NULL);
         CREATE TABLE IF NOT EXISTS destinations (session_id TEXT NOT NULL, channel TEXT NOT NULL,
             chat_id TEXT NOT NULL, thread_id TEXT, PRIMARY KEY (session_id, channel, chat_id));
-    """),
+    """,
+    ),
     # Each agent group's settings as the router last sent them (msgspec JSON of ev.GroupSettings), so a
     # scheduler wake, which carries none, and a restarted runner start containers the same way.
-    ("0002_group_settings", """
+    (
+        "0002_group_settings",
+        """
         CREATE TABLE group_settings (agent_group TEXT PRIMARY KEY, settings TEXT NOT NULL,
             changed_at REAL NOT NULL, updated_at REAL NOT NULL);
-    """),
+    """,
+    ),
 ]
 _settings_decoder = msgspec.json.Decoder(ev.GroupSettings)
 
@@ -60,8 +66,9 @@ class SessionIndex(servicedb.Store):
         super().__init__(conn)
         self._cache: dict[str, SessionInfo] = {}
         for row in self.conn.execute("SELECT id, agent_group, channel, chat_id, thread_id FROM sessions"):
-            self._cache[row[0]] = SessionInfo(row[0], row[1], ev.Route(channel=row[2], chat_id=row[3],
-                                                                        thread_id=row[4]))
+            self._cache[row[0]] = SessionInfo(
+                row[0], row[1], ev.Route(channel=row[2], chat_id=row[3], thread_id=row[4])
+            )
         self._groups: dict[str, ev.GroupSettings] = {}
         for group, data in self.conn.execute("SELECT agent_group, settings FROM group_settings"):
             try:
@@ -79,19 +86,23 @@ class SessionIndex(servicedb.Store):
             "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
             " channel = excluded.channel, chat_id = excluded.chat_id, thread_id = excluded.thread_id,"
             " updated_at = excluded.updated_at",
-            (info.id, info.agent_group, info.route.channel, info.route.chat_id, info.route.thread_id, time.time()))
+            (info.id, info.agent_group, info.route.channel, info.route.chat_id, info.route.thread_id, time.time()),
+        )
         self._cache[info.id] = info
 
     def set_destinations(self, session_id: str, routes: list[ev.Route]) -> None:
         """The chats (besides its own) this session may send to, as the router last said."""
         with self._tx():  # all of them or none: never a half-replaced list
             self.conn.execute("DELETE FROM destinations WHERE session_id = ?", (session_id,))
-            self.conn.executemany("INSERT OR REPLACE INTO destinations VALUES (?, ?, ?, ?)",
-                                  [(session_id, r.channel, r.chat_id, r.thread_id) for r in routes])
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO destinations VALUES (?, ?, ?, ?)",
+                [(session_id, r.channel, r.chat_id, r.thread_id) for r in routes],
+            )
 
     def destinations(self, session_id: str) -> dict[tuple[str, str], ev.Route]:
-        rows = self.conn.execute("SELECT channel, chat_id, thread_id FROM destinations WHERE session_id = ?",
-                                 (session_id,)).fetchall()
+        rows = self.conn.execute(
+            "SELECT channel, chat_id, thread_id FROM destinations WHERE session_id = ?", (session_id,)
+        ).fetchall()
         return {(r[0], r[1]): ev.Route(channel=r[0], chat_id=r[1], thread_id=r[2]) for r in rows}
 
     def set_group_settings(self, agent_group: str, settings: ev.GroupSettings) -> bool:
@@ -103,7 +114,8 @@ class SessionIndex(servicedb.Store):
         self.conn.execute(
             "INSERT INTO group_settings VALUES (?, ?, ?, ?) ON CONFLICT (agent_group) DO UPDATE SET"
             " settings = excluded.settings, changed_at = excluded.changed_at, updated_at = excluded.updated_at",
-            (agent_group, msgspec.json.encode(settings).decode(), settings.changed_at, time.time()))
+            (agent_group, msgspec.json.encode(settings).decode(), settings.changed_at, time.time()),
+        )
         self._groups[agent_group] = settings
         return True
 
@@ -112,13 +124,16 @@ class SessionIndex(servicedb.Store):
         return self._groups.get(agent_group)
 
     def put_question(self, question_id: str, session_id: str, options: tuple[str, ...]) -> None:
-        self.conn.execute("INSERT OR IGNORE INTO questions VALUES (?, ?, ?, ?)",
-                          (question_id, session_id, json.dumps(options), time.time()))
+        self.conn.execute(
+            "INSERT OR IGNORE INTO questions VALUES (?, ?, ?, ?)",
+            (question_id, session_id, json.dumps(options), time.time()),
+        )
 
     def take_question(self, question_id: str) -> tuple[str, tuple[str, ...]] | None:
         """The session that asked, once: a second decision for the same question finds nothing."""
-        row = self.conn.execute("DELETE FROM questions WHERE id = ? RETURNING session_id, options",
-                                (question_id,)).fetchone()
+        row = self.conn.execute(
+            "DELETE FROM questions WHERE id = ? RETURNING session_id, options", (question_id,)
+        ).fetchone()
         return (str(row[0]), tuple(json.loads(row[1]))) if row else None
 
     def all(self) -> list[SessionInfo]:
@@ -181,8 +196,7 @@ class _Bell(asyncio.DatagramProtocol):
         self.on_ring()
 
 
-async def listen_bell(folder: Path, on_ring: Callable[[], None], owner_uid: int | None
-                      ) -> asyncio.DatagramTransport:
+async def listen_bell(folder: Path, on_ring: Callable[[], None], owner_uid: int | None) -> asyncio.DatagramTransport:
     """The host's doorbell in a session folder: the agent rings it after writing outbound.db."""
     path = folder / sessiondb.HOST_BELL
     sock = unixsock.bind(path, socket.SOCK_DGRAM)  # bound by hand: uvloop takes no AF_UNIX local_addr

@@ -20,8 +20,20 @@ Kind = Literal["cron", "interval", "once"]
 # A cron candidate's instant differs from its naive wall time by at most the largest UTC offset
 # change (1 h almost everywhere, 30 min on Lord Howe Island); this window covers any zone.
 _DST_SLACK = timedelta(hours=3)
-_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
-          "d": 86400, "day": 86400, "w": 604800, "week": 604800}
+_UNITS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+    "d": 86400,
+    "day": 86400,
+    "w": 604800,
+    "week": 604800,
+}
 _DURATION = re.compile(r"(\d+)\s*([a-z]+?)s?(?=\d|\s|$)")
 _INTERVAL = re.compile(r"^every\s+(.+)$")
 _RELATIVE = re.compile(r"^in\s+(.+)$")
@@ -111,8 +123,10 @@ def parse(text: str, zone_name: str, now: float) -> Schedule:
         return Schedule("once", text, tz_name, at=int(at))
     fields = text.split()
     if not (text.startswith("@") or len(fields) == 5) or not croniter.is_valid(text):
-        raise ScheduleError(f"cannot read {text!r} as a schedule: use a cron expression with five fields "
-                            "(like '0 8 * * 1'), 'every 30m', or a time for once (like 2025-06-01T08:00)")
+        raise ScheduleError(
+            f"cannot read {text!r} as a schedule: use a cron expression with five fields "
+            "(like '0 8 * * 1'), 'every 30m', or a time for once (like 2025-06-01T08:00)"
+        )
     schedule = Schedule("cron", text, tz_name, cron=text)
     try:
         next_after(schedule, int(now))
@@ -125,9 +139,11 @@ def check_pace(schedule: Schedule, *, gated: bool, minimum: float) -> None:
     """Refuse an interval shorter than `minimum` seconds: each run is a model turn. A task gated by a
     pre-check script may run more often, since the script (not the model) decides most runs."""
     if schedule.kind == "interval" and schedule.every < minimum and not gated:
-        raise ScheduleError(f"'{schedule.text}' would wake the model every {schedule.every} s; the shortest "
-                            f"interval is {_seconds(minimum)}, unless a pre-check script decides when the "
-                            "model is woken (--script)")
+        raise ScheduleError(
+            f"'{schedule.text}' would wake the model every {schedule.every} s; the shortest "
+            f"interval is {_seconds(minimum)}, unless a pre-check script decides when the "
+            "model is woken (--script)"
+        )
 
 
 def check_future(schedule: Schedule, now: float, slack: float = 60.0) -> None:

@@ -120,20 +120,30 @@ class Scheduler:
                 self.counters[outcome] += 1
             await self.store.run(self.store.record_plan, task, p, now)
             if p.not_fired:
-                log.warning("task %s: %d run(s) %s after downtime (catch-up policy %s)%s", task.id,
-                            len(p.not_fired) + p.unlisted, p.not_fired[0][1], task.catch_up,
-                            ", one caught up" if any(o == "caught_up" for _, o in p.fire) else "",
-                            extra={"task_id": task.id})
+                log.warning(
+                    "task %s: %d run(s) %s after downtime (catch-up policy %s)%s",
+                    task.id,
+                    len(p.not_fired) + p.unlisted,
+                    p.not_fired[0][1],
+                    task.catch_up,
+                    ", one caught up" if any(o == "caught_up" for _, o in p.fire) else "",
+                    extra={"task_id": task.id},
+                )
 
     async def _publish_wake(self, task: Task, at: int) -> None:
         key = f"task:{task.id}:{sched.iso(at)}"
-        wake = ev.Wake(session_id=task.session_id, agent_group=task.agent_group,
-                       route=ev.Route(channel=task.channel, chat_id=task.chat_id, thread_id=task.thread_id),
-                       message=ev.WakeMessage(id=key, kind="task", text=task.prompt, sent_at=float(at), trigger=True,
-                                              script=task.script))
+        wake = ev.Wake(
+            session_id=task.session_id,
+            agent_group=task.agent_group,
+            route=ev.Route(channel=task.channel, chat_id=task.chat_id, thread_id=task.thread_id),
+            message=ev.WakeMessage(
+                id=key, kind="task", text=task.prompt, sent_at=float(at), trigger=True, script=task.script
+            ),
+        )
         await publish(self.ctx.js, subjects.wake(task.runner), wake, msg_id=key)
-        log.info("fired task %s for %s", task.id, sched.iso(at), extra={"task_id": task.id,
-                                                                          "session_id": task.session_id})
+        log.info(
+            "fired task %s for %s", task.id, sched.iso(at), extra={"task_id": task.id, "session_id": task.session_id}
+        )
 
     # --- operations from agents (durable, via the runner) -------------------------------------
 
@@ -152,26 +162,45 @@ class Scheduler:
             task = await self.store.run(self._apply, op, when)
         except TaskError as exc:
             self.counters["ops_rejected"] += 1
-            log.warning("rejected task %s %s from %s: %s", op.op, op.task_id, op.agent_group, exc,
-                        extra={"task_id": op.task_id or "", "session_id": op.session_id})
-            await self.store.run(self.store.record_op, op.request_id, op.op, op.task_id, op.agent_group,
-                                 self.clock.now(), str(exc))
+            log.warning(
+                "rejected task %s %s from %s: %s",
+                op.op,
+                op.task_id,
+                op.agent_group,
+                exc,
+                extra={"task_id": op.task_id or "", "session_id": op.session_id},
+            )
+            await self.store.run(
+                self.store.record_op, op.request_id, op.op, op.task_id, op.agent_group, self.clock.now(), str(exc)
+            )
             await self._tell_rejected(op, str(exc))
             return
         self.counters["ops_applied"] += 1
-        log.info("task %s: %s from %s, next run %s", task.id, op.op, op.created_by or op.agent_group,
-                 sched.iso(task.next_run) if task.next_run is not None else "-", extra={"task_id": task.id})
+        log.info(
+            "task %s: %s from %s, next run %s",
+            task.id,
+            op.op,
+            op.created_by or op.agent_group,
+            sched.iso(task.next_run) if task.next_run is not None else "-",
+            extra={"task_id": task.id},
+        )
         self.changed.set()
 
     async def on_chat_moved(self, moved: ev.ChatMoved, msg: Msg) -> None:
         """The router moved a chat to its new id (a Telegram group became a supergroup): tasks aimed at the
         old id would post where nobody reads any more. Applying it twice changes nothing."""
-        count = await self.store.run(self.store.move_chat, moved.channel, moved.old_chat_id, moved.new_chat_id,
-                                     self.clock.now())
+        count = await self.store.run(
+            self.store.move_chat, moved.channel, moved.old_chat_id, moved.new_chat_id, self.clock.now()
+        )
         if count:
             self.counters["tasks_moved"] += count
-            log.warning("%s chat %s is now %s: %d task(s) moved with it", moved.channel, moved.old_chat_id,
-                        moved.new_chat_id, count)
+            log.warning(
+                "%s chat %s is now %s: %d task(s) moved with it",
+                moved.channel,
+                moved.old_chat_id,
+                moved.new_chat_id,
+                count,
+            )
 
     def _apply(self, op: ev.TaskOp, when: float) -> Task:
         """On the store thread: one agent operation, validated against what the agent may touch."""
@@ -180,20 +209,37 @@ class Scheduler:
         if op.op == "create":
             if op.route is None or not op.session_id:
                 raise TaskError("a task needs the chat and session it belongs to")
-            return self.store.create(NewTask(
-                id=op.task_id, agent_group=op.agent_group, session_id=op.session_id,
-                runner=_runner(op.runner or self.ctx.config.runner.id), channel=op.route.channel,
-                chat_id=op.route.chat_id, thread_id=op.route.thread_id, prompt=op.prompt or "",
-                schedule=op.schedule or "", timezone=op.timezone or self.zone, catch_up="once",
-                created_by=op.created_by or f"agent:{op.agent_group}", script=op.script or ""), when, op.request_id,
-                min_interval=self.ctx.config.scheduler.min_interval)
+            return self.store.create(
+                NewTask(
+                    id=op.task_id,
+                    agent_group=op.agent_group,
+                    session_id=op.session_id,
+                    runner=_runner(op.runner or self.ctx.config.runner.id),
+                    channel=op.route.channel,
+                    chat_id=op.route.chat_id,
+                    thread_id=op.route.thread_id,
+                    prompt=op.prompt or "",
+                    schedule=op.schedule or "",
+                    timezone=op.timezone or self.zone,
+                    catch_up="once",
+                    created_by=op.created_by or f"agent:{op.agent_group}",
+                    script=op.script or "",
+                ),
+                when,
+                op.request_id,
+                min_interval=self.ctx.config.scheduler.min_interval,
+            )
         task = self.store.get(op.task_id)
         if task is None or task.agent_group != op.agent_group:  # another group's task does not exist for it
             raise TaskError(f"there is no task {op.task_id}")
         if op.op == "update":
-            return self.store.update(task, Change(prompt=op.prompt, schedule=op.schedule, timezone=op.timezone,
-                                                  script=op.script),
-                                     when, op.request_id, min_interval=self.ctx.config.scheduler.min_interval)
+            return self.store.update(
+                task,
+                Change(prompt=op.prompt, schedule=op.schedule, timezone=op.timezone, script=op.script),
+                when,
+                op.request_id,
+                min_interval=self.ctx.config.scheduler.min_interval,
+            )
         action: Literal["pause", "resume", "cancel"] = op.op  # type: ignore[assignment]  # create, update returned; on_op drops list
         return self.store.set_status(task, action, when, op.request_id)
 
@@ -202,9 +248,14 @@ class Scheduler:
         if op.route is None:
             return
         what = "schedule the task" if op.op == "create" else f"{op.op} task {op.task_id}"
-        notice = ev.OutboundMessage(id=f"task-rejected:{op.request_id}", route=op.route,
-                                    text=f"⚠️ The scheduler could not {what}: {error}",
-                                    session_id=op.session_id, agent_group=op.agent_group, kind="error")
+        notice = ev.OutboundMessage(
+            id=f"task-rejected:{op.request_id}",
+            route=op.route,
+            text=f"⚠️ The scheduler could not {what}: {error}",
+            session_id=op.session_id,
+            agent_group=op.agent_group,
+            kind="error",
+        )
         await publish(self.ctx.js, subjects.outbound(op.route.channel, op.route.chat_id), notice, msg_id=notice.id)
 
     # --- control (request/reply) ---------------------------------------------------------------
@@ -237,13 +288,24 @@ class Scheduler:
 
     async def ctl_add(self, data: bytes) -> dict[str, Any]:
         req = decode_request(AddRequest, data)
-        new = NewTask(id=f"t-{secrets.token_hex(6)}", agent_group=req.agent_group, session_id=req.session_id,
-                      runner=_runner(req.runner or self.ctx.config.runner.id), channel=req.route.channel,
-                      chat_id=req.route.chat_id, thread_id=req.route.thread_id, prompt=req.prompt,
-                      schedule=req.schedule, timezone=req.timezone or self.zone, catch_up=req.catch_up,
-                      created_by="cli", script=req.script)
-        create = functools.partial(self.store.create, min_interval=self.ctx.config.scheduler.min_interval,
-                                   allow_past=req.allow_past)
+        new = NewTask(
+            id=f"t-{secrets.token_hex(6)}",
+            agent_group=req.agent_group,
+            session_id=req.session_id,
+            runner=_runner(req.runner or self.ctx.config.runner.id),
+            channel=req.route.channel,
+            chat_id=req.route.chat_id,
+            thread_id=req.route.thread_id,
+            prompt=req.prompt,
+            schedule=req.schedule,
+            timezone=req.timezone or self.zone,
+            catch_up=req.catch_up,
+            created_by="cli",
+            script=req.script,
+        )
+        create = functools.partial(
+            self.store.create, min_interval=self.ctx.config.scheduler.min_interval, allow_past=req.allow_past
+        )
         try:
             task = await self.store.run(create, new, self.clock.now())
         except PastTime as exc:
@@ -256,8 +318,9 @@ class Scheduler:
     async def ctl_update(self, data: bytes) -> dict[str, Any]:
         req = decode_request(UpdateRequest, data)
         task = await self._task(req.task_id)
-        change = Change(prompt=req.prompt, schedule=req.schedule, timezone=req.timezone, catch_up=req.catch_up,
-                        script=req.script)
+        change = Change(
+            prompt=req.prompt, schedule=req.schedule, timezone=req.timezone, catch_up=req.catch_up, script=req.script
+        )
         update = functools.partial(self.store.update, min_interval=self.ctx.config.scheduler.min_interval)
         return (await self._change(update, task, change, self.clock.now())).json()
 
@@ -265,6 +328,7 @@ class Scheduler:
         async def handle(data: bytes) -> dict[str, Any]:
             task = await self._task(decode_request(TaskRef, data).task_id)
             return (await self._change(self.store.set_status, task, op, self.clock.now())).json()
+
         return handle
 
     async def _task(self, task_id: str) -> Task:
@@ -315,7 +379,9 @@ async def main(ctx: ServiceContext) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(scheduler.firing(), name="scheduler-clock")
             tg.create_task(consume(ops, ev.TaskOp, scheduler.on_op, stopping=ctx.stopping), name="scheduler-ops")
-            tg.create_task(consume(moves, ev.ChatMoved, scheduler.on_chat_moved, stopping=ctx.stopping),
-                           name="scheduler-chat-moves")
+            tg.create_task(
+                consume(moves, ev.ChatMoved, scheduler.on_chat_moved, stopping=ctx.stopping),
+                name="scheduler-chat-moves",
+            )
     finally:
         await store.stop()

@@ -19,7 +19,9 @@ RUNS_KEPT = 1000  # run log rows kept per task
 MAX_SCRIPT = 16 * 1024  # characters of a pre-check script
 
 MIGRATIONS: list[tuple[str, str]] = [
-    ("0001_tasks", """
+    (
+        "0001_tasks",
+        """
         CREATE TABLE tasks (
             id TEXT PRIMARY KEY,
             agent_group TEXT NOT NULL,
@@ -59,7 +61,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             error TEXT NOT NULL DEFAULT '',
             at REAL NOT NULL
         );
-    """),
+    """,
+    ),
     # A bash script the agent's container runs before each run; it decides whether the model is woken.
     ("0002_precheck_script", "ALTER TABLE tasks ADD COLUMN script TEXT NOT NULL DEFAULT ''"),
 ]
@@ -148,13 +151,15 @@ class Store(servicedb.Store):
         return None if row[0] is None else int(row[0])
 
     def due(self, now: float) -> list[Task]:
-        rows = self.conn.execute("SELECT * FROM tasks WHERE status = 'active' AND next_run <= ? ORDER BY next_run",
-                                 (now,))
+        rows = self.conn.execute(
+            "SELECT * FROM tasks WHERE status = 'active' AND next_run <= ? ORDER BY next_run", (now,)
+        )
         return [_task(r) for r in rows]
 
     def runs(self, task_id: str, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self.conn.execute("SELECT * FROM runs WHERE task_id = ? ORDER BY scheduled_at DESC LIMIT ?",
-                                 (task_id, limit))
+        rows = self.conn.execute(
+            "SELECT * FROM runs WHERE task_id = ? ORDER BY scheduled_at DESC LIMIT ?", (task_id, limit)
+        )
         return [dict(r) | {"scheduled": sched.iso(r["scheduled_at"])} for r in rows]
 
     def op_seen(self, request_id: str) -> tuple[str, str] | None:
@@ -163,15 +168,19 @@ class Store(servicedb.Store):
 
     # --- changing ------------------------------------------------------------------------------
 
-    def record_op(self, request_id: str, op: str, task_id: str | None, agent_group: str, now: float,
-                  error: str = "") -> None:
+    def record_op(
+        self, request_id: str, op: str, task_id: str | None, agent_group: str, now: float, error: str = ""
+    ) -> None:
         """Log an operation; a rejected one is kept too, so its redelivery is not judged twice."""
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO ops VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (request_id, op, task_id, agent_group, "rejected" if error else "applied", error, now))
+            db.execute(
+                "INSERT OR IGNORE INTO ops VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (request_id, op, task_id, agent_group, "rejected" if error else "applied", error, now),
+            )
 
-    def create(self, new: NewTask, now: float, request_id: str = "", *, min_interval: float = 0.0,
-               allow_past: bool = True) -> Task:
+    def create(
+        self, new: NewTask, now: float, request_id: str = "", *, min_interval: float = 0.0, allow_past: bool = True
+    ) -> Task:
         """Add a task. Its schedule is read in its zone; `now` anchors intervals and `in 10m`. An interval
         under `min_interval` needs a pre-check script; a past one-shot needs `allow_past`."""
         existing = self.get(new.id)
@@ -196,17 +205,35 @@ class Store(servicedb.Store):
                 "INSERT INTO tasks (id, agent_group, session_id, runner, channel, chat_id, thread_id, prompt, schedule,"
                 " timezone, catch_up, status, anchor, next_run, last_run, created_by, created_at, updated_at, script)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, NULL, ?, ?, ?, ?)",
-                (new.id, new.agent_group, new.session_id, new.runner, new.channel, new.chat_id, new.thread_id,
-                 new.prompt, new.schedule, schedule.zone, new.catch_up, anchor, first, new.created_by, now, now,
-                 new.script))
+                (
+                    new.id,
+                    new.agent_group,
+                    new.session_id,
+                    new.runner,
+                    new.channel,
+                    new.chat_id,
+                    new.thread_id,
+                    new.prompt,
+                    new.schedule,
+                    schedule.zone,
+                    new.catch_up,
+                    anchor,
+                    first,
+                    new.created_by,
+                    now,
+                    now,
+                    new.script,
+                ),
+            )
             if request_id:
                 _op(db, request_id, "create", new.id, new.agent_group, now)
         task = self.get(new.id)
         assert task is not None
         return task
 
-    def update(self, task: Task, change: Change, now: float, request_id: str = "", *,
-               min_interval: float = 0.0) -> Task:
+    def update(
+        self, task: Task, change: Change, now: float, request_id: str = "", *, min_interval: float = 0.0
+    ) -> Task:
         if task.status in ("cancelled", "done"):
             raise TaskError(f"task {task.id} is {task.status}; schedule a new one instead")
         if change.script is not None:
@@ -216,23 +243,35 @@ class Store(servicedb.Store):
         script = change.script if change.script is not None else task.script
         anchor, next_run = task.anchor, task.next_run
         if change.schedule is not None or change.script is not None:  # the pace is judged on what results
-            _check(sched.check_pace, _parse(text, zone_name, int(now)), gated=bool(script.strip()),
-                   minimum=min_interval)
+            _check(
+                sched.check_pace, _parse(text, zone_name, int(now)), gated=bool(script.strip()), minimum=min_interval
+            )
         if change.schedule is not None or change.timezone is not None:
             anchor = int(now)
             next_run = sched.first_run(_parse(text, zone_name, anchor), anchor)
         with self._tx() as db:
-            db.execute("UPDATE tasks SET prompt = ?, schedule = ?, timezone = ?, catch_up = ?, anchor = ?,"
-                       " next_run = ?, updated_at = ?, script = ? WHERE id = ?",
-                       (change.prompt if change.prompt is not None else task.prompt, text, zone_name,
-                        change.catch_up or task.catch_up, anchor, next_run, now,
-                        change.script if change.script is not None else task.script, task.id))
+            db.execute(
+                "UPDATE tasks SET prompt = ?, schedule = ?, timezone = ?, catch_up = ?, anchor = ?,"
+                " next_run = ?, updated_at = ?, script = ? WHERE id = ?",
+                (
+                    change.prompt if change.prompt is not None else task.prompt,
+                    text,
+                    zone_name,
+                    change.catch_up or task.catch_up,
+                    anchor,
+                    next_run,
+                    now,
+                    change.script if change.script is not None else task.script,
+                    task.id,
+                ),
+            )
             if request_id:
                 _op(db, request_id, "update", task.id, task.agent_group, now)
         return self._reload(task.id)
 
-    def set_status(self, task: Task, op: Literal["pause", "resume", "cancel"], now: float,
-                   request_id: str = "") -> Task:
+    def set_status(
+        self, task: Task, op: Literal["pause", "resume", "cancel"], now: float, request_id: str = ""
+    ) -> Task:
         if task.status in ("cancelled", "done") and op != "cancel":
             raise TaskError(f"task {task.id} is {task.status}; it cannot be {op}d")
         status = _STATUS_AFTER[op]
@@ -240,12 +279,14 @@ class Store(servicedb.Store):
         if op == "resume" and task.status == "paused":
             schedule = task.parsed()
             # Runs that fell in the pause are not owed: resume from now (a one-shot keeps its time).
-            next_run = schedule.at if schedule.kind == "once" else sched.next_after(schedule, int(now),
-                                                                                    anchor=task.anchor)
+            next_run = (
+                schedule.at if schedule.kind == "once" else sched.next_after(schedule, int(now), anchor=task.anchor)
+            )
         with self._tx() as db:
-            db.execute("UPDATE tasks SET status = ?, next_run = ?, updated_at = ? WHERE id = ?",
-                       (task.status if task.status == "done" else status,
-                        None if op == "cancel" else next_run, now, task.id))
+            db.execute(
+                "UPDATE tasks SET status = ?, next_run = ?, updated_at = ? WHERE id = ?",
+                (task.status if task.status == "done" else status, None if op == "cancel" else next_run, now, task.id),
+            )
             if request_id:
                 _op(db, request_id, op, task.id, task.agent_group, now)
         return self._reload(task.id)
@@ -253,28 +294,36 @@ class Store(servicedb.Store):
     def move_chat(self, channel: str, old_chat_id: str, new_chat_id: str, now: float) -> int:
         """A chat got a new id on its platform (the router's `chat_moved`): its tasks follow it. Returns how many."""
         with self._tx() as db:
-            return db.execute("UPDATE tasks SET chat_id = ?, updated_at = ? WHERE channel = ? AND chat_id = ?",
-                              (new_chat_id, now, channel, old_chat_id)).rowcount
+            return db.execute(
+                "UPDATE tasks SET chat_id = ?, updated_at = ? WHERE channel = ? AND chat_id = ?",
+                (new_chat_id, now, channel, old_chat_id),
+            ).rowcount
 
     def record_plan(self, task: Task, plan: Plan, now: float) -> None:
         """Commit what was done with the task's due runs (the wakes are already published)."""
         rows: list[tuple[int, Outcome]] = [*plan.fire, *plan.not_fired]
         last = max((at for at, _ in plan.fire), default=task.last_run)
         with self._tx() as db:
-            db.executemany("INSERT OR IGNORE INTO runs (task_id, scheduled_at, outcome, at, detail)"
-                           " VALUES (?, ?, ?, ?, ?)",
-                           [(task.id, at, outcome, now, "") for at, outcome in rows])
+            db.executemany(
+                "INSERT OR IGNORE INTO runs (task_id, scheduled_at, outcome, at, detail) VALUES (?, ?, ?, ?, ?)",
+                [(task.id, at, outcome, now, "") for at, outcome in rows],
+            )
             if plan.unlisted:
-                db.execute("UPDATE runs SET detail = ? WHERE task_id = ? AND scheduled_at = ?",
-                           (f"and {plan.unlisted} more not fired", task.id, max(at for at, _ in rows)))
+                db.execute(
+                    "UPDATE runs SET detail = ? WHERE task_id = ? AND scheduled_at = ?",
+                    (f"and {plan.unlisted} more not fired", task.id, max(at for at, _ in rows)),
+                )
             # Only the row we planned from is advanced: a concurrent update or pause wins.
-            db.execute("UPDATE tasks SET next_run = ?, last_run = ?, status = ?, updated_at = ?"
-                       " WHERE id = ? AND next_run = ? AND status = 'active'",
-                       (plan.next_run, last, "active" if plan.next_run is not None else "done", now,
-                        task.id, task.next_run))
-            db.execute("DELETE FROM runs WHERE task_id = ? AND scheduled_at NOT IN"
-                       " (SELECT scheduled_at FROM runs WHERE task_id = ? ORDER BY scheduled_at DESC LIMIT ?)",
-                       (task.id, task.id, RUNS_KEPT))
+            db.execute(
+                "UPDATE tasks SET next_run = ?, last_run = ?, status = ?, updated_at = ?"
+                " WHERE id = ? AND next_run = ? AND status = 'active'",
+                (plan.next_run, last, "active" if plan.next_run is not None else "done", now, task.id, task.next_run),
+            )
+            db.execute(
+                "DELETE FROM runs WHERE task_id = ? AND scheduled_at NOT IN"
+                " (SELECT scheduled_at FROM runs WHERE task_id = ? ORDER BY scheduled_at DESC LIMIT ?)",
+                (task.id, task.id, RUNS_KEPT),
+            )
 
     def _reload(self, task_id: str) -> Task:
         task = self.get(task_id)
@@ -304,8 +353,9 @@ def _check_script(script: str) -> None:
 
 
 def _op(db: sqlite3.Connection, request_id: str, op: str, task_id: str, agent_group: str, now: float) -> None:
-    db.execute("INSERT OR IGNORE INTO ops VALUES (?, ?, ?, ?, 'applied', '', ?)",
-               (request_id, op, task_id, agent_group, now))
+    db.execute(
+        "INSERT OR IGNORE INTO ops VALUES (?, ?, ?, ?, 'applied', '', ?)", (request_id, op, task_id, agent_group, now)
+    )
 
 
 def _task(row: sqlite3.Row) -> Task:

@@ -32,7 +32,8 @@ _CREDENTIAL_FIELD = re.compile(
     r"""(?ix)
     (["']?(?:api[_-]?key|access[_-]?token|refresh[_-]?token|token|secret|password|passwd|authorization|
           client[_-]?secret|private[_-]?key)["']?\s*[:=]\s*)
-    ("[^"]*"|'[^']*'|[^\s&,}]+)""")
+    ("[^"]*"|'[^']*'|[^\s&,}]+)"""
+)
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 
 
@@ -75,34 +76,52 @@ _MODEL_FIELD = re.compile(r'"model"\s*:\s*"([^"]{1,100})"')
 
 
 def card_for(ask: ApprovalAsk) -> ev.Card:
-    lines = [f"{ask.method} https://{ask.host}{ask.path}", f"Agent group: {ask.agent_group}",
-             f"Rule: {ask.rule}"]
+    lines = [f"{ask.method} https://{ask.host}{ask.path}", f"Agent group: {ask.agent_group}", f"Rule: {ask.rule}"]
     if ask.method == "POST" and MODEL_CALL.match(ask.path) and ask.host.endswith("anthropic.com"):
         # Its body is the agent's whole conversation, whose start is Claude Code's system prompt: no
         # preview a person could judge by. Say what it is instead.
         model = _MODEL_FIELD.search(ask.preview)
         size = "" if ask.body_bytes is None else f", {ask.body_bytes:,} bytes"
-        lines += ["", f"A model call: the agent asks {model.group(1) if model else 'the model'} to think"
-                      f" (its conversation so far{size}; not shown)."]
+        lines += [
+            "",
+            f"A model call: the agent asks {model.group(1) if model else 'the model'} to think"
+            f" (its conversation so far{size}; not shown).",
+        ]
     elif ask.preview:
         whole = ask.body_whole and not ask.preview.endswith("…")
         size = "of an unknown size" if ask.body_bytes is None else f"of {ask.body_bytes:,} bytes"
-        lines += ["", "Body (credentials removed):" if whole else
-                  f"Body: only its start is shown, {size} in all (credentials removed):", ask.preview]
+        lines += [
+            "",
+            "Body (credentials removed):"
+            if whole
+            else f"Body: only its start is shown, {size} in all (credentials removed):",
+            ask.preview,
+        ]
     return ev.Card(
         title=f"Let agent {ask.agent_group} {ask.method} {ask.host}{ask.path}?",
         body="\n".join(lines),
-        buttons=(ev.Button(id="approve", label="Approve", style="primary"),
-                 ev.Button(id="deny", label="Deny", style="danger")),
+        buttons=(
+            ev.Button(id="approve", label="Approve", style="primary"),
+            ev.Button(id="deny", label="Deny", style="danger"),
+        ),
     )
 
 
 def request_event(ask: ApprovalAsk) -> ev.ApprovalRequest:
     return ev.ApprovalRequest(
-        id=ask.id, kind="credential", requester="vault", agent_group=ask.agent_group, card=card_for(ask),
+        id=ask.id,
+        kind="credential",
+        requester="vault",
+        agent_group=ask.agent_group,
+        card=card_for(ask),
         expires_at=ask.expires_at,
-        context={"method": ask.method, "host": ask.host, "path": ask.path, "rule": ask.rule,
-                 "body_preview": ask.preview},
+        context={
+            "method": ask.method,
+            "host": ask.host,
+            "path": ask.path,
+            "rule": ask.rule,
+            "body_preview": ask.preview,
+        },
     )
 
 
@@ -135,8 +154,11 @@ class BusApprover:
                     continue
                 if decision.id != ask.id:
                     continue
-                outcome: Outcome = "approved" if decision.decision == "approved" else (
-                    "expired" if decision.decision == "expired" else "denied")
+                outcome: Outcome = (
+                    "approved"
+                    if decision.decision == "approved"
+                    else ("expired" if decision.decision == "expired" else "denied")
+                )
                 log.info("approval %s %s by %s", ask.id, outcome, decision.decided_by or "?")
                 return outcome
             return "expired"

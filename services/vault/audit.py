@@ -41,13 +41,22 @@ class AuditRecord:
 
     def event(self) -> ev.AuditEvent:
         return ev.AuditEvent(
-            service="vault", kind="request", at=self.at,
+            service="vault",
+            kind="request",
+            at=self.at,
             summary=f"{self.agent_group} {self.method} {self.host}{self.path} -> {self.status} {self.decision}",
             fields={
-                "agent_group": self.agent_group, "method": self.method, "host": self.host, "path": self.path,
-                "status": str(self.status), "decision": self.decision, "rule": self.rule,
-                "bytes_in": str(self.bytes_in), "bytes_out": str(self.bytes_out),
-                "duration_ms": f"{self.duration_ms:.1f}", "injected": ",".join(self.injected),
+                "agent_group": self.agent_group,
+                "method": self.method,
+                "host": self.host,
+                "path": self.path,
+                "status": str(self.status),
+                "decision": self.decision,
+                "rule": self.rule,
+                "bytes_in": str(self.bytes_in),
+                "bytes_out": str(self.bytes_out),
+                "duration_ms": f"{self.duration_ms:.1f}",
+                "injected": ",".join(self.injected),
                 "approval_id": self.approval_id,
             },
         )
@@ -64,9 +73,12 @@ def log_audit(record: AuditRecord) -> None:
 class AuditLog:
     """The service's sink: buffer now, write and publish in batches off the request path."""
 
-    def __init__(self, write: Callable[[list[AuditRecord]], Awaitable[None]],
-                 publish: Callable[[AuditRecord], Awaitable[None]] | None = None,
-                 flush_interval: float = FLUSH_INTERVAL) -> None:
+    def __init__(
+        self,
+        write: Callable[[list[AuditRecord]], Awaitable[None]],
+        publish: Callable[[AuditRecord], Awaitable[None]] | None = None,
+        flush_interval: float = FLUSH_INTERVAL,
+    ) -> None:
         self._write = write
         self._publish = publish
         self._interval = flush_interval

@@ -125,11 +125,15 @@ def _check_host(secret: Secret, *, force: bool) -> str:
     if (broad := too_broad(host)) is not None:
         raise CatalogError(f"host pattern {broad}")
     if secret.name == MODEL_SECRET and (secret.kind != "anthropic" or host != DEFAULT_HOSTS["anthropic"]):
-        raise CatalogError(f"the {MODEL_SECRET} secret is the model key: its type is anthropic and its host "
-                           f"{DEFAULT_HOSTS['anthropic']}; give another secret another name")
+        raise CatalogError(
+            f"the {MODEL_SECRET} secret is the model key: its type is anthropic and its host "
+            f"{DEFAULT_HOSTS['anthropic']}; give another secret another name"
+        )
     if secret.kind != "anthropic" and host_matches(host, DEFAULT_HOSTS["anthropic"]) and not force:
-        raise CatalogError(f"host pattern {host!r} matches the model API ({DEFAULT_HOSTS['anthropic']}), so this "
-                           "secret would ride on every model call; narrow it, or add --force if that is meant")
+        raise CatalogError(
+            f"host pattern {host!r} matches the model API ({DEFAULT_HOSTS['anthropic']}), so this "
+            "secret would ride on every model call; narrow it, or add --force if that is meant"
+        )
     return host
 
 
@@ -186,8 +190,7 @@ class Catalog:
     def view(self, group: str) -> GroupView:
         view = self._views.get(group)
         if view is None:
-            ordered = sorted(self.credentials,
-                             key=lambda c: specificity(c.secret.host_pattern, c.secret.path_pattern))
+            ordered = sorted(self.credentials, key=lambda c: specificity(c.secret.host_pattern, c.secret.path_pattern))
             view = GroupView(
                 group=group,
                 egress=self.egress.get(group, self.default_egress),

@@ -346,8 +346,13 @@ class Gateway:
         self._work_dir = work_dir
         self._own_work_dir: Path | None = None
         self._leaf_cache: LeafCache | None = None
-        self._upstream = Upstream(client_tls(extra_ca_file), host_map=host_map, allow_private=tunnel_to_private,
-                                  read_timeout=read_timeout, connect_timeout=connect_timeout)
+        self._upstream = Upstream(
+            client_tls(extra_ca_file),
+            host_map=host_map,
+            allow_private=tunnel_to_private,
+            read_timeout=read_timeout,
+            connect_timeout=connect_timeout,
+        )
         self._audit = audit
         self._approver: Approver = approver or NoApprover()
         self._approval_timeout = approval_timeout
@@ -401,8 +406,9 @@ class Gateway:
         self._servers[f"tcp:{host}:{bound}"] = server
         return bound
 
-    def _handler(self, agent_group: str | None
-                 ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[None, None, None]]:
+    def _handler(
+        self, agent_group: str | None
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[None, None, None]]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
@@ -441,8 +447,9 @@ class Gateway:
 
     # -- one agent connection: a loop of requests, perhaps inside a CONNECT tunnel --
 
-    async def _serve_connection(self, agent_group: str | None, reader: asyncio.StreamReader,
-                                writer: asyncio.StreamWriter) -> None:
+    async def _serve_connection(
+        self, agent_group: str | None, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         side = _Side(reader, writer)
         origin: Origin | None = None
         group = agent_group
@@ -509,8 +516,7 @@ class Gateway:
         with contextlib.suppress(_ClientGone):
             await body.preview(limit)
 
-    async def _open_tunnel(self, group: str, side: _Side, request: h11.Request
-                           ) -> tuple[_Side, Origin] | None:
+    async def _open_tunnel(self, group: str, side: _Side, request: h11.Request) -> tuple[_Side, Origin] | None:
         """Answer a CONNECT and start TLS as the requested host; None when refused (answered)."""
         started, at = time.perf_counter(), self._clock()
         target = connect_target(request.target)
@@ -521,14 +527,25 @@ class Gateway:
             raise _ClientGone
         if target is None:
             side.send_reply(responses.gateway_error(400, "bad_request", "CONNECT target must be host:port"))
-            self._record(_Exchange(group, "CONNECT", request.target.decode("ascii", "replace"), "", started, at,
-                                   decision="refused", status=400))
+            self._record(
+                _Exchange(
+                    group,
+                    "CONNECT",
+                    request.target.decode("ascii", "replace"),
+                    "",
+                    started,
+                    at,
+                    decision="refused",
+                    status=400,
+                )
+            )
             return None
         host, port = target
         if side.conn.trailing_data[0]:
             # Bytes sent before our 200 cannot be handed to TLS through asyncio streams.
-            side.send_reply(responses.gateway_error(400, "bad_request", "data sent before the tunnel opened"),
-                            close=True)
+            side.send_reply(
+                responses.gateway_error(400, "bad_request", "data sent before the tunnel opened"), close=True
+            )
             return None
         try:
             context = self._leaves.context_for(host)
@@ -541,8 +558,12 @@ class Gateway:
             await side.writer.start_tls(context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             # Usually the client does not trust the CA: the container lacks the bundle or its variables.
-            log.warning("TLS with agent group %s for %s failed (%s): does it trust the Clawden CA?",
-                        group, host, getattr(exc, "reason", None) or type(exc).__name__)
+            log.warning(
+                "TLS with agent group %s for %s failed (%s): does it trust the Clawden CA?",
+                group,
+                host,
+                getattr(exc, "reason", None) or type(exc).__name__,
+            )
             self._record(_Exchange(group, "CONNECT", host, "", started, at, decision="tls_failed"))
             side.writer.transport.abort()
             raise _ClientGone from exc
@@ -556,8 +577,13 @@ class Gateway:
         ex = _Exchange(group, method, origin.host if origin else "", "", started, now, body=_Body(side))
         try:
             # Methods are matched exactly, so only their canonical, upper-case spelling goes through.
-            routed = (self._route(request.target, origin) if METHOD.fullmatch(method) else responses.gateway_error(
-                400, "bad_request", f"method {method!r} must be an upper-case token such as GET or DELETE"))
+            routed = (
+                self._route(request.target, origin)
+                if METHOD.fullmatch(method)
+                else responses.gateway_error(
+                    400, "bad_request", f"method {method!r} must be an upper-case token such as GET or DELETE"
+                )
+            )
             if isinstance(routed, Reply):
                 ex.decision = "refused"
                 await self._reply(side, ex, routed)
@@ -567,8 +593,11 @@ class Gateway:
                 # Many servers never read a body on these methods: its bytes would be taken for
                 # the next request on the connection, one no rule has seen.
                 ex.decision = "refused"
-                await self._reply(side, ex, responses.gateway_error(
-                    400, "body_not_allowed", f"a {method} request may not carry a body"))
+                await self._reply(
+                    side,
+                    ex,
+                    responses.gateway_error(400, "body_not_allowed", f"a {method} request may not carry a body"),
+                )
                 return
             # The model API reached over plain HTTP is, logically, https://api.anthropic.com.
             port = SECRET_PORT if trusted else upstream.port
@@ -599,11 +628,13 @@ class Gateway:
         if host is None or is_loopback(host) or host == self._model.host:
             return self._model, MODEL_HOST, self._model_path + path, True
         # HTTP_PROXY to some other site over plain HTTP: no credential ever goes out unencrypted.
-        return responses.gateway_error(403, "plain_http_refused",
-                                       f"only the model API is reachable over plain HTTP; use https://{host}")
+        return responses.gateway_error(
+            403, "plain_http_refused", f"only the model API is reachable over plain HTTP; use https://{host}"
+        )
 
-    async def _judge_and_forward(self, side: _Side, ex: _Exchange, head: RequestHead, upstream: Origin,
-                                 trusted: bool) -> None:
+    async def _judge_and_forward(
+        self, side: _Side, ex: _Exchange, head: RequestHead, upstream: Origin, trusted: bool
+    ) -> None:
         view = self.catalog.view(ex.group)
         body = ex.body
         assert body is not None
@@ -631,8 +662,13 @@ class Gateway:
             return
         if isinstance(verdict, Limited):
             ex.decision, ex.rule = "rate_limited", verdict.rule.name
-            await self._reply(side, ex, responses.rate_limited(verdict.rule.rate_limit, verdict.rule.rate_window,
-                                                               verdict.retry_after, verdict.rule.name))
+            await self._reply(
+                side,
+                ex,
+                responses.rate_limited(
+                    verdict.rule.rate_limit, verdict.rule.rate_window, verdict.retry_after, verdict.rule.name
+                ),
+            )
             return
         assert isinstance(verdict, Allowed)
         self._rates.charge(verdict.charges, ex.at)
@@ -646,11 +682,18 @@ class Gateway:
         preview = await body.preview(PREVIEW_BYTES)
         values = [c.value for c in (*view.granted, *view.others)]
         size = body.size if body.complete else declared_length(head.headers)
-        ask = ApprovalAsk(id=ex.approval_id, agent_group=ex.group, method=ex.method, host=ex.host, body_bytes=size,
-                          body_whole=body.complete and body.size <= PREVIEW_BYTES,
-                          path=head.target.decode("ascii", "replace"),
-                          rule=verdict.rule.name, preview=redact_preview(preview, values),
-                          expires_at=self._clock() + self._approval_timeout)
+        ask = ApprovalAsk(
+            id=ex.approval_id,
+            agent_group=ex.group,
+            method=ex.method,
+            host=ex.host,
+            body_bytes=size,
+            body_whole=body.complete and body.size <= PREVIEW_BYTES,
+            path=head.target.decode("ascii", "replace"),
+            rule=verdict.rule.name,
+            preview=redact_preview(preview, values),
+            expires_at=self._clock() + self._approval_timeout,
+        )
         asking = asyncio.ensure_future(self._approver.ask(ask))
         hangup = asyncio.ensure_future(_wait_hangup(body.side))
         try:
@@ -668,12 +711,22 @@ class Gateway:
             raise _ClientGone  # the agent hung up while a human was being asked
         return asking.result()
 
-    async def _forward(self, side: _Side, ex: _Exchange, head: RequestHead, upstream: Origin, trusted: bool,
-                       body: _Body, credentials: tuple[Credential, ...], view: GroupView) -> None:
+    async def _forward(
+        self,
+        side: _Side,
+        ex: _Exchange,
+        head: RequestHead,
+        upstream: Origin,
+        trusted: bool,
+        body: _Body,
+        credentials: tuple[Credential, ...],
+        view: GroupView,
+    ) -> None:
         request_headers = list(head.headers)
         upgrade = wants_upgrade(request_headers)
-        headers = [(k, v) for k, v in strip_hop_by_hop(request_headers, keep_upgrade=upgrade)
-                   if k not in DROPPED_UPSTREAM]
+        headers = [
+            (k, v) for k, v in strip_hop_by_hop(request_headers, keep_upgrade=upgrade) if k not in DROPPED_UPSTREAM
+        ]
         headers, target = inject(credentials, headers, head.target)
         headers.insert(0, (b"host", upstream.authority))
         scanner = LeakScanner(leak_candidates(view, head.host))
@@ -684,14 +737,17 @@ class Gateway:
                     headers.append((b"content-length", str(len(source)).encode()))
             else:
                 length = next((v for k, v in request_headers if k == b"content-length"), None)
-                headers.append((b"content-length", length) if length is not None
-                               else (b"transfer-encoding", b"chunked"))
-            response = await self._upstream.request(upstream, head.method.encode(), target, headers, source,
-                                                    trusted=trusted, owner=ex.group)
+                headers.append(
+                    (b"content-length", length) if length is not None else (b"transfer-encoding", b"chunked")
+                )
+            response = await self._upstream.request(
+                upstream, head.method.encode(), target, headers, source, trusted=trusted, owner=ex.group
+            )
         except LeakFound as exc:
             ex.decision = "leak_blocked"
-            await self._reply(side, ex, responses.secret_leak_blocked(ex.method, ex.host, ex.path, exc.secret),
-                              close=True)
+            await self._reply(
+                side, ex, responses.secret_leak_blocked(ex.method, ex.host, ex.path, exc.secret), close=True
+            )
             return
         except UpstreamError as exc:
             ex.decision = "error"
@@ -700,14 +756,23 @@ class Gateway:
         if scanner.redacted:
             # Say which, never the value: a conversation that quoted a key goes on without it.
             ex.decision = "redacted"
-            log.warning("agent group %s sent the value of %s to %s: redacted", ex.group,
-                        ", ".join(sorted(scanner.redacted)), ex.host)
+            log.warning(
+                "agent group %s sent the value of %s to %s: redacted",
+                ex.group,
+                ", ".join(sorted(scanner.redacted)),
+                ex.host,
+            )
         if response.switched:
             if not upgrade or not wants_upgrade([(b"connection", b"upgrade"), *response.headers]):
                 response.connection.close()  # a switch nobody asked for (or not to WebSocket): no pipe
                 ex.decision = "upgrade_refused"
-                await self._reply(side, ex, responses.gateway_error(
-                    502, "bad_gateway", f"{ex.host} switched protocols unasked; only WebSocket is passed on"))
+                await self._reply(
+                    side,
+                    ex,
+                    responses.gateway_error(
+                        502, "bad_gateway", f"{ex.host} switched protocols unasked; only WebSocket is passed on"
+                    ),
+                )
                 return
             await self._upgrade(side, ex, response)
             return
@@ -789,10 +854,20 @@ class Gateway:
 
     def _record(self, ex: _Exchange) -> None:
         record = AuditRecord(
-            agent_group=ex.group, method=ex.method, host=ex.host, path=ex.path, status=ex.status,
-            duration_ms=(time.perf_counter() - ex.started) * 1000.0, decision=ex.decision, rule=ex.rule,
-            bytes_in=ex.body.size if ex.body is not None else 0, bytes_out=ex.bytes_out, injected=ex.injected,
-            approval_id=ex.approval_id, at=ex.at)
+            agent_group=ex.group,
+            method=ex.method,
+            host=ex.host,
+            path=ex.path,
+            status=ex.status,
+            duration_ms=(time.perf_counter() - ex.started) * 1000.0,
+            decision=ex.decision,
+            rule=ex.rule,
+            bytes_in=ex.body.size if ex.body is not None else 0,
+            bytes_out=ex.bytes_out,
+            injected=ex.injected,
+            approval_id=ex.approval_id,
+            at=ex.at,
+        )
         try:
             self._audit(record)
         except Exception:
@@ -840,8 +915,12 @@ def _clear_socket_path(socket_path: Path) -> None:
         socket_path.unlink()  # left by a previous run that did not shut down cleanly
 
 
-async def _pipe(a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWriter,
-                b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter) -> int:
+async def _pipe(
+    a_reader: asyncio.StreamReader,
+    a_writer: asyncio.StreamWriter,
+    b_reader: asyncio.StreamReader,
+    b_writer: asyncio.StreamWriter,
+) -> int:
     """Bidirectional copy with half-close; a reset on either side ends both. Returns bytes b→a."""
     copied = [0, 0]
 

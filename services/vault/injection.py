@@ -30,17 +30,12 @@ def strip_hop_by_hop(headers: Iterable[Header], keep_upgrade: bool = False) -> l
     """
     headers = list(headers)
     listed = {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == b"connection"
-        for token in value.split(b",")
+        token.strip().lower() for name, value in headers if name.lower() == b"connection" for token in value.split(b",")
     }
     kept = [
         (name, value)
         for name, value in headers
-        if (lower := name.lower()) not in HOP_BY_HOP
-        and not lower.startswith(b"proxy-")
-        and lower not in listed
+        if (lower := name.lower()) not in HOP_BY_HOP and not lower.startswith(b"proxy-") and lower not in listed
     ]
     if keep_upgrade:
         kept += [(name, value) for name, value in headers if name.lower() == b"upgrade"]

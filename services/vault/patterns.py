@@ -43,8 +43,10 @@ def too_broad(pattern: str) -> str | None:
     if "*" in host:
         fixed = host.rpartition("*")[2].lstrip(".")
         if not fixed or every.is_public(fixed):
-            return (f"{pattern!r} matches every site under the public suffix {fixed or '*'!r}; name the site "
-                    f"(api.example.com or *.example.com)")
+            return (
+                f"{pattern!r} matches every site under the public suffix {fixed or '*'!r}; name the site "
+                f"(api.example.com or *.example.com)"
+            )
     elif icann.is_public(host):
         return f"{pattern!r} is a public suffix, not a site"
     return None
@@ -61,15 +63,19 @@ def check_host_pattern(pattern: str) -> str:
     value = pattern.strip().lower()
     host, port = split_port(value)
     if not HOST_PATTERN.match(host) or ".." in host:
-        raise PatternError(f"host pattern {pattern!r} must be a hostname like api.example.com or "
-                           "*.example.com, maybe with a port (api.example.com:8443); no scheme or path")
+        raise PatternError(
+            f"host pattern {pattern!r} must be a hostname like api.example.com or "
+            "*.example.com, maybe with a port (api.example.com:8443); no scheme or path"
+        )
     if port is not None and not 0 < port < 65536:
         raise PatternError(f"host pattern {pattern!r}: the port must be from 1 to 65535")
     if host.count("*") > 1:
         raise PatternError(f"host pattern {pattern!r} may hold one * only")
     if any("*" in label and label != "*" for label in host.split(".")):
-        raise PatternError(f"host pattern {pattern!r}: a * must stand for a whole label (*.example.com), "
-                           "or it would also match hosts such as example.com.evil.test")
+        raise PatternError(
+            f"host pattern {pattern!r}: a * must stand for a whole label (*.example.com), "
+            "or it would also match hosts such as example.com.evil.test"
+        )
     return value
 
 

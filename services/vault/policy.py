@@ -66,8 +66,11 @@ class RequestHead:
     def methods(self) -> frozenset[str]:
         """The method, and any other one the request asks the server to act as."""
         named = [value for name, value in self.headers if name.lower() in METHOD_OVERRIDE_HEADERS]
-        named += [value for key, _, value in (p.partition(b"=") for p in self.query.split(b"&"))
-                  if unquote_to_bytes(key) == METHOD_OVERRIDE_PARAM.encode()]
+        named += [
+            value
+            for key, _, value in (p.partition(b"=") for p in self.query.split(b"&"))
+            if unquote_to_bytes(key) == METHOD_OVERRIDE_PARAM.encode()
+        ]
         return frozenset({self.method, *(unquote_to_bytes(v).decode("latin-1").strip().upper() for v in named)})
 
 
@@ -98,8 +101,9 @@ class Limited:
 Verdict = Allowed | Blocked | Ask | Limited
 
 
-def decide(view: GroupView, head: RequestHead, now: float, usage: Mapping[RateKey, int],
-           approved: frozenset[str] = frozenset()) -> Verdict:
+def decide(
+    view: GroupView, head: RequestHead, now: float, usage: Mapping[RateKey, int], approved: frozenset[str] = frozenset()
+) -> Verdict:
     """Judge ``head`` for ``view.group``; ``approved`` names approval rules a human already passed."""
     leaked = leaked_in_head(view, head)
     if leaked is not None:
@@ -126,9 +130,13 @@ def decide(view: GroupView, head: RequestHead, now: float, usage: Mapping[RateKe
 
 def injectable(credentials: Sequence[Credential], head: RequestHead) -> tuple[Credential, ...]:
     path = head.path
-    return tuple(c for c in credentials
-                 if host_matches(c.secret.host_pattern, head.host) and head.port == secret_port(c.secret.host_pattern)
-                 and path_matches(c.secret.path_pattern, path))
+    return tuple(
+        c
+        for c in credentials
+        if host_matches(c.secret.host_pattern, head.host)
+        and head.port == secret_port(c.secret.host_pattern)
+        and path_matches(c.secret.path_pattern, path)
+    )
 
 
 def stored_for_host(credentials: Sequence[Credential], head: RequestHead) -> tuple[Credential, ...]:
@@ -143,13 +151,18 @@ def rule_matches(rule: Rule, head: RequestHead) -> bool:
     methods = head.methods if restrictive else {head.method}
     paths = {path, path.rstrip("/") or "/"} if restrictive else {path}
     if (rule.method is None or rule.method in methods) and any(
-            path_matches(rule.path_pattern, p, ignore_case=restrictive) for p in paths):
+        path_matches(rule.path_pattern, p, ignore_case=restrictive) for p in paths
+    ):
         return True
     # A push over smart HTTP starts with GET .../info/refs?service=git-receive-pack: a rule that
     # blocks the push must block its discovery too, or the agent learns refs it may not change.
-    return (rule.path_pattern.endswith("/git-receive-pack") and head.method == "GET"
-            and path.endswith("/info/refs") and b"service=git-receive-pack" in head.query
-            and path_matches(rule.path_pattern.removesuffix("git-receive-pack") + "info/refs", path))
+    return (
+        rule.path_pattern.endswith("/git-receive-pack")
+        and head.method == "GET"
+        and path.endswith("/info/refs")
+        and b"service=git-receive-pack" in head.query
+        and path_matches(rule.path_pattern.removesuffix("git-receive-pack") + "info/refs", path)
+    )
 
 
 def _allowlisted(view: GroupView, head: RequestHead, matching: Sequence[Rule]) -> bool:
@@ -193,15 +206,14 @@ def base64_cores(value: bytes) -> list[bytes]:
     for shift in range(3):
         encoded = base64.b64encode(b"\0" * shift + value).rstrip(b"=")
         first = (4 * shift + 2) // 3 + (1 if shift else 0)  # characters touched by the padding bytes
-        core = encoded[first:len(encoded) - 2]  # the last characters depend on what follows
+        core = encoded[first : len(encoded) - 2]  # the last characters depend on what follows
         if len(core) >= 8:
             cores += [core, core.replace(b"+", b"-").replace(b"/", b"_")]
     return cores
 
 
 def _found(value: bytes, window: bytes, decoded: list[bytes]) -> bool:
-    return (value in window or any(value in d for d in decoded)
-            or any(core in window for core in _cores(value)))
+    return value in window or any(value in d for d in decoded) or any(core in window for core in _cores(value))
 
 
 @functools.lru_cache(maxsize=256)
@@ -253,7 +265,7 @@ class LeakScanner:
     def _scan(self, window: bytes) -> bytes:
         for name, value in self._needles:
             if value in window:
-                window = window.replace(value, (REDACTED + b"*" * len(value))[:len(value)])
+                window = window.replace(value, (REDACTED + b"*" * len(value))[: len(value)])
                 self.redacted.add(name)
         decoded = decodings(window)
         for name, value in self._needles:

@@ -29,8 +29,9 @@ Saver = Callable[[list[tuple[RateKey, int]], float], Awaitable[None]]
 class RateCounts:
     """The gateway's counters; ``save`` (``Store.save_rate_counts``) makes them outlive the process."""
 
-    def __init__(self, save: Saver | None = None, flush_interval: float = FLUSH_INTERVAL,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, save: Saver | None = None, flush_interval: float = FLUSH_INTERVAL, clock: Callable[[], float] = time.time
+    ) -> None:
         self.counts: dict[RateKey, int] = {}
         self._dirty: set[RateKey] = set()
         self._save = save

@@ -112,8 +112,15 @@ class GroupRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class Vault:
-    def __init__(self, cfg: Config, store: Store, sealer: Sealer, ca: CertificateAuthority, gateway: Gateway,
-                 notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        sealer: Sealer,
+        ca: CertificateAuthority,
+        gateway: Gateway,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.cfg = cfg
         self.notifier = notifier
         self.store = store
@@ -133,11 +140,15 @@ class Vault:
                 credentials.append(Credential(secret, self.sealer.open(sealed, f"secret:{secret.name}")))
             except SealError:
                 log.error("secret %s does not open with this vault key; it is not used", secret.name)
-        egress: dict[str, Egress] = {g: m for g, m in self.store.egress_modes().items()  # type: ignore[misc]  # filtered below
-                                     if m in ("open", "allowlist")}
+        egress: dict[str, Egress] = {
+            g: m  # type: ignore[misc]  # filtered below
+            for g, m in self.store.egress_modes().items()
+            if m in ("open", "allowlist")
+        }
         default: Egress = "allowlist" if self.cfg.vault.default_egress == "allowlist" else "open"
-        return Catalog(credentials=tuple(credentials), rules=tuple(self.store.rules()), egress=egress,
-                       default_egress=default)
+        return Catalog(
+            credentials=tuple(credentials), rules=tuple(self.store.rules()), egress=egress, default_egress=default
+        )
 
     async def refresh(self) -> None:
         catalog = await self.store.run(self.load_catalog)
@@ -160,9 +171,14 @@ class Vault:
         if self.notifier is None:
             return
         names = self.model_secrets(catalog)
-        self.notifier.notify(**{MODEL_KEY_FIELD: ",".join(names) or NO_MODEL_KEY,
-                                "status": f"model key: {', '.join(names)}" if names else
-                                "no model key: `clawden secrets add anthropic --type anthropic`"})
+        self.notifier.notify(
+            **{
+                MODEL_KEY_FIELD: ",".join(names) or NO_MODEL_KEY,
+                "status": f"model key: {', '.join(names)}"
+                if names
+                else "no model key: `clawden secrets add anthropic --type anthropic`",
+            }
+        )
 
     def bootstrap_model_key(self) -> None:
         """Keep the secret `anthropic` equal to ANTHROPIC_API_KEY / keys/anthropic when one is given."""
@@ -170,8 +186,11 @@ class Vault:
         current = {s.name: (s, sealed) for s, sealed in self.store.secrets()}.get(MODEL_SECRET)
         if not value:
             if current is None:
-                log.warning("no model key: set ANTHROPIC_API_KEY for the vault, write %s, or "
-                            "`clawden secrets add anthropic --type anthropic`", self.cfg.keys_dir / "anthropic")
+                log.warning(
+                    "no model key: set ANTHROPIC_API_KEY for the vault, write %s, or "
+                    "`clawden secrets add anthropic --type anthropic`",
+                    self.cfg.keys_dir / "anthropic",
+                )
             return
         if current is not None:
             try:
@@ -180,8 +199,9 @@ class Vault:
             except SealError:
                 pass
         grants = current[0].grants if current is not None else ("*",)
-        secret = check_secret(Secret(name=MODEL_SECRET, kind="anthropic", host_pattern="api.anthropic.com",
-                                     grants=grants), value)
+        secret = check_secret(
+            Secret(name=MODEL_SECRET, kind="anthropic", host_pattern="api.anthropic.com", grants=grants), value
+        )
         self.store.put_secret(secret, self.sealer.seal(value, f"secret:{MODEL_SECRET}"))
         log.info("stored the model key from %s as secret %s", source, MODEL_SECRET)
 
@@ -216,29 +236,50 @@ class Vault:
     async def on_gateway(self, data: bytes) -> dict[str, Any]:
         request: GroupRequest = decode_request(GroupRequest, data)
         path = await self.open_gateway(request.agent_group)
-        return {"socket": str(path), "trust_dir": str(self.ca_file.parent), "ca_file": str(self.ca_file),
-                "bundle_file": str(self.bundle_file), "ca_sha256": self.ca.fingerprint}
+        return {
+            "socket": str(path),
+            "trust_dir": str(self.ca_file.parent),
+            "ca_file": str(self.ca_file),
+            "bundle_file": str(self.bundle_file),
+            "ca_sha256": self.ca.fingerprint,
+        }
 
     async def on_secrets_add(self, data: bytes) -> dict[str, Any]:
         request: AddSecret = decode_request(AddSecret, data)
         if request.type not in ("anthropic", "openai", "generic"):
             raise ControlError(f"--type must be anthropic, openai or generic, not {request.type!r}")
         try:
-            secret = check_secret(Secret(
-                name=request.name, kind=request.type, host_pattern=request.host,  # type: ignore[arg-type]  # type checked above
-                path_pattern=request.path, header_name=request.header, value_format=request.format,
-                param_name=request.param, grants=tuple(request.agents or ["*"]), created_at=time.time()),
-                request.value, force=request.force)
+            secret = check_secret(
+                Secret(
+                    name=request.name,
+                    kind=request.type,  # type: ignore[arg-type]  # type checked above
+                    host_pattern=request.host,
+                    path_pattern=request.path,
+                    header_name=request.header,
+                    value_format=request.format,
+                    param_name=request.param,
+                    grants=tuple(request.agents or ["*"]),
+                    created_at=time.time(),
+                ),
+                request.value,
+                force=request.force,
+            )
         except CatalogError as exc:
             raise ControlError(str(exc)) from None
         if not request.replace and any(s.name == secret.name for s, _ in await self.store.run(self.store.secrets)):
-            raise ControlError(f"a secret named {secret.name} exists; add --replace to replace it (its value, "
-                               "host and grants)")
+            raise ControlError(
+                f"a secret named {secret.name} exists; add --replace to replace it (its value, host and grants)"
+            )
         sealed = self.sealer.seal(request.value, f"secret:{secret.name}")
         created = await self.store.run(self.store.put_secret, secret, sealed)
         await self.refresh()
-        log.info("secret %s %s (%s for %s)", secret.name, "added" if created else "replaced", secret.kind,
-                 secret.host_pattern)
+        log.info(
+            "secret %s %s (%s for %s)",
+            secret.name,
+            "added" if created else "replaced",
+            secret.kind,
+            secret.host_pattern,
+        )
         return {"secret": msgspec.to_builtins(secret), "created": created}
 
     async def on_secrets_list(self, data: bytes) -> dict[str, Any]:
@@ -260,8 +301,9 @@ class Vault:
         for group in agents:
             if not GROUP.match(str(group)):
                 raise ControlError(f"{group!r} is not an agent group name")
-        changed = await self.store.run(self.store.change_grants, name, () if revoke else agents,
-                                          agents if revoke else ())
+        changed = await self.store.run(
+            self.store.change_grants, name, () if revoke else agents, agents if revoke else ()
+        )
         if not changed:
             raise ControlError(f"no secret named {name!r}")
         await self.refresh()
@@ -277,11 +319,19 @@ class Vault:
         if request.action != "rate_limit" and (request.limit or request.window is not None):
             raise ControlError(f"--limit and --window belong to rate_limit rules, not to a {request.action} rule")
         try:
-            rule = check_rule(Rule(
-                name=request.name, action=request.action, host_pattern=request.host,  # type: ignore[arg-type]  # checked above
-                path_pattern=request.path, method=request.method, agent_group=request.agent,
-                rate_limit=request.limit, rate_window=request.window or "minute",  # type: ignore[arg-type]  # checked above
-                created_at=time.time()))
+            rule = check_rule(
+                Rule(
+                    name=request.name,
+                    action=request.action,  # type: ignore[arg-type]  # checked above
+                    host_pattern=request.host,
+                    path_pattern=request.path,
+                    method=request.method,
+                    agent_group=request.agent,
+                    rate_limit=request.limit,
+                    rate_window=request.window or "minute",  # type: ignore[arg-type]  # checked above
+                    created_at=time.time(),
+                )
+            )
         except CatalogError as exc:
             raise ControlError(str(exc)) from None
         if not await self.store.run(self.store.add_rule, rule):
@@ -343,17 +393,27 @@ async def main(ctx: ServiceContext) -> None:
     folder.chmod(0o700)
     store = await Store.start(folder / VAULT_DB)
     sealer = Sealer(load_key(cfg.keys_dir / VAULT_KEY))
-    ca = CertificateAuthority.load_or_create(cfg.keys_dir / CA_KEY, cfg.keys_dir / CA_CERT,
-                                             f"Clawden gateway CA ({cfg.install_id})")
-    audit = AuditLog(lambda batch: store.run(store.write_audit, batch),
-                     publish=lambda record: _publish_audit(ctx, record))
+    ca = CertificateAuthority.load_or_create(
+        cfg.keys_dir / CA_KEY, cfg.keys_dir / CA_CERT, f"Clawden gateway CA ({cfg.install_id})"
+    )
+    audit = AuditLog(
+        lambda batch: store.run(store.write_audit, batch), publish=lambda record: _publish_audit(ctx, record)
+    )
     # A restart must not forgive a daily cap.
     rates = RateCounts(lambda counts, now: store.run(store.save_rate_counts, counts, now))
     rates.load(await store.run(store.rate_counts, time.time()))
-    gateway = Gateway(cfg.model.upstream, ca=ca, work_dir=folder, extra_ca_file=cfg.vault.extra_ca_file or None,
-                      host_map=cfg.vault.host_map, audit=audit, approver=BusApprover(ctx.nc, ctx.js),
-                      rate_counts=rates, approval_timeout=cfg.vault.approval_timeout,
-                      read_timeout=cfg.vault.read_timeout)
+    gateway = Gateway(
+        cfg.model.upstream,
+        ca=ca,
+        work_dir=folder,
+        extra_ca_file=cfg.vault.extra_ca_file or None,
+        host_map=cfg.vault.host_map,
+        audit=audit,
+        approver=BusApprover(ctx.nc, ctx.js),
+        rate_counts=rates,
+        approval_timeout=cfg.vault.approval_timeout,
+        read_timeout=cfg.vault.read_timeout,
+    )
     vault = Vault(cfg, store, sealer, ca, gateway, ctx.notifier)
     await store.run(vault.bootstrap_model_key)
     await vault.refresh()
@@ -373,11 +433,17 @@ async def main(ctx: ServiceContext) -> None:
                 await gateway.listen_tcp(host.strip("[]"), int(port))
                 log.info("gateway TCP listener on %s (proxy tokens)", cfg.vault.tcp_listen)
             for verb, handler in (
-                ("gateway", vault.on_gateway), ("secrets-add", vault.on_secrets_add),
-                ("secrets-list", vault.on_secrets_list), ("secrets-remove", vault.on_secrets_remove),
-                ("secrets-grant", vault.on_secrets_grant), ("rules-add", vault.on_rules_add),
-                ("rules-list", vault.on_rules_list), ("rules-remove", vault.on_rules_remove),
-                ("audit", vault.on_audit), ("egress", vault.on_egress), ("proxy-token", vault.on_proxy_token),
+                ("gateway", vault.on_gateway),
+                ("secrets-add", vault.on_secrets_add),
+                ("secrets-list", vault.on_secrets_list),
+                ("secrets-remove", vault.on_secrets_remove),
+                ("secrets-grant", vault.on_secrets_grant),
+                ("rules-add", vault.on_rules_add),
+                ("rules-list", vault.on_rules_list),
+                ("rules-remove", vault.on_rules_remove),
+                ("audit", vault.on_audit),
+                ("egress", vault.on_egress),
+                ("proxy-token", vault.on_proxy_token),
                 ("model-key", vault.on_model_key),
             ):
                 await ctx.endpoint(verb, handler)

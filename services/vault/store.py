@@ -21,7 +21,9 @@ from services.vault.policy import RateKey
 # Named, and each idempotent: a vault.db from before named migrations (numbered by user_version) has
 # every table already and takes them as no-ops.
 MIGRATIONS: list[tuple[str, str]] = [
-    ("0001_vault", """
+    (
+        "0001_vault",
+        """
     CREATE TABLE IF NOT EXISTS secrets (
         name TEXT PRIMARY KEY,
         kind TEXT NOT NULL,
@@ -74,8 +76,11 @@ MIGRATIONS: list[tuple[str, str]] = [
     );
     CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
     CREATE INDEX IF NOT EXISTS audit_group_at ON audit (agent_group, at);
-    """),
-    ("0002_rate_counts", """
+    """,
+    ),
+    (
+        "0002_rate_counts",
+        """
     CREATE TABLE IF NOT EXISTS rate_counts (
         rule TEXT NOT NULL,
         agent_group TEXT NOT NULL,
@@ -84,11 +89,25 @@ MIGRATIONS: list[tuple[str, str]] = [
         count INTEGER NOT NULL,
         PRIMARY KEY (rule, agent_group, window_seconds, window_index)
     ) WITHOUT ROWID;
-    """),
+    """,
+    ),
 ]
 
-AUDIT_COLUMNS = ("at", "agent_group", "method", "host", "path", "status", "decision", "rule", "bytes_in",
-                 "bytes_out", "duration_ms", "injected", "approval_id")
+AUDIT_COLUMNS = (
+    "at",
+    "agent_group",
+    "method",
+    "host",
+    "path",
+    "status",
+    "decision",
+    "rule",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "injected",
+    "approval_id",
+)
 
 
 class Store(servicedb.Store):
@@ -123,11 +142,24 @@ class Store(servicedb.Store):
                        path_pattern = excluded.path_pattern, header_name = excluded.header_name,
                        value_format = excluded.value_format, param_name = excluded.param_name,
                        sealed = excluded.sealed, updated_at = excluded.updated_at""",
-                (secret.name, secret.kind, secret.host_pattern, secret.path_pattern, secret.header_name,
-                 secret.value_format, secret.param_name, sealed, now, now))
+                (
+                    secret.name,
+                    secret.kind,
+                    secret.host_pattern,
+                    secret.path_pattern,
+                    secret.header_name,
+                    secret.value_format,
+                    secret.param_name,
+                    sealed,
+                    now,
+                    now,
+                ),
+            )
             self.conn.execute("DELETE FROM grants WHERE secret = ?", (secret.name,))
-            self.conn.executemany("INSERT INTO grants (secret, agent_group) VALUES (?, ?)",
-                                  [(secret.name, group) for group in secret.grants])
+            self.conn.executemany(
+                "INSERT INTO grants (secret, agent_group) VALUES (?, ?)",
+                [(secret.name, group) for group in secret.grants],
+            )
         return existed is None
 
     def remove_secret(self, name: str) -> bool:
@@ -136,10 +168,12 @@ class Store(servicedb.Store):
     def change_grants(self, name: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> bool:
         if self.conn.execute("SELECT 1 FROM secrets WHERE name = ?", (name,)).fetchone() is None:
             return False
-        self.conn.executemany("INSERT OR IGNORE INTO grants (secret, agent_group) VALUES (?, ?)",
-                              [(name, group) for group in add])
-        self.conn.executemany("DELETE FROM grants WHERE secret = ? AND agent_group = ?",
-                              [(name, group) for group in remove])
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO grants (secret, agent_group) VALUES (?, ?)", [(name, group) for group in add]
+        )
+        self.conn.executemany(
+            "DELETE FROM grants WHERE secret = ? AND agent_group = ?", [(name, group) for group in remove]
+        )
         return True
 
     def secrets(self) -> list[tuple[Secret, str]]:
@@ -148,11 +182,20 @@ class Store(servicedb.Store):
         for row in self._rows("SELECT secret, agent_group FROM grants ORDER BY agent_group"):
             grants.setdefault(row["secret"], []).append(row["agent_group"])
         return [
-            (Secret(name=row["name"], kind=row["kind"], host_pattern=row["host_pattern"],
-                    path_pattern=row["path_pattern"], header_name=row["header_name"],
-                    value_format=row["value_format"], param_name=row["param_name"],
-                    grants=tuple(grants.get(row["name"], ())), created_at=row["created_at"]),
-             row["sealed"])
+            (
+                Secret(
+                    name=row["name"],
+                    kind=row["kind"],
+                    host_pattern=row["host_pattern"],
+                    path_pattern=row["path_pattern"],
+                    header_name=row["header_name"],
+                    value_format=row["value_format"],
+                    param_name=row["param_name"],
+                    grants=tuple(grants.get(row["name"], ())),
+                    created_at=row["created_at"],
+                ),
+                row["sealed"],
+            )
             for row in self._rows("SELECT * FROM secrets ORDER BY name")
         ]
 
@@ -167,8 +210,19 @@ class Store(servicedb.Store):
             self.conn.execute(
                 """INSERT INTO rules (name, action, host_pattern, path_pattern, method, agent_group, rate_limit,
                                       rate_window, enabled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (rule.name, rule.action, rule.host_pattern, rule.path_pattern, rule.method, rule.agent_group,
-                 rule.rate_limit, rule.rate_window, int(rule.enabled), rule.created_at or time.time()))
+                (
+                    rule.name,
+                    rule.action,
+                    rule.host_pattern,
+                    rule.path_pattern,
+                    rule.method,
+                    rule.agent_group,
+                    rule.rate_limit,
+                    rule.rate_window,
+                    int(rule.enabled),
+                    rule.created_at or time.time(),
+                ),
+            )
         except sqlite3.IntegrityError:
             return False
         return True
@@ -178,10 +232,18 @@ class Store(servicedb.Store):
 
     def rules(self) -> list[Rule]:
         return [
-            Rule(name=row["name"], action=row["action"], host_pattern=row["host_pattern"],
-                 path_pattern=row["path_pattern"], method=row["method"], agent_group=row["agent_group"],
-                 rate_limit=row["rate_limit"], rate_window=row["rate_window"], enabled=bool(row["enabled"]),
-                 created_at=row["created_at"])
+            Rule(
+                name=row["name"],
+                action=row["action"],
+                host_pattern=row["host_pattern"],
+                path_pattern=row["path_pattern"],
+                method=row["method"],
+                agent_group=row["agent_group"],
+                rate_limit=row["rate_limit"],
+                rate_window=row["rate_window"],
+                enabled=bool(row["enabled"]),
+                created_at=row["created_at"],
+            )
             for row in self._rows("SELECT * FROM rules ORDER BY created_at, name")
         ]
 
@@ -191,7 +253,8 @@ class Store(servicedb.Store):
         """The counts of windows still open at ``now``; rows of windows that ended are deleted."""
         self.conn.execute("DELETE FROM rate_counts WHERE (window_index + 1) * window_seconds <= ?", (now,))
         rows = self.conn.execute(
-            "SELECT rule, agent_group, window_index, window_seconds, count FROM rate_counts").fetchall()
+            "SELECT rule, agent_group, window_index, window_seconds, count FROM rate_counts"
+        ).fetchall()
         return [(RateKey(rule, group, index, seconds), count) for rule, group, index, seconds, count in rows]
 
     def save_rate_counts(self, counts: list[tuple[RateKey, int]], now: float) -> None:
@@ -202,37 +265,68 @@ class Store(servicedb.Store):
                 """INSERT INTO rate_counts (rule, agent_group, window_seconds, window_index, count)
                    VALUES (?, ?, ?, ?, ?)
                    ON CONFLICT (rule, agent_group, window_seconds, window_index)
-                   DO UPDATE SET count = max(count, excluded.count)""", rows)
+                   DO UPDATE SET count = max(count, excluded.count)""",
+                rows,
+            )
             self.conn.execute("DELETE FROM rate_counts WHERE (window_index + 1) * window_seconds <= ?", (now,))
 
     # -- per-group settings --
 
     def set_egress(self, group: str, mode: str | None) -> None:
-        self.conn.execute("""INSERT INTO groups (agent_group, egress) VALUES (?, ?)
-                             ON CONFLICT (agent_group) DO UPDATE SET egress = excluded.egress""", (group, mode))
+        self.conn.execute(
+            """INSERT INTO groups (agent_group, egress) VALUES (?, ?)
+                             ON CONFLICT (agent_group) DO UPDATE SET egress = excluded.egress""",
+            (group, mode),
+        )
 
     def egress_modes(self) -> dict[str, str]:
-        return {row["agent_group"]: row["egress"]
-                for row in self._rows("SELECT agent_group, egress FROM groups WHERE egress IS NOT NULL")}
+        return {
+            row["agent_group"]: row["egress"]
+            for row in self._rows("SELECT agent_group, egress FROM groups WHERE egress IS NOT NULL")
+        }
 
     def set_proxy_token(self, group: str, sealed: str) -> None:
-        self.conn.execute("""INSERT INTO groups (agent_group, proxy_token_sealed) VALUES (?, ?)
+        self.conn.execute(
+            """INSERT INTO groups (agent_group, proxy_token_sealed) VALUES (?, ?)
                              ON CONFLICT (agent_group)
-                             DO UPDATE SET proxy_token_sealed = excluded.proxy_token_sealed""", (group, sealed))
+                             DO UPDATE SET proxy_token_sealed = excluded.proxy_token_sealed""",
+            (group, sealed),
+        )
 
     def proxy_tokens(self) -> dict[str, str]:
         """agent group -> sealed proxy token."""
-        return {row["agent_group"]: row["proxy_token_sealed"] for row in
-                self._rows("SELECT agent_group, proxy_token_sealed FROM groups WHERE proxy_token_sealed IS NOT NULL")}
+        return {
+            row["agent_group"]: row["proxy_token_sealed"]
+            for row in self._rows(
+                "SELECT agent_group, proxy_token_sealed FROM groups WHERE proxy_token_sealed IS NOT NULL"
+            )
+        }
 
     # -- audit --
 
     def write_audit(self, records: list[AuditRecord]) -> None:
-        rows = [(r.at, r.agent_group, r.method, r.host, r.path, r.status, r.decision, r.rule, r.bytes_in,
-                 r.bytes_out, round(r.duration_ms, 3), ",".join(r.injected), r.approval_id) for r in records]
+        rows = [
+            (
+                r.at,
+                r.agent_group,
+                r.method,
+                r.host,
+                r.path,
+                r.status,
+                r.decision,
+                r.rule,
+                r.bytes_in,
+                r.bytes_out,
+                round(r.duration_ms, 3),
+                ",".join(r.injected),
+                r.approval_id,
+            )
+            for r in records
+        ]
         with self._tx():
-            self.conn.executemany(f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) "
-                                  f"VALUES ({', '.join('?' * len(AUDIT_COLUMNS))})", rows)
+            self.conn.executemany(
+                f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) VALUES ({', '.join('?' * len(AUDIT_COLUMNS))})", rows
+            )
 
     def audit(self, group: str | None = None, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The newest ``limit`` records matching, oldest first."""
@@ -244,8 +338,10 @@ class Store(servicedb.Store):
         if since is not None:
             where.append("at >= ?")
             args.append(since)
-        sql = (f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit {'WHERE ' + ' AND '.join(where) if where else ''} "
-               "ORDER BY id DESC LIMIT ?")
+        sql = (
+            f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit {'WHERE ' + ' AND '.join(where) if where else ''} "
+            "ORDER BY id DESC LIMIT ?"
+        )
         rows = self._rows(sql, [*args, limit])
         return [dict(row) for row in reversed(rows)]
 

@@ -71,8 +71,9 @@ class Connection:
     owner: str  # the agent group it serves: a connection is never shared across groups
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    h11: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT,
-                                                                         max_incomplete_event_size=MAX_HEAD_SIZE))
+    h11: h11.Connection = field(
+        default_factory=lambda: h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_SIZE)
+    )
     reused: bool = False
     idle_since: float = 0.0
 
@@ -93,9 +94,17 @@ class Response:
 
 
 class Upstream:
-    def __init__(self, tls: ssl.SSLContext | None = None, *, host_map: Mapping[str, str] | None = None,
-                 allow_private: bool = False, connect_timeout: float = 10.0, read_timeout: float = 600.0,
-                 idle_expiry: float = 60.0, max_idle_per_origin: int = 32) -> None:
+    def __init__(
+        self,
+        tls: ssl.SSLContext | None = None,
+        *,
+        host_map: Mapping[str, str] | None = None,
+        allow_private: bool = False,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 600.0,
+        idle_expiry: float = 60.0,
+        max_idle_per_origin: int = 32,
+    ) -> None:
         self._tls = tls or client_tls()
         self._host_map = {k.lower(): v for k, v in (host_map or {}).items()}
         self._allow_private = allow_private
@@ -114,8 +123,7 @@ class Upstream:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if (not conn.writer.is_closing() and not conn.reader.at_eof()
-                    and now - conn.idle_since < self._idle_expiry):
+            if not conn.writer.is_closing() and not conn.reader.at_eof() and now - conn.idle_since < self._idle_expiry:
                 conn.reused = True
                 return conn
             conn.close()
@@ -152,15 +160,16 @@ class Upstream:
                     address, port = await self._resolve(origin, trusted), origin.port
                 tls = self._tls if origin.scheme == "https" else None
                 reader, writer = await asyncio.open_connection(
-                    address, port, ssl=tls, server_hostname=origin.host if tls else None, limit=READ_SIZE)
+                    address, port, ssl=tls, server_hostname=origin.host if tls else None, limit=READ_SIZE
+                )
         except UpstreamError:
             raise
         except TimeoutError as exc:
             raise UpstreamError(504, "gateway_timeout", f"connecting to {origin.host} timed out") from exc
         except ssl.SSLCertVerificationError as exc:
-            raise UpstreamError(502, "bad_gateway",
-                                f"{origin.host} presented a certificate that does not verify "
-                                f"({exc.verify_message})") from exc
+            raise UpstreamError(
+                502, "bad_gateway", f"{origin.host} presented a certificate that does not verify ({exc.verify_message})"
+            ) from exc
         except (OSError, ssl.SSLError) as exc:
             raise UpstreamError(502, "bad_gateway", f"cannot reach {origin.host} ({type(exc).__name__})") from exc
         return Connection(origin, owner, reader, writer)
@@ -174,16 +183,27 @@ class Upstream:
         if not addresses:
             raise UpstreamError(502, "bad_gateway", f"{origin.host} does not resolve")
         if not (trusted or self._allow_private) and not all(is_public(a) for a in addresses):
-            raise UpstreamError(403, "private_address_blocked",
-                                f"{origin.host} resolves to a private address; the gateway reaches public "
-                                "hosts only")
+            raise UpstreamError(
+                403,
+                "private_address_blocked",
+                f"{origin.host} resolves to a private address; the gateway reaches public hosts only",
+            )
         # Connect to the checked address, not the name: a second lookup could answer differently.
         return addresses[0]
 
     # -- one exchange --
 
-    async def request(self, origin: Origin, method: bytes, target: bytes, headers: list[Header],
-                      body: bytes | AsyncIterable[bytes], *, trusted: bool = False, owner: str = "") -> Response:
+    async def request(
+        self,
+        origin: Origin,
+        method: bytes,
+        target: bytes,
+        headers: list[Header],
+        body: bytes | AsyncIterable[bytes],
+        *,
+        trusted: bool = False,
+        owner: str = "",
+    ) -> Response:
         """Send a request and read the response head; the body follows from ``body_chunks``.
 
         A pooled connection the site closed meanwhile is retried once on a fresh one when the body
@@ -207,14 +227,16 @@ class Upstream:
                     raise ConnectionResetError("the site closed the connection before answering")
             except TimeoutError as exc:
                 conn.close()
-                raise UpstreamError(504, "gateway_timeout",
-                                    f"{origin.host} sent no answer within {self.read_timeout:.0f} s") from exc
+                raise UpstreamError(
+                    504, "gateway_timeout", f"{origin.host} sent no answer within {self.read_timeout:.0f} s"
+                ) from exc
             except (OSError, ssl.SSLError, h11.ProtocolError) as exc:
                 conn.close()
                 if attempt == 0 and conn.reused and not started and isinstance(body, bytes):
                     continue
-                raise UpstreamError(502, "bad_gateway",
-                                    f"{origin.host} broke the connection ({type(exc).__name__})") from exc
+                raise UpstreamError(
+                    502, "bad_gateway", f"{origin.host} broke the connection ({type(exc).__name__})"
+                ) from exc
             except BaseException:
                 conn.close()
                 raise

@@ -68,8 +68,9 @@ class TooLarge(Exception):
 
 
 class FrontDoor:
-    def __init__(self, routes: dict[str, Route], publish: Publish, limits: Limits,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, routes: dict[str, Route], publish: Publish, limits: Limits, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.routes = routes
         self.publish = publish
         self.limits = limits
@@ -87,17 +88,26 @@ class FrontDoor:
             self.counters.unavailable += 1
         else:
             self.counters.refused += 1
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                (b"content-length", str(len(body)).encode()), *headers]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    *headers,
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         source = self._source(scope)
         wait = self.rate.take(source, self.clock())
         if wait > 0:
-            log.warning("webhook from %s refused: over %.0f requests/s", source, self.limits.rate,
-                        extra={"source": source})
+            log.warning(
+                "webhook from %s refused: over %.0f requests/s", source, self.limits.rate, extra={"source": source}
+            )
             return 429, b"too many requests\n", [(b"retry-after", str(max(1, round(wait))).encode())]
         path: str = scope["path"]
         channel, _, rest = path.removeprefix(PREFIX).partition("/") if path.startswith(PREFIX) else ("", "", "")
@@ -123,26 +133,46 @@ class FrontDoor:
         query = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         status, text = verify.meta_handshake(query, route.verify_token)
         if status == 200:
-            log.info("%s webhook subscription verified (from %s)", route.channel, source,
-                     extra={"channel": route.channel, "source": source})
+            log.info(
+                "%s webhook subscription verified (from %s)",
+                route.channel,
+                source,
+                extra={"channel": route.channel, "source": source},
+            )
             return 200, text.encode(), []
-        log.warning("%s webhook handshake from %s refused: %s", route.channel, source, text,
-                    extra={"channel": route.channel, "source": source})
+        log.warning(
+            "%s webhook handshake from %s refused: %s",
+            route.channel,
+            source,
+            text,
+            extra={"channel": route.channel, "source": source},
+        )
         return status, text.encode() + b"\n", []
 
-    async def _delivery(self, route: Route, rest: str, scope: Scope, receive: Receive,
-                        source: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _delivery(
+        self, route: Route, rest: str, scope: Scope, receive: Receive, source: str
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
         def refuse(status: int, reason: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-            log.warning("%s webhook from %s refused (%d): %s", route.channel, source, status, reason,
-                        extra={"channel": route.channel, "source": source})
+            log.warning(
+                "%s webhook from %s refused (%d): %s",
+                route.channel,
+                source,
+                status,
+                reason,
+                extra={"channel": route.channel, "source": source},
+            )
             return status, reason.encode() + b"\n", []
 
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limits.max_body):
-            return refuse(413 if length.isdigit() else 400, f"body of {length[:20]} bytes is over the limit "
-                          f"of {self.limits.max_body}" if length.isdigit() else "bad Content-Length")
+            return refuse(
+                413 if length.isdigit() else 400,
+                f"body of {length[:20]} bytes is over the limit of {self.limits.max_body}"
+                if length.isdigit()
+                else "bad Content-Length",
+            )
         signature = headers.get(verify.SIGNATURE_HEADER)
         if not signature:  # unsigned: refused before its body is read
             return refuse(401, "no X-Hub-Signature-256 header")
@@ -183,8 +213,12 @@ class FrontDoor:
         try:
             new = await self.publish(route.channel, delivery, msg_id)
         except HandOffFailed as exc:
-            log.error("%s webhook not stored, answered 503 so the platform retries: %s", route.channel, exc,
-                      extra={"channel": route.channel})
+            log.error(
+                "%s webhook not stored, answered 503 so the platform retries: %s",
+                route.channel,
+                exc,
+                extra={"channel": route.channel},
+            )
             return 503, b"try again later\n", [(b"retry-after", b"5")]
         if new:
             self.counters.accepted += 1

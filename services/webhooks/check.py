@@ -42,8 +42,11 @@ async def check(cfg: Config, environ: dict[str, str]) -> tuple[str, str, str]:
         return "fail", problem, "start it: `clawden up`, or `systemctl start clawden-webhooks`"
     served = ", ".join(f"/hooks/{c}" for c in routes)
     if not cfg.webhooks.public_url:
-        return "warn", f"{local} serves {served}; no public_url set", (
-            "put Caddy, nginx or a tunnel in front and set [webhooks] public_url (README: Webhooks)")
+        return (
+            "warn",
+            f"{local} serves {served}; no public_url set",
+            ("put Caddy, nginx or a tunnel in front and set [webhooks] public_url (README: Webhooks)"),
+        )
     problem = await _handshake(cfg.webhooks.public_url, route.channel, route.verify_token)
     if problem:
         return "fail", problem, f"check the reverse proxy or tunnel forwards /hooks/ to {local}"

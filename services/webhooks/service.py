@@ -49,14 +49,16 @@ def load_routes(cfg: Config, environ: dict[str, str] | None = None) -> dict[str,
     routes: dict[str, Route] = {}
     for channel, scheme in sorted(webhook_routes(cfg).items()):
         if scheme not in SECRETS:
-            raise ConfigurationError(f"[webhooks.routes] {channel} = {scheme!r}: known schemes are "
-                                     f"{', '.join(webhooks.SCHEMES)}")
+            raise ConfigurationError(
+                f"[webhooks.routes] {channel} = {scheme!r}: known schemes are {', '.join(webhooks.SCHEMES)}"
+            )
         subjects.token(channel)
         values = {key: read_route_secret(cfg, channel, key, environ) for key in SECRETS[scheme]}
         missing = [k for k, v in values.items() if v is None]
         if missing:
-            log.info("/hooks/%s is not served: no %s (keys/%s.<key>, mode 0600)", channel,
-                     " or ".join(missing), channel)
+            log.info(
+                "/hooks/%s is not served: no %s (keys/%s.<key>, mode 0600)", channel, " or ".join(missing), channel
+            )
             continue
         routes[channel] = Route(channel, scheme, (values["app_secret"] or "").encode(), values["verify_token"] or "")
     return routes
@@ -71,20 +73,45 @@ async def main(ctx: ServiceContext) -> None:
 
     async def publish(channel: str, delivery: webhooks.WebhookDelivery, msg_id: str) -> bool:
         try:
-            ack = await ctx.js.publish(subjects.webhook(channel), webhooks.encoder.encode(delivery),
-                                       timeout=cfg.ack_timeout, headers={Header.MSG_ID: msg_id})
+            ack = await ctx.js.publish(
+                subjects.webhook(channel),
+                webhooks.encoder.encode(delivery),
+                timeout=cfg.ack_timeout,
+                headers={Header.MSG_ID: msg_id},
+            )
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError) as exc:
             raise HandOffFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
         return not ack.duplicate
 
-    door = FrontDoor(routes, publish, Limits(max_body=cfg.max_body, rate=cfg.rate, burst=cfg.burst,
-                                             body_timeout=cfg.body_timeout, forwarded_for=cfg.forwarded_for))
+    door = FrontDoor(
+        routes,
+        publish,
+        Limits(
+            max_body=cfg.max_body,
+            rate=cfg.rate,
+            burst=cfg.burst,
+            body_timeout=cfg.body_timeout,
+            forwarded_for=cfg.forwarded_for,
+        ),
+    )
     ctx.stats["webhooks"] = door.counters.__dict__
     sock = bind(host, port)
     config = uvicorn.Config(
-        door, lifespan="off", log_config=None, access_log=False, server_header=False, date_header=False,
-        timeout_keep_alive=5, timeout_graceful_shutdown=5, h11_max_incomplete_event_size=16 * 1024,
-        limit_concurrency=1000, http="h11", ws="none", proxy_headers=False, interface="asgi3")
+        door,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=5,
+        h11_max_incomplete_event_size=16 * 1024,
+        limit_concurrency=1000,
+        http="h11",
+        ws="none",
+        proxy_headers=False,
+        interface="asgi3",
+    )
     # Server.serve() would take SIGTERM from the runtime; its startup and shutdown are driven here instead.
     config.load()
     server = uvicorn.Server(config)
@@ -111,4 +138,3 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
-

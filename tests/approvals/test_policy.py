@@ -9,9 +9,15 @@ TERMINAL = ev.Route(channel="local", chat_id="terminal")
 
 
 def request(kind: str = "credential", route: ev.Route | None = None, **context: str) -> ev.ApprovalRequest:
-    return ev.ApprovalRequest(id="r1", kind=kind, requester="vault", agent_group="main",  # type: ignore[arg-type]
-                              card=ev.Card(title="t", buttons=(cards.APPROVE, cards.DENY)), route=route,
-                              context=context)
+    return ev.ApprovalRequest(
+        id="r1",
+        kind=kind,  # type: ignore[arg-type]
+        requester="vault",
+        agent_group="main",
+        card=ev.Card(title="t", buttons=(cards.APPROVE, cards.DENY)),
+        route=route,
+        context=context,
+    )
 
 
 def test_card_goes_to_the_first_reachable_approver() -> None:
@@ -27,8 +33,9 @@ def test_card_prefers_an_approver_on_the_channel_the_request_came_from() -> None
 
 def test_a_learned_direct_chat_wins_over_the_derived_one() -> None:
     learned = ev.Route(channel="local", chat_id="laptop")
-    assert policy.choose_delivery(request(), ["local:alice"], {"local:alice": learned}) == \
-        policy.Delivery("local:alice", learned)
+    assert policy.choose_delivery(request(), ["local:alice"], {"local:alice": learned}) == policy.Delivery(
+        "local:alice", learned
+    )
 
 
 def test_no_reachable_approver_means_no_delivery() -> None:
@@ -68,16 +75,23 @@ def test_short_card_ids_fit_telegram_callback_data() -> None:
 
 
 def test_credential_card_says_agent_method_host_path_and_preview_in_plain_words() -> None:
-    card = cards.card_for(request(method="POST", host="api.github.com", path="/repos/x/issues", rule="github writes",
-                                  body_preview='{"title": "hi", "token": "[redacted]"}'))
+    card = cards.card_for(
+        request(
+            method="POST",
+            host="api.github.com",
+            path="/repos/x/issues",
+            rule="github writes",
+            body_preview='{"title": "hi", "token": "[redacted]"}',
+        )
+    )
     assert card.title == "Allow main to call api.github.com?"
     assert "Agent group main" in card.body and "POST https://api.github.com/repos/x/issues" in card.body
     assert '"title": "hi"' in card.body and [b.id for b in card.buttons] == ["approve", "deny"]
 
 
 def test_decided_card_keeps_the_words_and_drops_the_buttons() -> None:
-    card = cards.decided_card(ev.Card(title="T", body="B", buttons=(cards.APPROVE,)),
-                              cards.outcome_line("approved", "local:alice"))
+    card = cards.decided_card(
+        ev.Card(title="T", body="B", buttons=(cards.APPROVE,)), cards.outcome_line("approved", "local:alice")
+    )
     assert card.buttons == () and card.body == "B\n\n✅ Approved by local:alice"
-    assert cards.outcome_line("expired", "", reason="nobody answered in time") == \
-        "⌛ Expired (nobody answered in time)"
+    assert cards.outcome_line("expired", "", reason="nobody answered in time") == "⌛ Expired (nobody answered in time)"

@@ -24,19 +24,25 @@ async def test_ask_user_question_round_trip_through_the_local_channel(stack: Sta
     async with Terminal(stack, "approvals-question") as term:
         await stack.wait_until_idle((await term.ask("hello", timeout=90)).session_id)
         seen = len(tool_results(stack))
-        stack.fake.script(ToolCall("ask_user_question", {"question": "Tea or coffee?",
-                                                         "options": ["Tea", "Coffee"], "timeout": 120}),
-                          Text("ok"))
+        stack.fake.script(
+            ToolCall("ask_user_question", {"question": "Tea or coffee?", "options": ["Tea", "Coffee"], "timeout": 120}),
+            Text("ok"),
+        )
         await term.send("ask me something")
         card = await term.reply(timeout=60)
         assert card.card is not None and card.card.body == "Tea or coffee?"
         assert [b.label for b in card.card.buttons] == ["Tea", "Coffee"]
         assert card.route.chat_id == term.chat_id  # a question goes to the chat that asked
         user = getpass.getuser()
-        press = ev.InboundAction(route=card.route, action_id=uuid.uuid4().hex,
-                                 sender=ev.Sender(id=f"local:{user}", name=user), card_id=card.id,
-                                 button_id=card.card.buttons[1].id, message_id=f"term-{card.seq}",
-                                 sent_at=time.time())
+        press = ev.InboundAction(
+            route=card.route,
+            action_id=uuid.uuid4().hex,
+            sender=ev.Sender(id=f"local:{user}", name=user),
+            card_id=card.id,
+            button_id=card.card.buttons[1].id,
+            message_id=f"term-{card.seq}",
+            sent_at=time.time(),
+        )
         assert term.js is not None
         await publish(term.js, subjects.inbound("local"), press, msg_id=press.key)
         deadline = time.monotonic() + 60

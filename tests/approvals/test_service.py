@@ -40,8 +40,11 @@ class Up:
         self.out = (home / "up.log").open("w")  # a file, not a pipe nobody drains
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "clawden", "up", "--service", "router", "--service", "approvals"],
-            env=dict(os.environ, CLAWDEN_HOME=str(home)), stdout=self.out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            env=dict(os.environ, CLAWDEN_HOME=str(home)),
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while "all services ready" not in (home / "up.log").read_text():
             assert time.monotonic() < deadline and self.proc.poll() is None, (home / "up.log").read_text()
@@ -80,21 +83,32 @@ class Owner:
         self.seen.append(event)
         if isinstance(event, ev.OutboundMessage):
             self.ids[event.id] = platform_id = uuid.uuid4().hex
-            await publish(self.js, subjects.receipt("local"), ev.DeliveryReceipt(
-                outbound_id=event.id, route=event.route, ok=True, platform_message_id=platform_id),
-                msg_id=f"receipt:{event.id}")
+            await publish(
+                self.js,
+                subjects.receipt("local"),
+                ev.DeliveryReceipt(outbound_id=event.id, route=event.route, ok=True, platform_message_id=platform_id),
+                msg_id=f"receipt:{event.id}",
+            )
 
     async def first(self, kind: type[Any], timeout: float = 20, **where: Any) -> Any:
         def found() -> Any:
-            return next((e for e in self.seen
-                         if isinstance(e, kind) and all(v in getattr(e, k) for k, v in where.items())), None)
+            return next(
+                (e for e in self.seen if isinstance(e, kind) and all(v in getattr(e, k) for k, v in where.items())),
+                None,
+            )
 
         return await eventually(found, timeout, lambda: f"no {kind.__name__} with {where}: {self.seen[-3:]}")
 
     async def press(self, card: ev.OutboundMessage, button: str, who: str = OWNER) -> None:
-        action = ev.InboundAction(route=card.route, action_id=uuid.uuid4().hex,
-                                  sender=ev.Sender(id=who, name=who.split(":", 1)[1]), card_id=card.id,
-                                  button_id=button, message_id=self.ids[card.id], sent_at=time.time())
+        action = ev.InboundAction(
+            route=card.route,
+            action_id=uuid.uuid4().hex,
+            sender=ev.Sender(id=who, name=who.split(":", 1)[1]),
+            card_id=card.id,
+            button_id=button,
+            message_id=self.ids[card.id],
+            sent_at=time.time(),
+        )
         await publish(self.js, subjects.inbound("local"), action, msg_id=action.key)
 
 
@@ -112,12 +126,26 @@ class Requester:
 
         await self.nc.subscribe(subjects.approval_decision(self.rid), cb=got)
         request = ev.ApprovalRequest(
-            id=self.rid, kind="credential", requester="vault", agent_group="main",
-            card=ev.Card(title="held", buttons=(ev.Button(id="approve", label="Approve", style="primary"),
-                                                ev.Button(id="deny", label="Deny", style="danger"))),
+            id=self.rid,
+            kind="credential",
+            requester="vault",
+            agent_group="main",
+            card=ev.Card(
+                title="held",
+                buttons=(
+                    ev.Button(id="approve", label="Approve", style="primary"),
+                    ev.Button(id="deny", label="Deny", style="danger"),
+                ),
+            ),
             expires_at=time.time() + ttl,
-            context={"method": "POST", "host": host, "path": "/repos/me/x/issues", "rule": "github writes",
-                     "body_preview": '{"title": "bug"}'})
+            context={
+                "method": "POST",
+                "host": host,
+                "path": "/repos/me/x/issues",
+                "rule": "github writes",
+                "body_preview": '{"title": "bug"}',
+            },
+        )
         await publish(self.nc.jetstream(), subjects.APPROVAL_REQUEST, request, msg_id=f"vault:{self.rid}")
 
     async def decision(self, timeout: float = 20) -> ev.ApprovalDecision:
@@ -133,8 +161,14 @@ async def bus(up: Up) -> AsyncIterator[tuple[Client, Owner]]:
     owner = Owner(nc)
     stopping = asyncio.Event()
     puller = await bind(nc.jetstream(), terminal_outbound(TERMINAL))
-    task = asyncio.create_task(consume(puller, ev.OutboundMessage | ev.OutboundEdit,  # type: ignore[arg-type]
-                                       owner.on_outbound, stopping=stopping))
+    task = asyncio.create_task(
+        consume(
+            puller,
+            ev.OutboundMessage | ev.OutboundEdit,  # type: ignore[arg-type]
+            owner.on_outbound,
+            stopping=stopping,
+        )
+    )
     yield nc, owner
     stopping.set()
     await asyncio.wait_for(task, 10)
@@ -146,8 +180,7 @@ async def control(nc: Client, verb: str, payload: dict[str, Any]) -> Any:
     return json.loads(reply.data)
 
 
-async def test_owners_approve_over_the_local_channel_releases_the_waiting_request(
-        bus: tuple[Client, Owner]) -> None:
+async def test_owners_approve_over_the_local_channel_releases_the_waiting_request(bus: tuple[Client, Owner]) -> None:
     nc, owner = bus
     requester = Requester(nc, "vault-approve")
     await requester.ask()
@@ -191,8 +224,13 @@ async def test_the_owner_decides_at_the_machine_when_no_chat_is_at_hand(up: Up, 
     card = await owner.first(ev.OutboundMessage, text="cli.example.com")
 
     def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "clawden", "approvals", *argv], capture_output=True, text=True,
-                              env=dict(os.environ, CLAWDEN_HOME=str(up.home)), timeout=30)
+        return subprocess.run(
+            [sys.executable, "-m", "clawden", "approvals", *argv],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, CLAWDEN_HOME=str(up.home)),
+            timeout=30,
+        )
 
     wrong = await asyncio.to_thread(cli, "answer", card.id, "maybe")
     assert wrong.returncode == 1 and "'maybe' is not one of its choices: 1) Approve, 2) Deny" in wrong.stderr
@@ -215,8 +253,7 @@ async def test_expiry_denies_and_edits_the_card(bus: tuple[Client, Owner]) -> No
     assert "Expired" in edit.text and edit.card.buttons == ()
 
 
-async def test_a_restart_leaves_no_card_pending_and_no_requester_waiting(
-        up: Up, bus: tuple[Client, Owner]) -> None:
+async def test_a_restart_leaves_no_card_pending_and_no_requester_waiting(up: Up, bus: tuple[Client, Owner]) -> None:
     nc, owner = bus
     requester = Requester(nc, "vault-restart")
     await requester.ask(host="restart.example.com")

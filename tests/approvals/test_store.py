@@ -26,9 +26,15 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def request(rid: str = "vault-1", kind: str = "credential", expires_at: float = 1060.0) -> ev.ApprovalRequest:
-    return ev.ApprovalRequest(id=rid, kind=kind, requester="vault", agent_group="main",  # type: ignore[arg-type]
-                              card=ev.Card(title="t", buttons=(cards.APPROVE, cards.DENY)), expires_at=expires_at,
-                              context={"method": "GET", "host": "example.com", "path": "/"})
+    return ev.ApprovalRequest(
+        id=rid,
+        kind=kind,  # type: ignore[arg-type]
+        requester="vault",
+        agent_group="main",
+        card=ev.Card(title="t", buttons=(cards.APPROVE, cards.DENY)),
+        expires_at=expires_at,
+        context={"method": "GET", "host": "example.com", "path": "/"},
+    )
 
 
 def drain(store: Store) -> list[ev.Event]:
@@ -44,8 +50,14 @@ def sent_card(store: Store) -> ev.OutboundMessage:
 
 
 def click(card: ev.OutboundMessage, button: str, who: str = OWNER, action: str = "a1") -> ev.InboundAction:
-    return ev.InboundAction(route=card.route, action_id=action, sender=ev.Sender(id=who, name=who.split(":")[1]),
-                            card_id=card.id, button_id=button, message_id="m1")
+    return ev.InboundAction(
+        route=card.route,
+        action_id=action,
+        sender=ev.Sender(id=who, name=who.split(":")[1]),
+        card_id=card.id,
+        button_id=button,
+        message_id="m1",
+    )
 
 
 def test_request_sends_a_card_to_the_approvers_direct_chat(store: Store) -> None:
@@ -155,21 +167,40 @@ def test_when_no_approver_can_be_reached_the_request_is_denied_with_the_reason(s
 
 
 def test_at_the_machine_approve_takes_the_cards_first_yes_and_a_question_its_choice(store: Store) -> None:
-    wiring = ev.ApprovalRequest(id="router-1", kind="channel", requester="router", agent_group="main",
-                                card=ev.Card(title="New chat", buttons=(
-                                    ev.Button(id="connect:main", label="Connect to main", style="primary"),
-                                    ev.Button(id="deny", label="Ignore this chat", style="danger"))))
+    wiring = ev.ApprovalRequest(
+        id="router-1",
+        kind="channel",
+        requester="router",
+        agent_group="main",
+        card=ev.Card(
+            title="New chat",
+            buttons=(
+                ev.Button(id="connect:main", label="Connect to main", style="primary"),
+                ev.Button(id="deny", label="Ignore this chat", style="danger"),
+            ),
+        ),
+    )
     store.add_request(wiring, [OWNER], 1000)
     assert store.decide("router-1", "approve", OWNER, 1001).result == "approved"
     assert store.get("router-1")["value"] == "connect:main"  # type: ignore[index]
     assert store.decide("router-1", "deny", OWNER, 1002).result == "already"
 
-    question = ev.ApprovalRequest(id="q-1", kind="question", requester="runner", agent_group="main",
-                                  route=TERMINAL, card=ev.Card(title="Tea or coffee?", buttons=(
-                                      ev.Button(id="1", label="Tea"), ev.Button(id="2", label="Coffee"))))
+    question = ev.ApprovalRequest(
+        id="q-1",
+        kind="question",
+        requester="runner",
+        agent_group="main",
+        route=TERMINAL,
+        card=ev.Card(
+            title="Tea or coffee?", buttons=(ev.Button(id="1", label="Tea"), ev.Button(id="2", label="Coffee"))
+        ),
+    )
     store.add_request(question, [], 1000)
-    assert [e.kind for e in drain(store) if isinstance(e, ev.OutboundMessage) and e.card is not None
-            and e.card.title == "Tea or coffee?"] == ["reply"]  # the agent asks
+    assert [
+        e.kind
+        for e in drain(store)
+        if isinstance(e, ev.OutboundMessage) and e.card is not None and e.card.title == "Tea or coffee?"
+    ] == ["reply"]  # the agent asks
     assert store.decide("q-1", "approve", OWNER, 1001).result == "bad_button", "a question has no yes"
     assert store.decide("q-1", "coffee", OWNER, 1002).result == "answered"
     assert store.decide("nope", "approve", OWNER, 1003).result == "unknown"
@@ -199,22 +230,32 @@ def test_every_step_is_audited(store: Store) -> None:
 
 def test_a_question_asked_in_a_group_that_became_a_supergroup_is_answered_from_the_supergroup(store: Store) -> None:
     old = ev.Route(channel="telegram", chat_id="-41")
-    question = ev.ApprovalRequest(id="q-1", kind="question", requester="runner", agent_group="main", route=old,
-                                  card=ev.Card(title="Pizza or pasta?", buttons=(
-                                      ev.Button(id="1", label="Pizza"), ev.Button(id="2", label="Pasta"))))
+    question = ev.ApprovalRequest(
+        id="q-1",
+        kind="question",
+        requester="runner",
+        agent_group="main",
+        route=old,
+        card=ev.Card(
+            title="Pizza or pasta?", buttons=(ev.Button(id="1", label="Pizza"), ev.Button(id="2", label="Pasta"))
+        ),
+    )
     store.add_request(question, [], 1000)
     card = sent_card(store)
     assert store.move_chat(ev.ChatMoved(channel="telegram", old_chat_id="-41", new_chat_id="-1001")) == 1
-    from_supergroup = msgspec.structs.replace(click(card, "2", who="telegram:7"),
-                                              route=ev.Route(channel="telegram", chat_id="-1001"))
+    from_supergroup = msgspec.structs.replace(
+        click(card, "2", who="telegram:7"), route=ev.Route(channel="telegram", chat_id="-1001")
+    )
     assert store.click(from_supergroup, 1001).result == "answered"
 
 
 def test_events_queued_before_the_kernel_outbox_are_still_published_in_order(tmp_path: Path) -> None:
     conn, _ = servicedb.open_db(tmp_path / "approvals.db", MIGRATIONS[:2])
     events = [ev.ApprovalDecision(id=f"ap-{i}", decision="denied") for i in range(3)]
-    conn.executemany("INSERT INTO outbox (subject, msg_id, payload) VALUES (?, ?, ?)",
-                     [(f"s{i}", f"m{i}", ev.encode(e)) for i, e in enumerate(events)])
+    conn.executemany(
+        "INSERT INTO outbox (subject, msg_id, payload) VALUES (?, ?, ?)",
+        [(f"s{i}", f"m{i}", ev.encode(e)) for i, e in enumerate(events)],
+    )
     conn.close()
     store = Store.open(tmp_path / "approvals.db")
     rows = store.outgoing()

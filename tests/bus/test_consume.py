@@ -16,8 +16,9 @@ ROUTE = ev.Route(channel="local", chat_id="tty")
 
 
 def message(n: int) -> ev.InboundMessage:
-    return ev.InboundMessage(route=ROUTE, message_id=str(n), sender=ev.Sender(id="local:me"),
-                             text=f"hello {n}", sent_at=float(n))
+    return ev.InboundMessage(
+        route=ROUTE, message_id=str(n), sender=ev.Sender(id="local:me"), text=f"hello {n}", sent_at=float(n)
+    )
 
 
 async def test_what_has_arrived_comes_as_batches_until_stopping(nc: Client) -> None:
@@ -41,8 +42,7 @@ async def test_what_has_arrived_comes_as_batches_until_stopping(nc: Client) -> N
     assert len(seen) < 5, "messages that were waiting came together, not one at a time"
 
 
-async def test_a_startup_drain_returns_when_nothing_is_left_and_the_loop_after_it_takes_the_rest(
-        nc: Client) -> None:
+async def test_a_startup_drain_returns_when_nothing_is_left_and_the_loop_after_it_takes_the_rest(nc: Client) -> None:
     js = nc.jetstream()
     await ensure_streams(js)
     for n in range(3):
@@ -58,8 +58,7 @@ async def test_a_startup_drain_returns_when_nothing_is_left_and_the_loop_after_i
 
     await asyncio.wait_for(consume(puller, ev.InboundMessage, handler, stopping=stopping, until_idle=0.5), 10)
     assert handled == ["0", "1", "2"] and not stopping.is_set()
-    late = ev.InboundMessage(route=ROUTE, message_id="late", sender=ev.Sender(id="local:me"), text="late",
-                            sent_at=9.0)
+    late = ev.InboundMessage(route=ROUTE, message_id="late", sender=ev.Sender(id="local:me"), text="late", sent_at=9.0)
     await publish(js, subjects.inbound("local"), late, msg_id=late.key)
     await asyncio.wait_for(consume(puller, ev.InboundMessage, handler, stopping=stopping), 10)
     assert handled == ["0", "1", "2", "late"]

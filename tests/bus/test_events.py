@@ -9,46 +9,114 @@ from clawden.bus import events as ev
 
 ROUTE = ev.Route(channel="telegram", chat_id="42", thread_id="7")
 SENDER = ev.Sender(id="telegram:1", name="Ada")
-CARD = ev.Card(title="Allow?", body="GET api.github.com/user", buttons=(
-    ev.Button(id="y", label="Approve", style="primary"), ev.Button(id="n", label="Deny", style="danger")))
+CARD = ev.Card(
+    title="Allow?",
+    body="GET api.github.com/user",
+    buttons=(ev.Button(id="y", label="Approve", style="primary"), ev.Button(id="n", label="Deny", style="danger")),
+)
 
 EXAMPLES: list[ev.Event] = [
-    ev.InboundMessage(route=ROUTE, message_id="m1", sender=SENDER, text="hi", sent_at=1.5, is_group=True,
-                      mentioned=True, attachments=(ev.Attachment(name="a.png", mime="image/png", size=3),)),
+    ev.InboundMessage(
+        route=ROUTE,
+        message_id="m1",
+        sender=SENDER,
+        text="hi",
+        sent_at=1.5,
+        is_group=True,
+        mentioned=True,
+        attachments=(ev.Attachment(name="a.png", mime="image/png", size=3),),
+    ),
     ev.InboundAction(route=ROUTE, action_id="a1", sender=SENDER, card_id="c1", button_id="y"),
     ev.OutboundMessage(id="o1", route=ROUTE, text="hello", session_id="s", agent_group="main", seq=3, card=CARD),
     ev.OutboundEdit(id="o2", route=ROUTE, target_message_id="99", text="edited"),
     ev.OutboundReaction(id="o3", route=ROUTE, target_message_id="99", emoji="👍"),
     ev.DeliveryReceipt(outbound_id="o1", route=ROUTE, ok=False, error="chat not found"),
-    ev.Wake(session_id="s", agent_group="main", route=ROUTE,
-            message=ev.WakeMessage(id="telegram:m1", kind="chat", text="hi", sender=SENDER)),
-    ev.TaskOp(op="create", request_id="r1", agent_group="main", prompt="news", schedule="0 8 * * 1",
-              timezone="Europe/Berlin"),
-    ev.ApprovalRequest(id="ap1", kind="credential", requester="vault", agent_group="main", card=CARD,
-                       expires_at=10.0, context={"host": "api.github.com"}),
+    ev.Wake(
+        session_id="s",
+        agent_group="main",
+        route=ROUTE,
+        message=ev.WakeMessage(id="telegram:m1", kind="chat", text="hi", sender=SENDER),
+    ),
+    ev.TaskOp(
+        op="create", request_id="r1", agent_group="main", prompt="news", schedule="0 8 * * 1", timezone="Europe/Berlin"
+    ),
+    ev.ApprovalRequest(
+        id="ap1",
+        kind="credential",
+        requester="vault",
+        agent_group="main",
+        card=CARD,
+        expires_at=10.0,
+        context={"host": "api.github.com"},
+    ),
     ev.ApprovalDecision(id="ap1", decision="approved", decided_by="telegram:1"),
     ev.AuditEvent(service="vault", kind="request", at=2.0, fields={"status": "200"}),
-    ev.DeliveryReceipt(outbound_id="o4", route=ROUTE, ok=False, error="part 2 of 2 unconfirmed", final=True,
-                       unconfirmed=True, platform_message_id="", part_ids=("42:7", "")),
+    ev.DeliveryReceipt(
+        outbound_id="o4",
+        route=ROUTE,
+        ok=False,
+        error="part 2 of 2 unconfirmed",
+        final=True,
+        unconfirmed=True,
+        platform_message_id="",
+        part_ids=("42:7", ""),
+    ),
     ev.Typing(id="typing:s:telegram:42:1", route=ROUTE, at=3.5, session_id="s"),
     # Router fields: a threaded platform, a wake with its group's named destinations (or none at
     # all), an approval request naming who may decide.
-    ev.InboundMessage(route=ROUTE, message_id="m2", sender=SENDER, text="in a thread", sent_at=2.0, is_group=True,
-                      supports_threads=True),
-    ev.Wake(session_id="s", agent_group="main", route=ROUTE, command="clear",
-            message=ev.WakeMessage(id="telegram:m2:main", kind="chat", text="/clear", sender=SENDER, trigger=False),
-            destinations=(ev.Destination(name="family", route=ev.Route(channel="telegram", chat_id="-100"),
-                                         display_name="Family"),)),
-    ev.Wake(session_id="s", agent_group="main", route=ROUTE, destinations=(),
-            message=ev.WakeMessage(id="telegram:m3:main", kind="chat", text="hi")),
-    ev.ApprovalRequest(id="rt-1", kind="sender", requester="router", agent_group="main", card=CARD,
-                       approvers=("telegram:1", "local:alice")),
+    ev.InboundMessage(
+        route=ROUTE,
+        message_id="m2",
+        sender=SENDER,
+        text="in a thread",
+        sent_at=2.0,
+        is_group=True,
+        supports_threads=True,
+    ),
+    ev.Wake(
+        session_id="s",
+        agent_group="main",
+        route=ROUTE,
+        command="clear",
+        message=ev.WakeMessage(id="telegram:m2:main", kind="chat", text="/clear", sender=SENDER, trigger=False),
+        destinations=(
+            ev.Destination(name="family", route=ev.Route(channel="telegram", chat_id="-100"), display_name="Family"),
+        ),
+    ),
+    ev.Wake(
+        session_id="s",
+        agent_group="main",
+        route=ROUTE,
+        destinations=(),
+        message=ev.WakeMessage(id="telegram:m3:main", kind="chat", text="hi"),
+    ),
+    ev.ApprovalRequest(
+        id="rt-1",
+        kind="sender",
+        requester="router",
+        agent_group="main",
+        card=CARD,
+        approvers=("telegram:1", "local:alice"),
+    ),
     ev.ChatMoved(channel="telegram", old_chat_id="-42", new_chat_id="-10042", sent_at=3.0),
     # A topic (its own session), and messages the platform dropped unread.
-    ev.InboundMessage(route=ev.Route(channel="telegram", chat_id="42", thread_id="7"), message_id="m4",
-                      sender=SENDER, text="in a topic", sent_at=4.0, supports_threads=True, topic=True),
-    ev.MessagesLost(channel="telegram", marker="905", count=2, since=1.0, detected_at=90001.0,
-                    why="Telegram keeps messages for a bot 24 hours"),
+    ev.InboundMessage(
+        route=ev.Route(channel="telegram", chat_id="42", thread_id="7"),
+        message_id="m4",
+        sender=SENDER,
+        text="in a topic",
+        sent_at=4.0,
+        supports_threads=True,
+        topic=True,
+    ),
+    ev.MessagesLost(
+        channel="telegram",
+        marker="905",
+        count=2,
+        since=1.0,
+        detected_at=90001.0,
+        why="Telegram keeps messages for a bot 24 hours",
+    ),
 ]
 
 
@@ -68,15 +136,24 @@ def test_events_are_frozen() -> None:
         EXAMPLES[0].text = "changed"  # type: ignore[misc, union-attr]
 
 
-@pytest.mark.parametrize(("payload", "path_or_text"), [
-    (b'{"type":"receipt","outbound_id":"o","route":{"channel":"x","chat_id":"1"},"ok":"yes"}', "$.ok"),
-    (b'{"type":"receipt","route":{"channel":"x","chat_id":"1"},"ok":true}', "missing required field `outbound_id`"),
-    (b'{"type":"outbound.teleport","id":"o"}', "$.type"),
-    (b'{"type":"wake","session_id":"s","agent_group":"g","route":{"channel":"x","chat_id":1},'
-     b'"message":{"id":"m","kind":"chat","text":"t"}}', "$.route.chat_id"),
-    (b'{"type":"wake","session_id":"s","agent_group":"g","route":{"channel":"x","chat_id":"1"},'
-     b'"message":{"id":"m","kind":"gossip","text":"t"}}', "$.message.kind"),
-])
+@pytest.mark.parametrize(
+    ("payload", "path_or_text"),
+    [
+        (b'{"type":"receipt","outbound_id":"o","route":{"channel":"x","chat_id":"1"},"ok":"yes"}', "$.ok"),
+        (b'{"type":"receipt","route":{"channel":"x","chat_id":"1"},"ok":true}', "missing required field `outbound_id`"),
+        (b'{"type":"outbound.teleport","id":"o"}', "$.type"),
+        (
+            b'{"type":"wake","session_id":"s","agent_group":"g","route":{"channel":"x","chat_id":1},'
+            b'"message":{"id":"m","kind":"chat","text":"t"}}',
+            "$.route.chat_id",
+        ),
+        (
+            b'{"type":"wake","session_id":"s","agent_group":"g","route":{"channel":"x","chat_id":"1"},'
+            b'"message":{"id":"m","kind":"gossip","text":"t"}}',
+            "$.message.kind",
+        ),
+    ],
+)
 def test_bad_payload_is_rejected_with_its_json_path(payload: bytes, path_or_text: str) -> None:
     with pytest.raises(msgspec.ValidationError, match=path_or_text.replace("$", r"\$").replace(".", r"\.")):
         ev.decode(payload)
@@ -101,8 +178,10 @@ def test_unknown_fields_from_a_newer_producer_are_tolerated() -> None:
 
 def test_a_wake_that_names_no_destinations_differs_from_one_whose_group_has_none() -> None:
     # None: the sender (a scheduler) does not know them, keep the session's; (): the group has none.
-    data = (b'{"type":"wake","session_id":"s","agent_group":"g","route":{"channel":"x","chat_id":"1"},'
-            b'"message":{"id":"m","kind":"task","text":"t"}}')
+    data = (
+        b'{"type":"wake","session_id":"s","agent_group":"g","route":{"channel":"x","chat_id":"1"},'
+        b'"message":{"id":"m","kind":"task","text":"t"}}'
+    )
     assert ev.decoder_for(ev.Wake).decode(data).destinations is None
     none_left = next(e for e in EXAMPLES if isinstance(e, ev.Wake) and e.destinations == ())
     assert ev.decoder_for(ev.Wake).decode(ev.encode(none_left)).destinations == ()
@@ -118,20 +197,23 @@ def test_natural_keys() -> None:
 # Found by tests/chaos/test_fuzz.py: an approval id with a dot passed decoding and then raised in the approvals
 # service at each redelivery, when it became `approval.decision.<id>`; the runner made sessions/<group>/<session>
 # folders of whatever a wake named.
-@pytest.mark.parametrize("payload", [
-    # values that become a subject token
-    b'{"type":"approval.decision","id":"a.b","decision":"approved"}',
-    b'{"type":"approval.request","id":"","kind":"question","requester":"r","agent_group":"g","card":{"title":"t"}}',
-    b'{"type":"receipt","outbound_id":"o","ok":true,"route":{"channel":"tele gram","chat_id":"1"}}',
-    b'{"type":"task.op","op":"list","request_id":"r","agent_group":"g","runner":"run.*"}',
-    # names that become a folder on the host
-    b'{"type":"wake","session_id":"../keys","agent_group":"main","route":{"channel":"local","chat_id":"1"},'
-    b'"message":{"id":"m","kind":"chat","text":"hi"}}',
-    b'{"type":"wake","session_id":"s-1","agent_group":"..","route":{"channel":"local","chat_id":"1"},'
-    b'"message":{"id":"m","kind":"chat","text":"hi"}}',
-    b'{"type":"receipt","outbound_id":"o","ok":true,"route":{"channel":"local","chat_id":"1"},"session_id":"a/b"}',
-    b'{"type":"task.op","op":"list","request_id":"r","agent_group":".hidden"}',
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # values that become a subject token
+        b'{"type":"approval.decision","id":"a.b","decision":"approved"}',
+        b'{"type":"approval.request","id":"","kind":"question","requester":"r","agent_group":"g","card":{"title":"t"}}',
+        b'{"type":"receipt","outbound_id":"o","ok":true,"route":{"channel":"tele gram","chat_id":"1"}}',
+        b'{"type":"task.op","op":"list","request_id":"r","agent_group":"g","runner":"run.*"}',
+        # names that become a folder on the host
+        b'{"type":"wake","session_id":"../keys","agent_group":"main","route":{"channel":"local","chat_id":"1"},'
+        b'"message":{"id":"m","kind":"chat","text":"hi"}}',
+        b'{"type":"wake","session_id":"s-1","agent_group":"..","route":{"channel":"local","chat_id":"1"},'
+        b'"message":{"id":"m","kind":"chat","text":"hi"}}',
+        b'{"type":"receipt","outbound_id":"o","ok":true,"route":{"channel":"local","chat_id":"1"},"session_id":"a/b"}',
+        b'{"type":"task.op","op":"list","request_id":"r","agent_group":".hidden"}',
+    ],
+)
 def test_a_name_that_becomes_a_subject_or_a_host_folder_is_refused_when_decoded(payload: bytes) -> None:
     with pytest.raises(msgspec.ValidationError, match="regex"):
         ev.decode(payload)

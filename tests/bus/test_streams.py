@@ -26,8 +26,9 @@ ROUTE = ev.Route(channel="local", chat_id="tty")
 
 
 def message(n: int) -> ev.InboundMessage:
-    return ev.InboundMessage(route=ROUTE, message_id=str(n), sender=ev.Sender(id="local:me"),
-                             text=f"hello {n}", sent_at=float(n))
+    return ev.InboundMessage(
+        route=ROUTE, message_id=str(n), sender=ev.Sender(id="local:me"), text=f"hello {n}", sent_at=float(n)
+    )
 
 
 async def test_same_event_published_twice_with_its_natural_id_is_stored_once(nc: Client) -> None:
@@ -59,7 +60,8 @@ async def test_bootstrap_twice_and_with_a_changed_consumer_ends_in_the_intended_
 
 
 async def test_malformed_message_is_logged_and_terminated_and_consuming_goes_on(
-        nc: Client, caplog: pytest.LogCaptureFixture) -> None:
+    nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
     js = nc.jetstream()
     await ensure_streams(js)
     await js.publish(subjects.inbound("local"), b'{"type":"inbound.message","text":42}')

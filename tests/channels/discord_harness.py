@@ -32,9 +32,14 @@ class DiscordBridge:
         setup.init(home)
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, CLAWDEN_HOME=str(self.home), CLAWDEN_NATS_URL=self.nats_url,
-                   CLAWDEN_DISCORD_TOKEN=self.discord.token, CLAWDEN_DISCORD_API_URL=self.discord.url,
-                   CLAWDEN_DISCORD_GATEWAY_URL=self.discord.gateway_url)
+        env = dict(
+            os.environ,
+            CLAWDEN_HOME=str(self.home),
+            CLAWDEN_NATS_URL=self.nats_url,
+            CLAWDEN_DISCORD_TOKEN=self.discord.token,
+            CLAWDEN_DISCORD_API_URL=self.discord.url,
+            CLAWDEN_DISCORD_GATEWAY_URL=self.discord.gateway_url,
+        )
         env.update({f"CLAWDEN_DISCORD_{k.upper()}": v for k, v in self.settings.items()})
         env.pop("NOTIFY_SOCKET", None)
         return env
@@ -43,12 +48,23 @@ class DiscordBridge:
         sessions = len(self.discord.identifies) + len(self.discord.resumes)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "channel@discord"],
-                                         env=self.env(), stdout=out, stderr=out, start_new_session=True)
-        wait_for(lambda: "channel@discord ready" in self.output()[self._mark:], 30,
-                 lambda: f"the bridge did not get ready:\n{self.output()}")
-        wait_for(lambda: len(self.discord.identifies) + len(self.discord.resumes) > sessions, session_timeout,
-                 lambda: f"no Gateway session:\n{self.output()}")
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "clawden", "run", "channel@discord"],
+                env=self.env(),
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        wait_for(
+            lambda: "channel@discord ready" in self.output()[self._mark :],
+            30,
+            lambda: f"the bridge did not get ready:\n{self.output()}",
+        )
+        wait_for(
+            lambda: len(self.discord.identifies) + len(self.discord.resumes) > sessions,
+            session_timeout,
+            lambda: f"no Gateway session:\n{self.output()}",
+        )
         return self
 
     def output(self) -> str:
@@ -69,11 +85,29 @@ class DiscordBridge:
 
 
 class DiscordBus(Bus):
-    async def send(self, chat_id: int | str, text: str, *, id: str, card: ev.Card | None = None,
-                   reply_to: str | None = None, files: tuple[str, ...] = (), thread_id: str | None = None,
-                   seq: int = 0, session_id: str = "") -> ev.OutboundMessage:
-        event = ev.OutboundMessage(id=id, route=ev.Route(channel="discord", chat_id=str(chat_id), thread_id=thread_id),
-                                   text=text, card=card, reply_to=reply_to, files=files, seq=seq, session_id=session_id)
+    async def send(
+        self,
+        chat_id: int | str,
+        text: str,
+        *,
+        id: str,
+        card: ev.Card | None = None,
+        reply_to: str | None = None,
+        files: tuple[str, ...] = (),
+        thread_id: str | None = None,
+        seq: int = 0,
+        session_id: str = "",
+    ) -> ev.OutboundMessage:
+        event = ev.OutboundMessage(
+            id=id,
+            route=ev.Route(channel="discord", chat_id=str(chat_id), thread_id=thread_id),
+            text=text,
+            card=card,
+            reply_to=reply_to,
+            files=files,
+            seq=seq,
+            session_id=session_id,
+        )
         await publish(self.js, subjects.outbound("discord", str(chat_id)), event, msg_id=event.id)
         return event
 

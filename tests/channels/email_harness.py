@@ -39,15 +39,36 @@ class EmailBridgeProcess(ChannelProcess):
 
     channel = CHANNEL
 
-    def __init__(self, home: Path, nats_url: str, server: MailServer, address: str, *,
-                 env: dict[str, str] | None = None, **settings: str) -> None:
+    def __init__(
+        self,
+        home: Path,
+        nats_url: str,
+        server: MailServer,
+        address: str,
+        *,
+        env: dict[str, str] | None = None,
+        **settings: str,
+    ) -> None:
         self.server = server
         self.address = address
         self.extra_env = env or {}
-        super().__init__(home, nats_url, **({
-            "address": address, "imap_host": server.host, "imap_port": str(server.imap_port),
-            "imap_security": "none", "smtp_host": server.host, "smtp_port": str(server.smtp_port),
-            "smtp_security": "none", "trusted_servers": TRUSTED} | settings))
+        super().__init__(
+            home,
+            nats_url,
+            **(
+                {
+                    "address": address,
+                    "imap_host": server.host,
+                    "imap_port": str(server.imap_port),
+                    "imap_security": "none",
+                    "smtp_host": server.host,
+                    "smtp_port": str(server.smtp_port),
+                    "smtp_security": "none",
+                    "trusted_servers": TRUSTED,
+                }
+                | settings
+            ),
+        )
 
     def credentials(self) -> dict[str, str]:
         return {"CLAWDEN_EMAIL_TOKEN": self.server.password}
@@ -61,8 +82,16 @@ class EmailBridgeProcess(ChannelProcess):
         return self
 
 
-def letter(sender: str, to: str, text: str, *, subject: str = "Plans", reply_to: EmailMessage | None = None,
-           files: tuple[tuple[str, str, bytes], ...] = (), **headers: str) -> EmailMessage:
+def letter(
+    sender: str,
+    to: str,
+    text: str,
+    *,
+    subject: str = "Plans",
+    reply_to: EmailMessage | None = None,
+    files: tuple[tuple[str, str, bytes], ...] = (),
+    **headers: str,
+) -> EmailMessage:
     """A mail as a person's client writes it; `reply_to`: an answer to that mail (thread headers kept)."""
     message = EmailMessage()
     message["From"] = sender
@@ -71,8 +100,9 @@ def letter(sender: str, to: str, text: str, *, subject: str = "Plans", reply_to:
     message["Message-ID"] = make_msgid(domain=sender.partition("@")[2] or "localhost")
     if reply_to is not None:
         message["In-Reply-To"] = str(reply_to["Message-ID"])
-        message["References"] = " ".join(filter(None, [str(reply_to.get("References") or ""),
-                                                       str(reply_to["Message-ID"])]))
+        message["References"] = " ".join(
+            filter(None, [str(reply_to.get("References") or ""), str(reply_to["Message-ID"])])
+        )
     for name, value in headers.items():
         message[name.replace("_", "-")] = value
     message.set_content(text)
@@ -82,19 +112,27 @@ def letter(sender: str, to: str, text: str, *, subject: str = "Plans", reply_to:
     return message
 
 
-async def mails(server: MailServer, address: str, count: int, timeout: float = 30,
-                where: Callable[[EmailMessage], bool] = lambda m: True,
-                context: Callable[[], str] = lambda: "") -> list[EmailMessage]:
+async def mails(
+    server: MailServer,
+    address: str,
+    count: int,
+    timeout: float = 30,
+    where: Callable[[EmailMessage], bool] = lambda m: True,
+    context: Callable[[], str] = lambda: "",
+) -> list[EmailMessage]:
     """The first `count` mails in `address`'s INBOX that match, once there are that many; `context` adds to
     the failure message (a bridge's log)."""
+
     async def enough() -> list[EmailMessage] | None:
         found = [m for m in await asyncio.to_thread(server.inbox, user(address)) if where(m)]
         return found if len(found) >= count else None
 
     def failure() -> str:
         subjects = [m["Subject"] for m in server.inbox(user(address))]
-        return (f"fewer than {count} mails for {address}: {subjects}\n{context()[-3000:]}\n"
-                f"mail server:\n{server.logs()[-3000:]}")
+        return (
+            f"fewer than {count} mails for {address}: {subjects}\n{context()[-3000:]}\n"
+            f"mail server:\n{server.logs()[-3000:]}"
+        )
 
     result: list[EmailMessage] = await eventually(enough, timeout, failure)
     return result
@@ -121,10 +159,12 @@ class EmailBus:
     async def close(self) -> None:
         await self.nc.close()
 
-    async def send(self, chat_id: str, text: str, *, id: str, card: ev.Card | None = None,
-                   files: tuple[str, ...] = ()) -> ev.OutboundMessage:
-        event = ev.OutboundMessage(id=id, route=ev.Route(channel=CHANNEL, chat_id=chat_id), text=text, card=card,
-                                   files=files)
+    async def send(
+        self, chat_id: str, text: str, *, id: str, card: ev.Card | None = None, files: tuple[str, ...] = ()
+    ) -> ev.OutboundMessage:
+        event = ev.OutboundMessage(
+            id=id, route=ev.Route(channel=CHANNEL, chat_id=chat_id), text=text, card=card, files=files
+        )
         await publish(self.js, subjects.outbound(CHANNEL, chat_id), event, msg_id=event.id)
         return event
 
@@ -132,8 +172,9 @@ class EmailBus:
         info = await self.js.stream_info(stream)
         if not info.state.messages:
             return []
-        sub = await self.js.pull_subscribe(subject, stream=stream, config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0))
+        sub = await self.js.pull_subscribe(
+            subject, stream=stream, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0)
+        )
         out: list[Any] = []
         try:
             while True:
@@ -154,8 +195,13 @@ class EmailBus:
     async def receipts(self) -> list[ev.DeliveryReceipt]:
         return await self.stored(subjects.receipt(CHANNEL), "CLAWDEN_RECEIPTS")
 
-    async def wait(self, read: Callable[[], Awaitable[list[Any]]], where: Callable[[Any], bool], count: int = 1,
-                   timeout: float = 30) -> list[Any]:
+    async def wait(
+        self,
+        read: Callable[[], Awaitable[list[Any]]],
+        where: Callable[[Any], bool],
+        count: int = 1,
+        timeout: float = 30,
+    ) -> list[Any]:
         async def enough() -> list[Any] | None:
             found = [e for e in await read() if where(e)]
             return found if len(found) >= count else None

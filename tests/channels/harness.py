@@ -54,11 +54,16 @@ class ChannelProcess:
     def spawn(self, env: dict[str, str] | None = None) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", f"channel@{self.channel}"],
-                                         env=env or self.env(), stdout=out, stderr=out, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "clawden", "run", f"channel@{self.channel}"],
+                env=env or self.env(),
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
 
     def ready(self) -> bool:
-        return f"channel@{self.channel} ready" in self.output()[self._mark:]
+        return f"channel@{self.channel} ready" in self.output()[self._mark :]
 
     def not_ready(self) -> str:
         return f"the {self.channel} bridge did not get ready:\n{self.output()}"
@@ -138,11 +143,29 @@ class Bus:
     async def close(self) -> None:
         await self.nc.close()
 
-    async def send(self, chat_id: int | str, text: str, *, id: str, card: ev.Card | None = None,
-                   reply_to: str | None = None, files: tuple[str, ...] = (), thread_id: str | None = None,
-                   seq: int = 0, session_id: str = "") -> ev.OutboundMessage:
-        event = ev.OutboundMessage(id=id, route=ev.Route(channel="telegram", chat_id=str(chat_id), thread_id=thread_id),
-                                   text=text, card=card, reply_to=reply_to, files=files, seq=seq, session_id=session_id)
+    async def send(
+        self,
+        chat_id: int | str,
+        text: str,
+        *,
+        id: str,
+        card: ev.Card | None = None,
+        reply_to: str | None = None,
+        files: tuple[str, ...] = (),
+        thread_id: str | None = None,
+        seq: int = 0,
+        session_id: str = "",
+    ) -> ev.OutboundMessage:
+        event = ev.OutboundMessage(
+            id=id,
+            route=ev.Route(channel="telegram", chat_id=str(chat_id), thread_id=thread_id),
+            text=text,
+            card=card,
+            reply_to=reply_to,
+            files=files,
+            seq=seq,
+            session_id=session_id,
+        )
         await publish(self.js, subjects.outbound("telegram", str(chat_id)), event, msg_id=event.id)
         return event
 
@@ -156,8 +179,9 @@ class Bus:
         info = await self.js.stream_info(stream)
         if not info.state.messages:
             return []
-        sub = await self.js.pull_subscribe(subject, stream=stream, config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0))
+        sub = await self.js.pull_subscribe(
+            subject, stream=stream, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0)
+        )
         out: list[tuple[dict[str, str], Any]] = []
         try:
             while True:

@@ -42,8 +42,9 @@ class Person:
         self._since = ""
         self._invited: list[str] = []
         self._ephemeral: dict[str, list[dict[str, Any]]] = {}
-        self.http = httpx.AsyncClient(base_url=synapse.url, timeout=30,
-                                      headers={"Authorization": f"Bearer {account.token}"})
+        self.http = httpx.AsyncClient(
+            base_url=synapse.url, timeout=30, headers={"Authorization": f"Bearer {account.token}"}
+        )
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -54,15 +55,20 @@ class Person:
         body: dict[str, Any] = resp.json()
         return body
 
-    async def create_room(self, *, invite: list[str], name: str = "", direct: bool = False,
-                          encrypted: bool = False) -> str:
-        body: dict[str, Any] = {"invite": invite, "is_direct": direct,
-                                "preset": "trusted_private_chat" if direct else "private_chat"}
+    async def create_room(
+        self, *, invite: list[str], name: str = "", direct: bool = False, encrypted: bool = False
+    ) -> str:
+        body: dict[str, Any] = {
+            "invite": invite,
+            "is_direct": direct,
+            "preset": "trusted_private_chat" if direct else "private_chat",
+        }
         if name:
             body["name"] = name
         if encrypted:
-            body["initial_state"] = [{"type": "m.room.encryption", "state_key": "",
-                                      "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]
+            body["initial_state"] = [
+                {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+            ]
         return str((await self._call("POST", "/_matrix/client/v3/createRoom", json=body))["room_id"])
 
     async def join(self, room_id: str) -> None:
@@ -110,8 +116,9 @@ class Person:
         return [e for e in self._ephemeral.get(room_id, []) if e.get("type") == kind]
 
     async def upload(self, data: bytes, name: str, mime: str) -> str:
-        resp = await self._call("POST", "/_matrix/media/v3/upload", params={"filename": name}, content=data,
-                                headers={"Content-Type": mime})
+        resp = await self._call(
+            "POST", "/_matrix/media/v3/upload", params={"filename": name}, content=data, headers={"Content-Type": mime}
+        )
         return str(resp["content_uri"])
 
     async def download(self, mxc: str) -> bytes:
@@ -122,8 +129,9 @@ class Person:
 
     async def events(self, room_id: str, sender: str | None = None) -> list[dict[str, Any]]:
         """The room's events, oldest first (the last 1000), optionally only one sender's."""
-        body = await self._call("GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/messages",
-                                params={"dir": "b", "limit": 1000})
+        body = await self._call(
+            "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/messages", params={"dir": "b", "limit": 1000}
+        )
         events = list(reversed(body.get("chunk") or []))
         return [e for e in events if sender is None or e.get("sender") == sender]
 
@@ -134,11 +142,29 @@ class Person:
 class MatrixBus(Bus):
     """The bus side of a test, on the Matrix bridge's subjects."""
 
-    async def send(self, chat_id: int | str, text: str, *, id: str, card: ev.Card | None = None,
-                   reply_to: str | None = None, files: tuple[str, ...] = (), thread_id: str | None = None,
-                   seq: int = 0, session_id: str = "") -> ev.OutboundMessage:
-        event = ev.OutboundMessage(id=id, route=ev.Route(channel="matrix", chat_id=str(chat_id), thread_id=thread_id),
-                                   text=text, card=card, reply_to=reply_to, files=files, seq=seq, session_id=session_id)
+    async def send(
+        self,
+        chat_id: int | str,
+        text: str,
+        *,
+        id: str,
+        card: ev.Card | None = None,
+        reply_to: str | None = None,
+        files: tuple[str, ...] = (),
+        thread_id: str | None = None,
+        seq: int = 0,
+        session_id: str = "",
+    ) -> ev.OutboundMessage:
+        event = ev.OutboundMessage(
+            id=id,
+            route=ev.Route(channel="matrix", chat_id=str(chat_id), thread_id=thread_id),
+            text=text,
+            card=card,
+            reply_to=reply_to,
+            files=files,
+            seq=seq,
+            session_id=session_id,
+        )
         await publish(self.js, subjects.outbound("matrix", str(chat_id)), event, msg_id=event.id)
         return event
 

@@ -23,8 +23,9 @@ class MemoryBridge(Bridge):
     async def listen(self, inbound: Inbound) -> None:
         await asyncio.Event().wait()
 
-    async def send_text(self, route: ev.Route, text: str, *, reply_to: str | None,
-                        buttons: list[list[ButtonRef]], key: str) -> str:
+    async def send_text(
+        self, route: ev.Route, text: str, *, reply_to: str | None, buttons: list[list[ButtonRef]], key: str
+    ) -> str:
         self.calls += 1
         self.keys.append(key)
         if self.failures:

@@ -33,11 +33,29 @@ class SlackBridge(ChannelProcess):
 
 
 class SlackBus(Bus):
-    async def send(self, chat_id: int | str, text: str, *, id: str, card: ev.Card | None = None,
-                   reply_to: str | None = None, files: tuple[str, ...] = (), thread_id: str | None = None,
-                   seq: int = 0, session_id: str = "") -> ev.OutboundMessage:
-        event = ev.OutboundMessage(id=id, route=ev.Route(channel="slack", chat_id=str(chat_id), thread_id=thread_id),
-                                   text=text, card=card, reply_to=reply_to, files=files, seq=seq, session_id=session_id)
+    async def send(
+        self,
+        chat_id: int | str,
+        text: str,
+        *,
+        id: str,
+        card: ev.Card | None = None,
+        reply_to: str | None = None,
+        files: tuple[str, ...] = (),
+        thread_id: str | None = None,
+        seq: int = 0,
+        session_id: str = "",
+    ) -> ev.OutboundMessage:
+        event = ev.OutboundMessage(
+            id=id,
+            route=ev.Route(channel="slack", chat_id=str(chat_id), thread_id=thread_id),
+            text=text,
+            card=card,
+            reply_to=reply_to,
+            files=files,
+            seq=seq,
+            session_id=session_id,
+        )
         await publish(self.js, subjects.outbound("slack", str(chat_id)), event, msg_id=event.id)
         return event
 

@@ -29,6 +29,7 @@ ROUTE = ev.Route(channel="memory", chat_id="c1")
 @dataclass
 class FakeMsg:
     """What Delivery reads from a JetStream message: how often it was delivered."""
+
     num_delivered: int = 1
 
     @property
@@ -64,11 +65,25 @@ async def bus(nc: Client) -> Bus:
     return Bus(nc)
 
 
-def delivery_for(bridge: MemoryBridge, state: BridgeState, bus: Bus, tmp_path: Path,
-                 stopping: asyncio.Event | None = None, deadline: float = 5) -> Delivery:
-    return Delivery(bridge, state, bus.js, BridgeStats(), TypingIndicators(bridge),
-                    stopping=stopping or asyncio.Event(), policy=RetryPolicy(first=0.05, deadline=deadline),
-                    typing_horizon=60, file_roots=(tmp_path,))
+def delivery_for(
+    bridge: MemoryBridge,
+    state: BridgeState,
+    bus: Bus,
+    tmp_path: Path,
+    stopping: asyncio.Event | None = None,
+    deadline: float = 5,
+) -> Delivery:
+    return Delivery(
+        bridge,
+        state,
+        bus.js,
+        BridgeStats(),
+        TypingIndicators(bridge),
+        stopping=stopping or asyncio.Event(),
+        policy=RetryPolicy(first=0.05, deadline=deadline),
+        typing_horizon=60,
+        file_roots=(tmp_path,),
+    )
 
 
 async def receipts(bus: Bus) -> list[ev.DeliveryReceipt]:
@@ -81,11 +96,16 @@ def message(text: str, id: str = "o1", **extra: object) -> ev.OutboundMessage:
 
 def test_buttons_ride_on_the_last_part_and_the_reply_marker_on_the_first() -> None:
     card = ev.Card(title="Pick", buttons=(ev.Button(id="a", label="A"),))
-    parts = plan(message("one two three four five six", reply_to="m9", card=card, files=("/x/f.png",)),
-                 12, len, cards=True)
+    parts = plan(
+        message("one two three four five six", reply_to="m9", card=card, files=("/x/f.png",)), 12, len, cards=True
+    )
     assert [(p.text, p.reply_to, p.buttons, p.file) for p in parts] == [
-        ("one two", "m9", False, ""), ("three four", None, False, ""), ("five six", None, False, ""),
-        ("Pick", None, True, ""), ("", None, False, "/x/f.png")]
+        ("one two", "m9", False, ""),
+        ("three four", None, False, ""),
+        ("five six", None, False, ""),
+        ("Pick", None, True, ""),
+        ("", None, False, "/x/f.png"),
+    ]
 
 
 def test_a_card_whose_text_repeats_its_body_shows_the_body_once() -> None:
@@ -101,7 +121,8 @@ def test_a_platform_without_buttons_gets_the_choices_numbered_in_the_text() -> N
 
 
 async def test_a_redelivered_message_sends_only_the_parts_not_yet_sent(
-        state: BridgeState, bus: Bus, tmp_path: Path) -> None:
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
     bridge = MemoryBridge()
     await state.mark("o1", 0, "sent", "p-earlier")
     await delivery_for(bridge, state, bus, tmp_path).handle(message("first part\n\nsecond part"), fake_msg(2))
@@ -111,7 +132,8 @@ async def test_a_redelivered_message_sends_only_the_parts_not_yet_sent(
 
 
 async def test_a_lost_answer_is_not_repeated_on_a_platform_that_does_not_dedupe(
-        state: BridgeState, bus: Bus, tmp_path: Path) -> None:
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
     bridge = MemoryBridge()
     bridge.failures.append(Lost())
     await delivery_for(bridge, state, bus, tmp_path).handle(message("hello"), fake_msg())
@@ -124,7 +146,8 @@ async def test_a_lost_answer_is_not_repeated_on_a_platform_that_does_not_dedupe(
 
 
 async def test_a_lost_answer_is_repeated_where_the_platform_dedupes_repeats(
-        state: BridgeState, bus: Bus, tmp_path: Path) -> None:
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
     bridge = MemoryBridge(Capabilities(max_text=20, idempotent_sends=True))
     bridge.failures.append(PlatformError("the answer was lost", "unknown"))
     await delivery_for(bridge, state, bus, tmp_path).handle(message("hello"), fake_msg())
@@ -134,7 +157,8 @@ async def test_a_lost_answer_is_repeated_where_the_platform_dedupes_repeats(
 
 
 async def test_a_rate_limit_during_shutdown_hands_the_message_back_with_the_wait_left(
-        state: BridgeState, bus: Bus, tmp_path: Path) -> None:
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
     bridge = MemoryBridge()
     bridge.failures.append(PlatformError("Too Many Requests", "rate_limited", retry_after=30))
     stopping = asyncio.Event()
@@ -149,7 +173,8 @@ async def test_a_rate_limit_during_shutdown_hands_the_message_back_with_the_wait
 
 
 async def test_a_handler_that_keeps_crashing_is_reported_as_failed_instead_of_retried_forever(
-        state: BridgeState, bus: Bus, tmp_path: Path) -> None:
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
     def broken_measure(text: str) -> int:
         raise TypeError("a bug in the bridge")
 
@@ -165,7 +190,8 @@ async def test_a_handler_that_keeps_crashing_is_reported_as_failed_instead_of_re
 
 
 async def test_a_message_with_nothing_to_send_is_reported_not_dropped(
-        state: BridgeState, bus: Bus, tmp_path: Path) -> None:
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
     await delivery_for(MemoryBridge(), state, bus, tmp_path).handle(message("   "), fake_msg())
     [receipt] = await receipts(bus)
     assert not receipt.ok and receipt.error == "nothing to send: the message has no text and no files"

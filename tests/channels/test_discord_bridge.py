@@ -52,10 +52,18 @@ def connected(discord: FakeDiscord, count: int) -> bool:
 
 # --- the pure part ------------------------------------------------------------------------------------------
 
+
 def test_a_mention_a_reply_to_the_bot_and_a_dm_engage_and_a_bot_is_never_read() -> None:
     author = {"id": "7", "username": "ada"}
-    msg = {"id": "100", "channel_id": "5", "author": author, "content": f"<@{BOT_ID}> hi there", "type": 0,
-           "mentions": [{"id": BOT_ID}], "attachments": []}
+    msg = {
+        "id": "100",
+        "channel_id": "5",
+        "author": author,
+        "content": f"<@{BOT_ID}> hi there",
+        "type": 0,
+        "mentions": [{"id": BOT_ID}],
+        "attachments": [],
+    }
     guild = Place(dm=False)
     mention = inbound_message(msg, BOT_ID, guild)
     assert mention is not None and (mention.text, mention.mentioned, mention.is_group) == ("hi there", True, True)
@@ -63,16 +71,24 @@ def test_a_mention_a_reply_to_the_bot_and_a_dm_engage_and_a_bot_is_never_read() 
     assert dated is not None and dated.sent_at == 1796432523.5
     plain = inbound_message(dict(msg, content="lunch?", mentions=[]), BOT_ID, guild)
     assert plain is not None and not plain.mentioned
-    reply = inbound_message(dict(msg, content="and then?", mentions=[], type=19,
-                                 message_reference={"message_id": "90"},
-                                 referenced_message={"author": {"id": BOT_ID}}), BOT_ID, guild)
+    reply = inbound_message(
+        dict(
+            msg,
+            content="and then?",
+            mentions=[],
+            type=19,
+            message_reference={"message_id": "90"},
+            referenced_message={"author": {"id": BOT_ID}},
+        ),
+        BOT_ID,
+        guild,
+    )
     assert reply is not None and reply.mentioned and reply.reply_to == "5:90"
     dm = inbound_message(dict(msg, content="hello", mentions=[]), BOT_ID, Place(dm=True))
     assert dm is not None and dm.mentioned and not dm.is_group
     in_thread = inbound_message(msg, BOT_ID, Place(dm=False, parent="4"))
     assert in_thread is not None and (in_thread.route.chat_id, in_thread.route.thread_id) == ("4", "5")
-    for ignored in ({"author": {"id": "8", "bot": True}}, {"author": {"id": BOT_ID}}, {"type": 7},
-                    {"content": ""}):
+    for ignored in ({"author": {"id": "8", "bot": True}}, {"author": {"id": BOT_ID}}, {"type": 7}, {"content": ""}):
         assert inbound_message(dict(msg, **ignored), BOT_ID, guild) is None
 
 
@@ -81,8 +97,9 @@ def test_buckets_hold_a_spent_route_until_its_reset_and_the_global_limit_holds_e
     assert send == route_key("POST", "/channels/11/messages") != route_key("POST", "/channels/12/messages")
     assert route_key("PATCH", "/channels/11/messages/99") == route_key("PATCH", "/channels/11/messages/98")
     buckets = Buckets()
-    buckets.learn(send, {"x-ratelimit-bucket": "abc", "x-ratelimit-remaining": "1",
-                         "x-ratelimit-reset-after": "2.5"}, now=100.0)
+    buckets.learn(
+        send, {"x-ratelimit-bucket": "abc", "x-ratelimit-remaining": "1", "x-ratelimit-reset-after": "2.5"}, now=100.0
+    )
     assert buckets.wait(send, 100.0) == 0.0  # the last call left in the bucket
     assert buckets.wait(send, 101.0) == pytest.approx(1.5)
     assert buckets.wait(send, 102.6) == 0.0  # reset
@@ -92,8 +109,10 @@ def test_buckets_hold_a_spent_route_until_its_reset_and_the_global_limit_holds_e
 
 # --- in -------------------------------------------------------------------------------------------------------
 
+
 async def test_a_dm_a_mention_and_a_thread_reply_are_stored_once_each_in_their_place(
-        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     dm = discord.dm(ada)
     general = discord.channel("general")
@@ -116,7 +135,8 @@ async def test_a_dm_a_mention_and_a_thread_reply_are_stored_once_each_in_their_p
 
 
 async def test_drops_reconnect_requests_and_duplicated_dispatches_lose_nothing_and_store_nothing_twice(
-        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     dm = discord.dm(ada)
     bridge.start()
@@ -139,7 +159,8 @@ async def test_drops_reconnect_requests_and_duplicated_dispatches_lose_nothing_a
 
 
 async def test_a_resume_replays_exactly_what_came_after_the_last_seq_seen(
-        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     dm = discord.dm(ada)
     bridge.start()
@@ -153,13 +174,15 @@ async def test_a_resume_replays_exactly_what_came_after_the_last_seq_seen(
     assert [m.text for m in got] == ["before", "while away 1", "while away 2"]
     [resume] = discord.resumes
     assert discord.session is not None
-    assert resume["seq"] == max(e["s"] for e in discord.session.events if e["t"] == "MESSAGE_CREATE"
-                                and e["d"]["content"] == "before")
+    assert resume["seq"] == max(
+        e["s"] for e in discord.session.events if e["t"] == "MESSAGE_CREATE" and e["d"]["content"] == "before"
+    )
     assert len(discord.identifies) == 1
 
 
 async def test_a_refused_resume_identifies_anew_and_reads_what_it_missed_from_the_history(
-        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     general = discord.channel("general")
     bridge.start()
@@ -177,7 +200,8 @@ async def test_a_refused_resume_identifies_anew_and_reads_what_it_missed_from_th
 
 
 async def test_a_history_read_cut_short_by_the_next_drop_goes_on_after_the_resume(
-        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
     """Live messages after the gap must not move the channel's mark past what the history has not yet given."""
     ada = discord.user("ada")
     dm = discord.dm(ada)
@@ -199,7 +223,8 @@ async def test_a_history_read_cut_short_by_the_next_drop_goes_on_after_the_resum
 
 
 async def test_what_was_said_while_the_bridge_was_down_is_read_from_the_history_at_start(
-        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     dm = discord.dm(ada)
     bridge.start()
@@ -214,7 +239,8 @@ async def test_what_was_said_while_the_bridge_was_down_is_read_from_the_history_
 
 
 async def test_a_session_discord_timed_out_is_identified_anew_and_read_back_from_the_history(
-        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     dm = discord.dm(ada)
     bridge.start()
@@ -228,7 +254,8 @@ async def test_a_session_discord_timed_out_is_identified_anew_and_read_back_from
 
 
 async def test_a_zombie_connection_without_heartbeat_acks_is_closed_and_resumed(
-        tmp_path: Path, nats_server: NatsServer, bus: DiscordBus) -> None:
+    tmp_path: Path, nats_server: NatsServer, bus: DiscordBus
+) -> None:
     fast = FakeDiscord(heartbeat_ms=300).start_in_thread()
     b = DiscordBridge(tmp_path / "home", nats_server.url, fast)
     try:
@@ -249,7 +276,8 @@ async def test_a_zombie_connection_without_heartbeat_acks_is_closed_and_resumed(
 
 
 async def test_a_file_from_a_person_is_fetched_into_the_inbox(
-        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     dm = discord.dm(ada)
     bridge.start()
@@ -263,8 +291,10 @@ async def test_a_file_from_a_person_is_fetched_into_the_inbox(
 
 # --- out ------------------------------------------------------------------------------------------------------
 
+
 async def test_answers_go_to_their_thread_split_at_2000_and_a_user_reaches_their_dm(
-        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     general = discord.channel("general")
     thread = discord.thread(general, "today", ada)
@@ -282,11 +312,17 @@ async def test_answers_go_to_their_thread_split_at_2000_and_a_user_reaches_their
 
 
 async def test_a_card_press_is_acknowledged_at_once_and_the_decided_card_loses_its_buttons(
-        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     dm = discord.dm(ada)
-    card = ev.Card(title="Allow GitHub?", buttons=(ev.Button(id="approve", label="Approve", style="primary"),
-                                                   ev.Button(id="deny", label="Deny", style="danger")))
+    card = ev.Card(
+        title="Allow GitHub?",
+        buttons=(
+            ev.Button(id="approve", label="Approve", style="primary"),
+            ev.Button(id="deny", label="Deny", style="danger"),
+        ),
+    )
     bridge.start()
     await bus.send(dm, "The agent asks:", id="approval:ap-1", card=card)
     [receipt] = await bus.wait_receipts(1)
@@ -305,17 +341,29 @@ async def test_a_card_press_is_acknowledged_at_once_and_the_decided_card_loses_i
         assert time.monotonic() < deadline, "no inbound action"
         await asyncio.sleep(0.1)
     assert (found[0].card_id, found[0].button_id, found[0].sender.id, found[0].message_id) == (
-        "approval:ap-1", "deny", f"discord:{ada}", receipt.platform_message_id)
+        "approval:ap-1",
+        "deny",
+        f"discord:{ada}",
+        receipt.platform_message_id,
+    )
     assert receipt.platform_message_id is not None
-    await bus.publish(ev.OutboundEdit(id="e1", route=ev.Route(channel="discord", chat_id=dm),
-                                      target_message_id=receipt.platform_message_id, text="Denied by ada"), "e1")
+    await bus.publish(
+        ev.OutboundEdit(
+            id="e1",
+            route=ev.Route(channel="discord", chat_id=dm),
+            target_message_id=receipt.platform_message_id,
+            text="Denied by ada",
+        ),
+        "e1",
+    )
     await bus.wait_receipts(2)
     [decided] = discord.bot_messages(dm)
     assert decided["content"] == "Denied by ada" and decided["components"] == []
 
 
 async def test_a_press_whose_acknowledgement_fails_still_counts_and_the_bridge_keeps_listening(
-        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     dm = discord.dm(ada)
     card = ev.Card(title="Go?", buttons=(ev.Button(id="yes", label="Yes"),))
@@ -333,7 +381,8 @@ async def test_a_press_whose_acknowledgement_fails_still_counts_and_the_bridge_k
 
 
 async def test_a_file_goes_up_as_multipart_and_a_reaction_lands_on_the_message(
-        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     dm = discord.dm(ada)
     asked = discord.say(dm, ada, "the chart please")
@@ -342,8 +391,12 @@ async def test_a_file_goes_up_as_multipart_and_a_reaction_lands_on_the_message(
     (outbox / "chart.csv").write_bytes(b"a,b\n1,2\n")
     bridge.start()
     await bus.send(dm, "", id="f1", files=(str(outbox / "chart.csv"),))
-    await bus.publish(ev.OutboundReaction(id="r1", route=ev.Route(channel="discord", chat_id=dm),
-                                          target_message_id=f"{dm}:{asked}", emoji="👍"), "r1")
+    await bus.publish(
+        ev.OutboundReaction(
+            id="r1", route=ev.Route(channel="discord", chat_id=dm), target_message_id=f"{dm}:{asked}", emoji="👍"
+        ),
+        "r1",
+    )
     receipts = await bus.wait_receipts(2)
     assert all(r.ok for r in receipts), receipts
     [shared] = [m for m in discord.bot_messages(dm) if m["attachments"]]
@@ -353,7 +406,8 @@ async def test_a_file_goes_up_as_multipart_and_a_reaction_lands_on_the_message(
 
 
 async def test_a_429_is_waited_out_as_discord_says_and_the_message_goes_once(
-        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     dm = discord.dm(ada)
     discord.inject("create_message", Error(429, retry_after=1.5, channel=dm), Error(502, channel=dm))
@@ -368,11 +422,13 @@ async def test_a_429_is_waited_out_as_discord_says_and_the_message_goes_once(
 
 
 async def test_a_channel_held_by_a_429_does_not_hold_up_another(
-        discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge) -> None:
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     held = discord.dm(ada)
-    free = next(c for c in (discord.dm(discord.user(f"p{i}")) for i in range(20))
-                if subjects.lane(c) != subjects.lane(held))  # another lane: a lane holds one message at a time
+    free = next(
+        c for c in (discord.dm(discord.user(f"p{i}")) for i in range(20)) if subjects.lane(c) != subjects.lane(held)
+    )  # another lane: a lane holds one message at a time
     discord.inject("create_message", Error(429, retry_after=4, channel=held))
     bridge.start()
     await bus.send(held, "for ada", id="h1")
@@ -388,7 +444,8 @@ async def test_a_channel_held_by_a_429_does_not_hold_up_another(
 
 
 async def test_without_the_message_content_intent_switched_on_the_bridge_says_so_and_does_not_hammer_the_gateway(
-        tmp_path: Path, nats_server: NatsServer) -> None:
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
     fake = FakeDiscord(message_content=False).start_in_thread()
     b = DiscordBridge(tmp_path / "home", nats_server.url, fake)
     try:

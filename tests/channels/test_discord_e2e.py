@@ -46,16 +46,22 @@ def bridge(stack: Stack, discord: FakeDiscord) -> Iterator[DiscordBridge]:
 async def wire(stack: Stack, chat: str, *, group: bool, policy: str = "public") -> None:
     """The owner wires a channel to agent group `main` (the router's control API, as `clawden wire` does)."""
     cfg = config_mod.load(stack.home)
-    await control.call(cfg, "router", "chats", {"op": "create", "channel": "discord", "chat_id": chat, "name": chat,
-                                                "is_group": group, "policy": policy})
-    await control.call(cfg, "router", "wirings", {"op": "create", "channel": "discord", "chat_id": chat,
-                                                  "agent_group": "main"})
+    await control.call(
+        cfg,
+        "router",
+        "chats",
+        {"op": "create", "channel": "discord", "chat_id": chat, "name": chat, "is_group": group, "policy": policy},
+    )
+    await control.call(
+        cfg, "router", "wirings", {"op": "create", "channel": "discord", "chat_id": chat, "agent_group": "main"}
+    )
 
 
 async def answers(discord: FakeDiscord, chat: str, count: int, timeout: float = ANSWER) -> list[str]:
     def found() -> list[str] | None:
         texts = discord.texts(chat)
         return texts if len(texts) >= count else None
+
     return await eventually(found, timeout, lambda: f"fewer than {count} answers in {chat}: {discord.texts(chat)}")
 
 
@@ -70,7 +76,8 @@ def asked(stack: Stack, text: str) -> bool:
 
 
 async def test_a_dm_a_mention_and_a_thread_reply_are_answered_in_their_place_and_a_plain_message_is_not(
-        stack: Stack, discord: FakeDiscord, bridge: DiscordBridge) -> None:
+    stack: Stack, discord: FakeDiscord, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     dm = discord.dm(ada)
     general = discord.channel("general")
@@ -93,7 +100,8 @@ async def test_a_dm_a_mention_and_a_thread_reply_are_answered_in_their_place_and
 
 
 async def test_a_strangers_message_waits_for_the_owner_who_alone_presses_the_card_in_their_dm(
-        stack: Stack, discord: FakeDiscord, bridge: DiscordBridge) -> None:
+    stack: Stack, discord: FakeDiscord, bridge: DiscordBridge
+) -> None:
     cfg = config_mod.load(stack.home)
     ada, bob = discord.user("ada"), discord.user("bob")
     await control.call(cfg, "router", "roles", {"op": "grant", "user_id": f"discord:{ada}", "role": "owner"})
@@ -107,11 +115,13 @@ async def test_a_strangers_message_waits_for_the_owner_who_alone_presses_the_car
 
     def card() -> dict[str, Any] | None:
         return next((m for m in discord.bot_messages(own) if m["components"]), None)
+
     pending = await eventually(card, ANSWER, "no card reached the owner's DM")
     discord.click(own, pending["id"], bob, button=0)  # someone else presses: refused, nothing changes
 
     def refused() -> bool:
         return any("only" in t for t in discord.texts(own)[1:] if t != pending["content"])
+
     await eventually(refused, 60, lambda: f"no refusal: {discord.texts(own)}")
     assert discord.texts(neighbours) == []
     discord.click(own, pending["id"], ada, button=0)  # the owner allows
@@ -121,12 +131,14 @@ async def test_a_strangers_message_waits_for_the_owner_who_alone_presses_the_car
     def decided() -> bool:
         found = next(m for m in discord.bot_messages(own) if m["id"] == pending["id"])
         return not found["components"]
+
     await eventually(decided, 60, "the decided card kept its buttons")
     assert len(discord.callbacks) == 2 and all(kind == 6 and after < 3.0 for _, kind, after in discord.callbacks)
 
 
 async def test_a_file_reaches_the_agents_inbox_and_the_file_it_sends_arrives_in_the_dm(
-        stack: Stack, discord: FakeDiscord, bridge: DiscordBridge) -> None:
+    stack: Stack, discord: FakeDiscord, bridge: DiscordBridge
+) -> None:
     ada = discord.user("ada")
     dm = discord.dm(ada)
     await wire(stack, dm, group=False)
@@ -140,6 +152,7 @@ async def test_a_file_reaches_the_agents_inbox_and_the_file_it_sends_arrives_in_
 
     def file_back() -> dict[str, Any] | None:
         return next((m for m in discord.bot_messages(dm) if m["attachments"]), None)
+
     sent = await eventually(file_back, ANSWER, "the agent's file never arrived")
     assert sent["attachments"][0]["filename"] == "report.txt"
     assert discord.files[sent["attachments"][0]["id"]] == b"quarterly numbers\n"
@@ -152,7 +165,8 @@ def reconnected(discord: FakeDiscord, connections: int) -> Callable[[], bool]:
 
 
 async def test_messages_flowing_through_gateway_drops_and_ended_sessions_are_each_answered_exactly_once(
-        stack: Stack, discord: FakeDiscord, bridge: DiscordBridge) -> None:
+    stack: Stack, discord: FakeDiscord, bridge: DiscordBridge
+) -> None:
     """Twenty drops while forty questions flow: most resumed (with duplicated dispatches), every fifth a session
     Discord ended, so the bridge identifies anew and reads the gap from the channel's history."""
     ada = discord.user("ada")
@@ -173,6 +187,7 @@ async def test_messages_flowing_through_gateway_drops_and_ended_sessions_are_eac
         texts = discord.texts(dm)
         done = all(any(q in t for t in texts) for q in questions) and await asyncio.to_thread(settled, stack)
         return texts if done else None
+
     texts = await eventually(all_answered, 2 * ANSWER, "not every message was answered")
     counts = {q: sum(t.count(q) for t in texts) for q in questions}
     assert {q: n for q, n in counts.items() if n != 1} == {}, texts
@@ -180,7 +195,8 @@ async def test_messages_flowing_through_gateway_drops_and_ended_sessions_are_eac
 
 
 async def test_the_owner_pairs_by_sending_the_code_in_a_dm(
-        stack: Stack, discord: FakeDiscord, bridge: DiscordBridge) -> None:
+    stack: Stack, discord: FakeDiscord, bridge: DiscordBridge
+) -> None:
     dee = discord.user("dee")
     dm = discord.dm(dee)
     pair = await control.call(config_mod.load(stack.home), "router", "pair", {"op": "create", "channel": "discord"})

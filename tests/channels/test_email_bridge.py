@@ -34,8 +34,9 @@ def bot() -> str:
 
 
 @pytest.fixture
-def bridge_process(tmp_path: Path, nats_server: NatsServer, mail_server: MailServer,
-                   bot: str) -> Iterator[EmailBridgeProcess]:
+def bridge_process(
+    tmp_path: Path, nats_server: NatsServer, mail_server: MailServer, bot: str
+) -> Iterator[EmailBridgeProcess]:
     b = EmailBridgeProcess(tmp_path / "home", nats_server.url, mail_server, bot, max_file_mb="0.01")
     yield b
     b.close()
@@ -52,7 +53,8 @@ def messages(events: list[object]) -> list[ev.InboundMessage]:
 
 
 async def test_a_mail_and_its_reply_arrive_as_one_chat_and_the_answer_keeps_the_thread(
-        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str
+) -> None:
     ada = unique("ada")
     first = letter(ada, bot, "Shall we have dinner on Sunday?", subject="Sunday")
     mail_server.send(first)
@@ -71,15 +73,17 @@ async def test_a_mail_and_its_reply_arrive_as_one_chat_and_the_answer_keeps_the_
     [receipt] = await bus.wait(bus.receipts, lambda r: r.outbound_id == "out-1")
     assert receipt.ok and receipt.platform_message_id == str(answer["Message-ID"]).strip("<>")
 
-    mail_server.send(letter(ada, bot, "Great, I'll bring wine.\n\nOn Sunday, you wrote:\n> Sunday at 8 works.",
-                            reply_to=answer))
+    mail_server.send(
+        letter(ada, bot, "Great, I'll bring wine.\n\nOn Sunday, you wrote:\n> Sunday at 8 works.", reply_to=answer)
+    )
     got_both = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage), count=2)
     second = got_both[1]
     assert second.route.chat_id == got.route.chat_id and second.text == "Great, I'll bring wine."
 
 
 async def test_a_mail_among_several_people_is_for_the_assistant_when_it_is_in_to_or_named(
-        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str
+) -> None:
     ada, bob = unique("ada"), unique("bob")
     mail_server.send(letter(ada, bot, "to you, bob listening", subject="a", Cc=bob))
     mail_server.send(letter(ada, bob, "to bob, you listening", subject="b", Cc=bot))
@@ -87,7 +91,11 @@ async def test_a_mail_among_several_people_is_for_the_assistant_when_it_is_in_to
     mail_server.send(letter(ada, bot, "just us", subject="d"))
     got = {m.chat_name: m for m in messages(await bus.wait(bus.inbound, lambda e: True, count=4))}
     assert {k: (m.is_group, m.mentioned) for k, m in got.items()} == {
-        "a": (True, True), "b": (True, False), "c": (True, True), "d": (False, True)}
+        "a": (True, True),
+        "b": (True, False),
+        "c": (True, True),
+        "d": (False, True),
+    }
 
     await bus.send(got["a"].route.chat_id, "to you both", id="out-group")
     [answer] = await mails(mail_server, bob, 1, where=lambda m: m["Subject"] == "Re: a")
@@ -95,11 +103,18 @@ async def test_a_mail_among_several_people_is_for_the_assistant_when_it_is_in_to
 
 
 async def test_files_come_in_within_the_limit_and_go_out_as_attachments(
-        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str, tmp_path: Path) -> None:
+    mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str, tmp_path: Path
+) -> None:
     ada = unique("ada")
     small, large = b"menu: soup, bread\n", bytes(range(256)) * 64  # the limit here is 0.01 MB
-    mail_server.send(letter(ada, bot, "Two files", files=(("menu.txt", "text/plain", small),
-                                                          ("photo.bin", "application/octet-stream", large))))
+    mail_server.send(
+        letter(
+            ada,
+            bot,
+            "Two files",
+            files=(("menu.txt", "text/plain", small), ("photo.bin", "application/octet-stream", large)),
+        )
+    )
     [got] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
     menu, photo = got.attachments
     assert (menu.name, menu.mime, menu.size) == ("menu.txt", "text/plain", len(small))
@@ -117,10 +132,17 @@ async def test_files_come_in_within_the_limit_and_go_out_as_attachments(
 
 
 async def test_a_card_goes_out_numbered_and_a_reply_with_a_number_presses_its_button(
-        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str
+) -> None:
     ada = unique("ada")
-    await bus.send(ada, "The agent wants to use GitHub.", id="approval:mail-1", card=ev.Card(
-        title="Allow?", buttons=(ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny"))))
+    await bus.send(
+        ada,
+        "The agent wants to use GitHub.",
+        id="approval:mail-1",
+        card=ev.Card(
+            title="Allow?", buttons=(ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny"))
+        ),
+    )
     [card] = await mails(mail_server, ada, 1)
     assert "1) Approve\n2) Deny" in text_of(card) and card["Subject"] == "The agent wants to use GitHub."
     mail_server.send(letter(ada, bot, "2\n\nOn Saturday you wrote:\n> 1) Approve", reply_to=card))
@@ -129,16 +151,21 @@ async def test_a_card_goes_out_numbered_and_a_reply_with_a_number_presses_its_bu
     assert messages(await bus.inbound()) == []  # a pressed button is not also a message
 
 
-@pytest.mark.parametrize(("headers", "reason"), [
-    ({"Auto_Submitted": "auto-replied", "Subject": "Out of office"}, "Auto-Submitted: auto-replied"),
-    ({"Precedence": "bulk"}, "Precedence: bulk"),
-    ({"List_Id": "<family.lists.localhost>"}, "mailing-list mail"),
-    ({"Authentication_Results": "mx.clawden.test; dkim=pass header.d=evil.example; spf=fail smtp.mailfrom=x"},
-     "unverified sender: From domain localhost has no aligned DKIM or SPF pass"),
-])
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({"Auto_Submitted": "auto-replied", "Subject": "Out of office"}, "Auto-Submitted: auto-replied"),
+        ({"Precedence": "bulk"}, "Precedence: bulk"),
+        ({"List_Id": "<family.lists.localhost>"}, "mailing-list mail"),
+        (
+            {"Authentication_Results": "mx.clawden.test; dkim=pass header.d=evil.example; spf=fail smtp.mailfrom=x"},
+            "unverified sender: From domain localhost has no aligned DKIM or SPF pass",
+        ),
+    ],
+)
 async def test_automatic_and_forged_mail_is_refused_with_its_reason(
-        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str,
-        headers: dict[str, str], reason: str) -> None:
+    mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str, headers: dict[str, str], reason: str
+) -> None:
     ada = unique("ada")
     subject = headers.pop("Subject", "Hello")
     mail_server.send(letter(ada, bot, "Automatic words", subject=subject, **cast("dict[str, Any]", headers)))
@@ -147,7 +174,8 @@ async def test_automatic_and_forged_mail_is_refused_with_its_reason(
 
 
 async def test_a_bounce_is_refused_and_never_answered(
-        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str
+) -> None:
     bounce = letter("MAILER-DAEMON@localhost", bot, "Delivery failed", subject="Undelivered Mail Returned to Sender")
     mail_server.send(bounce)
     [got] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
@@ -158,7 +186,8 @@ async def test_a_bounce_is_refused_and_never_answered(
 
 
 async def test_mail_that_arrives_while_the_bridge_is_down_is_read_once_after_it_comes_back(
-        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str
+) -> None:
     ada = unique("ada")
     mail_server.send(letter(ada, bot, "before", subject="m0"))
     await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
@@ -174,15 +203,19 @@ async def test_mail_that_arrives_while_the_bridge_is_down_is_read_once_after_it_
 
 
 async def test_a_temporary_smtp_refusal_is_retried_until_the_mail_goes(
-        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str
+) -> None:
     ada = unique("ada")
     mail_server.send(letter(ada, bot, "Anything new?"))
     [got] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
     mail_server.refuse({f"^{ada}$": "450 4.2.0 Mailbox busy, try later"})
     try:
         await bus.send(got.route.chat_id, "Nothing new.", id="out-4xx")
-        await eventually(lambda: "450" in bridge.output() and "next in" in bridge.output(), 30,
-                         lambda: f"no retry of the 4xx in the log:\n{bridge.output()[-2000:]}")
+        await eventually(
+            lambda: "450" in bridge.output() and "next in" in bridge.output(),
+            30,
+            lambda: f"no retry of the 4xx in the log:\n{bridge.output()[-2000:]}",
+        )
     finally:
         mail_server.refuse({})
     [answer] = await mails(mail_server, ada, 1, timeout=60, context=bridge.output)
@@ -192,7 +225,8 @@ async def test_a_temporary_smtp_refusal_is_retried_until_the_mail_goes(
 
 
 async def test_a_permanent_smtp_refusal_is_reported_with_the_servers_words(
-        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str
+) -> None:
     ada = unique("gone")
     mail_server.send(letter(ada, bot, "Reply to me"))
     [got] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
@@ -209,12 +243,20 @@ async def test_a_permanent_smtp_refusal_is_reported_with_the_servers_words(
 
 @pytest.mark.parametrize("smtp", ["starttls", "tls"])
 async def test_imap_over_tls_and_smtp_with_starttls_or_implicit_tls_carry_mail_both_ways(
-        tmp_path: Path, nats_server: NatsServer, mail_server: MailServer, bus: EmailBus, smtp: str) -> None:
+    tmp_path: Path, nats_server: NatsServer, mail_server: MailServer, bus: EmailBus, smtp: str
+) -> None:
     bot, ada = unique("assistant"), unique("ada")
     bridge = EmailBridgeProcess(
-        tmp_path / "home", nats_server.url, mail_server, bot, imap_security="tls",
-        imap_port=str(mail_server.imaps_port), smtp_security=smtp, ca_file=str(mail_server.ca_file),
-        smtp_port=str(mail_server.smtp_port if smtp == "starttls" else mail_server.smtps_port))
+        tmp_path / "home",
+        nats_server.url,
+        mail_server,
+        bot,
+        imap_security="tls",
+        imap_port=str(mail_server.imaps_port),
+        smtp_security=smtp,
+        ca_file=str(mail_server.ca_file),
+        smtp_port=str(mail_server.smtp_port if smtp == "starttls" else mail_server.smtps_port),
+    )
     try:
         await bridge.start()
         mail_server.send(letter(ada, bot, "over TLS?"))
@@ -227,23 +269,33 @@ async def test_imap_over_tls_and_smtp_with_starttls_or_implicit_tls_carry_mail_b
 
 
 async def test_a_certificate_the_bridge_does_not_trust_is_refused(
-        tmp_path: Path, nats_server: NatsServer, mail_server: MailServer) -> None:
-    bridge = EmailBridgeProcess(tmp_path / "home", nats_server.url, mail_server, unique("assistant"),
-                                imap_security="tls", imap_port=str(mail_server.imaps_port))
+    tmp_path: Path, nats_server: NatsServer, mail_server: MailServer
+) -> None:
+    bridge = EmailBridgeProcess(
+        tmp_path / "home",
+        nats_server.url,
+        mail_server,
+        unique("assistant"),
+        imap_security="tls",
+        imap_port=str(mail_server.imaps_port),
+    )
     try:
         await bridge.start()  # it runs, and keeps trying: the server may get a good certificate
-        await eventually(lambda: "CERTIFICATE_VERIFY_FAILED" in bridge.output(), 30,
-                         lambda: f"no certificate failure in the log:\n{bridge.output()[-2000:]}")
+        await eventually(
+            lambda: "CERTIFICATE_VERIFY_FAILED" in bridge.output(),
+            30,
+            lambda: f"no certificate failure in the log:\n{bridge.output()[-2000:]}",
+        )
         assert "reading INBOX" not in bridge.output()
     finally:
         bridge.close()
 
 
 async def test_without_idle_the_bridge_polls_and_still_reads_each_mail_once(
-        tmp_path: Path, nats_server: NatsServer, mail_server: MailServer, bus: EmailBus) -> None:
+    tmp_path: Path, nats_server: NatsServer, mail_server: MailServer, bus: EmailBus
+) -> None:
     bot, ada = unique("assistant"), unique("ada")
-    bridge = EmailBridgeProcess(tmp_path / "home", nats_server.url, mail_server, bot, idle="false",
-                                poll_interval="0.5")
+    bridge = EmailBridgeProcess(tmp_path / "home", nats_server.url, mail_server, bot, idle="false", poll_interval="0.5")
     try:
         await bridge.start()
         await eventually(lambda: "polling every" in bridge.output(), 10, "the bridge did not say it polls")
@@ -256,7 +308,8 @@ async def test_without_idle_the_bridge_polls_and_still_reads_each_mail_once(
 
 
 async def test_fifty_mails_in_and_fifty_answers_out_across_a_kill_each_go_once(
-        mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str) -> None:
+    mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess, bot: str
+) -> None:
     ada = unique("ada")
     opening = letter(ada, bot, "start", subject="Fifty")
     mail_server.send(opening)
@@ -274,8 +327,9 @@ async def test_fifty_mails_in_and_fifty_answers_out_across_a_kill_each_go_once(
     got = messages(await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage), count=51, timeout=60))
     assert sorted(m.text for m in got if m.text.startswith("mail ")) == sorted(f"mail {i}" for i in range(50))
     assert {m.route.chat_id for m in got} == {chat}
-    receipts = await bus.wait(bus.receipts, lambda r: r.outbound_id.startswith("fifty-") and r.final, count=50,
-                              timeout=60)
+    receipts = await bus.wait(
+        bus.receipts, lambda r: r.outbound_id.startswith("fifty-") and r.final, count=50, timeout=60
+    )
     unconfirmed = {r.outbound_id for r in receipts if r.unconfirmed}
     assert len(unconfirmed) <= 1 and all(r.ok for r in receipts if not r.unconfirmed)
     answers = [text_of(m) for m in mail_server.inbox(ada.partition("@")[0])]

@@ -37,14 +37,17 @@ def test_subjects_match_across_reply_and_forward_prefixes() -> None:
     assert core.normal_subject("RE[2]: Plans") == "plans"
 
 
-@pytest.mark.parametrize(("headers", "reason"), [
-    ({"Auto_Submitted": "auto-replied"}, "Auto-Submitted: auto-replied"),
-    ({"Precedence": "bulk"}, "Precedence: bulk"),
-    ({"List_Id": "<family.lists.example.org>"}, "mailing-list"),
-    ({"From": "MAILER-DAEMON@mx.example.org"}, "bounce"),
-    ({"Return_Path": "<>"}, "bounce"),
-    ({"From": "assistant@home.example"}, "own address"),
-])
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({"Auto_Submitted": "auto-replied"}, "Auto-Submitted: auto-replied"),
+        ({"Precedence": "bulk"}, "Precedence: bulk"),
+        ({"List_Id": "<family.lists.example.org>"}, "mailing-list"),
+        ({"From": "MAILER-DAEMON@mx.example.org"}, "bounce"),
+        ({"Return_Path": "<>"}, "bounce"),
+        ({"From": "assistant@home.example"}, "own address"),
+    ],
+)
 def test_automatic_mail_is_recognised(headers: dict[str, str], reason: str) -> None:
     assert reason in core.automatic(mail(**headers), own="assistant@home.example")
 
@@ -65,15 +68,18 @@ def test_a_delivery_status_report_is_a_bounce() -> None:
 AR = "mx.home.example; "
 
 
-@pytest.mark.parametrize(("results", "aligned"), [
-    ("dkim=pass header.d=example.org; spf=fail smtp.mailfrom=evil.example", True),
-    ("dkim=pass header.d=mail.example.org", True),  # relaxed alignment: a subdomain
-    ("spf=pass smtp.mailfrom=bounces@example.org; dkim=none", True),
-    ("dmarc=pass header.from=example.org", True),
-    ("dkim=pass header.d=evil.example; spf=pass smtp.mailfrom=evil.example", False),  # signed, by someone else
-    ("dkim=fail (bad signature) header.d=example.org; spf=softfail smtp.mailfrom=example.org", False),
-    ("dmarc=fail header.from=example.org", False),
-])
+@pytest.mark.parametrize(
+    ("results", "aligned"),
+    [
+        ("dkim=pass header.d=example.org; spf=fail smtp.mailfrom=evil.example", True),
+        ("dkim=pass header.d=mail.example.org", True),  # relaxed alignment: a subdomain
+        ("spf=pass smtp.mailfrom=bounces@example.org; dkim=none", True),
+        ("dmarc=pass header.from=example.org", True),
+        ("dkim=pass header.d=evil.example; spf=pass smtp.mailfrom=evil.example", False),  # signed, by someone else
+        ("dkim=fail (bad signature) header.d=example.org; spf=softfail smtp.mailfrom=example.org", False),
+        ("dmarc=fail header.from=example.org", False),
+    ],
+)
 def test_the_from_domain_must_align_with_a_passing_check(results: str, aligned: bool) -> None:
     verdict = core.authenticity(mail(Authentication_Results=AR + results), ["mx.home.example"])
     assert verdict.checked and verdict.aligned is aligned, verdict
@@ -86,8 +92,9 @@ def test_results_written_by_another_server_count_for_nothing() -> None:
 
 
 def test_the_reason_names_what_failed() -> None:
-    verdict = core.authenticity(mail(Authentication_Results=AR + "dkim=pass header.d=evil.example"),
-                                ["mx.home.example"])
+    verdict = core.authenticity(
+        mail(Authentication_Results=AR + "dkim=pass header.d=evil.example"), ["mx.home.example"]
+    )
     assert "example.org" in verdict.reason and "dkim=pass for evil.example" in verdict.reason
 
 
@@ -104,18 +111,27 @@ def test_an_html_only_mail_is_read_as_text() -> None:
     assert core.fresh_text(core.parse(message.as_bytes())).split() == ["Hello", "there", "Bye"]
 
 
-@pytest.mark.parametrize(("text", "number"), [("2", 2), ("  #1.\n\nOn ... wrote:", 1), ("2)", 2),
-                                              ("2 please", None), ("yes", None), ("", None)])
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("2", 2), ("  #1.\n\nOn ... wrote:", 1), ("2)", 2), ("2 please", None), ("yes", None), ("", None)],
+)
 def test_a_numbered_choice_is_the_first_line_alone(text: str, number: int | None) -> None:
     assert core.choice(text) == number
 
 
 def test_an_answer_keeps_the_thread_quotes_nothing_and_says_it_is_automatic() -> None:
     thread = core.Thread("t1", "Plans", ("ada@example.org",), ("<root@x>", "<m1@example.org>"))
-    answer = core.compose(own="assistant@home.example", name="Clawden", thread=thread, text="See you at 8.\n\nBye",
-                          key="out-1#0", attachments=[core.File("plan.txt", "text/plain", b"8 pm")])
-    again = core.compose(own="assistant@home.example", name="Clawden", thread=thread, text="See you at 8.",
-                         key="out-1#0")
+    answer = core.compose(
+        own="assistant@home.example",
+        name="Clawden",
+        thread=thread,
+        text="See you at 8.\n\nBye",
+        key="out-1#0",
+        attachments=[core.File("plan.txt", "text/plain", b"8 pm")],
+    )
+    again = core.compose(
+        own="assistant@home.example", name="Clawden", thread=thread, text="See you at 8.", key="out-1#0"
+    )
     assert answer["Subject"] == "Re: Plans" and answer["To"] == "ada@example.org"
     assert answer["In-Reply-To"] == "<m1@example.org>" and answer["References"] == "<root@x> <m1@example.org>"
     assert answer["Auto-Submitted"] == "auto-replied"
@@ -141,10 +157,20 @@ def test_long_references_keep_the_root_and_the_latest() -> None:
 
 
 def test_the_router_records_a_refused_message_as_dropped_with_its_reason() -> None:
-    message = ev.InboundMessage(route=ev.Route(channel="email", chat_id="t1"), message_id="m1",
-                                sender=ev.Sender(id="ada@example.org"), text="wire me money", sent_at=0.0,
-                                mentioned=True, refused="unverified sender: no aligned DKIM or SPF pass")
-    decision = engage.decide(message, engage.View(chat=engage.Chat(known=True, policy="public"),
-                                                  sender=engage.Standing("email:ada@example.org", owner=True)))
+    message = ev.InboundMessage(
+        route=ev.Route(channel="email", chat_id="t1"),
+        message_id="m1",
+        sender=ev.Sender(id="ada@example.org"),
+        text="wire me money",
+        sent_at=0.0,
+        mentioned=True,
+        refused="unverified sender: no aligned DKIM or SPF pass",
+    )
+    decision = engage.decide(
+        message,
+        engage.View(
+            chat=engage.Chat(known=True, policy="public"), sender=engage.Standing("email:ada@example.org", owner=True)
+        ),
+    )
     assert decision.dropped == "unverified sender: no aligned DKIM or SPF pass" and decision.record
     assert not decision.actions

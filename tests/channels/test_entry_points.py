@@ -14,7 +14,7 @@ from clawden import setup
 from tests.channels.harness import wait_for
 from tests.conftest import NatsServer
 
-ACME = '''
+ACME = """
 import asyncio
 
 from services.channels.bridge import Bridge, Capabilities
@@ -36,7 +36,7 @@ class AcmeBridge(Bridge):
 
 async def main(ctx):
     await serve(ctx, AcmeBridge())
-'''
+"""
 
 
 def third_party_package(root: Path) -> Path:
@@ -54,16 +54,22 @@ def test_a_bridge_from_another_package_runs_and_is_listed(tmp_path: Path, nats_s
     home = tmp_path / "home"
     setup.init(home)
     site = third_party_package(tmp_path / "site")
-    env = dict(os.environ, CLAWDEN_HOME=str(home), CLAWDEN_NATS_URL=nats_server.url,
-               PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        CLAWDEN_HOME=str(home),
+        CLAWDEN_NATS_URL=nats_server.url,
+        PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    )
     log = tmp_path / "acme.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "channel@acme"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clawden", "run", "channel@acme"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         wait_for(lambda: "channel@acme ready" in log.read_text(), 30, lambda: log.read_text())
-        listing = subprocess.run([sys.executable, "-m", "clawden", "channels", "list"], env=env, capture_output=True,
-                                 text=True, timeout=60)
+        listing = subprocess.run(
+            [sys.executable, "-m", "clawden", "channels", "list"], env=env, capture_output=True, text=True, timeout=60
+        )
         lines = {line.split()[0]: line for line in listing.stdout.splitlines()}
         assert "acme-clawden-bridge 1.0" in lines["acme"] and "running" in lines["acme"], listing.stdout
         # Telegram ships with Clawden: listed by Clawden's own entry point (or as built in from a
@@ -82,7 +88,8 @@ def test_an_unknown_bridge_is_a_clear_error(tmp_path: Path, nats_server: NatsSer
     home = tmp_path / "home"
     setup.init(home)
     env = dict(os.environ, CLAWDEN_HOME=str(home), CLAWDEN_NATS_URL=nats_server.url)
-    out = subprocess.run([sys.executable, "-m", "clawden", "run", "channel@nosuch"], env=env, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "clawden", "run", "channel@nosuch"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode != 0
     assert "no channel bridge named 'nosuch'" in out.stderr

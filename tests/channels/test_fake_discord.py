@@ -47,11 +47,13 @@ async def test_rest_refusals_carry_discords_status_and_code(discord: FakeDiscord
 
 
 async def test_a_spent_bucket_answers_429_with_retry_after_and_the_headers(
-        discord: FakeDiscord, http: aiohttp.ClientSession) -> None:
+    discord: FakeDiscord, http: aiohttp.ClientSession
+) -> None:
     general = discord.channel("general")
     for i in range(3):
-        async with http.post(f"{discord.url}/channels/{general}/messages", headers=AUTH,
-                             json={"content": f"m{i}"}) as resp:
+        async with http.post(
+            f"{discord.url}/channels/{general}/messages", headers=AUTH, json={"content": f"m{i}"}
+        ) as resp:
             assert resp.status == 200 and resp.headers["X-RateLimit-Remaining"] == str(2 - i)
     async with http.post(f"{discord.url}/channels/{general}/messages", headers=AUTH, json={"content": "m3"}) as resp:
         body = await resp.json()
@@ -68,7 +70,8 @@ async def test_a_repeated_nonce_returns_the_first_message(discord: FakeDiscord, 
 
 
 async def test_the_gateway_wants_identify_first_and_the_right_token(
-        discord: FakeDiscord, http: aiohttp.ClientSession) -> None:
+    discord: FakeDiscord, http: aiohttp.ClientSession
+) -> None:
     async with http.ws_connect(discord.gateway_url + "/?v=10&encoding=json") as ws:
         assert (await ws.receive_json())["op"] == 10
         await ws.send_json({"op": 0, "d": {}})
@@ -82,13 +85,15 @@ async def test_the_gateway_wants_identify_first_and_the_right_token(
 
 
 async def test_without_the_message_content_intent_a_guild_message_arrives_empty_unless_it_mentions_the_bot(
-        discord: FakeDiscord, http: aiohttp.ClientSession) -> None:
+    discord: FakeDiscord, http: aiohttp.ClientSession
+) -> None:
     ada = discord.user("ada")
     general = discord.channel("general")
     async with http.ws_connect(discord.gateway_url + "/?v=10&encoding=json") as ws:
         await ws.receive_json()
-        await ws.send_json({"op": 2, "d": {"token": TOKEN, "intents": (1 << 9) & ~MESSAGE_CONTENT,
-                                           "properties": {"os": "linux"}}})
+        await ws.send_json(
+            {"op": 2, "d": {"token": TOKEN, "intents": (1 << 9) & ~MESSAGE_CONTENT, "properties": {"os": "linux"}}}
+        )
         assert (await ws.receive_json())["t"] == "READY"
         assert (await ws.receive_json())["t"] == "GUILD_CREATE"
         discord.say(general, ada, "plain")
@@ -100,8 +105,10 @@ async def test_without_the_message_content_intent_a_guild_message_arrives_empty_
 async def test_an_interaction_is_acknowledged_once(discord: FakeDiscord, http: aiohttp.ClientSession) -> None:
     ada = discord.user("ada")
     dm = discord.dm(ada)
-    card = {"content": "go?", "components": [{"type": 1, "components": [
-        {"type": 2, "style": 1, "label": "Yes", "custom_id": "t:0"}]}]}
+    card = {
+        "content": "go?",
+        "components": [{"type": 1, "components": [{"type": 2, "style": 1, "label": "Yes", "custom_id": "t:0"}]}],
+    }
     posted = (await call(http, discord, "POST", f"/channels/{dm}/messages", json=card))[1]
     async with http.ws_connect(discord.gateway_url + "/?v=10&encoding=json") as ws:
         await ws.receive_json()
@@ -114,5 +121,6 @@ async def test_an_interaction_is_acknowledged_once(discord: FakeDiscord, http: a
     assert (await call(http, discord, "POST", path, json={"type": 6}, headers={}))[0] == 204
     status, body = await call(http, discord, "POST", path, json={"type": 6}, headers={})
     assert (status, body["code"]) == (400, 40060)
-    assert (await call(http, discord, "POST", path.replace(pressed["token"], "forged"), json={"type": 6},
-                       headers={}))[1]["code"] == 10062
+    assert (await call(http, discord, "POST", path.replace(pressed["token"], "forged"), json={"type": 6}, headers={}))[
+        1
+    ]["code"] == 10062

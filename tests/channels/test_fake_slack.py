@@ -21,10 +21,18 @@ async def slack() -> AsyncIterator[FakeSlack]:
     await fake.stop()
 
 
-async def call(session: aiohttp.ClientSession, slack: FakeSlack, method: str, token: str, *,
-               json_body: dict[str, Any] | None = None, form: dict[str, str] | None = None) -> tuple[int, Any]:
-    async with session.post(slack.url + method, json=json_body, data=form,
-                            headers={"Authorization": f"Bearer {token}"}) as resp:
+async def call(
+    session: aiohttp.ClientSession,
+    slack: FakeSlack,
+    method: str,
+    token: str,
+    *,
+    json_body: dict[str, Any] | None = None,
+    form: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    async with session.post(
+        slack.url + method, json=json_body, data=form, headers={"Authorization": f"Bearer {token}"}
+    ) as resp:
         body = await resp.json() if resp.content_type == "application/json" else await resp.text()
         return resp.status, body
 
@@ -55,20 +63,27 @@ async def test_the_web_api_refuses_as_slack_does(slack: FakeSlack) -> None:
     async with aiohttp.ClientSession() as session:
         assert (await call(session, slack, "apps.connections.open", BOT_TOKEN))[1]["error"] == "not_allowed_token_type"
         assert (await call(session, slack, "auth.test", "xoxb-wrong"))[1]["error"] == "invalid_auth"
-        upload = await call(session, slack, "files.getUploadURLExternal", BOT_TOKEN,
-                            json_body={"filename": "a.txt", "length": 3})
+        upload = await call(
+            session, slack, "files.getUploadURLExternal", BOT_TOKEN, json_body={"filename": "a.txt", "length": 3}
+        )
         assert upload[1]["error"] == "invalid_form_data"
         button = {"type": "button", "action_id": "a", "value": "v", "text": {"type": "plain_text", "text": "x" * 76}}
         blocks = [{"type": "actions", "elements": [button]}]
-        posted = await call(session, slack, "chat.postMessage", BOT_TOKEN,
-                            json_body={"channel": dm, "text": "t", "blocks": blocks})
+        posted = await call(
+            session, slack, "chat.postMessage", BOT_TOKEN, json_body={"channel": dm, "text": "t", "blocks": blocks}
+        )
         assert posted[1]["error"] == "invalid_blocks"
-        assert (await call(session, slack, "chat.postMessage", BOT_TOKEN,
-                           json_body={"channel": "C404", "text": "t"}))[1]["error"] == "channel_not_found"
+        assert (await call(session, slack, "chat.postMessage", BOT_TOKEN, json_body={"channel": "C404", "text": "t"}))[
+            1
+        ]["error"] == "channel_not_found"
         slack.inject("chat.postMessage", Error(429, "ratelimited", retry_after=7), Error(503))
-        async with session.post(slack.url + "chat.postMessage", json={"channel": dm, "text": "t"},
-                                headers={"Authorization": f"Bearer {BOT_TOKEN}"}) as resp:
+        async with session.post(
+            slack.url + "chat.postMessage",
+            json={"channel": dm, "text": "t"},
+            headers={"Authorization": f"Bearer {BOT_TOKEN}"},
+        ) as resp:
             assert (resp.status, resp.headers["Retry-After"], (await resp.json())["error"]) == (429, "7", "ratelimited")
-        assert (await call(session, slack, "chat.postMessage", BOT_TOKEN,
-                           json_body={"channel": dm, "text": "t"}))[0] == 503
+        assert (await call(session, slack, "chat.postMessage", BOT_TOKEN, json_body={"channel": dm, "text": "t"}))[
+            0
+        ] == 503
     assert slack.texts(dm) == []

@@ -38,7 +38,8 @@ async def test_get_me_names_the_bot_of_the_token(fake: FakeTelegram, api: httpx.
 
 
 async def test_a_long_poll_returns_as_soon_as_someone_writes_and_an_offset_confirms(
-        fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    fake: FakeTelegram, api: httpx.AsyncClient
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     poll = asyncio.create_task(call(api, "getUpdates", timeout=10))
@@ -73,23 +74,33 @@ async def test_send_errors_carry_telegrams_codes_and_descriptions(fake: FakeTele
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     assert (await call(api, "sendMessage", chat_id=1, text="x"))[1]["description"] == "Bad Request: chat not found"
-    assert (await call(api, "sendMessage", chat_id=chat["id"], text="x" * 4097))[1]["description"] == \
-        "Bad Request: message is too long"
+    assert (await call(api, "sendMessage", chat_id=chat["id"], text="x" * 4097))[1][
+        "description"
+    ] == "Bad Request: message is too long"
     keyboard = {"inline_keyboard": [[{"text": "y", "callback_data": "x" * 65}]]}
-    assert (await call(api, "sendMessage", chat_id=chat["id"], text="x", reply_markup=keyboard))[1]["description"] \
-        == "Bad Request: BUTTON_DATA_INVALID"
+    assert (await call(api, "sendMessage", chat_id=chat["id"], text="x", reply_markup=keyboard))[1][
+        "description"
+    ] == "Bad Request: BUTTON_DATA_INVALID"
     fake.block(chat)
     assert await call(api, "sendMessage", chat_id=chat["id"], text="x") == (
-        403, {"ok": False, "error_code": 403, "description": "Forbidden: bot was blocked by the user"})
+        403,
+        {"ok": False, "error_code": 403, "description": "Forbidden: bot was blocked by the user"},
+    )
 
 
 async def test_injected_faults_look_like_telegrams(fake: FakeTelegram, api: httpx.AsyncClient) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     fake.inject("sendMessage", Error(429, retry_after=3), BadGateway(), Drop(after_processing=True))
-    assert await call(api, "sendMessage", chat_id=chat["id"], text="a") == (429, {
-        "ok": False, "error_code": 429, "description": "Too Many Requests: retry after 3",
-        "parameters": {"retry_after": 3}})
+    assert await call(api, "sendMessage", chat_id=chat["id"], text="a") == (
+        429,
+        {
+            "ok": False,
+            "error_code": 429,
+            "description": "Too Many Requests: retry after 3",
+            "parameters": {"retry_after": 3},
+        },
+    )
     gateway = await api.post("sendMessage", json={"chat_id": chat["id"], "text": "b"})
     assert gateway.status_code == 502 and gateway.headers["content-type"] == "text/html"
     with pytest.raises(httpx.RemoteProtocolError):
@@ -113,12 +124,14 @@ async def test_an_edit_to_the_same_content_is_not_modified(fake: FakeTelegram, a
     message_id = sent["result"]["message_id"]
     assert (await call(api, "editMessageText", chat_id=chat["id"], message_id=message_id, text="v2"))[0] == 200
     assert (await call(api, "editMessageText", chat_id=chat["id"], message_id=message_id, text="v2"))[1][
-        "description"] == NOT_MODIFIED
+        "description"
+    ] == NOT_MODIFIED
     assert fake.texts(chat) == ["v2"]
 
 
 async def test_a_click_arrives_as_a_callback_query_that_can_be_answered_once(
-        fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    fake: FakeTelegram, api: httpx.AsyncClient
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     keyboard = {"inline_keyboard": [[{"text": "Yes", "callback_data": "c:0"}, {"text": "No", "callback_data": "c:1"}]]}
@@ -136,7 +149,8 @@ async def updates(api: httpx.AsyncClient) -> list[dict[str, Any]]:
 
 
 async def test_in_privacy_mode_a_group_bot_gets_commands_and_replies_to_it_but_never_a_mention(
-        fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    fake: FakeTelegram, api: httpx.AsyncClient
+) -> None:
     ada = fake.user("Ada")
     family = fake.group("Family")
     _, me = await call(api, "getMe")
@@ -149,13 +163,21 @@ async def test_in_privacy_mode_a_group_bot_gets_commands_and_replies_to_it_but_n
     fake.send(family, ada, "and the other one?", reply_to=sent["result"]["message_id"])
     fake.send(fake.private_chat(ada), ada, "hello in private")
     assert [m["text"] for m in await updates(api)] == [
-        "/ask@clawden_test_bot which restaurant?", "/ask which restaurant?", "and the other one?", "hello in private"]
-    assert [m["text"] for m in fake.withheld] == ["dinner at 8?", "@clawden_test_bot which restaurant?",
-                                                 "/ask@other_bot hi"]
+        "/ask@clawden_test_bot which restaurant?",
+        "/ask which restaurant?",
+        "and the other one?",
+        "hello in private",
+    ]
+    assert [m["text"] for m in fake.withheld] == [
+        "dinner at 8?",
+        "@clawden_test_bot which restaurant?",
+        "/ask@other_bot hi",
+    ]
 
 
 async def test_with_privacy_mode_off_or_as_an_admin_the_bot_gets_every_group_message(
-        fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    fake: FakeTelegram, api: httpx.AsyncClient
+) -> None:
     ada = fake.user("Ada")
     admin_of = fake.group("Club", bot_admin=True)
     fake.send(admin_of, ada, "dinner at 8?")
@@ -169,7 +191,8 @@ async def test_with_privacy_mode_off_or_as_an_admin_the_bot_gets_every_group_mes
 
 
 async def test_a_privacy_change_reaches_a_group_only_once_the_bot_is_removed_and_re_added(
-        fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    fake: FakeTelegram, api: httpx.AsyncClient
+) -> None:
     ada = fake.user("Ada")
     family = fake.group("Family")
     fake.set_privacy(False)
@@ -183,16 +206,22 @@ async def test_a_privacy_change_reaches_a_group_only_once_the_bot_is_removed_and
 
 
 async def test_a_group_upgraded_to_a_supergroup_says_so_in_both_chats_and_refuses_the_old_id(
-        fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    fake: FakeTelegram, api: httpx.AsyncClient
+) -> None:
     ada = fake.user("Ada")
     family = fake.group("Family", supergroup=False)
     supergroup = fake.migrate(family, by=ada)
     got = await updates(api)  # service messages reach a bot in privacy mode too
     assert [(m["chat"]["id"], m.get("migrate_to_chat_id"), m.get("migrate_from_chat_id")) for m in got] == [
-        (family["id"], supergroup["id"], None), (supergroup["id"], None, family["id"])]
+        (family["id"], supergroup["id"], None),
+        (supergroup["id"], None, family["id"]),
+    ]
     status, body = await call(api, "sendMessage", chat_id=family["id"], text="hello?")
     assert (status, body["description"], body["parameters"]) == (
-        400, "Bad Request: group chat was upgraded to a supergroup chat", {"migrate_to_chat_id": supergroup["id"]})
+        400,
+        "Bad Request: group chat was upgraded to a supergroup chat",
+        {"migrate_to_chat_id": supergroup["id"]},
+    )
     assert supergroup["type"] == "supergroup" and str(supergroup["id"]).startswith("-100")
 
 
@@ -200,8 +229,9 @@ async def test_send_photo_refuses_what_telegram_refuses(fake: FakeTelegram, api:
     chat = fake.private_chat(fake.user("Ada"))
 
     async def photo(data: bytes) -> str:
-        response = await api.post("sendPhoto", data={"chat_id": str(chat["id"])},
-                                  files={"photo": ("p.png", data, "image/png")})
+        response = await api.post(
+            "sendPhoto", data={"chat_id": str(chat["id"])}, files={"photo": ("p.png", data, "image/png")}
+        )
         body = response.json()
         return "ok" if body["ok"] else body["description"]
 
@@ -211,15 +241,23 @@ async def test_send_photo_refuses_what_telegram_refuses(fake: FakeTelegram, api:
     assert await photo(png(2100, 100)) == "Bad Request: PHOTO_INVALID_DIMENSIONS"  # a ratio over 20
     assert await photo(png(2000, 100)) == "ok"  # exactly 20 is allowed
     assert await photo(b"GIF89a") == "Bad Request: IMAGE_PROCESS_FAILED"
-    document = await api.post("sendDocument", data={"chat_id": str(chat["id"])},
-                              files={"document": ("tall.png", png(1080, 9200), "image/png")})
+    document = await api.post(
+        "sendDocument",
+        data={"chat_id": str(chat["id"])},
+        files={"document": ("tall.png", png(1080, 9200), "image/png")},
+    )
     assert document.json()["ok"]
 
 
 async def test_a_photo_is_edited_through_its_caption_never_its_text(fake: FakeTelegram, api: httpx.AsyncClient) -> None:
     chat = fake.private_chat(fake.user("Ada"))
-    sent = (await api.post("sendPhoto", data={"chat_id": str(chat["id"]), "caption": "draft"},
-                           files={"photo": ("p.png", png(800, 600), "image/png")})).json()["result"]
+    sent = (
+        await api.post(
+            "sendPhoto",
+            data={"chat_id": str(chat["id"]), "caption": "draft"},
+            files={"photo": ("p.png", png(800, 600), "image/png")},
+        )
+    ).json()["result"]
     where = {"chat_id": chat["id"], "message_id": sent["message_id"]}
     status, body = await call(api, "editMessageText", **where, text="final")
     assert (status, body["description"]) == (400, "Bad Request: there is no text in the message to edit")
@@ -228,8 +266,9 @@ async def test_a_photo_is_edited_through_its_caption_never_its_text(fake: FakeTe
     status, body = await call(api, "editMessageCaption", **where, caption="x" * 1025)
     assert (status, body["description"]) == (400, "Bad Request: message caption is too long")
     _, text = await call(api, "sendMessage", chat_id=chat["id"], text="hello")
-    status, body = await call(api, "editMessageCaption", chat_id=chat["id"],
-                              message_id=text["result"]["message_id"], caption="hi")
+    status, body = await call(
+        api, "editMessageCaption", chat_id=chat["id"], message_id=text["result"]["message_id"], caption="hi"
+    )
     assert (status, body["description"]) == (400, "Bad Request: there is no caption in the message to edit")
 
 
@@ -256,11 +295,14 @@ async def test_an_update_nobody_fetched_for_24_hours_is_gone_and_the_next_one_ke
 
 
 async def test_a_bot_cannot_write_first_to_a_user_who_never_wrote_to_it(
-        fake: FakeTelegram, api: httpx.AsyncClient) -> None:
+    fake: FakeTelegram, api: httpx.AsyncClient
+) -> None:
     ada = fake.user("Ada")  # known to Telegram (say, from a group), but she never started the bot
     status, body = await call(api, "sendMessage", chat_id=ada["id"], text="hello")
-    assert (status, body) == (403, {"ok": False, "error_code": 403,
-                                    "description": "Forbidden: bot can't initiate conversation with a user"})
+    assert (status, body) == (
+        403,
+        {"ok": False, "error_code": 403, "description": "Forbidden: bot can't initiate conversation with a user"},
+    )
     fake.private_chat(ada)  # she presses Start
     assert (await call(api, "sendMessage", chat_id=ada["id"], text="hello"))[0] == 200
 
@@ -271,8 +313,13 @@ async def test_a_callback_query_answered_too_late_is_refused() -> None:
     try:
         ada = fake.user("Ada")
         chat = fake.private_chat(ada)
-        card = fake._send_message({"chat_id": chat["id"], "text": "?", "reply_markup": {
-            "inline_keyboard": [[{"text": "Yes", "callback_data": "y"}]]}})
+        card = fake._send_message(
+            {
+                "chat_id": chat["id"],
+                "text": "?",
+                "reply_markup": {"inline_keyboard": [[{"text": "Yes", "callback_data": "y"}]]},
+            }
+        )
         prompt = fake.click(chat, card["message_id"], ada)
         late = fake.click(chat, card["message_id"], ada)
         async with httpx.AsyncClient(base_url=f"{fake.url}/bot{fake.token}/", timeout=10) as api:
@@ -281,8 +328,14 @@ async def test_a_callback_query_answered_too_late_is_refused() -> None:
             clock.advance(10)
             refused = await call(api, "answerCallbackQuery", callback_query_id=late)
         assert answered[0] == 200
-        assert refused == (400, {"ok": False, "error_code": 400, "description": "Bad Request: query is too old and "
-                                 "response timeout expired or query ID is invalid"})
+        assert refused == (
+            400,
+            {
+                "ok": False,
+                "error_code": 400,
+                "description": "Bad Request: query is too old and response timeout expired or query ID is invalid",
+            },
+        )
     finally:
         fake.stop_thread()
 
@@ -303,8 +356,15 @@ async def test_flood_limits_refuse_a_second_message_a_second_in_a_chat_and_a_21s
                 assert (await call(api, "sendMessage", chat_id=family["id"], text=f"{n}"))[0] == 200
                 clock.advance(2)
             twenty_first = await call(api, "sendMessage", chat_id=family["id"], text="20")
-        assert too_soon == (429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 1",
-                                  "parameters": {"retry_after": 1}})
+        assert too_soon == (
+            429,
+            {
+                "ok": False,
+                "error_code": 429,
+                "description": "Too Many Requests: retry after 1",
+                "parameters": {"retry_after": 1},
+            },
+        )
         assert twenty_first[0] == 429 and twenty_first[1]["parameters"] == {"retry_after": 20}
     finally:
         fake.stop_thread()

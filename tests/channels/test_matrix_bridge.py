@@ -42,6 +42,7 @@ async def router_admits(bus: MatrixBus) -> AsyncIterator[set[str]]:
     async def answer(msg: Msg) -> None:
         user = json.loads(msg.data)["user_id"]
         await msg.respond(json.dumps({"allowed": user not in refused, "reason": "test"}).encode())
+
     sub = await bus.nc.subscribe(subjects.ctl("router", "admit"), cb=answer)
     yield refused
     await sub.unsubscribe()
@@ -53,8 +54,9 @@ def bot(synapse: Synapse) -> Account:
 
 
 @pytest.fixture
-def bridge(tmp_path: Path, nats_server: NatsServer, synapse: Synapse, bot: Account,
-           router_admits: set[str]) -> Iterator[MatrixBridgeProcess]:
+def bridge(
+    tmp_path: Path, nats_server: NatsServer, synapse: Synapse, bot: Account, router_admits: set[str]
+) -> Iterator[MatrixBridgeProcess]:
     b = MatrixBridgeProcess(tmp_path / "home", nats_server.url, synapse, bot).start()
     yield b
     b.close()
@@ -62,8 +64,9 @@ def bridge(tmp_path: Path, nats_server: NatsServer, synapse: Synapse, bot: Accou
 
 
 @pytest.fixture
-def stopped_bridge(tmp_path: Path, nats_server: NatsServer, synapse: Synapse,
-                   bot: Account) -> Iterator[MatrixBridgeProcess]:
+def stopped_bridge(
+    tmp_path: Path, nats_server: NatsServer, synapse: Synapse, bot: Account
+) -> Iterator[MatrixBridgeProcess]:
     b = MatrixBridgeProcess(tmp_path / "home", nats_server.url, synapse, bot)
     yield b
     b.close()
@@ -95,6 +98,7 @@ async def messages(bus: MatrixBus, count: int) -> list[ev.InboundMessage]:
     async def found() -> list[ev.InboundMessage] | None:
         events = [e for e in await bus.inbound() if isinstance(e, ev.InboundMessage)]
         return events if len(events) >= count else None
+
     return await eventually(found, 30, f"fewer than {count} inbound messages arrived")
 
 
@@ -110,29 +114,37 @@ async def direct_room(ada: Person, bot: Account) -> str:
 
 # --- in -------------------------------------------------------------------------------------------------
 
+
 async def test_a_direct_room_message_is_stored_marked_read_and_answered_with_typing_shown(
-        ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess
+) -> None:
     room = await direct_room(ada, bot)
     event_id = await ada.say(room, "what is on today?")
     [message] = await messages(bus, 1)
     assert message.route == ev.Route(channel="matrix", chat_id=room)
-    assert (message.message_id, message.text, message.sender.id) == (event_id, "what is on today?",
-                                                                      f"matrix:{ada.user_id}")
+    assert (message.message_id, message.text, message.sender.id) == (
+        event_id,
+        "what is on today?",
+        f"matrix:{ada.user_id}",
+    )
     assert message.mentioned and not message.is_group
 
     async def read_by_bot() -> bool:  # a read receipt once it is stored
         receipts = await ada.ephemeral(room, "m.receipt")
         return any(bot.user_id in (r["content"].get(event_id, {}).get("m.read") or {}) for r in receipts)
+
     await eventually(read_by_bot, 20, "the bot never marked the message read")
     await bus.publish(ev.Typing(id="typing-1", route=message.route, active=True, at=time.time()), "typing-1")
 
     async def typing() -> bool:  # and "typing…" while the agent works
         return any(bot.user_id in t["content"].get("user_ids", []) for t in await ada.ephemeral(room, "m.typing"))
+
     await eventually(typing, 20, "the bot never showed it was typing")
 
 
 async def test_in_a_group_room_only_a_mention_addresses_the_bot(
-        ada: Person, bob: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    ada: Person, bob: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess
+) -> None:
     room = await ada.create_room(invite=[bot.user_id, bob.user_id], name="Family")
     await joined(ada, room, bot.user_id)
     await bob.join(room)
@@ -142,13 +154,17 @@ async def test_in_a_group_room_only_a_mention_addresses_the_bot(
     await ada.say(room, f"{bot.user_id} any news?")
     found = await messages(bus, 4)
     assert [(m.text, m.mentioned, m.is_group) for m in found] == [
-        ("dinner at 8 tonight?", False, True), ("Clawden, which pub is open late?", True, True),
-        ("ask the bot", True, True), (f"{bot.user_id} any news?", True, True)]
+        ("dinner at 8 tonight?", False, True),
+        ("Clawden, which pub is open late?", True, True),
+        ("ask the bot", True, True),
+        (f"{bot.user_id} any news?", True, True),
+    ]
     assert found[0].chat_name == "Family"
 
 
 async def test_in_a_group_room_a_reply_to_what_the_bot_said_before_a_restart_still_addresses_it(
-        ada: Person, bob: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    ada: Person, bob: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess
+) -> None:
     room = await ada.create_room(invite=[bot.user_id, bob.user_id], name="Club")
     await joined(ada, room, bot.user_id)
     await bob.join(room)
@@ -163,7 +179,8 @@ async def test_in_a_group_room_a_reply_to_what_the_bot_said_before_a_restart_sti
 
 
 async def test_a_room_the_bot_is_invited_into_late_is_read_from_the_invite_on_not_its_past(
-        ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess
+) -> None:
     room = await ada.create_room(invite=[], name="Old room")
     await ada.say(room, "what we said before the bot came")
     await ada.invite(room, bot.user_id)
@@ -175,11 +192,22 @@ async def test_a_room_the_bot_is_invited_into_late_is_read_from_the_invite_on_no
 
 
 async def test_replies_and_threads_keep_their_place_both_ways(
-        ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess
+) -> None:
     room = await direct_room(ada, bot)
     root = await ada.say(room, "let's plan the trip")
-    in_thread = await ada.say(room, "which train?", **{"m.relates_to": {
-        "rel_type": "m.thread", "event_id": root, "is_falling_back": True, "m.in_reply_to": {"event_id": root}}})
+    in_thread = await ada.say(
+        room,
+        "which train?",
+        **{
+            "m.relates_to": {
+                "rel_type": "m.thread",
+                "event_id": root,
+                "is_falling_back": True,
+                "m.in_reply_to": {"event_id": root},
+            }
+        },
+    )
     first, second = await messages(bus, 2)
     assert (first.route.thread_id, first.reply_to) == (None, None)
     assert (second.route.thread_id, second.reply_to, second.supports_threads) == (root, None, True)
@@ -198,17 +226,37 @@ async def test_replies_and_threads_keep_their_place_both_ways(
 
 
 async def test_an_invite_is_accepted_and_an_encrypted_room_is_told_once(
-        ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess
+) -> None:
     room = await ada.create_room(invite=[bot.user_id], direct=True, encrypted=True)
     await joined(ada, room, bot.user_id)
-    await ada.send(room, {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "xx", "sender_key": "k",
-                          "session_id": "s", "device_id": "D"}, kind="m.room.encrypted")
-    await ada.send(room, {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "yy", "sender_key": "k",
-                          "session_id": "s", "device_id": "D"}, kind="m.room.encrypted")
+    await ada.send(
+        room,
+        {
+            "algorithm": "m.megolm.v1.aes-sha2",
+            "ciphertext": "xx",
+            "sender_key": "k",
+            "session_id": "s",
+            "device_id": "D",
+        },
+        kind="m.room.encrypted",
+    )
+    await ada.send(
+        room,
+        {
+            "algorithm": "m.megolm.v1.aes-sha2",
+            "ciphertext": "yy",
+            "sender_key": "k",
+            "session_id": "s",
+            "device_id": "D",
+        },
+        kind="m.room.encrypted",
+    )
 
     async def told() -> list[str] | None:
         bodies = [m["content"].get("body") for m in await ada.messages_from(room, bot.user_id)]
         return bodies if bodies else None
+
     assert await eventually(told, 20, "the encrypted room was never told") == [E2EE_NOTICE]
     await ada.say(room, "plain words after")  # the bridge went on: a later message still arrives once
     [message] = await messages(bus, 1)
@@ -217,8 +265,8 @@ async def test_an_invite_is_accepted_and_an_encrypted_room_is_told_once(
 
 
 async def test_an_invite_the_router_refuses_is_declined_and_the_room_never_heard(
-        ada: Person, bob: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess,
-        router_admits: set[str]) -> None:
+    ada: Person, bob: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess, router_admits: set[str]
+) -> None:
     router_admits.add(f"matrix:{bob.user_id}")
     room = await bob.create_room(invite=[bot.user_id], direct=True)
     await eventually(lambda: _membership_is(bob, room, bot.user_id, "leave"), 20, "the invite was never declined")
@@ -237,17 +285,30 @@ async def _membership_is(person: Person, room_id: str, user_id: str, membership:
 
 # --- out ------------------------------------------------------------------------------------------------
 
+
 async def test_edits_and_reactions_go_out_as_relations(
-        ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess
+) -> None:
     room = await direct_room(ada, bot)
     question = await ada.say(room, "is the shop open?")
     await bus.send(room, "checking…", id="m1")
     [receipt] = await bus.wait_receipts(1)
     assert receipt.ok and receipt.platform_message_id
-    await bus.publish(ev.OutboundEdit(id="e1", route=ev.Route(channel="matrix", chat_id=room),
-                                      target_message_id=receipt.platform_message_id, text="yes, until 6"), "e1")
-    await bus.publish(ev.OutboundReaction(id="r1", route=ev.Route(channel="matrix", chat_id=room),
-                                          target_message_id=question, emoji="👍"), "r1")
+    await bus.publish(
+        ev.OutboundEdit(
+            id="e1",
+            route=ev.Route(channel="matrix", chat_id=room),
+            target_message_id=receipt.platform_message_id,
+            text="yes, until 6",
+        ),
+        "e1",
+    )
+    await bus.publish(
+        ev.OutboundReaction(
+            id="r1", route=ev.Route(channel="matrix", chat_id=room), target_message_id=question, emoji="👍"
+        ),
+        "r1",
+    )
     await bus.wait_receipts(3)
     events = await ada.events(room, bot.user_id)
     edit = next(e for e in events if e["content"].get("m.relates_to", {}).get("rel_type") == "m.replace")
@@ -258,12 +319,21 @@ async def test_edits_and_reactions_go_out_as_relations(
 
 
 async def test_files_travel_through_the_media_repository_both_ways(
-        tmp_path: Path, ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    tmp_path: Path, ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess
+) -> None:
     room = await direct_room(ada, bot)
     data = bytes(range(256)) * 400
     mxc = await ada.upload(data, "notes.bin", "application/octet-stream")
-    await ada.send(room, {"msgtype": "m.file", "body": "notes.bin", "filename": "notes.bin", "url": mxc,
-                          "info": {"size": len(data), "mimetype": "application/octet-stream"}})
+    await ada.send(
+        room,
+        {
+            "msgtype": "m.file",
+            "body": "notes.bin",
+            "filename": "notes.bin",
+            "url": mxc,
+            "info": {"size": len(data), "mimetype": "application/octet-stream"},
+        },
+    )
     [message] = await messages(bus, 1)
     [attachment] = message.attachments
     assert (attachment.name, attachment.size) == ("notes.bin", len(data))
@@ -288,9 +358,12 @@ async def test_files_travel_through_the_media_repository_both_ways(
 
 
 async def test_a_card_goes_to_the_approver_in_a_direct_room_and_only_a_numbered_reply_presses_it(
-        ada: Person, bob: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
-    card = ev.Card(title="Allow GitHub?", buttons=(ev.Button(id="approve", label="Approve"),
-                                                  ev.Button(id="deny", label="Deny", style="danger")))
+    ada: Person, bob: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess
+) -> None:
+    card = ev.Card(
+        title="Allow GitHub?",
+        buttons=(ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny", style="danger")),
+    )
     # As the approvals service does for an approver with no direct chat yet: the chat is the user.
     await bus.send(ada.user_id, "The agent wants to use GitHub.", id="approval:m1", card=card)
     [receipt] = await bus.wait_receipts(1)
@@ -299,6 +372,7 @@ async def test_a_card_goes_to_the_approver_in_a_direct_room_and_only_a_numbered_
     async def invited() -> str | None:
         rooms = await ada.invites()
         return rooms[0] if rooms else None
+
     room = await eventually(invited, 20, "the approver was never invited to a direct room")
     await ada.join(room)
     [shown] = await ada.messages_from(room, bot.user_id)
@@ -312,6 +386,7 @@ async def test_a_card_goes_to_the_approver_in_a_direct_room_and_only_a_numbered_
     async def actions() -> list[ev.InboundAction] | None:
         found = [e for e in await bus.inbound() if isinstance(e, ev.InboundAction)]
         return found or None
+
     [action] = await eventually(actions, 20, "the numbered reply pressed nothing")
     assert (action.card_id, action.button_id, action.sender.id) == ("approval:m1", "deny", f"matrix:{ada.user_id}")
     assert action.message_id == shown["event_id"] and action.route.chat_id == room
@@ -320,23 +395,34 @@ async def test_a_card_goes_to_the_approver_in_a_direct_room_and_only_a_numbered_
     # A second card to her reuses the room the bridge made and remembers; a keycap reaction presses too.
     await bus.send(ada.user_id, "And Slack?", id="approval:m2", card=card)
     second = (await bus.wait_receipts(2))[1]
-    assert [m["event_id"] for m in await ada.messages_from(room, bot.user_id)] == [shown["event_id"],
-                                                                                   second.platform_message_id]
-    await ada.send(room, {"m.relates_to": {"rel_type": "m.annotation", "event_id": second.platform_message_id,
-                                           "key": "1\ufe0f\u20e3"}}, kind="m.reaction")
+    assert [m["event_id"] for m in await ada.messages_from(room, bot.user_id)] == [
+        shown["event_id"],
+        second.platform_message_id,
+    ]
+    await ada.send(
+        room,
+        {"m.relates_to": {"rel_type": "m.annotation", "event_id": second.platform_message_id, "key": "1\ufe0f\u20e3"}},
+        kind="m.reaction",
+    )
 
     async def both() -> list[ev.InboundAction] | None:
         found = [e for e in await bus.inbound() if isinstance(e, ev.InboundAction)]
         return found if len(found) == 2 else None
+
     pressed = (await eventually(both, 20, "the keycap reaction pressed nothing"))[1]
-    assert (pressed.card_id, pressed.button_id, pressed.sender.id) == ("approval:m2", "approve",
-                                                                       f"matrix:{ada.user_id}")
+    assert (pressed.card_id, pressed.button_id, pressed.sender.id) == (
+        "approval:m2",
+        "approve",
+        f"matrix:{ada.user_id}",
+    )
 
 
 # --- crashes and limits -----------------------------------------------------------------------------------
 
+
 async def test_a_killed_bridge_loses_and_repeats_nothing_either_way(
-        ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess
+) -> None:
     room = await direct_room(ada, bot)
     for i in range(25):
         await bus.send(room, f"answer {i}", id=f"out-{i}")
@@ -352,12 +438,15 @@ async def test_a_killed_bridge_loses_and_repeats_nothing_either_way(
 
 
 async def test_a_429_from_synapse_is_waited_out_and_every_message_arrives(
-        synapse: Synapse, ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    synapse: Synapse, ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess
+) -> None:
     room = await direct_room(ada, bot)
     admin = synapse.register("Admin", admin=True)
     async with httpx.AsyncClient(base_url=synapse.url, headers={"Authorization": f"Bearer {admin.token}"}) as http:
-        resp = await http.post(f"/_synapse/admin/v1/users/{bot.user_id}/override_ratelimit",
-                               json={"messages_per_second": 2, "burst_count": 1})
+        resp = await http.post(
+            f"/_synapse/admin/v1/users/{bot.user_id}/override_ratelimit",
+            json={"messages_per_second": 2, "burst_count": 1},
+        )
         resp.raise_for_status()
     for i in range(5):
         await bus.send(room, f"line {i}", id=f"burst-{i}")
@@ -369,7 +458,8 @@ async def test_a_429_from_synapse_is_waited_out_and_every_message_arrives(
 
 
 async def test_a_send_the_homeserver_refuses_for_good_is_reported_with_its_words(
-        ada: Person, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    ada: Person, bus: MatrixBus, bridge: MatrixBridgeProcess
+) -> None:
     room = await ada.create_room(invite=[])  # the bot was never invited
     await bus.send(room, "hello?", id="nope-1")
     [receipt] = await bus.wait_receipts(1)
@@ -378,7 +468,8 @@ async def test_a_send_the_homeserver_refuses_for_good_is_reported_with_its_words
 
 
 async def test_more_messages_while_down_than_one_sync_carries_are_read_back_in_order(
-        ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess) -> None:
+    ada: Person, bot: Account, bus: MatrixBus, bridge: MatrixBridgeProcess
+) -> None:
     room = await direct_room(ada, bot)
     await ada.say(room, "before")
     await messages(bus, 1)
@@ -392,8 +483,10 @@ async def test_more_messages_while_down_than_one_sync_carries_are_read_back_in_o
 
 # --- starting ----------------------------------------------------------------------------------------------
 
+
 async def test_a_token_the_homeserver_no_longer_accepts_stops_the_bridge_saying_to_log_in_again(
-        stopped_bridge: MatrixBridgeProcess) -> None:
+    stopped_bridge: MatrixBridgeProcess,
+) -> None:
     revoked = "syt_Y2xhd2Rlbg_revokedrevokedrev_0AbCdE"
     stopped_bridge.start(wait=False, env=stopped_bridge.env() | {"CLAWDEN_MATRIX_TOKEN": revoked})
     assert stopped_bridge.proc is not None and stopped_bridge.proc.wait(30) == EX_CONFIG
@@ -403,8 +496,13 @@ async def test_a_token_the_homeserver_no_longer_accepts_stops_the_bridge_saying_
 
 
 async def test_a_homeserver_away_at_start_is_waited_for_and_what_was_queued_goes_out_once_it_is_back(
-        stopped_bridge: MatrixBridgeProcess, synapse: Synapse, bot: Account, ada: Person, bus: MatrixBus,
-        router_admits: set[str]) -> None:
+    stopped_bridge: MatrixBridgeProcess,
+    synapse: Synapse,
+    bot: Account,
+    ada: Person,
+    bus: MatrixBus,
+    router_admits: set[str],
+) -> None:
     stopped_bridge.start()
     room = await direct_room(ada, bot)
     assert stopped_bridge.stop() == 0
@@ -412,8 +510,11 @@ async def test_a_homeserver_away_at_start_is_waited_for_and_what_was_queued_goes
     stopped_bridge.start(env=stopped_bridge.env() | {"CLAWDEN_MATRIX_HOMESERVER": away})  # it still gets ready
     assert "cannot reach the homeserver yet" in stopped_bridge.output()
     await bus.send(room, "sorry for the wait", id="late-1")
-    await eventually(lambda: "outbound late-1 failed (send: cannot reach the homeserver" in stopped_bridge.output(),
-                     30, "the send was never tried")
+    await eventually(
+        lambda: "outbound late-1 failed (send: cannot reach the homeserver" in stopped_bridge.output(),
+        30,
+        "the send was never tried",
+    )
     assert stopped_bridge.stop() == 0  # mid-retry: the message goes back to JetStream
     stopped_bridge.start()
     [receipt] = await bus.wait_receipts(1)

@@ -52,27 +52,35 @@ async def bob(synapse: Synapse) -> AsyncIterator[Person]:
 async def wire(stack: Stack, room_id: str, *, group: bool, policy: str = "public") -> None:
     """The owner wires a room to agent group `main` (the router's control API, as `clawden wire` does)."""
     cfg = config_mod.load(stack.home)
-    await control.call(cfg, "router", "chats", {"op": "create", "channel": "matrix", "chat_id": room_id,
-                                                "name": "", "is_group": group, "policy": policy})
-    await control.call(cfg, "router", "wirings", {"op": "create", "channel": "matrix", "chat_id": room_id,
-                                                  "agent_group": "main"})
+    await control.call(
+        cfg,
+        "router",
+        "chats",
+        {"op": "create", "channel": "matrix", "chat_id": room_id, "name": "", "is_group": group, "policy": policy},
+    )
+    await control.call(
+        cfg, "router", "wirings", {"op": "create", "channel": "matrix", "chat_id": room_id, "agent_group": "main"}
+    )
 
 
 async def answers(person: Person, room_id: str, bot: Account, count: int) -> list[dict[str, object]]:
     async def found() -> list[dict[str, object]] | None:
         got = await person.messages_from(room_id, bot.user_id)
         return got if len(got) >= count else None
+
     return await eventually(found, ANSWER, f"fewer than {count} answers from the agent in {room_id}")
 
 
 async def joined(person: Person, room_id: str, user_id: str) -> None:
     async def member() -> bool:
         return await person.membership(room_id, user_id) == "join"
+
     await eventually(member, 20, f"{user_id} never joined {room_id}")
 
 
 async def test_a_message_is_answered_in_its_room_and_a_thread_in_its_thread(
-        stack: Stack, ada: Person, bot: Account, bridge: MatrixBridgeProcess) -> None:
+    stack: Stack, ada: Person, bot: Account, bridge: MatrixBridgeProcess
+) -> None:
     room = await ada.create_room(invite=[bot.user_id], direct=True)
     await joined(ada, room, bot.user_id)
     await wire(stack, room, group=False)
@@ -82,8 +90,18 @@ async def test_a_message_is_answered_in_its_room_and_a_thread_in_its_thread(
     assert str(body).startswith("echo: ") and "what is on today?" in str(body)
     root = await ada.say(room, "about the trip")
     await answers(ada, room, bot, 2)
-    await ada.say(room, "which train do we take", **{"m.relates_to": {
-        "rel_type": "m.thread", "event_id": root, "is_falling_back": True, "m.in_reply_to": {"event_id": root}}})
+    await ada.say(
+        room,
+        "which train do we take",
+        **{
+            "m.relates_to": {
+                "rel_type": "m.thread",
+                "event_id": root,
+                "is_falling_back": True,
+                "m.in_reply_to": {"event_id": root},
+            }
+        },
+    )
     third = (await answers(ada, room, bot, 3))[2]
     assert "which train do we take" in str(third["content"]["body"])  # type: ignore[index]
     assert third["content"]["m.relates_to"]["rel_type"] == "m.thread"  # type: ignore[index]
@@ -91,7 +109,8 @@ async def test_a_message_is_answered_in_its_room_and_a_thread_in_its_thread(
 
 
 async def test_in_a_group_room_a_mention_engages_and_a_plain_message_does_not(
-        stack: Stack, ada: Person, bob: Person, bot: Account, bridge: MatrixBridgeProcess) -> None:
+    stack: Stack, ada: Person, bob: Person, bot: Account, bridge: MatrixBridgeProcess
+) -> None:
     room = await ada.create_room(invite=[bot.user_id, bob.user_id], name="Club")
     await joined(ada, room, bot.user_id)
     await bob.join(room)
@@ -104,7 +123,8 @@ async def test_in_a_group_room_a_mention_engages_and_a_plain_message_does_not(
 
 
 async def test_a_stranger_waits_for_the_owner_who_alone_decides_in_a_direct_room_the_bridge_made(
-        tmp_path: Path, stack: Stack, ada: Person, bob: Person, bot: Account, bridge: MatrixBridgeProcess) -> None:
+    tmp_path: Path, stack: Stack, ada: Person, bob: Person, bot: Account, bridge: MatrixBridgeProcess
+) -> None:
     cfg = config_mod.load(stack.home)
     await control.call(cfg, "router", "roles", {"op": "grant", "user_id": f"matrix:{ada.user_id}", "role": "owner"})
     room = await ada.create_room(invite=[bot.user_id, bob.user_id], name="Neighbours")
@@ -116,6 +136,7 @@ async def test_a_stranger_waits_for_the_owner_who_alone_decides_in_a_direct_room
     async def invited() -> str | None:
         rooms = await ada.invites()
         return rooms[0] if rooms else None
+
     direct = await eventually(invited, ANSWER, "the owner was never invited to a direct room with the card")
     await ada.join(direct)
     [card] = await answers(ada, direct, bot, 1)
@@ -135,19 +156,26 @@ async def test_a_stranger_waits_for_the_owner_who_alone_decides_in_a_direct_room
 
 
 async def test_an_invite_from_a_stranger_into_a_strict_room_is_declined_and_shown_as_dropped(
-        stack: Stack, bob: Person, bot: Account, bridge: MatrixBridgeProcess) -> None:
+    stack: Stack, bob: Person, bot: Account, bridge: MatrixBridgeProcess
+) -> None:
     room = await bob.create_room(invite=[], name="Private")
     cfg = config_mod.load(stack.home)
-    await control.call(cfg, "router", "chats", {"op": "create", "channel": "matrix", "chat_id": room,
-                                                "name": "Private", "is_group": True, "policy": "strict"})
+    await control.call(
+        cfg,
+        "router",
+        "chats",
+        {"op": "create", "channel": "matrix", "chat_id": room, "name": "Private", "is_group": True, "policy": "strict"},
+    )
     await bob.invite(room, bot.user_id)
 
     async def declined() -> bool:
         return await bob.membership(room, bot.user_id) == "leave"
+
     await eventually(declined, 30, "the bot did not decline the invite")
     dropped = await control.call(cfg, "router", "dropped", {"op": "list", "channel": "matrix"})
     assert [(d["chat_id"], d["sender_id"], d["reason"]) for d in dropped if d["chat_id"] == room] == [
-        (room, f"matrix:{bob.user_id}", "invited by an unknown user (strict chat)")]
+        (room, f"matrix:{bob.user_id}", "invited by an unknown user (strict chat)")
+    ]
 
 
 def settled(stack: Stack) -> bool:
@@ -157,7 +185,8 @@ def settled(stack: Stack) -> bool:
 
 
 async def test_fifty_messages_across_a_killed_bridge_are_each_answered_exactly_once(
-        stack: Stack, ada: Person, bot: Account, bridge: MatrixBridgeProcess) -> None:
+    stack: Stack, ada: Person, bot: Account, bridge: MatrixBridgeProcess
+) -> None:
     room = await ada.create_room(invite=[bot.user_id], direct=True)
     await joined(ada, room, bot.user_id)
     await wire(stack, room, group=False)
@@ -174,6 +203,7 @@ async def test_fifty_messages_across_a_killed_bridge_are_each_answered_exactly_o
         bodies = [str(m["content"]["body"]) for m in await ada.messages_from(room, bot.user_id)]
         done = all(any(q in b for b in bodies) for q in questions) and await asyncio.to_thread(settled, stack)
         return bodies if done else None
+
     bodies = await eventually(all_answered, 2 * ANSWER, "not every message was answered")
     counts = {q: sum(b.count(q) for b in bodies) for q in questions}
     assert {q: n for q, n in counts.items() if n != 1} == {}, bodies  # each answered, none twice
@@ -181,7 +211,8 @@ async def test_fifty_messages_across_a_killed_bridge_are_each_answered_exactly_o
 
 
 async def test_a_file_reaches_the_agents_inbox_and_the_file_it_sends_arrives_in_the_room(
-        stack: Stack, ada: Person, bot: Account, bridge: MatrixBridgeProcess) -> None:
+    stack: Stack, ada: Person, bot: Account, bridge: MatrixBridgeProcess
+) -> None:
     room = await ada.create_room(invite=[bot.user_id], direct=True)
     await joined(ada, room, bot.user_id)
     await wire(stack, room, group=False)
@@ -193,12 +224,21 @@ async def test_a_file_reaches_the_agents_inbox_and_the_file_it_sends_arrives_in_
     note = b"buy oat milk\n"
     mxc = await ada.upload(note, "note.txt", "text/plain")
     seen = len(stack.fake.messages_requests(with_tools=True))
-    await ada.send(room, {"msgtype": "m.file", "body": "note.txt", "filename": "note.txt", "url": mxc,
-                          "info": {"size": len(note), "mimetype": "text/plain"}})
+    await ada.send(
+        room,
+        {
+            "msgtype": "m.file",
+            "body": "note.txt",
+            "filename": "note.txt",
+            "url": mxc,
+            "info": {"size": len(note), "mimetype": "text/plain"},
+        },
+    )
 
     async def file_back() -> dict[str, object] | None:
         files = [m for m in await ada.messages_from(room, bot.user_id) if m["content"].get("msgtype") == "m.file"]
         return files[0] if files else None
+
     sent = await eventually(file_back, ANSWER, "the agent's file never arrived")
     assert sent["content"]["body"] == "report.txt"  # type: ignore[index]
     assert await ada.download(str(sent["content"]["url"])) == b"quarterly numbers\n"  # type: ignore[index]
@@ -209,7 +249,8 @@ async def test_a_file_reaches_the_agents_inbox_and_the_file_it_sends_arrives_in_
 
 
 async def test_a_send_the_homeserver_refuses_for_good_is_reported_back_to_the_agent(
-        stack: Stack, ada: Person, bot: Account, bridge: MatrixBridgeProcess) -> None:
+    stack: Stack, ada: Person, bot: Account, bridge: MatrixBridgeProcess
+) -> None:
     room = await ada.create_room(invite=[bot.user_id])  # a room of two where she is its only admin
     await joined(ada, room, bot.user_id)
     await wire(stack, room, group=False)
@@ -217,7 +258,12 @@ async def test_a_send_the_homeserver_refuses_for_good_is_reported_back_to_the_ag
     await ada.kick(room, bot.user_id)  # before the answer comes: the bot may no longer post there
 
     def failed() -> list[tuple[int, str]]:
-        return [f for s in (stack.home / "sessions" / "main").iterdir() if (s / sessiondb.INBOUND).exists()
-                for f in sessiondb.failed_deliveries(s, after_seq=0)]
+        return [
+            f
+            for s in (stack.home / "sessions" / "main").iterdir()
+            if (s / sessiondb.INBOUND).exists()
+            for f in sessiondb.failed_deliveries(s, after_seq=0)
+        ]
+
     found = await eventually(lambda: asyncio.to_thread(failed), ANSWER, "no failed delivery reached a session")
     assert any("M_FORBIDDEN" in error for _, error in found), found

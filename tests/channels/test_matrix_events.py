@@ -27,8 +27,13 @@ GROUP = RoomView("!Vz9Xv2lT8yQ", "Family", 4, False)  # a room v12 id: no server
 
 
 def message(content: dict[str, Any], sender: str = "@ada:example.org") -> dict[str, Any]:
-    return {"type": "m.room.message", "event_id": "$e1", "sender": sender, "origin_server_ts": 1_700_000_000_000,
-            "content": content}
+    return {
+        "type": "m.room.message",
+        "event_id": "$e1",
+        "sender": sender,
+        "origin_server_ts": 1_700_000_000_000,
+        "content": content,
+    }
 
 
 def test_a_direct_room_message_is_addressed_and_keeps_its_room_id_whole() -> None:
@@ -38,23 +43,34 @@ def test_a_direct_room_message_is_addressed_and_keeps_its_room_id_whole() -> Non
     assert direct is not None and direct.mentioned and not direct.is_group
 
 
-@pytest.mark.parametrize(("content", "mentioned"), [
-    ({"msgtype": "m.text", "body": "dinner at 8?"}, False),
-    ({"msgtype": "m.text", "body": "clawden, open late?"}, True),  # display name, any case
-    ({"msgtype": "m.text", "body": "clawdenish words"}, False),  # not the name, only like it
-    ({"msgtype": "m.text", "body": "@clawden:example.org news?"}, True),
-    ({"msgtype": "m.text", "body": "news?", "m.mentions": {"user_ids": ["@clawden:example.org"]}}, True),
-    ({"msgtype": "m.text", "body": "thanks", "m.relates_to": {"m.in_reply_to": {"event_id": "$mine"}}}, True),
-    ({"msgtype": "m.text", "body": "thanks", "m.relates_to": {"m.in_reply_to": {"event_id": "$other"}}}, False),
-])
+@pytest.mark.parametrize(
+    ("content", "mentioned"),
+    [
+        ({"msgtype": "m.text", "body": "dinner at 8?"}, False),
+        ({"msgtype": "m.text", "body": "clawden, open late?"}, True),  # display name, any case
+        ({"msgtype": "m.text", "body": "clawdenish words"}, False),  # not the name, only like it
+        ({"msgtype": "m.text", "body": "@clawden:example.org news?"}, True),
+        ({"msgtype": "m.text", "body": "news?", "m.mentions": {"user_ids": ["@clawden:example.org"]}}, True),
+        ({"msgtype": "m.text", "body": "thanks", "m.relates_to": {"m.in_reply_to": {"event_id": "$mine"}}}, True),
+        ({"msgtype": "m.text", "body": "thanks", "m.relates_to": {"m.in_reply_to": {"event_id": "$other"}}}, False),
+    ],
+)
 def test_in_a_group_room_a_mention_or_a_reply_to_the_bot_addresses_it(content: dict[str, Any], mentioned: bool) -> None:
     event = inbound_message(message(content), GROUP, ME, {"$mine"})
     assert event is not None and event.is_group and event.mentioned is mentioned
 
 
 def test_a_thread_message_is_in_its_thread_and_its_fallback_is_no_reply() -> None:
-    content = {"msgtype": "m.text", "body": "which train?", "m.relates_to": {
-        "rel_type": "m.thread", "event_id": "$root", "is_falling_back": True, "m.in_reply_to": {"event_id": "$last"}}}
+    content = {
+        "msgtype": "m.text",
+        "body": "which train?",
+        "m.relates_to": {
+            "rel_type": "m.thread",
+            "event_id": "$root",
+            "is_falling_back": True,
+            "m.in_reply_to": {"event_id": "$last"},
+        },
+    }
     event = inbound_message(message(content), GROUP, ME, set())
     assert event is not None
     assert (event.route.thread_id, event.reply_to, event.supports_threads) == ("$root", None, True)
@@ -68,13 +84,22 @@ def test_edits_notices_and_empty_messages_are_not_new_messages() -> None:
 
 
 def test_a_file_message_is_an_attachment_with_its_caption_as_text() -> None:
-    content = {"msgtype": "m.image", "body": "look at this", "filename": "cat.png", "url": "mxc://x/abc",
-               "info": {"mimetype": "image/png", "size": 1234}}
+    content = {
+        "msgtype": "m.image",
+        "body": "look at this",
+        "filename": "cat.png",
+        "url": "mxc://x/abc",
+        "info": {"mimetype": "image/png", "size": 1234},
+    }
     event = inbound_message(message(content), DIRECT, ME, set())
     assert event is not None and event.text == "look at this"
     [attachment] = event.attachments
-    assert (attachment.name, attachment.mime, attachment.size, attachment.url) == ("cat.png", "image/png", 1234,
-                                                                                   "mxc://x/abc")
+    assert (attachment.name, attachment.mime, attachment.size, attachment.url) == (
+        "cat.png",
+        "image/png",
+        1234,
+        "mxc://x/abc",
+    )
 
 
 def test_an_old_clients_reply_quote_is_cut() -> None:
@@ -86,8 +111,15 @@ def test_a_card_is_numbered_text_and_a_number_reply_chooses() -> None:
     body, formatted = card_content("Allow GitHub?", [[ButtonRef("Allow", "t:0"), ButtonRef("Deny <now>", "t:1")]])
     assert body == "Allow GitHub?\n\n1) Allow\n2) Deny <now>\n\nReply to this message with the number of your choice."
     assert "<li>Deny &lt;now&gt;</li>" in formatted
-    assert [chosen_number(text, 2) for text in ("1", " 2) ", "#2", "3", "0", "yes 1", "")] == [0, 1, 1, None, None,
-                                                                                                None, None]
+    assert [chosen_number(text, 2) for text in ("1", " 2) ", "#2", "3", "0", "yes 1", "")] == [
+        0,
+        1,
+        1,
+        None,
+        None,
+        None,
+        None,
+    ]
 
 
 def test_refusals_are_classified_for_the_retry_policy() -> None:
@@ -120,4 +152,7 @@ def test_a_room_just_joined_is_read_from_the_bots_invite_on_and_a_profile_change
     renamed = [old, member(ME.user_id, "join", "join"), new]  # the bot's display name changed
     assert since_invited(renamed, ME.user_id) == renamed
     assert since_invited([old, member("@ada:example.org", "invite"), new], ME.user_id) == [
-        old, member("@ada:example.org", "invite"), new]
+        old,
+        member("@ada:example.org", "invite"),
+        new,
+    ]

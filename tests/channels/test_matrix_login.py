@@ -21,13 +21,31 @@ pytestmark = pytest.mark.process
 
 def login(home: Path, synapse: Synapse, user: str, password: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "clawden", "channels", "login", "matrix", "--homeserver", synapse.url, "--user", user,
-         "--password-stdin"], input=password + "\n", capture_output=True, text=True, timeout=60,
-        env=dict(os.environ, CLAWDEN_HOME=str(home)), check=False)
+        [
+            sys.executable,
+            "-m",
+            "clawden",
+            "channels",
+            "login",
+            "matrix",
+            "--homeserver",
+            synapse.url,
+            "--user",
+            user,
+            "--password-stdin",
+        ],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, CLAWDEN_HOME=str(home)),
+        check=False,
+    )
 
 
 async def test_login_keeps_only_the_token_and_device_id_and_doctor_accepts_them(
-        tmp_path: Path, synapse: Synapse) -> None:
+    tmp_path: Path, synapse: Synapse
+) -> None:
     cfg = setup.init(tmp_path / "home")
     bot = synapse.register("Bot")
     done = login(cfg.home_path, synapse, bot.user_id, bot.password)
@@ -45,7 +63,8 @@ async def test_login_keeps_only_the_token_and_device_id_and_doctor_accepts_them(
 
 
 async def test_a_wrong_password_stores_nothing_and_a_revoked_token_fails_the_doctor_row(
-        tmp_path: Path, synapse: Synapse) -> None:
+    tmp_path: Path, synapse: Synapse
+) -> None:
     cfg = setup.init(tmp_path / "home")
     bot = synapse.register("Bot")
     refused = login(cfg.home_path, synapse, bot.user_id, "not-the-password")

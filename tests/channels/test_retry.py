@@ -27,7 +27,8 @@ def test_the_deadline_ends_retrying() -> None:
     assert policy.gives_up(elapsed=50.0, next_delay=20.0)
 
 
-@pytest.mark.parametrize(("kind", "retryable"), [
-    ("rate_limited", True), ("transient", True), ("permanent", False), ("unknown", False)])
+@pytest.mark.parametrize(
+    ("kind", "retryable"), [("rate_limited", True), ("transient", True), ("permanent", False), ("unknown", False)]
+)
 def test_only_failures_where_the_platform_did_not_act_are_retryable(kind: str, retryable: bool) -> None:
     assert PlatformError("x", kind).retryable is retryable  # type: ignore[arg-type]

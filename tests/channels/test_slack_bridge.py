@@ -64,24 +64,36 @@ def reconnected(slack: FakeSlack, connections: int) -> Callable[[], bool]:
 
 # --- the pure part ------------------------------------------------------------------------------------------
 
+
 def test_text_is_escaped_and_a_mention_of_the_bot_is_dropped_from_what_the_agent_reads() -> None:
     me = Me(BOT_USER, "B0BOT", "T0TEAM")
     assert escape("a < b && c > d") == "a &lt; b &amp;&amp; c &gt; d"
-    event = {"type": "message", "channel": "C1", "channel_type": "channel", "user": "U1", "ts": "10.000001",
-             "text": f"<@{BOT_USER}> is 1 &lt; 2?"}
+    event = {
+        "type": "message",
+        "channel": "C1",
+        "channel_type": "channel",
+        "user": "U1",
+        "ts": "10.000001",
+        "text": f"<@{BOT_USER}> is 1 &lt; 2?",
+    }
     message = inbound_message(event, me, set())
     assert message is not None and (message.text, message.mentioned, message.is_group) == ("is 1 < 2?", True, True)
     plain = inbound_message(dict(event, text="lunch?"), me, set())
     assert plain is not None and not plain.mentioned
     in_my_thread = inbound_message(dict(event, text="and then?", thread_ts="9.000001"), me, {"C1:9.000001"})
     assert in_my_thread is not None and in_my_thread.mentioned and in_my_thread.route.thread_id == "9.000001"
-    for ignored in ({"subtype": "message_changed"}, {"subtype": "message_deleted"}, {"bot_id": "B2"},
-                    {"user": BOT_USER}):
+    for ignored in (
+        {"subtype": "message_changed"},
+        {"subtype": "message_deleted"},
+        {"bot_id": "B2"},
+        {"user": BOT_USER},
+    ):
         assert inbound_message(dict(event, **ignored), me, set()) is None
 
 
 def test_a_card_is_a_section_and_a_row_of_buttons_whose_values_are_the_button_data() -> None:
     from services.channels.bridge import ButtonRef
+
     blocks = card_blocks("Allow <GitHub>?", [[ButtonRef("Approve", "tok:0", "primary"), ButtonRef("Deny", "tok:1")]])
     assert blocks[0]["text"]["text"] == "Allow &lt;GitHub&gt;?"
     assert [(e["value"], e.get("style")) for e in blocks[1]["elements"]] == [("tok:0", "primary"), ("tok:1", None)]
@@ -89,8 +101,10 @@ def test_a_card_is_a_section_and_a_row_of_buttons_whose_values_are_the_button_da
 
 # --- in -------------------------------------------------------------------------------------------------------
 
+
 async def test_a_dm_a_mention_and_a_thread_reply_are_stored_once_each_and_a_plain_message_unaddressed(
-        slack: FakeSlack, bus: SlackBus, bridge: SlackBridge) -> None:
+    slack: FakeSlack, bus: SlackBus, bridge: SlackBridge
+) -> None:
     ada = slack.user("ada")
     dm = slack.dm(ada)
     general = slack.channel("general", ada)
@@ -111,7 +125,8 @@ async def test_a_dm_a_mention_and_a_thread_reply_are_stored_once_each_and_a_plai
 
 
 async def test_drops_disconnects_and_duplicated_envelopes_lose_nothing_and_store_nothing_twice(
-        slack: FakeSlack, bus: SlackBus, bridge: SlackBridge) -> None:
+    slack: FakeSlack, bus: SlackBus, bridge: SlackBridge
+) -> None:
     ada = slack.user("ada")
     dm = slack.dm(ada)
     bridge.start()
@@ -134,7 +149,8 @@ async def test_drops_disconnects_and_duplicated_envelopes_lose_nothing_and_store
 
 
 async def test_a_file_from_a_person_is_fetched_with_the_bot_token(
-        slack: FakeSlack, bus: SlackBus, bridge: SlackBridge) -> None:
+    slack: FakeSlack, bus: SlackBus, bridge: SlackBridge
+) -> None:
     ada = slack.user("ada")
     dm = slack.dm(ada)
     bridge.start()
@@ -148,8 +164,10 @@ async def test_a_file_from_a_person_is_fetched_with_the_bot_token(
 
 # --- out ------------------------------------------------------------------------------------------------------
 
+
 async def test_answers_go_to_their_thread_escaped_and_split_and_a_user_id_reaches_their_dm(
-        slack: FakeSlack, bus: SlackBus, bridge: SlackBridge) -> None:
+    slack: FakeSlack, bus: SlackBus, bridge: SlackBridge
+) -> None:
     ada = slack.user("ada")
     general = slack.channel("general", ada)
     asked = slack.say(general, ada, f"<@{BOT_USER}> compare")
@@ -166,11 +184,17 @@ async def test_answers_go_to_their_thread_escaped_and_split_and_a_user_id_reache
 
 
 async def test_a_card_press_becomes_an_action_and_the_decided_card_loses_its_buttons(
-        slack: FakeSlack, bus: SlackBus, bridge: SlackBridge) -> None:
+    slack: FakeSlack, bus: SlackBus, bridge: SlackBridge
+) -> None:
     ada = slack.user("ada")
     dm = slack.dm(ada)
-    card = ev.Card(title="Allow GitHub?", buttons=(ev.Button(id="approve", label="Approve", style="primary"),
-                                                   ev.Button(id="deny", label="Deny", style="danger")))
+    card = ev.Card(
+        title="Allow GitHub?",
+        buttons=(
+            ev.Button(id="approve", label="Approve", style="primary"),
+            ev.Button(id="deny", label="Deny", style="danger"),
+        ),
+    )
     bridge.start()
     await bus.send(dm, "The agent asks:", id="approval:ap-1", card=card)
     [receipt] = await bus.wait_receipts(1)
@@ -186,17 +210,29 @@ async def test_a_card_press_becomes_an_action_and_the_decided_card_loses_its_but
         assert time.monotonic() < deadline, "no inbound action"
         await asyncio.sleep(0.1)
     assert (found[0].card_id, found[0].button_id, found[0].sender.id, found[0].message_id) == (
-        "approval:ap-1", "deny", f"slack:{ada}", receipt.platform_message_id)
+        "approval:ap-1",
+        "deny",
+        f"slack:{ada}",
+        receipt.platform_message_id,
+    )
     assert receipt.platform_message_id is not None
-    await bus.publish(ev.OutboundEdit(id="e1", route=ev.Route(channel="slack", chat_id=dm),
-                                      target_message_id=receipt.platform_message_id, text="Denied by ada"), "e1")
+    await bus.publish(
+        ev.OutboundEdit(
+            id="e1",
+            route=ev.Route(channel="slack", chat_id=dm),
+            target_message_id=receipt.platform_message_id,
+            text="Denied by ada",
+        ),
+        "e1",
+    )
     await bus.wait_receipts(2)
     [decided] = slack.bot_messages(dm)
     assert decided["text"] == "Denied by ada" and decided["blocks"] == []
 
 
 async def test_a_file_goes_up_through_an_upload_url_into_the_thread(
-        slack: FakeSlack, bus: SlackBus, bridge: SlackBridge) -> None:
+    slack: FakeSlack, bus: SlackBus, bridge: SlackBridge
+) -> None:
     ada = slack.user("ada")
     dm = slack.dm(ada)
     asked = slack.say(dm, ada, "the chart please")
@@ -213,7 +249,8 @@ async def test_a_file_goes_up_through_an_upload_url_into_the_thread(
 
 
 async def test_a_429_in_one_channel_holds_only_that_channel(
-        slack: FakeSlack, bus: SlackBus, bridge: SlackBridge) -> None:
+    slack: FakeSlack, bus: SlackBus, bridge: SlackBridge
+) -> None:
     ada, bea = slack.user("ada"), slack.user("bea")
     held, free = slack.dm(ada), slack.dm(bea)
     slack.inject("chat.postMessage", Error(429, "ratelimited", retry_after=4, channel=held))
@@ -227,14 +264,16 @@ async def test_a_429_in_one_channel_holds_only_that_channel(
     assert slack.texts(held) == []
     await until(lambda: slack.texts(held) == ["for ada"], 15)
     faulted = next(c for c in slack.calls_to("chat.postMessage") if c.outcome.startswith("fault 429"))
-    landed = next(c for c in slack.calls_to("chat.postMessage")
-                  if c.params.get("channel") == held and c.outcome == "ok")
+    landed = next(
+        c for c in slack.calls_to("chat.postMessage") if c.params.get("channel") == held and c.outcome == "ok"
+    )
     assert landed.at - faulted.at >= 4.0, "Retry-After was not honoured"
     assert all(r.ok for r in await bus.wait_receipts(2))
 
 
 async def test_a_5xx_and_a_dropped_answer_are_tried_again_and_the_message_lands_once(
-        slack: FakeSlack, bus: SlackBus, bridge: SlackBridge) -> None:
+    slack: FakeSlack, bus: SlackBus, bridge: SlackBridge
+) -> None:
     ada = slack.user("ada")
     dm = slack.dm(ada)
     slack.inject("chat.postMessage", Error(503), Drop())

@@ -39,17 +39,24 @@ def bridge(stack: Stack, slack: FakeSlack) -> Iterator[SlackBridge]:
 async def wire(stack: Stack, chat: str, *, group: bool, policy: str = "public") -> None:
     """The owner wires a conversation to agent group `main` (the router's control API, as `clawden wire` does)."""
     cfg = config_mod.load(stack.home)
-    await control.call(cfg, "router", "chats", {"op": "create", "channel": "slack", "chat_id": chat, "name": chat,
-                                                "is_group": group, "policy": policy})
-    await control.call(cfg, "router", "wirings", {"op": "create", "channel": "slack", "chat_id": chat,
-                                                  "agent_group": "main"})
+    await control.call(
+        cfg,
+        "router",
+        "chats",
+        {"op": "create", "channel": "slack", "chat_id": chat, "name": chat, "is_group": group, "policy": policy},
+    )
+    await control.call(
+        cfg, "router", "wirings", {"op": "create", "channel": "slack", "chat_id": chat, "agent_group": "main"}
+    )
 
 
-async def answers(slack: FakeSlack, chat: str, count: int, thread: str | None = None,
-                  timeout: float = ANSWER) -> list[str]:
+async def answers(
+    slack: FakeSlack, chat: str, count: int, thread: str | None = None, timeout: float = ANSWER
+) -> list[str]:
     def found() -> list[str] | None:
         texts = slack.texts(chat, thread)
         return texts if len(texts) >= count else None
+
     return await eventually(found, timeout, f"fewer than {count} answers in {chat} (thread {thread})")
 
 
@@ -64,7 +71,8 @@ def asked(stack: Stack, text: str) -> bool:
 
 
 async def test_a_dm_a_mention_and_a_thread_reply_are_answered_in_their_place_and_a_plain_message_is_not(
-        stack: Stack, slack: FakeSlack, bridge: SlackBridge) -> None:
+    stack: Stack, slack: FakeSlack, bridge: SlackBridge
+) -> None:
     ada = slack.user("ada")
     dm = slack.dm(ada)
     general = slack.channel("general", ada)
@@ -87,7 +95,8 @@ async def test_a_dm_a_mention_and_a_thread_reply_are_answered_in_their_place_and
 
 
 async def test_a_strangers_message_waits_for_the_owner_who_alone_presses_the_card_in_their_dm(
-        stack: Stack, slack: FakeSlack, bridge: SlackBridge) -> None:
+    stack: Stack, slack: FakeSlack, bridge: SlackBridge
+) -> None:
     cfg = config_mod.load(stack.home)
     ada, bob = slack.user("ada"), slack.user("bob")
     await control.call(cfg, "router", "roles", {"op": "grant", "user_id": f"slack:{ada}", "role": "owner"})
@@ -101,11 +110,13 @@ async def test_a_strangers_message_waits_for_the_owner_who_alone_presses_the_car
 
     def card() -> dict[str, Any] | None:
         return next((m for m in slack.bot_messages(own) if m.get("blocks")), None)
+
     pending = await eventually(card, ANSWER, "no card reached the owner's DM")
     slack.click(own, pending["ts"], bob, button=0)  # someone else presses: refused, nothing changes
 
     def refused() -> bool:
         return any("only" in t for t in slack.texts(own)[1:] if t != pending["text"])
+
     await eventually(refused, 60, lambda: f"no refusal: {slack.texts(own)}")
     assert slack.texts(neighbours) == []
     slack.click(own, pending["ts"], ada, button=0)  # the owner allows
@@ -115,11 +126,13 @@ async def test_a_strangers_message_waits_for_the_owner_who_alone_presses_the_car
     def decided() -> bool:
         found = next(m for m in slack.bot_messages(own) if m["ts"] == pending["ts"])
         return found.get("blocks") == []
+
     await eventually(decided, 60, "the decided card kept its buttons")
 
 
 async def test_a_file_reaches_the_agents_inbox_and_the_file_it_sends_arrives_in_the_dm(
-        stack: Stack, slack: FakeSlack, bridge: SlackBridge) -> None:
+    stack: Stack, slack: FakeSlack, bridge: SlackBridge
+) -> None:
     ada = slack.user("ada")
     dm = slack.dm(ada)
     await wire(stack, dm, group=False)
@@ -133,6 +146,7 @@ async def test_a_file_reaches_the_agents_inbox_and_the_file_it_sends_arrives_in_
 
     def file_back() -> dict[str, Any] | None:
         return next((m for m in slack.bot_messages(dm) if m.get("files")), None)
+
     sent = await eventually(file_back, ANSWER, "the agent's file never arrived")
     assert sent["files"][0]["name"] == "report.txt"
     assert slack.uploaded[sent["files"][0]["id"]] == b"quarterly numbers\n"
@@ -145,7 +159,8 @@ def reconnected(slack: FakeSlack, connections: int) -> Callable[[], bool]:
 
 
 async def test_messages_flowing_through_socket_drops_and_duplicates_are_each_answered_exactly_once(
-        stack: Stack, slack: FakeSlack, bridge: SlackBridge) -> None:
+    stack: Stack, slack: FakeSlack, bridge: SlackBridge
+) -> None:
     ada = slack.user("ada")
     dm = slack.dm(ada)
     await wire(stack, dm, group=False)
@@ -164,6 +179,7 @@ async def test_messages_flowing_through_socket_drops_and_duplicates_are_each_ans
         texts = slack.texts(dm)
         done = all(any(q in t for t in texts) for q in questions) and await asyncio.to_thread(settled, stack)
         return texts if done else None
+
     texts = await eventually(all_answered, 3 * ANSWER, "not every message was answered")
     counts = {q: sum(t.count(q) for t in texts) for q in questions}
     assert {q: n for q, n in counts.items() if n != 1} == {}, texts
@@ -171,7 +187,8 @@ async def test_messages_flowing_through_socket_drops_and_duplicates_are_each_ans
 
 
 async def test_a_chat_held_by_a_429_does_not_hold_up_another(
-        stack: Stack, slack: FakeSlack, bridge: SlackBridge) -> None:
+    stack: Stack, slack: FakeSlack, bridge: SlackBridge
+) -> None:
     ada, bea = slack.user("ada"), slack.user("bea")
     held, free = slack.dm(ada), slack.dm(bea)
     await wire(stack, held, group=False)
@@ -182,8 +199,11 @@ async def test_a_chat_held_by_a_429_does_not_hold_up_another(
     await answers(slack, free, 1)  # both containers are up: what follows measures the bridge, not a start
     slack.inject("chat.postMessage", Error(429, "ratelimited", retry_after=15, channel=held))
     slack.say(held, ada, "first question")
-    await eventually(lambda: any(c.outcome.startswith("fault 429") for c in slack.calls_to("chat.postMessage")),
-                     ANSWER, "the held chat's answer never reached Slack")
+    await eventually(
+        lambda: any(c.outcome.startswith("fault 429") for c in slack.calls_to("chat.postMessage")),
+        ANSWER,
+        "the held chat's answer never reached Slack",
+    )
     slack.say(free, bea, "second question")
     answer = (await answers(slack, free, 2, timeout=12))[1]  # inside the other chat's 15 s
     assert "second question" in answer
@@ -192,8 +212,7 @@ async def test_a_chat_held_by_a_429_does_not_hold_up_another(
     assert "first question" in held_answer
 
 
-async def test_the_owner_pairs_by_sending_the_code_in_a_dm(
-        stack: Stack, slack: FakeSlack, bridge: SlackBridge) -> None:
+async def test_the_owner_pairs_by_sending_the_code_in_a_dm(stack: Stack, slack: FakeSlack, bridge: SlackBridge) -> None:
     dee = slack.user("dee")
     dm = slack.dm(dee)
     pair = await control.call(config_mod.load(stack.home), "router", "pair", {"op": "create", "channel": "slack"})

@@ -61,8 +61,10 @@ def test_indentation_survives_a_split_at_a_line() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(alphabet=st.sampled_from(list("ab c\n😀é")), max_size=400),
-       limit=st.integers(min_value=2, max_value=60))
+@given(
+    text=st.text(alphabet=st.sampled_from(list("ab c\n😀é")), max_size=400),
+    limit=st.integers(min_value=2, max_value=60),
+)
 def test_parts_fit_keep_order_and_lose_only_whitespace(text: str, limit: int) -> None:
     parts = split_text(text, limit, utf16_len)
     assert all(0 < utf16_len(p) <= limit for p in parts)

@@ -55,8 +55,10 @@ def texts_of(fake: FakeTelegram, chat: dict[str, object]) -> list[str]:
 
 # --- inbound ------------------------------------------------------------------------------------------------
 
+
 async def test_a_private_message_is_stored_once_under_its_natural_key(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     bridge.start()
@@ -66,11 +68,16 @@ async def test_a_private_message_is_stored_once_under_its_natural_key(
     assert headers["Nats-Msg-Id"] == f"telegram:{chat['id']}:{sent['message_id']}"
     assert isinstance(event, ev.InboundMessage)
     assert (event.text, event.mentioned, event.is_group, event.sender.id) == (
-        "what is on today?", True, False, f"telegram:{ada['id']}")
+        "what is on today?",
+        True,
+        False,
+        f"telegram:{ada['id']}",
+    )
 
 
 async def test_in_privacy_mode_a_group_reaches_the_bot_by_ask_and_by_replies_to_it(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     family = fake.group("Family")
     bridge.start()
@@ -84,13 +91,16 @@ async def test_in_privacy_mode_a_group_reaches_the_bot_by_ask_and_by_replies_to_
     await until(lambda: fake.confirmed_offset > 0 and fake.pending_updates == 0, 15)
     events = await bus.inbound()
     assert [(e.text, e.is_group, e.mentioned) for e in events] == [
-        ("book a table", True, True), ("and a cake", True, True)]
+        ("book a table", True, True),
+        ("and a cake", True, True),
+    ]
     assert len(fake.withheld) == 2
 
 
 @pytest.mark.fake(privacy=False)
 async def test_with_privacy_mode_off_every_group_message_arrives_saying_whether_the_bot_was_addressed(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     family = fake.group("Family")
     bridge.start()
@@ -99,12 +109,15 @@ async def test_with_privacy_mode_off_every_group_message_arrives_saying_whether_
     await until(lambda: fake.confirmed_offset > 0 and fake.pending_updates == 0, 15)
     events = await bus.inbound()
     assert [(e.text, e.is_group, e.mentioned) for e in events] == [
-        ("dinner at 8?", True, False), ("@clawden_test_bot book a table", True, True)]
+        ("dinner at 8?", True, False),
+        ("@clawden_test_bot book a table", True, True),
+    ]
     assert "privacy mode off" in bridge.output()
 
 
 async def test_an_update_is_confirmed_to_telegram_only_after_jetstream_stored_it(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, nats_server: NatsServer) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, nats_server: NatsServer
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     bridge.start()
@@ -123,7 +136,8 @@ async def test_an_update_is_confirmed_to_telegram_only_after_jetstream_stored_it
 
 
 async def test_messages_sent_while_the_bridge_was_down_are_published_once_when_it_returns(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     bridge.start()
@@ -142,7 +156,8 @@ async def test_messages_sent_while_the_bridge_was_down_are_published_once_when_i
 
 @pytest.mark.fake(clock=Clock())
 async def test_messages_telegram_dropped_during_a_day_long_outage_are_counted_and_logged(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, nats_server: NatsServer) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, nats_server: NatsServer
+) -> None:
     clock = fake.clock
     assert isinstance(clock, Clock)
     ada = fake.user("Ada")
@@ -164,12 +179,12 @@ async def test_messages_telegram_dropped_during_a_day_long_outage_are_counted_an
     assert lost.channel == "telegram" and lost.count == 2
     assert "Telegram dropped 2 update(s) the bridge never fetched" in bridge.output()
     assert (await delivery_counts(nats_server.url))["expired"] == 2
-    assert "2 incoming message(s) expired" in status.render_deliveries(
-        [await delivery_counts(nats_server.url)])
+    assert "2 incoming message(s) expired" in status.render_deliveries([await delivery_counts(nats_server.url)])
 
 
 async def test_an_attachment_is_fetched_into_the_bridges_folder(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     bridge.start()
@@ -184,7 +199,8 @@ async def test_an_attachment_is_fetched_into_the_bridges_folder(
 
 
 async def test_a_file_telegram_gives_no_path_for_still_delivers_the_message_saying_it_was_too_large(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     bridge.start()
@@ -193,15 +209,17 @@ async def test_a_file_telegram_gives_no_path_for_still_delivers_the_message_sayi
     fake.send(chat, ada, "did it arrive?")
     await until(lambda: fake.confirmed_offset > sent["message_id"] and fake.pending_updates == 0, 15)
     first, second = await bus.inbound()
-    assert first.text == ("the holiday video\n\n[trip.mp4 was too large to fetch: Telegram lets bots download files "
-                          "of at most 20 MB]")
+    assert first.text == (
+        "the holiday video\n\n[trip.mp4 was too large to fetch: Telegram lets bots download files of at most 20 MB]"
+    )
     assert [(a.name, a.url) for a in first.attachments] == [("trip.mp4", "")]
     assert second.text == "did it arrive?"
 
 
 @pytest.mark.fake(private_topics=True)
 async def test_a_message_in_a_private_chat_topic_keeps_its_topic_and_the_answer_goes_there(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     trip = fake.topic(chat, ada, "Trip")
@@ -218,7 +236,8 @@ async def test_a_message_in_a_private_chat_topic_keeps_its_topic_and_the_answer_
 
 
 async def test_an_album_arrives_as_one_message_with_every_photo(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     bridge.start()
@@ -227,7 +246,10 @@ async def test_an_album_arrives_as_one_message_with_every_photo(
     await until(lambda: fake.pending_updates == 0, 15, "the bridge never confirmed the album")
     album, question = await bus.inbound()
     assert (album.text, album.message_id, question.text) == (
-        "our holiday", f"{chat['id']}:{parts[0]['message_id']}", "which one is best?")
+        "our holiday",
+        f"{chat['id']}:{parts[0]['message_id']}",
+        "which one is best?",
+    )
     assert [a.size for a in album.attachments] == [len(png(800, 600)), len(png(600, 800)), len(png(1024, 768))]
     assert all(a.url.startswith("file://") for a in album.attachments)
     # An album last in its poll waits for parts still to come, then goes out whole, once.
@@ -239,7 +261,8 @@ async def test_an_album_arrives_as_one_message_with_every_photo(
 
 
 async def test_an_animation_is_fetched_once_though_it_also_comes_as_a_document(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     bridge.start()
@@ -252,25 +275,34 @@ async def test_an_animation_is_fetched_once_though_it_also_comes_as_a_document(
 
 # --- outbound -----------------------------------------------------------------------------------------------
 
+
 async def test_an_answer_is_sent_and_receipted_with_its_platform_id(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     question = fake.send(chat, ada, "hi")
     bridge.start()
-    await bus.send(chat["id"], "hello Ada", id="s1:r1", reply_to=f"{chat['id']}:{question['message_id']}", seq=3,
-                   session_id="s1")
+    await bus.send(
+        chat["id"], "hello Ada", id="s1:r1", reply_to=f"{chat['id']}:{question['message_id']}", seq=3, session_id="s1"
+    )
     [receipt] = await bus.wait_receipts(1)
     [message] = fake.bot_messages(chat)
     assert message["text"] == "hello Ada" and message["reply_to_message"]["message_id"] == question["message_id"]
     assert receipt == ev.DeliveryReceipt(
-        outbound_id="s1:r1", route=ev.Route(channel="telegram", chat_id=str(chat["id"])), ok=True, session_id="s1",
-        seq=3, platform_message_id=f"{chat['id']}:{message['message_id']}",
-        part_ids=(f"{chat['id']}:{message['message_id']}",))
+        outbound_id="s1:r1",
+        route=ev.Route(channel="telegram", chat_id=str(chat["id"])),
+        ok=True,
+        session_id="s1",
+        seq=3,
+        platform_message_id=f"{chat['id']}:{message['message_id']}",
+        part_ids=(f"{chat['id']}:{message['message_id']}",),
+    )
 
 
 async def test_a_long_answer_arrives_split_at_paragraphs_and_in_order(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     paragraphs = [f"Paragraph {i}: " + "lorem ipsum " * 150 for i in range(6)]  # ~1.8k characters each
@@ -279,16 +311,23 @@ async def test_a_long_answer_arrives_split_at_paragraphs_and_in_order(
     [receipt] = await bus.wait_receipts(1)
     texts = texts_of(fake, chat)
     # Two paragraphs fit in 4096 characters, three do not: each part is two whole paragraphs.
-    assert texts == ["\n\n".join(paragraphs[i:i + 2]).rstrip() for i in (0, 2, 4)]
+    assert texts == ["\n\n".join(paragraphs[i : i + 2]).rstrip() for i in (0, 2, 4)]
     assert receipt.ok and len(receipt.part_ids) == 3
 
 
 async def test_a_card_becomes_buttons_and_a_press_becomes_an_inbound_action(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
-    card = ev.Card(title="Allow GitHub?", body="GET api.github.com/user", buttons=(
-        ev.Button(id="approve", label="Approve", style="primary"), ev.Button(id="deny", label="Deny", style="danger")))
+    card = ev.Card(
+        title="Allow GitHub?",
+        body="GET api.github.com/user",
+        buttons=(
+            ev.Button(id="approve", label="Approve", style="primary"),
+            ev.Button(id="deny", label="Deny", style="danger"),
+        ),
+    )
     bridge.start()
     await bus.send(chat["id"], "The agent asks:", id="approval:ap-1", card=card)
     await bus.wait_receipts(1)
@@ -301,12 +340,17 @@ async def test_a_card_becomes_buttons_and_a_press_becomes_an_inbound_action(
     await until(lambda: fake.answered(query) is not None, 15, "the click was never answered")
     [action] = [e for e in await bus.inbound() if isinstance(e, ev.InboundAction)]
     assert (action.card_id, action.button_id, action.sender.id, action.message_id) == (
-        "approval:ap-1", "deny", f"telegram:{ada['id']}", f"{chat['id']}:{message['message_id']}")
+        "approval:ap-1",
+        "deny",
+        f"telegram:{ada['id']}",
+        f"{chat['id']}:{message['message_id']}",
+    )
     assert fake.answered(query) == {}
 
 
 async def test_a_press_on_a_button_nobody_knows_is_answered_as_expired_and_goes_nowhere(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     bridge.start()
@@ -321,14 +365,14 @@ async def test_a_press_on_a_button_nobody_knows_is_answered_as_expired_and_goes_
 
 @pytest.mark.fake(clock=Clock())
 async def test_a_press_made_while_the_bridge_was_down_still_counts_though_telegram_refuses_the_late_answer(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     clock = fake.clock
     assert isinstance(clock, Clock)
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     bridge.start()
-    await bus.send(chat["id"], "Lunch?", id="lunch",
-                   card=ev.Card(title="?", buttons=(ev.Button(id="y", label="Y"),)))
+    await bus.send(chat["id"], "Lunch?", id="lunch", card=ev.Card(title="?", buttons=(ev.Button(id="y", label="Y"),)))
     await bus.wait_receipts(1)
     [card] = fake.bot_messages(chat)
     assert bridge.stop() == 0
@@ -342,11 +386,14 @@ async def test_a_press_made_while_the_bridge_was_down_still_counts_though_telegr
     assert fake.answered(query) is None
     events = await bus.inbound()
     assert [(type(e).__name__, getattr(e, "button_id", getattr(e, "text", ""))) for e in events] == [
-        ("InboundAction", "y"), ("InboundMessage", "and dessert?")]
+        ("InboundAction", "y"),
+        ("InboundMessage", "and dessert?"),
+    ]
 
 
 async def test_a_first_message_to_a_user_who_never_wrote_to_the_bot_fails_saying_why(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     bob = fake.user("Bob")  # never pressed Start
     bridge.start()
     await bus.send(bob["id"], "hello Bob", id="hello")
@@ -367,8 +414,9 @@ async def test_an_edit_and_a_reaction_reach_the_message(fake: FakeTelegram, bus:
     assert target is not None
     edit = ev.OutboundEdit(id="edit-1", route=route, target_message_id=target, text="Approved by Ada")
     await bus.publish(edit, "edit-1")
-    await bus.publish(ev.OutboundEdit(id="edit-2", route=route, target_message_id=target, text="Approved by Ada"),
-                      "edit-2")  # the same edit again: Telegram says "not modified", which is fine
+    await bus.publish(
+        ev.OutboundEdit(id="edit-2", route=route, target_message_id=target, text="Approved by Ada"), "edit-2"
+    )  # the same edit again: Telegram says "not modified", which is fine
     await bus.publish(ev.OutboundReaction(id="react-1", route=route, target_message_id=target, emoji="👍"), "react-1")
     await bus.publish(ev.OutboundReaction(id="react-2", route=route, target_message_id=target, emoji="🦜"), "react-2")
     receipts = {r.outbound_id: r for r in await bus.wait_receipts(5)}
@@ -377,11 +425,13 @@ async def test_an_edit_and_a_reaction_reach_the_message(fake: FakeTelegram, bus:
     assert message["_bot_reactions"] == ["👍"]
     assert receipts["edit-1"].ok and receipts["edit-2"].ok and receipts["react-1"].ok
     assert not receipts["react-2"].ok and "Telegram takes no 🦜 reaction; it accepts only 👍 👎" in (
-        receipts["react-2"].error or "")
+        receipts["react-2"].error or ""
+    )
 
 
 async def test_a_reaction_telegram_refuses_is_sent_as_the_nearest_one_it_accepts(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     route = ev.Route(channel="telegram", chat_id=str(chat["id"]))
@@ -390,8 +440,10 @@ async def test_a_reaction_telegram_refuses_is_sent_as_the_nearest_one_it_accepts
     [receipt] = await bus.wait_receipts(1)
     assert receipt.platform_message_id is not None
     for i, emoji in enumerate(["✅", "👍🏽", "❤️"]):  # REACTION_INVALID as they are (see the fake)
-        await bus.publish(ev.OutboundReaction(id=f"r{i}", route=route, target_message_id=receipt.platform_message_id,
-                                              emoji=emoji), f"r{i}")
+        await bus.publish(
+            ev.OutboundReaction(id=f"r{i}", route=route, target_message_id=receipt.platform_message_id, emoji=emoji),
+            f"r{i}",
+        )
     receipts = {r.outbound_id: r for r in await bus.wait_receipts(4)}
     assert all(receipts[f"r{i}"].ok for i in range(3)), receipts
     # A bot's reactions replace each other (setMessageReaction), in the order sent: the last one stays.
@@ -399,7 +451,8 @@ async def test_a_reaction_telegram_refuses_is_sent_as_the_nearest_one_it_accepts
 
 
 async def test_an_edit_of_a_message_sent_with_a_file_changes_its_text_and_of_a_file_alone_its_caption(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     route = ev.Route(channel="telegram", chat_id=str(chat["id"]))
@@ -425,7 +478,8 @@ async def test_an_edit_of_a_message_sent_with_a_file_changes_its_text_and_of_a_f
 
 
 async def test_an_edit_of_a_split_answer_refills_its_parts_and_removes_those_it_no_longer_needs(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     route = ev.Route(channel="telegram", chat_id=str(chat["id"]))
@@ -433,15 +487,23 @@ async def test_an_edit_of_a_split_answer_refills_its_parts_and_removes_those_it_
     await bus.send(chat["id"], "\n\n".join(c * 3000 for c in "ABC"), id="long")
     [sent] = await bus.wait_receipts(1)
     assert len(sent.part_ids) == 3 and sent.platform_message_id is not None
-    await bus.publish(ev.OutboundEdit(id="shorter", route=route, target_message_id=sent.platform_message_id,
-                                      text="a" * 3000 + "\n\n" + "b" * 3000), "shorter")
+    await bus.publish(
+        ev.OutboundEdit(
+            id="shorter", route=route, target_message_id=sent.platform_message_id, text="a" * 3000 + "\n\n" + "b" * 3000
+        ),
+        "shorter",
+    )
     receipts = {r.outbound_id: r for r in await bus.wait_receipts(2)}
     assert receipts["shorter"].ok, receipts["shorter"].error
     assert fake.texts(chat) == ["a" * 3000, "b" * 3000]
     assert [c.outcome for c in fake.calls_to("deleteMessage")] == ["ok"]
 
-    await bus.publish(ev.OutboundEdit(id="longer", route=route, target_message_id=sent.part_ids[1],
-                                      text="\n\n".join(c * 3000 for c in "xyz")), "longer")
+    await bus.publish(
+        ev.OutboundEdit(
+            id="longer", route=route, target_message_id=sent.part_ids[1], text="\n\n".join(c * 3000 for c in "xyz")
+        ),
+        "longer",
+    )
     receipts = {r.outbound_id: r for r in await bus.wait_receipts(3)}
     assert receipts["longer"].ok, receipts["longer"].error
     first, last = fake.texts(chat)  # the removed part stays removed; what does not fit is cut
@@ -449,7 +511,8 @@ async def test_an_edit_of_a_split_answer_refills_its_parts_and_removes_those_it_
 
 
 async def test_a_file_from_a_session_folder_is_uploaded_and_one_from_elsewhere_refused(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, tmp_path: Path) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, tmp_path: Path
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     outbox = bridge.home / "sessions" / "main" / "s1" / "outbox"
@@ -469,29 +532,41 @@ async def test_a_file_from_a_session_folder_is_uploaded_and_one_from_elsewhere_r
 
 
 async def test_an_image_telegram_refuses_as_a_photo_arrives_as_a_file(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     outbox = bridge.home / "sessions" / "main" / "s1" / "outbox"
     outbox.mkdir(parents=True)
-    images = {"screenshot.png": png(1080, 9200), "banner.png": png(2200, 100), "photo.png": png(1280, 960),
-              "broken.png": b"\x89PNG not really"}
+    images = {
+        "screenshot.png": png(1080, 9200),
+        "banner.png": png(2200, 100),
+        "photo.png": png(1280, 960),
+        "broken.png": b"\x89PNG not really",
+    }
     for name, data in images.items():
         (outbox / name).write_bytes(data)
     bridge.start()
     await bus.send(chat["id"], "", id="f1", files=tuple(str(outbox / name) for name in images))
     [receipt] = await bus.wait_receipts(1)
     assert receipt.ok and len(receipt.part_ids) == 4
-    sent = [("photo", m["photo"][0]["width"]) if "photo" in m else ("document", m["document"]["file_name"])
-            for m in fake.bot_messages(chat)]
-    assert sent == [("document", "screenshot.png"), ("document", "banner.png"), ("photo", 1280),
-                    ("document", "broken.png")]
+    sent = [
+        ("photo", m["photo"][0]["width"]) if "photo" in m else ("document", m["document"]["file_name"])
+        for m in fake.bot_messages(chat)
+    ]
+    assert sent == [
+        ("document", "screenshot.png"),
+        ("document", "banner.png"),
+        ("photo", 1280),
+        ("document", "broken.png"),
+    ]
     refusals = [c.outcome for c in fake.calls_to("sendPhoto")]
     assert refusals == ["error 400", "error 400", "ok", "error 400"]
 
 
 async def test_typing_shows_while_the_agent_works_and_stops_with_the_answer(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     route = ev.Route(channel="telegram", chat_id=str(chat["id"]))
@@ -510,6 +585,7 @@ async def test_typing_shows_while_the_agent_works_and_stops_with_the_answer(
 
 # --- never lost, never twice --------------------------------------------------------------------------------
 
+
 def chats_in_lanes(fake: FakeTelegram, count: int) -> list[dict[str, Any]]:
     """Private chats that each have an outbound lane of their own."""
     chats: dict[int, dict[str, Any]] = {}
@@ -519,8 +595,9 @@ def chats_in_lanes(fake: FakeTelegram, count: int) -> list[dict[str, Any]]:
     return list(chats.values())
 
 
-async def _two_hundred_in_flight(fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, signal_: int
-                                 ) -> tuple[list[dict[str, Any]], list[list[str]], list[ev.DeliveryReceipt]]:
+async def _two_hundred_in_flight(
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, signal_: int
+) -> tuple[list[dict[str, Any]], list[list[str]], list[ev.DeliveryReceipt]]:
     # Eight chats in the eight lanes, so eight messages are in flight at once when the signal lands (and each
     # chat's 25 take 30 s at Telegram's pace of one a second per chat).
     chats = chats_in_lanes(fake, 8)
@@ -539,8 +616,10 @@ async def _two_hundred_in_flight(fake: FakeTelegram, bus: Bus, bridge: BridgePro
 
 
 async def test_a_bridge_stopped_with_200_answers_in_flight_delivers_each_exactly_once(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     import signal
+
     chats, expected, receipts = await _two_hundred_in_flight(fake, bus, bridge, signal.SIGTERM)
     assert [fake.texts(chat) for chat in chats] == expected  # type: ignore[arg-type]
     assert all(r.ok and not r.unconfirmed for r in receipts)
@@ -548,8 +627,10 @@ async def test_a_bridge_stopped_with_200_answers_in_flight_delivers_each_exactly
 
 
 async def test_a_bridge_killed_with_200_answers_in_flight_repeats_none_and_reports_any_doubt(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     import signal
+
     chats, expected, receipts = await _two_hundred_in_flight(fake, bus, bridge, signal.SIGKILL)
     doubtful = {r.outbound_id for r in receipts if r.unconfirmed}
     # SIGKILL can land between Telegram taking a message and the bridge writing that down: that message
@@ -566,8 +647,10 @@ async def test_a_bridge_killed_with_200_answers_in_flight_repeats_none_and_repor
 
 # --- lanes: a chat held back holds back only its own lane -----------------------------------------------------
 
+
 async def test_a_chat_held_back_by_a_rate_limit_does_not_hold_up_other_chats(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     busy = fake.group("Busy group")
     [quiet] = [c for c in chats_in_lanes(fake, 2) if subjects.lane(str(c["id"])) != subjects.lane(str(busy["id"]))][:1]
     fake.inject("sendMessage", Error(429, retry_after=5))  # the busy group's first send is held back 5 s
@@ -590,7 +673,8 @@ async def test_a_chat_held_back_by_a_rate_limit_does_not_hold_up_other_chats(
 
 
 async def test_a_send_telegram_took_while_the_bridge_died_is_not_sent_again(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     bridge.start()
@@ -618,7 +702,8 @@ async def delivery_counts(nats_url: str) -> dict[str, int]:
 
 
 async def test_a_send_whose_connection_dropped_after_it_went_out_is_sent_once_more_and_counted(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, nats_server: NatsServer) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, nats_server: NatsServer
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     bridge.start()
@@ -632,7 +717,8 @@ async def test_a_send_whose_connection_dropped_after_it_went_out_is_sent_once_mo
 
 
 async def test_a_send_dropped_twice_in_a_row_is_reported_unconfirmed_and_not_sent_a_third_time(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, nats_server: NatsServer) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, nats_server: NatsServer
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     bridge.start()
@@ -649,7 +735,8 @@ async def test_a_send_dropped_twice_in_a_row_is_reported_unconfirmed_and_not_sen
 
 
 async def test_a_send_that_could_not_connect_is_retried_and_counted_as_not_sent(
-        tmp_path: Path, nats_server: NatsServer, bus: Bus) -> None:
+    tmp_path: Path, nats_server: NatsServer, bus: Bus
+) -> None:
     fake = FakeTelegram()
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
@@ -659,8 +746,9 @@ async def test_a_send_that_could_not_connect_is_retried_and_counted_as_not_sent(
     try:
         bridge.start()
         await bus.send(chat["id"], "one", id="a")
-        await until(lambda: "outbound a failed (cannot reach Telegram (ConnectError))" in bridge.output(), 15,
-                    bridge.output)
+        await until(
+            lambda: "outbound a failed (cannot reach Telegram (ConnectError))" in bridge.output(), 15, bridge.output
+        )
         fake.start_in_thread(port=port)
         [receipt] = await bus.wait_receipts(1)
         assert receipt.ok and fake.texts(chat) == ["one"]
@@ -672,7 +760,8 @@ async def test_a_send_that_could_not_connect_is_retried_and_counted_as_not_sent(
 
 
 async def test_with_429s_5xx_and_dropped_polls_nothing_is_lost_or_repeated(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     polls: list[Fault] = [Error(429, retry_after=1), BadGateway(), Drop(), Error(500), Hang(), Error(502)]
@@ -680,15 +769,20 @@ async def test_with_429s_5xx_and_dropped_polls_nothing_is_lost_or_repeated(
     bridge.start()
     for i in range(10):
         # One fault per round, so the test pays for recovery, not for the backoff of a long outage.
-        fake.inject("getUpdates", *polls[i:i + 1])
-        fake.inject("sendMessage", *sends[i:i + 1])
+        fake.inject("getUpdates", *polls[i : i + 1])
+        fake.inject("sendMessage", *sends[i : i + 1])
         fake.send(chat, ada, f"question {i}")
         await bus.send(chat["id"], f"answer {i}", id=f"o{i}")
         await until(lambda: fake.pending_faults == 0 and fake.pending_updates == 0, 30, "the bridge did not recover")
     await bus.wait_receipts(10, timeout=60)
-    await until(lambda: fake.pending_updates == 0 and fake.pending_faults == 0, 30,
-                lambda: f"the bridge did not catch up: {fake.pending_updates} updates, {fake.pending_faults} faults "
-                        f"left\n{bridge.output()}")
+    await until(
+        lambda: fake.pending_updates == 0 and fake.pending_faults == 0,
+        30,
+        lambda: (
+            f"the bridge did not catch up: {fake.pending_updates} updates, {fake.pending_faults} faults "
+            f"left\n{bridge.output()}"
+        ),
+    )
     await asyncio.sleep(0.5)
     assert fake.texts(chat) == [f"answer {i}" for i in range(10)]
     assert [e.text for e in await bus.inbound()] == [f"question {i}" for i in range(10)]
@@ -699,7 +793,8 @@ async def test_with_429s_5xx_and_dropped_polls_nothing_is_lost_or_repeated(
 
 
 async def test_a_send_that_fails_for_good_is_reported_final_and_logged(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     bob = fake.user("Bob")
     blocked = fake.private_chat(ada)
@@ -713,8 +808,14 @@ async def test_a_send_that_fails_for_good_is_reported_final_and_logged(
     await bus.send(flaky["id"], "anyone?", id="s1:flaky", seq=9, session_id="s1")
     receipts = {r.outbound_id: r for r in await bus.wait_receipts(2, timeout=30)}
     assert receipts["s1:blocked"] == ev.DeliveryReceipt(
-        outbound_id="s1:blocked", route=ev.Route(channel="telegram", chat_id=str(blocked["id"])), ok=False,
-        session_id="s1", seq=7, error="Forbidden: bot was blocked by the user", final=True)
+        outbound_id="s1:blocked",
+        route=ev.Route(channel="telegram", chat_id=str(blocked["id"])),
+        ok=False,
+        session_id="s1",
+        seq=7,
+        error="Forbidden: bot was blocked by the user",
+        final=True,
+    )
     assert not receipts["s1:flaky"].ok and receipts["s1:flaky"].final
     assert (receipts["s1:flaky"].error or "").startswith("gave up after")
     log = bridge.output()
@@ -723,7 +824,8 @@ async def test_a_send_that_fails_for_good_is_reported_final_and_logged(
 
 
 async def test_a_group_upgraded_to_a_supergroup_is_announced_once_and_answers_reach_the_supergroup(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     family = fake.group("Family", supergroup=False)
     bridge.start()
@@ -738,7 +840,8 @@ async def test_a_group_upgraded_to_a_supergroup_is_announced_once_and_answers_re
 
 
 async def test_a_send_refused_because_the_group_was_upgraded_goes_to_the_supergroup_and_old_edits_fail_plainly(
-        fake: FakeTelegram) -> None:
+    fake: FakeTelegram,
+) -> None:
     ada = fake.user("Ada")
     family = fake.group("Family", supergroup=False)
     old = ev.Route(channel="telegram", chat_id=str(family["id"]))
@@ -760,7 +863,8 @@ async def test_a_send_refused_because_the_group_was_upgraded_goes_to_the_supergr
 
 @pytest.mark.fake(flood_limits=True)
 async def test_under_telegrams_flood_limits_a_burst_to_one_group_is_paced_and_never_refused(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     family = fake.group("Family")
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
@@ -780,7 +884,8 @@ async def test_under_telegrams_flood_limits_a_burst_to_one_group_is_paced_and_ne
 
 
 async def test_a_long_rate_limit_is_announced_with_a_receipt_that_is_not_final(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     fake.inject("sendMessage", Error(429, retry_after=11))
@@ -794,8 +899,10 @@ async def test_a_long_rate_limit_is_announced_with_a_receipt_that_is_not_final(
 
 # --- starting, polling conflicts, configuration ---------------------------------------------------------------
 
+
 async def test_a_rejected_token_stops_the_bridge_with_a_clear_error_and_no_token_in_the_log(
-        fake: FakeTelegram, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bridge: BridgeProcess
+) -> None:
     wrong = "7012345678:AAWrongTokenWrongTokenWrongToken123"
     bridge.start(wait=False, env=bridge.env() | {"CLAWDEN_TELEGRAM_TOKEN": wrong})
     assert bridge.proc is not None and bridge.proc.wait(30) == EX_CONFIG
@@ -826,7 +933,8 @@ async def test_a_token_file_readable_by_others_is_refused(bridge: BridgeProcess)
 
 
 async def test_a_webhook_blocks_polling_with_a_clear_error_until_it_may_be_deleted(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     fake.set_webhook("https://old-deployment.example/hook")
@@ -841,11 +949,14 @@ async def test_a_webhook_blocks_polling_with_a_clear_error_until_it_may_be_delet
 
 
 async def test_another_poller_is_reported_and_polling_goes_on(
-        fake: FakeTelegram, bus: Bus, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
-    fake.inject("getUpdates", Error(409, "Conflict: terminated by other getUpdates request; make sure that only "
-                                         "one bot instance is running"))
+    fake.inject(
+        "getUpdates",
+        Error(409, "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"),
+    )
     bridge.start()
     await until(lambda: "another process is polling this bot" in bridge.output(), 15)
     fake.send(chat, ada, "still here")
@@ -861,10 +972,19 @@ async def test_the_bridge_declares_what_it_supports(nats_server: NatsServer, bri
     finally:
         await nc.close()
     caps = json.loads(reply.data)
-    assert caps == caps | {"channel": "telegram", "max_text": 4096, "threads": True, "edits": True,
-                           "reactions": True, "files": True, "cards": True, "typing": True,
-                           "max_file_bytes": 50 * 1024 * 1024, "idempotent_sends": False,
-                           "group_messages": "addressed"}
+    assert caps == caps | {
+        "channel": "telegram",
+        "max_text": 4096,
+        "threads": True,
+        "edits": True,
+        "reactions": True,
+        "files": True,
+        "cards": True,
+        "typing": True,
+        "max_file_bytes": 50 * 1024 * 1024,
+        "idempotent_sends": False,
+        "group_messages": "addressed",
+    }
     # getMe said privacy mode is on (the fake's default, as for a new bot): groups reach it only by
     # `/ask@bot` and replies.
     assert caps["group_note"].startswith("privacy mode on: in groups @clawden_test_bot gets only /ask@")

@@ -41,12 +41,26 @@ async def wire(stack: Stack, chat: dict[str, Any]) -> None:
     """The owner wires a chat to agent group `main` (the router's control API, as `clawden wire` does)."""
     cfg = config_mod.load(stack.home)
     is_group = chat["type"] != "private"
-    await control.call(cfg, "router", "chats", {"op": "create", "channel": "telegram", "chat_id": str(chat["id"]),
-                                                "name": chat.get("title") or chat.get("first_name", ""),
-                                                "is_group": is_group, "policy": "public"})
+    await control.call(
+        cfg,
+        "router",
+        "chats",
+        {
+            "op": "create",
+            "channel": "telegram",
+            "chat_id": str(chat["id"]),
+            "name": chat.get("title") or chat.get("first_name", ""),
+            "is_group": is_group,
+            "policy": "public",
+        },
+    )
     # Default engage mode: every message in a direct chat, mentions in a group.
-    await control.call(cfg, "router", "wirings", {"op": "create", "channel": "telegram", "chat_id": str(chat["id"]),
-                                                  "agent_group": "main"})
+    await control.call(
+        cfg,
+        "router",
+        "wirings",
+        {"op": "create", "channel": "telegram", "chat_id": str(chat["id"]), "agent_group": "main"},
+    )
 
 
 def sends_read(stack: Stack, marker: str) -> int:
@@ -70,13 +84,17 @@ def sends_read(stack: Stack, marker: str) -> int:
 
 
 async def answers(telegram: FakeTelegram, chat: dict[str, Any], count: int, timeout: float = ANSWER) -> list[str]:
-    await until(lambda: len(telegram.texts(chat)) >= count, timeout,
-                lambda: f"{len(telegram.texts(chat))} of {count} answers: {telegram.texts(chat)}")
+    await until(
+        lambda: len(telegram.texts(chat)) >= count,
+        timeout,
+        lambda: f"{len(telegram.texts(chat))} of {count} answers: {telegram.texts(chat)}",
+    )
     return telegram.texts(chat)
 
 
 async def test_a_private_message_is_answered_with_typing_shown_meanwhile(
-        stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess) -> None:
+    stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess
+) -> None:
     ada = telegram.user("Ada")
     chat = telegram.private_chat(ada)
     await wire(stack, chat)
@@ -87,7 +105,8 @@ async def test_a_private_message_is_answered_with_typing_shown_meanwhile(
 
 
 async def test_a_group_in_privacy_mode_is_answered_by_ask_and_by_replies_to_the_bot(
-        stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess) -> None:
+    stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess
+) -> None:
     ada = telegram.user("Ada")
     family = telegram.group("Family")  # the bot joined with privacy mode on, as every new bot has it
     await wire(stack, family)
@@ -101,16 +120,21 @@ async def test_a_group_in_privacy_mode_is_answered_by_ask_and_by_replies_to_the_
     second = (await answers(telegram, family, 2))[1]
     assert "which one has a terrace" in second
     # One conversation: the second turn's request to the model carries the first turn too.
-    assert any("which restaurant is open late" in str(r.body) and "which one has a terrace" in str(r.body)
-               for r in stack.fake.messages_requests(with_tools=True))
-    assert not any("dinner at 8" in str(r.body) or "pizzeria" in str(r.body)
-                   for r in stack.fake.messages_requests(with_tools=True))
-    await until(lambda: sends_read(stack, "which restaurant is open late") >= 2, ANSWER,
-                "the agent never finished its turns")
+    assert any(
+        "which restaurant is open late" in str(r.body) and "which one has a terrace" in str(r.body)
+        for r in stack.fake.messages_requests(with_tools=True)
+    )
+    assert not any(
+        "dinner at 8" in str(r.body) or "pizzeria" in str(r.body) for r in stack.fake.messages_requests(with_tools=True)
+    )
+    await until(
+        lambda: sends_read(stack, "which restaurant is open late") >= 2, ANSWER, "the agent never finished its turns"
+    )
 
 
 async def test_a_group_with_privacy_mode_off_is_answered_when_the_bot_is_mentioned(
-        stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess) -> None:
+    stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess
+) -> None:
     ada = telegram.user("Ada")
     telegram.set_privacy(False)
     try:
@@ -123,13 +147,13 @@ async def test_a_group_with_privacy_mode_off_is_answered_when_the_bot_is_mention
     [answer] = await answers(telegram, club, 1)
     assert "which pub is open late" in answer
     assert [m for m in telegram.withheld if m["chat"]["id"] == club["id"]] == []  # Telegram delivered both
-    await until(lambda: sends_read(stack, "which pub is open late") >= 1, ANSWER,
-                "the agent never finished its turn")
+    await until(lambda: sends_read(stack, "which pub is open late") >= 1, ANSWER, "the agent never finished its turn")
     assert not any("dinner at 8" in str(r.body) for r in stack.fake.messages_requests(with_tools=True))
 
 
 async def test_a_long_answer_arrives_split_and_in_order(
-        stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess) -> None:
+    stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess
+) -> None:
     ada = telegram.user("Ada")
     chat = telegram.private_chat(ada)
     await wire(stack, chat)
@@ -146,7 +170,8 @@ async def test_a_long_answer_arrives_split_and_in_order(
 
 
 async def test_messages_sent_while_the_bridge_is_down_are_answered_after_it_comes_back(
-        stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess) -> None:
+    stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess
+) -> None:
     ada = telegram.user("Ada")
     chat = telegram.private_chat(ada)
     await wire(stack, chat)
@@ -161,14 +186,18 @@ async def test_messages_sent_while_the_bridge_is_down_are_answered_after_it_come
 
 
 async def test_a_send_that_fails_for_good_is_reported_back_to_the_agent(
-        stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess) -> None:
+    stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess
+) -> None:
     ada = telegram.user("Ada")
     chat = telegram.private_chat(ada)
     await wire(stack, chat)
     telegram.send(chat, ada, "remind me about the dentist")
     telegram.block(chat)  # she blocks the bot before the answer comes
-    await until(lambda: "failed for good: Forbidden: bot was blocked by the user" in bridge.output(), ANSWER,
-                "the bridge never reported the refused send")
+    await until(
+        lambda: "failed for good: Forbidden: bot was blocked by the user" in bridge.output(),
+        ANSWER,
+        "the bridge never reported the refused send",
+    )
     failed: list[tuple[int, str]] = []
     deadline = time.monotonic() + 30
     while not failed and time.monotonic() < deadline:
@@ -180,15 +209,22 @@ async def test_a_send_that_fails_for_good_is_reported_back_to_the_agent(
 
 
 async def test_a_card_press_reaches_the_router_as_a_button_action(
-        stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess) -> None:
+    stack: Stack, telegram: FakeTelegram, bridge: BridgeProcess
+) -> None:
     ada = telegram.user("Ada")
     chat = telegram.private_chat(ada)
     await wire(stack, chat)
     bus = Bus(await stack.connect("test-bus"))
     try:
         # As the approvals service will: a card on the chat's outbound subject.
-        await bus.send(chat["id"], "The agent wants to use GitHub.", id="approval:e2e-1", card=ev.Card(
-            title="Allow?", buttons=(ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny"))))
+        await bus.send(
+            chat["id"],
+            "The agent wants to use GitHub.",
+            id="approval:e2e-1",
+            card=ev.Card(
+                title="Allow?", buttons=(ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny"))
+            ),
+        )
         await answers(telegram, chat, 1, timeout=30)
         [message] = telegram.bot_messages(chat)
         query = telegram.click(chat, message["message_id"], ada, button="Approve")

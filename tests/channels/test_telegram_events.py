@@ -40,9 +40,15 @@ def message(text: str, chat: dict[str, Any] = GROUP, **extra: Any) -> dict[str, 
 def test_a_private_message_is_addressed_to_the_bot_and_keyed_by_chat_and_number() -> None:
     event = inbound_message(message("hello", PRIVATE), BOT)
     assert event == ev.InboundMessage(
-        route=ev.Route(channel="telegram", chat_id="42"), message_id="42:5",
-        sender=ev.Sender(id="telegram:42", name="Ada L"), text="hello", sent_at=1700000000.0, is_group=False,
-        chat_name="Ada", mentioned=True)
+        route=ev.Route(channel="telegram", chat_id="42"),
+        message_id="42:5",
+        sender=ev.Sender(id="telegram:42", name="Ada L"),
+        text="hello",
+        sent_at=1700000000.0,
+        is_group=False,
+        chat_name="Ada",
+        mentioned=True,
+    )
     assert event.key == "telegram:42:5"
 
 
@@ -61,8 +67,17 @@ def test_a_mention_of_someone_else_does_not_count() -> None:
 
 
 def test_a_text_mention_of_the_bots_id_counts() -> None:
-    msg = message("hey Clawden", entities=[{"type": "text_mention", "offset": 4, "length": 7,
-                                            "user": {"id": BOT.id, "is_bot": True, "first_name": "Clawden"}}])
+    msg = message(
+        "hey Clawden",
+        entities=[
+            {
+                "type": "text_mention",
+                "offset": 4,
+                "length": 7,
+                "user": {"id": BOT.id, "is_bot": True, "first_name": "Clawden"},
+            }
+        ],
+    )
     assert addresses_bot(msg, BOT)
 
 
@@ -72,8 +87,13 @@ def test_a_command_for_this_bot_counts_and_one_for_another_bot_does_not() -> Non
 
 
 def test_a_reply_to_the_bots_message_counts_as_addressing_it() -> None:
-    reply = {"message_id": 4, "from": {"id": BOT.id, "is_bot": True, "first_name": "Clawden"}, "chat": GROUP,
-             "date": 1, "text": "earlier answer"}
+    reply = {
+        "message_id": 4,
+        "from": {"id": BOT.id, "is_bot": True, "first_name": "Clawden"},
+        "chat": GROUP,
+        "date": 1,
+        "text": "earlier answer",
+    }
     event = inbound_message(message("and then?", reply_to_message=reply), BOT)
     assert event is not None and event.mentioned and event.reply_to == "-1001:4"
 
@@ -107,17 +127,30 @@ def test_a_forum_topic_is_a_thread_and_other_replies_are_not() -> None:
 
 
 def test_a_document_becomes_an_attachment_and_its_caption_the_text() -> None:
-    msg = {"message_id": 9, "from": ADA, "chat": PRIVATE, "date": 1, "caption": "the report",
-           "document": {"file_id": "F1", "file_unique_id": "U1", "file_name": "q3.pdf", "mime_type": "application/pdf",
-                        "file_size": 1234}}
+    msg = {
+        "message_id": 9,
+        "from": ADA,
+        "chat": PRIVATE,
+        "date": 1,
+        "caption": "the report",
+        "document": {
+            "file_id": "F1",
+            "file_unique_id": "U1",
+            "file_name": "q3.pdf",
+            "mime_type": "application/pdf",
+            "file_size": 1234,
+        },
+    }
     event = inbound_message(msg, BOT)
     assert event is not None and event.text == "the report"
     assert event.attachments == (ev.Attachment(name="q3.pdf", mime="application/pdf", size=1234),)
 
 
 def test_service_messages_are_not_chat() -> None:
-    assert inbound_message({"message_id": 3, "from": ADA, "chat": GROUP, "date": 1,
-                            "new_chat_members": [ADA]}, BOT) is None
+    assert (
+        inbound_message({"message_id": 3, "from": ADA, "chat": GROUP, "date": 1, "new_chat_members": [ADA]}, BOT)
+        is None
+    )
 
 
 NEWS: dict[str, Any] = {"id": -100777, "type": "channel", "title": "News"}
@@ -151,8 +184,9 @@ def test_message_ids_accept_clawdens_form_and_bare_numbers() -> None:
 
 def test_buttons_become_an_inline_keyboard_with_their_short_data() -> None:
     rows = [[ButtonRef("Approve", "tok:0"), ButtonRef("Deny", "tok:1")]]
-    assert inline_keyboard(rows) == {"inline_keyboard": [[{"text": "Approve", "callback_data": "tok:0"},
-                                                          {"text": "Deny", "callback_data": "tok:1"}]]}
+    assert inline_keyboard(rows) == {
+        "inline_keyboard": [[{"text": "Approve", "callback_data": "tok:0"}, {"text": "Deny", "callback_data": "tok:1"}]]
+    }
 
 
 def test_an_albums_parts_group_together_only_within_one_chat_and_in_a_row() -> None:
@@ -160,23 +194,44 @@ def test_an_albums_parts_group_together_only_within_one_chat_and_in_a_row() -> N
         msg = message("", chat) | {"message_id": update}
         return {"update_id": update, "message": msg | ({"media_group_id": album} if album else {})}
 
-    updates = [part(1, GROUP, "a"), part(2, GROUP, "a"), part(3, PRIVATE, "a"), part(4, GROUP, None),
-               part(5, GROUP, "a")]
+    updates = [
+        part(1, GROUP, "a"),
+        part(2, GROUP, "a"),
+        part(3, PRIVATE, "a"),
+        part(4, GROUP, None),
+        part(5, GROUP, "a"),
+    ]
     assert [[u["update_id"] for u in g] for g in albums(updates)] == [[1, 2], [3], [4], [5]]
 
 
 def test_an_animation_is_one_attachment_though_telegram_also_sends_it_as_a_document() -> None:
-    gif = {"file_id": "A1", "file_unique_id": "U1", "file_name": "dance.mp4", "mime_type": "video/mp4",
-           "file_size": 5000}
-    event = inbound_message({"message_id": 9, "from": ADA, "chat": PRIVATE, "date": 1, "animation": gif,
-                             "document": gif}, BOT)
+    gif = {
+        "file_id": "A1",
+        "file_unique_id": "U1",
+        "file_name": "dance.mp4",
+        "mime_type": "video/mp4",
+        "file_size": 5000,
+    }
+    event = inbound_message(
+        {"message_id": 9, "from": ADA, "chat": PRIVATE, "date": 1, "animation": gif, "document": gif}, BOT
+    )
     assert event is not None and event.attachments == (ev.Attachment(name="dance.mp4", mime="video/mp4", size=5000),)
 
 
-@pytest.mark.parametrize(("emoji", "sent"), [
-    ("👍", "👍"), ("❤️", "❤"), ("👍🏽", "👍"), ("✍🏻", "✍"), ("✅", "👌"), ("👋", "🤗"), ("🚀", "🔥"), ("😂", "🤣"),
-    ("❤\u200d🔥", "❤\u200d🔥"),
-])
+@pytest.mark.parametrize(
+    ("emoji", "sent"),
+    [
+        ("👍", "👍"),
+        ("❤️", "❤"),
+        ("👍🏽", "👍"),
+        ("✍🏻", "✍"),
+        ("✅", "👌"),
+        ("👋", "🤗"),
+        ("🚀", "🔥"),
+        ("😂", "🤣"),
+        ("❤\u200d🔥", "❤\u200d🔥"),
+    ],
+)
 def test_a_reaction_is_one_telegram_accepts(emoji: str, sent: str) -> None:
     assert telegram.allowed_reaction(emoji) == sent
 

@@ -27,14 +27,16 @@ def bridge(router: RouterProcess, fake: FakeTelegram) -> Iterator[BridgeProcess]
 
 
 def chats_list(router: RouterProcess) -> str:
-    done = subprocess.run([sys.executable, "-m", "clawden", "chats", "list"], env=router.env(), capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "clawden", "chats", "list"], env=router.env(), capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 async def test_a_group_in_privacy_mode_shows_in_chats_list_once_someone_asks_with_ask_at_the_bot(
-        fake: FakeTelegram, router: RouterProcess, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, router: RouterProcess, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     family = fake.group("Family")
     fake.send(family, ada, "@clawden_test_bot are you there?")  # Telegram keeps it from the bot
@@ -48,12 +50,20 @@ async def test_a_group_in_privacy_mode_shows_in_chats_list_once_someone_asks_wit
 
 
 async def test_a_group_upgraded_to_a_supergroup_mid_conversation_keeps_its_session_and_held_approvals(
-        fake: FakeTelegram, router: RouterProcess, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, router: RouterProcess, bridge: BridgeProcess
+) -> None:
     ada, bob = fake.user("Ada"), fake.user("Bob")
     family = fake.group("Family", supergroup=False)  # a basic group: an admin's change will upgrade it
     old_id = str(family["id"])
-    await router.call("chats", op="create", channel="telegram", chat_id=old_id, name="Family", is_group=True,
-                      policy="request_approval")
+    await router.call(
+        "chats",
+        op="create",
+        channel="telegram",
+        chat_id=old_id,
+        name="Family",
+        is_group=True,
+        policy="request_approval",
+    )
     await router.call("wirings", op="create", channel="telegram", chat_id=old_id, agent_group="main")
     await router.call("members", op="add", agent_group="main", user_id=f"telegram:{ada['id']}")
     [owner] = [r["user_id"] for r in await router.call("roles", op="list")]
@@ -72,15 +82,18 @@ async def test_a_group_upgraded_to_a_supergroup_mid_conversation_keeps_its_sessi
         [second] = await collect(js, "t-wakes", WAKES, want=1)
         assert isinstance(second, ev.Wake)
         assert (second.session_id, second.route.chat_id, second.message.text) == (
-            first.session_id, new_id, "and for dessert?")
+            first.session_id,
+            new_id,
+            "and for dessert?",
+        )
 
         decision = ev.ApprovalDecision(id=request.id, decision="approved", decided_by=owner)
-        await js.publish(subjects.approval_decision(request.id), ev.encode(decision),
-                         headers={Header.MSG_ID: f"{request.id}:yes"})
+        await js.publish(
+            subjects.approval_decision(request.id), ev.encode(decision), headers={Header.MSG_ID: f"{request.id}:yes"}
+        )
         [third] = await collect(js, "t-wakes", WAKES, want=1)
         assert isinstance(third, ev.Wake)
-        assert (third.session_id, third.route.chat_id, third.message.text) == (first.session_id, new_id,
-                                                                              "may I join?")
+        assert (third.session_id, third.route.chat_id, third.message.text) == (first.session_id, new_id, "may I join?")
         # The move was announced once (both service messages and the bridge name it; one move happened).
         announced = await js.pull_subscribe(subjects.event("router", "chat_moved"), stream="CLAWDEN_EVENTS")
         moves = [ev.decode(m.data) for m in await announced.fetch(10, timeout=2)]
@@ -92,12 +105,20 @@ async def test_a_group_upgraded_to_a_supergroup_mid_conversation_keeps_its_sessi
 
 
 async def test_an_anonymous_admin_and_a_channel_are_answered_not_dropped_as_bots(
-        fake: FakeTelegram, router: RouterProcess, bridge: BridgeProcess) -> None:
+    fake: FakeTelegram, router: RouterProcess, bridge: BridgeProcess
+) -> None:
     ada = fake.user("Ada")
     family = fake.group("Family")
     news = fake.channel("Family News")
-    await router.call("chats", op="create", channel="telegram", chat_id=str(family["id"]), name="Family",
-                      is_group=True, policy="public")
+    await router.call(
+        "chats",
+        op="create",
+        channel="telegram",
+        chat_id=str(family["id"]),
+        name="Family",
+        is_group=True,
+        policy="public",
+    )
     await router.call("wirings", op="create", channel="telegram", chat_id=str(family["id"]), agent_group="main")
     nc = await connect(router.url, "test")
     try:
@@ -106,6 +127,6 @@ async def test_an_anonymous_admin_and_a_channel_are_answered_not_dropped_as_bots
         wakes = await collect(nc.jetstream(), "t-wakes", WAKES, want=2)
     finally:
         await nc.close()
-    assert sorted((w.message.sender.id, w.message.text) for w in wakes
-                  if isinstance(w, ev.Wake) and w.message.sender is not None) == [
-        (f"telegram:chat:{family['id']}", "who cooks tonight?"), (f"telegram:chat:{news['id']}", "any news?")]
+    assert sorted(
+        (w.message.sender.id, w.message.text) for w in wakes if isinstance(w, ev.Wake) and w.message.sender is not None
+    ) == [(f"telegram:chat:{family['id']}", "who cooks tonight?"), (f"telegram:chat:{news['id']}", "any news?")]

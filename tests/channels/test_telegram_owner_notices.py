@@ -12,7 +12,8 @@ from tests.router.conftest import RouterProcess
 
 @pytest.mark.fake(clock=Clock())
 async def test_messages_telegram_dropped_during_a_day_long_outage_are_told_to_the_owner_once(
-        fake: FakeTelegram, router: RouterProcess) -> None:
+    fake: FakeTelegram, router: RouterProcess
+) -> None:
     clock = fake.clock
     assert isinstance(clock, Clock)
     ada = fake.user("Ada")

@@ -14,7 +14,8 @@ from tests.router.conftest import RouterProcess, collect
 
 @pytest.mark.fake(private_topics=True)
 async def test_each_topic_of_a_private_chat_is_its_own_session_and_the_chat_outside_them_another(
-        fake: FakeTelegram, router: RouterProcess) -> None:
+    fake: FakeTelegram, router: RouterProcess
+) -> None:
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     trip, food = fake.topic(chat, ada, "Trip"), fake.topic(chat, ada, "Groceries")

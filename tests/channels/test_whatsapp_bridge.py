@@ -36,16 +36,19 @@ async def receipt_for(wa: WhatsApp, outbound_id: str, count: int = 1) -> list[ev
     return await eventually(found, timeout=30, message=wa.bridge.output)
 
 
-async def test_a_message_reaches_the_bus_once_and_the_answer_goes_back_as_a_reply_split_at_4096(
-        wa: WhatsApp) -> None:
+async def test_a_message_reaches_the_bus_once_and_the_answer_goes_back_as_a_reply_split_at_4096(wa: WhatsApp) -> None:
     wamid, status = await wa.graph.user_writes(ADA, "hello there", name="Ada")
     assert status == 200
     # Meta's retry of the same message in another batch: a new body, the same WhatsApp message id.
     sender = wa.door.sender()
     assert (await sender.post(sender.text(ADA, "hello there", name="Ada", msg_id=wamid))).status_code == 200
     [message] = await eventually(wa.bus.inbound, timeout=30, message=wa.bridge.output)
-    assert (message.message_id, message.text, message.sender.id, message.sender.name) == (wamid, "hello there",
-                                                                                            ADA, "Ada")
+    assert (message.message_id, message.text, message.sender.id, message.sender.name) == (
+        wamid,
+        "hello there",
+        ADA,
+        "Ada",
+    )
     assert message.route.chat_id == ADA
     await wa.bus.send_to(ADA, "a" * 4096 + "b" * 10, id="out-1", reply_to=wamid, session_id="s1", seq=3)
     [receipt] = await receipt_for(wa, "out-1")
@@ -60,8 +63,11 @@ async def test_a_message_reaches_the_bus_once_and_the_answer_goes_back_as_a_repl
 async def test_a_card_becomes_reply_buttons_and_a_press_becomes_its_click(wa: WhatsApp) -> None:
     await wa.graph.user_writes(ADA, "may I?")
     await eventually(wa.bus.inbound, timeout=30, message=wa.bridge.output)
-    card = ev.Card(title="Allow?", body="Let the agent read your calendar?",
-                   buttons=(ev.Button(id="yes", label="Allow"), ev.Button(id="no", label="Deny")))
+    card = ev.Card(
+        title="Allow?",
+        body="Let the agent read your calendar?",
+        buttons=(ev.Button(id="yes", label="Allow"), ev.Button(id="no", label="Deny")),
+    )
     await wa.bus.send_to(ADA, card.body, id="card-1", card=card)
     await receipt_for(wa, "card-1")
     [shown] = wa.graph.to(ADA)
@@ -73,14 +79,14 @@ async def test_a_card_becomes_reply_buttons_and_a_press_becomes_its_click(wa: Wh
         return next((e for e in await wa.bus.inbound() if isinstance(e, ev.InboundAction)), None)
 
     action = await eventually(click, timeout=30, message=wa.bridge.output)
-    assert (action.card_id, action.button_id, action.sender.id, action.message_id) == ("card-1", "no", ADA,
-                                                                                        shown.wamid)
+    assert (action.card_id, action.button_id, action.sender.id, action.message_id) == ("card-1", "no", ADA, shown.wamid)
 
 
 async def test_a_card_with_more_buttons_than_three_becomes_a_list(wa: WhatsApp) -> None:
     await wa.graph.user_writes(ADA, "options?")
-    card = ev.Card(title="Pick", body="Which one?", buttons=tuple(ev.Button(id=f"b{i}", label=f"Choice {i}")
-                                                                  for i in range(5)))
+    card = ev.Card(
+        title="Pick", body="Which one?", buttons=tuple(ev.Button(id=f"b{i}", label=f"Choice {i}") for i in range(5))
+    )
     await wa.bus.send_to(ADA, card.body, id="card-2", card=card)
     await receipt_for(wa, "card-2")
     [shown] = wa.graph.to(ADA)
@@ -159,8 +165,11 @@ async def test_what_arrives_while_the_bridge_is_down_waits_in_jetstream_for_it(w
 async def test_doctor_checks_the_token_against_the_phone_number_id(wa: WhatsApp) -> None:
     from clawden import config, doctor
 
-    env = {"CLAWDEN_WHATSAPP_TOKEN": wa.graph.token, "CLAWDEN_WHATSAPP_GRAPH_URL": f"{wa.graph.url}/v21.0",
-           "CLAWDEN_WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID}
+    env = {
+        "CLAWDEN_WHATSAPP_TOKEN": wa.graph.token,
+        "CLAWDEN_WHATSAPP_GRAPH_URL": f"{wa.graph.url}/v21.0",
+        "CLAWDEN_WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
+    }
     cfg = config.load(wa.home, env)
     good = await doctor.channel_check("whatsapp")(doctor.Probe(cfg, env))
     assert good.status == "ok" and "Clawden Test" in good.detail
@@ -170,8 +179,9 @@ async def test_doctor_checks_the_token_against_the_phone_number_id(wa: WhatsApp)
 
 async def test_a_reaction_goes_both_ways(wa: WhatsApp) -> None:
     wamid, _ = await wa.graph.user_writes(ADA, "good news")
-    reaction = ev.OutboundReaction(id="react-1", route=ev.Route(channel="whatsapp", chat_id=ADA),
-                                   target_message_id=wamid, emoji="👍")
+    reaction = ev.OutboundReaction(
+        id="react-1", route=ev.Route(channel="whatsapp", chat_id=ADA), target_message_id=wamid, emoji="👍"
+    )
     await publish(wa.bus.js, subjects.outbound("whatsapp", ADA), reaction, msg_id=reaction.id)
     await receipt_for(wa, "react-1")
     [sent] = wa.graph.to(ADA)
@@ -187,11 +197,13 @@ async def test_a_reaction_goes_both_ways(wa: WhatsApp) -> None:
         return next((e for e in await wa.bus.inbound() if e.message_id == message["id"]), None)
 
     assert (await eventually(reacted, timeout=30, message=wa.bridge.output)).text == (
-        f"[reacted ❤️ to message {sent.wamid}]")
+        f"[reacted ❤️ to message {sent.wamid}]"
+    )
 
 
 async def test_outside_the_window_the_configured_template_invites_a_reply(
-        tmp_path: Path, nats_server: NatsServer) -> None:
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
     async with whatsapp(tmp_path, nats_server.url, template="hello_again") as wa:
         await wa.bus.send_to("447700900998", "your report is ready", id="cold-2")
         [receipt] = await receipt_for(wa, "cold-2")

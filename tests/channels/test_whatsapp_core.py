@@ -12,17 +12,20 @@ from services.channels.state import BridgeState
 from services.channels.whatsapp import graph_error, interactive, media_kind, numbered
 
 
-@pytest.mark.parametrize(("status", "code", "kind"), [
-    (429, 130429, "rate_limited"),  # "Error codes": throughput reached
-    (400, 131056, "rate_limited"),  # pair rate limit
-    (400, 80007, "rate_limited"),
-    (500, 131000, "transient"),
-    (503, 0, "transient"),
-    (400, 131016, "transient"),  # service unavailable
-    (400, 131047, "permanent"),  # re-engagement: outside the 24-hour window
-    (401, 190, "permanent"),  # the token
-    (400, 100, "permanent"),  # invalid parameter
-])
+@pytest.mark.parametrize(
+    ("status", "code", "kind"),
+    [
+        (429, 130429, "rate_limited"),  # "Error codes": throughput reached
+        (400, 131056, "rate_limited"),  # pair rate limit
+        (400, 80007, "rate_limited"),
+        (500, 131000, "transient"),
+        (503, 0, "transient"),
+        (400, 131016, "transient"),  # service unavailable
+        (400, 131047, "permanent"),  # re-engagement: outside the 24-hour window
+        (401, 190, "permanent"),  # the token
+        (400, 100, "permanent"),  # invalid parameter
+    ],
+)
 def test_graph_errors_map_to_retry_or_permanent_failure(status: int, code: int, kind: str) -> None:
     exc = graph_error(status, {"error": {"message": "m", "code": code}}, "2" if status == 429 else None)
     assert exc.kind == kind and exc.code == code
@@ -39,8 +42,10 @@ def buttons(*labels: str) -> list[ButtonRef]:
 def test_up_to_three_short_buttons_are_reply_buttons() -> None:
     shaped = interactive("Allow?", buttons("Allow", "Deny"))
     assert shaped is not None and shaped["type"] == "button"
-    assert [b["reply"] for b in shaped["action"]["buttons"]] == [{"id": "tok:0", "title": "Allow"},
-                                                               {"id": "tok:1", "title": "Deny"}]
+    assert [b["reply"] for b in shaped["action"]["buttons"]] == [
+        {"id": "tok:0", "title": "Allow"},
+        {"id": "tok:1", "title": "Deny"},
+    ]
 
 
 @pytest.mark.parametrize("labels", [("a", "b", "c", "d"), ("A label longer than twenty",)])
@@ -58,9 +63,16 @@ def test_more_than_ten_become_numbered_text() -> None:
     assert numbered("Pick", many).endswith("10. option 9\n11. option 10")
 
 
-@pytest.mark.parametrize(("mime", "kind"), [("image/png", "image"), ("image/webp", "document"),
-                                            ("audio/ogg", "audio"), ("video/mp4", "video"),
-                                            ("application/pdf", "document")])
+@pytest.mark.parametrize(
+    ("mime", "kind"),
+    [
+        ("image/png", "image"),
+        ("image/webp", "document"),
+        ("audio/ogg", "audio"),
+        ("video/mp4", "video"),
+        ("application/pdf", "document"),
+    ],
+)
 def test_a_file_goes_as_the_media_type_whatsapp_takes_it_as(mime: str, kind: str) -> None:
     assert media_kind(mime) == kind
 

@@ -49,23 +49,28 @@ def wa(stack: Stack) -> Iterator[WhatsApp]:
 
 async def wire(stack: Stack, wa_id: str) -> None:
     cfg = config_mod.load(stack.home)
-    await control.call(cfg, "router", "chats", {"op": "create", "channel": "whatsapp", "chat_id": wa_id,
-                                                "name": "Ada", "is_group": False, "policy": "public"})
-    await control.call(cfg, "router", "wirings", {"op": "create", "channel": "whatsapp", "chat_id": wa_id,
-                                                  "agent_group": "main"})
+    await control.call(
+        cfg,
+        "router",
+        "chats",
+        {"op": "create", "channel": "whatsapp", "chat_id": wa_id, "name": "Ada", "is_group": False, "policy": "public"},
+    )
+    await control.call(
+        cfg, "router", "wirings", {"op": "create", "channel": "whatsapp", "chat_id": wa_id, "agent_group": "main"}
+    )
 
 
 async def answers(wa: WhatsApp, wa_id: str, count: int, timeout: float = ANSWER) -> list[SentMessage]:
-    return await eventually(lambda: wa.graph.to(wa_id)[count - 1:] and wa.graph.to(wa_id), timeout=timeout,
-                            message=wa.logs)
+    return await eventually(
+        lambda: wa.graph.to(wa_id)[count - 1 :] and wa.graph.to(wa_id), timeout=timeout, message=wa.logs
+    )
 
 
 def session_dirs(stack: Stack) -> list[Path]:
     return [p for p in (stack.home / "sessions" / "main").iterdir() if (p / sessiondb.INBOUND).exists()]
 
 
-async def test_a_whatsapp_message_is_answered_and_a_failed_status_reaches_the_agent(
-        stack: Stack, wa: WhatsApp) -> None:
+async def test_a_whatsapp_message_is_answered_and_a_failed_status_reaches_the_agent(stack: Stack, wa: WhatsApp) -> None:
     ada = "447700900201"
     await wire(stack, ada)
     _, status = await wa.graph.user_writes(ada, "what is on today?")
@@ -76,8 +81,9 @@ async def test_a_whatsapp_message_is_answered_and_a_failed_status_reaches_the_ag
     assert await wa.graph.status(answer, "failed", errors=[{"code": 131026, "title": "Message undeliverable"}]) == 200
 
     def failure() -> list[tuple[int, str]]:
-        return [f for d in session_dirs(stack) for f in sessiondb.failed_deliveries(d)
-                if "Message undeliverable" in f[1]]
+        return [
+            f for d in session_dirs(stack) for f in sessiondb.failed_deliveries(d) if "Message undeliverable" in f[1]
+        ]
 
     [(_, error)] = await eventually(failure, timeout=30, message=wa.logs)
     assert "131026" in error
@@ -86,11 +92,16 @@ async def test_a_whatsapp_message_is_answered_and_a_failed_status_reaches_the_ag
 async def test_a_question_card_becomes_reply_buttons_and_the_press_answers_it(stack: Stack, wa: WhatsApp) -> None:
     ada = "447700900202"
     await wire(stack, ada)
-    stack.fake.script(ToolCall("ask_user_question", {"question": "Tea or coffee?", "options": ["Tea", "Coffee"],
-                                                     "timeout": 90}), Text("ok"))
+    stack.fake.script(
+        ToolCall("ask_user_question", {"question": "Tea or coffee?", "options": ["Tea", "Coffee"], "timeout": 90}),
+        Text("ok"),
+    )
     await wa.graph.user_writes(ada, "ask me something")
-    card = (await eventually(lambda: [m for m in wa.graph.to(ada) if m.type == "interactive"], timeout=ANSWER,
-                             message=wa.logs))[0]
+    card = (
+        await eventually(
+            lambda: [m for m in wa.graph.to(ada) if m.type == "interactive"], timeout=ANSWER, message=wa.logs
+        )
+    )[0]
     buttons = card.payload["interactive"]["action"]["buttons"]
     assert [b["reply"]["title"] for b in buttons] == ["Tea", "Coffee"]
     await wa.graph.user_presses(ada, card, 1)
@@ -110,7 +121,11 @@ async def test_an_image_reaches_the_agents_inbox(stack: Stack, wa: WhatsApp) -> 
     await answers(wa, ada, 1)
 
     def in_inbox() -> list[Path]:
-        return [f for d in session_dirs(stack) for f in (d / "inbox").rglob("*")
-                if f.is_file() and f.stat().st_mtime >= before - 1 and f.read_bytes() == picture]
+        return [
+            f
+            for d in session_dirs(stack)
+            for f in (d / "inbox").rglob("*")
+            if f.is_file() and f.stat().st_mtime >= before - 1 and f.read_bytes() == picture
+        ]
 
     assert await eventually(in_inbox, timeout=30, message=wa.logs)

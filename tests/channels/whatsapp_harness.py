@@ -24,16 +24,36 @@ class WhatsAppProcess(ChannelProcess):
         super().__init__(home, nats_url, **settings)
 
     def credentials(self) -> dict[str, str]:
-        return {"CLAWDEN_WHATSAPP_TOKEN": self.graph.token, "CLAWDEN_WHATSAPP_GRAPH_URL": f"{self.graph.url}/v21.0",
-                "CLAWDEN_WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID}
+        return {
+            "CLAWDEN_WHATSAPP_TOKEN": self.graph.token,
+            "CLAWDEN_WHATSAPP_GRAPH_URL": f"{self.graph.url}/v21.0",
+            "CLAWDEN_WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
+        }
 
 
 class WhatsAppBus(Bus):
-    async def send_to(self, wa_id: str, text: str, *, id: str, card: ev.Card | None = None,
-                      reply_to: str | None = None, files: tuple[str, ...] = (), seq: int = 0,
-                      session_id: str = "") -> ev.OutboundMessage:
-        event = ev.OutboundMessage(id=id, route=ev.Route(channel="whatsapp", chat_id=wa_id), text=text, card=card,
-                                   reply_to=reply_to, files=files, seq=seq, session_id=session_id)
+    async def send_to(
+        self,
+        wa_id: str,
+        text: str,
+        *,
+        id: str,
+        card: ev.Card | None = None,
+        reply_to: str | None = None,
+        files: tuple[str, ...] = (),
+        seq: int = 0,
+        session_id: str = "",
+    ) -> ev.OutboundMessage:
+        event = ev.OutboundMessage(
+            id=id,
+            route=ev.Route(channel="whatsapp", chat_id=wa_id),
+            text=text,
+            card=card,
+            reply_to=reply_to,
+            files=files,
+            seq=seq,
+            session_id=session_id,
+        )
         await publish(self.js, subjects.outbound("whatsapp", wa_id), event, msg_id=event.id)
         return event
 
@@ -54,8 +74,7 @@ class WhatsApp:
 
 
 @asynccontextmanager
-async def whatsapp(tmp_path: Path, nats_url: str, door_settings: str = "",
-                   **settings: str) -> AsyncIterator[WhatsApp]:
+async def whatsapp(tmp_path: Path, nats_url: str, door_settings: str = "", **settings: str) -> AsyncIterator[WhatsApp]:
     home = tmp_path / "home"
     port = make_home(home, settings=door_settings)
     door = FrontDoorProcess(home, nats_url, port, tmp_path / "webhooks.log")

@@ -41,8 +41,12 @@ async def talk(stack: Stack, chat: Chat, messages: int, reply_timeout: float, un
 
 def mismatches(chats: list[Chat]) -> list[tuple[str, str, str]]:
     """(chat, what was sent, the reply it got) wherever the reply does not answer that message."""
-    return [(chat.name, sent, reply[:300]) for chat in chats
-            for sent, reply in zip(chat.sent, chat.replies, strict=False) if f">{sent}<" not in reply]
+    return [
+        (chat.name, sent, reply[:300])
+        for chat in chats
+        for sent, reply in zip(chat.sent, chat.replies, strict=False)
+        if f">{sent}<" not in reply
+    ]
 
 
 def check(chats: list[Chat]) -> dict[str, int]:
@@ -104,12 +108,22 @@ async def pause_docker(stack: Stack, seconds: float = 3.0) -> None:
 
 KINDS: list[tuple[str, Callable[[Stack], Awaitable[None]]]] = [
     *((name, lambda stack, name=name: kill_service(stack, name)) for name in SERVICES),
-    ("nats", kill_nats), ("agent container", kill_an_agent), ("docker engine paused", pause_docker)]
+    ("nats", kill_nats),
+    ("agent container", kill_an_agent),
+    ("docker engine paused", pause_docker),
+]
 
 
-async def run(stack: Stack, *, chats: int, messages: int, every: float, rounds: int = 1,
-              reply_timeout: float = 180, log: Callable[[str], None] = lambda _: None,
-              ) -> tuple[dict[str, int], list[Chat]]:
+async def run(
+    stack: Stack,
+    *,
+    chats: int,
+    messages: int,
+    every: float,
+    rounds: int = 1,
+    reply_timeout: float = 180,
+    log: Callable[[str], None] = lambda _: None,
+) -> tuple[dict[str, int], list[Chat]]:
     """`chats` chats talk (`messages` each at least) while a kill happens every `every` seconds, each
     kind in turn, `rounds` times over; they stop once the last kill is `every` seconds behind."""
     talking = [Chat(f"chaos-{i}") for i in range(chats)]

@@ -70,6 +70,7 @@ class Shot:
 
 # ---- what each identity may publish ------------------------------------------------------------
 
+
 def _concrete(pattern: str, runner: str, channels: tuple[str, ...]) -> list[tuple[str, str, str]]:
     """(subject, family, channel) for one granted publish pattern."""
     p = subjects.PREFIX
@@ -103,8 +104,10 @@ def targets(cfg: config.Config, channels: tuple[str, ...], endpoints: list[str])
         patterns = [*grant.publishes, *(f"{subjects.PREFIX}.ctl.{call}" for call in grant.calls)]
         for pattern in patterns:
             out += [Target(ident, s, f, c) for s, f, c in _concrete(pattern, cfg.runner.id, channels)]
-    out += [Target(natsauth.CLI, subjects.inbound("local"), "inbound", "local"),
-            Target(natsauth.CLI, subjects.receipt("local"), "receipt", "local")]
+    out += [
+        Target(natsauth.CLI, subjects.inbound("local"), "inbound", "local"),
+        Target(natsauth.CLI, subjects.receipt("local"), "receipt", "local"),
+    ]
     out += [Target(natsauth.CLI, e, "ctl") for e in endpoints]
     return out
 
@@ -132,10 +135,10 @@ async def control_endpoints(nc: Client, services: Iterable[str], timeout: float 
 # ---- payloads --------------------------------------------------------------------------------------
 
 _json: st.SearchStrategy[Any] = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 
 
 def _value(t: Any) -> st.SearchStrategy[Any]:
@@ -145,7 +148,7 @@ def _value(t: Any) -> st.SearchStrategy[Any]:
     if isinstance(t, mi.BoolType):
         return st.booleans()
     if isinstance(t, mi.IntType):
-        return st.integers(-2**63, 2**63 - 1)
+        return st.integers(-(2**63), 2**63 - 1)
     if isinstance(t, mi.FloatType):
         return st.floats(allow_nan=False, allow_infinity=False)
     if isinstance(t, mi.NoneType):
@@ -196,7 +199,7 @@ def _mutations(target: Target, doc: dict[str, Any], draw: st.DrawFn) -> tuple[st
         return kind, _encode(draw(_json))
     if kind == "truncated":
         data = _encode(doc)
-        return kind, data[:draw(st.integers(0, max(0, len(data) - 1)))]
+        return kind, data[: draw(st.integers(0, max(0, len(data) - 1)))]
     _mutate(kind, target, doc, draw)
     return kind, _encode(doc)
 
@@ -228,15 +231,21 @@ def shots(draw: st.DrawFn, aims: list[Target]) -> Shot:
     target = draw(st.sampled_from(aims))
     doc = draw(_wellformed(target))
     kind, payload = _mutations(target, doc, draw)
-    return Shot(target, kind, payload[:NATS_MAX_PAYLOAD - 1024])
+    return Shot(target, kind, payload[: NATS_MAX_PAYLOAD - 1024])
 
 
 def corpus(aims: list[Target], count: int) -> list[Shot]:
     """`count` payloads spread over the targets; the same ones every run (derandomized)."""
     out: list[Shot] = []
 
-    @settings(max_examples=count, database=None, derandomize=True, deadline=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=count,
+        database=None,
+        derandomize=True,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(shots(aims))
     def collect(shot: Shot) -> None:
         out.append(shot)
@@ -246,6 +255,7 @@ def corpus(aims: list[Target], count: int) -> list[Shot]:
 
 
 # ---- firing them -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Fired:
@@ -292,8 +302,11 @@ async def drained(nc: Client, timeout: float = 300) -> dict[str, dict[str, int]]
         for stream in await js.streams_info():
             for c in await js.consumers_info(stream.config.name or ""):
                 name = f"{stream.config.name}/{c.name}"
-                state[name] = {"pending": c.num_pending or 0, "ack_pending": c.num_ack_pending or 0,
-                               "redelivered": c.num_redelivered or 0}
+                state[name] = {
+                    "pending": c.num_pending or 0,
+                    "ack_pending": c.num_ack_pending or 0,
+                    "redelivered": c.num_redelivered or 0,
+                }
                 # A closed terminal's durable keeps what came after its last reply (typing off):
                 # nobody reads it until that chat opens again.
                 if (c.num_pending or c.num_ack_pending) and not c.name.startswith("channel-local-"):
@@ -302,4 +315,3 @@ async def drained(nc: Client, timeout: float = 300) -> dict[str, dict[str, int]]
             return state
         assert time.monotonic() < deadline, {n: state[n] for n in busy}
         await asyncio.sleep(0.2)
-

@@ -46,7 +46,8 @@ def since(sizes: dict[Path, int], path: Path) -> str:
 
 @pytest.mark.timeout(1200)
 async def test_malformed_payloads_on_every_subject_are_refused_once_and_nothing_falls_over(
-        stack: Stack, bridge: BridgeProcess) -> None:
+    stack: Stack, bridge: BridgeProcess
+) -> None:
     cfg = config.load(stack.home)
     nc = await stack.connect()
     try:
@@ -66,8 +67,17 @@ async def test_malformed_payloads_on_every_subject_are_refused_once_and_nothing_
 
     # Every identity, every subject and every kind of payload was tried.
     assert {a.identity for a in aims} >= {*SERVICES, "channel-telegram", "cli"}
-    assert set(fired.by_kind) >= {"garbage", "json", "truncated", "retyped", "untagged", "missing",
-                                  "oversized", "spoofed", "wellformed"}, fired.by_kind
+    assert set(fired.by_kind) >= {
+        "garbage",
+        "json",
+        "truncated",
+        "retyped",
+        "untagged",
+        "missing",
+        "oversized",
+        "spoofed",
+        "wellformed",
+    }, fired.by_kind
     assert sum(fired.by_kind.values()) == SHOTS
     # A control endpoint answers a bad request with an error; none may stay silent.
     assert fired.unanswered == []

@@ -60,18 +60,31 @@ class Session:
 
     def send(self, text: str, sender: str = "Alice") -> int:
         self._n += 1
-        return self._insert(sessiondb.InboundMessage(id=f"m{self._n}", kind="chat", content={"text": text},
-                                                     routing=ROUTING, sender_id="u1", sender_name=sender))
+        return self._insert(
+            sessiondb.InboundMessage(
+                id=f"m{self._n}",
+                kind="chat",
+                content={"text": text},
+                routing=ROUTING,
+                sender_id="u1",
+                sender_name=sender,
+            )
+        )
 
     def task(self, prompt: str, script: str, task_id: str = "t-0123456789ab") -> int:
         """A scheduled run, as the host writes it from the scheduler's wake."""
         self._n += 1
-        return self._insert(sessiondb.InboundMessage(id=f"task:{task_id}:2026-11-22T08:00:0{self._n}Z", kind="task",
-                                                     content={"text": prompt, "script": script}, routing=ROUTING))
+        return self._insert(
+            sessiondb.InboundMessage(
+                id=f"task:{task_id}:2026-11-22T08:00:0{self._n}Z",
+                kind="task",
+                content={"text": prompt, "script": script},
+                routing=ROUTING,
+            )
+        )
 
     def _insert(self, msg: sessiondb.InboundMessage) -> int:
-        seq, _ = sessiondb.insert_inbound(self.dir, msg,
-                                          outbound_max_seq=sessiondb.outbound_max_seq(self.dir))
+        seq, _ = sessiondb.insert_inbound(self.dir, msg, outbound_max_seq=sessiondb.outbound_max_seq(self.dir))
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as bell, contextlib.suppress(OSError):
             bell.sendto(b"", str(self.dir / sessiondb.AGENT_BELL))  # nobody listening yet is fine
         return seq
@@ -116,8 +129,9 @@ class AgentProcess:
         self.session = session
         self.log = session.dir.parent / "agent.log"
         self._log_file = self.log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "clawden_agent"], env=env,
-                                     stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "clawden_agent"], env=env, stdout=self._log_file, stderr=subprocess.STDOUT
+        )
         bell = session.dir / sessiondb.AGENT_BELL
         try:
             session.wait(lambda: True if bell.exists() else None, deadline=10)
@@ -159,10 +173,19 @@ def agent_env(session: Session, fake: FakeAnthropic, **extra: str) -> dict[str, 
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE", "CLAWDEN_"))}
     # Anything that tries to leave loopback through a proxy lands on the fake and shows up in
     # its request log, where the tests below would see it.
-    return {**base, "PYTHONPATH": f"{REPO / 'container'}{os.pathsep}{REPO}", "HOME": str(session.home),
-            "CLAWDEN_SESSION_DIR": str(session.dir), "CLAWDEN_GROUP_DIR": str(session.group),
-            "ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": "sk-ant-test",
-            "HTTPS_PROXY": fake.url, "HTTP_PROXY": fake.url, "NO_PROXY": "127.0.0.1,localhost", **extra}
+    return {
+        **base,
+        "PYTHONPATH": f"{REPO / 'container'}{os.pathsep}{REPO}",
+        "HOME": str(session.home),
+        "CLAWDEN_SESSION_DIR": str(session.dir),
+        "CLAWDEN_GROUP_DIR": str(session.group),
+        "ANTHROPIC_BASE_URL": fake.url,
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "HTTPS_PROXY": fake.url,
+        "HTTP_PROXY": fake.url,
+        "NO_PROXY": "127.0.0.1,localhost",
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -183,6 +206,7 @@ def start_agent(session: Session, fake: FakeAnthropic) -> Iterator[Callable[...,
 
 def conversation(body: Any) -> str:
     """Every string in a request's messages, so a test can look for what the model was shown."""
+
     def walk(node: Any) -> Iterator[str]:
         if isinstance(node, str):
             yield node
@@ -192,18 +216,23 @@ def conversation(body: Any) -> str:
         elif isinstance(node, list):
             for value in node:
                 yield from walk(value)
+
     return "\n".join(walk(body.get("messages") if isinstance(body, dict) else None))
 
 
 def only_api_traffic(fake: FakeAnthropic) -> None:
     assert {(r.method, r.path) for r in fake.requests} <= {
-        ("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens")}, [r.target for r in fake.requests]
+        ("POST", "/v1/messages"),
+        ("POST", "/v1/messages/count_tokens"),
+    }, [r.target for r in fake.requests]
 
 
 # --- tests -------------------------------------------------------------------------------------------
 
+
 def test_message_gets_the_agents_reply_a_completed_ack_and_a_host_ring(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     start_agent()
 
     seq = session.send("hello there")
@@ -223,7 +252,8 @@ def test_message_gets_the_agents_reply_a_completed_ack_and_a_host_ring(
 
 
 def test_second_message_continues_the_same_conversation(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     start_agent()
     first = session.reply_to(session.send("my name is Bob"))
 
@@ -236,7 +266,8 @@ def test_second_message_continues_the_same_conversation(
 
 
 def test_restarted_runner_resumes_the_stored_conversation(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     agent = start_agent()
     session.reply_to(session.send("remember the number 7341"))
     stored = sessiondb.get_state(session.dir, "claude_session_id")
@@ -254,7 +285,8 @@ def test_restarted_runner_resumes_the_stored_conversation(
 
 
 def test_api_error_becomes_a_failure_reply_and_the_next_message_still_works(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     start_agent()
     fake.script(Error(403, "the fake refuses this one"))  # 403: Claude Code does not retry it
 
@@ -270,7 +302,8 @@ def test_api_error_becomes_a_failure_reply_and_the_next_message_still_works(
 
 
 def test_a_message_claude_code_died_on_is_sent_again_once_then_fails(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     agent = start_agent()
     session.reply_to(session.send("warm up"))
 
@@ -294,7 +327,8 @@ def test_a_message_claude_code_died_on_is_sent_again_once_then_fails(
 
 
 def test_a_message_claude_code_died_on_once_gets_its_answer_from_the_next(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     agent = start_agent()
     fake.script(Hang())
     seq = session.send("answer me despite the crash")
@@ -309,7 +343,8 @@ def test_a_message_claude_code_died_on_once_gets_its_answer_from_the_next(
 
 
 def test_final_text_is_sent_when_the_agent_does_not_use_send_message(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     start_agent()
     fake.script(Text("A plain answer."))
 
@@ -319,10 +354,13 @@ def test_final_text_is_sent_when_the_agent_does_not_use_send_message(
 
 
 def test_a_pre_check_script_that_says_no_skips_the_model_and_one_that_says_yes_hands_it_its_data(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     (session.group / "inbox").mkdir()
-    check = ('n=$(ls inbox | wc -l); [ "$n" -eq 0 ] && echo \'{"wakeAgent": false}\' && exit 0; '
-             'echo "{\\"wakeAgent\\": true, \\"data\\": \\"$n new letters\\"}"')
+    check = (
+        'n=$(ls inbox | wc -l); [ "$n" -eq 0 ] && echo \'{"wakeAgent": false}\' && exit 0; '
+        'echo "{\\"wakeAgent\\": true, \\"data\\": \\"$n new letters\\"}"'
+    )
     start_agent()
     quiet = session.task("summarise the inbox", check)
     session.wait(lambda: True if session.acks().get(quiet) == "completed" else None)
@@ -334,20 +372,24 @@ def test_a_pre_check_script_that_says_no_skips_the_model_and_one_that_says_yes_h
 
 
 def test_a_broken_pre_check_script_skips_the_run_and_the_chat_hears_once(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     start_agent()
     first, again = session.task("news", "curl-that-does-not-exist"), session.task("news", "curl-that-does-not-exist")
     session.wait(lambda: True if {session.acks().get(s) for s in (first, again)} == {"completed"} else None)
     (notice,) = session.outbound()
-    assert notice.content["text"].startswith("⚠️ The pre-check script of task t-0123456789ab failed (it exited "
-                                              "with 127: bash: line 1: curl-that-does-not-exist: command not found)")
+    assert notice.content["text"].startswith(
+        "⚠️ The pre-check script of task t-0123456789ab failed (it exited "
+        "with 127: bash: line 1: curl-that-does-not-exist: command not found)"
+    )
     assert fake.messages_requests(with_tools=True) == []
-    fixed = session.task("news", 'echo \'{"wakeAgent": true}\'')
+    fixed = session.task("news", "echo '{\"wakeAgent\": true}'")
     assert "<task" in session.reply_to(fixed).content["text"]
 
 
 def test_claims_left_by_a_dead_container_are_run_again(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     seq = session.send("sent while no agent was up")
     sessiondb.ack(session.dir, [seq], "processing")
 
@@ -358,15 +400,19 @@ def test_claims_left_by_a_dead_container_are_run_again(
 
 
 def test_gateway_mode_reaches_the_api_only_through_the_relay(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess],
-        tmp_path: Path) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
     gateway = tmp_path / "gw.sock"
     fake.call(fake.listen_unix(str(gateway)))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    start_agent(CLAWDEN_GATEWAY_SOCKET=str(gateway), CLAWDEN_RELAY_PORT=str(port),
-                ANTHROPIC_BASE_URL="http://192.0.2.1:9", ANTHROPIC_API_KEY="sk-must-not-leak")
+    start_agent(
+        CLAWDEN_GATEWAY_SOCKET=str(gateway),
+        CLAWDEN_RELAY_PORT=str(port),
+        ANTHROPIC_BASE_URL="http://192.0.2.1:9",
+        ANTHROPIC_API_KEY="sk-must-not-leak",
+    )
 
     reply = session.reply_to(session.send("through the gateway"))
 
@@ -377,9 +423,9 @@ def test_gateway_mode_reaches_the_api_only_through_the_relay(
     only_api_traffic(fake)
 
 
-
 def test_sigterm_mid_turn_exits_and_the_message_runs_again_in_the_next_container(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     agent = start_agent()
     fake.script(Hang())
     seq = session.send("interrupted by a restart")
@@ -402,13 +448,22 @@ def test_sigterm_mid_turn_exits_and_the_message_runs_again_in_the_next_container
 
 
 def test_a_message_sent_during_a_turn_is_fed_into_it(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     agent = start_agent()
-    fake.script(Hang(then=ToolCall("send_message", {"text": "answer one"})),
-                ToolCall("send_message", {"text": "answer two"}), Text("done"))
+    fake.script(
+        Hang(then=ToolCall("send_message", {"text": "answer one"})),
+        ToolCall("send_message", {"text": "answer two"}),
+        Text("done"),
+    )
     first = session.send("first question")
-    session.wait(lambda: True if any("first question" in conversation(r.body)
-                                     for r in fake.messages_requests(with_tools=True)) else None)
+    session.wait(
+        lambda: (
+            True
+            if any("first question" in conversation(r.body) for r in fake.messages_requests(with_tools=True))
+            else None
+        )
+    )
     seen = len(fake.messages_requests(with_tools=True))
     second = session.send("second question")
     # Taken by the running turn (not left for the next one) while the model still thinks about the first.
@@ -457,16 +512,22 @@ def cpu_starved() -> Iterator[None]:
 @pytest.mark.parametrize("follow_ups", [1, 3, 10])
 @pytest.mark.parametrize("starved", [False, True], ids=["idle", "cpu-starved"])
 def test_messages_sent_while_a_turn_runs_each_get_exactly_one_correctly_marked_reply(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], follow_ups: int,
-        starved: bool) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], follow_ups: int, starved: bool
+) -> None:
     start_agent()
     session.reply_to(session.send("warm up"))
     fake.script(Hang(delay=0.2))  # the first question's turn is slow
     with cpu_starved() if starved else contextlib.nullcontext():
         seqs = [session.send("question 0")]
         # Held by the fake (a release before the request arrives would not release it).
-        session.wait(lambda: True if any("question 0" in conversation(r.body)
-                                         for r in fake.messages_requests(with_tools=True)) else None, deadline=120)
+        session.wait(
+            lambda: (
+                True
+                if any("question 0" in conversation(r.body) for r in fake.messages_requests(with_tools=True))
+                else None
+            ),
+            deadline=120,
+        )
         for i in range(1, follow_ups + 1):
             seqs.append(session.send(f"question {i}"))
             if i == follow_ups // 2:
@@ -476,18 +537,36 @@ def test_messages_sent_while_a_turn_runs_each_get_exactly_one_correctly_marked_r
 
 
 def test_a_turn_claude_code_starts_on_its_own_is_not_taken_for_the_next_messages_answer(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
     flag = tmp_path / "background-done"
     start_agent()
-    fake.script(ToolCall("Bash", {"command": f"sleep 1; touch {flag}; echo background-finished",
-                                  "run_in_background": True, "description": "a background job"}),
-                ToolCall("send_message", {"text": "started it"}), Text("ok"),
-                # When the job ends, Claude Code starts a turn of its own to report it.
-                Text("The background job finished."))
+    fake.script(
+        ToolCall(
+            "Bash",
+            {
+                "command": f"sleep 1; touch {flag}; echo background-finished",
+                "run_in_background": True,
+                "description": "a background job",
+            },
+        ),
+        ToolCall("send_message", {"text": "started it"}),
+        Text("ok"),
+        # When the job ends, Claude Code starts a turn of its own to report it.
+        Text("The background job finished."),
+    )
     first = session.send("start a background job")
     assert session.reply_to(first).content["text"] == "started it"
-    session.wait(lambda: True if any(m.content["text"] == "The background job finished." and m.in_reply_to is None
-                                     for m in session.outbound()) else None)
+    session.wait(
+        lambda: (
+            True
+            if any(
+                m.content["text"] == "The background job finished." and m.in_reply_to is None
+                for m in session.outbound()
+            )
+            else None
+        )
+    )
 
     second = session.send("and now?")
     reply = session.reply_to(second)
@@ -497,7 +576,8 @@ def test_a_turn_claude_code_starts_on_its_own_is_not_taken_for_the_next_messages
 
 
 def test_a_container_killed_between_two_results_answers_the_rest_once_after_restart(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     agent = start_agent()
     first = session.send("first")
     session.reply_to(first)
@@ -516,7 +596,8 @@ def test_a_container_killed_between_two_results_answers_the_rest_once_after_rest
 
 
 def test_a_runaway_agent_is_stopped_at_the_turn_limit_and_the_chat_is_told(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     start_agent(CLAWDEN_MAX_TURNS="3")
     fake.script(*[ToolCall("Bash", {"command": f"echo step {i}", "description": "again"}) for i in range(10)])
 
@@ -524,15 +605,15 @@ def test_a_runaway_agent_is_stopped_at_the_turn_limit_and_the_chat_is_told(
     notice = session.reply_to(seq)
     fake.forget_script()
 
-    assert notice.content["text"] == ("Sorry — the agent failed: it took more than 3 steps, the limit for one "
-                                      "message")
+    assert notice.content["text"] == ("Sorry — the agent failed: it took more than 3 steps, the limit for one message")
     assert session.acks()[seq] == "failed"
     assert len(fake.messages_requests(with_tools=True)) <= 4
     assert "echo: " in session.reply_to(session.send("still there?")).content["text"]
 
 
 def test_global_memory_reaches_the_model(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
     shared = tmp_path / "global"
     shared.mkdir()
     (shared / "CLAUDE.md").write_text("The household's wifi is called PINEAPPLE-7.\n")
@@ -545,7 +626,8 @@ def test_global_memory_reaches_the_model(
 
 
 def test_cost_reports_each_message_from_the_models_usage(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     start_agent()
     first = session.send("one")
     session.reply_to(first)
@@ -557,12 +639,17 @@ def test_cost_reports_each_message_from_the_models_usage(
     usage = [r for r in requests if r.body.get("stream") or True]
     assert all(c.usd > 0 for c in costs.values())
     assert costs[first].input_tokens + costs[second].input_tokens == sum(
-        max(1, len(json.dumps(r.body)) // 4) for r in usage)  # the fake's input_tokens, turn by turn
+        max(1, len(json.dumps(r.body)) // 4) for r in usage
+    )  # the fake's input_tokens, turn by turn
 
     session._n += 1
-    seq, _ = sessiondb.insert_inbound(session.dir, sessiondb.InboundMessage(
-        id="m-cost", kind="chat", content={"text": "/cost", "command": "cost"}, routing=ROUTING, sender_id="u1"),
-        outbound_max_seq=sessiondb.outbound_max_seq(session.dir))
+    seq, _ = sessiondb.insert_inbound(
+        session.dir,
+        sessiondb.InboundMessage(
+            id="m-cost", kind="chat", content={"text": "/cost", "command": "cost"}, routing=ROUTING, sender_id="u1"
+        ),
+        outbound_max_seq=sessiondb.outbound_max_seq(session.dir),
+    )
     doorbell_ring(session)
     text = session.reply_to(seq).content["text"]
     total = costs[first].usd + costs[second].usd
@@ -577,7 +664,8 @@ def doorbell_ring(session: Session) -> None:
 
 
 def test_a_conversation_that_is_gone_starts_fresh_with_one_notice(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     agent = start_agent()
     session.reply_to(session.send("remember 7341"))
     assert agent.terminate() == 0
@@ -590,13 +678,15 @@ def test_a_conversation_that_is_gone_starts_fresh_with_one_notice(
     notices = [m for m in session.outbound() if m.in_reply_to is None]
     assert [n.content["text"] for n in notices] == [
         "I could not reopen our earlier conversation, so I started a fresh one. My memory file is still here; "
-        "anything said only in the chat before now I no longer remember."]
+        "anything said only in the chat before now I no longer remember."
+    ]
     assert "which number?" in reply.content["text"]
     assert "remember 7341" not in conversation(fake.messages_requests(with_tools=True)[-1].body)
 
 
 def test_a_conversation_too_long_for_the_model_is_compacted_by_claude_code_without_a_notice(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     start_agent()
     session.reply_to(session.send("a long history"))
     fake.overflow_when("a long history")  # the history no longer fits, nor does a summary of it
@@ -609,7 +699,8 @@ def test_a_conversation_too_long_for_the_model_is_compacted_by_claude_code_witho
 
 
 def test_a_conversation_claude_code_cannot_shrink_starts_fresh_and_answers_there_with_one_notice(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     start_agent()
     session.reply_to(session.send("a long history"))
     stuck = sessiondb.get_state(session.dir, sessiondb.CONVERSATION_KEY)
@@ -621,14 +712,17 @@ def test_a_conversation_claude_code_cannot_shrink_starts_fresh_and_answers_there
 
     assert "one more" in reply.content["text"] and session.acks()[seq] == "completed"
     notices = [m.content["text"] for m in session.outbound() if m.in_reply_to is None]
-    assert notices == ["Our conversation grew too long for the model, so I started a fresh one and answered "
-                       "your message in it. My memory file is still here."]
+    assert notices == [
+        "Our conversation grew too long for the model, so I started a fresh one and answered "
+        "your message in it. My memory file is still here."
+    ]
     assert sessiondb.get_state(session.dir, sessiondb.CONVERSATION_KEY) != stuck
     assert "a long history" not in conversation(fake.messages_requests(with_tools=True)[-1].body)
 
 
 def test_an_at_path_in_a_message_is_text_not_a_file_to_read(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
     secret = tmp_path / "private.txt"
     secret.write_text("TOP-SECRET-CONTENTS")
     start_agent()
@@ -639,7 +733,8 @@ def test_an_at_path_in_a_message_is_text_not_a_file_to_read(
 
 
 def test_a_turn_past_its_time_budget_is_stopped_and_the_chat_is_told(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     start_agent(CLAWDEN_TURN_BUDGET="10")
     fake.script(ToolCall("Bash", {"command": "echo working", "description": "step"}), Hang())
 
@@ -647,17 +742,22 @@ def test_a_turn_past_its_time_budget_is_stopped_and_the_chat_is_told(
     notice = session.reply_to(seq)
     fake.release()
 
-    assert notice.content["text"] == ("Sorry — the agent failed: it worked on this for more than 10 seconds, the "
-                                      "limit for one message")
+    assert notice.content["text"] == (
+        "Sorry — the agent failed: it worked on this for more than 10 seconds, the limit for one message"
+    )
     assert session.acks()[seq] == "failed"
     assert "echo: " in session.reply_to(session.send("still there?")).content["text"]
 
 
 def test_waiting_for_a_persons_answer_does_not_count_against_the_time_budget(
-        session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]) -> None:
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
     start_agent(CLAWDEN_TURN_BUDGET="5")
-    fake.script(ToolCall("ask_user_question", {"question": "Which one?", "options": ["tea", "coffee"], "timeout": 60}),
-                ToolCall("send_message", {"text": "tea it is"}), Text("done"))
+    fake.script(
+        ToolCall("ask_user_question", {"question": "Which one?", "options": ["tea", "coffee"], "timeout": 60}),
+        ToolCall("send_message", {"text": "tea it is"}),
+        Text("done"),
+    )
     seq = session.send("ask me something")
     question = session.wait(lambda: next((m for m in session.outbound() if m.kind == "question"), None))
 

@@ -57,9 +57,7 @@ def context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_context_layout(context: Path) -> None:
     assert (context / "Dockerfile").read_text() == (image.CONTAINER_DIR / "Dockerfile").read_text()
-    assert [p.name for p in (context / "wheels").iterdir()] == [
-        p.name for p in image.wheel_cache_dir(TARGET).iterdir()
-    ]
+    assert [p.name for p in (context / "wheels").iterdir()] == [p.name for p in image.wheel_cache_dir(TARGET).iterdir()]
     assert (context / "app" / "clawden" / "__init__.py").read_text() == ""
     assert (context / "app" / "clawden" / "sessiondb.py").is_file()
     assert sorted(p.name for p in (context / "app" / "clawden").iterdir()) == ["__init__.py", "sessiondb.py"]

@@ -10,8 +10,9 @@ from tests.e2e.harness import Stack, start_stack
 
 
 @pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, docker_client: object,
-          agent_image: str) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str
+) -> Iterator[Stack]:
     s = start_stack(tmp_path_factory.mktemp("home"), **getattr(request.module, "STACK_OPTIONS", {}))
     yield s
     s.stop()

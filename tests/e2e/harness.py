@@ -100,8 +100,9 @@ async def service_pid(stack: Stack, service: str, timeout: float = 60) -> int:
         await nc.close()
 
 
-def start_stack(home: Path, *, idle_timeout: float = 1800, ready_timeout: float = 90, runner: str = "",
-                vault: str = "") -> Stack:
+def start_stack(
+    home: Path, *, idle_timeout: float = 1800, ready_timeout: float = 90, runner: str = "", vault: str = ""
+) -> Stack:
     fake = start_in_thread()
     install_id = f"t{secrets.token_hex(4)}"
     port = natsserver.free_port()
@@ -128,8 +129,14 @@ host_map = {{"api.anthropic.com" = "{fake_address}"}}
 """)
     env = dict(os.environ, CLAWDEN_HOME=str(home))
     env.pop("ANTHROPIC_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "clawden", "up"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clawden", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     stack = Stack(home, install_id, key, fake, proc, f"nats://127.0.0.1:{port}")
     deadline = time.monotonic() + ready_timeout
     assert proc.stdout is not None
@@ -166,23 +173,35 @@ class Terminal:
         await ensure_streams(self.js)
         sub = await bind(self.js, terminal_outbound(self.chat_id))
 
-        async def on_reply(event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing,
-                           msg: Msg) -> None:
+        async def on_reply(
+            event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing, msg: Msg
+        ) -> None:
             if isinstance(event, ev.OutboundMessage) and event.route.chat_id == self.chat_id:
                 if event.id in self.seen:
                     return  # redelivered after a lost ack: `clawden chat` shows it once, and so do we
                 self.seen.add(event.id)
                 await self.replies.put(event)
                 # Like `clawden chat`: a receipt with a platform id, so edits and reactions can target it.
-                receipt = ev.DeliveryReceipt(outbound_id=event.id, route=event.route, ok=True,
-                                             session_id=event.session_id, seq=event.seq,
-                                             platform_message_id=f"term-{event.seq}")
+                receipt = ev.DeliveryReceipt(
+                    outbound_id=event.id,
+                    route=event.route,
+                    ok=True,
+                    session_id=event.session_id,
+                    seq=event.seq,
+                    platform_message_id=f"term-{event.seq}",
+                )
                 assert self.js is not None
                 await publish(self.js, subjects.receipt("local"), receipt, msg_id=f"receipt:{event.id}")
 
         self._stopping = asyncio.Event()
-        self._task = asyncio.create_task(consume(sub, OUTBOUND,  # type: ignore[arg-type]
-                                                 on_reply, stopping=self._stopping))
+        self._task = asyncio.create_task(
+            consume(
+                sub,
+                OUTBOUND,  # type: ignore[arg-type]
+                on_reply,
+                stopping=self._stopping,
+            )
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.docker
 
 STACK_OPTIONS = {"runner": "max_containers = 1\nqueue_notice_after = 1"}
 
+
 async def runner_counters(stack: Stack) -> dict[str, int]:
     cfg = load(stack.home, {"CLAWDEN_NATS_URL": stack.nats_url})
     return dict((await control.call(cfg, "runner", "ping"))["stats"]["runner"])
@@ -38,14 +39,17 @@ async def test_a_burst_of_messages_to_a_new_chat_starts_one_container(stack: Sta
 
 
 async def test_chats_beyond_the_cap_wait_their_turn_are_told_and_all_get_answered(stack: Stack) -> None:
-    async with Terminal(stack, "cap-a") as a, Terminal(stack, "cap-b") as b, \
-            Terminal(stack, "cap-c") as c:
+    async with Terminal(stack, "cap-a") as a, Terminal(stack, "cap-b") as b, Terminal(stack, "cap-c") as c:
         await stack.wait_until_idle((await a.ask("hello from a", timeout=90)).session_id)
         stack.fake.script(Hang())
         await a.send("a keeps the only slot busy")
         # The slot is taken once the model holds a's turn: only then may b and c come.
-        await eventually(lambda: any("a keeps the only slot busy" in str(r.body.get("messages", []))
-                                     for r in stack.fake.messages_requests()), timeout=60)
+        await eventually(
+            lambda: any(
+                "a keeps the only slot busy" in str(r.body.get("messages", [])) for r in stack.fake.messages_requests()
+            ),
+            timeout=60,
+        )
         await b.send("hello from b")
         await c.send("hello from c")
         told_b, told_c = await b.reply(timeout=30), await c.reply(timeout=30)

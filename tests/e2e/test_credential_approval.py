@@ -50,9 +50,15 @@ async def card_for(term: Terminal, timeout: float = 30) -> ev.OutboundMessage:
 
 async def click(term: Terminal, card: ev.OutboundMessage, button: str, who: str) -> None:
     assert term.js is not None
-    action = ev.InboundAction(route=card.route, action_id=uuid.uuid4().hex, sender=ev.Sender(id=who),
-                              card_id=card.id, button_id=button, message_id=f"term-{card.seq}",
-                              sent_at=time.time())
+    action = ev.InboundAction(
+        route=card.route,
+        action_id=uuid.uuid4().hex,
+        sender=ev.Sender(id=who),
+        card_id=card.id,
+        button_id=button,
+        message_id=f"term-{card.seq}",
+        sent_at=time.time(),
+    )
     await publish(term.js, subjects.inbound("local"), action, msg_id=action.key)
 
 
@@ -68,9 +74,18 @@ async def owner(stack: Stack) -> Any:
     async with Terminal(stack, "terminal") as term:
         await stack.wait_until_idle((await term.ask("hello", timeout=90)).session_id)  # a container runs
         cfg = config_mod.load(stack.home)
-        await asyncio.to_thread(control.run, cfg, "vault", "rules-add", {
-            "name": f"ask-{uuid.uuid4().hex[:6]}", "action": "manual_approval", "host": "api.anthropic.com",
-            "path": "/v1/pay/*"})
+        await asyncio.to_thread(
+            control.run,
+            cfg,
+            "vault",
+            "rules-add",
+            {
+                "name": f"ask-{uuid.uuid4().hex[:6]}",
+                "action": "manual_approval",
+                "host": "api.anthropic.com",
+                "path": "/v1/pay/*",
+            },
+        )
         yield term
 
 
@@ -87,7 +102,8 @@ async def test_the_owners_approval_releases_the_held_request(stack: Stack, owner
 
 
 async def test_a_denial_fails_the_request_with_onecli_s_error_and_a_stranger_changes_nothing(
-        stack: Stack, owner: Terminal) -> None:
+    stack: Stack, owner: Terminal
+) -> None:
     call = asyncio.create_task(asyncio.to_thread(fetch_from_container, stack, "https://api.anthropic.com/v1/pay/b"))
     card = await card_for(owner)
     await click(owner, card, button(card, approve=True), "local:stranger")

@@ -18,13 +18,29 @@ IDLE = 6  # the group's; config.toml's (the harness default) is half an hour
 
 
 def clawden(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clawden", *args], env=stack.env(), capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "clawden", *args], env=stack.env(), capture_output=True, text=True, timeout=60
+    )
 
 
 async def test_settings_set_with_the_cli_reach_the_groups_next_container(stack: Stack) -> None:
-    changed = await asyncio.to_thread(clawden, stack, "groups", "update", "main", "--memory", "300m", "--pids",
-                                      "200", "--model", MODEL, "--folder", "household", "--idle-timeout", str(IDLE))
+    changed = await asyncio.to_thread(
+        clawden,
+        stack,
+        "groups",
+        "update",
+        "main",
+        "--memory",
+        "300m",
+        "--pids",
+        "200",
+        "--model",
+        MODEL,
+        "--folder",
+        "household",
+        "--idle-timeout",
+        str(IDLE),
+    )
     assert changed.returncode == 0, changed.stderr
 
     async with Terminal(stack, "limits") as term:
@@ -47,8 +63,7 @@ async def test_settings_set_with_the_cli_reach_the_groups_next_container(stack: 
 
 
 async def test_a_setting_the_runner_cannot_apply_is_refused_at_the_cli(stack: Stack) -> None:
-    refused = await asyncio.to_thread(clawden, stack, "groups", "update", "main", "--provider", "openai",
-                                      "--pids", "1")
+    refused = await asyncio.to_thread(clawden, stack, "groups", "update", "main", "--provider", "openai", "--pids", "1")
     assert refused.returncode == 1
     assert refused.stderr.strip() == "clawden: provider 'openai': only 'claude' is available"
     assert "Traceback" not in refused.stderr

@@ -38,20 +38,29 @@ def test_the_quick_start_gives_a_first_reply(tmp_path: Path, docker_client: obje
     env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"} | {"CLAWDEN_HOME": str(home)}
 
     def clawden(args: list[str], value: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "clawden", *args], env=env, input=value, capture_output=True,
-                              text=True, timeout=180)
+        return subprocess.run(
+            [sys.executable, "-m", "clawden", *args], env=env, input=value, capture_output=True, text=True, timeout=180
+        )
 
     init = clawden(commands[0])
     assert init.returncode == 0 and "next: `clawden up`" in init.stdout, init.stdout + init.stderr
     fake = start_in_thread()
     tls = make_tls(["api.anthropic.com"], str(home / "run"))
     with (home / "config.toml").open("a") as file:
-        file.write(f'\n[vault]\nextra_ca_file = "{tls.ca_file}"\n'
-                   f'host_map = {{"api.anthropic.com" = "{fake.call(fake.listen_tls(tls.server_context))}"}}\n')
+        file.write(
+            f'\n[vault]\nextra_ca_file = "{tls.ca_file}"\n'
+            f'host_map = {{"api.anthropic.com" = "{fake.call(fake.listen_tls(tls.server_context))}"}}\n'
+        )
     cfg = config.load(home, environ={})
     key = f"sk-ant-api03-{secrets.token_urlsafe(24)}"
-    up = subprocess.Popen([sys.executable, "-m", "clawden", *commands[1]], env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "clawden", *commands[1]],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     stack = Stack(home, cfg.install_id, key, fake, up, cfg.nats_url)
     try:
         assert up.stdout is not None

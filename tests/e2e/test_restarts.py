@@ -19,6 +19,7 @@ HANG_TIMEOUT = 4
 
 STACK_OPTIONS = {"idle_timeout": IDLE_TIMEOUT, "runner": f"hang_timeout = {HANG_TIMEOUT}\nmax_tries = 2"}
 
+
 async def wait_for_request_containing(stack: Stack, text: str, after: int) -> None:
     deadline = time.monotonic() + 30
     while not any(text in str(r.body) for r in stack.fake.requests[after:]):
@@ -71,8 +72,11 @@ async def test_a_declared_long_bash_call_is_neither_idleness_nor_a_hang(stack: S
     async with Terminal(stack, "long-turn") as term:
         await stack.wait_until_idle((await term.ask("hi", timeout=90)).session_id)
         # Silent for longer than both the idle and the hang timeout, but declared up front.
-        stack.fake.script(ToolCall("Bash", {"command": f"sleep {HANG_TIMEOUT + 4}", "timeout": 60_000}),
-                          ToolCall("send_message", {"text": "done sleeping"}), Text("ok"))
+        stack.fake.script(
+            ToolCall("Bash", {"command": f"sleep {HANG_TIMEOUT + 4}", "timeout": 60_000}),
+            ToolCall("send_message", {"text": "done sleeping"}),
+            Text("ok"),
+        )
         await term.send("run the long job")
         reply = await term.reply(timeout=60)
         assert reply.text == "done sleeping"
@@ -80,8 +84,7 @@ async def test_a_declared_long_bash_call_is_neither_idleness_nor_a_hang(stack: S
             await term.reply(timeout=2)
 
 
-async def test_a_silent_container_is_stopped_its_user_told_and_the_message_failed_after_its_tries(
-        stack: Stack) -> None:
+async def test_a_silent_container_is_stopped_its_user_told_and_the_message_failed_after_its_tries(stack: Stack) -> None:
     async with Terminal(stack, "hang") as term:
         await stack.wait_until_idle((await term.ask("hi", timeout=90)).session_id)
         stack.fake.script(Hang(), Hang())  # both tries hang at the model, so no heartbeat comes

@@ -23,7 +23,6 @@ from tests.fakes.anthropic import Text, ToolCall
 pytestmark = pytest.mark.docker
 
 
-
 class Tap:
     """Everything published under clawden.>, decoded."""
 
@@ -69,8 +68,11 @@ def tool_results(stack: Stack) -> list[str]:
             for block in m.get("content", []) if isinstance(m.get("content"), list) else []:
                 if block.get("type") == "tool_result":
                     content = block.get("content")
-                    text = content if isinstance(content, str) else " ".join(
-                        c.get("text", "") for c in content or [] if isinstance(c, dict))
+                    text = (
+                        content
+                        if isinstance(content, str)
+                        else " ".join(c.get("text", "") for c in content or [] if isinstance(c, dict))
+                    )
                     out.append(("ERROR " if block.get("is_error") else "") + text)
     return out
 
@@ -90,8 +92,7 @@ async def run_tool(stack: Stack, term: Terminal, name: str, args: dict[str, Any]
         await asyncio.sleep(0.05)
 
 
-async def test_send_message_to_an_unknown_destination_is_an_error_the_model_reads(
-        stack: Stack, term: Terminal) -> None:
+async def test_send_message_to_an_unknown_destination_is_an_error_the_model_reads(stack: Stack, term: Terminal) -> None:
     result = await run_tool(stack, term, "send_message", {"text": "hi", "to": "mum"})
     assert result.startswith("ERROR") and "Unknown destination 'mum'" in result
 
@@ -139,8 +140,9 @@ async def test_add_reaction_to_the_users_message(stack: Stack, term: Terminal, t
 
 
 async def test_send_card_renders_buttons(stack: Stack, term: Terminal, tap: Tap) -> None:
-    result = await run_tool(stack, term, "send_card", {"title": "Lunch?", "body": "Pick one",
-                                                        "buttons": ["Pizza", "Salad"]})
+    result = await run_tool(
+        stack, term, "send_card", {"title": "Lunch?", "body": "Pick one", "buttons": ["Pizza", "Salad"]}
+    )
     assert "card sent as #" in result
     card = (await tap.first(ev.OutboundMessage, text="Pick one")).card
     assert card.title == "Lunch?" and [b.label for b in card.buttons] == ["Pizza", "Salad"]
@@ -148,8 +150,10 @@ async def test_send_card_renders_buttons(stack: Stack, term: Terminal, tap: Tap)
 
 async def test_ask_user_question_waits_for_the_answer(stack: Stack, term: Terminal, tap: Tap) -> None:
     seen = len(tool_results(stack))
-    stack.fake.script(ToolCall("ask_user_question", {"question": "Tea or coffee?", "options": ["Tea", "Coffee"],
-                                                     "timeout": 60}), Text("ok"))
+    stack.fake.script(
+        ToolCall("ask_user_question", {"question": "Tea or coffee?", "options": ["Tea", "Coffee"], "timeout": 60}),
+        Text("ok"),
+    )
     await term.send("ask me something")
     asked = await tap.first(ev.ApprovalRequest, kind="question")
     assert asked.card.body == "Tea or coffee?" and asked.route.chat_id == term.chat_id
@@ -165,19 +169,26 @@ async def test_ask_user_question_waits_for_the_answer(stack: Stack, term: Termin
         await asyncio.sleep(0.05)
 
 
-PRECHECK = 'test -s news.txt && echo \'{"wakeAgent": true}\' || echo \'{"wakeAgent": false}\''
+PRECHECK = "test -s news.txt && echo '{\"wakeAgent\": true}' || echo '{\"wakeAgent\": false}'"
 
 
-@pytest.mark.parametrize(("tool", "args", "op"), [
-    ("schedule_task", {"prompt": "news digest", "schedule": "0 8 * * 1", "timezone": "Europe/Berlin",
-                       "script": PRECHECK}, "create"),
-    ("update_task", {"task_id": "t-0123456789ab", "schedule": "0 9 * * 1"}, "update"),
-    ("pause_task", {"task_id": "t-0123456789ab"}, "pause"),
-    ("resume_task", {"task_id": "t-0123456789ab"}, "resume"),
-    ("cancel_task", {"task_id": "t-0123456789ab"}, "cancel"),
-])
+@pytest.mark.parametrize(
+    ("tool", "args", "op"),
+    [
+        (
+            "schedule_task",
+            {"prompt": "news digest", "schedule": "0 8 * * 1", "timezone": "Europe/Berlin", "script": PRECHECK},
+            "create",
+        ),
+        ("update_task", {"task_id": "t-0123456789ab", "schedule": "0 9 * * 1"}, "update"),
+        ("pause_task", {"task_id": "t-0123456789ab"}, "pause"),
+        ("resume_task", {"task_id": "t-0123456789ab"}, "resume"),
+        ("cancel_task", {"task_id": "t-0123456789ab"}, "cancel"),
+    ],
+)
 async def test_task_tools_send_task_operations_to_the_scheduler(
-        stack: Stack, term: Terminal, tap: Tap, tool: str, args: dict[str, Any], op: str) -> None:
+    stack: Stack, term: Terminal, tap: Tap, tool: str, args: dict[str, Any], op: str
+) -> None:
     result = await run_tool(stack, term, tool, args)
     assert "on its way to the scheduler" in result
     task = await tap.first(ev.TaskOp, op=op)
@@ -221,8 +232,14 @@ async def test_a_send_the_platform_refused_is_shown_to_the_agent(stack: Stack, t
     await stack.wait_until_idle(reply.session_id)
     nc = await stack.connect()
     try:
-        refused = ev.DeliveryReceipt(outbound_id=f"{reply.id}-refused", route=reply.route, ok=False,
-                                     session_id=reply.session_id, seq=reply.seq, error="bot was blocked by the user")
+        refused = ev.DeliveryReceipt(
+            outbound_id=f"{reply.id}-refused",
+            route=reply.route,
+            ok=False,
+            session_id=reply.session_id,
+            seq=reply.seq,
+            error="bot was blocked by the user",
+        )
         await publish(nc.jetstream(), subjects.receipt("local"), refused, msg_id=f"refused:{reply.id}")
     finally:
         await nc.close()
@@ -246,9 +263,13 @@ async def test_a_file_a_bridge_fetched_lands_in_the_inbox_and_the_prompt(stack: 
     fetched.parent.mkdir(parents=True, exist_ok=True)
     fetched.write_text("buy oat milk\n")
     elsewhere = stack.home / "keys" / "anthropic"  # a message cannot make the runner copy this
-    event = msgspec.structs.replace(inbound_event(term.chat_id, "me", "see attached"), attachments=(
-        ev.Attachment(name="note.txt", mime="text/plain", size=13, url=fetched.as_uri()),
-        ev.Attachment(name="key", mime="text/plain", size=10, url=elsewhere.as_uri())))
+    event = msgspec.structs.replace(
+        inbound_event(term.chat_id, "me", "see attached"),
+        attachments=(
+            ev.Attachment(name="note.txt", mime="text/plain", size=13, url=fetched.as_uri()),
+            ev.Attachment(name="key", mime="text/plain", size=10, url=elsewhere.as_uri()),
+        ),
+    )
     seen = len(stack.fake.messages_requests(with_tools=True))
     assert term.js is not None
     await publish(term.js, subjects.inbound("local"), event, msg_id=event.key)
@@ -260,16 +281,24 @@ async def test_a_file_a_bridge_fetched_lands_in_the_inbox_and_the_prompt(stack: 
     assert [p.read_text() for p in inbox.rglob("*") if p.is_file()] == ["buy oat milk\n"]
 
 
-HOOK = {"hooks": {event: [{"matcher": "*", "hooks": [{"type": "command", "command": "touch /workspace/agent/PWNED"}]}]
-                  for event in ("PreToolUse", "PostToolUse", "UserPromptSubmit", "SessionStart")}}
+HOOK = {
+    "hooks": {
+        event: [{"matcher": "*", "hooks": [{"type": "command", "command": "touch /workspace/agent/PWNED"}]}]
+        for event in ("PreToolUse", "PostToolUse", "UserPromptSubmit", "SessionStart")
+    }
+}
 
 
-async def test_a_hook_the_agent_plants_never_runs_after_clear_or_in_another_chat(
-        stack: Stack, term: Terminal) -> None:
+async def test_a_hook_the_agent_plants_never_runs_after_clear_or_in_another_chat(stack: Stack, term: Terminal) -> None:
     settings = json.dumps(HOOK).replace("'", "")
-    plant = "; ".join(f"mkdir -p {d} && echo '{settings}' > {d}/{name}" for d, name in (
-        ("/workspace/agent/.claude", "settings.json"), ("/workspace/agent/.claude", "settings.local.json"),
-        ("$HOME/.claude", "settings.json")))
+    plant = "; ".join(
+        f"mkdir -p {d} && echo '{settings}' > {d}/{name}"
+        for d, name in (
+            ("/workspace/agent/.claude", "settings.json"),
+            ("/workspace/agent/.claude", "settings.local.json"),
+            ("$HOME/.claude", "settings.json"),
+        )
+    )
     result = await run_tool(stack, term, "Bash", {"command": plant + "; echo planted", "description": "plant"})
     assert "Read-only file system" in result  # the group's .claude is the owner's, mounted read-only
     assert (await term.reply()).text == "ok"
@@ -289,9 +318,13 @@ async def test_a_hook_the_agent_plants_never_runs_after_clear_or_in_another_chat
 async def test_two_chats_of_one_group_do_not_share_a_claude_home(stack: Stack, term: Terminal) -> None:
     async with Terminal(stack, "second-chat-of-main") as other:
         await other.ask("hello from a second chat", timeout=90)
-        homes = {c.labels["dev.clawden.session"]: next(m["Source"] for m in c.attrs["Mounts"]
-                                                        if m["Destination"] == "/home/agent")
-                 for c in stack.containers() if c.labels.get("dev.clawden.agent-group") == "main"}
+        homes = {
+            c.labels["dev.clawden.session"]: next(
+                m["Source"] for m in c.attrs["Mounts"] if m["Destination"] == "/home/agent"
+            )
+            for c in stack.containers()
+            if c.labels.get("dev.clawden.agent-group") == "main"
+        }
 
     assert len(homes) >= 2 and len(set(homes.values())) == len(homes)
     assert all(Path(h).name == session for session, h in homes.items())

@@ -17,14 +17,18 @@ from tests.fakes.anthropic import Hang
 pytestmark = pytest.mark.docker
 
 
-
 def all_text(stack: Stack) -> str:
     return str([r.body for r in stack.fake.messages_requests(with_tools=True)])
 
 
 def test_a_line_typed_in_the_terminal_is_answered_by_the_agent(stack: Stack) -> None:
-    out = subprocess.run([sys.executable, "-m", "clawden", "chat", "--once", "what is on today?",
-                          "--timeout", "90"], env=stack.env(), capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "clawden", "chat", "--once", "what is on today?", "--timeout", "90"],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("main> echo: ")
     assert "what is on today?" in out.stdout
@@ -40,8 +44,14 @@ def test_the_real_key_is_nowhere_in_the_container(stack: Stack) -> None:
     assert "ANTHROPIC_API_KEY=clawden-managed" in env
     assert not any(stack.key in e for e in env)
     found = container.exec_run(
-        ["sh", "-c", f"cat /proc/1/environ /proc/self/environ; grep -rl -- '{stack.key}' "
-                     "/workspace /home/agent /tmp /app /etc 2>/dev/null; true"], user="1000")
+        [
+            "sh",
+            "-c",
+            f"cat /proc/1/environ /proc/self/environ; grep -rl -- '{stack.key}' "
+            "/workspace /home/agent /tmp /app /etc 2>/dev/null; true",
+        ],
+        user="1000",
+    )
     assert stack.key.encode() not in found.output
     assert container.attrs["HostConfig"]["NetworkMode"] == "none"
     assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
@@ -98,19 +108,28 @@ def processes_with_env(entry: str) -> list[int]:
 
 
 def test_clawden_status_lists_every_service(stack: Stack) -> None:
-    out = subprocess.run([sys.executable, "-m", "clawden", "status", "--json"], env=stack.env(),
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "clawden", "status", "--json"],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     for name in ("router", "runner", "vault"):
         assert f'"name": "{name}"' in out.stdout
 
 
-def test_ctrl_c_stops_every_service_and_container(tmp_path: Path, docker_client: object,
-                                                 agent_image: str) -> None:
+def test_ctrl_c_stops_every_service_and_container(tmp_path: Path, docker_client: object, agent_image: str) -> None:
     s = start_stack(tmp_path / "home")
     try:
-        out = subprocess.run([sys.executable, "-m", "clawden", "chat", "--once", "hi", "--timeout", "90"],
-                             env=s.env(), capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "clawden", "chat", "--once", "hi", "--timeout", "90"],
+            env=s.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         assert len(s.containers()) == 1
         s.proc.send_signal(2)

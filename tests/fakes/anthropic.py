@@ -34,17 +34,24 @@ AUX_TEXT = "Fake reply"
 COMPACTION_ASK = "REMINDER: Do NOT call any tools. Respond with plain text only"
 COMPACTION_SUMMARY = "<analysis>The fake read the conversation.</analysis>\n<summary>The conversation so far.</summary>"
 _ERROR_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
     529: "overloaded_error",
 }
 
 
 # --- scripted replies ---------------------------------------------------------------------------
 
+
 @dataclass
 class Reply:
     """One scripted answer. `delay` seconds pass before anything is sent."""
+
     delay: float = field(default=0.0, kw_only=True)
 
 
@@ -56,6 +63,7 @@ class Text(Reply):
 @dataclass
 class ToolCall(Reply):
     """A tool_use block; `name` may be a suffix of the offered tool (send_message → mcp__x__send_message)."""
+
     name: str
     input: dict[str, Any] = field(default_factory=dict)
     text: str | None = None  # optional text block before the tool call
@@ -71,6 +79,7 @@ class Error(Reply):
 @dataclass
 class Hang(Reply):
     """Hold the request open until `FakeAnthropic.release()`, then answer with `then`."""
+
     then: Reply | None = None
 
 
@@ -89,6 +98,7 @@ class RecordedRequest:
 
 
 # --- the pure part: what to answer --------------------------------------------------------------
+
 
 def tool_names(body: dict[str, Any]) -> list[str]:
     return [str(t.get("name", "")) for t in body.get("tools") or [] if isinstance(t, dict)]
@@ -112,8 +122,9 @@ def is_tool_result_turn(msg: dict[str, Any] | None) -> bool:
     return msg is not None and any(b.get("type") == "tool_result" for b in _blocks(msg))
 
 
-MID_TURN = re.compile(r"The user sent a new message while you were working:\n(.*?)\n\nThis is how Claude Code",
-                      re.DOTALL)
+MID_TURN = re.compile(
+    r"The user sent a new message while you were working:\n(.*?)\n\nThis is how Claude Code", re.DOTALL
+)
 
 
 def _said(msg: dict[str, Any] | None) -> list[str]:
@@ -127,7 +138,7 @@ def since_last_answer(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The messages after the model's last turn: the tool results and whatever the user said since."""
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
-    return messages[last + 1:]
+    return messages[last + 1 :]
 
 
 def last_user_text(body: dict[str, Any]) -> str:
@@ -170,64 +181,102 @@ def _estimate_tokens(body: Any) -> int:
     return max(1, len(json.dumps(body)) // 4)
 
 
-def content_blocks(reply: Text | ToolCall, body: dict[str, Any],
-                   ids: Callable[[], str]) -> list[dict[str, Any]]:
+def content_blocks(reply: Text | ToolCall, body: dict[str, Any], ids: Callable[[], str]) -> list[dict[str, Any]]:
     if isinstance(reply, Text):
         return [{"type": "text", "text": reply.text}]
     blocks: list[dict[str, Any]] = []
     if reply.text:
         blocks.append({"type": "text", "text": reply.text})
-    blocks.append({"type": "tool_use", "id": f"toolu_{ids()}", "name": _resolve_tool(reply.name, body),
-                   "input": reply.input})
+    blocks.append(
+        {"type": "tool_use", "id": f"toolu_{ids()}", "name": _resolve_tool(reply.name, body), "input": reply.input}
+    )
     return blocks
 
 
 def message_json(msg_id: str, model: str, blocks: list[dict[str, Any]], input_tokens: int) -> dict[str, Any]:
     stop = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
     return {
-        "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": blocks,
-        "stop_reason": stop, "stop_sequence": None,
-        "usage": {"input_tokens": input_tokens, "output_tokens": _estimate_tokens(blocks),
-                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+        "id": msg_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": blocks,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": input_tokens,
+            "output_tokens": _estimate_tokens(blocks),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
     }
 
 
 def sse_events(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The official event order: message_start, per block start/delta.../stop, message_delta, stop."""
-    start = dict(message, content=[], stop_reason=None, stop_sequence=None,
-                 usage=dict(message["usage"], output_tokens=1))
+    start = dict(
+        message, content=[], stop_reason=None, stop_sequence=None, usage=dict(message["usage"], output_tokens=1)
+    )
     events: list[tuple[str, dict[str, Any]]] = [
-        ("message_start", {"type": "message_start", "message": start}), ("ping", {"type": "ping"})]
+        ("message_start", {"type": "message_start", "message": start}),
+        ("ping", {"type": "ping"}),
+    ]
     for index, block in enumerate(message["content"]):
         if block["type"] == "text":
-            events.append(("content_block_start", {"type": "content_block_start", "index": index,
-                                                   "content_block": {"type": "text", "text": ""}}))
+            events.append(
+                (
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
+                )
+            )
             text = block["text"]
-            for chunk in [text[i:i + 16] for i in range(0, len(text), 16)] or [""]:
-                events.append(("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                       "delta": {"type": "text_delta", "text": chunk}}))
+            for chunk in [text[i : i + 16] for i in range(0, len(text), 16)] or [""]:
+                events.append(
+                    (
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": chunk}},
+                    )
+                )
         else:
-            events.append(("content_block_start", {"type": "content_block_start", "index": index,
-                                                   "content_block": dict(block, input={})}))
+            events.append(
+                (
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": dict(block, input={})},
+                )
+            )
             raw = json.dumps(block["input"])
-            for chunk in [raw[i:i + 16] for i in range(0, len(raw), 16)]:
-                events.append(("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                       "delta": {"type": "input_json_delta",
-                                                                 "partial_json": chunk}}))
+            for chunk in [raw[i : i + 16] for i in range(0, len(raw), 16)]:
+                events.append(
+                    (
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": chunk},
+                        },
+                    )
+                )
         events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
-    events.append(("message_delta", {"type": "message_delta",
-                                     "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                                     "usage": {"output_tokens": message["usage"]["output_tokens"]}}))
+    events.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": message["usage"]["output_tokens"]},
+            },
+        )
+    )
     events.append(("message_stop", {"type": "message_stop"}))
     return events
 
 
 def error_json(status: int, message: str, type_: str | None = None) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": type_ or _ERROR_TYPES.get(status, "api_error"),
-                                       "message": message}}
+    return {"type": "error", "error": {"type": type_ or _ERROR_TYPES.get(status, "api_error"), "message": message}}
 
 
 # --- the server ---------------------------------------------------------------------------------
+
 
 class FakeAnthropic(ThreadedServer):
     """The fake API server. Script replies with `script()`; inspect `requests` afterwards.
@@ -378,8 +427,9 @@ class FakeAnthropic(ThreadedServer):
                 return
             conn.start_next_cycle()
 
-    async def _handle(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request,
-                      raw: bytes) -> None:
+    async def _handle(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request, raw: bytes
+    ) -> None:
         target = request.target.decode()
         method = request.method.decode()
         split = urlsplit(target)
@@ -401,8 +451,9 @@ class FakeAnthropic(ThreadedServer):
         elif method == "POST" and path == "/v1/messages" and isinstance(parsed, dict):
             marker = self._overflow_marker
             if marker is not None and marker in raw.decode(errors="replace"):
-                reply: Reply = Error(400, f"prompt is too long: {_estimate_tokens(parsed) + 1_000_000} tokens > "
-                                          "1000000 maximum")
+                reply: Reply = Error(
+                    400, f"prompt is too long: {_estimate_tokens(parsed) + 1_000_000} tokens > 1000000 maximum"
+                )
             else:
                 reply = self._next_reply(parsed)
             await self._answer(conn, writer, parsed, reply)
@@ -411,8 +462,9 @@ class FakeAnthropic(ThreadedServer):
         else:
             await self._send_json(conn, writer, 404, error_json(404, f"Not found: {method} {path}"))
 
-    async def _answer(self, conn: h11.Connection, writer: asyncio.StreamWriter, body: dict[str, Any],
-                      reply: Reply) -> None:
+    async def _answer(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, body: dict[str, Any], reply: Reply
+    ) -> None:
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if isinstance(reply, Hang):
@@ -427,14 +479,24 @@ class FakeAnthropic(ThreadedServer):
             return
         assert isinstance(reply, Text | ToolCall)
         n = next(self._ids)
-        msg = message_json(f"msg_fake{n:06d}", str(body.get("model") or DEFAULT_MODEL),
-                           content_blocks(reply, body, lambda: f"fake{n:06d}"), _estimate_tokens(body))
+        msg = message_json(
+            f"msg_fake{n:06d}",
+            str(body.get("model") or DEFAULT_MODEL),
+            content_blocks(reply, body, lambda: f"fake{n:06d}"),
+            _estimate_tokens(body),
+        )
         if not body.get("stream"):
             await self._send_json(conn, writer, 200, msg)
             return
-        head = h11.Response(status_code=200, headers=[
-            ("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
-            ("request-id", f"req_fake{n:06d}"), ("anthropic-organization-id", "fake-org")])
+        head = h11.Response(
+            status_code=200,
+            headers=[
+                ("content-type", "text/event-stream; charset=utf-8"),
+                ("cache-control", "no-cache"),
+                ("request-id", f"req_fake{n:06d}"),
+                ("anthropic-organization-id", "fake-org"),
+            ],
+        )
         writer.write(conn.send(head) or b"")
         for name, data in sse_events(msg):
             chunk = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
@@ -442,15 +504,22 @@ class FakeAnthropic(ThreadedServer):
         writer.write(conn.send(h11.EndOfMessage()) or b"")
         await writer.drain()
 
-    async def _send_json(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int,
-                         payload: dict[str, Any]) -> None:
+    async def _send_json(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, payload: dict[str, Any]
+    ) -> None:
         data = json.dumps(payload).encode()
         n = next(self._ids)
-        head = h11.Response(status_code=status, headers=[
-            ("content-type", "application/json"), ("content-length", str(len(data))),
-            ("request-id", f"req_fake{n:06d}")])
-        writer.write((conn.send(head) or b"") + (conn.send(h11.Data(data=data)) or b"")
-                     + (conn.send(h11.EndOfMessage()) or b""))
+        head = h11.Response(
+            status_code=status,
+            headers=[
+                ("content-type", "application/json"),
+                ("content-length", str(len(data))),
+                ("request-id", f"req_fake{n:06d}"),
+            ],
+        )
+        writer.write(
+            (conn.send(head) or b"") + (conn.send(h11.Data(data=data)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+        )
         await writer.drain()
 
 
@@ -476,29 +545,43 @@ def make_tls(hostnames: list[str], directory: str) -> FakeTLS:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Fake sites test CA")])
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
-          .not_valid_after(now + dt.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-          .add_extension(ca_ski, critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hostnames]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hostnames]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     pem = serialization.Encoding.PEM
     ca_file = os.path.join(directory, "fake-ca.pem")
     chain_file = os.path.join(directory, "fake-site.pem")
     with open(ca_file, "wb") as out:
         out.write(ca.public_bytes(pem))
     with open(chain_file, "wb") as out:
-        out.write(leaf.public_bytes(pem) + key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                             serialization.NoEncryption()))
+        out.write(
+            leaf.public_bytes(pem)
+            + key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(chain_file)
     return FakeTLS(context, ca_file)

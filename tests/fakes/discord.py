@@ -116,15 +116,17 @@ class ApiError(Exception):
 
 
 class FakeDiscord(ThreadedServer):
-    def __init__(self, *, heartbeat_ms: int = 41250, bucket: tuple[int, float] = (5, 5.0),
-                 message_content: bool = True) -> None:
+    def __init__(
+        self, *, heartbeat_ms: int = 41250, bucket: tuple[int, float] = (5, 5.0), message_content: bool = True
+    ) -> None:
         self.heartbeat_ms = heartbeat_ms
         self.message_content = message_content  # the privileged intent switched on in the developer portal
         self.bucket = bucket
         self.token = TOKEN
         self.bot_id = BOT_ID
-        self.users: dict[str, dict[str, Any]] = {BOT_ID: {"id": BOT_ID, "username": "clawden", "bot": True,
-                                                          "global_name": None, "discriminator": "0"}}
+        self.users: dict[str, dict[str, Any]] = {
+            BOT_ID: {"id": BOT_ID, "username": "clawden", "bot": True, "global_name": None, "discriminator": "0"}
+        }
         self.channels: dict[str, Channel] = {}
         self.calls: list[Call] = []
         self.connections = 0
@@ -224,8 +226,9 @@ class FakeDiscord(ThreadedServer):
         self._soon(self._dispatch, "THREAD_CREATE", data)
         return cid
 
-    def say(self, channel: str, user: str, text: str, *, reply_to: str | None = None,
-            files: dict[str, bytes] | None = None) -> str:
+    def say(
+        self, channel: str, user: str, text: str, *, reply_to: str | None = None, files: dict[str, bytes] | None = None
+    ) -> str:
         """A person posts; returns the message id. `<@id>` in the text mentions that user."""
         with self._lock:
             c = self.channels[channel]
@@ -239,9 +242,15 @@ class FakeDiscord(ThreadedServer):
             for name, content in (files or {}).items():
                 aid = self._snowflake()
                 self.files[aid] = content
-                msg["attachments"].append({"id": aid, "filename": name, "size": len(content),
-                                           "content_type": "text/plain",
-                                           "url": f"{self.base}/attachments/{channel}/{aid}/{name}"})
+                msg["attachments"].append(
+                    {
+                        "id": aid,
+                        "filename": name,
+                        "size": len(content),
+                        "content_type": "text/plain",
+                        "url": f"{self.base}/attachments/{channel}/{aid}/{name}",
+                    }
+                )
             c.messages.append(msg)
             data: dict[str, Any] = dict(msg)
             if c.type != 1:
@@ -250,10 +259,23 @@ class FakeDiscord(ThreadedServer):
         return str(msg["id"])
 
     def _message(self, c: Channel, author: str, text: str) -> dict[str, Any]:
-        return {"id": self._snowflake(), "channel_id": c.id, "author": self.users[author], "content": text,
-                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()), "edited_timestamp": None,
-                "tts": False, "mention_everyone": False, "mentions": [], "mention_roles": [], "attachments": [],
-                "embeds": [], "pinned": False, "type": 0, "components": []}
+        return {
+            "id": self._snowflake(),
+            "channel_id": c.id,
+            "author": self.users[author],
+            "content": text,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+            "components": [],
+        }
 
     def click(self, channel: str, message: str, user: str, button: int = 0) -> str:
         """A person presses button number `button` (reading order) of the bot's message; returns the interaction id."""
@@ -262,9 +284,17 @@ class FakeDiscord(ThreadedServer):
             msg = next(m for m in c.messages if m["id"] == message)
             pressed = [b for row in msg["components"] for b in row["components"]][button]
             iid, token = self._snowflake(), "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(24)
-            data: dict[str, Any] = {"id": iid, "application_id": BOT_ID, "type": 3, "token": token, "version": 1,
-                                    "channel_id": channel, "channel": c.wire(), "message": msg,
-                                    "data": {"custom_id": pressed["custom_id"], "component_type": 2}}
+            data: dict[str, Any] = {
+                "id": iid,
+                "application_id": BOT_ID,
+                "type": 3,
+                "token": token,
+                "version": 1,
+                "channel_id": channel,
+                "channel": c.wire(),
+                "message": msg,
+                "data": {"custom_id": pressed["custom_id"], "component_type": 2},
+            }
             if c.type == 1:
                 data["user"] = self.users[user]
             else:
@@ -287,9 +317,11 @@ class FakeDiscord(ThreadedServer):
 
     def drop_socket(self) -> None:
         """The Gateway connection dies without a close frame; the session can be resumed."""
+
         def drop() -> None:
             if self._ws is not None and self._ws._req is not None and self._ws._req.transport is not None:
                 self._ws._req.transport.close()
+
         self._soon(drop)
 
     def ask_reconnect(self) -> None:
@@ -416,14 +448,23 @@ class FakeDiscord(ThreadedServer):
         self._identified = True
         self.session = GatewaySession(secrets.token_hex(16), int(d["intents"]))
         host = self.gateway_url.rsplit("/", 1)[0]
-        self._dispatch("READY", {"v": 10, "user": self.users[BOT_ID], "guilds": [{"id": GUILD, "unavailable": True}],
-                                 "session_id": self.session.id, "resume_gateway_url": host + "/resume",
-                                 "application": {"id": BOT_ID, "flags": 0}})
+        self._dispatch(
+            "READY",
+            {
+                "v": 10,
+                "user": self.users[BOT_ID],
+                "guilds": [{"id": GUILD, "unavailable": True}],
+                "session_id": self.session.id,
+                "resume_gateway_url": host + "/resume",
+                "application": {"id": BOT_ID, "flags": 0},
+            },
+        )
         with self._lock:
             guild = [c.wire() for c in self.channels.values() if c.type == 0]
             threads = [c.wire() for c in self.channels.values() if c.type == 11]
-        self._dispatch("GUILD_CREATE", {"id": GUILD, "name": "home", "channels": guild, "threads": threads,
-                                        "unavailable": False})
+        self._dispatch(
+            "GUILD_CREATE", {"id": GUILD, "name": "home", "channels": guild, "threads": threads, "unavailable": False}
+        )
 
     async def _resume(self, ws: web.WebSocketResponse, d: dict[str, Any], resume_path: bool) -> None:
         self.resumes.append(dict(d, on_resume_url=resume_path))
@@ -452,8 +493,12 @@ class FakeDiscord(ThreadedServer):
         s = self.session
         if s is None:
             return
-        if kind == "MESSAGE_CREATE" and "guild_id" in data and not s.intents & MESSAGE_CONTENT \
-                and not any(u["id"] == BOT_ID for u in data.get("mentions", [])):
+        if (
+            kind == "MESSAGE_CREATE"
+            and "guild_id" in data
+            and not s.intents & MESSAGE_CONTENT
+            and not any(u["id"] == BOT_ID for u in data.get("mentions", []))
+        ):
             data = dict(data, content="", attachments=[], embeds=[], components=[])
         s.seq += 1
         event = {"op": 0, "t": kind, "s": s.seq, "d": data}
@@ -489,12 +534,21 @@ class FakeDiscord(ThreadedServer):
         if isinstance(fault, Error):
             answer: dict[str, Any] = {"message": "injected", "code": fault.code}
             if fault.status == 429:
-                answer = {"message": "You are being rate limited.", "retry_after": fault.retry_after or 1.0,
-                          "global": fault.is_global}
+                answer = {
+                    "message": "You are being rate limited.",
+                    "retry_after": fault.retry_after or 1.0,
+                    "global": fault.is_global,
+                }
             return self._answer(name, request, body, fault.status, answer, route)
         if (limited := self._spend(route)) is not None:
-            return self._answer(name, request, body, 429, {"message": "You are being rate limited.",
-                                                           "retry_after": limited, "global": False}, route)
+            return self._answer(
+                name,
+                request,
+                body,
+                429,
+                {"message": "You are being rate limited.", "retry_after": limited, "global": False},
+                route,
+            )
         try:
             status, answer = self._handle(name, parts, body, request)
         except ApiError as exc:
@@ -516,14 +570,17 @@ class FakeDiscord(ThreadedServer):
             return await request.json()
         return None
 
-    def _answer(self, name: str, request: web.Request, body: Any, status: int, answer: Any,
-                route: str) -> web.Response:
+    def _answer(self, name: str, request: web.Request, body: Any, status: int, answer: Any, route: str) -> web.Response:
         with self._lock:
             self.calls.append(Call(name, request.method, request.path_qs, body, status, time.time()))
         remaining, reset = self._buckets.get(route, (self.bucket[0], time.time() + self.bucket[1]))
-        headers = {"X-RateLimit-Limit": str(self.bucket[0]), "X-RateLimit-Remaining": str(max(remaining, 0)),
-                   "X-RateLimit-Reset": f"{reset:.3f}", "X-RateLimit-Reset-After": f"{max(reset - time.time(), 0):.3f}",
-                   "X-RateLimit-Bucket": route.encode().hex()[:16]}
+        headers = {
+            "X-RateLimit-Limit": str(self.bucket[0]),
+            "X-RateLimit-Remaining": str(max(remaining, 0)),
+            "X-RateLimit-Reset": f"{reset:.3f}",
+            "X-RateLimit-Reset-After": f"{max(reset - time.time(), 0):.3f}",
+            "X-RateLimit-Bucket": route.encode().hex()[:16],
+        }
         if status == 429:
             headers["Retry-After"] = str(int(answer["retry_after"] + 0.999))
             headers["X-RateLimit-Scope"] = "global" if answer.get("global") else "user"
@@ -623,8 +680,9 @@ class FakeDiscord(ThreadedServer):
         for fname, data in files.items():
             aid = self._snowflake()
             self.files[aid] = data
-            msg["attachments"].append({"id": aid, "filename": fname, "size": len(data),
-                                       "url": f"{self.base}/attachments/{cid}/{aid}/{fname}"})
+            msg["attachments"].append(
+                {"id": aid, "filename": fname, "size": len(data), "url": f"{self.base}/attachments/{cid}/{aid}/{fname}"}
+            )
         if nonce is not None:
             msg["nonce"] = nonce
             self._nonces[(cid, str(nonce))] = msg
@@ -645,6 +703,7 @@ class FakeDiscord(ThreadedServer):
 
     def _react(self, cid: str, mid: str, emoji: str) -> tuple[int, Any]:
         from urllib.parse import unquote
+
         msg = next((m for m in self._chan(cid).messages if m["id"] == mid), None)
         if msg is None:
             raise ApiError(404, 10008, "Unknown Message")
@@ -682,8 +741,10 @@ def _route(method: str, parts: list[str]) -> tuple[str, str]:
     """A REST call's name (for faults and records) and its rate-limit route (the top-level id kept)."""
     top = "/".join(parts[:2])
     table = {
-        ("GET", ("users", "@me")): "me", ("POST", ("users", "@me", "channels")): "create_dm",
-        ("GET", ("channels", "*")): "channel", ("GET", ("channels", "*", "messages")): "history",
+        ("GET", ("users", "@me")): "me",
+        ("POST", ("users", "@me", "channels")): "create_dm",
+        ("GET", ("channels", "*")): "channel",
+        ("GET", ("channels", "*", "messages")): "history",
         ("POST", ("channels", "*", "messages")): "create_message",
         ("PATCH", ("channels", "*", "messages", "*")): "edit_message",
         ("DELETE", ("channels", "*", "messages", "*")): "delete_message",
@@ -691,8 +752,10 @@ def _route(method: str, parts: list[str]) -> tuple[str, str]:
         ("POST", ("channels", "*", "typing")): "typing",
         ("POST", ("interactions", "*", "*", "callback")): "callback",
     }
-    shape = tuple(p if not (p.isdigit() or (i == 2 and parts[0] == "interactions") or (i == 5 and len(parts) == 7))
-                  else "*" for i, p in enumerate(parts))
+    shape = tuple(
+        p if not (p.isdigit() or (i == 2 and parts[0] == "interactions") or (i == 5 and len(parts) == 7)) else "*"
+        for i, p in enumerate(parts)
+    )
     name = table.get((method, shape), "unknown")
     return name, f"{method} {top} {name}"
 
@@ -704,8 +767,12 @@ def _check_components(rows: list[dict[str, Any]]) -> None:
         if row.get("type") != 1 or not 1 <= len(row.get("components") or []) <= 5:
             raise ApiError(400, 50035, "Invalid Form Body (components: an action row holds 1 to 5 components)")
         for button in row["components"]:
-            if button.get("type") != 2 or not 1 <= len(str(button.get("custom_id") or "")) <= 100 \
-                    or len(str(button.get("label") or "")) > 80 or button.get("style") not in (1, 2, 3, 4):
+            if (
+                button.get("type") != 2
+                or not 1 <= len(str(button.get("custom_id") or "")) <= 100
+                or len(str(button.get("label") or "")) > 80
+                or button.get("style") not in (1, 2, 3, 4)
+            ):
                 raise ApiError(400, 50035, "Invalid Form Body (components: a button is invalid)")
 
 

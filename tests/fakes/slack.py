@@ -52,12 +52,43 @@ APP_ID = "A0APP"
 ACK_WINDOW = 3.0
 MAX_RETRIES = 3  # the Events API tries a delivery up to three more times (api.slack.com/apis/events-api#retries)
 MAX_TEXT = 40000
-JSON_METHODS = {"chat.postMessage", "chat.update", "chat.delete", "reactions.add", "conversations.open",
-                "auth.test", "apps.connections.open"}
+JSON_METHODS = {
+    "chat.postMessage",
+    "chat.update",
+    "chat.delete",
+    "reactions.add",
+    "conversations.open",
+    "auth.test",
+    "apps.connections.open",
+}
 # Standard emoji names reactions.add takes (a subset of Slack's; another is `invalid_name`).
-EMOJI = {"+1", "-1", "heart", "fire", "tada", "eyes", "white_check_mark", "x", "pray", "clap", "joy", "grin",
-         "thinking_face", "100", "zap", "rocket", "ok_hand", "cry", "heart_eyes", "slightly_smiling_face",
-         "hourglass_flowing_sand", "writing_hand", "handshake", "sunglasses", "thumbsup"}
+EMOJI = {
+    "+1",
+    "-1",
+    "heart",
+    "fire",
+    "tada",
+    "eyes",
+    "white_check_mark",
+    "x",
+    "pray",
+    "clap",
+    "joy",
+    "grin",
+    "thinking_face",
+    "100",
+    "zap",
+    "rocket",
+    "ok_hand",
+    "cry",
+    "heart_eyes",
+    "slightly_smiling_face",
+    "hourglass_flowing_sand",
+    "writing_hand",
+    "handshake",
+    "sunglasses",
+    "thumbsup",
+}
 
 
 @dataclass
@@ -96,8 +127,12 @@ class Envelope:
     acked: bool = False
 
     def wire(self) -> str:
-        body: dict[str, Any] = {"envelope_id": self.envelope_id, "payload": self.payload, "type": self.kind,
-                                "accepts_response_payload": False}
+        body: dict[str, Any] = {
+            "envelope_id": self.envelope_id,
+            "payload": self.payload,
+            "type": self.kind,
+            "accepts_response_payload": False,
+        }
         if self.kind == "events_api":
             body |= {"retry_attempt": self.retry_attempt, "retry_reason": "timeout" if self.retry_attempt else ""}
         return json.dumps(body)
@@ -213,19 +248,35 @@ class FakeSlack(ThreadedServer):
         self.channels[cid] = Channel(cid, "", "im", {user, BOT_USER})
         return cid
 
-    def say(self, channel: str, user: str, text: str, *, thread_ts: str | None = None,
-            files: list[bytes] | None = None, names: list[str] | None = None) -> str:
+    def say(
+        self,
+        channel: str,
+        user: str,
+        text: str,
+        *,
+        thread_ts: str | None = None,
+        files: list[bytes] | None = None,
+        names: list[str] | None = None,
+    ) -> str:
         """A person posts; returns the message's ts. The bot gets `message` (and `app_mention` when named)."""
         with self._lock:
             c = self.channels[channel]
             ts = self._next_ts()
-            msg: dict[str, Any] = {"type": "message", "user": user, "text": text, "ts": ts, "team": TEAM,
-                                   "client_msg_id": secrets.token_hex(8)}
+            msg: dict[str, Any] = {
+                "type": "message",
+                "user": user,
+                "text": text,
+                "ts": ts,
+                "team": TEAM,
+                "client_msg_id": secrets.token_hex(8),
+            }
             if thread_ts:
                 msg["thread_ts"] = thread_ts
             if files:
-                msg["files"] = [self._file(data, (names or [])[i] if names and i < len(names) else f"file{i}.txt",
-                                           user) for i, data in enumerate(files)]
+                msg["files"] = [
+                    self._file(data, (names or [])[i] if names and i < len(names) else f"file{i}.txt", user)
+                    for i, data in enumerate(files)
+                ]
                 msg["subtype"] = "file_share"
             c.messages.append(msg)
             event = dict(msg, channel=channel, event_ts=ts, channel_type=c.kind)
@@ -240,9 +291,16 @@ class FakeSlack(ThreadedServer):
     def _file(self, data: bytes, name: str, user: str) -> dict[str, Any]:
         fid = self._id("F")
         self.uploaded[fid] = data
-        info = {"id": fid, "name": name, "title": name, "mimetype": "text/plain", "size": len(data), "user": user,
-                "url_private": f"{self.base}/files/{fid}/{name}",
-                "url_private_download": f"{self.base}/files/{fid}/{name}"}
+        info = {
+            "id": fid,
+            "name": name,
+            "title": name,
+            "mimetype": "text/plain",
+            "size": len(data),
+            "user": user,
+            "url_private": f"{self.base}/files/{fid}/{name}",
+            "url_private_download": f"{self.base}/files/{fid}/{name}",
+        }
         self.files[fid] = info
         return info
 
@@ -252,23 +310,47 @@ class FakeSlack(ThreadedServer):
         assert msg is not None, f"no message {ts} in {channel}"
         buttons = [e for b in msg.get("blocks") or [] if b.get("type") == "actions" for e in b["elements"]]
         pressed = buttons[button]
-        payload = {"type": "block_actions", "user": {"id": user, "username": self.users[user]["name"],
-                                                      "name": self.users[user]["name"], "team_id": TEAM},
-                   "api_app_id": APP_ID, "token": "verification", "trigger_id": secrets.token_hex(8),
-                   "team": {"id": TEAM}, "container": {"type": "message", "message_ts": ts, "channel_id": channel,
-                                                       "is_ephemeral": False},
-                   "channel": {"id": channel, "name": self.channels[channel].name}, "message": msg,
-                   "response_url": f"{self.base}/respond/{secrets.token_hex(4)}",
-                   "actions": [{"action_id": pressed["action_id"], "block_id": "x", "text": pressed["text"],
-                                "value": pressed.get("value", ""), "type": "button",
-                                "action_ts": f"{time.time():.6f}"}]}
+        payload = {
+            "type": "block_actions",
+            "user": {
+                "id": user,
+                "username": self.users[user]["name"],
+                "name": self.users[user]["name"],
+                "team_id": TEAM,
+            },
+            "api_app_id": APP_ID,
+            "token": "verification",
+            "trigger_id": secrets.token_hex(8),
+            "team": {"id": TEAM},
+            "container": {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": False},
+            "channel": {"id": channel, "name": self.channels[channel].name},
+            "message": msg,
+            "response_url": f"{self.base}/respond/{secrets.token_hex(4)}",
+            "actions": [
+                {
+                    "action_id": pressed["action_id"],
+                    "block_id": "x",
+                    "text": pressed["text"],
+                    "value": pressed.get("value", ""),
+                    "type": "button",
+                    "action_ts": f"{time.time():.6f}",
+                }
+            ],
+        }
         self._soon(self._enqueue, Envelope(secrets.token_hex(16), "interactive", payload))
 
     def _event_envelope(self, event: dict[str, Any]) -> Envelope:
-        payload = {"token": "verification", "team_id": TEAM, "api_app_id": APP_ID, "event": event,
-                   "type": "event_callback", "event_id": self._id("Ev"), "event_time": int(time.time()),
-                   "authorizations": [{"team_id": TEAM, "user_id": BOT_USER, "is_bot": True}],
-                   "is_ext_shared_channel": False}
+        payload = {
+            "token": "verification",
+            "team_id": TEAM,
+            "api_app_id": APP_ID,
+            "event": event,
+            "type": "event_callback",
+            "event_id": self._id("Ev"),
+            "event_time": int(time.time()),
+            "authorizations": [{"team_id": TEAM, "user_id": BOT_USER, "is_bot": True}],
+            "is_ext_shared_channel": False,
+        }
         return Envelope(secrets.token_hex(16), "events_api", payload)
 
     def _message(self, channel: str, ts: str) -> dict[str, Any] | None:
@@ -287,18 +369,21 @@ class FakeSlack(ThreadedServer):
 
     def drop_socket(self) -> None:
         """The app's WebSocket dies without a close frame (what is not acknowledged comes again later)."""
+
         def drop() -> None:
             if self._ws is not None and self._ws._req is not None and self._ws._req.transport is not None:
                 self._ws._req.transport.close()
+
         self._soon(drop)
 
     def disconnect(self, reason: str = "refresh_requested") -> None:
         """Slack asks the app to connect anew (a `disconnect` envelope), then closes the socket a moment later."""
+
         async def send() -> None:
             ws = self._ws
             if ws is not None and not ws.closed:
-                await ws.send_str(json.dumps({"type": "disconnect", "reason": reason,
-                                              "debug_info": {"host": "fake"}}))
+                await ws.send_str(json.dumps({"type": "disconnect", "reason": reason, "debug_info": {"host": "fake"}}))
+
         assert self._loop is not None
         asyncio.run_coroutine_threadsafe(send(), self._loop).result(5)
 
@@ -353,8 +438,12 @@ class FakeSlack(ThreadedServer):
                 if envelope.sent_at and now - envelope.sent_at > self.ack_window:
                     del self._pending[envelope.envelope_id]
                     if envelope.kind == "events_api" and envelope.retry_attempt < MAX_RETRIES:
-                        again = Envelope(secrets.token_hex(16), envelope.kind, envelope.payload,
-                                         retry_attempt=envelope.retry_attempt + 1)
+                        again = Envelope(
+                            secrets.token_hex(16),
+                            envelope.kind,
+                            envelope.payload,
+                            retry_attempt=envelope.retry_attempt + 1,
+                        )
                         self._pending[again.envelope_id] = again
                         self._queue.append(again)
             self._flush()
@@ -375,9 +464,16 @@ class FakeSlack(ThreadedServer):
         for envelope in self._pending.values():
             if envelope not in self._queue:
                 self._queue.append(envelope)
-        await ws.send_str(json.dumps({"type": "hello", "num_connections": 1,
-                                      "debug_info": {"host": "fake", "approximate_connection_time": 3600},
-                                      "connection_info": {"app_id": APP_ID}}))
+        await ws.send_str(
+            json.dumps(
+                {
+                    "type": "hello",
+                    "num_connections": 1,
+                    "debug_info": {"host": "fake", "approximate_connection_time": 3600},
+                    "connection_info": {"app_id": APP_ID},
+                }
+            )
+        )
         self._flush()
         try:
             async for msg in ws:
@@ -473,8 +569,16 @@ class FakeSlack(ThreadedServer):
         return c
 
     def _m_auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "url": "https://fake.slack.test/", "team": "Clawden Test", "user": "clawden",
-                "team_id": TEAM, "user_id": BOT_USER, "bot_id": BOT_ID, "is_enterprise_install": False}
+        return {
+            "ok": True,
+            "url": "https://fake.slack.test/",
+            "team": "Clawden Test",
+            "user": "clawden",
+            "team_id": TEAM,
+            "user_id": BOT_USER,
+            "bot_id": BOT_ID,
+            "is_enterprise_install": False,
+        }
 
     def _m_apps_connections_open(self, params: dict[str, Any]) -> dict[str, Any]:
         ticket = secrets.token_hex(8)
@@ -497,8 +601,14 @@ class FakeSlack(ThreadedServer):
             raise _Refused("msg_too_long")
         _check_blocks(blocks)
         ts = self._next_ts()
-        msg: dict[str, Any] = {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "text": text, "ts": ts,
-                               "team": TEAM}
+        msg: dict[str, Any] = {
+            "type": "message",
+            "user": BOT_USER,
+            "bot_id": BOT_ID,
+            "text": text,
+            "ts": ts,
+            "team": TEAM,
+        }
         if blocks:
             msg["blocks"] = blocks
         if params.get("thread_ts"):
@@ -551,8 +661,12 @@ class FakeSlack(ThreadedServer):
         if not params.get("filename") or not str(params.get("length") or "").isdigit():
             raise _Refused("invalid_arguments")
         fid = self._id("F")
-        self.files[fid] = {"id": fid, "name": str(params["filename"]), "length": int(params["length"]),
-                           "uploaded": False}
+        self.files[fid] = {
+            "id": fid,
+            "name": str(params["filename"]),
+            "length": int(params["length"]),
+            "uploaded": False,
+        }
         return {"ok": True, "upload_url": f"{self.base}/upload/{fid}", "file_id": fid}
 
     def _m_files_completeUploadExternal(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -568,8 +682,14 @@ class FakeSlack(ThreadedServer):
             shared.append({"id": info["id"], "name": info["name"], "title": f.get("title") or info["name"]})
         if params.get("channel_id"):
             c = self._chan(params, "channel_id")
-            msg: dict[str, Any] = {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "text": "",
-                                   "ts": self._next_ts(), "files": shared}
+            msg: dict[str, Any] = {
+                "type": "message",
+                "user": BOT_USER,
+                "bot_id": BOT_ID,
+                "text": "",
+                "ts": self._next_ts(),
+                "files": shared,
+            }
             if params.get("thread_ts"):
                 msg["thread_ts"] = str(params["thread_ts"])
             c.messages.append(msg)

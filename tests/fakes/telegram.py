@@ -61,24 +61,97 @@ PHOTO_LIMIT = 10 * 1024 * 1024
 # Every emoji a bot may react with, and nothing else (Bot API: ReactionTypeEmoji,
 # core.telegram.org/bots/api#reactiontypeemoji): another one is REACTION_INVALID. Written out here, not
 # imported from the bridge, so the bridge cannot loosen what the fake accepts.
-REACTIONS = frozenset([
-    "👍", "👎", "❤", "🔥", "🥰", "👏", "😁", "🤔", "🤯", "😱", "🤬", "😢", "🎉", "🤩", "🤮", "💩", "🙏", "👌", "🕊",
-    "🤡", "🥱", "🥴", "😍", "🐳", "❤\u200d🔥", "🌚", "🌭", "💯", "🤣", "⚡", "🍌", "🏆", "💔", "🤨", "😐", "🍓",
-    "🍾", "💋", "🖕", "😈", "😴", "😭", "🤓", "👻", "👨\u200d💻", "👀", "🎃", "🙈", "😇", "😨", "🤝", "✍", "🤗",
-    "🫡", "🎅", "🎄", "☃", "💅", "🤪", "🗿", "🆒", "💘", "🙉", "🦄", "😘", "💊", "🙊", "😎", "👾", "🤷\u200d♂", "🤷",
-    "🤷\u200d♀", "😡"])
-_OBJECT_PARAMS = {"reply_markup", "reply_parameters", "allowed_updates", "reaction", "entities",
-                  "link_preview_options"}
+REACTIONS = frozenset(
+    [
+        "👍",
+        "👎",
+        "❤",
+        "🔥",
+        "🥰",
+        "👏",
+        "😁",
+        "🤔",
+        "🤯",
+        "😱",
+        "🤬",
+        "😢",
+        "🎉",
+        "🤩",
+        "🤮",
+        "💩",
+        "🙏",
+        "👌",
+        "🕊",
+        "🤡",
+        "🥱",
+        "🥴",
+        "😍",
+        "🐳",
+        "❤\u200d🔥",
+        "🌚",
+        "🌭",
+        "💯",
+        "🤣",
+        "⚡",
+        "🍌",
+        "🏆",
+        "💔",
+        "🤨",
+        "😐",
+        "🍓",
+        "🍾",
+        "💋",
+        "🖕",
+        "😈",
+        "😴",
+        "😭",
+        "🤓",
+        "👻",
+        "👨\u200d💻",
+        "👀",
+        "🎃",
+        "🙈",
+        "😇",
+        "😨",
+        "🤝",
+        "✍",
+        "🤗",
+        "🫡",
+        "🎅",
+        "🎄",
+        "☃",
+        "💅",
+        "🤪",
+        "🗿",
+        "🆒",
+        "💘",
+        "🙉",
+        "🦄",
+        "😘",
+        "💊",
+        "🙊",
+        "😎",
+        "👾",
+        "🤷\u200d♂",
+        "🤷",
+        "🤷\u200d♀",
+        "😡",
+    ]
+)
+_OBJECT_PARAMS = {"reply_markup", "reply_parameters", "allowed_updates", "reaction", "entities", "link_preview_options"}
 # Bot API: getUpdates (core.telegram.org/bots/api#getupdates): "incoming updates are stored on the server
 # until the bot receives them either way, but they will not be kept longer than 24 hours". The update ids
 # they held are not reused: the next update a bot gets after such a gap has a higher id than its offset.
 UPDATE_LIFETIME = 24 * 3600.0
 CALLBACK_ANSWER_WINDOW = 15.0  # seconds a callback query may still be answered (see _answer_query)
-NOT_MODIFIED = ("Bad Request: message is not modified: specified new message content and reply markup are "
-                "exactly the same as a current content and reply markup of the message")
+NOT_MODIFIED = (
+    "Bad Request: message is not modified: specified new message content and reply markup are "
+    "exactly the same as a current content and reply markup of the message"
+)
 
 
 # --- faults -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Fault:
@@ -88,13 +161,17 @@ class Fault:
 @dataclass
 class Error(Fault):
     """A Bot API error body; the request is not carried out."""
+
     status: int
     description: str = ""
     retry_after: int | None = None
 
     def body(self) -> dict[str, Any]:
-        text = self.description or {429: f"Too Many Requests: retry after {self.retry_after or 1}",
-                                    500: "Internal Server Error", 502: "Bad Gateway"}.get(self.status, "Error")
+        text = self.description or {
+            429: f"Too Many Requests: retry after {self.retry_after or 1}",
+            500: "Internal Server Error",
+            502: "Bad Gateway",
+        }.get(self.status, "Error")
         out: dict[str, Any] = {"ok": False, "error_code": self.status, "description": text}
         if self.status == 429:
             out["parameters"] = {"retry_after": self.retry_after or 1}
@@ -109,6 +186,7 @@ class BadGateway(Fault):
 @dataclass
 class Drop(Fault):
     """The connection closes without an answer; with `after_processing` the request took effect first."""
+
     after_processing: bool = False
 
 
@@ -120,6 +198,7 @@ class Hang(Fault):
 @dataclass
 class Delay(Fault):
     """The request takes effect after `seconds`, then is answered (if the client still listens)."""
+
     seconds: float
 
 
@@ -175,9 +254,9 @@ def _image_size(data: bytes) -> tuple[int, int] | None:
     if data[:2] == b"\xff\xd8":
         at = 2
         while at + 9 <= len(data) and data[at] == 0xFF:
-            marker, length = data[at + 1], struct.unpack(">H", data[at + 2:at + 4])[0]
+            marker, length = data[at + 1], struct.unpack(">H", data[at + 2 : at + 4])[0]
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
-                height, width = struct.unpack(">HH", data[at + 5:at + 9])
+                height, width = struct.unpack(">HH", data[at + 5 : at + 9])
                 return width, height
             at += 2 + length
     return None
@@ -185,11 +264,17 @@ def _image_size(data: bytes) -> tuple[int, int] | None:
 
 def png(width: int, height: int) -> bytes:
     """A real (black, greyscale) PNG of this size, for tests that send images."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     rows = zlib.compress(b"".join(b"\x00" + bytes(width) for _ in range(height)), 9)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", rows)
+        + chunk(b"IEND", b"")
+    )
 
 
 def utf16_len(text: str) -> int:
@@ -199,10 +284,9 @@ def utf16_len(text: str) -> int:
 def auto_entities(text: str) -> list[dict[str, Any]]:
     """The entities Telegram's servers find in plain text a user sends: @mentions and /commands."""
     found: list[dict[str, Any]] = []
-    for match in re.finditer(r"(?<![\w@])@[A-Za-z0-9_]{5,32}|(?<!\S)/[A-Za-z0-9_]{1,32}(?:@[A-Za-z0-9_]{5,32})?",
-                             text):
+    for match in re.finditer(r"(?<![\w@])@[A-Za-z0-9_]{5,32}|(?<!\S)/[A-Za-z0-9_]{1,32}(?:@[A-Za-z0-9_]{5,32})?", text):
         kind = "mention" if match.group().startswith("@") else "bot_command"
-        found.append({"type": kind, "offset": utf16_len(text[:match.start()]), "length": utf16_len(match.group())})
+        found.append({"type": kind, "offset": utf16_len(text[: match.start()]), "length": utf16_len(match.group())})
     return found
 
 
@@ -223,9 +307,16 @@ class FakeTelegram(ThreadedServer):
     """The fake server. World-building and inspection methods are safe to call from any thread.
     `clock` (wall-clock seconds) dates messages and ages updates; pass a `Clock` to move time by hand."""
 
-    def __init__(self, token: str = TOKEN, bot_username: str = "clawden_test_bot", *, privacy: bool = True,
-                 clock: Callable[[], float] = time.time, private_topics: bool = False,
-                 flood_limits: bool = False) -> None:
+    def __init__(
+        self,
+        token: str = TOKEN,
+        bot_username: str = "clawden_test_bot",
+        *,
+        privacy: bool = True,
+        clock: Callable[[], float] = time.time,
+        private_topics: bool = False,
+        flood_limits: bool = False,
+    ) -> None:
         self.token = token
         self.clock = clock
         self.flood_limits = flood_limits  # off by default: most tests send faster than Telegram allows
@@ -233,12 +324,18 @@ class FakeTelegram(ThreadedServer):
         bot_id = int(token.split(":", 1)[0])
         # Bot API: getMe, User.can_read_all_group_messages (core.telegram.org/bots/api#user) is true
         # when privacy mode is off; bots are created with privacy mode on.
-        self.bot: dict[str, Any] = {"id": bot_id, "is_bot": True, "first_name": "Clawden", "username": bot_username,
-                    "can_join_groups": True, "can_read_all_group_messages": not privacy,
-                    "supports_inline_queries": False,
-                    # Bot API 9.3: User.has_topics_enabled (core.telegram.org/bots/api#user): forum topic
-                    # mode is on for the bot's private chats (set in @BotFather).
-                    "has_topics_enabled": private_topics}
+        self.bot: dict[str, Any] = {
+            "id": bot_id,
+            "is_bot": True,
+            "first_name": "Clawden",
+            "username": bot_username,
+            "can_join_groups": True,
+            "can_read_all_group_messages": not privacy,
+            "supports_inline_queries": False,
+            # Bot API 9.3: User.has_topics_enabled (core.telegram.org/bots/api#user): forum topic
+            # mode is on for the bot's private chats (set in @BotFather).
+            "has_topics_enabled": private_topics,
+        }
         self.withheld: list[dict[str, Any]] = []  # group messages privacy mode kept from the bot
         self.calls: list[Call] = []
         self.webhook_url = ""
@@ -310,8 +407,13 @@ class FakeTelegram(ThreadedServer):
 
     def user(self, first_name: str = "Ada", username: str | None = None, *, is_bot: bool = False) -> dict[str, Any]:
         with self._lock:
-            user: dict[str, Any] = {"id": next(self._user_ids), "is_bot": is_bot, "first_name": first_name,
-                    "username": username or first_name.lower(), "language_code": "en"}
+            user: dict[str, Any] = {
+                "id": next(self._user_ids),
+                "is_bot": is_bot,
+                "first_name": first_name,
+                "username": username or first_name.lower(),
+                "language_code": "en",
+            }
             self._users[user["id"]] = user
             return user
 
@@ -323,8 +425,9 @@ class FakeTelegram(ThreadedServer):
             self._chats.setdefault(user["id"], _Chat(info))
             return self._chats[user["id"]].info
 
-    def group(self, title: str = "Family", *, supergroup: bool = True, forum: bool = False,
-              bot_admin: bool = False) -> dict[str, Any]:
+    def group(
+        self, title: str = "Family", *, supergroup: bool = True, forum: bool = False, bot_admin: bool = False
+    ) -> dict[str, Any]:
         """A group the bot is in, joined under the privacy mode it has now (see `set_privacy`)."""
         with self._lock:
             n = next(self._group_ids)
@@ -332,8 +435,9 @@ class FakeTelegram(ThreadedServer):
             info: dict[str, Any] = {"id": chat_id, "type": "supergroup" if supergroup else "group", "title": title}
             if forum:
                 info["is_forum"] = True
-            self._chats[chat_id] = _Chat(info, bot_reads_all=bool(self.bot["can_read_all_group_messages"]),
-                                         bot_admin=bot_admin)
+            self._chats[chat_id] = _Chat(
+                info, bot_reads_all=bool(self.bot["can_read_all_group_messages"]), bot_admin=bot_admin
+            )
             return info
 
     def set_privacy(self, enabled: bool) -> None:
@@ -353,8 +457,13 @@ class FakeTelegram(ThreadedServer):
 
     def _service_message(self, state: _Chat, user: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         """Service messages reach every bot in the group, whatever its privacy mode."""
-        message: dict[str, Any] = {"message_id": state.next_id, "from": user, "chat": state.info,
-                                   "date": int(self.clock()), **fields}
+        message: dict[str, Any] = {
+            "message_id": state.next_id,
+            "from": user,
+            "chat": state.info,
+            "date": int(self.clock()),
+            **fields,
+        }
         state.next_id += 1
         state.messages[message["message_id"]] = message
         self._enqueue("message", message)
@@ -402,7 +511,8 @@ class FakeTelegram(ThreadedServer):
 
     def _has_topics(self, state: _Chat) -> bool:
         return bool(state.info.get("is_forum")) or (
-            state.info["type"] == "private" and bool(self.bot.get("has_topics_enabled")))
+            state.info["type"] == "private" and bool(self.bot.get("has_topics_enabled"))
+        )
 
     def drop_file_path(self, file_id: str) -> None:
         """getFile answers for this file without `file_path`: the field is optional (Bot API: File,
@@ -417,11 +527,20 @@ class FakeTelegram(ThreadedServer):
             self._files[file_id] = (f"documents/file_{n}.bin", content)
             return file_id
 
-    def send(self, chat: dict[str, Any], user: dict[str, Any], text: str = "", *,
-             entities: list[dict[str, Any]] | None = None, reply_to: int | None = None,
-             thread_id: int | None = None, document: tuple[str, bytes, str] | None = None,
-             as_chat: dict[str, Any] | None = None, forwarded: bool = False,
-             animation: tuple[str, bytes, str] | None = None) -> dict[str, Any]:
+    def send(
+        self,
+        chat: dict[str, Any],
+        user: dict[str, Any],
+        text: str = "",
+        *,
+        entities: list[dict[str, Any]] | None = None,
+        reply_to: int | None = None,
+        thread_id: int | None = None,
+        document: tuple[str, bytes, str] | None = None,
+        as_chat: dict[str, Any] | None = None,
+        forwarded: bool = False,
+        animation: tuple[str, bytes, str] | None = None,
+    ) -> dict[str, Any]:
         """A person sends a message to the bot (or in a group the bot is in); returns the Message. With
         `as_chat` they speak on behalf of a chat: the group itself (an anonymous admin) or a channel; with
         `forwarded` too, it is the channel's post that Telegram copies into its discussion group."""
@@ -429,11 +548,16 @@ class FakeTelegram(ThreadedServer):
             state = self._chats[chat["id"]]
             if state.migrated_to is not None:
                 raise ValueError(f"group {chat['id']} is now supergroup {state.migrated_to}: write there")
-            message: dict[str, Any] = {"message_id": state.next_id, "from": user, "chat": state.info,
-                                       "date": int(self.clock())}
+            message: dict[str, Any] = {
+                "message_id": state.next_id,
+                "from": user,
+                "chat": state.info,
+                "date": int(self.clock()),
+            }
             if as_chat is not None:
-                stand_in = (ANONYMOUS_ADMIN if as_chat["id"] == chat["id"]
-                            else TELEGRAM_SERVICE if forwarded else CHANNEL_BOT)
+                stand_in = (
+                    ANONYMOUS_ADMIN if as_chat["id"] == chat["id"] else TELEGRAM_SERVICE if forwarded else CHANNEL_BOT
+                )
                 message |= {"from": stand_in, "sender_chat": self._chats[as_chat["id"]].info}
                 if forwarded:
                     message["is_automatic_forward"] = True
@@ -459,13 +583,25 @@ class FakeTelegram(ThreadedServer):
                 name, content, mime = animation
                 file_id = self.add_file(content)
                 message["animation"] = message["document"] = {
-                    "file_name": name, "mime_type": mime, "file_id": file_id, "file_unique_id": f"AgAD{file_id[-6:]}",
-                    "file_size": len(content), "width": 320, "height": 240, "duration": 2}
+                    "file_name": name,
+                    "mime_type": mime,
+                    "file_id": file_id,
+                    "file_unique_id": f"AgAD{file_id[-6:]}",
+                    "file_size": len(content),
+                    "width": 320,
+                    "height": 240,
+                    "duration": 2,
+                }
             if document is not None:
                 name, content, mime = document
                 file_id = self.add_file(content)
-                message["document"] = {"file_name": name, "mime_type": mime, "file_id": file_id,
-                                        "file_unique_id": f"AgAD{file_id[-6:]}", "file_size": len(content)}
+                message["document"] = {
+                    "file_name": name,
+                    "mime_type": mime,
+                    "file_id": file_id,
+                    "file_unique_id": f"AgAD{file_id[-6:]}",
+                    "file_size": len(content),
+                }
             state.messages[message["message_id"]] = message
             if self._bot_sees(state, message):
                 self._enqueue("message", message)
@@ -473,8 +609,9 @@ class FakeTelegram(ThreadedServer):
                 self.withheld.append(message)
             return message
 
-    def send_album(self, chat: dict[str, Any], user: dict[str, Any], photos: list[bytes], caption: str = ""
-                   ) -> list[dict[str, Any]]:
+    def send_album(
+        self, chat: dict[str, Any], user: dict[str, Any], photos: list[bytes], caption: str = ""
+    ) -> list[dict[str, Any]]:
         """A person sends several photos at once: Telegram delivers one message (and update) per photo,
         sharing a `media_group_id`, the caption on the first (core.telegram.org/bots/api#message)."""
         with self._lock:
@@ -485,9 +622,21 @@ class FakeTelegram(ThreadedServer):
                 width, height = image_size(content) or (0, 0)
                 file_id = self.add_file(content)
                 message: dict[str, Any] = {
-                    "message_id": state.next_id, "from": user, "chat": state.info, "date": int(self.clock()),
-                    "media_group_id": album, "photo": [{"file_id": file_id, "file_unique_id": f"AgAD{file_id[-6:]}",
-                                                        "file_size": len(content), "width": width, "height": height}]}
+                    "message_id": state.next_id,
+                    "from": user,
+                    "chat": state.info,
+                    "date": int(self.clock()),
+                    "media_group_id": album,
+                    "photo": [
+                        {
+                            "file_id": file_id,
+                            "file_unique_id": f"AgAD{file_id[-6:]}",
+                            "file_size": len(content),
+                            "width": width,
+                            "height": height,
+                        }
+                    ],
+                }
                 if caption and n == 0:
                     message["caption"] = caption
                 state.next_id += 1
@@ -499,8 +648,15 @@ class FakeTelegram(ThreadedServer):
                 sent.append(message)
             return sent
 
-    def click(self, chat: dict[str, Any], message_id: int, user: dict[str, Any], *, button: str | int = 0,
-              data: str | None = None) -> str:
+    def click(
+        self,
+        chat: dict[str, Any],
+        message_id: int,
+        user: dict[str, Any],
+        *,
+        button: str | int = 0,
+        data: str | None = None,
+    ) -> str:
         """A person presses an inline button (by label or index) of a bot message; returns the query id."""
         with self._lock:
             message = self._chats[chat["id"]].messages[message_id]
@@ -511,8 +667,16 @@ class FakeTelegram(ThreadedServer):
             query_id = str(next(self._query_ids))
             self._queries[query_id] = None
             self._query_at[query_id] = self.clock()
-            self._enqueue("callback_query", {"id": query_id, "from": user, "message": message,
-                                             "chat_instance": f"-{abs(chat['id'])}77", "data": data})
+            self._enqueue(
+                "callback_query",
+                {
+                    "id": query_id,
+                    "from": user,
+                    "message": message,
+                    "chat_instance": f"-{abs(chat['id'])}77",
+                    "data": data,
+                },
+            )
             return query_id
 
     def _enqueue(self, kind: str, payload: dict[str, Any]) -> None:
@@ -635,8 +799,12 @@ class FakeTelegram(ThreadedServer):
                 elif isinstance(event, h11.Data):
                     body += event.data
                     if len(body) > UPLOAD_LIMIT + 1024 * 1024:
-                        await self._send(conn, writer, 413, {"ok": False, "error_code": 413,
-                                                             "description": "Request Entity Too Large"})
+                        await self._send(
+                            conn,
+                            writer,
+                            413,
+                            {"ok": False, "error_code": 413, "description": "Request Entity Too Large"},
+                        )
                         return
                 elif isinstance(event, h11.EndOfMessage):
                     break
@@ -647,8 +815,9 @@ class FakeTelegram(ThreadedServer):
                 return
             conn.start_next_cycle()
 
-    async def _handle(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request,
-                      body: bytes) -> bool:
+    async def _handle(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request, body: bytes
+    ) -> bool:
         split = urlsplit(request.target.decode())
         path = split.path
         if path.startswith(f"/file/bot{self.token}/"):
@@ -682,16 +851,25 @@ class FakeTelegram(ThreadedServer):
                     return self._faults[key].popleft()
         return None
 
-    async def _apply_fault(self, fault: Fault, conn: h11.Connection, writer: asyncio.StreamWriter, method: str,
-                           params: dict[str, Any]) -> bool:
+    async def _apply_fault(
+        self, fault: Fault, conn: h11.Connection, writer: asyncio.StreamWriter, method: str, params: dict[str, Any]
+    ) -> bool:
         if isinstance(fault, Error):
             await self._send(conn, writer, fault.status, fault.body())
             return True
         if isinstance(fault, BadGateway):
-            html = (b"<html><head><title>502 Bad Gateway</title></head>"
-                    b"<body><center><h1>502 Bad Gateway</h1></center></body></html>")
-            writer.write(conn.send(h11.Response(status_code=502, headers=[
-                ("content-type", "text/html"), ("content-length", str(len(html)))])) or b"")
+            html = (
+                b"<html><head><title>502 Bad Gateway</title></head>"
+                b"<body><center><h1>502 Bad Gateway</h1></center></body></html>"
+            )
+            writer.write(
+                conn.send(
+                    h11.Response(
+                        status_code=502, headers=[("content-type", "text/html"), ("content-length", str(len(html)))]
+                    )
+                )
+                or b""
+            )
             writer.write((conn.send(h11.Data(data=html)) or b"") + (conn.send(h11.EndOfMessage()) or b""))
             await writer.drain()
             return True
@@ -711,14 +889,22 @@ class FakeTelegram(ThreadedServer):
             await self._send(conn, writer, status, payload)
         return True
 
-    async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int,
-                    payload: dict[str, Any]) -> None:
+    async def _send(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, payload: dict[str, Any]
+    ) -> None:
         data = json.dumps(payload, ensure_ascii=False).encode()
-        head = h11.Response(status_code=status, headers=[
-            ("server", "nginx/1.18.0"), ("content-type", "application/json"), ("content-length", str(len(data))),
-            ("access-control-allow-origin", "*")])
-        writer.write((conn.send(head) or b"") + (conn.send(h11.Data(data=data)) or b"")
-                     + (conn.send(h11.EndOfMessage()) or b""))
+        head = h11.Response(
+            status_code=status,
+            headers=[
+                ("server", "nginx/1.18.0"),
+                ("content-type", "application/json"),
+                ("content-length", str(len(data))),
+                ("access-control-allow-origin", "*"),
+            ],
+        )
+        writer.write(
+            (conn.send(head) or b"") + (conn.send(h11.Data(data=data)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+        )
         await writer.drain()
 
     async def _download(self, conn: h11.Connection, writer: asyncio.StreamWriter, file_path: str) -> bool:
@@ -727,9 +913,19 @@ class FakeTelegram(ThreadedServer):
         if content is None:
             await self._send(conn, writer, 404, {"ok": False, "error_code": 404, "description": "Not Found"})
             return True
-        writer.write((conn.send(h11.Response(status_code=200, headers=[
-            ("content-type", "application/octet-stream"), ("content-length", str(len(content)))])) or b"")
-            + (conn.send(h11.Data(data=content)) or b"") + (conn.send(h11.EndOfMessage()) or b""))
+        writer.write(
+            (
+                conn.send(
+                    h11.Response(
+                        status_code=200,
+                        headers=[("content-type", "application/octet-stream"), ("content-length", str(len(content)))],
+                    )
+                )
+                or b""
+            )
+            + (conn.send(h11.Data(data=content)) or b"")
+            + (conn.send(h11.EndOfMessage()) or b"")
+        )
         await writer.drain()
         return True
 
@@ -762,12 +958,19 @@ class FakeTelegram(ThreadedServer):
 
     async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         if self.webhook_url:
-            raise _Refused(409, "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook "
-                                "to delete the webhook first")
+            raise _Refused(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook "
+                "to delete the webhook first",
+            )
         # A newer poll ends the one waiting: only one bot instance may poll.
         if self._poll is not None and not self._poll.done():
-            self._poll.set_exception(_Refused(409, "Conflict: terminated by other getUpdates request; make sure "
-                                                   "that only one bot instance is running"))
+            self._poll.set_exception(
+                _Refused(
+                    409,
+                    "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
+                )
+            )
         offset = int(params.get("offset", 0))
         limit = max(1, min(100, int(params.get("limit", 100))))
         timeout = max(0.0, float(params.get("timeout", 0)))
@@ -815,8 +1018,11 @@ class FakeTelegram(ThreadedServer):
         if state is None:
             raise _Refused(400, "Bad Request: chat not found")
         if state.migrated_to is not None:
-            raise _Refused(400, "Bad Request: group chat was upgraded to a supergroup chat",
-                           {"migrate_to_chat_id": state.migrated_to})
+            raise _Refused(
+                400,
+                "Bad Request: group chat was upgraded to a supergroup chat",
+                {"migrate_to_chat_id": state.migrated_to},
+            )
         if state.blocked is not None:
             raise _Refused(*state.blocked)
         return state
@@ -844,8 +1050,13 @@ class FakeTelegram(ThreadedServer):
 
     def _bot_message(self, state: _Chat, params: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         self._flood(state)
-        message: dict[str, Any] = {"message_id": state.next_id, "from": self.bot, "chat": state.info,
-                                   "date": int(self.clock()), **extra}
+        message: dict[str, Any] = {
+            "message_id": state.next_id,
+            "from": self.bot,
+            "chat": state.info,
+            "date": int(self.clock()),
+            **extra,
+        }
         thread = params.get("message_thread_id")
         if thread is not None:
             # Bot API: sendMessage.message_thread_id, "for forum supergroups and private chats of bots with
@@ -855,7 +1066,8 @@ class FakeTelegram(ThreadedServer):
             message["message_thread_id"] = int(thread)
             message["is_topic_message"] = True
         reply = params.get("reply_parameters") or (
-            {"message_id": params["reply_to_message_id"]} if "reply_to_message_id" in params else None)
+            {"message_id": params["reply_to_message_id"]} if "reply_to_message_id" in params else None
+        )
         if reply:
             target = state.messages.get(int(reply["message_id"]))
             if target is not None:
@@ -902,8 +1114,11 @@ class FakeTelegram(ThreadedServer):
                 raise _Refused(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
         file_id = self.add_file(content)
         item = {"file_id": file_id, "file_unique_id": f"AgAD{file_id[-6:]}", "file_size": len(content)}
-        media: Any = ([dict(item, width=size[0], height=size[1])] if kind == "photo"
-                      else dict(item, file_name=name, mime_type=mime))
+        media: Any = (
+            [dict(item, width=size[0], height=size[1])]
+            if kind == "photo"
+            else dict(item, file_name=name, mime_type=mime)
+        )
         extra: dict[str, Any] = {kind: media}
         if params.get("caption"):
             extra["caption"] = str(params["caption"])
@@ -1072,7 +1287,8 @@ def _params(query: str, content_type: str, body: bytes) -> dict[str, Any]:
             params.update(parse_qsl(body.decode()))
         elif kind == "multipart/form-data":
             message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-                b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+                b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+            )
             for part in message.iter_parts():
                 name = part.get_param("name", header="content-disposition")
                 decoded = part.get_payload(decode=True)

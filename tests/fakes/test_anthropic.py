@@ -40,10 +40,16 @@ async def client(fake: FakeAnthropic) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def body(text: str | list[dict[str, str]] = "hi", *, tools: bool = True, stream: bool = False,
-         **extra: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": "claude-test", "max_tokens": 100, "stream": stream,
-                           "messages": [{"role": "user", "content": text}], **extra}
+def body(
+    text: str | list[dict[str, str]] = "hi", *, tools: bool = True, stream: bool = False, **extra: Any
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "model": "claude-test",
+        "max_tokens": 100,
+        "stream": stream,
+        "messages": [{"role": "user", "content": text}],
+        **extra,
+    }
     if tools:
         out["tools"] = TOOLS
     return out
@@ -82,7 +88,8 @@ def assert_official_order(events: list[tuple[str, dict[str, Any]]]) -> None:
 
 
 async def test_stream_of_scripted_text_follows_the_official_event_order(
-        fake: FakeAnthropic, client: httpx.AsyncClient) -> None:
+    fake: FakeAnthropic, client: httpx.AsyncClient
+) -> None:
     fake.script(Text("Hello there, this text spans several deltas."))
 
     async with client.stream("POST", "/v1/messages", json=body(stream=True)) as response:
@@ -100,7 +107,8 @@ async def test_stream_of_scripted_text_follows_the_official_event_order(
 
 
 async def test_scripted_tool_call_round_trips_through_the_stream(
-        fake: FakeAnthropic, client: httpx.AsyncClient) -> None:
+    fake: FakeAnthropic, client: httpx.AsyncClient
+) -> None:
     fake.script(ToolCall("send_message", {"text": "hi", "to": "current"}, text="Let me answer."))
 
     async with client.stream("POST", "/v1/messages", json=body(stream=True)) as response:
@@ -111,16 +119,18 @@ async def test_scripted_tool_call_round_trips_through_the_stream(
     assert [b["type"] for b in starts] == ["text", "tool_use"]
     tool_use = starts[1]
     assert tool_use["name"] == SEND and tool_use["input"] == {}  # resolved from the suffix
-    partial = "".join(d["delta"]["partial_json"] for n, d in events
-                      if n == "content_block_delta" and d["delta"]["type"] == "input_json_delta")
+    partial = "".join(
+        d["delta"]["partial_json"]
+        for n, d in events
+        if n == "content_block_delta" and d["delta"]["type"] == "input_json_delta"
+    )
     assert json.loads(partial) == {"text": "hi", "to": "current"}
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
 
     follow_up = body(stream=True)
     follow_up["messages"] += [
         {"role": "assistant", "content": [dict(tool_use, input={"text": "hi", "to": "current"})]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use["id"],
-                                      "content": "sent as #3"}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use["id"], "content": "sent as #3"}]},
     ]
     async with client.stream("POST", "/v1/messages", json=follow_up) as response:
         events = await read_sse(response)
@@ -130,9 +140,12 @@ async def test_scripted_tool_call_round_trips_through_the_stream(
 
 
 async def test_default_echoes_through_send_message_and_answers_auxiliary_calls_with_text(
-        client: httpx.AsyncClient) -> None:
-    user_turn = [{"type": "text", "text": "<system-reminder>context</system-reminder>"},
-                 {"type": "text", "text": "what's up?"}]
+    client: httpx.AsyncClient,
+) -> None:
+    user_turn = [
+        {"type": "text", "text": "<system-reminder>context</system-reminder>"},
+        {"type": "text", "text": "what's up?"},
+    ]
     agent = (await client.post("/v1/messages", json=body(user_turn))).json()
     aux = (await client.post("/v1/messages", json=body("title this", tools=False))).json()
 
@@ -144,7 +157,8 @@ async def test_default_echoes_through_send_message_and_answers_auxiliary_calls_w
 
 
 async def test_script_is_kept_for_agent_turns_and_plays_in_order(
-        fake: FakeAnthropic, client: httpx.AsyncClient) -> None:
+    fake: FakeAnthropic, client: httpx.AsyncClient
+) -> None:
     fake.script(Text("one"), Error(529, "busy"))
 
     aux = await client.post("/v1/messages", json=body(tools=False))
@@ -161,15 +175,15 @@ async def test_script_is_kept_for_agent_turns_and_plays_in_order(
 
 
 async def test_unknown_paths_get_anthropic_shaped_404_and_count_tokens_answers(
-        fake: FakeAnthropic, client: httpx.AsyncClient) -> None:
+    fake: FakeAnthropic, client: httpx.AsyncClient
+) -> None:
     missing = await client.get("/v1/models")
     counted = await client.post("/v1/messages/count_tokens", json=body())
 
     assert missing.status_code == 404
     assert missing.json()["type"] == "error" and missing.json()["error"]["type"] == "not_found_error"
     assert counted.status_code == 200 and counted.json()["input_tokens"] > 0
-    assert [(r.method, r.path) for r in fake.requests] == [
-        ("GET", "/v1/models"), ("POST", "/v1/messages/count_tokens")]
+    assert [(r.method, r.path) for r in fake.requests] == [("GET", "/v1/models"), ("POST", "/v1/messages/count_tokens")]
     assert fake.requests[1].headers["x-api-key"] == "sk-test"
     assert fake.connections == 1  # keep-alive
 

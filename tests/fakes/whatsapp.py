@@ -35,11 +35,24 @@ def sign(secret: str, body: bytes) -> str:
 
 def envelope(value: dict[str, Any], field_name: str = "messages") -> dict[str, Any]:
     """One change of the WhatsApp Business Account, as Meta wraps every webhook."""
-    return {"object": "whatsapp_business_account",
-            "entry": [{"id": WABA_ID, "changes": [{"value": {
-                "messaging_product": "whatsapp",
-                "metadata": {"display_phone_number": DISPLAY_NUMBER, "phone_number_id": PHONE_NUMBER_ID},
-                **value}, "field": field_name}]}]}
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": WABA_ID,
+                "changes": [
+                    {
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {"display_phone_number": DISPLAY_NUMBER, "phone_number_id": PHONE_NUMBER_ID},
+                            **value,
+                        },
+                        "field": field_name,
+                    }
+                ],
+            }
+        ],
+    }
 
 
 @dataclass
@@ -53,24 +66,40 @@ class WebhookSender:
     def wamid(self) -> str:
         return f"wamid.HBgL{next(self._ids):012d}FQIAEhgUM0E="
 
-    def text(self, wa_id: str, body: str, *, name: str = "Ada", context: str = "",
-             msg_id: str = "") -> dict[str, Any]:
-        message: dict[str, Any] = {"from": wa_id, "id": msg_id or self.wamid(), "timestamp": str(int(time.time())),
-                                   "type": "text", "text": {"body": body}}
+    def text(self, wa_id: str, body: str, *, name: str = "Ada", context: str = "", msg_id: str = "") -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "from": wa_id,
+            "id": msg_id or self.wamid(),
+            "timestamp": str(int(time.time())),
+            "type": "text",
+            "text": {"body": body},
+        }
         if context:
             message["context"] = {"from": DISPLAY_NUMBER, "id": context}
         return envelope({"contacts": [{"profile": {"name": name}, "wa_id": wa_id}], "messages": [message]})
 
-    def status(self, wamid: str, recipient: str, status: str, *, errors: list[dict[str, Any]] | None = None,
-               at: int | None = None) -> dict[str, Any]:
-        entry: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(at or int(time.time())),
-                                 "recipient_id": recipient}
+    def status(
+        self,
+        wamid: str,
+        recipient: str,
+        status: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        at: int | None = None,
+    ) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "id": wamid,
+            "status": status,
+            "timestamp": str(at or int(time.time())),
+            "recipient_id": recipient,
+        }
         if errors:
             entry["errors"] = errors
         return envelope({"statuses": [entry]})
 
-    async def post(self, payload: dict[str, Any] | bytes, *, signature: str = "right",
-                   client: httpx.AsyncClient | None = None) -> httpx.Response:
+    async def post(
+        self, payload: dict[str, Any] | bytes, *, signature: str = "right", client: httpx.AsyncClient | None = None
+    ) -> httpx.Response:
         """signature: "right" (Meta's), "none" (no header), "wrong" (another secret's)."""
         body = payload if isinstance(payload, bytes) else json.dumps(payload, separators=(",", ":")).encode()
         headers = {"content-type": "application/json", "user-agent": "facebookexternalua"}
@@ -85,8 +114,9 @@ class WebhookSender:
 
     async def handshake(self, token: str, challenge: str = "1158201444") -> httpx.Response:
         async with httpx.AsyncClient(timeout=10) as client:
-            return await client.get(self.url, params={"hub.mode": "subscribe", "hub.verify_token": token,
-                                                      "hub.challenge": challenge})
+            return await client.get(
+                self.url, params={"hub.mode": "subscribe", "hub.verify_token": token, "hub.challenge": challenge}
+            )
 
     async def oversized(self, size: int, *, declared: bool) -> tuple[int, int]:
         """Start a signed-looking POST of `size` bytes and send its body only while the server reads:
@@ -94,8 +124,12 @@ class WebhookSender:
         without, the body comes chunked."""
         parts = urlsplit(self.url)
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-        head = [f"POST {parts.path} HTTP/1.1", f"host: {parts.netloc}", "content-type: application/json",
-                "x-hub-signature-256: sha256=" + "0" * 64]
+        head = [
+            f"POST {parts.path} HTTP/1.1",
+            f"host: {parts.netloc}",
+            "content-type: application/json",
+            "x-hub-signature-256: sha256=" + "0" * 64,
+        ]
         head.append(f"content-length: {size}" if declared else "transfer-encoding: chunked")
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
         await writer.drain()
@@ -163,8 +197,9 @@ class FakeGraph:
     docs it comes from. Users "write" through `user_writes`, which posts a signed webhook to the door and
     opens their 24-hour window, as Meta would."""
 
-    def __init__(self, sender: WebhookSender | None = None, *, token: str = TOKEN,
-                 phone_number_id: str = PHONE_NUMBER_ID) -> None:
+    def __init__(
+        self, sender: WebhookSender | None = None, *, token: str = TOKEN, phone_number_id: str = PHONE_NUMBER_ID
+    ) -> None:
         self.sender = sender
         self.token = token
         self.phone_number_id = phone_number_id
@@ -183,8 +218,9 @@ class FakeGraph:
 
     # --- the world ---
 
-    async def user_writes(self, wa_id: str, text: str = "", *, name: str = "Ada", context: str = "",
-                          payload: dict[str, Any] | None = None) -> tuple[str, int]:
+    async def user_writes(
+        self, wa_id: str, text: str = "", *, name: str = "Ada", context: str = "", payload: dict[str, Any] | None = None
+    ) -> tuple[str, int]:
         """A person sends a message: (its wamid, the front door's answer)."""
         assert self.sender is not None
         body = payload or self.sender.text(wa_id, text, name=name, context=context)
@@ -192,14 +228,24 @@ class FakeGraph:
         wamid = body["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
         return wamid, (await self.sender.post(body)).status_code
 
-    async def user_sends_image(self, wa_id: str, data: bytes, mime: str = "image/png",
-                               caption: str = "") -> tuple[str, int]:
+    async def user_sends_image(
+        self, wa_id: str, data: bytes, mime: str = "image/png", caption: str = ""
+    ) -> tuple[str, int]:
         media_id = self.add_media(data, mime)
         assert self.sender is not None
         wamid = self.sender.wamid()
-        message = {"from": wa_id, "id": wamid, "timestamp": str(int(time.time())), "type": "image",
-                   "image": {"id": media_id, "mime_type": mime, "sha256": hashlib.sha256(data).hexdigest(),
-                             **({"caption": caption} if caption else {})}}
+        message = {
+            "from": wa_id,
+            "id": wamid,
+            "timestamp": str(int(time.time())),
+            "type": "image",
+            "image": {
+                "id": media_id,
+                "mime_type": mime,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                **({"caption": caption} if caption else {}),
+            },
+        }
         body = envelope({"contacts": [{"profile": {"name": "Ada"}, "wa_id": wa_id}], "messages": [message]})
         return await self.user_writes(wa_id, payload=body)
 
@@ -214,8 +260,14 @@ class FakeGraph:
             row = inter["action"]["sections"][0]["rows"][index]
             reply = {"type": "list_reply", "list_reply": {"id": row["id"], "title": row["title"]}}
         wamid = self.sender.wamid()
-        message = {"from": wa_id, "id": wamid, "timestamp": str(int(time.time())), "type": "interactive",
-                   "context": {"from": DISPLAY_NUMBER, "id": sent.wamid}, "interactive": reply}
+        message = {
+            "from": wa_id,
+            "id": wamid,
+            "timestamp": str(int(time.time())),
+            "type": "interactive",
+            "context": {"from": DISPLAY_NUMBER, "id": sent.wamid},
+            "interactive": reply,
+        }
         body = envelope({"contacts": [{"profile": {"name": "Ada"}, "wa_id": wa_id}], "messages": [message]})
         return await self.user_writes(wa_id, payload=body)
 
@@ -253,8 +305,9 @@ class FakeGraph:
         sock.setblocking(False)
         self._sock = sock
         self.url = f"http://{host}:{sock.getsockname()[1]}"
-        config = uvicorn.Config(self._app, lifespan="off", log_config=None, access_log=False, http="h11",
-                                interface="asgi3", ws="none")
+        config = uvicorn.Config(
+            self._app, lifespan="off", log_config=None, access_log=False, http="h11", interface="asgi3", ws="none"
+        )
         config.load()
         self._server = uvicorn.Server(config)
         self._server.lifespan = config.lifespan_class(config)
@@ -296,20 +349,36 @@ class FakeGraph:
                 content = json.dumps(result).encode()
         except _Refused as exc:
             status = exc.status
-            error: dict[str, Any] = {"message": exc.message, "type": "OAuthException", "code": exc.code,
-                                     "fbtrace_id": "AbCdEfFake"}
+            error: dict[str, Any] = {
+                "message": exc.message,
+                "type": "OAuthException",
+                "code": exc.code,
+                "fbtrace_id": "AbCdEfFake",
+            }
             if exc.details:
                 error["error_data"] = {"messaging_product": "whatsapp", "details": exc.details}
             content = json.dumps({"error": error}).encode()
         except GraphErrorRaised as fault:
             status = fault.error.status
-            content = json.dumps({"error": {"message": fault.error.message, "type": "OAuthException",
-                                            "code": fault.error.code, "fbtrace_id": "AbCdEfFake"}}).encode()
+            content = json.dumps(
+                {
+                    "error": {
+                        "message": fault.error.message,
+                        "type": "OAuthException",
+                        "code": fault.error.code,
+                        "fbtrace_id": "AbCdEfFake",
+                    }
+                }
+            ).encode()
             if fault.error.retry_after is not None:
                 extra.append((b"retry-after", str(fault.error.retry_after).encode()))
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", ctype.encode()), (b"content-length", str(len(content)).encode()),
-                                *extra]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", ctype.encode()), (b"content-length", str(len(content)).encode()), *extra],
+            }
+        )
         await send({"type": "http.response.body", "body": content})
 
     def _route(self, method: str, path: str, headers: dict[str, str], body: bytes) -> dict[str, Any] | bytes:
@@ -327,8 +396,12 @@ class FakeGraph:
             raise _Refused(400, 2500, "Unknown path components: the URL needs a Graph version (v21.0)")
         rest = parts[1:]
         if rest == [self.phone_number_id] and method == "GET":
-            return {"verified_name": "Clawden Test", "display_phone_number": f"+{DISPLAY_NUMBER}",
-                    "id": self.phone_number_id, "quality_rating": "GREEN"}
+            return {
+                "verified_name": "Clawden Test",
+                "display_phone_number": f"+{DISPLAY_NUMBER}",
+                "id": self.phone_number_id,
+                "quality_rating": "GREEN",
+            }
         if rest == [self.phone_number_id, "messages"] and method == "POST":
             self._fault("messages")
             return self._send(json.loads(body or b"{}"))
@@ -338,8 +411,14 @@ class FakeGraph:
         if len(rest) == 1 and rest[0] in self.media and method == "GET":
             self._fault("get")
             data, mime, _ = self.media[rest[0]]
-            return {"messaging_product": "whatsapp", "url": f"{self.url}/download/{rest[0]}", "mime_type": mime,
-                    "sha256": hashlib.sha256(data).hexdigest(), "file_size": len(data), "id": rest[0]}
+            return {
+                "messaging_product": "whatsapp",
+                "url": f"{self.url}/download/{rest[0]}",
+                "mime_type": mime,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "file_size": len(data),
+                "id": rest[0],
+            }
         raise _Refused(400, 100, f"Unsupported {method} request to {path}")
 
     def _fault(self, kind: str) -> None:
@@ -357,30 +436,48 @@ class FakeGraph:
             late = SentMessage(wamid, to, payload)
             self.undelivered.append(late)
             if self.sender is not None:
-                self._tasks.add(asyncio.ensure_future(self.status(late, "failed", errors=[{
-                    "code": 131047, "title": "Re-engagement message", "message": "Re-engagement message",
-                    "error_data": {"details": "Message failed to send because more than 24 hours have passed "
-                                              "since the customer last replied to this number."}}])))
+                self._tasks.add(
+                    asyncio.ensure_future(
+                        self.status(
+                            late,
+                            "failed",
+                            errors=[
+                                {
+                                    "code": 131047,
+                                    "title": "Re-engagement message",
+                                    "message": "Re-engagement message",
+                                    "error_data": {
+                                        "details": "Message failed to send because more than 24 hours have passed "
+                                        "since the customer last replied to this number."
+                                    },
+                                }
+                            ],
+                        )
+                    )
+                )
         else:
             self.sent.append(SentMessage(wamid, to, payload))
-        return {"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}],
-                "messages": [{"id": wamid}]}
+        return {"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": wamid}]}
 
     def _upload(self, content_type: str, body: bytes) -> dict[str, Any]:
-        """"Media: upload": multipart/form-data with `file`, `type` and messaging_product=whatsapp."""
+        """ "Media: upload": multipart/form-data with `file`, `type` and messaging_product=whatsapp."""
         import email.parser
         import email.policy
 
         if not content_type.startswith("multipart/form-data"):
             raise _Refused(400, 100, "Param file must be a file upload (multipart/form-data)")
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            f"content-type: {content_type}\r\n\r\n".encode() + body)
+            f"content-type: {content_type}\r\n\r\n".encode() + body
+        )
         fields: dict[str, tuple[bytes, str, str]] = {}
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
             data = part.get_payload(decode=True)
-            fields[str(name)] = (data if isinstance(data, bytes) else b"", part.get_content_type(),
-                                 str(part.get_filename() or ""))
+            fields[str(name)] = (
+                data if isinstance(data, bytes) else b"",
+                part.get_content_type(),
+                str(part.get_filename() or ""),
+            )
         if fields.get("messaging_product", (b"",))[0] != b"whatsapp":
             raise _Refused(400, 100, "The parameter messaging_product is required.")
         if "file" not in fields or "type" not in fields:
@@ -419,7 +516,7 @@ def check_message(p: dict[str, Any], media: dict[str, Any]) -> None:
 
 
 def check_interactive(obj: dict[str, Any]) -> None:
-    """"Interactive reply buttons messages" and "Interactive list messages"."""
+    """ "Interactive reply buttons messages" and "Interactive list messages"."""
     body = str((obj.get("body") or {}).get("text", ""))
     if not 1 <= len(body) <= 1024:
         raise _Refused(400, 131009, "Parameter value is not valid", "body.text must be 1 to 1024 characters")

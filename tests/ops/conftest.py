@@ -30,8 +30,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent
 def fresh_home(home: Path, port: int | None = None) -> config_mod.Config:
     """`clawden init` in `home`, its NATS on `port` (a free one, where nothing listens, by default)."""
     setup.init(home)
-    (home / "config.toml").write_text(f'install_id = "o{secrets.token_hex(4)}"\n'
-                                      f"[nats]\nport = {port or natsserver.free_port()}\n")
+    (home / "config.toml").write_text(
+        f'install_id = "o{secrets.token_hex(4)}"\n[nats]\nport = {port or natsserver.free_port()}\n'
+    )
     return config_mod.load(home, environ={})
 
 
@@ -64,8 +65,14 @@ class Core:
         return dict(os.environ, CLAWDEN_HOME=str(self.home))
 
     def clawden(self, *args: str, value: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "clawden", *args], env=self.env(), input=value,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "clawden", *args],
+            env=self.env(),
+            input=value,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
 
 @pytest.fixture(scope="package")
@@ -77,9 +84,13 @@ def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Core]:
     key.chmod(0o600)
     log = home / "up.log"
     with log.open("wb") as out:  # a file, not a pipe nobody drains
-        proc = subprocess.Popen([sys.executable, "-m", "clawden", "up", *(f"--service={s}" for s in CORE)],
-                                env=dict(os.environ, CLAWDEN_HOME=str(home)),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clawden", "up", *(f"--service={s}" for s in CORE)],
+            env=dict(os.environ, CLAWDEN_HOME=str(home)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 60
     while "all services ready" not in log.read_text():
         assert time.monotonic() < deadline and proc.poll() is None, log.read_text()

@@ -30,14 +30,22 @@ from tests.ops.conftest import Core, fresh_home
 pytestmark = pytest.mark.process  # each test runs the `clawden` command as a process
 
 
-def clawden(*args: str, home: Path | None = None, stdout: int = subprocess.PIPE,
-            value: str = "") -> subprocess.CompletedProcess[str]:
+def clawden(
+    *args: str, home: Path | None = None, stdout: int = subprocess.PIPE, value: str = ""
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.pop("CLAWDEN_HOME", None)
     if home is not None:
         env["CLAWDEN_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "clawden", *args], env=env, input=value, stdout=stdout,
-                          stderr=subprocess.PIPE, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "clawden", *args],
+        env=env,
+        input=value,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
 
 
 def said_briefly(out: subprocess.CompletedProcess[str]) -> list[str]:
@@ -47,17 +55,29 @@ def said_briefly(out: subprocess.CompletedProcess[str]) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("args", [("status",), ("status", "--json"), ("logs",), ("doctor",), ("tasks",),
-                                  ("secrets", "list"), ("groups", "list"), ("chat", "--once", "hi"),
-                                  ("units", "show")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status",),
+        ("status", "--json"),
+        ("logs",),
+        ("doctor",),
+        ("tasks",),
+        ("secrets", "list"),
+        ("groups", "list"),
+        ("chat", "--once", "hi"),
+        ("units", "show"),
+    ],
+)
 def test_a_missing_home_says_run_init(tmp_path: Path, args: tuple[str, ...]) -> None:
     home = tmp_path / "nohome"
 
     out = clawden(*args, home=home)
 
     assert out.returncode == 2 and out.stdout == ""
-    assert said_briefly(out) == [f"clawden: no home at {home}: run `clawden init` (or point --home or "
-                                 "CLAWDEN_HOME at yours)"]
+    assert said_briefly(out) == [
+        f"clawden: no home at {home}: run `clawden init` (or point --home or CLAWDEN_HOME at yours)"
+    ]
     assert not home.exists()
 
 
@@ -83,15 +103,19 @@ def test_home_is_taken_after_the_subcommand_too(tmp_path: Path) -> None:
     assert out.returncode == 0 and "router ready" in out.stdout, out.stderr
 
 
-@pytest.mark.parametrize(("args", "says"), [
-    (("wire", "add", "local", "terminal", "main", "--priority", "-99999999999999999999"),
-     "argument --priority: -99999999999999999999 is out of range: give -1000000 to 1000000"),
-    (("tasks", "runs", "t1", "--limit", "lots"), "argument --limit: 'lots' is not a whole number"),
-    (("audit", "--limit", "0"), "argument --limit: 0 is out of range"),
-    (("tasks", "frob"), "argument VERB: invalid choice: 'frob'"),
-])
-def test_a_bad_option_is_two_lines_with_where_the_help_is(tmp_path: Path, args: tuple[str, ...],
-                                                          says: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ("wire", "add", "local", "terminal", "main", "--priority", "-99999999999999999999"),
+            "argument --priority: -99999999999999999999 is out of range: give -1000000 to 1000000",
+        ),
+        (("tasks", "runs", "t1", "--limit", "lots"), "argument --limit: 'lots' is not a whole number"),
+        (("audit", "--limit", "0"), "argument --limit: 0 is out of range"),
+        (("tasks", "frob"), "argument VERB: invalid choice: 'frob'"),
+    ],
+)
+def test_a_bad_option_is_two_lines_with_where_the_help_is(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
     fresh_home(tmp_path / "home")
 
     out = clawden(*args, home=tmp_path / "home")
@@ -143,19 +167,23 @@ def test_init_gives_a_new_install_a_free_nats_port() -> None:
 
 
 @pytest.mark.parametrize("args", [("status",), ("chat", "--once", "hi"), ("tasks",), ("up",)])
-def test_a_port_held_by_another_install_is_named_as_such(tmp_path: Path, secured_nats: config_mod.Config,
-                                                          args: tuple[str, ...]) -> None:
+def test_a_port_held_by_another_install_is_named_as_such(
+    tmp_path: Path, secured_nats: config_mod.Config, args: tuple[str, ...]
+) -> None:
     mine = fresh_home(tmp_path / "mine", port=secured_nats.nats.port)
 
     out = clawden(*args, home=Path(mine.home))
 
     assert out.returncode == 1
-    assert f"port {mine.nats.port} belongs to another Clawden install (install id {secured_nats.install_id}" \
+    assert (
+        f"port {mine.nats.port} belongs to another Clawden install (install id {secured_nats.install_id}"
         in said_briefly(out)[0]
+    )
     assert "[nats] port in" in out.stderr
 
 
 # ---- with the core services running (no Docker) --------------------------------------------------
+
 
 async def _talk(core: Core, chat_id: str) -> None:
     """A line from the owner's terminal, so the router opens a session (no runner answers here)."""
@@ -186,13 +214,20 @@ def tasks(core: Core) -> list[dict[str, object]]:
     return list(json.loads(out.stdout))
 
 
-@pytest.mark.parametrize(("args", "says"), [
-    (("2020-01-01T08:00", "hi"), "'2020-01-01T08:00' is in the past"),
-    (("every 1s", "hi"), "'every 1s' would wake the model every 1 s; the shortest interval is 1 min, unless a "
-                         "pre-check script decides when the model is woken (--script)"),
-])
-def test_a_task_that_would_fire_at_once_or_every_second_is_refused(core: Core, session: str,
-                                                                    args: tuple[str, ...], says: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("2020-01-01T08:00", "hi"), "'2020-01-01T08:00' is in the past"),
+        (
+            ("every 1s", "hi"),
+            "'every 1s' would wake the model every 1 s; the shortest interval is 1 min, unless a "
+            "pre-check script decides when the model is woken (--script)",
+        ),
+    ],
+)
+def test_a_task_that_would_fire_at_once_or_every_second_is_refused(
+    core: Core, session: str, args: tuple[str, ...], says: str
+) -> None:
     before = tasks(core)
 
     out = core.clawden("tasks", "add", *args, "--session", session)
@@ -202,14 +237,14 @@ def test_a_task_that_would_fire_at_once_or_every_second_is_refused(core: Core, s
     assert tasks(core) == before
 
 
-def test_a_past_time_with_now_and_a_fast_interval_with_a_script_are_taken(core: Core, session: str,
-                                                                           tmp_path: Path) -> None:
+def test_a_past_time_with_now_and_a_fast_interval_with_a_script_are_taken(
+    core: Core, session: str, tmp_path: Path
+) -> None:
     script = tmp_path / "check.sh"
     script.write_text("echo '{\"wakeAgent\": false}'\n")
 
     late = core.clawden("tasks", "add", "2020-01-01T08:00", "remind me", "--session", session, "--now", "--json")
-    fast = core.clawden("tasks", "add", "every 10s", "look", "--session", session, "--script", str(script),
-                        "--json")
+    fast = core.clawden("tasks", "add", "every 10s", "look", "--session", session, "--script", str(script), "--json")
 
     assert late.returncode == 0 and fast.returncode == 0, late.stderr + fast.stderr
     ids = {json.loads(late.stdout)["id"], json.loads(fast.stdout)["id"]}
@@ -219,8 +254,7 @@ def test_a_past_time_with_now_and_a_fast_interval_with_a_script_are_taken(core: 
 
 
 def test_tasks_list_shows_the_chat_and_show_prints_readable_times(core: Core, session: str) -> None:
-    added = core.clawden("tasks", "add", "0 8 * * *", "good morning", "--session", session, "--tz", "UTC",
-                         "--json")
+    added = core.clawden("tasks", "add", "0 8 * * *", "good morning", "--session", session, "--tz", "UTC", "--json")
     task = json.loads(added.stdout)
 
     listed = core.clawden("tasks", "list").stdout
@@ -244,8 +278,10 @@ def test_deleting_an_agent_group_where_nobody_can_answer_needs_yes(core: Core) -
     out = core.clawden("groups", "delete", "main")
 
     assert out.returncode == 1
-    assert said_briefly(out) == ["clawden: deleting agent group main with its 1 wiring(s) and its sessions (the one "
-                                 "`clawden chat` and new chats talk to) needs --yes"]
+    assert said_briefly(out) == [
+        "clawden: deleting agent group main with its 1 wiring(s) and its sessions (the one "
+        "`clawden chat` and new chats talk to) needs --yes"
+    ]
     assert "main" in groups(core)
 
 
@@ -253,7 +289,8 @@ def test_a_model_that_is_not_claudes_is_warned_of_and_yes_deletes(core: Core) ->
     made = core.clawden("groups", "create", "gptish", "--model", "gpt-4o")
 
     assert made.returncode == 0 and said_briefly(made)[0].startswith(
-        "clawden: warning: 'gpt-4o' is not a Claude model name Clawden knows")
+        "clawden: warning: 'gpt-4o' is not a Claude model name Clawden knows"
+    )
     gone = core.clawden("groups", "delete", "gptish", "--yes")
     assert gone.returncode == 0 and "deleted agent group gptish" in gone.stdout
     assert "gptish" not in groups(core)
@@ -279,8 +316,10 @@ BAD_INPUT = [
     (("chats", "delete", "local", "nosuch"), "no chat 'nosuch' on local"),
     (("wire", "add", "nosuchchannel", "x", "main"), "no channel nosuchchannel; the channels are: local, "),
     (("wire", "add", "local", "terminal", "nosuch"), "no agent group named 'nosuch'"),
-    (("wire", "add", "local", "terminal", "main", "--engage", "pattern", "--pattern", "("),
-     "engage pattern '(' is not a regular expression"),
+    (
+        ("wire", "add", "local", "terminal", "main", "--engage", "pattern", "--pattern", "("),
+        "engage pattern '(' is not a regular expression",
+    ),
     (("wire", "remove", "local", "nosuch", "main"), "main is not wired to 'nosuch' on local"),
     (("roles", "grant", "nobody", "owner"), "user 'nobody': users are platform identities like telegram:12345"),
     (("roles", "grant", "local:ada", "admin", "--group", "nosuch"), "no agent group named 'nosuch'"),
@@ -297,8 +336,10 @@ BAD_INPUT = [
     (("tasks", "runs", "t-nope"), "there is no task t-nope"),
     (("secrets", "remove", "nosuch"), "no secret named 'nosuch'"),
     (("secrets", "grant", "nosuch", "--agent", "main"), "no secret named 'nosuch'"),
-    (("secrets", "add", "gh", "--type", "generic", "--host", "*.io", "--header", "Authorization"),
-     "public suffix 'io'"),
+    (
+        ("secrets", "add", "gh", "--type", "generic", "--host", "*.io", "--header", "Authorization"),
+        "public suffix 'io'",
+    ),
     (("rules", "remove", "nosuch"), "no rule named 'nosuch'"),
     (("audit", "--since", "yesterday"), "'yesterday' is not like 30m, 2h, 7d"),
     (("egress", "nosuch", "allowlist"), "no agent group nosuch; the groups are: main"),
@@ -308,9 +349,14 @@ BAD_INPUT = [
     (("run", "bogus"), "unknown service 'bogus'"),
     (("units", "show", "--bogus"), "unrecognized arguments: --bogus"),
 ]
-NEEDS_NATS = [args for args, _ in BAD_INPUT
-              if args[0] not in ("logs", "sessions", "dropped", "audit", "run", "up", "units", "channels")
-              and "--status" not in args and "--max-turns" not in args and args[:2] != ("chat", "--once")]
+NEEDS_NATS = [
+    args
+    for args, _ in BAD_INPUT
+    if args[0] not in ("logs", "sessions", "dropped", "audit", "run", "up", "units", "channels")
+    and "--status" not in args
+    and "--max-turns" not in args
+    and args[:2] != ("chat", "--once")
+]
 
 
 @pytest.mark.parametrize(("args", "says"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
@@ -329,8 +375,12 @@ def test_bad_input_with_clawden_stopped(tmp_path: Path, args: tuple[str, ...]) -
 
     assert out.returncode != 0, out.stdout
     lines = said_briefly(out)
-    assert f"cannot reach NATS at {cfg.nats_url}" in lines[0] or lines[0].startswith("clawden: no channel") \
-        or "`local` is the terminal" in lines[0] or "a chat name is one word" in lines[0], out.stderr
+    assert (
+        f"cannot reach NATS at {cfg.nats_url}" in lines[0]
+        or lines[0].startswith("clawden: no channel")
+        or "`local` is the terminal" in lines[0]
+        or "a chat name is one word" in lines[0]
+    ), out.stderr
     assert "clawden up" in out.stderr or "channels are" in out.stderr or "one word" in out.stderr
 
 
@@ -342,13 +392,17 @@ def test_bad_input_pointed_at_another_installs_port(core: Core, tmp_path: Path, 
 
     assert out.returncode != 0, out.stdout
     lines = said_briefly(out)
-    assert f"port {mine.nats.port} belongs to another Clawden install (install id {core.cfg.install_id}" \
-        in lines[0] or lines[0].startswith("clawden: no channel") or "`local` is the terminal" in lines[0] \
-        or "a chat name is one word" in lines[0], out.stderr
+    assert (
+        f"port {mine.nats.port} belongs to another Clawden install (install id {core.cfg.install_id}" in lines[0]
+        or lines[0].startswith("clawden: no channel")
+        or "`local` is the terminal" in lines[0]
+        or "a chat name is one word" in lines[0]
+    ), out.stderr
 
 
 def test_chats_list_says_what_answers_each_chat_and_a_chats_own_wiring_replaces_the_wildcard(
-        core: Core, session: str) -> None:
+    core: Core, session: str
+) -> None:
     assert core.clawden("groups", "create", "family").returncode == 0
     try:
         assert core.clawden("chats", "create", "local", "kitchen").returncode == 0
@@ -370,8 +424,14 @@ def test_status_and_the_rest_end_quietly_when_their_reader_went_away(core: Core,
     read, write = os.pipe()
     os.close(read)  # `| head -1` that already has its line
     try:
-        out = subprocess.run([sys.executable, "-m", "clawden", *args], env=core.env(), stdout=write,
-                             stderr=subprocess.PIPE, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "clawden", *args],
+            env=core.env(),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
     finally:
         os.close(write)
 

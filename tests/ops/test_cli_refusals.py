@@ -18,36 +18,75 @@ pytestmark = pytest.mark.process  # each test runs the `clawden` command as a pr
 
 
 def clawden(stack: Stack, *args: str, value: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clawden", *args], env=stack.env(), input=value,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "clawden", *args],
+        env=stack.env(),
+        input=value,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def stored(stack: Stack) -> tuple[object, object]:
-    return (json.loads(clawden(stack, "secrets", "list", "--json").stdout),
-            json.loads(clawden(stack, "rules", "list", "--json").stdout))
+    return (
+        json.loads(clawden(stack, "secrets", "list", "--json").stdout),
+        json.loads(clawden(stack, "rules", "list", "--json").stdout),
+    )
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize(("args", "says"), [
-    (("rules", "add", "r1", "--action", "block", "--host", "api.github.com", "--agent", "nosuch"),
-     "no agent group nosuch; the groups are: main"),
-    (("rules", "add", "r2", "--action", "block", "--host", "api.github.com", "--limit", "5"),
-     "--limit and --window belong to rate_limit rules, not to a block rule"),
-    (("rules", "add", "r3", "--action", "manual_approval", "--host", "api.github.com", "--window", "hour"),
-     "--limit and --window belong to rate_limit rules"),
-    (("rules", "add", "r4", "--action", "block", "--host", "api.github.com", "--method", "FROB"),
-     "'FROB' is not an HTTP method; give one of CONNECT, DELETE"),
-    (("secrets", "add", "gh", "--type", "generic", "--host", "*.com", "--header", "Authorization"),
-     "matches every site under the public suffix 'com'"),
-    (("secrets", "add", "gh", "--type", "generic", "--host", "*.co.uk", "--header", "Authorization"),
-     "matches every site under the public suffix 'co.uk'"),
-    (("secrets", "add", "gh", "--type", "generic", "--host", "api.github.com", "--header", "Authorization",
-      "--agent", "nosuch"), "no agent group nosuch"),
-    (("secrets", "add", "anthropic", "--type", "generic", "--host", "evil.test", "--header", "X"),
-     "the anthropic secret is the model key: its type is anthropic and its host api.anthropic.com"),
-    (("secrets", "add", "anthropic", "--type", "anthropic"), "a secret named anthropic exists; add --replace"),
-    (("egress", "nosuch", "allowlist"), "no agent group nosuch"),
-])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ("rules", "add", "r1", "--action", "block", "--host", "api.github.com", "--agent", "nosuch"),
+            "no agent group nosuch; the groups are: main",
+        ),
+        (
+            ("rules", "add", "r2", "--action", "block", "--host", "api.github.com", "--limit", "5"),
+            "--limit and --window belong to rate_limit rules, not to a block rule",
+        ),
+        (
+            ("rules", "add", "r3", "--action", "manual_approval", "--host", "api.github.com", "--window", "hour"),
+            "--limit and --window belong to rate_limit rules",
+        ),
+        (
+            ("rules", "add", "r4", "--action", "block", "--host", "api.github.com", "--method", "FROB"),
+            "'FROB' is not an HTTP method; give one of CONNECT, DELETE",
+        ),
+        (
+            ("secrets", "add", "gh", "--type", "generic", "--host", "*.com", "--header", "Authorization"),
+            "matches every site under the public suffix 'com'",
+        ),
+        (
+            ("secrets", "add", "gh", "--type", "generic", "--host", "*.co.uk", "--header", "Authorization"),
+            "matches every site under the public suffix 'co.uk'",
+        ),
+        (
+            (
+                "secrets",
+                "add",
+                "gh",
+                "--type",
+                "generic",
+                "--host",
+                "api.github.com",
+                "--header",
+                "Authorization",
+                "--agent",
+                "nosuch",
+            ),
+            "no agent group nosuch",
+        ),
+        (
+            ("secrets", "add", "anthropic", "--type", "generic", "--host", "evil.test", "--header", "X"),
+            "the anthropic secret is the model key: its type is anthropic and its host api.anthropic.com",
+        ),
+        (("secrets", "add", "anthropic", "--type", "anthropic"), "a secret named anthropic exists; add --replace"),
+        (("egress", "nosuch", "allowlist"), "no agent group nosuch"),
+    ],
+)
 def test_a_typo_is_refused_in_one_line_and_changes_nothing(stack: Stack, args: tuple[str, ...], says: str) -> None:
     before = stored(stack)
 
@@ -62,8 +101,13 @@ def test_a_typo_is_refused_in_one_line_and_changes_nothing(stack: Stack, args: t
 def test_chat_with_clawden_stopped_says_what_to_do_in_two_lines(tmp_path: Path, args: tuple[str, ...]) -> None:
     cfg = fresh_home(tmp_path / "home")  # NATS is not running there
 
-    out = subprocess.run([sys.executable, "-m", "clawden", "--home", cfg.home, *args], capture_output=True,
-                         text=True, timeout=60, env={**os.environ, "CLAWDEN_HOME": cfg.home})
+    out = subprocess.run(
+        [sys.executable, "-m", "clawden", "--home", cfg.home, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CLAWDEN_HOME": cfg.home},
+    )
 
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     lines = out.stderr.strip().splitlines()

@@ -62,14 +62,16 @@ def test_the_command_exits_0_when_nothing_failed(stack: Stack, capsys: pytest.Ca
 
 
 def test_each_failure_says_its_fix_and_hides_none_of_the_others(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     cfg = fresh_home(tmp_path / "home")  # never started: no NATS, no vault key, no CA, no model key
 
     results = by_name(asyncio.run(diagnose(cfg, environ={})))
 
-    assert results["NATS"] == Result("FAIL", f"cannot reach NATS at {cfg.nats_url} (NoServersError)",
-                                     "start Clawden with `clawden up`")
+    assert results["NATS"] == Result(
+        "FAIL", f"cannot reach NATS at {cfg.nats_url} (NoServersError)", "start Clawden with `clawden up`"
+    )
     assert results["vault key"].status == "WARN" and "creates it when it first starts" in results["vault key"].detail
     assert results["gateway CA"].status == results["CA trust in a container"].status == "FAIL"
     assert results["model credential"].status == "FAIL"
@@ -109,8 +111,9 @@ async def test_secrets_others_may_read_fail_with_the_chmod_that_fixes_them(tmp_p
     assert keys.status == "FAIL" and "keys/vault.key (644)" in keys.detail and "keys/anthropic (640)" in keys.detail
     assert keys.fix == f"chmod 600 {cfg.keys_dir / 'anthropic'} {key}"
     assert "gateway-ca.pem" not in keys.detail  # certificates are public
-    assert vault_key == Result("FAIL", f"{key} is mode 644: others may read the key to every secret",
-                               f"chmod 600 {key}")
+    assert vault_key == Result(
+        "FAIL", f"{key} is mode 644: others may read the key to every secret", f"chmod 600 {key}"
+    )
 
     key.chmod(0o600)
     (cfg.keys_dir / "anthropic").chmod(0o600)
@@ -140,7 +143,8 @@ def telegram() -> Iterator[FakeTelegram]:
 
 
 async def test_a_telegram_token_is_asked_with_getme_where_the_bridge_would_ask(
-        tmp_path: Path, telegram: FakeTelegram) -> None:
+    tmp_path: Path, telegram: FakeTelegram
+) -> None:
     cfg = fresh_home(tmp_path / "home")
     env = {"CLAWDEN_TELEGRAM_TOKEN": telegram.token, "CLAWDEN_TELEGRAM_API_URL": telegram.url}
     assert configured_channels(cfg, env) == ["telegram"] and configured_channels(cfg, {}) == []
@@ -153,7 +157,8 @@ async def test_a_telegram_token_is_asked_with_getme_where_the_bridge_would_ask(
 
 
 async def test_a_telegram_token_the_api_rejects_fails_with_where_to_put_the_right_one(
-        tmp_path: Path, telegram: FakeTelegram) -> None:
+    tmp_path: Path, telegram: FakeTelegram
+) -> None:
     cfg = fresh_home(tmp_path / "home")
     (cfg.keys_dir / "telegram").write_text("7012345678:revoked\n")
     (cfg.keys_dir / "telegram").chmod(0o600)
@@ -167,7 +172,8 @@ async def test_a_telegram_token_the_api_rejects_fails_with_where_to_put_the_righ
 
 
 async def test_a_telegram_token_file_others_may_read_is_refused_before_any_request(
-        tmp_path: Path, telegram: FakeTelegram) -> None:
+    tmp_path: Path, telegram: FakeTelegram
+) -> None:
     cfg = fresh_home(tmp_path / "home")
     (cfg.keys_dir / "telegram").write_text(telegram.token + "\n")
     (cfg.keys_dir / "telegram").chmod(0o644)
@@ -192,8 +198,7 @@ async def test_a_container_trusts_the_ca_even_while_the_vault_is_down(tmp_path: 
 
     result = await check_ca_trust(Probe(cfg, {}))
 
-    assert result == Result("ok", "the CA is in the container's default trust (no handshake: the vault is "
-                                  "not running)")
+    assert result == Result("ok", "the CA is in the container's default trust (no handshake: the vault is not running)")
 
 
 @pytest.mark.docker
@@ -219,8 +224,12 @@ def test_doctor_in_a_fresh_process_passes_against_a_running_install_every_time(s
     """Each run a new process, as a user runs it: the docker SDK imported by several check threads at
     once used to fail ("partially initialized module 'docker.types'") and blame Docker."""
     for _ in range(20):  # as the issue that found it asked: 20 in a row
-        out = subprocess.run([sys.executable, "-m", "clawden", "--home", str(stack.home), "doctor"],
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "clawden", "--home", str(stack.home), "doctor"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0 and "FAIL" not in out.stdout, out.stdout + out.stderr
 
 
@@ -252,6 +261,8 @@ async def test_a_typo_in_config_and_a_model_that_is_not_claudes_are_warned_of(tm
         await probe.close()
 
     assert result.status == "WARN"
-    assert result.detail.startswith("cpu in [runner] is not a setting Clawden knows (did you mean cpus?); "
-                                    "[model] model: 'gpt-4o' is not a Claude model name")
+    assert result.detail.startswith(
+        "cpu in [runner] is not a setting Clawden knows (did you mean cpus?); "
+        "[model] model: 'gpt-4o' is not a Claude model name"
+    )
     assert result.fix == f"correct them (settings in {cfg.path('config.toml')})"

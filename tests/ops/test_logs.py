@@ -45,8 +45,9 @@ def read(folder: Path, service: str | None = None, *, lines: int = 50, session: 
 
 @pytest.fixture
 def logs(tmp_path: Path) -> Path:
-    return write_logs(tmp_path / "logs", {"router": ROUTER, "runner": RUNNER, "nats": NATS},
-                      dt.datetime(2026, 11, 21, 10, 5))
+    return write_logs(
+        tmp_path / "logs", {"router": ROUTER, "runner": RUNNER, "nats": NATS}, dt.datetime(2026, 11, 21, 10, 5)
+    )
 
 
 def test_every_service_is_interleaved_by_time_with_its_name(logs: Path) -> None:
@@ -55,10 +56,12 @@ def test_every_service_is_interleaved_by_time_with_its_name(logs: Path) -> None:
     assert [line.split(" | ")[0].strip() for line in shown[:5]] == ["nats", "router", "runner", "router", "runner"]
     assert shown[0] == "nats       | " + NATS.strip()
     # a traceback stays under its own line
-    assert shown[-4:] == ["router     | 10:00:04.000 E clawden.router: handler failed session=s-2",
-                          "             Traceback (most recent call last):",
-                          '               File "x.py", line 1, in <module>',
-                          "             ValueError: boom"]
+    assert shown[-4:] == [
+        "router     | 10:00:04.000 E clawden.router: handler failed session=s-2",
+        "             Traceback (most recent call last):",
+        '               File "x.py", line 1, in <module>',
+        "             ValueError: boom",
+    ]
 
 
 def test_one_service_is_shown_as_written_and_only_its_last_lines(logs: Path) -> None:
@@ -77,24 +80,36 @@ def test_a_session_keeps_only_its_lines_of_every_service(logs: Path) -> None:
 
 
 def test_lines_either_side_of_midnight_stay_in_order(tmp_path: Path) -> None:
-    folder = write_logs(tmp_path / "logs", {
-        "router": "23:59:58.000 I r: late\n00:00:02.000 I r: early\n",
-        "runner": "23:59:59.000 I r: later\n00:00:01.000 I r: earliest\n",
-    }, dt.datetime(2026, 11, 22, 0, 0, 3))
+    folder = write_logs(
+        tmp_path / "logs",
+        {
+            "router": "23:59:58.000 I r: late\n00:00:02.000 I r: early\n",
+            "runner": "23:59:59.000 I r: later\n00:00:01.000 I r: earliest\n",
+        },
+        dt.datetime(2026, 11, 22, 0, 0, 3),
+    )
 
     assert [line.rsplit(": ", 1)[1] for line in read(folder).splitlines()] == ["late", "later", "earliest", "early"]
 
 
 def test_dated_lines_are_placed_by_their_date_not_the_files_last_write(tmp_path: Path) -> None:
-    folder = write_logs(tmp_path / "logs", {
-        "router": "2026-11-20 23:00:00.000 I r: two days ago\n2026-11-22 09:00:00.000 I r: today\n",
-        "runner": "2026-11-21 12:00:00.000 I r: yesterday\n",
-        "nats": "[1] 2026/11/21 08:00:00.000000 [INF] yesterday morning\n",
-    }, dt.datetime(2026, 11, 22, 9, 30))
+    folder = write_logs(
+        tmp_path / "logs",
+        {
+            "router": "2026-11-20 23:00:00.000 I r: two days ago\n2026-11-22 09:00:00.000 I r: today\n",
+            "runner": "2026-11-21 12:00:00.000 I r: yesterday\n",
+            "nats": "[1] 2026/11/21 08:00:00.000000 [INF] yesterday morning\n",
+        },
+        dt.datetime(2026, 11, 22, 9, 30),
+    )
     os.utime(folder / "runner.log", (dt.datetime(2026, 11, 22, 9, 0).timestamp(),) * 2)  # touched today
 
     assert [line.rsplit(": ", 1)[-1].split("] ")[-1] for line in read(folder).splitlines()] == [
-        "two days ago", "yesterday morning", "yesterday", "today"]
+        "two days ago",
+        "yesterday morning",
+        "yesterday",
+        "today",
+    ]
 
 
 def test_a_long_log_is_read_from_its_end(tmp_path: Path) -> None:
@@ -114,8 +129,12 @@ def test_following_prints_new_lines_of_the_session_as_they_are_written(tmp_path:
     home = tmp_path / "home"
     folder = write_logs(home / "logs", {"router": ROUTER, "runner": RUNNER}, dt.datetime(2026, 11, 21, 10, 5))
     env = dict(os.environ, CLAWDEN_HOME=str(home))
-    proc = subprocess.Popen([sys.executable, "-m", "clawden", "logs", "--files", "-f", "--session", "s-1", "-n", "1"],
-                            env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clawden", "logs", "--files", "-f", "--session", "s-1", "-n", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("runner     | 10:00:03.000")
@@ -150,8 +169,13 @@ print("and to stdout", flush=True)
 def test_a_service_log_under_clawden_up_is_dated_and_rotated_by_size(tmp_path: Path) -> None:
     path = tmp_path / "router.log"
     with path.open("ab") as stderr:  # as the supervisor starts a service
-        subprocess.run([sys.executable, "-c", ROTATING], stdout=stderr, stderr=stderr, check=True,
-                       env=dict(os.environ, CLAWDEN_LOG_FILE=str(path)))
+        subprocess.run(
+            [sys.executable, "-c", ROTATING],
+            stdout=stderr,
+            stderr=stderr,
+            check=True,
+            env=dict(os.environ, CLAWDEN_LOG_FILE=str(path)),
+        )
 
     kept = [path, *(tmp_path / f"router.log.{n}" for n in (3, 2, 1))]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)  # no .4: the oldest went
@@ -179,8 +203,11 @@ def test_following_goes_on_across_a_rotation(tmp_path: Path) -> None:
 
 def test_names_map_to_units_and_files() -> None:
     assert logview.unit_name("router") == "clawden-router.service"
-    assert logview.unit_name("channel-telegram") == logview.unit_name("channel@telegram") == \
-        "clawden-channel@telegram.service"
+    assert (
+        logview.unit_name("channel-telegram")
+        == logview.unit_name("channel@telegram")
+        == "clawden-channel@telegram.service"
+    )
     assert logview.file_name("clawden-channel@telegram.service") == "channel-telegram.log"
     assert logview.file_name("nats") == "nats.log"
     with pytest.raises(ValueError):
@@ -196,6 +223,16 @@ def test_installed_units_are_read_with_journalctl_filtered_by_session(tmp_path: 
     assert logview.installed_scope(dirs, ask_systemctl=False) == "system"
 
     assert logview.journal_command("system", "channel@telegram", lines=20, follow=True, session="s-1") == [
-        "journalctl", "--unit=clawden-channel@telegram.service", "-n", "20", "--follow", "CLAWDEN_SESSION=s-1"]
+        "journalctl",
+        "--unit=clawden-channel@telegram.service",
+        "-n",
+        "20",
+        "--follow",
+        "CLAWDEN_SESSION=s-1",
+    ]
     assert logview.journal_command("user", None, lines=50, follow=False, session=None) == [
-        "journalctl", "--user-unit=clawden-*", "-n", "50"]
+        "journalctl",
+        "--user-unit=clawden-*",
+        "-n",
+        "50",
+    ]

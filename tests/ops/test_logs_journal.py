@@ -32,17 +32,21 @@ ExecStart={python} {script}
 """
 
 
-def test_a_units_journal_is_shown_by_service_and_by_session(tmp_path: Path,
-                                                           docker_client: docker.DockerClient) -> None:
+def test_a_units_journal_is_shown_by_service_and_by_session(tmp_path: Path, docker_client: docker.DockerClient) -> None:
     (tmp_path / "router.py").write_text(SERVICE)
-    (tmp_path / "clawden-router.service").write_text(UNIT.format(python=sys.executable,
-                                                                 script=tmp_path / "router.py"))
+    (tmp_path / "clawden-router.service").write_text(UNIT.format(python=sys.executable, script=tmp_path / "router.py"))
     (tmp_path / "clawden.target").write_text("[Unit]\nDescription=Clawden\n")
     install_id = f"l{secrets.token_hex(4)}"
-    with booted(docker_client, f"clawden-ops-logs-{install_id}", labels={LABEL_INSTALL: install_id},
-                volumes={str(tmp_path): {"bind": str(tmp_path), "mode": "ro"}}) as machine:
-        machine.sh(f"cp {tmp_path}/clawden.target {tmp_path}/clawden-router.service /etc/systemd/system/ && "
-                   "systemctl daemon-reload && systemctl start clawden-router.service && journalctl --sync")
+    with booted(
+        docker_client,
+        f"clawden-ops-logs-{install_id}",
+        labels={LABEL_INSTALL: install_id},
+        volumes={str(tmp_path): {"bind": str(tmp_path), "mode": "ro"}},
+    ) as machine:
+        machine.sh(
+            f"cp {tmp_path}/clawden.target {tmp_path}/clawden-router.service /etc/systemd/system/ && "
+            "systemctl daemon-reload && systemctl start clawden-router.service && journalctl --sync"
+        )
         clawden = f"{sys.executable} -m clawden --home {tmp_path}/home logs"
 
         everything = machine.sh(clawden)

@@ -77,9 +77,14 @@ async def test_a_chat_with_its_agent_shows_its_running_container(stack: Stack) -
 @pytest.mark.docker
 async def test_a_pending_approval_is_counted_and_listed(stack: Stack) -> None:
     request = ev.ApprovalRequest(
-        id=f"ops-{uuid.uuid4().hex[:8]}", kind="question", requester="runner", agent_group="main",
+        id=f"ops-{uuid.uuid4().hex[:8]}",
+        kind="question",
+        requester="runner",
+        agent_group="main",
         card=ev.Card(title="Tea or coffee?", buttons=(ev.Button(id="tea", label="Tea"),)),
-        route=ev.Route(channel="local", chat_id="ops-approvals"), expires_at=time.time() + 600)
+        route=ev.Route(channel="local", chat_id="ops-approvals"),
+        expires_at=time.time() + 600,
+    )
     nc = await stack.connect()
     try:
         cards: asyncio.Queue[bytes] = asyncio.Queue()
@@ -116,8 +121,9 @@ async def test_a_bridge_that_is_down_is_listed_with_what_it_has_not_delivered(st
         for consumer in lanes:  # as the bridge left them when it stopped
             await ensure_consumer(js, consumer)
         for chat in chats:
-            message = ev.OutboundMessage(id=f"ops-undelivered-{chat}", route=ev.Route(channel="telegram", chat_id=chat),
-                                         text="hello")
+            message = ev.OutboundMessage(
+                id=f"ops-undelivered-{chat}", route=ev.Route(channel="telegram", chat_id=chat), text="hello"
+            )
             await publish(js, subjects.outbound("telegram", chat), message, msg_id=message.id)
 
         report = await gather(cfg_of(stack))
@@ -131,7 +137,11 @@ async def test_a_bridge_that_is_down_is_listed_with_what_it_has_not_delivered(st
     # The eight lanes are one row, their backlogs summed.
     [backlog] = [r for r in report["streams"] if r["durable"] == "channel-telegram-0..7"]
     assert (backlog["pending"], backlog["ack_pending"], backlog["owner"], backlog["lanes"]) == (
-        2, 0, "channel-telegram", 8)
+        2,
+        0,
+        "channel-telegram",
+        8,
+    )
     assert not [r for r in report["streams"] if r["durable"].startswith("channel-telegram-") and r is not backlog]
     text = render(report)
     assert "channel-telegram  DOWN" in text and "channel-telegram-0..7" in text

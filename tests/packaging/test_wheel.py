@@ -21,14 +21,23 @@ from clawden import image, units
 pytestmark = pytest.mark.process  # builds and installs a wheel
 
 REPO = Path(__file__).resolve().parents[2]
-NOT_SOURCES = shutil.ignore_patterns(".venv", ".git", ".ci", "build", "dist", "*.egg-info", "__pycache__",
-                                     ".*_cache", ".hypothesis")
+NOT_SOURCES = shutil.ignore_patterns(
+    ".venv", ".git", ".ci", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
+)
 STRAY = "container/clawden_agent/__pycache__/loop.cpython-311.pyc"  # what a checkout's test run leaves
 DIST_INFO = f"clawden-{importlib.metadata.version('clawden')}.dist-info"
-UNIT_TEMPLATES = ["units/systemd/clawden-router.service", "units/systemd/clawden-channel@.service",
-                  "units/systemd/clawden.target", "units/launchd/dev.clawden.router.plist"]
-BUILD_CONTEXT = ["container/Dockerfile", "container/bootstrap-base.sh", "container/clawden_agent/__init__.py",
-                 "container/clawden_agent/loop.py"]
+UNIT_TEMPLATES = [
+    "units/systemd/clawden-router.service",
+    "units/systemd/clawden-channel@.service",
+    "units/systemd/clawden.target",
+    "units/launchd/dev.clawden.router.plist",
+]
+BUILD_CONTEXT = [
+    "container/Dockerfile",
+    "container/bootstrap-base.sh",
+    "container/clawden_agent/__init__.py",
+    "container/clawden_agent/loop.py",
+]
 
 # Run by the installed wheel, outside the checkout: where things are found, the hash, and rendered units.
 PROBE = """
@@ -73,8 +82,20 @@ def build(*target: str | Path, out: Path) -> Path:
     """`pip wheel` with this venv's setuptools: no build isolation, so nothing is downloaded."""
     setuptools = int(importlib.metadata.version("setuptools").split(".")[0])
     assert setuptools >= 77, "this venv's setuptools is too old for pyproject.toml: run `pip install -e '.[dev]'`"
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-index", "--no-deps",
-        "--no-build-isolation", "--wheel-dir", out, *target)
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-index",
+        "--no-deps",
+        "--no-build-isolation",
+        "--wheel-dir",
+        out,
+        *target,
+    )
     [wheel] = out.glob("clawden-*.whl")
     return wheel
 
@@ -92,17 +113,37 @@ def test_wheel_carries_the_unit_templates_and_the_image_build_context(wheel: Pat
 
 
 def test_installed_wheel_finds_its_resources_and_renders_units_outside_the_checkout(
-        wheel: Path, tmp_path: Path) -> None:
+    wheel: Path, tmp_path: Path
+) -> None:
     site = tmp_path / "site"
-    run(sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index", "--no-deps",
-        "--target", site, wheel)
-    checkout = units.Install(mode="user", home=tmp_path / "home", python=Path(sys.executable), user="nobody",
-                             group="nogroup", nats_server=tmp_path / "bin" / "nats-server", user_home=tmp_path)
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-index",
+        "--no-deps",
+        "--target",
+        site,
+        wheel,
+    )
+    checkout = units.Install(
+        mode="user",
+        home=tmp_path / "home",
+        python=Path(sys.executable),
+        user="nobody",
+        group="nogroup",
+        nats_server=tmp_path / "bin" / "nats-server",
+        user_home=tmp_path,
+    )
     paths = ["home", "python", "nats_server", "user_home"]
     install = {k: str(getattr(checkout, k)) for k in ["mode", "user", "group", *paths]}
     env = {**os.environ, "PYTHONPATH": str(site)}
-    found = json.loads(run(sys.executable, "-c", PROBE, json.dumps({"install": install, "paths": paths}),
-                           cwd=tmp_path, env=env))
+    found = json.loads(
+        run(sys.executable, "-c", PROBE, json.dumps({"install": install, "paths": paths}), cwd=tmp_path, env=env)
+    )
 
     assert Path(found["clawden"]).is_relative_to(site)
     packaged = site / "clawden" / "_resources"
@@ -126,8 +167,7 @@ def test_installed_wheel_finds_its_resources_and_renders_units_outside_the_check
     assert "clawden-router.service\n" in shown and f"CLAWDEN_HOME={home}" in shown
 
 
-def test_sdist_carries_the_resources_so_a_wheel_built_from_it_has_them(
-        source: Path, tmp_path: Path) -> None:
+def test_sdist_carries_the_resources_so_a_wheel_built_from_it_has_them(source: Path, tmp_path: Path) -> None:
     code = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
     sdist = tmp_path / run(sys.executable, "-c", code, tmp_path, cwd=source).strip().splitlines()[-1]
     with tarfile.open(sdist) as tar:

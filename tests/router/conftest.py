@@ -48,8 +48,9 @@ class RouterProcess:
 def start_router(home: Path, url: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, CLAWDEN_HOME=str(home), CLAWDEN_NATS_URL=url)
     with (home / "router.log").open("ab") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "clawden", "run", "router"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "clawden", "run", "router"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 async def wait_ready(router: RouterProcess, timeout: float = 30) -> None:
@@ -93,11 +94,15 @@ def js(nc: Client) -> Iterator[JetStreamContext]:
     yield nc.jetstream()
 
 
-async def collect(js: JetStreamContext, durable: str, subject: str, *, want: int, settle: float = 1.0,
-                  timeout: float = 60) -> list[events.Event]:
+async def collect(
+    js: JetStreamContext, durable: str, subject: str, *, want: int, settle: float = 1.0, timeout: float = 60
+) -> list[events.Event]:
     """Everything on `subject` once `want` arrived and nothing more came for `settle` seconds."""
-    stream = "CLAWDEN_WAKE" if subject.startswith(f"{subjects.PREFIX}.wake") else (
-        "CLAWDEN_APPROVALS" if subject.startswith(f"{subjects.PREFIX}.approval") else "CLAWDEN_OUTBOUND")
+    stream = (
+        "CLAWDEN_WAKE"
+        if subject.startswith(f"{subjects.PREFIX}.wake")
+        else ("CLAWDEN_APPROVALS" if subject.startswith(f"{subjects.PREFIX}.approval") else "CLAWDEN_OUTBOUND")
+    )
     puller = await bind(js, Consumer(stream, durable, subject), batch=256)
     got: list[events.Event] = []
     deadline = time.monotonic() + timeout

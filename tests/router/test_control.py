@@ -37,12 +37,24 @@ def test_groups_are_created_updated_listed_and_deleted(control: Control) -> None
 
 def test_a_wiring_defaults_to_mentions_in_groups_and_every_message_in_direct_chats(control: Control) -> None:
     call(control, "chats", op="create", channel="telegram", chat_id="g1", is_group=True)
-    assert call(control, "wirings", op="create", channel="telegram", chat_id="g1",
-                agent_group="main")["engage_mode"] == "mention"
-    assert call(control, "wirings", op="create", channel="telegram", chat_id="d1",
-                agent_group="main")["engage_mode"] == "pattern"
-    changed = call(control, "wirings", op="update", channel="telegram", chat_id="d1", agent_group="main",
-                   session_mode="per-thread", priority=3)
+    assert (
+        call(control, "wirings", op="create", channel="telegram", chat_id="g1", agent_group="main")["engage_mode"]
+        == "mention"
+    )
+    assert (
+        call(control, "wirings", op="create", channel="telegram", chat_id="d1", agent_group="main")["engage_mode"]
+        == "pattern"
+    )
+    changed = call(
+        control,
+        "wirings",
+        op="update",
+        channel="telegram",
+        chat_id="d1",
+        agent_group="main",
+        session_mode="per-thread",
+        priority=3,
+    )
     assert (changed["session_mode"], changed["priority"], changed["engage_mode"]) == ("per-thread", 3, "pattern")
 
 
@@ -73,31 +85,43 @@ def test_an_invite_is_admitted_by_the_chats_unknown_sender_policy_and_a_refusal_
     call(control, "chats", op="create", channel="matrix", chat_id="*", policy="strict")  # the channel's default
     assert admit("!new", "matrix:@eve:x")[0] is False and admit("!open", "matrix:@eve:x")[0] is True
     assert sorted((d["chat_id"], d["sender_id"]) for d in call(control, "dropped", op="list", channel="matrix")) == [
-        ("!new", "matrix:@eve:x"), ("!strict", "matrix:@eve:x")]
+        ("!new", "matrix:@eve:x"),
+        ("!strict", "matrix:@eve:x"),
+    ]
 
 
-@pytest.mark.parametrize(("resource", "payload", "words"), [
-    ("groups", {"op": "create", "name": "Bad Name"}, "agent group name 'Bad Name': use 1-40 lowercase"),
-    ("groups", {"op": "create", "name": "main"}, "agent group 'main' already exists"),
-    ("groups", {"op": "get", "name": "nope"}, "no agent group named 'nope' (see `clawden groups list`)"),
-    ("groups", {"op": "explode"}, "bad groups request"),
-    ("groups", {"op": "create", "name": "x", "container": {"gpus": 1}}, "unknown field `gpus`"),
-    ("wirings", {"op": "create", "channel": "tg", "chat_id": "1", "agent_group": "ghost"}, "no agent group named"),
-    ("wirings", {"op": "create", "channel": "tg", "chat_id": "1", "agent_group": "main", "engage_pattern": "("},
-     "engage pattern '(' is not a regular expression"),
-    ("wirings", {"op": "create", "channel": "tg", "chat_id": "1", "agent_group": "main",
-                 "session_mode": "sometimes"}, "`$.session_mode`"),
-    ("wirings", {"op": "create", "channel": "local", "chat_id": "*", "agent_group": "main"}, "already wired"),
-    ("wirings", {"op": "delete", "channel": "tg", "chat_id": "1", "agent_group": "main"}, "main is not wired"),
-    ("roles", {"op": "grant", "user_id": "bob", "role": "admin"}, "users are platform identities like"),
-    ("roles", {"op": "grant", "user_id": "tg:1", "role": "owner", "agent_group": "main"}, "always global"),
-    ("roles", {"op": "revoke", "user_id": "tg:1", "role": "admin"}, "tg:1 is not admin"),
-    ("members", {"op": "remove", "agent_group": "main", "user_id": "tg:1"}, "is not a member of main"),
-    ("chats", {"op": "update", "channel": "tg", "chat_id": "404"}, "no chat '404' on tg"),
-    ("pair", {"op": "create", "channel": "no spaces"}, "channel 'no spaces'"),
-])
-def test_mistakes_are_refused_in_plain_words(control: Control, resource: str, payload: dict[str, Any],
-                                            words: str) -> None:
+@pytest.mark.parametrize(
+    ("resource", "payload", "words"),
+    [
+        ("groups", {"op": "create", "name": "Bad Name"}, "agent group name 'Bad Name': use 1-40 lowercase"),
+        ("groups", {"op": "create", "name": "main"}, "agent group 'main' already exists"),
+        ("groups", {"op": "get", "name": "nope"}, "no agent group named 'nope' (see `clawden groups list`)"),
+        ("groups", {"op": "explode"}, "bad groups request"),
+        ("groups", {"op": "create", "name": "x", "container": {"gpus": 1}}, "unknown field `gpus`"),
+        ("wirings", {"op": "create", "channel": "tg", "chat_id": "1", "agent_group": "ghost"}, "no agent group named"),
+        (
+            "wirings",
+            {"op": "create", "channel": "tg", "chat_id": "1", "agent_group": "main", "engage_pattern": "("},
+            "engage pattern '(' is not a regular expression",
+        ),
+        (
+            "wirings",
+            {"op": "create", "channel": "tg", "chat_id": "1", "agent_group": "main", "session_mode": "sometimes"},
+            "`$.session_mode`",
+        ),
+        ("wirings", {"op": "create", "channel": "local", "chat_id": "*", "agent_group": "main"}, "already wired"),
+        ("wirings", {"op": "delete", "channel": "tg", "chat_id": "1", "agent_group": "main"}, "main is not wired"),
+        ("roles", {"op": "grant", "user_id": "bob", "role": "admin"}, "users are platform identities like"),
+        ("roles", {"op": "grant", "user_id": "tg:1", "role": "owner", "agent_group": "main"}, "always global"),
+        ("roles", {"op": "revoke", "user_id": "tg:1", "role": "admin"}, "tg:1 is not admin"),
+        ("members", {"op": "remove", "agent_group": "main", "user_id": "tg:1"}, "is not a member of main"),
+        ("chats", {"op": "update", "channel": "tg", "chat_id": "404"}, "no chat '404' on tg"),
+        ("pair", {"op": "create", "channel": "no spaces"}, "channel 'no spaces'"),
+    ],
+)
+def test_mistakes_are_refused_in_plain_words(
+    control: Control, resource: str, payload: dict[str, Any], words: str
+) -> None:
     with pytest.raises(RouterError) as refused:
         control.handle(resource, msgspec.json.encode(payload))
     assert words in str(refused.value)

@@ -49,8 +49,13 @@ def call(control: Control, resource: str, **payload: Any) -> Any:
 
 
 def wake_from_terminal(store: RouterStore, n: int) -> ev.Wake:
-    message = ev.InboundMessage(route=ev.Route(channel="local", chat_id="term"), message_id=f"m{n}",
-                                sender=ev.Sender(id="local:alice"), text="hi", sent_at=float(n))
+    message = ev.InboundMessage(
+        route=ev.Route(channel="local", chat_id="term"),
+        message_id=f"m{n}",
+        sender=ev.Sender(id="local:alice"),
+        text="hi",
+        sent_at=float(n),
+    )
     outcome = store.route_batch([message], 2_000.0 + n)
     store.published([o.id for o in outcome.outgoing])
     [wake] = [e for e in map(ev.decode, (o.payload for o in outcome.outgoing)) if isinstance(e, ev.Wake)]
@@ -58,13 +63,26 @@ def wake_from_terminal(store: RouterStore, n: int) -> ev.Wake:
 
 
 def test_a_wake_carries_the_groups_settings_as_the_cli_left_them(store: RouterStore, control: Control) -> None:
-    call(control, "groups", op="update", name="main", model="claude-group-1", folder="home",
-         container={"memory": "300m", "pids": 200, "cpus": 1.5, "image": "clawden-agent:v2", "idle_timeout": 600})
+    call(
+        control,
+        "groups",
+        op="update",
+        name="main",
+        model="claude-group-1",
+        folder="home",
+        container={"memory": "300m", "pids": 200, "cpus": 1.5, "image": "clawden-agent:v2", "idle_timeout": 600},
+    )
     group = wake_from_terminal(store, 1).group
     assert group is not None
     assert msgspec.structs.replace(group, changed_at=0) == ev.GroupSettings(
-        folder="home", model="claude-group-1", image="clawden-agent:v2", memory="300m", cpus=1.5, pids=200,
-        idle_timeout=600)
+        folder="home",
+        model="claude-group-1",
+        image="clawden-agent:v2",
+        memory="300m",
+        cpus=1.5,
+        pids=200,
+        idle_timeout=600,
+    )
     assert group.changed_at > 1_000.0
 
 
@@ -92,20 +110,24 @@ def test_a_provider_other_than_claude_is_refused_and_nothing_is_stored(control: 
     assert [(g["name"], g["provider"]) for g in call(control, "groups", op="list")] == [("main", "claude")]
 
 
-@pytest.mark.parametrize(("payload", "words"), [
-    ({"container": {"memory": "lots"}}, "memory 'lots': give a size from 64m to 1024g"),
-    ({"container": {"memory": "1m"}}, "memory '1m'"),
-    ({"container": {"cpus": 0.001}}, "cpus 0.001: give a number from 0.01"),
-    ({"container": {"pids": 5}}, "pids 5: give a number from 32 to 65536"),
-    ({"container": {"pids": -1}}, "pids -1"),
-    ({"container": {"idle_timeout": 1}}, "idle timeout 1.0: give seconds from 5"),
-    ({"container": {"image": "Evil Image; rm -rf /"}}, "give an image reference like clawden-agent:latest"),
-    ({"model": "claude\nX=1"}, "give a model name"),
-    ({"folder": "global"}, "folder 'global' is the memory every agent group shares"),
-    ({"folder": "../etc"}, "agent group name '../etc'"),
-])
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        ({"container": {"memory": "lots"}}, "memory 'lots': give a size from 64m to 1024g"),
+        ({"container": {"memory": "1m"}}, "memory '1m'"),
+        ({"container": {"cpus": 0.001}}, "cpus 0.001: give a number from 0.01"),
+        ({"container": {"pids": 5}}, "pids 5: give a number from 32 to 65536"),
+        ({"container": {"pids": -1}}, "pids -1"),
+        ({"container": {"idle_timeout": 1}}, "idle timeout 1.0: give seconds from 5"),
+        ({"container": {"image": "Evil Image; rm -rf /"}}, "give an image reference like clawden-agent:latest"),
+        ({"model": "claude\nX=1"}, "give a model name"),
+        ({"folder": "global"}, "folder 'global' is the memory every agent group shares"),
+        ({"folder": "../etc"}, "agent group name '../etc'"),
+    ],
+)
 def test_settings_the_runner_would_refuse_are_refused_in_plain_words(
-        control: Control, payload: dict[str, Any], words: str) -> None:
+    control: Control, payload: dict[str, Any], words: str
+) -> None:
     before = call(control, "groups", op="get", name="main")
     with pytest.raises(RouterError, match=words.replace("(", r"\(").replace(".", r"\.")):
         call(control, "groups", op="update", name="main", **payload)
@@ -135,14 +157,19 @@ def test_an_upgraded_router_db_stamps_existing_groups_with_their_creation(tmp_pa
 
 
 async def test_through_the_cli_the_settings_ride_on_the_next_wake_and_a_bad_provider_is_refused(
-        router: RouterProcess, js: JetStreamContext) -> None:
+    router: RouterProcess, js: JetStreamContext
+) -> None:
     def clawden(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "clawden", *args], env=router.env(), capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "clawden", *args], env=router.env(), capture_output=True, text=True, timeout=60
+        )
 
-    refused, updated = await asyncio.to_thread(lambda: (
-        clawden("groups", "update", "main", "--provider", "openai"),
-        clawden("groups", "update", "main", "--memory", "300m", "--pids", "200", "--model", "claude-group-1")))
+    refused, updated = await asyncio.to_thread(
+        lambda: (
+            clawden("groups", "update", "main", "--provider", "openai"),
+            clawden("groups", "update", "main", "--memory", "300m", "--pids", "200", "--model", "claude-group-1"),
+        )
+    )
     assert refused.returncode == 1
     assert refused.stderr.strip() == "clawden: provider 'openai': only 'claude' is available"
     assert updated.returncode == 0, updated.stderr
@@ -150,4 +177,8 @@ async def test_through_the_cli_the_settings_ride_on_the_next_wake_and_a_bad_prov
     [wake] = [w for w in await collect(js, "t-settings", WAKES, want=1) if isinstance(w, ev.Wake)]
     assert wake.group is not None
     assert (wake.group.memory, wake.group.pids, wake.group.model, wake.group.folder) == (
-        "300m", 200, "claude-group-1", "main")
+        "300m",
+        200,
+        "claude-group-1",
+        "main",
+    )

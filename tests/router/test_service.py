@@ -18,29 +18,45 @@ from tests.router.conftest import RouterProcess, collect
 WAKES = f"{subjects.PREFIX}.wake.>"
 
 
-def chat_message(n: int, *, chat: str, text: str = "", sender: str = "telegram:u1", channel: str = "telegram",
-                 mentioned: bool = False, group: bool = False) -> ev.InboundMessage:
-    return ev.InboundMessage(route=ev.Route(channel=channel, chat_id=chat), message_id=f"m{n}",
-                             sender=ev.Sender(id=sender), text=text or f"line {n}", sent_at=float(n),
-                             is_group=group, mentioned=mentioned)
+def chat_message(
+    n: int,
+    *,
+    chat: str,
+    text: str = "",
+    sender: str = "telegram:u1",
+    channel: str = "telegram",
+    mentioned: bool = False,
+    group: bool = False,
+) -> ev.InboundMessage:
+    return ev.InboundMessage(
+        route=ev.Route(channel=channel, chat_id=chat),
+        message_id=f"m{n}",
+        sender=ev.Sender(id=sender),
+        text=text or f"line {n}",
+        sent_at=float(n),
+        is_group=group,
+        mentioned=mentioned,
+    )
 
 
 async def send(js: JetStreamContext, event: ev.InboundMessage, msg_id: str | None = None) -> None:
-    await js.publish(subjects.inbound(event.route.channel), ev.encode(event),
-                     headers={Header.MSG_ID: msg_id or event.key})
+    await js.publish(
+        subjects.inbound(event.route.channel), ev.encode(event), headers={Header.MSG_ID: msg_id or event.key}
+    )
 
 
 async def test_a_burst_of_events_each_sent_twice_yields_one_wake_per_engaged_event_and_group(
-        router: RouterProcess, js: JetStreamContext) -> None:
+    router: RouterProcess, js: JetStreamContext
+) -> None:
     await router.call("groups", op="create", name="alpha")
     await router.call("groups", op="create", name="beta")
     await router.call("chats", op="create", channel="test", chat_id="*", is_group=True, policy="public")
-    await router.call("wirings", op="create", channel="test", chat_id="*", agent_group="alpha",
-                      engage_mode="pattern")
-    await router.call("wirings", op="create", channel="test", chat_id="*", agent_group="beta",
-                      engage_mode="mention")
-    burst = [chat_message(i, chat=f"chat{i % 50}", channel="test", sender=f"test:u{i % 7}", group=True,
-                          mentioned=i % 3 == 0) for i in range(1000)]
+    await router.call("wirings", op="create", channel="test", chat_id="*", agent_group="alpha", engage_mode="pattern")
+    await router.call("wirings", op="create", channel="test", chat_id="*", agent_group="beta", engage_mode="mention")
+    burst = [
+        chat_message(i, chat=f"chat{i % 50}", channel="test", sender=f"test:u{i % 7}", group=True, mentioned=i % 3 == 0)
+        for i in range(1000)
+    ]
     expected = {(e.key, "alpha") for e in burst} | {(e.key, "beta") for e in burst if e.mentioned}
     for i, event in enumerate(burst):
         await send(js, event)
@@ -63,7 +79,8 @@ async def test_a_burst_of_events_each_sent_twice_yields_one_wake_per_engaged_eve
 
 
 async def test_an_unknown_sender_waits_for_approval_and_is_replayed_when_the_owner_approves(
-        router: RouterProcess, js: JetStreamContext) -> None:
+    router: RouterProcess, js: JetStreamContext
+) -> None:
     await router.call("chats", op="create", channel="telegram", chat_id="c1", policy="request_approval")
     await router.call("wirings", op="create", channel="telegram", chat_id="c1", agent_group="main")
     [owner] = [r["user_id"] for r in await router.call("roles", op="list")]
@@ -77,8 +94,9 @@ async def test_an_unknown_sender_waits_for_approval_and_is_replayed_when_the_own
 
     async def decide(by: str) -> None:
         decision = ev.ApprovalDecision(id=request.id, decision="approved", decided_by=by)
-        await js.publish(subjects.approval_decision(request.id), ev.encode(decision),
-                         headers={Header.MSG_ID: f"{request.id}:{by}"})
+        await js.publish(
+            subjects.approval_decision(request.id), ev.encode(decision), headers={Header.MSG_ID: f"{request.id}:{by}"}
+        )
 
     await decide("telegram:stranger")  # clicking your own card is not an approval
     assert await collect(js, "t-wakes", WAKES, want=0, settle=1.0) == []
@@ -89,8 +107,7 @@ async def test_an_unknown_sender_waits_for_approval_and_is_replayed_when_the_own
     assert [m["user_id"] for m in members] == ["telegram:stranger"]
 
 
-async def test_a_non_admin_is_refused_clear_until_paired_as_owner(router: RouterProcess,
-                                                                  js: JetStreamContext) -> None:
+async def test_a_non_admin_is_refused_clear_until_paired_as_owner(router: RouterProcess, js: JetStreamContext) -> None:
     await router.call("chats", op="create", channel="telegram", chat_id="c1", policy="public")
     await router.call("wirings", op="create", channel="telegram", chat_id="c1", agent_group="main")
     outbound = subjects.outbound("telegram", "c1")
@@ -119,7 +136,8 @@ async def test_a_malformed_event_is_dropped_and_routing_goes_on(router: RouterPr
 
 
 async def test_a_message_whose_route_names_another_channel_than_its_subject_is_dropped(
-        router: RouterProcess, js: JetStreamContext) -> None:
+    router: RouterProcess, js: JetStreamContext
+) -> None:
     # The telegram bridge may publish only on inbound.telegram; inside, it must not speak as the terminal
     # (where `local *` reaches main as the owner).
     spoof = chat_message(1, chat="terminal", channel="local", sender="local:owner")
@@ -131,23 +149,25 @@ async def test_a_message_whose_route_names_another_channel_than_its_subject_is_d
 
 
 def clawden(router: RouterProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clawden", *args], env=router.env(), capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "clawden", *args], env=router.env(), capture_output=True, text=True, timeout=60
+    )
 
 
 async def test_the_cli_manages_groups_and_wirings_and_says_plainly_what_went_wrong(router: RouterProcess) -> None:
     def session() -> list[subprocess.CompletedProcess[str]]:
-        return [clawden(router, "groups", "create", "family"),
-                clawden(router, "wire", "add", "telegram", "-1001", "family", "--engage", "mention-sticky"),
-                clawden(router, "wire", "list", "--json"),
-                clawden(router, "wire", "add", "telegram", "-1001", "ghost"),
-                clawden(router, "wire", "update", "telegram", "-1001", "family", "--pattern", "(")]
+        return [
+            clawden(router, "groups", "create", "family"),
+            clawden(router, "wire", "add", "telegram", "-1001", "family", "--engage", "mention-sticky"),
+            clawden(router, "wire", "list", "--json"),
+            clawden(router, "wire", "add", "telegram", "-1001", "ghost"),
+            clawden(router, "wire", "update", "telegram", "-1001", "family", "--pattern", "("),
+        ]
 
     created, wired, listed, ghost, bad_pattern = await asyncio.to_thread(session)
     assert created.returncode == 0 and "created agent group family" in created.stdout, created.stderr
     assert wired.returncode == 0 and "mention-sticky" in wired.stdout, wired.stderr
-    assert {(w["chat_id"], w["agent_group"]) for w in json.loads(listed.stdout)} == {
-        ("*", "main"), ("-1001", "family")}
+    assert {(w["chat_id"], w["agent_group"]) for w in json.loads(listed.stdout)} == {("*", "main"), ("-1001", "family")}
     assert ghost.returncode == 1
     assert ghost.stderr.strip() == "clawden: no agent group named 'ghost' (see `clawden groups list`)"
     assert bad_pattern.returncode == 1 and "is not a regular expression" in bad_pattern.stderr

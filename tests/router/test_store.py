@@ -30,11 +30,26 @@ def admin(store: RouterStore, resource: str, **payload: object) -> Any:
     return Control(store, clock=lambda: NOW).handle(resource, msgspec.json.encode(payload))
 
 
-def msg(text: str = "hi", *, n: int = 1, channel: str = "telegram", chat: str = "c1", sender: str = "telegram:u1",
-        group: bool = False, mentioned: bool = False) -> ev.InboundMessage:
-    return ev.InboundMessage(route=ev.Route(channel=channel, chat_id=chat), message_id=f"m{n}",
-                             sender=ev.Sender(id=sender, name="Ada"), text=text, sent_at=float(n),
-                             is_group=group, mentioned=mentioned, chat_name="family")
+def msg(
+    text: str = "hi",
+    *,
+    n: int = 1,
+    channel: str = "telegram",
+    chat: str = "c1",
+    sender: str = "telegram:u1",
+    group: bool = False,
+    mentioned: bool = False,
+) -> ev.InboundMessage:
+    return ev.InboundMessage(
+        route=ev.Route(channel=channel, chat_id=chat),
+        message_id=f"m{n}",
+        sender=ev.Sender(id=sender, name="Ada"),
+        text=text,
+        sent_at=float(n),
+        is_group=group,
+        mentioned=mentioned,
+        chat_name="family",
+    )
 
 
 def published(store: RouterStore, outcome: Outcome) -> list[ev.Event]:
@@ -58,9 +73,11 @@ def wire(store: RouterStore, chat: str = "c1", group: str = "main", policy: str 
 
 # --- first start and upgrades ----------------------------------------------------------------------
 
+
 def test_first_start_wires_main_to_every_local_chat_and_makes_the_local_user_owner(store: RouterStore) -> None:
-    [wake] = wakes(published(store, store.route_batch([msg(channel="local", chat="terminal",
-                                                           sender="local:bob")], NOW)))
+    [wake] = wakes(
+        published(store, store.route_batch([msg(channel="local", chat="terminal", sender="local:bob")], NOW))
+    )
     assert (wake.agent_group, wake.route.chat_id) == ("main", "terminal")
     assert store.roles.owners == [OWNER]
 
@@ -76,22 +93,27 @@ def test_seeding_happens_once_so_a_deleted_main_stays_deleted(tmp_path: Path, st
 def test_a_skeleton_database_keeps_its_groups_wirings_and_sessions(tmp_path: Path) -> None:
     path = tmp_path / "router.db"
     old = sqlite3.connect(path)
-    old.executescript(MIGRATIONS[0][1] + """;
+    old.executescript(
+        MIGRATIONS[0][1]
+        + """;
         CREATE TABLE migrations (name TEXT PRIMARY KEY, at REAL);
         INSERT INTO migrations VALUES ('0001_skeleton', 1);
         INSERT INTO agent_groups VALUES ('main', 'main', 1);
         INSERT INTO wirings VALUES ('main', 'local', '*');
-        INSERT INTO sessions VALUES ('s-old', 'main', 'local', 'terminal', '', 'local', 1, 1);""")
+        INSERT INTO sessions VALUES ('s-old', 'main', 'local', 'terminal', '', 'local', 1, 1);"""
+    )
     old.close()
     store = RouterStore.open(path)
     store.seed("main", "local", "alice", NOW)
-    [wake] = wakes(published(store, store.route_batch([msg(channel="local", chat="terminal",
-                                                           sender="local:alice")], NOW)))
+    [wake] = wakes(
+        published(store, store.route_batch([msg(channel="local", chat="terminal", sender="local:alice")], NOW))
+    )
     assert wake.session_id == "s-old"
     assert store.roles.owners == [OWNER]
 
 
 # --- routing ---------------------------------------------------------------------------------------
+
 
 def test_a_routed_message_becomes_a_wake_with_its_session_and_the_groups_destinations(store: RouterStore) -> None:
     wire(store)
@@ -121,8 +143,7 @@ def test_a_wake_not_yet_published_stays_in_the_outbox_and_comes_back(store: Rout
     assert store.outgoing() == []
 
 
-def test_one_message_that_fails_does_not_hold_up_its_batch(store: RouterStore,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_message_that_fails_does_not_hold_up_its_batch(store: RouterStore, monkeypatch: pytest.MonkeyPatch) -> None:
     wire(store)
     real = engage.decide
 
@@ -150,6 +171,7 @@ def test_dropped_messages_are_recorded_with_their_reason(store: RouterStore) -> 
 
 # --- approvals -------------------------------------------------------------------------------------
 
+
 def test_an_unknown_sender_is_held_and_replayed_in_order_once_an_owner_approves(store: RouterStore) -> None:
     wire(store, policy="request_approval")
     [request] = requests(published(store, store.route_batch([msg(n=1), msg(n=2)], NOW)))
@@ -163,8 +185,7 @@ def test_an_unknown_sender_is_held_and_replayed_in_order_once_an_owner_approves(
 def test_an_approval_clicked_by_someone_who_may_not_grant_it_changes_nothing(store: RouterStore) -> None:
     wire(store, policy="request_approval")
     [request] = requests(published(store, store.route_batch([msg()], NOW)))
-    forged = store.on_decision(ev.ApprovalDecision(id=request.id, decision="approved", decided_by="telegram:u1"),
-                               NOW)
+    forged = store.on_decision(ev.ApprovalDecision(id=request.id, decision="approved", decided_by="telegram:u1"), NOW)
     assert wakes(published(store, forged)) == []
     assert forged.counts["decisions_refused"] == 1
     real = store.on_decision(ev.ApprovalDecision(id=request.id, decision="approved", decided_by=OWNER), NOW)
@@ -178,7 +199,9 @@ def test_a_declined_sender_is_not_asked_about_again(store: RouterStore) -> None:
     again = published(store, store.route_batch([msg(n=2)], NOW))
     assert again == []
     assert {d["reason"] for d in admin(store, "dropped", op="list")} == {
-        "an approver (local:alice) declined", "main: an approver declined this sender"}
+        "an approver (local:alice) declined",
+        "main: an approver declined this sender",
+    }
 
 
 def test_a_pending_approval_holds_a_bounded_number_of_messages(store: RouterStore) -> None:
@@ -195,8 +218,7 @@ def test_approvals_nobody_answers_expire_and_drop_what_they_held(store: RouterSt
     assert store.expire_approvals(NOW + 86400).counts["expired"] == 0
     expired = store.expire_approvals(NOW + 8 * 86400)
     assert expired.counts["expired"] == 1
-    assert [d["reason"] for d in admin(store, "dropped", op="list")] == [
-        "nobody answered the approval request in time"]
+    assert [d["reason"] for d in admin(store, "dropped", op="list")] == ["nobody answered the approval request in time"]
 
 
 def test_an_unwired_direct_chat_asks_the_owner_and_is_wired_to_the_chosen_group(store: RouterStore) -> None:
@@ -204,8 +226,9 @@ def test_an_unwired_direct_chat_asks_the_owner_and_is_wired_to_the_chosen_group(
     [request] = requests(published(store, store.route_batch([msg(n=1), msg(n=2)], NOW)))
     assert (request.kind, request.agent_group) == ("channel", "main")
     assert [b.id for b in request.card.buttons] == ["connect:main", "connect:helper", "deny"]
-    decided = store.on_decision(ev.ApprovalDecision(id=request.id, decision="approved", value="connect:helper",
-                                                    decided_by=OWNER), NOW)
+    decided = store.on_decision(
+        ev.ApprovalDecision(id=request.id, decision="approved", value="connect:helper", decided_by=OWNER), NOW
+    )
     assert [w.message.id for w in wakes(published(store, decided))] == ["telegram:m1:helper", "telegram:m2:helper"]
     [wiring] = admin(store, "wirings", op="list", channel="telegram")
     assert (wiring["agent_group"], wiring["engage_mode"], wiring["sender_scope"]) == ("helper", "pattern", "known")
@@ -221,11 +244,13 @@ def test_a_declined_chat_stays_quiet(store: RouterStore) -> None:
 
 # --- pairing ---------------------------------------------------------------------------------------
 
+
 def test_the_first_sender_of_a_pairing_code_becomes_an_owner_and_the_code_dies(store: RouterStore) -> None:
     code = admin(store, "pair", op="create", channel="telegram")["code"]
     first = published(store, store.route_batch([msg(code, n=1, sender="telegram:u1")], NOW))
     assert [e.text for e in first if isinstance(e, ev.OutboundMessage)] == [
-        "Paired: telegram:u1 is now an owner of this Clawden."]
+        "Paired: telegram:u1 is now an owner of this Clawden."
+    ]
     published(store, store.route_batch([msg(code, n=2, sender="telegram:u2")], NOW))
     assert store.roles.owners == [OWNER, "telegram:u1"]
 
@@ -239,8 +264,7 @@ def test_an_expired_pairing_code_is_just_text(store: RouterStore) -> None:
 def test_a_chat_that_moved_after_its_new_id_spoke_first_keeps_its_wiring_and_conversation(store: RouterStore) -> None:
     # Only the move's own messages say it happened; a message in the new chat can be stored before them.
     admin(store, "chats", op="create", channel="telegram", chat_id="-41", is_group=True, policy="public")
-    admin(store, "wirings", op="create", channel="telegram", chat_id="-41", agent_group="main",
-          engage_mode="pattern")
+    admin(store, "wirings", op="create", channel="telegram", chat_id="-41", agent_group="main", engage_mode="pattern")
     [before] = wakes(published(store, store.route_batch([msg("first", n=1, chat="-41", group=True)], NOW)))
     overtaking = msg("hello?", n=2, chat="-1001", group=True, mentioned=True)
     moved = ev.ChatMoved(channel="telegram", old_chat_id="-41", new_chat_id="-1001")
@@ -253,8 +277,9 @@ def test_a_chat_that_moved_after_its_new_id_spoke_first_keeps_its_wiring_and_con
     assert (wake.session_id, wake.route.chat_id, wake.message.text) == (before.session_id, "-1001", "second")
     chats = admin(store, "chats", op="list", channel="telegram")
     assert [(c["chat_id"], c["wired"], c["policy"]) for c in chats] == [("-1001", ["main"], "public")]
-    assert admin(store, "chats", op="move", channel="telegram", chat_id="-1001",
-                 new_chat_id="-1002")["chat_id"] == "-1002"
+    assert (
+        admin(store, "chats", op="move", channel="telegram", chat_id="-1001", new_chat_id="-1002")["chat_id"] == "-1002"
+    )
     with pytest.raises(Exception, match="no chat '-41'"):
         admin(store, "chats", op="move", channel="telegram", chat_id="-41", new_chat_id="-1003")
 
@@ -265,8 +290,9 @@ def test_a_chat_wired_to_a_group_is_answered_by_it_alone_not_also_through_the_wi
     admin(store, "wirings", op="create", channel="local", chat_id="kitchen", agent_group="family")
 
     [own] = wakes(published(store, store.route_batch([msg(channel="local", chat="kitchen", sender=OWNER)], NOW)))
-    [other] = wakes(published(store, store.route_batch([msg(n=2, channel="local", chat="terminal", sender=OWNER)],
-                                                       NOW)))
+    [other] = wakes(
+        published(store, store.route_batch([msg(n=2, channel="local", chat="terminal", sender=OWNER)], NOW))
+    )
 
     assert (own.agent_group, own.route.chat_id) == ("family", "kitchen")
     assert (other.agent_group, other.route.chat_id) == ("main", "terminal")  # `local *` serves the rest
@@ -279,7 +305,9 @@ def test_the_terminal_is_told_why_its_message_reached_nobody_and_what_to_do(stor
 
     [reply] = [e for e in events if isinstance(e, ev.OutboundMessage)]
     assert reply.kind == "error" and reply.route.chat_id == "terminal"
-    assert reply.text == ("(not delivered: chat is not wired to any agent group, and there is none to wire it to:"
-                          " create one (`clawden groups create NAME`) and wire it (`clawden wire add local terminal"
-                          " NAME`))")
+    assert reply.text == (
+        "(not delivered: chat is not wired to any agent group, and there is none to wire it to:"
+        " create one (`clawden groups create NAME`) and wire it (`clawden wire add local terminal"
+        " NAME`))"
+    )
     assert not wakes(events)

@@ -10,11 +10,21 @@ from services.runner.containers import ContainerSpec
 def spec(tmp_path: Path) -> ContainerSpec:
     (tmp_path / "global").mkdir()
     return ContainerSpec(
-        install_id="abc", agent_group="main", session_id="s-1", image="clawden-agent:latest",
-        session_dir=tmp_path / "s", group_dir=tmp_path / "g", global_dir=tmp_path / "global",
-        claude_home=tmp_path / "c", cache_dir=tmp_path / "cache", gateway_dir=tmp_path / "gw", memory="1g",
-        cpus=1.5, pids=128,
-        user="1000:1000")
+        install_id="abc",
+        agent_group="main",
+        session_id="s-1",
+        image="clawden-agent:latest",
+        session_dir=tmp_path / "s",
+        group_dir=tmp_path / "g",
+        global_dir=tmp_path / "global",
+        claude_home=tmp_path / "c",
+        cache_dir=tmp_path / "cache",
+        gateway_dir=tmp_path / "gw",
+        memory="1g",
+        cpus=1.5,
+        pids=128,
+        user="1000:1000",
+    )
 
 
 def test_run_spec_is_locked_down(tmp_path: Path) -> None:
@@ -24,8 +34,11 @@ def test_run_spec_is_locked_down(tmp_path: Path) -> None:
     assert kw["cap_drop"] == ["ALL"]
     assert kw["security_opt"] == ["no-new-privileges:true"]
     assert (kw["mem_limit"], kw["nano_cpus"], kw["pids_limit"]) == ("1g", 1_500_000_000, 128)
-    assert kw["labels"] == {"dev.clawden.install": "abc", "dev.clawden.agent-group": "main",
-                            "dev.clawden.session": "s-1"}
+    assert kw["labels"] == {
+        "dev.clawden.install": "abc",
+        "dev.clawden.agent-group": "main",
+        "dev.clawden.session": "s-1",
+    }
 
 
 def test_mounts_are_only_what_the_session_needs(tmp_path: Path) -> None:

@@ -27,39 +27,60 @@ def config(home: Path, **groups: GroupConfig) -> Config:
 def test_nothing_from_the_router_means_config_toml_then_the_runners_defaults(tmp_path: Path) -> None:
     cfg = config(tmp_path, work=GroupConfig(memory="1g", pids=128))
     assert group_run("work", None, cfg) == GroupRun(
-        folder="work", model="claude-default", image="clawden-agent:latest", memory="1g", cpus=2.0, pids=128,
-        idle_timeout=1800, max_turns=100, turn_budget=1800)
+        folder="work",
+        model="claude-default",
+        image="clawden-agent:latest",
+        memory="1g",
+        cpus=2.0,
+        pids=128,
+        idle_timeout=1800,
+        max_turns=100,
+        turn_budget=1800,
+    )
 
 
 def test_the_routers_setting_wins_field_by_field_over_config_toml(tmp_path: Path) -> None:
     cfg = config(tmp_path, work=GroupConfig(memory="1g", cpus=1.0, pids=128))
-    sent = ev.GroupSettings(folder="w", model="claude-group", memory="300m", pids=200, idle_timeout=60,
-                            max_turns=7, turn_budget=120)
+    sent = ev.GroupSettings(
+        folder="w", model="claude-group", memory="300m", pids=200, idle_timeout=60, max_turns=7, turn_budget=120
+    )
     assert group_run("work", sent, cfg) == GroupRun(
-        folder="w", model="claude-group", image="clawden-agent:latest", memory="300m", cpus=1.0, pids=200,
-        idle_timeout=60, max_turns=7, turn_budget=120)
+        folder="w",
+        model="claude-group",
+        image="clawden-agent:latest",
+        memory="300m",
+        cpus=1.0,
+        pids=200,
+        idle_timeout=60,
+        max_turns=7,
+        turn_budget=120,
+    )
 
 
-@pytest.mark.parametrize(("sent", "fallback", "why"), [
-    ({"folder": "../../etc"}, {"folder": "work"}, "folder '../../etc'"),
-    ({"folder": "a/b"}, {"folder": "work"}, "folder 'a/b'"),
-    ({"folder": "global"}, {"folder": "work"}, "not global"),
-    ({"memory": "9999g"}, {"memory": "1g"}, "memory '9999g'"),
-    ({"memory": "-1"}, {"memory": "1g"}, "memory '-1'"),
-    ({"cpus": float("inf")}, {"cpus": 2.0}, "cpus inf"),
-    ({"cpus": -2.0}, {"cpus": 2.0}, "cpus -2"),
-    ({"pids": 10**9}, {"pids": 512}, "pids 1000000000"),
-    ({"pids": -1}, {"pids": 512}, "pids -1"),
-    ({"idle_timeout": float("nan")}, {"idle_timeout": 1800}, "idle timeout nan"),
-    ({"idle_timeout": 0.5}, {"idle_timeout": 1800}, "idle timeout 0.5"),
-    ({"image": "--privileged"}, {"image": "clawden-agent:latest"}, "image '--privileged'"),
-    ({"image": "x" * 300}, {"image": "clawden-agent:latest"}, "image 'xxx"),
-    ({"model": "m\nEVIL=1"}, {"model": "claude-default"}, "model 'm\\nEVIL=1'"),
-    ({"max_turns": -3}, {"max_turns": 100}, "max turns -3"),
-    ({"turn_budget": 1.0}, {"turn_budget": 1800}, "turn budget 1.0"),
-])
+@pytest.mark.parametrize(
+    ("sent", "fallback", "why"),
+    [
+        ({"folder": "../../etc"}, {"folder": "work"}, "folder '../../etc'"),
+        ({"folder": "a/b"}, {"folder": "work"}, "folder 'a/b'"),
+        ({"folder": "global"}, {"folder": "work"}, "not global"),
+        ({"memory": "9999g"}, {"memory": "1g"}, "memory '9999g'"),
+        ({"memory": "-1"}, {"memory": "1g"}, "memory '-1'"),
+        ({"cpus": float("inf")}, {"cpus": 2.0}, "cpus inf"),
+        ({"cpus": -2.0}, {"cpus": 2.0}, "cpus -2"),
+        ({"pids": 10**9}, {"pids": 512}, "pids 1000000000"),
+        ({"pids": -1}, {"pids": 512}, "pids -1"),
+        ({"idle_timeout": float("nan")}, {"idle_timeout": 1800}, "idle timeout nan"),
+        ({"idle_timeout": 0.5}, {"idle_timeout": 1800}, "idle timeout 0.5"),
+        ({"image": "--privileged"}, {"image": "clawden-agent:latest"}, "image '--privileged'"),
+        ({"image": "x" * 300}, {"image": "clawden-agent:latest"}, "image 'xxx"),
+        ({"model": "m\nEVIL=1"}, {"model": "claude-default"}, "model 'm\\nEVIL=1'"),
+        ({"max_turns": -3}, {"max_turns": 100}, "max turns -3"),
+        ({"turn_budget": 1.0}, {"turn_budget": 1800}, "turn budget 1.0"),
+    ],
+)
 def test_a_setting_out_of_bounds_is_refused_and_the_next_source_applies(
-        tmp_path: Path, sent: dict[str, Any], fallback: dict[str, Any], why: str) -> None:
+    tmp_path: Path, sent: dict[str, Any], fallback: dict[str, Any], why: str
+) -> None:
     cfg = config(tmp_path, work=GroupConfig(memory="1g"))
     sound: dict[str, Any] = {"pids": 300} if "pids" not in sent else {"idle_timeout": 60}
     run = group_run("work", ev.GroupSettings(**sound, **sent), cfg)
@@ -108,13 +129,16 @@ def runner(home: Path, index: SessionIndex) -> Runner:
 
 
 def wake(n: int, group: ev.GroupSettings | None, kind: str = "chat") -> ev.Wake:
-    return ev.Wake(session_id="s-1", agent_group="work", route=ev.Route(channel="local", chat_id="kitchen"),
-                   message=ev.WakeMessage(id=f"m{n}", kind=kind, text="hi"),  # type: ignore[arg-type]
-                   group=group)
+    return ev.Wake(
+        session_id="s-1",
+        agent_group="work",
+        route=ev.Route(channel="local", chat_id="kitchen"),
+        message=ev.WakeMessage(id=f"m{n}", kind=kind, text="hi"),  # type: ignore[arg-type]
+        group=group,
+    )
 
 
-async def test_after_a_runner_restart_a_scheduler_wake_starts_with_the_routers_last_settings(
-        tmp_path: Path) -> None:
+async def test_after_a_runner_restart_a_scheduler_wake_starts_with_the_routers_last_settings(tmp_path: Path) -> None:
     sent = ev.GroupSettings(folder="w", model="claude-group", memory="300m", pids=200, changed_at=5)
     first = runner(tmp_path, await SessionIndex.start(tmp_path / "data" / "runner.db"))
     await first.on_wake(wake(1, sent), cast(Any, None))

@@ -22,8 +22,16 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture
 def allowlist(home: Path) -> Allowlist:
     file = home / "allow.json"
-    file.write_text(json.dumps({"allowedRoots": [{"path": str(home / "Documents"), "allowReadWrite": True},
-                                                 {"path": str(home), "allowReadWrite": False}]}))
+    file.write_text(
+        json.dumps(
+            {
+                "allowedRoots": [
+                    {"path": str(home / "Documents"), "allowReadWrite": True},
+                    {"path": str(home), "allowReadWrite": False},
+                ]
+            }
+        )
+    )
     return Allowlist.load(file)
 
 

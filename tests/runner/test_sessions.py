@@ -39,13 +39,17 @@ async def test_destinations_are_replaced_whole_while_other_tasks_use_the_index(t
     async def read() -> None:
         seen.append(set(await index.run(index.destinations, "s-1")))
 
-    steps = [step for i in range(300) for step in (
-        index.run(index.set_destinations, "s-1", routes(5, "ab"[i % 2])),
-        read(),
-        index.run(index.put, SessionInfo(f"s-{i}", "main", ev.Route(channel="local", chat_id=str(i)))),
-        index.run(index.put_question, f"q-{i}", "s-1", ("ok",)),
-        index.run(index.set_group_settings, "main", ev.GroupSettings(pids=32 + i, changed_at=i)),
-    )]
+    steps = [
+        step
+        for i in range(300)
+        for step in (
+            index.run(index.set_destinations, "s-1", routes(5, "ab"[i % 2])),
+            read(),
+            index.run(index.put, SessionInfo(f"s-{i}", "main", ev.Route(channel="local", chat_id=str(i)))),
+            index.run(index.put_question, f"q-{i}", "s-1", ("ok",)),
+            index.run(index.set_group_settings, "main", ev.GroupSettings(pids=32 + i, changed_at=i)),
+        )
+    ]
     results = await asyncio.gather(*steps, return_exceptions=True)
     assert [r for r in results if isinstance(r, BaseException)] == []
     assert len(seen) == 300 and all(s in whole for s in seen), [s for s in seen if s not in whole][:3]

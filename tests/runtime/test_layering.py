@@ -30,7 +30,7 @@ def imported(source: str, module: str, is_package: bool = False) -> Iterator[tup
         elif isinstance(node, ast.ImportFrom):
             base = [node.module] if node.module else []
             if node.level:
-                base = [*package[:len(package) - node.level + 1], *base]
+                base = [*package[: len(package) - node.level + 1], *base]
             yield from ((node.lineno, ".".join([*base, alias.name])) for alias in node.names)
 
 
@@ -48,47 +48,85 @@ def service_of(name: str) -> str | None:
 def test_the_scan_sees_imports_inside_functions_and_relative_ones() -> None:
     source = "import os\ndef f():\n    from services.router import engage\n    from . import sibling\n"
     assert list(imported(source, "services.channels.bridge")) == [
-        (1, "os"), (3, "services.router.engage"), (4, "services.channels.sibling")]
+        (1, "os"),
+        (3, "services.router.engage"),
+        (4, "services.channels.sibling"),
+    ]
 
 
 def test_the_kernel_imports_no_service() -> None:
-    wrong = [f"{path.relative_to(ROOT)}:{line} imports {name}"
-             for path, module in modules("clawden")
-             for line, name in imported(path.read_text(), module, path.name == "__init__.py")
-             if (name == "services" or name.startswith("services."))]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path, module in modules("clawden")
+        for line, name in imported(path.read_text(), module, path.name == "__init__.py")
+        if (name == "services" or name.startswith("services."))
+    ]
     assert wrong == []
 
 
 def test_no_service_imports_another() -> None:
-    wrong = [f"{path.relative_to(ROOT)}:{line} imports {name}"
-             for path, module in modules("services") if service_of(module) is not None
-             for line, name in imported(path.read_text(), module, path.name == "__init__.py")
-             if service_of(name) not in (None, service_of(module))]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path, module in modules("services")
+        if service_of(module) is not None
+        for line, name in imported(path.read_text(), module, path.name == "__init__.py")
+        if service_of(name) not in (None, service_of(module))
+    ]
     assert wrong == []
 
 
-CLI = ("clawden.cli", "clawden.commands", "clawden.doctor", "clawden.status", "clawden.logview", "clawden.units",
-       "clawden.image")
+CLI = (
+    "clawden.cli",
+    "clawden.commands",
+    "clawden.doctor",
+    "clawden.status",
+    "clawden.logview",
+    "clawden.units",
+    "clawden.image",
+)
 
 
 def test_no_service_imports_the_command_line_or_the_operator_tools() -> None:
-    wrong = [f"{path.relative_to(ROOT)}:{line} imports {name}"
-             for path, module in modules("services")
-             for line, name in imported(path.read_text(), module, path.name == "__init__.py")
-             if any(name == c or name.startswith(f"{c}.") for c in CLI)]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path, module in modules("services")
+        for line, name in imported(path.read_text(), module, path.name == "__init__.py")
+        if any(name == c or name.startswith(f"{c}.") for c in CLI)
+    ]
     assert wrong == []
 
 
 # The pure cores decide from plain data: no clock, no event loop, no disk, no bus, no Docker.
-PURE = ("services/runner/core.py", "services/router/engage.py", "services/vault/policy.py",
-        "container/clawden_agent/ledger.py")
-IO = ("asyncio", "time", "os", "sqlite3", "aiosqlite", "subprocess", "socket", "docker", "nats", "pathlib",
-      "clawden.sessiondb", "clawden.servicedb", "clawden.runtime", "clawden.bus.connection")
+PURE = (
+    "services/runner/core.py",
+    "services/router/engage.py",
+    "services/vault/policy.py",
+    "container/clawden_agent/ledger.py",
+)
+IO = (
+    "asyncio",
+    "time",
+    "os",
+    "sqlite3",
+    "aiosqlite",
+    "subprocess",
+    "socket",
+    "docker",
+    "nats",
+    "pathlib",
+    "clawden.sessiondb",
+    "clawden.servicedb",
+    "clawden.runtime",
+    "clawden.bus.connection",
+)
 
 
 @pytest.mark.parametrize("path", PURE)
 def test_a_pure_core_does_no_io(path: str) -> None:
     module = module_name(ROOT / path)
-    wrong = [f"{path}:{line} imports {name}" for line, name in imported((ROOT / path).read_text(), module)
-             if any(name == m or name.startswith(f"{m}.") for m in IO)]
+    wrong = [
+        f"{path}:{line} imports {name}"
+        for line, name in imported((ROOT / path).read_text(), module)
+        if any(name == m or name.startswith(f"{m}.") for m in IO)
+    ]
     assert wrong == []

@@ -20,6 +20,7 @@ print("ok")
 @pytest.mark.parametrize("module", ["services.router.service", "services.runner.service", "clawden.cli"])
 def test_nats_is_loaded_without_aiohttp_which_stays_importable(module: str) -> None:
     pytest.importorskip("aiohttp")
-    done = subprocess.run([sys.executable, "-c", CHECK.format(module=module)], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK.format(module=module)], capture_output=True, text=True, check=False
+    )
     assert done.stdout.strip() == "ok", done.stderr

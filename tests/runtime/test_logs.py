@@ -28,9 +28,9 @@ def decode_journal(datagram: bytes) -> dict[str, str]:
             rest = after
         else:
             (size,) = struct.unpack("<Q", after[:8])
-            fields[line.decode()] = after[8:8 + size].decode()
-            assert after[8 + size:9 + size] == b"\n"
-            rest = after[9 + size:]
+            fields[line.decode()] = after[8 : 8 + size].decode()
+            assert after[8 + size : 9 + size] == b"\n"
+            rest = after[9 + size :]
     return fields
 
 
@@ -49,8 +49,12 @@ def test_records_reach_the_journal_with_clawden_fields_journalctl_can_match(jour
     log.addHandler(handler)
     log.propagate = False
     try:
-        log.warning("wake %s for session %s", "k1", "s-1",
-                    extra=logs.context("s-1", "main", "telegram:42") | {"task_id": "t-9", "attempt": 2})
+        log.warning(
+            "wake %s for session %s",
+            "k1",
+            "s-1",
+            extra=logs.context("s-1", "main", "telegram:42") | {"task_id": "t-9", "attempt": 2},
+        )
         try:
             raise ValueError("boom")
         except ValueError:
@@ -62,8 +66,13 @@ def test_records_reach_the_journal_with_clawden_fields_journalctl_can_match(jour
     assert first["MESSAGE"] == "wake k1 for session s-1"
     assert (first["PRIORITY"], first["SYSLOG_IDENTIFIER"], first["LOGGER"]) == ("4", "clawden-runner", "test.journal")
     assert {k: v for k, v in first.items() if k.startswith("CLAWDEN_")} == {
-        "CLAWDEN_SERVICE": "runner", "CLAWDEN_SESSION": "s-1", "CLAWDEN_GROUP": "main",
-        "CLAWDEN_MESSAGE": "telegram:42", "CLAWDEN_TASK": "t-9", "CLAWDEN_ATTEMPT": "2"}
+        "CLAWDEN_SERVICE": "runner",
+        "CLAWDEN_SESSION": "s-1",
+        "CLAWDEN_GROUP": "main",
+        "CLAWDEN_MESSAGE": "telegram:42",
+        "CLAWDEN_TASK": "t-9",
+        "CLAWDEN_ATTEMPT": "2",
+    }
     second = decode_journal(journal.recv(65536))
     assert second["PRIORITY"] == "3"
     assert second["MESSAGE"].startswith("two\nlines\nTraceback")  # multi-line: the length-prefixed form
@@ -79,7 +88,8 @@ def test_lines_carry_the_same_fields_as_text_and_a_priority_prefix_for_a_journal
 
 
 def test_setup_speaks_the_native_protocol_only_when_stderr_is_the_journal(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     st = os.fstat(sys.stderr.fileno())
     monkeypatch.setattr(logs, "JOURNAL_SOCKET", str(tmp_path / "absent"))
     monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")

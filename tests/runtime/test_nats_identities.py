@@ -67,8 +67,15 @@ async def streams_ready(cfg: config_mod.Config) -> AsyncIterator[None]:
 
 
 def inbound(channel: str) -> bytes:
-    return ev.encode(ev.InboundMessage(route=ev.Route(channel=channel, chat_id="1"), message_id="m1",
-                                       sender=ev.Sender(id=f"{channel}:1", name="Ada"), text="hi", sent_at=0.0))
+    return ev.encode(
+        ev.InboundMessage(
+            route=ev.Route(channel=channel, chat_id="1"),
+            message_id="m1",
+            sender=ev.Sender(id=f"{channel}:1", name="Ada"),
+            text="hi",
+            sent_at=0.0,
+        )
+    )
 
 
 async def messages(cfg: config_mod.Config, stream: str) -> int:
@@ -76,20 +83,25 @@ async def messages(cfg: config_mod.Config, stream: str) -> int:
         return (await nc.jetstream().stream_info(stream)).state.messages
 
 
-async def test_a_bridge_may_publish_only_its_own_inbound_subject(
-        cfg: config_mod.Config, streams_ready: None) -> None:
+async def test_a_bridge_may_publish_only_its_own_inbound_subject(cfg: config_mod.Config, streams_ready: None) -> None:
     bridge = Client_(cfg, "channel-telegram")
     async with bridge as nc:
         js = nc.jetstream()
         ack = await js.publish(subjects.inbound("telegram"), inbound("telegram"), timeout=5)
         assert ack.stream == "CLAWDEN_INBOUND"
-        for subject in (subjects.inbound("signal"), subjects.wake("local"), subjects.outbound("telegram", "1"),
-                        subjects.APPROVAL_REQUEST):
+        for subject in (
+            subjects.inbound("signal"),
+            subjects.wake("local"),
+            subjects.outbound("telegram", "1"),
+            subjects.APPROVAL_REQUEST,
+        ):
             with pytest.raises(TimeoutError):  # the server drops it: no stream ever acknowledges
                 await js.publish(subject, inbound("signal"), timeout=1)
         # The server reports each refusal asynchronously: wait until all four have come back.
-        await eventually(lambda: len([e for e in bridge.errors if "permissions violation for publish" in e]) >= 4,
-                         message=lambda: bridge.errors)
+        await eventually(
+            lambda: len([e for e in bridge.errors if "permissions violation for publish" in e]) >= 4,
+            message=lambda: bridge.errors,
+        )
     refused = [e for e in bridge.errors if "permissions violation for publish" in e]
     assert len(refused) == 4, bridge.errors
     assert any('"clawden.inbound.signal"' in e for e in refused)
@@ -99,7 +111,8 @@ async def test_a_bridge_may_publish_only_its_own_inbound_subject(
 
 
 async def test_a_bridge_reads_its_own_outbound_lanes_and_no_other_durable(
-        cfg: config_mod.Config, streams_ready: None) -> None:
+    cfg: config_mod.Config, streams_ready: None
+) -> None:
     bridge = Client_(cfg, "channel-telegram")
     async with bridge as nc:
         js = nc.jetstream()
@@ -115,24 +128,28 @@ async def test_a_bridge_reads_its_own_outbound_lanes_and_no_other_durable(
         with pytest.raises(TimeoutError):  # a lane's durable, made to read another lane's subject
             await bind(js, elsewhere)
     assert any("consumer.create.clawden_outbound.channel-signal-0" in e for e in bridge.errors), bridge.errors
-    assert any("consumer.create.clawden_outbound.channel-telegram-0.clawden.outbound.telegram.1" in e
-               for e in bridge.errors), bridge.errors
+    assert any(
+        "consumer.create.clawden_outbound.channel-telegram-0.clawden.outbound.telegram.1" in e for e in bridge.errors
+    ), bridge.errors
 
 
 async def test_every_publisher_of_replies_may_publish_to_a_chats_lane(
-        cfg: config_mod.Config, streams_ready: None) -> None:
+    cfg: config_mod.Config, streams_ready: None
+) -> None:
     route = ev.Route(channel="telegram", chat_id="1")
     for ident in ("router", "runner", "scheduler", "approvals"):
         async with Client_(cfg, ident) as nc:
             reply = ev.OutboundMessage(id=f"from-{ident}", route=route, text="hi")
-            ack = await nc.jetstream().publish(subjects.outbound("telegram", route.chat_id), ev.encode(reply),
-                                               timeout=5)
+            ack = await nc.jetstream().publish(
+                subjects.outbound("telegram", route.chat_id), ev.encode(reply), timeout=5
+            )
             assert ack.stream == "CLAWDEN_OUTBOUND"
     assert await messages(cfg, "CLAWDEN_OUTBOUND") == 4
 
 
 async def test_a_bridge_may_not_reshape_streams_or_read_another_identitys_replies(
-        cfg: config_mod.Config, streams_ready: None) -> None:
+    cfg: config_mod.Config, streams_ready: None
+) -> None:
     bridge = Client_(cfg, "channel-telegram")
     async with bridge as nc:
         config = json.dumps({"name": "CLAWDEN_INBOUND", "subjects": ["clawden.inbound.>"], "max_age": 1})
@@ -140,15 +157,16 @@ async def test_a_bridge_may_not_reshape_streams_or_read_another_identitys_replie
             await nc.request("$JS.API.STREAM.UPDATE.CLAWDEN_INBOUND", config.encode(), timeout=1)
         await nc.subscribe("_INBOX_router.>")
         await nc.subscribe("clawden.ctl.vault.>")
-        await eventually(lambda: sum("_inbox_router.>" in e or "clawden.ctl.vault.>" in e for e in bridge.errors) >= 2,
-                         message=lambda: bridge.errors)
+        await eventually(
+            lambda: sum("_inbox_router.>" in e or "clawden.ctl.vault.>" in e for e in bridge.errors) >= 2,
+            message=lambda: bridge.errors,
+        )
     assert any("permissions violation for publish" in e and "stream.update" in e for e in bridge.errors)
     assert any('subscription to "_inbox_router.>"' in e for e in bridge.errors), bridge.errors
     assert any('subscription to "clawden.ctl.vault.>"' in e for e in bridge.errors), bridge.errors
 
 
-async def test_nobody_gets_in_without_a_known_key_and_a_refused_service_stops_trying(
-        cfg: config_mod.Config) -> None:
+async def test_nobody_gets_in_without_a_known_key_and_a_refused_service_stops_trying(cfg: config_mod.Config) -> None:
     stranger = natsauth.new_seed()  # a well-formed key the server does not list
     for options in ({}, {"nkeys_seed_str": stranger}):
         # reconnect-forever waits for a server that is not up yet, but not for one that said no
@@ -173,7 +191,8 @@ def test_seeds_are_private_and_each_identity_has_its_own(cfg: config_mod.Config)
 
 
 def test_a_seed_comes_from_the_systemd_credential_first_and_a_loose_one_is_refused(
-        cfg: config_mod.Config, tmp_path: Path) -> None:
+    cfg: config_mod.Config, tmp_path: Path
+) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / natsauth.SEED_CREDENTIAL).write_text("SUfromsystemd\n")
@@ -187,7 +206,8 @@ def test_a_seed_comes_from_the_systemd_credential_first_and_a_loose_one_is_refus
 
 
 async def test_the_webhook_front_door_may_publish_only_its_routes_subjects(
-        cfg: config_mod.Config, streams_ready: None) -> None:
+    cfg: config_mod.Config, streams_ready: None
+) -> None:
     door = Client_(cfg, "webhooks")
     async with door as nc:
         js = nc.jetstream()
@@ -196,7 +216,9 @@ async def test_the_webhook_front_door_may_publish_only_its_routes_subjects(
         for subject in (subjects.webhook("telegram"), subjects.inbound("whatsapp"), subjects.receipt("whatsapp")):
             with pytest.raises(TimeoutError):  # dropped by the server: no stream acknowledges it
                 await js.publish(subject, b"{}", timeout=1)
-        await eventually(lambda: len([e for e in door.errors if "permissions violation for publish" in e]) >= 3,
-                         message=lambda: door.errors)
+        await eventually(
+            lambda: len([e for e in door.errors if "permissions violation for publish" in e]) >= 3,
+            message=lambda: door.errors,
+        )
     assert await messages(cfg, "CLAWDEN_WEBHOOKS") == 1
     assert await messages(cfg, "CLAWDEN_INBOUND") == 0

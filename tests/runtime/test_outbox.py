@@ -71,8 +71,7 @@ async def test_rows_published_again_after_a_crash_reach_the_stream_once(nc: Clie
     assert await published(nc) == ["x1", "x2"]
 
 
-async def test_a_failed_publish_stops_its_lane_keeps_the_rest_and_other_lanes_go_on(
-        nc: Client, store: Store) -> None:
+async def test_a_failed_publish_stops_its_lane_keeps_the_rest_and_other_lanes_go_on(nc: Client, store: Store) -> None:
     await nc.jetstream().add_stream(name=STREAM, subjects=[SUBJECTS])
     await store.run(store.decide, "stuck", "s1")
     await store.run(store.decide, "stuck", "s2", subject="nowhere.no.stream")  # no stream takes it

@@ -39,14 +39,17 @@ def read_datagrams(sock: socket.socket, until: str, timeout: float) -> list[str]
 
 
 def start_service(name: str, home: Path, nats_url: str, notify: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, CLAWDEN_HOME=str(home), CLAWDEN_NATS_URL=nats_url, NOTIFY_SOCKET=str(notify),
-               WATCHDOG_USEC="400000")
-    return subprocess.Popen([sys.executable, "-m", "clawden", "run", name], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = dict(
+        os.environ, CLAWDEN_HOME=str(home), CLAWDEN_NATS_URL=nats_url, NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="400000"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "clawden", "run", name], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
 
 
 def test_ready_comes_after_nats_and_endpoints_then_watchdog_then_clean_stop(
-        tmp_path: Path, nats_server: NatsServer) -> None:
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
     setup.init(tmp_path / "home")
     sock = notify_socket(tmp_path / "notify.sock")
     proc = start_service("router", tmp_path / "home", nats_server.url, tmp_path / "notify.sock")
@@ -81,8 +84,7 @@ def test_ready_comes_after_nats_and_endpoints_then_watchdog_then_clean_stop(
     assert "Traceback" not in output, output
 
 
-def test_service_waits_for_nats_that_starts_later_then_gets_ready(tmp_path: Path,
-                                                                   nats_server: NatsServer) -> None:
+def test_service_waits_for_nats_that_starts_later_then_gets_ready(tmp_path: Path, nats_server: NatsServer) -> None:
     setup.init(tmp_path / "home")
     nats_server.stop()
     sock = notify_socket(tmp_path / "notify.sock")

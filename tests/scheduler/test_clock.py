@@ -25,9 +25,20 @@ START = datetime(2026, 1, 5, 7, 0, tzinfo=UTC).timestamp()
 
 
 def task(task_id: str, schedule: str) -> NewTask:
-    return NewTask(id=task_id, agent_group="main", session_id="s-1", runner="local", channel="local",
-                   chat_id="kitchen", thread_id=None, prompt=f"{task_id} is due", schedule=schedule,
-                   timezone="UTC", catch_up="once", created_by="cli")
+    return NewTask(
+        id=task_id,
+        agent_group="main",
+        session_id="s-1",
+        runner="local",
+        channel="local",
+        chat_id="kitchen",
+        thread_id=None,
+        prompt=f"{task_id} is due",
+        schedule=schedule,
+        timezone="UTC",
+        catch_up="once",
+        created_by="cli",
+    )
 
 
 async def test_runs_fire_as_the_clock_reaches_them_and_not_before(nc: Client, tmp_path: Path) -> None:

@@ -61,9 +61,12 @@ echo "{\\"wakeAgent\\": true, \\"data\\": \\"$d\\"}\""""
 async def test_a_task_wakes_the_model_only_when_its_pre_check_finds_news(stack: Stack) -> None:
     async with Terminal(stack, "news") as term:
         stack.fake.script(
-            ToolCall("schedule_task", {"prompt": "Tell the user the news.", "schedule": "every 2s",
-                                       "script": NEWS_CHECK}),
-            ToolCall("send_message", {"text": "I'll tell you when there is news."}), Text("scheduled"))
+            ToolCall(
+                "schedule_task", {"prompt": "Tell the user the news.", "schedule": "every 2s", "script": NEWS_CHECK}
+            ),
+            ToolCall("send_message", {"text": "I'll tell you when there is news."}),
+            Text("scheduled"),
+        )
         ack = await term.ask("tell me when there is news", timeout=90)
         assert ack.text == "I'll tell you when there is news."
         await stack.wait_until_idle(ack.session_id)

@@ -36,22 +36,33 @@ def runs(expr: str, zone: str, start: str, count: int) -> list[str]:
 
 def test_daily_0230_in_berlin_fires_once_at_0300_on_the_spring_forward_day() -> None:
     assert runs("30 2 * * *", "Europe/Berlin", "2025-03-29T12:00", 3) == [
-        "2025-03-30 03:00:00 CEST", "2025-03-31 02:30:00 CEST", "2025-04-01 02:30:00 CEST"]
+        "2025-03-30 03:00:00 CEST",
+        "2025-03-31 02:30:00 CEST",
+        "2025-04-01 02:30:00 CEST",
+    ]
 
 
 def test_daily_0230_in_new_york_fires_once_at_0300_on_the_spring_forward_day() -> None:
     assert runs("30 2 * * *", "America/New_York", "2025-03-08T12:00", 3) == [
-        "2025-03-09 03:00:00 EDT", "2025-03-10 02:30:00 EDT", "2025-03-11 02:30:00 EDT"]
+        "2025-03-09 03:00:00 EDT",
+        "2025-03-10 02:30:00 EDT",
+        "2025-03-11 02:30:00 EDT",
+    ]
 
 
 def test_daily_0130_in_new_york_fires_once_on_the_fall_back_day() -> None:
     assert runs("30 1 * * *", "America/New_York", "2025-11-01T12:00", 3) == [
-        "2025-11-02 01:30:00 EDT", "2025-11-03 01:30:00 EST", "2025-11-04 01:30:00 EST"]
+        "2025-11-02 01:30:00 EDT",
+        "2025-11-03 01:30:00 EST",
+        "2025-11-04 01:30:00 EST",
+    ]
 
 
 def test_daily_0230_in_berlin_fires_once_on_the_fall_back_day() -> None:
     assert runs("30 2 * * *", "Europe/Berlin", "2025-10-25T12:00", 2) == [
-        "2025-10-26 02:30:00 CEST", "2025-10-27 02:30:00 CET"]
+        "2025-10-26 02:30:00 CEST",
+        "2025-10-27 02:30:00 CET",
+    ]
 
 
 def test_daily_job_keeps_its_wall_time_across_the_change_so_utc_moves_by_an_hour() -> None:
@@ -64,28 +75,40 @@ def test_daily_job_keeps_its_wall_time_across_the_change_so_utc_moves_by_an_hour
 
 def test_half_hourly_job_runs_in_both_passes_of_the_repeated_hour() -> None:
     assert runs("*/30 * * * *", "America/New_York", "2025-11-02T00:40", 5) == [
-        "2025-11-02 01:00:00 EDT", "2025-11-02 01:30:00 EDT", "2025-11-02 01:00:00 EST",
-        "2025-11-02 01:30:00 EST", "2025-11-02 02:00:00 EST"]
+        "2025-11-02 01:00:00 EDT",
+        "2025-11-02 01:30:00 EDT",
+        "2025-11-02 01:00:00 EST",
+        "2025-11-02 01:30:00 EST",
+        "2025-11-02 02:00:00 EST",
+    ]
 
 
 def test_quarter_hourly_job_in_the_skipped_hour_fires_once_when_the_clock_jumps() -> None:
     assert runs("*/15 * * * *", "Europe/Berlin", "2025-03-30T01:40", 3) == [
-        "2025-03-30 01:45:00 CET", "2025-03-30 03:00:00 CEST", "2025-03-30 03:15:00 CEST"]
+        "2025-03-30 01:45:00 CET",
+        "2025-03-30 03:00:00 CEST",
+        "2025-03-30 03:15:00 CEST",
+    ]
 
 
 def test_the_31st_skips_the_months_that_lack_it() -> None:
     assert runs("0 12 31 * *", "UTC", "2025-01-31T13:00", 3) == [
-        "2025-03-31 12:00:00 UTC", "2025-05-31 12:00:00 UTC", "2025-07-31 12:00:00 UTC"]
+        "2025-03-31 12:00:00 UTC",
+        "2025-05-31 12:00:00 UTC",
+        "2025-07-31 12:00:00 UTC",
+    ]
 
 
 def test_last_days_of_february_in_a_leap_year_and_after() -> None:
     assert runs("0 9 28,29 2 *", "Europe/Berlin", "2024-02-27T10:00", 3) == [
-        "2024-02-28 09:00:00 CET", "2024-02-29 09:00:00 CET", "2025-02-28 09:00:00 CET"]
+        "2024-02-28 09:00:00 CET",
+        "2024-02-29 09:00:00 CET",
+        "2025-02-28 09:00:00 CET",
+    ]
 
 
 def test_february_29th_waits_for_the_next_leap_year() -> None:
-    assert runs("0 0 29 2 *", "UTC", "2024-02-29T00:00", 2) == [
-        "2028-02-29 00:00:00 UTC", "2032-02-29 00:00:00 UTC"]
+    assert runs("0 0 29 2 *", "UTC", "2024-02-29T00:00", 2) == ["2028-02-29 00:00:00 UTC", "2032-02-29 00:00:00 UTC"]
 
 
 def test_next_run_counts_from_the_scheduled_time_not_from_now() -> None:
@@ -125,14 +148,17 @@ def test_naive_once_in_the_skipped_hour_lands_when_the_clock_jumps() -> None:
     assert local(parse("2025-03-30T02:30", "Europe/Berlin", 0).at, "Europe/Berlin") == "2025-03-30 03:00:00 CEST"
 
 
-@pytest.mark.parametrize(("schedule", "message"), [
-    ("61 * * * *", "cannot read"),
-    ("0 0 30 2 *", "never runs"),
-    ("every 0s", "not a positive duration"),
-    ("every 5 fortnights", "unknown time unit"),
-    ("2025-13-01T00:00", "cannot read"),
-    ("tomorrow at noon", "cannot read"),
-])
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ("61 * * * *", "cannot read"),
+        ("0 0 30 2 *", "never runs"),
+        ("every 0s", "not a positive duration"),
+        ("every 5 fortnights", "unknown time unit"),
+        ("2025-13-01T00:00", "cannot read"),
+        ("tomorrow at noon", "cannot read"),
+    ],
+)
 def test_bad_schedules_are_refused_in_plain_words(schedule: str, message: str) -> None:
     with pytest.raises(ScheduleError, match=message):
         parse(schedule, "UTC", 0)
@@ -151,9 +177,15 @@ def test_a_one_shot_a_little_late_is_still_now_but_an_old_one_is_past() -> None:
         check_future(parse("2020-01-01T08:00", "UTC", 0), 1_700_000_000)
 
 
-@pytest.mark.parametrize(("schedule", "gated", "refused"), [
-    ("every 59s", False, True), ("every 1m", False, False), ("every 1s", True, False), ("* * * * *", False, False),
-])
+@pytest.mark.parametrize(
+    ("schedule", "gated", "refused"),
+    [
+        ("every 59s", False, True),
+        ("every 1m", False, False),
+        ("every 1s", True, False),
+        ("* * * * *", False, False),
+    ],
+)
 def test_the_shortest_interval_without_a_pre_check_is_a_minute(schedule: str, gated: bool, refused: bool) -> None:
     if refused:
         with pytest.raises(ScheduleError, match="the shortest interval is 1 min"):

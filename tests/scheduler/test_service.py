@@ -62,8 +62,16 @@ class Bus:
 
     async def op(self, op: str, task_id: str, **fields: Any) -> None:
         request_id = uuid.uuid4().hex
-        event = ev.TaskOp(op=op, request_id=request_id, agent_group="main", task_id=task_id,  # type: ignore[arg-type]
-                          session_id="s-kitchen", route=ROUTE, created_by="agent:main", **fields)
+        event = ev.TaskOp(
+            op=op,  # type: ignore[arg-type]
+            request_id=request_id,
+            agent_group="main",
+            task_id=task_id,
+            session_id="s-kitchen",
+            route=ROUTE,
+            created_by="agent:main",
+            **fields,
+        )
         await publish(self.nc.jetstream(), subjects.task(op), event, msg_id=f"task:{request_id}")
 
     async def ctl(self, verb: str, payload: Any) -> Any:
@@ -77,8 +85,7 @@ class Bus:
         timing, not that of this test's process."""
         js = self.nc.jetstream()
         info = await js.stream_info("CLAWDEN_WAKE")
-        stored = [await js.get_msg("CLAWDEN_WAKE", seq)
-                  for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+        stored = [await js.get_msg("CLAWDEN_WAKE", seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
         return {(m.headers or {})["Nats-Msg-Id"]: m.time.timestamp() for m in stored if m.time is not None}
 
 
@@ -89,15 +96,20 @@ class Scheduler:
         self.home = home
         # Tasks every second keep these tests short; a real install refuses intervals under a minute
         # unless a pre-check script gates them.
-        self.env = dict(os.environ, CLAWDEN_HOME=str(home), CLAWDEN_NATS_URL=nats_url,
-                        CLAWDEN_SCHEDULER_MIN_INTERVAL="1")
+        self.env = dict(
+            os.environ, CLAWDEN_HOME=str(home), CLAWDEN_NATS_URL=nats_url, CLAWDEN_SCHEDULER_MIN_INTERVAL="1"
+        )
         self.log = home / "scheduler.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def spawn(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "scheduler"], env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "clawden", "run", "scheduler"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     async def start(self, nc: Client) -> None:
         self.spawn()
@@ -145,8 +157,7 @@ def instants(fired: list[Fired]) -> list[int]:
     return [int(time.mktime(time.strptime(f.scheduled, "%Y-%m-%dT%H:%M:%SZ"))) - time.timezone for f in fired]
 
 
-async def test_a_task_every_second_fires_on_time_for_a_minute_with_no_duplicate(
-        bus: Bus, scheduler: Scheduler) -> None:
+async def test_a_task_every_second_fires_on_time_for_a_minute_with_no_duplicate(bus: Bus, scheduler: Scheduler) -> None:
     await bus.op("create", "t-0000000000a1", prompt="tick", schedule="every 1s")
     await eventually(lambda: len(bus.fired("t-0000000000a1")) >= SOAK, timeout=SOAK + 30)
     fired = bus.fired("t-0000000000a1")
@@ -164,11 +175,19 @@ async def test_a_task_every_second_fires_on_time_for_a_minute_with_no_duplicate(
     assert info.state.messages == len(fired)
 
 
-async def test_restart_after_five_missed_runs_catches_up_as_each_policy_says(
-        bus: Bus, scheduler: Scheduler) -> None:
+async def test_restart_after_five_missed_runs_catches_up_as_each_policy_says(bus: Bus, scheduler: Scheduler) -> None:
     await bus.op("create", "t-00000000000c", prompt="catch up once", schedule="every 1s")
-    skip = await bus.ctl("add", {"agent_group": "main", "session_id": "s-kitchen", "route": {
-        "channel": "local", "chat_id": "kitchen"}, "prompt": "skip", "schedule": "every 1s", "catch_up": "skip"})
+    skip = await bus.ctl(
+        "add",
+        {
+            "agent_group": "main",
+            "session_id": "s-kitchen",
+            "route": {"channel": "local", "chat_id": "kitchen"},
+            "prompt": "skip",
+            "schedule": "every 1s",
+            "catch_up": "skip",
+        },
+    )
     await eventually(lambda: len(bus.fired("t-00000000000c")) >= 2 and len(bus.fired(skip["id"])) >= 2)
     scheduler.stop()
     stopped = time.time()
@@ -224,8 +243,16 @@ async def test_a_paused_task_never_fires_until_resumed(bus: Bus, scheduler: Sche
 
     await eventually(paused)
     # Not firing proves something only while the clock runs: another group's task fires three times first.
-    ticking = await bus.ctl("add", {"agent_group": "work", "session_id": "s-work", "route": {
-        "channel": "local", "chat_id": "office"}, "prompt": "tick", "schedule": "every 1s"})
+    ticking = await bus.ctl(
+        "add",
+        {
+            "agent_group": "work",
+            "session_id": "s-work",
+            "route": {"channel": "local", "chat_id": "office"},
+            "prompt": "tick",
+            "schedule": "every 1s",
+        },
+    )
     await eventually(lambda: len(bus.fired(ticking["id"])) >= 3)
     assert bus.fired("t-0000000000b1") == []
     assert "t-0000000000b1 [paused]: 'every 1s'" in await agent_list(bus)
@@ -237,7 +264,7 @@ async def test_a_paused_task_never_fires_until_resumed(bus: Bus, scheduler: Sche
 
 
 async def test_a_pre_check_script_travels_with_each_run_until_removed(bus: Bus, scheduler: Scheduler) -> None:
-    script = 'echo \'{"wakeAgent": false}\''
+    script = "echo '{\"wakeAgent\": false}'"
     await bus.op("create", "t-0000000000f1", prompt="news, if any", schedule="every 1s", script=script)
     await eventually(lambda: bus.fired("t-0000000000f1"))
     assert bus.fired("t-0000000000f1")[0].wake.message.script == script
@@ -248,8 +275,11 @@ async def test_a_pre_check_script_travels_with_each_run_until_removed(bus: Bus, 
 
 async def agent_list(bus: Bus, status: str = "", key: str = "result") -> str:
     """What an agent's list_tasks reads (the runner asks on its behalf)."""
-    answer = await bus.nc.request(subjects.ctl("scheduler", "list"), ev.encode(ev.TaskOp(
-        op="list", request_id="r", agent_group="main", status=status)), timeout=5)
+    answer = await bus.nc.request(
+        subjects.ctl("scheduler", "list"),
+        ev.encode(ev.TaskOp(op="list", request_id="r", agent_group="main", status=status)),
+        timeout=5,
+    )
     return str(json.loads(answer.data)[key])
 
 
@@ -267,8 +297,16 @@ async def test_a_bad_operation_is_refused_to_the_chat_that_asked(bus: Bus, sched
 
 
 async def test_another_groups_task_is_out_of_an_agents_reach(bus: Bus, scheduler: Scheduler) -> None:
-    other = await bus.ctl("add", {"agent_group": "work", "session_id": "s-work", "route": {
-        "channel": "local", "chat_id": "office"}, "prompt": "standup", "schedule": "0 9 * * 1-5"})
+    other = await bus.ctl(
+        "add",
+        {
+            "agent_group": "work",
+            "session_id": "s-work",
+            "route": {"channel": "local", "chat_id": "office"},
+            "prompt": "standup",
+            "schedule": "0 9 * * 1-5",
+        },
+    )
     await bus.op("cancel", other["id"])
     await eventually(lambda: bus.notices)
     assert f"there is no task {other['id']}" in bus.notices[0].text
@@ -276,12 +314,12 @@ async def test_another_groups_task_is_out_of_an_agents_reach(bus: Bus, scheduler
 
 
 async def test_cli_lists_pauses_and_shows_runs(bus: Bus, scheduler: Scheduler) -> None:
-    await bus.op("create", "t-0000000000e1", prompt="water the plants", schedule="0 8 * * *",
-                 timezone="Europe/Berlin")
+    await bus.op("create", "t-0000000000e1", prompt="water the plants", schedule="0 8 * * *", timezone="Europe/Berlin")
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "clawden", *argv], env=scheduler.env, capture_output=True,
-                              text=True, timeout=30)
+        return subprocess.run(
+            [sys.executable, "-m", "clawden", *argv], env=scheduler.env, capture_output=True, text=True, timeout=30
+        )
 
     def cli(*argv: str) -> str:
         done = run(*argv)
@@ -301,27 +339,46 @@ async def test_cli_lists_pauses_and_shows_runs(bus: Bus, scheduler: Scheduler) -
     bad = await asyncio.to_thread(run, "tasks", "update", "t-0000000000e1", "--schedule", "soon")
     assert bad.returncode == 1 and "cannot read 'soon'" in bad.stderr
     script = scheduler.home / "news.sh"
-    script.write_text('echo \'{"wakeAgent": false}\'\n')
+    script.write_text("echo '{\"wakeAgent\": false}'\n")
     await asyncio.to_thread(cli, "tasks", "update", "t-0000000000e1", "--script", str(script))
-    assert json.loads(await asyncio.to_thread(cli, "tasks", "show", "t-0000000000e1", "--json"))["script"] == \
-        script.read_text()
+    assert (
+        json.loads(await asyncio.to_thread(cli, "tasks", "show", "t-0000000000e1", "--json"))["script"]
+        == script.read_text()
+    )
     await asyncio.to_thread(cli, "tasks", "update", "t-0000000000e1", "--no-script")
     assert json.loads(await asyncio.to_thread(cli, "tasks", "show", "t-0000000000e1", "--json"))["script"] == ""
 
 
 async def test_tasks_follow_a_chat_the_router_moved_to_a_new_id(bus: Bus, scheduler: Scheduler) -> None:
     group = {"channel": "telegram", "chat_id": "-41"}
-    moved = await bus.ctl("add", {"agent_group": "main", "session_id": "s-family", "route": group,
-                                  "prompt": "water the plants", "schedule": "every 1s"})
-    other = await bus.ctl("add", {"agent_group": "main", "session_id": "s-other", "route": {
-        "channel": "telegram", "chat_id": "-42"}, "prompt": "feed the cat", "schedule": "every 1h"})
+    moved = await bus.ctl(
+        "add",
+        {
+            "agent_group": "main",
+            "session_id": "s-family",
+            "route": group,
+            "prompt": "water the plants",
+            "schedule": "every 1s",
+        },
+    )
+    other = await bus.ctl(
+        "add",
+        {
+            "agent_group": "main",
+            "session_id": "s-other",
+            "route": {"channel": "telegram", "chat_id": "-42"},
+            "prompt": "feed the cat",
+            "schedule": "every 1h",
+        },
+    )
     await eventually(lambda: bus.fired(moved["id"]))
     assert bus.fired(moved["id"])[0].wake.route.chat_id == "-41"
     # What the router announces once it has moved the chat's wirings and sessions (a Telegram group
     # upgraded to a supergroup), under the key it uses.
     announced = ev.ChatMoved(channel="telegram", old_chat_id="-41", new_chat_id="-1001", sent_at=time.time())
-    await publish(bus.nc.jetstream(), subjects.event("router", "chat_moved"), announced,
-                  msg_id=f"router:{announced.key}")
+    await publish(
+        bus.nc.jetstream(), subjects.event("router", "chat_moved"), announced, msg_id=f"router:{announced.key}"
+    )
 
     async def moved_over() -> bool:
         return str((await bus.ctl("get", {"task_id": moved["id"]}))["chat_id"]) == "-1001"

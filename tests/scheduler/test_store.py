@@ -12,9 +12,20 @@ from services.scheduler.store import MAX_SCRIPT, MIGRATIONS, Change, NewTask, Pa
 
 
 def new(task_id: str = "t-000000000001", schedule: str = "every 10s") -> NewTask:
-    return NewTask(id=task_id, agent_group="main", session_id="s-1", runner="local", channel="local",
-                   chat_id="kitchen", thread_id=None, prompt="tick", schedule=schedule, timezone="UTC",
-                   catch_up="once", created_by="agent:main")
+    return NewTask(
+        id=task_id,
+        agent_group="main",
+        session_id="s-1",
+        runner="local",
+        channel="local",
+        chat_id="kitchen",
+        thread_id=None,
+        prompt="tick",
+        schedule=schedule,
+        timezone="UTC",
+        catch_up="once",
+        created_by="agent:main",
+    )
 
 
 @pytest.fixture
@@ -31,15 +42,17 @@ def test_migrations_apply_once_by_name(tmp_path: Path) -> None:
 
 def test_a_database_from_before_scripts_keeps_its_tasks(tmp_path: Path) -> None:
     conn, _ = servicedb.open_db(tmp_path / "scheduler.db", MIGRATIONS[:1])
-    conn.execute("INSERT INTO tasks VALUES ('t-000000000001', 'main', 's-1', 'local', 'local', 'kitchen', NULL,"
-                 " 'tick', 'every 10s', 'UTC', 'once', 'active', 1000, 1010, NULL, 'cli', 1000, 1000)")
+    conn.execute(
+        "INSERT INTO tasks VALUES ('t-000000000001', 'main', 's-1', 'local', 'local', 'kitchen', NULL,"
+        " 'tick', 'every 10s', 'UTC', 'once', 'active', 1000, 1010, NULL, 'cli', 1000, 1000)"
+    )
     conn.close()
     task = Store.open(tmp_path / "scheduler.db").get("t-000000000001")
     assert task is not None and task.prompt == "tick" and task.script == ""
 
 
 def test_a_pre_check_script_is_kept_changed_and_removed(store: Store) -> None:
-    script = 'test -s /workspace/agent/news && echo \'{"wakeAgent": true}\' || echo \'{"wakeAgent": false}\''
+    script = "test -s /workspace/agent/news && echo '{\"wakeAgent\": true}' || echo '{\"wakeAgent\": false}'"
     task = store.create(NewTask(**{**new().__dict__, "script": script}), 1_000)
     assert task.script == script and store.get(task.id) == task
     assert store.update(task, Change(prompt="tock"), 1_001).script == script, "left alone unless named"
@@ -87,8 +100,9 @@ def test_resuming_does_not_owe_the_runs_that_fell_in_the_pause(store: Store) -> 
 def test_an_interval_under_the_minimum_needs_a_pre_check_script(store: Store) -> None:
     with pytest.raises(TaskError, match="'every 1s' would wake the model every 1 s; the shortest interval is 1 min"):
         store.create(new(schedule="every 1s"), 1_000, min_interval=60)
-    gated = store.create(NewTask(**{**new(schedule="every 1s").__dict__, "script": "echo '{}'"}), 1_000,
-                         min_interval=60)
+    gated = store.create(
+        NewTask(**{**new(schedule="every 1s").__dict__, "script": "echo '{}'"}), 1_000, min_interval=60
+    )
     with pytest.raises(TaskError, match="unless a pre-check script decides"):
         store.update(gated, Change(script=""), 1_001, min_interval=60)
     assert store.get(gated.id) == gated and store.create(new("t-000000000002", "every 1m"), 1_000, min_interval=60)

@@ -18,8 +18,9 @@ VARIANTS = ("system-root", "system", "user")
 def install_for(home: Path, variant: str) -> units.Install:
     home.mkdir(parents=True, exist_ok=True)
     cfg = config.load(home)
-    inst = dataclasses.replace(units.discover(cfg, "user" if variant == "user" else "system", ["telegram"]),
-                               webhooks=True)  # every unit there is, the front door's too
+    inst = dataclasses.replace(
+        units.discover(cfg, "user" if variant == "user" else "system", ["telegram"]), webhooks=True
+    )  # every unit there is, the front door's too
     if variant == "system-root":
         return dataclasses.replace(inst, user="root", group="root", docker_group=None)
     if variant == "system":

@@ -18,8 +18,10 @@ import clawden
 from tests.plugins.docker import _unavailable
 
 IMAGE = "clawden-systemd:bookworm"
-BUILD = ("container/bootstrap-base.sh --tag clawden-systemd:bookworm "
-         "--include systemd,systemd-sysv,dbus,libpam-systemd,procps (bin/setup does)")
+BUILD = (
+    "container/bootstrap-base.sh --tag clawden-systemd:bookworm "
+    "--include systemd,systemd-sysv,dbus,libpam-systemd,procps (bin/setup does)"
+)
 LABEL_INSTALL = "dev.clawden.install"
 
 
@@ -31,8 +33,9 @@ class Machine:
     scope: str = "system"  # whose systemd `systemctl` talks to: "system" (as root) or "user" (as `user`)
 
     def sh(self, command: str, *, check: bool = True, root: bool = False) -> str:
-        code, out = self.container.exec_run(["sh", "-c", command], environment=self.env,
-                                            user="root" if root else self.user)
+        code, out = self.container.exec_run(
+            ["sh", "-c", command], environment=self.env, user="root" if root else self.user
+        )
         text = out.decode(errors="replace")
         if check:
             assert code == 0, f"`{command}` exited {code}:\n{text}\n{self.journal()}"
@@ -71,22 +74,35 @@ def code_mounts() -> list[Path]:
 
 
 @contextmanager
-def booted(client: docker.DockerClient, name: str, *, volumes: dict[str, dict[str, str]],
-           labels: dict[str, str]) -> Iterator[Machine]:
+def booted(
+    client: docker.DockerClient, name: str, *, volumes: dict[str, dict[str, str]], labels: dict[str, str]
+) -> Iterator[Machine]:
     """Boot it (host network: everything it talks to is on 127.0.0.1) and wait until systemd is up."""
     try:
         client.images.get(IMAGE)
     except ImageNotFound:
         _unavailable(f"image {IMAGE} is missing; build it with {BUILD}")
     mounts = {str(p): {"bind": str(p), "mode": "ro"} for p in code_mounts()}
-    mounts |= {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"},
-               "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}, **volumes}
+    mounts |= {
+        "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"},
+        "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+        **volumes,
+    }
     # A booting kernel hands systemd a shared root; in a container systemd leaves propagation to the
     # container manager, and Docker's is private, which silently empties every LoadCredential= directory.
     container = client.containers.run(
-        IMAGE, ["sh", "-c", "mount --make-rshared / && exec /sbin/init"], detach=True, name=name,
-        network_mode="host", cap_add=["SYS_ADMIN"], security_opt=["seccomp=unconfined"],
-        tmpfs={"/run": "", "/run/lock": ""}, environment={"container": "docker"}, volumes=mounts, labels=labels)
+        IMAGE,
+        ["sh", "-c", "mount --make-rshared / && exec /sbin/init"],
+        detach=True,
+        name=name,
+        network_mode="host",
+        cap_add=["SYS_ADMIN"],
+        security_opt=["seccomp=unconfined"],
+        tmpfs={"/run": "", "/run/lock": ""},
+        environment={"container": "docker"},
+        volumes=mounts,
+        labels=labels,
+    )
     machine = Machine(container)
     try:
         # Early in boot systemctl cannot ask yet: before systemd makes /run/systemd/system it answers
@@ -100,7 +116,8 @@ def booted(client: docker.DockerClient, name: str, *, volumes: dict[str, dict[st
 
         machine.wait(settled, 60, "no boot")
         assert answers[-1] in ("running", "degraded"), answers[-1] + machine.sh(
-            "systemctl --failed --no-pager", check=False)
+            "systemctl --failed --no-pager", check=False
+        )
         yield machine
     finally:
         container.remove(force=True)

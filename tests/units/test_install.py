@@ -21,8 +21,13 @@ echo "$(basename "$0") $*" >> "{log}"
 
 
 def clawden(home: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clawden", "--home", str(home), *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "clawden", "--home", str(home), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -50,22 +55,34 @@ def machine(tmp_path: Path) -> tuple[dict[str, str], Path]:
 
 
 def test_user_install_writes_the_units_enables_them_with_the_bridge_and_lingers(
-        home: Path, machine: tuple[dict[str, str], Path], tmp_path: Path) -> None:
+    home: Path, machine: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
     env, log = machine
     out = clawden(home, "units", "install", "--user", env=env)
     assert out.returncode == 0, out.stderr
     folder = tmp_path / "config" / "systemd" / "user"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["clawden.target", "clawden-nats.service", *(f"clawden-{s}.service" for s in units.SERVICES),
-         "clawden-channel@.service"])
+        [
+            "clawden.target",
+            "clawden-nats.service",
+            *(f"clawden-{s}.service" for s in units.SERVICES),
+            "clawden-channel@.service",
+        ]
+    )
     assert f"Environment=CLAWDEN_HOME={home}\n" in (folder / "clawden-router.service").read_text()
-    enabled = ("systemctl --user enable clawden.target clawden-nats.service "
-               + " ".join(f"clawden-{s}.service" for s in units.SERVICES) + " clawden-channel@telegram.service")
+    enabled = (
+        "systemctl --user enable clawden.target clawden-nats.service "
+        + " ".join(f"clawden-{s}.service" for s in units.SERVICES)
+        + " clawden-channel@telegram.service"
+    )
     user = pwd.getpwuid(os.getuid()).pw_name
     linger = [] if (units.LINGER_DIR / user).exists() else [f"loginctl enable-linger {user}"]
     assert log.read_text().splitlines() == [
-        "systemctl --user daemon-reload", enabled, "systemctl --user try-reload-or-restart clawden-nats.service",
-        *linger]
+        "systemctl --user daemon-reload",
+        enabled,
+        "systemctl --user try-reload-or-restart clawden-nats.service",
+        *linger,
+    ]
     # It says what it did, in order.
     said = out.stdout.splitlines()
     assert f"write {folder / 'clawden-router.service'}" in said
@@ -74,13 +91,15 @@ def test_user_install_writes_the_units_enables_them_with_the_bridge_and_lingers(
 
 
 def test_uninstall_stops_disables_and_removes_what_install_wrote(
-        home: Path, machine: tuple[dict[str, str], Path], tmp_path: Path) -> None:
+    home: Path, machine: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
     env, log = machine
     assert clawden(home, "units", "install", "--user", env=env).returncode == 0
     folder = tmp_path / "config" / "systemd" / "user"
     (folder / "clawden.target.wants").mkdir()  # what the real `enable` made for the bridge
     (folder / "clawden.target.wants" / "clawden-channel@telegram.service").symlink_to(
-        folder / "clawden-channel@.service")
+        folder / "clawden-channel@.service"
+    )
     log.write_text("")
     out = clawden(home, "units", "uninstall", "--user", env=env)
     assert out.returncode == 0, out.stderr
@@ -91,8 +110,9 @@ def test_uninstall_stops_disables_and_removes_what_install_wrote(
     assert not list(folder.glob("clawden*.service")) and not (folder / "clawden.target").exists()
 
 
-def test_dry_run_says_everything_and_does_nothing(home: Path, machine: tuple[dict[str, str], Path],
-                                                 tmp_path: Path) -> None:
+def test_dry_run_says_everything_and_does_nothing(
+    home: Path, machine: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
     env, log = machine
     out = clawden(home, "units", "install", "--user", "--dry-run", env=env)
     assert out.returncode == 0, out.stderr
@@ -110,8 +130,9 @@ def test_without_systemctl_it_says_so_and_writes_nothing(home: Path, tmp_path: P
     assert not (tmp_path / "config").exists()
 
 
-def test_show_prints_each_unit_under_its_install_path(home: Path, machine: tuple[dict[str, str], Path],
-                                                     tmp_path: Path) -> None:
+def test_show_prints_each_unit_under_its_install_path(
+    home: Path, machine: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
     env, _ = machine
     out = clawden(home, "units", "show", "--user", env=env)
     assert out.returncode == 0, out.stderr
@@ -138,8 +159,9 @@ def test_rendering_keeps_flagged_lines_only_where_the_flag_holds() -> None:
         units.render("A=@Y@\n", {}, {})
 
 
-def test_a_failed_linger_is_explained_and_the_install_stands(home: Path, machine: tuple[dict[str, str], Path],
-                                                           tmp_path: Path) -> None:
+def test_a_failed_linger_is_explained_and_the_install_stands(
+    home: Path, machine: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
     env, _ = machine
     (tmp_path / "bin" / "loginctl").write_text("#!/bin/sh\necho 'Could not enable linger: Access denied' >&2\nexit 1\n")
     out = clawden(home, "units", "install", "--user", env=env)
@@ -159,7 +181,8 @@ def test_only_hidden_install_paths_are_bound_back_and_the_interpreter_is_among_t
 
 
 def test_a_bridge_without_a_token_any_more_is_disabled_on_the_next_install(
-        home: Path, machine: tuple[dict[str, str], Path], tmp_path: Path) -> None:
+    home: Path, machine: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
     env, log = machine
     wants = tmp_path / "config" / "systemd" / "user" / "clawden.target.wants"
     wants.mkdir(parents=True)

@@ -23,13 +23,25 @@ def plists(home: Path) -> dict[str, dict[str, Any]]:
 
 def test_every_service_the_server_and_each_bridge_get_a_plist(tmp_path: Path) -> None:
     assert sorted(plists(tmp_path / "home")) == sorted(
-        ["dev.clawden.nats.plist", *(f"dev.clawden.{s}.plist" for s in units.SERVICES),
-         "dev.clawden.webhooks.plist", "dev.clawden.channel.telegram.plist"])
+        [
+            "dev.clawden.nats.plist",
+            *(f"dev.clawden.{s}.plist" for s in units.SERVICES),
+            "dev.clawden.webhooks.plist",
+            "dev.clawden.channel.telegram.plist",
+        ]
+    )
 
 
-@pytest.mark.parametrize("name", ["dev.clawden.nats.plist", "dev.clawden.router.plist",
-                                  "dev.clawden.runner.plist", "dev.clawden.channel.telegram.plist",
-                                  "dev.clawden.webhooks.plist"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dev.clawden.nats.plist",
+        "dev.clawden.router.plist",
+        "dev.clawden.runner.plist",
+        "dev.clawden.channel.telegram.plist",
+        "dev.clawden.webhooks.plist",
+    ],
+)
 def test_a_plist_names_absolute_paths_restarts_on_failure_and_logs_into_the_home(tmp_path: Path, name: str) -> None:
     home = tmp_path / "home"
     job = plists(home)[name]

@@ -42,9 +42,15 @@ from tests.units.machine import LABEL_INSTALL, Machine, booted
 
 pytestmark = pytest.mark.docker
 
-UNITS = ["clawden-nats.service", *(f"clawden-{s}.service" for s in units.SERVICES),
-         units.channel_unit("telegram"), units.channel_unit("matrix"), units.channel_unit("email"),
-         units.channel_unit("slack"), units.channel_unit("discord")]
+UNITS = [
+    "clawden-nats.service",
+    *(f"clawden-{s}.service" for s in units.SERVICES),
+    units.channel_unit("telegram"),
+    units.channel_unit("matrix"),
+    units.channel_unit("email"),
+    units.channel_unit("slack"),
+    units.channel_unit("discord"),
+]
 ANSWER = 120.0
 
 
@@ -66,8 +72,17 @@ class Install:
         return dict(os.environ, CLAWDEN_HOME=str(self.home))
 
 
-def write_install(home: Path, fake: FakeAnthropic, telegram: FakeTelegram, synapse: Synapse, bot: Account,
-                  mail: MailServer, mailbox: str, slack: FakeSlack, discord: FakeDiscord) -> str:
+def write_install(
+    home: Path,
+    fake: FakeAnthropic,
+    telegram: FakeTelegram,
+    synapse: Synapse,
+    bot: Account,
+    mail: MailServer,
+    mailbox: str,
+    slack: FakeSlack,
+    discord: FakeDiscord,
+) -> str:
     """What the owner sets up before `clawden init`: the config, the model key, the bots' credentials."""
     install_id = f"u{secrets.token_hex(4)}"
     (home / "keys").mkdir(parents=True, mode=0o700)
@@ -92,7 +107,7 @@ address = "{mailbox}"
 imap_host = "{mail.host}"
 imap_port = {mail.imaps_port}
 smtp_port = {mail.smtp_port}
-ca_file = "{home / 'mail-ca.pem'}"
+ca_file = "{home / "mail-ca.pem"}"
 [channels.slack]
 api_url = "{slack.url}"
 [channels.discord]
@@ -101,17 +116,27 @@ gateway_url = "{discord.gateway_url}"
 """)
     (home / "mail-ca.pem").write_bytes(mail.ca_file.read_bytes())  # IMAPS and STARTTLS, verified
     matrix = json.dumps({"access_token": bot.token, "device_id": bot.device_id})
-    for name, secret in (("anthropic", f"sk-ant-api03-{secrets.token_urlsafe(24)}"), ("telegram", telegram.token),
-                         ("matrix", matrix), ("email", mail.password), ("slack", slack.token),
-                         ("discord", discord.token)):
+    for name, secret in (
+        ("anthropic", f"sk-ant-api03-{secrets.token_urlsafe(24)}"),
+        ("telegram", telegram.token),
+        ("matrix", matrix),
+        ("email", mail.password),
+        ("slack", slack.token),
+        ("discord", discord.token),
+    ):
         (home / "keys" / name).write_text(secret + "\n")
         (home / "keys" / name).chmod(0o600)
     return install_id
 
 
 @pytest.fixture(scope="module")
-def install(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
-            agent_image: str, synapse: Synapse, mail_server: MailServer) -> Iterator[Install]:
+def install(
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_client: docker.DockerClient,
+    agent_image: str,
+    synapse: Synapse,
+    mail_server: MailServer,
+) -> Iterator[Install]:
     home = tmp_path_factory.mktemp("pid1") / "home"
     fake = start_in_thread()
     telegram = FakeTelegram().start_in_thread()
@@ -121,8 +146,12 @@ def install(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Dock
     mailbox = unique("assistant")
     install_id = write_install(home, fake, telegram, synapse, bot, mail_server, mailbox, slack, discord)
     try:
-        with booted(docker_client, f"clawden-pid1-{install_id}", labels={LABEL_INSTALL: install_id},
-                    volumes={str(home): {"bind": str(home), "mode": "rw"}}) as machine:
+        with booted(
+            docker_client,
+            f"clawden-pid1-{install_id}",
+            labels={LABEL_INSTALL: install_id},
+            volumes={str(home): {"bind": str(home), "mode": "rw"}},
+        ) as machine:
             machine.env = {"CLAWDEN_HOME": str(home)}
             python = sys.executable
             machine.sh(f"{python} -m clawden init </dev/null")
@@ -140,8 +169,13 @@ def install(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Dock
 
 def chat_once(install: Install, text: str) -> subprocess.CompletedProcess[str]:
     """The owner's terminal on the host, through the install's NATS (as its `cli` identity)."""
-    return subprocess.run([sys.executable, "-m", "clawden", "chat", "--once", text, "--timeout", str(ANSWER)],
-                          env=install.env(), capture_output=True, text=True, timeout=ANSWER + 30)
+    return subprocess.run(
+        [sys.executable, "-m", "clawden", "chat", "--once", text, "--timeout", str(ANSWER)],
+        env=install.env(),
+        capture_output=True,
+        text=True,
+        timeout=ANSWER + 30,
+    )
 
 
 def telegram_chat(install: Install, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -151,18 +185,34 @@ def telegram_chat(install: Install, name: str) -> tuple[dict[str, Any], dict[str
     cfg = config_mod.load(install.home)
 
     async def wire() -> None:
-        await control.call(cfg, "router", "chats", {"op": "create", "channel": "telegram", "chat_id": str(chat["id"]),
-                                                    "name": name, "is_group": False, "policy": "public"})
-        await control.call(cfg, "router", "wirings", {"op": "create", "channel": "telegram",
-                                                      "chat_id": str(chat["id"]), "agent_group": "main"})
+        await control.call(
+            cfg,
+            "router",
+            "chats",
+            {
+                "op": "create",
+                "channel": "telegram",
+                "chat_id": str(chat["id"]),
+                "name": name,
+                "is_group": False,
+                "policy": "public",
+            },
+        )
+        await control.call(
+            cfg,
+            "router",
+            "wirings",
+            {"op": "create", "channel": "telegram", "chat_id": str(chat["id"]), "agent_group": "main"},
+        )
 
     asyncio.run(wire())
     return person, chat
 
 
 def telegram_answers(install: Install, chat: dict[str, Any], count: int) -> list[str]:
-    install.machine.wait(lambda: len(install.telegram.texts(chat)) >= count, ANSWER,
-                         f"telegram answers: {install.telegram.texts(chat)}")
+    install.machine.wait(
+        lambda: len(install.telegram.texts(chat)) >= count, ANSWER, f"telegram answers: {install.telegram.texts(chat)}"
+    )
     return install.telegram.texts(chat)
 
 
@@ -190,17 +240,34 @@ def test_a_matrix_room_is_answered(install: Install) -> None:
         ada = Person(install.synapse, install.synapse.register("Ada"))
         try:
             room = await ada.create_room(invite=[install.bot.user_id], direct=True)
+
             async def joined() -> bool:  # the bridge joins on the invite
                 return await ada.membership(room, install.bot.user_id) == "join"
+
             await eventually(joined, 30, "the bridge never joined on the invite")
             cfg = config_mod.load(install.home)
-            await control.call(cfg, "router", "chats", {"op": "create", "channel": "matrix", "chat_id": room,
-                                                        "name": "Ada", "is_group": False, "policy": "public"})
-            await control.call(cfg, "router", "wirings", {"op": "create", "channel": "matrix", "chat_id": room,
-                                                          "agent_group": "main"})
+            await control.call(
+                cfg,
+                "router",
+                "chats",
+                {
+                    "op": "create",
+                    "channel": "matrix",
+                    "chat_id": room,
+                    "name": "Ada",
+                    "is_group": False,
+                    "policy": "public",
+                },
+            )
+            await control.call(
+                cfg, "router", "wirings", {"op": "create", "channel": "matrix", "chat_id": room, "agent_group": "main"}
+            )
             await ada.say(room, "hello from matrix")
-            [answer] = await eventually(lambda: ada.messages_from(room, install.bot.user_id), ANSWER,
-                                        lambda: f"no answer in the room:\n{install.machine.journal()}")
+            [answer] = await eventually(
+                lambda: ada.messages_from(room, install.bot.user_id),
+                ANSWER,
+                lambda: f"no answer in the room:\n{install.machine.journal()}",
+            )
             return str(answer["content"]["body"])
         finally:
             await ada.close()
@@ -217,10 +284,22 @@ def test_a_slack_dm_and_a_mention_in_a_channel_are_answered(install: Install) ->
 
     async def wire() -> None:
         for chat, group in ((dm, False), (general, True)):
-            await control.call(cfg, "router", "chats", {"op": "create", "channel": "slack", "chat_id": chat,
-                                                        "name": chat, "is_group": group, "policy": "public"})
-            await control.call(cfg, "router", "wirings", {"op": "create", "channel": "slack", "chat_id": chat,
-                                                          "agent_group": "main"})
+            await control.call(
+                cfg,
+                "router",
+                "chats",
+                {
+                    "op": "create",
+                    "channel": "slack",
+                    "chat_id": chat,
+                    "name": chat,
+                    "is_group": group,
+                    "policy": "public",
+                },
+            )
+            await control.call(
+                cfg, "router", "wirings", {"op": "create", "channel": "slack", "chat_id": chat, "agent_group": "main"}
+            )
 
     asyncio.run(wire())
     slack.say(dm, ada, "hello from a slack dm")
@@ -238,16 +317,27 @@ def test_a_discord_dm_and_a_mention_in_a_channel_are_answered(install: Install) 
 
     async def wire() -> None:
         for chat, group in ((dm, False), (general, True)):
-            await control.call(cfg, "router", "chats", {"op": "create", "channel": "discord", "chat_id": chat,
-                                                        "name": chat, "is_group": group, "policy": "public"})
-            await control.call(cfg, "router", "wirings", {"op": "create", "channel": "discord", "chat_id": chat,
-                                                          "agent_group": "main"})
+            await control.call(
+                cfg,
+                "router",
+                "chats",
+                {
+                    "op": "create",
+                    "channel": "discord",
+                    "chat_id": chat,
+                    "name": chat,
+                    "is_group": group,
+                    "policy": "public",
+                },
+            )
+            await control.call(
+                cfg, "router", "wirings", {"op": "create", "channel": "discord", "chat_id": chat, "agent_group": "main"}
+            )
 
     asyncio.run(wire())
     discord.say(dm, ada, "hello from a discord dm")
     discord.say(general, ada, f"<@{BOT_ID}> hello from a discord channel")
-    install.machine.wait(lambda: bool(discord.texts(dm)) and bool(discord.texts(general)), ANSWER,
-                         "no discord answers")
+    install.machine.wait(lambda: bool(discord.texts(dm)) and bool(discord.texts(general)), ANSWER, "no discord answers")
     assert "hello from a discord dm" in discord.texts(dm)[0], install.machine.journal()
     assert "hello from a discord channel" in discord.texts(general)[0]
 
@@ -257,10 +347,12 @@ def test_an_email_is_answered_in_its_thread(install: Install) -> None:
 
     async def converse() -> list[EmailMessage]:
         cfg = config_mod.load(install.home)
-        await control.call(cfg, "router", "chats", {"op": "create", "channel": "email", "chat_id": "*",
-                                                    "policy": "public"})
-        await control.call(cfg, "router", "wirings", {"op": "create", "channel": "email", "chat_id": "*",
-                                                      "agent_group": "main"})
+        await control.call(
+            cfg, "router", "chats", {"op": "create", "channel": "email", "chat_id": "*", "policy": "public"}
+        )
+        await control.call(
+            cfg, "router", "wirings", {"op": "create", "channel": "email", "chat_id": "*", "agent_group": "main"}
+        )
         install.mail.send(letter(ada, install.mailbox, "hello from email", subject="Hi"))
         return await mails(install.mail, ada, 1, ANSWER, context=install.machine.journal)
 
@@ -277,24 +369,46 @@ def test_a_whatsapp_message_comes_in_through_the_webhook_front_door_unit(install
     graph = FakeGraph(WebhookSender(f"http://127.0.0.1:{door}/hooks/whatsapp")).start_in_thread()
     try:
         with (home / "config.toml").open("a") as f:
-            f.write(f'[webhooks]\nlisten = "127.0.0.1:{door}"\n[channels.whatsapp]\n'
-                    f'graph_url = "{graph.url}/v21.0"\nphone_number_id = "{PHONE_NUMBER_ID}"\n')
-        for name, secret in (("whatsapp", graph.token), ("whatsapp.app_secret", APP_SECRET),
-                             ("whatsapp.verify_token", VERIFY_TOKEN)):
+            f.write(
+                f'[webhooks]\nlisten = "127.0.0.1:{door}"\n[channels.whatsapp]\n'
+                f'graph_url = "{graph.url}/v21.0"\nphone_number_id = "{PHONE_NUMBER_ID}"\n'
+            )
+        for name, secret in (
+            ("whatsapp", graph.token),
+            ("whatsapp.app_secret", APP_SECRET),
+            ("whatsapp.verify_token", VERIFY_TOKEN),
+        ):
             (home / "keys" / name).write_text(secret + "\n")
             (home / "keys" / name).chmod(0o600)
         m.sh(f"{sys.executable} -m clawden units install --system")
         m.systemctl("start clawden.target")
-        m.wait(lambda: m.state("clawden-webhooks.service") == "active"
-               and m.state(units.channel_unit("whatsapp")) == "active", ANSWER, "the WhatsApp units never came up")
+        m.wait(
+            lambda: (
+                m.state("clawden-webhooks.service") == "active" and m.state(units.channel_unit("whatsapp")) == "active"
+            ),
+            ANSWER,
+            "the WhatsApp units never came up",
+        )
         ada = "447700900301"
 
         async def converse() -> int:
             cfg = config_mod.load(home)
-            await control.call(cfg, "router", "chats", {"op": "create", "channel": "whatsapp", "chat_id": ada,
-                                                        "name": "Ada", "is_group": False, "policy": "public"})
-            await control.call(cfg, "router", "wirings", {"op": "create", "channel": "whatsapp", "chat_id": ada,
-                                                          "agent_group": "main"})
+            await control.call(
+                cfg,
+                "router",
+                "chats",
+                {
+                    "op": "create",
+                    "channel": "whatsapp",
+                    "chat_id": ada,
+                    "name": "Ada",
+                    "is_group": False,
+                    "policy": "public",
+                },
+            )
+            await control.call(
+                cfg, "router", "wirings", {"op": "create", "channel": "whatsapp", "chat_id": ada, "agent_group": "main"}
+            )
             return (await graph.user_writes(ada, "hello from whatsapp"))[1]  # the door is READY: it listens
 
         assert asyncio.run(converse()) == 200

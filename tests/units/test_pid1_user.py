@@ -37,22 +37,30 @@ def install_command(machine: Machine) -> str:
 def machine(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> Iterator[Machine]:
     scope = request.param
     install_id = f"u{secrets.token_hex(4)}"
-    with booted(docker_client, f"clawden-pid1-{scope}-{install_id}", volumes={},
-                labels={LABEL_INSTALL: install_id}) as machine:
+    with booted(
+        docker_client, f"clawden-pid1-{scope}-{install_id}", volumes={}, labels={LABEL_INSTALL: install_id}
+    ) as machine:
         docker_gid = os.stat("/var/run/docker.sock").st_gid
         # The interpreter may live under /root (pyenv): let the login through, as its owner would have to.
         # Only user units need the login in the docker group; system units grant it themselves.
-        machine.sh(f"chmod o+x /root && groupadd -o -g {docker_gid} docker && "
-                   f"useradd -m -u {UID} {'-G docker ' if scope == 'user' else ''}{USER}")
+        machine.sh(
+            f"chmod o+x /root && groupadd -o -g {docker_gid} docker && "
+            f"useradd -m -u {UID} {'-G docker ' if scope == 'user' else ''}{USER}"
+        )
         if scope == "user":
             machine.sh(f"loginctl enable-linger {USER}")
-            machine.wait(lambda: machine.sh(f"systemctl is-active user@{UID}", check=False).strip() == "active",
-                         30, "the user manager did not start")
+            machine.wait(
+                lambda: machine.sh(f"systemctl is-active user@{UID}", check=False).strip() == "active",
+                30,
+                "the user manager did not start",
+            )
         machine.user, machine.scope = USER, scope
         machine.env = {"HOME": f"/home/{USER}", "XDG_RUNTIME_DIR": f"/run/user/{UID}"}
-        machine.sh(f"{PYTHON} -m clawden init </dev/null >/dev/null && "
-                   f"sed -i 's/^port = .*/port = {natsserver.free_port()}/' {HOME}/config.toml && "
-                   f"sed -i 's/^install_id = .*/install_id = \"{install_id}\"/' {HOME}/config.toml")
+        machine.sh(
+            f"{PYTHON} -m clawden init </dev/null >/dev/null && "
+            f"sed -i 's/^port = .*/port = {natsserver.free_port()}/' {HOME}/config.toml && "
+            f"sed -i 's/^install_id = .*/install_id = \"{install_id}\"/' {HOME}/config.toml"
+        )
         print(machine.sh(f"{install_command(machine)} --now", root=scope == "system"))
         yield machine
 
@@ -84,8 +92,14 @@ def test_a_reinstall_reloads_nats_and_a_killed_service_comes_back(machine: Machi
     assert machine.main_pid("clawden-nats.service") == nats  # reloaded, not restarted
     router = machine.main_pid("clawden-router.service")
     machine.systemctl("kill -s KILL clawden-router.service")
-    machine.wait(lambda: machine.state("clawden-router.service") == "active"
-                 and machine.main_pid("clawden-router.service") not in (0, router), 30, "router not restarted")
+    machine.wait(
+        lambda: (
+            machine.state("clawden-router.service") == "active"
+            and machine.main_pid("clawden-router.service") not in (0, router)
+        ),
+        30,
+        "router not restarted",
+    )
 
 
 def test_uninstall_stops_everything_and_leaves_no_unit_file(machine: Machine) -> None:

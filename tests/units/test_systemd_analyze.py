@@ -13,10 +13,16 @@ from clawden import units
 from tests.units.conftest import VARIANTS, analyze_env, install_for, systemd_analyze, write_units
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-SCORED = ["clawden-nats.service", *(f"clawden-{s}.service" for s in units.SERVICES), units.channel_unit("telegram"),
-          units.channel_unit("matrix"), units.channel_unit("email"), units.channel_unit("slack"),
-          units.channel_unit("discord"),
-          "clawden-webhooks.service"]
+SCORED = [
+    "clawden-nats.service",
+    *(f"clawden-{s}.service" for s in units.SERVICES),
+    units.channel_unit("telegram"),
+    units.channel_unit("matrix"),
+    units.channel_unit("email"),
+    units.channel_unit("slack"),
+    units.channel_unit("discord"),
+    "clawden-webhooks.service",
+]
 
 
 @pytest.fixture(params=VARIANTS)
@@ -28,8 +34,13 @@ def rendered(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Path,
 
 def analyze(variant: str, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     scope = ["--user"] if variant == "user" else []
-    return subprocess.run([systemd_analyze(), *scope, *args], capture_output=True, text=True, timeout=60,
-                          env=analyze_env(folder, folder.parent / "xdg-runtime"))
+    return subprocess.run(
+        [systemd_analyze(), *scope, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=analyze_env(folder, folder.parent / "xdg-runtime"),
+    )
 
 
 def test_systemd_analyze_verify_says_nothing_about_any_unit(rendered: tuple[str, Path, list[Path]]) -> None:
@@ -50,8 +61,9 @@ def test_every_unit_a_unit_names_is_installed_with_it(rendered: tuple[str, Path,
 
 
 def test_the_bridge_template_runs_its_instance_as_its_own_identity(tmp_path: Path) -> None:
-    [template] = [u for u in units.systemd_units(install_for(tmp_path / "home", "system"))
-                  if u.name == units.CHANNEL_TEMPLATE]
+    [template] = [
+        u for u in units.systemd_units(install_for(tmp_path / "home", "system")) if u.name == units.CHANNEL_TEMPLATE
+    ]
     assert "ExecStart=" in template.text and " -m clawden run channel@%i\n" in template.text
     assert "SyslogIdentifier=clawden-channel-%i\n" in template.text
     assert f"LoadCredential=nats.nk:{tmp_path / 'home'}/keys/nats/channel-%i.nk\n" in template.text

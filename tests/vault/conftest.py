@@ -90,13 +90,19 @@ class Rig:
     def client(self, **kw: Any) -> httpx.AsyncClient:
         """An agent's HTTPS client: HTTPS_PROXY is the relay, and it trusts the gateway's CA."""
         context = ssl.create_default_context(cadata=self.gateway.ca.cert_pem.decode())
-        return httpx.AsyncClient(proxy=f"http://127.0.0.1:{self.relay_port}", verify=context, trust_env=False,
-                                 timeout=kw.pop("timeout", 5), **kw)
+        return httpx.AsyncClient(
+            proxy=f"http://127.0.0.1:{self.relay_port}",
+            verify=context,
+            trust_env=False,
+            timeout=kw.pop("timeout", 5),
+            **kw,
+        )
 
     def plain(self) -> httpx.AsyncClient:
         """The compatibility path: plain HTTP to the socket, as ANTHROPIC_BASE_URL=http://relay sends it."""
-        return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
-                                 base_url="http://127.0.0.1:3128", timeout=5)
+        return httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=str(self.socket)), base_url="http://127.0.0.1:3128", timeout=5
+        )
 
 
 RigFactory = Callable[..., contextlib.AbstractAsyncContextManager[Rig]]
@@ -105,15 +111,24 @@ RigFactory = Callable[..., contextlib.AbstractAsyncContextManager[Rig]]
 @pytest.fixture
 def rig(site: FakeUpstream, site_tls: FakeTLS, sock_dir: Path) -> RigFactory:
     @contextlib.asynccontextmanager
-    async def make(credentials: tuple[Credential, ...] = (), rules: tuple[Rule, ...] = (),
-                   egress: dict[str, str] | None = None, **kw: Any) -> AsyncIterator[Rig]:
+    async def make(
+        credentials: tuple[Credential, ...] = (),
+        rules: tuple[Rule, ...] = (),
+        egress: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> AsyncIterator[Rig]:
         audit: list[AuditRecord] = []
         approver = ScriptedApprover()
         catalog = Catalog(credentials=credentials, rules=rules, egress=egress or {})  # type: ignore[arg-type]
-        gateway = Gateway(kw.pop("model_upstream", "https://api.anthropic.com"), catalog=catalog,
-                          extra_ca_file=site_tls.ca_file,
-                          host_map=dict.fromkeys(SITES, kw.pop("site_address", None) or site.address),
-                          audit=audit.append, approver=approver, **kw)
+        gateway = Gateway(
+            kw.pop("model_upstream", "https://api.anthropic.com"),
+            catalog=catalog,
+            extra_ca_file=site_tls.ca_file,
+            host_map=dict.fromkeys(SITES, kw.pop("site_address", None) or site.address),
+            audit=audit.append,
+            approver=approver,
+            **kw,
+        )
         path = sock_dir / GROUP / "gateway.sock"
         await gateway.listen(GROUP, path)
         server = await relay.serve_relay(str(path))

@@ -175,8 +175,9 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
-async def open_tunnel(socket_path: Path, host: str, ca_pem: bytes, port: int = 443
-                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def open_tunnel(
+    socket_path: Path, host: str, ca_pem: bytes, port: int = 443
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """CONNECT through the gateway socket, then TLS as a client that trusts ``ca_pem``."""
     reader, writer = await asyncio.open_unix_connection(str(socket_path))
     writer.write(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
@@ -235,8 +236,12 @@ class LaxSite:
                     await reader.readexactly(int(headers["content-length"]))
                 self.served.append((number, method, target, headers.get("authorization", "")))
                 body = b'{"ok": true}'
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, ValueError):
             pass

@@ -43,7 +43,8 @@ def test_a_leaf_has_san_eku_aki_and_lasts_a_day() -> None:
     leaf, key = ca.issue("api.example.test")
 
     assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.DNSName) == ["api.example.test"]
+        x509.DNSName
+    ) == ["api.example.test"]
     assert ExtendedKeyUsageOID.SERVER_AUTH in leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -52,7 +53,8 @@ def test_a_leaf_has_san_eku_aki_and_lasts_a_day() -> None:
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     ip_leaf, _ = ca.issue("10.0.0.7")
     assert ip_leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.IPAddress)
+        x509.IPAddress
+    )
 
 
 async def test_a_strict_python_client_completes_tls_with_alpn_http11(tmp_path: Path) -> None:
@@ -71,8 +73,9 @@ async def test_a_strict_python_client_completes_tls_with_alpn_http11(tmp_path: P
     client.verify_flags |= ssl.VERIFY_X509_STRICT  # what Python 3.13 turns on by default
     client.set_alpn_protocols(["h2", "http/1.1"])
     try:
-        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2], ssl=client,
-                                                       server_hostname="api.example.test")
+        reader, writer = await asyncio.open_connection(
+            *server.sockets[0].getsockname()[:2], ssl=client, server_hostname="api.example.test"
+        )
         assert await reader.read() == b"ok"
         assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
         writer.close()

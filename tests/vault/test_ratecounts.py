@@ -45,8 +45,13 @@ CHILD = textwrap.dedent(f"""
 
 def test_what_was_flushed_survives_a_kill_9(tmp_path: Path) -> None:
     db = tmp_path / "vault.db"
-    child = subprocess.run([sys.executable, "-c", CHILD, str(db)], capture_output=True, text=True, timeout=30,
-                           cwd=Path(__file__).resolve().parents[2])
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(db)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert child.stdout.strip() == "1"  # the two later charges of one key: the only counts at risk
     store = Store.open(db)

@@ -33,14 +33,23 @@ def claude_env(tmp_path: Path, relay_port: int, **extra: str) -> dict[str, str]:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     relay = f"http://127.0.0.1:{relay_port}"
-    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "HTTPS_PROXY": relay, "https_proxy": relay,
-            "NO_PROXY": "127.0.0.1,localhost", "ANTHROPIC_API_KEY": "clawden-managed",
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
-            **extra}
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "HTTPS_PROXY": relay,
+        "https_proxy": relay,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "ANTHROPIC_API_KEY": "clawden-managed",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        **extra,
+    }
 
 
-async def test_python_trusts_the_gateway_only_with_its_ca(rig: RigFactory, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_python_trusts_the_gateway_only_with_its_ca(
+    rig: RigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with rig() as r:
         ca_file = tmp_path / "ca.pem"
         ca_file.write_bytes(r.gateway.ca.cert_pem)
@@ -57,7 +66,8 @@ async def test_python_trusts_the_gateway_only_with_its_ca(rig: RigFactory, tmp_p
 
 @pytest.mark.process  # Claude Code
 async def test_claude_code_passes_with_its_trust_settings_and_fails_loudly_without(
-        rig: RigFactory, tmp_path: Path) -> None:
+    rig: RigFactory, tmp_path: Path
+) -> None:
     claude = selftest.claude_binary({"PATH": ""})
     assert claude is not None
     async with rig() as r:
@@ -73,14 +83,16 @@ async def test_claude_code_passes_with_its_trust_settings_and_fails_loudly_witho
 
 
 @pytest.mark.process  # Claude Code
-async def test_a_pass_is_remembered_for_the_same_ca_and_cli(rig: RigFactory, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_pass_is_remembered_for_the_same_ca_and_cli(
+    rig: RigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with rig() as r:
         ca_file = tmp_path / "ca.pem"
         ca_file.write_bytes(r.gateway.ca.cert_pem)
         monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-        env = claude_env(tmp_path, r.relay_port, NODE_EXTRA_CA_CERTS=str(ca_file), CLAWDEN_CA_FILE=str(ca_file),
-                         PATH="")
+        env = claude_env(
+            tmp_path, r.relay_port, NODE_EXTRA_CA_CERTS=str(ca_file), CLAWDEN_CA_FILE=str(ca_file), PATH=""
+        )
         first = await asyncio.to_thread(selftest.run_checks, env, r.relay_port)
         second = await asyncio.to_thread(selftest.run_checks, env, r.relay_port)
         ca_file.write_bytes(CertificateAuthority.create("A new CA").cert_pem)  # a new CA: check again

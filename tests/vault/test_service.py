@@ -57,8 +57,15 @@ class Vault:
         return await control.call(self.cfg, "vault", verb, payload)
 
     async def cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "clawden", *args], input=stdin,
-                                       env=self.env(), capture_output=True, text=True, timeout=30)
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "clawden", *args],
+            input=stdin,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     def logs(self) -> str:
         return self.log.read_text()
@@ -66,8 +73,9 @@ class Vault:
 
 def spawn_vault(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "clawden", "run", "vault"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "clawden", "run", "vault"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
@@ -134,8 +142,9 @@ async def agent_client(v: Vault, group: str = "main") -> tuple[httpx.AsyncClient
     reply = await v.call("gateway", {"agent_group": group})
     server = await relay.serve_relay(reply["socket"])
     context = ssl.create_default_context(cafile=reply["ca_file"])
-    client = httpx.AsyncClient(proxy=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", verify=context,
-                               trust_env=False, timeout=10)
+    client = httpx.AsyncClient(
+        proxy=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", verify=context, trust_env=False, timeout=10
+    )
     return client, server
 
 
@@ -158,8 +167,9 @@ async def test_the_model_key_from_keys_anthropic_is_sealed_and_injected(vault: V
 
     client, server = await agent_client(vault)
     async with client:
-        response = await client.post("https://api.anthropic.com/v1/messages", content=b"{}",
-                                     headers={"x-api-key": "clawden-managed"})
+        response = await client.post(
+            "https://api.anthropic.com/v1/messages", content=b"{}", headers={"x-api-key": "clawden-managed"}
+        )
     server.close()
 
     assert response.status_code == 200
@@ -170,15 +180,39 @@ async def test_the_model_key_from_keys_anthropic_is_sealed_and_injected(vault: V
 
 
 async def test_secrets_rules_and_audit_through_the_cli(vault: Vault) -> None:
-    added = await vault.cli("secrets", "add", "github", "--type", "generic", "--host", "api.example.test",
-                            "--header", "Authorization", "--format", "Bearer {value}", "--agent", "main",
-                            stdin=GITHUB + "\n")
+    added = await vault.cli(
+        "secrets",
+        "add",
+        "github",
+        "--type",
+        "generic",
+        "--host",
+        "api.example.test",
+        "--header",
+        "Authorization",
+        "--format",
+        "Bearer {value}",
+        "--agent",
+        "main",
+        stdin=GITHUB + "\n",
+    )
     assert added.returncode == 0, added.stderr
     assert "stored github: Authorization: Bearer {value} for api.example.test*" in added.stdout
     listed = await vault.cli("secrets", "list")
     assert "github" in listed.stdout and "anthropic" in listed.stdout
-    rule = await vault.cli("rules", "add", "two-a-minute", "--action", "rate_limit", "--host", "api.example.test",
-                           "--limit", "2", "--agent", "main")
+    rule = await vault.cli(
+        "rules",
+        "add",
+        "two-a-minute",
+        "--action",
+        "rate_limit",
+        "--host",
+        "api.example.test",
+        "--limit",
+        "2",
+        "--agent",
+        "main",
+    )
     assert rule.returncode == 0, rule.stderr
     assert "rate_limit 2/minute * api.example.test for main" in rule.stdout
     bad = await vault.cli("rules", "add", "x", "--action", "block", "--host", "https://api.example.test")
@@ -216,8 +250,13 @@ async def test_secrets_rules_and_audit_through_the_cli(vault: Vault) -> None:
     gone = await vault.cli("secrets", "remove", "github")
     assert gone.returncode != 0 and "no secret named 'github'" in gone.stderr
 
-    everything = vault.logs() + added.stdout + listed.stdout + audit.stdout + (
-        await vault.cli("secrets", "list", "--json")).stdout
+    everything = (
+        vault.logs()
+        + added.stdout
+        + listed.stdout
+        + audit.stdout
+        + (await vault.cli("secrets", "list", "--json")).stdout
+    )
     assert GITHUB not in everything and BOOT_KEY not in everything
 
 
@@ -235,10 +274,20 @@ async def test_egress_allowlist_is_set_per_group(vault: Vault) -> None:
 
 
 async def test_a_held_request_waits_for_a_decision_on_the_bus(vault: Vault, bus: Client) -> None:
-    await vault.call("secrets-add", {"name": "bank", "type": "generic", "value": GITHUB, "host": "api.example.test",
-                                     "header": "Authorization"})
-    await vault.call("rules-add", {"name": "ask-pay", "action": "manual_approval", "host": "api.example.test",
-                                   "path": "/pay/*", "method": "POST"})
+    await vault.call(
+        "secrets-add",
+        {"name": "bank", "type": "generic", "value": GITHUB, "host": "api.example.test", "header": "Authorization"},
+    )
+    await vault.call(
+        "rules-add",
+        {
+            "name": "ask-pay",
+            "action": "manual_approval",
+            "host": "api.example.test",
+            "path": "/pay/*",
+            "method": "POST",
+        },
+    )
     requests: asyncio.Queue[ev.ApprovalRequest] = asyncio.Queue()
 
     async def on_request(msg: Any) -> None:
@@ -261,14 +310,17 @@ async def test_a_held_request_waits_for_a_decision_on_the_bus(vault: Vault, bus:
         approved_call = asyncio.create_task(client.post("https://api.example.test/pay/1", content=body))
         ask = await asyncio.wait_for(requests.get(), 10)
         assert not approved_call.done()
-        await bus.publish(subjects.approval_decision(ask.id),
-                          ev.encode(ev.ApprovalDecision(id=ask.id, decision="approved", decided_by="owner")))
+        await bus.publish(
+            subjects.approval_decision(ask.id),
+            ev.encode(ev.ApprovalDecision(id=ask.id, decision="approved", decided_by="owner")),
+        )
         approved = await approved_call
 
         denied_call = asyncio.create_task(client.post("https://api.example.test/pay/2", content=b"{}"))
         ask2 = await asyncio.wait_for(requests.get(), 10)
-        await bus.publish(subjects.approval_decision(ask2.id),
-                          ev.encode(ev.ApprovalDecision(id=ask2.id, decision="denied")))
+        await bus.publish(
+            subjects.approval_decision(ask2.id), ev.encode(ev.ApprovalDecision(id=ask2.id, decision="denied"))
+        )
         denied = await denied_call
 
         started = time.monotonic()
@@ -277,14 +329,17 @@ async def test_a_held_request_waits_for_a_decision_on_the_bus(vault: Vault, bus:
     server.close()
 
     assert approved.status_code == 200
-    assert vault.site.received[-1].target == b"/pay/1" and vault.site.received[-1].header(
-        b"authorization") == GITHUB.encode()
+    assert (
+        vault.site.received[-1].target == b"/pay/1"
+        and vault.site.received[-1].header(b"authorization") == GITHUB.encode()
+    )
     assert (ask.kind, ask.requester, ask.agent_group) == ("credential", "vault", "main")
     assert ask.context["method"] == "POST" and ask.context["path"] == "/pay/1"
     assert [b.id for b in ask.card.buttons] == ["approve", "deny"]
     assert '"amount": 12' in ask.card.body and GITHUB not in ev.encode(ask).decode()
     assert denied.status_code == 403 and denied.json()["error"] == "manual_approval_denied"
     assert expired.status_code == 403 and "timed out" in expired.json()["message"] and 4 < waited < 10
+
     def paid() -> list[ev.AuditEvent]:  # audit events are published as the log is flushed, every half second
         audited = [e for e in events if isinstance(e, ev.AuditEvent) and e.fields["path"].startswith("/pay/")]
         return audited if len(audited) >= 3 else []
@@ -298,8 +353,7 @@ async def test_secrets_survive_a_restart_and_bad_requests_are_refused(vault: Vau
     with pytest.raises(control.ControlError, match="needs either --header NAME or --param NAME"):
         await vault.call("secrets-add", {"name": "x", "type": "generic", "value": "v" * 10, "host": "a.test"})
     with pytest.raises(control.ControlError, match="'\\*' would hand it to every site"):
-        await vault.call("secrets-add", {"name": "x", "type": "generic", "value": "v" * 10, "host": "*",
-                                         "header": "X"})
+        await vault.call("secrets-add", {"name": "x", "type": "generic", "value": "v" * 10, "host": "*", "header": "X"})
     with pytest.raises(control.ControlError, match="bad request"):
         await vault.call("secrets-add", {"name": "x"})
     await vault.call("secrets-add", {"name": "openai", "type": "openai", "value": "sk-proj-survivor-123456"})
@@ -310,10 +364,30 @@ async def test_secrets_survive_a_restart_and_bad_requests_are_refused(vault: Vau
 
 
 async def test_a_daily_rate_limit_is_not_forgiven_by_a_restart(vault: Vault) -> None:
-    await vault.call("rules-add", {"name": "three-a-day", "action": "rate_limit", "host": "api.example.test",
-                                   "path": "/send", "agent": "main", "limit": 3, "window": "day"})
-    await vault.call("rules-add", {"name": "two-a-day", "action": "rate_limit", "host": "api.example.test",
-                                   "path": "/read", "agent": "main", "limit": 2, "window": "day"})
+    await vault.call(
+        "rules-add",
+        {
+            "name": "three-a-day",
+            "action": "rate_limit",
+            "host": "api.example.test",
+            "path": "/send",
+            "agent": "main",
+            "limit": 3,
+            "window": "day",
+        },
+    )
+    await vault.call(
+        "rules-add",
+        {
+            "name": "two-a-day",
+            "action": "rate_limit",
+            "host": "api.example.test",
+            "path": "/read",
+            "agent": "main",
+            "limit": 2,
+            "window": "day",
+        },
+    )
     client, server = await agent_client(vault)
     async with client:
         before = [(await client.post("https://api.example.test/send")).status_code for _ in range(3)]
@@ -334,8 +408,12 @@ async def test_a_daily_rate_limit_is_not_forgiven_by_a_restart(vault: Vault) -> 
     work_server.close()
     assert fourth.status_code == 429
     body = fourth.json()
-    assert (body["error"], body["limit"], body["window"], body["rule_name"]) == ("rate_limited", 3, "day",
-                                                                                 "three-a-day")
+    assert (body["error"], body["limit"], body["window"], body["rule_name"]) == (
+        "rate_limited",
+        3,
+        "day",
+        "three-a-day",
+    )
     assert 0 < int(fourth.headers["retry-after"]) <= 86400
     assert reads == [200, 429]  # the other rule's one request before the restart still counts
     assert elsewhere == 200 and other_group == 200
@@ -356,40 +434,76 @@ async def restart(vault: Vault) -> None:
             await asyncio.sleep(0.2)
 
 
-@pytest.mark.parametrize(("host", "why"), [
-    ("*.com", "matches every site under the public suffix 'com'"),
-    ("*.co.uk", "matches every site under the public suffix 'co.uk'"),
-    ("*.github.io", "matches every site under the public suffix 'github.io'"),
-    ("co.uk", "is a public suffix, not a site"),
-    ("api.example.com*", "a * must stand for a whole label"),
-    ("*.anthropic.com", "matches the model API (api.anthropic.com)"),
-])
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("*.com", "matches every site under the public suffix 'com'"),
+        ("*.co.uk", "matches every site under the public suffix 'co.uk'"),
+        ("*.github.io", "matches every site under the public suffix 'github.io'"),
+        ("co.uk", "is a public suffix, not a site"),
+        ("api.example.com*", "a * must stand for a whole label"),
+        ("*.anthropic.com", "matches the model API (api.anthropic.com)"),
+    ],
+)
 async def test_a_typo_in_a_host_pattern_never_sends_a_secret_to_the_wrong_place(
-        vault: Vault, host: str, why: str) -> None:
+    vault: Vault, host: str, why: str
+) -> None:
     before = await vault.call("secrets-list")
 
     with pytest.raises(control.ControlError, match=re.escape(why)):
-        await vault.call("secrets-add", {"name": "gh", "type": "generic", "value": GITHUB, "host": host,
-                                         "header": "Authorization"})
+        await vault.call(
+            "secrets-add", {"name": "gh", "type": "generic", "value": GITHUB, "host": host, "header": "Authorization"}
+        )
 
     assert await vault.call("secrets-list") == before
 
 
 async def test_a_secret_is_replaced_only_when_asked_and_the_model_key_keeps_its_type_and_host(vault: Vault) -> None:
-    await vault.call("secrets-add", {"name": "gh", "type": "generic", "value": GITHUB, "host": "api.github.com",
-                                     "header": "Authorization"})
+    await vault.call(
+        "secrets-add",
+        {"name": "gh", "type": "generic", "value": GITHUB, "host": "api.github.com", "header": "Authorization"},
+    )
     before = await vault.call("secrets-list")
     with pytest.raises(control.ControlError, match="a secret named gh exists; add --replace"):
-        await vault.call("secrets-add", {"name": "gh", "type": "generic", "value": "x" * 20, "host": "evil.test",
-                                         "header": "Authorization"})
+        await vault.call(
+            "secrets-add",
+            {"name": "gh", "type": "generic", "value": "x" * 20, "host": "evil.test", "header": "Authorization"},
+        )
     with pytest.raises(control.ControlError, match="the anthropic secret is the model key"):
-        await vault.call("secrets-add", {"name": "anthropic", "type": "generic", "value": "x" * 20,
-                                         "host": "evil.test", "header": "X", "replace": True})
+        await vault.call(
+            "secrets-add",
+            {
+                "name": "anthropic",
+                "type": "generic",
+                "value": "x" * 20,
+                "host": "evil.test",
+                "header": "X",
+                "replace": True,
+            },
+        )
     assert await vault.call("secrets-list") == before
 
-    replaced = await vault.call("secrets-add", {"name": "gh", "type": "generic", "value": GITHUB, "replace": True,
-                                                "host": "api.github.com", "header": "Authorization",
-                                                "agents": ["main"]})
-    forced = await vault.call("secrets-add", {"name": "proxy", "type": "generic", "value": "p" * 20, "force": True,
-                                              "host": "api.anthropic.com", "header": "X-Proxy-Key"})
+    replaced = await vault.call(
+        "secrets-add",
+        {
+            "name": "gh",
+            "type": "generic",
+            "value": GITHUB,
+            "replace": True,
+            "host": "api.github.com",
+            "header": "Authorization",
+            "agents": ["main"],
+        },
+    )
+    forced = await vault.call(
+        "secrets-add",
+        {
+            "name": "proxy",
+            "type": "generic",
+            "value": "p" * 20,
+            "force": True,
+            "host": "api.anthropic.com",
+            "header": "X-Proxy-Key",
+        },
+    )
     assert replaced["created"] is False and replaced["secret"]["grants"] == ["main"] and forced["created"] is True

@@ -45,8 +45,9 @@ class FrontDoorProcess:
         env = dict(os.environ, CLAWDEN_HOME=str(self.home), CLAWDEN_NATS_URL=self.nats_url)
         env.pop("NOTIFY_SOCKET", None)
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "clawden", "run", "webhooks"], env=env,
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "clawden", "run", "webhooks"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
 
     async def start(self) -> FrontDoorProcess:
         """Spawned, and back once its port takes connections."""

@@ -12,7 +12,8 @@ from clawden import config, doctor, status, supervisor, units
 
 @pytest.mark.parametrize("listen", ["", "127.0.0.1:8787"])
 def test_the_front_door_is_run_expected_checked_and_installed_only_where_configured(
-        tmp_path: Path, listen: str) -> None:
+    tmp_path: Path, listen: str
+) -> None:
     home = tmp_path / "home"
     home.mkdir()
     if listen:

@@ -54,7 +54,8 @@ async def stored(nc: Client) -> list[webhooks.WebhookDelivery]:
 
 
 async def test_a_signed_delivery_is_in_jetstream_when_answered_and_its_retry_is_not_stored_again(
-        door: FrontDoorProcess, nc: Client) -> None:
+    door: FrontDoorProcess, nc: Client
+) -> None:
     sender = door.sender()
     payload = sender.text("447700900123", "hello")
     first = await sender.post(payload)
@@ -68,7 +69,8 @@ async def test_a_signed_delivery_is_in_jetstream_when_answered_and_its_retry_is_
 
 
 async def test_unsigned_wrongly_signed_and_malformed_deliveries_are_refused_and_never_stored(
-        door: FrontDoorProcess, nc: Client) -> None:
+    door: FrontDoorProcess, nc: Client
+) -> None:
     sender = door.sender()
     payload = sender.text("447700900123", "let me in")
     assert (await sender.post(payload, signature="none")).status_code == 401
@@ -86,7 +88,8 @@ async def test_unsigned_wrongly_signed_and_malformed_deliveries_are_refused_and_
 
 
 async def test_the_subscription_handshake_echoes_the_challenge_only_for_the_verify_token(
-        door: FrontDoorProcess) -> None:
+    door: FrontDoorProcess,
+) -> None:
     sender = door.sender()
     right = await sender.handshake(VERIFY_TOKEN, challenge="1158201444")
     assert (right.status_code, right.text) == (200, "1158201444")
@@ -107,7 +110,8 @@ async def test_a_ten_mebibyte_body_is_refused_without_being_read(door: FrontDoor
 
 
 async def test_a_source_over_its_rate_is_told_when_to_come_back(
-        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    tmp_path: Path, nats_server: NatsServer, nc: Client
+) -> None:
     door = await door_for(tmp_path, nats_server, settings="rate = 0.5\nburst = 3")
     try:
         sender = door.sender()
@@ -123,8 +127,10 @@ async def test_a_client_that_stalls_mid_body_is_cut_off(tmp_path: Path, nats_ser
     door = await door_for(tmp_path, nats_server, settings="body_timeout = 1")
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", door.port)
-        writer.write(b"POST /hooks/whatsapp HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n"
-                     b"x-hub-signature-256: sha256=" + b"0" * 64 + b"\r\n\r\n{\"object\"")
+        writer.write(
+            b"POST /hooks/whatsapp HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n"
+            b"x-hub-signature-256: sha256=" + b"0" * 64 + b'\r\n\r\n{"object"'
+        )
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), 20)
         writer.close()
@@ -134,7 +140,8 @@ async def test_a_client_that_stalls_mid_body_is_cut_off(tmp_path: Path, nats_ser
 
 
 async def test_with_nats_down_the_platform_is_told_to_retry_and_its_retry_is_stored(
-        door: FrontDoorProcess, nats_server: NatsServer) -> None:
+    door: FrontDoorProcess, nats_server: NatsServer
+) -> None:
     sender = door.sender()
     payload = sender.text("447700900123", "while NATS restarts")
     nats_server.stop()
@@ -148,6 +155,7 @@ async def test_with_nats_down_the_platform_is_told_to_retry_and_its_retry_is_sto
 
     await eventually(retried, timeout=30, message=door.output)
     from clawden.bus import connect
+
     client = await connect(nats_server.url, "test")
     try:
         assert [json.loads(d.body) for d in await stored(client)] == [payload]
@@ -156,7 +164,8 @@ async def test_with_nats_down_the_platform_is_told_to_retry_and_its_retry_is_sto
 
 
 async def test_killed_with_a_hundred_in_flight_the_retries_store_each_delivery_exactly_once(
-        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    tmp_path: Path, nats_server: NatsServer, nc: Client
+) -> None:
     door = await door_for(tmp_path, nats_server, settings="rate = 10000.0\nburst = 10000")
     sender = door.sender()
     payloads = [sender.text("447700900123", f"message {i}") for i in range(100)]
@@ -182,8 +191,10 @@ async def test_killed_with_a_hundred_in_flight_the_retries_store_each_delivery_e
             for i in range(100):
                 if i not in answered or i % 10 == 0:
                     assert (await sender.post(payloads[i], client=client)).status_code == 200
-        bodies = sorted(json.loads(d.body)["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"]
-                        for d in await stored(nc))
+        bodies = sorted(
+            json.loads(d.body)["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"]
+            for d in await stored(nc)
+        )
         assert bodies == sorted(f"message {i}" for i in range(100))
     finally:
         door.stop()
@@ -204,7 +215,8 @@ async def test_doctor_proves_the_public_url_reaches_the_door_by_its_handshake(do
 
 
 async def test_behind_a_proxy_the_rate_is_counted_per_forwarded_source(
-        tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+    tmp_path: Path, nats_server: NatsServer, nc: Client
+) -> None:
     door = await door_for(tmp_path, nats_server, settings="rate = 0.1\nburst = 1\nforwarded_for = true")
     try:
         sender = door.sender()
@@ -212,8 +224,14 @@ async def test_behind_a_proxy_the_rate_is_counted_per_forwarded_source(
         async def via_proxy(client_ip: str, text: str) -> int:
             body = json.dumps(sender.text("447700900123", text)).encode()
             async with httpx.AsyncClient() as client:
-                answer = await client.post(door.url, content=body, headers={
-                    "x-hub-signature-256": sign(APP_SECRET, body), "x-forwarded-for": f"198.51.100.7, {client_ip}"})
+                answer = await client.post(
+                    door.url,
+                    content=body,
+                    headers={
+                        "x-hub-signature-256": sign(APP_SECRET, body),
+                        "x-forwarded-for": f"198.51.100.7, {client_ip}",
+                    },
+                )
             return answer.status_code
 
         assert await via_proxy("203.0.113.1", "one") == 200

@@ -15,17 +15,21 @@ BODY = b'{"object":"whatsapp_business_account"}'
 RIGHT = "sha256=" + hmac.new(SECRET, BODY, hashlib.sha256).hexdigest()
 
 
-@pytest.mark.parametrize(("header", "refused"), [
-    (RIGHT, None),
-    (None, "no X-Hub-Signature-256"),
-    ("", "no X-Hub-Signature-256"),
-    ("sha1=" + "0" * 40, "not sha256="),
-    (RIGHT[:-1], "not sha256="),
-    ("sha256=" + "0" * 64, "does not match"),
-    (RIGHT.upper().replace("SHA256=", "sha256="), "does not match"),  # Meta sends lowercase hex
-])
-def test_a_signature_is_accepted_only_when_it_is_metas_over_these_bytes(header: str | None,
-                                                                         refused: str | None) -> None:
+@pytest.mark.parametrize(
+    ("header", "refused"),
+    [
+        (RIGHT, None),
+        (None, "no X-Hub-Signature-256"),
+        ("", "no X-Hub-Signature-256"),
+        ("sha1=" + "0" * 40, "not sha256="),
+        (RIGHT[:-1], "not sha256="),
+        ("sha256=" + "0" * 64, "does not match"),
+        (RIGHT.upper().replace("SHA256=", "sha256="), "does not match"),  # Meta sends lowercase hex
+    ],
+)
+def test_a_signature_is_accepted_only_when_it_is_metas_over_these_bytes(
+    header: str | None, refused: str | None
+) -> None:
     result = verify.check_meta_signature(SECRET, BODY, header)
     if refused is None:
         assert result is None
@@ -37,15 +41,19 @@ def test_one_changed_byte_breaks_the_signature() -> None:
     assert verify.check_meta_signature(SECRET, BODY + b" ", RIGHT) is not None
 
 
-@pytest.mark.parametrize(("query", "expected"), [
-    ({"hub.mode": "subscribe", "hub.verify_token": "tok", "hub.challenge": "1158201444"}, (200, "1158201444")),
-    ({"hub.mode": "subscribe", "hub.verify_token": "nope", "hub.challenge": "1158201444"}, (403, None)),
-    ({"hub.mode": "unsubscribe", "hub.verify_token": "tok", "hub.challenge": "1"}, (400, None)),
-    ({"hub.mode": "subscribe", "hub.challenge": "1"}, (400, None)),
-    ({"hub.mode": "subscribe", "hub.verify_token": "tok", "hub.challenge": "x" * 300}, (400, None)),
-])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"hub.mode": "subscribe", "hub.verify_token": "tok", "hub.challenge": "1158201444"}, (200, "1158201444")),
+        ({"hub.mode": "subscribe", "hub.verify_token": "nope", "hub.challenge": "1158201444"}, (403, None)),
+        ({"hub.mode": "unsubscribe", "hub.verify_token": "tok", "hub.challenge": "1"}, (400, None)),
+        ({"hub.mode": "subscribe", "hub.challenge": "1"}, (400, None)),
+        ({"hub.mode": "subscribe", "hub.verify_token": "tok", "hub.challenge": "x" * 300}, (400, None)),
+    ],
+)
 def test_the_handshake_echoes_the_challenge_only_for_the_verify_token(
-        query: dict[str, str], expected: tuple[int, str | None]) -> None:
+    query: dict[str, str], expected: tuple[int, str | None]
+) -> None:
     status, body = verify.meta_handshake(query, "tok")
     assert status == expected[0]
     if expected[1] is not None:

@@ -94,17 +94,26 @@ class MailSettings:
 
         try:
             return cls(
-                address=address, password=password(), name=s.get("name", "Clawden"),
-                username=s.get("username", ""), imap_host=host,
+                address=address,
+                password=password(),
+                name=s.get("name", "Clawden"),
+                username=s.get("username", ""),
+                imap_host=host,
                 imap_port=int(s.get("imap_port", 993 if imap_security == "tls" else 143)),
-                imap_security=imap_security, smtp_host=s.get("smtp_host", host),
+                imap_security=imap_security,
+                smtp_host=s.get("smtp_host", host),
                 smtp_port=int(s.get("smtp_port", {"tls": 465, "starttls": 587}.get(smtp_security, 25))),
-                smtp_security=smtp_security, mailbox=s.get("mailbox", "INBOX"),
-                idle=s.get("idle", "true").lower() in ("1", "true", "yes"), ca_file=s.get("ca_file", ""),
-                poll_interval=float(s.get("poll_interval", 60)), idle_renew=float(s.get("idle_renew", 300)),
-                allow=words("allow"), trusted_servers=words("trusted_servers") or (host.lower(),),
+                smtp_security=smtp_security,
+                mailbox=s.get("mailbox", "INBOX"),
+                idle=s.get("idle", "true").lower() in ("1", "true", "yes"),
+                ca_file=s.get("ca_file", ""),
+                poll_interval=float(s.get("poll_interval", 60)),
+                idle_renew=float(s.get("idle_renew", 300)),
+                allow=words("allow"),
+                trusted_servers=words("trusted_servers") or (host.lower(),),
                 require_authentication=s.get("require_authentication", "false").lower() in ("1", "true", "yes"),
-                max_file_bytes=int(float(s.get("max_file_mb", 10)) * 1024 * 1024))
+                max_file_bytes=int(float(s.get("max_file_mb", 10)) * 1024 * 1024),
+            )
         except ValueError as exc:
             raise BridgeConfigError(f"[channels.email]: {exc}") from exc
 
@@ -120,6 +129,7 @@ class MailSettings:
 
 # --- the platform clients -------------------------------------------------------------------------------
 
+
 class ImapError(Exception):
     pass
 
@@ -132,8 +142,9 @@ class LoginRefused(BridgeConfigError):
 
 async def imap_connect(s: MailSettings) -> aioimaplib.IMAP4:
     if s.imap_security == "tls":
-        client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(host=s.imap_host, port=s.imap_port, timeout=s.timeout,
-                                                         ssl_context=s.tls())
+        client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
+            host=s.imap_host, port=s.imap_port, timeout=s.timeout, ssl_context=s.tls()
+        )
     else:
         client = aioimaplib.IMAP4(host=s.imap_host, port=s.imap_port, timeout=s.timeout)
     try:
@@ -169,9 +180,16 @@ def _ok(response: aioimaplib.Response, what: str) -> aioimaplib.Response:
 
 
 def smtp_client(s: MailSettings) -> aiosmtplib.SMTP:
-    return aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, username=s.login, password=s.password,
-                           use_tls=s.smtp_security == "tls", start_tls=s.smtp_security == "starttls",
-                           tls_context=s.tls() if s.smtp_security != "none" else None, timeout=s.timeout)
+    return aiosmtplib.SMTP(
+        hostname=s.smtp_host,
+        port=s.smtp_port,
+        username=s.login,
+        password=s.password,
+        use_tls=s.smtp_security == "tls",
+        start_tls=s.smtp_security == "starttls",
+        tls_context=s.tls() if s.smtp_security != "none" else None,
+        timeout=s.timeout,
+    )
 
 
 def smtp_failure(exc: Exception, *, submitting: bool) -> PlatformError:
@@ -188,14 +206,16 @@ def smtp_failure(exc: Exception, *, submitting: bool) -> PlatformError:
         return PlatformError(f"the mail server answered {exc.code} {exc.message}", kind, code=exc.code)
     broken = isinstance(exc, aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPTimeoutError | OSError | TimeoutError)
     if broken and submitting:
-        return PlatformError(f"the connection to the mail server broke mid-submission: {exc!r}", "unknown",
-                             connection=True)
+        return PlatformError(
+            f"the connection to the mail server broke mid-submission: {exc!r}", "unknown", connection=True
+        )
     if broken or isinstance(exc, aiosmtplib.SMTPConnectError):
         return PlatformError(f"cannot reach the mail server: {exc}", "transient", connection=True)
     return PlatformError(f"the mail server cannot take mail from this bridge as configured: {exc}", "permanent")
 
 
 # --- the bridge -----------------------------------------------------------------------------------------
+
 
 class EmailBridge(Bridge):
     name = CHANNEL
@@ -205,8 +225,12 @@ class EmailBridge(Bridge):
         self.store_path = store_path
         self._store: MailStore | None = None
         self.capabilities = Capabilities(
-            max_text=200_000, files=True, cards=True,  # cards: numbered choices, answered by a reply
-            max_file_bytes=settings.max_file_bytes, max_download_bytes=settings.max_file_bytes)
+            max_text=200_000,
+            files=True,
+            cards=True,  # cards: numbered choices, answered by a reply
+            max_file_bytes=settings.max_file_bytes,
+            max_download_bytes=settings.max_file_bytes,
+        )
         # IDLE is renewed every idle_renew seconds, and each renewal is a sign of life.
         self.deaf_after = max(120.0, settings.idle_renew * 2 + settings.timeout * 2, settings.poll_interval * 3)
         self._send_lock = asyncio.Lock()
@@ -237,12 +261,25 @@ class EmailBridge(Bridge):
         client = await imap_connect(self.s)
         try:
             selected = _ok(await client.select(self.s.mailbox), f"SELECT {self.s.mailbox}")
-            validity = next((m.group(1) for line in selected.lines if isinstance(line, bytes)
-                             if (m := _UIDVALIDITY.search(line.decode(errors="replace")))), "")
+            validity = next(
+                (
+                    m.group(1)
+                    for line in selected.lines
+                    if isinstance(line, bytes)
+                    if (m := _UIDVALIDITY.search(line.decode(errors="replace")))
+                ),
+                "",
+            )
             last = await self._cursor(inbound, validity)
             idle = self.s.idle and client.has_capability("IDLE")
-            log.info("reading %s as %s from UID %d (UIDVALIDITY %s; %s)", self.s.mailbox, self.s.login, last,
-                     validity, "IDLE" if idle else f"polling every {self.s.poll_interval:g}s")
+            log.info(
+                "reading %s as %s from UID %d (UIDVALIDITY %s; %s)",
+                self.s.mailbox,
+                self.s.login,
+                last,
+                validity,
+                "IDLE" if idle else f"polling every {self.s.poll_interval:g}s",
+            )
             while True:
                 last = await self._catch_up(client, inbound, validity, last)
                 inbound.alive()
@@ -264,8 +301,12 @@ class EmailBridge(Bridge):
         if stored[0] != validity:
             # The server renumbered the mailbox: read it again from the start; mail already handled is
             # known by its Message-ID and skipped.
-            log.warning("%s was renumbered (UIDVALIDITY %s, was %s): reading it again, skipping mail already "
-                        "handled", self.s.mailbox, validity, stored[0])
+            log.warning(
+                "%s was renumbered (UIDVALIDITY %s, was %s): reading it again, skipping mail already handled",
+                self.s.mailbox,
+                validity,
+                stored[0],
+            )
             await inbound.state.set_cursor(f"{self.s.mailbox}.uid", "0")
             await inbound.state.set_cursor(f"{self.s.mailbox}.uidvalidity", validity)
             return 0
@@ -285,8 +326,13 @@ class EmailBridge(Bridge):
 
     async def _catch_up(self, client: aioimaplib.IMAP4, inbound: Inbound, validity: str, last: int) -> int:
         found = _ok(await client.uid_search(f"UID {last + 1}:*"), "UID SEARCH")
-        uids = sorted(int(u) for line in found.lines if isinstance(line, bytes)
-                      for u in line.split() if u.isdigit() and int(u) > last)
+        uids = sorted(
+            int(u)
+            for line in found.lines
+            if isinstance(line, bytes)
+            for u in line.split()
+            if u.isdigit() and int(u) > last
+        )
         for uid in uids:
             fetched = _ok(await client.uid("fetch", str(uid), "(BODY.PEEK[])"), f"UID FETCH {uid}")
             raw = next((bytes(x) for x in fetched.lines if isinstance(x, bytearray)), None)
@@ -308,13 +354,19 @@ class EmailBridge(Bridge):
         sender = core.address(core.header(message, "Reply-To") or core.header(message, "From"))
         author = core.address(core.header(message, "From"))
         chat_id = await self._thread_of(message, msgid, author)
-        others = [a for a in core.addresses([core.header(message, "To"), core.header(message, "Cc")])
-                  if a != self.s.address and a != sender]
+        others = [
+            a
+            for a in core.addresses([core.header(message, "To"), core.header(message, "Cc")])
+            if a != self.s.address and a != sender
+        ]
         prior = await self.store.thread(chat_id)
         refs = (*(prior.references if prior else core.message_ids(core.header(message, "References"))), msgid)
-        thread = core.Thread(chat_id, prior.subject if prior else core.header(message, "Subject"),
-                             tuple(dict.fromkeys([sender, *others])) if sender else (prior.to if prior else ()),
-                             tuple(dict.fromkeys(refs)))
+        thread = core.Thread(
+            chat_id,
+            prior.subject if prior else core.header(message, "Subject"),
+            tuple(dict.fromkeys([sender, *others])) if sender else (prior.to if prior else ()),
+            tuple(dict.fromkeys(refs)),
+        )
         refused = core.automatic(message, own=self.s.address)
         if not refused:
             verdict = core.authenticity(message, self.s.trusted_servers)
@@ -336,18 +388,33 @@ class EmailBridge(Bridge):
             # A card mailed to an address (an approver's) is answered from that person's own mailbox: what the
             # approvals service says back to whoever answered goes to them, not to the card's addressee.
             where = ev.Route(channel=CHANNEL, chat_id=author) if "@" in chat_id and author else route
-            known = await inbound.click(where, f"{card[0]}:{number - 1}", action_id=core.bare(msgid), sender=who,
-                                        message_id=core.bare(parent[0]))
+            known = await inbound.click(
+                where,
+                f"{card[0]}:{number - 1}",
+                action_id=core.bare(msgid),
+                sender=who,
+                message_id=core.bare(parent[0]),
+            )
             log.info("%s answered card %s with choice %d%s", author, card[0], number, "" if known else " (expired)")
         else:
             attachments = () if refused else await self._save_files(message, chat_id, core.bare(msgid), inbound)
             subject = core.header(message, "Subject")
             body = text if not subject or prior is not None else f"{subject}\n\n{text}".strip()
-            await inbound.publish(ev.InboundMessage(
-                route=route, message_id=core.bare(msgid), sender=who, text=body, sent_at=time.time(),
-                chat_name=subject[:100], is_group=bool(others), attachments=attachments,
-                mentioned=self._addressed(message, text, bool(others)),
-                reply_to=core.bare(parent[0]) if parent else None, refused=refused))
+            await inbound.publish(
+                ev.InboundMessage(
+                    route=route,
+                    message_id=core.bare(msgid),
+                    sender=who,
+                    text=body,
+                    sent_at=time.time(),
+                    chat_name=subject[:100],
+                    is_group=bool(others),
+                    attachments=attachments,
+                    mentioned=self._addressed(message, text, bool(others)),
+                    reply_to=core.bare(parent[0]) if parent else None,
+                    refused=refused,
+                )
+            )
             if refused:
                 log.info("mail %s from %s goes to no agent: %s", msgid, author, refused)
         await self.store.mark_handled(key)
@@ -360,8 +427,10 @@ class EmailBridge(Bridge):
         return bool(self.s.name) and re.search(rf"\b{re.escape(self.s.name)}\b", text, re.IGNORECASE) is not None
 
     async def _thread_of(self, message: EmailMessage, msgid: str, sender: str) -> str:
-        ids = [*core.message_ids(core.header(message, "In-Reply-To")),
-               *reversed(core.message_ids(core.header(message, "References")))]
+        ids = [
+            *core.message_ids(core.header(message, "In-Reply-To")),
+            *reversed(core.message_ids(core.header(message, "References"))),
+        ]
         known = await self.store.chat_of_ids(ids)
         if known is not None:
             return known
@@ -372,15 +441,17 @@ class EmailBridge(Bridge):
                 return by_subject
         return core.chat_of(root or msgid)
 
-    async def _save_files(self, message: EmailMessage, chat_id: str, msgid: str,
-                          inbound: Inbound) -> tuple[ev.Attachment, ...]:
+    async def _save_files(
+        self, message: EmailMessage, chat_id: str, msgid: str, inbound: Inbound
+    ) -> tuple[ev.Attachment, ...]:
         out = []
         limit = self.capabilities.max_download_bytes
         for n, file in enumerate(core.files(message)):
             attachment = ev.Attachment(name=file.name, mime=file.mime, size=len(file.data))
             if len(file.data) > limit:
-                log.info("not keeping %s (%d bytes) of %s: over the %d-byte limit", file.name, len(file.data),
-                         msgid, limit)
+                log.info(
+                    "not keeping %s (%d bytes) of %s: over the %d-byte limit", file.name, len(file.data), msgid, limit
+                )
                 out.append(attachment)
                 continue
             safe = re.sub(r"[^A-Za-z0-9._-]", "_", file.name)[-100:] or "file"
@@ -392,12 +463,17 @@ class EmailBridge(Bridge):
 
     # --- out ------------------------------------------------------------------------------------------
 
-    async def send_text(self, route: ev.Route, text: str, *, reply_to: str | None,
-                        buttons: list[list[ButtonRef]], key: str) -> str:
+    async def send_text(
+        self, route: ev.Route, text: str, *, reply_to: str | None, buttons: list[list[ButtonRef]], key: str
+    ) -> str:
         choices = [b for row in buttons for b in row]
         if choices:
-            text = (text.rstrip() + "\n\n" + "\n".join(f"{i}) {b.label}" for i, b in enumerate(choices, 1))
-                    + "\n\nReply with the number of your choice.")
+            text = (
+                text.rstrip()
+                + "\n\n"
+                + "\n".join(f"{i}) {b.label}" for i, b in enumerate(choices, 1))
+                + "\n\nReply with the number of your choice."
+            )
         msgid = await self._send(route, text, [], key, parent=f"<{reply_to}>" if reply_to else None)
         if choices:
             token = choices[0].data.partition(":")[0]
@@ -409,11 +485,13 @@ class EmailBridge(Bridge):
         mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return core.bare(await self._send(route, f"Attached: {path.name}", [core.File(path.name, mime, data)], key))
 
-    async def _send(self, route: ev.Route, text: str, files: list[core.File], key: str,
-                    parent: str | None = None) -> str:
+    async def _send(
+        self, route: ev.Route, text: str, files: list[core.File], key: str, parent: str | None = None
+    ) -> str:
         thread = await self._thread_for(route, text)
-        mail = core.compose(own=self.s.address, name=self.s.name, thread=thread, text=text, key=key,
-                            attachments=files, parent=parent)
+        mail = core.compose(
+            own=self.s.address, name=self.s.name, thread=thread, text=text, key=key, attachments=files, parent=parent
+        )
         msgid = str(mail["Message-ID"])
         async with self._send_lock:  # one submission at a time: a home server's SMTP limits are small
             smtp = smtp_client(self.s)
@@ -430,8 +508,9 @@ class EmailBridge(Bridge):
                     await smtp.quit()
                 except (aiosmtplib.SMTPException, OSError, TimeoutError):
                     smtp.close()
-        await self.store.save(core.Thread(thread.chat_id, thread.subject, thread.to, (*thread.references, msgid)),
-                              msgid)
+        await self.store.save(
+            core.Thread(thread.chat_id, thread.subject, thread.to, (*thread.references, msgid)), msgid
+        )
         return msgid
 
     async def _thread_for(self, route: ev.Route, text: str) -> core.Thread:
@@ -453,14 +532,17 @@ def _display_name(value: str) -> str:
 
 # --- the process ----------------------------------------------------------------------------------------
 
+
 async def check_token(cfg: Config, environ: dict[str, str] | None = None) -> str:
     """For `clawden doctor`: log in to IMAP and to SMTP with the settings the bridge would use."""
     s = MailSettings.load(cfg, environ)
     client = await imap_connect(s)
     try:
         folder = _ok(await client.select(s.mailbox), f"SELECT {s.mailbox}")
-        count = next((line.split()[0].decode() for line in folder.lines
-                      if isinstance(line, bytes) and line.endswith(b"EXISTS")), "?")
+        count = next(
+            (line.split()[0].decode() for line in folder.lines if isinstance(line, bytes) and line.endswith(b"EXISTS")),
+            "?",
+        )
     finally:
         await imap_close(client)
     try:
@@ -468,16 +550,19 @@ async def check_token(cfg: Config, environ: dict[str, str] | None = None) -> str
             pass
     except aiosmtplib.SMTPAuthenticationError as exc:
         raise LoginRefused(f"SMTP login as {s.login} refused: {exc.code} {exc.message}") from exc
-    return (f"{s.address}: IMAP {s.imap_host}:{s.imap_port} ({s.mailbox}, {count} mails) and SMTP "
-            f"{s.smtp_host}:{s.smtp_port} ({s.smtp_security}) logins accepted")
+    return (
+        f"{s.address}: IMAP {s.imap_host}:{s.imap_port} ({s.mailbox}, {count} mails) and SMTP "
+        f"{s.smtp_host}:{s.smtp_port} ({s.smtp_security}) logins accepted"
+    )
 
 
 async def login(server: str, user: str, password: str) -> MailSettings:
     """`clawden channels login email --server HOST --user ADDRESS`: both logins checked, on the usual ports
     (IMAP over TLS on 993, submission with STARTTLS on 587) unless `CLAWDEN_EMAIL_<KEY>` says otherwise."""
     prefix = "CLAWDEN_EMAIL_"
-    given = {k[len(prefix):].lower(): v for k, v in os.environ.items()
-             if k.startswith(prefix) and k != prefix + "TOKEN"}
+    given = {
+        k[len(prefix) :].lower(): v for k, v in os.environ.items() if k.startswith(prefix) and k != prefix + "TOKEN"
+    }
     s = MailSettings.of(given | {"address": user, "imap_host": server}, lambda: password)
     await imap_close(await imap_connect(s))
     try:
@@ -499,14 +584,21 @@ def store_login(cfg: Config, server: str, s: MailSettings) -> list[str]:
     with os.fdopen(fd, "w") as out:
         out.write(s.password + "\n")
     partial.replace(key)
-    done = [f"IMAP and SMTP logins as {s.login} accepted; stored the password in {key} (mode 0600): the mail "
-            "server asks for it at every login"]
+    done = [
+        f"IMAP and SMTP logins as {s.login} accepted; stored the password in {key} (mode 0600): the mail "
+        "server asks for it at every login"
+    ]
     file = cfg.path("config.toml")
     if not channel_settings(cfg, CHANNEL, {}):
         lines = [f"address = {json.dumps(s.address)}", f"imap_host = {json.dumps(server)}"]
-        more = (("imap_port", s.imap_port), ("imap_security", s.imap_security),
-                ("smtp_host", s.smtp_host if s.smtp_host != server else ""), ("smtp_port", s.smtp_port),
-                ("smtp_security", s.smtp_security), ("ca_file", s.ca_file))
+        more = (
+            ("imap_port", s.imap_port),
+            ("imap_security", s.imap_security),
+            ("smtp_host", s.smtp_host if s.smtp_host != server else ""),
+            ("smtp_port", s.smtp_port),
+            ("smtp_security", s.smtp_security),
+            ("ca_file", s.ca_file),
+        )
         lines += [f"{k} = {json.dumps(v)}" for k, v in more if v and str(v) != str(getattr(MailSettings, k, ""))]
         with file.open("a") as out:
             out.write("\n[channels.email]\n" + "".join(line + "\n" for line in lines))  # TOML basic strings

@@ -18,8 +18,9 @@ _PARSER = BytesParser(policy=policy.default)
 _PREFIX = re.compile(r"^\s*((re|fwd?|aw|sv|vs|antw|wg|tr)(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
 _MSGID = re.compile(r"<[^<>\s]+>")
 # Where a client starts quoting the mail it answers: "On <date>, <someone> wrote:" and the like.
-_QUOTE_INTRO = re.compile(r"^\s*(on\s.+wrote:|am\s.+schrieb.*:|le\s.+a écrit\s*:|-{2,}\s*original message\s*-{2,})\s*$",
-                          re.IGNORECASE)
+_QUOTE_INTRO = re.compile(
+    r"^\s*(on\s.+wrote:|am\s.+schrieb.*:|le\s.+a écrit\s*:|-{2,}\s*original message\s*-{2,})\s*$", re.IGNORECASE
+)
 _CHOICE = re.compile(r"^\s*#?(\d{1,2})\s*[).]?\s*$")
 
 
@@ -78,6 +79,7 @@ def thread_root(message: EmailMessage) -> str | None:
 
 # --- automatic mail: never answered ---------------------------------------------------------------------
 
+
 def automatic(message: EmailMessage, *, own: str) -> str:
     """Why this mail must never wake an agent (an auto-reply, a bounce, list mail, our own), or ""."""
     sender = address(header(message, "From"))
@@ -103,6 +105,7 @@ def automatic(message: EmailMessage, *, own: str) -> str:
 
 
 # --- who sent it: Authentication-Results (RFC 8601) -------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -141,8 +144,13 @@ def authenticity(message: EmailMessage, trusted: Sequence[str]) -> Verdict:
     can write one into a mail."""
     from_domain = domain(address(header(message, "From")))
     wanted = {t.lower() for t in trusted}
-    found = [r for value in message.get_all("Authentication-Results") or []
-             for server, results in [_results(str(value))] if server in wanted for r in results]
+    found = [
+        r
+        for value in message.get_all("Authentication-Results") or []
+        for server, results in [_results(str(value))]
+        if server in wanted
+        for r in results
+    ]
     if not found:
         return Verdict(False, False, "no Authentication-Results from a trusted server")
     seen = []
@@ -166,6 +174,7 @@ def authenticity(message: EmailMessage, trusted: Sequence[str]) -> Verdict:
 
 
 # --- what it says ---------------------------------------------------------------------------------------
+
 
 def _html_text(markup: str) -> str:
     markup = re.sub(r"(?is)<(script|style|blockquote)\b.*?</\1>", " ", markup)
@@ -226,6 +235,7 @@ def files(message: EmailMessage) -> list[File]:
 
 # --- what goes back -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Thread:
     """What the bridge keeps of a thread to answer in it."""
@@ -244,7 +254,7 @@ def message_id_for(key: str, own: str) -> str:
 def references(thread: Sequence[str], limit: int = 20) -> list[str]:
     """The References of an answer: the root and the latest ids (RFC 5322 lets long ones be trimmed)."""
     ids = list(dict.fromkeys(thread))
-    return ids if len(ids) <= limit else [ids[0], *ids[-(limit - 1):]]
+    return ids if len(ids) <= limit else [ids[0], *ids[-(limit - 1) :]]
 
 
 def html_part(text: str) -> str:
@@ -253,8 +263,16 @@ def html_part(text: str) -> str:
     return f"<!DOCTYPE html>\n<html><body>\n{body}</body></html>\n"
 
 
-def compose(*, own: str, name: str, thread: Thread, text: str, key: str,
-            attachments: Sequence[File] = (), parent: str | None = None) -> EmailMessage:
+def compose(
+    *,
+    own: str,
+    name: str,
+    thread: Thread,
+    text: str,
+    key: str,
+    attachments: Sequence[File] = (),
+    parent: str | None = None,
+) -> EmailMessage:
     """An answer in the thread: its headers keep the thread, it quotes nothing, it says it is automatic
     (RFC 3834, so other robots do not answer it), plain text with a simple HTML alternative. It answers the
     thread's latest mail, or `parent` where that is one of the thread's."""
@@ -267,7 +285,7 @@ def compose(*, own: str, name: str, thread: Thread, text: str, key: str,
     if thread.references:
         chain = list(thread.references)
         if parent in chain:
-            chain = chain[:chain.index(parent) + 1]
+            chain = chain[: chain.index(parent) + 1]
         refs = references(chain)
         out["In-Reply-To"] = refs[-1]
         out["References"] = " ".join(refs)
@@ -277,6 +295,7 @@ def compose(*, own: str, name: str, thread: Thread, text: str, key: str,
     out.add_alternative(html_part(text), subtype="html")
     for file in attachments:
         maintype, _, subtype = file.mime.partition("/")
-        out.add_attachment(file.data, maintype=maintype or "application", subtype=subtype or "octet-stream",
-                           filename=file.name)
+        out.add_attachment(
+            file.data, maintype=maintype or "application", subtype=subtype or "octet-stream", filename=file.name
+        )
     return out

@@ -73,7 +73,9 @@ class MailStore:
     async def chat_by_subject(self, subject: str, sender: str) -> str | None:
         cur = await self.db.execute(
             "SELECT chat_id, recipients FROM threads WHERE normal_subject = ? AND updated_at > ?"
-            " ORDER BY updated_at DESC", (normal_subject(subject), time.time() - SUBJECT_MATCH))
+            " ORDER BY updated_at DESC",
+            (normal_subject(subject), time.time() - SUBJECT_MATCH),
+        )
         async for chat_id, recipients in cur:
             if sender in json.loads(recipients):
                 return str(chat_id)
@@ -90,15 +92,23 @@ class MailStore:
         now = time.time()
         await self.db.execute(
             "INSERT OR REPLACE INTO threads VALUES (?, ?, ?, ?, ?, ?)",
-            (thread.chat_id, thread.subject, normal_subject(thread.subject), json.dumps(list(thread.to)),
-             json.dumps(list(thread.references)), now))
+            (
+                thread.chat_id,
+                thread.subject,
+                normal_subject(thread.subject),
+                json.dumps(list(thread.to)),
+                json.dumps(list(thread.references)),
+                now,
+            ),
+        )
         for msgid in (*thread.references[:1], *new_ids):
             await self.db.execute("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", (msgid, thread.chat_id, now))
         await self.db.commit()
 
     async def remember_card(self, message_id: str, token: str, buttons: int) -> None:
-        await self.db.execute("INSERT OR REPLACE INTO cards VALUES (?, ?, ?, ?)",
-                              (message_id, token, buttons, time.time()))
+        await self.db.execute(
+            "INSERT OR REPLACE INTO cards VALUES (?, ?, ?, ?)", (message_id, token, buttons, time.time())
+        )
         await self.db.commit()
 
     async def card(self, message_ids: list[str]) -> tuple[str, int] | None:

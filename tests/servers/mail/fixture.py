@@ -81,7 +81,8 @@ class MailServer:
         table = "".join(f"/{pattern}/ {answer}\n" for pattern, answer in rules.items())
         encoded = base64.b64encode(table.encode()).decode()
         result = self.container.get_wrapped_container().exec_run(
-            ["sh", "-c", f"echo '{encoded}' | base64 -d > /srv/rules && postfix -c /srv/postfix/etc reload"])
+            ["sh", "-c", f"echo '{encoded}' | base64 -d > /srv/rules && postfix -c /srv/postfix/etc reload"]
+        )
         assert result.exit_code == 0, result.output
 
     def logs(self) -> str:
@@ -108,19 +109,25 @@ def mail_server(docker_client: docker.DockerClient, tmp_path_factory: pytest.Tem
     if (image.labels or {}).get("dev.clawden.source") != source_hash():
         _unavailable(f"image {TAG} was built from an older context; run `bash tests/servers/mail/build.sh`")
     smtp_port, imap_port, smtps_port, imaps_port = free_port(), free_port(), free_port(), free_port()
-    container = (DockerContainer(TAG)
-                 .with_env("SMTP_PORT", str(smtp_port)).with_env("IMAP_PORT", str(imap_port))
-                 .with_env("SMTPS_PORT", str(smtps_port)).with_env("IMAPS_PORT", str(imaps_port))
-                 .with_env("MAIL_PASSWORD", PASSWORD)
-                 .with_kwargs(network_mode="host"))
+    container = (
+        DockerContainer(TAG)
+        .with_env("SMTP_PORT", str(smtp_port))
+        .with_env("IMAP_PORT", str(imap_port))
+        .with_env("SMTPS_PORT", str(smtps_port))
+        .with_env("IMAPS_PORT", str(imaps_port))
+        .with_env("MAIL_PASSWORD", PASSWORD)
+        .with_kwargs(network_mode="host")
+    )
     container.start()
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while not (_answers(smtp_port) and _answers(imap_port)):  # no event says a port listens: ask it
             if time.monotonic() > deadline:
                 out, err = container.get_logs()
-                raise AssertionError(f"the mail server did not answer within {START_TIMEOUT:.0f}s:\n"
-                                     f"{(out + err).decode(errors='replace')[-3000:]}")
+                raise AssertionError(
+                    f"the mail server did not answer within {START_TIMEOUT:.0f}s:\n"
+                    f"{(out + err).decode(errors='replace')[-3000:]}"
+                )
             time.sleep(0.05)
         ca_file = tmp_path_factory.mktemp("mail-tls") / "cert.pem"
         ca_file.write_bytes(container.get_wrapped_container().exec_run(["cat", "/srv/tls/cert.pem"]).output)

@@ -52,8 +52,19 @@ def build(tag: str = TAG) -> str:
         ctx = Path(tmp)
         shutil.copy2(HERE / "Dockerfile", ctx / "Dockerfile")
         fetch_wheels(ctx / "wheels", target)
-        cmd = ["docker", "build", "--network", "none", "--tag", tag, "--build-arg", f"BASE={image.BOOTSTRAP_BASE}",
-               "--label", f"{image.SOURCE_HASH_LABEL}={source_hash()}", str(ctx)]
+        cmd = [
+            "docker",
+            "build",
+            "--network",
+            "none",
+            "--tag",
+            tag,
+            "--build-arg",
+            f"BASE={image.BOOTSTRAP_BASE}",
+            "--label",
+            f"{image.SOURCE_HASH_LABEL}={source_hash()}",
+            str(ctx),
+        ]
         if image.run_logged(cmd, print) != 0:
             raise image.ImageBuildError(f"docker build of {tag} failed")
     print(f"built {tag}")

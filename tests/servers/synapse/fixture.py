@@ -98,12 +98,26 @@ class Synapse:
         password = secrets.token_urlsafe(12)
         with httpx.Client(base_url=self.url, timeout=30) as client:
             nonce = client.get("/_synapse/admin/v1/register").raise_for_status().json()["nonce"]
-            mac = hmac.new(self.secret.encode(), b"\0".join(
-                [nonce.encode(), user.encode(), password.encode(), b"admin" if admin else b"notadmin"]),
-                hashlib.sha1).hexdigest()
-            body = client.post("/_synapse/admin/v1/register", json={
-                "nonce": nonce, "username": user, "password": password, "admin": admin, "mac": mac,
-                "displayname": displayname or name}).raise_for_status().json()
+            mac = hmac.new(
+                self.secret.encode(),
+                b"\0".join([nonce.encode(), user.encode(), password.encode(), b"admin" if admin else b"notadmin"]),
+                hashlib.sha1,
+            ).hexdigest()
+            body = (
+                client.post(
+                    "/_synapse/admin/v1/register",
+                    json={
+                        "nonce": nonce,
+                        "username": user,
+                        "password": password,
+                        "admin": admin,
+                        "mac": mac,
+                        "displayname": displayname or name,
+                    },
+                )
+                .raise_for_status()
+                .json()
+            )
         return Account(body["user_id"], body["access_token"], body["device_id"], password)
 
 
@@ -123,12 +137,21 @@ def synapse(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPat
     data = tmp_path_factory.mktemp("synapse")
     port = free_port()
     secret = secrets.token_hex(16)
-    (data / "homeserver.yaml").write_text(CONFIG.format(
-        server_name=SERVER_NAME, port=port, secret=secret, macaroon=secrets.token_hex(16), form=secrets.token_hex(16)))
+    (data / "homeserver.yaml").write_text(
+        CONFIG.format(
+            server_name=SERVER_NAME,
+            port=port,
+            secret=secret,
+            macaroon=secrets.token_hex(16),
+            form=secrets.token_hex(16),
+        )
+    )
     (data / "signing.key").write_text(signing_key())
-    container = (DockerContainer(TAG)
-                 .with_volume_mapping(str(data), "/data", "rw")
-                 .with_kwargs(network_mode="host", user=f"{os.getuid()}:{os.getgid()}"))
+    container = (
+        DockerContainer(TAG)
+        .with_volume_mapping(str(data), "/data", "rw")
+        .with_kwargs(network_mode="host", user=f"{os.getuid()}:{os.getgid()}")
+    )
     container.start()
     url = f"http://127.0.0.1:{port}"
     try:
