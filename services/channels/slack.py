@@ -1,4 +1,4 @@
-"""The Slack bridge: Socket Mode in (every envelope acknowledged at once, redeliveries dropped by event id);
+"""The Slack bridge: Socket Mode in (each envelope acknowledged once it is stored, redeliveries dropped by event id);
 messages, thread replies, edits, deletes, reactions, files and Block Kit cards out through the Web API.
 
 Settings (`[channels.slack]` in config.toml, or `CLAWDEN_SLACK_<KEY>`): `api_url` (the Web API base, default
@@ -403,10 +403,6 @@ class SlackBridge(Bridge):
                     envelope = msgspec.json.decode(msg.data)
                     if not isinstance(envelope, dict):
                         continue
-                    if envelope.get("envelope_id"):
-                        # At once, before any work: Slack redelivers what is not acknowledged within 3 s.
-                        await ws.send_str(msgspec.json.encode({"envelope_id": envelope["envelope_id"]}).decode())
-                        self.acks += 1
                     kind = envelope.get("type")
                     if kind == "disconnect":
                         return f"disconnect ({envelope.get('reason')})"
@@ -414,6 +410,11 @@ class SlackBridge(Bridge):
                         log.info("slack: socket connected (%s connections)", envelope.get("num_connections"))
                     elif kind in ("events_api", "interactive"):
                         await self._envelope(kind, envelope.get("payload") or {}, me, inbound)
+                    if envelope.get("envelope_id"):
+                        # Only once JetStream holds what it carried (milliseconds): a process killed before
+                        # then leaves it unacknowledged, and Slack sends it again (to be stored once, by key).
+                        await ws.send_str(msgspec.json.encode({"envelope_id": envelope["envelope_id"]}).decode())
+                        self.acks += 1
             finally:
                 self.socket = None
 

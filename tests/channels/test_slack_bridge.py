@@ -1,5 +1,5 @@
 """The Slack bridge as it runs (`clawden run channel@slack`), with real NATS and the fake Slack (Web API over
-HTTP, Socket Mode over a real WebSocket): envelopes acknowledged at once and stored once, through drops,
+HTTP, Socket Mode over a real WebSocket): envelopes stored once, then acknowledged, through drops,
 disconnects and redeliveries; answers, cards, files and rate limits out."""
 
 from __future__ import annotations
