@@ -48,6 +48,8 @@ def direct_chat(user: str, known: Mapping[str, ev.Route]) -> ev.Route | None:
         return ev.Route(channel="local", chat_id=LOCAL_DEFAULT_CHAT)
     if channel in DIRECT_BY_HANDLE:
         return ev.Route(channel=channel, chat_id=handle)
+    if channel == "discord":  # the bridge opens the DM with a user for the chat id `@<user id>`
+        return ev.Route(channel=channel, chat_id=f"@{handle}")
     return None
 
 

@@ -40,7 +40,7 @@ def test_a_learned_direct_chat_wins_over_the_derived_one() -> None:
 
 def test_no_reachable_approver_means_no_delivery() -> None:
     assert policy.choose_delivery(request(), [], {}) is None
-    assert policy.choose_delivery(request(), ["discord:7"], {}) is None
+    assert policy.choose_delivery(request(), ["xmpp:alice@example.org"], {}) is None
 
 
 def test_a_question_goes_to_the_chat_that_asked() -> None:
@@ -95,3 +95,10 @@ def test_decided_card_keeps_the_words_and_drops_the_buttons() -> None:
     )
     assert card.buttons == () and card.body == "B\n\n✅ Approved by local:alice"
     assert cards.outcome_line("expired", "", reason="nobody answered in time") == "⌛ Expired (nobody answered in time)"
+
+
+def test_a_discord_approver_is_reached_in_the_dm_the_bridge_opens_for_their_user_id() -> None:
+    chosen = policy.choose_delivery(request(), ["discord:80351110224678912"], {})
+    assert chosen == policy.Delivery(
+        "discord:80351110224678912", ev.Route(channel="discord", chat_id="@80351110224678912")
+    )
