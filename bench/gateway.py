@@ -59,7 +59,7 @@ def _content_length(head: bytes) -> int:
 
 class _Upstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]  # a stream server's is one
         self.buffer = b""
 
     def data_received(self, data: bytes) -> None:
@@ -137,7 +137,7 @@ class _Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a stream connection's is one
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import docker
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage, create_sdk_mcp_server, tool
@@ -188,14 +189,13 @@ def main() -> int:
             stack.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    w, c = result["warm"], result["cold"]
-    print(f"warm turn: median {w['median_ms']} ms, p95 {w['p95_ms']} ms (n={w['n']})")  # type: ignore[index]
-    b = result["bare_claude_code"]
+    w, c, b = (cast("dict[str, float]", result[k]) for k in ("warm", "cold", "bare_claude_code"))
+    print(f"warm turn: median {w['median_ms']} ms, p95 {w['p95_ms']} ms (n={w['n']})")
     print(
-        f"bare Claude Code turn: median {b['median_ms']} ms, p95 {b['p95_ms']} ms; "  # type: ignore[index]
+        f"bare Claude Code turn: median {b['median_ms']} ms, p95 {b['p95_ms']} ms; "
         f"Clawden's warm median is {result['warm_over_bare']}x it"
     )
-    print(f"cold turn: median {c['median_ms']} ms, p95 {c['p95_ms']} ms (n={c['n']})")  # type: ignore[index]
+    print(f"cold turn: median {c['median_ms']} ms, p95 {c['p95_ms']} ms (n={c['n']})")
     print(f"cold phases (median ms): {result['cold_phases_median_ms']}")
     print(f"idle container memory (MiB): {result['idle_container_memory_mib']}")
     print(f"NanoClaw's 1000 ms poll floor is {result['nanoclaw_floor_over_warm_median']}x the warm median")
