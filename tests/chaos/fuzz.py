@@ -39,7 +39,7 @@ from clawden.bus import subjects
 
 # The kinds a subject carries, as the contract says (clawden/bus/events.py).
 KINDS: dict[str, tuple[type[Any], ...]] = {
-    "inbound": (ev.InboundMessage, ev.InboundAction),
+    "inbound": (ev.InboundMessage, ev.InboundAction, ev.ChatMoved, ev.MessagesLost),
     "receipt": (ev.DeliveryReceipt,),
     "wake": (ev.Wake,),
     "outbound": (ev.OutboundMessage, ev.OutboundEdit, ev.OutboundReaction, ev.Typing),
@@ -49,6 +49,7 @@ KINDS: dict[str, tuple[type[Any], ...]] = {
     "approval.decision": (ev.ApprovalDecision,),
     "event": (ev.AuditEvent,),
     "ctl": (),
+    "webhook": (),  # a platform's own body, verified by the front door: any JSON object
 }
 NATS_MAX_PAYLOAD = 1024 * 1024
 
@@ -93,6 +94,8 @@ def _concrete(pattern: str, runner: str, channels: tuple[str, ...]) -> list[tupl
             return [(pattern, family, pattern.rsplit(".", 1)[1])]
     if pattern.startswith(f"{p}.ctl."):
         return [(pattern, "ctl", "")]
+    if pattern.startswith(f"{p}.webhook."):
+        return [(pattern, "webhook", pattern.rsplit(".", 1)[1])]
     raise AssertionError(f"the fuzzer does not know how to aim at {pattern}: teach it")
 
 
