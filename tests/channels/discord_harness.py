@@ -13,8 +13,7 @@ from pathlib import Path
 
 from clawden import setup
 from clawden.bus import events as ev
-from clawden.bus import publish, subjects
-from tests.channels.harness import Bus, OutboundEvent, wait_for
+from tests.channels.harness import Bus, wait_for
 from tests.fakes.discord import FakeDiscord
 
 
@@ -85,40 +84,9 @@ class DiscordBridge:
 
 
 class DiscordBus(Bus):
-    async def send(
-        self,
-        chat_id: int | str,
-        text: str,
-        *,
-        id: str,
-        card: ev.Card | None = None,
-        reply_to: str | None = None,
-        files: tuple[str, ...] = (),
-        thread_id: str | None = None,
-        seq: int = 0,
-        session_id: str = "",
-    ) -> ev.OutboundMessage:
-        event = ev.OutboundMessage(
-            id=id,
-            route=ev.Route(channel="discord", chat_id=str(chat_id), thread_id=thread_id),
-            text=text,
-            card=card,
-            reply_to=reply_to,
-            files=files,
-            seq=seq,
-            session_id=session_id,
-        )
-        await publish(self.js, subjects.outbound("discord", str(chat_id)), event, msg_id=event.id)
-        return event
+    """The bus side of a test, on the Discord bridge's subjects."""
 
-    async def publish(self, event: OutboundEvent, msg_id: str, *, legacy: bool = False) -> None:
-        await publish(self.js, subjects.outbound("discord", event.route.chat_id), event, msg_id=msg_id)
-
-    async def inbound(self) -> list[object]:
-        return [e for _, e in await self.stored(subjects.inbound("discord"))]
-
-    async def receipts(self) -> list[ev.DeliveryReceipt]:
-        return [e for _, e in await self.stored(subjects.receipt("discord"))]
+    channel = "discord"
 
     async def messages(self, count: int, timeout: float = 20) -> list[ev.InboundMessage]:
         """Waits for at least `count` inbound messages; returns every one stored."""

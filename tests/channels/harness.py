@@ -128,7 +128,10 @@ async def until(condition: Callable[[], bool], timeout: float, message: Callable
 
 
 class Bus:
-    """The bus side of a test: publishes outbound events, reads inbound events and receipts (with headers)."""
+    """The bus side of a test on one channel's subjects: publishes outbound events, reads inbound events and
+    receipts (with headers)."""
+
+    channel: ClassVar[str] = "telegram"
 
     def __init__(self, nc: Client) -> None:
         self.nc = nc
@@ -158,7 +161,7 @@ class Bus:
     ) -> ev.OutboundMessage:
         event = ev.OutboundMessage(
             id=id,
-            route=ev.Route(channel="telegram", chat_id=str(chat_id), thread_id=thread_id),
+            route=ev.Route(channel=self.channel, chat_id=str(chat_id), thread_id=thread_id),
             text=text,
             card=card,
             reply_to=reply_to,
@@ -166,12 +169,12 @@ class Bus:
             seq=seq,
             session_id=session_id,
         )
-        await publish(self.js, subjects.outbound("telegram", str(chat_id)), event, msg_id=event.id)
+        await publish(self.js, subjects.outbound(self.channel, str(chat_id)), event, msg_id=event.id)
         return event
 
     async def publish(self, event: OutboundEvent, msg_id: str) -> None:
         """To the chat's lane."""
-        await publish(self.js, subjects.outbound("telegram", event.route.chat_id), event, msg_id=msg_id)
+        await publish(self.js, subjects.outbound(self.channel, event.route.chat_id), event, msg_id=msg_id)
 
     async def stored(self, subject: str) -> list[tuple[dict[str, str], Any]]:
         """Every message JetStream holds on `subject`, oldest first, decoded, with its headers."""
@@ -197,10 +200,10 @@ class Bus:
         return out
 
     async def inbound(self) -> list[Any]:
-        return [e for _, e in await self.stored(subjects.inbound("telegram"))]
+        return [e for _, e in await self.stored(subjects.inbound(self.channel))]
 
     async def receipts(self) -> list[ev.DeliveryReceipt]:
-        return [e for _, e in await self.stored(subjects.receipt("telegram"))]
+        return [e for _, e in await self.stored(subjects.receipt(self.channel))]
 
     async def wait_receipts(self, count: int, timeout: float = 30, final: bool = True) -> list[ev.DeliveryReceipt]:
         deadline = time.monotonic() + timeout

@@ -12,8 +12,6 @@ from urllib.parse import quote
 
 import httpx
 
-from clawden.bus import events as ev
-from clawden.bus import publish, subjects
 from tests.channels.harness import Bus, ChannelProcess
 from tests.servers.synapse.fixture import Account, Synapse
 
@@ -142,40 +140,7 @@ class Person:
 class MatrixBus(Bus):
     """The bus side of a test, on the Matrix bridge's subjects."""
 
-    async def send(
-        self,
-        chat_id: int | str,
-        text: str,
-        *,
-        id: str,
-        card: ev.Card | None = None,
-        reply_to: str | None = None,
-        files: tuple[str, ...] = (),
-        thread_id: str | None = None,
-        seq: int = 0,
-        session_id: str = "",
-    ) -> ev.OutboundMessage:
-        event = ev.OutboundMessage(
-            id=id,
-            route=ev.Route(channel="matrix", chat_id=str(chat_id), thread_id=thread_id),
-            text=text,
-            card=card,
-            reply_to=reply_to,
-            files=files,
-            seq=seq,
-            session_id=session_id,
-        )
-        await publish(self.js, subjects.outbound("matrix", str(chat_id)), event, msg_id=event.id)
-        return event
-
-    async def publish(self, event: Any, msg_id: str) -> None:
-        await publish(self.js, subjects.outbound("matrix", event.route.chat_id), event, msg_id=msg_id)
-
-    async def inbound(self) -> list[Any]:
-        return [e for _, e in await self.stored(subjects.inbound("matrix"))]
-
-    async def receipts(self) -> list[ev.DeliveryReceipt]:
-        return [e for _, e in await self.stored(subjects.receipt("matrix"))]
+    channel = "matrix"
 
 
 def deadline(seconds: float) -> float:

@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from clawden.bus import events as ev
-from clawden.bus import publish, subjects
-from tests.channels.harness import Bus, ChannelProcess, OutboundEvent, wait_for
+from tests.channels.harness import Bus, ChannelProcess, wait_for
 from tests.fakes.slack import FakeSlack
 
 
@@ -33,37 +31,6 @@ class SlackBridge(ChannelProcess):
 
 
 class SlackBus(Bus):
-    async def send(
-        self,
-        chat_id: int | str,
-        text: str,
-        *,
-        id: str,
-        card: ev.Card | None = None,
-        reply_to: str | None = None,
-        files: tuple[str, ...] = (),
-        thread_id: str | None = None,
-        seq: int = 0,
-        session_id: str = "",
-    ) -> ev.OutboundMessage:
-        event = ev.OutboundMessage(
-            id=id,
-            route=ev.Route(channel="slack", chat_id=str(chat_id), thread_id=thread_id),
-            text=text,
-            card=card,
-            reply_to=reply_to,
-            files=files,
-            seq=seq,
-            session_id=session_id,
-        )
-        await publish(self.js, subjects.outbound("slack", str(chat_id)), event, msg_id=event.id)
-        return event
+    """The bus side of a test, on the Slack bridge's subjects."""
 
-    async def publish(self, event: OutboundEvent, msg_id: str) -> None:
-        await publish(self.js, subjects.outbound("slack", event.route.chat_id), event, msg_id=msg_id)
-
-    async def inbound(self) -> list[object]:
-        return [e for _, e in await self.stored(subjects.inbound("slack"))]
-
-    async def receipts(self) -> list[ev.DeliveryReceipt]:
-        return [e for _, e in await self.stored(subjects.receipt("slack"))]
+    channel = "slack"
