@@ -1,4 +1,5 @@
-"""The pure rules: where a card goes, who may press it, what a press means, and how long a card lives."""
+"""The pure rules: where a card goes, who may press it, what a press or a choice at the machine settles,
+and how long a card lives. Plain data in, an outcome out; the store applies it."""
 
 from __future__ import annotations
 
@@ -87,3 +88,60 @@ def meaning(kind: str, button: ev.Button) -> Decision:
     if button.id == "deny" or button.style == "danger":
         return "denied"
     return "approved"
+
+
+@dataclass(frozen=True)
+class Card:
+    """What settling needs to know of one approval, as the store holds it."""
+
+    kind: str
+    status: str  # "pending" until settled
+    deciders: tuple[str, ...]
+    route: ev.Route  # where its card went
+    buttons: tuple[ev.Button, ...]
+
+
+@dataclass(frozen=True)
+class Settle:
+    decision: Decision
+    button: ev.Button
+
+
+@dataclass(frozen=True)
+class Unsettled:
+    """Nothing changes: the presser may not decide, it was settled already, or no such button."""
+
+    why: Literal["refused", "already", "bad_button"]
+
+
+Outcome = Settle | Unsettled
+
+
+def press(card: Card, clicker: str, click_route: ev.Route, button_id: str) -> Outcome:
+    """A button pressed in a chat. Who may decide comes first, so a stranger learns nothing of the
+    outcome; then a settled card stays settled; then the button must be one of the card's."""
+    if not may_decide(card.kind, card.deciders, card.route, clicker, click_route):
+        return Unsettled("refused")
+    if card.status != "pending":
+        return Unsettled("already")
+    button = next((b for b in card.buttons if b.id == button_id), None)
+    if button is None:
+        return Unsettled("bad_button")
+    return Settle(meaning(card.kind, button), button)
+
+
+def choose(card: Card, choice: str) -> Outcome:
+    """A choice made at the machine, whose owner may decide anything: a button named by id, label or
+    number; "approve" or "deny" means the card's first button that says so (a question has no such)."""
+    if card.status != "pending":
+        return Unsettled("already")
+    wanted = choice.strip().casefold()
+    button = next(
+        (b for i, b in enumerate(card.buttons, 1) if wanted in (b.id.casefold(), b.label.casefold(), str(i))), None
+    )
+    if button is None and wanted in ("approve", "deny") and card.kind != "question":
+        meant = "approved" if wanted == "approve" else "denied"
+        button = next((b for b in card.buttons if meaning(card.kind, b) == meant), None)
+    if button is None:
+        return Unsettled("bad_button")
+    return Settle(meaning(card.kind, button), button)

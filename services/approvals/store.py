@@ -32,6 +32,16 @@ class Step:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def _settling(row: sqlite3.Row) -> policy.Card:
+    return policy.Card(
+        kind=row["kind"],
+        status=row["status"],
+        deciders=tuple(json.loads(row["deciders"])),
+        route=ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"]),
+        buttons=_card_decoder.decode(row["card"]).buttons,
+    )
+
+
 class Store(outbox.OutboxStore):
     migrations = MIGRATIONS
     synchronous = "FULL"  # a decision, once told, is never forgotten
@@ -226,10 +236,16 @@ class Store(outbox.OutboxStore):
             db.execute("INSERT INTO clicks (key, approval_id, at) VALUES (?, ?, ?)", (action.key, row["id"], now))
             clicker = policy.user_id(action.route.channel, action.sender.id)
             name = action.sender.name or clicker
-            card = _card_decoder.decode(row["card"])
-            card_route = ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"])
             reply_id = f"{row['card_id']}:reply:{action.action_id}"[:200]
-            if not policy.may_decide(row["kind"], json.loads(row["deciders"]), card_route, clicker, action.route):
+            outcome = policy.press(_settling(row), clicker, action.route, action.button_id)
+            if isinstance(outcome, policy.Settle):
+                decision, button = outcome.decision, outcome.button
+                self._decide(
+                    row["id"], decision, clicker, button.id, "", now, label=button.label, target=action.message_id
+                )
+                log.info("approval %s %s by %s (%s)", row["id"], decision, clicker, button.id)
+                return Step(decision)
+            if outcome.why == "refused":
                 self._audit(row["id"], now, "refused", clicker, f"pressed {action.button_id}")
                 who = row["approver"] or "an admin"
                 self._reply(
@@ -238,20 +254,13 @@ class Store(outbox.OutboxStore):
                     f"Sorry {name}, only {who} or another admin of"
                     f" {row['agent_group']} can decide this one. Nothing was changed.",
                 )
-                return Step("refused")
-            if row["status"] != "pending":
+            elif outcome.why == "already":
                 self._audit(row["id"], now, "late_click", clicker, f"pressed {action.button_id} ({row['status']})")
                 by = f" by {row['decided_by']}" if row["decided_by"] and row["decided_by"] != DECIDER else ""
                 self._reply(action, reply_id, f"This was already settled: {row['status']}{by}.")
-                return Step("already")
-            button = next((b for b in card.buttons if b.id == action.button_id), None)
-            if button is None:
+            else:
                 self._audit(row["id"], now, "bad_button", clicker, action.button_id)
-                return Step("bad_button")
-            decision = policy.meaning(row["kind"], button)
-            self._decide(row["id"], decision, clicker, button.id, "", now, label=button.label, target=action.message_id)
-            log.info("approval %s %s by %s (%s)", row["id"], decision, clicker, button.id)
-            return Step(decision)
+            return Step(outcome.why)
 
     def _reply(self, action: ev.InboundAction, reply_id: str, text: str) -> None:
         self.emit(
@@ -331,19 +340,10 @@ class Store(outbox.OutboxStore):
             row = db.execute("SELECT * FROM approvals WHERE id = ? OR card_id = ?", (ref, ref)).fetchone()
             if row is None:
                 return Step("unknown")
-            if row["status"] != "pending":
-                return Step("already")
-            buttons = _card_decoder.decode(row["card"]).buttons
-            wanted = choice.strip().casefold()
-            button = next(
-                (b for i, b in enumerate(buttons, 1) if wanted in (b.id.casefold(), b.label.casefold(), str(i))), None
-            )
-            if button is None and wanted in ("approve", "deny") and row["kind"] != "question":
-                meant = "approved" if wanted == "approve" else "denied"  # the card's first yes (or no)
-                button = next((b for b in buttons if policy.meaning(row["kind"], b) == meant), None)
-            if button is None:
-                return Step("bad_button")
-            decision = policy.meaning(row["kind"], button)
+            outcome = policy.choose(_settling(row), choice)
+            if isinstance(outcome, policy.Unsettled):
+                return Step(outcome.why)
+            decision, button = outcome.decision, outcome.button
             self._decide(row["id"], decision, decider, button.id, "", now, label=button.label)
             log.info("approval %s %s by %s at the machine (%s)", row["id"], decision, decider, button.id)
             return Step(decision)

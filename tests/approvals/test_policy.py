@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from clawden.bus import events as ev
 from services.approvals import cards, policy
 
@@ -102,3 +104,71 @@ def test_a_discord_approver_is_reached_in_the_dm_the_bridge_opens_for_their_user
     assert chosen == policy.Delivery(
         "discord:80351110224678912", ev.Route(channel="discord", chat_id="@80351110224678912")
     )
+
+
+# --- settling: a press in a chat, a choice at the machine -----------------------------------------------
+
+ALICE = "local:alice"
+QUESTION_BUTTONS = (ev.Button(id="1", label="Tea"), ev.Button(id="2", label="Coffee"))
+
+
+def card(kind: str = "credential", status: str = "pending", deciders: tuple[str, ...] = (ALICE,)) -> policy.Card:
+    buttons = QUESTION_BUTTONS if kind == "question" else (cards.APPROVE, cards.DENY)
+    return policy.Card(kind=kind, status=status, deciders=deciders, route=TERMINAL, buttons=buttons)
+
+
+ELSEWHERE = ev.Route(channel="local", chat_id="other")
+
+
+@pytest.mark.parametrize(
+    ("settling", "clicker", "where", "button", "outcome"),
+    [
+        (card(), ALICE, TERMINAL, "approve", policy.Settle("approved", cards.APPROVE)),
+        (card(), ALICE, ELSEWHERE, "deny", policy.Settle("denied", cards.DENY)),  # an approver decides anywhere
+        (card(), "local:mallory", TERMINAL, "approve", policy.Unsettled("refused")),
+        # a stranger hears "not yours", never whether it was settled
+        (card(status="approved"), "local:mallory", TERMINAL, "deny", policy.Unsettled("refused")),
+        (card(status="expired"), ALICE, TERMINAL, "approve", policy.Unsettled("already")),
+        (card(), ALICE, TERMINAL, "maybe", policy.Unsettled("bad_button")),
+        (card("question", deciders=()), "local:bob", TERMINAL, "2", policy.Settle("answered", QUESTION_BUTTONS[1])),
+        (card("question", deciders=()), "local:bob", ELSEWHERE, "2", policy.Unsettled("refused")),
+    ],
+)
+def test_a_press(settling: policy.Card, clicker: str, where: ev.Route, button: str, outcome: policy.Outcome) -> None:
+    assert policy.press(settling, clicker, where, button) == outcome
+
+
+@pytest.mark.parametrize(
+    ("settling", "choice", "outcome"),
+    [
+        (card(), "approve", policy.Settle("approved", cards.APPROVE)),
+        (card(), " Deny ", policy.Settle("denied", cards.DENY)),  # by id, any case and spacing
+        (card(), "2", policy.Settle("denied", cards.DENY)),  # by number
+        (card(), cards.APPROVE.label, policy.Settle("approved", cards.APPROVE)),  # by label
+        (card(status="denied"), "approve", policy.Unsettled("already")),
+        (card(), "perhaps", policy.Unsettled("bad_button")),
+        (card("question"), "coffee", policy.Settle("answered", QUESTION_BUTTONS[1])),
+        (card("question"), "approve", policy.Unsettled("bad_button")),  # a question has no yes or no
+        (card("question"), "3", policy.Unsettled("bad_button")),
+    ],
+)
+def test_a_choice_at_the_machine(settling: policy.Card, choice: str, outcome: policy.Outcome) -> None:
+    assert policy.choose(settling, choice) == outcome
+
+
+def test_approve_and_deny_at_the_machine_mean_the_cards_own_yes_and_no() -> None:
+    connect = ev.Button(id="connect:main", label="Connect")
+    ignore = ev.Button(id="ignore", label="Ignore", style="danger")
+    channel = policy.Card(
+        kind="channel", status="pending", deciders=(ALICE,), route=TERMINAL, buttons=(connect, ignore)
+    )
+    assert policy.choose(channel, "approve") == policy.Settle("approved", connect)
+    assert policy.choose(channel, "deny") == policy.Settle("denied", ignore)
+    no_no = policy.Card(kind="channel", status="pending", deciders=(ALICE,), route=TERMINAL, buttons=(connect,))
+    assert policy.choose(no_no, "deny") == policy.Unsettled("bad_button")
+
+
+def test_a_clicker_is_named_like_the_router_names_users_and_cards_live_by_kind() -> None:
+    assert policy.user_id("telegram", "42") == policy.user_id("telegram", "telegram:42") == "telegram:42"
+    assert policy.ttl("credential") == 180.0 and policy.ttl("sender") == policy.LONG_TTL
+    assert policy.direct_chat("nohandle", {}) is None
