@@ -16,6 +16,7 @@ import itertools
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -148,6 +149,67 @@ class WebhookSender:
         finally:
             writer.close()
         return int(status_line.split()[1]), sent
+
+
+def body_of(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def rebatched(payload: dict[str, Any]) -> bytes:
+    """The same notification in another batch: other bytes (so another front-door key), the same message ids."""
+    return json.dumps(payload, indent=1).encode()
+
+
+class MetaRetries:
+    """Meta's side of webhook delivery: a notification that was not answered 200 (an error, a timeout, a
+    connection that died) is sent again with decreasing frequency, for up to 7 days, and a notification
+    may be sent more than once (the Cloud API's "Webhooks" page: "retries" and "duplicate notifications").
+    Here the backoff starts at 0.1 s and stops growing at 2 s, so a test does not wait for hours.
+
+    A delivery can be held mid-body (`hold`): its head and all but the last byte of its body are written,
+    then it waits for the event, so it is in flight by construction when the endpoint is killed."""
+
+    FIRST_BACKOFF, MOST_BACKOFF = 0.1, 2.0
+
+    def __init__(self, sender: WebhookSender, client: httpx.AsyncClient) -> None:
+        self.sender, self.client = sender, client
+        self.answered: dict[bytes, int] = {}  # body -> how many times it was answered 200
+        self.failed = 0  # attempts that were not answered 200
+        self.held = 0  # held deliveries whose partial body is written
+
+    async def deliver(self, body: bytes, *, hold: asyncio.Event | None = None) -> None:
+        """Posted until the endpoint answers 200 (the first try held back by `hold`, if given)."""
+        backoff = self.FIRST_BACKOFF
+        while not await self._attempt(body, hold):
+            hold = None
+            self.failed += 1
+            await asyncio.sleep(backoff)  # Meta's retry pace; the outcome does not depend on it
+            backoff = min(self.MOST_BACKOFF, backoff * 2)
+
+    async def _attempt(self, body: bytes, hold: asyncio.Event | None) -> bool:
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "facebookexternalua",
+            "x-hub-signature-256": sign(self.sender.app_secret, body),
+        }
+        content: bytes | AsyncIterator[bytes] = body
+        if hold is not None:
+            headers["content-length"] = str(len(body))
+            content = self._held_body(body, hold)
+        try:
+            answer = await self.client.post(self.sender.url, content=content, headers=headers)
+        except httpx.HTTPError:
+            return False  # the connection died or timed out: no 200, so Meta tries again
+        if answer.status_code != 200:
+            return False
+        self.answered[body] = self.answered.get(body, 0) + 1
+        return True
+
+    async def _held_body(self, body: bytes, hold: asyncio.Event) -> AsyncIterator[bytes]:
+        yield body[:-1]
+        self.held += 1  # httpx asks for the next piece once it has written this one
+        await hold.wait()
+        yield body[-1:]
 
 
 # --- the Graph API, as strict as Meta's where a bridge can go wrong ----------------------------------------
