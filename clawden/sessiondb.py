@@ -27,6 +27,10 @@ BUSY_TIMEOUT_MS = 5000
 CONVERSATION_KEY = "claude_session_id"  # session_state: the Claude Code conversation to resume
 CURRENT_TOOL_KEY = "current_tool"  # session_state: a declared wait (a long tool call, a person), for the host
 HEARTBEAT = ".heartbeat"  # in the session folder: the agent touches it while it works
+# A chat row that edits or deletes an earlier one carries, in its content, REVISION ("edit" or "delete")
+# and REVISES (the earlier row's id); the agent runner folds it in when it reads (clawden_agent/revisions.py).
+REVISION = "revision"
+REVISES = "revises"
 
 _INBOUND_SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages_in (
@@ -393,6 +397,18 @@ def pending_inbound(folder: Path, *, limit: int = 10) -> list[InboundMessage]:
         ).fetchall()
     fresh = [_inbound_from_row(r) for r in rows if int(r["seq"]) not in done]
     return fresh[:limit] if limit else fresh
+
+
+def inbound_by_id(folder: Path, ids: Iterable[str]) -> dict[str, InboundMessage]:
+    """Rows by id, whatever their state (the earlier messages that edits and deletes name)."""
+    wanted = list(dict.fromkeys(ids))
+    if not wanted:
+        return {}
+    with opened(folder / INBOUND, readonly=True) as conn:
+        rows = conn.execute(
+            f"SELECT * FROM messages_in WHERE id IN ({', '.join('?' * len(wanted))})", wanted
+        ).fetchall()
+    return {str(r["id"]): _inbound_from_row(r) for r in rows}
 
 
 def ack(folder: Path, seqs: Iterable[int], status: str) -> None:

@@ -108,6 +108,42 @@ class InboundMessage(_Event, tag="inbound.message", frozen=True):
         return f"{self.route.channel}:{self.message_id}"
 
 
+class InboundEdit(_Event, tag="inbound.edit", frozen=True):
+    """A person changed the text of a message they sent. `message_id` names the original (as its
+    `InboundMessage` did); `text` is the whole new text. The router passes it to every session the
+    original went to, and the agent runner decides when it reads it: an original not yet read is read
+    as edited, one already read is followed by a plain note. `edit_id` names this edit on the platform
+    (an update or event id), so two edits of one message stay two. Natural key:
+    `<channel>:edit:<message_id>:<edit_id>`."""
+
+    route: Route
+    message_id: str
+    edit_id: str
+    sender: Sender
+    text: Text
+    edited_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.route.channel}:edit:{self.message_id}:{self.edit_id}"
+
+
+class InboundDelete(_Event, tag="inbound.delete", frozen=True):
+    """A message was deleted on its platform. Like an edit it follows the original to its sessions: an
+    original not yet read is never read, one already read is followed by a plain note. `sender` is who
+    deleted it, when the platform says (Discord does not; a Matrix moderator may redact another's
+    message). Natural key: `<channel>:delete:<message_id>`."""
+
+    route: Route
+    message_id: str
+    sender: Sender | None = None
+    deleted_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.route.channel}:delete:{self.message_id}"
+
+
 class InboundAction(_Event, tag="inbound.action", frozen=True):
     """A button click on a card. Natural key: `<channel>:<action_id>`."""
 
@@ -245,6 +281,10 @@ class WakeMessage(_Part, frozen=True):
     platform_message_id: str = ""
     # A task's pre-check: bash the agent's container runs first; it decides whether the model is woken.
     script: str = ""
+    # An edit or delete of an earlier message (`InboundEdit`, `InboundDelete`): `revises` is that message's
+    # session row id (its wake's `message.id`); the agent runner applies it when it reads the session.
+    revision: Literal["", "edit", "delete"] = ""
+    revises: str = ""
 
 
 class Destination(_Part, frozen=True):
@@ -420,8 +460,15 @@ class AuditEvent(_Event, tag="audit", frozen=True):
     fields: dict[str, str] = {}
 
 
+# What a bridge publishes on its inbound subject.
+Inbound = InboundMessage | InboundEdit | InboundDelete | InboundAction | ChatMoved | MessagesLost
+# An edit or delete of a message a bridge passed on earlier.
+Revision = InboundEdit | InboundDelete
+
 Event = (
     InboundMessage
+    | InboundEdit
+    | InboundDelete
     | InboundAction
     | ChatMoved
     | MessagesLost

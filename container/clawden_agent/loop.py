@@ -40,7 +40,7 @@ from claude_agent_sdk import (
 
 from clawden import sessiondb
 
-from . import doorbell, precheck, selftest, tools
+from . import doorbell, precheck, revisions, selftest, tools
 from .ledger import Ledger, Settled
 
 log = logging.getLogger("clawden_agent")
@@ -106,8 +106,9 @@ elements (and <task seq="…" time="…">…</task> for scheduled work). Answer 
 send_message tool: only what you send with it reaches people. Write chat-sized plain text, send
 more than one message when a long job deserves progress updates, and refer to earlier messages by
 their #seq when useful. A <delivery-failed seq="…"> element means one of your messages never reached
-the chat; say so another way if it mattered. Anything you write outside send_message is private
-scratch space."""
+the chat; say so another way if it mattered. When someone edits or deletes a message you have already
+read, a message tells you so: go by the edited text, and do not act on a deleted message. Anything you
+write outside send_message is private scratch space."""
 
 
 @dataclass(frozen=True)
@@ -480,6 +481,7 @@ class Runner:
         self._resent: set[int] = set()  # rows sent again once after Claude Code died under them
         self._budget = TurnBudget(config.turn_budget, self.state, self._over_budget)
         self._interrupting: asyncio.Task[None] | None = None
+        self._riders: dict[int, tuple[int, ...]] = {}  # row seq -> edits and deletes folded into it
 
     def ring_host(self) -> None:
         doorbell.ring(self.host_bell)
@@ -539,16 +541,24 @@ class Runner:
         if notice:
             await asyncio.to_thread(self._tell, f"fresh:{uuid.uuid4()}", notice)
 
-    async def _loop(self) -> None:
+    def _pending(self, claimed: set[int]) -> revisions.Folded:
+        """Every unread row, with people's edits and deletes folded in (`revisions`); at most BATCH_LIMIT."""
         folder = self.config.session_dir
+        pending = [m for m in sessiondb.pending_inbound(folder, limit=0) if m.seq not in claimed]
+        earlier = sessiondb.inbound_by_id(folder, revisions.targets(pending))
+        folded = revisions.fold(pending, earlier, BATCH_LIMIT)
+        if folded.withdrawn:  # deleted before the agent read them: nothing to answer, nothing lost
+            sessiondb.ack(folder, folded.withdrawn, "completed")
+            log.info("#%s deleted before the agent read them", folded.withdrawn)
+            self.ring_host()
+        return folded
+
+    async def _loop(self) -> None:
         while not self._stopping:
             self.bell.clear()
-            claimed = self.ledger.claimed
-            batch = [
-                m
-                for m in await asyncio.to_thread(sessiondb.pending_inbound, folder, limit=BATCH_LIMIT)
-                if m.seq not in claimed
-            ]
+            folded = await asyncio.to_thread(self._pending, self.ledger.claimed)
+            self._riders = {row.message.seq: row.riders for row in folded.rows}
+            batch = [row.message for row in folded.rows]
             if not any(m.trigger for m in batch):
                 await self.bell.wait(SAFETY_POLL_SECONDS)
                 continue
@@ -565,9 +575,13 @@ class Runner:
             if any(m.trigger for m in batch):
                 await self._send(batch)
 
+    def _with_riders(self, batch: list[sessiondb.InboundMessage]) -> list[int]:
+        """The rows' seqs and those of the edits and deletes folded into them: they are settled together."""
+        return [s for m in batch for s in (m.seq, *self._riders.get(m.seq, ()))]
+
     async def _send(self, batch: list[sessiondb.InboundMessage]) -> None:
         folder = self.config.session_dir
-        seqs = [m.seq for m in batch]
+        seqs = self._with_riders(batch)
         anchor = [m.seq for m in batch if m.trigger][-1]
         if self.agent.client is None:
             try:
@@ -790,7 +804,7 @@ class Runner:
             text = await asyncio.to_thread(self._cost_text, command.seq)
         self.state.begin(reply_to=command.seq)
         await asyncio.to_thread(tools.write_reply, self.state, text, suffix=str(command.content["command"]))
-        await asyncio.to_thread(sessiondb.ack, self.config.session_dir, [m.seq for m in rows], "completed")
+        await asyncio.to_thread(sessiondb.ack, self.config.session_dir, self._with_riders(rows), "completed")
         self.ring_host()
         log.info("/%s by #%d", command.content["command"], command.seq)
 

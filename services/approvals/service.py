@@ -27,7 +27,7 @@ from services.approvals.store import Step, Store
 log = logging.getLogger("clawden.approvals")
 # What the inbound subjects carry: direct chats and moves are learnt from it; the rest is skipped (clicks
 # come on their own subject, and messages a platform lost are the router's to tell the owners).
-Inbound = ev.InboundMessage | ev.InboundAction | ev.ChatMoved | ev.MessagesLost
+Inbound = ev.Inbound  # edits and deletes too: it reads the stream whole, and ignores what is not for it
 
 PUBLISH_TIMEOUT = 5.0
 ROUTER_TIMEOUT = 5.0

@@ -192,4 +192,25 @@ MIGRATIONS: list[tuple[str, str]] = [
         UPDATE agent_groups SET changed_at = created_at;
     """,
     ),
+    # Which sessions each chat message went to, so a person's later edit or delete of it follows it
+    # there (and one of a message that went nowhere goes nowhere). Kept as long as `processed`.
+    (
+        "0004_routed",
+        """
+        CREATE TABLE routed (
+            key TEXT NOT NULL,  -- the message's `<channel>:<message id>`
+            agent_group TEXT NOT NULL,
+            session_id TEXT NOT NULL,
+            row_id TEXT NOT NULL,  -- its session row: the wake's message id
+            channel TEXT NOT NULL,
+            chat_id TEXT NOT NULL,
+            thread_id TEXT,
+            sender_id TEXT NOT NULL,
+            trigger INTEGER NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (key, agent_group)
+        ) WITHOUT ROWID;
+        CREATE INDEX routed_by_time ON routed (at);
+    """,
+    ),
 ]

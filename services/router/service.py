@@ -21,7 +21,7 @@ from clawden.bus import events as ev
 from clawden.bus.streams import router_decisions, router_inbound
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
 from services.router import control
-from services.router.store import Outcome, RouterError, RouterStore
+from services.router.store import Outcome, Routable, RouterError, RouterStore
 
 log = logging.getLogger("clawden.router")
 
@@ -31,7 +31,7 @@ BATCH = 256  # one SQLite transaction per fetched batch; the consumer's max_ack_
 SWEEP_EVERY = 3600.0
 PUBLISH_TIMEOUT = 5.0
 
-Inbound = ev.InboundMessage | ev.InboundAction | ev.ChatMoved | ev.MessagesLost
+Inbound = ev.Inbound
 
 
 class Router:
@@ -71,7 +71,7 @@ class Router:
 
     async def on_batch(self, msgs: Sequence[Msg]) -> None:
         decoder: msgspec.json.Decoder[Inbound] = ev.decoder_for(Inbound)  # type: ignore[arg-type]  # a union is no type[T]
-        events: list[ev.InboundMessage | ev.ChatMoved | ev.MessagesLost] = []  # clicks go to the approvals service
+        events: list[Routable] = []  # clicks go to the approvals service
         keyed: list[tuple[Msg, str]] = []
         for msg in msgs:
             try:

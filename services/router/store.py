@@ -36,6 +36,10 @@ OWNER_BY_PAIRING = "pairing"
 _held_decoder = msgspec.json.Decoder(ev.InboundMessage)
 
 
+# What the router routes (card clicks go to the approvals service).
+Routable = ev.InboundMessage | ev.InboundEdit | ev.InboundDelete | ev.ChatMoved | ev.MessagesLost
+
+
 class RouterError(Exception):
     """A request the router refuses; the message is for a person."""
 
@@ -171,7 +175,7 @@ class RouterStore(outbox.OutboxStore):
 
     # --- routing ----------------------------------------------------------------------------------
 
-    def route_batch(self, batch: Sequence[ev.InboundMessage | ev.ChatMoved | ev.MessagesLost], now: float) -> Outcome:
+    def route_batch(self, batch: Sequence[Routable], now: float) -> Outcome:
         """Route a batch in one transaction; each message in its own savepoint, so one that fails
         (a bug, not bad input: the decision is total) is retried alone and the rest commit. A chat's move
         to a new id is applied in its place among the messages, so what follows it finds the chat."""
@@ -192,6 +196,8 @@ class RouterStore(outbox.OutboxStore):
                         moved = self._move_chat(event, out) or moved
                     elif isinstance(event, ev.MessagesLost):
                         self._tell_owners_lost(event, out)
+                    elif isinstance(event, ev.InboundEdit | ev.InboundDelete):
+                        self._revise(event, out)
                     else:
                         out.counts["routed"] += 1
                         self._route(event, now, out)
@@ -297,6 +303,64 @@ class RouterStore(outbox.OutboxStore):
                 lane=f"chat:{route.channel}:{route.chat_id}",
             )
         out.counts["lost_noticed"] += 1
+
+    def _revise(self, event: ev.Revision, out: Outcome) -> None:
+        """A person's edit or delete follows the message to each session it went to, as a row of its own
+        (the agent runner decides what it means when it reads). One of a message the router never passed on
+        (not engaged, an unknown chat, from before the wiring, held for an approval) goes nowhere. An edit
+        alone never engages, even where its new text would have (a mention added later): the platforms do
+        not treat an edit as a new message either, and an old message must not be answered out of the blue."""
+        original = f"{event.route.channel}:{event.message_id}"
+        rows = self.conn.execute(
+            "SELECT r.*, s.runner FROM routed r JOIN sessions s ON s.id = r.session_id WHERE r.key = ?"
+            " ORDER BY r.agent_group",
+            (original,),
+        ).fetchall()
+        if not rows:
+            log.debug("%s: %s was never passed on to an agent; nothing to revise", event.key, original)
+            out.counts["revisions_ignored"] += 1
+            return
+        for row in rows:
+            if isinstance(event, ev.InboundEdit) and event.sender.id != row["sender_id"]:
+                # Only the author may edit: Telegram, Slack and Discord enforce it; Matrix leaves it to the
+                # receiver ("the replacement and original events must have the same sender", m.replace).
+                log.warning("%s: an edit of %s by someone else than its author; ignored", event.key, original)
+                out.counts["revisions_refused"] += 1
+                continue
+            self._wake_revision(event, row)
+            out.counts["revisions"] += 1
+
+    def _wake_revision(self, event: ev.Revision, row: sqlite3.Row) -> None:
+        edit = isinstance(event, ev.InboundEdit)
+        group = str(row["agent_group"])
+        wake = ev.Wake(
+            session_id=row["session_id"],
+            agent_group=group,
+            route=ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"]),
+            message=ev.WakeMessage(
+                id=f"{event.key}:{group}",
+                kind="chat",
+                text=event.text if isinstance(event, ev.InboundEdit) else "",
+                sender=event.sender,
+                sent_at=event.edited_at if isinstance(event, ev.InboundEdit) else event.deleted_at,
+                # An edit wakes the agent where the message did (a corrected question is answered, once); a
+                # delete never does: it asks for nothing, and a note about it waits for the next message.
+                trigger=edit and bool(row["trigger"]),
+                platform_message_id=event.message_id,
+                revision="edit" if edit else "delete",
+                revises=row["row_id"],
+            ),
+            destinations=self.destinations(group),
+            group=self.group_settings(group),
+        )
+        self.emit(subjects.wake(row["runner"]), wake.key, wake, lane=row["session_id"])
+        log.info(
+            "%s -> session %s of %s",
+            event.key,
+            row["session_id"],
+            group,
+            extra=logs.context(row["session_id"], group, event.key),
+        )
 
     def _route(self, event: ev.InboundMessage, now: float, out: Outcome, *, only: str | None = None) -> None:
         chat = self._chat_rows(event.route.channel, event.route.chat_id)
@@ -516,6 +580,23 @@ class RouterStore(outbox.OutboxStore):
             group=self.group_settings(action.agent_group),
         )
         self.emit(subjects.wake(runner), wake.key, wake, lane=session_id)
+        if not action.command:  # where a later edit or delete of it must go
+            self.conn.execute(
+                "INSERT OR REPLACE INTO routed (key, agent_group, session_id, row_id, channel, chat_id, thread_id,"
+                " sender_id, trigger, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.key,
+                    action.agent_group,
+                    session_id,
+                    wake.message.id,
+                    action.route.channel,
+                    action.route.chat_id,
+                    action.route.thread_id,
+                    event.sender.id,
+                    int(action.trigger),
+                    now,
+                ),
+            )
         out.counts["wakes" if action.trigger else "accumulated"] += 1
         log.info(
             "%s from %s:%s -> session %s of %s%s",
@@ -762,6 +843,7 @@ class RouterStore(outbox.OutboxStore):
         """Forget routed keys and drop records past their use; returns how many rows went."""
         with self.transaction() as db:
             gone = db.execute("DELETE FROM processed WHERE at < ?", (now - PROCESSED_KEEP,)).rowcount
+            gone += db.execute("DELETE FROM routed WHERE at < ?", (now - PROCESSED_KEEP,)).rowcount
             gone += db.execute("DELETE FROM dropped_messages WHERE at < ?", (now - DROPPED_KEEP,)).rowcount
             gone += db.execute("DELETE FROM pairing_codes WHERE expires_at < ?", (now,)).rowcount
         self._pairing = {c: v for c, v in self._pairing.items() if v[1] >= now}

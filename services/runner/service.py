@@ -211,6 +211,9 @@ class Runner:
             content["script"] = m.script
         if wake.command:
             content["command"] = wake.command
+        if m.revision:  # an edit or delete of an earlier row: the agent runner folds it in when it reads
+            content[sessiondb.REVISION] = m.revision
+            content[sessiondb.REVISES] = m.revises
         if m.attachments:
             content["attachments"] = [self._receive_file(folder, m.id, a) for a in m.attachments]
         sessiondb.insert_inbound(
