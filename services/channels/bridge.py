@@ -254,7 +254,7 @@ class Inbound:
             return dest
         return None
 
-    async def publish(self, event: ev.InboundMessage | ev.InboundAction | ev.ChatMoved | ev.MessagesLost) -> None:
+    async def publish(self, event: ev.Inbound) -> None:
         """Returns once JetStream has stored the event; only then may the platform cursor move.
 
         NATS being away is waited out, never dropped: the key dedupes a publish that did land.

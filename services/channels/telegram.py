@@ -38,7 +38,9 @@ CURSOR = "getUpdates.offset"
 # Telegram numbers updates afresh (at random) after a week without any: an older cursor could
 # skip every new update, so it is dropped; JetStream's dedupe covers what that replays.
 CURSOR_STALE = 6 * 24 * 3600.0
-ALLOWED_UPDATES = ["message", "callback_query"]
+# `edited_message`: people's edits reach the agent. Telegram sends bots no update for a deleted message
+# (core.telegram.org/bots/api#update lists none), so a delete there never reaches it.
+ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 PHOTO_LIMIT = 10 * 1024 * 1024  # sendPhoto's cap; bigger images go as documents
 # sendPhoto also refuses images whose width + height exceeds 10000 or whose sides differ more than 20
 # times (core.telegram.org/bots/api#sendphoto), and bytes it cannot read as an image: those go as documents.
@@ -392,6 +394,23 @@ def inbound_message(message: dict[str, Any], bot: BotIdentity) -> ev.InboundMess
         # A topic is a conversation of its own, in a forum and in a private chat alike (Bot API 9.3:
         # core.telegram.org/bots/api#message, is_topic_message): each gets its own session.
         topic=bool(message.get("is_topic_message")),
+    )
+
+
+def inbound_edit(update: dict[str, Any], bot: BotIdentity) -> ev.InboundEdit | None:
+    """An `edited_message` update (the whole message as it now reads, with `edit_date`:
+    core.telegram.org/bots/api#update) as an edit of the message it was; None when nothing readable is
+    left (a live location moving, a caption removed). The update id tells two edits of one message apart."""
+    event = inbound_message(update["edited_message"], bot)
+    if event is None:
+        return None
+    return ev.InboundEdit(
+        route=event.route,
+        message_id=event.message_id,
+        edit_id=str(update["update_id"]),
+        sender=event.sender,
+        text=event.text,
+        edited_at=float(update["edited_message"].get("edit_date") or event.sent_at),
     )
 
 
@@ -767,6 +786,9 @@ class TelegramBridge(Bridge):
                 if event is not None:
                     event = await self._fetch_files(event, files_of(update["message"]), inbound)
                     await inbound.publish(event)
+            elif "edited_message" in update:
+                if (edit := inbound_edit(update, me)) is not None:
+                    await inbound.publish(edit)
             elif "callback_query" in update:
                 await self._click(update["callback_query"], inbound)
         except (KeyError, TypeError, ValueError, msgspec.ValidationError) as exc:

@@ -609,6 +609,25 @@ class FakeTelegram(ThreadedServer):
                 self.withheld.append(message)
             return message
 
+    def edit(self, chat: dict[str, Any], message_id: int, text: str) -> dict[str, Any]:
+        """The sender edits their message: an `edited_message` update carrying the whole message as it now
+        reads, with `edit_date` (core.telegram.org/bots/api#update, edited_message: "New version of a
+        message that is known to the bot and was edited"). Only where the bot saw the original. There is no
+        update for a deleted message: the Bot API has none (its Update type lists no deletion)."""
+        with self._lock:
+            state = self._chats[chat["id"]]
+            original = state.messages[message_id]
+            key = "caption" if "caption" in original else "text"
+            edited = {k: v for k, v in original.items() if k not in ("entities", "caption_entities")}
+            edited |= {key: text, "edit_date": int(self.clock())}
+            found = auto_entities(text)
+            if found:
+                edited["caption_entities" if key == "caption" else "entities"] = found
+            state.messages[message_id] = edited
+            if original not in self.withheld and self._bot_sees(state, original):
+                self._enqueue("edited_message", edited)
+            return edited
+
     def send_album(
         self, chat: dict[str, Any], user: dict[str, Any], photos: list[bytes], caption: str = ""
     ) -> list[dict[str, Any]]:
