@@ -209,6 +209,46 @@ def inbound_message(event: dict[str, Any], me: Me, own_threads: Container[str]) 
     )
 
 
+def inbound_edit(event: dict[str, Any], me: Me, own_threads: Container[str]) -> ev.InboundEdit | None:
+    """A `message_changed` event that is a person's edit: the message as it now reads, with `edited`
+    (api.slack.com/events/message/message_changed). Slack sends the same subtype when it adds a link
+    preview or a thread's reply count changes: no `edited`, or the same text, is no edit (None)."""
+    after = event.get("message") or {}
+    before = event.get("previous_message") or {}
+    edited = after.get("edited")
+    if not isinstance(edited, dict) or after.get("text") == before.get("text"):
+        return None
+    inner = dict(after, channel=event["channel"], channel_type=event.get("channel_type"))
+    inner.pop("subtype", None)  # a file share that was edited is still a person's message
+    message = inbound_message(inner, me, own_threads)
+    if message is None:
+        return None  # the bot's own, another bot's, or nothing left to read
+    return ev.InboundEdit(
+        route=message.route,
+        message_id=message.message_id,
+        edit_id=str(event.get("ts") or edited.get("ts")),
+        sender=message.sender,
+        text=message.text,
+        edited_at=float(edited.get("ts") or event.get("ts") or 0),
+    )
+
+
+def inbound_delete(event: dict[str, Any], me: Me) -> ev.InboundDelete | None:
+    """A `message_deleted` event (api.slack.com/events/message/message_deleted): it names the message by
+    `deleted_ts`, its thread by the `previous_message`, and not who deleted it. The bot's own are not news."""
+    before = event.get("previous_message") or {}
+    if before.get("bot_id") or before.get("user") == me.user_id:
+        return None
+    channel, ts = str(event["channel"]), str(event["deleted_ts"])
+    thread_ts = before.get("thread_ts")
+    thread = str(thread_ts) if thread_ts and thread_ts != ts else None
+    return ev.InboundDelete(
+        route=ev.Route(channel=CHANNEL, chat_id=channel, thread_id=thread),
+        message_id=message_id(channel, ts),
+        deleted_at=float(event.get("ts") or 0),
+    )
+
+
 # --- the Web API through slack-sdk ---------------------------------------------------------------------
 
 
@@ -451,12 +491,24 @@ class SlackBridge(Bridge):
         root = message_id(str(event.get("channel") or ""), str(thread_ts))
         if thread_ts and root not in self.own_threads and await inbound.state.message_of(root) is not None:
             self._own_thread(root)  # a thread under what the bot said before this run
+        if event.get("subtype") in ("message_changed", "message_deleted"):
+            await self._revision(event, me, inbound)
+            return
         message = inbound_message(event, me, self.own_threads)
         if message is None:
             return
         if message.attachments:
             message = await inbound.fetch_attachments(message, self.capabilities.max_download_bytes, self._get_file)
         await inbound.publish(message)
+
+    async def _revision(self, event: dict[str, Any], me: Me, inbound: Inbound) -> None:
+        """A person's edit or a delete: passed on; the router sends it where the message went, if anywhere."""
+        if event["subtype"] == "message_changed":
+            revision: ev.Revision | None = inbound_edit(event, me, self.own_threads)
+        else:
+            revision = inbound_delete(event, me)
+        if revision is not None:
+            await inbound.publish(revision)
 
     async def _actions(self, payload: dict[str, Any], inbound: Inbound) -> None:
         """A button press on a card: the clicker is checked by whoever asked (approvals), not here."""

@@ -288,6 +288,71 @@ class FakeSlack(ThreadedServer):
             self._soon(self._enqueue, envelope)
         return ts
 
+    def edit(self, channel: str, ts: str, text: str) -> str:
+        """The author edits their message; returns the edit's ts. Slack sends a `message` event with subtype
+        `message_changed`: the whole message as it now reads (with `edited: {user, ts}`) and
+        `previous_message`, under a ts of its own (api.slack.com/events/message/message_changed)."""
+        with self._lock:
+            c = self.channels[channel]
+            i, before = next((i, m) for i, m in enumerate(c.messages) if m["ts"] == ts)
+            edit_ts = self._next_ts()
+            after = dict(before, text=text, edited={"user": before["user"], "ts": edit_ts})
+            c.messages[i] = after
+            envelope = self._event_envelope(self._changed(channel, c.kind, edit_ts, after, before))
+        self._soon(self._enqueue, envelope)
+        return edit_ts
+
+    def unfurl(self, channel: str, ts: str) -> None:
+        """Slack adds a link preview to a message: also `message_changed`, but nobody edited it (no
+        `edited` in the message, the text as it was: api.slack.com/events/message/message_changed)."""
+        with self._lock:
+            c = self.channels[channel]
+            i, before = next((i, m) for i, m in enumerate(c.messages) if m["ts"] == ts)
+            after = dict(before, attachments=[{"from_url": "https://example.invalid/", "title": "A page"}])
+            c.messages[i] = after
+            envelope = self._event_envelope(self._changed(channel, c.kind, self._next_ts(), after, before))
+        self._soon(self._enqueue, envelope)
+
+    def _changed(
+        self, channel: str, kind: str, ts: str, after: dict[str, Any], before: dict[str, Any]
+    ) -> dict[str, Any]:
+        # The shape of api.slack.com/events/message/message_changed: hidden, the channel, its own ts.
+        inner = {k: v for k, v in after.items() if k != "client_msg_id"}
+        return {
+            "type": "message",
+            "subtype": "message_changed",
+            "hidden": True,
+            "channel": channel,
+            "channel_type": kind,
+            "ts": ts,
+            "event_ts": ts,
+            "message": inner,
+            "previous_message": {k: v for k, v in before.items() if k != "client_msg_id"},
+        }
+
+    def delete(self, channel: str, ts: str) -> None:
+        """Someone deletes a message: a `message` event with subtype `message_deleted`, naming it by
+        `deleted_ts` with `previous_message`, and not saying who deleted it
+        (api.slack.com/events/message/message_deleted)."""
+        with self._lock:
+            c = self.channels[channel]
+            before = next(m for m in c.messages if m["ts"] == ts)
+            c.messages.remove(before)
+            now = self._next_ts()
+            event = {
+                "type": "message",
+                "subtype": "message_deleted",
+                "hidden": True,
+                "channel": channel,
+                "channel_type": c.kind,
+                "ts": now,
+                "event_ts": now,
+                "deleted_ts": ts,
+                "previous_message": {k: v for k, v in before.items() if k != "client_msg_id"},
+            }
+            envelope = self._event_envelope(event)
+        self._soon(self._enqueue, envelope)
+
     def _file(self, data: bytes, name: str, user: str) -> dict[str, Any]:
         fid = self._id("F")
         self.uploaded[fid] = data
