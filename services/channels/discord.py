@@ -171,6 +171,40 @@ def inbound_message(msg: dict[str, Any], me: str, place: Place) -> ev.InboundMes
     )
 
 
+def inbound_edit(data: dict[str, Any], me: str, place: Place) -> ev.InboundEdit | None:
+    """A MESSAGE_UPDATE that is a person's edit: the message with its text and a new `edited_timestamp`
+    (Discord docs, "Gateway Events": Message Update). An update may be partial ("only a subset of the full
+    message object", e.g. the embeds Discord resolved for a link): without `content`, an author or an
+    `edited_timestamp`, nobody edited anything (None)."""
+    stamp = data.get("edited_timestamp")
+    if not stamp or "content" not in data or not data.get("author"):
+        return None
+    message = inbound_message(data, me, place)
+    if message is None:
+        return None
+    try:
+        edited_at = datetime.fromisoformat(str(stamp)).timestamp()
+    except ValueError:
+        edited_at = time.time()
+    return ev.InboundEdit(
+        route=message.route,
+        message_id=message.message_id,
+        edit_id=str(stamp),
+        sender=message.sender,
+        text=message.text,
+        edited_at=edited_at,
+    )
+
+
+def inbound_delete(data: dict[str, Any], place: Place) -> ev.InboundDelete:
+    """A MESSAGE_DELETE: only the message's id and channel; Discord says neither who wrote nor who deleted it
+    (Discord docs, "Gateway Events": Message Delete). The router knows whether it was a person's it passed on."""
+    channel = str(data["channel_id"])
+    return ev.InboundDelete(
+        route=place.route(channel), message_id=message_id(channel, str(data["id"])), deleted_at=time.time()
+    )
+
+
 def components(buttons: list[list[ButtonRef]]) -> list[dict[str, Any]]:
     """Action rows of buttons (Discord docs, "Message Components"); custom_id is the button data. 5 rows of 5."""
     styles = {"primary": 1, "danger": 4, "success": 3}
@@ -521,6 +555,8 @@ class DiscordBridge(Bridge):
                 self._learn_channel(dict(channel, guild_id=data.get("id")))
         elif kind == "MESSAGE_CREATE":
             await self._message(data, inbound)
+        elif kind in ("MESSAGE_UPDATE", "MESSAGE_DELETE"):
+            await self._revision(kind, data, inbound)
         elif kind == "INTERACTION_CREATE":
             await self._interaction(data, inbound)
 
@@ -569,6 +605,16 @@ class DiscordBridge(Bridge):
         last = await inbound.state.cursor(f"last:{channel}")
         if last is None or snowflake_after(str(data["id"]), last[0]):
             await inbound.state.set_cursor(f"last:{channel}", str(data["id"]))
+
+    async def _revision(self, kind: str, data: dict[str, Any], inbound: Inbound) -> None:
+        """A person's edit or a delete: passed on; the router sends it where the message went, if anywhere."""
+        place = await self._place(str(data["channel_id"]), bool(data.get("guild_id")), inbound)
+        if kind == "MESSAGE_UPDATE":
+            revision: ev.Revision | None = inbound_edit(data, self.me, place)
+        else:
+            revision = inbound_delete(data, place)
+        if revision is not None:
+            await inbound.publish(revision)
 
     def _saw(self, key: str) -> None:
         self.seen[key] = None

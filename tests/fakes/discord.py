@@ -40,6 +40,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
@@ -257,6 +258,42 @@ class FakeDiscord(ThreadedServer):
                 data |= {"guild_id": GUILD, "member": {"roles": [], "joined_at": "2026-01-01T00:00:00+00:00"}}
         self._soon(self._dispatch, "MESSAGE_CREATE", data)
         return str(msg["id"])
+
+    def edit(self, channel: str, message: str, text: str) -> str:
+        """The author edits their message: MESSAGE_UPDATE with the message as it now reads and its
+        `edited_timestamp` set (Discord docs, "Gateway Events": Message Update); returns that timestamp."""
+        with self._lock:
+            c = self.channels[channel]
+            i, before = next((i, m) for i, m in enumerate(c.messages) if m["id"] == message)
+            stamp = datetime.now(UTC).isoformat(timespec="microseconds")
+            after = dict(before, content=text, edited_timestamp=stamp)
+            after["mentions"] = [self.users[u] for u in self.users if f"<@{u}>" in text]
+            c.messages[i] = after
+            data = dict(after) | ({"guild_id": GUILD} if c.type != 1 else {})
+        self._soon(self._dispatch, "MESSAGE_UPDATE", data)
+        return stamp
+
+    def embed(self, channel: str, message: str) -> None:
+        """Discord resolves a link preview: a partial MESSAGE_UPDATE, only the id, the channel and the embeds
+        ("message updates may contain only a subset of the full message object payload (but will always
+        contain an ID and channel_id)": Discord docs, "Gateway Events": Message Update). No one edited it."""
+        with self._lock:
+            c = self.channels[channel]
+            msg = next(m for m in c.messages if m["id"] == message)
+            msg["embeds"] = [{"type": "link", "url": "https://example.invalid/", "title": "A page"}]
+            data = {"id": message, "channel_id": channel, "embeds": msg["embeds"]}
+            if c.type != 1:
+                data["guild_id"] = GUILD
+        self._soon(self._dispatch, "MESSAGE_UPDATE", data)
+
+    def delete(self, channel: str, message: str) -> None:
+        """A message is deleted: MESSAGE_DELETE carries only its id, the channel and the guild; not who
+        deleted it nor who wrote it (Discord docs, "Gateway Events": Message Delete)."""
+        with self._lock:
+            c = self.channels[channel]
+            c.messages = [m for m in c.messages if m["id"] != message]
+            data = {"id": message, "channel_id": channel} | ({"guild_id": GUILD} if c.type != 1 else {})
+        self._soon(self._dispatch, "MESSAGE_DELETE", data)
 
     def _message(self, c: Channel, author: str, text: str) -> dict[str, Any]:
         return {
@@ -494,7 +531,10 @@ class FakeDiscord(ThreadedServer):
         if s is None:
             return
         if (
-            kind == "MESSAGE_CREATE"
+            # The Message Content intent governs creates and updates alike (Discord docs, "Gateway": Message
+            # Content Intent).
+            kind in ("MESSAGE_CREATE", "MESSAGE_UPDATE")
+            and "content" in data
             and "guild_id" in data
             and not s.intents & MESSAGE_CONTENT
             and not any(u["id"] == BOT_ID for u in data.get("mentions", []))
