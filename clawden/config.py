@@ -108,6 +108,19 @@ class WebhooksConfig(msgspec.Struct, frozen=True, kw_only=True):
     routes: dict[str, str] = {}
 
 
+class WebConfig(msgspec.Struct, frozen=True, kw_only=True):
+    # The browser chat and dashboard (`clawden run web`) run under `clawden up` and the units where this is
+    # set; `clawden run web` alone listens on 127.0.0.1:8790 when it is empty. Loopback: a proxy adds TLS.
+    listen: str = ""
+    # The address the browser uses (through a proxy: `https://clawden.example.org`). Login links name it,
+    # state-changing requests must come from this origin, and an https one makes the cookie Secure.
+    public_url: str = ""
+    link_minutes: float = 10.0  # how long a one-time login link lasts
+    session_days: float = 14.0  # how long a signed-in browser stays signed in
+    login_rate: float = 0.2  # login attempts per second per source (one every 5 s), with a burst of
+    login_burst: int = 10
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     home: str = ""
     install_id: str = "default"
@@ -117,6 +130,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     vault: VaultConfig = VaultConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    web: WebConfig = WebConfig()
     groups: dict[str, GroupConfig] = {}
 
     @property
@@ -179,7 +193,7 @@ def home_problem(home: Path, given: bool = False, *, missing_ok: bool = False) -
     return None
 
 
-_SECTIONS = ("nats", "runner", "model", "vault", "scheduler", "webhooks")
+_SECTIONS = ("nats", "runner", "model", "vault", "scheduler", "webhooks", "web")
 
 
 def _env_overrides(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:

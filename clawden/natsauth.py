@@ -29,6 +29,17 @@ from clawden.config import Config
 SEED_CREDENTIAL = "nats.nk"  # the name under $CREDENTIALS_DIRECTORY
 CLI = "cli"  # the owner's command line: may do anything (it can read every seed anyway)
 CORE = ("router", "runner", "vault", "scheduler", "approvals")
+WEB_CHANNEL = "web"
+WEB_CALLS = (
+    "router.chats",
+    "router.wirings",
+    "router.groups",
+    "approvals.list",
+    "approvals.show",
+    "approvals.decide",
+    "runner.containers",
+    "*.ping",
+)
 
 
 class IdentityError(RuntimeError):
@@ -94,6 +105,19 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
     routes = webhook_routes(cfg)
     # The webhook front door publishes only what it verified, each channel to its own subject.
     table["webhooks"] = Grant(publishes=tuple(subjects.webhook(c) for c in sorted(routes)))
+    # The web service: the `web` channel like a bridge (its own inbound and receipts, its lanes), the control
+    # verbs its pages use (services/web/backend.py), and what `clawden status` reads: micro stats, every
+    # service's ping, the durables' backlogs. Nothing else: it decides approvals through approvals.decide.
+    table["web"] = Grant(
+        consumes=streams.bridge_lanes(WEB_CHANNEL),
+        publishes=(
+            subjects.inbound(WEB_CHANNEL),
+            subjects.receipt(WEB_CHANNEL),
+            "$SRV.STATS",
+            *(f"$JS.API.CONSUMER.LIST.{s.name}" for s in streams.STREAMS),
+        ),
+        calls=WEB_CALLS,
+    )
     for name in channels:
         hooks = (streams.bridge_webhooks(name),) if name in routes else ()
         table[identity(f"channel@{name}")] = Grant(

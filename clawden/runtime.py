@@ -44,6 +44,7 @@ SERVICES = {
     "scheduler": "services.scheduler.service",
     "approvals": "services.approvals.service",
     "webhooks": "services.webhooks.service",
+    "web": "services.web.service",
 }
 
 

@@ -5,26 +5,28 @@ backlogs, pending approvals, failed deliveries. `gather` does the asking; `rende
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import json
-import time
-from collections.abc import Awaitable
 from typing import Any
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.errors import AuthorizationError, NoServersError
 from nats.errors import Error as NatsError
 
 from clawden import config as config_mod
 from clawden import natsauth
-from clawden.bus import streams, subjects
 from clawden.commands._output import table
 
-Report = dict[str, Any]
-DISCOVERY_WAIT = 1.0  # the most we wait for instances to answer $SRV.STATS
-DISCOVERY_GRACE = 0.1  # once every expected service answered: how long to wait for more instances
-CTL_TIMEOUT = 3.0
+# The asking lives in clawden/survey.py, which the web service shares; these names stay importable from here.
+from clawden.survey import CTL_TIMEOUT as CTL_TIMEOUT
+from clawden.survey import DELIVERY_COUNTERS as DELIVERY_COUNTERS
+from clawden.survey import DISCOVERY_GRACE as DISCOVERY_GRACE
+from clawden.survey import DISCOVERY_WAIT as DISCOVERY_WAIT
+from clawden.survey import Report as Report
+from clawden.survey import ctl as ctl
+from clawden.survey import deliveries as deliveries
+from clawden.survey import discover as discover
+from clawden.survey import expected_services as expected_services
+from clawden.survey import fold_lanes as fold_lanes
+from clawden.survey import report as report
 
 
 class Unreachable(ConnectionError):
@@ -92,236 +94,11 @@ def another_server(cfg: config_mod.Config) -> str | None:
     return f"port {cfg.nats.port} is held by a NATS server that is not this install's ({name or 'unnamed'})"
 
 
-def expected_services(cfg: config_mod.Config) -> list[str]:
-    """What should answer: the core services, the webhook front door where it is configured, and every bridge
-    with a token (what `clawden up` runs)."""
-    return [
-        *natsauth.CORE,
-        *(["webhooks"] if cfg.webhooks.listen else []),
-        *(natsauth.identity(b) for b in config_mod.configured_bridges(cfg)),
-    ]
-
-
-# ---- asking ----------------------------------------------------------------------------------------
-
-
-async def discover(nc: Client, expected: list[str], wait: float = DISCOVERY_WAIT) -> list[dict[str, Any]]:
-    """Every instance's micro stats (`$SRV.STATS`): waits until all expected names answered, or `wait`."""
-    replies: asyncio.Queue[Msg] = asyncio.Queue()
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=replies.put)
-    await nc.publish("$SRV.STATS", b"", reply=inbox)
-    found: list[dict[str, Any]] = []
-    missing = {f"clawden-{name}" for name in expected}
-    deadline = time.monotonic() + wait
-    try:
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = await asyncio.wait_for(replies.get(), min(left, DISCOVERY_GRACE) if not missing else left)
-            except TimeoutError:
-                if not missing:
-                    break
-                continue
-            stats = json.loads(msg.data)
-            if str(stats.get("name", "")).startswith("clawden-"):
-                found.append(stats)
-                missing.discard(stats["name"])
-    finally:
-        await sub.unsubscribe()
-    return found
-
-
-async def ctl(
-    nc: Client, service: str, verb: str, payload: dict[str, Any] | None = None, timeout: float = CTL_TIMEOUT
-) -> Any:
-    """A control request; a refusal or silence raises RuntimeError with the reason."""
-    try:
-        reply = await nc.request(subjects.ctl(service, verb), json.dumps(payload or {}).encode(), timeout=timeout)
-    except Exception as exc:
-        raise RuntimeError(f"{service} did not answer {verb} ({type(exc).__name__})") from None
-    error = (reply.headers or {}).get("Nats-Service-Error")
-    if error:
-        raise RuntimeError(f"{service} refused {verb}: {error}")
-    return json.loads(reply.data)
-
-
-async def _section(work: Awaitable[Any]) -> Any:
-    """One part of the report: its answer, or {"error": why} so the other parts still show."""
-    try:
-        return await work
-    except Exception as exc:
-        return {"error": str(exc) or type(exc).__name__}
-
-
-def _instance(stats: dict[str, Any], now: float) -> dict[str, Any]:
-    started_at: float | None = None
-    try:
-        at = dt.datetime.fromisoformat(str(stats.get("started", "")))
-        started_at = (at if at.tzinfo else at.replace(tzinfo=dt.UTC)).timestamp()
-    except ValueError:
-        pass
-    pid = (stats.get("metadata") or {}).get("pid", "")
-    return {
-        "name": str(stats["name"]).removeprefix("clawden-"),
-        "id": stats.get("id", ""),
-        "version": stats.get("version", ""),
-        "pid": int(pid) if str(pid).isdigit() else None,
-        "started": started_at,
-        "uptime": round(now - started_at, 3) if started_at else None,
-        "endpoints": [
-            {
-                "name": e.get("name", ""),
-                "requests": e.get("num_requests", 0),
-                "errors": e.get("num_errors", 0),
-                "last_error": e.get("last_error", ""),
-                # micro reports nanoseconds
-                "average_ms": round(e.get("average_processing_time", 0) / 1e6, 3),
-            }
-            for e in stats.get("endpoints") or []
-        ],
-    }
-
-
-async def _services(nc: Client, expected: list[str], wait: float) -> tuple[list[dict[str, Any]], list[str]]:
-    now = time.time()
-    instances = [_instance(s, now) for s in await discover(nc, expected, wait)]
-    names = sorted({i["name"] for i in instances})
-    # `ctl.<service>.ping` reaches one instance of a name (a queue group): its app stats go to that one.
-    pings = await asyncio.gather(*(_section(ctl(nc, name, "ping")) for name in names))
-    for name, ping in zip(names, pings, strict=True):
-        mine = [i for i in instances if i["name"] == name]
-        target = next((i for i in mine if i["pid"] == ping.get("pid")), mine[0])
-        if "error" in ping:
-            target["error"] = ping["error"]
-        else:
-            target.update(ready=ping.get("ready"), stats=ping.get("stats", {}))
-            target["uptime"] = ping.get("uptime", target["uptime"])  # the service's own clock
-    down = [name for name in expected if name not in names]
-    return sorted(instances, key=lambda i: (i["name"], i["pid"] or 0)), down
-
-
-async def _backlogs(nc: Client, cfg: config_mod.Config, channels: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Each durable's backlog (delivered-not-yet and unacknowledged), and the expected ones missing."""
-    table = natsauth.grants(cfg, channels)
-    owners = {(c.stream, c.durable): ident for ident, grant in table.items() for c in grant.consumes}
-    js = nc.jetstream()
-    rows: list[dict[str, Any]] = []
-    for stream in streams.STREAMS:
-        try:
-            infos = await js.consumers_info(stream.name)
-        except Exception as exc:
-            rows.append({"stream": stream.name, "durable": "", "error": f"no stream ({type(exc).__name__})"})
-            continue
-        for info in infos:
-            rows.append(
-                {
-                    "stream": stream.name,
-                    "durable": info.name,
-                    "owner": owners.get((stream.name, info.name), ""),
-                    "pending": info.num_pending or 0,
-                    "ack_pending": info.num_ack_pending or 0,
-                    "redelivered": info.num_redelivered or 0,
-                    "waiting_pulls": info.num_waiting or 0,
-                }
-            )
-        present = {info.name for info in infos}
-        rows += [
-            {"stream": stream.name, "durable": durable, "owner": owner, "missing": True}
-            for (name, durable), owner in sorted(owners.items())
-            if name == stream.name and durable not in present
-        ]
-    return fold_lanes(rows, channels)
-
-
-def fold_lanes(rows: list[dict[str, Any]], channels: tuple[str, ...]) -> list[dict[str, Any]]:
-    """A bridge's outbound lanes as one row (`channel-telegram-0..7`), their backlogs summed; missing
-    only when every lane is."""
-    lane_of = {(c.stream, c.durable): channel for channel in channels for c in streams.bridge_lanes(channel)}
-    out: list[dict[str, Any]] = []
-    folded: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        channel = lane_of.get((row["stream"], row["durable"]))
-        if channel is None:
-            out.append(row)
-            continue
-        into = folded.get(channel)
-        if into is None:
-            into = folded[channel] = {
-                "stream": row["stream"],
-                "owner": row.get("owner", ""),
-                "lanes": 0,
-                "durable": f"channel-{channel}-0..{subjects.OUTBOUND_LANES - 1}",
-                "pending": 0,
-                "ack_pending": 0,
-                "redelivered": 0,
-                "waiting_pulls": 0,
-            }
-            out.append(into)
-        if row.get("missing"):
-            continue
-        into["lanes"] += 1
-        for key in ("pending", "ack_pending", "redelivered", "waiting_pulls"):
-            into[key] += row[key]
-    for row in folded.values():
-        if not row["lanes"]:
-            for key in ("pending", "ack_pending", "redelivered", "waiting_pulls"):
-                del row[key]
-            row["missing"] = True
-    return out
-
-
-async def _approvals(nc: Client) -> dict[str, Any]:
-    pending = await ctl(nc, "approvals", "list", {"status": "pending", "limit": 10_000})
-    return {
-        "pending": len(pending),
-        "items": [
-            {k: p.get(k) for k in ("id", "kind", "agent_group", "requester", "approver", "created_at", "expires_at")}
-            for p in pending
-        ],
-    }
-
-
-# unsent: calls whose connection failed before the request left; ambiguous: calls whose connection dropped
-# after it left (a bridge may send those again once, see Capabilities.ambiguous_resends); expired: updates
-# the platform dropped before the bridge could fetch them (Telegram keeps them 24 h).
-DELIVERY_COUNTERS = ("sent", "failed", "unconfirmed", "retries", "unsent", "ambiguous", "expired")
-
-
-def deliveries(instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each running bridge's delivery counters (since it started), from its ping stats."""
-    out = []
-    for inst in instances:
-        if not inst["name"].startswith("channel-"):
-            continue
-        channel = inst["name"].removeprefix("channel-")
-        counts = (inst.get("stats") or {}).get(channel) or {}
-        out.append({"channel": channel, **{k: counts.get(k, 0) for k in DELIVERY_COUNTERS}})
-    return out
-
-
 async def gather(cfg: config_mod.Config, wait: float = DISCOVERY_WAIT) -> Report:
     """The whole report; raises `Unreachable` when the bus itself cannot be asked."""
-    channels = tuple(b.split("@", 1)[1] for b in config_mod.configured_bridges(cfg))
     nc = await connect_cli(cfg)
     try:
-        instances, down = await _services(nc, expected_services(cfg), wait)
-        up = {i["name"] for i in instances}
-        absent = {"error": "the service is not running"}
-        containers, backlogs, approvals = await asyncio.gather(
-            _section(ctl(nc, "runner", "containers")) if "runner" in up else asyncio.sleep(0, absent),
-            _section(_backlogs(nc, cfg, channels)),
-            _section(_approvals(nc)) if "approvals" in up else asyncio.sleep(0, absent),
-        )
-        return {
-            "nats": cfg.nats_url,
-            "at": time.time(),
-            "services": instances,
-            "down": down,
-            "containers": containers,
-            "streams": backlogs,
-            "approvals": approvals,
-            "deliveries": deliveries(instances),
-        }
+        return await report(nc, cfg, wait)
     finally:
         await nc.close()
 

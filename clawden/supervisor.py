@@ -335,9 +335,10 @@ class Supervisor:
 
 
 def default_services(cfg: Config) -> tuple[str, ...]:
-    """What `clawden up` runs: the core, the webhook front door where `[webhooks] listen` is set, and every
-    bridge with a token."""
-    return (*SERVICES, *(["webhooks"] if cfg.webhooks.listen else []), *configured_bridges(cfg))
+    """What `clawden up` runs: the core, the webhook front door where `[webhooks] listen` is set, the web service
+    where `[web] listen` is, and every bridge with a token."""
+    web = ["web"] if cfg.web.listen else []
+    return (*SERVICES, *(["webhooks"] if cfg.webhooks.listen else []), *web, *configured_bridges(cfg))
 
 
 def up(home: Path | None, services: list[str] | None = None) -> int:

@@ -180,7 +180,7 @@ def test_seeds_are_private_and_each_identity_has_its_own(cfg: config_mod.Config)
     seeds = {p.stem: p.read_text().strip() for p in folder.glob("*.nk")}
     # Every installed bridge gets one at init, and so does each configured one (signal: this test's).
     bridges = {f"channel-{name}" for name in [*installed_channels(), *CHANNELS]}
-    assert set(seeds) == {"cli", "router", "runner", "vault", "scheduler", "approvals", "webhooks", *bridges}
+    assert set(seeds) == {"cli", "router", "runner", "vault", "scheduler", "approvals", "webhooks", "web", *bridges}
     assert {"channel-telegram", "channel-signal"} <= bridges
     assert len(set(seeds.values())) == len(seeds)
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.glob("*.nk"))

@@ -1,0 +1,319 @@
+"""The web app (Starlette): sign-in by one-time link, the chats, status and approvals pages.
+
+Every POST is checked twice before anything happens: its Origin must be ours, and it must carry the
+session's CSRF token. The cookie is HttpOnly and SameSite=Strict (Secure when `public_url` is https)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from services.web import auth, pages
+from services.web.backend import Backend, BackendError
+from services.web.channel import CHANNEL, Hub, Refused, WebChannel
+from services.web.store import Session, WebStore
+
+log = logging.getLogger("clawden.web")
+STATIC = Path(__file__).parent / "static"
+MAX_FORM = 64 * 1024
+KEEPALIVE = 15.0  # seconds between comments on an idle stream, so proxies keep it open
+HEADERS = {
+    "content-security-policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "x-content-type-options": "nosniff",
+    # A login link's token never leaves in a Referer to another site; "no-referrer" would make Chromium send
+    # `Origin: null` on our own form posts, which the Origin check must refuse.
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+    "x-frame-options": "DENY",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    origin: str  # what a browser on our pages sends as Origin
+    secure: bool  # the cookie is Secure: we are reached over https (public_url)
+    link_seconds: float
+    session_seconds: float
+
+
+class Denied(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+class Web:
+    def __init__(
+        self,
+        store: WebStore,
+        channel: WebChannel,
+        hub: Hub,
+        backend: Backend,
+        settings: Settings,
+        limit: auth.LoginLimit,
+    ) -> None:
+        self.store = store
+        self.channel = channel
+        self.hub = hub
+        self.backend = backend
+        self.settings = settings
+        self.limit = limit
+
+    # --- checks -------------------------------------------------------------------------------------
+
+    async def session(self, request: Request) -> Session | None:
+        sid = request.cookies.get(auth.COOKIE, "")
+        return await self.store.run(self.store.session, sid, time.time()) if sid else None
+
+    async def form(self, request: Request) -> dict[str, str]:
+        if not auth.origin_ok(request.headers.get("origin"), self.settings.origin):
+            log.warning("refused a POST to %s from origin %r", request.url.path, request.headers.get("origin"))
+            raise Denied(403, "refused: this request did not come from Clawden's own pages")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM:
+                raise Denied(413, f"refused: a form may be at most {MAX_FORM} bytes")
+        try:
+            fields = urllib.parse.parse_qs(body.decode(), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise Denied(400, "refused: the form is not UTF-8") from None
+        return {k: v[-1] for k, v in fields.items()}
+
+    async def signed_in(self, request: Request) -> Session:
+        found = await self.session(request)
+        if found is None:
+            raise Denied(401, "sign in first: run `clawden web login` on the server")
+        return found
+
+    async def posted(self, request: Request) -> tuple[Session, dict[str, str]]:
+        """A state-changing request: from our origin, signed in, with this session's CSRF token."""
+        form = await self.form(request)
+        found = await self.signed_in(request)
+        given = form.get("csrf") or request.headers.get("x-csrf-token", "")
+        if not auth.same_secret(given, found.csrf):
+            log.warning("refused a POST to %s without the session's CSRF token", request.url.path)
+            raise Denied(403, "refused: the form is stale or did not come from Clawden's pages; reload the page")
+        return found, form
+
+    # --- sign in --------------------------------------------------------------------------------------
+
+    async def home(self, request: Request) -> Response:
+        if await self.session(request) is None:
+            return html(pages.signed_out())
+        return RedirectResponse("/chats", 303)
+
+    async def login_page(self, request: Request) -> Response:
+        token = request.path_params["token"]
+        wait = self.limit.take(source(request), time.monotonic())
+        if wait > 0:
+            return html(pages.message("Too many sign-in attempts; try again shortly."), 429, retry(wait))
+        state = await self.store.run(self.store.check_link, token, time.time())
+        if state != "ok":
+            return html(pages.message(auth.REFUSALS[state], title="Sign in"), 410)
+        # No session yet, so the form's CSRF token is a double-submit pair: the same value in a cookie.
+        csrf = auth.new_secret()
+        response = html(pages.login(token, csrf))
+        response.set_cookie(
+            "clawden_login", csrf, max_age=600, httponly=True, samesite="strict", secure=self.settings.secure
+        )
+        return response
+
+    async def login(self, request: Request) -> Response:
+        wait = self.limit.take(source(request), time.monotonic())
+        if wait > 0:
+            return html(pages.message("Too many sign-in attempts; try again shortly."), 429, retry(wait))
+        form = await self.form(request)
+        if not auth.same_secret(form.get("csrf", ""), request.cookies.get("clawden_login", "")):
+            raise Denied(403, "refused: open the sign-in link again")
+        sid, csrf = auth.new_secret(), auth.new_secret()
+        found = await self.store.run(
+            self.store.use_link, form.get("token", ""), sid, csrf, time.time(), self.settings.session_seconds
+        )
+        if not isinstance(found, Session):
+            log.warning(
+                "refused a sign-in from %s: the link is %s", source(request), found, extra={"source": source(request)}
+            )
+            return html(pages.message(auth.REFUSALS[found], title="Sign in"), 410)
+        log.info("%s signed in from %s", found.user_id, source(request), extra={"user": found.user_id})
+        response = RedirectResponse("/chats", 303)
+        response.headers.append(
+            "set-cookie",
+            auth.session_cookie(sid, secure=self.settings.secure, max_age=int(self.settings.session_seconds)),
+        )
+        response.delete_cookie("clawden_login")
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        await self.posted(request)
+        await self.store.run(self.store.end_session, request.cookies.get(auth.COOKIE, ""))
+        response = RedirectResponse("/", 303)
+        response.delete_cookie(auth.COOKIE)
+        return response
+
+    # --- chats ----------------------------------------------------------------------------------------
+
+    async def chats(self, request: Request) -> Response:
+        found = await self.signed_in(request)
+        rows, groups = await asyncio.gather(self.backend.chats(CHANNEL), self.backend.groups())
+        return html(pages.chats(rows, groups, found.csrf, found.user_id))
+
+    async def new_chat(self, request: Request) -> Response:
+        found, form = await self.posted(request)
+        chat_id = await self.backend.new_chat(CHANNEL, form.get("name", "")[:80], form.get("group", ""))
+        log.info("%s made web chat %s", found.user_id, chat_id, extra={"user": found.user_id, "chat_id": chat_id})
+        return RedirectResponse(f"/chat/{chat_id}", 303)
+
+    async def chat(self, request: Request) -> Response:
+        found = await self.signed_in(request)
+        chat_id = request.path_params["chat_id"]
+        rows = await self.backend.chats(CHANNEL)
+        row = next((r for r in rows if r.chat_id == chat_id), None)
+        if row is None:
+            raise Denied(404, "no such web chat (see /chats)")
+        history = await self.store.run(self.store.history, chat_id)
+        return html(pages.chat(chat_id, row.name, history, found.csrf, found.user_id))
+
+    async def send(self, request: Request) -> Response:
+        found, form = await self.posted(request)
+        mid = form.get("id") or uuid.uuid4().hex
+        if not mid.isalnum() or len(mid) > 64:
+            raise Denied(400, "refused: a message id is letters and digits")
+        try:
+            await self.channel.say(
+                request.path_params["chat_id"], found.user_id, name(found), form.get("text", ""), mid
+            )
+        except Refused as exc:
+            raise Denied(400, str(exc)) from None
+        return JSONResponse({"id": mid}, headers=HEADERS)
+
+    async def press(self, request: Request) -> Response:
+        found, form = await self.posted(request)
+        try:
+            await self.channel.press(
+                request.path_params["chat_id"], found.user_id, name(found), form.get("card", ""), form.get("button", "")
+            )
+        except Refused as exc:
+            raise Denied(400, str(exc)) from None
+        return JSONResponse({"pressed": True}, headers=HEADERS)
+
+    async def events(self, request: Request) -> Response:
+        """The chat's stream: everything kept so far, then each message, edit and typing as it comes. A page
+        keys messages by id, so after a reconnect (or a restart of this service) nothing shows twice."""
+        await self.signed_in(request)
+        chat_id = request.path_params["chat_id"]
+        queue = self.hub.watch(chat_id)
+        history = await self.store.run(self.store.history, chat_id)
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                for shown in history:
+                    yield sse({"kind": "message", **shown.as_json()})
+                while True:
+                    try:
+                        item = await asyncio.wait_for(queue.get(), KEEPALIVE)
+                    except TimeoutError:
+                        yield ": keepalive\n\n"
+                        continue
+                    if item["kind"] == "end":
+                        return
+                    yield sse(item)
+            finally:
+                self.hub.leave(chat_id, queue)
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={**HEADERS, "x-accel-buffering": "no"}
+        )
+
+    # --- dashboard ------------------------------------------------------------------------------------
+
+    async def status(self, request: Request) -> Response:
+        found = await self.signed_in(request)
+        return html(pages.status(await self.backend.status(), found.user_id, found.csrf))
+
+    async def approvals(self, request: Request) -> Response:
+        found = await self.signed_in(request)
+        rows = await self.backend.pending_approvals()
+        return html(pages.approvals(rows, found.user_id, found.csrf, request.query_params.get("note", "")[:200]))
+
+    async def decide(self, request: Request) -> Response:
+        found, form = await self.posted(request)
+        approval_id = request.path_params["approval_id"]
+        decided = await self.backend.decide(approval_id, form.get("choice", ""), found.user_id)
+        log.info(
+            "%s decided %s: %s",
+            found.user_id,
+            approval_id,
+            decided.status,
+            extra={"user": found.user_id, "approval_id": approval_id},
+        )
+        note = urllib.parse.quote(f"{approval_id} is {decided.status} by {decided.decided_by}")
+        return RedirectResponse(f"/approvals?note={note}", 303)
+
+
+def name(found: Session) -> str:
+    return found.user_id.partition(":")[2] or found.user_id
+
+
+def source(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def retry(wait: float) -> dict[str, str]:
+    return {"retry-after": str(max(1, round(wait)))}
+
+
+def sse(item: dict[str, object]) -> str:
+    return f"data: {json.dumps(item)}\n\n"
+
+
+def html(text: str, status: int = 200, extra: dict[str, str] | None = None) -> HTMLResponse:
+    return HTMLResponse(text, status, headers={**HEADERS, **(extra or {})})
+
+
+async def _denied(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Denied)
+    if request.method == "POST" and request.headers.get("x-csrf-token") is not None:
+        return JSONResponse({"error": exc.text}, exc.status, headers=HEADERS)  # chat.js shows it
+    return html(pages.message(exc.text), exc.status)
+
+
+async def _backend_failed(request: Request, exc: Exception) -> Response:
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    if request.headers.get("x-csrf-token") is not None:
+        return JSONResponse({"error": str(exc)}, 502, headers=HEADERS)
+    return html(pages.message(str(exc)), 502)
+
+
+def build(web: Web) -> Starlette:
+    routes = [
+        Route("/", web.home),
+        Route("/login/{token}", web.login_page),
+        Route("/login", web.login, methods=["POST"]),
+        Route("/logout", web.logout, methods=["POST"]),
+        Route("/chats", web.chats),
+        Route("/chats", web.new_chat, methods=["POST"]),
+        Route("/chat/{chat_id}", web.chat),
+        Route("/chat/{chat_id}/send", web.send, methods=["POST"]),
+        Route("/chat/{chat_id}/press", web.press, methods=["POST"]),
+        Route("/chat/{chat_id}/events", web.events),
+        Route("/status", web.status),
+        Route("/approvals", web.approvals),
+        Route("/approvals/{approval_id}", web.decide, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    return Starlette(routes=routes, exception_handlers={Denied: _denied, BackendError: _backend_failed})

@@ -1,0 +1,136 @@
+"""`clawden run web`: the browser chat (channel `web`) and the owner's dashboard, on uvicorn.
+
+It takes the `web` channel's outbound lanes like a bridge, publishes what people say as inbound, answers
+`clawden.ctl.web.login` (`clawden web login`: a one-time link), and asks other services only through
+backend.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+import uvicorn
+
+from clawden.bus import bind, consume
+from clawden.bus.ctl import web as web_ctl
+from clawden.bus.pull import Puller
+from clawden.bus.streams import bridge_lanes
+from clawden.config import WebConfig
+from clawden.runtime import ConfigurationError, ServiceContext
+from services.web import auth
+from services.web.app import Settings, Web, build
+from services.web.backend import Backend
+from services.web.channel import CHANNEL, OUTBOUND, Hub, WebChannel
+from services.web.store import WebStore
+
+log = logging.getLogger("clawden.web")
+DEFAULT_LISTEN = "127.0.0.1:8790"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = (listen or DEFAULT_LISTEN).rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"[web] listen = {listen!r}: expected host:port, e.g. {DEFAULT_LISTEN!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def public_url(cfg: WebConfig, host: str, port: int) -> str:
+    """Where browsers reach us: `[web] public_url`, else the address we listen on."""
+    url = (cfg.public_url or f"http://{host if ':' not in host else f'[{host}]'}:{port}").rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"[web] public_url = {cfg.public_url!r}: expected an http:// or https:// URL")
+    return url
+
+
+class Logins:
+    """`clawden.ctl.web.login`: a new one-time link for a user (the owner's CLI alone may ask)."""
+
+    def __init__(self, store: WebStore, url: str, lasts: float) -> None:
+        self.store = store
+        self.url = url
+        self.lasts = lasts
+
+    async def __call__(self, req: web_ctl.LoginRequest) -> web_ctl.LoginLink:
+        token = auth.new_secret()
+        now = time.time()
+        await self.store.run(self.store.add_link, token, req.user, now, self.lasts)
+        log.info("a sign-in link was made for %s", req.user, extra={"user": req.user})
+        return web_ctl.LoginLink(url=f"{self.url}/login/{token}", user=req.user, expires_at=now + self.lasts)
+
+
+async def main(ctx: ServiceContext) -> None:
+    cfg = ctx.config.web
+    host, port = parse_listen(cfg.listen)
+    url = public_url(cfg, host, port)
+    store = await WebStore.start(ctx.config.data_dir / "web.db")
+    try:
+        await serve(ctx, store, host, port, url)
+    finally:
+        await store.stop()
+
+
+async def serve(ctx: ServiceContext, store: WebStore, host: str, port: int, url: str) -> None:
+    cfg = ctx.config.web
+    hub = Hub()
+    channel = WebChannel(ctx.js, store, hub)
+    settings = Settings(
+        origin=auth.origin_of(url),
+        secure=url.startswith("https://"),
+        link_seconds=cfg.link_minutes * 60,
+        session_seconds=cfg.session_days * 86400,
+    )
+    web = Web(
+        store, channel, hub, Backend(ctx.nc, ctx.config), settings, auth.LoginLimit(cfg.login_rate, cfg.login_burst)
+    )
+    ctx.stats["web"] = channel.counts.__dict__
+    await ctx.endpoint(web_ctl.LOGIN, Logins(store, url, settings.link_seconds))
+    lanes = [await bind(ctx.js, lane, batch=1) for lane in bridge_lanes(CHANNEL)]
+    sock = bind_socket(host, port)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build(web),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=3,
+            http="h11",
+            ws="none",
+            proxy_headers=False,
+            interface="asgi3",
+        )
+    )
+    server.config.load()
+    server.lifespan = server.config.lifespan_class(server.config)
+    await server.startup(sockets=[sock])
+    await ctx.ready(f"web on {url}")
+    log.info("listening on http://%s:%d (browsers use %s)", host, port, url)
+
+    async def take(puller: Puller) -> None:
+        await consume(puller, OUTBOUND, channel.handle, stopping=ctx.stopping)  # type: ignore[arg-type]
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for puller in lanes:
+                tg.create_task(take(puller))
+    finally:
+        hub.close()  # open streams end, so the server's shutdown does not wait on them
+        server.should_exit = True
+        await server.shutdown(sockets=[sock])
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port} ([web] listen): {exc.strerror}") from None
+    sock.listen(256)
+    sock.setblocking(False)
+    return sock

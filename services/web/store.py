@@ -1,0 +1,169 @@
+"""`web.db`, the web service's own: one-time links and sessions (digests only), and each web chat's
+messages, so a page (re)loaded or a stream resumed after a restart shows every reply once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from clawden.bus import events as ev
+from clawden.servicedb import Store
+from services.web import auth
+
+MIGRATIONS = [
+    (
+        "0001_web",
+        """
+        CREATE TABLE links (digest TEXT PRIMARY KEY, user_id TEXT NOT NULL, created_at REAL NOT NULL,
+                            expires_at REAL NOT NULL, used_at REAL);
+        CREATE TABLE sessions (digest TEXT PRIMARY KEY, user_id TEXT NOT NULL, csrf TEXT NOT NULL,
+                               created_at REAL NOT NULL, expires_at REAL NOT NULL);
+        CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT NOT NULL,
+                               id TEXT NOT NULL UNIQUE, direction TEXT NOT NULL, sender TEXT NOT NULL,
+                               text TEXT NOT NULL, card TEXT, card_id TEXT NOT NULL DEFAULT '',
+                               at REAL NOT NULL, changed INTEGER NOT NULL DEFAULT 0);
+        CREATE INDEX messages_chat ON messages (chat_id, seq);
+        """,
+    ),
+]
+_card = msgspec.json.Decoder(ev.Card)
+
+
+@dataclass(frozen=True)
+class Session:
+    user_id: str
+    csrf: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Shown:
+    """One message of a web chat as the page shows it; `version` grows with each edit, for the stream."""
+
+    seq: int
+    version: int
+    chat_id: str
+    id: str
+    direction: str  # "in": the person's; "out": the agent's or Clawden's
+    sender: str
+    text: str
+    card: ev.Card | None
+    card_id: str  # what a press names: the id of the outbound event that carried the card as shown
+    at: float
+
+    def as_json(self) -> dict[str, Any]:
+        card = msgspec.to_builtins(self.card) if self.card is not None else None
+        return {k: v for k, v in vars(self).items() if k != "card"} | {"card": card}
+
+
+def _shown(row: sqlite3.Row) -> Shown:
+    return Shown(
+        seq=row["seq"],
+        version=row["changed"],
+        chat_id=row["chat_id"],
+        id=row["id"],
+        direction=row["direction"],
+        sender=row["sender"],
+        text=row["text"],
+        card=_card.decode(row["card"]) if row["card"] else None,
+        card_id=row["card_id"],
+        at=row["at"],
+    )
+
+
+class WebStore(Store):
+    migrations = MIGRATIONS
+
+    # --- who gets in ----------------------------------------------------------------------------------
+
+    def add_link(self, token: str, user_id: str, now: float, lasts: float) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM links WHERE expires_at < ?", (now - 86400,))
+            db.execute(
+                "INSERT INTO links (digest, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (auth.digest(token), user_id, now, now + lasts),
+            )
+
+    def check_link(self, token: str, now: float) -> auth.LinkState:
+        row = self.conn.execute("SELECT * FROM links WHERE digest = ?", (auth.digest(token),)).fetchone()
+        return auth.link_state(auth.Link(row["expires_at"], row["used_at"]) if row else None, now)
+
+    def use_link(self, token: str, session_id: str, csrf: str, now: float, lasts: float) -> auth.LinkState | Session:
+        """Spend the link and open a session in one transaction: two tabs racing with one link get one session."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM links WHERE digest = ?", (auth.digest(token),)).fetchone()
+            state = auth.link_state(auth.Link(row["expires_at"], row["used_at"]) if row else None, now)
+            if state != "ok":
+                return state
+            db.execute("UPDATE links SET used_at = ? WHERE digest = ?", (now, auth.digest(token)))
+            db.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
+            db.execute(
+                "INSERT INTO sessions (digest, user_id, csrf, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                (auth.digest(session_id), row["user_id"], csrf, now, now + lasts),
+            )
+            return Session(row["user_id"], csrf, now + lasts)
+
+    def session(self, session_id: str, now: float) -> Session | None:
+        row = self.conn.execute(
+            "SELECT * FROM sessions WHERE digest = ? AND expires_at > ?", (auth.digest(session_id), now)
+        ).fetchone()
+        return Session(row["user_id"], row["csrf"], row["expires_at"]) if row else None
+
+    def end_session(self, session_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM sessions WHERE digest = ?", (auth.digest(session_id),))
+
+    # --- the chats ------------------------------------------------------------------------------------
+
+    def said(self, chat_id: str, message_id: str, sender: str, text: str, now: float) -> Shown | None:
+        """The person's message, kept before it is published; None when this id was kept before (a resend)."""
+        return self._insert(chat_id, message_id, "in", sender, text, None, now)
+
+    def answered(self, event: ev.OutboundMessage, now: float) -> Shown | None:
+        """An outbound message, kept before it is acknowledged; None for a redelivery already kept."""
+        who = event.agent_group if event.kind == "reply" and event.agent_group else "clawden"
+        return self._insert(event.route.chat_id, event.id, "out", who, event.text, event.card, now)
+
+    def _insert(
+        self, chat: str, mid: str, direction: str, sender: str, text: str, card: ev.Card | None, now: float
+    ) -> Shown | None:
+        encoded = msgspec.json.encode(card).decode() if card is not None else None
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO messages (chat_id, id, direction, sender, text, card, card_id, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (chat, mid, direction, sender, text, encoded, mid if card is not None else "", now),
+            )
+            if not cur.rowcount:
+                return None
+            return _shown(db.execute("SELECT * FROM messages WHERE id = ?", (mid,)).fetchone())
+
+    def edited(self, event: ev.OutboundEdit) -> Shown | None:
+        """An edit of one of our messages (its id is the outbound id we gave in the receipt)."""
+        card = msgspec.json.encode(event.card).decode() if event.card is not None else None
+        with self._tx() as db:
+            db.execute(
+                "UPDATE messages SET text = ?, card = ?, card_id = ?, changed = changed + 1"
+                " WHERE id = ? AND chat_id = ?",
+                (event.text, card, event.id if card else "", event.target_message_id, event.route.chat_id),
+            )
+            row = db.execute("SELECT * FROM messages WHERE id = ?", (event.target_message_id,)).fetchone()
+            return _shown(row) if row else None
+
+    def history(self, chat_id: str, limit: int = 200) -> list[Shown]:
+        rows = self.conn.execute(
+            "SELECT * FROM messages WHERE chat_id = ? ORDER BY seq DESC LIMIT ?", (chat_id, limit)
+        ).fetchall()
+        return [_shown(r) for r in reversed(rows)]
+
+    def message(self, message_id: str) -> Shown | None:
+        row = self.conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return _shown(row) if row else None
+
+
+def dumps(shown: Shown) -> str:
+    return json.dumps(shown.as_json())
