@@ -4,6 +4,7 @@ dedupes, a handler that keeps crashing reported instead of retried forever."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.state import BridgeState
 from tests.channels.harness import Bus
 from tests.channels.memory_bridge import MemoryBridge
+from tests.eventually import eventually
 
 ROUTE = ev.Route(channel="memory", chat_id="c1")
 
@@ -195,3 +197,30 @@ async def test_a_message_with_nothing_to_send_is_reported_not_dropped(
     await delivery_for(MemoryBridge(), state, bus, tmp_path).handle(message("   "), fake_msg())
     [receipt] = await receipts(bus)
     assert not receipt.ok and receipt.error == "nothing to send: the message has no text and no files"
+
+
+class Typist(MemoryBridge):
+    """A platform that shows "typing…" for a moment: the renewals are counted as the platform sees them."""
+
+    def __init__(self) -> None:
+        super().__init__(Capabilities(max_text=20, typing=True, typing_interval=0.01))
+        self.typed = 0
+
+    async def typing(self, route: ev.Route) -> None:
+        self.typed += 1
+
+
+async def test_typing_is_renewed_while_the_agent_works_and_ends_with_the_answer(
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    bridge = Typist()
+    delivery = delivery_for(bridge, state, bus, tmp_path)
+    await delivery.handle(ev.Typing(id="t1", route=ROUTE, at=time.time()), fake_msg())
+    await eventually(lambda: bridge.typed >= 3, message="typing was not renewed")
+    [renewing] = delivery.typing.tasks.values()
+    await delivery.handle(message("done"), fake_msg())
+    # The platform clears "typing…" when the bot posts: the renewals stopped before the answer went out.
+    assert delivery.typing.tasks == {}
+    await asyncio.gather(renewing, return_exceptions=True)
+    assert renewing.cancelled()
+    assert bridge.posted == [("c1", "done")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from nats.aio.client import Client
@@ -11,6 +12,7 @@ from services.channels.bridge import BridgeStats, Inbound
 from services.channels.service import _listen_forever
 from services.channels.state import BridgeState
 from tests.channels.memory_bridge import MemoryBridge
+from tests.eventually import eventually
 
 
 class Scripted(MemoryBridge):
@@ -23,6 +25,7 @@ class Scripted(MemoryBridge):
         self.reconnects = 0
         self.deaf_after = 0.3
         self.started = asyncio.Event()
+        self.lives = 0  # signs of life a healthy listener gave, each 0.05 s apart
 
     async def listen(self, inbound: Inbound) -> None:
         behaviour = self.script[min(self.starts, len(self.script) - 1)]
@@ -33,19 +36,21 @@ class Scripted(MemoryBridge):
         while True:
             if behaviour == "healthy":
                 inbound.alive()
+                self.lives += 1
             await asyncio.sleep(0.05)
 
     async def reconnect(self) -> None:
         self.reconnects += 1
 
 
-async def run_for(bridge: Scripted, nc: Client, tmp_path: Path, seconds: float) -> BridgeStats:
+async def run_until(bridge: Scripted, nc: Client, tmp_path: Path, done: Callable[[], bool]) -> BridgeStats:
+    """Keep the bridge's listener going until `done` holds, then stop it as the process does."""
     state = await BridgeState.open(tmp_path / "state.db")
     stats = BridgeStats()
     stopping = asyncio.Event()
     inbound = Inbound(nc.jetstream(), "memory", state, tmp_path / "files", stats)
     task = asyncio.create_task(_listen_forever(bridge, inbound, stopping, stats))
-    await asyncio.sleep(seconds)
+    await eventually(done, timeout=30)
     stopping.set()
     await asyncio.wait_for(task, 5)
     await state.close()
@@ -54,17 +59,18 @@ async def run_for(bridge: Scripted, nc: Client, tmp_path: Path, seconds: float) 
 
 async def test_a_listener_that_goes_deaf_is_reconnected_and_started_again(nc: Client, tmp_path: Path) -> None:
     bridge = Scripted("deaf", "healthy")
-    stats = await run_for(bridge, nc, tmp_path, 1.5)
+    stats = await run_until(bridge, nc, tmp_path, lambda: bridge.lives > 0)
     assert (bridge.starts, bridge.reconnects, stats.reconnects) == (2, 1, 1)
 
 
 async def test_a_listener_that_crashes_is_started_again(nc: Client, tmp_path: Path) -> None:
     bridge = Scripted("crash", "healthy")
-    stats = await run_for(bridge, nc, tmp_path, 3)
+    stats = await run_until(bridge, nc, tmp_path, lambda: bridge.lives > 0)  # after the 2 s restart backoff
     assert (bridge.starts, stats.listener_errors, bridge.reconnects) == (2, 1, 0)
 
 
 async def test_a_listener_that_shows_life_is_left_alone(nc: Client, tmp_path: Path) -> None:
     bridge = Scripted("healthy")
-    stats = await run_for(bridge, nc, tmp_path, 1.5)
+    # Alive for more than three times as long as deafness takes, counted in its own signs of life.
+    stats = await run_until(bridge, nc, tmp_path, lambda: bridge.lives * 0.05 > 3 * bridge.deaf_after)
     assert (bridge.starts, stats.reconnects, stats.listener_errors) == (1, 0, 0)
