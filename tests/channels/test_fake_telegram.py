@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.eventually import eventually
 from tests.fakes.telegram import NOT_MODIFIED, BadGateway, Clock, Drop, Error, FakeTelegram, image_size, png
 
 
@@ -43,7 +44,7 @@ async def test_a_long_poll_returns_as_soon_as_someone_writes_and_an_offset_confi
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     poll = asyncio.create_task(call(api, "getUpdates", timeout=10))
-    await asyncio.sleep(0.2)
+    await eventually(lambda: fake.polling)
     fake.send(chat, ada, "hi @clawden_test_bot")
     _, body = await asyncio.wait_for(poll, 5)
     [update] = body["result"]
@@ -57,7 +58,7 @@ async def test_a_long_poll_returns_as_soon_as_someone_writes_and_an_offset_confi
 
 async def test_a_second_poll_ends_the_first_with_409(fake: FakeTelegram, api: httpx.AsyncClient) -> None:
     first = asyncio.create_task(call(api, "getUpdates", timeout=10))
-    await asyncio.sleep(0.2)
+    await eventually(lambda: fake.polling)
     second = asyncio.create_task(call(api, "getUpdates", timeout=1))
     status, body = await asyncio.wait_for(first, 5)
     assert status == 409 and body["description"].startswith("Conflict: terminated by other getUpdates request")

@@ -177,8 +177,7 @@ async def test_messages_sent_while_the_bridge_is_down_are_answered_after_it_come
     await wire(stack, chat)
     assert bridge.stop() == 0
     seen = len(stack.fake.requests)
-    telegram.send(chat, ada, "are you there")
-    await asyncio.sleep(1)
+    telegram.send(chat, ada, "are you there")  # Telegram keeps it for the bot until it polls again
     bridge.start()
     [answer] = await answers(telegram, chat, 1)
     assert "are you there" in answer

@@ -775,6 +775,12 @@ class FakeTelegram(ThreadedServer):
             return [c for c in self.calls if c.method.lower() == method.lower()]
 
     @property
+    def polling(self) -> bool:
+        """A long poll is waiting for updates now: an update sent next ends it."""
+        poll = self._poll
+        return poll is not None and not poll.done()
+
+    @property
     def pending_updates(self) -> int:
         with self._lock:
             return len(self._updates)
