@@ -185,6 +185,47 @@ def inbound_message(event: dict[str, Any], room: RoomView, me: Me, own: Containe
     )
 
 
+def inbound_edit(event: dict[str, Any], room: RoomView, me: Me, own: Container[str]) -> ev.InboundEdit | None:
+    """An `m.replace` (Matrix spec, client-server API, "Event replacements"): `m.new_content` is the whole
+    message as it now reads, and the relation names the original. None for anything else. The spec leaves it
+    to the receiver to check that the replacement has the original's sender; the router does, knowing who
+    sent what it passed on. The route has no thread: `m.new_content` carries no relation (the spec forbids
+    it), and the router finds the message's session by its id."""
+    content = event.get("content") or {}
+    rel = relation(content) if isinstance(content, dict) else {}
+    new = content.get("m.new_content") if isinstance(content, dict) else None
+    if rel.get("rel_type") != "m.replace" or not rel.get("event_id") or not isinstance(new, dict):
+        return None
+    message = inbound_message(dict(event, content=new), room, me, own)
+    if message is None:
+        return None
+    return ev.InboundEdit(
+        route=ev.Route(channel=CHANNEL, chat_id=room.room_id),
+        message_id=str(rel["event_id"]),
+        edit_id=str(event["event_id"]),
+        sender=message.sender,
+        text=message.text,
+        edited_at=message.sent_at,
+    )
+
+
+def inbound_delete(event: dict[str, Any], room: RoomView) -> ev.InboundDelete | None:
+    """An `m.room.redaction` (Matrix spec, client-server API, "Redactions"): the event it redacts is named in
+    `content.redacts` from room version 11 on, at the top level before. Its sender is whoever redacted: the
+    author, or a moderator."""
+    content = event.get("content") or {}
+    redacts = (content.get("redacts") if isinstance(content, dict) else None) or event.get("redacts")
+    if not redacts:
+        return None
+    sender = str(event["sender"])
+    return ev.InboundDelete(
+        route=ev.Route(channel=CHANNEL, chat_id=room.room_id),
+        message_id=str(redacts),
+        sender=ev.Sender(id=f"{CHANNEL}:{sender}", name=sender),
+        deleted_at=float(event.get("origin_server_ts", 0)) / 1000,
+    )
+
+
 def since_invited(events: list[dict[str, Any]], me: str) -> list[dict[str, Any]]:
     """A room the bot just joined shows it the room's recent past: only what came after its invite (or its join,
     where it had none) is for it. A later profile change (a join after a join) is no boundary."""
@@ -480,10 +521,16 @@ class MatrixBridge(Bridge):
                 await self._message(source, room, me, inbound)
             elif kind == "m.reaction":
                 await self._reaction(source, room, inbound)
+            elif kind == "m.room.redaction" and (delete := inbound_delete(source, room)) is not None:
+                await inbound.publish(delete)
         except (KeyError, TypeError, ValueError, msgspec.ValidationError) as exc:
             log.error("skipping matrix event %s that does not parse: %r", source.get("event_id"), exc)
 
     async def _message(self, source: dict[str, Any], room: RoomView, me: Me, inbound: Inbound) -> None:
+        if relation(source.get("content") or {}).get("rel_type") == "m.replace":
+            if (edit := inbound_edit(source, room, me, self.own)) is not None:
+                await inbound.publish(edit)
+            return
         target = reply_target(source.get("content") or {})
         if target and target not in self.own and await inbound.state.message_of(target) is not None:
             self._posted(target)  # a reply to what the bot said before this run
