@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from clawden import natsserver
 from tests.e2e.harness import Stack, start_stack
@@ -33,32 +33,34 @@ def _missing(why: str) -> None:
     pytest.skip(why)
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+# The browser lives on the session's event loop (Playwright's async API): its sync API would hold this thread's
+# loop "running" for the rest of the session, and every later test's asyncio.run() would fail.
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def browser() -> AsyncIterator[Any]:
+    if shutil.which(CHROMIUM) is None:  # Debian's, not a downloaded one
         _missing("Debian's chromium is not installed (apt-get install chromium)")
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.async_api import async_playwright
     except ImportError:
         _missing("playwright is not installed (pip install -e '.[dev]')")
-    with sync_playwright() as p:
-        found = p.chromium.launch(
+    async with async_playwright() as p:
+        found = await p.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
             args=LOOPBACK_ONLY,
             proxy={"server": "http://127.0.0.1:9", "bypass": "127.0.0.1,localhost"},
         )
         yield found
-        found.close()
+        await found.close()
 
 
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
+@pytest_asyncio.fixture(loop_scope="session")
+async def page(browser: Any) -> AsyncIterator[Any]:
     """A fresh browser context (no cookies) and page for one test."""
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    opened = context.new_page()
+    context = await browser.new_context(viewport={"width": 1200, "height": 900})
+    opened = await context.new_page()
     yield opened
-    context.close()
+    await context.close()
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +77,3 @@ def web_url(stack: Stack) -> str:
     text = (stack.home / "config.toml").read_text()
     listen = text.split("[web]", 1)[1].split('listen = "', 1)[1].split('"', 1)[0]
     return f"http://{listen}"
-
-
-def run(work: Any) -> Any:
-    """An awaitable run to its end on a loop of its own thread: Playwright's sync API holds this thread's."""
-    import asyncio
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, work).result()
