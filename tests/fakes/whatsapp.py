@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +28,7 @@ VERIFY_TOKEN = "fake-verify-token"
 PHONE_NUMBER_ID = "106540352242922"
 DISPLAY_NUMBER = "15550783881"
 WABA_ID = "102290129340398"
+_WAMIDS = itertools.count(1)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -62,10 +63,10 @@ class WebhookSender:
 
     url: str
     app_secret: str = APP_SECRET
-    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def wamid(self) -> str:
-        return f"wamid.HBgL{next(self._ids):012d}FQIAEhgUM0E="
+        """A message id no other sender in this process gave (Meta's are unique; a repeat would be a duplicate)."""
+        return f"wamid.HBgL{next(_WAMIDS):012d}FQIAEhgUM0E="
 
     def text(self, wa_id: str, body: str, *, name: str = "Ada", context: str = "", msg_id: str = "") -> dict[str, Any]:
         message: dict[str, Any] = {
