@@ -64,13 +64,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 def _tell_vault(cfg: config_mod.Config) -> str:
     """A running vault reads the key file again at once (no restart); a stopped one reads it when it starts."""
     from clawden import control
+    from clawden.bus.ctl import Nothing, vault
 
     logging.getLogger("clawden.bus").setLevel(logging.CRITICAL)
     try:
-        answer = control.run(cfg, "vault", "model-key", timeout=2.0)
+        answer = control.run(cfg, vault.MODEL_KEY, Nothing(), timeout=2.0)
     except ControlError:
         return ""
-    return "; the running vault has it" if answer.get("present") else ""
+    return "; the running vault has it" if answer.present else ""
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -1,18 +1,23 @@
-"""Calling a service's control endpoints (`clawden.ctl.<service>.<verb>`) from the CLI or a test."""
+"""Asking a service's control verbs (`clawden.ctl.<service>.<verb>`, declared in `clawden.bus.ctl`): from the
+CLI or a test with `ask`/`run`, from a service over its own connection with `ask_on`."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
+from nats.aio.client import Client
 from nats.errors import NoRespondersError
 
-from clawden.bus import subjects
+from clawden.bus.ctl import BadRequest, Subject, Verb
 from clawden.config import Config
 
 NO_RESPONDERS_RETRY = 0.2  # seconds
+
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
 
 
 class ControlError(Exception):
@@ -23,43 +28,90 @@ class NoBus(ControlError):
     """NATS itself could not be reached (or refused the CLI): no service can be asked anything."""
 
 
-async def call(
-    cfg: Config, service: str, verb: str, payload: dict[str, Any] | None = None, timeout: float = 10.0
-) -> Any:
+class NoAnswer(ControlError):
+    """Nobody answered: the service is down or still starting, or the request timed out."""
+
+
+class Refused(ControlError):
+    """The service answered with an error: `code` "400" for the caller's mistake, "500" for its own."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def ask(cfg: Config, verb: Verb[Req, Rep], request: Req, timeout: float = 10.0) -> Rep:
+    """Ask as the CLI: connect, ask (again while nobody listens yet, until `timeout`), close."""
     from clawden.status import Unreachable, connect_cli
 
     try:
         nc = await connect_cli(cfg, timeout)
     except Unreachable as exc:
         raise NoBus(f"{exc}\n  fix: {exc.fix}") from None
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            try:
-                reply = await nc.request(
-                    subjects.ctl(service, verb),
-                    json.dumps(payload or {}).encode(),
-                    timeout=max(0.1, deadline - time.monotonic()),
-                )
-                break
-            except NoRespondersError as exc:
-                # Nobody listens yet: the service is down, or still starting (its endpoints come up
-                # one by one); ask again until the time is up rather than fail a just-started one.
-                if time.monotonic() + NO_RESPONDERS_RETRY >= deadline:
-                    raise ControlError(
-                        f"the {service} service did not answer (it is not running, or not this far into its start)"
-                    ) from exc
-                await asyncio.sleep(NO_RESPONDERS_RETRY)
-            except Exception as exc:
-                raise ControlError(f"the {service} service did not answer ({type(exc).__name__})") from exc
-        headers = reply.headers or {}
-        if "Nats-Service-Error" in headers:
-            raise ControlError(headers["Nats-Service-Error"])
-        return json.loads(reply.data)
+        return await ask_on(nc, verb, request, timeout=timeout, wait_for_service=True)
     finally:
         await nc.close()
 
 
-def run(cfg: Config, service: str, verb: str, payload: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
-    """Synchronous wrapper for argparse handlers."""
-    return asyncio.run(call(cfg, service, verb, payload, timeout))
+def run(cfg: Config, verb: Verb[Req, Rep], request: Req, timeout: float = 10.0) -> Rep:
+    """`ask` for argparse handlers."""
+    return asyncio.run(ask(cfg, verb, request, timeout))
+
+
+async def ask_on(
+    nc: Client, verb: Verb[Req, Rep], request: Req, *, timeout: float = 10.0, wait_for_service: bool = False
+) -> Rep:
+    """Ask over a connection the caller owns (a service asking a service). With `wait_for_service`, a service
+    nobody listens for yet is asked again until `timeout`; without, that is a NoAnswer at once."""
+    if not isinstance(request, verb.request):
+        raise TypeError(f"{verb.label} takes a {verb.request.__name__}, not a {type(request).__name__}")
+    service, subject = verb.service, verb.subject
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reply = await nc.request(
+                subject, msgspec.json.encode(request), timeout=max(0.1, deadline - time.monotonic())
+            )
+            break
+        except NoRespondersError as exc:
+            # Nobody listens yet: the service is down, or still starting (its endpoints come up one by
+            # one); ask again until the time is up rather than fail a just-started one.
+            if not wait_for_service or time.monotonic() + NO_RESPONDERS_RETRY >= deadline:
+                raise NoAnswer(
+                    f"the {service} service did not answer (it is not running, or not this far into its start)"
+                ) from exc
+            await asyncio.sleep(NO_RESPONDERS_RETRY)
+        except Exception as exc:
+            raise NoAnswer(f"the {service} service did not answer ({type(exc).__name__})") from exc
+    headers = reply.headers or {}
+    if "Nats-Service-Error" in headers:
+        raise Refused(headers.get("Nats-Service-Error-Code", ""), headers["Nats-Service-Error"])
+    try:
+        return msgspec.json.decode(reply.data, type=verb.reply)
+    except msgspec.DecodeError as exc:  # ValidationError included: a service and a client of different ages
+        raise ControlError(
+            f"the {service} service answered {verb.label} in a shape this client does not know: {exc}"
+        ) from None
+
+
+async def call(
+    cfg: Config, service: str, name: str, options: dict[str, Any] | None = None, timeout: float = 10.0
+) -> Any:
+    """Ask with the request given as a dict (argparse options, a test's payload): the dict is decoded into the
+    request of the declared verb it is for, so a mistake is refused before anything is sent, and the reply
+    comes back as plain data for printing (`--json` shows exactly what the service sent)."""
+    try:
+        verb, request = Subject(service, name).decode(msgspec.json.encode(options or {}))
+    except BadRequest as exc:
+        raise ControlError(str(exc)) from None
+    except ValueError as exc:  # no such verb
+        raise ControlError(str(exc)) from None
+    return msgspec.to_builtins(await ask(cfg, verb, request, timeout))
+
+
+def run_options(
+    cfg: Config, service: str, name: str, options: dict[str, Any] | None = None, timeout: float = 10.0
+) -> Any:
+    """`call` for argparse handlers."""
+    return asyncio.run(call(cfg, service, name, options, timeout))

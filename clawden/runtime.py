@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import importlib
 import importlib.metadata
-import json
 import logging
 import os
 import signal
@@ -27,7 +26,7 @@ from nats.micro.service import Service
 from clawden import __name__ as _pkg
 from clawden import config as config_mod
 from clawden import logs, natsauth
-from clawden.bus import ensure_streams, subjects
+from clawden.bus import ctl, ensure_streams, subjects
 from clawden.bus.streams import wait_streams
 from clawden.registry import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE
 from clawden.sdnotify import Notifier
@@ -60,25 +59,41 @@ class ControlError(Exception):
     """Raised by a control endpoint for a bad request; its message goes back to the caller as is."""
 
 
-T = TypeVar("T")
-
-
-def decode_request(kind: type[T], data: bytes) -> T:
-    """A control request decoded into its Struct, once; a bad one is the caller's mistake, said in one
-    shape by every service ("bad request: <what, at which JSON path>"). No body is an empty object."""
-    try:
-        return msgspec.json.decode(data or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        raise ControlError(f"bad request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise ControlError(f"bad request: not JSON ({exc})") from None
-
-
 class ServiceMain(Protocol):
     def __call__(self, ctx: ServiceContext) -> Awaitable[None]: ...
 
 
-EndpointHandler = Callable[[bytes], Awaitable[Any]]
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
+Handler = Callable[[Any], Awaitable[Any]]
+# Counters in `ping`'s stats may be plain objects: they are sent as their attributes.
+_encoder = msgspec.json.Encoder(enc_hook=vars)
+
+
+class _Subject:
+    """One control subject as served: its declared verbs and the handlers registered for them so far."""
+
+    def __init__(self, identity: str, name: str) -> None:
+        self.name = name
+        self.contract = ctl.Subject(identity, name)
+        self.handlers: dict[type, Handler] = {}
+
+    async def answer(self, data: bytes) -> bytes:
+        """The reply's bytes; a ControlError for the caller's mistake, ServiceError for ours (no traceback)."""
+        try:
+            _verb, request = self.contract.decode(data)
+        except ctl.BadRequest as exc:
+            raise ControlError(str(exc)) from None
+        handler = self.handlers.get(type(request))
+        if handler is None:  # declared, and registered a moment later in the service's start
+            raise ServiceError("503", f"{self.name}: not this far into its start; ask again")
+        try:
+            return _encoder.encode(await handler(request))
+        except (ControlError, ServiceError):
+            raise
+        except Exception as exc:  # never leak a traceback to a caller
+            log.exception("ctl %s failed", self.name)
+            raise ServiceError("500", f"{self.name} failed: {type(exc).__name__}") from None
 
 
 @dataclass
@@ -93,27 +108,42 @@ class ServiceContext:
     started_at: float = field(default_factory=time.time)
     _micro: Service | None = None
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _subjects: dict[str, _Subject] = field(default_factory=dict)
 
-    async def endpoint(self, verb: str, handler: EndpointHandler) -> None:
-        """Request/reply control at `clawden.ctl.<service>.<verb>`; replies are JSON."""
+    async def endpoint(self, verb: ctl.Verb[Req, Rep], handler: Callable[[Req], Awaitable[Rep]]) -> None:
+        """Serve a declared verb at `clawden.ctl.<service>.<verb>`: the handler gets the decoded request and
+        returns the reply Struct. A bad request is answered "400 bad request: <what, at which JSON path>", a
+        ControlError "400 <its message>", anything else "500 <verb> failed: <kind>" (logged, no traceback)."""
         assert self._micro is not None
+        identity = natsauth.identity(self.name)
+        if not verb.served_by(identity):
+            raise ValueError(f"{identity} does not serve {verb.label}: see clawden/bus/ctl")
+        served = self._subjects.get(verb.name)
+        if served is not None:  # another op at a subject already served
+            served.handlers[verb.request] = handler
+            return
+        served = self._subjects[verb.name] = _Subject(identity, verb.name)
+        served.handlers[verb.request] = handler
 
         # A ServiceError is answered by micro as is, and counted in the endpoint's `num_errors`; a caller's
         # mistake (a typo on the CLI) is answered the same way but not counted: it is no fault of ours.
         async def serve(req: Request) -> None:
             try:
-                result = await handler(req.data)
+                answer = await served.answer(req.data)
             except ControlError as exc:  # the caller's mistake, said in plain words
                 await req.respond_error("400", str(exc))
                 return
-            except Exception as exc:  # never leak a traceback to a caller
-                log.exception("ctl %s failed", verb)
-                raise ServiceError("500", f"{verb} failed: {type(exc).__name__}") from None
-            await req.respond(json.dumps(result, default=vars).encode())
+            await req.respond(answer)
 
-        await self._micro.add_endpoint(
-            name=verb, subject=subjects.ctl(natsauth.identity(self.name), verb), handler=serve
-        )
+        await self._micro.add_endpoint(name=verb.name, subject=subjects.ctl(identity, verb.name), handler=serve)
+
+    def served(self) -> list[ctl.Verb[Any, Any]]:
+        """The declared verbs this service has registered a handler for (a test checks they are all)."""
+        return [
+            v
+            for v in ctl.served_by(natsauth.identity(self.name))
+            if v.name in self._subjects and v.request in self._subjects[v.name].handlers
+        ]
 
     async def ready(self, status: str = "") -> None:
         """Called by a service once it takes work: flushes subscriptions, then tells systemd."""
@@ -231,7 +261,7 @@ async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
         description=f"Clawden {name}",
         metadata={"pid": str(os.getpid()), "package": _pkg},
     )
-    await ctx.endpoint("ping", lambda _data: _ping(ctx))
+    await ctx.endpoint(ctl.common.PING, lambda _request: _ping(ctx))
 
     async with asyncio.TaskGroup() as tg:
         work = tg.create_task(_guarded(main, ctx), name=f"{name}-main")
@@ -283,11 +313,12 @@ async def _watchdog(ctx: ServiceContext) -> None:
         await asyncio.sleep(interval)
 
 
-async def _ping(ctx: ServiceContext) -> dict[str, Any]:
-    return {
-        "service": ctx.name,
-        "pid": os.getpid(),
-        "uptime": round(time.time() - ctx.started_at, 3),
-        "ready": ctx._ready.is_set(),
-        "stats": ctx.stats,
-    }
+async def _ping(ctx: ServiceContext) -> ctl.common.Pong:
+    return ctl.common.Pong(
+        service=ctx.name,
+        pid=os.getpid(),
+        uptime=round(time.time() - ctx.started_at, 3),
+        ready=ctx._ready.is_set(),
+        stats=ctx.stats,
+        verbs=sorted(v.key for v in ctx.served()),
+    )

@@ -25,7 +25,7 @@ STATUSES = ("pending", "approved", "denied", "expired", "answered")
 
 def _call(args: argparse.Namespace, verb: str, payload: Payload) -> Any:
     cfg = config_mod.load(Path(args.home).expanduser() if args.home else None)
-    return control.run(cfg, "approvals", verb, payload)
+    return control.run_options(cfg, "approvals", verb, payload)
 
 
 def _render_list(rows: list[Payload]) -> str:

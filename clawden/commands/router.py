@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from clawden import config as config_mod
 from clawden import control
+from clawden.bus.ctl import Nothing
+from clawden.bus.ctl.common import CAPABILITIES
 from clawden.commands._args import LIMIT, PRIORITY, int_between
 from clawden.commands._output import show as _show
 from clawden.commands._output import table as _table
@@ -33,7 +35,7 @@ POLICIES = ("strict", "request_approval", "public")
 
 def _call(args: argparse.Namespace, resource: str, payload: Payload) -> Any:
     home = Path(args.home).expanduser() if args.home else None
-    return control.run(config_mod.load(home), "router", resource, payload)
+    return control.run_options(config_mod.load(home), "router", resource, payload)
 
 
 def _known_channel(args: argparse.Namespace, channel: str, *, to_pair: bool = False) -> None:
@@ -216,11 +218,11 @@ async def _group_reach(cfg: config_mod.Config, channel: str) -> dict[str, str]:
         if channel and name != channel:
             continue
         try:
-            caps = await control.call(cfg, f"channel-{name}", "capabilities", timeout=3.0)
+            caps = await control.ask(cfg, CAPABILITIES.at(f"channel-{name}"), Nothing(), timeout=3.0)
         except control.ControlError:
             continue
-        if isinstance(caps, dict) and caps.get("group_note"):
-            out[name] = str(caps["group_note"])
+        if caps.group_note:
+            out[name] = caps.group_note
     return out
 
 

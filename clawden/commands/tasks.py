@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import msgspec
+
 from clawden import config as config_mod
 from clawden import control
+from clawden.bus.ctl import router
 from clawden.commands._args import LIMIT
 from clawden.commands._output import show as _show
 from clawden.commands._output import table as _table
@@ -34,7 +37,7 @@ def _config(args: argparse.Namespace) -> config_mod.Config:
 
 
 def _call(args: argparse.Namespace, verb: str, payload: Payload) -> Any:
-    return control.run(_config(args), "scheduler", verb, payload)
+    return control.run_options(_config(args), "scheduler", verb, payload)
 
 
 def _chat(task: Payload) -> str:
@@ -96,9 +99,10 @@ def tasks_show(args: argparse.Namespace) -> int:
 
 def _session(args: argparse.Namespace) -> Payload:
     """The conversation the task's runs join: the router's record of it (its chat and runner)."""
-    sessions = control.run(
-        _config(args), "router", "sessions", {"op": "list", "agent_group": args.group or "", "limit": 10_000}
+    listed = control.run(
+        _config(args), router.SESSIONS_LIST, router.GroupFilter(agent_group=args.group or "", limit=10_000)
     )
+    sessions: list[Payload] = msgspec.to_builtins(listed)
     if args.session:
         found = [s for s in sessions if s["id"] == args.session]
         if not found:

@@ -18,6 +18,7 @@ from typing import Any
 
 from clawden import config as config_mod
 from clawden import control
+from clawden.bus.ctl import router
 from clawden.commands._args import LIMIT
 from clawden.commands._output import table as _table
 
@@ -52,7 +53,7 @@ def _cfg(args: argparse.Namespace) -> config_mod.Config:
 
 
 def _call(args: argparse.Namespace, verb: str, payload: dict[str, Any]) -> Any:
-    return control.run(_cfg(args), "vault", verb, payload)
+    return control.run_options(_cfg(args), "vault", verb, payload)
 
 
 def _known_groups(args: argparse.Namespace, names: list[str] | None) -> None:
@@ -61,7 +62,7 @@ def _known_groups(args: argparse.Namespace, names: list[str] | None) -> None:
     if not asked:
         return
     try:
-        known = {g["name"] for g in control.run(_cfg(args), "router", "groups", {"op": "list"}, timeout=3)}
+        known = {g.name for g in control.run(_cfg(args), router.GROUPS_LIST, router.ListAll(), timeout=3)}
     except control.NoBus:
         raise  # the vault cannot be asked either: say that once
     except control.ControlError as exc:  # a vault run on its own: say what could not be checked

@@ -4,7 +4,6 @@ asked. Deciding lives in `policy` and `store`; this module moves bytes, times ex
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import Counter
@@ -15,12 +14,15 @@ import msgspec
 from nats.aio.msg import Msg
 
 from clawden import outbox
-from clawden.bus import bind, consume, subjects
+from clawden.bus import bind, consume
 from clawden.bus import events as ev
 from clawden.bus.connection import Retry
+from clawden.bus.ctl import approvals as api
+from clawden.bus.ctl import router as router_api
 from clawden.bus.pull import Puller
 from clawden.bus.streams import approvals_clicks, approvals_inbound, approvals_receipts, approvals_requests
-from clawden.runtime import ControlError, ServiceContext, decode_request, sleep_unless_stopping
+from clawden.control import ask_on
+from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
 from services.approvals import policy
 from services.approvals.store import Step, Store
 
@@ -37,21 +39,6 @@ ROUTER_TRIES = 5
 SAFETY_TICK = 30.0
 RESTART_REASON = "Clawden's approvals service restarted before anyone answered; ask again"
 STATUSES = ("pending", "approved", "denied", "expired", "answered")
-
-
-class ListRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    status: str = ""
-    limit: int = 200
-
-
-class ShowRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    id: str
-
-
-class DecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    id: str
-    choice: str  # a button's id, label or number: "approve", "deny", "2"
-    by: str = ""  # who decided, as the audit and the edited card show it
 
 
 class Approvals:
@@ -101,14 +88,11 @@ class Approvals:
 
     async def ask_router(self, agent_group: str) -> tuple[str, ...]:
         """Admins of the agent group, then global admins, then owners: the router owns roles."""
-        reply = await self.ctx.nc.request(
-            subjects.ctl("router", "approvers"),
-            json.dumps({"op": "get", "agent_group": agent_group}).encode(),
-            timeout=ROUTER_TIMEOUT,
+        # No answer or a refusal raises: the caller retries the request, then denies it with a reason.
+        reply = await ask_on(
+            self.ctx.nc, router_api.APPROVERS, router_api.ApproversGet(agent_group=agent_group), timeout=ROUTER_TIMEOUT
         )
-        if "Nats-Service-Error" in (headers := reply.headers or {}):
-            raise RuntimeError(headers["Nats-Service-Error"])
-        return tuple(json.loads(reply.data)["approvers"])
+        return tuple(reply.approvers)
 
     async def on_click(self, action: ev.InboundAction, msg: Msg) -> None:
         await self.step(self.store.click, action, time.time())
@@ -160,15 +144,14 @@ class Approvals:
 
     # --- control --------------------------------------------------------------------------------
 
-    async def ctl_list(self, data: bytes) -> Any:
-        req = decode_request(ListRequest, data)
+    async def ctl_list(self, req: api.ListRequest) -> list[api.Approval]:
         if req.status and req.status not in STATUSES:
             raise ControlError(f"status {req.status!r}: one of {', '.join(STATUSES)}")
-        return await self.store.run(self.store.list, req.status, max(1, min(req.limit, 10_000)))
+        rows = await self.store.run(self.store.list, req.status, max(1, min(req.limit, 10_000)))
+        return msgspec.convert(rows, list[api.Approval])
 
-    async def ctl_decide(self, data: bytes) -> Any:
+    async def ctl_decide(self, req: api.DecideRequest) -> api.ApprovalDetail:
         """`clawden approvals approve|deny|answer`: the machine's owner decides without a chat."""
-        req = decode_request(DecideRequest, data)
         step = await self.step(self.store.decide, req.id, req.choice, req.by or "the machine's owner", time.time())
         found = await self.store.run(self.store.get, req.id)
         if step.result == "unknown" or found is None:
@@ -180,14 +163,13 @@ class Approvals:
         if step.result == "bad_button":
             choices = ", ".join(f"{i}) {b['label']}" for i, b in enumerate(found["buttons"], 1))
             raise ControlError(f"{req.choice!r} is not one of its choices: {choices}")
-        return found
+        return msgspec.convert(found, api.ApprovalDetail)
 
-    async def ctl_show(self, data: bytes) -> Any:
-        req = decode_request(ShowRequest, data)
+    async def ctl_show(self, req: api.ShowRequest) -> api.ApprovalDetail:
         found = await self.store.run(self.store.get, req.id)
         if found is None:
             raise ControlError(f"no approval {req.id!r} (see `clawden approvals list`)")
-        return found
+        return msgspec.convert(found, api.ApprovalDetail)
 
 
 async def main(ctx: ServiceContext) -> None:
@@ -195,9 +177,9 @@ async def main(ctx: ServiceContext) -> None:
     try:
         svc = Approvals(ctx, store)
         ctx.stats["approvals"] = svc.counts
-        await ctx.endpoint("list", svc.ctl_list)
-        await ctx.endpoint("show", svc.ctl_show)
-        await ctx.endpoint("decide", svc.ctl_decide)
+        await ctx.endpoint(api.LIST, svc.ctl_list)
+        await ctx.endpoint(api.SHOW, svc.ctl_show)
+        await ctx.endpoint(api.DECIDE, svc.ctl_decide)
         requests = await bind(ctx.js, approvals_requests())
         clicks = await bind(ctx.js, approvals_clicks())
         receipts = await bind(ctx.js, approvals_receipts())

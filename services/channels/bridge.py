@@ -23,8 +23,10 @@ from typing import Any, Literal
 import msgspec
 from nats.js import JetStreamContext
 
+from clawden import control
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
+from clawden.bus.ctl import router as router_api
 from services.channels.retry import PlatformError
 from services.channels.state import BridgeState
 
@@ -305,20 +307,11 @@ class Inbound:
         """An invite into `chat_id` by `user_id` (`<channel>:<handle>`): may the bot join? The router answers by the
         chat's unknown-sender policy and records a refusal as a dropped message. While it cannot answer this raises
         a transient PlatformError, so the listener tries again without moving its cursor past the invite."""
-        payload = msgspec.json.encode({"op": "invite", "channel": self.channel, "chat_id": chat_id, "user_id": user_id})
+        invite = router_api.AdmitInvite(channel=self.channel, chat_id=chat_id, user_id=user_id)
         try:
-            reply = await self.js._nc.request(subjects.ctl("router", "admit"), payload, timeout=10.0)
-        except Exception as exc:  # no responders, a timeout, NATS away: nothing decided
-            raise PlatformError(f"the router did not answer about an invite ({exc!r})", "transient") from None
-        if error := (reply.headers or {}).get("Nats-Service-Error"):
-            raise PlatformError(f"the router could not decide about an invite: {error}", "transient")
-        answer = _admission.decode(reply.data)
+            answer = await control.ask_on(self.js._nc, router_api.ADMIT, invite, timeout=10.0)
+        except control.Refused as exc:
+            raise PlatformError(f"the router could not decide about an invite: {exc}", "transient") from None
+        except control.ControlError as exc:  # no responders, a timeout, NATS away: nothing decided
+            raise PlatformError(f"the router did not answer about an invite ({exc})", "transient") from None
         return answer.allowed, answer.reason
-
-
-class Admission(msgspec.Struct, frozen=True):
-    allowed: bool
-    reason: str = ""
-
-
-_admission = msgspec.json.Decoder(Admission)

@@ -8,9 +8,10 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
-from clawden.bus import ConsumeStats, bind, consume
+import msgspec
+
+from clawden.bus import ConsumeStats, bind, consume, ctl
 from clawden.bus import events as ev
 from clawden.bus.pull import Puller
 from clawden.bus.streams import bridge_lanes
@@ -56,7 +57,7 @@ async def serve(
         )
         # One at a time per lane: with a single message in flight (see bridge_outbound) a larger pull only waits.
         lanes = [await bind(ctx.js, lane, batch=1) for lane in bridge_lanes(name)]
-        await ctx.endpoint("capabilities", lambda _data: _capabilities(bridge))
+        await ctx.endpoint(ctl.common.CAPABILITIES, lambda _request: _capabilities(bridge))
         await ctx.ready(f"{name} bridge ready")
         consume_stats = ConsumeStats()
         ctx.stats["outbound"] = consume_stats
@@ -81,10 +82,10 @@ async def serve(
         await state.close()
 
 
-async def _capabilities(bridge: Bridge) -> dict[str, Any]:
+async def _capabilities(bridge: Bridge) -> ctl.common.Capabilities:
     reach = bridge.group_reach
     group = {"group_messages": reach.messages, "group_note": reach.note} if reach is not None else {}
-    return {"channel": bridge.name, **bridge.capabilities.describe(), **group}
+    return msgspec.convert({"channel": bridge.name, **bridge.capabilities.describe(), **group}, ctl.common.Capabilities)
 
 
 async def _listen_forever(bridge: Bridge, inbound: Inbound, stopping: asyncio.Event, stats: BridgeStats) -> None:

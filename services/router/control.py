@@ -1,5 +1,6 @@
-"""The router's control requests (`clawden.ctl.router.<resource>`, payload `{"op": ...}`): the CLI's
-view of agent groups, chats, wirings, users, roles, members, destinations, sessions and drops."""
+"""The router's control verbs (`clawden.ctl.router.<resource>`, payload `{"op": ...}`, declared in
+`clawden.bus.ctl.router`): the CLI's view of agent groups, chats, wirings, users, roles, members,
+destinations, sessions and drops."""
 
 from __future__ import annotations
 
@@ -7,237 +8,55 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from clawden.bus import events as ev
-from services.router import pairing
-from services.router.entities import (
-    ALL_CHATS,
-    ALWAYS,
-    EngageMode,
-    IgnoredPolicy,
-    InvalidName,
-    RoleName,
-    SenderScope,
-    SessionMode,
-    UnknownSenderPolicy,
-    channel_name,
-    group_name,
-    pattern,
-    user_id,
+from clawden.bus.ctl import Verb
+from clawden.bus.ctl import router as api
+from clawden.bus.ctl.router import (
+    AdmitInvite,
+    ApproversGet,
+    ChatCreate,
+    ChatDelete,
+    ChatList,
+    ChatMove,
+    ChatUpdate,
+    ContainerSettings,
+    DestinationAdd,
+    DestinationRemove,
+    DroppedList,
+    GroupCreate,
+    GroupDelete,
+    GroupFilter,
+    GroupGet,
+    GroupUpdate,
+    ListAll,
+    MemberAdd,
+    MemberRemove,
+    PairCreate,
+    RoleGrant,
+    RoleRevoke,
+    UsersUnregistered,
+    WiringCreate,
+    WiringDelete,
+    WiringList,
+    WiringUpdate,
 )
+from services.router import pairing
+from services.router.entities import ALL_CHATS, InvalidName, channel_name, group_name, pattern, user_id
 from services.router.store import RouterError, RouterStore
 
 Json = dict[str, Any]
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
+T = TypeVar("T")
 
 
-class _Op(msgspec.Struct, frozen=True, kw_only=True, tag_field="op", forbid_unknown_fields=True):
-    pass
-
-
-class ContainerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
-    """Per-group overrides of config.toml (`[groups.<name>]`, then `[runner]`), sent to the runner with
-    every wake. "" or 0 clears one, so the runner's own setting applies again."""
-
-    image: str | None = None
-    memory: str | None = None
-    cpus: float | None = None
-    pids: int | None = None
-    idle_timeout: float | None = None
-    max_turns: int | None = None
-    turn_budget: float | None = None
-
-
-# --- requests --------------------------------------------------------------------------------------
-
-
-class ListAll(_Op, tag="list", frozen=True):
-    limit: int = 200
-
-
-class GroupGet(_Op, tag="get", frozen=True):
-    name: str
-
-
-class GroupCreate(_Op, tag="create", frozen=True):
-    name: str
-    folder: str = ""
-    assistant_name: str = ""
-    provider: str = "claude"
-    model: str = ""
-    container: ContainerSettings = ContainerSettings()
-
-
-class GroupUpdate(_Op, tag="update", frozen=True):
-    name: str
-    folder: str | None = None
-    assistant_name: str | None = None
-    provider: str | None = None
-    model: str | None = None
-    container: ContainerSettings | None = None
-
-
-class GroupDelete(_Op, tag="delete", frozen=True):
-    name: str
-
-
-class ChatList(_Op, tag="list", frozen=True):
-    channel: str = ""
-
-
-class ChatCreate(_Op, tag="create", frozen=True):
-    channel: str
-    chat_id: str
-    name: str = ""
-    is_group: bool = False
-    policy: UnknownSenderPolicy = "request_approval"
-
-
-class ChatUpdate(_Op, tag="update", frozen=True):
-    channel: str
-    chat_id: str
-    name: str | None = None
-    is_group: bool | None = None
-    policy: UnknownSenderPolicy | None = None
-    allow: bool = False  # forget that the owner declined the chat
-
-
-class ChatDelete(_Op, tag="delete", frozen=True):
-    channel: str
-    chat_id: str
-
-
-class ChatMove(_Op, tag="move", frozen=True):
-    """The platform gave the chat a new id: its wirings, sessions and held approvals follow (bridges
-    announce this on their inbound subject as `ChatMoved`; this is the same move asked for by hand)."""
-
-    channel: str
-    chat_id: str
-    new_chat_id: str
-
-
-class WiringList(_Op, tag="list", frozen=True):
-    channel: str = ""
-    chat_id: str = ""
-    agent_group: str = ""
-
-
-class WiringCreate(_Op, tag="create", frozen=True):
-    channel: str
-    chat_id: str
-    agent_group: str
-    engage_mode: EngageMode | None = None  # default: every message of a direct chat, mentions in a group
-    engage_pattern: str = ALWAYS
-    sender_scope: SenderScope = "all"
-    ignored_messages: IgnoredPolicy = "drop"
-    session_mode: SessionMode = "shared"
-    priority: int = 0
-
-
-class WiringUpdate(_Op, tag="update", frozen=True):
-    channel: str
-    chat_id: str
-    agent_group: str
-    engage_mode: EngageMode | None = None
-    engage_pattern: str | None = None
-    sender_scope: SenderScope | None = None
-    ignored_messages: IgnoredPolicy | None = None
-    session_mode: SessionMode | None = None
-    priority: int | None = None
-
-
-class WiringDelete(_Op, tag="delete", frozen=True):
-    channel: str
-    chat_id: str
-    agent_group: str
-
-
-class UsersUnregistered(_Op, tag="unregistered", frozen=True):
-    limit: int = 200
-
-
-class RoleGrant(_Op, tag="grant", frozen=True):
-    user_id: str
-    role: RoleName
-    agent_group: str = ""
-    granted_by: str = "cli"
-
-
-class RoleRevoke(_Op, tag="revoke", frozen=True):
-    user_id: str
-    role: RoleName
-    agent_group: str = ""
-
-
-class GroupFilter(_Op, tag="list", frozen=True):
-    agent_group: str = ""
-    limit: int = 200
-
-
-class MemberAdd(_Op, tag="add", frozen=True):
-    agent_group: str
-    user_id: str
-    added_by: str = "cli"
-
-
-class MemberRemove(_Op, tag="remove", frozen=True):
-    agent_group: str
-    user_id: str
-
-
-class DestinationAdd(_Op, tag="add", frozen=True):
-    agent_group: str
-    name: str
-    channel: str
-    chat_id: str
-    thread_id: str | None = None
-    display_name: str = ""
-
-
-class DestinationRemove(_Op, tag="remove", frozen=True):
-    agent_group: str
-    name: str
-
-
-class DroppedList(_Op, tag="list", frozen=True):
-    channel: str = ""
-    limit: int = 100
-
-
-class AdmitInvite(_Op, tag="invite", frozen=True):
-    """A bridge asks before it joins a chat it was invited to (a Matrix room): may this inviter bring it in?"""
-
-    channel: str
-    chat_id: str
-    user_id: str  # the inviter, `<channel>:<handle>`
-
-
-class PairCreate(_Op, tag="create", frozen=True):
-    channel: str
-
-
-class ApproversGet(_Op, tag="get", frozen=True):
-    agent_group: str = ""
-
-
-RESOURCES: dict[str, Any] = {
-    "groups": ListAll | GroupGet | GroupCreate | GroupUpdate | GroupDelete,
-    "chats": ChatList | ChatCreate | ChatUpdate | ChatDelete | ChatMove,
-    "wirings": WiringList | WiringCreate | WiringUpdate | WiringDelete,
-    "users": ListAll | UsersUnregistered,
-    "roles": ListAll | RoleGrant | RoleRevoke,
-    "members": GroupFilter | MemberAdd | MemberRemove,
-    "destinations": GroupFilter | DestinationAdd | DestinationRemove,
-    "sessions": GroupFilter,
-    "dropped": DroppedList,
-    "admit": AdmitInvite,
-    "pair": PairCreate,
-    "approvers": ApproversGet,
-    "approvals": ListAll,
-}
-_decoders = {name: msgspec.json.Decoder(kind) for name, kind in RESOURCES.items()}
+def _as(kind: type[T], value: object) -> T:
+    """A row (or rows) as its reply Struct; the columns are the reply's fields."""
+    return msgspec.convert(value, kind)
 
 
 class Control:
@@ -248,16 +67,9 @@ class Control:
         self.db = store.conn
         self.clock = clock
 
-    def handle(self, resource: str, data: bytes) -> Any:
-        try:
-            request = _decoders[resource].decode(data or b"{}")
-        except msgspec.ValidationError as exc:
-            raise RouterError(f"bad {resource} request: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise RouterError(f"bad {resource} request: not JSON ({exc})") from None
-        method = getattr(self, f"_{resource}_{type(request).__struct_config__.tag}", None)
-        if method is None:  # pragma: no cover - every tag in RESOURCES has a method
-            raise RouterError(f"{resource}: unsupported request")
+    def handle(self, verb: Verb[Req, Rep], request: Req) -> Rep:
+        """Answer one verb (`_<resource>_<op>` does); a name the router refuses is a RouterError."""
+        method: Callable[[Req], Rep] = getattr(self, f"_{verb.name}_{verb.op}")
         try:
             return method(request)
         except InvalidName as exc:
@@ -293,7 +105,7 @@ class Control:
 
     # --- agent groups -----------------------------------------------------------------------------
 
-    def _groups_list(self, req: ListAll) -> list[Json]:
+    def _groups_list(self, req: ListAll) -> list[api.GroupListed]:
         out = []
         for row in self.db.execute(
             "SELECT g.*, (SELECT COUNT(*) FROM wirings w WHERE w.agent_group = g.name) AS chats,"
@@ -302,23 +114,27 @@ class Control:
             (req.limit,),
         ):
             out.append(self._group_json(row) | {"chats": row["chats"], "sessions": row["sessions"]})
-        return out
+        return _as(list[api.GroupListed], out)
 
-    def _groups_get(self, req: GroupGet) -> Json:
+    def _groups_get(self, req: GroupGet) -> api.GroupDetail:
         row = self._group(req.name)
-        return self._group_json(row) | {
-            "wirings": self._wirings_list(WiringList(agent_group=req.name)),
-            "members": [
-                r[0]
-                for r in self.db.execute(
-                    "SELECT user_id FROM members WHERE agent_group = ? ORDER BY user_id", (req.name,)
-                )
-            ],
-            "admins": self.store.roles.scoped.get(req.name, []),
-            "destinations": self._destinations_list(GroupFilter(agent_group=req.name)),
-        }
+        return _as(
+            api.GroupDetail,
+            self._group_json(row)
+            | {
+                "wirings": self._wirings_list(WiringList(agent_group=req.name)),
+                "members": [
+                    r[0]
+                    for r in self.db.execute(
+                        "SELECT user_id FROM members WHERE agent_group = ? ORDER BY user_id", (req.name,)
+                    )
+                ],
+                "admins": self.store.roles.scoped.get(req.name, []),
+                "destinations": self._destinations_list(GroupFilter(agent_group=req.name)),
+            },
+        )
 
-    def _groups_create(self, req: GroupCreate) -> Json:
+    def _groups_create(self, req: GroupCreate) -> api.Group:
         name = group_name(req.name)
         folder = _folder(req.folder or name)
         _provider(req.provider)
@@ -336,9 +152,9 @@ class Control:
                 (name, folder, now, req.assistant_name, req.provider, req.model, json.dumps(container), now),
             )
         self.store.reload()
-        return self._group_json(self._group(name))
+        return _as(api.Group, self._group_json(self._group(name)))
 
-    def _groups_update(self, req: GroupUpdate) -> Json:
+    def _groups_update(self, req: GroupUpdate) -> api.Group:
         if req.provider is not None:
             _provider(req.provider)
         _check_settings(req.model, req.container)
@@ -369,9 +185,9 @@ class Control:
                 ),
             )
         self.store.reload()
-        return self._group_json(self._group(req.name))
+        return _as(api.Group, self._group_json(self._group(req.name)))
 
-    def _groups_delete(self, req: GroupDelete) -> Json:
+    def _groups_delete(self, req: GroupDelete) -> api.GroupDeleted:
         with self.store.transaction() as db:
             self._group(req.name)
             counts = {
@@ -384,11 +200,11 @@ class Control:
             }
             db.execute("DELETE FROM agent_groups WHERE name = ?", (req.name,))
         self.store.reload()
-        return {"deleted": req.name} | counts
+        return api.GroupDeleted(deleted=req.name, **counts)
 
     # --- chats (messaging groups) -----------------------------------------------------------------
 
-    def _chats_list(self, req: ChatList) -> list[Json]:
+    def _chats_list(self, req: ChatList) -> list[api.Chat]:
         wired: dict[int, list[str]] = {}
         for mg, group in self.db.execute("SELECT messaging_group, agent_group FROM wirings ORDER BY agent_group"):
             wired.setdefault(mg, []).append(group)
@@ -403,19 +219,22 @@ class Control:
         ]
 
     @staticmethod
-    def _chat_json(row: sqlite3.Row, wired: list[str]) -> Json:
-        return {
-            "channel": row["channel"],
-            "chat_id": row["chat_id"],
-            "name": row["name"],
-            "is_group": bool(row["is_group"]),
-            "policy": row["unknown_sender_policy"] or "inherit",
-            "denied": row["denied_at"] is not None,
-            "wired": wired,
-            "created_at": row["created_at"],
-        }
+    def _chat_json(row: sqlite3.Row, wired: list[str]) -> api.Chat:
+        return _as(
+            api.Chat,
+            {
+                "channel": row["channel"],
+                "chat_id": row["chat_id"],
+                "name": row["name"],
+                "is_group": bool(row["is_group"]),
+                "policy": row["unknown_sender_policy"] or "inherit",
+                "denied": row["denied_at"] is not None,
+                "wired": wired,
+                "created_at": row["created_at"],
+            },
+        )
 
-    def _chats_create(self, req: ChatCreate) -> Json:
+    def _chats_create(self, req: ChatCreate) -> api.Chat:
         channel_name(req.channel)
         _chat_id(req.chat_id)
         with self.store.transaction() as db:
@@ -430,7 +249,7 @@ class Control:
             )
         return self._chat_json(self._chat(req.channel, req.chat_id), [])
 
-    def _chats_update(self, req: ChatUpdate) -> Json:
+    def _chats_update(self, req: ChatUpdate) -> api.Chat:
         with self.store.transaction() as db:
             row = self._chat(req.channel, req.chat_id)
             db.execute(
@@ -449,14 +268,14 @@ class Control:
         ]
         return self._chat_json(self._chat(req.channel, req.chat_id), wired)
 
-    def _chats_delete(self, req: ChatDelete) -> Json:
+    def _chats_delete(self, req: ChatDelete) -> api.ChatDeleted:
         with self.store.transaction() as db:
             row = self._chat(req.channel, req.chat_id)
             wirings = db.execute("DELETE FROM wirings WHERE messaging_group = ?", (row["id"],)).rowcount
             db.execute("DELETE FROM messaging_groups WHERE id = ?", (row["id"],))
-        return {"deleted": f"{req.channel}:{req.chat_id}", "wirings": wirings}
+        return api.ChatDeleted(deleted=f"{req.channel}:{req.chat_id}", wirings=wirings)
 
-    def _chats_move(self, req: ChatMove) -> Json:
+    def _chats_move(self, req: ChatMove) -> api.Chat:
         channel_name(req.channel)
         _chat_id(req.new_chat_id)
         self._chat(req.channel, req.chat_id)
@@ -479,7 +298,7 @@ class Control:
 
     # --- wirings ----------------------------------------------------------------------------------
 
-    def _wirings_list(self, req: WiringList) -> list[Json]:
+    def _wirings_list(self, req: WiringList) -> list[api.Wiring]:
         query = (
             "SELECT m.channel, m.chat_id, m.name AS chat_name, w.* FROM wirings w"
             " JOIN messaging_groups m ON m.id = w.messaging_group WHERE 1"
@@ -493,7 +312,7 @@ class Control:
             if value:
                 query += f" AND {column} = ?"
                 args.append(value)
-        return [
+        rows = [
             {
                 "channel": r["channel"],
                 "chat_id": r["chat_id"],
@@ -508,8 +327,9 @@ class Control:
             }
             for r in self.db.execute(query + " ORDER BY m.channel, m.chat_id, w.priority DESC, w.agent_group", args)
         ]
+        return _as(list[api.Wiring], rows)
 
-    def _wirings_create(self, req: WiringCreate) -> Json:
+    def _wirings_create(self, req: WiringCreate) -> api.Wiring:
         channel_name(req.channel)
         _chat_id(req.chat_id)
         pattern(req.engage_pattern)
@@ -551,13 +371,13 @@ class Control:
             )
         return self._one_wiring(req.channel, req.chat_id, req.agent_group)
 
-    def _one_wiring(self, channel: str, chat_id: str, group: str) -> Json:
+    def _one_wiring(self, channel: str, chat_id: str, group: str) -> api.Wiring:
         found = self._wirings_list(WiringList(channel=channel, chat_id=chat_id, agent_group=group))
         if not found:
             raise RouterError(f"{group} is not wired to {chat_id!r} on {channel}")
         return found[0]
 
-    def _wirings_update(self, req: WiringUpdate) -> Json:
+    def _wirings_update(self, req: WiringUpdate) -> api.Wiring:
         current = self._one_wiring(req.channel, req.chat_id, req.agent_group)
         if req.engage_pattern is not None:
             pattern(req.engage_pattern)
@@ -567,28 +387,28 @@ class Control:
                 "UPDATE wirings SET engage_mode = ?, engage_pattern = ?, sender_scope = ?, ignored_messages = ?,"
                 " session_mode = ?, priority = ? WHERE messaging_group = ? AND agent_group = ?",
                 (
-                    _or(req.engage_mode, current["engage_mode"]),
-                    _or(req.engage_pattern, current["engage_pattern"]),
-                    _or(req.sender_scope, current["sender_scope"]),
-                    _or(req.ignored_messages, current["ignored_messages"]),
-                    _or(req.session_mode, current["session_mode"]),
-                    _or(req.priority, current["priority"]),
+                    _or(req.engage_mode, current.engage_mode),
+                    _or(req.engage_pattern, current.engage_pattern),
+                    _or(req.sender_scope, current.sender_scope),
+                    _or(req.ignored_messages, current.ignored_messages),
+                    _or(req.session_mode, current.session_mode),
+                    _or(req.priority, current.priority),
                     mg,
                     req.agent_group,
                 ),
             )
         return self._one_wiring(req.channel, req.chat_id, req.agent_group)
 
-    def _wirings_delete(self, req: WiringDelete) -> Json:
+    def _wirings_delete(self, req: WiringDelete) -> api.Unwired:
         self._one_wiring(req.channel, req.chat_id, req.agent_group)
         with self.store.transaction() as db:
             mg = self._chat(req.channel, req.chat_id)["id"]
             db.execute("DELETE FROM wirings WHERE messaging_group = ? AND agent_group = ?", (mg, req.agent_group))
-        return {"unwired": req.agent_group, "channel": req.channel, "chat_id": req.chat_id}
+        return api.Unwired(unwired=req.agent_group, channel=req.channel, chat_id=req.chat_id)
 
     # --- users, roles, members --------------------------------------------------------------------
 
-    def _users_list(self, req: ListAll) -> list[Json]:
+    def _users_list(self, req: ListAll) -> list[api.User]:
         members: dict[str, list[str]] = {}
         for user, group in self.db.execute("SELECT user_id, agent_group FROM members ORDER BY agent_group"):
             members.setdefault(user, []).append(group)
@@ -597,7 +417,7 @@ class Control:
             roles.setdefault(row["user_id"], []).append(
                 f"{row['role']}:{row['agent_group']}" if row["agent_group"] else row["role"]
             )
-        return [
+        rows = [
             {
                 "id": r["id"],
                 "display_name": r["display_name"],
@@ -607,29 +427,36 @@ class Control:
             }
             for r in self.db.execute("SELECT * FROM users ORDER BY last_seen DESC NULLS LAST, id LIMIT ?", (req.limit,))
         ]
+        return _as(list[api.User], rows)
 
-    def _users_unregistered(self, req: UsersUnregistered) -> list[Json]:
-        return [
-            dict(r)
-            for r in self.db.execute(
-                "SELECT u.user_id, u.name, m.channel, m.chat_id, u.agent_group, u.reason, u.message_count,"
-                " u.first_seen, u.last_seen FROM unregistered_senders u"
-                " JOIN messaging_groups m ON m.id = u.messaging_group ORDER BY u.last_seen DESC LIMIT ?",
-                (req.limit,),
-            )
-        ]
+    def _users_unregistered(self, req: UsersUnregistered) -> list[api.Unregistered]:
+        return _as(
+            list[api.Unregistered],
+            [
+                dict(r)
+                for r in self.db.execute(
+                    "SELECT u.user_id, u.name, m.channel, m.chat_id, u.agent_group, u.reason, u.message_count,"
+                    " u.first_seen, u.last_seen FROM unregistered_senders u"
+                    " JOIN messaging_groups m ON m.id = u.messaging_group ORDER BY u.last_seen DESC LIMIT ?",
+                    (req.limit,),
+                )
+            ],
+        )
 
-    def _roles_list(self, req: ListAll) -> list[Json]:
-        return [
-            dict(r)
-            for r in self.db.execute(
-                "SELECT user_id, role, agent_group, granted_by, granted_at FROM roles ORDER BY role DESC, granted_at"
-                " LIMIT ?",
-                (req.limit,),
-            )
-        ]
+    def _roles_list(self, req: ListAll) -> list[api.Role]:
+        return _as(
+            list[api.Role],
+            [
+                dict(r)
+                for r in self.db.execute(
+                    "SELECT user_id, role, agent_group, granted_by, granted_at FROM roles"
+                    " ORDER BY role DESC, granted_at LIMIT ?",
+                    (req.limit,),
+                )
+            ],
+        )
 
-    def _roles_grant(self, req: RoleGrant) -> Json:
+    def _roles_grant(self, req: RoleGrant) -> api.RoleGranted:
         user_id(req.user_id)
         if req.role == "owner" and req.agent_group:
             raise RouterError("an owner is always global; grant admin to scope a role to one agent group")
@@ -637,9 +464,9 @@ class Control:
             if req.agent_group:
                 self._group(req.agent_group)
             added = self.store.grant(req.user_id, req.role, req.agent_group, req.granted_by, self.clock())
-        return {"user_id": req.user_id, "role": req.role, "agent_group": req.agent_group, "changed": added}
+        return api.RoleGranted(user_id=req.user_id, role=req.role, agent_group=req.agent_group, changed=added)
 
-    def _roles_revoke(self, req: RoleRevoke) -> Json:
+    def _roles_revoke(self, req: RoleRevoke) -> api.RoleRevoked:
         with self.store.transaction() as db:
             gone = db.execute(
                 "DELETE FROM roles WHERE user_id = ? AND role = ? AND agent_group = ?",
@@ -649,43 +476,45 @@ class Control:
         if not gone:
             scope = f" of {req.agent_group}" if req.agent_group else ""
             raise RouterError(f"{req.user_id} is not {req.role}{scope}")
-        return {"user_id": req.user_id, "role": req.role, "agent_group": req.agent_group, "revoked": True}
+        return api.RoleRevoked(user_id=req.user_id, role=req.role, agent_group=req.agent_group, revoked=True)
 
-    def _members_list(self, req: GroupFilter) -> list[Json]:
+    def _members_list(self, req: GroupFilter) -> list[api.Member]:
         query = "SELECT user_id, agent_group, added_by, added_at FROM members"
         args: tuple[str, ...] = ()
         if req.agent_group:
             query += " WHERE agent_group = ?"
             args = (req.agent_group,)
-        return [dict(r) for r in self.db.execute(query + " ORDER BY agent_group, user_id", args)]
+        return _as(list[api.Member], [dict(r) for r in self.db.execute(query + " ORDER BY agent_group, user_id", args)])
 
-    def _members_add(self, req: MemberAdd) -> Json:
+    def _members_add(self, req: MemberAdd) -> api.MemberAdded:
         user_id(req.user_id)
         with self.store.transaction():
             self._group(req.agent_group)
             added = self.store.add_member(req.user_id, req.agent_group, req.added_by, self.clock())
-        return {"user_id": req.user_id, "agent_group": req.agent_group, "changed": added}
+        return api.MemberAdded(user_id=req.user_id, agent_group=req.agent_group, changed=added)
 
-    def _members_remove(self, req: MemberRemove) -> Json:
+    def _members_remove(self, req: MemberRemove) -> api.MemberRemoved:
         with self.store.transaction() as db:
             gone = db.execute(
                 "DELETE FROM members WHERE user_id = ? AND agent_group = ?", (req.user_id, req.agent_group)
             ).rowcount
         if not gone:
             raise RouterError(f"{req.user_id} is not a member of {req.agent_group}")
-        return {"user_id": req.user_id, "agent_group": req.agent_group, "removed": True}
+        return api.MemberRemoved(user_id=req.user_id, agent_group=req.agent_group, removed=True)
 
     # --- destinations -----------------------------------------------------------------------------
 
-    def _destinations_list(self, req: GroupFilter) -> list[Json]:
+    def _destinations_list(self, req: GroupFilter) -> list[api.Destination]:
         query = "SELECT agent_group, name, display_name, channel, chat_id, thread_id FROM destinations"
         args: tuple[str, ...] = ()
         if req.agent_group:
             query += " WHERE agent_group = ?"
             args = (req.agent_group,)
-        return [dict(r) for r in self.db.execute(query + " ORDER BY agent_group, name", args)]
+        return _as(
+            list[api.Destination], [dict(r) for r in self.db.execute(query + " ORDER BY agent_group, name", args)]
+        )
 
-    def _destinations_add(self, req: DestinationAdd) -> Json:
+    def _destinations_add(self, req: DestinationAdd) -> api.Destination:
         group_name(req.name)
         channel_name(req.channel)
         _chat_id(req.chat_id)
@@ -701,16 +530,16 @@ class Control:
                 (req.agent_group, req.name, req.display_name, req.channel, req.chat_id, req.thread_id, self.clock()),
             )
         self.store.reload()
-        return {
-            "agent_group": req.agent_group,
-            "name": req.name,
-            "channel": req.channel,
-            "chat_id": req.chat_id,
-            "thread_id": req.thread_id,
-            "display_name": req.display_name,
-        }
+        return api.Destination(
+            agent_group=req.agent_group,
+            name=req.name,
+            display_name=req.display_name,
+            channel=req.channel,
+            chat_id=req.chat_id,
+            thread_id=req.thread_id,
+        )
 
-    def _destinations_remove(self, req: DestinationRemove) -> Json:
+    def _destinations_remove(self, req: DestinationRemove) -> api.DestinationRemoved:
         with self.store.transaction() as db:
             gone = db.execute(
                 "DELETE FROM destinations WHERE agent_group = ? AND name = ?", (req.agent_group, req.name)
@@ -718,27 +547,30 @@ class Control:
         self.store.reload()
         if not gone:
             raise RouterError(f"{req.agent_group} has no destination named {req.name!r}")
-        return {"agent_group": req.agent_group, "name": req.name, "removed": True}
+        return api.DestinationRemoved(agent_group=req.agent_group, name=req.name, removed=True)
 
     # --- sessions, drops, pairing, approvals ------------------------------------------------------
 
-    def _sessions_list(self, req: GroupFilter) -> list[Json]:
+    def _sessions_list(self, req: GroupFilter) -> list[api.Session]:
         query = "SELECT id, agent_group, channel, chat_id, thread_id, runner, created_at, last_message_at FROM sessions"
         args: tuple[str | int, ...] = (req.limit,)
         if req.agent_group:
             query += " WHERE agent_group = ?"
             args = (req.agent_group, req.limit)
-        return [dict(r) for r in self.db.execute(query + " ORDER BY last_message_at DESC LIMIT ?", args)]
+        return _as(
+            list[api.Session],
+            [dict(r) for r in self.db.execute(query + " ORDER BY last_message_at DESC LIMIT ?", args)],
+        )
 
-    def _dropped_list(self, req: DroppedList) -> list[Json]:
+    def _dropped_list(self, req: DroppedList) -> list[api.Dropped]:
         query = "SELECT key, channel, chat_id, sender_id, reason, at FROM dropped_messages"
         args: tuple[str | int, ...] = (req.limit,)
         if req.channel:
             query += " WHERE channel = ?"
             args = (req.channel, req.limit)
-        return [dict(r) for r in self.db.execute(query + " ORDER BY at DESC LIMIT ?", args)]
+        return _as(list[api.Dropped], [dict(r) for r in self.db.execute(query + " ORDER BY at DESC LIMIT ?", args)])
 
-    def _admit_invite(self, req: AdmitInvite) -> Json:
+    def _admit_invite(self, req: AdmitInvite) -> api.Admission:
         """Join on an invite as the chat's unknown-sender policy would let the inviter's messages through: a known
         user (owner, admin, member) always; anyone under `public` or `request_approval` (an approver is asked when
         they write); under `strict`, or into a chat the owner denied, nobody else. A refusal is a dropped message."""
@@ -746,7 +578,7 @@ class Control:
         user = req.user_id if req.user_id.startswith(f"{req.channel}:") else f"{req.channel}:{req.user_id}"
         owner, admin, admin_of = self.store.roles.standing(user)
         if owner or admin or admin_of or self.db.execute("SELECT 1 FROM members WHERE user_id = ?", (user,)).fetchone():
-            return {"allowed": True, "reason": "a known user"}
+            return api.Admission(allowed=True, reason="a known user")
         rows = {
             r["chat_id"]: r
             for r in self.db.execute(
@@ -766,35 +598,40 @@ class Control:
         elif policy == "strict":
             reason = "invited by an unknown user (strict chat)"
         if not reason:
-            return {"allowed": True, "reason": f"unknown user, {policy} chat"}
+            return api.Admission(allowed=True, reason=f"unknown user, {policy} chat")
         with self.store.transaction() as db:
             db.execute(
                 "INSERT INTO dropped_messages (key, channel, chat_id, sender_id, reason, at) VALUES"
                 " (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET reason = excluded.reason, at = excluded.at",
                 (f"{req.channel}:invite:{req.chat_id}", req.channel, req.chat_id, user, reason, self.clock()),
             )
-        return {"allowed": False, "reason": reason}
+        return api.Admission(allowed=False, reason=reason)
 
-    def _pair_create(self, req: PairCreate) -> Json:
+    def _pair_create(self, req: PairCreate) -> api.Pairing:
         channel_name(req.channel)
         code = pairing.new_code()
         now = self.clock()
         self.store.set_pairing(req.channel, pairing.digest(code), now, now + pairing.TTL)
-        return {"channel": req.channel, "code": code, "expires_at": now + pairing.TTL}
+        return api.Pairing(channel=req.channel, code=code, expires_at=now + pairing.TTL)
 
-    def _approvers_get(self, req: ApproversGet) -> Json:
-        return {"agent_group": req.agent_group, "approvers": list(self.store.roles.approvers(req.agent_group or None))}
+    def _approvers_get(self, req: ApproversGet) -> api.Approvers:
+        return api.Approvers(
+            agent_group=req.agent_group, approvers=list(self.store.roles.approvers(req.agent_group or None))
+        )
 
-    def _approvals_list(self, req: ListAll) -> list[Json]:
-        return [
-            dict(r)
-            for r in self.db.execute(
-                "SELECT a.id, a.kind, m.channel, m.chat_id, a.user_id, a.agent_group, a.created_at, a.expires_at,"
-                " (SELECT COUNT(*) FROM held_messages h WHERE h.approval_id = a.id) AS held FROM approvals a"
-                " JOIN messaging_groups m ON m.id = a.messaging_group ORDER BY a.created_at LIMIT ?",
-                (req.limit,),
-            )
-        ]
+    def _approvals_list(self, req: ListAll) -> list[api.HeldApproval]:
+        return _as(
+            list[api.HeldApproval],
+            [
+                dict(r)
+                for r in self.db.execute(
+                    "SELECT a.id, a.kind, m.channel, m.chat_id, a.user_id, a.agent_group, a.created_at, a.expires_at,"
+                    " (SELECT COUNT(*) FROM held_messages h WHERE h.approval_id = a.id) AS held FROM approvals a"
+                    " JOIN messaging_groups m ON m.id = a.messaging_group ORDER BY a.created_at LIMIT ?",
+                    (req.limit,),
+                )
+            ],
+        )
 
 
 def _or(value: Any, default: Any) -> Any:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Literal, get_args
+from typing import get_args
 
-from clawden.bus import events as ev
-
-EngageMode = Literal["pattern", "mention", "mention-sticky"]
-SenderScope = Literal["all", "known"]
-IgnoredPolicy = Literal["drop", "accumulate"]
-SessionMode = Literal["shared", "per-thread", "agent-shared"]
-UnknownSenderPolicy = Literal["strict", "request_approval", "public"]
-RoleName = Literal["owner", "admin"]
+from clawden.bus.ctl import names
+from clawden.bus.ctl.router import ALWAYS as ALWAYS
+from clawden.bus.ctl.router import EngageMode as EngageMode
+from clawden.bus.ctl.router import IgnoredPolicy as IgnoredPolicy
+from clawden.bus.ctl.router import RoleName as RoleName
+from clawden.bus.ctl.router import SenderScope as SenderScope
+from clawden.bus.ctl.router import SessionMode as SessionMode
+from clawden.bus.ctl.router import UnknownSenderPolicy as UnknownSenderPolicy
 
 ENGAGE_MODES: tuple[str, ...] = get_args(EngageMode)
 SENDER_SCOPES: tuple[str, ...] = get_args(SenderScope)
@@ -25,14 +25,11 @@ ROLES: tuple[str, ...] = get_args(RoleName)
 # its own: its wirings apply there, and its policy is inherited.
 ALL_CHATS = "*"
 TERMINAL_CHANNEL = "local"  # `clawden chat`: the machine owner's own terminal
-# Pattern that engages on every message, attachments-only ones included.
-ALWAYS = "."
 
 # Agent group names become folder names, container labels and gateway socket directories.
-_GROUP_NAME = ev.GROUP_NAME
-# A user is one platform identity: `<channel>:<handle>`.
-_USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}:\S.{0,254}$")
-_CHANNEL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_GROUP_NAME = names.GROUP_NAME
+_USER_ID = names.USER_ID
+_CHANNEL = names.CHANNEL
 
 
 class InvalidName(ValueError):

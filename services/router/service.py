@@ -9,14 +9,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import Header
 
 from clawden import outbox
-from clawden.bus import bind, consume_batches, nak, subjects
+from clawden.bus import bind, consume_batches, ctl, nak, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import router_decisions, router_inbound
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
@@ -32,6 +32,8 @@ SWEEP_EVERY = 3600.0
 PUBLISH_TIMEOUT = 5.0
 
 Inbound = ev.Inbound
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
 
 
 class Router:
@@ -149,13 +151,15 @@ class Router:
 
     # --- control ----------------------------------------------------------------------------------
 
-    def endpoint(self, resource: str) -> Callable[[bytes], Awaitable[Any]]:
-        async def serve(data: bytes) -> Any:
+    def serving(self, verb: ctl.Verb[Req, Rep]) -> Callable[[Req], Awaitable[Rep]]:
+        """A control verb's handler: answered on the store's thread, a refusal said in the router's words."""
+
+        async def serve(request: Req) -> Rep:
             try:
-                answer = await self.store.run(self.control.handle, resource, data)
+                answer: Rep = await self.store.run(self.control.handle, verb, request)
             except RouterError as exc:
                 raise ControlError(str(exc)) from None
-            if resource == "chats":  # a move by hand is announced at once, not with the next message
+            if verb.name == "chats":  # a move by hand is announced at once, not with the next message
                 async with self.publishing:
                     await self.flush(await self.store.run(self.store.outgoing))
             return answer
@@ -182,8 +186,9 @@ async def main(ctx: ServiceContext) -> None:
         for line in await store.run(store.seed, DEFAULT_GROUP, LOCAL_CHANNEL, _login(), time.time()):
             log.info("first start: %s", line)
         ctx.stats["router"] = router.counts
-        for resource in control.RESOURCES:
-            await ctx.endpoint(resource, router.endpoint(resource))
+        for verb in ctl.served_by("router"):
+            if verb.service == "router":  # not `ping`: the runtime answers that
+                await ctx.endpoint(verb, router.serving(verb))
         inbound = await bind(ctx.js, router_inbound(), batch=BATCH)
         decisions = await bind(ctx.js, router_decisions(), batch=16)
         await router.sweep()

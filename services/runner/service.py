@@ -22,13 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 from nats.aio.msg import Msg
 
-from clawden import logs, sessiondb
+from clawden import control, logs, sessiondb
 from clawden.agentcontainer import PROJECT_SETTINGS, container_user
 from clawden.backoff import backoff
 from clawden.bus import ConsumeStats, Retry, bind, consume, publish, subjects
 from clawden.bus import events as ev
+from clawden.bus.ctl import Nothing
+from clawden.bus.ctl import runner as runner_api
+from clawden.bus.ctl import scheduler as scheduler_api
+from clawden.bus.ctl import vault as vault_api
 from clawden.bus.streams import runner_decisions, runner_receipts, runner_wake
 from clawden.config import GroupConfig
 from clawden.runtime import ServiceContext, sleep_unless_stopping
@@ -345,16 +350,14 @@ class Runner:
         """Ask the vault for this group's gateway socket folder and its CA folder (mounted read-only);
         without a vault no agent may start."""
         try:
-            reply = await self.ctx.nc.request(
-                subjects.ctl("vault", "gateway"), json.dumps({"agent_group": agent_group}).encode(), timeout=5
+            answer = await control.ask_on(
+                self.ctx.nc, vault_api.GATEWAY, vault_api.GroupRequest(agent_group=agent_group), timeout=5
             )
-        except Exception as exc:
+        except control.Refused as exc:
+            raise Retry(f"the vault refused: {exc}", delay=5.0) from exc
+        except control.ControlError as exc:
             raise Retry(f"the vault did not answer: {exc}", delay=2.0) from exc
-        if reply.headers and reply.headers.get("Nats-Service-Error"):
-            raise Retry(f"the vault refused: {reply.headers.get('Nats-Service-Error')}", delay=5.0)
-        answer = json.loads(reply.data)
-        trust = answer.get("trust_dir")
-        return Path(answer["socket"]).parent, Path(trust) if trust else None
+        return Path(answer.socket).parent, Path(answer.trust_dir) if answer.trust_dir else None
 
     # --- what agents say ------------------------------------------------------------------------
 
@@ -415,9 +418,9 @@ class Runner:
                 await publish(self.ctx.js, subjects.APPROVAL_REQUEST, request, msg_id=f"approval:{request.id}")
             case ListTasks(request_id=request_id, op=op):
                 try:
-                    reply = await self.ctx.nc.request(subjects.ctl("scheduler", "list"), ev.encode(op), timeout=5)
-                    content = json.loads(reply.data)
-                except Exception as exc:
+                    tasks = await control.ask_on(self.ctx.nc, scheduler_api.AGENT_LIST, op, timeout=5)
+                    content = msgspec.to_builtins(tasks)
+                except control.ControlError as exc:
                     content = {"error": f"the scheduler did not answer ({type(exc).__name__}); is it running?"}
                 await self._respond(folder, request_id, content)
 
@@ -677,27 +680,29 @@ class Runner:
 
     # --- control --------------------------------------------------------------------------------
 
-    async def ctl_containers(self, _data: bytes) -> dict[str, Any]:
+    async def ctl_containers(self, _request: Nothing) -> runner_api.Containers:
         """For `clawden status`: the sessions with a container, and those waiting for a slot."""
         now = time.monotonic()
-        return {
-            "runner": self.cfg.runner.id,
-            "max": self.cfg.runner.max_containers,
-            "running": [
-                {
-                    "session_id": live.info.id,
-                    "agent_group": live.info.agent_group,
-                    "container": live.container_id[:12],
-                    "state": "stopping" if live.stopping else "running" if live.container_id else "starting",
-                    "idle": round(now - live.last_activity, 1),
-                }
+        return runner_api.Containers(
+            runner=self.cfg.runner.id,
+            max=self.cfg.runner.max_containers,
+            running=[
+                runner_api.Running(
+                    session_id=live.info.id,
+                    agent_group=live.info.agent_group,
+                    container=live.container_id[:12],
+                    state="stopping" if live.stopping else "running" if live.container_id else "starting",
+                    idle=round(now - live.last_activity, 1),
+                )
                 for live in list(self.live.values())
             ],
-            "waiting": [
-                {"session_id": w.info.id, "agent_group": w.info.agent_group, "waiting": round(now - w.since, 1)}
+            waiting=[
+                runner_api.Waiting(
+                    session_id=w.info.id, agent_group=w.info.agent_group, waiting=round(now - w.since, 1)
+                )
                 for w in list(self.queue.values())
             ],
-        }
+        )
 
     # --- restart ----------------------------------------------------------------------------------
 
@@ -772,7 +777,7 @@ async def main(ctx: ServiceContext) -> None:
     index = await SessionIndex.start(ctx.config.data_dir / "runner.db")
     runner = Runner(ctx, docker, index)
     ctx.stats["runner"] = runner.counters
-    await ctx.endpoint("containers", runner.ctl_containers)
+    await ctx.endpoint(runner_api.CONTAINERS, runner.ctl_containers)
     try:
         await docker.ping()
         runner.engine_cpus = await docker.engine_cpus()

@@ -8,7 +8,7 @@ import functools
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import msgspec
@@ -16,11 +16,12 @@ from nats.aio.msg import Msg
 
 from clawden.bus import bind, consume, publish, subjects
 from clawden.bus import events as ev
+from clawden.bus.ctl import scheduler as api
 from clawden.bus.streams import scheduler_chat_moves, scheduler_tasks
 from clawden.clock import Clock
-from clawden.runtime import ControlError, ServiceContext, decode_request
+from clawden.runtime import ControlError, ServiceContext
 from services.scheduler import schedule as sched
-from services.scheduler.catchup import Policy, plan
+from services.scheduler.catchup import plan
 from services.scheduler.store import STATUSES, Change, NewTask, PastTime, Store, Task, TaskError
 
 log = logging.getLogger("clawden.scheduler")
@@ -29,49 +30,6 @@ log = logging.getLogger("clawden.scheduler")
 # host's sleep, so a wall-clock jump is noticed within this (a safety net, not the trigger).
 MAX_SLEEP = 300.0
 RETRY_AFTER = 1.0  # a publish that failed (NATS away) is retried this soon
-
-
-class _Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class ListRequest(_Request, frozen=True):
-    agent_group: str = ""
-    status: str = ""
-
-
-class TaskRef(_Request, frozen=True):
-    task_id: str
-
-
-class RunsRequest(_Request, frozen=True):
-    task_id: str
-    limit: int = 50
-
-
-class AddRequest(_Request, frozen=True):
-    agent_group: str
-    session_id: str
-    route: ev.Route
-    prompt: str
-    schedule: str
-    runner: str = ""
-    timezone: str = ""
-    catch_up: Policy = "once"
-    script: str = ""
-    allow_past: bool = False  # a one-shot time already past runs at once (`tasks add --now`)
-
-
-class UpdateRequest(_Request, frozen=True):
-    task_id: str
-    prompt: str | None = None
-    schedule: str | None = None
-    timezone: str | None = None
-    catch_up: Policy | None = None
-    script: str | None = None
-
-
-_task_op = msgspec.json.Decoder(ev.TaskOp)
 
 
 class Scheduler:
@@ -260,34 +218,27 @@ class Scheduler:
 
     # --- control (request/reply) ---------------------------------------------------------------
 
-    async def agent_list(self, data: bytes) -> dict[str, str]:
+    async def agent_list(self, op: ev.TaskOp) -> api.AgentTasks:
         """`clawden.ctl.scheduler.list`: an agent's tasks as text for the agent, never an error reply."""
-        try:
-            op = _task_op.decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            return {"error": f"bad list request: {exc}"}
         if op.status and op.status not in STATUSES:
-            return {"error": f"there is no task status {op.status!r} (one of {', '.join(STATUSES)})"}
+            return api.AgentTasks(error=f"there is no task status {op.status!r} (one of {', '.join(STATUSES)})")
         wanted = (op.status,) if op.status else ("active", "paused")
         tasks = [t for t in await self.store.run(self.store.tasks, op.agent_group) if t.status in wanted]
         if not tasks:
-            return {"result": f"No {op.status} tasks." if op.status else "No scheduled tasks."}
-        return {"result": "\n".join(_describe(t) for t in tasks)}
+            return api.AgentTasks(result=f"No {op.status} tasks." if op.status else "No scheduled tasks.")
+        return api.AgentTasks(result="\n".join(_describe(t) for t in tasks))
 
-    async def ctl_tasks(self, data: bytes) -> list[dict[str, Any]]:
-        req = decode_request(ListRequest, data)
-        return [t.json() for t in await self.store.run(self.store.tasks, req.agent_group, req.status)]
+    async def ctl_tasks(self, req: api.ListRequest) -> list[api.TaskInfo]:
+        return [_info(t) for t in await self.store.run(self.store.tasks, req.agent_group, req.status)]
 
-    async def ctl_get(self, data: bytes) -> dict[str, Any]:
-        return (await self._task(decode_request(TaskRef, data).task_id)).json()
+    async def ctl_get(self, req: api.TaskRef) -> api.TaskInfo:
+        return _info(await self._task(req.task_id))
 
-    async def ctl_runs(self, data: bytes) -> list[dict[str, Any]]:
-        req = decode_request(RunsRequest, data)
+    async def ctl_runs(self, req: api.RunsRequest) -> list[api.Run]:
         await self._task(req.task_id)
-        return await self.store.run(self.store.runs, req.task_id, req.limit)
+        return msgspec.convert(await self.store.run(self.store.runs, req.task_id, req.limit), list[api.Run])
 
-    async def ctl_add(self, data: bytes) -> dict[str, Any]:
-        req = decode_request(AddRequest, data)
+    async def ctl_add(self, req: api.AddRequest) -> api.TaskInfo:
         new = NewTask(
             id=f"t-{secrets.token_hex(6)}",
             agent_group=req.agent_group,
@@ -313,21 +264,20 @@ class Scheduler:
         except TaskError as exc:
             raise ControlError(str(exc)) from None
         self.changed.set()
-        return task.json()
+        return _info(task)
 
-    async def ctl_update(self, data: bytes) -> dict[str, Any]:
-        req = decode_request(UpdateRequest, data)
+    async def ctl_update(self, req: api.UpdateRequest) -> api.TaskInfo:
         task = await self._task(req.task_id)
         change = Change(
             prompt=req.prompt, schedule=req.schedule, timezone=req.timezone, catch_up=req.catch_up, script=req.script
         )
         update = functools.partial(self.store.update, min_interval=self.ctx.config.scheduler.min_interval)
-        return (await self._change(update, task, change, self.clock.now())).json()
+        return _info(await self._change(update, task, change, self.clock.now()))
 
-    def ctl_status(self, op: Literal["pause", "resume", "cancel"]) -> Callable[[bytes], Any]:
-        async def handle(data: bytes) -> dict[str, Any]:
-            task = await self._task(decode_request(TaskRef, data).task_id)
-            return (await self._change(self.store.set_status, task, op, self.clock.now())).json()
+    def ctl_status(self, op: Literal["pause", "resume", "cancel"]) -> Callable[[api.TaskRef], Awaitable[api.TaskInfo]]:
+        async def handle(req: api.TaskRef) -> api.TaskInfo:
+            task = await self._task(req.task_id)
+            return _info(await self._change(self.store.set_status, task, op, self.clock.now()))
 
         return handle
 
@@ -344,6 +294,10 @@ class Scheduler:
             raise ControlError(str(exc)) from None
         self.changed.set()
         return task
+
+
+def _info(task: Task) -> api.TaskInfo:
+    return msgspec.convert(task.json(), api.TaskInfo)
 
 
 def _runner(name: str) -> str:
@@ -365,14 +319,15 @@ async def main(ctx: ServiceContext) -> None:
     scheduler = Scheduler(ctx, store)
     ctx.stats["scheduler"] = scheduler.counters
     try:
-        await ctx.endpoint("list", scheduler.agent_list)
-        await ctx.endpoint("tasks", scheduler.ctl_tasks)
-        await ctx.endpoint("get", scheduler.ctl_get)
-        await ctx.endpoint("runs", scheduler.ctl_runs)
-        await ctx.endpoint("add", scheduler.ctl_add)
-        await ctx.endpoint("update", scheduler.ctl_update)
-        for verb in ("pause", "resume", "cancel"):
-            await ctx.endpoint(verb, scheduler.ctl_status(verb))
+        await ctx.endpoint(api.AGENT_LIST, scheduler.agent_list)
+        await ctx.endpoint(api.TASKS, scheduler.ctl_tasks)
+        await ctx.endpoint(api.GET, scheduler.ctl_get)
+        await ctx.endpoint(api.RUNS, scheduler.ctl_runs)
+        await ctx.endpoint(api.ADD, scheduler.ctl_add)
+        await ctx.endpoint(api.UPDATE, scheduler.ctl_update)
+        await ctx.endpoint(api.PAUSE, scheduler.ctl_status("pause"))
+        await ctx.endpoint(api.RESUME, scheduler.ctl_status("resume"))
+        await ctx.endpoint(api.CANCEL, scheduler.ctl_status("cancel"))
         ops = await bind(ctx.js, scheduler_tasks())
         moves = await bind(ctx.js, scheduler_chat_moves())
         await ctx.ready(f"scheduler ready, host zone {scheduler.zone}")

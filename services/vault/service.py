@@ -9,14 +9,15 @@ import os
 import secrets as tokens
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from clawden.bus import events as ev
 from clawden.bus import subjects
+from clawden.bus.ctl import Nothing
+from clawden.bus.ctl import vault as api
 from clawden.config import Config
-from clawden.runtime import ControlError, ServiceContext, decode_request, sleep_unless_stopping
+from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
 from clawden.sdnotify import Notifier
 from clawden.vaultfiles import CA_CERT, CA_KEY, SOCKET_NAME, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
 from services.vault.approvals import BusApprover
@@ -60,55 +61,6 @@ def model_credential(cfg: Config) -> tuple[str, str]:
         return file.read_text().strip(), str(file)
     except FileNotFoundError:
         return "", ""
-
-
-class AddSecret(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    type: str
-    value: str
-    host: str = ""
-    path: str = "*"
-    header: str = ""
-    format: str = "{value}"
-    param: str = ""
-    agents: list[str] = []
-    replace: bool = False  # a secret of that name exists: replace it (else refused)
-    force: bool = False  # a non-model secret may match the model API's host
-
-    def __repr__(self) -> str:  # this one carries a value: never let it print
-        return f"AddSecret(name={self.name!r}, <value hidden>)"
-
-
-class AddRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    action: str
-    host: str
-    path: str = "*"
-    method: str | None = None
-    agent: str = "*"
-    limit: int = 0
-    window: str | None = None  # rate_limit only: minute (the default), hour or day
-
-
-class Named(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
-
-
-class Grant(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    agents: list[str] = []
-    revoke: bool = False
-
-
-class AuditQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    agent: str | None = None
-    since: float | None = None
-    limit: int | None = None  # None: the last 100
-
-
-class GroupRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    agent_group: str
-    mode: str | None = None  # egress only: set it
 
 
 class Vault:
@@ -224,28 +176,26 @@ class Vault:
 
     # -- control endpoints --
 
-    async def on_model_key(self, data: bytes) -> dict[str, Any]:
+    async def on_model_key(self, _request: Nothing) -> api.ModelKey:
         """Read ANTHROPIC_API_KEY / keys/anthropic again (`clawden init` asks after writing the file), so a
         key given after the start is used without a restart; answers which model secrets are stored."""
         async with self._lock:
             await self.store.run(self.bootstrap_model_key)
             await self.refresh()
         names = self.model_secrets(self.gateway.catalog)
-        return {"present": bool(names), "secrets": names}
+        return api.ModelKey(present=bool(names), secrets=names)
 
-    async def on_gateway(self, data: bytes) -> dict[str, Any]:
-        request: GroupRequest = decode_request(GroupRequest, data)
+    async def on_gateway(self, request: api.GroupRequest) -> api.Gateway:
         path = await self.open_gateway(request.agent_group)
-        return {
-            "socket": str(path),
-            "trust_dir": str(self.ca_file.parent),
-            "ca_file": str(self.ca_file),
-            "bundle_file": str(self.bundle_file),
-            "ca_sha256": self.ca.fingerprint,
-        }
+        return api.Gateway(
+            socket=str(path),
+            trust_dir=str(self.ca_file.parent),
+            ca_file=str(self.ca_file),
+            bundle_file=str(self.bundle_file),
+            ca_sha256=self.ca.fingerprint,
+        )
 
-    async def on_secrets_add(self, data: bytes) -> dict[str, Any]:
-        request: AddSecret = decode_request(AddSecret, data)
+    async def on_secrets_add(self, request: api.AddSecret) -> api.SecretAdded:
         if request.type not in ("anthropic", "openai", "generic"):
             raise ControlError(f"--type must be anthropic, openai or generic, not {request.type!r}")
         try:
@@ -280,23 +230,22 @@ class Vault:
             secret.kind,
             secret.host_pattern,
         )
-        return {"secret": msgspec.to_builtins(secret), "created": created}
+        return api.SecretAdded(secret=_secret(secret), created=created)
 
-    async def on_secrets_list(self, data: bytes) -> dict[str, Any]:
+    async def on_secrets_list(self, _request: Nothing) -> api.Secrets:
         secrets = await self.store.run(self.store.secrets)
-        return {"secrets": [msgspec.to_builtins(s) for s, _ in secrets]}
+        return api.Secrets(secrets=[_secret(s) for s, _ in secrets])
 
-    async def on_secrets_remove(self, data: bytes) -> dict[str, Any]:
-        name = decode_request(Named, data).name
+    async def on_secrets_remove(self, request: api.Named) -> api.Removed:
+        name = request.name
         removed = await self.store.run(self.store.remove_secret, name)
         if not removed:
             raise ControlError(f"no secret named {name!r}")
         await self.refresh()
         log.info("secret %s removed", name)
-        return {"removed": name}
+        return api.Removed(removed=name)
 
-    async def on_secrets_grant(self, data: bytes) -> dict[str, Any]:
-        request: Grant = decode_request(Grant, data)
+    async def on_secrets_grant(self, request: api.Grant) -> api.SecretGranted:
         name, agents, revoke = request.name, request.agents, request.revoke
         for group in agents:
             if not GROUP.match(str(group)):
@@ -308,10 +257,9 @@ class Vault:
             raise ControlError(f"no secret named {name!r}")
         await self.refresh()
         secret = await self.store.run(self.store.secret, name)
-        return {"secret": msgspec.to_builtins(secret)}
+        return api.SecretGranted(secret=_secret(secret))
 
-    async def on_rules_add(self, data: bytes) -> dict[str, Any]:
-        request: AddRule = decode_request(AddRule, data)
+    async def on_rules_add(self, request: api.AddRule) -> api.RuleAdded:
         if request.action not in ("block", "manual_approval", "rate_limit", "allow"):
             raise ControlError("--action must be block, manual_approval, rate_limit or allow")
         if request.window not in (None, "minute", "hour", "day"):
@@ -338,26 +286,24 @@ class Vault:
             raise ControlError(f"a rule named {rule.name!r} exists; remove it first")
         await self.refresh()
         log.info("rule %s added: %s %s%s", rule.name, rule.action, rule.host_pattern, rule.path_pattern)
-        return {"rule": msgspec.to_builtins(rule)}
+        return api.RuleAdded(rule=_rule(rule))
 
-    async def on_rules_list(self, data: bytes) -> dict[str, Any]:
-        return {"rules": [msgspec.to_builtins(r) for r in await self.store.run(self.store.rules)]}
+    async def on_rules_list(self, _request: Nothing) -> api.Rules:
+        return api.Rules(rules=[_rule(r) for r in await self.store.run(self.store.rules)])
 
-    async def on_rules_remove(self, data: bytes) -> dict[str, Any]:
-        name = decode_request(Named, data).name
+    async def on_rules_remove(self, request: api.Named) -> api.Removed:
+        name = request.name
         if not await self.store.run(self.store.remove_rule, name):
             raise ControlError(f"no rule named {name!r}")
         await self.refresh()
-        return {"removed": name}
+        return api.Removed(removed=name)
 
-    async def on_audit(self, data: bytes) -> dict[str, Any]:
-        request: AuditQuery = decode_request(AuditQuery, data)
+    async def on_audit(self, request: api.AuditQuery) -> api.Audit:
         limit = max(1, min(request.limit or 100, 10_000))
         records = await self.store.run(self.store.audit, request.agent or None, request.since, limit)
-        return {"records": records}
+        return api.Audit(records=msgspec.convert(records, list[api.AuditRecord]))
 
-    async def on_egress(self, data: bytes) -> dict[str, Any]:
-        request: GroupRequest = decode_request(GroupRequest, data)
+    async def on_egress(self, request: api.EgressRequest) -> api.EgressMode:
         group, mode = request.agent_group, request.mode
         if not ev.GROUP_NAME.match(group):
             raise ControlError(f"bad agent group name {group!r}")
@@ -367,11 +313,11 @@ class Vault:
             await self.store.run(self.store.set_egress, group, mode)
             await self.refresh()
             log.info("egress of %s is now %s", group, mode)
-        return {"agent_group": group, "egress": self.gateway.catalog.view(group).egress}
+        return api.EgressMode(agent_group=group, egress=self.gateway.catalog.view(group).egress)
 
-    async def on_proxy_token(self, data: bytes) -> dict[str, Any]:
+    async def on_proxy_token(self, request: api.GroupRequest) -> api.ProxyToken:
         """The TCP listener's token for a group (made on first use); for runners that cannot mount sockets."""
-        group = decode_request(GroupRequest, data).agent_group
+        group = request.agent_group
         if not ev.GROUP_NAME.match(group):
             raise ControlError(f"bad agent group name {group!r}")
         if not self.cfg.vault.tcp_listen:
@@ -383,7 +329,15 @@ class Vault:
             await self.refresh()
         else:
             token = self.sealer.open(sealed, f"proxy-token:{group}")
-        return {"agent_group": group, "proxy_url": f"http://{group}:{token}@{self.cfg.vault.tcp_listen}"}
+        return api.ProxyToken(agent_group=group, proxy_url=f"http://{group}:{token}@{self.cfg.vault.tcp_listen}")
+
+
+def _secret(secret: Secret | None) -> api.SecretInfo:
+    return msgspec.convert(msgspec.to_builtins(secret), api.SecretInfo)
+
+
+def _rule(rule: Rule) -> api.RuleInfo:
+    return msgspec.convert(msgspec.to_builtins(rule), api.RuleInfo)
 
 
 async def main(ctx: ServiceContext) -> None:
@@ -432,21 +386,18 @@ async def main(ctx: ServiceContext) -> None:
                 host, _, port = cfg.vault.tcp_listen.rpartition(":")
                 await gateway.listen_tcp(host.strip("[]"), int(port))
                 log.info("gateway TCP listener on %s (proxy tokens)", cfg.vault.tcp_listen)
-            for verb, handler in (
-                ("gateway", vault.on_gateway),
-                ("secrets-add", vault.on_secrets_add),
-                ("secrets-list", vault.on_secrets_list),
-                ("secrets-remove", vault.on_secrets_remove),
-                ("secrets-grant", vault.on_secrets_grant),
-                ("rules-add", vault.on_rules_add),
-                ("rules-list", vault.on_rules_list),
-                ("rules-remove", vault.on_rules_remove),
-                ("audit", vault.on_audit),
-                ("egress", vault.on_egress),
-                ("proxy-token", vault.on_proxy_token),
-                ("model-key", vault.on_model_key),
-            ):
-                await ctx.endpoint(verb, handler)
+            await ctx.endpoint(api.GATEWAY, vault.on_gateway)
+            await ctx.endpoint(api.SECRETS_ADD, vault.on_secrets_add)
+            await ctx.endpoint(api.SECRETS_LIST, vault.on_secrets_list)
+            await ctx.endpoint(api.SECRETS_REMOVE, vault.on_secrets_remove)
+            await ctx.endpoint(api.SECRETS_GRANT, vault.on_secrets_grant)
+            await ctx.endpoint(api.RULES_ADD, vault.on_rules_add)
+            await ctx.endpoint(api.RULES_LIST, vault.on_rules_list)
+            await ctx.endpoint(api.RULES_REMOVE, vault.on_rules_remove)
+            await ctx.endpoint(api.AUDIT, vault.on_audit)
+            await ctx.endpoint(api.EGRESS, vault.on_egress)
+            await ctx.endpoint(api.PROXY_TOKEN, vault.on_proxy_token)
+            await ctx.endpoint(api.MODEL_KEY, vault.on_model_key)
             ctx.stats["audit"] = audit.stats
             ctx.stats["rates"] = rates.stats
             await ctx.ready(f"vault: {len(vault.listening)} gateways, CA sha256 {ca.fingerprint[:16]}")

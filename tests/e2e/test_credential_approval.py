@@ -75,7 +75,7 @@ async def owner(stack: Stack) -> Any:
         await stack.wait_until_idle((await term.ask("hello", timeout=90)).session_id)  # a container runs
         cfg = config_mod.load(stack.home)
         await asyncio.to_thread(
-            control.run,
+            control.run_options,
             cfg,
             "vault",
             "rules-add",

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from clawden import control, setup
-from clawden.bus import Consumer, bind, events, subjects
+from clawden.bus import Consumer, bind, ctl, events, subjects
 from clawden.config import Config
 from clawden.config import load as load_config
 from tests.conftest import NatsServer
@@ -55,15 +55,16 @@ def start_router(home: Path, url: str) -> subprocess.Popen[bytes]:
 
 async def wait_ready(router: RouterProcess, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
+    why = ""
     while True:
         try:
-            ping = await control.call(router.config, "router", "ping", timeout=1)
-            if ping["ready"]:
+            ping = await control.ask(router.config, ctl.common.PING.at("router"), ctl.Nothing(), timeout=1)
+            if ping.ready:
                 return
-        except control.ControlError:
-            pass
+        except control.ControlError as exc:
+            why = str(exc)
         assert router.proc.poll() is None, router.output()
-        assert time.monotonic() < deadline, f"router never got ready:\n{router.output()}"
+        assert time.monotonic() < deadline, f"router never got ready ({why}):\n{router.output()}"
         await asyncio.sleep(0.1)
 
 

@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from nats.js import JetStreamContext
 
+from clawden.bus import ctl
 from clawden.bus import events as ev
 from clawden.servicedb import apply_migrations
 from services.router.control import Control
@@ -45,7 +46,8 @@ def control(store: RouterStore) -> Control:
 
 
 def call(control: Control, resource: str, **payload: Any) -> Any:
-    return control.handle(resource, msgspec.json.encode(payload))
+    verb, request = ctl.Subject("router", resource).decode(msgspec.json.encode(payload))
+    return msgspec.to_builtins(control.handle(verb, request))
 
 
 def wake_from_terminal(store: RouterStore, n: int) -> ev.Wake:

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from clawden.bus import ctl
 from clawden.bus import events as ev
 from services.router import engage, pairing
 from services.router.control import Control
@@ -27,7 +28,8 @@ def store(tmp_path: Path) -> RouterStore:
 
 
 def admin(store: RouterStore, resource: str, **payload: object) -> Any:
-    return Control(store, clock=lambda: NOW).handle(resource, msgspec.json.encode(payload))
+    verb, request = ctl.Subject("router", resource).decode(msgspec.json.encode(payload))
+    return msgspec.to_builtins(Control(store, clock=lambda: NOW).handle(verb, request))
 
 
 def msg(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -68,7 +69,7 @@ def test_ready_comes_after_nats_and_endpoints_then_watchdog_then_clean_stop(
             finally:
                 await nc.close()
 
-        assert b'"service": "router"' in asyncio.run(ping_right_after_ready())
+        assert json.loads(asyncio.run(ping_right_after_ready()))["service"] == "router"
         pings = read_datagrams(sock, "WATCHDOG=1", timeout=3)
         assert any("WATCHDOG=1" in d for d in pings), pings
 
@@ -106,15 +107,18 @@ def test_service_waits_for_nats_that_starts_later_then_gets_ready(tmp_path: Path
 
 def test_control_errors_reach_the_caller_as_plain_words(tmp_path: Path, nats_server: NatsServer) -> None:
     from clawden import config, control
+    from clawden.bus import ctl
 
     setup.init(tmp_path / "home")
     proc = start_service("router", tmp_path / "home", nats_server.url, tmp_path / "n.sock")
     cfg = config.load(tmp_path / "home", {"CLAWDEN_NATS_URL": nats_server.url})
     try:
         # Asked while it starts, before its endpoints exist: the call waits for them, within its timeout.
-        assert [g["name"] for g in control.run(cfg, "router", "groups", {"op": "list"}, timeout=20)] == ["main"]
+        groups = control.run(cfg, ctl.router.GROUPS_LIST, ctl.router.ListAll(), timeout=20)
+        assert [g.name for g in groups] == ["main"]
+        undeclared = ctl.Verb("router", "no-such-verb", ctl.Nothing, ctl.Nothing)  # built by hand: no service has it
         try:
-            control.run(cfg, "router", "no-such-verb", timeout=1)
+            control.run(cfg, undeclared, ctl.Nothing(), timeout=1)
         except control.ControlError as exc:
             assert "did not answer" in str(exc)
         else:

@@ -79,7 +79,7 @@ def _json_or_text(body: str) -> Any:
 
 
 def vault(stack: Stack, verb: str, payload: dict[str, Any]) -> Any:
-    return control.run(config_mod.load(stack.home), "vault", verb, payload)
+    return control.run_options(config_mod.load(stack.home), "vault", verb, payload)
 
 
 def test_claude_code_keeps_its_default_https_endpoint_and_the_gateway_injects_the_key(stack: Stack) -> None:

@@ -1,0 +1,33 @@
+"""The runner's control verb (`clawden.ctl.runner.containers`), for `clawden status`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from clawden.bus.ctl.verb import Nothing, Reply, declare
+
+SERVICE = "runner"
+
+
+class Running(Reply, frozen=True):
+    session_id: str
+    agent_group: str
+    container: str  # the container id's first 12 characters; "" while it starts
+    state: Literal["starting", "running", "stopping"]
+    idle: float  # seconds since the session last did something
+
+
+class Waiting(Reply, frozen=True):
+    session_id: str
+    agent_group: str
+    waiting: float  # seconds in the queue for a slot
+
+
+class Containers(Reply, frozen=True):
+    runner: str
+    max: int
+    running: list[Running]
+    waiting: list[Waiting]
+
+
+CONTAINERS = declare(SERVICE, "containers", Nothing, Containers)
