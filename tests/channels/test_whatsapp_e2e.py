@@ -93,6 +93,18 @@ async def drained(js: JetStreamContext) -> bool:
     return True
 
 
+def receipt_row(stack: Stack, wa_id: str, wamid: str) -> tuple[str, str, float] | None:
+    """The session's receipt for the message WhatsApp knows as `wamid`: (its id, status, when recorded)."""
+    folder = session_of(stack, wa_id)
+    if folder is None:
+        return None
+    with sessiondb.opened(folder / sessiondb.INBOUND, readonly=True) as conn:
+        row = conn.execute(
+            "SELECT platform_message_id, status, delivered_at FROM delivered WHERE platform_message_id = ?", (wamid,)
+        ).fetchone()
+    return (str(row[0]), str(row[1]), float(row[2])) if row else None
+
+
 def told(stack: Stack, text: str) -> bool:
     """The agent's model saw `text` in a prompt (a <delivery-failed> note rides on the next turn's prompt)."""
     return any(text in str(r.body) for r in stack.fake.messages_requests(with_tools=True))
@@ -114,6 +126,9 @@ async def test_a_whatsapp_message_is_answered_and_a_failed_status_reaches_the_ag
     assert status == 200
     [answer] = await answers(wa, ada, 1)
     assert answer.text.startswith("echo: ") and "what is on today?" in answer.text
+    # The bridge receipts a send once it has noted the wamid; a status posted before that would name a
+    # message it does not know yet (the fake records the send before the bridge hears Graph's answer).
+    await eventually(lambda: receipt_row(stack, ada, answer.wamid), timeout=30, message=wa.logs)
     # Later WhatsApp reports that it could not deliver it after all: the agent learns why.
     assert await wa.graph.status(answer, "failed", errors=[{"code": 131026, "title": "Message undeliverable"}]) == 200
 
@@ -175,15 +190,9 @@ async def test_a_read_status_becomes_the_receipt_in_the_agents_session(stack: St
     await wire(stack, ada)
     await wa.graph.user_writes(ada, "let me know when I have read this")
     [answer] = await answers(wa, ada, 1)
-    folder = await eventually(lambda: session_of(stack, ada), timeout=30, message=wa.logs)
 
     def receipt() -> tuple[str, str, float] | None:
-        with sessiondb.opened(folder / sessiondb.INBOUND, readonly=True) as conn:
-            row = conn.execute(
-                "SELECT platform_message_id, status, delivered_at FROM delivered WHERE platform_message_id = ?",
-                (answer.wamid,),
-            ).fetchone()
-        return (str(row[0]), str(row[1]), float(row[2])) if row else None
+        return receipt_row(stack, ada, answer.wamid)
 
     sent = await eventually(receipt, timeout=30, message=wa.logs)  # the bridge's word when Graph took it
     assert sent[:2] == (answer.wamid, "delivered")
