@@ -284,6 +284,11 @@ def unknown_in_file(cfg: Config) -> list[str]:
         return []
 
 
+def http_services(cfg: Config) -> tuple[str, ...]:
+    """The services that serve HTTP, run where their `listen` is set: the webhook front door, the web app."""
+    return (*(("webhooks",) if cfg.webhooks.listen else ()), *(("web",) if cfg.web.listen else ()))
+
+
 def configured_bridges(cfg: Config, environ: dict[str, str] | None = None) -> list[str]:
     """Bridges with a token (`keys/<name>` or `CLAWDEN_<NAME>_TOKEN`): `clawden up` runs those."""
     env = dict(os.environ) if environ is None else environ

@@ -572,6 +572,13 @@ async def check_webhooks(p: Probe) -> Result:
     return ok(detail) if level == "ok" else warn(detail, fix) if level == "warn" else fail(detail, fix)
 
 
+async def check_web(p: Probe) -> Result:
+    """The web app answers with its headers locally, and through [web] public_url when it is set."""
+    probe = importlib.import_module("services.web.check")
+    level, detail, fix = await probe.check(p.cfg)
+    return ok(detail) if level == "ok" else warn(detail, fix) if level == "warn" else fail(detail, fix)
+
+
 async def no_channels(p: Probe) -> Result:
     return ok("none configured (`clawden chat` works from this machine's terminal)")
 
@@ -610,6 +617,7 @@ def checks(cfg: Config, environ: dict[str, str]) -> list[Check]:
         Check("model credential", check_model, 10),
         *([Check(f"channel {name}", channel_check(name), 20) for name in channels] or [Check("channels", no_channels)]),
         *([Check("webhooks", check_webhooks, 25)] if cfg.webhooks.listen else []),
+        *([Check("web", check_web, 25)] if cfg.web.listen else []),
         Check("disk", check_disk, 5),
     ]
 

@@ -32,7 +32,7 @@ from typing import BinaryIO, TextIO
 
 from clawden import logs, natsauth, natsserver, setup
 from clawden.backoff import backoff
-from clawden.config import Config, configured_bridges, unknown_in_file
+from clawden.config import Config, configured_bridges, http_services, unknown_in_file
 from clawden.models import model_warning
 from clawden.runtime import EX_CONFIG
 
@@ -337,8 +337,7 @@ class Supervisor:
 def default_services(cfg: Config) -> tuple[str, ...]:
     """What `clawden up` runs: the core, the webhook front door where `[webhooks] listen` is set, the web service
     where `[web] listen` is, and every bridge with a token."""
-    web = ["web"] if cfg.web.listen else []
-    return (*SERVICES, *(["webhooks"] if cfg.webhooks.listen else []), *web, *configured_bridges(cfg))
+    return (*SERVICES, *http_services(cfg), *configured_bridges(cfg))
 
 
 def up(home: Path | None, services: list[str] | None = None) -> int:

@@ -29,8 +29,7 @@ def expected_services(cfg: config_mod.Config) -> list[str]:
     with a token (what `clawden up` runs)."""
     return [
         *natsauth.CORE,
-        *(["webhooks"] if cfg.webhooks.listen else []),
-        *(["web"] if cfg.web.listen else []),
+        *config_mod.http_services(cfg),
         *(natsauth.identity(b) for b in config_mod.configured_bridges(cfg)),
     ]
 

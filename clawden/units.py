@@ -26,7 +26,7 @@ from typing import Literal
 from xml.sax.saxutils import escape
 
 from clawden import natsserver
-from clawden.config import Config
+from clawden.config import Config, http_services
 from clawden.resources import resource_dir
 
 Mode = Literal["system", "user", "launchd"]
@@ -36,7 +36,6 @@ SERVICES = ("vault", "router", "runner", "scheduler", "approvals")  # the core, 
 TARGET = "clawden.target"
 NATS_UNIT = "clawden-nats.service"
 CHANNEL_TEMPLATE = "clawden-channel@.service"
-WEBHOOKS = "webhooks"  # the front door: a unit of its own where `[webhooks] listen` is set
 LABEL_PREFIX = "dev.clawden"
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 # Hidden from every service by ProtectHome= and PrivateTmp=: install paths there are bound back read-only.
@@ -89,7 +88,7 @@ class Install:
     group: str
     user_home: Path
     channels: tuple[str, ...] = ()  # bridges to run, one template instance each
-    webhooks: bool = False  # the webhook front door runs (`[webhooks] listen` is set)
+    http: tuple[str, ...] = ()  # the HTTP services that run here (config.http_services): a unit each
     read_only: tuple[Path, ...] = ()  # interpreter and code under hidden folders, bound back read-only
     nats_seeds: bool = True  # every service has `keys/nats/<identity>.nk`, passed as a credential
     docker_group: str | None = None
@@ -97,8 +96,8 @@ class Install:
 
     @property
     def services(self) -> tuple[str, ...]:
-        """The services with a unit of their own: the core, and the front door where it runs."""
-        return (*SERVICES, *([WEBHOOKS] if self.webhooks else []))
+        """The services with a unit of their own: the core, and the HTTP services where they run."""
+        return (*SERVICES, *self.http)
 
     @property
     def uid(self) -> int:
@@ -297,11 +296,8 @@ def discover(cfg: Config, mode: Mode, channels: Sequence[str], environ: Mapping[
     account = pwd.getpwuid(home.stat().st_uid if mode == "system" else os.getuid())
     user_home = Path(env.get("HOME") or account.pw_dir) if mode != "system" else Path(account.pw_dir)
     roots = install_roots(python, [nats_server] if nats_server is not None else [])
-    webhooks = bool(cfg.webhooks.listen)
-    seeds = [
-        cfg.keys_dir / "nats" / f"{s}.nk"
-        for s in [*SERVICES, *([WEBHOOKS] if webhooks else []), *(f"channel-{c}" for c in channels)]
-    ]
+    http = http_services(cfg)
+    seeds = [cfg.keys_dir / "nats" / f"{s}.nk" for s in [*SERVICES, *http, *(f"channel-{c}" for c in channels)]]
     return Install(
         mode=mode,
         home=home,
@@ -311,7 +307,7 @@ def discover(cfg: Config, mode: Mode, channels: Sequence[str], environ: Mapping[
         group=grp.getgrgid(account.pw_gid).gr_name,
         user_home=user_home,
         channels=tuple(channels),
-        webhooks=webhooks,
+        http=http,
         read_only=tuple(r for r in roots if not r.is_relative_to(home)),
         # Embedded NATS: the plan makes every seed before the units need it. External: only those present.
         nats_seeds=cfg.embedded_nats or all(s.exists() for s in seeds),

@@ -19,8 +19,8 @@ def install_for(home: Path, variant: str) -> units.Install:
     home.mkdir(parents=True, exist_ok=True)
     cfg = config.load(home)
     inst = dataclasses.replace(
-        units.discover(cfg, "user" if variant == "user" else "system", ["telegram"]), webhooks=True
-    )  # every unit there is, the front door's too
+        units.discover(cfg, "user" if variant == "user" else "system", ["telegram"]), http=("webhooks", "web")
+    )  # every unit there is, the HTTP services' too
     if variant == "system-root":
         return dataclasses.replace(inst, user="root", group="root", docker_group=None)
     if variant == "system":

@@ -27,6 +27,7 @@ def test_every_service_the_server_and_each_bridge_get_a_plist(tmp_path: Path) ->
             "dev.clawden.nats.plist",
             *(f"dev.clawden.{s}.plist" for s in units.SERVICES),
             "dev.clawden.webhooks.plist",
+            "dev.clawden.web.plist",
             "dev.clawden.channel.telegram.plist",
         ]
     )
@@ -40,6 +41,7 @@ def test_every_service_the_server_and_each_bridge_get_a_plist(tmp_path: Path) ->
         "dev.clawden.runner.plist",
         "dev.clawden.channel.telegram.plist",
         "dev.clawden.webhooks.plist",
+        "dev.clawden.web.plist",
     ],
 )
 def test_a_plist_names_absolute_paths_restarts_on_failure_and_logs_into_the_home(tmp_path: Path, name: str) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import httpx
 import pytest
 
 from clawden import config as config_mod
@@ -417,6 +418,27 @@ def test_a_whatsapp_message_comes_in_through_the_webhook_front_door_unit(install
         assert "clawden-webhooks" in m.sh("journalctl --no-pager -o cat -t clawden-webhooks -n 20")
     finally:
         graph.stop_thread()
+
+
+def test_the_web_unit_signs_in_with_a_one_time_link_from_its_own_database(install: Install) -> None:
+    """Configured afterwards: `units install` again enables clawden-web.service under its own identity; in its
+    sandbox it keeps web.db in the home (the link `clawden web login` asks it for), serves the link's page
+    with its protective headers, and logs with its service field."""
+    m, home = install.machine, install.home
+    port = natsserver.free_port()
+    with (home / "config.toml").open("a") as f:
+        f.write(f'[web]\nlisten = "127.0.0.1:{port}"\n')
+    m.sh(f"{sys.executable} -m clawden units install --system")
+    m.systemctl("start clawden.target")
+    m.wait(lambda: m.state("clawden-web.service") == "active", ANSWER, "the web unit never came up")
+    link = m.sh(f"{sys.executable} -m clawden web login --user web:owner").split()[-1]
+    assert link.startswith(f"http://127.0.0.1:{port}/login/"), link
+    page = httpx.get(link, timeout=30)
+    assert page.status_code == 200 and 'name="csrf"' in page.text, page.text[:500]
+    assert page.headers["x-frame-options"] == "DENY"
+    assert httpx.get(f"http://127.0.0.1:{port}/login/not-a-link", timeout=30).status_code == 410
+    records = [json.loads(line) for line in m.sh("journalctl -o json --no-pager -u clawden-web.service").splitlines()]
+    assert any(r.get("CLAWDEN_SERVICE") == "web" for r in records), m.sh("journalctl --no-pager -u clawden-web")
 
 
 def test_restarting_a_bridge_restarts_only_it_while_the_terminal_keeps_talking(install: Install) -> None:

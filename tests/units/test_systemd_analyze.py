@@ -22,6 +22,7 @@ SCORED = [
     units.channel_unit("slack"),
     units.channel_unit("discord"),
     "clawden-webhooks.service",
+    "clawden-web.service",
 ]
 
 

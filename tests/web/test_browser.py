@@ -14,11 +14,12 @@ import msgspec
 import pytest
 
 from clawden import config as config_mod
-from clawden import control
+from clawden import control, doctor
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
 from clawden.bus.ctl import router as router_ctl
 from clawden.bus.ctl import web as web_ctl
+from clawden.natsserver import free_port
 from tests.e2e.harness import Stack
 from tests.eventually import eventually
 from tests.fakes.anthropic import Text, ToolCall
@@ -146,3 +147,15 @@ async def test_a_cross_site_post_or_one_without_the_csrf_token_is_refused(web_st
         assert tokenless.status_code == 403 and "stale" in tokenless.text
         made = await client.post("/chats", data={**form, "csrf": csrf.group(1)}, headers={"origin": base})
         assert made.status_code == 303  # the same request from our own page goes through
+
+
+async def test_doctor_finds_the_web_app_on_loopback_and_says_when_nothing_answers(web_stack: Stack) -> None:
+    cfg = config_mod.load(web_stack.home)
+    up = await doctor.check_web(doctor.Probe(cfg, {}))
+    assert up.status == "ok" and web_url(web_stack) in up.detail
+    gone = msgspec.structs.replace(cfg, web=msgspec.structs.replace(cfg.web, listen=f"127.0.0.1:{free_port()}"))
+    down = await doctor.check_web(doctor.Probe(gone, {}))
+    assert down.status == "FAIL" and "did not answer" in down.detail and "clawden up" in down.fix
+    plain = msgspec.structs.replace(cfg, web=msgspec.structs.replace(cfg.web, public_url=web_url(web_stack)))
+    insecure = await doctor.check_web(doctor.Probe(plain, {}))
+    assert insecure.status == "WARN" and "not Secure" in insecure.detail

@@ -23,5 +23,5 @@ def test_the_front_door_is_run_expected_checked_and_installed_only_where_configu
     assert ("webhooks" in supervisor.default_services(cfg)) is wanted
     assert ("webhooks" in status.expected_services(cfg)) is wanted
     assert any(c.name == "webhooks" for c in doctor.checks(cfg, {})) is wanted
-    assert units.discover(cfg, "user", []).webhooks is wanted
+    assert ("webhooks" in units.discover(cfg, "user", []).http) is wanted
     assert config.unknown_in_file(cfg) == []
