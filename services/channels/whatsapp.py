@@ -15,10 +15,12 @@ token in keys/whatsapp (0600). The doc pages cited are the WhatsApp Cloud API's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import mimetypes
 import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -286,6 +288,8 @@ class WhatsAppBridge(Bridge):
         )
         self._inbound: Inbound | None = None
         self._pending: dict[str, ev.OutboundMessage] = {}  # outbound id -> message, while its parts go
+        # Sends between the Graph call and noting its wamid: a status webhook may overtake the answer.
+        self._in_flight: set[asyncio.Future[None]] = set()
         self._pruned = 0.0
 
     # --- Graph calls ---
@@ -432,6 +436,12 @@ class WhatsAppBridge(Bridge):
         if s.status not in ("delivered", "read", "failed") or self._inbound is None:
             return
         found = await self._inbound.state.cursor(f"sent:{s.id}")
+        if found is None and self._in_flight:
+            # Meta does not order webhooks against API answers: the send this names may still be waiting
+            # for its answer. Wait for the sends in flight now (each ends with one Graph call), then look again.
+            log.info("a %s status for %s waits for the sends in flight", s.status, s.id)
+            await asyncio.wait(set(self._in_flight))
+            found = await self._inbound.state.cursor(f"sent:{s.id}")
         if found is None:
             return  # not ours, or older than we keep
         record = _sent_decoder.decode(found[0])
@@ -499,6 +509,17 @@ class WhatsAppBridge(Bridge):
         except (KeyError, IndexError, TypeError):
             raise PlatformError(f"WhatsApp answered without a message id: {str(body)[:200]}", "unknown") from None
 
+    @contextlib.asynccontextmanager
+    async def _sending(self) -> AsyncIterator[None]:
+        """A send from its Graph call until its wamid is noted (or it failed)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._in_flight.add(done)
+        try:
+            yield
+        finally:
+            self._in_flight.discard(done)
+            done.set_result(None)
+
     async def _remember(self, wamid: str, key: str, chat_id: str) -> None:
         event = self._pending.get(key.rsplit("#", 1)[0])
         if event is None or self._inbound is None:
@@ -518,8 +539,9 @@ class WhatsAppBridge(Bridge):
                 fields = {"type": "interactive", "interactive": shaped}
             elif len(flat) > MAX_ROWS or len(text) > MAX_BODY_WITH_BUTTONS:
                 fields = {"type": "text", "text": {"body": numbered(text, flat)[:MAX_TEXT], "preview_url": False}}
-        wamid = await self._post_message(route.chat_id, fields, reply_to)
-        await self._remember(wamid, key, route.chat_id)
+        async with self._sending():
+            wamid = await self._post_message(route.chat_id, fields, reply_to)
+            await self._remember(wamid, key, route.chat_id)
         return wamid
 
     async def send_file(self, route: ev.Route, path: Path, *, key: str) -> str:
@@ -535,8 +557,9 @@ class WhatsAppBridge(Bridge):
         media: dict[str, Any] = {"id": str(uploaded["id"])}
         if kind == "document":
             media["filename"] = path.name
-        wamid = await self._post_message(route.chat_id, {"type": kind, kind: media})
-        await self._remember(wamid, key, route.chat_id)
+        async with self._sending():
+            wamid = await self._post_message(route.chat_id, {"type": kind, kind: media})
+            await self._remember(wamid, key, route.chat_id)
         return wamid
 
     async def react(self, route: ev.Route, target: str, emoji: str) -> None:

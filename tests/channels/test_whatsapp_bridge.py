@@ -4,6 +4,7 @@ person sends reaches the bus once, what the agent says reaches the person, and W
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -232,3 +233,26 @@ async def test_status_callbacks_out_of_order_give_one_receipt_each_and_no_failur
     receipts = [r for r in await wa.bus.receipts() if r.outbound_id == "out-o"]
     assert sorted(r.platform_message_id == sent.wamid for r in receipts) == [True, True, True]  # send, delivered, read
     assert all(r.ok and r.seq == 9 for r in receipts)
+
+
+async def test_a_failed_status_that_comes_before_graphs_answer_still_reaches_the_agent(wa: WhatsApp) -> None:
+    await wa.graph.user_writes(ADA, "hi")
+    wa.graph.age_window(ADA, 30)  # Meta's record: Ada last wrote 30 hours ago, so it fails the send (131047)
+    here = asyncio.get_running_loop()
+
+    async def bridge_took_the_status() -> None:
+        async def took() -> bool:  # handled (and acked) it, or is holding it for the send in flight
+            info = await wa.bus.js.consumer_info("CLAWDEN_WEBHOOKS", "channel-whatsapp-webhooks")
+            return (info.num_pending, info.num_ack_pending) == (0, 0) or "waits for the sends" in wa.bridge.output()
+
+        await eventually(took, timeout=30, message=wa.bridge.output)
+
+    # Meta's "failed" webhook is stored and taken by the bridge before the bridge hears the send's answer.
+    wa.graph.before_answer = lambda: asyncio.wrap_future(
+        asyncio.run_coroutine_threadsafe(bridge_took_the_status(), here)
+    )
+    await wa.bus.send_to(ADA, "too late", id="out-late", session_id="s1", seq=11)
+    failed = [r for r in await receipt_for(wa, "out-late", 2) if not r.ok]
+    [late] = wa.graph.undelivered
+    assert [(r.session_id, r.seq, r.platform_message_id) for r in failed] == [("s1", 11, late.wamid)]
+    assert "Re-engagement message (131047)" in (failed[0].error or "")

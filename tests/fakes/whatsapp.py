@@ -16,7 +16,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -269,6 +269,11 @@ class FakeGraph:
         self.sent: list[SentMessage] = []
         self.undelivered: list[SentMessage] = []  # accepted outside the 24-hour window, then failed
         self._tasks: set[asyncio.Future[int]] = set()
+        # Meta does not order its webhooks against its API answers. When set, a send refused outside the
+        # window has its "failed" status posted (and stored by the front door) first, then this is awaited,
+        # and only then is the send answered.
+        self.before_answer: Callable[[], Awaitable[None]] | None = None
+        self._late: asyncio.Future[int] | None = None
         self.media: dict[str, tuple[bytes, str, str]] = {}  # id -> (bytes, mime, filename)
         self.last_inbound: dict[str, float] = {}
         self.faults: dict[str, list[GraphError]] = {}
@@ -406,6 +411,10 @@ class FakeGraph:
         status, content, ctype, extra = 200, b"", "application/json", []
         try:
             result = self._route(scope["method"], scope["path"], headers, body)
+            late, self._late = self._late, None
+            if late is not None and self.before_answer is not None:
+                await late
+                await self.before_answer()
             if isinstance(result, bytes):
                 content, ctype = result, "application/octet-stream"
             else:
@@ -499,25 +508,24 @@ class FakeGraph:
             late = SentMessage(wamid, to, payload)
             self.undelivered.append(late)
             if self.sender is not None:
-                self._tasks.add(
-                    asyncio.ensure_future(
-                        self.status(
-                            late,
-                            "failed",
-                            errors=[
-                                {
-                                    "code": 131047,
-                                    "title": "Re-engagement message",
-                                    "message": "Re-engagement message",
-                                    "error_data": {
-                                        "details": "Message failed to send because more than 24 hours have passed "
-                                        "since the customer last replied to this number."
-                                    },
-                                }
-                            ],
-                        )
+                self._late = asyncio.ensure_future(
+                    self.status(
+                        late,
+                        "failed",
+                        errors=[
+                            {
+                                "code": 131047,
+                                "title": "Re-engagement message",
+                                "message": "Re-engagement message",
+                                "error_data": {
+                                    "details": "Message failed to send because more than 24 hours have passed "
+                                    "since the customer last replied to this number."
+                                },
+                            }
+                        ],
                     )
                 )
+                self._tasks.add(self._late)
         else:
             self.sent.append(SentMessage(wamid, to, payload))
         return {"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": wamid}]}
