@@ -2,6 +2,6 @@
 
 import sys
 
-from clawden.cli import main
+from clawden.cli.main import main
 
 sys.exit(main())

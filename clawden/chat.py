@@ -26,7 +26,7 @@ from clawden.bus import events as ev
 from clawden.cardtext import render_text
 from clawden.config import Config
 from clawden.control import ControlError
-from clawden.status import Unreachable, connect_cli
+from clawden.owner import Unreachable, connect_cli
 
 CHANNEL = "local"
 OUTBOUND = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing

@@ -42,7 +42,7 @@ class Refused(ControlError):
 
 async def ask(cfg: Config, verb: Verb[Req, Rep], request: Req, timeout: float = 10.0) -> Rep:
     """Ask as the CLI: connect, ask (again while nobody listens yet, until `timeout`), close."""
-    from clawden.status import Unreachable, connect_cli
+    from clawden.owner import Unreachable, connect_cli
 
     try:
         nc = await connect_cli(cfg, timeout)

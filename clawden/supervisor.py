@@ -380,12 +380,12 @@ def config_warnings(cfg: Config) -> list[str]:
 
 def image_warning(image: str) -> str | None:
     """The agent image missing is said at `up`, not at the first message (groups' own: `clawden doctor`)."""
-    from clawden.image import ImageBuildError, image_exists
+    from clawden.dockercli import DockerError, image_exists
 
     try:
         if image_exists(image):
             return None
-    except ImageBuildError as exc:  # no docker CLI
+    except DockerError as exc:  # no docker CLI
         return f"cannot check the agent image {image}: {exc}"
     return (
         f"agent image {image} is missing (or Docker does not answer): no agent can start until "

@@ -1,6 +1,6 @@
 """What `clawden status` reports, asked over a connection the caller holds: every instance's micro stats and
 ping, agent containers, the durables' backlogs, pending approvals, bridges' delivery counters. The CLI asks
-it as the owner (clawden/status.py), the web service's status page over its own identity."""
+it as the owner (clawden/cli/status.py), the web service's status page over its own identity."""
 
 from __future__ import annotations
 

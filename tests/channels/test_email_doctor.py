@@ -13,7 +13,7 @@ import pytest
 
 from clawden import config as config_mod
 from clawden import setup
-from clawden.doctor import Probe, channel_check, configured_channels
+from clawden.cli.doctor import Probe, channel_check, configured_channels
 from tests.channels.email_harness import unique
 from tests.ops.conftest import fresh_home
 from tests.servers.mail.fixture import MailServer

@@ -13,7 +13,7 @@ import pytest
 
 from clawden import config as config_mod
 from clawden import setup
-from clawden.doctor import Probe, channel_check, configured_channels
+from clawden.cli.doctor import Probe, channel_check, configured_channels
 from tests.servers.synapse.fixture import Synapse
 
 pytestmark = pytest.mark.process

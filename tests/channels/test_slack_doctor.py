@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clawden.doctor import Probe, channel_check
+from clawden.cli.doctor import Probe, channel_check
 from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, FakeSlack
 from tests.ops.conftest import fresh_home
 

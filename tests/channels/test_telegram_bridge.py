@@ -17,9 +17,9 @@ from urllib.request import url2pathname
 import nats
 import pytest
 
-from clawden import status
 from clawden.bus import events as ev
 from clawden.bus import subjects
+from clawden.cli import status
 from clawden.runtime import EX_CONFIG
 from services.channels.retry import PlatformError
 from services.channels.telegram import CAPABILITIES, TelegramBridge

@@ -171,7 +171,8 @@ async def test_what_arrives_while_the_bridge_is_down_waits_in_jetstream_for_it(w
 
 
 async def test_doctor_checks_the_token_against_the_phone_number_id(wa: WhatsApp) -> None:
-    from clawden import config, doctor
+    from clawden import config
+    from clawden.cli import doctor
 
     env = {
         "CLAWDEN_WHATSAPP_TOKEN": wa.graph.token,

@@ -9,8 +9,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from clawden import image
-from clawden.image import WheelTarget
+from clawden.cli import image
+from clawden.cli.image import WheelTarget
 
 TARGET = WheelTarget(python="3.11", machine="x86_64", glibc="2.36")
 

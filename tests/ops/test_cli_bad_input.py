@@ -22,7 +22,7 @@ from clawden import config as config_mod
 from clawden import natsauth
 from clawden.bus import publish, subjects
 from clawden.chat import inbound_event
-from clawden.cli import parser
+from clawden.cli.main import parser
 from clawden.config import free_nats_port
 from tests.eventually import eventually_sync
 from tests.ops.conftest import Core, fresh_home

@@ -8,7 +8,8 @@ from nats.errors import NoRespondersError
 
 from clawden import control
 from clawden.bus import ctl, subjects
-from clawden.status import connect_cli, gather
+from clawden.cli.status import gather
+from clawden.owner import connect_cli
 from tests.ops.conftest import CORE, Core
 
 

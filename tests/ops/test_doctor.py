@@ -15,8 +15,7 @@ import pytest
 
 from clawden import config as config_mod
 from clawden import natsauth
-from clawden.cli import main
-from clawden.doctor import (
+from clawden.cli.doctor import (
     DISK_WARN,
     Probe,
     Result,
@@ -32,6 +31,7 @@ from clawden.doctor import (
     disk_result,
     exit_code,
 )
+from clawden.cli.main import main
 from clawden.vaultfiles import trust_dir
 from services.vault.certs import CertificateAuthority, write_trust_files
 from tests.e2e.harness import Stack

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from clawden import logview
+from clawden.cli import logview
 
 ROUTER = """\
 10:00:00.100 I clawden.runtime: router ready

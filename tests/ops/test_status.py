@@ -18,8 +18,9 @@ from clawden import control, natsauth, runtime
 from clawden.bus import ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import bridge_lanes, ensure_consumer
-from clawden.cli import main
-from clawden.status import Unreachable, gather, healthy, render
+from clawden.cli.main import main
+from clawden.cli.status import gather, healthy, render
+from clawden.owner import Unreachable
 from tests.e2e.harness import Stack, Terminal
 from tests.ops.conftest import Core, fresh_home
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clawden import image, units
+from clawden.cli import image, units
 
 pytestmark = pytest.mark.process  # builds and installs a wheel
 
@@ -44,7 +44,7 @@ PROBE = """
 import importlib.util, json, sys, tempfile
 from pathlib import Path
 import clawden
-from clawden import image, units
+from clawden.cli import image, units
 from clawden.resources import resource_dir
 
 with tempfile.TemporaryDirectory() as tmp:

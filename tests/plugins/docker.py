@@ -13,7 +13,7 @@ import docker
 import pytest
 from docker.errors import DockerException, ImageNotFound
 
-from clawden.image import image_is_current
+from clawden.cli.image import image_is_current
 
 AGENT_IMAGE = "clawden-agent:latest"
 

@@ -1,5 +1,5 @@
-"""Layering: the kernel (`clawden/`) never imports a service, no service imports another one or the
-command line, and the pure cores do no I/O.
+"""Layering: the kernel (`clawden/`) never imports a service, no service imports another one, neither the kernel
+nor a service imports the command line and operator tools (`clawden/cli/`), and the pure cores do no I/O.
 
 Services meet only on NATS, through the contract in `clawden/`; what two of them share lives there.
 """
@@ -75,15 +75,15 @@ def test_no_service_imports_another() -> None:
     assert wrong == []
 
 
-CLI = (
-    "clawden.cli",
-    "clawden.commands",
-    "clawden.doctor",
-    "clawden.status",
-    "clawden.logview",
-    "clawden.units",
-    "clawden.image",
-)
+CLI = "clawden.cli"  # the command and the operator tools: doctor, status, logview, units, image
+
+
+def imports_the_cli(name: str) -> bool:
+    return name == CLI or name.startswith(f"{CLI}.")
+
+
+def in_the_cli(module: str) -> bool:
+    return imports_the_cli(module) or module == "clawden.__main__"  # `python -m clawden` is the command
 
 
 def test_no_service_imports_the_command_line_or_the_operator_tools() -> None:
@@ -91,9 +91,32 @@ def test_no_service_imports_the_command_line_or_the_operator_tools() -> None:
         f"{path.relative_to(ROOT)}:{line} imports {name}"
         for path, module in modules("services")
         for line, name in imported(path.read_text(), module, path.name == "__init__.py")
-        if any(name == c or name.startswith(f"{c}.") for c in CLI)
+        if imports_the_cli(name)
     ]
     assert wrong == []
+
+
+def test_the_kernel_imports_neither_the_command_line_nor_the_operator_tools() -> None:
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path, module in modules("clawden")
+        if not in_the_cli(module)
+        for line, name in imported(path.read_text(), module, path.name == "__init__.py")
+        if imports_the_cli(name)
+    ]
+    assert wrong == []
+
+
+def test_the_operator_tools_are_in_the_cli_package_where_the_rules_above_see_them() -> None:
+    tools = ("cli.py", "commands", "doctor.py", "status.py", "logview.py", "units.py", "image.py")
+    assert [name for name in tools if (ROOT / "clawden" / name).exists()] == []
+    assert all((ROOT / "clawden" / "cli" / name).exists() for name in tools[1:])
+
+
+def test_the_scan_sees_a_kernel_module_importing_the_cli() -> None:
+    source = "def f():\n    from clawden.cli import status\n    from .cli.commands import ops\n"
+    names = [name for _, name in imported(source, "clawden.chat")]
+    assert [imports_the_cli(n) for n in names] == [True, True]
 
 
 # The pure cores decide from plain data: no clock, no event loop, no disk, no bus, no Docker.

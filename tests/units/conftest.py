@@ -7,7 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
-from clawden import config, units
+from clawden import config
+from clawden.cli import units
 from tests.plugins.docker import _unavailable
 
 # Three ways units get installed: as root (the runner keeps three capabilities), as a dedicated

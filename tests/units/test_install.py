@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from clawden import config, units
+from clawden import config
+from clawden.cli import units
 
 pytestmark = pytest.mark.process  # each test runs the `clawden` command as a process
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from clawden import units
+from clawden.cli import units
 from tests.units.conftest import install_for
 
 

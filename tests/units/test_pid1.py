@@ -28,7 +28,8 @@ import httpx
 import pytest
 
 from clawden import config as config_mod
-from clawden import control, natsserver, units
+from clawden import control, natsserver
+from clawden.cli import units
 from tests.channels.email_harness import letter, mails, text_of, unique
 from tests.channels.matrix_harness import Person
 from tests.eventually import eventually

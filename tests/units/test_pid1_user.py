@@ -18,7 +18,8 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from clawden import natsserver, units
+from clawden import natsserver
+from clawden.cli import units
 from tests.units.machine import LABEL_INSTALL, Machine, booted
 
 pytestmark = pytest.mark.docker

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clawden import units
+from clawden.cli import units
 from tests.units.conftest import VARIANTS, analyze_env, install_for, systemd_analyze, write_units
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -27,7 +27,7 @@ from clawden import config as config_mod
 from clawden import control, setup
 from clawden.bus import events as ev
 from clawden.bus import subjects
-from clawden.commands.vault import parse_since
+from clawden.cli.commands.vault import parse_since
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 from tests.fakes.anthropic import make_tls

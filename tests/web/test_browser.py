@@ -14,11 +14,12 @@ import msgspec
 import pytest
 
 from clawden import config as config_mod
-from clawden import control, doctor
+from clawden import control
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
 from clawden.bus.ctl import router as router_ctl
 from clawden.bus.ctl import web as web_ctl
+from clawden.cli import doctor
 from clawden.natsserver import free_port
 from tests.e2e.harness import Stack
 from tests.eventually import eventually

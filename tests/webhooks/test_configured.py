@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from clawden import config, doctor, status, supervisor, units
+from clawden import config, supervisor
+from clawden.cli import doctor, status, units
 
 
 @pytest.mark.parametrize("listen", ["", "127.0.0.1:8787"])

@@ -198,7 +198,8 @@ async def test_killed_with_a_hundred_in_flight_the_retries_store_each_delivery_e
 
 
 async def test_doctor_proves_the_public_url_reaches_the_door_by_its_handshake(door: FrontDoorProcess) -> None:
-    from clawden import config, doctor, natsserver
+    from clawden import config, natsserver
+    from clawden.cli import doctor
 
     def with_public(url: str) -> config.Config:
         cfg = config.load(door.home)

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from clawden import image
+from clawden.cli import image
 
 TAG = "clawden-synapse:test"
 REQUIREMENT = "matrix-synapse==1.163.2"

@@ -4,16 +4,11 @@ backlogs, pending approvals, failed deliveries. `gather` does the asking; `rende
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from nats.aio.client import Client
-from nats.errors import AuthorizationError, NoServersError
-from nats.errors import Error as NatsError
-
 from clawden import config as config_mod
-from clawden import natsauth
-from clawden.commands._output import table
+from clawden.cli.commands._output import table
+from clawden.owner import connect_cli
 
 # The asking lives in clawden/survey.py, which the web service shares; these names stay importable from here.
 from clawden.survey import CTL_TIMEOUT as CTL_TIMEOUT
@@ -27,71 +22,6 @@ from clawden.survey import discover as discover
 from clawden.survey import expected_services as expected_services
 from clawden.survey import fold_lanes as fold_lanes
 from clawden.survey import report as report
-
-
-class Unreachable(ConnectionError):
-    """NATS is down, or refuses the owner's CLI identity: `str()` says which, `fix` what to do."""
-
-    def __init__(self, message: str, fix: str) -> None:
-        super().__init__(message)
-        self.fix = fix
-
-
-def start_hint(cfg: config_mod.Config, unit: str = "clawden.target") -> str:
-    """How to start Clawden (or one unit of it) here: as installed units, or `clawden up`."""
-    from clawden.logview import installed_scope
-
-    if not cfg.embedded_nats and unit == "clawden.target":
-        return f"check that the NATS server at {cfg.nats_url} runs and this machine can reach it"
-    scope = installed_scope(ask_systemctl=False)
-    if scope == "user":
-        return f"systemctl --user start {unit}"
-    if scope == "system":
-        return f"sudo systemctl start {unit}"
-    return "start Clawden with `clawden up`"
-
-
-async def connect_cli(cfg: config_mod.Config, timeout: float = 5.0, reconnects: int = 1) -> Client:
-    """The owner's CLI connection, or `Unreachable` in plain words."""
-    try:
-        return await asyncio.wait_for(
-            natsauth.connect_as(cfg, natsauth.CLI, max_reconnect_attempts=reconnects), timeout
-        )
-    except natsauth.IdentityError as exc:
-        raise Unreachable(str(exc), f"chmod 600 {natsauth.seed_path(cfg, natsauth.CLI)}") from None
-    except AuthorizationError:
-        if other := another_server(cfg):
-            raise Unreachable(
-                other,
-                f"stop that one, or give this install its own port: [nats] port in "
-                f"{cfg.path('config.toml')}, then `clawden init` and `clawden up`",
-            ) from None
-        seed = natsauth.seed_path(cfg, natsauth.CLI)
-        why = "with the seed in " + str(seed) if seed.exists() else f"without a seed ({seed} is missing)"
-        raise Unreachable(
-            f"NATS at {cfg.nats_url} refused the owner's CLI identity {why}",
-            "run `clawden init` (it writes the seeds and nats.conf), then restart NATS "
-            "(`systemctl --user restart clawden-nats`, or restart `clawden up`)",
-        ) from None
-    except (NoServersError, OSError, TimeoutError, NatsError) as exc:
-        raise Unreachable(f"cannot reach NATS at {cfg.nats_url} ({type(exc).__name__})", start_hint(cfg)) from None
-
-
-def another_server(cfg: config_mod.Config) -> str | None:
-    """When the embedded server's port is held by a NATS server that is not this install's, says whose."""
-    from clawden import natsserver
-
-    if not cfg.embedded_nats:
-        return None
-    name = natsserver.announced_name(cfg.nats.port)
-    if name is None or name in (natsauth.server_name(cfg), "clawden"):  # "clawden": a server from before names
-        return None
-    if name.startswith("clawden-"):
-        return (
-            f"port {cfg.nats.port} belongs to another Clawden install (install id {name.removeprefix('clawden-')};"
-            f" this home {cfg.home} is {cfg.install_id})"
-        )
-    return f"port {cfg.nats.port} is held by a NATS server that is not this install's ({name or 'unnamed'})"
 
 
 async def gather(cfg: config_mod.Config, wait: float = DISCOVERY_WAIT) -> Report:

@@ -22,22 +22,21 @@ import sysconfig
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 from xml.sax.saxutils import escape
 
 from clawden import natsserver
 from clawden.config import Config, http_services
+from clawden.installed import SYSTEM_UNIT_DIR as SYSTEM_UNIT_DIR  # where they are installed: the kernel's too
+from clawden.installed import TARGET as TARGET
+from clawden.installed import Mode as Mode
+from clawden.installed import unit_dir as unit_dir
 from clawden.resources import resource_dir
-
-Mode = Literal["system", "user", "launchd"]
 
 UNITS_DIR = resource_dir("units")
 SERVICES = ("vault", "router", "runner", "scheduler", "approvals")  # the core, as `clawden up` runs it
-TARGET = "clawden.target"
 NATS_UNIT = "clawden-nats.service"
 CHANNEL_TEMPLATE = "clawden-channel@.service"
 LABEL_PREFIX = "dev.clawden"
-SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 # Hidden from every service by ProtectHome= and PrivateTmp=: install paths there are bound back read-only.
 HIDDEN = (Path("/home"), Path("/root"), Path("/run/user"), Path("/tmp"), Path("/var/tmp"))
 DOCKER_SOCKET = Path("/var/run/docker.sock")
@@ -394,16 +393,6 @@ def identities(cfg: Config) -> Call | None:
         return said
 
     return Call(said, write)
-
-
-def unit_dir(mode: Mode, user_home: Path, environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    if mode == "system":
-        return SYSTEM_UNIT_DIR
-    if mode == "launchd":
-        return user_home / "Library" / "LaunchAgents"
-    config = env.get("XDG_CONFIG_HOME") or str(user_home / ".config")
-    return Path(config) / "systemd" / "user"
 
 
 def _systemctl(mode: Mode, *args: str) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ async def running(cfg: config_mod.Config) -> dict[str, dict[str, Any]] | None:
     """Each answering bridge's ping (pid, uptime, stats), by channel name; None when NATS is unreachable."""
     from nats.errors import Error as NatsError
 
-    from clawden.status import status
+    from clawden.cli.status import status
 
     try:
         report = await status(cfg)
@@ -56,7 +56,7 @@ def cmd_login(args: argparse.Namespace) -> int:
     import sys
 
     from clawden.bridgeconfig import BridgeConfigError
-    from clawden.doctor import bridge_module
+    from clawden.cli.doctor import bridge_module
 
     cfg = config_mod.load(Path(args.home).expanduser() if args.home else None)
     if args.channel not in installed_channels():

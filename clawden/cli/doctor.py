@@ -30,8 +30,10 @@ from nats.aio.client import Client
 from clawden import agentcontainer, natsauth
 from clawden.bridgeconfig import BridgeConfigError, read_secret
 from clawden.config import Config, configured_bridges, unknown_in_file
+from clawden.installed import start_hint
+from clawden.owner import Unreachable, connect_cli
 from clawden.registry import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE, installed_channels
-from clawden.status import Unreachable, connect_cli, ctl, start_hint
+from clawden.survey import ctl
 from clawden.vaultfiles import BUNDLE_FILE, CA_CERT, CA_FILE, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
 
 GiB = 1 << 30
@@ -155,7 +157,7 @@ async def check_image(p: Probe) -> Result:
     def inspect() -> Result:
         import docker.errors
 
-        from clawden import image as image_mod
+        from clawden.cli import image as image_mod
 
         try:
             client = _docker()
@@ -201,7 +203,7 @@ def _agent_sources_hash() -> str | None:
     """The hash `clawden image build` labels an image with, for the agent sources installed here."""
     import tempfile
 
-    from clawden import image as image_mod
+    from clawden.cli import image as image_mod
 
     with tempfile.TemporaryDirectory(prefix="clawden-hash-") as tmp:
         try:

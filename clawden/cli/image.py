@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import os
 import shutil
 import subprocess
@@ -15,6 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import clawden
+from clawden.dockercli import DockerError, docker
+from clawden.dockercli import image_exists as image_exists
+from clawden.dockercli import image_labels as image_labels
 from clawden.resources import resource_dir
 
 DEFAULT_TAG = "clawden-agent:latest"
@@ -24,14 +27,14 @@ SOURCE_HASH_LABEL = "dev.clawden.source-hash"
 SDK_DIST = "claude-agent-sdk"
 SYSTEM_PACKAGES = ("git", "curl", "ca-certificates", "tini")  # as in container/Dockerfile
 CONTAINER_DIR = resource_dir("container")  # Dockerfile, bootstrap-base.sh, clawden_agent/
-SESSIONDB = Path(__file__).resolve().parent / "sessiondb.py"
+SESSIONDB = Path(clawden.__file__).resolve().parent / "sessiondb.py"
 PULL_TIMEOUT_S = 300.0
 
 Log = Callable[[str], object]
 
 
-class ImageBuildError(RuntimeError):
-    """The agent image (or its base, or its wheels) could not be produced."""
+# The agent image (or its base, or its wheels) could not be produced, or the docker CLI is missing.
+ImageBuildError = DockerError
 
 
 @dataclass(frozen=True)
@@ -307,19 +310,6 @@ def docker_build(ctx: Path, *, tag: str, base: str, digest: str, network: str, l
         raise ImageBuildError(f"docker build of {tag} failed")
 
 
-def image_exists(image: str) -> bool:
-    return docker(["docker", "image", "inspect", image]).returncode == 0
-
-
-def image_labels(image: str) -> dict[str, str] | None:
-    """The image's labels, or None when the image does not exist."""
-    result = docker(["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", image])
-    if result.returncode != 0:
-        return None
-    labels = json.loads(result.stdout or "null")
-    return {str(k): str(v) for k, v in (labels or {}).items()}
-
-
 def pull(image: str, *, log: Log) -> bool:
     log(f"pulling {image}")
     try:
@@ -331,13 +321,6 @@ def pull(image: str, *, log: Log) -> bool:
         reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
         log(f"pull of {image} failed: {reason}")
     return result.returncode == 0
-
-
-def docker(cmd: list[str], *, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
-    except FileNotFoundError as exc:
-        raise ImageBuildError("the docker CLI is not installed") from exc
 
 
 def run_logged(cmd: list[str], log: Log) -> int:

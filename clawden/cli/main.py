@@ -1,4 +1,4 @@
-"""The `clawden` command: init, up, chat, run a service, build the image; the rest in `clawden.commands`."""
+"""The `clawden` command: init, up, chat, run a service, build the image; the rest in `clawden.cli.commands`."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from clawden.image import build_agent_image
+    from clawden.cli.image import build_agent_image
 
     tag = build_agent_image(args.tag, args.base, force_base=args.force_base)
     print(f"built {tag}")
@@ -170,7 +170,7 @@ def parser() -> Parser:
     build.add_argument("--force-base", action="store_true", help="re-bootstrap the Debian base image")
     build.set_defaults(func=cmd_image_build)
 
-    from clawden.commands import register_all
+    from clawden.cli.commands import register_all
 
     register_all(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))  # its parsers are Parsers
     _home_anywhere(p)

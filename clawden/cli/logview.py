@@ -8,17 +8,15 @@ import datetime as dt
 import heapq
 import os
 import re
-import shutil
-import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import TextIO
 
-from clawden.units import TARGET
+from clawden.installed import Scope as Scope  # where the units are installed: the kernel's too
+from clawden.installed import installed_scope as installed_scope
 
-Scope = Literal["user", "system"]
 FOLLOW_POLL = 0.25  # seconds between looks at the files while following (the stdlib has no file events)
 BLOCK = 64 * 1024
 WRAP = 12 * 3600  # a time of day this much later than the next line's: that line is from the next day
@@ -51,35 +49,6 @@ def file_name(service: str) -> str:
 
 
 # ---- journald --------------------------------------------------------------------------------------
-
-
-def installed_scope(
-    unit_dirs: Sequence[tuple[Scope, Path]] | None = None, *, ask_systemctl: bool = True
-) -> Scope | None:
-    """Where `clawden units install` put the units: its target in a unit folder, else what systemctl knows."""
-    from clawden.units import SYSTEM_UNIT_DIR, unit_dir
-
-    default: list[tuple[Scope, Path]] = [("user", unit_dir("user", Path.home())), ("system", SYSTEM_UNIT_DIR)]
-    dirs = unit_dirs if unit_dirs is not None else default
-    for scope, folder in dirs:
-        if (folder / TARGET).exists():
-            return scope
-    if not ask_systemctl or shutil.which("systemctl") is None:
-        return None
-    scopes: tuple[Scope, ...] = ("user", "system")
-    for scope in scopes:
-        try:
-            found = subprocess.run(
-                ["systemctl", *(["--user"] if scope == "user" else []), "cat", TARGET],
-                capture_output=True,
-                timeout=5,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if found.returncode == 0:
-            return scope
-    return None
 
 
 def journal_command(scope: Scope, service: str | None, *, lines: int, follow: bool, session: str | None) -> list[str]:

@@ -19,8 +19,8 @@ from typing import Any
 from clawden import config as config_mod
 from clawden import control
 from clawden.bus.ctl import router
-from clawden.commands._args import LIMIT
-from clawden.commands._output import table as _table
+from clawden.cli.commands._args import LIMIT
+from clawden.cli.commands._output import table as _table
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -17,9 +17,9 @@ import msgspec
 from clawden import config as config_mod
 from clawden import control
 from clawden.bus.ctl import router
-from clawden.commands._args import LIMIT
-from clawden.commands._output import show as _show
-from clawden.commands._output import table as _table
+from clawden.cli.commands._args import LIMIT
+from clawden.cli.commands._output import show as _show
+from clawden.cli.commands._output import table as _table
 
 Payload = dict[str, Any]
 if TYPE_CHECKING:  # subscriptable only to the type checker

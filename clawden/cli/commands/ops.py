@@ -27,7 +27,8 @@ def _quiet_bus() -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from clawden.status import Unreachable, gather, healthy, render
+    from clawden.cli.status import gather, healthy, render
+    from clawden.owner import Unreachable
 
     _quiet_bus()
     try:
@@ -40,7 +41,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from clawden.doctor import diagnose, exit_code, render
+    from clawden.cli.doctor import diagnose, exit_code, render
 
     _quiet_bus()
     results = asyncio.run(diagnose(_cfg(args)))
@@ -56,7 +57,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from clawden import logview
+    from clawden.cli import logview
 
     try:
         service = logview.canonical(args.service) if args.service else None

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from clawden import config as config_mod
 from clawden import control
-from clawden.commands._args import LIMIT
-from clawden.commands._output import show as _show
-from clawden.commands._output import table as _table
-from clawden.commands._output import when as _when
+from clawden.cli.commands._args import LIMIT
+from clawden.cli.commands._output import show as _show
+from clawden.cli.commands._output import table as _table
+from clawden.cli.commands._output import when as _when
 
 Payload = dict[str, Any]
 if TYPE_CHECKING:  # subscriptable only to the type checker

@@ -16,10 +16,10 @@ from clawden import config as config_mod
 from clawden import control
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl.common import CAPABILITIES
-from clawden.commands._args import LIMIT, PRIORITY, int_between
-from clawden.commands._output import show as _show
-from clawden.commands._output import table as _table
-from clawden.commands._output import when as _when
+from clawden.cli.commands._args import LIMIT, PRIORITY, int_between
+from clawden.cli.commands._output import show as _show
+from clawden.cli.commands._output import table as _table
+from clawden.cli.commands._output import when as _when
 from clawden.models import model_warning
 
 Payload = dict[str, Any]
@@ -211,7 +211,7 @@ def _reach_lines(reach: dict[str, str]) -> str:
 
 async def _group_reach(cfg: config_mod.Config, channel: str) -> dict[str, str]:
     """Each running bridge's word on which group messages reach it (Telegram's privacy mode), by channel."""
-    from clawden.commands.channels import running
+    from clawden.cli.commands.channels import running
 
     out: dict[str, str] = {}
     for name in sorted(await running(cfg) or {}):

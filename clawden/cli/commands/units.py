@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clawden import config as config_mod
-from clawden import units
+from clawden.cli import units
 
 
 def _mode(args: argparse.Namespace) -> units.Mode:
