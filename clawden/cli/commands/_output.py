@@ -6,7 +6,11 @@ import argparse
 import json
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TypeVar
+
+import msgspec
+
+T = TypeVar("T")
 
 
 def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
@@ -19,10 +23,11 @@ def when(at: float | None, *, seconds: bool = False) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M", time.localtime(at)) if at else "-"
 
 
-def show(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> int:
-    """`--json` prints the service's answer as is; otherwise `render` makes it readable."""
+def show(args: argparse.Namespace, data: T, render: Callable[[T], str]) -> int:
+    """`--json` prints the service's reply (a control Struct, or a list of them) as JSON; otherwise `render`
+    makes it readable."""
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps(msgspec.to_builtins(data), indent=2))
     elif isinstance(data, list) and not data:
         print("(none)")
     else:

@@ -1,5 +1,5 @@
 """`clawden groups|chats|wire|users|roles|members|destinations|sessions|dropped|pair`: the router's
-entities, over NATS request/reply (`clawden.ctl.router.<resource>`)."""
+entities, over NATS request/reply (`clawden.ctl.router.<resource>`, declared in clawden/bus/ctl/router.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
 
 from clawden import config as config_mod
 from clawden import control
-from clawden.bus.ctl import Nothing
+from clawden.bus.ctl import Nothing, Verb
+from clawden.bus.ctl import router as ctl
 from clawden.bus.ctl.common import CAPABILITIES
 from clawden.cli.commands._args import LIMIT, PRIORITY, int_between
 from clawden.cli.commands._output import show as _show
@@ -22,7 +25,9 @@ from clawden.cli.commands._output import table as _table
 from clawden.cli.commands._output import when as _when
 from clawden.models import model_warning
 
-Payload = dict[str, Any]
+Options = dict[str, Any]
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
 if TYPE_CHECKING:  # subscriptable only to the type checker
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -33,9 +38,9 @@ SESSION_MODES = ("shared", "per-thread", "agent-shared")
 POLICIES = ("strict", "request_approval", "public")
 
 
-def _call(args: argparse.Namespace, resource: str, payload: Payload) -> Any:
+def _ask(args: argparse.Namespace, verb: Verb[Req, Rep], request: Req) -> Rep:
     home = Path(args.home).expanduser() if args.home else None
-    return control.run_options(config_mod.load(home), "router", resource, payload)
+    return control.run(config_mod.load(home), verb, request)
 
 
 def _known_channel(args: argparse.Namespace, channel: str, *, to_pair: bool = False) -> None:
@@ -57,16 +62,16 @@ def _known_channel(args: argparse.Namespace, channel: str, *, to_pair: bool = Fa
             )
 
 
-def _fields(data: Payload) -> str:
+def _fields(reply: msgspec.Struct) -> str:
     def shown(key: str, value: object) -> object:
         if isinstance(value, dict | list):
             return json.dumps(value)
         return _when(value) if key.endswith("_at") and isinstance(value, float | int) else value
 
-    return "\n".join(f"{k}: {shown(k, v)}" for k, v in data.items())
+    return "\n".join(f"{k}: {shown(k, v)}" for k, v in msgspec.to_builtins(reply).items())
 
 
-def _only(args: argparse.Namespace, *names: str) -> Payload:
+def _only(args: argparse.Namespace, *names: str) -> Options:
     """The options a person actually gave (None means "leave as it is")."""
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
@@ -120,45 +125,46 @@ def _group_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _group_payload(args: argparse.Namespace) -> Payload:
-    payload = _only(args, "folder", "assistant_name", "provider", "model")
+def _group_options_given(args: argparse.Namespace) -> Options:
+    """The group's fields a person gave, its container settings as one `ContainerSettings` when any."""
+    given = _only(args, "folder", "assistant_name", "provider", "model")
     if problem := model_warning(args.model or ""):  # the router checks only its shape
         print(f"clawden: warning: {problem}", file=sys.stderr)
     container = _only(args, "image", "memory", "cpus", "pids", "idle_timeout", "max_turns", "turn_budget")
     if container:
-        payload["container"] = container
-    return payload
+        given["container"] = ctl.ContainerSettings(**container)
+    return given
 
 
-def _render_groups(rows: list[Payload]) -> str:
+def _render_groups(rows: list[ctl.GroupListed]) -> str:
     return _table(
-        [(r["name"], r["folder"], r["model"] or "-", r["chats"], r["sessions"]) for r in rows],
+        [(r.name, r.folder, r.model or "-", r.chats, r.sessions) for r in rows],
         ("NAME", "FOLDER", "MODEL", "WIRED CHATS", "SESSIONS"),
     )
 
 
 def groups_list(args: argparse.Namespace) -> int:
-    return _show(args, _call(args, "groups", {"op": "list"}), _render_groups)
+    return _show(args, _ask(args, ctl.GROUPS_LIST, ctl.ListAll()), _render_groups)
 
 
 def groups_get(args: argparse.Namespace) -> int:
-    return _show(args, _call(args, "groups", {"op": "get", "name": args.name}), _fields)
+    return _show(args, _ask(args, ctl.GROUPS_GET, ctl.GroupGet(name=args.name)), _fields)
 
 
 def groups_create(args: argparse.Namespace) -> int:
-    data = _call(args, "groups", {"op": "create", "name": args.name, **_group_payload(args)})
-    return _show(args, data, lambda d: f"created agent group {d['name']} (folder groups/{d['folder']})")
+    group = _ask(args, ctl.GROUPS_CREATE, ctl.GroupCreate(name=args.name, **_group_options_given(args)))
+    return _show(args, group, lambda g: f"created agent group {g.name} (folder groups/{g.folder})")
 
 
 def groups_update(args: argparse.Namespace) -> int:
-    data = _call(args, "groups", {"op": "update", "name": args.name, **_group_payload(args)})
-    return _show(args, data, _fields)
+    group = _ask(args, ctl.GROUPS_UPDATE, ctl.GroupUpdate(name=args.name, **_group_options_given(args)))
+    return _show(args, group, _fields)
 
 
 def groups_delete(args: argparse.Namespace) -> int:
     if not args.yes:
-        group = _call(args, "groups", {"op": "get", "name": args.name})
-        what = f"agent group {args.name} with its {len(group['wirings'])} wiring(s) and its sessions" + (
+        group = _ask(args, ctl.GROUPS_GET, ctl.GroupGet(name=args.name))
+        what = f"agent group {args.name} with its {len(group.wirings)} wiring(s) and its sessions" + (
             " (the one `clawden chat` and new chats talk to)" if args.name == "main" else ""
         )
         if not sys.stdin.isatty():
@@ -166,13 +172,13 @@ def groups_delete(args: argparse.Namespace) -> int:
         if input(f"Delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
             print("not deleted")
             return 1
-    data = _call(args, "groups", {"op": "delete", "name": args.name})
+    deleted = _ask(args, ctl.GROUPS_DELETE, ctl.GroupDelete(name=args.name))
     return _show(
         args,
-        data,
+        deleted,
         lambda d: (
-            f"deleted agent group {d['deleted']} ({d['wirings']} wiring(s),"
-            f" {d['sessions']} session(s)); its folder stays on disk"
+            f"deleted agent group {d.deleted} ({d.wirings} wiring(s),"
+            f" {d.sessions} session(s)); its folder stays on disk"
         ),
     )
 
@@ -180,23 +186,23 @@ def groups_delete(args: argparse.Namespace) -> int:
 # --- chats -----------------------------------------------------------------------------------------
 
 
-def _render_chats(rows: list[Payload]) -> str:
+def _render_chats(rows: list[ctl.Chat]) -> str:
     # A chat with no wiring of its own is answered through its channel's `*` row, if that one is wired.
-    every = {r["channel"]: r["wired"] for r in rows if r["chat_id"] == "*"}
+    every = {r.channel: r.wired for r in rows if r.chat_id == "*"}
 
-    def wired(r: Payload) -> str:
-        if r["wired"]:
-            return ",".join(r["wired"])
-        return f"{','.join(every[r['channel']])} (via *)" if every.get(r["channel"]) else "-"
+    def wired(r: ctl.Chat) -> str:
+        if r.wired:
+            return ",".join(r.wired)
+        return f"{','.join(every[r.channel])} (via *)" if every.get(r.channel) else "-"
 
     return _table(
         [
             (
-                r["channel"],
-                r["chat_id"],
-                r["name"],
-                "group" if r["is_group"] else "direct",
-                r["policy"] + (" (declined)" if r["denied"] else ""),
+                r.channel,
+                r.chat_id,
+                r.name,
+                "group" if r.is_group else "direct",
+                r.policy + (" (declined)" if r.denied else ""),
                 wired(r),
             )
             for r in rows
@@ -227,7 +233,7 @@ async def _group_reach(cfg: config_mod.Config, channel: str) -> dict[str, str]:
 
 
 def chats_list(args: argparse.Namespace) -> int:
-    rows = _call(args, "chats", {"op": "list", "channel": args.channel or ""})
+    rows = _ask(args, ctl.CHATS_LIST, ctl.ChatList(channel=args.channel or ""))
     code = _show(args, rows, _render_chats)
     if not args.json:
         # A group the bot cannot read (privacy mode) never shows here: say what the bridge can see.
@@ -239,37 +245,27 @@ def chats_list(args: argparse.Namespace) -> int:
 
 def chats_create(args: argparse.Namespace) -> int:
     _known_channel(args, args.channel)
-    payload = {
-        "op": "create",
-        "channel": args.channel,
-        "chat_id": args.chat_id,
-        "is_group": args.group,
-        **_only(args, "name", "policy"),
-    }
-    return _show(args, _call(args, "chats", payload), lambda d: _render_chats([d]))
+    request = ctl.ChatCreate(
+        channel=args.channel, chat_id=args.chat_id, is_group=args.group, **_only(args, "name", "policy")
+    )
+    return _show(args, _ask(args, ctl.CHATS_CREATE, request), lambda chat: _render_chats([chat]))
 
 
 def chats_update(args: argparse.Namespace) -> int:
-    payload = {
-        "op": "update",
-        "channel": args.channel,
-        "chat_id": args.chat_id,
-        "allow": args.allow,
-        **_only(args, "name", "policy", "is_group"),
-    }
-    return _show(args, _call(args, "chats", payload), lambda d: _render_chats([d]))
+    request = ctl.ChatUpdate(
+        channel=args.channel, chat_id=args.chat_id, allow=args.allow, **_only(args, "name", "policy", "is_group")
+    )
+    return _show(args, _ask(args, ctl.CHATS_UPDATE, request), lambda chat: _render_chats([chat]))
 
 
 def chats_delete(args: argparse.Namespace) -> int:
-    data = _call(args, "chats", {"op": "delete", "channel": args.channel, "chat_id": args.chat_id})
-    return _show(args, data, lambda d: f"deleted chat {d['deleted']} and {d['wirings']} wiring(s)")
+    deleted = _ask(args, ctl.CHATS_DELETE, ctl.ChatDelete(channel=args.channel, chat_id=args.chat_id))
+    return _show(args, deleted, lambda d: f"deleted chat {d.deleted} and {d.wirings} wiring(s)")
 
 
 def chats_move(args: argparse.Namespace) -> int:
-    data = _call(
-        args, "chats", {"op": "move", "channel": args.channel, "chat_id": args.chat_id, "new_chat_id": args.new_chat_id}
-    )
-    return _show(args, data, lambda d: _render_chats([d]))
+    request = ctl.ChatMove(channel=args.channel, chat_id=args.chat_id, new_chat_id=args.new_chat_id)
+    return _show(args, _ask(args, ctl.CHATS_MOVE, request), lambda chat: _render_chats([chat]))
 
 
 # --- wirings ---------------------------------------------------------------------------------------
@@ -297,18 +293,18 @@ def _wiring_options(p: argparse.ArgumentParser) -> None:
 WIRING_FIELDS = ("engage_mode", "engage_pattern", "sender_scope", "ignored_messages", "session_mode", "priority")
 
 
-def _render_wirings(rows: list[Payload]) -> str:
+def _render_wirings(rows: list[ctl.Wiring]) -> str:
     return _table(
         [
             (
-                r["channel"],
-                r["chat_id"],
-                r["agent_group"],
-                r["engage_mode"] + (f" {r['engage_pattern']!r}" if r["engage_mode"] == "pattern" else ""),
-                r["sender_scope"],
-                r["ignored_messages"],
-                r["session_mode"],
-                r["priority"],
+                r.channel,
+                r.chat_id,
+                r.agent_group,
+                r.engage_mode + (f" {r.engage_pattern!r}" if r.engage_mode == "pattern" else ""),
+                r.sender_scope,
+                r.ignored_messages,
+                r.session_mode,
+                r.priority,
             )
             for r in rows
         ],
@@ -317,28 +313,28 @@ def _render_wirings(rows: list[Payload]) -> str:
 
 
 def wire_list(args: argparse.Namespace) -> int:
-    payload = {"op": "list", "channel": args.channel or "", "chat_id": args.chat or "", "agent_group": args.group or ""}
-    return _show(args, _call(args, "wirings", payload), _render_wirings)
+    request = ctl.WiringList(channel=args.channel or "", chat_id=args.chat or "", agent_group=args.group or "")
+    return _show(args, _ask(args, ctl.WIRINGS_LIST, request), _render_wirings)
 
 
-def _wiring_key(args: argparse.Namespace) -> Payload:
+def _wiring_key(args: argparse.Namespace) -> Options:
     return {"channel": args.channel, "chat_id": args.chat_id, "agent_group": args.agent_group}
 
 
 def wire_add(args: argparse.Namespace) -> int:
     _known_channel(args, args.channel)
-    data = _call(args, "wirings", {"op": "create", **_wiring_key(args), **_only(args, *WIRING_FIELDS)})
-    return _show(args, data, lambda d: _render_wirings([d]))
+    wiring = _ask(args, ctl.WIRINGS_CREATE, ctl.WiringCreate(**_wiring_key(args), **_only(args, *WIRING_FIELDS)))
+    return _show(args, wiring, lambda w: _render_wirings([w]))
 
 
 def wire_update(args: argparse.Namespace) -> int:
-    data = _call(args, "wirings", {"op": "update", **_wiring_key(args), **_only(args, *WIRING_FIELDS)})
-    return _show(args, data, lambda d: _render_wirings([d]))
+    wiring = _ask(args, ctl.WIRINGS_UPDATE, ctl.WiringUpdate(**_wiring_key(args), **_only(args, *WIRING_FIELDS)))
+    return _show(args, wiring, lambda w: _render_wirings([w]))
 
 
 def wire_remove(args: argparse.Namespace) -> int:
-    data = _call(args, "wirings", {"op": "delete", **_wiring_key(args)})
-    return _show(args, data, lambda d: f"unwired {d['unwired']} from {d['chat_id']} on {d['channel']}")
+    unwired = _ask(args, ctl.WIRINGS_DELETE, ctl.WiringDelete(**_wiring_key(args)))
+    return _show(args, unwired, lambda u: f"unwired {u.unwired} from {u.chat_id} on {u.channel}")
 
 
 # --- users, roles, members, destinations -----------------------------------------------------------
@@ -347,15 +343,15 @@ def wire_remove(args: argparse.Namespace) -> int:
 def users_list(args: argparse.Namespace) -> int:
     return _show(
         args,
-        _call(args, "users", {"op": "list"}),
+        _ask(args, ctl.USERS_LIST, ctl.ListAll()),
         lambda rows: _table(
             [
                 (
-                    r["id"],
-                    r["display_name"],
-                    ",".join(r["roles"]) or "-",
-                    ",".join(r["member_of"]) or "-",
-                    _when(r["last_seen"]),
+                    r.id,
+                    r.display_name,
+                    ",".join(r.roles) or "-",
+                    ",".join(r.member_of) or "-",
+                    _when(r.last_seen),
                 )
                 for r in rows
             ],
@@ -367,17 +363,17 @@ def users_list(args: argparse.Namespace) -> int:
 def users_unregistered(args: argparse.Namespace) -> int:
     return _show(
         args,
-        _call(args, "users", {"op": "unregistered"}),
+        _ask(args, ctl.USERS_UNREGISTERED, ctl.UsersUnregistered()),
         lambda rows: _table(
             [
                 (
-                    r["user_id"],
-                    r["name"],
-                    f"{r['channel']}:{r['chat_id']}",
-                    r["agent_group"],
-                    r["reason"],
-                    r["message_count"],
-                    _when(r["last_seen"]),
+                    r.user_id,
+                    r.name,
+                    f"{r.channel}:{r.chat_id}",
+                    r.agent_group,
+                    r.reason,
+                    r.message_count,
+                    _when(r.last_seen),
                 )
                 for r in rows
             ],
@@ -389,68 +385,57 @@ def users_unregistered(args: argparse.Namespace) -> int:
 def roles_list(args: argparse.Namespace) -> int:
     return _show(
         args,
-        _call(args, "roles", {"op": "list"}),
+        _ask(args, ctl.ROLES_LIST, ctl.ListAll()),
         lambda rows: _table(
-            [
-                (r["user_id"], r["role"], r["agent_group"] or "(global)", r["granted_by"], _when(r["granted_at"]))
-                for r in rows
-            ],
+            [(r.user_id, r.role, r.agent_group or "(global)", r.granted_by, _when(r.granted_at)) for r in rows],
             ("USER", "ROLE", "SCOPE", "GRANTED BY", "SINCE"),
         ),
     )
 
 
 def roles_grant(args: argparse.Namespace) -> int:
-    data = _call(
-        args, "roles", {"op": "grant", "user_id": args.user, "role": args.role, "agent_group": args.group or ""}
-    )
-    scope = f" of {data['agent_group']}" if data["agent_group"] else ""
-    return _show(
-        args, data, lambda d: f"{d['user_id']} is {d['role']}{scope}" + ("" if d["changed"] else " (already was)")
-    )
+    request = ctl.RoleGrant(user_id=args.user, role=args.role, agent_group=args.group or "")
+    granted = _ask(args, ctl.ROLES_GRANT, request)
+    scope = f" of {granted.agent_group}" if granted.agent_group else ""
+    return _show(args, granted, lambda g: f"{g.user_id} is {g.role}{scope}" + ("" if g.changed else " (already was)"))
 
 
 def roles_revoke(args: argparse.Namespace) -> int:
-    data = _call(
-        args, "roles", {"op": "revoke", "user_id": args.user, "role": args.role, "agent_group": args.group or ""}
-    )
-    return _show(args, data, lambda d: f"{d['user_id']} is no longer {d['role']}")
+    request = ctl.RoleRevoke(user_id=args.user, role=args.role, agent_group=args.group or "")
+    return _show(args, _ask(args, ctl.ROLES_REVOKE, request), lambda r: f"{r.user_id} is no longer {r.role}")
 
 
 def members_list(args: argparse.Namespace) -> int:
     return _show(
         args,
-        _call(args, "members", {"op": "list", "agent_group": args.group or ""}),
+        _ask(args, ctl.MEMBERS_LIST, ctl.GroupFilter(agent_group=args.group or "")),
         lambda rows: _table(
-            [(r["agent_group"], r["user_id"], r["added_by"], _when(r["added_at"])) for r in rows],
+            [(r.agent_group, r.user_id, r.added_by, _when(r.added_at)) for r in rows],
             ("GROUP", "USER", "ADDED BY", "SINCE"),
         ),
     )
 
 
 def members_add(args: argparse.Namespace) -> int:
-    data = _call(args, "members", {"op": "add", "agent_group": args.agent_group, "user_id": args.user})
+    added = _ask(args, ctl.MEMBERS_ADD, ctl.MemberAdd(agent_group=args.agent_group, user_id=args.user))
     return _show(
         args,
-        data,
-        lambda d: f"{d['user_id']} is a member of {d['agent_group']}" + ("" if d["changed"] else " (already was)"),
+        added,
+        lambda a: f"{a.user_id} is a member of {a.agent_group}" + ("" if a.changed else " (already was)"),
     )
 
 
 def members_remove(args: argparse.Namespace) -> int:
-    data = _call(args, "members", {"op": "remove", "agent_group": args.agent_group, "user_id": args.user})
-    return _show(args, data, lambda d: f"{d['user_id']} is no longer a member of {d['agent_group']}")
+    removed = _ask(args, ctl.MEMBERS_REMOVE, ctl.MemberRemove(agent_group=args.agent_group, user_id=args.user))
+    return _show(args, removed, lambda r: f"{r.user_id} is no longer a member of {r.agent_group}")
 
 
 def destinations_list(args: argparse.Namespace) -> int:
     return _show(
         args,
-        _call(args, "destinations", {"op": "list", "agent_group": args.group or ""}),
+        _ask(args, ctl.DESTINATIONS_LIST, ctl.GroupFilter(agent_group=args.group or "")),
         lambda rows: _table(
-            [
-                (r["agent_group"], r["name"], r["channel"], r["chat_id"], r["thread_id"] or "-", r["display_name"])
-                for r in rows
-            ],
+            [(r.agent_group, r.name, r.channel, r.chat_id, r.thread_id or "-", r.display_name) for r in rows],
             ("GROUP", "NAME", "CHANNEL", "CHAT", "THREAD", "DISPLAY NAME"),
         ),
     )
@@ -458,42 +443,41 @@ def destinations_list(args: argparse.Namespace) -> int:
 
 def destinations_add(args: argparse.Namespace) -> int:
     _known_channel(args, args.channel)
-    payload = {
-        "op": "add",
-        "agent_group": args.agent_group,
-        "name": args.name,
-        "channel": args.channel,
-        "chat_id": args.chat_id,
-        "thread_id": args.thread,
-        "display_name": args.display_name or "",
-    }
-    data = _call(args, "destinations", payload)
-    return _show(args, data, lambda d: f"{d['agent_group']} may now send to {d['name']}")
+    request = ctl.DestinationAdd(
+        agent_group=args.agent_group,
+        name=args.name,
+        channel=args.channel,
+        chat_id=args.chat_id,
+        thread_id=args.thread,
+        display_name=args.display_name or "",
+    )
+    added = _ask(args, ctl.DESTINATIONS_ADD, request)
+    return _show(args, added, lambda d: f"{d.agent_group} may now send to {d.name}")
 
 
 def destinations_remove(args: argparse.Namespace) -> int:
-    data = _call(args, "destinations", {"op": "remove", "agent_group": args.agent_group, "name": args.name})
-    return _show(args, data, lambda d: f"removed destination {d['name']} of {d['agent_group']}")
+    removed = _ask(args, ctl.DESTINATIONS_REMOVE, ctl.DestinationRemove(agent_group=args.agent_group, name=args.name))
+    return _show(args, removed, lambda r: f"removed destination {r.name} of {r.agent_group}")
 
 
 # --- sessions, drops, pairing ----------------------------------------------------------------------
 
 
 def sessions_list(args: argparse.Namespace) -> int:
-    payload = {"op": "list", "agent_group": args.group or "", "limit": args.limit}
+    request = ctl.GroupFilter(agent_group=args.group or "", limit=args.limit)
     return _show(
         args,
-        _call(args, "sessions", payload),
+        _ask(args, ctl.SESSIONS_LIST, request),
         lambda rows: _table(
             [
                 (
-                    r["id"],
-                    r["agent_group"],
-                    r["channel"],
-                    r["chat_id"],
-                    r["thread_id"] or "-",
-                    r["runner"],
-                    _when(r["last_message_at"]),
+                    r.id,
+                    r.agent_group,
+                    r.channel,
+                    r.chat_id,
+                    r.thread_id or "-",
+                    r.runner,
+                    _when(r.last_message_at),
                 )
                 for r in rows
             ],
@@ -503,12 +487,12 @@ def sessions_list(args: argparse.Namespace) -> int:
 
 
 def dropped_list(args: argparse.Namespace) -> int:
-    payload = {"op": "list", "channel": args.channel or "", "limit": args.limit}
+    request = ctl.DroppedList(channel=args.channel or "", limit=args.limit)
     return _show(
         args,
-        _call(args, "dropped", payload),
+        _ask(args, ctl.DROPPED_LIST, request),
         lambda rows: _table(
-            [(_when(r["at"]), r["channel"], r["chat_id"], r["sender_id"], r["reason"]) for r in rows],
+            [(_when(r.at), r.channel, r.chat_id, r.sender_id, r.reason) for r in rows],
             ("WHEN", "CHANNEL", "CHAT", "SENDER", "REASON"),
         ),
     )
@@ -516,14 +500,14 @@ def dropped_list(args: argparse.Namespace) -> int:
 
 def pair(args: argparse.Namespace) -> int:
     _known_channel(args, args.channel, to_pair=True)
-    data = _call(args, "pair", {"op": "create", "channel": args.channel})
-    minutes = max(1, round((data["expires_at"] - time.time()) / 60))
+    pairing = _ask(args, ctl.PAIR, ctl.PairCreate(channel=args.channel))
+    minutes = max(1, round((pairing.expires_at - time.time()) / 60))
     return _show(
         args,
-        data,
+        pairing,
         lambda d: (
-            f"Pairing code for {d['channel']}: {d['code']}\n"
-            f"Send it as a message to the assistant on {d['channel']} within {minutes} minutes;"
+            f"Pairing code for {d.channel}: {d.code}\n"
+            f"Send it as a message to the assistant on {d.channel} within {minutes} minutes;"
             " whoever sends it first becomes an owner."
         ),
     )
