@@ -7,39 +7,44 @@ import argparse
 import getpass
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
+
+import msgspec
 
 from clawden import config as config_mod
 from clawden import control
+from clawden.bus.ctl import Verb
+from clawden.bus.ctl import approvals as ctl
 from clawden.cli.commands._args import LIMIT
 from clawden.cli.commands._output import show as _show
 from clawden.cli.commands._output import table as _table
 from clawden.cli.commands._output import when as _when
 
-Payload = dict[str, Any]
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
 if TYPE_CHECKING:  # subscriptable only to the type checker
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
 STATUSES = ("pending", "approved", "denied", "expired", "answered")
 
 
-def _call(args: argparse.Namespace, verb: str, payload: Payload) -> Any:
+def _ask(args: argparse.Namespace, verb: Verb[Req, Rep], request: Req) -> Rep:
     cfg = config_mod.load(Path(args.home).expanduser() if args.home else None)
-    return control.run_options(cfg, "approvals", verb, payload)
+    return control.run(cfg, verb, request)
 
 
-def _render_list(rows: list[Payload]) -> str:
+def _render_list(rows: list[ctl.Approval]) -> str:
     return _table(
         [
             (
-                r["id"],
-                r["kind"],
-                r["agent_group"],
-                r["status"],
-                r["approver"] or r["chat_id"] or "-",
-                _when(r["created_at"]),
-                _when(r["expires_at"] if r["status"] == "pending" else r["decided_at"]),
-                r["decided_by"] or r["reason"][:40],
+                r.id,
+                r.kind,
+                r.agent_group,
+                r.status,
+                r.approver or r.chat_id or "-",
+                _when(r.created_at),
+                _when(r.expires_at if r.status == "pending" else r.decided_at),
+                r.decided_by or r.reason[:40],
             )
             for r in rows
         ],
@@ -47,9 +52,9 @@ def _render_list(rows: list[Payload]) -> str:
     )
 
 
-def _render_one(row: Payload) -> str:
+def _render_one(row: ctl.ApprovalDetail) -> str:
     lines = [
-        f"{k}: {row[k]}"
+        f"{k}: {getattr(row, k)}"
         for k in (
             "id",
             "card_id",
@@ -67,33 +72,33 @@ def _render_one(row: Payload) -> str:
         )
     ]
     lines += [
-        f"created: {_when(row['created_at'])}",
-        f"expires: {_when(row['expires_at'])}",
-        f"decided: {_when(row['decided_at'])}",
+        f"created: {_when(row.created_at)}",
+        f"expires: {_when(row.expires_at)}",
+        f"decided: {_when(row.decided_at)}",
         "",
-        row["title"],
-        row["body"],
+        row.title,
+        row.body,
         "",
         "audit:",
     ]
-    lines += [f"  {_when(a['at'])}  {a['what']:<11} {a['actor']:<20} {a['detail']}" for a in row["audit"]]
+    lines += [f"  {_when(a.at)}  {a.what:<11} {a.actor:<20} {a.detail}" for a in row.audit]
     return "\n".join(lines)
 
 
 def approvals_list(args: argparse.Namespace) -> int:
-    rows = _call(args, "list", {"status": args.status or "", "limit": args.limit})
+    rows = _ask(args, ctl.LIST, ctl.ListRequest(status=args.status or "", limit=args.limit))
     return _show(args, rows, _render_list)
 
 
 def approvals_show(args: argparse.Namespace) -> int:
-    return _show(args, _call(args, "show", {"id": args.approval_id}), _render_one)
+    return _show(args, _ask(args, ctl.SHOW, ctl.ShowRequest(id=args.approval_id)), _render_one)
 
 
 def approvals_decide(choice: str | None) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        payload = {"id": args.approval_id, "choice": choice or args.choice, "by": f"local:{getpass.getuser()}"}
-        row = _call(args, "decide", payload)
-        return _show(args, row, lambda r: f"{r['id']} is {r['status']}" + (f": {r['value']}" if choice is None else ""))
+        request = ctl.DecideRequest(id=args.approval_id, choice=choice or args.choice, by=f"local:{getpass.getuser()}")
+        row = _ask(args, ctl.DECIDE, request)
+        return _show(args, row, lambda r: f"{r.id} is {r.status}" + (f": {r.value}" if choice is None else ""))
 
     return run
 

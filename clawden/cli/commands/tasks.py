@@ -9,19 +9,22 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
 from clawden import config as config_mod
 from clawden import control
-from clawden.bus.ctl import router
+from clawden.bus import events as ev
+from clawden.bus.ctl import Verb, router
+from clawden.bus.ctl import scheduler as ctl
 from clawden.cli.commands._args import LIMIT
 from clawden.cli.commands._output import show as _show
 from clawden.cli.commands._output import table as _table
 
-Payload = dict[str, Any]
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
 if TYPE_CHECKING:  # subscriptable only to the type checker
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -36,27 +39,27 @@ def _config(args: argparse.Namespace) -> config_mod.Config:
     return config_mod.load(Path(args.home).expanduser() if args.home else None)
 
 
-def _call(args: argparse.Namespace, verb: str, payload: Payload) -> Any:
-    return control.run_options(_config(args), "scheduler", verb, payload)
+def _ask(args: argparse.Namespace, verb: Verb[Req, Rep], request: Req) -> Rep:
+    return control.run(_config(args), verb, request)
 
 
-def _chat(task: Payload) -> str:
-    return f"{task['channel']}:{task['chat_id']}" + (f" thread {task['thread_id']}" if task.get("thread_id") else "")
+def _chat(task: ctl.TaskInfo) -> str:
+    return f"{task.channel}:{task.chat_id}" + (f" thread {task.thread_id}" if task.thread_id else "")
 
 
-def _render_tasks(rows: list[Payload]) -> str:
+def _render_tasks(rows: list[ctl.TaskInfo]) -> str:
     return _table(
         [
             (
-                r["id"],
-                r["agent_group"],
+                r.id,
+                r.agent_group,
                 _chat(r),
-                r["status"],
-                r["schedule"],
-                r["timezone"],
-                r["catch_up"],
-                r["next_run_local"] or "-",
-                r["prompt"][:40].replace("\n", " "),
+                r.status,
+                r.schedule,
+                r.timezone,
+                r.catch_up,
+                r.next_run_local or "-",
+                r.prompt[:40].replace("\n", " "),
             )
             for r in rows
         ],
@@ -67,11 +70,11 @@ def _render_tasks(rows: list[Payload]) -> str:
 TIMES = ("next_run", "last_run", "anchor", "created_at", "updated_at")  # epoch seconds in the service's answer
 
 
-def _render_task(task: Payload) -> str:
+def _render_task(task: ctl.TaskInfo) -> str:
     """One task, its times on its own clock (`--json` keeps the epochs)."""
     try:
-        zone: dt.tzinfo | None = ZoneInfo(task["timezone"])
-    except (ZoneInfoNotFoundError, ValueError, KeyError):
+        zone: dt.tzinfo | None = ZoneInfo(task.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
         zone = None
 
     def shown(key: str, value: Any) -> str:
@@ -83,85 +86,82 @@ def _render_task(task: Payload) -> str:
 
     lines = [f"chat: {_chat(task)}"]
     lines += [
-        f"{k}: {shown(k, v)}" for k, v in task.items() if k not in ("next_run_local", "channel", "chat_id", "thread_id")
+        f"{k}: {shown(k, v)}"
+        for k, v in msgspec.to_builtins(task).items()
+        if k not in ("next_run_local", "channel", "chat_id", "thread_id")
     ]
     return "\n".join(lines)
 
 
 def tasks_list(args: argparse.Namespace) -> int:
-    payload = {"agent_group": args.group or "", "status": args.status or ""}
-    return _show(args, _call(args, "tasks", payload), _render_tasks)
+    request = ctl.ListRequest(agent_group=args.group or "", status=args.status or "")
+    return _show(args, _ask(args, ctl.TASKS, request), _render_tasks)
 
 
 def tasks_show(args: argparse.Namespace) -> int:
-    return _show(args, _call(args, "get", {"task_id": args.task_id}), _render_task)
+    return _show(args, _ask(args, ctl.GET, ctl.TaskRef(task_id=args.task_id)), _render_task)
 
 
-def _session(args: argparse.Namespace) -> Payload:
+def _session(args: argparse.Namespace) -> router.Session:
     """The conversation the task's runs join: the router's record of it (its chat and runner)."""
-    listed = control.run(
-        _config(args), router.SESSIONS_LIST, router.GroupFilter(agent_group=args.group or "", limit=10_000)
-    )
-    sessions: list[Payload] = msgspec.to_builtins(listed)
+    sessions = _ask(args, router.SESSIONS_LIST, router.GroupFilter(agent_group=args.group or "", limit=10_000))
     if args.session:
-        found = [s for s in sessions if s["id"] == args.session]
+        found = [s for s in sessions if s.id == args.session]
         if not found:
             raise control.ControlError(f"no session {args.session} (see `clawden sessions`)")
-        return dict(found[0])
+        return found[0]
     group = args.group or "main"
-    found = [s for s in sessions if s["agent_group"] == group]
+    found = [s for s in sessions if s.agent_group == group]
     if not found:
         raise control.ControlError(
             f"agent group {group} has no conversation yet: talk to it first, or give --session (see `clawden sessions`)"
         )
     # The owner's own terminal, where someone surely reads it; else the group's most recent chat.
-    terminal = [s for s in found if (s["channel"], s["chat_id"], s["thread_id"] or "") == ("local", "terminal", "")]
-    return dict((terminal or found)[0])
+    terminal = [s for s in found if (s.channel, s.chat_id, s.thread_id or "") == ("local", "terminal", "")]
+    return (terminal or found)[0]
 
 
 def tasks_add(args: argparse.Namespace) -> int:
     session = _session(args)
-    payload: Payload = {
-        "agent_group": session["agent_group"],
-        "session_id": session["id"],
-        "runner": session["runner"],
-        "route": {
-            "channel": session["channel"],
-            "chat_id": session["chat_id"],
-            "thread_id": session["thread_id"] or None,
-        },
-        "prompt": args.prompt,
-        "schedule": args.schedule,
-        "catch_up": args.catch_up,
-        "timezone": args.tz or "",
-        "script": _script(args.script) if args.script else "",
-        "allow_past": args.now,
-    }
-    data = _call(args, "add", payload)
+    request = ctl.AddRequest(
+        agent_group=session.agent_group,
+        session_id=session.id,
+        runner=session.runner,
+        route=ev.Route(channel=session.channel, chat_id=session.chat_id, thread_id=session.thread_id or None),
+        prompt=args.prompt,
+        schedule=args.schedule,
+        catch_up=args.catch_up,
+        timezone=args.tz or "",
+        script=_script(args.script) if args.script else "",
+        allow_past=args.now,
+    )
+    task = _ask(args, ctl.ADD, request)
     return _show(
         args,
-        data,
-        lambda d: f"scheduled {d['id']} in {d['channel']}:{d['chat_id']}, next run {d['next_run_local'] or '-'}",
+        task,
+        lambda t: f"scheduled {t.id} in {t.channel}:{t.chat_id}, next run {t.next_run_local or '-'}",
     )
 
 
 def tasks_update(args: argparse.Namespace) -> int:
-    payload: Payload = {"task_id": args.task_id}
     script = "" if args.no_script else _script(args.script) if args.script else None
-    for key, value in (
-        ("prompt", args.prompt),
-        ("schedule", args.schedule),
-        ("timezone", args.tz),
-        ("catch_up", args.catch_up),
-        ("script", script),
-    ):
-        if value is not None:
-            payload[key] = value
-    if len(payload) == 1:
+    changes: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("prompt", args.prompt),
+            ("schedule", args.schedule),
+            ("timezone", args.tz),
+            ("catch_up", args.catch_up),
+            ("script", script),
+        )
+        if value is not None
+    }
+    if not changes:
         raise control.ControlError(
             "nothing to change: give --prompt, --schedule, --tz, --catch-up, --script or --no-script"
         )
-    return _show(args, _call(args, "update", payload), lambda d: _render_tasks([d]))
+    task = _ask(args, ctl.UPDATE, ctl.UpdateRequest(task_id=args.task_id, **changes))
+    return _show(args, task, lambda t: _render_tasks([t]))
 
 
 def _script(path: str) -> str:
@@ -172,28 +172,26 @@ def _script(path: str) -> str:
         raise control.ControlError(f"cannot read the script {path}: {exc.strerror}") from None
 
 
-def _status(verb: str) -> Callable[[argparse.Namespace], int]:
+def _status(verb: Verb[ctl.TaskRef, ctl.TaskInfo]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        data = _call(args, verb, {"task_id": args.task_id})
+        task = _ask(args, verb, ctl.TaskRef(task_id=args.task_id))
         return _show(
             args,
-            data,
-            lambda d: (
-                f"{d['id']} is {d['status']}" + (f", next run {d['next_run_local']}" if d["next_run_local"] else "")
-            ),
+            task,
+            lambda t: f"{t.id} is {t.status}" + (f", next run {t.next_run_local}" if t.next_run_local else ""),
         )
 
     return run
 
 
 def tasks_runs(args: argparse.Namespace) -> int:
-    data = _call(args, "runs", {"task_id": args.task_id, "limit": args.limit})
+    runs = _ask(args, ctl.RUNS, ctl.RunsRequest(task_id=args.task_id, limit=args.limit))
     return _show(
         args,
-        data,
+        runs,
         lambda rows: _table(
             [
-                (r["scheduled"], r["outcome"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"])), r["detail"])
+                (r.scheduled, r.outcome, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.at)), r.detail)
                 for r in rows
             ],
             ("SCHEDULED (UTC)", "OUTCOME", "DECIDED AT", "DETAIL"),
@@ -251,11 +249,11 @@ def register(sub: Sub) -> None:
     v.add_argument("--catch-up", dest="catch_up", choices=CATCH_UP, help="after downtime: run once, or skip")
     v.add_argument("--script", metavar="FILE", help=SCRIPT_HELP)
     v.add_argument("--no-script", dest="no_script", action="store_true", help="remove the pre-check script")
-    verb("pause", "stop a task from running until resumed", _status("pause")).add_argument("task_id")
-    verb("resume", "resume a paused task (runs missed while paused are not made up)", _status("resume")).add_argument(
+    verb("pause", "stop a task from running until resumed", _status(ctl.PAUSE)).add_argument("task_id")
+    verb("resume", "resume a paused task (runs missed while paused are not made up)", _status(ctl.RESUME)).add_argument(
         "task_id"
     )
-    verb("cancel", "cancel a task for good", _status("cancel")).add_argument("task_id")
+    verb("cancel", "cancel a task for good", _status(ctl.CANCEL)).add_argument("task_id")
     v = verb("runs", "a task's run log, most recent first", tasks_runs)
     v.add_argument("task_id")
     v.add_argument("--limit", type=LIMIT, default=50, help="the newest N runs (default 50)")

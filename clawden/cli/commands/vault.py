@@ -14,15 +14,20 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
+
+import msgspec
 
 from clawden import config as config_mod
 from clawden import control
-from clawden.bus.ctl import router
+from clawden.bus.ctl import Nothing, Verb, router
+from clawden.bus.ctl import vault as ctl
 from clawden.cli.commands._args import LIMIT
 from clawden.cli.commands._output import table as _table
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -52,8 +57,12 @@ def _cfg(args: argparse.Namespace) -> config_mod.Config:
     return config_mod.load(Path(args.home).expanduser() if args.home else None)
 
 
-def _call(args: argparse.Namespace, verb: str, payload: dict[str, Any]) -> Any:
-    return control.run_options(_cfg(args), "vault", verb, payload)
+def _ask(args: argparse.Namespace, verb: Verb[Req, Rep], request: Req) -> Rep:
+    return control.run(_cfg(args), verb, request)
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(msgspec.to_builtins(data), indent=2))
 
 
 def _known_groups(args: argparse.Namespace, names: list[str] | None) -> None:
@@ -82,14 +91,14 @@ def _read_value(args: argparse.Namespace) -> str:
     return value
 
 
-def _describe(secret: dict[str, Any]) -> str:
-    if secret["kind"] == "anthropic":
+def _describe(secret: ctl.SecretInfo) -> str:
+    if secret.kind == "anthropic":
         return "x-api-key (or Bearer for OAuth)"
-    if secret["kind"] == "openai":
+    if secret.kind == "openai":
         return "Authorization: Bearer"
-    if secret.get("param_name"):
-        return f"?{secret['param_name']}="
-    return f"{secret['header_name']}: {secret['value_format']}"
+    if secret.param_name:
+        return f"?{secret.param_name}="
+    return f"{secret.header_name}: {secret.value_format}"
 
 
 # --- secrets ---------------------------------------------------------------------------------------
@@ -97,45 +106,45 @@ def _describe(secret: dict[str, Any]) -> str:
 
 def cmd_secrets_add(args: argparse.Namespace) -> int:
     _known_groups(args, args.agent)
-    payload = {
-        "name": args.name,
-        "type": args.type,
-        "value": _read_value(args),
-        "host": args.host or "",
-        "path": args.path,
-        "header": args.header or "",
-        "format": args.format,
-        "param": args.param or "",
-        "agents": args.agent or [],
-        "replace": args.replace,
-        "force": args.force,
-    }
-    reply = _call(args, "secrets-add", payload)
-    secret = reply["secret"]
-    verb = "stored" if reply["created"] else "replaced"
-    grants = ", ".join(secret["grants"]).replace("*", "every agent group")
+    request = ctl.AddSecret(
+        name=args.name,
+        type=args.type,
+        value=_read_value(args),
+        host=args.host or "",
+        path=args.path,
+        header=args.header or "",
+        format=args.format,
+        param=args.param or "",
+        agents=args.agent or [],
+        replace=args.replace,
+        force=args.force,
+    )
+    reply = _ask(args, ctl.SECRETS_ADD, request)
+    secret = reply.secret
+    verb = "stored" if reply.created else "replaced"
+    grants = ", ".join(secret.grants).replace("*", "every agent group")
     print(
-        f"{verb} {secret['name']}: {_describe(secret)} for {secret['host_pattern']}{secret['path_pattern']}"
+        f"{verb} {secret.name}: {_describe(secret)} for {secret.host_pattern}{secret.path_pattern}"
         f" (granted to {grants})"
     )
     return 0
 
 
 def cmd_secrets_list(args: argparse.Namespace) -> int:
-    secrets = _call(args, "secrets-list", {})["secrets"]
+    secrets = _ask(args, ctl.SECRETS_LIST, Nothing()).secrets
     if args.json:
-        print(json.dumps(secrets, indent=2))
+        _print_json(secrets)
         return 0
     if not secrets:
         print("no secrets stored (clawden secrets add NAME --type ...)")
         return 0
     rows = [
         [
-            s["name"],
-            s["kind"],
-            s["host_pattern"] + ("" if s["path_pattern"] == "*" else s["path_pattern"]),
+            s.name,
+            s.kind,
+            s.host_pattern + ("" if s.path_pattern == "*" else s.path_pattern),
             _describe(s),
-            ",".join(s["grants"]) or "(nobody)",
+            ",".join(s.grants) or "(nobody)",
         ]
         for s in secrets
     ]
@@ -144,15 +153,16 @@ def cmd_secrets_list(args: argparse.Namespace) -> int:
 
 
 def cmd_secrets_remove(args: argparse.Namespace) -> int:
-    _call(args, "secrets-remove", {"name": args.name})
+    _ask(args, ctl.SECRETS_REMOVE, ctl.Named(name=args.name))
     print(f"removed {args.name}")
     return 0
 
 
 def cmd_secrets_grant(args: argparse.Namespace) -> int:
     _known_groups(args, args.agent)
-    secret = _call(args, "secrets-grant", {"name": args.name, "agents": args.agent, "revoke": args.revoke})["secret"]
-    print(f"{secret['name']} is granted to: {', '.join(secret['grants']) or 'nobody'}")
+    request = ctl.Grant(name=args.name, agents=args.agent, revoke=args.revoke)
+    secret = _ask(args, ctl.SECRETS_GRANT, request).secret
+    print(f"{secret.name} is granted to: {', '.join(secret.grants) or 'nobody'}")
     return 0
 
 
@@ -161,45 +171,45 @@ def cmd_secrets_grant(args: argparse.Namespace) -> int:
 
 def cmd_rules_add(args: argparse.Namespace) -> int:
     _known_groups(args, [args.agent])
-    payload = {
-        "name": args.name,
-        "action": args.action,
-        "host": args.host,
-        "path": args.path,
-        "method": args.method,
-        "agent": args.agent,
-        "limit": args.limit or 0,
-        "window": args.window,
-    }
-    rule = _call(args, "rules-add", payload)["rule"]
-    print(f"added rule {rule['name']}: {_rule_text(rule)}")
+    request = ctl.AddRule(
+        name=args.name,
+        action=args.action,
+        host=args.host,
+        path=args.path,
+        method=args.method,
+        agent=args.agent,
+        limit=args.limit or 0,
+        window=args.window,
+    )
+    rule = _ask(args, ctl.RULES_ADD, request).rule
+    print(f"added rule {rule.name}: {_rule_text(rule)}")
     return 0
 
 
-def _rule_text(rule: dict[str, Any]) -> str:
-    action = rule["action"]
+def _rule_text(rule: ctl.RuleInfo) -> str:
+    action: str = rule.action
     if action == "rate_limit":
-        action = f"rate_limit {rule['rate_limit']}/{rule['rate_window']}"
-    path = "" if rule["path_pattern"] == "*" else rule["path_pattern"]
-    where = f"{rule['method'] or '*'} {rule['host_pattern']}{path}"
-    return f"{action} {where} for {'every agent group' if rule['agent_group'] == '*' else rule['agent_group']}"
+        action = f"rate_limit {rule.rate_limit}/{rule.rate_window}"
+    path = "" if rule.path_pattern == "*" else rule.path_pattern
+    where = f"{rule.method or '*'} {rule.host_pattern}{path}"
+    return f"{action} {where} for {'every agent group' if rule.agent_group == '*' else rule.agent_group}"
 
 
 def cmd_rules_list(args: argparse.Namespace) -> int:
-    rules = _call(args, "rules-list", {})["rules"]
+    rules = _ask(args, ctl.RULES_LIST, Nothing()).rules
     if args.json:
-        print(json.dumps(rules, indent=2))
+        _print_json(rules)
         return 0
     if not rules:
         print("no rules (clawden rules add NAME --action block|manual_approval|rate_limit|allow --host ...)")
         return 0
     rows = [
         [
-            r["name"],
-            r["action"] + (f" {r['rate_limit']}/{r['rate_window']}" if r["action"] == "rate_limit" else ""),
-            r["method"] or "*",
-            r["host_pattern"] + ("" if r["path_pattern"] == "*" else r["path_pattern"]),
-            r["agent_group"],
+            r.name,
+            r.action + (f" {r.rate_limit}/{r.rate_window}" if r.action == "rate_limit" else ""),
+            r.method or "*",
+            r.host_pattern + ("" if r.path_pattern == "*" else r.path_pattern),
+            r.agent_group,
         ]
         for r in rules
     ]
@@ -208,7 +218,7 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_remove(args: argparse.Namespace) -> int:
-    _call(args, "rules-remove", {"name": args.name})
+    _ask(args, ctl.RULES_REMOVE, ctl.Named(name=args.name))
     print(f"removed rule {args.name}")
     return 0
 
@@ -217,24 +227,23 @@ def cmd_rules_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    payload = {"agent": args.agent, "since": args.since, "limit": args.limit}
-    records = _call(args, "audit", payload)["records"]
+    records = _ask(args, ctl.AUDIT, ctl.AuditQuery(agent=args.agent, since=args.since, limit=args.limit)).records
     if args.json:
-        print(json.dumps(records, indent=2))
+        _print_json(records)
         return 0
     if not records:
         print("no audited requests match")
         return 0
     rows = [
         [
-            dt.datetime.fromtimestamp(r["at"]).strftime("%Y-%m-%d %H:%M:%S"),
-            r["agent_group"],
-            r["method"],
-            r["host"] + r["path"],
-            str(r["status"]),
-            r["decision"] + (f" ({r['rule']})" if r["rule"] else ""),
-            f"{r['duration_ms']:.0f}ms",
-            r["injected"],
+            dt.datetime.fromtimestamp(r.at).strftime("%Y-%m-%d %H:%M:%S"),
+            r.agent_group,
+            r.method,
+            r.host + r.path,
+            str(r.status),
+            r.decision + (f" ({r.rule})" if r.rule else ""),
+            f"{r.duration_ms:.0f}ms",
+            r.injected,
         ]
         for r in records
     ]
@@ -244,8 +253,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_egress(args: argparse.Namespace) -> int:
     _known_groups(args, [args.group])
-    reply = _call(args, "egress", {"agent_group": args.group, "mode": args.mode})
-    print(f"{reply['agent_group']}: egress {reply['egress']}")
+    reply = _ask(args, ctl.EGRESS, ctl.EgressRequest(agent_group=args.group, mode=args.mode))
+    print(f"{reply.agent_group}: egress {reply.egress}")
     return 0
 
 
