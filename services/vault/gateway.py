@@ -36,25 +36,29 @@ from urllib.parse import urlsplit
 import h11
 
 from clawden import unixsock
-from services.vault import responses
+from services.vault import responses, sigv4
 from services.vault.approvals import PREVIEW_BYTES, ApprovalAsk, Approver, NoApprover, redact_preview
 from services.vault.audit import AuditRecord, AuditSink, log_audit
 from services.vault.catalog import Catalog, Credential, GroupView, Secret
 from services.vault.certs import CertificateAuthority, LeafCache
-from services.vault.injection import inject, strip_hop_by_hop
+from services.vault.injection import echoes, inject, strip_hop_by_hop
 from services.vault.paths import PathRefused, normalise
 from services.vault.patterns import SECRET_PORT
 from services.vault.policy import (
+    CONDITION_BODY_LIMIT,
     Allowed,
     Ask,
     Blocked,
+    EchoScrubber,
     LeakFound,
     LeakScanner,
     Limited,
     RequestHead,
     Verdict,
+    body_for_conditions,
     decide,
     leak_candidates,
+    needs_body,
     stored_for_host,
 )
 from services.vault.ratecounts import RateCounts
@@ -77,6 +81,10 @@ MODEL_HOST = "api.anthropic.com"
 METHOD = re.compile(r"[A-Z]+(?:-[A-Z]+)*")
 BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE", "CONNECT"})
 DROPPED_UPSTREAM = frozenset({b"host", b"expect", b"content-length"})
+# An AWS request's body is read whole to be hashed for its signature, up to this; past it the agent
+# must send it as UNSIGNED-PAYLOAD (S3 takes that over TLS).
+AWS_BODY_LIMIT = 16 << 20
+NO_BODY_STATUSES = frozenset({204, 304})
 
 
 # ---- small pure helpers ----
@@ -638,7 +646,11 @@ class Gateway:
         view = self.catalog.view(ex.group)
         body = ex.body
         assert body is not None
-        verdict: Verdict = decide(view, head, ex.at, self._rates.counts)
+        tested: bytes | None = None
+        if needs_body(view, head):  # a rule's conditions look at the body: read it (to the limit) first
+            data = await body.preview(CONDITION_BODY_LIMIT + 1)
+            tested = body_for_conditions(data, body.complete, head.headers)
+        verdict: Verdict = decide(view, head, ex.at, self._rates.counts, body=tested)
         approved: frozenset[str] = frozenset()
         while isinstance(verdict, Ask):
             outcome = await self._ask(ex, head, body, verdict, view)
@@ -648,7 +660,7 @@ class Gateway:
                 return
             approved |= {verdict.rule.name}
             ex.decision = "approved"
-            verdict = decide(view, head, self._clock(), self._rates.counts, approved)
+            verdict = decide(view, head, self._clock(), self._rates.counts, approved, body=tested)
         if isinstance(verdict, Blocked):
             ex.rule = verdict.rule or ""
             if verdict.code == "blocked_by_policy":
@@ -730,19 +742,21 @@ class Gateway:
         headers, target = inject(credentials, headers, head.target)
         headers.insert(0, (b"host", upstream.authority))
         scanner = LeakScanner(leak_candidates(view, head.host))
+        aws = next((c for c in reversed(credentials) if c.secret.kind == "aws"), None)
         try:
+            if aws is not None and not sigv4.unsigned(head.headers):
+                await body.preview(AWS_BODY_LIMIT + 1)  # hashed for the signature: read it whole first
             source = body.source(scanner)
-            if isinstance(source, bytes):
-                if source or _has_body_framing(request_headers):
-                    headers.append((b"content-length", str(len(source)).encode()))
-            else:
-                length = next((v for k, v in request_headers if k == b"content-length"), None)
-                headers.append(
-                    (b"content-length", length) if length is not None else (b"transfer-encoding", b"chunked")
-                )
+            headers += _framing(source, request_headers)
+            if aws is not None:
+                headers = self._sign(aws, head, upstream, target, headers, source)
             response = await self._upstream.request(
                 upstream, head.method.encode(), target, headers, source, trusted=trusted, owner=ex.group
             )
+        except sigv4.SigningRefused as exc:
+            ex.decision = "refused"
+            await self._reply(side, ex, responses.gateway_error(400, "aws_signing_refused", str(exc)), close=True)
+            return
         except LeakFound as exc:
             ex.decision = "leak_blocked"
             await self._reply(
@@ -786,11 +800,39 @@ class Gateway:
             ex.decision = "credential_not_found" if not others else "access_restricted"
             await self._reply(side, ex, reply)
             return
-        await self._stream_response(side, ex, response)
+        await self._stream_response(side, ex, response, EchoScrubber(echoes(credentials, head.target)))
 
-    async def _stream_response(self, side: _Side, ex: _Exchange, response: Response) -> None:
+    def _sign(
+        self,
+        aws: Credential,
+        head: RequestHead,
+        upstream: Origin,
+        target: bytes,
+        headers: list[Header],
+        source: bytes | AsyncIterator[bytes],
+    ) -> list[Header]:
+        """The request signed with the stored AWS keys, as it finally goes (SigningRefused if it cannot be)."""
+        scope = sigv4.scope_of(head.headers, head.host)
+        if scope is None:
+            raise sigv4.SigningRefused(
+                f"the vault cannot tell the AWS region and service of {head.host}; sign the request in the SDK "
+                "(any placeholder keys) so its scope says them"
+            )
+        body_hash = sigv4.payload_hash(head.headers, source if isinstance(source, bytes) else None)
+        keys = sigv4.parse_keys(aws.value)
+        host = upstream.authority.decode()
+        return sigv4.sign(head.method, host, target, headers, keys, scope, body_hash, self._clock())
+
+    async def _stream_response(
+        self, side: _Side, ex: _Exchange, response: Response, scrubber: EchoScrubber | None = None
+    ) -> None:
         ex.status = response.status
         headers = strip_hop_by_hop(response.headers)
+        if scrubber:
+            # A value that went into the path goes back as the agent's placeholder (Location, bodies
+            # quoting the path); the body's length may change, so it goes chunked.
+            bodiless = ex.method == "HEAD" or response.status in NO_BODY_STATUSES
+            headers = [(k, scrubber.scrub(v)) for k, v in headers if bodiless or k.lower() != b"content-length"]
         # Without a content-length h11 frames the body as chunked, so SSE can flow event by event.
         side.send(h11.Response(status_code=response.status, headers=headers, reason=response.reason))
         chunks = self._upstream.body_chunks(response)
@@ -805,11 +847,17 @@ class Gateway:
                     log.warning("%s failed mid-response for %s: %s", ex.host, ex.group, type(exc).__name__)
                     ex.decision = "upstream_broke"
                     raise _ClientGone from exc
-                side.send(h11.Data(data=chunk))
-                ex.bytes_out += len(chunk)
+                if scrubber:
+                    chunk = scrubber.feed(chunk)
+                if chunk:
+                    side.send(h11.Data(data=chunk))
+                    ex.bytes_out += len(chunk)
                 await side.writer.drain()
         finally:
             await chunks.aclose()
+        if scrubber and (rest := scrubber.flush()):
+            side.send(h11.Data(data=rest))
+            ex.bytes_out += len(rest)
         side.send(h11.EndOfMessage())
         await side.writer.drain()
 
@@ -873,6 +921,16 @@ class Gateway:
         except Exception:
             # A broken audit sink must not take the agent's traffic down with it.
             log.exception("audit sink failed")
+
+
+def _framing(source: bytes | AsyncIterator[bytes], request_headers: list[Header]) -> list[Header]:
+    """How the body goes upstream: its length when known, else chunked; nothing for no body at all."""
+    if isinstance(source, bytes):
+        if source or _has_body_framing(request_headers):
+            return [(b"content-length", str(len(source)).encode())]
+        return []
+    length = next((v for k, v in request_headers if k == b"content-length"), None)
+    return [(b"content-length", length) if length is not None else (b"transfer-encoding", b"chunked")]
 
 
 def _has_body_framing(headers: list[Header]) -> bool:

@@ -4,12 +4,18 @@
   (``sk-ant-oat…``) goes as ``authorization: Bearer`` with the OAuth beta announced.
 - ``openai``: ``authorization: Bearer <value>``.
 - ``generic``: a header with a ``{value}`` format (``Bearer {value}``), or a query parameter,
-  added or replaced while the rest of the query keeps its exact bytes.
+  added or replaced while the rest of the query keeps its exact bytes, or the path: a template
+  (``/bot{value}``) whose hole the agent filled with any placeholder (``/botPLACEHOLDER/getMe``), or a
+  regex whose first match becomes a replacement holding ``{value}``. The agent's placeholder is kept
+  (``echoes``) so the real value can be turned back into it wherever the response repeats the path.
+- ``aws``: nothing here; ``sigv4`` signs the request once it is final.
 Whatever the agent sent in those places (its placeholder) is replaced, never kept beside.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
@@ -60,7 +66,45 @@ def inject(credentials: Sequence[Credential], headers: list[Header], target: byt
             headers = _set(headers, secret.header_name.lower().encode(), formatted)
         elif secret.param_name:
             target = set_query_param(target, secret.param_name, credential.value)
+        elif (found := path_substitution(credential, target)) is not None:
+            target = found[0]
     return headers, target
+
+
+def path_substitution(credential: Credential, target: bytes) -> tuple[bytes, bytes] | None:
+    """(the target with the value in its path, what the agent had there) when the credential's template
+    or regex matches the path; None when it goes elsewhere or the path does not match."""
+    secret = credential.secret
+    if not credential.in_path:
+        return None
+    pattern, replacement = _path_rule(secret.path_template, secret.path_regex, secret.path_replacement)
+    path, sep, query = target.decode("ascii").partition("?")
+    match = pattern.search(path)
+    if match is None:
+        return None
+    before, _, after = replacement.partition("{value}")
+    before, after, matched = match.expand(before), match.expand(after), match.group(0)
+    fits = matched.startswith(before) and matched.endswith(after) and len(matched) >= len(before) + len(after)
+    placeholder = matched[len(before) : len(matched) - len(after)] if fits else matched
+    new_path = path[: match.start()] + before + credential.value + after + path[match.end() :]
+    return (new_path + sep + query).encode("ascii"), placeholder.encode("ascii")
+
+
+def echoes(credentials: Sequence[Credential], target: bytes) -> list[tuple[bytes, bytes]]:
+    """(real value, the agent's placeholder) for each value that goes into this request's path."""
+    pairs = []
+    for credential in credentials:
+        if (found := path_substitution(credential, target)) is not None:
+            pairs.append((credential.value.encode(), found[1] or b"clawden-managed"))
+    return pairs
+
+
+@functools.lru_cache(maxsize=256)
+def _path_rule(template: str, regex: str, replacement: str) -> tuple[re.Pattern[str], str]:
+    if template:
+        before, _, after = template.partition("{value}")
+        return re.compile("^" + re.escape(before) + "([^/]+)" + re.escape(after) + "(?=/|$)"), template
+    return re.compile(regex), replacement
 
 
 def set_query_param(target: bytes, name: str, value: str) -> bytes:

@@ -1,7 +1,9 @@
 """The gateway's decision for one request: a pure function of (agent group, request head, rules, clock).
 
 Order, as in OneCLI: the leak guard and block rules first, then the egress allowlist, then manual
-approval, then rate limits; what passes gets the group's matching secrets injected. Rate limits
+approval, then rate limits; what passes gets the group's matching secrets injected. A rule with body
+conditions also needs the body: ``needs_body`` says when the gateway must read it first (up to
+``CONDITION_BODY_LIMIT``), and ``decide`` gets what ``body_for_conditions`` makes of it. Rate limits
 count in fixed windows (``now // window``); the caller owns the counters (``ratecounts.RateCounts``)
 and passes a read-only view of them in, and adds the returned ``charges`` once the request goes ahead.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -17,7 +20,8 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 from urllib.parse import unquote_to_bytes
 
-from services.vault.catalog import WINDOW_SECONDS, Credential, GroupView, Rule
+from services.vault.catalog import WINDOW_SECONDS, Condition, Credential, GroupView, Rule
+from services.vault.injection import path_substitution
 from services.vault.patterns import host_matches, path_matches, secret_port
 
 Header = tuple[bytes, bytes]
@@ -28,6 +32,8 @@ METHOD_OVERRIDE_PARAM = "_method"
 # Rules that hold a request back match its path whatever the case and with or without a trailing /:
 # servers such as GitHub treat names case-insensitively. Rules that let one through match exactly.
 RESTRICTIVE = frozenset({"block", "manual_approval", "rate_limit"})
+# Bodies up to this size are read for rules with conditions; a larger one is judged by `large_body_matches`.
+CONDITION_BODY_LIMIT = 256 * 1024
 BlockCode = Literal["blocked_by_policy", "blocked_by_default_policy", "secret_leak_blocked"]
 
 
@@ -102,13 +108,19 @@ Verdict = Allowed | Blocked | Ask | Limited
 
 
 def decide(
-    view: GroupView, head: RequestHead, now: float, usage: Mapping[RateKey, int], approved: frozenset[str] = frozenset()
+    view: GroupView,
+    head: RequestHead,
+    now: float,
+    usage: Mapping[RateKey, int],
+    approved: frozenset[str] = frozenset(),
+    body: bytes | None = None,
 ) -> Verdict:
-    """Judge ``head`` for ``view.group``; ``approved`` names approval rules a human already passed."""
+    """Judge ``head`` for ``view.group``; ``approved`` names approval rules a human already passed;
+    ``body`` is the body when ``needs_body`` said to read it and it could be tested, else None."""
     leaked = leaked_in_head(view, head)
     if leaked is not None:
         return Blocked("secret_leak_blocked", secret=leaked.name)
-    matching = [rule for rule in view.rules if rule_matches(rule, head)]
+    matching = [rule for rule in view.rules if rule_matches(rule, head) and conditions_hold(rule, body)]
     for rule in matching:
         if rule.action == "block":
             return Blocked("blocked_by_policy", rule=rule.name)
@@ -129,6 +141,7 @@ def decide(
 
 
 def injectable(credentials: Sequence[Credential], head: RequestHead) -> tuple[Credential, ...]:
+    """The credentials for this request; one that goes into the path only where its template matches."""
     path = head.path
     return tuple(
         c
@@ -136,6 +149,7 @@ def injectable(credentials: Sequence[Credential], head: RequestHead) -> tuple[Cr
         if host_matches(c.secret.host_pattern, head.host)
         and head.port == secret_port(c.secret.host_pattern)
         and path_matches(c.secret.path_pattern, path)
+        and (not c.in_path or path_substitution(c, head.target) is not None)
     )
 
 
@@ -165,6 +179,83 @@ def rule_matches(rule: Rule, head: RequestHead) -> bool:
     )
 
 
+# ---- body conditions ----
+
+
+def needs_body(view: GroupView, head: RequestHead) -> bool:
+    """Whether a rule that matches this head has conditions, so the body must be read before deciding."""
+    return any(rule.conditions and rule_matches(rule, head) for rule in view.rules)
+
+
+def body_for_conditions(data: bytes, complete: bool, headers: Sequence[Header]) -> bytes | None:
+    """The body as conditions test it; None when they cannot: past the limit, or content-encoded
+    (its bytes are not what the server reads)."""
+    encoding = next((v.strip().lower() for k, v in headers if k.lower() == b"content-encoding"), b"identity")
+    if not complete or len(data) > CONDITION_BODY_LIMIT or encoding not in (b"", b"identity"):
+        return None
+    return data
+
+
+def large_body_matches(rule: Rule) -> bool:
+    """How a rule treats a body its conditions cannot test: as configured, else a rule that holds
+    requests back (block, approval, rate limit) applies, since an agent could otherwise pass it by
+    padding or compressing the body; an allow rule does not, since it would widen access unseen."""
+    if rule.large_body is not None:
+        return rule.large_body == "match"
+    return rule.action in RESTRICTIVE
+
+
+class _Ambiguous(ValueError):
+    """A JSON object with a key twice: servers disagree on which one counts."""
+
+
+_MISSING = object()
+
+
+def conditions_hold(rule: Rule, body: bytes | None) -> bool:
+    if not rule.conditions:
+        return True
+    if body is None:
+        return large_body_matches(rule)
+    document: object = _MISSING
+    if body.strip() and any(c.pointer for c in rule.conditions):
+        try:
+            document = json.loads(body, object_pairs_hook=_unique_keys)
+        except (ValueError, RecursionError):  # not JSON, or ambiguous JSON: untestable
+            return large_body_matches(rule)
+    return all(_holds(c, body, document) for c in rule.conditions)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise _Ambiguous("a key appears twice")
+    return dict(pairs)
+
+
+def _holds(condition: Condition, body: bytes, document: object) -> bool:
+    if not condition.pointer:
+        wanted = condition.value.encode()
+        return wanted in body or any(wanted in d for d in decodings(body))
+    found = resolve_pointer(document, condition.pointer)
+    if found is _MISSING:
+        return False
+    text = found if isinstance(found, str) else json.dumps(found, separators=(",", ":"))
+    return condition.value in text if condition.operator == "contains" else text == condition.value
+
+
+def resolve_pointer(document: object, pointer: str) -> object:
+    """The value at an RFC 6901 pointer, or _MISSING."""
+    for token in pointer.split("/")[1:]:
+        key = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(document, dict) and key in document:
+            document = document[key]
+        elif isinstance(document, list) and key.isdigit() and int(key) < len(document):
+            document = document[int(key)]
+        else:
+            return _MISSING
+    return document
+
+
 def _allowlisted(view: GroupView, head: RequestHead, matching: Sequence[Rule]) -> bool:
     if any(rule.action == "allow" for rule in matching):
         return True
@@ -186,7 +277,7 @@ def leaked_in_head(view: GroupView, head: RequestHead) -> Credential | None:
         return None
     haystack = b"\n".join([head.target, *(part for header in head.headers for part in header)])
     decoded = decodings(haystack)
-    return next((c for c in candidates if _found(c.value.encode(), haystack, decoded)), None)
+    return next((c for c in candidates if any(_found(v.encode(), haystack, decoded) for v in c.secret_values)), None)
 
 
 def decodings(data: bytes) -> list[bytes]:
@@ -242,7 +333,7 @@ class LeakScanner:
     """
 
     def __init__(self, candidates: Sequence[Credential]) -> None:
-        self._needles = [(c.name, c.value.encode()) for c in candidates if c.value]
+        self._needles = [(c.name, v.encode()) for c in candidates for v in c.secret_values if v]
         # A value escaped whole is at most six bytes a byte (\\u0041), or nine when percent-encoded twice.
         self._keep = max((9 * len(n) for _, n in self._needles), default=0)
         self._tail = b""
@@ -272,3 +363,41 @@ class LeakScanner:
             if _found(value, window, decoded):
                 raise LeakFound(name)
         return window
+
+
+class EchoScrubber:
+    """Turns a value the gateway put into the request's path back into the agent's placeholder in the
+    response (a redirect's Location, an error body quoting the path), plain or percent-encoded, so the
+    value never reaches the agent. A streamed body keeps its last bytes back, as many as the longest
+    form of a value less one, until the next chunk shows whether they start one."""
+
+    def __init__(self, pairs: Sequence[tuple[bytes, bytes]]) -> None:
+        self._forms = sorted(
+            {(form, placeholder) for value, placeholder in pairs for form in _echo_forms(value)},
+            key=lambda f: -len(f[0]),
+        )
+        self._keep = max((len(form) for form, _ in self._forms), default=1) - 1
+        self._tail = b""
+
+    def __bool__(self) -> bool:
+        return bool(self._forms)
+
+    def scrub(self, data: bytes) -> bytes:
+        for form, placeholder in self._forms:
+            data = data.replace(form, placeholder)
+        return data
+
+    def feed(self, chunk: bytes) -> bytes:
+        window = self.scrub(self._tail + chunk)
+        cut = max(0, len(window) - self._keep)
+        self._tail = window[cut:]
+        return window[:cut]
+
+    def flush(self) -> bytes:
+        rest, self._tail = self._tail, b""
+        return rest
+
+
+def _echo_forms(value: bytes) -> set[bytes]:
+    escaped = re.sub(rb"[^A-Za-z0-9._~-]", lambda m: b"%%%02X" % m.group(0)[0], value)
+    return {value, escaped, re.sub(rb"%[0-9A-F]{2}", lambda m: m.group(0).lower(), escaped)}

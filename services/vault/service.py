@@ -9,6 +9,7 @@ import os
 import secrets as tokens
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -27,6 +28,7 @@ from services.vault.catalog import (
     MODEL_SECRET,
     Catalog,
     CatalogError,
+    Condition,
     Credential,
     Egress,
     Rule,
@@ -38,6 +40,7 @@ from services.vault.certs import CertificateAuthority, write_trust_files
 from services.vault.gateway import Gateway, token_hash
 from services.vault.ratecounts import RateCounts
 from services.vault.sealing import Sealer, SealError, load_key
+from services.vault.sigv4 import compact_keys
 from services.vault.store import Store
 
 log = logging.getLogger("clawden.vault")
@@ -196,8 +199,9 @@ class Vault:
         )
 
     async def on_secrets_add(self, request: api.AddSecret) -> api.SecretAdded:
-        if request.type not in ("anthropic", "openai", "generic"):
-            raise ControlError(f"--type must be anthropic, openai or generic, not {request.type!r}")
+        if request.type not in ("anthropic", "openai", "generic", "aws"):
+            raise ControlError(f"--type must be anthropic, openai, generic or aws, not {request.type!r}")
+        value = compact_keys(request.value) if request.type == "aws" else request.value
         try:
             secret = check_secret(
                 Secret(
@@ -208,10 +212,13 @@ class Vault:
                     header_name=request.header,
                     value_format=request.format,
                     param_name=request.param,
+                    path_template=request.path_template,
+                    path_regex=request.path_regex,
+                    path_replacement=request.path_replacement,
                     grants=tuple(request.agents or ["*"]),
                     created_at=time.time(),
                 ),
-                request.value,
+                value,
                 force=request.force,
             )
         except CatalogError as exc:
@@ -220,7 +227,7 @@ class Vault:
             raise ControlError(
                 f"a secret named {secret.name} exists; add --replace to replace it (its value, host and grants)"
             )
-        sealed = self.sealer.seal(request.value, f"secret:{secret.name}")
+        sealed = self.sealer.seal(value, f"secret:{secret.name}")
         created = await self.store.run(self.store.put_secret, secret, sealed)
         await self.refresh()
         log.info(
@@ -260,33 +267,61 @@ class Vault:
         return api.SecretGranted(secret=_secret(secret))
 
     async def on_rules_add(self, request: api.AddRule) -> api.RuleAdded:
-        if request.action not in ("block", "manual_approval", "rate_limit", "allow"):
-            raise ControlError("--action must be block, manual_approval, rate_limit or allow")
-        if request.window not in (None, "minute", "hour", "day"):
-            raise ControlError("--window must be minute, hour or day")
-        if request.action != "rate_limit" and (request.limit or request.window is not None):
-            raise ControlError(f"--limit and --window belong to rate_limit rules, not to a {request.action} rule")
-        try:
-            rule = check_rule(
-                Rule(
-                    name=request.name,
-                    action=request.action,  # type: ignore[arg-type]  # checked above
-                    host_pattern=request.host,
-                    path_pattern=request.path,
-                    method=request.method,
-                    agent_group=request.agent,
-                    rate_limit=request.limit,
-                    rate_window=request.window or "minute",  # type: ignore[arg-type]  # checked above
-                    created_at=time.time(),
-                )
+        _check_rule_fields(request.action, request.window, request.limit)
+        rule = _checked(
+            Rule(
+                name=request.name,
+                action=request.action,  # type: ignore[arg-type]  # checked above
+                host_pattern=request.host,
+                path_pattern=request.path,
+                method=request.method,
+                agent_group=request.agent,
+                rate_limit=request.limit,
+                rate_window=request.window or "minute",  # type: ignore[arg-type]  # checked above
+                enabled=request.enabled,
+                conditions=_conditions(request.conditions),
+                large_body=request.large_body,
+                created_at=time.time(),
             )
-        except CatalogError as exc:
-            raise ControlError(str(exc)) from None
+        )
         if not await self.store.run(self.store.add_rule, rule):
-            raise ControlError(f"a rule named {rule.name!r} exists; remove it first")
+            raise ControlError(f"a rule named {rule.name!r} exists; change it with `clawden rules update`")
         await self.refresh()
         log.info("rule %s added: %s %s%s", rule.name, rule.action, rule.host_pattern, rule.path_pattern)
         return api.RuleAdded(rule=_rule(rule))
+
+    async def _rule_named(self, name: str) -> Rule:
+        rule = await self.store.run(self.store.rule, name)
+        if rule is None:
+            raise ControlError(f"no rule named {name!r}")
+        return rule
+
+    async def on_rules_get(self, request: api.Named) -> api.RuleReply:
+        return api.RuleReply(rule=_rule(await self._rule_named(request.name)))
+
+    async def on_rules_update(self, request: api.UpdateRule) -> api.RuleReply:
+        """Only the fields given change; the rule that results is checked as a new one would be."""
+        async with self._lock:
+            old = await self._rule_named(request.name)
+            rule = _checked(_updated(old, request))
+            await self.store.run(self.store.update_rule, rule)
+            await self.refresh()
+        log.info("rule %s updated: %s %s%s", rule.name, rule.action, rule.host_pattern, rule.path_pattern)
+        return api.RuleReply(rule=_rule(rule))
+
+    async def on_rules_enable(self, request: api.Named) -> api.RuleReply:
+        return await self._set_enabled(request.name, True)
+
+    async def on_rules_disable(self, request: api.Named) -> api.RuleReply:
+        return await self._set_enabled(request.name, False)
+
+    async def _set_enabled(self, name: str, enabled: bool) -> api.RuleReply:
+        async with self._lock:
+            rule = msgspec.structs.replace(await self._rule_named(name), enabled=enabled)
+            await self.store.run(self.store.update_rule, rule)
+            await self.refresh()
+        log.info("rule %s %s", name, "enabled" if enabled else "disabled (kept, not applied)")
+        return api.RuleReply(rule=_rule(rule))
 
     async def on_rules_list(self, _request: Nothing) -> api.Rules:
         return api.Rules(rules=[_rule(r) for r in await self.store.run(self.store.rules)])
@@ -338,6 +373,54 @@ def _secret(secret: Secret | None) -> api.SecretInfo:
 
 def _rule(rule: Rule) -> api.RuleInfo:
     return msgspec.convert(msgspec.to_builtins(rule), api.RuleInfo)
+
+
+def _conditions(conditions: list[api.Condition]) -> tuple[Condition, ...]:
+    return tuple(Condition(operator=c.operator, value=c.value, pointer=c.pointer) for c in conditions)
+
+
+def _check_rule_fields(action: str, window: str | None, limit: int) -> None:
+    if action not in ("block", "manual_approval", "rate_limit", "allow"):
+        raise ControlError("--action must be block, manual_approval, rate_limit or allow")
+    if window not in (None, "minute", "hour", "day"):
+        raise ControlError("--window must be minute, hour or day")
+    if action != "rate_limit" and (limit or window is not None):
+        raise ControlError(f"--limit and --window belong to rate_limit rules, not to a {action} rule")
+
+
+def _checked(rule: Rule) -> Rule:
+    try:
+        return check_rule(rule)
+    except CatalogError as exc:
+        raise ControlError(str(exc)) from None
+
+
+def _updated(old: Rule, request: api.UpdateRule) -> Rule:
+    """``old`` with the fields ``request`` gives; a rule that stops being a rate limit drops its limit."""
+    action = request.action or old.action
+    if request.action is not None or request.limit is not None or request.window is not None:
+        _check_rule_fields(action, request.window, request.limit or 0)
+    rate_limit = old.rate_limit if request.limit is None else request.limit
+    window = request.window or old.rate_window
+    if action != "rate_limit":
+        rate_limit, window = 0, "minute"
+    if request.large_body not in (None, "default", "match", "ignore"):
+        raise ControlError("--large-body must be match, ignore or default")
+    fields: dict[str, Any] = {
+        "action": action,
+        "host_pattern": old.host_pattern if request.host is None else request.host,
+        "path_pattern": old.path_pattern if request.path is None else request.path,
+        "method": old.method if request.method is None else (None if request.method == "*" else request.method),
+        "agent_group": old.agent_group if request.agent is None else request.agent,
+        "rate_limit": rate_limit,
+        "rate_window": window,
+        "enabled": old.enabled if request.enabled is None else request.enabled,
+        "conditions": old.conditions if request.conditions is None else _conditions(request.conditions),
+        "large_body": old.large_body
+        if request.large_body is None
+        else (None if request.large_body == "default" else request.large_body),
+    }
+    return msgspec.structs.replace(old, **fields)
 
 
 async def main(ctx: ServiceContext) -> None:
@@ -394,6 +477,10 @@ async def main(ctx: ServiceContext) -> None:
             await ctx.endpoint(api.RULES_ADD, vault.on_rules_add)
             await ctx.endpoint(api.RULES_LIST, vault.on_rules_list)
             await ctx.endpoint(api.RULES_REMOVE, vault.on_rules_remove)
+            await ctx.endpoint(api.RULES_GET, vault.on_rules_get)
+            await ctx.endpoint(api.RULES_UPDATE, vault.on_rules_update)
+            await ctx.endpoint(api.RULES_ENABLE, vault.on_rules_enable)
+            await ctx.endpoint(api.RULES_DISABLE, vault.on_rules_disable)
             await ctx.endpoint(api.AUDIT, vault.on_audit)
             await ctx.endpoint(api.EGRESS, vault.on_egress)
             await ctx.endpoint(api.PROXY_TOKEN, vault.on_proxy_token)

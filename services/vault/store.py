@@ -13,9 +13,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from clawden import servicedb
 from services.vault.audit import AuditRecord
-from services.vault.catalog import Rule, Secret
+from services.vault.catalog import Condition, Rule, Secret
 from services.vault.policy import RateKey
 
 # Named, and each idempotent: a vault.db from before named migrations (numbered by user_version) has
@@ -91,7 +93,18 @@ MIGRATIONS: list[tuple[str, str]] = [
     ) WITHOUT ROWID;
     """,
     ),
+    (
+        "0003_path_injection_and_conditions",
+        """
+    ALTER TABLE secrets ADD COLUMN path_template TEXT NOT NULL DEFAULT '';
+    ALTER TABLE secrets ADD COLUMN path_regex TEXT NOT NULL DEFAULT '';
+    ALTER TABLE secrets ADD COLUMN path_replacement TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rules ADD COLUMN conditions TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE rules ADD COLUMN large_body TEXT;
+    """,
+    ),
 ]
+_conditions = msgspec.json.Decoder(tuple[Condition, ...])
 
 AUDIT_COLUMNS = (
     "at",
@@ -136,12 +149,15 @@ class Store(servicedb.Store):
             existed = self.conn.execute("SELECT 1 FROM secrets WHERE name = ?", (secret.name,)).fetchone()
             self.conn.execute(
                 """INSERT INTO secrets (name, kind, host_pattern, path_pattern, header_name, value_format,
-                                        param_name, sealed, created_at, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                        param_name, sealed, created_at, updated_at, path_template, path_regex,
+                                        path_replacement)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, host_pattern = excluded.host_pattern,
                        path_pattern = excluded.path_pattern, header_name = excluded.header_name,
                        value_format = excluded.value_format, param_name = excluded.param_name,
-                       sealed = excluded.sealed, updated_at = excluded.updated_at""",
+                       sealed = excluded.sealed, updated_at = excluded.updated_at,
+                       path_template = excluded.path_template, path_regex = excluded.path_regex,
+                       path_replacement = excluded.path_replacement""",
                 (
                     secret.name,
                     secret.kind,
@@ -153,6 +169,9 @@ class Store(servicedb.Store):
                     sealed,
                     now,
                     now,
+                    secret.path_template,
+                    secret.path_regex,
+                    secret.path_replacement,
                 ),
             )
             self.conn.execute("DELETE FROM grants WHERE secret = ?", (secret.name,))
@@ -191,6 +210,9 @@ class Store(servicedb.Store):
                     header_name=row["header_name"],
                     value_format=row["value_format"],
                     param_name=row["param_name"],
+                    path_template=row["path_template"],
+                    path_regex=row["path_regex"],
+                    path_replacement=row["path_replacement"],
                     grants=tuple(grants.get(row["name"], ())),
                     created_at=row["created_at"],
                 ),
@@ -208,24 +230,29 @@ class Store(servicedb.Store):
         """False when a rule of that name exists already."""
         try:
             self.conn.execute(
-                """INSERT INTO rules (name, action, host_pattern, path_pattern, method, agent_group, rate_limit,
-                                      rate_window, enabled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    rule.name,
-                    rule.action,
-                    rule.host_pattern,
-                    rule.path_pattern,
-                    rule.method,
-                    rule.agent_group,
-                    rule.rate_limit,
-                    rule.rate_window,
-                    int(rule.enabled),
-                    rule.created_at or time.time(),
-                ),
+                """INSERT INTO rules (action, host_pattern, path_pattern, method, agent_group, rate_limit,
+                                      rate_window, enabled, conditions, large_body, created_at, name)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (*_rule_row(rule), rule.created_at or time.time(), rule.name),
             )
         except sqlite3.IntegrityError:
             return False
         return True
+
+    def update_rule(self, rule: Rule) -> bool:
+        """Replace a rule's definition (its name and creation time stay); False when there is none."""
+        return (
+            self.conn.execute(
+                """UPDATE rules SET action = ?, host_pattern = ?, path_pattern = ?, method = ?, agent_group = ?,
+                                    rate_limit = ?, rate_window = ?, enabled = ?, conditions = ?, large_body = ?
+                   WHERE name = ?""",
+                (*_rule_row(rule), rule.name),
+            ).rowcount
+            > 0
+        )
+
+    def rule(self, name: str) -> Rule | None:
+        return next((r for r in self.rules() if r.name == name), None)
 
     def remove_rule(self, name: str) -> bool:
         return self.conn.execute("DELETE FROM rules WHERE name = ?", (name,)).rowcount > 0
@@ -243,6 +270,8 @@ class Store(servicedb.Store):
                 rate_window=row["rate_window"],
                 enabled=bool(row["enabled"]),
                 created_at=row["created_at"],
+                conditions=_conditions.decode(row["conditions"]),
+                large_body=row["large_body"],
             )
             for row in self._rows("SELECT * FROM rules ORDER BY created_at, name")
         ]
@@ -347,3 +376,18 @@ class Store(servicedb.Store):
 
     def prune_audit(self, before: float) -> int:
         return self.conn.execute("DELETE FROM audit WHERE at < ?", (before,)).rowcount
+
+
+def _rule_row(rule: Rule) -> tuple[Any, ...]:
+    return (
+        rule.action,
+        rule.host_pattern,
+        rule.path_pattern,
+        rule.method,
+        rule.agent_group,
+        rule.rate_limit,
+        rule.rate_window,
+        int(rule.enabled),
+        msgspec.json.encode(rule.conditions).decode(),
+        rule.large_body,
+    )

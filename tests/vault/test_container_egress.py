@@ -287,3 +287,33 @@ def test_no_spelling_of_a_blocked_path_or_method_gets_past_the_gateway(stack: St
     ]
     reached = [as_servers_resolve(r.path) for r in stack.fake.requests[seen:]]
     assert not any(p.startswith("/v1/prod") for p in reached), reached
+
+
+def test_a_secret_in_the_path_reaches_the_site_and_never_comes_back(stack: Stack) -> None:
+    token = "7777777:AAH-e2e_bot-token_0123456789"
+    vault(
+        stack,
+        "secrets-add",
+        {
+            "name": "e2e-bot",
+            "type": "generic",
+            "value": token,
+            "host": "api.anthropic.com",
+            "path_template": "/bot{value}",
+            "force": True,  # a generic secret on the model API's host: only this test's fake has one
+        },
+    )
+    seen = len(stack.fake.requests)
+    try:
+        answers = fetch(stack, ("https://api.anthropic.com/botPLACEHOLDER/getMe", "GET"))
+    finally:
+        vault(stack, "secrets-remove", {"name": "e2e-bot"})
+
+    [(status, body)] = answers
+    # The fake quotes the path it got in its 404, as many sites do; the agent reads its own placeholder.
+    assert status == 404 and "/botPLACEHOLDER/getMe" in json.dumps(body)
+    # (The agent's own closing model call may land in between.)
+    assert [r.path for r in stack.fake.requests[seen:] if not r.path.startswith("/v1/")] == [f"/bot{token}/getMe"]
+    assert token not in json.dumps(answers)
+    logs = container(stack).logs().decode()
+    assert token not in logs

@@ -8,19 +8,25 @@ from collections.abc import Callable
 
 import pytest
 
-from services.vault.catalog import Catalog, Credential, GroupView, Rule
+from services.vault.catalog import Catalog, Condition, Credential, GroupView, Rule
 from services.vault.paths import PathRefused, normalise
 from services.vault.policy import (
+    CONDITION_BODY_LIMIT,
     Allowed,
     Ask,
     Blocked,
+    EchoScrubber,
     LeakFound,
     LeakScanner,
     Limited,
     RateKey,
     RequestHead,
     base64_cores,
+    body_for_conditions,
+    conditions_hold,
     decide,
+    large_body_matches,
+    needs_body,
     stored_for_host,
 )
 from tests.vault.conftest import rule, secret
@@ -260,3 +266,101 @@ def test_a_value_too_short_for_a_sure_base64_core_has_none_and_a_long_one_is_fou
         for encode in (base64.b64encode, base64.urlsafe_b64encode):
             encoded = encode(prefix + KEY.encode() + b"!")
             assert any(core in encoded for core in base64_cores(KEY.encode())), (prefix, encode)
+
+
+# ---- body conditions ----
+
+
+def cond(operator: str, value: str, pointer: str = "") -> Condition:
+    return Condition(operator=operator, value=value, pointer=pointer)  # type: ignore[arg-type]
+
+
+SEND = b'{"to": "boss@example.com", "amount": 1200, "tags": ["urgent"], "note": "caf\\u00e9"}'
+
+
+@pytest.mark.parametrize(
+    ("conditions", "body", "blocked"),
+    [
+        ((cond("contains", "boss@"),), SEND, True),
+        ((cond("contains", "café"),), SEND, True),  # as the server reads it, \u escapes decoded
+        ((cond("contains", "nobody"),), SEND, False),
+        ((cond("equals", "boss@example.com", "/to"),), SEND, True),
+        ((cond("equals", "boss", "/to"),), SEND, False),
+        ((cond("contains", "boss", "/to"),), SEND, True),
+        ((cond("equals", "1200", "/amount"),), SEND, True),  # non-strings compare as JSON text
+        ((cond("equals", "urgent", "/tags/0"),), SEND, True),
+        ((cond("equals", "urgent", "/tags/1"),), SEND, False),
+        ((cond("equals", "urgent", "/tags/x"),), SEND, False),
+        ((cond("equals", "x", "/missing/deeper"),), SEND, False),
+        ((cond("equals", "v", "/a~1b"),), b'{"a/b": "v"}', True),  # RFC 6901 escapes
+        ((cond("contains", "boss"), cond("equals", "9", "/amount")), SEND, False),  # all must hold
+        ((cond("equals", "x", "/to"),), b"", False),  # no body: nothing at any pointer
+        ((cond("equals", "x", "/to"),), b"to=x", True),  # not JSON: untestable, a block applies
+        ((cond("equals", "ok", "/to"),), b'{"to": "ok", "to": "evil"}', True),  # ambiguous: untestable
+        ((cond("contains", "x"),), None, True),  # too large or compressed: a block applies
+    ],
+)
+def test_a_rule_with_conditions_matches_on_what_the_body_holds(
+    conditions: tuple[Condition, ...], body: bytes | None, blocked: bool
+) -> None:
+    rules = (rule("no-boss", "block", "api.example.test", method="POST", conditions=conditions),)
+    verdict = decide(view(rules), head("POST"), NOW, {}, body=body)
+    assert isinstance(verdict, Blocked) is blocked
+
+
+def test_what_a_rule_does_with_a_body_it_cannot_test_is_its_own_or_its_actions() -> None:
+    contains = (cond("contains", "x"),)
+    assert large_body_matches(rule("b", "block", "h", conditions=contains))
+    assert large_body_matches(rule("l", "rate_limit", "h", rate_limit=1, conditions=contains))
+    assert not large_body_matches(rule("a", "allow", "h", conditions=contains))
+    assert not large_body_matches(rule("b", "block", "h", conditions=contains, large_body="ignore"))
+    assert large_body_matches(rule("a", "allow", "h", conditions=contains, large_body="match"))
+    assert conditions_hold(rule("plain", "block", "h"), None)
+
+
+def test_the_body_is_read_only_when_a_matching_rule_has_conditions() -> None:
+    rules = (
+        rule("heads-only", "block", "api.example.test", path_pattern="/admin/*"),
+        rule("bodies", "block", "api.example.test", method="POST", conditions=(cond("contains", "x"),)),
+    )
+    assert needs_body(view(rules), head("POST", target=b"/send"))
+    assert not needs_body(view(rules), head("GET", target=b"/send"))
+    assert not needs_body(view(rules[:1]), head("POST", target=b"/admin/x"))
+
+
+@pytest.mark.parametrize(
+    ("data", "complete", "headers", "testable"),
+    [
+        (b"{}", True, (), True),
+        (b"{}", True, ((b"content-encoding", b"identity"),), True),
+        (b"{}", True, ((b"Content-Encoding", b"gzip"),), False),
+        (b"{", False, (), False),
+        (b"x" * (CONDITION_BODY_LIMIT + 1), True, (), False),
+    ],
+)
+def test_a_body_is_testable_when_whole_within_the_limit_and_not_encoded(
+    data: bytes, complete: bool, headers: tuple[tuple[bytes, bytes], ...], testable: bool
+) -> None:
+    assert (body_for_conditions(data, complete, headers) is not None) is testable
+
+
+def test_an_allow_rule_with_conditions_lets_through_only_what_it_describes() -> None:
+    rules = (rule("only-haiku", "allow", "api.example.test", conditions=(cond("equals", "haiku", "/model"),)),)
+    allowlist = {"main": "allowlist"}
+    assert isinstance(decide(view(rules, egress=allowlist), head("POST"), NOW, {}, body=b'{"model":"haiku"}'), Allowed)
+    assert isinstance(decide(view(rules, egress=allowlist), head("POST"), NOW, {}, body=b'{"model":"opus"}'), Blocked)
+    assert isinstance(decide(view(rules, egress=allowlist), head("POST"), NOW, {}, body=None), Blocked)
+
+
+def test_a_path_secret_is_injectable_only_where_its_template_matches() -> None:
+    tg = secret("tg", "generic", "api.example.test", "123:ABCDEFGH", path_template="/bot{value}")
+    assert decide(view(credentials=(tg,)), head(target=b"/botPH/getMe"), NOW, {}) == Allowed((tg,))
+    assert decide(view(credentials=(tg,)), head(target=b"/getMe"), NOW, {}) == Allowed(())
+
+
+def test_the_echo_scrubber_turns_values_back_into_placeholders() -> None:
+    scrubber = EchoScrubber([(b"123:ABC", b"PH")])
+    assert scrubber and scrubber.scrub(b"/bot123:ABC/x /bot123%3AABC /bot123%3aABC") == b"/botPH/x /botPH /botPH"
+    assert scrubber.feed(b"0123456789..123:") == b"01234567"  # the rest held back: it may start a value
+    assert scrubber.feed(b"ABC..") + scrubber.flush() == b"89..PH.."
+    assert not EchoScrubber([])

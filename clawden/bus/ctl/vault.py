@@ -5,14 +5,27 @@ from __future__ import annotations
 
 from typing import Literal
 
+from msgspec import Struct
+
 from clawden.bus.ctl.verb import Nothing, Reply, Request, declare
 
 SERVICE = "vault"
 
-SecretType = Literal["anthropic", "openai", "generic"]
+SecretType = Literal["anthropic", "openai", "generic", "aws"]
 RuleAction = Literal["block", "manual_approval", "rate_limit", "allow"]
 Window = Literal["minute", "hour", "day"]
 Egress = Literal["open", "allowlist"]
+Operator = Literal["contains", "equals"]
+LargeBody = Literal["match", "ignore"]
+
+
+class Condition(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A test on the request body: ``contains`` a text (in the raw body, or in the JSON value at
+    ``pointer``), or ``equals`` the JSON value at ``pointer`` (RFC 6901, e.g. /model)."""
+
+    operator: Operator
+    value: str
+    pointer: str = ""
 
 
 class Named(Request, frozen=True):
@@ -32,6 +45,9 @@ class AddSecret(Request, frozen=True):
     header: str = ""
     format: str = "{value}"
     param: str = ""
+    path_template: str = ""  # generic: the value goes into the path, e.g. /bot{value}
+    path_regex: str = ""  # generic: or the first match of this regex on the path...
+    path_replacement: str = ""  # ...becomes this, holding {value}
     agents: list[str] = []
     replace: bool = False  # a secret of that name exists: replace it (else refused)
     force: bool = False  # a non-model secret may match the model API's host
@@ -55,6 +71,25 @@ class AddRule(Request, frozen=True):
     agent: str = "*"
     limit: int = 0
     window: str | None = None  # rate_limit only: minute (the default), hour or day
+    enabled: bool = True
+    conditions: list[Condition] = []  # all must hold on the body (at most 10)
+    large_body: LargeBody | None = None  # a body conditions cannot test: match or ignore (None: by action)
+
+
+class UpdateRule(Request, frozen=True):
+    """Only the fields given change; the result is checked as `rules-add` checks a new rule."""
+
+    name: str
+    action: str | None = None
+    host: str | None = None
+    path: str | None = None
+    method: str | None = None  # "*": every method again
+    agent: str | None = None
+    limit: int | None = None
+    window: str | None = None
+    enabled: bool | None = None
+    conditions: list[Condition] | None = None  # []: none any more
+    large_body: str | None = None  # "default": by action again
 
 
 class AuditQuery(Request, frozen=True):
@@ -88,6 +123,9 @@ class SecretInfo(Reply, frozen=True):
     param_name: str
     grants: list[str]
     created_at: float
+    path_template: str = ""
+    path_regex: str = ""
+    path_replacement: str = ""
 
 
 class RuleInfo(Reply, frozen=True):
@@ -101,6 +139,8 @@ class RuleInfo(Reply, frozen=True):
     rate_window: Window
     enabled: bool
     created_at: float
+    conditions: list[Condition] = []
+    large_body: LargeBody | None = None
 
 
 class SecretAdded(Reply, frozen=True):
@@ -117,6 +157,10 @@ class Secrets(Reply, frozen=True):
 
 
 class RuleAdded(Reply, frozen=True):
+    rule: RuleInfo
+
+
+class RuleReply(Reply, frozen=True):
     rule: RuleInfo
 
 
@@ -171,6 +215,10 @@ SECRETS_GRANT = declare(SERVICE, "secrets-grant", Grant, SecretGranted)
 RULES_ADD = declare(SERVICE, "rules-add", AddRule, RuleAdded)
 RULES_LIST = declare(SERVICE, "rules-list", Nothing, Rules)
 RULES_REMOVE = declare(SERVICE, "rules-remove", Named, Removed)
+RULES_GET = declare(SERVICE, "rules-get", Named, RuleReply)
+RULES_UPDATE = declare(SERVICE, "rules-update", UpdateRule, RuleReply)
+RULES_ENABLE = declare(SERVICE, "rules-enable", Named, RuleReply)
+RULES_DISABLE = declare(SERVICE, "rules-disable", Named, RuleReply)
 AUDIT = declare(SERVICE, "audit", AuditQuery, Audit)
 EGRESS = declare(SERVICE, "egress", EgressRequest, EgressMode)
 PROXY_TOKEN = declare(SERVICE, "proxy-token", GroupRequest, ProxyToken)
