@@ -5,12 +5,16 @@ environment it reads, and the user it runs as. The runner makes agent containers
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from clawden.vaultfiles import BUNDLE_FILE, CA_FILE, SOCKET_NAME
 
 SESSION_MOUNT = "/workspace/session"
 GROUP_MOUNT = "/workspace/agent"
 GLOBAL_MOUNT = "/workspace/global"
+# The skills a group's containers get, each mounted read-only at .claude/skills/<name>: Claude Code loads
+# the skills of a folder it is given with --add-dir, so only these reach the agent.
+SKILLS_MOUNT = "/workspace/skills"
 HOME_MOUNT = "/home/agent"  # the session's own Claude Code home (its conversations), never shared
 CACHE_MOUNT = "/run/clawden/cache"  # the group's, shared by its sessions: what a container may remember
 PROJECT_SETTINGS = ".claude"  # in the group folder, mounted read-only over the writable folder
@@ -20,8 +24,35 @@ RELAY_PORT = 3128
 AGENT_UID = 1000
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """How the agent works, per group; "" or 0 leaves the agent runner's own default."""
+
+    max_turns: int = 0
+    turn_budget: float = 0.0
+    effort: str = ""
+    max_messages_per_prompt: int = 0
+    assistant_name: str = ""
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            "CLAWDEN_MAX_TURNS": str(self.max_turns) if self.max_turns else "",
+            "CLAWDEN_TURN_BUDGET": f"{self.turn_budget:g}" if self.turn_budget else "",
+            "CLAWDEN_EFFORT": self.effort,
+            "CLAWDEN_MAX_MESSAGES_PER_PROMPT": str(self.max_messages_per_prompt)
+            if self.max_messages_per_prompt
+            else "",
+            "CLAWDEN_ASSISTANT_NAME": self.assistant_name,
+        }
+        return {k: v for k, v in env.items() if v}
+
+
 def environment(
-    *, model: str = "", timezone: str = "", trust: bool = False, max_turns: int = 0, turn_budget: float = 0.0
+    *,
+    model: str = "",
+    timezone: str = "",
+    trust: bool = False,
+    tuning: Tuning = Tuning(),
 ) -> dict[str, str]:
     """What the agent runner reads; `trust` when the vault's trust folder is mounted at TRUST_MOUNT."""
     # Only placeholders and paths: the real key lives in the vault and never enters here.
@@ -37,10 +68,7 @@ def environment(
     }
     if model:
         env["CLAWDEN_MODEL"] = model
-    if max_turns:
-        env["CLAWDEN_MAX_TURNS"] = str(max_turns)
-    if turn_budget:
-        env["CLAWDEN_TURN_BUDGET"] = f"{turn_budget:g}"
+    env.update(tuning.environment())
     if trust:
         # Variables that replace a client's roots get the bundle (system roots + the gateway CA);
         # NODE_EXTRA_CA_CERTS adds to Node's own roots, so it gets the CA alone.

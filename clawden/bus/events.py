@@ -304,6 +304,12 @@ IDLE_TIMEOUT_RANGE = (5.0, 30 * 86_400.0)  # seconds
 MAX_TURNS_RANGE = (1, 10_000)  # model calls for one message
 TURN_BUDGET_RANGE = (10.0, 86_400.0)  # seconds one message may take, waits on people not counted
 RESERVED_FOLDERS = frozenset({"global"})  # groups/global is every group's read-only shared memory
+EFFORTS = ("low", "medium", "high", "xhigh", "max")  # Claude Code's --effort levels
+MAX_MESSAGES_RANGE = (1, 100)  # pending messages one prompt carries
+ASSISTANT_NAME_MAX = 64
+# Claude Code's skill names (the SKILL.md `name` and its folder): lowercase letters, digits, hyphens.
+SKILL_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+_SKILL = re.compile(SKILL_NAME_PATTERN)
 _MEMORY = re.compile(r"^(\d{1,13})(\.\d{1,6})?([kmg]b?|b)?$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 _FOLDER = re.compile(FOLDER_PATTERN)
@@ -340,6 +346,11 @@ class GroupSettings(_Part, frozen=True):
     idle_timeout: float = 0.0  # seconds an idle container lives
     max_turns: int = 0  # model calls the agent may make for one message
     turn_budget: float = 0.0  # seconds the agent may work on one message
+    effort: str = ""  # Claude Code's --effort: one of EFFORTS
+    max_messages_per_prompt: int = 0  # pending messages one prompt carries at most
+    assistant_name: str = ""  # what the agent calls itself (the group's name when unset)
+    # The skills (global and the group's own) its containers get: None for all of them.
+    skills: tuple[str, ...] | None = None
     # When the router last changed them: of two snapshots that arrive out of order, the later one wins.
     changed_at: float = 0.0
 
@@ -381,7 +392,41 @@ class GroupSettings(_Part, frozen=True):
                 f"turn budget {self.turn_budget}: give seconds from {TURN_BUDGET_RANGE[0]:g} to "
                 f"{TURN_BUDGET_RANGE[1]:.0f} (a day)"
             )
+        return out | self._tuning_problems()
+
+    def _tuning_problems(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.effort and self.effort not in EFFORTS:
+            out["effort"] = f"effort {self.effort!r}: give one of {', '.join(EFFORTS)}"
+        low, high = MAX_MESSAGES_RANGE
+        if self.max_messages_per_prompt and not low <= self.max_messages_per_prompt <= high:
+            out["max_messages_per_prompt"] = (
+                f"max messages per prompt {self.max_messages_per_prompt}: give a number from {low} to {high}"
+            )
+        if self.assistant_name and (why := assistant_name_problem(self.assistant_name)):
+            out["assistant_name"] = why
+        bad = [name for name in self.skills or () if not _SKILL.match(name)]
+        if bad:
+            out["skills"] = (
+                f"skill {bad[0]!r}: a skill's name is its folder's, in lowercase letters, digits and hyphens"
+            )
         return out
+
+
+def assistant_name_problem(name: str) -> str:
+    """Why `name` cannot be what an assistant calls itself ("" when it can): it goes into the system
+    prompt, so one printable line, without the markup characters the prompt's elements use."""
+    if len(name) > ASSISTANT_NAME_MAX or name != name.strip() or not name.isprintable() or set(name) & set('<>&"'):
+        return (
+            f"assistant name {name!r}: give one printable line of at most {ASSISTANT_NAME_MAX} characters,"
+            " without < > & or quotes"
+        )
+    return ""
+
+
+# Chat commands the agent runner answers itself, never the model's text: reset the conversation, tell
+# its cost, compact it, tell how full its context is, list the group's files.
+WakeCommand = Literal["", "clear", "cost", "compact", "context", "files"]
 
 
 class Wake(_Event, tag="wake", frozen=True):
@@ -391,7 +436,7 @@ class Wake(_Event, tag="wake", frozen=True):
     agent_group: GroupName
     route: Route
     message: WakeMessage
-    command: Literal["", "clear", "cost"] = ""
+    command: WakeCommand = ""
     # The agent group's named destinations as of this wake: the runner replaces the session's
     # projection with them, so a change reaches a running agent with its next message. None: the
     # sender does not know them (a scheduler wake); keep the projection as it is.

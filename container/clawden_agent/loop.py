@@ -40,7 +40,7 @@ from claude_agent_sdk import (
 
 from clawden import sessiondb
 
-from . import doorbell, precheck, revisions, selftest, tools
+from . import commands, doorbell, precheck, revisions, selftest, tools
 from .ledger import Ledger, Settled
 
 log = logging.getLogger("clawden_agent")
@@ -51,7 +51,8 @@ COST_TOTAL_KEY = "cost_total_usd"  # the conversation's running total at its las
 DEFAULT_BASH_TIMEOUT_MS = 120_000  # Claude Code's Bash default when the call declares none
 # Only the safety net: rings wake the loop at once, this catches a ring that was lost.
 SAFETY_POLL_SECONDS = 2.0
-BATCH_LIMIT = 10
+DEFAULT_MAX_MESSAGES = 10  # pending rows one prompt carries, unless the group says otherwise
+EFFORTS = ("low", "medium", "high", "xhigh", "max")  # Claude Code's --effort levels
 SIGHTING_WAIT_SECONDS = 30.0
 DEFAULT_MAX_TURNS = 100  # model calls for one prompt before Claude Code stops it
 DEFAULT_TURN_BUDGET = 1800.0  # seconds of work on one turn (waits on a person not counted)
@@ -100,7 +101,8 @@ TOO_LONG_NOTICE = (
 )
 
 SYSTEM_ADDENDUM = """\
-You are a personal assistant that people reach from a chat app through Clawden.
+You are {name}, a personal assistant that people reach from a chat app through Clawden. {name} is your
+name: people call you by it, and you refer to yourself as {name}, never by another name.
 Each user turn holds the new chat traffic as <message seq="…" from="…" time="…">…</message>
 elements (and <task seq="…" time="…">…</task> for scheduled work). Answer the chat with the
 send_message tool: only what you send with it reaches people. Write chat-sized plain text, send
@@ -121,6 +123,10 @@ class Config:
     global_dir: Path = Path("/workspace/global")
     max_turns: int = DEFAULT_MAX_TURNS
     turn_budget: float = DEFAULT_TURN_BUDGET
+    effort: str | None = None
+    max_messages: int = DEFAULT_MAX_MESSAGES
+    assistant_name: str = "Clawden"
+    skills_dir: Path = Path("/workspace/skills")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -133,7 +139,25 @@ class Config:
             global_dir=Path(env.get("CLAWDEN_GLOBAL_DIR", "/workspace/global")),
             max_turns=int(env.get("CLAWDEN_MAX_TURNS") or DEFAULT_MAX_TURNS),
             turn_budget=float(env.get("CLAWDEN_TURN_BUDGET") or DEFAULT_TURN_BUDGET),
+            effort=_effort(env.get("CLAWDEN_EFFORT", "")),
+            max_messages=max(1, int(env.get("CLAWDEN_MAX_MESSAGES_PER_PROMPT") or DEFAULT_MAX_MESSAGES)),
+            assistant_name=env.get("CLAWDEN_ASSISTANT_NAME") or "Clawden",
+            skills_dir=Path(env.get("CLAWDEN_SKILLS_DIR", "/workspace/skills")),
         )
+
+    def add_dirs(self) -> list[str | Path]:
+        """Folders Claude Code reads besides the group's: the global memory (its CLAUDE.md) and the skills
+        the host mounted for this group (their .claude/skills), each only when there is something in it."""
+        dirs: list[str | Path] = [str(self.global_dir)] if (self.global_dir / "CLAUDE.md").is_file() else []
+        if (self.skills_dir / ".claude" / "skills").is_dir():
+            dirs.append(str(self.skills_dir))
+        return dirs
+
+
+def _effort(value: str) -> str | None:
+    if value and value not in EFFORTS:  # the host checks it first; a Claude Code that will not start is worse
+        log.warning("effort %r is not one of %s; using Claude Code's default", value, ", ".join(EFFORTS))
+    return value if value in EFFORTS else None
 
 
 def cli_env(config: Config, env: Mapping[str, str]) -> dict[str, str]:
@@ -230,21 +254,22 @@ class Agent:
         self._stored_session: str | None = None
 
     def _options(self, resume: str | None) -> ClaudeAgentOptions:
-        global_dir = self.config.global_dir
+        addendum = SYSTEM_ADDENDUM.format(name=self.config.assistant_name)
         return ClaudeAgentOptions(
             cwd=str(self.config.group_dir),
             permission_mode="bypassPermissions",
             # Not a snapshot: an updated addendum reaches resumed conversations too.
-            system_prompt={"type": "preset", "preset": "claude_code", "append": SYSTEM_ADDENDUM, "snapshot": False},
+            system_prompt={"type": "preset", "preset": "claude_code", "append": addendum, "snapshot": False},
             mcp_servers=cast(dict[str, McpServerConfig], {tools.SERVER_NAME: self._server}),
             strict_mcp_config=True,  # never a .mcp.json the agent wrote
             tools=BUILTIN_TOOLS,
             # CLAUDE.md and the group's .claude/, which the host mounts read-only; never the user
             # settings in the agent's writable home, where a planted hook would outlive /clear.
             setting_sources=["project"],
-            add_dirs=[str(global_dir)] if (global_dir / "CLAUDE.md").is_file() else [],
+            add_dirs=self.config.add_dirs(),
             max_turns=self.config.max_turns,
             model=self.config.model,
+            effort=cast(Any, self.config.effort),
             resume=resume,
             env=cli_env(self.config, os.environ),
             stderr=self._on_stderr,
@@ -326,9 +351,10 @@ class Agent:
         await self.remember(None)
         await asyncio.to_thread(sessiondb.set_state, self.config.session_dir, COST_TOTAL_KEY, None)
 
-    async def send(self, uuid: str, text: str) -> None:
+    async def send(self, uuid: str, text: str, *, slash_command: bool = False) -> None:
         """Hand Claude Code one prompt. It answers at once, merges it into the running turn, or
-        queues it; the uuid comes back in the result that answered it."""
+        queues it; the uuid comes back in the result that answered it. Only the runner's own
+        `slash_command` (/compact) is read by Claude Code as a command: chat text never is."""
         if self.client is None:
             raise CLIConnectionError("Claude Code is not running")
         message = {
@@ -337,7 +363,7 @@ class Agent:
             "parent_tool_use_id": None,
             "uuid": uuid,
             # Delivered as written: an `@/path` in a chat message is text, not a file to read.
-            "client_composed": True,
+            "client_composed": not slash_command,
         }
         await self.client.query(_once(message))
 
@@ -482,6 +508,8 @@ class Runner:
         self._budget = TurnBudget(config.turn_budget, self.state, self._over_budget)
         self._interrupting: asyncio.Task[None] | None = None
         self._riders: dict[int, tuple[int, ...]] = {}  # row seq -> edits and deletes folded into it
+        self._compacting: set[str] = set()  # uuids of the /compact prompts sent
+        self._compacted: dict[str, Any] | None = None  # what Claude Code's last compaction reported
 
     def ring_host(self) -> None:
         doorbell.ring(self.host_bell)
@@ -542,11 +570,11 @@ class Runner:
             await asyncio.to_thread(self._tell, f"fresh:{uuid.uuid4()}", notice)
 
     def _pending(self, claimed: set[int]) -> revisions.Folded:
-        """Every unread row, with people's edits and deletes folded in (`revisions`); at most BATCH_LIMIT."""
+        """Every unread row, with people's edits and deletes folded in (`revisions`); at most max_messages."""
         folder = self.config.session_dir
         pending = [m for m in sessiondb.pending_inbound(folder, limit=0) if m.seq not in claimed]
         earlier = sessiondb.inbound_by_id(folder, revisions.targets(pending))
-        folded = revisions.fold(pending, earlier, BATCH_LIMIT)
+        folded = revisions.fold(pending, earlier, self.config.max_messages)
         if folded.withdrawn:  # deleted before the agent read them: nothing to answer, nothing lost
             sessiondb.ack(folder, folded.withdrawn, "completed")
             log.info("#%s deleted before the agent read them", folded.withdrawn)
@@ -632,6 +660,8 @@ class Runner:
     async def _on_message(self, message: Message) -> None:
         if isinstance(message, SystemMessage) and message.subtype == "init":
             await self.agent.remember(str(message.data.get("session_id") or "") or None)
+        elif isinstance(message, SystemMessage) and message.subtype == "compact_boundary":
+            self._compacted = message.data.get("compact_metadata") or {}
         elif isinstance(message, AssistantMessage):
             self.agent.sightings.saw(message)
         elif isinstance(message, UserMessage):
@@ -686,7 +716,11 @@ class Runner:
             )
             return "failed"
         text = (message.result or "").strip()
-        if text and not wrote:  # answered without send_message: the final text still reaches the chat
+        if self._compacting.intersection(p.uuid for p in settled.prompts):  # the reply to an admin's /compact
+            self._compacting.difference_update(p.uuid for p in settled.prompts)
+            compacted, self._compacted = self._compacted, None
+            tools.write_reply(self.state, commands.compacted_text(compacted, text), suffix="compact", reply_to=anchor)
+        elif text and not wrote:  # answered without send_message: the final text still reaches the chat
             tools.write_reply(self.state, text, suffix="result", reply_to=anchor)
         sessiondb.ack(self.config.session_dir, settled.seqs, "completed")
         return "completed"
@@ -794,19 +828,63 @@ class Runner:
     # --- rows that need no model -------------------------------------------------------------------
 
     async def _command(self, rows: list[sessiondb.InboundMessage]) -> None:
-        """/clear forgets the conversation (what came before it in the batch is moot); /cost tells what
-        the conversation and the last message cost. Neither wakes the model."""
+        """An admin's command, answered here and never read by the model as text: /clear forgets the
+        conversation (what came before it in the batch is moot), /cost tells what the conversation and the
+        last message cost, /context how full the context is, /files what the group's folder holds, and
+        /compact has Claude Code compact the conversation."""
         command = rows[-1]
-        if command.content.get("command") == "clear":
+        word = str(command.content["command"])
+        if word == "compact":
+            await self._compact(rows)
+            return
+        if word == "clear":
             await self._restart_agent()
             text = "Cleared. The next message starts a fresh conversation."
+        elif word == "context":
+            text = await self._context_text()
+        elif word == "files":
+            text = commands.files_text(await asyncio.to_thread(commands.workspace_files, self.config.group_dir))
         else:
             text = await asyncio.to_thread(self._cost_text, command.seq)
         self.state.begin(reply_to=command.seq)
-        await asyncio.to_thread(tools.write_reply, self.state, text, suffix=str(command.content["command"]))
+        await asyncio.to_thread(tools.write_reply, self.state, text, suffix=word)
         await asyncio.to_thread(sessiondb.ack, self.config.session_dir, self._with_riders(rows), "completed")
         self.ring_host()
-        log.info("/%s by #%d", command.content["command"], command.seq)
+        log.info("/%s by #%d", word, command.seq)
+
+    async def _compact(self, rows: list[sessiondb.InboundMessage]) -> None:
+        """Claude Code compacts the conversation as a turn of its own (the model writes the summary); its
+        result settles the rows and tells the chat the sizes before and after."""
+        seqs, anchor = self._with_riders(rows), rows[-1].seq
+        if self.agent.client is None:
+            try:
+                await self._start_agent()
+            except Exception as exc:
+                await asyncio.to_thread(self._fail, seqs, anchor, self.agent.dead(f"{type(exc).__name__}: {exc}"))
+                return
+        await asyncio.to_thread(sessiondb.ack, self.config.session_dir, seqs, "processing")
+        prompt = self.ledger.sent(str(uuid.uuid4()), seqs, anchor)
+        self._compacting.add(prompt.uuid)
+        self._compacted = None
+        self.agent.heartbeat.touch()
+        try:
+            await self.agent.send(prompt.uuid, "/compact", slash_command=True)
+        except Exception as exc:
+            await self._lost(f"{type(exc).__name__}: {exc}")
+            return
+        log.info("/compact by #%d sent as prompt %s", anchor, prompt.uuid)
+
+    async def _context_text(self) -> str:
+        """What Claude Code says fills its context window now (no model call)."""
+        try:
+            if self.agent.client is None:
+                await self._start_agent()
+            assert self.agent.client is not None
+            usage = await self.agent.client.get_context_usage()
+        except Exception as exc:
+            log.exception("context usage failed")
+            return f"I could not read the context usage: {short_reason(f'{type(exc).__name__}: {exc}')}"
+        return commands.context_text(cast(Mapping[str, Any], usage))
 
     def _cost_text(self, before: int) -> str:
         folder = self.config.session_dir

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
+
+from clawden.bus import events as ev
 
 # Commands that act on the Claude Code CLI itself (its account, settings, UI). They mean nothing to
 # a chat user and could change the agent's setup, so they never reach the agent.
@@ -41,13 +43,16 @@ IGNORED = frozenset(
 )
 # Commands that change or reveal the session's conversation: only admins of the agent group.
 ADMIN_ONLY = frozenset({"clear", "compact", "context", "cost", "files", "init"})
+# Those the agent runner answers itself, without the model: each wakes the session as a command.
+# /init (Claude Code writing a CLAUDE.md) goes to the agent as text, from an admin only.
+RUNNER_COMMANDS = frozenset({"clear", "compact", "context", "cost", "files"})
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
     word: str  # "" when the text is not a command
     kind: Literal["text", "ignored", "admin"]
-    wake_command: Literal["", "clear", "cost"] = ""
+    wake_command: ev.WakeCommand = ""
 
 
 TEXT = Command("", "text")
@@ -64,5 +69,5 @@ def parse(text: str) -> Command:
     if word in IGNORED:
         return Command(word, "ignored")
     if word in ADMIN_ONLY:
-        return Command(word, "admin", "clear" if word == "clear" else "cost" if word == "cost" else "")
+        return Command(word, "admin", cast(ev.WakeCommand, word) if word in RUNNER_COMMANDS else "")
     return Command(word, "text")

@@ -138,7 +138,7 @@ class Control:
         name = group_name(req.name)
         folder = _folder(req.folder or name)
         _provider(req.provider)
-        _check_settings(req.model, req.container)
+        _check_settings(req.model, req.container, req.assistant_name)
         container = _set_only(msgspec.to_builtins(req.container))
         with self.store.transaction() as db:
             if db.execute("SELECT 1 FROM agent_groups WHERE name = ?", (name,)).fetchone():
@@ -157,7 +157,7 @@ class Control:
     def _groups_update(self, req: GroupUpdate) -> api.Group:
         if req.provider is not None:
             _provider(req.provider)
-        _check_settings(req.model, req.container)
+        _check_settings(req.model, req.container, req.assistant_name)
         with self.store.transaction() as db:
             row = self._group(req.name)
             folder = _folder(req.folder) if req.folder is not None else row["folder"]
@@ -656,17 +656,27 @@ def _folder(value: str) -> str:
     return folder
 
 
-def _check_settings(model: str | None, container: ContainerSettings | None) -> None:
+def _check_settings(model: str | None, container: ContainerSettings | None, assistant_name: str | None = None) -> None:
     """What the runner would refuse is refused here, where the person who typed it can fix it."""
     given = msgspec.to_builtins(container) if container is not None else {}
-    problems = ev.GroupSettings(model=model or "", **given).problems()
+    skills = given.pop("skills", "all")
+    problems = ev.GroupSettings(
+        model=model or "",
+        assistant_name=assistant_name or "",
+        skills=None if skills == "all" else tuple(skills),
+        **given,
+    ).problems()
     if problems:
         raise RouterError("; ".join(problems.values()))
 
 
 def _set_only(container: Json) -> Json:
-    """Container settings without the cleared ones ("" or 0): the runner's apply to those."""
-    return {k: v for k, v in container.items() if v not in ("", 0, None)}
+    """Container settings without the cleared ones ("" or 0, and skills "all"): the runner's apply to those.
+    A skill list keeps its first order, once each; an empty one means no skills."""
+    out = {k: v for k, v in container.items() if v not in ("", 0, None) and not (k == "skills" and v == "all")}
+    if isinstance(out.get("skills"), list):
+        out["skills"] = list(dict.fromkeys(out["skills"]))
+    return out
 
 
 def _chat_id(value: str) -> str:

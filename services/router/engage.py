@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Literal
 
 from clawden.bus import events as ev
 from services.router import commands, pairing
@@ -96,7 +95,7 @@ class Deliver:
     session: SessionKey
     route: ev.Route  # where replies go: the message's chat, its thread only where threads count
     trigger: bool = True  # False: stored for context (accumulate), the agent is not woken
-    command: Literal["", "clear", "cost"] = ""  # "clear" resets the conversation, "cost" tells it
+    command: ev.WakeCommand = ""  # an admin's command, answered by the agent runner without the model
 
 
 @dataclass(frozen=True, slots=True)

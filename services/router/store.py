@@ -645,11 +645,17 @@ class RouterStore(outbox.OutboxStore):
         cached = self._settings.get(agent_group)
         if cached is None:
             row = self.conn.execute(
-                "SELECT folder, model, container, changed_at FROM agent_groups WHERE name = ?", (agent_group,)
+                "SELECT folder, model, assistant_name, container, changed_at FROM agent_groups WHERE name = ?",
+                (agent_group,),
             ).fetchone()
             if row is None:
                 return None
-            base = {"folder": row["folder"], "model": row["model"], "changed_at": row["changed_at"]}
+            base = {
+                "folder": row["folder"],
+                "model": row["model"],
+                "assistant_name": row["assistant_name"],
+                "changed_at": row["changed_at"],
+            }
             try:
                 cached = msgspec.convert(msgspec.json.decode(row["container"]) | base, ev.GroupSettings)
             except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:

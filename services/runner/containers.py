@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,10 +26,13 @@ from clawden.agentcontainer import (
     HOME_MOUNT,
     PROJECT_SETTINGS,
     SESSION_MOUNT,
+    SKILLS_MOUNT,
     TRUST_MOUNT,
+    Tuning,
 )
 from clawden.bus import events as ev
 from clawden.config import Config, GroupConfig
+from clawden.skills import SKILLS_DIR
 from services.runner.mounts import ExtraMount
 
 log = logging.getLogger("clawden.runner.docker")
@@ -54,6 +57,10 @@ class GroupRun:
     idle_timeout: float
     max_turns: int
     turn_budget: float
+    effort: str = ""
+    max_messages_per_prompt: int = 0
+    assistant_name: str = ""
+    skills: tuple[str, ...] | None = None  # None: every skill on the host
     refused: tuple[str, ...] = ()  # what the router sent that is not used, and why
 
 
@@ -85,6 +92,10 @@ def group_run(
         idle_timeout=float(pick("idle_timeout", cfg.runner.idle_timeout)),
         max_turns=int(pick("max_turns", cfg.runner.max_turns)),
         turn_budget=float(pick("turn_budget", cfg.runner.turn_budget)),
+        effort=pick("effort", ""),
+        max_messages_per_prompt=int(pick("max_messages_per_prompt", 0)),
+        assistant_name=pick("assistant_name", ""),
+        skills=None if "skills" in problems else sent.skills,
         refused=tuple(problems.values()),
     )
 
@@ -116,8 +127,8 @@ class ContainerSpec:
     user: str
     model: str = ""
     timezone: str = ""
-    max_turns: int = 0  # 0: the agent runner's own default
-    turn_budget: float = 0.0
+    tuning: Tuning = field(default_factory=Tuning)
+    skills: tuple[tuple[str, Path], ...] = ()  # (name, folder with SKILL.md) for each skill it gets
     extra_mounts: tuple[ExtraMount, ...] = ()  # already checked against the mount allowlist
     trust_dir: Path | None = None  # from the vault: clawden-ca.pem and bundle.pem
 
@@ -133,8 +144,7 @@ class ContainerSpec:
             model=self.model,
             timezone=self.timezone,
             trust=self.trust_dir is not None,
-            max_turns=self.max_turns,
-            turn_budget=self.turn_budget,
+            tuning=self.tuning,
         )
 
     def run_kwargs(self) -> dict[str, Any]:
@@ -153,6 +163,14 @@ class ContainerSpec:
         ]
         if self.global_dir.is_dir():
             mounts.append(Mount(GLOBAL_MOUNT, str(self.global_dir), type="bind", read_only=True))
+        if (self.group_dir / SKILLS_DIR).is_dir():  # the group's skills are the owner's, like its .claude/
+            mounts.append(
+                Mount(f"{GROUP_MOUNT}/{SKILLS_DIR}", str(self.group_dir / SKILLS_DIR), type="bind", read_only=True)
+            )
+        mounts += [
+            Mount(f"{SKILLS_MOUNT}/.claude/skills/{name}", str(source), type="bind", read_only=True)
+            for name, source in self.skills
+        ]
         mounts += [Mount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in self.extra_mounts]
         if self.trust_dir is not None:
             mounts.append(Mount(TRUST_MOUNT, str(self.trust_dir), type="bind", read_only=True))

@@ -25,8 +25,8 @@ from typing import Any, Literal
 import msgspec
 from nats.aio.msg import Msg
 
-from clawden import control, logs, sessiondb
-from clawden.agentcontainer import PROJECT_SETTINGS, container_user
+from clawden import control, logs, sessiondb, skills
+from clawden.agentcontainer import PROJECT_SETTINGS, Tuning, container_user
 from clawden.backoff import backoff
 from clawden.bus import ConsumeStats, Retry, bind, consume, publish, subjects
 from clawden.bus import events as ev
@@ -296,8 +296,14 @@ class Runner:
             pids=run.pids,
             user=self.user,
             model=run.model,
-            max_turns=run.max_turns,
-            turn_budget=run.turn_budget,
+            tuning=Tuning(
+                max_turns=run.max_turns,
+                turn_budget=run.turn_budget,
+                effort=run.effort,
+                max_messages_per_prompt=run.max_messages_per_prompt,
+                assistant_name=run.assistant_name or info.agent_group,
+            ),
+            skills=await asyncio.to_thread(self._skills, group_dir, run.skills),
             timezone=_host_timezone(),
             extra_mounts=await asyncio.to_thread(self._extra_mounts, info.agent_group),
             trust_dir=trust,
@@ -319,6 +325,11 @@ class Runner:
             extra={"session_id": info.id, "agent_group": info.agent_group},
         )
 
+    def _skills(self, group_dir: Path, setting: tuple[str, ...] | None) -> tuple[tuple[str, Path], ...]:
+        """The global and group skills the group's setting enables, each to be mounted read-only."""
+        found = skills.available(self.cfg.groups_dir / "global", group_dir)
+        return tuple((s.name, s.source) for s in skills.chosen(found, setting))
+
     def _extra_mounts(self, agent_group: str) -> tuple[ExtraMount, ...]:
         """The group's extra folders that pass the allowlist; a refused one is left out, loudly."""
         requests = self.cfg.groups.get(agent_group, GroupConfig()).mounts
@@ -337,6 +348,8 @@ class Runner:
         self, group_dir: Path, claude_home: Path, cache_dir: Path, shared_home: Path, folder: Path
     ) -> None:
         (group_dir / PROJECT_SETTINGS).mkdir(parents=True, exist_ok=True)
+        # Always there, so it is always mounted read-only: an agent cannot plant a skill for later.
+        (group_dir / skills.SKILLS_DIR).mkdir(exist_ok=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
         if not claude_home.exists():
             claude_home.mkdir(parents=True)

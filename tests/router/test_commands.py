@@ -13,7 +13,11 @@ from services.router.commands import Command, parse
         ("/clear", Command("clear", "admin", "clear")),
         ("/CLEAR now", Command("clear", "admin", "clear")),
         ("/clear@MyBot", Command("clear", "admin", "clear")),
-        ("/compact", Command("compact", "admin")),
+        ("/compact", Command("compact", "admin", "compact")),
+        ("/context", Command("context", "admin", "context")),
+        ("/cost", Command("cost", "admin", "cost")),
+        ("/files please", Command("files", "admin", "files")),
+        ("/init", Command("init", "admin")),  # from an admin, text for the agent
         ("/login", Command("login", "ignored")),
         ("/remote-control on", Command("remote-control", "ignored")),
         ("/weather", Command("weather", "text")),

@@ -31,6 +31,9 @@ class ContainerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     idle_timeout: float | None = None
     max_turns: int | None = None
     turn_budget: float | None = None
+    effort: str | None = None  # low, medium, high, xhigh, max
+    max_messages_per_prompt: int | None = None
+    skills: Literal["all"] | list[str] | None = None  # "all" (the default): every skill on the host
 
 
 # --- requests --------------------------------------------------------------------------------------

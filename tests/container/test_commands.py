@@ -1,0 +1,63 @@
+"""The agent runner's answers to /context, /files and /compact, as a person reads them in the chat."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "container"))  # the image's own package
+
+from clawden_agent import commands
+
+
+@pytest.mark.parametrize(
+    ("n", "text"), [(0, "0"), (999, "999"), (1_000, "1k"), (6_300, "6.3k"), (1_000_000, "1m"), (1_250_000, "1.2m")]
+)
+def test_tokens_read_like_claude_codes(n: int, text: str) -> None:
+    assert commands.tokens(n) == text
+
+
+def test_context_names_the_total_and_what_takes_it_up() -> None:
+    usage = {
+        "totalTokens": 6_300,
+        "maxTokens": 200_000,
+        "percentage": 3,
+        "categories": [
+            {"name": "System prompt", "tokens": 1_925, "kind": "used"},
+            {"name": "Messages", "tokens": 2_300},
+            {"name": "MCP tools", "tokens": 0, "kind": "used"},
+            {"name": "Free space", "tokens": 160_000, "kind": "free"},
+            "not a category",
+        ],
+    }
+    assert commands.context_text(usage) == (
+        "The conversation takes 6.3k of 200k tokens of context (3%).\nIn it: System prompt 1.9k, Messages 2.3k."
+    )
+    assert commands.context_text({}) == "The conversation takes 0 of 0 tokens of context."
+
+
+def test_compact_tells_the_sizes_or_what_claude_code_said() -> None:
+    done = {"trigger": "manual", "pre_tokens": 5_585, "post_tokens": 2_031}
+    assert commands.compacted_text(done, "") == "Compacted the conversation: 5,585 tokens down to 2,031."
+    assert commands.compacted_text(None, "Not enough messages to compact.") == "Not enough messages to compact."
+    assert commands.compacted_text({}, "  ") == "There was nothing to compact."
+
+
+def test_files_lists_the_workspace_with_sizes_and_says_what_it_left_out(tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "b.txt").write_bytes(b"x" * 2048)
+    (tmp_path / "a.md").write_text("hi")
+    (tmp_path / "big.bin").write_bytes(b"\0" * (3 * 2**20))
+    os.symlink("/etc/passwd", tmp_path / "link")  # listed as the link it is, never followed
+
+    files = commands.workspace_files(tmp_path)
+
+    assert [p for p, _ in files] == ["a.md", "big.bin", "link", "notes/b.txt"]
+    assert commands.files_text(files, limit=2) == (
+        "The workspace holds 4 files (3.0 MiB):\na.md (2 B)\nbig.bin (3.0 MiB)\n… and 2 more."
+    )
+    assert commands.files_text([]) == "The workspace is empty."
+    assert commands.size(5 * 2**30) == "5.0 GiB"
