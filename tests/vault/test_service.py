@@ -350,7 +350,7 @@ async def test_a_held_request_waits_for_a_decision_on_the_bus(vault: Vault, bus:
 
 
 async def test_secrets_survive_a_restart_and_bad_requests_are_refused(vault: Vault) -> None:
-    with pytest.raises(control.ControlError, match="needs either --header NAME or --param NAME"):
+    with pytest.raises(control.ControlError, match="needs one of --header NAME, --param NAME"):
         await vault.call("secrets-add", {"name": "x", "type": "generic", "value": "v" * 10, "host": "a.test"})
     with pytest.raises(control.ControlError, match="'\\*' would hand it to every site"):
         await vault.call("secrets-add", {"name": "x", "type": "generic", "value": "v" * 10, "host": "*", "header": "X"})
@@ -507,3 +507,46 @@ async def test_a_secret_is_replaced_only_when_asked_and_the_model_key_keeps_its_
         },
     )
     assert replaced["created"] is False and replaced["secret"]["grants"] == ["main"] and forced["created"] is True
+
+
+async def test_rules_are_read_changed_disabled_and_enabled_through_the_cli(vault: Vault) -> None:
+    added = await vault.cli(
+        "rules", "add", "no-boss", "--action", "block", "--host", "api.example.test", "--method", "POST",
+        "--json-equals", "/to=boss@example.com",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    client, server = await agent_client(vault)
+
+    async def send(to: str) -> int:
+        return (await client.post("https://api.example.test/send", json={"to": to, "text": "hi"})).status_code
+
+    async with client:
+        first = [await send("boss@example.com"), await send("ada@example.com")]
+        assert (await vault.cli("rules", "disable", "no-boss")).stdout.strip() == (
+            "rule no-boss is disabled: kept, not applied"
+        )
+        disabled = await send("boss@example.com")
+        enabled = await vault.cli("rules", "enable", "no-boss")
+        again = await send("boss@example.com")
+        updated = await vault.cli(
+            "rules", "update", "no-boss", "--json-equals", "/to=ada@example.com", "--large-body", "ignore"
+        )
+        after_update = [await send("boss@example.com"), await send("ada@example.com")]
+    server.close()
+
+    assert first == [403, 200] and disabled == 200 and again == 403, (first, disabled, again)
+    assert enabled.returncode == 0 and "is enabled" in enabled.stdout
+    assert updated.returncode == 0, updated.stderr
+    assert "when the JSON body's /to is 'ada@example.com'" in updated.stdout
+    assert "too large or compressed to test: the rule does not apply" in updated.stdout
+    assert after_update == [200, 403]
+    await restart(vault)
+    shown = json.loads((await vault.cli("rules", "get", "no-boss", "--json")).stdout)
+    assert shown["conditions"] == [{"operator": "equals", "value": "ada@example.com", "pointer": "/to"}]
+    assert (shown["enabled"], shown["large_body"], shown["method"]) == (True, "ignore", "POST")
+    refused = await vault.cli("rules", "update", "no-boss", "--limit", "3")
+    assert refused.returncode != 0 and "belong to rate_limit rules" in refused.stderr
+    missing = await vault.cli("rules", "get", "nope")
+    assert missing.returncode != 0 and "no rule named 'nope'" in missing.stderr
+    bad = await vault.cli("rules", "update", "no-boss", "--json-equals", "to=x")
+    assert bad.returncode != 0 and "/pointer=value" in bad.stderr

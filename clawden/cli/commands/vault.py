@@ -98,6 +98,8 @@ def _describe(secret: ctl.SecretInfo) -> str:
         return "Authorization: Bearer"
     if secret.param_name:
         return f"?{secret.param_name}="
+    if secret.kind == "aws" or secret.path_template or secret.path_regex:
+        return _describe_more(secret)
     return f"{secret.header_name}: {secret.value_format}"
 
 
@@ -115,6 +117,9 @@ def cmd_secrets_add(args: argparse.Namespace) -> int:
         header=args.header or "",
         format=args.format,
         param=args.param or "",
+        path_template=args.path_template or "",
+        path_regex=args.path_regex or "",
+        path_replacement=args.path_replacement or "",
         agents=args.agent or [],
         replace=args.replace,
         force=args.force,
@@ -180,6 +185,8 @@ def cmd_rules_add(args: argparse.Namespace) -> int:
         agent=args.agent,
         limit=args.limit or 0,
         window=args.window,
+        conditions=_conditions(args) or [],
+        large_body=args.large_body,
     )
     rule = _ask(args, ctl.RULES_ADD, request).rule
     print(f"added rule {rule.name}: {_rule_text(rule)}")
@@ -271,8 +278,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument(
         "--type",
         required=True,
-        choices=["anthropic", "openai", "generic"],
-        help="anthropic (the model key), openai, or generic (give --header or --param)",
+        choices=["anthropic", "openai", "generic", "aws"],
+        help="anthropic (the model key), openai, generic (give --header, --param or --path-template), "
+        "or aws (the JSON `aws configure export-credentials` prints; requests are SigV4-signed)",
     )
     add.add_argument(
         "--host", help="host pattern, e.g. api.github.com or *.example.com (anthropic and openai have defaults)"
@@ -289,6 +297,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--force", action="store_true", help="let a secret that is not the model key match the model API's host"
     )
     add.set_defaults(func=cmd_secrets_add)
+    _secret_path_options(add)
 
     lst = ssub.add_parser("list", help="stored secrets (never their values)")
     lst.add_argument("--json", action="store_true", help="print JSON")
@@ -321,12 +330,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     radd.add_argument("--limit", type=LIMIT, help="rate_limit: requests per window")
     radd.add_argument("--window", choices=["minute", "hour", "day"], help="rate_limit: the window (default minute)")
     radd.set_defaults(func=cmd_rules_add)
+    _condition_options(radd)
     rlist = rsub.add_parser("list", help="the rules")
     rlist.add_argument("--json", action="store_true", help="print JSON")
     rlist.set_defaults(func=cmd_rules_list)
     rrm = rsub.add_parser("remove", help="remove a rule")
     rrm.add_argument("name")
     rrm.set_defaults(func=cmd_rules_remove)
+    _rule_change_commands(rsub)
 
     audit = sub.add_parser("audit", help="requests agents made through the vault")
     audit.add_argument("--agent", help="only this agent group")
@@ -339,3 +350,126 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     egress.add_argument("group")
     egress.add_argument("mode", nargs="?", choices=["open", "allowlist"])
     egress.set_defaults(func=cmd_egress)
+
+
+# --- the vault's policy completions (issue 26): path secrets, body conditions, rule changes -----------
+
+
+def _describe_more(secret: ctl.SecretInfo) -> str:
+    if secret.kind == "aws":
+        return "AWS SigV4 signature"
+    if secret.path_template:
+        return f"path {secret.path_template}"
+    return f"path {secret.path_regex} -> {secret.path_replacement}"
+
+
+def _secret_path_options(add: argparse.ArgumentParser) -> None:
+    add.add_argument(
+        "--path-template",
+        help="generic: the value goes into the path, e.g. /bot{value} (the agent sends any placeholder)",
+    )
+    add.add_argument("--path-regex", help="generic: or this regex's first match on the path is replaced...")
+    add.add_argument("--path-replacement", help="...by this, holding {value} (and \\1 for groups), e.g. /bot{value}")
+
+
+def _condition_options(parser: argparse.ArgumentParser, update: bool = False) -> None:
+    parser.add_argument("--body-contains", action="append", metavar="TEXT", help="only when the body holds TEXT")
+    parser.add_argument(
+        "--json-equals", action="append", metavar="POINTER=VALUE", help="only when the JSON body's /pointer is VALUE"
+    )
+    parser.add_argument(
+        "--json-contains", action="append", metavar="POINTER=TEXT", help="only when the JSON body's /pointer holds TEXT"
+    )
+    parser.add_argument(
+        "--large-body",
+        choices=["match", "ignore", "default"] if update else ["match", "ignore"],
+        help="a body too large (or compressed) to test: the rule applies (match) or not (ignore); default: "
+        "block, approval and rate limits apply, allow does not",
+    )
+    if update:
+        parser.add_argument("--no-conditions", action="store_true", help="drop the rule's body conditions")
+
+
+def _conditions(args: argparse.Namespace) -> list[ctl.Condition] | None:
+    """The body conditions the options give; None when they give none."""
+    found = [ctl.Condition(operator="contains", value=text) for text in args.body_contains or []]
+    for operator, option in (("equals", "json_equals"), ("contains", "json_contains")):
+        for item in getattr(args, option) or []:
+            pointer, sep, value = item.partition("=")
+            if not sep or not pointer.startswith("/"):
+                raise SystemExit(f"clawden: --{option.replace('_', '-')} takes /pointer=value, not {item!r}")
+            found.append(ctl.Condition(operator=operator, value=value, pointer=pointer))  # type: ignore[arg-type]
+    return found or None
+
+
+def _rule_details(rule: ctl.RuleInfo) -> str:
+    lines = [f"{rule.name}: {_rule_text(rule)}", f"  {'enabled' if rule.enabled else 'disabled (kept, not applied)'}"]
+    for c in rule.conditions:
+        where = f"the JSON body's {c.pointer}" if c.pointer else "the body"
+        lines.append(f"  when {where} {'is' if c.operator == 'equals' else 'holds'} {c.value!r}")
+    if rule.conditions:
+        default = "applies" if rule.action != "allow" else "does not apply"
+        applies = {"match": "applies", "ignore": "does not apply"}.get(rule.large_body or "", default)
+        lines.append(f"  a body too large or compressed to test: the rule {applies}")
+    return "\n".join(lines)
+
+
+def cmd_rules_get(args: argparse.Namespace) -> int:
+    rule = _ask(args, ctl.RULES_GET, ctl.Named(name=args.name)).rule
+    if args.json:
+        _print_json(rule)
+    else:
+        print(_rule_details(rule))
+    return 0
+
+
+def cmd_rules_update(args: argparse.Namespace) -> int:
+    if args.agent is not None:
+        _known_groups(args, [args.agent])
+    conditions = [] if args.no_conditions else _conditions(args)
+    request = ctl.UpdateRule(
+        name=args.name,
+        action=args.action,
+        host=args.host,
+        path=args.path,
+        method=args.method,
+        agent=args.agent,
+        limit=args.limit,
+        window=args.window,
+        conditions=conditions,
+        large_body=args.large_body,
+    )
+    rule = _ask(args, ctl.RULES_UPDATE, request).rule
+    print(f"updated rule {_rule_details(rule)}")
+    return 0
+
+
+def cmd_rules_enable(args: argparse.Namespace) -> int:
+    rule = _ask(args, ctl.RULES_DISABLE if args.disable else ctl.RULES_ENABLE, ctl.Named(name=args.name)).rule
+    print(f"rule {rule.name} is {'enabled' if rule.enabled else 'disabled: kept, not applied'}")
+    return 0
+
+
+def _rule_change_commands(rsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    get = rsub.add_parser("get", help="one rule, with its conditions")
+    get.add_argument("name")
+    get.add_argument("--json", action="store_true", help="print JSON")
+    get.set_defaults(func=cmd_rules_get)
+    update = rsub.add_parser("update", help="change a rule's fields; only those given change")
+    update.add_argument("name")
+    update.add_argument("--action", choices=["block", "manual_approval", "rate_limit", "allow"])
+    update.add_argument("--host", help="host pattern")
+    update.add_argument("--path", help="path pattern")
+    update.add_argument("--method", help="only this method ('*': every method)")
+    update.add_argument("--agent", help="only this agent group ('*': every group)")
+    update.add_argument("--limit", type=LIMIT, help="rate_limit: requests per window")
+    update.add_argument("--window", choices=["minute", "hour", "day"], help="rate_limit: the window")
+    _condition_options(update, update=True)
+    update.set_defaults(func=cmd_rules_update)
+    for name, disable, text in (
+        ("enable", False, "apply a disabled rule again"),
+        ("disable", True, "keep a rule, unapplied"),
+    ):
+        toggle = rsub.add_parser(name, help=text)
+        toggle.add_argument("name")
+        toggle.set_defaults(func=cmd_rules_enable, disable=disable)
