@@ -9,19 +9,24 @@ import datetime as dt
 import json
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from clawden import config as config_mod
-from clawden import natsauth
+from clawden import control, natsauth
 from clawden.bus import streams, subjects
+from clawden.bus.ctl import Nothing, Verb, approvals, runner
+from clawden.bus.ctl.common import PING, Pong
 
 Report = dict[str, Any]
 DISCOVERY_WAIT = 1.0  # the most we wait for instances to answer $SRV.STATS
 DISCOVERY_GRACE = 0.1  # once every expected service answered: how long to wait for more instances
 CTL_TIMEOUT = 3.0
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
 
 
 def expected_services(cfg: config_mod.Config) -> list[str]:
@@ -63,26 +68,30 @@ async def discover(nc: Client, expected: list[str], wait: float = DISCOVERY_WAIT
     return found
 
 
-async def ctl(
-    nc: Client, service: str, verb: str, payload: dict[str, Any] | None = None, timeout: float = CTL_TIMEOUT
-) -> Any:
-    """A control request; a refusal or silence raises RuntimeError with the reason."""
+async def ask(nc: Client, verb: Verb[Req, Rep], request: Req, timeout: float = CTL_TIMEOUT) -> Rep:
+    """A control request with the typed client; a refusal or silence raises RuntimeError with the reason."""
     try:
-        reply = await nc.request(subjects.ctl(service, verb), json.dumps(payload or {}).encode(), timeout=timeout)
-    except Exception as exc:
-        raise RuntimeError(f"{service} did not answer {verb} ({type(exc).__name__})") from None
-    error = (reply.headers or {}).get("Nats-Service-Error")
-    if error:
-        raise RuntimeError(f"{service} refused {verb}: {error}")
-    return json.loads(reply.data)
+        return await control.ask_on(nc, verb, request, timeout=timeout)
+    except control.Refused as exc:
+        raise RuntimeError(f"{verb.service} refused {verb.key}: {exc}") from None
+    except control.ControlError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 async def _section(work: Awaitable[Any]) -> Any:
-    """One part of the report: its answer, or {"error": why} so the other parts still show."""
+    """One part of the report: its answer as plain data, or {"error": why} so the other parts still show."""
     try:
-        return await work
+        return msgspec.to_builtins(await work)
     except Exception as exc:
         return {"error": str(exc) or type(exc).__name__}
+
+
+async def _ping(nc: Client, name: str) -> Pong | str:
+    """A service's ping, or why it did not answer."""
+    try:
+        return await ask(nc, PING.at(name), Nothing())
+    except Exception as exc:
+        return str(exc) or type(exc).__name__
 
 
 def _instance(stats: dict[str, Any], now: float) -> dict[str, Any]:
@@ -119,15 +128,15 @@ async def _services(nc: Client, expected: list[str], wait: float) -> tuple[list[
     instances = [_instance(s, now) for s in await discover(nc, expected, wait)]
     names = sorted({i["name"] for i in instances})
     # `ctl.<service>.ping` reaches one instance of a name (a queue group): its app stats go to that one.
-    pings = await asyncio.gather(*(_section(ctl(nc, name, "ping")) for name in names))
+    pings = await asyncio.gather(*(_ping(nc, name) for name in names))
     for name, ping in zip(names, pings, strict=True):
         mine = [i for i in instances if i["name"] == name]
-        target = next((i for i in mine if i["pid"] == ping.get("pid")), mine[0])
-        if "error" in ping:
-            target["error"] = ping["error"]
-        else:
-            target.update(ready=ping.get("ready"), stats=ping.get("stats", {}))
-            target["uptime"] = ping.get("uptime", target["uptime"])  # the service's own clock
+        if isinstance(ping, str):
+            mine[0]["error"] = ping
+            continue
+        target = next((i for i in mine if i["pid"] == ping.pid), mine[0])
+        target.update(ready=ping.ready, stats=ping.stats)
+        target["uptime"] = ping.uptime  # the service's own clock
     down = [name for name in expected if name not in names]
     return sorted(instances, key=lambda i: (i["name"], i["pid"] or 0)), down
 
@@ -203,11 +212,19 @@ def fold_lanes(rows: list[dict[str, Any]], channels: tuple[str, ...]) -> list[di
 
 
 async def _approvals(nc: Client) -> dict[str, Any]:
-    pending = await ctl(nc, "approvals", "list", {"status": "pending", "limit": 10_000})
+    pending = await ask(nc, approvals.LIST, approvals.ListRequest(status="pending", limit=10_000))
     return {
         "pending": len(pending),
         "items": [
-            {k: p.get(k) for k in ("id", "kind", "agent_group", "requester", "approver", "created_at", "expires_at")}
+            {
+                "id": p.id,
+                "kind": p.kind,
+                "agent_group": p.agent_group,
+                "requester": p.requester,
+                "approver": p.approver,
+                "created_at": p.created_at,
+                "expires_at": p.expires_at,
+            }
             for p in pending
         ],
     }
@@ -238,7 +255,7 @@ async def report(nc: Client, cfg: config_mod.Config, wait: float = DISCOVERY_WAI
     up = {i["name"] for i in instances}
     absent = {"error": "the service is not running"}
     containers, backlogs, approvals = await asyncio.gather(
-        _section(ctl(nc, "runner", "containers")) if "runner" in up else asyncio.sleep(0, absent),
+        _section(ask(nc, runner.CONTAINERS, Nothing())) if "runner" in up else asyncio.sleep(0, absent),
         _section(_backlogs(nc, cfg, channels)),
         _section(_approvals(nc)) if "approvals" in up else asyncio.sleep(0, absent),
     )

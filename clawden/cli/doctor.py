@@ -23,17 +23,21 @@ import tomllib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+import msgspec
 from nats.aio.client import Client
 
 from clawden import agentcontainer, natsauth
 from clawden.bridgeconfig import BridgeConfigError, read_secret
+from clawden.bus.ctl import Nothing, Verb
+from clawden.bus.ctl import router as router_ctl
+from clawden.bus.ctl import vault as vault_ctl
 from clawden.config import Config, configured_bridges, unknown_in_file
 from clawden.installed import start_hint
 from clawden.owner import Unreachable, connect_cli
 from clawden.registry import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE, installed_channels
-from clawden.survey import ctl
+from clawden.survey import ask
 from clawden.vaultfiles import BUNDLE_FILE, CA_CERT, CA_FILE, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
 
 GiB = 1 << 30
@@ -42,6 +46,8 @@ DISK_FAIL = 100 * (1 << 20)
 CA_EXPIRY_WARN = dt.timedelta(days=30)
 CONTAINER_WAIT = 45.0  # the trust check's container: start, Python, one TLS handshake
 DOCTOR_LABEL = "dev.clawden.doctor"
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
 
 Status = Literal["ok", "WARN", "FAIL"]
 
@@ -79,8 +85,9 @@ class Probe:
             self._nats = asyncio.ensure_future(connect_cli(self.cfg))
         return await asyncio.shield(self._nats)
 
-    async def ctl(self, service: str, verb: str, payload: dict[str, Any] | None = None) -> Any:
-        return await ctl(await self.nats(), service, verb, payload)
+    async def ask(self, verb: Verb[Req, Rep], request: Req) -> Rep:
+        """A control request over the shared connection; a refusal or silence raises RuntimeError."""
+        return await ask(await self.nats(), verb, request)
 
     async def close(self) -> None:
         if self._nats is None:
@@ -137,12 +144,12 @@ async def group_images(p: Probe) -> tuple[dict[str, list[str]], str]:
     note when the router could not say which groups have their own."""
     default = p.cfg.runner.image
     try:
-        groups = await p.ctl("router", "groups", {"op": "list", "limit": 10_000})
+        groups = await p.ask(router_ctl.GROUPS_LIST, router_ctl.ListAll(limit=10_000))
     except (Unreachable, RuntimeError):
         return {default: []}, "; groups' own images not checked (the router did not answer)"
     images: dict[str, list[str]] = {default: []}
     for group in groups:
-        images.setdefault((group.get("container") or {}).get("image") or default, []).append(group["name"])
+        images.setdefault(group.container.image or default, []).append(group.name)
     return images, ""
 
 
@@ -428,12 +435,12 @@ async def check_ca_trust(p: Probe) -> Result:
         return fail(f"no CA in {trust} to check", vault_start(p.cfg))
     gateway_dir: Path | None = None
     try:  # with the vault up, the whole path: relay, gateway socket, TLS to its self-test host
-        answer = await p.ctl("vault", "gateway", {"agent_group": _probe_group(p.cfg)})
+        answer = await p.ask(vault_ctl.GATEWAY, vault_ctl.GroupRequest(agent_group=_probe_group(p.cfg)))
     except (Unreachable, RuntimeError):
         pass
     else:
-        if Path(answer["socket"]).parent.is_dir():  # not when the vault runs on another machine
-            gateway_dir, trust = Path(answer["socket"]).parent, Path(answer["trust_dir"])
+        if Path(answer.socket).parent.is_dir():  # not when the vault runs on another machine
+            gateway_dir, trust = Path(answer.socket).parent, Path(answer.trust_dir)
     try:
         trusted, detail = await asyncio.to_thread(run_trust_container, p.cfg, trust, gateway_dir)
     except Exception as exc:
@@ -472,7 +479,7 @@ MODEL_FIX = (
 async def check_model(p: Probe) -> Result:
     local = local_model_key(p.cfg, p.environ)
     try:
-        stored = (await p.ctl("vault", "secrets-list"))["secrets"]
+        stored = (await p.ask(vault_ctl.SECRETS_LIST, Nothing())).secrets
     except (Unreachable, RuntimeError):
         if local:
             return ok(f"{local} (the vault could not be asked; it stores this key when it starts)")
@@ -481,9 +488,9 @@ async def check_model(p: Probe) -> Result:
             "be asked for a stored one",
             MODEL_FIX,
         )
-    names = [s["name"] for s in stored if s.get("kind") == "anthropic"]
+    names = [s.name for s in stored if s.kind == "anthropic"]
     if names:
-        grants = sorted({g for s in stored if s["name"] in names for g in s.get("grants", [])})
+        grants = sorted({g for s in stored if s.name in names for g in s.grants})
         who = ", ".join(grants).replace("*", "every agent group") or "nobody"
         return ok(f"the vault holds {', '.join(names)} (granted to {who})")
     if local:
@@ -503,13 +510,13 @@ async def check_config(p: Probe) -> Result:
     if problem := model_warning(p.cfg.model.model):
         problems.append(f"[model] model: {problem}")
     try:
-        groups = await p.ctl("router", "groups", {"op": "list", "limit": 10_000})
+        groups = await p.ask(router_ctl.GROUPS_LIST, router_ctl.ListAll(limit=10_000))
     except (Unreachable, RuntimeError):
         groups = []
     problems += [
-        f"agent group {g['name']}: {problem} (`clawden groups update {g['name']} --model ...`)"
+        f"agent group {g.name}: {problem} (`clawden groups update {g.name} --model ...`)"
         for g in groups
-        if (problem := model_warning(g.get("model") or ""))
+        if (problem := model_warning(g.model))
     ]
     if problems:
         return warn("; ".join(problems), f"correct them (settings in {file})")

@@ -16,7 +16,7 @@ from clawden.survey import DELIVERY_COUNTERS as DELIVERY_COUNTERS
 from clawden.survey import DISCOVERY_GRACE as DISCOVERY_GRACE
 from clawden.survey import DISCOVERY_WAIT as DISCOVERY_WAIT
 from clawden.survey import Report as Report
-from clawden.survey import ctl as ctl
+from clawden.survey import ask as ask
 from clawden.survey import deliveries as deliveries
 from clawden.survey import discover as discover
 from clawden.survey import expected_services as expected_services

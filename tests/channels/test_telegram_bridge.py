@@ -19,6 +19,8 @@ import pytest
 
 from clawden.bus import events as ev
 from clawden.bus import subjects
+from clawden.bus.ctl import Nothing
+from clawden.bus.ctl.common import PING
 from clawden.cli import status
 from clawden.runtime import EX_CONFIG
 from services.channels.retry import PlatformError
@@ -692,10 +694,10 @@ async def delivery_counts(nats_url: str) -> dict[str, int]:
     """What `clawden status` shows for the bridge: its ping stats through status's own reading."""
     nc = await nats.connect(nats_url)
     try:
-        ping = await status.ctl(nc, "channel-telegram", "ping")
+        ping = await status.ask(nc, PING.at("channel-telegram"), Nothing())
     finally:
         await nc.close()
-    [row] = status.deliveries([{"name": "channel-telegram", "stats": ping["stats"]}])
+    [row] = status.deliveries([{"name": "channel-telegram", "stats": ping.stats}])
     return row
 
 
