@@ -6,14 +6,14 @@ from typing import Annotated
 
 import msgspec
 
+from clawden.bus.ctl.names import USER_PATTERN
 from clawden.bus.ctl.verb import Reply, Request, declare
 
 SERVICE = "web"
-USER_PATTERN = r"^[a-z0-9_-]{1,32}:[A-Za-z0-9_.@-]{1,64}$"
 
 
 class LoginRequest(Request, frozen=True):
-    user: Annotated[str, msgspec.Meta(pattern=USER_PATTERN)]  # `<channel>:<name>`, e.g. web:ada
+    user: Annotated[str, msgspec.Meta(pattern=USER_PATTERN)]  # a user id (names.py), e.g. web:ada
 
 
 class LoginLink(Reply, frozen=True):
