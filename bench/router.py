@@ -23,17 +23,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
+import msgspec
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import Header
 
-from clawden import natsserver, setup
+from clawden import control, natsserver, setup
 from clawden.bus import connect, ensure_streams, subjects
 from clawden.bus import events as ev
+from clawden.bus.ctl import Nothing, Verb
+from clawden.bus.ctl import router as ctl
+from clawden.bus.ctl.common import PING
 
 CHANNEL = "bench"
 CHATS = 50
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
 
 
 def router(home: Path, url: str) -> subprocess.Popen[bytes]:
@@ -44,19 +51,9 @@ def router(home: Path, url: str) -> subprocess.Popen[bytes]:
         )
 
 
-async def ctl(nc: Any, verb: str, payload: dict[str, Any] | None = None, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            reply = await nc.request(subjects.ctl("router", verb), json.dumps(payload or {}).encode(), timeout=2)
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-            continue
-        if reply.headers and "Nats-Service-Error" in reply.headers:
-            raise RuntimeError(reply.headers["Nats-Service-Error"])
-        return json.loads(reply.data)
+async def ask(nc: Client, verb: Verb[Req, Rep], request: Req) -> Rep:
+    """The router's control verb with the typed client, asked again while the router is still starting."""
+    return await control.ask_on(nc, verb, request, timeout=30, wait_for_service=True)
 
 
 async def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -100,16 +97,14 @@ async def one_run(count: int) -> dict[str, float]:
         try:
             js = nc.jetstream()
             await ensure_streams(js)
-            await ctl(nc, "groups", {"op": "create", "name": "helper"})
-            await ctl(
-                nc, "chats", {"op": "create", "channel": CHANNEL, "chat_id": "*", "is_group": True, "policy": "public"}
+            await ask(nc, ctl.GROUPS_CREATE, ctl.GroupCreate(name="helper"))
+            await ask(
+                nc, ctl.CHATS_CREATE, ctl.ChatCreate(channel=CHANNEL, chat_id="*", is_group=True, policy="public")
             )
-            for group, mode in (("main", "pattern"), ("helper", "mention")):
-                await ctl(
-                    nc,
-                    "wirings",
-                    {"op": "create", "channel": CHANNEL, "chat_id": "*", "agent_group": group, "engage_mode": mode},
-                )
+            modes: tuple[tuple[str, ctl.EngageMode], ...] = (("main", "pattern"), ("helper", "mention"))
+            for group, mode in modes:
+                wiring = ctl.WiringCreate(channel=CHANNEL, chat_id="*", agent_group=group, engage_mode=mode)
+                await ask(nc, ctl.WIRINGS_CREATE, wiring)
             await stop(proc)
             await preload(js, count)
             proc = router(home, url)
@@ -126,7 +121,7 @@ async def one_run(count: int) -> dict[str, float]:
                     break
                 await asyncio.sleep(0.01)
             wakes = (await js.stream_info("CLAWDEN_WAKE")).state.messages
-            stats = (await ctl(nc, "ping"))["stats"]["router"]
+            stats = (await ask(nc, PING.at("router"), Nothing())).stats["router"]
             assert stats["routed"] == count, stats
             return {
                 "events_per_s": (count - acked_at_first) / (last_ack - first_ack),
