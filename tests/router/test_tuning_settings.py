@@ -93,3 +93,13 @@ def test_bad_tuning_is_refused_and_nothing_is_stored(control: Control, op: str) 
 def test_skills_that_are_neither_all_nor_a_list_are_a_bad_request_at_their_path(control: Control) -> None:
     with pytest.raises(BadRequest, match=r"Invalid enum value 'weather' - at `\$.container.skills`"):
         call(control, "groups", op="update", name="main", container={"skills": "weather"})
+
+
+@pytest.mark.parametrize(
+    ("given", "setting"),
+    [("all", "all"), (" all ", "all"), ("none", []), ("", []), ("weather", ["weather"]), ("a, b,", ["a", "b"])],
+)
+def test_the_clis_skills_option_reads_all_none_or_names(given: str, setting: object) -> None:
+    from clawden.cli.commands.skills import parse_setting
+
+    assert parse_setting(given) == setting

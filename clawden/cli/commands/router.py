@@ -19,6 +19,8 @@ from clawden import control
 from clawden.bus.ctl import Nothing, Verb
 from clawden.bus.ctl import router as ctl
 from clawden.bus.ctl.common import CAPABILITIES
+from clawden.bus.events import EFFORTS
+from clawden.cli.commands import skills as skills_cli
 from clawden.cli.commands._args import LIMIT, PRIORITY, int_between
 from clawden.cli.commands._output import show as _show
 from clawden.cli.commands._output import table as _table
@@ -123,6 +125,16 @@ def _group_options(p: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds the agent may work on one message, not counting waits for an answer (default: config.toml's)",
     )
+    p.add_argument("--effort", choices=(*EFFORTS, ""), help="how hard the model thinks (default: Claude Code's)")
+    p.add_argument(
+        "--max-messages-per-prompt",
+        dest="max_messages_per_prompt",
+        type=int_between(0, 100),
+        help="waiting messages one prompt carries at most (default: 10)",
+    )
+    p.add_argument(
+        "--skills", type=skills_cli.parse_setting, help="skills it gets: all (the default), none, or names a,b"
+    )
 
 
 def _group_options_given(args: argparse.Namespace) -> Options:
@@ -130,7 +142,11 @@ def _group_options_given(args: argparse.Namespace) -> Options:
     given = _only(args, "folder", "assistant_name", "provider", "model")
     if problem := model_warning(args.model or ""):  # the router checks only its shape
         print(f"clawden: warning: {problem}", file=sys.stderr)
-    container = _only(args, "image", "memory", "cpus", "pids", "idle_timeout", "max_turns", "turn_budget")
+    container = _only(
+        args,
+        *("image", "memory", "cpus", "pids", "idle_timeout", "max_turns", "turn_budget"),
+        *("effort", "max_messages_per_prompt", "skills"),
+    )
     if container:
         given["container"] = ctl.ContainerSettings(**container)
     return given
@@ -527,6 +543,7 @@ def register(sub: Sub) -> None:
     v = _verb(verbs, "delete", "delete an agent group, its wirings and sessions (asks first)", groups_delete)
     v.add_argument("name", help="the agent group")
     v.add_argument("--yes", action="store_true", help="do not ask (needed where nobody can answer)")
+    skills_cli.register(verbs)
 
     p, verbs = _resource(sub, "chats", "chats (messaging groups): list, create, update, delete")
     p.set_defaults(func=chats_list, channel=None)
