@@ -9,6 +9,7 @@ anything that looks like a credential blanked out; never a header.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -51,15 +52,73 @@ class ApprovalAsk:
     body_whole: bool = True  # the preview holds all of it (before the card's own cut)
 
 
+@dataclass(frozen=True, slots=True)
+class LimitTrip:
+    """A rate limit that just stopped a request: told to the owner once per rule, group and window."""
+
+    rule: str
+    agent_group: str
+    limit: int
+    window: str  # minute, hour or day
+    window_index: int
+    window_seconds: int
+    method: str
+    host: str
+    path: str
+
+    @property
+    def id(self) -> str:
+        """The same for every trip of one window, so a repeat (a vault restart) is one card, not two."""
+        key = f"{self.rule}\0{self.agent_group}\0{self.window_seconds}\0{self.window_index}"
+        return "limit-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+    @property
+    def resets_at(self) -> float:
+        return float((self.window_index + 1) * self.window_seconds)
+
+
 class Approver(Protocol):
     async def ask(self, ask: ApprovalAsk) -> Outcome: ...
 
+    async def tell_limit(self, trip: LimitTrip) -> None: ...
+
 
 class NoApprover:
-    """Where no bus is wired (tools, benchmarks): nobody can say yes."""
+    """Where no bus is wired (tools, benchmarks): nobody can say yes, and nobody is told."""
 
     async def ask(self, ask: ApprovalAsk) -> Outcome:
         return "unavailable"
+
+    async def tell_limit(self, trip: LimitTrip) -> None:
+        return None
+
+
+def limit_event(trip: LimitTrip) -> ev.ApprovalRequest:
+    """The card for a tripped limit, sent the way approval cards go (the approvals service finds the
+    group's admin or the owner). It asks nothing, so it has no buttons; it lapses when the window ends."""
+    resets = time.strftime("%H:%M", time.localtime(trip.resets_at))
+    card = ev.Card(
+        title=f"Agent {trip.agent_group} hit the rate limit {trip.rule}",
+        body="\n".join(
+            [
+                f"{trip.limit} requests per {trip.window}; the last one refused: {trip.method} "
+                f"https://{trip.host}{trip.path}",
+                f"Its requests under this rule get 429 until the {trip.window} ends ({resets}).",
+                f"Raise it with `clawden rules update {trip.rule} --limit N`, or lift it with "
+                f"`clawden rules disable {trip.rule}`. This is said once per {trip.window}.",
+            ]
+        ),
+        buttons=(),
+    )
+    return ev.ApprovalRequest(
+        id=trip.id,
+        kind="credential",
+        requester="vault",
+        agent_group=trip.agent_group,
+        card=card,
+        expires_at=trip.resets_at,
+        context={"rule": trip.rule, "notice": "rate_limited"},  # no host: the card is shown as it is
+    )
 
 
 def redact_preview(raw: bytes, values: Iterable[str], limit: int = CARD_PREVIEW_CHARS) -> str:
@@ -132,6 +191,14 @@ class BusApprover:
     def __init__(self, nc: Client, js: JetStreamContext) -> None:
         self._nc = nc
         self._js = js
+
+    async def tell_limit(self, trip: LimitTrip) -> None:
+        try:
+            await publish(self._js, subjects.APPROVAL_REQUEST, limit_event(trip), msg_id=f"vault:{trip.id}")
+        except Exception as exc:
+            log.error("cannot tell the owner that %s tripped for %s: %s", trip.rule, trip.agent_group, exc)
+            return
+        log.info("told the owner that rate limit %s tripped for %s", trip.rule, trip.agent_group)
 
     async def ask(self, ask: ApprovalAsk) -> Outcome:
         sub = await self._nc.subscribe(subjects.approval_decision(ask.id))

@@ -37,7 +37,7 @@ import h11
 
 from clawden import unixsock
 from services.vault import responses, sigv4
-from services.vault.approvals import PREVIEW_BYTES, ApprovalAsk, Approver, NoApprover, redact_preview
+from services.vault.approvals import PREVIEW_BYTES, ApprovalAsk, Approver, LimitTrip, NoApprover, redact_preview
 from services.vault.audit import AuditRecord, AuditSink, log_audit
 from services.vault.catalog import Catalog, Credential, GroupView, Secret
 from services.vault.certs import CertificateAuthority, LeafCache
@@ -53,6 +53,7 @@ from services.vault.policy import (
     LeakFound,
     LeakScanner,
     Limited,
+    RateKey,
     RequestHead,
     Verdict,
     body_for_conditions,
@@ -85,6 +86,7 @@ DROPPED_UPSTREAM = frozenset({b"host", b"expect", b"content-length"})
 # must send it as UNSIGNED-PAYLOAD (S3 takes that over TLS).
 AWS_BODY_LIMIT = 16 << 20
 NO_BODY_STATUSES = frozenset({204, 304})
+MAX_TOLD = 1024  # above this, tripped limits of windows that ended are forgotten
 
 
 # ---- small pure helpers ----
@@ -372,6 +374,8 @@ class Gateway:
         self._socket_paths: dict[str, Path] = {}
         self._closing = False
         self._connections: set[asyncio.Task[None]] = set()
+        self._told: set[RateKey] = set()  # limits the owner was told of, in their windows
+        self._telling: set[asyncio.Future[None]] = set()
 
     @property
     def ca(self) -> CertificateAuthority:
@@ -442,8 +446,12 @@ class Gateway:
             if key in self._socket_paths:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._socket_paths[key])
-        for task in list(self._connections):
+        if self._telling:  # a card about a tripped limit is on its way: let it go out (briefly)
+            await asyncio.wait(set(self._telling), timeout=CLOSE_TIMEOUT)
+        for task in [*self._connections, *self._telling]:
             task.cancel()
+        if self._telling:
+            await asyncio.gather(*self._telling, return_exceptions=True)
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
         for server in self._servers.values():
@@ -674,6 +682,7 @@ class Gateway:
             return
         if isinstance(verdict, Limited):
             ex.decision, ex.rule = "rate_limited", verdict.rule.name
+            self._tell_limit(verdict, ex)
             await self._reply(
                 side,
                 ex,
@@ -686,6 +695,29 @@ class Gateway:
         self._rates.charge(verdict.charges, ex.at)
         ex.injected = tuple(c.name for c in verdict.credentials)
         await self._forward(side, ex, head, upstream, trusted, body, verdict.credentials, view)
+
+    def _tell_limit(self, verdict: Limited, ex: _Exchange) -> None:
+        """Tell the owner the first time a limit stops a request in a window (per rule and group)."""
+        key = verdict.key
+        if key is None or key in self._told:
+            return
+        if len(self._told) > MAX_TOLD:
+            self._told = {k for k in self._told if k.ends > ex.at}
+        self._told.add(key)
+        trip = LimitTrip(
+            rule=key.rule,
+            agent_group=key.group,
+            limit=verdict.rule.rate_limit,
+            window=verdict.rule.rate_window,
+            window_index=key.window,
+            window_seconds=key.seconds,
+            method=ex.method,
+            host=ex.host,
+            path=ex.path,
+        )
+        task = asyncio.ensure_future(self._approver.tell_limit(trip))
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
 
     async def _ask(self, ex: _Exchange, head: RequestHead, body: _Body, verdict: Ask, view: GroupView) -> str:
         """Hold the request while a human decides; the agent hanging up ends the wait."""

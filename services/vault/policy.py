@@ -102,6 +102,7 @@ class Ask:
 class Limited:
     rule: Rule
     retry_after: int
+    key: RateKey | None = None  # the count that is full
 
 
 Verdict = Allowed | Blocked | Ask | Limited
@@ -135,7 +136,7 @@ def decide(
             window = WINDOW_SECONDS[rule.rate_window]
             key = RateKey(rule.name, view.group, int(now // window), window)
             if usage.get(key, 0) >= rule.rate_limit:
-                return Limited(rule, retry_after=max(1, math.ceil(key.ends - now)))
+                return Limited(rule, retry_after=max(1, math.ceil(key.ends - now)), key=key)
             charges.append(key)
     return Allowed(injectable(view.granted, head), tuple(charges))
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.vault.approvals import ApprovalAsk, Outcome
+from services.vault.approvals import ApprovalAsk, LimitTrip, Outcome
 from services.vault.audit import AuditRecord
 from services.vault.catalog import Catalog, Credential, Rule, Secret
 from services.vault.gateway import Gateway
@@ -55,6 +55,10 @@ class ScriptedApprover:
         self.asked = asyncio.Event()
         self.cancelled = 0
         self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+        self.trips: list[LimitTrip] = []
+
+    async def tell_limit(self, trip: LimitTrip) -> None:
+        self.trips.append(trip)
 
     def answer(self, *outcomes: Outcome) -> None:
         for outcome in outcomes:

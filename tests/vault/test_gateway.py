@@ -363,13 +363,20 @@ async def test_a_rate_limited_host_answers_429_after_the_limit(rig: RigFactory) 
         statuses = [(await http.get("https://api.example.test/x")).status_code for _ in range(3)]
         limited = await http.get("https://api.example.test/x")
         now[0] += 60
-        later = await http.get("https://api.example.test/x")
+        later = [(await http.get("https://api.example.test/y")).status_code for _ in range(4)]
 
     assert statuses == [200, 200, 429]
     assert limited.headers["retry-after"] == "20"  # 1,000,000 s is 40 s into its minute
     assert limited.json()["error"] == "rate_limited" and limited.json()["limit"] == 2
-    assert later.status_code == 200
-    assert len(r.site.received) == 3
+    assert later == [200, 200, 429, 429]
+    assert len(r.site.received) == 4
+    # The owner hears of it once per window: four 429s in two minutes, two cards.
+    assert [(t.rule, t.agent_group, t.limit, t.window, t.path) for t in r.approver.trips] == [
+        ("slow", GROUP, 2, "minute", "/x"),
+        ("slow", GROUP, 2, "minute", "/y"),
+    ]
+    first, second = r.approver.trips
+    assert first.id != second.id and first.resets_at == 1_000_020.0
 
 
 async def test_allowlist_egress_lets_through_only_hosts_with_a_secret_or_an_allow_rule(rig: RigFactory) -> None:

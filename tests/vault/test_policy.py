@@ -67,7 +67,7 @@ def test_block_beats_approval_beats_rate_limit() -> None:
     limited = decide(
         view(rules), head("GET"), NOW, {RateKey("limit", "main", int(NOW // 60), 60): 1}, frozenset({"ask"})
     )
-    assert limited == Limited(rules[0], retry_after=20)
+    assert limited == Limited(rules[0], retry_after=20, key=RateKey("limit", "main", int(NOW // 60), 60))
 
 
 def test_rules_apply_to_their_group_and_methods_only() -> None:

@@ -550,3 +550,35 @@ async def test_rules_are_read_changed_disabled_and_enabled_through_the_cli(vault
     assert missing.returncode != 0 and "no rule named 'nope'" in missing.stderr
     bad = await vault.cli("rules", "update", "no-boss", "--json-equals", "to=x")
     assert bad.returncode != 0 and "/pointer=value" in bad.stderr
+
+
+async def test_a_tripped_rate_limit_sends_the_owner_one_card_per_window(vault: Vault, bus: Client) -> None:
+    await vault.call(
+        "rules-add",
+        {"name": "one-a-day", "action": "rate_limit", "host": "api.example.test", "limit": 1, "window": "day"},
+    )
+    cards: asyncio.Queue[ev.ApprovalRequest] = asyncio.Queue()
+
+    async def on_request(msg: Any) -> None:
+        event = ev.decode(msg.data)
+        assert isinstance(event, ev.ApprovalRequest)
+        await cards.put(event)
+
+    await bus.subscribe(subjects.APPROVAL_REQUEST, cb=on_request)
+    await bus.flush()
+    client, server = await agent_client(vault)
+    async with client:
+        statuses = [(await client.get("https://api.example.test/user")).status_code for _ in range(3)]
+        card = await asyncio.wait_for(cards.get(), 10)
+        # The log line comes after the publish: by then a second card would have been published too.
+        await eventually(lambda: "told the owner that rate limit one-a-day tripped" in vault.logs(), timeout=10)
+        await bus.flush()
+    server.close()
+
+    assert statuses == [200, 429, 429]
+    assert cards.empty()
+    assert (card.requester, card.kind, card.agent_group, card.card.buttons) == ("vault", "credential", "main", ())
+    assert card.card.title == "Agent main hit the rate limit one-a-day"
+    assert "1 requests per day" in card.card.body and "clawden rules update one-a-day --limit N" in card.card.body
+    assert card.id.startswith("limit-") and card.expires_at % 86400 == 0
+    assert "host" not in card.context  # the approvals service shows the card as it is
