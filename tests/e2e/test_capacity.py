@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from clawden import control
+from clawden.bus.ctl import Nothing
+from clawden.bus.ctl.common import PING
 from clawden.config import load
 from tests.e2e.harness import Stack, Terminal
 from tests.eventually import eventually
@@ -18,7 +20,7 @@ STACK_OPTIONS = {"runner": "max_containers = 1\nqueue_notice_after = 1"}
 
 async def runner_counters(stack: Stack) -> dict[str, int]:
     cfg = load(stack.home, {"CLAWDEN_NATS_URL": stack.nats_url})
-    return dict((await control.call(cfg, "runner", "ping"))["stats"]["runner"])
+    return dict((await control.ask(cfg, PING.at("runner"), Nothing())).stats["runner"])
 
 
 async def test_a_burst_of_messages_to_a_new_chat_starts_one_container(stack: Stack) -> None:

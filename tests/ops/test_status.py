@@ -17,6 +17,7 @@ from clawden import config as config_mod
 from clawden import control, natsauth, runtime
 from clawden.bus import ensure_streams, publish, subjects
 from clawden.bus import events as ev
+from clawden.bus.ctl import approvals
 from clawden.bus.streams import bridge_lanes, ensure_consumer
 from clawden.cli.main import main
 from clawden.cli.status import gather, healthy, render
@@ -50,9 +51,9 @@ async def test_every_core_service_answers_with_its_version_pid_and_uptime(stack:
 async def test_each_endpoint_counts_its_requests_but_not_a_callers_mistake_as_its_error(core: Core) -> None:
     before = endpoint(await gather(core.cfg), "approvals", "list")
 
-    await control.call(core.cfg, "approvals", "list", {})
-    with pytest.raises(control.ControlError, match="status 'bogus'"):  # a CLI typo: refused, and said so
-        await control.call(core.cfg, "approvals", "list", {"status": "bogus"})
+    await control.ask(core.cfg, approvals.LIST, approvals.ListRequest())
+    with pytest.raises(control.Refused, match="status 'bogus'"):  # a CLI typo: refused, and said so
+        await control.ask(core.cfg, approvals.LIST, approvals.ListRequest(status="bogus"))
 
     after = endpoint(await gather(core.cfg), "approvals", "list")
     # status itself asked `list` once more each time (pending approvals)
