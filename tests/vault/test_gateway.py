@@ -833,3 +833,29 @@ def test_a_card_for_a_model_call_says_so_instead_of_showing_claude_codes_system_
         "not shown)." in body
     )
     assert "You are Claude Code" not in body
+
+
+async def test_a_rule_with_a_body_condition_reads_the_body_and_judges_a_large_one_as_configured(
+    rig: RigFactory,
+) -> None:
+    from services.vault.catalog import Condition
+    from services.vault.policy import CONDITION_BODY_LIMIT
+
+    boss = (Condition(operator="equals", value="boss@example.com", pointer="/to"),)
+    rules = (
+        rule("no-boss", "block", "api.example.test", method="POST", path_pattern="/send", conditions=boss),
+        rule("big-ok", "block", "api.example.test", path_pattern="/upload", conditions=boss, large_body="ignore"),
+    )
+    padding = "x" * (CONDITION_BODY_LIMIT + 1)
+    async with rig(rules=rules) as r, r.client() as http:
+        to_boss = await http.post("https://api.example.test/send", json={"to": "boss@example.com"})
+        to_ada = await http.post("https://api.example.test/send", json={"to": "ada@example.com"})
+        padded = await http.post("https://api.example.test/send", json={"to": "ada@example.com", "pad": padding})
+        zipped = await http.post(
+            "https://api.example.test/send", content=b"\x1f\x8b...", headers={"content-encoding": "gzip"}
+        )
+        big_upload = await http.post("https://api.example.test/upload", json={"to": "boss@example.com", "p": padding})
+
+    assert [x.status_code for x in (to_boss, to_ada, padded, zipped, big_upload)] == [403, 200, 403, 403, 200]
+    assert [x.target for x in r.site.received] == [b"/send", b"/upload"]
+    assert len(r.site.received[1].body) > CONDITION_BODY_LIMIT  # read for the rule, then sent whole
