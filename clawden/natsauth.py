@@ -34,10 +34,29 @@ WEB_CALLS = (
     "router.chats",
     "router.wirings",
     "router.groups",
+    "router.roles",  # who is signed in: every page is scoped by it (services/web/scope.py)
+    "router.members",
+    "router.sessions",
+    "router.dropped",
     "approvals.list",
     "approvals.show",
     "approvals.decide",
     "runner.containers",
+    "vault.secrets-add",
+    "vault.secrets-list",
+    "vault.secrets-remove",
+    "vault.secrets-grant",
+    "vault.rules-add",
+    "vault.rules-list",
+    "vault.rules-remove",
+    "vault.audit",
+    "vault.egress",
+    "scheduler.tasks",
+    "scheduler.get",
+    "scheduler.runs",
+    "scheduler.pause",
+    "scheduler.resume",
+    "scheduler.cancel",
     "*.ping",
 )
 
@@ -113,6 +132,7 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
         publishes=(
             subjects.inbound(WEB_CHANNEL),
             subjects.receipt(WEB_CHANNEL),
+            f"{subjects.PREFIX}.event.web.>",  # each change made from a page, with who made it
             "$SRV.STATS",
             *(f"$JS.API.CONSUMER.LIST.{s.name}" for s in streams.STREAMS),
         ),

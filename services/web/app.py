@@ -21,9 +21,12 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from clawden.bus.ctl import router as router_ctl
 from services.web import auth, pages
 from services.web.backend import Backend, BackendError
 from services.web.channel import CHANNEL, Hub, Refused, WebChannel
+from services.web.dashboard import Dashboard
+from services.web.scope import OutOfScope, Scope
 from services.web.store import Session, WebStore
 
 log = logging.getLogger("clawden.web")
@@ -49,6 +52,17 @@ class Settings:
     session_seconds: float
 
 
+class Form(dict[str, str]):
+    """A posted form: each field's last value, and every value of a repeated one (checkboxes) by `all`."""
+
+    def __init__(self, fields: dict[str, list[str]]) -> None:
+        super().__init__({k: v[-1] for k, v in fields.items()})
+        self.lists = fields
+
+    def all(self, key: str) -> list[str]:
+        return [v for v in self.lists.get(key, []) if v]
+
+
 class Denied(Exception):
     def __init__(self, status: int, text: str) -> None:
         super().__init__(text)
@@ -65,6 +79,7 @@ class Web:
         backend: Backend,
         settings: Settings,
         limit: auth.LoginLimit,
+        logs: Path | None = None,
     ) -> None:
         self.store = store
         self.channel = channel
@@ -72,6 +87,8 @@ class Web:
         self.backend = backend
         self.settings = settings
         self.limit = limit
+        self.logs = logs or Path("/nonexistent")  # <home>/logs: what the logs pages follow
+        self.stopping = asyncio.Event()  # set when the service stops: open log tails end
 
     # --- checks -------------------------------------------------------------------------------------
 
@@ -79,7 +96,7 @@ class Web:
         sid = request.cookies.get(auth.COOKIE, "")
         return await self.store.run(self.store.session, sid, time.time()) if sid else None
 
-    async def form(self, request: Request) -> dict[str, str]:
+    async def form(self, request: Request) -> Form:
         if not auth.origin_ok(request.headers.get("origin"), self.settings.origin):
             log.warning("refused a POST to %s from origin %r", request.url.path, request.headers.get("origin"))
             raise Denied(403, "refused: this request did not come from Clawden's own pages")
@@ -92,7 +109,7 @@ class Web:
             fields = urllib.parse.parse_qs(body.decode(), keep_blank_values=True, strict_parsing=False)
         except UnicodeDecodeError:
             raise Denied(400, "refused: the form is not UTF-8") from None
-        return {k: v[-1] for k, v in fields.items()}
+        return Form(fields)
 
     async def signed_in(self, request: Request) -> Session:
         found = await self.session(request)
@@ -100,7 +117,7 @@ class Web:
             raise Denied(401, "sign in first: run `clawden web login` on the server")
         return found
 
-    async def posted(self, request: Request) -> tuple[Session, dict[str, str]]:
+    async def posted(self, request: Request) -> tuple[Session, Form]:
         """A state-changing request: from our origin, signed in, with this session's CSRF token."""
         form = await self.form(request)
         found = await self.signed_in(request)
@@ -109,6 +126,24 @@ class Web:
             log.warning("refused a POST to %s without the session's CSRF token", request.url.path)
             raise Denied(403, "refused: the form is stale or did not come from Clawden's pages; reload the page")
         return found, form
+
+    async def scoped(self, request: Request) -> tuple[Session, Scope]:
+        found = await self.signed_in(request)
+        return found, await self.backend.scope(found.user_id)
+
+    async def web_chat(self, scope: Scope, chat_id: str) -> router_ctl.Chat:
+        """One web chat, if it is wired to a group this person administers (else as if there were none)."""
+        rows = await self.backend.chats(CHANNEL)
+        row = next((r for r in rows if r.chat_id == chat_id), None)
+        if row is None or not scope.sees_any(row.wired):
+            raise Denied(404 if row is None else 403, "no such web chat (see /chats)" if row is None else _no(scope))
+        return row
+
+    def page(self, text: str, status: int = 200) -> HTMLResponse:
+        return html(text, status)
+
+    def stream_headers(self) -> dict[str, str]:
+        return {**HEADERS, "x-accel-buffering": "no"}
 
     # --- sign in --------------------------------------------------------------------------------------
 
@@ -168,28 +203,32 @@ class Web:
     # --- chats ----------------------------------------------------------------------------------------
 
     async def chats(self, request: Request) -> Response:
-        found = await self.signed_in(request)
+        found, scope = await self.scoped(request)
         rows, groups = await asyncio.gather(self.backend.chats(CHANNEL), self.backend.groups())
-        return html(pages.chats(rows, groups, found.csrf, found.user_id))
+        mine = [r for r in rows if scope.sees_any(r.wired)]
+        return html(pages.chats(mine, [g for g in groups if scope.sees(g)], found.csrf, found.user_id))
 
     async def new_chat(self, request: Request) -> Response:
         found, form = await self.posted(request)
-        chat_id = await self.backend.new_chat(CHANNEL, form.get("name", "")[:80], form.get("group", ""))
-        log.info("%s made web chat %s", found.user_id, chat_id, extra={"user": found.user_id, "chat_id": chat_id})
+        scope = await self.backend.scope(found.user_id)
+        group = form.get("group", "")
+        scope.need(group)
+        chat_id = await self.backend.new_chat(CHANNEL, form.get("name", "")[:80], group)
+        await self.backend.changed(
+            found.user_id, "chat_created", f"made web chat {chat_id} for {group}", chat_id=chat_id
+        )
         return RedirectResponse(f"/chat/{chat_id}", 303)
 
     async def chat(self, request: Request) -> Response:
-        found = await self.signed_in(request)
+        found, scope = await self.scoped(request)
         chat_id = request.path_params["chat_id"]
-        rows = await self.backend.chats(CHANNEL)
-        row = next((r for r in rows if r.chat_id == chat_id), None)
-        if row is None:
-            raise Denied(404, "no such web chat (see /chats)")
+        row = await self.web_chat(scope, chat_id)
         history = await self.store.run(self.store.history, chat_id)
         return html(pages.chat(chat_id, row.name, history, found.csrf, found.user_id))
 
     async def send(self, request: Request) -> Response:
         found, form = await self.posted(request)
+        await self.web_chat(await self.backend.scope(found.user_id), request.path_params["chat_id"])
         mid = form.get("id") or uuid.uuid4().hex
         if not mid.isalnum() or len(mid) > 64:
             raise Denied(400, "refused: a message id is letters and digits")
@@ -203,6 +242,7 @@ class Web:
 
     async def press(self, request: Request) -> Response:
         found, form = await self.posted(request)
+        await self.web_chat(await self.backend.scope(found.user_id), request.path_params["chat_id"])
         try:
             await self.channel.press(
                 request.path_params["chat_id"], found.user_id, name(found), form.get("card", ""), form.get("button", "")
@@ -214,8 +254,9 @@ class Web:
     async def events(self, request: Request) -> Response:
         """The chat's stream: everything kept so far, then each message, edit and typing as it comes. A page
         keys messages by id, so after a reconnect (or a restart of this service) nothing shows twice."""
-        await self.signed_in(request)
+        _, scope = await self.scoped(request)
         chat_id = request.path_params["chat_id"]
+        await self.web_chat(scope, chat_id)
         queue = self.hub.watch(chat_id)
         history = await self.store.run(self.store.history, chat_id)
 
@@ -242,27 +283,32 @@ class Web:
     # --- dashboard ------------------------------------------------------------------------------------
 
     async def status(self, request: Request) -> Response:
-        found = await self.signed_in(request)
+        found, scope = await self.scoped(request)
+        scope.need_everything("the status of every service and container")
         return html(pages.status(await self.backend.status(), found.user_id, found.csrf))
 
     async def approvals(self, request: Request) -> Response:
-        found = await self.signed_in(request)
-        rows = await self.backend.pending_approvals()
+        found, scope = await self.scoped(request)
+        if not scope.admin:
+            scope.need_everything("approvals")
+        rows = [r for r in await self.backend.pending_approvals() if scope.sees(r.agent_group)]
         return html(pages.approvals(rows, found.user_id, found.csrf, request.query_params.get("note", "")[:200]))
 
     async def decide(self, request: Request) -> Response:
         found, form = await self.posted(request)
         approval_id = request.path_params["approval_id"]
+        scope = await self.backend.scope(found.user_id)
+        asked = await self.backend.approval(approval_id)
+        scope.need(asked.agent_group)
         decided = await self.backend.decide(approval_id, form.get("choice", ""), found.user_id)
-        log.info(
-            "%s decided %s: %s",
-            found.user_id,
-            approval_id,
-            decided.status,
-            extra={"user": found.user_id, "approval_id": approval_id},
-        )
+        summary = f"decided {approval_id}: {decided.status}"
+        await self.backend.changed(found.user_id, "approval_decided", summary, approval_id=approval_id)
         note = urllib.parse.quote(f"{approval_id} is {decided.status} by {decided.decided_by}")
         return RedirectResponse(f"/approvals?note={note}", 303)
+
+
+def _no(scope: Scope) -> str:
+    return f"refused: that chat is not wired to an agent group you administer ({scope.user})"
 
 
 def name(found: Session) -> str:
@@ -292,6 +338,13 @@ async def _denied(request: Request, exc: Exception) -> Response:
     return html(pages.message(exc.text), exc.status)
 
 
+async def _out_of_scope(request: Request, exc: Exception) -> Response:
+    log.warning("refused %s %s: %s", request.method, request.url.path, exc)
+    if request.method == "POST" and request.headers.get("x-csrf-token") is not None:
+        return JSONResponse({"error": str(exc)}, 403, headers=HEADERS)
+    return html(pages.message(str(exc)), 403)
+
+
 async def _backend_failed(request: Request, exc: Exception) -> Response:
     log.warning("%s %s: %s", request.method, request.url.path, exc)
     if request.headers.get("x-csrf-token") is not None:
@@ -300,6 +353,7 @@ async def _backend_failed(request: Request, exc: Exception) -> Response:
 
 
 def build(web: Web) -> Starlette:
+    board = Dashboard(web)
     routes = [
         Route("/", web.home),
         Route("/login/{token}", web.login_page),
@@ -314,6 +368,27 @@ def build(web: Web) -> Starlette:
         Route("/status", web.status),
         Route("/approvals", web.approvals),
         Route("/approvals/{approval_id}", web.decide, methods=["POST"]),
+        Route("/vault", board.vault),
+        Route("/vault/audit", board.audit),
+        Route("/vault/secrets", board.secret_add, methods=["POST"]),
+        Route("/vault/secrets/{name}/remove", board.secret_remove, methods=["POST"]),
+        Route("/vault/grants", board.secret_grant, methods=["POST"]),
+        Route("/vault/rules", board.rule_add, methods=["POST"]),
+        Route("/vault/rules/{name}/remove", board.rule_remove, methods=["POST"]),
+        Route("/vault/egress/{group}", board.egress, methods=["POST"]),
+        Route("/agents", board.agents),
+        Route("/agents/{group}", board.group),
+        Route("/agents/{group}/settings", board.settings, methods=["POST"]),
+        Route("/agents/{group}/members", board.member_add, methods=["POST"]),
+        Route("/agents/{group}/members/remove", board.member_remove, methods=["POST"]),
+        Route("/tasks", board.tasks),
+        Route("/tasks/{task_id}", board.task),
+        Route("/tasks/{task_id}/{verb}", board.task_set, methods=["POST"]),
+        Route("/logs", board.logs),
+        Route("/logs/{service}", board.log),
+        Route("/logs/{service}/events", board.log_events),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={Denied: _denied, BackendError: _backend_failed})
+    return Starlette(
+        routes=routes, exception_handlers={Denied: _denied, OutOfScope: _out_of_scope, BackendError: _backend_failed}
+    )

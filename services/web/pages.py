@@ -33,7 +33,8 @@ def layout(title: str, body: str, *, user: str = "", csrf: str = "", script: str
     if user:
         nav = (
             '<nav aria-label="Main"><a href="/chats">Chats</a> <a href="/status">Status</a> '
-            '<a href="/approvals">Approvals</a> '
+            '<a href="/approvals">Approvals</a> <a href="/vault">Vault</a> <a href="/agents">Agents</a> '
+            '<a href="/tasks">Tasks</a> <a href="/logs">Logs</a> '
             f'<form method="post" action="/logout" class="inline"><input type="hidden" name="csrf" value="{e(csrf)}">'
             f'<button type="submit">Sign out {e(user)}</button></form></nav>'
         )
@@ -112,10 +113,19 @@ def chat(chat_id: str, name: str, history: Iterable[Shown], csrf: str, user: str
     return layout(name or chat_id, body, user=user, csrf=csrf, script="chat.js")
 
 
+def scroller(headers: tuple[str, ...], head: str, body: str) -> str:
+    """A table in a region that scrolls sideways on a phone, focusable so the keyboard can scroll it too."""
+    label = "Table: " + ", ".join(h for h in headers if h)
+    return (
+        f'<div class="scroll" role="region" tabindex="0" aria-label="{e(label)}">'
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
+
+
 def _table(headers: tuple[str, ...], rows: Iterable[Iterable[object]]) -> str:
     head = "".join(f'<th scope="col">{e(h)}</th>' for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return scroller(headers, head, body)
 
 
 def status(report: dict[str, Any], user: str, csrf: str) -> str:
@@ -156,7 +166,9 @@ def status(report: dict[str, Any], user: str, csrf: str) -> str:
         )
     )
     body = (
-        f"<p>NATS {e(report['nats'])}, asked at {e(when(report['at']))}</p>{down}"
+        f"<p>NATS {e(report['nats'])}, asked at {e(when(report['at']))} "
+        '<button type="button" id="live" aria-pressed="false">Pause live refresh</button></p>'
+        f"{down}"
         f"<h2>Services</h2>{services}<h2>Containers</h2>{boxes}<h2>Backlogs</h2>{backlog}"
     )
     return layout("Status", body, user=user, csrf=csrf, script="refresh.js")

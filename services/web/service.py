@@ -81,9 +81,8 @@ async def serve(ctx: ServiceContext, store: WebStore, host: str, port: int, url:
         link_seconds=cfg.link_minutes * 60,
         session_seconds=cfg.session_days * 86400,
     )
-    web = Web(
-        store, channel, hub, Backend(ctx.nc, ctx.config), settings, auth.LoginLimit(cfg.login_rate, cfg.login_burst)
-    )
+    limit = auth.LoginLimit(cfg.login_rate, cfg.login_burst)
+    web = Web(store, channel, hub, Backend(ctx.nc, ctx.config), settings, limit, ctx.config.path("logs"))
     ctx.stats["web"] = channel.counts.__dict__
     await ctx.endpoint(web_ctl.LOGIN, Logins(store, url, settings.link_seconds))
     lanes = [await bind(ctx.js, lane, batch=1) for lane in bridge_lanes(CHANNEL)]
@@ -117,6 +116,7 @@ async def serve(ctx: ServiceContext, store: WebStore, host: str, port: int, url:
             for puller in lanes:
                 tg.create_task(take(puller))
     finally:
+        web.stopping.set()  # log tails end
         hub.close()  # open streams end, so the server's shutdown does not wait on them
         server.should_exit = True
         await server.shutdown(sockets=[sock])

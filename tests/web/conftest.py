@@ -4,6 +4,7 @@ and a whole Clawden with the web service on a loopback port, for the browser tes
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -11,8 +12,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from clawden import natsserver
+from clawden import config as config_mod
+from clawden import control, natsserver
+from clawden.bus.ctl import router as router_ctl
+from clawden.bus.ctl import web as web_ctl
 from tests.e2e.harness import Stack, start_stack
+
+OWNER = "web:owner"  # the browser tests' owner (granted by web_stack, as `clawden roles grant` would)
 
 CHROMIUM = "/usr/bin/chromium"
 # local-servers.md §3: without these Chromium still calls Google (time, updates, accounts) despite
@@ -69,6 +75,8 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, a
     port = natsserver.free_port()
     # The harness writes [vault] last: a [web] table after it is a section of its own.
     s = start_stack(tmp_path_factory.mktemp("home"), vault=f'\n[web]\nlisten = "127.0.0.1:{port}"\n')
+    cfg = config_mod.load(s.home)
+    control.run(cfg, router_ctl.ROLES_GRANT, router_ctl.RoleGrant(user_id=OWNER, role="owner"))
     yield s
     s.stop()
 
@@ -77,3 +85,14 @@ def web_url(stack: Stack) -> str:
     text = (stack.home / "config.toml").read_text()
     listen = text.split("[web]", 1)[1].split('listen = "', 1)[1].split('"', 1)[0]
     return f"http://{listen}"
+
+
+async def login_link(stack: Stack, user: str = OWNER) -> str:
+    cfg = config_mod.load(stack.home)
+    return (await control.ask(cfg, web_ctl.LOGIN, web_ctl.LoginRequest(user=user), timeout=60)).url
+
+
+async def sign_in(page: Any, stack: Stack, user: str = OWNER) -> None:
+    await page.goto(await login_link(stack, user))
+    await page.click("#sign-in")
+    await page.wait_for_url(re.compile(r".*/chats$"))

@@ -1,0 +1,287 @@
+"""The dashboard in a real browser (Debian's Chromium, loopback only) over a whole Clawden with real agent
+containers and the fake model: a secret added whose value never comes back to the browser, a task paused, a
+held vault request from the agent's container approved from the approvals page, an admin of one agent group
+refused another's pages and POSTs; then every page checked by axe-core and the keyboard, and photographed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import pytest_asyncio
+
+from clawden import config as config_mod
+from clawden import control
+from clawden.bus import events as ev
+from clawden.bus.ctl import Nothing
+from clawden.bus.ctl import router as router_ctl
+from clawden.bus.ctl import scheduler as scheduler_ctl
+from clawden.bus.ctl import vault as vault_ctl
+from tests.e2e.harness import Stack
+from tests.e2e.test_credential_approval import FETCH
+from tests.eventually import eventually
+from tests.web.a11y import check_and_shoot
+from tests.web.conftest import OWNER, login_link, sign_in, web_url
+
+pytestmark = [pytest.mark.docker, pytest.mark.nats, pytest.mark.process, pytest.mark.asyncio(loop_scope="session")]
+ANSWER = 120_000  # ms: a first message starts a container
+ADMIN = "web:alice"  # an admin of `main` only
+OTHER = "other"  # an agent group alice does not administer
+SESSION: dict[str, router_ctl.Session] = {}  # the one conversation the tests share (a running container)
+
+
+def cfg_of(stack: Stack) -> config_mod.Config:
+    return config_mod.load(stack.home)
+
+
+async def conversation(stack: Stack, page: Any) -> router_ctl.Session:
+    """A web chat with `main`, spoken to once from the page, so its container runs; made once per module."""
+    if "main" in SESSION:
+        return SESSION["main"]
+    cfg = cfg_of(stack)
+    chat_id = uuid.uuid4().hex[:12]
+    await control.ask(
+        cfg,
+        router_ctl.CHATS_CREATE,
+        router_ctl.ChatCreate(channel="web", chat_id=chat_id, name="desk", policy="public"),
+    )
+    await control.ask(
+        cfg, router_ctl.WIRINGS_CREATE, router_ctl.WiringCreate(channel="web", chat_id=chat_id, agent_group="main")
+    )
+    await page.goto(f"{web_url(stack)}/chat/{chat_id}")
+    await page.wait_for_selector("body[data-stream=open]")
+    await page.fill("#text", "good morning")
+    await page.keyboard.press("Enter")
+    await page.wait_for_selector("li.msg.out >> text=/echo: .*good morning/", timeout=ANSWER)
+    sessions = await control.ask(cfg, router_ctl.SESSIONS_LIST, router_ctl.GroupFilter(agent_group="main"))
+    SESSION["main"] = next(s for s in sessions if s.chat_id == chat_id)
+    await stack.wait_until_idle(SESSION["main"].id)
+    return SESSION["main"]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def audited(web_stack: Stack) -> AsyncIterator[list[ev.AuditEvent]]:
+    """Every change the web service announces (`clawden.event.web.*`), as they come."""
+    nc = await web_stack.connect("test-web-audit")
+    seen: list[ev.AuditEvent] = []
+
+    async def keep(msg: Any) -> None:
+        seen.append(msgspec.json.decode(msg.data, type=ev.AuditEvent))
+
+    await nc.subscribe("clawden.event.web.>", cb=keep)
+    await nc.flush()
+    yield seen
+    await nc.close()
+
+
+async def test_a_secret_added_from_the_vault_page_is_stored_and_its_value_never_reaches_the_browser(
+    web_stack: Stack, page: Any, audited: list[ev.AuditEvent]
+) -> None:
+    value = f"sk-web-{uuid.uuid4().hex}"
+    name = f"github-{uuid.uuid4().hex[:6]}"
+    bodies: list[bytes] = []
+
+    async def capture(response: Any) -> None:
+        head = json.dumps(await response.all_headers()).encode()
+        try:
+            bodies.append(head + await response.body())
+        except Exception:  # a redirect has no body to read
+            bodies.append(head)
+
+    page.context.on("response", capture)
+    await sign_in(page, web_stack)
+    await page.goto(web_url(web_stack) + "/vault")
+    await page.fill("#secret-name", name)
+    await page.select_option("#secret-type", "generic")
+    await page.fill("#secret-value", value)
+    await page.fill("#secret-host", "api.github.com")
+    await page.fill("#secret-header", "Authorization")
+    await page.fill("#secret-format", "Bearer {value}")
+    await page.check("#add-secret input[name=agents][value=main]")
+    await page.click("#add-secret button[type=submit]")
+    await page.wait_for_selector(f"p[role=status] >> text=stored secret {name}")
+    assert await page.locator(f"#s-{name}").is_visible()
+    # Stored as asked, where the CLI would see it (never its value: the vault does not say it).
+    listed = (await control.ask(cfg_of(web_stack), vault_ctl.SECRETS_LIST, Nothing())).secrets
+    stored = next(s for s in listed if s.name == name)
+    assert (stored.host_pattern, stored.header_name, stored.grants) == ("api.github.com", "Authorization", ["main"])
+    # The same name again: the vault's own refusal, word for word as `clawden secrets add` prints it.
+    again = vault_ctl.AddSecret(
+        name=name, type="generic", value="x", host="api.github.com", header="A", agents=["main"]
+    )
+    with pytest.raises(control.ControlError) as refused:
+        await control.ask(cfg_of(web_stack), vault_ctl.SECRETS_ADD, again)
+    await page.fill("#secret-name", name)
+    await page.fill("#secret-value", value)
+    await page.fill("#secret-host", "api.github.com")
+    await page.fill("#secret-header", "A")
+    await page.check("#add-secret input[name=agents][value=main]")
+    await page.click("#add-secret button[type=submit]")
+    alert = page.locator("p[role=alert].error")
+    await alert.wait_for()
+    assert await alert.text_content() == str(refused.value)
+    await page.goto(web_url(web_stack) + "/vault/audit?since=3600")
+    await eventually(lambda: any(a.kind == "secret_added" for a in audited), 30, "no audit event for the secret")
+    event = next(a for a in audited if a.kind == "secret_added")
+    assert event.fields == {"user": OWNER, "secret": name} and value not in event.summary
+    assert len(bodies) >= 8 and not [b for b in bodies if value.encode() in b]
+
+
+async def test_a_task_is_paused_from_the_tasks_page_and_its_runs_are_shown(
+    web_stack: Stack, page: Any, audited: list[ev.AuditEvent]
+) -> None:
+    await sign_in(page, web_stack)
+    session = await conversation(web_stack, page)
+    add = scheduler_ctl.AddRequest(
+        agent_group="main",
+        session_id=session.id,
+        runner=session.runner,
+        route=ev.Route(channel=session.channel, chat_id=session.chat_id),
+        prompt="water the plants",
+        schedule="0 8 * * 1",
+    )
+    task = await control.ask(cfg_of(web_stack), scheduler_ctl.ADD, add)
+    await page.goto(web_url(web_stack) + "/tasks")
+    row = page.locator(f"#t-{task.id}")
+    assert await row.locator("td.status").text_content() == "active"
+    await row.get_by_role("button", name=f"Pause {task.id}").click()
+    await page.wait_for_selector(f"p[role=status] >> text=task {task.id} is paused")
+    assert await page.locator(f"#t-{task.id} td.status").text_content() == "paused"
+    assert (
+        await control.ask(cfg_of(web_stack), scheduler_ctl.GET, scheduler_ctl.TaskRef(task_id=task.id))
+    ).status == "paused"
+    await page.get_by_role("link", name=task.id).click()
+    await page.wait_for_selector("h2 >> text=Runs")
+    assert await page.get_by_role("button", name=f"Resume {task.id}").is_visible()
+    await eventually(lambda: any(a.kind == "task_pause" for a in audited), 30, "no audit event for the pause")
+    assert next(a for a in audited if a.kind == "task_pause").fields["user"] == OWNER
+
+
+def fetch_from_container(stack: Stack, url: str) -> tuple[int, str]:
+    box = stack.containers()[0]  # every container here is `main`'s
+    result = box.exec_run(["python", "-c", FETCH, url], user="1000")
+    status, body = json.loads(result.output.decode().strip().splitlines()[-1])
+    return int(status), str(body)
+
+
+async def test_a_held_request_from_the_agents_container_goes_through_once_approved_on_the_approvals_page(
+    web_stack: Stack, page: Any
+) -> None:
+    await sign_in(page, web_stack)
+    await conversation(web_stack, page)
+    rule = vault_ctl.AddRule(
+        name=f"ask-{uuid.uuid4().hex[:6]}", action="manual_approval", host="api.anthropic.com", path="/v1/pay/*"
+    )
+    await control.ask(cfg_of(web_stack), vault_ctl.RULES_ADD, rule)
+    call = asyncio.create_task(
+        asyncio.to_thread(fetch_from_container, web_stack, "https://api.anthropic.com/v1/pay/web")
+    )
+
+    async def listed() -> bool:  # the vault holds it and asks; the approvals service lists it
+        await page.goto(web_url(web_stack) + "/approvals")
+        return bool(await page.locator("li.approval", has_text="/v1/pay/web").count())
+
+    await eventually(listed, 60, "the held request never showed on the approvals page")
+    assert not call.done()  # held while nobody has decided
+    item = page.locator("li.approval", has_text="/v1/pay/web")
+    await item.get_by_role("button", name=re.compile("Approve|Allow", re.I)).first.click()
+    await page.wait_for_selector(f"text=/is approved by {OWNER}/")
+    status, _ = await asyncio.wait_for(call, 60)
+    assert status == 404  # it reached the fake site, which has no such path
+    assert any(r.path == "/v1/pay/web" for r in web_stack.fake.requests)
+
+
+async def test_an_admin_of_one_group_neither_sees_nor_changes_another(web_stack: Stack, page: Any) -> None:
+    cfg = cfg_of(web_stack)
+    groups = {g.name for g in await control.ask(cfg, router_ctl.GROUPS_LIST, router_ctl.ListAll())}
+    if OTHER not in groups:
+        await control.ask(cfg, router_ctl.GROUPS_CREATE, router_ctl.GroupCreate(name=OTHER))
+    await control.ask(
+        cfg, router_ctl.ROLES_GRANT, router_ctl.RoleGrant(user_id=ADMIN, role="admin", agent_group="main")
+    )
+    await sign_in(page, web_stack, ADMIN)
+    base = web_url(web_stack)
+    await page.goto(base + "/agents")
+    assert await page.get_by_role("link", name="main").is_visible()
+    assert not await page.get_by_role("link", name=OTHER).count()
+    for path in (f"/agents/{OTHER}", "/status", "/logs"):
+        response = await page.goto(base + path)
+        assert response is not None and response.status == 403, path
+        assert "refused" in (await page.text_content("main") or "")
+    cookie = next(c["value"] for c in await page.context.cookies() if c["name"] == "clawden_session")
+    async with httpx.AsyncClient(
+        base_url=base, cookies={"clawden_session": cookie}, headers={"origin": base}
+    ) as client:
+        own = await client.get("/agents/main")
+        assert own.status_code == 200
+        csrf = re.search(r'name="csrf" value="([^"]+)"', own.text)
+        assert csrf is not None
+        posts = {
+            f"/agents/{OTHER}/members": {"user": "telegram:999"},
+            f"/agents/{OTHER}/settings": {"model": "stolen"},
+            f"/vault/egress/{OTHER}": {"mode": "open"},
+            "/vault/rules": {"name": "sneaky", "action": "allow", "host": "*", "agent": OTHER},
+            "/vault/secrets": {
+                "name": "sneaky",
+                "type": "generic",
+                "value": "v",
+                "host": "x",
+                "header": "A",
+                "agents": OTHER,
+            },
+            "/chats": {"name": "sneaky", "group": OTHER},
+        }
+        for path, form in posts.items():
+            refused = await client.post(path, data={**form, "csrf": csrf.group(1)})
+            assert refused.status_code == 403 and "refused" in refused.text, (path, refused.status_code)
+        mine = await client.post("/agents/main/members", data={"user": "telegram:42", "csrf": csrf.group(1)})
+        assert mine.status_code == 303  # the same form for the group alice administers goes through
+    members = await control.ask(cfg, router_ctl.MEMBERS_LIST, router_ctl.GroupFilter(agent_group=OTHER))
+    assert not members
+    detail = await control.ask(cfg, router_ctl.GROUPS_GET, router_ctl.GroupGet(name=OTHER))
+    assert detail.model != "stolen"
+    rules = (await control.ask(cfg, vault_ctl.RULES_LIST, Nothing())).rules
+    assert not [r for r in rules if r.name == "sneaky"]
+    assert "telegram:42" in [
+        m.user_id for m in await control.ask(cfg, router_ctl.MEMBERS_LIST, router_ctl.GroupFilter(agent_group="main"))
+    ]
+
+
+async def test_every_page_passes_axe_and_the_keyboard_and_is_photographed(web_stack: Stack, page: Any) -> None:
+    await page.goto(await login_link(web_stack))
+    await check_and_shoot(page, "sign-in")
+    await page.click("#sign-in")
+    await page.wait_for_url(re.compile(r".*/chats$"))
+    session = await conversation(web_stack, page)
+    tasks = await control.ask(cfg_of(web_stack), scheduler_ctl.TASKS, scheduler_ctl.ListRequest())
+    base = web_url(web_stack)
+    pages = {
+        "chats": "/chats",
+        "chat": f"/chat/{session.chat_id}",
+        "status": "/status",
+        "approvals": "/approvals",
+        "vault": "/vault",
+        "vault-audit": "/vault/audit",
+        "agents": "/agents",
+        "agent-group": "/agents/main",
+        "tasks": "/tasks",
+        "logs": "/logs",
+        "log": "/logs/router",
+    }
+    if tasks:
+        pages["task"] = f"/tasks/{tasks[0].id}"
+    for name, path in pages.items():
+        response = await page.goto(base + path, wait_until="domcontentloaded")
+        assert response is not None and response.status == 200, (name, response and response.status)
+        if name == "log":
+            await page.wait_for_function("document.getElementById('tail').textContent.length > 0")
+        if name == "status":
+            await page.click("#live")  # paused, so it does not reload while it is checked
+        await check_and_shoot(page, name)
