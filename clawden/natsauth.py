@@ -91,6 +91,7 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
                 subjects.APPROVAL_CLICK,
                 f"{subjects.PREFIX}.event.router.>",
             ),
+            calls=("web.login",),  # `/web` from an owner or admin: a sign-in link (services/router/weblink.py)
             manages_streams=True,
         ),
         "runner": Grant(

@@ -20,7 +20,7 @@ from clawden.bus import bind, consume_batches, ctl, nak, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import router_decisions, router_inbound
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
-from services.router import control
+from services.router import control, weblink
 from services.router.store import Outcome, Routable, RouterError, RouterStore
 
 log = logging.getLogger("clawden.router")
@@ -92,6 +92,9 @@ class Router:
                 continue
             if isinstance(event, ev.InboundAction):
                 await self.forward_click(event, msg)
+                continue
+            if (user := weblink.asker(event, self.store.roles)) and isinstance(event, ev.InboundMessage):
+                self.counts["web_links" if await weblink.answer(self.ctx, event, user, msg) else "publish_failed"] += 1
                 continue
             events.append(event)
             keyed.append((msg, event.key))

@@ -82,8 +82,11 @@ class Backend:
 
     async def scope(self, user: str) -> scope.Scope:
         """Asked for every page and every POST, so a role granted or revoked counts at once."""
+        return scope.of(user, await self.roles())
+
+    async def roles(self) -> list[router_ctl.Role]:
         roles: list[router_ctl.Role] = await self._ask(router_ctl.ROLES_LIST, router_ctl.ListAll(limit=10_000))
-        return scope.of(user, roles)
+        return roles
 
     async def changed(self, user: str, kind: str, summary: str, **fields: str) -> None:
         """Every change made from the web: an audit event naming the signed-in person, and a log line."""

@@ -18,10 +18,10 @@ from clawden.bus.ctl import web as web_ctl
 from clawden.bus.pull import Puller
 from clawden.bus.streams import bridge_lanes
 from clawden.config import WebConfig
-from clawden.runtime import ConfigurationError, ServiceContext
+from clawden.runtime import ConfigurationError, ControlError, ServiceContext
 from services.web import auth
 from services.web.app import Settings, Web, build
-from services.web.backend import Backend
+from services.web.backend import Backend, BackendError
 from services.web.channel import CHANNEL, OUTBOUND, Hub, WebChannel
 from services.web.store import WebStore
 
@@ -45,19 +45,32 @@ def public_url(cfg: WebConfig, host: str, port: int) -> str:
 
 
 class Logins:
-    """`clawden.ctl.web.login`: a new one-time link for a user (the owner's CLI alone may ask)."""
+    """`clawden.ctl.web.login`: a new one-time link for a user. Only the owner's CLI and the router (for `/web`
+    from an owner or admin in a direct chat) may ask. No user named: the install's first owner."""
 
-    def __init__(self, store: WebStore, url: str, lasts: float) -> None:
+    def __init__(self, store: WebStore, url: str, lasts: float, backend: Backend) -> None:
         self.store = store
         self.url = url
         self.lasts = lasts
+        self.backend = backend
 
     async def __call__(self, req: web_ctl.LoginRequest) -> web_ctl.LoginLink:
+        user = req.user or await self.owner()
         token = auth.new_secret()
         now = time.time()
-        await self.store.run(self.store.add_link, token, req.user, now, self.lasts)
-        log.info("a sign-in link was made for %s", req.user, extra={"user": req.user})
-        return web_ctl.LoginLink(url=f"{self.url}/login/{token}", user=req.user, expires_at=now + self.lasts)
+        await self.store.run(self.store.add_link, token, user, now, self.lasts)
+        log.info("a sign-in link was made for %s", user, extra={"user": user})
+        return web_ctl.LoginLink(url=f"{self.url}/login/{token}", user=user, expires_at=now + self.lasts)
+
+    async def owner(self) -> str:
+        try:
+            roles = await self.backend.roles()
+        except BackendError as exc:
+            raise ControlError(f"cannot ask the router who the owner is: {exc}") from None
+        owners = [r.user_id for r in roles if r.role == "owner"]
+        if not owners:
+            raise ControlError("this install has no owner yet: pair one (`clawden pair <channel>`) or give --user")
+        return owners[0]
 
 
 async def main(ctx: ServiceContext) -> None:
@@ -82,9 +95,10 @@ async def serve(ctx: ServiceContext, store: WebStore, host: str, port: int, url:
         session_seconds=cfg.session_days * 86400,
     )
     limit = auth.LoginLimit(cfg.login_rate, cfg.login_burst)
-    web = Web(store, channel, hub, Backend(ctx.nc, ctx.config), settings, limit, ctx.config.path("logs"))
+    backend = Backend(ctx.nc, ctx.config)
+    web = Web(store, channel, hub, backend, settings, limit, ctx.config.path("logs"))
     ctx.stats["web"] = channel.counts.__dict__
-    await ctx.endpoint(web_ctl.LOGIN, Logins(store, url, settings.link_seconds))
+    await ctx.endpoint(web_ctl.LOGIN, Logins(store, url, settings.link_seconds, backend))
     lanes = [await bind(ctx.js, lane, batch=1) for lane in bridge_lanes(CHANNEL)]
     sock = bind_socket(host, port)
     server = uvicorn.Server(

@@ -74,7 +74,9 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, a
     """`clawden up` with the web service on a free loopback port (real agent containers, the fake model)."""
     port = natsserver.free_port()
     # The harness writes [vault] last: a [web] table after it is a section of its own.
-    s = start_stack(tmp_path_factory.mktemp("home"), vault=f'\n[web]\nlisten = "127.0.0.1:{port}"\n')
+    # Every test signs in from 127.0.0.1: a burst that a module's sign-ins fit in (the limit itself: test_auth).
+    web = f'\n[web]\nlisten = "127.0.0.1:{port}"\nlogin_burst = 100\n'
+    s = start_stack(tmp_path_factory.mktemp("home"), vault=web)
     cfg = config_mod.load(s.home)
     control.run(cfg, router_ctl.ROLES_GRANT, router_ctl.RoleGrant(user_id=OWNER, role="owner"))
     yield s
@@ -94,5 +96,5 @@ async def login_link(stack: Stack, user: str = OWNER) -> str:
 
 async def sign_in(page: Any, stack: Stack, user: str = OWNER) -> None:
     await page.goto(await login_link(stack, user))
-    await page.click("#sign-in")
-    await page.wait_for_url(re.compile(r".*/chats$"))
+    async with page.expect_navigation(url=re.compile(r".*/chats$")):
+        await page.click("#sign-in")

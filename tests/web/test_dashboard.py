@@ -6,6 +6,7 @@ refused another's pages and POSTs; then every page checked by axe-core and the k
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import re
 import uuid
@@ -20,11 +21,14 @@ import pytest_asyncio
 from clawden import config as config_mod
 from clawden import control
 from clawden.bus import events as ev
+from clawden.bus import publish, subjects
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl import router as router_ctl
 from clawden.bus.ctl import scheduler as scheduler_ctl
 from clawden.bus.ctl import vault as vault_ctl
-from tests.e2e.harness import Stack
+from clawden.chat import inbound_event
+from services.router import weblink
+from tests.e2e.harness import Stack, Terminal
 from tests.e2e.test_credential_approval import FETCH
 from tests.eventually import eventually
 from tests.web.a11y import check_and_shoot
@@ -254,11 +258,38 @@ async def test_an_admin_of_one_group_neither_sees_nor_changes_another(web_stack:
     ]
 
 
+async def test_web_from_a_direct_chat_gives_its_owner_a_link_that_signs_in_once_and_never_in_a_group(
+    web_stack: Stack, page: Any
+) -> None:
+    owner = f"local:{getpass.getuser()}"  # who ran the router first owns the install
+    async with Terminal(web_stack, "web-dm") as dm:
+        reply = await dm.ask("/web", timeout=60)
+    found = re.search(r"http://\S+/login/\S+", reply.text)
+    assert found is not None and owner in reply.text, reply.text
+    await page.goto(found.group(0))
+    async with page.expect_navigation(url=re.compile(r".*/chats$")):
+        await page.click("#sign-in")
+    assert await page.get_by_role("button", name=f"Sign out {owner}").is_visible()
+    response = await page.goto(web_url(web_stack) + "/agents")
+    assert response is not None and response.status == 200  # the owner's whole dashboard
+    again = await page.context.browser.new_page()
+    try:
+        assert (await again.goto(found.group(0))).status == 410  # the link worked once
+    finally:
+        await again.close()
+    async with Terminal(web_stack, "web-room") as room:
+        asked = msgspec.structs.replace(inbound_event("web-room", getpass.getuser(), "/web"), is_group=True)
+        assert room.js is not None
+        await publish(room.js, subjects.inbound("local"), asked, msg_id=asked.key)
+        refused = await room.reply(timeout=60)
+    assert refused.text == weblink.IN_GROUP and "/login/" not in refused.text
+
+
 async def test_every_page_passes_axe_and_the_keyboard_and_is_photographed(web_stack: Stack, page: Any) -> None:
     await page.goto(await login_link(web_stack))
     await check_and_shoot(page, "sign-in")
-    await page.click("#sign-in")
-    await page.wait_for_url(re.compile(r".*/chats$"))
+    async with page.expect_navigation(url=re.compile(r".*/chats$")):
+        await page.click("#sign-in")
     session = await conversation(web_stack, page)
     tasks = await control.ask(cfg_of(web_stack), scheduler_ctl.TASKS, scheduler_ctl.ListRequest())
     base = web_url(web_stack)

@@ -12,8 +12,12 @@ from clawden.bus.ctl.verb import Reply, Request, declare
 SERVICE = "web"
 
 
+# A user id (names.py), or "" for the install's first owner (what `clawden web login` asks by default).
+LOGIN_USER = f"^$|{USER_PATTERN}"
+
+
 class LoginRequest(Request, frozen=True):
-    user: Annotated[str, msgspec.Meta(pattern=USER_PATTERN)]  # a user id (names.py), e.g. web:ada
+    user: Annotated[str, msgspec.Meta(pattern=LOGIN_USER)] = ""  # e.g. web:ada; "": the owner
 
 
 class LoginLink(Reply, frozen=True):
