@@ -133,7 +133,14 @@ class Web:
 
     async def web_chat(self, scope: Scope, chat_id: str) -> router_ctl.Chat:
         """One web chat, if it is wired to a group this person administers (else as if there were none)."""
-        rows = await self.backend.chats(CHANNEL)
+        return self._mine(scope, await self.backend.chats(CHANNEL), chat_id)
+
+    async def may_write(self, user: str, chat_id: str) -> None:
+        """Before a message or a press: the person's roles and the chat's wirings, asked of the router at once."""
+        scope, rows = await asyncio.gather(self.backend.scope(user), self.backend.chats(CHANNEL))
+        self._mine(scope, rows, chat_id)
+
+    def _mine(self, scope: Scope, rows: list[router_ctl.Chat], chat_id: str) -> router_ctl.Chat:
         row = next((r for r in rows if r.chat_id == chat_id), None)
         if row is None or not scope.sees_any(row.wired):
             raise Denied(404 if row is None else 403, "no such web chat (see /chats)" if row is None else _no(scope))
@@ -228,7 +235,7 @@ class Web:
 
     async def send(self, request: Request) -> Response:
         found, form = await self.posted(request)
-        await self.web_chat(await self.backend.scope(found.user_id), request.path_params["chat_id"])
+        await self.may_write(found.user_id, request.path_params["chat_id"])
         mid = form.get("id") or uuid.uuid4().hex
         if not mid.isalnum() or len(mid) > 64:
             raise Denied(400, "refused: a message id is letters and digits")
@@ -242,7 +249,7 @@ class Web:
 
     async def press(self, request: Request) -> Response:
         found, form = await self.posted(request)
-        await self.web_chat(await self.backend.scope(found.user_id), request.path_params["chat_id"])
+        await self.may_write(found.user_id, request.path_params["chat_id"])
         try:
             await self.channel.press(
                 request.path_params["chat_id"], found.user_id, name(found), form.get("card", ""), form.get("button", "")
