@@ -296,8 +296,7 @@ class Web:
 
     async def approvals(self, request: Request) -> Response:
         found, scope = await self.scoped(request)
-        if not scope.admin:
-            scope.need_everything("approvals")
+        scope.need_admin("approvals")
         rows = [r for r in await self.backend.pending_approvals() if scope.sees(r.agent_group)]
         return html(pages.approvals(rows, found.user_id, found.csrf, request.query_params.get("note", "")[:200]))
 

@@ -66,15 +66,13 @@ class Dashboard:
     async def _scope(self, request: Request) -> tuple[Scope, str]:
         found = await self.web.signed_in(request)
         scope = await self.backend.scope(found.user_id)
-        if not scope.admin:
-            scope.need_everything("the dashboard")
+        scope.need_admin("the dashboard")
         return scope, found.csrf
 
     async def _posted(self, request: Request) -> tuple[Scope, Form]:
         found, form = await self.web.posted(request)
         scope = await self.backend.scope(found.user_id)
-        if not scope.admin:
-            scope.need_everything("the dashboard")
+        scope.need_admin("the dashboard")
         return scope, form
 
     async def _groups(self, scope: Scope) -> list[str]:

@@ -51,6 +51,10 @@ class Scope:
         if not self.owns_all(listed):
             raise OutOfScope(f"refused: {what} is for {', '.join(listed) or 'no agent group'}; {mine(self)}")
 
+    def need_admin(self, what: str) -> None:
+        if not self.admin:
+            raise OutOfScope(f"refused: {what} is for owners and admins; {mine(self)}")
+
     def need_everything(self, what: str) -> None:
         if not self.everything:
             raise OutOfScope(f"refused: {what} is for owners and admins of every agent group; {mine(self)}")

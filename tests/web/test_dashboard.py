@@ -9,6 +9,7 @@ import asyncio
 import getpass
 import json
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +24,7 @@ from clawden import control
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
 from clawden.bus.ctl import Nothing
+from clawden.bus.ctl import approvals as approvals_ctl
 from clawden.bus.ctl import router as router_ctl
 from clawden.bus.ctl import scheduler as scheduler_ctl
 from clawden.bus.ctl import vault as vault_ctl
@@ -202,6 +204,36 @@ async def test_a_held_request_from_the_agents_container_goes_through_once_approv
     assert any(r.path == "/v1/pay/web" for r in web_stack.fake.requests)
 
 
+async def hold_approval(stack: Stack, group: str) -> str:
+    """A pending approval of `group`, once the approvals service lists it."""
+    rid = f"web{uuid.uuid4().hex[:8]}"
+    nc = await stack.connect("test-hold")
+    try:
+        request = ev.ApprovalRequest(
+            id=rid,
+            kind="credential",
+            requester="vault",
+            agent_group=group,
+            card=ev.Card(
+                title="POST api.example.org/v1/charge",
+                body="spend money",
+                buttons=(ev.Button(id="approve", label="Approve"),),
+            ),
+            expires_at=time.time() + 600,
+        )
+        await publish(nc.jetstream(), subjects.APPROVAL_REQUEST, request, msg_id=f"approval:{rid}")
+    finally:
+        await nc.close()
+    cfg = cfg_of(stack)
+
+    async def listed() -> bool:
+        rows = await control.ask(cfg, approvals_ctl.LIST, approvals_ctl.ListRequest(status="pending"))
+        return any(r.id == rid for r in rows)
+
+    await eventually(listed, 60, f"{rid} never reached the approvals service")
+    return rid
+
+
 async def test_an_admin_of_one_group_neither_sees_nor_changes_another(web_stack: Stack, page: Any) -> None:
     cfg = cfg_of(web_stack)
     groups = {g.name for g in await control.ask(cfg, router_ctl.GROUPS_LIST, router_ctl.ListAll())}
@@ -210,8 +242,11 @@ async def test_an_admin_of_one_group_neither_sees_nor_changes_another(web_stack:
     await control.ask(
         cfg, router_ctl.ROLES_GRANT, router_ctl.RoleGrant(user_id=ADMIN, role="admin", agent_group="main")
     )
+    held = await hold_approval(web_stack, OTHER)  # a request of the other group, waiting for a decision
     await sign_in(page, web_stack, ADMIN)
     base = web_url(web_stack)
+    await page.goto(base + "/approvals")
+    assert not await page.locator(f"#a-{held}").count()
     await page.goto(base + "/agents")
     assert await page.get_by_role("link", name="main").is_visible()
     assert not await page.get_by_role("link", name=OTHER).count()
@@ -231,6 +266,7 @@ async def test_an_admin_of_one_group_neither_sees_nor_changes_another(web_stack:
             f"/agents/{OTHER}/members": {"user": "telegram:999"},
             f"/agents/{OTHER}/settings": {"model": "stolen"},
             f"/vault/egress/{OTHER}": {"mode": "open"},
+            f"/approvals/{held}": {"choice": "approve"},
             "/vault/rules": {"name": "sneaky", "action": "allow", "host": "*", "agent": OTHER},
             "/vault/secrets": {
                 "name": "sneaky",
@@ -247,12 +283,24 @@ async def test_an_admin_of_one_group_neither_sees_nor_changes_another(web_stack:
             assert refused.status_code == 403 and "refused" in refused.text, (path, refused.status_code)
         mine = await client.post("/agents/main/members", data={"user": "telegram:42", "csrf": csrf.group(1)})
         assert mine.status_code == 303  # the same form for the group alice administers goes through
+    shown = await control.ask(cfg, approvals_ctl.SHOW, approvals_ctl.ShowRequest(id=held))
+    assert shown.status == "pending"
     members = await control.ask(cfg, router_ctl.MEMBERS_LIST, router_ctl.GroupFilter(agent_group=OTHER))
     assert not members
     detail = await control.ask(cfg, router_ctl.GROUPS_GET, router_ctl.GroupGet(name=OTHER))
     assert detail.model != "stolen"
     rules = (await control.ask(cfg, vault_ctl.RULES_LIST, Nothing())).rules
     assert not [r for r in rules if r.name == "sneaky"]
+    stranger = await page.context.browser.new_context()  # signed in, with no role at all
+    try:
+        nobody = await stranger.new_page()
+        await sign_in(nobody, web_stack, "web:nobody")
+        for path in ("/vault", "/agents", "/tasks", "/approvals"):
+            response = await nobody.goto(base + path)
+            assert response is not None and response.status == 403, path
+        assert "web:nobody is neither an owner nor an admin" in (await nobody.text_content("main") or "")
+    finally:
+        await stranger.close()
     assert "telegram:42" in [
         m.user_id for m in await control.ask(cfg, router_ctl.MEMBERS_LIST, router_ctl.GroupFilter(agent_group="main"))
     ]

@@ -83,7 +83,10 @@ def test_refusals_say_what_was_asked_and_what_the_person_administers() -> None:
         cy.need_all(["a", "b"], "secret s")
     with pytest.raises(scope.OutOfScope, match="the logs is for owners and admins of every agent group"):
         cy.need_everything("the logs")
+    cy.need_admin("the dashboard")
     nobody = scope.of("web:eve", ROLES)
+    with pytest.raises(scope.OutOfScope, match="the dashboard is for owners and admins; web:eve is neither"):
+        nobody.need_admin("the dashboard")
     with pytest.raises(scope.OutOfScope, match="web:eve is neither an owner nor an admin"):
         nobody.need_all([], "the dashboard")
     scope.of("web:bob", ROLES).need_everything("the logs")
