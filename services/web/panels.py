@@ -5,6 +5,7 @@ and who may use it."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import urlencode
 
 from clawden.bus.ctl import router as router_ctl
 from clawden.bus.ctl import scheduler as scheduler_ctl
@@ -289,10 +290,14 @@ def _settings(g: router_ctl.GroupDetail, csrf: str) -> str:
     )
 
 
+def _remove_member(group: str, user: str, csrf: str) -> str:
+    return button_form(f"/agents/{group}/members/remove?{urlencode({'user': user})}", csrf, "Remove", user)
+
+
 def _members(g: router_ctl.GroupDetail, members: list[router_ctl.Member], csrf: str) -> str:
     rows = "".join(
         f"<tr><td>{e(m.user_id)}</td><td>{e(m.added_by)}</td><td>{e(when(m.added_at))}</td>"
-        f"<td>{button_form(f'/agents/{g.name}/members/remove?user={m.user_id}', csrf, 'Remove', m.user_id)}</td></tr>"
+        f"<td>{_remove_member(g.name, m.user_id, csrf)}</td></tr>"
         for m in members
     )
     add = (

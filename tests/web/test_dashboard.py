@@ -291,6 +291,14 @@ async def test_an_admin_of_one_group_neither_sees_nor_changes_another(web_stack:
     assert detail.model != "stolen"
     rules = (await control.ask(cfg, vault_ctl.RULES_LIST, Nothing())).rules
     assert not [r for r in rules if r.name == "sneaky"]
+    assert "telegram:42" in [
+        m.user_id for m in await control.ask(cfg, router_ctl.MEMBERS_LIST, router_ctl.GroupFilter(agent_group="main"))
+    ]
+    await page.goto(base + "/agents/main")  # and from the page, by the button
+    await page.get_by_role("button", name="Remove telegram:42").click()
+    await page.wait_for_selector("p[role=status] >> text=telegram:42 is no member of main")
+    left = await control.ask(cfg, router_ctl.MEMBERS_LIST, router_ctl.GroupFilter(agent_group="main"))
+    assert "telegram:42" not in [m.user_id for m in left]
     stranger = await page.context.browser.new_context()  # signed in, with no role at all
     try:
         nobody = await stranger.new_page()
@@ -301,9 +309,6 @@ async def test_an_admin_of_one_group_neither_sees_nor_changes_another(web_stack:
         assert "web:nobody is neither an owner nor an admin" in (await nobody.text_content("main") or "")
     finally:
         await stranger.close()
-    assert "telegram:42" in [
-        m.user_id for m in await control.ask(cfg, router_ctl.MEMBERS_LIST, router_ctl.GroupFilter(agent_group="main"))
-    ]
 
 
 async def test_web_from_a_direct_chat_gives_its_owner_a_link_that_signs_in_once_and_never_in_a_group(
