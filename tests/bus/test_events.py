@@ -117,6 +117,16 @@ EXAMPLES: list[ev.Event] = [
         detected_at=90001.0,
         why="Telegram keeps messages for a bot 24 hours",
     ),
+    # A person's edit of a message, and a deletion whose deleter the platform does not name.
+    ev.InboundEdit(
+        route=ev.Route(channel="slack", chat_id="C1"),
+        message_id="1700000000.000100",
+        edit_id="1700000005.000200",
+        sender=SENDER,
+        text="dinner at 9, not 8",
+        edited_at=5.0,
+    ),
+    ev.InboundDelete(route=ev.Route(channel="discord", chat_id="c2"), message_id="m5", deleted_at=6.0),
 ]
 
 
