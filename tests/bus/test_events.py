@@ -200,8 +200,10 @@ def test_a_wake_that_names_no_destinations_differs_from_one_whose_group_has_none
 def test_natural_keys() -> None:
     assert EXAMPLES[0].key == "telegram:m1"  # type: ignore[union-attr]
     assert EXAMPLES[6].key == "s:telegram:m1"  # type: ignore[union-attr]
-    assert EXAMPLES[-3].key == "telegram:moved:-42"  # type: ignore[union-attr]
-    assert EXAMPLES[-1].key == "telegram:lost:905"  # type: ignore[union-attr]
+    assert EXAMPLES[-5].key == "telegram:moved:-42"  # type: ignore[union-attr]
+    assert EXAMPLES[-3].key == "telegram:lost:905"  # type: ignore[union-attr]
+    assert EXAMPLES[-2].key == "slack:edit:1700000000.000100:1700000005.000200"  # type: ignore[union-attr]
+    assert EXAMPLES[-1].key == "discord:delete:m5"  # type: ignore[union-attr]
 
 
 # Found by tests/chaos/test_fuzz.py: an approval id with a dot passed decoding and then raised in the approvals
