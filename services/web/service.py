@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 
-import uvicorn
-
+from clawden import httpserve
 from clawden.bus import bind, consume
 from clawden.bus.ctl import web as web_ctl
 from clawden.bus.pull import Puller
@@ -30,10 +28,7 @@ DEFAULT_LISTEN = "127.0.0.1:8790"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = (listen or DEFAULT_LISTEN).rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigurationError(f"[web] listen = {listen!r}: expected host:port, e.g. {DEFAULT_LISTEN!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return httpserve.parse_listen(listen, DEFAULT_LISTEN, "web")
 
 
 def public_url(cfg: WebConfig, host: str, port: int) -> str:
@@ -100,51 +95,18 @@ async def serve(ctx: ServiceContext, store: WebStore, host: str, port: int, url:
     ctx.stats["web"] = channel.counts.__dict__
     await ctx.endpoint(web_ctl.LOGIN, Logins(store, url, settings.link_seconds, backend))
     lanes = [await bind(ctx.js, lane, batch=1) for lane in bridge_lanes(CHANNEL)]
-    sock = bind_socket(host, port)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build(web),
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_keep_alive=5,
-            timeout_graceful_shutdown=3,
-            http="h11",
-            ws="none",
-            proxy_headers=False,
-            interface="asgi3",
-        )
-    )
-    server.config.load()
-    server.lifespan = server.config.lifespan_class(server.config)
-    await server.startup(sockets=[sock])
-    await ctx.ready(f"web on {url}")
-    log.info("listening on http://%s:%d (browsers use %s)", host, port, url)
+    sock = httpserve.bind(host, port, "web", backlog=256)
+    async with httpserve.serving(build(web), sock, timeout_graceful_shutdown=3):
+        await ctx.ready(f"web on {url}")
+        log.info("listening on http://%s:%d (browsers use %s)", host, port, url)
 
-    async def take(puller: Puller) -> None:
-        await consume(puller, OUTBOUND, channel.handle, stopping=ctx.stopping)  # type: ignore[arg-type]
+        async def take(puller: Puller) -> None:
+            await consume(puller, OUTBOUND, channel.handle, stopping=ctx.stopping)  # type: ignore[arg-type]  # a union is no type[E]
 
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for puller in lanes:
-                tg.create_task(take(puller))
-    finally:
-        web.stopping.set()  # log tails end
-        hub.close()  # open streams end, so the server's shutdown does not wait on them
-        server.should_exit = True
-        await server.shutdown(sockets=[sock])
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigurationError(f"cannot listen on {host}:{port} ([web] listen): {exc.strerror}") from None
-    sock.listen(256)
-    sock.setblocking(False)
-    return sock
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for puller in lanes:
+                    tg.create_task(take(puller))
+        finally:
+            web.stopping.set()  # log tails end
+            hub.close()  # open streams end, so the server's shutdown does not wait on them

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 
 import nats.errors
 import nats.js.errors
-import uvicorn
 from nats.js.api import Header
 
+from clawden import httpserve
 from clawden.bus import subjects, webhooks
 from clawden.config import Config
 from clawden.natsauth import webhook_routes
@@ -24,10 +23,7 @@ SECRETS = {"meta": ("app_secret", "verify_token")}
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = (listen or DEFAULT_LISTEN).rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigurationError(f"[webhooks] listen = {listen!r}: expected host:port, e.g. {DEFAULT_LISTEN!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return httpserve.parse_listen(listen, DEFAULT_LISTEN, "webhooks")
 
 
 def read_route_secret(cfg: Config, channel: str, key: str, environ: dict[str, str] | None = None) -> str | None:
@@ -95,46 +91,17 @@ async def main(ctx: ServiceContext) -> None:
         ),
     )
     ctx.stats["webhooks"] = door.counters.__dict__
-    sock = bind(host, port)
-    config = uvicorn.Config(
+    sock = httpserve.bind(host, port, "webhooks", backlog=1024)
+    async with httpserve.serving(
         door,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        server_header=False,
+        sock,
         date_header=False,
-        timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
         h11_max_incomplete_event_size=16 * 1024,
         limit_concurrency=1000,
-        http="h11",
-        ws="none",
-        proxy_headers=False,
-        interface="asgi3",
-    )
-    # Server.serve() would take SIGTERM from the runtime; its startup and shutdown are driven here instead.
-    config.load()
-    server = uvicorn.Server(config)
-    server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])
-    await ctx.ready(f"webhooks on {host}:{port}: {', '.join(f'/hooks/{c}' for c in routes) or 'no routes'}")
-    log.info("listening on http://%s:%d for %s", host, port, ", ".join(f"/hooks/{c}" for c in routes) or "nothing yet")
-    try:
+    ):
+        await ctx.ready(f"webhooks on {host}:{port}: {', '.join(f'/hooks/{c}' for c in routes) or 'no routes'}")
+        log.info(
+            "listening on http://%s:%d for %s", host, port, ", ".join(f"/hooks/{c}" for c in routes) or "nothing yet"
+        )
         await ctx.stopping.wait()
-    finally:
-        server.should_exit = True
-        await server.shutdown(sockets=[sock])
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigurationError(f"cannot listen on {host}:{port} ([webhooks] listen): {exc.strerror}") from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
