@@ -15,7 +15,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 from urllib.parse import unquote_to_bytes
@@ -323,7 +323,27 @@ class LeakFound(Exception):
         self.secret = secret
 
 
-class LeakScanner:
+class _HeldBack:
+    """A streamed body rewritten chunk by chunk: the last `_keep` bytes of what has come are held back
+    until the next chunk (or `flush`) shows whether they start something to rewrite."""
+
+    _keep = 0
+    _tail = b""
+    _rewrite: Callable[[bytes], bytes]  # what the subclass does to a window of the stream
+
+    def feed(self, chunk: bytes) -> bytes:
+        """What of the held bytes and ``chunk`` may go now, rewritten."""
+        window = self._rewrite(self._tail + chunk)
+        cut = max(0, len(window) - self._keep)
+        self._tail = window[cut:]
+        return window[:cut]
+
+    def flush(self) -> bytes:
+        rest, self._tail = self._tail, b""
+        return rest
+
+
+class LeakScanner(_HeldBack):
     """Scans a streamed body for stored values that must not go where it goes.
 
     A value sent as it is gets redacted in place (same length, so the framing holds): a conversation
@@ -343,18 +363,7 @@ class LeakScanner:
     def __bool__(self) -> bool:
         return bool(self._needles)
 
-    def feed(self, chunk: bytes) -> bytes:
-        """What of ``self``'s held bytes and ``chunk`` may go now, redacted."""
-        window = self._scan(self._tail + chunk)
-        cut = max(0, len(window) - self._keep)
-        self._tail = window[cut:]
-        return window[:cut]
-
-    def flush(self) -> bytes:
-        rest, self._tail = self._tail, b""
-        return rest
-
-    def _scan(self, window: bytes) -> bytes:
+    def _rewrite(self, window: bytes) -> bytes:
         for name, value in self._needles:
             if value in window:
                 window = window.replace(value, (REDACTED + b"*" * len(value))[: len(value)])
@@ -366,7 +375,7 @@ class LeakScanner:
         return window
 
 
-class EchoScrubber:
+class EchoScrubber(_HeldBack):
     """Turns a value the gateway put into the request's path back into the agent's placeholder in the
     response (a redirect's Location, an error body quoting the path), plain or percent-encoded, so the
     value never reaches the agent. A streamed body keeps its last bytes back, as many as the longest
@@ -388,15 +397,8 @@ class EchoScrubber:
             data = data.replace(form, placeholder)
         return data
 
-    def feed(self, chunk: bytes) -> bytes:
-        window = self.scrub(self._tail + chunk)
-        cut = max(0, len(window) - self._keep)
-        self._tail = window[cut:]
-        return window[:cut]
-
-    def flush(self) -> bytes:
-        rest, self._tail = self._tail, b""
-        return rest
+    def _rewrite(self, window: bytes) -> bytes:
+        return self.scrub(window)
 
 
 def _echo_forms(value: bytes) -> set[bytes]:
