@@ -114,6 +114,10 @@ class Store(outbox.OutboxStore):
                 self._decide(request.id, "expired", "", "", "it had expired before it arrived", now)
                 return Step("expired")
             self._send_card(request, card, card_id, delivery, now)
+            if not card.buttons:  # a notice (a rate limit tripped): nothing to decide, nothing to expire or edit
+                db.execute("UPDATE approvals SET edited = 1 WHERE id = ?", (request.id,))
+                self._decide(request.id, "answered", DECIDER, "", "a notice: nothing to decide", now)
+                return Step("notice")
             return Step("sent")
 
     def _new_card_id(self) -> str:

@@ -262,3 +262,16 @@ def test_events_queued_before_the_kernel_outbox_are_still_published_in_order(tmp
     assert [(r.lane, r.subject, r.msg_id) for r in rows] == [("", "s0", "m0"), ("", "s1", "m1"), ("", "s2", "m2")]
     assert drain(store) == events and store.outgoing() == []
     store.close()
+
+
+def test_a_card_with_nothing_to_press_is_a_notice_that_never_waits_expires_or_is_edited(store: Store) -> None:
+    notice = msgspec.structs.replace(
+        request(), card=ev.Card(title="Agent main hit the rate limit r", body="…"), context={"rule": "r"}
+    )
+    assert store.add_request(notice, [OWNER], 1000).result == "notice"
+    card, settled = drain(store)
+    assert isinstance(card, ev.OutboundMessage) and card.card is not None and card.card.buttons == ()
+    assert isinstance(settled, ev.ApprovalDecision) and settled.decision == "answered"
+    assert store.list("pending") == [] and store.expire_due(2000) == 0
+    store.receipt(ev.DeliveryReceipt(outbound_id=card.id, route=card.route, ok=True, platform_message_id="m5"), 1001)
+    assert drain(store) == []  # no "Expired" or "Answered" line is added to a notice
