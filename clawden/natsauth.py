@@ -34,7 +34,9 @@ WEB_CALLS = (
     "router.chats",
     "router.wirings",
     "router.groups",
-    "router.roles",  # who is signed in: every page is scoped by it (services/web/scope.py)
+    # who is signed in: every page is scoped by it (services/web/scope.py). Never `router.roles`, whose
+    # subject also grants and revokes: a web service taken over could make itself owner.
+    "router.standing",
     "router.members",
     "router.sessions",
     "router.dropped",

@@ -38,6 +38,7 @@ from clawden.bus.ctl.router import (
     PairCreate,
     RoleGrant,
     RoleRevoke,
+    StandingGet,
     UsersUnregistered,
     WiringCreate,
     WiringDelete,
@@ -477,6 +478,14 @@ class Control:
             scope = f" of {req.agent_group}" if req.agent_group else ""
             raise RouterError(f"{req.user_id} is not {req.role}{scope}")
         return api.RoleRevoked(user_id=req.user_id, role=req.role, agent_group=req.agent_group, revoked=True)
+
+    def _standing_get(self, req: StandingGet) -> api.Standing:
+        roles = self.store.roles
+        owner, admin, groups = roles.standing(req.user_id)
+        first = roles.owners[0] if roles.owners else ""
+        return api.Standing(
+            user_id=req.user_id, owner=owner, admin=admin, agent_groups=sorted(groups), first_owner=first
+        )
 
     def _members_list(self, req: GroupFilter) -> list[api.Member]:
         query = "SELECT user_id, agent_group, added_by, added_at FROM members"

@@ -82,11 +82,12 @@ class Backend:
 
     async def scope(self, user: str) -> scope.Scope:
         """Asked for every page and every POST, so a role granted or revoked counts at once."""
-        return scope.of(user, await self.roles())
+        return scope.of(await self.standing(user))
 
-    async def roles(self) -> list[router_ctl.Role]:
-        roles: list[router_ctl.Role] = await self._ask(router_ctl.ROLES_LIST, router_ctl.ListAll(limit=10_000))
-        return roles
+    async def standing(self, user: str = "") -> router_ctl.Standing:
+        """The router's read-only answer on one person (and the install's first owner). Never `roles`: that
+        subject also grants and revokes, and this identity may not call it."""
+        return await self._ask(router_ctl.STANDING, router_ctl.StandingGet(user_id=user))
 
     async def changed(self, user: str, kind: str, summary: str, **fields: str) -> None:
         """Every change made from the web: an audit event naming the signed-in person, and a log line."""

@@ -1,6 +1,6 @@
-"""What a signed-in person may see and change, decided without I/O from the router's role grants: an owner or a
-global admin everything, an admin of some agent groups those groups only, anyone else nothing on the dashboard.
-Every page filters by it and every POST is checked against it before anything is asked of another service."""
+"""What a signed-in person may see and change, decided without I/O from the router's word on who they are: an
+owner or a global admin everything, an admin of some agent groups those groups only, anyone else nothing on the
+dashboard. Every page filters by it and every POST is checked against it before anything is asked of another service."""
 
 from __future__ import annotations
 
@@ -70,18 +70,12 @@ def refusal(scope: Scope, group: str) -> str:
     return f"refused: agent group {group} is not one you administer; {mine(scope)}"
 
 
-def of(user: str, roles: Iterable[router_ctl.Role]) -> Scope:
-    """The router's grants (`clawden roles`) for this user: `owner`, `admin` of every group (no agent group),
-    or `admin` of one group."""
-    owner = every = False
-    groups: set[str] = set()
-    for role in roles:
-        if role.user_id != user:
-            continue
-        if role.role == "owner":
-            owner = True
-        elif role.agent_group:
-            groups.add(role.agent_group)
-        else:
-            every = True
-    return Scope(user=user, owner=owner, everything=owner or every, groups=frozenset(groups))
+def of(standing: router_ctl.Standing) -> Scope:
+    """The router's word on this user (`clawden.ctl.router.standing`, the grants `clawden roles` makes): `owner`,
+    `admin` of every group, or `admin` of some groups."""
+    return Scope(
+        user=standing.user_id,
+        owner=standing.owner,
+        everything=standing.owner or standing.admin,
+        groups=frozenset(standing.agent_groups),
+    )

@@ -59,13 +59,12 @@ class Logins:
 
     async def owner(self) -> str:
         try:
-            roles = await self.backend.roles()
+            first = (await self.backend.standing()).first_owner
         except BackendError as exc:
             raise ControlError(f"cannot ask the router who the owner is: {exc}") from None
-        owners = [r.user_id for r in roles if r.role == "owner"]
-        if not owners:
+        if not first:
             raise ControlError("this install has no owner yet: pair one (`clawden pair <channel>`) or give --user")
-        return owners[0]
+        return first
 
 
 async def main(ctx: ServiceContext) -> None:

@@ -76,6 +76,28 @@ def test_roles_and_members_are_granted_and_revoked(control: Control) -> None:
     assert call(control, "approvers", op="get", agent_group="main")["approvers"] == ["local:alice"]
 
 
+def test_standing_says_read_only_what_one_person_administers_and_who_the_first_owner_is(control: Control) -> None:
+    call(control, "groups", op="create", name="work")
+    call(control, "roles", op="grant", user_id="web:cy", role="admin", agent_group="work")
+    call(control, "roles", op="grant", user_id="web:cy", role="admin", agent_group="main")
+    call(control, "roles", op="grant", user_id="web:bob", role="admin")
+    call(control, "roles", op="grant", user_id="web:ada", role="owner")
+    cy = call(control, "standing", op="get", user_id="web:cy")
+    assert (cy["owner"], cy["admin"], cy["agent_groups"]) == (False, False, ["main", "work"])
+    assert call(control, "standing", op="get", user_id="web:bob")["admin"] is True
+    ada = call(control, "standing", op="get", user_id="web:ada")
+    assert (ada["owner"], ada["first_owner"]) == (True, "local:alice")  # granted later than the install's owner
+    nobody = call(control, "standing", op="get")
+    assert (nobody["user_id"], nobody["owner"], nobody["agent_groups"], nobody["first_owner"]) == (
+        "",
+        False,
+        [],
+        "local:alice",
+    )
+    with pytest.raises(ctl.BadRequest, match="op"):  # nothing but `get` at this subject: no grant sneaks in
+        ask(control, "standing", {"op": "grant", "user_id": "web:eve", "role": "owner"})
+
+
 def test_an_invite_is_admitted_by_the_chats_unknown_sender_policy_and_a_refusal_is_dropped(control: Control) -> None:
     call(control, "members", op="add", agent_group="main", user_id="matrix:@ada:x")
     call(control, "chats", op="create", channel="matrix", chat_id="!strict", policy="strict")

@@ -9,17 +9,21 @@ from clawden.bus.ctl import router as router_ctl
 from services.web import scope
 
 
-def role(user: str, name: router_ctl.RoleName, group: str = "") -> router_ctl.Role:
-    return router_ctl.Role(user_id=user, role=name, agent_group=group, granted_by="cli", granted_at=0.0)
+def standing(user: str, *groups: str, owner: bool = False, admin: bool = False) -> router_ctl.Standing:
+    return router_ctl.Standing(user_id=user, owner=owner, admin=admin, agent_groups=list(groups), first_owner="web:ada")
 
 
-ROLES = [
-    role("web:ada", "owner"),
-    role("web:bob", "admin"),
-    role("web:cy", "admin", "a"),
-    role("web:cy", "admin", "c"),
-    role("web:dee", "admin", "b"),
-]
+# as the router answers `standing` for each (tests/router/test_control.py derives it from grants)
+STANDINGS = {
+    "web:ada": standing("web:ada", owner=True),
+    "web:bob": standing("web:bob", admin=True),
+    "web:cy": standing("web:cy", "a", "c"),
+    "web:eve": standing("web:eve"),
+}
+
+
+def of(user: str) -> scope.Scope:
+    return scope.of(STANDINGS[user])
 
 
 @pytest.mark.parametrize(
@@ -31,8 +35,8 @@ ROLES = [
         ("web:eve", False, False, set()),
     ],
 )
-def test_standing_comes_from_the_users_own_grants(user: str, owner: bool, everything: bool, groups: set[str]) -> None:
-    found = scope.of(user, ROLES)
+def test_the_scope_is_the_routers_word_on_the_user(user: str, owner: bool, everything: bool, groups: set[str]) -> None:
+    found = of(user)
     assert (found.owner, found.everything, set(found.groups)) == (owner, everything, groups)
     assert found.admin == (everything or bool(groups))
 
@@ -50,7 +54,7 @@ def test_standing_comes_from_the_users_own_grants(user: str, owner: bool, everyt
     ],
 )
 def test_an_admin_sees_only_the_groups_they_administer(user: str, group: str, sees: bool) -> None:
-    assert scope.of(user, ROLES).sees(group) is sees
+    assert of(user).sees(group) is sees
 
 
 @pytest.mark.parametrize(
@@ -67,14 +71,14 @@ def test_an_admin_sees_only_the_groups_they_administer(user: str, group: str, se
 def test_a_thing_shared_by_groups_is_shown_if_any_is_ours_and_changed_only_if_all_are(
     groups: list[str], sees_any: bool, owns_all: bool
 ) -> None:
-    cy = scope.of("web:cy", ROLES)
+    cy = of("web:cy")
     assert (cy.sees_any(groups), cy.owns_all(groups)) == (sees_any, owns_all)
-    owner = scope.of("web:ada", ROLES)
+    owner = of("web:ada")
     assert owner.sees_any(groups) and owner.owns_all(groups)
 
 
 def test_refusals_say_what_was_asked_and_what_the_person_administers() -> None:
-    cy = scope.of("web:cy", ROLES)
+    cy = of("web:cy")
     cy.need("a")
     cy.need_all(["a", "c"], "x")
     with pytest.raises(scope.OutOfScope, match="agent group b is not one you administer; web:cy administers a, c"):
@@ -84,9 +88,9 @@ def test_refusals_say_what_was_asked_and_what_the_person_administers() -> None:
     with pytest.raises(scope.OutOfScope, match="the logs is for owners and admins of every agent group"):
         cy.need_everything("the logs")
     cy.need_admin("the dashboard")
-    nobody = scope.of("web:eve", ROLES)
+    nobody = of("web:eve")
     with pytest.raises(scope.OutOfScope, match="the dashboard is for owners and admins; web:eve is neither"):
         nobody.need_admin("the dashboard")
     with pytest.raises(scope.OutOfScope, match="web:eve is neither an owner nor an admin"):
         nobody.need_all([], "the dashboard")
-    scope.of("web:bob", ROLES).need_everything("the logs")
+    of("web:bob").need_everything("the logs")

@@ -157,6 +157,13 @@ class RoleRevoke(Op, tag="revoke", frozen=True):
     agent_group: str = ""
 
 
+class StandingGet(Op, tag="get", frozen=True):
+    """What one person may administer, read-only: a subject of its own, so an identity that must know who is
+    signed in (the web) need not be allowed the `roles` subject, where grants and revokes are made."""
+
+    user_id: str = ""  # none: only the install's first owner is asked for
+
+
 class GroupFilter(Op, tag="list", frozen=True):
     agent_group: str = ""
     limit: int = 200
@@ -327,6 +334,14 @@ class RoleRevoked(Reply, frozen=True):
     revoked: bool
 
 
+class Standing(Reply, frozen=True):
+    user_id: str
+    owner: bool
+    admin: bool  # of every agent group
+    agent_groups: list[str]  # the groups they are an admin of, by name
+    first_owner: str  # the install's first owner ("" before one is paired)
+
+
 class Member(Reply, frozen=True):
     user_id: str
     agent_group: str
@@ -423,6 +438,7 @@ USERS_UNREGISTERED = declare(SERVICE, "users", UsersUnregistered, list[Unregiste
 ROLES_LIST = declare(SERVICE, "roles", ListAll, list[Role])
 ROLES_GRANT = declare(SERVICE, "roles", RoleGrant, RoleGranted)
 ROLES_REVOKE = declare(SERVICE, "roles", RoleRevoke, RoleRevoked)
+STANDING = declare(SERVICE, "standing", StandingGet, Standing)
 MEMBERS_LIST = declare(SERVICE, "members", GroupFilter, list[Member])
 MEMBERS_ADD = declare(SERVICE, "members", MemberAdd, MemberAdded)
 MEMBERS_REMOVE = declare(SERVICE, "members", MemberRemove, MemberRemoved)
