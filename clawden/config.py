@@ -83,6 +83,9 @@ class VaultConfig(msgspec.Struct, frozen=True, kw_only=True):
     # "host:port" for the TCP listener with per-group proxy tokens (engines where sockets cannot
     # cross into containers); empty: off.
     tcp_listen: str = ""
+    # "host:port" (or ":port", loopback) for the OneCLI-shaped HTTP API (services/vault/api.py); empty: off.
+    # A non-loopback host is used only when written here, and the vault says so when it starts.
+    api_listen: str = ""
 
 
 class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -121,6 +121,8 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
         "vault": Grant(
             publishes=(subjects.APPROVAL_REQUEST, f"{subjects.PREFIX}.event.vault.>"),
             subscribes=(f"{subjects.PREFIX}.approval.decision.>",),
+            # The HTTP API's approvals (services/vault/api.py): listed and decided by the approvals service.
+            calls=("approvals.list", "approvals.show", "approvals.decide"),
             manages_streams=True,
         ),
     }

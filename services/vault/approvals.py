@@ -9,6 +9,7 @@ anything that looks like a credential blanked out; never a header.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -234,3 +235,48 @@ class BusApprover:
                 await sub.unsubscribe()
             except Exception as exc:  # the connection is gone; the subscription went with it
                 log.debug("unsubscribing approval %s: %s", ask.id, exc)
+
+
+class HeldAsks:
+    """The asks the gateway is waiting on, for the HTTP API's long-poll (`GET /v1/approvals/pending`).
+
+    Wraps the approver: an ask is held from before it is published until its outcome, and every change
+    wakes the waiters, so a long-poll answers the moment something is held, not on a timer."""
+
+    def __init__(self, inner: Approver) -> None:
+        self.inner = inner
+        self.asks: dict[str, ApprovalAsk] = {}
+        self.created: dict[str, float] = {}
+        self.version = 0  # counts changes: a waiter names the one it saw, so none is missed between looks
+        self._changed = asyncio.Condition()
+
+    async def ask(self, ask: ApprovalAsk) -> Outcome:
+        await self._change(ask.id, ask)
+        try:
+            return await self.inner.ask(ask)
+        finally:
+            await self._change(ask.id, None)
+
+    async def tell_limit(self, trip: LimitTrip) -> None:
+        await self.inner.tell_limit(trip)
+
+    async def _change(self, id: str, ask: ApprovalAsk | None) -> None:
+        async with self._changed:
+            if ask is None:
+                self.asks.pop(id, None)
+                self.created.pop(id, None)
+            else:
+                self.asks[id] = ask
+                self.created[id] = time.time()
+            self.version += 1
+            self._changed.notify_all()
+
+    async def wait_past(self, version: int, timeout: float) -> bool:
+        """True once the held asks change after ``version``; False when ``timeout`` (the long-poll's bound)
+        ends first."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.version != version), timeout)
+            except TimeoutError:
+                return False
+            return True

@@ -4,15 +4,20 @@ behind `clawden secrets|rules|audit|egress`."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import re
 import secrets as tokens
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from clawden import httpserve
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.bus.ctl import Nothing
@@ -21,7 +26,7 @@ from clawden.config import Config
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
 from clawden.sdnotify import Notifier
 from clawden.vaultfiles import CA_CERT, CA_KEY, SOCKET_NAME, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
-from services.vault.approvals import BusApprover
+from services.vault.approvals import BusApprover, HeldAsks
 from services.vault.audit import AuditLog, AuditRecord
 from services.vault.catalog import (
     GROUP,
@@ -39,6 +44,7 @@ from services.vault.catalog import (
 from services.vault.certs import CertificateAuthority, write_trust_files
 from services.vault.gateway import Gateway, token_hash
 from services.vault.ratecounts import RateCounts
+from services.vault.refusals import Conflict, NotFound
 from services.vault.sealing import Sealer, SealError, load_key
 from services.vault.sigv4 import compact_keys
 from services.vault.store import Store
@@ -50,6 +56,17 @@ PRUNE_EVERY = 3600.0
 # assistant can answer at all: "missing", or the names of the model secrets.
 MODEL_KEY_FIELD = "x_clawden_model_key"
 NO_MODEL_KEY = "missing"
+API_KEY_PREFIX = "oc_"  # OneCLI's project keys look so; a client that checks the shape is satisfied
+API_KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+Announce = Callable[[ev.AuditEvent], Awaitable[None]]
+
+
+def api_key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def _nobody(_event: ev.AuditEvent) -> None:
+    return None
 
 
 def model_credential(cfg: Config) -> tuple[str, str]:
@@ -75,8 +92,10 @@ class Vault:
         ca: CertificateAuthority,
         gateway: Gateway,
         notifier: Notifier | None = None,
+        announce: Announce = _nobody,
     ) -> None:
         self.cfg = cfg
+        self.announce = announce  # audit events of changes made through the API or to its keys
         self.notifier = notifier
         self.store = store
         self.sealer = sealer
@@ -224,7 +243,7 @@ class Vault:
         except CatalogError as exc:
             raise ControlError(str(exc)) from None
         if not request.replace and any(s.name == secret.name for s, _ in await self.store.run(self.store.secrets)):
-            raise ControlError(
+            raise Conflict(
                 f"a secret named {secret.name} exists; add --replace to replace it (its value, host and grants)"
             )
         sealed = self.sealer.seal(value, f"secret:{secret.name}")
@@ -247,7 +266,7 @@ class Vault:
         name = request.name
         removed = await self.store.run(self.store.remove_secret, name)
         if not removed:
-            raise ControlError(f"no secret named {name!r}")
+            raise NotFound(f"no secret named {name!r}")
         await self.refresh()
         log.info("secret %s removed", name)
         return api.Removed(removed=name)
@@ -285,7 +304,7 @@ class Vault:
             )
         )
         if not await self.store.run(self.store.add_rule, rule):
-            raise ControlError(f"a rule named {rule.name!r} exists; change it with `clawden rules update`")
+            raise Conflict(f"a rule named {rule.name!r} exists; change it with `clawden rules update`")
         await self.refresh()
         log.info("rule %s added: %s %s%s", rule.name, rule.action, rule.host_pattern, rule.path_pattern)
         return api.RuleAdded(rule=_rule(rule))
@@ -293,7 +312,7 @@ class Vault:
     async def _rule_named(self, name: str) -> Rule:
         rule = await self.store.run(self.store.rule, name)
         if rule is None:
-            raise ControlError(f"no rule named {name!r}")
+            raise NotFound(f"no rule named {name!r}")
         return rule
 
     async def on_rules_get(self, request: api.Named) -> api.RuleReply:
@@ -329,7 +348,7 @@ class Vault:
     async def on_rules_remove(self, request: api.Named) -> api.Removed:
         name = request.name
         if not await self.store.run(self.store.remove_rule, name):
-            raise ControlError(f"no rule named {name!r}")
+            raise NotFound(f"no rule named {name!r}")
         await self.refresh()
         return api.Removed(removed=name)
 
@@ -365,6 +384,72 @@ class Vault:
         else:
             token = self.sealer.open(sealed, f"proxy-token:{group}")
         return api.ProxyToken(agent_group=group, proxy_url=f"http://{group}:{token}@{self.cfg.vault.tcp_listen}")
+
+    # -- the HTTP API's keys and agents (services/vault/api.py serves them) --
+
+    async def on_api_keys_create(self, request: api.Named) -> api.ApiKeyCreated:
+        """A new key, shown in this reply only: vault.db keeps its sha256."""
+        name = request.name
+        if not API_KEY_NAME.match(name):
+            raise ControlError(f"{name!r}: a key's name is letters, digits, '.', '_' or '-' (at most 64)")
+        key = API_KEY_PREFIX + tokens.token_hex(32)
+        now = time.time()
+        if not await self.store.run(self.store.add_api_key, name, api_key_hash(key), key[:8], now):
+            raise Conflict(f"an API key named {name!r} exists (revoked keys keep their names)")
+        log.info("API key %s created", name)
+        await self.audit_change("cli", "api-key-created", f"API key {name} created", key=name)
+        return api.ApiKeyCreated(info=api.ApiKeyInfo(name=name, prefix=key[:8], created_at=now), key=key)
+
+    async def on_api_keys_list(self, _request: Nothing) -> api.ApiKeys:
+        return api.ApiKeys(keys=msgspec.convert(await self.store.run(self.store.api_keys), list[api.ApiKeyInfo]))
+
+    async def on_api_keys_revoke(self, request: api.Named) -> api.ApiKeyInfo:
+        """The key is refused from the next request on: every request looks its hash up in vault.db."""
+        row = await self.store.run(self.store.revoke_api_key, request.name, time.time())
+        if row is None:
+            raise NotFound(f"no API key named {request.name!r} (see `clawden api-keys list`)")
+        log.info("API key %s revoked", request.name)
+        await self.audit_change("cli", "api-key-revoked", f"API key {request.name} revoked", key=request.name)
+        return msgspec.convert(row, api.ApiKeyInfo)
+
+    async def api_key_user(self, key: str) -> str | None:
+        """The name of the live API key ``key`` is, or None."""
+        return await self.store.run(self.store.api_key_user, api_key_hash(key), time.time())
+
+    async def add_api_agent(self, identifier: str, name: str) -> dict[str, Any]:
+        """An agent for a third-party orchestrator: its group gets a name and a proxy token for the TCP listener."""
+        if not ev.GROUP_NAME.match(identifier):
+            raise ControlError(f"bad agent group name {identifier!r}")
+        token = f"clp_{tokens.token_hex(24)}"
+        now = time.time()
+        sealed = self.sealer.seal(token, f"proxy-token:{identifier}")
+        if not await self.store.run(self.store.add_api_agent, identifier, name, sealed, now):
+            raise Conflict(f"an agent with identifier {identifier!r} exists")
+        await self.refresh()
+        log.info("agent %s (%s) created through the API", identifier, name)
+        return {"identifier": identifier, "name": name, "created_at": now}
+
+    async def api_agents(self) -> list[dict[str, Any]]:
+        return await self.store.run(self.store.api_agents)
+
+    async def proxy_url(self, group: str) -> str:
+        """The proxy URL (with its token) an agent group's container uses through the TCP listener."""
+        return (await self.on_proxy_token(api.GroupRequest(agent_group=group))).proxy_url
+
+    async def audit_change(self, actor: str, kind: str, summary: str, **fields: str) -> None:
+        """A change made through the API (or to its keys): a log line and an AuditEvent naming who made it."""
+        log.info("audit: %s by %s", summary, actor, extra={"actor": actor})
+        event = ev.AuditEvent(
+            service="vault",
+            kind=kind,
+            at=time.time(),
+            summary=f"{summary} (by {actor})",
+            fields={"actor": actor, **fields},
+        )
+        try:
+            await self.announce(event)
+        except Exception as exc:  # the change is made and logged; the bus copy is lost, and that is said
+            log.error("cannot publish the audit event of %s: %s", summary, exc)
 
 
 def _secret(secret: Secret | None) -> api.SecretInfo:
@@ -439,6 +524,7 @@ async def main(ctx: ServiceContext) -> None:
     # A restart must not forgive a daily cap.
     rates = RateCounts(lambda counts, now: store.run(store.save_rate_counts, counts, now))
     rates.load(await store.run(store.rate_counts, time.time()))
+    held = HeldAsks(BusApprover(ctx.nc, ctx.js))  # what the HTTP API's long-poll shows
     gateway = Gateway(
         cfg.model.upstream,
         ca=ca,
@@ -446,12 +532,12 @@ async def main(ctx: ServiceContext) -> None:
         extra_ca_file=cfg.vault.extra_ca_file or None,
         host_map=cfg.vault.host_map,
         audit=audit,
-        approver=BusApprover(ctx.nc, ctx.js),
+        approver=held,
         rate_counts=rates,
         approval_timeout=cfg.vault.approval_timeout,
         read_timeout=cfg.vault.read_timeout,
     )
-    vault = Vault(cfg, store, sealer, ca, gateway, ctx.notifier)
+    vault = Vault(cfg, store, sealer, ca, gateway, ctx.notifier, announce=lambda e: _publish_change(ctx, e))
     await store.run(vault.bootstrap_model_key)
     await vault.refresh()
     last_flush = asyncio.Event()
@@ -485,11 +571,15 @@ async def main(ctx: ServiceContext) -> None:
             await ctx.endpoint(api.EGRESS, vault.on_egress)
             await ctx.endpoint(api.PROXY_TOKEN, vault.on_proxy_token)
             await ctx.endpoint(api.MODEL_KEY, vault.on_model_key)
+            await ctx.endpoint(api.API_KEYS_CREATE, vault.on_api_keys_create)
+            await ctx.endpoint(api.API_KEYS_LIST, vault.on_api_keys_list)
+            await ctx.endpoint(api.API_KEYS_REVOKE, vault.on_api_keys_revoke)
             ctx.stats["audit"] = audit.stats
             ctx.stats["rates"] = rates.stats
-            await ctx.ready(f"vault: {len(vault.listening)} gateways, CA sha256 {ca.fingerprint[:16]}")
-            vault.tell_model_key(gateway.catalog)  # after READY, so it is the status systemd keeps showing
-            await ctx.stopping.wait()
+            async with _serving_api(ctx, vault, held):
+                await ctx.ready(f"vault: {len(vault.listening)} gateways, CA sha256 {ca.fingerprint[:16]}")
+                vault.tell_model_key(gateway.catalog)  # after READY, so it is the status systemd keeps showing
+                await ctx.stopping.wait()
             await gateway.close()  # requests in flight end (and are recorded) before the last flush
             last_flush.set()
     finally:
@@ -497,6 +587,28 @@ async def main(ctx: ServiceContext) -> None:
         await gateway.close()
         await rates.flush()  # a no-op after a clean stop; after a failure, what can still be saved
         await store.stop()
+
+
+@asynccontextmanager
+async def _serving_api(ctx: ServiceContext, vault: Vault, held: HeldAsks) -> AsyncIterator[None]:
+    """The HTTP API on `[vault] api_listen` while the block runs; nothing when it is empty."""
+    listen = ctx.config.vault.api_listen
+    if not listen:
+        yield
+        return
+    from services.vault import api as http_api  # it names Vault: imported once both exist
+
+    host, port = http_api.api_address(listen)
+    if not http_api.is_loopback(host):
+        log.warning("the vault's HTTP API listens on %s, not loopback ([vault] api_listen): keys guard it", host)
+    sock = http_api.bind(host, port)
+    async with httpserve.serving(http_api.build(http_api.Api(vault, held, ctx.nc)), sock, timeout_graceful_shutdown=3):
+        log.info("HTTP API on http://%s:%d (OneCLI's v1 paths)", host if ":" not in host else f"[{host}]", port)
+        yield
+
+
+async def _publish_change(ctx: ServiceContext, event: ev.AuditEvent) -> None:
+    await ctx.nc.publish(subjects.event("vault", event.kind), ev.encode(event))
 
 
 async def _publish_audit(ctx: ServiceContext, record: AuditRecord) -> None:

@@ -103,6 +103,21 @@ MIGRATIONS: list[tuple[str, str]] = [
     ALTER TABLE rules ADD COLUMN large_body TEXT;
     """,
     ),
+    (
+        "0004_api_keys_and_agents",
+        """
+    CREATE TABLE IF NOT EXISTS api_keys (
+        name TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        revoked_at REAL,
+        last_used_at REAL
+    );
+    ALTER TABLE groups ADD COLUMN api_name TEXT;
+    ALTER TABLE groups ADD COLUMN api_created_at REAL;
+    """,
+    ),
 ]
 _conditions = msgspec.json.Decoder(tuple[Condition, ...])
 
@@ -330,6 +345,67 @@ class Store(servicedb.Store):
                 "SELECT agent_group, proxy_token_sealed FROM groups WHERE proxy_token_sealed IS NOT NULL"
             )
         }
+
+    # -- the HTTP API's keys (only their sha256 is kept) and agents --
+
+    def add_api_key(self, name: str, sha256: str, prefix: str, now: float) -> bool:
+        """False when a key of that name exists (revoked or not: a name means one key in the audit)."""
+        try:
+            self.conn.execute(
+                "INSERT INTO api_keys (name, sha256, prefix, created_at) VALUES (?, ?, ?, ?)",
+                (name, sha256, prefix, now),
+            )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def api_keys(self) -> list[dict[str, Any]]:
+        return [
+            dict(row)
+            for row in self._rows(
+                "SELECT name, prefix, created_at, revoked_at, last_used_at FROM api_keys ORDER BY created_at, name"
+            )
+        ]
+
+    def revoke_api_key(self, name: str, now: float) -> dict[str, Any] | None:
+        """The key after revoking it (a revoked key stays revoked at its first time); None when there is none."""
+        self.conn.execute("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
+        return next((k for k in self.api_keys() if k["name"] == name), None)
+
+    def api_key_user(self, sha256: str, now: float) -> str | None:
+        """The name of the live key with this hash, marked used; None for an unknown or revoked key."""
+        row = self.conn.execute(
+            "SELECT name FROM api_keys WHERE sha256 = ? AND revoked_at IS NULL", (sha256,)
+        ).fetchone()
+        if row is None:
+            return None
+        self.conn.execute("UPDATE api_keys SET last_used_at = ? WHERE name = ?", (now, row["name"]))
+        return str(row["name"])
+
+    def add_api_agent(self, group: str, name: str, sealed_token: str, now: float) -> bool:
+        """An agent made through the API: its group gets a name and a proxy token. False when it has one."""
+        with self._tx():
+            row = self.conn.execute("SELECT api_name FROM groups WHERE agent_group = ?", (group,)).fetchone()
+            if row is not None and row["api_name"] is not None:
+                return False
+            self.conn.execute(
+                """INSERT INTO groups (agent_group, proxy_token_sealed, api_name, api_created_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (agent_group) DO UPDATE SET
+                       proxy_token_sealed = coalesce(groups.proxy_token_sealed, excluded.proxy_token_sealed),
+                       api_name = excluded.api_name, api_created_at = excluded.api_created_at""",
+                (group, sealed_token, name, now),
+            )
+        return True
+
+    def api_agents(self) -> list[dict[str, Any]]:
+        """The agents made through the API: identifier (the agent group), name, created_at."""
+        return [
+            dict(row)
+            for row in self._rows(
+                """SELECT agent_group AS identifier, api_name AS name, api_created_at AS created_at
+                   FROM groups WHERE api_name IS NOT NULL ORDER BY api_created_at, agent_group"""
+            )
+        ]
 
     # -- audit --
 

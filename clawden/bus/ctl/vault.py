@@ -207,6 +207,28 @@ class ModelKey(Reply, frozen=True):
     secrets: list[str]
 
 
+class ApiKeyInfo(Reply, frozen=True):
+    """A key of the HTTP API (`clawden api-keys`): never the key itself, only its first characters."""
+
+    name: str
+    prefix: str
+    created_at: float
+    revoked_at: float | None = None
+    last_used_at: float | None = None
+
+
+class ApiKeyCreated(Reply, frozen=True):
+    info: ApiKeyInfo
+    key: str  # shown once: the vault keeps only its sha256
+
+    def __repr__(self) -> str:
+        return f"ApiKeyCreated(name={self.info.name!r}, <key hidden>)"
+
+
+class ApiKeys(Reply, frozen=True):
+    keys: list[ApiKeyInfo]
+
+
 GATEWAY = declare(SERVICE, "gateway", GroupRequest, Gateway)
 SECRETS_ADD = declare(SERVICE, "secrets-add", AddSecret, SecretAdded)
 SECRETS_LIST = declare(SERVICE, "secrets-list", Nothing, Secrets)
@@ -223,3 +245,6 @@ AUDIT = declare(SERVICE, "audit", AuditQuery, Audit)
 EGRESS = declare(SERVICE, "egress", EgressRequest, EgressMode)
 PROXY_TOKEN = declare(SERVICE, "proxy-token", GroupRequest, ProxyToken)
 MODEL_KEY = declare(SERVICE, "model-key", Nothing, ModelKey)
+API_KEYS_CREATE = declare(SERVICE, "api-keys-create", Named, ApiKeyCreated)
+API_KEYS_LIST = declare(SERVICE, "api-keys-list", Nothing, ApiKeys)
+API_KEYS_REVOKE = declare(SERVICE, "api-keys-revoke", Named, ApiKeyInfo)
