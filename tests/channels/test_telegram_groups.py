@@ -12,6 +12,7 @@ from nats.js.api import Header
 
 from clawden.bus import connect, subjects
 from clawden.bus import events as ev
+from clawden.bus.ctl import router as router_ctl
 from tests.channels.harness import BridgeProcess, until
 from tests.fakes.telegram import FakeTelegram
 from tests.router.conftest import RouterProcess, collect
@@ -55,18 +56,17 @@ async def test_a_group_upgraded_to_a_supergroup_mid_conversation_keeps_its_sessi
     ada, bob = fake.user("Ada"), fake.user("Bob")
     family = fake.group("Family", supergroup=False)  # a basic group: an admin's change will upgrade it
     old_id = str(family["id"])
-    await router.call(
-        "chats",
-        op="create",
-        channel="telegram",
-        chat_id=old_id,
-        name="Family",
-        is_group=True,
-        policy="request_approval",
+    await router.ask(
+        router_ctl.CHATS_CREATE,
+        router_ctl.ChatCreate(
+            channel="telegram", chat_id=old_id, name="Family", is_group=True, policy="request_approval"
+        ),
     )
-    await router.call("wirings", op="create", channel="telegram", chat_id=old_id, agent_group="main")
-    await router.call("members", op="add", agent_group="main", user_id=f"telegram:{ada['id']}")
-    [owner] = [r["user_id"] for r in await router.call("roles", op="list")]
+    await router.ask(
+        router_ctl.WIRINGS_CREATE, router_ctl.WiringCreate(channel="telegram", chat_id=old_id, agent_group="main")
+    )
+    await router.ask(router_ctl.MEMBERS_ADD, router_ctl.MemberAdd(agent_group="main", user_id=f"telegram:{ada['id']}"))
+    [owner] = [r.user_id for r in await router.ask(router_ctl.ROLES_LIST, router_ctl.ListAll())]
     nc = await connect(router.url, "test")
     js = nc.jetstream()
     try:
@@ -110,16 +110,16 @@ async def test_an_anonymous_admin_and_a_channel_are_answered_not_dropped_as_bots
     ada = fake.user("Ada")
     family = fake.group("Family")
     news = fake.channel("Family News")
-    await router.call(
-        "chats",
-        op="create",
-        channel="telegram",
-        chat_id=str(family["id"]),
-        name="Family",
-        is_group=True,
-        policy="public",
+    await router.ask(
+        router_ctl.CHATS_CREATE,
+        router_ctl.ChatCreate(
+            channel="telegram", chat_id=str(family["id"]), name="Family", is_group=True, policy="public"
+        ),
     )
-    await router.call("wirings", op="create", channel="telegram", chat_id=str(family["id"]), agent_group="main")
+    await router.ask(
+        router_ctl.WIRINGS_CREATE,
+        router_ctl.WiringCreate(channel="telegram", chat_id=str(family["id"]), agent_group="main"),
+    )
     nc = await connect(router.url, "test")
     try:
         fake.send(family, ada, "/ask@clawden_test_bot who cooks tonight?", as_chat=family)  # an anonymous admin

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from clawden.bus.ctl import router as router_ctl
 from tests.channels.harness import BridgeProcess, until
 from tests.fakes.telegram import Clock, FakeTelegram
 from tests.router.conftest import RouterProcess
@@ -18,7 +19,7 @@ async def test_messages_telegram_dropped_during_a_day_long_outage_are_told_to_th
     assert isinstance(clock, Clock)
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
-    await router.call("roles", op="grant", user_id=f"telegram:{ada['id']}", role="owner")
+    await router.ask(router_ctl.ROLES_GRANT, router_ctl.RoleGrant(user_id=f"telegram:{ada['id']}", role="owner"))
     bridge = BridgeProcess(router.home, router.url, fake).start()
     try:
         fake.send(chat, ada, "before")

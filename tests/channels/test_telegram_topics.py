@@ -7,6 +7,7 @@ import pytest
 
 from clawden.bus import connect, subjects
 from clawden.bus import events as ev
+from clawden.bus.ctl import router as router_ctl
 from tests.channels.harness import BridgeProcess
 from tests.fakes.telegram import FakeTelegram
 from tests.router.conftest import RouterProcess, collect
@@ -19,9 +20,14 @@ async def test_each_topic_of_a_private_chat_is_its_own_session_and_the_chat_outs
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     trip, food = fake.topic(chat, ada, "Trip"), fake.topic(chat, ada, "Groceries")
-    await router.call("roles", op="grant", user_id=f"telegram:{ada['id']}", role="owner")
-    await router.call("chats", op="create", channel="telegram", chat_id=str(chat["id"]), name="Ada")
-    await router.call("wirings", op="create", channel="telegram", chat_id=str(chat["id"]), agent_group="main")
+    await router.ask(router_ctl.ROLES_GRANT, router_ctl.RoleGrant(user_id=f"telegram:{ada['id']}", role="owner"))
+    await router.ask(
+        router_ctl.CHATS_CREATE, router_ctl.ChatCreate(channel="telegram", chat_id=str(chat["id"]), name="Ada")
+    )
+    await router.ask(
+        router_ctl.WIRINGS_CREATE,
+        router_ctl.WiringCreate(channel="telegram", chat_id=str(chat["id"]), agent_group="main"),
+    )
     bridge = BridgeProcess(router.home, router.url, fake).start()
     nc = await connect(router.url, "test")
     try:

@@ -21,6 +21,7 @@ from clawden import control, setup
 from clawden.bus import Consumer, bind, ctl, events, subjects
 from clawden.config import Config
 from clawden.config import load as load_config
+from clawden.control import Rep, Req
 from tests.conftest import NatsServer
 
 
@@ -38,8 +39,14 @@ class RouterProcess:
     def env(self) -> dict[str, str]:
         return dict(os.environ, CLAWDEN_HOME=str(self.home), CLAWDEN_NATS_URL=self.url)
 
-    async def call(self, resource: str, **payload: Any) -> Any:
-        return await control.call(self.config, "router", resource, payload)
+    async def ask(self, verb: ctl.Verb[Req, Rep], request: Req) -> Rep:
+        return await control.ask(self.config, verb, request)
+
+    async def stats(self) -> dict[str, Any]:
+        """The router's own counters, as its ping reports them."""
+        pong = await self.ask(ctl.common.PING.at("router"), ctl.Nothing())
+        stats: dict[str, Any] = pong.stats["router"]
+        return stats
 
     def output(self) -> str:
         return (self.home / "router.log").read_text()

@@ -13,6 +13,7 @@ from nats.js.api import Header
 
 from clawden.bus import events as ev
 from clawden.bus import subjects
+from clawden.bus.ctl import router as router_ctl
 from tests.router.conftest import RouterProcess, collect
 
 WAKES = f"{subjects.PREFIX}.wake.>"
@@ -48,11 +49,19 @@ async def send(js: JetStreamContext, event: ev.InboundMessage, msg_id: str | Non
 async def test_a_burst_of_events_each_sent_twice_yields_one_wake_per_engaged_event_and_group(
     router: RouterProcess, js: JetStreamContext
 ) -> None:
-    await router.call("groups", op="create", name="alpha")
-    await router.call("groups", op="create", name="beta")
-    await router.call("chats", op="create", channel="test", chat_id="*", is_group=True, policy="public")
-    await router.call("wirings", op="create", channel="test", chat_id="*", agent_group="alpha", engage_mode="pattern")
-    await router.call("wirings", op="create", channel="test", chat_id="*", agent_group="beta", engage_mode="mention")
+    await router.ask(router_ctl.GROUPS_CREATE, router_ctl.GroupCreate(name="alpha"))
+    await router.ask(router_ctl.GROUPS_CREATE, router_ctl.GroupCreate(name="beta"))
+    await router.ask(
+        router_ctl.CHATS_CREATE, router_ctl.ChatCreate(channel="test", chat_id="*", is_group=True, policy="public")
+    )
+    await router.ask(
+        router_ctl.WIRINGS_CREATE,
+        router_ctl.WiringCreate(channel="test", chat_id="*", agent_group="alpha", engage_mode="pattern"),
+    )
+    await router.ask(
+        router_ctl.WIRINGS_CREATE,
+        router_ctl.WiringCreate(channel="test", chat_id="*", agent_group="beta", engage_mode="mention"),
+    )
     burst = [
         chat_message(i, chat=f"chat{i % 50}", channel="test", sender=f"test:u{i % 7}", group=True, mentioned=i % 3 == 0)
         for i in range(1000)
@@ -74,16 +83,20 @@ async def test_a_burst_of_events_each_sent_twice_yields_one_wake_per_engaged_eve
         by_session[w.session_id].append(w.message.sent_at)
     assert all(times == sorted(times) for times in by_session.values())  # each chat in the order sent
     assert len(by_session) == 100  # 50 chats x 2 groups
-    stats = (await router.call("ping"))["stats"]["router"]
+    stats = await router.stats()
     assert (stats["routed"], stats["duplicates"]) == (1000, 500)
 
 
 async def test_an_unknown_sender_waits_for_approval_and_is_replayed_when_the_owner_approves(
     router: RouterProcess, js: JetStreamContext
 ) -> None:
-    await router.call("chats", op="create", channel="telegram", chat_id="c1", policy="request_approval")
-    await router.call("wirings", op="create", channel="telegram", chat_id="c1", agent_group="main")
-    [owner] = [r["user_id"] for r in await router.call("roles", op="list")]
+    await router.ask(
+        router_ctl.CHATS_CREATE, router_ctl.ChatCreate(channel="telegram", chat_id="c1", policy="request_approval")
+    )
+    await router.ask(
+        router_ctl.WIRINGS_CREATE, router_ctl.WiringCreate(channel="telegram", chat_id="c1", agent_group="main")
+    )
+    [owner] = [r.user_id for r in await router.ask(router_ctl.ROLES_LIST, router_ctl.ListAll())]
     await send(js, chat_message(1, chat="c1", text="first", sender="telegram:stranger"))
     await send(js, chat_message(2, chat="c1", text="second", sender="telegram:stranger"))
 
@@ -103,13 +116,15 @@ async def test_an_unknown_sender_waits_for_approval_and_is_replayed_when_the_own
     await decide(owner)
     wakes = await collect(js, "t-wakes", WAKES, want=2)
     assert [w.message.text for w in wakes if isinstance(w, ev.Wake)] == ["first", "second"]
-    members = await router.call("members", op="list", agent_group="main")
-    assert [m["user_id"] for m in members] == ["telegram:stranger"]
+    members = await router.ask(router_ctl.MEMBERS_LIST, router_ctl.GroupFilter(agent_group="main"))
+    assert [m.user_id for m in members] == ["telegram:stranger"]
 
 
 async def test_a_non_admin_is_refused_clear_until_paired_as_owner(router: RouterProcess, js: JetStreamContext) -> None:
-    await router.call("chats", op="create", channel="telegram", chat_id="c1", policy="public")
-    await router.call("wirings", op="create", channel="telegram", chat_id="c1", agent_group="main")
+    await router.ask(router_ctl.CHATS_CREATE, router_ctl.ChatCreate(channel="telegram", chat_id="c1", policy="public"))
+    await router.ask(
+        router_ctl.WIRINGS_CREATE, router_ctl.WiringCreate(channel="telegram", chat_id="c1", agent_group="main")
+    )
     outbound = subjects.outbound("telegram", "c1")
 
     await send(js, chat_message(1, chat="c1", text="/clear"))
@@ -117,7 +132,7 @@ async def test_a_non_admin_is_refused_clear_until_paired_as_owner(router: Router
     assert isinstance(refusal, ev.OutboundMessage) and refusal.text == "Only an admin of main can use /clear."
     assert refusal.kind == "error"  # `clawden chat --once` exits 1 on it
 
-    code = (await router.call("pair", op="create", channel="telegram"))["code"]
+    code = (await router.ask(router_ctl.PAIR, router_ctl.PairCreate(channel="telegram"))).code
     await send(js, chat_message(2, chat="c1", text=code))
     [paired] = await collect(js, "t-out", outbound, want=1)
     assert isinstance(paired, ev.OutboundMessage) and paired.text.startswith("Paired: telegram:u1")
@@ -132,7 +147,7 @@ async def test_a_malformed_event_is_dropped_and_routing_goes_on(router: RouterPr
     await send(js, chat_message(1, chat="terminal", channel="local", sender="local:someone"))
     [wake] = await collect(js, "t-wakes", WAKES, want=1)
     assert isinstance(wake, ev.Wake) and wake.agent_group == "main"
-    assert (await router.call("ping"))["stats"]["router"]["poisoned"] == 1
+    assert (await router.stats())["poisoned"] == 1
 
 
 async def test_a_message_whose_route_names_another_channel_than_its_subject_is_dropped(
@@ -145,7 +160,7 @@ async def test_a_message_whose_route_names_another_channel_than_its_subject_is_d
     await send(js, chat_message(2, chat="terminal", channel="local", sender="local:someone"))
     [wake] = await collect(js, "t-wakes", WAKES, want=1)
     assert isinstance(wake, ev.Wake) and wake.message.id.startswith("local:m2")
-    assert (await router.call("ping"))["stats"]["router"]["poisoned"] == 1
+    assert (await router.stats())["poisoned"] == 1
 
 
 def clawden(router: RouterProcess, *args: str) -> subprocess.CompletedProcess[str]:

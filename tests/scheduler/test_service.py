@@ -20,11 +20,13 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from clawden import setup
+from clawden import control, setup
 from clawden.bus import connect, ensure_streams, publish, subjects
 from clawden.bus import events as ev
+from clawden.bus.ctl import Verb
+from clawden.bus.ctl import scheduler as sched
 from clawden.config import load
-from clawden.control import call
+from clawden.control import Rep, Req
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 
@@ -74,8 +76,8 @@ class Bus:
         )
         await publish(self.nc.jetstream(), subjects.task(op), event, msg_id=f"task:{request_id}")
 
-    async def ctl(self, verb: str, payload: Any) -> Any:
-        return await call(load(self.home, {"CLAWDEN_NATS_URL": self.nats_url}), "scheduler", verb, payload)
+    async def ctl(self, verb: Verb[Req, Rep], request: Req) -> Rep:
+        return await control.ask(load(self.home, {"CLAWDEN_NATS_URL": self.nats_url}), verb, request)
 
     def fired(self, task_id: str) -> list[Fired]:
         return [f for f in self.wakes if f.task_id == task_id]
@@ -185,16 +187,16 @@ async def test_a_paused_task_never_fires_until_resumed(bus: Bus, scheduler: Sche
     await eventually(paused)
     # Not firing proves something only while the clock runs: another group's task fires three times first.
     ticking = await bus.ctl(
-        "add",
-        {
-            "agent_group": "work",
-            "session_id": "s-work",
-            "route": {"channel": "local", "chat_id": "office"},
-            "prompt": "tick",
-            "schedule": "every 1s",
-        },
+        sched.ADD,
+        sched.AddRequest(
+            agent_group="work",
+            session_id="s-work",
+            route=ev.Route(channel="local", chat_id="office"),
+            prompt="tick",
+            schedule="every 1s",
+        ),
     )
-    await eventually(lambda: len(bus.fired(ticking["id"])) >= 3)
+    await eventually(lambda: len(bus.fired(ticking.id)) >= 3)
     assert bus.fired("t-0000000000b1") == []
     assert "t-0000000000b1 [paused]: 'every 1s'" in await agent_list(bus)
     assert "t-0000000000b1 [paused]" in await agent_list(bus, "paused")
@@ -234,24 +236,24 @@ async def test_a_bad_operation_is_refused_to_the_chat_that_asked(bus: Bus, sched
     assert "unknown time zone 'Mars/Olympus'" in texts[1]
     assert "could not pause task t-0000000000d3: there is no task t-0000000000d3" in texts[2]
     assert all(n.route == ROUTE and n.session_id == "s-kitchen" for n in bus.notices)
-    assert await bus.ctl("tasks", {}) == []
+    assert await bus.ctl(sched.TASKS, sched.ListRequest()) == []
 
 
 async def test_another_groups_task_is_out_of_an_agents_reach(bus: Bus, scheduler: Scheduler) -> None:
     other = await bus.ctl(
-        "add",
-        {
-            "agent_group": "work",
-            "session_id": "s-work",
-            "route": {"channel": "local", "chat_id": "office"},
-            "prompt": "standup",
-            "schedule": "0 9 * * 1-5",
-        },
+        sched.ADD,
+        sched.AddRequest(
+            agent_group="work",
+            session_id="s-work",
+            route=ev.Route(channel="local", chat_id="office"),
+            prompt="standup",
+            schedule="0 9 * * 1-5",
+        ),
     )
-    await bus.op("cancel", other["id"])
+    await bus.op("cancel", other.id)
     await eventually(lambda: bus.notices)
-    assert f"there is no task {other['id']}" in bus.notices[0].text
-    assert (await bus.ctl("get", {"task_id": other["id"]}))["status"] == "active"
+    assert f"there is no task {other.id}" in bus.notices[0].text
+    assert (await bus.ctl(sched.GET, sched.TaskRef(task_id=other.id))).status == "active"
 
 
 async def test_cli_lists_pauses_and_shows_runs(bus: Bus, scheduler: Scheduler) -> None:
@@ -291,29 +293,25 @@ async def test_cli_lists_pauses_and_shows_runs(bus: Bus, scheduler: Scheduler) -
 
 
 async def test_tasks_follow_a_chat_the_router_moved_to_a_new_id(bus: Bus, scheduler: Scheduler) -> None:
-    group = {"channel": "telegram", "chat_id": "-41"}
+    group = ev.Route(channel="telegram", chat_id="-41")
     moved = await bus.ctl(
-        "add",
-        {
-            "agent_group": "main",
-            "session_id": "s-family",
-            "route": group,
-            "prompt": "water the plants",
-            "schedule": "every 1s",
-        },
+        sched.ADD,
+        sched.AddRequest(
+            agent_group="main", session_id="s-family", route=group, prompt="water the plants", schedule="every 1s"
+        ),
     )
     other = await bus.ctl(
-        "add",
-        {
-            "agent_group": "main",
-            "session_id": "s-other",
-            "route": {"channel": "telegram", "chat_id": "-42"},
-            "prompt": "feed the cat",
-            "schedule": "every 1h",
-        },
+        sched.ADD,
+        sched.AddRequest(
+            agent_group="main",
+            session_id="s-other",
+            route=ev.Route(channel="telegram", chat_id="-42"),
+            prompt="feed the cat",
+            schedule="every 1h",
+        ),
     )
-    await eventually(lambda: bus.fired(moved["id"]))
-    assert bus.fired(moved["id"])[0].wake.route.chat_id == "-41"
+    await eventually(lambda: bus.fired(moved.id))
+    assert bus.fired(moved.id)[0].wake.route.chat_id == "-41"
     # What the router announces once it has moved the chat's wirings and sessions (a Telegram group
     # upgraded to a supergroup), under the key it uses.
     announced = ev.ChatMoved(channel="telegram", old_chat_id="-41", new_chat_id="-1001", sent_at=time.time())
@@ -322,11 +320,11 @@ async def test_tasks_follow_a_chat_the_router_moved_to_a_new_id(bus: Bus, schedu
     )
 
     async def moved_over() -> bool:
-        return str((await bus.ctl("get", {"task_id": moved["id"]}))["chat_id"]) == "-1001"
+        return str((await bus.ctl(sched.GET, sched.TaskRef(task_id=moved.id))).chat_id) == "-1001"
 
     await eventually(moved_over)
-    since = len(bus.fired(moved["id"]))
-    await eventually(lambda: len(bus.fired(moved["id"])) > since)
-    assert {f.wake.route.chat_id for f in bus.fired(moved["id"])[since:]} == {"-1001"}
-    assert (await bus.ctl("get", {"task_id": moved["id"]}))["session_id"] == "s-family"
-    assert (await bus.ctl("get", {"task_id": other["id"]}))["chat_id"] == "-42"
+    since = len(bus.fired(moved.id))
+    await eventually(lambda: len(bus.fired(moved.id)) > since)
+    assert {f.wake.route.chat_id for f in bus.fired(moved.id)[since:]} == {"-1001"}
+    assert (await bus.ctl(sched.GET, sched.TaskRef(task_id=moved.id))).session_id == "s-family"
+    assert (await bus.ctl(sched.GET, sched.TaskRef(task_id=other.id))).chat_id == "-42"

@@ -27,7 +27,11 @@ from clawden import config as config_mod
 from clawden import control, setup
 from clawden.bus import events as ev
 from clawden.bus import subjects
+from clawden.bus.ctl import Nothing, Verb
+from clawden.bus.ctl import vault as vault_ctl
 from clawden.cli.commands.vault import parse_since
+from clawden.control import Rep, Req
+from clawden.owner import connect_cli
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 from tests.fakes.anthropic import make_tls
@@ -53,8 +57,17 @@ class Vault:
         env.pop("ANTHROPIC_API_KEY", None)
         return env
 
-    async def call(self, verb: str, payload: dict[str, Any] | None = None) -> Any:
-        return await control.call(self.cfg, "vault", verb, payload)
+    async def ask(self, verb: Verb[Req, Rep], request: Req) -> Rep:
+        return await control.ask(self.cfg, verb, request)
+
+    async def refusal(self, verb: str, body: bytes) -> str:
+        """What the vault says to a request no typed client can send (a field missing): its error, or ""."""
+        nc = await connect_cli(self.cfg, 5)
+        try:
+            reply = await nc.request(subjects.ctl("vault", verb), body, timeout=5)
+        finally:
+            await nc.close()
+        return (reply.headers or {}).get("Nats-Service-Error", "")
 
     async def cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return await asyncio.to_thread(
@@ -116,7 +129,7 @@ approval_timeout = 5
         deadline = time.monotonic() + 30
         while True:
             try:
-                await v.call("gateway", {"agent_group": "main"})
+                await v.ask(vault_ctl.GATEWAY, vault_ctl.GroupRequest(agent_group="main"))
                 break
             except control.ControlError:
                 assert proc.poll() is None and time.monotonic() < deadline, v.logs()
@@ -139,9 +152,9 @@ async def bus(nats_server: NatsServer) -> AsyncIterator[Client]:
 
 async def agent_client(v: Vault, group: str = "main") -> tuple[httpx.AsyncClient, asyncio.Server]:
     """An agent of `group` as its container sees things: the relay, and the mounted CA bundle."""
-    reply = await v.call("gateway", {"agent_group": group})
-    server = await relay.serve_relay(reply["socket"])
-    context = ssl.create_default_context(cafile=reply["ca_file"])
+    reply = await v.ask(vault_ctl.GATEWAY, vault_ctl.GroupRequest(agent_group=group))
+    server = await relay.serve_relay(reply.socket)
+    context = ssl.create_default_context(cafile=reply.ca_file)
     client = httpx.AsyncClient(
         proxy=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", verify=context, trust_env=False, timeout=10
     )
@@ -157,8 +170,8 @@ def test_since_takes_durations_dates_and_epochs() -> None:
 
 
 async def test_the_model_key_from_keys_anthropic_is_sealed_and_injected(vault: Vault) -> None:
-    reply = await vault.call("gateway", {"agent_group": "main"})
-    trust = Path(reply["trust_dir"])
+    reply = await vault.ask(vault_ctl.GATEWAY, vault_ctl.GroupRequest(agent_group="main"))
+    trust = Path(reply.trust_dir)
     assert stat.S_IMODE((vault.cfg.keys_dir / "gateway-ca.key").stat().st_mode) == 0o600
     assert stat.S_IMODE((vault.cfg.keys_dir / "vault.key").stat().st_mode) == 0o600
     files = folder_files(trust)
@@ -274,19 +287,15 @@ async def test_egress_allowlist_is_set_per_group(vault: Vault) -> None:
 
 
 async def test_a_held_request_waits_for_a_decision_on_the_bus(vault: Vault, bus: Client) -> None:
-    await vault.call(
-        "secrets-add",
-        {"name": "bank", "type": "generic", "value": GITHUB, "host": "api.example.test", "header": "Authorization"},
+    await vault.ask(
+        vault_ctl.SECRETS_ADD,
+        vault_ctl.AddSecret(name="bank", type="generic", value=GITHUB, host="api.example.test", header="Authorization"),
     )
-    await vault.call(
-        "rules-add",
-        {
-            "name": "ask-pay",
-            "action": "manual_approval",
-            "host": "api.example.test",
-            "path": "/pay/*",
-            "method": "POST",
-        },
+    await vault.ask(
+        vault_ctl.RULES_ADD,
+        vault_ctl.AddRule(
+            name="ask-pay", action="manual_approval", host="api.example.test", path="/pay/*", method="POST"
+        ),
     )
     requests: asyncio.Queue[ev.ApprovalRequest] = asyncio.Queue()
 
@@ -351,42 +360,47 @@ async def test_a_held_request_waits_for_a_decision_on_the_bus(vault: Vault, bus:
 
 async def test_secrets_survive_a_restart_and_bad_requests_are_refused(vault: Vault) -> None:
     with pytest.raises(control.ControlError, match="needs one of --header NAME, --param NAME"):
-        await vault.call("secrets-add", {"name": "x", "type": "generic", "value": "v" * 10, "host": "a.test"})
+        await vault.ask(
+            vault_ctl.SECRETS_ADD, vault_ctl.AddSecret(name="x", type="generic", value="v" * 10, host="a.test")
+        )
     with pytest.raises(control.ControlError, match="'\\*' would hand it to every site"):
-        await vault.call("secrets-add", {"name": "x", "type": "generic", "value": "v" * 10, "host": "*", "header": "X"})
-    with pytest.raises(control.ControlError, match="bad request"):
-        await vault.call("secrets-add", {"name": "x"})
-    await vault.call("secrets-add", {"name": "openai", "type": "openai", "value": "sk-proj-survivor-123456"})
+        await vault.ask(
+            vault_ctl.SECRETS_ADD, vault_ctl.AddSecret(name="x", type="generic", value="v" * 10, host="*", header="X")
+        )
+    assert (await vault.refusal("secrets-add", b'{"name": "x"}')).startswith("bad request")
+    await vault.ask(
+        vault_ctl.SECRETS_ADD, vault_ctl.AddSecret(name="openai", type="openai", value="sk-proj-survivor-123456")
+    )
     await restart(vault)
-    listed = await vault.call("secrets-list")
-    assert {s["name"] for s in listed["secrets"]} == {"anthropic", "openai"}
+    listed = await vault.ask(vault_ctl.SECRETS_LIST, Nothing())
+    assert {s.name for s in listed.secrets} == {"anthropic", "openai"}
     assert "sk-proj-survivor" not in vault.logs()
 
 
 async def test_a_daily_rate_limit_is_not_forgiven_by_a_restart(vault: Vault) -> None:
-    await vault.call(
-        "rules-add",
-        {
-            "name": "three-a-day",
-            "action": "rate_limit",
-            "host": "api.example.test",
-            "path": "/send",
-            "agent": "main",
-            "limit": 3,
-            "window": "day",
-        },
+    await vault.ask(
+        vault_ctl.RULES_ADD,
+        vault_ctl.AddRule(
+            name="three-a-day",
+            action="rate_limit",
+            host="api.example.test",
+            path="/send",
+            agent="main",
+            limit=3,
+            window="day",
+        ),
     )
-    await vault.call(
-        "rules-add",
-        {
-            "name": "two-a-day",
-            "action": "rate_limit",
-            "host": "api.example.test",
-            "path": "/read",
-            "agent": "main",
-            "limit": 2,
-            "window": "day",
-        },
+    await vault.ask(
+        vault_ctl.RULES_ADD,
+        vault_ctl.AddRule(
+            name="two-a-day",
+            action="rate_limit",
+            host="api.example.test",
+            path="/read",
+            agent="main",
+            limit=2,
+            window="day",
+        ),
     )
     client, server = await agent_client(vault)
     async with client:
@@ -427,7 +441,7 @@ async def restart(vault: Vault) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            await vault.call("secrets-list")
+            await vault.ask(vault_ctl.SECRETS_LIST, Nothing())
             return
         except control.ControlError:
             assert vault.proc.poll() is None and time.monotonic() < deadline, vault.logs()
@@ -448,65 +462,56 @@ async def restart(vault: Vault) -> None:
 async def test_a_typo_in_a_host_pattern_never_sends_a_secret_to_the_wrong_place(
     vault: Vault, host: str, why: str
 ) -> None:
-    before = await vault.call("secrets-list")
+    before = await vault.ask(vault_ctl.SECRETS_LIST, Nothing())
 
     with pytest.raises(control.ControlError, match=re.escape(why)):
-        await vault.call(
-            "secrets-add", {"name": "gh", "type": "generic", "value": GITHUB, "host": host, "header": "Authorization"}
+        await vault.ask(
+            vault_ctl.SECRETS_ADD,
+            vault_ctl.AddSecret(name="gh", type="generic", value=GITHUB, host=host, header="Authorization"),
         )
 
-    assert await vault.call("secrets-list") == before
+    assert await vault.ask(vault_ctl.SECRETS_LIST, Nothing()) == before
 
 
 async def test_a_secret_is_replaced_only_when_asked_and_the_model_key_keeps_its_type_and_host(vault: Vault) -> None:
-    await vault.call(
-        "secrets-add",
-        {"name": "gh", "type": "generic", "value": GITHUB, "host": "api.github.com", "header": "Authorization"},
+    await vault.ask(
+        vault_ctl.SECRETS_ADD,
+        vault_ctl.AddSecret(name="gh", type="generic", value=GITHUB, host="api.github.com", header="Authorization"),
     )
-    before = await vault.call("secrets-list")
+    before = await vault.ask(vault_ctl.SECRETS_LIST, Nothing())
     with pytest.raises(control.ControlError, match="a secret named gh exists; add --replace"):
-        await vault.call(
-            "secrets-add",
-            {"name": "gh", "type": "generic", "value": "x" * 20, "host": "evil.test", "header": "Authorization"},
+        await vault.ask(
+            vault_ctl.SECRETS_ADD,
+            vault_ctl.AddSecret(name="gh", type="generic", value="x" * 20, host="evil.test", header="Authorization"),
         )
     with pytest.raises(control.ControlError, match="the anthropic secret is the model key"):
-        await vault.call(
-            "secrets-add",
-            {
-                "name": "anthropic",
-                "type": "generic",
-                "value": "x" * 20,
-                "host": "evil.test",
-                "header": "X",
-                "replace": True,
-            },
+        await vault.ask(
+            vault_ctl.SECRETS_ADD,
+            vault_ctl.AddSecret(
+                name="anthropic", type="generic", value="x" * 20, host="evil.test", header="X", replace=True
+            ),
         )
-    assert await vault.call("secrets-list") == before
+    assert await vault.ask(vault_ctl.SECRETS_LIST, Nothing()) == before
 
-    replaced = await vault.call(
-        "secrets-add",
-        {
-            "name": "gh",
-            "type": "generic",
-            "value": GITHUB,
-            "replace": True,
-            "host": "api.github.com",
-            "header": "Authorization",
-            "agents": ["main"],
-        },
+    replaced = await vault.ask(
+        vault_ctl.SECRETS_ADD,
+        vault_ctl.AddSecret(
+            name="gh",
+            type="generic",
+            value=GITHUB,
+            replace=True,
+            host="api.github.com",
+            header="Authorization",
+            agents=["main"],
+        ),
     )
-    forced = await vault.call(
-        "secrets-add",
-        {
-            "name": "proxy",
-            "type": "generic",
-            "value": "p" * 20,
-            "force": True,
-            "host": "api.anthropic.com",
-            "header": "X-Proxy-Key",
-        },
+    forced = await vault.ask(
+        vault_ctl.SECRETS_ADD,
+        vault_ctl.AddSecret(
+            name="proxy", type="generic", value="p" * 20, force=True, host="api.anthropic.com", header="X-Proxy-Key"
+        ),
     )
-    assert replaced["created"] is False and replaced["secret"]["grants"] == ["main"] and forced["created"] is True
+    assert replaced.created is False and replaced.secret.grants == ["main"] and forced.created is True
 
 
 async def test_rules_are_read_changed_disabled_and_enabled_through_the_cli(vault: Vault) -> None:
@@ -553,9 +558,9 @@ async def test_rules_are_read_changed_disabled_and_enabled_through_the_cli(vault
 
 
 async def test_a_tripped_rate_limit_sends_the_owner_one_card_per_window(vault: Vault, bus: Client) -> None:
-    await vault.call(
-        "rules-add",
-        {"name": "one-a-day", "action": "rate_limit", "host": "api.example.test", "limit": 1, "window": "day"},
+    await vault.ask(
+        vault_ctl.RULES_ADD,
+        vault_ctl.AddRule(name="one-a-day", action="rate_limit", host="api.example.test", limit=1, window="day"),
     )
     cards: asyncio.Queue[ev.ApprovalRequest] = asyncio.Queue()
 
