@@ -3,10 +3,8 @@ else the files `clawden up` and the launchd agents write under <home>/logs, inte
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import heapq
-import os
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -16,9 +14,12 @@ from typing import TextIO
 
 from clawden.installed import Scope as Scope  # where the units are installed: the kernel's too
 from clawden.installed import installed_scope as installed_scope
+from clawden.logtail import BLOCK, FOLLOW_POLL, appended
+from clawden.logtail import Place as Place  # where a follow has read to: `clawden logs` and the web share it
+from clawden.logtail import canonical as canonical  # the names and the journal: the web's tail shares them
+from clawden.logtail import journal_command as journal_command
+from clawden.logtail import unit_name as unit_name
 
-FOLLOW_POLL = 0.25  # seconds between looks at the files while following (the stdlib has no file events)
-BLOCK = 64 * 1024
 WRAP = 12 * 3600  # a time of day this much later than the next line's: that line is from the next day
 
 # `[YYYY-MM-DD ]HH:MM:SS.mmm L logger: ...` (clawden.logs.PrefixFormatter: dated in files, except those
@@ -30,36 +31,8 @@ _NATS_LINE = re.compile(r"^\[\d+\] (\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)\.(
 # ---- names -----------------------------------------------------------------------------------------
 
 
-def canonical(service: str) -> str:
-    """`router`, `clawden-router.service`, `channel-telegram` or `channel@telegram` -> `router` / `channel@telegram`."""
-    name = service.removesuffix(".service").removesuffix(".log").removeprefix("clawden-")
-    if name.startswith("channel-"):
-        name = "channel@" + name.removeprefix("channel-")
-    if not re.fullmatch(r"[A-Za-z0-9_-]+(@[A-Za-z0-9_-]+)?", name):
-        raise ValueError(f"not a service name: {service!r}")
-    return name
-
-
-def unit_name(service: str) -> str:
-    return f"clawden-{canonical(service)}.service"
-
-
 def file_name(service: str) -> str:
     return canonical(service).replace("@", "-") + ".log"
-
-
-# ---- journald --------------------------------------------------------------------------------------
-
-
-def journal_command(scope: Scope, service: str | None, *, lines: int, follow: bool, session: str | None) -> list[str]:
-    """journalctl for one unit (or every clawden-* unit), the last `lines` entries, filtered by session."""
-    unit = unit_name(service) if service else "clawden-*"
-    cmd = ["journalctl", f"--user-unit={unit}" if scope == "user" else f"--unit={unit}", "-n", str(lines)]
-    if follow:
-        cmd.append("--follow")
-    if session:
-        cmd.append(f"CLAWDEN_SESSION={session}")
-    return cmd
 
 
 # ---- the files -------------------------------------------------------------------------------------
@@ -202,43 +175,6 @@ def read_files(logs: Path, service: str | None, *, lines: int, session: str | No
             show(record, out, width)
 
 
-@dataclass(frozen=True)
-class Place:
-    """How far a log file has been read, and which file that was (a rotation puts a new one there)."""
-
-    offset: int = 0
-    inode: int | None = None
-
-    @classmethod
-    def of(cls, path: Path) -> Place:
-        st = path.stat()
-        return cls(st.st_size, st.st_ino)
-
-
-def _appended(path: Path, place: Place) -> tuple[bytes, Place] | None:
-    """What was written to `path` since `place` (None: nothing) and the new place. When the file was
-    rotated (`clawden.logs.RotatingStderr`), the rest of the old one, now `<path>.1`, comes first; a
-    truncated file is read again from its start."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    head, offset = b"", place.offset
-    if place.inode is not None and st.st_ino != place.inode:
-        with contextlib.suppress(OSError), path.with_name(path.name + ".1").open("rb") as f:
-            if os.fstat(f.fileno()).st_ino == place.inode:
-                f.seek(offset)
-                head = f.read()
-        offset = 0
-    elif st.st_size < offset:
-        offset = 0
-    if st.st_size == offset and not head:
-        return None
-    with path.open("rb") as f:
-        f.seek(offset)
-        return head + f.read(st.st_size - offset), Place(st.st_size, st.st_ino)
-
-
 def follow_files(
     logs: Path, service: str | None, places: dict[str, Place], match: re.Pattern[str] | None
 ) -> Iterator[Record]:
@@ -250,10 +186,9 @@ def follow_files(
     while True:
         batch: list[list[Record]] = []
         for name, path in log_files(logs, service).items():
-            found = _appended(path, places.get(name, Place()))
-            if found is None:
+            chunk, places[name] = appended(path, places.get(name, Place()))
+            if not chunk:
                 continue
-            chunk, places[name] = found
             text = partial.pop(name, "") + chunk.decode("utf-8", "replace")
             if "\n" not in text:
                 partial[name] = text

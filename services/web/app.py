@@ -22,6 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from clawden.bus.ctl import router as router_ctl
+from clawden.installed import Scope as JournalScope
 from services.web import auth, pages
 from services.web.backend import Backend, BackendError
 from services.web.channel import CHANNEL, Hub, Refused, WebChannel
@@ -80,6 +81,7 @@ class Web:
         settings: Settings,
         limit: auth.LoginLimit,
         logs: Path | None = None,
+        journal: JournalScope | None = None,
     ) -> None:
         self.store = store
         self.channel = channel
@@ -88,6 +90,7 @@ class Web:
         self.settings = settings
         self.limit = limit
         self.logs = logs or Path("/nonexistent")  # <home>/logs: what the logs pages follow
+        self.journal = journal  # under systemd, the units' journal instead: no files there
         self.stopping = asyncio.Event()  # set when the service stops: open log tails end
 
     # --- checks -------------------------------------------------------------------------------------

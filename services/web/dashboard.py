@@ -346,27 +346,40 @@ class Dashboard:
     async def logs(self, request: Request) -> Response:
         scope, csrf = await self._scope(request)
         scope.need_everything("the logs (they hold every agent group's)")
-        return self.web.page(panels.logs(sorted(logtail.services(self.web.logs)), scope, csrf))
+        names, error = await self._log_names()
+        return self.web.page(panels.logs(names, scope, csrf, error))
+
+    async def _log_names(self) -> tuple[list[str], str]:
+        """The services whose logs can be followed: the journal's units under systemd, else the files."""
+        if self.web.journal is not None:
+            return await logtail.journal_units(self.web.journal)
+        return sorted(logtail.services(self.web.logs)), ""
+
+    async def _known_log(self, request: Request) -> str:
+        service: str = request.path_params["service"]
+        names, error = await self._log_names()
+        if service not in names:
+            where = "the journal" if self.web.journal else str(self.web.logs)
+            raise BackendError(f"no log for {service} in {where}" + (f" ({error})" if error else ""))
+        return service
 
     async def log(self, request: Request) -> Response:
         scope, csrf = await self._scope(request)
         scope.need_everything("the logs (they hold every agent group's)")
-        service = request.path_params["service"]
-        if service not in logtail.services(self.web.logs):
-            raise BackendError(f"no log for {service} in {self.web.logs}")
-        return self.web.page(panels.log(service, scope, csrf))
+        return self.web.page(panels.log(await self._known_log(request), scope, csrf))
 
     async def log_events(self, request: Request) -> Response:
         """The tail over SSE: the last lines, then each one appended, until the page goes away."""
         scope, _ = await self._scope(request)
         scope.need_everything("the logs (they hold every agent group's)")
-        service = request.path_params["service"]
-        files = logtail.services(self.web.logs)
-        if service not in files:
-            raise BackendError(f"no log for {service} in {self.web.logs}")
+        service = await self._known_log(request)
+        if self.web.journal is not None:
+            batches = logtail.follow_journal(self.web.journal, service, self.web.stopping)
+        else:
+            batches = logtail.follow(logtail.services(self.web.logs)[service], self.web.stopping)
 
         async def stream() -> AsyncIterator[str]:
-            async for lines in logtail.follow(files[service], self.web.stopping):
+            async for lines in batches:
                 yield "".join(f"data: {line}\n\n" for line in lines) if lines else ": keepalive\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=self.web.stream_headers())

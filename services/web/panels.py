@@ -395,9 +395,10 @@ def task(t: scheduler_ctl.TaskInfo, runs: list[scheduler_ctl.Run], scope: Scope,
 # --- logs ------------------------------------------------------------------------------------------------
 
 
-def logs(services: list[str], scope: Scope, csrf: str) -> str:
+def logs(services: list[str], scope: Scope, csrf: str, error: str = "") -> str:
     items = "".join(f'<li><a href="/logs/{e(s)}">{e(s)}</a></li>' for s in services)
-    return layout("Logs", f"<ul>{items or '<li>No logs here.</li>'}</ul>", user=scope.user, csrf=csrf)
+    body = notes("", error) + f"<ul>{items or '<li>No logs here.</li>'}</ul>"
+    return layout("Logs", body, user=scope.user, csrf=csrf)
 
 
 def log(service: str, scope: Scope, csrf: str) -> str:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
-from clawden import httpserve
+from clawden import httpserve, logtail
 from clawden.bus import bind, consume
 from clawden.bus.ctl import web as web_ctl
 from clawden.bus.pull import Puller
@@ -90,7 +91,8 @@ async def serve(ctx: ServiceContext, store: WebStore, host: str, port: int, url:
     )
     limit = auth.LoginLimit(cfg.login_rate, cfg.login_burst)
     backend = Backend(ctx.nc, ctx.config)
-    web = Web(store, channel, hub, backend, settings, limit, ctx.config.path("logs"))
+    journal = logtail.journal_scope(os.environ)  # as a unit, its peers log to the journal, not to files
+    web = Web(store, channel, hub, backend, settings, limit, ctx.config.path("logs"), journal)
     ctx.stats["web"] = channel.counts.__dict__
     await ctx.endpoint(web_ctl.LOGIN, Logins(store, url, settings.link_seconds, backend))
     lanes = [await bind(ctx.js, lane, batch=1) for lane in bridge_lanes(CHANNEL)]

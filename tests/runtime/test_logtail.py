@@ -1,9 +1,11 @@
-"""Following a service's log file for the web's live tail: the last lines, then what is appended, across a
-rotation (RotatingStderr moves the file to `.1`) and a truncation, a partial line held until it is whole."""
+"""Following a service's log for the web's live tail: the last lines of its file, then what is appended, across a
+rotation (RotatingStderr moves the file to `.1`) and a truncation, a partial line held until it is whole; under
+systemd, its unit's journal through journalctl."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -70,3 +72,68 @@ async def test_follow_gives_the_tail_then_each_appended_line_and_ends_when_stopp
     stopping.set()
     with pytest.raises(StopAsyncIteration):
         await anext(stream)
+
+
+# ---- under systemd: the journal ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "scope"),
+    [
+        ({}, None),  # `clawden up` or launchd: files
+        ({"INVOCATION_ID": "ab12", "MANAGERPID": "1"}, "system"),
+        ({"INVOCATION_ID": "ab12", "MANAGERPID": "812"}, "user"),
+    ],
+)
+def test_a_unit_knows_its_peers_log_to_the_journal_of_its_own_manager(environ: dict[str, str], scope: str) -> None:
+    assert logtail.journal_scope(environ) == scope
+
+
+def test_the_journal_is_asked_for_one_unit_as_json_and_units_are_listed_by_the_managers_field() -> None:
+    assert logtail.journal_command("user", "channel-telegram", lines=200, follow=True, session=None, as_json=True) == [
+        "journalctl",
+        "--user-unit=clawden-channel@telegram.service",
+        "-n",
+        "200",
+        "-o",
+        "json",
+        "--follow",
+    ]
+    assert logtail.units_command("system") == ["journalctl", "-F", "_SYSTEMD_UNIT"]
+    listed = (
+        "ssh.service\nclawden-router.service\nclawden-channel@matrix.service\nclawden.target\nclawden-router.service\n"
+    )
+    assert logtail.journal_services(listed) == ["channel@matrix", "router"]
+
+
+def test_a_journal_entry_is_shown_with_its_time_and_message_whatever_its_encoding() -> None:
+    at = 1_700_000_000_123_456
+    shown = dt.datetime.fromtimestamp(at / 1e6).strftime("%Y-%m-%d %H:%M:%S.123")
+    assert logtail.entry_line(b'{"__REALTIME_TIMESTAMP": "%d", "MESSAGE": "ready"}\n' % at) == f"{shown} ready"
+    as_bytes = list("caf\u00e9".encode())  # not valid UTF-8 as a whole: journalctl sends an array
+    assert logtail.entry_line(b'{"__REALTIME_TIMESTAMP": "%d", "MESSAGE": %s}' % (at, str(as_bytes).encode())) == (
+        f"{shown} caf\u00e9"
+    )
+    assert logtail.entry_line(b'{"__REALTIME_TIMESTAMP": "%d", "MESSAGE": null}' % at).endswith(
+        "too large for the journal's JSON]"
+    )
+    assert logtail.entry_line(b"-- No entries --\n") == "-- No entries --"  # not an entry: shown, not dropped
+
+
+@pytest.mark.process
+async def test_following_the_journal_runs_journalctl_keeps_alive_and_stops_it_when_stopping() -> None:
+    """The real journalctl (no journal on this machine: it waits for entries, as on a quiet unit)."""
+    stopping = asyncio.Event()
+    stream = logtail.follow_journal("system", "router", stopping, idle=0.05)
+    assert await anext(stream) == []  # silence: a keepalive, journalctl still running
+    stopping.set()
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+
+
+async def test_without_journalctl_the_tail_says_so_instead_of_failing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    lines = [line async for line in logtail.follow_journal("user", "router", asyncio.Event())]
+    assert len(lines) == 1 and lines[0][0].startswith("cannot run journalctl:")
+    names, error = await logtail.journal_units("user")
+    assert names == [] and error.startswith("cannot run journalctl:")

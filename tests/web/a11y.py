@@ -1,8 +1,10 @@
 """What every page must pass in the browser tests: axe-core (vendored under vendor/) with no serious or critical
-violation, every control reachable by Tab; and its screenshots at desktop and phone sizes into docs/screens/."""
+violation, every control reachable by Tab; and its screenshots at desktop and phone sizes, into docs/screens/ only
+when asked (CLAWDEN_SCREENSHOTS=1: they change with every run's times and ids), else into the test's own folder."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +47,22 @@ async def unreachable_by_tab(page: Any) -> list[str]:
     return [html for i, html in enumerate(marked) if str(i) not in reached]
 
 
-async def check_and_shoot(page: Any, name: str) -> None:
+def screens(tmp_path: Path) -> Path:
+    """Where the screenshots go: docs/screens/ to refresh the README's, else the test's folder (still taken, so a
+    page that cannot be rendered fails the test)."""
+    into = SCREENS if os.environ.get("CLAWDEN_SCREENSHOTS") == "1" else tmp_path
+    into.mkdir(parents=True, exist_ok=True)
+    return into
+
+
+async def check_and_shoot(page: Any, name: str, into: Path) -> None:
     """Axe and the keyboard at desktop size, then a screenshot at each size (the page as a person sees it)."""
     problems = await serious_violations(page)
     assert not problems, f"{name}: {problems}"
     missed = await unreachable_by_tab(page)
     assert not missed, f"{name}: not reachable by Tab: {missed}"
     await page.evaluate("() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); }")
-    SCREENS.mkdir(parents=True, exist_ok=True)
     for size, viewport in SIZES.items():
         await page.set_viewport_size(viewport)
-        await page.screenshot(path=str(SCREENS / f"{name}-{size}.png"), full_page=True)
+        await page.screenshot(path=str(into / f"{name}-{size}.png"), full_page=True)
     await page.set_viewport_size(SIZES["desktop"])

@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,7 +34,7 @@ from services.router import weblink
 from tests.e2e.harness import Stack, Terminal
 from tests.e2e.test_credential_approval import FETCH
 from tests.eventually import eventually
-from tests.web.a11y import check_and_shoot
+from tests.web.a11y import check_and_shoot, screens
 from tests.web.conftest import OWNER, login_link, sign_in, web_url
 
 pytestmark = [pytest.mark.docker, pytest.mark.nats, pytest.mark.process, pytest.mark.asyncio(loop_scope="session")]
@@ -338,9 +339,12 @@ async def test_web_from_a_direct_chat_gives_its_owner_a_link_that_signs_in_once_
     assert refused.text == weblink.IN_GROUP and "/login/" not in refused.text
 
 
-async def test_every_page_passes_axe_and_the_keyboard_and_is_photographed(web_stack: Stack, page: Any) -> None:
+async def test_every_page_passes_axe_and_the_keyboard_and_is_photographed(
+    web_stack: Stack, page: Any, tmp_path: Path
+) -> None:
+    into = screens(tmp_path)
     await page.goto(await login_link(web_stack))
-    await check_and_shoot(page, "sign-in")
+    await check_and_shoot(page, "sign-in", into)
     async with page.expect_navigation(url=re.compile(r".*/chats$")):
         await page.click("#sign-in")
     session = await conversation(web_stack, page)
@@ -365,7 +369,8 @@ async def test_every_page_passes_axe_and_the_keyboard_and_is_photographed(web_st
         response = await page.goto(base + path, wait_until="domcontentloaded")
         assert response is not None and response.status == 200, (name, response and response.status)
         if name == "log":
-            await page.wait_for_function("document.getElementById('tail').textContent.length > 0")
+            await page.wait_for_selector("#tail:not(:empty)")  # a string to evaluate would break the page's CSP
         if name == "status":
             await page.click("#live")  # paused, so it does not reload while it is checked
-        await check_and_shoot(page, name)
+        await check_and_shoot(page, name, into)
+    assert len(list(into.glob("*.png"))) >= 2 * (len(pages) + 1)
