@@ -12,11 +12,11 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: turn_cost
+SCHEMA_VERSION = 3  # 2: turn_cost; 3: delivered.read_at
 INBOUND = "inbound.db"
 OUTBOUND = "outbound.db"
 # Doorbells: datagram sockets in the session folder. The container listens on AGENT_BELL and
@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS delivered (
     platform_message_id TEXT,
     status TEXT NOT NULL CHECK (status IN ('delivered', 'failed')),
     error TEXT,
-    delivered_at REAL NOT NULL
+    delivered_at REAL NOT NULL,
+    read_at REAL  -- when the platform said the person read it (status stays 'delivered': older readers agree)
 );
 CREATE TABLE IF NOT EXISTS destinations (
     name TEXT PRIMARY KEY,
@@ -106,6 +107,9 @@ CREATE TABLE IF NOT EXISTS turn_cost (
     charged_at REAL NOT NULL
 );
 """
+# Columns added to a table after it first shipped, by the version that added them. CREATE TABLE IF NOT EXISTS
+# leaves an existing table as it is, so an older file gets each one with ALTER TABLE (where it has the table).
+_ADDED_COLUMNS = (("delivered", "read_at", "REAL"),)
 
 
 class SchemaError(RuntimeError):
@@ -168,12 +172,31 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 def _ensure(path: Path, schema: str) -> None:
     with opened(path) as conn:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise SchemaError(f"{path} has schema {version}, this Clawden knows {SCHEMA_VERSION}")
-        if version < SCHEMA_VERSION:
-            conn.executescript(schema)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if _version(conn, path) == SCHEMA_VERSION:
+            return
+        conn.executescript(schema)  # new tables; each statement is idempotent on its own
+        # The added columns and the version in one transaction: a kill halfway leaves a hot journal, which the
+        # next open rolls back (see _roll_back_hot_journal), and the next _ensure does it again.
+        with transaction(conn):
+            if _version(conn, path) < SCHEMA_VERSION:
+                for table, column, declaration in _ADDED_COLUMNS:
+                    _add_column(conn, table, column, declaration)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _version(conn: sqlite3.Connection, path: Path) -> int:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise SchemaError(f"{path} has schema {version}, this Clawden knows {SCHEMA_VERSION}")
+    return version
+
+
+def _add_column(conn: sqlite3.Connection, table: str, column: str, declaration: str) -> None:
+    """ALTER TABLE ADD COLUMN only changes the schema (no row is rewritten); a reader mid-query keeps its
+    snapshot, and its next statement sees the column."""
+    have = {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")}
+    if have and column not in have:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 def ensure_inbound(folder: Path) -> Path:
@@ -272,14 +295,65 @@ def set_routing(folder: Path, routing: Routing) -> None:
         )
 
 
-def record_delivery(folder: Path, out_seq: int, *, platform_message_id: str | None, error: str | None = None) -> None:
-    """A receipt from the bridge, so the agent learns whether its message arrived."""
-    with opened(folder / INBOUND) as conn:
-        conn.execute(
-            "INSERT OR REPLACE INTO delivered (out_seq, platform_message_id, status, error, delivered_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (out_seq, platform_message_id, "failed" if error else "delivered", error, time.time()),
-        )
+@dataclass(frozen=True)
+class Delivery:
+    """What the platform said of one outbound message: delivered (and, if it told, read) or failed."""
+
+    out_seq: int
+    platform_message_id: str | None
+    status: str  # 'delivered' or 'failed'
+    error: str | None
+    delivered_at: float
+    read_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        """'failed', 'read' or 'delivered'."""
+        return "read" if self.status == "delivered" and self.read_at is not None else self.status
+
+
+def merge_delivery(old: Delivery | None, new: Delivery) -> Delivery:
+    """The strongest word per message, whatever order receipts come in (Meta does not order its status
+    webhooks): failed > read > delivered. Failed stays failed; a late "delivered" never un-reads a message;
+    the first time each state was seen is kept, and a platform id once known is never lost."""
+    if old is None:
+        return new
+    if old.status == "failed":
+        return old
+    known = new.platform_message_id or old.platform_message_id
+    if new.status == "failed":
+        return replace(new, platform_message_id=known)
+    read_at = new.read_at if old.read_at is None else old.read_at
+    return replace(old, platform_message_id=known, read_at=read_at)
+
+
+def record_delivery(
+    folder: Path, out_seq: int, *, platform_message_id: str | None, error: str | None = None, read: bool = False
+) -> Delivery:
+    """A receipt from the bridge, merged into what the session knows, so the agent learns whether its message
+    arrived and whether the person read it. Returns the message's state now."""
+    path = ensure_inbound(folder)  # a receipt can come before the session's next wake brings its file up to date
+    now = time.time()
+    status = "failed" if error else "delivered"
+    new = Delivery(out_seq, platform_message_id, status, error, now, now if read and not error else None)
+    with opened(path) as conn, transaction(conn):
+        row = conn.execute("SELECT * FROM delivered WHERE out_seq = ?", (out_seq,)).fetchone()
+        old = _delivery_from_row(row) if row else None
+        merged = merge_delivery(old, new)
+        if merged != old:
+            conn.execute(
+                "INSERT OR REPLACE INTO delivered (out_seq, platform_message_id, status, error, delivered_at,"
+                " read_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (out_seq, merged.platform_message_id, merged.status, merged.error, merged.delivered_at, merged.read_at),
+            )
+    return merged
+
+
+def delivery(folder: Path, out_seq: int) -> Delivery | None:
+    """What the session knows of one outbound message's delivery; None before any receipt."""
+    with opened(folder / INBOUND, readonly=True) as conn:
+        row = conn.execute("SELECT * FROM delivered WHERE out_seq = ?", (out_seq,)).fetchone()
+    return _delivery_from_row(row) if row else None
 
 
 def outbound_max_seq(folder: Path) -> int:
@@ -603,6 +677,17 @@ def _inbound_from_row(r: sqlite3.Row) -> InboundMessage:
         seq=int(r["seq"]),
         created_at=float(r["created_at"]),
         tries=int(r["tries"]),
+    )
+
+
+def _delivery_from_row(r: sqlite3.Row) -> Delivery:
+    return Delivery(
+        out_seq=int(r["out_seq"]),
+        platform_message_id=r["platform_message_id"],
+        status=str(r["status"]),
+        error=r["error"],
+        delivered_at=float(r["delivered_at"]),
+        read_at=None if r["read_at"] is None else float(r["read_at"]),
     )
 
 

@@ -127,3 +127,86 @@ conn.execute("INSERT INTO filler SELECT randomblob(4000) FROM (WITH RECURSIVE n(
 print("mid-transaction", flush=True)
 time.sleep(60)
 """
+
+
+# --- delivery receipts: the strongest word per message ---------------------------------------------
+
+SENT = sdb.Delivery(3, "wamid.1", "delivered", None, 100.0)
+READ = sdb.Delivery(3, "wamid.1", "delivered", None, 200.0, read_at=200.0)
+FAILED = sdb.Delivery(3, None, "failed", "undeliverable", 300.0)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "state", "delivered_at", "read_at", "platform_id"),
+    [
+        (None, SENT, "delivered", 100.0, None, "wamid.1"),  # the first word
+        (None, READ, "read", 200.0, 200.0, "wamid.1"),  # read as it arrived: Meta sends no "delivered" then
+        (SENT, READ, "read", 100.0, 200.0, "wamid.1"),  # read upgrades delivered, which keeps its time
+        (READ, SENT, "read", 200.0, 200.0, "wamid.1"),  # a late "delivered" never un-reads it
+        (READ, sdb.Delivery(3, "wamid.1", "delivered", None, 250.0, 250.0), "read", 200.0, 200.0, "wamid.1"),
+        (SENT, FAILED, "failed", 300.0, None, "wamid.1"),  # accepted, then Meta's failed status: the id is kept
+        (READ, FAILED, "failed", 300.0, None, "wamid.1"),
+        (FAILED, SENT, "failed", 300.0, None, None),  # failed stays failed
+        (FAILED, READ, "failed", 300.0, None, None),
+        (sdb.Delivery(3, None, "delivered", None, 100.0), READ, "read", 100.0, 200.0, "wamid.1"),  # id learned
+    ],
+)
+def test_receipts_merge_to_the_strongest_state_in_any_order(
+    old: sdb.Delivery | None,
+    new: sdb.Delivery,
+    state: str,
+    delivered_at: float,
+    read_at: float | None,
+    platform_id: str,
+) -> None:
+    merged = sdb.merge_delivery(old, new)
+    assert (merged.state, merged.delivered_at, merged.read_at, merged.platform_message_id) == (
+        state,
+        delivered_at,
+        read_at,
+        platform_id,
+    )
+
+
+def test_a_read_receipt_is_kept_and_a_later_delivered_one_does_not_downgrade_it(folder: Path) -> None:
+    assert sdb.delivery(folder, 3) is None
+    assert sdb.record_delivery(folder, 3, platform_message_id="wamid.1").state == "delivered"
+    assert sdb.record_delivery(folder, 3, platform_message_id="wamid.1", read=True).state == "read"
+    assert sdb.record_delivery(folder, 3, platform_message_id="wamid.1").state == "read"
+    known = sdb.delivery(folder, 3)
+    assert known is not None and known.state == "read" and known.read_at is not None
+    assert sdb.platform_message_id(folder, 3) == "wamid.1"  # a read message can still be edited or reacted to
+    assert sdb.record_delivery(folder, 5, platform_message_id=None, error="blocked").state == "failed"
+    assert sdb.record_delivery(folder, 5, platform_message_id="x", read=True).state == "failed"
+    assert sdb.failed_deliveries(folder) == [(5, "blocked")]
+
+
+V2_DELIVERED = """
+CREATE TABLE delivered (
+    out_seq INTEGER PRIMARY KEY,
+    platform_message_id TEXT,
+    status TEXT NOT NULL CHECK (status IN ('delivered', 'failed')),
+    error TEXT,
+    delivered_at REAL NOT NULL
+);
+INSERT INTO delivered VALUES (3, 'wamid.old', 'delivered', NULL, 1.0);
+PRAGMA user_version = 2;
+"""
+
+
+def test_a_session_file_from_before_read_receipts_is_migrated_by_its_next_receipt(tmp_path: Path) -> None:
+    """A runner upgraded under a live session gets a receipt before the session's next wake: the receipt
+    itself brings the file up to date, keeps what it held, and a reader that opened the file before still
+    reads it afterwards."""
+    with sdb.opened(tmp_path / sdb.INBOUND) as conn:
+        conn.executescript(V2_DELIVERED)
+    with sdb.opened(tmp_path / sdb.INBOUND, readonly=True) as reader:  # the container, reading meanwhile
+        assert reader.execute("SELECT status FROM delivered WHERE out_seq = 3").fetchone()[0] == "delivered"
+        assert sdb.record_delivery(tmp_path, 3, platform_message_id="wamid.old", read=True).state == "read"
+        assert reader.execute("SELECT read_at FROM delivered WHERE out_seq = 3").fetchone()[0] is not None
+    with sdb.opened(tmp_path / sdb.INBOUND, readonly=True) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == sdb.SCHEMA_VERSION
+    known = sdb.delivery(tmp_path, 3)
+    assert known is not None and (known.delivered_at, known.state) == (1.0, "read")
+    sdb.ensure_inbound(tmp_path)  # again: nothing to do, nothing broken
+    assert sdb.platform_message_id(tmp_path, 3) == "wamid.old"

@@ -233,12 +233,19 @@ class OutboundReaction(_Event, tag="outbound.reaction", frozen=True):
     seq: int = 0
 
 
+ReceiptState = Literal["delivered", "read"]
+
+
 class DeliveryReceipt(_Event, tag="receipt", frozen=True):
-    """A bridge's word on one outbound event: the platform took it (with its id) or refused it."""
+    """A bridge's word on one outbound event: the platform took it (with its id) or refused it, and later,
+    where the platform tells bots, that the person read it."""
 
     outbound_id: str
     route: Route
     ok: bool
+    # What an ok receipt says: "delivered" (the platform took it, or it reached the person's device) or "read"
+    # (the person opened it: WhatsApp's read status). A receipt from before the field decodes as delivered.
+    state: ReceiptState = "delivered"
     session_id: OptionalSession = ""
     seq: int = 0
     platform_message_id: str | None = None

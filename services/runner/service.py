@@ -482,12 +482,15 @@ class Runner:
             return  # not one of ours (another runner's session, or a runner notice)
         if not receipt.ok and not receipt.final:
             return  # the bridge is still retrying; its final word follows
+        # The session keeps the strongest word per message (failed > read > delivered), so receipts may come
+        # in any order and a redelivered one changes nothing.
         await asyncio.to_thread(
             sessiondb.record_delivery,
             self.session_dir(info),
             receipt.seq,
             platform_message_id=receipt.platform_message_id,
-            error=receipt.error,
+            error=None if receipt.ok else receipt.error or "the platform refused it",
+            read=receipt.ok and receipt.state == "read",
         )
 
     # --- starting containers: one per session, a global cap, a fair queue, backoff ----------------

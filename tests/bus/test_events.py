@@ -186,6 +186,15 @@ def test_unknown_fields_from_a_newer_producer_are_tolerated() -> None:
     assert ev.decode(data) == ev.ApprovalDecision(id="a", decision="denied")
 
 
+def test_a_receipt_from_before_read_states_decodes_as_delivered_and_a_read_one_round_trips() -> None:
+    old = b'{"type":"receipt","outbound_id":"o","route":{"channel":"whatsapp","chat_id":"1"},"ok":true}'
+    assert ev.decoder_for(ev.DeliveryReceipt).decode(old).state == "delivered"
+    read = ev.DeliveryReceipt(outbound_id="o", route=ROUTE, ok=True, state="read", platform_message_id="wamid.1")
+    assert ev.decode(ev.encode(read)) == read
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.state"):
+        ev.decode(old.replace(b'"ok":true', b'"ok":true,"state":"seen"'))
+
+
 def test_a_wake_that_names_no_destinations_differs_from_one_whose_group_has_none() -> None:
     # None: the sender (a scheduler) does not know them, keep the session's; (): the group has none.
     data = (
