@@ -453,6 +453,7 @@ class WhatsAppBridge(Bridge):
             outbound_id=record.outbound_id,
             route=ev.Route(channel=CHANNEL, chat_id=record.chat_id),
             ok=error is None,
+            state="read" if s.status == "read" else "delivered",
             session_id=record.session_id,
             seq=record.seq,
             platform_message_id=s.id,

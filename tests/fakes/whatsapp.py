@@ -29,6 +29,10 @@ PHONE_NUMBER_ID = "106540352242922"
 DISPLAY_NUMBER = "15550783881"
 WABA_ID = "102290129340398"
 _WAMIDS = itertools.count(1)
+# "Status messages webhook reference": a business's message is sent, delivered to the device, read (displayed
+# in the person's WhatsApp client), or failed, with `errors`. Read implies delivered: when a message is read as
+# it arrives (the person has the chat open), Meta sends "read" and no "delivered" at all.
+STATUSES = ("sent", "delivered", "read", "failed")
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -89,6 +93,10 @@ class WebhookSender:
         errors: list[dict[str, Any]] | None = None,
         at: int | None = None,
     ) -> dict[str, Any]:
+        if status not in STATUSES or (status == "failed") != bool(errors):
+            raise ValueError(
+                f"Meta posts no status {status!r} with errors={errors!r} (Status messages webhook reference)"
+            )
         entry: dict[str, Any] = {
             "id": wamid,
             "status": status,
