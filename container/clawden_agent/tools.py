@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,12 @@ class Tools:
         await self._write("reaction", {"target_seq": seq, "emoji": emoji}, await self._routing(""))
         return f"reacted {emoji} to #{seq}"
 
+    async def message_status(self, args: dict[str, Any]) -> str:
+        seq = _int(args, "seq")
+        if seq % 2 == 0:
+            raise ToolError(f"#{seq} is a message you received; only your own (odd) messages have a delivery status.")
+        return delivery_status(seq, await asyncio.to_thread(sessiondb.delivery, self.folder, seq))
+
     async def send_card(self, args: dict[str, Any]) -> str:
         title = _str(args, "title", limit=256)
         buttons = _options(args.get("buttons"), required=False)
@@ -355,6 +362,22 @@ class Tools:
         return await self._task("cancel", {"task_id": _task_id(args)})
 
 
+def delivery_status(seq: int, known: sessiondb.Delivery | None) -> str:
+    """What message_status answers: the strongest word the chat app gave about #seq, with its time."""
+    if known is None:
+        return f"#{seq}: no word from the chat app yet (not sent yet, or its receipt is on its way)."
+    if known.state == "failed":
+        return f"#{seq}: never reached the chat: {known.error or 'the chat app refused it'}"
+    delivered = f"delivered {_when(known.delivered_at)}"
+    if known.read_at is not None:
+        return f"#{seq}: read {_when(known.read_at)} ({delivered})."
+    return f"#{seq}: {delivered}; not read as far as the chat app has said (only some apps, like WhatsApp, tell)."
+
+
+def _when(at: float) -> str:
+    return "at " + datetime.fromtimestamp(at, UTC).astimezone().isoformat(timespec="seconds")
+
+
 def _task_id(args: dict[str, Any]) -> str:
     task_id = _str(args, "task_id", limit=64)
     if not TASK_ID.match(task_id):
@@ -418,6 +441,13 @@ SPECS: list[tuple[str, str, dict[str, Any]]] = [
         "add_reaction",
         "React with an emoji to a message by its #seq.",
         _schema({"seq": _SEQ, "emoji": _STRING}, ["seq", "emoji"]),
+    ),
+    (
+        "message_status",
+        "Whether one of your messages (by its #seq) reached the chat, and whether the person has read it: "
+        "read, delivered, or never delivered with the reason. Read is known only where the chat app tells "
+        "bots (WhatsApp does; the other chat apps Clawden bridges do not).",
+        _schema({"seq": _SEQ}, ["seq"]),
     ),
     (
         "send_card",

@@ -177,25 +177,38 @@ async def test_an_image_reaches_the_agents_inbox(stack: Stack, wa: WhatsApp) -> 
     assert [f.read_bytes() for f in (folder / "inbox").rglob("*") if f.is_file()] == [picture]
 
 
-async def test_a_read_status_becomes_the_receipt_in_the_agents_session(stack: Stack, wa: WhatsApp) -> None:
+def delivery_of(stack: Stack, wa_id: str, wamid: str) -> sessiondb.Delivery | None:
+    """What the chat's session knows of the agent's message that WhatsApp knows as `wamid`."""
+    folder = session_of(stack, wa_id)
+    if folder is None:
+        return None
+    with sessiondb.opened(folder / sessiondb.INBOUND, readonly=True) as conn:
+        row = conn.execute("SELECT out_seq FROM delivered WHERE platform_message_id = ?", (wamid,)).fetchone()
+    return sessiondb.delivery(folder, int(row[0])) if row else None
+
+
+async def test_a_read_status_becomes_a_read_receipt_the_agent_can_see(stack: Stack, wa: WhatsApp) -> None:
     ada = "447700900204"
     await wire(stack, ada)
     await wa.graph.user_writes(ada, "let me know when I have read this")
     [answer] = await answers(wa, ada, 1)
+    sent = await eventually(lambda: delivery_of(stack, ada, answer.wamid), timeout=30, message=wa.logs)
+    assert sent.state == "delivered"  # the bridge's word when Graph took it
+    # Ada has the chat open: Meta posts "read" and no "delivered" ("Status messages webhook reference").
+    assert await wa.graph.status(answer, "read") == 200
 
-    def receipt() -> tuple[str, str, float] | None:
-        return receipt_row(stack, ada, answer.wamid)
+    def read() -> sessiondb.Delivery | None:
+        now = delivery_of(stack, ada, answer.wamid)
+        return now if now is not None and now.state == "read" else None
 
-    sent = await eventually(receipt, timeout=30, message=wa.logs)  # the bridge's word when Graph took it
-    assert sent[:2] == (answer.wamid, "delivered")
-    assert await wa.graph.status(answer, "read") == 200  # Ada opens it: Meta posts a status callback
+    seen = await eventually(read, timeout=30, message=wa.logs)
+    assert seen.out_seq == sent.out_seq and seen.delivered_at == sent.delivered_at and seen.read_at is not None
 
-    def renewed() -> tuple[str, str, float] | None:
-        now = receipt()
-        return now if now is not None and now[2] > sent[2] else None
-
-    read = await eventually(renewed, timeout=30, message=wa.logs)
-    assert read[:2] == (answer.wamid, "delivered")  # a new receipt for the same message, still a success
+    # The agent asks: its message_status tool reads the session's receipt, in the real container.
+    await eventually(lambda: quiet(stack), timeout=60, message=wa.logs)
+    stack.fake.script(ToolCall("message_status", {"seq": seen.out_seq}), Text("you read it"))
+    await wa.graph.user_writes(ada, "did I read your answer?")
+    await eventually(lambda: told(stack, f"#{seen.out_seq}: read at "), timeout=ANSWER, message=wa.logs)
 
 
 async def test_a_reply_meta_refuses_as_outside_the_window_is_reported_to_the_agent(stack: Stack, wa: WhatsApp) -> None:
