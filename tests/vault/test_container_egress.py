@@ -24,6 +24,9 @@ from clawden import config as config_mod
 from clawden import control
 from clawden.bus import events as ev
 from clawden.bus import subjects
+from clawden.bus.ctl import Verb
+from clawden.bus.ctl import vault as vault_ctl
+from clawden.control import Rep, Req
 from tests.e2e.harness import Stack, start_stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
@@ -78,8 +81,8 @@ def _json_or_text(body: str) -> Any:
         return body
 
 
-def vault(stack: Stack, verb: str, payload: dict[str, Any]) -> Any:
-    return control.run_options(config_mod.load(stack.home), "vault", verb, payload)
+def vault(stack: Stack, verb: Verb[Req, Rep], request: Req) -> Rep:
+    return control.run(config_mod.load(stack.home), verb, request)
 
 
 def test_claude_code_keeps_its_default_https_endpoint_and_the_gateway_injects_the_key(stack: Stack) -> None:
@@ -110,7 +113,8 @@ def test_claude_code_keeps_its_default_https_endpoint_and_the_gateway_injects_th
 
 
 def test_there_is_no_way_out_but_the_groups_own_socket(stack: Stack) -> None:
-    vault(stack, "gateway", {"agent_group": "other"})  # another group's socket exists on the host
+    # Another group's socket exists on the host.
+    vault(stack, vault_ctl.GATEWAY, vault_ctl.GroupRequest(agent_group="other"))
     script = f"""
 import json, os, socket
 v6 = [line.split()[-1] for line in open('/proc/net/ipv6_route').read().splitlines()]
@@ -146,13 +150,13 @@ print(json.dumps({{"interfaces": sorted(os.listdir('/sys/class/net')),
 def test_rules_hold_from_inside_the_container(stack: Stack) -> None:
     vault(
         stack,
-        "rules-add",
-        {"name": "e2e-limit", "action": "rate_limit", "host": "api.anthropic.com", "path": "/v1/limited", "limit": 2},
+        vault_ctl.RULES_ADD,
+        vault_ctl.AddRule(name="e2e-limit", action="rate_limit", host="api.anthropic.com", path="/v1/limited", limit=2),
     )
     vault(
         stack,
-        "rules-add",
-        {"name": "e2e-block", "action": "block", "host": "api.anthropic.com", "path": "/v1/blocked/*"},
+        vault_ctl.RULES_ADD,
+        vault_ctl.AddRule(name="e2e-block", action="block", host="api.anthropic.com", path="/v1/blocked/*"),
     )
     answers = fetch(
         stack,
@@ -170,11 +174,10 @@ def test_rules_hold_from_inside_the_container(stack: Stack) -> None:
 
 
 async def test_an_approval_gated_request_waits_then_passes_fails_or_expires(stack: Stack) -> None:
-    await asyncio.to_thread(
-        vault,
-        stack,
-        "rules-add",
-        {"name": "e2e-ask", "action": "manual_approval", "host": "api.anthropic.com", "path": "/v1/ask/*"},
+    await control.ask(
+        config_mod.load(stack.home),
+        vault_ctl.RULES_ADD,
+        vault_ctl.AddRule(name="e2e-ask", action="manual_approval", host="api.anthropic.com", path="/v1/ask/*"),
     )
     nc = await stack.connect("test-approver")
     asks: asyncio.Queue[ev.ApprovalRequest] = asyncio.Queue()
@@ -244,14 +247,10 @@ def as_servers_resolve(path: str) -> str:
 def test_no_spelling_of_a_blocked_path_or_method_gets_past_the_gateway(stack: Stack) -> None:
     vault(
         stack,
-        "rules-add",
-        {
-            "name": "e2e-no-prod",
-            "action": "block",
-            "host": "api.anthropic.com",
-            "method": "DELETE",
-            "path": "/v1/prod/*",
-        },
+        vault_ctl.RULES_ADD,
+        vault_ctl.AddRule(
+            name="e2e-no-prod", action="block", host="api.anthropic.com", method="DELETE", path="/v1/prod/*"
+        ),
     )
     spellings = [
         "/v1/x/../prod/a",
@@ -293,21 +292,21 @@ def test_a_secret_in_the_path_reaches_the_site_and_never_comes_back(stack: Stack
     token = "7777777:AAH-e2e_bot-token_0123456789"
     vault(
         stack,
-        "secrets-add",
-        {
-            "name": "e2e-bot",
-            "type": "generic",
-            "value": token,
-            "host": "api.anthropic.com",
-            "path_template": "/bot{value}",
-            "force": True,  # a generic secret on the model API's host: only this test's fake has one
-        },
+        vault_ctl.SECRETS_ADD,
+        vault_ctl.AddSecret(
+            name="e2e-bot",
+            type="generic",
+            value=token,
+            host="api.anthropic.com",
+            path_template="/bot{value}",
+            force=True,  # a generic secret on the model API's host: only this test's fake has one
+        ),
     )
     seen = len(stack.fake.requests)
     try:
         answers = fetch(stack, ("https://api.anthropic.com/botPLACEHOLDER/getMe", "GET"))
     finally:
-        vault(stack, "secrets-remove", {"name": "e2e-bot"})
+        vault(stack, vault_ctl.SECRETS_REMOVE, vault_ctl.Named(name="e2e-bot"))
 
     [(status, body)] = answers
     # The fake quotes the path it got in its 404, as many sites do; the agent reads its own placeholder.
