@@ -11,6 +11,7 @@ import pytest
 
 from clawden import config as config_mod
 from clawden import control, sessiondb
+from clawden.bus.ctl import router as router_ctl
 from tests.channels.discord_harness import DiscordBridge
 from tests.e2e.harness import Stack, start_stack
 from tests.eventually import eventually
@@ -43,17 +44,16 @@ def bridge(stack: Stack, discord: FakeDiscord) -> Iterator[DiscordBridge]:
     assert discord.token not in b.output()
 
 
-async def wire(stack: Stack, chat: str, *, group: bool, policy: str = "public") -> None:
+async def wire(stack: Stack, chat: str, *, group: bool, policy: router_ctl.UnknownSenderPolicy = "public") -> None:
     """The owner wires a channel to agent group `main` (the router's control API, as `clawden wire` does)."""
     cfg = config_mod.load(stack.home)
-    await control.call(
+    await control.ask(
         cfg,
-        "router",
-        "chats",
-        {"op": "create", "channel": "discord", "chat_id": chat, "name": chat, "is_group": group, "policy": policy},
+        router_ctl.CHATS_CREATE,
+        router_ctl.ChatCreate(channel="discord", chat_id=chat, name=chat, is_group=group, policy=policy),
     )
-    await control.call(
-        cfg, "router", "wirings", {"op": "create", "channel": "discord", "chat_id": chat, "agent_group": "main"}
+    await control.ask(
+        cfg, router_ctl.WIRINGS_CREATE, router_ctl.WiringCreate(channel="discord", chat_id=chat, agent_group="main")
     )
 
 
@@ -104,7 +104,7 @@ async def test_a_strangers_message_waits_for_the_owner_who_alone_presses_the_car
 ) -> None:
     cfg = config_mod.load(stack.home)
     ada, bob = discord.user("ada"), discord.user("bob")
-    await control.call(cfg, "router", "roles", {"op": "grant", "user_id": f"discord:{ada}", "role": "owner"})
+    await control.ask(cfg, router_ctl.ROLES_GRANT, router_ctl.RoleGrant(user_id=f"discord:{ada}", role="owner"))
     own = discord.dm(ada)
     await wire(stack, own, group=False)
     discord.say(own, ada, "hello")  # the bridge now knows her DM: her cards go there
@@ -199,7 +199,7 @@ async def test_the_owner_pairs_by_sending_the_code_in_a_dm(
 ) -> None:
     dee = discord.user("dee")
     dm = discord.dm(dee)
-    pair = await control.call(config_mod.load(stack.home), "router", "pair", {"op": "create", "channel": "discord"})
-    discord.say(dm, dee, pair["code"])
+    pair = await control.ask(config_mod.load(stack.home), router_ctl.PAIR, router_ctl.PairCreate(channel="discord"))
+    discord.say(dm, dee, pair.code)
     [answer] = await answers(discord, dm, 1, timeout=60)
     assert answer == f"Paired: discord:{dee} is now an owner of this Clawden."

@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from clawden import config as config_mod
 from clawden import control, sessiondb
 from clawden.bus import subjects
+from clawden.bus.ctl import router as router_ctl
 from services.channels.mail import core
 from tests.channels.email_harness import EmailBridgeProcess, letter, mails, text_of, unique
 from tests.e2e.harness import Stack
@@ -45,19 +45,18 @@ def bot(stack: Stack, owner: str, ada: str) -> str:
     cfg = config_mod.load(stack.home)
 
     async def prepare() -> None:
-        await control.call(cfg, "router", "roles", {"op": "grant", "user_id": f"email:{owner}", "role": "owner"})
-        await control.call(
-            cfg, "router", "chats", {"op": "create", "channel": "email", "chat_id": "*", "policy": "request_approval"}
+        await control.ask(cfg, router_ctl.ROLES_GRANT, router_ctl.RoleGrant(user_id=f"email:{owner}", role="owner"))
+        await control.ask(
+            cfg, router_ctl.CHATS_CREATE, router_ctl.ChatCreate(channel="email", chat_id="*", policy="request_approval")
         )
         # Mention mode: a mail between a person and the assistant is always for it, one among several people
         # only when the assistant is in To or named (what `--engage mention` does, as the README says).
-        await control.call(
+        await control.ask(
             cfg,
-            "router",
-            "wirings",
-            {"op": "create", "channel": "email", "chat_id": "*", "agent_group": "main", "engage_mode": "mention"},
+            router_ctl.WIRINGS_CREATE,
+            router_ctl.WiringCreate(channel="email", chat_id="*", agent_group="main", engage_mode="mention"),
         )
-        await control.call(cfg, "router", "members", {"op": "add", "agent_group": "main", "user_id": f"email:{ada}"})
+        await control.ask(cfg, router_ctl.MEMBERS_ADD, router_ctl.MemberAdd(agent_group="main", user_id=f"email:{ada}"))
 
     asyncio.run(prepare())
     return unique("assistant")
@@ -112,11 +111,10 @@ async def turns_done(stack: Stack, marker: str, answers: int) -> None:
     await eventually(done, ANSWER, f"the agent never finished its turns on {marker!r}")
 
 
-async def dropped(stack: Stack) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = await control.call(
-        config_mod.load(stack.home), "router", "dropped", {"op": "list", "channel": "email"}
+async def dropped(stack: Stack) -> list[router_ctl.Dropped]:
+    return await control.ask(
+        config_mod.load(stack.home), router_ctl.DROPPED_LIST, router_ctl.DroppedList(channel="email")
     )
-    return rows
 
 
 def session_folders(stack: Stack) -> list[Path]:
@@ -206,7 +204,7 @@ async def test_automatic_mail_a_bounce_and_a_forged_sender_wake_no_agent_and_are
         )
     )
     rows = await eventually(lambda: _three(dropped(stack)), 60, "the three mails were not all dropped")
-    reasons = sorted(r["reason"] for r in rows)
+    reasons = sorted(r.reason for r in rows)
     assert any("Auto-Submitted: auto-replied" in r for r in reasons)
     assert any("bounce" in r for r in reasons)
     forged = "unverified sender: From domain localhost has no aligned DKIM or SPF pass"
@@ -218,8 +216,8 @@ async def test_automatic_mail_a_bounce_and_a_forged_sender_wake_no_agent_and_are
     assert "Re: Urgent" not in answered and "Re: Out of office" not in answered
 
 
-async def _three(rows: Any) -> list[dict[str, Any]] | None:
-    found = [r for r in await rows if any(w in r["reason"] for w in ("Auto-Submitted", "bounce", "unverified"))]
+async def _three(rows: Awaitable[list[router_ctl.Dropped]]) -> list[router_ctl.Dropped] | None:
+    found = [r for r in await rows if any(w in r.reason for w in ("Auto-Submitted", "bounce", "unverified"))]
     return found if len(found) >= 3 else None
 
 
@@ -251,7 +249,7 @@ async def test_mail_arriving_while_the_bridge_is_killed_is_answered_once_after_i
 ) -> None:
     cy = unique("cy")
     cfg = config_mod.load(stack.home)
-    await control.call(cfg, "router", "members", {"op": "add", "agent_group": "main", "user_id": f"email:{cy}"})
+    await control.ask(cfg, router_ctl.MEMBERS_ADD, router_ctl.MemberAdd(agent_group="main", user_id=f"email:{cy}"))
     opening = letter(cy, bot, "note 0: a long day ahead", subject="Notes")
     mail_server.send(opening)
     [first] = await mails(mail_server, cy, 1, ANSWER)
@@ -288,7 +286,7 @@ async def test_a_temporary_smtp_failure_is_retried_and_a_permanent_one_reaches_t
     busy, gone = unique("busy"), unique("gone")
     cfg = config_mod.load(stack.home)
     for who in (busy, gone):
-        await control.call(cfg, "router", "members", {"op": "add", "agent_group": "main", "user_id": f"email:{who}"})
+        await control.ask(cfg, router_ctl.MEMBERS_ADD, router_ctl.MemberAdd(agent_group="main", user_id=f"email:{who}"))
     mail_server.refuse({f"^{busy}$": "450 4.2.0 Mailbox busy, try later", f"^{gone}$": "550 5.1.1 No such user here"})
     try:
         # A chat held back by 4xx retries holds up the chats of its outbound lane (1 in 8, by design): this
@@ -320,11 +318,11 @@ async def test_the_owner_pairs_by_mailing_the_code_alone_as_the_subject(
     stack: Stack, mail_server: MailServer, bridge: EmailBridgeProcess, bot: str
 ) -> None:
     dee = unique("dee")
-    pair = await control.call(config_mod.load(stack.home), "router", "pair", {"op": "create", "channel": "email"})
-    message = letter(dee, bot, "", subject=pair["code"])
+    pair = await control.ask(config_mod.load(stack.home), router_ctl.PAIR, router_ctl.PairCreate(channel="email"))
+    message = letter(dee, bot, "", subject=pair.code)
     mail_server.send(message)
     [answer] = await mails(mail_server, dee, 1, 60)
     assert text_of(answer) == f"Paired: email:{dee} is now an owner of this Clawden."
     assert answer["In-Reply-To"] == message["Message-ID"]
-    roles = await control.call(config_mod.load(stack.home), "router", "roles", {"op": "list"})
-    assert any(r["user_id"] == f"email:{dee}" and r["role"] == "owner" for r in roles)
+    roles = await control.ask(config_mod.load(stack.home), router_ctl.ROLES_LIST, router_ctl.ListAll())
+    assert any(r.user_id == f"email:{dee}" and r.role == "owner" for r in roles)

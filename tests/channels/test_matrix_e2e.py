@@ -12,6 +12,7 @@ import pytest
 
 from clawden import config as config_mod
 from clawden import control, sessiondb
+from clawden.bus.ctl import router as router_ctl
 from tests.channels.matrix_harness import MatrixBridgeProcess, Person
 from tests.e2e.harness import Stack
 from tests.eventually import eventually
@@ -49,17 +50,16 @@ async def bob(synapse: Synapse) -> AsyncIterator[Person]:
     await p.close()
 
 
-async def wire(stack: Stack, room_id: str, *, group: bool, policy: str = "public") -> None:
+async def wire(stack: Stack, room_id: str, *, group: bool, policy: router_ctl.UnknownSenderPolicy = "public") -> None:
     """The owner wires a room to agent group `main` (the router's control API, as `clawden wire` does)."""
     cfg = config_mod.load(stack.home)
-    await control.call(
+    await control.ask(
         cfg,
-        "router",
-        "chats",
-        {"op": "create", "channel": "matrix", "chat_id": room_id, "name": "", "is_group": group, "policy": policy},
+        router_ctl.CHATS_CREATE,
+        router_ctl.ChatCreate(channel="matrix", chat_id=room_id, name="", is_group=group, policy=policy),
     )
-    await control.call(
-        cfg, "router", "wirings", {"op": "create", "channel": "matrix", "chat_id": room_id, "agent_group": "main"}
+    await control.ask(
+        cfg, router_ctl.WIRINGS_CREATE, router_ctl.WiringCreate(channel="matrix", chat_id=room_id, agent_group="main")
     )
 
 
@@ -126,7 +126,7 @@ async def test_a_stranger_waits_for_the_owner_who_alone_decides_in_a_direct_room
     tmp_path: Path, stack: Stack, ada: Person, bob: Person, bot: Account, bridge: MatrixBridgeProcess
 ) -> None:
     cfg = config_mod.load(stack.home)
-    await control.call(cfg, "router", "roles", {"op": "grant", "user_id": f"matrix:{ada.user_id}", "role": "owner"})
+    await control.ask(cfg, router_ctl.ROLES_GRANT, router_ctl.RoleGrant(user_id=f"matrix:{ada.user_id}", role="owner"))
     room = await ada.create_room(invite=[bot.user_id, bob.user_id], name="Neighbours")
     await joined(ada, room, bot.user_id)
     await bob.join(room)
@@ -160,11 +160,10 @@ async def test_an_invite_from_a_stranger_into_a_strict_room_is_declined_and_show
 ) -> None:
     room = await bob.create_room(invite=[], name="Private")
     cfg = config_mod.load(stack.home)
-    await control.call(
+    await control.ask(
         cfg,
-        "router",
-        "chats",
-        {"op": "create", "channel": "matrix", "chat_id": room, "name": "Private", "is_group": True, "policy": "strict"},
+        router_ctl.CHATS_CREATE,
+        router_ctl.ChatCreate(channel="matrix", chat_id=room, name="Private", is_group=True, policy="strict"),
     )
     await bob.invite(room, bot.user_id)
 
@@ -172,8 +171,8 @@ async def test_an_invite_from_a_stranger_into_a_strict_room_is_declined_and_show
         return await bob.membership(room, bot.user_id) == "leave"
 
     await eventually(declined, 30, "the bot did not decline the invite")
-    dropped = await control.call(cfg, "router", "dropped", {"op": "list", "channel": "matrix"})
-    assert [(d["chat_id"], d["sender_id"], d["reason"]) for d in dropped if d["chat_id"] == room] == [
+    dropped = await control.ask(cfg, router_ctl.DROPPED_LIST, router_ctl.DroppedList(channel="matrix"))
+    assert [(d.chat_id, d.sender_id, d.reason) for d in dropped if d.chat_id == room] == [
         (room, f"matrix:{bob.user_id}", "invited by an unknown user (strict chat)")
     ]
 

@@ -11,6 +11,7 @@ import pytest
 
 from clawden import config as config_mod
 from clawden import control, sessiondb
+from clawden.bus.ctl import router as router_ctl
 from tests.channels.slack_harness import SlackBridge
 from tests.e2e.harness import Stack
 from tests.eventually import eventually
@@ -36,17 +37,16 @@ def bridge(stack: Stack, slack: FakeSlack) -> Iterator[SlackBridge]:
     assert slack.bot_token not in b.output() and slack.app_token not in b.output()
 
 
-async def wire(stack: Stack, chat: str, *, group: bool, policy: str = "public") -> None:
+async def wire(stack: Stack, chat: str, *, group: bool, policy: router_ctl.UnknownSenderPolicy = "public") -> None:
     """The owner wires a conversation to agent group `main` (the router's control API, as `clawden wire` does)."""
     cfg = config_mod.load(stack.home)
-    await control.call(
+    await control.ask(
         cfg,
-        "router",
-        "chats",
-        {"op": "create", "channel": "slack", "chat_id": chat, "name": chat, "is_group": group, "policy": policy},
+        router_ctl.CHATS_CREATE,
+        router_ctl.ChatCreate(channel="slack", chat_id=chat, name=chat, is_group=group, policy=policy),
     )
-    await control.call(
-        cfg, "router", "wirings", {"op": "create", "channel": "slack", "chat_id": chat, "agent_group": "main"}
+    await control.ask(
+        cfg, router_ctl.WIRINGS_CREATE, router_ctl.WiringCreate(channel="slack", chat_id=chat, agent_group="main")
     )
 
 
@@ -99,7 +99,7 @@ async def test_a_strangers_message_waits_for_the_owner_who_alone_presses_the_car
 ) -> None:
     cfg = config_mod.load(stack.home)
     ada, bob = slack.user("ada"), slack.user("bob")
-    await control.call(cfg, "router", "roles", {"op": "grant", "user_id": f"slack:{ada}", "role": "owner"})
+    await control.ask(cfg, router_ctl.ROLES_GRANT, router_ctl.RoleGrant(user_id=f"slack:{ada}", role="owner"))
     own = slack.dm(ada)
     await wire(stack, own, group=False)
     slack.say(own, ada, "hello")  # the bridge now knows her DM: her cards go there
@@ -215,9 +215,9 @@ async def test_a_chat_held_by_a_429_does_not_hold_up_another(
 async def test_the_owner_pairs_by_sending_the_code_in_a_dm(stack: Stack, slack: FakeSlack, bridge: SlackBridge) -> None:
     dee = slack.user("dee")
     dm = slack.dm(dee)
-    pair = await control.call(config_mod.load(stack.home), "router", "pair", {"op": "create", "channel": "slack"})
-    slack.say(dm, dee, pair["code"])
+    pair = await control.ask(config_mod.load(stack.home), router_ctl.PAIR, router_ctl.PairCreate(channel="slack"))
+    slack.say(dm, dee, pair.code)
     [answer] = await answers(slack, dm, 1, timeout=60)
     assert answer == f"Paired: slack:{dee} is now an owner of this Clawden."
-    roles = await control.call(config_mod.load(stack.home), "router", "roles", {"op": "list"})
-    assert any(r["user_id"] == f"slack:{dee}" and r["role"] == "owner" for r in roles)
+    roles = await control.ask(config_mod.load(stack.home), router_ctl.ROLES_LIST, router_ctl.ListAll())
+    assert any(r.user_id == f"slack:{dee}" and r.role == "owner" for r in roles)

@@ -13,6 +13,7 @@ import pytest
 from clawden import config as config_mod
 from clawden import control, sessiondb
 from clawden.bus import events as ev
+from clawden.bus.ctl import router as router_ctl
 from tests.channels.harness import BridgeProcess, Bus, until
 from tests.e2e.harness import Stack
 from tests.fakes.anthropic import ToolCall
@@ -41,25 +42,22 @@ async def wire(stack: Stack, chat: dict[str, Any]) -> None:
     """The owner wires a chat to agent group `main` (the router's control API, as `clawden wire` does)."""
     cfg = config_mod.load(stack.home)
     is_group = chat["type"] != "private"
-    await control.call(
+    await control.ask(
         cfg,
-        "router",
-        "chats",
-        {
-            "op": "create",
-            "channel": "telegram",
-            "chat_id": str(chat["id"]),
-            "name": chat.get("title") or chat.get("first_name", ""),
-            "is_group": is_group,
-            "policy": "public",
-        },
+        router_ctl.CHATS_CREATE,
+        router_ctl.ChatCreate(
+            channel="telegram",
+            chat_id=str(chat["id"]),
+            name=chat.get("title") or chat.get("first_name", ""),
+            is_group=is_group,
+            policy="public",
+        ),
     )
     # Default engage mode: every message in a direct chat, mentions in a group.
-    await control.call(
+    await control.ask(
         cfg,
-        "router",
-        "wirings",
-        {"op": "create", "channel": "telegram", "chat_id": str(chat["id"]), "agent_group": "main"},
+        router_ctl.WIRINGS_CREATE,
+        router_ctl.WiringCreate(channel="telegram", chat_id=str(chat["id"]), agent_group="main"),
     )
 
 

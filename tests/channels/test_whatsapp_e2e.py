@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 
 from clawden import config as config_mod
 from clawden import control, sessiondb
+from clawden.bus.ctl import router as router_ctl
 from tests.channels.whatsapp_harness import WhatsAppProcess
 from tests.e2e.harness import Stack
 from tests.eventually import eventually
@@ -53,14 +54,13 @@ def wa(stack: Stack) -> Iterator[WhatsApp]:
 
 async def wire(stack: Stack, wa_id: str) -> None:
     cfg = config_mod.load(stack.home)
-    await control.call(
+    await control.ask(
         cfg,
-        "router",
-        "chats",
-        {"op": "create", "channel": "whatsapp", "chat_id": wa_id, "name": "Ada", "is_group": False, "policy": "public"},
+        router_ctl.CHATS_CREATE,
+        router_ctl.ChatCreate(channel="whatsapp", chat_id=wa_id, name="Ada", is_group=False, policy="public"),
     )
-    await control.call(
-        cfg, "router", "wirings", {"op": "create", "channel": "whatsapp", "chat_id": wa_id, "agent_group": "main"}
+    await control.ask(
+        cfg, router_ctl.WIRINGS_CREATE, router_ctl.WiringCreate(channel="whatsapp", chat_id=wa_id, agent_group="main")
     )
 
 

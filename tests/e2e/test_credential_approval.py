@@ -16,6 +16,7 @@ from clawden import config as config_mod
 from clawden import control
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
+from clawden.bus.ctl import vault as vault_ctl
 from tests.e2e.harness import Stack, Terminal
 
 pytestmark = pytest.mark.docker
@@ -74,17 +75,12 @@ async def owner(stack: Stack) -> Any:
     async with Terminal(stack, "terminal") as term:
         await stack.wait_until_idle((await term.ask("hello", timeout=90)).session_id)  # a container runs
         cfg = config_mod.load(stack.home)
-        await asyncio.to_thread(
-            control.run_options,
+        await control.ask(
             cfg,
-            "vault",
-            "rules-add",
-            {
-                "name": f"ask-{uuid.uuid4().hex[:6]}",
-                "action": "manual_approval",
-                "host": "api.anthropic.com",
-                "path": "/v1/pay/*",
-            },
+            vault_ctl.RULES_ADD,
+            vault_ctl.AddRule(
+                name=f"ask-{uuid.uuid4().hex[:6]}", action="manual_approval", host="api.anthropic.com", path="/v1/pay/*"
+            ),
         )
         yield term
 
