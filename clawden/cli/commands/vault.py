@@ -393,12 +393,13 @@ def _condition_options(parser: argparse.ArgumentParser, update: bool = False) ->
 def _conditions(args: argparse.Namespace) -> list[ctl.Condition] | None:
     """The body conditions the options give; None when they give none."""
     found = [ctl.Condition(operator="contains", value=text) for text in args.body_contains or []]
-    for operator, option in (("equals", "json_equals"), ("contains", "json_contains")):
+    options: tuple[tuple[ctl.Operator, str], ...] = (("equals", "json_equals"), ("contains", "json_contains"))
+    for operator, option in options:
         for item in getattr(args, option) or []:
             pointer, sep, value = item.partition("=")
             if not sep or not pointer.startswith("/"):
                 raise SystemExit(f"clawden: --{option.replace('_', '-')} takes /pointer=value, not {item!r}")
-            found.append(ctl.Condition(operator=operator, value=value, pointer=pointer))  # type: ignore[arg-type]
+            found.append(ctl.Condition(operator=operator, value=value, pointer=pointer))
     return found or None
 
 
