@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 
-from clawden.bus.ctl import BadRequest, Subject, Verb
+from clawden.bus.ctl import Verb
 from clawden.config import Config
 
 NO_RESPONDERS_RETRY = 0.2  # seconds
@@ -93,25 +93,3 @@ async def ask_on(
         raise ControlError(
             f"the {service} service answered {verb.label} in a shape this client does not know: {exc}"
         ) from None
-
-
-async def call(
-    cfg: Config, service: str, name: str, options: dict[str, Any] | None = None, timeout: float = 10.0
-) -> Any:
-    """Ask with the request given as a dict (argparse options, a test's payload): the dict is decoded into the
-    request of the declared verb it is for, so a mistake is refused before anything is sent, and the reply
-    comes back as plain data for printing (`--json` shows exactly what the service sent)."""
-    try:
-        verb, request = Subject(service, name).decode(msgspec.json.encode(options or {}))
-    except BadRequest as exc:
-        raise ControlError(str(exc)) from None
-    except ValueError as exc:  # no such verb
-        raise ControlError(str(exc)) from None
-    return msgspec.to_builtins(await ask(cfg, verb, request, timeout))
-
-
-def run_options(
-    cfg: Config, service: str, name: str, options: dict[str, Any] | None = None, timeout: float = 10.0
-) -> Any:
-    """`call` for argparse handlers."""
-    return asyncio.run(call(cfg, service, name, options, timeout))

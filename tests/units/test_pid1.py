@@ -29,6 +29,7 @@ import pytest
 
 from clawden import config as config_mod
 from clawden import control, natsserver
+from clawden.bus.ctl import router as router_ctl
 from clawden.cli import units
 from tests.channels.email_harness import letter, mails, text_of, unique
 from tests.channels.matrix_harness import Person
@@ -180,34 +181,25 @@ def chat_once(install: Install, text: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+async def wire_to_main(
+    cfg: config_mod.Config, channel: str, chat_id: str, name: str = "", is_group: bool = False
+) -> None:
+    """A public chat, wired to agent group `main` (as `clawden wire` does)."""
+    await control.ask(
+        cfg,
+        router_ctl.CHATS_CREATE,
+        router_ctl.ChatCreate(channel=channel, chat_id=chat_id, name=name, is_group=is_group, policy="public"),
+    )
+    await control.ask(
+        cfg, router_ctl.WIRINGS_CREATE, router_ctl.WiringCreate(channel=channel, chat_id=chat_id, agent_group="main")
+    )
+
+
 def telegram_chat(install: Install, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A private chat with the bot, wired to agent group `main` (as `clawden wire` does)."""
     person = install.telegram.user(name)
     chat = install.telegram.private_chat(person)
-    cfg = config_mod.load(install.home)
-
-    async def wire() -> None:
-        await control.call(
-            cfg,
-            "router",
-            "chats",
-            {
-                "op": "create",
-                "channel": "telegram",
-                "chat_id": str(chat["id"]),
-                "name": name,
-                "is_group": False,
-                "policy": "public",
-            },
-        )
-        await control.call(
-            cfg,
-            "router",
-            "wirings",
-            {"op": "create", "channel": "telegram", "chat_id": str(chat["id"]), "agent_group": "main"},
-        )
-
-    asyncio.run(wire())
+    asyncio.run(wire_to_main(config_mod.load(install.home), "telegram", str(chat["id"]), name=name))
     return person, chat
 
 
@@ -248,22 +240,7 @@ def test_a_matrix_room_is_answered(install: Install) -> None:
 
             await eventually(joined, 30, "the bridge never joined on the invite")
             cfg = config_mod.load(install.home)
-            await control.call(
-                cfg,
-                "router",
-                "chats",
-                {
-                    "op": "create",
-                    "channel": "matrix",
-                    "chat_id": room,
-                    "name": "Ada",
-                    "is_group": False,
-                    "policy": "public",
-                },
-            )
-            await control.call(
-                cfg, "router", "wirings", {"op": "create", "channel": "matrix", "chat_id": room, "agent_group": "main"}
-            )
+            await wire_to_main(cfg, "matrix", room, name="Ada")
             await ada.say(room, "hello from matrix")
             [answer] = await eventually(
                 lambda: ada.messages_from(room, install.bot.user_id),
@@ -286,22 +263,7 @@ def test_a_slack_dm_and_a_mention_in_a_channel_are_answered(install: Install) ->
 
     async def wire() -> None:
         for chat, group in ((dm, False), (general, True)):
-            await control.call(
-                cfg,
-                "router",
-                "chats",
-                {
-                    "op": "create",
-                    "channel": "slack",
-                    "chat_id": chat,
-                    "name": chat,
-                    "is_group": group,
-                    "policy": "public",
-                },
-            )
-            await control.call(
-                cfg, "router", "wirings", {"op": "create", "channel": "slack", "chat_id": chat, "agent_group": "main"}
-            )
+            await wire_to_main(cfg, "slack", chat, name=chat, is_group=group)
 
     asyncio.run(wire())
     slack.say(dm, ada, "hello from a slack dm")
@@ -319,22 +281,7 @@ def test_a_discord_dm_and_a_mention_in_a_channel_are_answered(install: Install) 
 
     async def wire() -> None:
         for chat, group in ((dm, False), (general, True)):
-            await control.call(
-                cfg,
-                "router",
-                "chats",
-                {
-                    "op": "create",
-                    "channel": "discord",
-                    "chat_id": chat,
-                    "name": chat,
-                    "is_group": group,
-                    "policy": "public",
-                },
-            )
-            await control.call(
-                cfg, "router", "wirings", {"op": "create", "channel": "discord", "chat_id": chat, "agent_group": "main"}
-            )
+            await wire_to_main(cfg, "discord", chat, name=chat, is_group=group)
 
     asyncio.run(wire())
     discord.say(dm, ada, "hello from a discord dm")
@@ -349,12 +296,7 @@ def test_an_email_is_answered_in_its_thread(install: Install) -> None:
 
     async def converse() -> list[EmailMessage]:
         cfg = config_mod.load(install.home)
-        await control.call(
-            cfg, "router", "chats", {"op": "create", "channel": "email", "chat_id": "*", "policy": "public"}
-        )
-        await control.call(
-            cfg, "router", "wirings", {"op": "create", "channel": "email", "chat_id": "*", "agent_group": "main"}
-        )
+        await wire_to_main(cfg, "email", "*")
         install.mail.send(letter(ada, install.mailbox, "hello from email", subject="Hi"))
         return await mails(install.mail, ada, 1, ANSWER, context=install.machine.journal)
 
@@ -395,22 +337,7 @@ def test_a_whatsapp_message_comes_in_through_the_webhook_front_door_unit(install
 
         async def converse() -> int:
             cfg = config_mod.load(home)
-            await control.call(
-                cfg,
-                "router",
-                "chats",
-                {
-                    "op": "create",
-                    "channel": "whatsapp",
-                    "chat_id": ada,
-                    "name": "Ada",
-                    "is_group": False,
-                    "policy": "public",
-                },
-            )
-            await control.call(
-                cfg, "router", "wirings", {"op": "create", "channel": "whatsapp", "chat_id": ada, "agent_group": "main"}
-            )
+            await wire_to_main(cfg, "whatsapp", ada, name="Ada")
             return (await graph.user_writes(ada, "hello from whatsapp"))[1]  # the door is READY: it listens
 
         assert asyncio.run(converse()) == 200
