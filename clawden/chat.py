@@ -247,14 +247,7 @@ class Conversation:
             )
         else:
             print(self.terminal.show(event, message_id), file=self.stdout, flush=True)
-        receipt = ev.DeliveryReceipt(
-            outbound_id=event.id,
-            route=event.route,
-            ok=True,
-            session_id=event.session_id,
-            seq=event.seq,
-            platform_message_id=message_id,
-        )
+        receipt = ev.receipt_for(event, platform_message_id=message_id)
         await publish(self.js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{event.id}")
         if isinstance(event, ev.OutboundMessage) and event.kind != "notice":  # a notice: the answer follows
             if event.kind == "error":

@@ -260,6 +260,31 @@ class DeliveryReceipt(_Event, tag="receipt", frozen=True):
     part_ids: tuple[str, ...] = ()
 
 
+def receipt_for(
+    event: OutboundMessage | OutboundEdit | OutboundReaction,
+    *,
+    ok: bool = True,
+    platform_message_id: str | None = None,
+    error: str | None = None,
+    final: bool = True,
+    unconfirmed: bool = False,
+    part_ids: tuple[str, ...] = (),
+) -> DeliveryReceipt:
+    """The receipt for `event`, naming it as the runner looks it up (its id, route, session and seq)."""
+    return DeliveryReceipt(
+        outbound_id=event.id,
+        route=event.route,
+        ok=ok,
+        session_id=event.session_id,
+        seq=event.seq,
+        platform_message_id=platform_message_id,
+        error=error,
+        final=final,
+        unconfirmed=unconfirmed,
+        part_ids=part_ids,
+    )
+
+
 class Typing(_Event, tag="outbound.typing", frozen=True):
     """The agent is working on a chat's message: the bridge shows "typing…" until it answers.
 

@@ -514,12 +514,9 @@ class Delivery:
         part_ids: list[str] | None = None,
         platform_id: str | None = None,
     ) -> None:
-        receipt = ev.DeliveryReceipt(
-            outbound_id=event.id,
-            route=event.route,
+        receipt = ev.receipt_for(
+            event,
             ok=ok,
-            session_id=event.session_id,
-            seq=event.seq,
             platform_message_id=platform_id,
             error=error,
             final=final,

@@ -141,12 +141,5 @@ class WebChannel:
             self.hub.tell(chat, {"kind": "message", **shown.as_json()})
 
     async def _receipt(self, event: ev.OutboundMessage) -> None:
-        receipt = ev.DeliveryReceipt(
-            outbound_id=event.id,
-            route=event.route,
-            ok=True,
-            session_id=event.session_id,
-            seq=event.seq,
-            platform_message_id=event.id,  # an edit or a reaction names it back
-        )
+        receipt = ev.receipt_for(event, platform_message_id=event.id)  # an edit or a reaction names it back
         await publish(self.js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{event.id}")
