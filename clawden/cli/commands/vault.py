@@ -458,7 +458,9 @@ def _rule_change_commands(rsub: argparse._SubParsersAction[argparse.ArgumentPars
     get.set_defaults(func=cmd_rules_get)
     update = rsub.add_parser("update", help="change a rule's fields; only those given change")
     update.add_argument("name")
-    update.add_argument("--action", choices=["block", "manual_approval", "rate_limit", "allow"])
+    update.add_argument(
+        "--action", choices=["block", "manual_approval", "rate_limit", "allow"], help="what the rule now does"
+    )
     update.add_argument("--host", help="host pattern")
     update.add_argument("--path", help="path pattern")
     update.add_argument("--method", help="only this method ('*': every method)")
