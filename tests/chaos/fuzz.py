@@ -76,18 +76,16 @@ class Shot:
 def _concrete(pattern: str, runner: str, channels: tuple[str, ...]) -> list[tuple[str, str, str]]:
     """(subject, family, channel) for one granted publish pattern."""
     p = subjects.PREFIX
-    if pattern == subjects.ALL_WAKES:
-        return [(subjects.wake(runner), "wake", "")]
-    if pattern == subjects.ALL_OUTBOUND:
-        return [(subjects.outbound_lane(c, lane), "outbound", c) for c in channels for lane in (0, 5)]
-    if pattern == subjects.ALL_TASKS:
-        return [(subjects.task("op"), "task", "")]
-    if pattern == subjects.APPROVAL_REQUEST:
-        return [(pattern, "approval.request", "")]
-    if pattern == subjects.APPROVAL_CLICK:
-        return [(pattern, "approval.click", "")]
-    if pattern == f"{p}.approval.decision.>":
-        return [(subjects.approval_decision("fuzz0000"), "approval.decision", "")]
+    fixed = {
+        subjects.ALL_WAKES: [(subjects.wake(runner), "wake", "")],
+        subjects.ALL_OUTBOUND: [(subjects.outbound_lane(c, lane), "outbound", c) for c in channels for lane in (0, 5)],
+        subjects.ALL_TASKS: [(subjects.task("op"), "task", "")],
+        subjects.APPROVAL_REQUEST: [(pattern, "approval.request", "")],
+        subjects.APPROVAL_CLICK: [(pattern, "approval.click", "")],
+        f"{p}.approval.decision.>": [(subjects.approval_decision("fuzz0000"), "approval.decision", "")],
+    }
+    if pattern in fixed:
+        return fixed[pattern]
     if pattern.startswith(f"{p}.event.") and pattern.endswith(".>"):
         return [(subjects.event(pattern.split(".")[2], "fuzz"), "event", "")]
     for family in ("inbound", "receipt"):
