@@ -37,6 +37,18 @@ async def receipt_for(wa: WhatsApp, outbound_id: str, count: int = 1) -> list[ev
     return await eventually(found, timeout=30, message=wa.bridge.output)
 
 
+async def heard(wa: WhatsApp, text: str) -> str:
+    """The person writes, and the bridge has read it (so it knows their 24-hour window is open): its wamid."""
+    wamid, status = await wa.graph.user_writes(ADA, text)
+    assert status == 200
+
+    async def on_the_bus() -> bool:
+        return any(e.message_id == wamid for e in await wa.bus.inbound())
+
+    await eventually(on_the_bus, timeout=30, message=wa.bridge.output)
+    return wamid
+
+
 async def took_every_delivery(wa: WhatsApp) -> bool:
     """The bridge has handled (and acked) everything the front door stored for it."""
     info = await wa.bus.js.consumer_info("CLAWDEN_WEBHOOKS", "channel-whatsapp-webhooks")
@@ -69,8 +81,7 @@ async def test_a_message_reaches_the_bus_once_and_the_answer_goes_back_as_a_repl
 
 
 async def test_a_card_becomes_reply_buttons_and_a_press_becomes_its_click(wa: WhatsApp) -> None:
-    await wa.graph.user_writes(ADA, "may I?")
-    await eventually(wa.bus.inbound, timeout=30, message=wa.bridge.output)
+    await heard(wa, "may I?")
     card = ev.Card(
         title="Allow?",
         body="Let the agent read your calendar?",
@@ -91,7 +102,7 @@ async def test_a_card_becomes_reply_buttons_and_a_press_becomes_its_click(wa: Wh
 
 
 async def test_a_card_with_more_buttons_than_three_becomes_a_list(wa: WhatsApp) -> None:
-    await wa.graph.user_writes(ADA, "options?")
+    await heard(wa, "options?")
     card = ev.Card(
         title="Pick", body="Which one?", buttons=tuple(ev.Button(id=f"b{i}", label=f"Choice {i}") for i in range(5))
     )
@@ -130,7 +141,7 @@ async def test_an_image_is_fetched_with_the_token_and_a_file_is_uploaded_then_se
 
 
 async def test_status_callbacks_become_receipts_a_failure_with_its_reason(wa: WhatsApp) -> None:
-    await wa.graph.user_writes(ADA, "hi")
+    await heard(wa, "hi")
     await wa.bus.send_to(ADA, "first", id="out-r", session_id="s1", seq=5)
     await wa.bus.send_to(ADA, "second", id="out-f", session_id="s1", seq=7)
     await receipt_for(wa, "out-f")
@@ -154,7 +165,7 @@ async def test_outside_the_24_hour_window_a_message_is_refused_with_the_reason(w
 
 
 async def test_a_throughput_limit_is_waited_out_and_the_message_sent_once(wa: WhatsApp) -> None:
-    await wa.graph.user_writes(ADA, "hi")
+    await heard(wa, "hi")
     wa.graph.inject("messages", GraphError(429, 130429, "Rate limit hit", retry_after=1), GraphError(500, 131000))
     await wa.bus.send_to(ADA, "after the limit", id="out-429")
     [receipt] = await receipt_for(wa, "out-429")
@@ -188,7 +199,7 @@ async def test_doctor_checks_the_token_against_the_phone_number_id(wa: WhatsApp)
 
 
 async def test_a_reaction_goes_both_ways(wa: WhatsApp) -> None:
-    wamid, _ = await wa.graph.user_writes(ADA, "good news")
+    wamid = await heard(wa, "good news")
     reaction = ev.OutboundReaction(
         id="react-1", route=ev.Route(channel="whatsapp", chat_id=ADA), target_message_id=wamid, emoji="👍"
     )
@@ -223,7 +234,7 @@ async def test_outside_the_window_the_configured_template_invites_a_reply(
 
 
 async def test_status_callbacks_out_of_order_give_one_receipt_each_and_no_failure(wa: WhatsApp) -> None:
-    await wa.graph.user_writes(ADA, "hi")
+    await heard(wa, "hi")
     await wa.bus.send_to(ADA, "hello", id="out-o", session_id="s1", seq=9)
     await receipt_for(wa, "out-o")
     [sent] = wa.graph.to(ADA)
@@ -246,7 +257,7 @@ async def test_status_callbacks_out_of_order_give_one_receipt_each_and_no_failur
 
 
 async def test_a_failed_status_that_comes_before_graphs_answer_still_reaches_the_agent(wa: WhatsApp) -> None:
-    await wa.graph.user_writes(ADA, "hi")
+    await heard(wa, "hi")
     wa.graph.age_window(ADA, 30)  # Meta's record: Ada last wrote 30 hours ago, so it fails the send (131047)
     here = asyncio.get_running_loop()
 
