@@ -27,7 +27,7 @@ from docker.errors import ImageNotFound
 from testcontainers.core.container import DockerContainer
 
 from clawden.natsserver import free_port
-from tests.plugins.docker import _unavailable
+from tests.plugins.docker import _unavailable, owned_test_server
 
 TAG = "clawden-mailserver:test"
 HERE = Path(__file__).resolve().parent
@@ -110,13 +110,12 @@ def mail_server(docker_client: docker.DockerClient, tmp_path_factory: pytest.Tem
         _unavailable(f"image {TAG} was built from an older context; run `bash tests/servers/mail/build.sh`")
     smtp_port, imap_port, smtps_port, imaps_port = free_port(), free_port(), free_port(), free_port()
     container = (
-        DockerContainer(TAG)
+        owned_test_server(docker_client, TAG, network_mode="host")
         .with_env("SMTP_PORT", str(smtp_port))
         .with_env("IMAP_PORT", str(imap_port))
         .with_env("SMTPS_PORT", str(smtps_port))
         .with_env("IMAPS_PORT", str(imaps_port))
         .with_env("MAIL_PASSWORD", PASSWORD)
-        .with_kwargs(network_mode="host")
     )
     container.start()
     try:

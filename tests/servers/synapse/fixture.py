@@ -20,10 +20,9 @@ import docker
 import httpx
 import pytest
 from docker.errors import ImageNotFound
-from testcontainers.core.container import DockerContainer
 
 from clawden.natsserver import free_port
-from tests.plugins.docker import _unavailable
+from tests.plugins.docker import _unavailable, owned_test_server
 from tests.servers.synapse.build import TAG, is_current
 
 SERVER_NAME = "clawden.test"
@@ -147,11 +146,9 @@ def synapse(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPat
         )
     )
     (data / "signing.key").write_text(signing_key())
-    container = (
-        DockerContainer(TAG)
-        .with_volume_mapping(str(data), "/data", "rw")
-        .with_kwargs(network_mode="host", user=f"{os.getuid()}:{os.getgid()}")
-    )
+    container = owned_test_server(
+        docker_client, TAG, network_mode="host", user=f"{os.getuid()}:{os.getgid()}"
+    ).with_volume_mapping(str(data), "/data", "rw")
     container.start()
     url = f"http://127.0.0.1:{port}"
     try:
