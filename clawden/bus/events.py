@@ -337,6 +337,7 @@ MAX_TURNS_RANGE = (1, 10_000)  # model calls for one message
 TURN_BUDGET_RANGE = (10.0, 86_400.0)  # seconds one message may take, waits on people not counted
 RESERVED_FOLDERS = frozenset({"global"})  # groups/global is every group's read-only shared memory
 EFFORTS = ("low", "medium", "high", "xhigh", "max")  # Claude Code's --effort levels
+CLI_SCOPES = ("disabled", "group", "global")  # the in-container `clawden`: nothing, its own group, all
 MAX_MESSAGES_RANGE = (1, 100)  # pending messages one prompt carries
 ASSISTANT_NAME_MAX = 64
 # Claude Code's skill names (the SKILL.md `name` and its folder): lowercase letters, digits, hyphens.
@@ -378,6 +379,7 @@ class GroupSettings(_Part, frozen=True):
     idle_timeout: float = 0.0  # seconds an idle container lives
     max_turns: int = 0  # model calls the agent may make for one message
     turn_budget: float = 0.0  # seconds the agent may work on one message
+    cli_scope: str = ""  # what its agent may run of the owner's CLI from its container: one of CLI_SCOPES
     effort: str = ""  # Claude Code's --effort: one of EFFORTS
     max_messages_per_prompt: int = 0  # pending messages one prompt carries at most
     assistant_name: str = ""  # what the agent calls itself (the group's name when unset)
@@ -430,6 +432,8 @@ class GroupSettings(_Part, frozen=True):
         out: dict[str, str] = {}
         if self.effort and self.effort not in EFFORTS:
             out["effort"] = f"effort {self.effort!r}: give one of {', '.join(EFFORTS)}"
+        if self.cli_scope and self.cli_scope not in CLI_SCOPES:
+            out["cli_scope"] = f"cli_scope {self.cli_scope!r}: give one of {', '.join(CLI_SCOPES)}"
         low, high = MAX_MESSAGES_RANGE
         if self.max_messages_per_prompt and not low <= self.max_messages_per_prompt <= high:
             out["max_messages_per_prompt"] = (

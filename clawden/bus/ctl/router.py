@@ -16,6 +16,7 @@ SenderScope = Literal["all", "known"]
 IgnoredPolicy = Literal["drop", "accumulate"]
 SessionMode = Literal["shared", "per-thread", "agent-shared"]
 UnknownSenderPolicy = Literal["strict", "request_approval", "public"]
+CliScope = Literal["disabled", "group", "global"]
 RoleName = Literal["owner", "admin"]
 ALWAYS = "."  # the engage pattern that takes every message, attachments-only ones included
 
@@ -31,6 +32,9 @@ class ContainerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     idle_timeout: float | None = None
     max_turns: int | None = None
     turn_budget: float | None = None
+    # What the agent may run of this CLI from its container (`clawden` there; services/runner/scope.py):
+    # nothing, its own group's (the default), or everything but secrets.
+    cli_scope: CliScope | None = None
     effort: str | None = None  # low, medium, high, xhigh, max
     max_messages_per_prompt: int | None = None
     skills: Literal["all"] | list[str] | None = None  # "all" (the default): every skill on the host

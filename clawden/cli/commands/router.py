@@ -38,6 +38,7 @@ SENDER_SCOPES = ("all", "known")
 IGNORED = ("drop", "accumulate")
 SESSION_MODES = ("shared", "per-thread", "agent-shared")
 POLICIES = ("strict", "request_approval", "public")
+CLI_SCOPES = ("disabled", "group", "global")
 
 
 def _ask(args: argparse.Namespace, verb: Verb[Req, Rep], request: Req) -> Rep:
@@ -135,6 +136,13 @@ def _group_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skills", type=skills_cli.parse_setting, help="skills it gets: all (the default), none, or names a,b"
     )
+    p.add_argument(
+        "--cli-scope",
+        dest="cli_scope",
+        choices=CLI_SCOPES,
+        help="what its agent may run of this CLI from its container: disabled, group (the default: its own"
+        " group's tasks, sessions, destinations, members and wirings; writes need an admin's approval) or global",
+    )
 
 
 def _group_options_given(args: argparse.Namespace) -> Options:
@@ -145,7 +153,7 @@ def _group_options_given(args: argparse.Namespace) -> Options:
     container = _only(
         args,
         *("image", "memory", "cpus", "pids", "idle_timeout", "max_turns", "turn_budget"),
-        *("effort", "max_messages_per_prompt", "skills"),
+        *("effort", "max_messages_per_prompt", "skills", "cli_scope"),
     )
     if container:
         given["container"] = ctl.ContainerSettings(**container)

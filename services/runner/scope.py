@@ -1,0 +1,195 @@
+"""What an agent may run of the owner's CLI from inside its container (`clawden ...` over the session's admin
+socket), decided on the host from the group's `cli_scope` and the group the socket belongs to. Pure: argv in,
+a parsed command out (`parse`), then read, write or refuse (`allow`); nothing the agent sends names its group."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, replace
+
+from clawden.bus.events import CLI_SCOPES as SCOPES
+
+DEFAULT_SCOPE = "group"
+
+ENGAGE_MODES = ("pattern", "mention", "mention-sticky")
+SENDER_SCOPES = ("all", "known")
+IGNORED = ("drop", "accumulate")
+SESSION_MODES = ("shared", "per-thread", "agent-shared")
+TASK_STATES = ("active", "paused", "done", "cancelled")
+MAX_ARGS = 32
+MAX_ARG = 1024
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One command as the owner's CLI spells it: its positionals, its options (each with the values it may
+    take, or () for any), whether it changes anything, and whether it is global only (no group to scope to)."""
+
+    positionals: tuple[str, ...] = ()
+    options: dict[str, tuple[str, ...]] | None = None
+    write: bool = False
+    global_only: bool = False
+
+
+WIRE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "--engage": ENGAGE_MODES,
+    "--pattern": (),
+    "--scope": SENDER_SCOPES,
+    "--ignored": IGNORED,
+    "--session": SESSION_MODES,
+    "--priority": (),
+}
+
+COMMANDS: dict[str, Spec] = {
+    "groups list": Spec(),
+    "tasks list": Spec(options={"--group": (), "--status": TASK_STATES}),
+    "sessions": Spec(options={"--group": (), "--limit": ()}),
+    "destinations list": Spec(options={"--group": ()}),
+    "members list": Spec(options={"--group": ()}),
+    "wire list": Spec(options={"--channel": (), "--chat": (), "--group": ()}),
+    "dropped": Spec(options={"--channel": (), "--limit": ()}, global_only=True),
+    "wire add": Spec(positionals=("channel", "chat_id", "agent_group"), options=WIRE_OPTIONS, write=True),
+}
+# `clawden groups` is `clawden groups list`, as in the owner's CLI.
+DEFAULT_VERB = {"groups": "list", "tasks": "list", "destinations": "list", "members": "list", "wire": "list"}
+INTEGER_OPTIONS = frozenset({"--limit", "--priority"})
+
+
+class BadCommand(ValueError):
+    """Not a command the container's `clawden` knows, or not as the owner's CLI spells it."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # a key of COMMANDS
+    args: dict[str, str]  # positionals by name, options by flag; "--group" is the group it is about
+
+    @property
+    def group(self) -> str:
+        """The agent group the command is about ("" for every group it may see)."""
+        return self.args.get("agent_group", self.args.get("--group", ""))
+
+    def line(self) -> str:
+        """The command as a person would type it."""
+        spec = COMMANDS[self.name]
+        words = ["clawden", *self.name.split(), *(self.args[p] for p in spec.positionals)]
+        for flag, value in self.args.items():
+            if flag.startswith("--"):
+                words += [flag, value]
+        return shlex.join(words)
+
+
+def _name(argv: list[str]) -> tuple[str, list[str]]:
+    if not argv:
+        raise BadCommand("no command; try `clawden help`")
+    if argv[0] in COMMANDS:
+        return argv[0], argv[1:]
+    if len(argv) > 1 and not argv[1].startswith("-") and f"{argv[0]} {argv[1]}" in COMMANDS:
+        return f"{argv[0]} {argv[1]}", argv[2:]
+    if argv[0] in DEFAULT_VERB and (len(argv) == 1 or argv[1].startswith("-")):
+        return f"{argv[0]} {DEFAULT_VERB[argv[0]]}", argv[1:]
+    raise BadCommand(f"unknown command {' '.join(argv[:2])!r}; try `clawden help`")
+
+
+def _option(spec: Spec, flag: str, value: str | None) -> str:
+    options = spec.options or {}
+    if flag not in options:
+        raise BadCommand(f"unknown option {flag}")
+    if value is None:
+        raise BadCommand(f"{flag} needs a value")
+    if options[flag] and value not in options[flag]:
+        raise BadCommand(f"{flag} must be one of {', '.join(options[flag])}")
+    if flag in INTEGER_OPTIONS and not value.lstrip("-").isdigit():
+        raise BadCommand(f"{flag} takes a whole number")
+    return value
+
+
+def parse(argv: list[str]) -> Command:
+    """The command `argv` names, with its arguments checked as the owner's CLI checks them."""
+    if len(argv) > MAX_ARGS or any(len(a) > MAX_ARG or "\x00" in a for a in argv):
+        raise BadCommand(f"too many or too long arguments (at most {MAX_ARGS} of {MAX_ARG} characters)")
+    name, rest = _name(argv)
+    spec = COMMANDS[name]
+    args: dict[str, str] = {}
+    positionals: list[str] = []
+    words = iter(rest)
+    for word in words:
+        if word == "--json":  # the answer is always JSON
+            continue
+        if word.startswith("--"):
+            flag, eq, inline = word.partition("=")
+            args[flag] = _option(spec, flag, inline if eq else next(words, None))
+        else:
+            positionals.append(word)
+    if len(positionals) != len(spec.positionals):
+        wanted = " ".join(p.upper() for p in spec.positionals) or "no arguments"
+        raise BadCommand(f"`clawden {name}` takes {wanted}")
+    return Command(name, dict(zip(spec.positionals, positionals, strict=True)) | args)
+
+
+@dataclass(frozen=True)
+class Read:
+    command: Command  # with its group filled in where the scope narrows it
+    only_group: str  # "" for every group; else answers about any other group are left out
+
+
+@dataclass(frozen=True)
+class Write:
+    command: Command
+    change: str  # what it would change, in words for the approver's card
+
+
+@dataclass(frozen=True)
+class Refuse:
+    reason: str
+
+
+Verdict = Read | Write | Refuse
+
+
+def allow(cli_scope: str, caller_group: str, command: Command) -> Verdict:
+    """May the agent of `caller_group` (known from the socket, never from the request) run `command`?"""
+    if cli_scope not in SCOPES:
+        return Refuse(f"cli_scope {cli_scope!r} is not one of {', '.join(SCOPES)}")
+    if cli_scope == "disabled":
+        return Refuse(f"the clawden command is disabled for agent group {caller_group}")
+    spec = COMMANDS[command.name]
+    target = command.group
+    if cli_scope == "group":
+        if spec.global_only:
+            return Refuse(f"`clawden {command.name}` covers every group; agent group {caller_group} sees only its own")
+        if target and target != caller_group:
+            return Refuse(f"agent group {caller_group} may only see and change its own group, not {target}")
+    if spec.write:
+        return Write(command, change(command))
+    if cli_scope == "group":
+        if command.name in ("groups list",):
+            return Read(command, caller_group)
+        return Read(replace(command, args=command.args | {"--group": caller_group}), caller_group)
+    return Read(command, "")
+
+
+def change(command: Command) -> str:
+    """What a write would change, for the approver."""
+    a = command.args
+    if command.name == "wire add":
+        how = ", ".join(f"{flag.removeprefix('--')} {value}" for flag, value in a.items() if flag.startswith("--"))
+        return (
+            f"Agent group {a['agent_group']} would answer chat {a['chat_id']} on {a['channel']}"
+            + (f" ({how})" if how else " (engaged as the owner's CLI does by default)")
+            + "."
+        )
+    raise ValueError(f"{command.name} changes nothing")
+
+
+def commands_for(cli_scope: str) -> list[str]:
+    """The commands an agent with this scope may run, for `clawden help`."""
+    if cli_scope == "disabled" or cli_scope not in SCOPES:
+        return []
+    return [
+        f"clawden {name}"
+        + "".join(f" {p.upper()}" for p in spec.positionals)
+        + (" (needs an admin's approval)" if spec.write else "")
+        for name, spec in COMMANDS.items()
+        if cli_scope == "global" or not spec.global_only
+    ]
