@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from clawden.mcpservers import McpServer
 from clawden.registry import installed_channels
 
 
@@ -61,6 +62,8 @@ class GroupConfig(msgspec.Struct, frozen=True, kw_only=True):
     pids: int = 0
     # Extra folders, each also checked against ~/.config/clawden/mount-allowlist.json.
     mounts: tuple[MountConfig, ...] = ()
+    # MCP servers its agents get: `[groups.<name>.mcp.<server>]` (clawden/mcpservers.py).
+    mcp: dict[str, McpServer] = {}
 
 
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -26,6 +26,8 @@ HOST_BELL = "host.bell"
 BUSY_TIMEOUT_MS = 5000
 CONVERSATION_KEY = "claude_session_id"  # session_state: the Claude Code conversation to resume
 CURRENT_TOOL_KEY = "current_tool"  # session_state: a declared wait (a long tool call, a person), for the host
+# session_state: the group's MCP servers that failed to start, {name: why} as JSON, for `clawden status`
+MCP_FAILED_KEY = "mcp_failed"
 HEARTBEAT = ".heartbeat"  # in the session folder: the agent touches it while it works
 # A chat row that edits or deletes an earlier one carries, in its content, REVISION ("edit" or "delete")
 # and REVISES (the earlier row's id); the agent runner folds it in when it reads (clawden_agent/revisions.py).

@@ -13,7 +13,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+from clawden import mcpservers
 from clawden.bus import subjects
+from clawden.mcpservers import McpServer
 
 # Largest text a chat message may carry on the bus; bridges split or refuse above it.
 MAX_TEXT = 64 * 1024
@@ -385,6 +387,8 @@ class GroupSettings(_Part, frozen=True):
     assistant_name: str = ""  # what the agent calls itself (the group's name when unset)
     # The skills (global and the group's own) its containers get: None for all of them.
     skills: tuple[str, ...] | None = None
+    # MCP servers its agents get, by name, besides config.toml's `[groups.<name>.mcp.<server>]`.
+    mcp: dict[str, McpServer] = {}
     # When the router last changed them: of two snapshots that arrive out of order, the later one wins.
     changed_at: float = 0.0
 
@@ -446,6 +450,8 @@ class GroupSettings(_Part, frozen=True):
             out["skills"] = (
                 f"skill {bad[0]!r}: a skill's name is its folder's, in lowercase letters, digits and hyphens"
             )
+        if mcp := mcpservers.problems(self.mcp):
+            out["mcp"] = "; ".join(mcp.values())
         return out
 
 

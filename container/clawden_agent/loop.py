@@ -40,7 +40,7 @@ from claude_agent_sdk import (
 
 from clawden import sessiondb
 
-from . import commands, doorbell, precheck, revisions, selftest, tools
+from . import commands, doorbell, mcp, precheck, revisions, selftest, tools
 from .ledger import Ledger, Settled
 
 log = logging.getLogger("clawden_agent")
@@ -54,6 +54,7 @@ SAFETY_POLL_SECONDS = 2.0
 DEFAULT_MAX_MESSAGES = 10  # pending rows one prompt carries, unless the group says otherwise
 EFFORTS = ("low", "medium", "high", "xhigh", "max")  # Claude Code's --effort levels
 SIGHTING_WAIT_SECONDS = 30.0
+MCP_STATUS_WAIT_SECONDS = 5.0
 DEFAULT_MAX_TURNS = 100  # model calls for one prompt before Claude Code stops it
 DEFAULT_TURN_BUDGET = 1800.0  # seconds of work on one turn (waits on a person not counted)
 PLACEHOLDER_API_KEY = "clawden-managed"
@@ -127,6 +128,7 @@ class Config:
     max_messages: int = DEFAULT_MAX_MESSAGES
     assistant_name: str = "Clawden"
     skills_dir: Path = Path("/workspace/skills")
+    mcp_servers: str = ""  # the group's own MCP servers, as JSON (clawden_agent/mcp.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -143,6 +145,7 @@ class Config:
             max_messages=max(1, int(env.get("CLAWDEN_MAX_MESSAGES_PER_PROMPT") or DEFAULT_MAX_MESSAGES)),
             assistant_name=env.get("CLAWDEN_ASSISTANT_NAME") or "Clawden",
             skills_dir=Path(env.get("CLAWDEN_SKILLS_DIR", "/workspace/skills")),
+            mcp_servers=env.get(mcp.ENV, ""),
         )
 
     def add_dirs(self) -> list[str | Path]:
@@ -252,15 +255,20 @@ class Agent:
         self._server = tools.build_server(state)
         self._stderr: deque[str] = deque(maxlen=20)
         self._stored_session: str | None = None
+        self.mcp_names: set[str] = set()  # the group's own MCP servers this Claude Code was given
 
     def _options(self, resume: str | None) -> ClaudeAgentOptions:
         addendum = SYSTEM_ADDENDUM.format(name=self.config.assistant_name)
+        env = cli_env(self.config, os.environ)
+        # The group's servers run beside Claude Code, their traffic through the same relay and gateway.
+        group_servers = mcp.servers(self.config.mcp_servers, {**os.environ, **env})
+        self.mcp_names = set(group_servers)
         return ClaudeAgentOptions(
             cwd=str(self.config.group_dir),
             permission_mode="bypassPermissions",
             # Not a snapshot: an updated addendum reaches resumed conversations too.
             system_prompt={"type": "preset", "preset": "claude_code", "append": addendum, "snapshot": False},
-            mcp_servers=cast(dict[str, McpServerConfig], {tools.SERVER_NAME: self._server}),
+            mcp_servers={**group_servers, tools.SERVER_NAME: cast(McpServerConfig, self._server)},
             strict_mcp_config=True,  # never a .mcp.json the agent wrote
             tools=BUILTIN_TOOLS,
             # CLAUDE.md and the group's .claude/, which the host mounts read-only; never the user
@@ -271,7 +279,7 @@ class Agent:
             model=self.config.model,
             effort=cast(Any, self.config.effort),
             resume=resume,
-            env=cli_env(self.config, os.environ),
+            env=env,
             stderr=self._on_stderr,
             # Claude Code echoes each prompt when it takes it into the conversation: the exact
             # moment the agent's replies start answering it.
@@ -660,6 +668,10 @@ class Runner:
     async def _on_message(self, message: Message) -> None:
         if isinstance(message, SystemMessage) and message.subtype == "init":
             await self.agent.remember(str(message.data.get("session_id") or "") or None)
+            failed = mcp.failures(message.data.get("mcp_servers"), self.agent.mcp_names)
+            if failed:
+                failed = await self._mcp_errors(failed)
+            await asyncio.to_thread(self._note_mcp, failed)
         elif isinstance(message, SystemMessage) and message.subtype == "compact_boundary":
             self._compacted = message.data.get("compact_metadata") or {}
         elif isinstance(message, AssistantMessage):
@@ -810,6 +822,30 @@ class Runner:
         tools.write_reply(self.state, f"Sorry — the agent failed: {reason}", suffix="failed", reply_to=anchor)
         sessiondb.ack(self.config.session_dir, seqs, "failed")
         self.ring_host()
+
+    async def _mcp_errors(self, failed: dict[str, str]) -> dict[str, str]:
+        """Why the failed servers failed, as Claude Code's MCP status says (its init message only says that
+        they did); bounded, since it is only the detail of a notice."""
+        client = self.agent.client
+        try:
+            assert client is not None
+            async with asyncio.timeout(MCP_STATUS_WAIT_SECONDS):
+                status = await client.get_mcp_status()
+        except Exception:
+            log.exception("cannot read the MCP servers' status")
+            return failed
+        return failed | mcp.failures(status.get("mcpServers"), set(failed))
+
+    def _note_mcp(self, failed: dict[str, str]) -> None:
+        """The group's MCP servers that failed to start: the chat hears of each once (again only if it
+        recovers and fails anew), and the host reads the list for `clawden status`."""
+        folder = self.config.session_dir
+        told = json.loads(sessiondb.get_state(folder, sessiondb.MCP_FAILED_KEY) or "{}")
+        if new := mcp.news(failed, told):
+            log.warning("MCP servers failed to start: %s", new)
+            self._tell(f"mcp:{uuid.uuid4()}", mcp.notice(new))
+        if failed != told:
+            sessiondb.set_state(folder, sessiondb.MCP_FAILED_KEY, json.dumps(failed) if failed else None)
 
     def _tell(self, row_id: str, text: str) -> None:
         """A message of the agent's own, answering nothing in particular."""

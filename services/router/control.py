@@ -673,7 +673,8 @@ def _check_settings(model: str | None, container: ContainerSettings | None, assi
         model=model or "",
         assistant_name=assistant_name or "",
         skills=None if skills == "all" else tuple(skills),
-        **given,
+        mcp=(container.mcp if container is not None else None) or {},
+        **{k: v for k, v in given.items() if k != "mcp"},
     ).problems()
     if problems:
         raise RouterError("; ".join(problems.values()))

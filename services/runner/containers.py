@@ -17,7 +17,7 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import Mount
 
-from clawden import agentcontainer
+from clawden import agentcontainer, mcpservers
 from clawden.agentcontainer import (
     CACHE_MOUNT,
     GATEWAY_MOUNT,
@@ -32,6 +32,7 @@ from clawden.agentcontainer import (
 )
 from clawden.bus import events as ev
 from clawden.config import Config, GroupConfig
+from clawden.mcpservers import MCP_ENV, McpServer
 from clawden.skills import SKILLS_DIR
 from services.runner.mounts import ExtraMount
 
@@ -61,6 +62,7 @@ class GroupRun:
     max_messages_per_prompt: int = 0
     assistant_name: str = ""
     skills: tuple[str, ...] | None = None  # None: every skill on the host
+    mcp: dict[str, McpServer] = field(default_factory=dict)  # config.toml's and the router's, checked
     refused: tuple[str, ...] = ()  # what the router sent that is not used, and why
 
 
@@ -72,6 +74,8 @@ def group_run(
     local = cfg.groups.get(agent_group, GroupConfig())
     sent = sent or ev.GroupSettings()
     problems = sent.problems()
+    problems.pop("mcp", None)  # each bad server is left out alone, below
+    mcp, mcp_refused = mcpservers.usable(local.mcp, sent.mcp)
     # Docker refuses a CPU limit above what its engine has; every start would fail.
     if sent.cpus and engine_cpus and sent.cpus > engine_cpus and "cpus" not in problems:
         problems["cpus"] = f"cpus {sent.cpus:g}: the Docker engine has only {engine_cpus}"
@@ -96,7 +100,8 @@ def group_run(
         max_messages_per_prompt=int(pick("max_messages_per_prompt", 0)),
         assistant_name=pick("assistant_name", ""),
         skills=None if "skills" in problems else sent.skills,
-        refused=tuple(problems.values()),
+        mcp=mcp,
+        refused=(*problems.values(), *mcp_refused),
     )
 
 
@@ -129,6 +134,7 @@ class ContainerSpec:
     timezone: str = ""
     tuning: Tuning = field(default_factory=Tuning)
     skills: tuple[tuple[str, Path], ...] = ()  # (name, folder with SKILL.md) for each skill it gets
+    mcp: dict[str, McpServer] = field(default_factory=dict)  # run by the agent runner, through the vault
     extra_mounts: tuple[ExtraMount, ...] = ()  # already checked against the mount allowlist
     trust_dir: Path | None = None  # from the vault: clawden-ca.pem and bundle.pem
 
@@ -145,7 +151,7 @@ class ContainerSpec:
             timezone=self.timezone,
             trust=self.trust_dir is not None,
             tuning=self.tuning,
-        )
+        ) | ({MCP_ENV: mcpservers.encode(self.mcp)} if self.mcp else {})
 
     def run_kwargs(self) -> dict[str, Any]:
         """Everything `containers.run` gets: no network, read-only root, no capabilities, limits."""

@@ -304,6 +304,7 @@ class Runner:
                 assistant_name=run.assistant_name or info.agent_group,
             ),
             skills=await asyncio.to_thread(self._skills, group_dir, run.skills),
+            mcp=run.mcp,
             timezone=_host_timezone(),
             extra_mounts=await asyncio.to_thread(self._extra_mounts, info.agent_group),
             trust_dir=trust,

@@ -8,6 +8,7 @@ from typing import Literal
 import msgspec
 
 from clawden.bus.ctl.verb import Op, Reply, declare
+from clawden.mcpservers import McpServer
 
 SERVICE = "router"
 
@@ -38,6 +39,7 @@ class ContainerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     effort: str | None = None  # low, medium, high, xhigh, max
     max_messages_per_prompt: int | None = None
     skills: Literal["all"] | list[str] | None = None  # "all" (the default): every skill on the host
+    mcp: dict[str, McpServer] | None = None  # the group's MCP servers, all of them ({}: none)
 
 
 # --- requests --------------------------------------------------------------------------------------
