@@ -38,10 +38,19 @@ import h11
 from clawden import unixsock
 from services.vault import responses, sigv4
 from services.vault.approvals import PREVIEW_BYTES, ApprovalAsk, Approver, LimitTrip, NoApprover, redact_preview
+from services.vault.apps import (
+    PLACEHOLDER_TOKEN,
+    Provider,
+    app_not_connected,
+    is_agent_token_call,
+    provider_for_host,
+    synthetic_token,
+)
 from services.vault.audit import AuditRecord, AuditSink, log_audit
 from services.vault.catalog import Catalog, Credential, GroupView, Secret
 from services.vault.certs import CertificateAuthority, LeafCache
 from services.vault.injection import echoes, inject, strip_hop_by_hop
+from services.vault.oauth import AppTokens, NotConnected, OAuthClient
 from services.vault.paths import PathRefused, normalise
 from services.vault.patterns import SECRET_PORT
 from services.vault.policy import (
@@ -86,6 +95,7 @@ DROPPED_UPSTREAM = frozenset({b"host", b"expect", b"content-length"})
 # must send it as UNSIGNED-PAYLOAD (S3 takes that over TLS).
 AWS_BODY_LIMIT = 16 << 20
 NO_BODY_STATUSES = frozenset({204, 304})
+MAX_TOKEN_CALL_BODY = 64 * 1024  # a client library's refresh form is a few hundred bytes
 MAX_TOLD = 1024  # above this, tripped limits of windows that ended are forgotten
 
 
@@ -337,6 +347,7 @@ class Gateway:
         read_timeout: float = 600.0,
         connect_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        apps: AppTokens | None = None,
     ) -> None:
         """``credential`` alone makes a gateway that injects one model key for every group.
 
@@ -376,6 +387,8 @@ class Gateway:
         self._connections: set[asyncio.Task[None]] = set()
         self._told: set[RateKey] = set()  # limits the owner was told of, in their windows
         self._telling: set[asyncio.Future[None]] = set()
+        # App connections (Google, GitHub): their token calls go out on this pool too, as the vault's own.
+        self.apps = apps if apps is not None else AppTokens(OAuthClient(self._upstream, clock), clock)
 
     @property
     def ca(self) -> CertificateAuthority:
@@ -694,7 +707,22 @@ class Gateway:
         assert isinstance(verdict, Allowed)
         self._rates.charge(verdict.charges, ex.at)
         ex.injected = tuple(c.name for c in verdict.credentials)
-        await self._forward(side, ex, head, upstream, trusted, body, verdict.credentials, view)
+        # A stored secret for the host wins; else the host's app connection, if it is one's.
+        app = provider_for_host(head.host) if not verdict.credentials else None
+        if app is not None and is_agent_token_call(ex.method, head.host, ex.path) is not None:
+            await self._answer_token_call(side, ex, body, app)
+            return
+        await self._forward(side, ex, head, upstream, trusted, body, verdict.credentials, view, app)
+
+    async def _answer_token_call(self, side: _Side, ex: _Exchange, body: _Body, app: Provider) -> None:
+        """A client library's refresh, answered here: a placeholder token when the app is connected."""
+        await body.preview(MAX_TOKEN_CALL_BODY)
+        if self.apps.connected(app.name, ex.group) is None:
+            ex.decision = "app_not_connected"
+            await self._reply(side, ex, app_not_connected(app, ex.host, ex.path, 400))
+            return
+        ex.decision, ex.injected = "app_token_synthetic", (f"app:{app.name}",)
+        await self._reply(side, ex, synthetic_token(), close=not body.complete)
 
     def _tell_limit(self, verdict: Limited, ex: _Exchange) -> None:
         """Tell the owner the first time a limit stops a request in a window (per rule and group)."""
@@ -765,7 +793,60 @@ class Gateway:
         body: _Body,
         credentials: tuple[Credential, ...],
         view: GroupView,
+        app: Provider | None = None,
     ) -> None:
+        bearer = ""
+        if app is not None and self.apps.connected(app.name, ex.group) is not None:
+            try:
+                bearer = await self.apps.token(app, ex.group)
+            except NotConnected as exc:
+                ex.decision = "app_not_connected"
+                await self._reply(side, ex, app_not_connected(exc.app, ex.host, ex.path, 401, exc.why))
+                return
+            ex.injected = (f"app:{app.name}",)
+        upgrade = wants_upgrade(list(head.headers))
+        sent = await self._send(side, ex, head, upstream, trusted, body, credentials, view, app, bearer)
+        if sent is None:
+            return
+        response, bearer = sent
+        if response.switched:
+            if not upgrade or not wants_upgrade([(b"connection", b"upgrade"), *response.headers]):
+                response.connection.close()  # a switch nobody asked for (or not to WebSocket): no pipe
+                ex.decision = "upgrade_refused"
+                await self._reply(
+                    side,
+                    ex,
+                    responses.gateway_error(
+                        502, "bad_gateway", f"{ex.host} switched protocols unasked; only WebSocket is passed on"
+                    ),
+                )
+                return
+            await self._upgrade(side, ex, response)
+            return
+        if response.status in (401, 403) and not credentials and not bearer:
+            response.connection.close()  # its body is not wanted; the pool must not get it half-read
+            await self._reply(side, ex, _refused_reply(response.status, ex, head, view, app))
+            return
+        pairs = echoes(credentials, head.target)
+        if bearer:  # should the site ever quote the token, the agent reads the placeholder instead
+            pairs.append((bearer.encode(), PLACEHOLDER_TOKEN.encode()))
+        await self._stream_response(side, ex, response, EchoScrubber(pairs))
+
+    async def _send(
+        self,
+        side: _Side,
+        ex: _Exchange,
+        head: RequestHead,
+        upstream: Origin,
+        trusted: bool,
+        body: _Body,
+        credentials: tuple[Credential, ...],
+        view: GroupView,
+        app: Provider | None,
+        bearer: str,
+    ) -> tuple[Response, str] | None:
+        """The request, with its credentials, sent and the response head read (with the app's token
+        refreshed and the request sent again once on a 401); None when it was answered here instead."""
         request_headers = list(head.headers)
         upgrade = wants_upgrade(request_headers)
         headers = [
@@ -782,23 +863,36 @@ class Gateway:
             headers += _framing(source, request_headers)
             if aws is not None:
                 headers = self._sign(aws, head, upstream, target, headers, source)
+            method = head.method.encode()
             response = await self._upstream.request(
-                upstream, head.method.encode(), target, headers, source, trusted=trusted, owner=ex.group
+                upstream, method, target, _bearing(headers, bearer), source, trusted=trusted, owner=ex.group
             )
+            if app is not None and bearer and response.status == 401 and isinstance(source, bytes):
+                # The token's own expiry said it was good, the site says not (revoked, rotated): once more
+                # with a fresh one. A streamed body is gone, so then the 401 goes back as it is.
+                response.connection.close()
+                bearer = await self.apps.token(app, ex.group, stale=bearer)
+                response = await self._upstream.request(
+                    upstream, method, target, _bearing(headers, bearer), source, trusted=trusted, owner=ex.group
+                )
         except sigv4.SigningRefused as exc:
             ex.decision = "refused"
             await self._reply(side, ex, responses.gateway_error(400, "aws_signing_refused", str(exc)), close=True)
-            return
+            return None
         except LeakFound as exc:
             ex.decision = "leak_blocked"
             await self._reply(
                 side, ex, responses.secret_leak_blocked(ex.method, ex.host, ex.path, exc.secret), close=True
             )
-            return
+            return None
         except UpstreamError as exc:
             ex.decision = "error"
             await self._reply(side, ex, responses.gateway_error(exc.status, exc.code, str(exc)))
-            return
+            return None
+        except NotConnected as exc:
+            ex.decision = "app_not_connected"
+            await self._reply(side, ex, app_not_connected(exc.app, ex.host, ex.path, 401, exc.why))
+            return None
         if scanner.redacted:
             # Say which, never the value: a conversation that quoted a key goes on without it.
             ex.decision = "redacted"
@@ -808,31 +902,7 @@ class Gateway:
                 ", ".join(sorted(scanner.redacted)),
                 ex.host,
             )
-        if response.switched:
-            if not upgrade or not wants_upgrade([(b"connection", b"upgrade"), *response.headers]):
-                response.connection.close()  # a switch nobody asked for (or not to WebSocket): no pipe
-                ex.decision = "upgrade_refused"
-                await self._reply(
-                    side,
-                    ex,
-                    responses.gateway_error(
-                        502, "bad_gateway", f"{ex.host} switched protocols unasked; only WebSocket is passed on"
-                    ),
-                )
-                return
-            await self._upgrade(side, ex, response)
-            return
-        if response.status in (401, 403) and not credentials:
-            response.connection.close()  # its body is not wanted; the pool must not get it half-read
-            others = [c.name for c in stored_for_host(view.others, head)]
-            if others:
-                reply = responses.access_restricted(response.status, ex.host, ex.path, others)
-            else:
-                reply = responses.credential_not_found(response.status, ex.host, ex.path)
-            ex.decision = "credential_not_found" if not others else "access_restricted"
-            await self._reply(side, ex, reply)
-            return
-        await self._stream_response(side, ex, response, EchoScrubber(echoes(credentials, head.target)))
+        return response, bearer
 
     def _sign(
         self,
@@ -953,6 +1023,28 @@ class Gateway:
         except Exception:
             # A broken audit sink must not take the agent's traffic down with it.
             log.exception("audit sink failed")
+
+
+def _bearing(headers: list[Header], token: str) -> list[Header]:
+    """The headers with the app's access token as the one Authorization (none: as they are)."""
+    if not token:
+        return headers
+    return [
+        *((k, v) for k, v in headers if k.lower() != b"authorization"),
+        (b"authorization", f"Bearer {token}".encode()),
+    ]
+
+
+def _refused_reply(status: int, ex: _Exchange, head: RequestHead, view: GroupView, app: Provider | None) -> Reply:
+    """What a 401/403 for a request that carried no credential becomes: what the agent can do about it."""
+    if app is not None:
+        ex.decision = "app_not_connected"
+        return app_not_connected(app, ex.host, ex.path, status)
+    others = [c.name for c in stored_for_host(view.others, head)]
+    ex.decision = "credential_not_found" if not others else "access_restricted"
+    if others:
+        return responses.access_restricted(status, ex.host, ex.path, others)
+    return responses.credential_not_found(status, ex.host, ex.path)
 
 
 def _framing(source: bytes | AsyncIterator[bytes], request_headers: list[Header]) -> list[Header]:
