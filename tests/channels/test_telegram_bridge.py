@@ -24,7 +24,7 @@ from clawden.bus.ctl.common import PING
 from clawden.cli import status
 from clawden.runtime import EX_CONFIG
 from services.channels.retry import PlatformError
-from services.channels.telegram import CAPABILITIES, TelegramBridge
+from services.channels.telegram import ALLOWED_UPDATES, CAPABILITIES, TelegramBridge
 from tests.channels.harness import BridgeProcess, Bus, until
 from tests.conftest import NatsServer
 from tests.fakes.telegram import BadGateway, Clock, Delay, Drop, Error, FakeTelegram, Fault, Hang, png
@@ -987,3 +987,33 @@ async def test_the_bridge_declares_what_it_supports(nats_server: NatsServer, bri
     # getMe said privacy mode is on (the fake's default, as for a new bot): groups reach it only by
     # `/ask@bot` and replies.
     assert caps["group_note"].startswith("privacy mode on: in groups @clawden_test_bot gets only /ask@")
+
+
+# People's edits become edits of the message they were. Telegram sends bots no update for a deleted
+# message, so there are no deletes.
+
+
+async def test_an_edited_message_becomes_an_edit_of_the_original(
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    bridge.start()
+    sent = fake.send(chat, ada, "whats 2+")
+    fake.edit(chat, sent["message_id"], "whats 2+2")
+    fake.edit(chat, sent["message_id"], "whats 2+3")
+    await until(lambda: fake.pending_updates == 0 and fake.confirmed_offset > 0, 15, "updates never confirmed")
+
+    stored = await bus.stored(subjects.inbound("telegram"))
+
+    [message, first, second] = [event for _, event in stored]
+    assert isinstance(message, ev.InboundMessage)
+    assert isinstance(first, ev.InboundEdit) and isinstance(second, ev.InboundEdit)
+    assert (first.message_id, first.text, first.route) == (message.message_id, "whats 2+2", message.route)
+    assert first.sender == message.sender and second.text == "whats 2+3"
+    assert len({h["Nats-Msg-Id"] for h, _ in stored}) == 3  # two edits of one message stay two
+
+
+def test_the_bridge_asks_telegram_for_edits() -> None:
+    # The fake, like Telegram, creates no update of a kind the bot did not ask for.
+    assert "edited_message" in ALLOWED_UPDATES
