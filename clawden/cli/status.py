@@ -110,6 +110,11 @@ def render(report: Report) -> str:
                     ["SESSION", "GROUP", "CONTAINER", "STATE", "IDLE"],
                 )
             )
+        out += [
+            f"MCP server {name} of {c['agent_group']} failed to start in session {c['session_id']}: {why}"
+            for c in running
+            for name, why in sorted((c.get("mcp_failed") or {}).items())
+        ]
 
     out.append("")
     backlog = report["streams"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +15,11 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import msgspec
 from docker.models.containers import Container
 from docker.types import Mount
 
-from clawden import agentcontainer, mcpservers
+from clawden import agentcontainer, mcpservers, sessiondb
 from clawden.agentcontainer import (
     CACHE_MOUNT,
     GATEWAY_MOUNT,
@@ -42,6 +44,7 @@ T = TypeVar("T")
 LABEL_INSTALL = "dev.clawden.install"
 LABEL_GROUP = "dev.clawden.agent-group"
 LABEL_SESSION = "dev.clawden.session"
+MCP_FAILED_MAX = 64 * 1024  # characters of the agent runner's list read at most
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,17 @@ def group_run(
         mcp=mcp,
         refused=(*problems.values(), *mcp_refused),
     )
+
+
+def mcp_failed(folder: Path) -> dict[str, str]:
+    """The MCP servers the session's agent runner says failed to start, as it keeps them in outbound.db. The
+    container writes that file, so what does not decode as names and reasons is read as nothing."""
+    try:
+        text = sessiondb.get_state(folder, sessiondb.MCP_FAILED_KEY) or "{}"
+        failed = msgspec.json.decode(text[:MCP_FAILED_MAX], type=dict[str, str])
+    except (msgspec.DecodeError, msgspec.ValidationError, sqlite3.Error, OSError):
+        return {}
+    return {name[:64]: why[:300] for name, why in list(failed.items())[: mcpservers.MAX_SERVERS]}
 
 
 def group_folder(groups_dir: Path, folder: str, agent_group: str) -> tuple[Path, str]:

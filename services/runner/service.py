@@ -47,6 +47,7 @@ from services.runner.containers import (
     ImageMissing,
     group_folder,
     group_run,
+    mcp_failed,
 )
 from services.runner.mounts import Allowlist, ExtraMount, MountRefused, MountRequest, resolve
 from services.runner.outbound import Action, Ask, ListTasks, Publish, Refused, Respond, translate
@@ -700,6 +701,8 @@ class Runner:
     async def ctl_containers(self, _request: Nothing) -> runner_api.Containers:
         """For `clawden status`: the sessions with a container, and those waiting for a slot."""
         now = time.monotonic()
+        lives = list(self.live.values())
+        failed = await asyncio.to_thread(lambda: {live.info.id: mcp_failed(live.folder) for live in lives})
         return runner_api.Containers(
             runner=self.cfg.runner.id,
             max=self.cfg.runner.max_containers,
@@ -710,8 +713,9 @@ class Runner:
                     container=live.container_id[:12],
                     state="stopping" if live.stopping else "running" if live.container_id else "starting",
                     idle=round(now - live.last_activity, 1),
+                    mcp_failed=failed.get(live.info.id, {}),
                 )
-                for live in list(self.live.values())
+                for live in lives
             ],
             waiting=[
                 runner_api.Waiting(

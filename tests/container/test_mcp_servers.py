@@ -4,14 +4,16 @@ tells the chat (container/clawden_agent/mcp.py)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from clawden import mcpservers
+from clawden import control, mcpservers
 from clawden.bus import events as ev
+from clawden.cli.commands import mcp as mcp_cli
 from clawden.config import Config, GroupConfig
 from clawden.mcpservers import McpServer
 from services.runner.containers import group_run
@@ -163,3 +165,30 @@ def test_the_notice_names_each_server_and_why() -> None:
         "⚠️ This agent runs without the MCP servers that failed to start:\n- a: x\n- b: y"
     )
     assert mcp.notice({"a": "x"}).startswith("⚠️ This agent runs without the MCP server that")
+
+
+def _add_args(*argv: str) -> McpServer:
+    parser = argparse.ArgumentParser()
+    groups = parser.add_subparsers()
+    mcp_cli.register(groups)
+    return mcp_cli.server_from(parser.parse_args(["mcp", "add", "g", "n", *argv]))
+
+
+def test_the_command_line_describes_a_local_or_a_remote_server() -> None:
+    local = _add_args("--command", "npx", "--arg=-y", "--arg", "pkg", "--env", "A=b=c", "--stub", "TICKETS_TOKEN")
+    assert local == McpServer(command="npx", args=("-y", "pkg"), env={"A": "b=c", "TICKETS_TOKEN": "clawden-managed"})
+    assert _add_args("--url", "https://a.example/sse", "--transport", "sse") == McpServer(
+        transport="sse", url="https://a.example/sse"
+    )
+    with pytest.raises(control.ControlError, match="give --url for a remote server, or --command"):
+        _add_args("--url", "https://a.example", "--command", "x")
+    with pytest.raises(control.ControlError, match="a sse server needs --url"):
+        _add_args("--transport", "sse", "--command", "x")
+    with pytest.raises(argparse.ArgumentTypeError, match="give NAME=VALUE"):
+        mcp_cli.parse_env("NOVALUE")
+
+
+def test_a_credential_in_the_environment_is_warned_about() -> None:
+    server = McpServer(command="x", env={"GITHUB_TOKEN": "ghp_real", "API_KEY": "clawden-managed", "REGION": "eu"})
+    [warning] = mcp_cli.credential_warnings(server)
+    assert warning.startswith("GITHUB_TOKEN looks like a credential") and "--stub GITHUB_TOKEN" in warning

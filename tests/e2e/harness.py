@@ -101,8 +101,16 @@ async def service_pid(stack: Stack, service: str, timeout: float = 60) -> int:
 
 
 def start_stack(
-    home: Path, *, idle_timeout: float = 1800, ready_timeout: float = 90, runner: str = "", vault: str = ""
+    home: Path,
+    *,
+    idle_timeout: float = 1800,
+    ready_timeout: float = 90,
+    runner: str = "",
+    vault: str = "",
+    sites: tuple[str, ...] = (),
 ) -> Stack:
+    """`sites`: more hosts the fake answers as (in its certificate and the vault's host map), so a test can
+    see what an agent's tool sends them through the vault."""
     fake = start_in_thread()
     install_id = f"t{secrets.token_hex(4)}"
     port = natsserver.free_port()
@@ -110,8 +118,9 @@ def start_stack(
     # Claude Code keeps its default https://api.anthropic.com; the vault intercepts it and dials the
     # fake (TLS on loopback, with a test CA) through its host map. keys/anthropic is the bootstrap
     # source of the vault's `anthropic` secret, as in the README's quick start.
-    tls = make_tls(["api.anthropic.com"], str(cfg.path("run")))
+    tls = make_tls(["api.anthropic.com", *sites], str(cfg.path("run")))
     fake_address = fake.call(fake.listen_tls(tls.server_context))
+    host_map = ", ".join(f'"{host}" = "{fake_address}"' for host in ("api.anthropic.com", *sites))
     key = f"sk-ant-api03-{secrets.token_urlsafe(24)}"
     (cfg.keys_dir / "anthropic").write_text(key)
     (cfg.keys_dir / "anthropic").chmod(0o600)
@@ -124,7 +133,7 @@ idle_timeout = {idle_timeout}
 {runner}
 [vault]
 extra_ca_file = "{tls.ca_file}"
-host_map = {{"api.anthropic.com" = "{fake_address}"}}
+host_map = {{{host_map}}}
 {vault}
 """)
     env = dict(os.environ, CLAWDEN_HOME=str(home))

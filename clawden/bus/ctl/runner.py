@@ -15,6 +15,7 @@ class Running(Reply, frozen=True):
     container: str  # the container id's first 12 characters; "" while it starts
     state: Literal["starting", "running", "stopping"]
     idle: float  # seconds since the session last did something
+    mcp_failed: dict[str, str] = {}  # the group's MCP servers its agent runs without, and why
 
 
 class Waiting(Reply, frozen=True):
