@@ -163,7 +163,7 @@ class AppTokens:
     def __init__(self, client: OAuthClient | None, clock: Callable[[], float] = time.time, persist: Persist = _keep):
         self.client = client
         self._clock = clock
-        self._persist = persist
+        self.persist = persist  # stores a refreshed connection (the vault seals it into vault.db)
         self._conns: dict[str, Connection] = {}
         self._refreshing: dict[str, asyncio.Future[Connection]] = {}
 
@@ -221,7 +221,7 @@ class AppTokens:
         if self._conns.get(conn.provider) is not conn:
             raise NotConnected(conn.app, f"the {conn.provider} connection was removed")  # disconnected meanwhile
         self._conns[conn.provider] = renewed
-        await self._persist(renewed)
+        await self.persist(renewed)
         log.info("refreshed the %s access token", conn.provider)
         return renewed
 

@@ -43,6 +43,7 @@ from services.vault.catalog import (
 )
 from services.vault.certs import CertificateAuthority, write_trust_files
 from services.vault.gateway import Gateway, token_hash
+from services.vault.oauth_connect import AppConnections
 from services.vault.ratecounts import RateCounts
 from services.vault.refusals import Conflict, NotFound
 from services.vault.sealing import Sealer, SealError, load_key
@@ -540,6 +541,8 @@ async def main(ctx: ServiceContext) -> None:
     vault = Vault(cfg, store, sealer, ca, gateway, ctx.notifier, announce=lambda e: _publish_change(ctx, e))
     await store.run(vault.bootstrap_model_key)
     await vault.refresh()
+    apps = AppConnections(store, sealer, gateway.apps, vault.audit_change)
+    await apps.load()
     last_flush = asyncio.Event()
     try:
         async with asyncio.TaskGroup() as tg:
@@ -574,6 +577,10 @@ async def main(ctx: ServiceContext) -> None:
             await ctx.endpoint(api.API_KEYS_CREATE, vault.on_api_keys_create)
             await ctx.endpoint(api.API_KEYS_LIST, vault.on_api_keys_list)
             await ctx.endpoint(api.API_KEYS_REVOKE, vault.on_api_keys_revoke)
+            await ctx.endpoint(api.APPS_BEGIN, apps.on_begin)
+            await ctx.endpoint(api.APPS_FINISH, apps.on_finish)
+            await ctx.endpoint(api.APPS_LIST, apps.on_list)
+            await ctx.endpoint(api.APPS_DISCONNECT, apps.on_disconnect)
             ctx.stats["audit"] = audit.stats
             ctx.stats["rates"] = rates.stats
             async with _serving_api(ctx, vault, held):

@@ -118,7 +118,36 @@ MIGRATIONS: list[tuple[str, str]] = [
     ALTER TABLE groups ADD COLUMN api_created_at REAL;
     """,
     ),
+    (
+        "0005_app_connections",
+        """
+    CREATE TABLE IF NOT EXISTS apps (
+        provider TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        client_secret_sealed TEXT NOT NULL,
+        refresh_sealed TEXT NOT NULL,
+        access_sealed TEXT NOT NULL,
+        expires_at REAL,
+        scopes TEXT NOT NULL DEFAULT '',
+        grants TEXT NOT NULL DEFAULT '["*"]',
+        created_at REAL NOT NULL,
+        refreshed_at REAL
+    );
+    """,
+    ),
 ]
+APP_COLUMNS = (
+    "provider",
+    "client_id",
+    "client_secret_sealed",
+    "refresh_sealed",
+    "access_sealed",
+    "expires_at",
+    "scopes",
+    "grants",
+    "created_at",
+    "refreshed_at",
+)
 _conditions = msgspec.json.Decoder(tuple[Condition, ...])
 
 AUDIT_COLUMNS = (
@@ -406,6 +435,34 @@ class Store(servicedb.Store):
                    FROM groups WHERE api_name IS NOT NULL ORDER BY api_created_at, agent_group"""
             )
         ]
+
+    # -- app connections (tokens and the client secret sealed; ``oauth_connect`` seals and opens them) --
+
+    def put_app(self, row: dict[str, Any]) -> None:
+        """Store a connection, replacing the provider's previous one (one connection per provider)."""
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO apps ({', '.join(APP_COLUMNS)}) VALUES ({', '.join('?' * len(APP_COLUMNS))})",
+            tuple(row[c] for c in APP_COLUMNS),
+        )
+
+    def apps(self) -> list[dict[str, Any]]:
+        return [dict(row) for row in self._rows(f"SELECT {', '.join(APP_COLUMNS)} FROM apps ORDER BY provider")]
+
+    def save_app_tokens(
+        self, provider: str, refresh_sealed: str, access_sealed: str, expires_at: float | None, now: float
+    ) -> bool:
+        """A refresh's outcome; False when the connection is gone (disconnected while it ran)."""
+        return (
+            self.conn.execute(
+                """UPDATE apps SET refresh_sealed = ?, access_sealed = ?, expires_at = ?, refreshed_at = ?
+                   WHERE provider = ?""",
+                (refresh_sealed, access_sealed, expires_at, now, provider),
+            ).rowcount
+            > 0
+        )
+
+    def remove_app(self, provider: str) -> bool:
+        return self.conn.execute("DELETE FROM apps WHERE provider = ?", (provider,)).rowcount > 0
 
     # -- audit --
 

@@ -248,3 +248,63 @@ MODEL_KEY = declare(SERVICE, "model-key", Nothing, ModelKey)
 API_KEYS_CREATE = declare(SERVICE, "api-keys-create", Named, ApiKeyCreated)
 API_KEYS_LIST = declare(SERVICE, "api-keys-list", Nothing, ApiKeys)
 API_KEYS_REVOKE = declare(SERVICE, "api-keys-revoke", Named, ApiKeyInfo)
+
+
+# -- app connections (`clawden apps`): the CLI asks for an authorize URL, brings back the code --
+
+AppName = Literal["google", "github"]
+
+
+class AppBegin(Request, frozen=True):
+    """Start connecting an app: the vault keeps the PKCE verifier and answers the URL to open."""
+
+    provider: str
+    client_id: str
+    redirect_uri: str  # http://127.0.0.1:<port>/… where `clawden apps connect` listens
+    client_secret: str = ""
+    scopes: list[str] = []  # none: the provider's defaults
+    agents: list[str] = []  # agent groups that may use it; none: every agent
+
+    def __repr__(self) -> str:
+        return f"AppBegin(provider={self.provider!r}, <client secret hidden>)"
+
+
+class AppAuthorize(Reply, frozen=True):
+    authorize_url: str
+    state: str
+    expires_at: float  # the code must come back before this
+
+
+class AppFinish(Request, frozen=True):
+    state: str
+    code: str
+
+    def __repr__(self) -> str:
+        return f"AppFinish(state={self.state[:6]!r}…, <code hidden>)"
+
+
+class AppInfo(Reply, frozen=True):
+    """A connection as the vault describes it: never a token or the client secret."""
+
+    provider: AppName
+    client_id: str
+    scopes: str
+    grants: list[str]
+    created_at: float
+    expires_at: float | None = None  # the access token's end; None: it does not expire
+    refreshed_at: float | None = None
+
+
+class Apps(Reply, frozen=True):
+    apps: list[AppInfo]
+
+
+class AppDisconnected(Reply, frozen=True):
+    provider: AppName
+    revoked_at_provider: bool  # False: the provider could not be told; the vault forgot it anyway
+
+
+APPS_BEGIN = declare(SERVICE, "apps-begin", AppBegin, AppAuthorize)
+APPS_FINISH = declare(SERVICE, "apps-finish", AppFinish, AppInfo)
+APPS_LIST = declare(SERVICE, "apps-list", Nothing, Apps)
+APPS_DISCONNECT = declare(SERVICE, "apps-disconnect", Named, AppDisconnected)
