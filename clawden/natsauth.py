@@ -29,6 +29,17 @@ from clawden.config import Config
 SEED_CREDENTIAL = "nats.nk"  # the name under $CREDENTIALS_DIRECTORY
 CLI = "cli"  # the owner's command line: may do anything (it can read every seed anyway)
 CORE = ("router", "runner", "vault", "scheduler", "approvals")
+# What the in-container `clawden` reads and (once an admin approved) writes through the runner
+# (services/runner/admin.py); its scope check runs in the runner, and nothing here reaches the vault.
+RUNNER_CLI_CALLS = (
+    "router.groups",
+    "router.sessions",
+    "router.destinations",
+    "router.members",
+    "router.wirings",
+    "router.dropped",
+    "scheduler.tasks",
+)
 WEB_CHANNEL = "web"
 WEB_CALLS = (
     "router.chats",
@@ -98,8 +109,13 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
         ),
         "runner": Grant(
             consumes=(streams.runner_wake(runner), streams.runner_receipts(runner), streams.runner_decisions(runner)),
-            publishes=(subjects.ALL_OUTBOUND, subjects.APPROVAL_REQUEST, subjects.ALL_TASKS),
-            calls=("vault.gateway", "scheduler.list"),
+            publishes=(
+                subjects.ALL_OUTBOUND,
+                subjects.APPROVAL_REQUEST,
+                subjects.ALL_TASKS,
+                f"{subjects.PREFIX}.event.runner.>",  # the in-container `clawden`'s audit (services/runner/admin.py)
+            ),
+            calls=("vault.gateway", "scheduler.list", *RUNNER_CLI_CALLS),
             manages_streams=True,
         ),
         "scheduler": Grant(

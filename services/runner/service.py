@@ -38,6 +38,7 @@ from clawden.bus.streams import runner_decisions, runner_receipts, runner_wake
 from clawden.config import GroupConfig
 from clawden.runtime import ServiceContext, sleep_unless_stopping
 from services.runner import core
+from services.runner.admin import AdminDesk
 from services.runner.containers import (
     LABEL_SESSION,
     ContainerSpec,
@@ -116,6 +117,7 @@ class Runner:
         self.failures: dict[str, int] = {}  # consecutive start failures or crashes per session
         self.engine_cpus: int | None = None  # what Docker's engine has; set once it answered
         self.counters = {"wakes": 0, "started": 0, "published": 0, "crashed": 0, "hung": 0, "idle_stopped": 0}
+        self.admin = AdminDesk(ctx.nc, ctx.js, index, self.owner_uid, self.note)  # the in-container `clawden`
 
     # --- paths ----------------------------------------------------------------------------------
 
@@ -281,6 +283,7 @@ class Runner:
         live = self.live.setdefault(info.id, Live(info, folder))
         if live.bell is None:
             live.bell = await listen_bell(folder, functools.partial(self.kick, info.id), self.owner_uid)
+        await self.admin.open(info, folder)
         spec = ContainerSpec(
             install_id=self.cfg.install_id,
             agent_group=info.agent_group,
@@ -447,7 +450,8 @@ class Runner:
         """The answer to an agent's question: back into its session, where the tool waits."""
         question = await self.index.run(self.index.take_question, decision.id)
         if question is None:
-            return  # another requester's decision
+            await self.admin.on_decision(decision)  # an agent's `clawden` write, or another requester's
+            return
         session_id, options = question
         info = self.index.get(session_id)
         if info is None:
@@ -460,6 +464,30 @@ class Runner:
             decision.id,
             {"decision": decision.decision, "answer": answer, "by": decision.decided_by},
         )
+
+    async def note(self, info: SessionInfo, key: str, text: str) -> None:
+        """A word from the host to the agent (what became of its `clawden` write): a row in its session that wakes
+        it as a chat message would, from `clawden`, never from a person."""
+        folder = self.session_dir(info)
+        route = info.route
+        message = sessiondb.InboundMessage(
+            id=key,
+            kind="chat",
+            content={"text": text},
+            routing=sessiondb.Routing(route.channel, route.chat_id, route.thread_id),
+            sender_id="clawden",
+            sender_name="clawden (host)",
+        )
+        async with self.session_locks.setdefault(info.id, asyncio.Lock()):
+            await asyncio.to_thread(self._store_note, folder, message)
+            if info.id in self.live:
+                await asyncio.to_thread(ring, folder)
+            else:
+                self.want(info, folder)
+
+    def _store_note(self, folder: Path, message: sessiondb.InboundMessage) -> None:
+        prepare_folder(folder, self.owner_uid)
+        sessiondb.insert_inbound(folder, message, outbound_max_seq=sessiondb.outbound_max_seq(folder))
 
     async def _tell(self, info: SessionInfo, key: str, text: str, kind: Literal["notice", "error"] = "notice") -> None:
         event = ev.OutboundMessage(
@@ -645,6 +673,7 @@ class Runner:
         live = self.live.pop(session_id, None)
         if live is not None and live.bell is not None:
             live.bell.close()
+        self.admin.close(session_id)
         self.changed.set()
 
     async def stop_session(self, session_id: str, reason: str, *, hung: bool = False) -> None:
@@ -736,6 +765,7 @@ class Runner:
                 folder = self.session_dir(info)
                 live = Live(info, folder, container_id=str(container.id))
                 live.bell = await listen_bell(folder, functools.partial(self.kick, info.id), self.owner_uid)
+                await self.admin.open(info, folder)
                 self.live[info.id] = live
                 self.kick(info.id)
                 log.info("adopted running container %s for %s", container.short_id, info.id)
@@ -761,6 +791,7 @@ class Runner:
         for live in list(self.live.values()):
             if live.bell is not None:
                 live.bell.close()
+        self.admin.close_all()
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -798,6 +829,7 @@ async def main(ctx: ServiceContext) -> None:
     index = await SessionIndex.start(ctx.config.data_dir / "runner.db")
     runner = Runner(ctx, docker, index)
     ctx.stats["runner"] = runner.counters
+    ctx.stats["cli"] = runner.admin.counters
     await ctx.endpoint(runner_api.CONTAINERS, runner.ctl_containers)
     try:
         await docker.ping()

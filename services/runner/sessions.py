@@ -50,6 +50,14 @@ MIGRATIONS = [
             changed_at REAL NOT NULL, updated_at REAL NOT NULL);
     """,
     ),
+    # An agent's `clawden` write waiting for an admin (services/runner/admin.py): the command as it typed it.
+    (
+        "0003_cli_writes",
+        """
+        CREATE TABLE cli_writes (id TEXT PRIMARY KEY, session_id TEXT NOT NULL, argv TEXT NOT NULL,
+            asked_at REAL NOT NULL);
+    """,
+    ),
 ]
 _settings_decoder = msgspec.json.Decoder(ev.GroupSettings)
 
@@ -135,6 +143,19 @@ class SessionIndex(servicedb.Store):
             "DELETE FROM questions WHERE id = ? RETURNING session_id, options", (question_id,)
         ).fetchone()
         return (str(row[0]), tuple(json.loads(row[1]))) if row else None
+
+    def put_cli_write(self, request_id: str, session_id: str, argv: list[str]) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO cli_writes VALUES (?, ?, ?, ?)",
+            (request_id, session_id, json.dumps(argv), time.time()),
+        )
+
+    def take_cli_write(self, request_id: str) -> tuple[str, list[str]] | None:
+        """The session and command of a waiting write, once: a second decision for it finds nothing."""
+        row = self.conn.execute(
+            "DELETE FROM cli_writes WHERE id = ? RETURNING session_id, argv", (request_id,)
+        ).fetchone()
+        return (str(row[0]), [str(a) for a in json.loads(row[1])]) if row else None
 
     def all(self) -> list[SessionInfo]:
         return list(self._cache.values())

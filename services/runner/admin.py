@@ -1,0 +1,312 @@
+"""The `clawden` command inside an agent container, served on the host: one Unix stream socket per session
+(`admin.sock` in the session folder, beside the doorbells), whose identity is the socket itself, so the session
+and its agent group are the runner's own knowledge, never the request's. Each request is one JSON line
+(`{"argv": [...]}`) checked against the group's `cli_scope` (`services/runner/scope.py`): reads are answered at
+once through the typed control client, writes become an approval request and run only once an admin approves,
+and every call, allowed or refused, is an `AuditEvent` naming the session and the group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from clawden import control, logs, unixsock
+from clawden.bus import events as ev
+from clawden.bus import publish, subjects
+from clawden.bus.ctl import Verb
+from clawden.bus.ctl import router as router_api
+from clawden.bus.ctl import scheduler as scheduler_api
+from services.runner import scope
+from services.runner.sessions import SessionIndex, SessionInfo
+
+log = logging.getLogger("clawden.runner.admin")
+SOCKET_NAME = "admin.sock"
+MAX_LINE = 64 * 1024
+ASK_TIMEOUT = 10.0
+AUDIT_KIND = "cli"
+
+Note = Callable[[SessionInfo, str, str], Awaitable[None]]  # (session, key, text): a word to the agent
+
+
+class CliRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the container's `clawden` sends: its arguments, nothing else (no caller, group or scope)."""
+
+    argv: list[str]
+
+
+class CliReply(msgspec.Struct, frozen=True, omit_defaults=True):
+    ok: bool
+    output: str = ""  # a read's answer, as JSON text
+    error: str = ""
+    pending: str = ""  # a write's approval request id: the agent is told the outcome later
+
+
+_decode = msgspec.json.Decoder(CliRequest).decode
+_encode = msgspec.json.Encoder().encode
+
+WIRE_FIELDS = {
+    "--engage": "engage_mode",
+    "--pattern": "engage_pattern",
+    "--scope": "sender_scope",
+    "--ignored": "ignored_messages",
+    "--session": "session_mode",
+    "--priority": "priority",
+}
+
+
+def read_request(command: scope.Command) -> tuple[Verb[Any, Any], msgspec.Struct]:
+    """The control verb and request a read is (pure)."""
+    a = command.args
+    group = a.get("--group", "")
+    limit = {"limit": int(a["--limit"])} if "--limit" in a else {}
+    match command.name:
+        case "groups list":
+            return router_api.GROUPS_LIST, router_api.ListAll()
+        case "tasks list":
+            return scheduler_api.TASKS, scheduler_api.ListRequest(agent_group=group, status=a.get("--status", ""))
+        case "sessions":
+            return router_api.SESSIONS_LIST, router_api.GroupFilter(agent_group=group, **limit)
+        case "destinations list":
+            return router_api.DESTINATIONS_LIST, router_api.GroupFilter(agent_group=group)
+        case "members list":
+            return router_api.MEMBERS_LIST, router_api.GroupFilter(agent_group=group)
+        case "wire list":
+            return router_api.WIRINGS_LIST, router_api.WiringList(
+                channel=a.get("--channel", ""), chat_id=a.get("--chat", ""), agent_group=group
+            )
+        case "dropped":
+            return router_api.DROPPED_LIST, router_api.DroppedList(channel=a.get("--channel", ""), **limit)
+    raise ValueError(f"{command.name} is not a read")
+
+
+def write_request(command: scope.Command) -> tuple[Verb[Any, Any], msgspec.Struct]:
+    """The control verb and request a write is (pure)."""
+    a = command.args
+    if command.name == "wire add":
+        options: dict[str, Any] = {field: a[flag] for flag, field in WIRE_FIELDS.items() if flag in a}
+        if "priority" in options:
+            options["priority"] = int(options["priority"])
+        return router_api.WIRINGS_CREATE, router_api.WiringCreate(
+            channel=a["channel"], chat_id=a["chat_id"], agent_group=a["agent_group"], **options
+        )
+    raise ValueError(f"{command.name} is not a write")
+
+
+def only(rows: Any, group: str) -> Any:
+    """A list answer narrowed to one group's rows (the scope's filter, kept even where the service applied it)."""
+    if not group or not isinstance(rows, list):
+        return rows
+    return [r for r in rows if getattr(r, "agent_group", getattr(r, "name", None)) == group]
+
+
+class AdminDesk:
+    """The sessions' admin sockets and what comes in on them."""
+
+    def __init__(
+        self, nc: Client, js: JetStreamContext, index: SessionIndex, owner_uid: int | None, note: Note
+    ) -> None:
+        self.nc, self.js, self.index, self.owner_uid, self.note = nc, js, index, owner_uid, note
+        self.servers: dict[str, asyncio.Server] = {}
+        self.counters = {"reads": 0, "writes_asked": 0, "writes_done": 0, "refused": 0}
+
+    # --- sockets ----------------------------------------------------------------------------------
+
+    async def open(self, info: SessionInfo, folder: Path) -> None:
+        """Listen on the session's admin socket (again after a restart: the folder is mounted, not the file)."""
+        if info.id in self.servers:
+            return
+        path = folder / SOCKET_NAME
+        sock = unixsock.bind(path, socket.SOCK_STREAM, mode=0o600)
+        if self.owner_uid is not None:
+            os.chown(path, self.owner_uid, self.owner_uid, follow_symlinks=False)
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._serve(info, reader, writer)
+
+        self.servers[info.id] = await asyncio.start_unix_server(serve, sock=sock, limit=MAX_LINE)
+
+    def close(self, session_id: str) -> None:
+        server = self.servers.pop(session_id, None)
+        if server is not None:
+            server.close()
+
+    def close_all(self) -> None:
+        for session_id in list(self.servers):
+            self.close(session_id)
+
+    async def _serve(self, info: SessionInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                reply = await self.handle(info, line)
+                writer.write(_encode(reply) + b"\n")
+                await writer.drain()
+        except (ValueError, asyncio.LimitOverrunError):  # a line over MAX_LINE
+            await self._audit(info, "refused", "", f"a request longer than {MAX_LINE} bytes")
+            with contextlib.suppress(OSError):
+                writer.write(
+                    _encode(CliReply(ok=False, error=f"refused: a request longer than {MAX_LINE} bytes")) + b"\n"
+                )
+        except (ConnectionError, OSError):
+            pass  # the agent went away mid-answer
+        finally:
+            writer.close()
+
+    # --- requests ---------------------------------------------------------------------------------
+
+    async def handle(self, info: SessionInfo, line: bytes) -> CliReply:
+        """One request from the session's socket: always an answer, always an audit event."""
+        try:
+            argv = _decode(line).argv
+        except msgspec.DecodeError as exc:  # ValidationError too: a field we do not take (a forged caller)
+            return await self._refuse(info, "", f"bad request: {exc}")
+        if argv in (["help"], ["--help"], ["-h"]):
+            return await self._help(info)
+        try:
+            command = scope.parse(argv)
+        except scope.BadCommand as exc:
+            return await self._refuse(info, " ".join(argv)[:200], str(exc))
+        try:
+            cli_scope = await self.cli_scope(info.agent_group)
+        except control.ControlError as exc:
+            return await self._refuse(info, command.line(), f"cannot check this group's cli_scope: {exc}")
+        match scope.allow(cli_scope, info.agent_group, command):
+            case scope.Refuse(reason=reason):
+                return await self._refuse(info, command.line(), reason)
+            case scope.Read() as read:
+                return await self._read(info, read)
+            case scope.Write() as write:
+                return await self._ask(info, argv, write)
+        raise AssertionError("unreachable")
+
+    async def cli_scope(self, agent_group: str) -> str:
+        """The group's setting as the router has it now, so a change counts at the agent's next call."""
+        group = await control.ask_on(
+            self.nc, router_api.GROUPS_GET, router_api.GroupGet(name=agent_group), timeout=ASK_TIMEOUT
+        )
+        return group.container.cli_scope or scope.DEFAULT_SCOPE
+
+    async def _help(self, info: SessionInfo) -> CliReply:
+        try:
+            cli_scope = await self.cli_scope(info.agent_group)
+        except control.ControlError as exc:
+            return await self._refuse(info, "clawden help", f"cannot check this group's cli_scope: {exc}")
+        lines = scope.commands_for(cli_scope)
+        await self._audit(info, "read", "clawden help", "")
+        text = "\n".join(lines) if lines else f"the clawden command is disabled for agent group {info.agent_group}"
+        return CliReply(ok=bool(lines), output=text if lines else "", error="" if lines else text)
+
+    async def _refuse(self, info: SessionInfo, line: str, reason: str) -> CliReply:
+        self.counters["refused"] += 1
+        await self._audit(info, "refused", line, reason)
+        return CliReply(ok=False, error=f"refused: {reason}")
+
+    async def _read(self, info: SessionInfo, read: scope.Read) -> CliReply:
+        verb, request = read_request(read.command)
+        try:
+            rows = await control.ask_on(self.nc, verb, request, timeout=ASK_TIMEOUT)
+        except control.ControlError as exc:
+            await self._audit(info, "failed", read.command.line(), str(exc))
+            return CliReply(ok=False, error=str(exc))
+        self.counters["reads"] += 1
+        await self._audit(info, "read", read.command.line(), "")
+        output = msgspec.json.format(msgspec.json.encode(only(rows, read.only_group)), indent=2)
+        return CliReply(ok=True, output=output.decode())
+
+    async def _ask(self, info: SessionInfo, argv: list[str], write: scope.Write) -> CliReply:
+        request_id = f"cli-{uuid.uuid4().hex[:24]}"
+        line = write.command.line()
+        request = ev.ApprovalRequest(
+            id=request_id,
+            kind="agent_request",
+            requester="runner",
+            agent_group=info.agent_group,
+            card=ev.Card(
+                title=f"Agent {info.agent_group} asks to run a command",
+                body=f"{line}\n\n{write.change}\n\n(asked in {info.route.channel} chat {info.route.chat_id})",
+                buttons=(ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny", style="danger")),
+            ),
+            route=info.route,
+            context={"session_id": info.id, "channel": info.route.channel, "command": line},
+        )
+        await self.index.run(self.index.put_cli_write, request_id, info.id, argv)
+        await publish(self.js, subjects.APPROVAL_REQUEST, request, msg_id=f"approval:{request_id}")
+        self.counters["writes_asked"] += 1
+        await self._audit(info, "asked", line, "", approval=request_id)
+        return CliReply(
+            ok=True,
+            pending=request_id,
+            output=f"approval pending ({request_id}): an admin was asked to approve `{line}`;"
+            " you will be told the outcome in a message",
+        )
+
+    # --- decisions --------------------------------------------------------------------------------
+
+    async def on_decision(self, decision: ev.ApprovalDecision) -> bool:
+        """An admin's word on a waiting write: run it (checked again: the scope may have changed) and tell
+        the agent. False when the decision is not about one of ours."""
+        waiting = await self.index.run(self.index.take_cli_write, decision.id)
+        if waiting is None:
+            return False
+        session_id, argv = waiting
+        info = self.index.get(session_id)
+        if info is None:
+            return True
+        text = await self._decided(info, decision, argv)
+        await self.note(info, f"cli-outcome-{decision.id}", text)
+        return True
+
+    async def _decided(self, info: SessionInfo, decision: ev.ApprovalDecision, argv: list[str]) -> str:
+        command = scope.parse(argv)  # it parsed when asked; the parser is the same
+        line = command.line()
+        if decision.decision != "approved":
+            why = f" ({decision.reason})" if decision.reason else ""
+            by = f" by {decision.decided_by}" if decision.decided_by else ""
+            await self._audit(info, decision.decision, line, decision.reason, approval=decision.id)
+            return f"Your command `{line}` was {decision.decision}{by}{why}; nothing was changed."
+        try:
+            verdict = scope.allow(await self.cli_scope(info.agent_group), info.agent_group, command)
+        except control.ControlError as exc:
+            verdict = scope.Refuse(f"cannot check this group's cli_scope: {exc}")
+        if isinstance(verdict, scope.Refuse):
+            await self._audit(info, "refused", line, verdict.reason, approval=decision.id)
+            return f"Your command `{line}` was approved, but is no longer allowed: {verdict.reason}."
+        verb, request = write_request(command)
+        try:
+            done = await control.ask_on(self.nc, verb, request, timeout=ASK_TIMEOUT)
+        except control.ControlError as exc:
+            await self._audit(info, "failed", line, str(exc), approval=decision.id)
+            return f"Your command `{line}` was approved by {decision.decided_by}, but failed: {exc}"
+        self.counters["writes_done"] += 1
+        await self._audit(info, "done", line, "", approval=decision.id, by=decision.decided_by)
+        result = msgspec.json.encode(done).decode()
+        return f"Your command `{line}` was approved by {decision.decided_by} and done: {result}"
+
+    # --- audit ------------------------------------------------------------------------------------
+
+    async def _audit(self, info: SessionInfo, outcome: str, line: str, reason: str, **more: str) -> None:
+        fields = {"session_id": info.id, "agent_group": info.agent_group, "outcome": outcome, "command": line}
+        fields |= {k: v for k, v in ({"reason": reason} | more).items() if v}
+        summary = f"agent group {info.agent_group}: {line or 'a request'} {outcome}" + (f": {reason}" if reason else "")
+        log.log(
+            logging.WARNING if outcome == "refused" else logging.INFO,
+            "cli %s",
+            summary,
+            extra=logs.context(info.id, info.agent_group, "") | {"cli_outcome": outcome},
+        )
+        event = ev.AuditEvent(service="runner", kind=AUDIT_KIND, at=time.time(), summary=summary, fields=fields)
+        try:
+            await self.nc.publish(subjects.event("runner", AUDIT_KIND), ev.encode(event))
+        except Exception as exc:  # logged above; the bus copy is lost, and that is said
+            log.error("cannot publish the audit event of %s: %s", summary, exc)

@@ -1,0 +1,209 @@
+"""`clawden` inside a real agent container, driven by the fake model's Bash calls (and, for the hostile agent, by
+raw writes to the session's admin socket from inside the container): the host checks every call against the
+group's cli_scope, answers reads at once, holds writes for an admin, and audits each call."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.msg import Msg
+
+from clawden import config as config_mod
+from clawden import control
+from clawden.bus import events as ev
+from clawden.bus.ctl import router as router_api
+from clawden.bus.ctl import scheduler as scheduler_api
+from tests.e2e.harness import Stack, Terminal
+from tests.e2e.test_credential_approval import button, card_for, click
+from tests.e2e.test_tools import run_tool
+from tests.eventually import eventually
+
+pytestmark = pytest.mark.docker
+OWNER = f"local:{getpass.getuser()}"  # the login that ran the router first owns the install
+
+
+class Audit:
+    """The runner's `clawden` audit events, as anyone reading `clawden.event.runner.cli` sees them."""
+
+    def __init__(self) -> None:
+        self.events: list[ev.AuditEvent] = []
+
+    async def on_msg(self, msg: Msg) -> None:
+        event = ev.decode(msg.data)
+        assert isinstance(event, ev.AuditEvent)
+        self.events.append(event)
+
+    def outcomes(self, **fields: str) -> list[str]:
+        return [e.fields["outcome"] for e in self.events if all(e.fields.get(k) == v for k, v in fields.items())]
+
+
+@pytest.fixture
+async def audit(stack: Stack) -> AsyncIterator[Audit]:
+    a = Audit()
+    nc = await stack.connect()
+    await nc.subscribe("clawden.event.runner.cli", cb=a.on_msg)
+    await nc.flush()
+    yield a
+    await nc.close()
+
+
+@pytest.fixture(scope="module")
+def other_group(stack: Stack) -> str:
+    """A second agent group with a task of its own, and a task of main's."""
+    cfg = config_mod.load(stack.home)
+    control.run(cfg, router_api.GROUPS_CREATE, router_api.GroupCreate(name="ops"))
+    for group, prompt in (("ops", "rotate the ops pager"), ("main", "water the plants")):
+        control.run(
+            cfg,
+            scheduler_api.ADD,
+            scheduler_api.AddRequest(
+                agent_group=group,
+                session_id=f"s-{group}",
+                route=ev.Route(channel="local", chat_id=f"{group}-chat"),
+                prompt=prompt,
+                schedule="0 8 * * 1",
+            ),
+        )
+    return "ops"
+
+
+@pytest.fixture
+async def term(stack: Stack, other_group: str) -> AsyncIterator[Terminal]:
+    # "terminal" is also the owner's direct chat, where approval cards go.
+    async with Terminal(stack, "terminal") as t:
+        await stack.wait_until_idle((await t.ask("hello", timeout=90)).session_id)
+        yield t
+
+
+async def set_scope(stack: Stack, scope: router_api.CliScope) -> None:
+    cfg = config_mod.load(stack.home)
+    update = router_api.GroupUpdate(name="main", container=router_api.ContainerSettings(cli_scope=scope))
+    await control.ask(cfg, router_api.GROUPS_UPDATE, update)
+
+
+async def reply_with(term: Terminal, text: str, timeout: float = 60) -> ev.OutboundMessage:
+    """The first reply in the chat that says `text` (the agent's own replies and cards come in between)."""
+    while text not in (reply := await term.reply(timeout=timeout)).text:
+        pass
+    return reply
+
+
+def in_container(stack: Stack, script: str) -> list[dict[str, object]]:
+    """Run python in main's running container, as its agent; one JSON answer per printed line."""
+    [box] = [c for c in stack.containers() if c.labels.get("dev.clawden.agent-group") == "main"]
+    result = box.exec_run(["python", "-c", script])
+    return [json.loads(line) for line in result.output.decode().splitlines() if line.startswith("{")]
+
+
+async def test_a_group_agent_lists_its_own_tasks_and_is_refused_another_groups(
+    stack: Stack, term: Terminal, audit: Audit
+) -> None:
+    own = await run_tool(stack, term, "Bash", {"command": "clawden tasks list", "description": "my tasks"})
+    other = await run_tool(stack, term, "Bash", {"command": "clawden tasks list --group ops", "description": "theirs"})
+
+    assert "water the plants" in own and "rotate the ops pager" not in own
+    assert "refused: agent group main may only see and change its own group, not ops" in other
+    assert "rotate the ops pager" not in other
+    await eventually(lambda: audit.outcomes(agent_group="main") == ["read", "refused"])
+    assert {e.fields["session_id"] for e in audit.events} == {(await term.reply()).session_id}
+
+
+async def test_wire_add_makes_a_card_and_the_wiring_exists_only_after_an_admin_approves(
+    stack: Stack, term: Terminal, audit: Audit
+) -> None:
+    cfg = config_mod.load(stack.home)
+    wired = router_api.WiringList(channel="local", chat_id="room-42")
+    asked = await run_tool(
+        stack, term, "Bash", {"command": "clawden wire add local room-42 main --engage mention", "description": "wire"}
+    )
+    assert "approval pending" in asked
+    card = await card_for(term)
+    assert card.card is not None
+    assert "clawden wire add local room-42 main --engage mention" in card.card.body
+    assert "Agent group main would answer chat room-42 on local (engage mention)." in card.card.body
+    assert await control.ask(cfg, router_api.WIRINGS_LIST, wired) == []
+
+    await click(term, card, button(card, approve=True), "local:stranger")  # not an approver: nothing changes
+    await reply_with(term, "Nothing was changed")
+    assert await control.ask(cfg, router_api.WIRINGS_LIST, wired) == []
+    await click(term, card, button(card, approve=True), OWNER)
+
+    # The agent is told in its session; the fake model's default turn echoes what it was told to the chat.
+    told = await reply_with(term, "was approved by")
+    assert f"`clawden wire add local room-42 main --engage mention` was approved by {OWNER} and done" in told.text
+    [wiring] = await control.ask(cfg, router_api.WIRINGS_LIST, wired)
+    assert (wiring.agent_group, wiring.engage_mode) == ("main", "mention")
+    await eventually(lambda: audit.outcomes(agent_group="main") == ["asked", "done"])
+
+
+async def test_a_global_agent_lists_every_group(stack: Stack, term: Terminal, audit: Audit) -> None:
+    await set_scope(stack, "global")
+    try:
+        listed = await run_tool(stack, term, "Bash", {"command": "clawden groups list", "description": "groups"})
+        tasks = await run_tool(stack, term, "Bash", {"command": "clawden tasks --group ops", "description": "ops"})
+    finally:
+        await set_scope(stack, "group")
+    assert '"name": "main"' in listed and '"name": "ops"' in listed
+    assert "rotate the ops pager" in tasks
+    await eventually(lambda: audit.outcomes(agent_group="main") == ["read", "read"])
+
+
+async def test_a_disabled_scope_refuses_everything_and_counts_at_once(stack: Stack, term: Terminal) -> None:
+    cli = "import subprocess, json; r = subprocess.run(['clawden', 'groups'], capture_output=True, text=True); "
+    cli += "print(json.dumps({'code': r.returncode, 'err': r.stderr}))"
+    await set_scope(stack, "disabled")
+    try:
+        [disabled] = await asyncio.to_thread(in_container, stack, cli)
+    finally:
+        await set_scope(stack, "group")
+    [allowed] = await asyncio.to_thread(in_container, stack, cli)
+    assert disabled == {"code": 1, "err": "clawden: refused: the clawden command is disabled for agent group main\n"}
+    assert allowed == {"code": 0, "err": ""}
+
+
+HOSTILE = r"""
+import json, socket
+forged = [
+    {"argv": ["tasks", "list"], "agent_group": "ops"},
+    {"argv": ["tasks", "list"], "caller": "local:owner"},
+    {"argv": ["groups", "list"], "cli_scope": "global"},
+    {"argv": ["tasks", "list"], "session_id": "s-ops"},
+    {"argv": ["tasks", "list", "--group", "ops"]},
+    {"argv": ["sessions", "--group=ops"]},
+    {"argv": ["dropped"]},
+    {"argv": ["wire", "add", "local", "room-7", "ops"]},
+    {"argv": ["secrets", "list"]},
+    {"argv": "tasks list"},
+    "tasks list",
+    "x" * 70000,
+]
+s = socket.socket(socket.AF_UNIX)
+s.connect("/workspace/session/admin.sock")
+f = s.makefile("rwb")
+for request in forged:
+    f.write((request if isinstance(request, str) else json.dumps(request)).encode() + b"\n")
+    f.flush()
+    print(f.readline().decode().strip())
+"""
+
+
+async def test_a_hostile_agent_forging_caller_scope_or_group_is_refused_and_audited(
+    stack: Stack, term: Terminal, audit: Audit
+) -> None:
+    answers = await asyncio.to_thread(in_container, stack, HOSTILE)
+
+    assert len(answers) == 12
+    assert all(a["ok"] is False and str(a["error"]).startswith("refused: ") for a in answers), answers
+    assert "unknown field" in str(answers[0]["error"]) and "agent_group" in str(answers[0]["error"])
+    assert "longer than" in str(answers[-1]["error"])
+    assert not any("rotate the ops pager" in json.dumps(a) for a in answers)
+    session = (await term.ask("still there?")).session_id
+    await eventually(lambda: len(audit.events) == 12)
+    assert audit.outcomes() == ["refused"] * 12
+    assert all(e.fields["session_id"] == session and e.fields["agent_group"] == "main" for e in audit.events)
+    cfg = config_mod.load(stack.home)
+    assert await control.ask(cfg, router_api.WIRINGS_LIST, router_api.WiringList(chat_id="room-7")) == []
