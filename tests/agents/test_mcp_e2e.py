@@ -11,6 +11,7 @@ import asyncio
 import json
 import shutil
 import sqlite3
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,15 +20,18 @@ from pathlib import Path
 import pytest
 from docker.models.containers import Container
 
-from clawden import config, control, sessiondb
+from clawden import config, control, natsserver, sessiondb
 from clawden.bus.ctl import router as ctl
 from clawden.mcpservers import McpServer
 from tests.e2e.harness import Stack, Terminal, start_stack
 from tests.fakes.anthropic import ToolCall
+from tests.fakes.mcp_server import RemoteServer
 
 pytestmark = pytest.mark.docker
 
 SITE = "tickets.fake.test"
+REMOTE_SITE = "helpdesk.fake.test"
+REMOTE_SECRET = "hd-live-7a3c55e1b90d42f6"
 SERVER = Path(__file__).resolve().parents[1] / "fakes" / "mcp_server.py"
 IN_CONTAINER = "/workspace/agent/mcp_server.py"  # the group's folder, as the container sees it
 SECRET = "tk-live-0f5e2b7c9a41d8e3"
@@ -35,10 +39,27 @@ NOTICE = "⚠️ This agent runs without the MCP server that failed to start:"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("home"), sites=(SITE,))
+def remote_port() -> int:
+    return natsserver.free_port()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str, remote_port: int
+) -> Iterator[Stack]:
+    s = start_stack(tmp_path_factory.mktemp("home"), sites=(SITE,), hosts={REMOTE_SITE: f"127.0.0.1:{remote_port}"})
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def remote(stack: Stack, remote_port: int) -> Iterator[RemoteServer]:
+    """A remote MCP server at https://helpdesk.fake.test/mcp, as the vault's host map reaches it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(stack.home / "run" / "fake-site.pem")
+    server = RemoteServer(context, remote_port)
+    yield server
+    server.stop()
 
 
 def clawden(stack: Stack, *args: str, stdin: str | None = None, ok: bool = True) -> str:
@@ -160,3 +181,32 @@ async def test_the_router_refuses_a_server_out_of_bounds_and_keeps_the_groups_se
         clawden, stack, "groups", "mcp", "add", "main", "x", "--url", "http://plain.example", ok=False
     )
     assert "give an https:// address" in said
+
+
+async def test_a_remote_mcp_server_is_reached_through_the_vault_with_its_secret(
+    stack: Stack, remote: RemoteServer
+) -> None:
+    run = asyncio.to_thread
+    await run(
+        clawden,
+        stack,
+        *("secrets", "add", "helpdesk", "--type", "generic", "--host", REMOTE_SITE),
+        *("--header", "Authorization", "--format", "Bearer {value}"),
+        stdin=REMOTE_SECRET,
+    )
+    await run(clawden, stack, "groups", "mcp", "add", "main", "helpdesk", "--url", f"https://{REMOTE_SITE}/mcp")
+    stack.fake.script(
+        ToolCall("ToolSearch", {"query": "select:mcp__helpdesk__lookup_ticket", "max_results": 1}),
+        ToolCall("mcp__helpdesk__lookup_ticket", {"id": "7"}),
+    )
+
+    async with Terminal(stack, "helpdesk") as term:
+        reply = await term.ask("what is helpdesk ticket 7 about?", timeout=180)
+        await stack.wait_until_idle(reply.session_id, timeout=120)
+
+    posts = [headers for method, path, headers in remote.requests if (method, path) == ("POST", "/mcp")]
+    assert posts and all(h["authorization"] == f"Bearer {REMOTE_SECRET}" for h in posts)
+    turns = [r.body for r in stack.fake.messages_requests(with_tools=True)]
+    assert any("ticket 7 is about a paper jam" in json.dumps(t["messages"][-1]) for t in turns)
+    container = container_of(stack, reply.session_id)
+    assert REMOTE_SECRET not in json.dumps(container.attrs["Config"]["Env"])

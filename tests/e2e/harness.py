@@ -108,9 +108,13 @@ def start_stack(
     runner: str = "",
     vault: str = "",
     sites: tuple[str, ...] = (),
+    hosts: dict[str, str] | None = None,
 ) -> Stack:
     """`sites`: more hosts the fake answers as (in its certificate and the vault's host map), so a test can
-    see what an agent's tool sends them through the vault."""
+    see what an agent's tool sends them through the vault. `hosts`: more hosts mapped to a test's own
+    server ("127.0.0.1:port"), whose certificate is then `<home>/run/fake-site.pem` (the fake's, from the
+    vault's trusted test CA)."""
+    hosts = hosts or {}
     fake = start_in_thread()
     install_id = f"t{secrets.token_hex(4)}"
     port = natsserver.free_port()
@@ -118,9 +122,10 @@ def start_stack(
     # Claude Code keeps its default https://api.anthropic.com; the vault intercepts it and dials the
     # fake (TLS on loopback, with a test CA) through its host map. keys/anthropic is the bootstrap
     # source of the vault's `anthropic` secret, as in the README's quick start.
-    tls = make_tls(["api.anthropic.com", *sites], str(cfg.path("run")))
+    tls = make_tls(["api.anthropic.com", *sites, *hosts], str(cfg.path("run")))
     fake_address = fake.call(fake.listen_tls(tls.server_context))
-    host_map = ", ".join(f'"{host}" = "{fake_address}"' for host in ("api.anthropic.com", *sites))
+    mapped = {"api.anthropic.com": fake_address} | dict.fromkeys(sites, fake_address) | hosts
+    host_map = ", ".join(f'"{host}" = "{address}"' for host, address in mapped.items())
     key = f"sk-ant-api03-{secrets.token_urlsafe(24)}"
     (cfg.keys_dir / "anthropic").write_text(key)
     (cfg.keys_dir / "anthropic").chmod(0o600)
