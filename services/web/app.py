@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 import urllib.parse
 import uuid
@@ -17,18 +18,18 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from clawden.bus.ctl import router as router_ctl
 from clawden.installed import Scope as JournalScope
-from services.web import auth, pages
+from services.web import auth, files, pages
 from services.web.backend import Backend, BackendError
 from services.web.channel import CHANNEL, Hub, Refused, WebChannel
 from services.web.dashboard import Dashboard
 from services.web.scope import OutOfScope, Scope
-from services.web.store import Session, WebStore
+from services.web.store import Session, Upload, WebStore
 
 log = logging.getLogger("clawden.web")
 STATIC = Path(__file__).parent / "static"
@@ -82,6 +83,8 @@ class Web:
         limit: auth.LoginLimit,
         logs: Path | None = None,
         journal: JournalScope | None = None,
+        uploads: Path | None = None,
+        sessions: Path | None = None,
     ) -> None:
         self.store = store
         self.channel = channel
@@ -91,6 +94,8 @@ class Web:
         self.limit = limit
         self.logs = logs or Path("/nonexistent")  # <home>/logs: what the logs pages follow
         self.journal = journal  # under systemd, the units' journal instead: no files there
+        self.uploads = uploads or Path("/nonexistent")  # <data>/channels/web/files: where the runner takes them
+        self.sessions = sessions or Path("/nonexistent")  # the agents' outboxes are under it: downloads
         self.stopping = asyncio.Event()  # set when the service stops: open log tails end
 
     # --- checks -------------------------------------------------------------------------------------
@@ -99,15 +104,14 @@ class Web:
         sid = request.cookies.get(auth.COOKIE, "")
         return await self.store.run(self.store.session, sid, time.time()) if sid else None
 
-    async def form(self, request: Request) -> Form:
+    def from_us(self, request: Request) -> None:
         if not auth.origin_ok(request.headers.get("origin"), self.settings.origin):
             log.warning("refused a POST to %s from origin %r", request.url.path, request.headers.get("origin"))
             raise Denied(403, "refused: this request did not come from Clawden's own pages")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_FORM:
-                raise Denied(413, f"refused: a form may be at most {MAX_FORM} bytes")
+
+    async def form(self, request: Request) -> Form:
+        self.from_us(request)
+        body = await read_body(request, MAX_FORM, f"refused: a form may be at most {MAX_FORM} bytes")
         try:
             fields = urllib.parse.parse_qs(body.decode(), keep_blank_values=True, strict_parsing=False)
         except UnicodeDecodeError:
@@ -124,10 +128,7 @@ class Web:
         """A state-changing request: from our origin, signed in, with this session's CSRF token."""
         form = await self.form(request)
         found = await self.signed_in(request)
-        given = form.get("csrf") or request.headers.get("x-csrf-token", "")
-        if not auth.same_secret(given, found.csrf):
-            log.warning("refused a POST to %s without the session's CSRF token", request.url.path)
-            raise Denied(403, "refused: the form is stale or did not come from Clawden's pages; reload the page")
+        csrf_ok(request, form.get("csrf") or request.headers.get("x-csrf-token", ""), found)
         return found, form
 
     async def scoped(self, request: Request) -> tuple[Session, Scope]:
@@ -244,11 +245,48 @@ class Web:
             raise Denied(400, "refused: a message id is letters and digits")
         try:
             await self.channel.say(
-                request.path_params["chat_id"], found.user_id, name(found), form.get("text", ""), mid
+                request.path_params["chat_id"], found.user_id, name(found), form.get("text", ""), mid, form.all("files")
             )
         except Refused as exc:
             raise Denied(400, str(exc)) from None
         return JSONResponse({"id": mid}, headers=HEADERS)
+
+    async def upload(self, request: Request) -> Response:
+        """A file for the next message, as the raw body (chat.js): checked for who sends it before it is read,
+        then for its size and type, and kept under a name of ours where the runner takes bridges' files."""
+        self.from_us(request)
+        found = await self.signed_in(request)
+        csrf_ok(request, request.headers.get("x-csrf-token", ""), found)
+        chat_id = request.path_params["chat_id"]
+        await self.may_write(found.user_id, chat_id)
+        filename = files.safe_name(request.query_params.get("name", ""))
+        limit = files.MAX_UPLOAD
+        data = await read_body(request, limit, f"refused: a file may be at most {limit // (1024 * 1024)} MB")
+        if not data:
+            raise Denied(400, f"refused: {filename} is empty")
+        try:
+            mime = files.classify(filename, data[: files.SNIFF])
+        except files.Refused as exc:
+            raise Denied(415, f"refused: {exc}") from None
+        upload_id = secrets.token_hex(16)
+        path = await asyncio.to_thread(keep_upload, self.uploads / upload_id, filename, data)
+        upload = Upload(upload_id, chat_id, found.user_id, filename, mime, len(data), str(path))
+        await self.store.run(self.store.uploaded, upload, time.time())
+        log.info("%s uploaded %s (%s, %d bytes) to web chat %s", found.user_id, filename, mime, len(data), chat_id)
+        return JSONResponse({"upload": upload_id, "name": filename, "mime": mime, "size": len(data)}, headers=HEADERS)
+
+    async def download(self, request: Request) -> Response:
+        """A file the agent sent in this chat: only a path its outbound event named, still in a session outbox,
+        to whoever may read the chat; always as an attachment, never shown as a page of ours."""
+        _, scope = await self.scoped(request)
+        chat_id, mid = request.path_params["chat_id"], request.path_params["message_id"]
+        await self.web_chat(scope, chat_id)
+        named = await self.store.run(self.store.sent_file, chat_id, mid, request.path_params["index"])
+        path = await asyncio.to_thread(files.outbox_file, self.sessions, named) if named else None
+        if path is None:
+            raise Denied(404, "no such file: the agent did not send it here, or its session is gone")
+        headers = {**HEADERS, "content-disposition": files.disposition(path.name)}
+        return FileResponse(path, media_type="application/octet-stream", headers=headers)
 
     async def press(self, request: Request) -> Response:
         found, form = await self.posted(request)
@@ -316,6 +354,33 @@ class Web:
         return RedirectResponse(f"/approvals?note={note}", 303)
 
 
+def csrf_ok(request: Request, given: str, found: Session) -> None:
+    if not auth.same_secret(given, found.csrf):
+        log.warning("refused a POST to %s without the session's CSRF token", request.url.path)
+        raise Denied(403, "refused: the form is stale or did not come from Clawden's pages; reload the page")
+
+
+async def read_body(request: Request, limit: int, refusal: str) -> bytes:
+    """The body, refused (413) as soon as it says or proves it is over `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Denied(413, refusal)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Denied(413, refusal)
+    return bytes(body)
+
+
+def keep_upload(folder: Path, filename: str, data: bytes) -> Path:
+    """Into a folder of its own (a random name), so two uploads of one name never meet."""
+    folder.mkdir(parents=True, mode=0o700)
+    path = folder / filename
+    path.write_bytes(data)
+    return path
+
+
 def _no(scope: Scope) -> str:
     return f"refused: that chat is not wired to an agent group you administer ({scope.user})"
 
@@ -373,6 +438,8 @@ def build(web: Web) -> Starlette:
         Route("/chat/{chat_id}", web.chat),
         Route("/chat/{chat_id}/send", web.send, methods=["POST"]),
         Route("/chat/{chat_id}/press", web.press, methods=["POST"]),
+        Route("/chat/{chat_id}/upload", web.upload, methods=["POST"]),
+        Route("/chat/{chat_id}/files/{message_id}/{index:int}", web.download),
         Route("/chat/{chat_id}/events", web.events),
         Route("/status", web.status),
         Route("/approvals", web.approvals),

@@ -23,6 +23,7 @@ log = logging.getLogger("clawden.web")
 CHANNEL = "web"
 OUTBOUND = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing
 MAX_TEXT = 16_000
+MAX_FILES = 10
 
 
 class Refused(Exception):
@@ -76,13 +77,21 @@ class WebChannel:
 
     # --- in: the person -------------------------------------------------------------------------------
 
-    async def say(self, chat_id: str, user_id: str, name: str, text: str, message_id: str) -> Shown | None:
-        """Keep, then publish (the id is the page's own, so a resent form is one message); returns what to show."""
-        if not text.strip():
+    async def say(
+        self, chat_id: str, user_id: str, name: str, text: str, message_id: str, upload_ids: list[str] | None = None
+    ) -> Shown | None:
+        """Keep, then publish (the id is the page's own, so a resent form is one message); returns what to show.
+        The files uploaded for it go as its attachments, where the runner copies a bridge's into the inbox."""
+        if not text.strip() and not upload_ids:
             raise Refused("an empty message was not sent")
         if len(text) > MAX_TEXT:
             raise Refused(f"a message may be at most {MAX_TEXT} characters; this one has {len(text)}")
-        shown = await self.store.run(self.store.said, chat_id, message_id, user_id, text, time.time())
+        if len(upload_ids or ()) > MAX_FILES:
+            raise Refused(f"a message may carry at most {MAX_FILES} files")
+        uploads = await self.store.run(self.store.take_uploads, upload_ids or [], chat_id, user_id, message_id)
+        if isinstance(uploads, str):
+            raise Refused(f"no upload {uploads[:40]!r} of yours waits in this chat; attach the file again")
+        shown = await self.store.run(self.store.said, chat_id, message_id, user_id, text, time.time(), uploads)
         event = ev.InboundMessage(
             route=ev.Route(channel=CHANNEL, chat_id=chat_id),
             message_id=message_id,
@@ -90,6 +99,7 @@ class WebChannel:
             text=text,
             sent_at=time.time(),
             chat_name=f"web {chat_id}",
+            attachments=tuple(u.attachment() for u in uploads),
         )
         await publish(self.js, subjects.inbound(CHANNEL), event, msg_id=event.key)
         self.counts.inbound += 1

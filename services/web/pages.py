@@ -10,6 +10,7 @@ from typing import Any
 
 from clawden.bus.ctl import approvals as approvals_ctl
 from clawden.bus.ctl import router as router_ctl
+from services.web.files import ACCEPT
 from services.web.store import Shown
 
 
@@ -95,8 +96,23 @@ def bubble(shown: Shown) -> str:
     return (
         f'<li class="msg {e(shown.direction)}" id="m-{e(shown.id)}" data-version="{shown.version}">'
         f'<span class="who">{e(shown.sender)}</span><span class="text">{e(shown.text)}</span>'
-        f'<span class="card">{buttons}</span></li>'
+        f'{attached(shown)}<span class="card">{buttons}</span></li>'
     )
+
+
+def attached(shown: Shown) -> str:
+    """A message's files: the agent's as download links (by message and index, never by path), the person's
+    own by name."""
+    if not shown.files:
+        return ""
+    base = f"/chat/{shown.chat_id}/files/{shown.id}"
+    items = "".join(
+        f'<li><a class="file" href="{e(base)}/{i}" download>{e(n)}</a></li>'
+        if shown.direction == "out"
+        else f'<li class="file">{e(n)}</li>'
+        for i, n in enumerate(shown.files)
+    )
+    return f'<ul class="files" aria-label="Files">{items}</ul>'
 
 
 def chat(chat_id: str, name: str, history: Iterable[Shown], csrf: str, user: str) -> str:
@@ -107,7 +123,8 @@ def chat(chat_id: str, name: str, history: Iterable[Shown], csrf: str, user: str
         f'<form id="say" method="post" action="/chat/{e(chat_id)}/send">'
         f'<input type="hidden" name="csrf" value="{e(csrf)}">'
         '<label for="text" class="hidden">Message</label>'
-        '<textarea id="text" name="text" rows="2" required placeholder="Message"></textarea>'
+        '<textarea id="text" name="text" rows="2" placeholder="Message"></textarea>'
+        f'<label for="file" class="attach">Attach a file <input type="file" id="file" accept="{e(ACCEPT)}"></label>'
         '<button type="submit">Send</button></form>'
     )
     return layout(name or chat_id, body, user=user, csrf=csrf, script="chat.js")

@@ -92,7 +92,19 @@ async def serve(ctx: ServiceContext, store: WebStore, host: str, port: int, url:
     limit = auth.LoginLimit(cfg.login_rate, cfg.login_burst)
     backend = Backend(ctx.nc, ctx.config)
     journal = logtail.journal_scope(os.environ)  # as a unit, its peers log to the journal, not to files
-    web = Web(store, channel, hub, backend, settings, limit, ctx.config.path("logs"), journal)
+    uploads = ctx.config.data_dir / "channels" / CHANNEL / "files"  # where the runner takes a bridge's files
+    web = Web(
+        store,
+        channel,
+        hub,
+        backend,
+        settings,
+        limit,
+        ctx.config.path("logs"),
+        journal,
+        uploads,
+        ctx.config.sessions_dir,
+    )
     ctx.stats["web"] = channel.counts.__dict__
     await ctx.endpoint(web_ctl.LOGIN, Logins(store, url, settings.link_seconds, backend))
     lanes = [await bind(ctx.js, lane, batch=1) for lane in bridge_lanes(CHANNEL)]

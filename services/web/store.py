@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -27,6 +28,16 @@ MIGRATIONS = [
                                text TEXT NOT NULL, card TEXT, card_id TEXT NOT NULL DEFAULT '',
                                at REAL NOT NULL, changed INTEGER NOT NULL DEFAULT 0);
         CREATE INDEX messages_chat ON messages (chat_id, seq);
+        """,
+    ),
+    (
+        "0002_files",
+        """
+        ALTER TABLE messages ADD COLUMN files TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE messages ADD COLUMN paths TEXT NOT NULL DEFAULT '[]';
+        CREATE TABLE uploads (id TEXT PRIMARY KEY, chat_id TEXT NOT NULL, user_id TEXT NOT NULL,
+                              name TEXT NOT NULL, mime TEXT NOT NULL, size INTEGER NOT NULL, path TEXT NOT NULL,
+                              at REAL NOT NULL, message_id TEXT);
         """,
     ),
 ]
@@ -54,10 +65,30 @@ class Shown:
     card: ev.Card | None
     card_id: str  # what a press names: the id of the outbound event that carried the card as shown
     at: float
+    files: tuple[str, ...] = ()  # the names of its files (the agent's are downloads; the paths stay here)
 
     def as_json(self) -> dict[str, Any]:
         card = msgspec.to_builtins(self.card) if self.card is not None else None
-        return {k: v for k, v in vars(self).items() if k != "card"} | {"card": card}
+        return {k: v for k, v in vars(self).items() if k not in ("card", "files")} | {
+            "card": card,
+            "files": list(self.files),
+        }
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file a person uploaded into a chat, kept under the channel's files folder until a message takes it."""
+
+    id: str
+    chat_id: str
+    user_id: str
+    name: str
+    mime: str
+    size: int
+    path: str
+
+    def attachment(self) -> ev.Attachment:
+        return ev.Attachment(name=self.name, mime=self.mime, size=self.size, url=Path(self.path).as_uri())
 
 
 def _shown(row: sqlite3.Row) -> Shown:
@@ -72,7 +103,22 @@ def _shown(row: sqlite3.Row) -> Shown:
         card=_card.decode(row["card"]) if row["card"] else None,
         card_id=row["card_id"],
         at=row["at"],
+        files=tuple(json.loads(row["files"])),
     )
+
+
+@dataclass(frozen=True)
+class Row:
+    """A message as it is written to the messages table."""
+
+    chat: str
+    mid: str
+    direction: str
+    sender: str
+    text: str
+    card: ev.Card | None
+    files: tuple[str, ...]
+    paths: tuple[str, ...]
 
 
 class WebStore(Store):
@@ -119,28 +165,78 @@ class WebStore(Store):
 
     # --- the chats ------------------------------------------------------------------------------------
 
-    def said(self, chat_id: str, message_id: str, sender: str, text: str, now: float) -> Shown | None:
+    def said(
+        self, chat_id: str, message_id: str, sender: str, text: str, now: float, uploads: tuple[Upload, ...] = ()
+    ) -> Shown | None:
         """The person's message, kept before it is published; None when this id was kept before (a resend)."""
-        return self._insert(chat_id, message_id, "in", sender, text, None, now)
+        names = tuple(u.name for u in uploads)
+        return self._insert(Row(chat_id, message_id, "in", sender, text, None, names, ()), now)
 
     def answered(self, event: ev.OutboundMessage, now: float) -> Shown | None:
-        """An outbound message, kept before it is acknowledged; None for a redelivery already kept."""
+        """An outbound message, kept before it is acknowledged; None for a redelivery already kept. The paths of
+        its files are kept too: they are all a download may serve."""
         who = event.agent_group if event.kind == "reply" and event.agent_group else "clawden"
-        return self._insert(event.route.chat_id, event.id, "out", who, event.text, event.card, now)
+        names = tuple(Path(f.removeprefix("file://")).name for f in event.files)
+        row = Row(event.route.chat_id, event.id, "out", who, event.text, event.card, names, event.files)
+        return self._insert(row, now)
 
-    def _insert(
-        self, chat: str, mid: str, direction: str, sender: str, text: str, card: ev.Card | None, now: float
-    ) -> Shown | None:
-        encoded = msgspec.json.encode(card).decode() if card is not None else None
+    def _insert(self, row: Row, now: float) -> Shown | None:
+        card = msgspec.json.encode(row.card).decode() if row.card is not None else None
         with self._tx() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO messages (chat_id, id, direction, sender, text, card, card_id, at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (chat, mid, direction, sender, text, encoded, mid if card is not None else "", now),
+                "INSERT OR IGNORE INTO messages (chat_id, id, direction, sender, text, card, card_id, at, files, paths)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.chat,
+                    row.mid,
+                    row.direction,
+                    row.sender,
+                    row.text,
+                    card,
+                    row.mid if card is not None else "",
+                    now,
+                    json.dumps(list(row.files)),
+                    json.dumps(list(row.paths)),
+                ),
             )
             if not cur.rowcount:
                 return None
-            return _shown(db.execute("SELECT * FROM messages WHERE id = ?", (mid,)).fetchone())
+            return _shown(db.execute("SELECT * FROM messages WHERE id = ?", (row.mid,)).fetchone())
+
+    def sent_file(self, chat_id: str, message_id: str, index: int) -> str | None:
+        """The path of the `index`th file the agent sent in `message_id` of `chat_id`, as its event named it."""
+        row = self.conn.execute(
+            "SELECT paths FROM messages WHERE id = ? AND chat_id = ? AND direction = 'out'", (message_id, chat_id)
+        ).fetchone()
+        paths: list[str] = json.loads(row["paths"]) if row else []
+        return paths[index] if 0 <= index < len(paths) else None
+
+    # --- uploads --------------------------------------------------------------------------------------
+
+    def uploaded(self, upload: Upload, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO uploads (id, chat_id, user_id, name, mime, size, path, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (upload.id, upload.chat_id, upload.user_id, upload.name, upload.mime, upload.size, upload.path, now),
+            )
+
+    def take_uploads(self, ids: list[str], chat_id: str, user_id: str, message_id: str) -> tuple[Upload, ...] | str:
+        """The uploads a message names, taken by it: each must be this person's, in this chat, and not taken by
+        another message (a resend of the same message takes them again). Else the id that is not, untouched."""
+        with self._tx() as db:
+            found = []
+            for upload_id in ids:
+                row = db.execute(
+                    "SELECT * FROM uploads WHERE id = ? AND chat_id = ? AND user_id = ?"
+                    " AND (message_id IS NULL OR message_id = ?)",
+                    (upload_id, chat_id, user_id, message_id),
+                ).fetchone()
+                if row is None:
+                    return upload_id
+                found.append(Upload(*(row[k] for k in ("id", "chat_id", "user_id", "name", "mime", "size", "path"))))
+            db.executemany("UPDATE uploads SET message_id = ? WHERE id = ?", ((message_id, u.id) for u in found))
+            return tuple(found)
 
     def edited(self, event: ev.OutboundEdit) -> Shown | None:
         """An edit of one of our messages (its id is the outbound id we gave in the receipt)."""

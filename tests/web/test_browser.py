@@ -4,9 +4,11 @@ approval from the approvals page; and a cross-site POST refused."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,9 +23,12 @@ from clawden.bus.ctl import router as router_ctl
 from clawden.bus.ctl import web as web_ctl
 from clawden.cli import doctor
 from clawden.natsserver import free_port
+from services.web import files
 from tests.e2e.harness import Stack
 from tests.eventually import eventually
 from tests.fakes.anthropic import Text, ToolCall
+from tests.web.a11y import SIZES, check_and_shoot, screens
+from tests.web.conftest import sign_in as sign_in_as
 from tests.web.conftest import web_url
 
 pytestmark = [pytest.mark.docker, pytest.mark.nats, pytest.mark.process, pytest.mark.asyncio(loop_scope="session")]
@@ -160,3 +165,141 @@ async def test_doctor_finds_the_web_app_on_loopback_and_says_when_nothing_answer
     plain = msgspec.structs.replace(cfg, web=msgspec.structs.replace(cfg.web, public_url=web_url(web_stack)))
     insecure = await doctor.check_web(doctor.Probe(plain, {}))
     assert insecure.status == "WARN" and "not Secure" in insecure.detail
+
+
+def tool_results(stack: Stack) -> list[str]:
+    """What each tool told the model, as the fake saw it in the requests that followed."""
+    out = []
+    for r in stack.fake.messages_requests(with_tools=True):
+        for m in r.body.get("messages", []):
+            for block in m.get("content", []) if isinstance(m.get("content"), list) else []:
+                if block.get("type") == "tool_result":
+                    content = block.get("content")
+                    parts = content if isinstance(content, list) else [{"text": str(content)}]
+                    out.append(" ".join(str(c.get("text", "")) for c in parts if isinstance(c, dict)))
+    return out
+
+
+async def test_a_file_uploaded_in_the_chat_reaches_the_agent_and_a_file_it_sends_is_downloaded(
+    web_stack: Stack, page: Any, tmp_path: Path
+) -> None:
+    chat_id = await wire(web_stack, "files")
+    await sign_in(page, web_stack)
+    await page.goto(f"{web_url(web_stack)}/chat/{chat_id}")
+    await page.wait_for_selector("body[data-stream=open]")
+    words = f"oat milk {uuid.uuid4().hex}"
+    note = tmp_path / "shopping list.txt"
+    note.write_text(words + "\n")
+    read = ToolCall("Bash", {"command": "cat /workspace/session/inbox/*/shopping_list.txt", "description": "read"})
+    web_stack.fake.script(read, Text("read it"))
+    await page.set_input_files("#file", str(note))
+    await page.fill("#text", "what is on my list?")
+    await page.keyboard.press("Enter")
+    sent = page.locator("li.msg.in", has_text="what is on my list?")
+    assert await sent.locator("li.file").text_content(timeout=30_000) == "shopping_list.txt"  # our name for it
+    await page.wait_for_selector("li.msg.out >> text=read it", timeout=ANSWER)
+    assert any(words in r for r in tool_results(web_stack))  # the agent read the very bytes, in its inbox
+    assert await page.input_value("#file") == "" and await page.input_value("#text") == ""
+
+    write = ToolCall("Write", {"file_path": "/workspace/agent/report.txt", "content": "quarterly numbers\n"})
+    web_stack.fake.script(write, ToolCall("send_file", {"path": "report.txt", "text": "here it is"}), Text("sent"))
+    await page.fill("#text", "send me the report")
+    await page.keyboard.press("Enter")
+    link = page.locator("li.msg.out", has_text="here it is").locator("a.file")
+    await link.wait_for(timeout=ANSWER)
+    async with page.expect_download() as info:
+        await link.click()
+    download = await info.value
+    assert download.suggested_filename == "report.txt"
+    assert await asyncio.to_thread(Path(await download.path()).read_text) == "quarterly numbers\n"
+    href = await link.get_attribute("href")
+    assert href is not None and "/workspace" not in href and "sessions" not in href  # by index, never a path
+
+    base = web_url(web_stack)
+    served = await page.request.get(base + href)
+    assert served.headers["content-disposition"] == "attachment; filename=\"report.txt\"; filename*=UTF-8''report.txt"
+    assert served.headers["content-type"] == "application/octet-stream"
+    assert served.headers["x-content-type-options"] == "nosniff"
+    assert (await page.request.get(base + href[:-1] + "1")).status == 404  # it sent one file
+    mid = href.split("/")[-2]
+    received = page.locator("li.msg.in", has_text="what is on my list?")
+    mine = (await received.get_attribute("id") or "").removeprefix("m-")
+    assert (await page.request.get(f"{base}/chat/{chat_id}/files/{mine}/0")).status == 404  # not the agent's
+    assert (await page.request.get(f"{base}/chat/{chat_id}/files/{mid}/-1")).status == 404
+    stranger = await page.context.browser.new_context()
+    try:
+        nobody = await stranger.new_page()
+        await sign_in_as(nobody, web_stack, "web:nobody")  # signed in, with no role in main
+        refused = await nobody.request.get(base + href)
+        assert refused.status == 403 and b"quarterly" not in await refused.body()
+    finally:
+        await stranger.close()
+    await check_and_shoot(page, "chat-files", screens(tmp_path))  # axe, the keyboard, both sizes
+    await page.set_viewport_size(SIZES["phone"])
+    assert not await phone_misfits(page), await phone_misfits(page)
+
+
+PHONE_CONTROLS = ("#text", "#file", "#say button[type=submit]", "li.msg.out a.file", "li.msg.in li.file")
+
+
+async def phone_misfits(page: Any) -> list[str]:
+    """What does not fit a phone's width: the page scrolling sideways, a control cut off or under another."""
+    width = SIZES["phone"]["width"]
+    found = []
+    if await page.evaluate("() => document.documentElement.scrollWidth") > width:
+        found.append("the page is wider than the screen")
+    boxes = {}
+    for selector in PHONE_CONTROLS:
+        box = await page.locator(selector).last.bounding_box()
+        if box is None or box["x"] < 0 or box["x"] + box["width"] > width or box["width"] < 24:
+            found.append(f"{selector} is not wholly on the screen: {box}")
+        boxes[selector] = box
+    form = [boxes[s] for s in PHONE_CONTROLS[:3] if boxes[s]]
+    for i, a in enumerate(form):
+        for b in form[i + 1 :]:
+            apart = a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
+            if not apart and not (a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"]):
+                found.append(f"two of the chat's controls overlap: {a} {b}")
+    return found
+
+
+async def test_an_upload_of_a_kind_not_taken_too_large_or_forged_is_refused_with_a_reason(
+    web_stack: Stack, page: Any
+) -> None:
+    chat_id = await wire(web_stack, "refusals")
+    await sign_in(page, web_stack)
+    await page.goto(f"{web_url(web_stack)}/chat/{chat_id}")
+    await page.wait_for_selector("body[data-stream=open]")
+    page_html = {"name": "page.html", "mimeType": "text/html", "buffer": b"<script>alert(1)</script>"}
+    await page.set_input_files("#file", page_html)
+    await page.click("#say button[type=submit]")
+    alert = page.locator("#error")
+    await page.wait_for_selector("#error:not(:empty)")
+    assert "the web chat takes only" in (await alert.text_content() or "")
+    fake_png = {"name": "cat.png", "mimeType": "image/png", "buffer": b"<svg onload=alert(1)>"}
+    await page.set_input_files("#file", fake_png)
+    await page.click("#say button[type=submit]")
+    await page.wait_for_selector("#error >> text=/is not a image\\/png file/")
+    assert not await page.locator("li.msg").count()  # nothing was sent
+
+    base = web_url(web_stack)
+    cookie = next(c["value"] for c in await page.context.cookies() if c["name"] == "clawden_session")
+    csrf = await page.get_attribute("#log", "data-csrf")
+    assert csrf is not None
+    upload = f"/chat/{chat_id}/upload?name=big.txt"
+    async with httpx.AsyncClient(base_url=base, cookies={"clawden_session": cookie}) as client:
+        ours = {"origin": base, "x-csrf-token": csrf}
+        big = await client.post(upload, content=b"a" * (files.MAX_UPLOAD + 1), headers=ours)
+        assert big.status_code == 413 and "at most 10 MB" in big.json()["error"]
+        cross = await client.post(upload, content=b"hi", headers={**ours, "origin": "https://evil.example"})
+        assert cross.status_code == 403
+        tokenless = await client.post(upload, content=b"hi", headers={"origin": base})
+        assert tokenless.status_code == 403
+        fine = await client.post(upload, content=b"hi", headers=ours)
+        assert fine.status_code == 200 and fine.json()["name"] == "big.txt"
+        others = await client.post(
+            f"/chat/{chat_id}/send", data={"id": "x1", "text": "", "files": "f" * 32, "csrf": csrf}, headers=ours
+        )
+        assert others.status_code == 400 and "no upload" in others.json()["error"]
+    kept = list((web_stack.home / "data" / "channels" / "web" / "files").glob("*/*"))
+    assert [p.name for p in kept].count("big.txt") == 1 and not [p for p in kept if p.suffix in (".html", ".png")]

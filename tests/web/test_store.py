@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clawden.bus import events as ev
-from services.web.store import Session, WebStore
+from services.web.store import Session, Upload, WebStore, dumps
 
 
 def store(tmp_path: Path) -> WebStore:
@@ -57,3 +57,43 @@ def test_the_persons_message_is_kept_once_by_its_page_id(tmp_path: Path) -> None
     assert s.said("c1", "m1", "web:ada", "hi", 1.0) is not None
     assert s.said("c1", "m1", "web:ada", "hi", 2.0) is None
     assert [(m.direction, m.text) for m in s.history("c1")] == [("in", "hi")]
+
+
+def test_an_agents_files_are_named_on_the_message_and_only_their_paths_are_served(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    sent = ev.OutboundMessage(
+        id="o2",
+        route=ev.Route(channel="web", chat_id="c1"),
+        text="here",
+        files=("/s/main/x/outbox/3/report.txt", "file:///s/main/x/outbox/3/chart.png"),
+    )
+    shown = s.answered(sent, 1.0)
+    assert shown is not None and shown.files == ("report.txt", "chart.png")
+    assert shown.as_json()["files"] == ["report.txt", "chart.png"] and "/s/main" not in dumps(shown)
+    assert s.sent_file("c1", "o2", 1) == "file:///s/main/x/outbox/3/chart.png"
+    assert [s.sent_file("c2", "o2", 0), s.sent_file("c1", "o2", 2), s.sent_file("c1", "o2", -1)] == [None] * 3
+    assert s.said("c1", "m9", "web:ada", "mine", 2.0) is not None
+    assert s.sent_file("c1", "m9", 0) is None  # the person's message: nothing of it is served
+
+
+def upload(uid: str, chat: str = "c1", user: str = "web:ada") -> Upload:
+    return Upload(uid, chat, user, f"{uid}.txt", "text/plain", 3, f"/d/channels/web/files/{uid}/{uid}.txt")
+
+
+def test_a_message_takes_only_its_senders_uploads_in_its_chat_and_a_resend_takes_them_again(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    for u in (upload("u1"), upload("u2"), upload("bob", user="web:bob"), upload("elsewhere", chat="c2")):
+        s.uploaded(u, 1.0)
+    taken = s.take_uploads(["u1", "u2"], "c1", "web:ada", "m1")
+    assert taken == (upload("u1"), upload("u2"))
+    assert taken[0].attachment() == ev.Attachment(
+        name="u1.txt", mime="text/plain", size=3, url="file:///d/channels/web/files/u1/u1.txt"
+    )
+    assert s.take_uploads(["u1"], "c1", "web:ada", "m1") == (upload("u1"),)  # the same message, resent
+    assert s.take_uploads(["u1"], "c1", "web:ada", "m2") == "u1"  # another message: taken already
+    assert s.take_uploads(["bob"], "c1", "web:ada", "m3") == "bob"
+    assert s.take_uploads(["elsewhere"], "c1", "web:ada", "m3") == "elsewhere"
+    assert s.take_uploads(["nope"], "c1", "web:ada", "m4") == "nope"
+    shown = s.said("c1", "m1", "web:ada", "", 2.0, taken)
+    assert shown is not None and shown.files == ("u1.txt", "u2.txt")
+    assert [m.files for m in s.history("c1")] == [("u1.txt", "u2.txt")]

@@ -1,5 +1,7 @@
 // The chat page: send with fetch, show what the server streams (Server-Sent Events), press card buttons.
 // Messages are keyed by id, so the history replayed on every (re)connect never shows anything twice.
+// A file goes first, as its own upload (the raw bytes, with the CSRF token in a header); the message then
+// names the upload, so the agent gets it as an attachment.
 "use strict";
 (function () {
   const log = document.getElementById("log");
@@ -9,6 +11,7 @@
   const typing = document.getElementById("typing");
   const form = document.getElementById("say");
   const text = document.getElementById("text");
+  const file = document.getElementById("file");
 
   function post(path, fields) {
     return fetch(path, {
@@ -16,10 +19,38 @@
       headers: { "X-CSRF-Token": csrf, "Content-Type": "application/x-www-form-urlencoded" },
       body: new URLSearchParams(Object.assign({ csrf: csrf }, fields)),
       credentials: "same-origin",
-    }).then(function (r) {
-      if (r.ok) { error.textContent = ""; return r.json(); }
-      return r.json().then(function (b) { throw new Error(b.error || r.statusText); });
+    }).then(answer);
+  }
+
+  function answer(r) {
+    if (r.ok) { error.textContent = ""; return r.json(); }
+    return r.json().then(function (b) { throw new Error(b.error || r.statusText); }, function () { throw new Error(r.statusText); });
+  }
+
+  function upload(chosen) {
+    if (!chosen) return Promise.resolve([]);
+    return fetch("/chat/" + encodeURIComponent(chat) + "/upload?name=" + encodeURIComponent(chosen.name), {
+      method: "POST",
+      headers: { "X-CSRF-Token": csrf, "Content-Type": "application/octet-stream" },
+      body: chosen,
+      credentials: "same-origin",
+    }).then(answer).then(function (b) { return [b.upload]; });
+  }
+
+  function files(m) {
+    const list = el("ul", "files");
+    list.setAttribute("aria-label", "Files");
+    (m.files || []).forEach(function (name, i) {
+      const item = el("li", m.direction === "out" ? "" : "file");
+      if (m.direction === "out") {
+        const link = el("a", "file", name);
+        link.href = "/chat/" + encodeURIComponent(chat) + "/files/" + encodeURIComponent(m.id) + "/" + i;
+        link.setAttribute("download", "");
+        item.appendChild(link);
+      } else item.textContent = name;
+      list.appendChild(item);
     });
+    return list;
   }
 
   function el(tag, cls, content) {
@@ -35,6 +66,7 @@
     li.dataset.version = String(m.version);
     li.appendChild(el("span", "who", m.sender));
     li.appendChild(el("span", "text", m.text));
+    if (m.files && m.files.length) li.appendChild(files(m));
     const card = el("span", "card");
     if (m.card) {
       if (m.card.title) { card.appendChild(el("strong", "", m.card.title)); card.appendChild(el("p", "", m.card.body || "")); }
@@ -70,9 +102,12 @@
   form.addEventListener("submit", function (e) {
     e.preventDefault();
     const words = text.value;
-    if (!words.trim()) return;
+    const chosen = file.files[0];
+    if (!words.trim() && !chosen) return;
     const id = crypto.getRandomValues(new Uint32Array(4)).reduce(function (a, n) { return a + n.toString(16).padStart(8, "0"); }, "");
-    post(form.action, { text: words, id: id }).then(function () { text.value = ""; }, function (err) { error.textContent = err.message; });
+    upload(chosen)
+      .then(function (ids) { return post(form.action, ids.length ? { text: words, id: id, files: ids[0] } : { text: words, id: id }); })
+      .then(function () { text.value = ""; file.value = ""; }, function (err) { error.textContent = err.message; });
   });
   text.addEventListener("keydown", function (e) {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
