@@ -41,6 +41,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.nats, pytest.mark.process, pytest.
 ANSWER = 120_000  # ms: a first message starts a container
 ADMIN = "web:alice"  # an admin of `main` only
 OTHER = "other"  # an agent group alice does not administer
+GARDEN = "garden"  # a group whose settings, grants and rules the tests change (main runs the conversation)
 SESSION: dict[str, router_ctl.Session] = {}  # the one conversation the tests share (a running container)
 
 
@@ -337,6 +338,168 @@ async def test_web_from_a_direct_chat_gives_its_owner_a_link_that_signs_in_once_
         await publish(room.js, subjects.inbound("local"), asked, msg_id=asked.key)
         refused = await room.reply(timeout=60)
     assert refused.text == weblink.IN_GROUP and "/login/" not in refused.text
+
+
+async def a_group(stack: Stack, name: str) -> None:
+    cfg = cfg_of(stack)
+    if name not in {g.name for g in await control.ask(cfg, router_ctl.GROUPS_LIST, router_ctl.ListAll())}:
+        await control.ask(cfg, router_ctl.GROUPS_CREATE, router_ctl.GroupCreate(name=name))
+
+
+async def test_a_groups_settings_are_changed_from_the_agents_page_and_a_bad_value_gets_the_clis_message(
+    web_stack: Stack, page: Any, audited: list[ev.AuditEvent]
+) -> None:
+    await a_group(web_stack, GARDEN)
+    await sign_in(page, web_stack)
+    await page.goto(web_url(web_stack) + "/agents")
+    await page.get_by_role("link", name=GARDEN).click()
+    await page.wait_for_selector(f"h1 >> text=Agent group {GARDEN}")
+    await page.fill("#assistant_name", "Sage")
+    await page.fill("#memory", "512m")
+    await page.fill("#cpus", "1.5")
+    await page.fill("#idle_timeout", "600")
+    await page.click("#settings button[type=submit]")
+    await page.wait_for_selector(f"p[role=status] >> text=saved the settings of {GARDEN}")
+    detail = await control.ask(cfg_of(web_stack), router_ctl.GROUPS_GET, router_ctl.GroupGet(name=GARDEN))
+    assert (detail.assistant_name, detail.container.memory, detail.container.cpus) == ("Sage", "512m", 1.5)
+    assert detail.container.idle_timeout == 600
+    assert await page.input_value("#cpus") == "1.5"  # the page shows what is stored
+    # Too little memory: the router's refusal, word for word as `clawden groups update --memory 32m` prints it.
+    bad = router_ctl.GroupUpdate(
+        name=GARDEN,
+        assistant_name="Sage",
+        model=detail.model,
+        container=router_ctl.ContainerSettings(memory="32m", cpus=1.5, idle_timeout=600),
+    )
+    with pytest.raises(control.ControlError) as refused:
+        await control.ask(cfg_of(web_stack), router_ctl.GROUPS_UPDATE, bad)
+    await page.fill("#memory", "32m")
+    await page.click("#settings button[type=submit]")
+    alert = page.locator("p[role=alert].error")
+    await alert.wait_for()
+    assert await alert.text_content() == str(refused.value)
+    kept = await control.ask(cfg_of(web_stack), router_ctl.GROUPS_GET, router_ctl.GroupGet(name=GARDEN))
+    assert kept.container.memory == "512m"  # nothing changed
+    await page.fill("#cpus", "many")
+    await page.click("#settings button[type=submit]")
+    await page.wait_for_selector("p[role=alert].error >> text=cpus: 'many' is not a number")
+    await eventually(lambda: any(a.kind == "group_updated" for a in audited), 30, "no audit event for the settings")
+    assert next(a for a in audited if a.kind == "group_updated").fields == {"user": OWNER, "agent_group": GARDEN}
+
+
+async def test_a_paused_task_is_resumed_and_then_cancelled_from_the_tasks_page(
+    web_stack: Stack, page: Any, audited: list[ev.AuditEvent]
+) -> None:
+    await sign_in(page, web_stack)
+    session = await conversation(web_stack, page)
+    cfg = cfg_of(web_stack)
+    add = scheduler_ctl.AddRequest(
+        agent_group="main",
+        session_id=session.id,
+        runner=session.runner,
+        route=ev.Route(channel=session.channel, chat_id=session.chat_id),
+        prompt="take the bins out",
+        schedule="0 7 * * 2",
+    )
+    task = await control.ask(cfg, scheduler_ctl.ADD, add)
+    await control.ask(cfg, scheduler_ctl.PAUSE, scheduler_ctl.TaskRef(task_id=task.id))
+    await page.goto(web_url(web_stack) + "/tasks")
+    row = page.locator(f"#t-{task.id}")
+    assert await row.locator("td.status").text_content() == "paused"
+    await row.get_by_role("button", name=f"Resume {task.id}").click()
+    await page.wait_for_selector(f"p[role=status] >> text=task {task.id} is active")
+    assert await row.locator("td.status").text_content() == "active"
+    resumed = await control.ask(cfg, scheduler_ctl.GET, scheduler_ctl.TaskRef(task_id=task.id))
+    assert resumed.status == "active" and resumed.next_run_local
+    await row.get_by_role("button", name=f"Cancel {task.id}").click()
+    await page.wait_for_selector(f"p[role=status] >> text=task {task.id} is cancelled")
+    gone = await control.ask(cfg, scheduler_ctl.GET, scheduler_ctl.TaskRef(task_id=task.id))
+    assert gone.status == "cancelled"
+    assert not await page.get_by_role("button", name=re.compile(f"(Pause|Resume|Cancel) {task.id}")).count()
+    # A cancelled task cannot be resumed: the scheduler's refusal is shown, and nothing changes.
+    csrf = await page.locator("input[name=csrf]").first.get_attribute("value")
+    response = await page.request.post(
+        f"{web_url(web_stack)}/tasks/{task.id}/resume",
+        form={"csrf": csrf or ""},
+        headers={"origin": web_url(web_stack)},
+    )
+    assert response.ok and "error=" in response.url
+    assert (await control.ask(cfg, scheduler_ctl.GET, scheduler_ctl.TaskRef(task_id=task.id))).status == "cancelled"
+
+    def audited_both() -> bool:
+        kinds = {a.kind for a in audited if a.fields.get("task_id") == task.id}
+        return {"task_resume", "task_cancel"} <= kinds
+
+    await eventually(audited_both, 30, "no audit events for the resume and the cancel")
+
+
+async def test_a_secret_is_granted_revoked_and_removed_and_a_rule_added_and_removed_on_the_vault_page(
+    web_stack: Stack, page: Any, audited: list[ev.AuditEvent]
+) -> None:
+    await a_group(web_stack, GARDEN)
+    cfg = cfg_of(web_stack)
+    name, rule = f"plants-{uuid.uuid4().hex[:6]}", f"no-ads-{uuid.uuid4().hex[:6]}"
+    secret = vault_ctl.AddSecret(
+        name=name,
+        type="generic",
+        value="v-" + uuid.uuid4().hex,
+        host="api.plants.example",
+        header="X-Key",
+        agents=["main"],
+    )
+    await control.ask(cfg, vault_ctl.SECRETS_ADD, secret)
+
+    async def grants() -> list[str]:
+        listed = (await control.ask(cfg, vault_ctl.SECRETS_LIST, Nothing())).secrets
+        return next((s.grants for s in listed if s.name == name), ["(gone)"])
+
+    await sign_in(page, web_stack)
+    await page.goto(web_url(web_stack) + "/vault")
+    await page.select_option("#grant-name", name)
+    await page.select_option("#grant-agent", GARDEN)
+    await page.click("#grant button[type=submit]")
+    await page.wait_for_selector(f"p[role=status] >> text={name} is granted to: {GARDEN}, main")
+    assert sorted(await grants()) == [GARDEN, "main"]
+    await page.select_option("#grant-name", name)
+    await page.select_option("#grant-agent", "main")
+    await page.check("#grant-revoke")
+    await page.click("#grant button[type=submit]")
+    await page.wait_for_selector(f"p[role=status] >> text={name} is granted to: {GARDEN}")
+    assert await grants() == [GARDEN]
+    await page.get_by_role("button", name=f"Remove {name}").click()
+    await page.wait_for_selector(f"p[role=status] >> text=removed {name}")
+    assert await grants() == ["(gone)"] and not await page.locator(f"#s-{name}").count()
+
+    await page.fill("#rule-name", rule)
+    await page.select_option("#rule-action", "block")
+    await page.fill("#rule-host", "ads.example")
+    await page.fill("#rule-method", "POST")
+    await page.select_option("#rule-agent", GARDEN)
+    await page.click("#add-rule button[type=submit]")
+    await page.wait_for_selector(f"p[role=status] >> text=added rule {rule}: block ads.example* for {GARDEN}")
+    rules = {r.name: r for r in (await control.ask(cfg, vault_ctl.RULES_LIST, Nothing())).rules}
+    assert (rules[rule].action, rules[rule].method, rules[rule].agent_group) == ("block", "POST", GARDEN)
+    await page.get_by_role("button", name=f"Remove {rule}").click()
+    await page.wait_for_selector(f"p[role=status] >> text=removed rule {rule}")
+    assert rule not in {r.name for r in (await control.ask(cfg, vault_ctl.RULES_LIST, Nothing())).rules}
+
+    def audited_all() -> bool:
+        kinds = {a.kind for a in audited if name in a.summary or rule in a.summary}
+        return {"secret_granted", "secret_removed", "rule_added", "rule_removed"} <= kinds
+
+    await eventually(audited_all, 30, "the vault page's changes were not all audited")
+
+
+async def test_the_live_log_tail_shows_a_line_as_the_service_writes_it(web_stack: Stack, page: Any) -> None:
+    await sign_in(page, web_stack)
+    await page.goto(web_url(web_stack) + "/logs")
+    await page.get_by_role("link", name="web", exact=True).click()
+    await page.wait_for_selector("body[data-stream=open]")
+    await page.wait_for_selector("#tail:not(:empty)")
+    someone = f"web:tail{uuid.uuid4().hex[:8]}"
+    assert someone not in (await page.text_content("#tail") or "")
+    await login_link(web_stack, someone)  # the web service logs each link it makes, and whom for
+    await page.wait_for_selector(f"#tail >> text=/a sign-in link was made for {someone}/", timeout=30_000)
 
 
 async def test_every_page_passes_axe_and_the_keyboard_and_is_photographed(
