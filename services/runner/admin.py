@@ -36,6 +36,7 @@ SOCKET_NAME = "admin.sock"
 MAX_LINE = 64 * 1024
 ASK_TIMEOUT = 10.0
 AUDIT_KIND = "cli"
+MAX_WAITING = 5  # writes of one session waiting for an admin at once
 
 Note = Callable[[SessionInfo, str, str], Awaitable[None]]  # (session, key, text): a word to the agent
 
@@ -74,6 +75,8 @@ def read_request(command: scope.Command) -> tuple[Verb[Any, Any], msgspec.Struct
     match command.name:
         case "groups list":
             return router_api.GROUPS_LIST, router_api.ListAll()
+        case "groups get":
+            return router_api.GROUPS_GET, router_api.GroupGet(name=a["agent_group"])
         case "tasks list":
             return scheduler_api.TASKS, scheduler_api.ListRequest(agent_group=group, status=a.get("--status", ""))
         case "sessions":
@@ -94,21 +97,48 @@ def read_request(command: scope.Command) -> tuple[Verb[Any, Any], msgspec.Struct
 def write_request(command: scope.Command) -> tuple[Verb[Any, Any], msgspec.Struct]:
     """The control verb and request a write is (pure)."""
     a = command.args
-    if command.name == "wire add":
-        options: dict[str, Any] = {field: a[flag] for flag, field in WIRE_FIELDS.items() if flag in a}
-        if "priority" in options:
-            options["priority"] = int(options["priority"])
-        return router_api.WIRINGS_CREATE, router_api.WiringCreate(
-            channel=a["channel"], chat_id=a["chat_id"], agent_group=a["agent_group"], **options
-        )
+    group = a["agent_group"]
+    match command.name:
+        case "wire add":
+            options: dict[str, Any] = {field: a[flag] for flag, field in WIRE_FIELDS.items() if flag in a}
+            if "priority" in options:
+                options["priority"] = int(options["priority"])
+            return router_api.WIRINGS_CREATE, router_api.WiringCreate(
+                channel=a["channel"], chat_id=a["chat_id"], agent_group=group, **options
+            )
+        case "wire remove":
+            return router_api.WIRINGS_DELETE, router_api.WiringDelete(
+                channel=a["channel"], chat_id=a["chat_id"], agent_group=group
+            )
+        case "members add":
+            return router_api.MEMBERS_ADD, router_api.MemberAdd(agent_group=group, user_id=a["user"], added_by="agent")
+        case "members remove":
+            return router_api.MEMBERS_REMOVE, router_api.MemberRemove(agent_group=group, user_id=a["user"])
+        case "destinations add":
+            return router_api.DESTINATIONS_ADD, router_api.DestinationAdd(
+                agent_group=group,
+                name=a["name"],
+                channel=a["channel"],
+                chat_id=a["chat_id"],
+                thread_id=a.get("--thread"),
+                display_name=a.get("--display-name", ""),
+            )
+        case "destinations remove":
+            return router_api.DESTINATIONS_REMOVE, router_api.DestinationRemove(agent_group=group, name=a["name"])
     raise ValueError(f"{command.name} is not a write")
 
 
 def only(rows: Any, group: str) -> Any:
-    """A list answer narrowed to one group's rows (the scope's filter, kept even where the service applied it)."""
-    if not group or not isinstance(rows, list):
+    """An answer narrowed to one group's rows (the scope's filter, kept even where the service applied it)."""
+    if not group:
         return rows
-    return [r for r in rows if getattr(r, "agent_group", getattr(r, "name", None)) == group]
+    if not isinstance(rows, list):
+        return rows if _group_of(rows) == group else None
+    return [r for r in rows if _group_of(r) == group]
+
+
+def _group_of(row: Any) -> Any:
+    return getattr(row, "agent_group", getattr(row, "name", None))
 
 
 class AdminDesk:
@@ -225,8 +255,11 @@ class AdminDesk:
         return CliReply(ok=True, output=output.decode())
 
     async def _ask(self, info: SessionInfo, argv: list[str], write: scope.Write) -> CliReply:
-        request_id = f"cli-{uuid.uuid4().hex[:24]}"
         line = write.command.line()
+        if await self.index.run(self.index.cli_writes_waiting, info.id) >= MAX_WAITING:
+            # An agent in a loop would otherwise bury its admins in cards.
+            return await self._refuse(info, line, f"{MAX_WAITING} commands already wait for an admin's decision")
+        request_id = f"cli-{uuid.uuid4().hex[:24]}"
         request = ev.ApprovalRequest(
             id=request_id,
             kind="agent_request",

@@ -5,6 +5,7 @@ a parsed command out (`parse`), then read, write or refuse (`allow`); nothing th
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from clawden.bus.events import CLI_SCOPES as SCOPES
@@ -48,7 +49,17 @@ COMMANDS: dict[str, Spec] = {
     "members list": Spec(options={"--group": ()}),
     "wire list": Spec(options={"--channel": (), "--chat": (), "--group": ()}),
     "dropped": Spec(options={"--channel": (), "--limit": ()}, global_only=True),
+    "groups get": Spec(positionals=("agent_group",)),
     "wire add": Spec(positionals=("channel", "chat_id", "agent_group"), options=WIRE_OPTIONS, write=True),
+    "wire remove": Spec(positionals=("channel", "chat_id", "agent_group"), write=True),
+    "members add": Spec(positionals=("agent_group", "user"), write=True),
+    "members remove": Spec(positionals=("agent_group", "user"), write=True),
+    "destinations add": Spec(
+        positionals=("agent_group", "name", "channel", "chat_id"),
+        options={"--thread": (), "--display-name": ()},
+        write=True,
+    ),
+    "destinations remove": Spec(positionals=("agent_group", "name"), write=True),
 }
 # `clawden groups` is `clawden groups list`, as in the owner's CLI.
 DEFAULT_VERB = {"groups": "list", "tasks": "list", "destinations": "list", "members": "list", "wire": "list"}
@@ -163,23 +174,39 @@ def allow(cli_scope: str, caller_group: str, command: Command) -> Verdict:
     if spec.write:
         return Write(command, change(command))
     if cli_scope == "group":
-        if command.name in ("groups list",):
+        if command.name in ("groups list", "groups get"):
             return Read(command, caller_group)
         return Read(replace(command, args=command.args | {"--group": caller_group}), caller_group)
     return Read(command, "")
 
 
+def _options(a: dict[str, str]) -> str:
+    return ", ".join(f"{flag.removeprefix('--')} {value}" for flag, value in a.items() if flag.startswith("--"))
+
+
+CHANGES: dict[str, Callable[[dict[str, str]], str]] = {
+    "wire add": lambda a: (
+        f"Agent group {a['agent_group']} would answer chat {a['chat_id']} on {a['channel']}"
+        + (f" ({_options(a)})." if _options(a) else " (engaged as the owner's CLI does by default).")
+    ),
+    "wire remove": lambda a: (
+        f"Agent group {a['agent_group']} would stop answering chat {a['chat_id']} on {a['channel']}."
+    ),
+    "members add": lambda a: f"{a['user']} would become a member of agent group {a['agent_group']}.",
+    "members remove": lambda a: f"{a['user']} would no longer be a member of agent group {a['agent_group']}.",
+    "destinations add": lambda a: (
+        f"Agent group {a['agent_group']} could send messages, as {a['name']!r},"
+        f" to chat {a['chat_id']} on {a['channel']}" + (f" ({_options(a)})." if _options(a) else ".")
+    ),
+    "destinations remove": lambda a: f"Agent group {a['agent_group']} could no longer send to {a['name']!r}.",
+}
+
+
 def change(command: Command) -> str:
     """What a write would change, for the approver."""
-    a = command.args
-    if command.name == "wire add":
-        how = ", ".join(f"{flag.removeprefix('--')} {value}" for flag, value in a.items() if flag.startswith("--"))
-        return (
-            f"Agent group {a['agent_group']} would answer chat {a['chat_id']} on {a['channel']}"
-            + (f" ({how})" if how else " (engaged as the owner's CLI does by default)")
-            + "."
-        )
-    raise ValueError(f"{command.name} changes nothing")
+    if command.name not in CHANGES:
+        raise ValueError(f"{command.name} changes nothing")
+    return CHANGES[command.name](command.args)
 
 
 def commands_for(cli_scope: str) -> list[str]:

@@ -150,6 +150,11 @@ class SessionIndex(servicedb.Store):
             (request_id, session_id, json.dumps(argv), time.time()),
         )
 
+    def cli_writes_waiting(self, session_id: str) -> int:
+        return int(
+            self.conn.execute("SELECT count(*) FROM cli_writes WHERE session_id = ?", (session_id,)).fetchone()[0]
+        )
+
     def take_cli_write(self, request_id: str) -> tuple[str, list[str]] | None:
         """The session and command of a waiting write, once: a second decision for it finds nothing."""
         row = self.conn.execute(

@@ -207,3 +207,37 @@ async def test_a_hostile_agent_forging_caller_scope_or_group_is_refused_and_audi
     assert all(e.fields["session_id"] == session and e.fields["agent_group"] == "main" for e in audit.events)
     cfg = config_mod.load(stack.home)
     assert await control.ask(cfg, router_api.WIRINGS_LIST, router_api.WiringList(chat_id="room-7")) == []
+
+
+async def test_a_denied_write_changes_nothing_and_the_agent_is_told(stack: Stack, term: Terminal, audit: Audit) -> None:
+    cfg = config_mod.load(stack.home)
+    add = "clawden members add main local:mallory"
+    asked = await run_tool(stack, term, "Bash", {"command": add, "description": "add a member"})
+    assert "approval pending" in asked
+    card = await card_for(term)
+    assert card.card is not None and "local:mallory would become a member of agent group main." in card.card.body
+
+    await click(term, card, button(card, approve=False), OWNER)
+
+    told = await reply_with(term, "was denied")
+    assert f"`{add}` was denied by {OWNER}; nothing was changed." in told.text
+    members = await control.ask(cfg, router_api.MEMBERS_LIST, router_api.GroupFilter(agent_group="main"))
+    assert "local:mallory" not in [m.user_id for m in members]
+    await eventually(lambda: audit.outcomes(agent_group="main") == ["asked", "denied"])
+
+
+CARDS = """
+import json, subprocess
+for i in range(6):
+    r = subprocess.run(["clawden", "wire", "add", "local", f"cap-{i}", "main"], capture_output=True, text=True)
+    print(json.dumps({"code": r.returncode, "out": r.stdout, "err": r.stderr}))
+"""
+
+
+async def test_an_agent_cannot_bury_its_admins_in_cards(stack: Stack, term: Terminal, audit: Audit) -> None:
+    answers = await asyncio.to_thread(in_container, stack, CARDS)
+
+    assert [a["code"] for a in answers] == [0, 0, 0, 0, 0, 1]
+    assert all("approval pending" in str(a["out"]) for a in answers[:5])
+    assert answers[5]["err"] == "clawden: refused: 5 commands already wait for an admin's decision\n"
+    await eventually(lambda: audit.outcomes(agent_group="main") == ["asked"] * 5 + ["refused"])

@@ -17,6 +17,13 @@ PARSED = [
     (["members", "list", "--group=ops"], "members list", {"--group": "ops"}),
     (["wire", "list", "--channel", "telegram", "--chat", "42"], "wire list", {"--channel": "telegram", "--chat": "42"}),
     (["dropped", "--channel", "slack"], "dropped", {"--channel": "slack"}),
+    (["groups", "get", "main"], "groups get", {"agent_group": "main"}),
+    (["members", "add", "main", "telegram:7"], "members add", {"agent_group": "main", "user": "telegram:7"}),
+    (
+        ["destinations", "add", "main", "mum", "telegram", "42", "--display-name", "Mum"],
+        "destinations add",
+        {"agent_group": "main", "name": "mum", "channel": "telegram", "chat_id": "42", "--display-name": "Mum"},
+    ),
     (
         ["wire", "add", "telegram", "-100", "main", "--engage", "mention", "--priority", "5"],
         "wire add",
@@ -88,6 +95,59 @@ VERDICTS = [
         Refuse("agent group main may only see and change its own group, not ops"),
     ),
     # global: every group, drops too; writes still wait for an admin
+    ("group", cmd("groups", "get", "main"), Read(cmd("groups", "get", "main"), "main")),
+    (
+        "group",
+        cmd("groups", "get", "ops"),
+        Refuse("agent group main may only see and change its own group, not ops"),
+    ),
+    (
+        "group",
+        cmd("wire", "remove", "telegram", "42", "main"),
+        Write(
+            cmd("wire", "remove", "telegram", "42", "main"),
+            "Agent group main would stop answering chat 42 on telegram.",
+        ),
+    ),
+    (
+        "group",
+        cmd("members", "add", "main", "telegram:7"),
+        Write(cmd("members", "add", "main", "telegram:7"), "telegram:7 would become a member of agent group main."),
+    ),
+    (
+        "group",
+        cmd("members", "remove", "main", "telegram:7"),
+        Write(
+            cmd("members", "remove", "main", "telegram:7"),
+            "telegram:7 would no longer be a member of agent group main.",
+        ),
+    ),
+    (
+        "group",
+        cmd("members", "add", "ops", "telegram:7"),
+        Refuse("agent group main may only see and change its own group, not ops"),
+    ),
+    (
+        "group",
+        cmd("destinations", "add", "main", "mum", "telegram", "42"),
+        Write(
+            cmd("destinations", "add", "main", "mum", "telegram", "42"),
+            "Agent group main could send messages, as 'mum', to chat 42 on telegram.",
+        ),
+    ),
+    (
+        "group",
+        cmd("destinations", "add", "main", "mum", "telegram", "42", "--thread", "9"),
+        Write(
+            cmd("destinations", "add", "main", "mum", "telegram", "42", "--thread", "9"),
+            "Agent group main could send messages, as 'mum', to chat 42 on telegram (thread 9).",
+        ),
+    ),
+    (
+        "group",
+        cmd("destinations", "remove", "main", "mum"),
+        Write(cmd("destinations", "remove", "main", "mum"), "Agent group main could no longer send to 'mum'."),
+    ),
     ("global", cmd("groups"), Read(cmd("groups"), "")),
     ("global", cmd("tasks", "--group", "ops"), Read(cmd("tasks", "--group", "ops"), "")),
     ("global", cmd("dropped"), Read(cmd("dropped"), "")),
@@ -121,8 +181,8 @@ def test_a_read_changes_nothing_to_describe() -> None:
 HELP = [
     ("disabled", 0, False),
     ("bogus", 0, False),
-    ("group", 7, False),
-    ("global", 8, True),
+    ("group", 13, False),
+    ("global", 14, True),
 ]
 
 
