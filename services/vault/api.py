@@ -25,10 +25,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from clawden import control, httpserve
+from clawden.agentcontainer import GATEWAY_MOUNT, RELAY_PORT
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl import approvals as approvals_api
 from clawden.bus.ctl import vault as api
 from clawden.runtime import ConfigurationError, ControlError
+from clawden.vaultfiles import SOCKET_NAME
 from services.vault.approvals import ApprovalAsk, HeldAsks
 from services.vault.refusals import Conflict, NotFound
 
@@ -40,6 +42,10 @@ log = logging.getLogger("clawden.vault.api")
 MAX_BODY = 64 * 1024  # bytes: a secret's value is at most 10,000 characters
 MAX_VALUE = 10_000  # characters, as OneCLI
 CA_CONTAINER_PATH = "/tmp/onecli-gateway-ca.pem"  # where OneCLI's SDK mounts the CA
+# ?transport=socket: the agent's gateway socket mounted as in Clawden's own agent containers, and the relay
+# inside (on the agent image's port) as the proxy.
+CONTAINER_SOCKET = f"{GATEWAY_MOUNT}/{SOCKET_NAME}"
+RELAY_PROXY = f"http://127.0.0.1:{RELAY_PORT}"
 POLL_DEFAULT = 30.0  # seconds a long-poll waits when nothing is held, as OneCLI's gateway
 POLL_MAX = 60.0
 APPROVALS_TIMEOUT = 5.0
@@ -107,6 +113,24 @@ class NewRule(Body, frozen=True):
     rate_limit_window: str | None = None
     enabled: bool = True
     conditions: list[RuleCondition] = []
+
+
+class AgentPatch(Body, frozen=True):
+    name: str
+
+
+class RulePatch(Body, frozen=True):
+    """Only the fields given change; ``null`` for ``method`` or ``agentId`` means every method or agent."""
+
+    host_pattern: str | None = None
+    path_pattern: str | None = None
+    method: str | msgspec.UnsetType | None = msgspec.UNSET
+    action: str | None = None
+    agent_id: str | msgspec.UnsetType | None = msgspec.UNSET
+    rate_limit: int | None = None
+    rate_limit_window: str | None = None
+    enabled: bool | None = None
+    conditions: list[RuleCondition] | None = None
 
 
 class Decision(Body, frozen=True):
@@ -257,6 +281,19 @@ class Api:
         )
         return JSONResponse(agent_json(agent), status_code=201)
 
+    async def patch_agent(self, request: Request, actor: str) -> Response:
+        identifier = request.path_params["id"]
+        body = await decode(request, AgentPatch)
+        agent = await self.vault.rename_api_agent(identifier, body.name)
+        await self.vault.audit_change(actor, "api-agent-renamed", f"agent {identifier} renamed", agent=identifier)
+        return JSONResponse(agent_json(agent))
+
+    async def delete_agent(self, request: Request, actor: str) -> Response:
+        identifier = request.path_params["id"]
+        await self.vault.remove_api_agent(identifier)
+        await self.vault.audit_change(actor, "api-agent-removed", f"agent {identifier} removed", agent=identifier)
+        return JSONResponse({"success": True})
+
     # -- secrets --
 
     async def list_secrets(self, _request: Request, _actor: str) -> Response:
@@ -287,6 +324,16 @@ class Api:
         await self.vault.audit_change(actor, "api-rule-added", f"rule {body.name} added", rule=body.name)
         return JSONResponse(rule_json(added.rule), status_code=201)
 
+    async def get_rule(self, request: Request, _actor: str) -> Response:
+        return JSONResponse(rule_json((await self.vault.on_rules_get(api.Named(name=request.path_params["id"]))).rule))
+
+    async def patch_rule(self, request: Request, actor: str) -> Response:
+        name = request.path_params["id"]
+        body = await decode(request, RulePatch)
+        updated = await self.vault.on_rules_update(update_rule(name, body))
+        await self.vault.audit_change(actor, "api-rule-updated", f"rule {name} updated", rule=name)
+        return JSONResponse(rule_json(updated.rule))
+
     async def delete_rule(self, request: Request, actor: str) -> Response:
         name = request.path_params["id"]
         await self.vault.on_rules_remove(api.Named(name=name))
@@ -296,6 +343,9 @@ class Api:
     # -- what a container needs --
 
     async def container_config(self, request: Request, _actor: str) -> Response:
+        """OneCLI's config (the proxy URL with the agent's token on the TCP listener), or with ``?transport=socket``
+        Clawden's: the agent's gateway socket to mount, for a container with no network at all, whose relay
+        (``python -m clawden_agent.relay SOCKET 3128`` in the agent image) is its proxy."""
         identifier = request.query_params.get("agent", "")
         if identifier not in {a["identifier"] for a in await self.vault.api_agents()}:
             raise ApiError(
@@ -305,21 +355,27 @@ class Api:
                 if identifier
                 else "no default agent: pass ?agent=<identifier>",
             )
-        if not self.vault.cfg.vault.tcp_listen:
-            raise ApiError(503, "gateway_unavailable", "the gateway's TCP listener is off: set [vault] tcp_listen")
-        proxy = await self.vault.proxy_url(identifier)
         granted = self.vault.gateway.catalog.view(identifier).granted
         kinds = {c.secret.kind for c in granted}
         oauth = any(c.secret.kind == "anthropic" and c.value.startswith("sk-ant-oat") for c in granted)
-        warnings = [] if "anthropic" in kinds else ["no Anthropic secret is granted to this agent"]
-        return JSONResponse(
-            {
-                "env": container_env(proxy, kinds, oauth),
-                "caCertificate": self.vault.ca.cert_pem.decode(),
-                "caCertificateContainerPath": CA_CONTAINER_PATH,
-                "warnings": warnings,
-            }
-        )
+        transport = request.query_params.get("transport", "tcp")
+        if transport == "socket":
+            socket_path = await self.vault.open_gateway(identifier)
+            env = container_env(RELAY_PROXY, kinds, oauth) | {"CLAWDEN_GATEWAY_SOCKET": CONTAINER_SOCKET}
+            mounts = [{"source": str(socket_path.parent), "target": GATEWAY_MOUNT, "readOnly": True}]
+        elif transport == "tcp":
+            if not self.vault.cfg.vault.tcp_listen:
+                raise ApiError(503, "gateway_unavailable", "the gateway's TCP listener is off: set [vault] tcp_listen")
+            env, mounts = container_env(await self.vault.proxy_url(identifier), kinds, oauth), []
+        else:
+            raise ApiError(400, "invalid_request", f"transport: tcp (the default) or socket, not {transport!r}")
+        config: dict[str, Any] = {
+            "env": env,
+            "caCertificate": self.vault.ca.cert_pem.decode(),
+            "caCertificateContainerPath": CA_CONTAINER_PATH,
+            "warnings": [] if "anthropic" in kinds else ["no Anthropic secret is granted to this agent"],
+        }
+        return JSONResponse(config | ({"mounts": mounts} if mounts else {}))
 
     async def gateway_ca(self, _request: Request, _actor: str) -> Response:
         return Response(self.vault.ca.cert_pem, media_type="application/x-pem-file")
@@ -480,6 +536,33 @@ def add_secret(body: NewSecret) -> api.AddSecret:
     )
 
 
+def conditions(body: list[RuleCondition]) -> list[api.Condition]:
+    """OneCLI's ``key`` is a JSON key or pointer: ``model`` is ``/model``."""
+    return [
+        api.Condition(
+            operator=c.operator, value=c.value, pointer=c.key if not c.key or c.key.startswith("/") else f"/{c.key}"
+        )
+        for c in body
+    ]
+
+
+def update_rule(name: str, body: RulePatch) -> api.UpdateRule:
+    method = None if body.method is msgspec.UNSET else (body.method or "*")
+    agent = None if body.agent_id is msgspec.UNSET else (body.agent_id or "*")
+    return api.UpdateRule(
+        name=name,
+        action=body.action,
+        host=body.host_pattern,
+        path=body.path_pattern,
+        method=method,
+        agent=agent,
+        limit=body.rate_limit,
+        window=body.rate_limit_window,
+        enabled=body.enabled,
+        conditions=None if body.conditions is None else conditions(body.conditions),
+    )
+
+
 def add_rule(body: NewRule) -> api.AddRule:
     return api.AddRule(
         name=body.name,
@@ -491,12 +574,7 @@ def add_rule(body: NewRule) -> api.AddRule:
         limit=body.rate_limit or 0,
         window=body.rate_limit_window,
         enabled=body.enabled,
-        conditions=[
-            api.Condition(
-                operator=c.operator, value=c.value, pointer=c.key if not c.key or c.key.startswith("/") else f"/{c.key}"
-            )
-            for c in body.conditions
-        ],
+        conditions=conditions(body.conditions),
     )
 
 
@@ -505,11 +583,15 @@ def build(api_: Api) -> Starlette:
     routes = [
         Route("/v1/agents", g(api_.list_agents), methods=["GET"]),
         Route("/v1/agents", g(api_.create_agent), methods=["POST"]),
+        Route("/v1/agents/{id}", g(api_.patch_agent), methods=["PATCH"]),
+        Route("/v1/agents/{id}", g(api_.delete_agent), methods=["DELETE"]),
         Route("/v1/secrets", g(api_.list_secrets), methods=["GET"]),
         Route("/v1/secrets", g(api_.create_secret), methods=["POST"]),
         Route("/v1/secrets/{id}", g(api_.delete_secret), methods=["DELETE"]),
         Route("/v1/rules", g(api_.list_rules), methods=["GET"]),
         Route("/v1/rules", g(api_.create_rule), methods=["POST"]),
+        Route("/v1/rules/{id}", g(api_.get_rule), methods=["GET"]),
+        Route("/v1/rules/{id}", g(api_.patch_rule), methods=["PATCH"]),
         Route("/v1/rules/{id}", g(api_.delete_rule), methods=["DELETE"]),
         Route("/v1/container-config", g(api_.container_config), methods=["GET"]),
         Route("/v1/gateway/ca", g(api_.gateway_ca), methods=["GET"]),

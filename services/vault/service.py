@@ -430,6 +430,20 @@ class Vault:
         log.info("agent %s (%s) created through the API", identifier, name)
         return {"identifier": identifier, "name": name, "created_at": now}
 
+    async def rename_api_agent(self, identifier: str, name: str) -> dict[str, Any]:
+        if not name.strip() or len(name) > 255:
+            raise ControlError("name: 1 to 255 characters")
+        if not await self.store.run(self.store.rename_api_agent, identifier, name):
+            raise NotFound(f"no agent {identifier!r} made through the API")
+        return next(a for a in await self.api_agents() if a["identifier"] == identifier)
+
+    async def remove_api_agent(self, identifier: str) -> None:
+        """Its name and proxy token go; the TCP listener refuses the token from the next connection on."""
+        if not await self.store.run(self.store.remove_api_agent, identifier):
+            raise NotFound(f"no agent {identifier!r} made through the API")
+        await self.refresh()
+        log.info("agent %s removed through the API", identifier)
+
     async def api_agents(self) -> list[dict[str, Any]]:
         return await self.store.run(self.store.api_agents)
 

@@ -426,6 +426,25 @@ class Store(servicedb.Store):
             )
         return True
 
+    def rename_api_agent(self, group: str, name: str) -> bool:
+        return (
+            self.conn.execute(
+                "UPDATE groups SET api_name = ? WHERE agent_group = ? AND api_name IS NOT NULL", (name, group)
+            ).rowcount
+            > 0
+        )
+
+    def remove_api_agent(self, group: str) -> bool:
+        """Forget an API agent's name and its proxy token (so its proxy URL stops working); False when none."""
+        return (
+            self.conn.execute(
+                """UPDATE groups SET api_name = NULL, api_created_at = NULL, proxy_token_sealed = NULL
+                   WHERE agent_group = ? AND api_name IS NOT NULL""",
+                (group,),
+            ).rowcount
+            > 0
+        )
+
     def api_agents(self) -> list[dict[str, Any]]:
         """The agents made through the API: identifier (the agent group), name, created_at."""
         return [
