@@ -92,10 +92,10 @@ async def reply_with(term: Terminal, text: str, timeout: float = 60) -> ev.Outbo
     return reply
 
 
-def in_container(stack: Stack, script: str) -> list[dict[str, object]]:
+def in_container(stack: Stack, script: str, *argv: str) -> list[dict[str, object]]:
     """Run python in main's running container, as its agent; one JSON answer per printed line."""
     [box] = [c for c in stack.containers() if c.labels.get("dev.clawden.agent-group") == "main"]
-    result = box.exec_run(["python", "-c", script])
+    result = box.exec_run(["python", "-c", script, *argv])
     return [json.loads(line) for line in result.output.decode().splitlines() if line.startswith("{")]
 
 
@@ -152,17 +152,36 @@ async def test_a_global_agent_lists_every_group(stack: Stack, term: Terminal, au
     await eventually(lambda: audit.outcomes(agent_group="main") == ["read", "read"])
 
 
+RUN_CLI = """
+import json, subprocess, sys
+r = subprocess.run(["clawden", *sys.argv[1:]], capture_output=True, text=True)
+print(json.dumps({"code": r.returncode, "out": r.stdout, "err": r.stderr}))
+"""
+
+
+def run_cli(stack: Stack, *argv: str) -> dict[str, object]:
+    """`clawden <argv>` run in main's container as its agent would: exit code, stdout and stderr."""
+    [answer] = in_container(stack, RUN_CLI, *argv)
+    return answer
+
+
 async def test_a_disabled_scope_refuses_everything_and_counts_at_once(stack: Stack, term: Terminal) -> None:
-    cli = "import subprocess, json; r = subprocess.run(['clawden', 'groups'], capture_output=True, text=True); "
-    cli += "print(json.dumps({'code': r.returncode, 'err': r.stderr}))"
     await set_scope(stack, "disabled")
     try:
-        [disabled] = await asyncio.to_thread(in_container, stack, cli)
+        disabled = await asyncio.to_thread(run_cli, stack, "groups")
     finally:
         await set_scope(stack, "group")
-    [allowed] = await asyncio.to_thread(in_container, stack, cli)
-    assert disabled == {"code": 1, "err": "clawden: refused: the clawden command is disabled for agent group main\n"}
-    assert allowed == {"code": 0, "err": ""}
+    allowed = await asyncio.to_thread(run_cli, stack, "groups")
+    help_ = await asyncio.to_thread(run_cli, stack)
+
+    assert disabled == {
+        "code": 1,
+        "out": "",
+        "err": "clawden: refused: the clawden command is disabled for agent group main\n",
+    }
+    assert allowed["code"] == 0 and '"name": "main"' in str(allowed["out"]) and '"ops"' not in str(allowed["out"])
+    assert "clawden wire add CHANNEL CHAT_ID AGENT_GROUP (needs an admin's approval)" in str(help_["out"])
+    assert "dropped" not in str(help_["out"])  # not for a `group` agent
 
 
 HOSTILE = r"""
