@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -664,7 +665,7 @@ class Gateway:
     async def _judge_and_forward(
         self, side: _Side, ex: _Exchange, head: RequestHead, upstream: Origin, trusted: bool
     ) -> None:
-        view = self.catalog.view(ex.group)
+        view = self._view(ex.group, head.host)
         body = ex.body
         assert body is not None
         tested: bytes | None = None
@@ -723,6 +724,14 @@ class Gateway:
             return
         ex.decision, ex.injected = "app_token_synthetic", (f"app:{app.name}",)
         await self._reply(side, ex, synthetic_token(), close=not body.complete)
+
+    def _view(self, group: str, host: str) -> GroupView:
+        """The group's view; under an allowlist, a connected app's hosts count as hosts it holds a credential for."""
+        view = self.catalog.view(group)
+        app = provider_for_host(host) if view.egress == "allowlist" else None
+        if app is not None and self.apps.connected(app.name, group) is not None:
+            return dataclasses.replace(view, egress="open")
+        return view
 
     def _tell_limit(self, verdict: Limited, ex: _Exchange) -> None:
         """Tell the owner the first time a limit stops a request in a window (per rule and group)."""

@@ -19,6 +19,7 @@ import pytest
 
 from services.vault.apps import PLACEHOLDER_TOKEN, PROVIDERS, authorize_url
 from services.vault.audit import AuditRecord
+from services.vault.catalog import Catalog
 from services.vault.gateway import Gateway
 from services.vault.oauth import Connection, OAuthClient
 from services.vault.upstream import Upstream, client_tls
@@ -228,4 +229,19 @@ async def test_github_user_call_carries_the_connection_token(apps: AppRig) -> No
     assert user.status_code == 200 and user.json()["login"] == "ada"
     assert gone.status_code == 401 and gone.json()["error"] == "app_not_connected"
     assert apps.fake.grants == ["authorization_code"]  # an OAuth app's token does not expire
+    assert apps.leaked() == []
+
+
+async def test_under_an_allowlist_a_connected_apps_hosts_are_reachable_and_others_are_not(apps: AppRig) -> None:
+    apps.gateway.update_catalog(Catalog(egress={GROUP: "allowlist"}))
+    await apps.connect("google")
+    async with apps.client() as agent:
+        gmail = await agent.get(GMAIL, headers=bearer())
+        github = await agent.get("https://api.github.com/user", headers={"user-agent": "agent/1"})
+        apps.gateway.apps.remove("google")
+        after = await agent.get(GMAIL, headers=bearer())
+
+    assert gmail.status_code == 200
+    assert github.status_code == 403 and github.json()["error"] == "blocked_by_default_policy"
+    assert after.status_code == 403 and after.json()["error"] == "blocked_by_default_policy"
     assert apps.leaked() == []
