@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,7 +19,7 @@ from clawden import control
 from clawden.bus import events as ev
 from clawden.bus.ctl import router as router_api
 from clawden.bus.ctl import scheduler as scheduler_api
-from tests.e2e.harness import Stack, Terminal
+from tests.e2e.harness import Stack, Terminal, service_pid
 from tests.e2e.test_credential_approval import button, card_for, click
 from tests.e2e.test_tools import run_tool
 from tests.eventually import eventually
@@ -243,6 +245,29 @@ async def test_a_denied_write_changes_nothing_and_the_agent_is_told(stack: Stack
     members = await control.ask(cfg, router_api.MEMBERS_LIST, router_api.GroupFilter(agent_group="main"))
     assert "local:mallory" not in [m.user_id for m in members]
     await eventually(lambda: audit.outcomes(agent_group="main") == ["asked", "denied"])
+
+
+async def test_a_waiting_write_and_the_agents_clawden_survive_a_runner_restart(
+    stack: Stack, term: Terminal, audit: Audit
+) -> None:
+    cfg = config_mod.load(stack.home)
+    asked = await asyncio.to_thread(run_cli, stack, "wire", "add", "local", "room-9", "main")
+    assert "approval pending" in str(asked["out"])
+    card = await card_for(term)
+
+    old = await service_pid(stack, "runner")
+    os.kill(old, signal.SIGKILL)  # the container lives on and is adopted; the waiting write is in runner.db
+    assert await service_pid(stack, "runner") != old
+
+    async def clawden_answers() -> bool:  # the adopted container's socket is bound again
+        return (await asyncio.to_thread(run_cli, stack, "groups"))["code"] == 0
+
+    await eventually(clawden_answers, timeout=60)
+    await click(term, card, button(card, approve=True), OWNER)
+    told = await reply_with(term, "was approved by")
+    assert "`clawden wire add local room-9 main` was approved" in told.text
+    [wiring] = await control.ask(cfg, router_api.WIRINGS_LIST, router_api.WiringList(chat_id="room-9"))
+    assert wiring.agent_group == "main"
 
 
 CARDS = """
