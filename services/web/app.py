@@ -272,6 +272,7 @@ class Web:
         path = await asyncio.to_thread(keep_upload, self.uploads / upload_id, filename, data)
         upload = Upload(upload_id, chat_id, found.user_id, filename, mime, len(data), str(path))
         await self.store.run(self.store.uploaded, upload, time.time())
+        self.channel.counts.uploads += 1
         log.info("%s uploaded %s (%s, %d bytes) to web chat %s", found.user_id, filename, mime, len(data), chat_id)
         return JSONResponse({"upload": upload_id, "name": filename, "mime": mime, "size": len(data)}, headers=HEADERS)
 
@@ -286,6 +287,7 @@ class Web:
         if path is None:
             raise Denied(404, "no such file: the agent did not send it here, or its session is gone")
         headers = {**HEADERS, "content-disposition": files.disposition(path.name)}
+        self.channel.counts.downloads += 1
         return FileResponse(path, media_type="application/octet-stream", headers=headers)
 
     async def press(self, request: Request) -> Response:

@@ -66,6 +66,8 @@ class Counts:
     clicks: int = 0
     shown: int = 0
     redelivered: int = 0
+    uploads: int = 0
+    downloads: int = 0
 
 
 class WebChannel:

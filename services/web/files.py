@@ -6,11 +6,14 @@ name can break out of."""
 from __future__ import annotations
 
 import codecs
+import contextlib
 import re
+import shutil
 import urllib.parse
 from pathlib import Path
 
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes; the runner copies at most 50 MiB into a session's inbox
+KEEP_UPLOADS = 7 * 86400.0  # seconds an upload is kept (as long as the bridges keep what they fetched)
 SNIFF = 4096  # how much of an upload its type is judged by
 
 TEXT = {".txt": "text/plain", ".md": "text/markdown", ".csv": "text/csv", ".json": "application/json"}
@@ -84,3 +87,16 @@ def outbox_file(sessions: Path, named: str) -> Path | None:
     if not real.is_relative_to(root) or "outbox" not in real.relative_to(root).parts[:-1]:
         return None
     return real if real.is_file() else None
+
+
+def delete_uploads(root: Path, paths: list[str]) -> int:
+    """Remove each upload's own folder (`<root>/<id>/<name>`), and nothing outside `root`; returns how many."""
+    real, removed = root.resolve(), 0
+    for named in paths:
+        folder = Path(named).parent
+        if folder.resolve().parent != real or folder.is_symlink():
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(folder)
+            removed += 1
+    return removed

@@ -7,9 +7,11 @@ backend.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
+from pathlib import Path
 
 from clawden import httpserve, logtail
 from clawden.bus import bind, consume
@@ -18,7 +20,7 @@ from clawden.bus.pull import Puller
 from clawden.bus.streams import bridge_lanes
 from clawden.config import WebConfig
 from clawden.runtime import ConfigurationError, ControlError, ServiceContext
-from services.web import auth
+from services.web import auth, files
 from services.web.app import Settings, Web, build
 from services.web.backend import Backend, BackendError
 from services.web.channel import CHANNEL, OUTBOUND, Hub, WebChannel
@@ -26,6 +28,7 @@ from services.web.store import WebStore
 
 log = logging.getLogger("clawden.web")
 DEFAULT_LISTEN = "127.0.0.1:8790"
+HOUSEKEEPING_EVERY = 6 * 3600.0  # seconds
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -66,6 +69,17 @@ class Logins:
         if not first:
             raise ControlError("this install has no owner yet: pair one (`clawden pair <channel>`) or give --user")
         return first
+
+
+async def housekeeping(store: WebStore, uploads: Path, stopping: asyncio.Event) -> None:
+    """Uploads older than files.KEEP_UPLOADS go, at start and every six hours, as bridges prune what they fetched."""
+    while not stopping.is_set():
+        paths = await store.run(store.prune_uploads, time.time() - files.KEEP_UPLOADS)
+        if paths:
+            removed = await asyncio.to_thread(files.delete_uploads, uploads, paths)
+            log.info("removed %d uploads older than %d days", removed, files.KEEP_UPLOADS // 86400)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), HOUSEKEEPING_EVERY)
 
 
 async def main(ctx: ServiceContext) -> None:
@@ -120,6 +134,7 @@ async def serve(ctx: ServiceContext, store: WebStore, host: str, port: int, url:
             async with asyncio.TaskGroup() as tg:
                 for puller in lanes:
                     tg.create_task(take(puller))
+                tg.create_task(housekeeping(store, uploads, ctx.stopping))
         finally:
             web.stopping.set()  # log tails end
             hub.close()  # open streams end, so the server's shutdown does not wait on them

@@ -221,6 +221,14 @@ class WebStore(Store):
                 (upload.id, upload.chat_id, upload.user_id, upload.name, upload.mime, upload.size, upload.path, now),
             )
 
+    def prune_uploads(self, before: float) -> list[str]:
+        """Forget the uploads made before `before` (the runner copied each one a message took into its session
+        inbox; one never sent waited long enough); returns their paths, for the caller to delete."""
+        with self._tx() as db:
+            paths = [r["path"] for r in db.execute("SELECT path FROM uploads WHERE at < ?", (before,))]
+            db.execute("DELETE FROM uploads WHERE at < ?", (before,))
+            return paths
+
     def take_uploads(self, ids: list[str], chat_id: str, user_id: str, message_id: str) -> tuple[Upload, ...] | str:
         """The uploads a message names, taken by it: each must be this person's, in this chat, and not taken by
         another message (a resend of the same message takes them again). Else the id that is not, untouched."""

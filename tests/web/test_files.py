@@ -113,3 +113,18 @@ def test_a_download_serves_only_a_plain_file_in_a_sessions_outbox(tmp_path: Path
     }
     for named, expected in cases.items():
         assert files.outbox_file(sessions, named) == (expected.resolve() if expected else None), named
+
+
+def test_old_uploads_go_with_their_own_folders_and_nothing_outside_the_uploads_folder(tmp_path: Path) -> None:
+    root = tmp_path / "files"
+    kept, old, gone = root / "a1" / "keep.txt", root / "b2" / "old.txt", root / "c3" / "gone.txt"
+    for path in (kept, old):
+        path.parent.mkdir(parents=True)
+        path.write_text("x")
+    outside = tmp_path / "elsewhere" / "x.txt"
+    outside.parent.mkdir()
+    outside.write_text("mine")
+    os.symlink(tmp_path / "elsewhere", root / "d4")
+    named = [str(old), str(gone), str(outside), str(root / "d4" / "x.txt"), str(root / "loose.txt")]
+    assert files.delete_uploads(root, named) == 1
+    assert kept.exists() and not old.parent.exists() and outside.exists() and (root / "d4").is_symlink()

@@ -97,3 +97,13 @@ def test_a_message_takes_only_its_senders_uploads_in_its_chat_and_a_resend_takes
     shown = s.said("c1", "m1", "web:ada", "", 2.0, taken)
     assert shown is not None and shown.files == ("u1.txt", "u2.txt")
     assert [m.files for m in s.history("c1")] == [("u1.txt", "u2.txt")]
+
+
+def test_uploads_older_than_the_keeping_time_are_forgotten_and_their_paths_given_back(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.uploaded(upload("old"), 1.0)
+    s.uploaded(upload("new"), 100.0)
+    assert s.prune_uploads(50.0) == ["/d/channels/web/files/old/old.txt"]
+    assert s.take_uploads(["old"], "c1", "web:ada", "m1") == "old"
+    assert s.take_uploads(["new"], "c1", "web:ada", "m1") == (upload("new"),)
+    assert s.prune_uploads(50.0) == []
