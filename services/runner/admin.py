@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import socket
 import time
 import uuid
@@ -125,6 +126,14 @@ def write_request(command: scope.Command) -> tuple[Verb[Any, Any], msgspec.Struc
             )
         case "destinations remove":
             return router_api.DESTINATIONS_REMOVE, router_api.DestinationRemove(agent_group=group, name=a["name"])
+        case "groups update":
+            container = scope.container_settings(a)
+            return router_api.GROUPS_UPDATE, router_api.GroupUpdate(
+                name=group,
+                model=a.get("--model"),
+                assistant_name=a.get("--assistant-name"),
+                container=msgspec.convert(container, router_api.ContainerSettings) if container else None,
+            )
     raise ValueError(f"{command.name} is not a write")
 
 
@@ -179,7 +188,11 @@ class AdminDesk:
     async def _serve(self, info: SessionInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
-                reply = await self.handle(info, line)
+                try:
+                    reply = await self.handle(info, line)
+                except Exception as exc:  # ours, not the agent's: it hears so instead of waiting for nothing
+                    log.exception("cli request of session %s failed", info.id, extra={"session_id": info.id})
+                    reply = CliReply(ok=False, error=f"the host failed to answer ({type(exc).__name__})")
                 writer.write(_encode(reply) + b"\n")
                 await writer.drain()
         except (ValueError, asyncio.LimitOverrunError):  # a line over MAX_LINE
@@ -296,7 +309,10 @@ class AdminDesk:
         info = self.index.get(session_id)
         if info is None:
             return True
-        text = await self._decided(info, decision, argv)
+        try:
+            text = await self._decided(info, decision, argv)
+        except scope.BadCommand as exc:  # asked of an older runner whose commands were different
+            text = f"Your command `clawden {shlex.join(argv)}` cannot run any more: {exc}"
         await self.note(info, f"cli-outcome-{decision.id}", text)
         return True
 

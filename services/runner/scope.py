@@ -8,6 +8,9 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import msgspec
+
+from clawden.bus import events as ev
 from clawden.bus.events import CLI_SCOPES as SCOPES
 
 DEFAULT_SCOPE = "group"
@@ -19,6 +22,7 @@ SESSION_MODES = ("shared", "per-thread", "agent-shared")
 TASK_STATES = ("active", "paused", "done", "cancelled")
 MAX_ARGS = 32
 MAX_ARG = 1024
+MAX_DIGITS = 9  # every number a command takes is far smaller; a longer one would not fit the bus's int64
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,18 @@ WIRE_OPTIONS: dict[str, tuple[str, ...]] = {
     "--priority": (),
 }
 
+# How an agent may ask to tune its own group; never another image, folder, provider or cli_scope (ways out of
+# its box), and no resources (those are the machine's).
+SETTINGS_OPTIONS: dict[str, tuple[str, ...]] = {
+    "--model": (),
+    "--assistant-name": (),
+    "--effort": ev.EFFORTS,
+    "--max-messages-per-prompt": (),
+    "--max-turns": (),
+    "--turn-budget": (),
+    "--idle-timeout": (),
+}
+
 COMMANDS: dict[str, Spec] = {
     "groups list": Spec(),
     "tasks list": Spec(options={"--group": (), "--status": TASK_STATES}),
@@ -60,10 +76,13 @@ COMMANDS: dict[str, Spec] = {
         write=True,
     ),
     "destinations remove": Spec(positionals=("agent_group", "name"), write=True),
+    "groups update": Spec(positionals=("agent_group",), options=SETTINGS_OPTIONS, write=True),
 }
 # `clawden groups` is `clawden groups list`, as in the owner's CLI.
 DEFAULT_VERB = {"groups": "list", "tasks": "list", "destinations": "list", "members": "list", "wire": "list"}
-INTEGER_OPTIONS = frozenset({"--limit", "--priority"})
+INTEGER_OPTIONS = frozenset({"--limit", "--priority", "--max-messages-per-prompt", "--max-turns"})
+DECIMAL_OPTIONS = frozenset({"--turn-budget", "--idle-timeout"})
+NOT_CONTAINER = frozenset({"--model", "--assistant-name"})  # a group's own fields, not its container's
 
 
 class BadCommand(ValueError):
@@ -110,9 +129,39 @@ def _option(spec: Spec, flag: str, value: str | None) -> str:
         raise BadCommand(f"{flag} needs a value")
     if options[flag] and value not in options[flag]:
         raise BadCommand(f"{flag} must be one of {', '.join(options[flag])}")
-    if flag in INTEGER_OPTIONS and not value.lstrip("-").isdigit():
+    if flag in INTEGER_OPTIONS and not (value.removeprefix("-").isdigit() and len(value) <= MAX_DIGITS):
         raise BadCommand(f"{flag} takes a whole number")
+    if flag in DECIMAL_OPTIONS and not _decimal(value):
+        raise BadCommand(f"{flag} takes a number of seconds")
     return value
+
+
+def _decimal(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return len(value) <= 2 * MAX_DIGITS
+
+
+def container_settings(args: dict[str, str]) -> dict[str, str | int | float]:
+    """A `groups update`'s container settings, by field name, typed."""
+    out: dict[str, str | int | float] = {}
+    for flag, value in args.items():
+        if flag in SETTINGS_OPTIONS and flag not in NOT_CONTAINER:
+            field = flag.removeprefix("--").replace("-", "_")
+            out[field] = int(value) if flag in INTEGER_OPTIONS else float(value) if flag in DECIMAL_OPTIONS else value
+    return out
+
+
+def _check_settings(args: dict[str, str]) -> None:
+    """A settings change must change something, within the bounds the router and runner hold it to."""
+    if not any(flag in SETTINGS_OPTIONS for flag in args):
+        raise BadCommand(f"`clawden groups update` needs a setting: {', '.join(SETTINGS_OPTIONS)}")
+    given = {"model": args.get("--model", ""), "assistant_name": args.get("--assistant-name", "")}
+    settings = msgspec.convert(given | container_settings(args), ev.GroupSettings)
+    if problems := settings.problems():
+        raise BadCommand("; ".join(problems.values()))
 
 
 def parse(argv: list[str]) -> Command:
@@ -135,7 +184,10 @@ def parse(argv: list[str]) -> Command:
     if len(positionals) != len(spec.positionals):
         wanted = " ".join(p.upper() for p in spec.positionals) or "no arguments"
         raise BadCommand(f"`clawden {name}` takes {wanted}")
-    return Command(name, dict(zip(spec.positionals, positionals, strict=True)) | args)
+    command = Command(name, dict(zip(spec.positionals, positionals, strict=True)) | args)
+    if name == "groups update":
+        _check_settings(command.args)
+    return command
 
 
 @dataclass(frozen=True)
@@ -199,6 +251,9 @@ CHANGES: dict[str, Callable[[dict[str, str]], str]] = {
         f" to chat {a['chat_id']} on {a['channel']}" + (f" ({_options(a)})." if _options(a) else ".")
     ),
     "destinations remove": lambda a: f"Agent group {a['agent_group']} could no longer send to {a['name']!r}.",
+    "groups update": lambda a: (
+        f"Agent group {a['agent_group']}'s settings would change: {_options(a)} (at its next container start)."
+    ),
 }
 
 

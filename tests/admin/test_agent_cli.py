@@ -270,6 +270,22 @@ async def test_a_waiting_write_and_the_agents_clawden_survive_a_runner_restart(
     assert wiring.agent_group == "main"
 
 
+async def test_an_approved_change_of_its_own_settings_applies_to_the_group(stack: Stack, term: Terminal) -> None:
+    cfg = config_mod.load(stack.home)
+    asked = await asyncio.to_thread(run_cli, stack, "groups", "update", "main", "--effort", "high")
+    assert "approval pending" in str(asked["out"])
+    card = await card_for(term)
+    assert card.card is not None
+    assert "Agent group main's settings would change: effort high (at its next container start)." in card.card.body
+    assert (await control.ask(cfg, router_api.GROUPS_GET, router_api.GroupGet(name="main"))).container.effort is None
+
+    await click(term, card, button(card, approve=True), OWNER)
+
+    await reply_with(term, "`clawden groups update main --effort high` was approved by")
+    group = await control.ask(cfg, router_api.GROUPS_GET, router_api.GroupGet(name="main"))
+    assert group.container.effort == "high"
+
+
 CARDS = """
 import json, subprocess
 for i in range(6):

@@ -65,6 +65,19 @@ WRITES: list[tuple[list[str], Any, object]] = [
         r.DESTINATIONS_REMOVE,
         r.DestinationRemove(agent_group="main", name="mum"),
     ),
+    (
+        ["groups", "update", "main", "--model", "claude-x", "--assistant-name", "Pip"],
+        r.GROUPS_UPDATE,
+        r.GroupUpdate(name="main", model="claude-x", assistant_name="Pip"),
+    ),
+    (
+        ["groups", "update", "main", "--effort", "low", "--idle-timeout", "60", "--max-messages-per-prompt", "3"],
+        r.GROUPS_UPDATE,
+        r.GroupUpdate(
+            name="main",
+            container=r.ContainerSettings(effort="low", idle_timeout=60.0, max_messages_per_prompt=3),
+        ),
+    ),
 ]
 
 

@@ -18,6 +18,11 @@ PARSED = [
     (["wire", "list", "--channel", "telegram", "--chat", "42"], "wire list", {"--channel": "telegram", "--chat": "42"}),
     (["dropped", "--channel", "slack"], "dropped", {"--channel": "slack"}),
     (["groups", "get", "main"], "groups get", {"agent_group": "main"}),
+    (
+        ["groups", "update", "main", "--effort", "high", "--turn-budget", "600", "--max-turns=30"],
+        "groups update",
+        {"agent_group": "main", "--effort": "high", "--turn-budget": "600", "--max-turns": "30"},
+    ),
     (["members", "add", "main", "telegram:7"], "members add", {"agent_group": "main", "user": "telegram:7"}),
     (
         ["destinations", "add", "main", "mum", "telegram", "42", "--display-name", "Mum"],
@@ -46,6 +51,15 @@ BAD = [
     (["tasks", "list", "--owner", "me"], "unknown option --owner"),
     (["tasks", "list", "--status", "gone"], "--status must be one of"),
     (["sessions", "--limit", "many"], "--limit takes a whole number"),
+    (["sessions", "--limit", "9" * 30], "--limit takes a whole number"),
+    (["groups", "update", "main"], "`clawden groups update` needs a setting: --model"),
+    (["groups", "update", "main", "--image", "evil:latest"], "unknown option --image"),
+    (["groups", "update", "main", "--folder", "ops"], "unknown option --folder"),
+    (["groups", "update", "main", "--cli-scope", "global"], "unknown option --cli-scope"),
+    (["groups", "update", "main", "--idle-timeout", "soon"], "--idle-timeout takes a number of seconds"),
+    (["groups", "update", "main", "--idle-timeout", "1" * 40], "--idle-timeout takes a number of seconds"),
+    (["groups", "update", "main", "--idle-timeout", "1"], "idle timeout 1.0: give seconds from 5"),
+    (["groups", "update", "main", "--max-turns", "0", "--model", "x y"], "model 'x y': give a model name"),
     (["wire", "add", "telegram", "42"], "takes CHANNEL CHAT_ID AGENT_GROUP"),
     (["groups", "list", "extra"], "takes no arguments"),
     (["tasks", "list", "--group", "a\x00b"], "too many or too long"),
@@ -148,6 +162,14 @@ VERDICTS = [
         cmd("destinations", "remove", "main", "mum"),
         Write(cmd("destinations", "remove", "main", "mum"), "Agent group main could no longer send to 'mum'."),
     ),
+    (
+        "group",
+        cmd("groups", "update", "main", "--effort", "high"),
+        Write(
+            cmd("groups", "update", "main", "--effort", "high"),
+            "Agent group main's settings would change: effort high (at its next container start).",
+        ),
+    ),
     ("global", cmd("groups"), Read(cmd("groups"), "")),
     ("global", cmd("tasks", "--group", "ops"), Read(cmd("tasks", "--group", "ops"), "")),
     ("global", cmd("dropped"), Read(cmd("dropped"), "")),
@@ -181,8 +203,8 @@ def test_a_read_changes_nothing_to_describe() -> None:
 HELP = [
     ("disabled", 0, False),
     ("bogus", 0, False),
-    ("group", 13, False),
-    ("global", 14, True),
+    ("group", 14, False),
+    ("global", 15, True),
 ]
 
 
