@@ -14,10 +14,21 @@ from clawden.registry import installed_channels
 
 
 class NatsConfig(msgspec.Struct, frozen=True, kw_only=True):
-    # Empty url: Clawden's own embedded server on 127.0.0.1:port. Anything else: use that server.
-    url: str = ""
+    # Empty url: Clawden's own embedded server on 127.0.0.1:port. Anything else: use that server, or a
+    # cluster: a list of servers (or one string, comma-separated), every one handed to the client.
+    url: str | list[str] = ""
     port: int = 4322  # DEFAULT_NATS_PORT; `clawden init` writes a free one
     credentials_dir: str = ""
+    # Copies JetStream keeps of each stream: 1 (one server), or 3 (a cluster of three, `clawden cluster init`).
+    replicas: int = 1
+    # The CA that signed the servers' certificates, for a cluster reached off loopback over TLS.
+    ca_file: str = ""
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """The configured servers, each once, in the order given (empty: the embedded server)."""
+        given = self.url.split(",") if isinstance(self.url, str) else self.url
+        return tuple(dict.fromkeys(u.strip() for u in given if u.strip()))
 
 
 class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -145,11 +156,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def nats_url(self) -> str:
-        return self.nats.url or f"nats://127.0.0.1:{self.nats.port}"
+        """The server, or a cluster's servers comma-separated (`bus.connect` takes either)."""
+        return ",".join(self.nats.servers) or f"nats://127.0.0.1:{self.nats.port}"
 
     @property
     def embedded_nats(self) -> bool:
-        return not self.nats.url
+        return not self.nats.servers
 
     def path(self, *parts: str) -> Path:
         return self.home_path.joinpath(*parts)
@@ -240,9 +252,29 @@ def load(home: Path | None = None, environ: dict[str, str] | None = None) -> Con
     raw = _merge(raw, _env_overrides(env))
     raw["home"] = str(home)
     try:
-        return msgspec.convert(raw, Config, strict=False)
+        cfg = msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{file}: {exc}") from exc
+    if problem := nats_problem(cfg.nats):
+        raise ConfigError(f"{file}: {problem}")
+    return cfg
+
+
+NATS_SCHEMES = ("nats://", "tls://")
+
+
+def nats_problem(nats: NatsConfig) -> str | None:
+    """What is wrong with the `[nats]` section, in one line that names the fix; None when nothing."""
+    if nats.replicas not in (1, 3):
+        return f"nats.replicas is {nats.replicas}: it must be 1 (one server) or 3 (a cluster of three)"
+    for url in nats.servers:
+        if not url.startswith(NATS_SCHEMES):
+            return f"nats.url {url!r} is not a NATS address: write it as nats://host:port (or tls://host:port)"
+    if nats.replicas > 1 and not nats.servers:
+        return "nats.replicas = 3 needs a cluster, but the embedded server is one server: set nats.url to its servers"
+    if nats.ca_file and not Path(nats.ca_file).is_file():
+        return f"nats.ca_file {nats.ca_file} is not a file: point it at the cluster's ca.pem (clawden cluster init)"
+    return None
 
 
 def unknown_settings(raw: dict[str, Any]) -> list[str]:
@@ -310,7 +342,7 @@ install_id = "{install_id}"
 
 [nats]
 # Empty: run the embedded server (clawden up) on 127.0.0.1:port. Set a URL to use an existing
-# NATS server or cluster instead.
+# NATS server instead, or a list of URLs for a cluster (with replicas = 3; `clawden cluster init`).
 url = ""
 port = {port}
 

@@ -96,9 +96,10 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
     runner = cfg.runner.id
     table = {
         "router": Grant(
-            consumes=(streams.router_inbound(), streams.router_decisions()),
+            consumes=(streams.router_inbound(), streams.router_decisions(), streams.router_agents()),
             publishes=(
                 subjects.ALL_WAKES,
+                subjects.receipt("agent"),  # its word on each agent-to-agent send (services/router/relay.py)
                 subjects.ALL_OUTBOUND,
                 subjects.APPROVAL_REQUEST,
                 subjects.APPROVAL_CLICK,
@@ -266,7 +267,7 @@ async def connect_as(cfg: Config, ident: str, **options: Any) -> Client:
     seed = load_seed(cfg, ident)
     if seed is not None:
         options.setdefault("nkeys_seed_str", seed)
-    return await connect(cfg.nats_url, ident, **options)
+    return await connect(cfg.nats_url, ident, ca_file=cfg.nats.ca_file, **options)
 
 
 # ---- the embedded server's config ----

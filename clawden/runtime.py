@@ -250,7 +250,7 @@ async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
     js = nc.jetstream()
     # Where the server checks identities only the core makes streams; on an open one anyone may.
     if ident in natsauth.CORE or not nc._server_info.get("auth_required"):
-        await ensure_streams(js)
+        await ensure_streams(js, replicas=cfg.nats.replicas)
     else:  # a bridge may not shape streams; the core services make them
         await wait_streams(js, notifier)
     ctx = ServiceContext(name=name, config=cfg, nc=nc, js=js, notifier=notifier, stopping=stopping)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -32,12 +33,31 @@ def inbox_prefix(name: str) -> str:
     return f"_INBOX_{name.replace('@', '_')}"
 
 
-async def connect(url: str, name: str, **options: Any) -> Client:
+def server_list(url: str | Sequence[str]) -> list[str]:
+    """One server, a cluster's servers comma-separated (`Config.nats_url`), or a list: each once, in order."""
+    given = url.split(",") if isinstance(url, str) else url
+    return list(dict.fromkeys(u.strip() for u in given if u.strip()))
+
+
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """Trust only the cluster's own CA (`clawden cluster init` writes it), not the system's roots."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+async def connect(url: str | Sequence[str], name: str, *, ca_file: str = "", **options: Any) -> Client:
     """Connect with reconnect-forever, a private inbox prefix, and callbacks that never raise.
+
+    `url` is one server or a cluster's servers (a list, or comma-separated): every one goes to the client,
+    which moves to another when the one it uses goes away. `ca_file` turns on TLS toward servers whose
+    certificates that CA signed (a cluster off loopback).
 
     A server that is not up yet is waited for; one that refuses our credentials is not: that
     raises `AuthorizationError` at once instead of retrying forever.
     """
+    servers = server_list(url)
+    url = ",".join(servers)
     nc = Client()
     refused = asyncio.Event()
 
@@ -59,7 +79,10 @@ async def connect(url: str, name: str, **options: Any) -> Client:
         log.debug("nats connection closed")
 
     settings: dict[str, Any] = {
-        "servers": [url],
+        "servers": servers,
+        # With a cluster, the order given is a preference list only (every client on the first server
+        # would put all the load on one node); nats-py also learns the others from the servers.
+        "dont_randomize": len(servers) == 1,
         "name": f"clawden-{name}",
         "inbox_prefix": inbox_prefix(name).encode(),
         "max_reconnect_attempts": -1,
@@ -70,6 +93,8 @@ async def connect(url: str, name: str, **options: Any) -> Client:
         "reconnected_cb": on_reconnected,
         "closed_cb": on_closed,
     }
+    if ca_file:
+        settings["tls"] = tls_context(ca_file)
     connecting = asyncio.ensure_future(nc.connect(**(settings | options)))
     refusal = asyncio.ensure_future(refused.wait())
     try:

@@ -32,7 +32,8 @@ class Stream:
     duplicate_window: float
     max_bytes: int = 1 << 30
 
-    def config(self) -> StreamConfig:
+    def config(self, replicas: int = 1) -> StreamConfig:
+        """`replicas`: the copies JetStream keeps (`nats.replicas`: 1, or 3 on a cluster of three)."""
         return StreamConfig(
             name=self.name,
             subjects=list(self.subjects),
@@ -42,7 +43,7 @@ class Stream:
             max_age=self.max_age,
             max_bytes=self.max_bytes,
             duplicate_window=self.duplicate_window,
-            num_replicas=1,
+            num_replicas=replicas,
         )
 
 
@@ -91,6 +92,11 @@ class Consumer:
 
 def router_inbound() -> Consumer:
     return Consumer("CLAWDEN_INBOUND", "router", subjects.ALL_INBOUND)
+
+
+def router_agents() -> Consumer:
+    # What agents send each other: the agent channel's outbound lanes, which the router delivers as wakes.
+    return Consumer("CLAWDEN_OUTBOUND", "router-agents", subjects.outbound_all("agent"))
 
 
 def router_decisions() -> Consumer:
@@ -172,16 +178,22 @@ def scheduler_chat_moves() -> Consumer:
     return Consumer("CLAWDEN_EVENTS", "scheduler-chat-moves", subjects.event("router", "chat_moved"))
 
 
-async def ensure_streams(js: JetStreamContext, streams: tuple[Stream, ...] = STREAMS) -> None:
-    """Create each stream, or update it to the intended config. Safe to run from every service."""
+async def ensure_streams(
+    js: JetStreamContext, streams: tuple[Stream, ...] = STREAMS, *, replicas: int | None = None
+) -> None:
+    """Create each stream, or update it to the intended config. Safe to run from every service.
+
+    `replicas` is `nats.replicas`, which the services pass: it also changes an existing stream's count (a
+    single server's R1 streams become R3 once the config says 3 and the servers form a cluster). A client
+    that does not know it (`clawden chat`, a test) passes None: a new stream gets 1, an existing one keeps
+    its count, so it never shrinks a cluster's streams. Durables follow their stream's count."""
     for stream in streams:
-        cfg = stream.config()
         try:
-            await js.stream_info(stream.name)
+            info = await js.stream_info(stream.name)
         except NotFoundError:
-            await js.add_stream(cfg)
+            await js.add_stream(stream.config(replicas or 1))
         else:
-            await js.update_stream(cfg)
+            await js.update_stream(stream.config(replicas or info.config.num_replicas or 1))
 
 
 async def wait_streams(js: JetStreamContext, notifier: Any = None, streams: tuple[Stream, ...] = STREAMS) -> None:

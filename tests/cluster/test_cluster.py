@@ -1,0 +1,127 @@
+"""Three real nats-server processes from `clawden cluster init` (TLS on, as between hosts): the install's
+identities work on them, streams are R3, and a killed node loses no stored message."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NoStreamResponseError
+
+from clawden.bus import bind, consume, ensure_streams, publish, streams, subjects
+from clawden.bus import events as ev
+from tests.cluster.nodes import Cluster
+from tests.eventually import eventually
+
+pytestmark = pytest.mark.nats
+
+
+def refused_in(errors: list[str]) -> bool:
+    return any("permissions violation" in e for e in errors)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path / "home", tls=True).start()
+    yield c
+    c.stop()
+
+
+def message(i: int) -> ev.InboundMessage:
+    return ev.InboundMessage(
+        route=ev.Route(channel="telegram", chat_id="c1"),
+        message_id=str(i),
+        sender=ev.Sender(id="u1", name="Ada"),
+        text=f"message {i}",
+        sent_at=0.0,
+    )
+
+
+async def publish_until_stored(js: JetStreamContext, event: ev.InboundMessage, within: float = 30) -> None:
+    """As a bridge does: retry with the same natural key until JetStream acknowledges (a node may be down)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await publish(js, subjects.inbound("telegram"), event, msg_id=event.key, timeout=2)
+            return
+        except (NatsTimeout, NoStreamResponseError, APIError, TimeoutError):
+            assert time.monotonic() < deadline, f"message {event.message_id} was never stored"
+            await asyncio.sleep(0.1)  # a new stream leader is being elected; nothing to wait on but time
+
+
+async def test_the_router_identity_makes_r3_streams_over_tls(nodes: Cluster) -> None:
+    nc = await nodes.connect("router")
+    try:
+        await nodes.make_streams(nc)
+        js = nc.jetstream()
+        info = await js.stream_info("CLAWDEN_INBOUND")
+        assert info.config.num_replicas == 3
+        assert info.cluster is not None and len(info.cluster.replicas or []) == 2
+        assert nc.connected_url is not None and nc.connected_url.scheme == "tls"
+        # A client that does not know the count (`clawden chat`) keeps it: it never shrinks the streams.
+        await ensure_streams(js)
+        assert (await js.stream_info("CLAWDEN_INBOUND")).config.num_replicas == 3
+    finally:
+        await nc.close()
+
+
+async def test_a_bridge_identity_is_held_to_its_own_subjects_on_every_node(nodes: Cluster) -> None:
+    core = await nodes.connect("router")
+    await nodes.make_streams(core)
+    refused: list[int] = []
+    for i in range(3):
+        errors: list[str] = []
+
+        async def on_error(exc: Exception, errors: list[str] = errors) -> None:
+            errors.append(str(exc).lower())
+
+        nc = await nodes.connect("channel-telegram", only=i, error_cb=on_error)
+        try:
+            await nc.publish(subjects.inbound("slack"), b"{}")  # another bridge's subject
+            await nc.flush()
+            await eventually(partial(refused_in, errors), 5)
+            refused.append(i)
+        finally:
+            await nc.close()
+    assert refused == [0, 1, 2]
+    await core.close()
+
+
+async def test_a_killed_node_loses_no_message_and_stores_none_twice(nodes: Cluster) -> None:
+    router = await nodes.connect("router")
+    await nodes.make_streams(router)
+    bridge = await nodes.connect("channel-telegram")
+    js = bridge.jetstream()
+    got: list[str] = []
+    stopping = asyncio.Event()
+
+    async def handle(event: ev.InboundMessage, _msg: Msg) -> None:
+        got.append(event.message_id)
+
+    puller = await bind(router.jetstream(), streams.router_inbound())
+    reading = asyncio.create_task(consume(puller, ev.InboundMessage, handle, stopping=stopping))
+    try:
+        for i in range(100):
+            await publish_until_stored(js, message(i))
+        # The stream's leader: its followers must elect another while messages keep coming.
+        leader = (await js.stream_info("CLAWDEN_INBOUND")).cluster.leader  # type: ignore[union-attr]
+        nodes.kill(next(n for n, node in enumerate(nodes.nodes) if (leader or "").endswith(node.name)))
+        for i in range(100, 200):
+            # Twice each: a publisher's retry after a lost ack must not store a second copy.
+            await publish_until_stored(js, message(i))
+            await publish_until_stored(js, message(i))
+        await eventually(lambda: len(set(got)) >= 200, 60, lambda: f"{len(set(got))} of 200 read")
+        assert sorted(set(got), key=int) == [str(i) for i in range(200)]
+        assert (await js.stream_info("CLAWDEN_INBOUND")).state.messages == 200
+    finally:
+        stopping.set()
+        await reading
+        await bridge.close()
+        await router.close()
