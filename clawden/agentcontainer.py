@@ -20,6 +20,8 @@ CACHE_MOUNT = "/run/clawden/cache"  # the group's, shared by its sessions: what 
 PROJECT_SETTINGS = ".claude"  # in the group folder, mounted read-only over the writable folder
 GATEWAY_MOUNT = "/run/clawden/gateway"
 TRUST_MOUNT = "/run/clawden/trust"  # the vault's CA and a bundle of it with the system roots, read-only
+# The session's admin socket folder (services/runner/admin.py), read-only: the in-container `clawden` asks there.
+ADMIN_MOUNT = "/run/clawden/admin"
 RELAY_PORT = 3128
 AGENT_UID = 1000
 

@@ -10,13 +10,14 @@ import socket
 import sys
 from pathlib import Path
 
-SOCKET_NAME = "admin.sock"  # services/runner/admin.py binds it in the session folder
+# clawden.agentcontainer.ADMIN_MOUNT: services/runner/admin.py binds the socket in the folder mounted there.
+ADMIN_SOCKET = "/run/clawden/admin/admin.sock"
 TIMEOUT = 60.0  # a read asks the router or scheduler; it answers in milliseconds unless one is down
 MAX_REPLY = 4 * 1024 * 1024
 
 
 def socket_path() -> Path:
-    return Path(os.environ.get("CLAWDEN_SESSION_DIR", "/workspace/session")) / SOCKET_NAME
+    return Path(os.environ.get("CLAWDEN_ADMIN_SOCKET", ADMIN_SOCKET))
 
 
 def ask(argv: list[str], path: Path) -> dict[str, object]:

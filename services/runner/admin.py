@@ -1,9 +1,9 @@
 """The `clawden` command inside an agent container, served on the host: one Unix stream socket per session
-(`admin.sock` in the session folder, beside the doorbells), whose identity is the socket itself, so the session
-and its agent group are the runner's own knowledge, never the request's. Each request is one JSON line
-(`{"argv": [...]}`) checked against the group's `cli_scope` (`services/runner/scope.py`): reads are answered at
-once through the typed control client, writes become an approval request and run only once an admin approves,
-and every call, allowed or refused, is an `AuditEvent` naming the session and the group."""
+(`run/admin/<session>/admin.sock`, the folder mounted read-only at `/run/clawden/admin`), whose identity is the
+socket itself, so the session and its agent group are the runner's own knowledge, never the request's. Each
+request is one JSON line (`{"argv": [...]}`) checked against the group's `cli_scope` (`scope.py`): reads are
+answered at once through the typed control client, writes become an approval request and run only once an
+admin approves, and every call, allowed or refused, is an `AuditEvent` naming the session and the group."""
 
 from __future__ import annotations
 
@@ -154,32 +154,47 @@ class AdminDesk:
     """The sessions' admin sockets and what comes in on them."""
 
     def __init__(
-        self, nc: Client, js: JetStreamContext, index: SessionIndex, owner_uid: int | None, note: Note
+        self, nc: Client, js: JetStreamContext, index: SessionIndex, run_dir: Path, owner_uid: int | None, note: Note
     ) -> None:
         self.nc, self.js, self.index, self.owner_uid, self.note = nc, js, index, owner_uid, note
+        self.run_dir = run_dir
         self.servers: dict[str, asyncio.Server] = {}
         self.counters = {"reads": 0, "writes_asked": 0, "writes_done": 0, "refused": 0}
 
     # --- sockets ----------------------------------------------------------------------------------
 
-    async def open(self, info: SessionInfo, folder: Path) -> None:
-        """Listen on the session's admin socket (again after a restart: the folder is mounted, not the file)."""
+    async def open(self, info: SessionInfo) -> Path | None:
+        """Listen on the session's admin socket and return its folder, to be mounted (again after a restart: the
+        folder is mounted, not the file, so a new socket is seen). Outside the session folder, which the agent
+        can write: it can neither replace the socket nor make the runner's bind fail. None if it cannot be
+        opened: the container starts anyway, without `clawden`."""
+        folder = self.run_dir / info.id
         if info.id in self.servers:
-            return
-        path = folder / SOCKET_NAME
-        sock = unixsock.bind(path, socket.SOCK_STREAM, mode=0o600)
-        if self.owner_uid is not None:
-            os.chown(path, self.owner_uid, self.owner_uid, follow_symlinks=False)
+            return folder
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o755)
+            sock = unixsock.bind(folder / SOCKET_NAME, socket.SOCK_STREAM, mode=0o600)
+            if self.owner_uid is not None:
+                os.chown(folder / SOCKET_NAME, self.owner_uid, self.owner_uid, follow_symlinks=False)
+        except OSError as exc:
+            log.error("session %s: no admin socket (%s)", info.id, exc, extra=logs.context(info.id, info.agent_group))
+            return None
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await self._serve(info, reader, writer)
 
         self.servers[info.id] = await asyncio.start_unix_server(serve, sock=sock, limit=MAX_LINE)
+        return folder
 
     def close(self, session_id: str) -> None:
         server = self.servers.pop(session_id, None)
         if server is not None:
             server.close()
+            # The folder stays: a container still running (the runner stops, the container lives on) keeps it
+            # mounted, and the next runner binds a new socket in it.
+            with contextlib.suppress(OSError):
+                (self.run_dir / session_id / SOCKET_NAME).unlink()
 
     def close_all(self) -> None:
         for session_id in list(self.servers):

@@ -21,6 +21,7 @@ from docker.types import Mount
 
 from clawden import agentcontainer, mcpservers, sessiondb
 from clawden.agentcontainer import (
+    ADMIN_MOUNT,
     CACHE_MOUNT,
     GATEWAY_MOUNT,
     GLOBAL_MOUNT,
@@ -151,6 +152,7 @@ class ContainerSpec:
     mcp: dict[str, McpServer] = field(default_factory=dict)  # run by the agent runner, through the vault
     extra_mounts: tuple[ExtraMount, ...] = ()  # already checked against the mount allowlist
     trust_dir: Path | None = None  # from the vault: clawden-ca.pem and bundle.pem
+    admin_dir: Path | None = None  # the session's admin socket folder (services/runner/admin.py)
 
     @property
     def name(self) -> str:
@@ -194,6 +196,8 @@ class ContainerSpec:
         mounts += [Mount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in self.extra_mounts]
         if self.trust_dir is not None:
             mounts.append(Mount(TRUST_MOUNT, str(self.trust_dir), type="bind", read_only=True))
+        if self.admin_dir is not None:
+            mounts.append(Mount(ADMIN_MOUNT, str(self.admin_dir), type="bind", read_only=True))
         return {
             "image": self.image,
             "name": self.name,

@@ -117,7 +117,8 @@ class Runner:
         self.failures: dict[str, int] = {}  # consecutive start failures or crashes per session
         self.engine_cpus: int | None = None  # what Docker's engine has; set once it answered
         self.counters = {"wakes": 0, "started": 0, "published": 0, "crashed": 0, "hung": 0, "idle_stopped": 0}
-        self.admin = AdminDesk(ctx.nc, ctx.js, index, self.owner_uid, self.note)  # the in-container `clawden`
+        # The in-container `clawden`: one socket per session under run/admin/, never in the agent's writable folder.
+        self.admin = AdminDesk(ctx.nc, ctx.js, index, self.cfg.path("run", "admin"), self.owner_uid, self.note)
 
     # --- paths ----------------------------------------------------------------------------------
 
@@ -283,7 +284,7 @@ class Runner:
         live = self.live.setdefault(info.id, Live(info, folder))
         if live.bell is None:
             live.bell = await listen_bell(folder, functools.partial(self.kick, info.id), self.owner_uid)
-        await self.admin.open(info, folder)
+        admin_dir = await self.admin.open(info)
         spec = ContainerSpec(
             install_id=self.cfg.install_id,
             agent_group=info.agent_group,
@@ -312,6 +313,7 @@ class Runner:
             timezone=_host_timezone(),
             extra_mounts=await asyncio.to_thread(self._extra_mounts, info.agent_group),
             trust_dir=trust,
+            admin_dir=admin_dir,
         )
         try:
             container = await self.docker.start(spec)
@@ -765,7 +767,7 @@ class Runner:
                 folder = self.session_dir(info)
                 live = Live(info, folder, container_id=str(container.id))
                 live.bell = await listen_bell(folder, functools.partial(self.kick, info.id), self.owner_uid)
-                await self.admin.open(info, folder)
+                await self.admin.open(info)
                 self.live[info.id] = live
                 self.kick(info.id)
                 log.info("adopted running container %s for %s", container.short_id, info.id)

@@ -203,7 +203,7 @@ forged = [
     "x" * 70000,
 ]
 s = socket.socket(socket.AF_UNIX)
-s.connect("/workspace/session/admin.sock")
+s.connect("/run/clawden/admin/admin.sock")
 f = s.makefile("rwb")
 for request in forged:
     f.write((request if isinstance(request, str) else json.dumps(request)).encode() + b"\n")
@@ -228,6 +228,18 @@ async def test_a_hostile_agent_forging_caller_scope_or_group_is_refused_and_audi
     assert all(e.fields["session_id"] == session and e.fields["agent_group"] == "main" for e in audit.events)
     cfg = config_mod.load(stack.home)
     assert await control.ask(cfg, router_api.WIRINGS_LIST, router_api.WiringList(chat_id="room-7")) == []
+    [replace] = await asyncio.to_thread(in_container, stack, REPLACE_SOCKET)
+    assert replace == {"replaced": False, "why": "Read-only file system"}  # nor can it put its own in its place
+
+
+REPLACE_SOCKET = """
+import json, os
+try:
+    os.unlink("/run/clawden/admin/admin.sock")
+    print(json.dumps({"replaced": True}))
+except OSError as e:
+    print(json.dumps({"replaced": False, "why": e.strerror}))
+"""
 
 
 async def test_a_denied_write_changes_nothing_and_the_agent_is_told(stack: Stack, term: Terminal, audit: Audit) -> None:
