@@ -109,8 +109,10 @@ def start_stack(
     vault: str = "",
     sites: tuple[str, ...] = (),
     hosts: dict[str, str] | None = None,
+    nats: str = "",
 ) -> Stack:
-    """`sites`: more hosts the fake answers as (in its certificate and the vault's host map), so a test can
+    """`nats`: more `[nats]` lines, e.g. a cluster's `url = [...]` (then `clawden up` runs no server of its own).
+    `sites`: more hosts the fake answers as (in its certificate and the vault's host map), so a test can
     see what an agent's tool sends them through the vault. `hosts`: more hosts mapped to a test's own
     server ("127.0.0.1:port"), whose certificate is then `<home>/run/fake-site.pem` (the fake's, from the
     vault's trusted test CA)."""
@@ -133,6 +135,7 @@ def start_stack(
 install_id = "{install_id}"
 [nats]
 port = {port}
+{nats}
 [runner]
 idle_timeout = {idle_timeout}
 {runner}
@@ -151,7 +154,7 @@ host_map = {{{host_map}}}
         text=True,
         start_new_session=True,
     )
-    stack = Stack(home, install_id, key, fake, proc, f"nats://127.0.0.1:{port}")
+    stack = Stack(home, install_id, key, fake, proc, config.load(home).nats_url)
     deadline = time.monotonic() + ready_timeout
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
