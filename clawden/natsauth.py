@@ -96,9 +96,10 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
     runner = cfg.runner.id
     table = {
         "router": Grant(
-            consumes=(streams.router_inbound(), streams.router_decisions()),
+            consumes=(streams.router_inbound(), streams.router_decisions(), streams.router_agents()),
             publishes=(
                 subjects.ALL_WAKES,
+                subjects.receipt("agent"),  # its word on each agent-to-agent send (services/router/relay.py)
                 subjects.ALL_OUTBOUND,
                 subjects.APPROVAL_REQUEST,
                 subjects.APPROVAL_CLICK,

@@ -319,6 +319,15 @@ class WakeMessage(_Part, frozen=True):
     # session row id (its wake's `message.id`); the agent runner applies it when it reads the session.
     revision: Literal["", "edit", "delete"] = ""
     revises: str = ""
+    # A message relayed from another agent group (sender `agent:<group>`): how many agent-to-agent sends led
+    # to it. The router counts it and drops a send past the limit, so two agents cannot loop for ever.
+    hops: int = 0
+
+
+# The router's own channel for agents that talk to each other: a destination on it names an agent group
+# (`chat_id`), its outbound lanes are read by the router alone, and no bridge may speak as it.
+AGENT_CHANNEL = "agent"
+DEFAULT_MAX_HOPS = 4  # agent-to-agent sends in a row before the router drops the next one
 
 
 class Destination(_Part, frozen=True):

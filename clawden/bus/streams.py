@@ -94,6 +94,11 @@ def router_inbound() -> Consumer:
     return Consumer("CLAWDEN_INBOUND", "router", subjects.ALL_INBOUND)
 
 
+def router_agents() -> Consumer:
+    # What agents send each other: the agent channel's outbound lanes, which the router delivers as wakes.
+    return Consumer("CLAWDEN_OUTBOUND", "router-agents", subjects.outbound_all("agent"))
+
+
 def router_decisions() -> Consumer:
     # Every requester's decisions share these subjects; the router skips ids it did not ask about.
     return Consumer("CLAWDEN_APPROVALS", "router-decisions", f"{subjects.PREFIX}.approval.decision.>")

@@ -514,7 +514,7 @@ class Control:
     # --- destinations -----------------------------------------------------------------------------
 
     def _destinations_list(self, req: GroupFilter) -> list[api.Destination]:
-        query = "SELECT agent_group, name, display_name, channel, chat_id, thread_id FROM destinations"
+        query = "SELECT agent_group, name, display_name, channel, chat_id, thread_id, max_hops FROM destinations"
         args: tuple[str, ...] = ()
         if req.agent_group:
             query += " WHERE agent_group = ?"
@@ -527,16 +527,28 @@ class Control:
         group_name(req.name)
         channel_name(req.channel)
         _chat_id(req.chat_id)
+        _agent_destination(req)
         with self.store.transaction() as db:
             self._group(req.agent_group)
+            if req.channel == ev.AGENT_CHANNEL:
+                self._group(req.chat_id)
             if db.execute(
                 "SELECT 1 FROM destinations WHERE agent_group = ? AND name = ?", (req.agent_group, req.name)
             ).fetchone():
                 raise RouterError(f"{req.agent_group} already has a destination named {req.name!r}")
             db.execute(
                 "INSERT INTO destinations (agent_group, name, display_name, channel, chat_id, thread_id,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (req.agent_group, req.name, req.display_name, req.channel, req.chat_id, req.thread_id, self.clock()),
+                " max_hops, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    req.agent_group,
+                    req.name,
+                    req.display_name,
+                    req.channel,
+                    req.chat_id,
+                    req.thread_id,
+                    req.max_hops,
+                    self.clock(),
+                ),
             )
         self.store.reload()
         return api.Destination(
@@ -546,6 +558,7 @@ class Control:
             channel=req.channel,
             chat_id=req.chat_id,
             thread_id=req.thread_id,
+            max_hops=req.max_hops,
         )
 
     def _destinations_remove(self, req: DestinationRemove) -> api.DestinationRemoved:
@@ -693,3 +706,20 @@ def _chat_id(value: str) -> str:
     if not value or len(value) > 256 or value != value.strip():
         raise InvalidName(f"chat id {value!r}: give the platform's chat id, or {ALL_CHATS!r} for every chat")
     return value
+
+
+MAX_HOPS_RANGE = (1, 32)
+
+
+def _agent_destination(req: DestinationAdd) -> None:
+    """A destination on the agent channel names an agent group, with no thread; a hop limit is for it alone."""
+    if req.channel != ev.AGENT_CHANNEL:
+        if req.max_hops:
+            raise InvalidName("a hop limit is for a destination that is an agent group (--agent)")
+        return
+    if req.thread_id is not None:
+        raise InvalidName("a destination that is an agent group has no thread")
+    low, high = MAX_HOPS_RANGE
+    if req.max_hops and not low <= req.max_hops <= high:
+        raise InvalidName(f"max hops {req.max_hops}: give a number from {low} to {high}")
+    group_name(req.chat_id)

@@ -13,6 +13,7 @@ from clawden.bus.ctl.router import RoleName as RoleName
 from clawden.bus.ctl.router import SenderScope as SenderScope
 from clawden.bus.ctl.router import SessionMode as SessionMode
 from clawden.bus.ctl.router import UnknownSenderPolicy as UnknownSenderPolicy
+from clawden.bus.events import AGENT_CHANNEL
 
 ENGAGE_MODES: tuple[str, ...] = get_args(EngageMode)
 SENDER_SCOPES: tuple[str, ...] = get_args(SenderScope)
@@ -54,6 +55,10 @@ def channel_name(name: str) -> str:
 def user_id(value: str) -> str:
     if not _USER_ID.match(value):
         raise InvalidName(f"user {value!r}: users are platform identities like telegram:12345")
+    if value.startswith(f"{AGENT_CHANNEL}:"):
+        # What one agent relays to another comes from `agent:<group>`: never a person, so never a member,
+        # admin or owner, and never an approver.
+        raise InvalidName(f"user {value!r} is an agent group speaking to another; only people hold roles")
     return value
 
 

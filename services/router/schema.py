@@ -213,4 +213,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX routed_by_time ON routed (at);
     """,
     ),
+    # Agents that talk to each other (services/router/relay.py): a destination on the agent channel has its hop
+    # limit, and each session the hop count of the last message an agent relayed into it (a person's message
+    # resets it) and the limit of the conversation that opened it.
+    (
+        "0005_agent_hops",
+        """
+        ALTER TABLE destinations ADD COLUMN max_hops INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE sessions ADD COLUMN hops INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE sessions ADD COLUMN hop_limit INTEGER NOT NULL DEFAULT 0;
+    """,
+    ),
 ]

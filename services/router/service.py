@@ -18,7 +18,7 @@ from nats.js.api import Header
 from clawden import outbox
 from clawden.bus import bind, consume_batches, ctl, nak, subjects
 from clawden.bus import events as ev
-from clawden.bus.streams import router_decisions, router_inbound
+from clawden.bus.streams import router_agents, router_decisions, router_inbound
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
 from services.router import control, weblink
 from services.router.store import Outcome, Routable, RouterError, RouterStore
@@ -32,6 +32,9 @@ SWEEP_EVERY = 3600.0
 PUBLISH_TIMEOUT = 5.0
 
 Inbound = ev.Inbound
+_agent_decoder: msgspec.json.Decoder[ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing] = (
+    msgspec.json.Decoder(ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing)
+)
 Req = TypeVar("Req", bound=msgspec.Struct)
 Rep = TypeVar("Rep")
 
@@ -83,6 +86,13 @@ class Router:
                 log.error("dropping malformed message on %s: %s", msg.subject, exc)
                 await msg.term()
                 continue
+            if _channel_of(event) == ev.AGENT_CHANNEL:
+                # Agents speak to each other through the router alone (on_agents): no bridge may speak as
+                # one, so nothing an agent relays can click a card or claim a person's standing.
+                self.counts["poisoned"] += 1
+                log.error("dropping a message on %s: the agent channel has no bridge", msg.subject)
+                await msg.term()
+                continue
             if (claimed := _channel_of(event)) != msg.subject.rsplit(".", 1)[-1]:
                 # A bridge may publish only on its own subject; what it says inside must match, or
                 # a compromised bridge could speak as another channel's owner.
@@ -105,6 +115,29 @@ class Router:
             # Routed state is committed; a failed publish stays in the outbox and a redelivery
             # (seen as a duplicate) flushes it, so a nak loses nothing and routes nothing twice.
             if outcome is None or outcome.unpublished or key in outcome.failed:
+                await nak(msg)
+            else:
+                await msg.ack()
+
+    async def on_agents(self, msgs: Sequence[Msg]) -> None:
+        """What agents send each other (the agent channel's outbound lanes): relayed or dropped, in one
+        transaction, acked once the wakes and receipts are out (store.relay_batch)."""
+        sends: list[ev.OutboundMessage] = []
+        for msg in msgs:
+            try:
+                event = _agent_decoder.decode(msg.data)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                self.counts["poisoned"] += 1
+                log.error("dropping malformed message on %s: %s", msg.subject, exc)
+                await msg.term()
+                continue
+            if isinstance(event, ev.OutboundMessage) and event.kind == "reply":
+                sends.append(event)
+            else:  # typing, edits, reactions and the runner's notices mean nothing to an agent
+                self.counts["agent_ignored"] += 1
+        outcome = await self.settle(self.store.relay_batch, sends, time.time()) if sends else None
+        for msg in msgs:
+            if sends and (outcome is None or outcome.unpublished):
                 await nak(msg)
             else:
                 await msg.ack()
@@ -194,12 +227,14 @@ async def main(ctx: ServiceContext) -> None:
                 await ctx.endpoint(verb, router.serving(verb))
         inbound = await bind(ctx.js, router_inbound(), batch=BATCH)
         decisions = await bind(ctx.js, router_decisions(), batch=16)
+        agents = await bind(ctx.js, router_agents(), batch=64)
         await router.sweep()
         await ctx.ready()
         async with asyncio.TaskGroup() as tg:
             # Batches, not one message at a time: a batch is routed in one transaction.
             tg.create_task(consume_batches(inbound, router.on_batch, stopping=ctx.stopping))
             tg.create_task(consume_batches(decisions, router.on_decisions, stopping=ctx.stopping))
+            tg.create_task(consume_batches(agents, router.on_agents, stopping=ctx.stopping))
             tg.create_task(router.sweeping())
     finally:
         await store.stop()

@@ -21,7 +21,7 @@ import msgspec
 from clawden import logs, outbox
 from clawden.bus import events as ev
 from clawden.bus import subjects
-from services.router import cards, engage, notices, schema
+from services.router import cards, engage, notices, relay, schema
 from services.router.entities import ALL_CHATS, ALWAYS, TERMINAL_CHANNEL, UnknownSenderPolicy, user_id_of
 
 log = logging.getLogger("clawden.router")
@@ -547,7 +547,8 @@ class RouterStore(outbox.OutboxStore):
             "INSERT INTO sessions (id, agent_group, channel, chat_id, thread_id, runner, created_at, last_message_at,"
             " messaging_group) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (agent_group, channel, chat_id, thread_id) DO UPDATE SET"
-            " last_message_at = excluded.last_message_at RETURNING id, runner",
+            # A person spoke: agents relaying into this session start counting hops afresh (relay.py).
+            " last_message_at = excluded.last_message_at, hops = 0 RETURNING id, runner",
             (
                 f"s-{secrets.token_hex(8)}",
                 key.agent_group,
@@ -671,6 +672,143 @@ class RouterStore(outbox.OutboxStore):
             " ON CONFLICT (key) DO UPDATE SET reason = excluded.reason, at = excluded.at",
             (event.key, event.route.channel, event.route.chat_id, user, reason, now),
         )
+
+    # --- agents that talk to each other -------------------------------------------------------------
+
+    def relay_batch(self, batch: Sequence[ev.OutboundMessage], now: float) -> Outcome:
+        """Agents' sends on the agent channel, each once (keyed by its outbound id, which names the sending
+        row): a wake into the target group's session, or a drop with its reason; either way the sending
+        session gets a receipt saying which."""
+        out = Outcome()
+        with self.transaction() as db:
+            for event in batch:
+                key = f"{relay.AGENT}:{event.id}"
+                if not db.execute("INSERT OR IGNORE INTO processed (key, at) VALUES (?, ?)", (key, now)).rowcount:
+                    out.counts["duplicates"] += 1
+                    continue
+                decision = relay.decide(
+                    event.route,
+                    self._relay_source(event),
+                    destination_hops=self._agent_destination(event.agent_group, event.route.chat_id),
+                    reply_to=self._reply_target(event.route.thread_id),
+                )
+                if isinstance(decision, relay.Drop):
+                    self._drop_relay(event, key, decision.reason, now, out)
+                else:
+                    self._relay(event, key, decision, now, out)
+        out.outgoing = self.outgoing()
+        return out
+
+    def _relay_source(self, event: ev.OutboundMessage) -> relay.Source | None:
+        row = self.conn.execute(
+            "SELECT id, agent_group, channel, chat_id, thread_id, hops, hop_limit FROM sessions WHERE id = ?",
+            (event.session_id,),
+        ).fetchone()
+        if row is None or row["agent_group"] != event.agent_group:
+            return None
+        return relay.Source(*row)
+
+    def _agent_destination(self, agent_group: str, target: str) -> int | None:
+        """The hop limit of `agent_group`'s destination naming the group `target`, if it has one and the
+        group still exists."""
+        row = self.conn.execute(
+            "SELECT d.max_hops FROM destinations d JOIN agent_groups g ON g.name = d.chat_id"
+            " WHERE d.agent_group = ? AND d.channel = ? AND d.chat_id = ?",
+            (agent_group, relay.AGENT, target),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _reply_target(self, session_id: str | None) -> relay.Target | None:
+        row = self.conn.execute(
+            "SELECT id, agent_group, channel, chat_id, thread_id FROM sessions WHERE id = ?", (session_id or "",)
+        ).fetchone()
+        if row is None:
+            return None
+        route = ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"] or None)
+        return relay.Target(row["id"], row["agent_group"], route)
+
+    def _relay(self, event: ev.OutboundMessage, key: str, to: relay.Deliver, now: float, out: Outcome) -> None:
+        session_id, runner = self._relay_session(to, now)
+        wake = ev.Wake(
+            session_id=session_id,
+            agent_group=to.agent_group,
+            route=to.route,
+            message=ev.WakeMessage(
+                id=key, kind="chat", text=event.text, sender=relay.sender(event.agent_group), sent_at=now, hops=to.hops
+            ),
+            destinations=self.destinations(to.agent_group),
+            group=self.group_settings(to.agent_group),
+        )
+        self.emit(subjects.wake(runner), wake.key, wake, lane=session_id)
+        self._relay_receipt(event, out, error="")
+        out.counts["relayed"] += 1
+        log.info(
+            "%s from %s -> session %s of %s (hop %d of %d)",
+            key,
+            event.agent_group,
+            session_id,
+            to.agent_group,
+            to.hops,
+            to.hop_limit,
+            extra=logs.context(session_id, to.agent_group, key),
+        )
+
+    def _relay_session(self, to: relay.Deliver, now: float) -> tuple[str, str]:
+        """The target session, with the relayed message's hop count: the one that asked (a reply) or the
+        target group's session for the asking one (made on the first send)."""
+        if to.session_id:
+            row = self.conn.execute(
+                "UPDATE sessions SET hops = ?, last_message_at = ? WHERE id = ? RETURNING id, runner",
+                (to.hops, now, to.session_id),
+            ).fetchone()
+        else:
+            route = to.route
+            row = self.conn.execute(
+                "INSERT INTO sessions (id, agent_group, channel, chat_id, thread_id, runner, created_at,"
+                " last_message_at, hops, hop_limit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (agent_group, channel, chat_id, thread_id) DO UPDATE SET"
+                " last_message_at = excluded.last_message_at, hops = excluded.hops, hop_limit = excluded.hop_limit"
+                " RETURNING id, runner",
+                (
+                    f"s-{secrets.token_hex(8)}",
+                    to.agent_group,
+                    route.channel,
+                    route.chat_id,
+                    route.thread_id or "",
+                    self.runner_id,
+                    now,
+                    now,
+                    to.hops,
+                    to.hop_limit,
+                ),
+            ).fetchone()
+        return str(row[0]), str(row[1])
+
+    def _drop_relay(self, event: ev.OutboundMessage, key: str, reason: str, now: float, out: Outcome) -> None:
+        self.conn.execute(
+            "INSERT INTO dropped_messages (key, channel, chat_id, sender_id, reason, at) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET reason = excluded.reason, at = excluded.at",
+            (key, relay.AGENT, event.route.chat_id, relay.sender(event.agent_group).id, reason, now),
+        )
+        self._relay_receipt(event, out, error=reason)
+        out.counts["relays_dropped"] += 1
+        log.warning(
+            "%s from %s to %s dropped: %s",
+            key,
+            event.agent_group,
+            event.route.chat_id,
+            reason,
+            extra=logs.context(event.session_id, event.agent_group, key),
+        )
+
+    def _relay_receipt(self, event: ev.OutboundMessage, out: Outcome, *, error: str) -> None:
+        """The sending session learns what became of its send, as from a bridge: delivered, or refused and why."""
+        if not event.session_id:
+            return
+        receipt = ev.receipt_for(
+            event, ok=not error, error=error or None, platform_message_id=None if error else f"agent:{event.id}"
+        )
+        self.emit(subjects.receipt(relay.AGENT), f"receipt:{event.id}", receipt, lane=f"receipt:{event.session_id}")
 
     # --- approvals --------------------------------------------------------------------------------
 

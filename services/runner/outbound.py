@@ -66,10 +66,9 @@ def translate(
     """Turn one row into what the runner does; raises Refused for a row it must not act on."""
     route = _route(info, row, allowed)
     key = f"{info.id}:{row.id}"
-    try:
-        content = sessionrows.outbound(row.kind, row.content)
-    except msgspec.ValidationError as exc:
-        raise Refused(f"#{row.seq} is no {row.kind} row: {exc}") from None
+    content = _content(row)
+    if route.channel == ev.AGENT_CHANNEL and not isinstance(content, sessionrows.Chat | sessionrows.TaskRequest):
+        return _not_for_agents(row, content)
     match content:
         case sessionrows.Chat(text=text):
             if not _text(text):
@@ -206,6 +205,22 @@ def _task(info: SessionInfo, route: ev.Route, c: sessionrows.TaskRequest, runner
         Publish(subjects.task(op), task, f"task:{c.request_id}"),
         Respond(c.request_id, {"result": f"{op} of task {task.task_id} is on its way to the scheduler"}),
     ]
+
+
+def _content(row: sessiondb.OutboundMessage) -> sessionrows.Outbound:
+    try:
+        return sessionrows.outbound(row.kind, row.content)
+    except msgspec.ValidationError as exc:
+        raise Refused(f"#{row.seq} is no {row.kind} row: {exc}") from None
+
+
+def _not_for_agents(row: sessiondb.OutboundMessage, content: sessionrows.Outbound) -> list[Action]:
+    """Another agent group (the router's agent channel) takes text alone: it has no files of this session,
+    no buttons to press and no platform messages to edit or react to; a question is answered by its text."""
+    why = f"#{row.seq}: another agent group takes text messages only (send_message), not a {row.kind}"
+    if isinstance(content, sessionrows.Question):
+        return [Respond(content.request_id, {"error": why})]
+    raise Refused(why)
 
 
 def _route(info: SessionInfo, row: sessiondb.OutboundMessage, allowed: dict[tuple[str, str], ev.Route]) -> ev.Route:

@@ -193,6 +193,8 @@ class DestinationAdd(Op, tag="add", frozen=True):
     chat_id: str
     thread_id: str | None = None
     display_name: str = ""
+    # On the agent channel (`chat_id` an agent group): sends in a row before the router drops one (0: 4).
+    max_hops: int = 0
 
 
 class DestinationRemove(Op, tag="remove", frozen=True):
@@ -244,6 +246,7 @@ class Destination(Reply, frozen=True):
     channel: str
     chat_id: str
     thread_id: str | None
+    max_hops: int = 0
 
 
 class Group(Reply, frozen=True):

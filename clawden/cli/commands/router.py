@@ -19,7 +19,7 @@ from clawden import control
 from clawden.bus.ctl import Nothing, Verb
 from clawden.bus.ctl import router as ctl
 from clawden.bus.ctl.common import CAPABILITIES
-from clawden.bus.events import EFFORTS
+from clawden.bus.events import AGENT_CHANNEL, DEFAULT_MAX_HOPS, EFFORTS
 from clawden.cli.commands import mcp as mcp_cli
 from clawden.cli.commands import skills as skills_cli
 from clawden.cli.commands._args import LIMIT, PRIORITY, int_between
@@ -467,17 +467,32 @@ def destinations_list(args: argparse.Namespace) -> int:
 
 
 def destinations_add(args: argparse.Namespace) -> int:
-    _known_channel(args, args.channel)
-    request = ctl.DestinationAdd(
+    added = _ask(args, ctl.DESTINATIONS_ADD, _destination(args))
+    return _show(args, added, lambda d: f"{d.agent_group} may now send to {d.name}")
+
+
+def _destination(args: argparse.Namespace) -> ctl.DestinationAdd:
+    """A chat (name, channel, chat id) or, with --agent, another agent group (named after it by default)."""
+    if args.agent:
+        if args.channel or args.chat_id:
+            raise control.ControlError("give --agent or a channel and chat id, not both")
+        channel, chat_id, name = AGENT_CHANNEL, args.agent, args.name or args.agent
+    else:
+        if not (args.name and args.channel and args.chat_id) or args.max_hops is not None:
+            raise control.ControlError(
+                "give a name, a channel and a chat id (--max-hops is for --agent), or --agent <group>"
+            )
+        _known_channel(args, args.channel)
+        channel, chat_id, name = args.channel, args.chat_id, args.name
+    return ctl.DestinationAdd(
         agent_group=args.agent_group,
-        name=args.name,
-        channel=args.channel,
-        chat_id=args.chat_id,
+        name=name,
+        channel=channel,
+        chat_id=chat_id,
         thread_id=args.thread,
         display_name=args.display_name or "",
+        max_hops=args.max_hops or 0,
     )
-    added = _ask(args, ctl.DESTINATIONS_ADD, request)
-    return _show(args, added, lambda d: f"{d.agent_group} may now send to {d.name}")
 
 
 def destinations_remove(args: argparse.Namespace) -> int:
@@ -630,11 +645,18 @@ def register(sub: Sub) -> None:
     p, verbs = _resource(sub, "destinations", "chats an agent group may send to by name: list, add, remove")
     p.set_defaults(func=destinations_list, group=None)
     _verb(verbs, "list", "list destinations", destinations_list).add_argument("--group", help="only this agent group's")
-    v = _verb(verbs, "add", "let an agent group send to a chat by name", destinations_add)
+    v = _verb(verbs, "add", "let an agent group send to a chat, or to another agent group, by name", destinations_add)
     v.add_argument("agent_group")
-    v.add_argument("name")
-    v.add_argument("channel")
-    v.add_argument("chat_id")
+    v.add_argument("name", nargs="?", help="what the agent calls it (with --agent: the other group's name)")
+    v.add_argument("channel", nargs="?")
+    v.add_argument("chat_id", nargs="?")
+    v.add_argument("--agent", help="another agent group: its agent gets what this one sends, and answers back")
+    v.add_argument(
+        "--max-hops",
+        dest="max_hops",
+        type=int,
+        help=f"with --agent: agent-to-agent sends in a row before the next is dropped (default {DEFAULT_MAX_HOPS})",
+    )
     v.add_argument("--thread", help="a thread in that chat (default: none)")
     v.add_argument("--display-name", dest="display_name", help="how the agent sees the destination named")
     v = _verb(verbs, "remove", "remove a destination", destinations_remove)
