@@ -1,0 +1,77 @@
+"""Two instances of one bridge (the real Telegram bridge process, twice, with separate homes as on two
+hosts) sharing its outbound durables: every message is sent once, each chat's in order, and when one
+instance stops the other carries on (issue 25, item 6)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.channels.harness import BridgeProcess, Bus
+from tests.conftest import NatsServer
+from tests.eventually import eventually
+from tests.fakes.telegram import FakeTelegram
+
+CHATS = 8  # one per lane or so: crc32 spreads them (subjects.outbound)
+EACH = 10
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTelegram]:
+    f = FakeTelegram().start_in_thread()
+    yield f
+    f.stop_thread()
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
+    b = await Bus.open(nats_server.url)
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+def pair(tmp_path: Path, nats_server: NatsServer, fake: FakeTelegram) -> Iterator[list[BridgeProcess]]:
+    bridges = [BridgeProcess(tmp_path / name, nats_server.url, fake) for name in ("host-a", "host-b")]
+    yield bridges
+    for b in bridges:
+        b.close()
+
+
+def sent_by(bridge: BridgeProcess) -> set[str]:
+    """The outbound ids this instance sent, from its own sent-log."""
+    with sqlite3.connect(bridge.home / "data" / "channels" / "telegram.db") as db:
+        return {row[0] for row in db.execute("SELECT outbound_id FROM sends WHERE state = 'sent'")}
+
+
+async def test_two_instances_share_the_lanes_without_sending_anything_twice(
+    fake: FakeTelegram, bus: Bus, pair: list[BridgeProcess]
+) -> None:
+    a, b = pair
+    a.start()
+    b.start()
+    chats = [fake.private_chat(fake.user(f"P{i}")) for i in range(CHATS)]
+    expected = {c["id"]: [f"chat {c['id']} line {n}" for n in range(EACH)] for c in chats}
+
+    async def send(lines: range) -> None:
+        for n in lines:
+            for c in chats:
+                await bus.send(c["id"], expected[c["id"]][n], id=f"out-{c['id']}-{n}")
+
+    def delivered(upto: int) -> bool:
+        return all(len(fake.texts(c)) >= upto for c in chats)
+
+    await send(range(EACH // 2))
+    await eventually(lambda: delivered(EACH // 2) and sent_by(a) and sent_by(b), 60, "both instances sent")
+    assert a.stop() == 0  # SIGTERM: it finishes the message in hand, acks it, and leaves
+    await send(range(EACH // 2, EACH))
+    await eventually(lambda: delivered(EACH), 60, lambda: {c["id"]: fake.texts(c) for c in chats})
+
+    for c in chats:
+        assert fake.texts(c) == expected[c["id"]]  # each once, in the order sent
+    by_a, by_b = sent_by(a), sent_by(b)
+    assert not by_a & by_b
+    assert len(by_a | by_b) == CHATS * EACH
