@@ -168,17 +168,30 @@ def _pem_key(key: Any) -> bytes:
 
 
 def cluster_ca(keys: Path, out: Path) -> tuple[Any, Any]:
-    """The cluster's own CA (ECDSA P-256): its key stays in keys/ on the machine that ran init, its
-    certificate is `ca.pem` in the output folder (every node and client trusts it and nothing else)."""
+    """The cluster's own CA (ECDSA P-256), made once: its key and certificate stay in keys/nats-cluster/ on
+    the machine that ran init, and the certificate is copied to `ca.pem` in the output folder (every node and
+    client trusts it and nothing else)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
+
+    key_file, cert_file = keys / "nats-cluster" / "ca-key.pem", keys / "nats-cluster" / "ca.pem"
+    if key_file.exists() != cert_file.exists():
+        missing = cert_file if key_file.exists() else key_file
+        raise ControlError(f"{missing} is missing: remove keys/nats-cluster/ca*.pem to make a new cluster CA")
+    if not key_file.exists():
+        key, cert = new_ca()
+        _write(key_file, _pem_key(key), 0o600)
+        _write(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    pem = cert_file.read_bytes()
+    _write(out / "ca.pem", pem, 0o644)
+    return serialization.load_pem_private_key(key_file.read_bytes(), None), x509.load_pem_x509_certificate(pem)
+
+
+def new_ca() -> tuple[Any, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    key_file, cert_file = keys / "nats-cluster" / "ca-key.pem", out / "ca.pem"
-    if key_file.exists() and cert_file.exists():
-        return serialization.load_pem_private_key(key_file.read_bytes(), None), x509.load_pem_x509_certificate(
-            cert_file.read_bytes()
-        )
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     name = _name("Clawden NATS cluster CA")
@@ -194,8 +207,6 @@ def cluster_ca(keys: Path, out: Path) -> tuple[Any, Any]:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write(key_file, _pem_key(key), 0o600)
-    _write(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return key, cert
 
 
