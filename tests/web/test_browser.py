@@ -232,6 +232,13 @@ async def test_a_file_uploaded_in_the_chat_reaches_the_agent_and_a_file_it_sends
         await sign_in_as(nobody, web_stack, "web:nobody")  # signed in, with no role in main
         refused = await nobody.request.get(base + href)
         assert refused.status == 403 and b"quarterly" not in await refused.body()
+        theirs = await nobody.locator("input[name=csrf]").first.get_attribute("value")  # a valid token of theirs
+        sneaked = await nobody.request.post(
+            f"{base}/chat/{chat_id}/upload?name=x.txt",
+            data=b"hi",
+            headers={"origin": base, "x-csrf-token": theirs or ""},
+        )
+        assert sneaked.status == 403 and "refused" in (await sneaked.json())["error"]
     finally:
         await stranger.close()
     await check_and_shoot(page, "chat-files", screens(tmp_path))  # axe, the keyboard, both sizes
