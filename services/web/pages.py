@@ -7,6 +7,7 @@ import html
 import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 from clawden.bus.ctl import approvals as approvals_ctl
 from clawden.bus.ctl import router as router_ctl
@@ -105,7 +106,7 @@ def attached(shown: Shown) -> str:
     own by name."""
     if not shown.files:
         return ""
-    base = f"/chat/{shown.chat_id}/files/{shown.id}"
+    base = f"/chat/{quote(shown.chat_id, safe='')}/files/{quote(shown.id, safe='')}"  # as chat.js encodes them
     items = "".join(
         f'<li><a class="file" href="{e(base)}/{i}" download>{e(n)}</a></li>'
         if shown.direction == "out"

@@ -241,6 +241,10 @@ async def test_a_file_uploaded_in_the_chat_reaches_the_agent_and_a_file_it_sends
         assert sneaked.status == 403 and "refused" in (await sneaked.json())["error"]
     finally:
         await stranger.close()
+    await page.reload()  # the page as the server renders it shows the same files, linked the same way
+    await page.wait_for_selector("body[data-stream=open]")
+    assert await page.locator("li.msg.out a.file").get_attribute("href") == href
+    assert await page.locator("li.msg.in li.file").text_content() == "shopping_list.txt"
     await check_and_shoot(page, "chat-files", screens(tmp_path))  # axe, the keyboard, both sizes
     await page.set_viewport_size(SIZES["phone"])
     assert not await phone_misfits(page), await phone_misfits(page)
