@@ -47,15 +47,14 @@ def known_groups(asked: list[str], known: list[str]) -> str:
 
 
 def number(text: str, what: str) -> float | None:
+    """A form's number, or None when empty. Its range is for the service to judge, so a value out of it gets the
+    same words as from the CLI."""
     if not text.strip():
         return None
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise BackendError(f"{what}: {text!r} is not a number") from None
-    if value < 0:
-        raise BackendError(f"{what}: must not be negative")
-    return value
 
 
 class Dashboard:

@@ -380,6 +380,22 @@ async def test_a_groups_settings_are_changed_from_the_agents_page_and_a_bad_valu
     assert await alert.text_content() == str(refused.value)
     kept = await control.ask(cfg_of(web_stack), router_ctl.GROUPS_GET, router_ctl.GroupGet(name=GARDEN))
     assert kept.container.memory == "512m"  # nothing changed
+    # A CPU count out of range: the router judges it, so the words are the CLI's (not a check of the web's own).
+    with pytest.raises(control.ControlError) as negative:
+        await control.ask(
+            cfg_of(web_stack),
+            router_ctl.GROUPS_UPDATE,
+            msgspec.structs.replace(
+                bad, container=router_ctl.ContainerSettings(memory="512m", cpus=-1, idle_timeout=600)
+            ),
+        )
+    await page.fill("#memory", "512m")
+    await page.fill("#cpus", "-1")
+    await page.click("#settings button[type=submit]")
+    await page.wait_for_selector(f"p[role=alert].error >> text={negative.value}")
+    assert (
+        await control.ask(cfg_of(web_stack), router_ctl.GROUPS_GET, router_ctl.GroupGet(name=GARDEN))
+    ).container.cpus == 1.5
     await page.fill("#cpus", "many")
     await page.click("#settings button[type=submit]")
     await page.wait_for_selector("p[role=alert].error >> text=cpus: 'many' is not a number")
