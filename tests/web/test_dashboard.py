@@ -449,7 +449,7 @@ async def test_a_paused_task_is_resumed_and_then_cancelled_from_the_tasks_page(
     await eventually(audited_both, 30, "no audit events for the resume and the cancel")
 
 
-async def test_a_secret_is_granted_revoked_and_removed_and_a_rule_added_and_removed_on_the_vault_page(
+async def test_a_secret_is_granted_revoked_and_removed_a_rule_added_and_removed_and_egress_set_on_the_vault_page(
     web_stack: Stack, page: Any, audited: list[ev.AuditEvent]
 ) -> None:
     await a_group(web_stack, GARDEN)
@@ -499,9 +499,15 @@ async def test_a_secret_is_granted_revoked_and_removed_and_a_rule_added_and_remo
     await page.wait_for_selector(f"p[role=status] >> text=removed rule {rule}")
     assert rule not in {r.name for r in (await control.ask(cfg, vault_ctl.RULES_LIST, Nothing())).rules}
 
+    await page.select_option(f"#egress-{GARDEN}", "allowlist")
+    await page.get_by_role("button", name=f"Set egress of {GARDEN}").click()
+    await page.wait_for_selector(f"p[role=status] >> text={GARDEN}: egress allowlist")
+    mode = await control.ask(cfg, vault_ctl.EGRESS, vault_ctl.EgressRequest(agent_group=GARDEN))
+    assert mode.egress == "allowlist" and await page.input_value(f"#egress-{GARDEN}") == "allowlist"
+
     def audited_all() -> bool:
-        kinds = {a.kind for a in audited if name in a.summary or rule in a.summary}
-        return {"secret_granted", "secret_removed", "rule_added", "rule_removed"} <= kinds
+        kinds = {a.kind for a in audited if name in a.summary or rule in a.summary or GARDEN in a.summary}
+        return {"secret_granted", "secret_removed", "rule_added", "rule_removed", "egress_set"} <= kinds
 
     await eventually(audited_all, 30, "the vault page's changes were not all audited")
 
