@@ -57,6 +57,19 @@ def number(text: str, what: str) -> float | None:
         raise BackendError(f"{what}: {text!r} is not a number") from None
 
 
+def whole(text: str, what: str, low: int = 1, high: int = 100_000) -> int | None:
+    """A form's whole number, or None when empty, refused in the words `clawden` uses for its option (`--limit`)."""
+    if not text.strip():
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise BackendError(f"{what}: {text!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise BackendError(f"{what}: {text} is out of range: give {low} to {high}")
+    return value
+
+
 class Dashboard:
     def __init__(self, web: Web) -> None:
         self.web = web
@@ -167,7 +180,7 @@ class Dashboard:
         if refused := known_groups([agent], [g.name for g in await self.backend.group_list()]):
             return back("/vault", error=refused)
         try:
-            limit = int(number(form.get("limit", ""), "limit") or 0)
+            limit = whole(form.get("limit", ""), "limit") or 0
             rule = vault_ctl.AddRule(
                 name=form.get("name", ""),
                 action=form.get("action", ""),
