@@ -198,12 +198,19 @@ class AppTokens:
         return (await self._refresh(conn)).access_token
 
     async def _refresh(self, conn: Connection) -> Connection:
-        running = self._refreshing.get(conn.provider)
+        name = conn.provider
+        running = self._refreshing.get(name)
         if running is None:
             running = asyncio.ensure_future(self._do_refresh(conn))
-            self._refreshing[conn.provider] = running
-            running.add_done_callback(lambda _f: self._refreshing.pop(conn.provider, None))
+            self._refreshing[name] = running
+            running.add_done_callback(lambda done: self._forget_refresh(name, done))
         return await asyncio.shield(running)
+
+    def _forget_refresh(self, name: str, done: asyncio.Future[Connection]) -> None:
+        if self._refreshing.get(name) is done:  # not a newer one, after a disconnect and a reconnect
+            del self._refreshing[name]
+        if not done.cancelled():
+            done.exception()  # retrieved: a refusal nobody awaited any more is not an asyncio warning
 
     async def _do_refresh(self, conn: Connection) -> Connection:
         if not conn.refresh_token or self.client is None:
@@ -212,14 +219,15 @@ class AppTokens:
         if isinstance(outcome, Refused):
             log.warning("refreshing the %s connection failed: %s", conn.provider, outcome.error)
             raise NotConnected(conn.app, f"{conn.provider} refused to refresh the connection ({outcome.error})")
+        current = self._conns.get(conn.provider)
+        if current is None or (current.client_id, current.refresh_token) != (conn.client_id, conn.refresh_token):
+            raise NotConnected(conn.app, f"the {conn.provider} connection was removed")  # disconnected meanwhile
         renewed = replace(
-            conn,
+            current,
             access_token=outcome.access_token,
             expires_at=outcome.expires_at,
-            refresh_token=outcome.refresh_token or conn.refresh_token,
+            refresh_token=outcome.refresh_token or conn.refresh_token,  # GitHub rotates it on every refresh
         )
-        if self._conns.get(conn.provider) is not conn:
-            raise NotConnected(conn.app, f"the {conn.provider} connection was removed")  # disconnected meanwhile
         self._conns[conn.provider] = renewed
         await self.persist(renewed)
         log.info("refreshed the %s access token", conn.provider)

@@ -8,10 +8,12 @@ It is as strict as the providers where the vault could go wrong:
 - token, authorization_code (RFC 6749 §4.1.3, RFC 7636 §4.6): a code works once, only for its client and
   redirect_uri, and only with the verifier whose SHA-256 is the challenge; the client authenticates.
 - token, refresh_token (RFC 6749 §6): only a live refresh token of the same client; each grant is a new
-  access token. Google answers errors with 400/401 and ``{"error", "error_description"}``
-  (developers.google.com/identity/protocols/oauth2/native-app#exchange-authorization-code); GitHub
+  access token. A GitHub App's user token (``github_expiring``) expires and its refresh token is rotated:
+  each refresh gives a new one and ends the old (docs.github.com/en/apps/creating-github-apps/
+  authenticating-with-a-github-app/refreshing-user-access-tokens). Google answers errors with 400/401 and
+  ``{"error", "error_description"}`` (developers.google.com/identity/protocols/oauth2/native-app); GitHub
   answers them with 200 and the error in the body, and in form encoding unless asked for JSON
-  (docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps#2-users-are-redirected-back-to-your-site-by-github).
+  (docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps).
 - revoke: Google's ``POST /revoke`` with ``token=`` ends the refresh token and every access token from it
   (…/oauth2/web-server#tokenrevoke); GitHub's ``DELETE /applications/{client_id}/grant`` needs Basic
   client_id:client_secret and ``{"access_token"}``, and answers 204 (docs.github.com/en/rest/apps/oauth-applications).
@@ -26,6 +28,7 @@ of a token the vault still thinks good).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -73,6 +76,9 @@ class FakeOAuth:
     issued: list[str] = field(default_factory=list)  # every token ever given out
     grants: list[str] = field(default_factory=list)  # grant_type of each successful token call
     api_calls: list[tuple[str, int]] = field(default_factory=list)  # (host+path, status) of the app APIs
+    # When set, token calls wait for it (a slow provider): a test can act while a refresh is in flight.
+    hold_tokens: asyncio.Event | None = None
+    token_calls_waiting: int = 0
 
     def client(self, client_id: str, client_secret: str) -> None:
         self.clients[client_id] = client_secret
@@ -86,6 +92,9 @@ class FakeOAuth:
     async def respond(self, request: Received, reply: Reply) -> None:
         host = (request.header(b"host") or b"").decode().partition(":")[0]
         path, _, query = request.target.decode().partition("?")
+        if self.hold_tokens is not None and path in ("/token", "/login/oauth/access_token"):
+            self.token_calls_waiting += 1
+            await self.hold_tokens.wait()
         status, headers, body = self._route(host, request.method.decode(), path, query, request)
         if host in ("gmail.googleapis.com", "api.github.com") and not path.startswith("/applications"):
             self.api_calls.append((host + path, status))
@@ -167,6 +176,12 @@ class FakeOAuth:
             if held is None or held[0] != form["client_id"] or held[1] != provider:
                 return "invalid_grant"
             self.grants.append("refresh_token")
+            if provider == "github":  # a GitHub App's refresh token is used once: a new one comes with the grant
+                del self.refresh_tokens[form["refresh_token"]]
+                rotated = f"ghr_{secrets.token_hex(12)}"
+                self.refresh_tokens[rotated] = held
+                self.issued.append(rotated)
+                return {**self._access(provider, rotated), "refresh_token": rotated, "scope": held[2]}
             return {**self._access(provider, form["refresh_token"]), "scope": held[2]}
         return "unsupported_grant_type"
 

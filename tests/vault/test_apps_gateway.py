@@ -23,6 +23,7 @@ from services.vault.catalog import Catalog
 from services.vault.gateway import Gateway
 from services.vault.oauth import Connection, OAuthClient
 from services.vault.upstream import Upstream, client_tls
+from tests.eventually import eventually
 from tests.fakes.anthropic import make_tls
 from tests.fakes.oauth import HOSTS, FakeOAuth
 from tests.vault.conftest import GROUP, relay
@@ -244,4 +245,45 @@ async def test_under_an_allowlist_a_connected_apps_hosts_are_reachable_and_other
     assert gmail.status_code == 200
     assert github.status_code == 403 and github.json()["error"] == "blocked_by_default_policy"
     assert after.status_code == 403 and after.json()["error"] == "blocked_by_default_policy"
+    assert apps.leaked() == []
+
+
+async def test_a_rotated_github_refresh_token_is_kept_and_used_for_the_next_refresh(apps: AppRig) -> None:
+    apps.fake.github_expiring = True
+    stored: list[Connection] = []
+
+    async def persist(conn: Connection) -> None:
+        stored.append(conn)
+
+    apps.gateway.apps.persist = persist
+    first = await apps.connect("github")
+    answers = []
+    async with apps.client() as agent:
+        for _ in range(2):
+            apps.fake.expire_access_tokens()
+            answers.append(await agent.get("https://api.github.com/user", headers={"user-agent": "agent/1"}))
+
+    assert [a.status_code for a in answers] == [200, 200]
+    assert apps.fake.grants == ["authorization_code", "refresh_token", "refresh_token"]
+    assert len(stored) == 2  # each refresh was written back
+    assert len({first.refresh_token, stored[0].refresh_token, stored[1].refresh_token}) == 3
+    assert list(apps.fake.refresh_tokens) == [stored[1].refresh_token]  # the live one is the one kept
+    assert apps.leaked() == []
+
+
+async def test_disconnecting_while_a_refresh_is_in_flight_signs_nothing_with_its_result(apps: AppRig) -> None:
+    await apps.connect("google")
+    apps.fake.expire_access_tokens()
+    apps.fake.hold_tokens = asyncio.Event()
+    async with apps.client() as agent:
+        call = asyncio.create_task(agent.get(GMAIL, headers=bearer()))
+        await eventually(lambda: apps.fake.token_calls_waiting == 1)  # the 401 came back; the refresh is out
+        apps.gateway.apps.remove("google")
+        apps.fake.hold_tokens.set()
+        answer = await call
+
+    assert answer.status_code == 401 and answer.json()["error"] == "app_not_connected"
+    gmail = "gmail.googleapis.com/gmail/v1/users/me/messages"
+    assert apps.fake.api_calls == [(gmail, 401)]  # the token the refresh got was never sent
+    assert apps.gateway.apps.connected("google", GROUP) is None
     assert apps.leaked() == []
