@@ -38,9 +38,9 @@ class Provider:
     revoke_url: str
     api_hosts: frozenset[str]
     default_scopes: tuple[str, ...]
-    # (host, path) of the token endpoint client libraries in the container call to refresh; the
-    # gateway answers it itself. None: the provider's libraries do not refresh in the container.
-    agent_token_endpoint: tuple[str, str] | None
+    # (host, path) of the token endpoints client libraries in the container call to refresh; the gateway
+    # answers them itself, and signs nothing else on their hosts. None: no refresh in the container.
+    agent_token_endpoints: tuple[tuple[str, str], ...]
     extra_authorize: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -67,7 +67,8 @@ PROVIDERS: dict[str, Provider] = {
             }
         ),
         default_scopes=("openid", "email", "https://www.googleapis.com/auth/gmail.readonly"),
-        agent_token_endpoint=("oauth2.googleapis.com", "/token"),
+        # google-auth and googleapis' Node client use the first; older libraries the second.
+        agent_token_endpoints=(("oauth2.googleapis.com", "/token"), ("www.googleapis.com", "/oauth2/v4/token")),
         extra_authorize=(("access_type", "offline"), ("prompt", "consent")),
     ),
     # https://docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps: the web flow
@@ -79,7 +80,7 @@ PROVIDERS: dict[str, Provider] = {
         revoke_url="https://api.github.com/applications/{client_id}/grant",
         api_hosts=frozenset({"api.github.com"}),
         default_scopes=("read:user",),
-        agent_token_endpoint=None,
+        agent_token_endpoints=(),
     ),
 }
 
@@ -96,21 +97,25 @@ def provider(name: str) -> Provider:
 
 
 def provider_for_host(host: str) -> Provider | None:
-    """The provider whose API (or agent token endpoint) ``host`` is."""
+    """The provider whose API ``host`` is: its requests are signed with the connection's token."""
     host = host.lower()
-    for candidate in PROVIDERS.values():
-        endpoint = candidate.agent_token_endpoint
-        if host in candidate.api_hosts or (endpoint is not None and endpoint[0] == host):
-            return candidate
-    return None
+    return next((p for p in PROVIDERS.values() if host in p.api_hosts), None)
+
+
+def provider_reaching(host: str) -> Provider | None:
+    """The provider an agent reaches at ``host``, its API or its token endpoint (what an allowlist lets by)."""
+    host = host.lower()
+    return provider_for_host(host) or next(
+        (p for p in PROVIDERS.values() if any(h == host for h, _ in p.agent_token_endpoints)), None
+    )
 
 
 def is_agent_token_call(method: str, host: str, path: str) -> Provider | None:
     """The provider when this is a client library's refresh call the gateway answers itself."""
-    found = provider_for_host(host)
-    if found is None or found.agent_token_endpoint is None:
+    endpoint = (host.lower(), path.partition("?")[0])
+    if method != "POST":
         return None
-    return found if method == "POST" and (host.lower(), path.partition("?")[0]) == found.agent_token_endpoint else None
+    return next((p for p in PROVIDERS.values() if endpoint in p.agent_token_endpoints), None)
 
 
 # ---- the authorization request (RFC 6749 §4.1, RFC 7636, RFC 8252 for the loopback redirect) ----

@@ -45,6 +45,7 @@ from services.vault.apps import (
     app_not_connected,
     is_agent_token_call,
     provider_for_host,
+    provider_reaching,
     synthetic_token,
 )
 from services.vault.audit import AuditRecord, AuditSink, log_audit
@@ -709,10 +710,11 @@ class Gateway:
         self._rates.charge(verdict.charges, ex.at)
         ex.injected = tuple(c.name for c in verdict.credentials)
         # A stored secret for the host wins; else the host's app connection, if it is one's.
-        app = provider_for_host(head.host) if not verdict.credentials else None
-        if app is not None and is_agent_token_call(ex.method, head.host, ex.path) is not None:
-            await self._answer_token_call(side, ex, body, app)
+        token_call = is_agent_token_call(ex.method, head.host, ex.path) if not verdict.credentials else None
+        if token_call is not None:
+            await self._answer_token_call(side, ex, body, token_call)
             return
+        app = provider_for_host(head.host) if not verdict.credentials else None
         await self._forward(side, ex, head, upstream, trusted, body, verdict.credentials, view, app)
 
     async def _answer_token_call(self, side: _Side, ex: _Exchange, body: _Body, app: Provider) -> None:
@@ -728,7 +730,7 @@ class Gateway:
     def _view(self, group: str, host: str) -> GroupView:
         """The group's view; under an allowlist, a connected app's hosts count as hosts it holds a credential for."""
         view = self.catalog.view(group)
-        app = provider_for_host(host) if view.egress == "allowlist" else None
+        app = provider_reaching(host) if view.egress == "allowlist" else None
         if app is not None and self.apps.connected(app.name, group) is not None:
             return dataclasses.replace(view, egress="open")
         return view

@@ -26,6 +26,7 @@ from services.vault.apps import (
     pkce_challenge,
     provider,
     provider_for_host,
+    provider_reaching,
     read_token_response,
     synthetic_token,
 )
@@ -39,7 +40,7 @@ GOOGLE, GITHUB = PROVIDERS["google"], PROVIDERS["github"]
         ("gmail.googleapis.com", "google"),
         ("GMAIL.googleapis.com", "google"),
         ("www.googleapis.com", "google"),
-        ("oauth2.googleapis.com", "google"),
+        ("oauth2.googleapis.com", None),  # the token endpoint: answered, never signed
         ("api.github.com", "github"),
         ("github.com", None),  # git over HTTPS is not signed with the API token
         ("storage.googleapis.com", None),
@@ -52,10 +53,23 @@ def test_hosts_belong_to_their_provider(host: str, expected: str | None) -> None
 
 
 @pytest.mark.parametrize(
+    ("host", "expected"),
+    [("oauth2.googleapis.com", "google"), ("Gmail.googleapis.com", "google"), ("github.com", None), ("x.test", None)],
+)
+def test_an_allowlist_lets_a_connected_provider_be_reached_at_its_api_and_token_endpoint(
+    host: str, expected: str | None
+) -> None:
+    found = provider_reaching(host)
+    assert (found.name if found else None) == expected
+
+
+@pytest.mark.parametrize(
     ("method", "host", "path", "answered"),
     [
         ("POST", "oauth2.googleapis.com", "/token", True),
         ("POST", "oauth2.googleapis.com", "/token?x=1", True),
+        ("POST", "www.googleapis.com", "/oauth2/v4/token", True),
+        ("POST", "OAUTH2.googleapis.com", "/token", True),
         ("GET", "oauth2.googleapis.com", "/token", False),
         ("POST", "oauth2.googleapis.com", "/revoke", False),
         ("POST", "gmail.googleapis.com", "/token", False),

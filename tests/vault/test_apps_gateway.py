@@ -238,11 +238,12 @@ async def test_under_an_allowlist_a_connected_apps_hosts_are_reachable_and_other
     await apps.connect("google")
     async with apps.client() as agent:
         gmail = await agent.get(GMAIL, headers=bearer())
+        token = await agent.post("https://oauth2.googleapis.com/token", data=STUB_REFRESH)
         github = await agent.get("https://api.github.com/user", headers={"user-agent": "agent/1"})
         apps.gateway.apps.remove("google")
         after = await agent.get(GMAIL, headers=bearer())
 
-    assert gmail.status_code == 200
+    assert gmail.status_code == token.status_code == 200
     assert github.status_code == 403 and github.json()["error"] == "blocked_by_default_policy"
     assert after.status_code == 403 and after.json()["error"] == "blocked_by_default_policy"
     assert apps.leaked() == []
@@ -286,4 +287,17 @@ async def test_disconnecting_while_a_refresh_is_in_flight_signs_nothing_with_its
     gmail = "gmail.googleapis.com/gmail/v1/users/me/messages"
     assert apps.fake.api_calls == [(gmail, 401)]  # the token the refresh got was never sent
     assert apps.gateway.apps.connected("google", GROUP) is None
+    assert apps.leaked() == []
+
+
+async def test_nothing_but_the_apis_hosts_is_signed_not_even_the_token_endpoints_other_paths(apps: AppRig) -> None:
+    await apps.connect("google")
+    async with apps.client() as agent:
+        info = await agent.get("https://oauth2.googleapis.com/tokeninfo", params={"access_token": PLACEHOLDER_TOKEN})
+        old_style = await agent.post("https://www.googleapis.com/oauth2/v4/token", data=STUB_REFRESH)
+
+    assert info.status_code == 404  # forwarded as it was: the fake has no such page
+    [forwarded] = [r for r in apps.server.received if r.target.startswith(b"/tokeninfo")]
+    assert forwarded.header(b"authorization") is None
+    assert old_style.json()["access_token"] == PLACEHOLDER_TOKEN
     assert apps.leaked() == []
