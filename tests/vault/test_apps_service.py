@@ -92,8 +92,9 @@ class Host:
             proxy=proxy.proxy_url, verify=trust, trust_env=False, timeout=10, event_hooks={"response": [record]}
         )
 
-    async def consent(self, url: str) -> None:
-        """The owner's browser: the provider's page (it consents at once), then the redirect to the CLI."""
+    async def consent(self, url: str, follow: bool = True) -> str:
+        """The owner's browser: the provider's page (it consents at once), then the redirect to the CLI
+        (unless the browser is on another machine, where it cannot load): the address it was sent to."""
         parts = urlsplit(url)
         async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=self.ca_file), trust_env=False) as web:
             page = await web.get(
@@ -102,8 +103,10 @@ class Host:
                 extensions={"sni_hostname": parts.hostname},
             )
             assert page.status_code == 302, page.text
-            back = await web.get(page.headers["location"])
-        assert back.status_code == 200 and "close this tab" in back.text
+            if follow:
+                back = await web.get(page.headers["location"])
+                assert back.status_code == 200 and "close this tab" in back.text
+        return str(page.headers["location"])
 
     def stored_bytes(self) -> str:
         folder = self.home / "data" / "vault"
@@ -240,3 +243,35 @@ async def test_bad_connects_get_clear_errors_and_store_nothing(host: Host) -> No
     with pytest.raises(control.ControlError, match="no connect waits for that answer"):
         await control.ask(host.cfg, vault_ctl.APPS_FINISH, vault_ctl.AppFinish(state=begun.state, code="made-up"))
     assert (await control.ask(host.cfg, vault_ctl.APPS_LIST, Nothing())).apps == []
+
+
+async def test_a_browser_on_another_machine_hands_the_answer_back_by_paste(host: Host) -> None:
+    secret_file = host.home / "github-client-secret"
+    secret_file.write_text(CLIENT_SECRET)
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "clawden", "apps", "connect", "github", "--client-id", CLIENT_ID],
+        *["--client-secret-file", str(secret_file), "--no-browser", "--paste"],
+        env=host.env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
+    await proc.stdout.readline()
+    url = (await proc.stdout.readline()).decode().strip()
+    assert b"paste its address here" in await proc.stdout.readline()
+    redirected = await host.consent(url, follow=False)
+    proc.stdin.write(b"http://127.0.0.1:1/callback?code=forged&state=wrong\n")  # not ours: refused, still waiting
+    await proc.stdin.drain()
+    assert b"not the address" in await proc.stderr.readline()
+    proc.stdin.write(redirected.encode() + b"\n")
+    await proc.stdin.drain()
+    out, err = await proc.communicate()
+    host.seen.append((out + err).decode())
+    assert proc.returncode == 0, err.decode()
+    assert b"github connected for every agent" in out
+
+    async with await host.agent() as agent:
+        user = await agent.get("https://api.github.com/user", headers={"user-agent": "agent/1"})
+    assert user.status_code == 200 and user.json()["login"] == "ada"
+    assert [s for s in [*host.fake.issued, CLIENT_SECRET] for text in host.seen if s in text] == []

@@ -72,6 +72,23 @@ class Callback:
         self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def take_pasted(self, line: str) -> bool:
+        """The address the browser was sent to, pasted by hand (the browser ran on another machine)."""
+        query = {k: v[0] for k, v in parse_qs(urlsplit(line.strip()).query).items()}
+        if not self.state or query.get("state") != self.state or self.arrived.is_set():
+            return False
+        self.answer = query
+        self.arrived.set()
+        return True
+
+    def read_pasted(self) -> None:
+        """Lines from stdin until one is the answer (or stdin ends); runs beside the listener."""
+        for line in sys.stdin:
+            if self.take_pasted(line):
+                return
+            if line.strip():
+                print("that is not the address the provider sent the browser to; paste it whole", file=sys.stderr)
+
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/callback"
@@ -112,6 +129,12 @@ def cmd_connect(args: argparse.Namespace) -> int:
         callback.state = begun.state
         print(f"Open this page and allow access (waiting for the answer on {callback.uri}):", flush=True)
         print(begun.authorize_url, flush=True)
+        if args.paste or sys.stdin.isatty():
+            print(
+                "In a browser on another machine, the last page will not load: paste its address here.",
+                flush=True,
+            )
+            threading.Thread(target=callback.read_pasted, daemon=True).start()
         if not args.no_browser:
             webbrowser.open(begun.authorize_url)
         # The owner's own pace in a browser: waiting is the point, nothing depends on the clock.
@@ -169,6 +192,9 @@ def register(sub: Sub) -> None:
     connect.add_argument("--scope", action="append", help="an OAuth scope (repeat; default: read-only basics)")
     connect.add_argument("--agent", action="append", help="an agent group that may use it (repeat; default: all)")
     connect.add_argument("--no-browser", action="store_true", help="only print the page to open")
+    connect.add_argument(
+        "--paste", action="store_true", help="also take the redirected address pasted on stdin (on when a terminal)"
+    )
     connect.set_defaults(func=cmd_connect)
     apps_sub.add_parser("list", help="the connected apps (never a token)").set_defaults(func=cmd_list)
     disconnect = apps_sub.add_parser("disconnect", help="stop using a connection at once and revoke it")
