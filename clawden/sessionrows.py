@@ -64,6 +64,10 @@ class TaskRequest(_Row, frozen=True, tag="task"):
     timezone: str | None = None
     status: str = ""
     script: str | None = None
+    # op `create_agent`: a new agent group the agent asks an admin for (services/runner/newagent.py).
+    name: str = ""
+    instructions: str = ""  # its CLAUDE.md
+    wire_to: str = ""  # `<channel>:<chat id>` it is to answer, or ""
 
 
 Outbound = Chat | File | Card | Edit | Reaction | Question | TaskRequest

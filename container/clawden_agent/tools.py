@@ -35,6 +35,7 @@ FILE_NAME = re.compile(r"^[^/\\\x00]{1,128}$")
 TASK_ID = re.compile(r"^t-[0-9a-f]{8,32}$")
 TASK_STATUSES = ("active", "paused", "done", "cancelled")  # as the scheduler keeps them
 MAX_SCRIPT = 16 * 1024  # as the scheduler takes them
+MAX_INSTRUCTIONS = 32 * 1024  # a new agent's CLAUDE.md (create_agent)
 
 
 @dataclass
@@ -335,6 +336,15 @@ class Tools:
         }
         return await self._task("create", fields)
 
+    async def create_agent(self, args: dict[str, Any]) -> str:
+        """Ask an admin for a new agent group; the outcome comes later as a message from `clawden`."""
+        fields = {
+            "name": _str(args, "name", limit=40),
+            "instructions": _str(args, "instructions", limit=MAX_INSTRUCTIONS),
+            "wire_to": _str(args, "wire_to", required=False, limit=320),
+        }
+        return await self._task("create_agent", fields)
+
     async def list_tasks(self, args: dict[str, Any]) -> str:
         status = _str(args, "status", required=False, limit=16)
         if status and status not in TASK_STATUSES:
@@ -486,6 +496,13 @@ SPECS: list[tuple[str, str, dict[str, Any]]] = [
     ("pause_task", "Pause a scheduled task.", _schema({"task_id": _TASK_ID}, ["task_id"])),
     ("resume_task", "Resume a paused task.", _schema({"task_id": _TASK_ID}, ["task_id"])),
     ("cancel_task", "Cancel a scheduled task for good.", _schema({"task_id": _TASK_ID}, ["task_id"])),
+    (
+        "create_agent",
+        "Ask an admin to create a new agent: its group `name` (lowercase letters, digits, '-' or '_'), its standing "
+        "`instructions` (its CLAUDE.md), and optionally `wire_to` a chat it is to answer, as '<channel>:<chat id>'. "
+        "Nothing is created until an admin approves; you are told the outcome in a message.",
+        _schema({"name": _STRING, "instructions": _STRING, "wire_to": _STRING}, ["name", "instructions"]),
+    ),
 ]
 
 

@@ -15,6 +15,7 @@ import msgspec
 from clawden import sessiondb, sessionrows
 from clawden.bus import events as ev
 from clawden.bus import subjects
+from services.runner import newagent
 from services.runner.sessions import SessionInfo
 
 log = logging.getLogger("clawden.runner.outbound")
@@ -181,6 +182,8 @@ def translate(
 
 def _task(info: SessionInfo, route: ev.Route, c: sessionrows.TaskRequest, runner_id: str) -> list[Action]:
     op = c.op
+    if op == "create_agent":
+        return _create_agent(info, route, c)
     if op not in ("create", "update", "pause", "resume", "cancel", "list"):
         raise Refused(f"unknown task operation {op!r}")
     task = ev.TaskOp(
@@ -212,6 +215,25 @@ def _content(row: sessiondb.OutboundMessage) -> sessionrows.Outbound:
         return sessionrows.outbound(row.kind, row.content)
     except msgspec.ValidationError as exc:
         raise Refused(f"#{row.seq} is no {row.kind} row: {exc}") from None
+
+
+def _create_agent(info: SessionInfo, route: ev.Route, c: sessionrows.TaskRequest) -> list[Action]:
+    """A new agent group the agent asks for: a card for an admin (services/runner/newagent.py acts on the
+    decision); the agent hears at once that it waits, or why it cannot be asked."""
+    try:
+        request = newagent.request(info, route, c)
+    except newagent.BadRequest as exc:
+        return [Respond(c.request_id, {"error": str(exc)})]
+    return [
+        Publish(subjects.APPROVAL_REQUEST, request, f"approval:{request.id}"),
+        Respond(
+            c.request_id,
+            {
+                "result": f"An admin was asked to create agent {c.name!r} ({request.id}); nothing exists until they"
+                " approve, and you will be told the outcome in a message."
+            },
+        ),
+    ]
 
 
 def _not_for_agents(row: sessiondb.OutboundMessage, content: sessionrows.Outbound) -> list[Action]:

@@ -51,6 +51,7 @@ from services.runner.containers import (
     mcp_failed,
 )
 from services.runner.mounts import Allowlist, ExtraMount, MountRefused, MountRequest, resolve
+from services.runner.newagent import AgentMaker
 from services.runner.outbound import Action, Ask, ListTasks, Publish, Refused, Respond, translate
 from services.runner.sessions import (
     SessionIndex,
@@ -119,6 +120,8 @@ class Runner:
         self.counters = {"wakes": 0, "started": 0, "published": 0, "crashed": 0, "hung": 0, "idle_stopped": 0}
         # The in-container `clawden`: one socket per session under run/admin/, never in the agent's writable folder.
         self.admin = AdminDesk(ctx.nc, ctx.js, index, self.cfg.path("run", "admin"), self.owner_uid, self.note)
+        # `create_agent`: new agent groups an agent asks for, made once an admin approves (newagent.py).
+        self.maker = AgentMaker(ctx.nc, index, self.session_dir, self.cfg.groups_dir, self.note)
 
     # --- paths ----------------------------------------------------------------------------------
 
@@ -452,7 +455,8 @@ class Runner:
         """The answer to an agent's question: back into its session, where the tool waits."""
         question = await self.index.run(self.index.take_question, decision.id)
         if question is None:
-            await self.admin.on_decision(decision)  # an agent's `clawden` write, or another requester's
+            if not await self.admin.on_decision(decision):  # an agent's `clawden` write, or another's
+                await self.maker.on_decision(decision)  # a `create_agent` request, or another requester's
             return
         session_id, options = question
         info = self.index.get(session_id)
