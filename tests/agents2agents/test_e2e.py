@@ -97,6 +97,8 @@ async def test_an_a_b_loop_stops_at_the_hop_limit(wired: Stack) -> None:
     def brain(prompt: str) -> Reply:
         if 'from="agent main"' in prompt:  # writer answers main, every time
             return ToolCall("send_message", {"text": "pong"})
+        if "how did it go" in prompt:  # the person, after the loop: main answers them
+            return ToolCall("send_message", {"text": "it stopped"})
         return ToolCall("send_message", {"to": "writer", "text": "ping"})  # main asks writer, every time
 
     think(wired, brain)
@@ -115,3 +117,8 @@ async def test_an_a_b_loop_stops_at_the_hop_limit(wired: Stack) -> None:
     assert (len(writer_heard), len(main_heard)) == (2, 2)  # hops 1 and 3 into writer, 2 and 4 back into main
     log = "".join(p.read_text() for p in (wired.home / "logs").glob("*.log"))
     assert "dropped: hop limit 4 reached" in log
+    # The sending agent reads why in its next prompt, as for any send a platform refused.
+    async with Terminal(wired, "loop") as term:
+        assert (await term.ask("how did it go?", timeout=120)).text == "it stopped"
+    [asked] = [r for r in wired.fake.messages_requests(with_tools=True) if "how did it go" in json.dumps(r.body)][:1]
+    assert "<delivery-failed" in json.dumps(asked.body) and "hop limit 4 reached" in json.dumps(asked.body)
