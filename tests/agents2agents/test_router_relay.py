@@ -18,7 +18,7 @@ from clawden.bus import Consumer, bind, subjects
 from clawden.bus import events as ev
 from clawden.bus.ctl import router as api
 from tests.eventually import eventually
-from tests.router.conftest import RouterProcess
+from tests.router.conftest import RouterProcess, start_router, stop, wait_ready
 
 OWNER = "telegram:owner"
 
@@ -278,3 +278,24 @@ def clawden(router: RouterProcess, *args: str) -> subprocess.CompletedProcess[st
     return subprocess.run(
         [sys.executable, "-m", "clawden", *args], env=router.env(), capture_output=True, text=True, timeout=60
     )
+
+
+async def test_a_send_made_while_the_router_is_down_is_relayed_once_after_it_restarts_and_once_only(
+    router: RouterProcess, js: JetStreamContext, bus: Bus
+) -> None:
+    await person_says(js, "ask the writer", 1)
+    asked = await bus.wake_for("main")
+    stop(router.proc)
+    await agent_sends(js, asked, ev.Route(channel="agent", chat_id="writer"), "while you were out", "r1")
+    router.proc = start_router(router.home, router.url)
+    await wait_ready(router)
+    assert (await bus.wake_for("writer")).message.text == "while you were out"
+    # Another restart, and the same row published again: relayed already, so nothing new.
+    stop(router.proc)
+    router.proc = start_router(router.home, router.url)
+    await wait_ready(router)
+    await agent_sends(js, asked, ev.Route(channel="agent", chat_id="writer"), "while you were out", "r1", msg_id="x")
+    await agent_sends(js, asked, ev.Route(channel="agent", chat_id="writer"), "later", "r2")
+    assert (await bus.wake_for("writer", 2)).message.text == "later"
+    await bus.pull()
+    assert [w.message.text for w in bus.wakes if w.agent_group == "writer"] == ["while you were out", "later"]
