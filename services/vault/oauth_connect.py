@@ -162,12 +162,12 @@ class AppConnections:
             pending.app, pending.client_id, pending.client_secret, request.code, pending.redirect_uri, pending.verifier
         )
         conn = self._connection(pending, outcome)
-        now = self.clock()
-        await self.store.run(self.store.put_app, self._row(conn, now))
+        row = self._row(conn, self.clock())
+        await self.store.run(self.store.put_app, row)
         await self.load()
         log.info("app %s connected for %s", conn.provider, ", ".join(conn.grants))
         await self.audit_change("cli", "app-connected", f"app {conn.provider} connected", provider=conn.provider)
-        return _info(self._row(conn, now))
+        return _info(row)
 
     def _connection(self, pending: Pending, outcome: Grant | Refused) -> Connection:
         name = pending.app.name
