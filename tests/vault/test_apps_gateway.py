@@ -19,7 +19,7 @@ import pytest
 
 from services.vault.apps import PLACEHOLDER_TOKEN, PROVIDERS, authorize_url
 from services.vault.audit import AuditRecord
-from services.vault.catalog import Catalog
+from services.vault.catalog import Catalog, Credential, Secret
 from services.vault.gateway import Gateway
 from services.vault.oauth import Connection, OAuthClient
 from services.vault.upstream import Upstream, client_tls
@@ -301,3 +301,26 @@ async def test_nothing_but_the_apis_hosts_is_signed_not_even_the_token_endpoints
     assert forwarded.header(b"authorization") is None
     assert old_style.json()["access_token"] == PLACEHOLDER_TOKEN
     assert apps.leaked() == []
+
+
+async def test_a_stored_secret_for_the_host_wins_over_the_app_connection(apps: AppRig) -> None:
+    pat = Credential(
+        Secret(
+            name="gmail-key",
+            kind="generic",
+            host_pattern="gmail.googleapis.com",
+            header_name="Authorization",
+            value_format="Bearer {value}",
+            grants=("*",),
+        ),
+        "ya29.stored-by-hand-0123456789",
+    )
+    apps.gateway.update_catalog(Catalog(credentials=(pat,)))
+    await apps.connect("google")
+    async with apps.client() as agent:
+        answer = await agent.get(GMAIL, headers=bearer())
+
+    assert answer.status_code == 401  # the fake knows only the tokens it issued: the stored one went
+    [sent] = [r for r in apps.server.received if r.target.startswith(b"/gmail/")]
+    assert sent.header(b"authorization") == b"Bearer ya29.stored-by-hand-0123456789"
+    assert [a.injected for a in apps.audit] == [("gmail-key",)]
