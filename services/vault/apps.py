@@ -10,7 +10,7 @@ import base64
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlencode, urlsplit
 
@@ -42,6 +42,7 @@ class Provider:
     # answers them itself, and signs nothing else on their hosts. None: no refresh in the container.
     agent_token_endpoints: tuple[tuple[str, str], ...]
     extra_authorize: tuple[tuple[str, str], ...] = ()
+    device_url: str = ""  # RFC 8628's device authorization endpoint, where the provider has one
 
     @property
     def connect_command(self) -> str:
@@ -81,6 +82,8 @@ PROVIDERS: dict[str, Provider] = {
         api_hosts=frozenset({"api.github.com"}),
         default_scopes=("read:user",),
         agent_token_endpoints=(),
+        # docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps#device-flow
+        device_url="https://github.com/login/device/code",
     ),
 }
 
@@ -214,6 +217,52 @@ def read_token_response(status: int, body: bytes, now: float) -> Grant | Refused
         return Refused("invalid_response", "the token endpoint gave no bearer access token", status)
     expires_at = now + parsed.expires_in if parsed.expires_in else None
     return Grant(parsed.access_token, expires_at, parsed.refresh_token or None, parsed.scope)
+
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+DEVICE_WAITING = frozenset({"authorization_pending", "slow_down"})  # RFC 8628 §3.5: poll again, later
+
+
+class DeviceBody(msgspec.Struct, frozen=True):
+    device_code: str = ""
+    user_code: str = ""
+    verification_uri: str = ""
+    expires_in: int = 900
+    interval: int = 5
+    error: str = ""
+    error_description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """What the owner types where (``user_code`` at ``verification_uri``); the device code stays in the vault."""
+
+    device_code: str = field(repr=False)
+    user_code: str
+    verification_uri: str
+    expires_at: float
+    interval: int
+
+
+_device_body = msgspec.json.Decoder(DeviceBody)
+
+
+def read_device_response(status: int, body: bytes, now: float) -> Device | Refused:
+    try:
+        parsed = _device_body.decode(body)
+    except msgspec.DecodeError:
+        return Refused("invalid_response", f"the device endpoint answered {status} with no JSON", status)
+    if parsed.error or status != 200 or not parsed.device_code or not parsed.user_code:
+        return Refused(parsed.error or "invalid_response", parsed.error_description or f"HTTP {status}", status)
+    if not parsed.verification_uri.startswith("https://"):
+        return Refused("invalid_response", "the device endpoint gave no https verification page", status)
+    interval = min(max(parsed.interval, 1), 60)
+    return Device(parsed.device_code, parsed.user_code, parsed.verification_uri, now + parsed.expires_in, interval)
+
+
+def next_interval(refused: Refused, interval: int) -> int:
+    """RFC 8628 §3.5: ``slow_down`` adds 5 seconds to every later poll."""
+    return interval + 5 if refused.error == "slow_down" else interval
 
 
 def needs_refresh(expires_at: float | None, now: float, margin: float = REFRESH_MARGIN) -> bool:

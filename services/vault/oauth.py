@@ -15,12 +15,15 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlencode, urlsplit
 
 from services.vault.apps import (
+    DEVICE_GRANT,
     MAX_TOKEN_RESPONSE,
+    Device,
     Grant,
     Provider,
     Refused,
     needs_refresh,
     provider,
+    read_device_response,
     read_token_response,
 )
 from services.vault.upstream import Origin, Upstream, UpstreamError
@@ -110,6 +113,25 @@ class OAuthClient:
             "client_id": client_id,
             "code_verifier": verifier,
         }
+        if client_secret:
+            fields["client_secret"] = client_secret
+        return await self._token(app, fields)
+
+    async def device(self, app: Provider, client_id: str, scopes: tuple[str, ...]) -> Device | Refused:
+        """RFC 8628 §3.1: a device code for the owner to confirm at the provider's page."""
+        body = urlencode({"client_id": client_id, "scope": " ".join(scopes)}).encode()
+        started = self._clock()
+        try:
+            status, data = await self._call(
+                "POST", app.device_url, body, [(b"content-type", b"application/x-www-form-urlencoded")]
+            )
+        except UpstreamError as exc:
+            return Refused("unreachable", str(exc), exc.status)
+        return read_device_response(status, data, started)
+
+    async def poll_device(self, app: Provider, client_id: str, client_secret: str, device: Device) -> Grant | Refused:
+        """RFC 8628 §3.4: one poll; ``authorization_pending`` or ``slow_down`` until the owner confirms."""
+        fields = {"client_id": client_id, "device_code": device.device_code, "grant_type": DEVICE_GRANT}
         if client_secret:
             fields["client_secret"] = client_secret
         return await self._token(app, fields)

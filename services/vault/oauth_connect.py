@@ -10,7 +10,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
@@ -19,13 +19,16 @@ from clawden.bus.ctl import Nothing
 from clawden.bus.ctl import vault as api
 from clawden.runtime import ControlError
 from services.vault.apps import (
+    DEVICE_WAITING,
     AppError,
+    Device,
     Grant,
     Provider,
     Refused,
     authorize_url,
     check_redirect_uri,
     check_scopes,
+    next_interval,
     provider,
 )
 from services.vault.catalog import GROUP
@@ -51,6 +54,7 @@ class Pending:
     scopes: tuple[str, ...]
     agents: tuple[str, ...]
     expires_at: float
+    device: Device | None = None  # a device-code connect (RFC 8628): no redirect, no verifier
 
 
 def _context(name: str, part: str) -> str:
@@ -126,33 +130,46 @@ class AppConnections:
 
     # -- control endpoints --
 
-    async def on_begin(self, request: api.AppBegin) -> api.AppAuthorize:
+    def _checked(
+        self, name: str, client_id: str, scopes: list[str], agents: list[str]
+    ) -> tuple[Provider, tuple[str, ...], tuple[str, ...]]:
         try:
-            app = provider(request.provider)
-            redirect = check_redirect_uri(request.redirect_uri)
-            scopes = check_scopes(app, request.scopes)
+            app = provider(name)
+            checked_scopes = check_scopes(app, scopes)
         except AppError as exc:
             raise ControlError(str(exc)) from None
-        if not request.client_id or len(request.client_id) > 256 or not request.client_id.isprintable():
+        if not client_id or len(client_id) > 256 or not client_id.isprintable():
             raise ControlError("--client-id is the OAuth client's id from the provider's console")
-        agents = tuple(sorted(set(request.agents or ["*"])))
-        if bad := [a for a in agents if not GROUP.match(a)]:
+        groups = tuple(sorted(set(agents or ["*"])))
+        if bad := [a for a in groups if not GROUP.match(a)]:
             raise ControlError(f"{bad[0]!r} is not an agent group name")
+        return app, checked_scopes, groups
+
+    def _remember(self, pending: Pending) -> str:
+        """A state naming the connect in progress (at most MAX_PENDING wait at once)."""
         now = self.clock()
         self._pending = {s: p for s, p in self._pending.items() if p.expires_at > now}
         if len(self._pending) >= MAX_PENDING:
-            raise ControlError(f"{MAX_PENDING} connects are waiting for a browser already; finish or let them lapse")
-        state, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(64)
-        pending = Pending(
-            app, request.client_id, request.client_secret, redirect, verifier, scopes, agents, now + PENDING_SECONDS
-        )
+            raise ControlError(f"{MAX_PENDING} connects are waiting already; finish them or let them lapse")
+        state = secrets.token_urlsafe(24)
         self._pending[state] = pending
+        return state
+
+    async def on_begin(self, request: api.AppBegin) -> api.AppAuthorize:
+        app, scopes, agents = self._checked(request.provider, request.client_id, request.scopes, request.agents)
+        try:
+            redirect = check_redirect_uri(request.redirect_uri)
+        except AppError as exc:
+            raise ControlError(str(exc)) from None
+        verifier, expires_at = secrets.token_urlsafe(64), self.clock() + PENDING_SECONDS
+        pending = Pending(app, request.client_id, request.client_secret, redirect, verifier, scopes, agents, expires_at)
+        state = self._remember(pending)
         url = authorize_url(app, request.client_id, redirect, state, verifier, scopes)
-        return api.AppAuthorize(authorize_url=url, state=state, expires_at=pending.expires_at)
+        return api.AppAuthorize(authorize_url=url, state=state, expires_at=expires_at)
 
     async def on_finish(self, request: api.AppFinish) -> api.AppInfo:
         pending = self._pending.pop(request.state, None)
-        if pending is None or pending.expires_at <= self.clock():
+        if pending is None or pending.device is not None or pending.expires_at <= self.clock():
             raise ControlError(
                 "no connect waits for that answer (it lapsed after 10 minutes, or was used); start again"
             )
@@ -161,7 +178,46 @@ class AppConnections:
         outcome = await client.exchange(
             pending.app, pending.client_id, pending.client_secret, request.code, pending.redirect_uri, pending.verifier
         )
-        conn = self._connection(pending, outcome)
+        return await self._keep(self._connection(pending, outcome))
+
+    async def on_device_begin(self, request: api.AppDeviceBegin) -> api.AppDevice:
+        app, scopes, agents = self._checked(request.provider, request.client_id, request.scopes, request.agents)
+        if not app.device_url:
+            raise ControlError(f"{app.name} has no device-code flow: connect it in a browser (without --device)")
+        client = self.tokens.client
+        assert client is not None
+        device = await client.device(app, request.client_id, scopes)
+        if isinstance(device, Refused):
+            raise ControlError(f"{app.name} gave no device code ({device.error}: {device.description[:200]})")
+        pending = Pending(
+            app, request.client_id, request.client_secret, "", "", scopes, agents, device.expires_at, device
+        )
+        state = self._remember(pending)
+        return api.AppDevice(
+            state=state,
+            user_code=device.user_code,
+            verification_uri=device.verification_uri,
+            interval=device.interval,
+            expires_at=device.expires_at,
+        )
+
+    async def on_device_poll(self, request: api.AppPoll) -> api.AppPolled:
+        """One poll of the provider; not done until the owner has typed the code and allowed access."""
+        pending = self._pending.get(request.state)
+        if pending is None or pending.device is None or pending.expires_at <= self.clock():
+            raise ControlError("no device connect waits under that state (it lapsed, or was used); start again")
+        client = self.tokens.client
+        assert client is not None
+        outcome = await client.poll_device(pending.app, pending.client_id, pending.client_secret, pending.device)
+        if isinstance(outcome, Refused) and outcome.error in DEVICE_WAITING:
+            interval = next_interval(outcome, pending.device.interval)
+            self._pending[request.state] = replace(pending, device=replace(pending.device, interval=interval))
+            return api.AppPolled(done=False, interval=interval)
+        self._pending.pop(request.state, None)
+        return api.AppPolled(done=True, info=await self._keep(self._connection(pending, outcome)))
+
+    async def _keep(self, conn: Connection) -> api.AppInfo:
+        """A new connection into vault.db (sealed) and the gateway; audited."""
         row = self._row(conn, self.clock())
         await self.store.run(self.store.put_app, row)
         await self.load()

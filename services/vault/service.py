@@ -595,6 +595,8 @@ async def main(ctx: ServiceContext) -> None:
             await ctx.endpoint(api.APPS_FINISH, apps.on_finish)
             await ctx.endpoint(api.APPS_LIST, apps.on_list)
             await ctx.endpoint(api.APPS_DISCONNECT, apps.on_disconnect)
+            await ctx.endpoint(api.APPS_DEVICE_BEGIN, apps.on_device_begin)
+            await ctx.endpoint(api.APPS_DEVICE_POLL, apps.on_device_poll)
             ctx.stats["audit"] = audit.stats
             ctx.stats["rates"] = rates.stats
             async with _serving_api(ctx, vault, held):

@@ -14,6 +14,9 @@ It is as strict as the providers where the vault could go wrong:
   ``{"error", "error_description"}`` (developers.google.com/identity/protocols/oauth2/native-app); GitHub
   answers them with 200 and the error in the body, and in form encoding unless asked for JSON
   (docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps).
+- device flow (RFC 8628, docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps#device-flow):
+  a device code for a known client, then ``authorization_pending`` until the owner confirms the user code,
+  ``slow_down`` when polled sooner than the interval, ``expired_token`` after 15 minutes.
 - revoke: Google's ``POST /revoke`` with ``token=`` ends the refresh token and every access token from it
   (…/oauth2/web-server#tokenrevoke); GitHub's ``DELETE /applications/{client_id}/grant`` needs Basic
   client_id:client_secret and ``{"access_token"}``, and answers 204 (docs.github.com/en/rest/apps/oauth-applications).
@@ -65,6 +68,16 @@ class _Access:
 
 
 @dataclass
+class _Device:
+    client_id: str
+    scope: str
+    user_code: str
+    expires_at: float
+    last_poll: float = 0.0
+    approved: bool = False
+
+
+@dataclass
 class FakeOAuth:
     clients: dict[str, str] = field(default_factory=dict)  # client_id -> client_secret
     clock: Callable[[], float] = time.time
@@ -79,6 +92,13 @@ class FakeOAuth:
     # When set, token calls wait for it (a slow provider): a test can act while a refresh is in flight.
     hold_tokens: asyncio.Event | None = None
     token_calls_waiting: int = 0
+    device_interval: int = 5  # GitHub's; a test may shorten it
+    devices: dict[str, _Device] = field(default_factory=dict)  # device_code -> the code the owner types
+
+    def approve_device(self, user_code: str) -> None:
+        """The owner types the code at github.com/login/device and allows access."""
+        [device] = [d for d in self.devices.values() if d.user_code == user_code]
+        device.approved = True
 
     def client(self, client_id: str, client_secret: str) -> None:
         self.clients[client_id] = client_secret
@@ -112,6 +132,7 @@ class FakeOAuth:
             ("gmail.googleapis.com", "GET", "/gmail/v1/users/me/messages"): lambda _q, r: self._gmail(r),
             ("github.com", "GET", "/login/oauth/authorize"): lambda q, _r: self._authorize("github", q),
             ("github.com", "POST", "/login/oauth/access_token"): lambda _q, r: self._github_token(r),
+            ("github.com", "POST", "/login/device/code"): lambda _q, r: self._device_code(r),
             ("api.github.com", "GET", "/user"): lambda _q, r: self._github_user(r),
         }
         handler = routes.get((host, method, path))
@@ -156,6 +177,8 @@ class FakeOAuth:
 
     def _grant(self, form: dict[str, str], provider: str) -> dict[str, str | int] | str:
         """The token response for a valid grant, or the OAuth error code."""
+        if form.get("grant_type") == "urn:ietf:params:oauth:grant-type:device_code":
+            return self._device_grant(form, provider)  # a public client: no secret
         if not self._client_ok(form):
             return "invalid_client"
         if form.get("grant_type") == "authorization_code":
@@ -184,6 +207,43 @@ class FakeOAuth:
                 return {**self._access(provider, rotated), "refresh_token": rotated, "scope": held[2]}
             return {**self._access(provider, form["refresh_token"]), "scope": held[2]}
         return "unsupported_grant_type"
+
+    # -- the device flow (RFC 8628; GitHub's device flow, which needs no client secret) --
+
+    def _device_code(self, request: Received) -> _Answer:
+        form = self._form(request) or {}
+        if form.get("client_id") not in self.clients:
+            return _json(200, {"error": "incorrect_client_credentials", "error_description": "unknown client"})
+        device_code = secrets.token_hex(20)
+        user_code = f"{secrets.token_hex(2).upper()}-{secrets.token_hex(2).upper()}"
+        self.devices[device_code] = _Device(form["client_id"], form.get("scope", ""), user_code, self.clock() + 900)
+        payload = {
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": "https://github.com/login/device",
+            "expires_in": 900,
+            "interval": self.device_interval,
+        }
+        return _json(200, payload)
+
+    def _device_grant(self, form: dict[str, str], provider: str) -> dict[str, str | int] | str:
+        device = self.devices.get(form.get("device_code", ""))
+        if device is None or device.client_id != form.get("client_id") or provider != "github":
+            return "incorrect_device_code"
+        now = self.clock()
+        if now >= device.expires_at:
+            return "expired_token"
+        if now - device.last_poll < self.device_interval:
+            device.last_poll = now
+            return "slow_down"  # polled sooner than the interval allows
+        device.last_poll = now
+        if not device.approved:
+            return "authorization_pending"
+        del self.devices[form["device_code"]]
+        refresh = f"device-{secrets.token_hex(8)}"
+        self.refresh_tokens[refresh] = (device.client_id, provider, device.scope)
+        self.grants.append("device_code")
+        return {**self._access(provider, refresh), "scope": device.scope}
 
     def _access(self, provider: str, refresh: str) -> dict[str, str | int]:
         prefix = "ya29." if provider == "google" else "gho_"

@@ -14,6 +14,7 @@ from services.vault.apps import (
     PLACEHOLDER_TOKEN,
     PROVIDERS,
     AppError,
+    Device,
     Grant,
     Refused,
     app_not_connected,
@@ -22,11 +23,13 @@ from services.vault.apps import (
     check_scopes,
     is_agent_token_call,
     needs_refresh,
+    next_interval,
     oauth_error_text,
     pkce_challenge,
     provider,
     provider_for_host,
     provider_reaching,
+    read_device_response,
     read_token_response,
     synthetic_token,
 )
@@ -240,3 +243,47 @@ def test_replies_given_in_the_apps_name() -> None:
 )
 def test_error_text_for_logs_names_only_the_error(body: bytes, text: str) -> None:
     assert oauth_error_text(body) == text
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (
+            200,
+            {"device_code": "dc", "user_code": "AB-CD", "verification_uri": "https://github.com/login/device"},
+            Device("dc", "AB-CD", "https://github.com/login/device", 1000.0 + 900, 5),
+        ),
+        (
+            200,
+            {"device_code": "dc", "user_code": "AB", "verification_uri": "https://x", "expires_in": 60, "interval": 0},
+            Device("dc", "AB", "https://x", 1060.0, 1),  # at least a second between polls
+        ),
+        (
+            200,
+            {"device_code": "dc", "user_code": "AB", "verification_uri": "https://x", "interval": 900},
+            Device("dc", "AB", "https://x", 1900.0, 60),  # at most a minute
+        ),
+        (
+            200,
+            {"device_code": "dc", "user_code": "AB", "verification_uri": "http://phish.example/device"},
+            Refused("invalid_response", "the device endpoint gave no https verification page", 200),
+        ),
+        (
+            200,
+            {"error": "device_flow_disabled", "error_description": "off"},
+            Refused("device_flow_disabled", "off", 200),
+        ),
+        (404, {}, Refused("invalid_response", "HTTP 404", 404)),
+    ],
+)
+def test_device_code_responses(status: int, body: dict[str, object], expected: object) -> None:
+    assert read_device_response(status, json.dumps(body).encode(), 1000.0) == expected
+
+
+def test_device_code_odd_answers_and_the_polling_pace() -> None:
+    refused = read_device_response(200, b"device_code=x", 0.0)
+    assert isinstance(refused, Refused) and refused.error == "invalid_response"
+    assert "dc-secret" not in repr(Device("dc-secret", "AB", "https://x", 0.0, 5))
+    assert next_interval(Refused("slow_down", "", 200), 5) == 10  # RFC 8628 §3.5
+    assert next_interval(Refused("authorization_pending", "", 200), 5) == 5
+    assert PROVIDERS["github"].device_url and not PROVIDERS["google"].device_url

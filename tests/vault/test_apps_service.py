@@ -275,3 +275,35 @@ async def test_a_browser_on_another_machine_hands_the_answer_back_by_paste(host:
         user = await agent.get("https://api.github.com/user", headers={"user-agent": "agent/1"})
     assert user.status_code == 200 and user.json()["login"] == "ada"
     assert [s for s in [*host.fake.issued, CLIENT_SECRET] for text in host.seen if s in text] == []
+
+
+async def test_github_connects_by_device_code_with_no_browser_or_redirect(host: Host) -> None:
+    host.fake.device_interval = 1  # GitHub asks for 5 s between polls; the fake for 1
+    with pytest.raises(control.ControlError, match="google has no device-code flow"):
+        await control.ask(
+            host.cfg,
+            vault_ctl.APPS_DEVICE_BEGIN,
+            vault_ctl.AppDeviceBegin(provider="google", client_id=CLIENT_ID),
+        )
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "clawden", "apps", "connect", "github", "--client-id", CLIENT_ID, "--device"],
+        env={**host.env, "CLAWDEN_APP_CLIENT_SECRET": CLIENT_SECRET},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    told = (await proc.stdout.readline()).decode()
+    assert "https://github.com/login/device" in told
+    user_code = told.split()[-1]
+    await eventually(lambda: any(d.last_poll for d in host.fake.devices.values()))  # it waits, politely
+    host.fake.approve_device(user_code)  # the owner types it at GitHub's page, on their phone
+    out, err = await proc.communicate()
+    host.seen.append((told.encode() + out + err).decode())
+    assert proc.returncode == 0, err.decode()
+    assert b"github connected for every agent" in out
+    assert host.fake.grants == ["device_code"]
+
+    async with await host.agent() as agent:
+        user = await agent.get("https://api.github.com/user", headers={"user-agent": "agent/1"})
+    assert user.status_code == 200 and user.json()["login"] == "ada"
+    assert [s for s in [*host.fake.issued, CLIENT_SECRET] for text in host.seen if s in text] == []

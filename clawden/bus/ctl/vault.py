@@ -308,3 +308,38 @@ APPS_BEGIN = declare(SERVICE, "apps-begin", AppBegin, AppAuthorize)
 APPS_FINISH = declare(SERVICE, "apps-finish", AppFinish, AppInfo)
 APPS_LIST = declare(SERVICE, "apps-list", Nothing, Apps)
 APPS_DISCONNECT = declare(SERVICE, "apps-disconnect", Named, AppDisconnected)
+
+
+class AppDeviceBegin(Request, frozen=True):
+    """Start connecting by device code (RFC 8628; GitHub): no browser on this machine, no redirect."""
+
+    provider: str
+    client_id: str
+    client_secret: str = ""
+    scopes: list[str] = []
+    agents: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"AppDeviceBegin(provider={self.provider!r}, <client secret hidden>)"
+
+
+class AppDevice(Reply, frozen=True):
+    state: str
+    user_code: str  # what the owner types at verification_uri
+    verification_uri: str
+    interval: int  # seconds between polls, as the provider asks
+    expires_at: float
+
+
+class AppPoll(Request, frozen=True):
+    state: str
+
+
+class AppPolled(Reply, frozen=True):
+    done: bool  # False: the owner has not confirmed yet; poll again after `interval` seconds
+    interval: int = 0
+    info: AppInfo | None = None
+
+
+APPS_DEVICE_BEGIN = declare(SERVICE, "apps-device-begin", AppDeviceBegin, AppDevice)
+APPS_DEVICE_POLL = declare(SERVICE, "apps-device-poll", AppPoll, AppPolled)

@@ -114,6 +114,8 @@ def _client_secret(args: argparse.Namespace) -> str:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
+    if args.device:
+        return _connect_device(args)
     cfg = _cfg(args)
     secret = _client_secret(args)
     with Callback() as callback:
@@ -150,6 +152,32 @@ def cmd_connect(args: argparse.Namespace) -> int:
     who = "every agent" if info.grants == ["*"] else ", ".join(info.grants)
     print(f"{info.provider} connected for {who} (scopes: {info.scopes}); the vault holds its tokens sealed")
     return 0
+
+
+def _connect_device(args: argparse.Namespace) -> int:
+    """RFC 8628: the owner types a code at the provider's page, on any device; the vault polls for the grant."""
+    cfg = _cfg(args)
+    request = ctl.AppDeviceBegin(
+        provider=args.provider,
+        client_id=args.client_id,
+        client_secret=_client_secret(args),
+        scopes=args.scope or [],
+        agents=args.agent or [],
+    )
+    device = control.run(cfg, ctl.APPS_DEVICE_BEGIN, request)
+    print(f"On any device, open {device.verification_uri} and enter the code {device.user_code}", flush=True)
+    interval = device.interval
+    while time.time() < device.expires_at:
+        # The provider's own pace (RFC 8628 §3.5): polling sooner is refused with slow_down.
+        time.sleep(interval)
+        polled = control.run(cfg, ctl.APPS_DEVICE_POLL, ctl.AppPoll(state=device.state), timeout=30)
+        if polled.done and polled.info is not None:
+            who = "every agent" if polled.info.grants == ["*"] else ", ".join(polled.info.grants)
+            print(f"{polled.info.provider} connected for {who} (scopes: {polled.info.scopes})")
+            return 0
+        interval = polled.interval or interval
+    print("the code was not confirmed in time; run the command again", file=sys.stderr)
+    return 1
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -192,6 +220,9 @@ def register(sub: Sub) -> None:
     connect.add_argument("--scope", action="append", help="an OAuth scope (repeat; default: read-only basics)")
     connect.add_argument("--agent", action="append", help="an agent group that may use it (repeat; default: all)")
     connect.add_argument("--no-browser", action="store_true", help="only print the page to open")
+    connect.add_argument(
+        "--device", action="store_true", help="GitHub: confirm a code on any device instead (no redirect at all)"
+    )
     connect.add_argument(
         "--paste", action="store_true", help="also take the redirected address pasted on stdin (on when a terminal)"
     )
