@@ -24,6 +24,7 @@ from typing import Any
 from claude_agent_sdk import McpSdkServerConfig, SdkMcpTool, create_sdk_mcp_server, tool
 
 from clawden import sessiondb
+from clawden_agent import cli as admin_cli
 
 SERVER_NAME = "clawden"
 SEND_MESSAGE = f"mcp__{SERVER_NAME}__send_message"
@@ -36,6 +37,8 @@ TASK_ID = re.compile(r"^t-[0-9a-f]{8,32}$")
 TASK_STATUSES = ("active", "paused", "done", "cancelled")  # as the scheduler keeps them
 MAX_SCRIPT = 16 * 1024  # as the scheduler takes them
 MAX_INSTRUCTIONS = 32 * 1024  # a new agent's CLAUDE.md (create_agent)
+PACKAGE_KINDS = ("apt", "npm", "pip")  # install_packages; the host checks the names (clawden/packagespec.py)
+MAX_PACKAGES = 64
 
 
 @dataclass
@@ -336,6 +339,23 @@ class Tools:
         }
         return await self._task("create", fields)
 
+    async def install_packages(self, args: dict[str, Any]) -> str:
+        """Ask an admin for packages in this group's image, through the host's `clawden` (the admin socket): the
+        outcome, after a rebuild and a restart on approval, comes later as a message from `clawden`."""
+        argv = ["groups", "packages", "add", "."]
+        for kind in PACKAGE_KINDS:
+            argv += [a for name in _names(args, kind) for a in (f"--{kind}", name)]
+        if len(argv) == 4:
+            raise ToolError("Name at least one package in `apt`, `npm` or `pip`.")
+        argv += ["--reason", _str(args, "reason", limit=1000)]
+        try:
+            answer = await asyncio.to_thread(admin_cli.ask, argv, admin_cli.socket_path())
+        except (OSError, ValueError) as exc:
+            raise ToolError(f"Cannot reach the host to ask ({exc}).") from exc
+        if not answer.get("ok"):
+            raise ToolError(str(answer.get("error") or "the host gave no answer"))
+        return str(answer.get("output", ""))
+
     async def create_agent(self, args: dict[str, Any]) -> str:
         """Ask an admin for a new agent group; the outcome comes later as a message from `clawden`."""
         fields = {
@@ -384,6 +404,15 @@ def delivery_status(seq: int, known: sessiondb.Delivery | None) -> str:
     return f"#{seq}: {delivered}; not read as far as the chat app has said (only some apps, like WhatsApp, tell)."
 
 
+def _names(args: dict[str, Any], key: str) -> list[str]:
+    value = args.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ToolError(f"`{key}` must be a list of package names.")
+    if len(value) > MAX_PACKAGES:
+        raise ToolError(f"At most {MAX_PACKAGES} `{key}` packages at once.")
+    return [v.strip() for v in value]
+
+
 def _when(at: float) -> str:
     return "at " + datetime.fromtimestamp(at, UTC).astimezone().isoformat(timespec="seconds")
 
@@ -424,6 +453,7 @@ _SCRIPT = {
     ),
 }
 _LABELS = {"type": "array", "items": {"type": "string"}, "maxItems": MAX_OPTIONS}
+_NAMES = {"type": "array", "items": {"type": "string"}, "maxItems": MAX_PACKAGES}
 
 
 def _schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -502,6 +532,14 @@ SPECS: list[tuple[str, str, dict[str, Any]]] = [
         "`instructions` (its CLAUDE.md), and optionally `wire_to` a chat it is to answer, as '<channel>:<chat id>'. "
         "Nothing is created until an admin approves; you are told the outcome in a message.",
         _schema({"name": _STRING, "instructions": _STRING, "wire_to": _STRING}, ["name", "instructions"]),
+    ),
+    (
+        "install_packages",
+        "Ask an admin to add packages to your container's image: Debian packages (`apt`), npm packages (`npm`, "
+        "needs nodejs and npm) or Python packages (`pip`), with the `reason` the admin reads. Nothing is installed "
+        "until an admin approves; then the image is rebuilt, your container restarts on it and this conversation "
+        "goes on there. You are told the outcome in a message.",
+        _schema({"apt": _NAMES, "npm": _NAMES, "pip": _NAMES, "reason": _STRING}, ["reason"]),
     ),
 ]
 

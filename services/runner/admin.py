@@ -40,6 +40,9 @@ AUDIT_KIND = "cli"
 MAX_WAITING = 5  # writes of one session waiting for an admin at once
 
 Note = Callable[[SessionInfo, str, str], Awaitable[None]]  # (session, key, text): a word to the agent
+# A write the runner does itself rather than through a control verb (an image build): (session, command, the
+# approver) in, the words for the agent out.
+Doer = Callable[[SessionInfo, scope.Command, str], Awaitable[str]]
 
 
 class CliRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -160,6 +163,7 @@ class AdminDesk:
         self.run_dir = run_dir
         self.servers: dict[str, asyncio.Server] = {}
         self.counters = {"reads": 0, "writes_asked": 0, "writes_done": 0, "refused": 0}
+        self.doers: dict[str, Doer] = {}  # by command name; the runner fills it in
 
     # --- sockets ----------------------------------------------------------------------------------
 
@@ -346,7 +350,11 @@ class AdminDesk:
         if isinstance(verdict, scope.Refuse):
             await self._audit(info, "refused", line, verdict.reason, approval=decision.id)
             return f"Your command `{line}` was approved, but is no longer allowed: {verdict.reason}."
-        verb, request = write_request(command)
+        if command.name in self.doers:
+            text = await self.doers[command.name](info, command, decision.decided_by)
+            await self._audit(info, "done", line, "", approval=decision.id, by=decision.decided_by)
+            return text
+        verb, request = write_request(verdict.command)
         try:
             done = await control.ask_on(self.nc, verb, request, timeout=ASK_TIMEOUT)
         except control.ControlError as exc:

@@ -10,10 +10,12 @@ from dataclasses import dataclass, replace
 
 import msgspec
 
+from clawden import packagespec
 from clawden.bus import events as ev
 from clawden.bus.events import CLI_SCOPES as SCOPES
 
 DEFAULT_SCOPE = "group"
+OWN_GROUP = "."  # as a command's group: the caller's own
 
 ENGAGE_MODES = ("pattern", "mention", "mention-sticky")
 SENDER_SCOPES = ("all", "known")
@@ -57,6 +59,11 @@ SETTINGS_OPTIONS: dict[str, tuple[str, ...]] = {
     "--idle-timeout": (),
 }
 
+# Packages an agent may ask for in its group's image (clawden/groupimage.py builds it once an admin approves);
+# each of --apt, --npm and --pip may repeat, and --reason says why, for the admin.
+PACKAGE_OPTIONS: dict[str, tuple[str, ...]] = {"--apt": (), "--npm": (), "--pip": (), "--reason": ()}
+LIST_OPTIONS = frozenset({"--apt", "--npm", "--pip"})  # repeated: the values are kept, comma-separated
+
 COMMANDS: dict[str, Spec] = {
     "groups list": Spec(),
     "tasks list": Spec(options={"--group": (), "--status": TASK_STATES}),
@@ -77,6 +84,7 @@ COMMANDS: dict[str, Spec] = {
     ),
     "destinations remove": Spec(positionals=("agent_group", "name"), write=True),
     "groups update": Spec(positionals=("agent_group",), options=SETTINGS_OPTIONS, write=True),
+    "groups packages add": Spec(positionals=("agent_group",), options=PACKAGE_OPTIONS, write=True),
 }
 # `clawden groups` is `clawden groups list`, as in the owner's CLI.
 DEFAULT_VERB = {"groups": "list", "tasks": "list", "destinations": "list", "members": "list", "wire": "list"}
@@ -114,6 +122,8 @@ def _name(argv: list[str]) -> tuple[str, list[str]]:
         raise BadCommand("no command; try `clawden help`")
     if argv[0] in COMMANDS:
         return argv[0], argv[1:]
+    if " ".join(argv[:3]) in COMMANDS:
+        return " ".join(argv[:3]), argv[3:]
     if len(argv) > 1 and not argv[1].startswith("-") and f"{argv[0]} {argv[1]}" in COMMANDS:
         return f"{argv[0]} {argv[1]}", argv[2:]
     if argv[0] in DEFAULT_VERB and (len(argv) == 1 or argv[1].startswith("-")):
@@ -178,7 +188,8 @@ def parse(argv: list[str]) -> Command:
             continue
         if word.startswith("--"):
             flag, eq, inline = word.partition("=")
-            args[flag] = _option(spec, flag, inline if eq else next(words, None))
+            value = _option(spec, flag, inline if eq else next(words, None))
+            args[flag] = f"{args[flag]},{value}" if flag in LIST_OPTIONS and flag in args else value
         else:
             positionals.append(word)
     if len(positionals) != len(spec.positionals):
@@ -187,7 +198,23 @@ def parse(argv: list[str]) -> Command:
     command = Command(name, dict(zip(spec.positionals, positionals, strict=True)) | args)
     if name == "groups update":
         _check_settings(command.args)
+    if name == "groups packages add":
+        _check_packages(command.args)
     return command
+
+
+def packages(args: dict[str, str]) -> packagespec.Packages:
+    """A `groups packages add`'s packages."""
+    lists = (tuple(args[f"--{k}"].split(",")) if f"--{k}" in args else () for k in packagespec.KINDS)
+    return packagespec.Packages(*lists)
+
+
+def _check_packages(args: dict[str, str]) -> None:
+    asked = packages(args)
+    if asked.empty():
+        raise BadCommand("`clawden groups packages add` needs a package: --apt NAME, --npm NAME or --pip NAME")
+    if why := packagespec.problem(asked):
+        raise BadCommand(why)
 
 
 @dataclass(frozen=True)
@@ -216,6 +243,8 @@ def allow(cli_scope: str, caller_group: str, command: Command) -> Verdict:
         return Refuse(f"cli_scope {cli_scope!r} is not one of {', '.join(SCOPES)}")
     if cli_scope == "disabled":
         return Refuse(f"the clawden command is disabled for agent group {caller_group}")
+    if command.args.get("agent_group") == OWN_GROUP:  # the agent's tools need not know their group's name
+        command = replace(command, args=command.args | {"agent_group": caller_group})
     spec = COMMANDS[command.name]
     target = command.group
     if cli_scope == "group":
@@ -253,6 +282,11 @@ CHANGES: dict[str, Callable[[dict[str, str]], str]] = {
     "destinations remove": lambda a: f"Agent group {a['agent_group']} could no longer send to {a['name']!r}.",
     "groups update": lambda a: (
         f"Agent group {a['agent_group']}'s settings would change: {_options(a)} (at its next container start)."
+    ),
+    "groups packages add": lambda a: (
+        f"Agent group {a['agent_group']}'s image would be rebuilt with {packages(a).words()}, built offline from"
+        f" packages this host fetches, and this session's container restarted on it."
+        f" The agent's reason: {a.get('--reason') or '(none given)'}"
     ),
 }
 

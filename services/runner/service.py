@@ -50,6 +50,7 @@ from services.runner.containers import (
     group_run,
     mcp_failed,
 )
+from services.runner.images import Installer
 from services.runner.mounts import Allowlist, ExtraMount, MountRefused, MountRequest, resolve
 from services.runner.newagent import AgentMaker
 from services.runner.outbound import Action, Ask, ListTasks, Publish, Refused, Respond, translate
@@ -122,6 +123,9 @@ class Runner:
         self.admin = AdminDesk(ctx.nc, ctx.js, index, self.cfg.path("run", "admin"), self.owner_uid, self.note)
         # `create_agent`: new agent groups an agent asks for, made once an admin approves (newagent.py).
         self.maker = AgentMaker(ctx.nc, index, self.session_dir, self.cfg.groups_dir, self.note)
+        # Packages an agent asks for: its group's image built again once an admin approves (images.py).
+        self.installer = Installer(ctx.nc, index, self.cfg.runner.image, self.restart_session)
+        self.admin.doers["groups packages add"] = self.installer.do
 
     # --- paths ----------------------------------------------------------------------------------
 
@@ -690,6 +694,24 @@ class Runner:
         log.info("stopping container of %s (%s)", session_id, reason, extra={"session_id": session_id})
         await self.docker.stop_and_remove(live.container_id, timeout=1 if hung else STOP_GRACE)
 
+    async def restart_session(self, session_id: str) -> bool:
+        """Stop the session's running container now (what it said still goes out), so its next message starts
+        one from the group's current settings; its conversation is kept in the session folder."""
+        live = self.live.get(session_id)
+        if live is None or not live.container_id or live.stopping:
+            return False
+        await self.stop_session(session_id, "restarting on the group's current settings")
+        await self.pump(session_id)
+        if self.live.get(session_id) is live:  # gone now: the death that follows finds nothing to do
+            self._forget(session_id)
+        return True
+
+    async def ctl_restart(self, request: runner_api.Restart) -> runner_api.Restarted:
+        """`clawden groups restart`: every running container of the group."""
+        sessions = [sid for sid, live in self.live.items() if live.info.agent_group == request.agent_group]
+        stopped = [await self.restart_session(sid) for sid in sessions]
+        return runner_api.Restarted(stopped=sum(stopped))
+
     async def _check(self, live: Live) -> None:
         """Idle stop, or hang detection from the agent's heartbeat, for one running container."""
         busy = await asyncio.to_thread(sessiondb.has_unanswered, live.folder)
@@ -837,6 +859,7 @@ async def main(ctx: ServiceContext) -> None:
     ctx.stats["runner"] = runner.counters
     ctx.stats["cli"] = runner.admin.counters
     await ctx.endpoint(runner_api.CONTAINERS, runner.ctl_containers)
+    await ctx.endpoint(runner_api.RESTART, runner.ctl_restart)
     try:
         await docker.ping()
         runner.engine_cpus = await docker.engine_cpus()

@@ -1,10 +1,11 @@
-"""The runner's control verb (`clawden.ctl.runner.containers`), for `clawden status`."""
+"""The runner's control verbs: `clawden.ctl.runner.containers` for `clawden status`, and
+`clawden.ctl.runner.restart` for `clawden groups restart`."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from clawden.bus.ctl.verb import Nothing, Reply, declare
+from clawden.bus.ctl.verb import Nothing, Reply, Request, declare
 
 SERVICE = "runner"
 
@@ -32,3 +33,17 @@ class Containers(Reply, frozen=True):
 
 
 CONTAINERS = declare(SERVICE, "containers", Nothing, Containers)
+
+
+class Restart(Request, frozen=True):
+    """Stop the group's running containers; each conversation continues at its next message, in a container
+    started from the group's current settings (its image after `clawden groups packages add`)."""
+
+    agent_group: str
+
+
+class Restarted(Reply, frozen=True):
+    stopped: int
+
+
+RESTART = declare(SERVICE, "restart", Restart, Restarted)

@@ -21,6 +21,7 @@ from clawden.bus.ctl import router as ctl
 from clawden.bus.ctl.common import CAPABILITIES
 from clawden.bus.events import AGENT_CHANNEL, DEFAULT_MAX_HOPS, EFFORTS
 from clawden.cli.commands import mcp as mcp_cli
+from clawden.cli.commands import packages as packages_cli
 from clawden.cli.commands import skills as skills_cli
 from clawden.cli.commands._args import LIMIT, PRIORITY, int_between
 from clawden.cli.commands._output import show as _show
@@ -569,6 +570,7 @@ def register(sub: Sub) -> None:
     v.add_argument("--yes", action="store_true", help="do not ask (needed where nobody can answer)")
     skills_cli.register(verbs)
     mcp_cli.register(verbs)
+    packages_cli.register(verbs)
 
     p, verbs = _resource(sub, "chats", "chats (messaging groups): list, create, update, delete")
     p.set_defaults(func=chats_list, channel=None)

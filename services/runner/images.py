@@ -1,0 +1,75 @@
+"""Packages an agent asked for (`install_packages`, or `clawden groups packages add` in its container), done by
+the runner once an admin approved: the group's image is built again with them (clawden/groupimage.py, no
+network in the build), made the group's image in the router and in the runner's own copy of its settings,
+and the session's container restarted on it; its conversation goes on there (the Claude session id is in the
+session folder). A failed build changes nothing. What happened is the agent's next message either way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.aio.client import Client
+
+from clawden import control, groupimage
+from clawden.bus import events as ev
+from clawden.bus.ctl import router as router_api
+from clawden.packagespec import Packages
+from services.runner import scope
+from services.runner.sessions import SessionIndex, SessionInfo
+
+log = logging.getLogger("clawden.runner.images")
+ASK_TIMEOUT = 10.0
+
+Restart = Callable[[str], Awaitable[object]]  # a session id: stop its container, so its next message starts one
+
+
+class Installer:
+    """Builds a group's image with more packages and restarts the asking session on it."""
+
+    def __init__(self, nc: Client, index: SessionIndex, runner_image: str, restart: Restart) -> None:
+        self.nc, self.index, self.runner_image, self.restart = nc, index, runner_image, restart
+        self.lock = asyncio.Lock()  # one build at a time: the machine is small, and two of a group would race
+
+    async def do(self, info: SessionInfo, command: scope.Command, by: str) -> str:
+        """An approved `groups packages add` (admin.py's Doer)."""
+        return await self.install(info, scope.packages(command.args), by)
+
+    async def install(self, info: SessionInfo, wanted: Packages, by: str) -> str:
+        """Do it; the words for the agent."""
+        group = await control.ask_on(
+            self.nc, router_api.GROUPS_GET, router_api.GroupGet(name=info.agent_group), timeout=ASK_TIMEOUT
+        )
+        setting = group.container.image or ""
+        async with self.lock:
+            try:
+                tag, packages, _built = await asyncio.to_thread(
+                    groupimage.rebuild, group.name, setting, self.runner_image, lambda have: have.plus(wanted), log=_log
+                )
+            except groupimage.BuildError as exc:
+                log.warning("image of %s not built: %s", group.name, exc, extra={"session_id": info.id})
+                return (
+                    f"Installing {wanted.words()} was approved by {by}, but the image could not be built: {exc}."
+                    " Nothing changed; your container keeps its image."
+                )
+        await self.use(group.name, "" if tag == self.runner_image else tag, setting)
+        await self.restart(info.id)
+        return (
+            f"Installing {wanted.words()} was approved by {by} and done: your container now runs {tag}"
+            f" ({packages.words()}). It was restarted on it; this conversation goes on, and you can use them now."
+        )
+
+    async def use(self, agent_group: str, image: str, setting: str) -> None:
+        """Make `image` the group's, in the router (for every later wake) and in the runner's copy now."""
+        if image != setting:
+            update = router_api.GroupUpdate(name=agent_group, container=router_api.ContainerSettings(image=image))
+            await control.ask_on(self.nc, router_api.GROUPS_UPDATE, update, timeout=ASK_TIMEOUT)
+        kept = self.index.group_settings(agent_group) or ev.GroupSettings()
+        # The same changed_at: the router's next snapshot, which says the same and more, replaces this one.
+        await self.index.run(self.index.set_group_settings, agent_group, msgspec.structs.replace(kept, image=image))
+
+
+def _log(line: str) -> None:
+    log.info("%s", line)

@@ -1,0 +1,114 @@
+"""`install_packages` end to end, with real containers and the fake model: the agent asks for Debian's jq, an admin
+decides on the card, and on approval the runner builds the group's image with no network (jq and its library
+from this host's apt cache or its installed copy), restarts the session's container on it, and the same
+conversation goes on there, where jq runs. Denied, nothing changes. One image build in all."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from clawden import config as config_mod
+from clawden import control, groupimage, sessiondb
+from clawden.bus import events as ev
+from clawden.bus.ctl import router as router_api
+from clawden.dockercli import docker, image_labels
+from clawden.packagespec import Packages, image_tag
+from tests.admin.test_agent_cli import reply_with
+from tests.e2e.harness import Stack, Terminal
+from tests.e2e.test_credential_approval import button, card_for, click
+from tests.e2e.test_tools import run_tool
+from tests.eventually import eventually
+
+pytestmark = pytest.mark.docker
+OWNER = f"local:{getpass.getuser()}"
+JQ = {"apt": ["jq"], "reason": "to read the JSON reports"}
+JQ_RUN = {"command": "echo '{\"a\": [1, 2, 3]}' | jq -c '.a | length'", "description": "count with jq"}
+
+
+@pytest.fixture
+async def term(stack: Stack) -> AsyncIterator[Terminal]:
+    async with Terminal(stack, "terminal") as t:  # also the owner's direct chat, where the cards go
+        await stack.wait_until_idle((await t.ask("hello", timeout=90)).session_id)
+        yield t
+
+
+async def group_image(stack: Stack) -> str:
+    group = await control.ask(config_mod.load(stack.home), router_api.GROUPS_GET, router_api.GroupGet(name="main"))
+    return group.container.image or ""
+
+
+def main_container(stack: Stack) -> tuple[str, str]:
+    """The id and image of main's one running container."""
+    [box] = [c for c in stack.containers() if c.labels.get("dev.clawden.agent-group") == "main"]
+    return box.id, str(box.attrs["Config"]["Image"])
+
+
+def jq_tag(stack: Stack) -> str:
+    """The tag the approved request builds, removed first so that this run builds it (one build in CI)."""
+    base = config_mod.load(stack.home).runner.image
+    base_id, _installed, _codename = groupimage.base_facts(base)
+    tag = image_tag("main", base_id, Packages(apt=("jq",)))
+    docker(["docker", "image", "rm", "--force", tag])
+    return tag
+
+
+async def ask_for_jq(stack: Stack, term: Terminal) -> ev.OutboundMessage:
+    """The agent calls install_packages; the card the owner gets."""
+    asked = await run_tool(stack, term, "install_packages", JQ)
+    assert "approval pending" in asked, asked
+    card = await card_for(term)
+    assert card.card is not None
+    assert "main's image would be rebuilt with apt jq" in card.card.body
+    assert "to read the JSON reports" in card.card.body
+    return card
+
+
+def conversation(folder: Path) -> str | None:
+    return sessiondb.get_state(folder, sessiondb.CONVERSATION_KEY)
+
+
+async def test_a_denied_install_changes_nothing_and_the_agent_is_told(stack: Stack, term: Terminal) -> None:
+    tag = jq_tag(stack)
+    before = main_container(stack)
+    card = await ask_for_jq(stack, term)
+
+    await click(term, card, button(card, approve=False), OWNER)
+
+    told = await reply_with(term, "was denied")
+    assert f"denied by {OWNER}" in told.text and "nothing was changed" in told.text
+    assert await group_image(stack) == ""
+    assert main_container(stack) == before  # not restarted
+    assert image_labels(tag) is None  # nothing built
+    jq = await run_tool(stack, term, "Bash", JQ_RUN)
+    assert "jq: not found" in jq or "command not found" in jq
+
+
+async def test_an_approved_install_rebuilds_restarts_and_the_conversation_goes_on_with_jq(
+    stack: Stack, term: Terminal
+) -> None:
+    tag = jq_tag(stack)
+    folder = stack.home / "sessions" / "main" / (await term.ask("which session?")).session_id
+    claude_session = conversation(folder)
+    old_container, old_image = main_container(stack)
+    card = await ask_for_jq(stack, term)
+
+    await click(term, card, button(card, approve=True), OWNER)
+
+    told = await reply_with(term, "was approved by", timeout=300)
+    assert f"Installing apt jq was approved by {OWNER} and done: your container now runs {tag}" in told.text
+    assert await group_image(stack) == tag
+    labels = image_labels(tag)
+    assert labels is not None and json.loads(labels["dev.clawden.packages"])["apt"] == ["jq"]
+    await eventually(lambda: main_container(stack)[0] != old_container, timeout=60)
+    assert main_container(stack)[1] == tag and old_image != tag
+
+    jq = await run_tool(stack, term, "Bash", JQ_RUN)
+    assert jq.strip().splitlines()[0] == "3", jq
+    assert claude_session and conversation(folder) == claude_session  # the same Claude Code conversation, resumed
+    last = stack.fake.messages_requests(with_tools=True)[-1].body["messages"]
+    assert "install_packages" in json.dumps(last)  # what came before the restart is in the model's context
