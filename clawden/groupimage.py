@@ -79,9 +79,11 @@ def apt_closure(names: tuple[str, ...]) -> list[str]:
     """The packages with every dependency (Depends, Pre-Depends), from this host's apt lists."""
     flags = ["--recurse", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces"]
     result = _run(["apt-cache", "depends", *flags, "--no-enhances", *names])
-    if result.returncode != 0:
-        raise BuildError(f"apt does not know {' '.join(names)}: {_tail(result.stderr)}")
-    return [line.strip() for line in result.stdout.splitlines() if line and not line.startswith(" ")]
+    closure = [line.strip() for line in result.stdout.splitlines() if line and not line.startswith(" ")]
+    if unknown := [name for name in names if name not in closure]:
+        known = "this host's apt knows no Debian package"
+        raise BuildError(f"{known} {', '.join(unknown)} (check the name, or run apt-get update)")
+    return closure
 
 
 def host_codename() -> str:

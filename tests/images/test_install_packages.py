@@ -5,8 +5,11 @@ conversation goes on there, where jq runs. Denied, nothing changes. One image bu
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -84,6 +87,7 @@ async def test_a_denied_install_changes_nothing_and_the_agent_is_told(stack: Sta
     assert await group_image(stack) == ""
     assert main_container(stack) == before  # not restarted
     assert image_labels(tag) is None  # nothing built
+    await stack.wait_until_idle(told.session_id)  # the turn that was told ends before the next is scripted
     jq = await run_tool(stack, term, "Bash", JQ_RUN)
     assert "jq: not found" in jq or "command not found" in jq
 
@@ -92,7 +96,9 @@ async def test_an_approved_install_rebuilds_restarts_and_the_conversation_goes_o
     stack: Stack, term: Terminal
 ) -> None:
     tag = jq_tag(stack)
-    folder = stack.home / "sessions" / "main" / (await term.ask("which session?")).session_id
+    session_id = (await term.ask("which session?")).session_id
+    await stack.wait_until_idle(session_id)
+    folder = stack.home / "sessions" / "main" / session_id
     claude_session = conversation(folder)
     old_container, old_image = main_container(stack)
     card = await ask_for_jq(stack, term)
@@ -107,8 +113,43 @@ async def test_an_approved_install_rebuilds_restarts_and_the_conversation_goes_o
     await eventually(lambda: main_container(stack)[0] != old_container, timeout=60)
     assert main_container(stack)[1] == tag and old_image != tag
 
+    await stack.wait_until_idle(told.session_id)
     jq = await run_tool(stack, term, "Bash", JQ_RUN)
     assert jq.strip().splitlines()[0] == "3", jq
     assert claude_session and conversation(folder) == claude_session  # the same Claude Code conversation, resumed
     last = stack.fake.messages_requests(with_tools=True)[-1].body["messages"]
     assert "install_packages" in json.dumps(last)  # what came before the restart is in the model's context
+
+
+def clawden(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "clawden", *args]
+    return subprocess.run(cmd, env=stack.env(), capture_output=True, text=True, timeout=120)
+
+
+async def test_the_owners_cli_lists_keeps_refuses_restarts_and_removes(stack: Stack, term: Terminal) -> None:
+    """After the approved install: no second build for the same packages, a bad name refused with the group's image
+    kept, a restart that stops the container (the next message starts one on the group's image), and remove."""
+    tag = await group_image(stack)
+    assert tag.startswith("clawden-agent:main-")
+
+    listed = await asyncio.to_thread(clawden, stack, "groups", "packages", "list", "main", "--json")
+    assert json.loads(listed.stdout) == {"group": "main", "image": tag, "apt": ["jq"], "npm": [], "pip": []}
+    again = await asyncio.to_thread(clawden, stack, "groups", "packages", "add", "main", "--apt", "jq", "--verbose")
+    assert again.returncode == 0 and f"{tag} is current (same base, same packages): nothing to build" in again.stdout
+    bad = await asyncio.to_thread(clawden, stack, "groups", "packages", "add", "main", "--apt", "no-such-package-zz")
+    assert bad.returncode != 0
+    assert "knows no Debian package no-such-package-zz" in bad.stderr and f"agent group main keeps {tag}" in bad.stderr
+    assert await group_image(stack) == tag
+    options = await asyncio.to_thread(clawden, stack, "groups", "packages", "add", "main", "--apt=jq;rm")
+    assert options.returncode != 0 and "'jq;rm' is not a apt package name" in options.stderr
+
+    before, _ = main_container(stack)
+    restarted = await asyncio.to_thread(clawden, stack, "groups", "restart", "main")
+    assert restarted.returncode == 0 and "1 container(s) stopped" in restarted.stdout, restarted
+    await eventually(lambda: not [c for c in stack.containers() if c.id == before])
+    await term.ask("are you back?", timeout=90)
+    assert main_container(stack)[1] == tag
+
+    removed = await asyncio.to_thread(clawden, stack, "groups", "packages", "remove", "main", "--apt", "jq")
+    assert removed.returncode == 0 and "runs clawden-agent:latest (nothing)" in removed.stdout
+    assert await group_image(stack) == ""
