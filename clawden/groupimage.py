@@ -60,11 +60,16 @@ def _tail(text: str, lines: int = 5) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
 
 
-def base_facts(base: str) -> tuple[str, set[str], str]:
-    """The base image's id, the Debian packages it has installed, and its Debian codename."""
+def base_id(base: str) -> str:
+    """The base image's id (part of the group image's tag)."""
     result = docker(["docker", "image", "inspect", "--format", "{{.Id}}", base])
     if result.returncode != 0:
         raise BuildError(f"base image {base} is missing; build it with `clawden image build`")
+    return result.stdout.strip()
+
+
+def base_packages(base: str) -> tuple[set[str], str]:
+    """The Debian packages the base image has installed, and its Debian codename."""
     script = "dpkg-query -W -f '${Package}\\n'; . /etc/os-release; echo \"codename=$VERSION_CODENAME\""
     cmd = ["docker", "run", "--rm", "--network", "none", "--user", "0:0", "--entrypoint", "sh", base, "-c", script]
     probe = docker(cmd)
@@ -72,7 +77,7 @@ def base_facts(base: str) -> tuple[str, set[str], str]:
         raise BuildError(f"cannot list the packages of {base}: {_tail(probe.stderr)}")
     lines = probe.stdout.split()
     codename = next((line.partition("=")[2] for line in lines if line.startswith("codename=")), "")
-    return result.stdout.strip(), {line for line in lines if "=" not in line}, codename
+    return {line for line in lines if "=" not in line}, codename
 
 
 def apt_closure(names: tuple[str, ...]) -> list[str]:
@@ -226,11 +231,12 @@ def build(group: str, packages: Packages, *, base: str = BASE_TAG, log: Log = pr
         raise BuildError(why)
     if packages.empty():
         return base, False
-    base_id, installed, codename = base_facts(base)
-    tag = image_tag(group, base_id, packages)
+    identity = base_id(base)
+    tag = image_tag(group, identity, packages)
     if image_labels(tag) is not None:
         log(f"{tag} is current (same base, same packages): nothing to build")
         return tag, False
+    installed, codename = base_packages(base)
     with tempfile.TemporaryDirectory(prefix="clawden-group-image-") as tmp:
         ctx = Path(tmp)
         if packages.apt:
@@ -240,7 +246,7 @@ def build(group: str, packages: Packages, *, base: str = BASE_TAG, log: Log = pr
         if packages.pip:
             fetch_pip(packages.pip, ctx / "wheels", base, log)
         (ctx / "Dockerfile").write_text(dockerfile(packages))
-        _docker_build(ctx, tag, base, base_id, group, packages, log)
+        _docker_build(ctx, tag, base, identity, group, packages, log)
     log(f"built {tag} ({packages.words()})")
     return tag, True
 

@@ -54,8 +54,7 @@ def main_container(stack: Stack) -> tuple[str, str]:
 def jq_tag(stack: Stack) -> str:
     """The tag the approved request builds, removed first so that this run builds it (one build in CI)."""
     base = config_mod.load(stack.home).runner.image
-    base_id, _installed, _codename = groupimage.base_facts(base)
-    tag = image_tag("main", base_id, Packages(apt=("jq",)))
+    tag = image_tag("main", groupimage.base_id(base), Packages(apt=("jq",)))
     docker(["docker", "image", "rm", "--force", tag])
     return tag
 
