@@ -347,7 +347,20 @@ class Tools:
             argv += [a for name in _names(args, kind) for a in (f"--{kind}", name)]
         if len(argv) == 4:
             raise ToolError("Name at least one package in `apt`, `npm` or `pip`.")
-        argv += ["--reason", _str(args, "reason", limit=1000)]
+        return await self._ask_admin([*argv, "--reason", _str(args, "reason", limit=1000)])
+
+    async def add_mcp_server(self, args: dict[str, Any]) -> str:
+        """Ask an admin for a stdio MCP server in this group, the same way as install_packages."""
+        argv = ["groups", "mcp", "add", ".", _str(args, "name", limit=64), f"--command={_str(args, 'command')}"]
+        argv += [f"--arg={a}" for a in _names(args, "args")]
+        env = args.get("env") or {}
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise ToolError("`env` must be an object of NAME: value strings.")
+        argv += [f"--env={k}={v}" for k, v in env.items()]
+        return await self._ask_admin([*argv, "--reason", _str(args, "reason", limit=1000)])
+
+    async def _ask_admin(self, argv: list[str]) -> str:
+        """A write of the host's `clawden` (the admin socket): its answer now, its outcome later as a message."""
         try:
             answer = await asyncio.to_thread(admin_cli.ask, argv, admin_cli.socket_path())
         except (OSError, ValueError) as exc:
@@ -407,7 +420,7 @@ def delivery_status(seq: int, known: sessiondb.Delivery | None) -> str:
 def _names(args: dict[str, Any], key: str) -> list[str]:
     value = args.get(key) or []
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ToolError(f"`{key}` must be a list of package names.")
+        raise ToolError(f"`{key}` must be a list of names (non-empty strings).")
     if len(value) > MAX_PACKAGES:
         raise ToolError(f"At most {MAX_PACKAGES} `{key}` packages at once.")
     return [v.strip() for v in value]
@@ -540,6 +553,23 @@ SPECS: list[tuple[str, str, dict[str, Any]]] = [
         "until an admin approves; then the image is rebuilt, your container restarts on it and this conversation "
         "goes on there. You are told the outcome in a message.",
         _schema({"apt": _NAMES, "npm": _NAMES, "pip": _NAMES, "reason": _STRING}, ["reason"]),
+    ),
+    (
+        "add_mcp_server",
+        "Ask an admin to give your group a stdio MCP server: its `name`, the `command` that starts it in your "
+        "container (a program in the image or your agent folder), its `args`, its `env` (put no secret there: a "
+        "credential stays in the vault, give the variable the value 'clawden-managed') and the `reason` the admin "
+        "reads. On approval your container restarts with it and this conversation goes on; you are told the outcome.",
+        _schema(
+            {
+                "name": _STRING,
+                "command": _STRING,
+                "args": _NAMES,
+                "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                "reason": _STRING,
+            },
+            ["name", "command", "reason"],
+        ),
     ),
 ]
 

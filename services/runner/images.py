@@ -2,7 +2,8 @@
 the runner once an admin approved: the group's image is built again with them (clawden/groupimage.py, no
 network in the build), made the group's image in the router and in the runner's own copy of its settings,
 and the session's container restarted on it; its conversation goes on there (the Claude session id is in the
-session folder). A failed build changes nothing. What happened is the agent's next message either way."""
+session folder). A failed build changes nothing. What happened is the agent's next message either way. An MCP
+server an agent asked for (`add_mcp_server`) joins the group's servers the same way, with no build."""
 
 from __future__ import annotations
 
@@ -59,6 +60,31 @@ class Installer:
         return (
             f"Installing {wanted.words()} was approved by {by} and done: your container now runs {tag}"
             f" ({packages.words()}). It was restarted on it; this conversation goes on, and you can use them now."
+        )
+
+    async def add_server(self, info: SessionInfo, command: scope.Command, by: str) -> str:
+        """An approved `groups mcp add` (add_mcp_server): the server joins the group's in the router and the
+        runner's copy, and the session's container restarts with it. One of that name already is not replaced."""
+        name, server = command.args["name"], scope.mcp_server(command.args)
+        group = await control.ask_on(
+            self.nc, router_api.GROUPS_GET, router_api.GroupGet(name=info.agent_group), timeout=ASK_TIMEOUT
+        )
+        servers = dict(group.container.mcp or {})
+        if name in servers:
+            said = f"Adding the MCP server {name!r} was approved by {by}"
+            return f"{said}, but the group already has one of that name; nothing changed."
+        servers[name] = server
+        update = router_api.GroupUpdate(name=group.name, container=router_api.ContainerSettings(mcp=servers))
+        try:
+            await control.ask_on(self.nc, router_api.GROUPS_UPDATE, update, timeout=ASK_TIMEOUT)
+        except control.ControlError as exc:
+            return f"Adding the MCP server {name!r} was approved by {by}, but the router refused it: {exc}"
+        kept = self.index.group_settings(group.name) or ev.GroupSettings()
+        await self.index.run(self.index.set_group_settings, group.name, msgspec.structs.replace(kept, mcp=servers))
+        await self.restart(info.id)
+        return (
+            f"Adding the MCP server {name!r} was approved by {by} and done: your container was restarted with it;"
+            " this conversation goes on, and its tools are yours (search for them by name)."
         )
 
     async def use(self, agent_group: str, image: str, setting: str) -> None:

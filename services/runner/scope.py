@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import msgspec
 
-from clawden import packagespec
+from clawden import mcpservers, packagespec
 from clawden.bus import events as ev
 from clawden.bus.events import CLI_SCOPES as SCOPES
 
@@ -62,7 +62,10 @@ SETTINGS_OPTIONS: dict[str, tuple[str, ...]] = {
 # Packages an agent may ask for in its group's image (clawden/groupimage.py builds it once an admin approves);
 # each of --apt, --npm and --pip may repeat, and --reason says why, for the admin.
 PACKAGE_OPTIONS: dict[str, tuple[str, ...]] = {"--apt": (), "--npm": (), "--pip": (), "--reason": ()}
-LIST_OPTIONS = frozenset({"--apt", "--npm", "--pip"})  # repeated: the values are kept, comma-separated
+# A stdio MCP server an agent may ask for (add_mcp_server): its command, each argument and each NAME=VALUE.
+MCP_OPTIONS: dict[str, tuple[str, ...]] = {"--command": (), "--arg": (), "--env": (), "--reason": ()}
+LIST_OPTIONS = frozenset({"--apt", "--npm", "--pip", "--arg", "--env"})  # may repeat: every value is kept
+SEP = "\x00"  # between a list option's values: no argument holds it (parse refuses one)
 
 COMMANDS: dict[str, Spec] = {
     "groups list": Spec(),
@@ -85,6 +88,7 @@ COMMANDS: dict[str, Spec] = {
     "destinations remove": Spec(positionals=("agent_group", "name"), write=True),
     "groups update": Spec(positionals=("agent_group",), options=SETTINGS_OPTIONS, write=True),
     "groups packages add": Spec(positionals=("agent_group",), options=PACKAGE_OPTIONS, write=True),
+    "groups mcp add": Spec(positionals=("agent_group", "name"), options=MCP_OPTIONS, write=True),
 }
 # `clawden groups` is `clawden groups list`, as in the owner's CLI.
 DEFAULT_VERB = {"groups": "list", "tasks": "list", "destinations": "list", "members": "list", "wire": "list"}
@@ -113,7 +117,7 @@ class Command:
         words = ["clawden", *self.name.split(), *(self.args[p] for p in spec.positionals)]
         for flag, value in self.args.items():
             if flag.startswith("--"):
-                words += [flag, value]
+                words += [w for v in value.split(SEP) for w in ((f"{flag}={v}",) if v.startswith("-") else (flag, v))]
         return shlex.join(words)
 
 
@@ -189,7 +193,7 @@ def parse(argv: list[str]) -> Command:
         if word.startswith("--"):
             flag, eq, inline = word.partition("=")
             value = _option(spec, flag, inline if eq else next(words, None))
-            args[flag] = f"{args[flag]},{value}" if flag in LIST_OPTIONS and flag in args else value
+            args[flag] = f"{args[flag]}{SEP}{value}" if flag in LIST_OPTIONS and flag in args else value
         else:
             positionals.append(word)
     if len(positionals) != len(spec.positionals):
@@ -200,13 +204,29 @@ def parse(argv: list[str]) -> Command:
         _check_settings(command.args)
     if name == "groups packages add":
         _check_packages(command.args)
+    if name == "groups mcp add":
+        _check_mcp(command.args)
     return command
 
 
 def packages(args: dict[str, str]) -> packagespec.Packages:
     """A `groups packages add`'s packages."""
-    lists = (tuple(args[f"--{k}"].split(",")) if f"--{k}" in args else () for k in packagespec.KINDS)
+    lists = (tuple(args[f"--{k}"].split(SEP)) if f"--{k}" in args else () for k in packagespec.KINDS)
     return packagespec.Packages(*lists)
+
+
+def mcp_server(args: dict[str, str]) -> mcpservers.McpServer:
+    """A `groups mcp add`'s stdio server."""
+    listed = {flag: args[flag].split(SEP) if flag in args else [] for flag in ("--arg", "--env")}
+    env = dict(pair.partition("=")[::2] for pair in listed["--env"])
+    return mcpservers.McpServer(command=args.get("--command", ""), args=tuple(listed["--arg"]), env=env)
+
+
+def _check_mcp(args: dict[str, str]) -> None:
+    if "--env" in args and any("=" not in pair for pair in args["--env"].split(SEP)):
+        raise BadCommand("--env takes NAME=VALUE")
+    if why := mcpservers.problem(args["name"], mcp_server(args)):
+        raise BadCommand(why)
 
 
 def _check_packages(args: dict[str, str]) -> None:
@@ -287,6 +307,12 @@ CHANGES: dict[str, Callable[[dict[str, str]], str]] = {
         f"Agent group {a['agent_group']}'s image would be rebuilt with {packages(a).words()}, built offline from"
         f" packages this host fetches, and this session's container restarted on it."
         f" The agent's reason: {a.get('--reason') or '(none given)'}"
+    ),
+    "groups mcp add": lambda a: (
+        f"Agent group {a['agent_group']} would get the MCP server {a['name']!r}, run in its containers as"
+        f" {shlex.join((mcp_server(a).command, *mcp_server(a).args))}"
+        + "".join(f"\n  {k}={v}" for k, v in mcp_server(a).env.items())
+        + f"\nThis session's container restarts with it. The agent's reason: {a.get('--reason') or '(none given)'}"
     ),
 }
 

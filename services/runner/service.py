@@ -126,6 +126,7 @@ class Runner:
         # Packages an agent asks for: its group's image built again once an admin approves (images.py).
         self.installer = Installer(ctx.nc, index, self.cfg.runner.image, self.restart_session)
         self.admin.doers["groups packages add"] = self.installer.do
+        self.admin.doers["groups mcp add"] = self.installer.add_server
 
     # --- paths ----------------------------------------------------------------------------------
 

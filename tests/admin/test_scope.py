@@ -203,8 +203,8 @@ def test_a_read_changes_nothing_to_describe() -> None:
 HELP = [
     ("disabled", 0, False),
     ("bogus", 0, False),
-    ("group", 15, False),
-    ("global", 16, True),
+    ("group", 16, False),
+    ("global", 17, True),
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from clawden.mcpservers import McpServer
 from clawden.packagespec import (
     GROUP_LABEL,
     PACKAGES_LABEL,
@@ -18,7 +19,7 @@ from clawden.packagespec import (
     problem,
     tag_name,
 )
-from services.runner.scope import BadCommand, Write, allow, packages, parse
+from services.runner.scope import BadCommand, Write, allow, mcp_server, packages, parse
 
 JQ = Packages(apt=("jq",))
 
@@ -138,14 +139,18 @@ def test_install_packages_parses_as_the_owners_cli_spells_it() -> None:
     argv = ["groups", "packages", "add", ".", "--apt", "jq", "--apt=curl", "--pip", "x==1", "--reason", "why"]
     command = parse(argv)
     assert command.name == "groups packages add"
-    assert command.args == {"agent_group": ".", "--apt": "jq,curl", "--pip": "x==1", "--reason": "why"}
+    assert command.args == {"agent_group": ".", "--apt": "jq\x00curl", "--pip": "x==1", "--reason": "why"}
     assert packages(command.args) == Packages(apt=("jq", "curl"), pip=("x==1",))
 
 
 BAD = [
     (["groups", "packages", "add", "main", "--reason", "x"], "needs a package"),
     (["groups", "packages", "add", "main", "--apt", "-o=x"], "'-o=x' is not a apt package name"),
-    (["groups", "packages", "add", "main", "--apt", "a,--b"], "'--b' is not a apt package name"),
+    (["groups", "packages", "add", "main", "--apt", "a,--b"], "'a,--b' is not a apt package name"),
+    (["groups", "mcp", "add", "main", "t"], "give the command that starts it"),
+    (["groups", "mcp", "add", "main", "t", "--command", "x", "--env", "A"], "--env takes NAME=VALUE"),
+    (["groups", "mcp", "add", "main", "clawden", "--command", "x"], "the agent runner's own tools"),
+    (["groups", "mcp", "add", "main", "t", "--command", "x", "--env", "HTTPS_PROXY=http://x"], "the agent runner sets"),
     (["groups", "packages", "add", "main", "--deb", "x"], "unknown option --deb"),
 ]
 
@@ -167,3 +172,28 @@ def test_the_dot_is_the_callers_own_group_and_the_card_says_what_and_why() -> No
     assert getattr(other, "reason", "") == "agent group main may only see and change its own group, not ops"
     unexplained = allow("group", "main", parse(["groups", "packages", "add", "main", "--npm", "x"]))
     assert isinstance(unexplained, Write) and unexplained.change.endswith("(none given)")
+
+
+def test_add_mcp_server_parses_keeps_each_argument_and_shows_the_admin_what_would_run() -> None:
+    argv = ["groups", "mcp", "add", ".", "tickets", "--command=python3", "--arg=/workspace/agent/t.py", "--arg=--port"]
+    argv += ["--arg", "a,b", "--env=API=https://t.example", "--env", "TOKEN=clawden-managed", "--reason", "tickets"]
+    command = parse(argv)
+    assert mcp_server(command.args) == McpServer(
+        command="python3",
+        args=("/workspace/agent/t.py", "--port", "a,b"),
+        env={"API": "https://t.example", "TOKEN": "clawden-managed"},
+    )
+    verdict = allow("group", "main", command)
+    assert isinstance(verdict, Write)
+    assert verdict.command.line() == (
+        "clawden groups mcp add main tickets --command python3 --arg /workspace/agent/t.py --arg=--port"
+        " --arg a,b --env API=https://t.example --env TOKEN=clawden-managed --reason tickets"
+    )
+    assert verdict.change == (
+        "Agent group main would get the MCP server 'tickets', run in its containers as python3"
+        " /workspace/agent/t.py --port a,b\n  API=https://t.example\n  TOKEN=clawden-managed\n"
+        "This session's container restarts with it. The agent's reason: tickets"
+    )
+    bare = allow("group", "main", parse(["groups", "mcp", "add", "main", "t", "--command", "x"]))
+    assert isinstance(bare, Write) and mcp_server(bare.command.args) == McpServer(command="x")
+    assert bare.change.endswith("(none given)")
