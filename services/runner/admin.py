@@ -41,8 +41,9 @@ MAX_WAITING = 5  # writes of one session waiting for an admin at once
 
 Note = Callable[[SessionInfo, str, str], Awaitable[None]]  # (session, key, text): a word to the agent
 # A write the runner does itself rather than through a control verb (an image build): (session, command, the
-# approver) in, the words for the agent out.
-Doer = Callable[[SessionInfo, scope.Command, str], Awaitable[str]]
+# approver) in, the words for the agent out, or None when the doer tells the agent itself once done (a build
+# runs in the background, so no other decision waits for it).
+Doer = Callable[[SessionInfo, scope.Command, str], Awaitable[str | None]]
 
 
 class CliRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -332,10 +333,11 @@ class AdminDesk:
             text = await self._decided(info, decision, argv)
         except scope.BadCommand as exc:  # asked of an older runner whose commands were different
             text = f"Your command `clawden {shlex.join(argv)}` cannot run any more: {exc}"
-        await self.note(info, f"cli-outcome-{decision.id}", text)
+        if text is not None:
+            await self.note(info, f"cli-outcome-{decision.id}", text)
         return True
 
-    async def _decided(self, info: SessionInfo, decision: ev.ApprovalDecision, argv: list[str]) -> str:
+    async def _decided(self, info: SessionInfo, decision: ev.ApprovalDecision, argv: list[str]) -> str | None:
         command = scope.parse(argv)  # it parsed when asked; the parser is the same
         line = command.line()
         if decision.decision != "approved":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -25,18 +26,31 @@ log = logging.getLogger("clawden.runner.images")
 ASK_TIMEOUT = 10.0
 
 Restart = Callable[[str], Awaitable[object]]  # a session id: stop its container, so its next message starts one
+Note = Callable[[SessionInfo, str, str], Awaitable[None]]  # (session, key, text): a word to the agent
 
 
 class Installer:
     """Builds a group's image with more packages and restarts the asking session on it."""
 
-    def __init__(self, nc: Client, index: SessionIndex, runner_image: str, restart: Restart) -> None:
-        self.nc, self.index, self.runner_image, self.restart = nc, index, runner_image, restart
+    def __init__(self, nc: Client, index: SessionIndex, runner_image: str, restart: Restart, note: Note) -> None:
+        self.nc, self.index, self.runner_image, self.restart, self.note = nc, index, runner_image, restart, note
         self.lock = asyncio.Lock()  # one build at a time: the machine is small, and two of a group would race
+        self.tasks: set[asyncio.Task[None]] = set()
 
-    async def do(self, info: SessionInfo, command: scope.Command, by: str) -> str:
-        """An approved `groups packages add` (admin.py's Doer)."""
-        return await self.install(info, scope.packages(command.args), by)
+    async def do(self, info: SessionInfo, command: scope.Command, by: str) -> None:
+        """An approved `groups packages add` (admin.py's Doer): built in the background, so the runner's other
+        decisions do not wait for a build; the agent is told when it is done."""
+        task = asyncio.create_task(self._install_and_tell(info, scope.packages(command.args), by))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _install_and_tell(self, info: SessionInfo, wanted: Packages, by: str) -> None:
+        try:
+            text = await self.install(info, wanted, by)
+        except Exception as exc:  # the router gone, Docker gone: the agent hears it instead of nothing
+            log.exception("installing %s for %s failed", wanted.words(), info.id, extra={"session_id": info.id})
+            text = f"Installing {wanted.words()} was approved by {by}, but failed on the host ({type(exc).__name__})."
+        await self.note(info, f"install-{uuid.uuid4().hex[:16]}", text)
 
     async def install(self, info: SessionInfo, wanted: Packages, by: str) -> str:
         """Do it; the words for the agent."""

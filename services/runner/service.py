@@ -124,7 +124,7 @@ class Runner:
         # `create_agent`: new agent groups an agent asks for, made once an admin approves (newagent.py).
         self.maker = AgentMaker(ctx.nc, index, self.session_dir, self.cfg.groups_dir, self.note)
         # Packages an agent asks for: its group's image built again once an admin approves (images.py).
-        self.installer = Installer(ctx.nc, index, self.cfg.runner.image, self.restart_session)
+        self.installer = Installer(ctx.nc, index, self.cfg.runner.image, self.restart_session, self.note)
         self.admin.doers["groups packages add"] = self.installer.do
         self.admin.doers["groups mcp add"] = self.installer.add_server
 
