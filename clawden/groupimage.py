@@ -107,7 +107,7 @@ def fetch_deb(name: str, dest: Path, *, same_release: bool, caches: tuple[Path, 
         if found:
             shutil.copy2(found[-1], dest / found[-1].name)
             return f"{found[-1].name} from {cache}"
-    if same_release and _installed_on_host(name):
+    if same_release and _installed_on_host(name) and _pristine_on_host(name):
         return repack(name, dest)
     result = _run(["apt-get", "download", name], cwd=dest)
     if result.returncode != 0:
@@ -118,6 +118,13 @@ def fetch_deb(name: str, dest: Path, *, same_release: bool, caches: tuple[Path, 
 def _installed_on_host(name: str) -> bool:
     result = _run(["dpkg-query", "-W", "-f", "${Status}", name])
     return result.returncode == 0 and result.stdout.endswith("install ok installed")
+
+
+def _pristine_on_host(name: str) -> bool:
+    """Every file of the package as Debian shipped it (`dpkg --verify` finds nothing): a configuration file the
+    host's admin edited may hold the host's own secrets, and must never reach an agent's image."""
+    result = _run(["dpkg", "--verify", name])
+    return result.returncode == 0 and not result.stdout.strip()
 
 
 # Control fields a package built again from this host's installed copy keeps (the status stanza has more).
@@ -139,8 +146,11 @@ def repack(name: str, dest: Path) -> str:
         root = Path(tmp) / "root"
         (root / "DEBIAN").mkdir(parents=True)
         (root / "DEBIAN" / "control").write_text(_control_text(control))
-        _copy_listed(listing, root)
-        _copy_info(name, root / "DEBIAN")
+        try:
+            _copy_listed(listing, root)
+            _copy_info(name, root / "DEBIAN")
+        except OSError as exc:  # a file this user may not read: fetch the package instead
+            raise BuildError(f"cannot pack {name} from this host ({exc}); put its .deb in the apt cache") from exc
         out = dest / f"{name}_repacked.deb"
         result = _run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(out)])
         if result.returncode != 0:
