@@ -186,6 +186,7 @@ class _Side:
         self.reader = reader
         self.writer = writer
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+        self.held = b""  # bytes that go out with the next send (or flush)
 
     async def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         while True:
@@ -203,7 +204,20 @@ class _Side:
 
     def send(self, event: h11.Event) -> None:
         # h11 returns None only for ConnectionClosed, which this module never sends.
-        self.writer.write(self.conn.send(event) or b"")
+        data = self.held + (self.conn.send(event) or b"")
+        self.held = b""
+        if data:  # a content-length body's end is no bytes at all
+            self.writer.write(data)
+
+    def hold(self, event: h11.Event) -> None:
+        """Encode the event now, write it with the next send: one TLS record for a response's head and
+        body where the body is already here."""
+        self.held += self.conn.send(event) or b""
+
+    def flush(self) -> None:
+        if self.held:
+            self.writer.write(self.held)
+            self.held = b""
 
     def send_reply(self, reply: Reply, close: bool = False) -> None:
         headers = list(reply.headers)
@@ -947,7 +961,11 @@ class Gateway:
             bodiless = ex.method == "HEAD" or response.status in NO_BODY_STATUSES
             headers = [(k, scrubber.scrub(v)) for k, v in headers if bodiless or k.lower() != b"content-length"]
         # Without a content-length h11 frames the body as chunked, so SSE can flow event by event.
-        side.send(h11.Response(status_code=response.status, headers=headers, reason=response.reason))
+        head = h11.Response(status_code=response.status, headers=headers, reason=response.reason)
+        if self._upstream.body_here(response):
+            side.hold(head)  # goes with the body's first part, read without waiting
+        else:
+            side.send(head)  # the agent hears the status now; the body follows as it comes
         chunks = self._upstream.body_chunks(response)
         try:
             while True:
@@ -965,6 +983,7 @@ class Gateway:
                 if chunk:
                     side.send(h11.Data(data=chunk))
                     ex.bytes_out += len(chunk)
+                side.flush()  # the head, should the scrubber have held this part back
                 await side.writer.drain()
         finally:
             await chunks.aclose()
