@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from nats.aio.client import Client
-from nats.js import JetStreamContext
 
 from clawden import control, logs, unixsock
 from clawden.bus import events as ev
@@ -29,6 +27,7 @@ from clawden.bus import publish, subjects
 from clawden.bus.ctl import Verb
 from clawden.bus.ctl import router as router_api
 from clawden.bus.ctl import scheduler as scheduler_api
+from clawden.runtime import ServiceContext
 from services.runner import scope
 from services.runner.sessions import SessionIndex, SessionInfo
 
@@ -158,10 +157,9 @@ class AdminDesk:
     """The sessions' admin sockets and what comes in on them."""
 
     def __init__(
-        self, nc: Client, js: JetStreamContext, index: SessionIndex, run_dir: Path, owner_uid: int | None, note: Note
+        self, ctx: ServiceContext, index: SessionIndex, run_dir: Path, owner_uid: int | None, note: Note
     ) -> None:
-        self.nc, self.js, self.index, self.owner_uid, self.note = nc, js, index, owner_uid, note
-        self.run_dir = run_dir
+        self.ctx, self.index, self.run_dir, self.owner_uid, self.note = ctx, index, run_dir, owner_uid, note
         self.servers: dict[str, asyncio.Server] = {}
         self.counters = {"reads": 0, "writes_asked": 0, "writes_done": 0, "refused": 0}
         self.doers: dict[str, Doer] = {}  # by command name; the runner fills it in
@@ -256,7 +254,7 @@ class AdminDesk:
     async def cli_scope(self, agent_group: str) -> str:
         """The group's setting as the router has it now, so a change counts at the agent's next call."""
         group = await control.ask_on(
-            self.nc, router_api.GROUPS_GET, router_api.GroupGet(name=agent_group), timeout=ASK_TIMEOUT
+            self.ctx.nc, router_api.GROUPS_GET, router_api.GroupGet(name=agent_group), timeout=ASK_TIMEOUT
         )
         return group.container.cli_scope or scope.DEFAULT_SCOPE
 
@@ -278,7 +276,7 @@ class AdminDesk:
     async def _read(self, info: SessionInfo, read: scope.Read) -> CliReply:
         verb, request = read_request(read.command)
         try:
-            rows = await control.ask_on(self.nc, verb, request, timeout=ASK_TIMEOUT)
+            rows = await control.ask_on(self.ctx.nc, verb, request, timeout=ASK_TIMEOUT)
         except control.ControlError as exc:
             await self._audit(info, "failed", read.command.line(), str(exc))
             return CliReply(ok=False, error=str(exc))
@@ -307,7 +305,7 @@ class AdminDesk:
             context={"session_id": info.id, "channel": info.route.channel, "command": line},
         )
         await self.index.run(self.index.put_cli_write, request_id, info.id, argv)
-        await publish(self.js, subjects.APPROVAL_REQUEST, request, msg_id=f"approval:{request_id}")
+        await publish(self.ctx.js, subjects.APPROVAL_REQUEST, request, msg_id=f"approval:{request_id}")
         self.counters["writes_asked"] += 1
         await self._audit(info, "asked", line, "", approval=request_id)
         return CliReply(
@@ -358,7 +356,7 @@ class AdminDesk:
             return text
         verb, request = write_request(verdict.command)
         try:
-            done = await control.ask_on(self.nc, verb, request, timeout=ASK_TIMEOUT)
+            done = await control.ask_on(self.ctx.nc, verb, request, timeout=ASK_TIMEOUT)
         except control.ControlError as exc:
             await self._audit(info, "failed", line, str(exc), approval=decision.id)
             return f"Your command `{line}` was approved by {decision.decided_by}, but failed: {exc}"
@@ -381,6 +379,6 @@ class AdminDesk:
         )
         event = ev.AuditEvent(service="runner", kind=AUDIT_KIND, at=time.time(), summary=summary, fields=fields)
         try:
-            await self.nc.publish(subjects.event("runner", AUDIT_KIND), ev.encode(event))
+            await self.ctx.nc.publish(subjects.event("runner", AUDIT_KIND), ev.encode(event))
         except Exception as exc:  # logged above; the bus copy is lost, and that is said
             log.error("cannot publish the audit event of %s: %s", summary, exc)
