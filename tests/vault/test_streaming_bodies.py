@@ -21,6 +21,7 @@ from services.vault.catalog import Condition
 from services.vault.policy import CONDITION_BODY_LIMIT
 from tests.fakes.anthropic import FakeTLS
 from tests.vault.conftest import RigFactory, rule
+from tests.vault.sites import FakeUpstream, Received, Reply
 
 CHUNK = 16 * 1024
 
@@ -175,3 +176,43 @@ async def test_the_condition_on_that_path_does_read_a_small_body(
     status = await _upload(rig, streaming_site, "https://api.example.test/send", to_boss, (SEND_RULE_BIG_OK,))
 
     assert status == 403 and streaming_site.sent_at_head == -1  # blocked: the site never heard of it
+
+
+# ---- the response's head goes out at once unless its body is already here ----
+
+
+@pytest.mark.parametrize("first_part", [b"", b"hello"], ids=["no-body-yet", "part-of-the-body"])
+async def test_a_response_head_reaches_the_agent_before_a_body_the_site_has_not_sent(
+    rig: RigFactory, site: FakeUpstream, first_part: bytes
+) -> None:
+    # The gateway writes a head together with a body it already has; one still to come must not
+    # hold the head back. The site sends the rest only once the agent has read the head.
+    agent_has_head = asyncio.Event()
+    rest = b" world, after the head"
+
+    async def respond(request: Received, reply: Reply) -> None:
+        length = str(len(first_part) + len(rest)).encode()
+        await reply.send(h11.Response(status_code=200, headers=[(b"content-length", length)]))
+        if first_part:
+            await reply.send(h11.Data(data=first_part))
+        await asyncio.wait_for(agent_has_head.wait(), 20)
+        await reply.send(h11.Data(data=rest))
+        await reply.send(h11.EndOfMessage())
+
+    site.respond = respond
+    async with rig() as r, r.client() as http, http.stream("GET", "https://api.example.test/slow") as response:
+        agent_has_head.set()
+        body = await response.aread()
+
+    assert response.status_code == 200 and body == first_part + rest
+    assert r.audit[0].decision == "allowed" and r.audit[0].bytes_out == len(body)
+
+
+async def test_a_response_already_here_arrives_whole_in_one_answer(rig: RigFactory, site: FakeUpstream) -> None:
+    # The coalesced path: head and body in the site's one write, and another request after it on the
+    # same tunnel (the pooled upstream connection was read to its end).
+    async with rig() as r, r.client() as http:
+        answers = [await http.get(f"https://api.example.test/n{i}") for i in range(3)]
+
+    assert [a.json()["echo"] for a in answers] == ["/n0", "/n1", "/n2"]
+    assert site.connections == 1 and [a.bytes_out for a in r.audit] == [len(a.content) for a in answers]
