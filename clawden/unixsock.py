@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,12 +35,31 @@ def bind(path: Path, kind: int = socket.SOCK_STREAM, mode: int = 0o666) -> socke
     try:
         with short_path(path) as name:
             sock.bind(name)
-        os.chmod(path, mode)
+        chmod_socket(path, mode)
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def chmod_socket(path: Path, mode: int) -> None:
+    """Set the mode of the socket file at `path`, never of what a link put there names.
+
+    A socket may be bound in a folder its peer can write (a session folder the agent shares): between
+    the bind and a chmod by path, the agent could swap the socket for a link to a host file, and a runner
+    running as root would make that file world-writable. So the name is opened without following a
+    link, the inode is checked to be a socket, and that inode is changed through its descriptor."""
+    if not hasattr(os, "O_PATH"):  # macOS: lchmod exists there
+        os.chmod(path, mode, follow_symlinks=False)
+        return
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise OSError(errno.EEXIST, f"{path} was replaced after it was bound; not changing its mode")
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
 
 
 def ring(path: Path) -> bool:

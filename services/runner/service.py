@@ -793,7 +793,12 @@ class Runner:
             if container.status == "running" and info is not None and session_id not in self.live:
                 folder = self.session_dir(info)
                 live = Live(info, folder, container_id=str(container.id))
-                live.bell = await listen_bell(folder, functools.partial(self.kick, info.id), self.owner_uid)
+                try:
+                    live.bell = await listen_bell(folder, functools.partial(self.kick, info.id), self.owner_uid)
+                except OSError as exc:  # the agent's own folder: it must not stop the adoption of the others
+                    log.warning("cannot listen in %s (%s): its container is stopped", folder, exc)
+                    await self.docker.stop_and_remove(str(container.id), timeout=1)
+                    continue
                 await self.admin.open(info)
                 self.live[info.id] = live
                 self.kick(info.id)

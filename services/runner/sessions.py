@@ -225,6 +225,8 @@ class _Bell(asyncio.DatagramProtocol):
 async def listen_bell(folder: Path, on_ring: Callable[[], None], owner_uid: int | None) -> asyncio.DatagramTransport:
     """The host's doorbell in a session folder: the agent rings it after writing outbound.db."""
     path = folder / sessiondb.HOST_BELL
+    if path.is_dir() and not path.is_symlink():  # the agent may write here: a folder in the bell's place goes
+        shutil.rmtree(path)
     sock = unixsock.bind(path, socket.SOCK_DGRAM)  # bound by hand: uvloop takes no AF_UNIX local_addr
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: _Bell(on_ring), sock=sock)

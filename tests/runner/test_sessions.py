@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import stat
 from pathlib import Path
 
+from clawden import sessiondb, unixsock
 from clawden.bus import events as ev
-from services.runner.sessions import SessionIndex, SessionInfo
+from services.runner.sessions import SessionIndex, SessionInfo, listen_bell
 
 
 def routes(n: int, tag: str) -> list[ev.Route]:
@@ -57,3 +59,26 @@ async def test_destinations_are_replaced_whole_while_other_tasks_use_the_index(t
     reopened = SessionIndex.open(tmp_path / "runner.db")
     assert len(reopened.all()) == 300 and reopened.take_question("q-299") == ("s-1", ("ok",))
     assert reopened.group_settings("main") == ev.GroupSettings(pids=331, changed_at=299)
+
+
+async def test_the_host_bell_takes_back_its_place_from_a_folder_the_agent_put_there(tmp_path: Path) -> None:
+    """The session folder is the agent's to write: a folder named like the bell must not stop the runner
+    from listening (it would fail every adoption after a restart), and a link there is never followed."""
+    (tmp_path / sessiondb.HOST_BELL / "inner").mkdir(parents=True)
+    (tmp_path / sessiondb.HOST_BELL / "inner" / "file").write_text("x")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "keep").write_text("kept")
+    rang = asyncio.Event()
+    transport = await listen_bell(tmp_path, rang.set, None)
+    try:
+        assert stat.S_ISSOCK((tmp_path / sessiondb.HOST_BELL).lstat().st_mode)
+        assert unixsock.ring(tmp_path / sessiondb.HOST_BELL)
+        await rang.wait()
+    finally:
+        transport.close()
+    (tmp_path / sessiondb.HOST_BELL).unlink()
+    (tmp_path / sessiondb.HOST_BELL).symlink_to(outside)  # a link to a folder: replaced, its target untouched
+    transport = await listen_bell(tmp_path, rang.set, None)
+    transport.close()
+    assert (outside / "keep").read_text() == "kept"
