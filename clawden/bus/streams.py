@@ -183,8 +183,8 @@ async def ensure_streams(
 ) -> None:
     """Create each stream, or update it to the intended config. Safe to run from every service.
 
-    `replicas` is `nats.replicas`, which the services pass: it also changes an existing stream's count (a
-    single server's R1 streams become R3 once the config says 3 and the servers form a cluster). A client
+    `replicas` is `nats.replicas`, which the services pass: it also changes an existing stream's count (on a
+    cluster, a stream a client made with one copy becomes R3 once a service with replicas = 3 starts). A client
     that does not know it (`clawden chat`, a test) passes None: a new stream gets 1, an existing one keeps
     its count, so it never shrinks a cluster's streams. Durables follow their stream's count."""
     for stream in streams:

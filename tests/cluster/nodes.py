@@ -79,14 +79,14 @@ class Cluster:
         ca = str(self.out / "ca.pem") if self.tls else ""
         return await connect(urls, ident, ca_file=ca, nkeys_seed_str=seed, **options)
 
-    async def make_streams(self, nc: Client, timeout: float = 30) -> None:
-        """Clawden's streams at three replicas, as a core service makes them, once the nodes have elected
+    async def make_streams(self, nc: Client, timeout: float = 30, replicas: int = 3) -> None:
+        """Clawden's streams (three copies unless told), as a core service makes them, once the nodes have elected
         their JetStream meta leader (until then the API does not answer)."""
         js = nc.jetstream()
 
         async def made() -> bool:
             try:
-                await ensure_streams(js, replicas=3)
+                await ensure_streams(js, replicas=replicas)
             except Exception:
                 return False
             return True

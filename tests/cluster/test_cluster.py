@@ -72,6 +72,25 @@ async def test_the_router_identity_makes_r3_streams_over_tls(nodes: Cluster) -> 
         await nc.close()
 
 
+async def test_streams_made_with_one_copy_grow_to_three_when_the_config_says_so(nodes: Cluster) -> None:
+    nc = await nodes.connect("router")
+    try:
+        await nodes.make_streams(nc, replicas=1)  # as a client that does not know the count would
+        js = nc.jetstream()
+        assert (await js.stream_info("CLAWDEN_WAKE")).config.num_replicas == 1
+        await ensure_streams(js, replicas=3)  # what a service does with nats.replicas = 3
+        assert (await js.stream_info("CLAWDEN_WAKE")).config.num_replicas == 3
+
+        async def three_copies() -> bool:  # the two new copies catch up, then a leader is elected
+            cluster = (await js.stream_info("CLAWDEN_WAKE")).cluster
+            peers = cluster.replicas or [] if cluster else []
+            return bool(cluster and cluster.leader and len(peers) == 2 and all(p.current for p in peers))
+
+        await eventually(three_copies, 30, "the stream never had three copies")
+    finally:
+        await nc.close()
+
+
 async def test_a_bridge_identity_is_held_to_its_own_subjects_on_every_node(nodes: Cluster) -> None:
     core = await nodes.connect("router")
     await nodes.make_streams(core)
