@@ -124,7 +124,7 @@ def test_the_latest_settings_survive_a_reopen_and_a_late_older_snapshot_loses(tm
 
 
 def runner(home: Path, index: SessionIndex) -> Runner:
-    ctx = types.SimpleNamespace(config=config(home), js=None)  # on_wake needs no bus for what is tested
+    ctx = types.SimpleNamespace(config=config(home), js=None, nc=None)  # on_wake needs no bus for what is tested
     return Runner(cast(ServiceContext, ctx), cast(Docker, None), index)
 
 
