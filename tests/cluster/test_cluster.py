@@ -4,6 +4,9 @@ identities work on them, streams are R3, and a killed node loses no stored messa
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -15,8 +18,11 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError
 
+from clawden import config, control
 from clawden.bus import bind, consume, ensure_streams, publish, streams, subjects
 from clawden.bus import events as ev
+from clawden.bus.ctl import Nothing
+from clawden.bus.ctl.common import PING
 from tests.cluster.nodes import Cluster
 from tests.eventually import eventually
 
@@ -144,3 +150,32 @@ async def test_a_killed_node_loses_no_message_and_stores_none_twice(nodes: Clust
         await reading
         await bridge.close()
         await router.close()
+
+
+@pytest.fixture
+def tls_router(nodes: Cluster) -> Iterator[subprocess.Popen[bytes]]:
+    """`clawden run router`, as its unit runs it, with the cluster's `[nats]` lines in config.toml."""
+    toml = nodes.home / "config.toml"
+    toml.write_text(toml.read_text().replace('url = ""\n', nodes.nats_settings, 1))
+    env = dict(os.environ, CLAWDEN_HOME=str(nodes.home))
+    env.pop("CLAWDEN_NATS_URL", None)
+    with (nodes.home / "router.log").open("wb") as log:
+        router = subprocess.Popen([sys.executable, "-m", "clawden", "run", "router"], env=env, stdout=log, stderr=log)
+    yield router
+    router.terminate()
+    assert router.wait(30) == 0, (nodes.home / "router.log").read_text()
+
+
+@pytest.mark.process
+async def test_a_service_and_the_cli_reach_the_cluster_over_tls_from_the_config(
+    nodes: Cluster, tls_router: subprocess.Popen[bytes]
+) -> None:
+    cfg = config.load(nodes.home)
+    assert cfg.nats.replicas == 3 and cfg.nats.ca_file and cfg.nats_url.startswith("tls://")
+    pong = await control.ask(cfg, PING.at("router"), Nothing(), timeout=60)  # the CLI's connection, over TLS
+    assert pong.service == "router" and pong.pid == tls_router.pid
+    nc = await nodes.connect()
+    try:
+        assert (await nc.jetstream().stream_info("CLAWDEN_INBOUND")).config.num_replicas == 3  # the router made it
+    finally:
+        await nc.close()
