@@ -91,6 +91,25 @@ async def test_a_denied_install_changes_nothing_and_the_agent_is_told(stack: Sta
     assert "jq: not found" in jq or "command not found" in jq
 
 
+async def test_an_approved_install_that_cannot_be_built_changes_nothing_and_says_why(
+    stack: Stack, term: Terminal
+) -> None:
+    before = main_container(stack)
+    asked = await run_tool(stack, term, "install_packages", {"apt": ["no-such-package-zz"], "reason": "a typo"})
+    assert "approval pending" in asked, asked
+    card = await card_for(term)
+
+    await click(term, card, button(card, approve=True), OWNER)
+
+    told = await reply_with(term, "could not be built")
+    assert f"Installing apt no-such-package-zz was approved by {OWNER}, but the image could not be built" in told.text
+    assert "this host's apt knows no Debian package no-such-package-zz" in told.text
+    assert "Nothing changed; your container keeps its image." in told.text
+    assert await group_image(stack) == ""
+    assert main_container(stack) == before
+    await stack.wait_until_idle(told.session_id)
+
+
 async def test_an_approved_install_rebuilds_restarts_and_the_conversation_goes_on_with_jq(
     stack: Stack, term: Terminal
 ) -> None:
