@@ -90,6 +90,9 @@ class Grant:
     subscribes: tuple[str, ...] = ()  # core NATS subscriptions to stream subjects
     calls: tuple[str, ...] = ()  # control endpoints: (service, verb) as `service.verb`
     manages_streams: bool = False
+    # Control subjects it may serve, where not all of `clawden.ctl.<identity>.>`: a runner serves the shared
+    # ones and its own id's only (`clawden.ctl.runner.<id>.<verb>`), never another runner's.
+    serves: tuple[str, ...] = ()
 
 
 def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
@@ -115,9 +118,11 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
                 subjects.APPROVAL_REQUEST,
                 subjects.ALL_TASKS,
                 f"{subjects.PREFIX}.event.runner.>",  # the in-container `clawden`'s audit (services/runner/admin.py)
+                subjects.heartbeat(runner),  # its own only (services/runner/heartbeat.py)
             ),
             calls=("vault.gateway", "scheduler.list", *RUNNER_CLI_CALLS),
             manages_streams=True,
+            serves=(f"{subjects.PREFIX}.ctl.runner.*", f"{subjects.PREFIX}.ctl.runner.{subjects.token(runner)}.*"),
         ),
         "scheduler": Grant(
             consumes=(streams.scheduler_tasks(), streams.scheduler_chat_moves()),
@@ -156,6 +161,9 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
             subjects.receipt(WEB_CHANNEL),
             f"{subjects.PREFIX}.event.web.>",  # each change made from a page, with who made it
             "$SRV.STATS",
+            # every runner's containers for the status page: found by discovery, each asked at its own subject
+            "$SRV.INFO.clawden-runner",
+            f"{subjects.PREFIX}.ctl.runner.*.containers",
             *(f"$JS.API.CONSUMER.LIST.{s.name}" for s in streams.STREAMS),
         ),
         calls=WEB_CALLS,
@@ -197,7 +205,7 @@ def permissions(ident: str, grant: Grant) -> dict[str, Any]:
         publish += [f"$JS.API.STREAM.{verb}.{n}" for verb in ("CREATE", "UPDATE") for n in names]
     subscribe = [
         f"{inbox_prefix(ident)}.>",
-        f"{subjects.PREFIX}.ctl.{ident}.>",
+        *(grant.serves or (f"{subjects.PREFIX}.ctl.{ident}.>",)),
         "$SRV.*",
         f"$SRV.*.{service}",
         f"$SRV.*.{service}.*",

@@ -556,6 +556,23 @@ class AuditEvent(_Event, tag="audit", frozen=True):
     fields: dict[str, str] = {}
 
 
+class RunnerHeartbeat(_Event, tag="runner.heartbeat", frozen=True):
+    """A runner's word that it lives and how busy it is, every `every` seconds on `subjects.heartbeat(runner)`
+    (core NATS: a missed one is not replayed). Whoever places sessions reads the load from it; one that has
+    not come for a few `every`s means the runner is gone or cut off."""
+
+    runner: Token
+    at: float  # the runner's wall clock when it sent this
+    every: float  # seconds until the next one
+    slots: int  # containers it may run at once (`[runner] max_containers`)
+    running: int  # sessions with a container (starting, running or stopping)
+    queued: int  # sessions waiting for a slot
+    free: int  # slots - running, never below 0
+    cpus: int  # the host's CPUs
+    load: float  # the host's 1-minute load average
+    memory_available: int  # bytes the host could still give (MemAvailable), -1 where unknown
+
+
 # What a bridge publishes on its inbound subject.
 Inbound = InboundMessage | InboundEdit | InboundDelete | InboundAction | ChatMoved | MessagesLost
 # An edit or delete of a message a bridge passed on earlier.
@@ -578,6 +595,7 @@ Event = (
     | ApprovalRequest
     | ApprovalDecision
     | AuditEvent
+    | RunnerHeartbeat
 )
 
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)

@@ -94,3 +94,11 @@ ALL_WAKES = f"{PREFIX}.wake.>"
 ALL_TASKS = f"{PREFIX}.task.>"
 ALL_APPROVALS = f"{PREFIX}.approval.>"
 ALL_EVENTS = f"{PREFIX}.event.>"
+
+
+def heartbeat(runner: str) -> str:
+    """Where a runner says, every few seconds on core NATS (no stream keeps it), that it lives and how busy it is."""
+    return f"{PREFIX}.runner.heartbeat.{token(runner)}"
+
+
+ALL_HEARTBEATS = f"{PREFIX}.runner.heartbeat.*"

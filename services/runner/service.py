@@ -37,7 +37,7 @@ from clawden.bus.ctl import vault as vault_api
 from clawden.bus.streams import runner_decisions, runner_receipts, runner_wake
 from clawden.config import GroupConfig
 from clawden.runtime import ServiceContext, sleep_unless_stopping
-from services.runner import core
+from services.runner import core, heartbeat
 from services.runner.admin import AdminDesk
 from services.runner.containers import (
     LABEL_SESSION,
@@ -866,6 +866,9 @@ async def main(ctx: ServiceContext) -> None:
     ctx.stats["cli"] = runner.admin.counters
     await ctx.endpoint(runner_api.CONTAINERS, runner.ctl_containers)
     await ctx.endpoint(runner_api.RESTART, runner.ctl_restart)
+    # The same at clawden.ctl.runner.<id>.<verb>, where a caller that wants every runner asks each.
+    await heartbeat.serve_own(ctx, runner_api.CONTAINERS, runner.ctl_containers)
+    await heartbeat.serve_own(ctx, runner_api.RESTART, runner.ctl_restart)
     try:
         await docker.ping()
         runner.engine_cpus = await docker.engine_cpus()
@@ -887,6 +890,7 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(consume(decisions, ev.ApprovalDecision, runner.on_decision, stopping=ctx.stopping))
             tg.create_task(runner.housekeeping())
             tg.create_task(runner.dispatcher())
+            tg.create_task(heartbeat.run(ctx, lambda: (len(runner.live), len(runner.queue))))
     finally:
         await runner.shutdown()
         docker.close()

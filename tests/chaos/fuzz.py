@@ -49,6 +49,7 @@ KINDS: dict[str, tuple[type[Any], ...]] = {
     "approval.click": (ev.InboundAction,),
     "approval.decision": (ev.ApprovalDecision,),
     "event": (ev.AuditEvent,),
+    "heartbeat": (ev.RunnerHeartbeat,),  # core NATS; nothing in the stack reads it yet
     "ctl": (),
     "webhook": (),  # a platform's own body, verified by the front door: any JSON object
 }
@@ -91,8 +92,10 @@ def _concrete(pattern: str, runner: str, channels: tuple[str, ...]) -> list[tupl
     for family in ("inbound", "receipt"):
         if pattern.startswith(f"{p}.{family}."):
             return [(pattern, family, pattern.rsplit(".", 1)[1])]
-    if pattern.startswith(f"{p}.ctl."):
-        return [(pattern, "ctl", "")]
+    if pattern.startswith(f"{p}.runner.heartbeat."):
+        return [(pattern, "heartbeat", "")]
+    if pattern.startswith(f"{p}.ctl."):  # `ctl.runner.*.containers`: each runner's own, this stack's one
+        return [(pattern.replace("*", runner), "ctl", "")]
     if pattern.startswith(f"{p}.webhook."):
         return [(pattern, "webhook", pattern.rsplit(".", 1)[1])]
     if pattern.startswith(("$SRV.", "$JS.API.")):  # asked of every service's micro layer, or of the server

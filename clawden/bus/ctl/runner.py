@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from clawden.bus import subjects
 from clawden.bus.ctl.verb import Nothing, Reply, Request, declare
 
 SERVICE = "runner"
@@ -47,3 +48,13 @@ class Restarted(Reply, frozen=True):
 
 
 RESTART = declare(SERVICE, "restart", Restart, Restarted)
+
+# Each runner also answers these at its own subject, `clawden.ctl.runner.<id>.<verb>`: the shared one is a
+# queue group that reaches one runner of many, so a caller that wants all of them (status, a restart) finds
+# each by micro discovery and asks it there (`control.ask_all`).
+PER_RUNNER = (CONTAINERS, RESTART)
+
+
+def at_runner(runner_id: str, verb_name: str) -> str:
+    """The runner `runner_id`'s own subject for one of its verbs."""
+    return f"{subjects.ctl(SERVICE, runner_id)}.{subjects.token(verb_name)}"

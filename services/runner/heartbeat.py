@@ -1,0 +1,122 @@
+"""A runner among several: its heartbeat and its own control subjects.
+
+Every `EVERY` seconds the runner publishes a `RunnerHeartbeat` at `clawden.runner.heartbeat.<id>` (core NATS,
+no stream: only the latest matters): its free container slots, what runs and waits, and the host's CPUs, load
+and available memory, so whoever places sessions can pick the least loaded live runner. It also answers its
+verbs at `clawden.ctl.runner.<id>.<verb>` beside the shared queue-group subject, so `clawden status` and the
+web dashboard can find every runner (micro discovery) and ask each one. `beat` and `mem_available` are pure."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from nats.micro.request import Request
+
+from clawden import natsauth
+from clawden.bus import events as ev
+from clawden.bus import subjects
+from clawden.bus.ctl import Verb
+from clawden.bus.ctl import runner as runner_api
+from clawden.runtime import ControlError, ServiceContext, _Subject, sleep_unless_stopping
+
+log = logging.getLogger(__name__)
+
+EVERY = 5.0  # seconds between heartbeats
+MEMINFO = Path("/proc/meminfo")
+
+
+def mem_available(meminfo: str) -> int:
+    """Bytes in /proc/meminfo's MemAvailable line; -1 when it has none (an old kernel, not Linux)."""
+    for line in meminfo.splitlines():
+        name, _, rest = line.partition(":")
+        if name == "MemAvailable":
+            fields = rest.split()
+            if fields and fields[0].isdigit():
+                return int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+    return -1
+
+
+def beat(
+    runner: str, *, at: float, slots: int, running: int, queued: int, cpus: int, load: float, memory: int
+) -> ev.RunnerHeartbeat:
+    """The heartbeat for these figures."""
+    return ev.RunnerHeartbeat(
+        runner=runner,
+        at=at,
+        every=EVERY,
+        slots=slots,
+        running=running,
+        queued=queued,
+        free=max(0, slots - running),
+        cpus=cpus,
+        load=round(load, 2),
+        memory_available=memory,
+    )
+
+
+def _host() -> tuple[int, float, int]:
+    """(CPUs, 1-minute load, available memory) of this host."""
+    try:
+        memory = mem_available(MEMINFO.read_text())
+    except OSError:
+        memory = -1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return os.cpu_count() or 1, load, memory
+
+
+async def publish(ctx: ServiceContext, running: int, queued: int) -> None:
+    cfg = ctx.config.runner
+    cpus, load, memory = _host()
+    hb = beat(
+        cfg.id,
+        at=time.time(),
+        slots=cfg.max_containers,
+        running=running,
+        queued=queued,
+        cpus=cpus,
+        load=load,
+        memory=memory,
+    )
+    await ctx.nc.publish(subjects.heartbeat(cfg.id), ev.encode(hb))
+
+
+async def run(ctx: ServiceContext, counts: Callable[[], tuple[int, int]]) -> None:
+    """Beat until the service stops; `counts` says (running, queued) now. A failed publish (NATS away for a
+    moment) is logged and the next beat tries again."""
+    while True:
+        try:
+            await publish(ctx, *counts())
+        except Exception as exc:
+            log.warning("heartbeat not sent: %s", exc)
+        if not await sleep_unless_stopping(ctx.stopping, EVERY):
+            return
+
+
+async def serve_own(ctx: ServiceContext, verb: Verb[Any, Any], handler: Callable[[Any], Awaitable[Any]]) -> None:
+    """Answer `verb` at this runner's own subject too, with the same contract as the shared one (a bad request
+    is the caller's 400, the handler's failure a 500 without a traceback)."""
+    identity = natsauth.identity(ctx.name)
+    served = _Subject(identity, verb.name)
+    served.handlers[verb.request] = handler
+
+    async def serve(req: Request) -> None:
+        try:
+            answer = await served.answer(req.data)
+        except ControlError as exc:
+            await req.respond_error("400", str(exc))
+            return
+        await req.respond(answer)
+
+    runner_id = ctx.config.runner.id
+    assert ctx._micro is not None
+    await ctx._micro.add_endpoint(
+        name=f"{verb.name}-{runner_id}", subject=runner_api.at_runner(runner_id, verb.name), handler=serve
+    )
