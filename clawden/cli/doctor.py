@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from nats.aio.client import Client
 
-from clawden import agentcontainer, natsauth
+from clawden import agentcontainer, natsauth, packagespec
 from clawden.bridgeconfig import BridgeConfigError, read_secret
 from clawden.bus.ctl import Nothing, Verb
 from clawden.bus.ctl import router as router_ctl
@@ -199,11 +199,17 @@ async def check_image(p: Probe) -> Result:
         if stale:
             return warn(
                 detail + f"; {', '.join(stale)} built from other agent sources than these",
-                "; ".join(f"clawden image build --tag {i}" for i in stale),
+                "; ".join(rebuild_fix(i, found[i].labels or {}) for i in stale),
             )
         return ok(detail)
 
     return await asyncio.to_thread(inspect)
+
+
+def rebuild_fix(image: str, labels: dict[str, str]) -> str:
+    """A group's own image (packages on the agent image) is built again on the current one by its group."""
+    group = labels.get(packagespec.GROUP_LABEL)
+    return f"clawden groups restart {group} --rebuild" if group else f"clawden image build --tag {image}"
 
 
 def _agent_sources_hash() -> str | None:

@@ -128,6 +128,9 @@ async def test_an_approved_install_rebuilds_restarts_and_the_conversation_goes_o
     assert await group_image(stack) == tag
     labels = image_labels(tag)
     assert labels is not None and json.loads(labels["dev.clawden.packages"])["apt"] == ["jq"]
+    # The agent sources' hash comes with the base, so `clawden doctor` sees when a group image is on an old base.
+    base_labels = image_labels(config_mod.load(stack.home).runner.image) or {}
+    assert labels["dev.clawden.source-hash"] == base_labels["dev.clawden.source-hash"]
     await eventually(lambda: main_container(stack)[0] != old_container, timeout=60)
     assert main_container(stack)[1] == tag and old_image != tag
 

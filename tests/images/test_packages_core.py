@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from clawden.cli.doctor import rebuild_fix
 from clawden.mcpservers import McpServer
 from clawden.packagespec import (
     GROUP_LABEL,
@@ -197,3 +198,8 @@ def test_add_mcp_server_parses_keeps_each_argument_and_shows_the_admin_what_woul
     bare = allow("group", "main", parse(["groups", "mcp", "add", "main", "t", "--command", "x"]))
     assert isinstance(bare, Write) and mcp_server(bare.command.args) == McpServer(command="x")
     assert bare.change.endswith("(none given)")
+
+
+def test_doctor_says_to_rebuild_a_groups_image_through_its_group_and_the_agent_image_with_image_build() -> None:
+    assert rebuild_fix("clawden-agent:main-abc", {GROUP_LABEL: "main"}) == "clawden groups restart main --rebuild"
+    assert rebuild_fix("clawden-agent:latest", {}) == "clawden image build --tag clawden-agent:latest"
