@@ -4,13 +4,16 @@ CLI or a test with `ask`/`run`, from a service over its own connection with `ask
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
+from clawden.bus import subjects
 from clawden.bus.ctl import Verb
 from clawden.config import Config
 
@@ -60,13 +63,20 @@ def run(cfg: Config, verb: Verb[Req, Rep], request: Req, timeout: float = 10.0) 
 
 
 async def ask_on(
-    nc: Client, verb: Verb[Req, Rep], request: Req, *, timeout: float = 10.0, wait_for_service: bool = False
+    nc: Client,
+    verb: Verb[Req, Rep],
+    request: Req,
+    *,
+    timeout: float = 10.0,
+    wait_for_service: bool = False,
+    subject: str = "",
 ) -> Rep:
     """Ask over a connection the caller owns (a service asking a service). With `wait_for_service`, a service
-    nobody listens for yet is asked again until `timeout`; without, that is a NoAnswer at once."""
+    nobody listens for yet is asked again until `timeout`; without, that is a NoAnswer at once. `subject`: one
+    instance's own subject for the verb (`ask_all`), instead of the one all instances share."""
     if not isinstance(request, verb.request):
         raise TypeError(f"{verb.label} takes a {verb.request.__name__}, not a {type(request).__name__}")
-    service, subject = verb.service, verb.subject
+    service, subject = verb.service, subject or verb.subject
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -93,3 +103,75 @@ async def ask_on(
         raise ControlError(
             f"the {service} service answered {verb.label} in a shape this client does not know: {exc}"
         ) from None
+
+
+# ---- every instance ----------------------------------------------------------------------------------------
+
+DISCOVERY_WAIT = 1.0  # the most we wait for the first instance to answer $SRV.INFO
+DISCOVERY_GRACE = 0.1  # after each answer: how long to wait for one more
+
+
+def own_subjects(infos: list[dict[str, Any]], verb: Verb[Any, Any]) -> dict[str, str]:
+    """Instance -> its own subject for `verb`, from the instances' `$SRV.INFO`: an endpoint at
+    `clawden.ctl.<service>.<instance>.<verb>` (a runner's id). Anything else they announce is not it."""
+    head = f"{subjects.PREFIX}.ctl.{verb.service}."
+    found: dict[str, str] = {}
+    for info in infos:
+        for endpoint in info.get("endpoints") or []:
+            subject = str(endpoint.get("subject", ""))
+            middle, dot, name = subject.removeprefix(head).rpartition(".")
+            if subject.startswith(head) and dot and name == verb.name and _is_token(middle):
+                found[middle] = subject
+    return dict(sorted(found.items()))
+
+
+def _is_token(value: str) -> bool:
+    try:
+        subjects.token(value)
+    except ValueError:
+        return False
+    return True
+
+
+async def instances(nc: Client, service: str, wait: float = DISCOVERY_WAIT) -> list[dict[str, Any]]:
+    """Every running instance of `service` as it describes itself (`$SRV.INFO.clawden-<service>`): all that
+    answer within `wait`, gathering until none more came for DISCOVERY_GRACE."""
+    replies: asyncio.Queue[Msg] = asyncio.Queue()
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=replies.put)
+    found: list[dict[str, Any]] = []
+    try:
+        await nc.publish(f"$SRV.INFO.clawden-{subjects.token(service)}", b"", reply=inbox)
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await asyncio.wait_for(replies.get(), min(left, DISCOVERY_GRACE) if found else left)
+            except TimeoutError:
+                break
+            try:
+                found.append(json.loads(msg.data))
+            except ValueError:
+                continue
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
+async def ask_all(
+    nc: Client, verb: Verb[Req, Rep], request: Req, *, timeout: float = 10.0, wait: float = DISCOVERY_WAIT
+) -> dict[str, Rep | ControlError]:
+    """Ask every instance of the verb's service that answers it at its own subject (each runner), at once:
+    instance -> its answer, or the ControlError it got (one that is down does not hide the others'). No
+    instance with an own subject: the shared subject's one answer, as "" (a lone runner of an older version)."""
+    own = own_subjects(await instances(nc, verb.service, wait), verb)
+    if not own:
+        own = {"": verb.subject}
+
+    async def one(subject: str) -> Rep | ControlError:
+        try:
+            return await ask_on(nc, verb, request, timeout=timeout, subject=subject)
+        except ControlError as exc:
+            return exc
+
+    answers = await asyncio.gather(*(one(subject) for subject in own.values()))
+    return dict(zip(own, answers, strict=True))

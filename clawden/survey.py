@@ -230,6 +230,33 @@ async def _approvals(nc: Client) -> dict[str, Any]:
     }
 
 
+async def _containers(nc: Client) -> dict[str, Any]:
+    """Every runner's containers: each runner found by discovery and asked at its own subject, merged."""
+    answers = await control.ask_all(nc, runner.CONTAINERS, Nothing(), timeout=CTL_TIMEOUT)
+    return merge_runners({rid: a if isinstance(a, Exception) else msgspec.to_builtins(a) for rid, a in answers.items()})
+
+
+def merge_runners(answers: dict[str, dict[str, Any] | Exception]) -> dict[str, Any]:
+    """The runners' `containers` answers (runner id -> answer, or why it did not answer) as one: every running
+    and waiting session with its runner's id, the slots summed, and `runners`, one entry per runner (its own
+    answer, or {"runner", "error"}). No runner answered: {"error"} naming each, with `runners`."""
+    runners: list[dict[str, Any]] = [
+        {"runner": rid, "error": str(a) or type(a).__name__} if isinstance(a, Exception) else a
+        for rid, a in answers.items()
+    ]
+    good = [r for r in runners if "error" not in r]
+    if not good:
+        why = "; ".join(f"runner {r['runner']}: {r['error']}" if r["runner"] else r["error"] for r in runners)
+        return {"error": why or "no runner answered", "runners": runners}
+    return {
+        "runner": ", ".join(r["runner"] for r in good),
+        "max": sum(r["max"] for r in good),
+        "running": [{**c, "runner": r["runner"]} for r in good for c in r["running"]],
+        "waiting": [{**w, "runner": r["runner"]} for r in good for w in r["waiting"]],
+        "runners": runners,
+    }
+
+
 # unsent: calls whose connection failed before the request left; ambiguous: calls whose connection dropped
 # after it left (a bridge may send those again once, see Capabilities.ambiguous_resends); expired: updates
 # the platform dropped before the bridge could fetch them (Telegram keeps them 24 h).
@@ -255,7 +282,7 @@ async def report(nc: Client, cfg: config_mod.Config, wait: float = DISCOVERY_WAI
     up = {i["name"] for i in instances}
     absent = {"error": "the service is not running"}
     containers, backlogs, approvals = await asyncio.gather(
-        _section(ask(nc, runner.CONTAINERS, Nothing())) if "runner" in up else asyncio.sleep(0, absent),
+        _section(_containers(nc)) if "runner" in up else asyncio.sleep(0, absent),
         _section(_backlogs(nc, cfg, channels)),
         _section(_approvals(nc)) if "approvals" in up else asyncio.sleep(0, absent),
     )

@@ -91,30 +91,9 @@ def render(report: Report) -> str:
 
     out.append("")
     box = report["containers"]
-    if "error" in box:
-        out.append(f"containers: unknown ({box['error']})")
-    else:
-        running, waiting = box["running"], box["waiting"]
-        out.append(
-            f"containers (runner {box['runner']}): {len(running)} of {box['max']} running"
-            + (f", {len(waiting)} waiting for a slot" if waiting else "")
-        )
-        if running or waiting:
-            out.append(
-                table(
-                    [
-                        [c["session_id"], c["agent_group"], c["container"] or "-", c["state"], duration(c["idle"])]
-                        for c in running
-                    ]
-                    + [[w["session_id"], w["agent_group"], "-", "waiting", duration(w["waiting"])] for w in waiting],
-                    ["SESSION", "GROUP", "CONTAINER", "STATE", "IDLE"],
-                )
-            )
-        out += [
-            f"MCP server {name} of {c['agent_group']} failed to start in session {c['session_id']}: {why}"
-            for c in running
-            for name, why in sorted((c.get("mcp_failed") or {}).items())
-        ]
+    # One block per runner (survey.merge_runners); a report from before several runners has the one box.
+    for runner in box.get("runners") or [box]:
+        out += render_runner(runner)
 
     out.append("")
     backlog = report["streams"]
@@ -166,6 +145,34 @@ def render(report: Report) -> str:
     if report["deliveries"]:
         out += ["", render_deliveries(report["deliveries"])]
     return "\n".join(out)
+
+
+def render_runner(box: dict[str, Any]) -> list[str]:
+    """One runner's block: its slots, then each session with a container or waiting for one."""
+    if "error" in box:
+        who = f" (runner {box['runner']})" if box.get("runner") else ""
+        return [f"containers{who}: unknown ({box['error']})"]
+    running, waiting = box["running"], box["waiting"]
+    out = [
+        f"containers (runner {box['runner']}): {len(running)} of {box['max']} running"
+        + (f", {len(waiting)} waiting for a slot" if waiting else "")
+    ]
+    if running or waiting:
+        out.append(
+            table(
+                [
+                    [c["session_id"], c["agent_group"], c["container"] or "-", c["state"], duration(c["idle"])]
+                    for c in running
+                ]
+                + [[w["session_id"], w["agent_group"], "-", "waiting", duration(w["waiting"])] for w in waiting],
+                ["SESSION", "GROUP", "CONTAINER", "STATE", "IDLE"],
+            )
+        )
+    return out + [
+        f"MCP server {name} of {c['agent_group']} failed to start in session {c['session_id']}: {why}"
+        for c in running
+        for name, why in sorted((c.get("mcp_failed") or {}).items())
+    ]
 
 
 def render_deliveries(rows: list[dict[str, Any]]) -> str:
