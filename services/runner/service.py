@@ -705,6 +705,8 @@ class Runner:
         await self.pump(session_id)
         if self.live.get(session_id) is live:  # gone now: the death that follows finds nothing to do
             self._forget(session_id)
+        if await asyncio.to_thread(sessiondb.has_unanswered, live.folder):
+            self.want(live.info, live.folder)  # a turn cut short runs again in the new container, now
         return True
 
     async def ctl_restart(self, request: runner_api.Restart) -> runner_api.Restarted:

@@ -26,6 +26,7 @@ from tests.e2e.harness import Stack, Terminal
 from tests.e2e.test_credential_approval import button, card_for, click
 from tests.e2e.test_tools import run_tool
 from tests.eventually import eventually
+from tests.fakes.anthropic import Hang, Text, ToolCall
 
 pytestmark = pytest.mark.docker
 OWNER = f"local:{getpass.getuser()}"
@@ -174,3 +175,20 @@ async def test_the_owners_cli_lists_keeps_refuses_restarts_and_removes(stack: St
     removed = await asyncio.to_thread(clawden, stack, "groups", "packages", "remove", "main", "--apt", "jq")
     assert removed.returncode == 0 and "runs clawden-agent:latest (nothing)" in removed.stdout
     assert await group_image(stack) == ""
+
+
+async def test_a_restart_mid_turn_runs_the_cut_turn_again_in_the_new_container(stack: Stack, term: Terminal) -> None:
+    before, _ = main_container(stack)
+    seen = len(stack.fake.messages_requests())
+    stack.fake.script(Hang(), ToolCall("send_message", {"text": "answered after the restart"}), Text("done"))
+    try:
+        await term.send("a question the restart cuts short")
+        await eventually(lambda: len(stack.fake.messages_requests()) > seen)  # the turn is in the model's hands
+
+        restarted = await asyncio.to_thread(clawden, stack, "groups", "restart", "main")
+
+        assert "1 container(s) stopped" in restarted.stdout, restarted
+        assert (await reply_with(term, "answered after the restart")).text == "answered after the restart"
+        assert main_container(stack)[0] != before
+    finally:
+        stack.fake.release()  # the held request's connection is gone with its container
