@@ -22,8 +22,10 @@ from typing import Any
 import nkeys
 from nats.aio.client import Client
 
-from clawden.bus import connect, streams, subjects, webhooks
+from clawden.bus import connect, ctl, streams, subjects, webhooks
 from clawden.bus.connection import inbox_prefix
+from clawden.bus.ctl import router as router_ctl
+from clawden.bus.ctl import scheduler as scheduler_ctl
 from clawden.config import Config
 
 SEED_CREDENTIAL = "nats.nk"  # the name under $CREDENTIALS_DIRECTORY
@@ -31,15 +33,34 @@ CLI = "cli"  # the owner's command line: may do anything (it can read every seed
 CORE = ("router", "runner", "vault", "scheduler", "approvals")
 # What the in-container `clawden` reads and (once an admin approved) writes through the runner
 # (services/runner/admin.py); its scope check runs in the runner, and nothing here reaches the vault.
-RUNNER_CLI_CALLS = (
-    "router.groups",
-    "router.sessions",
-    "router.destinations",
-    "router.members",
-    "router.wirings",
-    "router.dropped",
-    "scheduler.tasks",
+# Each router op by its own subject (`clawden.ctl.router.groups.create`): never `groups delete`, `wire
+# update`, chats, users or roles, which the agent CLI (admin.py) and create_agent (newagent.py) never ask.
+RUNNER_CLI_VERBS: tuple[ctl.Verb[Any, Any], ...] = (
+    router_ctl.GROUPS_LIST,
+    router_ctl.GROUPS_GET,
+    router_ctl.GROUPS_CREATE,  # create_agent, once an admin approved
+    router_ctl.GROUPS_UPDATE,  # its own group's tuning, its image (services/runner/images.py)
+    router_ctl.SESSIONS_LIST,
+    router_ctl.DESTINATIONS_LIST,
+    router_ctl.DESTINATIONS_ADD,
+    router_ctl.DESTINATIONS_REMOVE,
+    router_ctl.MEMBERS_LIST,
+    router_ctl.MEMBERS_ADD,
+    router_ctl.MEMBERS_REMOVE,
+    router_ctl.WIRINGS_LIST,
+    router_ctl.WIRINGS_CREATE,
+    router_ctl.WIRINGS_DELETE,
+    router_ctl.DROPPED_LIST,
+    scheduler_ctl.TASKS,
 )
+
+
+def call_of(verb: ctl.Verb[Any, Any]) -> str:
+    """A verb as a grant names it: `router.groups.create` for one op, `scheduler.tasks` for a whole verb."""
+    return verb.subject.removeprefix(f"{subjects.PREFIX}.ctl.")
+
+
+RUNNER_CLI_CALLS = tuple(call_of(v) for v in RUNNER_CLI_VERBS)
 WEB_CHANNEL = "web"
 WEB_CALLS = (
     "router.chats",
@@ -194,9 +215,18 @@ def _consumer_subjects(c: streams.Consumer) -> list[str]:
     ]
 
 
+def call_subjects(call: str) -> list[str]:
+    """What a granted call may publish: `service.verb` is the verb's subject and, where ops share it, each
+    op's own (`.create`…); `service.verb.op` is that op's subject alone."""
+    subject = f"{subjects.PREFIX}.ctl.{call}"
+    service, _, name = call.partition(".")
+    shared = any(v.own_op and v.service == service and v.name == name for v in ctl.VERBS)
+    return [subject, f"{subject}.*"] if shared and "." not in name else [subject]
+
+
 def permissions(ident: str, grant: Grant) -> dict[str, Any]:
     service = f"clawden-{ident}"
-    publish = [*grant.publishes, *(f"{subjects.PREFIX}.ctl.{call}" for call in grant.calls)]
+    publish = [*grant.publishes, *(s for call in grant.calls for s in call_subjects(call))]
     for consumer in grant.consumes:
         publish += _consumer_subjects(consumer)
     names = sorted({s.name for s in streams.STREAMS})

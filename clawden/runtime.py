@@ -73,9 +73,9 @@ _encoder = msgspec.json.Encoder(enc_hook=vars)
 class _Subject:
     """One control subject as served: its declared verbs and the handlers registered for them so far."""
 
-    def __init__(self, identity: str, name: str) -> None:
+    def __init__(self, identity: str, name: str, op: str | None = None) -> None:
         self.name = name
-        self.contract = ctl.Subject(identity, name)
+        self.contract = ctl.Subject(identity, name, op)
         self.handlers: dict[type, Handler] = {}
 
     async def answer(self, data: bytes) -> bytes:
@@ -118,12 +118,18 @@ class ServiceContext:
         identity = natsauth.identity(self.name)
         if not verb.served_by(identity):
             raise ValueError(f"{identity} does not serve {verb.label}: see clawden/bus/ctl")
-        served = self._subjects.get(verb.name)
+        if verb.own_op:  # its own subject too, where a NATS grant can name it alone
+            await self._serve(identity, verb.name, verb.own_op, verb.request, handler)
+        await self._serve(identity, verb.name, None, verb.request, handler)
+
+    async def _serve(self, identity: str, name: str, op: str | None, request: type, handler: Handler) -> None:
+        key = f"{name}.{op}" if op else name
+        served = self._subjects.get(key)
         if served is not None:  # another op at a subject already served
-            served.handlers[verb.request] = handler
+            served.handlers[request] = handler
             return
-        served = self._subjects[verb.name] = _Subject(identity, verb.name)
-        served.handlers[verb.request] = handler
+        served = self._subjects[key] = _Subject(identity, name, op)
+        served.handlers[request] = handler
 
         # A ServiceError is answered by micro as is, and counted in the endpoint's `num_errors`; a caller's
         # mistake (a typo on the CLI) is answered the same way but not counted: it is no fault of ours.
@@ -135,7 +141,9 @@ class ServiceContext:
                 return
             await req.respond(answer)
 
-        await self._micro.add_endpoint(name=verb.name, subject=subjects.ctl(identity, verb.name), handler=serve)
+        subject = subjects.ctl(identity, name) + (f".{op}" if op else "")
+        assert self._micro is not None
+        await self._micro.add_endpoint(name=f"{name}-{op}" if op else name, subject=subject, handler=serve)
 
     def served(self) -> list[ctl.Verb[Any, Any]]:
         """The declared verbs this service has registered a handler for (a test checks they are all)."""

@@ -78,6 +78,6 @@ async def test_the_server_refuses_the_web_identity_the_roles_subject_and_answers
         await web.close()
         await router.close()
     assert [e for e in errors if "permissions violation" in e] == [
-        e for e in errors if '"clawden.ctl.router.roles"' in e
+        e for e in errors if f'"{router_ctl.ROLES_GRANT.subject}"' in e
     ], errors
     assert reached == [router_ctl.STANDING.subject]

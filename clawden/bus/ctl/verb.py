@@ -49,9 +49,20 @@ class Verb(Generic[Req, Rep]):
 
     @property
     def subject(self) -> str:
+        """Where a caller asks: an op's own subject (`clawden.ctl.router.groups.create`) where several ops
+        share one, so a NATS identity can be granted one op and refused its neighbours; else the verb's."""
         if self.service.endswith("*"):
             raise ValueError(f"{self.label} is served by many: say by which with .at(<identity>)")
-        return subjects.ctl(self.service, self.name)
+        shared = subjects.ctl(self.service, self.name)
+        return f"{shared}.{subjects.token(self.own_op)}" if self.own_op else shared
+
+    @property
+    def own_op(self) -> str | None:
+        """The op, where other verbs' ops share this verb's subject (so it has a subject of its own too)."""
+        op = self.op
+        if op and any(v.service == self.service and v.name == self.name and v.op != op for v in VERBS):
+            return op
+        return None
 
     @property
     def key(self) -> str:
@@ -99,12 +110,16 @@ class Subject:
     """The verbs declared at one control subject of one service (one, or several told apart by "op"), and one
     decoder for all of them, so a request is decoded once into the verb it is for."""
 
-    def __init__(self, identity: str, name: str) -> None:
+    def __init__(self, identity: str, name: str, op: str | None = None) -> None:
+        """All the verbs at the shared subject, or with `op` only that op's (its own subject decodes
+        nothing else, so a grant of `groups.list` never reaches `groups delete`)."""
         self.verbs = {
-            v.request: v.at(identity) if v.service.endswith("*") else v for v in served_by(identity) if v.name == name
+            v.request: v.at(identity) if v.service.endswith("*") else v
+            for v in served_by(identity)
+            if v.name == name and (op is None or v.op == op)
         }
         if not self.verbs:
-            raise ValueError(f"{identity} serves no verb {name!r}: see clawden/bus/ctl")
+            raise ValueError(f"{identity} serves no verb {name!r}{f' {op}' if op else ''}: see clawden/bus/ctl")
         kinds = tuple(self.verbs)
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
             kinds[0] if len(kinds) == 1 else Union[kinds]  # noqa: UP007  # a Union built at run time
