@@ -157,6 +157,23 @@ async def instances(nc: Client, service: str, wait: float = DISCOVERY_WAIT) -> l
     return found
 
 
+def run_all(cfg: Config, verb: Verb[Req, Rep], request: Req, timeout: float = 10.0) -> dict[str, Rep | ControlError]:
+    """`ask_all` as the CLI, for argparse handlers: connect, ask every instance, close."""
+    from clawden.owner import Unreachable, connect_cli
+
+    async def go() -> dict[str, Rep | ControlError]:
+        try:
+            nc = await connect_cli(cfg, timeout)
+        except Unreachable as exc:
+            raise NoBus(f"{exc}\n  fix: {exc.fix}") from None
+        try:
+            return await ask_all(nc, verb, request, timeout=timeout)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
 async def ask_all(
     nc: Client, verb: Verb[Req, Rep], request: Req, *, timeout: float = 10.0, wait: float = DISCOVERY_WAIT
 ) -> dict[str, Rep | ControlError]:

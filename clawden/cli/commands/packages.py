@@ -7,6 +7,7 @@ router keeps the image's tag as the group's image, so the runner uses it at the 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,9 +97,16 @@ def groups_restart(args: argparse.Namespace) -> int:
         print(f"agent group {name} runs {tag} ({packages.words()})")
     else:
         name = control.run(cfg, ctl.GROUPS_GET, ctl.GroupGet(name=name)).name
-    done = control.run(cfg, runner_api.RESTART, runner_api.Restart(agent_group=name), timeout=60.0)
-    print(f"agent group {name}: {done.stopped} container(s) stopped; each conversation continues at its next message")
-    return 0
+    # Every runner: the group's sessions may be on any of them.
+    answers = control.run_all(cfg, runner_api.RESTART, runner_api.Restart(agent_group=name), timeout=60.0)
+    failed = {rid: a for rid, a in answers.items() if isinstance(a, control.ControlError)}
+    if failed and len(failed) == len(answers):
+        raise next(iter(failed.values()))
+    stopped = sum(a.stopped for a in answers.values() if not isinstance(a, control.ControlError))
+    print(f"agent group {name}: {stopped} container(s) stopped; each conversation continues at its next message")
+    for rid, exc in failed.items():
+        print(f"runner {rid}: not restarted: {exc}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _kinds(p: argparse.ArgumentParser) -> None:
