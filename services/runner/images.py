@@ -53,12 +53,13 @@ class Installer:
         await self.note(info, f"install-{uuid.uuid4().hex[:16]}", text)
 
     async def install(self, info: SessionInfo, wanted: Packages, by: str) -> str:
-        """Do it; the words for the agent."""
-        group = await control.ask_on(
-            self.nc, router_api.GROUPS_GET, router_api.GroupGet(name=info.agent_group), timeout=ASK_TIMEOUT
-        )
-        setting = group.container.image or ""
+        """Do it; the words for the agent. Reading the group's image, building and setting the new one are one
+        step under the lock: two approvals for a group, built one after the other, keep both's packages."""
         async with self.lock:
+            group = await control.ask_on(
+                self.nc, router_api.GROUPS_GET, router_api.GroupGet(name=info.agent_group), timeout=ASK_TIMEOUT
+            )
+            setting = group.container.image or ""
             try:
                 tag, packages, _built = await asyncio.to_thread(
                     groupimage.rebuild, group.name, setting, self.runner_image, lambda have: have.plus(wanted), log=_log
@@ -69,7 +70,7 @@ class Installer:
                     f"Installing {wanted.words()} was approved by {by}, but the image could not be built: {exc}."
                     " Nothing changed; your container keeps its image."
                 )
-        await self.use(group.name, "" if tag == self.runner_image else tag, setting)
+            await self.use(group.name, "" if tag == self.runner_image else tag, setting)
         await self.restart(info.id)
         return (
             f"Installing {wanted.words()} was approved by {by} and done: your container now runs {tag}"
