@@ -51,6 +51,9 @@ EXAMPLES: list[ev.Event] = [
     ),
     ev.ApprovalDecision(id="ap1", decision="approved", decided_by="telegram:1"),
     ev.AuditEvent(service="vault", kind="request", at=2.0, fields={"status": "200"}),
+    ev.RunnerHeartbeat(
+        runner="a", at=3.0, every=5.0, slots=8, running=3, queued=0, free=5, cpus=4, load=0.5, memory_available=2**30
+    ),
     ev.DeliveryReceipt(
         outbound_id="o4",
         route=ROUTE,
