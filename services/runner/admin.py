@@ -27,6 +27,7 @@ from clawden.bus import publish, subjects
 from clawden.bus.ctl import Verb
 from clawden.bus.ctl import router as router_api
 from clawden.bus.ctl import scheduler as scheduler_api
+from clawden.registry import installed_channels
 from clawden.runtime import ServiceContext
 from services.runner import scope
 from services.runner.sessions import SessionIndex, SessionInfo
@@ -126,6 +127,7 @@ def write_request(command: scope.Command) -> tuple[Verb[Any, Any], msgspec.Struc
                 chat_id=a["chat_id"],
                 thread_id=a.get("--thread"),
                 display_name=a.get("--display-name", ""),
+                max_hops=int(a.get("--max-hops", "0")),
             )
         case "destinations remove":
             return router_api.DESTINATIONS_REMOVE, router_api.DestinationRemove(agent_group=group, name=a["name"])
@@ -138,6 +140,12 @@ def write_request(command: scope.Command) -> tuple[Verb[Any, Any], msgspec.Struc
                 container=msgspec.convert(container, router_api.ContainerSettings) if container else None,
             )
     raise ValueError(f"{command.name} is not a write")
+
+
+def channels() -> frozenset[str]:
+    """The channels a wiring or chat destination may name, as the owner's CLI has them: the terminal's, and
+    each bridge installed here."""
+    return frozenset({"local", *installed_channels()})
 
 
 def only(rows: Any, group: str) -> Any:
@@ -247,6 +255,8 @@ class AdminDesk:
                 return await self._refuse(info, command.line(), reason)
             case scope.Read() as read:
                 return await self._read(info, read)
+            case scope.Write() as write if why := scope.channel_problem(write.command, channels()):
+                return await self._refuse(info, command.line(), why)
             case scope.Write() as write:
                 return await self._ask(info, argv, write)
         raise AssertionError("unreachable")

@@ -13,6 +13,7 @@ import msgspec
 from clawden import mcpservers, packagespec
 from clawden.bus import events as ev
 from clawden.bus.events import CLI_SCOPES as SCOPES
+from clawden.bus.events import GROUP_NAME
 
 DEFAULT_SCOPE = "group"
 OWN_GROUP = "."  # as a command's group: the caller's own
@@ -64,6 +65,7 @@ SETTINGS_OPTIONS: dict[str, tuple[str, ...]] = {
 PACKAGE_OPTIONS: dict[str, tuple[str, ...]] = {"--apt": (), "--npm": (), "--pip": (), "--reason": ()}
 # A stdio MCP server an agent may ask for (add_mcp_server): its command, each argument and each NAME=VALUE.
 MCP_OPTIONS: dict[str, tuple[str, ...]] = {"--command": (), "--arg": (), "--env": (), "--reason": ()}
+AGENT_POSITIONALS = ("agent_group", "name")  # `destinations add` with --agent: the rest comes from it
 LIST_OPTIONS = frozenset({"--apt", "--npm", "--pip", "--arg", "--env"})  # may repeat: every value is kept
 SEP = "\x00"  # between a list option's values: no argument holds it (parse refuses one)
 
@@ -82,7 +84,7 @@ COMMANDS: dict[str, Spec] = {
     "members remove": Spec(positionals=("agent_group", "user"), write=True),
     "destinations add": Spec(
         positionals=("agent_group", "name", "channel", "chat_id"),
-        options={"--thread": (), "--display-name": ()},
+        options={"--thread": (), "--display-name": (), "--agent": (), "--max-hops": ()},
         write=True,
     ),
     "destinations remove": Spec(positionals=("agent_group", "name"), write=True),
@@ -92,7 +94,7 @@ COMMANDS: dict[str, Spec] = {
 }
 # `clawden groups` is `clawden groups list`, as in the owner's CLI.
 DEFAULT_VERB = {"groups": "list", "tasks": "list", "destinations": "list", "members": "list", "wire": "list"}
-INTEGER_OPTIONS = frozenset({"--limit", "--priority", "--max-messages-per-prompt", "--max-turns"})
+INTEGER_OPTIONS = frozenset({"--limit", "--priority", "--max-messages-per-prompt", "--max-turns", "--max-hops"})
 DECIMAL_OPTIONS = frozenset({"--turn-budget", "--idle-timeout"})
 NOT_CONTAINER = frozenset({"--model", "--assistant-name"})  # a group's own fields, not its container's
 
@@ -114,7 +116,8 @@ class Command:
     def line(self) -> str:
         """The command as a person would type it."""
         spec = COMMANDS[self.name]
-        words = ["clawden", *self.name.split(), *(self.args[p] for p in spec.positionals)]
+        given = AGENT_POSITIONALS if "--agent" in self.args else spec.positionals
+        words = ["clawden", *self.name.split(), *(self.args[p] for p in given)]
         for flag, value in self.args.items():
             if flag.startswith("--"):
                 words += [w for v in value.split(SEP) for w in ((f"{flag}={v}",) if v.startswith("-") else (flag, v))]
@@ -196,6 +199,8 @@ def parse(argv: list[str]) -> Command:
             args[flag] = f"{args[flag]}{SEP}{value}" if flag in LIST_OPTIONS and flag in args else value
         else:
             positionals.append(word)
+    if name == "destinations add":
+        positionals = _destination(positionals, args)
     if len(positionals) != len(spec.positionals):
         wanted = " ".join(p.upper() for p in spec.positionals) or "no arguments"
         raise BadCommand(f"`clawden {name}` takes {wanted}")
@@ -207,6 +212,32 @@ def parse(argv: list[str]) -> Command:
     if name == "groups mcp add":
         _check_mcp(command.args)
     return command
+
+
+def _destination(positionals: list[str], args: dict[str, str]) -> list[str]:
+    """`destinations add GROUP [NAME] --agent OTHER` as the chat form's four positionals (the agent channel, the
+    other group as its chat, named after it by default), as the owner's CLI reads it."""
+    if "--agent" not in args:
+        if "--max-hops" in args:
+            raise BadCommand("--max-hops is for --agent")
+        return positionals
+    if len(positionals) not in (1, 2) or "--thread" in args:
+        raise BadCommand("with --agent, `clawden destinations add` takes AGENT_GROUP [NAME] and no --thread")
+    other = args["--agent"]
+    if not GROUP_NAME.fullmatch(other):
+        raise BadCommand(f"--agent {other!r} is not an agent group's name")
+    return [positionals[0], positionals[1] if len(positionals) == 2 else other, ev.AGENT_CHANNEL, other]
+
+
+def channel_problem(command: Command, channels: frozenset[str]) -> str:
+    """Why a wiring or chat destination names a channel no bridge here serves ("" when it names one), as the
+    owner's CLI refuses it: a typo would wait for nobody. An agent destination's channel is the router's own."""
+    if command.name not in ("wire add", "destinations add") or "--agent" in command.args:
+        return ""
+    channel = command.args["channel"]
+    if channel in channels:
+        return ""
+    return f"no channel {channel}; the channels are: {', '.join(sorted(channels))}"
 
 
 def packages(args: dict[str, str]) -> packagespec.Packages:
@@ -297,7 +328,12 @@ CHANGES: dict[str, Callable[[dict[str, str]], str]] = {
     "members remove": lambda a: f"{a['user']} would no longer be a member of agent group {a['agent_group']}.",
     "destinations add": lambda a: (
         f"Agent group {a['agent_group']} could send messages, as {a['name']!r},"
-        f" to chat {a['chat_id']} on {a['channel']}" + (f" ({_options(a)})." if _options(a) else ".")
+        + (
+            f" to agent group {a['--agent']}, whose agent would answer back"
+            f" (at most {a.get('--max-hops', ev.DEFAULT_MAX_HOPS)} agent-to-agent sends in a row)."
+            if "--agent" in a
+            else f" to chat {a['chat_id']} on {a['channel']}" + (f" ({_options(a)})." if _options(a) else ".")
+        )
     ),
     "destinations remove": lambda a: f"Agent group {a['agent_group']} could no longer send to {a['name']!r}.",
     "groups update": lambda a: (

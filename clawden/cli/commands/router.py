@@ -461,10 +461,17 @@ def destinations_list(args: argparse.Namespace) -> int:
         args,
         _ask(args, ctl.DESTINATIONS_LIST, ctl.GroupFilter(agent_group=args.group or "")),
         lambda rows: _table(
-            [(r.agent_group, r.name, r.channel, r.chat_id, r.thread_id or "-", r.display_name) for r in rows],
-            ("GROUP", "NAME", "CHANNEL", "CHAT", "THREAD", "DISPLAY NAME"),
+            [(r.agent_group, r.name, r.channel, r.chat_id, r.thread_id or "-", _hops(r), r.display_name) for r in rows],
+            ("GROUP", "NAME", "CHANNEL", "CHAT", "THREAD", "MAX HOPS", "DISPLAY NAME"),
         ),
     )
+
+
+def _hops(d: ctl.Destination) -> str:
+    """An agent destination's hop limit (0 kept means the default); a chat has none."""
+    if d.channel != AGENT_CHANNEL:
+        return "-"
+    return str(d.max_hops) if d.max_hops else f"{DEFAULT_MAX_HOPS} (default)"
 
 
 def destinations_add(args: argparse.Namespace) -> int:
