@@ -22,7 +22,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from clawden import config, control, natsauth, setup
+from clawden import config, control, natsauth, setup, survey
 from clawden.bus import connect, ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.ctl import Nothing
@@ -290,3 +290,28 @@ async def test_two_runners_both_beat_both_show_in_status_and_both_answer_the_con
         await eventually(lambda: not installs_of({on_a.session_id, on_b.session_id}), 60, "both containers stopped")
     finally:
         await nc.close()
+
+
+@pytest.mark.docker
+@pytest.mark.nats
+@pytest.mark.process
+async def test_on_a_secured_bus_the_web_identity_sees_every_runners_sessions_and_restarts_none(
+    tmp_path: Path, docker_client: docker.DockerClient, agent_image: str
+) -> None:
+    stack = start_stack(tmp_path / "home", runner='id = "a"')  # the embedded server, with every identity's grants
+    try:
+        async with Terminal(stack, "chat-web") as term:
+            session = (await term.ask("hello", timeout=120)).session_id
+        cfg = config.load(stack.home)
+        web = await natsauth.connect_as(cfg, "web")  # its own seed: the server holds it to the web's grants
+        try:
+            report = await survey.report(web, cfg)  # what the web status page shows, asked as the web service
+            [runner] = report["containers"]["runners"]
+            assert runner["runner"] == "a" and [c["session_id"] for c in runner["running"]] == [session], report
+            refused = await control.ask_all(web, runner_api.RESTART, runner_api.Restart(agent_group="main"), timeout=2)
+            assert set(refused) == {"a"} and isinstance(refused["a"], control.NoAnswer)  # the server drops it
+        finally:
+            await web.close()
+        assert [c.labels[LABEL_SESSION] for c in stack.containers()] == [session]  # still running
+    finally:
+        stack.stop()
