@@ -38,6 +38,8 @@ MAX_LINE = 64 * 1024
 ASK_TIMEOUT = 10.0
 AUDIT_KIND = "cli"
 MAX_WAITING = 5  # writes of one session waiting for an admin at once
+# Cards of their own for what the agent's tools ask (install_packages, add_mcp_server).
+TITLES = {"groups packages add": "asks to install packages", "groups mcp add": "asks for an MCP server"}
 
 Note = Callable[[SessionInfo, str, str], Awaitable[None]]  # (session, key, text): a word to the agent
 # A write the runner does itself rather than through a control verb (an image build): (session, command, the
@@ -307,7 +309,7 @@ class AdminDesk:
             requester="runner",
             agent_group=info.agent_group,
             card=ev.Card(
-                title=f"Agent {info.agent_group} asks to run a command",
+                title=f"Agent {info.agent_group} {TITLES.get(write.command.name, 'asks to run a command')}",
                 body=f"{line}\n\n{write.change}\n\n(asked in {info.route.channel} chat {info.route.chat_id})",
                 buttons=(ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny", style="danger")),
             ),

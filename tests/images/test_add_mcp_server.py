@@ -57,7 +57,7 @@ async def ask_for_tickets(stack: Stack, term: Terminal) -> ev.OutboundMessage:
     asked = await run_tool(stack, term, "add_mcp_server", ASK)
     assert "approval pending" in asked, asked
     card = await card_for(term)
-    assert card.card is not None
+    assert card.card is not None and card.card.title == "Agent main asks for an MCP server"
     assert "Agent group main would get the MCP server 'tickets'" in card.card.body
     assert "python3 /workspace/agent/tickets_mcp.py\n  TICKETS_TOKEN=clawden-managed" in card.card.body
     assert "to read the helpdesk tickets" in card.card.body

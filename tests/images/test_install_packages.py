@@ -65,7 +65,7 @@ async def ask_for_jq(stack: Stack, term: Terminal) -> ev.OutboundMessage:
     asked = await run_tool(stack, term, "install_packages", JQ)
     assert "approval pending" in asked, asked
     card = await card_for(term)
-    assert card.card is not None
+    assert card.card is not None and card.card.title == "Agent main asks to install packages"
     assert "main's image would be rebuilt with apt jq" in card.card.body
     assert "to read the JSON reports" in card.card.body
     return card
