@@ -156,6 +156,7 @@ def render_runner(box: dict[str, Any]) -> list[str]:
     out = [
         f"containers (runner {box['runner']}): {len(running)} of {box['max']} running"
         + (f", {len(waiting)} waiting for a slot" if waiting else "")
+        + _host(box)
     ]
     if running or waiting:
         out.append(
@@ -173,6 +174,15 @@ def render_runner(box: dict[str, Any]) -> list[str]:
         for c in running
         for name, why in sorted((c.get("mcp_failed") or {}).items())
     ]
+
+
+def _host(box: dict[str, Any]) -> str:
+    """`; host: load 0.52 on 4 CPUs, 3.1 GiB available`, or nothing from a runner that does not say."""
+    if not box.get("cpus"):
+        return ""
+    memory = box.get("memory_available", -1)
+    free = f", {memory / 2**30:.1f} GiB available" if memory >= 0 else ""
+    return f"; host: load {box.get('load', 0.0):.2f} on {box['cpus']} CPUs{free}"
 
 
 def render_deliveries(rows: list[dict[str, Any]]) -> str:

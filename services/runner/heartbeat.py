@@ -59,7 +59,7 @@ def beat(
     )
 
 
-def _host() -> tuple[int, float, int]:
+def host() -> tuple[int, float, int]:
     """(CPUs, 1-minute load, available memory) of this host."""
     try:
         memory = mem_available(MEMINFO.read_text())
@@ -74,7 +74,7 @@ def _host() -> tuple[int, float, int]:
 
 async def publish(ctx: ServiceContext, running: int, queued: int) -> None:
     cfg = ctx.config.runner
-    cpus, load, memory = _host()
+    cpus, load, memory = host()
     hb = beat(
         cfg.id,
         at=time.time(),

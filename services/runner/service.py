@@ -763,9 +763,13 @@ class Runner:
         now = time.monotonic()
         lives = list(self.live.values())
         failed = await asyncio.to_thread(lambda: {live.info.id: mcp_failed(live.folder) for live in lives})
+        cpus, load, memory = heartbeat.host()
         return runner_api.Containers(
             runner=self.cfg.runner.id,
             max=self.cfg.runner.max_containers,
+            cpus=cpus,
+            load=round(load, 2),
+            memory_available=memory,
             running=[
                 runner_api.Running(
                     session_id=live.info.id,

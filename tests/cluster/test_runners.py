@@ -134,6 +134,18 @@ def test_status_shows_one_block_per_runner_with_its_sessions() -> None:
     assert b.startswith(": 1 of 4 running, 1 waiting for a slot\n") and "s2" in b and "s3" in b and "s1" not in b
 
 
+@pytest.mark.parametrize(
+    ("host", "line"),
+    [
+        ({"cpus": 4, "load": 0.523, "memory_available": 3 * 2**30}, "; host: load 0.52 on 4 CPUs, 3.0 GiB available"),
+        ({"cpus": 2, "load": 1.0, "memory_available": -1}, "; host: load 1.00 on 2 CPUs"),  # memory unknown
+        ({}, ""),  # an older runner says nothing of its host
+    ],
+)
+def test_a_runners_block_says_how_busy_its_host_is(host: dict[str, Any], line: str) -> None:
+    assert render_runner({**_box("a"), **host})[0] == "containers (runner a): 0 of 8 running" + line
+
+
 def test_a_runner_may_publish_only_its_own_heartbeat_and_serve_only_its_own_subjects(tmp_path: Path) -> None:
     setup.init(tmp_path / "home")
     (tmp_path / "home" / "config.toml").write_text('install_id = "g1"\n[runner]\nid = "a"\n')
@@ -269,10 +281,12 @@ async def test_two_runners_both_beat_both_show_in_status_and_both_answer_the_con
         report = await gather(config.load(stack.home))
         box = report["containers"]
         by_runner = {r["runner"]: {c["session_id"] for c in r["running"]} for r in box["runners"]}
+        assert all(r["cpus"] >= 1 and r["memory_available"] > 0 for r in box["runners"]), box
         assert by_runner == {"a": {on_a.session_id}, "b": {"sess-on-b"}}, box
         text = render(report)
         assert "containers (runner a): 1 of 8 running" in text and "containers (runner b): 1 of 8 running" in text
         assert text.index(on_a.session_id) < text.index("(runner b)") < text.index("sess-on-b")
+        assert text.count(" CPUs, ") == 2  # each block says how busy its host is
 
         answers = await control.ask_all(nc, runner_api.CONTAINERS, Nothing())
         assert set(answers) == {"a", "b"}

@@ -31,6 +31,10 @@ class Containers(Reply, frozen=True):
     max: int
     running: list[Running]
     waiting: list[Waiting]
+    # The runner's host, as its heartbeat says it (services/runner/heartbeat.py); 0 / -1 from an older runner.
+    cpus: int = 0
+    load: float = 0.0  # 1-minute load average
+    memory_available: int = -1  # bytes, -1 unknown
 
 
 CONTAINERS = declare(SERVICE, "containers", Nothing, Containers)
