@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -31,8 +31,13 @@ class NatsConfig(msgspec.Struct, frozen=True, kw_only=True):
         return tuple(dict.fromkeys(u.strip() for u in given if u.strip()))
 
 
+# A runner's id names its subjects (clawden.wake.<id>, clawden.runner.heartbeat.<id>): subjects.TOKEN_PATTERN,
+# written out here because the bus package imports this module.
+RunnerId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
 class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
-    id: str = "local"
+    id: RunnerId = "local"  # one per runner where several share the bus
     image: str = "clawden-agent:latest"
     idle_timeout: float = 1800.0
     memory: str = "2g"

@@ -18,6 +18,7 @@ from typing import Any
 
 import docker
 import msgspec
+import msgspec.inspect
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -329,3 +330,17 @@ async def test_on_a_secured_bus_the_web_identity_sees_every_runners_sessions_and
         assert [c.labels[LABEL_SESSION] for c in stack.containers()] == [session]  # still running
     finally:
         stack.stop()
+
+
+@pytest.mark.parametrize("rid", ["a.b", "", "x" * 65, "a b", "a>"])
+def test_a_runner_id_that_cannot_name_its_subjects_is_a_clear_config_error(tmp_path: Path, rid: str) -> None:
+    (tmp_path / "config.toml").write_text(f'[runner]\nid = "{rid}"\n')
+    with pytest.raises(config.ConfigError, match=r"runner\.id"):
+        config.load(tmp_path, {})
+
+
+def test_a_runner_id_is_a_subject_token(tmp_path: Path) -> None:
+    kind = msgspec.inspect.type_info(config.RunnerId)
+    assert isinstance(kind, msgspec.inspect.StrType) and kind.pattern == subjects.TOKEN_PATTERN  # one rule, twice
+    (tmp_path / "config.toml").write_text('[runner]\nid = "host-b_1"\n')
+    assert config.load(tmp_path, {}).runner.id == "host-b_1"
