@@ -1,8 +1,13 @@
-"""The approval requests the router sends: a new sender knocking, a new chat asking to be connected."""
+"""The approval requests the router sends: a new sender knocking, a new chat asking to be connected (to an
+agent group, or to a new one the owner names)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from clawden.bus import events as ev
+from services.router import commands
 
 REQUESTER = "router"
 # Button ids the approvals service hands back as the decision's `value`.
@@ -10,6 +15,18 @@ APPROVE = "approve"
 DENY = "deny"
 CONNECT_PREFIX = "connect:"
 MAX_CHOICES = 5  # chat platforms render a handful of buttons well
+NEW_AGENT = "new-agent"  # the channel card's choice of a new agent group, named by the owner next
+NAME_WORD = "newagent"  # `/newagent NAME`: the owner's answer, in any chat they write from
+NAMING_SUFFIX = "-name"  # the follow-up notice's id: the channel approval's, with this
+STARTER_MEMORY = """\
+# {name}
+
+You are the {name} agent on your owner's home server, answering the chat {chat}. Reply with the
+`send_message` tool; keep replies short and plain, as in a chat.
+
+This folder is your memory: notes you keep here survive between conversations. Your owner may
+rewrite this file to tell you what you are for.
+"""
 
 
 def _chat_label(route: ev.Route, chat_name: str) -> str:
@@ -69,7 +86,11 @@ def channel_request(
             title="Connect a new chat?",
             body=f"{who} wrote to the assistant in a {kind}, {_chat_label(message.route, message.chat_name)},"
             " which no agent group answers yet.",
-            buttons=(*buttons, ev.Button(id=DENY, label="Ignore this chat", style="danger")),
+            buttons=(
+                *buttons,
+                ev.Button(id=NEW_AGENT, label="New agent…"),
+                ev.Button(id=DENY, label="Ignore this chat", style="danger"),
+            ),
         ),
         route=message.route,
         expires_at=expires_at,
@@ -89,3 +110,58 @@ def chosen_group(decision: ev.ApprovalDecision, default: str) -> str:
     if value.startswith(CONNECT_PREFIX):
         value = value[len(CONNECT_PREFIX) :]
     return value if value and value != APPROVE else default
+
+
+def name_request(approval_id: str, chat: str, owner: str, expires_at: float) -> ev.ApprovalRequest:
+    """The follow-up to the owner who chose "New agent": a notice (no buttons, so nothing to decide) in their
+    direct chat, asking for the name in the one way every platform allows: a message."""
+    return ev.ApprovalRequest(
+        id=f"{approval_id}{NAMING_SUFFIX}",
+        kind="channel",
+        requester=REQUESTER,
+        agent_group="main",
+        card=ev.Card(
+            title="Name the new agent",
+            body=f"Reply with /{NAME_WORD} NAME to create agent group NAME for {chat} and connect the chat to it"
+            " (a name of lowercase letters, digits, - and _, at most 40).",
+        ),
+        expires_at=expires_at,
+        approvers=(owner,),
+        context={"channel": owner.partition(":")[0]},
+    )
+
+
+def named(text: str) -> str | None:
+    """The NAME of `/newagent NAME` ("" when none was given); None when the text is not that command."""
+    if commands.parse(text).word != NAME_WORD:
+        return None
+    words = text.split()
+    return words[1] if len(words) == 2 else ""
+
+
+def name_problem(name: str, *, taken: bool) -> str:
+    """Why `name` cannot be the new agent group's ("" when it can)."""
+    if not ev.GROUP_NAME.fullmatch(name):
+        return (
+            f"Give the new agent a name: /{NAME_WORD} NAME, with lowercase letters, digits, - and _"
+            " (at most 40, starting with a letter or digit)."
+        )
+    if taken:
+        return f"An agent group or folder named {name} exists already: /{NAME_WORD} another name."
+    return ""
+
+
+def write_memory(groups_dir: Path, name: str, chat: str) -> bool:
+    """groups/<name>/CLAUDE.md from the starter; never over a file that is there, never through a link.
+    False when one was there already (a redelivery, or a folder the owner made)."""
+    folder = groups_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_symlink() or folder.resolve().parent != groups_dir.resolve():
+        raise OSError(f"{folder} is a link or leaves {groups_dir}")
+    try:
+        fd = os.open(folder / "CLAUDE.md", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(STARTER_MEMORY.format(name=name, chat=chat))
+    return True

@@ -224,4 +224,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE sessions ADD COLUMN hop_limit INTEGER NOT NULL DEFAULT 0;
     """,
     ),
+    # "New agent" on a channel-registration card (services/router/cards.py): the owner who chose it, asked for
+    # the new agent's name; their `/newagent NAME` creates the group and connects the chat ('' when nobody is).
+    (
+        "0006_new_agent",
+        """
+        ALTER TABLE approvals ADD COLUMN naming_by TEXT NOT NULL DEFAULT '';
+    """,
+    ),
 ]

@@ -217,6 +217,7 @@ def _login() -> str | None:
 
 async def main(ctx: ServiceContext) -> None:
     store = await RouterStore.start(ctx.config.data_dir / "router.db", ctx.config.runner.id)
+    store.groups_dir = ctx.config.groups_dir  # a new agent's folder, made from the channel card (cards.py)
     try:
         router = Router(ctx, store)
         for line in await store.run(store.seed, DEFAULT_GROUP, LOCAL_CHANNEL, _login(), time.time()):

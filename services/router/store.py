@@ -108,6 +108,7 @@ class RouterStore(outbox.OutboxStore):
     def __init__(self, conn: sqlite3.Connection, runner_id: str) -> None:
         super().__init__(conn)
         self.runner_id = runner_id
+        self.groups_dir: Path | None = None  # where a new agent's folder goes (set by the service)
         self.roles = Roles()
         self._pairing: dict[str, tuple[str, float]] = {}
         self._destinations: dict[str, tuple[ev.Destination, ...]] = {}
@@ -198,7 +199,7 @@ class RouterStore(outbox.OutboxStore):
                         self._tell_owners_lost(event, out)
                     elif isinstance(event, ev.InboundEdit | ev.InboundDelete):
                         self._revise(event, out)
-                    else:
+                    elif not self._name_agent(event, now, out):
                         out.counts["routed"] += 1
                         self._route(event, now, out)
                 except Exception:
@@ -894,6 +895,9 @@ class RouterStore(outbox.OutboxStore):
             _held_decoder.decode(r[0])
             for r in db.execute("SELECT event FROM held_messages WHERE approval_id = ? ORDER BY rowid", (row["id"],))
         ]
+        if decision.decision in ("approved", "answered") and kind == "channel" and decision.value == cards.NEW_AGENT:
+            self._ask_name(row, decision, out)
+            return
         if decision.decision in ("approved", "answered"):
             group = row["agent_group"] if kind == "sender" else cards.chosen_group(decision, row["agent_group"])
             scope = group if kind == "sender" else None
@@ -948,6 +952,58 @@ class RouterStore(outbox.OutboxStore):
         for event in held:
             self.record_drop(event, user_id_of(event.route.channel, event.sender.id), reason, now)
             out.counts["dropped"] += 1
+
+    # --- a new agent from the channel card ---------------------------------------------------------
+
+    def _chat_name(self, mg: int) -> str:
+        row = self.conn.execute("SELECT channel, chat_id, name FROM messaging_groups WHERE id = ?", (mg,)).fetchone()
+        return f"{row['name']} ({row['channel']})" if row["name"] else f"chat {row['chat_id']} on {row['channel']}"
+
+    def _ask_name(self, row: sqlite3.Row, decision: ev.ApprovalDecision, out: Outcome) -> None:
+        """ "New agent" pressed: the chat waits on, and the owner who pressed it is asked for the name."""
+        if not self.roles.may_decide(decision.decided_by, None):
+            log.warning("approval %s: %r may not make a new agent; still waiting", row["id"], decision.decided_by)
+            out.counts["decisions_refused"] += 1
+            return
+        self.conn.execute("UPDATE approvals SET naming_by = ? WHERE id = ?", (decision.decided_by, row["id"]))
+        ask = cards.name_request(
+            row["id"], self._chat_name(row["messaging_group"]), decision.decided_by, row["expires_at"]
+        )
+        self.emit(subjects.APPROVAL_REQUEST, ask.id, ask, lane=row["id"])
+        out.counts["names_asked"] += 1
+
+    def _name_agent(self, event: ev.InboundMessage, now: float, out: Outcome) -> bool:
+        """`/newagent NAME` from the owner asked for a name: the group made (its folder and starter CLAUDE.md)
+        and the chat connected to it, in this one transaction. False when it is not that (routed as usual)."""
+        name = cards.named(event.text)
+        if name is None:
+            return False
+        user = user_id_of(event.route.channel, event.sender.id)
+        row = self.conn.execute(
+            "SELECT * FROM approvals WHERE kind = 'channel' AND naming_by = ? ORDER BY created_at DESC LIMIT 1",
+            (user,),
+        ).fetchone()
+        if row is None:
+            return False
+        chat = self._chat_name(row["messaging_group"])
+        taken = self.conn.execute("SELECT 1 FROM agent_groups WHERE name = ? OR folder = ?", (name, name)).fetchone()
+        if why := cards.name_problem(name, taken=taken is not None):
+            self._reply(event, why, 0, out, kind="error")
+            return True
+        self.conn.execute(
+            "INSERT INTO agent_groups (name, folder, created_at, changed_at) VALUES (?, ?, ?, ?)",
+            (name, name, now, now),
+        )
+        if self.groups_dir is not None:  # before the commit: a failed write rolls the group back
+            cards.write_memory(self.groups_dir, name, chat)
+        connect = ev.ApprovalDecision(
+            id=row["id"], decision="approved", decided_by=user, value=f"{cards.CONNECT_PREFIX}{name}", decided_at=now
+        )
+        self._settle(row, connect, now, out)
+        self._reply(event, f"Created agent group {name} (folder groups/{name}) and connected {chat} to it.", 0, out)
+        out.counts["agents_created"] += 1
+        log.info("agent group %s created by %s for %s", name, user, chat)
+        return True
 
     # --- entity writes shared by routing and control ----------------------------------------------
 

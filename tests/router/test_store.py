@@ -227,7 +227,7 @@ def test_an_unwired_direct_chat_asks_the_owner_and_is_wired_to_the_chosen_group(
     admin(store, "groups", op="create", name="helper")
     [request] = requests(published(store, store.route_batch([msg(n=1), msg(n=2)], NOW)))
     assert (request.kind, request.agent_group) == ("channel", "main")
-    assert [b.id for b in request.card.buttons] == ["connect:main", "connect:helper", "deny"]
+    assert [b.id for b in request.card.buttons] == ["connect:main", "connect:helper", "new-agent", "deny"]
     decided = store.on_decision(
         ev.ApprovalDecision(id=request.id, decision="approved", value="connect:helper", decided_by=OWNER), NOW
     )
