@@ -83,7 +83,8 @@ def test_the_card_shows_the_command_and_the_other_agent_and_the_request_carries_
     )
     default = allow("group", "main", parse(["destinations", "add", "main", "--agent", "writer"]))
     assert isinstance(default, Write) and f"at most {ev.DEFAULT_MAX_HOPS} " in default.change
-    assert write_request(default.command)[1].max_hops == 0  # the router's default
+    asked = write_request(default.command)[1]
+    assert isinstance(asked, router_api.DestinationAdd) and asked.max_hops == 0  # the router's default
 
 
 CHANNELS = frozenset({"local", "telegram"})
