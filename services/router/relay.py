@@ -96,6 +96,18 @@ def _counted(deliver: Deliver, source: Source) -> Deliver | Drop:
     return deliver
 
 
+def relayed(kind: str, thread_id: str | None) -> bool:
+    """What of the agent channel's outbound the router relays: an agent's send or answer, and the runner's
+    error in a session another agent opened ("couldn't answer"), so the asker hears its question failed
+    instead of waiting. Other notices and a session's error with no asker mean nothing to an agent."""
+    return kind == "reply" or (kind == "error" and bool(thread_id))
+
+
+def text_of(kind: str, agent_group: str, text: str) -> str:
+    """What the receiving agent reads: an answer as it is; a failure said as one, from the host."""
+    return text if kind == "reply" else f"(Clawden: agent group {agent_group} could not answer: {text})"
+
+
 def sender(agent_group: str) -> ev.Sender:
     """Who a relayed message is from: an agent, never a person (no `agent:` user may hold a role)."""
     return ev.Sender(id=f"{AGENT}:{agent_group}", name=f"agent {agent_group}", is_bot=True)

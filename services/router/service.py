@@ -20,7 +20,7 @@ from clawden.bus import bind, consume_batches, ctl, nak, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import router_agents, router_decisions, router_inbound
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
-from services.router import control, weblink
+from services.router import control, relay, weblink
 from services.router.store import Outcome, Routable, RouterError, RouterStore
 
 log = logging.getLogger("clawden.router")
@@ -131,9 +131,9 @@ class Router:
                 log.error("dropping malformed message on %s: %s", msg.subject, exc)
                 await msg.term()
                 continue
-            if isinstance(event, ev.OutboundMessage) and event.kind == "reply":
+            if isinstance(event, ev.OutboundMessage) and relay.relayed(event.kind, event.route.thread_id):
                 sends.append(event)
-            else:  # typing, edits, reactions and the runner's notices mean nothing to an agent
+            else:  # typing, edits, reactions and the runner's other notices mean nothing to an agent
                 self.counts["agent_ignored"] += 1
         outcome = await self.settle(self.store.relay_batch, sends, time.time()) if sends else None
         for msg in msgs:

@@ -735,7 +735,12 @@ class RouterStore(outbox.OutboxStore):
             agent_group=to.agent_group,
             route=to.route,
             message=ev.WakeMessage(
-                id=key, kind="chat", text=event.text, sender=relay.sender(event.agent_group), sent_at=now, hops=to.hops
+                id=key,
+                kind="chat",
+                text=relay.text_of(event.kind, event.agent_group, event.text),
+                sender=relay.sender(event.agent_group),
+                sent_at=now,
+                hops=to.hops,
             ),
             destinations=self.destinations(to.agent_group),
             group=self.group_settings(to.agent_group),

@@ -92,3 +92,24 @@ def test_an_a_b_loop_is_cut_at_the_limit() -> None:
         delivered += 1
         a = hops(S_A, into_a.hops)
     assert delivered == ev.DEFAULT_MAX_HOPS
+
+
+@pytest.mark.parametrize(
+    ("kind", "thread", "relayed"),
+    [
+        ("reply", None, True),  # a send: its destination decides
+        ("reply", "s-a", True),  # an answer
+        ("error", "s-a", True),  # "couldn't answer" in a session another agent opened: the asker hears it
+        ("error", None, False),  # no asker to tell
+        ("notice", "s-a", False),  # the runner's other notices mean nothing to an agent
+    ],
+)
+def test_an_answer_and_a_failure_to_answer_are_relayed_nothing_else(
+    kind: str, thread: str | None, relayed: bool
+) -> None:
+    assert relay.relayed(kind, thread) is relayed
+
+
+def test_a_failure_reads_as_the_hosts_word_an_answer_as_it_is() -> None:
+    assert relay.text_of("reply", "writer", "Dawn") == "Dawn"
+    assert relay.text_of("error", "writer", "Sorry") == "(Clawden: agent group writer could not answer: Sorry)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from typing import Literal
 
 import pytest
 from nats.js import JetStreamContext
@@ -17,6 +18,7 @@ from clawden import control
 from clawden.bus import Consumer, bind, subjects
 from clawden.bus import events as ev
 from clawden.bus.ctl import router as api
+from services.router import relay
 from tests.eventually import eventually
 from tests.router.conftest import RouterProcess, start_router, stop, wait_ready
 
@@ -135,6 +137,38 @@ async def test_a_send_to_an_agent_destination_wakes_it_as_an_agent_and_its_answe
         "agent:writer",
     )
     assert back.message.hops == 2
+
+
+async def test_bs_runner_failing_to_answer_reaches_the_asking_session_as_a_failure(
+    router: RouterProcess, js: JetStreamContext, bus: Bus
+) -> None:
+    await person_says(js, "ask the writer for a title", 1)
+    asked = await bus.wake_for("main")
+    await agent_sends(js, asked, ev.Route(channel="agent", chat_id="writer"), "A title, please?", "r1")
+    into_b = await bus.wake_for("writer")
+
+    # What the runner publishes when B's turn fails (services/runner/service.py `_fail`), and a plain notice.
+    kinds: tuple[tuple[str, Literal["error", "notice"]], ...] = (("failed-1", "error"), ("note-1", "notice"))
+    for key, kind in kinds:
+        told = ev.OutboundMessage(
+            id=f"{into_b.session_id}:{key}",
+            route=into_b.route,
+            text="Sorry — I couldn't answer that: the model is unreachable",
+            session_id=into_b.session_id,
+            agent_group="writer",
+            kind=kind,
+        )
+        await js.publish(
+            subjects.outbound("agent", into_b.route.chat_id), ev.encode(told), headers={Header.MSG_ID: told.id}
+        )
+
+    back = await bus.wake_for("main", 2)
+    assert (back.session_id, back.message.sender) == (asked.session_id, relay.sender("writer"))
+    assert back.message.text == (
+        "(Clawden: agent group writer could not answer: Sorry — I couldn't answer that: the model is unreachable)"
+    )
+    assert back.message.hops == 2
+    assert (await router.stats())["agent_ignored"] == 1  # the notice
 
 
 async def test_a_redelivered_send_is_relayed_once(router: RouterProcess, js: JetStreamContext, bus: Bus) -> None:
