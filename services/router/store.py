@@ -962,7 +962,8 @@ class RouterStore(outbox.OutboxStore):
 
     def _chat_name(self, mg: int) -> str:
         row = self.conn.execute("SELECT channel, chat_id, name FROM messaging_groups WHERE id = ?", (mg,)).fetchone()
-        return f"{row['name']} ({row['channel']})" if row["name"] else f"chat {row['chat_id']} on {row['channel']}"
+        where = f"chat {row['chat_id']} on {row['channel']}"
+        return f"{row['name']} ({where})" if row["name"] else where
 
     def _ask_name(self, row: sqlite3.Row, decision: ev.ApprovalDecision, out: Outcome) -> None:
         """ "New agent" pressed: the chat waits on, and the owner who pressed it is asked for the name."""
