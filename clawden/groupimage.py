@@ -25,9 +25,9 @@ from clawden.packagespec import (
     GROUP_LABEL,
     PACKAGES_LABEL,
     Packages,
-    apt_needed,
     base_problem,
     dockerfile,
+    has_browser,
     image_tag,
     labels_packages,
     problem,
@@ -80,15 +80,27 @@ def base_packages(base: str) -> tuple[set[str], str]:
     return {line for line in lines if "=" not in line}, codename
 
 
-def apt_closure(names: tuple[str, ...]) -> list[str]:
-    """The packages with every dependency (Depends, Pre-Depends), from this host's apt lists."""
-    flags = ["--recurse", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces"]
-    result = _run(["apt-cache", "depends", *flags, "--no-enhances", *names])
-    closure = [line.strip() for line in result.stdout.splitlines() if line and not line.startswith(" ")]
-    if unknown := [name for name in names if name not in closure]:
+def base_status(base: str) -> str:
+    """The base image's dpkg status file: what apt resolves the group's packages against."""
+    cmd = ["docker", "run", "--rm", "--network", "none", "--entrypoint", "cat", base, "/var/lib/dpkg/status"]
+    result = docker(cmd)
+    if result.returncode != 0:
+        raise BuildError(f"cannot read the Debian packages of {base}: {_tail(result.stderr)}")
+    return result.stdout
+
+
+def apt_resolve(names: tuple[str, ...], status: Path) -> list[str]:
+    """The packages to add to an image whose dpkg status is `status`: apt's own resolver, simulated on this
+    host's lists (Depends and Pre-Depends, one alternative each, no recommends), so a dependency the base
+    meets, or meets with another alternative, is not added."""
+    flags = ["-s", "--no-install-recommends", "-o", f"Dir::State::status={status}", "-o", "Debug::NoLocking=1"]
+    result = _run(["apt-get", "install", *flags, *names])
+    if unknown := re.findall(r"Unable to locate package (\S+)", result.stderr):
         known = "this host's apt knows no Debian package"
         raise BuildError(f"{known} {', '.join(unknown)} (check the name, or run apt-get update)")
-    return closure
+    if result.returncode != 0:
+        raise BuildError(f"apt cannot install {', '.join(names)} on the base: {_tail(result.stderr or result.stdout)}")
+    return re.findall(r"^Inst (\S+)", result.stdout, re.MULTILINE)
 
 
 def host_codename() -> str:
@@ -133,7 +145,10 @@ _CONTROL_FIELDS = (
     "Recommends", "Suggests", "Breaks", "Conflicts", "Replaces", "Provides", "Section", "Priority", "Multi-Arch",
     "Homepage", "Description",
 )  # fmt: skip
-_INFO_FILES = ("preinst", "postinst", "prerm", "postrm", "triggers", "shlibs", "symbols", "conffiles", "md5sums")
+_INFO_FILES = (
+    "preinst", "postinst", "prerm", "postrm", "config", "templates",  # debconf's: fontconfig-config asks
+    "triggers", "shlibs", "symbols", "conffiles", "md5sums",
+)  # fmt: skip
 
 
 def repack(name: str, dest: Path) -> str:
@@ -152,7 +167,7 @@ def repack(name: str, dest: Path) -> str:
         except OSError as exc:  # a file this user may not read: fetch the package instead
             raise BuildError(f"cannot pack {name} from this host ({exc}); put its .deb in the apt cache") from exc
         out = dest / f"{name}_repacked.deb"
-        result = _run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(out)])
+        result = _run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", str(root), str(out)])
         if result.returncode != 0:
             raise BuildError(f"cannot pack {name} from this host: {_tail(result.stderr)}")
     return f"{name} packed from this host's installed copy"
@@ -165,12 +180,15 @@ def _control_text(text: str) -> str:
 
 
 def _copy_listed(listing: list[str], root: Path) -> None:
+    # A folder the package has files under is a folder in the package, even where this host made it a link
+    # (merged /usr: /lib is usr/lib here, but dbus ships /lib/systemd/...).
+    parents = {str(Path(entry).parent) for entry in listing}
     for entry in listing:
         src = Path(entry)
         if entry in ("/.", "") or not src.is_absolute():
             continue
         target = root / entry.lstrip("/")
-        if src.is_symlink():
+        if src.is_symlink() and entry not in parents:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(src.readlink())
         elif src.is_dir():
@@ -191,10 +209,13 @@ def _copy_info(name: str, debian: Path) -> None:
                 break
 
 
-def fetch_apt(names: tuple[str, ...], dest: Path, installed: set[str], codename: str, log: Log) -> None:
+def fetch_apt(names: tuple[str, ...], dest: Path, base: str, codename: str, log: Log) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     same = bool(codename) and codename == host_codename()
-    needed = apt_needed(apt_closure(names), installed)
+    status = dest.parent / "base-dpkg-status"
+    status.write_text(base_status(base))
+    needed = apt_resolve(names, status)
+    status.unlink()
     for name in needed:
         log(f"apt {name}: {fetch_deb(name, dest, same_release=same, caches=APT_CACHES)}")
 
@@ -246,15 +267,17 @@ def build(group: str, packages: Packages, *, base: str = BASE_TAG, log: Log = pr
     if image_labels(tag) is not None:
         log(f"{tag} is current (same base, same packages): nothing to build")
         return tag, False
-    installed, codename = base_packages(base)
+    _installed, codename = base_packages(base)
     with tempfile.TemporaryDirectory(prefix="clawden-group-image-") as tmp:
         ctx = Path(tmp)
         if packages.apt:
-            fetch_apt(packages.apt, ctx / "debs", installed, codename, log)
+            fetch_apt(packages.apt, ctx / "debs", base, codename, log)
         if packages.npm:
             fetch_npm(packages.npm, ctx / "npm", log)
         if packages.pip:
             fetch_pip(packages.pip, ctx / "wheels", base, log)
+        if has_browser(packages):
+            shutil.copy2(Path(__file__).with_name("browse.py"), ctx / "browse.py")
         (ctx / "Dockerfile").write_text(dockerfile(packages))
         _docker_build(ctx, tag, base, identity, group, packages, log)
     log(f"built {tag} ({packages.words()})")

@@ -21,6 +21,7 @@ APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,99}$")  # Debian policy 5.6.1
 NPM_NAME = re.compile(r"^(@[a-z0-9][a-z0-9._-]{0,99}/)?[a-z0-9][a-z0-9._-]{0,99}(@[A-Za-z0-9.^~<>=*+-]{1,64})?$")
 PIP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(\[[A-Za-z0-9,._-]{1,100}\])?(==[A-Za-z0-9.*+!-]{1,64})?$")
 KINDS = ("apt", "npm", "pip")
+BROWSE_HELPER = "/usr/local/bin/clawden-browse"
 
 
 class Packages(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -46,6 +47,17 @@ class Packages(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def words(self) -> str:
         """`apt jq, curl; pip requests`: for a person."""
         return "; ".join(f"{k} {', '.join(getattr(self, k))}" for k in KINDS if getattr(self, k)) or "nothing"
+
+
+# A browser for the agent: Debian's Chromium (with a font, certutil for the vault CA's NSS trust, and
+# libatomic1 for Playwright's bundled node) and
+# Playwright's Python package, which drives that system browser (no browser download). With both in the
+# image, the Dockerfile adds BROWSE_HELPER (clawden/browse.py).
+BROWSER = Packages(apt=("chromium", "fonts-liberation", "libatomic1", "libnss3-tools"), pip=("playwright",))
+
+
+def has_browser(packages: Packages) -> bool:
+    return not packages.missing(BROWSER).apt and not packages.missing(BROWSER).pip
 
 
 # --- the pure core ----------------------------------------------------------------------------------
@@ -90,10 +102,14 @@ def apt_needed(closure: Iterable[str], installed: set[str]) -> list[str]:
     return sorted({n for n in closure if n and not n.startswith("<") and n.split(":")[0] not in installed})
 
 
-DOCKERFILE_VERSION = 1  # part of the tag: a change of the recipe below builds anew
+DOCKERFILE_VERSION = 2  # part of the tag: a change of the recipe below builds anew
 
+# apt, not `dpkg -i`, orders the files by their pre-dependencies (systemd before systemd-sysv); with no
+# source list it has nowhere to fetch from but these files (and the build has no network); debconf asks nothing.
 _APT_STEP = """COPY debs/ /tmp/clawden-debs/
-RUN dpkg -i /tmp/clawden-debs/*.deb && rm -rf /tmp/clawden-debs
+RUN DEBIAN_FRONTEND=noninteractive apt-get install --yes --no-install-recommends \\
+        -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=/dev/null /tmp/clawden-debs/*.deb \\
+    && rm -rf /tmp/clawden-debs
 """
 _NPM_STEP = """COPY npm/ /tmp/clawden-npm/
 RUN command -v npm >/dev/null \\
@@ -107,12 +123,17 @@ RUN /opt/agent/bin/pip freeze > /tmp/clawden-agent-pins.txt \\
     && rm -rf /tmp/clawden-wheels /tmp/clawden-agent-pins.txt
 """
 
+_BROWSE_STEP = f"""COPY browse.py {BROWSE_HELPER}
+RUN chmod 0755 {BROWSE_HELPER}
+"""
+
 
 def dockerfile(packages: Packages) -> str:
     """The recipe: each kind installed from the context alone, as root, then back to the agent's user. pip
     installs into the agent's venv held to what it has (`pip freeze` as constraints), so nothing the agent
     runner uses changes; a wheel that would change one fails the build instead."""
     steps = [_APT_STEP if packages.apt else "", _NPM_STEP if packages.npm else "", _PIP_STEP if packages.pip else ""]
+    steps.append(_BROWSE_STEP if has_browser(packages) else "")
     return "ARG BASE\nFROM ${BASE}\nUSER 0:0\n" + "".join(steps) + "USER 1000:1000\n"
 
 

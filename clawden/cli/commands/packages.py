@@ -87,6 +87,20 @@ def packages_list(args: argparse.Namespace) -> int:
     return show(args, data, render)
 
 
+def browser_enable(args: argparse.Namespace) -> int:
+    """The group's image with Debian's Chromium and Playwright, and `clawden-browse` (clawden/browse.py)."""
+    group, tag, _packages = _apply(args, lambda have: have.plus(packagespec.BROWSER))
+    print(f"agent group {group} runs {tag}, with a browser (clawden-browse URL), from its next container start;")
+    print(f"`clawden groups restart {group}` applies it now")
+    return 0
+
+
+def browser_disable(args: argparse.Namespace) -> int:
+    group, tag, packages = _apply(args, lambda have: have.minus(packagespec.BROWSER))
+    print(f"agent group {group} runs {tag} ({packages.words()}), with no browser, from its next container start")
+    return 0
+
+
 def groups_restart(args: argparse.Namespace) -> int:
     """Stop the group's running containers (their conversations are kept), so the next message starts each
     on the group's current image and settings; `--rebuild` first builds its image on the current base."""
@@ -136,6 +150,16 @@ def register(groups: Sub) -> None:
     v = verbs.add_parser("remove", help="build the group's image without these packages")
     _kinds(v)
     v.set_defaults(func=packages_remove)
+    p = groups.add_parser("browser", help="a browser in the group's image: enable, disable")
+    verbs = p.add_subparsers(dest="browser_verb", metavar="VERB", required=True)
+    for verb, func, text in (
+        ("enable", browser_enable, "build the group's image with Chromium and Playwright (through the vault)"),
+        ("disable", browser_disable, "build the group's image without them"),
+    ):
+        v = verbs.add_parser(verb, help=text)
+        v.add_argument("group", help="the agent group")
+        v.add_argument("--verbose", action="store_true", help="show what is fetched and the build's output")
+        v.set_defaults(func=func)
     v = groups.add_parser("restart", help="stop the group's containers so the next message uses its current image")
     v.add_argument("group", help="the agent group")
     v.add_argument("--rebuild", action="store_true", help="build the group's image on the current base first")
