@@ -9,6 +9,7 @@ The pure core (names, the tag, the labels, the Dockerfile) is clawden/packagespe
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -229,8 +230,16 @@ def fetch_npm(specs: tuple[str, ...], dest: Path, log: Log) -> None:
         log(f"npm {spec}: {result.stdout.strip()}")
 
 
+def wheel_cache(python: str, machine: str) -> Path:
+    """`$CLAWDEN_CACHE/wheels/group-py<version>-<machine>` (by default under ~/.cache/clawden): wheels fetched
+    once, so a later build (and every test run after `bin/setup`) reaches no index."""
+    root = os.environ.get("CLAWDEN_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "clawden") / "wheels" / f"group-py{python}-{machine}"
+
+
 def fetch_pip(requirements: tuple[str, ...], dest: Path, base: str, log: Log) -> None:
-    """Wheels for the base's Python (asked of the image) with their dependencies, and a requirements file."""
+    """Wheels for the base's Python (asked of the image) with their dependencies, and a requirements file: from
+    the wheel cache when it holds them all, otherwise downloaded into the cache first."""
     dest.mkdir(parents=True, exist_ok=True)
     code = "import sys, platform; print('%d.%d' % sys.version_info[:2], platform.machine())"
     probe = docker(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python3", base, "-c", code])
@@ -239,10 +248,16 @@ def fetch_pip(requirements: tuple[str, ...], dest: Path, base: str, log: Log) ->
     python, machine = probe.stdout.split()
     tags = [f"manylinux_2_{minor}_{machine}" for minor in range(36, 16, -1)] + [f"manylinux2014_{machine}"]
     flags = ["--only-binary=:all:", "--python-version", python, *(a for t in tags for a in ("--platform", t))]
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--dest", str(dest), *flags]
-    result = _run([*cmd, *requirements])
-    if result.returncode != 0:
-        raise BuildError(f"pip download {' '.join(requirements)} failed: {_tail(result.stderr)}")
+    cache = wheel_cache(python, machine)
+    cache.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", *flags, "--find-links", str(cache)]
+    if _run([*cmd, "--no-index", "--dest", str(dest), *requirements]).returncode != 0:
+        fetched = _run([*cmd, "--dest", str(cache), *requirements])
+        if fetched.returncode != 0:
+            raise BuildError(f"pip download {' '.join(requirements)} failed: {_tail(fetched.stderr)}")
+        result = _run([*cmd, "--no-index", "--dest", str(dest), *requirements])
+        if result.returncode != 0:
+            raise BuildError(f"wheels for {' '.join(requirements)} are incomplete in {cache}: {_tail(result.stderr)}")
     (dest / "requirements.txt").write_text("".join(f"{r}\n" for r in requirements))
     log(f"pip {', '.join(requirements)}: {len(list(dest.glob('*.whl')))} wheels")
 
