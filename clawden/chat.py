@@ -21,7 +21,7 @@ from typing import TextIO
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from clawden.bus import Consumer, bind, consume, ensure_streams, publish, subjects
+from clawden.bus import Consumer, bind, consume, ensure_streams, publish_stored, subjects
 from clawden.bus import events as ev
 from clawden.cardtext import render_text
 from clawden.config import Config
@@ -248,7 +248,7 @@ class Conversation:
         else:
             print(self.terminal.show(event, message_id), file=self.stdout, flush=True)
         receipt = ev.receipt_for(event, platform_message_id=message_id)
-        await publish(self.js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{event.id}")
+        await publish_stored(self.js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{event.id}")
         if isinstance(event, ev.OutboundMessage) and event.kind != "notice":  # a notice: the answer follows
             if event.kind == "error":
                 self.failed.append(event.id)
@@ -263,7 +263,7 @@ class Conversation:
             print(f"(not sent: a message may hold at most {ev.MAX_TEXT} bytes)", file=sys.stderr)
             return False
         event = self.terminal.line(text)
-        await publish(self.js, subjects.inbound(CHANNEL), event, msg_id=event.key)
+        await publish_stored(self.js, subjects.inbound(CHANNEL), event, msg_id=event.key)
         return True
 
     async def handle(self, text: str) -> bool:

@@ -1,7 +1,17 @@
 """The bus contract: subjects, events, streams, and the connection helpers every service uses."""
 
 from clawden.bus import events, subjects
-from clawden.bus.connection import ConsumeStats, Retry, bind, connect, consume, consume_batches, nak, publish
+from clawden.bus.connection import (
+    ConsumeStats,
+    Retry,
+    bind,
+    connect,
+    consume,
+    consume_batches,
+    nak,
+    publish,
+    publish_stored,
+)
 from clawden.bus.streams import STREAMS, Consumer, ensure_consumer, ensure_streams
 
 __all__ = [
@@ -18,5 +28,6 @@ __all__ = [
     "events",
     "nak",
     "publish",
+    "publish_stored",
     "subjects",
 ]

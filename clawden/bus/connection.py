@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import AuthorizationError
+from nats.errors import AuthorizationError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
 
@@ -117,6 +118,28 @@ async def publish(
 ) -> PubAck:
     """Publish durably; the natural `msg_id` makes a retry or replay a no-op inside the window."""
     return await js.publish(subject, events.encode(event), timeout=timeout, headers={Header.MSG_ID: msg_id})
+
+
+async def publish_stored(
+    js: JetStreamContext,
+    subject: str,
+    event: events.Event,
+    *,
+    msg_id: str,
+    within: float = 60.0,
+    per_try: float = 5.0,
+) -> PubAck:
+    """`publish`, asked again while NATS is away (a restart) until it is stored or `within` seconds have gone:
+    for a person's typed line and the like, which has no redelivery to fall back on. The natural `msg_id` makes
+    every try after the one that was stored a no-op, so nothing is lost and nothing is stored twice."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await publish(js, subject, event, msg_id=msg_id, timeout=per_try)
+        except (NatsTimeoutError, NoRespondersError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)  # a pace while the server comes back; the msg_id keeps it exactly once
 
 
 Handler = Callable[[E, Msg], Awaitable[None]]

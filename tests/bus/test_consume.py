@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 
-from clawden.bus import Consumer, bind, consume, consume_batches, ensure_streams, publish, subjects
+from clawden.bus import Consumer, bind, consume, consume_batches, ensure_streams, publish, publish_stored, subjects
 from clawden.bus import events as ev
+from tests.conftest import NatsServer
 from tests.eventually import eventually
 
 ROUTE = ev.Route(channel="local", chat_id="tty")
@@ -68,3 +71,22 @@ async def test_a_startup_drain_returns_when_nothing_is_left_and_the_loop_after_i
         return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
     await eventually(all_acked, message="every message is acked")
+
+
+async def test_a_line_published_while_nats_restarts_is_stored_once_it_is_back(
+    nats_server: NatsServer, nc: Client
+) -> None:
+    """What `clawden chat` sends has no redelivery behind it: it is asked again until stored, and the same
+    msg_id keeps every try after the stored one from storing it twice."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    line = message(7)
+    nats_server.stop()
+    with pytest.raises(NatsTimeoutError):  # bounded: it says so when the server stays away
+        await publish_stored(js, subjects.inbound("local"), line, msg_id=line.key, within=0.5, per_try=0.2)
+    sending = asyncio.create_task(publish_stored(js, subjects.inbound("local"), line, msg_id=line.key, per_try=0.5))
+    await eventually(lambda: nc.is_reconnecting, timeout=10)
+    nats_server.restart()
+    await asyncio.wait_for(sending, 60)
+    await publish_stored(js, subjects.inbound("local"), line, msg_id=line.key)  # a retry after it was stored
+    assert (await js.stream_info("CLAWDEN_INBOUND")).state.messages == 1

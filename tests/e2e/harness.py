@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from clawden import config, natsauth, natsserver, sessiondb, setup
-from clawden.bus import bind, connect, consume, ensure_streams, publish, subjects
+from clawden.bus import bind, connect, consume, ensure_streams, publish_stored, subjects
 from clawden.bus import events as ev
 from clawden.chat import OUTBOUND, inbound_event, terminal_outbound
 from tests.fakes.anthropic import FakeAnthropic, make_tls, start_in_thread
@@ -208,7 +208,7 @@ class Terminal:
                     platform_message_id=f"term-{event.seq}",
                 )
                 assert self.js is not None
-                await publish(self.js, subjects.receipt("local"), receipt, msg_id=f"receipt:{event.id}")
+                await publish_stored(self.js, subjects.receipt("local"), receipt, msg_id=f"receipt:{event.id}")
 
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(
@@ -230,7 +230,7 @@ class Terminal:
     async def send(self, text: str) -> ev.InboundMessage:
         assert self.js is not None
         event = inbound_event(self.chat_id, getpass.getuser(), text)  # the machine owner, as `clawden chat`
-        await publish(self.js, subjects.inbound("local"), event, msg_id=event.key)
+        await publish_stored(self.js, subjects.inbound("local"), event, msg_id=event.key)
         return event
 
     async def reply(self, timeout: float = 60) -> ev.OutboundMessage:
