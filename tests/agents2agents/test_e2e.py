@@ -53,7 +53,7 @@ def think(stack: Stack, brain: Brain) -> None:
             return Text("done")
         return brain(last_user_text(body))
 
-    stack.fake._next_reply = reply  # type: ignore[method-assign]
+    stack.fake.responder = reply
 
 
 def inbound_rows(stack: Stack, group: str) -> list[tuple[str, str]]:

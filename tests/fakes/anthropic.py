@@ -300,6 +300,8 @@ class FakeAnthropic(ThreadedServer):
         self._stopping = False
         self._extra_servers: list[asyncio.Server] = []
         self._overflow_marker: str | None = None
+        # Answers every request by its body in place of the script (two agents asking at once, say).
+        self.responder: Callable[[dict[str, Any]], Reply] | None = None
         self.connections = 0  # accepted connections, to check keep-alive
         self.url = ""
 
@@ -379,6 +381,8 @@ class FakeAnthropic(ThreadedServer):
         return out if with_tools is None else [r for r in out if r.has_tools == with_tools]
 
     def _next_reply(self, body: dict[str, Any]) -> Reply:
+        if self.responder is not None:
+            return self.responder(body)
         with self._lock:
             if self._script:
                 reply, any_request = self._script[0]

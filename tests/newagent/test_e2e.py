@@ -63,7 +63,7 @@ async def groups(stack: Stack) -> list[str]:
 
 @pytest.fixture
 def thinking(stack: Stack) -> Stack:
-    stack.fake._next_reply = brain  # type: ignore[method-assign]
+    stack.fake.responder = brain
     return stack
 
 
