@@ -473,10 +473,6 @@ def api_address(listen: str) -> tuple[str, int]:
     return host, port
 
 
-def is_loopback(host: str) -> bool:
-    return ipaddress.ip_address(host).is_loopback
-
-
 def bind(host: str, port: int) -> socket.socket:
     try:
         return httpserve.bind(host, port, "vault", backlog=64)

@@ -42,7 +42,7 @@ from services.vault.catalog import (
     check_secret,
 )
 from services.vault.certs import CertificateAuthority, write_trust_files
-from services.vault.gateway import Gateway, token_hash
+from services.vault.gateway import Gateway, is_loopback, token_hash
 from services.vault.oauth_connect import AppConnections
 from services.vault.ratecounts import RateCounts
 from services.vault.refusals import Conflict, NotFound
@@ -622,7 +622,7 @@ async def _serving_api(ctx: ServiceContext, vault: Vault, held: HeldAsks) -> Asy
     from services.vault import api as http_api  # it names Vault: imported once both exist
 
     host, port = http_api.api_address(listen)
-    if not http_api.is_loopback(host):
+    if not is_loopback(host):
         log.warning("the vault's HTTP API listens on %s, not loopback ([vault] api_listen): keys guard it", host)
     sock = http_api.bind(host, port)
     async with httpserve.serving(http_api.build(http_api.Api(vault, held, ctx.nc)), sock, timeout_graceful_shutdown=3):
