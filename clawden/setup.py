@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 from clawden import config as config_mod
@@ -38,3 +40,20 @@ def init(home: Path | None = None) -> config_mod.Config:
     if cfg.embedded_nats:
         natsauth.write_server_config(cfg, tuple(installed_channels()))
     return cfg
+
+
+def write_new_memory(groups_dir: Path, name: str, text: str) -> bool:
+    """A new group's `groups/<name>/CLAUDE.md` holding `text`, its folder made when missing: never through a
+    link, never outside groups/, never over a file that is there (False then: a redelivery, or a folder the
+    owner made)."""
+    folder = groups_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_symlink() or folder.resolve().parent != groups_dir.resolve():
+        raise OSError(errno.ENOTDIR, f"{folder} is a link or leaves {groups_dir}")
+    try:
+        fd = os.open(folder / "CLAUDE.md", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return True

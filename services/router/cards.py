@@ -3,10 +3,10 @@ agent group, or to a new one the owner names)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from clawden.bus import events as ev
+from clawden.setup import write_new_memory
 from services.router import commands
 
 REQUESTER = "router"
@@ -152,16 +152,5 @@ def name_problem(name: str, *, taken: bool) -> str:
 
 
 def write_memory(groups_dir: Path, name: str, chat: str) -> bool:
-    """groups/<name>/CLAUDE.md from the starter; never over a file that is there, never through a link.
-    False when one was there already (a redelivery, or a folder the owner made)."""
-    folder = groups_dir / name
-    folder.mkdir(parents=True, exist_ok=True)
-    if folder.is_symlink() or folder.resolve().parent != groups_dir.resolve():
-        raise OSError(f"{folder} is a link or leaves {groups_dir}")
-    try:
-        fd = os.open(folder / "CLAUDE.md", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        f.write(STARTER_MEMORY.format(name=name, chat=chat))
-    return True
+    """groups/<name>/CLAUDE.md from the starter (`setup.write_new_memory`'s rules); False when one was there."""
+    return write_new_memory(groups_dir, name, STARTER_MEMORY.format(name=name, chat=chat))

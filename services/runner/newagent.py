@@ -10,6 +10,7 @@ is there) and, if asked, the router wires the chat to it. The agent is told the 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ from clawden import control, logs, sessiondb, sessionrows
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.bus.ctl import router as router_api
+from clawden.setup import write_new_memory
 from services.runner.sessions import SessionIndex, SessionInfo
 
 log = logging.getLogger("clawden.runner.newagent")
@@ -133,14 +135,11 @@ def find(folder: Path, session_id: str, approval: str) -> NewAgent | None:
 
 
 def write_memory(groups_dir: Path, agent: NewAgent) -> None:
-    """groups/<name>/CLAUDE.md with the instructions; never through a link, never over a file that is there."""
-    folder = groups_dir / agent.name
-    folder.mkdir(exist_ok=True)
-    if folder.is_symlink() or not folder.is_dir():
-        raise OSError(f"{folder} is not a folder")
-    fd = os.open(folder / MEMORY, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as out:
-        out.write(agent.instructions)
+    """groups/<name>/CLAUDE.md with the instructions (`setup.write_new_memory`'s rules); a file already there
+    is never replaced, and raises."""
+    if not write_new_memory(groups_dir, agent.name, agent.instructions):
+        path = groups_dir / agent.name / MEMORY
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
 
 
 class AgentMaker:
