@@ -222,6 +222,20 @@ def run(name: str, home: str | None = None) -> int:
     return uvloop.run(_serve(name, cfg, main))
 
 
+async def _before_stop(work: asyncio.Future[Any], stopping: asyncio.Event) -> bool:
+    """Whether `work` finished before `stopping` was set; if not, it is cancelled (a start that waits on NATS or
+    JetStream must still stop at once when told to)."""
+    stop_wait = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait({work, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    if work.done():
+        return True
+    work.cancel()
+    with contextlib.suppress(BaseException):
+        await work
+    return False
+
+
 async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
     notifier = Notifier()
     stopping = asyncio.Event()
@@ -232,13 +246,7 @@ async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
     notifier.status(f"connecting to {cfg.nats_url}")
     ident = natsauth.identity(name)
     connecting = asyncio.ensure_future(natsauth.connect_as(cfg, ident))
-    stop_wait = asyncio.ensure_future(stopping.wait())
-    await asyncio.wait({connecting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-    stop_wait.cancel()
-    if not connecting.done():  # told to stop while NATS was still away
-        connecting.cancel()
-        with contextlib.suppress(BaseException):
-            await connecting
+    if not await _before_stop(connecting, stopping):  # told to stop while NATS was still away
         return 0
     try:
         nc = connecting.result()
@@ -258,9 +266,13 @@ async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
     js = nc.jetstream()
     # Where the server checks identities only the core makes streams; on an open one anyone may.
     if ident in natsauth.CORE or not nc._server_info.get("auth_required"):
-        await ensure_streams(js, replicas=cfg.nats.replicas)
+        streams = asyncio.ensure_future(ensure_streams(js, replicas=cfg.nats.replicas, notifier=notifier))
     else:  # a bridge may not shape streams; the core services make them
-        await wait_streams(js, notifier)
+        streams = asyncio.ensure_future(wait_streams(js, notifier))
+    if not await _before_stop(streams, stopping):  # told to stop while JetStream or the streams were awaited
+        await nc.close()
+        return 0
+    streams.result()
     ctx = ServiceContext(name=name, config=cfg, nc=nc, js=js, notifier=notifier, stopping=stopping)
     ctx._micro = await nats.micro.add_service(
         nc,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -16,10 +18,14 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from clawden.bus import subjects
 
+log = logging.getLogger("clawden.bus")
+T = TypeVar("T")
 DAY = 24 * 3600.0
 
 
@@ -178,10 +184,31 @@ def scheduler_chat_moves() -> Consumer:
     return Consumer("CLAWDEN_EVENTS", "scheduler-chat-moves", subjects.event("router", "chat_moved"))
 
 
+async def _answered(call: Callable[[], Awaitable[T]], notifier: Any = None) -> T:
+    """`call`, a JetStream API request, asked again until JetStream answers it. A cluster's JetStream answers
+    only once its nodes have elected a meta leader (at a cold start, or after losing a majority): until then a
+    request times out, finds no responder or gets a 503. Each ask is bounded by the client's request timeout;
+    the pause only paces the asking."""
+    while True:
+        try:
+            return await call()
+        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+            note = f"waiting for JetStream to answer ({type(exc).__name__}; a cluster still electing its leader?)"
+            log.warning("%s", note)
+            if notifier is not None:
+                notifier.status(note)
+            await asyncio.sleep(1.0)
+
+
 async def ensure_streams(
-    js: JetStreamContext, streams: tuple[Stream, ...] = STREAMS, *, replicas: int | None = None
+    js: JetStreamContext,
+    streams: tuple[Stream, ...] = STREAMS,
+    *,
+    replicas: int | None = None,
+    notifier: Any = None,
 ) -> None:
-    """Create each stream, or update it to the intended config. Safe to run from every service.
+    """Create each stream, or update it to the intended config. Safe to run from every service, and at any
+    moment: a JetStream that does not answer yet is waited for (with a note to `notifier`), not an error.
 
     `replicas` is `nats.replicas`, which the services pass: it also changes an existing stream's count (on a
     cluster, a stream a client made with one copy becomes R3 once a service with replicas = 3 starts). A client
@@ -189,11 +216,12 @@ async def ensure_streams(
     its count, so it never shrinks a cluster's streams. Durables follow their stream's count."""
     for stream in streams:
         try:
-            info = await js.stream_info(stream.name)
+            info = await _answered(lambda stream=stream: js.stream_info(stream.name), notifier)
         except NotFoundError:
-            await js.add_stream(stream.config(replicas or 1))
+            await _answered(lambda stream=stream: js.add_stream(stream.config(replicas or 1)), notifier)
         else:
-            await js.update_stream(stream.config(replicas or info.config.num_replicas or 1))
+            config = stream.config(replicas or info.config.num_replicas or 1)
+            await _answered(lambda config=config: js.update_stream(config), notifier)
 
 
 async def wait_streams(js: JetStreamContext, notifier: Any = None, streams: tuple[Stream, ...] = STREAMS) -> None:
@@ -201,7 +229,7 @@ async def wait_streams(js: JetStreamContext, notifier: Any = None, streams: tupl
     for stream in streams:
         while True:
             try:
-                await js.stream_info(stream.name)
+                await _answered(lambda stream=stream: js.stream_info(stream.name), notifier)
                 break
             except NotFoundError:
                 if notifier is not None:

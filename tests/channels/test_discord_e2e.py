@@ -177,11 +177,17 @@ async def test_messages_flowing_through_gateway_drops_and_ended_sessions_are_eac
     for i, text in enumerate(questions):
         discord.say(dm, ada, text)
         if i % 2 == 1:
+            # Counted before the drop: the bridge may be back before this thread runs again.
+            connections = discord.connections
             if i % 10 == 9:
                 discord.end_session()
             else:
                 discord.drop_socket()
-            await eventually(reconnected(discord, discord.connections), 20, "the bridge did not connect again")
+            await eventually(
+                reconnected(discord, connections),
+                20,
+                lambda: f"the bridge did not connect again:\n{bridge.output()[-4000:]}",
+            )
 
     async def all_answered() -> list[str] | None:
         texts = discord.texts(dm)

@@ -3,6 +3,7 @@ home: for the cluster tests and bench/cluster.py."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 from pathlib import Path
@@ -13,7 +14,6 @@ from nats.aio.client import Client
 from clawden import config, natsauth, natsserver, setup
 from clawden.bus import connect, ensure_streams
 from clawden.cli.commands import cluster
-from tests.eventually import eventually
 
 
 class Cluster:
@@ -79,16 +79,7 @@ class Cluster:
         ca = str(self.out / "ca.pem") if self.tls else ""
         return await connect(urls, ident, ca_file=ca, nkeys_seed_str=seed, **options)
 
-    async def make_streams(self, nc: Client, timeout: float = 30, replicas: int = 3) -> None:
-        """Clawden's streams (three copies unless told), as a core service makes them, once the nodes have elected
-        their JetStream meta leader (until then the API does not answer)."""
-        js = nc.jetstream()
-
-        async def made() -> bool:
-            try:
-                await ensure_streams(js, replicas=replicas)
-            except Exception:
-                return False
-            return True
-
-        await eventually(made, timeout, "the cluster's JetStream never made the streams")
+    async def make_streams(self, nc: Client, timeout: float = 60, replicas: int = 3) -> None:
+        """Clawden's streams (three copies unless told), as a core service makes them: ensure_streams waits until
+        the nodes have elected their JetStream meta leader (until then the API does not answer)."""
+        await asyncio.wait_for(ensure_streams(nc.jetstream(), replicas=replicas), timeout)

@@ -152,6 +152,31 @@ async def test_a_killed_node_loses_no_message_and_stores_none_twice(nodes: Clust
         await router.close()
 
 
+async def test_a_service_waits_for_a_cluster_without_a_leader_and_makes_its_streams_once_there_is_one(
+    tmp_path: Path,
+) -> None:
+    """One node of three has no majority, so no JetStream meta leader and no answer from the API: what a service
+    meets when it starts before its peers. It waits, saying so, and makes the R3 streams once they come."""
+    nodes = Cluster(tmp_path / "home").start(0)
+    notes: list[str] = []
+
+    class Notes:
+        def status(self, text: str) -> None:
+            notes.append(text)
+
+    nc = await nodes.connect("router", only=0)
+    try:
+        making = asyncio.create_task(ensure_streams(nc.jetstream(), replicas=3, notifier=Notes()))
+        await eventually(lambda: notes, 60, "the service never said it waits for JetStream")
+        assert not making.done() and "waiting for JetStream" in notes[0]
+        nodes.start(1).start(2)
+        await asyncio.wait_for(making, 120)
+        assert (await nc.jetstream().stream_info("CLAWDEN_INBOUND")).config.num_replicas == 3
+    finally:
+        await nc.close()
+        nodes.stop()
+
+
 @pytest.fixture
 def tls_router(nodes: Cluster) -> Iterator[subprocess.Popen[bytes]]:
     """`clawden run router`, as its unit runs it, with the cluster's `[nats]` lines in config.toml."""
