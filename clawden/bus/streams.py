@@ -6,8 +6,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -18,8 +21,6 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from clawden.bus import subjects
@@ -216,12 +217,12 @@ async def ensure_streams(
     its count, so it never shrinks a cluster's streams. Durables follow their stream's count."""
     for stream in streams:
         try:
-            info = await _answered(lambda stream=stream: js.stream_info(stream.name), notifier)
+            info = await _answered(partial(js.stream_info, stream.name), notifier)
         except NotFoundError:
-            await _answered(lambda stream=stream: js.add_stream(stream.config(replicas or 1)), notifier)
+            await _answered(partial(js.add_stream, stream.config(replicas or 1)), notifier)
         else:
             config = stream.config(replicas or info.config.num_replicas or 1)
-            await _answered(lambda config=config: js.update_stream(config), notifier)
+            await _answered(partial(js.update_stream, config), notifier)
 
 
 async def wait_streams(js: JetStreamContext, notifier: Any = None, streams: tuple[Stream, ...] = STREAMS) -> None:
@@ -229,7 +230,7 @@ async def wait_streams(js: JetStreamContext, notifier: Any = None, streams: tupl
     for stream in streams:
         while True:
             try:
-                await _answered(lambda stream=stream: js.stream_info(stream.name), notifier)
+                await _answered(partial(js.stream_info, stream.name), notifier)
                 break
             except NotFoundError:
                 if notifier is not None:
