@@ -144,6 +144,18 @@ def test_every_option_says_what_it_is_for() -> None:
     assert top.description is not None and top.description.startswith("Clawden: your personal AI assistant")
 
 
+def test_group_verbs_are_only_under_groups() -> None:
+    """`packages`, `browser` and `restart` act on one group: `clawden groups packages …`, never `clawden packages`."""
+
+    def verbs(p: argparse.ArgumentParser) -> set[str]:
+        return {n for a in p._actions if isinstance(a, argparse._SubParsersAction) for n in a.choices}
+
+    top = parser()
+    groups = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices["groups"]
+    assert {"packages", "browser", "restart"} <= verbs(groups)
+    assert not {"packages", "browser", "restart"} & verbs(top)
+
+
 def test_a_reader_that_went_away_ends_the_command_quietly(tmp_path: Path) -> None:
     fresh_home(tmp_path / "home")
     read, write = os.pipe()

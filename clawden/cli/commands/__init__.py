@@ -1,4 +1,4 @@
-"""`clawden` subcommands by area. Each module has `register(subparsers)`; commands talk to services
+"""`clawden` subcommands by area. Each top-level module has `register(subparsers)`; commands talk to services
 only over NATS request/reply (`clawden.ctl.<service>.<verb>`), so they work from another machine."""
 
 from __future__ import annotations
@@ -13,4 +13,5 @@ def register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
-        module.register(sub)
+        if hasattr(module, "register"):  # a module without one adds verbs under another command's
+            module.register(sub)

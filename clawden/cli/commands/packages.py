@@ -131,8 +131,8 @@ def _kinds(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show what is fetched and the build's output")
 
 
-def register(groups: Sub) -> None:
-    """`packages` and `restart` under `clawden groups`."""
+def register_under_groups(groups: Sub) -> None:
+    """`packages`, `browser` and `restart` under `clawden groups` (not at the top: no `register`)."""
     p = groups.add_parser("packages", help="packages in a group's own image: add, remove, list")
     verbs = p.add_subparsers(dest="packages_verb", metavar="VERB", required=True)
     v = verbs.add_parser("list", help="the group's image and the packages it adds")

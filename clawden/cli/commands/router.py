@@ -577,7 +577,7 @@ def register(sub: Sub) -> None:
     v.add_argument("--yes", action="store_true", help="do not ask (needed where nobody can answer)")
     skills_cli.register(verbs)
     mcp_cli.register(verbs)
-    packages_cli.register(verbs)
+    packages_cli.register_under_groups(verbs)
 
     p, verbs = _resource(sub, "chats", "chats (messaging groups): list, create, update, delete")
     p.set_defaults(func=chats_list, channel=None)
