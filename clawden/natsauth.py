@@ -130,6 +130,7 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
                 f"{subjects.PREFIX}.event.router.>",
             ),
             calls=("web.login",),  # `/web` from an owner or admin: a sign-in link (services/router/weblink.py)
+            subscribes=(subjects.ALL_HEARTBEATS,),  # every runner's load, to place new sessions (placement.py)
             manages_streams=True,
         ),
         "runner": Grant(
