@@ -29,7 +29,6 @@ from clawden.control import ControlError
 from clawden.owner import Unreachable, connect_cli
 
 CHANNEL = "local"
-OUTBOUND = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing
 
 
 def terminal_outbound(chat_id: str) -> Consumer:
@@ -227,9 +226,7 @@ class Conversation:
         self.failed: list[str] = []  # ids of replies that said the message will not be answered
         self.shown: dict[str, None] = {}  # outbound ids already printed, oldest first
 
-    async def on_outbound(
-        self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing, msg: Msg
-    ) -> None:
+    async def on_outbound(self, event: ev.Outbound, msg: Msg) -> None:
         if event.route.chat_id != self.terminal.chat_id or isinstance(event, ev.Typing):
             return
         if event.id in self.shown:
@@ -358,7 +355,7 @@ async def chat(
     talk = Conversation(
         js, TerminalChat(chat_id, getpass.getuser()), stdout, interactive=interactive, once=once is not None
     )
-    receiver = asyncio.create_task(consume(sub, OUTBOUND, talk.on_outbound, stopping=talk.stopping))  # type: ignore[arg-type]  # a union is no type[E]
+    receiver = asyncio.create_task(consume(sub, ev.OUTBOUND_DECODER, talk.on_outbound, stopping=talk.stopping))
     try:
         if once is not None:
             return await talk.ask(once, timeout)

@@ -214,7 +214,7 @@ async def consume_batches(
 
 async def consume(
     puller: Puller,
-    kind: type[E],
+    kind: type[E] | msgspec.json.Decoder[E],
     handler: Handler[E],
     *,
     stopping: asyncio.Event,
@@ -227,9 +227,10 @@ async def consume(
 
     The handler acks nothing itself: it returns once its effect is committed and we ack. A payload
     that does not decode is logged with its JSON path and terminated (redelivery cannot fix it).
+    `kind` is an event type, or the decoder of a union of them (`events.INBOUND_DECODER`).
     """
     stats = stats or ConsumeStats()
-    decoder = events.decoder_for(kind)
+    decoder = kind if isinstance(kind, msgspec.json.Decoder) else events.decoder_for(kind)
     limit = asyncio.Semaphore(concurrency)
 
     async def handle(msg: Msg) -> None:

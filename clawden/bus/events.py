@@ -577,6 +577,8 @@ class RunnerHeartbeat(_Event, tag="runner.heartbeat", frozen=True):
 Inbound = InboundMessage | InboundEdit | InboundDelete | InboundAction | ChatMoved | MessagesLost
 # An edit or delete of a message a bridge passed on earlier.
 Revision = InboundEdit | InboundDelete
+# What a bridge reads from its outbound lanes.
+Outbound = OutboundMessage | OutboundEdit | OutboundReaction | Typing
 
 Event = (
     InboundMessage
@@ -612,7 +614,7 @@ def decode(data: bytes) -> Event:
 
 
 def decoder_for(kind: type[T]) -> msgspec.json.Decoder[T]:
-    """A reusable decoder for one event type (or a union of some)."""
+    """A reusable decoder for one event type (for a union, `msgspec.json.Decoder(Union)` keeps its type)."""
     dec = _decoders.get(kind)
     if dec is None:
         dec = _decoders[kind] = msgspec.json.Decoder(kind)
@@ -620,3 +622,5 @@ def decoder_for(kind: type[T]) -> msgspec.json.Decoder[T]:
 
 
 _decoders: dict[object, msgspec.json.Decoder[Any]] = {}  # one per kind: each decodes its key
+INBOUND_DECODER = msgspec.json.Decoder(Inbound)
+OUTBOUND_DECODER = msgspec.json.Decoder(Outbound)

@@ -194,7 +194,7 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(
                 consume(
                     inbound,
-                    Inbound,  # type: ignore[arg-type]  # a union is no type[E]
+                    ev.INBOUND_DECODER,
                     svc.on_inbound,
                     stopping=stop,
                 )

@@ -30,7 +30,7 @@ from services.channels.state import BridgeState, Send
 
 log = logging.getLogger("clawden.channels")
 T = TypeVar("T")
-OutboundEvent = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing
+OutboundEvent = ev.Outbound
 # Deliveries of one event that crash the handler before it is reported as failed and dropped.
 POISON_AFTER = 5
 KEEPALIVE = 5.0  # seconds between in_progress signals: well inside the consumer's ack_wait

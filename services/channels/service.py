@@ -22,7 +22,6 @@ from services.channels.retry import RetryPolicy
 from services.channels.state import BridgeState
 
 log = logging.getLogger("clawden.channels")
-OUTBOUND_EVENTS = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing
 
 
 # --- the process --------------------------------------------------------------------------------------
@@ -65,7 +64,7 @@ async def serve(
         async def take(puller: Puller) -> None:
             await consume(
                 puller,
-                OUTBOUND_EVENTS,  # type: ignore[arg-type]  # a union is no type[E]
+                ev.OUTBOUND_DECODER,
                 delivery.handle,
                 stopping=ctx.stopping,
                 stats=consume_stats,

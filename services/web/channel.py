@@ -21,7 +21,6 @@ from services.web.store import Shown, WebStore
 
 log = logging.getLogger("clawden.web")
 CHANNEL = "web"
-OUTBOUND = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing
 MAX_TEXT = 16_000
 MAX_FILES = 10
 
@@ -130,9 +129,7 @@ class WebChannel:
 
     # --- out: the agent -------------------------------------------------------------------------------
 
-    async def handle(
-        self, event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing, msg: Msg
-    ) -> None:
+    async def handle(self, event: ev.Outbound, msg: Msg) -> None:
         """One outbound event: kept in web.db, then receipted, then shown; only then acknowledged (by consume)."""
         chat = event.route.chat_id
         if isinstance(event, ev.Typing):

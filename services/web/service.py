@@ -15,6 +15,7 @@ from pathlib import Path
 
 from clawden import httpserve, logtail
 from clawden.bus import bind, consume
+from clawden.bus import events as ev
 from clawden.bus.ctl import web as web_ctl
 from clawden.bus.pull import Puller
 from clawden.bus.streams import bridge_lanes
@@ -23,7 +24,7 @@ from clawden.runtime import ConfigurationError, ControlError, ServiceContext
 from services.web import auth, files
 from services.web.app import Settings, Web, build
 from services.web.backend import Backend, BackendError
-from services.web.channel import CHANNEL, OUTBOUND, Hub, WebChannel
+from services.web.channel import CHANNEL, Hub, WebChannel
 from services.web.store import WebStore
 
 log = logging.getLogger("clawden.web")
@@ -128,7 +129,7 @@ async def serve(ctx: ServiceContext, store: WebStore, host: str, port: int, url:
         log.info("listening on http://%s:%d (browsers use %s)", host, port, url)
 
         async def take(puller: Puller) -> None:
-            await consume(puller, OUTBOUND, channel.handle, stopping=ctx.stopping)  # type: ignore[arg-type]  # a union is no type[E]
+            await consume(puller, ev.OUTBOUND_DECODER, channel.handle, stopping=ctx.stopping)
 
         try:
             async with asyncio.TaskGroup() as tg:

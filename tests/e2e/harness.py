@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from clawden import config, natsauth, natsserver, sessiondb, setup
 from clawden.bus import bind, connect, consume, ensure_streams, publish_stored, subjects
 from clawden.bus import events as ev
-from clawden.chat import OUTBOUND, inbound_event, terminal_outbound
+from clawden.chat import inbound_event, terminal_outbound
 from tests.fakes.anthropic import FakeAnthropic, make_tls, start_in_thread
 
 LABEL_INSTALL = "dev.clawden.install"
@@ -190,9 +190,7 @@ class Terminal:
         await ensure_streams(self.js)
         sub = await bind(self.js, terminal_outbound(self.chat_id))
 
-        async def on_reply(
-            event: ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing, msg: Msg
-        ) -> None:
+        async def on_reply(event: ev.Outbound, msg: Msg) -> None:
             if isinstance(event, ev.OutboundMessage) and event.route.chat_id == self.chat_id:
                 if event.id in self.seen:
                     return  # redelivered after a lost ack: `clawden chat` shows it once, and so do we
@@ -214,7 +212,7 @@ class Terminal:
         self._task = asyncio.create_task(
             consume(
                 sub,
-                OUTBOUND,  # type: ignore[arg-type]
+                ev.OUTBOUND_DECODER,
                 on_reply,
                 stopping=self._stopping,
             )
