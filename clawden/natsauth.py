@@ -142,7 +142,7 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
                 f"{subjects.PREFIX}.event.runner.>",  # the in-container `clawden`'s audit (services/runner/admin.py)
                 subjects.heartbeat(runner),  # its own only (services/runner/heartbeat.py)
             ),
-            calls=("vault.gateway", "scheduler.list", *RUNNER_CLI_CALLS),
+            calls=("vault.gateway", "vault.container-token", "scheduler.list", *RUNNER_CLI_CALLS),
             manages_streams=True,
             serves=(f"{subjects.PREFIX}.ctl.runner.*", f"{subjects.PREFIX}.ctl.runner.{subjects.token(runner)}.*"),
         ),

@@ -202,6 +202,25 @@ class ProxyToken(Reply, frozen=True):
     proxy_url: str  # carries the token: for the runner's container only
 
 
+class ContainerToken(Request, frozen=True):
+    """A runner's word that one container presents this token on the vault's TCP listener (vault_transport
+    = "tcp"): only its sha256 travels, so neither the bus nor the vault ever holds the token. It replaces the
+    session's earlier one (a container made again gets a new token); an empty `sha256` withdraws it."""
+
+    agent_group: str
+    session_id: str
+    sha256: str = ""
+
+
+class TcpGateway(Reply, frozen=True):
+    """Where the TCP listener is (its bound port; the host part is the runner's `vault_tcp_host`) and the
+    trust folder the runner mounts, as `gateway` gives it for the socket."""
+
+    port: int
+    trust_dir: str
+    ca_sha256: str
+
+
 class ModelKey(Reply, frozen=True):
     present: bool
     secrets: list[str]
@@ -244,6 +263,7 @@ RULES_DISABLE = declare(SERVICE, "rules-disable", Named, RuleReply)
 AUDIT = declare(SERVICE, "audit", AuditQuery, Audit)
 EGRESS = declare(SERVICE, "egress", EgressRequest, EgressMode)
 PROXY_TOKEN = declare(SERVICE, "proxy-token", GroupRequest, ProxyToken)
+CONTAINER_TOKEN = declare(SERVICE, "container-token", ContainerToken, TcpGateway)
 MODEL_KEY = declare(SERVICE, "model-key", Nothing, ModelKey)
 API_KEYS_CREATE = declare(SERVICE, "api-keys-create", Named, ApiKeyCreated)
 API_KEYS_LIST = declare(SERVICE, "api-keys-list", Nothing, ApiKeys)
