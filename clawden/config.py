@@ -38,6 +38,8 @@ RunnerId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     id: RunnerId = "local"  # one per runner where several share the bus
+    # Seconds without a runner's heartbeat (every 5 s) before the router places no new session on it.
+    dead_after: Annotated[float, msgspec.Meta(gt=0)] = 15.0
     image: str = "clawden-agent:latest"
     idle_timeout: float = 1800.0
     memory: str = "2g"

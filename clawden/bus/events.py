@@ -571,6 +571,9 @@ class RunnerHeartbeat(_Event, tag="runner.heartbeat", frozen=True):
     cpus: int  # the host's CPUs
     load: float  # the host's 1-minute load average
     memory_available: int  # bytes the host could still give (MemAvailable), -1 where unknown
+    # Agent groups whose extra mounts (config.toml's `[groups.<name>] mounts`) all exist on this host: the router
+    # keeps such a group's new sessions on the runners that name it. Empty from a runner of an older version.
+    mount_groups: tuple[str, ...] = ()
 
 
 # What a bridge publishes on its inbound subject.

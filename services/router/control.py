@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from clawden.bus import events as ev
+from clawden.bus import subjects
 from clawden.bus.ctl import Verb
 from clawden.bus.ctl import router as api
 from clawden.bus.ctl.router import (
@@ -102,6 +103,7 @@ class Control:
             "model": row["model"],
             "container": json.loads(row["container"]),
             "created_at": row["created_at"],
+            "runner": row["runner"],
         }
 
     # --- agent groups -----------------------------------------------------------------------------
@@ -140,6 +142,7 @@ class Control:
         folder = _folder(req.folder or name)
         _provider(req.provider)
         _check_settings(req.model, req.container, req.assistant_name)
+        pin = _runner_pin(req.runner)
         container = _set_only(msgspec.to_builtins(req.container))
         with self.store.transaction() as db:
             if db.execute("SELECT 1 FROM agent_groups WHERE name = ?", (name,)).fetchone():
@@ -149,8 +152,8 @@ class Control:
             now = self.clock()
             db.execute(
                 "INSERT INTO agent_groups (name, folder, created_at, assistant_name, provider, model,"
-                " container, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, folder, now, req.assistant_name, req.provider, req.model, json.dumps(container), now),
+                " container, changed_at, runner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, folder, now, req.assistant_name, req.provider, req.model, json.dumps(container), now, pin),
             )
         self.store.reload()
         return _as(api.Group, self._group_json(self._group(name)))
@@ -159,6 +162,7 @@ class Control:
         if req.provider is not None:
             _provider(req.provider)
         _check_settings(req.model, req.container, req.assistant_name)
+        pin = None if req.runner is None else _runner_pin(req.runner)
         with self.store.transaction() as db:
             row = self._group(req.name)
             folder = _folder(req.folder) if req.folder is not None else row["folder"]
@@ -174,7 +178,7 @@ class Control:
             # The next wake carries the new settings to the runner, stamped so a late older one loses.
             db.execute(
                 "UPDATE agent_groups SET folder = ?, assistant_name = ?, provider = ?, model = ?, container = ?,"
-                " changed_at = ? WHERE name = ?",
+                " changed_at = ?, runner = ? WHERE name = ?",
                 (
                     folder,
                     _or(req.assistant_name, row["assistant_name"]),
@@ -182,6 +186,7 @@ class Control:
                     _or(req.model, row["model"]),
                     container,
                     self.clock(),
+                    _or(pin, row["runner"]),
                     req.name,
                 ),
             )
@@ -691,6 +696,16 @@ def _check_settings(model: str | None, container: ContainerSettings | None, assi
     ).problems()
     if problems:
         raise RouterError("; ".join(problems.values()))
+
+
+def _runner_pin(value: str) -> str:
+    """A group's runner pin: a runner id (`[runner] id`, a subject token) or "" for any runner."""
+    try:
+        return subjects.token(value) if value else ""
+    except ValueError:
+        raise RouterError(
+            f'runner {value!r}: give a runner\'s id (letters, digits, - and _, at most 64), or "" for any runner'
+        ) from None
 
 
 def _set_only(container: Json) -> Json:

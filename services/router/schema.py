@@ -232,4 +232,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE approvals ADD COLUMN naming_by TEXT NOT NULL DEFAULT '';
     """,
     ),
+    # The runner an agent group's new sessions are placed on (`clawden groups update --runner`; '': any live one,
+    # by load; services/router/placement.py).
+    (
+        "0007_group_runner",
+        """
+        ALTER TABLE agent_groups ADD COLUMN runner TEXT NOT NULL DEFAULT '';
+    """,
+    ),
 ]

@@ -175,6 +175,21 @@ class Router:
             else:
                 await msg.ack()
 
+    async def on_heartbeat(self, msg: Msg) -> None:
+        """A runner's latest load, kept for placing new sessions. Its id must be the one its subject names (a
+        runner may publish only its own), so one runner cannot speak for another."""
+        try:
+            beat = ev.decoder_for(ev.RunnerHeartbeat).decode(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            self.counts["poisoned"] += 1
+            log.error("dropping malformed heartbeat on %s: %s", msg.subject, exc)
+            return
+        if msg.subject != subjects.heartbeat(beat.runner):
+            self.counts["poisoned"] += 1
+            log.error("dropping a heartbeat on %s that claims to come from runner %r", msg.subject, beat.runner)
+            return
+        self.store.runners.heard(beat, time.time())
+
     async def sweep(self) -> None:
         """Expire approvals nobody answered and forget old keys; also publishes whatever the outbox
         still holds (after a crash, or a publish that failed while no message came to retry it)."""
@@ -218,6 +233,7 @@ def _login() -> str | None:
 async def main(ctx: ServiceContext) -> None:
     store = await RouterStore.start(ctx.config.data_dir / "router.db", ctx.config.runner.id)
     store.groups_dir = ctx.config.groups_dir  # a new agent's folder, made from the channel card (cards.py)
+    store.dead_after = ctx.config.runner.dead_after
     try:
         router = Router(ctx, store)
         for line in await store.run(store.seed, DEFAULT_GROUP, LOCAL_CHANNEL, _login(), time.time()):
@@ -227,6 +243,8 @@ async def main(ctx: ServiceContext) -> None:
             if verb.service == "router":  # not `ping`: the runtime answers that
                 await ctx.endpoint(verb, router.serving(verb))
         inbound = await bind(ctx.js, router_inbound(), batch=BATCH)
+        # Core NATS, before READY: a heartbeat is not replayed, and until one comes sessions go to runner.id.
+        await ctx.nc.subscribe(subjects.ALL_HEARTBEATS, cb=router.on_heartbeat)
         decisions = await bind(ctx.js, router_decisions(), batch=16)
         agents = await bind(ctx.js, router_agents(), batch=64)
         await router.sweep()

@@ -18,10 +18,10 @@ from typing import Literal, Self
 
 import msgspec
 
-from clawden import logs, outbox
+from clawden import config, logs, outbox
 from clawden.bus import events as ev
 from clawden.bus import subjects
-from services.router import cards, engage, notices, relay, schema
+from services.router import cards, engage, notices, placement, relay, schema
 from services.router.entities import ALL_CHATS, ALWAYS, TERMINAL_CHANNEL, UnknownSenderPolicy, user_id_of
 
 log = logging.getLogger("clawden.router")
@@ -107,12 +107,15 @@ class RouterStore(outbox.OutboxStore):
 
     def __init__(self, conn: sqlite3.Connection, runner_id: str) -> None:
         super().__init__(conn)
-        self.runner_id = runner_id
+        self.runner_id = runner_id  # where new sessions go until a runner's heartbeat says otherwise
+        self.runners = placement.Runners()  # every runner's latest heartbeat (the service feeds it)
+        self.dead_after = config.RunnerConfig().dead_after  # `[runner] dead_after` (set by the service)
         self.groups_dir: Path | None = None  # where a new agent's folder goes (set by the service)
         self.roles = Roles()
         self._pairing: dict[str, tuple[str, float]] = {}
         self._destinations: dict[str, tuple[ev.Destination, ...]] = {}
         self._settings: dict[str, ev.GroupSettings] = {}
+        self._pins: dict[str, str] = {}
         self.reload()
 
     @classmethod
@@ -145,6 +148,7 @@ class RouterStore(outbox.OutboxStore):
         }
         self._destinations.clear()
         self._settings.clear()
+        self._pins.clear()
 
     # --- first start ------------------------------------------------------------------------------
 
@@ -544,6 +548,7 @@ class RouterStore(outbox.OutboxStore):
     def _deliver(self, event: ev.InboundMessage, action: engage.Deliver, mg: int, now: float, out: Outcome) -> None:
         key = action.session
         agent_shared = key.chat_id == ALL_CHATS
+        new_id, placed = f"s-{secrets.token_hex(8)}", self._place(key.agent_group, now)
         session_id, runner = self.conn.execute(
             "INSERT INTO sessions (id, agent_group, channel, chat_id, thread_id, runner, created_at, last_message_at,"
             " messaging_group) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -551,17 +556,19 @@ class RouterStore(outbox.OutboxStore):
             # A person spoke: agents relaying into this session start counting hops afresh (relay.py).
             " last_message_at = excluded.last_message_at, hops = 0 RETURNING id, runner",
             (
-                f"s-{secrets.token_hex(8)}",
+                new_id,
                 key.agent_group,
                 key.channel,
                 key.chat_id,
                 key.thread_id,
-                self.runner_id,
+                placed.runner,
                 now,
                 now,
                 None if agent_shared else mg,
             ),
         ).fetchone()
+        if session_id == new_id:
+            self._placed(session_id, key.agent_group, placed)
         wake = ev.Wake(
             session_id=session_id,
             agent_group=action.agent_group,
@@ -667,6 +674,32 @@ class RouterStore(outbox.OutboxStore):
             self._settings[agent_group] = cached
         return cached
 
+    def _place(self, agent_group: str, now: float) -> placement.Placement:
+        """Where a session of this group would go if it were new (an existing one keeps its runner)."""
+        pin = self._pins.get(agent_group)
+        if pin is None:
+            row = self.conn.execute("SELECT runner FROM agent_groups WHERE name = ?", (agent_group,)).fetchone()
+            pin = self._pins[agent_group] = row[0] if row else ""
+        return placement.place(
+            self.runners.snapshot(),
+            now,
+            group=agent_group,
+            pin=pin,
+            dead_after=self.dead_after,
+            fallback=self.runner_id,
+        )
+
+    def _placed(self, session_id: str, agent_group: str, placed: placement.Placement) -> None:
+        """A new session went where `placed` says: counted against that runner until its next heartbeat, and a
+        fallback said once."""
+        self.runners.placed(placed.runner)
+        if self.runners.news(placed):  # before any heartbeat (a fresh start) that is no news to worry about
+            level = logging.WARNING if self.runners.snapshot() else logging.INFO
+            log.log(
+                level, "placing new sessions by fallback: %s", placed.why, extra=logs.context(session_id, agent_group)
+            )
+        log.info("session %s of %s placed on runner %s", session_id, agent_group, placed.runner)
+
     def record_drop(self, event: ev.InboundMessage, user: str, reason: str, now: float) -> None:
         self.conn.execute(
             "INSERT INTO dropped_messages (key, channel, chat_id, sender_id, reason, at) VALUES (?, ?, ?, ?, ?, ?)"
@@ -769,6 +802,7 @@ class RouterStore(outbox.OutboxStore):
             ).fetchone()
         else:
             route = to.route
+            new_id, placed = f"s-{secrets.token_hex(8)}", self._place(to.agent_group, now)
             row = self.conn.execute(
                 "INSERT INTO sessions (id, agent_group, channel, chat_id, thread_id, runner, created_at,"
                 " last_message_at, hops, hop_limit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -776,18 +810,20 @@ class RouterStore(outbox.OutboxStore):
                 " last_message_at = excluded.last_message_at, hops = excluded.hops, hop_limit = excluded.hop_limit"
                 " RETURNING id, runner",
                 (
-                    f"s-{secrets.token_hex(8)}",
+                    new_id,
                     to.agent_group,
                     route.channel,
                     route.chat_id,
                     route.thread_id or "",
-                    self.runner_id,
+                    placed.runner,
                     now,
                     now,
                     to.hops,
                     to.hop_limit,
                 ),
             ).fetchone()
+            if row[0] == new_id:
+                self._placed(new_id, to.agent_group, placed)
         return str(row[0]), str(row[1])
 
     def _drop_relay(self, event: ev.OutboundMessage, key: str, reason: str, now: float, out: Outcome) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.bus.ctl import Verb
 from clawden.bus.ctl import runner as runner_api
+from clawden.config import GroupConfig
 from clawden.runtime import ControlError, ServiceContext, _Subject, sleep_unless_stopping
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,25 @@ def mem_available(meminfo: str) -> int:
     return -1
 
 
+def mount_groups(groups: Mapping[str, GroupConfig], exists: Callable[[str], bool]) -> tuple[str, ...]:
+    """The agent groups with extra mounts (config.toml's `[groups.<name>] mounts`) whose host folders all exist
+    here, by name: the router keeps their new sessions on the runners that have them."""
+    return tuple(
+        sorted(name for name, group in groups.items() if group.mounts and all(exists(m.host) for m in group.mounts))
+    )
+
+
 def beat(
-    runner: str, *, at: float, slots: int, running: int, queued: int, cpus: int, load: float, memory: int
+    runner: str,
+    *,
+    at: float,
+    slots: int,
+    running: int,
+    queued: int,
+    cpus: int,
+    load: float,
+    memory: int,
+    mounts: tuple[str, ...] = (),
 ) -> ev.RunnerHeartbeat:
     """The heartbeat for these figures."""
     return ev.RunnerHeartbeat(
@@ -56,6 +74,7 @@ def beat(
         cpus=cpus,
         load=round(load, 2),
         memory_available=memory,
+        mount_groups=mounts,
     )
 
 
@@ -72,6 +91,10 @@ def host() -> tuple[int, float, int]:
     return os.cpu_count() or 1, load, memory
 
 
+def _exists(path: str) -> bool:
+    return Path(path).expanduser().exists()
+
+
 async def publish(ctx: ServiceContext, running: int, queued: int) -> None:
     cfg = ctx.config.runner
     cpus, load, memory = host()
@@ -84,6 +107,7 @@ async def publish(ctx: ServiceContext, running: int, queued: int) -> None:
         cpus=cpus,
         load=load,
         memory=memory,
+        mounts=mount_groups(ctx.config.groups, _exists),
     )
     await ctx.nc.publish(subjects.heartbeat(cfg.id), ev.encode(hb))
 

@@ -60,6 +60,7 @@ class GroupCreate(Op, tag="create", frozen=True):
     provider: str = "claude"
     model: str = ""
     container: ContainerSettings = ContainerSettings()
+    runner: str = ""  # the runner its new sessions go to ("": the least loaded live one)
 
 
 class GroupUpdate(Op, tag="update", frozen=True):
@@ -69,6 +70,7 @@ class GroupUpdate(Op, tag="update", frozen=True):
     provider: str | None = None
     model: str | None = None
     container: ContainerSettings | None = None
+    runner: str | None = None  # "" unpins
 
 
 class GroupDelete(Op, tag="delete", frozen=True):
@@ -249,7 +251,7 @@ class Destination(Reply, frozen=True):
     max_hops: int = 0
 
 
-class Group(Reply, frozen=True):
+class Group(Reply, frozen=True, kw_only=True):
     name: str
     folder: str
     assistant_name: str
@@ -257,6 +259,7 @@ class Group(Reply, frozen=True):
     model: str
     container: ContainerSettings
     created_at: float
+    runner: str = ""  # its pin: the runner its new sessions go to ("": any)
 
 
 class GroupListed(Group, frozen=True):

@@ -106,6 +106,10 @@ def _group_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assistant-name", dest="assistant_name", help="what the assistant calls itself")
     p.add_argument("--provider", help="agent provider (only claude, the default)")
     p.add_argument("--model", help="model for this group (default: config.toml's [model] model)")
+    p.add_argument(
+        "--runner",
+        help='the runner (its [runner] id) that runs its new sessions; "" for any (default: the least loaded)',
+    )
     p.add_argument("--image", help="container image (default: config.toml's)")
     p.add_argument("--memory", help="container memory limit, e.g. 2g (default: config.toml's)")
     p.add_argument("--cpus", type=float, help="container CPU limit (default: config.toml's)")
@@ -149,7 +153,7 @@ def _group_options(p: argparse.ArgumentParser) -> None:
 
 def _group_options_given(args: argparse.Namespace) -> Options:
     """The group's fields a person gave, its container settings as one `ContainerSettings` when any."""
-    given = _only(args, "folder", "assistant_name", "provider", "model")
+    given = _only(args, "folder", "assistant_name", "provider", "model", "runner")
     if problem := model_warning(args.model or ""):  # the router checks only its shape
         print(f"clawden: warning: {problem}", file=sys.stderr)
     container = _only(
@@ -164,8 +168,8 @@ def _group_options_given(args: argparse.Namespace) -> Options:
 
 def _render_groups(rows: list[ctl.GroupListed]) -> str:
     return _table(
-        [(r.name, r.folder, r.model or "-", r.chats, r.sessions) for r in rows],
-        ("NAME", "FOLDER", "MODEL", "WIRED CHATS", "SESSIONS"),
+        [(r.name, r.folder, r.model or "-", r.runner or "any", r.chats, r.sessions) for r in rows],
+        ("NAME", "FOLDER", "MODEL", "RUNNER", "WIRED CHATS", "SESSIONS"),
     )
 
 

@@ -1,0 +1,99 @@
+"""Where a new session runs: the least loaded live runner its agent group may use (issue 25, item 2).
+
+`place` is pure: the runners' latest heartbeats (each with when the router got it, by the router's own clock,
+so hosts' clocks may differ), the time, the group's `runner` pin and the runners that hold its extra mounts in,
+and the runner to fall back on; a `Placement` out. `Runners` is the router's table of those heartbeats: the
+heartbeat subscription writes it on the event loop, the store's thread reads it when it makes a session."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from clawden.bus import events as ev
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    beat: ev.RunnerHeartbeat
+    at: float  # when the router got it, by the router's clock
+    placed: int = 0  # sessions placed there since this beat, which its next beat will count
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    runner: str
+    # Empty when a live runner fitted; otherwise why the session went to `runner` anyway, for the log.
+    why: str = ""
+
+
+def alive(seen: Seen, now: float, dead_after: float) -> bool:
+    return now - seen.at <= dead_after
+
+
+def holders(runners: Mapping[str, Seen], group: str) -> frozenset[str]:
+    """The runners, live or not, whose host has every extra mount of `group` (its heartbeat says so). A group
+    that none names has no extra mounts anywhere, and may run on any runner."""
+    return frozenset(rid for rid, seen in runners.items() if group in seen.beat.mount_groups)
+
+
+def rank(seen: Seen) -> tuple[int, float, int, str]:
+    """Lower is less loaded: the most free slots (less what was placed since the beat), then the lowest load per
+    CPU, then the most available memory (unknown counts as none), then the runner's id."""
+    beat = seen.beat
+    return (seen.placed - beat.free, beat.load / max(1, beat.cpus), -beat.memory_available, beat.runner)
+
+
+def place(
+    runners: Mapping[str, Seen], now: float, *, group: str, pin: str, dead_after: float, fallback: str
+) -> Placement:
+    """The least loaded live runner that honours the group's pin ("" is any) or, unpinned, holds its mounts (a pin
+    is the owner's word, and wins). When none fits: the pinned runner, else the holder of the mounts heard from
+    last, else `fallback`; the session's wake then waits in that runner's durable until it is back."""
+    bound = holders(runners, group)
+    fits = [
+        seen
+        for rid, seen in runners.items()
+        if alive(seen, now, dead_after) and (rid == pin if pin else not bound or rid in bound)
+    ]
+    if fits:
+        return Placement(min(fits, key=rank).beat.runner)
+    if pin:
+        where = "" if not bound or pin in bound else f"; its extra mounts are on {', '.join(sorted(bound))}"
+        return Placement(pin, f"agent group {group} is pinned to runner {pin}, which is not live{where}")
+    if bound:
+        last = max(bound, key=lambda rid: (runners[rid].at, rid))
+        return Placement(last, f"no live runner holds agent group {group}'s extra mounts; runner {last} did last")
+    if not runners:
+        return Placement(fallback, f"no runner heartbeat yet: runner {fallback}")
+    return Placement(fallback, f"no live runner (none beat in the last {dead_after:g} s): runner {fallback}")
+
+
+class Runners:
+    """The latest heartbeat of each runner, and how many sessions were placed on it since. Written from the
+    event loop (`heard`) and the store's thread (`placed`), hence the lock."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, Seen] = {}
+        self._lock = threading.Lock()
+        self._said = ""  # the last fallback logged: each is said once, until a live runner fits again
+
+    def heard(self, beat: ev.RunnerHeartbeat, at: float) -> None:
+        with self._lock:
+            self._seen[beat.runner] = Seen(beat, at)
+
+    def placed(self, runner: str) -> None:
+        with self._lock:
+            if (seen := self._seen.get(runner)) is not None:
+                self._seen[runner] = replace(seen, placed=seen.placed + 1)
+
+    def snapshot(self) -> dict[str, Seen]:
+        with self._lock:
+            return dict(self._seen)
+
+    def news(self, placement: Placement) -> bool:
+        """Whether this placement's fallback is not yet said (a fitting placement makes the next one news)."""
+        new = placement.why != self._said and placement.why != ""
+        self._said = placement.why
+        return new

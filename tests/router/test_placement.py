@@ -1,0 +1,291 @@
+"""Where a new session runs (services/router/placement.py), as tables; then the router's store placing real
+sessions in a real router.db by the heartbeats it was given, a group's pin set through the control verbs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from clawden.bus import ctl
+from clawden.bus import events as ev
+from clawden.config import GroupConfig
+from services.router.control import Control
+from services.router.placement import Placement, Runners, Seen, place
+from services.router.store import RouterError, RouterStore
+from services.runner import heartbeat
+
+NOW = 1_000.0
+DEAD_AFTER = 15.0
+
+
+def beat(rid: str, *, free: int = 8, load: float = 0.0, cpus: int = 4, memory: int = 2**30, mounts: str = "") -> Any:
+    return heartbeat.beat(
+        rid,
+        at=0.0,  # the runner's own clock: never used, hosts' clocks may differ
+        slots=8,
+        running=8 - free,
+        queued=0,
+        cpus=cpus,
+        load=load,
+        memory=memory,
+        mounts=tuple(mounts.split(",")) if mounts else (),
+    )
+
+
+def seen(rid: str, *, age: float = 1.0, placed: int = 0, **figures: Any) -> Seen:
+    return Seen(beat(rid, **figures), NOW - age, placed)
+
+
+def table(*runners: Seen) -> dict[str, Seen]:
+    return {s.beat.runner: s for s in runners}
+
+
+def placed(runners: dict[str, Seen], group: str = "g", pin: str = "") -> Placement:
+    return place(runners, NOW, group=group, pin=pin, dead_after=DEAD_AFTER, fallback="home")
+
+
+@pytest.mark.parametrize(
+    ("runners", "where"),
+    [
+        # the most free slots first
+        (table(seen("a", free=2), seen("b", free=5)), "b"),
+        # what was placed since the last beat counts against it: b's 5 free, less 4 placed, is below a's 2
+        (table(seen("a", free=2), seen("b", free=5, placed=4)), "a"),
+        # equal slots: the lowest load per CPU (b's 3 on 8 CPUs beats a's 2 on 4)
+        (table(seen("a", load=2.0, cpus=4), seen("b", load=3.0, cpus=8)), "b"),
+        # equal slots and load: the most memory; an unknown one (-1) counts as none
+        (table(seen("a", memory=2**30), seen("b", memory=2**31)), "b"),
+        (table(seen("a", memory=-1), seen("b", memory=1)), "b"),
+        # all equal: by id, so the same table always gives the same runner
+        (table(seen("b"), seen("a"), seen("c")), "a"),
+        # a full runner still takes a session when it is the only live one (it waits for a slot there)
+        (table(seen("a", free=0)), "a"),
+    ],
+)
+def test_a_new_session_goes_to_the_least_loaded_live_runner(runners: dict[str, Seen], where: str) -> None:
+    assert placed(runners) == Placement(where)
+
+
+@pytest.mark.parametrize(
+    ("age", "live"),
+    [(0.0, True), (DEAD_AFTER, True), (DEAD_AFTER + 0.1, False), (600.0, False)],
+)
+def test_a_runner_whose_heartbeat_is_older_than_dead_after_takes_no_new_session(age: float, live: bool) -> None:
+    runners = table(seen("a", age=age, free=8), seen("b", free=1))
+    assert placed(runners).runner == ("a" if live else "b")
+
+
+@pytest.mark.parametrize(
+    ("runners", "pin", "expected"),
+    [
+        # a pin wins over load
+        (table(seen("a", free=8), seen("b", free=1)), "b", Placement("b")),
+        # the pinned runner is silent: the session waits for it there, and the log says why
+        (
+            table(seen("a"), seen("b", age=60)),
+            "b",
+            Placement("b", "agent group g is pinned to runner b, which is not live"),
+        ),
+        # pinned to a runner never heard of (not started yet): the same
+        (table(seen("a")), "z", Placement("z", "agent group g is pinned to runner z, which is not live")),
+        # pinned away from where the group's mounts are: the pin wins, and the log names the mounts' runner
+        (
+            table(seen("a", mounts="g"), seen("b")),
+            "b",
+            Placement("b"),
+        ),
+        (
+            table(seen("a", mounts="g"), seen("b", age=60)),
+            "b",
+            Placement("b", "agent group g is pinned to runner b, which is not live; its extra mounts are on a"),
+        ),
+        # "" is no pin
+        (table(seen("a", free=1), seen("b", free=2)), "", Placement("b")),
+    ],
+)
+def test_a_groups_pin_decides_where_its_sessions_go(runners: dict[str, Seen], pin: str, expected: Placement) -> None:
+    assert placed(runners, pin=pin) == expected
+
+
+@pytest.mark.parametrize(
+    ("runners", "group", "expected"),
+    [
+        # only b has g's mounts: g stays there, however busy
+        (table(seen("a", free=8), seen("b", free=1, mounts="g")), "g", Placement("b")),
+        # both hosts have them (shared storage): by load again
+        (table(seen("a", free=8, mounts="g,h"), seen("b", free=1, mounts="g")), "g", Placement("a")),
+        # another group's mounts do not bind this one
+        (table(seen("a", free=8), seen("b", free=1, mounts="h")), "g", Placement("a")),
+        # the only holder is silent: the session waits there rather than run without its folders
+        (
+            table(seen("a"), seen("b", age=60, mounts="g")),
+            "g",
+            Placement("b", "no live runner holds agent group g's extra mounts; runner b did last"),
+        ),
+        # of two silent holders, the one heard from last
+        (
+            table(seen("a", age=90, mounts="g"), seen("b", age=60, mounts="g"), seen("c")),
+            "g",
+            Placement("b", "no live runner holds agent group g's extra mounts; runner b did last"),
+        ),
+    ],
+)
+def test_a_group_whose_mounts_exist_on_some_hosts_only_stays_on_them(
+    runners: dict[str, Seen], group: str, expected: Placement
+) -> None:
+    assert placed(runners, group=group) == expected
+
+
+@pytest.mark.parametrize(
+    ("runners", "expected"),
+    [
+        # a fresh start: no heartbeat yet, the install's own runner at once (nobody waits for a beat)
+        ({}, Placement("home", "no runner heartbeat yet: runner home")),
+        # every runner silent
+        (
+            table(seen("a", age=20), seen("b", age=30)),
+            Placement("home", "no live runner (none beat in the last 15 s): runner home"),
+        ),
+    ],
+)
+def test_when_no_live_runner_fits_the_session_goes_to_the_fallback(
+    runners: dict[str, Seen], expected: Placement
+) -> None:
+    assert placed(runners) == expected
+
+
+def test_the_table_keeps_each_runners_latest_beat_and_counts_what_was_placed_since() -> None:
+    runners = Runners()
+    runners.placed("a")  # not heard of yet: nothing to count against
+    assert runners.snapshot() == {}
+    runners.heard(beat("a", free=3), NOW)
+    runners.placed("a")
+    runners.placed("a")
+    assert runners.snapshot()["a"].placed == 2
+    runners.heard(beat("a", free=1), NOW + 5)  # the new beat counts them itself
+    assert runners.snapshot() == {"a": Seen(beat("a", free=1), NOW + 5, 0)}
+
+
+def test_each_fallback_is_news_once_until_a_live_runner_fits_again() -> None:
+    runners = Runners()
+    silent = Placement("home", "no runner heartbeat yet: runner home")
+    assert [runners.news(p) for p in (silent, silent, Placement("a"), Placement("a"), silent)] == [
+        True,
+        False,
+        False,
+        False,
+        True,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("groups", "present", "mounted"),
+    [
+        ({"g": [("/data/g", "g")], "h": [("/data/h", "h")]}, {"/data/g"}, ("g",)),
+        ({"g": [("/data/g", "g"), ("/data/x", "x")]}, {"/data/g"}, ()),  # all of them, or it is not there
+        ({"g": [], "h": [("/data/h", "h")]}, {"/data/h"}, ("h",)),  # no mounts: no binding
+        ({"z": [("/z", "z")], "a": [("/a", "a")]}, {"/z", "/a"}, ("a", "z")),
+    ],
+)
+def test_a_runner_names_the_groups_whose_extra_mounts_all_exist_on_its_host(
+    groups: dict[str, list[tuple[str, str]]], present: set[str], mounted: tuple[str, ...]
+) -> None:
+    cfg = {
+        name: msgspec.convert({"mounts": [{"host": h, "name": n} for h, n in mounts]}, GroupConfig)
+        for name, mounts in groups.items()
+    }
+    assert heartbeat.mount_groups(cfg, present.__contains__) == mounted
+    hb = heartbeat.beat("a", at=1, slots=1, running=0, queued=0, cpus=1, load=0, memory=1, mounts=mounted)
+    assert ev.decode(ev.encode(hb)) == hb
+
+
+def test_a_heartbeat_of_an_older_runner_has_no_mounts_and_still_decodes() -> None:
+    old = {k: v for k, v in msgspec.to_builtins(beat("a", mounts="g")).items() if k != "mount_groups"}
+    decoded = ev.decode(msgspec.json.encode(old))
+    assert isinstance(decoded, ev.RunnerHeartbeat) and decoded.mount_groups == ()
+
+
+# ---- the router's store, on a real router.db -----------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RouterStore:
+    s = RouterStore.open(tmp_path / "router.db", "home")
+    s.seed("main", "local", "alice", NOW)
+    return s
+
+
+def admin(store: RouterStore, resource: str, **payload: object) -> Any:
+    verb, request = ctl.Subject("router", resource).decode(msgspec.json.encode(payload))
+    return msgspec.to_builtins(Control(store, clock=lambda: NOW).handle(verb, request))
+
+
+def say(store: RouterStore, chat: str, n: int) -> ev.Wake:
+    message = ev.InboundMessage(
+        route=ev.Route(channel="local", chat_id=chat),
+        message_id=f"m{n}",
+        sender=ev.Sender(id="local:alice", name="Alice"),
+        text="hi",
+        sent_at=float(n),
+    )
+    outcome = store.route_batch([message], NOW)
+    store.published([o.id for o in outcome.outgoing])
+    [wake] = [(o.subject, ev.decode(o.payload)) for o in outcome.outgoing]
+    subject, event = wake
+    assert isinstance(event, ev.Wake) and subject == f"clawden.wake.{runner_of(store, event.session_id)}"
+    return event
+
+
+def runner_of(store: RouterStore, session_id: str) -> str:
+    return str(store.conn.execute("SELECT runner FROM sessions WHERE id = ?", (session_id,)).fetchone()[0])
+
+
+def test_before_any_heartbeat_sessions_go_to_the_installs_own_runner(store: RouterStore) -> None:
+    assert runner_of(store, say(store, "t1", 1).session_id) == "home"
+
+
+def test_new_sessions_spread_by_load_and_an_existing_one_keeps_its_runner(store: RouterStore) -> None:
+    store.runners.heard(beat("a", free=2), NOW)
+    store.runners.heard(beat("b", free=3), NOW)
+    first = [runner_of(store, say(store, f"t{n}", n).session_id) for n in range(4)]
+    assert first == ["b", "a", "b", "a"]  # b 3 > a 2; then 2 = 2, by id ... each placement counted
+    store.runners.heard(beat("a", free=0), NOW)  # a is full now
+    again = say(store, "t0", 10)  # t0's session is on b and stays there whatever the load
+    assert runner_of(store, again.session_id) == "b"
+    assert runner_of(store, say(store, "t9", 11).session_id) == "b"
+
+
+def test_a_silent_runner_gets_no_new_session(store: RouterStore) -> None:
+    store.runners.heard(beat("a", free=8), NOW - 60)
+    store.runners.heard(beat("b", free=1), NOW)
+    assert runner_of(store, say(store, "t1", 1).session_id) == "b"
+
+
+def test_a_pinned_groups_sessions_all_go_to_its_runner_and_the_pin_shows(store: RouterStore) -> None:
+    store.runners.heard(beat("a", free=8), NOW)
+    store.runners.heard(beat("b", free=1), NOW)
+    assert admin(store, "groups", op="update", name="main", runner="b")["runner"] == "b"
+    assert [runner_of(store, say(store, f"t{n}", n).session_id) for n in range(3)] == ["b", "b", "b"]
+    assert [g["runner"] for g in admin(store, "groups", op="list")] == ["b"]
+    assert admin(store, "groups", op="get", name="main")["runner"] == "b"
+    admin(store, "groups", op="update", name="main", model="claude-x")  # other settings leave the pin alone
+    assert admin(store, "groups", op="get", name="main")["runner"] == "b"
+    admin(store, "groups", op="update", name="main", runner="")  # unpinned: by load again
+    assert runner_of(store, say(store, "t7", 7).session_id) == "a"
+
+
+def test_a_group_is_created_with_a_pin(store: RouterStore) -> None:
+    assert admin(store, "groups", op="create", name="ops", runner="b-1")["runner"] == "b-1"
+    assert admin(store, "groups", op="create", name="any")["runner"] == ""
+
+
+@pytest.mark.parametrize("bad", ["a.b", "a b", "x" * 65, ">", "b*"])
+def test_a_pin_that_is_no_runner_id_is_refused_in_plain_words(store: RouterStore, bad: str) -> None:
+    with pytest.raises(RouterError, match="give a runner's id"):
+        admin(store, "groups", op="update", name="main", runner=bad)
+    with pytest.raises(RouterError, match="give a runner's id"):
+        admin(store, "groups", op="create", name="other", runner=bad)
+    assert admin(store, "groups", op="get", name="main")["runner"] == ""  # nothing changed
