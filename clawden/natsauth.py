@@ -31,6 +31,9 @@ from clawden.config import Config
 SEED_CREDENTIAL = "nats.nk"  # the name under $CREDENTIALS_DIRECTORY
 CLI = "cli"  # the owner's command line: may do anything (it can read every seed anyway)
 CORE = ("router", "runner", "vault", "scheduler", "approvals")
+RUNNER = "runner"  # the install's own runner (`[runner] id` of the home that writes nats.conf)
+RUNNER_SERVICE = "clawden-runner"  # every runner's micro name, whatever its identity: discovery finds them all
+SERVICE_QUEUE = "q"  # micro's queue group (nats.micro.service.DEFAULT_QUEUE_GROUP)
 # What the in-container `clawden` reads and (once an admin approved) writes through the runner
 # (services/runner/admin.py); its scope check runs in the runner, and nothing here reaches the vault.
 # Each router op by its own subject (`clawden.ctl.router.groups.create`): never `groups delete`, `wire
@@ -114,10 +117,12 @@ class Grant:
     # Control subjects it may serve, where not all of `clawden.ctl.<identity>.>`: a runner serves the shared
     # ones and its own id's only (`clawden.ctl.runner.<id>.<verb>`), never another runner's.
     serves: tuple[str, ...] = ()
+    service: str = ""  # its micro service's name, where not `clawden-<identity>` (every runner: clawden-runner)
 
 
-def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
-    runner = cfg.runner.id
+def grants(cfg: Config, channels: tuple[str, ...], runners: tuple[str, ...] = ()) -> dict[str, Grant]:
+    """Every identity's grant. `runners`: the ids `clawden runners add` gave an identity of their own
+    (`added_runners`), each `runner-<id>` with the install's own runner's grant for its id alone."""
     table = {
         "router": Grant(
             consumes=(streams.router_inbound(), streams.router_decisions(), streams.router_agents()),
@@ -133,19 +138,7 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
             subscribes=(subjects.ALL_HEARTBEATS,),  # every runner's load, to place new sessions (placement.py)
             manages_streams=True,
         ),
-        "runner": Grant(
-            consumes=(streams.runner_wake(runner), streams.runner_receipts(runner), streams.runner_decisions(runner)),
-            publishes=(
-                subjects.ALL_OUTBOUND,
-                subjects.APPROVAL_REQUEST,
-                subjects.ALL_TASKS,
-                f"{subjects.PREFIX}.event.runner.>",  # the in-container `clawden`'s audit (services/runner/admin.py)
-                subjects.heartbeat(runner),  # its own only (services/runner/heartbeat.py)
-            ),
-            calls=("vault.gateway", "vault.container-token", "scheduler.list", *RUNNER_CLI_CALLS),
-            manages_streams=True,
-            serves=(f"{subjects.PREFIX}.ctl.runner.*", f"{subjects.PREFIX}.ctl.runner.{subjects.token(runner)}.*"),
-        ),
+        RUNNER: runner_grant(cfg.runner.id),
         "scheduler": Grant(
             consumes=(streams.scheduler_tasks(), streams.scheduler_chat_moves()),
             publishes=(subjects.ALL_WAKES, subjects.ALL_OUTBOUND),
@@ -197,7 +190,34 @@ def grants(cfg: Config, channels: tuple[str, ...]) -> dict[str, Grant]:
             publishes=(subjects.inbound(name), subjects.receipt(name)),
             calls=("router.admit",),
         )  # may the bot join a chat it was invited to (Inbound.admit)
+    for rid in runners:
+        table[runner_identity(rid)] = runner_grant(rid)
     return table
+
+
+def runner_grant(runner_id: str) -> Grant:
+    """What one runner may do, for its id alone: its own wake, receipts and decisions durables, its own
+    heartbeat, its own control subjects (`clawden.ctl.runner.<id>.*`), and what every runner does (replies,
+    approval requests, tasks, its audit events, the vault gateway, the router ops the agent CLI asks).
+
+    The shared subjects (`clawden.ctl.runner.<verb>`: ping, containers, restart) are served by every runner,
+    but only in micro's queue group, where each request reaches one of them: a runner acts there on its own
+    containers only, and may not listen in on the requests meant for the others."""
+    rid = subjects.token(runner_id)
+    return Grant(
+        consumes=(streams.runner_wake(rid), streams.runner_receipts(rid), streams.runner_decisions(rid)),
+        publishes=(
+            subjects.ALL_OUTBOUND,
+            subjects.APPROVAL_REQUEST,
+            subjects.ALL_TASKS,
+            f"{subjects.PREFIX}.event.runner.>",  # the in-container `clawden`'s audit (services/runner/admin.py)
+            subjects.heartbeat(rid),  # its own only (services/runner/heartbeat.py)
+        ),
+        calls=("vault.gateway", "vault.container-token", "scheduler.list", *RUNNER_CLI_CALLS),
+        manages_streams=True,
+        serves=(f"{subjects.PREFIX}.ctl.runner.* {SERVICE_QUEUE}", f"{subjects.PREFIX}.ctl.runner.{rid}.*"),
+        service=RUNNER_SERVICE,
+    )
 
 
 def webhook_routes(cfg: Config) -> dict[str, str]:
@@ -226,7 +246,7 @@ def call_subjects(call: str) -> list[str]:
 
 
 def permissions(ident: str, grant: Grant) -> dict[str, Any]:
-    service = f"clawden-{ident}"
+    service = grant.service or f"clawden-{ident}"
     publish = [*grant.publishes, *(s for call in grant.calls for s in call_subjects(call))]
     for consumer in grant.consumes:
         publish += _consumer_subjects(consumer)
@@ -282,11 +302,52 @@ def ensure_seed(cfg: Config, ident: str) -> str:
     return seed
 
 
+# ---- runners on other hosts ----
+
+
+def runner_identity(runner_id: str) -> str:
+    """The identity `clawden runners add` makes for a runner on another host: `runner-<id>`."""
+    return f"{RUNNER}-{subjects.token(runner_id)}"
+
+
+def runner_id_of(ident: str) -> str | None:
+    """`runner-b` -> `b`: the id an added runner's identity names; None for every other identity."""
+    rid = ident.removeprefix(f"{RUNNER}-")
+    if rid == ident:
+        return None
+    try:
+        return subjects.token(rid)
+    except ValueError:
+        return None
+
+
+def choose_runner_identity(runner_id: str, has_own_seed: bool) -> str:
+    """A runner is `runner-<id>` where its home holds that seed (the owner copied it from the install that
+    added it), else the install's own `runner`: a single-host install changes nothing."""
+    return runner_identity(runner_id) if has_own_seed else RUNNER
+
+
+def added_runners(cfg: Config) -> tuple[str, ...]:
+    """The runner ids given an identity of their own: one seed each, `keys/nats/runner-<id>.nk`."""
+    found = (runner_id_of(p.stem) for p in seed_dir(cfg).glob(f"{RUNNER}-*.nk"))
+    return tuple(sorted(rid for rid in found if rid is not None))
+
+
+def bus_identity(cfg: Config, ident: str) -> str:
+    """Who a service connects as: its own name, but the runner by its `[runner] id` (`choose_runner_identity`)."""
+    if ident != RUNNER:
+        return ident
+    rid = cfg.runner.id
+    return choose_runner_identity(rid, seed_path(cfg, runner_identity(rid)).exists())
+
+
 def find_seed(cfg: Config, ident: str, environ: dict[str, str] | None = None) -> Path | None:
-    """Where this identity's seed is: the systemd credential first, else the home's file."""
+    """Where this identity's seed is: the systemd credential first, else the home's file. An added runner's
+    is always the home's file: the runner unit's credential is the install's own `runner.nk`."""
+    ident = bus_identity(cfg, ident)
     env = os.environ if environ is None else environ
     credentials = env.get("CREDENTIALS_DIRECTORY")
-    if credentials and (Path(credentials) / SEED_CREDENTIAL).exists():
+    if credentials and runner_id_of(ident) is None and (Path(credentials) / SEED_CREDENTIAL).exists():
         return Path(credentials) / SEED_CREDENTIAL
     path = seed_path(cfg, ident)
     if path.exists():
@@ -302,7 +363,8 @@ def load_seed(cfg: Config, ident: str, environ: dict[str, str] | None = None) ->
 
 
 async def connect_as(cfg: Config, ident: str, **options: Any) -> Client:
-    """Connect to this install's NATS as `ident`, with its seed when it has one."""
+    """Connect to this install's NATS as `ident` (the runner as `bus_identity` says), with its seed when it has one."""
+    ident = bus_identity(cfg, ident)
     seed = load_seed(cfg, ident)
     if seed is not None:
         options.setdefault("nkeys_seed_str", seed)
@@ -323,7 +385,7 @@ def conf_path(cfg: Config) -> Path:
 
 def server_config(cfg: Config, channels: tuple[str, ...]) -> dict[str, Any]:
     users = [{"nkey": public_key(ensure_seed(cfg, CLI)), "permissions": ADMIN_PERMISSIONS}]
-    for ident, grant in sorted(grants(cfg, channels).items()):
+    for ident, grant in sorted(grants(cfg, channels, added_runners(cfg)).items()):
         users.append({"nkey": public_key(ensure_seed(cfg, ident)), "permissions": permissions(ident, grant)})
     return {
         "server_name": server_name(cfg),

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
+import nkeys
 from nats.aio.client import Client
 
 from clawden import agentcontainer, natsauth, packagespec
@@ -281,6 +282,54 @@ async def check_keys(p: Probe) -> Result:
         return fail(f"readable by others: {shown}", fix)
     seeds = len(list(natsauth.seed_dir(p.cfg).glob("*.nk")))
     return ok(f"{keys} 0700, secrets 0600 ({seeds} NATS seeds)")
+
+
+# ---- runners on other hosts (`clawden runners add`) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunnerSeed:
+    runner_id: str
+    path: Path
+    mode: int
+    valid: bool  # an nkey user seed
+    listed: bool | None  # its public key in this home's nats.conf; None without an embedded server
+    this_host: bool  # the runner here ([runner] id) is this one
+
+
+def runner_seed_result(s: RunnerSeed) -> Result:
+    ident = natsauth.runner_identity(s.runner_id)
+    if s.mode & 0o077:
+        return fail(f"{s.path} is mode {s.mode:o}: others may act as runner {s.runner_id}", f"chmod 600 {s.path}")
+    if not s.valid:
+        return fail(
+            f"{s.path} holds no nkey seed",
+            f"copy it again from the install that ran `clawden runners add {s.runner_id}`",
+        )
+    if s.this_host:
+        return ok(f"this host's runner connects as {ident} ({s.path}, 0600)")
+    if s.listed is False:
+        return warn(f"nats.conf does not list {ident}", "clawden init (it rewrites nats.conf), then reload NATS")
+    return ok(f"{ident}, seed {s.path} 0600 (copy it to that runner's host only)")
+
+
+def read_runner_seed(cfg: Config, runner_id: str) -> RunnerSeed:
+    path = natsauth.seed_path(cfg, natsauth.runner_identity(runner_id))
+    try:
+        key = natsauth.public_key(path.read_text())
+    except (nkeys.NkeysError, ValueError):
+        key = ""
+    conf = natsauth.conf_path(cfg)
+    listed = (bool(key) and key in conf.read_text()) if cfg.embedded_nats and conf.exists() else None
+    mode = path.stat().st_mode & 0o777
+    return RunnerSeed(runner_id, path, mode, bool(key), listed, runner_id == cfg.runner.id)
+
+
+def runner_seed_check(runner_id: str) -> CheckFn:
+    async def check(p: Probe) -> Result:
+        return runner_seed_result(await asyncio.to_thread(read_runner_seed, p.cfg, runner_id))
+
+    return check
 
 
 def decode_key(data: bytes) -> bool:
@@ -626,6 +675,7 @@ def checks(cfg: Config, environ: dict[str, str]) -> list[Check]:
         Check("NATS", check_nats, 10),
         Check("config", check_config, 10),
         Check("keys", check_keys, 5),
+        *(Check(f"runner {rid}", runner_seed_check(rid), 5) for rid in natsauth.added_runners(cfg)),
         Check("vault key", check_vault_key, 5),
         Check("gateway CA", check_ca, 5),
         Check("CA trust in a container", check_ca_trust, CONTAINER_WAIT + 20),
