@@ -1,5 +1,7 @@
 """Runners on several hosts (issue 25, item 2), as two runner processes on one machine: separate homes,
-install ids and runner ids, one NATS, one Docker engine (the install label keeps their containers apart).
+install ids and runner ids, one NATS, one Docker engine (the install label keeps their containers apart). The
+NATS is the first install's secured embedded server: runner b connects with the `runner-b` identity that
+`clawden runners add b` made there.
 Both heartbeat, `clawden status` shows one block per runner with its sessions, and the control API reaches
 each runner at its own subject. The pure parts (the heartbeat's figures, finding each runner's subject,
 merging their answers, the status block, the runner's grants) are tables."""
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,15 +27,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from clawden import config, control, natsauth, setup, survey
-from clawden.bus import connect, ensure_streams, publish, subjects
+from clawden.bus import ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.ctl import Nothing
+from clawden.bus.ctl import router as router_api
 from clawden.bus.ctl import runner as runner_api
+from clawden.cli.main import main as cli_main
 from clawden.cli.status import gather, render, render_runner
 from clawden.survey import merge_runners
 from services.runner import heartbeat
 from services.runner.containers import LABEL_INSTALL, LABEL_SESSION
-from tests.conftest import NatsServer
 from tests.e2e.harness import Stack, Terminal, start_stack
 from tests.eventually import eventually
 
@@ -155,8 +159,11 @@ def test_a_runner_may_publish_only_its_own_heartbeat_and_serve_only_its_own_subj
     publish, subscribe = perms["publish"]["allow"], perms["subscribe"]["allow"]
     assert subjects.heartbeat("a") in publish
     assert not any(p.startswith("clawden.runner.heartbeat.") and p != subjects.heartbeat("a") for p in publish)
-    assert "clawden.ctl.runner.a.*" in subscribe and "clawden.ctl.runner.*" in subscribe
-    assert not any(s in subscribe for s in ("clawden.ctl.runner.>", "clawden.ctl.runner.*.*", "clawden.ctl.runner.b.*"))
+    assert "clawden.ctl.runner.a.*" in subscribe and "clawden.ctl.runner.* q" in subscribe  # shared: queue group only
+    assert not any(
+        s in subscribe
+        for s in ("clawden.ctl.runner.*", "clawden.ctl.runner.>", "clawden.ctl.runner.*.*", "clawden.ctl.runner.b.*")
+    )
     web = natsauth.permissions("web", natsauth.grants(cfg, ())["web"])["publish"]["allow"]
     assert "clawden.ctl.runner.*.containers" in web and "$SRV.INFO.clawden-runner" in web
     assert not any(p.startswith("clawden.ctl.runner.") and p.endswith(".restart") for p in web)
@@ -167,15 +174,17 @@ def test_a_runner_may_publish_only_its_own_heartbeat_and_serve_only_its_own_subj
 
 class SecondRunner:
     """`clawden run runner` from a home of its own (another install id, runner id "b"), on the stack's NATS
-    and Docker engine, using the stack's vault: another host's runner, as far as one machine can play it."""
+    and Docker engine, using the stack's vault: another host's runner, as far as one machine can play it.
+    `seed`: the identity `clawden runners add b` made on the first install, copied here as the README says."""
 
-    def __init__(self, home: Path, nats_url: str) -> None:
+    def __init__(self, home: Path, nats_url: str, seed: Path) -> None:
         setup.init(home)
         self.home = home
         self.install_id = f"t{secrets.token_hex(4)}"
         (home / "config.toml").write_text(
             f'install_id = "{self.install_id}"\n[nats]\nurl = "{nats_url}"\n[runner]\nid = "b"\n'
         )
+        shutil.copy(seed, home / "keys" / "nats" / seed.name)
         self.log = home / "runner.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
@@ -204,20 +213,25 @@ class SecondRunner:
 
 @pytest.fixture
 def two_runners(
-    tmp_path: Path, nats_server: NatsServer, docker_client: docker.DockerClient, agent_image: str
+    tmp_path: Path, docker_client: docker.DockerClient, agent_image: str
 ) -> Iterator[tuple[Stack, SecondRunner]]:
-    stack = start_stack(tmp_path / "host-a", nats=f'url = "{nats_server.url}"', runner='id = "a"')
-    second = SecondRunner(tmp_path / "host-b", nats_server.url)
+    """On the first install's embedded server, which lets nobody in without a key it lists: runner a as the
+    install's own `runner`, runner b as `runner-b`, added before `clawden up` reads the identities."""
+    home = tmp_path / "host-a"
+    setup.init(home)
+    assert cli_main(["--home", str(home), "runners", "add", "b"]) == 0
+    stack = start_stack(home, runner='id = "a"')
+    second = SecondRunner(tmp_path / "host-b", stack.nats_url, natsauth.seed_path(config.load(home), "runner-b"))
     yield stack, second
     second.close()
     stack.stop()
 
 
 @pytest.fixture
-async def beats(nats_server: NatsServer) -> AsyncIterator[dict[str, list[ev.RunnerHeartbeat]]]:
+async def beats(two_runners: tuple[Stack, SecondRunner]) -> AsyncIterator[dict[str, list[ev.RunnerHeartbeat]]]:
     """Every heartbeat seen, by runner."""
     seen: dict[str, list[ev.RunnerHeartbeat]] = {}
-    nc = await connect(nats_server.url, "test-heartbeats")
+    nc = await two_runners[0].connect()
 
     async def on(msg: Msg) -> None:
         hb = ev.decoder_for(ev.RunnerHeartbeat).decode(msg.data)
@@ -230,7 +244,7 @@ async def beats(nats_server: NatsServer) -> AsyncIterator[dict[str, list[ev.Runn
 
 
 async def wake_on_b(nc: Client, session_id: str, chat_id: str) -> None:
-    """What the router would send runner b once it places a session there (placement is not built yet)."""
+    """What the router sends runner b for a session it placed there."""
     js = nc.jetstream()
     await ensure_streams(js)
     wake = ev.Wake(
@@ -264,9 +278,13 @@ async def test_two_runners_both_beat_both_show_in_status_and_both_answer_the_con
     stack, second = two_runners
     nc = await stack.connect()
     try:
+        # The router places new sessions by load (tests/cluster/test_placement.py): pinned, chat-a's goes to a.
+        pin = router_api.GroupUpdate(name="main", runner="a")
+        await control.ask(config.load(stack.home), router_api.GROUPS_UPDATE, pin)
         async with Terminal(stack, "chat-a") as term_a, Terminal(stack, "chat-b") as term_b:
-            on_a = await term_a.ask("hello from host a", timeout=120)  # the router places it on its runner, a
+            on_a = await term_a.ask("hello from host a", timeout=120)
             await eventually(lambda: "b" in beats, 60, lambda: second.log.read_text())
+            assert f"seed: {second.home / 'keys' / 'nats' / 'runner-b.nk'}" in second.log.read_text()  # as runner-b
             await wake_on_b(nc, "sess-on-b", "chat-b")
             on_b = await term_b.reply(timeout=120)
         assert on_b.session_id == "sess-on-b" and on_a.session_id != on_b.session_id
