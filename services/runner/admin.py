@@ -43,9 +43,9 @@ TITLES = {"groups packages add": "asks to install packages", "groups mcp add": "
 
 Note = Callable[[SessionInfo, str, str], Awaitable[None]]  # (session, key, text): a word to the agent
 # A write the runner does itself rather than through a control verb (an image build): (session, command, the
-# approver) in, the words for the agent out, or None when the doer tells the agent itself once done (a build
-# runs in the background, so no other decision waits for it).
-Doer = Callable[[SessionInfo, scope.Command, str], Awaitable[str | None]]
+# approval) in, the words for the agent out, or None when the doer tells the agent itself once done (a build
+# runs in the background, so no other decision waits for it) and then calls `AdminDesk.done`.
+Doer = Callable[[SessionInfo, scope.Command, ev.ApprovalDecision], Awaitable[str | None]]
 
 
 class CliRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -331,21 +331,40 @@ class AdminDesk:
 
     async def on_decision(self, decision: ev.ApprovalDecision) -> bool:
         """An admin's word on a waiting write: run it (checked again: the scope may have changed) and tell
-        the agent. False when the decision is not about one of ours."""
-        waiting = await self.index.run(self.index.take_cli_write, decision.id)
+        the agent. False when the decision is not about one of ours. The decision is kept with the write until
+        the agent has the outcome, so a runner that stops in between does it again when it starts (`resume`)."""
+        waiting = await self.index.run(self.index.decide_cli_write, decision)
         if waiting is None:
             return False
-        session_id, argv = waiting
+        await self._carry_out(decision, *waiting)
+        return True
+
+    async def resume(self) -> None:
+        """At start: the writes an admin decided that a stopped runner had not finished, done again. A build
+        starts over; a router write asks again (the router's writes set a value, so a second ask is harmless)."""
+        for decision, session_id, argv in await self.index.run(self.index.decided_cli_writes):
+            log.info("doing again the decided `clawden %s` of %s", shlex.join(argv), session_id)
+            try:
+                await self._carry_out(decision, session_id, argv)
+            except Exception:  # the router away, say: left decided, for the decision's redelivery or the next start
+                log.exception("the decided `clawden %s` of %s failed again", shlex.join(argv), session_id)
+
+    async def done(self, decision: ev.ApprovalDecision, info: SessionInfo, text: str) -> None:
+        """The outcome to the agent (once: the note's key is the decision's), then the write is over."""
+        await self.note(info, f"cli-outcome-{decision.id}", text)
+        await self.index.run(self.index.done_cli_write, decision.id)
+
+    async def _carry_out(self, decision: ev.ApprovalDecision, session_id: str, argv: list[str]) -> None:
         info = self.index.get(session_id)
         if info is None:
-            return True
+            await self.index.run(self.index.done_cli_write, decision.id)
+            return
         try:
             text = await self._decided(info, decision, argv)
         except scope.BadCommand as exc:  # asked of an older runner whose commands were different
             text = f"Your command `clawden {shlex.join(argv)}` cannot run any more: {exc}"
         if text is not None:
-            await self.note(info, f"cli-outcome-{decision.id}", text)
-        return True
+            await self.done(decision, info, text)
 
     async def _decided(self, info: SessionInfo, decision: ev.ApprovalDecision, argv: list[str]) -> str | None:
         command = scope.parse(argv)  # it parsed when asked; the parser is the same
@@ -363,7 +382,7 @@ class AdminDesk:
             await self._audit(info, "refused", line, verdict.reason, approval=decision.id)
             return f"Your command `{line}` was approved, but is no longer allowed: {verdict.reason}."
         if command.name in self.doers:
-            text = await self.doers[command.name](info, command, decision.decided_by)
+            text = await self.doers[command.name](info, command, decision)
             await self._audit(info, "done", line, "", approval=decision.id, by=decision.decided_by)
             return text
         verb, request = write_request(verdict.command)

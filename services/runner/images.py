@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -26,31 +25,34 @@ log = logging.getLogger("clawden.runner.images")
 ASK_TIMEOUT = 10.0
 
 Restart = Callable[[str], Awaitable[object]]  # a session id: stop its container, so its next message starts one
-Note = Callable[[SessionInfo, str, str], Awaitable[None]]  # (session, key, text): a word to the agent
+# (approval, session, text): the outcome to the agent, and the approved write is over (admin.AdminDesk.done)
+Done = Callable[[ev.ApprovalDecision, SessionInfo, str], Awaitable[None]]
 
 
 class Installer:
     """Builds a group's image with more packages and restarts the asking session on it."""
 
-    def __init__(self, nc: Client, index: SessionIndex, runner_image: str, restart: Restart, note: Note) -> None:
-        self.nc, self.index, self.runner_image, self.restart, self.note = nc, index, runner_image, restart, note
+    def __init__(self, nc: Client, index: SessionIndex, runner_image: str, restart: Restart, done: Done) -> None:
+        self.nc, self.index, self.runner_image, self.restart, self.done = nc, index, runner_image, restart, done
         self.lock = asyncio.Lock()  # one build at a time: the machine is small, and two of a group would race
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def do(self, info: SessionInfo, command: scope.Command, by: str) -> None:
+    async def do(self, info: SessionInfo, command: scope.Command, decision: ev.ApprovalDecision) -> None:
         """An approved `groups packages add` (admin.py's Doer): built in the background, so the runner's other
-        decisions do not wait for a build; the agent is told when it is done."""
-        task = asyncio.create_task(self._install_and_tell(info, scope.packages(command.args), by))
+        decisions do not wait for a build; the agent is told when it is done. A runner that stops before then
+        builds it again when it starts (the write stays decided until `done`)."""
+        task = asyncio.create_task(self._install_and_tell(info, scope.packages(command.args), decision))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _install_and_tell(self, info: SessionInfo, wanted: Packages, by: str) -> None:
+    async def _install_and_tell(self, info: SessionInfo, wanted: Packages, decision: ev.ApprovalDecision) -> None:
+        by = decision.decided_by
         try:
             text = await self.install(info, wanted, by)
         except Exception as exc:  # the router gone, Docker gone: the agent hears it instead of nothing
             log.exception("installing %s for %s failed", wanted.words(), info.id, extra={"session_id": info.id})
             text = f"Installing {wanted.words()} was approved by {by}, but failed on the host ({type(exc).__name__})."
-        await self.note(info, f"install-{uuid.uuid4().hex[:16]}", text)
+        await self.done(decision, info, text)
 
     async def install(self, info: SessionInfo, wanted: Packages, by: str) -> str:
         """Do it; the words for the agent. Reading the group's image, building and setting the new one are one
@@ -77,15 +79,16 @@ class Installer:
             f" ({packages.words()}). It was restarted on it; this conversation goes on, and you can use them now."
         )
 
-    async def add_server(self, info: SessionInfo, command: scope.Command, by: str) -> str:
+    async def add_server(self, info: SessionInfo, command: scope.Command, decision: ev.ApprovalDecision) -> str:
         """An approved `groups mcp add` (add_mcp_server): the server joins the group's in the router and the
         runner's copy, and the session's container restarts with it. One of that name already is not replaced."""
+        by = decision.decided_by
         name, server = command.args["name"], scope.mcp_server(command.args)
         group = await control.ask_on(
             self.nc, router_api.GROUPS_GET, router_api.GroupGet(name=info.agent_group), timeout=ASK_TIMEOUT
         )
         servers = dict(group.container.mcp or {})
-        if name in servers:
+        if name in servers and servers[name] != server:
             said = f"Adding the MCP server {name!r} was approved by {by}"
             return f"{said}, but the group already has one of that name; nothing changed."
         servers[name] = server

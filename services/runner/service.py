@@ -124,7 +124,7 @@ class Runner:
         # `create_agent`: new agent groups an agent asks for, made once an admin approves (newagent.py).
         self.maker = AgentMaker(ctx.nc, index, self.session_dir, self.cfg.groups_dir, self.note)
         # Packages an agent asks for: its group's image built again once an admin approves (images.py).
-        self.installer = Installer(ctx.nc, index, self.cfg.runner.image, self.restart_session, self.note)
+        self.installer = Installer(ctx.nc, index, self.cfg.runner.image, self.restart_session, self.admin.done)
         self.admin.doers["groups packages add"] = self.installer.do
         self.admin.doers["groups mcp add"] = self.installer.add_server
 
@@ -896,6 +896,7 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(consume(decisions, ev.ApprovalDecision, runner.on_decision, stopping=ctx.stopping))
             tg.create_task(runner.housekeeping())
             tg.create_task(runner.dispatcher())
+            tg.create_task(runner.admin.resume())  # writes an admin decided that a stopped runner had not finished
             tg.create_task(heartbeat.run(ctx, lambda: (len(runner.live), len(runner.queue))))
     finally:
         await runner.shutdown()

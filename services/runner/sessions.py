@@ -58,8 +58,15 @@ MIGRATIONS = [
             asked_at REAL NOT NULL);
     """,
     ),
+    (
+        "0004_cli_writes_decided",
+        # The admin's decision, once there is one: the write is being done, and is done again after a crash
+        # until its outcome has reached the agent (then the row goes).
+        "ALTER TABLE cli_writes ADD COLUMN decision TEXT;",
+    ),
 ]
 _settings_decoder = msgspec.json.Decoder(ev.GroupSettings)
+_decision_decoder = msgspec.json.Decoder(ev.ApprovalDecision)
 
 
 class SessionIndex(servicedb.Store):
@@ -146,21 +153,39 @@ class SessionIndex(servicedb.Store):
 
     def put_cli_write(self, request_id: str, session_id: str, argv: list[str]) -> None:
         self.conn.execute(
-            "INSERT OR IGNORE INTO cli_writes VALUES (?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO cli_writes (id, session_id, argv, asked_at) VALUES (?, ?, ?, ?)",
             (request_id, session_id, json.dumps(argv), time.time()),
         )
 
     def cli_writes_waiting(self, session_id: str) -> int:
+        """Writes of the session no admin has decided yet."""
         return int(
-            self.conn.execute("SELECT count(*) FROM cli_writes WHERE session_id = ?", (session_id,)).fetchone()[0]
+            self.conn.execute(
+                "SELECT count(*) FROM cli_writes WHERE session_id = ? AND decision IS NULL", (session_id,)
+            ).fetchone()[0]
         )
 
-    def take_cli_write(self, request_id: str) -> tuple[str, list[str]] | None:
-        """The session and command of a waiting write, once: a second decision for it finds nothing."""
+    def decide_cli_write(self, decision: ev.ApprovalDecision) -> tuple[str, list[str]] | None:
+        """The session and command of a waiting write, now decided. Another decision for it finds nothing; the
+        same one again (redelivered after a failure) finds it still. The row stays (with the decision) until
+        `done_cli_write`, so a crash in between does it again."""
+        said = ev.encode(decision).decode()
         row = self.conn.execute(
-            "DELETE FROM cli_writes WHERE id = ? RETURNING session_id, argv", (request_id,)
+            "UPDATE cli_writes SET decision = ? WHERE id = ? AND (decision IS NULL OR decision = ?)"
+            " RETURNING session_id, argv",
+            (said, decision.id, said),
         ).fetchone()
         return (str(row[0]), [str(a) for a in json.loads(row[1])]) if row else None
+
+    def decided_cli_writes(self) -> list[tuple[ev.ApprovalDecision, str, list[str]]]:
+        """Writes decided and not yet done (a runner that stopped in between): decision, session, command."""
+        rows = self.conn.execute(
+            "SELECT decision, session_id, argv FROM cli_writes WHERE decision IS NOT NULL ORDER BY asked_at"
+        ).fetchall()
+        return [(_decision_decoder.decode(r[0]), str(r[1]), [str(a) for a in json.loads(r[2])]) for r in rows]
+
+    def done_cli_write(self, request_id: str) -> None:
+        self.conn.execute("DELETE FROM cli_writes WHERE id = ?", (request_id,))
 
     def all(self) -> list[SessionInfo]:
         return list(self._cache.values())

@@ -9,6 +9,9 @@ import getpass
 import json
 import os
 import signal
+import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -280,6 +283,44 @@ async def test_a_waiting_write_and_the_agents_clawden_survive_a_runner_restart(
     assert "`clawden wire add local room-9 main` was approved" in told.text
     [wiring] = await control.ask(cfg, router_api.WIRINGS_LIST, router_api.WiringList(chat_id="room-9"))
     assert wiring.agent_group == "main"
+
+
+async def test_a_write_approved_while_the_runner_dies_is_done_when_it_comes_back(stack: Stack, term: Terminal) -> None:
+    """The runner has the decision (kept in runner.db with the write) but cannot finish: the router, which it must
+    ask first, is stopped. SIGKILLed then, the runner that starts next does the write and tells the agent once."""
+    cfg = config_mod.load(stack.home)
+    asked = await asyncio.to_thread(run_cli, stack, "wire", "add", "local", "room-7", "main")
+    request_id = str(asked["out"]).split("approval pending (", 1)[1].split(")", 1)[0]
+    await card_for(term)
+    router, runner = await service_pid(stack, "router"), await service_pid(stack, "runner")
+
+    def decided() -> bool:
+        with sqlite3.connect(cfg.data_dir / "runner.db") as db:
+            row = db.execute("SELECT decision FROM cli_writes WHERE id = ?", (request_id,)).fetchone()
+        return row is not None and row[0] is not None
+
+    os.kill(router, signal.SIGSTOP)
+    try:
+        approve = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "clawden", "approvals", "approve", request_id],
+            env=stack.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert approve.returncode == 0, approve.stderr
+        await eventually(decided, timeout=60)  # and now it waits on the stopped router for the group's scope
+        os.kill(runner, signal.SIGKILL)
+    finally:
+        os.kill(router, signal.SIGCONT)
+
+    told = await reply_with(term, "was approved by", timeout=120)
+    assert "`clawden wire add local room-7 main` was approved" in told.text
+    [wiring] = await control.ask(cfg, router_api.WIRINGS_LIST, router_api.WiringList(chat_id="room-7"))
+    assert wiring.agent_group == "main"
+    runner_log = stack.home / "logs" / "runner.log"
+    assert await eventually(lambda: not decided() and "doing again the decided" in runner_log.read_text(), 30)
 
 
 async def test_an_approved_change_of_its_own_settings_applies_to_the_group(stack: Stack, term: Terminal) -> None:

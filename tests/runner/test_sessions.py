@@ -30,6 +30,29 @@ def test_it_survives_a_reopen(tmp_path: Path) -> None:
     assert again.take_question("q-1") is None, "a question is answered once"
 
 
+def test_a_decided_write_stays_until_done_so_a_restarted_runner_does_it_again(tmp_path: Path) -> None:
+    """An admin's decision is kept with the agent's `clawden` write: it no longer counts as waiting, a second
+    decision finds nothing, the same one redelivered finds it still, and a reopened index (a runner that died
+    mid-build) lists it to do again, until it is done."""
+    index = SessionIndex.open(tmp_path / "runner.db")
+    index.put_cli_write("w-1", "s-1", ["groups", "packages", "add", "main", "--apt", "jq"])
+    index.put_cli_write("w-2", "s-1", ["wire", "add", "local", "room", "main"])
+    approved = ev.ApprovalDecision(id="w-1", decision="approved", decided_by="local:ada", decided_at=5.0)
+    assert index.cli_writes_waiting("s-1") == 2
+
+    assert index.decide_cli_write(approved) == ("s-1", ["groups", "packages", "add", "main", "--apt", "jq"])
+    assert index.cli_writes_waiting("s-1") == 1
+    assert index.decide_cli_write(ev.ApprovalDecision(id="w-1", decision="denied", decided_by="local:bo")) is None
+    assert index.decide_cli_write(approved) is not None, "the same decision again (a redelivery) is done again"
+    assert index.decide_cli_write(ev.ApprovalDecision(id="w-9", decision="approved")) is None
+    index.close()
+
+    again = SessionIndex.open(tmp_path / "runner.db")
+    assert again.decided_cli_writes() == [(approved, "s-1", ["groups", "packages", "add", "main", "--apt", "jq"])]
+    again.done_cli_write("w-1")
+    assert again.decided_cli_writes() == [] and again.cli_writes_waiting("s-1") == 1
+
+
 async def test_destinations_are_replaced_whole_while_other_tasks_use_the_index(tmp_path: Path) -> None:
     """Each list is written in one transaction on the index's own thread: a reader sees one whole list,
     never a mix or an empty gap, and the writers around it neither fail nor join that transaction."""
