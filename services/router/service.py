@@ -48,6 +48,8 @@ class Router:
         # Held while a batch is decided and its outbox published, so lanes keep their order.
         self.publishing = asyncio.Lock()
         self.counts: Counter[str] = Counter()
+        # What the router last heard from each runner (its ping's stats): the figures placement goes by.
+        self.heard: dict[str, dict[str, float]] = {}
 
     # --- publishing -------------------------------------------------------------------------------
 
@@ -188,7 +190,9 @@ class Router:
             self.counts["poisoned"] += 1
             log.error("dropping a heartbeat on %s that claims to come from runner %r", msg.subject, beat.runner)
             return
-        self.store.runners.heard(beat, time.time())
+        now = time.time()
+        self.store.runners.heard(beat, now)
+        self.heard[beat.runner] = {"free": beat.free, "running": beat.running, "queued": beat.queued, "at": now}
 
     async def sweep(self) -> None:
         """Expire approvals nobody answered and forget old keys; also publishes whatever the outbox
@@ -239,6 +243,7 @@ async def main(ctx: ServiceContext) -> None:
         for line in await store.run(store.seed, DEFAULT_GROUP, LOCAL_CHANNEL, _login(), time.time()):
             log.info("first start: %s", line)
         ctx.stats["router"] = router.counts
+        ctx.stats["runners"] = router.heard
         for verb in ctl.served_by("router"):
             if verb.service == "router":  # not `ping`: the runtime answers that
                 await ctx.endpoint(verb, router.serving(verb))
