@@ -41,6 +41,7 @@ from claude_agent_sdk import (
 from clawden import sessiondb
 
 from . import commands, doorbell, mcp, precheck, revisions, selftest, tools
+from .cli import ADMIN_SOCKET
 from .ledger import Ledger, Settled
 
 log = logging.getLogger("clawden_agent")
@@ -112,6 +113,16 @@ their #seq when useful. A <delivery-failed seq="…"> element means one of your 
 the chat; say so another way if it mattered. When someone edits or deletes a message you have already
 read, a message tells you so: go by the edited text, and do not act on a deleted message. Anything you
 write outside send_message is private scratch space."""
+# Said only where the runner mounted the session's admin socket (the in-container `clawden`, cli.py).
+CLI_ADDENDUM = """
+Your shell has a `clawden` command for this Clawden install (`clawden --help`): it shows what your
+admins let you see, and asks for changes, such as packages for your image, which wait for an admin's
+approval; you are told the outcome in a message. Use it when someone asks you to change how you run."""
+
+
+def addendum(name: str, *, has_cli: bool) -> str:
+    """What Clawden adds to Claude Code's own system prompt."""
+    return SYSTEM_ADDENDUM.format(name=name) + (CLI_ADDENDUM if has_cli else "")
 
 
 @dataclass(frozen=True)
@@ -258,7 +269,7 @@ class Agent:
         self.mcp_names: set[str] = set()  # the group's own MCP servers this Claude Code was given
 
     def _options(self, resume: str | None) -> ClaudeAgentOptions:
-        addendum = SYSTEM_ADDENDUM.format(name=self.config.assistant_name)
+        said = addendum(self.config.assistant_name, has_cli=Path(ADMIN_SOCKET).exists())
         env = cli_env(self.config, os.environ)
         # The group's servers run beside Claude Code, their traffic through the same relay and gateway.
         group_servers = mcp.servers(self.config.mcp_servers, {**os.environ, **env})
@@ -267,7 +278,7 @@ class Agent:
             cwd=str(self.config.group_dir),
             permission_mode="bypassPermissions",
             # Not a snapshot: an updated addendum reaches resumed conversations too.
-            system_prompt={"type": "preset", "preset": "claude_code", "append": addendum, "snapshot": False},
+            system_prompt={"type": "preset", "preset": "claude_code", "append": said, "snapshot": False},
             mcp_servers={**group_servers, tools.SERVER_NAME: cast(McpServerConfig, self._server)},
             strict_mcp_config=True,  # never a .mcp.json the agent wrote
             tools=BUILTIN_TOOLS,

@@ -61,3 +61,11 @@ def test_files_lists_the_workspace_with_sizes_and_says_what_it_left_out(tmp_path
     )
     assert commands.files_text([]) == "The workspace is empty."
     assert commands.size(5 * 2**30) == "5.0 GiB"
+
+
+def test_the_system_prompt_mentions_clawden_only_where_the_admin_socket_is_mounted() -> None:
+    from clawden_agent.loop import addendum
+
+    with_cli, without = addendum("Molly", has_cli=True), addendum("Molly", has_cli=False)
+    assert "You are Molly" in without and "`clawden`" not in without
+    assert with_cli.startswith(without) and "`clawden --help`" in with_cli and "approval" in with_cli
