@@ -19,6 +19,9 @@ HOME_MOUNT = "/home/agent"  # the session's own Claude Code home (its conversati
 CACHE_MOUNT = "/run/clawden/cache"  # the group's, shared by its sessions: what a container may remember
 PROJECT_SETTINGS = ".claude"  # in the group folder, mounted read-only over the writable folder
 GATEWAY_MOUNT = "/run/clawden/gateway"
+# The relay's own folder (vault_transport = "tcp"), read-write: it takes the container's token from it and
+# deletes it before the agent starts (container/clawden_agent/relay.py).
+RELAY_MOUNT = "/run/clawden/relay"
 TRUST_MOUNT = "/run/clawden/trust"  # the vault's CA and a bundle of it with the system roots, read-only
 # The session's admin socket folder (services/runner/admin.py), read-only: the in-container `clawden` asks there.
 ADMIN_MOUNT = "/run/clawden/admin"
@@ -55,13 +58,15 @@ def environment(
     timezone: str = "",
     trust: bool = False,
     tuning: Tuning = Tuning(),
+    gateway: str = "",
 ) -> dict[str, str]:
-    """What the agent runner reads; `trust` when the vault's trust folder is mounted at TRUST_MOUNT."""
+    """What the agent runner reads; `trust` when the vault's trust folder is mounted at TRUST_MOUNT;
+    `gateway`: where its relay dials (default: the group's socket at GATEWAY_MOUNT; never a secret)."""
     # Only placeholders and paths: the real key lives in the vault and never enters here.
     env = {
         "CLAWDEN_SESSION_DIR": SESSION_MOUNT,
         "CLAWDEN_GROUP_DIR": GROUP_MOUNT,
-        "CLAWDEN_GATEWAY_SOCKET": f"{GATEWAY_MOUNT}/{SOCKET_NAME}",
+        "CLAWDEN_GATEWAY_SOCKET": gateway or f"{GATEWAY_MOUNT}/{SOCKET_NAME}",
         "CLAWDEN_RELAY_PORT": str(RELAY_PORT),
         "ANTHROPIC_API_KEY": "clawden-managed",
         "HOME": HOME_MOUNT,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -64,6 +64,15 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     queue_notice_after: float = 5.0
     # systemd restarts keep containers for the next runner to adopt; `clawden up` stops them.
     stop_containers_on_exit: bool = False
+    # How containers reach the vault: "socket" (a Unix socket per group, mounted in; the socket names the
+    # group), "tcp" (the vault's `tcp_listen`, with a per-container token the agent never sees) or "auto":
+    # tcp where the Docker engine is Docker Desktop (no Unix socket crosses into its VM), else socket.
+    vault_transport: Literal["socket", "tcp", "auto"] = "auto"
+    # tcp: the name a container reaches the host by. "unix:/path" names a Unix socket on this host that
+    # leads to the listener instead (tests on Linux: --network none leaves a container no route out).
+    vault_tcp_host: str = "host.docker.internal"
+    # tcp: the Docker network containers join to reach vault_tcp_host ("": none, for a unix: route only).
+    vault_network: str = ""
 
 
 class MountConfig(msgspec.Struct, frozen=True, kw_only=True):

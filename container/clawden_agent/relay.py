@@ -1,4 +1,12 @@
-"""In-container egress relay: 127.0.0.1:<port> TCP connections piped to the vault gateway's Unix socket.
+"""In-container egress relay: 127.0.0.1:<port> TCP connections piped to the vault gateway.
+
+The gateway is a Unix socket mounted in (its path: the socket names the agent group), or, where a socket
+cannot cross into the container (Docker Desktop), the vault's TCP listener (``tcp://host:port``; or
+``tcp+unix:/path``, a mounted socket leading to that listener, for testing the mode on Linux). Over TCP
+the relay shows the container's token on each connection's first request, in place of any
+``Proxy-Authorization`` the agent wrote. The token comes in a file the relay deletes as it reads it,
+before the agent starts, and the process is made non-dumpable, so the agent (the same uid, no
+capabilities) can read it neither from a file, its environment or command line, nor /proc/<pid>/mem.
 
 Stdlib only, because it runs inside the agent image before anything else is importable.
 """
@@ -6,17 +14,98 @@ Stdlib only, because it runs inside the agent image before anything else is impo
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import ctypes
+import os
 import socket
 import sys
+from typing import NamedTuple
 
 # One read's worth: big enough for a request body chunk, small enough to keep latency flat.
 READ_SIZE = 64 * 1024
+# Where the runner puts the container's token for the TCP listener (a folder of its own, mounted rw).
+TOKEN_FILE = "/run/clawden/relay/token"
+TOKEN_FILE_ENV = "CLAWDEN_GATEWAY_TOKEN_FILE"  # elsewhere (the relay run as a host process in tests)
+PR_SET_DUMPABLE = 4
 _connections: set[asyncio.Task[object]] = set()
 
 
-async def serve_relay(socket_path: str, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
-    """Start the relay and return the listening server; the chosen port is in ``server.sockets``."""
+class RelayError(RuntimeError):
+    """The relay cannot start as asked; the container stops, loudly."""
+
+
+class Target(NamedTuple):
+    """Where the relay dials: a Unix socket path, or host and port; ``token``: the TCP listener's way.
+    (A NamedTuple: tests load this file without registering it as a module, which a dataclass needs.)"""
+
+    path: str = ""
+    host: str = ""
+    port: int = 0
+    token: bool = False
+
+
+def parse_target(text: str) -> Target:
+    """``/path`` (the group's socket), ``tcp://host:port`` or ``tcp+unix:/path`` (both with a token)."""
+    if text.startswith("tcp+unix:"):
+        path = text.removeprefix("tcp+unix:")
+        if not path.startswith("/"):
+            raise RelayError(f"gateway {text!r}: tcp+unix: takes an absolute socket path")
+        return Target(path=path, token=True)
+    if text.startswith("tcp://"):
+        host, _, port = text.removeprefix("tcp://").rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise RelayError(f"gateway {text!r}: write it as tcp://host:port")
+        return Target(host=host.strip("[]"), port=int(port), token=True)
+    if not text.startswith("/"):
+        raise RelayError(f"gateway {text!r}: a socket path, tcp://host:port or tcp+unix:/path")
+    return Target(path=text)
+
+
+def with_token(head: bytes, token: str) -> bytes | None:
+    """A request head with the token as its one ``Proxy-Authorization`` (any the agent wrote dropped), its
+    lines ended by CRLF; None for a head the gateway might read otherwise than this does (a bare CR, a
+    folded line, an empty line before its end), which is refused rather than passed on."""
+    if not head.endswith(b"\n\n") and not head.endswith(b"\n\r\n"):
+        return None
+    lines = [line.removesuffix(b"\r") for line in head.split(b"\n")][:-2]
+    if not lines or any(b"\r" in line or not line or line[:1] in (b" ", b"\t") for line in lines):
+        return None
+    kept = [line for line in lines[1:] if line.partition(b":")[0].strip().lower() != b"proxy-authorization"]
+    credential = base64.b64encode(f"clawden:{token}".encode())
+    return b"\r\n".join([lines[0], b"Proxy-Authorization: Basic " + credential, *kept, b"", b""])
+
+
+def take_token(path: str) -> str:
+    """The token in ``path``, which is deleted: read once, before the agent starts."""
+    try:
+        with open(path, encoding="ascii") as file:
+            token = file.read().strip()
+        os.unlink(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RelayError(f"the gateway token at {path} cannot be taken (read and deleted): {exc}") from exc
+    if not token:
+        raise RelayError(f"the gateway token file {path} is empty")
+    return token
+
+
+def hide_process() -> None:
+    """Non-dumpable: /proc/<pid>/mem, environ and fd become root's, and no same-uid process may ptrace us."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise RelayError(f"prctl(PR_SET_DUMPABLE, 0) failed: errno {ctypes.get_errno()}")
+
+
+async def serve_relay(socket_path: str, host: str = "127.0.0.1", port: int = 0, *, hide: bool = True) -> asyncio.Server:
+    """Start the relay and return the listening server; the chosen port is in ``server.sockets``.
+    ``socket_path``: the gateway (``parse_target``). With a token, ``hide`` makes this process
+    non-dumpable (a test running the relay in its own process may keep its process as it is)."""
+    target = parse_target(socket_path)
+    token = ""
+    if target.token:
+        token = take_token(os.environ.get(TOKEN_FILE_ENV, TOKEN_FILE))
+        if hide:
+            hide_process()
 
     async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         # asyncio keeps a connection's task only as long as its transport: once the client side
@@ -25,26 +114,53 @@ async def serve_relay(socket_path: str, host: str = "127.0.0.1", port: int = 0) 
         assert task is not None
         _connections.add(task)
         try:
-            await _relay_connection(socket_path, client_reader, client_writer)
+            await _relay_connection(target, token, client_reader, client_writer)
         finally:
             _connections.discard(task)
 
     return await asyncio.start_server(handle, host, port, limit=READ_SIZE)
 
 
+async def _first_head(reader: asyncio.StreamReader, token: str) -> bytes | None:
+    """The client's first request head with the token in it; None when it hangs up or sends a bad one."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, OSError):
+        return None
+    return with_token(head, token)
+
+
+async def _dial(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if target.path:
+        return await asyncio.open_unix_connection(target.path, limit=READ_SIZE)
+    return await asyncio.open_connection(target.host, target.port, limit=READ_SIZE)
+
+
 async def _relay_connection(
-    socket_path: str, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    target: Target, token: str, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
 ) -> None:
     _set_nodelay(client_writer)
+    first = b""
+    if token:
+        head = await _first_head(client_reader, token)
+        if head is None:
+            client_writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            await _close(client_writer)
+            return
+        first = head
     try:
-        gateway_reader, gateway_writer = await asyncio.open_unix_connection(socket_path, limit=READ_SIZE)
+        gateway_reader, gateway_writer = await _dial(target)
     except OSError as exc:
         # The gateway is down or the socket is not mounted: the client sees a closed connection.
-        print(f"clawden relay: cannot reach gateway socket {socket_path}: {exc}", file=sys.stderr)
+        where = target.path or f"{target.host}:{target.port}"
+        print(f"clawden relay: cannot reach the gateway at {where}: {exc}", file=sys.stderr)
         await _close(client_writer)
         return
+    _set_nodelay(gateway_writer)
     writers = (client_writer, gateway_writer)
     try:
+        if first:
+            gateway_writer.write(first)
         await asyncio.gather(
             _pump(client_reader, gateway_writer, writers),
             _pump(gateway_reader, client_writer, writers),
@@ -94,5 +210,5 @@ async def _main(socket_path: str, port: int) -> None:
 if __name__ == "__main__":
     # python relay.py <gateway socket> <port>
     if len(sys.argv) != 3:
-        sys.exit("usage: relay.py GATEWAY_SOCKET PORT")
+        sys.exit("usage: relay.py GATEWAY PORT  (GATEWAY: /socket/path, tcp://host:port or tcp+unix:/path)")
     asyncio.run(_main(sys.argv[1], int(sys.argv[2])))

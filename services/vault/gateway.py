@@ -18,7 +18,6 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import hashlib
 import ipaddress
 import logging
 import os
@@ -37,7 +36,7 @@ from urllib.parse import urlsplit
 import h11
 
 from clawden import unixsock
-from services.vault import responses, sigv4
+from services.vault import responses, sigv4, tcpauth
 from services.vault.approvals import PREVIEW_BYTES, ApprovalAsk, Approver, LimitTrip, NoApprover, redact_preview
 from services.vault.apps import (
     PLACEHOLDER_TOKEN,
@@ -75,6 +74,7 @@ from services.vault.policy import (
 )
 from services.vault.ratecounts import RateCounts
 from services.vault.responses import SELFTEST_HOST, Reply
+from services.vault.tcpauth import token_hash as token_hash  # tests hash tokens as the gateway does
 from services.vault.upstream import Origin, Response, Upstream, UpstreamError, client_tls
 
 log = logging.getLogger("clawden.vault")
@@ -145,10 +145,6 @@ def wants_upgrade(headers: list[Header]) -> bool:
     connection = b",".join(v for k, v in headers if k == b"connection").lower()
     protocols = [v.strip().lower() for k, v in headers if k == b"upgrade"]
     return protocols == [b"websocket"] and b"upgrade" in connection
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def proxy_token(headers: list[Header]) -> str | None:
@@ -501,7 +497,7 @@ class Gateway:
         try:
             while (event := await self._next_request(side)) is not None:
                 if agent_group is None and origin is None:
-                    group = await self._authenticate(side, event)
+                    group = await self._authenticate(side, event, group)
                     if group is None:
                         if not _next_cycle(side):
                             return
@@ -547,12 +543,13 @@ class Gateway:
             raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
         return event
 
-    async def _authenticate(self, side: _Side, request: h11.Request) -> str | None:
-        """The agent group whose proxy token the first request carries; None (answered 407) without one."""
-        group = self._tokens.get(token_hash(proxy_token(list(request.headers)) or ""))
+    async def _authenticate(self, side: _Side, request: h11.Request, bound: str | None) -> str | None:
+        """The agent group a request on the TCP listener speaks for (``tcpauth.identify``): the one its proxy
+        token names, else the connection's (``bound``); None (answered 407) when there is none."""
+        group, refusal = tcpauth.identify(self._tokens, bound, proxy_token(list(request.headers)))
         if group is None:
             await self._drain_small_body(side)
-            side.send_reply(responses.proxy_auth_required())
+            side.send_reply(responses.proxy_auth_required(refusal))
             await side.writer.drain()
         return group
 

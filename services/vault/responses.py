@@ -146,10 +146,10 @@ def gateway_error(status: int, code: str, message: str) -> Reply:
     return json_reply(status, {"error": code, "message": message}, retry=status in (502, 504))
 
 
-def proxy_auth_required() -> Reply:
+def proxy_auth_required(message: str = "This gateway needs the agent group's proxy token.") -> Reply:
     return json_reply(
         407,
-        {"error": "proxy_auth_required", "message": "This gateway needs the agent group's proxy token."},
+        {"error": "proxy_auth_required", "message": message},
         extra=((b"proxy-authenticate", b'Basic realm="Clawden vault"'),),
     )
 

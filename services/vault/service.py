@@ -42,13 +42,14 @@ from services.vault.catalog import (
     check_secret,
 )
 from services.vault.certs import CertificateAuthority, write_trust_files
-from services.vault.gateway import Gateway, is_loopback, token_hash
+from services.vault.gateway import Gateway, is_loopback
 from services.vault.oauth_connect import AppConnections
 from services.vault.ratecounts import RateCounts
 from services.vault.refusals import Conflict, NotFound
 from services.vault.sealing import Sealer, SealError, load_key
 from services.vault.sigv4 import compact_keys
 from services.vault.store import Store
+from services.vault.tcpauth import token_hash
 
 log = logging.getLogger("clawden.vault")
 
@@ -103,6 +104,7 @@ class Vault:
         self.ca = ca
         self.gateway = gateway
         self.listening: dict[str, Path] = {}
+        self.tcp_port = 0  # the TCP listener's bound port, once it listens ([vault] tcp_listen)
         self._lock = asyncio.Lock()
         self.ca_file, self.bundle_file = write_trust_files(ca, trust_dir(cfg))
 
@@ -134,6 +136,7 @@ class Vault:
                 tokens_by_hash[token_hash(self.sealer.open(sealed, f"proxy-token:{group}"))] = group
             except SealError:
                 log.error("the proxy token of %s does not open with this vault key", group)
+        tokens_by_hash |= await self.store.run(self.store.container_tokens)
         self.gateway.update_tokens(tokens_by_hash)
         self.tell_model_key(catalog)
 
@@ -386,6 +389,29 @@ class Vault:
             token = self.sealer.open(sealed, f"proxy-token:{group}")
         return api.ProxyToken(agent_group=group, proxy_url=f"http://{group}:{token}@{self.cfg.vault.tcp_listen}")
 
+    async def on_container_token(self, request: api.ContainerToken) -> api.TcpGateway:
+        """A runner's container will show the token with this sha256 on the TCP listener (its session's earlier
+        one stops working at once); an empty sha256 withdraws the session's token."""
+        if not self.tcp_port:
+            raise ControlError(
+                "the vault's TCP listener is off: set [vault] tcp_listen (e.g. 127.0.0.1:8471) for runners whose"
+                " containers reach the vault over TCP ([runner] vault_transport)"
+            )
+        if request.sha256:
+            await self.store.run(
+                self.store.set_container_token, request.session_id, request.agent_group, request.sha256, time.time()
+            )
+        else:
+            await self.store.run(self.store.drop_container_token, request.session_id)
+        await self.refresh()
+        log.info(
+            "container token for %s/%s %s",
+            request.agent_group,
+            request.session_id,
+            "registered" if request.sha256 else "withdrawn",
+        )
+        return api.TcpGateway(port=self.tcp_port, trust_dir=str(self.ca_file.parent), ca_sha256=self.ca.fingerprint)
+
     # -- the HTTP API's keys and agents (services/vault/api.py serves them) --
 
     async def on_api_keys_create(self, request: api.Named) -> api.ApiKeyCreated:
@@ -570,7 +596,7 @@ async def main(ctx: ServiceContext) -> None:
                         await vault.open_gateway(sub.name)
             if cfg.vault.tcp_listen:
                 host, _, port = cfg.vault.tcp_listen.rpartition(":")
-                await gateway.listen_tcp(host.strip("[]"), int(port))
+                vault.tcp_port = await gateway.listen_tcp(host.strip("[]"), int(port))
                 log.info("gateway TCP listener on %s (proxy tokens)", cfg.vault.tcp_listen)
             await ctx.endpoint(api.GATEWAY, vault.on_gateway)
             await ctx.endpoint(api.SECRETS_ADD, vault.on_secrets_add)
@@ -587,6 +613,7 @@ async def main(ctx: ServiceContext) -> None:
             await ctx.endpoint(api.AUDIT, vault.on_audit)
             await ctx.endpoint(api.EGRESS, vault.on_egress)
             await ctx.endpoint(api.PROXY_TOKEN, vault.on_proxy_token)
+            await ctx.endpoint(api.CONTAINER_TOKEN, vault.on_container_token)
             await ctx.endpoint(api.MODEL_KEY, vault.on_model_key)
             await ctx.endpoint(api.API_KEYS_CREATE, vault.on_api_keys_create)
             await ctx.endpoint(api.API_KEYS_LIST, vault.on_api_keys_list)

@@ -135,6 +135,17 @@ MIGRATIONS: list[tuple[str, str]] = [
     );
     """,
     ),
+    (
+        "0006_container_tokens",
+        """
+    CREATE TABLE IF NOT EXISTS container_tokens (
+        session_id TEXT PRIMARY KEY,
+        agent_group TEXT NOT NULL,
+        sha256 TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL
+    );
+    """,
+    ),
 ]
 APP_COLUMNS = (
     "provider",
@@ -373,6 +384,26 @@ class Store(servicedb.Store):
             for row in self._rows(
                 "SELECT agent_group, proxy_token_sealed FROM groups WHERE proxy_token_sealed IS NOT NULL"
             )
+        }
+
+    # -- the TCP listener's per-container tokens (only their sha256, which a runner sent) --
+
+    def set_container_token(self, session_id: str, group: str, sha256: str, now: float) -> None:
+        """The session's container presents this token from now on; its earlier one is forgotten."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM container_tokens WHERE session_id = ? OR sha256 = ?", (session_id, sha256))
+            conn.execute(
+                "INSERT INTO container_tokens (session_id, agent_group, sha256, created_at) VALUES (?, ?, ?, ?)",
+                (session_id, group, sha256, now),
+            )
+
+    def drop_container_token(self, session_id: str) -> None:
+        self.conn.execute("DELETE FROM container_tokens WHERE session_id = ?", (session_id,))
+
+    def container_tokens(self) -> dict[str, str]:
+        """sha256 of a container's token -> its agent group."""
+        return {
+            row["sha256"]: row["agent_group"] for row in self._rows("SELECT sha256, agent_group FROM container_tokens")
         }
 
     # -- the HTTP API's keys (only their sha256 is kept) and agents --

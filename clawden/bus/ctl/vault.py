@@ -3,10 +3,11 @@ audit and egress behind `clawden secrets|rules|audit|egress`."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from msgspec import Struct
+from msgspec import Meta, Struct
 
+from clawden.bus import events as ev
 from clawden.bus.ctl.verb import Nothing, Reply, Request, declare
 
 SERVICE = "vault"
@@ -17,6 +18,7 @@ Window = Literal["minute", "hour", "day"]
 Egress = Literal["open", "allowlist"]
 Operator = Literal["contains", "equals"]
 LargeBody = Literal["match", "ignore"]
+Sha256 = Annotated[str, Meta(pattern="^$|^[0-9a-f]{64}$")]  # lower-case hex; "" where the field may be empty
 
 
 class Condition(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -207,9 +209,9 @@ class ContainerToken(Request, frozen=True):
     = "tcp"): only its sha256 travels, so neither the bus nor the vault ever holds the token. It replaces the
     session's earlier one (a container made again gets a new token); an empty `sha256` withdraws it."""
 
-    agent_group: str
-    session_id: str
-    sha256: str = ""
+    agent_group: ev.GroupName
+    session_id: ev.SessionId
+    sha256: Sha256 = ""
 
 
 class TcpGateway(Reply, frozen=True):

@@ -1,0 +1,89 @@
+"""How an agent container reaches the vault: its group's Unix socket, or the vault's TCP listener with a
+per-container token (`[runner] vault_transport`). The choices are pure; `place_token` writes the token
+where only the container's relay takes it (it deletes the file as it reads it, before the agent starts)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from clawden.agentcontainer import GATEWAY_MOUNT
+from clawden.config import RunnerConfig
+from clawden.vaultfiles import SOCKET_NAME
+
+Transport = Literal["socket", "tcp"]
+DOCKER_DESKTOP = "Docker Desktop"  # `docker info`'s OperatingSystem there (macOS, Windows with WSL2)
+UNIX_PREFIX = "unix:"
+TOKEN_NAME = "token"  # in the relay folder; the relay reads /run/clawden/relay/token
+
+
+@dataclass(frozen=True)
+class VaultRoute:
+    """What a container gets for the vault: the relay's target (CLAWDEN_GATEWAY_SOCKET), the folder
+    mounted read-only at GATEWAY_MOUNT (None: none), and the Docker network it joins."""
+
+    gateway: str
+    gateway_dir: Path | None
+    network: str = "none"
+
+
+def transport(setting: str, operating_system: str) -> Transport:
+    """`auto` is tcp on Docker Desktop, whose VM no Unix socket of the host crosses into."""
+    if setting in ("socket", "tcp"):
+        return setting  # type: ignore[return-value]  # narrowed by the test above
+    return "tcp" if operating_system.strip() == DOCKER_DESKTOP else "socket"
+
+
+def socket_route(gateway_dir: Path) -> VaultRoute:
+    return VaultRoute(gateway=f"{GATEWAY_MOUNT}/{SOCKET_NAME}", gateway_dir=gateway_dir)
+
+
+def tcp_problem(runner: RunnerConfig) -> str | None:
+    """Why containers could not reach the TCP listener with these settings; None when they can."""
+    host = runner.vault_tcp_host
+    if host.startswith(UNIX_PREFIX):
+        path = host.removeprefix(UNIX_PREFIX)
+        return None if path.startswith("/") else f"runner.vault_tcp_host {host!r}: unix: takes an absolute path"
+    if not host or any(c in host for c in "/@ "):
+        return f"runner.vault_tcp_host {host!r} is not a host name"
+    if not runner.vault_network:
+        return (
+            "runner.vault_transport is tcp, but a container without a network cannot reach "
+            f"{host}: set runner.vault_network to the Docker network it joins (README: Docker Desktop)"
+        )
+    return None
+
+
+def tcp_route(runner: RunnerConfig, port: int) -> VaultRoute:
+    """The listener by name and port, or through a Unix socket on this host that leads to it (the
+    socket's folder is mounted; the container keeps --network none)."""
+    host = runner.vault_tcp_host
+    if host.startswith(UNIX_PREFIX):
+        path = Path(host.removeprefix(UNIX_PREFIX))
+        return VaultRoute(gateway=f"tcp+unix:{GATEWAY_MOUNT}/{path.name}", gateway_dir=path.parent)
+    authority = f"[{host}]" if ":" in host else host
+    return VaultRoute(gateway=f"tcp://{authority}:{port}", gateway_dir=None, network=runner.vault_network)
+
+
+def new_token() -> tuple[str, str]:
+    """(a container's token: 256 random bits, its sha256 for the vault)."""
+    token = f"clt_{secrets.token_urlsafe(32)}"
+    return token, hashlib.sha256(token.encode()).hexdigest()
+
+
+def place_token(folder: Path, token: str, uid: int | None) -> None:
+    """A fresh folder (mounted read-write at RELAY_MOUNT) holding only the token, readable by the
+    container's user alone; whatever an earlier container left there goes."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, mode=0o700)
+    fd = os.open(folder / TOKEN_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as file:
+        file.write(token)
+    if uid is not None:
+        os.chown(folder / TOKEN_NAME, uid, uid)
+        os.chown(folder, uid, uid)

@@ -1,0 +1,50 @@
+"""Who a connection on the vault's TCP listener is, from the proxy token it shows (pure).
+
+A Unix socket names its group by being that group's; a TCP connection names it with a token in
+``Proxy-Authorization`` on its first request: a third-party agent's proxy token, or the per-container
+token a runner registered (`runner.vault_transport = "tcp"`). The vault keeps only each token's sha256.
+Once a connection showed a good token it is that group's for its life, as a socket's is: the
+in-container relay adds the token to a connection's first request only (it does not parse the rest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+
+NO_TOKEN = "This gateway needs the agent group's proxy token (Proxy-Authorization: Basic)."
+UNKNOWN_TOKEN = (
+    "The proxy token is unknown or no longer valid (a container's token is replaced each time the container is"
+    " made): the container must be started again by its runner."
+)
+OTHER_GROUP = "This connection belongs to another agent group: a token cannot change a connection's group."
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def group_of(tokens: Mapping[str, str], token: str) -> str | None:
+    """The group whose stored sha256 is the token's. Every stored hash is compared, each in constant
+    time, so how long this takes says nothing about how near a guess came."""
+    digest = token_hash(token)
+    found = None
+    for stored, group in tokens.items():
+        if hmac.compare_digest(stored, digest):
+            found = group
+    return found
+
+
+def identify(tokens: Mapping[str, str], bound: str | None, token: str | None) -> tuple[str | None, str]:
+    """(the group a request speaks for, "") or (None, why it is refused, for a 407).
+
+    ``bound``: the group the connection's earlier request showed a token for, or None."""
+    if token is None:
+        return (bound, "") if bound is not None else (None, NO_TOKEN)
+    group = group_of(tokens, token)
+    if group is None:
+        return None, UNKNOWN_TOKEN
+    if bound is not None and group != bound:
+        return None, OTHER_GROUP
+    return group, ""
