@@ -28,6 +28,7 @@ from clawden.agentcontainer import (
     GROUP_MOUNT,
     HOME_MOUNT,
     PROJECT_SETTINGS,
+    RELAY_MOUNT,
     SESSION_MOUNT,
     SKILLS_MOUNT,
     TRUST_MOUNT,
@@ -140,7 +141,7 @@ class ContainerSpec:
     global_dir: Path
     claude_home: Path
     cache_dir: Path
-    gateway_dir: Path
+    gateway_dir: Path | None  # mounted read-only at GATEWAY_MOUNT: the group's socket (None: none)
     memory: str
     cpus: float
     pids: int
@@ -153,6 +154,11 @@ class ContainerSpec:
     extra_mounts: tuple[ExtraMount, ...] = ()  # already checked against the mount allowlist
     trust_dir: Path | None = None  # from the vault: clawden-ca.pem and bundle.pem
     admin_dir: Path | None = None  # the session's admin socket folder (services/runner/admin.py)
+    # vault_transport = "tcp" (services/runner/vaultroute.py): where the relay dials ("": the group's socket),
+    # the folder holding the container's token (mounted read-write; the relay deletes the token), the network.
+    gateway: str = ""
+    relay_dir: Path | None = None
+    network: str = "none"
 
     @property
     def name(self) -> str:
@@ -167,10 +173,12 @@ class ContainerSpec:
             timezone=self.timezone,
             trust=self.trust_dir is not None,
             tuning=self.tuning,
+            gateway=self.gateway,
         ) | ({MCP_ENV: mcpservers.encode(self.mcp)} if self.mcp else {})
 
     def run_kwargs(self) -> dict[str, Any]:
-        """Everything `containers.run` gets: no network, read-only root, no capabilities, limits."""
+        """Everything `containers.run` gets: no network (vault_network in tcp mode), read-only root, no
+        capabilities, limits."""
         mounts = [
             Mount(SESSION_MOUNT, str(self.session_dir), type="bind"),
             Mount(GROUP_MOUNT, str(self.group_dir), type="bind"),
@@ -181,8 +189,11 @@ class ContainerSpec:
             ),
             Mount(HOME_MOUNT, str(self.claude_home), type="bind"),
             Mount(CACHE_MOUNT, str(self.cache_dir), type="bind"),
-            Mount(GATEWAY_MOUNT, str(self.gateway_dir), type="bind", read_only=True),
         ]
+        if self.gateway_dir is not None:
+            mounts.append(Mount(GATEWAY_MOUNT, str(self.gateway_dir), type="bind", read_only=True))
+        if self.relay_dir is not None:
+            mounts.append(Mount(RELAY_MOUNT, str(self.relay_dir), type="bind"))
         if self.global_dir.is_dir():
             mounts.append(Mount(GLOBAL_MOUNT, str(self.global_dir), type="bind", read_only=True))
         if (self.group_dir / SKILLS_DIR).is_dir():  # the group's skills are the owner's, like its .claude/
@@ -205,7 +216,7 @@ class ContainerSpec:
             "labels": self.labels(),
             "environment": self.environment(),
             "user": self.user,
-            "network_mode": "none",
+            "network_mode": self.network,
             "read_only": True,
             "tmpfs": {"/tmp": "rw,size=256m,mode=1777"},
             "cap_drop": ["ALL"],
@@ -246,6 +257,15 @@ class Docker:
 
     async def ping(self) -> bool:
         return bool(await self.call(self.client.ping))
+
+    async def engine_os(self) -> str:
+        """The engine's OperatingSystem ("Docker Desktop" there); "" if it does not say."""
+        try:
+            info = await self.call(self.client.info)
+        except Exception as exc:  # then vault_transport = "auto" means the socket, as on Linux
+            log.warning("docker info failed (%s); taking the engine for a Linux one", exc)
+            return ""
+        return str(info.get("OperatingSystem") or "")
 
     async def engine_cpus(self) -> int | None:
         """CPUs the engine has (Docker refuses a larger `--cpus`); None if it does not say."""

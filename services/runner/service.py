@@ -64,6 +64,16 @@ from services.runner.sessions import (
     prepare_folder,
     ring,
 )
+from services.runner.vaultroute import (
+    Transport,
+    VaultRoute,
+    new_token,
+    place_token,
+    socket_route,
+    tcp_problem,
+    tcp_route,
+    transport,
+)
 
 log = logging.getLogger("clawden.runner")
 START_GATE_SECONDS = 20.0  # a start slot is held at most this long (an agent stuck coming up)
@@ -118,6 +128,7 @@ class Runner:
         self.starting = asyncio.Semaphore(self.cfg.runner.parallel_starts or os.cpu_count() or 2)
         self.failures: dict[str, int] = {}  # consecutive start failures or crashes per session
         self.engine_cpus: int | None = None  # what Docker's engine has; set once it answered
+        self.vault_transport: Transport = "socket"  # from [runner] vault_transport and the engine, at start
         self.counters = {"wakes": 0, "started": 0, "published": 0, "crashed": 0, "hung": 0, "idle_stopped": 0}
         # The in-container `clawden`: one socket per session under run/admin/, never in the agent's writable folder.
         self.admin = AdminDesk(ctx, index, self.cfg.path("run", "admin"), self.owner_uid, self.note)
@@ -268,7 +279,7 @@ class Runner:
         return described | {"path": str((box / name).relative_to(folder))}
 
     async def _start(self, info: SessionInfo, folder: Path) -> None:
-        gateway, trust = await self._gateway_dir(info.agent_group)
+        route, trust, relay_dir = await self._vault_route(info)
         run = self.group_run(info.agent_group)
         group_dir, bad_folder = await asyncio.to_thread(group_folder, self.cfg.groups_dir, run.folder, info.agent_group)
         for why in (*run.refused, bad_folder):
@@ -303,7 +314,10 @@ class Runner:
             global_dir=self.cfg.groups_dir / "global",
             claude_home=claude_home,
             cache_dir=cache_dir,
-            gateway_dir=gateway,
+            gateway_dir=route.gateway_dir,
+            gateway=route.gateway,
+            relay_dir=relay_dir,
+            network=route.network,
             memory=run.memory,
             cpus=run.cpus,
             pids=run.pids,
@@ -373,6 +387,25 @@ class Runner:
             chown_tree(group_dir, self.owner_uid)
             chown_tree(claude_home, self.owner_uid)
             chown_tree(cache_dir, self.owner_uid)
+
+    async def _vault_route(self, info: SessionInfo) -> tuple[VaultRoute, Path | None, Path | None]:
+        """How this container reaches the vault, its trust folder, and the folder holding its token (tcp)."""
+        if self.vault_transport == "socket":
+            gateway, trust = await self._gateway_dir(info.agent_group)
+            return socket_route(gateway), trust, None
+        if problem := tcp_problem(self.cfg.runner):
+            raise Retry(problem, delay=30.0)
+        token, digest = new_token()  # a new one for every container made: the session's last one stops working
+        request = vault_api.ContainerToken(agent_group=info.agent_group, session_id=info.id, sha256=digest)
+        try:
+            answer = await control.ask_on(self.ctx.nc, vault_api.CONTAINER_TOKEN, request, timeout=5)
+        except control.Refused as exc:
+            raise Retry(f"the vault refused: {exc}", delay=5.0) from exc
+        except control.ControlError as exc:
+            raise Retry(f"the vault did not answer: {exc}", delay=2.0) from exc
+        relay_dir = self.cfg.path("run", "relay", info.id)
+        await asyncio.to_thread(place_token, relay_dir, token, self.owner_uid)
+        return tcp_route(self.cfg.runner, answer.port), Path(answer.trust_dir), relay_dir
 
     async def _gateway_dir(self, agent_group: str) -> tuple[Path, Path | None]:
         """Ask the vault for this group's gateway socket folder and its CA folder (mounted read-only);
@@ -878,6 +911,8 @@ async def main(ctx: ServiceContext) -> None:
     try:
         await docker.ping()
         runner.engine_cpus = await docker.engine_cpus()
+        runner.vault_transport = transport(ctx.config.runner.vault_transport, await docker.engine_os())
+        log.info("containers reach the vault by %s", runner.vault_transport)
         docker.watch_deaths(runner.on_death)
         await runner.adopt()
         wakes = await bind(ctx.js, runner_wake(ctx.config.runner.id))
