@@ -32,6 +32,7 @@ pytestmark = pytest.mark.nats  # every test here runs a secured nats-server, or 
 def cfg(tmp_path: Path) -> Iterator[config_mod.Config]:
     cfg = setup.init(tmp_path / "home")
     cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, port=natsserver.free_port()))
+    natsauth.ensure_seed(cfg, natsauth.runner_identity("b"))  # a runner on another host (`clawden runners add b`)
     natsauth.write_server_config(cfg, CHANNELS)
     proc = natsserver.start(cfg.nats.port, cfg.data_dir / "nats", config_file=natsauth.conf_path(cfg))
     yield cfg
@@ -76,6 +77,12 @@ def inbound(channel: str) -> bytes:
             sent_at=0.0,
         )
     )
+
+
+def _users(conf: Path) -> set[str]:
+    """`<identity>.nk: <public key>` for every user of a nats.conf, by matching keys to the home's seeds."""
+    keys = {natsauth.public_key(p.read_text()): p.name for p in conf.parent.glob("keys/nats/*.nk")}
+    return {f"{keys[u['nkey']]}: {u['nkey']}" for u in json.loads(conf.read_text())["authorization"]["users"]}
 
 
 async def messages(cfg: config_mod.Config, stream: str) -> int:
@@ -137,14 +144,14 @@ async def test_every_publisher_of_replies_may_publish_to_a_chats_lane(
     cfg: config_mod.Config, streams_ready: None
 ) -> None:
     route = ev.Route(channel="telegram", chat_id="1")
-    for ident in ("router", "runner", "scheduler", "approvals"):
+    for ident in ("router", "runner", "runner-b", "scheduler", "approvals"):
         async with Client_(cfg, ident) as nc:
             reply = ev.OutboundMessage(id=f"from-{ident}", route=route, text="hi")
             ack = await nc.jetstream().publish(
                 subjects.outbound("telegram", route.chat_id), ev.encode(reply), timeout=5
             )
             assert ack.stream == "CLAWDEN_OUTBOUND"
-    assert await messages(cfg, "CLAWDEN_OUTBOUND") == 4
+    assert await messages(cfg, "CLAWDEN_OUTBOUND") == 5
 
 
 async def test_a_bridge_may_not_reshape_streams_or_read_another_identitys_replies(
@@ -180,7 +187,9 @@ def test_seeds_are_private_and_each_identity_has_its_own(cfg: config_mod.Config)
     seeds = {p.stem: p.read_text().strip() for p in folder.glob("*.nk")}
     # Every installed bridge gets one at init, and so does each configured one (signal: this test's).
     bridges = {f"channel-{name}" for name in [*installed_channels(), *CHANNELS]}
-    assert set(seeds) == {"cli", "router", "runner", "vault", "scheduler", "approvals", "webhooks", "web", *bridges}
+    core = {"cli", "router", "runner", "vault", "scheduler", "approvals", "webhooks", "web"}
+    assert set(seeds) == {*core, "runner-b", *bridges}  # runner-b: an added runner's, kept like the others'
+    assert f"runner-b.nk: {natsauth.public_key(seeds['runner-b'])}" in _users(natsauth.conf_path(cfg))
     assert {"channel-telegram", "channel-signal"} <= bridges
     assert len(set(seeds.values())) == len(seeds)
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.glob("*.nk"))
