@@ -175,16 +175,18 @@ def test_a_runner_may_publish_only_its_own_heartbeat_and_serve_only_its_own_subj
 class SecondRunner:
     """`clawden run runner` from a home of its own (another install id, runner id "b"), on the stack's NATS
     and Docker engine, using the stack's vault: another host's runner, as far as one machine can play it.
-    `seed`: the identity `clawden runners add b` made on the first install, copied here as the README says."""
+    `seed`: the identity `clawden runners add b` made on the first install, copied here as the README says
+    (None on an open server)."""
 
-    def __init__(self, home: Path, nats_url: str, seed: Path) -> None:
+    def __init__(self, home: Path, nats_url: str, seed: Path | None = None) -> None:
         setup.init(home)
         self.home = home
         self.install_id = f"t{secrets.token_hex(4)}"
         (home / "config.toml").write_text(
             f'install_id = "{self.install_id}"\n[nats]\nurl = "{nats_url}"\n[runner]\nid = "b"\n'
         )
-        shutil.copy(seed, home / "keys" / "nats" / seed.name)
+        if seed is not None:
+            shutil.copy(seed, home / "keys" / "nats" / seed.name)
         self.log = home / "runner.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
