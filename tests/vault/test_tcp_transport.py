@@ -158,25 +158,6 @@ def test_the_relay_puts_its_token_in_place_of_any_the_agent_wrote(head: bytes, o
     assert relay.with_token(head, "tok") == expected
 
 
-@pytest.mark.parametrize(
-    ("bound", "token", "group", "refusal"),
-    [
-        (None, None, None, tcpauth.NO_TOKEN),
-        (None, "good", GROUP, ""),
-        (None, "stale", None, tcpauth.UNKNOWN_TOKEN),
-        (GROUP, None, GROUP, ""),  # later requests on a connection that showed its token
-        (GROUP, "good", GROUP, ""),
-        (GROUP, "others", None, tcpauth.OTHER_GROUP),  # a token never changes a connection's group
-        (GROUP, "stale", None, tcpauth.UNKNOWN_TOKEN),
-    ],
-)
-def test_a_connection_is_the_group_its_token_names_for_its_whole_life(
-    bound: str | None, token: str | None, group: str | None, refusal: str
-) -> None:
-    tokens = {token_hash("good"): GROUP, token_hash("others"): OTHER}
-    assert tcpauth.identify(tokens, bound, token) == (group, refusal)
-
-
 def test_the_token_file_is_read_once_and_deleted(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text("clt_abc\n")
