@@ -913,6 +913,8 @@ async def main(ctx: ServiceContext) -> None:
         runner.engine_cpus = await docker.engine_cpus()
         runner.vault_transport = transport(ctx.config.runner.vault_transport, await docker.engine_os())
         log.info("containers reach the vault by %s", runner.vault_transport)
+        if runner.vault_transport == "tcp" and (problem := tcp_problem(ctx.config.runner)):
+            log.error("no agent container can start: %s", problem)  # each start says so again
         docker.watch_deaths(runner.on_death)
         await runner.adopt()
         wakes = await bind(ctx.js, runner_wake(ctx.config.runner.id))
