@@ -270,3 +270,26 @@ async def test_the_listener_refuses_no_token_a_stale_one_and_a_second_groups_on_
     assert first.startswith(b"HTTP/1.1 200 ") and tokenless.startswith(b"HTTP/1.1 200 ")
     assert theirs.startswith(b"HTTP/1.1 407 ") and b"another agent group" in theirs
     assert {a.agent_group for a in audit} == {GROUP}
+
+
+async def test_a_head_the_relay_will_not_rewrite_gets_400_and_never_reaches_the_gateway(
+    site: FakeUpstream, site_tls: FakeTLS, sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audit: list[AuditRecord] = []
+    async with two_groups(site, site_tls, audit) as gateway:
+        server = await tcp_relay(gateway, GROUP, sock_dir, monkeypatch)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+            # A folded line: a gateway that unfolded it would read the agent's own Proxy-Authorization.
+            writer.write(
+                b"GET /v1/models HTTP/1.1\r\nHost: api.anthropic.com\r\n Proxy-Authorization: Basic eDp5\r\n\r\n"
+            )
+            answer = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert audit == [] and site.received == []
