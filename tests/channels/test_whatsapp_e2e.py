@@ -18,7 +18,7 @@ from clawden import config as config_mod
 from clawden import control, sessiondb
 from clawden.bus.ctl import router as router_ctl
 from tests.channels.whatsapp_harness import WhatsAppProcess
-from tests.e2e.harness import Stack
+from tests.e2e.harness import Stack, session_folder
 from tests.eventually import eventually
 from tests.fakes.anthropic import Text, ToolCall
 from tests.fakes.telegram import png
@@ -75,7 +75,7 @@ def session_dirs(stack: Stack) -> list[Path]:
 
 
 def session_of(stack: Stack, wa_id: str) -> Path | None:
-    return next((d for d in session_dirs(stack) if (r := sessiondb.session_routing(d)) and r.chat_id == wa_id), None)
+    return session_folder(stack, wa_id)
 
 
 def quiet(stack: Stack) -> bool:

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -82,6 +83,18 @@ class Stack:
         finally:
             client.close()
         self.fake.stop_thread()
+
+
+def session_folder(stack: Stack, chat_id: str) -> Path | None:
+    """The folder of main's session for `chat_id`, once the runner has made it."""
+    for inbound in (stack.home / "sessions" / "main").glob("*/inbound.db"):
+        try:
+            routing = sessiondb.session_routing(inbound.parent)
+        except sqlite3.OperationalError:  # a session the runner is still making: its file is there, no table yet
+            continue
+        if routing is not None and routing.chat_id == chat_id:
+            return inbound.parent
+    return None
 
 
 async def service_pid(stack: Stack, service: str, timeout: float = 60) -> int:

@@ -16,21 +16,13 @@ import pytest
 from clawden import sessiondb
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
-from tests.e2e.harness import Stack, Terminal
+from tests.e2e.harness import Stack, Terminal, session_folder
 from tests.eventually import eventually
 from tests.fakes.anthropic import Hang
 
 pytestmark = pytest.mark.docker
 
 STACK_OPTIONS = {"runner": "max_containers = 1\nqueue_notice_after = 3600"}
-
-
-def session_folder(stack: Stack, chat_id: str) -> Path | None:
-    for inbound in (stack.home / "sessions" / "main").glob("*/inbound.db"):
-        routing = sessiondb.session_routing(inbound.parent)
-        if routing is not None and routing.chat_id == chat_id:
-            return inbound.parent
-    return None
 
 
 async def rows_stored(stack: Stack, chat_id: str, count: int) -> Path:
