@@ -107,7 +107,7 @@ def targets(cfg: config.Config, channels: tuple[str, ...], endpoints: list[str])
     """Every (identity, subject) pair to aim at: the services' grants, then the owner's CLI, which
     may publish anything: the terminal's subjects and every control endpoint."""
     out: list[Target] = []
-    for ident, grant in sorted(natsauth.grants(cfg, channels).items()):
+    for ident, grant in sorted(natsauth.grants(cfg, channels, natsauth.added_runners(cfg)).items()):
         # A verb of a service this stack does not run (the web app's login, which the router may ask for)
         # has nobody to answer: only what runs is aimed at.
         calls = (f"{subjects.PREFIX}.ctl.{call}" for call in grant.calls)

@@ -11,18 +11,34 @@ from pathlib import Path
 
 import pytest
 
-from clawden import config
+from clawden import config, setup
+from clawden.cli.main import main as cli_main
 from clawden.registry import installed_channels
 from tests.channels.harness import BridgeProcess
 from tests.chaos import fuzz
 from tests.chaos.chaos import SERVICES
-from tests.e2e.harness import Stack, Terminal, service_pid
+from tests.e2e.harness import Stack, Terminal, service_pid, start_stack
 from tests.fakes.telegram import FakeTelegram
 
 pytestmark = pytest.mark.docker
 # bench/chaos.py --fuzz runs any count; CI fires this many (the issue's figure) in about a minute.
 SHOTS = int(os.environ.get("CLAWDEN_FUZZ_SHOTS", "10000"))
 TRACEBACK = re.compile(r"^Traceback \(most recent call last\)", re.MULTILINE)
+
+
+ADDED_RUNNER = "fuzz-b"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str) -> Iterator[Stack]:
+    """The e2e stack with a runner for another host added (`clawden runners add fuzz-b`) before `clawden up`
+    reads the identities: the fuzzer fires as `runner-fuzz-b` too, on every subject it may publish."""
+    home = tmp_path_factory.mktemp("home")
+    setup.init(home)
+    assert cli_main(["--home", str(home), "runners", "add", ADDED_RUNNER]) == 0
+    s = start_stack(home)
+    yield s
+    s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +82,7 @@ async def test_malformed_payloads_on_every_subject_are_refused_once_and_nothing_
         await nc.close()
 
     # Every identity, every subject and every kind of payload was tried.
-    assert {a.identity for a in aims} >= {*SERVICES, "channel-telegram", "cli"}
+    assert {a.identity for a in aims} >= {*SERVICES, "channel-telegram", "cli", f"runner-{ADDED_RUNNER}"}
     assert set(fired.by_kind) >= {
         "garbage",
         "json",
