@@ -17,12 +17,12 @@ from nats.js import JetStreamContext
 
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
+from services.web.files import MAX_FILES
 from services.web.store import Shown, WebStore
 
 log = logging.getLogger("clawden.web")
 CHANNEL = "web"
 MAX_TEXT = 16_000
-MAX_FILES = 10
 
 
 class Refused(Exception):

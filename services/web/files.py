@@ -13,6 +13,7 @@ import urllib.parse
 from pathlib import Path
 
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes; the runner copies at most 50 MiB into a session's inbox
+MAX_FILES = 10  # uploads one message may carry
 KEEP_UPLOADS = 7 * 86400.0  # seconds an upload is kept (as long as the bridges keep what they fetched)
 SNIFF = 4096  # how much of an upload its type is judged by
 

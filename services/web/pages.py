@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from clawden.bus.ctl import approvals as approvals_ctl
 from clawden.bus.ctl import router as router_ctl
-from services.web.files import ACCEPT
+from services.web.files import ACCEPT, MAX_FILES
 from services.web.store import Shown
 
 
@@ -121,11 +121,12 @@ def chat(chat_id: str, name: str, history: Iterable[Shown], csrf: str, user: str
         f'<ol id="log" aria-live="polite" data-chat="{e(chat_id)}" data-csrf="{e(csrf)}">'
         f"{''.join(bubble(s) for s in history)}</ol>"
         '<p id="typing" hidden>typing…</p><p id="error" role="alert"></p>'
-        f'<form id="say" method="post" action="/chat/{e(chat_id)}/send">'
+        f'<form id="say" method="post" action="/chat/{e(chat_id)}/send" data-max-files="{MAX_FILES}">'
         f'<input type="hidden" name="csrf" value="{e(csrf)}">'
         '<label for="text" class="hidden">Message</label>'
         '<textarea id="text" name="text" rows="2" placeholder="Message"></textarea>'
-        f'<label for="file" class="attach">Attach a file <input type="file" id="file" accept="{e(ACCEPT)}"></label>'
+        '<label for="file" class="attach">Attach files '
+        f'<input type="file" id="file" multiple accept="{e(ACCEPT)}"></label>'
         '<button type="submit">Send</button></form>'
     )
     return layout(name or chat_id, body, user=user, csrf=csrf, script="chat.js")

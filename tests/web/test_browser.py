@@ -187,18 +187,20 @@ async def test_a_file_uploaded_in_the_chat_reaches_the_agent_and_a_file_it_sends
     await sign_in(page, web_stack)
     await page.goto(f"{web_url(web_stack)}/chat/{chat_id}")
     await page.wait_for_selector("body[data-stream=open]")
-    words = f"oat milk {uuid.uuid4().hex}"
-    note = tmp_path / "shopping list.txt"
+    words, more = f"oat milk {uuid.uuid4().hex}", f"rye bread {uuid.uuid4().hex}"
+    note, second = tmp_path / "shopping list.txt", tmp_path / "bakery.txt"
     note.write_text(words + "\n")
-    read = ToolCall("Bash", {"command": "cat /workspace/session/inbox/*/shopping_list.txt", "description": "read"})
+    second.write_text(more + "\n")
+    read = ToolCall("Bash", {"command": "cat /workspace/session/inbox/*/*.txt", "description": "read"})
     web_stack.fake.script(read, Text("read it"))
-    await page.set_input_files("#file", str(note))
+    await page.set_input_files("#file", [str(note), str(second)])  # two in one message, in the order chosen
     await page.fill("#text", "what is on my list?")
     await page.keyboard.press("Enter")
     sent = page.locator("li.msg.in", has_text="what is on my list?")
-    assert await sent.locator("li.file").text_content(timeout=30_000) == "shopping_list.txt"  # our name for it
+    await sent.locator("li.file").nth(1).wait_for(timeout=30_000)
+    assert await sent.locator("li.file").all_text_contents() == ["shopping_list.txt", "bakery.txt"]  # our names
     await page.wait_for_selector("li.msg.out >> text=read it", timeout=ANSWER)
-    assert any(words in r for r in tool_results(web_stack))  # the agent read the very bytes, in its inbox
+    assert any(words in r and more in r for r in tool_results(web_stack))  # the very bytes, in its inbox
     assert await page.input_value("#file") == "" and await page.input_value("#text") == ""
 
     write = ToolCall("Write", {"file_path": "/workspace/agent/report.txt", "content": "quarterly numbers\n"})
@@ -244,10 +246,32 @@ async def test_a_file_uploaded_in_the_chat_reaches_the_agent_and_a_file_it_sends
     await page.reload()  # the page as the server renders it shows the same files, linked the same way
     await page.wait_for_selector("body[data-stream=open]")
     assert await page.locator("li.msg.out a.file").get_attribute("href") == href
-    assert await page.locator("li.msg.in li.file").text_content() == "shopping_list.txt"
+    assert await page.locator("li.msg.in li.file").all_text_contents() == ["shopping_list.txt", "bakery.txt"]
     await check_and_shoot(page, "chat-files", screens(tmp_path))  # axe, the keyboard, both sizes
     await page.set_viewport_size(SIZES["phone"])
     assert not await phone_misfits(page), await phone_misfits(page)
+
+
+async def test_more_files_than_a_message_may_carry_are_refused_before_any_upload(
+    web_stack: Stack, page: Any, tmp_path: Path
+) -> None:
+    chat_id = await wire(web_stack, "many-files")
+    await sign_in(page, web_stack)
+    await page.goto(f"{web_url(web_stack)}/chat/{chat_id}")
+    await page.wait_for_selector("body[data-stream=open]")
+    paths = []
+    for i in range(11):
+        (path := tmp_path / f"n{i}.txt").write_text(f"note {i}\n")
+        paths.append(str(path))
+    uploads: list[str] = []
+    page.on("request", lambda r: uploads.append(r.url) if "/upload" in r.url or "/send" in r.url else None)
+    await page.set_input_files("#file", paths)
+    await page.fill("#text", "eleven notes")
+    await page.keyboard.press("Enter")
+
+    await page.locator("#error", has_text="at most").wait_for(timeout=10_000)
+    assert await page.locator("#error").text_content() == "a message may carry at most 10 files"
+    assert uploads == [] and await page.locator("li.msg.in", has_text="eleven notes").count() == 0
 
 
 PHONE_CONTROLS = ("#text", "#file", "#say button[type=submit]", "li.msg.out a.file", "li.msg.in li.file")

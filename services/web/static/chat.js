@@ -1,7 +1,7 @@
 // The chat page: send with fetch, show what the server streams (Server-Sent Events), press card buttons.
 // Messages are keyed by id, so the history replayed on every (re)connect never shows anything twice.
-// A file goes first, as its own upload (the raw bytes, with the CSRF token in a header); the message then
-// names the upload, so the agent gets it as an attachment.
+// Each file goes first, as its own upload (the raw bytes, with the CSRF token in a header), one after the
+// other; the message then names the uploads in the order chosen, so the agent gets them as attachments.
 "use strict";
 (function () {
   const log = document.getElementById("log");
@@ -13,11 +13,16 @@
   const text = document.getElementById("text");
   const file = document.getElementById("file");
 
+  // `fields`: name -> value, or a list of values (sent as the name repeated).
   function post(path, fields) {
+    const body = new URLSearchParams({ csrf: csrf });
+    Object.keys(fields).forEach(function (k) {
+      [].concat(fields[k]).forEach(function (v) { body.append(k, v); });
+    });
     return fetch(path, {
       method: "POST",
       headers: { "X-CSRF-Token": csrf, "Content-Type": "application/x-www-form-urlencoded" },
-      body: new URLSearchParams(Object.assign({ csrf: csrf }, fields)),
+      body: body,
       credentials: "same-origin",
     }).then(answer);
   }
@@ -28,13 +33,18 @@
   }
 
   function upload(chosen) {
-    if (!chosen) return Promise.resolve([]);
     return fetch("/chat/" + encodeURIComponent(chat) + "/upload?name=" + encodeURIComponent(chosen.name), {
       method: "POST",
       headers: { "X-CSRF-Token": csrf, "Content-Type": "application/octet-stream" },
       body: chosen,
       credentials: "same-origin",
-    }).then(answer).then(function (b) { return [b.upload]; });
+    }).then(answer).then(function (b) { return b.upload; });
+  }
+
+  function uploadAll(chosen) {
+    return chosen.reduce(function (done, one) {
+      return done.then(function (ids) { return upload(one).then(function (id) { return ids.concat([id]); }); });
+    }, Promise.resolve([]));
   }
 
   function files(m) {
@@ -102,11 +112,13 @@
   form.addEventListener("submit", function (e) {
     e.preventDefault();
     const words = text.value;
-    const chosen = file.files[0];
-    if (!words.trim() && !chosen) return;
+    const chosen = Array.from(file.files);
+    if (!words.trim() && !chosen.length) return;
+    const most = Number(form.dataset.maxFiles);
+    if (chosen.length > most) { error.textContent = "a message may carry at most " + most + " files"; return; }
     const id = crypto.getRandomValues(new Uint32Array(4)).reduce(function (a, n) { return a + n.toString(16).padStart(8, "0"); }, "");
-    upload(chosen)
-      .then(function (ids) { return post(form.action, ids.length ? { text: words, id: id, files: ids[0] } : { text: words, id: id }); })
+    uploadAll(chosen)
+      .then(function (ids) { return post(form.action, { text: words, id: id, files: ids }); })
       .then(function () { text.value = ""; file.value = ""; }, function (err) { error.textContent = err.message; });
   });
   text.addEventListener("keydown", function (e) {
