@@ -8,6 +8,7 @@ web dashboard can find every runner (micro discovery) and ask each one. `beat` a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -98,6 +99,9 @@ def _exists(path: str) -> bool:
 async def publish(ctx: ServiceContext, running: int, queued: int) -> None:
     cfg = ctx.config.runner
     cpus, load, memory = host()
+    # A stat may hang on network storage: off the loop. Until it answers this runner does not beat, so the
+    # router places nothing new on a host whose mounts hang.
+    mounts = await asyncio.to_thread(mount_groups, ctx.config.groups, _exists)
     hb = beat(
         cfg.id,
         at=time.time(),
@@ -107,7 +111,7 @@ async def publish(ctx: ServiceContext, running: int, queued: int) -> None:
         cpus=cpus,
         load=load,
         memory=memory,
-        mounts=mount_groups(ctx.config.groups, _exists),
+        mounts=mounts,
     )
     await ctx.nc.publish(subjects.heartbeat(cfg.id), ev.encode(hb))
 

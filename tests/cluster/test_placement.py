@@ -2,12 +2,16 @@
 homes and ids on one NATS and one Docker engine (as tests/cluster/test_runners.py runs them), real containers
 and Claude Code answering through the fake model. A pinned group's sessions all go to its runner, however
 busy; unpinned, new sessions go to the runner with more free slots; an existing session keeps its runner.
-The pure rule is tested as tables in tests/router/test_placement.py."""
+A runner's heartbeat names the groups whose extra mounts its host has. The pure rule is tested as tables in
+tests/router/test_placement.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,9 +20,11 @@ from typing import Any
 
 import docker
 import pytest
+from nats.aio.msg import Msg
 
-from clawden import config, control
-from clawden.bus import ctl
+from clawden import config, control, setup
+from clawden.bus import connect, ctl, subjects
+from clawden.bus import events as ev
 from clawden.bus.ctl import router as router_api
 from clawden.cli.status import gather, render
 from tests.cluster.test_runners import SecondRunner, installs_of
@@ -107,3 +113,48 @@ async def test_a_pinned_groups_sessions_stay_on_its_runner_and_new_ones_go_where
     assert by_runner == {"a": set(spread), "b": set(pinned)}, report["containers"]
     text = render(report)
     assert "containers (runner a): 2 of 8 running" in text and "containers (runner b): 2 of 8 running" in text
+
+
+def start_runner(home: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "clawden", "run", "runner"],
+            env=dict(os.environ, CLAWDEN_HOME=str(home)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+@pytest.mark.docker
+@pytest.mark.nats
+@pytest.mark.process
+async def test_a_runner_names_in_its_heartbeat_the_groups_whose_mounts_its_host_has(
+    tmp_path: Path, nats_server: NatsServer, docker_client: docker.DockerClient
+) -> None:
+    here = tmp_path / "papers"
+    here.mkdir()
+    home = tmp_path / "host-m"
+    setup.init(home)
+    (home / "config.toml").write_text(
+        f'install_id = "t{secrets.token_hex(4)}"\n[nats]\nurl = "{nats_server.url}"\n[runner]\nid = "m"\n'
+        f'[groups.papers]\nmounts = [{{host = "{here}", name = "papers"}}]\n'
+        f'[groups.elsewhere]\nmounts = [{{host = "{here}", name = "a"}}, {{host = "{tmp_path}/absent", name = "b"}}]\n'
+        '[groups.plain]\nmemory = "1g"\n'
+    )
+    nc = await connect(nats_server.url, "test-heartbeats")
+    got: asyncio.Queue[ev.RunnerHeartbeat] = asyncio.Queue()
+
+    async def on(msg: Msg) -> None:
+        await got.put(ev.decoder_for(ev.RunnerHeartbeat).decode(msg.data))
+
+    await nc.subscribe(subjects.heartbeat("m"), cb=on)
+    log = home / "runner.log"
+    proc = start_runner(home, log)
+    try:
+        first = await asyncio.wait_for(got.get(), 60)
+        assert first.mount_groups == ("papers",), log.read_text()  # all of a group's mounts, or it is not named
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 30)
+        await nc.close()
