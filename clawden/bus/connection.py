@@ -18,6 +18,7 @@ from nats.errors import AuthorizationError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
+from nats.js.errors import NoStreamResponseError
 
 from clawden.backoff import backoff
 from clawden.bus import events
@@ -129,14 +130,16 @@ async def publish_stored(
     within: float = 60.0,
     per_try: float = 5.0,
 ) -> PubAck:
-    """`publish`, asked again while NATS is away (a restart) until it is stored or `within` seconds have gone:
-    for a person's typed line and the like, which has no redelivery to fall back on. The natural `msg_id` makes
-    every try after the one that was stored a no-op, so nothing is lost and nothing is stored twice."""
+    """`publish`, asked again while NATS is away (a restart) or the stream has no leader to answer (a cluster
+    electing one after losing a node: nats-py says NoStreamResponseError) until it is stored or `within` seconds
+    have gone: for a person's typed line and the like, which has no redelivery to fall back on. The natural
+    `msg_id` makes every try after the one that was stored a no-op, so nothing is lost and nothing is stored
+    twice."""
     deadline = time.monotonic() + within
     while True:
         try:
             return await publish(js, subject, event, msg_id=msg_id, timeout=per_try)
-        except (NatsTimeoutError, NoRespondersError):
+        except (NatsTimeoutError, NoRespondersError, NoStreamResponseError):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)  # a pace while the server comes back; the msg_id keeps it exactly once

@@ -4,6 +4,7 @@ together, stopping ends it, and a startup drain returns once nothing is left, ke
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
@@ -89,4 +90,25 @@ async def test_a_line_published_while_nats_restarts_is_stored_once_it_is_back(
     nats_server.restart()
     await asyncio.wait_for(sending, 60)
     await publish_stored(js, subjects.inbound("local"), line, msg_id=line.key)  # a retry after it was stored
+    assert (await js.stream_info("CLAWDEN_INBOUND")).state.messages == 1
+
+
+async def test_a_line_published_while_no_stream_answers_is_stored_once_one_does(nc: Client) -> None:
+    """A subject no stream answers for yet (a cluster's stream between leaders, or before the streams are made):
+    nats-py raises NoStreamResponseError, and the line is asked again until the stream is there."""
+    js = nc.jetstream()
+    tries: list[str] = []
+    publish_once = js.publish
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        tries.append(args[0])
+        return await publish_once(*args, **kwargs)
+
+    js.publish = counted  # type: ignore[method-assign]
+    line = message(8)
+    sending = asyncio.create_task(publish_stored(js, subjects.inbound("local"), line, msg_id=line.key, per_try=0.5))
+    await eventually(lambda: len(tries) >= 2, timeout=10)  # refused at least once: no stream yet
+    assert not sending.done()
+    await ensure_streams(js)
+    await asyncio.wait_for(sending, 30)
     assert (await js.stream_info("CLAWDEN_INBOUND")).state.messages == 1
