@@ -106,9 +106,9 @@ async def serve_upstream(cert: str, port_file: str) -> None:
 
 
 async def serve_gateway(socket_path: str, upstream: str, extra_ca: str, work: str, ca_out: str) -> None:
+    from clawden.pki import CertificateAuthority
     from services.vault.audit import AuditLog
     from services.vault.catalog import Catalog, Credential, Secret
-    from services.vault.certs import CertificateAuthority
     from services.vault.gateway import Gateway
     from services.vault.store import Store
 

@@ -18,7 +18,6 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import ipaddress
 import logging
 import os
 import re
@@ -36,6 +35,7 @@ from urllib.parse import urlsplit
 import h11
 
 from clawden import unixsock
+from clawden.pki import CertificateAuthority, is_loopback
 from services.vault import responses, sigv4, tcpauth
 from services.vault.approvals import PREVIEW_BYTES, ApprovalAsk, Approver, LimitTrip, NoApprover, redact_preview
 from services.vault.apps import (
@@ -49,7 +49,7 @@ from services.vault.apps import (
 )
 from services.vault.audit import AuditRecord, AuditSink, log_audit
 from services.vault.catalog import Catalog, Credential, GroupView, Secret
-from services.vault.certs import CertificateAuthority, LeafCache
+from services.vault.certs import LeafCache
 from services.vault.injection import echoes, inject, strip_hop_by_hop
 from services.vault.oauth import AppTokens, NotConnected, OAuthClient
 from services.vault.paths import PathRefused, normalise
@@ -126,16 +126,6 @@ def connect_target(target: bytes) -> tuple[str, int] | None:
     if any(c in host for c in "/@ \t") or len(host) > 253:
         return None
     return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses: the relay's own address as the agent sees it."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def wants_upgrade(headers: list[Header]) -> bool:

@@ -23,6 +23,7 @@ from clawden.bus import subjects
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl import vault as api
 from clawden.config import Config
+from clawden.pki import CertificateAuthority, is_loopback
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
 from clawden.sdnotify import Notifier
 from clawden.vaultfiles import CA_CERT, CA_KEY, SOCKET_NAME, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
@@ -41,8 +42,8 @@ from services.vault.catalog import (
     check_rule,
     check_secret,
 )
-from services.vault.certs import CertificateAuthority, write_trust_files
-from services.vault.gateway import Gateway, is_loopback
+from services.vault.certs import write_trust_files
+from services.vault.gateway import Gateway
 from services.vault.oauth_connect import AppConnections
 from services.vault.ratecounts import RateCounts
 from services.vault.refusals import Conflict, NotFound

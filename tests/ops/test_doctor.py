@@ -32,8 +32,9 @@ from clawden.cli.doctor import (
     exit_code,
 )
 from clawden.cli.main import main
+from clawden.pki import CertificateAuthority
 from clawden.vaultfiles import trust_dir
-from services.vault.certs import CertificateAuthority, write_trust_files
+from services.vault.certs import write_trust_files
 from tests.e2e.harness import Stack
 from tests.fakes.telegram import FakeTelegram
 from tests.ops.conftest import Core, fresh_home

@@ -12,7 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from services.vault.certs import CertificateAuthority, LeafCache, write_trust_files
+from clawden.pki import CertificateAuthority
+from services.vault.certs import LeafCache, write_trust_files
 
 
 def test_the_ca_is_made_once_with_a_private_key(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from services.vault.certs import CertificateAuthority
+from clawden.pki import CertificateAuthority
 from tests.vault.conftest import RigFactory
 
 pytestmark = pytest.mark.timeout(30)

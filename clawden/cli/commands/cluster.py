@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import ipaddress
 import json
 import os
 import secrets
@@ -22,7 +21,9 @@ from clawden import natsauth
 from clawden.control import ControlError
 from clawden.registry import installed_channels
 
-if TYPE_CHECKING:  # subscriptable only to the type checker
+if TYPE_CHECKING:  # subscriptable only to the type checker; cryptography loads only where certificates are made
+    from clawden.pki import CertificateAuthority
+
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
 NODES = 3  # what R3 streams need; a cluster of 5 would want R5, which `nats.replicas` does not offer
@@ -49,15 +50,6 @@ class TlsFiles:
     key: str
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def plan(hosts: list[str], nodes: int, client_port: int, route_port: int) -> list[Node]:
     """The nodes, in order. Nodes sharing a host (three on one machine) take the next ports, so none clash."""
     if nodes != NODES:
@@ -76,6 +68,8 @@ def plan(hosts: list[str], nodes: int, client_port: int, route_port: int) -> lis
 
 def wants_tls(nodes: list[Node], asked: bool | None) -> bool:
     """TLS is on off loopback, always; on one machine only when asked (`--tls`)."""
+    from clawden.pki import is_loopback  # with cryptography: loaded only when a cluster is planned
+
     off_loopback = any(not is_loopback(n.host) for n in nodes)
     if asked is False and off_loopback:
         raise ControlError("--no-tls is only for nodes on loopback: between hosts the bus carries people's messages")
@@ -150,99 +144,29 @@ def route_secret(keys: Path) -> str:
     return path.read_text().strip()
 
 
-def _name(cn: str) -> Any:
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
+def cluster_ca(keys: Path, out: Path) -> CertificateAuthority:
+    """The cluster's own CA, made once: its key and certificate stay in keys/nats-cluster/ on the machine that ran
+    init, and the certificate is copied to `ca.pem` in the output folder (every node and client trusts it and
+    nothing else)."""
+    from clawden.pki import CertificateAuthority
 
-    return x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Clawden")]
-    )
-
-
-def _pem_key(key: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-
-
-def cluster_ca(keys: Path, out: Path) -> tuple[Any, Any]:
-    """The cluster's own CA (ECDSA P-256), made once: its key and certificate stay in keys/nats-cluster/ on
-    the machine that ran init, and the certificate is copied to `ca.pem` in the output folder (every node and
-    client trusts it and nothing else)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    key_file, cert_file = keys / "nats-cluster" / "ca-key.pem", keys / "nats-cluster" / "ca.pem"
-    if key_file.exists() != cert_file.exists():
-        missing = cert_file if key_file.exists() else key_file
-        raise ControlError(f"{missing} is missing: remove keys/nats-cluster/ca*.pem to make a new cluster CA")
-    if not key_file.exists():
-        key, cert = new_ca()
-        _write(key_file, _pem_key(key), 0o600)
-        _write(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    pem = cert_file.read_bytes()
-    _write(out / "ca.pem", pem, 0o644)
-    return serialization.load_pem_private_key(key_file.read_bytes(), None), x509.load_pem_x509_certificate(pem)
-
-
-def new_ca() -> tuple[Any, Any]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    name = _name("Clawden NATS cluster CA")
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def node_certificate(ca_key: Any, ca_cert: Any, node: Node) -> tuple[bytes, bytes]:
-    """A node's certificate: server and client use (the routes verify each other), for its host and loopback."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    folder = keys / "nats-cluster"
     try:
-        names.append(x509.IPAddress(ipaddress.ip_address(node.host)))
-    except ValueError:
-        names.append(x509.DNSName(node.host))
-    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(node.host))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + CERT_VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(list(dict.fromkeys(names))), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+        ca = CertificateAuthority.load_or_create(folder / "ca-key.pem", folder / "ca.pem", "Clawden NATS cluster CA")
+    except (FileNotFoundError, ValueError) as exc:
+        raise ControlError(f"{exc} (remove keys/nats-cluster/ca*.pem to make a new cluster CA)") from None
+    _write(out / "ca.pem", ca.cert_pem, 0o644)
+    return ca
+
+
+def node_certificate(ca: CertificateAuthority, node: Node) -> tuple[bytes, bytes]:
+    """A node's certificate: server and client use (the routes verify each other), for its host and loopback."""
+    from cryptography.hazmat.primitives import serialization
+
+    from clawden.pki import pem_key
+
+    cert, key = ca.issue(node.host, also=("localhost", "127.0.0.1"), validity=CERT_VALIDITY, client=True)
+    return cert.public_bytes(serialization.Encoding.PEM), pem_key(key)
 
 
 def write_cluster(cfg: config_mod.Config, nodes: list[Node], out: Path, *, tls: bool, store_root: Path) -> list[Path]:
@@ -256,7 +180,7 @@ def write_cluster(cfg: config_mod.Config, nodes: list[Node], out: Path, *, tls: 
         folder = out / node.name
         files = None
         if ca is not None:
-            cert, key = node_certificate(*ca, node)
+            cert, key = node_certificate(ca, node)
             files = TlsFiles(str(out / "ca.pem"), str(folder / "node.pem"), str(folder / "node-key.pem"))
             _write(Path(files.cert), cert, 0o644)
             _write(Path(files.key), key, 0o600)
