@@ -11,7 +11,6 @@ import msgspec
 import pytest
 
 from clawden.config import RunnerConfig
-from services.runner.containers import ContainerSpec
 from services.runner.vaultroute import (
     VaultRoute,
     new_token,
@@ -21,6 +20,7 @@ from services.runner.vaultroute import (
     tcp_route,
     transport,
 )
+from tests.runner.test_containers import spec as container_spec
 
 
 @pytest.mark.parametrize(
@@ -100,28 +100,9 @@ def test_the_token_folder_holds_only_the_token_readable_by_its_owner(tmp_path: P
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
 
 
-def base_spec(tmp_path: Path) -> ContainerSpec:
-    return ContainerSpec(
-        install_id="abc",
-        agent_group="main",
-        session_id="s-1",
-        image="clawden-agent:latest",
-        session_dir=tmp_path / "s",
-        group_dir=tmp_path / "g",
-        global_dir=tmp_path / "global",
-        claude_home=tmp_path / "c",
-        cache_dir=tmp_path / "cache",
-        gateway_dir=tmp_path / "gw",
-        memory="1g",
-        cpus=1.0,
-        pids=64,
-        user="1000:1000",
-    )
-
-
 def test_a_socket_container_is_as_before(tmp_path: Path) -> None:
     route = socket_route(tmp_path / "gw")
-    spec = dataclasses.replace(base_spec(tmp_path), gateway=route.gateway, gateway_dir=route.gateway_dir)
+    spec = dataclasses.replace(container_spec(tmp_path), gateway=route.gateway, gateway_dir=route.gateway_dir)
     kw = spec.run_kwargs()
     assert kw["network_mode"] == "none"
     assert kw["environment"]["CLAWDEN_GATEWAY_SOCKET"] == "/run/clawden/gateway/gateway.sock"
@@ -130,7 +111,7 @@ def test_a_socket_container_is_as_before(tmp_path: Path) -> None:
 
 def test_a_tcp_container_gets_its_token_folder_and_no_token_in_its_environment(tmp_path: Path) -> None:
     spec = dataclasses.replace(
-        base_spec(tmp_path),
+        container_spec(tmp_path),
         gateway="tcp://host.docker.internal:8471",
         gateway_dir=None,
         relay_dir=tmp_path / "relay",

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,8 +112,13 @@ class Rig:
 RigFactory = Callable[..., contextlib.AbstractAsyncContextManager[Rig]]
 
 
-@pytest.fixture
-def rig(site: FakeUpstream, site_tls: FakeTLS, sock_dir: Path) -> RigFactory:
+# Starts the agent's relay to the gateway: its server and the socket a plain client may use.
+RelayFor = Callable[[Gateway], Awaitable[tuple[asyncio.Server, Path]]]
+
+
+def rig_factory(site: FakeUpstream, site_tls: FakeTLS, relay_for: RelayFor) -> RigFactory:
+    """A gateway with these credentials, rules and egress, behind the relay `relay_for` starts."""
+
     @contextlib.asynccontextmanager
     async def make(
         credentials: tuple[Credential, ...] = (),
@@ -133,9 +138,7 @@ def rig(site: FakeUpstream, site_tls: FakeTLS, sock_dir: Path) -> RigFactory:
             approver=approver,
             **kw,
         )
-        path = sock_dir / GROUP / "gateway.sock"
-        await gateway.listen(GROUP, path)
-        server = await relay.serve_relay(str(path))
+        server, path = await relay_for(gateway)
         try:
             yield Rig(gateway, path, site, audit, approver, server.sockets[0].getsockname()[1])
         finally:
@@ -144,3 +147,15 @@ def rig(site: FakeUpstream, site_tls: FakeTLS, sock_dir: Path) -> RigFactory:
             await gateway.close()
 
     return make
+
+
+@pytest.fixture
+def rig(site: FakeUpstream, site_tls: FakeTLS, sock_dir: Path) -> RigFactory:
+    """The socket mode: the group's gateway socket, and the relay in front of it."""
+
+    async def by_socket(gateway: Gateway) -> tuple[asyncio.Server, Path]:
+        path = sock_dir / GROUP / "gateway.sock"
+        await gateway.listen(GROUP, path)
+        return await relay.serve_relay(str(path)), path
+
+    return rig_factory(site, site_tls, by_socket)

@@ -8,6 +8,7 @@ user, with the agent's trust variables and HTTPS_PROXY pointed at its relay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import posixpath
 import re
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -45,9 +47,10 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("home"), vault="approval_timeout = 4")
+@contextlib.contextmanager
+def greeted_stack(home: Path, *, runner: str = "", vault: str = "") -> Iterator[Stack]:
+    """A whole Clawden whose agent container is up (one message answered), stopped after."""
+    s = start_stack(home, runner=runner, vault=vault)
     try:
         out = subprocess.run(
             [sys.executable, "-m", "clawden", "chat", "--once", "hello vault", "--timeout", "90"],
@@ -60,6 +63,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent_image: str) -> Iterator[Stack]:
+    with greeted_stack(tmp_path_factory.mktemp("home"), vault="approval_timeout = 4") as s:
+        yield s
 
 
 def container(stack: Stack) -> Any:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -27,10 +25,11 @@ import pytest
 from clawden import natsserver
 from clawden.bus.ctl import vault as vault_ctl
 from services.runner.vaultroute import new_token
-from tests.e2e.harness import Stack, start_stack
+from tests.e2e.harness import Stack
 from tests.eventually import eventually_sync
 from tests.vault.test_container_egress import (  # noqa: F401  # collected here again, with the tcp stack
     container,
+    greeted_stack,
     test_a_secret_in_the_path_reaches_the_site_and_never_comes_back,
     test_an_approval_gated_request_waits_then_passes_fails_or_expires,
     test_claude_code_keeps_its_default_https_endpoint_and_the_gateway_injects_the_key,
@@ -110,23 +109,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent
         # Named as the group's socket is, so the socket mode's tests read the mount the same way.
         forwarder = Forwarder(folder / "gateway.sock", port)
         forwarder.start()
-        s = start_stack(
-            tmp_path_factory.mktemp("home"),
-            runner=f'vault_transport = "tcp"\nvault_tcp_host = "unix:{forwarder.path}"',
-            vault=f'approval_timeout = 4\ntcp_listen = "127.0.0.1:{port}"',
-        )
         try:
-            out = subprocess.run(
-                [sys.executable, "-m", "clawden", "chat", "--once", "hello vault", "--timeout", "90"],
-                env=s.env(),
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert out.returncode == 0, out.stderr
-            yield s
+            with greeted_stack(
+                tmp_path_factory.mktemp("home"),
+                runner=f'vault_transport = "tcp"\nvault_tcp_host = "unix:{forwarder.path}"',
+                vault=f'approval_timeout = 4\ntcp_listen = "127.0.0.1:{port}"',
+            ) as s:
+                yield s
         finally:
-            s.stop()
             forwarder.stop()
 
 

@@ -15,18 +15,17 @@ import os
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from services.vault import tcpauth
 from services.vault.audit import AuditRecord
-from services.vault.catalog import Catalog, Credential, Rule
+from services.vault.catalog import Catalog
 from services.vault.gateway import Gateway
 from services.vault.tcpauth import token_hash
 from tests.fakes.anthropic import FakeTLS
-from tests.vault.conftest import GROUP, SITES, Rig, RigFactory, ScriptedApprover, relay, secret
+from tests.vault.conftest import GROUP, SITES, RigFactory, relay, rig_factory, secret
 from tests.vault.sites import FakeUpstream
 
 # The hostile-agent and injection tests of the socket mode, collected here again with the tcp rig.
@@ -57,34 +56,10 @@ KEY = "sk-ant-api03-real-key-for-tcp-tests"
 def rig(site: FakeUpstream, site_tls: FakeTLS, sock_dir: Path, monkeypatch: pytest.MonkeyPatch) -> RigFactory:
     """conftest's rig with the relay in tcp mode: the gateway's TCP listener, this container's token."""
 
-    @contextlib.asynccontextmanager
-    async def make(
-        credentials: tuple[Credential, ...] = (),
-        rules: tuple[Rule, ...] = (),
-        egress: dict[str, str] | None = None,
-        **kw: Any,
-    ) -> AsyncIterator[Rig]:
-        audit: list[AuditRecord] = []
-        approver = ScriptedApprover()
-        catalog = Catalog(credentials=credentials, rules=rules, egress=egress or {})  # type: ignore[arg-type]
-        gateway = Gateway(
-            kw.pop("model_upstream", "https://api.anthropic.com"),
-            catalog=catalog,
-            extra_ca_file=site_tls.ca_file,
-            host_map=dict.fromkeys(SITES, kw.pop("site_address", None) or site.address),
-            audit=audit.append,
-            approver=approver,
-            **kw,
-        )
-        server = await tcp_relay(gateway, GROUP, sock_dir, monkeypatch)
-        try:
-            yield Rig(gateway, sock_dir / "none.sock", site, audit, approver, server.sockets[0].getsockname()[1])
-        finally:
-            server.close()
-            await server.wait_closed()
-            await gateway.close()
+    async def by_tcp(gateway: Gateway) -> tuple[asyncio.Server, Path]:
+        return await tcp_relay(gateway, GROUP, sock_dir, monkeypatch), sock_dir / "none.sock"
 
-    return make
+    return rig_factory(site, site_tls, by_tcp)
 
 
 async def tcp_relay(
