@@ -255,14 +255,16 @@ async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
         return EX_CONFIG
     except AuthorizationError:
         log.error(
-            "NATS at %s refused the identity %r: `clawden init` gives each installed service one; "
-            "then reload NATS (`systemctl reload clawden-nats`, or restart `clawden up`)",
+            "NATS at %s refused the identity %r: `clawden init` gives each installed service one, and "
+            "`clawden runners add ID` a runner on another host; then reload NATS (`systemctl reload clawden-nats`, "
+            "or restart `clawden up`)",
             cfg.nats_url,
-            ident,
+            natsauth.bus_identity(cfg, ident),
         )
         return EX_CONFIG
     # Said once: a unit whose credential came up empty would otherwise quietly use the home's file.
-    log.info("connected to %s as %s (seed: %s)", cfg.nats_url, ident, natsauth.find_seed(cfg, ident) or "none")
+    seed = natsauth.find_seed(cfg, ident) or "none"
+    log.info("connected to %s as %s (seed: %s)", cfg.nats_url, natsauth.bus_identity(cfg, ident), seed)
     js = nc.jetstream()
     # Where the server checks identities only the core makes streams; on an open one anyone may.
     if ident in natsauth.CORE or not nc._server_info.get("auth_required"):

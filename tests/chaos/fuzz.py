@@ -49,7 +49,7 @@ KINDS: dict[str, tuple[type[Any], ...]] = {
     "approval.click": (ev.InboundAction,),
     "approval.decision": (ev.ApprovalDecision,),
     "event": (ev.AuditEvent,),
-    "heartbeat": (ev.RunnerHeartbeat,),  # core NATS; nothing in the stack reads it yet
+    "heartbeat": (ev.RunnerHeartbeat,),  # core NATS; the router reads it to place sessions
     "ctl": (),
     "webhook": (),  # a platform's own body, verified by the front door: any JSON object
 }

@@ -286,7 +286,7 @@ async def test_two_runners_both_beat_both_show_in_status_and_both_answer_the_con
         async with Terminal(stack, "chat-a") as term_a, Terminal(stack, "chat-b") as term_b:
             on_a = await term_a.ask("hello from host a", timeout=120)
             await eventually(lambda: "b" in beats, 60, lambda: second.log.read_text())
-            assert f"seed: {second.home / 'keys' / 'nats' / 'runner-b.nk'}" in second.log.read_text()  # as runner-b
+            assert f"as runner-b (seed: {second.home / 'keys' / 'nats' / 'runner-b.nk'})" in second.log.read_text()
             await wake_on_b(nc, "sess-on-b", "chat-b")
             on_b = await term_b.reply(timeout=120)
         assert on_b.session_id == "sess-on-b" and on_a.session_id != on_b.session_id
