@@ -143,7 +143,7 @@ async def _services(nc: Client, expected: list[str], wait: float) -> tuple[list[
 
 async def _backlogs(nc: Client, cfg: config_mod.Config, channels: tuple[str, ...]) -> list[dict[str, Any]]:
     """Each durable's backlog (delivered-not-yet and unacknowledged), and the expected ones missing."""
-    table = natsauth.grants(cfg, channels)
+    table = natsauth.grants(cfg, channels, natsauth.added_runners(cfg))
     owners = {(c.stream, c.durable): ident for ident, grant in table.items() for c in grant.consumes}
     js = nc.jetstream()
     rows: list[dict[str, Any]] = []

@@ -178,3 +178,17 @@ async def test_a_nats_that_refuses_the_cli_identity_is_named_as_such(secured_nat
     with pytest.raises(Unreachable, match="refused the owner's CLI identity") as refused:
         await gather(secured_nats)
     assert "clawden init" in refused.value.fix
+
+
+@pytest.mark.docker
+async def test_an_added_runners_durables_are_named_as_its_own(stack: Stack) -> None:
+    """A runner for another host (`clawden runners add b`) that has not started yet: its wake durable is missing,
+    and the row says whose it is."""
+    cfg = cfg_of(stack)
+    natsauth.ensure_seed(cfg, natsauth.runner_identity("b"))
+    try:
+        report = await gather(cfg)
+    finally:
+        natsauth.seed_path(cfg, natsauth.runner_identity("b")).unlink()
+    [wake] = [r for r in report["streams"] if r["durable"] == "runner-b"]
+    assert wake["owner"] == "runner-b" and wake["missing"]
