@@ -38,6 +38,17 @@ def messages_lost(event: ev.MessagesLost, route: ev.Route) -> ev.OutboundMessage
     return ev.OutboundMessage(id=f"router:{event.key}:{route.chat_id}", route=route, text=text, kind="notice")
 
 
+def runner_away(route: ev.Route, session_id: str, runner: str, since: float) -> ev.OutboundMessage:
+    """The word to a chat whose session's runner has gone silent: its message waits for that machine."""
+    text = (
+        f"⏳ The machine that runs this conversation (runner {runner}) has not been heard from since "
+        f"{time.strftime('%H:%M UTC', time.gmtime(since))}. Your message is kept and will be answered when it is back."
+    )
+    return ev.OutboundMessage(
+        id=f"router:away:{session_id}:{runner}:{since:.3f}", route=route, text=text, kind="notice"
+    )
+
+
 def _handle(user: str, channel: str) -> str:
     prefix = f"{channel}:"
     return user[len(prefix) :] if user.startswith(prefix) else ""

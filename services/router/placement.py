@@ -32,6 +32,13 @@ def alive(seen: Seen, now: float, dead_after: float) -> bool:
     return now - seen.at <= dead_after
 
 
+def away_since(runners: Mapping[str, Seen], runner: str, now: float, dead_after: float) -> float | None:
+    """When the router last heard `runner`, if it has been silent past `dead_after` (declared gone); None while it
+    beats, and for a runner not heard since the router started (nothing is known of it yet)."""
+    seen = runners.get(runner)
+    return None if seen is None or alive(seen, now, dead_after) else seen.at
+
+
 def holders(runners: Mapping[str, Seen], group: str) -> frozenset[str]:
     """The runners, live or not, whose host has every extra mount of `group` (its heartbeat says so). A group
     that none names has no extra mounts anywhere, and may run on any runner."""

@@ -240,4 +240,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE agent_groups ADD COLUMN runner TEXT NOT NULL DEFAULT '';
     """,
     ),
+    # A chat told that its session's runner went silent (notices.runner_away): once per absence, which `since`
+    # (when the router last heard that runner) names.
+    (
+        "0008_runner_away",
+        """
+        CREATE TABLE runner_away_told (session_id TEXT NOT NULL, runner TEXT NOT NULL, since REAL NOT NULL,
+            PRIMARY KEY (session_id, runner, since));
+    """,
+    ),
 ]

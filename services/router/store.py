@@ -589,6 +589,8 @@ class RouterStore(outbox.OutboxStore):
             group=self.group_settings(action.agent_group),
         )
         self.emit(subjects.wake(runner), wake.key, wake, lane=session_id)
+        if action.trigger:
+            self._tell_if_away(session_id, runner, action.route, now)
         if not action.command:  # where a later edit or delete of it must go
             self.conn.execute(
                 "INSERT OR REPLACE INTO routed (key, agent_group, session_id, row_id, channel, chat_id, thread_id,"
@@ -687,6 +689,33 @@ class RouterStore(outbox.OutboxStore):
             pin=pin,
             dead_after=self.dead_after,
             fallback=self.runner_id,
+        )
+
+    def _tell_if_away(self, session_id: str, runner: str, route: ev.Route, now: float) -> None:
+        """The wake waits in the runner's durable until it is back (the session's folder is on its host); a chat
+        whose runner is declared gone is told so, once per absence."""
+        since = placement.away_since(self.runners.snapshot(), runner, now, self.dead_after)
+        if since is None:
+            return
+        told = self.conn.execute(
+            "INSERT OR IGNORE INTO runner_away_told (session_id, runner, since) VALUES (?, ?, ?)",
+            (session_id, runner, since),
+        ).rowcount
+        if not told:
+            return
+        notice = notices.runner_away(route, session_id, runner, since)
+        self.emit(
+            subjects.outbound(route.channel, route.chat_id),
+            notice.id,
+            notice,
+            lane=f"chat:{route.channel}:{route.chat_id}",
+        )
+        log.warning(
+            "runner %s silent for %.0f s: session %s waits for it, and its chat was told",
+            runner,
+            now - since,
+            session_id,
+            extra=logs.context(session_id, ""),
         )
 
     def _placed(self, session_id: str, agent_group: str, placed: placement.Placement) -> None:

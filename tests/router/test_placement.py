@@ -13,7 +13,7 @@ from clawden.bus import ctl
 from clawden.bus import events as ev
 from clawden.config import GroupConfig
 from services.router.control import Control
-from services.router.placement import Placement, Runners, Seen, place
+from services.router.placement import Placement, Runners, Seen, away_since, place
 from services.router.store import RouterError, RouterStore
 from services.runner import heartbeat
 
@@ -157,6 +157,19 @@ def test_when_no_live_runner_fits_the_session_goes_to_the_fallback(
     assert placed(runners) == expected
 
 
+@pytest.mark.parametrize(
+    ("runners", "away"),
+    [
+        (table(seen("a", age=1)), None),  # beating
+        (table(seen("a", age=DEAD_AFTER)), None),  # just within
+        (table(seen("a", age=DEAD_AFTER + 1)), NOW - DEAD_AFTER - 1),  # gone: since it was last heard
+        (table(seen("b", age=99)), None),  # not heard since the router started: nothing known
+    ],
+)
+def test_a_runner_is_away_once_silent_past_dead_after(runners: dict[str, Seen], away: float | None) -> None:
+    assert away_since(runners, "a", NOW, DEAD_AFTER) == away
+
+
 def test_the_table_keeps_each_runners_latest_beat_and_counts_what_was_placed_since() -> None:
     runners = Runners()
     runners.placed("a")  # not heard of yet: nothing to count against
@@ -289,3 +302,40 @@ def test_a_pin_that_is_no_runner_id_is_refused_in_plain_words(store: RouterStore
     with pytest.raises(RouterError, match="give a runner's id"):
         admin(store, "groups", op="create", name="other", runner=bad)
     assert admin(store, "groups", op="get", name="main")["runner"] == ""  # nothing changed
+
+
+def said(store: RouterStore, chat: str, n: int, now: float) -> list[tuple[str, ev.Event]]:
+    """What routing one message of `chat` at `now` sends: its wake, and any notice."""
+    message = ev.InboundMessage(
+        route=ev.Route(channel="local", chat_id=chat),
+        message_id=f"m{n}",
+        sender=ev.Sender(id="local:alice", name="Alice"),
+        text="hi",
+        sent_at=now,
+    )
+    outcome = store.route_batch([message], now)
+    store.published([o.id for o in outcome.outgoing])
+    return [(o.subject, ev.decode(o.payload)) for o in outcome.outgoing]
+
+
+def notices_in(sent: list[tuple[str, ev.Event]]) -> list[str]:
+    return [e.text for _, e in sent if isinstance(e, ev.OutboundMessage) and e.kind == "notice"]
+
+
+def test_a_chat_whose_runner_went_silent_is_told_once_per_absence_and_its_wakes_wait_for_it(
+    store: RouterStore,
+) -> None:
+    store.runners.heard(beat("b"), NOW)
+    first = said(store, "t1", 1, NOW + 1)
+    assert notices_in(first) == [] and first[0][0] == "clawden.wake.b"
+
+    late = NOW + DEAD_AFTER + 5  # b has not beaten since NOW
+    away = said(store, "t1", 2, late)
+    assert away[0][0] == "clawden.wake.b" and away[1][0].startswith("clawden.outbound.local.")  # the wake waits
+    [notice] = notices_in(away)
+    assert "runner b" in notice and "will be answered when it is back" in notice
+    assert notices_in(said(store, "t1", 3, late + 60)) == []  # once per absence
+
+    store.runners.heard(beat("b"), late + 100)  # back, and beating
+    assert notices_in(said(store, "t1", 4, late + 101)) == []
+    assert len(notices_in(said(store, "t1", 5, late + 100 + DEAD_AFTER + 1))) == 1  # a second absence: told again
