@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 from clawden.vaultfiles import BUNDLE_FILE, CA_FILE, SOCKET_NAME
 
@@ -19,6 +20,8 @@ HOME_MOUNT = "/home/agent"  # the session's own Claude Code home (its conversati
 CACHE_MOUNT = "/run/clawden/cache"  # the group's, shared by its sessions: what a container may remember
 PROJECT_SETTINGS = ".claude"  # in the group folder, mounted read-only over the writable folder
 GATEWAY_MOUNT = "/run/clawden/gateway"
+VaultTransport = Literal["socket", "tcp"]
+DOCKER_DESKTOP = "Docker Desktop"  # `docker info`'s OperatingSystem there (macOS, Windows with WSL2)
 # The relay's own folder (vault_transport = "tcp"), read-write: it takes the container's token from it and
 # deletes it before the agent starts (container/clawden_agent/relay.py).
 RELAY_MOUNT = "/run/clawden/relay"
@@ -97,3 +100,11 @@ def container_user() -> tuple[str, int | None]:
     if uid == 0:
         return f"{AGENT_UID}:{AGENT_UID}", AGENT_UID
     return f"{uid}:{os.getgid()}", None
+
+
+def vault_transport(setting: str, operating_system: str) -> VaultTransport:
+    """How containers reach the vault (`[runner] vault_transport`): `auto` is tcp on Docker Desktop, whose VM no
+    Unix socket of the host crosses into (the runner starts containers so, and `clawden doctor` checks so)."""
+    if setting in ("socket", "tcp"):
+        return setting  # type: ignore[return-value]  # narrowed by the test above
+    return "tcp" if operating_system.strip() == DOCKER_DESKTOP else "socket"

@@ -484,20 +484,38 @@ def run_trust_container(cfg: Config, trust: Path, gateway_dir: Path | None) -> t
         return False, f"the check exited {code}: {output[-300:] or '(no output)'}"
 
 
+def _vault_by_tcp(cfg: Config) -> bool:
+    """Whether this runner's containers reach the vault over TCP (`[runner] vault_transport`, auto by the engine)."""
+    if cfg.runner.vault_transport in ("socket", "tcp"):
+        return cfg.runner.vault_transport == "tcp"
+    client = _docker(10)
+    try:
+        engine = str(client.info().get("OperatingSystem", ""))
+    finally:
+        client.close()
+    return agentcontainer.vault_transport(cfg.runner.vault_transport, engine) == "tcp"
+
+
 async def check_ca_trust(p: Probe) -> Result:
     trust = trust_dir(p.cfg)
     if not (trust / CA_FILE).exists():
         return fail(f"no CA in {trust} to check", vault_start(p.cfg))
     gateway_dir: Path | None = None
+    by_tcp = await asyncio.to_thread(_vault_by_tcp, p.cfg)
     try:  # with the vault up, the whole path: relay, gateway socket, TLS to its self-test host
         answer = await p.ask(vault_ctl.GATEWAY, vault_ctl.GroupRequest(agent_group=_probe_group(p.cfg)))
     except (Unreachable, RuntimeError):
         pass
     else:
-        if Path(answer.socket).parent.is_dir():  # not when the vault runs on another machine
+        if Path(answer.socket).parent.is_dir() and not by_tcp:  # not when the vault is on another machine
             gateway_dir, trust = Path(answer.socket).parent, Path(answer.trust_dir)
     try:
         trusted, detail = await asyncio.to_thread(run_trust_container, p.cfg, trust, gateway_dir)
+        if trusted and by_tcp:
+            detail = (
+                "the CA is in the container's default trust (no handshake: containers reach the vault over TCP"
+                " here, and the check goes through a gateway socket)"
+            )
     except Exception as exc:
         return fail(
             f"could not run a container from {p.cfg.runner.image}: {exc}",

@@ -26,7 +26,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from clawden import control, logs, sessiondb, skills
-from clawden.agentcontainer import PROJECT_SETTINGS, Tuning, container_user
+from clawden.agentcontainer import PROJECT_SETTINGS, Tuning, VaultTransport, container_user, vault_transport
 from clawden.backoff import backoff
 from clawden.bus import ConsumeStats, Retry, bind, consume, publish, subjects
 from clawden.bus import events as ev
@@ -65,14 +65,12 @@ from services.runner.sessions import (
     ring,
 )
 from services.runner.vaultroute import (
-    Transport,
     VaultRoute,
     new_token,
     place_token,
     socket_route,
     tcp_problem,
     tcp_route,
-    transport,
 )
 
 log = logging.getLogger("clawden.runner")
@@ -128,7 +126,7 @@ class Runner:
         self.starting = asyncio.Semaphore(self.cfg.runner.parallel_starts or os.cpu_count() or 2)
         self.failures: dict[str, int] = {}  # consecutive start failures or crashes per session
         self.engine_cpus: int | None = None  # what Docker's engine has; set once it answered
-        self.vault_transport: Transport = "socket"  # from [runner] vault_transport and the engine, at start
+        self.vault_transport: VaultTransport = "socket"  # from [runner] vault_transport and the engine, at start
         self.counters = {"wakes": 0, "started": 0, "published": 0, "crashed": 0, "hung": 0, "idle_stopped": 0}
         # The in-container `clawden`: one socket per session under run/admin/, never in the agent's writable folder.
         self.admin = AdminDesk(ctx, index, self.cfg.path("run", "admin"), self.owner_uid, self.note)
@@ -911,7 +909,7 @@ async def main(ctx: ServiceContext) -> None:
     try:
         await docker.ping()
         runner.engine_cpus = await docker.engine_cpus()
-        runner.vault_transport = transport(ctx.config.runner.vault_transport, await docker.engine_os())
+        runner.vault_transport = vault_transport(ctx.config.runner.vault_transport, await docker.engine_os())
         log.info("containers reach the vault by %s", runner.vault_transport)
         if runner.vault_transport == "tcp" and (problem := tcp_problem(ctx.config.runner)):
             log.error("no agent container can start: %s", problem)  # each start says so again

@@ -10,14 +10,11 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from clawden.agentcontainer import GATEWAY_MOUNT
 from clawden.config import RunnerConfig
 from clawden.vaultfiles import SOCKET_NAME
 
-Transport = Literal["socket", "tcp"]
-DOCKER_DESKTOP = "Docker Desktop"  # `docker info`'s OperatingSystem there (macOS, Windows with WSL2)
 UNIX_PREFIX = "unix:"
 TOKEN_NAME = "token"  # in the relay folder; the relay reads /run/clawden/relay/token
 
@@ -30,13 +27,6 @@ class VaultRoute:
     gateway: str
     gateway_dir: Path | None
     network: str = "none"
-
-
-def transport(setting: str, operating_system: str) -> Transport:
-    """`auto` is tcp on Docker Desktop, whose VM no Unix socket of the host crosses into."""
-    if setting in ("socket", "tcp"):
-        return setting  # type: ignore[return-value]  # narrowed by the test above
-    return "tcp" if operating_system.strip() == DOCKER_DESKTOP else "socket"
 
 
 def socket_route(gateway_dir: Path) -> VaultRoute:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from clawden import config as config_mod
@@ -200,6 +201,18 @@ async def test_a_container_trusts_the_ca_even_while_the_vault_is_down(tmp_path: 
     result = await check_ca_trust(Probe(cfg, {}))
 
     assert result == Result("ok", "the CA is in the container's default trust (no handshake: the vault is not running)")
+
+
+@pytest.mark.docker
+async def test_in_tcp_mode_the_trust_check_says_it_tries_no_socket_handshake(tmp_path: Path, agent_image: str) -> None:
+    """Containers that reach the vault over TCP (Docker Desktop) have no gateway socket to try a handshake on."""
+    cfg = fresh_home(tmp_path / "home")
+    vault_ca(cfg)
+    cfg = msgspec.structs.replace(cfg, runner=msgspec.structs.replace(cfg.runner, vault_transport="tcp"))
+
+    result = await check_ca_trust(Probe(cfg, {}))
+
+    assert result.status == "ok" and "containers reach the vault over TCP here" in result.detail
 
 
 @pytest.mark.docker

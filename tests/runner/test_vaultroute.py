@@ -10,6 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from clawden.agentcontainer import vault_transport
 from clawden.config import RunnerConfig
 from services.runner.vaultroute import (
     VaultRoute,
@@ -18,7 +19,6 @@ from services.runner.vaultroute import (
     socket_route,
     tcp_problem,
     tcp_route,
-    transport,
 )
 from tests.runner.test_containers import spec as container_spec
 
@@ -34,7 +34,7 @@ from tests.runner.test_containers import spec as container_spec
     ],
 )
 def test_auto_means_tcp_on_docker_desktop_only(setting: str, engine: str, chosen: str) -> None:
-    assert transport(setting, engine) == chosen
+    assert vault_transport(setting, engine) == chosen
 
 
 def runner(**kw: object) -> RunnerConfig:
