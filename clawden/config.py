@@ -73,6 +73,13 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     vault_tcp_host: str = "host.docker.internal"
     # tcp: the Docker network containers join to reach vault_tcp_host ("": none, for a unix: route only).
     vault_network: str = ""
+    # Whether every runner mounts the same `storage` (NFS or the like): then the router moves the sessions of a
+    # runner declared gone to a live one, fenced by a placement epoch; without it they wait for their runner.
+    # The router reads it, so say it alike in every host's config.toml.
+    shared_storage: bool = False
+    # Where `sessions/`, `groups/` and `state/` (each session's Claude Code home) live: "" is the Clawden home.
+    # With shared_storage, the folder every runner mounts.
+    storage: str = ""
 
 
 class MountConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -187,12 +194,22 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         return self.path("data")
 
     @property
+    def storage_path(self) -> Path:
+        """Where the session, group and agent-state folders live: `[runner] storage`, else the home."""
+        return Path(self.runner.storage).expanduser() if self.runner.storage else self.home_path
+
+    @property
     def groups_dir(self) -> Path:
-        return self.path("groups")
+        return self.storage_path / "groups"
 
     @property
     def sessions_dir(self) -> Path:
-        return self.path("sessions")
+        return self.storage_path / "sessions"
+
+    @property
+    def state_dir(self) -> Path:
+        """Each agent group's Claude Code state (`<group>/homes/<session>`, `cache`, `claude`)."""
+        return self.storage_path / "state"
 
     @property
     def gateway_dir(self) -> Path:

@@ -133,6 +133,11 @@ def grants(cfg: Config, channels: tuple[str, ...], runners: tuple[str, ...] = ()
                 subjects.APPROVAL_REQUEST,
                 subjects.APPROVAL_CLICK,
                 f"{subjects.PREFIX}.event.router.>",
+                subjects.ALL_PLACEMENTS,  # where each session runs (SessionPlaced)
+                # a runner declared gone, with shared storage: the wakes it had not taken, re-sent to the session's
+                # new runner (how far its durable got, then each later message on its wake subject)
+                "$JS.API.CONSUMER.INFO.CLAWDEN_WAKE.*",
+                "$JS.API.STREAM.MSG.GET.CLAWDEN_WAKE",
             ),
             calls=("web.login",),  # `/web` from an owner or admin: a sign-in link (services/router/weblink.py)
             subscribes=(subjects.ALL_HEARTBEATS,),  # every runner's load, to place new sessions (placement.py)

@@ -495,10 +495,47 @@ class Wake(_Event, tag="wake", frozen=True):
     # The agent group's settings as of this wake, likewise: the runner keeps the latest per group and
     # starts the group's containers with them. None: the sender does not know them (a scheduler wake).
     group: GroupSettings | None = None
+    # The session's placement epoch (`SessionPlaced.epoch`): the runner takes the wake only while the session's
+    # folder names no later one, so a runner the session was moved away from writes nothing into it. 0: the
+    # sender does not know it (a scheduler wake, an older router); the runner that owns the folder takes it.
+    epoch: int = 0
 
     @property
     def key(self) -> str:
         return f"{self.session_id}:{self.message.id}"
+
+
+class Adopt(_Event, tag="adopt", frozen=True):
+    """The router moved a session to this runner (its runner was declared gone, and the session and group folders
+    are on storage every runner mounts: `[runner] shared_storage`). On `subjects.wake(new runner)`, before the
+    wakes the old runner had not taken, which follow it re-sent with the new epoch. The runner fences the folder
+    with `epoch` (the old runner writes nothing more into it), records the session as a wake would, and starts a
+    container if the folder holds unanswered messages. Key: `<session>:adopt:<epoch>`."""
+
+    session_id: SessionId
+    agent_group: GroupName
+    route: Route
+    epoch: int
+    from_runner: Token
+    destinations: tuple[Destination, ...] | None = None
+    group: GroupSettings | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.session_id}:adopt:{self.epoch}"
+
+
+class SessionPlaced(_Event, tag="session.placed", frozen=True):
+    """Where a session runs now: the router's record on `subjects.placement(session)`, a stream that keeps the
+    last one per session. Published when the router places a session and again each time it moves one, with
+    `epoch` one higher (1 for a new session). Whoever must know a session's runner reads it there: the
+    scheduler (where a task's wake goes) and the vault (which runner may ask for the session's token)."""
+
+    session_id: SessionId
+    agent_group: GroupName
+    runner: Token
+    epoch: int
+    at: float
 
 
 class TaskOp(_Event, tag="task.op", frozen=True):
@@ -596,6 +633,8 @@ Event = (
     | DeliveryReceipt
     | Typing
     | Wake
+    | Adopt
+    | SessionPlaced
     | TaskOp
     | ApprovalRequest
     | ApprovalDecision
@@ -627,3 +666,5 @@ def decoder_for(kind: type[T]) -> msgspec.json.Decoder[T]:
 _decoders: dict[object, msgspec.json.Decoder[Any]] = {}  # one per kind: each decodes its key
 INBOUND_DECODER = msgspec.json.Decoder(Inbound)
 OUTBOUND_DECODER = msgspec.json.Decoder(Outbound)
+# What a runner reads from its wake subject.
+WAKE_DECODER = msgspec.json.Decoder(Wake | Adopt)

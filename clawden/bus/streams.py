@@ -38,6 +38,10 @@ class Stream:
     # Dedupe horizon for Nats-Msg-Id: as long as any publisher might retry or replay.
     duplicate_window: float
     max_bytes: int = 1 << 30
+    # A record per subject, not a log (-1: no limit): with 1 the stream keeps each subject's last message.
+    max_msgs_per_subject: int = -1
+    # Readers may ask any replica for a subject's last message (`$JS.API.DIRECT.GET`) rather than the leader.
+    allow_direct: bool = False
 
     def config(self, replicas: int = 1) -> StreamConfig:
         """`replicas`: the copies JetStream keeps (`nats.replicas`: 1, or 3 on a cluster of three)."""
@@ -51,6 +55,8 @@ class Stream:
             max_bytes=self.max_bytes,
             duplicate_window=self.duplicate_window,
             num_replicas=replicas,
+            max_msgs_per_subject=self.max_msgs_per_subject,
+            allow_direct=self.allow_direct,
         )
 
 
@@ -63,6 +69,15 @@ STREAMS: tuple[Stream, ...] = (
     Stream("CLAWDEN_APPROVALS", (subjects.ALL_APPROVALS,), max_age=30 * DAY, duplicate_window=DAY),
     # Raw webhook deliveries the front door verified, kept until their bridge has read them.
     Stream("CLAWDEN_WEBHOOKS", (subjects.ALL_WEBHOOKS,), max_age=7 * DAY, duplicate_window=DAY),
+    # Which runner each session is on (`SessionPlaced`), the last per session, kept as long as the session.
+    Stream(
+        "CLAWDEN_PLACEMENT",
+        (subjects.ALL_PLACEMENTS,),
+        max_age=0.0,
+        duplicate_window=DAY,
+        max_msgs_per_subject=1,
+        allow_direct=True,
+    ),
     Stream("CLAWDEN_EVENTS", (subjects.ALL_EVENTS,), max_age=30 * DAY, duplicate_window=120.0),
 )
 

@@ -63,6 +63,11 @@ def wake(runner: str) -> str:
     return f"{PREFIX}.wake.{token(runner)}"
 
 
+def placement(session_id: str) -> str:
+    """Where the router records which runner a session is on (`SessionPlaced`; the stream keeps the last)."""
+    return f"{PREFIX}.placement.{token(session_id)}"
+
+
 def task(op: str) -> str:
     return f"{PREFIX}.task.{token(op)}"
 
@@ -91,6 +96,7 @@ ALL_OUTBOUND = f"{PREFIX}.outbound.>"  # every channel's lanes
 ALL_RECEIPTS = f"{PREFIX}.receipt.>"
 ALL_WEBHOOKS = f"{PREFIX}.webhook.>"
 ALL_WAKES = f"{PREFIX}.wake.>"
+ALL_PLACEMENTS = f"{PREFIX}.placement.*"
 ALL_TASKS = f"{PREFIX}.task.>"
 ALL_APPROVALS = f"{PREFIX}.approval.>"
 ALL_EVENTS = f"{PREFIX}.event.>"

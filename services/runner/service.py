@@ -146,7 +146,7 @@ class Runner:
         # The session's Claude Code state (its conversation) outlives containers. One per session:
         # Claude Code's ~/.claude.json does not survive concurrent writers. Kept out of the group
         # folder so the agent's memory stays readable.
-        return self.cfg.path("state", info.agent_group, "homes", info.id)
+        return self.cfg.state_dir.joinpath(info.agent_group, "homes", info.id)
 
     def group_run(self, agent_group: str) -> GroupRun:
         """How this group's containers run now: the router's last settings for it (kept in runner.db,
@@ -289,13 +289,13 @@ class Runner:
                     extra={"session_id": info.id, "agent_group": info.agent_group},
                 )
         claude_home = self.claude_home(info)
-        cache_dir = self.cfg.path("state", info.agent_group, "cache")
+        cache_dir = self.cfg.state_dir.joinpath(info.agent_group, "cache")
         await asyncio.to_thread(
             self._prepare_group,
             group_dir,
             claude_home,
             cache_dir,
-            self.cfg.path("state", info.agent_group, "claude"),
+            self.cfg.state_dir.joinpath(info.agent_group, "claude"),
             folder,
         )
         live = self.live.setdefault(info.id, Live(info, folder))

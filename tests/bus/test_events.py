@@ -130,6 +130,8 @@ EXAMPLES: list[ev.Event] = [
         edited_at=5.0,
     ),
     ev.InboundDelete(route=ev.Route(channel="discord", chat_id="c2"), message_id="m5", deleted_at=6.0),
+    ev.Adopt(session_id="s", agent_group="main", route=ROUTE, epoch=2, from_runner="a", destinations=()),
+    ev.SessionPlaced(session_id="s", agent_group="main", runner="b", epoch=2, at=7.0),
 ]
 
 
@@ -212,10 +214,11 @@ def test_a_wake_that_names_no_destinations_differs_from_one_whose_group_has_none
 def test_natural_keys() -> None:
     assert EXAMPLES[0].key == "telegram:m1"  # type: ignore[union-attr]
     assert EXAMPLES[6].key == "s:telegram:m1"  # type: ignore[union-attr]
-    assert EXAMPLES[-5].key == "telegram:moved:-42"  # type: ignore[union-attr]
-    assert EXAMPLES[-3].key == "telegram:lost:905"  # type: ignore[union-attr]
-    assert EXAMPLES[-2].key == "slack:edit:1700000000.000100:1700000005.000200"  # type: ignore[union-attr]
-    assert EXAMPLES[-1].key == "discord:delete:m5"  # type: ignore[union-attr]
+    assert EXAMPLES[-7].key == "telegram:moved:-42"  # type: ignore[union-attr]
+    assert EXAMPLES[-5].key == "telegram:lost:905"  # type: ignore[union-attr]
+    assert EXAMPLES[-4].key == "slack:edit:1700000000.000100:1700000005.000200"  # type: ignore[union-attr]
+    assert EXAMPLES[-3].key == "discord:delete:m5"  # type: ignore[union-attr]
+    assert EXAMPLES[-2].key == "s:adopt:2"  # type: ignore[union-attr]
 
 
 # Found by tests/chaos/test_fuzz.py: an approval id with a dot passed decoding and then raised in the approvals
