@@ -8,7 +8,7 @@ heartbeat subscription writes it on the event loop, the store's thread reads it 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from clawden.bus import events as ev
@@ -37,6 +37,23 @@ def away_since(runners: Mapping[str, Seen], runner: str, now: float, dead_after:
     beats, and for a runner not heard since the router started (nothing is known of it yet)."""
     seen = runners.get(runner)
     return None if seen is None or alive(seen, now, dead_after) else seen.at
+
+
+def gone(
+    runners: Mapping[str, Seen], holding: Iterable[str], now: float, dead_after: float, started: float
+) -> dict[str, float]:
+    """The runners that hold sessions (`holding`) and are declared gone, each with since when: silent past
+    `dead_after` since their last beat, or never heard at all once the router has listened for `dead_after`
+    (since the router started: a runner that died while the router was down beats no more)."""
+    out: dict[str, float] = {}
+    for rid in holding:
+        seen = runners.get(rid)
+        if seen is None:
+            if now - started > dead_after:
+                out[rid] = started
+        elif not alive(seen, now, dead_after):
+            out[rid] = seen.at
+    return out
 
 
 def holders(runners: Mapping[str, Seen], group: str) -> frozenset[str]:

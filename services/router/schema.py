@@ -249,4 +249,13 @@ MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (session_id, runner, since));
     """,
     ),
+    # Each session's placement epoch: 1 when it is made, one more each time it is moved to another runner
+    # (a runner declared gone, with `[runner] shared_storage`). Every wake carries it; the session's folder is
+    # fenced with it, so a runner the session left writes nothing more there.
+    (
+        "0009_session_epoch",
+        """
+        ALTER TABLE sessions ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1;
+    """,
+    ),
 ]

@@ -20,7 +20,7 @@ from clawden.bus import bind, consume_batches, ctl, nak, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import router_agents, router_decisions, router_inbound
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
-from services.router import control, relay, weblink
+from services.router import control, failover, relay, weblink
 from services.router.store import Outcome, Routable, RouterError, RouterStore
 
 log = logging.getLogger("clawden.router")
@@ -200,6 +200,31 @@ class Router:
         await self.settle(self.store.expire_approvals, time.time())
         await self.store.run(self.store.prune, time.time())
 
+    async def fail_over(self) -> None:
+        """Move the sessions of every runner declared gone to live runners (shared storage only). Under the
+        publishing lock: the outbox is published first and nothing else publishes meanwhile, so every wake for
+        the gone runner is on its subject when it is read, and none is sent there after the move."""
+        for gone in await self.store.run(self.store.gone_runners, time.time()):
+            async with self.publishing:
+                if not await self.flush(await self.store.run(self.store.outgoing)):
+                    return  # NATS is not taking what we publish: the next round tries again
+                try:
+                    untaken = await failover.untaken_wakes(self.ctx.js, gone)
+                except Exception as exc:
+                    log.warning("cannot read what runner %s had not taken yet (%r); its sessions move later", gone, exc)
+                    continue
+                try:
+                    outcome = await self.store.run(self.store.move_sessions, gone, untaken, time.time())
+                except Exception:
+                    log.exception("moving runner %s's sessions failed", gone)
+                    continue
+                self.counts.update(outcome.counts)
+                await self.flush(outcome.outgoing)
+
+    async def failing_over(self, every: float) -> None:
+        while await sleep_unless_stopping(self.ctx.stopping, every):
+            await self.fail_over()
+
     async def sweeping(self) -> None:
         while await sleep_unless_stopping(self.ctx.stopping, SWEEP_EVERY):
             await self.sweep()
@@ -238,6 +263,7 @@ async def main(ctx: ServiceContext) -> None:
     store = await RouterStore.start(ctx.config.data_dir / "router.db", ctx.config.runner.id)
     store.groups_dir = ctx.config.groups_dir  # a new agent's folder, made from the channel card (cards.py)
     store.dead_after = ctx.config.runner.dead_after
+    store.shared_storage = ctx.config.runner.shared_storage
     try:
         router = Router(ctx, store)
         for line in await store.run(store.seed, DEFAULT_GROUP, LOCAL_CHANNEL, _login(), time.time()):
@@ -253,6 +279,7 @@ async def main(ctx: ServiceContext) -> None:
         decisions = await bind(ctx.js, router_decisions(), batch=16)
         agents = await bind(ctx.js, router_agents(), batch=64)
         await router.sweep()
+        await router.settle(store.record_placements, time.time())
         await ctx.ready()
         async with asyncio.TaskGroup() as tg:
             # Batches, not one message at a time: a batch is routed in one transaction.
@@ -260,5 +287,7 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(consume_batches(decisions, router.on_decisions, stopping=ctx.stopping))
             tg.create_task(consume_batches(agents, router.on_agents, stopping=ctx.stopping))
             tg.create_task(router.sweeping())
+            if ctx.config.runner.shared_storage:  # how often to look: a third of dead_after, as a runner beats
+                tg.create_task(router.failing_over(ctx.config.runner.dead_after / 3))
     finally:
         await store.stop()

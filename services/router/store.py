@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import secrets
 import sqlite3
+import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,8 @@ class RouterStore(outbox.OutboxStore):
         self.runner_id = runner_id  # where new sessions go until a runner's heartbeat says otherwise
         self.runners = placement.Runners()  # every runner's latest heartbeat (the service feeds it)
         self.dead_after = config.RunnerConfig().dead_after  # `[runner] dead_after` (set by the service)
+        self.shared_storage = False  # `[runner] shared_storage` (set by the service): sessions of a gone runner move
+        self.started = time.time()  # a runner never heard since is gone once `dead_after` has passed
         self.groups_dir: Path | None = None  # where a new agent's folder goes (set by the service)
         self.roles = Roles()
         self._pairing: dict[str, tuple[str, float]] = {}
@@ -317,7 +320,7 @@ class RouterStore(outbox.OutboxStore):
         not treat an edit as a new message either, and an old message must not be answered out of the blue."""
         original = f"{event.route.channel}:{event.message_id}"
         rows = self.conn.execute(
-            "SELECT r.*, s.runner FROM routed r JOIN sessions s ON s.id = r.session_id WHERE r.key = ?"
+            "SELECT r.*, s.runner, s.epoch FROM routed r JOIN sessions s ON s.id = r.session_id WHERE r.key = ?"
             " ORDER BY r.agent_group",
             (original,),
         ).fetchall()
@@ -357,6 +360,7 @@ class RouterStore(outbox.OutboxStore):
             ),
             destinations=self.destinations(group),
             group=self.group_settings(group),
+            epoch=row["epoch"],
         )
         self.emit(subjects.wake(row["runner"]), wake.key, wake, lane=row["session_id"])
         log.info(
@@ -549,12 +553,12 @@ class RouterStore(outbox.OutboxStore):
         key = action.session
         agent_shared = key.chat_id == ALL_CHATS
         new_id, placed = f"s-{secrets.token_hex(8)}", self._place(key.agent_group, now)
-        session_id, runner = self.conn.execute(
+        session_id, runner, epoch = self.conn.execute(
             "INSERT INTO sessions (id, agent_group, channel, chat_id, thread_id, runner, created_at, last_message_at,"
             " messaging_group) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (agent_group, channel, chat_id, thread_id) DO UPDATE SET"
             # A person spoke: agents relaying into this session start counting hops afresh (relay.py).
-            " last_message_at = excluded.last_message_at, hops = 0 RETURNING id, runner",
+            " last_message_at = excluded.last_message_at, hops = 0 RETURNING id, runner, epoch",
             (
                 new_id,
                 key.agent_group,
@@ -568,7 +572,7 @@ class RouterStore(outbox.OutboxStore):
             ),
         ).fetchone()
         if session_id == new_id:
-            self._placed(session_id, key.agent_group, placed)
+            self._placed(session_id, key.agent_group, placed, now)
         wake = ev.Wake(
             session_id=session_id,
             agent_group=action.agent_group,
@@ -587,10 +591,11 @@ class RouterStore(outbox.OutboxStore):
             ),
             destinations=self.destinations(action.agent_group),
             group=self.group_settings(action.agent_group),
+            epoch=epoch,
         )
         self.emit(subjects.wake(runner), wake.key, wake, lane=session_id)
         if action.trigger:
-            self._tell_if_away(session_id, runner, action.route, now)
+            self._tell_if_away(session_id, action.agent_group, runner, action.route, now)
         if not action.command:  # where a later edit or delete of it must go
             self.conn.execute(
                 "INSERT OR REPLACE INTO routed (key, agent_group, session_id, row_id, channel, chat_id, thread_id,"
@@ -691,11 +696,12 @@ class RouterStore(outbox.OutboxStore):
             fallback=self.runner_id,
         )
 
-    def _tell_if_away(self, session_id: str, runner: str, route: ev.Route, now: float) -> None:
+    def _tell_if_away(self, session_id: str, agent_group: str, runner: str, route: ev.Route, now: float) -> None:
         """The wake waits in the runner's durable until it is back (the session's folder is on its host); a chat
-        whose runner is declared gone is told so, once per absence."""
+        whose runner is declared gone is told so, once per absence. With shared storage, a session that a live
+        runner may take is moved there instead (`move_sessions`), and its chat is told nothing."""
         since = placement.away_since(self.runners.snapshot(), runner, now, self.dead_after)
-        if since is None:
+        if since is None or (self.shared_storage and not self._place(agent_group, now).why):
             return
         told = self.conn.execute(
             "INSERT OR IGNORE INTO runner_away_told (session_id, runner, since) VALUES (?, ?, ?)",
@@ -718,10 +724,94 @@ class RouterStore(outbox.OutboxStore):
             extra=logs.context(session_id, ""),
         )
 
-    def _placed(self, session_id: str, agent_group: str, placed: placement.Placement) -> None:
+    def _record_placement(self, session_id: str, agent_group: str, runner: str, epoch: int, now: float) -> None:
+        """Where the session runs now, for whoever must know (the scheduler, the vault): the placement stream
+        keeps the last record per session."""
+        placed = ev.SessionPlaced(session_id=session_id, agent_group=agent_group, runner=runner, epoch=epoch, at=now)
+        self.emit(subjects.placement(session_id), f"placed:{session_id}:{epoch}", placed, lane=session_id)
+
+    def record_placements(self, now: float) -> Outcome:
+        """Once, after the upgrade that began recording placements: a record for every session made before."""
+        out = Outcome()
+        with self._tx():
+            if self.conn.execute("SELECT 1 FROM meta WHERE key = 'placements_recorded'").fetchone():
+                return out
+            rows = self.conn.execute("SELECT id, agent_group, runner, epoch FROM sessions").fetchall()
+            for row in rows:
+                self._record_placement(row["id"], row["agent_group"], row["runner"], row["epoch"], now)
+            self.conn.execute("INSERT INTO meta (key, value) VALUES ('placements_recorded', ?)", (str(now),))
+            out.counts["placements_recorded"] = len(rows)
+            out.outgoing = self.outgoing()
+        return out
+
+    # --- a runner declared gone, with shared storage ----------------------------------------------------------
+
+    def gone_runners(self, now: float) -> dict[str, float]:
+        """The runners that hold sessions a live runner could take, and are declared gone (each with since when)."""
+        holding = [r[0] for r in self.conn.execute("SELECT DISTINCT runner FROM sessions")]
+        gone = placement.gone(self.runners.snapshot(), holding, now, self.dead_after, self.started)
+        return {rid: since for rid, since in gone.items() if self._movable(rid, now)}
+
+    def _movable(self, runner: str, now: float) -> list[sqlite3.Row]:
+        """`runner`'s sessions that a live runner may take now (its group's pin and mounts allowing)."""
+        rows = self.conn.execute(
+            "SELECT id, agent_group, channel, chat_id, thread_id, epoch FROM sessions WHERE runner = ? ORDER BY id",
+            (runner,),
+        ).fetchall()
+        return [r for r in rows if not self._place(r["agent_group"], now).why]
+
+    def move_sessions(self, gone: str, untaken: Mapping[str, Sequence[ev.Wake]], now: float) -> Outcome:
+        """Move every session of the runner `gone` that a live runner may take: one epoch more, an `Adopt` to
+        its new runner, then the wakes `gone` had not taken (`untaken`, read from its wake subject past its
+        durable's ack floor) re-sent with the new epoch, and the new placement recorded. The session's folder is
+        on storage both runners mount; the new runner fences it with the epoch, so `gone`, if it comes back,
+        writes nothing more there. The caller has published the outbox first, so no wake for `gone` waits in
+        it. Sessions no live runner may take (pinned to `gone`, or their mounts only there) stay and wait."""
+        out = Outcome()
+        with self._tx():
+            for row in self._movable(gone, now):
+                self._move(row, gone, untaken.get(row["id"], ()), now, out)
+            out.outgoing = self.outgoing()
+        return out
+
+    def _move(self, row: sqlite3.Row, gone: str, untaken: Sequence[ev.Wake], now: float, out: Outcome) -> None:
+        session_id, group = str(row["id"]), str(row["agent_group"])
+        placed = self._place(group, now)
+        epoch = int(row["epoch"]) + 1
+        self.conn.execute("UPDATE sessions SET runner = ?, epoch = ? WHERE id = ?", (placed.runner, epoch, session_id))
+        self.runners.placed(placed.runner)
+        adopt = ev.Adopt(
+            session_id=session_id,
+            agent_group=group,
+            route=ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"] or None),
+            epoch=epoch,
+            from_runner=gone,
+            destinations=self.destinations(group),
+            group=self.group_settings(group),
+        )
+        self.emit(subjects.wake(placed.runner), adopt.key, adopt, lane=session_id)
+        for wake in untaken:
+            again = msgspec.structs.replace(wake, epoch=epoch)
+            self.emit(subjects.wake(placed.runner), f"{wake.key}@{epoch}", again, lane=session_id)
+        self._record_placement(session_id, group, placed.runner, epoch, now)
+        out.counts["sessions_moved"] += 1
+        out.counts["wakes_resent"] += len(untaken)
+        log.warning(
+            "runner %s is gone: session %s of %s moved to runner %s (epoch %d, %d wake(s) it had not taken re-sent)",
+            gone,
+            session_id,
+            group,
+            placed.runner,
+            epoch,
+            len(untaken),
+            extra=logs.context(session_id, group),
+        )
+
+    def _placed(self, session_id: str, agent_group: str, placed: placement.Placement, now: float) -> None:
         """A new session went where `placed` says: counted against that runner until its next heartbeat, and a
         fallback said once."""
         self.runners.placed(placed.runner)
+        self._record_placement(session_id, agent_group, placed.runner, 1, now)
         if self.runners.news(placed):  # before any heartbeat (a fresh start) that is no news to worry about
             level = logging.WARNING if self.runners.snapshot() else logging.INFO
             log.log(
@@ -791,7 +881,7 @@ class RouterStore(outbox.OutboxStore):
         return relay.Target(row["id"], row["agent_group"], route)
 
     def _relay(self, event: ev.OutboundMessage, key: str, to: relay.Deliver, now: float, out: Outcome) -> None:
-        session_id, runner = self._relay_session(to, now)
+        session_id, runner, epoch = self._relay_session(to, now)
         wake = ev.Wake(
             session_id=session_id,
             agent_group=to.agent_group,
@@ -806,6 +896,7 @@ class RouterStore(outbox.OutboxStore):
             ),
             destinations=self.destinations(to.agent_group),
             group=self.group_settings(to.agent_group),
+            epoch=epoch,
         )
         self.emit(subjects.wake(runner), wake.key, wake, lane=session_id)
         self._relay_receipt(event, out, error="")
@@ -821,12 +912,12 @@ class RouterStore(outbox.OutboxStore):
             extra=logs.context(session_id, to.agent_group, key),
         )
 
-    def _relay_session(self, to: relay.Deliver, now: float) -> tuple[str, str]:
+    def _relay_session(self, to: relay.Deliver, now: float) -> tuple[str, str, int]:
         """The target session, with the relayed message's hop count: the one that asked (a reply) or the
         target group's session for the asking one (made on the first send)."""
         if to.session_id:
             row = self.conn.execute(
-                "UPDATE sessions SET hops = ?, last_message_at = ? WHERE id = ? RETURNING id, runner",
+                "UPDATE sessions SET hops = ?, last_message_at = ? WHERE id = ? RETURNING id, runner, epoch",
                 (to.hops, now, to.session_id),
             ).fetchone()
         else:
@@ -837,7 +928,7 @@ class RouterStore(outbox.OutboxStore):
                 " last_message_at, hops, hop_limit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (agent_group, channel, chat_id, thread_id) DO UPDATE SET"
                 " last_message_at = excluded.last_message_at, hops = excluded.hops, hop_limit = excluded.hop_limit"
-                " RETURNING id, runner",
+                " RETURNING id, runner, epoch",
                 (
                     new_id,
                     to.agent_group,
@@ -852,8 +943,8 @@ class RouterStore(outbox.OutboxStore):
                 ),
             ).fetchone()
             if row[0] == new_id:
-                self._placed(new_id, to.agent_group, placed)
-        return str(row[0]), str(row[1])
+                self._placed(new_id, to.agent_group, placed, now)
+        return str(row[0]), str(row[1]), int(row[2])
 
     def _drop_relay(self, event: ev.OutboundMessage, key: str, reason: str, now: float, out: Outcome) -> None:
         self.conn.execute(

@@ -13,7 +13,7 @@ from clawden.bus import ctl
 from clawden.bus import events as ev
 from clawden.config import GroupConfig
 from services.router.control import Control
-from services.router.placement import Placement, Runners, Seen, away_since, place
+from services.router.placement import Placement, Runners, Seen, away_since, gone, place
 from services.router.store import RouterError, RouterStore
 from services.runner import heartbeat
 
@@ -170,6 +170,24 @@ def test_a_runner_is_away_once_silent_past_dead_after(runners: dict[str, Seen], 
     assert away_since(runners, "a", NOW, DEAD_AFTER) == away
 
 
+@pytest.mark.parametrize(
+    ("runners", "started", "declared"),
+    [
+        (table(seen("a", age=1)), NOW - 100, {}),  # beating
+        (table(seen("a", age=DEAD_AFTER + 1)), NOW - 100, {"a": NOW - DEAD_AFTER - 1}),  # since its last beat
+        # never heard: gone once the router has listened for dead_after, since the router started
+        ({}, NOW - DEAD_AFTER - 1, {"a": NOW - DEAD_AFTER - 1}),
+        ({}, NOW - DEAD_AFTER, {}),
+        # only runners that hold sessions count: a silent runner with none is nothing to act on
+        (table(seen("a", age=1), seen("c", age=99)), NOW - 100, {}),
+    ],
+)
+def test_a_runner_holding_sessions_is_gone_once_silent_past_dead_after_or_never_heard(
+    runners: dict[str, Seen], started: float, declared: dict[str, float]
+) -> None:
+    assert gone(runners, ["a"], NOW, DEAD_AFTER, started) == declared
+
+
 def test_the_table_keeps_each_runners_latest_beat_and_counts_what_was_placed_since() -> None:
     runners = Runners()
     runners.placed("a")  # not heard of yet: nothing to count against
@@ -246,7 +264,7 @@ def say(store: RouterStore, chat: str, n: int) -> ev.Wake:
     )
     outcome = store.route_batch([message], NOW)
     store.published([o.id for o in outcome.outgoing])
-    [wake] = [(o.subject, ev.decode(o.payload)) for o in outcome.outgoing]
+    [wake] = [(o.subject, e) for o in outcome.outgoing if not isinstance(e := ev.decode(o.payload), ev.SessionPlaced)]
     subject, event = wake
     assert isinstance(event, ev.Wake) and subject == f"clawden.wake.{runner_of(store, event.session_id)}"
     return event
@@ -315,7 +333,8 @@ def said(store: RouterStore, chat: str, n: int, now: float) -> list[tuple[str, e
     )
     outcome = store.route_batch([message], now)
     store.published([o.id for o in outcome.outgoing])
-    return [(o.subject, ev.decode(o.payload)) for o in outcome.outgoing]
+    sent = [(o.subject, ev.decode(o.payload)) for o in outcome.outgoing]
+    return [(subject, e) for subject, e in sent if not isinstance(e, ev.SessionPlaced)]
 
 
 def notices_in(sent: list[tuple[str, ev.Event]]) -> list[str]:
@@ -339,3 +358,98 @@ def test_a_chat_whose_runner_went_silent_is_told_once_per_absence_and_its_wakes_
     store.runners.heard(beat("b"), late + 100)  # back, and beating
     assert notices_in(said(store, "t1", 4, late + 101)) == []
     assert len(notices_in(said(store, "t1", 5, late + 100 + DEAD_AFTER + 1))) == 1  # a second absence: told again
+
+
+# ---- moving the sessions of a runner declared gone (shared storage) ----------------------------------------------
+
+
+def everything(store: RouterStore, outcome: Any) -> list[tuple[str, str, ev.Event]]:
+    store.published([o.id for o in outcome.outgoing])
+    return [(o.subject, o.msg_id, ev.decode(o.payload)) for o in outcome.outgoing]
+
+
+def test_a_new_session_is_recorded_with_epoch_1_before_its_first_wake(store: RouterStore) -> None:
+    store.runners.heard(beat("a"), NOW)
+    message = ev.InboundMessage(
+        route=ev.Route(channel="local", chat_id="t1"),
+        message_id="m1",
+        sender=ev.Sender(id="local:alice"),
+        text="hi",
+        sent_at=NOW,
+    )
+    sent = everything(store, store.route_batch([message], NOW))
+    (where, key, placed), (to, _, wake) = sent
+    assert isinstance(placed, ev.SessionPlaced) and isinstance(wake, ev.Wake)
+    assert (where, placed.runner, placed.epoch, to, wake.epoch) == (
+        f"clawden.placement.{wake.session_id}",
+        "a",
+        1,
+        "clawden.wake.a",
+        1,
+    )
+    assert key == f"placed:{wake.session_id}:1"  # the same record, if published twice, is one
+    assert everything(store, store.route_batch([message], NOW)) == []  # a redelivery places nothing again
+
+
+def test_sessions_of_a_gone_runner_move_to_a_live_one_with_the_wakes_it_had_not_taken(store: RouterStore) -> None:
+    store.shared_storage = True
+    store.runners.heard(beat("a"), NOW)
+    first, other = say(store, "t1", 1), say(store, "t2", 2)
+    assert runner_of(store, first.session_id) == runner_of(store, other.session_id) == "a"
+    later = NOW + DEAD_AFTER + 1
+    store.runners.heard(beat("b"), later)  # a stopped beating at NOW; b beats
+    assert store.gone_runners(later) == {"a": NOW}
+    untaken = {first.session_id: [first]}  # what a's durable had not acked: the first chat's wake
+    sent = everything(store, store.move_sessions("a", untaken, later))
+    mine = [(to, key, e) for to, key, e in sent if getattr(e, "session_id", "") == first.session_id]
+    (to_adopt, _, adopt), (to_again, again_key, again), (to_placed, _, placed) = mine
+    assert isinstance(adopt, ev.Adopt) and (to_adopt, adopt.epoch, adopt.from_runner) == ("clawden.wake.b", 2, "a")
+    assert adopt.route == first.route and adopt.group == first.group and adopt.destinations == first.destinations
+    # the untaken wake again, for b, with the new epoch, under a new dedupe key (the old one is in the window)
+    assert to_again == "clawden.wake.b" and again == msgspec.structs.replace(first, epoch=2)
+    assert again_key == f"{first.key}@2"
+    assert isinstance(placed, ev.SessionPlaced) and (to_placed, placed.runner, placed.epoch) == (
+        f"clawden.placement.{first.session_id}",
+        "b",
+        2,
+    )
+    assert runner_of(store, first.session_id) == runner_of(store, other.session_id) == "b"  # both moved
+    assert store.gone_runners(later) == {}  # nothing left to move
+    # the next message goes to b, with the new epoch, and its chat is told nothing about a
+    after = said(store, "t1", 3, later + 1)
+    assert [(to, e.epoch) for to, e in after if isinstance(e, ev.Wake)] == [("clawden.wake.b", 2)]
+    assert notices_in(after) == []
+
+
+def test_a_session_no_live_runner_may_take_stays_and_its_chat_is_told(store: RouterStore) -> None:
+    store.shared_storage = True
+    store.runners.heard(beat("a"), NOW)
+    admin(store, "groups", op="update", name="main", runner="a")
+    wake = say(store, "t1", 1)
+    later = NOW + DEAD_AFTER + 1
+    store.runners.heard(beat("b"), later)
+    assert store.gone_runners(later) == {}  # pinned to a: nothing may move
+    assert everything(store, store.move_sessions("a", {}, later)) == []
+    assert runner_of(store, wake.session_id) == "a"
+    assert len(notices_in(said(store, "t1", 2, later))) == 1  # so it waits, and its chat hears why
+
+
+def test_without_shared_storage_nothing_moves(store: RouterStore) -> None:
+    store.runners.heard(beat("a"), NOW)
+    say(store, "t1", 1)
+    later = NOW + DEAD_AFTER + 1
+    store.runners.heard(beat("b"), later)
+    assert len(notices_in(said(store, "t1", 2, later))) == 1  # the chat is told it waits for a
+
+
+def test_sessions_made_before_placements_were_recorded_are_recorded_once(store: RouterStore) -> None:
+    wake = say(store, "t1", 1)
+    store.conn.execute("DELETE FROM meta WHERE key = 'placements_recorded'")
+    sent = everything(store, store.record_placements(NOW))
+    assert [(to, e) for to, _, e in sent] == [
+        (
+            f"clawden.placement.{wake.session_id}",
+            ev.SessionPlaced(session_id=wake.session_id, agent_group="main", runner="home", epoch=1, at=NOW),
+        )
+    ]
+    assert everything(store, store.record_placements(NOW + 1)) == []

@@ -1,0 +1,117 @@
+"""A runner declared gone, with shared storage, on real NATS: what it had not taken is read past its durable's ack
+floor, and the router process moves its sessions to a live runner, an `Adopt` first, then those wakes again with
+the new epoch; the session's next message goes to the new runner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from clawden import setup
+from clawden.bus import bind, ensure_streams, publish, subjects
+from clawden.bus import events as ev
+from clawden.bus.streams import runner_wake
+from services.router.failover import untaken_wakes
+from tests.conftest import NatsServer
+from tests.eventually import eventually
+from tests.router.conftest import RouterProcess, collect, start_router, stop, wait_ready
+from tests.router.test_heartbeats import beat
+from tests.router.test_service import chat_message, send
+
+pytestmark = [pytest.mark.nats]
+
+
+def wake(session: str, n: int) -> ev.Wake:
+    return ev.Wake(
+        session_id=session,
+        agent_group="main",
+        route=ev.Route(channel="local", chat_id=session),
+        message=ev.WakeMessage(id=f"m{n}", kind="chat", text=f"message {n}"),
+        epoch=1,
+    )
+
+
+async def test_what_a_runner_had_not_acked_is_read_past_its_durables_ack_floor(js: JetStreamContext) -> None:
+    await ensure_streams(js)
+    sent = [wake("s-1", 1), wake("s-2", 2), wake("s-1", 3), wake("s-2", 4)]
+    await publish(js, subjects.wake("b"), wake("s-9", 9), msg_id="other")  # another runner's: never read
+    for w in sent:
+        await publish(js, subjects.wake("a"), w, msg_id=w.key)
+    # no durable yet: runner a took none of them
+    assert await untaken_wakes(js, "a") == {"s-1": [sent[0], sent[2]], "s-2": [sent[1], sent[3]]}
+    puller = await bind(js, runner_wake("a"), batch=2)
+    try:
+        first, second = await puller.next(timeout=5)
+        await first.ack_sync()
+        await second.ack_sync()
+    finally:
+        await puller.stop()
+    assert await untaken_wakes(js, "a") == {"s-1": [sent[2]], "s-2": [sent[3]]}
+
+
+@pytest.fixture
+async def sharing_router(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[RouterProcess]:
+    """A router whose install says its runners share storage, declaring a runner gone after 2 s of silence."""
+    home = tmp_path / "home"
+    setup.init(home)
+    cfg = home / "config.toml"
+    sharing = '[runner]\nid = "a"\ndead_after = 2.0\nshared_storage = true\n'
+    cfg.write_text(cfg.read_text().replace("[runner]\n", sharing, 1))
+    r = RouterProcess(home, nats_server.url, start_router(home, nats_server.url))
+    try:
+        await wait_ready(r)
+        yield r
+    finally:
+        stop(r.proc)
+
+
+async def test_the_router_moves_a_silent_runners_sessions_to_a_live_one_with_what_it_had_not_taken(
+    sharing_router: RouterProcess, nc: Client, js: JetStreamContext
+) -> None:
+    await nc.publish(subjects.heartbeat("a"), ev.encode(beat("a")))
+    await nc.flush()
+    await send(js, chat_message(1, chat="c1", channel="local", sender="local:someone"))
+    [first] = await collect(js, "t-a", subjects.wake("a"), want=1)
+    assert isinstance(first, ev.Wake) and first.epoch == 1  # nobody took it from runner a's own durable
+
+    async def b_beats() -> None:  # a is silent from now on; b lives
+        while True:
+            await nc.publish(subjects.heartbeat("b"), ev.encode(beat("b")))
+            await asyncio.sleep(0.3)
+
+    beating = asyncio.create_task(b_beats())
+    try:
+        moved = await collect(js, "t-b", subjects.wake("b"), want=2)
+        adopt, again = moved
+        assert isinstance(adopt, ev.Adopt) and (adopt.session_id, adopt.epoch, adopt.from_runner) == (
+            first.session_id,
+            2,
+            "a",
+        )
+        assert adopt.route == first.route and adopt.group == first.group
+        assert isinstance(again, ev.Wake) and again.key == first.key and again.epoch == 2
+        assert again.message == first.message
+        stats = await sharing_router.stats()
+        assert (stats["sessions_moved"], stats["wakes_resent"]) == (1, 1)
+
+        await send(js, chat_message(2, chat="c1", channel="local", sender="local:someone"))
+        [next_one] = await collect(js, "t-b", subjects.wake("b"), want=1)
+        assert isinstance(next_one, ev.Wake) and (next_one.session_id, next_one.epoch) == (first.session_id, 2)
+
+        async def recorded() -> ev.Event | None:
+            msg = await js.get_msg("CLAWDEN_PLACEMENT", subject=subjects.placement(first.session_id))
+            placed = ev.decode(msg.data or b"")
+            return placed if isinstance(placed, ev.SessionPlaced) and placed.runner == "b" else None
+
+        placed = await eventually(recorded, 30, sharing_router.output)
+        assert isinstance(placed, ev.SessionPlaced) and placed.epoch == 2
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
