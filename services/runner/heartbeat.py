@@ -28,7 +28,13 @@ from clawden.runtime import ControlError, ServiceContext, _Subject, sleep_unless
 
 log = logging.getLogger(__name__)
 
-EVERY = 5.0  # seconds between heartbeats
+EVERY = 5.0  # seconds between heartbeats, at most: three fit in `[runner] dead_after` (15 by default)
+
+
+def interval(dead_after: float) -> float:
+    """Seconds between beats: `EVERY`, or a third of `dead_after` where that is shorter, so a runner is declared
+    gone only after three beats missed."""
+    return min(EVERY, dead_after / 3)
 MEMINFO = Path("/proc/meminfo")
 
 
@@ -62,12 +68,13 @@ def beat(
     load: float,
     memory: int,
     mounts: tuple[str, ...] = (),
+    every: float = EVERY,
 ) -> ev.RunnerHeartbeat:
     """The heartbeat for these figures."""
     return ev.RunnerHeartbeat(
         runner=runner,
         at=at,
-        every=EVERY,
+        every=every,
         slots=slots,
         running=running,
         queued=queued,
@@ -112,6 +119,7 @@ async def publish(ctx: ServiceContext, running: int, queued: int) -> None:
         load=load,
         memory=memory,
         mounts=mounts,
+        every=interval(cfg.dead_after),
     )
     await ctx.nc.publish(subjects.heartbeat(cfg.id), ev.encode(hb))
 
@@ -124,7 +132,7 @@ async def run(ctx: ServiceContext, counts: Callable[[], tuple[int, int]]) -> Non
             await publish(ctx, *counts())
         except Exception as exc:
             log.warning("heartbeat not sent: %s", exc)
-        if not await sleep_unless_stopping(ctx.stopping, EVERY):
+        if not await sleep_unless_stopping(ctx.stopping, interval(ctx.config.runner.dead_after)):
             return
 
 

@@ -64,6 +64,13 @@ def test_free_slots_are_what_is_left_and_never_below_zero(slots: int, running: i
     assert ev.decode(ev.encode(hb)) == hb  # a typed event on the bus like any other
 
 
+@pytest.mark.parametrize(("dead_after", "every"), [(15.0, 5.0), (60.0, 5.0), (3.0, 1.0)])
+def test_a_runner_beats_three_times_within_dead_after_and_at_least_every_five_seconds(
+    dead_after: float, every: float
+) -> None:
+    assert heartbeat.interval(dead_after) == every
+
+
 def test_a_heartbeat_from_a_runner_whose_id_is_no_subject_token_is_refused() -> None:
     good = heartbeat.beat("a", at=1, slots=1, running=0, queued=0, cpus=1, load=0, memory=1)
     bad = msgspec.json.encode({**msgspec.to_builtins(good), "runner": "a.b"})
@@ -178,12 +185,16 @@ class SecondRunner:
     `seed`: the identity `clawden runners add b` made on the first install, copied here as the README says
     (None on an open server)."""
 
-    def __init__(self, home: Path, nats_url: str, seed: Path | None = None) -> None:
+    def __init__(
+        self, home: Path, nats_url: str, seed: Path | None = None, *, nats: str = "", runner: str = ""
+    ) -> None:
+        """`nats`: the `[nats]` lines instead of `url = nats_url` (a cluster's); `runner`: more `[runner]` lines."""
         setup.init(home)
         self.home = home
         self.install_id = f"t{secrets.token_hex(4)}"
+        nats = nats or f'url = "{nats_url}"'
         (home / "config.toml").write_text(
-            f'install_id = "{self.install_id}"\n[nats]\nurl = "{nats_url}"\n[runner]\nid = "b"\n'
+            f'install_id = "{self.install_id}"\n[nats]\n{nats}\n[runner]\nid = "b"\n{runner}\n'
         )
         if seed is not None:
             shutil.copy(seed, home / "keys" / "nats" / seed.name)
