@@ -1,20 +1,24 @@
 """The per-session SQLite pair shared by the runner (host) and the agent runner (container).
 
 `inbound.db` is written only by the host, `outbound.db` only by the container; each side opens
-the other's file read-only. Stdlib only: this module is copied into the agent image as is.
+the other's file read-only. Every write checks, in its own transaction, the folder's placement fence
+(`claim`, `_writing`): a runner the session was moved away from, and its container, write nothing.
+Stdlib only: this module is copied into the agent image as is.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import quote
 
 SCHEMA_VERSION = 3  # 2: turn_cost; 3: delivered.read_at
 INBOUND = "inbound.db"
@@ -77,7 +81,16 @@ CREATE TABLE IF NOT EXISTS host_cursor (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     published_out_seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS fence (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch INTEGER NOT NULL,
+    runner TEXT NOT NULL,
+    changed_at REAL NOT NULL
+);
 """
+# `fence` came without a schema version of its own (an older agent image must keep reading newer folders): a file
+# made before it gets the table from the first claim (`claim`), and a reader takes its absence for no fence.
+_FENCE_TABLE = _INBOUND_SCHEMA[_INBOUND_SCHEMA.index("CREATE TABLE IF NOT EXISTS fence") :]
 
 _OUTBOUND_SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages_out (
@@ -126,14 +139,18 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """
     if readonly:
         _roll_back_hot_journal(path)
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    else:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    # A URI for writing too, so that a write transaction may ATTACH the other file read-only (`_writing`).
+    uri = _uri(path, readonly=readonly)
+    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     if not readonly:
         conn.execute("PRAGMA journal_mode = DELETE")
     return conn
+
+
+def _uri(path: Path, *, readonly: bool = False) -> str:
+    return f"file:{quote(os.fspath(path))}" + ("?mode=ro" if readonly else "")
 
 
 def _roll_back_hot_journal(path: Path) -> None:
@@ -222,6 +239,160 @@ def _next_with_parity(current: int, parity: int) -> int:
     return nxt if nxt % 2 == parity else nxt + 1
 
 
+# --- fencing: who may write the folder ---------------------------------------------------------------------
+# With `[runner] shared_storage` a session moves to another runner when its own is declared gone, and the old one
+# may come back (a host cut off, a process stopped) with its container still running. The folder's `fence` row
+# names the placement epoch and the runner that holds it; every write of this module checks it inside its own
+# transaction, so a writer the session was moved away from writes nothing, by construction.
+
+log = logging.getLogger("clawden.sessiondb")
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A placement: the session's epoch (`ev.SessionPlaced.epoch`; 0: unknown) and the runner holding it."""
+
+    epoch: int
+    runner: str
+
+
+class Fenced(RuntimeError):
+    """The folder's fence names a later placement than the writer holds: the session was moved. Nothing was
+    written; the writer drops the session."""
+
+    def __init__(self, folder: Path, fence: Fence) -> None:
+        super().__init__(f"session {folder.name} moved to runner {fence.runner} at epoch {fence.epoch}")
+        self.folder = folder
+        self.fence = fence
+
+
+Claim = Literal["take", "hold", "fenced"]
+
+
+def claim_decision(fence: Fence | None, epoch: int, runner: str) -> Claim:
+    """What a runner's wake (or adoption) with `epoch` does to the folder's fence: take it (write the fence),
+    hold it (as it is), or find it fenced. Epoch 0 (a sender that does not know it: the scheduler, an older
+    router) is held where no fence is or the fence names this runner."""
+    if epoch == 0:
+        return "hold" if fence is None or fence.runner == runner else "fenced"
+    if fence is None or fence.epoch < epoch:
+        return "take"
+    return "hold" if fence == Fence(epoch, runner) else "fenced"
+
+
+def may_write(fence: Fence | None, held: Fence) -> bool:
+    """Whether a writer holding `held` may still write under `fence` (a folder with none is unfenced): only the
+    runner the fence names, and, where it knows its epoch, not past a later one."""
+    if fence is None:
+        return True
+    return fence.runner == held.runner and (held.epoch == 0 or fence.epoch <= held.epoch)
+
+
+# What this process writes as: the runner (None: unfenced, as an older runner or a test), and the epoch it holds
+# per session folder (0 where it knows none). The runner sets it through `claim`; the agent runner from its
+# environment (`hold`).
+_writer: str | None = None
+_epochs: dict[str, int] = {}
+# Called (from whichever thread wrote) when a write found the folder fenced: the agent runner stops on it.
+on_fenced: Callable[[Fenced], None] | None = None
+
+
+def write_as(runner: str | None) -> None:
+    """This process writes session folders as `runner` from now on (None: unfenced); forgets every epoch held."""
+    global _writer
+    _writer = runner
+    _epochs.clear()
+
+
+def hold(folder: Path, epoch: int) -> None:
+    """This process holds `folder` at `epoch` (what runner.db or the agent's environment says)."""
+    _epochs[os.path.abspath(folder)] = epoch
+
+
+def held(folder: Path) -> Fence | None:
+    return None if _writer is None else Fence(_epochs.get(os.path.abspath(folder), 0), _writer)
+
+
+def fence(folder: Path) -> Fence | None:
+    """The folder's fence; None where there is none (an unfenced folder, or none made yet)."""
+    if not (folder / INBOUND).exists():
+        return None
+    with opened(folder / INBOUND, readonly=True) as conn:
+        return _read_fence(conn, "main")
+
+
+def check_fence(folder: Path) -> None:
+    """Raise Fenced if this process may no longer act for the folder (before what no transaction covers: a
+    publish on the bus, a container start)."""
+    if (mine := held(folder)) is not None:
+        _check(folder, fence(folder), mine)
+
+
+def claim(folder: Path, epoch: int, runner: str) -> Fence | None:
+    """Take or hold the folder for (epoch, runner) in one write transaction, and hold it in this process;
+    raises Fenced (naming the fence) when a later placement has it. Returns the fence now there. The folder's
+    files are made if need be (`ensure_inbound`); the caller has checked that they are no links."""
+    path = ensure_inbound(folder)
+    with opened(path) as conn, transaction(conn):
+        for statement in _FENCE_TABLE.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        now = _read_fence(conn, "main")
+        match claim_decision(now, epoch, runner):
+            case "fenced":
+                assert now is not None
+                raise Fenced(folder, now)
+            case "take":
+                now = Fence(epoch, runner)
+                conn.execute(
+                    "INSERT INTO fence (id, epoch, runner, changed_at) VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE"
+                    " SET epoch = excluded.epoch, runner = excluded.runner, changed_at = excluded.changed_at",
+                    (epoch, runner, time.time()),
+                )
+    hold(folder, now.epoch if now is not None else 0)  # not fenced: a fence here names this runner
+    return now
+
+
+def _read_fence(conn: sqlite3.Connection, schema: str) -> Fence | None:
+    made = conn.execute(f"SELECT 1 FROM {schema}.sqlite_master WHERE type = 'table' AND name = 'fence'").fetchone()
+    row = conn.execute(f"SELECT epoch, runner FROM {schema}.fence WHERE id = 1").fetchone() if made else None
+    return Fence(int(row[0]), str(row[1])) if row else None
+
+
+def _check(folder: Path, now: Fence | None, mine: Fence) -> None:
+    if may_write(now, mine):
+        return
+    assert now is not None
+    fenced = Fenced(folder, now)
+    if on_fenced is not None:
+        on_fenced(fenced)
+    raise fenced
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[sqlite3.Connection]:
+    """A write transaction on one of the pair that checks the fence first, inside it: the fence cannot change
+    before it commits. For outbound.db, inbound.db is attached read-only; the shared lock this read takes on it is
+    held to the commit, so a claim waits for the write (both sides serialise on the file locks; DELETE mode)."""
+    folder = path.parent
+    mine = held(folder)
+    with opened(path) as conn:
+        schema = "main" if path.name == INBOUND else _attach_inbound(conn, folder) if mine is not None else None
+        with transaction(conn):
+            if mine is not None:
+                _check(folder, _read_fence(conn, schema) if schema else None, mine)
+            yield conn
+
+
+def _attach_inbound(conn: sqlite3.Connection, folder: Path) -> str | None:
+    path = folder / INBOUND
+    if not path.exists():
+        return None  # no host file yet: nothing fences the folder
+    _roll_back_hot_journal(path)
+    conn.execute("ATTACH DATABASE ? AS inbound", (_uri(path, readonly=True),))
+    return "inbound"
+
+
 # --- rows ---------------------------------------------------------------------------------------
 
 
@@ -262,7 +433,7 @@ class OutboundMessage:
 
 def insert_inbound(folder: Path, msg: InboundMessage, *, outbound_max_seq: int = 0) -> tuple[int, bool]:
     """Store an inbound message once; returns (seq, inserted). A replayed id keeps its first seq."""
-    with opened(folder / INBOUND) as conn, transaction(conn):
+    with _writing(folder / INBOUND) as conn:
         row = conn.execute("SELECT seq FROM messages_in WHERE id = ?", (msg.id,)).fetchone()
         if row is not None:
             return int(row["seq"]), False
@@ -288,7 +459,7 @@ def insert_inbound(folder: Path, msg: InboundMessage, *, outbound_max_seq: int =
 
 
 def set_routing(folder: Path, routing: Routing) -> None:
-    with opened(folder / INBOUND) as conn:
+    with _writing(folder / INBOUND) as conn:
         conn.execute(
             "INSERT INTO session_routing (id, channel, chat_id, thread_id) VALUES (1, ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET channel = excluded.channel, chat_id = excluded.chat_id,"
@@ -338,7 +509,7 @@ def record_delivery(
     now = time.time()
     status = "failed" if error else "delivered"
     new = Delivery(out_seq, platform_message_id, status, error, now, now if read and not error else None)
-    with opened(path) as conn, transaction(conn):
+    with _writing(path) as conn:
         row = conn.execute("SELECT * FROM delivered WHERE out_seq = ?", (out_seq,)).fetchone()
         old = _delivery_from_row(row) if row else None
         merged = merge_delivery(old, new)
@@ -380,7 +551,7 @@ def read_new_outbound(folder: Path) -> list[OutboundMessage]:
 
 
 def mark_published(folder: Path, out_seq: int) -> None:
-    with opened(folder / INBOUND) as conn:
+    with _writing(folder / INBOUND) as conn:
         conn.execute(
             "INSERT INTO host_cursor (id, published_out_seq) VALUES (1, ?) ON CONFLICT(id) DO UPDATE"
             " SET published_out_seq = MAX(published_out_seq, excluded.published_out_seq)",
@@ -401,7 +572,7 @@ def sync_acks(folder: Path) -> dict[int, str]:
     if not acks:
         return {}
     changed: dict[int, str] = {}
-    with opened(folder / INBOUND) as conn, transaction(conn):
+    with _writing(folder / INBOUND) as conn:
         for seq, status in acks.items():
             cur = conn.execute("UPDATE messages_in SET status = ? WHERE seq = ? AND status = 'pending'", (status, seq))
             if cur.rowcount:
@@ -442,7 +613,7 @@ def settle_unfinished(folder: Path, max_tries: int) -> tuple[list[InboundMessage
     retry: list[InboundMessage] = []
     failed: list[InboundMessage] = []
     todo = unfinished(folder)
-    with opened(folder / INBOUND) as conn, transaction(conn):
+    with _writing(folder / INBOUND) as conn:
         for msg in todo:
             gave_up = msg.tries + 1 >= max_tries
             conn.execute(
@@ -489,7 +660,7 @@ def inbound_by_id(folder: Path, ids: Iterable[str]) -> dict[str, InboundMessage]
 
 def ack(folder: Path, seqs: Iterable[int], status: str) -> None:
     now = time.time()
-    with opened(folder / OUTBOUND) as conn, transaction(conn):
+    with _writing(folder / OUTBOUND) as conn:
         conn.executemany(
             "INSERT INTO processing_ack (seq, status, changed_at) VALUES (?, ?, ?)"
             " ON CONFLICT(seq) DO UPDATE SET status = excluded.status, changed_at = excluded.changed_at",
@@ -499,7 +670,7 @@ def ack(folder: Path, seqs: Iterable[int], status: str) -> None:
 
 def unclaim(folder: Path, seqs: Iterable[int]) -> None:
     """Give rows the agent claimed but never showed the model back to the pending queue."""
-    with opened(folder / OUTBOUND) as conn, transaction(conn):
+    with _writing(folder / OUTBOUND) as conn:
         conn.executemany("DELETE FROM processing_ack WHERE seq = ? AND status = 'processing'", [(s,) for s in seqs])
 
 
@@ -515,7 +686,7 @@ def record_cost(folder: Path, seqs: list[int], *, usd: float, input_tokens: int,
     """Charge one model turn to the rows it answered, in equal shares."""
     n = len(seqs)
     now = time.time()
-    with opened(folder / OUTBOUND) as conn, transaction(conn):
+    with _writing(folder / OUTBOUND) as conn:
         conn.executemany(
             "INSERT INTO turn_cost (seq, usd, input_tokens, output_tokens, charged_at) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT(seq) DO UPDATE SET usd = usd + excluded.usd, input_tokens = input_tokens +"
@@ -551,7 +722,7 @@ def charged_seqs(folder: Path) -> list[int]:
 
 def clear_processing(folder: Path) -> None:
     """A fresh container forgets claims a dead predecessor left behind, so they run again."""
-    with opened(folder / OUTBOUND) as conn:
+    with _writing(folder / OUTBOUND) as conn:
         conn.execute("DELETE FROM processing_ack WHERE status = 'processing'")
 
 
@@ -570,7 +741,7 @@ def destinations(folder: Path) -> dict[str, Routing]:
 
 def set_destinations(folder: Path, named: dict[str, tuple[str, Routing]]) -> None:
     """Replace the projection: name -> (display name, routing)."""
-    with opened(folder / INBOUND) as conn, transaction(conn):
+    with _writing(folder / INBOUND) as conn:
         conn.execute("DELETE FROM destinations")
         conn.executemany(
             "INSERT INTO destinations (name, display_name, channel, chat_id, thread_id) VALUES (?, ?, ?, ?, ?)",
@@ -629,7 +800,7 @@ def write_outbound(
     """Append one outbound row with the next odd seq (above every seq in both files)."""
     with opened(folder / INBOUND, readonly=True) as conn:
         inbound_max = _max_seq(conn, "messages_in")
-    with opened(folder / OUTBOUND) as conn, transaction(conn):
+    with _writing(folder / OUTBOUND) as conn:
         seq = _next_with_parity(max(inbound_max, _max_seq(conn, "messages_out")), 1)
         conn.execute(
             "INSERT INTO messages_out (id, seq, in_reply_to, created_at, kind, channel, chat_id, thread_id,"
@@ -656,7 +827,7 @@ def get_state(folder: Path, key: str) -> str | None:
 
 
 def set_state(folder: Path, key: str, value: str | None) -> None:
-    with opened(folder / OUTBOUND) as conn:
+    with _writing(folder / OUTBOUND) as conn:
         if value is None:
             conn.execute("DELETE FROM session_state WHERE key = ?", (key,))
         else:
