@@ -294,7 +294,7 @@ def may_write(fence: Fence | None, held: Fence) -> bool:
 _writer: str | None = None
 _epochs: dict[str, int] = {}
 # Called (from whichever thread wrote) when a write found the folder fenced: the agent runner stops on it.
-on_fenced: Callable[[Fenced], None] | None = None
+on_fenced: Callable[[Fenced], object] | None = None
 
 
 def write_as(runner: str | None) -> None:

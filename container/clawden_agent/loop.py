@@ -140,6 +140,10 @@ class Config:
     assistant_name: str = "Clawden"
     skills_dir: Path = Path("/workspace/skills")
     mcp_servers: str = ""  # the group's own MCP servers, as JSON (clawden_agent/mcp.py)
+    # The placement this container writes the session folder under (`sessiondb.claim`): the runner that started
+    # it and the session's epoch then. No runner (an older one started it): unfenced.
+    runner: str = ""
+    epoch: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -157,6 +161,8 @@ class Config:
             assistant_name=env.get("CLAWDEN_ASSISTANT_NAME") or "Clawden",
             skills_dir=Path(env.get("CLAWDEN_SKILLS_DIR", "/workspace/skills")),
             mcp_servers=env.get(mcp.ENV, ""),
+            runner=env.get("CLAWDEN_RUNNER", ""),
+            epoch=int(env.get("CLAWDEN_EPOCH") or 0),
         )
 
     def add_dirs(self) -> list[str | Path]:
@@ -529,9 +535,18 @@ class Runner:
         self._riders: dict[int, tuple[int, ...]] = {}  # row seq -> edits and deletes folded into it
         self._compacting: set[str] = set()  # uuids of the /compact prompts sent
         self._compacted: dict[str, Any] | None = None  # what Claude Code's last compaction reported
+        self.moved: sessiondb.Fenced | None = None  # the session was moved to another runner: write nothing more
 
     def ring_host(self) -> None:
         doorbell.ring(self.host_bell)
+
+    def fenced(self, moved: sessiondb.Fenced) -> None:
+        """A write found the session moved to another runner (`sessiondb.on_fenced`, from any thread): nothing
+        was written, and nothing more will be; the container stops, and its runner drops the session."""
+        if self.moved is None:
+            self.moved = moved
+            log.warning("%s: this container writes nothing more and stops", moved)
+        self.stop()
 
     def stop(self) -> None:
         """SIGTERM: take no more work. What the agent has not answered runs again in the next container."""
@@ -543,8 +558,14 @@ class Runner:
 
     async def run(self) -> None:
         folder = self.config.session_dir
-        await asyncio.to_thread(sessiondb.ensure_outbound, folder)
-        await asyncio.to_thread(sessiondb.clear_processing, folder)
+        if self.config.runner:
+            self._fence()
+        try:
+            await asyncio.to_thread(sessiondb.ensure_outbound, folder)
+            await asyncio.to_thread(sessiondb.clear_processing, folder)
+        except sessiondb.Fenced as moved:
+            self.fenced(moved)  # moved before this container came up: it touches nothing
+            return
         self.bell.open()
         self.agent.heartbeat.touch()
         relay: asyncio.Server | None = None
@@ -560,20 +581,31 @@ class Runner:
             except Exception:
                 log.exception("cannot start Claude Code yet; will retry on the next message")
             self.ring_host()  # up: the host starts its next container
-            await self._loop()
+            try:
+                await self._loop()
+            except sessiondb.Fenced as moved:
+                self.fenced(moved)
         finally:
             await self._shut_down()
             self.bell.close()
             if relay is not None:
                 relay.close()
 
+    def _fence(self) -> None:
+        """Write the session folder as the placement the runner gave (every write checks it: `sessiondb`)."""
+        sessiondb.write_as(self.config.runner)
+        sessiondb.hold(self.config.session_dir, self.config.epoch)
+        loop = asyncio.get_running_loop()
+        sessiondb.on_fenced = lambda moved: loop.call_soon_threadsafe(self.fenced, moved)
+
     async def _shut_down(self) -> None:
         busy = self.ledger.busy
         answered, _, _ = self.ledger.lost()
-        if answered:  # the chat has its answer: do not run these again
-            await asyncio.to_thread(
-                sessiondb.ack, self.config.session_dir, [s for p in answered for s in p.seqs], "completed"
-            )
+        if answered and self.moved is None:  # the chat has its answer: do not run these again
+            with contextlib.suppress(sessiondb.Fenced):
+                await asyncio.to_thread(
+                    sessiondb.ack, self.config.session_dir, [s for p in answered for s in p.seqs], "completed"
+                )
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.cancel()
@@ -603,6 +635,8 @@ class Runner:
     async def _loop(self) -> None:
         while not self._stopping:
             self.bell.clear()
+            # Each round, the idle poll's too: a container its session was moved away from stops by itself.
+            await asyncio.to_thread(sessiondb.check_fence, self.config.session_dir)
             folded = await asyncio.to_thread(self._pending, self.ledger.claimed)
             self._riders = {row.message.seq: row.riders for row in folded.rows}
             batch = [row.message for row in folded.rows]
@@ -666,8 +700,8 @@ class Runner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if self._stopping or self.agent.client is not client:
-                return  # closed on purpose (a fresh conversation, a shutdown)
+            if self._stopping or self.agent.client is not client or isinstance(exc, sessiondb.Fenced):
+                return  # closed on purpose (a fresh conversation, a shutdown), or moved (`fenced` stops it)
             log.exception("Claude Code failed")
             if isinstance(exc, ProcessError) and exc.exit_code:
                 reason = f"Claude Code exited unexpectedly (exit code {exc.exit_code})"
