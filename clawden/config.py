@@ -120,6 +120,12 @@ class VaultConfig(msgspec.Struct, frozen=True, kw_only=True):
     # "host:port" for the TCP listener with per-group proxy tokens (engines where sockets cannot
     # cross into containers); empty: off.
     tcp_listen: str = ""
+    # Whether that listener speaks TLS, with a certificate from the gateway CA: "auto" is on off loopback
+    # (runners on other hosts reach it across the network), off on loopback.
+    tcp_tls: bool | Literal["auto"] = "auto"
+    # The names and addresses runners dial it by (their `[runner] vault_tcp_host`), for its certificate,
+    # beside the address it binds; none, on a wildcard address: this host's name.
+    tcp_names: list[str] = []
     # "host:port" (or ":port", loopback) for the OneCLI-shaped HTTP API (services/vault/api.py); empty: off.
     # A non-loopback host is used only when written here, and the vault says so when it starts.
     api_listen: str = ""

@@ -22,10 +22,11 @@ from typing import Any
 import nkeys
 from nats.aio.client import Client
 
-from clawden.bus import connect, ctl, streams, subjects, webhooks
+from clawden.bus import connect, ctl, placements, streams, subjects, webhooks
 from clawden.bus.connection import inbox_prefix
 from clawden.bus.ctl import router as router_ctl
 from clawden.bus.ctl import scheduler as scheduler_ctl
+from clawden.bus.ctl import vault as vault_ctl
 from clawden.config import Config
 
 SEED_CREDENTIAL = "nats.nk"  # the name under $CREDENTIALS_DIRECTORY
@@ -146,7 +147,8 @@ def grants(cfg: Config, channels: tuple[str, ...], runners: tuple[str, ...] = ()
         RUNNER: runner_grant(cfg.runner.id),
         "scheduler": Grant(
             consumes=(streams.scheduler_tasks(), streams.scheduler_chat_moves()),
-            publishes=(subjects.ALL_WAKES, subjects.ALL_OUTBOUND),
+            # a task's wake goes to its session's runner now: the placement, read by direct get
+            publishes=(subjects.ALL_WAKES, subjects.ALL_OUTBOUND, placements.DIRECT_GET),
             manages_streams=True,
         ),
         "approvals": Grant(
@@ -161,7 +163,8 @@ def grants(cfg: Config, channels: tuple[str, ...], runners: tuple[str, ...] = ()
             manages_streams=True,
         ),
         "vault": Grant(
-            publishes=(subjects.APPROVAL_REQUEST, f"{subjects.PREFIX}.event.vault.>"),
+            # the placement of a session a runner registers a container token for (which runner may)
+            publishes=(subjects.APPROVAL_REQUEST, f"{subjects.PREFIX}.event.vault.>", placements.DIRECT_GET),
             subscribes=(f"{subjects.PREFIX}.approval.decision.>",),
             # The HTTP API's approvals (services/vault/api.py): listed and decided by the approvals service.
             calls=("approvals.list", "approvals.show", "approvals.decide"),
@@ -217,8 +220,10 @@ def runner_grant(runner_id: str) -> Grant:
             subjects.ALL_TASKS,
             f"{subjects.PREFIX}.event.runner.>",  # the in-container `clawden`'s audit (services/runner/admin.py)
             subjects.heartbeat(rid),  # its own only (services/runner/heartbeat.py)
+            # its containers' vault tokens, at its own subject: the vault takes the runner from it
+            vault_ctl.container_token_at(rid),
         ),
-        calls=("vault.gateway", "vault.container-token", "scheduler.list", *RUNNER_CLI_CALLS),
+        calls=("vault.gateway", "scheduler.list", *RUNNER_CLI_CALLS),
         manages_streams=True,
         serves=(f"{subjects.PREFIX}.ctl.runner.* {SERVICE_QUEUE}", f"{subjects.PREFIX}.ctl.runner.{rid}.*"),
         service=RUNNER_SERVICE,

@@ -2,7 +2,9 @@
 
 The gateway is a Unix socket mounted in (its path: the socket names the agent group), or, where a socket
 cannot cross into the container (Docker Desktop), the vault's TCP listener (``tcp://host:port``; or
-``tcp+unix:/path``, a mounted socket leading to that listener, for testing the mode on Linux). Over TCP
+``tcp+unix:/path``, a mounted socket leading to that listener, for testing the mode on Linux; or
+``tls://host:port``, the listener speaking TLS, for a runner on another host: verified with the gateway CA
+mounted in the trust folder, and nothing else, for the name dialed). Over TCP
 the relay shows the container's token on each connection's first request, in place of any
 ``Proxy-Authorization`` the agent wrote. The token comes in a file the relay deletes as it reads it,
 before the agent starts, and the process is made non-dumpable, so the agent (the same uid, no
@@ -19,14 +21,18 @@ import contextlib
 import ctypes
 import os
 import socket
+import ssl
 import sys
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # One read's worth: big enough for a request body chunk, small enough to keep latency flat.
 READ_SIZE = 64 * 1024
 # Where the runner puts the container's token for the TCP listener (a folder of its own, mounted rw).
 TOKEN_FILE = "/run/clawden/relay/token"
 TOKEN_FILE_ENV = "CLAWDEN_GATEWAY_TOKEN_FILE"  # elsewhere (the relay run as a host process in tests)
+# The gateway CA (the trust folder, mounted read-only): the one root a tls:// listener's certificate may chain to.
+CA_FILE = "/run/clawden/trust/clawden-ca.pem"
+CA_FILE_ENV = "CLAWDEN_CA_FILE"  # what the runner sets it to (clawden/agentcontainer.py)
 PR_SET_DUMPABLE = 4
 _connections: set[asyncio.Task[object]] = set()
 
@@ -43,22 +49,32 @@ class Target(NamedTuple):
     host: str = ""
     port: int = 0
     token: bool = False
+    tls: bool = False
+    name: str = ""  # the name the listener's certificate must have (tls://: the host dialed)
 
 
 def parse_target(text: str) -> Target:
-    """``/path`` (the group's socket), ``tcp://host:port`` or ``tcp+unix:/path`` (both with a token)."""
+    """``/path`` (the group's socket); with a token: ``tcp://host:port``, ``tls://host:port``, ``tcp+unix:/path``
+    or ``tls+unix:/path#name`` (TLS through a socket leading to the listener, whose certificate names ``name``)."""
     if text.startswith("tcp+unix:"):
         path = text.removeprefix("tcp+unix:")
         if not path.startswith("/"):
             raise RelayError(f"gateway {text!r}: tcp+unix: takes an absolute socket path")
         return Target(path=path, token=True)
-    if text.startswith("tcp://"):
-        host, _, port = text.removeprefix("tcp://").rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise RelayError(f"gateway {text!r}: write it as tcp://host:port")
-        return Target(host=host.strip("[]"), port=int(port), token=True)
+    if text.startswith("tls+unix:"):
+        path, _, name = text.removeprefix("tls+unix:").partition("#")
+        if not path.startswith("/") or not name:
+            raise RelayError(f"gateway {text!r}: write it as tls+unix:/socket/path#certificate-name")
+        return Target(path=path, token=True, tls=True, name=name)
+    for scheme in ("tcp", "tls"):
+        if text.startswith(f"{scheme}://"):
+            host, _, port = text.removeprefix(f"{scheme}://").rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise RelayError(f"gateway {text!r}: write it as {scheme}://host:port")
+            host = host.strip("[]")
+            return Target(host=host, port=int(port), token=True, tls=scheme == "tls", name=host)
     if not text.startswith("/"):
-        raise RelayError(f"gateway {text!r}: a socket path, tcp://host:port or tcp+unix:/path")
+        raise RelayError(f"gateway {text!r}: a socket path, tcp:// or tls://host:port, tcp+unix: or tls+unix:/path")
     return Target(path=text)
 
 
@@ -89,6 +105,16 @@ def take_token(path: str) -> str:
     return token
 
 
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """A client context that trusts the gateway CA alone and checks the listener's name."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise RelayError(f"the gateway CA at {ca_file} cannot be loaded for the TLS listener: {exc}") from exc
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 def hide_process() -> None:
     """Non-dumpable: /proc/<pid>/mem, environ and fd become root's, and no same-uid process may ptrace us."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -101,6 +127,7 @@ async def serve_relay(socket_path: str, host: str = "127.0.0.1", port: int = 0, 
     ``socket_path``: the gateway (``parse_target``). With a token, ``hide`` makes this process
     non-dumpable (a test running the relay in its own process may keep its process as it is)."""
     target = parse_target(socket_path)
+    tls = tls_context(os.environ.get(CA_FILE_ENV, CA_FILE)) if target.tls else None
     token = ""
     if target.token:
         token = take_token(os.environ.get(TOKEN_FILE_ENV, TOKEN_FILE))
@@ -114,7 +141,7 @@ async def serve_relay(socket_path: str, host: str = "127.0.0.1", port: int = 0, 
         assert task is not None
         _connections.add(task)
         try:
-            await _relay_connection(target, token, client_reader, client_writer)
+            await _relay_connection(target, token, tls, client_reader, client_writer)
         finally:
             _connections.discard(task)
 
@@ -130,14 +157,19 @@ async def _first_head(reader: asyncio.StreamReader, token: str) -> bytes | None:
     return with_token(head, token)
 
 
-async def _dial(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _dial(target: Target, tls: ssl.SSLContext | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    secure: dict[str, Any] = {"ssl": tls, "server_hostname": target.name, "ssl_handshake_timeout": 30} if tls else {}
     if target.path:
-        return await asyncio.open_unix_connection(target.path, limit=READ_SIZE)
-    return await asyncio.open_connection(target.host, target.port, limit=READ_SIZE)
+        return await asyncio.open_unix_connection(target.path, limit=READ_SIZE, **secure)
+    return await asyncio.open_connection(target.host, target.port, limit=READ_SIZE, **secure)
 
 
 async def _relay_connection(
-    target: Target, token: str, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    target: Target,
+    token: str,
+    tls: ssl.SSLContext | None,
+    client_reader: asyncio.StreamReader,
+    client_writer: asyncio.StreamWriter,
 ) -> None:
     _set_nodelay(client_writer)
     first = b""
@@ -149,8 +181,8 @@ async def _relay_connection(
             return
         first = head
     try:
-        gateway_reader, gateway_writer = await _dial(target)
-    except OSError as exc:
+        gateway_reader, gateway_writer = await _dial(target, tls)
+    except OSError as exc:  # a TLS handshake that fails (ssl.SSLError) or times out is one too
         # The gateway is down or the socket is not mounted: the client sees a closed connection.
         where = target.path or f"{target.host}:{target.port}"
         print(f"clawden relay: cannot reach the gateway at {where}: {exc}", file=sys.stderr)
@@ -210,5 +242,5 @@ async def _main(socket_path: str, port: int) -> None:
 if __name__ == "__main__":
     # python relay.py <gateway socket> <port>
     if len(sys.argv) != 3:
-        sys.exit("usage: relay.py GATEWAY PORT  (GATEWAY: /socket/path, tcp://host:port or tcp+unix:/path)")
+        sys.exit("usage: relay.py GATEWAY PORT  (GATEWAY: /socket/path, tcp://, tls://host:port or tcp+unix:/path)")
     asyncio.run(_main(sys.argv[1], int(sys.argv[2])))

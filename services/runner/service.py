@@ -396,14 +396,15 @@ class Runner:
         token, digest = new_token()  # a new one for every container made: the session's last one stops working
         request = vault_api.ContainerToken(agent_group=info.agent_group, session_id=info.id, sha256=digest)
         try:
-            answer = await control.ask_on(self.ctx.nc, vault_api.CONTAINER_TOKEN, request, timeout=5)
+            at = vault_api.container_token_at(self.cfg.runner.id)  # its own subject: the vault checks the placement
+            answer = await control.ask_on(self.ctx.nc, vault_api.CONTAINER_TOKEN, request, timeout=5, subject=at)
         except control.Refused as exc:
             raise Retry(f"the vault refused: {exc}", delay=5.0) from exc
         except control.ControlError as exc:
             raise Retry(f"the vault did not answer: {exc}", delay=2.0) from exc
         relay_dir = self.cfg.path("run", "relay", info.id)
         await asyncio.to_thread(place_token, relay_dir, token, self.owner_uid)
-        return tcp_route(self.cfg.runner, answer.port), Path(answer.trust_dir), relay_dir
+        return tcp_route(self.cfg.runner, answer.port, answer.tls_name), Path(answer.trust_dir), relay_dir
 
     async def _gateway_dir(self, agent_group: str) -> tuple[Path, Path | None]:
         """Ask the vault for this group's gateway socket folder and its CA folder (mounted read-only);

@@ -49,15 +49,20 @@ def tcp_problem(runner: RunnerConfig) -> str | None:
     return None
 
 
-def tcp_route(runner: RunnerConfig, port: int) -> VaultRoute:
+def tcp_route(runner: RunnerConfig, port: int, tls_name: str = "") -> VaultRoute:
     """The listener by name and port, or through a Unix socket on this host that leads to it (the
-    socket's folder is mounted; the container keeps --network none)."""
+    socket's folder is mounted; the container keeps --network none). `tls_name`: the listener speaks TLS
+    (the vault's `TcpGateway.tls_name`): the relay dials `tls://`, checking the name it dials, or through the
+    socket `tls+unix:<path>#<tls_name>`, checking that name."""
     host = runner.vault_tcp_host
     if host.startswith(UNIX_PREFIX):
         path = Path(host.removeprefix(UNIX_PREFIX))
-        return VaultRoute(gateway=f"tcp+unix:{GATEWAY_MOUNT}/{path.name}", gateway_dir=path.parent)
+        socket = f"{GATEWAY_MOUNT}/{path.name}"
+        gateway = f"tls+unix:{socket}#{tls_name}" if tls_name else f"tcp+unix:{socket}"
+        return VaultRoute(gateway=gateway, gateway_dir=path.parent)
     authority = f"[{host}]" if ":" in host else host
-    return VaultRoute(gateway=f"tcp://{authority}:{port}", gateway_dir=None, network=runner.vault_network)
+    scheme = "tls" if tls_name else "tcp"
+    return VaultRoute(gateway=f"{scheme}://{authority}:{port}", gateway_dir=None, network=runner.vault_network)
 
 
 def new_token() -> tuple[str, str]:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 from nats.aio.msg import Msg
 
-from clawden.bus import bind, consume, publish, subjects
+from clawden.bus import bind, consume, placements, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.ctl import scheduler as api
 from clawden.bus.streams import scheduler_chat_moves, scheduler_tasks
@@ -89,7 +89,12 @@ class Scheduler:
                 )
 
     async def _publish_wake(self, task: Task, at: int) -> None:
+        """The run's wake, to the session's runner now: its placement (the router's last `SessionPlaced`) with
+        that placement's epoch, or where there is none (a session made before placements were recorded) the
+        runner the task recorded, unfenced (epoch 0). A placement that cannot be read raises: the run is fired
+        again later, never sent to a runner the session may have left."""
         key = f"task:{task.id}:{sched.iso(at)}"
+        runner, epoch = where_to_wake(task.runner, await placements.placed(self.ctx.js, task.session_id))
         wake = ev.Wake(
             session_id=task.session_id,
             agent_group=task.agent_group,
@@ -97,10 +102,16 @@ class Scheduler:
             message=ev.WakeMessage(
                 id=key, kind="task", text=task.prompt, sent_at=float(at), trigger=True, script=task.script
             ),
+            epoch=epoch,
         )
-        await publish(self.ctx.js, subjects.wake(task.runner), wake, msg_id=key)
+        await publish(self.ctx.js, subjects.wake(runner), wake, msg_id=key)
         log.info(
-            "fired task %s for %s", task.id, sched.iso(at), extra={"task_id": task.id, "session_id": task.session_id}
+            "fired task %s for %s on runner %s (epoch %d)",
+            task.id,
+            sched.iso(at),
+            runner,
+            epoch,
+            extra={"task_id": task.id, "session_id": task.session_id},
         )
 
     # --- operations from agents (durable, via the runner) -------------------------------------
@@ -298,6 +309,13 @@ class Scheduler:
 
 def _info(task: Task) -> api.TaskInfo:
     return msgspec.convert(task.json(), api.TaskInfo)
+
+
+def where_to_wake(recorded: str, placed: ev.SessionPlaced | None) -> tuple[str, int]:
+    """(runner, epoch) for a task's wake: the session's placement, else the runner the task recorded, epoch 0."""
+    if placed is None:
+        return recorded, 0
+    return placed.runner, placed.epoch
 
 
 def _runner(name: str) -> str:

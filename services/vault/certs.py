@@ -90,22 +90,56 @@ class LeafCache:
         return context
 
     def _build(self, host: str, now: dt.datetime) -> tuple[ssl.SSLContext, dt.datetime]:
-        cert, key = self._ca.issue(host, now)
-        password = secrets.token_bytes(24)
-        pem_key = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(password),
-        )
-        chain = cert.public_bytes(serialization.Encoding.PEM) + self._ca.cert_pem
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.set_alpn_protocols(["http/1.1"])
-        fd, name = tempfile.mkstemp(dir=self._work_dir, prefix="leaf-", suffix=".pem")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(chain + pem_key)
-            context.load_cert_chain(name, password=password)
-        finally:
-            os.unlink(name)
-        return context, cert.not_valid_after_utc
+        return server_context(self._ca, self._work_dir, (host,), now)
+
+
+def server_context(
+    ca: CertificateAuthority, work_dir: Path, names: tuple[str, ...], now: dt.datetime
+) -> tuple[ssl.SSLContext, dt.datetime]:
+    """A server context with a fresh 24 h leaf for `names` (the first its subject), and when the leaf ends."""
+    cert, key = ca.issue(names[0], now, also=names[1:])
+    password = secrets.token_bytes(24)
+    pem_key = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password),
+    )
+    chain = cert.public_bytes(serialization.Encoding.PEM) + ca.cert_pem
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    fd, name = tempfile.mkstemp(dir=work_dir, prefix="leaf-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(chain + pem_key)
+        context.load_cert_chain(name, password=password)
+    finally:
+        os.unlink(name)
+    return context, cert.not_valid_after_utc
+
+
+class ListenerTls:
+    """The TCP listener's TLS (`[vault] tcp_tls`): a leaf from the gateway CA for the listener's names, made again
+    at the first handshake within an hour of its end, so a vault that runs for months never serves an expired one.
+    `context` is what the listener serves with; each handshake switches to the current leaf's context."""
+
+    def __init__(self, ca: CertificateAuthority, work_dir: Path, names: tuple[str, ...]) -> None:
+        if not names:
+            raise ValueError("the listener's certificate needs a name: set [vault] tcp_names")
+        work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._ca, self._work_dir, self.names = ca, work_dir, names
+        self._current, self._expires = server_context(ca, work_dir, names, utc_now())
+        self.context = self._current
+        self.context.sni_callback = self._pick
+
+    def current(self, now: dt.datetime | None = None) -> ssl.SSLContext:
+        """The context with a leaf that is good for at least another hour."""
+        now = now or utc_now()
+        if self._expires - LEAF_REFRESH_BEFORE <= now:
+            self._current, self._expires = server_context(self._ca, self._work_dir, self.names, now)
+            log.info("the TCP listener's certificate was made again (%s)", ", ".join(self.names))
+        return self._current
+
+    def _pick(self, sock: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None, _context: ssl.SSLContext) -> None:
+        # OpenSSL asks this at every ClientHello, with or without SNI (a client dialing an address sends none).
+        sock.context = self.current()

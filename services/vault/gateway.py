@@ -426,9 +426,12 @@ class Gateway:
         self._servers[f"unix:{socket_path}"] = server
         self._socket_paths[f"unix:{socket_path}"] = socket_path
 
-    async def listen_tcp(self, host: str, port: int) -> int:
-        """The fallback listener: each connection names its group with a proxy token; returns the port."""
-        server = await asyncio.start_server(self._handler(None), host, port, limit=READ_SIZE)
+    async def listen_tcp(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """The fallback listener: each connection names its group with a proxy token; returns the port. With
+        `tls`, connections speak TLS first (runners on other hosts: `[vault] tcp_tls`)."""
+        server = await asyncio.start_server(
+            self._handler(None), host, port, limit=READ_SIZE, ssl=tls, ssl_handshake_timeout=30 if tls else None
+        )
         bound = int(server.sockets[0].getsockname()[1])
         self._servers[f"tcp:{host}:{bound}"] = server
         return bound

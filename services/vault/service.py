@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import secrets as tokens
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from nats.micro.request import Request, ServiceError
 
-from clawden import httpserve
+from clawden import httpserve, natsauth
 from clawden.bus import events as ev
-from clawden.bus import subjects
+from clawden.bus import placements, subjects
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl import vault as api
+from clawden.bus.ctl.verb import BadRequest, Subject
 from clawden.config import Config
 from clawden.pki import CertificateAuthority, is_loopback
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
@@ -42,7 +45,7 @@ from services.vault.catalog import (
     check_rule,
     check_secret,
 )
-from services.vault.certs import write_trust_files
+from services.vault.certs import ListenerTls, write_trust_files
 from services.vault.gateway import Gateway
 from services.vault.oauth_connect import AppConnections
 from services.vault.ratecounts import RateCounts
@@ -50,7 +53,7 @@ from services.vault.refusals import Conflict, NotFound
 from services.vault.sealing import Sealer, SealError, load_key
 from services.vault.sigv4 import compact_keys
 from services.vault.store import Store
-from services.vault.tcpauth import token_hash
+from services.vault.tcpauth import listener_names, registration_refusal, tls_on, token_hash
 
 log = logging.getLogger("clawden.vault")
 
@@ -106,6 +109,7 @@ class Vault:
         self.gateway = gateway
         self.listening: dict[str, Path] = {}
         self.tcp_port = 0  # the TCP listener's bound port, once it listens ([vault] tcp_listen)
+        self.tcp_tls_name = ""  # its certificate's first name where it speaks TLS ([vault] tcp_tls)
         self._lock = asyncio.Lock()
         self.ca_file, self.bundle_file = write_trust_files(ca, trust_dir(cfg))
 
@@ -390,9 +394,33 @@ class Vault:
             token = self.sealer.open(sealed, f"proxy-token:{group}")
         return api.ProxyToken(agent_group=group, proxy_url=f"http://{group}:{token}@{self.cfg.vault.tcp_listen}")
 
-    async def on_container_token(self, request: api.ContainerToken) -> api.TcpGateway:
-        """A runner's container will show the token with this sha256 on the TCP listener (its session's earlier
-        one stops working at once); an empty sha256 withdraws the session's token."""
+    async def on_container_token_shared(self, _request: api.ContainerToken) -> api.TcpGateway:
+        """The subject every runner could ask at: refused, since it does not say which runner asks."""
+        raise ControlError(
+            "a runner registers a container token at its own subject, clawden.ctl.vault.container-token.<runner id>,"
+            " where the vault checks that the session is placed on it: this runner is older than the vault"
+        )
+
+    async def on_container_token(
+        self, request: api.ContainerToken, runner: str, placed: ev.SessionPlaced | None
+    ) -> api.TcpGateway:
+        """The runner `runner`'s container will show the token with this sha256 on the TCP listener (its session's
+        earlier one stops working at once); an empty sha256 withdraws the session's token. Only for a session
+        placed on that runner (`placed`: the router's record; tcpauth.registration_refusal), else refused and
+        audited."""
+        where = None if placed is None else (placed.runner, placed.agent_group)
+        refusal = registration_refusal(runner, self.cfg.runner.id, request.session_id, request.agent_group, where)
+        if refusal:
+            log.warning("container token refused: %s", refusal, extra={"session_id": request.session_id})
+            await self.audit_change(
+                f"runner {runner}",
+                "container-token-refused",
+                refusal,
+                runner=runner,
+                session_id=request.session_id,
+                agent_group=request.agent_group,
+            )
+            raise ControlError(refusal)
         if not self.tcp_port:
             raise ControlError(
                 "the vault's TCP listener is off: set [vault] tcp_listen (e.g. 127.0.0.1:8471) for runners whose"
@@ -411,7 +439,13 @@ class Vault:
             request.session_id,
             "registered" if request.sha256 else "withdrawn",
         )
-        return api.TcpGateway(port=self.tcp_port, trust_dir=str(self.ca_file.parent), ca_sha256=self.ca.fingerprint)
+        return api.TcpGateway(
+            port=self.tcp_port,
+            trust_dir=str(self.ca_file.parent),
+            ca_sha256=self.ca.fingerprint,
+            tls_name=self.tcp_tls_name,
+            ca_pem=self.ca.cert_pem.decode(),
+        )
 
     # -- the HTTP API's keys and agents (services/vault/api.py serves them) --
 
@@ -596,9 +630,7 @@ async def main(ctx: ServiceContext) -> None:
                     if sub.is_dir() and ev.GROUP_NAME.match(sub.name):
                         await vault.open_gateway(sub.name)
             if cfg.vault.tcp_listen:
-                host, _, port = cfg.vault.tcp_listen.rpartition(":")
-                vault.tcp_port = await gateway.listen_tcp(host.strip("[]"), int(port))
-                log.info("gateway TCP listener on %s (proxy tokens)", cfg.vault.tcp_listen)
+                await _listen_tcp(cfg, vault, gateway, ca, folder)
             await ctx.endpoint(api.GATEWAY, vault.on_gateway)
             await ctx.endpoint(api.SECRETS_ADD, vault.on_secrets_add)
             await ctx.endpoint(api.SECRETS_LIST, vault.on_secrets_list)
@@ -614,7 +646,8 @@ async def main(ctx: ServiceContext) -> None:
             await ctx.endpoint(api.AUDIT, vault.on_audit)
             await ctx.endpoint(api.EGRESS, vault.on_egress)
             await ctx.endpoint(api.PROXY_TOKEN, vault.on_proxy_token)
-            await ctx.endpoint(api.CONTAINER_TOKEN, vault.on_container_token)
+            await ctx.endpoint(api.CONTAINER_TOKEN, vault.on_container_token_shared)
+            await _serve_container_tokens(ctx, vault)
             await ctx.endpoint(api.MODEL_KEY, vault.on_model_key)
             await ctx.endpoint(api.API_KEYS_CREATE, vault.on_api_keys_create)
             await ctx.endpoint(api.API_KEYS_LIST, vault.on_api_keys_list)
@@ -640,6 +673,21 @@ async def main(ctx: ServiceContext) -> None:
         await store.stop()
 
 
+async def _listen_tcp(cfg: Config, vault: Vault, gateway: Gateway, ca: CertificateAuthority, folder: Path) -> None:
+    """The TCP listener on `[vault] tcp_listen`, speaking TLS where `[vault] tcp_tls` says (off loopback)."""
+    host, _, port = cfg.vault.tcp_listen.rpartition(":")
+    host = host.strip("[]")
+    tls, how = None, "plain"
+    if tls_on(cfg.vault.tcp_tls, host):
+        names = listener_names(host, cfg.vault.tcp_names, (socket.gethostname(),))
+        tls = ListenerTls(ca, folder / "listener", names).context
+        vault.tcp_tls_name, how = names[0], f"TLS for {', '.join(names)}"
+    elif not is_loopback(host):
+        log.warning("the TCP listener on %s is off loopback without TLS ([vault] tcp_tls = false)", host)
+    vault.tcp_port = await gateway.listen_tcp(host, int(port), tls)
+    log.info("gateway TCP listener on %s (proxy tokens; %s)", cfg.vault.tcp_listen, how)
+
+
 @asynccontextmanager
 async def _serving_api(ctx: ServiceContext, vault: Vault, held: HeldAsks) -> AsyncIterator[None]:
     """The HTTP API on `[vault] api_listen` while the block runs; nothing when it is empty."""
@@ -656,6 +704,44 @@ async def _serving_api(ctx: ServiceContext, vault: Vault, held: HeldAsks) -> Asy
     async with httpserve.serving(http_api.build(http_api.Api(vault, held, ctx.nc)), sock, timeout_graceful_shutdown=3):
         log.info("HTTP API on http://%s:%d (OneCLI's v1 paths)", host if ":" not in host else f"[{host}]", port)
         yield
+
+
+async def _serve_container_tokens(ctx: ServiceContext, vault: Vault) -> None:
+    """`container-token` at each runner's own subject (`api.container_token_at`), which NATS lets only that
+    runner publish: the subject says which runner asks, and the session's placement says whether it may."""
+    contract = Subject(natsauth.identity(ctx.name), api.CONTAINER_TOKEN.name)
+
+    async def serve(req: Request) -> None:
+        try:
+            runner = api.runner_of(req.subject)
+            if runner is None:
+                raise ControlError(f"{req.subject} names no runner")
+            _verb, request = contract.decode(req.data)
+            placed = await _placement(ctx, request.session_id)
+            answer = await vault.on_container_token(request, runner, placed)
+        except (ControlError, BadRequest) as exc:
+            await req.respond_error("400", str(exc))
+            return
+        except ServiceError as exc:
+            await req.respond_error(exc.code, exc.description)
+            return
+        except Exception as exc:  # never leak a traceback to a caller
+            log.exception("container-token failed")
+            await req.respond_error("500", f"container-token failed: {type(exc).__name__}")
+            return
+        await req.respond(msgspec.json.encode(answer))
+
+    assert ctx._micro is not None
+    await ctx._micro.add_endpoint(
+        name="container-token-by-runner", subject=api.CONTAINER_TOKEN_BY_RUNNER, handler=serve
+    )
+
+
+async def _placement(ctx: ServiceContext, session_id: str) -> ev.SessionPlaced | None:
+    try:
+        return await placements.placed(ctx.js, session_id)
+    except Exception as exc:
+        raise ServiceError("503", f"session {session_id}'s placement cannot be read ({exc!r}); ask again") from None
 
 
 async def _publish_change(ctx: ServiceContext, event: ev.AuditEvent) -> None:

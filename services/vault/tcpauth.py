@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+from clawden.pki import is_loopback
 
 NO_TOKEN = "This gateway needs the agent group's proxy token (Proxy-Authorization: Basic)."
 UNKNOWN_TOKEN = (
@@ -48,3 +50,50 @@ def identify(tokens: Mapping[str, str], bound: str | None, token: str | None) ->
     if bound is not None and group != bound:
         return None, OTHER_GROUP
     return group, ""
+
+
+# -- which runner may register a container's token (`vault.container-token.<runner>`) --
+
+
+def registration_refusal(
+    asker: str, own_runner: str, session_id: str, agent_group: str, placed: tuple[str, str] | None
+) -> str:
+    """Why the runner `asker` may not register (or withdraw) a token for this session of `agent_group`; "" when
+    it may. `placed`: the session's placement (runner, agent group), or None where the router recorded none (a
+    session made before placements were): then only `own_runner`, the vault's install's own runner, may. So a
+    runner host taken over can name tokens only for the sessions placed on it, each for its own group."""
+    if placed is None:
+        if asker == own_runner:
+            return ""
+        return (
+            f"runner {asker} may not register a container token for session {session_id}: it has no placement"
+            f" record, and only this install's own runner ({own_runner}) may register one for such a session"
+        )
+    runner, group = placed
+    if runner != asker:
+        return f"runner {asker} may not register a container token for session {session_id}: it is placed on {runner}"
+    if group != agent_group:
+        return (
+            f"runner {asker} may not register a container token for session {session_id} as agent group"
+            f" {agent_group}: the session belongs to {group}"
+        )
+    return ""
+
+
+# -- the listener's TLS ([vault] tcp_tls, tcp_names) --
+
+WILDCARDS = ("", "0.0.0.0", "::")  # names of "every address", not a bind made here
+
+
+def tls_on(mode: bool | str, host: str) -> bool:
+    """Whether the listener bound to `host` speaks TLS: as `[vault] tcp_tls` says, "auto" on off loopback."""
+    if isinstance(mode, bool):
+        return mode
+    return not is_loopback(host)
+
+
+def listener_names(host: str, extra: Sequence[str], this_host: Sequence[str]) -> tuple[str, ...]:
+    """The names the listener's certificate carries, the first as its subject: the address it binds (unless a
+    wildcard), `[vault] tcp_names`, and where both say nothing, `this_host` (the machine's names)."""
+    named = [n for n in (host, *extra) if n not in WILDCARDS]
+    return tuple(dict.fromkeys(named or [n for n in this_host if n]))

@@ -63,24 +63,39 @@ def test_a_bad_transport_is_refused_when_the_config_loads() -> None:
 
 
 @pytest.mark.parametrize(
-    ("settings", "route"),
+    ("settings", "tls_name", "route"),
     [
         (
             {"vault_network": "clawden-vault"},
+            "",
             VaultRoute("tcp://host.docker.internal:8471", None, "clawden-vault"),
         ),
-        ({"vault_tcp_host": "::1", "vault_network": "n"}, VaultRoute("tcp://[::1]:8471", None, "n")),
+        ({"vault_tcp_host": "::1", "vault_network": "n"}, "", VaultRoute("tcp://[::1]:8471", None, "n")),
         # the Linux test route: the forwarder's folder is mounted, the container keeps no network
         (
             {"vault_tcp_host": "unix:/srv/clawden/run/fwd/vault.sock"},
+            "",
             VaultRoute("tcp+unix:/run/clawden/gateway/vault.sock", Path("/srv/clawden/run/fwd"), "none"),
+        ),
+        # a listener that speaks TLS (off loopback, or forced): the relay checks the name it dials...
+        (
+            {"vault_tcp_host": "vault.home.arpa", "vault_network": "n"},
+            "vault.home.arpa",
+            VaultRoute("tls://vault.home.arpa:8471", None, "n"),
+        ),
+        ({"vault_tcp_host": "::1", "vault_network": "n"}, "::1", VaultRoute("tls://[::1]:8471", None, "n")),
+        # ...or, through a socket, the name the vault says its certificate has
+        (
+            {"vault_tcp_host": "unix:/srv/fwd/vault.sock"},
+            "127.0.0.1",
+            VaultRoute("tls+unix:/run/clawden/gateway/vault.sock#127.0.0.1", Path("/srv/fwd"), "none"),
         ),
     ],
 )
 def test_the_relay_dials_the_listener_by_name_or_through_a_mounted_socket(
-    settings: dict[str, str], route: VaultRoute
+    settings: dict[str, str], tls_name: str, route: VaultRoute
 ) -> None:
-    assert tcp_route(runner(**settings), 8471) == route
+    assert tcp_route(runner(**settings), 8471, tls_name) == route
 
 
 def test_tokens_are_256_random_bits_with_their_sha256() -> None:

@@ -41,6 +41,7 @@ class Fired:
     scheduled: str
     received: float
     wake: ev.Wake
+    subject: str = ""
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Bus:
         wake = ev.decode(msg.data)
         assert isinstance(wake, ev.Wake)
         _, task_id, scheduled = (msg.headers or {})["Nats-Msg-Id"].split(":", 2)
-        self.wakes.append(Fired(task_id, scheduled, time.time(), wake))
+        self.wakes.append(Fired(task_id, scheduled, time.time(), wake, msg.subject))
 
     async def on_outbound(self, msg: Msg) -> None:
         event = ev.decode(msg.data)
@@ -328,3 +329,26 @@ async def test_tasks_follow_a_chat_the_router_moved_to_a_new_id(bus: Bus, schedu
     assert {f.wake.route.chat_id for f in bus.fired(moved.id)[since:]} == {"-1001"}
     assert (await bus.ctl(sched.GET, sched.TaskRef(task_id=moved.id))).session_id == "s-family"
     assert (await bus.ctl(sched.GET, sched.TaskRef(task_id=other.id))).chat_id == "-42"
+
+
+async def test_a_tasks_wake_goes_to_the_runner_its_session_is_placed_on_now_with_the_placements_epoch(
+    bus: Bus, scheduler: Scheduler
+) -> None:
+    task = await bus.ctl(
+        sched.ADD,
+        sched.AddRequest(agent_group="main", session_id="s-moving", route=ROUTE, prompt="stretch", schedule="every 1s"),
+    )
+    await eventually(lambda: bus.fired(task.id))
+    # no placement recorded (a session older than placements): the runner the task recorded, unfenced
+    first = bus.fired(task.id)[0]
+    assert (first.subject, first.wake.epoch) == (subjects.wake(task.runner), 0)
+
+    # The router moved the session to runner b (its first runner declared gone), the third placement.
+    moved = ev.SessionPlaced(session_id="s-moving", agent_group="main", runner="b", epoch=3, at=time.time())
+    await publish(bus.nc.jetstream(), subjects.placement("s-moving"), moved, msg_id="placed:s-moving:3")
+    await eventually(lambda: any(f.subject == subjects.wake("b") for f in bus.fired(task.id)))
+    later = bus.fired(task.id)
+    switched = next(i for i, f in enumerate(later) if f.subject == subjects.wake("b"))
+    assert {(f.subject, f.wake.epoch) for f in later[switched:]} == {(subjects.wake("b"), 3)}
+    assert {(f.subject, f.wake.epoch) for f in later[:switched]} == {(subjects.wake(task.runner), 0)}
+    assert task.runner != "b"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ssl
 import stat
@@ -12,8 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from clawden.pki import CertificateAuthority
-from services.vault.certs import LeafCache, write_trust_files
+from clawden.pki import CertificateAuthority, utc_now
+from services.vault.certs import LeafCache, ListenerTls, write_trust_files
 
 
 def test_the_ca_is_made_once_with_a_private_key(tmp_path: Path) -> None:
@@ -103,3 +104,34 @@ def test_trust_files_hold_the_ca_alone_and_with_the_system_roots(tmp_path: Path)
     assert bundle.read_bytes().startswith(ca.cert_pem) and bundle.read_bytes().endswith(roots.read_bytes())
     assert stat.S_IMODE(bundle.stat().st_mode) == 0o644
     ssl.create_default_context(cafile=str(bundle))  # parses as a bundle
+
+
+async def _served_serial(port: int, ca: CertificateAuthority, name: str) -> int:
+    """The serial of the certificate the listener shows a client that checks `name` with the CA (an address:
+    Python then sends no SNI, as the relay does dialing tls://<address>)."""
+    context = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname=name)
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.close()
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+async def test_the_tcp_listeners_certificate_names_its_names_and_is_made_again_near_its_end(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create("test gateway CA")
+    tls = ListenerTls(ca, tmp_path / "listener", ("127.0.0.1", "vault.home.arpa"))
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0, ssl=tls.context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        first = await _served_serial(port, ca, "127.0.0.1")
+        assert await _served_serial(port, ca, "vault.home.arpa") == first  # a name sent by SNI: the same leaf
+        tls._expires = utc_now() + dt.timedelta(minutes=30)  # as if 23.5 h had gone by: the next handshake renews
+        renewed = await _served_serial(port, ca, "127.0.0.1")
+        assert renewed != first and await _served_serial(port, ca, "127.0.0.1") == renewed
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await _served_serial(port, ca, "127.0.0.2")  # a name it was not made for
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert not list((tmp_path / "listener").iterdir())  # the leaf's key passed through a file, now gone
+    with pytest.raises(ValueError, match="tcp_names"):
+        ListenerTls(ca, tmp_path / "x", ())

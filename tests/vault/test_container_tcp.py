@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from clawden import natsserver
+from clawden import config as config_mod
+from clawden import control, natsauth, natsserver
 from clawden.bus.ctl import vault as vault_ctl
 from services.runner.vaultroute import new_token
 from tests.e2e.harness import Stack
@@ -118,6 +119,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object, agent
                 yield s
         finally:
             forwarder.stop()
+
+
+def as_the_runner(stack: Stack, request: vault_ctl.ContainerToken) -> vault_ctl.TcpGateway:
+    """Register a token as the install's own runner does: its identity, at its own subject."""
+    cfg = config_mod.load(stack.home)
+
+    async def ask() -> vault_ctl.TcpGateway:
+        nc = await natsauth.connect_as(cfg, natsauth.RUNNER)
+        try:
+            at = vault_ctl.container_token_at(cfg.runner.id)
+            return await control.ask_on(nc, vault_ctl.CONTAINER_TOKEN, request, subject=at, timeout=10)
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
 
 
 def run_as_agent(stack: Stack, script: str, *args: str) -> Any:
@@ -242,7 +258,7 @@ def test_another_groups_token_in_the_agents_hands_does_not_make_it_that_group(st
     )
     others, others_hash = new_token()  # as a runner registers it for a container of "other"
     request = vault_ctl.ContainerToken(agent_group="other", session_id="o1", sha256=others_hash)
-    vault(stack, vault_ctl.CONTAINER_TOKEN, request)
+    as_the_runner(stack, request)
     seen = len(stack.fake.requests)
     try:
         status, body = run_as_agent(stack, THROUGH_RELAY, others)

@@ -17,6 +17,7 @@ import pytest
 from clawden import config as config_mod
 from clawden import control, natsauth, natsserver, setup
 from clawden.bus.ctl import vault as vault_ctl
+from clawden.owner import connect_cli
 from clawden.vaultfiles import VAULT_DB, vault_dir
 from services.runner.vaultroute import new_token
 from tests.conftest import NatsServer
@@ -82,8 +83,14 @@ tcp_listen = "127.0.0.1:{port}"
 
 
 async def register(v: Vault, session: str, digest: str) -> vault_ctl.TcpGateway:
+    """As the install's own runner registers it: at its own subject, for a session with no placement record."""
     request = vault_ctl.ContainerToken(agent_group="main", session_id=session, sha256=digest)
-    return await v.ask(vault_ctl.CONTAINER_TOKEN, request)
+    nc = await connect_cli(v.cfg, 5)
+    try:
+        at = vault_ctl.container_token_at(v.cfg.runner.id)
+        return await control.ask_on(nc, vault_ctl.CONTAINER_TOKEN, request, subject=at, timeout=10)
+    finally:
+        await nc.close()
 
 
 async def fetch(
@@ -141,8 +148,15 @@ async def test_a_registration_that_is_not_a_sha256_is_refused(vault: Vault) -> N
     )
 
 
-def test_only_the_runner_may_register_container_tokens(tmp_path: Path) -> None:
+def test_only_the_runner_may_register_container_tokens_each_at_its_own_subject(tmp_path: Path) -> None:
     cfg = setup.init(tmp_path / "home")
-    table = natsauth.grants(cfg, ("telegram",))
-    callers = sorted(name for name, grant in table.items() if "vault.container-token" in grant.calls)
-    assert callers == ["runner"]
+    table = natsauth.grants(cfg, ("telegram",), ("b",))
+    shared = vault_ctl.CONTAINER_TOKEN.subject
+    callers = {
+        name: [s for s in natsauth.permissions(name, grant)["publish"]["allow"] if s.startswith(shared)]
+        for name, grant in table.items()
+    }
+    assert {name: said for name, said in callers.items() if said} == {
+        "runner": [vault_ctl.container_token_at(cfg.runner.id)],
+        "runner-b": [vault_ctl.container_token_at("b")],
+    }

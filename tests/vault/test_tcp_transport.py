@@ -93,9 +93,21 @@ def basic(token: str, user: str = "x") -> str:
     ("text", "target"),
     [
         ("/run/clawden/gateway/gateway.sock", relay.Target(path="/run/clawden/gateway/gateway.sock")),
-        ("tcp://host.docker.internal:8471", relay.Target(host="host.docker.internal", port=8471, token=True)),
-        ("tcp://[::1]:8471", relay.Target(host="::1", port=8471, token=True)),
+        (
+            "tcp://host.docker.internal:8471",
+            relay.Target(host="host.docker.internal", port=8471, token=True, name="host.docker.internal"),
+        ),
+        ("tcp://[::1]:8471", relay.Target(host="::1", port=8471, token=True, name="::1")),
         ("tcp+unix:/run/clawden/gateway/tcp.sock", relay.Target(path="/run/clawden/gateway/tcp.sock", token=True)),
+        # the listener speaking TLS: its certificate must name the host dialed, or the name after #
+        (
+            "tls://vault.home.arpa:8471",
+            relay.Target(host="vault.home.arpa", port=8471, token=True, tls=True, name="vault.home.arpa"),
+        ),
+        (
+            "tls+unix:/run/clawden/gateway/tcp.sock#127.0.0.1",
+            relay.Target(path="/run/clawden/gateway/tcp.sock", token=True, tls=True, name="127.0.0.1"),
+        ),
     ],
 )
 def test_the_relay_reads_its_gateway_as_a_socket_or_the_tcp_listener(text: str, target: object) -> None:
@@ -103,7 +115,19 @@ def test_the_relay_reads_its_gateway_as_a_socket_or_the_tcp_listener(text: str, 
 
 
 @pytest.mark.parametrize(
-    "text", ["tcp://host", "tcp://:80", "tcp://h:0", "tcp://h:99999", "tcp+unix:relative.sock", "gateway.sock", ""]
+    "text",
+    [
+        "tcp://host",
+        "tcp://:80",
+        "tcp://h:0",
+        "tcp://h:99999",
+        "tls://h",
+        "tcp+unix:relative.sock",
+        "tls+unix:/run/x.sock",  # no name to check
+        "tls+unix:relative.sock#h",
+        "gateway.sock",
+        "",
+    ],
 )
 def test_a_gateway_the_relay_cannot_read_stops_it_loudly(text: str) -> None:
     with pytest.raises(relay.RelayError):
@@ -268,3 +292,14 @@ async def test_a_head_the_relay_will_not_rewrite_gets_400_and_never_reaches_the_
 
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert audit == [] and site.received == []
+
+
+async def test_a_tls_gateway_whose_ca_is_not_mounted_stops_the_relay_before_it_takes_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("clt_not-taken")
+    monkeypatch.setenv(relay.TOKEN_FILE_ENV, str(token))
+    monkeypatch.setenv(relay.CA_FILE_ENV, str(tmp_path / "missing-ca.pem"))
+    with pytest.raises(relay.RelayError, match=r"gateway CA at .*missing-ca\.pem cannot be loaded"):
+        await relay.serve_relay("tls://127.0.0.1:8471", hide=False)

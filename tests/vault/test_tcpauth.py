@@ -32,3 +32,59 @@ def test_a_connection_is_the_group_its_token_names_for_its_whole_life(
 def test_every_stored_hash_is_compared_and_only_an_equal_one_names_a_group() -> None:
     tokens = {token_hash("a"): GROUP, token_hash("b"): OTHER}
     assert [tcpauth.group_of(tokens, t) for t in ("a", "b", "c", "")] == [GROUP, OTHER, None, None]
+
+
+# -- which runner may register a session's container token --
+
+
+@pytest.mark.parametrize(
+    ("asker", "group", "placed", "refused"),
+    [
+        ("b", GROUP, ("b", GROUP), ""),  # its own session, for the session's group
+        ("b", GROUP, ("a", GROUP), "it is placed on a"),
+        ("a", GROUP, ("b", GROUP), "it is placed on b"),  # the install's own runner too, once a session moved
+        ("b", OTHER, ("b", GROUP), "the session belongs to family"),  # never as another group
+        ("a", GROUP, None, ""),  # no placement record: the install's own runner, as before placements
+        ("a", OTHER, None, ""),
+        ("b", GROUP, None, "only this install's own runner (a)"),
+    ],
+)
+def test_a_runner_may_register_a_token_only_for_a_session_placed_on_it_for_its_group(
+    asker: str, group: str, placed: tuple[str, str] | None, refused: str
+) -> None:
+    said = tcpauth.registration_refusal(asker, "a", "s1", group, placed)
+    assert (said == "") == (refused == "") and refused in said
+    assert not said or (f"runner {asker}" in said and "s1" in said)
+
+
+@pytest.mark.parametrize(
+    ("mode", "host", "on"),
+    [
+        ("auto", "127.0.0.1", False),
+        ("auto", "localhost", False),
+        ("auto", "::1", False),
+        ("auto", "0.0.0.0", True),  # every address: other hosts reach it
+        ("auto", "vault.home.arpa", True),
+        (True, "127.0.0.1", True),  # forced, as the tests do
+        (False, "vault.home.arpa", False),
+    ],
+)
+def test_the_listener_speaks_tls_off_loopback_unless_told(mode: bool | str, host: str, on: bool) -> None:
+    assert tcpauth.tls_on(mode, host) is on
+
+
+@pytest.mark.parametrize(
+    ("host", "extra", "names"),
+    [
+        ("127.0.0.1", [], ("127.0.0.1",)),
+        ("vault.home.arpa", ["vault", "vault.home.arpa"], ("vault.home.arpa", "vault")),
+        ("0.0.0.0", ["vault.home.arpa"], ("vault.home.arpa",)),
+        ("0.0.0.0", [], ("box",)),  # a wildcard and no names: the machine's own
+        ("::", [], ("box",)),
+        ("", ["0.0.0.0"], ("box",)),
+    ],
+)
+def test_the_listeners_certificate_names_its_address_and_the_names_runners_dial(
+    host: str, extra: list[str], names: tuple[str, ...]
+) -> None:
+    assert tcpauth.listener_names(host, extra, ("box", "")) == names

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct
 
 from clawden.bus import events as ev
+from clawden.bus import subjects
 from clawden.bus.ctl.verb import Nothing, Reply, Request, declare
 
 SERVICE = "vault"
@@ -207,7 +208,10 @@ class ProxyToken(Reply, frozen=True):
 class ContainerToken(Request, frozen=True):
     """A runner's word that one container presents this token on the vault's TCP listener (vault_transport
     = "tcp"): only its sha256 travels, so neither the bus nor the vault ever holds the token. It replaces the
-    session's earlier one (a container made again gets a new token); an empty `sha256` withdraws it."""
+    session's earlier one (a container made again gets a new token); an empty `sha256` withdraws it.
+
+    Asked at the runner's own subject (`container_token_at`), which NATS lets only that runner's identity
+    publish: the vault takes the runner from the subject and accepts only a session placed on it."""
 
     agent_group: ev.GroupName
     session_id: ev.SessionId
@@ -221,6 +225,10 @@ class TcpGateway(Reply, frozen=True):
     port: int
     trust_dir: str
     ca_sha256: str
+    # The listener speaks TLS (`[vault] tcp_tls`) when set: its certificate's first name. The relay dials
+    # tls://<vault_tcp_host>, verifying that name with the CA (this one, through a unix: route); "": plain.
+    tls_name: str = ""
+    ca_pem: str = ""  # the gateway CA's certificate, for a runner whose host does not have trust_dir
 
 
 class ModelKey(Reply, frozen=True):
@@ -266,6 +274,26 @@ AUDIT = declare(SERVICE, "audit", AuditQuery, Audit)
 EGRESS = declare(SERVICE, "egress", EgressRequest, EgressMode)
 PROXY_TOKEN = declare(SERVICE, "proxy-token", GroupRequest, ProxyToken)
 CONTAINER_TOKEN = declare(SERVICE, "container-token", ContainerToken, TcpGateway)
+# The shared subject is refused: a runner asks at its own (`container_token_at`), so the vault knows who asks.
+CONTAINER_TOKEN_BY_RUNNER = f"{CONTAINER_TOKEN.subject}.*"  # what the vault serves
+
+
+def container_token_at(runner_id: str) -> str:
+    """Where the runner `runner_id` registers its containers' tokens: `clawden.ctl.vault.container-token.<id>`."""
+    return f"{CONTAINER_TOKEN.subject}.{subjects.token(runner_id)}"
+
+
+def runner_of(subject: str) -> str | None:
+    """The runner a `container_token_at` subject names; None for any other subject."""
+    prefix = f"{CONTAINER_TOKEN.subject}."
+    if not subject.startswith(prefix):
+        return None
+    try:
+        return subjects.token(subject.removeprefix(prefix))
+    except ValueError:
+        return None
+
+
 MODEL_KEY = declare(SERVICE, "model-key", Nothing, ModelKey)
 API_KEYS_CREATE = declare(SERVICE, "api-keys-create", Named, ApiKeyCreated)
 API_KEYS_LIST = declare(SERVICE, "api-keys-list", Nothing, ApiKeys)
