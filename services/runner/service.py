@@ -71,6 +71,7 @@ from services.runner.vaultroute import (
     socket_route,
     tcp_problem,
     tcp_route,
+    trust_folder,
 )
 
 log = logging.getLogger("clawden.runner")
@@ -404,7 +405,10 @@ class Runner:
             raise Retry(f"the vault did not answer: {exc}", delay=2.0) from exc
         relay_dir = self.cfg.path("run", "relay", info.id)
         await asyncio.to_thread(place_token, relay_dir, token, self.owner_uid)
-        return tcp_route(self.cfg.runner, answer.port, answer.tls_name), Path(answer.trust_dir), relay_dir
+        # the vault's trust folder on its own host; on another, the CA it answered, written here
+        own = self.cfg.path("run", "trust")
+        trust = await asyncio.to_thread(trust_folder, Path(answer.trust_dir), answer.ca_pem, own)
+        return tcp_route(self.cfg.runner, answer.port, answer.tls_name), trust, relay_dir
 
     async def _gateway_dir(self, agent_group: str) -> tuple[Path, Path | None]:
         """Ask the vault for this group's gateway socket folder and its CA folder (mounted read-only);

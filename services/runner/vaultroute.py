@@ -1,6 +1,7 @@
 """How an agent container reaches the vault: its group's Unix socket, or the vault's TCP listener with a
 per-container token (`[runner] vault_transport`). The choices are pure; `place_token` writes the token
-where only the container's relay takes it (it deletes the file as it reads it, before the agent starts)."""
+where only the container's relay takes it (it deletes the file as it reads it, before the agent starts), and
+`trust_folder` the gateway CA where the vault's trust folder is not on this host (a runner on another host)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from pathlib import Path
 
 from clawden.agentcontainer import GATEWAY_MOUNT
 from clawden.config import RunnerConfig
-from clawden.vaultfiles import SOCKET_NAME
+from clawden.pki import write_atomic
+from clawden.vaultfiles import BUNDLE_FILE, CA_FILE, SOCKET_NAME
 
 UNIX_PREFIX = "unix:"
 TOKEN_NAME = "token"  # in the relay folder; the relay reads /run/clawden/relay/token
+# Where hosts keep their roots (Debian/Ubuntu, Fedora/RHEL, Alpine/macOS), as the vault reads them for its bundle.
+SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
 
 
 @dataclass(frozen=True)
@@ -82,3 +86,27 @@ def place_token(folder: Path, token: str, uid: int | None) -> None:
     if uid is not None:
         os.chown(folder / TOKEN_NAME, uid, uid)
         os.chown(folder, uid, uid)
+
+
+def trust_folder(vaults: Path, ca_pem: str, own: Path, system_bundles: tuple[str, ...] = SYSTEM_BUNDLES) -> Path:
+    """The trust folder a tcp-mode container mounts: the vault's (`vaults`) where this host has it holding the
+    CA the vault answered (the vault's own host), else `own`, written here from `ca_pem` as the vault writes its
+    own: the CA alone, and a bundle of this host's roots plus the CA. A runner on another host so needs nothing
+    from the vault's disk; the CA certificate is public, and its key never leaves the vault."""
+    if not ca_pem or _read(vaults / CA_FILE) == ca_pem.encode():
+        return vaults
+    own.mkdir(parents=True, exist_ok=True)
+    own.chmod(0o755)
+    roots = next((data for path in system_bundles if (data := _read(Path(path)))), b"")
+    ca = ca_pem.encode()
+    for path, data in ((own / CA_FILE, ca), (own / BUNDLE_FILE, ca + b"\n" + roots if roots else ca)):
+        if _read(path) != data:
+            write_atomic(path, data, 0o644)
+    return own
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""

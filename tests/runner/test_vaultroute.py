@@ -19,6 +19,7 @@ from services.runner.vaultroute import (
     socket_route,
     tcp_problem,
     tcp_route,
+    trust_folder,
 )
 from tests.runner.test_containers import spec as container_spec
 
@@ -139,3 +140,21 @@ def test_a_tcp_container_gets_its_token_folder_and_no_token_in_its_environment(t
     assert kw["network_mode"] == "clawden-vault"
     assert kw["environment"]["CLAWDEN_GATEWAY_SOCKET"] == "tcp://host.docker.internal:8471"
     assert not any("clt_" in v for v in kw["environment"].values())
+
+
+def test_a_runner_on_another_host_writes_the_trust_folder_from_the_ca_the_vault_answered(tmp_path: Path) -> None:
+    ca = "-----BEGIN CERTIFICATE-----\nthe gateway CA\n-----END CERTIFICATE-----\n"
+    roots = tmp_path / "roots.pem"
+    roots.write_text("the host's roots\n")
+    vaults, own = tmp_path / "vault-host" / "trust", tmp_path / "home" / "run" / "trust"
+    # the vault's folder is not on this host: the runner's own, the CA alone and a bundle with this host's roots
+    assert trust_folder(vaults, ca, own, (str(tmp_path / "none.pem"), str(roots))) == own
+    assert (own / "clawden-ca.pem").read_text() == ca
+    assert (own / "bundle.pem").read_text() == ca + "\nthe host's roots\n"
+    assert stat.S_IMODE((own / "bundle.pem").stat().st_mode) == 0o644 and not vaults.exists()
+    assert trust_folder(vaults, ca, own, ()) == own and (own / "bundle.pem").read_text() == ca  # no roots here
+    # the vault's host: its own folder, holding that CA, is the one mounted
+    vaults.mkdir(parents=True)
+    (vaults / "clawden-ca.pem").write_text(ca)
+    assert trust_folder(vaults, ca, own, ()) == vaults
+    assert trust_folder(vaults, "", own, ()) == vaults  # an older vault that does not send its CA
