@@ -50,6 +50,7 @@ KINDS: dict[str, tuple[type[Any], ...]] = {
     "approval.decision": (ev.ApprovalDecision,),
     "event": (ev.AuditEvent,),
     "heartbeat": (ev.RunnerHeartbeat,),  # core NATS; the router reads it to place sessions
+    "placement": (ev.SessionPlaced,),  # the router's record of each session's runner (the vault, scheduler read it)
     "ctl": (),
     "webhook": (),  # a platform's own body, verified by the front door: any JSON object
 }
@@ -92,6 +93,8 @@ def _concrete(pattern: str, runner: str, channels: tuple[str, ...]) -> list[tupl
     for family in ("inbound", "receipt"):
         if pattern.startswith(f"{p}.{family}."):
             return [(pattern, family, pattern.rsplit(".", 1)[1])]
+    if pattern == subjects.ALL_PLACEMENTS:
+        return [(subjects.placement("fuzz-session"), "placement", "")]
     if pattern.startswith(f"{p}.runner.heartbeat."):
         return [(pattern, "heartbeat", "")]
     if pattern.startswith(f"{p}.ctl."):  # `ctl.runner.*.containers`: each runner's own, this stack's one
