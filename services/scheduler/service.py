@@ -32,6 +32,10 @@ MAX_SLEEP = 300.0
 RETRY_AFTER = 1.0  # a publish that failed (NATS away) is retried this soon
 
 
+class Unplaced(Exception):
+    """A task's session's placement cannot be read: where its wake goes is unknown, so it is not fired yet."""
+
+
 class Scheduler:
     def __init__(self, ctx: ServiceContext, store: Store, clock: Clock | None = None) -> None:
         self.ctx = ctx
@@ -60,33 +64,45 @@ class Scheduler:
             await self.clock.sleep(sleep, self.ctx.stopping, self.changed)
 
     async def fire_due(self, now: float) -> None:
+        """Fire every due task. One whose session's placement cannot be read is left due (logged) while the others
+        fire, and then this raises, so the loop tries it again after RETRY_AFTER."""
+        unplaced = []
         for task in await self.store.run(self.store.due, now):
             try:
-                schedule = task.parsed()
-            except sched.ScheduleError as exc:  # e.g. the zone left the tz database: stop, loudly
-                log.error("task %s has an unusable schedule (%s); pausing it", task.id, exc)
-                await self.store.run(self.store.set_status, task, "pause", now)
-                continue
-            assert task.next_run is not None
-            p = plan(schedule, task.next_run, now, task.catch_up)
-            # Publish first, then commit: a crash in between re-publishes the same msg id, which
-            # JetStream drops as a duplicate, so each run is fired once whatever happens.
-            for at, outcome in p.fire:
-                await self._publish_wake(task, at)
-                self.counters[outcome] += 1
-            for _at, outcome in p.not_fired:
-                self.counters[outcome] += 1
-            await self.store.run(self.store.record_plan, task, p, now)
-            if p.not_fired:
-                log.warning(
-                    "task %s: %d run(s) %s after downtime (catch-up policy %s)%s",
-                    task.id,
-                    len(p.not_fired) + p.unlisted,
-                    p.not_fired[0][1],
-                    task.catch_up,
-                    ", one caught up" if any(o == "caught_up" for _, o in p.fire) else "",
-                    extra={"task_id": task.id},
-                )
+                await self._fire(task, now)
+            except Unplaced as exc:
+                log.error("task %s not fired yet: %s", task.id, exc, extra={"task_id": task.id})
+                unplaced.append(task.id)
+        if unplaced:
+            raise Unplaced(f"tasks {', '.join(unplaced)} wait for their sessions' placement")
+
+    async def _fire(self, task: Task, now: float) -> None:
+        try:
+            schedule = task.parsed()
+        except sched.ScheduleError as exc:  # e.g. the zone left the tz database: stop, loudly
+            log.error("task %s has an unusable schedule (%s); pausing it", task.id, exc)
+            await self.store.run(self.store.set_status, task, "pause", now)
+            return
+        assert task.next_run is not None
+        p = plan(schedule, task.next_run, now, task.catch_up)
+        # Publish first, then commit: a crash in between re-publishes the same msg id, which
+        # JetStream drops as a duplicate, so each run is fired once whatever happens.
+        for at, outcome in p.fire:
+            await self._publish_wake(task, at)
+            self.counters[outcome] += 1
+        for _at, outcome in p.not_fired:
+            self.counters[outcome] += 1
+        await self.store.run(self.store.record_plan, task, p, now)
+        if p.not_fired:
+            log.warning(
+                "task %s: %d run(s) %s after downtime (catch-up policy %s)%s",
+                task.id,
+                len(p.not_fired) + p.unlisted,
+                p.not_fired[0][1],
+                task.catch_up,
+                ", one caught up" if any(o == "caught_up" for _, o in p.fire) else "",
+                extra={"task_id": task.id},
+            )
 
     async def _publish_wake(self, task: Task, at: int) -> None:
         """The run's wake, to the session's runner now: its placement (the router's last `SessionPlaced`) with
@@ -94,7 +110,11 @@ class Scheduler:
         runner the task recorded, unfenced (epoch 0). A placement that cannot be read raises: the run is fired
         again later, never sent to a runner the session may have left."""
         key = f"task:{task.id}:{sched.iso(at)}"
-        runner, epoch = where_to_wake(task.runner, await placements.placed(self.ctx.js, task.session_id))
+        try:
+            placed = await placements.placed(self.ctx.js, task.session_id)
+        except Exception as exc:  # the stream not answering, or a record that does not decode
+            raise Unplaced(f"the placement of session {task.session_id} cannot be read ({exc!r})") from exc
+        runner, epoch = where_to_wake(task.runner, placed)
         wake = ev.Wake(
             session_id=task.session_id,
             agent_group=task.agent_group,

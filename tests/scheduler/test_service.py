@@ -352,3 +352,29 @@ async def test_a_tasks_wake_goes_to_the_runner_its_session_is_placed_on_now_with
     assert {(f.subject, f.wake.epoch) for f in later[switched:]} == {(subjects.wake("b"), 3)}
     assert {(f.subject, f.wake.epoch) for f in later[:switched]} == {(subjects.wake(task.runner), 0)}
     assert task.runner != "b"
+
+
+async def test_a_task_whose_placement_cannot_be_read_waits_without_holding_up_the_others(
+    bus: Bus, scheduler: Scheduler
+) -> None:
+    js = bus.nc.jetstream()
+    await js.publish(subjects.placement("s-broken"), b'{"type": "session.placed", "runner": 7}')  # not a record
+    stuck = await bus.ctl(
+        sched.ADD,
+        sched.AddRequest(agent_group="main", session_id="s-broken", route=ROUTE, prompt="stuck", schedule="every 1s"),
+    )
+    other = await bus.ctl(
+        sched.ADD,
+        sched.AddRequest(agent_group="main", session_id="s-fine", route=ROUTE, prompt="fine", schedule="every 1s"),
+    )
+    await eventually(lambda: len(bus.fired(other.id)) >= 3)
+    assert bus.fired(stuck.id) == []  # never sent where the session may not be
+    assert (
+        f"task {stuck.id} not fired yet: the placement of session s-broken cannot be read" in scheduler.log.read_text()
+    )
+
+    fixed = ev.SessionPlaced(session_id="s-broken", agent_group="main", runner="c", epoch=2, at=time.time())
+    await publish(js, subjects.placement("s-broken"), fixed, msg_id="placed:s-broken:2")
+    await eventually(lambda: bus.fired(stuck.id))
+    first = bus.fired(stuck.id)[0]
+    assert (first.subject, first.wake.epoch) == (subjects.wake("c"), 2)
