@@ -392,7 +392,8 @@ class Vault:
             await self.refresh()
         else:
             token = self.sealer.open(sealed, f"proxy-token:{group}")
-        return api.ProxyToken(agent_group=group, proxy_url=f"http://{group}:{token}@{self.cfg.vault.tcp_listen}")
+        scheme = "https" if self.tcp_tls_name else "http"  # a listener that speaks TLS is an HTTPS proxy
+        return api.ProxyToken(agent_group=group, proxy_url=f"{scheme}://{group}:{token}@{self.cfg.vault.tcp_listen}")
 
     async def on_container_token_shared(self, _request: api.ContainerToken) -> api.TcpGateway:
         """The subject every runner could ask at: refused, since it does not say which runner asks."""

@@ -238,3 +238,15 @@ async def test_a_relay_reaches_the_tls_listener_verifying_it_with_the_gateway_ca
     got = [r.header(b"authorization") for r in stack.upstream.received]
     assert got == [SECRET.encode()]  # once: the request that came through TLS
     assert token not in stack.logs()
+
+
+async def test_a_third_party_agents_proxy_url_is_an_https_proxy_when_the_listener_speaks_tls(stack: Stack) -> None:
+    """The HTTP API's container-config and `proxy-token` name the listener as it is: over TLS, `https://`."""
+    reply = await control.ask(stack.cfg, vault_ctl.PROXY_TOKEN, vault_ctl.GroupRequest(agent_group="main"))
+    assert reply.proxy_url.startswith("https://main:clp_")
+    gateway_ca = ssl.create_default_context(cafile=str(trust_dir(stack.cfg) / CA_FILE))
+    proxy = httpx.Proxy(reply.proxy_url, ssl_context=gateway_ca)
+    async with httpx.AsyncClient(proxy=proxy, verify=gateway_ca, trust_env=False, timeout=10) as http:
+        status = (await http.get("https://api.example.test/user")).status_code
+    assert status == 200
+    assert [r.header(b"authorization") for r in stack.upstream.received] == [SECRET.encode()]
