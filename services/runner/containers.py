@@ -159,6 +159,9 @@ class ContainerSpec:
     gateway: str = ""
     relay_dir: Path | None = None
     network: str = "none"
+    # The placement the container writes the session folder under (`sessiondb.claim`); no runner: unfenced.
+    runner: str = ""
+    epoch: int = 0
 
     @property
     def name(self) -> str:
@@ -168,13 +171,20 @@ class ContainerSpec:
         return {LABEL_INSTALL: self.install_id, LABEL_GROUP: self.agent_group, LABEL_SESSION: self.session_id}
 
     def environment(self) -> dict[str, str]:
-        return agentcontainer.environment(
-            model=self.model,
-            timezone=self.timezone,
-            trust=self.trust_dir is not None,
-            tuning=self.tuning,
-            gateway=self.gateway,
-        ) | ({MCP_ENV: mcpservers.encode(self.mcp)} if self.mcp else {})
+        return (
+            agentcontainer.environment(
+                model=self.model,
+                timezone=self.timezone,
+                trust=self.trust_dir is not None,
+                tuning=self.tuning,
+                gateway=self.gateway,
+            )
+            | ({MCP_ENV: mcpservers.encode(self.mcp)} if self.mcp else {})
+            | self._fence_env()
+        )
+
+    def _fence_env(self) -> dict[str, str]:
+        return {"CLAWDEN_RUNNER": self.runner, "CLAWDEN_EPOCH": str(self.epoch)} if self.runner else {}
 
     def run_kwargs(self) -> dict[str, Any]:
         """Everything `containers.run` gets: no network (vault_network in tcp mode), read-only root, no

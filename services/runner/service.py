@@ -17,7 +17,7 @@ import re
 import shutil
 import sqlite3
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -59,7 +59,9 @@ from services.runner.sessions import (
     SessionInfo,
     UnsafeSessionFolder,
     adopt_conversation,
+    check_files,
     chown_tree,
+    claim_folder,
     listen_bell,
     prepare_folder,
     ring,
@@ -126,6 +128,9 @@ class Runner:
         self.making_room = False
         self.starting = asyncio.Semaphore(self.cfg.runner.parallel_starts or os.cpu_count() or 2)
         self.failures: dict[str, int] = {}  # consecutive start failures or crashes per session
+        # Sessions moved to another runner (their folder's fence names a later placement): nothing more is done
+        # for them here until a claim at a later epoch brings one back.
+        self.moved: dict[str, sessiondb.Fence] = {}
         self.engine_cpus: int | None = None  # what Docker's engine has; set once it answered
         self.vault_transport: VaultTransport = "socket"  # from [runner] vault_transport and the engine, at start
         self.counters = {"wakes": 0, "started": 0, "published": 0, "crashed": 0, "hung": 0, "idle_stopped": 0}
@@ -155,13 +160,79 @@ class Runner:
         return group_run(agent_group, self.index.group_settings(agent_group), self.cfg, engine_cpus=self.engine_cpus)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(_logged(coro, name), name=name)
+        task = asyncio.create_task(_logged(self._unless_moved(coro), name), name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    # --- placement fencing ------------------------------------------------------------------------
+
+    async def claim(self, info: SessionInfo, epoch: int) -> bool:
+        """Take or hold the session's folder at `epoch` before anything is written into it (`sessiondb.claim`),
+        and keep the epoch in runner.db; False, with the session dropped here, when a later placement holds it."""
+        try:
+            await asyncio.to_thread(claim_folder, self.session_dir(info), epoch, self.cfg.runner.id)
+        except sessiondb.Fenced as moved:
+            self.drop(info.id, moved.fence)
+            return False
+        self.moved.pop(info.id, None)
+        held = sessiondb.held(self.session_dir(info))
+        await self.index.run(self.index.put, info)
+        await self.index.run(self.index.set_epoch, info.id, held.epoch if held else 0)
+        return True
+
+    @contextlib.contextmanager
+    def fenced_off(self) -> Iterator[None]:
+        """Around whatever the runner does for a session: a write (or a check) that finds the session moved to
+        another runner drops it here instead of failing (the folder's name is the session's id)."""
+        try:
+            yield
+        except sessiondb.Fenced as moved:
+            self.drop(moved.folder.name, moved.fence)
+
+    async def _unless_moved(self, coro: Coroutine[Any, Any, None]) -> None:
+        with self.fenced_off():
+            await coro
+
+    def drop(self, session_id: str, fence: sessiondb.Fence) -> None:
+        """The session was moved to another runner: stop its container on this host, take it off the queue and
+        the live table, say so once, and do nothing more for it."""
+        if session_id not in self.moved:
+            log.warning(
+                "session %s moved to runner %s at epoch %d: dropped here (its container stopped, nothing more is"
+                " written or sent for it)",
+                session_id,
+                fence.runner,
+                fence.epoch,
+                extra={"session_id": session_id},
+            )
+        self.moved[session_id] = fence
+        self.queue.pop(session_id, None)
+        self.failures.pop(session_id, None)
+        live = self.live.get(session_id)
+        if live is not None:
+            live.stopping, live.hung = True, False  # its death, if Docker reports one, is no crash
+            self._forget(session_id)
+            if live.container_id:
+                self._spawn(self.docker.stop_and_remove(live.container_id, timeout=1), f"drop-{session_id}")
+        self.changed.set()
+
+    async def _still_ours(self, info: SessionInfo) -> None:
+        """Before what no folder transaction covers (a publish, a container start): raise Fenced if moved. A
+        folder that cannot be read says nothing either way (the notice that says so must still go)."""
+        with contextlib.suppress(sqlite3.Error, OSError, UnsafeSessionFolder):
+            await asyncio.to_thread(_check_fence, self.session_dir(info))
+
     # --- wakes ----------------------------------------------------------------------------------
 
-    async def on_wake(self, wake: ev.Wake, msg: Msg) -> None:
+    async def on_wake(self, wake: ev.Wake | ev.Adopt, msg: Msg) -> None:
+        """What the router (or the scheduler) sends on this runner's wake subject."""
+        with self.fenced_off():
+            if isinstance(wake, ev.Adopt):
+                await self.on_adopt(wake)
+            else:
+                await self._on_wake(wake)
+
+    async def _on_wake(self, wake: ev.Wake) -> None:
         self.counters["wakes"] += 1
         info = SessionInfo(wake.session_id, wake.agent_group, wake.route)
         # The message as its bridge named it (`<channel>:<platform id>`), as the router logged it too.
@@ -179,23 +250,14 @@ class Runner:
         )
         lock = self.session_locks.setdefault(info.id, asyncio.Lock())
         async with lock:
-            await self.index.run(self.index.put, info)
-            if wake.group is not None:  # None: the sender does not know them; keep the last ones
-                await self.index.run(self.index.set_group_settings, info.agent_group, wake.group)
-            if wake.destinations is not None:  # None: the sender does not know them; keep what we have
-                await self.index.run(self.index.set_destinations, wake.session_id, [d.route for d in wake.destinations])
             folder = self.session_dir(info)
             try:
+                if not await self.claim(info, wake.epoch):
+                    return  # moved to another runner: acked, and nothing done (`drop` logged it)
+                await self._record(info, wake.destinations, wake.group)
                 await asyncio.to_thread(self._store_wake, folder, wake)
             except (UnsafeSessionFolder, sessiondb.SchemaError, sqlite3.DatabaseError) as exc:
-                log.error("session %s folder refused: %s", info.id, exc, extra={"session_id": info.id})
-                await self._tell(
-                    info,
-                    f"wake-refused-{wake.key}",
-                    "Sorry — this conversation's storage is damaged, so I can't answer. "
-                    "The operator has to look at the runner's log.",
-                    "error",
-                )
+                await self._refused(info, f"wake-refused-{wake.key}", exc)
                 return
             if wake.message.trigger and wake.message.kind == "chat":
                 # "typing…" in the chat until the answer: a hint for its bridge, never worth failing a wake.
@@ -215,11 +277,62 @@ class Runner:
             else:
                 self.want(info, folder)
 
-    def _store_wake(self, folder: Path, wake: ev.Wake) -> None:
+    async def on_adopt(self, adopt: ev.Adopt) -> None:
+        """The router moved a session here from a runner declared gone (shared storage): fence its folder at the
+        new epoch (the old runner writes nothing more into it), record it as a wake does, publish what the old
+        runner had not, and start a container if the folder holds unanswered messages."""
+        info = SessionInfo(adopt.session_id, adopt.agent_group, adopt.route)
+        log.info(
+            "adopting session %s of %s from runner %s at epoch %d",
+            info.id,
+            info.agent_group,
+            adopt.from_runner,
+            adopt.epoch,
+            extra={"session_id": info.id, "agent_group": info.agent_group},
+        )
+        async with self.session_locks.setdefault(info.id, asyncio.Lock()):
+            folder = self.session_dir(info)
+            try:
+                if not await self.claim(info, adopt.epoch):
+                    return
+                await self._record(info, adopt.destinations, adopt.group)
+                await asyncio.to_thread(self._store_route, folder, adopt.route, adopt.destinations)
+                unanswered = await asyncio.to_thread(sessiondb.has_unanswered, folder)
+            except (UnsafeSessionFolder, sessiondb.SchemaError, sqlite3.DatabaseError) as exc:
+                await self._refused(info, f"adopt-refused-{adopt.key}", exc)
+                return
+        if info.id in self.live:  # moved away and back: its container here holds an older epoch
+            await self.restart_session(info.id)
+        self._spawn(self.pump(info.id), f"pump-{info.id}")  # rows the old runner had not published
+        if unanswered:
+            self.want(info, folder)
+
+    async def _record(
+        self, info: SessionInfo, destinations: tuple[ev.Destination, ...] | None, group: ev.GroupSettings | None
+    ) -> None:
+        """What a wake or an adoption says of its session, kept in runner.db (`claim` put the session)."""
+        if group is not None:  # None: the sender does not know them; keep the last ones
+            await self.index.run(self.index.set_group_settings, info.agent_group, group)
+        if destinations is not None:  # None: the sender does not know them; keep what we have
+            await self.index.run(self.index.set_destinations, info.id, [d.route for d in destinations])
+
+    async def _refused(self, info: SessionInfo, key: str, exc: Exception) -> None:
+        log.error("session %s folder refused: %s", info.id, exc, extra={"session_id": info.id})
+        await self._tell(
+            info,
+            key,
+            "Sorry — this conversation's storage is damaged, so I can't answer. "
+            "The operator has to look at the runner's log.",
+            "error",
+        )
+
+    def _store_route(
+        self, folder: Path, route: ev.Route, destinations: tuple[ev.Destination, ...] | None
+    ) -> sessiondb.Routing:
         prepare_folder(folder, self.owner_uid)
-        routing = sessiondb.Routing(wake.route.channel, wake.route.chat_id, wake.route.thread_id)
+        routing = sessiondb.Routing(route.channel, route.chat_id, route.thread_id)
         sessiondb.set_routing(folder, routing)
-        if wake.destinations is not None:  # None: the sender does not know them; keep what we have
+        if destinations is not None:  # None: the sender does not know them; keep what we have
             sessiondb.set_destinations(
                 folder,
                 {
@@ -227,9 +340,13 @@ class Runner:
                         d.display_name or d.name,
                         sessiondb.Routing(d.route.channel, d.route.chat_id, d.route.thread_id),
                     )
-                    for d in wake.destinations
+                    for d in destinations
                 },
             )
+        return routing
+
+    def _store_wake(self, folder: Path, wake: ev.Wake) -> None:
+        routing = self._store_route(folder, wake.route, wake.destinations)
         m = wake.message
         content: dict[str, object] = {"text": m.text}
         if m.platform_message_id:
@@ -335,6 +452,8 @@ class Runner:
             extra_mounts=await asyncio.to_thread(self._extra_mounts, info.agent_group),
             trust_dir=trust,
             admin_dir=admin_dir,
+            runner=self.cfg.runner.id,
+            epoch=held.epoch if (held := sessiondb.held(folder)) else 0,
         )
         try:
             container = await self.docker.start(spec)
@@ -442,8 +561,11 @@ class Runner:
         async with lock:
             while True:
                 self.pump_dirty.discard(session_id)
+                if session_id in self.moved:
+                    return
                 try:
-                    await self._pump_once(session_id)
+                    with self.fenced_off():
+                        await self._pump_once(session_id)
                 except Exception:
                     log.exception("publishing outbound for %s failed; the next ring or poll retries", session_id)
                     return
@@ -458,6 +580,9 @@ class Runner:
         rows = await asyncio.to_thread(sessiondb.read_new_outbound, folder)
         allowed = await self.index.run(self.index.destinations, info.id) if rows else {}
         for row in rows:
+            # Checked before each row's publish (the bus is no transaction); were the session moved just after, the
+            # new owner publishes the row again under the same message id, which JetStream drops as a duplicate.
+            await asyncio.to_thread(sessiondb.check_fence, folder)
             try:
                 actions = await asyncio.to_thread(translate, info, folder, row, allowed, self.cfg.runner.id)
             except Refused as exc:
@@ -506,11 +631,12 @@ class Runner:
         answer = decision.value
         if answer.isdigit() and 1 <= int(answer) <= len(options):
             answer = options[int(answer) - 1]
-        await self._respond(
-            self.session_dir(info),
-            decision.id,
-            {"decision": decision.decision, "answer": answer, "by": decision.decided_by},
-        )
+        with self.fenced_off():  # moved: the answer is the new owner's to give (the question is lost here)
+            await self._respond(
+                self.session_dir(info),
+                decision.id,
+                {"decision": decision.decision, "answer": answer, "by": decision.decided_by},
+            )
 
     async def note(self, info: SessionInfo, key: str, text: str) -> None:
         """A word from the host to the agent (what became of its `clawden` write): a row in its session that wakes
@@ -526,17 +652,19 @@ class Runner:
             sender_name="clawden (host)",
         )
         async with self.session_locks.setdefault(info.id, asyncio.Lock()):
-            await asyncio.to_thread(self._store_note, folder, message)
-            if info.id in self.live:
-                await asyncio.to_thread(ring, folder)
-            else:
-                self.want(info, folder)
+            with self.fenced_off():
+                await asyncio.to_thread(self._store_note, folder, message)
+                if info.id in self.live:
+                    await asyncio.to_thread(ring, folder)
+                else:
+                    self.want(info, folder)
 
     def _store_note(self, folder: Path, message: sessiondb.InboundMessage) -> None:
         prepare_folder(folder, self.owner_uid)
         sessiondb.insert_inbound(folder, message, outbound_max_seq=sessiondb.outbound_max_seq(folder))
 
     async def _tell(self, info: SessionInfo, key: str, text: str, kind: Literal["notice", "error"] = "notice") -> None:
+        await self._still_ours(info)
         event = ev.OutboundMessage(
             id=f"{info.id}:{key}",
             route=info.route,
@@ -555,20 +683,21 @@ class Runner:
 
     async def on_receipt(self, receipt: ev.DeliveryReceipt, msg: Msg) -> None:
         info = self.index.get(receipt.session_id)
-        if info is None or not receipt.seq:
-            return  # not one of ours (another runner's session, or a runner notice)
+        if info is None or not receipt.seq or info.id in self.moved:
+            return  # not one of ours (another runner's session, one moved away, or a runner notice)
         if not receipt.ok and not receipt.final:
             return  # the bridge is still retrying; its final word follows
         # The session keeps the strongest word per message (failed > read > delivered), so receipts may come
         # in any order and a redelivered one changes nothing.
-        await asyncio.to_thread(
-            sessiondb.record_delivery,
-            self.session_dir(info),
-            receipt.seq,
-            platform_message_id=receipt.platform_message_id,
-            error=None if receipt.ok else receipt.error or "the platform refused it",
-            read=receipt.ok and receipt.state == "read",
-        )
+        with self.fenced_off():
+            await asyncio.to_thread(
+                sessiondb.record_delivery,
+                self.session_dir(info),
+                receipt.seq,
+                platform_message_id=receipt.platform_message_id,
+                error=None if receipt.ok else receipt.error or "the platform refused it",
+                read=receipt.ok and receipt.state == "read",
+            )
 
     # --- starting containers: one per session, a global cap, a fair queue, backoff ----------------
 
@@ -577,7 +706,7 @@ class Runner:
 
         Synchronous on purpose: concurrent wakes of one session cannot both get past the checks.
         """
-        if info.id in self.live or info.id in self.queue:
+        if info.id in self.live or info.id in self.queue or info.id in self.moved:
             return
         self.queue[info.id] = Waiting(info, folder)
         self.changed.set()
@@ -636,11 +765,15 @@ class Runner:
             # small machine then answers its first chats in seconds instead of all at the end, and the
             # group's later containers find the CA self-test already passed by its first.
             async with self.starting:
+                await self._still_ours(info)  # queued, then moved: no container for it here
                 await self._start(info, folder)
                 live = self.live.get(info.id)
                 if live is not None:
                     with contextlib.suppress(TimeoutError):  # bounded: a slow agent only slows the wave
                         await asyncio.wait_for(live.ready.wait(), START_GATE_SECONDS)
+        except sessiondb.Fenced:
+            self._forget(info.id)
+            raise  # `_spawn` drops the session
         except Exception as exc:
             self._forget(info.id)
             failures = self.failures.get(info.id, 0) + 1
@@ -685,7 +818,8 @@ class Runner:
                 return
             await self.pump(info.id)  # whatever the agent said before it died still goes out
             self._forget(info.id)
-            if live.stopping and not live.hung:
+            # Moved (its container found the fence and stopped): no retry and no notice here.
+            if (live.stopping and not live.hung) or info.id in self.moved or not await self._ours_still(info):
                 await self.docker.stop_and_remove(died.container_id, timeout=1)
                 return
             self.counters["crashed"] += 1
@@ -753,6 +887,7 @@ class Runner:
 
     async def _check(self, live: Live) -> None:
         """Idle stop, or hang detection from the agent's heartbeat, for one running container."""
+        await asyncio.to_thread(sessiondb.check_fence, live.folder)  # moved: no verdict, the session is dropped
         busy = await asyncio.to_thread(sessiondb.has_unanswered, live.folder)
         heartbeat_age, tool_timeout = (0.0, None) if not busy else await asyncio.to_thread(_silence, live.folder)
         now = time.monotonic()
@@ -828,11 +963,16 @@ class Runner:
     # --- restart ----------------------------------------------------------------------------------
 
     async def adopt(self) -> None:
-        """After a restart: keep our running containers, clear dead ones, finish unanswered turns."""
+        """After a restart: keep our running containers, clear dead ones, finish unanswered turns. Sessions moved
+        to another runner meanwhile (their fence names a later placement) are dropped: their containers stop."""
+        for known in self.index.all():  # each folder is written at the epoch runner.db kept for it
+            sessiondb.hold(self.session_dir(known), self.index.epoch(known.id))
         for container in await self.docker.ours():
             session_id = container.labels.get(LABEL_SESSION, "")
             info = self.index.get(session_id)
-            if container.status == "running" and info is not None and session_id not in self.live:
+            if info is not None and not await self._ours_still(info):
+                await self.docker.stop_and_remove(str(container.id), timeout=1)
+            elif container.status == "running" and info is not None and session_id not in self.live:
                 folder = self.session_dir(info)
                 live = Live(info, folder, container_id=str(container.id))
                 try:
@@ -851,12 +991,19 @@ class Runner:
             if info.id in self.live:
                 continue
             folder = self.session_dir(info)
-            if not (folder / sessiondb.INBOUND).exists():
+            if not (folder / sessiondb.INBOUND).exists() or not await self._ours_still(info):
                 continue
             self._spawn(self.pump(info.id), f"pump-{info.id}")
             if await asyncio.to_thread(sessiondb.has_unanswered, folder):
                 log.info("session %s has unanswered messages; restarting its agent", info.id)
                 self.want(info, folder)
+
+    async def _ours_still(self, info: SessionInfo) -> bool:
+        """False (the session dropped) if it was moved to another runner."""
+        with self.fenced_off():
+            await self._still_ours(info)
+            return True
+        return False
 
     async def shutdown(self) -> None:
         # By default containers keep running across a runner restart; the next runner adopts them.
@@ -883,6 +1030,11 @@ async def _logged(coro: Coroutine[Any, Any, None], name: str) -> None:
         log.exception("%s failed", name)
 
 
+def _check_fence(folder: Path) -> None:
+    check_files(folder)  # never read through a link the agent planted
+    sessiondb.check_fence(folder)
+
+
 def _silence(folder: Path) -> tuple[float, float | None]:
     """(seconds since the agent's last heartbeat, the timeout of the long tool call it declared, if any)."""
     try:
@@ -903,6 +1055,7 @@ def _host_timezone() -> str:
 async def main(ctx: ServiceContext) -> None:
     docker = Docker(ctx.config.install_id, ctx.config.runner.docker_workers)
     index = await SessionIndex.start(ctx.config.data_dir / "runner.db")
+    sessiondb.write_as(ctx.config.runner.id)  # every session-folder write checks the placement fence
     runner = Runner(ctx, docker, index)
     ctx.stats["runner"] = runner.counters
     ctx.stats["cli"] = runner.admin.counters
@@ -928,7 +1081,7 @@ async def main(ctx: ServiceContext) -> None:
         ctx.stats["wakes"], ctx.stats["receipts"] = wake_stats, receipt_stats
         async with asyncio.TaskGroup() as tg:
             tg.create_task(
-                consume(wakes, ev.Wake, runner.on_wake, stopping=ctx.stopping, stats=wake_stats, concurrency=8)
+                consume(wakes, ev.WAKE_DECODER, runner.on_wake, stopping=ctx.stopping, stats=wake_stats, concurrency=8)
             )
             tg.create_task(
                 consume(receipts, ev.DeliveryReceipt, runner.on_receipt, stopping=ctx.stopping, stats=receipt_stats)

@@ -64,6 +64,9 @@ MIGRATIONS = [
         # until its outcome has reached the agent (then the row goes).
         "ALTER TABLE cli_writes ADD COLUMN decision TEXT;",
     ),
+    # The session's placement epoch this runner holds its folder at (`sessiondb.claim`; 0: none known), so a
+    # restarted runner still writes it only while the folder's fence names no later placement.
+    ("0005_session_epoch", "ALTER TABLE sessions ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;"),
 ]
 _settings_decoder = msgspec.json.Decoder(ev.GroupSettings)
 _decision_decoder = msgspec.json.Decoder(ev.ApprovalDecision)
@@ -80,10 +83,12 @@ class SessionIndex(servicedb.Store):
         # file is a step the runner runs on the store's own thread (`SessionIndex.start`, `run`).
         super().__init__(conn)
         self._cache: dict[str, SessionInfo] = {}
-        for row in self.conn.execute("SELECT id, agent_group, channel, chat_id, thread_id FROM sessions"):
+        self._epochs: dict[str, int] = {}
+        for row in self.conn.execute("SELECT id, agent_group, channel, chat_id, thread_id, epoch FROM sessions"):
             self._cache[row[0]] = SessionInfo(
                 row[0], row[1], ev.Route(channel=row[2], chat_id=row[3], thread_id=row[4])
             )
+            self._epochs[row[0]] = int(row[5])
         self._groups: dict[str, ev.GroupSettings] = {}
         for group, data in self.conn.execute("SELECT agent_group, settings FROM group_settings"):
             try:
@@ -98,12 +103,24 @@ class SessionIndex(servicedb.Store):
         if self._cache.get(info.id) == info:
             return
         self.conn.execute(
-            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+            "INSERT INTO sessions (id, agent_group, channel, chat_id, thread_id, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET"
             " channel = excluded.channel, chat_id = excluded.chat_id, thread_id = excluded.thread_id,"
             " updated_at = excluded.updated_at",
             (info.id, info.agent_group, info.route.channel, info.route.chat_id, info.route.thread_id, time.time()),
         )
         self._cache[info.id] = info
+
+    def epoch(self, session_id: str) -> int:
+        """The placement epoch this runner last held the session's folder at (0: none known)."""
+        return self._epochs.get(session_id, 0)
+
+    def set_epoch(self, session_id: str, epoch: int) -> None:
+        """After a claim (`put` the session first). Only ever raised: a late, older claim changes nothing."""
+        if epoch <= self._epochs.get(session_id, 0):
+            return
+        self.conn.execute("UPDATE sessions SET epoch = ? WHERE id = ? AND epoch < ?", (epoch, session_id, epoch))
+        self._epochs[session_id] = epoch
 
     def set_destinations(self, session_id: str, routes: list[ev.Route]) -> None:
         """The chats (besides its own) this session may send to, as the router last said."""
@@ -195,14 +212,26 @@ class UnsafeSessionFolder(RuntimeError):
     pass
 
 
+def check_files(folder: Path) -> None:
+    """The agent can write this folder: never follow a link it planted to a file of ours."""
+    for name in (sessiondb.INBOUND, sessiondb.OUTBOUND):
+        path = folder / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise UnsafeSessionFolder(f"{path} is not a regular file")
+
+
+def claim_folder(folder: Path, epoch: int, runner: str) -> sessiondb.Fence | None:
+    """Take or hold the session's folder for this runner before anything is written into it (`sessiondb.claim`):
+    raises sessiondb.Fenced when a later placement holds it. Makes the folder if need be."""
+    folder.mkdir(parents=True, exist_ok=True)
+    check_files(folder)
+    return sessiondb.claim(folder, epoch, runner)
+
+
 def prepare_folder(folder: Path, owner_uid: int | None) -> None:
     """Create the session folder and its DB pair; hand it to the container's user when we are root."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in (sessiondb.INBOUND, sessiondb.OUTBOUND):
-        path = folder / name
-        # The agent can write this folder: never follow a link it planted to a file of ours.
-        if path.is_symlink() or (path.exists() and not path.is_file()):
-            raise UnsafeSessionFolder(f"{path} is not a regular file")
+    check_files(folder)
     for sub in ("inbox", "outbox"):
         (folder / sub).mkdir(exist_ok=True)
     sessiondb.ensure_inbound(folder)

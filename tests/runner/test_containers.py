@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from services.runner.containers import ContainerSpec
@@ -58,3 +59,10 @@ def test_the_environment_holds_no_secret(tmp_path: Path) -> None:
     env = spec(tmp_path).environment()
     assert env["ANTHROPIC_API_KEY"] == "clawden-managed"
     assert not any("sk-" in v for v in env.values())
+
+
+def test_the_container_is_told_the_placement_it_writes_under_and_an_older_spec_none(tmp_path: Path) -> None:
+    older = spec(tmp_path)
+    fenced = dataclasses.replace(older, runner="b", epoch=4).environment()
+    assert (fenced["CLAWDEN_RUNNER"], fenced["CLAWDEN_EPOCH"]) == ("b", "4")
+    assert not {"CLAWDEN_RUNNER", "CLAWDEN_EPOCH"} & set(older.environment())  # unfenced, as from an older runner

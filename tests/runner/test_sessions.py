@@ -105,3 +105,16 @@ async def test_the_host_bell_takes_back_its_place_from_a_folder_the_agent_put_th
     transport = await listen_bell(tmp_path, rang.set, None)
     transport.close()
     assert (outside / "keep").read_text() == "kept"
+
+
+def test_the_epoch_a_session_is_held_at_survives_a_reopen_and_only_ever_rises(tmp_path: Path) -> None:
+    index = SessionIndex.open(tmp_path / "runner.db")
+    index.put(SessionInfo("s-1", "main", ev.Route(channel="local", chat_id="kitchen")))
+    assert index.epoch("s-1") == 0  # none known: a session from before placement epochs
+    index.set_epoch("s-1", 3)
+    index.set_epoch("s-1", 2)  # a late claim of an older placement changes nothing
+    index.put(SessionInfo("s-1", "main", ev.Route(channel="local", chat_id="pantry")))  # a route change keeps it
+    index.close()
+
+    again = SessionIndex.open(tmp_path / "runner.db")
+    assert again.epoch("s-1") == 3 and again.epoch("s-2") == 0
