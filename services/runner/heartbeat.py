@@ -35,6 +35,8 @@ def interval(dead_after: float) -> float:
     """Seconds between beats: `EVERY`, or a third of `dead_after` where that is shorter, so a runner is declared
     gone only after three beats missed."""
     return min(EVERY, dead_after / 3)
+
+
 MEMINFO = Path("/proc/meminfo")
 
 
