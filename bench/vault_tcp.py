@@ -1,9 +1,10 @@
 """What the vault's TCP mode (Docker Desktop, `runner.vault_transport = "tcp"`) costs beside its socket mode.
 
 One process on loopback: a minimal HTTPS upstream (bench.gateway's), the gateway with a generic secret, and
-the real in-container relay twice: to the group's Unix socket, and in tcp mode to the gateway's TCP listener
-with a container token (among `--tokens` registered ones, each compared in constant time). Each request goes
-through a relay: CONNECT, then TLS with the gateway's CA, as an agent's client does.
+the real in-container relay three times: to the group's Unix socket, in tcp mode to the gateway's TCP listener
+with a container token (among `--tokens` registered ones, each compared in constant time), and to a second
+listener speaking TLS (`[vault] tcp_tls`, a runner on another host: the relay dials tls://, the agent's TLS runs
+inside it). Each request goes through a relay: CONNECT, then TLS with the gateway's CA, as an agent's client does.
 
 - latency: one keep-alive connection per mode, a request at a time, the modes taking turns;
 - new connection per request: CONNECT + TLS every time, where the relay reads and rewrites the first
@@ -30,6 +31,7 @@ from typing import Any
 
 from bench.gateway import HOST, SECRET, Opener, _Client, _Upstream, close, latencies, open_tunnel
 from services.vault.catalog import Catalog, Credential, Secret
+from services.vault.certs import ListenerTls
 from services.vault.gateway import Gateway
 from services.vault.tcpauth import token_hash
 from tests.fakes.anthropic import make_tls
@@ -82,30 +84,38 @@ async def run(requests: int, tokens: int) -> dict[str, Any]:
         gateway.update_tokens(registered)
         await gateway.listen("bench", folder / "bench" / "gateway.sock")
         port = await gateway.listen_tcp("127.0.0.1", 0)
-        (folder / "token").write_text(token)
+        tls_port = await gateway.listen_tcp(
+            "127.0.0.1", 0, ListenerTls(gateway.ca, folder / "l", ("127.0.0.1",)).context
+        )
+        (folder / "ca.pem").write_bytes(gateway.ca.cert_pem)
         os.environ[relay.TOKEN_FILE_ENV] = str(folder / "token")
+        os.environ[relay.CA_FILE_ENV] = str(folder / "ca.pem")
         by_socket = await relay.serve_relay(str(folder / "bench" / "gateway.sock"))
+        (folder / "token").write_text(token)
         by_tcp = await relay.serve_relay(f"tcp://127.0.0.1:{port}", hide=False)
+        (folder / "token").write_text(token)  # each relay takes (and deletes) its own copy
+        by_tls = await relay.serve_relay(f"tls://127.0.0.1:{tls_port}", hide=False)
         context = ssl.create_default_context(cadata=gateway.ca.cert_pem.decode())
 
         def through(server: asyncio.Server) -> Opener:
             relay_port = server.sockets[0].getsockname()[1]
             return lambda: open_tunnel(lambda: loop.create_connection(_Client, "127.0.0.1", relay_port), context)
 
-        ways = {"socket": through(by_socket), "tcp": through(by_tcp)}
+        ways = {"socket": through(by_socket), "tcp": through(by_tcp), "tls": through(by_tls)}
         try:
             kept = await latencies(ways, requests)
             fresh = {name: await per_connection(opener, requests // 10) for name, opener in ways.items()}
         finally:
-            for server in (by_socket, by_tcp, upstream):
+            for server in (by_socket, by_tcp, by_tls, upstream):
                 server.close()
             await gateway.close()
     result: dict[str, Any] = {f"keep_alive_{n}": summary(s) for n, s in kept.items()}
     result |= {f"new_connection_{n}": summary(s) for n, s in fresh.items()}
-    result["tcp_added_p50_ms"] = {
-        "keep_alive": result["keep_alive_tcp"]["p50_ms"] - result["keep_alive_socket"]["p50_ms"],
-        "new_connection": result["new_connection_tcp"]["p50_ms"] - result["new_connection_socket"]["p50_ms"],
-    }
+    for way in ("tcp", "tls"):
+        result[f"{way}_added_p50_ms"] = {
+            "keep_alive": result[f"keep_alive_{way}"]["p50_ms"] - result["keep_alive_socket"]["p50_ms"],
+            "new_connection": result[f"new_connection_{way}"]["p50_ms"] - result["new_connection_socket"]["p50_ms"],
+        }
     return result
 
 
