@@ -214,6 +214,10 @@ async def _pump(
             await writer.drain()
         if writer.can_write_eof() and not writer.is_closing():
             writer.write_eof()
+        elif not writer.is_closing():
+            # TLS (the listener's) has no half-close here: the gateway would wait for more until its read
+            # timeout, holding the connection, so the whole connection ends with the client's side.
+            writer.close()
     except (ConnectionError, OSError):
         # A reset on either side ends the whole pipe; closing both wakes the other pump with EOF.
         for each in writers:
