@@ -6,9 +6,11 @@ import asyncio
 import stat
 from pathlib import Path
 
+import pytest
+
 from clawden import sessiondb, unixsock
 from clawden.bus import events as ev
-from services.runner.sessions import SessionIndex, SessionInfo, listen_bell
+from services.runner.sessions import SessionIndex, SessionInfo, UnsafeSessionFolder, claim_folder, listen_bell
 
 
 def routes(n: int, tag: str) -> list[ev.Route]:
@@ -118,3 +120,26 @@ def test_the_epoch_a_session_is_held_at_survives_a_reopen_and_only_ever_rises(tm
 
     again = SessionIndex.open(tmp_path / "runner.db")
     assert again.epoch("s-1") == 3 and again.epoch("s-2") == 0
+
+
+def test_a_claim_never_follows_a_link_the_agent_planted_in_place_of_the_hosts_file(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "other-session"
+    elsewhere.mkdir()
+    sessiondb.ensure_inbound(elsewhere)
+    folder = tmp_path / "session"
+    folder.mkdir()
+    (folder / sessiondb.INBOUND).symlink_to(elsewhere / sessiondb.INBOUND)
+    with pytest.raises(UnsafeSessionFolder):
+        claim_folder(folder, 1, "a")
+    assert sessiondb.fence(elsewhere) is None  # the other folder was not fenced through the link
+
+
+def test_a_claim_makes_a_new_sessions_folder_and_fences_it(tmp_path: Path) -> None:
+    folder = tmp_path / "sessions" / "main" / "s-1"
+    try:
+        assert claim_folder(folder, 1, "a") == sessiondb.Fence(1, "a")
+        assert claim_folder(folder, 2, "b") == sessiondb.Fence(2, "b")  # moved to b
+        with pytest.raises(sessiondb.Fenced, match="moved to runner b at epoch 2"):
+            claim_folder(folder, 1, "a")
+    finally:
+        sessiondb.write_as(None)  # claim holds the folder in this process
