@@ -9,7 +9,6 @@ Stdlib only: this module is copied into the agent image as is.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sqlite3
 import time
@@ -244,8 +243,6 @@ def _next_with_parity(current: int, parity: int) -> int:
 # may come back (a host cut off, a process stopped) with its container still running. The folder's `fence` row
 # names the placement epoch and the runner that holds it; every write of this module checks it inside its own
 # transaction, so a writer the session was moved away from writes nothing, by construction.
-
-log = logging.getLogger("clawden.sessiondb")
 
 
 @dataclass(frozen=True)
