@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,10 +55,25 @@ class Shared:
         """The distinct replies (by event id) that answer the message `text` (the fake model echoes it)."""
         return {e.id for e in self.sent if isinstance(e, ev.OutboundMessage) and f">{text}</message>" in e.text}
 
-    def b_said(self, line: str) -> str | None:
-        """Runner b's log, once it holds `line`."""
-        text = self.b.log.read_text()
+    def b_said(self, line: str, after: int = 0) -> str | None:
+        """Runner b's log (from character `after` on), once it holds `line`."""
+        text = self.b.log.read_text()[after:]
         return text if line in text else None
+
+    def kill_b(self) -> None:
+        self.b.proc.kill()
+        self.b.proc.wait()
+
+    def restart_b(self) -> None:
+        """Runner b again, from its home as it was (the fixture's close stops this one)."""
+        with self.b.log.open("ab") as out:
+            self.b.proc = subprocess.Popen(
+                [sys.executable, "-m", "clawden", "run", "runner"],
+                env=dict(os.environ, CLAWDEN_HOME=str(self.b.home)),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def installs(self) -> dict[str, str]:
         """container id -> install, for every container (running or not) of the session."""
@@ -205,5 +222,32 @@ async def test_a_runner_stopped_while_its_session_moved_and_let_go_on_writes_and
         assert len(shared.sent) == said  # b sent nothing, not even a duplicate JetStream would have dropped
         assert [len(shared.replies(t)) for t in ("before the stop", "while b is stopped")] == [1, 1]
         assert f"container for session {SESSION}" not in log  # its container's exit was no crash, nor a hang
+    finally:
+        await nc.close()
+
+
+async def test_a_runner_restarted_after_its_session_moved_drops_it_at_start(shared: Shared) -> None:
+    nc = await shared.stack.connect()
+    try:
+        await shared.watch(nc)
+        await send(nc, "b", wake("before the kill", 1))
+        await eventually(lambda: shared.replies("before the kill"), TURN, lambda: shared.b.log.read_text()[-3000:])
+        await eventually(shared.settled, TURN)
+
+        shared.kill_b()  # runner b dies; its container lives on, on "host b"
+        await move_to_a(nc)
+        await send(nc, "a", wake("after the kill", 2))
+        await eventually(lambda: shared.replies("after the kill"), TURN, lambda: shared.stack.output[-40:])
+        await eventually(shared.settled, TURN)
+        before, said, logged = shared.rows(), len(shared.sent), len(shared.b.log.read_text())
+
+        shared.restart_b()  # from the same home: its runner.db says it held the session at epoch 1
+        since = await eventually(lambda: shared.b_said("runner ready", after=logged), TURN)
+        await nc.flush()
+
+        assert f"session {SESSION} moved to runner a at epoch 2" in since  # dropped by adopt(), before taking wakes
+        assert shared.rows() == before and len(shared.sent) == said
+        # its container, stopped by itself on the fence or by b at start, is gone: only a's is left
+        await eventually(lambda: set(shared.installs().values()) == {shared.stack.install_id}, TURN, shared.installs)
     finally:
         await nc.close()
