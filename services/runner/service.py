@@ -83,6 +83,9 @@ START_GATE_SECONDS = 20.0  # a start slot is held at most this long (an agent st
 STOP_GRACE = 15
 MAX_INBOX_BYTES = 50 * 1024 * 1024
 START_ATTEMPTS = 5  # failed container starts in a row before a session's messages fail
+# Seconds before a wake whose session folder stayed locked is taken again: the wake durable's 20 deliveries then
+# outlast an NFS lock lease (90 s) that a frozen host leaves behind.
+LOCKED_RETRY = 10.0
 
 
 @dataclass
@@ -317,6 +320,10 @@ class Runner:
             await self.index.run(self.index.set_destinations, info.id, [d.route for d in destinations])
 
     async def _refused(self, info: SessionInfo, key: str, exc: Exception) -> None:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            # Another writer held the folder past the busy timeout (a runner stopped mid-write, slow shared
+            # storage): nothing is damaged, and the wake or adoption is taken again later.
+            raise Retry(f"session {info.id}: its folder is locked ({exc}); trying again", delay=LOCKED_RETRY)
         log.error("session %s folder refused: %s", info.id, exc, extra={"session_id": info.id})
         await self._tell(
             info,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -249,5 +250,37 @@ async def test_a_runner_restarted_after_its_session_moved_drops_it_at_start(shar
         assert shared.rows() == before and len(shared.sent) == said
         # its container, stopped by itself on the fence or by b at start, is gone: only a's is left
         await eventually(lambda: set(shared.installs().values()) == {shared.stack.install_id}, TURN, shared.installs)
+    finally:
+        await nc.close()
+
+
+async def test_a_folder_left_locked_by_a_writer_stopped_mid_write_delays_the_move_and_loses_nothing(
+    shared: Shared,
+) -> None:
+    nc = await shared.stack.connect()
+    try:
+        await shared.watch(nc)
+        await send(nc, "b", wake("before the lock", 1))
+        await eventually(lambda: shared.replies("before the lock"), TURN, lambda: shared.b.log.read_text()[-3000:])
+        await eventually(shared.settled, TURN)
+
+        # A writer frozen inside its transaction (runner b stopped mid-write) keeps inbound.db's write lock.
+        frozen = sqlite3.connect(shared.folder / sessiondb.INBOUND, isolation_level=None)
+        try:
+            frozen.execute("BEGIN IMMEDIATE")
+            await move_to_a(nc)
+            await send(nc, "a", wake("during the lock", 2))
+            log = shared.stack.home / "logs" / "runner.log"
+            await eventually(lambda: "its folder is locked" in log.read_text(), TURN, lambda: log.read_text()[-3000:])
+        finally:
+            frozen.execute("ROLLBACK")
+            frozen.close()
+
+        await eventually(lambda: shared.replies("during the lock"), TURN, lambda: log.read_text()[-3000:])
+        await eventually(shared.settled, TURN)
+        assert sessiondb.fence(shared.folder) == Fence(2, "a")
+        assert [len(shared.replies(t)) for t in ("before the lock", "during the lock")] == [1, 1]
+        errors = [e for e in shared.sent if isinstance(e, ev.OutboundMessage) and e.kind == "error"]
+        assert not errors  # a lock is no damaged storage: the chat is told nothing of it
     finally:
         await nc.close()
