@@ -2,9 +2,13 @@
 whole Clawden (`clawden up`, a real container, the real Claude Code CLI, the fake model) and the router's
 routed events per second (`clawden run router` draining a preloaded backlog, as bench/router.py). One run
 of each on each bus; medians and the cluster's ratios. With --failover it also runs tests/cluster's
-failover at size: 20 chats, 200 messages, the wake stream's leader node SIGKILLed mid-way.
+failover at size: 20 chats, 200 messages, the wake stream's leader node SIGKILLed mid-way. With --runner-loss it
+runs only tests/cluster's runner loss at size instead: two runners on shared storage, 20 chats of 20 messages, runner
+b SIGKILLed (then, afresh, SIGSTOPped past dead_after and SIGCONTed), and how long b's chats waited for their next
+reply after the loss (dead_after is 3 s there).
 
     .venv/bin/python -m bench.cluster [--warm 30] [--events 3000] [--failover] [--out bench/results/cluster.json]
+    .venv/bin/python -m bench.cluster --runner-loss [--chats 20] [--messages 20] [--out bench/results/runner-loss.json]
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from clawden.bus import connect
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl import router as ctl
 from clawden.bus.ctl.common import PING
-from tests.cluster import failover
+from tests.cluster import failover, runnerloss
 from tests.cluster.nodes import Cluster
 from tests.e2e.harness import Stack, Terminal, start_stack
 
@@ -158,13 +162,58 @@ def whole(kind: str, warm: int, chats: int, messages: int) -> dict[str, dict[str
                 nodes.stop()
 
 
+def runner_loss(chats: int, messages: int) -> dict[str, object]:
+    """Runner b lost (killed, then in a fresh install stopped and let go on) while chats talk."""
+    out: dict[str, object] = {"dead_after_s": runnerloss.DEAD_AFTER}
+    for how in ("kill", "stop"):
+        with (
+            tempfile.TemporaryDirectory(prefix=f"clawden-bench-runner-{how}-") as tmp,
+            runnerloss.pair(Path(tmp), max_containers=20) as p,
+        ):
+            started = time.monotonic()
+            loss = asyncio.run(
+                runnerloss.lose_b(
+                    p,
+                    how,
+                    chats=chats,
+                    messages=messages,
+                    reply_timeout=600,
+                    log=lambda s: print(s, file=sys.stderr),
+                )
+            )
+            waits = sorted(loss.waits)
+            out[how] = {
+                "chats": chats,
+                "messages": sum(len(c.sent) for c in loss.chats),
+                "chats_on_b": len(loss.on_b),
+                "seconds": round(time.monotonic() - started, 1),
+                "wait_after_loss_median_s": round(waits[len(waits) // 2], 1),
+                "wait_after_loss_max_s": round(waits[-1], 1),
+                **loss.figures,
+            }
+            print(f"  {how}: {out[how]}", file=sys.stderr)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warm", type=int, default=30, help="warm turns on each bus")
     parser.add_argument("--events", type=int, default=3000, help="events the router drains on each bus")
     parser.add_argument("--failover", action="store_true", help="also 20 chats x 10 messages with a node killed")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/cluster.json"))
+    parser.add_argument("--runner-loss", action="store_true", help="only: a runner lost, with shared storage")
+    parser.add_argument("--chats", type=int, default=20, help="--runner-loss: chats talking")
+    parser.add_argument("--messages", type=int, default=20, help="--runner-loss: messages each chat sends")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.runner_loss:
+        loss = runner_loss(args.chats, args.messages)
+        loss["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
+        out = args.out or Path("bench/results/runner-loss.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(loss, indent=2) + "\n")
+        print(f"written to {out}")
+        return 0
+    args.out = args.out or Path("bench/results/cluster.json")
     result: dict[str, object] = {}
     rates: dict[str, float] = {}
     warm_medians: dict[str, float] = {}

@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ class Chat:
     name: str
     sent: list[str] = field(default_factory=list)
     replies: list[str] = field(default_factory=list)
+    replied_at: list[float] = field(default_factory=list)  # time.monotonic() of each reply
 
 
 async def talk(stack: Stack, chat: Chat, messages: int, reply_timeout: float, until: asyncio.Event) -> None:
@@ -35,6 +37,7 @@ async def talk(stack: Stack, chat: Chat, messages: int, reply_timeout: float, un
             chat.sent.append(text)
             await term.send(text)
             chat.replies.append((await term.reply(timeout=reply_timeout)).text)
+            chat.replied_at.append(time.monotonic())
         with contextlib.suppress(TimeoutError):  # a second reply to anything would show up here
             chat.replies.append((await term.reply(timeout=3)).text)
 
