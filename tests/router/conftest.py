@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -85,16 +86,25 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-@pytest.fixture
-async def router(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[RouterProcess]:
-    home = tmp_path / "home"
+@contextlib.asynccontextmanager
+async def running_router(home: Path, url: str, runner: str = "") -> AsyncIterator[RouterProcess]:
+    """A router on a fresh home at `home`; `runner`: lines for its config's `[runner]` section."""
     setup.init(home)
-    r = RouterProcess(home, nats_server.url, start_router(home, nats_server.url))
+    if runner:
+        cfg = home / "config.toml"
+        cfg.write_text(cfg.read_text().replace("[runner]\n", f"[runner]\n{runner}\n", 1))
+    r = RouterProcess(home, url, start_router(home, url))
     try:
         await wait_ready(r)
         yield r
     finally:
         stop(r.proc)
+
+
+@pytest.fixture
+async def router(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[RouterProcess]:
+    async with running_router(tmp_path / "home", nats_server.url) as r:
+        yield r
 
 
 @pytest.fixture

@@ -13,14 +13,13 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from clawden import setup
 from clawden.bus import bind, ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import runner_wake
 from services.router.failover import untaken_wakes
 from tests.conftest import NatsServer
 from tests.eventually import eventually
-from tests.router.conftest import RouterProcess, collect, start_router, stop, wait_ready
+from tests.router.conftest import RouterProcess, collect, running_router
 from tests.router.test_heartbeats import beat
 from tests.router.test_service import chat_message, send
 
@@ -58,17 +57,10 @@ async def test_what_a_runner_had_not_acked_is_read_past_its_durables_ack_floor(j
 @pytest.fixture
 async def sharing_router(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[RouterProcess]:
     """A router whose install says its runners share storage, declaring a runner gone after 2 s of silence."""
-    home = tmp_path / "home"
-    setup.init(home)
-    cfg = home / "config.toml"
-    sharing = '[runner]\nid = "a"\ndead_after = 2.0\nshared_storage = true\n'
-    cfg.write_text(cfg.read_text().replace("[runner]\n", sharing, 1))
-    r = RouterProcess(home, nats_server.url, start_router(home, nats_server.url))
-    try:
-        await wait_ready(r)
+    async with running_router(
+        tmp_path / "home", nats_server.url, 'id = "a"\ndead_after = 2.0\nshared_storage = true'
+    ) as r:
         yield r
-    finally:
-        stop(r.proc)
 
 
 async def test_the_router_moves_a_silent_runners_sessions_to_a_live_one_with_what_it_had_not_taken(
