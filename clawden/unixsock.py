@@ -72,3 +72,15 @@ def ring(path: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+def answers(path: Path) -> bool:
+    """Whether a stream socket at `path` takes a connection here (closed at once, nothing sent)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        try:
+            with short_path(path) as name:
+                sock.connect(name)
+        except OSError:
+            return False
+    return True

@@ -611,6 +611,10 @@ class RunnerHeartbeat(_Event, tag="runner.heartbeat", frozen=True):
     # Agent groups whose extra mounts (config.toml's `[groups.<name>] mounts`) all exist on this host: the router
     # keeps such a group's new sessions on the runners that name it. Empty from a runner of an older version.
     mount_groups: tuple[str, ...] = ()
+    # Whether this host's agent containers reach the vault (a runner on another host left in socket mode does not:
+    # the gateway sockets are on the vault's host). The router places new sessions on such runners first. True from
+    # a runner of an older version.
+    reaches_vault: bool = True
 
 
 # What a bridge publishes on its inbound subject.

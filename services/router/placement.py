@@ -81,8 +81,8 @@ def place(
         for rid, seen in runners.items()
         if alive(seen, now, dead_after) and (rid == pin if pin else not bound or rid in bound)
     ]
-    if fits:
-        return Placement(min(fits, key=rank).beat.runner)
+    if fits:  # a runner whose containers reach the vault first: elsewhere no agent starts
+        return Placement(min([s for s in fits if s.beat.reaches_vault] or fits, key=rank).beat.runner)
     if pin:
         where = "" if not bound or pin in bound else f"; its extra mounts are on {', '.join(sorted(bound))}"
         return Placement(pin, f"agent group {group} is pinned to runner {pin}, which is not live{where}")

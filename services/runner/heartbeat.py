@@ -71,6 +71,7 @@ def beat(
     memory: int,
     mounts: tuple[str, ...] = (),
     every: float = EVERY,
+    reaches_vault: bool = True,
 ) -> ev.RunnerHeartbeat:
     """The heartbeat for these figures."""
     return ev.RunnerHeartbeat(
@@ -85,6 +86,7 @@ def beat(
         load=round(load, 2),
         memory_available=memory,
         mount_groups=mounts,
+        reaches_vault=reaches_vault,
     )
 
 
@@ -105,7 +107,7 @@ def _exists(path: str) -> bool:
     return Path(path).expanduser().exists()
 
 
-async def publish(ctx: ServiceContext, running: int, queued: int) -> None:
+async def publish(ctx: ServiceContext, running: int, queued: int, reaches_vault: bool = True) -> None:
     cfg = ctx.config.runner
     cpus, load, memory = host()
     # A stat may hang on network storage: off the loop. Until it answers this runner does not beat, so the
@@ -122,16 +124,18 @@ async def publish(ctx: ServiceContext, running: int, queued: int) -> None:
         memory=memory,
         mounts=mounts,
         every=interval(cfg.dead_after),
+        reaches_vault=reaches_vault,
     )
     await ctx.nc.publish(subjects.heartbeat(cfg.id), ev.encode(hb))
 
 
-async def run(ctx: ServiceContext, counts: Callable[[], tuple[int, int]]) -> None:
-    """Beat until the service stops; `counts` says (running, queued) now. A failed publish (NATS away for a
-    moment) is logged and the next beat tries again."""
+async def run(ctx: ServiceContext, counts: Callable[[], tuple[int, int]], reaches_vault: Callable[[], bool]) -> None:
+    """Beat until the service stops; `counts` says (running, queued) now, `reaches_vault` whether this host's
+    containers reach the vault, as last found. A failed publish (NATS away for a moment) is logged and the next
+    beat tries again."""
     while True:
         try:
-            await publish(ctx, *counts())
+            await publish(ctx, *counts(), reaches_vault())
         except Exception as exc:
             log.warning("heartbeat not sent: %s", exc)
         if not await sleep_unless_stopping(ctx.stopping, interval(ctx.config.runner.dead_after)):

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import msgspec
 from nats.aio.msg import Msg
 
-from clawden import control, logs, sessiondb, skills
+from clawden import control, logs, sessiondb, skills, unixsock
 from clawden.agentcontainer import PROJECT_SETTINGS, Tuning, VaultTransport, container_user, vault_transport
 from clawden.backoff import backoff
 from clawden.bus import ConsumeStats, Retry, bind, consume, publish, subjects
@@ -136,6 +136,7 @@ class Runner:
         self.moved: dict[str, sessiondb.Fence] = {}
         self.engine_cpus: int | None = None  # what Docker's engine has; set once it answered
         self.vault_transport: VaultTransport = "socket"  # from [runner] vault_transport and the engine, at start
+        self.vault_reached = True  # whether containers here reach the vault, as last probed (probing_vault)
         self.counters = {"wakes": 0, "started": 0, "published": 0, "crashed": 0, "hung": 0, "idle_stopped": 0}
         # The in-container `clawden`: one socket per session under run/admin/, never in the agent's writable folder.
         self.admin = AdminDesk(ctx, index, self.cfg.path("run", "admin"), self.owner_uid, self.note)
@@ -535,6 +536,36 @@ class Runner:
         own = self.cfg.path("run", "trust")
         trust = await asyncio.to_thread(trust_folder, Path(answer.trust_dir), answer.ca_pem, own)
         return tcp_route(self.cfg.runner, answer.port, answer.tls_name), trust, relay_dir
+
+    async def probing_vault(self) -> None:
+        """Keep `vault_reached` current for the heartbeat, once per beat, off the beat's own path (a slow vault
+        must not hold a beat back past dead_after)."""
+        every = heartbeat.interval(self.cfg.runner.dead_after)
+        while True:
+            reached = await self.reaches_vault()
+            if reached != self.vault_reached:
+                log.log(
+                    logging.INFO if reached else logging.WARNING,
+                    "containers here %s the vault",
+                    "reach" if reached else "do not reach",
+                )
+            self.vault_reached = reached
+            if not await sleep_unless_stopping(self.ctx.stopping, every):
+                return
+
+    async def reaches_vault(self) -> bool:
+        """Whether this host's containers can reach the vault, for the heartbeat: over TCP when the settings allow
+        it; by socket when the vault's gateway socket (for `main`, the group every install has) takes a connection
+        here, which it does only on the vault's own host."""
+        if self.vault_transport == "tcp":
+            return tcp_problem(self.cfg.runner) is None
+        try:
+            answer = await control.ask_on(
+                self.ctx.nc, vault_api.GATEWAY, vault_api.GroupRequest(agent_group="main"), timeout=5
+            )
+        except control.ControlError:
+            return False
+        return await asyncio.to_thread(unixsock.answers, Path(answer.socket))
 
     async def _gateway_dir(self, agent_group: str) -> tuple[Path, Path | None]:
         """Ask the vault for this group's gateway socket folder and its CA folder (mounted read-only);
@@ -1097,7 +1128,10 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(runner.housekeeping())
             tg.create_task(runner.dispatcher())
             tg.create_task(runner.admin.resume())  # writes an admin decided that a stopped runner had not finished
-            tg.create_task(heartbeat.run(ctx, lambda: (len(runner.live), len(runner.queue))))
+            tg.create_task(runner.probing_vault())
+            tg.create_task(
+                heartbeat.run(ctx, lambda: (len(runner.live), len(runner.queue)), lambda: runner.vault_reached)
+            )
     finally:
         await runner.shutdown()
         docker.close()

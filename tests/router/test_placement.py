@@ -21,7 +21,16 @@ NOW = 1_000.0
 DEAD_AFTER = 15.0
 
 
-def beat(rid: str, *, free: int = 8, load: float = 0.0, cpus: int = 4, memory: int = 2**30, mounts: str = "") -> Any:
+def beat(
+    rid: str,
+    *,
+    free: int = 8,
+    load: float = 0.0,
+    cpus: int = 4,
+    memory: int = 2**30,
+    mounts: str = "",
+    vault: bool = True,
+) -> Any:
     return heartbeat.beat(
         rid,
         at=0.0,  # the runner's own clock: never used, hosts' clocks may differ
@@ -32,6 +41,7 @@ def beat(rid: str, *, free: int = 8, load: float = 0.0, cpus: int = 4, memory: i
         load=load,
         memory=memory,
         mounts=tuple(mounts.split(",")) if mounts else (),
+        reaches_vault=vault,
     )
 
 
@@ -63,6 +73,10 @@ def placed(runners: dict[str, Seen], group: str = "g", pin: str = "") -> Placeme
         (table(seen("b"), seen("a"), seen("c")), "a"),
         # a full runner still takes a session when it is the only live one (it waits for a slot there)
         (table(seen("a", free=0)), "a"),
+        # a runner whose containers reach the vault first, however busy (elsewhere no agent would start) ...
+        (table(seen("a", free=8, vault=False), seen("b", free=1)), "b"),
+        # ... and by load again when none does
+        (table(seen("a", free=8, vault=False), seen("b", free=1, vault=False)), "a"),
     ],
 )
 def test_a_new_session_goes_to_the_least_loaded_live_runner(runners: dict[str, Seen], where: str) -> None:

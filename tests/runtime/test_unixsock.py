@@ -48,3 +48,13 @@ def test_a_stale_socket_or_link_at_the_path_is_replaced_by_the_new_socket(tmp_pa
     with unixsock.bind(tmp_path / "gateway.sock", mode=0o660):
         assert stat.S_ISSOCK((tmp_path / "gateway.sock").lstat().st_mode)
         assert stat.S_IMODE((tmp_path / "gateway.sock").lstat().st_mode) == 0o660
+
+
+def test_a_stream_socket_answers_only_where_someone_listens_even_past_sun_path(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    assert not unixsock.answers(deep / "gateway.sock")  # nothing there
+    with unixsock.bind(deep / "gateway.sock") as sock:
+        assert not unixsock.answers(deep / "gateway.sock")  # bound, not listening: a dead vault's leftover
+        sock.listen()
+        assert unixsock.answers(deep / "gateway.sock")
