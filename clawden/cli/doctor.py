@@ -682,6 +682,50 @@ async def check_disk(p: Probe) -> Result:
     return disk_result(usage.free, p.cfg.home_path)
 
 
+@dataclass(frozen=True)
+class Storage:
+    """What the storage check found: `[runner] shared_storage` and `storage`, and the folder as it is."""
+
+    shared: bool
+    path: Path
+    in_home: bool  # `storage` unset: the Clawden home
+    exists: bool
+    writable: bool
+    has_groups: bool  # groups/main is there (the home's groups/ was moved in)
+
+
+def storage_result(s: Storage) -> Result:
+    where = f"sessions, groups and agent state in {s.path}"
+    if s.shared and s.in_home:
+        return fail(
+            "runner.shared_storage is on, but runner.storage is unset: the sessions are on this host's disk",
+            "set [runner] storage to the folder every runner mounts (README: Growing past one machine)",
+        )
+    if not s.exists:
+        return fail(f"{where}: the folder does not exist", f"mount or create {s.path}")
+    if not s.writable:
+        return fail(f"{where}: this user cannot write there", f"give the user running Clawden write access to {s.path}")
+    if not s.has_groups:
+        return warn(f"{where}: no groups/main there", f"move the home's groups/ into {s.path}")
+    return ok(where + (", shared by every runner" if s.shared else ""))
+
+
+def read_storage(cfg: Config) -> Storage:
+    path = cfg.storage_path
+    return Storage(
+        shared=cfg.runner.shared_storage,
+        path=path,
+        in_home=not cfg.runner.storage,
+        exists=path.is_dir(),
+        writable=os.access(path, os.W_OK | os.X_OK),
+        has_groups=(cfg.groups_dir / "main").is_dir(),
+    )
+
+
+async def check_storage(p: Probe) -> Result:
+    return storage_result(await asyncio.to_thread(read_storage, p.cfg))
+
+
 # ---- running them ----------------------------------------------------------------------------------
 
 
@@ -702,6 +746,7 @@ def checks(cfg: Config, environ: dict[str, str]) -> list[Check]:
         *([Check("webhooks", check_webhooks, 25)] if cfg.webhooks.listen else []),
         *([Check("web", check_web, 25)] if cfg.web.listen else []),
         Check("disk", check_disk, 5),
+        *([Check("storage", check_storage, 10)] if cfg.runner.storage or cfg.runner.shared_storage else []),
     ]
 
 

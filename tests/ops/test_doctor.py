@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import msgspec
@@ -20,6 +21,7 @@ from clawden.cli.doctor import (
     DISK_WARN,
     Probe,
     Result,
+    Storage,
     channel_check,
     check_ca_trust,
     check_config,
@@ -31,6 +33,8 @@ from clawden.cli.doctor import (
     diagnose,
     disk_result,
     exit_code,
+    read_storage,
+    storage_result,
 )
 from clawden.cli.main import main
 from clawden.pki import CertificateAuthority
@@ -231,6 +235,35 @@ def test_disk_space_warns_under_a_gibibyte_and_fails_near_empty(tmp_path: Path) 
     assert disk_result(DISK_WARN + 1, tmp_path).status == "ok"
     assert disk_result(DISK_WARN - 1, tmp_path).status == "WARN"
     assert disk_result(10 << 20, tmp_path).status == "FAIL"
+
+
+SHARED = Storage(True, Path("/srv/clawden"), in_home=False, exists=True, writable=True, has_groups=True)
+
+
+@pytest.mark.parametrize(
+    ("storage", "status", "says"),
+    [
+        (SHARED, "ok", "shared by every runner"),
+        (replace(SHARED, in_home=True), "FAIL", "runner.storage is unset"),  # "shared", but on this host's disk
+        (replace(SHARED, exists=False), "FAIL", "does not exist"),  # the NFS mount is not there
+        (replace(SHARED, writable=False), "FAIL", "cannot write"),
+        (replace(SHARED, has_groups=False), "WARN", "no groups/main"),  # groups/ left in the home
+        (replace(SHARED, shared=False), "ok", "agent state in /srv/clawden"),  # a storage of its own: fine
+    ],
+)
+def test_the_storage_row_says_what_keeps_sessions_from_moving(storage: Storage, status: str, says: str) -> None:
+    result = storage_result(storage)
+    assert result.status == status and says in result.detail
+    assert bool(result.fix) == (status != "ok")
+
+
+def test_the_storage_row_reads_the_folder_the_config_names(tmp_path: Path) -> None:
+    home, shared = tmp_path / "home", tmp_path / "shared"
+    home.mkdir()
+    (home / "config.toml").write_text(f'[runner]\nshared_storage = true\nstorage = "{shared}"\n')
+    assert read_storage(config_mod.load(home)) == Storage(True, shared, False, False, False, False)
+    (shared / "groups" / "main").mkdir(parents=True)
+    assert read_storage(config_mod.load(home)) == Storage(True, shared, False, True, True, True)
 
 
 @pytest.mark.docker
