@@ -543,20 +543,21 @@ class Runner:
         every = heartbeat.interval(self.cfg.runner.dead_after)
         while True:
             reached = await self.reaches_vault()
-            if reached != self.vault_reached:
+            if reached is not None and reached != self.vault_reached:
                 log.log(
                     logging.INFO if reached else logging.WARNING,
                     "containers here %s the vault",
                     "reach" if reached else "do not reach",
                 )
-            self.vault_reached = reached
+                self.vault_reached = reached
             if not await sleep_unless_stopping(self.ctx.stopping, every):
                 return
 
-    async def reaches_vault(self) -> bool:
+    async def reaches_vault(self) -> bool | None:
         """Whether this host's containers can reach the vault, for the heartbeat: over TCP when the settings allow
         it; by socket when the vault's gateway socket (for `main`, the group every install has) takes a connection
-        here, which it does only on the vault's own host."""
+        here, which it does only on the vault's own host. None when the vault does not answer (starting, or
+        away): that says nothing of this host, and would be the same on every runner."""
         if self.vault_transport == "tcp":
             return tcp_problem(self.cfg.runner) is None
         try:
@@ -564,7 +565,7 @@ class Runner:
                 self.ctx.nc, vault_api.GATEWAY, vault_api.GroupRequest(agent_group="main"), timeout=5
             )
         except control.ControlError:
-            return False
+            return None
         return await asyncio.to_thread(unixsock.answers, Path(answer.socket))
 
     async def _gateway_dir(self, agent_group: str) -> tuple[Path, Path | None]:
