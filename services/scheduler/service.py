@@ -56,6 +56,9 @@ class Scheduler:
             if next_at is not None and next_at <= now:
                 try:
                     await self.fire_due(now)
+                except Unplaced as exc:  # each task's line said why: no traceback every second
+                    log.warning("%s; retrying in %.0fs", exc, RETRY_AFTER)
+                    await self.clock.sleep(RETRY_AFTER, self.ctx.stopping, self.changed)
                 except Exception:
                     log.exception("firing due tasks failed; retrying in %.0fs", RETRY_AFTER)
                     await self.clock.sleep(RETRY_AFTER, self.ctx.stopping, self.changed)
