@@ -79,13 +79,15 @@ def test_fifteen_waiting_messages_go_in_three_prompts_of_five(
 
     session.wait(lambda: all(session.acks().get(seq) == "completed" for seq in seqs) or None)
 
-    # The runner sent three prompts of five, oldest first; the model's first turn is the first five alone
-    # (Claude Code may merge prompts that queue behind a running turn into its next turn).
+    # The runner sent three prompts of five, oldest first; the model's first turn opens with the first five (Claude
+    # Code may merge prompts that queue behind a running turn into one request: on a loaded machine the second
+    # is already queued before the first request goes out), and takes whole prompts only.
     log = agent.log.read_text()
     sent = [[int(s) for s in m.split(", ")] for m in re.findall(r"sent #\[([\d, ]+)\] as prompt", log)]
     assert sent == [seqs[0:5], seqs[5:10], seqs[10:15]]
     first = json.dumps(agent_turns(fake)[0]["messages"])
-    assert [int(s) for s in re.findall(r'<message seq=\\"(\d+)\\"', first)] == seqs[0:5]
+    shown = [int(s) for s in re.findall(r'<message seq=\\"(\d+)\\"', first)]
+    assert shown[:5] == seqs[0:5] and shown in (seqs[0:5], seqs[0:10], seqs)
 
 
 def test_context_and_files_are_answered_without_the_model(
