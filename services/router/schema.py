@@ -258,4 +258,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE sessions ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1;
     """,
     ),
+    # The failover look (every `dead_after / 3` with shared storage) asks which runners hold sessions, and then
+    # for a gone runner's sessions: with the index both are a walk of the runners, not of every session.
+    (
+        "0010_sessions_by_runner",
+        """
+        CREATE INDEX sessions_by_runner ON sessions (runner);
+    """,
+    ),
 ]
