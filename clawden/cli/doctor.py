@@ -1,6 +1,6 @@
 """`clawden doctor`: independent checks of what Clawden needs — Docker, the agent image, NATS, key
-permissions, the gateway CA and its trust inside a container, the model credential, each channel's
-token, disk space — each ok, WARN or FAIL, a failure with a one-line fix.
+permissions, the gateway CA and its trust inside a container, the vault's TCP listener, the model credential,
+each channel's token, disk space — each ok, WARN or FAIL, a failure with a one-line fix.
 
 Checks run concurrently, each under its own timeout, so one that fails or hangs hides none of the
 others; they share one NATS connection, made on first use.
@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import importlib
 import importlib.metadata
+import ipaddress
 import json
 import os
 import secrets
 import shutil
+import socket
+import ssl
 import sys
 import tomllib
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +41,7 @@ from clawden.bus.ctl import vault as vault_ctl
 from clawden.config import Config, configured_bridges, unknown_in_file
 from clawden.installed import start_hint
 from clawden.owner import Unreachable, connect_cli
+from clawden.pki import is_loopback
 from clawden.registry import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE, installed_channels
 from clawden.survey import ask
 from clawden.vaultfiles import BUNDLE_FILE, CA_CERT, CA_FILE, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
@@ -529,6 +534,242 @@ async def check_ca_trust(p: Probe) -> Result:
     return ok(detail)
 
 
+# ---- the vault's TCP listener ([vault] tcp_listen) -------------------------------------------------
+
+TCP_DIAL_WAIT = 5.0  # connect, TLS handshake, and the 407 each
+WILDCARD_DIAL = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # a wildcard bind, dialled on loopback
+NAME_MISMATCH = (62, 64)  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+# A request with no proxy token: the listener answers 407 (tcpauth.NO_TOKEN) and does nothing else.
+NO_TOKEN_PROBE = b"CONNECT clawden-doctor.invalid:443 HTTP/1.1\r\nHost: clawden-doctor.invalid:443\r\n\r\n"
+RESTART_VAULT = "restart the vault (it listens as config.toml said when it started)"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """The vault's TCP listener as config.toml makes it (`tcpauth.tls_on`, `tcpauth.listener_names`, as the vault
+    reads them), and the name this host's runner checks on its certificate ("": none runs here in tcp mode)."""
+
+    listen: str  # [vault] tcp_listen as written
+    host: str
+    port: int | None  # None: tcp_listen names no port; 0: the vault picks one
+    tls: bool
+    names: tuple[str, ...]  # the certificate's, the first its subject (TLS only)
+    named: bool = True  # the bind address or tcp_names gave names, not this machine's host name alone
+    runner_dials: str = ""  # this host's runner: [runner] vault_tcp_host, when it reaches the vault over TCP
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What dialling the listener found: `problem` "" when it answered as the vault's gateway (a 407 to a
+    request with no token), else what went wrong, in `detail`; the certificate's names where it spoke TLS."""
+
+    problem: Literal["", "unreachable", "no_tls", "untrusted", "name", "not_gateway"] = ""
+    detail: str = ""
+    names: tuple[str, ...] = ()
+
+
+ANSWER_FIXES = {
+    "unreachable": RESTART_VAULT + "; if it still fails, its log says why it could not listen",
+    "no_tls": RESTART_VAULT + ": it listens in clear, not with TLS as [vault] tcp_tls says now",
+    "untrusted": "see the gateway CA row; another program may hold the port, else " + RESTART_VAULT,
+    "name": RESTART_VAULT + ": its certificate carries the names config.toml gave then",
+    "not_gateway": "another program may hold the port, or the vault speaks TLS there: " + RESTART_VAULT,
+}
+
+
+def parse_listen(listen: str) -> tuple[str, int | None]:
+    """(host, port) of `host:port` (`[v6]:port` too) as the vault binds it; port None when it is not one."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port) if port.isdigit() and int(port) < 65536 else None
+
+
+def same_name(a: str, b: str) -> bool:
+    """Whether two certificate names are one: DNS names ignoring case and a trailing dot, addresses as addresses."""
+
+    def norm(name: str) -> str:
+        name = name.strip("[]").lower().rstrip(".")
+        try:
+            return ipaddress.ip_address(name).compressed
+        except ValueError:
+            return name
+
+    return norm(a) == norm(b)
+
+
+def covers(names: Sequence[str], name: str) -> bool:
+    return any(same_name(n, name) for n in names)
+
+
+def listener_problem(s: Listener) -> Result | None:
+    """What is wrong with the listener as config.toml makes it, before anything is dialled; None: nothing."""
+    if s.port is None:
+        return fail(f"[vault] tcp_listen {s.listen!r} is not host:port", 'write it as host:port, e.g. "127.0.0.1:8471"')
+    if not s.tls and not is_loopback(s.host):
+        return fail(
+            f"{s.listen} is off loopback without TLS: the containers' tokens and traffic would cross the network"
+            " in clear",
+            "set [vault] tcp_tls = true or auto (the default), and restart the vault",
+        )
+    if s.tls and not s.names:
+        return fail(f"{s.listen} speaks TLS, but its certificate would have no name", "set [vault] tcp_names")
+    if s.tls and s.runner_dials and not covers(s.names, s.runner_dials):
+        return fail(
+            f"this host's runner dials {s.runner_dials} ([runner] vault_tcp_host), which the listener's certificate"
+            f" would not name (it names {', '.join(s.names)})",
+            f'add "{s.runner_dials}" to [vault] tcp_names and restart the vault',
+        )
+    return None
+
+
+def vault_tcp_result(s: Listener, answer: Answer | None) -> Result:
+    """The `vault tcp` row: the listener as config.toml makes it, and, where it was dialled, how it answered."""
+    if problem := listener_problem(s):
+        return problem
+    where = f"{s.listen}, " + (f"TLS for {', '.join(s.names)}" if s.tls else "plain TCP on loopback")
+    if answer is None:
+        return ok(where + "; not dialled: " + ("the vault picks its port" if s.port == 0 else "the vault does not run"))
+    if answer.problem:
+        return fail(f"{where}: {answer.detail}", ANSWER_FIXES[answer.problem])
+    if missing := [n for n in s.names if not covers(answer.names, n)]:
+        return fail(
+            f"{where}: the listener's certificate names {', '.join(answer.names)}, not {', '.join(missing)}",
+            ANSWER_FIXES["name"],
+        )
+    checked = s.runner_dials or (s.names[0] if s.names else "")
+    detail = where + (
+        f"; a TLS handshake trusting the gateway CA alone, checking {checked}, then a 407 to a request without a token"
+        if s.tls
+        else "; it answers a request without a token with 407"
+    )
+    if s.tls and not s.named:
+        return warn(
+            detail + f": only this machine's name, since it binds {s.host or 'every address'} and tcp_names is empty",
+            "list the names and addresses runners dial ([runner] vault_tcp_host) in [vault] tcp_names, and restart"
+            " the vault: a runner that dials another name or an address fails the TLS handshake",
+        )
+    return ok(detail)
+
+
+def read_listener(cfg: Config, by_tcp: bool) -> Listener:
+    """The listener from config.toml, as the vault makes it (`services/vault/tcpauth.py`, which the vault
+    uses: the doctor, an operator tool, loads it by name as it does the web and webhook checks)."""
+    tcpauth = importlib.import_module("services.vault.tcpauth")
+    host, port = parse_listen(cfg.vault.tcp_listen)
+    tls = bool(tcpauth.tls_on(cfg.vault.tcp_tls, host))
+    names: tuple[str, ...] = tcpauth.listener_names(host, cfg.vault.tcp_names, (socket.gethostname(),))
+    route = cfg.runner.vault_tcp_host
+    return Listener(
+        cfg.vault.tcp_listen,
+        host,
+        port,
+        tls,
+        names if tls else (),
+        named=bool(tcpauth.listener_names(host, cfg.vault.tcp_names, ())),
+        # Through a unix: route the relay checks the certificate's first name, which it always carries.
+        runner_dials=route if by_tcp and not route.startswith("unix:") else "",
+    )
+
+
+def _listener_context(cfg: Config, check_name: bool) -> ssl.SSLContext:
+    """The relay's context (`container/clawden_agent/relay.py`): the gateway CA alone, TLS 1.2 or later."""
+    context = ssl.create_default_context(cafile=str(cfg.keys_dir / CA_CERT))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = check_name
+    return context
+
+
+def _certificate_names(der: bytes | None) -> tuple[str, ...]:
+    from cryptography import x509
+
+    if der is None:
+        return ()
+    sans = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return tuple(str(n.value) for n in sans.value if isinstance(n, x509.DNSName | x509.IPAddress))
+
+
+async def _open(
+    host: str, port: int, tls: ssl.SSLContext | None, name: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    secure: dict[str, Any] = (
+        {"ssl": tls, "server_hostname": name, "ssl_handshake_timeout": TCP_DIAL_WAIT} if tls else {}
+    )
+    return await asyncio.wait_for(asyncio.open_connection(host, port, **secure), TCP_DIAL_WAIT)
+
+
+async def _names_anyway(cfg: Config, host: str, port: int) -> tuple[str, ...]:
+    """The certificate's names, from a handshake that checks the CA but no name (after one that checked it)."""
+    try:
+        _, writer = await _open(host, port, _listener_context(cfg, check_name=False), "")
+    except (OSError, TimeoutError):
+        return ()
+    names = _certificate_names(writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
+    await _close(writer)
+    return names
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError):  # a TLS peer that never says close_notify
+        await asyncio.wait_for(writer.wait_closed(), TCP_DIAL_WAIT)
+
+
+async def dial_listener(cfg: Config, s: Listener) -> Answer:
+    """Dial the listener as a runner's relay does (the bind address; a wildcard's on loopback), then ask it
+    something without a token: the vault's gateway answers 407."""
+    assert s.port
+    host, checked = WILDCARD_DIAL.get(s.host, s.host), s.runner_dials or (s.names[0] if s.names else "")
+    at = f"{host}:{s.port}"
+    try:
+        tls = _listener_context(cfg, check_name=True) if s.tls else None
+    except (OSError, ssl.SSLError) as exc:
+        return Answer("untrusted", f"the gateway CA {cfg.keys_dir / CA_CERT} cannot be loaded ({exc})")
+    try:
+        reader, writer = await _open(host, s.port, tls, checked)
+    except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code in NAME_MISMATCH:
+            names = await _names_anyway(cfg, host, s.port)
+            return Answer("name", f"its certificate does not name {checked} (it names {', '.join(names)})", names)
+        return Answer("untrusted", f"its certificate is not one the gateway CA issued ({exc.verify_message})")
+    except ssl.SSLError as exc:
+        return Answer("no_tls", f"no TLS handshake on {at} ({exc.reason or exc})")
+    except (OSError, TimeoutError) as exc:  # refused, unreachable, silent
+        return Answer("unreachable", f"nothing answers on {at} ({exc or type(exc).__name__})")
+    names = _certificate_names(writer.get_extra_info("ssl_object").getpeercert(binary_form=True)) if tls else ()
+    try:
+        writer.write(NO_TOKEN_PROBE)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TCP_DIAL_WAIT)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        head = b""
+    finally:
+        await _close(writer)
+    if not head.startswith(b"HTTP/1.1 407"):
+        first = head.split(b"\r\n", 1)[0].decode("latin-1")[:80]
+        return Answer("not_gateway", f"{at} does not answer as the vault's gateway ({first or 'no answer'})", names)
+    return Answer(names=names)
+
+
+def _runner_by_tcp(cfg: Config) -> bool:
+    """Whether this host's runner reaches the vault over TCP; not when Docker cannot say (auto)."""
+    try:
+        return _vault_by_tcp(cfg)
+    except Exception:  # the Docker row says why Docker does not answer
+        return False
+
+
+async def check_vault_tcp(p: Probe) -> Result:
+    """`[vault] tcp_listen`: where it binds, with TLS for which names; with the vault running, dialled."""
+    listener = read_listener(p.cfg, await asyncio.to_thread(_runner_by_tcp, p.cfg))
+    answer = None
+    if listener_problem(listener) is None and listener.port:
+        try:
+            await p.ask(vault_ctl.SECRETS_LIST, Nothing())  # the vault runs: its listener should answer
+        except (Unreachable, RuntimeError):
+            pass
+        else:
+            answer = await dial_listener(p.cfg, listener)
+    return vault_tcp_result(listener, answer)
+
+
 # ---- the model credential --------------------------------------------------------------------------
 
 
@@ -741,6 +982,7 @@ def checks(cfg: Config, environ: dict[str, str]) -> list[Check]:
         Check("vault key", check_vault_key, 5),
         Check("gateway CA", check_ca, 5),
         Check("CA trust in a container", check_ca_trust, CONTAINER_WAIT + 20),
+        *([Check("vault tcp", check_vault_tcp, 20)] if cfg.vault.tcp_listen else []),
         Check("model credential", check_model, 10),
         *([Check(f"channel {name}", channel_check(name), 20) for name in channels] or [Check("channels", no_channels)]),
         *([Check("webhooks", check_webhooks, 25)] if cfg.webhooks.listen else []),
