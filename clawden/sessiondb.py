@@ -120,7 +120,13 @@ CREATE TABLE IF NOT EXISTS turn_cost (
     output_tokens INTEGER NOT NULL,
     charged_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS answered (
+    seq INTEGER PRIMARY KEY,  -- a claimed row the agent wrote to the chat for, in the same transaction as that write
+    out_seq INTEGER NOT NULL
+);
 """
+# `answered` came without a schema version of its own, as `fence` did: `ensure_outbound` adds it to an older file.
+_ANSWERED_TABLE = _OUTBOUND_SCHEMA[_OUTBOUND_SCHEMA.index("CREATE TABLE IF NOT EXISTS answered") :]
 # Columns added to a table after it first shipped, by the version that added them. CREATE TABLE IF NOT EXISTS
 # leaves an existing table as it is, so an older file gets each one with ALTER TABLE (where it has the table).
 _ADDED_COLUMNS = (("delivered", "read_at", "REAL"),)
@@ -226,6 +232,8 @@ def ensure_inbound(folder: Path) -> Path:
 def ensure_outbound(folder: Path) -> Path:
     path = folder / OUTBOUND
     _ensure(path, _OUTBOUND_SCHEMA)
+    with opened(path) as conn:
+        conn.executescript(_ANSWERED_TABLE)
     return path
 
 
@@ -666,9 +674,11 @@ def ack(folder: Path, seqs: Iterable[int], status: str) -> None:
 
 
 def unclaim(folder: Path, seqs: Iterable[int]) -> None:
-    """Give rows the agent claimed but never showed the model back to the pending queue."""
+    """Give rows the agent claimed back to the pending queue, to be shown to the model (again)."""
+    rows = [(s,) for s in seqs]
     with _writing(folder / OUTBOUND) as conn:
-        conn.executemany("DELETE FROM processing_ack WHERE seq = ? AND status = 'processing'", [(s,) for s in seqs])
+        conn.executemany("DELETE FROM processing_ack WHERE seq = ? AND status = 'processing'", rows)
+        conn.executemany("DELETE FROM answered WHERE seq = ?", rows)
 
 
 @dataclass(frozen=True)
@@ -717,10 +727,17 @@ def charged_seqs(folder: Path) -> list[int]:
         return [int(r[0]) for r in conn.execute("SELECT seq FROM turn_cost ORDER BY seq")]
 
 
-def clear_processing(folder: Path) -> None:
-    """A fresh container forgets claims a dead predecessor left behind, so they run again."""
+def clear_processing(folder: Path) -> list[int]:
+    """A fresh container settles the claims a dead predecessor left behind: one it had written to the chat for is
+    done (the ledger's rule when Claude Code dies: running it again would answer it twice, or fold its answer into
+    the next message's), and the rest run again. Returns the rows found done."""
+    claimed = "status = 'processing' AND seq IN (SELECT seq FROM answered)"
     with _writing(folder / OUTBOUND) as conn:
+        done = [int(r[0]) for r in conn.execute(f"SELECT seq FROM processing_ack WHERE {claimed} ORDER BY seq")]
+        conn.execute(f"UPDATE processing_ack SET status = 'completed', changed_at = ? WHERE {claimed}", (time.time(),))
         conn.execute("DELETE FROM processing_ack WHERE status = 'processing'")
+        conn.execute("DELETE FROM answered")
+    return done
 
 
 def session_routing(folder: Path) -> Routing | None:
@@ -792,28 +809,40 @@ def response(folder: Path, request_id: str) -> dict[str, Any] | None:
 
 
 def write_outbound(
-    folder: Path, *, id: str, kind: str, content: dict[str, Any], routing: Routing, in_reply_to: int | None = None
+    folder: Path,
+    *,
+    id: str,
+    kind: str,
+    content: dict[str, Any],
+    routing: Routing,
+    in_reply_to: int | None = None,
+    answers: Iterable[int] = (),
 ) -> int:
-    """Append one outbound row with the next odd seq (above every seq in both files)."""
+    """Append one outbound row with the next odd seq (above every seq in both files), once: a replayed id (a turn
+    run again after a crash) returns the first row's seq. `answers`: the claimed rows this one answers, recorded in
+    the same transaction (see `clear_processing`)."""
     with opened(folder / INBOUND, readonly=True) as conn:
         inbound_max = _max_seq(conn, "messages_in")
     with _writing(folder / OUTBOUND) as conn:
-        seq = _next_with_parity(max(inbound_max, _max_seq(conn, "messages_out")), 1)
-        conn.execute(
-            "INSERT INTO messages_out (id, seq, in_reply_to, created_at, kind, channel, chat_id, thread_id,"
-            " content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                id,
-                seq,
-                in_reply_to,
-                time.time(),
-                kind,
-                routing.channel,
-                routing.chat_id,
-                routing.thread_id,
-                json.dumps(content),
-            ),
-        )
+        first = conn.execute("SELECT seq FROM messages_out WHERE id = ?", (id,)).fetchone()
+        seq = int(first[0]) if first else _next_with_parity(max(inbound_max, _max_seq(conn, "messages_out")), 1)
+        if first is None:
+            conn.execute(
+                "INSERT INTO messages_out (id, seq, in_reply_to, created_at, kind, channel, chat_id, thread_id,"
+                " content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    id,
+                    seq,
+                    in_reply_to,
+                    time.time(),
+                    kind,
+                    routing.channel,
+                    routing.chat_id,
+                    routing.thread_id,
+                    json.dumps(content),
+                ),
+            )
+        conn.executemany("INSERT OR IGNORE INTO answered (seq, out_seq) VALUES (?, ?)", [(s, seq) for s in answers])
         return seq
 
 

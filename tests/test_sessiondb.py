@@ -75,6 +75,39 @@ def test_a_dead_containers_unfinished_messages_are_retried_then_fail(folder: Pat
     assert sdb.pending_inbound(folder) == []
 
 
+def test_a_claim_the_dead_container_wrote_to_the_chat_for_is_done_and_the_rest_run_again(folder: Path) -> None:
+    answered, asked, riding = (sdb.insert_inbound(folder, message(t))[0] for t in ("answered", "asked", "riding"))
+    sdb.ack(folder, [answered, asked, riding], "processing")
+
+    def reply(answers: list[int]) -> int:
+        row = "reply:2:send:0"
+        return sdb.write_outbound(folder, id=row, kind="chat", content={}, routing=ROUTE, answers=answers)
+
+    out = reply([answered])
+    assert reply([answered, riding]) == out  # run again after a crash: the row is found, not written twice
+    sdb.unclaim(folder, [riding])  # handed back to be shown to the model again: its answer no longer counts
+
+    assert sdb.clear_processing(folder) == [answered]  # what the next container does first
+
+    assert [m.seq for m in sdb.pending_inbound(folder)] == [asked, riding]
+    assert len(sdb.read_new_outbound(folder)) == 1
+    assert sdb.clear_processing(folder) == []  # the record went with the claims it settled
+
+
+def test_a_session_file_from_before_the_answered_record_gets_it_from_its_next_container(tmp_path: Path) -> None:
+    folder = tmp_path / "old"
+    folder.mkdir()
+    sdb.ensure_inbound(folder)
+    path = sdb.ensure_outbound(folder)
+    with sdb.opened(path) as conn:
+        conn.execute("DROP TABLE answered")  # as a file made by an older Clawden has it
+    sdb.ensure_outbound(folder)
+    seq, _ = sdb.insert_inbound(folder, message("hello"))
+    sdb.ack(folder, [seq], "processing")
+    sdb.write_outbound(folder, id="r", kind="chat", content={}, routing=ROUTE, answers=[seq])
+    assert sdb.clear_processing(folder) == [seq]
+
+
 def test_the_agent_takes_its_oldest_messages_first(folder: Path) -> None:
     seqs = [sdb.insert_inbound(folder, message(str(i)))[0] for i in range(5)]
     assert [m.seq for m in sdb.pending_inbound(folder, limit=3)] == seqs[:3]

@@ -50,6 +50,11 @@ class Ledger:
     def busy(self) -> bool:
         return bool(self.open)
 
+    @property
+    def in_conversation(self) -> list[int]:
+        """The rows of every prompt Claude Code has taken in and not settled: what a write to the chat answers."""
+        return [s for p in self.open.values() if p.taken for s in p.seqs]
+
     def sent(self, uuid: str, seqs: list[int], anchor: int) -> Prompt:
         prompt = Prompt(uuid, list(seqs), anchor)
         self.open[uuid] = prompt

@@ -523,7 +523,9 @@ class Runner:
         self.bell = doorbell.Doorbell(folder / sessiondb.AGENT_BELL)
         self.host_bell = folder / sessiondb.HOST_BELL
         self.ledger = Ledger()
-        self.state = tools.TurnState(folder, self.ring_host, on_write=self.ledger.wrote_to_chat)
+        self.state = tools.TurnState(
+            folder, self.ring_host, on_write=self.ledger.wrote_to_chat, answering=lambda: self.ledger.in_conversation
+        )
         self.agent = Agent(config, self.state, folder / sessiondb.HEARTBEAT)
         self._stopping = False
         self._reader: asyncio.Task[None] | None = None
@@ -562,7 +564,8 @@ class Runner:
             self._fence()
         try:
             await asyncio.to_thread(sessiondb.ensure_outbound, folder)
-            await asyncio.to_thread(sessiondb.clear_processing, folder)
+            if done := await asyncio.to_thread(sessiondb.clear_processing, folder):
+                log.info("#%s were answered by the container before this one, which stopped before their result", done)
         except sessiondb.Fenced as moved:
             self.fenced(moved)  # moved before this container came up: it touches nothing
             return
@@ -776,9 +779,15 @@ class Runner:
         if self._compacting.intersection(p.uuid for p in settled.prompts):  # the reply to an admin's /compact
             self._compacting.difference_update(p.uuid for p in settled.prompts)
             compacted, self._compacted = self._compacted, None
-            tools.write_reply(self.state, commands.compacted_text(compacted, text), suffix="compact", reply_to=anchor)
+            tools.write_reply(
+                self.state,
+                commands.compacted_text(compacted, text),
+                suffix="compact",
+                reply_to=anchor,
+                answers=settled.seqs,
+            )
         elif text and not wrote:  # answered without send_message: the final text still reaches the chat
-            tools.write_reply(self.state, text, suffix="result", reply_to=anchor)
+            tools.write_reply(self.state, text, suffix="result", reply_to=anchor, answers=settled.seqs)
         sessiondb.ack(self.config.session_dir, settled.seqs, "completed")
         return "completed"
 
@@ -864,7 +873,8 @@ class Runner:
 
     def _fail(self, seqs: list[int], anchor: int, reason: str) -> None:
         log.warning("turn failed: %s", reason)
-        tools.write_reply(self.state, f"Sorry — the agent failed: {reason}", suffix="failed", reply_to=anchor)
+        text = f"Sorry — the agent failed: {reason}"
+        tools.write_reply(self.state, text, suffix="failed", reply_to=anchor, answers=seqs)
         sessiondb.ack(self.config.session_dir, seqs, "failed")
         self.ring_host()
 

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -39,6 +38,9 @@ MAX_SCRIPT = 16 * 1024  # as the scheduler takes them
 MAX_INSTRUCTIONS = 32 * 1024  # a new agent's CLAUDE.md (create_agent)
 PACKAGE_KINDS = ("apt", "npm", "pip")  # install_packages; the host checks the names (clawden/packagespec.py)
 MAX_PACKAGES = 64
+# Rows that answer the person. An edit or a reaction does not, nor a question: a turn that dies waiting for its answer
+# runs again (and asks again), rather than leave the person's answer with nothing to take it.
+ANSWERING_KINDS = ("chat", "file", "card")
 
 
 @dataclass
@@ -52,6 +54,7 @@ class TurnState:
     rows: int = 0  # rows written for `reply_to`: their ids must be unique and stable across a re-run
     writes: int = 0  # chat rows written in all
     on_write: Callable[[], None] | None = None
+    answering: Callable[[], list[int]] = list  # the claimed rows a write to the chat answers now (the ledger's)
     waited: float = 0.0  # seconds spent waiting on a person or the scheduler, in all
     waiting_since: float | None = None  # monotonic, while such a wait is on
 
@@ -91,27 +94,31 @@ def write_row(
     routing: sessiondb.Routing,
     *,
     reply_to: int | None = None,
+    answers: list[int] | None = None,
 ) -> int:
-    """Write one outbound row (once: a replayed id returns the first row's seq)."""
-    try:
-        return sessiondb.write_outbound(
-            state.session_dir,
-            id=row_id,
-            kind=kind,
-            content=content,
-            routing=routing,
-            in_reply_to=reply_to or state.reply_to,
-        )
-    except sqlite3.IntegrityError:
-        with sessiondb.opened(state.session_dir / sessiondb.OUTBOUND, readonly=True) as conn:
-            row = conn.execute("SELECT seq FROM messages_out WHERE id = ?", (row_id,)).fetchone()
-        if row is None:
-            raise
-        return int(row[0])
+    """Write one outbound row (once: a replayed id returns the first row's seq). A row that reaches the chat is
+    recorded as answering `answers`, by default whatever the conversation holds now."""
+    if answers is None:
+        answers = state.answering() if kind in ANSWERING_KINDS else []
+    return sessiondb.write_outbound(
+        state.session_dir,
+        id=row_id,
+        kind=kind,
+        content=content,
+        routing=routing,
+        in_reply_to=reply_to or state.reply_to,
+        answers=answers,
+    )
 
 
 def write_reply(
-    state: TurnState, text: str, *, suffix: str, routing: sessiondb.Routing | None = None, reply_to: int | None = None
+    state: TurnState,
+    text: str,
+    *,
+    suffix: str,
+    routing: sessiondb.Routing | None = None,
+    reply_to: int | None = None,
+    answers: list[int] | None = None,
 ) -> int | None:
     """Write one chat row answering `reply_to` (by default the message the agent answers now);
     returns its seq, None when there is no chat."""
@@ -119,7 +126,9 @@ def write_reply(
     if routing is None:
         return None
     reply_to = reply_to or state.reply_to
-    return write_row(state, f"reply:{reply_to}:{suffix}", "chat", {"text": text}, routing, reply_to=reply_to)
+    return write_row(
+        state, f"reply:{reply_to}:{suffix}", "chat", {"text": text}, routing, reply_to=reply_to, answers=answers
+    )
 
 
 def declare_wait(folder: Path, name: str | None, timeout: float = 0.0) -> None:

@@ -595,6 +595,39 @@ def test_a_container_killed_between_two_results_answers_the_rest_once_after_rest
     assert session.acks() == {first: "completed", second: "completed"}
 
 
+@pytest.mark.parametrize("answer", ["send_message", "final text"])
+def test_a_container_killed_after_it_answered_does_not_answer_again_when_the_next_message_comes(
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess], answer: str
+) -> None:
+    """Its answer went out before its turn's result was recorded, and the person wrote again: the next
+    container must not run the answered message again, alone (a second answer) or with the new one (the
+    old answer folded into the new one's reply)."""
+    agent = start_agent()
+    if answer == "send_message":
+        fake.script(ToolCall("send_message", {"text": "answer one"}), Hang())
+    else:  # the reply is written from the result, and the container dies before the ack that follows it
+        fake.script(Text("answer one"))
+    first = session.send("first")
+    session.wait(lambda: True if [m for m in session.outbound() if m.in_reply_to == first] else None)
+    if answer == "send_message":
+        session.wait(lambda: True if len(fake.messages_requests(with_tools=True)) == 2 else None)
+    else:  # the ack is what a host would see; drop it as if the container died a moment earlier
+        session.wait(lambda: True if session.acks().get(first) == "completed" else None)
+    agent.kill()
+    if answer == "final text":
+        with sessiondb.opened(session.dir / sessiondb.OUTBOUND) as conn:
+            conn.execute("UPDATE processing_ack SET status = 'processing' WHERE seq = ?", (first,))
+    fake.release()
+    second = session.send("second")
+    start_agent()
+    reply = session.reply_to(second)
+
+    assert "second" in reply.content["text"] and "first" not in reply.content["text"]
+    rows = session.outbound()
+    assert [m.in_reply_to for m in rows] == [first, second] and rows[0].content["text"] == "answer one"
+    assert session.acks() == {first: "completed", second: "completed"}
+
+
 def test_a_runaway_agent_is_stopped_at_the_turn_limit_and_the_chat_is_told(
     session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
 ) -> None:
