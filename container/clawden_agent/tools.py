@@ -8,9 +8,11 @@ Bad input comes back as a tool error the model can read, never as an exception.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import time
 import uuid
@@ -38,6 +40,7 @@ MAX_SCRIPT = 16 * 1024  # as the scheduler takes them
 MAX_INSTRUCTIONS = 32 * 1024  # a new agent's CLAUDE.md (create_agent)
 PACKAGE_KINDS = ("apt", "npm", "pip")  # install_packages; the host checks the names (clawden/packagespec.py)
 MAX_PACKAGES = 64
+QUESTION_SALT_KEY = "question_salt"  # session_state: the secret in the session's question ids (`question_id`)
 # Rows that answer the person. An edit or a reaction does not, nor a question: a turn that dies waiting for its answer
 # runs again (and asks again), rather than leave the person's answer with nothing to take it.
 ANSWERING_KINDS = ("chat", "file", "card")
@@ -129,6 +132,17 @@ def write_reply(
     return write_row(
         state, f"reply:{reply_to}:{suffix}", "chat", {"text": text}, routing, reply_to=reply_to, answers=answers
     )
+
+
+def question_id(folder: Path, row_id: str) -> str:
+    """A question's request id, named by its row as the row's id is, under a secret of the session's own (no other
+    session's agent can name it). A turn run again after its container died asks with the same id: the row is found,
+    not sent twice, and the answer to the card the person already has reaches the rerun."""
+    salt = sessiondb.get_state(folder, QUESTION_SALT_KEY)
+    if salt is None:
+        salt = secrets.token_hex(16)
+        sessiondb.set_state(folder, QUESTION_SALT_KEY, salt)
+    return "q-" + hashlib.sha256(f"{salt}:{row_id}".encode()).hexdigest()[:16]
 
 
 def declare_wait(folder: Path, name: str | None, timeout: float = 0.0) -> None:
@@ -311,12 +325,11 @@ class Tools:
         timeout = args.get("timeout", 300)
         if not isinstance(timeout, int | float) or not 10 <= timeout <= 86_400:
             raise ToolError("`timeout` must be between 10 and 86400 seconds.")
-        request_id = f"q-{uuid.uuid4().hex[:16]}"
-        seq = await self._write(
-            "question",
-            {"request_id": request_id, "question": question, "options": options, "timeout": timeout},
-            await self._routing(""),
-        )
+        row_id = self.state.next_id("question")
+        request_id = await asyncio.to_thread(question_id, self.folder, row_id)
+        content = {"request_id": request_id, "question": question, "options": options, "timeout": timeout}
+        seq = await asyncio.to_thread(write_row, self.state, row_id, "question", content, await self._routing(""))
+        self.state.ring_host()
         self.state.record(seq)
         answer = await self._await_response(request_id, float(timeout) + 5)
         if answer is None or answer.get("decision") == "expired":

@@ -782,6 +782,27 @@ def test_a_turn_past_its_time_budget_is_stopped_and_the_chat_is_told(
     assert "echo: " in session.reply_to(session.send("still there?")).content["text"]
 
 
+def test_a_question_asked_again_after_its_container_died_is_the_same_card_and_takes_its_answer(
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
+    agent = start_agent()
+    ask = ToolCall("ask_user_question", {"question": "Which one?", "options": ["tea", "coffee"], "timeout": 60})
+    fake.script(ask)
+    seq = session.send("ask me something")
+    question = session.wait(lambda: next((m for m in session.outbound() if m.kind == "question"), None))
+    agent.kill()  # while it waits for the person: the turn runs again in the next container, and asks again
+
+    fake.script(ask, ToolCall("send_message", {"text": "tea it is"}), Text("done"))
+    start_agent()
+    session.wait(lambda: True if fake.pending_script < 3 else None)  # the rerun has asked
+    sessiondb.respond(session.dir, question.content["request_id"], {"answer": "tea"})  # a click on the first card
+    session.wait(lambda: session.acks().get(seq) if session.acks().get(seq) in ("completed", "failed") else None)
+
+    assert session.acks()[seq] == "completed"
+    rows = [(m.kind, m.content.get("text")) for m in session.outbound() if m.in_reply_to == seq]
+    assert rows == [("question", None), ("chat", "tea it is")]  # one card, not a second
+
+
 def test_waiting_for_a_persons_answer_does_not_count_against_the_time_budget(
     session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
 ) -> None:
