@@ -78,3 +78,17 @@ def test_when_claude_code_dies_answered_prompts_are_done_the_current_fails_the_u
     assert [p.uuid for p in failed] == ["current"]
     assert [p.uuid for p in unseen] == ["unseen"]
     assert not ledger.busy
+
+
+def test_a_write_to_the_chat_answers_what_claude_code_has_taken_in_and_nothing_queued_behind_it() -> None:
+    ledger = Ledger()
+    ledger.sent("first", [2, 3], 4)  # a batch: a triggering row and the one riding with it
+    ledger.sent("queued", [6], 6)
+    assert ledger.in_conversation == []
+    ledger.taken("first")
+
+    assert ledger.in_conversation == [2, 3]  # what `answered` records with the write
+    ledger.wrote_to_chat()
+    answered, failed, unseen = ledger.lost()
+
+    assert ([p.uuid for p in answered], failed, [p.uuid for p in unseen]) == (["first"], [], ["queued"])
