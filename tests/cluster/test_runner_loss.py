@@ -2,8 +2,8 @@
 shared folder, chats talking throughout. A runner SIGKILLed: its sessions are moved and answered by the other. A
 runner SIGSTOPped past `dead_after`, its sessions moved, then SIGCONTed: it and its containers write nothing more
 into the moved sessions' folders and send nothing (the placement epoch fences them). Every message is answered
-either way; a turn in flight at the move is run again by the new owner, as after a crash. bench/cluster.py runs
-the same with 20 chats and reports the failover time."""
+exactly once either way: a turn in flight at the move is run again by the new owner only if the old container had
+not answered it. bench/cluster.py runs the same with 20 chats and reports the failover time."""
 
 from __future__ import annotations
 
@@ -15,16 +15,20 @@ import docker
 import pytest
 
 from services.runner.containers import LABEL_INSTALL, LABEL_SESSION
+from tests.chaos import chaos
 from tests.cluster import runnerloss
 from tests.cluster.runnerloss import Pair
 from tests.eventually import eventually_sync
 
 pytestmark = [pytest.mark.docker, pytest.mark.nats]
+CHATS = 6
 
 
 @pytest.fixture
 def shared(tmp_path: Path, docker_client: docker.DockerClient, agent_image: str) -> Iterator[Pair]:
-    with runnerloss.pair(tmp_path) as p:
+    # A slot for each chat once all are on a: these chats answer each reply at once, so a chat queued behind them
+    # waits for an idle container that may not come for minutes on a loaded machine (a person leaves one).
+    with runnerloss.pair(tmp_path, max_containers=CHATS) as p:
         yield p
 
 
@@ -51,12 +55,9 @@ def b_containers(p: Pair) -> list[str]:
 
 
 async def test_a_killed_runners_sessions_are_answered_by_the_other(shared: Pair) -> None:
-    loss = await runnerloss.lose_b(shared, "kill", chats=6, messages=4, log=print)
+    loss = await runnerloss.lose_b(shared, "kill", chats=CHATS, messages=4, log=print)
 
-    # Every message answered. A turn in flight at the move is run again by the new owner (at least once, as after
-    # a crash), which can add or merge a reply: counted and printed, not yet held to zero (see the issue note).
-    print(f"figures: {loss.figures}")
-    assert loss.figures["lost"] == 0, [(c.sent, c.replies) for c in loss.chats]
+    assert loss.figures == {"lost": 0, "duplicated": 0, "misrouted": 0}, chaos.mismatches(loss.chats)
     assert set(loss.moved.values()) == {runnerloss.A}  # every session on a once it is over
     assert all(wait < float("inf") for wait in loss.waits)  # each of b's chats was answered after the kill
     print(f"failover: b's chats answered again {sorted(round(w, 1) for w in loss.waits)} s after the kill")
@@ -68,10 +69,9 @@ async def test_a_killed_runners_sessions_are_answered_by_the_other(shared: Pair)
 async def test_a_stopped_runner_that_comes_back_writes_and_sends_nothing_for_the_sessions_it_lost(
     shared: Pair,
 ) -> None:
-    loss = await runnerloss.lose_b(shared, "stop", chats=6, messages=4, log=print)
+    loss = await runnerloss.lose_b(shared, "stop", chats=CHATS, messages=4, log=print)
 
-    print(f"figures: {loss.figures}")  # as above: a turn in flight at the move may be run again
-    assert loss.figures["lost"] == 0, [(c.sent, c.replies) for c in loss.chats]
+    assert loss.figures == {"lost": 0, "duplicated": 0, "misrouted": 0}, chaos.mismatches(loss.chats)
     assert set(loss.moved.values()) == {runnerloss.A}
     before = fences(shared)
     moved_sessions = {s for s, (epoch, _) in before.items() if epoch > 1}
