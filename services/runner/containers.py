@@ -7,7 +7,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,10 +180,11 @@ class ContainerSpec:
                 gateway=self.gateway,
             )
             | ({MCP_ENV: mcpservers.encode(self.mcp)} if self.mcp else {})
-            | self._fence_env()
+            | self.fence_env()
         )
 
-    def _fence_env(self) -> dict[str, str]:
+    def fence_env(self) -> dict[str, str]:
+        """The placement the container writes under (none from an unfenced runner)."""
         return {"CLAWDEN_RUNNER": self.runner, "CLAWDEN_EPOCH": str(self.epoch)} if self.runner else {}
 
     def run_kwargs(self) -> dict[str, Any]:
@@ -238,6 +239,15 @@ class ContainerSpec:
             "working_dir": GROUP_MOUNT,
             "stop_signal": "SIGTERM",
         }
+
+
+def shares(running_env: Sequence[str], wanted: Mapping[str, str]) -> bool:
+    """Whether a container already running under the session's name may serve a start that wants the placement
+    `wanted` (`ContainerSpec.fence_env`): only one started under that same placement (another instance of this
+    runner got there first). One started under an older epoch is fenced and stops at its next write: it was the
+    session's before it moved away and back, and is replaced, never taken for the new one."""
+    found = {name: value for name, _, value in (entry.partition("=") for entry in running_env)}
+    return all(found.get(name, "") == wanted.get(name, "") for name in ("CLAWDEN_RUNNER", "CLAWDEN_EPOCH"))
 
 
 @dataclass(frozen=True)
@@ -300,9 +310,10 @@ class Docker:
             except docker.errors.NotFound:
                 pass
             else:
-                if existing.status == "running":  # another runner instance got there first: share it
-                    return existing
-                existing.remove(force=True)  # a stale stopped one would block the name
+                env = existing.attrs.get("Config", {}).get("Env") or []
+                if existing.status == "running" and shares(env, spec.fence_env()):
+                    return existing  # another runner instance got there first: share it
+                existing.remove(force=True)  # a stopped one, or one of an older placement, would block the name
             container: Container = self.client.containers.run(**spec.run_kwargs())
             return container
 

@@ -176,6 +176,11 @@ class Runner:
         try:
             await asyncio.to_thread(claim_folder, self.session_dir(info), epoch, self.cfg.runner.id)
         except sessiondb.Fenced as moved:
+            if moved.fence.runner == self.cfg.runner.id and moved.fence.epoch > epoch:
+                # A wake older than this runner's own later placement of the session (redelivered after a retry,
+                # or sent on a placement read before the session moved away and back): the session is ours, and
+                # its message is written under the epoch held (a message already there is the same row again).
+                return await self.claim(info, moved.fence.epoch)
             self.drop(info.id, moved.fence)
             return False
         self.moved.pop(info.id, None)
@@ -191,7 +196,19 @@ class Runner:
         try:
             yield
         except sessiondb.Fenced as moved:
-            self.drop(moved.folder.name, moved.fence)
+            if not self.ours_later(moved):
+                self.drop(moved.folder.name, moved.fence)
+
+    def ours_later(self, moved: sessiondb.Fenced) -> bool:
+        """Whether the fence that stopped a write or check names this runner: then the session never moved. The
+        check read the epoch held before this runner's own later claim raised it (a poll or a pump in flight
+        while a move back was adopted), or runner.db kept an older one; the folder is held at the fence's epoch
+        from now on, and what was stopped runs again at its next ring, poll or wake."""
+        if moved.fence.runner != self.cfg.runner.id:
+            return False
+        held = sessiondb.held(moved.folder)
+        sessiondb.hold(moved.folder, max(moved.fence.epoch, held.epoch if held else 0))
+        return True
 
     async def _unless_moved(self, coro: Coroutine[Any, Any, None]) -> None:
         with self.fenced_off():
@@ -810,8 +827,11 @@ class Runner:
                 if live is not None:
                     with contextlib.suppress(TimeoutError):  # bounded: a slow agent only slows the wave
                         await asyncio.wait_for(live.ready.wait(), START_GATE_SECONDS)
-        except sessiondb.Fenced:
+        except sessiondb.Fenced as moved:
             self._forget(info.id)
+            if self.ours_later(moved):
+                self.want(info, folder)  # still ours: started again under the epoch held now
+                return
             raise  # `_spawn` drops the session
         except Exception as exc:
             self._forget(info.id)
@@ -1039,10 +1059,14 @@ class Runner:
 
     async def _ours_still(self, info: SessionInfo) -> bool:
         """False (the session dropped) if it was moved to another runner."""
-        with self.fenced_off():
+        try:
             await self._still_ours(info)
-            return True
-        return False
+        except sessiondb.Fenced as moved:
+            if self.ours_later(moved):
+                return True
+            self.drop(info.id, moved.fence)
+            return False
+        return True
 
     async def shutdown(self) -> None:
         # By default containers keep running across a runner restart; the next runner adopts them.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from services.runner.containers import ContainerSpec
+import pytest
+
+from services.runner.containers import ContainerSpec, shares
 
 
 def spec(tmp_path: Path) -> ContainerSpec:
@@ -66,3 +68,23 @@ def test_the_container_is_told_the_placement_it_writes_under_and_an_older_spec_n
     fenced = dataclasses.replace(older, runner="b", epoch=4).environment()
     assert (fenced["CLAWDEN_RUNNER"], fenced["CLAWDEN_EPOCH"]) == ("b", "4")
     assert not {"CLAWDEN_RUNNER", "CLAWDEN_EPOCH"} & set(older.environment())  # unfenced, as from an older runner
+
+
+FENCED = {"CLAWDEN_RUNNER": "b", "CLAWDEN_EPOCH": "3"}
+
+
+@pytest.mark.parametrize(
+    ("running_env", "wanted", "shared"),
+    [
+        (["PATH=/bin", "CLAWDEN_RUNNER=b", "CLAWDEN_EPOCH=3"], FENCED, True),  # another instance of this runner
+        (["CLAWDEN_RUNNER=b", "CLAWDEN_EPOCH=1"], FENCED, False),  # the session's before it moved away and back
+        (["CLAWDEN_RUNNER=a", "CLAWDEN_EPOCH=3"], FENCED, False),
+        (["PATH=/bin"], FENCED, False),  # started unfenced, by an older runner: it holds no placement
+        (["PATH=/bin", "X=a=b"], {}, True),  # both unfenced, as before placements
+        (["CLAWDEN_RUNNER=b", "CLAWDEN_EPOCH=3"], {}, False),
+    ],
+)
+def test_a_running_container_is_shared_only_by_a_start_under_the_same_placement(
+    running_env: list[str], wanted: dict[str, str], shared: bool
+) -> None:
+    assert shares(running_env, wanted) is shared
