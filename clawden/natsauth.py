@@ -222,6 +222,9 @@ def runner_grant(runner_id: str) -> Grant:
             subjects.heartbeat(rid),  # its own only (services/runner/heartbeat.py)
             # its containers' vault tokens, at its own subject: the vault takes the runner from it
             vault_ctl.container_token_at(rid),
+            # a session moved here from a runner declared gone: the decision already given to a question the old
+            # runner asked, the last on its subject (Runner._last_decision)
+            f"$JS.API.STREAM.MSG.GET.{streams.runner_decisions(rid).stream}",
         ),
         calls=("vault.gateway", "scheduler.list", *RUNNER_CLI_CALLS),
         manages_streams=True,

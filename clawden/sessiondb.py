@@ -808,6 +808,22 @@ def response(folder: Path, request_id: str) -> dict[str, Any] | None:
     return dict(json.loads(row[0])) if row else None
 
 
+def unanswered_questions(folder: Path) -> list[OutboundMessage]:
+    """The agent's question rows the host has not answered yet (no response row for their `request_id`), oldest
+    first: what a runner that takes the session over must know was asked. Whether a card is still open is the
+    caller's to judge (the row's `created_at` and its content's `timeout`)."""
+    if not (folder / OUTBOUND).exists() or not (folder / INBOUND).exists():
+        return []
+    with opened(folder / OUTBOUND, readonly=True) as conn:
+        rows = conn.execute("SELECT * FROM messages_out WHERE kind = 'question' ORDER BY seq").fetchall()
+    asked = [m for m in map(_outbound_from_row, rows) if isinstance(m.content, dict)]
+    if not asked:
+        return []
+    with opened(folder / INBOUND, readonly=True) as conn:
+        answered = {str(r[0]) for r in conn.execute("SELECT id FROM messages_in WHERE kind = 'system'")}
+    return [m for m in asked if response_id(str(m.content.get("request_id", ""))) not in answered]
+
+
 def write_outbound(
     folder: Path,
     *,

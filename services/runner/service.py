@@ -24,8 +24,11 @@ from typing import Any, Literal
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import APIError, NotFoundError
 
-from clawden import control, logs, sessiondb, skills, unixsock
+from clawden import control, logs, sessiondb, sessionrows, skills, unixsock
 from clawden.agentcontainer import PROJECT_SETTINGS, Tuning, VaultTransport, container_user, vault_transport
 from clawden.backoff import backoff
 from clawden.bus import ConsumeStats, Retry, bind, consume, publish, subjects
@@ -318,6 +321,7 @@ class Runner:
                     return
                 await self._record(info, adopt.destinations, adopt.group)
                 await asyncio.to_thread(self._store_route, folder, adopt.route, adopt.destinations)
+                await self._take_over_questions(info, folder, adopt.from_runner)
                 unanswered = await asyncio.to_thread(sessiondb.has_unanswered, folder)
             except (UnsafeSessionFolder, sessiondb.SchemaError, sqlite3.DatabaseError) as exc:
                 await self._refused(info, f"adopt-refused-{adopt.key}", exc)
@@ -327,6 +331,49 @@ class Runner:
         self._spawn(self.pump(info.id), f"pump-{info.id}")  # rows the old runner had not published
         if unanswered:
             self.want(info, folder)
+
+    async def _take_over_questions(self, info: SessionInfo, folder: Path, from_runner: str) -> None:
+        """The questions the old runner published and nobody has answered, recorded here as if this runner had
+        asked them (`put_question`), so that their decisions, which reach every runner's decisions durable, are
+        written into the session here. A decision this runner's durable took before that record was dropped (the
+        id was unknown here), but it is still on the stream: the last one on each question's subject is answered
+        now. Answering twice is harmless: a response row is keyed by its request (`sessiondb.respond`), and
+        `take_question` gives a question to one decision only."""
+        rows = await asyncio.to_thread(sessiondb.unanswered_questions, folder)
+        allowed = await self.index.run(self.index.destinations, info.id) if rows else {}
+        now = time.time()
+        asks = [ask for row in rows if (ask := open_ask(info, folder, row, allowed, now)) is not None]
+        for ask in asks:
+            await self.index.run(self.index.put_question, ask.request.id, info.id, ask.options)
+        for ask in asks:
+            decision = await self._last_decision(ask.request.id)
+            log.info(
+                "session %s: question %s, asked on runner %s, %s",
+                info.id,
+                ask.request.id,
+                from_runner,
+                "was answered before the move: the answer is written now" if decision else "is answered here",
+                extra={"session_id": info.id},
+            )
+            if decision is not None:
+                await self.on_decision(decision)
+
+    async def _last_decision(self, request_id: str) -> ev.ApprovalDecision | None:
+        """The last decision on the stream for an approval (`STREAM.MSG.GET`, by subject); None when there is none
+        yet, or what is there is no decision for it. A bus that does not answer retries the whole adoption."""
+        subject = subjects.approval_decision(request_id)
+        try:
+            msg = await self.ctx.js.get_last_msg(runner_decisions(self.cfg.runner.id).stream, subject)
+        except NotFoundError:
+            return None
+        except (NatsTimeoutError, NoRespondersError, APIError) as exc:
+            raise Retry(f"cannot read the decisions on {subject} ({exc!r}); trying again", delay=2.0) from exc
+        try:
+            decision = ev.decoder_for(ev.ApprovalDecision).decode(msg.data or b"")
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            log.error("skipping an unreadable decision on %s: %s", subject, exc)
+            return None
+        return decision if decision.id == request_id else None
 
     async def _record(
         self, info: SessionInfo, destinations: tuple[ev.Destination, ...] | None, group: ev.GroupSettings | None
@@ -673,7 +720,7 @@ class Runner:
         await asyncio.to_thread(sessiondb.respond, folder, request_id, content)
         await asyncio.to_thread(ring, folder)
 
-    async def on_decision(self, decision: ev.ApprovalDecision, msg: Msg) -> None:
+    async def on_decision(self, decision: ev.ApprovalDecision, msg: Msg | None = None) -> None:
         """The answer to an agent's question: back into its session, where the tool waits."""
         question = await self.index.run(self.index.take_question, decision.id)
         if question is None:
@@ -1091,6 +1138,26 @@ async def _logged(coro: Coroutine[Any, Any, None], name: str) -> None:
         raise
     except Exception:
         log.exception("%s failed", name)
+
+
+def open_ask(
+    info: SessionInfo,
+    folder: Path,
+    row: sessiondb.OutboundMessage,
+    allowed: dict[tuple[str, str], ev.Route],
+    now: float,
+) -> Ask | None:
+    """The card a question row stands for, as the runner that published it recorded it (its id and its options as
+    shown), while the question is open: None once the row's timeout has passed since the agent wrote it, and for a
+    row no runner acts on (refused, or for another agent group, which is answered at once)."""
+    try:
+        actions = translate(info, folder, row, allowed)
+    except ValueError:  # Refused, or a request id no subject may carry
+        return None
+    question = sessionrows.outbound(row.kind, row.content)  # translate read it: it is one
+    if not isinstance(question, sessionrows.Question) or row.created_at + question.timeout <= now:
+        return None
+    return next((a for a in actions if isinstance(a, Ask)), None)
 
 
 def _check_fence(folder: Path) -> None:
