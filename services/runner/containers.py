@@ -250,6 +250,22 @@ def shares(running_env: Sequence[str], wanted: Mapping[str, str]) -> bool:
     return all(found.get(name, "") == wanted.get(name, "") for name in ("CLAWDEN_RUNNER", "CLAWDEN_EPOCH"))
 
 
+def removed(container: Container) -> None:
+    """Remove the container (killed if it still runs) and return once it is gone. Where another call is removing it
+    already (a restart's stop racing the stop its death brings, or a drop's), Docker answers 409 at once: then wait
+    for that removal, so a start that follows finds the session's name free instead of failing on it."""
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        return
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:
+            raise
+        if "already in progress" in str(exc):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.wait(condition="removed")
+
+
 @dataclass(frozen=True)
 class Died:
     session_id: str
@@ -313,7 +329,7 @@ class Docker:
                 env = existing.attrs.get("Config", {}).get("Env") or []
                 if existing.status == "running" and shares(env, spec.fence_env()):
                     return existing  # another runner instance got there first: share it
-                existing.remove(force=True)  # a stopped one, or one of an older placement, would block the name
+                removed(existing)  # a stopped one, or one of an older placement, would block the name
             container: Container = self.client.containers.run(**spec.run_kwargs())
             return container
 
@@ -332,12 +348,12 @@ class Docker:
             try:
                 container = self.client.containers.get(container_id)
                 container.stop(timeout=timeout)
-                container.remove(force=True)
             except docker.errors.NotFound:
-                pass
+                return
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: another call is already removing it
                     raise
+            removed(container)
 
         await self.call(stop)
 

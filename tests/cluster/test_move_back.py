@@ -11,6 +11,7 @@ frozen through both moves; then a wake of the first placement, late, reaches the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+import docker.errors
 import msgspec
 import pytest
 from nats.aio.client import Client
@@ -232,20 +234,31 @@ def _settled(folder: Path) -> bool:
 # ---- the adoptions published as the router does ------------------------------------------------------------
 
 
-@pytest.fixture
-def shared(tmp_path: Path, docker_client: docker.DockerClient, agent_image: str) -> Iterator[Shared]:
-    """As tests/cluster/test_fencing.py's: runner a (the install's own) and b on one storage folder."""
+def _shared(tmp_path: Path, b_runner: str = "") -> Iterator[Shared]:
+    """As tests/cluster/test_fencing.py's: runner a (the install's own) and b on one storage folder; `b_runner`:
+    more `[runner]` lines for b."""
     home, storage = tmp_path / "host-a", tmp_path / "shared"
     setup.init(home)
     assert cli_main(["--home", str(home), "runners", "add", "b"]) == 0
     stack = start_stack(home, runner=f'id = "a"\nstorage = "{storage}"')
     seed = natsauth.seed_path(config.load(home), "runner-b")
-    b = SecondRunner(tmp_path / "host-b", stack.nats_url, seed, runner=f'storage = "{storage}"')
+    b = SecondRunner(tmp_path / "host-b", stack.nats_url, seed, runner=f'storage = "{storage}"\n{b_runner}')
     try:
         yield Shared(stack, b, storage)
     finally:
         b.close()
         stack.stop()
+
+
+@pytest.fixture
+def shared(tmp_path: Path, docker_client: docker.DockerClient, agent_image: str) -> Iterator[Shared]:
+    yield from _shared(tmp_path)
+
+
+@pytest.fixture
+def unpolled(tmp_path: Path, docker_client: docker.DockerClient, agent_image: str) -> Iterator[Shared]:
+    """Runner b with no safety poll to speak of: it looks at a session's fence only when told something of it."""
+    yield from _shared(tmp_path, "safety_poll = 3600")
 
 
 def frozen(container_id: str, pause: bool) -> None:
@@ -320,5 +333,54 @@ async def test_a_session_adopted_back_by_a_runner_whose_host_was_frozen_with_its
         assert [published(shared.sent, t) for t in texts] == [1, 1, 1, 1]
         running = [e for status, e in containers(SESSION, b.install_id).values() if status == "running"]
         assert running == ["3"], containers(SESSION, b.install_id)
+    finally:
+        await nc.close()
+
+
+async def test_an_adoption_back_onto_a_runner_whose_old_container_still_runs_restarts_it_at_the_new_epoch(
+    unpolled: Shared,
+) -> None:
+    """The path where b has not looked since the session left: its epoch-1 container (paused: it never polls
+    either) is still its live one when the Adopt brings the session back."""
+    shared, b = unpolled, unpolled.b
+    nc = await shared.stack.connect()
+    try:
+        await shared.watch(nc)
+        await send(nc, "b", wake("one, on b", 1))
+        await eventually(lambda: shared.replies("one, on b"), TURN, lambda: b.log.read_text()[-3000:])
+        await eventually(shared.settled, TURN)
+        (old,) = containers(SESSION, b.install_id)
+
+        frozen(old, pause=True)
+        try:
+            await move_to_a(nc)
+            await send(nc, "a", wake("two, on a", 2))
+            await eventually(lambda: shared.replies("two, on a"), TURN, lambda: shared.stack.output[-40:])
+            await eventually(shared.settled, TURN)
+            assert f"session {SESSION} moved" not in b.log.read_text()  # b has not looked: its container is live
+
+            adopt = ev.Adopt(session_id=SESSION, agent_group="main", route=wake("", 3).route, epoch=3, from_runner="a")
+            await send(nc, "b", adopt)
+            await send(nc, "b", wake("three, back on b", 3))
+            await eventually(lambda: shared.replies("three, back on b"), TURN, lambda: b.log.read_text()[-3000:])
+        finally:
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                frozen(old, pause=False)
+        await eventually(shared.settled, TURN)
+
+        log = b.log.read_text()
+        assert f"stopping container of {SESSION} (restarting" in log  # the Adopt restarted the old one
+        assert "could not start a container" not in log  # its start waited for the old one's removal
+        assert old not in containers(SESSION, b.install_id)
+        running = [e for status, e in containers(SESSION, b.install_id).values() if status == "running"]
+        assert running == ["3"], containers(SESSION, b.install_id)
+        assert f"session {SESSION} moved" not in log and f"container for session {SESSION}" not in log
+        a_log = shared.stack.home / "logs" / "runner.log"
+        await eventually(lambda: f"session {SESSION} moved to runner b at epoch 3" in a_log.read_text(), TURN)
+        await eventually(lambda: not containers(SESSION, shared.stack.install_id), TURN, shared.installs)
+        await nc.flush()
+        assert sessiondb.fence(shared.folder) == Fence(3, "b")
+        texts = ("one, on b", "two, on a", "three, back on b")
+        assert [published(shared.sent, t) for t in texts] == [1, 1, 1]
     finally:
         await nc.close()
