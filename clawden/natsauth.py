@@ -223,8 +223,8 @@ def runner_grant(runner_id: str) -> Grant:
             # its containers' vault tokens, at its own subject: the vault takes the runner from it
             vault_ctl.container_token_at(rid),
             # a session moved here from a runner declared gone: the decision already given to a question the old
-            # runner asked, the last on its subject (Runner._last_decision)
-            f"$JS.API.STREAM.MSG.GET.{streams.runner_decisions(rid).stream}",
+            # runner asked, the last on its subject (Runner._last_decision); a direct get by subject, decisions only
+            f"$JS.API.DIRECT.GET.{streams.runner_decisions(rid).stream}.{subjects.PREFIX}.approval.decision.>",
         ),
         calls=("vault.gateway", "scheduler.list", *RUNNER_CLI_CALLS),
         manages_streams=True,

@@ -66,7 +66,9 @@ STREAMS: tuple[Stream, ...] = (
     Stream("CLAWDEN_RECEIPTS", (subjects.ALL_RECEIPTS,), max_age=7 * DAY, duplicate_window=DAY),
     Stream("CLAWDEN_WAKE", (subjects.ALL_WAKES,), max_age=7 * DAY, duplicate_window=DAY),
     Stream("CLAWDEN_TASKS", (subjects.ALL_TASKS,), max_age=7 * DAY, duplicate_window=DAY),
-    Stream("CLAWDEN_APPROVALS", (subjects.ALL_APPROVALS,), max_age=30 * DAY, duplicate_window=DAY),
+    # allow_direct: a runner that takes a session over reads the decision already given to a question its old runner
+    # asked (a direct get is granted by subject, so it reads decisions only, never the requests' cards).
+    Stream("CLAWDEN_APPROVALS", (subjects.ALL_APPROVALS,), max_age=30 * DAY, duplicate_window=DAY, allow_direct=True),
     # Raw webhook deliveries the front door verified, kept until their bridge has read them.
     Stream("CLAWDEN_WEBHOOKS", (subjects.ALL_WEBHOOKS,), max_age=7 * DAY, duplicate_window=DAY),
     # Which runner each session is on (`SessionPlaced`), the last per session, kept as long as the session.

@@ -359,11 +359,11 @@ class Runner:
                 await self.on_decision(decision)
 
     async def _last_decision(self, request_id: str) -> ev.ApprovalDecision | None:
-        """The last decision on the stream for an approval (`STREAM.MSG.GET`, by subject); None when there is none
+        """The last decision on the stream for an approval (a direct get by subject); None when there is none
         yet, or what is there is no decision for it. A bus that does not answer retries the whole adoption."""
         subject = subjects.approval_decision(request_id)
         try:
-            msg = await self.ctx.js.get_last_msg(runner_decisions(self.cfg.runner.id).stream, subject)
+            msg = await self.ctx.js.get_last_msg(runner_decisions(self.cfg.runner.id).stream, subject, direct=True)
         except NotFoundError:
             return None
         except (NatsTimeoutError, NoRespondersError, APIError) as exc:

@@ -351,3 +351,31 @@ async def test_the_installs_own_runner_is_refused_runner_bs_wakes(secured: confi
         await nc.flush()
         await eventually(lambda: a.refused("clawden.ctl.runner.b.*"), message=lambda: a.errors)
     assert a.refused("$js.api.consumer.create.clawden_wake.runner-b.clawden.wake.b"), a.errors
+
+
+@pytest.mark.nats
+async def test_a_runner_reads_back_a_decision_given_and_never_a_requests_card(
+    secured: config_mod.Config, wakes: None
+) -> None:
+    """What a runner that takes a session over may read of CLAWDEN_APPROVALS (Runner._last_decision): the last
+    decision on a question's subject, by a direct get; never a request's card (another session's question, a
+    credential approval), by a direct get or the stream API."""
+    card = ev.Card(title="Question", body="which bank account?")
+    async with As(secured, "approvals") as nc:
+        decision = ev.ApprovalDecision(id="q-1", decision="answered", value="tea")
+        await publish(nc.jetstream(), subjects.approval_decision("q-1"), decision, msg_id="d-q-1")
+    runner = As(secured, "runner")
+    async with runner as nc:
+        js = nc.jetstream()
+        request = ev.ApprovalRequest(id="q-2", kind="question", requester="runner", agent_group="main", card=card)
+        await publish(js, subjects.APPROVAL_REQUEST, request, msg_id="r-q-2")
+        got = await js.get_last_msg("CLAWDEN_APPROVALS", subjects.approval_decision("q-1"), direct=True)
+        assert ev.decoder_for(ev.ApprovalDecision).decode(got.data or b"").value == "tea"
+        await nc.publish(f"$JS.API.DIRECT.GET.CLAWDEN_APPROVALS.{subjects.APPROVAL_REQUEST}", b"")
+        await nc.publish("$JS.API.STREAM.MSG.GET.CLAWDEN_APPROVALS", b'{"last_by_subj": "clawden.approval.request"}')
+        await nc.flush()
+        refused = [
+            f"$js.api.direct.get.clawden_approvals.{subjects.APPROVAL_REQUEST}",
+            "$js.api.stream.msg.get.clawden_approvals",
+        ]
+        await eventually(lambda: all(runner.refused(s) for s in refused), message=lambda: runner.errors)
