@@ -7,7 +7,9 @@ nothing is published twice (every publish on the chat's outbound subject is coun
 
 The first test lets the router move it (each runner SIGSTOPped past `dead_after` in turn). The second publishes the
 adoptions itself, as the router does, so the move back reaches a runner whose host (runner and container) was
-frozen through both moves; then a wake of the first placement, late, reaches the runner holding the session."""
+frozen through both moves; then a wake of the first placement, late, reaches the runner holding the session. The
+third has the Adopt find the runner's old container still live (the runner had not looked since the session left:
+its safety poll is an hour, the container paused), which the Adopt restarts at the new epoch."""
 
 from __future__ import annotations
 
