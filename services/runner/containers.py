@@ -347,6 +347,9 @@ class Docker:
         def stop() -> None:
             try:
                 container = self.client.containers.get(container_id)
+            except docker.errors.NotFound:
+                return
+            try:
                 container.stop(timeout=timeout)
             except docker.errors.NotFound:
                 return
