@@ -528,6 +528,7 @@ class Runner:
         )
         self.agent = Agent(config, self.state, folder / sessiondb.HEARTBEAT)
         self._stopping = False
+        self._draining = False
         self._reader: asyncio.Task[None] | None = None
         self._writes_at_result = 0
         self._fresh_for: set[int] = set()  # rows already re-run once in a fresh conversation
@@ -549,6 +550,14 @@ class Runner:
             self.moved = moved
             log.warning("%s: this container writes nothing more and stops", moved)
         self.stop()
+
+    def drain(self) -> None:
+        """SIGUSR1: a chat waits for this container's slot. Finish what Claude Code has been given, take nothing
+        new, then stop: what waits here runs in the session's next container, when its turn for a slot comes."""
+        if not self._draining:
+            log.info("draining: finishing what is in flight, then stopping")
+        self._draining = True
+        self.bell.wake()
 
     def stop(self) -> None:
         """SIGTERM: take no more work. What the agent has not answered runs again in the next container."""
@@ -638,6 +647,12 @@ class Runner:
     async def _loop(self) -> None:
         while not self._stopping:
             self.bell.clear()
+            if self._draining:  # each result rings the bell: stop once the last one is in
+                if not self.ledger.busy:
+                    self.stop()
+                    break
+                await self.bell.wait(SAFETY_POLL_SECONDS)
+                continue
             # Each round, the idle poll's too: a container its session was moved away from stops by itself.
             await asyncio.to_thread(sessiondb.check_fence, self.config.session_dir)
             folded = await asyncio.to_thread(self._pending, self.ledger.claimed)
@@ -1049,6 +1064,7 @@ async def run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop)
+    loop.add_signal_handler(signal.SIGUSR1, runner.drain)
     await runner.run()
 
 

@@ -369,6 +369,15 @@ class Docker:
 
         return await self.call(get)
 
+    async def drain(self, container_id: str) -> None:
+        """Ask the agent to finish what it was given and stop (SIGUSR1, which tini passes on to it)."""
+
+        def kill() -> None:
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):  # gone already, or not running
+                self.client.containers.get(container_id).kill(signal="SIGUSR1")
+
+        await self.call(kill)
+
     async def logs_tail(self, container_id: str, lines: int = 20) -> str:
         def get() -> str:
             try:

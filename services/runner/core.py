@@ -56,6 +56,28 @@ def dispatch(
 
 
 @dataclass(frozen=True)
+class Holding:
+    """A session whose container holds a slot, as `to_drain` sees it."""
+
+    session_id: str
+    since: float  # when it took the slot (monotonic seconds)
+    leaving: bool = False  # stopping or draining already
+
+
+def to_drain(holding: Iterable[Holding], queue: Iterable[Queued], now: float, patience: float) -> str | None:
+    """Every slot is taken and no container is idle (chats that write again the moment they are answered, such as
+    agents talking to each other, never leave one): once a chat has waited past `patience` for a slot, the container
+    that has held its slot longest is asked to finish what it was given and leave. One at a time: None while one
+    is leaving already, or while nobody has waited that long."""
+    if not any(q.not_before <= now and now - q.since > patience for q in queue):
+        return None
+    held = list(holding)
+    if not held or any(h.leaving for h in held):
+        return None
+    return min(held, key=lambda h: h.since).session_id
+
+
+@dataclass(frozen=True)
 class StartFailed:
     give_up: bool  # fail the session's pending messages with the reason
     retry_at: float | None  # else queue it again, not before then

@@ -115,6 +115,8 @@ class Live:
     stopping: bool = False
     hung: bool = False
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # the agent rang: it is up
+    since: float = field(default_factory=time.monotonic)  # when it took its slot
+    draining: bool = False  # asked to finish its turn and leave (`_drain_one`); still watched for hangs
 
 
 class Runner:
@@ -848,7 +850,8 @@ class Runner:
             await sleep_unless_stopping(self.ctx.stopping, 1.0, self.changed)
 
     async def _make_room(self) -> None:
-        """Under the cap, an idle container gives its slot to a waiting chat."""
+        """Under the cap, an idle container gives its slot to a waiting chat; where none is idle, and a chat has waited
+        past `queue_notice_after`, the one that has held its slot longest finishes what it was given and leaves."""
         try:
             for live in sorted(self.live.values(), key=lambda lv: lv.last_activity):
                 if (
@@ -858,8 +861,26 @@ class Runner:
                 ):
                     await self.stop_session(live.info.id, "making room for a waiting chat")
                     return
+            await self._drain_one()
         finally:
             self.making_room = False
+
+    async def _drain_one(self) -> None:
+        holding = (
+            core.Holding(sid, lv.since, lv.stopping or lv.draining) for sid, lv in self.live.items() if lv.container_id
+        )
+        waiting = (core.Queued(sid, w.since, w.not_before, w.told) for sid, w in self.queue.items())
+        session_id = core.to_drain(holding, waiting, time.monotonic(), self.cfg.runner.queue_notice_after)
+        live = self.live.get(session_id or "")
+        if live is None:
+            return
+        live.draining = True  # its exit is no crash; what it leaves unanswered queues again (`_handle_death`)
+        log.info(
+            "asking the container of %s to finish its turn and give its slot to a chat that waits",
+            live.info.id,
+            extra={"session_id": live.info.id},
+        )
+        await self.docker.drain(live.container_id)
 
     async def _launch(self, waiting: Waiting) -> None:
         info, folder = waiting.info, waiting.folder
@@ -925,8 +946,11 @@ class Runner:
             await self.pump(info.id)  # whatever the agent said before it died still goes out
             self._forget(info.id)
             # Moved (its container found the fence and stopped): no retry and no notice here.
-            if (live.stopping and not live.hung) or info.id in self.moved or not await self._ours_still(info):
+            on_purpose = (live.stopping or live.draining) and not live.hung
+            if on_purpose or info.id in self.moved or not await self._ours_still(info):
                 await self.docker.stop_and_remove(died.container_id, timeout=1)
+                if on_purpose and info.id not in self.moved:
+                    await self._queue_if_owed(info, live.folder)
                 return
             self.counters["crashed"] += 1
             tail = await self.docker.logs_tail(died.container_id)
@@ -955,6 +979,13 @@ class Runner:
                     info, live.folder, not_before=time.monotonic() + backoff(crashes, cap=core.MAX_BACKOFF)
                 )
                 self.changed.set()
+
+    async def _queue_if_owed(self, info: SessionInfo, folder: Path) -> None:
+        """A container stopped on purpose (drained for a waiting chat, made room, restarted) with messages still to
+        answer: the session queues for a slot again, behind those already waiting."""
+        with contextlib.suppress(sqlite3.Error, OSError):
+            if await asyncio.to_thread(sessiondb.has_unanswered, folder):
+                self.want(info, folder)
 
     def _forget(self, session_id: str) -> None:
         live = self.live.pop(session_id, None)

@@ -8,6 +8,7 @@ from clawden import control
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl.common import PING
 from clawden.config import load
+from tests.chaos.chaos import answer
 from tests.e2e.harness import Stack, Terminal
 from tests.eventually import eventually
 from tests.fakes.anthropic import Hang
@@ -62,6 +63,31 @@ async def test_chats_beyond_the_cap_wait_their_turn_are_told_and_all_get_answere
         assert "hello from b" in (await b.reply(timeout=90)).text
         assert "hello from c" in (await c.reply(timeout=90)).text
         assert len(stack.containers()) == 1
+
+
+async def test_a_chat_that_writes_again_at_once_gives_the_only_slot_to_one_that_waits(stack: Stack) -> None:
+    """A chat that sends its next message the moment it is answered (an agent talking to another, a script) leaves
+    its container never idle. Once another chat has waited past the notice, that container finishes its turn and
+    leaves (`core.to_drain`); the talker queues behind the waiter and goes on after it."""
+    async with Terminal(stack, "talker") as talker, Terminal(stack, "waiter") as waiter:
+        await stack.wait_until_idle((await talker.ask("hello from the talker", timeout=90)).session_id)
+        stack.fake.script(Hang())
+        await talker.send("talker 0")
+        await eventually(
+            lambda: any("talker 0" in str(r.body.get("messages", [])) for r in stack.fake.messages_requests()),
+            timeout=60,
+        )
+        await waiter.send("hello from the waiter")
+        assert "busy with other conversations" in (await waiter.reply(timeout=30)).text
+        stack.fake.release()
+        said = 0
+        while waiter.replies.empty() and said < 8:
+            assert f"talker {said}" in (await answer(talker, 90)).text
+            said += 1
+            await talker.send(f"talker {said}")
+        assert "hello from the waiter" in (await answer(waiter, 90)).text
+        assert said < 8, "the talker kept the only slot for eight turns while another chat waited"
+        assert f"talker {said}" in (await answer(talker, 90)).text  # and the talker goes on after it
 
 
 async def test_a_session_with_a_corrupt_database_does_not_hold_up_another(stack: Stack) -> None:

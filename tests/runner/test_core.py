@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.runner import core
-from services.runner.core import Queued
+from services.runner.core import Holding, Queued
 
 NOTICE = 30.0
 
@@ -35,6 +35,27 @@ def test_dispatch(
 ) -> None:
     plan = core.dispatch(queue, live, cap, now=100.0, notice_after=NOTICE, making_room=making_room)
     assert (plan.start, plan.tell, plan.make_room) == (start, tell, make_room)
+
+
+@pytest.mark.parametrize(
+    ("holding", "queue", "drained"),
+    [
+        # Someone waited past the notice: the container that has held its slot longest finishes and leaves.
+        ([Holding("x", 50), Holding("y", 10)], [Queued("a", 60)], "y"),
+        # Not that long yet, or only in its backoff: nobody is asked.
+        ([Holding("x", 50)], [Queued("a", 80)], None),
+        ([Holding("x", 50)], [Queued("a", 0, not_before=150)], None),
+        # One leaving already (stopping, draining): its slot is about to free; one at a time.
+        ([Holding("x", 50, leaving=True), Holding("y", 10)], [Queued("a", 0)], None),
+        # Nobody waits, or nobody holds a slot (all starting: their places are the dispatcher's).
+        ([Holding("x", 50)], [], None),
+        ([], [Queued("a", 0)], None),
+    ],
+)
+def test_a_container_is_drained_for_a_chat_that_waited_past_the_notice(
+    holding: list[Holding], queue: list[Queued], drained: str | None
+) -> None:
+    assert core.to_drain(holding, queue, now=100.0, patience=NOTICE) == drained
 
 
 @pytest.mark.parametrize(
