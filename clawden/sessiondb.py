@@ -862,6 +862,13 @@ def write_outbound(
         return seq
 
 
+def written_at(folder: Path, id: str) -> float | None:
+    """When the outbound row `id` was first written (a turn run again finds its first row's time), or None."""
+    with opened(folder / OUTBOUND, readonly=True) as conn:
+        row = conn.execute("SELECT created_at FROM messages_out WHERE id = ?", (id,)).fetchone()
+    return float(row[0]) if row else None
+
+
 def get_state(folder: Path, key: str) -> str | None:
     with opened(folder / OUTBOUND, readonly=True) as conn:
         row = conn.execute("SELECT value FROM session_state WHERE key = ?", (key,)).fetchone()

@@ -227,16 +227,15 @@ class Tools:
         return seq
 
     async def _await_response(self, request_id: str, timeout: float) -> dict[str, Any] | None:
-        await asyncio.to_thread(declare_wait, self.folder, f"waiting for {request_id}", timeout)
+        await asyncio.to_thread(declare_wait, self.folder, f"waiting for {request_id}", max(timeout, 0.0))
         self.state.waiting_since = time.monotonic()
         try:
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                answer = await asyncio.to_thread(sessiondb.response, self.folder, request_id)
-                if answer is not None:
-                    return answer
+            while (answer := await asyncio.to_thread(sessiondb.response, self.folder, request_id)) is None:
+                if time.monotonic() >= deadline:
+                    return None
                 await asyncio.sleep(RESPONSE_POLL)
-            return None
+            return answer
         finally:
             self.state.waited = self.state.waiting(time.monotonic())
             self.state.waiting_since = None
@@ -331,7 +330,10 @@ class Tools:
         seq = await asyncio.to_thread(write_row, self.state, row_id, "question", content, await self._routing(""))
         self.state.ring_host()
         self.state.record(seq)
-        answer = await self._await_response(request_id, float(timeout) + 5)
+        # A turn run again (its container died) waits only what is left of the time the person was first given:
+        # a question that expired meanwhile, at a runner that took the session over, gets no answer any more.
+        asked_at = await asyncio.to_thread(sessiondb.written_at, self.folder, row_id) or time.time()
+        answer = await self._await_response(request_id, asked_at + float(timeout) + 5 - time.time())
         if answer is None or answer.get("decision") == "expired":
             return f"No answer within {int(timeout)} seconds."
         if answer.get("error"):

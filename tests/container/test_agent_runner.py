@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -801,6 +802,33 @@ def test_a_question_asked_again_after_its_container_died_is_the_same_card_and_ta
     assert session.acks()[seq] == "completed"
     rows = [(m.kind, m.content.get("text")) for m in session.outbound() if m.in_reply_to == seq]
     assert rows == [("question", None), ("chat", "tea it is")]  # one card, not a second
+
+
+def test_a_question_asked_again_after_its_time_ran_out_is_not_waited_on_again(
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
+    agent = start_agent()
+    ask = ToolCall("ask_user_question", {"question": "Which one?", "options": ["tea", "coffee"], "timeout": 3600})
+    fake.script(ask)
+    seq = session.send("ask me something")
+    question = session.wait(lambda: next((m for m in session.outbound() if m.kind == "question"), None))
+    agent.kill()
+    # The container stays dead past the question's hour (the time is moved back rather than waited), and the runner
+    # that has the session now knows the card expired long ago: nobody will ever write its answer.
+    with sqlite3.connect(session.dir / sessiondb.OUTBOUND) as conn:
+        conn.execute("UPDATE messages_out SET created_at = created_at - 3700 WHERE id = ?", (question.id,))
+
+    fake.script(ask, ToolCall("send_message", {"text": "I'll pick tea, then"}), Text("done"))
+    start_agent()
+    session.wait(lambda: session.acks().get(seq) if session.acks().get(seq) in ("completed", "failed") else None)
+
+    assert session.acks()[seq] == "completed"
+    results = [
+        r for r in fake.messages_requests(with_tools=True) if "No answer within 3600 seconds" in conversation(r.body)
+    ]
+    assert results, "the rerun's question was answered by its timeout"
+    rows = [(m.kind, m.content.get("text")) for m in session.outbound() if m.in_reply_to == seq]
+    assert rows == [("question", None), ("chat", "I'll pick tea, then")]
 
 
 def test_waiting_for_a_persons_answer_does_not_count_against_the_time_budget(
