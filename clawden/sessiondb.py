@@ -298,14 +298,19 @@ def may_write(fence: Fence | None, held: Fence) -> bool:
 # environment (`hold`).
 _writer: str | None = None
 _epochs: dict[str, int] = {}
+# The runner itself, not one of its containers: a fence naming it at a later epoch than it holds is its own later
+# claim (the session moved away and back while a poll or a pump was in flight, or runner.db kept an older epoch).
+_follows_own = False
 # Called (from whichever thread wrote) when a write found the folder fenced: the agent runner stops on it.
 on_fenced: Callable[[Fenced], object] | None = None
 
 
-def write_as(runner: str | None) -> None:
-    """This process writes session folders as `runner` from now on (None: unfenced); forgets every epoch held."""
-    global _writer
-    _writer = runner
+def write_as(runner: str | None, *, follows_own: bool = False) -> None:
+    """This process writes session folders as `runner` from now on (None: unfenced); forgets every epoch held.
+    `follows_own`: the runner's own process, which, finding a fence that names it at a later epoch, holds the folder
+    at that epoch and writes on. Never a container: an older container of the same runner must stop there."""
+    global _writer, _follows_own
+    _writer, _follows_own = runner, follows_own
     _epochs.clear()
 
 
@@ -368,6 +373,9 @@ def _check(folder: Path, now: Fence | None, mine: Fence) -> None:
     if may_write(now, mine):
         return
     assert now is not None
+    if _follows_own and now.runner == mine.runner:
+        hold(folder, now.epoch)
+        return
     fenced = Fenced(folder, now)
     if on_fenced is not None:
         on_fenced(fenced)

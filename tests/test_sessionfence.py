@@ -128,17 +128,22 @@ WRITES: dict[str, Callable[[Path], object]] = {
 }
 
 
+def _write_some(folder: Path) -> None:
+    """Rows for every write to act on: two messages, an ack, a reply, a state."""
+    sdb.insert_inbound(folder, sdb.InboundMessage(id="m", kind="chat", content={"text": "hi"}, routing=ROUTE))
+    sdb.insert_inbound(folder, sdb.InboundMessage(id="n", kind="chat", content={"text": "hi"}, routing=ROUTE))
+    sdb.ack(folder, [2], "completed")
+    sdb.write_outbound(folder, id="r", kind="chat", content={"text": "hello"}, routing=ROUTE)
+    sdb.set_state(folder, "k", "before")
+
+
 @pytest.mark.parametrize("write", WRITES)
 def test_every_write_of_a_writer_the_session_was_moved_from_is_refused_and_writes_nothing(
     folder: Path, write: str
 ) -> None:
     sdb.write_as("a")
     sdb.claim(folder, 1, "a")
-    sdb.insert_inbound(folder, sdb.InboundMessage(id="m", kind="chat", content={"text": "hi"}, routing=ROUTE))
-    sdb.insert_inbound(folder, sdb.InboundMessage(id="n", kind="chat", content={"text": "hi"}, routing=ROUTE))
-    sdb.ack(folder, [2], "completed")
-    sdb.write_outbound(folder, id="r", kind="chat", content={"text": "hello"}, routing=ROUTE)
-    sdb.set_state(folder, "k", "before")
+    _write_some(folder)
     sdb.write_as("b")  # runner b adopts the session (the same folder, on shared storage)
     sdb.claim(folder, 2, "b")
     before = _snapshot(folder)
@@ -152,6 +157,32 @@ def test_every_write_of_a_writer_the_session_was_moved_from_is_refused_and_write
     assert [f.fence for f in told] == [Fence(2, "b")]
     with pytest.raises(sdb.Fenced):
         sdb.check_fence(folder)
+
+
+@pytest.mark.parametrize("write", WRITES)
+def test_the_runner_itself_writes_on_under_its_own_later_claim_where_its_older_container_is_refused(
+    folder: Path, write: str
+) -> None:
+    """A poll or a pump in flight while the session moved away and back read the epoch held before the runner's own
+    later claim: the runner holds the folder at the fence's epoch and writes on. Its container of the older epoch
+    (the same runner's name, without `follows_own`) is refused, as is the runner itself once another one holds it."""
+    sdb.write_as("a")
+    sdb.claim(folder, 3, "a")  # moved to b at 2, and back to a at 3
+    _write_some(folder)
+    sdb.write_as("a")  # the container of epoch 1 still runs
+    sdb.hold(folder, 1)
+    with pytest.raises(sdb.Fenced, match="moved to runner a at epoch 3"):
+        WRITES[write](folder)
+    sdb.write_as("a", follows_own=True)  # the runner, with a check in flight from before its claim
+    sdb.hold(folder, 1)
+    WRITES[write](folder)
+    assert sdb.held(folder) == Fence(3, "a")
+    sdb.write_as("b")
+    sdb.claim(folder, 4, "b")
+    sdb.write_as("a", follows_own=True)
+    sdb.hold(folder, 3)
+    with pytest.raises(sdb.Fenced, match="moved to runner b at epoch 4"):
+        WRITES[write](folder)
 
 
 def test_the_new_holder_and_an_unfenced_process_keep_writing(folder: Path) -> None:

@@ -118,6 +118,12 @@ class Live:
     since: float = field(default_factory=time.monotonic)  # when it took its slot
     draining: bool = False  # asked to finish its turn and leave (`_drain_one`); still watched for hangs
 
+    @property
+    def state(self) -> runner_api.ContainerState:
+        if self.stopping or self.draining:
+            return "stopping" if self.stopping else "draining"
+        return "running" if self.container_id else "starting"
+
 
 class Runner:
     def __init__(self, ctx: ServiceContext, docker: Docker, index: SessionIndex) -> None:
@@ -201,19 +207,7 @@ class Runner:
         try:
             yield
         except sessiondb.Fenced as moved:
-            if not self.ours_later(moved):
-                self.drop(moved.folder.name, moved.fence)
-
-    def ours_later(self, moved: sessiondb.Fenced) -> bool:
-        """Whether the fence that stopped a write or check names this runner: then the session never moved. The
-        check read the epoch held before this runner's own later claim raised it (a poll or a pump in flight
-        while a move back was adopted), or runner.db kept an older one; the folder is held at the fence's epoch
-        from now on, and what was stopped runs again at its next ring, poll or wake."""
-        if moved.fence.runner != self.cfg.runner.id:
-            return False
-        held = sessiondb.held(moved.folder)
-        sessiondb.hold(moved.folder, max(moved.fence.epoch, held.epoch if held else 0))
-        return True
+            self.drop(moved.folder.name, moved.fence)
 
     async def _unless_moved(self, coro: Coroutine[Any, Any, None]) -> None:
         with self.fenced_off():
@@ -821,7 +815,7 @@ class Runner:
         while not self.ctx.stopping.is_set():
             self.changed.clear()
             plan = core.dispatch(
-                (core.Queued(sid, w.since, w.not_before, w.told) for sid, w in self.queue.items()),
+                self._queued(),
                 len(self.live),
                 self.cfg.runner.max_containers,
                 time.monotonic(),
@@ -849,6 +843,9 @@ class Runner:
                 self._spawn(self._make_room(), "make-room")
             await sleep_unless_stopping(self.ctx.stopping, 1.0, self.changed)
 
+    def _queued(self) -> Iterator[core.Queued]:
+        return (core.Queued(sid, w.since, w.not_before, w.told) for sid, w in self.queue.items())
+
     async def _make_room(self) -> None:
         """Under the cap, an idle container gives its slot to a waiting chat; where none is idle, and a chat has waited
         past `queue_notice_after`, the one that has held its slot longest finishes what it was given and leaves."""
@@ -869,8 +866,7 @@ class Runner:
         holding = (
             core.Holding(sid, lv.since, lv.stopping or lv.draining) for sid, lv in self.live.items() if lv.container_id
         )
-        waiting = (core.Queued(sid, w.since, w.not_before, w.told) for sid, w in self.queue.items())
-        session_id = core.to_drain(holding, waiting, time.monotonic(), self.cfg.runner.queue_notice_after)
+        session_id = core.to_drain(holding, self._queued(), time.monotonic(), self.cfg.runner.queue_notice_after)
         live = self.live.get(session_id or "")
         if live is None:
             return
@@ -895,11 +891,8 @@ class Runner:
                 if live is not None:
                     with contextlib.suppress(TimeoutError):  # bounded: a slow agent only slows the wave
                         await asyncio.wait_for(live.ready.wait(), START_GATE_SECONDS)
-        except sessiondb.Fenced as moved:
+        except sessiondb.Fenced:
             self._forget(info.id)
-            if self.ours_later(moved):
-                self.want(info, folder)  # still ours: started again under the epoch held now
-                return
             raise  # `_spawn` drops the session
         except Exception as exc:
             self._forget(info.id)
@@ -1083,7 +1076,7 @@ class Runner:
                     session_id=live.info.id,
                     agent_group=live.info.agent_group,
                     container=live.container_id[:12],
-                    state="stopping" if live.stopping else "running" if live.container_id else "starting",
+                    state=live.state,
                     idle=round(now - live.last_activity, 1),
                     mcp_failed=failed.get(live.info.id, {}),
                 )
@@ -1140,8 +1133,6 @@ class Runner:
         try:
             await self._still_ours(info)
         except sessiondb.Fenced as moved:
-            if self.ours_later(moved):
-                return True
             self.drop(info.id, moved.fence)
             return False
         return True
@@ -1216,7 +1207,8 @@ def _host_timezone() -> str:
 async def main(ctx: ServiceContext) -> None:
     docker = Docker(ctx.config.install_id, ctx.config.runner.docker_workers)
     index = await SessionIndex.start(ctx.config.data_dir / "runner.db")
-    sessiondb.write_as(ctx.config.runner.id)  # every session-folder write checks the placement fence
+    # Every session-folder write checks the placement fence; a fence naming this runner is its own later claim.
+    sessiondb.write_as(ctx.config.runner.id, follows_own=True)
     runner = Runner(ctx, docker, index)
     ctx.stats["runner"] = runner.counters
     ctx.stats["cli"] = runner.admin.counters

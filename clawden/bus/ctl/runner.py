@@ -11,11 +11,15 @@ from clawden.bus.ctl.verb import Nothing, Reply, Request, declare
 SERVICE = "runner"
 
 
+# draining: asked to finish what its agent was given and give its slot to a chat that waits (SIGUSR1)
+ContainerState = Literal["starting", "running", "draining", "stopping"]
+
+
 class Running(Reply, frozen=True):
     session_id: str
     agent_group: str
     container: str  # the container id's first 12 characters; "" while it starts
-    state: Literal["starting", "running", "stopping"]
+    state: ContainerState
     idle: float  # seconds since the session last did something
     mcp_failed: dict[str, str] = {}  # the group's MCP servers its agent runs without, and why
 
