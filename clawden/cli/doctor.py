@@ -45,6 +45,7 @@ from clawden.pki import is_loopback
 from clawden.registry import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE, installed_channels
 from clawden.survey import ask
 from clawden.vaultfiles import BUNDLE_FILE, CA_CERT, CA_FILE, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
+from clawden.vaultlisten import listener_names, tls_on
 
 GiB = 1 << 30
 DISK_WARN = 1 * GiB
@@ -546,8 +547,8 @@ RESTART_VAULT = "restart the vault (it listens as config.toml said when it start
 
 @dataclass(frozen=True)
 class Listener:
-    """The vault's TCP listener as config.toml makes it (`tcpauth.tls_on`, `tcpauth.listener_names`, as the vault
-    reads them), and the name this host's runner checks on its certificate ("": none runs here in tcp mode)."""
+    """The vault's TCP listener as config.toml makes it (`vaultlisten.tls_on`, `vaultlisten.listener_names`, as the
+    vault reads them), and the name this host's runner checks on its certificate ("": none runs here in tcp mode)."""
 
     listen: str  # [vault] tcp_listen as written
     host: str
@@ -651,12 +652,10 @@ def vault_tcp_result(s: Listener, answer: Answer | None) -> Result:
 
 
 def read_listener(cfg: Config, by_tcp: bool) -> Listener:
-    """The listener from config.toml, as the vault makes it (`services/vault/tcpauth.py`, which the vault
-    uses: the doctor, an operator tool, loads it by name as it does the web and webhook checks)."""
-    tcpauth = importlib.import_module("services.vault.tcpauth")
+    """The listener from config.toml, as the vault makes it (by `clawden/vaultlisten.py`'s rules, the vault's)."""
     host, port = parse_listen(cfg.vault.tcp_listen)
-    tls = bool(tcpauth.tls_on(cfg.vault.tcp_tls, host))
-    names: tuple[str, ...] = tcpauth.listener_names(host, cfg.vault.tcp_names, (socket.gethostname(),))
+    tls = tls_on(cfg.vault.tcp_tls, host)
+    names = listener_names(host, cfg.vault.tcp_names, (socket.gethostname(),))
     route = cfg.runner.vault_tcp_host
     return Listener(
         cfg.vault.tcp_listen,
@@ -664,7 +663,7 @@ def read_listener(cfg: Config, by_tcp: bool) -> Listener:
         port,
         tls,
         names if tls else (),
-        named=bool(tcpauth.listener_names(host, cfg.vault.tcp_names, ())),
+        named=bool(listener_names(host, cfg.vault.tcp_names, ())),
         # Through a unix: route the relay checks the certificate's first name, which it always carries.
         runner_dials=route if by_tcp and not route.startswith("unix:") else "",
     )

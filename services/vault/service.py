@@ -30,6 +30,7 @@ from clawden.pki import CertificateAuthority, is_loopback
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
 from clawden.sdnotify import Notifier
 from clawden.vaultfiles import CA_CERT, CA_KEY, SOCKET_NAME, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
+from clawden.vaultlisten import listener_names, tls_on
 from services.vault.approvals import BusApprover, HeldAsks
 from services.vault.audit import AuditLog, AuditRecord
 from services.vault.catalog import (
@@ -53,7 +54,7 @@ from services.vault.refusals import Conflict, NotFound
 from services.vault.sealing import Sealer, SealError, load_key
 from services.vault.sigv4 import compact_keys
 from services.vault.store import Store
-from services.vault.tcpauth import listener_names, registration_refusal, tls_on, token_hash
+from services.vault.tcpauth import registration_refusal, token_hash
 
 log = logging.getLogger("clawden.vault")
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
-
-from clawden.pki import is_loopback
+from collections.abc import Mapping
 
 NO_TOKEN = "This gateway needs the agent group's proxy token (Proxy-Authorization: Basic)."
 UNKNOWN_TOKEN = (
@@ -78,22 +76,3 @@ def registration_refusal(
             f" {agent_group}: the session belongs to {group}"
         )
     return ""
-
-
-# -- the listener's TLS ([vault] tcp_tls, tcp_names) --
-
-WILDCARDS = ("", "0.0.0.0", "::")  # names of "every address", not a bind made here
-
-
-def tls_on(mode: bool | str, host: str) -> bool:
-    """Whether the listener bound to `host` speaks TLS: as `[vault] tcp_tls` says, "auto" on off loopback."""
-    if isinstance(mode, bool):
-        return mode
-    return not is_loopback(host)
-
-
-def listener_names(host: str, extra: Sequence[str], this_host: Sequence[str]) -> tuple[str, ...]:
-    """The names the listener's certificate carries, the first as its subject: the address it binds (unless a
-    wildcard), `[vault] tcp_names`, and where both say nothing, `this_host` (the machine's names)."""
-    named = [n for n in (host, *extra) if n not in WILDCARDS]
-    return tuple(dict.fromkeys(named or [n for n in this_host if n]))
