@@ -126,7 +126,12 @@ def grants(cfg: Config, channels: tuple[str, ...], runners: tuple[str, ...] = ()
     (`added_runners`), each `runner-<id>` with the install's own runner's grant for its id alone."""
     table = {
         "router": Grant(
-            consumes=(streams.router_inbound(), streams.router_decisions(), streams.router_agents()),
+            consumes=(
+                streams.router_inbound(),
+                streams.router_decisions(),
+                streams.router_agents(),
+                streams.router_due(),  # the scheduler's due runs, woken where each session is now
+            ),
             publishes=(
                 subjects.ALL_WAKES,
                 subjects.receipt("agent"),  # its word on each agent-to-agent send (services/router/relay.py)
@@ -147,8 +152,8 @@ def grants(cfg: Config, channels: tuple[str, ...], runners: tuple[str, ...] = ()
         RUNNER: runner_grant(cfg.runner.id),
         "scheduler": Grant(
             consumes=(streams.scheduler_tasks(), streams.scheduler_chat_moves()),
-            # a task's wake goes to its session's runner now: the placement, read by direct get
-            publishes=(subjects.ALL_WAKES, subjects.ALL_OUTBOUND, placements.DIRECT_GET),
+            # a due run goes to the router, which wakes the session where it is: never a wake subject itself
+            publishes=(subjects.TASK_DUE, subjects.ALL_OUTBOUND),
             manages_streams=True,
         ),
         "approvals": Grant(

@@ -481,7 +481,8 @@ WakeCommand = Literal["", "clear", "cost", "compact", "context", "files"]
 
 
 class Wake(_Event, tag="wake", frozen=True):
-    """The router (or scheduler) hands a message to a session on a runner. Key: `<session>:<message id>`."""
+    """The router hands a message to a session on a runner (a chat message, a relayed one, a task's due run).
+    Key: `<session>:<message id>`."""
 
     session_id: SessionId
     agent_group: GroupName
@@ -490,14 +491,14 @@ class Wake(_Event, tag="wake", frozen=True):
     command: WakeCommand = ""
     # The agent group's named destinations as of this wake: the runner replaces the session's
     # projection with them, so a change reaches a running agent with its next message. None: the
-    # sender does not know them (a scheduler wake); keep the projection as it is.
+    # sender does not know them (an older scheduler's wake); keep the projection as it is.
     destinations: tuple[Destination, ...] | None = None
     # The agent group's settings as of this wake, likewise: the runner keeps the latest per group and
-    # starts the group's containers with them. None: the sender does not know them (a scheduler wake).
+    # starts the group's containers with them. None: the sender does not know them (an older scheduler's wake).
     group: GroupSettings | None = None
     # The session's placement epoch (`SessionPlaced.epoch`): the runner takes the wake only while the session's
     # folder names no later one, so a runner the session was moved away from writes nothing into it. 0: the
-    # sender does not know it (a scheduler wake, an older router); the runner that owns the folder takes it.
+    # sender does not know it (an older router or scheduler); the runner that owns the folder takes it.
     epoch: int = 0
 
     @property
@@ -529,7 +530,7 @@ class SessionPlaced(_Event, tag="session.placed", frozen=True):
     """Where a session runs now: the router's record on `subjects.placement(session)`, a stream that keeps the
     last one per session. Published when the router places a session and again each time it moves one, with
     `epoch` one higher (1 for a new session). Whoever must know a session's runner reads it there: the
-    scheduler (where a task's wake goes) and the vault (which runner may ask for the session's token)."""
+    vault (which runner may ask for the session's token)."""
 
     session_id: SessionId
     agent_group: GroupName
@@ -551,8 +552,29 @@ class TaskOp(_Event, tag="task.op", frozen=True):
     status: str = ""  # "list" only: just the tasks in this state ("": active and paused ones)
     script: str | None = None  # the pre-check script; on update "" removes it, None leaves it
     created_by: str = ""
-    # The runner that owns the session (its wakes go to `wake.<runner>`); "": the scheduler's default.
+    # The runner the session was on when the agent asked, recorded with the task ("": the scheduler's default);
+    # a run's wake goes wherever the router says the session is then (`TaskDue`).
     runner: Annotated[str, msgspec.Meta(pattern=f"^$|{subjects.TOKEN_PATTERN}")] = ""
+
+
+class TaskDue(_Event, tag="task.due", frozen=True):
+    """A scheduled task's run is due: the scheduler hands it to the router on `subjects.TASK_DUE`, and the router
+    wakes the session on the runner it is on now, at its placement epoch, through its outbox (as for a chat
+    message), so a run decided while the session moves still reaches it. Key: `id`, `task:<task id>:<instant>`,
+    the scheduler's dedupe key and the woken message's id."""
+
+    id: str
+    task_id: str
+    session_id: SessionId
+    agent_group: GroupName
+    route: Route
+    text: str  # the task's prompt
+    at: float  # the instant the run is for (the message's `sent_at`)
+    script: str = ""  # the task's pre-check (`WakeMessage.script`)
+
+    @property
+    def key(self) -> str:
+        return self.id
 
 
 # --- approvals ----------------------------------------------------------------------------------------
@@ -640,6 +662,7 @@ Event = (
     | Adopt
     | SessionPlaced
     | TaskOp
+    | TaskDue
     | ApprovalRequest
     | ApprovalDecision
     | AuditEvent

@@ -1,8 +1,8 @@
 """Where a session runs now: the router's last `SessionPlaced` on `subjects.placement(session)`, read from the
 stream CLAWDEN_PLACEMENT (one message per subject) with a JetStream direct get, which any replica answers.
 
-The vault reads it to know which runner may register a container token for the session, the scheduler to know
-where a task's wake goes and with which epoch. A reader's identity needs `DIRECT_GET` in its grant."""
+The vault reads it to know which runner may register a container token for the session. A reader's identity needs
+`DIRECT_GET` in its grant. (A task's run is woken by the router itself, which knows where each session is.)"""
 
 from __future__ import annotations
 

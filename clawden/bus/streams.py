@@ -65,7 +65,8 @@ STREAMS: tuple[Stream, ...] = (
     Stream("CLAWDEN_OUTBOUND", (subjects.ALL_OUTBOUND,), max_age=7 * DAY, duplicate_window=DAY),
     Stream("CLAWDEN_RECEIPTS", (subjects.ALL_RECEIPTS,), max_age=7 * DAY, duplicate_window=DAY),
     Stream("CLAWDEN_WAKE", (subjects.ALL_WAKES,), max_age=7 * DAY, duplicate_window=DAY),
-    Stream("CLAWDEN_TASKS", (subjects.ALL_TASKS,), max_age=7 * DAY, duplicate_window=DAY),
+    # Agents' task operations in (for the scheduler), and each due run out (for the router).
+    Stream("CLAWDEN_TASKS", (subjects.ALL_TASKS, subjects.TASK_DUE), max_age=7 * DAY, duplicate_window=DAY),
     # allow_direct: a runner that takes a session over reads the decision already given to a question its old runner
     # asked (a direct get is granted by subject, so it reads decisions only, never the requests' cards).
     Stream("CLAWDEN_APPROVALS", (subjects.ALL_APPROVALS,), max_age=30 * DAY, duplicate_window=DAY, allow_direct=True),
@@ -121,6 +122,11 @@ def router_inbound() -> Consumer:
 def router_agents() -> Consumer:
     # What agents send each other: the agent channel's outbound lanes, which the router delivers as wakes.
     return Consumer("CLAWDEN_OUTBOUND", "router-agents", subjects.outbound_all("agent"))
+
+
+def router_due() -> Consumer:
+    # The scheduler's due runs: the router wakes each task's session on its runner now, at its epoch.
+    return Consumer("CLAWDEN_TASKS", "router-due", subjects.TASK_DUE)
 
 
 def router_decisions() -> Consumer:

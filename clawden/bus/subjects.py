@@ -72,6 +72,11 @@ def task(op: str) -> str:
     return f"{PREFIX}.task.{token(op)}"
 
 
+# A scheduled task's run that is due (`TaskDue`), from the scheduler to the router, which alone knows where the
+# session is now: it wakes it there. Outside `clawden.task.>`, which runners publish and the scheduler reads.
+TASK_DUE = f"{PREFIX}.due"
+
+
 APPROVAL_REQUEST = f"{PREFIX}.approval.request"
 
 

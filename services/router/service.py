@@ -18,7 +18,7 @@ from nats.js.api import Header
 from clawden import outbox
 from clawden.bus import bind, consume_batches, ctl, nak, subjects
 from clawden.bus import events as ev
-from clawden.bus.streams import router_agents, router_decisions, router_inbound
+from clawden.bus.streams import router_agents, router_decisions, router_due, router_inbound
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
 from services.router import control, failover, relay, weblink
 from services.router.store import Outcome, Routable, RouterError, RouterStore
@@ -140,6 +140,33 @@ class Router:
         outcome = await self.settle(self.store.relay_batch, sends, time.time()) if sends else None
         for msg in msgs:
             if sends and (outcome is None or outcome.unpublished):
+                await nak(msg)
+            else:
+                await msg.ack()
+
+    async def on_due(self, msgs: Sequence[Msg]) -> None:
+        """The scheduler's due runs: each a wake into its task's session where the session is now, in one
+        transaction, acked once the wakes are out (store.wake_due). Under the publishing lock, like a move, so a
+        run is woken wholly before a move reads the old runner's untaken wakes, or wholly after it."""
+        decoder = ev.decoder_for(ev.TaskDue)
+        runs: list[ev.TaskDue] = []
+        taken: list[Msg] = []
+        for msg in msgs:
+            try:
+                runs.append(decoder.decode(msg.data))
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                self.counts["poisoned"] += 1
+                log.error("dropping malformed task run on %s: %s", msg.subject, exc)
+                await msg.term()
+                continue
+            taken.append(msg)
+        if not runs:
+            return
+        outcome = await self.settle(self.store.wake_due, runs, time.time())
+        for msg in taken:
+            # Woken and committed; a wake not yet published stays in the outbox, and the redelivery (a duplicate
+            # by `processed`) publishes it: a nak loses nothing and wakes nothing twice.
+            if outcome is None or outcome.unpublished:
                 await nak(msg)
             else:
                 await msg.ack()
@@ -278,6 +305,7 @@ async def main(ctx: ServiceContext) -> None:
         await ctx.nc.subscribe(subjects.ALL_HEARTBEATS, cb=router.on_heartbeat)
         decisions = await bind(ctx.js, router_decisions(), batch=16)
         agents = await bind(ctx.js, router_agents(), batch=64)
+        due = await bind(ctx.js, router_due(), batch=64)
         await router.sweep()
         await router.settle(store.record_placements, time.time())
         await ctx.ready()
@@ -286,6 +314,7 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(consume_batches(inbound, router.on_batch, stopping=ctx.stopping))
             tg.create_task(consume_batches(decisions, router.on_decisions, stopping=ctx.stopping))
             tg.create_task(consume_batches(agents, router.on_agents, stopping=ctx.stopping))
+            tg.create_task(consume_batches(due, router.on_due, stopping=ctx.stopping))
             tg.create_task(router.sweeping())
             if ctx.config.runner.shared_storage:  # how often to look: a third of dead_after, as a runner beats
                 tg.create_task(router.failing_over(ctx.config.runner.dead_after / 3))

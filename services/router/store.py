@@ -826,6 +826,63 @@ class RouterStore(outbox.OutboxStore):
             (event.key, event.route.channel, event.route.chat_id, user, reason, now),
         )
 
+    # --- a scheduled task's run --------------------------------------------------------------------------
+
+    def wake_due(self, batch: Sequence[ev.TaskDue], now: float) -> Outcome:
+        """The scheduler's due runs, each once (`processed`, keyed by the run): a wake into the task's session on
+        the runner it is on now, at its epoch, as for a chat message. This step runs in turn with `move_sessions`
+        (one store thread, and the service publishes under the lock a move takes), so a run is woken either
+        before a move, and re-sent by it with what the old runner had not taken, or after it, on the new runner.
+        A session that is no more (deleted), or of another group than the task's, wakes nothing: logged, counted."""
+        out = Outcome()
+        with self.transaction() as db:
+            for due in batch:
+                # A `.` is in no channel's name, so no inbound key (`<channel>:<message id>`) is ever this one.
+                key = f"task.due:{due.key}"
+                if not db.execute("INSERT OR IGNORE INTO processed (key, at) VALUES (?, ?)", (key, now)).rowcount:
+                    out.counts["duplicates"] += 1
+                    continue
+                session = db.execute(
+                    "SELECT agent_group, runner, epoch FROM sessions WHERE id = ?", (due.session_id,)
+                ).fetchone()
+                if session is None or session["agent_group"] != due.agent_group:
+                    why = "no longer exists" if session is None else f"belongs to {session['agent_group']}"
+                    log.warning(
+                        "task %s: run %s dropped: session %s %s",
+                        due.task_id,
+                        due.id,
+                        due.session_id,
+                        why,
+                        extra=logs.context(due.session_id, due.agent_group, due.id),
+                    )
+                    out.counts["task_runs_dropped"] += 1
+                    continue
+                self._wake_due(due, str(session["runner"]), int(session["epoch"]))
+                out.counts["task_runs"] += 1
+        out.outgoing = self.outgoing()
+        return out
+
+    def _wake_due(self, due: ev.TaskDue, runner: str, epoch: int) -> None:
+        wake = ev.Wake(
+            session_id=due.session_id,
+            agent_group=due.agent_group,
+            route=due.route,
+            message=ev.WakeMessage(id=due.id, kind="task", text=due.text, sent_at=due.at, script=due.script),
+            destinations=self.destinations(due.agent_group),
+            group=self.group_settings(due.agent_group),
+            epoch=epoch,
+        )
+        self.emit(subjects.wake(runner), wake.key, wake, lane=due.session_id)
+        log.info(
+            "task %s: run %s -> session %s on runner %s (epoch %d)",
+            due.task_id,
+            due.id,
+            due.session_id,
+            runner,
+            epoch,
+            extra=logs.context(due.session_id, due.agent_group, due.id),
+        )
+
     # --- agents that talk to each other -------------------------------------------------------------
 
     def relay_batch(self, batch: Sequence[ev.OutboundMessage], now: float) -> Outcome:

@@ -1,5 +1,5 @@
-"""The scheduler service: applies task operations from agents and the CLI, and fires each due run as a
-wake, exactly once, sleeping until the next one is due."""
+"""The scheduler service: applies task operations from agents and the CLI, and hands each due run to the router
+(which wakes the session where it is), exactly once, sleeping until the next one is due."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 from nats.aio.msg import Msg
 
-from clawden.bus import bind, consume, placements, publish, subjects
+from clawden.bus import bind, consume, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.ctl import scheduler as api
 from clawden.bus.streams import scheduler_chat_moves, scheduler_tasks
@@ -30,10 +30,6 @@ log = logging.getLogger("clawden.scheduler")
 # host's sleep, so a wall-clock jump is noticed within this (a safety net, not the trigger).
 MAX_SLEEP = 300.0
 RETRY_AFTER = 1.0  # a publish that failed (NATS away) is retried this soon
-
-
-class Unplaced(Exception):
-    """A task's session's placement cannot be read: where its wake goes is unknown, so it is not fired yet."""
 
 
 class Scheduler:
@@ -56,9 +52,6 @@ class Scheduler:
             if next_at is not None and next_at <= now:
                 try:
                     await self.fire_due(now)
-                except Unplaced as exc:  # each task's line said why: no traceback every second
-                    log.warning("%s; retrying in %.0fs", exc, RETRY_AFTER)
-                    await self.clock.sleep(RETRY_AFTER, self.ctx.stopping, self.changed)
                 except Exception:
                     log.exception("firing due tasks failed; retrying in %.0fs", RETRY_AFTER)
                     await self.clock.sleep(RETRY_AFTER, self.ctx.stopping, self.changed)
@@ -67,17 +60,9 @@ class Scheduler:
             await self.clock.sleep(sleep, self.ctx.stopping, self.changed)
 
     async def fire_due(self, now: float) -> None:
-        """Fire every due task. One whose session's placement cannot be read is left due (logged) while the others
-        fire, and then this raises, so the loop tries it again after RETRY_AFTER."""
-        unplaced = []
+        """Hand every due task's runs to the router; a publish that fails raises, and the loop tries again."""
         for task in await self.store.run(self.store.due, now):
-            try:
-                await self._fire(task, now)
-            except Unplaced as exc:
-                log.error("task %s not fired yet: %s", task.id, exc, extra={"task_id": task.id})
-                unplaced.append(task.id)
-        if unplaced:
-            raise Unplaced(f"tasks {', '.join(unplaced)} wait for their sessions' placement")
+            await self._fire(task, now)
 
     async def _fire(self, task: Task, now: float) -> None:
         try:
@@ -91,7 +76,7 @@ class Scheduler:
         # Publish first, then commit: a crash in between re-publishes the same msg id, which
         # JetStream drops as a duplicate, so each run is fired once whatever happens.
         for at, outcome in p.fire:
-            await self._publish_wake(task, at)
+            await self._hand_over(task, at)
             self.counters[outcome] += 1
         for _at, outcome in p.not_fired:
             self.counters[outcome] += 1
@@ -107,33 +92,27 @@ class Scheduler:
                 extra={"task_id": task.id},
             )
 
-    async def _publish_wake(self, task: Task, at: int) -> None:
-        """The run's wake, to the session's runner now: its placement (the router's last `SessionPlaced`) with
-        that placement's epoch, or where there is none (a session made before placements were recorded) the
-        runner the task recorded, unfenced (epoch 0). A placement that cannot be read raises: the run is fired
-        again later, never sent to a runner the session may have left."""
+    async def _hand_over(self, task: Task, at: int) -> None:
+        """The run, to the router (`TaskDue`): it alone knows where the session is now, and wakes it there at its
+        epoch through its outbox, in turn with its moves, so a run decided while the session moves still reaches
+        it. Keyed `task:<task id>:<instant>`, so a second publish of it (a crash before the commit) is dropped."""
         key = f"task:{task.id}:{sched.iso(at)}"
-        try:
-            placed = await placements.placed(self.ctx.js, task.session_id)
-        except Exception as exc:  # the stream not answering, or a record that does not decode
-            raise Unplaced(f"the placement of session {task.session_id} cannot be read ({exc!r})") from exc
-        runner, epoch = where_to_wake(task.runner, placed)
-        wake = ev.Wake(
+        due = ev.TaskDue(
+            id=key,
+            task_id=task.id,
             session_id=task.session_id,
             agent_group=task.agent_group,
             route=ev.Route(channel=task.channel, chat_id=task.chat_id, thread_id=task.thread_id),
-            message=ev.WakeMessage(
-                id=key, kind="task", text=task.prompt, sent_at=float(at), trigger=True, script=task.script
-            ),
-            epoch=epoch,
+            text=task.prompt,
+            at=float(at),
+            script=task.script,
         )
-        await publish(self.ctx.js, subjects.wake(runner), wake, msg_id=key)
+        await publish(self.ctx.js, subjects.TASK_DUE, due, msg_id=key)
         log.info(
-            "fired task %s for %s on runner %s (epoch %d)",
+            "fired task %s for %s: handed to the router for session %s",
             task.id,
             sched.iso(at),
-            runner,
-            epoch,
+            task.session_id,
             extra={"task_id": task.id, "session_id": task.session_id},
         )
 
@@ -332,13 +311,6 @@ class Scheduler:
 
 def _info(task: Task) -> api.TaskInfo:
     return msgspec.convert(task.json(), api.TaskInfo)
-
-
-def where_to_wake(recorded: str, placed: ev.SessionPlaced | None) -> tuple[str, int]:
-    """(runner, epoch) for a task's wake: the session's placement, else the runner the task recorded, epoch 0."""
-    if placed is None:
-        return recorded, 0
-    return placed.runner, placed.epoch
 
 
 def _runner(name: str) -> str:

@@ -40,6 +40,16 @@ EXAMPLES: list[ev.Event] = [
     ev.TaskOp(
         op="create", request_id="r1", agent_group="main", prompt="news", schedule="0 8 * * 1", timezone="Europe/Berlin"
     ),
+    ev.TaskDue(
+        id="task:t-1:2026-01-05T08:00:00Z",
+        task_id="t-1",
+        session_id="s",
+        agent_group="main",
+        route=ROUTE,
+        text="news",
+        at=1767600000.0,
+        script="true",
+    ),
     ev.ApprovalRequest(
         id="ap1",
         kind="credential",

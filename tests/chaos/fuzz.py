@@ -45,12 +45,13 @@ KINDS: dict[str, tuple[type[Any], ...]] = {
     "wake": (ev.Wake,),
     "outbound": (ev.OutboundMessage, ev.OutboundEdit, ev.OutboundReaction, ev.Typing),
     "task": (ev.TaskOp,),
+    "due": (ev.TaskDue,),  # the scheduler's due runs, for the router
     "approval.request": (ev.ApprovalRequest,),
     "approval.click": (ev.InboundAction,),
     "approval.decision": (ev.ApprovalDecision,),
     "event": (ev.AuditEvent,),
     "heartbeat": (ev.RunnerHeartbeat,),  # core NATS; the router reads it to place sessions
-    "placement": (ev.SessionPlaced,),  # the router's record of each session's runner (the vault, scheduler read it)
+    "placement": (ev.SessionPlaced,),  # the router's record of each session's runner (the vault reads it)
     "ctl": (),
     "webhook": (),  # a platform's own body, verified by the front door: any JSON object
 }
@@ -82,6 +83,7 @@ def _concrete(pattern: str, runner: str, channels: tuple[str, ...]) -> list[tupl
         subjects.ALL_WAKES: [(subjects.wake(runner), "wake", "")],
         subjects.ALL_OUTBOUND: [(subjects.outbound_lane(c, lane), "outbound", c) for c in channels for lane in (0, 5)],
         subjects.ALL_TASKS: [(subjects.task("op"), "task", "")],
+        subjects.TASK_DUE: [(subjects.TASK_DUE, "due", "")],
         subjects.APPROVAL_REQUEST: [(pattern, "approval.request", "")],
         subjects.APPROVAL_CLICK: [(pattern, "approval.click", "")],
         f"{p}.approval.decision.>": [(subjects.approval_decision("fuzz0000"), "approval.decision", "")],

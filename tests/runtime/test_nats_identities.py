@@ -19,7 +19,7 @@ from clawden import config as config_mod
 from clawden import natsauth, natsserver, setup
 from clawden.bus import bind, connect, ensure_streams, subjects
 from clawden.bus import events as ev
-from clawden.bus.streams import bridge_lanes, bridge_outbound, runner_wake
+from clawden.bus.streams import bridge_lanes, bridge_outbound, router_due, runner_wake
 from clawden.registry import installed_channels
 from tests.eventually import eventually
 
@@ -231,3 +231,42 @@ async def test_the_webhook_front_door_may_publish_only_its_routes_subjects(
         )
     assert await messages(cfg, "CLAWDEN_WEBHOOKS") == 1
     assert await messages(cfg, "CLAWDEN_INBOUND") == 0
+
+
+async def test_the_scheduler_hands_due_runs_to_the_router_and_wakes_nobody_itself(
+    cfg: config_mod.Config, streams_ready: None
+) -> None:
+    due = ev.TaskDue(
+        id="task:t-1:2026-01-05T07:00:00Z",
+        task_id="t-1",
+        session_id="s-1",
+        agent_group="main",
+        route=ev.Route(channel="telegram", chat_id="1"),
+        text="stretch",
+        at=0.0,
+    )
+    scheduler = Client_(cfg, "scheduler")
+    async with scheduler as nc:
+        js = nc.jetstream()
+        assert (await js.publish(subjects.TASK_DUE, ev.encode(due), timeout=5)).stream == "CLAWDEN_TASKS"
+        with pytest.raises(TimeoutError):  # a wake: only the router knows where the session is
+            await js.publish(subjects.wake("local"), ev.encode(due), timeout=1)
+        with pytest.raises(TimeoutError):  # nor does it read placements any more
+            await nc.request(f"$JS.API.DIRECT.GET.CLAWDEN_PLACEMENT.{subjects.placement('s-1')}", b"", timeout=1)
+        await eventually(lambda: len(scheduler.errors) >= 2, message=lambda: scheduler.errors)
+    assert any('"clawden.wake.local"' in e for e in scheduler.errors), scheduler.errors
+    assert any("direct.get.clawden_placement" in e for e in scheduler.errors), scheduler.errors
+    runner = Client_(cfg, "runner")
+    async with runner as nc:  # an agent's runner may ask for tasks, never fire one into any session
+        with pytest.raises(TimeoutError):
+            await nc.jetstream().publish(subjects.TASK_DUE, ev.encode(due), timeout=1)
+        await eventually(lambda: runner.errors, message=lambda: runner.errors)
+    assert any(f'"{subjects.TASK_DUE}"' in e for e in runner.errors), runner.errors
+    async with Client_(cfg, "router") as nc:  # the router reads them on its own durable
+        puller = await bind(nc.jetstream(), router_due())
+        try:
+            [msg] = await puller.next(timeout=5)
+            assert ev.decode(msg.data) == due
+        finally:
+            await puller.stop()
+    assert await messages(cfg, "CLAWDEN_WAKE") == 0

@@ -41,17 +41,18 @@ def task(task_id: str, schedule: str, catch_up: str = "once") -> NewTask:
     )
 
 
-async def listen(nc: Client) -> list[ev.Wake]:
+async def listen(nc: Client) -> list[ev.TaskDue]:
+    """The runs the scheduler hands to the router, as they are published."""
     await ensure_streams(nc.jetstream())
-    wakes: list[ev.Wake] = []
+    runs: list[ev.TaskDue] = []
 
-    async def on_wake(msg: Msg) -> None:
-        wake = ev.decode(msg.data)
-        assert isinstance(wake, ev.Wake)
-        wakes.append(wake)
+    async def on_due(msg: Msg) -> None:
+        run = ev.decode(msg.data)
+        assert isinstance(run, ev.TaskDue)
+        runs.append(run)
 
-    await nc.subscribe(subjects.wake("local"), cb=on_wake)
-    return wakes
+    await nc.subscribe(subjects.TASK_DUE, cb=on_due)
+    return runs
 
 
 class Running:
@@ -67,7 +68,7 @@ class Running:
 
 
 async def test_runs_fire_as_the_clock_reaches_them_and_not_before(nc: Client, tmp_path: Path) -> None:
-    wakes = await listen(nc)
+    runs = await listen(nc)
     clock = FakeClock(START)
     store = await Store.start(tmp_path / "scheduler.db")
     await store.run(store.create, task("t-soon", "2026-01-05T07:01"), START)
@@ -76,12 +77,12 @@ async def test_runs_fire_as_the_clock_reaches_them_and_not_before(nc: Client, tm
     try:
         await asyncio.wait_for(clock.sleeping.wait(), 10)  # nothing is due at 07:00
         clock.advance(60)
-        await eventually(lambda: wakes, message="the 07:01 run fires once the clock says 07:01")
+        await eventually(lambda: runs, message="the 07:01 run fires once the clock says 07:01")
         await asyncio.wait_for(clock.sleeping.wait(), 10)  # and the scheduler sleeps again
-        assert [w.message.text for w in wakes] == ["t-soon is due"], "08:00 is not here yet"
+        assert [r.text for r in runs] == ["t-soon is due"], "08:00 is not here yet"
         clock.advance(3540)
-        await eventually(lambda: len(wakes) == 2, message="the 08:00 run fires at 08:00")
-        assert wakes[1].message.text == "t-daily is due" and wakes[1].message.sent_at == START + 3600
+        await eventually(lambda: len(runs) == 2, message="the 08:00 run fires at 08:00")
+        assert runs[1].text == "t-daily is due" and runs[1].at == START + 3600
         daily = await store.run(store.get, "t-daily")
         assert daily is not None and daily.next_run == START + 3600 + 86400, "tomorrow's run is next"
     finally:
@@ -90,7 +91,7 @@ async def test_runs_fire_as_the_clock_reaches_them_and_not_before(nc: Client, tm
 
 
 async def test_a_restart_after_five_missed_runs_catches_up_as_each_policy_says(nc: Client, tmp_path: Path) -> None:
-    wakes = await listen(nc)
+    runs = await listen(nc)
     clock = FakeClock(START)
     store = await Store.start(tmp_path / "scheduler.db")
     await store.run(store.create, task("t-once", "every 1m"), START)
@@ -99,17 +100,17 @@ async def test_a_restart_after_five_missed_runs_catches_up_as_each_policy_says(n
         first = Running(nc, tmp_path, store, clock)
         await asyncio.wait_for(clock.sleeping.wait(), 10)
         clock.advance(60)
-        await eventually(lambda: len(wakes) == 2, message="both fire at 07:01")
+        await eventually(lambda: len(runs) == 2, message="both fire at 07:01")
         await first.stop()
         # Down from 07:01 to 07:06:45: the runs of 07:02 to 07:06 pass unseen, the last one further back than
         # the grace of half a period, within which a run counts as on time.
         clock.advance(5 * 60 + 45)
         second = Running(nc, tmp_path, store, clock)
-        await eventually(lambda: len(wakes) == 3, message="the once-task catches up")
+        await eventually(lambda: len(runs) == 3, message="the once-task catches up")
         await asyncio.wait_for(clock.sleeping.wait(), 10)  # and nothing else is due before 07:07
-        assert [(w.message.text, w.message.sent_at) for w in wakes[2:]] == [("t-once is due", START + 360)]
+        assert [(r.text, r.at) for r in runs[2:]] == [("t-once is due", START + 360)]
         clock.advance(15)
-        await eventually(lambda: len(wakes) == 5, message="regular runs resume at 07:07")
+        await eventually(lambda: len(runs) == 5, message="regular runs resume at 07:07")
         await second.stop()
         outcomes = {
             task_id: [(r["scheduled_at"], r["outcome"]) for r in sorted(await store.run(store.runs, task_id), key=at)]

@@ -1,5 +1,6 @@
-"""The scheduler as a real process on real NATS: on time, exactly once, across restarts; pauses hold;
-bad operations are refused to the chat that asked; the CLI reads and changes tasks."""
+"""The scheduler as a real process on real NATS: each due run handed to the router (`TaskDue`) on time, exactly
+once, across restarts; pauses hold; bad operations are refused to the chat that asked; the CLI reads and changes
+tasks. The router's side, the wake, is tests/router/test_task_runs.py."""
 
 from __future__ import annotations
 
@@ -40,8 +41,7 @@ class Fired:
     task_id: str
     scheduled: str
     received: float
-    wake: ev.Wake
-    subject: str = ""
+    run: ev.TaskDue
 
 
 @dataclass
@@ -49,14 +49,15 @@ class Bus:
     nc: Client
     home: Path
     nats_url: str
-    wakes: list[Fired] = field(default_factory=list)
+    runs: list[Fired] = field(default_factory=list)
     notices: list[ev.OutboundMessage] = field(default_factory=list)
 
-    async def on_wake(self, msg: Msg) -> None:
-        wake = ev.decode(msg.data)
-        assert isinstance(wake, ev.Wake)
+    async def on_due(self, msg: Msg) -> None:
+        run = ev.decode(msg.data)
+        assert isinstance(run, ev.TaskDue)
         _, task_id, scheduled = (msg.headers or {})["Nats-Msg-Id"].split(":", 2)
-        self.wakes.append(Fired(task_id, scheduled, time.time(), wake, msg.subject))
+        assert run.id == (msg.headers or {})["Nats-Msg-Id"]
+        self.runs.append(Fired(task_id, scheduled, time.time(), run))
 
     async def on_outbound(self, msg: Msg) -> None:
         event = ev.decode(msg.data)
@@ -81,15 +82,21 @@ class Bus:
         return await control.ask(load(self.home, {"CLAWDEN_NATS_URL": self.nats_url}), verb, request)
 
     def fired(self, task_id: str) -> list[Fired]:
-        return [f for f in self.wakes if f.task_id == task_id]
+        return [f for f in self.runs if f.task_id == task_id]
 
     async def stored_at(self) -> dict[str, float]:
-        """When each wake reached the server, by its message id (`task:<id>:<instant>`): the scheduler's own
+        """When each due run reached the server, by its message id (`task:<id>:<instant>`): the scheduler's own
         timing, not that of this test's process."""
         js = self.nc.jetstream()
-        info = await js.stream_info("CLAWDEN_WAKE")
-        stored = [await js.get_msg("CLAWDEN_WAKE", seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
-        return {(m.headers or {})["Nats-Msg-Id"]: m.time.timestamp() for m in stored if m.time is not None}
+        info = await js.stream_info("CLAWDEN_TASKS")
+        stored = [
+            await js.get_msg("CLAWDEN_TASKS", seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)
+        ]
+        return {
+            (m.headers or {})["Nats-Msg-Id"]: m.time.timestamp()
+            for m in stored
+            if m.time is not None and m.subject == subjects.TASK_DUE
+        }
 
 
 class Scheduler:
@@ -142,7 +149,7 @@ async def bus(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Bus]:
     nc = await connect(nats_server.url, "test")
     await ensure_streams(nc.jetstream())
     b = Bus(nc, home, nats_server.url)
-    await nc.subscribe(subjects.ALL_WAKES, cb=b.on_wake)  # core: sees every publish, even a deduplicated one
+    await nc.subscribe(subjects.TASK_DUE, cb=b.on_due)  # core: sees every publish, even a deduplicated one
     await nc.subscribe(subjects.outbound_all("local"), cb=b.on_outbound)
     yield b
     await nc.close()
@@ -171,11 +178,9 @@ async def test_a_task_every_second_fires_on_time_for_a_minute_with_no_duplicate(
     stored = await bus.stored_at()
     lateness = [stored[f"task:t-0000000000a1:{f.scheduled}"] - s for f, s in zip(fired, at, strict=True)]
     assert all(0 <= late < 1.0 for late in lateness), max(lateness)
-    first = fired[0].wake
+    first = fired[0].run
     assert (first.session_id, first.agent_group, first.route) == ("s-kitchen", "main", ROUTE)
-    assert (first.message.kind, first.message.text, first.message.trigger) == ("task", "tick", True)
-    info = await bus.nc.jetstream().stream_info("CLAWDEN_WAKE")
-    assert info.state.messages == len(fired)
+    assert (first.task_id, first.text, first.at) == ("t-0000000000a1", "tick", float(at[0]))
 
 
 async def test_a_paused_task_never_fires_until_resumed(bus: Bus, scheduler: Scheduler) -> None:
@@ -211,10 +216,10 @@ async def test_a_pre_check_script_travels_with_each_run_until_removed(bus: Bus, 
     script = "echo '{\"wakeAgent\": false}'"
     await bus.op("create", "t-0000000000f1", prompt="news, if any", schedule="every 1s", script=script)
     await eventually(lambda: bus.fired("t-0000000000f1"))
-    assert bus.fired("t-0000000000f1")[0].wake.message.script == script
+    assert bus.fired("t-0000000000f1")[0].run.script == script
     assert "with a pre-check script" in await agent_list(bus)
     await bus.op("update", "t-0000000000f1", script="")
-    await eventually(lambda: not bus.fired("t-0000000000f1")[-1].wake.message.script)
+    await eventually(lambda: not bus.fired("t-0000000000f1")[-1].run.script)
 
 
 async def agent_list(bus: Bus, status: str = "", key: str = "result") -> str:
@@ -312,7 +317,7 @@ async def test_tasks_follow_a_chat_the_router_moved_to_a_new_id(bus: Bus, schedu
         ),
     )
     await eventually(lambda: bus.fired(moved.id))
-    assert bus.fired(moved.id)[0].wake.route.chat_id == "-41"
+    assert bus.fired(moved.id)[0].run.route.chat_id == "-41"
     # What the router announces once it has moved the chat's wirings and sessions (a Telegram group
     # upgraded to a supergroup), under the key it uses.
     announced = ev.ChatMoved(channel="telegram", old_chat_id="-41", new_chat_id="-1001", sent_at=time.time())
@@ -326,55 +331,6 @@ async def test_tasks_follow_a_chat_the_router_moved_to_a_new_id(bus: Bus, schedu
     await eventually(moved_over)
     since = len(bus.fired(moved.id))
     await eventually(lambda: len(bus.fired(moved.id)) > since)
-    assert {f.wake.route.chat_id for f in bus.fired(moved.id)[since:]} == {"-1001"}
+    assert {f.run.route.chat_id for f in bus.fired(moved.id)[since:]} == {"-1001"}
     assert (await bus.ctl(sched.GET, sched.TaskRef(task_id=moved.id))).session_id == "s-family"
     assert (await bus.ctl(sched.GET, sched.TaskRef(task_id=other.id))).chat_id == "-42"
-
-
-async def test_a_tasks_wake_goes_to_the_runner_its_session_is_placed_on_now_with_the_placements_epoch(
-    bus: Bus, scheduler: Scheduler
-) -> None:
-    task = await bus.ctl(
-        sched.ADD,
-        sched.AddRequest(agent_group="main", session_id="s-moving", route=ROUTE, prompt="stretch", schedule="every 1s"),
-    )
-    await eventually(lambda: bus.fired(task.id))
-    # no placement recorded (a session older than placements): the runner the task recorded, unfenced
-    first = bus.fired(task.id)[0]
-    assert (first.subject, first.wake.epoch) == (subjects.wake(task.runner), 0)
-
-    # The router moved the session to runner b (its first runner declared gone), the third placement.
-    moved = ev.SessionPlaced(session_id="s-moving", agent_group="main", runner="b", epoch=3, at=time.time())
-    await publish(bus.nc.jetstream(), subjects.placement("s-moving"), moved, msg_id="placed:s-moving:3")
-    await eventually(lambda: any(f.subject == subjects.wake("b") for f in bus.fired(task.id)))
-    later = bus.fired(task.id)
-    switched = next(i for i, f in enumerate(later) if f.subject == subjects.wake("b"))
-    assert {(f.subject, f.wake.epoch) for f in later[switched:]} == {(subjects.wake("b"), 3)}
-    assert {(f.subject, f.wake.epoch) for f in later[:switched]} == {(subjects.wake(task.runner), 0)}
-    assert task.runner != "b"
-
-
-async def test_a_task_whose_placement_cannot_be_read_waits_without_holding_up_the_others(
-    bus: Bus, scheduler: Scheduler
-) -> None:
-    js = bus.nc.jetstream()
-    await js.publish(subjects.placement("s-broken"), b'{"type": "session.placed", "runner": 7}')  # not a record
-    stuck = await bus.ctl(
-        sched.ADD,
-        sched.AddRequest(agent_group="main", session_id="s-broken", route=ROUTE, prompt="stuck", schedule="every 1s"),
-    )
-    other = await bus.ctl(
-        sched.ADD,
-        sched.AddRequest(agent_group="main", session_id="s-fine", route=ROUTE, prompt="fine", schedule="every 1s"),
-    )
-    await eventually(lambda: len(bus.fired(other.id)) >= 3)
-    assert bus.fired(stuck.id) == []  # never sent where the session may not be
-    assert (
-        f"task {stuck.id} not fired yet: the placement of session s-broken cannot be read" in scheduler.log.read_text()
-    )
-
-    fixed = ev.SessionPlaced(session_id="s-broken", agent_group="main", runner="c", epoch=2, at=time.time())
-    await publish(js, subjects.placement("s-broken"), fixed, msg_id="placed:s-broken:2")
-    await eventually(lambda: bus.fired(stuck.id))
-    first = bus.fired(stuck.id)[0]
-    assert (first.subject, first.wake.epoch) == (subjects.wake("c"), 2)
