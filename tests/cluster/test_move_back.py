@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -29,23 +28,29 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from clawden import config, control, natsauth, sessiondb, setup
+from clawden import sessiondb
 from clawden.bus import events as ev
 from clawden.bus import subjects
-from clawden.bus.ctl import Nothing
 from clawden.bus.ctl import router as router_api
-from clawden.bus.ctl.common import PING
-from clawden.cli.main import main as cli_main
 from clawden.sessiondb import Fence
 from services.runner.containers import LABEL_INSTALL, LABEL_SESSION
 from tests.chaos.chaos import answer
-from tests.cluster.test_fencing import SESSION, TURN, Shared, move_to_a, send, taken, wake
-from tests.cluster.test_runners import SecondRunner
-from tests.e2e.harness import Stack, Terminal, start_stack
+from tests.cluster.runnerloss import (
+    SESSION,
+    TURN,
+    Pair,
+    Shared,
+    send,
+    shared,  # noqa: F401  (the fixture)
+    shared_folder,
+    taken,
+    two_runners,
+    wake,
+)
+from tests.e2e.harness import Terminal
 from tests.eventually import eventually
 
 pytestmark = [pytest.mark.docker, pytest.mark.nats, pytest.mark.process]
-DEAD_AFTER = 3.0  # seconds: the runners beat every second
 CHAT = "back-and-forth"
 
 
@@ -83,64 +88,40 @@ class Host:
     install: str
 
 
-@dataclass
-class Pair:
-    stack: Stack
-    b: SecondRunner
-    storage: Path
+async def session(p: Pair) -> router_api.Session | None:
+    return (await p.sessions([CHAT])).get(CHAT)
 
-    async def heard(self) -> dict[str, dict[str, float]]:
-        """What the router last heard from each runner (`at`: by its clock, this machine's)."""
-        pong = await control.ask(config.load(self.stack.home), PING.at("router"), Nothing())
-        return dict(pong.stats.get("runners", {}))
 
-    async def session(self) -> router_api.Session | None:
-        found = await control.ask(
-            config.load(self.stack.home), router_api.SESSIONS_LIST, router_api.GroupFilter(limit=100)
-        )
-        return next((s for s in found if s.chat_id == CHAT), None)
+async def hosts(p: Pair, nc: Client) -> dict[str, Host]:
+    """Both runners by id. Runner a runs under `clawden up`: its pid is the one that answers the runners' shared
+    ping and is not b's (the runners answer it as a queue group: one each time, so it is asked until both did)."""
+    pids: set[int] = set()
 
-    async def hosts(self, nc: Client) -> dict[str, Host]:
-        """Both runners by id. Runner a runs under `clawden up`: its pid is the one that answers the runners' shared
-        ping and is not b's (the runners answer it as a queue group: one each time, so it is asked until both did)."""
-        pids: set[int] = set()
+    async def on(msg: Msg) -> None:
+        pids.add(int(msgspec.json.decode(msg.data)["pid"]))
 
-        async def on(msg: Msg) -> None:
-            pids.add(int(msgspec.json.decode(msg.data)["pid"]))
+    async def both() -> bool:
+        await nc.publish(subjects.ctl("runner", "ping"), b"", reply=inbox)
+        return len(pids) == 2
 
-        async def both() -> bool:
-            await nc.publish(subjects.ctl("runner", "ping"), b"", reply=inbox)
-            return len(pids) == 2
-
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox, cb=on)
-        try:
-            await eventually(both, 30, lambda: pids)
-        finally:
-            await sub.unsubscribe()
-        (a_pid,) = pids - {self.b.proc.pid}
-        return {
-            "a": Host("a", a_pid, self.stack.home / "logs" / "runner.log", self.stack.install_id),
-            "b": Host("b", self.b.proc.pid, self.b.log, self.b.install_id),
-        }
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on)
+    try:
+        await eventually(both, 30, lambda: pids)
+    finally:
+        await sub.unsubscribe()
+    (a_pid,) = pids - {p.b.proc.pid}
+    return {
+        "a": Host("a", a_pid, p.stack.home / "logs" / "runner.log", p.stack.install_id),
+        "b": Host("b", p.b.proc.pid, p.b.log, p.b.install_id),
+    }
 
 
 @pytest.fixture
 def pair(tmp_path: Path, docker_client: docker.DockerClient, agent_image: str) -> Iterator[Pair]:
-    home, storage = tmp_path / "host-a", tmp_path / "shared"
-    setup.init(home)
-    assert cli_main(["--home", str(home), "runners", "add", "b"]) == 0
-    shutil.copytree(home / "groups", storage / "groups")  # the owner's group folders, on the shared storage
-    sharing = f'shared_storage = true\nstorage = "{storage}"\ndead_after = {DEAD_AFTER}\nmax_containers = 2'
-    stack = start_stack(home, runner=f'id = "a"\n{sharing}')
-    seed = natsauth.seed_path(config.load(home), "runner-b")
-    b = SecondRunner(tmp_path / "host-b", stack.nats_url, seed, runner=sharing)
-    p = Pair(stack, b, storage)
-    try:
+    """Runners a and b with `[runner] shared_storage`: the router moves the session of one gone past dead_after."""
+    with two_runners(tmp_path, a="a", shared_storage=True, max_containers=2) as p:
         yield p
-    finally:
-        b.close()
-        stack.stop()
 
 
 async def test_a_session_the_router_moves_away_and_back_is_answered_once_by_the_runner_it_came_back_to(
@@ -153,8 +134,8 @@ async def test_a_session_the_router_moves_away_and_back_is_answered_once_by_the_
         sent.append(ev.OUTBOUND_DECODER.decode(msg.data))
 
     await nc.subscribe(subjects.outbound("local", CHAT), cb=on)
-    await eventually(lambda: _both(pair), 120, lambda: pair.b.log.read_text()[-3000:])
-    hosts = await pair.hosts(nc)
+    await eventually(pair.router_hears_both, 120, lambda: pair.b.log.read_text()[-3000:])
+    runners = await hosts(pair, nc)
     try:
         async with Terminal(pair.stack, CHAT) as term:
 
@@ -163,12 +144,12 @@ async def test_a_session_the_router_moves_away_and_back_is_answered_once_by_the_
                 reply = await answer(term, TURN)
                 assert f">{text}<" in reply.text, reply.text
                 # The turn's end too (its closing ack): the folder at rest before anything moves.
-                await eventually(lambda: _settled(folder), TURN, lambda: hosts[where].log.read_text()[-3000:])
+                await eventually(lambda: _settled(folder), TURN, lambda: runners[where].log.read_text()[-3000:])
 
             await term.send("one")
             assert ">one<" in (await answer(term, TURN)).text
-            placed = await eventually(pair.session, 30)
-            first, other = hosts[placed.runner], hosts["b" if placed.runner == "a" else "a"]
+            placed = await eventually(lambda: session(pair), 30)
+            first, other = runners[placed.runner], runners["b" if placed.runner == "a" else "a"]
             folder = pair.storage / "sessions" / "main" / placed.id
             await eventually(lambda: _settled(folder), TURN)
             assert sessiondb.fence(folder) == Fence(1, first.id)
@@ -177,7 +158,7 @@ async def test_a_session_the_router_moves_away_and_back_is_answered_once_by_the_
             os.kill(first.pid, signal.SIGSTOP)
             try:
                 await ask("two", other.id)
-                moved = await pair.session()
+                moved = await session(pair)
                 assert moved is not None and moved.runner == other.id
                 assert sessiondb.fence(folder) == Fence(2, other.id)
             finally:
@@ -195,8 +176,8 @@ async def test_a_session_the_router_moves_away_and_back_is_answered_once_by_the_
                 os.kill(other.pid, signal.SIGCONT)
 
             await ask("four", first.id)  # the session talks on where it came back to, the other runner let go on
-            session = await pair.session()
-            assert session is not None and session.runner == first.id
+            now = await session(pair)
+            assert now is not None and now.runner == first.id
             # the other runner drops it when it looks (its container stopped by itself on the fence), and removes
             # its container; the first keeps one, at the latest epoch
             await eventually(
@@ -217,10 +198,6 @@ async def test_a_session_the_router_moves_away_and_back_is_answered_once_by_the_
         await nc.close()
 
 
-async def _both(p: Pair) -> bool:
-    return {"a", "b"} <= set(await p.heard())
-
-
 async def _heard_since(p: Pair, runner: str, since: float) -> bool:
     return (await p.heard()).get(runner, {}).get("at", 0.0) > since
 
@@ -236,31 +213,11 @@ def _settled(folder: Path) -> bool:
 # ---- the adoptions published as the router does ------------------------------------------------------------
 
 
-def _shared(tmp_path: Path, b_runner: str = "") -> Iterator[Shared]:
-    """As tests/cluster/test_fencing.py's: runner a (the install's own) and b on one storage folder; `b_runner`:
-    more `[runner]` lines for b."""
-    home, storage = tmp_path / "host-a", tmp_path / "shared"
-    setup.init(home)
-    assert cli_main(["--home", str(home), "runners", "add", "b"]) == 0
-    stack = start_stack(home, runner=f'id = "a"\nstorage = "{storage}"')
-    seed = natsauth.seed_path(config.load(home), "runner-b")
-    b = SecondRunner(tmp_path / "host-b", stack.nats_url, seed, runner=f'storage = "{storage}"\n{b_runner}')
-    try:
-        yield Shared(stack, b, storage)
-    finally:
-        b.close()
-        stack.stop()
-
-
-@pytest.fixture
-def shared(tmp_path: Path, docker_client: docker.DockerClient, agent_image: str) -> Iterator[Shared]:
-    yield from _shared(tmp_path)
-
-
 @pytest.fixture
 def unpolled(tmp_path: Path, docker_client: docker.DockerClient, agent_image: str) -> Iterator[Shared]:
     """Runner b with no safety poll to speak of: it looks at a session's fence only when told something of it."""
-    yield from _shared(tmp_path, "safety_poll = 3600")
+    with shared_folder(tmp_path, "safety_poll = 3600") as s:
+        yield s
 
 
 def frozen(container_id: str, pause: bool) -> None:
@@ -273,25 +230,19 @@ def frozen(container_id: str, pause: bool) -> None:
 
 
 async def test_a_session_adopted_back_by_a_runner_whose_host_was_frozen_with_its_container_is_answered_there_once(
-    shared: Shared,
+    shared: Shared,  # noqa: F811
 ) -> None:
     nc = await shared.stack.connect()
     b = shared.b
     try:
-        await shared.watch(nc)
-        await send(nc, "b", wake("one, on b", 1))
-        await eventually(lambda: shared.replies("one, on b"), TURN, lambda: b.log.read_text()[-3000:])
-        await eventually(shared.settled, TURN)
+        await shared.placed_on_b(nc, "one, on b")
         (old,) = containers(SESSION, b.install_id)  # b's container, idle at epoch 1
 
         # Host b frozen, its runner and its container: the session moves to a and is answered there.
         os.kill(b.proc.pid, signal.SIGSTOP)
         frozen(old, pause=True)
         try:
-            await move_to_a(nc)
-            await send(nc, "a", wake("two, on a", 2))
-            await eventually(lambda: shared.replies("two, on a"), TURN, lambda: shared.stack.output[-40:])
-            await eventually(shared.settled, TURN)
+            await shared.moved_to_a(nc, "two, on a")
             assert sessiondb.fence(shared.folder) == Fence(2, "a")
             # Then a is lost in turn, and the session moves back to b while b is still frozen: b's live table
             # still holds its epoch-1 container, which has not seen either move.
@@ -344,21 +295,15 @@ async def test_an_adoption_back_onto_a_runner_whose_old_container_still_runs_res
 ) -> None:
     """The path where b has not looked since the session left: its epoch-1 container (paused: it never polls
     either) is still its live one when the Adopt brings the session back."""
-    shared, b = unpolled, unpolled.b
+    shared, b = unpolled, unpolled.b  # noqa: F811  (not the fixture: b with no safety poll)
     nc = await shared.stack.connect()
     try:
-        await shared.watch(nc)
-        await send(nc, "b", wake("one, on b", 1))
-        await eventually(lambda: shared.replies("one, on b"), TURN, lambda: b.log.read_text()[-3000:])
-        await eventually(shared.settled, TURN)
+        await shared.placed_on_b(nc, "one, on b")
         (old,) = containers(SESSION, b.install_id)
 
         frozen(old, pause=True)
         try:
-            await move_to_a(nc)
-            await send(nc, "a", wake("two, on a", 2))
-            await eventually(lambda: shared.replies("two, on a"), TURN, lambda: shared.stack.output[-40:])
-            await eventually(shared.settled, TURN)
+            await shared.moved_to_a(nc, "two, on a")
             assert f"session {SESSION} moved" not in b.log.read_text()  # b has not looked: its container is live
 
             adopt = ev.Adopt(session_id=SESSION, agent_group="main", route=wake("", 3).route, epoch=3, from_runner="a")

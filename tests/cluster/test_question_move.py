@@ -21,7 +21,7 @@ from clawden.bus import subjects
 from clawden.bus.ctl import approvals as approvals_api
 from clawden.bus.streams import runner_decisions
 from services.runner.containers import LABEL_INSTALL
-from tests.cluster.test_fencing import TURN, Shared, move_to_a, send, shared, wake  # noqa: F401  (the fixture)
+from tests.cluster.runnerloss import TURN, Shared, move_to_a, send, shared, wake  # noqa: F401  (the fixture)
 from tests.e2e.test_tools import tool_results
 from tests.eventually import eventually
 from tests.fakes.anthropic import Text, ToolCall
