@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import shlex
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from clawden import control, logs, unixsock
+from clawden import control, logs, sessiondb, unixsock
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
 from clawden.bus.ctl import Verb
@@ -30,7 +33,16 @@ from clawden.bus.ctl import scheduler as scheduler_api
 from clawden.registry import installed_channels
 from clawden.runtime import ServiceContext
 from services.runner import scope
-from services.runner.sessions import SessionIndex, SessionInfo
+from services.runner.sessions import (
+    SessionIndex,
+    SessionInfo,
+    UnsafeSessionFolder,
+    cli_writes_in,
+    forget_cli_write,
+    holds,
+    record_cli_write,
+    told,
+)
 
 log = logging.getLogger("clawden.runner.admin")
 SOCKET_NAME = "admin.sock"
@@ -63,6 +75,30 @@ class CliReply(msgspec.Struct, frozen=True, omit_defaults=True):
 
 _decode = msgspec.json.Decoder(CliRequest).decode
 _encode = msgspec.json.Encoder().encode
+
+
+def write_id(session_id: str, argv: list[str], nonce: str) -> str:
+    """A write's approval id (pure): a nonce, and a digest of the session and the command with it, so that the
+    runner a session moves to can tell the command an admin was shown from one the agent wrote into its folder
+    since (`checks_out`)."""
+    digest = hashlib.sha256(json.dumps([session_id, argv, nonce]).encode()).hexdigest()[:24]
+    return f"cli-{nonce}-{digest}"
+
+
+def checks_out(request_id: str, session_id: str, argv: list[str]) -> bool:
+    """Whether the approval id is the one `write_id` gives this session's command (pure)."""
+    nonce, _, _ = request_id.removeprefix("cli-").partition("-")
+    return request_id.startswith("cli-") and write_id(session_id, argv, nonce) == request_id
+
+
+def outcome_key(request_id: str) -> str:
+    """The note that tells the agent what became of its write (one row per key: told once)."""
+    return f"cli-outcome-{request_id}"
+
+
+class _Moved(Exception):
+    """The session was moved to another runner: its write is that runner's to carry out."""
+
 
 WIRE_FIELDS = {
     "--engage": "engage_mode",
@@ -173,6 +209,14 @@ class AdminDesk:
         self.servers: dict[str, asyncio.Server] = {}
         self.counters = {"reads": 0, "writes_asked": 0, "writes_done": 0, "refused": 0}
         self.doers: dict[str, Doer] = {}  # by command name; the runner fills it in
+        # Decisions being carried out here (a build runs on after `on_decision`): one read back at an adoption and
+        # brought by the durable as well is done once.
+        self.doing: set[str] = set()
+
+    def folder(self, info: SessionInfo) -> Path:
+        """The session's folder (as `Runner.session_dir`), where its waiting writes are kept for whichever runner
+        holds it."""
+        return self.ctx.config.sessions_dir / info.agent_group / info.id
 
     # --- sockets ----------------------------------------------------------------------------------
 
@@ -302,7 +346,7 @@ class AdminDesk:
         if await self.index.run(self.index.cli_writes_waiting, info.id) >= MAX_WAITING:
             # An agent in a loop would otherwise bury its admins in cards.
             return await self._refuse(info, line, f"{MAX_WAITING} commands already wait for an admin's decision")
-        request_id = f"cli-{uuid.uuid4().hex[:24]}"
+        request_id = write_id(info.id, argv, uuid.uuid4().hex[:16])
         request = ev.ApprovalRequest(
             id=request_id,
             kind="agent_request",
@@ -316,6 +360,10 @@ class AdminDesk:
             route=info.route,
             context={"session_id": info.id, "channel": info.route.channel, "command": line},
         )
+        try:  # in the folder for the runner the session may move to, and in runner.db for this one
+            await asyncio.to_thread(record_cli_write, self.folder(info), request_id, argv)
+        except sessiondb.Fenced as moved:
+            return await self._refuse(info, line, f"this conversation moved to runner {moved.fence.runner}")
         await self.index.run(self.index.put_cli_write, request_id, info.id, argv)
         await publish(self.ctx.js, subjects.APPROVAL_REQUEST, request, msg_id=f"approval:{request_id}")
         self.counters["writes_asked"] += 1
@@ -332,11 +380,36 @@ class AdminDesk:
     async def on_decision(self, decision: ev.ApprovalDecision) -> bool:
         """An admin's word on a waiting write: run it (checked again: the scope may have changed) and tell
         the agent. False when the decision is not about one of ours. The decision is kept with the write until
-        the agent has the outcome, so a runner that stops in between does it again when it starts (`resume`)."""
-        waiting = await self.index.run(self.index.decide_cli_write, decision)
+        the agent has the outcome, so a runner that stops in between does it again when it starts (`resume`).
+        Only the runner holding the session's folder acts: one it was moved away from forgets the write, which the
+        runner it moved to took over (`take_over`)."""
+        waiting = await self.index.run(self.index.cli_write, decision.id)
         if waiting is None:
             return False
-        await self._carry_out(decision, *waiting)
+        if decision.id in self.doing:
+            return True
+        session_id, argv = waiting
+        info = self.index.get(session_id)
+        if info is None:
+            await self.index.run(self.index.done_cli_write, decision.id)
+            return True
+        if await self.index.run(self.index.decide_cli_write, decision) is None:
+            return True  # another decision had the write
+        self.doing.add(decision.id)
+        try:
+            await self._carry_out(decision, info, argv)
+        except _Moved:
+            self.doing.discard(decision.id)
+            log.info(
+                "the decided `clawden %s` of %s is left to the runner its session moved to",
+                shlex.join(argv),
+                info.id,
+                extra=logs.context(info.id, info.agent_group, decision.id),
+            )
+            await self.index.run(self.index.done_cli_write, decision.id)
+        except BaseException:
+            self.doing.discard(decision.id)
+            raise
         return True
 
     async def resume(self) -> None:
@@ -345,26 +418,53 @@ class AdminDesk:
         for decision, session_id, argv in await self.index.run(self.index.decided_cli_writes):
             log.info("doing again the decided `clawden %s` of %s", shlex.join(argv), session_id)
             try:
-                await self._carry_out(decision, session_id, argv)
+                await self.on_decision(decision)
             except Exception:  # the router away, say: left decided, for the decision's redelivery or the next start
                 log.exception("the decided `clawden %s` of %s failed again", shlex.join(argv), session_id)
 
+    async def take_over(self, info: SessionInfo) -> list[str]:
+        """At an adoption (the runner holds the folder now): the writes the session's old runner asked an admin
+        about and had not finished, kept in its folder, recorded in runner.db as if asked here, so that their
+        decisions are carried out here; their approval ids. A row that does not check out against its id (the
+        agent wrote it) is no write an admin was shown; one whose outcome the agent has is over."""
+        folder = self.folder(info)
+        taken: list[str] = []
+        for request_id, argv in await asyncio.to_thread(cli_writes_in, folder):
+            if not checks_out(request_id, info.id, argv):
+                log.warning("session %s: a waiting write in its folder is not the one asked (%s)", info.id, request_id)
+            elif await asyncio.to_thread(told, folder, outcome_key(request_id)):
+                await asyncio.to_thread(forget_cli_write, folder, request_id)
+            else:
+                await self.index.run(self.index.put_cli_write, request_id, info.id, argv)
+                taken.append(request_id)
+        return taken
+
     async def done(self, decision: ev.ApprovalDecision, info: SessionInfo, text: str) -> None:
         """The outcome to the agent (once: the note's key is the decision's), then the write is over."""
-        await self.note(info, f"cli-outcome-{decision.id}", text)
+        await self.note(info, outcome_key(decision.id), text)
+        try:
+            await asyncio.to_thread(forget_cli_write, self.folder(info), decision.id)
+        except sessiondb.Fenced:
+            pass  # moved (the note was not written either): the runner it moved to does the write and tells
+        except (sqlite3.Error, OSError, UnsafeSessionFolder) as exc:  # left there: the note says it is over
+            log.warning("session %s: the write %s stays in its folder (%s)", info.id, decision.id, exc)
         await self.index.run(self.index.done_cli_write, decision.id)
+        self.doing.discard(decision.id)
 
-    async def _carry_out(self, decision: ev.ApprovalDecision, session_id: str, argv: list[str]) -> None:
-        info = self.index.get(session_id)
-        if info is None:
-            await self.index.run(self.index.done_cli_write, decision.id)
-            return
+    async def _carry_out(self, decision: ev.ApprovalDecision, info: SessionInfo, argv: list[str]) -> None:
+        await self._still_held(info)
         try:
             text = await self._decided(info, decision, argv)
         except scope.BadCommand as exc:  # asked of an older runner whose commands were different
             text = f"Your command `clawden {shlex.join(argv)}` cannot run any more: {exc}"
         if text is not None:
             await self.done(decision, info, text)
+
+    async def _still_held(self, info: SessionInfo) -> None:
+        """Raise _Moved once the session's folder is another runner's (checked again right before the write: the
+        router's answer on the group's scope may take a while)."""
+        if not await asyncio.to_thread(holds, self.folder(info)):
+            raise _Moved
 
     async def _decided(self, info: SessionInfo, decision: ev.ApprovalDecision, argv: list[str]) -> str | None:
         command = scope.parse(argv)  # it parsed when asked; the parser is the same
@@ -381,6 +481,7 @@ class AdminDesk:
         if isinstance(verdict, scope.Refuse):
             await self._audit(info, "refused", line, verdict.reason, approval=decision.id)
             return f"Your command `{line}` was approved, but is no longer allowed: {verdict.reason}."
+        await self._still_held(info)
         if command.name in self.doers:
             text = await self.doers[command.name](info, command, decision)
             await self._audit(info, "done", line, "", approval=decision.id, by=decision.decided_by)

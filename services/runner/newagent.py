@@ -27,7 +27,7 @@ from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.bus.ctl import router as router_api
 from clawden.setup import write_new_memory
-from services.runner.sessions import SessionIndex, SessionInfo
+from services.runner.sessions import SessionIndex, SessionInfo, holds, told
 
 log = logging.getLogger("clawden.runner.newagent")
 OP = "create_agent"
@@ -119,19 +119,47 @@ def session_of(approval: str) -> str | None:
     return session_id or None
 
 
-def find(folder: Path, session_id: str, approval: str) -> NewAgent | None:
-    """The request in the session's outbound.db that this approval is for, if it is there unchanged."""
+def note_key(approval: str) -> str:
+    """The note that tells the agent the outcome (one row per key: told once, and once told, it is done)."""
+    return f"create-agent-{approval}"
+
+
+def requests(folder: Path, session_id: str) -> dict[str, NewAgent]:
+    """The create_agent requests in the session's outbound.db, by approval id."""
     with sessiondb.opened(folder / sessiondb.OUTBOUND, readonly=True) as conn:
         rows = conn.execute("SELECT content FROM messages_out WHERE kind = 'task'").fetchall()
+    found: dict[str, NewAgent] = {}
     for (content,) in rows:
         try:
             row = sessionrows.outbound("task", json.loads(content))
             agent = parse(row) if isinstance(row, sessionrows.TaskRequest) and row.op == OP else None
         except (ValueError, msgspec.ValidationError):
             continue
-        if agent is not None and approval_id(session_id, agent) == approval:
-            return agent
-    return None
+        if agent is not None:
+            found.setdefault(approval_id(session_id, agent), agent)
+    return found
+
+
+def find(folder: Path, session_id: str, approval: str) -> NewAgent | None:
+    """The request in the session's outbound.db that this approval is for, if it is there unchanged."""
+    return requests(folder, session_id).get(approval)
+
+
+def untold(folder: Path, session_id: str) -> list[str]:
+    """The approval ids of the session's requests whose outcome the agent has not been told (at an adoption: the
+    ones a decision may still be waiting for, or came for before the move)."""
+    if not (folder / sessiondb.OUTBOUND).exists():
+        return []
+    return [a for a in requests(folder, session_id) if _carded(a) and not told(folder, note_key(a))]
+
+
+def _carded(approval: str) -> bool:
+    """Whether a card could go out for the approval id (`request` refuses one too long for a subject)."""
+    try:
+        subjects.token(approval)
+    except ValueError:
+        return False
+    return True
 
 
 def write_memory(groups_dir: Path, agent: NewAgent) -> None:
@@ -150,18 +178,44 @@ class AgentMaker:
     ) -> None:
         self.nc, self.index, self.session_dir, self.groups_dir, self.note = nc, index, session_dir, groups_dir, note
         self.counters = {"created": 0, "refused": 0}
+        # Decisions being acted on here: one read back at an adoption and brought by the durable as well is one.
+        self.doing: set[str] = set()
 
     async def on_decision(self, decision: ev.ApprovalDecision) -> bool:
-        """False when the decision is not about a request of ours."""
+        """False when the decision is not about a request of ours. Acted on once: not again once the agent was
+        told the outcome, nor by a runner the session moved away from (the one it moved to reads the decision back
+        when it adopts the session, `untold`, or has it from its durable)."""
         session_id = session_of(decision.id)
         info = self.index.get(session_id) if session_id else None
         if info is None:
             return session_id is not None
-        agent = await asyncio.to_thread(find, self.session_dir(info), info.id, decision.id)
-        text = await self._decided(info, decision, agent)
-        log.info("create_agent %s: %s", decision.id, text, extra=logs.context(info.id, info.agent_group, decision.id))
-        await self.note(info, f"create-agent-{decision.id}", text)
+        if decision.id in self.doing:
+            return True
+        self.doing.add(decision.id)
+        try:
+            await self._act(info, decision)
+        finally:
+            self.doing.discard(decision.id)
         return True
+
+    async def take_over(self, info: SessionInfo) -> list[str]:
+        """At an adoption: the approval ids of the session's requests whose outcome the agent was not told (their
+        decisions, given before the move or after, are acted on here)."""
+        return await asyncio.to_thread(untold, self.session_dir(info), info.id)
+
+    async def _act(self, info: SessionInfo, decision: ev.ApprovalDecision) -> None:
+        folder = self.session_dir(info)
+        context = logs.context(info.id, info.agent_group, decision.id)
+        if await asyncio.to_thread(told, folder, note_key(decision.id)):
+            log.info("create_agent %s: done already (the agent was told)", decision.id, extra=context)
+            return
+        if not await asyncio.to_thread(holds, folder):
+            log.info("create_agent %s: left to the runner session %s moved to", decision.id, info.id, extra=context)
+            return
+        agent = await asyncio.to_thread(find, folder, info.id, decision.id)
+        text = await self._decided(info, decision, agent)
+        log.info("create_agent %s: %s", decision.id, text, extra=context)
+        await self.note(info, note_key(decision.id), text)
 
     async def _decided(self, info: SessionInfo, decision: ev.ApprovalDecision, agent: NewAgent | None) -> str:
         if agent is None:

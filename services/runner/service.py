@@ -300,7 +300,8 @@ class Runner:
     async def on_adopt(self, adopt: ev.Adopt) -> None:
         """The router moved a session here from a runner declared gone (shared storage): fence its folder at the
         new epoch (the old runner writes nothing more into it), record it as a wake does, publish what the old
-        runner had not, and start a container if the folder holds unanswered messages."""
+        runner had not, start a container if the folder holds unanswered messages, and carry out the admins'
+        decisions given before the move on what the agent asked the old runner for."""
         info = SessionInfo(adopt.session_id, adopt.agent_group, adopt.route)
         log.info(
             "adopting session %s of %s from runner %s at epoch %d",
@@ -318,6 +319,7 @@ class Runner:
                 await self._record(info, adopt.destinations, adopt.group)
                 await asyncio.to_thread(self._store_route, folder, adopt.route, adopt.destinations)
                 await self._take_over_questions(info, folder, adopt.from_runner)
+                decided = await self._take_over_approvals(info, adopt.from_runner)
                 unanswered = await asyncio.to_thread(sessiondb.has_unanswered, folder)
             except (UnsafeSessionFolder, sessiondb.SchemaError, sqlite3.DatabaseError) as exc:
                 await self._refused(info, f"adopt-refused-{adopt.key}", exc)
@@ -327,6 +329,8 @@ class Runner:
         self._spawn(self.pump(info.id), f"pump-{info.id}")  # rows the old runner had not published
         if unanswered:
             self.want(info, folder)
+        for decision in decided:  # with the lock let go: what the agent is told of it is a note, which takes it
+            await self.on_decision(decision)
 
     async def _take_over_questions(self, info: SessionInfo, folder: Path, from_runner: str) -> None:
         """The questions the old runner published and nobody has answered, recorded here as if this runner had
@@ -353,6 +357,29 @@ class Runner:
             )
             if decision is not None:
                 await self.on_decision(decision)
+
+    async def _take_over_approvals(self, info: SessionInfo, from_runner: str) -> list[ev.ApprovalDecision]:
+        """The agent's `clawden` writes waiting for an admin (kept in its folder: `AdminDesk.take_over`) and its
+        create_agent requests it was not told the outcome of (`AgentMaker.take_over`), taken over as the questions
+        are: their decisions reach this runner's durable and are carried out here from now on, and the ones given
+        before (which the durable took while the id was unknown here) are read back from the stream, to be carried
+        out once the adoption is done. Once: the old runner acts only while it holds the folder (`sessions.holds`),
+        and what the agent was told the outcome of is over."""
+        asked = await self.admin.take_over(info) + await self.maker.take_over(info)
+        decided: list[ev.ApprovalDecision] = []
+        for request_id in asked:
+            decision = await self._last_decision(request_id)
+            log.info(
+                "session %s: %s, asked on runner %s, %s",
+                info.id,
+                request_id,
+                from_runner,
+                "was decided before the move: it is carried out now" if decision else "is decided here",
+                extra={"session_id": info.id},
+            )
+            if decision is not None:
+                decided.append(decision)
+        return decided
 
     async def _last_decision(self, request_id: str) -> ev.ApprovalDecision | None:
         """The last decision on the stream for an approval (a direct get by subject); None when there is none
