@@ -877,6 +877,47 @@ def written_at(folder: Path, id: str) -> float | None:
     return float(row[0]) if row else None
 
 
+# --- an agent's `clawden` write waiting for an admin (services/runner/admin.py) -------------------------------------
+# Kept in inbound.db, the host's file, so that the runner the session moves to finds it (runner.db is the asking
+# runner's alone). Only runners read it; a file made before it gets the table from its first write. The agent can
+# write its folder, so a runner acts on a row only once it checks out against its approval id (`admin.write_id`).
+_CLI_WRITES = "CREATE TABLE IF NOT EXISTS cli_writes (id TEXT PRIMARY KEY, argv TEXT NOT NULL, asked_at REAL NOT NULL)"
+
+
+def keep_cli_write(folder: Path, request_id: str, argv: list[str]) -> None:
+    """Keep a write the agent asked for in its folder (raises Fenced if the session moved)."""
+    with _writing(folder / INBOUND) as conn:
+        conn.execute(_CLI_WRITES)
+        conn.execute("INSERT OR IGNORE INTO cli_writes VALUES (?, ?, ?)", (request_id, json.dumps(argv), time.time()))
+
+
+def kept_cli_writes(folder: Path) -> list[tuple[str, list[str]]]:
+    """The writes kept in the folder, oldest first: (approval id, command); anything but a list of strings is no
+    command (the agent may have written the row) and is left out."""
+    if not (folder / INBOUND).exists():
+        return []
+    with opened(folder / INBOUND, readonly=True) as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cli_writes'").fetchone():
+            return []
+        rows = conn.execute("SELECT id, argv FROM cli_writes ORDER BY asked_at").fetchall()
+    writes: list[tuple[str, list[str]]] = []
+    for request_id, text in rows:
+        try:
+            argv = json.loads(text)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(request_id, str) and isinstance(argv, list) and all(isinstance(a, str) for a in argv):
+            writes.append((request_id, argv))
+    return writes
+
+
+def drop_cli_write(folder: Path, request_id: str) -> None:
+    """The write is over (the agent has its outcome); raises Fenced if the session moved."""
+    with _writing(folder / INBOUND) as conn:
+        conn.execute(_CLI_WRITES)
+        conn.execute("DELETE FROM cli_writes WHERE id = ?", (request_id,))
+
+
 def get_state(folder: Path, key: str) -> str | None:
     with opened(folder / OUTBOUND, readonly=True) as conn:
         row = conn.execute("SELECT value FROM session_state WHERE key = ?", (key,)).fetchone()

@@ -294,51 +294,20 @@ async def listen_bell(folder: Path, on_ring: Callable[[], None], owner_uid: int 
     return transport
 
 
-# --- what the host keeps in the session folder for whichever runner holds it -------------------------------------
-# An agent's `clawden` write waiting for an admin (services/runner/admin.py), in a table of inbound.db, the host's
-# file, so that the runner the session moves to finds it (runner.db is the asking runner's alone). Only runners read
-# it: the agent image knows nothing of it, and a file made before it gets it from its first write here. The agent
-# can write the folder, so a runner acts on a row only once it checks out against its approval id (`admin.write_id`).
-# Kept here rather than in clawden/sessiondb.py, which is copied into the agent image (a change there is a new
-# image); it writes through sessiondb's fenced transaction all the same.
-_CLI_WRITES = "CREATE TABLE IF NOT EXISTS cli_writes (id TEXT PRIMARY KEY, argv TEXT NOT NULL, asked_at REAL NOT NULL)"
-
-
 def record_cli_write(folder: Path, request_id: str, argv: list[str]) -> None:
-    """Keep a write the agent asked for in its folder (raises sessiondb.Fenced if the session moved)."""
+    """Keep a write the agent asked for in its folder (`sessiondb.keep_cli_write`; raises Fenced if it moved)."""
     check_files(folder)
-    with sessiondb._writing(folder / sessiondb.INBOUND) as conn:
-        conn.execute(_CLI_WRITES)
-        conn.execute("INSERT OR IGNORE INTO cli_writes VALUES (?, ?, ?)", (request_id, json.dumps(argv), time.time()))
+    sessiondb.keep_cli_write(folder, request_id, argv)
 
 
 def cli_writes_in(folder: Path) -> list[tuple[str, list[str]]]:
-    """The writes kept in the folder, oldest first: (approval id, command); anything but a list of strings is no
-    command (the agent may have written the row) and is left out."""
     check_files(folder)
-    if not (folder / sessiondb.INBOUND).exists():
-        return []
-    with sessiondb.opened(folder / sessiondb.INBOUND, readonly=True) as conn:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cli_writes'").fetchone():
-            return []
-        rows = conn.execute("SELECT id, argv FROM cli_writes ORDER BY asked_at").fetchall()
-    writes: list[tuple[str, list[str]]] = []
-    for request_id, text in rows:
-        try:
-            argv = json.loads(text)
-        except (TypeError, ValueError):
-            continue
-        if isinstance(request_id, str) and isinstance(argv, list) and all(isinstance(a, str) for a in argv):
-            writes.append((request_id, argv))
-    return writes
+    return sessiondb.kept_cli_writes(folder)
 
 
 def forget_cli_write(folder: Path, request_id: str) -> None:
-    """The write is over (the agent has its outcome); raises sessiondb.Fenced if the session moved."""
     check_files(folder)
-    with sessiondb._writing(folder / sessiondb.INBOUND) as conn:
-        conn.execute(_CLI_WRITES)
-        conn.execute("DELETE FROM cli_writes WHERE id = ?", (request_id,))
+    sessiondb.drop_cli_write(folder, request_id)
 
 
 def told(folder: Path, key: str) -> bool:
