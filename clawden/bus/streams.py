@@ -82,6 +82,16 @@ STREAMS: tuple[Stream, ...] = (
         allow_direct=True,
     ),
     Stream("CLAWDEN_EVENTS", (subjects.ALL_EVENTS,), max_age=30 * DAY, duplicate_window=120.0),
+    # Each bridge's shared sent-log (clawden/bus/sentlog.py): the last record of each part of each outbound
+    # message, kept past the 7 days an outbound event may be redelivered, and read by direct get.
+    Stream(
+        "CLAWDEN_SENT",
+        (subjects.ALL_SENT,),
+        max_age=8 * DAY,
+        duplicate_window=120.0,
+        max_msgs_per_subject=1,
+        allow_direct=True,
+    ),
 )
 
 

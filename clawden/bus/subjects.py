@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import zlib
 
@@ -68,6 +70,20 @@ def placement(session_id: str) -> str:
     return f"{PREFIX}.placement.{token(session_id)}"
 
 
+def sent(channel: str, outbound_id: str, part: int) -> str:
+    """Where a bridge's instances record one part of one outbound message (the shared sent-log,
+    `clawden/bus/sentlog.py`). An outbound id is any text, so the subject names its sha256 instead."""
+    if part < 0:
+        raise ValueError(f"no part {part}")
+    digest = base64.urlsafe_b64encode(hashlib.sha256(outbound_id.encode()).digest()).decode().rstrip("=")
+    return f"{PREFIX}.sent.{token(channel)}.{digest}.{part:d}"
+
+
+def sent_all(channel: str) -> str:
+    """Every record of one channel's shared sent-log: what its bridge may write and read."""
+    return f"{PREFIX}.sent.{token(channel)}.>"
+
+
 def task(op: str) -> str:
     return f"{PREFIX}.task.{token(op)}"
 
@@ -105,6 +121,7 @@ ALL_PLACEMENTS = f"{PREFIX}.placement.*"
 ALL_TASKS = f"{PREFIX}.task.>"
 ALL_APPROVALS = f"{PREFIX}.approval.>"
 ALL_EVENTS = f"{PREFIX}.event.>"
+ALL_SENT = f"{PREFIX}.sent.>"
 
 
 def heartbeat(runner: str) -> str:
