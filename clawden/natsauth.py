@@ -22,7 +22,7 @@ from typing import Any
 import nkeys
 from nats.aio.client import Client
 
-from clawden.bus import connect, ctl, placements, streams, subjects, webhooks
+from clawden.bus import connect, ctl, placements, sentlog, streams, subjects, webhooks
 from clawden.bus.connection import inbox_prefix
 from clawden.bus.ctl import router as router_ctl
 from clawden.bus.ctl import scheduler as scheduler_ctl
@@ -200,7 +200,13 @@ def grants(cfg: Config, channels: tuple[str, ...], runners: tuple[str, ...] = ()
         hooks = (streams.bridge_webhooks(name),) if name in routes else ()
         table[identity(f"channel@{name}")] = Grant(
             consumes=(*streams.bridge_lanes(name), *hooks),
-            publishes=(subjects.inbound(name), subjects.receipt(name)),
+            # its own channel's shared sent-log, written and read by direct get (clawden/bus/sentlog.py)
+            publishes=(
+                subjects.inbound(name),
+                subjects.receipt(name),
+                subjects.sent_all(name),
+                sentlog.direct_get(name),
+            ),
             calls=("router.admit",),
         )  # may the bot join a chat it was invited to (Inbound.admit)
     for rid in runners:

@@ -19,6 +19,7 @@ from clawden import config as config_mod
 from clawden import natsauth, natsserver, setup
 from clawden.bus import bind, connect, ensure_streams, subjects
 from clawden.bus import events as ev
+from clawden.bus.sentlog import SentLog, Unavailable
 from clawden.bus.streams import bridge_lanes, bridge_outbound, router_due, runner_wake
 from clawden.registry import installed_channels
 from tests.eventually import eventually
@@ -270,3 +271,29 @@ async def test_the_scheduler_hands_due_runs_to_the_router_and_wakes_nobody_itsel
         finally:
             await puller.stop()
     assert await messages(cfg, "CLAWDEN_WAKE") == 0
+
+
+async def test_a_bridge_writes_and_reads_its_own_channels_shared_sent_log_and_no_other(
+    cfg: config_mod.Config, streams_ready: None
+) -> None:
+    async with Client_(cfg, natsauth.CLI) as nc:  # a record of another channel's bridge
+        assert await SentLog(nc.jetstream(), "signal", "s").claim("o1", 0, "text", dedupes=False) is None
+    bridge = Client_(cfg, "channel-telegram")
+    async with bridge as nc:
+        js = nc.jetstream(timeout=1)
+        own = SentLog(js, "telegram", "a", timeout=1)
+        assert await own.claim("o1", 0, "text", dedupes=False) is None
+        found = await own.read("o1", 0)
+        assert found is not None and found.record is not None and found.record.by == "a"
+        theirs = SentLog(js, "signal", "a", timeout=1)
+        with pytest.raises(Unavailable):  # the server drops the request: nothing ever answers
+            await theirs.read("o1", 0)
+        with pytest.raises(Unavailable):
+            await theirs.record("o1", 0, "sent", platform_id="forged")
+        await eventually(
+            lambda: len([e for e in bridge.errors if "permissions violation for publish" in e]) >= 2,
+            message=lambda: bridge.errors,
+        )
+    assert any("direct.get.clawden_sent.clawden.sent.signal." in e for e in bridge.errors), bridge.errors
+    assert any('to "clawden.sent.signal.' in e for e in bridge.errors), bridge.errors
+    assert await messages(cfg, "CLAWDEN_SENT") == 2
