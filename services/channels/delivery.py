@@ -2,7 +2,10 @@
 
 Each part of a message is written to the sent-log as 'sending' before the platform call and as
 'sent' after it, so a redelivered outbound event (a crash before the ack) skips what already went
-out, and a part whose outcome a crash hid is reported as unconfirmed instead of posted twice.
+out, and a part whose outcome a crash hid is reported as unconfirmed instead of posted twice. Two
+logs hold it: the instance's own (state.py, read first) and the one every instance of the bridge
+shares on the bus (clawden/bus/sentlog.py), where a part is claimed before it is sent, so a message
+redelivered to another instance (one killed before its ack) is not posted twice either.
 """
 
 from __future__ import annotations
@@ -14,19 +17,20 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from clawden.bus import Retry, publish, subjects
+from clawden.backoff import backoff
+from clawden.bus import Retry, publish, sentlog, subjects
 from clawden.bus import events as ev
 from clawden.cardtext import render_text
 from clawden.runtime import sleep_unless_stopping
 from services.channels.bridge import Bridge, BridgeStats, ButtonRef, card_token
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.split import split_text
-from services.channels.state import BridgeState, Send
+from services.channels.state import BridgeState, PartKind, Send, SendState
 
 log = logging.getLogger("clawden.channels")
 T = TypeVar("T")
@@ -34,6 +38,14 @@ OutboundEvent = ev.Outbound
 # Deliveries of one event that crash the handler before it is reported as failed and dropped.
 POISON_AFTER = 5
 KEEPALIVE = 5.0  # seconds between in_progress signals: well inside the consumer's ack_wait
+
+
+class _Taken(Exception):
+    """A part's claim found another instance's record in the shared sent-log: this instance sends nothing."""
+
+    def __init__(self, found: sentlog.Found) -> None:
+        super().__init__(f"taken: {found.record!r}")
+        self.found = found
 
 
 @dataclass(frozen=True)
@@ -174,12 +186,15 @@ class Delivery:
         policy: RetryPolicy,
         typing_horizon: float,
         file_roots: tuple[Path, ...],
+        shared: sentlog.SentLog | None = None,
     ) -> None:
+        """`shared`: the bridge's shared sent-log; by default the channel's, as this instance (`state`) writes it."""
         self.bridge = bridge
         self.caps = bridge.capabilities
         self.channel = bridge.name
         self.state = state
         self.js = js
+        self._shared = shared
         self.stats = stats
         self.typing = typing
         self.stopping = stopping
@@ -194,6 +209,10 @@ class Delivery:
                 await self._dispatch(event)
             except Retry:
                 raise
+            except sentlog.Unavailable as exc:
+                # Not the bridge's fault, and nothing went out unclaimed: waited out like NATS being away.
+                delay = backoff(msg.metadata.num_delivered, base=0.5, cap=30.0)
+                raise Retry(f"the shared sent-log: {exc}", delay=delay) from exc
             except Exception as exc:
                 if msg.metadata.num_delivered < POISON_AFTER:
                     raise
@@ -251,41 +270,47 @@ class Delivery:
         for i, part in enumerate(parts):
             label = f"part {i + 1} of {len(parts)}: " if len(parts) > 1 else ""
             prior = done.get(i)
-            if prior is not None and prior.state == "sent":
-                ids.append(prior.platform_id)
-                continue
-            if prior is not None and prior.state == "failed":
-                await self._fail(event, label + prior.error, ids)
-                return
-            if prior is not None and not self.caps.idempotent_sends:
-                # 'sending' left by a process that died mid-call, or 'unconfirmed': the platform may
-                # well have it, and nothing can ask; a second copy is the worse outcome.
-                if prior.state == "sending":
+            elsewhere = False  # what another instance of the bridge left, found in the shared sent-log
+            if prior is None or (prior.state in ("sending", "unconfirmed") and self.caps.idempotent_sends):
+                try:
+                    ids.append(await self._send_part(event, i, part, buttons if part.buttons else []))
+                    continue
+                except PlatformError as exc:
+                    if exc.kind != "unknown":
+                        await self._fail(event, label + exc.description, ids)
+                        return
                     log.warning(
-                        "%s: outbound %s %swas in flight when the bridge stopped; not sending it again",
+                        "%s: outbound %s %slost its answer (%s); not sending it again",
                         self.channel,
                         event.id,
                         label,
+                        exc.description,
                     )
-                    await self.state.mark(event.id, i, "unconfirmed", error="the bridge stopped mid-send")
-                ids.append("")
-                unconfirmed.append(i)
+                    ids.append("")
+                    unconfirmed.append(i)
+                    continue
+                except _Taken as taken:
+                    prior, elsewhere = await self._adopt(event.id, i, taken.found), True
+            if prior.state == "sent":
+                ids.append(prior.platform_id)
                 continue
-            try:
-                ids.append(await self._send_part(event, i, part, buttons if part.buttons else []))
-            except PlatformError as exc:
-                if exc.kind != "unknown":
-                    await self._fail(event, label + exc.description, ids)
-                    return
+            if prior.state == "failed":
+                await self._fail(event, label + prior.error, ids)
+                return
+            # 'sending' left by a process that died mid-call (this one's, or another instance's), or
+            # 'unconfirmed': the platform may well have it, and nothing can ask; a second copy is the worse outcome.
+            if prior.state == "sending":
+                who = "another instance of the bridge" if elsewhere else "the bridge"
                 log.warning(
-                    "%s: outbound %s %slost its answer (%s); not sending it again",
+                    "%s: outbound %s %swas in flight when %s stopped; not sending it again",
                     self.channel,
                     event.id,
                     label,
-                    exc.description,
+                    who,
                 )
-                ids.append("")
-                unconfirmed.append(i)
+                await self.state.mark(event.id, i, "unconfirmed", error=f"{who} stopped mid-send")
+            ids.append("")
+            unconfirmed.append(i)
         if unconfirmed:
             self.stats.unconfirmed += 1
             which = ", ".join(str(i + 1) for i in unconfirmed)
@@ -304,9 +329,19 @@ class Delivery:
         await self._receipt(event, ok=True, part_ids=ids, platform_id=ids[-1])
 
     async def _send_part(self, event: ev.OutboundMessage, i: int, part: Part, buttons: list[list[ButtonRef]]) -> str:
+        """Claim the part in the shared sent-log, log it 'sending' in this instance's own, send it, log what
+        came of it in both. Raises `_Taken` where another instance's record stands in the shared log."""
+        kind: PartKind = "file" if part.file else "text"
+
         async def once() -> str:
             await self._paced(event.route)  # before 'sending': a stop while waiting leaves it unsent
-            await self.state.mark(event.id, i, "sending", kind="file" if part.file else "text")
+            # The claim is stored before anything else: a part is never sent unrecorded where the other
+            # instances look, and a claim that finds another's record sends nothing.
+            shared = await self._shared_log()
+            found = await shared.claim(event.id, i, kind, dedupes=self.caps.idempotent_sends)
+            if found is not None:
+                raise _Taken(found)
+            await self.state.mark(event.id, i, "sending", kind=kind)
             try:
                 key = f"{event.id}#{i}"
                 if part.file:
@@ -315,8 +350,9 @@ class Delivery:
                     event.route, part.text, reply_to=part.reply_to, buttons=buttons, key=key
                 )
             except PlatformError as exc:
-                if exc.retryable:  # the platform did not act: the part may go again
+                if exc.retryable:  # the platform did not act: the part may go again, from any instance
                     await self.state.unmark(event.id, i)
+                    await self._share(event.id, i, "unsent", error=exc.description)
                 raise
 
         try:
@@ -324,13 +360,62 @@ class Delivery:
                 event, once, idempotent=self.caps.idempotent_sends, resends=self.caps.ambiguous_resends
             )
         except PlatformError as exc:
-            await self.state.mark(
-                event.id, i, "unconfirmed" if exc.kind == "unknown" else "failed", error=exc.description
-            )
+            state: SendState = "unconfirmed" if exc.kind == "unknown" else "failed"
+            await self.state.mark(event.id, i, state, error=exc.description)
+            await self._share(event.id, i, state, error=exc.description)
             raise
         await self.state.mark(event.id, i, "sent", platform_id)
+        await self._share(event.id, i, "sent", platform_id=platform_id, kind=kind)
         self.stats.parts += 1
         return platform_id
+
+    async def _share(
+        self,
+        outbound_id: str,
+        i: int,
+        state: SendState | Literal["unsent"],
+        *,
+        platform_id: str = "",
+        error: str = "",
+        kind: PartKind = "",
+    ) -> None:
+        """Tell the other instances what came of a part this one claimed. Where the bus does not take it, the
+        claim's 'sending' stays there, which they read as unconfirmed: never a second copy, so it is logged,
+        not raised (this instance's own log has the outcome)."""
+        try:
+            shared = await self._shared_log()
+            await shared.record(outbound_id, i, state, platform_id=platform_id, error=error, kind=kind)
+        except sentlog.Unavailable as exc:
+            log.warning(
+                "%s: outbound %s part %d is %s, but the shared sent-log did not take it: %s",
+                self.channel,
+                outbound_id,
+                i + 1,
+                state,
+                exc,
+            )
+
+    async def _adopt(self, outbound_id: str, i: int, found: sentlog.Found) -> Send:
+        """What another instance left for a part, copied into this instance's own log: 'sent' with its platform
+        id (so edits here find it), 'failed' with its reason; a send whose outcome is unknown stays 'sending'
+        for the caller to report. A record that cannot be read is one whose outcome nobody knows."""
+        record = found.record
+        if record is None:
+            await self.state.mark(
+                outbound_id, i, "unconfirmed", error="its record in the shared sent-log is unreadable"
+            )
+            return Send(i, "unconfirmed", "", "")
+        if record.state == "sent":
+            await self.state.mark(outbound_id, i, "sent", record.platform_id, kind=record.kind)
+        elif record.state in ("failed", "unconfirmed"):
+            await self.state.mark(outbound_id, i, record.state, error=record.error, kind=record.kind)
+        state: SendState = "sending" if record.state == "unsent" else record.state  # (a claim takes 'unsent' over)
+        return Send(i, state, record.platform_id, record.error, record.kind)
+
+    async def _shared_log(self) -> sentlog.SentLog:
+        if self._shared is None:
+            self._shared = sentlog.SentLog(self.js, self.channel, await self.state.instance_id())
+        return self._shared
 
     def _allowed_file(self, name: str) -> Path:
         # The runner vets what agents send; this keeps a bad outbound event from uploading any file

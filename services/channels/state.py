@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -52,6 +53,9 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX sends_by_platform_id ON sends (platform_id) WHERE platform_id != '';
     """,
     ),
+    # Who this instance of the bridge is in the shared sent-log (clawden/bus/sentlog.py): made once, kept
+    # across restarts, so a claim it made and never acted on (a crash before the platform call) is its own.
+    ("0003_instance", "CREATE TABLE instance (id TEXT NOT NULL)"),
 ]
 
 SendState = Literal["sending", "sent", "failed", "unconfirmed"]
@@ -86,6 +90,16 @@ class BridgeState:
 
     async def close(self) -> None:
         await self.db.close()
+
+    async def instance_id(self) -> str:
+        """This instance's name in the shared sent-log: made at its first start, the same ever after."""
+        # One statement, so lanes asking at once on a new file still agree on one id.
+        made = uuid.uuid4().hex
+        await self.db.execute("INSERT INTO instance SELECT ? WHERE NOT EXISTS (SELECT 1 FROM instance)", (made,))
+        await self.db.commit()
+        cur = await self.db.execute("SELECT id FROM instance")
+        row = await cur.fetchone()
+        return str(row[0]) if row is not None else made
 
     # --- cursor --------------------------------------------------------------------------------
 

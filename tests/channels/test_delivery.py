@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 
 from clawden.bus import Retry, ensure_streams, subjects
 from clawden.bus import events as ev
-from services.channels.bridge import BridgeStats, Capabilities
+from services.channels.bridge import BridgeStats, ButtonRef, Capabilities
 from services.channels.delivery import Delivery, TypingIndicators, plan
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.state import BridgeState
@@ -224,3 +224,126 @@ async def test_typing_is_renewed_while_the_agent_works_and_ends_with_the_answer(
     await asyncio.gather(renewing, return_exceptions=True)
     assert renewing.cancelled()
     assert bridge.posted == [("c1", "done")]
+
+
+# --- two instances of one bridge: the shared sent-log ------------------------------------------------
+
+
+@pytest.fixture
+async def other(tmp_path: Path) -> AsyncIterator[BridgeState]:
+    """The own state of a second instance of the bridge (another host)."""
+    s = await BridgeState.open(tmp_path / "other" / "memory.db")
+    yield s
+    await s.close()
+
+
+class PostsThenHangs(MemoryBridge):
+    """A platform that takes the message and never answers: the instance is killed before it learns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.took = asyncio.Event()
+
+    async def send_text(
+        self, route: ev.Route, text: str, *, reply_to: str | None, buttons: list[list[ButtonRef]], key: str
+    ) -> str:
+        self.calls += 1
+        self.keys.append(key)
+        self.posted.append((route.chat_id, text))
+        self.took.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def killed_mid_send(delivery: Delivery, bridge: PostsThenHangs, event: ev.OutboundMessage) -> None:
+    """The instance takes the message and is killed once the platform has it, before it answers."""
+    handling = asyncio.create_task(delivery.handle(event, fake_msg()))
+    await asyncio.wait_for(bridge.took.wait(), 5)
+    handling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handling
+
+
+async def test_a_message_another_instance_sent_is_skipped_there_and_its_ids_known_here(
+    state: BridgeState, other: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    first, second = MemoryBridge(), MemoryBridge()
+    event = message("first part\n\nsecond part")
+    await delivery_for(first, state, bus, tmp_path).handle(event, fake_msg())
+    # Its ack was lost: the redelivery goes to the other instance.
+    await delivery_for(second, other, bus, tmp_path).handle(event, fake_msg(2))
+    assert first.posted == [("c1", "first part"), ("c1", "second part")] and second.posted == []
+    receipts_ = await receipts(bus)
+    assert [(r.ok, r.part_ids) for r in receipts_] == [(True, ("p1", "p2"))]  # the same receipt: deduped
+    # The second instance's own log now knows the parts, so an edit it is handed finds the whole message.
+    found = await other.message_of("p2")
+    assert found is not None and [(s.state, s.platform_id, s.kind) for s in found[1].values()] == [
+        ("sent", "p1", "text"),
+        ("sent", "p2", "text"),
+    ]
+
+
+async def test_a_part_in_flight_on_an_instance_killed_mid_send_is_unconfirmed_on_the_other_not_posted_twice(
+    state: BridgeState, other: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    first, second = PostsThenHangs(), MemoryBridge()
+    await killed_mid_send(delivery_for(first, state, bus, tmp_path), first, message("hello"))
+    await delivery_for(second, other, bus, tmp_path).handle(message("hello"), fake_msg(2))
+    assert first.posted == [("c1", "hello")] and second.calls == 0
+    [receipt] = await receipts(bus)
+    assert receipt.unconfirmed and not receipt.ok
+    assert (await other.sends("o1"))[0].state == "unconfirmed"
+
+
+async def test_a_part_in_flight_on_a_killed_instance_goes_again_where_the_platform_drops_repeats(
+    state: BridgeState, other: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    first, second = PostsThenHangs(), MemoryBridge(Capabilities(max_text=20, idempotent_sends=True))
+    await killed_mid_send(delivery_for(first, state, bus, tmp_path), first, message("hello"))
+    await delivery_for(second, other, bus, tmp_path).handle(message("hello"), fake_msg(2))
+    assert first.keys == second.keys == ["o1#0"]  # the same key: the platform keeps one
+    [receipt] = await receipts(bus)
+    assert receipt.ok
+
+
+async def test_a_part_an_instance_left_unsent_when_it_stopped_is_sent_by_the_other(
+    state: BridgeState, other: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    first, second = MemoryBridge(), MemoryBridge()
+    first.failures.append(PlatformError("Too Many Requests", "rate_limited", retry_after=30))
+    stopping = asyncio.Event()
+    handling = asyncio.create_task(
+        delivery_for(first, state, bus, tmp_path, stopping, deadline=600).handle(message("hi"), fake_msg())
+    )
+    await eventually(lambda: first.calls == 1, message="the first instance never tried")
+    stopping.set()
+    with pytest.raises(Retry):
+        await asyncio.wait_for(handling, 5)
+    await delivery_for(second, other, bus, tmp_path).handle(message("hi"), fake_msg(2))
+    assert first.posted == [] and second.posted == [("c1", "hi")]
+    assert [r.ok for r in await receipts(bus) if r.final] == [True]
+
+
+async def test_a_part_that_failed_on_one_instance_is_reported_failed_by_the_other_not_tried_again(
+    state: BridgeState, other: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    first, second = MemoryBridge(), MemoryBridge()
+    first.failures.append(PlatformError("Bad Request: chat not found", "permanent"))
+    await delivery_for(first, state, bus, tmp_path).handle(message("hi"), fake_msg())
+    await delivery_for(second, other, bus, tmp_path).handle(message("hi", id="o1"), fake_msg(2))
+    assert second.calls == 0
+    [receipt] = await receipts(bus)
+    assert not receipt.ok and receipt.error == "Bad Request: chat not found"
+    assert (await other.sends("o1"))[0].error == "Bad Request: chat not found"
+
+
+async def test_nothing_is_sent_while_the_shared_sent_log_cannot_record_it(
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    await bus.js.delete_stream("CLAWDEN_SENT")  # its stream gone: no claim can be stored
+    bridge = MemoryBridge()
+    with pytest.raises(Retry) as retry:
+        await delivery_for(bridge, state, bus, tmp_path).handle(message("hi"), fake_msg(3))
+    assert bridge.calls == 0 and await state.sends("o1") == {}
+    assert retry.value.delay == 4.0  # backed off like any bus failure, not counted as the bridge crashing
+    assert await receipts(bus) == []

@@ -1,27 +1,57 @@
 """Two instances of one bridge (the real Telegram bridge process, twice, with separate homes as on two
 hosts) sharing its outbound durables: every message is sent once, each chat's in order, and when one
-instance stops the other carries on (issue 25, item 6)."""
+instance stops the other carries on (issue 25, item 6); one killed after the platform took a message and
+before its ack does not have it posted twice by the other (their shared sent-log)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import h11
 import pytest
 
 from tests.channels.harness import BridgeProcess, Bus
 from tests.conftest import NatsServer
 from tests.eventually import eventually
-from tests.fakes.telegram import FakeTelegram
+from tests.fakes.telegram import FakeTelegram, Fault
 
 CHATS = 8  # one per lane or so: crc32 spreads them (subjects.outbound)
 EACH = 10
 
 
+@dataclass
+class Held(Fault):
+    """The request takes effect (the chat shows the message), then its answer is held until the server stops:
+    the bridge never learns that the platform took it. `taken` is set once it has."""
+
+    taken: threading.Event = field(default_factory=threading.Event)
+
+
+class HoldingTelegram(FakeTelegram):
+    """The fake Bot API, which also knows the `Held` fault."""
+
+    async def _apply_fault(
+        self, fault: Fault, conn: h11.Connection, writer: asyncio.StreamWriter, method: str, params: dict[str, Any]
+    ) -> bool:
+        if not isinstance(fault, Held):
+            return await super()._apply_fault(fault, conn, writer, method, params)
+        await self._answer(method, params)
+        fault.taken.set()
+        assert self._stopped is not None
+        await self._stopped.wait()
+        return False
+
+
 @pytest.fixture
-def fake() -> Iterator[FakeTelegram]:
-    f = FakeTelegram().start_in_thread()
+def fake() -> Iterator[HoldingTelegram]:
+    f = HoldingTelegram()
+    f.start_in_thread()
     yield f
     f.stop_thread()
 
@@ -41,10 +71,10 @@ def pair(tmp_path: Path, nats_server: NatsServer, fake: FakeTelegram) -> Iterato
         b.close()
 
 
-def sent_by(bridge: BridgeProcess) -> set[str]:
-    """The outbound ids this instance sent, from its own sent-log."""
+def sent_by(bridge: BridgeProcess, state: str = "sent") -> set[str]:
+    """The outbound ids this instance sent (or whose parts are in `state`), from its own sent-log."""
     with sqlite3.connect(bridge.home / "data" / "channels" / "telegram.db") as db:
-        return {row[0] for row in db.execute("SELECT outbound_id FROM sends WHERE state = 'sent'")}
+        return {row[0] for row in db.execute("SELECT outbound_id FROM sends WHERE state = ?", (state,))}
 
 
 async def test_two_instances_share_the_lanes_without_sending_anything_twice(
@@ -75,3 +105,26 @@ async def test_two_instances_share_the_lanes_without_sending_anything_twice(
     by_a, by_b = sent_by(a), sent_by(b)
     assert not by_a & by_b
     assert len(by_a | by_b) == CHATS * EACH
+
+
+async def test_a_message_the_platform_took_from_an_instance_killed_before_its_ack_is_not_posted_again(
+    fake: HoldingTelegram, bus: Bus, pair: list[BridgeProcess]
+) -> None:
+    for bridge in pair:
+        bridge.start()
+    chat = fake.private_chat(fake.user("Ada"))
+    held = Held()
+    fake.inject("sendMessage", held)
+    await bus.send(chat["id"], "only once, please", id="out-once")
+    assert await asyncio.to_thread(held.taken.wait, 30), "no instance sent the message"
+    # Whichever instance took it logged the part 'sending' before the call: that one is killed now, with the
+    # message in the chat and the answer never read, so nothing was acked.
+    [taker] = [b for b in pair if "out-once" in sent_by(b, "sending")]
+    taker.kill()
+    [other] = [b for b in pair if b is not taker]
+
+    [receipt] = await bus.wait_receipts(1, timeout=60)  # the other's, once the lane hands it the message again
+
+    assert fake.texts(chat) == ["only once, please"]
+    assert receipt.unconfirmed and not receipt.ok  # in flight when its instance died: reported, never repeated
+    assert sent_by(other, "unconfirmed") == {"out-once"}
