@@ -117,6 +117,7 @@ class Live:
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # the agent rang: it is up
     since: float = field(default_factory=time.monotonic)  # when it took its slot
     draining: bool = False  # asked to finish its turn and leave (`_drain_one`); still watched for hangs
+    epoch: int = 0  # the placement its container was started under (0: not known, one found at a restart)
 
     @property
     def state(self) -> runner_api.ContainerState:
@@ -324,7 +325,8 @@ class Runner:
             except (UnsafeSessionFolder, sessiondb.SchemaError, sqlite3.DatabaseError) as exc:
                 await self._refused(info, f"adopt-refused-{adopt.key}", exc)
                 return
-        if info.id in self.live:  # moved away and back: its container here holds an older epoch
+        live = self.live.get(info.id)
+        if live is not None and live.epoch != adopt.epoch:  # moved away and back: its container holds an older one
             await self.restart_session(info.id)
         self._spawn(self.pump(info.id), f"pump-{info.id}")  # rows the old runner had not published
         if unanswered:
@@ -555,7 +557,7 @@ class Runner:
         except BaseException:
             self._forget(info.id)
             raise
-        live.container_id = str(container.id)
+        live.container_id, live.epoch = str(container.id), spec.epoch
         # Silence is measured from here: not from a wait for a start slot, nor from the heartbeat a
         # dead predecessor left in the folder.
         live.last_activity = live.last_wake = time.monotonic()

@@ -30,12 +30,13 @@ from nats.aio.msg import Msg
 
 from clawden import sessiondb
 from clawden.bus import events as ev
-from clawden.bus import subjects
+from clawden.bus import publish, subjects
 from clawden.bus.ctl import router as router_api
 from clawden.sessiondb import Fence
 from services.runner.containers import LABEL_INSTALL, LABEL_SESSION
 from tests.chaos.chaos import answer
 from tests.cluster.runnerloss import (
+    ROUTE,
     SESSION,
     TURN,
     Pair,
@@ -329,5 +330,31 @@ async def test_an_adoption_back_onto_a_runner_whose_old_container_still_runs_res
         assert sessiondb.fence(shared.folder) == Fence(3, "b")
         texts = ("one, on b", "two, on a", "three, back on b")
         assert [published(shared.sent, t) for t in texts] == [1, 1, 1]
+    finally:
+        await nc.close()
+
+
+async def test_an_adoption_delivered_again_after_its_container_started_leaves_that_container_be(
+    shared: Shared,  # noqa: F811
+) -> None:
+    """An Adopt redelivered (the runner's ack lost, or the router's publish retried past the dedupe window) after a
+    wake had started the session's container at the adoption's own epoch: that container serves on, not restarted."""
+    nc = await shared.stack.connect()
+    a_log = shared.stack.home / "logs" / "runner.log"
+    try:
+        await shared.placed_on_b(nc, "one, on b")
+        await shared.moved_to_a(nc, "two, on a")
+        (first,) = [c for c, (status, _) in containers(SESSION, shared.stack.install_id).items() if status == "running"]
+
+        again = ev.Adopt(session_id=SESSION, agent_group="main", route=ROUTE, epoch=2, from_runner="b")
+        seq = (await publish(nc.jetstream(), subjects.wake("a"), again, msg_id=f"{again.key}-again")).seq
+        await eventually(lambda: taken(nc, "a", seq), TURN)
+        await send(nc, "a", wake("three, on a", 2))
+        await eventually(lambda: shared.replies("three, on a"), TURN, lambda: shared.stack.output[-40:])
+        await eventually(shared.settled, TURN)
+
+        assert f"stopping container of {SESSION}" not in a_log.read_text()
+        assert containers(SESSION, shared.stack.install_id) == {first: ("running", "2")}
+        assert [published(shared.sent, t) for t in ("one, on b", "two, on a", "three, on a")] == [1, 1, 1]
     finally:
         await nc.close()
