@@ -276,8 +276,8 @@ Claim = Literal["take", "hold", "fenced"]
 
 def claim_decision(fence: Fence | None, epoch: int, runner: str) -> Claim:
     """What a runner's wake (or adoption) with `epoch` does to the folder's fence: take it (write the fence),
-    hold it (as it is), or find it fenced. Epoch 0 (a sender that does not know it: the scheduler, an older
-    router) is held where no fence is or the fence names this runner."""
+    hold it (as it is), or find it fenced. Epoch 0 (a sender that does not know it: an older router or
+    scheduler) is held where no fence is or the fence names this runner."""
     if epoch == 0:
         return "hold" if fence is None or fence.runner == runner else "fenced"
     if fence is None or fence.epoch < epoch:

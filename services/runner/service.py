@@ -172,7 +172,7 @@ class Runner:
 
     def group_run(self, agent_group: str) -> GroupRun:
         """How this group's containers run now: the router's last settings for it (kept in runner.db,
-        so a scheduler wake or a restart finds them), over config.toml's."""
+        so a wake without them or a restart finds them), over config.toml's."""
         return group_run(agent_group, self.index.group_settings(agent_group), self.cfg, engine_cpus=self.engine_cpus)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -246,7 +246,7 @@ class Runner:
     # --- wakes ----------------------------------------------------------------------------------
 
     async def on_wake(self, wake: ev.Wake | ev.Adopt, msg: Msg) -> None:
-        """What the router (or the scheduler) sends on this runner's wake subject."""
+        """What the router (or an older scheduler) sends on this runner's wake subject."""
         with self.fenced_off():
             if isinstance(wake, ev.Adopt):
                 await self.on_adopt(wake)

@@ -41,8 +41,8 @@ MIGRATIONS = [
             chat_id TEXT NOT NULL, thread_id TEXT, PRIMARY KEY (session_id, channel, chat_id));
     """,
     ),
-    # Each agent group's settings as the router last sent them (msgspec JSON of ev.GroupSettings), so a
-    # scheduler wake, which carries none, and a restarted runner start containers the same way.
+    # Each agent group's settings as the router last sent them (msgspec JSON of ev.GroupSettings), so a wake
+    # that carries none (an older scheduler's) and a restarted runner start containers the same way.
     (
         "0002_group_settings",
         """

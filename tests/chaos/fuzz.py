@@ -36,7 +36,7 @@ from nats.errors import NoRespondersError
 
 from clawden import config, natsauth
 from clawden.bus import events as ev
-from clawden.bus import subjects
+from clawden.bus import sentlog, subjects
 
 # The kinds a subject carries, as the contract says (clawden/bus/events.py).
 KINDS: dict[str, tuple[type[Any], ...]] = {
@@ -52,6 +52,7 @@ KINDS: dict[str, tuple[type[Any], ...]] = {
     "event": (ev.AuditEvent,),
     "heartbeat": (ev.RunnerHeartbeat,),  # core NATS; the router reads it to place sessions
     "placement": (ev.SessionPlaced,),  # the router's record of each session's runner (the vault reads it)
+    "sent": (sentlog.PartRecord,),  # a bridge's shared sent-log: what its other instances read before they send
     "ctl": (),
     "webhook": (),  # a platform's own body, verified by the front door: any JSON object
 }
@@ -95,6 +96,9 @@ def _concrete(pattern: str, runner: str, channels: tuple[str, ...]) -> list[tupl
     for family in ("inbound", "receipt"):
         if pattern.startswith(f"{p}.{family}."):
             return [(pattern, family, pattern.rsplit(".", 1)[1])]
+    if pattern.startswith(f"{p}.sent.") and pattern.endswith(".>"):
+        channel = pattern.split(".")[2]
+        return [(subjects.sent(channel, "fuzz-outbound", 0), "sent", channel)]
     if pattern == subjects.ALL_PLACEMENTS:
         return [(subjects.placement("fuzz-session"), "placement", "")]
     if pattern.startswith(f"{p}.runner.heartbeat."):
