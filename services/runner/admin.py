@@ -203,20 +203,23 @@ class AdminDesk:
     """The sessions' admin sockets and what comes in on them."""
 
     def __init__(
-        self, ctx: ServiceContext, index: SessionIndex, run_dir: Path, owner_uid: int | None, note: Note
+        self,
+        ctx: ServiceContext,
+        index: SessionIndex,
+        run_dir: Path,
+        owner_uid: int | None,
+        note: Note,
+        session_dir: Callable[[SessionInfo], Path],
     ) -> None:
         self.ctx, self.index, self.run_dir, self.owner_uid, self.note = ctx, index, run_dir, owner_uid, note
+        # The session's folder, where its waiting writes are kept for whichever runner holds it.
+        self.folder = session_dir
         self.servers: dict[str, asyncio.Server] = {}
         self.counters = {"reads": 0, "writes_asked": 0, "writes_done": 0, "refused": 0}
         self.doers: dict[str, Doer] = {}  # by command name; the runner fills it in
         # Decisions being carried out here (a build runs on after `on_decision`): one read back at an adoption and
         # brought by the durable as well is done once.
         self.doing: set[str] = set()
-
-    def folder(self, info: SessionInfo) -> Path:
-        """The session's folder (as `Runner.session_dir`), where its waiting writes are kept for whichever runner
-        holds it."""
-        return self.ctx.config.sessions_dir / info.agent_group / info.id
 
     # --- sockets ----------------------------------------------------------------------------------
 

@@ -151,7 +151,7 @@ class Runner:
         self.vault_reached = True  # whether containers here reach the vault, as last probed (probing_vault)
         self.counters = {"wakes": 0, "started": 0, "published": 0, "crashed": 0, "hung": 0, "idle_stopped": 0}
         # The in-container `clawden`: one socket per session under run/admin/, never in the agent's writable folder.
-        self.admin = AdminDesk(ctx, index, self.cfg.path("run", "admin"), self.owner_uid, self.note)
+        self.admin = AdminDesk(ctx, index, self.cfg.path("run", "admin"), self.owner_uid, self.note, self.session_dir)
         # `create_agent`: new agent groups an agent asks for, made once an admin approves (newagent.py).
         self.maker = AgentMaker(ctx.nc, index, self.session_dir, self.cfg.groups_dir, self.note)
         # Packages an agent asks for: its group's image built again once an admin approves (images.py).
