@@ -151,7 +151,7 @@ def grants(cfg: Config, channels: tuple[str, ...], runners: tuple[str, ...] = ()
         ),
         RUNNER: runner_grant(cfg.runner.id),
         "scheduler": Grant(
-            consumes=(streams.scheduler_tasks(), streams.scheduler_chat_moves()),
+            consumes=(streams.scheduler_tasks(), streams.scheduler_chat_moves(), streams.scheduler_orphans()),
             # a due run goes to the router, which wakes the session where it is: never a wake subject itself
             publishes=(subjects.TASK_DUE, subjects.ALL_OUTBOUND),
             manages_streams=True,

@@ -577,6 +577,21 @@ class TaskDue(_Event, tag="task.due", frozen=True):
         return self.id
 
 
+class TaskOrphaned(_Event, tag="task.orphaned", frozen=True):
+    """The router dropped a task's due run: its session is no more (its agent group was deleted, or the chat's
+    session gave way to another when the chat got a new id). On `event.router.task_orphaned`; the scheduler pauses
+    the task, so it stops firing into nothing and `clawden tasks list` shows it paused. Key: the run's."""
+
+    task_id: str
+    run_id: str
+    session_id: SessionId
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return f"orphaned:{self.run_id}"
+
+
 # --- approvals ----------------------------------------------------------------------------------------
 
 
@@ -663,6 +678,7 @@ Event = (
     | SessionPlaced
     | TaskOp
     | TaskDue
+    | TaskOrphaned
     | ApprovalRequest
     | ApprovalDecision
     | AuditEvent

@@ -213,6 +213,11 @@ def scheduler_tasks() -> Consumer:
     return Consumer("CLAWDEN_TASKS", "scheduler", subjects.ALL_TASKS, max_ack_pending=1)
 
 
+def scheduler_orphans() -> Consumer:
+    # The router's word that a task's session is no more (`TaskOrphaned`): the task is paused (twice is harmless).
+    return Consumer("CLAWDEN_EVENTS", "scheduler-orphans", subjects.event("router", "task_orphaned"))
+
+
 def scheduler_chat_moves() -> Consumer:
     # The router's word that a chat has a new id: the tasks aimed at it follow (applying one twice is harmless).
     return Consumer("CLAWDEN_EVENTS", "scheduler-chat-moves", subjects.event("router", "chat_moved"))

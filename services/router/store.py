@@ -833,7 +833,8 @@ class RouterStore(outbox.OutboxStore):
         the runner it is on now, at its epoch, as for a chat message. This step runs in turn with `move_sessions`
         (one store thread, and the service publishes under the lock a move takes), so a run is woken either
         before a move, and re-sent by it with what the old runner had not taken, or after it, on the new runner.
-        A session that is no more (deleted), or of another group than the task's, wakes nothing: logged, counted."""
+        A session that is no more (deleted), or of another group than the task's, wakes nothing: logged, counted,
+        and the scheduler told (`TaskOrphaned`)."""
         out = Outcome()
         with self.transaction() as db:
             for due in batch:
@@ -847,20 +848,25 @@ class RouterStore(outbox.OutboxStore):
                 ).fetchone()
                 if session is None or session["agent_group"] != due.agent_group:
                     why = "no longer exists" if session is None else f"belongs to {session['agent_group']}"
-                    log.warning(
-                        "task %s: run %s dropped: session %s %s",
-                        due.task_id,
-                        due.id,
-                        due.session_id,
-                        why,
-                        extra=logs.context(due.session_id, due.agent_group, due.id),
-                    )
+                    self._orphaned(due, f"session {due.session_id} {why}")
                     out.counts["task_runs_dropped"] += 1
                     continue
                 self._wake_due(due, str(session["runner"]), int(session["epoch"]))
                 out.counts["task_runs"] += 1
         out.outgoing = self.outgoing()
         return out
+
+    def _orphaned(self, due: ev.TaskDue, why: str) -> None:
+        """A run whose session is no more wakes nothing: logged, and the scheduler told, which pauses the task."""
+        log.warning(
+            "task %s: run %s dropped: %s; the scheduler pauses the task",
+            due.task_id,
+            due.id,
+            why,
+            extra=logs.context(due.session_id, due.agent_group, due.id),
+        )
+        orphan = ev.TaskOrphaned(task_id=due.task_id, run_id=due.id, session_id=due.session_id, reason=why)
+        self.emit(subjects.event("router", "task_orphaned"), f"router:{orphan.key}", orphan, lane=due.session_id)
 
     def _wake_due(self, due: ev.TaskDue, runner: str, epoch: int) -> None:
         wake = ev.Wake(

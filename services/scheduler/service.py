@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from clawden.bus import bind, consume, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.ctl import scheduler as api
-from clawden.bus.streams import scheduler_chat_moves, scheduler_tasks
+from clawden.bus.streams import scheduler_chat_moves, scheduler_orphans, scheduler_tasks
 from clawden.clock import Clock
 from clawden.runtime import ControlError, ServiceContext
 from services.scheduler import schedule as sched
@@ -154,6 +154,22 @@ class Scheduler:
             op.created_by or op.agent_group,
             sched.iso(task.next_run) if task.next_run is not None else "-",
             extra={"task_id": task.id},
+        )
+        self.changed.set()
+
+    async def on_orphaned(self, orphan: ev.TaskOrphaned, msg: Msg) -> None:
+        """The router dropped a run of a task whose session is no more: the task is paused, not fired into
+        nothing at every run. Applying it twice changes nothing."""
+        task = await self.store.run(self.store.orphaned, orphan.task_id, self.clock.now())
+        if task is None:
+            return
+        self.counters["tasks_orphaned"] += 1
+        log.warning(
+            "task %s paused: its run %s was dropped (%s)",
+            task.id,
+            orphan.run_id,
+            orphan.reason,
+            extra={"task_id": task.id, "session_id": orphan.session_id},
         )
         self.changed.set()
 
@@ -343,6 +359,7 @@ async def main(ctx: ServiceContext) -> None:
         await ctx.endpoint(api.CANCEL, scheduler.ctl_status("cancel"))
         ops = await bind(ctx.js, scheduler_tasks())
         moves = await bind(ctx.js, scheduler_chat_moves())
+        orphans = await bind(ctx.js, scheduler_orphans())
         await ctx.ready(f"scheduler ready, host zone {scheduler.zone}")
         async with asyncio.TaskGroup() as tg:
             tg.create_task(scheduler.firing(), name="scheduler-clock")
@@ -350,6 +367,10 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(
                 consume(moves, ev.ChatMoved, scheduler.on_chat_moved, stopping=ctx.stopping),
                 name="scheduler-chat-moves",
+            )
+            tg.create_task(
+                consume(orphans, ev.TaskOrphaned, scheduler.on_orphaned, stopping=ctx.stopping),
+                name="scheduler-orphans",
             )
     finally:
         await store.stop()

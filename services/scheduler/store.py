@@ -291,6 +291,14 @@ class Store(servicedb.Store):
                 _op(db, request_id, op, task.id, task.agent_group, now)
         return self._reload(task.id)
 
+    def orphaned(self, task_id: str, now: float) -> Task | None:
+        """The router dropped a run of the task, its session being no more: an active task is paused (the owner
+        may cancel it, or resume it once a session is there again). The task when it was paused now, else None."""
+        task = self.get(task_id)
+        if task is None or task.status != "active":
+            return None
+        return self.set_status(task, "pause", now)
+
     def move_chat(self, channel: str, old_chat_id: str, new_chat_id: str, now: float) -> int:
         """A chat got a new id on its platform (the router's `chat_moved`): its tasks follow it. Returns how many."""
         with self._tx() as db:

@@ -50,6 +50,9 @@ EXAMPLES: list[ev.Event] = [
         at=1767600000.0,
         script="true",
     ),
+    ev.TaskOrphaned(
+        task_id="t-1", run_id="task:t-1:2026-01-05T08:00:00Z", session_id="s", reason="session s no longer exists"
+    ),
     ev.ApprovalRequest(
         id="ap1",
         kind="credential",

@@ -170,6 +170,7 @@ async def test_a_run_handed_over_again_wakes_once(moving: Moving) -> None:
 async def test_a_run_for_a_session_that_is_no_more_wakes_nothing_and_says_why(
     moving: Moving, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """... in the log, and to the scheduler (`TaskOrphaned` on `event.router.task_orphaned`), which pauses the task."""
     chat = await moving.chat()
     before = (await moving.js.stream_info("CLAWDEN_WAKE")).state.messages
     gone, other = due_run("s-deleted", 1), due_run(chat.session_id, 2, group="work")
@@ -180,8 +181,18 @@ async def test_a_run_for_a_session_that_is_no_more_wakes_nothing_and_says_why(
     assert (await moving.js.stream_info("CLAWDEN_WAKE")).state.messages == before
     assert moving.router.counts["task_runs_dropped"] == 2
     said = [r.getMessage() for r in caplog.records]
-    assert f"task t-0000000000a1: run {gone.id} dropped: session s-deleted no longer exists" in said
-    assert f"task t-0000000000a1: run {other.id} dropped: session {chat.session_id} belongs to main" in said
+    told = "; the scheduler pauses the task"
+    assert f"task t-0000000000a1: run {gone.id} dropped: session s-deleted no longer exists{told}" in said
+    assert f"task t-0000000000a1: run {other.id} dropped: session {chat.session_id} belongs to main{told}" in said
+    orphans = []
+    for seq in range(1, (await moving.js.stream_info("CLAWDEN_EVENTS")).state.last_seq + 1):
+        msg = await moving.js.get_msg("CLAWDEN_EVENTS", seq)
+        if msg.subject == subjects.event("router", "task_orphaned"):
+            orphans.append(ev.decoder_for(ev.TaskOrphaned).decode(msg.data or b""))
+    assert [(o.task_id, o.run_id, o.session_id, o.reason) for o in orphans] == [
+        ("t-0000000000a1", gone.id, "s-deleted", "session s-deleted no longer exists"),
+        ("t-0000000000a1", other.id, chat.session_id, f"session {chat.session_id} belongs to main"),
+    ]
     info = await moving.js.consumer_info("CLAWDEN_TASKS", "router-due")
     assert (info.num_ack_pending, info.num_pending) == (0, 0)  # acked: never handed over again
 

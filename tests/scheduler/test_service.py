@@ -298,6 +298,41 @@ async def test_cli_lists_pauses_and_shows_runs(bus: Bus, scheduler: Scheduler) -
     assert json.loads(await asyncio.to_thread(cli, "tasks", "show", "t-0000000000e1", "--json"))["script"] == ""
 
 
+async def test_a_task_whose_session_is_no_more_is_paused_when_the_router_says_so(
+    bus: Bus, scheduler: Scheduler
+) -> None:
+    orphaned = await bus.ctl(
+        sched.ADD,
+        sched.AddRequest(
+            agent_group="main", session_id="s-deleted", route=ROUTE, prompt="water the plants", schedule="every 1h"
+        ),
+    )
+    cancelled = await bus.ctl(
+        sched.ADD,
+        sched.AddRequest(agent_group="main", session_id="s-deleted", route=ROUTE, prompt="feed", schedule="every 1h"),
+    )
+    await bus.ctl(sched.CANCEL, sched.TaskRef(task_id=cancelled.id))
+    js = bus.nc.jetstream()
+    for task in (orphaned, cancelled, orphaned):  # the router's word, for each run it dropped (twice: once more)
+        told = ev.TaskOrphaned(
+            task_id=task.id, run_id=f"task:{task.id}:x", session_id="s-deleted", reason="session s-deleted is gone"
+        )
+        await publish(js, subjects.event("router", "task_orphaned"), told, msg_id=f"router:{told.key}:{task.id}")
+
+    async def paused() -> bool:
+        return (await bus.ctl(sched.GET, sched.TaskRef(task_id=orphaned.id))).status == "paused"
+
+    await eventually(paused)
+
+    async def all_taken() -> bool:  # the third word too
+        info = await js.consumer_info("CLAWDEN_EVENTS", "scheduler-orphans")
+        return (info.num_pending, info.num_ack_pending) == (0, 0) and info.delivered.stream_seq > 0
+
+    await eventually(all_taken)
+    assert scheduler.log.read_text().count(f"task {orphaned.id} paused") == 1  # once, not at each word
+    assert (await bus.ctl(sched.GET, sched.TaskRef(task_id=cancelled.id))).status == "cancelled"
+
+
 async def test_tasks_follow_a_chat_the_router_moved_to_a_new_id(bus: Bus, scheduler: Scheduler) -> None:
     group = ev.Route(channel="telegram", chat_id="-41")
     moved = await bus.ctl(
