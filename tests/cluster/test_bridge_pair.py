@@ -7,50 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import h11
 import pytest
 
 from tests.channels.harness import BridgeProcess, Bus
 from tests.conftest import NatsServer
 from tests.eventually import eventually
-from tests.fakes.telegram import FakeTelegram, Fault
+from tests.fakes.telegram import FakeTelegram, Held
 
 CHATS = 8  # one per lane or so: crc32 spreads them (subjects.outbound)
 EACH = 10
 
 
-@dataclass
-class Held(Fault):
-    """The request takes effect (the chat shows the message), then its answer is held until the server stops:
-    the bridge never learns that the platform took it. `taken` is set once it has."""
-
-    taken: threading.Event = field(default_factory=threading.Event)
-
-
-class HoldingTelegram(FakeTelegram):
-    """The fake Bot API, which also knows the `Held` fault."""
-
-    async def _apply_fault(
-        self, fault: Fault, conn: h11.Connection, writer: asyncio.StreamWriter, method: str, params: dict[str, Any]
-    ) -> bool:
-        if not isinstance(fault, Held):
-            return await super()._apply_fault(fault, conn, writer, method, params)
-        await self._answer(method, params)
-        fault.taken.set()
-        assert self._stopped is not None
-        await self._stopped.wait()
-        return False
-
-
 @pytest.fixture
-def fake() -> Iterator[HoldingTelegram]:
-    f = HoldingTelegram()
+def fake() -> Iterator[FakeTelegram]:
+    f = FakeTelegram()
     f.start_in_thread()
     yield f
     f.stop_thread()
@@ -108,7 +81,7 @@ async def test_two_instances_share_the_lanes_without_sending_anything_twice(
 
 
 async def test_a_message_the_platform_took_from_an_instance_killed_before_its_ack_is_not_posted_again(
-    fake: HoldingTelegram, bus: Bus, pair: list[BridgeProcess]
+    fake: FakeTelegram, bus: Bus, pair: list[BridgeProcess]
 ) -> None:
     for bridge in pair:
         bridge.start()

@@ -196,6 +196,14 @@ class Hang(Fault):
 
 
 @dataclass
+class Held(Fault):
+    """The request takes effect (the chat shows the message), then its answer is held until the server stops:
+    the client never learns that the platform took it. `taken` is set once it has."""
+
+    taken: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
 class Delay(Fault):
     """The request takes effect after `seconds`, then is answered (if the client still listens)."""
 
@@ -903,7 +911,10 @@ class FakeTelegram(ThreadedServer):
                 await self._answer(method, params)
             writer.transport.abort()
             return False
-        if isinstance(fault, Hang):
+        if isinstance(fault, Hang | Held):
+            if isinstance(fault, Held):
+                await self._answer(method, params)
+                fault.taken.set()
             assert self._stopped is not None
             await self._stopped.wait()
             return False
