@@ -852,6 +852,8 @@ class RouterStore(outbox.OutboxStore):
                     out.counts["task_runs_dropped"] += 1
                     continue
                 self._wake_due(due, str(session["runner"]), int(session["epoch"]))
+                # A runner declared gone holds the run until it is back: the chat is told once, as for a message.
+                self._tell_if_away(due.session_id, due.agent_group, str(session["runner"]), due.route, now)
                 out.counts["task_runs"] += 1
         out.outgoing = self.outgoing()
         return out

@@ -374,6 +374,30 @@ def test_a_chat_whose_runner_went_silent_is_told_once_per_absence_and_its_wakes_
     assert len(notices_in(said(store, "t1", 5, late + 100 + DEAD_AFTER + 1))) == 1  # a second absence: told again
 
 
+def test_a_task_run_for_a_session_whose_runner_went_silent_waits_for_it_and_the_chat_is_told_once(
+    store: RouterStore,
+) -> None:
+    store.runners.heard(beat("b"), NOW)
+    [(_, wake)] = said(store, "t1", 1, NOW + 1)
+    assert isinstance(wake, ev.Wake)
+    late = NOW + DEAD_AFTER + 5  # b has not beaten since NOW
+
+    def run(n: int, now: float) -> list[tuple[str, ev.Event]]:
+        due = ev.TaskDue(
+            id=f"task:t-1:{n}", task_id="t-1", session_id=wake.session_id, agent_group="main", route=wake.route,
+            text="water the plants", at=now,
+        )  # fmt: skip
+        outcome = store.wake_due([due], now)
+        store.published([o.id for o in outcome.outgoing])
+        return [(o.subject, ev.decode(o.payload)) for o in outcome.outgoing]
+
+    away = run(1, late)
+    assert away[0][0] == "clawden.wake.b"  # the run waits for b, as a message does
+    [notice] = notices_in(away)
+    assert "runner b" in notice
+    assert notices_in(run(2, late + 60)) == [] and notices_in(said(store, "t1", 2, late + 61)) == []  # once
+
+
 # ---- moving the sessions of a runner declared gone (shared storage) ----------------------------------------------
 
 
