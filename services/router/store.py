@@ -195,20 +195,8 @@ class RouterStore(outbox.OutboxStore):
                     continue
                 db.execute("SAVEPOINT one")
                 try:
-                    claimed = db.execute(
-                        "INSERT OR IGNORE INTO processed (key, at) VALUES (?, ?)", (event.key, now)
-                    ).rowcount
-                    if not claimed:
-                        out.counts["duplicates"] += 1
-                    elif isinstance(event, ev.ChatMoved):
-                        moved = self._move_chat(event, out) or moved
-                    elif isinstance(event, ev.MessagesLost):
-                        self._tell_owners_lost(event, out)
-                    elif isinstance(event, ev.InboundEdit | ev.InboundDelete):
-                        self._revise(event, out)
-                    elif not self._name_agent(event, now, out):
-                        out.counts["routed"] += 1
-                        self._route(event, now, out)
+                    if self._first(event.key, now, out):
+                        moved = self._take(event, now, out) or moved
                 except Exception:
                     log.exception("routing %s failed", event.key)
                     db.execute("ROLLBACK TO one")
@@ -219,6 +207,19 @@ class RouterStore(outbox.OutboxStore):
             self.reload()  # destinations may name the chat
         out.outgoing = self.outgoing()
         return out
+
+    def _take(self, event: Routable, now: float, out: Outcome) -> bool:
+        """One inbound event, the first time it comes; True when it moved a chat to a new id."""
+        if isinstance(event, ev.ChatMoved):
+            return self._move_chat(event, out)
+        if isinstance(event, ev.MessagesLost):
+            self._tell_owners_lost(event, out)
+        elif isinstance(event, ev.InboundEdit | ev.InboundDelete):
+            self._revise(event, out)
+        elif not self._name_agent(event, now, out):
+            out.counts["routed"] += 1
+            self._route(event, now, out)
+        return False
 
     def move_chat(self, moved: ev.ChatMoved) -> Outcome:
         """`clawden.ctl.router.chats` op `move`: the same move, asked for by a person."""
@@ -828,6 +829,14 @@ class RouterStore(outbox.OutboxStore):
 
     # --- a scheduled task's run --------------------------------------------------------------------------
 
+    def _first(self, key: str, now: float, out: Outcome) -> bool:
+        """Whether the event keyed `key` comes for the first time (it is recorded in `processed` now); a
+        redelivery is counted as a duplicate, and does nothing."""
+        if self.conn.execute("INSERT OR IGNORE INTO processed (key, at) VALUES (?, ?)", (key, now)).rowcount:
+            return True
+        out.counts["duplicates"] += 1
+        return False
+
     def wake_due(self, batch: Sequence[ev.TaskDue], now: float) -> Outcome:
         """The scheduler's due runs, each once (`processed`, keyed by the run): a wake into the task's session on
         the runner it is on now, at its epoch, as for a chat message. This step runs in turn with `move_sessions`
@@ -839,9 +848,7 @@ class RouterStore(outbox.OutboxStore):
         with self.transaction() as db:
             for due in batch:
                 # A `.` is in no channel's name, so no inbound key (`<channel>:<message id>`) is ever this one.
-                key = f"task.due:{due.key}"
-                if not db.execute("INSERT OR IGNORE INTO processed (key, at) VALUES (?, ?)", (key, now)).rowcount:
-                    out.counts["duplicates"] += 1
+                if not self._first(f"task.due:{due.key}", now, out):
                     continue
                 session = db.execute(
                     "SELECT agent_group, runner, epoch FROM sessions WHERE id = ?", (due.session_id,)
@@ -898,11 +905,10 @@ class RouterStore(outbox.OutboxStore):
         row): a wake into the target group's session, or a drop with its reason; either way the sending
         session gets a receipt saying which."""
         out = Outcome()
-        with self.transaction() as db:
+        with self.transaction():
             for event in batch:
                 key = f"{relay.AGENT}:{event.id}"
-                if not db.execute("INSERT OR IGNORE INTO processed (key, at) VALUES (?, ?)", (key, now)).rowcount:
-                    out.counts["duplicates"] += 1
+                if not self._first(key, now, out):
                     continue
                 decision = relay.decide(
                     event.route,
