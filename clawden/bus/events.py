@@ -398,6 +398,10 @@ class GroupSettings(_Part, frozen=True):
     skills: tuple[str, ...] | None = None
     # MCP servers its agents get, by name, besides config.toml's `[groups.<name>.mcp.<server>]`.
     mcp: dict[str, McpServer] = {}
+    # Its CLAUDE.md as it was made (/newagent, create_agent): a runner starting one of its containers writes
+    # it into the group's folder when that has none (a host other than the one that made the group). "": none
+    # (an older router's wake, or a group made otherwise).
+    starter_memory: str = ""
     # When the router last changed them: of two snapshots that arrive out of order, the later one wins.
     changed_at: float = 0.0
 

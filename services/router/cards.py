@@ -3,10 +3,8 @@ agent group, or to a new one the owner names)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from clawden.bus import events as ev
-from clawden.setup import write_new_memory
+from clawden.bus.ctl import router as ctl
 from services.router import commands
 
 REQUESTER = "router"
@@ -151,6 +149,6 @@ def name_problem(name: str, *, taken: bool) -> str:
     return ""
 
 
-def write_memory(groups_dir: Path, name: str, chat: str) -> bool:
-    """groups/<name>/CLAUDE.md from the starter (`setup.write_new_memory`'s rules); False when one was there."""
-    return write_new_memory(groups_dir, name, STARTER_MEMORY.format(name=name, chat=chat))
+def starter_memory(name: str, chat: str) -> str:
+    """A new agent group's first CLAUDE.md: the router keeps it with the group (it goes to the runner)."""
+    return STARTER_MEMORY.format(name=name, chat=chat)[: ctl.MAX_STARTER_MEMORY]

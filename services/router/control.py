@@ -152,8 +152,19 @@ class Control:
             now = self.clock()
             db.execute(
                 "INSERT INTO agent_groups (name, folder, created_at, assistant_name, provider, model,"
-                " container, changed_at, runner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, folder, now, req.assistant_name, req.provider, req.model, json.dumps(container), now, pin),
+                " container, changed_at, runner, starter_memory) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    folder,
+                    now,
+                    req.assistant_name,
+                    req.provider,
+                    req.model,
+                    json.dumps(container),
+                    now,
+                    pin,
+                    req.starter_memory,
+                ),
             )
         self.store.reload()
         return _as(api.Group, self._group_json(self._group(name)))

@@ -266,4 +266,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX sessions_by_runner ON sessions (runner);
     """,
     ),
+    # A group's CLAUDE.md as it was made (/newagent's starter, create_agent's instructions), sent with its
+    # settings: the runner that starts its containers writes it where the group's folder has none ('' : none).
+    (
+        "0011_starter_memory",
+        """
+        ALTER TABLE agent_groups ADD COLUMN starter_memory TEXT NOT NULL DEFAULT '';
+    """,
+    ),
 ]

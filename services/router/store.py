@@ -22,6 +22,7 @@ import msgspec
 from clawden import config, logs, outbox
 from clawden.bus import events as ev
 from clawden.bus import subjects
+from clawden.setup import write_new_memory
 from services.router import cards, engage, notices, placement, relay, schema
 from services.router.entities import ALL_CHATS, ALWAYS, TERMINAL_CHANNEL, UnknownSenderPolicy, user_id_of
 
@@ -662,7 +663,8 @@ class RouterStore(outbox.OutboxStore):
         cached = self._settings.get(agent_group)
         if cached is None:
             row = self.conn.execute(
-                "SELECT folder, model, assistant_name, container, changed_at FROM agent_groups WHERE name = ?",
+                "SELECT folder, model, assistant_name, container, starter_memory, changed_at FROM agent_groups"
+                " WHERE name = ?",
                 (agent_group,),
             ).fetchone()
             if row is None:
@@ -671,6 +673,7 @@ class RouterStore(outbox.OutboxStore):
                 "folder": row["folder"],
                 "model": row["model"],
                 "assistant_name": row["assistant_name"],
+                "starter_memory": row["starter_memory"],
                 "changed_at": row["changed_at"],
             }
             try:
@@ -1206,7 +1209,7 @@ class RouterStore(outbox.OutboxStore):
         out.counts["names_asked"] += 1
 
     def _name_agent(self, event: ev.InboundMessage, now: float, out: Outcome) -> bool:
-        """`/newagent NAME` from the owner asked for a name: the group made (its folder and starter CLAUDE.md)
+        """`/newagent NAME` from the owner asked for a name: the group made (its starter CLAUDE.md kept with it)
         and the chat connected to it, in this one transaction. False when it is not that (routed as usual)."""
         name = cards.named(event.text)
         if name is None:
@@ -1223,12 +1226,18 @@ class RouterStore(outbox.OutboxStore):
         if why := cards.name_problem(name, taken=taken is not None):
             self._reply(event, why, 0, out, kind="error")
             return True
+        memory = cards.starter_memory(name, chat)
         self.conn.execute(
-            "INSERT INTO agent_groups (name, folder, created_at, changed_at) VALUES (?, ?, ?, ?)",
-            (name, name, now, now),
+            "INSERT INTO agent_groups (name, folder, created_at, changed_at, starter_memory) VALUES (?, ?, ?, ?, ?)",
+            (name, name, now, now, memory),
         )
-        if self.groups_dir is not None:  # before the commit: a failed write rolls the group back
-            cards.write_memory(self.groups_dir, name, chat)
+        if self.groups_dir is not None:
+            # At once, so the owner can open it now; the runner that starts the group's containers writes it from
+            # the group's settings where it is missing (this failed, or that runner is on another host).
+            try:
+                write_new_memory(self.groups_dir, name, memory)  # False: one is there, kept
+            except OSError as exc:
+                log.warning("agent group %s: its CLAUDE.md not written here (%s); its runner will write it", name, exc)
         connect = ev.ApprovalDecision(
             id=row["id"], decision="approved", decided_by=user, value=f"{cards.CONNECT_PREFIX}{name}", decided_at=now
         )

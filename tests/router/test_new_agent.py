@@ -1,18 +1,26 @@
 """A "new agent" choice on the card the router sends for a chat no agent group answers: the owner presses it,
-is asked for a name in their own chat, answers `/newagent NAME`, and the group is made (its folder and starter
-CLAUDE.md) and wired to the chat in one step, the held message replayed into it; redelivered decisions and
-messages change nothing more. The real router process on real NATS."""
+is asked for a name in their own chat, answers `/newagent NAME`, and the group is made (its starter CLAUDE.md kept
+with it, sent with its wakes, and written into the router's groups folder) and wired to the chat in one step, the
+held message replayed into it; redelivered decisions and messages change nothing more. The real router process on
+real NATS. A group made by the control verb (create_agent's) keeps the starter memory it was given the same way."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import msgspec
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import Header
 
+from clawden.bus import ctl, subjects
 from clawden.bus import events as ev
-from clawden.bus import subjects
 from clawden.bus.ctl import router as router_ctl
+from clawden.bus.ctl.verb import BadRequest
 from services.router import cards
+from services.router.control import Control
+from services.router.store import RouterStore
 from tests.router.conftest import RouterProcess, collect
 from tests.router.test_service import WAKES, chat_message, send
 
@@ -58,12 +66,18 @@ async def test_the_owner_names_a_new_agent_and_the_chat_is_connected_to_it_once(
         ("main", "/newagent other"),
         ("research", "hello there"),
     ]
+    # The starter memory goes with the group's settings, so a runner on another host can write it there.
+    by_group = {w.agent_group: w.group for w in wakes}
+    assert by_group["research"] is not None and by_group["main"] is not None
+    assert by_group["research"].starter_memory == cards.starter_memory("research", "chat c9 on telegram")
+    assert by_group["main"].starter_memory == ""
 
     groups = [g.name for g in await router.ask(router_ctl.GROUPS_LIST, router_ctl.ListAll())]
     assert sorted(groups) == ["main", "research"]
     [wiring] = await router.ask(router_ctl.WIRINGS_LIST, router_ctl.WiringList(chat_id="c9"))
     assert (wiring.channel, wiring.agent_group) == ("telegram", "research")
-    memory = router.config.groups_dir / "research" / "CLAUDE.md"
+    memory = router.config.groups_dir / "research" / "CLAUDE.md"  # at once too, for the owner to open
+    assert memory.read_text() == by_group["research"].starter_memory
     assert "You are the research agent" in memory.read_text() and "chat c9 on telegram" in memory.read_text()
     members = await router.ask(router_ctl.MEMBERS_LIST, router_ctl.GroupFilter(agent_group="research"))
     assert [m.user_id for m in members] == ["telegram:alice"]  # a direct chat: its one other person
@@ -99,3 +113,69 @@ def test_newagent_parses_one_name(text: str, name: str | None) -> None:
 def test_a_new_agents_name_must_be_a_free_group_name(name: str, taken: bool, problem: str) -> None:
     found = cards.name_problem(name, taken=taken)
     assert (problem in found) if problem else found == ""
+
+
+def _wake_in(store: RouterStore, chat: str) -> ev.Wake:
+    message = ev.InboundMessage(
+        route=ev.Route(channel="local", chat_id=chat),
+        message_id=chat,
+        sender=ev.Sender(id="local:alice"),
+        text="hi",
+        sent_at=1_900.0,
+    )
+    outcome = store.route_batch([message], 2_000.0)
+    [wake] = [e for e in map(ev.decode, (o.payload for o in outcome.outgoing)) if isinstance(e, ev.Wake)]
+    return wake
+
+
+def _create(control: Control, **payload: Any) -> None:
+    verb, request = ctl.Subject("router", "groups").decode(msgspec.json.encode({"op": "create"} | payload))
+    control.handle(verb, request)
+
+
+def test_a_group_created_with_starter_memory_sends_it_with_its_wakes(tmp_path: Path) -> None:
+    store = RouterStore.open(tmp_path / "router.db")
+    store.seed("main", "local", "alice", 1_000.0)
+    control = Control(store, clock=lambda: 1_500.0)
+    _create(control, name="poet", starter_memory="You write haiku.")
+    wire = router_ctl.WiringCreate(channel="local", chat_id="verses", agent_group="poet")
+    control.handle(router_ctl.WIRINGS_CREATE, wire)
+    wake = _wake_in(store, "verses")
+    assert (wake.agent_group, wake.group and wake.group.starter_memory) == ("poet", "You write haiku.")
+    assert (RouterStore.open(tmp_path / "router.db").group_settings("poet") or ev.GroupSettings()).starter_memory == (
+        "You write haiku."
+    )  # kept in router.db, not only in the store's cache
+    too_long = "x" * (router_ctl.MAX_STARTER_MEMORY + 1)
+    with pytest.raises(BadRequest, match=r"length <= 32768 - at `\$\.starter_memory`"):
+        _create(control, name="epic", starter_memory=too_long)
+
+
+def test_a_starter_memory_the_router_cannot_write_on_its_host_loses_neither_the_group_nor_the_memory(
+    tmp_path: Path,
+) -> None:
+    store = RouterStore.open(tmp_path / "router.db")
+    store.seed("main", "local", "alice", 1_000.0)
+    store.groups_dir = tmp_path / "groups"
+    store.groups_dir.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (store.groups_dir / "research").symlink_to(tmp_path / "elsewhere")  # never written through
+    hello = ev.InboundMessage(
+        route=ev.Route(channel="telegram", chat_id="c9"),
+        message_id="m1",
+        sender=ev.Sender(id="bob"),
+        text="hello there",
+        sent_at=1_100.0,
+    )
+    store.route_batch([hello], 1_100.0)
+    [(approval,)] = store.conn.execute("SELECT id FROM approvals WHERE kind = 'channel'").fetchall()
+    store.on_decision(
+        ev.ApprovalDecision(id=approval, decision="approved", decided_by="local:alice", value=cards.NEW_AGENT), 1_200.0
+    )
+    name = msgspec.structs.replace(
+        hello, route=ev.Route(channel="local", chat_id="term"), message_id="m2", sender=ev.Sender(id="alice")
+    )
+    outcome = store.route_batch([msgspec.structs.replace(name, text="/newagent research")], 1_300.0)
+    wakes = [e for e in map(ev.decode, (o.payload for o in outcome.outgoing)) if isinstance(e, ev.Wake)]
+    assert [(w.agent_group, w.message.text) for w in wakes] == [("research", "hello there")]
+    assert wakes[0].group is not None and "You are the research agent" in wakes[0].group.starter_memory
+    assert not (tmp_path / "elsewhere" / "CLAUDE.md").exists()

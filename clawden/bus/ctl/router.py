@@ -3,7 +3,7 @@ users, roles, members, destinations, sessions, drops, invites, pairing and appro
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -20,6 +20,8 @@ UnknownSenderPolicy = Literal["strict", "request_approval", "public"]
 CliScope = Literal["disabled", "group", "global"]
 RoleName = Literal["owner", "admin"]
 ALWAYS = "."  # the engage pattern that takes every message, attachments-only ones included
+# A group's starter CLAUDE.md, at most (characters): it travels with every wake of the group (GroupSettings).
+MAX_STARTER_MEMORY = 32 * 1024
 
 
 class ContainerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -61,6 +63,9 @@ class GroupCreate(Op, tag="create", frozen=True):
     model: str = ""
     container: ContainerSettings = ContainerSettings()
     runner: str = ""  # the runner its new sessions go to ("": the least loaded live one)
+    # Its CLAUDE.md as made (create_agent: the agent's instructions): the router keeps it and sends it with the
+    # group's settings, and a runner writes it into the group's folder where that has none.
+    starter_memory: Annotated[str, msgspec.Meta(max_length=MAX_STARTER_MEMORY)] = ""
 
 
 class GroupUpdate(Op, tag="update", frozen=True):
