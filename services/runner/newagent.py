@@ -4,8 +4,10 @@ The card shows the name, the chat it would answer and its whole CLAUDE.md. Its a
 and a digest of exactly that, so what runs is what was approved: at the decision the runner reads the request
 again from the session's outbound.db (which the agent can write) and acts only on a row with that digest. The
 request is made for the new group's name, which has no admins yet, so only global admins and owners decide.
-Approved: the router creates the group (folder: its name), the runner writes its CLAUDE.md (never over one that
-is there) and, if asked, the router wires the chat to it. The agent is told the outcome in a message."""
+Approved: the router creates the group (folder: its name) and keeps the instructions as its starter memory, the
+runner writes its CLAUDE.md (never over one that is there) and, if asked, the router wires the chat to it. The agent
+is told the outcome in a message. Whichever runner later starts the group's containers (on another host, say)
+writes the CLAUDE.md from the group's settings where its folder has none (`write_starter`)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from services.runner.sessions import SessionIndex, SessionInfo, holds, told
 log = logging.getLogger("clawden.runner.newagent")
 OP = "create_agent"
 PREFIX = "na-"
-MAX_INSTRUCTIONS = 32 * 1024
+MAX_INSTRUCTIONS = router_api.MAX_STARTER_MEMORY  # they become the group's starter memory, sent with every wake
 ASK_TIMEOUT = 10.0
 MEMORY = "CLAUDE.md"
 
@@ -170,6 +172,13 @@ def write_memory(groups_dir: Path, agent: NewAgent) -> None:
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
 
 
+def write_starter(group_dir: Path, memory: str) -> bool:
+    """At a container start: the group's CLAUDE.md from the starter memory its settings carry, where its folder
+    has none (the group was made on another host, or writing it at once failed). Never over a file that is there
+    (the owner's edits), never through a link. True if written."""
+    return bool(memory) and write_new_memory(group_dir.parent, group_dir.name, memory)
+
+
 class AgentMaker:
     """Acts on the decisions about `create_agent` requests."""
 
@@ -226,16 +235,18 @@ class AgentMaker:
             why = f" ({decision.reason})" if decision.reason else ""
             return f"Your request for agent {agent.name!r} was {decision.decision}{by}{why}; nothing was created."
         try:
-            create = router_api.GroupCreate(name=agent.name, folder=agent.name)
+            create = router_api.GroupCreate(name=agent.name, folder=agent.name, starter_memory=agent.instructions)
             await control.ask_on(self.nc, router_api.GROUPS_CREATE, create, timeout=ASK_TIMEOUT)
         except control.ControlError as exc:
             return f"Your request for agent {agent.name!r} was approved{by}, but it could not be created: {exc}"
         self.counters["created"] += 1
         done = f"Agent {agent.name!r} was created (approved{by})"
-        try:
+        try:  # at once, so an owner on this host can read it now; the group's runner writes it at a start anyway
             await asyncio.to_thread(write_memory, self.groups_dir, agent)
+        except FileExistsError:
+            done += ", but its folder here had a CLAUDE.md already, kept as it was"
         except OSError as exc:
-            done += f", but its CLAUDE.md could not be written ({exc})"
+            log.warning("create_agent %s: CLAUDE.md not written here (%s); its runner writes it", agent.name, exc)
         if agent.wire_to is None:
             return done + "."
         route = agent.wire_to

@@ -55,7 +55,7 @@ from services.runner.containers import (
 )
 from services.runner.images import Installer
 from services.runner.mounts import Allowlist, ExtraMount, MountRefused, MountRequest, resolve
-from services.runner.newagent import AgentMaker
+from services.runner.newagent import AgentMaker, write_starter
 from services.runner.outbound import Action, Ask, ListTasks, Publish, Refused, Respond, translate
 from services.runner.sessions import (
     SessionIndex,
@@ -505,6 +505,7 @@ class Runner:
                 )
         claude_home = self.claude_home(info)
         cache_dir = self.cfg.state_dir.joinpath(info.agent_group, "cache")
+        sent = self.index.group_settings(info.agent_group)
         await asyncio.to_thread(
             self._prepare_group,
             group_dir,
@@ -512,6 +513,7 @@ class Runner:
             cache_dir,
             self.cfg.state_dir.joinpath(info.agent_group, "claude"),
             folder,
+            sent.starter_memory if sent is not None else "",
         )
         live = self.live.setdefault(info.id, Live(info, folder))
         if live.bell is None:
@@ -589,11 +591,18 @@ class Runner:
         return tuple(allowed)
 
     def _prepare_group(
-        self, group_dir: Path, claude_home: Path, cache_dir: Path, shared_home: Path, folder: Path
+        self, group_dir: Path, claude_home: Path, cache_dir: Path, shared_home: Path, folder: Path, memory: str
     ) -> None:
         (group_dir / PROJECT_SETTINGS).mkdir(parents=True, exist_ok=True)
         # Always there, so it is always mounted read-only: an agent cannot plant a skill for later.
         (group_dir / skills.SKILLS_DIR).mkdir(exist_ok=True)
+        # The starter CLAUDE.md the group was made with, where this host's folder has none (it was made on
+        # another host); a failure leaves the container without it this time, and the next start tries again.
+        try:
+            if write_starter(group_dir, memory):
+                log.info("agent group folder %s: its starter CLAUDE.md written", group_dir.name)
+        except OSError as exc:
+            log.error("agent group folder %s: its starter CLAUDE.md not written: %s", group_dir.name, exc)
         cache_dir.mkdir(parents=True, exist_ok=True)
         if not claude_home.exists():
             claude_home.mkdir(parents=True)

@@ -1,9 +1,12 @@
 """The runner's side of a `create_agent` decision (services/runner/newagent.py) against the real router process on
-real NATS: approved once it makes the group, its CLAUDE.md and the wiring, and a redelivered decision makes
-nothing twice; denied or expired it makes nothing; a decision whose request changed, or someone else's, neither."""
+real NATS: approved once it makes the group (its instructions kept as its starter memory), its CLAUDE.md and the
+wiring, and a redelivered decision makes nothing twice; denied or expired it makes nothing; a decision whose
+request changed, or someone else's, neither."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -74,7 +77,10 @@ async def test_an_approved_request_makes_the_group_its_memory_and_wiring_once(
     assert await desk.maker.on_decision(decided(approval))
     assert await desk.maker.on_decision(decided(approval))  # redelivered
     assert (await groups(router)).count("poet") == 1
-    assert (desk.groups / "poet" / "CLAUDE.md").read_text() == "I am poet."
+    assert (desk.groups / "poet" / "CLAUDE.md").read_text() == "I am poet."  # at once, on the asking runner's host
+    # and kept by the router as the group's starter memory, which its wakes carry to whichever runner runs it
+    with contextlib.closing(sqlite3.connect(router.config.data_dir / "router.db")) as db:
+        assert db.execute("SELECT starter_memory FROM agent_groups WHERE name = 'poet'").fetchall() == [("I am poet.",)]
     wirings = await router.ask(api.WIRINGS_LIST, api.WiringList(channel="local", chat_id="verses"))
     assert [w.agent_group for w in wirings] == ["poet"]
     assert desk.notes == {

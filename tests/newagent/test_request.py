@@ -105,6 +105,31 @@ def test_the_memory_is_written_once_and_never_through_a_link(tmp_path: Path) -> 
     assert not (tmp_path / "elsewhere" / "CLAUDE.md").exists()
 
 
+def test_a_starter_is_written_at_a_start_only_where_the_group_folder_has_no_memory(tmp_path: Path) -> None:
+    """What the runner does before each container start with the starter memory the group's settings carry."""
+    groups = tmp_path / "groups"
+    assert newagent.write_starter(groups / "poet", "You write haiku.")  # made on another host: written here
+    assert (groups / "poet" / "CLAUDE.md").read_text() == "You write haiku."
+    (groups / "poet" / "CLAUDE.md").write_text("Edited by the owner.")
+    assert not newagent.write_starter(groups / "poet", "You write haiku.")
+    assert (groups / "poet" / "CLAUDE.md").read_text() == "Edited by the owner."
+    assert not newagent.write_starter(groups / "plain", "")  # a group made without one: nothing to write
+    assert not (groups / "plain" / "CLAUDE.md").exists()
+
+
+def test_a_starter_is_never_written_through_a_link(tmp_path: Path) -> None:
+    groups, target = tmp_path / "groups", tmp_path / "etc-passwd"
+    (groups / "poet").mkdir(parents=True)
+    (groups / "poet" / "CLAUDE.md").symlink_to(target)  # dangling: following it would create the file
+    assert not newagent.write_starter(groups / "poet", "You write haiku.")
+    assert not target.exists() and (groups / "poet" / "CLAUDE.md").is_symlink()
+    (tmp_path / "elsewhere").mkdir()
+    (groups / "linked").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError, match="is a link"):
+        newagent.write_starter(groups / "linked", "You write haiku.")
+    assert not (tmp_path / "elsewhere" / "CLAUDE.md").exists()
+
+
 def test_a_task_row_of_another_op_still_goes_to_the_scheduler(folder: Path) -> None:
     content = {"request_id": "r2", "op": "pause", "task_id": "t-1"}
     actions = translate(INFO, folder, row(folder, content, id="r-2"), {})
