@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -506,15 +507,22 @@ class Runner:
         claude_home = self.claude_home(info)
         cache_dir = self.cfg.state_dir.joinpath(info.agent_group, "cache")
         sent = self.index.group_settings(info.agent_group)
-        await asyncio.to_thread(
+        starter = sent.starter_memory if sent is not None else ""
+        digest = hashlib.sha256(starter.encode()).hexdigest()[:32]
+        had: bool = await self.index.run(self.index.had_starter, info.agent_group, digest) if starter else False
+        if had:
+            starter = ""  # once only: a CLAUDE.md the owner deleted since stays deleted
+        seeded = await asyncio.to_thread(
             self._prepare_group,
             group_dir,
             claude_home,
             cache_dir,
             self.cfg.state_dir.joinpath(info.agent_group, "claude"),
             folder,
-            sent.starter_memory if sent is not None else "",
+            starter,
         )
+        if seeded:
+            await self.index.run(self.index.put_starter, info.agent_group, digest)
         live = self.live.setdefault(info.id, Live(info, folder))
         if live.bell is None:
             live.bell = await listen_bell(folder, functools.partial(self.kick, info.id), self.owner_uid)
@@ -592,15 +600,19 @@ class Runner:
 
     def _prepare_group(
         self, group_dir: Path, claude_home: Path, cache_dir: Path, shared_home: Path, folder: Path, memory: str
-    ) -> None:
+    ) -> bool:
+        """The group's and the session's folders made ready for a container; True when the group folder has had
+        the starter CLAUDE.md `memory` (written now, or one was there), so it is not written again."""
         (group_dir / PROJECT_SETTINGS).mkdir(parents=True, exist_ok=True)
         # Always there, so it is always mounted read-only: an agent cannot plant a skill for later.
         (group_dir / skills.SKILLS_DIR).mkdir(exist_ok=True)
         # The starter CLAUDE.md the group was made with, where this host's folder has none (it was made on
         # another host); a failure leaves the container without it this time, and the next start tries again.
+        seeded = False
         try:
             if write_starter(group_dir, memory):
                 log.info("agent group folder %s: its starter CLAUDE.md written", group_dir.name)
+            seeded = bool(memory)  # written now, or a CLAUDE.md was there (kept as it is)
         except OSError as exc:
             log.error("agent group folder %s: its starter CLAUDE.md not written: %s", group_dir.name, exc)
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -611,6 +623,7 @@ class Runner:
             chown_tree(group_dir, self.owner_uid)
             chown_tree(claude_home, self.owner_uid)
             chown_tree(cache_dir, self.owner_uid)
+        return seeded
 
     async def _vault_route(self, info: SessionInfo) -> tuple[VaultRoute, Path | None, Path | None]:
         """How this container reaches the vault, its trust folder, and the folder holding its token (tcp)."""

@@ -67,6 +67,13 @@ MIGRATIONS = [
     # The session's placement epoch this runner holds its folder at (`sessiondb.claim`; 0: none known), so a
     # restarted runner still writes it only while the folder's fence names no later placement.
     ("0005_session_epoch", "ALTER TABLE sessions ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;"),
+    # Each group's starter CLAUDE.md (by digest) this host's group folder has had, written here or found there: it
+    # is written once, so a CLAUDE.md the owner deletes later stays deleted.
+    (
+        "0006_starters",
+        "CREATE TABLE starters (agent_group TEXT NOT NULL, digest TEXT NOT NULL, at REAL NOT NULL,"
+        " PRIMARY KEY (agent_group, digest));",
+    ),
 ]
 _settings_decoder = msgspec.json.Decoder(ev.GroupSettings)
 _decision_decoder = msgspec.json.Decoder(ev.ApprovalDecision)
@@ -154,6 +161,16 @@ class SessionIndex(servicedb.Store):
     def group_settings(self, agent_group: str) -> ev.GroupSettings | None:
         """The router's last word on the group's settings; None if it never sent one."""
         return self._groups.get(agent_group)
+
+    def had_starter(self, agent_group: str, digest: str) -> bool:
+        """Whether the group's folder here has had this starter CLAUDE.md (`put_starter`)."""
+        found = self.conn.execute(
+            "SELECT 1 FROM starters WHERE agent_group = ? AND digest = ?", (agent_group, digest)
+        ).fetchone()
+        return found is not None
+
+    def put_starter(self, agent_group: str, digest: str) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO starters VALUES (?, ?, ?)", (agent_group, digest, time.time()))
 
     def put_question(self, question_id: str, session_id: str, options: tuple[str, ...]) -> None:
         self.conn.execute(

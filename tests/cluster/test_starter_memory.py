@@ -18,6 +18,7 @@ from clawden import config, control
 from clawden.agentcontainer import container_user
 from clawden.bus import ctl
 from clawden.bus.ctl import router as router_api
+from services.runner.containers import LABEL_SESSION
 from tests.cluster.test_runners import SecondRunner, installs_of
 from tests.conftest import NatsServer
 from tests.e2e.harness import Stack, Terminal, start_stack
@@ -76,3 +77,19 @@ async def test_a_new_agent_placed_on_another_host_starts_with_the_memory_it_was_
     assert (host_b / "CLAUDE.md").read_text() == MARKER
     _, uid = container_user()
     assert uid is None or os.stat(host_b / "CLAUDE.md").st_uid == uid  # the agent may edit its memory
+
+    # The owner deletes the group's memory on host b: the next container there starts without it, not with the
+    # starter written again (b writes a starter once).
+    (host_b / "CLAUDE.md").unlink()
+    client = docker.from_env()
+    try:
+        for container in client.containers.list(filters={"label": f"{LABEL_SESSION}={answer.session_id}"}):
+            container.kill()
+    finally:
+        client.close()
+    await eventually(lambda: not installs_of({answer.session_id}), 60)
+    async with Terminal(stack, "poet-chat") as chat:
+        again = await chat.ask("hello poet", timeout=180)
+    assert again.agent_group == "poet"  # (its answer still quotes the memory: the conversation held it)
+    assert installs_of({again.session_id}) == {again.session_id: second.install_id}  # a new container, on b
+    assert not (host_b / "CLAUDE.md").exists()
