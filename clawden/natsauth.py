@@ -285,6 +285,7 @@ def permissions(ident: str, grant: Grant) -> dict[str, Any]:
         f"$SRV.*.{service}",
         f"$SRV.*.{service}.*",
         *grant.subscribes,
+        *(streams.given_up(c) for c in grant.consumes),  # what JetStream gave up on, logged by the reader
     ]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}, "allow_responses": True}
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from clawden.bus.streams import Consumer
+from clawden.bus.streams import Consumer, given_up
+
+log = logging.getLogger("clawden.bus")
 
 # Status codes JetStream sends on a pull request's inbox: the request is over (no messages, timed
 # out, or refused, e.g. max ack pending); 100 is an idle heartbeat.
@@ -31,6 +34,8 @@ class Puller:
         self.expires = expires
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
+        self._given_up_sub: Subscription | None = None
+        self.given_up = 0  # messages JetStream gave up on after max_deliver deliveries (each logged)
         self._buffer: list[Msg] = []
         self._arrived = asyncio.Event()
         self._outstanding = 0  # messages the open request may still bring
@@ -39,11 +44,29 @@ class Puller:
     async def start(self) -> None:
         """Subscribe the inbox; the durable must exist already (`bind` or `ensure_consumer`)."""
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
+        self._given_up_sub = await self.nc.subscribe(given_up(self.consumer), cb=self._on_given_up)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        for sub in (self._sub, self._given_up_sub):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _on_given_up(self, msg: Msg) -> None:
+        try:
+            advisory = json.loads(msg.data)
+            seq, deliveries = int(advisory["stream_seq"]), int(advisory["deliveries"])
+        except (ValueError, KeyError, TypeError):
+            seq, deliveries = 0, 0
+        self.given_up += 1
+        log.error(
+            "%s gave up on message %d of %s after %d deliveries: it is not handled, and is left in the stream",
+            self.consumer.durable,
+            seq,
+            self.consumer.stream,
+            deliveries,
+            extra={"durable": self.consumer.durable, "stream_seq": seq},
+        )
 
     async def _on_msg(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None

@@ -125,6 +125,12 @@ class Consumer:
         )
 
 
+def given_up(consumer: Consumer) -> str:
+    """Where JetStream says it gave up on a message of the durable: its max_deliver deliveries all naked or timed
+    out. It is not delivered again, so a reader logs each one (`Puller`): no message ends unsaid."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{consumer.stream}.{consumer.durable}"
+
+
 def router_inbound() -> Consumer:
     return Consumer("CLAWDEN_INBOUND", "router", subjects.ALL_INBOUND)
 

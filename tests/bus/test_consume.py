@@ -4,6 +4,7 @@ together, stopping ends it, and a startup drain returns once nothing is left, ke
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -11,7 +12,17 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from clawden.bus import Consumer, bind, consume, consume_batches, ensure_streams, publish, publish_stored, subjects
+from clawden.bus import (
+    Consumer,
+    Retry,
+    bind,
+    consume,
+    consume_batches,
+    ensure_streams,
+    publish,
+    publish_stored,
+    subjects,
+)
 from clawden.bus import events as ev
 from tests.conftest import NatsServer
 from tests.eventually import eventually
@@ -112,3 +123,31 @@ async def test_a_line_published_while_no_stream_answers_is_stored_once_one_does(
     await ensure_streams(js)
     await asyncio.wait_for(sending, 30)
     assert (await js.stream_info("CLAWDEN_INBOUND")).state.messages == 1
+
+
+async def test_a_message_jetstream_gives_up_on_is_said_in_the_log_not_dropped_in_silence(
+    nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await publish(js, subjects.inbound("local"), message(7), msg_id=message(7).key)
+    puller = await bind(js, Consumer("CLAWDEN_INBOUND", "gives-up", subjects.ALL_INBOUND, max_deliver=2))
+    stopping = asyncio.Event()
+    tries: list[str] = []
+
+    async def not_yet(event: ev.InboundMessage, msg: Msg) -> None:
+        tries.append(event.message_id)
+        raise Retry("not yet", delay=0.05)
+
+    with caplog.at_level(logging.ERROR, logger="clawden.bus"):
+        loop = asyncio.create_task(consume(puller, ev.InboundMessage, not_yet, stopping=stopping))
+        await eventually(lambda: puller.given_up == 1, 20)
+        stopping.set()
+        await loop
+    assert tries == ["7", "7"]
+    info = await js.stream_info("CLAWDEN_INBOUND")
+    said = [r.getMessage() for r in caplog.records]
+    assert (
+        f"gives-up gave up on message {info.state.last_seq} of CLAWDEN_INBOUND after 2 deliveries: it is not"
+        " handled, and is left in the stream" in said
+    )
