@@ -11,6 +11,12 @@ from clawden.pki import is_loopback
 WILDCARDS = ("", "0.0.0.0", "::")  # names of "every address", not a bind made here
 
 
+def split_listen(listen: str) -> tuple[str, int | None]:
+    """(host, port) of `[vault] tcp_listen`, `host:port` (`[v6]:port` too); port None when it is not one."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port) if port.isdigit() and int(port) < 65536 else None
+
+
 def tls_on(mode: bool | str, host: str) -> bool:
     """Whether the listener bound to `host` speaks TLS: as `[vault] tcp_tls` says, "auto" on off loopback."""
     if isinstance(mode, bool):

@@ -45,7 +45,7 @@ from clawden.pki import is_loopback
 from clawden.registry import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE, installed_channels
 from clawden.survey import ask
 from clawden.vaultfiles import BUNDLE_FILE, CA_CERT, CA_FILE, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
-from clawden.vaultlisten import listener_names, tls_on
+from clawden.vaultlisten import listener_names, split_listen, tls_on
 
 GiB = 1 << 30
 DISK_WARN = 1 * GiB
@@ -578,12 +578,6 @@ ANSWER_FIXES = {
 }
 
 
-def parse_listen(listen: str) -> tuple[str, int | None]:
-    """(host, port) of `host:port` (`[v6]:port` too) as the vault binds it; port None when it is not one."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port) if port.isdigit() and int(port) < 65536 else None
-
-
 def same_name(a: str, b: str) -> bool:
     """Whether two certificate names are one: DNS names ignoring case and a trailing dot, addresses as addresses."""
 
@@ -653,7 +647,7 @@ def vault_tcp_result(s: Listener, answer: Answer | None) -> Result:
 
 def read_listener(cfg: Config, by_tcp: bool) -> Listener:
     """The listener from config.toml, as the vault makes it (by `clawden/vaultlisten.py`'s rules, the vault's)."""
-    host, port = parse_listen(cfg.vault.tcp_listen)
+    host, port = split_listen(cfg.vault.tcp_listen)
     tls = tls_on(cfg.vault.tcp_tls, host)
     names = listener_names(host, cfg.vault.tcp_names, (socket.gethostname(),))
     route = cfg.runner.vault_tcp_host

@@ -27,10 +27,10 @@ from clawden.bus.ctl import vault as api
 from clawden.bus.ctl.verb import BadRequest, Subject
 from clawden.config import Config
 from clawden.pki import CertificateAuthority, is_loopback
-from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
+from clawden.runtime import ConfigurationError, ControlError, ServiceContext, sleep_unless_stopping
 from clawden.sdnotify import Notifier
 from clawden.vaultfiles import CA_CERT, CA_KEY, SOCKET_NAME, VAULT_DB, VAULT_KEY, trust_dir, vault_dir
-from clawden.vaultlisten import listener_names, tls_on
+from clawden.vaultlisten import listener_names, split_listen, tls_on
 from services.vault.approvals import BusApprover, HeldAsks
 from services.vault.audit import AuditLog, AuditRecord
 from services.vault.catalog import (
@@ -677,8 +677,9 @@ async def main(ctx: ServiceContext) -> None:
 
 async def _listen_tcp(cfg: Config, vault: Vault, gateway: Gateway, ca: CertificateAuthority, folder: Path) -> None:
     """The TCP listener on `[vault] tcp_listen`, speaking TLS where `[vault] tcp_tls` says (off loopback)."""
-    host, _, port = cfg.vault.tcp_listen.rpartition(":")
-    host = host.strip("[]")
+    host, port = split_listen(cfg.vault.tcp_listen)
+    if port is None:
+        raise ConfigurationError(f"[vault] tcp_listen = {cfg.vault.tcp_listen!r}: expected host:port, e.g. 127.0.0.1:0")
     tls, how = None, "plain"
     if tls_on(cfg.vault.tcp_tls, host):
         names = listener_names(host, cfg.vault.tcp_names, (socket.gethostname(),))
@@ -686,7 +687,7 @@ async def _listen_tcp(cfg: Config, vault: Vault, gateway: Gateway, ca: Certifica
         vault.tcp_tls_name, how = names[0], f"TLS for {', '.join(names)}"
     elif not is_loopback(host):
         log.warning("the TCP listener on %s is off loopback without TLS ([vault] tcp_tls = false)", host)
-    vault.tcp_port = await gateway.listen_tcp(host, int(port), tls)
+    vault.tcp_port = await gateway.listen_tcp(host, port, tls)
     log.info("gateway TCP listener on %s (proxy tokens; %s)", cfg.vault.tcp_listen, how)
 
 

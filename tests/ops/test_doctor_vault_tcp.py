@@ -29,7 +29,6 @@ from clawden.cli.doctor import (
     check_vault_tcp,
     checks,
     dial_listener,
-    parse_listen,
     read_listener,
     same_name,
     vault_tcp_result,
@@ -47,22 +46,6 @@ HOST = socket.gethostname()
 
 
 # ---- the pure decision, as tables ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("listen", "host", "port"),
-    [
-        ("127.0.0.1:8471", "127.0.0.1", 8471),
-        ("[::1]:8471", "::1", 8471),
-        ("0.0.0.0:0", "0.0.0.0", 0),  # the vault picks the port
-        (":8471", "", 8471),  # every address, as the vault binds it
-        ("127.0.0.1", "", None),  # no port
-        ("127.0.0.1:http", "127.0.0.1", None),
-        ("127.0.0.1:70000", "127.0.0.1", None),
-    ],
-)
-def test_the_listen_address_is_read_as_the_vault_binds_it(listen: str, host: str, port: int | None) -> None:
-    assert parse_listen(listen) == (host, port)
 
 
 @pytest.mark.parametrize(

@@ -39,3 +39,19 @@ def test_the_listeners_certificate_names_its_address_and_the_names_runners_dial(
     host: str, extra: list[str], names: tuple[str, ...]
 ) -> None:
     assert vaultlisten.listener_names(host, extra, ("box", "")) == names
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [
+        ("127.0.0.1:8471", "127.0.0.1", 8471),
+        ("[::1]:8471", "::1", 8471),
+        ("0.0.0.0:0", "0.0.0.0", 0),  # the vault picks the port
+        (":8471", "", 8471),  # every address, as the vault binds it
+        ("127.0.0.1", "", None),  # no port
+        ("127.0.0.1:http", "127.0.0.1", None),
+        ("127.0.0.1:70000", "127.0.0.1", None),
+    ],
+)
+def test_the_listen_address_is_read_as_the_vault_binds_it(listen: str, host: str, port: int | None) -> None:
+    assert vaultlisten.split_listen(listen) == (host, port)
