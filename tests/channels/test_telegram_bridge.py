@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from clawden.bus import subjects
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl.common import PING
 from clawden.cli import status
+from clawden.natsserver import free_port
 from clawden.runtime import EX_CONFIG
 from services.channels.retry import PlatformError
 from services.channels.telegram import ALLOWED_UPDATES, CAPABILITIES, TelegramBridge
@@ -43,12 +43,6 @@ def bridge(tmp_path: Path, nats_server: NatsServer, fake: FakeTelegram) -> Itera
     yield b
     b.close()
     assert fake.token not in b.output(), "the bot token reached the log"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def texts_of(fake: FakeTelegram, chat: dict[str, object]) -> list[str]:

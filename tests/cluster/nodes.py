@@ -22,8 +22,7 @@ class Cluster:
     def __init__(self, home: Path, *, tls: bool = False) -> None:
         self.home = home
         cfg = setup.init(home)
-        base = natsserver.free_port()
-        # Consecutive ports from a free one: three nodes and their routes (a clash fails at start, loudly).
+        base = natsserver.free_port(span=13)  # three nodes' client ports from base, their routes from base + 10
         self.nodes = cluster.plan([], 3, base, base + 10)
         self.tls = tls
         self.out = home / "cluster"
@@ -49,8 +48,12 @@ class Cluster:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                 )
-        for n in range(3) if i is None else (i,):
-            natsserver.wait_listening(self.nodes[n].client_port, self.procs[n])
+        try:
+            for n in range(3) if i is None else (i,):
+                natsserver.wait_listening(self.nodes[n].client_port, self.procs[n])
+        except natsserver.NatsServerError:
+            self.stop()  # no node of a cluster that did not come up outlives it
+            raise
         return self
 
     def kill(self, i: int) -> None:

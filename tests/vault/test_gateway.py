@@ -615,12 +615,11 @@ def h11_client(method: str, target: bytes) -> h11.Connection:
 
 
 async def test_a_down_model_upstream_gives_a_502_without_the_key(sock_dir: object) -> None:
-    import socket
     from pathlib import Path
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead_port = probe.getsockname()[1]
+    from clawden.natsserver import free_port
+
+    dead_port = free_port()
     gateway = Gateway(f"http://127.0.0.1:{dead_port}", REAL_KEY)
     path = Path(str(sock_dir)) / "gw.sock"
     await gateway.listen(GROUP, path)
