@@ -529,6 +529,7 @@ class Runner:
         self.agent = Agent(config, self.state, folder / sessiondb.HEARTBEAT)
         self._stopping = False
         self._draining = False
+        self._gave_work = False  # a turn or command was started in this container
         self._reader: asyncio.Task[None] | None = None
         self._writes_at_result = 0
         self._fresh_for: set[int] = set()  # rows already re-run once in a fresh conversation
@@ -553,7 +554,9 @@ class Runner:
 
     def drain(self) -> None:
         """SIGUSR1: a chat waits for this container's slot. Finish what Claude Code has been given, take nothing
-        new, then stop: what waits here runs in the session's next container, when its turn for a slot comes."""
+        new, then stop: what waits here runs in the session's next container, when its turn for a slot comes.
+        A container asked before it gave Claude Code anything first answers what it came up for: leaving with
+        nothing done would spend a start, and this chat's place in the queue, on nothing."""
         if not self._draining:
             log.info("draining: finishing what is in flight, then stopping")
         self._draining = True
@@ -647,7 +650,7 @@ class Runner:
     async def _loop(self) -> None:
         while not self._stopping:
             self.bell.clear()
-            if self._draining:  # each result rings the bell: stop once the last one is in
+            if self._draining and self._gave_work:  # each result rings the bell: stop once the last one is in
                 if not self.ledger.busy:
                     self.stop()
                     break
@@ -659,8 +662,12 @@ class Runner:
             self._riders = {row.message.seq: row.riders for row in folded.rows}
             batch = [row.message for row in folded.rows]
             if not any(m.trigger for m in batch):
+                if self._draining:  # asked to leave, with nothing to answer
+                    self.stop()
+                    break
                 await self.bell.wait(SAFETY_POLL_SECONDS)
                 continue
+            self._gave_work = True
             command_at = next((i for i, m in enumerate(batch) if m.content.get("command")), None)
             if command_at == 0 or (command_at is not None and not any(m.trigger for m in batch[:command_at])):
                 if self.ledger.busy:  # a command waits for what was sent before it; each result rings

@@ -914,8 +914,11 @@ class Runner:
             self.making_room = False
 
     async def _drain_one(self) -> None:
+        # Only an agent that is up: before it rang, its SIGUSR1 handler may not be there yet, and the signal kills it.
         holding = (
-            core.Holding(sid, lv.since, lv.stopping or lv.draining) for sid, lv in self.live.items() if lv.container_id
+            core.Holding(sid, lv.since, lv.stopping or lv.draining)
+            for sid, lv in self.live.items()
+            if lv.container_id and lv.ready.is_set()
         )
         session_id = core.to_drain(holding, self._queued(), time.monotonic(), self.cfg.runner.queue_notice_after)
         live = self.live.get(session_id or "")

@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 import pytest
 
 from clawden import sessiondb
+from clawden.natsserver import free_port
+from tests.eventually import eventually_sync
 from tests.fakes.anthropic import Error, FakeAnthropic, Hang, Text, ToolCall, start_in_thread
 
 REPO = Path(__file__).resolve().parents[2]
@@ -405,9 +407,7 @@ def test_gateway_mode_reaches_the_api_only_through_the_relay(
 ) -> None:
     gateway = tmp_path / "gw.sock"
     fake.call(fake.listen_unix(str(gateway)))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     start_agent(
         CLAWDEN_GATEWAY_SOCKET=str(gateway),
         CLAWDEN_RELAY_PORT=str(port),
@@ -446,6 +446,22 @@ def test_sigterm_mid_turn_exits_and_the_message_runs_again_in_the_next_container
     assert "interrupted by a restart" in reply.content["text"]
     assert session.acks() == {seq: "completed"}
     assert sessiondb.get_state(session.dir, "claude_session_id") == conversation_id
+
+
+def test_a_container_asked_to_leave_before_it_gave_claude_code_anything_answers_what_waits_then_stops(
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
+    """The runner's drain (SIGUSR1) reaching a container that has not yet sent a turn: leaving at once would spend
+    its start on nothing and send its chat back to the queue, to be told once more that it waits."""
+    seq = session.send("answer me before you go")
+    agent = start_agent()
+    # While Claude Code starts: the drain handler is set by then, and the agent has read nothing yet.
+    eventually_sync(agent.children, 30, "Claude Code did not start")
+    agent.proc.send_signal(signal.SIGUSR1)
+
+    assert "answer me before you go" in session.reply_to(seq).content["text"]
+    assert agent.proc.wait(timeout=30) == 0
+    assert session.acks() == {seq: "completed"}
 
 
 def test_a_message_sent_during_a_turn_is_fed_into_it(
