@@ -9,7 +9,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 from nats.aio.client import Client
@@ -230,53 +230,107 @@ async def consume(
 
     The handler acks nothing itself: it returns once its effect is committed and we ack. A payload
     that does not decode is logged with its JSON path and terminated (redelivery cannot fix it).
+    A handler's `Retry` is waited out holding the delivery (`_Handling.hold`).
     `kind` is an event type, or the decoder of a union of them (`events.INBOUND_DECODER`).
     """
-    stats = stats or ConsumeStats()
     decoder = kind if isinstance(kind, msgspec.json.Decoder) else events.decoder_for(kind)
-    limit = asyncio.Semaphore(concurrency)
+    handling = _Handling(puller, decoder, handler, stopping, stats or ConsumeStats(), concurrency)
+    try:
+        await consume_batches(puller, handling.batch, stopping=stopping, until_idle=until_idle)
+    finally:
+        await handling.close()
 
-    async def handle(msg: Msg) -> None:
-        async with limit:
+
+class _Handling(Generic[E]):
+    def __init__(
+        self,
+        puller: Puller,
+        decoder: msgspec.json.Decoder[E],
+        handler: Handler[E],
+        stopping: asyncio.Event,
+        stats: ConsumeStats,
+        concurrency: int,
+    ) -> None:
+        self.decoder = decoder
+        self.handler = handler
+        self.stopping = stopping
+        self.stats = stats
+        self.concurrency = concurrency
+        self.limit = asyncio.Semaphore(concurrency)
+        self.keepalive = max(0.5, puller.consumer.ack_wait / 3)  # well inside the ack wait
+        self.pending: set[asyncio.Task[None]] = set()
+        self.held: set[asyncio.Task[None]] = set()
+        self.handing_back = asyncio.Event()
+
+    async def batch(self, msgs: list[Msg]) -> None:
+        if self.concurrency == 1:
+            for msg in msgs:
+                await self.handle(msg)
+            return
+        for msg in msgs:
+            self._spawn(self.pending, self.handle(msg))
+
+    async def close(self) -> None:
+        if self.pending:
+            await asyncio.gather(*self.pending, return_exceptions=True)
+        self.handing_back.set()  # a stop, or the end of a startup drain: the loop after it takes them
+        if self.held:
+            await asyncio.gather(*self.held, return_exceptions=True)
+
+    @staticmethod
+    def _spawn(tasks: set[asyncio.Task[None]], work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def handle(self, msg: Msg) -> None:
+        async with self.limit:
             try:
-                event = decoder.decode(msg.data)
+                event = self.decoder.decode(msg.data)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                stats.poisoned += 1
-                stats.last_error = str(exc)
+                self.stats.poisoned += 1
+                self.stats.last_error = str(exc)
                 log.error("dropping malformed message on %s: %s", msg.subject, exc)
                 await msg.term()
                 return
-            try:
-                await handler(event, msg)
-            except Retry as exc:
-                stats.failed += 1
-                stats.last_error = str(exc)
-                log.warning("retrying message on %s in %.1fs: %s", msg.subject, exc.delay, exc)
-                await msg.nak(delay=exc.delay)
-                return
-            except Exception as exc:
-                stats.failed += 1
-                stats.last_error = repr(exc)
-                log.exception("handler failed on %s (delivery %d)", msg.subject, msg.metadata.num_delivered)
-                await nak(msg)
-                return
-            await msg.ack()
-            stats.handled += 1
+            await self.run(event, msg, 1)
 
-    pending: set[asyncio.Task[None]] = set()
-
-    async def batch(msgs: list[Msg]) -> None:
-        if concurrency == 1:
-            for msg in msgs:
-                await handle(msg)
+    async def run(self, event: E, msg: Msg, attempt: int) -> None:
+        try:
+            await self.handler(event, msg)
+        except Retry as exc:
+            self.stats.failed += 1
+            self.stats.last_error = str(exc)
+            if attempt & (attempt - 1) == 0:  # the 1st, 2nd, 4th, 8th… wait: a long one is said, not flooded
+                log.warning("retrying message on %s in %.1fs (wait %d): %s", msg.subject, exc.delay, attempt, exc)
+            if self.handing_back.is_set() or self.stopping.is_set():  # to a twin, the next start or the next loop
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=exc.delay)
+                return
+            self._spawn(self.held, self.hold(event, msg, exc.delay, attempt + 1))
             return
-        for msg in msgs:
-            task = asyncio.create_task(handle(msg))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+        except Exception as exc:
+            self.stats.failed += 1
+            self.stats.last_error = repr(exc)
+            log.exception("handler failed on %s (delivery %d)", msg.subject, msg.metadata.num_delivered)
+            await nak(msg)
+            return
+        await msg.ack()
+        self.stats.handled += 1
 
-    try:
-        await consume_batches(puller, batch, stopping=stopping, until_idle=until_idle)
-    finally:
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+    async def hold(self, event: E, msg: Msg, delay: float, attempt: int) -> None:
+        """A `Retry` waits here, its delivery kept alive, not as a redelivery: JetStream's max_deliver then counts
+        only failures and deliveries nobody finished (a crash), and waiting out an absent vault or a locked
+        folder for as long as it takes loses nothing. The loop's end hands it back with the wait that is left."""
+        until = time.monotonic() + delay
+        while (left := until - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.handing_back.wait(), min(left, self.keepalive))
+            if self.handing_back.is_set():
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=max(0.0, until - time.monotonic()))
+                return
+            with contextlib.suppress(Exception):  # NATS away: the delivery may lapse, and comes again
+                await msg.in_progress()
+        async with self.limit:
+            await self.run(event, msg, attempt)

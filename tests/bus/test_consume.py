@@ -135,12 +135,12 @@ async def test_a_message_jetstream_gives_up_on_is_said_in_the_log_not_dropped_in
     stopping = asyncio.Event()
     tries: list[str] = []
 
-    async def not_yet(event: ev.InboundMessage, msg: Msg) -> None:
+    async def broken(event: ev.InboundMessage, msg: Msg) -> None:
         tries.append(event.message_id)
-        raise Retry("not yet", delay=0.05)
+        raise RuntimeError("a handler that fails each time")
 
     with caplog.at_level(logging.ERROR, logger="clawden.bus"):
-        loop = asyncio.create_task(consume(puller, ev.InboundMessage, not_yet, stopping=stopping))
+        loop = asyncio.create_task(consume(puller, ev.InboundMessage, broken, stopping=stopping))
         await eventually(lambda: puller.given_up == 1, 20)
         stopping.set()
         await loop
@@ -151,3 +151,54 @@ async def test_a_message_jetstream_gives_up_on_is_said_in_the_log_not_dropped_in
         f"gives-up gave up on message {info.state.last_seq} of CLAWDEN_INBOUND after 2 deliveries: it is not"
         " handled, and is left in the stream" in said
     )
+
+
+async def test_a_handler_that_waits_longer_than_max_deliver_allows_loses_nothing(nc: Client) -> None:
+    """A `Retry` (the vault away, a folder locked) is waited out holding the delivery, not by redelivery: however
+    long it lasts, the message is handled once it can be, and JetStream never gives up on it."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await publish(js, subjects.inbound("local"), message(8), msg_id=message(8).key)
+    puller = await bind(js, Consumer("CLAWDEN_INBOUND", "waits", subjects.ALL_INBOUND, ack_wait=1.0, max_deliver=2))
+    stopping = asyncio.Event()
+    deliveries: list[int] = []
+
+    async def ready_at_the_sixth_try(event: ev.InboundMessage, msg: Msg) -> None:
+        deliveries.append(msg.metadata.num_delivered)
+        if len(deliveries) < 6:
+            raise Retry("not yet", delay=0.4)  # five waits of 0.4 s outlast the 1 s ack wait
+        stopping.set()
+
+    await asyncio.wait_for(consume(puller, ev.InboundMessage, ready_at_the_sixth_try, stopping=stopping), 30)
+    assert deliveries == [1] * 6
+    assert puller.given_up == 0
+    info = await js.consumer_info("CLAWDEN_INBOUND", "waits")
+    assert (info.num_ack_pending, info.num_redelivered) == (0, 0)
+
+
+async def test_a_message_waiting_at_a_stop_is_handed_back_and_taken_at_the_next_start(nc: Client) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await publish(js, subjects.inbound("local"), message(9), msg_id=message(9).key)
+    # A delivery left to lapse would come again only after two minutes: a handed-back one after its wait.
+    consumer = Consumer("CLAWDEN_INBOUND", "handback", subjects.ALL_INBOUND, ack_wait=120.0)
+    stopping, waited = asyncio.Event(), asyncio.Event()
+
+    async def not_now(event: ev.InboundMessage, msg: Msg) -> None:
+        waited.set()
+        raise Retry("the vault is away", delay=1.0)
+
+    loop = asyncio.create_task(consume(await bind(js, consumer), ev.InboundMessage, not_now, stopping=stopping))
+    await asyncio.wait_for(waited.wait(), 10)
+    stopping.set()
+    await asyncio.wait_for(loop, 10)
+
+    taken: list[tuple[str, int]] = []
+    done = asyncio.Event()
+
+    async def now(event: ev.InboundMessage, msg: Msg) -> None:
+        taken.append((event.message_id, msg.metadata.num_delivered))
+        done.set()
+
+    await asyncio.wait_for(consume(await bind(js, consumer), ev.InboundMessage, now, stopping=done), 30)
+    assert taken == [("9", 2)]
