@@ -115,7 +115,7 @@ def test_a_node_keeps_the_single_servers_users_and_routes_to_the_others() -> Non
     )
     assert conf["authorization"] == base["authorization"]
     assert conf["server_name"] == "clawden-x-node-2" and conf["listen"] == "10.1.0.2:4222"
-    assert conf["jetstream"] == {"store_dir": "/s/node-2"}
+    assert conf["jetstream"] == {"store_dir": "/s/node-2", "sync_interval": "always"}  # on disk before the ack
     assert conf["cluster"]["name"] == "clawden-x" and conf["cluster"]["listen"] == "10.1.0.2:6222"
     assert conf["cluster"]["routes"] == ["nats://route:pw@10.1.0.1:6222", "nats://route:pw@10.1.0.3:6222"]
     assert conf["cluster"]["authorization"] == {"user": "route", "password": "pw"}

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import stat
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +40,23 @@ def cfg(tmp_path: Path) -> Iterator[config_mod.Config]:
     yield cfg
     proc.terminate()
     proc.wait(10)
+
+
+def test_the_server_has_each_write_on_disk_before_it_acknowledges_it(tmp_path: Path) -> None:
+    """A power cut must not lose what a bridge already confirmed to its platform (the default syncs every 2 min)."""
+    cfg = setup.init(tmp_path / "home")
+    cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, port=natsserver.free_port()))
+    monitor = natsserver.free_port()
+    conf = tmp_path / "nats.conf"  # the written config, with the server's monitoring port opened to read it back
+    conf.write_text(json.dumps(natsauth.server_config(cfg, ()) | {"http": f"127.0.0.1:{monitor}"}))
+    proc = natsserver.start(cfg.nats.port, cfg.data_dir / "nats", config_file=conf)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/varz", timeout=10) as answer:
+            varz = json.load(answer)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert varz["jetstream"]["config"]["sync_always"] is True
 
 
 class Client_:

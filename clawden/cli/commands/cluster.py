@@ -97,7 +97,7 @@ def node_config(
     conf = base | {
         "server_name": f"{cluster_name}-{node.name}",
         "listen": f"{node.host}:{node.client_port}",
-        "jetstream": {"store_dir": store_dir},
+        "jetstream": natsauth.jetstream(store_dir),
         "cluster": {
             "name": cluster_name,
             "listen": f"{node.host}:{node.route_port}",
