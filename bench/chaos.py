@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench import keep
 from tests.chaos import chaos
 from tests.e2e.harness import start_stack
 
@@ -60,9 +60,7 @@ def main() -> int:
         "replies": sum(len(c.replies) for c in chats),
         "mismatches": chaos.mismatches(chats)[:30],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    keep(result, args.out)
     return 0 if figures == {"lost": 0, "duplicated": 0, "misrouted": 0} else 1
 
 

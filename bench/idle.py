@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import keep
 from bench.scale import idle_stack
 from tests.e2e.harness import start_stack
 
@@ -41,9 +41,7 @@ def main() -> int:
     args = parser.parse_args()
     forked, afresh = measure(True, args.seconds), measure(False, args.seconds)
     result = {"forked": forked, "afresh": afresh, "pss_ratio": round(forked["pss_mb"] / afresh["pss_mb"], 2)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    keep(result, args.out)
     return 0
 
 

@@ -11,13 +11,13 @@ cache or its installed copies, so no network is used.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from bench import keep
 from clawden import groupimage
 from clawden.dockercli import docker
 from clawden.packagespec import Packages, image_tag
@@ -65,9 +65,7 @@ def main() -> int:
         "one": measure(Packages(apt=ONE), args.base, args.runs),
         "ten": measure(Packages(apt=TEN), args.base, args.runs),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    keep(result, args.out)
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -28,6 +27,7 @@ from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage,
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "container"))
 from clawden_agent.loop import BUILTIN_TOOLS, QUIET_ENV
 
+from bench import keep
 from tests.e2e.harness import LABEL_INSTALL, Stack, Terminal, start_stack
 
 NANOCLAW_POLL_FLOOR_MS = 1000.0  # NanoClaw polls both session files every second
@@ -187,8 +187,7 @@ def main() -> int:
             result = asyncio.run(measure(stack, args.warm, args.cold))
         finally:
             stack.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    keep(result, args.out, show=False)
     w, c, b = (cast("dict[str, float]", result[k]) for k in ("warm", "cold", "bare_claude_code"))
     print(f"warm turn: median {w['median_ms']} ms, p95 {w['p95_ms']} ms (n={w['n']})")
     print(

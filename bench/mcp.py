@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import shutil
 import statistics
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import keep
 from tests.e2e.harness import Stack, Terminal, start_stack
 from tests.fakes.anthropic import ToolCall
 
@@ -129,8 +129,7 @@ def main() -> int:
             result = asyncio.run(measure(stack, args.cold, args.warm))
         finally:
             stack.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    keep(result, args.out, show=False)
     for key in ("cold_without_mcp", "cold_with_one_stdio_mcp", "warm_turn_plain", "warm_turn_with_mcp_tool_call"):
         s = result[key]
         print(f"{key}: median {s['median_ms']} ms (min {s['min_ms']}, max {s['max_ms']}, n={s['n']})")

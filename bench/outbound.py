@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import tempfile
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import keep
 from clawden import natsserver
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
@@ -94,8 +94,7 @@ def main() -> int:
     }
     result["lanes"] = asyncio.run(run(args.rounds, args.chats, args.stall))
     print(f"other chats' latency while one is held back {args.stall}s: {result['lanes']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    keep(result, args.out, show=False)
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 from nats.js import JetStreamContext
 from nats.js.api import Header
 
+from bench import keep
 from bench.router import ask, router, stop
 from clawden import natsserver, setup
 from clawden.bus import Consumer, bind, connect, ensure_streams, subjects
@@ -121,9 +121,7 @@ def main() -> int:
     args = parser.parse_args()
     result: dict[str, object] = dict(asyncio.run(run(args.sends, args.backlog)))
     result |= {"sends": args.sends, "backlog": args.backlog, "python": platform.python_version()}
-    print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    keep(result, args.out)
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import signal
@@ -30,6 +29,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import Header
 
+from bench import keep
 from clawden import control, natsserver, setup
 from clawden.bus import connect, ensure_streams, subjects
 from clawden.bus import events as ev
@@ -159,8 +159,7 @@ def main() -> int:
         "wakes_per_event": round(runs[0]["wakes_per_event"], 3),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "sqlite": sqlite3.sqlite_version},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    keep(result, args.out, show=False)
     print(
         f"router: median {result['median_events_per_s']} routed events/s over {args.runs} runs of {args.events}"
         f" ({result['wakes_per_event']} wakes per event); written to {args.out}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import statistics
@@ -27,6 +26,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from bench import keep
 from bench.latency import idle_memory_mib, summary
 from tests.chaos.chaos import SERVICES, nats_pid
 from tests.e2e.harness import Stack, Terminal, service_pid, start_stack
@@ -225,9 +225,7 @@ def main() -> int:
             result = asyncio.run(measure(stack, args.chats, args.rate, args.seconds, args.cold_only))
         finally:
             stack.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    keep(result, args.out)
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import tempfile
@@ -23,6 +22,7 @@ from typing import Any, cast
 
 from nats.aio.msg import Msg
 
+from bench import keep
 from clawden import natsserver
 from clawden.bus import connect, ensure_streams, sentlog
 from clawden.bus import events as ev
@@ -114,9 +114,7 @@ def main() -> int:
     args = parser.parse_args()
     result: dict[str, Any] = {"machine": platform.platform(), "messages": args.messages}
     result.update(asyncio.run(run(args.messages)))
-    print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    keep(result, args.out)
     return 0
 
 

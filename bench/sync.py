@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import keep
 from bench.sentlog import summary
 from clawden import natsauth, natsserver
 from clawden.bus import Consumer, bind, connect, ensure_streams, publish, subjects
@@ -98,9 +99,7 @@ def main() -> int:
     args = parser.parse_args()
     result: dict[str, Any] = {"machine": platform.platform(), "messages": args.messages}
     result.update(asyncio.run(run(args.messages)))
-    print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    keep(result, args.out)
     return 0
 
 

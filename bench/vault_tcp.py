@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import json
 import os
 import platform
 import ssl
@@ -29,6 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from bench import keep
 from bench.gateway import HOST, SECRET, Opener, _Client, _Upstream, close, latencies, open_tunnel
 from services.vault.catalog import Catalog, Credential, Secret
 from services.vault.certs import ListenerTls
@@ -127,9 +127,7 @@ def main() -> int:
     args = parser.parse_args()
     result = asyncio.run(run(args.requests, args.tokens))
     result |= {"requests": args.requests, "tokens": args.tokens, "python": platform.python_version()}
-    print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    keep(result, args.out)
     return 0
 
 
