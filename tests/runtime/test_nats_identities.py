@@ -51,7 +51,8 @@ def test_the_server_has_each_write_on_disk_before_it_acknowledges_it(tmp_path: P
     conf.write_text(json.dumps(natsauth.server_config(cfg, ()) | {"http": f"127.0.0.1:{monitor}"}))
     proc = natsserver.start(cfg.nats.port, cfg.data_dir / "nats", config_file=conf)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/varz", timeout=10) as answer:
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, whatever *_proxy says
+        with direct.open(f"http://127.0.0.1:{monitor}/varz", timeout=10) as answer:
             varz = json.load(answer)
     finally:
         proc.terminate()
