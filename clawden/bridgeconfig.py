@@ -7,7 +7,9 @@ import logging
 import os
 import tomllib
 
+from clawden.bus import subjects, webhooks
 from clawden.config import Config
+from clawden.natsauth import webhook_routes
 from clawden.runtime import ConfigurationError
 
 
@@ -58,6 +60,38 @@ def read_secret(cfg: Config, channel: str, environ: dict[str, str] | None = None
             raise BridgeConfigError(f"{file} is empty; it should hold the {channel} token")
     redact(secret)
     return secret
+
+
+def read_route_secret(cfg: Config, channel: str, key: str, environ: dict[str, str] | None = None) -> str | None:
+    """A webhook route's secret: `CLAWDEN_<CHANNEL>_<KEY>`, else keys/<channel>.<key> (mode 0600); None when
+    neither is there."""
+    env = os.environ if environ is None else environ
+    value = env.get(f"CLAWDEN_{channel.upper()}_{key.upper()}", "").strip()
+    if value:
+        return value
+    path = cfg.keys_dir / f"{channel}.{key}"
+    if not path.exists():
+        return None
+    if path.stat().st_mode & 0o077:
+        raise ConfigurationError(f"{path} is readable by other users; run `chmod 600 {path}`")
+    return path.read_text().strip() or None
+
+
+def route_secrets(cfg: Config, environ: dict[str, str] | None = None) -> dict[str, tuple[str, dict[str, str | None]]]:
+    """channel -> (scheme, each secret it needs or None) for every `[webhooks.routes]` channel: what the front
+    door serves (a route with all its secrets) and what `clawden doctor` checks."""
+    out: dict[str, tuple[str, dict[str, str | None]]] = {}
+    for channel, scheme in sorted(webhook_routes(cfg).items()):
+        if scheme not in webhooks.SECRETS:
+            raise ConfigurationError(
+                f"[webhooks.routes] {channel} = {scheme!r}: known schemes are {', '.join(webhooks.SCHEMES)}"
+            )
+        subjects.token(channel)
+        out[channel] = (
+            scheme,
+            {key: read_route_secret(cfg, channel, key, environ) for key in webhooks.SECRETS[scheme]},
+        )
+    return out
 
 
 class _Redactor(logging.Filter):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -140,6 +140,7 @@ class WebhooksConfig(msgspec.Struct, frozen=True, kw_only=True):
     # The front door (`clawden run webhooks`) runs where this is set (`clawden up`, the units); empty: off.
     # Loopback by default: a reverse proxy or a tunnel in front gives it HTTPS and a public name.
     listen: str = ""
+    DEFAULT_LISTEN: ClassVar[str] = "127.0.0.1:8787"  # where `clawden run webhooks` alone listens
     # The https URL the platforms are told (through the proxy); `clawden doctor` checks it reaches us.
     public_url: str = ""
     max_body: int = 1 << 20  # bytes; WhatsApp's deliveries are a few KiB
@@ -156,8 +157,9 @@ class WebhooksConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 class WebConfig(msgspec.Struct, frozen=True, kw_only=True):
     # The browser chat and dashboard (`clawden run web`) run under `clawden up` and the units where this is
-    # set; `clawden run web` alone listens on 127.0.0.1:8790 when it is empty. Loopback: a proxy adds TLS.
+    # set; `clawden run web` alone listens on DEFAULT_LISTEN when it is empty. Loopback: a proxy adds TLS.
     listen: str = ""
+    DEFAULT_LISTEN: ClassVar[str] = "127.0.0.1:8790"
     # The address the browser uses (through a proxy: `https://clawden.example.org`). Login links name it,
     # state-changing requests must come from this origin, and an https one makes the cookie Secure.
     public_url: str = ""

@@ -22,6 +22,8 @@ from clawden.bus import subjects
 Scheme = Literal["meta"]
 SCHEMES: tuple[str, ...] = ("meta",)
 BUILT_IN_ROUTES: dict[str, Scheme] = {"whatsapp": "meta"}
+# The secrets a route's scheme needs, each a 0600 file under keys/ or a variable (CLAWDEN_<NAME>_<KEY>).
+SECRETS: dict[str, tuple[str, ...]] = {"meta": ("app_secret", "verify_token")}
 
 
 class WebhookDelivery(msgspec.Struct, frozen=True, kw_only=True, tag="webhook", tag_field="type"):

@@ -883,15 +883,17 @@ def channel_check(channel: str) -> CheckFn:
 
 async def check_webhooks(p: Probe) -> Result:
     """The front door answers Meta's handshake locally, and through [webhooks] public_url when it is set."""
-    probe = importlib.import_module("services.webhooks.check")
-    level, detail, fix = await probe.check(p.cfg, p.environ)
+    from clawden.cli import probes  # with httpx: loaded only when the row runs
+
+    level, detail, fix = await probes.webhooks_row(p.cfg, p.environ)
     return ok(detail) if level == "ok" else warn(detail, fix) if level == "warn" else fail(detail, fix)
 
 
 async def check_web(p: Probe) -> Result:
     """The web app answers with its headers locally, and through [web] public_url when it is set."""
-    probe = importlib.import_module("services.web.check")
-    level, detail, fix = await probe.check(p.cfg)
+    from clawden.cli import probes
+
+    level, detail, fix = await probes.web_row(p.cfg)
     return ok(detail) if level == "ok" else warn(detail, fix) if level == "warn" else fail(detail, fix)
 
 

@@ -28,12 +28,7 @@ from services.web.channel import CHANNEL, Hub, WebChannel
 from services.web.store import WebStore
 
 log = logging.getLogger("clawden.web")
-DEFAULT_LISTEN = "127.0.0.1:8790"
 HOUSEKEEPING_EVERY = 6 * 3600.0  # seconds
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    return httpserve.parse_listen(listen, DEFAULT_LISTEN, "web")
 
 
 def public_url(cfg: WebConfig, host: str, port: int) -> str:
@@ -85,7 +80,7 @@ async def housekeeping(store: WebStore, uploads: Path, stopping: asyncio.Event) 
 
 async def main(ctx: ServiceContext) -> None:
     cfg = ctx.config.web
-    host, port = parse_listen(cfg.listen)
+    host, port = httpserve.parse_listen(cfg.listen, WebConfig.DEFAULT_LISTEN, "web")
     url = public_url(cfg, host, port)
     store = await WebStore.start(ctx.config.data_dir / "web.db")
     try:
