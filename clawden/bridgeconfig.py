@@ -1,5 +1,6 @@
 """How a chat bridge is configured: its `[channels.<name>]` settings and its token, the token kept out of
-every log line of the process that read it. The bridges use these, and `clawden doctor` checks them."""
+every log line of the process that read it, and the secrets of its webhook route. The bridges and the webhook
+front door use these, and `clawden doctor` checks them."""
 
 from __future__ import annotations
 
