@@ -14,6 +14,7 @@ import httpx
 from clawden import bridgeconfig, httpserve
 from clawden.bus import webhooks
 from clawden.config import Config, WebConfig, WebhooksConfig
+from clawden.runtime import ConfigurationError
 
 # What the web app sends on every page (services/web/app.py HEADERS) that a proxy in front must not strip.
 PROTECTIVE_HEADERS = (
@@ -48,7 +49,10 @@ async def _handshake(base: str, channel: str, token: str) -> str | None:
 
 
 async def webhooks_row(cfg: Config, environ: dict[str, str]) -> Verdict:
-    configured = bridgeconfig.route_secrets(cfg, environ)
+    try:
+        configured = bridgeconfig.route_secrets(cfg, environ)
+    except ConfigurationError as exc:  # an unknown scheme, a key file others can read: the front door refuses too
+        return "fail", str(exc), "correct what it names; the front door will not start until then"
     routes = {c: values["verify_token"] or "" for c, (_, values) in configured.items() if None not in values.values()}
     if not routes:
         wanted = ", ".join(f"keys/{c}.{{{','.join(webhooks.SECRETS[s])}}}" for c, (s, _) in configured.items())

@@ -210,6 +210,10 @@ async def test_doctor_proves_the_public_url_reaches_the_door_by_its_handshake(do
     nowhere = await doctor.check_webhooks(doctor.Probe(with_public(f"http://127.0.0.1:{natsserver.free_port()}"), {}))
     assert nowhere.status == "FAIL"
     assert "did not answer" in nowhere.detail
+    cfg = with_public("")
+    unknown = msgspec.structs.replace(cfg, webhooks=msgspec.structs.replace(cfg.webhooks, routes={"acme": "smoke"}))
+    refused = await doctor.check_webhooks(doctor.Probe(unknown, {}))
+    assert refused.status == "FAIL" and "known schemes are meta" in refused.detail and "correct" in refused.fix
 
 
 async def test_behind_a_proxy_the_rate_is_counted_per_forwarded_source(
