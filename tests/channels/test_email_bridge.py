@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -15,7 +15,10 @@ from urllib.request import url2pathname
 import pytest
 
 from clawden.bus import events as ev
-from tests.channels.email_harness import EmailBridgeProcess, EmailBus, letter, mails, text_of, unique
+from services.channels.bridge import BridgeStats, Inbound
+from services.channels.mail.bridge import EmailBridge, MailSettings
+from services.channels.state import BridgeState
+from tests.channels.email_harness import TRUSTED, EmailBridgeProcess, EmailBus, letter, mails, text_of, unique
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 from tests.servers.mail.fixture import MailServer
@@ -336,3 +339,57 @@ async def test_fifty_mails_in_and_fifty_answers_out_across_a_kill_each_go_once(
     assert len(answers) == len(set(answers)), "an answer went out twice"
     missing = {f"fifty-{i}" for i in range(50) if f"answer {i}" not in answers}
     assert missing <= unconfirmed  # only the one in flight at the kill may be lost, and it says so
+
+
+class _Recording(Inbound):
+    """The listener's Inbound with every event kept in a list (what would go to JetStream); `during_first`
+    runs inside the first publish, while the listener is between its commands."""
+
+    def __init__(self, state: BridgeState, files_dir: Path, during_first: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(cast(Any, None), "email", state, files_dir, BridgeStats())
+        self.events: list[ev.Inbound] = []
+        self.during_first = during_first
+
+    async def publish(self, event: ev.Inbound) -> None:
+        if not self.events:
+            await self.during_first()
+        self.events.append(event)
+
+
+async def test_a_mail_that_lands_while_the_bridge_reads_another_is_read_without_waiting_for_idle_to_renew(
+    mail_server: MailServer, tmp_path: Path
+) -> None:
+    """Dovecot tells of a new mail (an untagged EXISTS) at the end of whatever command runs when it lands,
+    here the bridge's FETCH or STORE of the mail before; aioimaplib drops an EXISTS that comes with such a
+    command. The bridge must still read the second mail now, not at IDLE's renewal (300 s)."""
+    bot, ada = unique("assistant"), unique("ada")
+    settings = MailSettings.of(
+        {
+            "address": bot,
+            "imap_host": mail_server.host,
+            "imap_port": str(mail_server.imap_port),
+            "imap_security": "none",
+            "trusted_servers": TRUSTED,
+        },
+        lambda: mail_server.password,
+    )
+    bridge = EmailBridge(settings, tmp_path / "mail.db")
+    await bridge.start()
+    state = await BridgeState.open(tmp_path / "state.db")
+
+    async def second_lands() -> None:
+        mail_server.send(letter(ada, bot, "and another thing", subject="second"))
+        await mails(mail_server, bot, 2)  # in the mailbox: the listener's next command is told of it
+
+    mail_server.send(letter(ada, bot, "first thing", subject="first"))
+    await mails(mail_server, bot, 1)
+    inbound = _Recording(state, tmp_path / "files", second_lands)
+    listening = asyncio.create_task(bridge.listen(inbound))
+    try:
+        await eventually(lambda: len(messages(list(inbound.events))) == 2, 30, lambda: f"read: {inbound.events}")
+        assert [m.chat_name for m in messages(list(inbound.events))] == ["first", "second"]
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+        await bridge.close()
+        await state.close()

@@ -325,7 +325,25 @@ class EmailBridge(Bridge):
             await asyncio.wait_for(waiting, self.s.timeout)
 
     async def _catch_up(self, client: aioimaplib.IMAP4, inbound: Inbound, validity: str, last: int) -> int:
-        found = _ok(await client.uid_search(f"UID {last + 1}:*"), "UID SEARCH")
+        """Reads every mail past UID `last`, until the server has told of none it has not read.
+
+        The server tells of a mail that lands during a command by an untagged EXISTS at that command's end,
+        and aioimaplib keeps such a line only for a NOOP then pending: one that comes with a SEARCH, FETCH or
+        STORE is dropped, and IDLE would not tell of that mail again. So each search goes out with a NOOP
+        behind it (asyncio starts the two in order), and reading goes on until a search finds nothing and its
+        NOOP heard of nothing: a mail told of during a FETCH or STORE is found by the next search, one told of
+        during the last search by the NOOP's EXISTS.
+        """
+        while True:
+            found, heard = await asyncio.gather(client.uid_search(f"UID {last + 1}:*"), client.noop())
+            last, read = await self._read(client, inbound, validity, last, _ok(found, "UID SEARCH"))
+            if not read and not any(isinstance(line, bytes) and line.endswith(b"EXISTS") for line in heard.lines):
+                return last
+
+    async def _read(
+        self, client: aioimaplib.IMAP4, inbound: Inbound, validity: str, last: int, found: aioimaplib.Response
+    ) -> tuple[int, int]:
+        """Each mail a search found past `last`, in UID order: the new `last`, and how many there were."""
         uids = sorted(
             int(u)
             for line in found.lines
@@ -342,7 +360,7 @@ class EmailBridge(Bridge):
             await inbound.state.set_cursor(f"{self.s.mailbox}.uid", str(uid))
             last = uid
             inbound.alive()
-        return last
+        return last, len(uids)
 
     async def _received(self, raw: bytes, fallback_id: str, inbound: Inbound) -> None:
         """One mail: its thread noted, then published (or refused with its reason); idempotent."""
