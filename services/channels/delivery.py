@@ -96,7 +96,7 @@ def plan_edit(
     buttons on the last one used), the text parts the new text no longer needs removed, and its files left
     as they are; more text than its parts hold is cut at the last. A message the log does not know (or
     one of files only) is edited where the target points."""
-    texts = [p.platform_id for _, p in sorted(parts.items()) if p.kind == "text" and p.platform_id]
+    texts = [p.platform_id for _, p in sorted(parts.items()) if p.kind == "text" and p.platform_id and not p.removed]
     if len(texts) <= 1:
         return [PartEdit(texts[0] if texts else target, truncate(text, max_text, measure), buttons=True)]
     chunks = split_text(text, max_text, measure) or [""]
@@ -511,10 +511,12 @@ class Delivery:
         started = time.monotonic()
         attempt = 0
         noticed = False
+        maybe_done = False  # a try whose outcome is unknown: the platform may have acted on it
         while True:
             try:
                 return await call()
             except PlatformError as exc:
+                maybe_done = maybe_done or exc.kind == "unknown"
                 if exc.connection:
                     if exc.kind == "unknown":
                         self.stats.ambiguous += 1
@@ -534,9 +536,10 @@ class Delivery:
                 delay = self.policy.delay(attempt, exc.retry_after)
                 elapsed = time.monotonic() - started
                 if self.policy.gives_up(elapsed, delay):
+                    # After a try that may have gone through, giving up is not a refusal: the outcome is unknown.
                     raise PlatformError(
                         f"gave up after {attempt + 1} tries in {elapsed:.0f}s; last error: {exc.description}",
-                        "permanent",
+                        "unknown" if maybe_done else "permanent",
                         code=exc.code,
                     ) from exc
                 self.stats.retries += 1

@@ -56,6 +56,9 @@ MIGRATIONS: list[tuple[str, str]] = [
     # Who this instance of the bridge is in the shared sent-log (clawden/bus/sentlog.py): made once, kept
     # across restarts, so a claim it made and never acted on (a crash before the platform call) is its own.
     ("0003_instance", "CREATE TABLE instance (id TEXT NOT NULL)"),
+    # A part an edit took away keeps its platform id, so a later edit aimed at it (the receipt named the last
+    # part) still finds its message; the edit then leaves the part be.
+    ("0004_removed_parts", "ALTER TABLE sends ADD COLUMN removed INTEGER NOT NULL DEFAULT 0"),
 ]
 
 SendState = Literal["sending", "sent", "failed", "unconfirmed"]
@@ -72,6 +75,7 @@ class Send:
     platform_id: str
     error: str
     kind: PartKind = ""
+    removed: bool = False  # an edit took it away (or emptied it)
 
 
 class BridgeState:
@@ -125,9 +129,9 @@ class BridgeState:
 
     async def sends(self, outbound_id: str) -> dict[int, Send]:
         cur = await self.db.execute(
-            "SELECT part, state, platform_id, error, kind FROM sends WHERE outbound_id = ?", (outbound_id,)
+            "SELECT part, state, platform_id, error, kind, removed FROM sends WHERE outbound_id = ?", (outbound_id,)
         )
-        return {int(r[0]): Send(int(r[0]), r[1], str(r[2]), str(r[3]), r[4]) async for r in cur}
+        return {int(r[0]): Send(int(r[0]), r[1], str(r[2]), str(r[3]), r[4], bool(r[5])) async for r in cur}
 
     async def message_of(self, platform_id: str) -> tuple[str, dict[int, Send]] | None:
         """The outbound message one of whose parts the platform knows as `platform_id`, with every part."""
@@ -149,9 +153,10 @@ class BridgeState:
         await self.db.commit()
 
     async def removed(self, platform_id: str) -> None:
-        """An edit took this part away (or emptied it): later edits of its message leave it be."""
+        """An edit took this part away (or emptied it): later edits of its message leave it be, and still find the
+        message by it."""
         await self.db.execute(
-            "UPDATE sends SET platform_id = '', updated_at = ? WHERE platform_id = ?", (time.time(), platform_id)
+            "UPDATE sends SET removed = 1, updated_at = ? WHERE platform_id = ?", (time.time(), platform_id)
         )
         await self.db.commit()
 

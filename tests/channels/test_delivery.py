@@ -347,3 +347,16 @@ async def test_nothing_is_sent_while_the_shared_sent_log_cannot_record_it(
     assert bridge.calls == 0 and await state.sends("o1") == {}
     assert retry.value.delay == 4.0  # backed off like any bus failure, not counted as the bridge crashing
     assert await receipts(bus) == []
+
+
+async def test_giving_up_after_answers_were_lost_reports_the_message_unconfirmed_not_failed(
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    """Where the platform dedupes repeats, a lost answer is tried again; when the tries run out, the platform may
+    well show the message, so the receipt says so (an agent told "failed" would send it again)."""
+    bridge = MemoryBridge(Capabilities(max_text=20, idempotent_sends=True))
+    bridge.failures.extend(Lost() for _ in range(1000))
+    await delivery_for(bridge, state, bus, tmp_path, deadline=0.3).handle(message("hello"), fake_msg())
+    assert bridge.calls > 1
+    [receipt] = await receipts(bus)
+    assert receipt.unconfirmed and not receipt.ok

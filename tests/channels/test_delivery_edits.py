@@ -53,3 +53,28 @@ async def test_a_sent_log_from_before_part_kinds_is_migrated_and_keeps_its_rows(
         await state.close()
     again = await BridgeState.open(path)  # a second start applies nothing twice
     await again.close()
+
+
+async def test_a_second_edit_aimed_at_a_part_the_first_took_away_refills_what_is_left(tmp_path: Path) -> None:
+    """The receipt names the last part (c:3); an edit that shortens the message takes it away, and the next edit,
+    aimed at c:3 again, must still find the message and change the part that shows its text."""
+    state = await BridgeState.open(tmp_path / "telegram.db")
+    try:
+        for i in range(3):
+            await state.mark("o1", i, "sent", f"c:{i + 1}", kind="text")
+        first = await state.message_of("c:3")
+        assert first is not None
+        edits = plan_edit("c:3", first[1], "short", 6, len)
+        assert edits == [
+            PartEdit("c:1", "short", buttons=True),
+            PartEdit("c:2", remove=True),
+            PartEdit("c:3", remove=True),
+        ]
+        for change in edits:
+            if change.remove:
+                await state.removed(change.target)
+        again = await state.message_of("c:3")
+        assert again is not None and again[0] == "o1"
+        assert plan_edit("c:3", again[1], "again", 6, len) == [PartEdit("c:1", "again", buttons=True)]
+    finally:
+        await state.close()
