@@ -765,7 +765,7 @@ class Gateway:
     async def _ask(self, ex: _Exchange, head: RequestHead, body: _Body, verdict: Ask, view: GroupView) -> str:
         """Hold the request while a human decides; the agent hanging up ends the wait."""
         ex.rule = verdict.rule.name
-        ex.approval_id = ex.approval_id or uuid.uuid4().hex
+        ex.approval_id = uuid.uuid4().hex  # each ask its own: a second rule that asks is a second approval
         preview = await body.preview(PREVIEW_BYTES)
         values = [c.value for c in (*view.granted, *view.others)]
         size = body.size if body.complete else declared_length(head.headers)

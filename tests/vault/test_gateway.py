@@ -474,6 +474,22 @@ async def test_an_approval_gated_request_waits_then_passes_on_approve(rig: RigFa
     assert [(a.decision, a.approval_id == ask.id) for a in r.audit if a.path == "/pay/42"] == [("approved", True)]
 
 
+async def test_a_request_two_approval_rules_hold_is_asked_for_twice_each_its_own_approval(rig: RigFactory) -> None:
+    """Each ask is its own approval (its id is the approvals service's key and the bus's dedupe key): a second ask
+    under the first one's id would be dropped as a duplicate, and the request could never pass."""
+    rules = (
+        rule("ask-pay", "manual_approval", "api.example.test", path_pattern="/pay/*"),
+        rule("ask-all", "manual_approval", "api.example.test"),
+    )
+    async with rig(rules=rules) as r, r.client() as http:
+        r.approver.answer("approved", "approved")
+        response = await http.post("https://api.example.test/pay/42", content=b"{}")
+
+    assert response.status_code == 200
+    first, second = r.approver.asks
+    assert {first.rule, second.rule} == {"ask-pay", "ask-all"} and first.id != second.id
+
+
 @pytest.mark.parametrize("outcome", ["denied", "expired"])
 async def test_an_approval_gated_request_fails_on_deny_or_expiry(rig: RigFactory, outcome: str) -> None:
     rules = (rule("ask-all", "manual_approval", "api.example.test"),)
