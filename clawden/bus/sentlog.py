@@ -46,6 +46,9 @@ class PartRecord(msgspec.Struct, frozen=True, kw_only=True, tag="sent.part", tag
     error: str = ""
     kind: PartKind = ""
     at: float = 0.0
+    # When the part was first claimed for the platform, kept by every later claim: a platform that drops a repeat
+    # of one send's key does so only for a while after the send (0: not known, never repeated on the chance).
+    tried: float = 0.0
 
 
 DECODER = msgspec.json.Decoder(PartRecord)
@@ -69,20 +72,20 @@ class Unavailable(Exception):
     """The shared sent-log did not answer (NATS away, a stream without a leader): nothing may be sent now."""
 
 
-def may_claim_over(found: PartRecord | None, me: str, *, dedupes: bool) -> bool:
+def may_claim_over(found: PartRecord | None, me: str, *, dedupe_window: float, now: float) -> bool:
     """After a claim was refused: may this instance (`me`) claim the part over `found`, the record there now?
 
     'unsent': nobody is sending it. 'sending' by this instance: its own claim, repeated (a retry within one
     delivery, a claim whose answer was lost, a crash between the claim and the platform call); delivery reads
     its own sent-log first, where a crash after the call left 'sending', so it claims again only where its
     log says nothing or it means to send again. Anything else stays, unless the platform drops a repeat of the
-    same key (`dedupes`): then a part whose outcome is unknown (or whose record cannot be read) may go again.
-    'sent' and 'failed' never do."""
+    same key for `dedupe_window` seconds after a send, and the part was first tried within that: then a part
+    whose outcome is unknown may go again. 'sent' and 'failed' never do, nor a record that cannot be read."""
     if found is None:
-        return dedupes
+        return False
     if found.state == "unsent" or (found.state == "sending" and found.by == me):
         return True
-    return dedupes and found.state in ("sending", "unconfirmed")
+    return found.state in ("sending", "unconfirmed") and found.tried > 0 and now - found.tried < dedupe_window
 
 
 class SentLog:
@@ -93,21 +96,27 @@ class SentLog:
         self.channel = subjects.token(channel)
         self.instance = instance
         self.timeout = timeout
+        self._tried: dict[tuple[str, int], float] = {}  # the parts this instance holds: when each was first tried
 
-    async def claim(self, outbound_id: str, part: int, kind: PartKind, *, dedupes: bool) -> Found | None:
+    async def claim(self, outbound_id: str, part: int, kind: PartKind, *, dedupe_window: float) -> Found | None:
         """Write 'sending' for the part, where nothing (or a record `may_claim_over` allows) is there: None once
         this instance holds it, else what is there. Raises `Unavailable` when the bus does not answer: a part is
         never sent without its claim stored."""
-        claim = PartRecord(outbound_id=outbound_id, part=part, state="sending", by=self.instance, kind=kind)
+        now = time.time()
+        claim = PartRecord(outbound_id=outbound_id, part=part, state="sending", by=self.instance, kind=kind, tried=now)
         expected = 0
         for _ in range(CLAIM_TRIES):
             if await self._write(msgspec.structs.replace(claim, at=time.time()), expected=expected):
+                self._tried[outbound_id, part] = claim.tried
                 return None
             found = await self.read(outbound_id, part)
             if found is None:
                 expected = 0  # the record expired meanwhile
-            elif may_claim_over(found.record, self.instance, dedupes=dedupes):
+            elif may_claim_over(found.record, self.instance, dedupe_window=dedupe_window, now=now):
                 expected = found.seq
+                assert found.record is not None  # (may_claim_over refuses an unreadable one)
+                if found.record.tried:  # the platform's window runs from the first try, whoever made it
+                    claim = msgspec.structs.replace(claim, tried=min(claim.tried, found.record.tried))
             else:
                 return found
         raise Unavailable(f"the record of {outbound_id} part {part} kept changing under {CLAIM_TRIES} claims")
@@ -133,6 +142,7 @@ class SentLog:
                 error=error,
                 kind=kind,
                 at=time.time(),
+                tried=self._tried.pop((outbound_id, part), 0.0),
             )
         )
 

@@ -50,8 +50,10 @@ class Capabilities:
     max_file_bytes: int = 0  # largest upload
     max_download_bytes: int = 0  # largest inbound attachment the bridge fetches
     # The platform drops a repeated send carrying the same key (Matrix transaction ids, Discord
-    # nonces): a send whose answer was lost may then be repeated safely.
+    # nonces): a send whose answer was lost may then be repeated safely, for `dedupe_window` seconds after
+    # its first try (past that, the platform may take a repeat for a new message: it is reported unconfirmed).
     idempotent_sends: bool = False
+    dedupe_window: float = 0.0
     # How many times a send whose answer was lost (kind unknown) is sent again where the platform does
     # not dedupe: each may post a second copy, so a bridge sets it only when a lost message is the worse harm.
     ambiguous_resends: int = 0

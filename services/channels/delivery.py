@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -271,9 +272,10 @@ class Delivery:
             label = f"part {i + 1} of {len(parts)}: " if len(parts) > 1 else ""
             prior = done.get(i)
             elsewhere = False  # what another instance of the bridge left, found in the shared sent-log
-            if prior is None or (prior.state in ("sending", "unconfirmed") and self.caps.idempotent_sends):
+            if prior is None or (prior.state in ("sending", "unconfirmed") and self._repeatable(prior.tried_at)):
                 try:
-                    ids.append(await self._send_part(event, i, part, buttons if part.buttons else []))
+                    tried_at = prior.tried_at if prior else 0.0
+                    ids.append(await self._send_part(event, i, part, buttons if part.buttons else [], tried_at))
                     continue
                 except PlatformError as exc:
                     if exc.kind != "unknown":
@@ -328,9 +330,12 @@ class Delivery:
         self.stats.sent += 1
         await self._receipt(event, ok=True, part_ids=ids, platform_id=ids[-1])
 
-    async def _send_part(self, event: ev.OutboundMessage, i: int, part: Part, buttons: list[list[ButtonRef]]) -> str:
+    async def _send_part(
+        self, event: ev.OutboundMessage, i: int, part: Part, buttons: list[list[ButtonRef]], tried_at: float
+    ) -> str:
         """Claim the part in the shared sent-log, log it 'sending' in this instance's own, send it, log what
-        came of it in both. Raises `_Taken` where another instance's record stands in the shared log."""
+        came of it in both; `tried_at`, when an earlier delivery first tried it (0: never). Raises `_Taken` where
+        another instance's record stands in the shared log."""
         kind: PartKind = "file" if part.file else "text"
 
         async def once() -> str:
@@ -338,7 +343,7 @@ class Delivery:
             # The claim is stored before anything else: a part is never sent unrecorded where the other
             # instances look, and a claim that finds another's record sends nothing.
             shared = await self._shared_log()
-            found = await shared.claim(event.id, i, kind, dedupes=self.caps.idempotent_sends)
+            found = await shared.claim(event.id, i, kind, dedupe_window=self._dedupe_window)
             if found is not None:
                 raise _Taken(found)
             await self.state.mark(event.id, i, "sending", kind=kind)
@@ -357,7 +362,11 @@ class Delivery:
 
         try:
             platform_id = await self._attempt(
-                event, once, idempotent=self.caps.idempotent_sends, resends=self.caps.ambiguous_resends
+                event,
+                once,
+                idempotent=self.caps.idempotent_sends,
+                resends=self.caps.ambiguous_resends,
+                repeat_until=(tried_at or time.time()) + self._dedupe_window,
             )
         except PlatformError as exc:
             state: SendState = "unconfirmed" if exc.kind == "unknown" else "failed"
@@ -411,6 +420,15 @@ class Delivery:
             await self.state.mark(outbound_id, i, record.state, error=record.error, kind=record.kind)
         state: SendState = "sending" if record.state == "unsent" else record.state  # (a claim takes 'unsent' over)
         return Send(i, state, record.platform_id, record.error, record.kind)
+
+    @property
+    def _dedupe_window(self) -> float:
+        """For how long after a send the platform drops a repeat of its key; 0 where it never does."""
+        return self.caps.dedupe_window if self.caps.idempotent_sends else 0.0
+
+    def _repeatable(self, tried_at: float) -> bool:
+        """Whether a part first tried at `tried_at` (0: unknown), whose outcome is unknown, may go again."""
+        return tried_at > 0 and time.time() - tried_at < self._dedupe_window
 
     async def _shared_log(self) -> sentlog.SentLog:
         if self._shared is None:
@@ -505,9 +523,11 @@ class Delivery:
         *,
         idempotent: bool,
         resends: int = 0,
+        repeat_until: float = math.inf,
     ) -> T:
         """`resends`: how many sends whose outcome is unknown may go again though the platform does not
-        dedupe them (each may post a second copy; the bridge's capabilities say why it accepts that)."""
+        dedupe them (each may post a second copy; the bridge's capabilities say why it accepts that).
+        `repeat_until`: the wall-clock time after which the platform no longer drops a repeat of the call."""
         started = time.monotonic()
         attempt = 0
         noticed = False
@@ -525,6 +545,16 @@ class Delivery:
                 resend = exc.kind == "unknown" and not idempotent and resends > 0
                 if not (exc.retryable or (exc.kind == "unknown" and idempotent) or resend):
                     raise
+                delay = self.policy.delay(attempt, exc.retry_after)
+                elapsed = time.monotonic() - started
+                if maybe_done and idempotent and time.time() + delay >= repeat_until:
+                    # The platform may have an earlier try, and would no longer drop a repeat of it.
+                    raise PlatformError(
+                        f"not tried again after {attempt + 1} tries in {elapsed:.0f}s: the platform drops a repeat "
+                        f"only for a while after the first; last error: {exc.description}",
+                        "unknown",
+                        code=exc.code,
+                    ) from exc
                 if resend:
                     resends -= 1
                     log.warning(
@@ -533,8 +563,6 @@ class Delivery:
                         event.id,
                         exc.description,
                     )
-                delay = self.policy.delay(attempt, exc.retry_after)
-                elapsed = time.monotonic() - started
                 if self.policy.gives_up(elapsed, delay):
                     # After a try that may have gone through, giving up is not a refusal: the outcome is unknown.
                     raise PlatformError(

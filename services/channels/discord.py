@@ -78,8 +78,10 @@ CAPABILITIES = Capabilities(
     typing_interval=8.0,  # Trigger Typing Indicator lasts 10 seconds
     max_file_bytes=10 * 1024 * 1024,
     max_download_bytes=25 * 1024 * 1024,  # 10 MiB without boosts
-    # Create Message with `nonce` and `enforce_nonce: true`: a repeat within minutes returns the first message.
+    # Create Message with `nonce` and `enforce_nonce: true`: a repeat "in the past few minutes" returns the first
+    # message; how many is not said, so two.
     idempotent_sends=True,
+    dedupe_window=120.0,
 )
 
 

@@ -69,7 +69,9 @@ CAPABILITIES = Capabilities(
     max_download_bytes=50 * 1024 * 1024,
     # A send carries a transaction id derived from the outbound part: the homeserver answers a repeat with
     # the first event's id instead of posting again, so a send whose answer was lost is simply sent again.
+    # Synapse keeps a transaction's answer for at least 30 minutes (its HttpTransactionCache); 25 to be sure.
     idempotent_sends=True,
+    dedupe_window=25 * 60.0,
 )
 
 

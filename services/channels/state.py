@@ -57,8 +57,15 @@ MIGRATIONS: list[tuple[str, str]] = [
     # across restarts, so a claim it made and never acted on (a crash before the platform call) is its own.
     ("0003_instance", "CREATE TABLE instance (id TEXT NOT NULL)"),
     # A part an edit took away keeps its platform id, so a later edit aimed at it (the receipt named the last
-    # part) still finds its message; the edit then leaves the part be.
-    ("0004_removed_parts", "ALTER TABLE sends ADD COLUMN removed INTEGER NOT NULL DEFAULT 0"),
+    # part) still finds its message; the edit then leaves the part be. And when a part was first tried: a
+    # platform that drops repeats of one key does so only for a while after the send.
+    (
+        "0004_removed_and_tried",
+        """
+        ALTER TABLE sends ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE sends ADD COLUMN tried_at REAL NOT NULL DEFAULT 0;
+    """,
+    ),
 ]
 
 SendState = Literal["sending", "sent", "failed", "unconfirmed"]
@@ -76,6 +83,7 @@ class Send:
     error: str
     kind: PartKind = ""
     removed: bool = False  # an edit took it away (or emptied it)
+    tried_at: float = 0.0  # when it was first marked 'sending' (0: never, or logged before this was kept)
 
 
 class BridgeState:
@@ -129,9 +137,12 @@ class BridgeState:
 
     async def sends(self, outbound_id: str) -> dict[int, Send]:
         cur = await self.db.execute(
-            "SELECT part, state, platform_id, error, kind, removed FROM sends WHERE outbound_id = ?", (outbound_id,)
+            "SELECT part, state, platform_id, error, kind, removed, tried_at FROM sends WHERE outbound_id = ?",
+            (outbound_id,),
         )
-        return {int(r[0]): Send(int(r[0]), r[1], str(r[2]), str(r[3]), r[4], bool(r[5])) async for r in cur}
+        return {
+            int(r[0]): Send(int(r[0]), r[1], str(r[2]), str(r[3]), r[4], bool(r[5]), float(r[6])) async for r in cur
+        }
 
     async def message_of(self, platform_id: str) -> tuple[str, dict[int, Send]] | None:
         """The outbound message one of whose parts the platform knows as `platform_id`, with every part."""
@@ -142,13 +153,15 @@ class BridgeState:
     async def mark(
         self, outbound_id: str, part: int, state: SendState, platform_id: str = "", error: str = "", kind: PartKind = ""
     ) -> None:
-        """`kind` "" keeps what the row says already."""
+        """`kind` "" keeps what the row says already; the first 'sending' sets when the part was first tried."""
+        now = time.time()
         await self.db.execute(
-            "INSERT INTO sends (outbound_id, part, state, platform_id, error, updated_at, kind)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (outbound_id, part) DO UPDATE SET state = excluded.state,"
+            "INSERT INTO sends (outbound_id, part, state, platform_id, error, updated_at, kind, tried_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (outbound_id, part) DO UPDATE SET state = excluded.state,"
             " platform_id = excluded.platform_id, error = excluded.error, updated_at = excluded.updated_at,"
-            " kind = iif(excluded.kind = '', kind, excluded.kind)",
-            (outbound_id, part, state, platform_id, error, time.time(), kind),
+            " kind = iif(excluded.kind = '', kind, excluded.kind),"
+            " tried_at = iif(tried_at = 0, excluded.tried_at, tried_at)",
+            (outbound_id, part, state, platform_id, error, now, kind, now if state == "sending" else 0.0),
         )
         await self.db.commit()
 

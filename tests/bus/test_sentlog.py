@@ -52,25 +52,31 @@ def test_subjects_name_a_hash_of_the_outbound_id_so_any_id_is_a_valid_subject() 
         subjects.sent("telegram", "o1", -1)
 
 
+NOW = 1_000_000.0
+WINDOW = 120.0  # the platform drops a repeat of a send's key for two minutes after it (Discord's nonce)
+
+
 @pytest.mark.parametrize(
-    ("found", "dedupes", "claim"),
+    ("found", "window", "claim"),
     [
-        (None, False, False),  # unreadable: someone claimed it, nobody knows how it went
-        (None, True, True),  # ... unless the platform drops a repeat of the same key
-        (record("unsent", by="b"), False, True),  # the platform certainly did not take it
-        (record("sending", by="me"), False, True),  # its own claim, repeated
-        (record("sending", by="b"), False, False),  # another's send in flight, or cut off mid-call
-        (record("sending", by="b"), True, True),
-        (record("unconfirmed", by="b"), False, False),
-        (record("unconfirmed", by="me"), False, False),  # its own lost answer is not sent again
-        (record("unconfirmed", by="b"), True, True),
-        (record("sent", by="b"), True, False),  # sent and failed stand, whoever asks
-        (record("sent", by="me"), True, False),
-        (record("failed", by="b"), True, False),
+        (None, 0, False),  # unreadable: someone claimed it, nobody knows how it went
+        (None, WINDOW, False),  # ... nor when: a repeat may come too late for the platform to drop it
+        (record("unsent", by="b"), 0, True),  # the platform certainly did not take it
+        (record("sending", by="me"), 0, True),  # its own claim, repeated
+        (record("sending", by="b", tried=NOW - 10), 0, False),  # another's send in flight, or cut off mid-call
+        (record("sending", by="b", tried=NOW - 10), WINDOW, True),  # ... which the platform would drop if repeated
+        (record("sending", by="b", tried=NOW - WINDOW), WINDOW, False),  # ... but no longer
+        (record("sending", by="b"), WINDOW, False),  # ... nor from before first tries were kept
+        (record("unconfirmed", by="b", tried=NOW - 10), 0, False),
+        (record("unconfirmed", by="me", tried=NOW - 10), 0, False),  # its own lost answer is not sent again
+        (record("unconfirmed", by="b", tried=NOW - 10), WINDOW, True),
+        (record("sent", by="b", tried=NOW - 10), WINDOW, False),  # sent and failed stand, whoever asks
+        (record("sent", by="me", tried=NOW - 10), WINDOW, False),
+        (record("failed", by="b", tried=NOW - 10), WINDOW, False),
     ],
 )
-def test_who_may_claim_a_part_over_the_record_there(found: PartRecord | None, dedupes: bool, claim: bool) -> None:
-    assert may_claim_over(found, "me", dedupes=dedupes) is claim
+def test_who_may_claim_a_part_over_the_record_there(found: PartRecord | None, window: float, claim: bool) -> None:
+    assert may_claim_over(found, "me", dedupe_window=window, now=NOW) is claim
 
 
 async def test_of_two_instances_only_the_first_claims_a_part_and_the_second_learns_what_came_of_it(
@@ -78,23 +84,23 @@ async def test_of_two_instances_only_the_first_claims_a_part_and_the_second_lear
 ) -> None:
     await ensure_streams(nc.jetstream())
     a, b = SentLog(nc.jetstream(), "telegram", "a"), SentLog(nc.jetstream(), "telegram", "b")
-    assert await a.claim("o1", 0, "text", dedupes=False) is None
-    taken = await b.claim("o1", 0, "text", dedupes=False)
+    assert await a.claim("o1", 0, "text", dedupe_window=0) is None
+    taken = await b.claim("o1", 0, "text", dedupe_window=0)
     assert taken is not None and taken.record is not None
     assert (taken.record.state, taken.record.by) == ("sending", "a")
     await a.record("o1", 0, "sent", platform_id="5:10", kind="text")
-    taken = await b.claim("o1", 0, "text", dedupes=True)  # 'sent' stands even where repeats are dropped
+    taken = await b.claim("o1", 0, "text", dedupe_window=WINDOW)  # 'sent' stands even where repeats are dropped
     assert taken is not None and taken.record is not None
     assert (taken.record.state, taken.record.platform_id, taken.record.kind) == ("sent", "5:10", "text")
-    assert await b.claim("o1", 1, "text", dedupes=False) is None  # another part is another record
+    assert await b.claim("o1", 1, "text", dedupe_window=0) is None  # another part is another record
 
 
 async def test_a_part_left_unsent_may_be_claimed_by_another_instance(nc: Client) -> None:
     await ensure_streams(nc.jetstream())
     a, b = SentLog(nc.jetstream(), "telegram", "a"), SentLog(nc.jetstream(), "telegram", "b")
-    assert await a.claim("o1", 0, "text", dedupes=False) is None
+    assert await a.claim("o1", 0, "text", dedupe_window=0) is None
     await a.record("o1", 0, "unsent", error="Too Many Requests")
-    assert await b.claim("o1", 0, "text", dedupes=False) is None
+    assert await b.claim("o1", 0, "text", dedupe_window=0) is None
     found = await a.read("o1", 0)
     assert found is not None and found.record is not None and found.record.by == "b"
 
@@ -107,10 +113,12 @@ async def test_an_unreadable_record_is_logged_and_never_taken_for_unsent(
     await js.publish(subjects.sent("telegram", "o1", 0), b'{"type":"sent.part","state":"beamed"}')
     b = SentLog(js, "telegram", "b")
     with caplog.at_level(logging.ERROR, "clawden.bus"):
-        taken = await b.claim("o1", 0, "text", dedupes=False)
+        taken = await b.claim("o1", 0, "text", dedupe_window=0)
     assert taken is not None and taken.record is None and taken.seq > 0
     assert f"unreadable record on {subjects.sent('telegram', 'o1', 0)}" in caplog.text
-    assert await b.claim("o1", 0, "text", dedupes=True) is None  # where repeats are dropped, it may go again
+    # nor where repeats are dropped: when it was first tried is not known
+    taken = await b.claim("o1", 0, "text", dedupe_window=WINDOW)
+    assert taken is not None and taken.record is None
 
 
 async def test_a_claim_or_a_read_while_the_bus_is_away_raises(nats_server: NatsServer) -> None:
@@ -120,7 +128,7 @@ async def test_a_claim_or_a_read_while_the_bus_is_away_raises(nats_server: NatsS
         nats_server.stop()
         shared = SentLog(nc.jetstream(timeout=0.5), "telegram", "a", timeout=0.5)
         with pytest.raises(Unavailable):
-            await shared.claim("o1", 0, "text", dedupes=False)
+            await shared.claim("o1", 0, "text", dedupe_window=0)
         with pytest.raises(Unavailable):
             await shared.read("o1", 0)
     finally:

@@ -4,6 +4,7 @@ dedupes, a handler that keeps crashing reported instead of retried forever."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -150,7 +151,7 @@ async def test_a_lost_answer_is_not_repeated_on_a_platform_that_does_not_dedupe(
 async def test_a_lost_answer_is_repeated_where_the_platform_dedupes_repeats(
     state: BridgeState, bus: Bus, tmp_path: Path
 ) -> None:
-    bridge = MemoryBridge(Capabilities(max_text=20, idempotent_sends=True))
+    bridge = MemoryBridge(Capabilities(max_text=20, idempotent_sends=True, dedupe_window=60))
     bridge.failures.append(PlatformError("the answer was lost", "unknown"))
     await delivery_for(bridge, state, bus, tmp_path).handle(message("hello"), fake_msg())
     assert bridge.keys == ["o1#0", "o1#0"]  # the same key both times: the platform drops the repeat
@@ -298,7 +299,7 @@ async def test_a_part_in_flight_on_an_instance_killed_mid_send_is_unconfirmed_on
 async def test_a_part_in_flight_on_a_killed_instance_goes_again_where_the_platform_drops_repeats(
     state: BridgeState, other: BridgeState, bus: Bus, tmp_path: Path
 ) -> None:
-    first, second = PostsThenHangs(), MemoryBridge(Capabilities(max_text=20, idempotent_sends=True))
+    first, second = PostsThenHangs(), MemoryBridge(Capabilities(max_text=20, idempotent_sends=True, dedupe_window=60))
     await killed_mid_send(delivery_for(first, state, bus, tmp_path), first, message("hello"))
     await delivery_for(second, other, bus, tmp_path).handle(message("hello"), fake_msg(2))
     assert first.keys == second.keys == ["o1#0"]  # the same key: the platform keeps one
@@ -354,9 +355,36 @@ async def test_giving_up_after_answers_were_lost_reports_the_message_unconfirmed
 ) -> None:
     """Where the platform dedupes repeats, a lost answer is tried again; when the tries run out, the platform may
     well show the message, so the receipt says so (an agent told "failed" would send it again)."""
-    bridge = MemoryBridge(Capabilities(max_text=20, idempotent_sends=True))
+    bridge = MemoryBridge(Capabilities(max_text=20, idempotent_sends=True, dedupe_window=60))
     bridge.failures.extend(Lost() for _ in range(1000))
     await delivery_for(bridge, state, bus, tmp_path, deadline=0.3).handle(message("hello"), fake_msg())
     assert bridge.calls > 1
     [receipt] = await receipts(bus)
     assert receipt.unconfirmed and not receipt.ok
+
+
+async def test_a_part_first_tried_longer_ago_than_the_platform_drops_repeats_is_not_sent_again(
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    """A bridge that died mid-send and comes back an hour later: Discord drops a repeated nonce only for a few
+    minutes, so sending again could post a second copy; it is reported unconfirmed instead."""
+    bridge = MemoryBridge(Capabilities(max_text=20, idempotent_sends=True, dedupe_window=60))
+    await state.mark("o1", 0, "sending", kind="text")
+    await state.db.execute("UPDATE sends SET tried_at = tried_at - 3600")
+    await state.db.commit()
+    await delivery_for(bridge, state, bus, tmp_path).handle(message("hello"), fake_msg(2))
+    assert bridge.calls == 0
+    [receipt] = await receipts(bus)
+    assert receipt.unconfirmed and not receipt.ok
+
+
+async def test_lost_answers_are_tried_again_only_while_the_platform_drops_repeats(
+    state: BridgeState, bus: Bus, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge = MemoryBridge(Capabilities(max_text=20, idempotent_sends=True, dedupe_window=0.3))
+    bridge.failures.extend(Lost() for _ in range(1000))
+    with caplog.at_level(logging.WARNING):
+        await delivery_for(bridge, state, bus, tmp_path, deadline=600).handle(message("hello"), fake_msg())
+    [receipt] = await receipts(bus)
+    assert receipt.unconfirmed and not receipt.ok and bridge.calls > 1
+    assert "the platform drops a repeat only for a while after the first" in caplog.text

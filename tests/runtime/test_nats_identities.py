@@ -296,12 +296,12 @@ async def test_a_bridge_writes_and_reads_its_own_channels_shared_sent_log_and_no
     cfg: config_mod.Config, streams_ready: None
 ) -> None:
     async with Client_(cfg, natsauth.CLI) as nc:  # a record of another channel's bridge
-        assert await SentLog(nc.jetstream(), "signal", "s").claim("o1", 0, "text", dedupes=False) is None
+        assert await SentLog(nc.jetstream(), "signal", "s").claim("o1", 0, "text", dedupe_window=0) is None
     bridge = Client_(cfg, "channel-telegram")
     async with bridge as nc:
         js = nc.jetstream(timeout=1)
         own = SentLog(js, "telegram", "a", timeout=1)
-        assert await own.claim("o1", 0, "text", dedupes=False) is None
+        assert await own.claim("o1", 0, "text", dedupe_window=0) is None
         found = await own.read("o1", 0)
         assert found is not None and found.record is not None and found.record.by == "a"
         theirs = SentLog(js, "signal", "a", timeout=1)

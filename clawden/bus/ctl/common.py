@@ -32,6 +32,7 @@ class Capabilities(Reply, frozen=True, omit_defaults=True):
     max_download_bytes: int
     idempotent_sends: bool
     ambiguous_resends: int
+    dedupe_window: float = 0.0  # seconds after a send its key still makes the platform drop a repeat
     group_messages: Literal["all", "addressed"] | None = None
     group_note: str | None = None
 
