@@ -99,6 +99,7 @@ class Card:
     deciders: tuple[str, ...]
     route: ev.Route  # where its card went
     buttons: tuple[ev.Button, ...]
+    expires_at: float  # from then on nobody decides it: it expires
 
 
 @dataclass(frozen=True)
@@ -109,32 +110,40 @@ class Settle:
 
 @dataclass(frozen=True)
 class Unsettled:
-    """Nothing changes: the presser may not decide, it was settled already, or no such button."""
+    """Nothing is decided: the presser may not decide, it was settled already, it expired before the
+    press or the choice (the store then settles it as expired), or no such button."""
 
-    why: Literal["refused", "already", "bad_button"]
+    why: Literal["refused", "already", "expired", "bad_button"]
 
 
 Outcome = Settle | Unsettled
 
 
-def press(card: Card, clicker: str, click_route: ev.Route, button_id: str) -> Outcome:
-    """A button pressed in a chat. Who may decide comes first, so a stranger learns nothing of the
-    outcome; then a settled card stays settled; then the button must be one of the card's."""
+def press(card: Card, clicker: str, click_route: ev.Route, button_id: str, at: float) -> Outcome:
+    """A button pressed in a chat at `at` (when the click reached the bus, not when it is applied). Who
+    may decide comes first, so a stranger learns nothing of the outcome; then a settled card stays
+    settled; a press at or after the expiry decides nothing, even where the expiry was not yet applied
+    (the timer not fired, the service down); then the button must be one of the card's."""
     if not may_decide(card.kind, card.deciders, card.route, clicker, click_route):
         return Unsettled("refused")
     if card.status != "pending":
         return Unsettled("already")
+    if at >= card.expires_at:
+        return Unsettled("expired")
     button = next((b for b in card.buttons if b.id == button_id), None)
     if button is None:
         return Unsettled("bad_button")
     return Settle(meaning(card.kind, button), button)
 
 
-def choose(card: Card, choice: str) -> Outcome:
-    """A choice made at the machine, whose owner may decide anything: a button named by id, label or
-    number; "approve" or "deny" means the card's first button that says so (a question has no such)."""
+def choose(card: Card, choice: str, at: float) -> Outcome:
+    """A choice made at the machine at `at`, whose owner may decide anything but an expired card: a button
+    named by id, label or number; "approve" or "deny" means the card's first button that says so (a
+    question has no such)."""
     if card.status != "pending":
         return Unsettled("already")
+    if at >= card.expires_at:
+        return Unsettled("expired")
     wanted = choice.strip().casefold()
     button = next(
         (b for i, b in enumerate(card.buttons, 1) if wanted in (b.id.casefold(), b.label.casefold(), str(i))), None

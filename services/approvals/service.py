@@ -14,7 +14,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from clawden import outbox
-from clawden.bus import bind, consume
+from clawden.bus import bind, consume, subjects
 from clawden.bus import events as ev
 from clawden.bus.connection import Retry
 from clawden.bus.ctl import approvals as api
@@ -33,8 +33,10 @@ Inbound = ev.Inbound  # edits and deletes too: it reads the stream whole, and ig
 
 PUBLISH_TIMEOUT = 5.0
 ROUTER_TIMEOUT = 5.0
-# Deliveries of one request while the router does not say who may approve; then a clear denial.
+# Times one request asks the router who may approve it, each a `Retry` later; then a clear denial. Counted
+# here: a held Retry is the same delivery, so JetStream's delivery count does not grow with them.
 ROUTER_TRIES = 5
+ROUTER_RETRY = 2.0
 # The expiry timer re-arms on every new card; this bounds a sleep (and retries the outbox) anyway.
 SAFETY_TICK = 30.0
 RESTART_REASON = "Clawden's approvals service restarted before anyone answered; ask again"
@@ -48,6 +50,7 @@ class Approvals:
         self.counts: Counter[str] = Counter()
         self.changed = asyncio.Event()
         self.flushing = asyncio.Lock()
+        self.router_tries: Counter[str] = Counter()  # by request id, while the router does not answer
 
     async def flush(self) -> None:
         """Publish what committed steps queued, in order; a failure leaves it queued and raises Retry."""
@@ -72,9 +75,10 @@ class Approvals:
             try:
                 approvers = await self.ask_router(request.agent_group)
             except Exception as exc:
-                if msg.metadata.num_delivered < ROUTER_TRIES:
+                self.router_tries[request.id] += 1
+                if self.router_tries[request.id] < ROUTER_TRIES:
                     raise Retry(
-                        f"the router did not say who approves {request.agent_group}: {exc!r}", delay=2.0
+                        f"the router did not say who approves {request.agent_group}: {exc!r}", delay=ROUTER_RETRY
                     ) from exc
                 await self.step(
                     self.store.approvers_unknown,
@@ -82,7 +86,9 @@ class Approvals:
                     "Clawden could not find out who may approve it (the router did not answer)",
                     time.time(),
                 )
+                del self.router_tries[request.id]
                 return
+            self.router_tries.pop(request.id, None)
         await self.step(self.store.add_request, request, approvers, time.time())
         self.changed.set()
 
@@ -95,13 +101,32 @@ class Approvals:
         return tuple(reply.approvers)
 
     async def on_click(self, action: ev.InboundAction, msg: Msg) -> None:
-        await self.step(self.store.click, action, time.time())
+        # Judged by when the click reached the bus (the router forwards it as it comes), not when it is
+        # applied: a click in time counts after a restart, and one after the expiry never does. The server
+        # stamps it; a bridge's `sent_at` could be written to say anything.
+        stamped = msg.metadata.timestamp
+        await self.step(self.store.click, action, stamped.timestamp() if stamped else time.time())
 
     async def on_receipt(self, receipt: ev.DeliveryReceipt, msg: Msg) -> None:
+        if msg.subject != subjects.receipt(receipt.route.channel):
+            # A bridge's word counts only for its own channel: a forged "refused" would pass the card on.
+            self.counts["forged_channel"] += 1
+            log.error(
+                "ignoring a receipt on %s that claims to come from channel %r", msg.subject, receipt.route.channel
+            )
+            return
         if receipt.outbound_id.startswith("ap-") and ":" not in receipt.outbound_id:
             await self.step(self.store.receipt, receipt, time.time())
 
     async def on_inbound(self, event: Inbound, msg: Msg) -> None:
+        claimed = event.channel if isinstance(event, ev.ChatMoved | ev.MessagesLost) else event.route.channel
+        if msg.subject != subjects.inbound(claimed):
+            # A bridge may publish only on its own subject; what it says inside must match, or a compromised
+            # bridge could become a user's direct chat on another channel, or move its cards. The router drops
+            # it too; here it is acked, as read, like anything else this reader skips.
+            self.counts["forged_channel"] += 1
+            log.error("ignoring a message on %s that claims to come from channel %r", msg.subject, claimed)
+            return
         if isinstance(event, ev.ChatMoved):
             # A group's question cards now live under its new id: answers from there must count.
             self.counts["chats_moved"] += await self.store.run(self.store.move_chat, event)
@@ -132,7 +157,8 @@ class Approvals:
                 log.warning("expiry pass failed: %r", exc)
 
     async def recover(self, clicks: Puller) -> None:
-        """Startup: apply clicks that came while we were down, then expire what is still pending."""
+        """Startup: apply clicks that came while we were down, each judged by its own time against its
+        card's expiry (`on_click`), then expire what is still pending."""
         await self.flush()
         # Applied or not, a click that fails comes back and is applied once.
         await consume(clicks, ev.InboundAction, self.on_click, stopping=self.ctx.stopping, until_idle=0.5)
@@ -156,7 +182,7 @@ class Approvals:
         found = await self.store.run(self.store.get, req.id)
         if step.result == "unknown" or found is None:
             raise ControlError(f"no approval {req.id!r} (see `clawden approvals list`)")
-        if step.result == "already":
+        if step.result in ("already", "expired"):  # expired: too late, and the store expired it just now
             raise ControlError(
                 f"{req.id} is already {found['status']}" + (f" by {found['decided_by']}" if found["decided_by"] else "")
             )

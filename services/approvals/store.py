@@ -20,6 +20,7 @@ from services.approvals.schema import MIGRATIONS
 
 log = logging.getLogger("clawden.approvals")
 DECIDER = "approvals"  # decided_by when no person decided (no approver, undeliverable card)
+TOO_LATE = "nobody answered in time"
 _card_decoder = msgspec.json.Decoder(ev.Card)
 _request_decoder = msgspec.json.Decoder(ev.ApprovalRequest)
 
@@ -39,6 +40,7 @@ def _settling(row: sqlite3.Row) -> policy.Card:
         deciders=tuple(json.loads(row["deciders"])),
         route=ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"]),
         buttons=_card_decoder.decode(row["card"]).buttons,
+        expires_at=row["expires_at"],
     )
 
 
@@ -229,8 +231,9 @@ class Store(outbox.OutboxStore):
         db.execute("UPDATE approvals SET edited = 1 WHERE id = ?", (approval_id,))
 
     def click(self, action: ev.InboundAction, now: float) -> Step:
-        """A button press: applied once, and only when the presser may decide; anyone else is told
-        politely and nothing changes."""
+        """A button press at `now` (when it reached the bus): applied once, and only when the presser may
+        decide; anyone else is told politely and nothing changes. A press at or after the expiry expires
+        the request instead, and the presser is told."""
         with self._tx() as db:
             row = db.execute("SELECT * FROM approvals WHERE card_id = ?", (action.card_id,)).fetchone()
             if row is None:
@@ -241,7 +244,7 @@ class Store(outbox.OutboxStore):
             clicker = policy.user_id(action.route.channel, action.sender.id)
             name = action.sender.name or clicker
             reply_id = f"{row['card_id']}:reply:{action.action_id}"[:200]
-            outcome = policy.press(_settling(row), clicker, action.route, action.button_id)
+            outcome = policy.press(_settling(row), clicker, action.route, action.button_id, now)
             if isinstance(outcome, policy.Settle):
                 decision, button = outcome.decision, outcome.button
                 self._decide(
@@ -262,6 +265,12 @@ class Store(outbox.OutboxStore):
                 self._audit(row["id"], now, "late_click", clicker, f"pressed {action.button_id} ({row['status']})")
                 by = f" by {row['decided_by']}" if row["decided_by"] and row["decided_by"] != DECIDER else ""
                 self._reply(action, reply_id, f"This was already settled: {row['status']}{by}.")
+            elif outcome.why == "expired":
+                self._audit(row["id"], now, "late_click", clicker, f"pressed {action.button_id} after its expiry")
+                self._decide(row["id"], "expired", "", "", TOO_LATE, now, target=action.message_id)
+                self._reply(
+                    action, reply_id, f"Sorry {name}, this had expired before you pressed it: nothing was decided."
+                )
             else:
                 self._audit(row["id"], now, "bad_button", clicker, action.button_id)
             return Step(outcome.why)
@@ -278,18 +287,15 @@ class Store(outbox.OutboxStore):
     def receipt(self, receipt: ev.DeliveryReceipt, now: float) -> Step:
         """A card's receipt: its platform id (to edit it later). A card that could not be delivered goes
         to the next approver in line with a reachable chat; when none is left the request is denied with
-        the reason, rather than left to wait for nobody."""
+        the reason, rather than left to wait for nobody. An unconfirmed card (the platform lost its answer
+        and the bridge did not send it twice) is most likely in the chat: it counts as shown, and the
+        request waits for a press on it or its expiry."""
         with self._tx() as db:
             row = db.execute("SELECT * FROM approvals WHERE card_id = ?", (receipt.outbound_id,)).fetchone()
             if row is None:
                 return Step("not_ours")
-            if receipt.ok and receipt.platform_message_id:
-                db.execute(
-                    "UPDATE approvals SET card_message_id = ? WHERE id = ?", (receipt.platform_message_id, row["id"])
-                )
-                if row["status"] != "pending":
-                    self._edit(row["id"])  # decided before its receipt came: edit it now
-                return Step("delivered")
+            if receipt.unconfirmed or (receipt.ok and receipt.platform_message_id):
+                return self._shown(row, receipt, now)
             if not receipt.ok and receipt.final and row["status"] == "pending":
                 error = receipt.error or "the platform refused it"
                 self._audit(
@@ -297,6 +303,19 @@ class Store(outbox.OutboxStore):
                 )
                 return self._next_approver(row, error, now)
             return Step("ignored")
+
+    def _shown(self, row: sqlite3.Row, receipt: ev.DeliveryReceipt, now: float) -> Step:
+        # An unconfirmed card may come without its platform id: a press on it then brings the id (`_decide`).
+        if receipt.platform_message_id:
+            self.conn.execute(
+                "UPDATE approvals SET card_message_id = ? WHERE id = ?", (receipt.platform_message_id, row["id"])
+            )
+        if receipt.unconfirmed:
+            detail = f"{row['channel']}:{row['chat_id']}: {receipt.error or 'unconfirmed'}"
+            self._audit(row["id"], now, "card_unconfirmed", row["approver"], detail)
+        if row["status"] != "pending":
+            self._edit(row["id"])  # decided before its receipt came: edit it now
+        return Step("unconfirmed" if receipt.unconfirmed else "delivered")
 
     def _next_approver(self, row: sqlite3.Row, error: str, now: float) -> Step:
         unreachable = [*json.loads(row["unreachable"]), row["approver"]]
@@ -344,8 +363,10 @@ class Store(outbox.OutboxStore):
             row = db.execute("SELECT * FROM approvals WHERE id = ? OR card_id = ?", (ref, ref)).fetchone()
             if row is None:
                 return Step("unknown")
-            outcome = policy.choose(_settling(row), choice)
+            outcome = policy.choose(_settling(row), choice, now)
             if isinstance(outcome, policy.Unsettled):
+                if outcome.why == "expired":  # the timer had not come to it yet: it expires now, undecided
+                    self._decide(row["id"], "expired", "", "", TOO_LATE, now)
                 return Step(outcome.why)
             decision, button = outcome.decision, outcome.button
             self._decide(row["id"], decision, decider, button.id, "", now, label=button.label)
@@ -361,7 +382,7 @@ class Store(outbox.OutboxStore):
                 for r in db.execute("SELECT id FROM approvals WHERE status = 'pending' AND expires_at <= ?", (now,))
             ]
             for approval_id in due:
-                self._decide(approval_id, "expired", "", "", "nobody answered in time", now)
+                self._decide(approval_id, "expired", "", "", TOO_LATE, now)
             return len(due)
 
     def expire_all_pending(self, now: float, reason: str) -> int:

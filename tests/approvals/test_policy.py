@@ -112,30 +112,47 @@ ALICE = "local:alice"
 QUESTION_BUTTONS = (ev.Button(id="1", label="Tea"), ev.Button(id="2", label="Coffee"))
 
 
+NOW, EXPIRES = 1000.0, 1060.0
+
+
 def card(kind: str = "credential", status: str = "pending", deciders: tuple[str, ...] = (ALICE,)) -> policy.Card:
     buttons = QUESTION_BUTTONS if kind == "question" else (cards.APPROVE, cards.DENY)
-    return policy.Card(kind=kind, status=status, deciders=deciders, route=TERMINAL, buttons=buttons)
+    return policy.Card(kind=kind, status=status, deciders=deciders, route=TERMINAL, buttons=buttons, expires_at=EXPIRES)
 
 
 ELSEWHERE = ev.Route(channel="local", chat_id="other")
 
 
 @pytest.mark.parametrize(
-    ("settling", "clicker", "where", "button", "outcome"),
+    ("settling", "clicker", "where", "button", "outcome", "at"),
     [
-        (card(), ALICE, TERMINAL, "approve", policy.Settle("approved", cards.APPROVE)),
-        (card(), ALICE, ELSEWHERE, "deny", policy.Settle("denied", cards.DENY)),  # an approver decides anywhere
-        (card(), "local:mallory", TERMINAL, "approve", policy.Unsettled("refused")),
+        (card(), ALICE, TERMINAL, "approve", policy.Settle("approved", cards.APPROVE), NOW),
+        (card(), ALICE, ELSEWHERE, "deny", policy.Settle("denied", cards.DENY), NOW),  # an approver decides anywhere
+        (card(), "local:mallory", TERMINAL, "approve", policy.Unsettled("refused"), NOW),
         # a stranger hears "not yours", never whether it was settled
-        (card(status="approved"), "local:mallory", TERMINAL, "deny", policy.Unsettled("refused")),
-        (card(status="expired"), ALICE, TERMINAL, "approve", policy.Unsettled("already")),
-        (card(), ALICE, TERMINAL, "maybe", policy.Unsettled("bad_button")),
-        (card("question", deciders=()), "local:bob", TERMINAL, "2", policy.Settle("answered", QUESTION_BUTTONS[1])),
-        (card("question", deciders=()), "local:bob", ELSEWHERE, "2", policy.Unsettled("refused")),
+        (card(status="approved"), "local:mallory", TERMINAL, "deny", policy.Unsettled("refused"), NOW),
+        (card(status="expired"), ALICE, TERMINAL, "approve", policy.Unsettled("already"), NOW),
+        (card(), ALICE, TERMINAL, "maybe", policy.Unsettled("bad_button"), NOW),
+        # a press at or after the expiry decides nothing, applied when it may (the timer not yet fired)
+        (card(), ALICE, TERMINAL, "approve", policy.Settle("approved", cards.APPROVE), EXPIRES - 0.001),
+        (card(), ALICE, TERMINAL, "approve", policy.Unsettled("expired"), EXPIRES),
+        (card(), "local:mallory", TERMINAL, "approve", policy.Unsettled("refused"), EXPIRES + 1),
+        (
+            card("question", deciders=()),
+            "local:bob",
+            TERMINAL,
+            "2",
+            policy.Settle("answered", QUESTION_BUTTONS[1]),
+            NOW,
+        ),
+        (card("question", deciders=()), "local:bob", TERMINAL, "2", policy.Unsettled("expired"), EXPIRES + 1),
+        (card("question", deciders=()), "local:bob", ELSEWHERE, "2", policy.Unsettled("refused"), NOW),
     ],
 )
-def test_a_press(settling: policy.Card, clicker: str, where: ev.Route, button: str, outcome: policy.Outcome) -> None:
-    assert policy.press(settling, clicker, where, button) == outcome
+def test_a_press(
+    settling: policy.Card, clicker: str, where: ev.Route, button: str, outcome: policy.Outcome, at: float
+) -> None:
+    assert policy.press(settling, clicker, where, button, at) == outcome
 
 
 @pytest.mark.parametrize(
@@ -153,19 +170,31 @@ def test_a_press(settling: policy.Card, clicker: str, where: ev.Route, button: s
     ],
 )
 def test_a_choice_at_the_machine(settling: policy.Card, choice: str, outcome: policy.Outcome) -> None:
-    assert policy.choose(settling, choice) == outcome
+    assert policy.choose(settling, choice, NOW) == outcome
+
+
+def test_a_choice_at_the_machine_after_the_expiry_decides_nothing() -> None:
+    assert policy.choose(card(), "approve", EXPIRES) == policy.Unsettled("expired")
+    assert policy.choose(card(status="approved"), "deny", EXPIRES) == policy.Unsettled("already")
 
 
 def test_approve_and_deny_at_the_machine_mean_the_cards_own_yes_and_no() -> None:
     connect = ev.Button(id="connect:main", label="Connect")
     ignore = ev.Button(id="ignore", label="Ignore", style="danger")
     channel = policy.Card(
-        kind="channel", status="pending", deciders=(ALICE,), route=TERMINAL, buttons=(connect, ignore)
+        kind="channel",
+        status="pending",
+        deciders=(ALICE,),
+        route=TERMINAL,
+        buttons=(connect, ignore),
+        expires_at=EXPIRES,
     )
-    assert policy.choose(channel, "approve") == policy.Settle("approved", connect)
-    assert policy.choose(channel, "deny") == policy.Settle("denied", ignore)
-    no_no = policy.Card(kind="channel", status="pending", deciders=(ALICE,), route=TERMINAL, buttons=(connect,))
-    assert policy.choose(no_no, "deny") == policy.Unsettled("bad_button")
+    assert policy.choose(channel, "approve", NOW) == policy.Settle("approved", connect)
+    assert policy.choose(channel, "deny", NOW) == policy.Settle("denied", ignore)
+    no_no = policy.Card(
+        kind="channel", status="pending", deciders=(ALICE,), route=TERMINAL, buttons=(connect,), expires_at=EXPIRES
+    )
+    assert policy.choose(no_no, "deny", NOW) == policy.Unsettled("bad_button")
 
 
 def test_a_clicker_is_named_like_the_router_names_users_and_cards_live_by_kind() -> None:

@@ -1,5 +1,6 @@
 """The approvals service as real processes (`clawden up` with the router and approvals) on a real NATS:
-a requester waits on its decision while the owner clicks over the local channel, through the router."""
+a requester waits on its decision while the owner clicks over the local channel, through the router.
+Where the router must be away, or approvals stopped and started, `clawden run approvals` runs alone."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from clawden import config, natsauth, natsserver, setup
-from clawden.bus import bind, connect, consume, ensure_streams, publish, subjects
+from clawden.bus import bind, connect, consume, ensure_streams, publish, streams, subjects
 from clawden.bus import events as ev
 from clawden.chat import terminal_outbound
+from tests.conftest import NatsServer
 from tests.eventually import eventually
 
 OWNER = f"local:{getpass.getuser()}"  # the login that first ran the router owns the install
@@ -100,7 +102,11 @@ class Owner:
         return await eventually(found, timeout, lambda: f"no {kind.__name__} with {where}: {self.seen[-3:]}")
 
     async def press(self, card: ev.OutboundMessage, button: str, who: str = OWNER) -> None:
-        action = ev.InboundAction(
+        action = self.action(card, button, who)
+        await publish(self.js, subjects.inbound("local"), action, msg_id=action.key)
+
+    def action(self, card: ev.OutboundMessage, button: str, who: str = OWNER) -> ev.InboundAction:
+        return ev.InboundAction(
             route=card.route,
             action_id=uuid.uuid4().hex,
             sender=ev.Sender(id=who, name=who.split(":", 1)[1]),
@@ -109,7 +115,6 @@ class Owner:
             message_id=self.ids[card.id],
             sent_at=time.time(),
         )
-        await publish(self.js, subjects.inbound("local"), action, msg_id=action.key)
 
 
 class Requester:
@@ -120,7 +125,9 @@ class Requester:
         self.rid = rid
         self.decisions: asyncio.Queue[ev.ApprovalDecision] = asyncio.Queue()
 
-    async def ask(self, ttl: float = 120, host: str = "api.github.com") -> None:
+    async def ask(self, ttl: float = 120, host: str = "api.github.com", approvers: tuple[str, ...] = ()) -> float:
+        """Publish the request (without approvers, the approvals service asks the router); its expiry."""
+
         async def got(msg: Msg) -> None:
             await self.decisions.put(ev.decoder_for(ev.ApprovalDecision).decode(msg.data))
 
@@ -137,6 +144,7 @@ class Requester:
                     ev.Button(id="deny", label="Deny", style="danger"),
                 ),
             ),
+            approvers=approvers,
             expires_at=time.time() + ttl,
             context={
                 "method": "POST",
@@ -147,6 +155,7 @@ class Requester:
             },
         )
         await publish(self.nc.jetstream(), subjects.APPROVAL_REQUEST, request, msg_id=f"vault:{self.rid}")
+        return request.expires_at
 
     async def decision(self, timeout: float = 20) -> ev.ApprovalDecision:
         return await asyncio.wait_for(self.decisions.get(), timeout)
@@ -265,3 +274,200 @@ async def test_a_restart_leaves_no_card_pending_and_no_requester_waiting(up: Up,
     edit = await owner.first(ev.OutboundEdit, target_message_id=owner.ids[card.id])
     assert "Expired" in edit.text
     assert await control(nc, "list", {"status": "pending"}) == []
+
+
+# --- approvals alone (`clawden run approvals`): no router, and a service that stops and starts -----------
+
+
+class ApprovalsProcess:
+    """`clawden run approvals`, as its systemd unit runs it."""
+
+    def __init__(self, home: Path, url: str) -> None:
+        self.env = dict(os.environ, CLAWDEN_HOME=str(home), CLAWDEN_NATS_URL=url)
+        self.log = home / "approvals.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> None:
+        with self.log.open("ab") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "clawden", "run", "approvals"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def start(self, nc: Client) -> None:
+        self.spawn()
+        assert self.proc is not None
+        deadline = time.monotonic() + 30
+        while True:  # ready: its consumers are bound and the clicks left from before are applied
+            try:
+                if json.loads((await nc.request(subjects.ctl("approvals", "ping"), b"", timeout=0.5)).data)["ready"]:
+                    return
+            except Exception:
+                pass
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
+            await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            assert self.proc.wait(20) == 0, self.log.read_text()
+
+
+class Alone:
+    def __init__(self, nc: Client, owner: Owner, approvals: ApprovalsProcess) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.owner = owner
+        self.approvals = approvals
+        self.telegram: list[ev.Event] = []  # what it sends to Telegram chats
+
+    async def forward(self, action: ev.InboundAction) -> None:
+        """A click, passed on as the router passes it on."""
+        await publish(self.js, subjects.APPROVAL_CLICK, action, msg_id=f"click:{action.key}")
+
+    async def telegram_card(self, chat_id: str, timeout: float = 20) -> ev.OutboundMessage:
+        def found() -> ev.OutboundMessage | None:
+            return next(
+                (
+                    e
+                    for e in self.telegram
+                    if isinstance(e, ev.OutboundMessage) and e.route.chat_id == chat_id and e.card is not None
+                ),
+                None,
+            )
+
+        card: ev.OutboundMessage = await eventually(found, timeout, lambda: f"no card in {chat_id}: {self.telegram}")
+        return card
+
+    async def stats(self) -> dict[str, int]:
+        pong = json.loads((await self.nc.request(subjects.ctl("approvals", "ping"), b"", timeout=10)).data)
+        counts: dict[str, int] = pong["stats"]["approvals"]
+        return counts
+
+
+@pytest.fixture
+async def alone(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Alone]:
+    home = tmp_path / "home"
+    setup.init(home)
+    nc = await connect(nats_server.url, "test")
+    await ensure_streams(nc.jetstream())
+    owner = Owner(nc)
+    stopping = asyncio.Event()
+    puller = await bind(nc.jetstream(), terminal_outbound(TERMINAL))
+    task = asyncio.create_task(
+        consume(
+            puller,
+            ev.OutboundMessage | ev.OutboundEdit,  # type: ignore[arg-type]
+            owner.on_outbound,
+            stopping=stopping,
+        )
+    )
+    approvals = ApprovalsProcess(home, nats_server.url)
+    it = Alone(nc, owner, approvals)
+
+    async def on_telegram(msg: Msg) -> None:
+        it.telegram.append(ev.decode(msg.data))
+
+    await nc.subscribe(subjects.outbound_all("telegram"), cb=on_telegram)
+    await approvals.start(nc)
+    yield it
+    approvals.stop()
+    stopping.set()
+    await asyncio.wait_for(task, 10)
+    await nc.close()
+
+
+async def test_a_request_is_denied_when_the_router_never_says_who_may_approve_it(alone: Alone) -> None:
+    """No router: a few tries, then the requester hears a no, rather than waiting for ever (a held Retry
+    is one delivery, so the count must be the service's own)."""
+    requester = Requester(alone.nc, "vault-norouter")
+    await requester.ask()  # no approvers: the router is asked
+    decision = await requester.decision(timeout=60)
+    assert decision.decision == "denied"
+    assert "could not find out who may approve it" in decision.reason
+
+
+async def test_a_bridge_cannot_speak_for_another_channel(alone: Alone) -> None:
+    """What arrives on `clawden.inbound.local` saying it is Telegram's is ignored: it neither becomes a
+    Telegram user's direct chat (where their cards would go) nor moves a Telegram chat's question cards."""
+    question = ev.ApprovalRequest(
+        id="q-pizza",
+        kind="question",
+        requester="runner",
+        agent_group="main",
+        route=ev.Route(channel="telegram", chat_id="-41"),
+        card=ev.Card(
+            title="Pizza or pasta?", buttons=(ev.Button(id="1", label="Pizza"), ev.Button(id="2", label="Pasta"))
+        ),
+    )
+    await publish(alone.js, subjects.APPROVAL_REQUEST, question, msg_id="runner:q-pizza")
+    asked = await alone.telegram_card("-41")
+
+    forged: list[ev.InboundMessage | ev.ChatMoved] = [
+        ev.InboundMessage(
+            route=ev.Route(channel="telegram", chat_id="666"),
+            message_id="f1",
+            sender=ev.Sender(id="telegram:111", name="owner"),
+            text="hi",
+            sent_at=time.time(),
+        ),
+        ev.ChatMoved(channel="telegram", old_chat_id="-41", new_chat_id="-666"),
+    ]
+    for event in forged:
+        await publish(alone.js, subjects.inbound("local"), event, msg_id=event.key)
+
+    async def all_read() -> bool:
+        info = await alone.js.consumer_info("CLAWDEN_INBOUND", streams.approvals_inbound().durable)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(all_read, 20, "the approvals service never read its inbound")
+
+    requester = Requester(alone.nc, "vault-forged")
+    await requester.ask(approvers=("telegram:111",))
+    await alone.telegram_card("111")  # the chat the handle names, not the forger's
+    assert not any(e.route.chat_id == "666" for e in alone.telegram if isinstance(e, ev.OutboundMessage))
+
+    from_the_forged_chat = ev.InboundAction(
+        route=ev.Route(channel="telegram", chat_id="-666"),
+        action_id="tg-a1",
+        sender=ev.Sender(id="telegram:9", name="eve"),
+        card_id=asked.id,
+        button_id="2",
+    )
+    await alone.forward(from_the_forged_chat)
+    await eventually(
+        lambda: any(isinstance(e, ev.OutboundMessage) and e.text.startswith("Sorry eve") for e in alone.telegram),
+        20,
+        lambda: f"no refusal: {alone.telegram}",
+    )
+    pending = await control(alone.nc, "list", {"status": "pending"})
+    assert "q-pizza" in [p["id"] for p in pending]
+    assert (await alone.stats()).get("forged_channel") == 2
+
+
+async def test_at_a_restart_a_click_counts_only_if_it_came_before_the_expiry(alone: Alone) -> None:
+    """Clicks that came while the service was down are applied at its start, each judged by when it came:
+    one in time decides, one after the expiry approves nothing (the card shows it expired)."""
+    owner = alone.owner
+    late, in_time = Requester(alone.nc, "vault-late"), Requester(alone.nc, "vault-in-time")
+    late_expiry = await late.ask(ttl=3, host="late.example.com", approvers=(OWNER,))
+    in_time_expiry = await in_time.ask(ttl=8, host="intime.example.com", approvers=(OWNER,))
+    late_card = await owner.first(ev.OutboundMessage, text="late.example.com")
+    in_time_card = await owner.first(ev.OutboundMessage, text="intime.example.com")
+    await eventually(lambda: late_card.id in owner.ids and in_time_card.id in owner.ids)
+    alone.approvals.stop()
+
+    await alone.forward(owner.action(in_time_card, "approve"))
+    assert time.time() < in_time_expiry, "the machine is too slow for this test's expiries"
+    await asyncio.sleep(max(0.0, late_expiry - time.time()) + 0.2)
+    await alone.forward(owner.action(late_card, "approve"))
+    await asyncio.sleep(max(0.0, in_time_expiry - time.time()) + 0.2)  # both expired before the start
+    await alone.approvals.start(alone.nc)
+
+    assert (await in_time.decision()).decision == "approved"
+    expired = await late.decision()
+    assert (expired.decision, expired.reason) == ("expired", "nobody answered in time")
+    assert "had expired before you pressed it" in (await owner.first(ev.OutboundMessage, text="Sorry")).text
+    assert "Expired" in (await owner.first(ev.OutboundEdit, target_message_id=owner.ids[late_card.id])).text

@@ -109,6 +109,33 @@ def test_expiry_tells_the_requester_and_edits_the_card(store: Store) -> None:
     assert isinstance(edit, ev.OutboundEdit) and "Expired" in edit.text
 
 
+def test_a_click_after_the_expiry_expires_the_request_instead_of_approving_it(store: Store) -> None:
+    """The expiry timer had not fired yet (or the service was down): the click is judged by its own
+    time, so a stale card approves nothing."""
+    store.add_request(request(expires_at=1010), [OWNER], 1000)
+    card = sent_card(store)
+    assert store.click(click(card, "approve"), 5000).result == "expired"
+    decision, edit, reply = drain(store)
+    assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "expired"
+    assert isinstance(edit, ev.OutboundEdit) and "Expired" in edit.text
+    assert isinstance(reply, ev.OutboundMessage) and "had expired" in reply.text and reply.route == TERMINAL
+    assert store.get("vault-1")["status"] == "expired"  # type: ignore[index]
+
+
+def test_a_click_in_time_still_decides_when_it_is_applied_late(store: Store) -> None:
+    store.add_request(request(expires_at=1010), [OWNER], 1000)
+    card = sent_card(store)
+    assert store.click(click(card, "approve"), 1009.9).result == "approved"
+
+
+def test_a_decision_at_the_machine_after_the_expiry_approves_nothing(store: Store) -> None:
+    store.add_request(request(expires_at=1010), [OWNER], 1000)
+    sent_card(store)
+    assert store.decide("vault-1", "approve", OWNER, 1010).result == "expired"
+    decision, _edit = drain(store)
+    assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "expired"
+
+
 def test_a_card_decided_before_its_receipt_is_edited_when_the_receipt_comes(store: Store) -> None:
     store.add_request(request(expires_at=1010), [OWNER], 1000)
     (card,) = drain(store)
@@ -153,6 +180,30 @@ def test_an_undeliverable_card_goes_to_the_next_approver_in_line(store: Store) -
     assert found is not None
     trail = [(a["what"], a["actor"]) for a in found["audit"]]
     assert trail.count(("card_undeliverable", "telegram:111")) == 1 and ("card_sent", OWNER) in trail
+
+
+def test_an_unconfirmed_card_counts_as_shown_and_its_buttons_keep_working(store: Store) -> None:
+    """The platform lost its answer and the bridge did not send the card twice: it is most likely in the
+    chat, so the request waits for a click there, not for the next approver."""
+    store.add_request(request(), ["telegram:111", OWNER], 1000)
+    (card,) = drain(store)
+    assert isinstance(card, ev.OutboundMessage) and card.route.chat_id == "111"
+    unconfirmed = ev.DeliveryReceipt(
+        outbound_id=card.id,
+        route=card.route,
+        ok=False,
+        final=True,
+        unconfirmed=True,
+        error="unconfirmed: telegram did not confirm the message",
+    )
+    assert store.receipt(unconfirmed, 1001).result == "unconfirmed"
+    assert drain(store) == []  # no second card, no denial
+    assert store.list("pending")[0]["approver"] == "telegram:111"
+    pressed = msgspec.structs.replace(click(card, "approve", who="telegram:111"), message_id="tg-5")
+    assert store.click(pressed, 1002).result == "approved"
+    decision, edit = drain(store)
+    assert isinstance(decision, ev.ApprovalDecision) and decision.decided_by == "telegram:111"
+    assert isinstance(edit, ev.OutboundEdit) and edit.target_message_id == "tg-5"
 
 
 def test_when_no_approver_can_be_reached_the_request_is_denied_with_the_reason(store: Store) -> None:
