@@ -846,7 +846,7 @@ class RouterStore(outbox.OutboxStore):
         (one store thread, and the service publishes under the lock a move takes), so a run is woken either
         before a move, and re-sent by it with what the old runner had not taken, or after it, on the new runner.
         A session that is no more (deleted), or of another group than the task's, wakes nothing: logged, counted,
-        and the scheduler told (`TaskOrphaned`)."""
+        and the scheduler told (`TaskOrphaned`). The run goes to the session's chat as it is now."""
         out = Outcome()
         with self.transaction() as db:
             for due in batch:
@@ -854,16 +854,18 @@ class RouterStore(outbox.OutboxStore):
                 if not self._first(f"task.due:{due.key}", now, out):
                     continue
                 session = db.execute(
-                    "SELECT agent_group, runner, epoch FROM sessions WHERE id = ?", (due.session_id,)
+                    "SELECT agent_group, runner, epoch, channel, chat_id, thread_id FROM sessions WHERE id = ?",
+                    (due.session_id,),
                 ).fetchone()
                 if session is None or session["agent_group"] != due.agent_group:
                     why = "no longer exists" if session is None else f"belongs to {session['agent_group']}"
                     self._orphaned(due, f"session {due.session_id} {why}")
                     out.counts["task_runs_dropped"] += 1
                     continue
-                self._wake_due(due, str(session["runner"]), int(session["epoch"]))
+                route = self._due_route(due, session)
+                self._wake_due(due, route, str(session["runner"]), int(session["epoch"]))
                 # A runner declared gone holds the run until it is back: the chat is told once, as for a message.
-                self._tell_if_away(due.session_id, due.agent_group, str(session["runner"]), due.route, now)
+                self._tell_if_away(due.session_id, due.agent_group, str(session["runner"]), route, now)
                 out.counts["task_runs"] += 1
         out.outgoing = self.outgoing()
         return out
@@ -880,11 +882,26 @@ class RouterStore(outbox.OutboxStore):
         orphan = ev.TaskOrphaned(task_id=due.task_id, run_id=due.id, session_id=due.session_id, reason=why)
         self.emit(subjects.event("router", "task_orphaned"), f"router:{orphan.key}", orphan, lane=due.session_id)
 
-    def _wake_due(self, due: ev.TaskDue, runner: str, epoch: int) -> None:
+    @staticmethod
+    def _due_route(due: ev.TaskDue, session: sqlite3.Row) -> ev.Route:
+        """Where a run's answer goes: the session's chat as it is now, not the one the task was made in. Its id may
+        have changed since (`_move_chat`), and the scheduler hears of that later, on its own consumer; a task made
+        from the runner's record of the chat names the old id until someone speaks there again. The runner keeps
+        the wake's route as the session's own. An agent-shared session has no chat of its own: the task's route
+        stands, and so does the task's thread where the session is not one thread's."""
+        if session["chat_id"] == ALL_CHATS:
+            return due.route
+        return ev.Route(
+            channel=session["channel"],
+            chat_id=session["chat_id"],
+            thread_id=session["thread_id"] or due.route.thread_id,
+        )
+
+    def _wake_due(self, due: ev.TaskDue, route: ev.Route, runner: str, epoch: int) -> None:
         wake = ev.Wake(
             session_id=due.session_id,
             agent_group=due.agent_group,
-            route=due.route,
+            route=route,
             message=ev.WakeMessage(id=due.id, kind="task", text=due.text, sent_at=due.at, script=due.script),
             destinations=self.destinations(due.agent_group),
             group=self.group_settings(due.agent_group),

@@ -39,6 +39,9 @@ class Scheduler:
         self.clock = clock or Clock()  # what time it is and how it passes: a test moves a fake one
         self.zone = sched.host_zone()
         self.changed = asyncio.Event()  # re-arms the clock: a task was added or changed
+        # When each due task's runs were decided, by (task id, next run): kept until they are handed over, so a
+        # run seen due while the scheduler runs is judged at that time, however long NATS is away after it.
+        self.decided: dict[tuple[str, int | None], float] = {}
         self.counters: Counter[str] = Counter()
 
     # --- firing --------------------------------------------------------------------------------
@@ -60,11 +63,19 @@ class Scheduler:
             await self.clock.sleep(sleep, self.ctx.stopping, self.changed)
 
     async def fire_due(self, now: float) -> None:
-        """Hand every due task's runs to the router; a publish that fails raises, and the loop tries again."""
-        for task in await self.store.run(self.store.due, now):
-            await self._fire(task, now)
+        """Hand every due task's runs to the router; a publish that fails raises, and the loop tries again.
 
-    async def _fire(self, task: Task, now: float) -> None:
+        Each task's runs are planned at the time they were first seen due, not at this try's: a run the scheduler
+        decided to fire is fired once NATS takes it, as late as that may be, and only runs it did not get to (it
+        was down) are judged by the catch-up policy. A decision is forgotten once its task is no longer due from
+        the same run (handed over and committed, paused, cancelled or rescheduled)."""
+        tasks = await self.store.run(self.store.due, now)
+        self.decided = {(t.id, t.next_run): self.decided.get((t.id, t.next_run), now) for t in tasks}
+        for task in tasks:
+            await self._fire(task, self.decided[(task.id, task.next_run)])
+
+    async def _fire(self, task: Task, decided: float) -> None:
+        now = self.clock.now()
         try:
             schedule = task.parsed()
         except sched.ScheduleError as exc:  # e.g. the zone left the tz database: stop, loudly
@@ -72,11 +83,14 @@ class Scheduler:
             await self.store.run(self.store.set_status, task, "pause", now)
             return
         assert task.next_run is not None
-        p = plan(schedule, task.next_run, now, task.catch_up)
+        p = plan(schedule, task.next_run, decided, task.catch_up)
         # Publish first, then commit: a crash in between re-publishes the same msg id, which
         # JetStream drops as a duplicate, so each run is fired once whatever happens.
         for at, outcome in p.fire:
-            await self._hand_over(task, at)
+            current = await self._still_due(task)
+            if current is None:
+                return
+            await self._hand_over(current, at)
             self.counters[outcome] += 1
         for _at, outcome in p.not_fired:
             self.counters[outcome] += 1
@@ -91,6 +105,19 @@ class Scheduler:
                 ", one caught up" if any(o == "caught_up" for _, o in p.fire) else "",
                 extra={"task_id": task.id},
             )
+
+    async def _still_due(self, task: Task) -> Task | None:
+        """The task as it is now, if it is still due from the run it was planned from. The due list was read before
+        the publishes ahead of this one, which may have waited on NATS: a pause or cancel answered meanwhile holds,
+        and a rescheduled task is planned again on the next turn."""
+        current = await self.store.run(self.store.get, task.id)
+        if current is not None and current.status == "active" and current.next_run == task.next_run:
+            return current
+        what = "deleted" if current is None else "rescheduled" if current.status == "active" else current.status
+        log.info(
+            "task %s: its due run is not fired: the task was %s meanwhile", task.id, what, extra={"task_id": task.id}
+        )
+        return None
 
     async def _hand_over(self, task: Task, at: int) -> None:
         """The run, to the router (`TaskDue`): it alone knows where the session is now, and wakes it there at its

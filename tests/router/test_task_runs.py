@@ -155,6 +155,21 @@ async def test_a_due_run_wakes_the_session_on_the_runner_it_is_on_now_at_its_epo
     assert moving.router.counts["task_runs"] == 1
 
 
+async def test_a_run_aimed_at_a_chat_that_moved_wakes_the_session_in_its_new_chat(moving: Moving) -> None:
+    chat = await moving.chat()
+    # The scheduler decided the run before it heard of the move (or the task was made from the runner's record
+    # of the chat, not yet told): its route names the old id, where nobody reads any more.
+    run = due_run(chat.session_id)
+    moved = ev.ChatMoved(channel="local", old_chat_id="kitchen", new_chat_id="kitchen2", sent_at=time.time())
+    outcome = await moving.router.settle(moving.store.move_chat, moved)
+    assert outcome is not None and outcome.counts["chats_moved"] == 1
+    await hand_over(moving.js, run)
+    await moving.handle()
+    [wake] = task_wakes(await moving.wakes("r1"), run)
+    assert wake.session_id == chat.session_id
+    assert wake.route == ev.Route(channel="local", chat_id="kitchen2")  # where the answer goes, and the runner keeps
+
+
 async def test_a_run_handed_over_again_wakes_once(moving: Moving) -> None:
     chat = await moving.chat()
     run = due_run(chat.session_id)

@@ -11,9 +11,13 @@ from typing import Any, cast
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import Header, PubAck
 
 from clawden.bus import ensure_streams, subjects
 from clawden.bus import events as ev
+from clawden.bus.ctl import scheduler as api
 from clawden.config import Config
 from clawden.runtime import ServiceContext
 from services.scheduler.service import Scheduler
@@ -41,6 +45,29 @@ def task(task_id: str, schedule: str, catch_up: str = "once") -> NewTask:
     )
 
 
+class Gate:
+    """The scheduler's JetStream, with the server made slow or away for a while (a publish held until the test
+    lets it go, or failing as it does while NATS is away); what gets through is the real server's."""
+
+    def __init__(self, js: JetStreamContext, clock: FakeClock) -> None:
+        self.js, self.clock = js, clock
+        self.away_until = 0.0  # on the fake clock: every publish before this fails
+        self.failures: asyncio.Queue[float] = asyncio.Queue()  # when each failed, on the fake clock
+        self.hold_next = False
+        self.held: asyncio.Future[str] = asyncio.get_running_loop().create_future()  # the held run's msg id
+        self.release = asyncio.Event()
+
+    async def publish(self, subject: str, payload: bytes, **kwargs: Any) -> PubAck:
+        if self.clock.now() < self.away_until:
+            self.failures.put_nowait(self.clock.now())
+            raise NatsTimeoutError
+        if self.hold_next:
+            self.hold_next = False
+            self.held.set_result(kwargs["headers"][Header.MSG_ID])
+            await self.release.wait()
+        return await self.js.publish(subject, payload, **kwargs)
+
+
 async def listen(nc: Client) -> list[ev.TaskDue]:
     """The runs the scheduler hands to the router, as they are published."""
     await ensure_streams(nc.jetstream())
@@ -55,12 +82,25 @@ async def listen(nc: Client) -> list[ev.TaskDue]:
     return runs
 
 
+async def stored(nc: Client) -> list[str]:
+    """The due runs the server holds (`task:<task id>:<instant>`): what reached it, whatever a listener has seen."""
+    js = nc.jetstream()
+    info = await js.stream_info("CLAWDEN_TASKS")
+    if not info.state.messages:
+        return []
+    held = [await js.get_msg("CLAWDEN_TASKS", seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    return [(m.headers or {})[Header.MSG_ID] for m in held if m.subject == subjects.TASK_DUE]
+
+
 class Running:
     """A scheduler process's life on a shared store and clock: started, then stopped as a restart does."""
 
-    def __init__(self, nc: Client, tmp_path: Path, store: Store, clock: FakeClock) -> None:
-        self.ctx = types.SimpleNamespace(js=nc.jetstream(), stopping=asyncio.Event(), config=Config(home=str(tmp_path)))
-        self.firing = asyncio.create_task(Scheduler(cast(ServiceContext, self.ctx), store, clock).firing())
+    def __init__(self, nc: Client, tmp_path: Path, store: Store, clock: FakeClock, js: object = None) -> None:
+        self.ctx = types.SimpleNamespace(
+            js=js or nc.jetstream(), stopping=asyncio.Event(), config=Config(home=str(tmp_path))
+        )
+        self.scheduler = Scheduler(cast(ServiceContext, self.ctx), store, clock)
+        self.firing = asyncio.create_task(self.scheduler.firing())
 
     async def stop(self) -> None:
         self.ctx.stopping.set()
@@ -130,6 +170,61 @@ async def test_a_restart_after_five_missed_runs_catches_up_as_each_policy_says(n
         *[(s, "skipped") for s in downtime],
         (int(START) + 420, "fired"),
     ]
+
+
+async def test_a_run_due_while_nats_is_away_fires_once_it_is_back_whatever_its_catch_up_policy(
+    nc: Client, tmp_path: Path
+) -> None:
+    await ensure_streams(nc.jetstream())
+    clock = FakeClock(START)
+    gate = Gate(nc.jetstream(), clock)
+    store = await Store.start(tmp_path / "scheduler.db")
+    await store.run(store.create, task("t-hourly", "every 1h", catch_up="skip"), START)
+    running = Running(nc, tmp_path, store, clock, gate)
+    try:
+        await asyncio.wait_for(clock.sleeping.wait(), 10)
+        gate.away_until = START + 3600 + 90  # NATS is away from 08:00 for a minute and a half, longer than the grace
+        clock.advance(3600)
+        for tried in (0, 30, 60):  # tried at 08:00, 08:00:30 and 08:01:00, and failed each time
+            assert await asyncio.wait_for(gate.failures.get(), 10) == START + 3600 + tried
+            await asyncio.wait_for(clock.sleeping.wait(), 10)
+            clock.advance(30)
+        # 08:01:30: NATS is back. The scheduler was running all along: the run it decided at 08:00 is not late.
+        logged = await eventually(lambda: store.run(store.runs, "t-hourly"), message="the run is logged")
+        assert [(r["scheduled_at"], r["outcome"]) for r in logged] == [(int(START) + 3600, "fired")]
+        assert await stored(nc) == ["task:t-hourly:2026-01-05T08:00:00Z"]
+    finally:
+        await running.stop()
+        await store.stop()
+
+
+async def test_a_task_cancelled_while_another_runs_publish_waits_is_not_fired(nc: Client, tmp_path: Path) -> None:
+    runs = await listen(nc)
+    clock = FakeClock(START)
+    gate = Gate(nc.jetstream(), clock)
+    store = await Store.start(tmp_path / "scheduler.db")
+    await store.run(store.create, task("t-a", "2026-01-05T07:01"), START)
+    await store.run(store.create, task("t-b", "2026-01-05T07:01"), START)
+    running = Running(nc, tmp_path, store, clock, gate)
+    try:
+        await asyncio.wait_for(clock.sleeping.wait(), 10)
+        gate.hold_next = True  # NATS is slow: the first run's publish waits
+        clock.advance(60)
+        first = (await asyncio.wait_for(gate.held, 10)).split(":")[1]
+        other = "t-b" if first == "t-a" else "t-a"
+        # `clawden tasks cancel` for the other one, answered while the first one's publish is still waiting.
+        answer = await running.scheduler.ctl_status("cancel")(api.TaskRef(task_id=other))
+        assert answer.status == "cancelled"
+        gate.release.set()
+        await eventually(lambda: runs, message="the first run goes out")
+        await asyncio.wait_for(clock.sleeping.wait(), 10)  # done with what was due
+        assert await stored(nc) == [f"task:{first}:2026-01-05T07:01:00Z"], (
+            "a task cancelled, and told so, fires no more"
+        )
+        assert await store.run(store.runs, other) == []
+    finally:
+        await running.stop()
+        await store.stop()
 
 
 def at(run: dict[str, Any]) -> Any:
