@@ -2,8 +2,9 @@
 (`run/admin/<session>/admin.sock`, the folder mounted read-only at `/run/clawden/admin`), whose identity is the
 socket itself, so the session and its agent group are the runner's own knowledge, never the request's. Each
 request is one JSON line (`{"argv": [...]}`) checked against the group's `cli_scope` (`scope.py`): reads are
-answered at once through the typed control client, writes become an approval request and run only once an
-admin approves, and every call, allowed or refused, is an `AuditEvent` naming the session and the group."""
+answered at once through the typed control client, writes become an approval request and run only once one who
+approves for the group they change does (its admins, global admins, owners), and every call, allowed or refused, is
+an `AuditEvent` naming the session and the group."""
 
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ from typing import Any
 import msgspec
 
 from clawden import control, logs, sessiondb, unixsock
+from clawden.backoff import backoff
+from clawden.bus import Retry, publish, subjects
 from clawden.bus import events as ev
-from clawden.bus import publish, subjects
 from clawden.bus.ctl import Verb
 from clawden.bus.ctl import router as router_api
 from clawden.bus.ctl import scheduler as scheduler_api
 from clawden.registry import installed_channels
-from clawden.runtime import ServiceContext
+from clawden.runtime import ServiceContext, sleep_unless_stopping
 from services.runner import scope
 from services.runner.sessions import (
     SessionIndex,
@@ -50,6 +52,8 @@ MAX_LINE = 64 * 1024
 ASK_TIMEOUT = 10.0
 AUDIT_KIND = "cli"
 MAX_WAITING = 5  # writes of one session waiting for an admin at once
+ROUTER_AWAY = 2.0  # seconds before a decided write the router did not answer for is tried again
+REPUBLISH_CAP = 30.0  # the longest wait between two tries of an approval request the bus did not take
 # Cards of their own for what the agent's tools ask (install_packages, add_mcp_server).
 TITLES = {"groups packages add": "asks to install packages", "groups mcp add": "asks for an MCP server"}
 
@@ -94,6 +98,35 @@ def checks_out(request_id: str, session_id: str, argv: list[str]) -> bool:
 def outcome_key(request_id: str) -> str:
     """The note that tells the agent what became of its write (one row per key: told once)."""
     return f"cli-outcome-{request_id}"
+
+
+def approval_request(info: SessionInfo, request_id: str, write: scope.Write) -> ev.ApprovalRequest:
+    """The approval request for a session's write (pure, so a request asked again is the same card). It is the
+    changed group's: its admins decide (then global admins and owners), never the asking group's alone; the card
+    says which agent asked."""
+    line, target, asker = write.command.line(), write.command.group, info.agent_group
+    title = f"Agent {asker} {TITLES.get(write.command.name, 'asks to run a command')}"
+    body = f"{line}\n\n{write.change}"
+    if target != asker:
+        title += f" for agent group {target}"
+        if write.command.name in TITLES:  # the change says the asking session restarts: not for another group
+            body += (
+                f"\nAsked for another group: the asking session, of agent group {asker}, does not restart;"
+                f" agent group {target}'s containers take it at their next start."
+            )
+    return ev.ApprovalRequest(
+        id=request_id,
+        kind="agent_request",
+        requester="runner",
+        agent_group=target,
+        card=ev.Card(
+            title=title,
+            body=f"{body}\n\n(asked in {info.route.channel} chat {info.route.chat_id})",
+            buttons=(ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny", style="danger")),
+        ),
+        route=info.route,
+        context={"session_id": info.id, "channel": info.route.channel, "command": line},
+    )
 
 
 class _Moved(Exception):
@@ -220,6 +253,7 @@ class AdminDesk:
         # Decisions being carried out here (a build runs on after `on_decision`): one read back at an adoption and
         # brought by the durable as well is done once.
         self.doing: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # approval requests the bus did not take yet, tried again
 
     # --- sockets ----------------------------------------------------------------------------------
 
@@ -259,6 +293,8 @@ class AdminDesk:
     def close_all(self) -> None:
         for session_id in list(self.servers):
             self.close(session_id)
+        for task in self.tasks:  # their writes stay kept: the next start asks again (`resume`)
+            task.cancel()
 
     async def _serve(self, info: SessionInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -350,59 +386,97 @@ class AdminDesk:
             # An agent in a loop would otherwise bury its admins in cards.
             return await self._refuse(info, line, f"{MAX_WAITING} commands already wait for an admin's decision")
         request_id = write_id(info.id, argv, uuid.uuid4().hex[:16])
-        request = ev.ApprovalRequest(
-            id=request_id,
-            kind="agent_request",
-            requester="runner",
-            agent_group=info.agent_group,
-            card=ev.Card(
-                title=f"Agent {info.agent_group} {TITLES.get(write.command.name, 'asks to run a command')}",
-                body=f"{line}\n\n{write.change}\n\n(asked in {info.route.channel} chat {info.route.chat_id})",
-                buttons=(ev.Button(id="approve", label="Approve"), ev.Button(id="deny", label="Deny", style="danger")),
-            ),
-            route=info.route,
-            context={"session_id": info.id, "channel": info.route.channel, "command": line},
-        )
-        try:  # in the folder for the runner the session may move to, and in runner.db for this one
+        # Kept before the request goes out, so that no decision comes for a write not kept: in the folder for the
+        # runner the session may move to, and in runner.db for this one.
+        try:
             await asyncio.to_thread(record_cli_write, self.folder(info), request_id, argv)
         except sessiondb.Fenced as moved:
             return await self._refuse(info, line, f"this conversation moved to runner {moved.fence.runner}")
         await self.index.run(self.index.put_cli_write, request_id, info.id, argv)
-        await publish(self.ctx.js, subjects.APPROVAL_REQUEST, request, msg_id=f"approval:{request_id}")
+        sent = await self._send(approval_request(info, request_id, write))
         self.counters["writes_asked"] += 1
         await self._audit(info, "asked", line, "", approval=request_id)
+        asked = "an admin was asked" if sent else "an admin will be asked, once the bus takes the request,"
         return CliReply(
             ok=True,
             pending=request_id,
-            output=f"approval pending ({request_id}): an admin was asked to approve `{line}`;"
+            output=f"approval pending ({request_id}): {asked} to approve `{line}`;"
             " you will be told the outcome in a message",
         )
+
+    async def _send(self, request: ev.ApprovalRequest) -> bool:
+        """Publish a write's approval request; whether it went out now. One the bus does not take is tried again in
+        the background, with growing waits, until it does or the runner stops (its next start asks again:
+        `resume`), so a kept write always has its card and its slot is freed by a decision. Every try has the
+        same id, which the stream and the approvals service keep to one card."""
+        if await self._publish(request):
+            return True
+        task = asyncio.create_task(self._publish_until_taken(request))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return False
+
+    async def _publish(self, request: ev.ApprovalRequest) -> bool:
+        try:
+            await publish(self.ctx.js, subjects.APPROVAL_REQUEST, request, msg_id=f"approval:{request.id}")
+        except Exception as exc:  # NATS away, the stream refusing or not answering: tried again, and said
+            log.warning("the approval request %s did not go out (%s); it is tried again", request.id, exc)
+            return False
+        return True
+
+    async def _publish_until_taken(self, request: ev.ApprovalRequest) -> None:
+        tries = 0
+        while await sleep_unless_stopping(self.ctx.stopping, backoff(tries, cap=REPUBLISH_CAP)):
+            if await self._publish(request):
+                return
+            tries += 1
+
+    async def _ask_again(self, info: SessionInfo, request_id: str, argv: list[str]) -> None:
+        """A kept write's approval request published again: a runner may have stopped between keeping the write and
+        publishing it. A request that went out is the same one again (`approval_request`), so it makes no card."""
+        try:
+            command = scope.own(scope.parse(argv), info.agent_group)
+            write = scope.Write(command, scope.change(command))
+        except ValueError:  # not a write as this runner's commands are (an older runner's): its decision says so
+            return
+        await self._send(approval_request(info, request_id, write))
 
     # --- decisions --------------------------------------------------------------------------------
 
     async def on_decision(self, decision: ev.ApprovalDecision) -> bool:
         """An admin's word on a waiting write: run it (checked again: the scope may have changed) and tell
         the agent. False when the decision is not about one of ours. The decision is kept with the write until
-        the agent has the outcome, so a runner that stops in between does it again when it starts (`resume`).
-        Only the runner holding the session's folder acts: one it was moved away from forgets the write, which the
-        runner it moved to took over (`take_over`)."""
+        the agent has the outcome, so a runner that stops in between does it again when it starts (`resume`), and
+        so does this one when the router did not answer (`Retry`). Only the runner holding the session's folder
+        acts: one it was moved away from forgets the write, which the runner it moved to took over (`take_over`)."""
         waiting = await self.index.run(self.index.cli_write, decision.id)
         if waiting is None:
             return False
         if decision.id in self.doing:
             return True
-        session_id, argv = waiting
+        # Claimed before the next await: the same decision brought twice at once (the durable's delivery, and
+        # resume()'s or an adoption's read-back) is carried out once.
+        self.doing.add(decision.id)
+        carrying = False
+        try:
+            carrying = await self._take(decision, *waiting)
+        finally:
+            if not carrying:
+                self.doing.discard(decision.id)
+        return True
+
+    async def _take(self, decision: ev.ApprovalDecision, session_id: str, argv: list[str]) -> bool:
+        """Carry out a decided write; True once it is (`done` lets go of its claim: a build's once built), False
+        when there is nothing for this runner to do."""
         info = self.index.get(session_id)
         if info is None:
             await self.index.run(self.index.done_cli_write, decision.id)
-            return True
+            return False
         if await self.index.run(self.index.decide_cli_write, decision) is None:
-            return True  # another decision had the write
-        self.doing.add(decision.id)
+            return False  # another decision had the write
         try:
             await self._carry_out(decision, info, argv)
         except _Moved:
-            self.doing.discard(decision.id)
             log.info(
                 "the decided `clawden %s` of %s is left to the runner its session moved to",
                 shlex.join(argv),
@@ -410,26 +484,43 @@ class AdminDesk:
                 extra=logs.context(info.id, info.agent_group, decision.id),
             )
             await self.index.run(self.index.done_cli_write, decision.id)
-        except BaseException:
-            self.doing.discard(decision.id)
-            raise
+            return False
         return True
 
     async def resume(self) -> None:
-        """At start: the writes an admin decided that a stopped runner had not finished, done again. A build
-        starts over; a router write asks again (the router's writes set a value, so a second ask is harmless)."""
+        """At start: the waiting writes' approval requests published again (a stopped runner may not have published
+        one; each session's first MAX_WAITING, as many as it may have asked), then the writes an admin decided that
+        a stopped runner had not finished, done again. A build starts over; a router write asks again (the router's
+        writes set a value, so a second ask is harmless)."""
+        asked: dict[str, int] = {}
+        for request_id, session_id, argv in await self.index.run(self.index.undecided_cli_writes):
+            asked[session_id] = asked.get(session_id, 0) + 1
+            if (info := self.index.get(session_id)) is not None and asked[session_id] <= MAX_WAITING:
+                await self._ask_again(info, request_id, argv)
         for decision, session_id, argv in await self.index.run(self.index.decided_cli_writes):
             log.info("doing again the decided `clawden %s` of %s", shlex.join(argv), session_id)
+            await self._redo(decision, session_id, argv)
+
+    async def _redo(self, decision: ev.ApprovalDecision, session_id: str, argv: list[str]) -> None:
+        while True:
             try:
                 await self.on_decision(decision)
-            except Exception:  # the router away, say: left decided, for the decision's redelivery or the next start
+                return
+            except Retry as exc:  # the router away: still decided, done once it answers
+                log.info("the decided `clawden %s` of %s waits: %s", shlex.join(argv), session_id, exc)
+                if not await sleep_unless_stopping(self.ctx.stopping, exc.delay):
+                    return
+            except Exception:  # left decided, for the decision's redelivery or the next start
                 log.exception("the decided `clawden %s` of %s failed again", shlex.join(argv), session_id)
+                return
 
     async def take_over(self, info: SessionInfo) -> list[str]:
         """At an adoption (the runner holds the folder now): the writes the session's old runner asked an admin
         about and had not finished, kept in its folder, recorded in runner.db as if asked here, so that their
-        decisions are carried out here; their approval ids. A row that does not check out against its id (the
-        agent wrote it) is no write an admin was shown; one whose outcome the agent has is over."""
+        decisions are carried out here, and their requests published again (the old runner may have stopped before
+        it published one); their approval ids. A row that does not check out against its id (the agent wrote it)
+        is no write an admin was shown; one whose outcome the agent has is over. The agent can write rows that do
+        check out, so no more are asked about than it could have asked for itself."""
         folder = self.folder(info)
         taken: list[str] = []
         for request_id, argv in await asyncio.to_thread(cli_writes_in, folder):
@@ -440,6 +531,8 @@ class AdminDesk:
             else:
                 await self.index.run(self.index.put_cli_write, request_id, info.id, argv)
                 taken.append(request_id)
+                if len(taken) <= MAX_WAITING:
+                    await self._ask_again(info, request_id, argv)
         return taken
 
     async def done(self, decision: ev.ApprovalDecision, info: SessionInfo, text: str) -> None:
@@ -460,6 +553,10 @@ class AdminDesk:
             text = await self._decided(info, decision, argv)
         except scope.BadCommand as exc:  # asked of an older runner whose commands were different
             text = f"Your command `clawden {shlex.join(argv)}` cannot run any more: {exc}"
+        except control.NoAnswer as exc:  # the router away: no outcome yet, the write stays decided
+            raise Retry(
+                f"the decided `clawden {shlex.join(argv)}` of {info.id} waits for the router: {exc}", delay=ROUTER_AWAY
+            ) from exc
         if text is not None:
             await self.done(decision, info, text)
 
@@ -479,20 +576,24 @@ class AdminDesk:
             return f"Your command `{line}` was {decision.decision}{by}{why}; nothing was changed."
         try:
             verdict = scope.allow(await self.cli_scope(info.agent_group), info.agent_group, command)
-        except control.ControlError as exc:
+        except control.NoAnswer:
+            raise
+        except control.ControlError as exc:  # refused: the group is gone, say
             verdict = scope.Refuse(f"cannot check this group's cli_scope: {exc}")
         if isinstance(verdict, scope.Refuse):
             await self._audit(info, "refused", line, verdict.reason, approval=decision.id)
             return f"Your command `{line}` was approved, but is no longer allowed: {verdict.reason}."
         await self._still_held(info)
-        if command.name in self.doers:
-            text = await self.doers[command.name](info, command, decision)
+        if command.name in self.doers:  # with the group it names, its own written out
+            text = await self.doers[command.name](info, verdict.command, decision)
             await self._audit(info, "done", line, "", approval=decision.id, by=decision.decided_by)
             return text
         verb, request = write_request(verdict.command)
         try:
             done = await control.ask_on(self.ctx.nc, verb, request, timeout=ASK_TIMEOUT)
-        except control.ControlError as exc:
+        except control.NoAnswer:
+            raise
+        except control.ControlError as exc:  # refused: only the router's word is final
             await self._audit(info, "failed", line, str(exc), approval=decision.id)
             return f"Your command `{line}` was approved by {decision.decided_by}, but failed: {exc}"
         self.counters["writes_done"] += 1

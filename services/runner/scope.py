@@ -288,14 +288,20 @@ class Refuse:
 Verdict = Read | Write | Refuse
 
 
+def own(command: Command, caller_group: str) -> Command:
+    """The command with the caller's group where it names "." (the agent's tools need not know their group's name)."""
+    if command.args.get("agent_group") != OWN_GROUP:
+        return command
+    return replace(command, args=command.args | {"agent_group": caller_group})
+
+
 def allow(cli_scope: str, caller_group: str, command: Command) -> Verdict:
     """May the agent of `caller_group` (known from the socket, never from the request) run `command`?"""
     if cli_scope not in SCOPES:
         return Refuse(f"cli_scope {cli_scope!r} is not one of {', '.join(SCOPES)}")
     if cli_scope == "disabled":
         return Refuse(f"the clawden command is disabled for agent group {caller_group}")
-    if command.args.get("agent_group") == OWN_GROUP:  # the agent's tools need not know their group's name
-        command = replace(command, args=command.args | {"agent_group": caller_group})
+    command = own(command, caller_group)
     spec = COMMANDS[command.name]
     target = command.group
     if cli_scope == "group":

@@ -216,6 +216,13 @@ class SessionIndex(servicedb.Store):
         ).fetchone()
         return (str(row[0]), [str(a) for a in json.loads(row[1])]) if row else None
 
+    def undecided_cli_writes(self) -> list[tuple[str, str, list[str]]]:
+        """Writes no admin has decided yet, oldest first: approval id, session, command."""
+        rows = self.conn.execute(
+            "SELECT id, session_id, argv FROM cli_writes WHERE decision IS NULL ORDER BY asked_at"
+        ).fetchall()
+        return [(str(r[0]), str(r[1]), [str(a) for a in json.loads(r[2])]) for r in rows]
+
     def decided_cli_writes(self) -> list[tuple[ev.ApprovalDecision, str, list[str]]]:
         """Writes decided and not yet done (a runner that stopped in between): decision, session, command."""
         rows = self.conn.execute(

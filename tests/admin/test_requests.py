@@ -1,5 +1,5 @@
 """Which control verb each in-container `clawden` command becomes, with which request (services/runner/admin.py's
-pure mapping), and the scope's filter on what comes back."""
+pure mapping), the scope's filter on what comes back, and the approval request a write becomes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import pytest
 
 from clawden.bus.ctl import router as r
 from clawden.bus.ctl import scheduler as s
-from services.runner.admin import only, read_request, write_request
-from services.runner.scope import parse
+from clawden.bus.events import Route
+from services.runner.admin import approval_request, only, read_request, write_request
+from services.runner.scope import Write, change, parse
+from services.runner.scope import own as own_group
+from services.runner.sessions import SessionInfo
 
 READS: list[tuple[list[str], Any, object]] = [
     (["groups"], r.GROUPS_LIST, r.ListAll()),
@@ -111,3 +114,17 @@ def test_the_scope_filter_keeps_only_the_groups_own_rows() -> None:
     assert only(rows, "") == rows
     assert only(group, "main") is None
     assert only(group, "ops") is group
+
+
+def test_a_card_for_another_group_says_who_asked_and_that_no_session_of_the_asker_restarts() -> None:
+    asker = SessionInfo("s-1", "main", Route(channel="local", chat_id="kitchen"))
+    mcp = parse(["groups", "mcp", "add", "ops", "notes", "--command", "notes-mcp"])
+    own = parse(["groups", "mcp", "add", ".", "notes", "--command", "notes-mcp"])
+
+    theirs = approval_request(asker, "cli-1", Write(mcp, change(mcp)))
+    mine = approval_request(asker, "cli-2", Write(own_group(own, "main"), change(own_group(own, "main"))))
+
+    assert (theirs.agent_group, theirs.card.title) == ("ops", "Agent main asks for an MCP server for agent group ops")
+    assert "the asking session, of agent group main, does not restart" in theirs.card.body
+    assert (mine.agent_group, mine.card.title) == ("main", "Agent main asks for an MCP server")
+    assert "does not restart" not in mine.card.body

@@ -5,12 +5,19 @@ runner the session moved away from no longer holds it."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from clawden import sessiondb
+from clawden.bus import Retry
+from clawden.bus.ctl import router as api
 from services.runner import admin
 from services.runner.sessions import (
     claim_folder,
@@ -21,6 +28,9 @@ from services.runner.sessions import (
     record_cli_write,
     told,
 )
+from tests.admin.conftest import INFO, Desk, approved
+from tests.eventually import eventually
+from tests.router.conftest import RouterProcess
 
 WIRE = ["wire", "add", "local", "room-1", "main"]
 
@@ -86,3 +96,102 @@ def test_a_runner_the_session_moved_away_from_neither_holds_it_nor_writes_its_re
     with pytest.raises(sessiondb.Fenced):
         record_cli_write(folder, admin.write_id("s-1", WIRE, "2" * 16), WIRE)
     assert cli_writes_in(folder) == [(approval, WIRE)]  # still there for b
+
+
+# --- the runner's side: a write asked, decided and carried out once (tests/admin/conftest.py's Desk) ---------------
+
+
+async def test_a_write_decided_while_the_router_is_away_stays_decided_and_the_agent_hears_nothing_yet(
+    desk: Desk,
+) -> None:
+    request_id = await desk.kept(*WIRE)  # no router runs: nobody answers on the group's cli_scope
+
+    with pytest.raises(Retry):
+        await desk.admin.on_decision(approved(request_id))
+
+    assert [(d.id, argv) for d, _, argv in await desk.index.run(desk.index.decided_cli_writes)] == [(request_id, WIRE)]
+    assert desk.notes == {}
+    assert cli_writes_in(desk.folder) == [(request_id, WIRE)]
+
+
+async def test_a_write_the_router_does_not_answer_stays_decided_to_be_done_again(desk: Desk, nc: Client) -> None:
+    # The router as far as the group's cli_scope, then away: only `groups get` is answered.
+    group = api.GroupDetail(
+        wirings=[],
+        members=[],
+        admins=[],
+        destinations=[],
+        name="main",
+        folder="main",
+        assistant_name="",
+        provider="claude",
+        model="",
+        container=api.ContainerSettings(),
+        created_at=0,
+    )
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(msgspec.json.encode(group))
+
+    await nc.subscribe(api.GROUPS_GET.subject, cb=answer)
+    request_id = await desk.kept(*WIRE)
+
+    with pytest.raises(Retry):
+        await desk.admin.on_decision(approved(request_id))
+
+    assert [d.id for d, _, _ in await desk.index.run(desk.index.decided_cli_writes)] == [request_id]
+    assert desk.notes == {}
+
+
+async def test_one_decision_arriving_twice_at_once_is_carried_out_once(
+    router: RouterProcess, desk: Desk, nc: Client
+) -> None:
+    asked: list[Msg] = []
+
+    async def seen(msg: Msg) -> None:
+        asked.append(msg)
+
+    await nc.subscribe(api.WIRINGS_CREATE.subject, cb=seen)  # beside the router: every `wire add` it is asked
+    reply = await desk.ask(*WIRE)
+
+    # The decisions durable's delivery and resume()'s (or an adoption's read-back) of the same decision.
+    assert await asyncio.gather(*(desk.admin.on_decision(approved(reply.pending)) for _ in range(2))) == [True, True]
+
+    assert len(asked) == 1
+    [told] = desk.notes.values()
+    assert "`clawden wire add local room-1 main` was approved by local:owner and done" in told
+    assert await desk.index.run(desk.index.decided_cli_writes) == []
+
+
+async def test_a_request_the_bus_did_not_take_goes_out_once_it_does(router: RouterProcess, desk: Desk) -> None:
+    stream = (await desk.ctx.js.stream_info("CLAWDEN_APPROVALS")).config
+    await desk.ctx.js.update_stream(dataclasses.replace(stream, max_msg_size=16))  # every request refused
+
+    reply = await desk.ask(*WIRE)
+    assert reply.ok and reply.pending
+    assert await desk.requests() == []
+
+    await desk.ctx.js.update_stream(stream)
+    [request] = await eventually(desk.requests, timeout=10)
+    assert request.id == reply.pending and request.agent_group == "main"
+
+
+async def test_a_write_kept_but_never_asked_about_is_asked_at_start(router: RouterProcess, desk: Desk) -> None:
+    request_id = await desk.kept(*WIRE)
+
+    await desk.admin.resume()
+
+    [request] = await desk.requests()
+    assert request.id == request_id and request.card.body.startswith("clawden wire add local room-1 main\n")
+
+
+async def test_a_write_kept_but_never_asked_about_is_asked_by_the_runner_that_adopts_it(
+    router: RouterProcess, desk: Desk
+) -> None:
+    request_id = await desk.kept(*WIRE)
+    await desk.index.run(desk.index.done_cli_write, request_id)  # the folder keeps it, where an adopting runner looks
+
+    assert await desk.admin.take_over(INFO) == [request_id]
+    assert [r.id for r in await desk.requests()] == [request_id]
+    await desk.admin.resume()  # asked again at a start: the same request, still one
+    assert [r.id for r in await desk.requests()] == [request_id]
