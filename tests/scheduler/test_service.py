@@ -27,7 +27,7 @@ from clawden.bus import events as ev
 from clawden.bus.ctl import Verb
 from clawden.bus.ctl import scheduler as sched
 from clawden.config import load
-from clawden.control import Rep, Req
+from clawden.control import ControlError, Rep, Req
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 
@@ -369,3 +369,20 @@ async def test_tasks_follow_a_chat_the_router_moved_to_a_new_id(bus: Bus, schedu
     assert {f.run.route.chat_id for f in bus.fired(moved.id)[since:]} == {"-1001"}
     assert (await bus.ctl(sched.GET, sched.TaskRef(task_id=moved.id))).session_id == "s-family"
     assert (await bus.ctl(sched.GET, sched.TaskRef(task_id=other.id))).chat_id == "-42"
+
+
+async def test_a_task_whose_runs_the_router_would_refuse_is_refused_when_it_is_added(
+    bus: Bus, scheduler: Scheduler
+) -> None:
+    """A session id or group a due run may not carry (`TaskDue`) would make every run dropped as malformed, the
+    task never fired nor paused: it is the caller's mistake, said at once."""
+    for wrong, group, session in (("session_id", "work", "s work"), ("agent_group", "Work Group!", "s-work")):
+        request = sched.AddRequest(
+            agent_group=group,
+            session_id=session,
+            route=ev.Route(channel="local", chat_id="office"),
+            prompt="p",
+            schedule="every 1h",
+        )
+        with pytest.raises(ControlError, match=rf"bad request: .* at `\$\.{wrong}`"):
+            await bus.ctl(sched.ADD, request)

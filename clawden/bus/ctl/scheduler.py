@@ -29,8 +29,9 @@ class RunsRequest(Request, frozen=True):
 
 
 class AddRequest(Request, frozen=True):
-    agent_group: str
-    session_id: str
+    # As a due run names them (`TaskDue`): a task whose runs the router would refuse is refused when it is added.
+    agent_group: ev.GroupName
+    session_id: ev.SessionId
     route: ev.Route
     prompt: str
     schedule: str
