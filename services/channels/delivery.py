@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from clawden.backoff import backoff
@@ -641,4 +642,9 @@ class Delivery:
         )
         # A delay notice and the final word are two receipts; each is published once per outbound id.
         msg_id = f"receipt:{event.id}" if final else f"receipt:{event.id}:delayed"
-        await publish(self.js, subjects.receipt(self.channel), receipt, msg_id=msg_id)
+        try:
+            await publish(self.js, subjects.receipt(self.channel), receipt, msg_id=msg_id)
+        except (NatsError, TimeoutError) as exc:
+            # NATS away, not the event's fault: waited out, and the event handled again (what went out is in the
+            # sent-log), never counted as a crash, which could end in a "could not handle" word on a sent message.
+            raise Retry(f"the receipt of {event.id} was not stored: {exc!r}", delay=1.0) from exc

@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
+import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -19,7 +20,7 @@ from nats.aio.msg import Msg
 from clawden.bus import Retry, ensure_streams, subjects
 from clawden.bus import events as ev
 from services.channels.bridge import BridgeStats, ButtonRef, Capabilities
-from services.channels.delivery import Delivery, TypingIndicators, plan
+from services.channels.delivery import POISON_AFTER, Delivery, TypingIndicators, plan
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.state import BridgeState
 from tests.channels.harness import Bus
@@ -388,3 +389,35 @@ async def test_lost_answers_are_tried_again_only_while_the_platform_drops_repeat
     [receipt] = await receipts(bus)
     assert receipt.unconfirmed and not receipt.ok and bridge.calls > 1
     assert "the platform drops a repeat only for a while after the first" in caplog.text
+
+
+class ReceiptsAway:
+    """JetStream, but the next `away` receipt publishes time out (NATS away for a moment)."""
+
+    def __init__(self, js: Any, away: int) -> None:
+        self.js, self.away = js, away
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.js, name)
+
+    async def publish(self, subject: str, *args: Any, **kwargs: Any) -> Any:
+        if subject == subjects.receipt("memory") and self.away:
+            self.away -= 1
+            raise nats.errors.TimeoutError
+        return await self.js.publish(subject, *args, **kwargs)
+
+
+async def test_a_receipt_nats_did_not_take_is_waited_out_never_reported_as_a_failure_to_handle(
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    """On a late delivery (past the crash count), a receipt publish that fails must not turn into "could not
+    handle this" under the same receipt id, which would win over the real one for a message that went out."""
+    bridge = MemoryBridge()
+    delivery = delivery_for(bridge, state, bus, tmp_path)
+    delivery.js = ReceiptsAway(bus.js, away=1)  # type: ignore[assignment]
+    with pytest.raises(Retry):
+        await delivery.handle(message("hello"), fake_msg(POISON_AFTER))
+    await delivery.handle(message("hello"), fake_msg(POISON_AFTER))  # the held Retry runs it again
+    assert bridge.posted == [("c1", "hello")]
+    [receipt] = await receipts(bus)
+    assert receipt.ok and receipt.part_ids == ("p1",)
