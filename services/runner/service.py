@@ -19,7 +19,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -948,6 +948,14 @@ class Runner:
         except sessiondb.Fenced:
             self._forget(info.id)
             raise  # `_spawn` drops the session
+        except Retry as exc:
+            # The vault away (restarting, say): no fault of the container's, so no failed start is counted, and the
+            # session waits its turn again, however long that takes; its messages stay pending.
+            self._forget(info.id)
+            log.warning("no container for %s yet: %s", info.id, exc, extra={"session_id": info.id})
+            self.queue[info.id] = replace(waiting, not_before=time.monotonic() + exc.delay)
+            self.changed.set()
+            return
         except Exception as exc:
             self._forget(info.id)
             failures = self.failures.get(info.id, 0) + 1

@@ -10,11 +10,13 @@ from typing import Any, cast
 
 import pytest
 
+from clawden import sessiondb
+from clawden.bus import Retry
 from clawden.bus import events as ev
 from clawden.config import Config, GroupConfig, ModelConfig, RunnerConfig
 from clawden.runtime import ServiceContext
 from services.runner.containers import Docker, GroupRun, group_folder, group_run
-from services.runner.service import Runner
+from services.runner.service import START_ATTEMPTS, Runner
 from services.runner.sessions import SessionIndex
 
 RUNNER = RunnerConfig(image="clawden-agent:latest", memory="2g", cpus=2.0, pids=512, idle_timeout=1800)
@@ -150,3 +152,21 @@ async def test_after_a_runner_restart_a_scheduler_wake_starts_with_the_routers_l
     run = again.group_run("work")
     assert (run.folder, run.model, run.memory, run.pids, run.cpus) == ("w", "claude-group", "300m", 200, 2.0)
     await again.index.stop()
+
+
+async def test_a_vault_away_for_longer_than_the_start_attempts_fails_no_message(tmp_path: Path) -> None:
+    """A vault restarting under `clawden up` makes each start wait (`Retry`); that is no failed start, so the
+    chat is never told its container could not be started, and its message waits in the queue."""
+    r = runner(tmp_path, await SessionIndex.start(tmp_path / "data" / "runner.db"))
+    await r.on_wake(wake(1, ev.GroupSettings(folder="w", changed_at=5)), cast(Any, None))
+
+    async def vault_away(info: Any) -> Any:
+        raise Retry("the vault did not answer", delay=0.0)
+
+    r._vault_route = vault_away  # type: ignore[method-assign]
+    for _ in range(START_ATTEMPTS + 2):
+        waiting = r.queue.pop("s-1")
+        await r._launch(waiting)
+    assert "s-1" in r.queue and "s-1" not in r.live and not r.failures
+    assert sessiondb.has_unanswered(r.queue["s-1"].folder)
+    await r.index.stop()
