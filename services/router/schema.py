@@ -274,4 +274,31 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE agent_groups ADD COLUMN starter_memory TEXT NOT NULL DEFAULT '';
     """,
     ),
+    # An agent-shared session has no chat of its own (its row says `*`): each wake names the chat that spoke, and
+    # its answer goes there. The route of its last wake (JSON, '' while none is known), so that what the router
+    # sends it without a message (an adoption by another runner, an agent's answer) names that chat too. Sessions
+    # made before take it from the last message routed to them, where one is still remembered.
+    (
+        "0012_session_last_route",
+        """
+        ALTER TABLE sessions ADD COLUMN last_route TEXT NOT NULL DEFAULT '';
+        UPDATE sessions SET last_route = coalesce((
+            SELECT json_object('channel', r.channel, 'chat_id', r.chat_id, 'thread_id', r.thread_id)
+            FROM routed r WHERE r.session_id = sessions.id ORDER BY r.at DESC LIMIT 1), '')
+        WHERE chat_id = '*';
+    """,
+    ),
+    # A chat that moved onto an id with its own approval waiting (both asked to be connected before anyone
+    # answered): the old approval's held messages join the new one's, and a decision on the old card counts for
+    # it. Gone with the approval it names, once that is settled.
+    (
+        "0013_merged_approvals",
+        """
+        CREATE TABLE merged_approvals (
+            id TEXT PRIMARY KEY,  -- the old card's approval id
+            into_id TEXT NOT NULL REFERENCES approvals(id) ON DELETE CASCADE
+        ) WITHOUT ROWID;
+        CREATE INDEX merged_approvals_into ON merged_approvals (into_id);
+    """,
+    ),
 ]

@@ -291,6 +291,7 @@ async def main(ctx: ServiceContext) -> None:
     store.groups_dir = ctx.config.groups_dir  # a new agent's folder, made from the channel card (cards.py)
     store.dead_after = ctx.config.runner.dead_after
     store.shared_storage = ctx.config.runner.shared_storage
+    store.max_payload = ctx.nc.max_payload  # what the server takes in one message: no wake is larger
     try:
         router = Router(ctx, store)
         for line in await store.run(store.seed, DEFAULT_GROUP, LOCAL_CHANNEL, _login(), time.time()):

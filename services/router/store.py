@@ -6,12 +6,13 @@ Synchronous on purpose: the service runs every call on one dedicated thread, one
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,13 @@ MAX_HELD = 20  # messages one pending approval may hold; more would let a strang
 PROCESSED_KEEP = 30 * 86400.0
 DROPPED_KEEP = 90 * 86400.0
 OWNER_BY_PAIRING = "pairing"
+# The most NATS carries in one message unless its server says otherwise (`max_payload`, which the service sets
+# from its connection), and room for a publish's headers (`Nats-Msg-Id`, besides the id itself).
+MAX_PAYLOAD = 1024 * 1024
+HEADER_ROOM = 64
 
 _held_decoder = msgspec.json.Decoder(ev.InboundMessage)
+_route_decoder = msgspec.json.Decoder(ev.Route)
 
 
 # What the router routes (card clicks go to the approvals service).
@@ -44,6 +50,14 @@ Routable = ev.InboundMessage | ev.InboundEdit | ev.InboundDelete | ev.ChatMoved 
 
 class RouterError(Exception):
     """A request the router refuses; the message is for a person."""
+
+
+class WakeRefused(Exception):
+    """A wake or adoption its runner's decoder would refuse: a bug in the router, stopped before the outbox."""
+
+
+class WakeTooLarge(Exception):
+    """A wake past what the bus carries in one message: the message that caused it is refused instead."""
 
 
 @dataclass
@@ -115,6 +129,7 @@ class RouterStore(outbox.OutboxStore):
         self.shared_storage = False  # `[runner] shared_storage` (set by the service): sessions of a gone runner move
         self.started = time.time()  # a runner never heard since is gone once `dead_after` has passed
         self.groups_dir: Path | None = None  # where a new agent's folder goes (set by the service)
+        self.max_payload = MAX_PAYLOAD  # the connection's `max_payload` (set by the service): no wake is larger
         self.roles = Roles()
         self._pairing: dict[str, tuple[str, float]] = {}
         self._destinations: dict[str, tuple[ev.Destination, ...]] = {}
@@ -217,7 +232,9 @@ class RouterStore(outbox.OutboxStore):
             self._tell_owners_lost(event, out)
         elif isinstance(event, ev.InboundEdit | ev.InboundDelete):
             self._revise(event, out)
-        elif not self._name_agent(event, now, out):
+        # One its bridge refused (a mail whose From failed DKIM) is no command whoever it names as its sender:
+        # engage records it dropped with the bridge's reason, and it answers nothing.
+        elif event.refused or not self._name_agent(event, now, out):
             out.counts["routed"] += 1
             self._route(event, now, out)
         return False
@@ -254,6 +271,7 @@ class RouterStore(outbox.OutboxStore):
             # The new id wrote first (a message overtook the move): the old chat's settings win, what
             # the new row holds that the old one does not is kept.
             mg = int(new["id"])
+            self._merge_approvals(int(old["id"]), mg, out)
             for table in ("wirings", "approvals", "unregistered_senders"):
                 db.execute(
                     f"UPDATE OR IGNORE {table} SET messaging_group = ? WHERE messaging_group = ?", (mg, old["id"])
@@ -294,6 +312,42 @@ class RouterStore(outbox.OutboxStore):
         )
         out.counts["chats_moved"] += 1
         return True
+
+    def _merge_approvals(self, old_mg: int, new_mg: int, out: Outcome) -> None:
+        """Both ids of a moving chat wait for the owner to connect them (one approval per chat): the old one's
+        held messages join the new one's, in the order they were held, and a decision on either card settles
+        both (`merged_approvals`). It keeps the later expiry and whoever was asked to name a new agent for it."""
+        db = self.conn
+        rows = {
+            r["messaging_group"]: r
+            for r in db.execute(
+                "SELECT * FROM approvals WHERE kind = 'channel' AND messaging_group IN (?, ?)", (old_mg, new_mg)
+            )
+        }
+        gone, kept = rows.get(old_mg), rows.get(new_mg)
+        if gone is None or kept is None:
+            return  # at most one is waiting: it follows the chat as it is
+        held = db.execute(
+            "SELECT key, event, held_at FROM held_messages WHERE approval_id IN (?1, ?2)"
+            " ORDER BY held_at, approval_id = ?2, rowid",
+            (gone["id"], kept["id"]),
+        ).fetchall()
+        # Written again in one order, so a replay goes as they came; past MAX_HELD too: none is lost here.
+        db.execute("DELETE FROM held_messages WHERE approval_id IN (?, ?)", (gone["id"], kept["id"]))
+        db.executemany(
+            "INSERT OR IGNORE INTO held_messages (approval_id, key, event, held_at) VALUES (?, ?, ?, ?)",
+            [(kept["id"], *row) for row in held],
+        )
+        db.execute(
+            "UPDATE approvals SET expires_at = max(expires_at, ?), naming_by = iif(naming_by = '', ?, naming_by)"
+            " WHERE id = ?",
+            (gone["expires_at"], gone["naming_by"], kept["id"]),
+        )
+        db.execute("UPDATE merged_approvals SET into_id = ? WHERE into_id = ?", (kept["id"], gone["id"]))
+        db.execute("INSERT INTO merged_approvals (id, into_id) VALUES (?, ?)", (gone["id"], kept["id"]))
+        db.execute("DELETE FROM approvals WHERE id = ?", (gone["id"],))
+        log.info("approval %s merged into %s: %d message(s) wait for it", gone["id"], kept["id"], len(held))
+        out.counts["approvals_merged"] += 1
 
     def _tell_owners_lost(self, event: ev.MessagesLost, out: Outcome) -> None:
         """A platform dropped messages unread: each owner hears it where they read this channel."""
@@ -364,7 +418,7 @@ class RouterStore(outbox.OutboxStore):
             group=self.group_settings(group),
             epoch=row["epoch"],
         )
-        self.emit(subjects.wake(row["runner"]), wake.key, wake, lane=row["session_id"])
+        self._emit_wake(row["runner"], wake.key, wake, lane=row["session_id"])
         log.info(
             "%s -> session %s of %s",
             event.key,
@@ -377,7 +431,59 @@ class RouterStore(outbox.OutboxStore):
         chat = self._chat_rows(event.route.channel, event.route.chat_id)
         view = self.view(event, chat, now)
         decision = engage.decide(event, view, only=only)
-        self._apply(event, chat, view, decision, now, out)
+        if why := self._unless_too_large(functools.partial(self._apply, event, chat, view, decision, now, out), out):
+            # Nothing of it is done (a wake past the bus's limit would wait in the outbox for ever, and hold up
+            # its session's lane): recorded, and the chat told where the agent would have answered.
+            self.record_drop(event, view.sender.user_id, why, now)
+            out.counts["dropped"] += 1
+            if any(d.trigger for d in decision.deliveries):
+                self._reply(
+                    event, f"Not passed on: this message is {why}. Send it in smaller parts.", 0, out, kind="error"
+                )
+
+    def _unless_too_large(self, work: Callable[[], None], out: Outcome) -> str:
+        """Do `work` unless a wake of it is too large for the bus: then undo all of it, and say why ("" when done)."""
+        counts = out.counts.copy()
+        self.conn.execute("SAVEPOINT wake")
+        try:
+            work()
+        except WakeTooLarge as exc:
+            self.conn.execute("ROLLBACK TO wake")
+            out.counts = counts
+            return str(exc)
+        finally:
+            self.conn.execute("RELEASE wake")
+        return ""
+
+    def _emit_wake(self, runner: str, msg_id: str, wake: ev.Wake | ev.Adopt, lane: str) -> None:
+        """Queue a wake or an adoption for `runner`, as that runner will read it: one its decoder would refuse is
+        a bug here, raised now instead of published to be refused there (the message stays unanswered, the
+        session unfenced); one past the bus's limit is `WakeTooLarge`, for the caller to refuse what caused it."""
+        payload = ev.encode(wake)
+        try:
+            ev.WAKE_DECODER.decode(payload)
+        except msgspec.ValidationError as exc:
+            raise WakeRefused(f"{wake.key}: runner {runner} would refuse it: {exc}") from None
+        limit = self.max_payload - HEADER_ROOM - len(msg_id.encode())
+        if len(payload) > limit:
+            raise WakeTooLarge(
+                f"too large to pass on to an agent ({len(payload)} bytes with the agent's settings; the bus takes"
+                f" {limit})"
+            )
+        self.emit(subjects.wake(runner), msg_id, wake, lane=lane)
+        if isinstance(wake, ev.Wake):  # an agent-shared session's answer goes to the chat its last wake named
+            self.conn.execute(
+                "UPDATE sessions SET last_route = ? WHERE id = ? AND chat_id = ?",
+                (msgspec.json.encode(wake.route), wake.session_id, ALL_CHATS),
+            )
+
+    @staticmethod
+    def _conversation(row: sqlite3.Row) -> ev.Route | None:
+        """Where a session's answers go: its chat, or an agent-shared session's last (each wake names the chat that
+        spoke); None for an agent-shared one no wake has named a chat for since the router kept it."""
+        if row["chat_id"] != ALL_CHATS:
+            return ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"] or None)
+        return _route_decoder.decode(row["last_route"]) if row["last_route"] else None
 
     def _chat_rows(self, channel: str, chat_id: str) -> _ChatRows:
         own = wildcard = None
@@ -595,7 +701,7 @@ class RouterStore(outbox.OutboxStore):
             group=self.group_settings(action.agent_group),
             epoch=epoch,
         )
-        self.emit(subjects.wake(runner), wake.key, wake, lane=session_id)
+        self._emit_wake(runner, wake.key, wake, lane=session_id)
         if action.trigger:
             self._tell_if_away(session_id, action.agent_group, runner, action.route, now)
         if not action.command:  # where a later edit or delete of it must go
@@ -757,12 +863,15 @@ class RouterStore(outbox.OutboxStore):
         return {rid: since for rid, since in gone.items() if self._movable(rid, now)}
 
     def _movable(self, runner: str, now: float) -> list[sqlite3.Row]:
-        """`runner`'s sessions that a live runner may take now (its group's pin and mounts allowing)."""
+        """`runner`'s sessions that a live runner may take now (its group's pin and mounts allowing). An
+        agent-shared session whose chat is not known yet (made before the router kept it, and silent since)
+        waits for its next wake, which names one."""
         rows = self.conn.execute(
-            "SELECT id, agent_group, channel, chat_id, thread_id, epoch FROM sessions WHERE runner = ? ORDER BY id",
+            "SELECT id, agent_group, channel, chat_id, thread_id, epoch, last_route FROM sessions WHERE runner = ?"
+            " ORDER BY id",
             (runner,),
         ).fetchall()
-        return [r for r in rows if not self._place(r["agent_group"], now).why]
+        return [r for r in rows if self._conversation(r) is not None and not self._place(r["agent_group"], now).why]
 
     def move_sessions(self, gone: str, untaken: Mapping[str, Sequence[ev.Wake]], now: float) -> Outcome:
         """Move every session of the runner `gone` that a live runner may take: one epoch more, an `Adopt` to
@@ -774,7 +883,16 @@ class RouterStore(outbox.OutboxStore):
         out = Outcome()
         with self._tx():
             for row in self._movable(gone, now):
-                self._move(row, gone, untaken.get(row["id"], ()), now, out)
+                self.conn.execute("SAVEPOINT move")
+                try:
+                    self._move(row, gone, untaken.get(row["id"], ()), now, out)
+                except (WakeRefused, WakeTooLarge):
+                    # Never half sent: this session stays where it is, said at every round; the others move.
+                    log.exception("session %s cannot move off runner %s", row["id"], gone)
+                    self.conn.execute("ROLLBACK TO move")
+                    out.counts["moves_refused"] += 1
+                finally:
+                    self.conn.execute("RELEASE move")
             out.outgoing = self.outgoing()
         return out
 
@@ -783,21 +901,23 @@ class RouterStore(outbox.OutboxStore):
         placed = self._place(group, now)
         epoch = int(row["epoch"]) + 1
         self.conn.execute("UPDATE sessions SET runner = ?, epoch = ? WHERE id = ?", (placed.runner, epoch, session_id))
-        self.runners.placed(placed.runner)
+        route = self._conversation(row)
+        assert route is not None  # `_movable` keeps only sessions whose chat is known
         adopt = ev.Adopt(
             session_id=session_id,
             agent_group=group,
-            route=ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"] or None),
+            route=route,
             epoch=epoch,
             from_runner=gone,
             destinations=self.destinations(group),
             group=self.group_settings(group),
         )
-        self.emit(subjects.wake(placed.runner), adopt.key, adopt, lane=session_id)
+        self._emit_wake(placed.runner, adopt.key, adopt, lane=session_id)
         for wake in untaken:
             again = msgspec.structs.replace(wake, epoch=epoch)
-            self.emit(subjects.wake(placed.runner), f"{wake.key}@{epoch}", again, lane=session_id)
+            self._emit_wake(placed.runner, f"{wake.key}@{epoch}", again, lane=session_id)
         self._record_placement(session_id, group, placed.runner, epoch, now)
+        self.runners.placed(placed.runner)
         out.counts["sessions_moved"] += 1
         out.counts["wakes_resent"] += len(untaken)
         log.warning(
@@ -863,9 +983,13 @@ class RouterStore(outbox.OutboxStore):
                     out.counts["task_runs_dropped"] += 1
                     continue
                 route = self._due_route(due, session)
-                self._wake_due(due, route, str(session["runner"]), int(session["epoch"]))
+                runner, epoch = str(session["runner"]), int(session["epoch"])
+                if why := self._unless_too_large(functools.partial(self._wake_due, due, route, runner, epoch), out):
+                    self._orphaned(due, why)  # as large at every run: the scheduler pauses the task, saying why
+                    out.counts["task_runs_dropped"] += 1
+                    continue
                 # A runner declared gone holds the run until it is back: the chat is told once, as for a message.
-                self._tell_if_away(due.session_id, due.agent_group, str(session["runner"]), route, now)
+                self._tell_if_away(due.session_id, due.agent_group, runner, route, now)
                 out.counts["task_runs"] += 1
         out.outgoing = self.outgoing()
         return out
@@ -907,7 +1031,7 @@ class RouterStore(outbox.OutboxStore):
             group=self.group_settings(due.agent_group),
             epoch=epoch,
         )
-        self.emit(subjects.wake(runner), wake.key, wake, lane=due.session_id)
+        self._emit_wake(runner, wake.key, wake, lane=due.session_id)
         log.info(
             "task %s: run %s -> session %s on runner %s (epoch %d)",
             due.task_id,
@@ -938,8 +1062,8 @@ class RouterStore(outbox.OutboxStore):
                 )
                 if isinstance(decision, relay.Drop):
                     self._drop_relay(event, key, decision.reason, now, out)
-                else:
-                    self._relay(event, key, decision, now, out)
+                elif why := self._unless_too_large(functools.partial(self._relay, event, key, decision, now, out), out):
+                    self._drop_relay(event, key, why, now, out)
         out.outgoing = self.outgoing()
         return out
 
@@ -964,11 +1088,12 @@ class RouterStore(outbox.OutboxStore):
 
     def _reply_target(self, session_id: str | None) -> relay.Target | None:
         row = self.conn.execute(
-            "SELECT id, agent_group, channel, chat_id, thread_id FROM sessions WHERE id = ?", (session_id or "",)
+            "SELECT id, agent_group, channel, chat_id, thread_id, last_route FROM sessions WHERE id = ?",
+            (session_id or "",),
         ).fetchone()
-        if row is None:
+        route = None if row is None else self._conversation(row)
+        if row is None or route is None:
             return None
-        route = ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"] or None)
         return relay.Target(row["id"], row["agent_group"], route)
 
     def _relay(self, event: ev.OutboundMessage, key: str, to: relay.Deliver, now: float, out: Outcome) -> None:
@@ -989,7 +1114,7 @@ class RouterStore(outbox.OutboxStore):
             group=self.group_settings(to.agent_group),
             epoch=epoch,
         )
-        self.emit(subjects.wake(runner), wake.key, wake, lane=session_id)
+        self._emit_wake(runner, wake.key, wake, lane=session_id)
         self._relay_receipt(event, out, error="")
         out.counts["relayed"] += 1
         log.info(
@@ -1123,12 +1248,24 @@ class RouterStore(outbox.OutboxStore):
         with self.transaction() as db:
             row = db.execute("SELECT * FROM approvals WHERE id = ?", (decision.id,)).fetchone()
             if row is None:
+                row = self._merged_into(decision)
+            if row is None:
                 # Another service's approval, or one already settled (a redelivered decision).
                 out.counts["decisions_ignored"] += 1
             else:
                 self._settle(row, decision, now, out)
         out.outgoing = self.outgoing()
         return out
+
+    def _merged_into(self, decision: ev.ApprovalDecision) -> sqlite3.Row | None:
+        """The approval that a card for a chat's old id was merged into (`_merge_approvals`): an approver's answer
+        on it counts. Its own expiry does not: the approval it joined keeps its own time."""
+        if decision.decision == "expired":
+            return None
+        row: sqlite3.Row | None = self.conn.execute(
+            "SELECT a.* FROM merged_approvals m JOIN approvals a ON a.id = m.into_id WHERE m.id = ?", (decision.id,)
+        ).fetchone()
+        return row
 
     def expire_approvals(self, now: float) -> Outcome:
         """Approvals nobody answered in time: their held messages are dropped, nothing is denied."""

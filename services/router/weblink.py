@@ -3,7 +3,7 @@
 The router owns chat commands and roles, so it decides who may ask and where; the web service owns links, so
 the router asks it for one (`clawden.ctl.web.login`, over the bus) and replies like any other reply, keyed by
 the message so a redelivery after a crash is one reply (the outbound stream drops the duplicate). From anyone
-else `/web` is plain text, routed as usual."""
+else `/web` is plain text, routed as usual; from a sender its bridge could not vouch for, it is dropped."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ IN_GROUP = "I send sign-in links only in a direct chat: message me /web there."
 
 
 def asker(event: ev.Inbound, roles: Roles) -> str:
-    """The owner or admin who sent `/web` (their user id), or "" when this is not that."""
-    if not isinstance(event, ev.InboundMessage) or commands.parse(event.text).word != WORD:
+    """The owner or admin who sent `/web` (their user id), or "" when this is not that. A message its bridge
+    refused (a mail whose From failed DKIM) asks nothing, whoever it names: routed, it is recorded dropped."""
+    if not isinstance(event, ev.InboundMessage) or event.refused or commands.parse(event.text).word != WORD:
         return ""
     user = user_id_of(event.route.channel, event.sender.id)
     owner, admin, admin_of = roles.standing(user)

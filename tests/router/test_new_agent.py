@@ -179,3 +179,40 @@ def test_a_starter_memory_the_router_cannot_write_on_its_host_loses_neither_the_
     assert [(w.agent_group, w.message.text) for w in wakes] == [("research", "hello there")]
     assert wakes[0].group is not None and "You are the research agent" in wakes[0].group.starter_memory
     assert not (tmp_path / "elsewhere" / "CLAUDE.md").exists()
+
+
+def test_a_refused_newagent_from_the_owners_address_creates_nothing_and_is_recorded_dropped(tmp_path: Path) -> None:
+    # A forged mail "from" the owner, who was asked for a name: the bridge refused it (it failed DKIM).
+    store = RouterStore.open(tmp_path / "router.db")
+    store.seed("main", "local", "alice", 1_000.0)
+    owner = "email:me@example.org"
+    store.grant(owner, "owner", "", "test", 1_000.0)
+    hello = ev.InboundMessage(
+        route=ev.Route(channel="telegram", chat_id="c9"),
+        message_id="m1",
+        sender=ev.Sender(id="bob"),
+        text="hello there",
+        sent_at=1_100.0,
+    )
+    store.route_batch([hello], 1_100.0)
+    [(approval,)] = store.conn.execute("SELECT id FROM approvals WHERE kind = 'channel'").fetchall()
+    store.on_decision(
+        ev.ApprovalDecision(id=approval, decision="approved", decided_by=owner, value=cards.NEW_AGENT), 1_200.0
+    )
+    store.published([o.id for o in store.outgoing()])
+    forged = ev.InboundMessage(
+        route=ev.Route(channel="email", chat_id="thread-1"),
+        message_id="<x@evil.example>",
+        sender=ev.Sender(id=owner),
+        text="/newagent evil",
+        sent_at=1_300.0,
+        refused="unverified sender: dkim=fail",
+    )
+    outcome = store.route_batch([forged], 1_300.0)
+    assert [e for e in map(ev.decode, (o.payload for o in outcome.outgoing))] == []  # no group, no answer
+    assert [r[0] for r in store.conn.execute("SELECT name FROM agent_groups")] == ["main"]
+    assert store.conn.execute("SELECT reason FROM dropped_messages WHERE key = ?", (forged.key,)).fetchone()[0] == (
+        "unverified sender: dkim=fail"
+    )
+    # the owner's question stays open: their own `/newagent` still names the agent
+    assert store.conn.execute("SELECT naming_by FROM approvals WHERE id = ?", (approval,)).fetchone()[0] == owner

@@ -9,11 +9,13 @@ from typing import Any
 import msgspec
 import pytest
 
+from clawden import servicedb
 from clawden.bus import ctl
 from clawden.bus import events as ev
 from clawden.config import GroupConfig
 from services.router.control import Control
 from services.router.placement import Placement, Runners, Seen, away_since, gone, place
+from services.router.schema import MIGRATIONS
 from services.router.store import RouterError, RouterStore
 from services.runner import heartbeat
 
@@ -491,3 +493,103 @@ def test_sessions_made_before_placements_were_recorded_are_recorded_once(store: 
         )
     ]
     assert everything(store, store.record_placements(NOW + 1)) == []
+
+
+# ---- an agent-shared session (one conversation for every chat wired so): what its runner is sent --------------
+
+
+def runners_read(sent: list[tuple[str, str, ev.Event]]) -> list[ev.Wake | ev.Adopt]:
+    """Every wake and adoption as the runner reads its subject: with its own decoder, which refuses a bad route."""
+    return [ev.WAKE_DECODER.decode(ev.encode(e)) for to, _, e in sent if to.startswith("clawden.wake.")]
+
+
+def agent_shared(store: RouterStore, *chats: str) -> None:
+    """Terminal chats wired to main as one conversation: their session is `*`/`*`, with no chat of its own."""
+    for chat in chats:
+        admin(store, "chats", op="create", channel="local", chat_id=chat)
+        wiring = {"channel": "local", "chat_id": chat, "agent_group": "main", "session_mode": "agent-shared"}
+        admin(store, "wirings", op="create", **wiring)
+
+
+def test_an_agent_shared_session_moves_with_an_adoption_naming_the_chat_that_spoke_last(store: RouterStore) -> None:
+    store.shared_storage = True
+    store.runners.heard(beat("a"), NOW)
+    agent_shared(store, "t1", "t2")
+    first, last = say(store, "t1", 1), say(store, "t2", 2)
+    assert first.session_id == last.session_id  # one session for both chats, which has no chat of its own
+    later = NOW + DEAD_AFTER + 1
+    store.runners.heard(beat("b"), later)
+    # taken and not answered yet: the adoption alone tells b where the answer goes
+    [adopt] = runners_read(everything(store, store.move_sessions("a", {}, later)))
+    assert isinstance(adopt, ev.Adopt) and (adopt.session_id, adopt.epoch) == (last.session_id, 2)
+    assert adopt.route == last.route == ev.Route(channel="local", chat_id="t2")
+
+
+def test_an_agents_answer_into_an_agent_shared_session_names_a_chat_its_runner_can_read(store: RouterStore) -> None:
+    agent_shared(store, "t1")
+    admin(store, "groups", op="create", name="helper")
+    admin(store, "destinations", op="add", agent_group="main", name="helper", channel="agent", chat_id="helper")
+    asking = say(store, "t1", 1)
+    ask = ev.OutboundMessage(
+        id="o1", route=ev.Route(channel="agent", chat_id="helper"), text="how?", session_id=asking.session_id,
+        agent_group="main",
+    )  # fmt: skip
+    [asked] = runners_read(everything(store, store.relay_batch([ask], NOW)))
+    answer = ev.OutboundMessage(
+        id="o2", route=ev.Route(channel="agent", chat_id="main", thread_id=asking.session_id), text="so",
+        session_id=asked.session_id, agent_group="helper",
+    )  # fmt: skip
+    [answered] = runners_read(everything(store, store.relay_batch([answer], NOW)))
+    assert isinstance(answered, ev.Wake) and answered.session_id == asking.session_id
+    assert answered.route == asking.route and answered.message.text == "so"
+
+
+def test_an_agent_shared_session_whose_chat_is_not_known_yet_waits_for_its_next_message_to_move(
+    store: RouterStore,
+) -> None:
+    store.shared_storage = True
+    store.runners.heard(beat("a"), NOW)
+    agent_shared(store, "t1")
+    wake = say(store, "t1", 1)
+    store.conn.execute("UPDATE sessions SET last_route = '' WHERE id = ?", (wake.session_id,))  # as made before
+    later = NOW + DEAD_AFTER + 1
+    store.runners.heard(beat("b"), later)
+    assert store.gone_runners(later) == {}  # no chat to name in an adoption: it stays for now
+    said(store, "t1", 2, later)  # its wake waits for a, and names the chat
+    [adopt] = runners_read(everything(store, store.move_sessions("a", {}, later)))
+    assert isinstance(adopt, ev.Adopt) and adopt.route == wake.route
+
+
+def test_an_agent_shared_session_made_before_the_upgrade_takes_its_chat_from_the_last_message_routed_to_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "router.db"
+    conn, _ = servicedb.open_db(path, [m for m in MIGRATIONS if m[0] < "0012"], foreign_keys=True)
+    conn.executescript(
+        """INSERT INTO agent_groups (name, folder, created_at) VALUES ('main', 'main', 1);
+        INSERT INTO sessions (id, agent_group, channel, chat_id, runner, created_at, last_message_at)
+            VALUES ('s-shared', 'main', '*', '*', 'a', 1, 3);
+        INSERT INTO routed VALUES ('local:m1', 'main', 's-shared', 'local:m1:main', 'local', 't1', NULL, 'u', 1, 1);
+        INSERT INTO routed VALUES ('local:m2', 'main', 's-shared', 'local:m2:main', 'local', 't2', 'x', 'u', 1, 2);"""
+    )
+    conn.close()
+    store = RouterStore.open(path, "home")
+    store.shared_storage = True
+    later = NOW + DEAD_AFTER + 1
+    store.runners.heard(beat("b"), later)
+    [adopt] = runners_read(everything(store, store.move_sessions("a", {}, later)))
+    assert isinstance(adopt, ev.Adopt) and adopt.route == ev.Route(channel="local", chat_id="t2", thread_id="x")
+
+
+def test_a_session_whose_adoption_its_runner_could_not_read_stays_and_the_others_move(store: RouterStore) -> None:
+    store.shared_storage = True
+    store.runners.heard(beat("a"), NOW)
+    broken, fine = say(store, "t1", 1), say(store, "t2", 2)
+    store.conn.execute("UPDATE sessions SET channel = 'no such channel' WHERE id = ?", (broken.session_id,))
+    later = NOW + DEAD_AFTER + 1
+    store.runners.heard(beat("b"), later)
+    outcome = store.move_sessions("a", {broken.session_id: [broken]}, later)
+    assert outcome.counts["moves_refused"] == 1  # said loudly, never sent for b's decoder to refuse
+    [adopt] = runners_read(everything(store, outcome))
+    assert isinstance(adopt, ev.Adopt) and adopt.session_id == fine.session_id
+    assert (runner_of(store, broken.session_id), runner_of(store, fine.session_id)) == ("a", "b")

@@ -15,6 +15,7 @@ from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.bus.ctl import router as router_ctl
 from tests.router.conftest import RouterProcess, collect
+from tests.router.test_store import too_large_with_its_agents_settings
 
 WAKES = f"{subjects.PREFIX}.wake.>"
 
@@ -187,3 +188,23 @@ async def test_the_cli_manages_groups_and_wirings_and_says_plainly_what_went_wro
     assert ghost.stderr.strip() == "clawden: no agent group named 'ghost' (see `clawden groups list`)"
     assert bad_pattern.returncode == 1 and "is not a regular expression" in bad_pattern.stderr
     assert "Traceback" not in ghost.stderr + bad_pattern.stderr
+
+
+async def test_a_message_too_large_to_wake_an_agent_with_is_refused_and_its_chat_goes_on(
+    router: RouterProcess, js: JetStreamContext
+) -> None:
+    # NATS takes at most 1 MiB a message: a wake past it would never leave the outbox, and hold up its session.
+    await router.ask(router_ctl.GROUPS_CREATE, router_ctl.GroupCreate(name="poet", starter_memory="Haiku. " * 4600))
+    await router.ask(router_ctl.CHATS_CREATE, router_ctl.ChatCreate(channel="telegram", chat_id="c1", policy="public"))
+    await router.ask(
+        router_ctl.WIRINGS_CREATE, router_ctl.WiringCreate(channel="telegram", chat_id="c1", agent_group="poet")
+    )
+    await send(js, too_large_with_its_agents_settings())
+    await send(js, chat_message(2, chat="c1", text="and a short one"))
+
+    [wake] = await collect(js, "t-wakes", WAKES, want=1, timeout=20)
+    assert isinstance(wake, ev.Wake) and wake.message.text == "and a short one"
+    [told] = await collect(js, "t-out", subjects.outbound("telegram", "c1"), want=1, timeout=20)
+    assert isinstance(told, ev.OutboundMessage) and told.kind == "error" and "too large" in told.text
+    [dropped] = await router.ask(router_ctl.DROPPED_LIST, router_ctl.DroppedList())
+    assert dropped.key == "telegram:m1" and dropped.reason.startswith("too large to pass on to an agent")

@@ -162,6 +162,43 @@ def test_one_message_that_fails_does_not_hold_up_its_batch(store: RouterStore, m
     assert len(wakes(published(store, store.route_batch([msg(n=2)], NOW)))) == 1
 
 
+def too_large_with_its_agents_settings() -> ev.InboundMessage:
+    """A message the bus carried (under NATS's default 1 MiB), which with a group's 32 KiB starter memory makes a
+    wake the bus would not."""
+    files = tuple(
+        ev.Attachment(name=f"scan-{i}.pdf", url=f"https://files.example/{i}/" + "a" * 1000) for i in range(950)
+    )
+    big = msgspec.structs.replace(msg("see attached"), attachments=files)
+    assert 1_000_000 < len(ev.encode(big)) < 1024 * 1024 - 1024
+    return big
+
+
+def test_a_message_whose_wake_the_bus_would_not_carry_is_refused_and_its_chat_told(store: RouterStore) -> None:
+    admin(store, "groups", op="create", name="poet", starter_memory="You write haiku. " * 1900)
+    wire(store, group="poet")
+    out = published(store, store.route_batch([too_large_with_its_agents_settings(), msg(n=2)], NOW))
+    assert [w.message.id for w in wakes(out)] == ["telegram:m2:poet"]  # the next one goes on, in the same session
+    [told] = [e for e in out if isinstance(e, ev.OutboundMessage)]
+    assert (told.kind, told.reply_to) == ("error", "m1") and "too large" in told.text
+    [dropped] = admin(store, "dropped", op="list")
+    assert dropped["key"] == "telegram:m1" and dropped["reason"].startswith("too large to pass on to an agent")
+    assert store.outgoing() == []
+
+
+def test_a_task_run_whose_wake_the_bus_would_not_carry_wakes_nothing_and_the_scheduler_is_told(
+    store: RouterStore,
+) -> None:
+    wire(store)
+    [wake] = wakes(published(store, store.route_batch([msg()], NOW)))
+    store.max_payload = 16 * 1024  # a server that takes less than NATS's default 1 MiB
+    due = ev.TaskDue(
+        id="task:t-1:1", task_id="t-1", session_id=wake.session_id, agent_group="main", route=wake.route,
+        text="x" * 20_000, at=NOW,
+    )  # fmt: skip
+    [orphaned] = published(store, store.wake_due([due], NOW))  # no wake: the scheduler pauses the task, saying why
+    assert isinstance(orphaned, ev.TaskOrphaned) and orphaned.reason.startswith("too large to pass on to an agent")
+
+
 def test_dropped_messages_are_recorded_with_their_reason(store: RouterStore) -> None:
     wire(store, policy="strict")
     store.route_batch([msg()], NOW)
@@ -284,6 +321,24 @@ def test_a_chat_that_moved_after_its_new_id_spoke_first_keeps_its_wiring_and_con
     )
     with pytest.raises(Exception, match="no chat '-41'"):
         admin(store, "chats", op="move", channel="telegram", chat_id="-41", new_chat_id="-1003")
+
+
+def test_a_chat_that_moved_onto_an_id_also_waiting_for_approval_keeps_every_held_message(store: RouterStore) -> None:
+    # A Telegram group upgraded to a supergroup: both ids spoke before the owner answered either card.
+    [old_card] = requests(published(store, store.route_batch([msg("first", n=1, chat="-100")], NOW)))
+    [new_card] = requests(published(store, store.route_batch([msg("second", n=2, chat="-200")], NOW + 1)))
+    moved = ev.ChatMoved(channel="telegram", old_chat_id="-100", new_chat_id="-200")
+    assert published(store, store.route_batch([moved], NOW + 2)) == [moved]  # announced
+    assert admin(store, "dropped", op="list") == []  # nothing lost on the way
+
+    # The owner answers the card they saw first, for the chat's old id: it still counts, for both messages.
+    approve = ev.ApprovalDecision(id=old_card.id, decision="approved", value="connect:main", decided_by=OWNER)
+    replayed = wakes(published(store, store.on_decision(approve, NOW + 3)))
+    assert [(w.route.chat_id, w.message.text) for w in replayed] == [("-200", "first"), ("-200", "second")]
+    late = ev.ApprovalDecision(id=new_card.id, decision="denied", decided_by=OWNER)  # the other card, afterwards
+    assert store.on_decision(late, NOW + 4).counts["decisions_ignored"] == 1
+    [chat] = admin(store, "chats", op="list", channel="telegram")
+    assert (chat["chat_id"], chat["wired"], chat["denied"]) == ("-200", ["main"], False)
 
 
 def test_a_chat_wired_to_a_group_is_answered_by_it_alone_not_also_through_the_wildcard(store: RouterStore) -> None:

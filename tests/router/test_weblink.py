@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 import pytest
 
 from clawden.bus import events as ev
@@ -55,3 +56,9 @@ def test_the_reply_names_who_signs_in_and_for_how_long() -> None:
     link = web_ctl.LoginLink(url="http://127.0.0.1:8790/login/abc", user="telegram:1", expires_at=now + 600)
     text = weblink.link_text(link, now)
     assert text.endswith("\nhttp://127.0.0.1:8790/login/abc") and "telegram:1" in text and "10 minutes" in text
+
+
+def test_a_message_its_bridge_refused_never_asks_for_a_link() -> None:
+    # A mail that says it is from the owner and fails DKIM: the router records it dropped, and sends no link.
+    forged = msgspec.structs.replace(said("/web", "1"), refused="unverified sender: dkim=fail")
+    assert weblink.asker(forged, ROLES) == ""
