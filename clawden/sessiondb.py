@@ -8,6 +8,7 @@ Stdlib only: this module is copied into the agent image as is.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -136,6 +137,11 @@ class SchemaError(RuntimeError):
     """A session database was written by a newer Clawden than this one."""
 
 
+class LinkedFile(sqlite3.DatabaseError):
+    """A session DB's name leads to another file (a link the agent planted in the folder it writes): nothing was
+    read from or written to it."""
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open one session DB with the pragmas both sides rely on.
 
@@ -144,9 +150,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """
     if readonly:
         _roll_back_hot_journal(path)
-    # A URI for writing too, so that a write transaction may ATTACH the other file read-only (`_writing`).
-    uri = _uri(path, readonly=readonly)
-    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    else:
+        _create(path)
+    conn = _open(path, readonly=readonly)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     if not readonly:
@@ -154,8 +160,49 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _open(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    """Every open of a session DB, on both sides: the file at `path` itself, never one a link there names (raises
+    LinkedFile). The agent can write the folder, so a link may be there, or appear while SQLite opens the file.
+
+    SQLite's unix VFS resolves every link in a name before it opens the file, then opens the resolved name, and the
+    journal beside it, with O_NOFOLLOW (tests/runner/test_session_links.py pins both): so the name it reports (PRAGMA
+    database_list) is the file it holds, and a link swapped in after it resolved the name fails the open. A name that
+    resolved anywhere but `path` is refused before a row is read. (Python's sqlite3 cannot pass SQLITE_OPEN_NOFOLLOW,
+    and no URI parameter sets it.) SQLite is never asked to create the file (mode=rw; `connect` makes it with
+    `_create`): it would make one wherever a link there points."""
+    # A URI for writing too, so that a write transaction may ATTACH the other file read-only (`_writing`).
+    conn = sqlite3.connect(
+        _uri(path, readonly=readonly), uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+    )
+    try:
+        _check_opened(conn, "main", path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_opened(conn: sqlite3.Connection, schema: str, path: Path) -> None:
+    """Raise LinkedFile unless the file `conn` holds as `schema` is the one named `path` (see `_open`)."""
+    wanted = os.path.join(os.path.realpath(path.parent), path.name)
+    for row in conn.execute("PRAGMA database_list").fetchall():
+        if row[1] == schema and row[2] != wanted:
+            raise LinkedFile(f"{path} is a link (to {row[2]}): a session's file is only ever used as itself")
+
+
+def _create(path: Path) -> None:
+    """Make the file (empty) where there is none, by this process and never through a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LinkedFile(f"{path} is a link: a session's file is never made through one") from None
+        raise
+    os.close(fd)
+
+
 def _uri(path: Path, *, readonly: bool = False) -> str:
-    return f"file:{quote(os.fspath(path))}" + ("?mode=ro" if readonly else "")
+    return f"file:{quote(os.fspath(path))}?mode=" + ("ro" if readonly else "rw")
 
 
 def _roll_back_hot_journal(path: Path) -> None:
@@ -166,7 +213,7 @@ def _roll_back_hot_journal(path: Path) -> None:
     when it is hot (no live writer holds the file's lock), so a writer mid-transaction is left alone."""
     if not Path(f"{path}-journal").exists() or not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
         return
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn = _open(path, readonly=False)
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     finally:
@@ -403,6 +450,7 @@ def _attach_inbound(conn: sqlite3.Connection, folder: Path) -> str | None:
         return None  # no host file yet: nothing fences the folder
     _roll_back_hot_journal(path)
     conn.execute("ATTACH DATABASE ? AS inbound", (_uri(path, readonly=True),))
+    _check_opened(conn, "inbound", path)  # the fence read through a link would be another folder's
     return "inbound"
 
 

@@ -1,10 +1,13 @@
 """What an agent's outbound row means on the bus. The host trusts nothing in the row it can check:
 routes must be the session's own chat (or a destination the runner was told of), files must sit in
-the session's outbox, and message ids are looked up in the host's own records."""
+the session's outbox (and what goes out is the runner's own copy of them), and message ids are looked up
+in the host's own records."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +15,17 @@ from typing import Any
 
 import msgspec
 
-from clawden import sessiondb, sessionrows
+from clawden import safefs, sessiondb, sessionrows
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from services.runner import newagent
 from services.runner.sessions import SessionInfo
 
 log = logging.getLogger("clawden.runner.outbound")
+MAX_FILE_BYTES = 50 * 1024 * 1024  # what the agent's send_file takes (container/clawden_agent/tools.py)
+# Outbound events stay on the stream 7 days (a bridge may take one again until then): a copy outlives them.
+KEEP_COPIES = 8 * 86400.0
+SENT = ".sent"  # under the sessions folder: no agent group's name starts with a dot (ev.GROUP_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -63,8 +70,10 @@ def translate(
     row: sessiondb.OutboundMessage,
     allowed: dict[tuple[str, str], ev.Route],
     runner_id: str = "",
+    copies: Path | None = None,
 ) -> list[Action]:
-    """Turn one row into what the runner does; raises Refused for a row it must not act on."""
+    """Turn one row into what the runner does; raises Refused for a row it must not act on. `copies`: the host's own
+    folder where a file row's files are copied to be sent (`copies_folder`); without it, file rows are refused."""
     route = _route(info, row, allowed)
     key = f"{info.id}:{row.id}"
     content = _content(row)
@@ -89,9 +98,9 @@ def translate(
                 )
             ]
         case sessionrows.File(box=box, files=files, text=text):
-            paths = tuple(str(_outbox_file(folder, box, name)) for name in files)
-            if not paths:
+            if not files:
                 raise Refused("a file row without files")
+            paths = _take_files(folder, box, files, None if copies is None else copies / str(row.seq))
             return [
                 Publish(
                     subjects.outbound(route.channel, route.chat_id),
@@ -254,15 +263,52 @@ def _route(info: SessionInfo, row: sessiondb.OutboundMessage, allowed: dict[tupl
     raise Refused(f"#{row.seq} is addressed to {wanted[0]}:{wanted[1]}, which this session may not reach")
 
 
-def _outbox_file(folder: Path, box: str, name: str) -> Path:
-    outbox = (folder / "outbox").resolve()
-    path = folder / "outbox" / box / name
-    # The agent writes this folder: no links, nothing outside its outbox.
-    if "/" in box or box in ("", ".", "..") or path.is_symlink() or (folder / "outbox" / box).is_symlink():
-        raise Refused(f"unsafe file path {box}/{name}")
-    if not path.resolve().is_relative_to(outbox) or not path.is_file():
-        raise Refused(f"{box}/{name} is not a file in the outbox")
-    return path
+def copies_folder(sessions: Path, info: SessionInfo) -> Path:
+    """Where the runner keeps its copies of what the session's file rows send: `<sessions>/.sent/<group>/<session>/
+    outbox`, written by the host alone and mounted in no container. Under the sessions folder because that is where
+    the bridges take files from (`Delivery.file_roots`), and in a folder named outbox for the web chat's downloads
+    (services/web/files.py)."""
+    return sessions / SENT / info.agent_group / info.id / "outbox"
+
+
+def _take_files(folder: Path, box: str, names: tuple[str, ...], into: Path | None) -> tuple[str, ...]:
+    """Copy the files `names` of the session's outbox/<box> into the host's folder `into` and name the copies. The
+    agent can change its outbox at any moment (a link in place of the outbox, the box or a file, to a host file or
+    another session's): each is opened by descriptor, never through a link, the file a regular one, and what goes
+    out is what was there when the runner took it, not a path a bridge opens later."""
+    for name in (box, *names):
+        if name in ("", ".", "..") or "/" in name or "\0" in name:
+            raise Refused(f"unsafe file path {box}/{name}")
+    if into is None:
+        raise Refused(f"{box}: files are not taken here (no folder to keep their copies in)")
+    _forget_old_copies(into.parent)
+    into.mkdir(parents=True, exist_ok=True)
+    taking = names[0]
+    try:
+        with (
+            safefs.folder(folder) as session,
+            safefs.subfolder(session, "outbox") as outbox,
+            safefs.subfolder(outbox, box) as source_box,
+            safefs.folder(into) as kept,
+        ):
+            for taking in names:
+                with safefs.regular_file(source_box, taking, max_bytes=MAX_FILE_BYTES) as source:
+                    safefs.write_copy(source, kept, taking, max_bytes=MAX_FILE_BYTES)
+    except OSError as exc:
+        raise Refused(f"{box}/{taking} is not a file in the outbox ({exc.strerror or exc})") from None
+    return tuple(str(into / name) for name in names)
+
+
+def _forget_old_copies(kept: Path) -> None:
+    """Each row's copies go once no bridge can be handed its event again (KEEP_COPIES)."""
+    before = time.time() - KEEP_COPIES
+    try:
+        rows = list(os.scandir(kept))
+    except FileNotFoundError:
+        return
+    for row in rows:
+        if row.is_dir(follow_symlinks=False) and row.stat(follow_symlinks=False).st_mtime < before:
+            shutil.rmtree(row.path, ignore_errors=True)
 
 
 def _text(value: object) -> str:

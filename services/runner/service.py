@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sqlite3
 import time
 from collections.abc import Coroutine, Iterator
@@ -29,7 +28,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError, NotFoundError
 
-from clawden import control, logs, sessiondb, sessionrows, skills, unixsock
+from clawden import control, logs, safefs, sessiondb, sessionrows, skills, unixsock
 from clawden.agentcontainer import PROJECT_SETTINGS, Tuning, VaultTransport, container_user, vault_transport
 from clawden.backoff import backoff
 from clawden.bus import ConsumeStats, Retry, bind, consume, publish, subjects
@@ -57,7 +56,7 @@ from services.runner.containers import (
 from services.runner.images import Installer
 from services.runner.mounts import Allowlist, ExtraMount, MountRefused, MountRequest, resolve
 from services.runner.newagent import AgentMaker, write_starter
-from services.runner.outbound import Action, Ask, ListTasks, Publish, Refused, Respond, translate
+from services.runner.outbound import Action, Ask, ListTasks, Publish, Refused, Respond, copies_folder, translate
 from services.runner.sessions import (
     SessionIndex,
     SessionInfo,
@@ -484,13 +483,26 @@ class Runner:
         if not source.is_relative_to(bridges) or not source.is_file() or source.stat().st_size > MAX_INBOX_BYTES:
             log.warning("attachment %s of %s not taken: %s", attachment.name, message_id, attachment.url)
             return described
-        box = folder / "inbox" / re.sub(r"[^A-Za-z0-9._-]", "_", message_id)[-80:]
+        box = re.sub(r"[^A-Za-z0-9._-]", "_", message_id)[-80:]
         name = re.sub(r"[^A-Za-z0-9._-]", "_", attachment.name)[-100:] or "file"
-        box.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, box / name)
-        if self.owner_uid is not None:
-            chown_tree(box, self.owner_uid)
-        return described | {"path": str((box / name).relative_to(folder))}
+        # The agent writes its inbox, and message ids are easy to guess: every folder on the way is opened by
+        # descriptor and never through a link (a box it made a link is refused), and the file is written under a
+        # fresh name and renamed into place, so a link it planted at the file's name is replaced, never written
+        # through. Ownership goes through the same descriptors.
+        try:
+            with (
+                source.open("rb") as copied,
+                safefs.folder(folder) as session,
+                safefs.subfolder(session, "inbox") as inbox,
+                safefs.subfolder(inbox, box, make=True) as into,
+            ):
+                if self.owner_uid is not None:
+                    os.fchown(into, self.owner_uid, self.owner_uid)
+                safefs.write_copy(copied.fileno(), into, name, max_bytes=MAX_INBOX_BYTES, owner=self.owner_uid)
+        except OSError as exc:
+            log.warning("attachment %s of %s not saved in %s/inbox: %s", attachment.name, message_id, folder, exc)
+            return described | {"error": "it could not be saved in the session's inbox"}
+        return described | {"path": f"inbox/{box}/{name}"}
 
     async def _start(self, info: SessionInfo, folder: Path) -> None:
         route, trust, relay_dir = await self._vault_route(info)
@@ -729,12 +741,13 @@ class Runner:
         folder = self.session_dir(info)
         rows = await asyncio.to_thread(sessiondb.read_new_outbound, folder)
         allowed = await self.index.run(self.index.destinations, info.id) if rows else {}
+        copies = copies_folder(self.cfg.sessions_dir, info)  # what file rows send: the runner's own copies
         for row in rows:
             # Checked before each row's publish (the bus is no transaction); were the session moved just after, the
             # new owner publishes the row again under the same message id, which JetStream drops as a duplicate.
             await asyncio.to_thread(sessiondb.check_fence, folder)
             try:
-                actions = await asyncio.to_thread(translate, info, folder, row, allowed, self.cfg.runner.id)
+                actions = await asyncio.to_thread(translate, info, folder, row, allowed, self.cfg.runner.id, copies)
             except Refused as exc:
                 log.warning(
                     "session %s: outbound #%d refused: %s", info.id, row.seq, exc, extra={"session_id": info.id}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import shutil
 import socket
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from clawden import servicedb, sessiondb, unixsock
+from clawden import safefs, servicedb, sessiondb, unixsock
 from clawden.bus import events as ev
 
 log = logging.getLogger("clawden.runner.sessions")
@@ -261,19 +263,34 @@ def prepare_folder(folder: Path, owner_uid: int | None) -> None:
     """Create the session folder and its DB pair; hand it to the container's user when we are root."""
     folder.mkdir(parents=True, exist_ok=True)
     check_files(folder)
-    for sub in ("inbox", "outbox"):
-        (folder / sub).mkdir(exist_ok=True)
+    with safefs.folder(folder) as top:
+        for sub in ("inbox", "outbox"):
+            _own_folder(top, folder, sub)
     sessiondb.ensure_inbound(folder)
     sessiondb.ensure_outbound(folder)
     if owner_uid is not None:
         chown_tree(folder, owner_uid)
 
 
+def _own_folder(top: int, folder: Path, name: str) -> None:
+    """A real folder `name` in the session folder: a link (or a file) the agent put in its place goes first. What the
+    runner takes from or puts into it later is opened by descriptor all the same, as the agent may put one back."""
+    try:
+        found = os.stat(name, dir_fd=top, follow_symlinks=False)
+    except FileNotFoundError:
+        found = None
+    if found is not None and not stat.S_ISDIR(found.st_mode):
+        log.warning("session folder %s: its %s was no folder (a link?); made one in its place", folder, name)
+        os.unlink(name, dir_fd=top)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, dir_fd=top)
+
+
 def chown_tree(root: Path, uid: int) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
-        os.chown(dirpath, uid, uid, follow_symlinks=False)
-        for name in dirnames + filenames:
-            os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
+    """Hand `root` (a folder the host chose) and all in it to `uid`. An agent can write in it: nothing below is
+    followed through a link, not even one swapped in while the tree is walked (`safefs.give`)."""
+    with safefs.folder(root, follow=True) as top:
+        safefs.give(top, uid)
 
 
 def adopt_conversation(shared_home: Path, home: Path, folder: Path) -> None:

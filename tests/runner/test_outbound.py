@@ -3,6 +3,7 @@ row (clawden/sessionrows.py) once, and a row that is not what its kind says refu
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,9 @@ import pytest
 from clawden import sessiondb
 from clawden.bus import events as ev
 from clawden.bus import subjects
-from services.runner.outbound import Ask, ListTasks, Publish, Refused, Respond, translate
+from services.runner.outbound import Ask, ListTasks, Publish, Refused, Respond, copies_folder, translate
 from services.runner.sessions import SessionInfo, prepare_folder
+from services.web import files
 
 ROUTE = ev.Route(channel="local", chat_id="kitchen")
 INFO = SessionInfo("s-1", "main", ROUTE)
@@ -94,3 +96,66 @@ def test_a_row_that_is_not_what_its_kind_says_is_refused_saying_why(
 ) -> None:
     with pytest.raises(Refused, match=why):
         translate(INFO, folder, row(folder, kind, content), {})
+
+
+# --- files: what goes out is the runner's own copy of a regular file that was in the outbox ------------------------
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> Path:
+    """A home's sessions folder with session s-1 of main, as the runner lays it out, and a keys folder beside it."""
+    prepare_folder(tmp_path / "sessions" / "main" / "s-1", None)
+    (tmp_path / "keys" / "nats").mkdir(parents=True)
+    (tmp_path / "keys" / "nats" / "runner.nk").write_text("SUAseed")
+    return tmp_path / "sessions"
+
+
+def send_file(sessions: Path, box: str, name: str) -> list[Any]:
+    folder = sessions / "main" / "s-1"
+    content = {"box": box, "files": [name], "text": "here"}
+    return translate(INFO, folder, row(folder, "file", content), {}, copies=copies_folder(sessions, INFO))
+
+
+def test_an_outbox_the_agent_made_a_link_out_of_its_folder_sends_nothing(sessions: Path) -> None:
+    folder = sessions / "main" / "s-1"
+    shutil.rmtree(folder / "outbox")
+    (folder / "outbox").symlink_to("../../../keys")  # inside the container: ln -s ../../../keys outbox
+
+    with pytest.raises(Refused, match=r"nats/runner\.nk is not a file in the outbox"):
+        send_file(sessions, "nats", "runner.nk")
+
+    prepare_folder(folder, None)  # the next wake puts a real outbox back; the link's target is left alone
+    assert (folder / "outbox").is_dir() and not (folder / "outbox").is_symlink()
+    assert (sessions.parent / "keys" / "nats" / "runner.nk").read_text() == "SUAseed"
+
+
+@pytest.mark.parametrize("link", ["box", "file"])
+def test_a_box_or_file_that_is_a_link_out_of_the_outbox_sends_nothing(sessions: Path, link: str) -> None:
+    box = sessions / "main" / "s-1" / "outbox" / "b"
+    if link == "box":
+        box.symlink_to(sessions.parent / "keys" / "nats")
+    else:
+        box.mkdir()
+        (box / "runner.nk").symlink_to(sessions.parent / "keys" / "nats" / "runner.nk")
+
+    with pytest.raises(Refused, match=r"b/runner\.nk"):
+        send_file(sessions, "b", "runner.nk")
+
+
+def test_a_file_swapped_for_a_link_after_it_was_taken_still_sends_what_was_taken(sessions: Path) -> None:
+    box = sessions / "main" / "s-1" / "outbox" / "b"
+    box.mkdir()
+    (box / "notes.txt").write_text("the agent's notes")
+
+    [action] = send_file(sessions, "b", "notes.txt")
+    (box / "notes.txt").unlink()  # then, before the bridge reads it, a link in the file's place
+    (box / "notes.txt").symlink_to(sessions.parent / "keys" / "nats" / "runner.nk")
+
+    assert isinstance(action, Publish) and isinstance(action.event, ev.OutboundMessage)
+    [sent] = action.event.files
+    assert Path(sent).read_text() == "the agent's notes"
+    # The copy is the host's, outside every session folder, where the bridges (under the sessions folder) and the
+    # web chat's downloads (a file in an outbox under it) take it.
+    assert not Path(sent).is_relative_to(sessions / "main" / "s-1")
+    assert Path(sent).resolve().is_relative_to(sessions.resolve())
+    assert files.outbox_file(sessions, sent) == Path(sent).resolve()
