@@ -26,7 +26,7 @@ from clawden.bus.ctl import router as router_ctl
 from clawden.installed import Scope as JournalScope
 from services.web import auth, files, pages
 from services.web.backend import Backend, BackendError
-from services.web.channel import CHANNEL, Hub, Refused, WebChannel
+from services.web.channel import CHANNEL, Hub, NotStored, Refused, WebChannel
 from services.web.dashboard import Dashboard
 from services.web.scope import OutOfScope, Scope
 from services.web.store import Session, Upload, WebStore
@@ -52,6 +52,7 @@ class Settings:
     secure: bool  # the cookie is Secure: we are reached over https (public_url)
     link_seconds: float
     session_seconds: float
+    proxied: bool = False  # `public_url` is another address than ours: browsers come through a proxy here
 
 
 class Form(dict[str, str]):
@@ -150,6 +151,12 @@ class Web:
             raise Denied(404 if row is None else 403, "no such web chat (see /chats)" if row is None else _no(scope))
         return row
 
+    def source(self, request: Request) -> str:
+        """Who is signing in, for the rate limit and the log: behind our proxy, the visitor it names."""
+        peer = request.client.host if request.client else "unknown"
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))  # a second header line counts too
+        return auth.client_source(peer, forwarded, self.settings.proxied)
+
     def page(self, text: str, status: int = 200) -> HTMLResponse:
         return html(text, status)
 
@@ -165,7 +172,7 @@ class Web:
 
     async def login_page(self, request: Request) -> Response:
         token = request.path_params["token"]
-        wait = self.limit.take(source(request), time.monotonic())
+        wait = self.limit.take(self.source(request), time.monotonic())
         if wait > 0:
             return html(pages.message("Too many sign-in attempts; try again shortly."), 429, retry(wait))
         state = await self.store.run(self.store.check_link, token, time.time())
@@ -180,7 +187,7 @@ class Web:
         return response
 
     async def login(self, request: Request) -> Response:
-        wait = self.limit.take(source(request), time.monotonic())
+        wait = self.limit.take(self.source(request), time.monotonic())
         if wait > 0:
             return html(pages.message("Too many sign-in attempts; try again shortly."), 429, retry(wait))
         form = await self.form(request)
@@ -192,10 +199,13 @@ class Web:
         )
         if not isinstance(found, Session):
             log.warning(
-                "refused a sign-in from %s: the link is %s", source(request), found, extra={"source": source(request)}
+                "refused a sign-in from %s: the link is %s",
+                self.source(request),
+                found,
+                extra={"source": self.source(request)},
             )
             return html(pages.message(auth.REFUSALS[found], title="Sign in"), 410)
-        log.info("%s signed in from %s", found.user_id, source(request), extra={"user": found.user_id})
+        log.info("%s signed in from %s", found.user_id, self.source(request), extra={"user": found.user_id})
         response = RedirectResponse("/chats", 303)
         response.headers.append(
             "set-cookie",
@@ -249,6 +259,8 @@ class Web:
             )
         except Refused as exc:
             raise Denied(400, str(exc)) from None
+        except NotStored as exc:
+            raise Denied(503, str(exc)) from None
         return JSONResponse({"id": mid}, headers=HEADERS)
 
     async def upload(self, request: Request) -> Response:
@@ -389,10 +401,6 @@ def _no(scope: Scope) -> str:
 
 def name(found: Session) -> str:
     return found.user_id.partition(":")[2] or found.user_id
-
-
-def source(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 def retry(wait: float) -> dict[str, str]:

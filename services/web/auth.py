@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import urllib.parse
 from dataclasses import dataclass, field
@@ -70,6 +71,22 @@ def session_cookie(value: str, *, secure: bool, max_age: int) -> str:
     """The Set-Cookie value: never readable by scripts, never sent on a cross-site request."""
     flags = f"; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Strict"
     return f"{COOKIE}={value}{flags}{'; Secure' if secure else ''}"
+
+
+def client_source(peer: str, forwarded: str, proxied: bool) -> str:
+    """Whom a sign-in attempt counts against: the address it came from, or behind our proxy (`proxied`: one on
+    this machine, since we listen on loopback) the last hop of X-Forwarded-For, the one that proxy adds; else
+    every visitor would be one source, and anyone could spend the owner's attempts. Hops before it are whatever
+    the visitor sent, and a request from elsewhere than loopback did not come through that proxy."""
+    hop = forwarded.rpartition(",")[2].strip()
+    return hop if proxied and hop and _loopback(peer) else peer
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # not an address at all (a test client, a unix socket)
+        return False
 
 
 @dataclass

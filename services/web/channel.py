@@ -1,6 +1,6 @@
 """The `web` channel, a bridge like the others: what a signed-in person says goes to JetStream as inbound
-(stored there before the browser hears "sent"), and the channel's outbound lanes are kept in web.db
-before they are acknowledged, then streamed to every open page of that chat."""
+(stored there once, before web.db keeps it and the browser hears "sent"), and the channel's outbound lanes are
+kept in web.db before they are acknowledged, then streamed to every open page of that chat."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
+from clawden.bus import Retry, publish, publish_stored, subjects
 from clawden.bus import events as ev
-from clawden.bus import publish, subjects
 from services.web.files import MAX_FILES
 from services.web.store import Shown, WebStore
 
@@ -27,6 +28,11 @@ MAX_TEXT = 16_000
 
 class Refused(Exception):
     """What the person sent cannot be taken (too long, an unknown card or button); said to them as is."""
+
+
+class NotStored(Exception):
+    """The bus did not take the person's message for a minute (NATS away): nothing was kept, and sending it again
+    under the same id is safe."""
 
 
 @dataclass
@@ -81,8 +87,11 @@ class WebChannel:
     async def say(
         self, chat_id: str, user_id: str, name: str, text: str, message_id: str, upload_ids: list[str] | None = None
     ) -> Shown | None:
-        """Keep, then publish (the id is the page's own, so a resent form is one message); returns what to show.
-        The files uploaded for it go as its attachments, where the runner copies a bridge's into the inbox."""
+        """Publish, then keep; returns what to show. The id is the page's own, and it is the message's id on the
+        bus: publish_stored asks again under it while NATS is away or an answer is lost, and the page sends a line
+        it was not told was sent again under it, so the line is stored once however often it is sent, and web.db
+        shows only what the bus holds. The files uploaded for it go as its attachments, where the runner copies a
+        bridge's into the inbox."""
         if not text.strip() and not upload_ids:
             raise Refused("an empty message was not sent")
         if len(text) > MAX_TEXT:
@@ -92,7 +101,6 @@ class WebChannel:
         uploads = await self.store.run(self.store.take_uploads, upload_ids or [], chat_id, user_id, message_id)
         if isinstance(uploads, str):
             raise Refused(f"no upload {uploads[:40]!r} of yours waits in this chat; attach the file again")
-        shown = await self.store.run(self.store.said, chat_id, message_id, user_id, text, time.time(), uploads)
         event = ev.InboundMessage(
             route=ev.Route(channel=CHANNEL, chat_id=chat_id),
             message_id=message_id,
@@ -102,7 +110,12 @@ class WebChannel:
             chat_name=f"web {chat_id}",
             attachments=tuple(u.attachment() for u in uploads),
         )
-        await publish(self.js, subjects.inbound(CHANNEL), event, msg_id=event.key)
+        try:
+            await publish_stored(self.js, subjects.inbound(CHANNEL), event, msg_id=event.key)
+        except (NatsError, TimeoutError) as exc:
+            log.warning("a message in web chat %s was not stored on the bus: %r", chat_id, exc)
+            raise NotStored("not sent: the message bus did not answer; send it again") from exc
+        shown = await self.store.run(self.store.said, chat_id, message_id, user_id, text, time.time(), uploads)
         self.counts.inbound += 1
         if shown is not None:
             self.hub.tell(chat_id, {"kind": "message", **shown.as_json()})
@@ -130,7 +143,9 @@ class WebChannel:
     # --- out: the agent -------------------------------------------------------------------------------
 
     async def handle(self, event: ev.Outbound, msg: Msg) -> None:
-        """One outbound event: kept in web.db, then receipted, then shown; only then acknowledged (by consume)."""
+        """One outbound event: kept in web.db, then receipted, then shown; only then acknowledged (by consume).
+        A redelivered message is shown again as kept: its first delivery may have been kept and then failed on
+        the receipt, told to no page; a page keys messages by id and version, so it never shows one twice."""
         chat = event.route.chat_id
         if isinstance(event, ev.Typing):
             self.hub.tell(chat, {"kind": "typing", "active": event.active})
@@ -139,16 +154,32 @@ class WebChannel:
             self.hub.tell(chat, {"kind": "reaction", "target": event.target_message_id, "emoji": event.emoji})
             return
         if isinstance(event, ev.OutboundEdit):
-            shown = await self.store.run(self.store.edited, event)
+            shown, target = await self.store.run(self.store.edited, event), event.target_message_id
         else:
-            shown = await self.store.run(self.store.answered, event, time.time())
-            if shown is None:
-                self.counts.redelivered += 1
+            shown, target = await self._kept(event), event.id
             await self._receipt(event)  # again on a redelivery: the first one may not have reached JetStream
+        if shown is None:  # an edit of the person's message or of another chat's; an id one of theirs has
+            log.warning(
+                "%s %s in web chat %s changed nothing: no message of ours there has that id",
+                type(event).__name__,
+                target,
+                chat,
+            )
+            return
+        self.counts.shown += 1
+        self.hub.tell(chat, {"kind": "message", **shown.as_json()})
+
+    async def _kept(self, event: ev.OutboundMessage) -> Shown | None:
+        shown = await self.store.run(self.store.answered, event, time.time())
         if shown is not None:
-            self.counts.shown += 1
-            self.hub.tell(chat, {"kind": "message", **shown.as_json()})
+            return shown
+        self.counts.redelivered += 1
+        return await self.store.run(self.store.reply, event.route.chat_id, event.id)
 
     async def _receipt(self, event: ev.OutboundMessage) -> None:
         receipt = ev.receipt_for(event, platform_message_id=event.id)  # an edit or a reaction names it back
-        await publish(self.js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{event.id}")
+        try:
+            await publish(self.js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{event.id}")
+        except (NatsError, TimeoutError) as exc:
+            # NATS away, not the event's fault: waited out and handled again, and shown then (see handle).
+            raise Retry(f"the receipt of {event.id} was not stored: {exc!r}", delay=1.0) from exc

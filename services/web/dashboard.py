@@ -70,6 +70,13 @@ def whole(text: str, what: str, low: int = 1, high: int = 100_000) -> int | None
     return value
 
 
+def seen(scope: Scope, name: str, found: vault_ctl.SecretInfo | None) -> vault_ctl.SecretInfo:
+    """A secret this person may see; one they may not is answered as if there were none."""
+    if found is None or not scope.sees_any(found.grants):
+        raise BackendError(f"no secret named {name}")
+    return found
+
+
 class Dashboard:
     def __init__(self, web: Web) -> None:
         self.web = web
@@ -117,6 +124,10 @@ class Dashboard:
             return back("/vault", error=refused)
         if not form.get("value", "").strip():
             return back("/vault", error="no value given (type it in the Value field)")
+        try:
+            replace = form.get("replace") == "1" and await self._replaceable(scope, form.get("name", ""))
+        except BackendError as exc:
+            return back("/vault", error=str(exc))
         secret = vault_ctl.AddSecret(
             name=form.get("name", ""),
             type=form.get("type", ""),
@@ -127,7 +138,7 @@ class Dashboard:
             format=form.get("format", "") or "{value}",
             param=form.get("param", ""),
             agents=agents,
-            replace=form.get("replace") == "1",
+            replace=replace,
         )
         try:
             added = await self.backend.secret_add(secret)
@@ -140,11 +151,24 @@ class Dashboard:
         await self.backend.changed(scope.user, "secret_added", summary, secret=info.name)
         return back("/vault", note=summary)
 
+    async def _named(self, name: str) -> vault_ctl.SecretInfo | None:
+        return next((s for s in await self.backend.secrets() if s.name == name), None)
+
     async def _secret(self, scope: Scope, name: str) -> vault_ctl.SecretInfo:
-        found = next((s for s in await self.backend.secrets() if s.name == name), None)
-        if found is None or not scope.sees_any(found.grants):
-            raise BackendError(f"no secret named {name}")
-        return found
+        return seen(scope, name, await self._named(name))
+
+    async def _replaceable(self, scope: Scope, name: str) -> bool:
+        """Replacing a secret takes the rights removing it does: every group it is granted to now must be the
+        caller's (`*` only for who administers every group), as its new grants must be. To an admin of some groups
+        a name they cannot see is answered as remove and grant answer it, and so is a name not stored at all, so
+        the answer never tells a hidden secret from no secret. Who sees everything may name one not stored yet
+        (as `clawden secrets add --replace` may): sent as a plain add, which the vault refuses should it appear
+        meanwhile."""
+        found = await self._named(name)
+        if found is None and scope.everything:
+            return False
+        scope.need_all(seen(scope, name, found).grants, f"secret {name}")
+        return True
 
     async def secret_remove(self, request: Request) -> Response:
         scope, _ = await self._posted(request)

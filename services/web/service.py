@@ -31,9 +31,13 @@ log = logging.getLogger("clawden.web")
 HOUSEKEEPING_EVERY = 6 * 3600.0  # seconds
 
 
+def listen_url(host: str, port: int) -> str:
+    return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+
 def public_url(cfg: WebConfig, host: str, port: int) -> str:
     """Where browsers reach us: `[web] public_url`, else the address we listen on."""
-    url = (cfg.public_url or f"http://{host if ':' not in host else f'[{host}]'}:{port}").rstrip("/")
+    url = (cfg.public_url or listen_url(host, port)).rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConfigurationError(f"[web] public_url = {cfg.public_url!r}: expected an http:// or https:// URL")
     return url
@@ -98,6 +102,8 @@ async def serve(ctx: ServiceContext, store: WebStore, host: str, port: int, url:
         secure=url.startswith("https://"),
         link_seconds=cfg.link_minutes * 60,
         session_seconds=cfg.session_days * 86400,
+        # Browsers reach us at another address than ours: through a proxy, which names them in X-Forwarded-For.
+        proxied=auth.origin_of(url) != auth.origin_of(listen_url(host, port)),
     )
     limit = auth.LoginLimit(cfg.login_rate, cfg.login_burst)
     backend = Backend(ctx.nc, ctx.config)

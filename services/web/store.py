@@ -247,22 +247,34 @@ class WebStore(Store):
             return tuple(found)
 
     def edited(self, event: ev.OutboundEdit) -> Shown | None:
-        """An edit of one of our messages (its id is the outbound id we gave in the receipt)."""
+        """An edit of one of our messages (its id is the outbound id we gave in the receipt): only one the agent
+        or Clawden sent, in the edit's own chat. What the person said is theirs, and a message of another chat is
+        never shown in this one: None, and nothing changed."""
         card = msgspec.json.encode(event.card).decode() if event.card is not None else None
+        mine = (event.target_message_id, event.route.chat_id)
         with self._tx() as db:
-            db.execute(
+            cur = db.execute(
                 "UPDATE messages SET text = ?, card = ?, card_id = ?, changed = changed + 1"
-                " WHERE id = ? AND chat_id = ?",
-                (event.text, card, event.id if card else "", event.target_message_id, event.route.chat_id),
+                " WHERE id = ? AND chat_id = ? AND direction = 'out'",
+                (event.text, card, event.id if card else "", *mine),
             )
-            row = db.execute("SELECT * FROM messages WHERE id = ?", (event.target_message_id,)).fetchone()
-            return _shown(row) if row else None
+            if not cur.rowcount:
+                return None
+            return _shown(db.execute("SELECT * FROM messages WHERE id = ? AND chat_id = ?", mine).fetchone())
 
     def history(self, chat_id: str, limit: int = 200) -> list[Shown]:
         rows = self.conn.execute(
             "SELECT * FROM messages WHERE chat_id = ? ORDER BY seq DESC LIMIT ?", (chat_id, limit)
         ).fetchall()
         return [_shown(r) for r in reversed(rows)]
+
+    def reply(self, chat_id: str, message_id: str) -> Shown | None:
+        """One the agent or Clawden sent in this chat, as kept (for a redelivery, which `answered` does not keep
+        again)."""
+        row = self.conn.execute(
+            "SELECT * FROM messages WHERE id = ? AND chat_id = ? AND direction = 'out'", (message_id, chat_id)
+        ).fetchone()
+        return _shown(row) if row else None
 
     def message(self, message_id: str) -> Shown | None:
         row = self.conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()

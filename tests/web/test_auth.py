@@ -83,3 +83,21 @@ def test_a_flood_of_sources_starts_the_buckets_over_instead_of_growing() -> None
     limit.take("b", 0.0)
     assert limit.take("c", 0.0) == 0.0
     assert set(limit.buckets) == {"c"}
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "proxied", "source"),
+    [
+        ("127.0.0.1", "203.0.113.9", True, "203.0.113.9"),  # through our proxy: the visitor it names
+        ("::1", "198.51.100.7, 203.0.113.9", True, "203.0.113.9"),  # the hop it added, not what the visitor sent
+        ("127.0.0.1", "", True, "127.0.0.1"),  # a proxy that names nobody
+        ("127.0.0.1", "203.0.113.9, ", True, "127.0.0.1"),
+        ("192.0.2.4", "203.0.113.9", True, "192.0.2.4"),  # not through the proxy on this machine
+        ("unknown", "203.0.113.9", True, "unknown"),
+        ("127.0.0.1", "203.0.113.9", False, "127.0.0.1"),  # no proxy: the header is anyone's to write
+    ],
+)
+def test_sign_ins_count_against_the_visitor_our_proxy_names_and_only_behind_it(
+    peer: str, forwarded: str, proxied: bool, source: str
+) -> None:
+    assert auth.client_source(peer, forwarded, proxied) == source

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,47 @@ async def test_a_chat_streams_the_agents_reply_and_a_card_is_pressed_from_the_pa
 
     await eventually(chose, 60, "the press never reached the agent")
     assert await page.locator(f"#log[data-chat='{chat_id}'] li.msg.in").count() == 2
+
+
+async def test_a_line_sent_again_after_its_answer_was_lost_is_one_message(web_stack: Stack, page: Any) -> None:
+    """The server stored the line, but the page never heard so (the connection dropped): sent again, it is the
+    same message, not a second one the agent answers too."""
+    chat_id = await wire(web_stack, "flaky")
+    await sign_in(page, web_stack)
+    await page.goto(f"{web_url(web_stack)}/chat/{chat_id}")
+    await page.wait_for_selector("body[data-stream=open]")
+    sent: list[str] = []
+
+    async def lose_the_answer(route: Any) -> None:
+        sent.append(route.request.post_data or "")
+        await route.fetch()  # the server takes it...
+        await route.abort("connectionreset")  # ...and its answer never reaches the page
+
+    await page.route("**/send", lose_the_answer, times=1)
+    line = f"feed the cat {uuid.uuid4().hex[:6]}"
+    await page.fill("#text", line)
+    await page.keyboard.press("Enter")
+    await page.wait_for_selector("#error:not(:empty)")
+    assert await page.input_value("#text") == line  # not cleared: the person sends it again
+    async with page.expect_response("**/send") as answered:
+        await page.keyboard.press("Enter")
+    response = await answered.value
+    assert response.ok
+
+    async def cleared() -> bool:  # once the page has read the answer
+        return bool(await page.input_value("#text") == "")
+
+    await eventually(cleared, 10, "the line stayed in the box once it was sent")
+    ids = [urllib.parse.parse_qs(body)["id"] for body in (*sent, response.request.post_data or "")]
+    assert len(ids) == 2 and ids[0] == ids[1]  # under the id the bus keeps it by
+    await page.wait_for_selector(f"li.msg.out >> text=/echo: .*{line}/", timeout=ANSWER)
+    cfg = config_mod.load(web_stack.home)
+    sessions = await control.ask(cfg, router_ctl.SESSIONS_LIST, router_ctl.GroupFilter(agent_group="main"))
+    await web_stack.wait_until_idle(next(s for s in sessions if s.chat_id == chat_id).id)  # its turn is over
+    await page.reload()
+    await page.wait_for_selector("body[data-stream=open]")
+    assert await page.locator("li.msg.in", has_text=line).count() == 1
+    assert await page.locator("li.msg.out", has_text=line).count() == 1  # and the agent answered it once
 
 
 async def test_a_held_approval_is_approved_from_the_approvals_page_as_the_signed_in_user(

@@ -313,6 +313,55 @@ async def test_an_admin_of_one_group_neither_sees_nor_changes_another(web_stack:
         await stranger.close()
 
 
+async def test_an_admin_of_one_group_replaces_only_a_secret_wholly_theirs_and_learns_nothing_of_anothers(
+    web_stack: Stack, page: Any
+) -> None:
+    """Replacing a secret destroys what it was, for every group granted it: it takes the rights removing it does."""
+    cfg = cfg_of(web_stack)
+    await a_group(web_stack, OTHER)
+    await control.ask(
+        cfg, router_ctl.ROLES_GRANT, router_ctl.RoleGrant(user_id=ADMIN, role="admin", agent_group="main")
+    )
+    theirs, mine, nowhere = (f"{what}-{uuid.uuid4().hex[:6]}" for what in ("theirs", "mine", "nowhere"))
+    for name, group in ((theirs, OTHER), (mine, "main")):
+        stored = vault_ctl.AddSecret(
+            name=name, type="generic", value="v", host=f"{name}.example", header="A", agents=[group]
+        )
+        await control.ask(cfg, vault_ctl.SECRETS_ADD, stored)
+
+    async def listed() -> dict[str, vault_ctl.SecretInfo]:
+        return {s.name: s for s in (await control.ask(cfg, vault_ctl.SECRETS_LIST, Nothing())).secrets}
+
+    before = await listed()
+    await sign_in(page, web_stack, ADMIN)
+    base = web_url(web_stack)
+    cookie = next(c["value"] for c in await page.context.cookies() if c["name"] == "clawden_session")
+    async with httpx.AsyncClient(
+        base_url=base, cookies={"clawden_session": cookie}, headers={"origin": base}
+    ) as client:
+        csrf = re.search(r'name="csrf" value="([^"]+)"', (await client.get("/vault")).text)
+        assert csrf is not None
+
+        async def replace(name: str, kind: str = "generic") -> httpx.Response:
+            form = {"name": name, "type": kind, "value": "junk", "host": "junk.example", "header": "A"}
+            return await client.post("/vault/secrets", data={**form, "replace": "1", "csrf": csrf.group(1)})
+
+        everyones = await replace("anthropic", "anthropic")  # the install's model key, granted to every group
+        assert everyones.status_code == 403 and "refused: secret anthropic is for *" in everyones.text
+        hidden, unknown = await replace(theirs), await replace(nowhere)
+        own = await replace(mine)
+    # A secret of another group is answered as one that does not exist, word for word as a remove is.
+    assert [r.headers["location"] for r in (hidden, unknown)] == [
+        f"/vault?error=no+secret+named+{theirs}",
+        f"/vault?error=no+secret+named+{nowhere}",
+    ]
+    assert own.status_code == 303 and f"note=replaced+secret+{mine}" in own.headers["location"]
+    after = await listed()
+    assert after["anthropic"] == before["anthropic"] and after["anthropic"].grants == ["*"]
+    assert after[theirs] == before[theirs] and nowhere not in after
+    assert (after[mine].host_pattern, after[mine].grants) == ("junk.example", ["main"])
+
+
 async def test_web_from_a_direct_chat_gives_its_owner_a_link_that_signs_in_once_and_never_in_a_group(
     web_stack: Stack, page: Any
 ) -> None:

@@ -52,6 +52,37 @@ def test_a_redelivered_reply_is_kept_once_and_an_edit_replaces_it(tmp_path: Path
     assert [m.text for m in s.history("c1")] == ["done"]
 
 
+def edit(target: str, chat: str = "c1", text: str = "done") -> ev.OutboundEdit:
+    return ev.OutboundEdit(
+        id=f"e-{target}", route=ev.Route(channel="web", chat_id=chat), target_message_id=target, text=text
+    )
+
+
+def test_an_edit_changes_only_a_message_the_agent_sent_in_the_edits_own_chat(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    assert s.said("c1", "m1", "web:ada", "pay the plumber", 1.0) is not None
+    assert s.answered(reply("o1"), 2.0) is not None  # the agent's, in c1
+    other = ev.OutboundMessage(id="o2", route=ev.Route(channel="web", chat_id="c2"), text="c2's secret")
+    assert s.answered(other, 3.0) is not None
+    assert s.edited(edit("m1", text="pay the agent")) is None  # what the person said is theirs
+    assert s.edited(edit("o2")) is None  # another chat's: neither changed nor shown here
+    assert s.edited(edit("o9")) is None
+    assert [(m.text, m.version) for m in s.history("c1")] == [("pay the plumber", 0), ("hello", 0)]
+    assert [(m.text, m.version) for m in s.history("c2")] == [("c2's secret", 0)]
+    mine = s.edited(edit("o1"))
+    assert mine is not None and (mine.chat_id, mine.text, mine.version) == ("c1", "done", 1)
+
+
+def test_a_redelivered_reply_is_found_as_kept_only_in_its_own_chat_and_only_if_the_agent_sent_it(
+    tmp_path: Path,
+) -> None:
+    s = store(tmp_path)
+    kept = s.answered(reply("o1"), 1.0)
+    assert s.said("c1", "m1", "web:ada", "mine", 2.0) is not None
+    assert s.reply("c1", "o1") == kept
+    assert [s.reply("c2", "o1"), s.reply("c1", "m1"), s.reply("c1", "o9")] == [None] * 3
+
+
 def test_the_persons_message_is_kept_once_by_its_page_id(tmp_path: Path) -> None:
     s = store(tmp_path)
     assert s.said("c1", "m1", "web:ada", "hi", 1.0) is not None

@@ -2,6 +2,7 @@
 // Messages are keyed by id, so the history replayed on every (re)connect never shows anything twice.
 // Each file goes first, as its own upload (the raw bytes, with the CSRF token in a header), one after the
 // other; the message then names the uploads in the order chosen, so the agent gets them as attachments.
+// A line not answered "sent" is sent again under the same id (its id on the bus), so it is stored once.
 "use strict";
 (function () {
   const log = document.getElementById("log");
@@ -12,6 +13,7 @@
   const form = document.getElementById("say");
   const text = document.getElementById("text");
   const file = document.getElementById("file");
+  let unsent = null; // { line, id }: the line last sent and not yet answered "sent" (it may be stored), and its id
 
   // `fields`: name -> value, or a list of values (sent as the name repeated).
   function post(path, fields) {
@@ -109,6 +111,10 @@
   };
   events.onopen = function () { document.body.dataset.stream = "open"; };
 
+  function newId() {
+    return crypto.getRandomValues(new Uint32Array(4)).reduce(function (a, n) { return a + n.toString(16).padStart(8, "0"); }, "");
+  }
+
   form.addEventListener("submit", function (e) {
     e.preventDefault();
     const words = text.value;
@@ -116,11 +122,17 @@
     if (!words.trim() && !chosen.length) return;
     const most = Number(form.dataset.maxFiles);
     if (chosen.length > most) { error.textContent = "a message may carry at most " + most + " files"; return; }
-    const id = crypto.getRandomValues(new Uint32Array(4)).reduce(function (a, n) { return a + n.toString(16).padStart(8, "0"); }, "");
+    const line = JSON.stringify([words, chosen.map(function (f) { return [f.name, f.size, f.lastModified]; })]);
+    const id = unsent && unsent.line === line ? unsent.id : newId();
+    unsent = { line: line, id: id };
     uploadAll(chosen)
       .then(function (ids) { return post(form.action, { text: words, id: id, files: ids }); })
-      .then(function () { text.value = ""; file.value = ""; }, function (err) { error.textContent = err.message; });
+      .then(function () {
+        if (unsent && unsent.id === id) unsent = null;
+        text.value = ""; file.value = "";
+      }, function (err) { error.textContent = err.message; });
   });
+
   text.addEventListener("keydown", function (e) {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
   });
