@@ -636,7 +636,8 @@ class Runner:
             await asyncio.to_thread(self._tell, f"fresh:{uuid.uuid4()}", notice)
 
     def _pending(self, claimed: set[int]) -> revisions.Folded:
-        """Every unread row, with people's edits and deletes folded in (`revisions`); at most max_messages."""
+        """Every unread row, with people's edits and deletes folded in (`revisions`); at most max_messages, and as far
+        as the first row that asks for an answer, however much chatter kept for context came before it."""
         folder = self.config.session_dir
         pending = [m for m in sessiondb.pending_inbound(folder, limit=0) if m.seq not in claimed]
         earlier = sessiondb.inbound_by_id(folder, revisions.targets(pending))
@@ -1036,12 +1037,15 @@ class Runner:
         key = PRECHECK_ERROR_KEY + task
         told = sessiondb.get_state(folder, key) or ""
         if verdict.error and verdict.error != told:
-            self.state.begin(reply_to=msg.seq)
+            # It answers the task's row alone: Claude Code may be busy with another message meanwhile, whose replies
+            # and claim this notice must neither take over nor settle.
             tools.write_reply(
                 self.state,
                 f"⚠️ The pre-check script of task {task} failed ({verdict.error}), so "
                 "this run was skipped. Ask me to fix or remove it.",
                 suffix="precheck",
+                reply_to=msg.seq,
+                answers=[msg.seq],
             )
             self.ring_host()
         if verdict.error != told:

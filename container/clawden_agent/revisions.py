@@ -8,7 +8,8 @@ read. When the runner is about to send pending rows to Claude Code:
   along with it, settled when it is;
 - a row already read (or one this session never had) cannot be taken back: the revision is sent as a
   plain note, so the agent can correct itself.
-A row deleted before it was read is settled with its delete without waking the model.
+A row deleted before it was read is settled with its delete without waking the model. What is left is sent at
+most a prompt's limit at a time (`window`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Row:
 
 @dataclass(frozen=True)
 class Folded:
-    rows: list[Row]  # what to send now, oldest first, at most the limit
+    rows: list[Row]  # what to send now, oldest first, at most the limit (`window`)
     withdrawn: list[int]  # deleted before anyone read them, with their deletes: settled without the model
 
 
@@ -78,7 +79,22 @@ def fold(pending: list[Message], earlier: Mapping[str, Message], limit: int) -> 
                 entries.append(entry)
     withdrawn = [s for e in entries if e.dropped for s in (e.message.seq, *e.riders)]
     live = [Row(e.message, tuple(e.riders)) for e in entries if not (e.dropped or e.merged)]
-    return Folded(live[:limit] if limit else live, withdrawn)
+    return Folded(window(live, limit), withdrawn)
+
+
+def window(live: list[Row], limit: int) -> list[Row]:
+    """At most `limit` rows, oldest first, always as far as the first row that asks for an answer: rows kept only
+    as context (a group's chatter nobody addressed to the agent) never crowd it out, or it would wait for good. The
+    newest of that chatter goes with it; the older rides with the first row sent, settled unseen."""
+    if not limit:
+        return live
+    first = next((i for i, row in enumerate(live) if row.message.trigger), 0)
+    start = max(0, first - limit + 1)
+    if not start:
+        return live[:limit]
+    head = live[start]
+    passed = tuple(s for row in live[:start] for s in (row.message.seq, *row.riders))
+    return [Row(head.message, passed + head.riders), *live[start + 1 : start + limit]]
 
 
 def _revise(entry: _Entry, msg: Message, kind: str) -> None:

@@ -17,7 +17,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ MAX_SCRIPT = 16 * 1024  # as the scheduler takes them
 MAX_INSTRUCTIONS = 32 * 1024  # a new agent's CLAUDE.md (create_agent)
 PACKAGE_KINDS = ("apt", "npm", "pip")  # install_packages; the host checks the names (clawden/packagespec.py)
 MAX_PACKAGES = 64
-QUESTION_SALT_KEY = "question_salt"  # session_state: the secret in the session's question ids (`question_id`)
+QUESTION_SALT_KEY = "question_salt"  # session_state: the secret in the session's request ids (`request_id`)
 # Rows that answer the person. An edit or a reaction does not, nor a question: a turn that dies waiting for its answer
 # runs again (and asks again), rather than leave the person's answer with nothing to take it.
 ANSWERING_KINDS = ("chat", "file", "card")
@@ -53,9 +53,8 @@ class TurnState:
     session_dir: Path
     ring_host: Callable[[], None]
     reply_to: int | None = None
-    sent: list[int] = field(default_factory=list)  # chat rows answering `reply_to`
     rows: int = 0  # rows written for `reply_to`: their ids must be unique and stable across a re-run
-    writes: int = 0  # chat rows written in all
+    writes: int = 0  # rows written in all that answer the person (to the chat the prompts came from)
     on_write: Callable[[], None] | None = None
     answering: Callable[[], list[int]] = list  # the claimed rows a write to the chat answers now (the ledger's)
     waited: float = 0.0  # seconds spent waiting on a person or the scheduler, in all
@@ -68,19 +67,18 @@ class TurnState:
     def begin(self, reply_to: int) -> None:
         """From now on the agent answers `reply_to` (the newest message it has been shown)."""
         self.reply_to = reply_to
-        self.sent = []
         self.rows = 0
 
-    def record(self, seq: int) -> None:
-        """A row that reached the chat."""
-        self.sent.append(seq)
+    def answered(self) -> None:
+        """A row that answers the person reached their chat."""
         self.writes += 1
         if self.on_write is not None:
             self.on_write()
 
     def next_id(self, kind: str) -> str:
         """Derived from the message being answered, so a turn re-run after a crash rewrites the
-        same ids and finds its earlier rows instead of sending them twice."""
+        same ids and finds its earlier rows instead of sending them twice. Taken before the write waits, so
+        calls made side by side (parallel subagents) never share one."""
         self.rows += 1
         return f"reply:{self.reply_to}:{kind}:{self.rows}"
 
@@ -134,15 +132,16 @@ def write_reply(
     )
 
 
-def question_id(folder: Path, row_id: str) -> str:
-    """A question's request id, named by its row as the row's id is, under a secret of the session's own (no other
-    session's agent can name it). A turn run again after its container died asks with the same id: the row is found,
-    not sent twice, and the answer to the card the person already has reaches the rerun."""
+def request_id(folder: Path, row_id: str, prefix: str) -> str:
+    """The id of a request that waits for an answer (a question, a task operation), named by its row as the row's id
+    is, under a secret of the session's own (no other session's agent can name it). A turn run again after its
+    container died asks with the same id: the row is found, not sent twice, and the answer to the first request (the
+    person's click on the card they already have, the scheduler's word) reaches the rerun."""
     salt = sessiondb.get_state(folder, QUESTION_SALT_KEY)
     if salt is None:
         salt = secrets.token_hex(16)
         sessiondb.set_state(folder, QUESTION_SALT_KEY, salt)
-    return "q-" + hashlib.sha256(f"{salt}:{row_id}".encode()).hexdigest()[:16]
+    return prefix + hashlib.sha256(f"{salt}:{row_id}".encode()).hexdigest()[:16]
 
 
 def declare_wait(folder: Path, name: str | None, timeout: float = 0.0) -> None:
@@ -206,16 +205,17 @@ class Tools:
     def folder(self) -> Path:
         return self.state.session_dir
 
-    async def _routing(self, to: str) -> sessiondb.Routing:
+    async def _routing(self, to: str) -> tuple[sessiondb.Routing, bool]:
+        """Where `to` names, and whether that is the chat the prompts came from (only a write there answers them)."""
         routing = await asyncio.to_thread(sessiondb.session_routing, self.folder)
         if routing is None:
             raise ToolError("This session has no chat to answer.")
         if not to or to.lower() in ("current", "here", routing.chat_id.lower()):
-            return routing
+            return routing, True
         named = await asyncio.to_thread(sessiondb.destinations, self.folder)
         for name, route in named.items():
             if name.lower() == to.lower():
-                return route
+                return route, route == routing
         known = ", ".join(sorted(named)) or "none"
         raise ToolError(
             f"Unknown destination {to!r}. Known destinations: {known}. Leave `to` out to answer in this chat."
@@ -223,6 +223,18 @@ class Tools:
 
     async def _write(self, kind: str, content: dict[str, Any], routing: sessiondb.Routing) -> int:
         seq = await asyncio.to_thread(write_row, self.state, self.state.next_id(kind), kind, content, routing)
+        self.state.ring_host()
+        return seq
+
+    async def _reach(self, row_id: str, kind: str, content: dict[str, Any], to: tuple[sessiondb.Routing, bool]) -> int:
+        """A message, a file or a card. Only one to the chat the prompts came from answers them: one to another
+        destination ("I told ops") leaves the person still owed their answer, in memory and on disk."""
+        routing, here = to
+        seq = await asyncio.to_thread(
+            write_row, self.state, row_id, kind, content, routing, answers=None if here else []
+        )
+        if here:
+            self.state.answered()
         self.state.ring_host()
         return seq
 
@@ -245,13 +257,8 @@ class Tools:
 
     async def send_message(self, args: dict[str, Any]) -> str:
         text = _str(args, "text")
-        routing = await self._routing(_str(args, "to", required=False, limit=128))
-        seq = await asyncio.to_thread(
-            write_reply, self.state, text, suffix=f"send:{len(self.state.sent)}", routing=routing
-        )
-        assert seq is not None
-        self.state.record(seq)
-        self.state.ring_host()
+        to = await self._routing(_str(args, "to", required=False, limit=128))
+        seq = await self._reach(self.state.next_id("send"), "chat", {"text": text}, to)
         return f"sent as #{seq}"
 
     async def send_file(self, args: dict[str, Any]) -> str:
@@ -259,14 +266,12 @@ class Tools:
         name = _str(args, "filename", required=False, limit=128) or source.name
         if not FILE_NAME.match(name) or name in (".", ".."):
             raise ToolError("`filename` must be a plain file name.")
-        routing = await self._routing(_str(args, "to", required=False, limit=128))
+        to = await self._routing(_str(args, "to", required=False, limit=128))
         row_id = self.state.next_id("file")
         box = self.folder / "outbox" / row_id.replace(":", "_")
         await asyncio.to_thread(_copy_into, source, box, name)
         content = {"text": _str(args, "text", required=False), "files": [name], "box": box.name}
-        seq = await asyncio.to_thread(write_row, self.state, row_id, "file", content, routing)
-        self.state.record(seq)
-        self.state.ring_host()
+        seq = await self._reach(row_id, "file", content, to)
         return f"file {name} sent as #{seq}"
 
     def _readable_file(self, path: str) -> Path:
@@ -289,7 +294,7 @@ class Tools:
             raise ToolError(f"#{seq} is a message you received; you can only edit your own (odd) messages.")
         if await asyncio.to_thread(sessiondb.platform_message_id, self.folder, seq) is None:
             raise ToolError(f"#{seq} has not been delivered (yet), so it cannot be edited.")
-        routing = await self._routing("")
+        routing, _ = await self._routing("")
         await self._write("edit", {"target_seq": seq, "text": text}, routing)
         return f"#{seq} edited"
 
@@ -297,7 +302,8 @@ class Tools:
         seq, emoji = _int(args, "seq"), _str(args, "emoji", limit=32)
         if await asyncio.to_thread(sessiondb.platform_message_id, self.folder, seq) is None:
             raise ToolError(f"#{seq} is not a delivered message of this chat.")
-        await self._write("reaction", {"target_seq": seq, "emoji": emoji}, await self._routing(""))
+        routing, _ = await self._routing("")
+        await self._write("reaction", {"target_seq": seq, "emoji": emoji}, routing)
         return f"reacted {emoji} to #{seq}"
 
     async def message_status(self, args: dict[str, Any]) -> str:
@@ -314,8 +320,8 @@ class Tools:
             "body": _str(args, "body", required=False),
             "buttons": [{"id": str(i + 1), "label": label} for i, label in enumerate(buttons)],
         }
-        seq = await self._write("card", content, await self._routing(_str(args, "to", required=False, limit=128)))
-        self.state.record(seq)
+        to = await self._routing(_str(args, "to", required=False, limit=128))
+        seq = await self._reach(self.state.next_id("card"), "card", content, to)
         return f"card sent as #{seq}"
 
     async def ask_user_question(self, args: dict[str, Any]) -> str:
@@ -325,15 +331,16 @@ class Tools:
         if not isinstance(timeout, int | float) or not 10 <= timeout <= 86_400:
             raise ToolError("`timeout` must be between 10 and 86400 seconds.")
         row_id = self.state.next_id("question")
-        request_id = await asyncio.to_thread(question_id, self.folder, row_id)
-        content = {"request_id": request_id, "question": question, "options": options, "timeout": timeout}
-        seq = await asyncio.to_thread(write_row, self.state, row_id, "question", content, await self._routing(""))
+        asking = await asyncio.to_thread(request_id, self.folder, row_id, "q-")
+        content = {"request_id": asking, "question": question, "options": options, "timeout": timeout}
+        routing, _ = await self._routing("")
+        # Not an answer (`ANSWERING_KINDS`), in memory either: a turn stopped while it waits runs again and asks again.
+        await asyncio.to_thread(write_row, self.state, row_id, "question", content, routing)
         self.state.ring_host()
-        self.state.record(seq)
         # A turn run again (its container died) waits only what is left of the time the person was first given:
         # a question that expired meanwhile, at a runner that took the session over, gets no answer any more.
         asked_at = await asyncio.to_thread(sessiondb.written_at, self.folder, row_id) or time.time()
-        answer = await self._await_response(request_id, asked_at + float(timeout) + 5 - time.time())
+        answer = await self._await_response(asking, asked_at + float(timeout) + 5 - time.time())
         if answer is None or answer.get("decision") == "expired":
             return f"No answer within {int(timeout)} seconds."
         if answer.get("error"):
@@ -344,9 +351,16 @@ class Tools:
     # --- tasks ----------------------------------------------------------------------------------
 
     async def _task(self, op: str, fields: dict[str, Any]) -> str:
-        request_id = uuid.uuid4().hex
-        await self._write("task", {"request_id": request_id, "op": op, **fields}, await self._routing(""))
-        answer = await self._await_response(request_id, 15)
+        row_id = self.state.next_id("task")
+        # A turn run again finds its first row (and keeps that one's fields, a new task's id among them): it waits for
+        # the answer to that request, not to one the scheduler never hears of.
+        asking = await asyncio.to_thread(request_id, self.folder, row_id, "r-")
+        routing, _ = await self._routing("")
+        await asyncio.to_thread(
+            write_row, self.state, row_id, "task", {"request_id": asking, "op": op, **fields}, routing
+        )
+        self.state.ring_host()
+        answer = await self._await_response(asking, 15)
         if answer is None:
             raise ToolError("The scheduler did not answer; try again later.")
         if answer.get("error"):

@@ -820,6 +820,95 @@ def test_a_question_asked_again_after_its_container_died_is_the_same_card_and_ta
     assert rows == [("question", None), ("chat", "tea it is")]  # one card, not a second
 
 
+def test_a_question_a_restart_stopped_the_wait_for_is_asked_again_and_takes_its_answer(
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
+    """Asking is not answering: a container stopped on purpose (SIGTERM: a restart, a shutdown) while its agent waits
+    for the person leaves the message owed, not completed, and the click on the card reaches the next container."""
+    agent = start_agent()
+    ask = ToolCall("ask_user_question", {"question": "Which one?", "options": ["tea", "coffee"], "timeout": 60})
+    fake.script(ask)
+    seq = session.send("ask me something")
+    question = session.wait(lambda: next((m for m in session.outbound() if m.kind == "question"), None))
+    assert agent.terminate() == 0
+    assert session.acks() == {seq: "processing"}
+
+    fake.script(ask, ToolCall("send_message", {"text": "tea it is"}), Text("done"))
+    start_agent()
+    session.wait(lambda: True if fake.pending_script < 3 else None)  # the rerun has asked
+    sessiondb.respond(session.dir, question.content["request_id"], {"answer": "tea"})
+    session.wait(lambda: session.acks().get(seq) if session.acks().get(seq) in ("completed", "failed") else None)
+
+    assert session.acks()[seq] == "completed"
+    rows = [(m.kind, m.content.get("text")) for m in session.outbound() if m.in_reply_to == seq]
+    assert rows == [("question", None), ("chat", "tea it is")]
+
+
+def test_a_message_sent_to_another_destination_does_not_answer_the_person(
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
+    ops = sessiondb.Routing("telegram", "ops-chat")
+    sessiondb.set_destinations(session.dir, {"ops": ("Ops", ops)})
+    start_agent()
+    fake.script(ToolCall("send_message", {"text": "the boiler is leaking", "to": "ops"}), Text("Done, I told ops."))
+
+    seq = session.send("tell ops the boiler leaks")
+    session.wait(lambda: session.acks().get(seq) if session.acks().get(seq) in ("completed", "failed") else None)
+
+    rows = [(m.routing, m.content["text"]) for m in session.outbound() if m.in_reply_to == seq]
+    assert rows == [(ops, "the boiler is leaking"), (ROUTING, "Done, I told ops.")]
+
+
+THINK = ToolCall("Bash", {"command": "echo thinking", "description": "think"})
+
+
+def working_on(session: Session, fake: FakeAnthropic, agent: AgentProcess, seq: int) -> None:
+    """Wait until Claude Code has taken #seq into the conversation and waits on the model's second step for it."""
+    session.wait(
+        lambda: (
+            True
+            if f"took #[{seq}] into" in agent.log.read_text() and len(fake.messages_requests(with_tools=True)) == 2
+            else None
+        )
+    )
+
+
+def test_a_broken_pre_check_during_a_turn_leaves_that_turns_replies_and_claim_alone(
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
+    agent = start_agent()
+    fake.script(THINK, Hang(then=ToolCall("send_message", {"text": "here is your answer"})), Text("done"))
+    seq = session.send("a question that takes a while")
+    working_on(session, fake, agent, seq)
+
+    task = session.task("news", "curl-that-does-not-exist")  # its notice is written while Claude Code works on #seq
+    session.wait(lambda: True if session.acks().get(task) == "completed" else None)
+    fake.release()
+    session.wait(lambda: True if session.acks().get(seq) == "completed" else None)
+
+    rows = {m.content["text"].split(" (")[0]: m.in_reply_to for m in session.outbound()}
+    assert rows == {"here is your answer": seq, "⚠️ The pre-check script of task t-0123456789ab failed": task}
+
+
+def test_a_broken_pre_checks_notice_is_not_the_answer_to_the_message_in_flight(
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
+    """The container dies after the notice, before the agent answered: the message runs again in the next one."""
+    agent = start_agent()
+    fake.script(THINK, Hang())
+    seq = session.send("a question that takes a while")
+    working_on(session, fake, agent, seq)
+    task = session.task("news", "curl-that-does-not-exist")
+    session.wait(lambda: True if session.acks().get(task) == "completed" else None)
+    agent.kill()
+
+    fake.release()
+    start_agent()
+    reply = session.reply_to(seq)
+
+    assert "a question that takes a while" in reply.content["text"]
+
+
 def test_a_question_asked_again_after_its_time_ran_out_is_not_waited_on_again(
     session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
 ) -> None:

@@ -177,3 +177,24 @@ def test_only_rows_naming_an_edit_or_delete_are_revisions() -> None:
     )
     assert revision(odd) is None
     assert targets([chat(2, "a"), edit(4, 2, "b"), edit(6, 9, "c")]) == {"m9"}
+
+
+def test_chatter_kept_for_context_never_crowds_out_the_message_that_asks() -> None:
+    chatter = [chat(seq, f"chat {seq}", trigger=False) for seq in (2, 4, 6, 8, 10)]
+
+    folded = fold([*chatter, edit(12, 2, "chat 2, edited", trigger=False), chat(14, "@bot well?")], {}, limit=5)
+
+    # The newest chatter that fits goes with the question; the older rides with the first row sent, unseen.
+    assert seen(folded) == [
+        (4, "chat 4", False, (2, 12)),
+        (6, "chat 6", False, ()),
+        (8, "chat 8", False, ()),
+        (10, "chat 10", False, ()),
+        (14, "@bot well?", True, ()),
+    ]
+
+
+def test_chatter_alone_waits_within_the_limit() -> None:
+    chatter = [chat(seq, f"chat {seq}", trigger=False) for seq in (2, 4, 6)]
+
+    assert [r.message.seq for r in fold(chatter, {}, limit=2).rows] == [2, 4]

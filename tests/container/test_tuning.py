@@ -38,6 +38,17 @@ def command(session: Session, word: str) -> int:
     return seq
 
 
+def chat_only(session: Session, text: str) -> int:
+    """A group's message nobody addressed to the agent, stored only for context, as the host writes it."""
+    session._n += 1
+    return session._insert(
+        sessiondb.InboundMessage(
+            id=f"m{session._n}", kind="chat", content={"text": text}, routing=ROUTING, sender_id="u2",
+            sender_name="Bob", trigger=False,
+        )
+    )  # fmt: skip
+
+
 def agent_turns(fake: FakeAnthropic) -> list[dict[str, Any]]:
     return [r.body for r in fake.messages_requests(with_tools=True) if not is_compaction(r.body)]
 
@@ -127,3 +138,17 @@ def test_compact_has_claude_code_compact_the_conversation_and_tells_the_sizes(
     after = session.reply_to(session.send("what is my cat called?"))
     assert "what is my cat called?" in after.content["text"]
     assert "The conversation so far." in json.dumps(agent_turns(fake)[-1]["messages"])
+
+
+def test_a_mention_after_more_chatter_than_a_prompt_holds_is_answered_with_the_newest_as_context(
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
+    chatter = [chat_only(session, f"chatter {n}") for n in range(5)]
+    mention = session.send("@Clawden what do you make of it?")
+    start_agent(CLAWDEN_MAX_MESSAGES_PER_PROMPT="5")
+
+    reply = session.reply_to(mention).content["text"]
+
+    assert "what do you make of it?" in reply
+    assert [f">chatter {n}</message>" in reply for n in range(5)] == [False, True, True, True, True]
+    assert all(session.acks()[seq] == "completed" for seq in [*chatter, mention])
