@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -142,12 +143,18 @@ class LinkedFile(sqlite3.DatabaseError):
     read from or written to it."""
 
 
+class NotAFile(sqlite3.DatabaseError):
+    """A session DB's name, or its journal's, is no regular file (a FIFO the agent made in the folder it writes, whose
+    open would wait for a writer for ever; a folder; a socket): SQLite was never asked to open it."""
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open one session DB with the pragmas both sides rely on.
 
     DELETE journaling because WAL's shared memory does not cross VM file sharing; connections
     are short-lived (open, work, close) so each read sees the other side's latest commit.
     """
+    _check_regular(path)
     if readonly:
         _roll_back_hot_journal(path)
     else:
@@ -169,7 +176,8 @@ def _open(path: Path, *, readonly: bool) -> sqlite3.Connection:
     database_list) is the file it holds, and a link swapped in after it resolved the name fails the open. A name that
     resolved anywhere but `path` is refused before a row is read. (Python's sqlite3 cannot pass SQLITE_OPEN_NOFOLLOW,
     and no URI parameter sets it.) SQLite is never asked to create the file (mode=rw; `connect` makes it with
-    `_create`): it would make one wherever a link there points."""
+    `_create`): it would make one wherever a link there points. Nor to open what is no regular file (`connect` checks
+    first: `_check_regular`)."""
     # A URI for writing too, so that a write transaction may ATTACH the other file read-only (`_writing`).
     conn = sqlite3.connect(
         _uri(path, readonly=readonly), uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
@@ -180,6 +188,24 @@ def _open(path: Path, *, readonly: bool) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _check_regular(path: Path) -> None:
+    """Before SQLite opens a session DB (`connect`, `_attach_inbound`): raise unless the name, and its journal's where
+    one is, holds a regular file. Found by lstat, which never waits: SQLite opens both names with a plain open(), and a
+    FIFO there (the agent can make one in its folder) would hold the thread that opens it until a writer comes, which
+    the agent never sends; enough such threads stall the runner. A link is refused here too, before SQLite resolves
+    it (`_open` still checks what it opened). A name swapped for a FIFO in the instant between this check and SQLite's
+    open is not caught: Python's sqlite3 can open no descriptor of ours, nor pass SQLite a flag not to wait."""
+    for name in (path, Path(f"{path}-journal")):
+        try:
+            mode = os.lstat(name).st_mode
+        except FileNotFoundError:
+            continue  # no journal; or no file, which SQLite says as it always has
+        if stat.S_ISLNK(mode):
+            raise LinkedFile(f"{name} is a link: a session's file is only ever used as itself")
+        if not stat.S_ISREG(mode):
+            raise NotAFile(f"{name} is no regular file (a FIFO?): not opened")
 
 
 def _check_opened(conn: sqlite3.Connection, schema: str, path: Path) -> None:
@@ -285,7 +311,9 @@ def ensure_outbound(folder: Path) -> Path:
 
 
 def _max_seq(conn: sqlite3.Connection, table: str) -> int:
-    return int(conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {table}").fetchone()[0])
+    # Integer seqs only: a row the agent wrote by hand with text there would be the MAX (text sorts above numbers).
+    query = f"SELECT COALESCE(MAX(seq), 0) FROM {table} WHERE typeof(seq) = 'integer'"
+    return int(conn.execute(query).fetchone()[0])
 
 
 def _next_with_parity(current: int, parity: int) -> int:
@@ -448,6 +476,7 @@ def _attach_inbound(conn: sqlite3.Connection, folder: Path) -> str | None:
     path = folder / INBOUND
     if not path.exists():
         return None  # no host file yet: nothing fences the folder
+    _check_regular(path)
     _roll_back_hot_journal(path)
     conn.execute("ATTACH DATABASE ? AS inbound", (_uri(path, readonly=True),))
     _check_opened(conn, "inbound", path)  # the fence read through a link would be another folder's
@@ -487,6 +516,15 @@ class OutboundMessage:
     routing: Routing
     in_reply_to: int | None
     created_at: float
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An outbound row that is none `write_outbound` writes (the agent can write outbound.db as it likes): its seq,
+    and what is wrong with it. It is never published; the host's cursor moves past it like any other row."""
+
+    seq: int
+    why: str
 
 
 # --- host side (writes inbound.db) ----------------------------------------------------------------
@@ -599,7 +637,14 @@ def outbound_max_seq(folder: Path) -> int:
 
 
 def read_new_outbound(folder: Path) -> list[OutboundMessage]:
-    """Outbound rows the host has not yet marked published, oldest first."""
+    """Outbound rows the host has not yet marked published, oldest first; unreadable ones left out."""
+    return [row for row in outbound_to_publish(folder) if isinstance(row, OutboundMessage)]
+
+
+def outbound_to_publish(folder: Path) -> list[OutboundMessage | Unreadable]:
+    """Outbound rows the host has not yet marked published, oldest first, with an Unreadable in the place of each
+    row the host cannot read, so that it can move its cursor past it: one bad row must not hold back every later
+    reply. A row whose seq is no integer is no row at all (it has no place in the order, and could not be a cursor)."""
     path = folder / OUTBOUND
     if not path.exists():
         return []
@@ -607,7 +652,9 @@ def read_new_outbound(folder: Path) -> list[OutboundMessage]:
         row = conn.execute("SELECT published_out_seq FROM host_cursor WHERE id = 1").fetchone()
         cursor = int(row[0]) if row else 0
     with opened(path, readonly=True) as conn:
-        rows = conn.execute("SELECT * FROM messages_out WHERE seq > ? ORDER BY seq", (cursor,)).fetchall()
+        rows = conn.execute(
+            "SELECT * FROM messages_out WHERE typeof(seq) = 'integer' AND seq > ? ORDER BY seq", (cursor,)
+        ).fetchall()
     return [_outbound_from_row(r) for r in rows]
 
 
@@ -871,8 +918,10 @@ def unanswered_questions(folder: Path) -> list[OutboundMessage]:
     if not (folder / OUTBOUND).exists() or not (folder / INBOUND).exists():
         return []
     with opened(folder / OUTBOUND, readonly=True) as conn:
-        rows = conn.execute("SELECT * FROM messages_out WHERE kind = 'question' ORDER BY seq").fetchall()
-    asked = [m for m in map(_outbound_from_row, rows) if isinstance(m.content, dict)]
+        rows = conn.execute(
+            "SELECT * FROM messages_out WHERE kind = 'question' AND typeof(seq) = 'integer' ORDER BY seq"
+        ).fetchall()
+    asked = [m for m in map(_outbound_from_row, rows) if isinstance(m, OutboundMessage)]  # the pump logs the others
     if not asked:
         return []
     with opened(folder / INBOUND, readonly=True) as conn:
@@ -1010,12 +1059,28 @@ def _delivery_from_row(r: sqlite3.Row) -> Delivery:
     )
 
 
-def _outbound_from_row(r: sqlite3.Row) -> OutboundMessage:
+def _outbound_from_row(r: sqlite3.Row) -> OutboundMessage | Unreadable:
+    """The row as `write_outbound` writes it, or Unreadable saying what is not: SQLite keeps whatever a column is given
+    where it cannot convert it (text in created_at), and CHECK constraints hold only seq's parity and the kind."""
+    seq = int(r["seq"])  # the queries take integer seqs only
+    try:
+        content = json.loads(r["content"])
+    except (TypeError, ValueError) as exc:
+        return Unreadable(seq, f"its content is no JSON ({exc})")
+    texts = (r["id"], r["kind"], r["channel"], r["chat_id"], "" if r["thread_id"] is None else r["thread_id"])
+    problems = (
+        ("its content is no JSON object", isinstance(content, dict)),
+        ("its created_at is no number", isinstance(r["created_at"], int | float)),
+        ("its in_reply_to is no integer", r["in_reply_to"] is None or isinstance(r["in_reply_to"], int)),
+        ("its id, kind or chat is no text", all(isinstance(t, str) for t in texts)),
+    )
+    if why := next((why for why, sound in problems if not sound), ""):
+        return Unreadable(seq, why)
     return OutboundMessage(
         id=r["id"],
-        seq=int(r["seq"]),
+        seq=seq,
         kind=r["kind"],
-        content=json.loads(r["content"]),
+        content=content,
         routing=Routing(r["channel"], r["chat_id"], r["thread_id"]),
         in_reply_to=r["in_reply_to"],
         created_at=float(r["created_at"]),

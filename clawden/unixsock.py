@@ -63,15 +63,39 @@ def chmod_socket(path: Path, mode: int) -> None:
 
 
 def ring(path: Path) -> bool:
-    """Send one empty datagram to `path`; False when nobody listens there."""
+    """Send one empty datagram to the socket at `path`; False when nobody listens there, or what is there is no socket.
+
+    Never to what a link there names: a bell sits in a folder its peer can write (the agent's session folder), and a
+    link it planted would have the host send to any datagram socket it names. The socket API has no flag to refuse a
+    link at the address, so on Linux the name is opened without following one (O_PATH | O_NOFOLLOW: a link is opened
+    as itself), the inode checked to be a socket, and the datagram sent to that inode through /proc/self/fd/<fd>,
+    which reaches the socket bound there and nothing else: a link swapped in after the check is not followed either.
+    Elsewhere (macOS, no O_PATH), lstat right before the send says no link and a socket; a link swapped in between
+    the two is followed there."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         try:
-            with short_path(path) as name:
-                sock.sendto(b"", name)
+            if hasattr(os, "O_PATH"):
+                _send_to_inode(sock, path)
+            elif stat.S_ISSOCK(os.lstat(path).st_mode):
+                with short_path(path) as name:
+                    sock.sendto(b"", name)
+            else:
+                return False
         except OSError:
             return False
     return True
+
+
+def _send_to_inode(sock: socket.socket, path: Path) -> None:
+    """Send the empty datagram to the socket file at `path` itself, never through a link (see `ring`)."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOTSOCK, f"{path} is no socket (a link?); not ringing it")
+        sock.sendto(b"", f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
 
 
 def answers(path: Path) -> bool:

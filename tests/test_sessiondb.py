@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,6 +51,58 @@ def test_the_host_reads_each_outbound_row_once_in_order(folder: Path) -> None:
     assert [r.content["text"] for r in sdb.read_new_outbound(folder)] == ["2"]
     sdb.mark_published(folder, rows[0].seq)  # a late, older mark never moves the cursor back
     assert [r.content["text"] for r in sdb.read_new_outbound(folder)] == ["2"]
+
+
+def written_by_hand(folder: Path, seq: Any, *, content: Any, created_at: Any, kind: str = "chat") -> None:
+    """A row as the agent can write outbound.db past `write_outbound` (it writes the file as it likes)."""
+    with contextlib.closing(sqlite3.connect(folder / sdb.OUTBOUND)) as conn, conn:
+        conn.execute(
+            "INSERT INTO messages_out (id, seq, created_at, kind, content) VALUES (?, ?, ?, ?, ?)",
+            (f"by-hand-{seq}", seq, created_at, kind, content),
+        )
+
+
+@pytest.mark.parametrize(
+    ("content", "created_at", "why"),
+    [
+        ("not json", 1.0, "its content is no JSON"),
+        ('{"text": "x"}', "yesterday", "its created_at is no number"),
+        ('["x"]', 1.0, "its content is no JSON object"),
+        (b"\xff", 1.0, "its content is no JSON"),
+    ],
+)
+def test_a_row_the_host_cannot_read_is_passed_over_and_the_next_one_read(
+    folder: Path, content: Any, created_at: Any, why: str
+) -> None:
+    written_by_hand(folder, 3, content=content, created_at=created_at)
+    sdb.write_outbound(folder, id="after", kind="chat", content={"text": "after"}, routing=ROUTE)
+
+    assert [r.content["text"] for r in sdb.read_new_outbound(folder)] == ["after"]
+    bad, good = sdb.outbound_to_publish(folder)  # what the runner's pump reads: the bad row's seq, to move past it
+    assert isinstance(bad, sdb.Unreadable) and bad.seq == 3 and bad.why.startswith(why)
+    assert isinstance(good, sdb.OutboundMessage) and good.seq == 5
+    sdb.mark_published(folder, bad.seq)
+    assert [r.seq for r in sdb.outbound_to_publish(folder)] == [5]
+
+
+def test_a_row_whose_seq_is_no_integer_is_no_row(folder: Path) -> None:
+    written_by_hand(folder, 3.5, content='{"text": "x"}', created_at=1.0)  # its parity CHECK passes: 3 % 2 = 1
+    written_by_hand(folder, "9 lives", content='{"text": "x"}', created_at=1.0)
+    sdb.write_outbound(folder, id="after", kind="chat", content={"text": "after"}, routing=ROUTE)
+
+    [row] = sdb.read_new_outbound(folder)
+    assert row.content["text"] == "after"
+    assert sdb.outbound_max_seq(folder) == row.seq  # what a wake's row is numbered above
+    sdb.mark_published(folder, row.seq)
+    assert sdb.outbound_to_publish(folder) == []
+
+
+def test_a_question_row_the_host_cannot_read_leaves_the_others_open(folder: Path) -> None:
+    asked = {"request_id": "q-1", "question": "Tea?", "options": ["Yes", "No"], "timeout": 60}
+    written_by_hand(folder, 3, content='{"request_id": "q-0"}', created_at="noon", kind="question")
+    sdb.write_outbound(folder, id="q-1", kind="question", content=asked, routing=ROUTE)
+
+    assert [q.content["request_id"] for q in sdb.unanswered_questions(folder)] == ["q-1"]
 
 
 def test_acks_hide_messages_from_the_agent_and_sync_to_the_host(folder: Path) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ LABEL_INSTALL = "dev.clawden.install"
 LABEL_GROUP = "dev.clawden.agent-group"
 LABEL_SESSION = "dev.clawden.session"
 MCP_FAILED_MAX = 64 * 1024  # characters of the agent runner's list read at most
+ALIVE = frozenset({"running", "paused", "restarting"})  # what Docker says of a container whose process is there
+GONE = -1  # the exit code of a container gone with its record (Docker's own when it says none)
 
 
 @dataclass(frozen=True)
@@ -266,6 +269,18 @@ def removed(container: Container) -> None:
                 container.wait(condition="removed")
 
 
+def exit_code(container: Container) -> int | None:
+    """None while the container runs, as it was when read; once it has stopped, the exit code it stopped with."""
+    if container.status in ALIVE:
+        return None
+    return int(container.attrs.get("State", {}).get("ExitCode", GONE))
+
+
+def docker_time(time_ns: int) -> str:
+    """A time as Docker's events API takes it (`since`): seconds and nanoseconds."""
+    return f"{time_ns // 10**9}.{time_ns % 10**9:09d}"
+
+
 @dataclass(frozen=True)
 class Died:
     session_id: str
@@ -286,6 +301,7 @@ class Docker:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
         self._events_thread: threading.Thread | None = None
         self._events_stream: Any = None
+        self._closing = threading.Event()
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -343,22 +359,39 @@ class Docker:
             filters={"label": [f"{LABEL_INSTALL}={self.install_id}", LABEL_SESSION]},
         )
 
-    async def stop_and_remove(self, container_id: str, timeout: int = 5) -> None:
-        def stop() -> None:
+    async def stop_and_remove(self, container_id: str, timeout: int = 5) -> int | None:
+        """Stop the container and remove it. None when it was running: its death comes as an event. Else the exit code
+        it had stopped with (GONE: removed already): no event will say it died, and its own may have gone unseen
+        (`watch_deaths`), so the caller handles that death itself."""
+
+        def stop() -> int | None:
             try:
                 container = self.client.containers.get(container_id)
             except docker.errors.NotFound:
-                return
+                return GONE
+            stopped = exit_code(container)
             try:
                 container.stop(timeout=timeout)
             except docker.errors.NotFound:
-                return
+                return stopped
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: another call is already removing it
                     raise
             removed(container)
+            return stopped
 
-        await self.call(stop)
+        return await self.call(stop)
+
+    async def ended(self, container_id: str) -> int | None:
+        """None while the container runs; once it has stopped, the exit code it stopped with (GONE: removed)."""
+
+        def get() -> int | None:
+            try:
+                return exit_code(self.client.containers.get(container_id))
+            except docker.errors.NotFound:
+                return GONE
+
+        return await self.call(get)
 
     async def status(self, container_id: str) -> str:
         def get() -> str:
@@ -387,32 +420,44 @@ class Docker:
 
         return await self.call(get)
 
-    def watch_deaths(self, on_death: Callable[[Died], None]) -> None:
-        """Follow Docker's event stream in its own thread (not the pool): one event per death."""
+    def watch_deaths(self, on_death: Callable[[Died], None], on_followed: Callable[[], None] | None = None) -> None:
+        """Follow Docker's event stream in its own thread (not the pool): one event per death.
+
+        A stream that breaks or ends (the daemon restarting, a connection cut) is followed again from the time of the
+        last event it brought (`since`), so the deaths Docker still holds from the break are delivered then. A daemon
+        that restarted holds none from before its restart: so each time the stream is followed (the first time too),
+        `on_followed` is called, once the daemon has taken the subscription, for the caller to ask once after the
+        containers it thinks run (None: it keeps no such table); a death after that comes on the stream. A death may
+        be told twice."""
         loop = asyncio.get_running_loop()
+        filters = {"type": "container", "event": "die", "label": f"{LABEL_INSTALL}={self.install_id}"}
 
         def follow() -> None:
-            while True:
+            last = docker_time(time.time_ns())
+            while not self._closing.is_set():
                 try:
-                    self._events_stream = self.client.events(
-                        decode=True,
-                        filters={"type": "container", "event": "die", "label": f"{LABEL_INSTALL}={self.install_id}"},
-                    )
+                    self._events_stream = self.client.events(decode=True, since=last, filters=filters)
+                    if on_followed is not None:
+                        loop.call_soon_threadsafe(on_followed)
                     for event in self._events_stream:
+                        if stamp := event.get("timeNano"):
+                            last = docker_time(int(stamp))
                         attrs = event.get("Actor", {}).get("Attributes", {})
-                        died = Died(attrs.get(LABEL_SESSION, ""), event.get("id", ""), int(attrs.get("exitCode", "-1")))
+                        died = Died(attrs.get(LABEL_SESSION, ""), event.get("id", ""), int(attrs.get("exitCode", GONE)))
                         loop.call_soon_threadsafe(on_death, died)
-                    return  # the stream was closed on purpose
+                    why = "it ended"
                 except Exception as exc:
-                    if self._events_stream is None:
-                        return
-                    log.warning("docker event stream failed (%s); reconnecting", exc)
-                    threading.Event().wait(1.0)
+                    why = str(exc)
+                if self._closing.is_set():
+                    return  # closed on purpose
+                log.warning("docker event stream broke (%s); following it again from its last event", why)
+                self._closing.wait(1.0)  # a pace between attempts while the daemon is away
 
         self._events_thread = threading.Thread(target=follow, name="docker-events", daemon=True)
         self._events_thread.start()
 
     def close(self) -> None:
+        self._closing.set()
         stream, self._events_stream = self._events_stream, None
         if stream is not None:
             with contextlib.suppress(Exception):

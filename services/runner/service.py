@@ -136,6 +136,9 @@ class Runner:
         self.session_locks: dict[str, asyncio.Lock] = {}
         self.pump_locks: dict[str, asyncio.Lock] = {}
         self.pump_dirty: set[str] = set()
+        # Sessions whose last pump did not publish every row (NATS did not answer): pumped by the safety poll until
+        # it does, live or not (a container that died meanwhile leaves its last replies to no ring).
+        self.unpublished: set[str] = set()
         self.user, self.owner_uid = container_user()
         self.tasks: set[asyncio.Task[None]] = set()
         self.queue: dict[str, Waiting] = {}  # insertion order is arrival order
@@ -175,7 +178,7 @@ class Runner:
         so a wake without them or a restart finds them), over config.toml's."""
         return group_run(agent_group, self.index.group_settings(agent_group), self.cfg, engine_cpus=self.engine_cpus)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, object], name: str) -> None:
         task = asyncio.create_task(_logged(self._unless_moved(coro), name), name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -210,7 +213,7 @@ class Runner:
         except sessiondb.Fenced as moved:
             self.drop(moved.folder.name, moved.fence)
 
-    async def _unless_moved(self, coro: Coroutine[Any, Any, None]) -> None:
+    async def _unless_moved(self, coro: Coroutine[Any, Any, object]) -> None:
         with self.fenced_off():
             await coro
 
@@ -580,6 +583,7 @@ class Runner:
             self._forget(info.id)
             raise
         live.container_id, live.epoch = str(container.id), spec.epoch
+        self._spawn(self._find_death(live), f"find-death-{info.id}")  # a death before now went unseen
         # Silence is measured from here: not from a wait for a start slot, nor from the heartbeat a
         # dead predecessor left in the folder.
         live.last_activity = live.last_wake = time.monotonic()
@@ -724,13 +728,19 @@ class Runner:
             while True:
                 self.pump_dirty.discard(session_id)
                 if session_id in self.moved:
+                    self.unpublished.discard(session_id)  # the new owner publishes it
                     return
                 try:
                     with self.fenced_off():
                         await self._pump_once(session_id)
                 except Exception:
-                    log.exception("publishing outbound for %s failed; the next ring or poll retries", session_id)
+                    if session_id not in self.unpublished:  # said once: the poll tries every few seconds
+                        log.exception(
+                            "publishing outbound for %s failed; the poll retries until it goes out", session_id
+                        )
+                    self.unpublished.add(session_id)
                     return
+                self.unpublished.discard(session_id)
                 if session_id not in self.pump_dirty:
                     return
 
@@ -739,24 +749,42 @@ class Runner:
         if info is None:
             return
         folder = self.session_dir(info)
-        rows = await asyncio.to_thread(sessiondb.read_new_outbound, folder)
+        rows = await asyncio.to_thread(sessiondb.outbound_to_publish, folder)
         allowed = await self.index.run(self.index.destinations, info.id) if rows else {}
         copies = copies_folder(self.cfg.sessions_dir, info)  # what file rows send: the runner's own copies
         for row in rows:
             # Checked before each row's publish (the bus is no transaction); were the session moved just after, the
             # new owner publishes the row again under the same message id, which JetStream drops as a duplicate.
             await asyncio.to_thread(sessiondb.check_fence, folder)
-            try:
-                actions = await asyncio.to_thread(translate, info, folder, row, allowed, self.cfg.runner.id, copies)
-            except Refused as exc:
-                log.warning(
-                    "session %s: outbound #%d refused: %s", info.id, row.seq, exc, extra={"session_id": info.id}
-                )
-                actions = []
-            for action in actions:
+            for action in await self._actions(info, folder, row, allowed, copies):
                 await self._apply(info, folder, action)
             await asyncio.to_thread(sessiondb.mark_published, folder, row.seq)
         await asyncio.to_thread(sessiondb.sync_acks, folder)
+
+    async def _actions(
+        self,
+        info: SessionInfo,
+        folder: Path,
+        row: sessiondb.OutboundMessage | sessiondb.Unreadable,
+        allowed: dict[tuple[str, str], ev.Route],
+        copies: Path,
+    ) -> list[Action]:
+        """What one outbound row makes the runner do; nothing for a row refused or unreadable, said once in the log
+        (the cursor moves past it: it is never read again)."""
+        if isinstance(row, sessiondb.Unreadable):
+            log.warning(
+                "session %s: outbound #%d unreadable, not published: %s",
+                info.id,
+                row.seq,
+                row.why,
+                extra={"session_id": info.id},
+            )
+            return []
+        try:
+            return await asyncio.to_thread(translate, info, folder, row, allowed, self.cfg.runner.id, copies)
+        except Refused as exc:
+            log.warning("session %s: outbound #%d refused: %s", info.id, row.seq, exc, extra={"session_id": info.id})
+            return []
 
     async def _apply(self, info: SessionInfo, folder: Path, action: Action) -> None:
         match action:
@@ -1000,6 +1028,8 @@ class Runner:
     # --- container deaths, hangs and idle stops ---------------------------------------------------
 
     def on_death(self, died: Died) -> None:
+        """A container of this install died (Docker's event, or found dead by `_find_death` or a stop). Only the
+        session's current container counts; one that died before its start returned its id is found once it has it."""
         live = self.live.get(died.session_id)
         if live is None or live.container_id != died.container_id:
             return
@@ -1068,7 +1098,24 @@ class Runner:
             return
         live.stopping, live.hung = True, hung
         log.info("stopping container of %s (%s)", session_id, reason, extra={"session_id": session_id})
-        await self.docker.stop_and_remove(live.container_id, timeout=1 if hung else STOP_GRACE)
+        stopped = await self.docker.stop_and_remove(live.container_id, timeout=1 if hung else STOP_GRACE)
+        if stopped is not None:  # it had died already, unseen: no event comes for it now, so its death is handled here
+            self.on_death(Died(session_id, live.container_id, stopped))
+
+    def on_events_followed(self) -> None:
+        """Docker's event stream is followed again (or for the first time): a death while it was down may never be
+        told (a restarted daemon forgets its events), so each container of a live session is asked after once."""
+        for live in list(self.live.values()):
+            if live.container_id:
+                self._spawn(self._find_death(live), f"find-death-{live.info.id}")
+
+    async def _find_death(self, live: Live) -> None:
+        """Ask once whether the session's container still runs, where its death may have gone unseen (before its start
+        returned the id, after the adoption's list, while the event stream was down); a dead one is handled as its
+        event would have been. Asked once it is in `live` with its id: any death after comes as an event."""
+        stopped = await self.docker.ended(live.container_id)
+        if stopped is not None:
+            self.on_death(Died(live.info.id, live.container_id, stopped))
 
     async def restart_session(self, session_id: str) -> bool:
         """Stop the session's running container now (what it said still goes out), so its next message starts
@@ -1126,11 +1173,14 @@ class Runner:
         """Safety-net poll for lost rings; idle stops; hang detection. Rings do the real work."""
         poll = self.cfg.runner.safety_poll
         while await sleep_unless_stopping(self.ctx.stopping, poll):
+            owed = set(self.unpublished)  # a publish NATS did not take, also of a session whose container is gone
             for session_id, live in list(self.live.items()):
                 if not live.container_id or live.stopping:
                     continue
-                self._spawn(self.pump(session_id), f"pump-{session_id}")  # not activity: no kick()
+                owed.add(session_id)
                 self._spawn(self._check(live), f"check-{session_id}")
+            for session_id in owed:
+                self._spawn(self.pump(session_id), f"pump-{session_id}")  # not activity: no kick()
 
     # --- control --------------------------------------------------------------------------------
 
@@ -1188,6 +1238,7 @@ class Runner:
                     continue
                 await self.admin.open(info)
                 self.live[info.id] = live
+                self._spawn(self._find_death(live), f"find-death-{info.id}")  # it may have died since the list
                 self.kick(info.id)
                 log.info("adopted running container %s for %s", container.short_id, info.id)
             else:
@@ -1227,7 +1278,7 @@ class Runner:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-async def _logged(coro: Coroutine[Any, Any, None], name: str) -> None:
+async def _logged(coro: Coroutine[Any, Any, object], name: str) -> None:
     """Background work must not die silently: one session's failure is logged, the rest go on."""
     try:
         await coro
@@ -1299,7 +1350,7 @@ async def main(ctx: ServiceContext) -> None:
         log.info("containers reach the vault by %s", runner.vault_transport)
         if runner.vault_transport == "tcp" and (problem := tcp_problem(ctx.config.runner)):
             log.error("no agent container can start: %s", problem)  # each start says so again
-        docker.watch_deaths(runner.on_death)
+        docker.watch_deaths(runner.on_death, runner.on_events_followed)
         await runner.adopt()
         wakes = await bind(ctx.js, runner_wake(ctx.config.runner.id))
         receipts = await bind(ctx.js, runner_receipts(ctx.config.runner.id))
