@@ -71,6 +71,7 @@ from services.vault.policy import (
     leak_candidates,
     needs_body,
     stored_for_host,
+    with_form_methods,
 )
 from services.vault.ratecounts import RateCounts
 from services.vault.responses import SELFTEST_HOST, Reply
@@ -239,7 +240,8 @@ async def _answer_malformed(side: _Side, exc: h11.RemoteProtocolError) -> None:
 
 
 class _Body:
-    """The request body: what has arrived is kept (for an approval preview), the rest streams."""
+    """The request body: what has arrived is kept until it goes upstream (previews and conditions read
+    it first, to their limits); once it streams, each part is let go as it is sent."""
 
     def __init__(self, side: _Side) -> None:
         self.side = side
@@ -284,11 +286,10 @@ class _Body:
         return self._stream(scanner)
 
     async def _stream(self, scanner: LeakScanner) -> AsyncIterator[bytes]:
-        sent = 0
         while True:
-            while sent < len(self.chunks):
-                chunk = self.chunks[sent]
-                sent += 1
+            while self.chunks:
+                # Let go of each part as it is sent: an upload of gigabytes must not stay in memory.
+                chunk = self.chunks.pop(0)
                 if scanner:
                     chunk = scanner.feed(chunk)
                 if chunk:
@@ -420,7 +421,8 @@ class Gateway:
     async def listen(self, agent_group: str, socket_path: Path) -> None:
         """Start serving ``agent_group`` on ``socket_path``; returns once the socket accepts."""
         _clear_socket_path(socket_path)
-        # The container's user (uid 1000) must connect; only this group's containers see the folder.
+        # Only the containers' user may connect, not every local user: the runner starts them as its own
+        # uid (the vault's, one install user), or, run as root, as the image's user, who then owns it.
         sock = unixsock.bind(socket_path, mode=0o666)
         server = await asyncio.start_unix_server(self._handler(agent_group), sock=sock, limit=READ_SIZE)
         self._servers[f"unix:{socket_path}"] = server
@@ -677,6 +679,7 @@ class Gateway:
         if needs_body(view, head):  # a rule's conditions look at the body: read it (to the limit) first
             data = await body.preview(CONDITION_BODY_LIMIT + 1)
             tested = body_for_conditions(data, body.complete, head.headers)
+            head = with_form_methods(head, data)
         verdict: Verdict = decide(view, head, ex.at, self._rates.counts, body=tested)
         approved: frozenset[str] = frozenset()
         while isinstance(verdict, Ask):
@@ -845,6 +848,18 @@ class Gateway:
         pairs = echoes(credentials, head.target)
         if bearer:  # should the site ever quote the token, the agent reads the placeholder instead
             pairs.append((bearer.encode(), PLACEHOLDER_TOKEN.encode()))
+        if pairs and _encoded(response.headers):
+            # Asked for identity, the site compressed anyway: a value in there could not be scrubbed.
+            response.connection.close()
+            ex.decision = "refused"
+            await self._reply(
+                side,
+                ex,
+                responses.gateway_error(
+                    502, "bad_gateway", f"{ex.host} sent a compressed response where identity was asked"
+                ),
+            )
+            return
         await self._stream_response(side, ex, response, EchoScrubber(pairs))
 
     async def _send(
@@ -869,6 +884,9 @@ class Gateway:
         ]
         headers, target = inject(credentials, headers, head.target)
         headers.insert(0, (b"host", upstream.authority))
+        if credentials or bearer:
+            # The response is scrubbed of what went in, which only works on bytes as they are sent.
+            headers = [(k, v) for k, v in headers if k != b"accept-encoding"] + [(b"accept-encoding", b"identity")]
         scanner = LeakScanner(leak_candidates(view, head.host))
         aws = next((c for c in reversed(credentials) if c.secret.kind == "aws"), None)
         try:
@@ -946,8 +964,8 @@ class Gateway:
         ex.status = response.status
         headers = strip_hop_by_hop(response.headers)
         if scrubber:
-            # A value that went into the path goes back as the agent's placeholder (Location, bodies
-            # quoting the path); the body's length may change, so it goes chunked.
+            # A value injected into the request goes back as the agent's placeholder (Location, bodies
+            # quoting the path, the query or a header); the body's length may change, so it goes chunked.
             bodiless = ex.method == "HEAD" or response.status in NO_BODY_STATUSES
             headers = [(k, scrubber.scrub(v)) for k, v in headers if bodiless or k.lower() != b"content-length"]
         # Without a content-length h11 frames the body as chunked, so SSE can flow event by event.
@@ -1075,6 +1093,12 @@ def _framing(source: bytes | AsyncIterator[bytes], request_headers: list[Header]
         return []
     length = next((v for k, v in request_headers if k == b"content-length"), None)
     return [(b"content-length", length) if length is not None else (b"transfer-encoding", b"chunked")]
+
+
+def _encoded(headers: Sequence[Header]) -> bool:
+    """Whether a response's body is content-encoded (gzip, br...), so its bytes are not the text."""
+    codings = (c.strip().lower() for k, v in headers if k.lower() == b"content-encoding" for c in v.split(b","))
+    return any(c not in (b"", b"identity") for c in codings)
 
 
 def _has_body_framing(headers: list[Header]) -> bool:

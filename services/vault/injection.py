@@ -7,7 +7,8 @@
   added or replaced while the rest of the query keeps its exact bytes, or the path: a template
   (``/bot{value}``) whose hole the agent filled with any placeholder (``/botPLACEHOLDER/getMe``), or a
   regex whose first match becomes a replacement holding ``{value}``. The agent's placeholder is kept
-  (``echoes``) so the real value can be turned back into it wherever the response repeats the path.
+  (``echoes``) so the real value can be turned back into it wherever the response repeats the path;
+  every other injected value is turned into ``clawden-managed`` wherever a response quotes it.
 - ``aws``: nothing here; ``sigv4`` signs the request once it is final.
 Whatever the agent sent in those places (its placeholder) is replaced, never kept beside.
 """
@@ -91,11 +92,15 @@ def path_substitution(credential: Credential, target: bytes) -> tuple[bytes, byt
 
 
 def echoes(credentials: Sequence[Credential], target: bytes) -> list[tuple[bytes, bytes]]:
-    """(real value, the agent's placeholder) for each value that goes into this request's path."""
+    """(real value, what the agent reads instead) for every value injected into this request: a site
+    may quote any of them back (a redirect keeping the query, an error echoing the headers). A value
+    that went into the path becomes the agent's placeholder, any other ``clawden-managed``."""
     pairs = []
     for credential in credentials:
         if (found := path_substitution(credential, target)) is not None:
             pairs.append((credential.value.encode(), found[1] or b"clawden-managed"))
+        elif not credential.in_path:  # a path secret whose template does not match goes nowhere
+            pairs += [(value.encode(), b"clawden-managed") for value in credential.secret_values if value]
     return pairs
 
 

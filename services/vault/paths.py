@@ -2,9 +2,10 @@
 
 Servers undo tricks in a path before they route it: Node's URL parser resolves `..` and `%2e%2e` and
 turns `\\` into `/`, uvicorn decodes `%70` and `%2F`, many collapse `//`. A rule matched against the
-path as typed would miss what the server then serves. So the gateway brings each path to one form,
-matches rules and secret scopes on it, and sends exactly that form upstream; what it cannot bring to
-one form safely it refuses.
+path as typed would miss what the server then serves. So the gateway brings each path to one form and sends
+exactly that form upstream; rules and secret scopes match it with its remaining escapes decoded too
+(`RequestHead.rule_path`: `m%3Apredict` meets a rule on `*:predict`). What it cannot bring to one
+form safely it refuses.
 
 - percent-escapes of unreserved characters (letters, digits, `-._~`) are decoded; other escapes keep
   their meaning and get upper-case hex;

@@ -11,6 +11,7 @@ and passes a read-only view of them in, and adds the returned ``charges`` once t
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import json
 import math
@@ -18,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote, unquote_to_bytes
 
 from services.vault.catalog import WINDOW_SECONDS, Condition, Credential, GroupView, Rule
 from services.vault.injection import path_substitution
@@ -29,6 +30,8 @@ Header = tuple[bytes, bytes]
 # let a POST act as another method: a rule on that method holds for them too.
 METHOD_OVERRIDE_HEADERS = (b"x-http-method-override", b"x-http-method", b"x-method-override")
 METHOD_OVERRIDE_PARAM = "_method"
+# A form body of this type may carry `_method` as well.
+FORM_TYPE = b"application/x-www-form-urlencoded"
 # Rules that hold a request back match its path whatever the case and with or without a trailing /:
 # servers such as GitHub treat names case-insensitively. Rules that let one through match exactly.
 RESTRICTIVE = frozenset({"block", "manual_approval", "rate_limit"})
@@ -59,10 +62,20 @@ class RequestHead:
     port: int
     target: bytes  # path and query, the path in the gateway's one form (`paths.normalise`)
     headers: Sequence[Header]
+    form_methods: tuple[bytes, ...] = ()  # `_method` fields of a form body (`with_form_methods`)
 
     @property
     def path(self) -> str:
         return self.target.partition(b"?")[0].decode("ascii", "replace") or "/"
+
+    @property
+    def rule_path(self) -> str:
+        """The path as rules and secret scopes see it: every escape decoded (`m%3Apredict` is
+        `m:predict`), as servers decode it before they route. It is never forwarded so: the site gets
+        the bytes the agent sent. The escapes that would change its segments (%2F, %5C) never get here:
+        `paths.normalise` refuses them."""
+        path = self.path
+        return unquote(path) if "%" in path else path
 
     @property
     def query(self) -> bytes:
@@ -72,12 +85,32 @@ class RequestHead:
     def methods(self) -> frozenset[str]:
         """The method, and any other one the request asks the server to act as."""
         named = [value for name, value in self.headers if name.lower() in METHOD_OVERRIDE_HEADERS]
-        named += [
-            value
-            for key, _, value in (p.partition(b"=") for p in self.query.split(b"&"))
-            if unquote_to_bytes(key) == METHOD_OVERRIDE_PARAM.encode()
-        ]
+        named += [*_override_fields(self.query), *self.form_methods]
         return frozenset({self.method, *(unquote_to_bytes(v).decode("latin-1").strip().upper() for v in named)})
+
+    @property
+    def is_form(self) -> bool:
+        return any(
+            name.lower() == b"content-type" and value.partition(b";")[0].strip().lower() == FORM_TYPE
+            for name, value in self.headers
+        )
+
+
+def _override_fields(form: bytes) -> list[bytes]:
+    """The values of `_method` in a query or a urlencoded form, as sent."""
+    return [
+        value
+        for key, _, value in (p.partition(b"=") for p in form.split(b"&"))
+        if unquote_to_bytes(key) == METHOD_OVERRIDE_PARAM.encode()
+    ]
+
+
+def with_form_methods(head: RequestHead, data: bytes) -> RequestHead:
+    """The head with the `_method` fields of its form body (Rails and Laravel read them there too),
+    from the part read for the rules; the head as it is when the body is no form."""
+    if not head.is_form:
+        return head
+    return dataclasses.replace(head, form_methods=tuple(_override_fields(data[:CONDITION_BODY_LIMIT])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +176,7 @@ def decide(
 
 def injectable(credentials: Sequence[Credential], head: RequestHead) -> tuple[Credential, ...]:
     """The credentials for this request; one that goes into the path only where its template matches."""
-    path = head.path
+    path = head.rule_path
     return tuple(
         c
         for c in credentials
@@ -161,7 +194,7 @@ def stored_for_host(credentials: Sequence[Credential], head: RequestHead) -> tup
 def rule_matches(rule: Rule, head: RequestHead) -> bool:
     if not host_matches(rule.host_pattern, head.host, head.port):
         return False
-    path = head.path
+    path = head.rule_path
     restrictive = rule.action in RESTRICTIVE
     methods = head.methods if restrictive else {head.method}
     paths = {path, path.rstrip("/") or "/"} if restrictive else {path}
@@ -184,15 +217,27 @@ def rule_matches(rule: Rule, head: RequestHead) -> bool:
 
 
 def needs_body(view: GroupView, head: RequestHead) -> bool:
-    """Whether a rule that matches this head has conditions, so the body must be read before deciding."""
-    return any(rule.conditions and rule_matches(rule, head) for rule in view.rules)
+    """Whether the body must be read before deciding: a rule that matches this head has conditions, or
+    the body is a form whose `_method` could bring it under a restrictive rule on another method."""
+    form = head.is_form
+    return any(
+        (rule.conditions and rule_matches(rule, head))
+        or (
+            form
+            and rule.method is not None
+            and rule.action in RESTRICTIVE
+            and rule_matches(rule, dataclasses.replace(head, method=rule.method))
+        )
+        for rule in view.rules
+    )
 
 
 def body_for_conditions(data: bytes, complete: bool, headers: Sequence[Header]) -> bytes | None:
     """The body as conditions test it; None when they cannot: past the limit, or content-encoded
-    (its bytes are not what the server reads)."""
-    encoding = next((v.strip().lower() for k, v in headers if k.lower() == b"content-encoding"), b"identity")
-    if not complete or len(data) > CONDITION_BODY_LIMIT or encoding not in (b"", b"identity"):
+    (its bytes are not what the server reads). Every Content-Encoding header and every coding listed
+    in one counts: a server decodes them all, so `identity` first hides no `gzip` after it."""
+    codings = (c.strip().lower() for k, v in headers if k.lower() == b"content-encoding" for c in v.split(b","))
+    if not complete or len(data) > CONDITION_BODY_LIMIT or any(c not in (b"", b"identity") for c in codings):
         return None
     return data
 
@@ -334,13 +379,17 @@ class _HeldBack:
     def feed(self, chunk: bytes) -> bytes:
         """What of the held bytes and ``chunk`` may go now, rewritten."""
         window = self._rewrite(self._tail + chunk)
-        cut = max(0, len(window) - self._keep)
+        cut = max(0, len(window) - self._held(window))
         self._tail = window[cut:]
         return window[:cut]
 
     def flush(self) -> bytes:
         rest, self._tail = self._tail, b""
         return rest
+
+    def _held(self, window: bytes) -> int:
+        """How many of the window's last bytes wait for the next chunk."""
+        return self._keep
 
 
 class LeakScanner(_HeldBack):
@@ -376,17 +425,17 @@ class LeakScanner(_HeldBack):
 
 
 class EchoScrubber(_HeldBack):
-    """Turns a value the gateway put into the request's path back into the agent's placeholder in the
-    response (a redirect's Location, an error body quoting the path), plain or percent-encoded, so the
-    value never reaches the agent. A streamed body keeps its last bytes back, as many as the longest
-    form of a value less one, until the next chunk shows whether they start one."""
+    """Turns a value the gateway injected into the request back into what the agent sent (its path
+    placeholder, else ``clawden-managed``) in the response (a redirect's Location, an error body
+    quoting the path, the query or the headers), plain or percent-encoded, so the value never reaches
+    the agent. A streamed body keeps back only a tail that could start a form of a value, until the
+    next chunk shows whether it does: an event stream whose chunks end elsewhere flows unheld."""
 
     def __init__(self, pairs: Sequence[tuple[bytes, bytes]]) -> None:
         self._forms = sorted(
             {(form, placeholder) for value, placeholder in pairs for form in _echo_forms(value)},
             key=lambda f: -len(f[0]),
         )
-        self._keep = max((len(form) for form, _ in self._forms), default=1) - 1
         self._tail = b""
 
     def __bool__(self) -> bool:
@@ -399,6 +448,17 @@ class EchoScrubber(_HeldBack):
 
     def _rewrite(self, window: bytes) -> bytes:
         return self.scrub(window)
+
+    def _held(self, window: bytes) -> int:
+        held = 0
+        for form, _ in self._forms:
+            start = max(0, len(window) - len(form) + 1)
+            at = window.find(form[:1], start)
+            while at != -1 and not form.startswith(window[at:]):
+                at = window.find(form[:1], at + 1)
+            if at != -1:
+                held = max(held, len(window) - at)
+        return held
 
 
 def _echo_forms(value: bytes) -> set[bytes]:

@@ -63,7 +63,7 @@ def test_echoes_pair_the_value_with_what_the_agent_sent() -> None:
     assert echoes(bot(), b"/botPH/getMe") == [(TOKEN.encode(), b"PH")]
     assert echoes(bot(), b"/other") == []
     header = secret("h", "generic", "api.example.test", TOKEN, header_name="X-Key")
-    assert echoes((header,), b"/botPH") == []
+    assert echoes((header,), b"/botPH") == [(TOKEN.encode(), b"clawden-managed")]
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from services.vault.policy import (
     large_body_matches,
     needs_body,
     stored_for_host,
+    with_form_methods,
 )
 from tests.vault.conftest import rule, secret
 
@@ -213,6 +214,21 @@ def test_every_spelling_of_a_blocked_path_is_blocked(target: bytes) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("pattern", "target"),
+    [
+        ("/v1/models/*:predict", b"/v1/models/m%3Apredict"),
+        ("/v1/models/*:predict", b"/v1/models/m%3apredict"),
+        ("/v1.0/$batch", b"/v1.0/%24batch"),
+    ],
+)
+def test_a_reserved_character_escaped_still_meets_its_rule(pattern: str, target: bytes) -> None:
+    rules = (rule("no-predict", "block", "api.example.test", path_pattern=pattern),)
+    normalised = normalise(target).raw
+    assert normalised == target.replace(b"%3a", b"%3A")  # what the site gets keeps its escape
+    assert decide(view(rules), head("POST", target=normalised), NOW, {}) == Blocked("blocked_by_policy", "no-predict")
+
+
 @pytest.mark.parametrize("target", REFUSED_VARIANTS)
 def test_spellings_that_have_no_one_form_are_refused(target: bytes) -> None:
     with pytest.raises(PathRefused):
@@ -239,6 +255,24 @@ def test_a_method_override_is_held_to_the_rules_of_the_method_it_names() -> None
     ):
         assert decide(view(rules), overridden, NOW, {}) == Blocked("blocked_by_policy", rule="no-deletes")
     assert isinstance(decide(view(rules), head("POST"), NOW, {}), Allowed)
+
+
+FORM = ((b"Content-Type", b"application/x-www-form-urlencoded; charset=utf-8"),)
+
+
+def test_a_form_bodys_method_field_is_held_to_the_rules_of_the_method_it_names() -> None:
+    rules = (
+        rule("no-deletes", "block", "api.example.test", method="DELETE"),
+        rule("puts-ok", "allow", "api.example.test", method="PUT"),
+    )
+    form = head("POST", headers=FORM)
+    assert needs_body(view(rules), form)
+    assert not needs_body(view(rules), head("POST", headers=((b"content-type", b"application/json"),)))
+    assert not needs_body(view(rules[1:]), form)  # an allow rule is not widened by a form field
+    named = with_form_methods(form, b"title=x&_method=DELETE")
+    assert decide(view(rules), named, NOW, {}) == Blocked("blocked_by_policy", rule="no-deletes")
+    assert isinstance(decide(view(rules), with_form_methods(form, b"title=x"), NOW, {}), Allowed)
+    assert with_form_methods(head("POST"), b"_method=DELETE") == head("POST")  # not a form: not read
 
 
 def test_a_secret_goes_only_to_its_port() -> None:
@@ -334,6 +368,8 @@ def test_the_body_is_read_only_when_a_matching_rule_has_conditions() -> None:
         (b"{}", True, (), True),
         (b"{}", True, ((b"content-encoding", b"identity"),), True),
         (b"{}", True, ((b"Content-Encoding", b"gzip"),), False),
+        (b"{}", True, ((b"content-encoding", b"identity"), (b"content-encoding", b"gzip")), False),
+        (b"{}", True, ((b"content-encoding", b"identity, gzip"),), False),
         (b"{", False, (), False),
         (b"x" * (CONDITION_BODY_LIMIT + 1), True, (), False),
     ],
@@ -361,6 +397,7 @@ def test_a_path_secret_is_injectable_only_where_its_template_matches() -> None:
 def test_the_echo_scrubber_turns_values_back_into_placeholders() -> None:
     scrubber = EchoScrubber([(b"123:ABC", b"PH")])
     assert scrubber and scrubber.scrub(b"/bot123:ABC/x /bot123%3AABC /bot123%3aABC") == b"/botPH/x /botPH /botPH"
-    assert scrubber.feed(b"0123456789..123:") == b"01234567"  # the rest held back: it may start a value
-    assert scrubber.feed(b"ABC..") + scrubber.flush() == b"89..PH.."
+    assert scrubber.feed(b"0123456789..123:") == b"0123456789.."  # "123:" held back: it may start a value
+    assert scrubber.feed(b"ABC..") + scrubber.flush() == b"PH.."
+    assert scrubber.feed(b"data: 12\n\n") == b"data: 12\n\n"  # a tail that starts no value goes at once
     assert not EchoScrubber([])

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import h11
 import pytest
 
+from services.vault import gateway
 from services.vault.catalog import Condition
 from services.vault.policy import CONDITION_BODY_LIMIT
 from tests.fakes.anthropic import FakeTLS
@@ -216,3 +217,29 @@ async def test_a_response_already_here_arrives_whole_in_one_answer(rig: RigFacto
 
     assert [a.json()["echo"] for a in answers] == ["/n0", "/n1", "/n2"]
     assert site.connections == 1 and [a.bytes_out for a in r.audit] == [len(a.content) for a in answers]
+
+
+async def test_a_streamed_upload_is_not_kept_in_memory(
+    rig: RigFactory, site: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 parts of 256 KiB streamed through: the gateway holds no more than a few parts at a time."""
+    held: list[int] = [0]
+    take = gateway._Body._take
+
+    def measured(body: gateway._Body) -> bool:
+        taken = take(body)
+        held[0] = max(held[0], sum(len(c) for c in body.chunks))
+        return taken
+
+    monkeypatch.setattr(gateway._Body, "_take", measured)
+
+    async def parts() -> AsyncIterator[bytes]:
+        for _ in range(200):
+            yield bytes(256 * 1024)
+
+    async with rig(rules=(SEND_RULE,)) as r, r.client(timeout=60) as http:
+        answer = await http.post("https://api.example.test/upload", content=parts())
+
+    assert answer.status_code == 200
+    assert len(site.received[0].body) == 200 * 256 * 1024
+    assert held[0] < 8 << 20
