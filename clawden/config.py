@@ -101,6 +101,8 @@ class GroupConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
+    # The vault adds the model key to every request it sends here: https only (http on loopback, a local
+    # proxy's or the tests' fake), checked at load (`model_problem`).
     upstream: str = "https://api.anthropic.com"
     # The real key never lives in config.toml: ANTHROPIC_API_KEY in the vault's environment,
     # or the file keys/anthropic (mode 0600).
@@ -112,8 +114,9 @@ class VaultConfig(msgspec.Struct, frozen=True, kw_only=True):
     extra_ca_file: str = ""
     # Host -> "address:port" the gateway dials instead of resolving the name (tests' fake sites).
     host_map: dict[str, str] = {}
-    # Groups without their own `clawden egress` setting: "open" (any host, audited) or "allowlist".
-    default_egress: str = "open"
+    # Groups without their own `clawden egress` setting: "open" (any host, audited) or "allowlist". Any
+    # other word is an error at load: a typo must never leave egress open unnoticed.
+    default_egress: Literal["open", "allowlist"] = "open"
     approval_timeout: float = 180.0  # seconds a held request waits for a human
     read_timeout: float = 600.0  # seconds a site may stay silent mid-request (a model thinking)
     audit_retention_days: float = 30.0
@@ -295,10 +298,26 @@ def load(home: Path | None = None, environ: dict[str, str] | None = None) -> Con
     try:
         cfg = msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{file}: {exc}") from exc
-    if problem := nats_problem(cfg.nats):
+        raise ConfigError(f"{file}: {exc}{_choices(str(exc))}") from exc
+    if problem := nats_problem(cfg.nats) or model_problem(cfg.model):
         raise ConfigError(f"{file}: {problem}")
     return cfg
+
+
+def _choices(error: str) -> str:
+    """For a word a setting does not accept (`Invalid enum value 'alowlist' - at `$.vault.default_egress``),
+    the words it does."""
+    import re
+    import typing
+
+    found = re.search(r"^Invalid enum value .* at `\$\.(\w+)\.(\w+)`$", error)
+    section = found and {f.name: f.type for f in msgspec.structs.fields(Config)}.get(found[1])
+    if not found or not (isinstance(section, type) and issubclass(section, msgspec.Struct)):
+        return ""
+    kind = {f.name: f.type for f in msgspec.structs.fields(section)}.get(found[2])
+    if typing.get_origin(kind) is not Literal:
+        return ""
+    return f" (it must be one of {', '.join(repr(v) for v in typing.get_args(kind))})"
 
 
 NATS_SCHEMES = ("nats://", "tls://")
@@ -306,6 +325,8 @@ NATS_SCHEMES = ("nats://", "tls://")
 
 def nats_problem(nats: NatsConfig) -> str | None:
     """What is wrong with the `[nats]` section, in one line that names the fix; None when nothing."""
+    if not 0 < nats.port < 65536:
+        return f"nats.port is {nats.port}: a port is a number from 1 to 65535 (`clawden init` picks a free one)"
     if nats.replicas not in (1, 3):
         return f"nats.replicas is {nats.replicas}: it must be 1 (one server) or 3 (a cluster of three)"
     for url in nats.servers:
@@ -318,11 +339,57 @@ def nats_problem(nats: NatsConfig) -> str | None:
     return None
 
 
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def model_problem(model: ModelConfig) -> str | None:
+    """What is wrong with `[model] upstream`, in one line that names the fix; None when nothing. The model
+    key goes wherever it points, so it must be an https origin (http only on loopback) and nothing else."""
+    from urllib.parse import urlsplit
+
+    fix = "write it as https://host (or https://host:port/path), e.g. https://api.anthropic.com"
+    url = urlsplit(model.upstream.strip())
+    try:
+        url.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        return f"model.upstream {model.upstream!r} has a port that is not one: {fix}"
+    host = (url.hostname or "").lower()
+    if url.scheme not in ("https", "http") or not host:
+        return f"model.upstream {model.upstream!r} is not a web address with a host: {fix}"
+    if url.scheme == "http" and not (host in _LOOPBACK_HOSTS or host.startswith("127.")):
+        return f"model.upstream {model.upstream!r} would send the model key unencrypted: {fix}"
+    if url.username is not None or url.password is not None or url.query or url.fragment or "\\" in model.upstream:
+        return f"model.upstream {model.upstream!r} has a user, query or fragment the key must not go with: {fix}"
+    return None
+
+
 def unknown_settings(raw: dict[str, Any]) -> list[str]:
     """Sections and keys of a config.toml that Clawden does not read, each with the nearest it does
     (`[runer]`, `cpu =`): a typo is otherwise a setting silently not applied. `[channels.*]` belongs to
     the bridges, which read their own keys."""
-    return _unknown(raw, Config, "", skip=frozenset({"home", "channels"}))
+    found = _unknown(raw, Config, "", skip=frozenset({"home", "channels"}))
+    channels = raw.get("channels")
+    return found + (_unknown_in_channels(channels) if isinstance(channels, dict) else [])
+
+
+def _unknown_in_channels(channels: dict[str, Any]) -> list[str]:
+    """`[channels.<name>]` for no installed bridge, and a token written there (a bridge reads its token only
+    from keys/<name> or CLAWDEN_<NAME>_TOKEN, never from config.toml)."""
+    import difflib
+
+    names = sorted(installed_channels())
+    found: list[str] = []
+    for name, table in channels.items():
+        if name not in names:
+            near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+            hint = f" (did you mean [channels.{near[0]}]?)" if near else ""
+            found.append(f"[channels.{name}] is not a channel Clawden knows{hint}")
+        elif isinstance(table, dict) and "token" in table:
+            found.append(
+                f"token in [channels.{name}] is not read: put it in keys/{name} (chmod 600) or "
+                f"CLAWDEN_{name.upper()}_TOKEN, and take it out of config.toml"
+            )
+    return found
 
 
 def _unknown(

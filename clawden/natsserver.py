@@ -101,20 +101,37 @@ def start(
     """Start a JetStream-enabled, loopback-only server and wait until it accepts connections."""
     store_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its copy
+    offset = out.tell() if not isinstance(out, int) else 0
     try:
         proc = subprocess.Popen(
             command(port, store_dir, config_file=config_file),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # Out of the terminal's process group: Ctrl-C there must not stop it before the services
+            # that still use it (its owner stops it), and SIGHUP would make it reload.
+            start_new_session=True,
         )
     finally:
         if not isinstance(out, int):
             out.close()
     try:
         wait_listening(port, proc)
-    except NatsServerError:
+    except NatsServerError as exc:
         proc.kill()
         proc.wait()
-        raise
+        reason = last_problem(log_file, offset) if log_file else None
+        raise NatsServerError(f"{exc}: {reason}" if reason else str(exc)) from None
     return proc
+
+
+def last_problem(log_file: Path, offset: int = 0) -> str | None:
+    """The last fatal or error line nats-server logged since `offset`, without its pid, time and level."""
+    try:
+        with open(log_file, "rb") as log:
+            log.seek(offset)
+            lines = log.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    problems = [line.split("] ", 2)[-1] for line in lines if "[FTL]" in line or "[ERR]" in line]
+    return problems[-1] if problems else None

@@ -2,7 +2,8 @@
 
 Each child runs what a systemd unit runs (`clawden run <service>`: the same entry point, environment
 and log), with its own notify socket so we know when it is ready; a child that dies is restarted with
-backoff; Ctrl-C stops the services first and NATS last.
+backoff; Ctrl-C, SIGTERM or a closed terminal (SIGHUP) stops the services first and NATS last. Each child,
+NATS too, runs in its own session, so a signal to the terminal's process group reaches only this process.
 
 On Linux the children are forked from this process once it has imported every service's modules
 (`preload`), the way a pre-forking server shares its code: their module pages stay shared, which
@@ -37,6 +38,8 @@ from clawden.models import model_warning
 from clawden.runtime import EX_CONFIG
 
 SERVICES = ("vault", "router", "runner", "scheduler", "approvals")
+# Ctrl-C, a stop, and a closed terminal or lost SSH session (SIGHUP): each is the same orderly stop.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_TIMEOUT = 15.0
 MODEL_KEY_FIELD, NO_MODEL_KEY = "X_CLAWDEN_MODEL_KEY", "missing"  # what the vault notifies (services/vault)
 READY = "all services ready — talk to your assistant with `clawden chat`"
@@ -81,7 +84,7 @@ class Forked:
         code = 70  # EX_SOFTWARE, if even the start below fails
         try:
             os.setsid()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
             os.dup2(log.fileno(), 1)
@@ -158,7 +161,8 @@ class Supervisor:
         self.announced = ""  # what was last said about being ready, so it is said once per change
 
     def say(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) cannot be told, and the stop goes on
+            print(line, file=self.out, flush=True)
 
     def start_nats(self) -> None:
         if not self.cfg.embedded_nats:
@@ -185,9 +189,12 @@ class Supervisor:
                 )
         except OSError:
             pass
-        self.nats = natsserver.start(
-            self.cfg.nats.port, self.cfg.data_dir / "nats", log_file=log, config_file=natsauth.conf_path(self.cfg)
-        )
+        try:
+            self.nats = natsserver.start(
+                self.cfg.nats.port, self.cfg.data_dir / "nats", log_file=log, config_file=natsauth.conf_path(self.cfg)
+            )
+        except natsserver.NatsServerError as exc:
+            raise SystemExit(f"NATS did not start: {exc} (see {log})") from None
         self.say(f"nats      {self.cfg.nats_url:<28} log: {log}")
 
     def spawn(self, child: Child) -> None:
@@ -348,8 +355,8 @@ def up(home: Path | None, services: list[str] | None = None) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
     sup.say(f"Clawden home {cfg.home}")
     for problem in config_warnings(cfg):
         sup.say(f"warning: {problem}")

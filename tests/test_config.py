@@ -108,3 +108,65 @@ def test_the_config_init_writes_has_nothing_unknown(tmp_path: Path) -> None:
 )
 def test_a_model_that_is_not_claudes_is_doubtful(name: str, doubtful: bool) -> None:
     assert (model_warning(name) is not None) == doubtful
+
+
+@pytest.mark.parametrize("value", ["alowlist", "Allowlist", "closed", ""])
+def test_a_default_egress_that_is_not_open_or_allowlist_is_an_error_not_open_egress(tmp_path: Path, value: str) -> None:
+    (tmp_path / "config.toml").write_text(f'[vault]\ndefault_egress = "{value}"\n')
+    with pytest.raises(config.ConfigError, match=r"default_egress.*'open', 'allowlist'"):
+        config.load(tmp_path, {})
+
+
+def test_default_egress_allowlist_is_read(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[vault]\ndefault_egress = "allowlist"\n')
+    assert config.load(tmp_path, {}).vault.default_egress == "allowlist"
+
+
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        "http://api.anthropic.com",  # the key in clear
+        "api.anthropic.com",  # no scheme: a path, not a host
+        "https://",
+        "ftp://api.anthropic.com",
+        "https://api.anthropic.com@evil.example",
+        "https://user:pw@api.anthropic.com",
+        "https://api.anthropic.com?to=evil.example",
+        "https://api.anthropic.com#x",
+        "https://api.anthropic.com:port",
+        "http://192.168.1.5:8080",
+    ],
+)
+def test_a_model_upstream_the_key_must_not_go_to_is_an_error_naming_the_setting(tmp_path: Path, upstream: str) -> None:
+    (tmp_path / "config.toml").write_text(f'[model]\nupstream = "{upstream}"\n')
+    with pytest.raises(config.ConfigError, match=r"model\.upstream .*https://host"):
+        config.load(tmp_path, {})
+
+
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        "https://api.anthropic.com",
+        "https://proxy.example:8443/anthropic",
+        "http://127.0.0.1:9000",
+        "http://localhost:1",
+    ],
+)
+def test_an_https_model_upstream_or_a_loopback_one_is_taken(tmp_path: Path, upstream: str) -> None:
+    assert config.load(tmp_path, {"CLAWDEN_MODEL_UPSTREAM": upstream}).model.upstream == upstream
+
+
+@pytest.mark.parametrize("port", [0, 70000, -1])
+def test_a_nats_port_out_of_range_is_an_error_naming_the_setting(tmp_path: Path, port: int) -> None:
+    (tmp_path / "config.toml").write_text(f"[nats]\nport = {port}\n")
+    with pytest.raises(config.ConfigError, match=r"nats\.port is .*1 to 65535"):
+        config.load(tmp_path, {})
+
+
+def test_a_token_in_config_toml_and_a_misspelled_channel_are_said_with_where_each_belongs(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[channels.telegram]\ntoken = "123456:ABC"\n[channels.telegrm]\n')
+    assert config.unknown_in_file(config.load(tmp_path, {})) == [
+        "token in [channels.telegram] is not read: put it in keys/telegram (chmod 600) or CLAWDEN_TELEGRAM_TOKEN,"
+        " and take it out of config.toml",
+        "[channels.telegrm] is not a channel Clawden knows (did you mean [channels.telegram]?)",
+    ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -241,3 +243,107 @@ def test_up_forks_each_service_from_itself_holding_none_of_its_descriptors_and_r
         up.send_signal(signal.SIGINT)
         up.communicate(timeout=60)
     assert up.returncode == 0
+
+
+def _start_up_in_its_own_terminal_group(home: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """`clawden up` as a terminal runs it (the leader of its own process group), once all its services are
+    ready, with the pid of each of its children (`nats` too) by name."""
+    (home / "config.toml").write_text(f"[nats]\nport = {natsserver.free_port()}\n")
+    setup.init(home)
+    services = ("--service", "scheduler", "--service", "approvals")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "clawden", "--home", str(home), "up", *services],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert up.stdout is not None
+    said: list[str] = []
+    for line in up.stdout:
+        said.append(line)
+        if "all services ready" in line:
+            break
+    assert "all services ready" in said[-1], said
+    pids = {line.split()[0]: int(line.split()[2]) for line in said if " pid " in line}
+    for pid in map(int, Path(f"/proc/{up.pid}/task/{up.pid}/children").read_text().split()):
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "nats-server":
+            pids["nats"] = pid
+    assert set(pids) == {"scheduler", "approvals", "nats"}, (said, pids)
+    return up, pids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _kill_left(pids: dict[str, int]) -> None:
+    for pid in pids.values():
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.nats
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_closed_terminal_stops_up_and_everything_it_started(tmp_path: Path) -> None:
+    up, pids = _start_up_in_its_own_terminal_group(tmp_path)
+    try:
+        os.killpg(up.pid, signal.SIGHUP)  # what the terminal (or a lost SSH session) sends its group
+        rest, _ = up.communicate(timeout=60)
+        deadline = time.monotonic() + 5
+        while any(_running(pid) for pid in pids.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        assert not [name for name, pid in pids.items() if _running(pid)], rest
+        assert up.returncode == 0 and rest.rstrip().endswith("stopped"), rest
+    finally:
+        _kill_left(pids)
+
+
+_NATS_TRAPPED = re.compile(r'^\[\d+\] (\d{4})/(\d\d)/(\d\d) (\d\d:\d\d:\d\d\.\d{3})\d* \[INF\] Trapped "(\w+)" signal')
+
+
+@pytest.mark.nats
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_ctrl_c_stops_nats_only_after_the_services(tmp_path: Path) -> None:
+    up, pids = _start_up_in_its_own_terminal_group(tmp_path)
+    try:
+        os.killpg(up.pid, signal.SIGINT)  # Ctrl-C: the terminal signals its foreground group
+        rest, _ = up.communicate(timeout=60)
+    finally:
+        _kill_left(pids)
+    assert up.returncode == 0, rest
+
+    trapped = [
+        m for line in (tmp_path / "logs" / "nats.log").read_text().splitlines() if (m := _NATS_TRAPPED.match(line))
+    ]
+    assert [m.group(5) for m in trapped] == ["terminated"]  # the supervisor's SIGTERM, not the terminal's SIGINT
+    nats_stopped_at = "{}-{}-{} {}".format(*trapped[0].groups()[:4])
+    for service in ("scheduler", "approvals"):
+        last = (tmp_path / "logs" / f"{service}.log").read_text().splitlines()[-1]
+        assert "stopping" in last and last[:23] <= nats_stopped_at, (last, nats_stopped_at)
+
+
+@pytest.mark.nats
+def test_nats_that_cannot_start_is_one_line_with_its_reason_and_log_not_a_traceback(tmp_path: Path) -> None:
+    port = natsserver.free_port()
+    (tmp_path / "config.toml").write_text(f"[nats]\nport = {port}\n")
+    setup.init(tmp_path)
+    with socket.socket() as holder:  # bound, not listening: nothing answers there, and NATS cannot bind it
+        holder.bind(("127.0.0.1", port))
+
+        out = subprocess.run(
+            [sys.executable, "-m", "clawden", "--home", str(tmp_path), "up", "--service", "scheduler"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    [said] = out.stderr.splitlines()
+    assert said.startswith("NATS did not start: nats-server exited with 1: Error listening on port"), said
+    assert "address already in use" in said and f"(see {tmp_path / 'logs' / 'nats.log'})" in said, said
