@@ -829,15 +829,9 @@ class Gateway:
         response, bearer = sent
         if response.switched:
             if not upgrade or not wants_upgrade([(b"connection", b"upgrade"), *response.headers]):
-                response.connection.close()  # a switch nobody asked for (or not to WebSocket): no pipe
-                ex.decision = "upgrade_refused"
-                await self._reply(
-                    side,
-                    ex,
-                    responses.gateway_error(
-                        502, "bad_gateway", f"{ex.host} switched protocols unasked; only WebSocket is passed on"
-                    ),
-                )
+                # A switch nobody asked for (or not to WebSocket): no pipe.
+                why = f"{ex.host} switched protocols unasked; only WebSocket is passed on"
+                await self._refuse_response(side, ex, response, "upgrade_refused", why)
                 return
             await self._upgrade(side, ex, response)
             return
@@ -850,15 +844,8 @@ class Gateway:
             pairs.append((bearer.encode(), PLACEHOLDER_TOKEN.encode()))
         if pairs and _encoded(response.headers):
             # Asked for identity, the site compressed anyway: a value in there could not be scrubbed.
-            response.connection.close()
-            ex.decision = "refused"
-            await self._reply(
-                side,
-                ex,
-                responses.gateway_error(
-                    502, "bad_gateway", f"{ex.host} sent a compressed response where identity was asked"
-                ),
-            )
+            why = f"{ex.host} sent a compressed response where identity was asked"
+            await self._refuse_response(side, ex, response, "refused", why)
             return
         await self._stream_response(side, ex, response, EchoScrubber(pairs))
 
@@ -1000,6 +987,13 @@ class Gateway:
             ex.bytes_out += len(rest)
         side.send(h11.EndOfMessage())
         await side.writer.drain()
+
+    async def _refuse_response(self, side: _Side, ex: _Exchange, response: Response, decision: str, why: str) -> None:
+        """The site's answer is not passed on: its connection closed (its body is not wanted, and the pool must
+        not get it half-read) and the agent told why, as a 502."""
+        response.connection.close()
+        ex.decision = decision
+        await self._reply(side, ex, responses.gateway_error(502, "bad_gateway", why))
 
     async def _upgrade(self, side: _Side, ex: _Exchange, response: Response) -> None:
         """A 101 from upstream: pass it back, then pipe both ways until either side closes."""
