@@ -5,6 +5,7 @@ Where the router must be away, or approvals stopped and started, `clawden run ap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -161,12 +162,9 @@ class Requester:
         return await asyncio.wait_for(self.decisions.get(), timeout)
 
 
-@pytest.fixture
-async def bus(up: Up) -> AsyncIterator[tuple[Client, Owner]]:
-    # The owner's identity: the stack's NATS admits only known keys.
-    seed = natsauth.seed_path(config.load(up.home), natsauth.CLI).read_text().strip()
-    nc = await connect(up.url, "test", nkeys_seed_str=seed)
-    await ensure_streams(nc.jetstream())
+@contextlib.asynccontextmanager
+async def reading_as_owner(nc: Client) -> AsyncIterator[Owner]:
+    """The owner's terminal chat, reading the cards and notes sent to it until the block ends."""
     owner = Owner(nc)
     stopping = asyncio.Event()
     puller = await bind(nc.jetstream(), terminal_outbound(TERMINAL))
@@ -178,9 +176,21 @@ async def bus(up: Up) -> AsyncIterator[tuple[Client, Owner]]:
             stopping=stopping,
         )
     )
-    yield nc, owner
-    stopping.set()
-    await asyncio.wait_for(task, 10)
+    try:
+        yield owner
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def bus(up: Up) -> AsyncIterator[tuple[Client, Owner]]:
+    # The owner's identity: the stack's NATS admits only known keys.
+    seed = natsauth.seed_path(config.load(up.home), natsauth.CLI).read_text().strip()
+    nc = await connect(up.url, "test", nkeys_seed_str=seed)
+    await ensure_streams(nc.jetstream())
+    async with reading_as_owner(nc) as owner:
+        yield nc, owner
     await nc.close()
 
 
@@ -353,29 +363,17 @@ async def alone(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Alone]
     setup.init(home)
     nc = await connect(nats_server.url, "test")
     await ensure_streams(nc.jetstream())
-    owner = Owner(nc)
-    stopping = asyncio.Event()
-    puller = await bind(nc.jetstream(), terminal_outbound(TERMINAL))
-    task = asyncio.create_task(
-        consume(
-            puller,
-            ev.OutboundMessage | ev.OutboundEdit,  # type: ignore[arg-type]
-            owner.on_outbound,
-            stopping=stopping,
-        )
-    )
-    approvals = ApprovalsProcess(home, nats_server.url)
-    it = Alone(nc, owner, approvals)
+    async with reading_as_owner(nc) as owner:
+        approvals = ApprovalsProcess(home, nats_server.url)
+        it = Alone(nc, owner, approvals)
 
-    async def on_telegram(msg: Msg) -> None:
-        it.telegram.append(ev.decode(msg.data))
+        async def on_telegram(msg: Msg) -> None:
+            it.telegram.append(ev.decode(msg.data))
 
-    await nc.subscribe(subjects.outbound_all("telegram"), cb=on_telegram)
-    await approvals.start(nc)
-    yield it
-    approvals.stop()
-    stopping.set()
-    await asyncio.wait_for(task, 10)
+        await nc.subscribe(subjects.outbound_all("telegram"), cb=on_telegram)
+        await approvals.start(nc)
+        yield it
+        approvals.stop()
     await nc.close()
 
 
