@@ -36,7 +36,7 @@ from tests.channels.memory_bridge import MemoryBridge
 class NoSharedLog(sentlog.SentLog):
     """Claims every part and stores nothing: delivery as it was before the shared log."""
 
-    async def claim(self, outbound_id: str, part: int, kind: sentlog.PartKind, *, dedupes: bool) -> None:
+    async def claim(self, outbound_id: str, part: int, kind: sentlog.PartKind, *, dedupe_window: float) -> None:
         return None
 
     async def record(self, *args: Any, **kwargs: Any) -> None:
