@@ -87,6 +87,8 @@ async def test_agent_a_asks_agent_b_and_tells_the_person_bs_answer(wired: Stack)
     think(wired, brain)
     async with Terminal(wired, "harbour") as term:
         await term.send("get me a title from the writer")
+        # Asking the writer answers nobody here: the turn's closing words reach the person first.
+        assert (await term.reply(timeout=180)).text == "done"
         answer = await term.reply(timeout=180)
     assert answer.text == "writer suggests The Quiet Harbour"
     assert ("agent:main", "Suggest a title for a sea story") in inbound_rows(wired, "writer")
