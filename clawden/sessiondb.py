@@ -175,9 +175,9 @@ def _open(path: Path, *, readonly: bool) -> sqlite3.Connection:
     journal beside it, with O_NOFOLLOW (tests/runner/test_session_links.py pins both): so the name it reports (PRAGMA
     database_list) is the file it holds, and a link swapped in after it resolved the name fails the open. A name that
     resolved anywhere but `path` is refused before a row is read. (Python's sqlite3 cannot pass SQLITE_OPEN_NOFOLLOW,
-    and no URI parameter sets it.) SQLite is never asked to create the file (mode=rw; `connect` makes it with
-    `_create`): it would make one wherever a link there points. Nor to open what is no regular file (`connect` checks
-    first: `_check_regular`)."""
+    and no URI parameter sets it.) `connect` makes the file first (`_create`, never through a link), so SQLite finds
+    it there and makes none, unless a link is swapped in that instant (`_uri`). SQLite is never asked to open what
+    is no regular file (`connect` checks first: `_check_regular`)."""
     # A URI for writing too, so that a write transaction may ATTACH the other file read-only (`_writing`).
     conn = sqlite3.connect(
         _uri(path, readonly=readonly), uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
@@ -217,9 +217,17 @@ def _check_opened(conn: sqlite3.Connection, schema: str, path: Path) -> None:
 
 
 def _create(path: Path) -> None:
-    """Make the file (empty) where there is none, by this process and never through a link."""
+    """Make the file (empty) where there is none, by this process and never through a link.
+
+    Never opens a file that is there: closing any descriptor of a file drops every POSIX lock this process holds on
+    it, so another thread's SQLite transaction on it would lose its lock, and the other side would take its journal
+    for hot and roll it back under it ("disk I/O error"). A file made here is new: nobody holds a lock on it yet."""
+    if os.path.lexists(path):
+        return  # `_check_regular` has looked at what is there
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+        return  # made meanwhile by the other side, or a link put there: SQLite's open and `_check_opened` decide
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise LinkedFile(f"{path} is a link: a session's file is never made through one") from None
@@ -228,7 +236,9 @@ def _create(path: Path) -> None:
 
 
 def _uri(path: Path, *, readonly: bool = False) -> str:
-    return f"file:{quote(os.fspath(path))}?mode=" + ("ro" if readonly else "rw")
+    # `connect` has made the file already (`_create`): SQLite creates nothing, but in the instant a link could be
+    # swapped in, and `_check_opened` then refuses what it opened.
+    return f"file:{quote(os.fspath(path))}" + ("?mode=ro" if readonly else "")
 
 
 def _roll_back_hot_journal(path: Path) -> None:
@@ -239,7 +249,8 @@ def _roll_back_hot_journal(path: Path) -> None:
     when it is hot (no live writer holds the file's lock), so a writer mid-transaction is left alone."""
     if not Path(f"{path}-journal").exists() or not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
         return
-    conn = _open(path, readonly=False)
+    # `connect` has refused a link at `path` already, and the open that follows this one checks what it holds.
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     finally:
