@@ -30,6 +30,24 @@ async def decide(js: JetStreamContext, approval_id: str, by: str, value: str, ms
     await js.publish(subjects.approval_decision(approval_id), ev.encode(decision), headers={Header.MSG_ID: msg_id})
 
 
+def asked_for_a_name(store: RouterStore, owner: str) -> tuple[ev.InboundMessage, str]:
+    """A stranger's first message in an unwired chat, held; `owner` pressed "New agent…" on its card, so their next
+    `/newagent NAME` names the group. The held message and the approval's id."""
+    hello = ev.InboundMessage(
+        route=ev.Route(channel="telegram", chat_id="c9"),
+        message_id="m1",
+        sender=ev.Sender(id="bob"),
+        text="hello there",
+        sent_at=1_100.0,
+    )
+    store.route_batch([hello], 1_100.0)
+    [(approval,)] = store.conn.execute("SELECT id FROM approvals WHERE kind = 'channel'").fetchall()
+    store.on_decision(
+        ev.ApprovalDecision(id=approval, decision="approved", decided_by=owner, value=cards.NEW_AGENT), 1_200.0
+    )
+    return hello, str(approval)
+
+
 async def test_the_owner_names_a_new_agent_and_the_chat_is_connected_to_it_once(
     router: RouterProcess, js: JetStreamContext
 ) -> None:
@@ -159,18 +177,7 @@ def test_a_starter_memory_the_router_cannot_write_on_its_host_loses_neither_the_
     store.groups_dir.mkdir()
     (tmp_path / "elsewhere").mkdir()
     (store.groups_dir / "research").symlink_to(tmp_path / "elsewhere")  # never written through
-    hello = ev.InboundMessage(
-        route=ev.Route(channel="telegram", chat_id="c9"),
-        message_id="m1",
-        sender=ev.Sender(id="bob"),
-        text="hello there",
-        sent_at=1_100.0,
-    )
-    store.route_batch([hello], 1_100.0)
-    [(approval,)] = store.conn.execute("SELECT id FROM approvals WHERE kind = 'channel'").fetchall()
-    store.on_decision(
-        ev.ApprovalDecision(id=approval, decision="approved", decided_by="local:alice", value=cards.NEW_AGENT), 1_200.0
-    )
+    hello, _ = asked_for_a_name(store, "local:alice")
     name = msgspec.structs.replace(
         hello, route=ev.Route(channel="local", chat_id="term"), message_id="m2", sender=ev.Sender(id="alice")
     )
@@ -187,18 +194,7 @@ def test_a_refused_newagent_from_the_owners_address_creates_nothing_and_is_recor
     store.seed("main", "local", "alice", 1_000.0)
     owner = "email:me@example.org"
     store.grant(owner, "owner", "", "test", 1_000.0)
-    hello = ev.InboundMessage(
-        route=ev.Route(channel="telegram", chat_id="c9"),
-        message_id="m1",
-        sender=ev.Sender(id="bob"),
-        text="hello there",
-        sent_at=1_100.0,
-    )
-    store.route_batch([hello], 1_100.0)
-    [(approval,)] = store.conn.execute("SELECT id FROM approvals WHERE kind = 'channel'").fetchall()
-    store.on_decision(
-        ev.ApprovalDecision(id=approval, decision="approved", decided_by=owner, value=cards.NEW_AGENT), 1_200.0
-    )
+    _, approval = asked_for_a_name(store, owner)
     store.published([o.id for o in store.outgoing()])
     forged = ev.InboundMessage(
         route=ev.Route(channel="email", chat_id="thread-1"),
