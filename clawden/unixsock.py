@@ -27,15 +27,16 @@ def short_path(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
-def bind(path: Path, kind: int = socket.SOCK_STREAM, mode: int = 0o666) -> socket.socket:
-    """A new non-blocking socket bound at `path` (a stale socket file there is replaced)."""
+def bind(path: Path, kind: int = socket.SOCK_STREAM, mode: int = 0o666, owner: int | None = None) -> socket.socket:
+    """A new non-blocking socket bound at `path` (a stale socket file there is replaced), given `mode` and, when
+    `owner` is a uid, that user and group (a root runner's containers run as the image's user)."""
     if path.is_symlink() or path.exists():
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, kind)
     try:
         with short_path(path) as name:
             sock.bind(name)
-        chmod_socket(path, mode)
+        chmod_socket(path, mode, owner)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -43,8 +44,8 @@ def bind(path: Path, kind: int = socket.SOCK_STREAM, mode: int = 0o666) -> socke
     return sock
 
 
-def chmod_socket(path: Path, mode: int) -> None:
-    """Set the mode of the socket file at `path`, never of what a link put there names.
+def chmod_socket(path: Path, mode: int, owner: int | None = None) -> None:
+    """Set the mode (and with `owner`, the owner) of the socket file at `path`, never of what a link put there names.
 
     A socket may be bound in a folder its peer can write (a session folder the agent shares): between
     the bind and a chmod by path, the agent could swap the socket for a link to a host file, and a runner
@@ -52,12 +53,16 @@ def chmod_socket(path: Path, mode: int) -> None:
     link, the inode is checked to be a socket, and that inode is changed through its descriptor."""
     if not hasattr(os, "O_PATH"):  # macOS: lchmod exists there
         os.chmod(path, mode, follow_symlinks=False)
+        if owner is not None:
+            os.chown(path, owner, owner, follow_symlinks=False)
         return
     fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
     try:
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
             raise OSError(errno.EEXIST, f"{path} was replaced after it was bound; not changing its mode")
         os.chmod(f"/proc/self/fd/{fd}", mode)
+        if owner is not None:
+            os.chown(f"/proc/self/fd/{fd}", owner, owner)
     finally:
         os.close(fd)
 

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shlex
 import socket
 import sqlite3
@@ -268,9 +267,7 @@ class AdminDesk:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o755)
-            sock = unixsock.bind(folder / SOCKET_NAME, socket.SOCK_STREAM, mode=0o600)
-            if self.owner_uid is not None:
-                os.chown(folder / SOCKET_NAME, self.owner_uid, self.owner_uid, follow_symlinks=False)
+            sock = unixsock.bind(folder / SOCKET_NAME, socket.SOCK_STREAM, mode=0o600, owner=self.owner_uid)
         except OSError as exc:
             log.error("session %s: no admin socket (%s)", info.id, exc, extra=logs.context(info.id, info.agent_group))
             return None

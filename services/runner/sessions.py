@@ -327,11 +327,9 @@ async def listen_bell(folder: Path, on_ring: Callable[[], None], owner_uid: int 
     path = folder / sessiondb.HOST_BELL
     if path.is_dir() and not path.is_symlink():  # the agent may write here: a folder in the bell's place goes
         shutil.rmtree(path)
-    sock = unixsock.bind(path, socket.SOCK_DGRAM)  # bound by hand: uvloop takes no AF_UNIX local_addr
+    sock = unixsock.bind(path, socket.SOCK_DGRAM, owner=owner_uid)  # by hand: uvloop takes no AF_UNIX local_addr
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: _Bell(on_ring), sock=sock)
-    if owner_uid is not None:
-        os.chown(path, owner_uid, owner_uid, follow_symlinks=False)
     return transport
 
 

@@ -418,12 +418,11 @@ class Gateway:
 
     # -- listeners --
 
-    async def listen(self, agent_group: str, socket_path: Path) -> None:
-        """Start serving ``agent_group`` on ``socket_path``; returns once the socket accepts."""
+    async def listen(self, agent_group: str, socket_path: Path, owner: int | None = None) -> None:
+        """Start serving ``agent_group`` on ``socket_path`` (mode 0600, owned by `owner` when given: the user
+        the group's containers run as); returns once the socket accepts."""
         _clear_socket_path(socket_path)
-        # Only the containers' user may connect, not every local user: the runner starts them as its own
-        # uid (the vault's, one install user), or, run as root, as the image's user, who then owns it.
-        sock = unixsock.bind(socket_path, mode=0o666)
+        sock = unixsock.bind(socket_path, mode=0o600, owner=owner)
         server = await asyncio.start_unix_server(self._handler(agent_group), sock=sock, limit=READ_SIZE)
         self._servers[f"unix:{socket_path}"] = server
         self._socket_paths[f"unix:{socket_path}"] = socket_path

@@ -20,6 +20,7 @@ import msgspec
 from nats.micro.request import Request, ServiceError
 
 from clawden import httpserve, natsauth
+from clawden.agentcontainer import container_user
 from clawden.bus import events as ev
 from clawden.bus import placements, subjects
 from clawden.bus.ctl import Nothing
@@ -197,11 +198,15 @@ class Vault:
         async with self._lock:
             path = self.listening.get(agent_group)
             if path is None:
+                # Only the group's containers may connect, not every local user: they run as the install's
+                # uid (the vault's), or, under a root install, as the image's user, who then owns the socket; the
+                # folder stays root's, and others may pass through it (0711) but neither list nor write it.
+                owner = container_user()[1]
                 folder = self.cfg.gateway_dir / agent_group
                 folder.mkdir(parents=True, exist_ok=True)
-                folder.chmod(0o755)
+                folder.chmod(0o700 if owner is None else 0o711)
                 path = folder / SOCKET_NAME
-                await self.gateway.listen(agent_group, path)
+                await self.gateway.listen(agent_group, path, owner)
                 self.listening[agent_group] = path
                 log.info("gateway for %s listening on %s", agent_group, path, extra={"agent_group": agent_group})
         return path

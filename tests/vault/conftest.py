@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from clawden import agentcontainer
 from services.vault.approvals import ApprovalAsk, LimitTrip, Outcome
 from services.vault.audit import AuditRecord
 from services.vault.catalog import Catalog, Credential, Rule, Secret
@@ -155,7 +156,7 @@ def rig(site: FakeUpstream, site_tls: FakeTLS, sock_dir: Path) -> RigFactory:
 
     async def by_socket(gateway: Gateway) -> tuple[asyncio.Server, Path]:
         path = sock_dir / GROUP / "gateway.sock"
-        await gateway.listen(GROUP, path)
+        await gateway.listen(GROUP, path, agentcontainer.container_user()[1])  # as the vault: the agent's socket
         return await relay.serve_relay(str(path)), path
 
     return rig_factory(site, site_tls, by_socket)

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from clawden import agentcontainer
 from services.vault.apps import PLACEHOLDER_TOKEN, PROVIDERS, authorize_url
 from services.vault.audit import AuditRecord
 from services.vault.catalog import Catalog, Credential, Secret
@@ -125,7 +126,7 @@ async def apps(tmp_path: Path, sock_dir: Path) -> AsyncIterator[AppRig]:
         clock=clock,
     )
     path = sock_dir / GROUP / "gateway.sock"
-    await gateway.listen(GROUP, path)
+    await gateway.listen(GROUP, path, agentcontainer.container_user()[1])  # as the vault: the agent's socket
     relay_server = await relay.serve_relay(str(path))
     try:
         yield AppRig(gateway, fake, server, tls.ca_file, clock, relay_server.sockets[0].getsockname()[1], audit=audit)

@@ -134,10 +134,13 @@ try:
     host_port = 'connected'
 except OSError:
     host_port = 'refused'
+try:
+    gateway = sorted(os.listdir('/run/clawden/gateway'))
+except PermissionError:  # a root install: the folder is root's, 0711, and only the socket is the agent's
+    gateway = ['gateway.sock'] if os.path.exists('/run/clawden/gateway/gateway.sock') else []
 print(json.dumps({{"interfaces": sorted(os.listdir('/sys/class/net')),
                   "v4_routes": len(open('/proc/net/route').read().splitlines()) - 1,
-                  "v6_devices": sorted(set(v6)), "gateway": sorted(os.listdir('/run/clawden/gateway')),
-                  "host_port": host_port}}))
+                  "v6_devices": sorted(set(v6)), "gateway": gateway, "host_port": host_port}}))
 """
     result = container(stack).exec_run(["python", "-c", script], user="1000").output.decode()
     seen = json.loads(result.strip().splitlines()[-1])

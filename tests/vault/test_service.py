@@ -23,8 +23,8 @@ import httpx
 import pytest
 from nats.aio.client import Client
 
+from clawden import agentcontainer, control, setup
 from clawden import config as config_mod
-from clawden import control, setup
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.bus.ctl import Nothing, Verb
@@ -190,6 +190,33 @@ async def test_the_model_key_from_keys_anthropic_is_sealed_and_injected(vault: V
     db = (vault.cfg.data_dir / "vault" / "vault.db").read_bytes()
     assert BOOT_KEY.encode() not in db
     assert stat.S_IMODE((vault.cfg.data_dir / "vault").stat().st_mode) == 0o700
+
+
+def connects_as(uid: int, path: Path) -> str:
+    """Connect to the Unix socket at `path` as user `uid` (a child that drops to it): "ok" or the error's name. The
+    folder is opened first, as a container's bind mount reaches it: past the host folders above it."""
+    script = f"""
+import errno, os, socket
+folder = os.open({str(path.parent)!r}, os.O_PATH)
+os.setgid({uid}); os.setuid({uid})
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(f"/proc/self/fd/{{folder}}/{path.name}"); print("ok")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=10).stdout.strip()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="other users are made by setuid, which needs root")
+async def test_only_the_groups_containers_may_connect_to_its_gateway_socket(vault: Vault) -> None:
+    reply = await vault.ask(vault_ctl.GATEWAY, vault_ctl.GroupRequest(agent_group="main"))
+    sock, folder = os.stat(reply.socket), os.stat(Path(reply.socket).parent)
+    assert stat.S_IMODE(sock.st_mode) == 0o600
+    assert sock.st_uid == agentcontainer.AGENT_UID  # a root install's containers run as the image's user
+    assert stat.S_IMODE(folder.st_mode) == 0o711 and folder.st_uid == 0
+    assert connects_as(agentcontainer.AGENT_UID, Path(reply.socket)) == "ok"
+    assert connects_as(agentcontainer.AGENT_UID + 1, Path(reply.socket)) == "EACCES"  # any other local user
 
 
 async def test_secrets_rules_and_audit_through_the_cli(vault: Vault) -> None:
