@@ -44,7 +44,7 @@ class NoSharedLog(sentlog.SentLog):
 
 
 class _Msg:
-    metadata = SimpleNamespace(num_delivered=1)
+    metadata = SimpleNamespace(num_delivered=1, sequence=SimpleNamespace(stream=1))
 
     async def in_progress(self) -> None:
         pass

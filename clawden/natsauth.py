@@ -206,7 +206,9 @@ def grants(cfg: Config, channels: tuple[str, ...], runners: tuple[str, ...] = ()
                 subjects.receipt(name),
                 subjects.sent_all(name),
                 sentlog.direct_get(name),
+                subjects.typing_off(name),  # "typing…" is over in a chat, to its twins (services/channels)
             ),
+            subscribes=(subjects.typing_off(name),),
             calls=("router.admit",),
         )  # may the bot join a chat it was invited to (Inbound.admit)
     for rid in runners:

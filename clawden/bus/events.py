@@ -300,6 +300,17 @@ class Typing(_Event, tag="outbound.typing", frozen=True):
     session_id: OptionalSession = ""
 
 
+class TypingOff(_Event, tag="bridge.typing_off", frozen=True):
+    """One instance of a bridge posted to a chat, or was told the agent stopped: every instance stops renewing
+    "typing…" there that a hint before `seq` started. `seq` is the outbound stream's sequence of the event that
+    ended it; a chat's hints and messages share one lane of that stream, so the order is exact, whichever
+    instance took which. Core NATS at `subjects.typing_off`: a hint lost with a twin's connection ends at the
+    typing horizon, as before."""
+
+    route: Route
+    seq: int
+
+
 # --- sessions -----------------------------------------------------------------------------------------
 
 
@@ -687,6 +698,7 @@ Event = (
     | ApprovalDecision
     | AuditEvent
     | RunnerHeartbeat
+    | TypingOff
 )
 
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
@@ -715,3 +727,4 @@ INBOUND_DECODER = msgspec.json.Decoder(Inbound)
 OUTBOUND_DECODER = msgspec.json.Decoder(Outbound)
 # What a runner reads from its wake subject.
 WAKE_DECODER = msgspec.json.Decoder(Wake | Adopt)
+TYPING_OFF_DECODER = msgspec.json.Decoder(TypingOff)

@@ -84,6 +84,11 @@ def sent_all(channel: str) -> str:
     return f"{PREFIX}.sent.{token(channel)}.>"
 
 
+def typing_off(channel: str) -> str:
+    """Where an instance of a bridge tells its twins that "typing…" in a chat is over (`TypingOff`, core NATS)."""
+    return f"{PREFIX}.bridge.{token(channel)}.typing_off"
+
+
 def task(op: str) -> str:
     return f"{PREFIX}.task.{token(op)}"
 

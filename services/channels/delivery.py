@@ -119,20 +119,45 @@ def button_rows(buttons: list[ButtonRef]) -> list[list[ButtonRef]]:
 
 
 class TypingIndicators:
-    """One "typing…" loop per chat, renewed as the platform needs, until its deadline or a reply."""
+    """One "typing…" loop per chat, renewed as the platform needs, until its deadline or a reply.
 
-    def __init__(self, bridge: Bridge) -> None:
+    With twins (two instances of the bridge sharing its lanes), the hint may have gone to one and the reply to
+    the other: the one that ends it tells the others (`announce`, a `TypingOff` at `subjects.typing_off`), and
+    each stops a loop that a hint before the ending event started (`off`)."""
+
+    def __init__(self, bridge: Bridge, announce: Callable[[ev.TypingOff], Awaitable[None]] | None = None) -> None:
         self.bridge = bridge
+        self.announce = announce
         self.tasks: dict[tuple[str, str | None], asyncio.Task[None]] = {}
+        self.started: dict[tuple[str, str | None], int] = {}  # the stream seq of the hint each loop runs for
 
-    def start(self, route: ev.Route, until: float) -> None:
+    def start(self, route: ev.Route, until: float, seq: int = 0) -> None:
         self.stop(route)
-        self.tasks[(route.chat_id, route.thread_id)] = asyncio.create_task(self._run(route, until))
+        key = (route.chat_id, route.thread_id)
+        self.tasks[key] = asyncio.create_task(self._run(route, until))
+        self.started[key] = seq
 
     def stop(self, route: ev.Route) -> None:
-        task = self.tasks.pop((route.chat_id, route.thread_id), None)
+        key = (route.chat_id, route.thread_id)
+        self.started.pop(key, None)
+        task = self.tasks.pop(key, None)
         if task is not None:
             task.cancel()
+
+    async def end(self, route: ev.Route, seq: int) -> None:
+        """The event at `seq` ends "typing…" in the chat: here, and on every twin (a lost notice is only a hint)."""
+        self.stop(route)
+        if self.announce is not None:
+            try:
+                await self.announce(ev.TypingOff(route=route, seq=seq))
+            except Exception as exc:
+                log.debug("could not tell the bridge's twins typing in %s is over: %s", route.chat_id, exc)
+
+    def off(self, notice: ev.TypingOff) -> None:
+        """A twin's `end`: stop the loop here unless a later hint started it."""
+        key = (notice.route.chat_id, notice.route.thread_id)
+        if key in self.tasks and self.started.get(key, 0) < notice.seq:
+            self.stop(notice.route)
 
     async def _run(self, route: ev.Route, until: float) -> None:
         key = (route.chat_id, route.thread_id)
@@ -148,6 +173,7 @@ class TypingIndicators:
         finally:
             if self.tasks.get(key) is asyncio.current_task():
                 del self.tasks[key]
+                self.started.pop(key, None)
 
     async def close(self) -> None:
         tasks = list(self.tasks.values())
@@ -208,7 +234,7 @@ class Delivery:
         """The consume handler: returns once the platform took the event or its failure is reported."""
         async with _keepalive(msg):
             try:
-                await self._dispatch(event)
+                await self._dispatch(event, msg.metadata.sequence.stream)
             except Retry:
                 raise
             except sentlog.Unavailable as exc:
@@ -233,11 +259,11 @@ class Delivery:
                         f"this ({type(exc).__name__}); its log has the details",
                     )
 
-    async def _dispatch(self, event: OutboundEvent) -> None:
+    async def _dispatch(self, event: OutboundEvent, seq: int) -> None:
         if isinstance(event, ev.Typing):
-            self._typing(event)
+            await self._typing(event, seq)
         elif isinstance(event, ev.OutboundMessage):
-            await self._message(event)
+            await self._message(event, seq)
         elif isinstance(event, ev.OutboundEdit):
             await self._edit(event)
         else:
@@ -245,21 +271,23 @@ class Delivery:
 
     # --- typing ----------------------------------------------------------------------------------
 
-    def _typing(self, event: ev.Typing) -> None:
+    async def _typing(self, event: ev.Typing, seq: int) -> None:
         if not self.caps.typing:
             return
         if not event.active:
-            self.typing.stop(event.route)
+            await self.typing.end(event.route, seq)
             return
         until = event.at + self.typing_horizon
         if until > time.time():  # an old hint replayed after downtime shows nothing
-            self.typing.start(event.route, until)
+            self.typing.start(event.route, until, seq)
 
     # --- messages --------------------------------------------------------------------------------
 
-    async def _message(self, event: ev.OutboundMessage) -> None:
-        # The platform clears "typing…" when the bot posts; renewing it afterwards would bring it back.
-        self.typing.stop(event.route)
+    async def _message(self, event: ev.OutboundMessage, seq: int) -> None:
+        # The platform clears "typing…" when the bot posts; renewing it afterwards, here or on a twin, would bring
+        # it back.
+        if self.caps.typing:
+            await self.typing.end(event.route, seq)
         self.bridge.about_to_send(event)
         parts = plan(event, self.caps.max_text, self.caps.measure, cards=self.caps.cards)
         if not parts:

@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
-from clawden.bus import ConsumeStats, bind, consume, ctl
+from clawden.bus import ConsumeStats, bind, consume, ctl, subjects
 from clawden.bus import events as ev
 from clawden.bus.pull import Puller
 from clawden.bus.streams import bridge_lanes
@@ -38,9 +40,10 @@ async def serve(
     state = await BridgeState.open(ctx.config.data_dir / "channels" / f"{name}.db")
     stats = BridgeStats()
     ctx.stats[name] = stats
-    typing = TypingIndicators(bridge)
+    typing = TypingIndicators(bridge, lambda notice: ctx.nc.publish(subjects.typing_off(name), ev.encode(notice)))
     try:
         await bridge.start()  # a BridgeConfigError stops the service with EX_CONFIG (runtime)
+        await follow_twins(ctx.nc, name, typing)
         await state.prune()
         inbound = Inbound(ctx.js, name, state, ctx.config.data_dir / "channels" / name / "files", stats)
         delivery = Delivery(
@@ -79,6 +82,20 @@ async def serve(
         await typing.close()
         await bridge.close()
         await state.close()
+
+
+async def follow_twins(nc: Client, channel: str, typing: TypingIndicators) -> None:
+    """Hear the bridge's other instances end "typing…" in a chat (`TypingIndicators.off`)."""
+
+    async def heard(msg: Msg) -> None:
+        try:
+            notice = ev.TYPING_OFF_DECODER.decode(msg.data)
+        except msgspec.DecodeError as exc:  # a malformed notice ends nothing; said once, with why
+            log.warning("%s: ignored a malformed typing-off notice (%s)", channel, exc)
+            return
+        typing.off(notice)
+
+    await nc.subscribe(subjects.typing_off(channel), cb=heard)
 
 
 async def _capabilities(bridge: Bridge) -> ctl.common.Capabilities:

@@ -78,6 +78,7 @@ EXAMPLES: list[ev.Event] = [
         part_ids=("42:7", ""),
     ),
     ev.Typing(id="typing:s:telegram:42:1", route=ROUTE, at=3.5, session_id="s"),
+    ev.TypingOff(route=ROUTE, seq=12),
     # Router fields: a threaded platform, a wake with its group's named destinations (or none at
     # all), an approval request naming who may decide.
     ev.InboundMessage(

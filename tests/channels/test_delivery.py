@@ -4,6 +4,8 @@ dedupes, a handler that keeps crashing reported instead of retried forever."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +24,7 @@ from clawden.bus import events as ev
 from services.channels.bridge import BridgeStats, ButtonRef, Capabilities
 from services.channels.delivery import POISON_AFTER, Delivery, TypingIndicators, plan
 from services.channels.retry import PlatformError, RetryPolicy
+from services.channels.service import follow_twins
 from services.channels.state import BridgeState
 from tests.channels.harness import Bus
 from tests.channels.memory_bridge import MemoryBridge
@@ -30,22 +33,26 @@ from tests.eventually import eventually
 ROUTE = ev.Route(channel="memory", chat_id="c1")
 
 
+STREAM_SEQ = itertools.count(1)
+
+
 @dataclass
 class FakeMsg:
-    """What Delivery reads from a JetStream message: how often it was delivered."""
+    """What Delivery reads from a JetStream message: how often it was delivered, its place in the stream."""
 
     num_delivered: int = 1
+    seq: int = dataclasses.field(default_factory=lambda: next(STREAM_SEQ))
 
     @property
     def metadata(self) -> SimpleNamespace:
-        return SimpleNamespace(num_delivered=self.num_delivered)
+        return SimpleNamespace(num_delivered=self.num_delivered, sequence=SimpleNamespace(stream=self.seq))
 
     async def in_progress(self) -> None:
         pass
 
 
 def fake_msg(num_delivered: int = 1) -> Msg:
-    """A JetStream message as far as Delivery reads one."""
+    """A JetStream message as far as Delivery reads one (each a later one in the stream)."""
     return cast("Msg", FakeMsg(num_delivered))
 
 
@@ -226,6 +233,56 @@ async def test_typing_is_renewed_while_the_agent_works_and_ends_with_the_answer(
     await asyncio.gather(renewing, return_exceptions=True)
     assert renewing.cancelled()
     assert bridge.posted == [("c1", "done")]
+
+
+async def test_a_twin_that_posts_the_answer_ends_typing_on_the_instance_that_showed_it(
+    state: BridgeState, other: BridgeState, bus: Bus, nc: Client, tmp_path: Path
+) -> None:
+    # Two instances share the lanes: the hint went to one, the answer to the other. The platform clears
+    # "typing…" when the bot posts, so the first renewing it after the answer would bring it back.
+    showing, posting = Typist(), Typist()
+    first, second = delivery_for(showing, state, bus, tmp_path), delivery_for(posting, other, bus, tmp_path)
+    for delivery in (first, second):
+        delivery.typing.announce = lambda notice: nc.publish(subjects.typing_off("memory"), ev.encode(notice))
+        await follow_twins(nc, "memory", delivery.typing)
+    hint, answer = fake_msg(), fake_msg()
+    await first.handle(ev.Typing(id="t1", route=ROUTE, at=time.time()), hint)
+    await eventually(lambda: showing.typed >= 2, message="typing was not renewed")
+    [renewing] = first.typing.tasks.values()
+
+    await second.handle(message("done"), answer)
+    await asyncio.gather(renewing, return_exceptions=True)  # ends on the twin's notice, well before its horizon
+    assert renewing.cancelled() and first.typing.tasks == {}
+    assert posting.posted == [("c1", "done")]
+
+
+async def test_a_twins_notice_ends_only_typing_an_earlier_hint_started(
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    # The chat's next hint, taken here after the twin posted, shows "typing…" again: a late notice of the
+    # earlier answer does not end it; a malformed one, or one for another chat, ends nothing.
+    bridge = Typist()
+    delivery = delivery_for(bridge, state, bus, tmp_path)
+    answered, hint = fake_msg(), fake_msg()
+    await delivery.handle(ev.Typing(id="t2", route=ROUTE, at=time.time()), hint)
+    delivery.typing.off(ev.TypingOff(route=ROUTE, seq=cast("FakeMsg", answered).seq))
+    delivery.typing.off(ev.TypingOff(route=ev.Route(channel="memory", chat_id="c2"), seq=10**9))
+    assert list(delivery.typing.tasks) == [("c1", None)]
+    delivery.typing.off(ev.TypingOff(route=ROUTE, seq=cast("FakeMsg", hint).seq + 1))
+    assert delivery.typing.tasks == {}
+
+
+async def test_a_malformed_typing_off_notice_is_said_once_and_ends_nothing(
+    state: BridgeState, bus: Bus, nc: Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    delivery = delivery_for(Typist(), state, bus, tmp_path)
+    await follow_twins(nc, "memory", delivery.typing)
+    await delivery.handle(ev.Typing(id="t3", route=ROUTE, at=time.time()), fake_msg())
+    await nc.publish(subjects.typing_off("memory"), b'{"type": "bridge.typing_off", "route": 5}')
+    said = lambda: [r.getMessage() for r in caplog.records if "typing-off" in r.getMessage()]  # noqa: E731
+    await eventually(said, message="the malformed notice was not said")
+    assert said() == ["memory: ignored a malformed typing-off notice (Expected `object`, got `int` - at `$.route`)"]
+    assert list(delivery.typing.tasks) == [("c1", None)]
 
 
 # --- two instances of one bridge: the shared sent-log ------------------------------------------------

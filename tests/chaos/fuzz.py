@@ -53,6 +53,7 @@ KINDS: dict[str, tuple[type[Any], ...]] = {
     "heartbeat": (ev.RunnerHeartbeat,),  # core NATS; the router reads it to place sessions
     "placement": (ev.SessionPlaced,),  # the router's record of each session's runner (the vault reads it)
     "sent": (sentlog.PartRecord,),  # a bridge's shared sent-log: what its other instances read before they send
+    "typing_off": (ev.TypingOff,),  # core NATS: an instance of a bridge tells its twins "typing…" is over
     "ctl": (),
     "webhook": (),  # a platform's own body, verified by the front door: any JSON object
 }
@@ -99,6 +100,8 @@ def _concrete(pattern: str, runner: str, channels: tuple[str, ...]) -> list[tupl
     if pattern.startswith(f"{p}.sent.") and pattern.endswith(".>"):
         channel = pattern.split(".")[2]
         return [(subjects.sent(channel, "fuzz-outbound", 0), "sent", channel)]
+    if pattern.startswith(f"{p}.bridge.") and pattern.endswith(".typing_off"):
+        return [(pattern, "typing_off", pattern.split(".")[2])]
     if pattern == subjects.ALL_PLACEMENTS:
         return [(subjects.placement("fuzz-session"), "placement", "")]
     if pattern.startswith(f"{p}.runner.heartbeat."):

@@ -316,3 +316,22 @@ async def test_a_bridge_writes_and_reads_its_own_channels_shared_sent_log_and_no
     assert any("direct.get.clawden_sent.clawden.sent.signal." in e for e in bridge.errors), bridge.errors
     assert any('to "clawden.sent.signal.' in e for e in bridge.errors), bridge.errors
     assert await messages(cfg, "CLAWDEN_SENT") == 2
+
+
+async def test_a_bridge_tells_only_its_own_twins_that_typing_is_over(cfg: config_mod.Config) -> None:
+    notice = ev.encode(ev.TypingOff(route=ev.Route(channel="telegram", chat_id="1"), seq=7))
+    bridge, twin = Client_(cfg, "channel-telegram"), Client_(cfg, "channel-telegram")
+    async with bridge as nc, twin as other:
+        heard = await other.subscribe(subjects.typing_off("telegram"))
+        await other.flush()
+        await nc.publish(subjects.typing_off("telegram"), notice)
+        assert (await heard.next_msg(timeout=5)).data == notice
+        await nc.publish(subjects.typing_off("signal"), notice)  # another bridge's twins: dropped by the server
+        await nc.subscribe(subjects.typing_off("signal"))  # nor may it listen to theirs
+        await eventually(
+            lambda: (
+                any("publish" in e and "typing_off" in e for e in bridge.errors)
+                and any("subscription" in e and "typing_off" in e for e in bridge.errors)
+            ),
+            message=lambda: bridge.errors,
+        )
