@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import Header
+from nats.js.api import Header, RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 
 from clawden.bus import subjects
@@ -151,12 +152,9 @@ class SentLog:
         unreadable (`Found.record` None): only this channel's bridges write here, so some instance claimed
         the part, and the reader must not take it for unsent."""
         subject = subjects.sent(self.channel, outbound_id, part)
-        try:
-            msg = await self.js.get_last_msg(STREAM, subject, direct=True)
-        except NotFoundError:
+        msg = await _last(self.js, subject)
+        if msg is None:
             return None
-        except (NatsError, TimeoutError) as exc:
-            raise Unavailable(f"cannot read {subject}: {exc!r}") from exc
         try:
             record = DECODER.decode(msg.data or b"")
         except msgspec.DecodeError as exc:  # a ValidationError too
@@ -168,13 +166,65 @@ class SentLog:
         """Store `record`; with `expected`, only while the subject's last sequence is that (0: no record):
         False where it was not. Raises `Unavailable` when the bus does not answer."""
         subject = subjects.sent(self.channel, record.outbound_id, record.part)
-        headers = None if expected is None else {Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(expected)}
-        try:
-            await self.js.publish(subject, _encoder.encode(record), timeout=self.timeout, headers=headers)
-        except APIError as exc:
-            if expected is not None and exc.err_code in _WRONG_LAST:
-                return False
-            raise Unavailable(f"cannot write {subject}: {exc!r}") from exc
-        except (NatsError, TimeoutError) as exc:
-            raise Unavailable(f"cannot write {subject}: {exc!r}") from exc
-        return True
+        return await _store(self.js, subject, _encoder.encode(record), expected, self.timeout)
+
+
+async def _last(js: JetStreamContext, subject: str) -> RawStreamMsg | None:
+    """The last message on `subject` (direct get), None where there is none; `Unavailable` when no answer."""
+    try:
+        return await js.get_last_msg(STREAM, subject, direct=True)
+    except NotFoundError:
+        return None
+    except (NatsError, TimeoutError) as exc:
+        raise Unavailable(f"cannot read {subject}: {exc!r}") from exc
+
+
+async def _store(js: JetStreamContext, subject: str, data: bytes, expected: int | None, timeout: float) -> bool:
+    """Store `data` at `subject`; with `expected`, only while the subject's last sequence is that (0: none there):
+    False where it was not. Raises `Unavailable` when the bus does not answer."""
+    headers = None if expected is None else {Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(expected)}
+    try:
+        await js.publish(subject, data, timeout=timeout, headers=headers)
+    except APIError as exc:
+        if expected is not None and exc.err_code in _WRONG_LAST:
+            return False
+        raise Unavailable(f"cannot write {subject}: {exc!r}") from exc
+    except (NatsError, TimeoutError) as exc:
+        raise Unavailable(f"cannot write {subject}: {exc!r}") from exc
+    return True
+
+
+class SharedNotes:
+    """Facts a bridge's instances share beside its sent-log, one text per name (the last written), in the same
+    stream and under the same grant: what the instance that heard a webhook knows and a twin that sends needs
+    (WhatsApp's 24-hour window, which message a status callback names). Kept as long as the sent-log."""
+
+    def __init__(self, js: JetStreamContext, channel: str, *, timeout: float = 5.0) -> None:
+        self.js = js
+        self.channel = subjects.token(channel)
+        self.timeout = timeout
+
+    async def get(self, name: str) -> str | None:
+        found = await self._get(name)
+        return found[1] if found else None
+
+    async def put(self, name: str, value: str) -> None:
+        await self._put(name, value)
+
+    async def raise_to(self, name: str, value: str, newer: Callable[[str, str], bool]) -> None:
+        """Write `value` unless what is there is as new (`newer(value, there)` false): a check and set, so two
+        instances writing at once never leave the older."""
+        for _ in range(CLAIM_TRIES):
+            found = await self._get(name)
+            if found is not None and not newer(value, found[1]):
+                return
+            if await self._put(name, value, expected=found[0] if found else 0):
+                return
+        raise Unavailable(f"the note {name!r} kept changing under {CLAIM_TRIES} writes")
+
+    async def _get(self, name: str) -> tuple[int, str] | None:
+        msg = await _last(self.js, subjects.sent_note(self.channel, name))
+        return None if msg is None else (msg.seq or 0, (msg.data or b"").decode(errors="replace"))
+
+    async def _put(self, name: str, value: str, *, expected: int | None = None) -> bool:
+        return await _store(self.js, subjects.sent_note(self.channel, name), value.encode(), expected, self.timeout)

@@ -79,6 +79,13 @@ def sent(channel: str, outbound_id: str, part: int) -> str:
     return f"{PREFIX}.sent.{token(channel)}.{digest}.{part:d}"
 
 
+def sent_note(channel: str, name: str) -> str:
+    """Where a bridge's instances share one named fact beside the sent-log (`sentlog.SharedNotes`): the sha256 of
+    the name, after a `note` token no part's subject has (theirs is a digest, then the part number)."""
+    digest = base64.urlsafe_b64encode(hashlib.sha256(name.encode()).digest()).decode().rstrip("=")
+    return f"{PREFIX}.sent.{token(channel)}.note.{digest}"
+
+
 def sent_all(channel: str) -> str:
     """Every record of one channel's shared sent-log: what its bridge may write and read."""
     return f"{PREFIX}.sent.{token(channel)}.>"

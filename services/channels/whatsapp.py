@@ -28,7 +28,7 @@ import httpx
 import msgspec
 
 from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secret
-from clawden.bus import bind, consume, publish, subjects, webhooks
+from clawden.bus import bind, consume, publish, sentlog, subjects, webhooks
 from clawden.bus import events as ev
 from clawden.bus.streams import bridge_webhooks
 from clawden.config import Config
@@ -246,6 +246,14 @@ def numbered(text: str, buttons: list[ButtonRef]) -> str:
     return text + "\n\n" + "\n".join(f"{i + 1}. {b.label}" for i, b in enumerate(buttons))
 
 
+def _float(text: str) -> float:
+    """A time kept as text; 0 (long ago) where it is not one."""
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
 def ago(seconds: float) -> str:
     hours = seconds / 3600
     return f"{hours:.0f} hours ago" if hours < 72 else f"{hours / 24:.0f} days ago"
@@ -287,6 +295,9 @@ class WhatsAppBridge(Bridge):
             timeout=httpx.Timeout(30.0, connect=10.0), headers={"authorization": f"Bearer {token}"}
         )
         self._inbound: Inbound | None = None
+        # What twins (instances on other hosts, sharing the webhook durable) must know of what this one heard, and
+        # the other way round: each person's last message (the window) and each sent message's record (statuses).
+        self._shared = sentlog.SharedNotes(ctx.js, CHANNEL)
         self._pending: dict[str, ev.OutboundMessage] = {}  # outbound id -> message, while its parts go
         # Sends between the Graph call and noting its wamid: a status webhook may overtake the answer.
         self._in_flight: set[asyncio.Future[None]] = set()
@@ -435,16 +446,20 @@ class WhatsAppBridge(Bridge):
         """delivered, read and failed become receipts for the message WhatsApp names; sent was said at send."""
         if s.status not in ("delivered", "read", "failed") or self._inbound is None:
             return
-        found = await self._inbound.state.cursor(f"sent:{s.id}")
+        found = await self._sent_record(s.id)
         if found is None and self._in_flight:
             # Meta does not order webhooks against API answers: the send this names may still be waiting
             # for its answer. Wait for the sends in flight now (each ends with one Graph call), then look again.
             log.info("a %s status for %s waits for the sends in flight", s.status, s.id)
             await asyncio.wait(set(self._in_flight))
-            found = await self._inbound.state.cursor(f"sent:{s.id}")
+            found = await self._sent_record(s.id)
         if found is None:
             return  # not ours, or older than we keep
-        record = _sent_decoder.decode(found[0])
+        try:
+            record = _sent_decoder.decode(found)
+        except msgspec.DecodeError as exc:  # only this channel's bridges write there: said, not retried
+            log.error("the record of sent message %s cannot be read: %s", s.id, exc)
+            return
         error = None
         if s.status == "failed":
             why = "; ".join(f"{e.title or e.message} ({e.code})" for e in s.errors) or "no reason given"
@@ -463,6 +478,12 @@ class WhatsAppBridge(Bridge):
             self.ctx.js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{record.outbound_id}:{s.status}"
         )
 
+    async def _sent_record(self, wamid: str) -> str | None:
+        """The record of a message this instance sent, or a twin did (None: neither, or older than kept)."""
+        assert self._inbound is not None
+        found = await self._inbound.state.cursor(f"sent:{wamid}")
+        return found[0] if found else await self._shared.get(f"sent:{wamid}")
+
     async def _saw(self, wa_id: str, at: float) -> None:
         """The person wrote at `at`: their customer-service window runs 24 hours from the latest message."""
         if self._inbound is None:
@@ -471,6 +492,7 @@ class WhatsAppBridge(Bridge):
         known = await state.cursor(f"window:{wa_id}")
         if known is None or float(known[0]) < at:
             await state.set_cursor(f"window:{wa_id}", str(at))
+        await self._shared.raise_to(f"window:{wa_id}", str(at), lambda new, there: float(new) > _float(there))
 
     # --- out ---
 
@@ -482,7 +504,11 @@ class WhatsAppBridge(Bridge):
     async def _window_open(self, wa_id: str) -> None:
         state = self._inbound.state if self._inbound else None
         known = await state.cursor(f"window:{wa_id}") if state else None
-        since = time.time() - float(known[0]) if known else None
+        last = float(known[0]) if known else None
+        if last is None or time.time() - last >= WINDOW:  # the person may have written to a twin meanwhile
+            there = await self._shared.get(f"window:{wa_id}")
+            last = max(last or 0.0, _float(there)) if there is not None else last
+        since = time.time() - last if last is not None else None
         if since is not None and since < WINDOW:
             return
         note = WINDOW_REFUSAL.format(ago=ago(since) if since is not None else "never")
@@ -525,8 +551,9 @@ class WhatsAppBridge(Bridge):
         event = self._pending.get(key.rsplit("#", 1)[0])
         if event is None or self._inbound is None:
             return
-        record = SentRecord(event.id, event.session_id, event.seq, chat_id)
-        await self._inbound.state.set_cursor(f"sent:{wamid}", _sent_encoder.encode(record).decode())
+        record = _sent_encoder.encode(SentRecord(event.id, event.session_id, event.seq, chat_id)).decode()
+        await self._inbound.state.set_cursor(f"sent:{wamid}", record)
+        await self._shared.put(f"sent:{wamid}", record)  # a status callback may come to a twin
 
     async def send_text(
         self, route: ev.Route, text: str, *, reply_to: str | None, buttons: list[list[ButtonRef]], key: str

@@ -11,7 +11,7 @@ import pytest
 from nats.aio.client import Client
 
 from clawden.bus import connect, ensure_streams, subjects
-from clawden.bus.sentlog import DECODER, PartRecord, SentLog, Unavailable, may_claim_over
+from clawden.bus.sentlog import DECODER, PartRecord, SentLog, SharedNotes, Unavailable, may_claim_over
 from tests.conftest import NatsServer
 
 
@@ -134,3 +134,20 @@ async def test_a_claim_or_a_read_while_the_bus_is_away_raises(nats_server: NatsS
     finally:
         with contextlib.suppress(ConnectionError):  # closing towards a server that went away
             await nc.close()
+
+
+async def test_shared_notes_keep_the_newest_whoever_writes_last_and_live_beside_the_parts(nc: Client) -> None:
+    await ensure_streams(nc.jetstream())
+    a, b = SharedNotes(nc.jetstream(), "whatsapp"), SharedNotes(nc.jetstream(), "whatsapp")
+    newer = lambda new, there: float(new) > float(there)  # noqa: E731
+    assert await a.get("window:447700900123") is None
+    await a.raise_to("window:447700900123", "200.0", newer)
+    await b.raise_to("window:447700900123", "100.0", newer)  # an older message, heard late by the twin
+    assert await b.get("window:447700900123") == "200.0"
+    await b.raise_to("window:447700900123", "300.0", newer)
+    assert await a.get("window:447700900123") == "300.0"
+    await a.put("sent:wamid.1", '{"x": 1}')
+    assert await b.get("sent:wamid.1") == '{"x": 1}'
+    assert await SharedNotes(nc.jetstream(), "telegram").get("sent:wamid.1") is None  # another channel's
+    note = subjects.sent_note("whatsapp", "sent:wamid.1")
+    assert note.startswith("clawden.sent.whatsapp.note.") and note != subjects.sent("whatsapp", "sent:wamid.1", 0)

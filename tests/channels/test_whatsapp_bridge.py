@@ -13,7 +13,7 @@ import pytest
 
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
-from tests.channels.whatsapp_harness import WhatsApp, whatsapp
+from tests.channels.whatsapp_harness import WhatsApp, WhatsAppProcess, whatsapp
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 from tests.fakes.telegram import png
@@ -276,3 +276,25 @@ async def test_a_failed_status_that_comes_before_graphs_answer_still_reaches_the
     [late] = wa.graph.undelivered
     assert [(r.session_id, r.seq, r.platform_message_id) for r in failed] == [("s1", 11, late.wamid)]
     assert "Re-engagement message (131047)" in (failed[0].error or "")
+
+
+async def test_a_twin_answers_in_the_window_the_other_heard_open_and_each_tells_the_others_statuses(
+    wa: WhatsApp, tmp_path: Path, nats_server: NatsServer
+) -> None:
+    # Two instances share the webhook durable and the lanes (on two hosts): the person's message went to one,
+    # the answer to the other, and a status for the answer comes back to the first.
+    await heard(wa, "hi")
+    assert wa.bridge.stop() == 0
+    twin = WhatsAppProcess(tmp_path / "host-b", nats_server.url, wa.graph).start()
+    try:
+        await wa.bus.send_to(ADA, "from the twin", id="twin-1", session_id="s1", seq=3)
+        [receipt] = await receipt_for(wa, "twin-1")
+        assert receipt.ok, receipt.error  # the twin never heard the person: it asked what the other heard
+        [sent] = wa.graph.to(ADA)
+        assert twin.stop() == 0
+        wa.bridge.start()
+        assert await wa.graph.status(sent, "read") == 200
+        read = [r for r in await receipt_for(wa, "twin-1", 2) if r.state == "read"]
+        assert [(r.ok, r.session_id, r.seq, r.platform_message_id) for r in read] == [(True, "s1", 3, sent.wamid)]
+    finally:
+        twin.close()
