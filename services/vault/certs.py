@@ -5,8 +5,10 @@ the host: it lives in ``keys/`` (0600); containers get only the public certifica
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import secrets
@@ -62,6 +64,8 @@ class LeafCache:
 
     ``ssl`` loads certificates only from files, so each leaf passes through a 0700 folder,
     its key encrypted with a one-time password, and is deleted as soon as it is loaded.
+    Making one takes about 2 ms (key, signature, the file, loading it), so the gateway asks ``context``,
+    which makes it in a thread, once for every tunnel to that host that opens meanwhile.
     """
 
     def __init__(self, ca: CertificateAuthority, work_dir: Path, size: int = LEAF_CACHE_SIZE) -> None:
@@ -70,24 +74,59 @@ class LeafCache:
         self._size = size
         self._contexts: OrderedDict[str, tuple[ssl.SSLContext, dt.datetime]] = OrderedDict()
         self._lock = threading.Lock()
+        self._making: dict[str, asyncio.Future[tuple[ssl.SSLContext, dt.datetime]]] = {}
         work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         work_dir.chmod(0o700)
 
     def context_for(self, host: str, now: dt.datetime | None = None) -> ssl.SSLContext:
+        """The host's context, its leaf made here and now when it has none (blocking: see ``context``)."""
         host = host.lower().rstrip(".")
         now = now or utc_now()
+        if (cached := self._cached(host, now)) is not None:
+            return cached
+        context, expires = self._build(host, now)
+        self._keep(host, context, expires)
+        return context
+
+    async def context(self, host: str, now: dt.datetime | None = None) -> ssl.SSLContext:
+        """The host's context, a missing leaf made in a thread; tunnels to the host that open while it is being
+        made wait for that one. A ValueError (a name no certificate can hold) reaches each of them."""
+        host = host.lower().rstrip(".")
+        now = now or utc_now()
+        if (cached := self._cached(host, now)) is not None:
+            return cached
+        making = self._making.get(host)
+        if making is None:
+            making = self._making[host] = asyncio.ensure_future(asyncio.to_thread(self._build, host, now))
+            making.add_done_callback(functools.partial(self._made, host))
+        # Shielded: a tunnel whose agent left must not cancel the leaf the others wait for.
+        context, _ = await asyncio.shield(making)
+        return context
+
+    async def settled(self) -> None:
+        """Returns once no leaf is being made (at shutdown: none is left writing into the folder)."""
+        await asyncio.gather(*self._making.values(), return_exceptions=True)
+
+    def _made(self, host: str, making: asyncio.Future[tuple[ssl.SSLContext, dt.datetime]]) -> None:
+        if self._making.get(host) is making:
+            del self._making[host]
+        if not making.cancelled() and making.exception() is None:  # a failure goes to the waiters alone
+            self._keep(host, *making.result())
+
+    def _cached(self, host: str, now: dt.datetime) -> ssl.SSLContext | None:
         with self._lock:
             cached = self._contexts.get(host)
             if cached is not None and cached[1] - LEAF_REFRESH_BEFORE > now:
                 self._contexts.move_to_end(host)
                 return cached[0]
-        context, expires = self._build(host, now)
+        return None
+
+    def _keep(self, host: str, context: ssl.SSLContext, expires: dt.datetime) -> None:
         with self._lock:
             self._contexts[host] = (context, expires)
             self._contexts.move_to_end(host)
             while len(self._contexts) > self._size:
                 self._contexts.popitem(last=False)
-        return context
 
     def _build(self, host: str, now: dt.datetime) -> tuple[ssl.SSLContext, dt.datetime]:
         return server_context(self._ca, self._work_dir, (host,), now)

@@ -388,6 +388,9 @@ class Gateway:
         self._socket_paths: dict[str, Path] = {}
         self._closing = False
         self._connections: set[asyncio.Task[None]] = set()
+        # TCP listener connections and the token each showed: they last as long as that token does.
+        self._bindings: dict[asyncio.Task[None], tcpauth.Binding] = {}
+        self._cut: set[asyncio.Task[None]] = set()  # connections ended because their token was withdrawn
         self._told: set[RateKey] = set()  # limits the owner was told of, in their windows
         self._telling: set[asyncio.Future[None]] = set()
         # App connections (Google, GitHub): their token calls go out on this pool too, as the vault's own.
@@ -413,8 +416,19 @@ class Gateway:
         self.catalog = catalog
 
     def update_tokens(self, token_hashes: Mapping[str, str]) -> None:
-        """Proxy tokens for the TCP listener: sha256 hex of the token -> agent group."""
+        """Proxy tokens for the TCP listener: sha256 hex of the token -> agent group.
+
+        A connection that showed a token no longer here is ended at once, whatever it is doing (idle between
+        requests, inside a CONNECT tunnel, piping a WebSocket): the relay shows the token on a connection's first
+        request only, so there is no later request on which it could be refused."""
         self._tokens = dict(token_hashes)
+        revoked = [task for task, bound in self._bindings.items() if tcpauth.revoked(self._tokens, bound)]
+        for task in revoked:
+            del self._bindings[task]
+            self._cut.add(task)
+            task.cancel()
+        if revoked:
+            log.info("closed %d gateway connection(s) whose proxy token was withdrawn", len(revoked))
 
     # -- listeners --
 
@@ -447,14 +461,15 @@ class Gateway:
             try:
                 await self._serve_connection(agent_group, reader, writer)
             except asyncio.CancelledError:
-                # Python 3.11's stream callback logs a traceback for a cancelled handler task;
-                # when close() is the canceller, ending quietly is the intended outcome.
-                if not self._closing:
+                # Python 3.11's stream callback logs a traceback for a cancelled handler task; when close()
+                # or a withdrawn token is the canceller, ending quietly is the intended outcome.
+                if not (self._closing or task in self._cut):
                     raise
             except Exception:
                 log.exception("gateway connection for %s failed", agent_group or "tcp")
             finally:
                 self._connections.discard(task)
+                self._cut.discard(task)
 
         return handle
 
@@ -476,6 +491,8 @@ class Gateway:
         for server in self._servers.values():
             await server.wait_closed()
         self._servers.clear()
+        if self._leaf_cache is not None:
+            await self._leaf_cache.settled()
         await self._upstream.close()
         if self._own_work_dir is not None:
             shutil.rmtree(self._own_work_dir, ignore_errors=True)
@@ -488,14 +505,20 @@ class Gateway:
         side = _Side(reader, writer)
         origin: Origin | None = None
         group = agent_group
+        task = asyncio.current_task()
+        assert task is not None
+        bound: tcpauth.Binding | None = None
         try:
             while (event := await self._next_request(side)) is not None:
                 if agent_group is None and origin is None:
-                    group = await self._authenticate(side, event, group)
-                    if group is None:
+                    bound = await self._authenticate(side, event, bound)
+                    if bound is None:
+                        self._bindings.pop(task, None)
                         if not _next_cycle(side):
                             return
                         continue
+                    self._bindings[task] = bound
+                    group = bound.group
                 assert group is not None
                 if event.method != b"CONNECT":
                     await self._exchange(group, side, event, origin)
@@ -515,6 +538,7 @@ class Gateway:
         except (_ClientGone, ConnectionError, ssl.SSLError):
             pass  # the agent hung up; nothing to answer
         finally:
+            self._bindings.pop(task, None)  # from here on, a withdrawn token has nothing left to end
             side.writer.close()
             # Bounded: after a failed TLS handshake asyncio may never report the close to the stream.
             with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, TimeoutError):
@@ -537,15 +561,17 @@ class Gateway:
             raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
         return event
 
-    async def _authenticate(self, side: _Side, request: h11.Request, bound: str | None) -> str | None:
-        """The agent group a request on the TCP listener speaks for (``tcpauth.identify``): the one its proxy
-        token names, else the connection's (``bound``); None (answered 407) when there is none."""
-        group, refusal = tcpauth.identify(self._tokens, bound, proxy_token(list(request.headers)))
-        if group is None:
+    async def _authenticate(
+        self, side: _Side, request: h11.Request, bound: tcpauth.Binding | None
+    ) -> tcpauth.Binding | None:
+        """Whom a request on the TCP listener speaks for (``tcpauth.identify``): the group its proxy token names,
+        else the connection's (``bound``); None (answered 407) when there is none."""
+        binding, refusal = tcpauth.identify(self._tokens, bound, proxy_token(list(request.headers)))
+        if binding is None:
             await self._drain_small_body(side)
             side.send_reply(responses.proxy_auth_required(refusal))
             await side.writer.drain()
-        return group
+        return binding
 
     async def _drain_small_body(self, side: _Side, limit: int = 64 * 1024) -> None:
         body = _Body(side)
@@ -584,7 +610,7 @@ class Gateway:
             )
             return None
         try:
-            context = self._leaves.context_for(host)
+            context = await self._leaves.context(host)
         except ValueError:
             side.send_reply(responses.gateway_error(400, "bad_request", f"cannot serve TLS for {host!r}"))
             return None
@@ -826,21 +852,21 @@ class Gateway:
         if sent is None:
             return
         response, bearer = sent
+        pairs = echoes(credentials, head.target)
+        if bearer:  # should the site ever quote the token, the agent reads the placeholder instead
+            pairs.append((bearer.encode(), PLACEHOLDER_TOKEN.encode()))
         if response.switched:
             if not upgrade or not wants_upgrade([(b"connection", b"upgrade"), *response.headers]):
                 # A switch nobody asked for (or not to WebSocket): no pipe.
                 why = f"{ex.host} switched protocols unasked; only WebSocket is passed on"
                 await self._refuse_response(side, ex, response, "upgrade_refused", why)
                 return
-            await self._upgrade(side, ex, response)
+            await self._upgrade(side, ex, response, EchoScrubber(pairs))
             return
         if response.status in (401, 403) and not credentials and not bearer:
             response.connection.close()  # its body is not wanted; the pool must not get it half-read
             await self._reply(side, ex, _refused_reply(response.status, ex, head, view, app))
             return
-        pairs = echoes(credentials, head.target)
-        if bearer:  # should the site ever quote the token, the agent reads the placeholder instead
-            pairs.append((bearer.encode(), PLACEHOLDER_TOKEN.encode()))
         if pairs and _encoded(response.headers):
             # Asked for identity, the site compressed anyway: a value in there could not be scrubbed.
             why = f"{ex.host} sent a compressed response where identity was asked"
@@ -955,7 +981,8 @@ class Gateway:
             bodiless = ex.method == "HEAD" or response.status in NO_BODY_STATUSES
             headers = [(k, scrubber.scrub(v)) for k, v in headers if bodiless or k.lower() != b"content-length"]
         # Without a content-length h11 frames the body as chunked, so SSE can flow event by event.
-        head = h11.Response(status_code=response.status, headers=headers, reason=response.reason)
+        reason = scrubber.scrub(response.reason) if scrubber else response.reason
+        head = h11.Response(status_code=response.status, headers=headers, reason=reason)
         if self._upstream.body_here(response):
             side.hold(head)  # goes with the body's first part, read without waiting
         else:
@@ -994,10 +1021,13 @@ class Gateway:
         ex.decision = decision
         await self._reply(side, ex, responses.gateway_error(502, "bad_gateway", why))
 
-    async def _upgrade(self, side: _Side, ex: _Exchange, response: Response) -> None:
-        """A 101 from upstream: pass it back, then pipe both ways until either side closes."""
+    async def _upgrade(self, side: _Side, ex: _Exchange, response: Response, scrubber: EchoScrubber) -> None:
+        """A 101 from upstream: pass it back, its headers scrubbed of what was injected as any answer's are,
+        then pipe both ways until either side closes."""
         ex.status, ex.decision = 101, "websocket"
-        side.send(h11.InformationalResponse(status_code=101, headers=response.headers, reason=response.reason))
+        headers = [(k, scrubber.scrub(v)) for k, v in response.headers]
+        reason = scrubber.scrub(response.reason)
+        side.send(h11.InformationalResponse(status_code=101, headers=headers, reason=reason))
         upstream = response.connection
         leftover_agent = side.conn.trailing_data[0]
         leftover_site = upstream.h11.trailing_data[0]

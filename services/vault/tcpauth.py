@@ -3,8 +3,9 @@
 A Unix socket names its group by being that group's; a TCP connection names it with a token in
 ``Proxy-Authorization`` on its first request: a third-party agent's proxy token, or the per-container
 token a runner registered (`runner.vault_transport = "tcp"`). The vault keeps only each token's sha256.
-Once a connection showed a good token it is that group's for its life, as a socket's is: the
-in-container relay adds the token to a connection's first request only (it does not parse the rest).
+Once a connection showed a good token it is that group's for as long as the token is: the in-container relay
+adds the token to a connection's first request only (it does not parse the rest), so a token that is removed
+ends the connections that showed it (`revoked`), rather than being asked for again on their later requests.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 NO_TOKEN = "This gateway needs the agent group's proxy token (Proxy-Authorization: Basic)."
 UNKNOWN_TOKEN = (
@@ -19,6 +21,17 @@ UNKNOWN_TOKEN = (
     " made): the container must be started again by its runner."
 )
 OTHER_GROUP = "This connection belongs to another agent group: a token cannot change a connection's group."
+REVOKED = (
+    "The proxy token this connection showed is no longer valid: the container must be started again by its runner."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """What a connection on the listener showed: its token's sha256, and the group that token named."""
+
+    digest: str
+    group: str
 
 
 def token_hash(token: str) -> str:
@@ -36,18 +49,26 @@ def group_of(tokens: Mapping[str, str], token: str) -> str | None:
     return found
 
 
-def identify(tokens: Mapping[str, str], bound: str | None, token: str | None) -> tuple[str | None, str]:
-    """(the group a request speaks for, "") or (None, why it is refused, for a 407).
+def identify(tokens: Mapping[str, str], bound: Binding | None, token: str | None) -> tuple[Binding | None, str]:
+    """(what the connection is bound to for this request, "") or (None, why it is refused, for a 407).
 
-    ``bound``: the group the connection's earlier request showed a token for, or None."""
+    ``bound``: what the connection's earlier request showed, or None."""
     if token is None:
-        return (bound, "") if bound is not None else (None, NO_TOKEN)
+        if bound is None:
+            return None, NO_TOKEN
+        return (None, REVOKED) if revoked(tokens, bound) else (bound, "")
     group = group_of(tokens, token)
     if group is None:
         return None, UNKNOWN_TOKEN
-    if bound is not None and group != bound:
+    if bound is not None and group != bound.group:
         return None, OTHER_GROUP
-    return group, ""
+    return Binding(token_hash(token), group), ""
+
+
+def revoked(tokens: Mapping[str, str], bound: Binding) -> bool:
+    """Whether the token a connection showed no longer names its group (withdrawn, or its container made again).
+    A plain lookup: the digest is the vault's own, from a token already checked, so its timing tells nothing."""
+    return tokens.get(bound.digest) != bound.group
 
 
 # -- which runner may register a container's token (`vault.container-token.<runner>`) --

@@ -115,6 +115,7 @@ class Upstream:
         # Pooled per agent group: should a site ever read one request's bytes as part of another's,
         # the two belong to the same group, and so carry the same credentials.
         self._idle: dict[tuple[str, Origin], list[Connection]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
 
     # -- the pool --
 
@@ -123,7 +124,7 @@ class Upstream:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.writer.is_closing() and not conn.reader.at_eof() and now - conn.idle_since < self._idle_expiry:
+            if self._usable(conn, now):
                 conn.reused = True
                 return conn
             conn.close()
@@ -137,10 +138,38 @@ class Upstream:
             idle.append(conn)
             if len(idle) > self._max_idle:
                 idle.pop(0).close()
+            if self._sweep is None:
+                self._sweep = asyncio.get_running_loop().call_later(self._idle_expiry, self._close_expired)
         else:
             conn.close()
 
+    def _usable(self, conn: Connection, now: float) -> bool:
+        return not conn.writer.is_closing() and not conn.reader.at_eof() and now - conn.idle_since < self._idle_expiry
+
+    def _close_expired(self) -> None:
+        """Closes the idle connections ``acquire`` would no longer take, so that a group gone quiet, or a site
+        called once, holds no socket for good (nor one the site hung up on). A safety net for sockets, not a
+        rule: ``acquire`` checks each connection itself. Runs while the pool holds any, at the oldest's expiry."""
+        self._sweep = None
+        now = time.monotonic()
+        for key, idle in list(self._idle.items()):
+            usable = [c for c in idle if self._usable(c, now)]
+            for conn in idle:
+                if conn not in usable:
+                    conn.close()
+            if usable:
+                self._idle[key] = usable
+            else:
+                del self._idle[key]
+        if self._idle:
+            oldest = min(c.idle_since for idle in self._idle.values() for c in idle)
+            delay = max(0.0, oldest + self._idle_expiry - now)
+            self._sweep = asyncio.get_running_loop().call_later(delay, self._close_expired)
+
     async def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         conns = [c for idle in self._idle.values() for c in idle]
         self._idle.clear()
         for conn in conns:

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import ssl
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from clawden.pki import CertificateAuthority, utc_now
 from services.vault.certs import LeafCache, ListenerTls, write_trust_files
+from tests.vault.conftest import RigFactory
 
 
 def test_the_ca_is_made_once_with_a_private_key(tmp_path: Path) -> None:
@@ -92,6 +94,48 @@ def test_leaves_are_cached_and_renewed_before_they_expire(tmp_path: Path) -> Non
     first = cache.context_for("a.test", now)
     assert cache.context_for("A.test", now + dt.timedelta(hours=22)) is first
     assert cache.context_for("a.test", now + dt.timedelta(hours=23, minutes=30)) is not first
+
+
+async def test_a_tunnels_leaf_is_made_off_the_event_loop(rig: RigFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    made_on: list[int] = []
+    build = LeafCache._build
+
+    def recorded(cache: LeafCache, host: str, now: dt.datetime) -> tuple[ssl.SSLContext, dt.datetime]:
+        made_on.append(threading.get_ident())
+        return build(cache, host, now)
+
+    monkeypatch.setattr(LeafCache, "_build", recorded)
+    async with rig() as r, r.client() as http:
+        answer = await http.get("https://api.example.test/v1/models")
+
+    assert answer.status_code == 200
+    assert len(made_on) == 1 and made_on[0] != threading.get_ident()  # not the thread every agent's traffic runs on
+
+
+async def test_tunnels_opening_at_once_to_a_new_host_wait_for_one_leaf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = LeafCache(CertificateAuthority.create("Test CA"), tmp_path / "leaves")
+    started, release = threading.Event(), threading.Event()
+    builds: list[str] = []
+    build = LeafCache._build
+
+    def held(cache: LeafCache, host: str, now: dt.datetime) -> tuple[ssl.SSLContext, dt.datetime]:
+        builds.append(host)
+        started.set()
+        release.wait(5)
+        return build(cache, host, now)
+
+    monkeypatch.setattr(LeafCache, "_build", held)
+    tunnels = [asyncio.ensure_future(cache.context(host)) for host in ["new.test", "NEW.test", "new.test."] * 2]
+    # Every tunnel asked before the leaf's making could start (the loop runs them first, in order).
+    assert await asyncio.to_thread(started.wait, 5)
+    release.set()
+    contexts = await asyncio.gather(*tunnels)
+
+    assert builds == ["new.test"]
+    assert all(c is contexts[0] for c in contexts)
+    assert await cache.context("new.test") is contexts[0]  # and it is kept
 
 
 def test_trust_files_hold_the_ca_alone_and_with_the_system_roots(tmp_path: Path) -> None:

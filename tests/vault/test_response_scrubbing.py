@@ -4,6 +4,7 @@ compressed body the scrubber could not read."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 
@@ -11,7 +12,7 @@ import h11
 import pytest
 
 from tests.vault.conftest import RigFactory, secret
-from tests.vault.sites import FakeUpstream, Received, Reply
+from tests.vault.sites import FakeUpstream, Received, Reply, close_writer, open_tunnel
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -91,3 +92,44 @@ async def test_a_site_that_compresses_anyway_is_refused_where_a_secret_went(
 
     assert answer.status_code == 502
     assert KEY not in answer.text
+
+
+async def test_a_secret_echoed_in_a_websocket_switch_is_scrubbed(rig: RigFactory, site: FakeUpstream) -> None:
+    async def switch_echoing(request: Received, reply: Reply) -> None:
+        """A site whose 101 quotes the key it was sent, in a header and in its reason phrase."""
+        key = request.header(b"x-api-key") or b""
+        switch = [(b"upgrade", b"websocket"), (b"connection", b"Upgrade"), (b"x-echo", b"Key " + key)]
+        await reply.send(h11.InformationalResponse(status_code=101, headers=switch, reason=b"Switching " + key))
+
+    site.respond = switch_echoing
+    header = secret("h", "generic", "api.example.test", KEY, header_name="X-Api-Key")
+    async with rig((header,)) as r:
+        reader, writer = await open_tunnel(r.socket, "api.example.test", r.gateway.ca.cert_pem)
+        try:
+            writer.write(
+                b"GET /socket HTTP/1.1\r\nHost: api.example.test\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhl\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        finally:
+            await close_writer(writer)
+
+    assert site.received[0].header(b"x-api-key") == KEY.encode()
+    assert head.startswith(b"HTTP/1.1 101 Switching clawden-managed\r\n")
+    assert b"x-echo: Key clawden-managed\r\n" in head
+    assert KEY.encode() not in head
+
+
+async def test_a_secret_echoed_in_a_reason_phrase_is_scrubbed(rig: RigFactory, site: FakeUpstream) -> None:
+    async def reason_echoing(request: Received, reply: Reply) -> None:
+        key = request.header(b"x-api-key") or b""
+        await reply.send(h11.Response(status_code=403, headers=[(b"content-length", b"0")], reason=b"Bad key " + key))
+        await reply.send(h11.EndOfMessage())
+
+    site.respond = reason_echoing
+    header = secret("h", "generic", "api.example.test", KEY, header_name="X-Api-Key")
+    async with rig((header,)) as r, r.client() as http:
+        refused = await http.get("https://api.example.test/v1/echo")
+
+    assert refused.status_code == 403
+    assert refused.reason_phrase == "Bad key clawden-managed"

@@ -16,6 +16,7 @@ import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import h11
 import httpx
 import pytest
 
@@ -26,7 +27,7 @@ from services.vault.gateway import Gateway
 from services.vault.tcpauth import token_hash
 from tests.fakes.anthropic import FakeTLS
 from tests.vault.conftest import GROUP, SITES, RigFactory, relay, rig_factory, secret
-from tests.vault.sites import FakeUpstream
+from tests.vault.sites import FakeUpstream, Received, Reply, respond_json
 
 # The hostile-agent and injection tests of the socket mode, collected here again with the tcp rig.
 from tests.vault.test_gateway import (  # noqa: F401
@@ -222,27 +223,25 @@ async def raw_exchange(port: int, *heads: str) -> list[bytes]:
     """Plain requests on one connection straight to the listener (an agent that dials it without the
     relay, as one on Docker Desktop could): each answer's status line."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    answers = []
     try:
-        for head in heads:
-            writer.write(head.encode())
-            answer = await reader.readuntil(b"\r\n\r\n")
-            length = int(
-                next(
-                    (
-                        line.split(b":")[1]
-                        for line in answer.split(b"\r\n")
-                        if line.lower().startswith(b"content-length")
-                    ),
-                    b"0",
-                )
-            )
-            body = await reader.readexactly(length)
-            answers.append(answer.split(b"\r\n")[0] + b" " + body)
+        return [await exchange(reader, writer, head) for head in heads]
     finally:
         writer.close()
         await writer.wait_closed()
-    return answers
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: str) -> bytes:
+    """One request on an open connection: its answer's status line and body."""
+    writer.write(head.encode())
+    answer = await reader.readuntil(b"\r\n\r\n")
+    length = int(
+        next(
+            (line.split(b":")[1] for line in answer.split(b"\r\n") if line.lower().startswith(b"content-length")),
+            b"0",
+        )
+    )
+    body = await reader.readexactly(length)
+    return answer.split(b"\r\n")[0] + b" " + body
 
 
 def model_call(token: str | None) -> str:
@@ -269,6 +268,53 @@ async def test_the_listener_refuses_no_token_a_stale_one_and_a_second_groups_on_
     assert first.startswith(b"HTTP/1.1 200 ") and tokenless.startswith(b"HTTP/1.1 200 ")
     assert theirs.startswith(b"HTTP/1.1 407 ") and b"another agent group" in theirs
     assert {a.agent_group for a in audit} == {GROUP}
+
+
+async def test_a_withdrawn_token_ends_the_connections_already_open_with_it(
+    site: FakeUpstream, site_tls: FakeTLS
+) -> None:
+    async def json_or_websocket(request: Received, reply: Reply) -> None:
+        if request.target != b"/socket":
+            return await respond_json(request, reply)
+        switch = [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]
+        await reply.send(h11.InformationalResponse(status_code=101, headers=switch))
+        await asyncio.Event().wait()  # the site keeps its end of the WebSocket open
+
+    site.respond = json_or_websocket
+    audit: list[AuditRecord] = []
+    async with two_groups(site, site_tls, audit) as gateway:
+        gateway.update_tokens({token_hash("gone"): GROUP, token_hash("kept"): GROUP})
+        port = await gateway.listen_tcp("127.0.0.1", 0)
+        context = ssl.create_default_context(cadata=gateway.ca.cert_pem.decode())
+        keep_alive = await asyncio.open_connection("127.0.0.1", port)
+        tunnel = await asyncio.open_connection("127.0.0.1", port)
+        websocket = await asyncio.open_connection("127.0.0.1", port)
+        kept = await asyncio.open_connection("127.0.0.1", port)
+        connect = (
+            "CONNECT api.example.test:443 HTTP/1.1\r\nHost: api.example.test:443\r\n"
+            f"Proxy-Authorization: {basic('gone')}\r\n\r\n"
+        )
+        get = "GET /user HTTP/1.1\r\nHost: api.example.test\r\n\r\n"
+        upgrade = "GET /socket HTTP/1.1\r\nHost: api.example.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        try:
+            assert (await exchange(*keep_alive, model_call("gone"))).startswith(b"HTTP/1.1 200 ")
+            for reader, writer in (tunnel, websocket):
+                assert (await exchange(reader, writer, connect)).startswith(b"HTTP/1.1 200 ")
+                await writer.start_tls(context, server_hostname="api.example.test")
+            assert (await exchange(*tunnel, get)).startswith(b"HTTP/1.1 200 ")
+            assert (await exchange(*websocket, upgrade)).startswith(b"HTTP/1.1 101 ")
+            assert (await exchange(*kept, model_call("kept"))).startswith(b"HTTP/1.1 200 ")
+
+            gateway.update_tokens({token_hash("kept"): GROUP})  # the runner withdrew the container's token
+
+            # Each connection that showed it is closed: no later request on it can use the withdrawn token.
+            for reader, _ in (keep_alive, tunnel, websocket):
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+            assert (await exchange(*kept, model_call(None))).startswith(b"HTTP/1.1 200 ")  # a kept token's goes on
+        finally:
+            for _, writer in (keep_alive, tunnel, websocket, kept):
+                writer.close()
+    assert [r.target for r in site.received] == [b"/v1/models", b"/user", b"/socket", b"/v1/models", b"/v1/models"]
 
 
 async def test_a_head_the_relay_will_not_rewrite_gets_400_and_never_reaches_the_gateway(

@@ -10,23 +10,37 @@ from services.vault.tcpauth import token_hash
 GROUP, OTHER = "family", "other"
 
 
+def shown(token: str | None) -> tcpauth.Binding | None:
+    """What a connection is bound to after showing `token` for GROUP (or OTHER, for "others")."""
+    return tcpauth.Binding(token_hash(token), OTHER if token == "others" else GROUP) if token else None
+
+
 @pytest.mark.parametrize(
-    ("bound", "token", "group", "refusal"),
+    ("bound", "token", "binding", "refusal"),
     [
         (None, None, None, tcpauth.NO_TOKEN),
-        (None, "good", GROUP, ""),
+        (None, "good", "good", ""),
         (None, "stale", None, tcpauth.UNKNOWN_TOKEN),
-        (GROUP, None, GROUP, ""),  # later requests on a connection that showed its token
-        (GROUP, "good", GROUP, ""),
-        (GROUP, "others", None, tcpauth.OTHER_GROUP),  # a token never changes a connection's group
-        (GROUP, "stale", None, tcpauth.UNKNOWN_TOKEN),
+        ("good", None, "good", ""),  # later requests on a connection that showed its token
+        ("good", "good", "good", ""),
+        ("good", "others", None, tcpauth.OTHER_GROUP),  # a token never changes a connection's group
+        ("good", "stale", None, tcpauth.UNKNOWN_TOKEN),
+        ("stale", None, None, tcpauth.REVOKED),  # the token it showed was withdrawn since
+        ("stale", "good", "good", ""),  # its group's token of now, shown again
     ],
 )
-def test_a_connection_is_the_group_its_token_names_for_its_whole_life(
-    bound: str | None, token: str | None, group: str | None, refusal: str
+def test_a_connection_is_the_group_its_token_names_while_the_token_lasts(
+    bound: str | None, token: str | None, binding: str | None, refusal: str
 ) -> None:
     tokens = {token_hash("good"): GROUP, token_hash("others"): OTHER}
-    assert tcpauth.identify(tokens, bound, token) == (group, refusal)
+    assert tcpauth.identify(tokens, shown(bound), token) == (shown(binding), refusal)
+
+
+def test_a_binding_is_revoked_when_its_token_goes_or_names_another_group() -> None:
+    bound = tcpauth.Binding(token_hash("t"), GROUP)
+    assert not tcpauth.revoked({token_hash("t"): GROUP, token_hash("u"): OTHER}, bound)
+    assert tcpauth.revoked({token_hash("u"): GROUP}, bound)
+    assert tcpauth.revoked({token_hash("t"): OTHER}, bound)
 
 
 def test_every_stored_hash_is_compared_and_only_an_equal_one_names_a_group() -> None:
