@@ -216,7 +216,14 @@ def _body(msg: sessiondb.InboundMessage) -> str:
     if text is None:
         return json.dumps(content, ensure_ascii=False)
     for a in content.get("attachments") or []:
-        where = f"at {msg_file(a['path'])}" if a.get("path") else "(not downloaded)"
+        # Where the runner saved it; else why not (it says); else the bridge did not fetch it.
+        where = (
+            f"at {msg_file(a['path'])}"
+            if a.get("path")
+            else f"(not saved: {a['error']})"
+            if a.get("error")
+            else "(not downloaded)"
+        )
         text += f"\n[attachment {a.get('name')} ({a.get('mime')}, {a.get('size')} bytes) {where}]"
     return text
 

@@ -483,9 +483,16 @@ class Runner:
             return described
         source = Path(attachment.url.removeprefix("file://")).resolve()
         # Only files a bridge on this host fetched: never a path a message could point anywhere.
-        if not source.is_relative_to(bridges) or not source.is_file() or source.stat().st_size > MAX_INBOX_BYTES:
-            log.warning("attachment %s of %s not taken: %s", attachment.name, message_id, attachment.url)
-            return described
+        why = (
+            "it is not a file a bridge on this host fetched"
+            if not source.is_relative_to(bridges) or not source.is_file()
+            else f"it is over the inbox's limit of {MAX_INBOX_BYTES // 2**20} MiB"
+            if source.stat().st_size > MAX_INBOX_BYTES
+            else ""
+        )
+        if why:
+            log.warning("attachment %s of %s not taken (%s): %s", attachment.name, message_id, why, attachment.url)
+            return described | {"error": why}
         box = re.sub(r"[^A-Za-z0-9._-]", "_", message_id)[-80:]
         name = re.sub(r"[^A-Za-z0-9._-]", "_", attachment.name)[-100:] or "file"
         # The agent writes its inbox, and message ids are easy to guess: every folder on the way is opened by

@@ -69,3 +69,22 @@ def test_the_system_prompt_mentions_clawden_only_where_the_admin_socket_is_mount
     with_cli, without = addendum("Molly", has_cli=True), addendum("Molly", has_cli=False)
     assert "You are Molly" in without and "`clawden`" not in without
     assert with_cli.startswith(without) and "`clawden --help`" in with_cli and "approval" in with_cli
+
+
+def test_an_attachment_in_the_prompt_says_where_it_is_or_why_it_is_not_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clawden_agent.loop import _body
+
+    from clawden.sessiondb import InboundMessage, Routing
+
+    monkeypatch.delenv("CLAWDEN_SESSION_DIR", raising=False)  # the container's own mount
+    files = [
+        {"name": "a.txt", "mime": "text/plain", "size": 3, "path": "inbox/m1/a.txt"},
+        {"name": "big.iso", "mime": "application/octet-stream", "size": 9, "error": "it is over the inbox's limit"},
+        {"name": "photo.jpg", "mime": "image/jpeg", "size": 0},  # the bridge did not fetch it
+    ]
+    msg = InboundMessage(id="m1", kind="chat", content={"text": "see", "attachments": files}, routing=Routing("t", "1"))
+    assert _body(msg).splitlines()[1:] == [
+        "[attachment a.txt (text/plain, 3 bytes) at /workspace/session/inbox/m1/a.txt]",
+        "[attachment big.iso (application/octet-stream, 9 bytes) (not saved: it is over the inbox's limit)]",
+        "[attachment photo.jpg (image/jpeg, 0 bytes) (not downloaded)]",
+    ]

@@ -276,7 +276,9 @@ async def test_a_file_a_bridge_fetched_lands_in_the_inbox_and_the_prompt(stack: 
     reply = await term.reply()
     prompt = str(stack.fake.messages_requests(with_tools=True)[seen].body["messages"])
     assert "[attachment note.txt (text/plain, 13 bytes) at /workspace/session/inbox/" in prompt
-    assert "[attachment key (text/plain, 10 bytes) (not downloaded)]" in prompt
+    assert (
+        "[attachment key (text/plain, 10 bytes) (not saved: it is not a file a bridge on this host fetched)]" in prompt
+    )
     inbox = stack.home / "sessions" / "main" / reply.session_id / "inbox"
     assert [p.read_text() for p in inbox.rglob("*") if p.is_file()] == ["buy oat milk\n"]
 
