@@ -869,13 +869,19 @@ class Runner:
 
     async def _lost(self, reason: str) -> None:
         """Claude Code died. What it answered is done; what it was answering fails (it may be what killed
-        it); what it had not started on is sent once more, to the next Claude Code."""
+        it), unless it died waiting on a person; what it had not started on is sent once more, to the next
+        Claude Code."""
         if self.agent.client is None and not self.ledger.busy:
             return
+        waiting = self.state.waiting_since is not None  # read before the close, which ends the wait
         await self.agent.close()
         self._reader = None
         self._budget.stop()
         answered, failed, unseen = self.ledger.lost()
+        if waiting:
+            # It died while the turn waited on a person (a question): the prompt did not kill it. It runs again,
+            # once, and asks again under the same request id, where the person's answer is taken.
+            failed, unseen = [], unseen + failed
         failed += [p for p in unseen if self._resent.intersection(p.seqs)]
         unseen = [p for p in unseen if not self._resent.intersection(p.seqs)]
         self._resent.update(s for p in unseen for s in p.seqs)

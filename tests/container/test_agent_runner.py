@@ -820,6 +820,29 @@ def test_a_question_asked_again_after_its_container_died_is_the_same_card_and_ta
     assert rows == [("question", None), ("chat", "tea it is")]  # one card, not a second
 
 
+def test_a_question_claude_code_died_waiting_on_is_asked_again_and_takes_its_answer(
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
+    """Claude Code dying while the agent waits on the person is not the message's fault: the turn runs again and
+    asks again (the same card), and the person's click reaches it, rather than the message failing under it."""
+    agent = start_agent()
+    ask = ToolCall("ask_user_question", {"question": "Which one?", "options": ["tea", "coffee"], "timeout": 60})
+    fake.script(ask)
+    seq = session.send("ask me something")
+    question = session.wait(lambda: next((m for m in session.outbound() if m.kind == "question"), None))
+    fake.script(ask, ToolCall("send_message", {"text": "tea it is"}), Text("done"))
+    for pid in agent.children():
+        os.kill(pid, signal.SIGKILL)
+
+    session.wait(lambda: True if fake.pending_script < 3 else None)  # the rerun has asked
+    sessiondb.respond(session.dir, question.content["request_id"], {"answer": "tea"})
+    session.wait(lambda: session.acks().get(seq) if session.acks().get(seq) in ("completed", "failed") else None)
+
+    assert session.acks()[seq] == "completed"
+    rows = [(m.kind, m.content.get("text")) for m in session.outbound() if m.in_reply_to == seq]
+    assert rows == [("question", None), ("chat", "tea it is")]
+
+
 def test_a_question_a_restart_stopped_the_wait_for_is_asked_again_and_takes_its_answer(
     session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
 ) -> None:
