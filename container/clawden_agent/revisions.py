@@ -26,6 +26,7 @@ Message = sessiondb.InboundMessage
 class Row:
     message: Message  # as the agent will see it
     riders: tuple[int, ...] = ()  # revision rows folded into it: claimed and settled with it
+    note: bool = False  # a note about a row already read (an edit, a delete): never left out of a prompt
 
 
 @dataclass(frozen=True)
@@ -78,23 +79,27 @@ def fold(pending: list[Message], earlier: Mapping[str, Message], limit: int) -> 
                 notes[rev[1]] = entry
                 entries.append(entry)
     withdrawn = [s for e in entries if e.dropped for s in (e.message.seq, *e.riders)]
-    live = [Row(e.message, tuple(e.riders)) for e in entries if not (e.dropped or e.merged)]
+    live = [Row(e.message, tuple(e.riders), bool(e.note_of)) for e in entries if not (e.dropped or e.merged)]
     return Folded(window(live, limit), withdrawn)
 
 
 def window(live: list[Row], limit: int) -> list[Row]:
     """At most `limit` rows, oldest first, always as far as the first row that asks for an answer: rows kept only
-    as context (a group's chatter nobody addressed to the agent) never crowd it out, or it would wait for good. The
-    newest of that chatter goes with it; the older rides with the first row sent, settled unseen."""
+    as context (a group's chatter nobody addressed to the agent) never crowd it out, or it would wait for good. Notes
+    about rows the agent read go with it (it may have acted on a message since deleted), the newest `limit` - 1 of
+    them, then the newest chatter that fits; the rest rides with the first row sent, settled unseen."""
     if not limit:
         return live
     first = next((i for i, row in enumerate(live) if row.message.trigger), 0)
-    start = max(0, first - limit + 1)
-    if not start:
+    if first < limit:
         return live[:limit]
-    head = live[start]
-    passed = tuple(s for row in live[:start] for s in (row.message.seq, *row.riders))
-    return [Row(head.message, passed + head.riders), *live[start + 1 : start + limit]]
+    notes = [i for i in range(first) if live[i].note][1 - limit :] if limit > 1 else []
+    room = limit - 1 - len(notes)
+    chatter = [i for i in range(first) if not live[i].note][-room:] if room else []
+    sent = sorted([*notes, *chatter, first])
+    passed = tuple(s for i in range(first) if i not in sent for s in (live[i].message.seq, *live[i].riders))
+    head = live[sent[0]]
+    return [replace(head, riders=passed + head.riders), *(live[i] for i in sent[1:])]
 
 
 def _revise(entry: _Entry, msg: Message, kind: str) -> None:

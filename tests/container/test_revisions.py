@@ -198,3 +198,19 @@ def test_chatter_alone_waits_within_the_limit() -> None:
     chatter = [chat(seq, f"chat {seq}", trigger=False) for seq in (2, 4, 6)]
 
     assert [r.message.seq for r in fold(chatter, {}, limit=2).rows] == [2, 4]
+
+
+def test_a_note_that_a_read_message_was_deleted_is_never_left_out_with_the_chatter() -> None:
+    # The agent read #2; in a busy group, its deletion and an edit of it come among chatter past the prompt's limit.
+    chatter = [chat(seq, f"chat {seq}", trigger=False) for seq in (4, 8, 10, 12, 14)]
+    pending = [chatter[0], delete(6, 2), *chatter[1:], chat(16, "@bot so?")]
+
+    folded = fold(pending, READ, limit=3)
+
+    assert seen(folded) == [
+        (6, "Ann deleted their earlier message #2; disregard it.", False, (4, 8, 10, 12)),
+        (14, "chat 14", False, ()),
+        (16, "@bot so?", True, ()),
+    ]
+    # With room for the question alone, the limit holds: everything before it rides with it.
+    assert seen(fold(pending, READ, limit=1)) == [(16, "@bot so?", True, (4, 6, 8, 10, 12, 14))]
