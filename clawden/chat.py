@@ -18,17 +18,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from clawden.bus import Consumer, bind, consume, ensure_streams, publish_stored, subjects
 from clawden.bus import events as ev
+from clawden.bus.ctl import Nothing
+from clawden.bus.ctl.common import PING
 from clawden.cardtext import render_text
 from clawden.config import Config
-from clawden.control import ControlError
+from clawden.control import ControlError, NoAnswer, ask_on
+from clawden.installed import start_hint
 from clawden.owner import Unreachable, connect_cli
 
 CHANNEL = "local"
+ROUTER_WAIT = 5.0  # seconds a router still starting (`clawden up` a moment ago) is given to answer its ping
 
 
 def terminal_outbound(chat_id: str) -> Consumer:
@@ -327,6 +332,18 @@ class Conversation:
         return 0 if await self.replied(timeout) else 1
 
 
+async def router_answers(cfg: Config, nc: Client) -> None:
+    """The router reads what is typed here and hands it to an agent: without it a message would wait, unanswered,
+    for as long as the chat lasts. ControlError, in one line with what to run, when it does not answer."""
+    try:
+        await ask_on(nc, PING.at("router"), Nothing(), timeout=ROUTER_WAIT, wait_for_service=True)
+    except NoAnswer:
+        raise ControlError(
+            f"the router is not running, so nothing would answer here: {start_hint(cfg, 'clawden-router')}"
+            " (`clawden status` shows what runs)"
+        ) from None
+
+
 async def chat(
     cfg: Config,
     *,
@@ -348,6 +365,11 @@ async def chat(
         nc = await connect_cli(cfg, timeout=10, reconnects=3)
     except Unreachable as exc:
         raise ControlError(f"{exc}\n  fix: {exc.fix}") from None
+    try:
+        await router_answers(cfg, nc)
+    except ControlError:
+        await nc.close()
+        raise
     js = nc.jetstream()
     await ensure_streams(js)
     sub = await bind(js, terminal_outbound(chat_id))

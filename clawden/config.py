@@ -470,8 +470,13 @@ upstream = "https://api.anthropic.com"
 def init_home(home: Path | None = None) -> Config:
     """Create the home, its private keys folder and a default config; never overwrites."""
     home = (home or default_home()).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    for sub in ("data", "groups", "sessions", "logs", "run"):
+    # The home holds the conversations (sessions/, state/), the services' databases (data/) and logs: the owner's
+    # alone. Agent containers need no way through it: Docker mounts each folder they get by its own path, as root.
+    home.parent.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, exist_ok=True)
+    for sub in ("data", "logs"):  # never mounted into a container
+        (home / sub).mkdir(mode=0o700, exist_ok=True)
+    for sub in ("groups", "sessions", "run"):  # mounted, some read by the agent's uid under a root install
         (home / sub).mkdir(exist_ok=True)
     keys = home / "keys"
     keys.mkdir(mode=0o700, exist_ok=True)

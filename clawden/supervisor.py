@@ -43,11 +43,16 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_TIMEOUT = 15.0
 MODEL_KEY_FIELD, NO_MODEL_KEY = "X_CLAWDEN_MODEL_KEY", "missing"  # what the vault notifies (services/vault)
 READY = "all services ready — talk to your assistant with `clawden chat`"
-NO_MODEL_KEY_SAID = """\
-not ready: no model key, so the assistant cannot answer anyone. Give the vault your Anthropic API key
+# Without these no message is answered; a bridge, the scheduler or the web app missing leaves the rest useful.
+NEEDED_TO_ANSWER = ("vault", "router", "runner")
+NOT_READY_NO_KEY = "not ready: no model key"
+NO_MODEL_KEY_SAID = (
+    NOT_READY_NO_KEY
+    + """, so the assistant cannot answer anyone. Give the vault your Anthropic API key
 (no restart needed; this console says when it has it), in another terminal:
     clawden secrets add anthropic --type anthropic      (paste the key at the prompt)
 or write it to {key_file} (chmod 600) and run `clawden init`."""
+)
 
 
 # CLAWDEN_UP_FORK=0 starts every child afresh on Linux too (to compare, or to rule the fork out).
@@ -145,6 +150,7 @@ class Child:
     next_start: float = 0.0
     said: dict[str, str] = field(default_factory=dict)  # the last value of each notify field
     log_offset: int = 0  # where this run's lines start in its log
+    failed: str = ""  # why it cannot run as configured: it is not restarted, and readiness names it
 
 
 class Supervisor:
@@ -262,11 +268,15 @@ class Supervisor:
                     child.restarts = 0  # healthy again: the next crash restarts at once
                 continue
             if code == EX_CONFIG:  # it said why in its log; restarting would only say it again
+                # The service logged "<name> cannot run as configured: <why>": the why is what is said here.
+                why = last_error(child.log_path, child.log_offset)
+                child.failed = why.removeprefix(f"{child.name} cannot run as configured: ")
                 self.say(
-                    f"{child.name} cannot run as configured: {last_error(child.log_path, child.log_offset)}\n"
+                    f"{child.name} cannot run as configured: {child.failed}\n"
                     f"{'':<10}not restarting it (see {child.log_path})"
                 )
                 child.proc, child.next_start = None, float("inf")
+                self.announce()  # the others may all be ready already: say so, and that this one is not
                 continue
             delay = backoff(child.restarts, cap=30.0) if child.restarts else 0.5
             child.restarts += 1
@@ -294,20 +304,37 @@ class Supervisor:
             self.announce()
 
     def readiness(self) -> str:
-        """ "" while a service is not up yet; else what to tell the person: ready, or what is missing."""
-        if not self.children or not all(c.ready for c in self.children):
+        """ "" while a service is still starting; else what to tell the person: ready, what is missing, and which
+        services cannot run as configured (each said when it gave up, and named again here with why)."""
+        if not self.children or any(not c.ready and not c.failed for c in self.children):
             return ""
+        failed = [c for c in self.children if c.failed]
+        if len(failed) == len(self.children):
+            return ""  # nothing runs: `up` says so and exits
+        broken = "".join(f"\n  {c.name}: {c.failed} (see {c.log_path})" for c in failed)
+        if needed := [c.name for c in failed if c.name in NEEDED_TO_ANSWER]:
+            return (
+                f"not ready: cannot run as configured:{broken}\n"
+                f"no message can be answered without the {' and '.join(needed)}; the other services are ready"
+            )
         vault = next((c for c in self.children if c.name == "vault"), None)
         if vault is not None and vault.said.get(MODEL_KEY_FIELD, NO_MODEL_KEY) == NO_MODEL_KEY:
-            return NO_MODEL_KEY_SAID.format(key_file=self.cfg.keys_dir / "anthropic")
+            state = NO_MODEL_KEY_SAID.format(key_file=self.cfg.keys_dir / "anthropic")
+            return f"{state}\nand cannot run as configured:{broken}" if failed else state
+        if failed:
+            return (
+                f"ready, except what cannot run as configured:{broken}\n"
+                "the other services are ready — talk to your assistant with `clawden chat`"
+            )
         return READY
 
     def announce(self) -> None:
         state = self.readiness()
         if state and state != self.announced:
-            if state == READY and self.announced.startswith("not ready"):
-                names = next(c.said.get(MODEL_KEY_FIELD) for c in self.children if c.name == "vault")
-                self.say(f"the vault has a model key now (secret {names})")
+            vault = next((c for c in self.children if c.name == "vault"), None)
+            key = vault.said.get(MODEL_KEY_FIELD, NO_MODEL_KEY) if vault is not None else NO_MODEL_KEY
+            if self.announced.startswith(NOT_READY_NO_KEY) and key != NO_MODEL_KEY:
+                self.say(f"the vault has a model key now (secret {key})")
             self.say(state)
         if state:
             self.announced = state

@@ -10,6 +10,7 @@ import pty
 import select
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TextIO
 
@@ -17,11 +18,13 @@ import msgspec
 import nats.errors
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from clawden import setup
 from clawden.bus import ensure_streams, publish, subjects
 from clawden.bus import events as ev
+from clawden.bus.ctl.common import PING, Pong
 from clawden.chat import TerminalChat, chat
 from tests.conftest import NatsServer
 from tests.eventually import eventually
@@ -77,6 +80,22 @@ def test_a_card_edited_elsewhere_no_longer_takes_numbers() -> None:
     assert isinstance(terminal.line("1"), ev.InboundMessage)
 
 
+@pytest.fixture
+async def router(nc: Client) -> AsyncIterator[None]:
+    """A router that answers its ping, which `clawden chat` asks first; these tests play the router's part in the
+    conversation on the bus themselves."""
+
+    async def pong(msg: Msg) -> None:
+        await msg.respond(
+            msgspec.json.encode(Pong(service="router", pid=os.getpid(), uptime=1.0, ready=True, stats={}))
+        )
+
+    sub = await nc.subscribe(PING.at("router").subject, cb=pong)
+    await nc.flush()
+    yield
+    await sub.unsubscribe()
+
+
 async def start_terminal(
     tmp_path: Path, nats_server: NatsServer, nc: Client
 ) -> tuple[JetStreamContext, asyncio.Task[int], TextIO, int, io.StringIO]:
@@ -98,7 +117,7 @@ async def start_terminal(
 
 
 async def test_clawden_chat_turns_a_typed_number_into_a_button_press_on_the_bus(
-    tmp_path: Path, nats_server: NatsServer, nc: Client
+    tmp_path: Path, nats_server: NatsServer, nc: Client, router: None
 ) -> None:
     js, session, stdin, write_fd, out = await start_terminal(tmp_path, nats_server, nc)
     await publish(js, subjects.outbound("local", ROUTE.chat_id), card_message(), msg_id="approval:ap-1")
@@ -113,7 +132,7 @@ async def test_clawden_chat_turns_a_typed_number_into_a_button_press_on_the_bus(
 
 
 async def test_the_terminal_shows_its_chats_replies_from_every_lane_in_order(
-    tmp_path: Path, nats_server: NatsServer, nc: Client
+    tmp_path: Path, nats_server: NatsServer, nc: Client, router: None
 ) -> None:
     js, session, stdin, write_fd, out = await start_terminal(tmp_path, nats_server, nc)
     other = ev.Route(
@@ -136,7 +155,7 @@ async def test_the_terminal_shows_its_chats_replies_from_every_lane_in_order(
 
 
 async def test_help_lists_the_commands_and_exit_leaves_without_sending_what_follows(
-    tmp_path: Path, nats_server: NatsServer, nc: Client
+    tmp_path: Path, nats_server: NatsServer, nc: Client, router: None
 ) -> None:
     js, session, stdin, write_fd, out = await start_terminal(tmp_path, nats_server, nc)
     inbound = await js.subscribe(subjects.inbound("local"))
@@ -151,7 +170,9 @@ async def test_help_lists_the_commands_and_exit_leaves_without_sending_what_foll
         await inbound.next_msg(timeout=1)
 
 
-async def test_a_reply_delivered_twice_is_shown_once(tmp_path: Path, nats_server: NatsServer, nc: Client) -> None:
+async def test_a_reply_delivered_twice_is_shown_once(
+    tmp_path: Path, nats_server: NatsServer, nc: Client, router: None
+) -> None:
     js, session, stdin, write_fd, out = await start_terminal(tmp_path, nats_server, nc)
     reply = ev.OutboundMessage(id="s-1:reply:2:send:0", route=ROUTE, text="only once")
     # As JetStream redelivers a message whose ack was lost (a NATS restart between print and ack).
@@ -173,7 +194,7 @@ async def test_a_reply_delivered_twice_is_shown_once(tmp_path: Path, nats_server
 
 @pytest.mark.parametrize(("last", "code"), [("reply", 0), ("error", 1)])
 async def test_once_waits_past_a_notice_and_exits_non_zero_when_the_message_will_not_be_answered(
-    tmp_path: Path, nats_server: NatsServer, nc: Client, last: str, code: int
+    tmp_path: Path, nats_server: NatsServer, nc: Client, router: None, last: str, code: int
 ) -> None:
     cfg = setup.init(tmp_path / "home")
     cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
@@ -201,7 +222,7 @@ async def test_once_waits_past_a_notice_and_exits_non_zero_when_the_message_will
     ("lines", "messages"), [(False, ["first line\nsecond line"]), (True, ["first line", "second line"])]
 )
 async def test_piped_input_is_one_message_unless_asked_line_by_line(
-    tmp_path: Path, nats_server: NatsServer, nc: Client, lines: bool, messages: list[str]
+    tmp_path: Path, nats_server: NatsServer, nc: Client, router: None, lines: bool, messages: list[str]
 ) -> None:
     home = tmp_path / "home"
     setup.init(home)
@@ -228,6 +249,33 @@ async def test_piped_input_is_one_message_unless_asked_line_by_line(
     got = [ev.decode((await inbound.next_msg(timeout=10)).data) for _ in messages]
     assert [m.text for m in got if isinstance(m, ev.InboundMessage)] == messages
     with pytest.raises(nats.errors.TimeoutError):
+        await inbound.next_msg(timeout=0.5)
+
+
+async def test_without_a_router_chat_says_so_in_one_line_with_what_to_run_and_sends_nothing(
+    tmp_path: Path, nats_server: NatsServer, nc: Client
+) -> None:
+    home = tmp_path / "home"
+    setup.init(home)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    inbound = await js.subscribe(subjects.inbound("local"))
+    env = {**os.environ, "CLAWDEN_HOME": str(home), "CLAWDEN_NATS_URL": nats_server.url}
+
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "clawden", "chat", "--once", "hello", "--timeout", "3"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+
+    assert proc.returncode == 1 and out == b"", (out, err)
+    assert err.decode().splitlines() == [
+        "clawden: the router is not running, so nothing would answer here: start Clawden with `clawden up`"
+        " (`clawden status` shows what runs)"
+    ]
+    with pytest.raises(nats.errors.TimeoutError):  # not left waiting in the stream for nobody
         await inbound.next_msg(timeout=0.5)
 
 
@@ -274,7 +322,7 @@ class Pty:
 
 
 async def test_in_a_terminal_a_paste_is_one_message_a_reply_keeps_the_typed_line_and_ctrl_c_leaves_at_once(
-    tmp_path: Path, nats_server: NatsServer, nc: Client
+    tmp_path: Path, nats_server: NatsServer, nc: Client, router: None
 ) -> None:
     home = tmp_path / "home"
     setup.init(home)
@@ -309,7 +357,7 @@ async def test_in_a_terminal_a_paste_is_one_message_a_reply_keeps_the_typed_line
 
 
 async def test_once_leaves_as_soon_as_its_reply_is_shown_and_acknowledged(
-    tmp_path: Path, nats_server: NatsServer, nc: Client
+    tmp_path: Path, nats_server: NatsServer, nc: Client, router: None
 ) -> None:
     cfg = setup.init(tmp_path / "home")
     cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -17,6 +18,29 @@ def test_init_creates_a_private_keys_folder_a_config_and_the_main_group(tmp_path
     assert (tmp_path / "home" / "config.toml").exists()
     assert "send_message" in (cfg.groups_dir / "main" / "CLAUDE.md").read_text()
     assert cfg.embedded_nats and cfg.nats_url == f"nats://127.0.0.1:{cfg.nats.port}"
+
+
+def test_init_keeps_other_users_out_of_the_home_but_leaves_what_containers_read_readable(tmp_path: Path) -> None:
+    """Conversations, the services' databases and logs are in the home: a shell's umask 022 must not open them to
+    every local user. Agent containers get their folders by mount, so the home can be closed; under a root install
+    they run as uid 1000, which must still read the shared memory (groups/global, mounted read-only)."""
+    old = os.umask(0o022)  # a usual shell's
+    try:
+        cfg = setup.init(tmp_path / "home")
+    finally:
+        os.umask(old)
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(cfg.home_path) == mode(cfg.data_dir) == mode(cfg.path("logs")) == 0o700
+    assert mode(cfg.groups_dir / "global") == 0o755 and mode(cfg.groups_dir / "global" / "CLAUDE.md") == 0o644
+
+
+def test_init_leaves_the_mode_of_a_home_that_is_there_as_it_is(tmp_path: Path) -> None:
+    tmp_path.chmod(0o750)
+    setup.init(tmp_path)
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o750  # `clawden doctor` says what to do about it
 
 
 def test_init_never_overwrites_what_the_user_changed(tmp_path: Path) -> None:

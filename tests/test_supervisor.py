@@ -18,6 +18,7 @@ import pytest
 from clawden import config, natsauth, natsserver, setup
 from clawden.supervisor import Supervisor, image_warning
 from tests.conftest import NatsServer
+from tests.fakes.telegram import FakeTelegram
 
 
 def test_a_service_that_cannot_run_as_configured_is_not_restarted(
@@ -132,6 +133,63 @@ def _until(sup: Supervisor, out: io.StringIO, text: str, timeout: float = 60) ->
         assert time.monotonic() < deadline, out.getvalue()
         sup.poll()
         time.sleep(0.05)
+
+
+@pytest.mark.nats
+def test_a_bridge_the_platform_refuses_is_named_with_why_and_the_rest_are_said_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    telegram = FakeTelegram().start_in_thread()
+    monkeypatch.setenv("CLAWDEN_TELEGRAM_API_URL", telegram.url)
+    monkeypatch.delenv("CLAWDEN_TELEGRAM_TOKEN", raising=False)
+    (tmp_path / "config.toml").write_text(f"[nats]\nport = {natsserver.free_port()}\n")
+    cfg = setup.init(tmp_path)
+    (cfg.keys_dir / "telegram").write_text("7012345678:revoked\n")  # a token BotFather no longer honours
+    (cfg.keys_dir / "telegram").chmod(0o600)
+    out = io.StringIO()
+    sup = Supervisor(cfg, ("scheduler", "channel@telegram"), out=out)
+    try:
+        sup.start_nats()
+        deadline = time.monotonic() + 60
+        # Both said, in whichever order: the scheduler is ready, the bridge gave up.
+        while not (sup.children[0].ready and "channel@telegram cannot run as configured" in out.getvalue()):
+            assert time.monotonic() < deadline, out.getvalue()
+            sup.poll()
+            time.sleep(0.05)
+
+        said = out.getvalue()
+        assert "all services ready" not in said, said
+        why = "Telegram rejected the bot token (401 Unauthorized); put the token @BotFather gave you in keys/telegram"
+        assert f"channel@telegram cannot run as configured: {why}" in said, said  # when it gave up
+        log = tmp_path / "logs" / "channel-telegram.log"
+        assert "ready, except" in said, said  # the summary, which a bridge that gave up used to keep from being said
+        summary = said[said.index("ready, except") :].splitlines()
+        assert summary[:3] == [
+            "ready, except what cannot run as configured:",
+            f"  channel@telegram: {why} (mode 0600) or CLAWDEN_TELEGRAM_TOKEN (see {log})",
+            "the other services are ready — talk to your assistant with `clawden chat`",
+        ], said
+    finally:
+        sup.stop()
+        telegram.stop_thread()
+
+
+def test_a_core_service_that_cannot_run_is_said_to_keep_every_message_unanswered(tmp_path: Path) -> None:
+    sup = Supervisor(setup.init(tmp_path), ("router", "scheduler", "channel@telegram"), out=io.StringIO())
+    router, scheduler, telegram = sup.children
+    try:
+        router.failed = "NATS refused the identity 'router'"
+        scheduler.ready = True
+        assert sup.readiness() == ""  # the bridge is still starting: nothing to sum up yet
+
+        telegram.ready = True
+        assert sup.readiness().splitlines() == [
+            "not ready: cannot run as configured:",
+            f"  router: NATS refused the identity 'router' (see {tmp_path / 'logs' / 'router.log'})",
+            "no message can be answered without the router; the other services are ready",
+        ]
+    finally:
+        sup.stop()
 
 
 @pytest.mark.nats

@@ -33,11 +33,12 @@ import msgspec
 import nkeys
 from nats.aio.client import Client
 
-from clawden import agentcontainer, natsauth, packagespec
+from clawden import agentcontainer, installed, natsauth, packagespec
 from clawden.bridgeconfig import BridgeConfigError, read_secret
 from clawden.bus.ctl import Nothing, Verb
 from clawden.bus.ctl import router as router_ctl
 from clawden.bus.ctl import vault as vault_ctl
+from clawden.bus.ctl.common import PING
 from clawden.config import Config, configured_bridges, unknown_in_file
 from clawden.installed import start_hint
 from clawden.owner import Unreachable, connect_cli
@@ -288,6 +289,19 @@ async def check_keys(p: Probe) -> Result:
         return fail(f"readable by others: {shown}", fix)
     seeds = len(list(natsauth.seed_dir(p.cfg).glob("*.nk")))
     return ok(f"{keys} 0700, secrets 0600 ({seeds} NATS seeds)")
+
+
+async def check_home(p: Probe) -> Result:
+    """The home keeps other users out: the conversations, the services' databases and logs are in it (`clawden init`
+    makes it 0700; a home made before that, or by hand, may let them in)."""
+    home = p.cfg.home_path
+    mode = (await asyncio.to_thread(home.stat)).st_mode & 0o777
+    if mode & 0o077:
+        return warn(
+            f"{home} is mode {mode:o}: other users here may read the conversations, databases (data/) and logs in it",
+            f"chmod 700 {home} (agent containers are given their folders by mount: they need no way through it)",
+        )
+    return ok(f"{home} {mode:04o}: conversations, databases and logs are this user's alone")
 
 
 # ---- runners on other hosts (`clawden runners add`) -----------------------------------------------
@@ -850,7 +864,46 @@ def bridge_module(channel: str) -> Any:
     return importlib.import_module(CHANNEL_MODULE.format(channel))
 
 
+def bridge_start_fix(cfg: Config, channel: str) -> str:
+    """How to run the bridge of `channel` here: `clawden up` starts every bridge with a token when it starts; the
+    units run one whose unit `clawden units install` enabled (it enables those with a token when it runs)."""
+    scope = installed.installed_scope(ask_systemctl=False)
+    if scope is None:
+        return "restart `clawden up`: it starts every bridge that has a token when it starts"
+    unit = f"clawden-channel@{channel}.service"
+    folder = installed.SYSTEM_UNIT_DIR if scope == "system" else installed.unit_dir("user", Path.home())
+    if not (folder / f"{installed.TARGET}.wants" / unit).exists():  # the token came after the units were installed
+        sudo, home = ("sudo " if scope == "system" else ""), f"--home {cfg.home} "
+        return f"`{sudo}clawden {home}units install --{scope} --now`: it enables and starts every bridge with a token"
+    return f"{start_hint(cfg, unit)} (`clawden logs channel@{channel}` says why it stopped)"
+
+
+async def bridge_running(p: Probe, channel: str) -> bool:
+    """Whether the bridge answers on the bus: a token that works is no use to a bridge that does not run."""
+    try:
+        await p.ask(PING.at(natsauth.identity(f"channel@{channel}")), Nothing())
+    except (Unreachable, RuntimeError):  # NATS away (its own row says so), or nobody answers as this bridge
+        return False
+    return True
+
+
+def channel_row(channel: str) -> CheckFn:
+    """A channel's row: its token (`channel_check`), then whether its bridge runs: a token that works is no use to a
+    bridge that does not."""
+    token_check = channel_check(channel)
+
+    async def check(p: Probe) -> Result:
+        token = await token_check(p)
+        if token.status != "ok" or await bridge_running(p, channel):
+            return token
+        return warn(f"{token.detail}; but its bridge is not running", bridge_start_fix(p.cfg, channel))
+
+    return check
+
+
 def channel_check(channel: str) -> CheckFn:
+    """The channel's token: present, and (where the bridge can ask) accepted by the platform."""
+
     async def check(p: Probe) -> Result:
         token_fix = (
             f"put the {channel} token in {p.cfg.keys_dir / channel} (chmod 600) or CLAWDEN_{channel.upper()}_TOKEN"
@@ -972,6 +1025,7 @@ def checks(cfg: Config, environ: dict[str, str]) -> list[Check]:
         Check("agent image", check_image, 30),
         Check("NATS", check_nats, 10),
         Check("config", check_config, 10),
+        Check("home", check_home, 5),
         Check("keys", check_keys, 5),
         *(Check(f"runner {rid}", runner_seed_check(rid), 5) for rid in natsauth.added_runners(cfg)),
         Check("vault key", check_vault_key, 5),
@@ -979,7 +1033,7 @@ def checks(cfg: Config, environ: dict[str, str]) -> list[Check]:
         Check("CA trust in a container", check_ca_trust, CONTAINER_WAIT + 20),
         *([Check("vault tcp", check_vault_tcp, 30)] if cfg.vault.tcp_listen else []),
         Check("model credential", check_model, 10),
-        *([Check(f"channel {name}", channel_check(name), 20) for name in channels] or [Check("channels", no_channels)]),
+        *([Check(f"channel {name}", channel_row(name), 20) for name in channels] or [Check("channels", no_channels)]),
         *([Check("webhooks", check_webhooks, 25)] if cfg.webhooks.listen else []),
         *([Check("web", check_web, 25)] if cfg.web.listen else []),
         Check("disk", check_disk, 5),

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +19,8 @@ import msgspec
 import pytest
 
 from clawden import config as config_mod
-from clawden import natsauth
+from clawden import installed, natsauth, setup
+from clawden.cli import doctor
 from clawden.cli.doctor import (
     DISK_WARN,
     Probe,
@@ -38,6 +42,7 @@ from clawden.cli.doctor import (
 )
 from clawden.cli.main import main
 from clawden.pki import CertificateAuthority
+from clawden.supervisor import Supervisor
 from clawden.vaultfiles import trust_dir
 from services.vault.certs import write_trust_files
 from tests.e2e.harness import Stack
@@ -126,6 +131,31 @@ async def test_secrets_others_may_read_fail_with_the_chmod_that_fixes_them(tmp_p
     assert (await check_keys(probe)).status == (await check_vault_key(probe)).status == "ok"
 
 
+async def row(cfg: config_mod.Config, env: dict[str, str], name: str) -> Result:
+    """The row `clawden doctor` shows under `name`, checked alone."""
+    [check] = [c for c in doctor.checks(cfg, env) if c.name == name]
+    probe = Probe(cfg, env)
+    try:
+        return await check.run(probe)
+    finally:
+        await probe.close()
+
+
+async def test_a_home_other_users_may_enter_is_warned_of_with_the_chmod_that_closes_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o755)  # made before `clawden init` closed new homes, or by hand
+    cfg = fresh_home(home)
+
+    opened = await row(cfg, {}, "home")
+    home.chmod(0o700)
+    closed = await row(cfg, {}, "home")
+
+    assert opened.status == "WARN" and opened.detail.startswith(f"{home} is mode 755: other users here may read")
+    assert opened.fix.startswith(f"chmod 700 {home} ")
+    assert closed == Result("ok", f"{home} 0700: conversations, databases and logs are this user's alone")
+
+
 async def test_a_damaged_vault_key_or_a_lost_one_with_sealed_secrets_fails(tmp_path: Path) -> None:
     cfg = fresh_home(tmp_path / "home")
     probe = Probe(cfg, {})
@@ -160,6 +190,43 @@ async def test_a_telegram_token_is_asked_with_getme_where_the_bridge_would_ask(
     assert result.status == "ok" and result.detail.startswith("token accepted: @clawden_test_bot; privacy mode on:")
     assert "/setprivacy" in result.detail  # and how to let the bot read every group message
     assert [call.outcome for call in telegram.calls_to("getMe")] == ["ok"]
+
+
+@pytest.mark.nats
+def test_a_channel_with_a_good_token_is_ok_only_while_its_bridge_runs(
+    tmp_path: Path, telegram: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLAWDEN_TELEGRAM_API_URL", telegram.url)  # for the bridge `clawden up` starts
+    monkeypatch.setenv("CLAWDEN_TELEGRAM_POLL_TIMEOUT", "2")  # long polls the fake ends within its stop
+    monkeypatch.setattr(installed, "installed_scope", lambda *_, **__: None)  # no units here: `clawden up` runs it
+    cfg = setup.init(fresh_home(tmp_path / "home").home_path)  # as `clawden up` does: nats.conf on its port
+    (cfg.keys_dir / "telegram").write_text(telegram.token + "\n")
+    (cfg.keys_dir / "telegram").chmod(0o600)
+    env = {"CLAWDEN_TELEGRAM_API_URL": telegram.url}
+    console = io.StringIO()
+    sup = Supervisor(cfg, ("scheduler", "channel@telegram"), out=console)
+    try:
+        sup.start_nats()
+        deadline = time.monotonic() + 60
+        while not all(c.ready for c in sup.children):
+            assert time.monotonic() < deadline and "cannot run" not in console.getvalue(), console.getvalue()
+            sup.poll()
+            time.sleep(0.05)
+        running = asyncio.run(row(cfg, env, "channel telegram"))
+
+        bridge = sup.children[1].proc
+        assert bridge is not None
+        bridge.send_signal(signal.SIGTERM)  # the bridge stops; the rest of Clawden runs on
+        bridge.wait(30)
+        stopped = asyncio.run(row(cfg, env, "channel telegram"))
+    finally:
+        sup.stop()
+
+    assert running.status == "ok" and running.detail.startswith("token accepted: @clawden_test_bot")
+    assert stopped.status == "WARN"
+    assert stopped.detail.startswith("token accepted: @clawden_test_bot")
+    assert stopped.detail.endswith("; but its bridge is not running")
+    assert stopped.fix == "restart `clawden up`: it starts every bridge that has a token when it starts"
 
 
 async def test_a_telegram_token_the_api_rejects_fails_with_where_to_put_the_right_one(
