@@ -892,6 +892,13 @@ def platform_message_id(folder: Path, seq: int) -> str | None:
     return str(value) if value else None
 
 
+def outbound_row_id(folder: Path, seq: int) -> str | None:
+    """The id the agent gave its outbound row `seq` (its outbound event is `<session>:<id>`), or None."""
+    with opened(folder / OUTBOUND, readonly=True) as conn:
+        row = conn.execute("SELECT id FROM messages_out WHERE seq = ?", (seq,)).fetchone()
+    return str(row[0]) if row else None
+
+
 def failed_deliveries(folder: Path, after_seq: int = 0) -> list[tuple[int, str]]:
     """(outbound seq, error) of sends the platform refused for good, newest last."""
     with opened(folder / INBOUND, readonly=True) as conn:

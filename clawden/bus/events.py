@@ -224,6 +224,9 @@ class OutboundEdit(_Event, tag="outbound.edit", frozen=True):
     card: Card | None = None
     session_id: OptionalSession = ""
     seq: int = 0
+    # The outbound message whose part `target_message_id` is, where the sender knows it: an instance of the bridge
+    # that did not send it reads its parts from the shared sent-log (checked to hold the target), not only the one.
+    target_outbound_id: str = ""
 
 
 class OutboundReaction(_Event, tag="outbound.reaction", frozen=True):

@@ -50,6 +50,7 @@ class PartRecord(msgspec.Struct, frozen=True, kw_only=True, tag="sent.part", tag
     # When the part was first claimed for the platform, kept by every later claim: a platform that drops a repeat
     # of one send's key does so only for a while after the send (0: not known, never repeated on the chance).
     tried: float = 0.0
+    removed: bool = False  # an edit took the part away (or emptied it): later edits, on any instance, leave it be
 
 
 DECODER = msgspec.json.Decoder(PartRecord)
@@ -131,8 +132,10 @@ class SentLog:
         platform_id: str = "",
         error: str = "",
         kind: PartKind = "",
+        removed: bool = False,
     ) -> None:
-        """What became of a part this instance claimed (one write, whatever is there: the claim made it ours)."""
+        """What became of a part this instance claimed (one write, whatever is there: the claim made it ours), or
+        that an edit took a sent part away (`removed`)."""
         await self._write(
             PartRecord(
                 outbound_id=outbound_id,
@@ -144,8 +147,18 @@ class SentLog:
                 kind=kind,
                 at=time.time(),
                 tried=self._tried.pop((outbound_id, part), 0.0),
+                removed=removed,
             )
         )
+
+    async def parts(self, outbound_id: str) -> dict[int, PartRecord]:
+        """The parts of the message the log holds, by number: read in order until one is missing or unreadable."""
+        found: dict[int, PartRecord] = {}
+        while (record := await self.read(outbound_id, len(found))) is not None:
+            if record.record is None:
+                break
+            found[len(found)] = record.record
+        return found
 
     async def read(self, outbound_id: str, part: int) -> Found | None:
         """The part's record, None where there is none. One that does not decode is logged and returned as

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -89,6 +89,7 @@ class PartEdit:
     text: str = ""
     buttons: bool = False  # the part that carries the card's buttons
     remove: bool = False  # the new text no longer needs this part
+    part: int = field(default=-1, compare=False)  # its number in its message, where the sent-log knows it
 
 
 def plan_edit(
@@ -98,17 +99,20 @@ def plan_edit(
     buttons on the last one used), the text parts the new text no longer needs removed, and its files left
     as they are; more text than its parts hold is cut at the last. A message the log does not know (or
     one of files only) is edited where the target points."""
-    texts = [p.platform_id for _, p in sorted(parts.items()) if p.kind == "text" and p.platform_id and not p.removed]
+    texts = [
+        (n, p.platform_id) for n, p in sorted(parts.items()) if p.kind == "text" and p.platform_id and not p.removed
+    ]
     if len(texts) <= 1:
-        return [PartEdit(texts[0] if texts else target, truncate(text, max_text, measure), buttons=True)]
+        n, pid = texts[0] if texts else (-1, target)
+        return [PartEdit(pid, truncate(text, max_text, measure), buttons=True, part=n)]
     chunks = split_text(text, max_text, measure) or [""]
     if len(chunks) > len(texts):
         chunks = [*chunks[: len(texts) - 1], truncate("\n\n".join(chunks[len(texts) - 1 :]), max_text, measure)]
     edits = [
-        PartEdit(pid, chunk, buttons=i == len(chunks) - 1)
-        for i, (pid, chunk) in enumerate(zip(texts, chunks, strict=False))
+        PartEdit(pid, chunk, buttons=i == len(chunks) - 1, part=n)
+        for i, ((n, pid), chunk) in enumerate(zip(texts, chunks, strict=False))
     ]
-    return [*edits, *(PartEdit(pid, remove=True) for pid in texts[len(chunks) :])]
+    return [*edits, *(PartEdit(pid, remove=True, part=n) for n, pid in texts[len(chunks) :])]
 
 
 def button_rows(buttons: list[ButtonRef]) -> list[list[ButtonRef]]:
@@ -416,13 +420,14 @@ class Delivery:
         platform_id: str = "",
         error: str = "",
         kind: PartKind = "",
+        removed: bool = False,
     ) -> None:
-        """Tell the other instances what came of a part this one claimed. Where the bus does not take it, the
-        claim's 'sending' stays there, which they read as unconfirmed: never a second copy, so it is logged,
-        not raised (this instance's own log has the outcome)."""
+        """Tell the other instances what came of a part this one claimed, or that an edit took a sent part away.
+        Where the bus does not take it, the claim's 'sending' stays there, which they read as unconfirmed: never a
+        second copy, so it is logged, not raised (this instance's own log has the outcome)."""
         try:
             shared = await self._shared_log()
-            await shared.record(outbound_id, i, state, platform_id=platform_id, error=error, kind=kind)
+            await shared.record(outbound_id, i, state, platform_id=platform_id, error=error, kind=kind, removed=removed)
         except sentlog.Unavailable as exc:
             log.warning(
                 "%s: outbound %s part %d is %s, but the shared sent-log did not take it: %s",
@@ -495,10 +500,10 @@ class Delivery:
             await self._fail(event, f"{self.channel} cannot edit messages")
             return
         buttons = await self._buttons(event.id, event.card) if self.caps.cards else []
-        found = await self.state.message_of(event.target_message_id)
+        outbound_id, parts = await self._parts_of(event)
         edits = plan_edit(
             event.target_message_id,
-            found[1] if found else {},
+            parts,
             render_text(event.text, event.card),
             self.caps.max_text,
             self.caps.measure,
@@ -506,13 +511,33 @@ class Delivery:
         for n, change in enumerate(edits):
             label = f"part {n + 1} of {len(edits)}: " if len(edits) > 1 else ""
             try:
-                await self._apply_edit(event, change, buttons if change.buttons else [])
+                await self._apply_edit(event, change, buttons if change.buttons else [], outbound_id)
             except PlatformError as exc:
                 await self._fail(event, label + exc.description)
                 return
         await self._receipt(event, ok=True, platform_id=event.target_message_id)
 
-    async def _apply_edit(self, event: ev.OutboundEdit, change: PartEdit, buttons: list[list[ButtonRef]]) -> None:
+    async def _parts_of(self, event: ev.OutboundEdit) -> tuple[str, dict[int, Send]]:
+        """The message the edit's target is a part of, with every part: where the event names it, as the shared
+        sent-log has it (a twin may have sent it, or taken parts away since), once that holds the target; else as
+        this instance's own log has it ("", {} where neither knows it: the target alone is edited)."""
+        found = await self.state.message_of(event.target_message_id)
+        local = found[1] if found else {}
+        if event.target_outbound_id:
+            shared = await (await self._shared_log()).parts(event.target_outbound_id)
+            if any(r.platform_id == event.target_message_id for r in shared.values()):
+                gone = {n for n, p in local.items() if p.removed}
+                parts = {
+                    n: Send(n, "sent", r.platform_id, "", r.kind, removed=r.removed or n in gone)
+                    for n, r in shared.items()
+                    if r.state == "sent"  # what an edit can reach
+                }
+                return event.target_outbound_id, parts
+        return (found[0], local) if found else ("", {})
+
+    async def _apply_edit(
+        self, event: ev.OutboundEdit, change: PartEdit, buttons: list[list[ButtonRef]], outbound_id: str
+    ) -> None:
         async def once() -> None:
             await self._paced(event.route)
             if change.remove:
@@ -530,6 +555,10 @@ class Delivery:
         await self._attempt(event, once, idempotent=True)
         if change.remove:
             await self.state.removed(change.target)
+            if outbound_id and change.part >= 0:  # for the twins' later edits of the message
+                await self._share(
+                    outbound_id, change.part, "sent", platform_id=change.target, kind="text", removed=True
+                )
 
     async def _react(self, event: ev.OutboundReaction) -> None:
         try:

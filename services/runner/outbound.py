@@ -145,6 +145,7 @@ def translate(
                 raise Refused(f"#{seq} has no platform message id")
             event: ev.Event
             if isinstance(content, sessionrows.Edit):
+                row_id = sessiondb.outbound_row_id(folder, seq) if seq % 2 else None
                 event = ev.OutboundEdit(
                     id=key,
                     route=route,
@@ -152,6 +153,7 @@ def translate(
                     text=_text(content.text),
                     session_id=info.id,
                     seq=row.seq,
+                    target_outbound_id=f"{info.id}:{row_id}" if row_id else "",
                 )
             else:
                 event = ev.OutboundReaction(

@@ -342,6 +342,65 @@ async def test_a_message_another_instance_sent_is_skipped_there_and_its_ids_know
     ]
 
 
+class Editable(MemoryBridge):
+    """A platform whose posts the bot may edit and delete, as the chat shows them (platform id -> text)."""
+
+    def __init__(self, shown: dict[str, str]) -> None:
+        super().__init__(Capabilities(max_text=20, edits=True))
+        self.shown = shown
+
+    async def send_text(
+        self, route: ev.Route, text: str, *, reply_to: str | None, buttons: list[list[ButtonRef]], key: str
+    ) -> str:
+        pid = f"p{len(self.shown) + 1}"
+        self.shown[pid] = text
+        return pid
+
+    async def edit(self, route: ev.Route, target: str, text: str, buttons: list[list[ButtonRef]]) -> None:
+        if target not in self.shown:
+            raise PlatformError("message to edit not found", "permanent")
+        self.shown[target] = text
+
+    async def delete(self, route: ev.Route, target: str) -> None:
+        self.shown.pop(target, None)
+
+
+async def test_an_edit_handed_to_the_instance_that_did_not_send_the_message_refills_all_its_parts(
+    state: BridgeState, other: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    # One chat, two instances: the first sends a message in three parts, the edits go to the other, then back.
+    shown: dict[str, str] = {}
+    first, second = (
+        delivery_for(Editable(shown), state, bus, tmp_path),
+        delivery_for(Editable(shown), other, bus, tmp_path),
+    )
+    await first.handle(message("one one one\n\ntwo two two\n\nthree three", id="s:7"), fake_msg())
+    assert shown == {"p1": "one one one", "p2": "two two two", "p3": "three three"}
+
+    def edit(text: str, n: int) -> ev.OutboundEdit:
+        return ev.OutboundEdit(id=f"s:e{n}", route=ROUTE, target_message_id="p3", text=text, target_outbound_id="s:7")
+
+    await second.handle(edit("uno uno uno uno\n\ndos dos dos dos", 1), fake_msg())
+    assert shown == {"p1": "uno uno uno uno", "p2": "dos dos dos dos"}  # not only the part the edit names
+    # Back on the first: the third part is gone, whoever took it away; the text is cut at the last part left.
+    await first.handle(edit("eins eins eins\n\nzwei zwei zwei\n\ndrei drei drei", 2), fake_msg())
+    assert shown.keys() == {"p1", "p2"} and shown["p1"] == "eins eins eins" and shown["p2"].startswith("zwei zwei")
+    assert [(r.ok, r.error) for r in await receipts(bus) if r.outbound_id.startswith("s:e")] == [(True, None)] * 2
+
+
+async def test_an_edit_naming_a_message_that_does_not_hold_its_target_edits_the_target_alone(
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    # The outbound id comes from a row the agent wrote: it cannot make an edit reach another message's parts.
+    shown: dict[str, str] = {}
+    delivery = delivery_for(Editable(shown), state, bus, tmp_path)
+    await delivery.handle(message("mine mine mine\n\nmore of mine", id="s:1"), fake_msg())
+    await delivery.handle(message("other words", id="s:3"), fake_msg())
+    forged = ev.OutboundEdit(id="s:e", route=ROUTE, target_message_id="p3", text="changed", target_outbound_id="s:1")
+    await delivery.handle(forged, fake_msg())
+    assert shown == {"p1": "mine mine mine", "p2": "more of mine", "p3": "changed"}
+
+
 async def test_a_part_in_flight_on_an_instance_killed_mid_send_is_unconfirmed_on_the_other_not_posted_twice(
     state: BridgeState, other: BridgeState, bus: Bus, tmp_path: Path
 ) -> None:

@@ -159,3 +159,12 @@ def test_a_file_swapped_for_a_link_after_it_was_taken_still_sends_what_was_taken
     assert not Path(sent).is_relative_to(sessions / "main" / "s-1")
     assert Path(sent).resolve().is_relative_to(sessions.resolve())
     assert files.outbox_file(sessions, sent) == Path(sent).resolve()
+
+
+def test_an_edit_names_the_delivered_message_and_the_outbound_event_it_went_out_as(folder: Path) -> None:
+    sent = row(folder, "chat", {"text": "a long answer"})
+    sessiondb.record_delivery(folder, sent.seq, platform_message_id="42:7")
+    [action] = translate(INFO, folder, row(folder, "edit", {"target_seq": sent.seq, "text": "shorter"}), {})
+    assert isinstance(action, Publish) and isinstance(action.event, ev.OutboundEdit)
+    # Its parts are found by the event's id on any instance of the bridge (the shared sent-log).
+    assert (action.event.target_message_id, action.event.target_outbound_id) == ("42:7", f"s-1:{sent.id}")
