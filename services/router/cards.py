@@ -3,6 +3,13 @@ agent group, or to a new one the owner names)."""
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import msgspec
+
 from clawden.bus import events as ev
 from clawden.bus.ctl import router as ctl
 from services.router import commands
@@ -15,7 +22,11 @@ CONNECT_PREFIX = "connect:"
 MAX_CHOICES = 5  # chat platforms render a handful of buttons well
 NEW_AGENT = "new-agent"  # the channel card's choice of a new agent group, named by the owner next
 NAME_WORD = "newagent"  # `/newagent NAME`: the owner's answer, in any chat they write from
+MAX_NAME = 40  # ev.GROUP_PATTERN's
+NAME_RULE = f"lowercase letters, digits, - and _, at most {MAX_NAME}, starting with a letter or digit"
 NAMING_SUFFIX = "-name"  # the follow-up notice's id: the channel approval's, with this
+# The notice to whoever pressed a button the router did not carry out: the pressed card's id, with this.
+UNDONE_SUFFIX = "-undone"
 STARTER_MEMORY = """\
 # {name}
 
@@ -110,6 +121,54 @@ def chosen_group(decision: ev.ApprovalDecision, default: str) -> str:
     return value if value and value != APPROVE else default
 
 
+def choice(value: str) -> str:
+    """The words of the button a decision's `value` names."""
+    if value.startswith(CONNECT_PREFIX):
+        return f"Connect to {value[len(CONNECT_PREFIX) :]}"
+    return {APPROVE: "Allow", NEW_AGENT: "New agent…"}.get(value, value or "Allow")
+
+
+def again_id(decision_id: str) -> str:
+    """The id of the card that asks again when the decision made on card `decision_id` was not carried out: one
+    card, however often that decision is delivered."""
+    return f"rt-{hashlib.sha256(decision_id.encode()).hexdigest()[:16]}"
+
+
+def asked_again(request: ev.ApprovalRequest, decision: ev.ApprovalDecision, why: str) -> ev.ApprovalRequest:
+    """A fresh card for an approval whose last card was answered in a way the router could not carry out."""
+    line = f"Asked again: {decision.decided_by}'s answer ({choice(decision.value)}) was not carried out: {why}."
+    card = msgspec.structs.replace(request.card, body=f"{request.card.body}\n\n{line}")
+    return msgspec.structs.replace(request, card=card)
+
+
+def not_done(
+    decision: ev.ApprovalDecision,
+    kind: Literal["sender", "channel"],
+    agent_group: str,
+    about: str,
+    why: str,
+    *,
+    again: bool,
+) -> ev.ApprovalRequest:
+    """The word to whoever pressed a button the router did not carry out, as a notice (no buttons) in their own
+    chat: the card they pressed shows their choice (the approvals service edits it at the press), and the router
+    cannot change it."""
+    then = " A new card asks again." if again else ""
+    return ev.ApprovalRequest(
+        id=f"{decision.id}{UNDONE_SUFFIX}",
+        kind=kind,
+        requester=REQUESTER,
+        agent_group=agent_group or "main",
+        card=ev.Card(
+            title="Not carried out",
+            body=f"You chose {choice(decision.value)} on the card about {about}, and it was not carried out: {why}."
+            f" Whatever that card shows, nothing was changed.{then}",
+        ),
+        approvers=(decision.decided_by,),
+        context={"channel": decision.decided_by.partition(":")[0]},
+    )
+
+
 def name_request(approval_id: str, chat: str, owner: str, expires_at: float) -> ev.ApprovalRequest:
     """The follow-up to the owner who chose "New agent": a notice (no buttons, so nothing to decide) in their
     direct chat, asking for the name in the one way every platform allows: a message."""
@@ -121,7 +180,7 @@ def name_request(approval_id: str, chat: str, owner: str, expires_at: float) -> 
         card=ev.Card(
             title="Name the new agent",
             body=f"Reply with /{NAME_WORD} NAME to create agent group NAME for {chat} and connect the chat to it"
-            " (a name of lowercase letters, digits, - and _, at most 40).",
+            f" (a name of {NAME_RULE}).",
         ),
         expires_at=expires_at,
         approvers=(owner,),
@@ -130,23 +189,57 @@ def name_request(approval_id: str, chat: str, owner: str, expires_at: float) -> 
 
 
 def named(text: str) -> str | None:
-    """The NAME of `/newagent NAME` ("" when none was given); None when the text is not that command."""
+    """What follows `/newagent` ("" when nothing does), as given; None when the text is not that command."""
     if commands.parse(text).word != NAME_WORD:
         return None
-    words = text.split()
-    return words[1] if len(words) == 2 else ""
+    parts = text.split(maxsplit=1)
+    return parts[1].strip() if len(parts) == 2 else ""
 
 
-def name_problem(name: str, *, taken: bool) -> str:
-    """Why `name` cannot be the new agent group's ("" when it can)."""
-    if not ev.GROUP_NAME.fullmatch(name):
-        return (
-            f"Give the new agent a name: /{NAME_WORD} NAME, with lowercase letters, digits, - and _"
-            " (at most 40, starting with a letter or digit)."
+def _slug(text: str) -> str:
+    """A name made of several words: lowercase, joined by -, what no name may hold left out."""
+    return re.sub(r"[^a-z0-9_]+", "-", text.lower()).strip("-_")[:MAX_NAME].rstrip("-_")
+
+
+def name_problem(given: str, chat: str, folders: Mapping[str, str]) -> str:
+    """Why `/newagent {given}` makes no agent group for `chat` ("" when it does), said so that the owner knows what
+    to send instead. `folders`: every agent group's folder, by its name (the new group's folder is its name)."""
+    waits = f" Nothing was created; {chat} still waits for a name."
+    if not given:
+        return f"Give the new agent a name: /{NAME_WORD} NAME ({NAME_RULE}).{waits}"
+    if len(given.split()) > 1:
+        slug = _slug(given)
+        instead = (
+            f" /{NAME_WORD} {slug} would name it {slug}." if slug and not name_problem(slug, chat, folders) else ""
         )
-    if taken:
-        return f"An agent group or folder named {name} exists already: /{NAME_WORD} another name."
+        return f"An agent's name is one word ({NAME_RULE}).{instead}{waits}"
+    if not ev.GROUP_NAME.fullmatch(given):
+        lower = given.lower()
+        if not ev.GROUP_NAME.fullmatch(lower):
+            return f"{given} cannot name an agent group: give a name of {NAME_RULE}.{waits}"
+        taken = name_problem(lower, chat, folders)
+        if taken:
+            return f"Agent group names are lowercase, so that is {lower}. {taken}"
+        return f"Agent group names are lowercase: /{NAME_WORD} {lower} would name it {lower}.{waits}"
+    if given in ev.RESERVED_FOLDERS:
+        return f"{given} is the folder of the memory every agent group shares: /{NAME_WORD} another name.{waits}"
+    if given in folders:
+        return f"An agent group named {given} exists already: /{NAME_WORD} another name.{waits}"
+    for group, folder in sorted(folders.items()):
+        if folder == given:
+            return f"Agent group {group} keeps its memory in the folder {given}: /{NAME_WORD} another name.{waits}"
     return ""
+
+
+def created(name: str, chat: str, *, kept_memory: bool, waiting: Sequence[str]) -> str:
+    """The owner's answer once `/newagent NAME` made the group: what was made, and which chats still wait for a
+    name (the next `/newagent NAME` names the first of them)."""
+    said = f"Created agent group {name} (folder groups/{name}) and connected {chat} to it."
+    if kept_memory:
+        said += " Its folder had a CLAUDE.md already, which is kept."
+    if waiting:
+        said += f" Still waiting for a name: {', '.join(waiting)} (/{NAME_WORD} NAME names {waiting[0]} next)."
+    return said
 
 
 def starter_memory(name: str, chat: str) -> str:

@@ -207,6 +207,9 @@ class Control:
     def _groups_delete(self, req: GroupDelete) -> api.GroupDeleted:
         with self.store.transaction() as db:
             self._group(req.name)
+            held = db.execute("SELECT * FROM approvals WHERE agent_group = ? AND kind = 'sender'", (req.name,))
+            for approval in held.fetchall():
+                self.store.withdraw(approval, f"agent group {req.name} was deleted", self.clock())
             counts = {
                 "sessions": db.execute("DELETE FROM sessions WHERE agent_group = ?", (req.name,)).rowcount,
                 "approvals": db.execute(
@@ -288,6 +291,8 @@ class Control:
     def _chats_delete(self, req: ChatDelete) -> api.ChatDeleted:
         with self.store.transaction() as db:
             row = self._chat(req.channel, req.chat_id)
+            for approval in db.execute("SELECT * FROM approvals WHERE messaging_group = ?", (row["id"],)).fetchall():
+                self.store.withdraw(approval, "the chat was deleted", self.clock())
             wirings = db.execute("DELETE FROM wirings WHERE messaging_group = ?", (row["id"],)).rowcount
             db.execute("DELETE FROM messaging_groups WHERE id = ?", (row["id"],))
         return api.ChatDeleted(deleted=f"{req.channel}:{req.chat_id}", wirings=wirings)

@@ -1,9 +1,11 @@
 """Where a new session runs: the least loaded live runner its agent group may use (issue 25, item 2).
 
 `place` is pure: the runners' latest heartbeats (each with when the router got it, by the router's own clock,
-so hosts' clocks may differ), the time, the group's `runner` pin and the runners that hold its extra mounts in,
-and the runner to fall back on; a `Placement` out. `Runners` is the router's table of those heartbeats: the
-heartbeat subscription writes it on the event loop, the store's thread reads it when it makes a session."""
+so hosts' clocks may differ), how long the router has listened, the group's `runner` pin and the runners that hold
+its extra mounts in, and the runner to fall back on; a `Placement` out. A runner's silence is counted in time the
+router listened (`Hearing`): a beat is core NATS, never replayed, so a stretch the router itself was cut off from
+NATS is no silence of anybody's. `Runners` is the router's table of those heartbeats: the heartbeat subscription
+writes it on the event loop, the store's thread reads it when it makes a session."""
 
 from __future__ import annotations
 
@@ -15,9 +17,35 @@ from clawden.bus import events as ev
 
 
 @dataclass(frozen=True, slots=True)
+class Hearing:
+    """How long the router has listened for heartbeats: only time it was connected to NATS counts. The service looks
+    at its link before each step that judges runners; a look that finds the link it found last time was connected
+    all along, and one that finds another (lost, or a new one since) heard nothing since the last look, however
+    short the outage was. So coming back from an outage, every runner's silence is what it was when the link went,
+    and grows only while the router could hear a beat."""
+
+    start: float  # when the router began to listen, by its clock
+    checked: float  # its last look at the link
+    link: int | None = 0  # the link it found then (the client's count of reconnections); None: cut off
+    deaf: float = 0.0  # seconds the router could hear nothing, in all, up to `checked`
+
+    def look(self, now: float, link: int | None) -> Hearing:
+        now = max(now, self.checked)
+        if link is not None and link == self.link:
+            return replace(self, checked=now)
+        return Hearing(self.start, now, link, self.deaf + now - self.checked)
+
+    def listened(self, now: float) -> float:
+        """Seconds listened from `start` to `now`; cut off at the last look, deaf since."""
+        deaf = self.deaf + max(0.0, now - self.checked) if self.link is None else self.deaf
+        return now - self.start - deaf
+
+
+@dataclass(frozen=True, slots=True)
 class Seen:
     beat: ev.RunnerHeartbeat
     at: float  # when the router got it, by the router's clock
+    listened: float  # how long the router had listened then (`Hearing.listened`): its silence is counted from here
     placed: int = 0  # sessions placed there since this beat, which its next beat will count
 
 
@@ -28,30 +56,31 @@ class Placement:
     why: str = ""
 
 
-def alive(seen: Seen, now: float, dead_after: float) -> bool:
-    return now - seen.at <= dead_after
+def alive(seen: Seen, listened: float, dead_after: float) -> bool:
+    """Whether the router, having listened `listened` seconds in all, heard `seen`'s runner in its last `dead_after`."""
+    return listened - seen.listened <= dead_after
 
 
-def away_since(runners: Mapping[str, Seen], runner: str, now: float, dead_after: float) -> float | None:
+def away_since(runners: Mapping[str, Seen], runner: str, listened: float, dead_after: float) -> float | None:
     """When the router last heard `runner`, if it has been silent past `dead_after` (declared gone); None while it
     beats, and for a runner not heard since the router started (nothing is known of it yet)."""
     seen = runners.get(runner)
-    return None if seen is None or alive(seen, now, dead_after) else seen.at
+    return None if seen is None or alive(seen, listened, dead_after) else seen.at
 
 
 def gone(
-    runners: Mapping[str, Seen], holding: Iterable[str], now: float, dead_after: float, started: float
+    runners: Mapping[str, Seen], holding: Iterable[str], listened: float, dead_after: float, started: float
 ) -> dict[str, float]:
     """The runners that hold sessions (`holding`) and are declared gone, each with since when: silent past
     `dead_after` since their last beat, or never heard at all once the router has listened for `dead_after`
-    (since the router started: a runner that died while the router was down beats no more)."""
+    (since it `started`: a runner that died while the router was down beats no more)."""
     out: dict[str, float] = {}
     for rid in holding:
         seen = runners.get(rid)
         if seen is None:
-            if now - started > dead_after:
+            if listened > dead_after:
                 out[rid] = started
-        elif not alive(seen, now, dead_after):
+        elif not alive(seen, listened, dead_after):
             out[rid] = seen.at
     return out
 
@@ -70,7 +99,7 @@ def rank(seen: Seen) -> tuple[int, float, int, str]:
 
 
 def place(
-    runners: Mapping[str, Seen], now: float, *, group: str, pin: str, dead_after: float, fallback: str
+    runners: Mapping[str, Seen], listened: float, *, group: str, pin: str, dead_after: float, fallback: str
 ) -> Placement:
     """The least loaded live runner that honours the group's pin ("" is any) or, unpinned, holds its mounts (a pin
     is the owner's word, and wins). When none fits: the pinned runner, else the holder of the mounts heard from
@@ -79,7 +108,7 @@ def place(
     fits = [
         seen
         for rid, seen in runners.items()
-        if alive(seen, now, dead_after) and (rid == pin if pin else not bound or rid in bound)
+        if alive(seen, listened, dead_after) and (rid == pin if pin else not bound or rid in bound)
     ]
     if fits:  # a runner whose containers reach the vault first: elsewhere no agent starts
         return Placement(min([s for s in fits if s.beat.reaches_vault] or fits, key=rank).beat.runner)
@@ -95,17 +124,32 @@ def place(
 
 
 class Runners:
-    """The latest heartbeat of each runner, and how many sessions were placed on it since. Written from the
-    event loop (`heard`) and the store's thread (`placed`), hence the lock."""
+    """The latest heartbeat of each runner, how many sessions were placed on it since, and how long the router has
+    listened. Written from the event loop (`heard`, `looked`) and the store's thread (`placed`), hence the lock."""
 
     def __init__(self) -> None:
         self._seen: dict[str, Seen] = {}
+        self._hearing: Hearing | None = None  # begun at the first look, beat or judgement
         self._lock = threading.Lock()
         self._said = ""  # the last fallback logged: each is said once, until a live runner fits again
 
+    def _begun(self, now: float) -> Hearing:
+        if self._hearing is None:
+            self._hearing = Hearing(start=now, checked=now)
+        return self._hearing
+
+    def looked(self, now: float, link: int | None) -> None:
+        """The router's link to NATS at `now` (`Hearing.look`)."""
+        with self._lock:
+            self._hearing = self._begun(now).look(now, link)
+
+    def hearing(self, now: float) -> Hearing:
+        with self._lock:
+            return self._begun(now)
+
     def heard(self, beat: ev.RunnerHeartbeat, at: float) -> None:
         with self._lock:
-            self._seen[beat.runner] = Seen(beat, at)
+            self._seen[beat.runner] = Seen(beat, at, self._begun(at).listened(at))
 
     def placed(self, runner: str) -> None:
         with self._lock:

@@ -301,4 +301,28 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX merged_approvals_into ON merged_approvals (into_id);
     """,
     ),
+    # The cards of approvals the router no longer waits on (settled on another card, expired, or dropped with their
+    # agent group or chat) that may still be open in the approvals service: a press on one is answered "not carried
+    # out", with `why`, in the presser's own chat. Forgotten with the `processed` keys.
+    (
+        "0014_withdrawn_approvals",
+        """
+        CREATE TABLE withdrawn_approvals (
+            id TEXT PRIMARY KEY,  -- the card's approval id
+            kind TEXT NOT NULL,
+            agent_group TEXT NOT NULL,
+            about TEXT NOT NULL,  -- what it asked, in words
+            why TEXT NOT NULL,
+            at REAL NOT NULL
+        ) WITHOUT ROWID;
+    """,
+    ),
+    # When the owner asked for a new agent's name pressed "New agent" (`naming_by`): of several chats waiting for a
+    # name from them, `/newagent NAME` names the one they were asked about last.
+    (
+        "0015_naming_at",
+        """
+        ALTER TABLE approvals ADD COLUMN naming_at REAL NOT NULL DEFAULT 0;
+    """,
+    ),
 ]

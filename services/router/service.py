@@ -62,8 +62,16 @@ class Router:
             log.warning("publishing failed in %d lane(s), kept in the outbox: %r", len(done.errors), done.errors[0])
         return not done.errors
 
+    def look(self) -> None:
+        """The router's link to NATS now, for judging runners only by time it could hear their beats
+        (`placement.Hearing`), before each step that may judge them. On the event loop, where the client changes
+        that state too, so a look never finds a link half made (connected, and not yet counted)."""
+        nc = self.ctx.nc
+        self.store.runners.looked(time.time(), nc.stats["reconnects"] if nc.is_connected else None)
+
     async def settle(self, work: Callable[..., Outcome], *args: Any) -> Outcome | None:
         """Run one store step and publish what it queued; None when the step itself failed."""
+        self.look()
         async with self.publishing:
             try:
                 outcome = await self.store.run(work, *args)
@@ -217,6 +225,7 @@ class Router:
             self.counts["poisoned"] += 1
             log.error("dropping a heartbeat on %s that claims to come from runner %r", msg.subject, beat.runner)
             return
+        self.look()
         now = time.time()
         self.store.runners.heard(beat, now)
         self.heard[beat.runner] = {"free": beat.free, "running": beat.running, "queued": beat.queued, "at": now}
@@ -231,6 +240,7 @@ class Router:
         """Move the sessions of every runner declared gone to live runners (shared storage only). Under the
         publishing lock: the outbox is published first and nothing else publishes meanwhile, so every wake for
         the gone runner is on its subject when it is read, and none is sent there after the move."""
+        self.look()
         for gone in await self.store.run(self.store.gone_runners, time.time()):
             async with self.publishing:
                 if not await self.flush(await self.store.run(self.store.outgoing)):
@@ -251,6 +261,12 @@ class Router:
     async def failing_over(self, every: float) -> None:
         while await sleep_unless_stopping(self.ctx.stopping, every):
             await self.fail_over()
+
+    async def looking(self, every: float) -> None:
+        """A look at the link between steps too (a safety net: an outage found at a look counts from the one before
+        it, so a silence the router did hear is never lost to an outage it looked at only long after)."""
+        while await sleep_unless_stopping(self.ctx.stopping, every):
+            self.look()
 
     async def sweeping(self) -> None:
         while await sleep_unless_stopping(self.ctx.stopping, SWEEP_EVERY):
@@ -304,6 +320,7 @@ async def main(ctx: ServiceContext) -> None:
         inbound = await bind(ctx.js, router_inbound(), batch=BATCH)
         # Core NATS, before READY: a heartbeat is not replayed, and until one comes sessions go to runner.id.
         await ctx.nc.subscribe(subjects.ALL_HEARTBEATS, cb=router.on_heartbeat)
+        router.look()  # listening from now: a runner never heard is gone once the router has listened dead_after
         decisions = await bind(ctx.js, router_decisions(), batch=16)
         agents = await bind(ctx.js, router_agents(), batch=64)
         due = await bind(ctx.js, router_due(), batch=64)
@@ -317,6 +334,7 @@ async def main(ctx: ServiceContext) -> None:
             tg.create_task(consume_batches(agents, router.on_agents, stopping=ctx.stopping))
             tg.create_task(consume_batches(due, router.on_due, stopping=ctx.stopping))
             tg.create_task(router.sweeping())
+            tg.create_task(router.looking(ctx.config.runner.dead_after / 3))
             if ctx.config.runner.shared_storage:  # how often to look: a third of dead_after, as a runner beats
                 tg.create_task(router.failing_over(ctx.config.runner.dead_after / 3))
     finally:

@@ -10,7 +10,6 @@ import functools
 import logging
 import secrets
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -127,7 +126,6 @@ class RouterStore(outbox.OutboxStore):
         self.runners = placement.Runners()  # every runner's latest heartbeat (the service feeds it)
         self.dead_after = config.RunnerConfig().dead_after  # `[runner] dead_after` (set by the service)
         self.shared_storage = False  # `[runner] shared_storage` (set by the service): sessions of a gone runner move
-        self.started = time.time()  # a runner never heard since is gone once `dead_after` has passed
         self.groups_dir: Path | None = None  # where a new agent's folder goes (set by the service)
         self.max_payload = MAX_PAYLOAD  # the connection's `max_payload` (set by the service): no wake is larger
         self.roles = Roles()
@@ -339,9 +337,9 @@ class RouterStore(outbox.OutboxStore):
             [(kept["id"], *row) for row in held],
         )
         db.execute(
-            "UPDATE approvals SET expires_at = max(expires_at, ?), naming_by = iif(naming_by = '', ?, naming_by)"
-            " WHERE id = ?",
-            (gone["expires_at"], gone["naming_by"], kept["id"]),
+            "UPDATE approvals SET expires_at = max(expires_at, ?), naming_by = iif(naming_by = '', ?, naming_by),"
+            " naming_at = iif(naming_by = '', ?, naming_at) WHERE id = ?",
+            (gone["expires_at"], gone["naming_by"], gone["naming_at"], kept["id"]),
         )
         db.execute("UPDATE merged_approvals SET into_id = ? WHERE into_id = ?", (kept["id"], gone["id"]))
         db.execute("INSERT INTO merged_approvals (id, into_id) VALUES (?, ?)", (gone["id"], kept["id"]))
@@ -799,7 +797,7 @@ class RouterStore(outbox.OutboxStore):
             pin = self._pins[agent_group] = row[0] if row else ""
         return placement.place(
             self.runners.snapshot(),
-            now,
+            self.runners.hearing(now).listened(now),
             group=agent_group,
             pin=pin,
             dead_after=self.dead_after,
@@ -810,7 +808,8 @@ class RouterStore(outbox.OutboxStore):
         """The wake waits in the runner's durable until it is back (the session's folder is on its host); a chat
         whose runner is declared gone is told so, once per absence. With shared storage, a session that a live
         runner may take is moved there instead (`move_sessions`), and its chat is told nothing."""
-        since = placement.away_since(self.runners.snapshot(), runner, now, self.dead_after)
+        listened = self.runners.hearing(now).listened(now)
+        since = placement.away_since(self.runners.snapshot(), runner, listened, self.dead_after)
         if since is None or (self.shared_storage and not self._place(agent_group, now).why):
             return
         told = self.conn.execute(
@@ -859,7 +858,8 @@ class RouterStore(outbox.OutboxStore):
     def gone_runners(self, now: float) -> dict[str, float]:
         """The runners that hold sessions a live runner could take, and are declared gone (each with since when)."""
         holding = [r[0] for r in self.conn.execute("SELECT DISTINCT runner FROM sessions")]
-        gone = placement.gone(self.runners.snapshot(), holding, now, self.dead_after, self.started)
+        hearing = self.runners.hearing(now)
+        gone = placement.gone(self.runners.snapshot(), holding, hearing.listened(now), self.dead_after, hearing.start)
         return {rid: since for rid, since in gone.items() if self._movable(rid, now)}
 
     def _movable(self, runner: str, now: float) -> list[sqlite3.Row]:
@@ -1250,12 +1250,77 @@ class RouterStore(outbox.OutboxStore):
             if row is None:
                 row = self._merged_into(decision)
             if row is None:
-                # Another service's approval, or one already settled (a redelivered decision).
-                out.counts["decisions_ignored"] += 1
+                self._too_late(decision, out)
             else:
                 self._settle(row, decision, now, out)
         out.outgoing = self.outgoing()
         return out
+
+    def _too_late(self, decision: ev.ApprovalDecision, out: Outcome) -> None:
+        """A decision on a card of an approval the router no longer waits on: whoever approved on it is told it was
+        not carried out, and why. Anything else is another service's approval, or a redelivered decision."""
+        gone = self.conn.execute("SELECT * FROM withdrawn_approvals WHERE id = ?", (decision.id,)).fetchone()
+        if gone is None or decision.decision not in ("approved", "answered"):
+            out.counts["decisions_ignored"] += 1
+            return
+        log.warning(
+            "approval %s: %s answered after it was withdrawn (%s)", decision.id, decision.decided_by, gone["why"]
+        )
+        notice = cards.not_done(decision, gone["kind"], gone["agent_group"], gone["about"], gone["why"], again=False)
+        self.emit(subjects.APPROVAL_REQUEST, notice.id, notice, lane=decision.id)
+        out.counts["decisions_too_late"] += 1
+
+    def _about(self, row: sqlite3.Row) -> str:
+        """What an approval asks, in words."""
+        chat = self._chat_name(row["messaging_group"])
+        if row["kind"] == "sender":
+            return f"{row['user_id']} writing to {row['agent_group']} in {chat}"
+        return f"connecting {chat}"
+
+    def withdraw(self, row: sqlite3.Row, why: str, now: float, *, answered: str = "") -> None:
+        """The router no longer waits on this approval (the caller settles or deletes it): its cards (its own and
+        any merged into it, but the one just `answered`) are recorded, so that a press on one still open is
+        answered with `why`."""
+        merged = [r[0] for r in self.conn.execute("SELECT id FROM merged_approvals WHERE into_id = ?", (row["id"],))]
+        about = self._about(row)
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO withdrawn_approvals (id, kind, agent_group, about, why, at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(i, row["kind"], row["agent_group"], about, why, now) for i in (row["id"], *merged) if i != answered],
+        )
+
+    def _not_done(self, row: sqlite3.Row, decision: ev.ApprovalDecision, why: str, out: Outcome) -> None:
+        """A decision the router cannot carry out: the approval waits on, with a fresh card to its approvers (the one
+        pressed shows a choice and takes no more), and whoever pressed is told, in their own chat."""
+        log.warning("approval %s: %s's answer not carried out (%s); asked again", row["id"], decision.decided_by, why)
+        out.counts["decisions_refused"] += 1
+        again = self._ask_again(row, decision, why)
+        notice = cards.not_done(decision, row["kind"], row["agent_group"], self._about(row), why, again=again)
+        self.emit(subjects.APPROVAL_REQUEST, notice.id, notice, lane=row["id"])
+
+    def _ask_again(self, row: sqlite3.Row, decision: ev.ApprovalDecision, why: str) -> bool:
+        """A new card for the approval, under a new id that counts for it (`merged_approvals`); False when there is
+        nothing to show on it (no message held)."""
+        first = self.conn.execute(
+            "SELECT event FROM held_messages WHERE approval_id = ? ORDER BY rowid LIMIT 1", (row["id"],)
+        ).fetchone()
+        if first is None:
+            return False
+        held, again = _held_decoder.decode(first[0]), cards.again_id(decision.id)
+        if row["kind"] == "sender":
+            group = row["agent_group"]
+            request = cards.sender_request(
+                again, held, row["user_id"], group, self.roles.approvers(group), row["expires_at"]
+            )
+        else:
+            groups = tuple(r[0] for r in self.conn.execute("SELECT name FROM agent_groups ORDER BY created_at, rowid"))
+            request = cards.channel_request(
+                again, held, row["user_id"], groups, self.roles.approvers(None), row["expires_at"]
+            )
+            self.conn.execute("UPDATE approvals SET agent_group = ? WHERE id = ?", (request.agent_group, row["id"]))
+        self.conn.execute("INSERT OR IGNORE INTO merged_approvals (id, into_id) VALUES (?, ?)", (again, row["id"]))
+        self.emit(subjects.APPROVAL_REQUEST, again, cards.asked_again(request, decision, why), lane=row["id"])
+        return True
 
     def _merged_into(self, decision: ev.ApprovalDecision) -> sqlite3.Row | None:
         """The approval that a card for a chat's old id was merged into (`_merge_approvals`): an approver's answer
@@ -1277,66 +1342,86 @@ class RouterStore(outbox.OutboxStore):
         return out
 
     def _settle(self, row: sqlite3.Row, decision: ev.ApprovalDecision, now: float, out: Outcome) -> None:
+        held = [
+            _held_decoder.decode(r[0])
+            for r in self.conn.execute(
+                "SELECT event FROM held_messages WHERE approval_id = ? ORDER BY rowid", (row["id"],)
+            )
+        ]
+        if (
+            decision.decision in ("approved", "answered")
+            and row["kind"] == "channel"
+            and decision.value == cards.NEW_AGENT
+        ):
+            self._ask_name(row, decision, now, out)
+        elif decision.decision in ("approved", "answered"):
+            self._approve(row, decision, held, now, out)
+        else:
+            self._drop(row, decision, held, now, out)
+
+    def _approve(
+        self, row: sqlite3.Row, decision: ev.ApprovalDecision, held: list[ev.InboundMessage], now: float, out: Outcome
+    ) -> None:
         db = self.conn
         kind, mg, user = row["kind"], row["messaging_group"], row["user_id"]
         is_group = False
-        held = [
-            _held_decoder.decode(r[0])
-            for r in db.execute("SELECT event FROM held_messages WHERE approval_id = ? ORDER BY rowid", (row["id"],))
-        ]
-        if decision.decision in ("approved", "answered") and kind == "channel" and decision.value == cards.NEW_AGENT:
-            self._ask_name(row, decision, out)
+        group = row["agent_group"] if kind == "sender" else cards.chosen_group(decision, row["agent_group"])
+        scope = group if kind == "sender" else None
+        # The click is checked here too: only someone who could grant this may grant it.
+        if not self.roles.may_decide(decision.decided_by, scope):
+            who = f"an admin of {group}, a global admin or an owner" if scope else "a global admin or an owner"
+            self._not_done(row, decision, f"only {who} may approve it", out)
             return
-        if decision.decision in ("approved", "answered"):
-            group = row["agent_group"] if kind == "sender" else cards.chosen_group(decision, row["agent_group"])
-            scope = group if kind == "sender" else None
-            # The click is checked here too: only someone who could grant this may grant it.
-            if not self.roles.may_decide(decision.decided_by, scope):
-                log.warning("approval %s: %r may not approve it; still waiting", row["id"], decision.decided_by)
-                out.counts["decisions_refused"] += 1
-                return
-            if not db.execute("SELECT 1 FROM agent_groups WHERE name = ?", (group,)).fetchone():
-                log.warning("approval %s: no agent group %r; still waiting", row["id"], group)
-                out.counts["decisions_refused"] += 1
-                return
-            db.execute("DELETE FROM approvals WHERE id = ?", (row["id"],))
-            if kind == "channel":
-                is_group = bool(db.execute("SELECT is_group FROM messaging_groups WHERE id = ?", (mg,)).fetchone()[0])
-                # A group chat answers when mentioned and keeps to the thread it was pulled into;
-                # members' other lines are kept as context. Unknown senders still meet the gate.
-                db.execute(
-                    "INSERT OR IGNORE INTO wirings (messaging_group, agent_group, engage_mode, engage_pattern,"
-                    " sender_scope, ignored_messages, created_at) VALUES (?, ?, ?, ?, 'known', 'accumulate', ?)",
-                    (mg, group, "mention-sticky" if is_group else "pattern", ALWAYS, now),
-                )
-                db.execute("UPDATE messaging_groups SET denied_at = NULL WHERE id = ?", (mg,))
-            # Approving a sender, or a direct chat (whose one other person is the sender), lets them in.
-            if kind == "sender" or not is_group:
-                self.add_member(user, group, decision.decided_by, now)
-            log.info(
-                "approval %s approved by %s: replaying %d message(s) for %s",
-                row["id"],
-                decision.decided_by,
-                len(held),
-                group,
-            )
-            out.counts["approved"] += 1
-            for event in held:
-                self._route(event, now, out, only=group)
+        if not db.execute("SELECT 1 FROM agent_groups WHERE name = ?", (group,)).fetchone():
+            self._not_done(row, decision, f"there is no agent group {group} any more", out)
             return
+        connected = f" (connected to {group})" if kind == "channel" else ""
+        self.withdraw(row, f"{decision.decided_by} approved it already{connected}", now, answered=decision.id)
         db.execute("DELETE FROM approvals WHERE id = ?", (row["id"],))
+        if kind == "channel":
+            is_group = bool(db.execute("SELECT is_group FROM messaging_groups WHERE id = ?", (mg,)).fetchone()[0])
+            # A group chat answers when mentioned and keeps to the thread it was pulled into;
+            # members' other lines are kept as context. Unknown senders still meet the gate.
+            db.execute(
+                "INSERT OR IGNORE INTO wirings (messaging_group, agent_group, engage_mode, engage_pattern,"
+                " sender_scope, ignored_messages, created_at) VALUES (?, ?, ?, ?, 'known', 'accumulate', ?)",
+                (mg, group, "mention-sticky" if is_group else "pattern", ALWAYS, now),
+            )
+            db.execute("UPDATE messaging_groups SET denied_at = NULL WHERE id = ?", (mg,))
+        # Approving a sender, or a direct chat (whose one other person is the sender), lets them in.
+        if kind == "sender" or not is_group:
+            self.add_member(user, group, decision.decided_by, now)
+        log.info(
+            "approval %s approved by %s: replaying %d message(s) for %s",
+            row["id"],
+            decision.decided_by,
+            len(held),
+            group,
+        )
+        out.counts["approved"] += 1
+        for event in held:
+            self._route(event, now, out, only=group)
+
+    def _drop(
+        self, row: sqlite3.Row, decision: ev.ApprovalDecision, held: list[ev.InboundMessage], now: float, out: Outcome
+    ) -> None:
+        """Denied or expired: the held messages are dropped, with why."""
+        db = self.conn
         if decision.decision == "denied":
-            if kind == "sender":
+            self.withdraw(row, f"{decision.decided_by or 'an approver'} declined it already", now, answered=decision.id)
+            if row["kind"] == "sender":
                 db.execute(
                     "INSERT OR REPLACE INTO sender_denials (user_id, agent_group, denied_by, denied_at)"
                     " VALUES (?, ?, ?, ?)",
-                    (user, row["agent_group"], decision.decided_by, now),
+                    (row["user_id"], row["agent_group"], decision.decided_by, now),
                 )
             else:
-                db.execute("UPDATE messaging_groups SET denied_at = ? WHERE id = ?", (now, mg))
+                db.execute("UPDATE messaging_groups SET denied_at = ? WHERE id = ?", (now, row["messaging_group"]))
             reason = f"an approver ({decision.decided_by or 'unknown'}) declined"
-        else:
+        else:  # expired: its own card too, which a press in time may still settle in the approvals service
+            self.withdraw(row, "it had expired, and the messages it held were dropped", now)
             reason = "nobody answered the approval request in time"
+        db.execute("DELETE FROM approvals WHERE id = ?", (row["id"],))
         out.counts[decision.decision] += 1
         for event in held:
             self.record_drop(event, user_id_of(event.route.channel, event.sender.id), reason, now)
@@ -1349,13 +1434,14 @@ class RouterStore(outbox.OutboxStore):
         where = f"chat {row['chat_id']} on {row['channel']}"
         return f"{row['name']} ({where})" if row["name"] else where
 
-    def _ask_name(self, row: sqlite3.Row, decision: ev.ApprovalDecision, out: Outcome) -> None:
+    def _ask_name(self, row: sqlite3.Row, decision: ev.ApprovalDecision, now: float, out: Outcome) -> None:
         """ "New agent" pressed: the chat waits on, and the owner who pressed it is asked for the name."""
         if not self.roles.may_decide(decision.decided_by, None):
-            log.warning("approval %s: %r may not make a new agent; still waiting", row["id"], decision.decided_by)
-            out.counts["decisions_refused"] += 1
+            self._not_done(row, decision, "only a global admin or an owner may make a new agent", out)
             return
-        self.conn.execute("UPDATE approvals SET naming_by = ? WHERE id = ?", (decision.decided_by, row["id"]))
+        self.conn.execute(
+            "UPDATE approvals SET naming_by = ?, naming_at = ? WHERE id = ?", (decision.decided_by, now, row["id"])
+        )
         ask = cards.name_request(
             row["id"], self._chat_name(row["messaging_group"]), decision.decided_by, row["expires_at"]
         )
@@ -1364,39 +1450,42 @@ class RouterStore(outbox.OutboxStore):
 
     def _name_agent(self, event: ev.InboundMessage, now: float, out: Outcome) -> bool:
         """`/newagent NAME` from the owner asked for a name: the group made (its starter CLAUDE.md kept with it)
-        and the chat connected to it, in this one transaction. False when it is not that (routed as usual)."""
-        name = cards.named(event.text)
-        if name is None:
+        and the chat connected to it, in this one transaction. Asked for several chats' names, it names the chat
+        they were asked about last, and says which still wait. False when it is not that (routed as usual)."""
+        given = cards.named(event.text)
+        if given is None:
             return False
         user = user_id_of(event.route.channel, event.sender.id)
-        row = self.conn.execute(
-            "SELECT * FROM approvals WHERE kind = 'channel' AND naming_by = ? ORDER BY created_at DESC LIMIT 1",
+        rows = self.conn.execute(
+            "SELECT * FROM approvals WHERE kind = 'channel' AND naming_by = ? ORDER BY naming_at DESC, created_at DESC",
             (user,),
-        ).fetchone()
-        if row is None:
+        ).fetchall()
+        if not rows:
             return False
-        chat = self._chat_name(row["messaging_group"])
-        taken = self.conn.execute("SELECT 1 FROM agent_groups WHERE name = ? OR folder = ?", (name, name)).fetchone()
-        if why := cards.name_problem(name, taken=taken is not None):
+        row, chat = rows[0], self._chat_name(rows[0]["messaging_group"])
+        folders = dict(self.conn.execute("SELECT name, folder FROM agent_groups").fetchall())
+        if why := cards.name_problem(given, chat, folders):
             self._reply(event, why, 0, out, kind="error")
             return True
-        memory = cards.starter_memory(name, chat)
+        name, memory = given, cards.starter_memory(given, chat)
         self.conn.execute(
             "INSERT INTO agent_groups (name, folder, created_at, changed_at, starter_memory) VALUES (?, ?, ?, ?, ?)",
             (name, name, now, now, memory),
         )
+        written: bool | None = None
         if self.groups_dir is not None:
             # At once, so the owner can open it now; the runner that starts the group's containers writes it from
             # the group's settings where it is missing (this failed, or that runner is on another host).
             try:
-                write_new_memory(self.groups_dir, name, memory)  # False: one is there, kept
+                written = write_new_memory(self.groups_dir, name, memory)  # False: one is there, kept
             except OSError as exc:
                 log.warning("agent group %s: its CLAUDE.md not written here (%s); its runner will write it", name, exc)
         connect = ev.ApprovalDecision(
             id=row["id"], decision="approved", decided_by=user, value=f"{cards.CONNECT_PREFIX}{name}", decided_at=now
         )
         self._settle(row, connect, now, out)
-        self._reply(event, f"Created agent group {name} (folder groups/{name}) and connected {chat} to it.", 0, out)
+        waiting = [self._chat_name(r["messaging_group"]) for r in rows[1:]]
+        self._reply(event, cards.created(name, chat, kept_memory=written is False, waiting=waiting), 0, out)
         out.counts["agents_created"] += 1
         log.info("agent group %s created by %s for %s", name, user, chat)
         return True
@@ -1441,6 +1530,7 @@ class RouterStore(outbox.OutboxStore):
             gone = db.execute("DELETE FROM processed WHERE at < ?", (now - PROCESSED_KEEP,)).rowcount
             gone += db.execute("DELETE FROM routed WHERE at < ?", (now - PROCESSED_KEEP,)).rowcount
             gone += db.execute("DELETE FROM dropped_messages WHERE at < ?", (now - DROPPED_KEEP,)).rowcount
+            gone += db.execute("DELETE FROM withdrawn_approvals WHERE at < ?", (now - PROCESSED_KEEP,)).rowcount
             gone += db.execute("DELETE FROM pairing_codes WHERE expires_at < ?", (now,)).rowcount
         self._pairing = {c: v for c, v in self._pairing.items() if v[1] >= now}
         return gone

@@ -13,6 +13,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from clawden import natsserver
 from clawden.bus import bind, ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import runner_wake
@@ -20,7 +21,7 @@ from services.router.failover import untaken_wakes
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 from tests.router.conftest import RouterProcess, collect, running_router
-from tests.router.test_heartbeats import beat
+from tests.router.test_heartbeats import beat, heard
 from tests.router.test_service import chat_message, send
 
 pytestmark = [pytest.mark.nats]
@@ -107,3 +108,43 @@ async def test_the_router_moves_a_silent_runners_sessions_to_a_live_one_with_wha
         beating.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beating
+
+
+async def beating(nc: Client, runner: str) -> None:
+    while True:
+        await nc.publish(subjects.heartbeat(runner), ev.encode(beat(runner)))
+        await asyncio.sleep(0.3)
+
+
+async def test_a_runner_is_not_declared_gone_for_the_time_the_router_was_cut_off_from_nats(
+    tmp_path: Path, nats_server: NatsServer, nc: Client, js: JetStreamContext
+) -> None:
+    dead_after = 5.0
+    config = f'id = "a"\ndead_after = {dead_after}\nshared_storage = true'
+    async with running_router(tmp_path / "home", nats_server.url, config) as router:
+        await nc.publish(subjects.heartbeat("a"), ev.encode(beat("a")))
+        await nc.flush()
+        await send(js, chat_message(1, chat="c1", channel="local", sender="local:someone"))
+        [first] = await collect(js, "t-a", subjects.wake("a"), want=1)
+        assert isinstance(first, ev.Wake)
+
+        nats_server.stop()  # the router hears nothing, for longer than dead_after
+        await asyncio.sleep(dead_after + 2)
+        nats_server.proc = natsserver.start(nats_server.port, nats_server.store)
+        await eventually(lambda: nc.is_connected, 30, "the test's client never came back")
+        tasks = [asyncio.create_task(beating(nc, "b"))]  # b's beats reach the router first; a's are on their way
+
+        async def b_heard() -> bool:
+            return "b" in await heard(router)
+
+        try:
+            await eventually(b_heard, 30, router.output)
+            await asyncio.sleep(dead_after / 3 + 0.5)  # a failover look with b live, a silent since before the outage
+            tasks.append(asyncio.create_task(beating(nc, "a")))
+            await asyncio.sleep(dead_after + 1)  # both beat on: a is live, and nothing moves
+            assert (await router.stats()).get("sessions_moved", 0) == 0, router.output()
+            assert await collect(js, "t-b", subjects.wake("b"), want=0) == []
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -30,20 +30,26 @@ async def decide(js: JetStreamContext, approval_id: str, by: str, value: str, ms
     await js.publish(subjects.approval_decision(approval_id), ev.encode(decision), headers={Header.MSG_ID: msg_id})
 
 
-def asked_for_a_name(store: RouterStore, owner: str) -> tuple[ev.InboundMessage, str]:
-    """A stranger's first message in an unwired chat, held; `owner` pressed "New agent…" on its card, so their next
-    `/newagent NAME` names the group. The held message and the approval's id."""
+def asked_for_a_name(
+    store: RouterStore, owner: str, chat: str = "c9", at: float = 1_200.0
+) -> tuple[ev.InboundMessage, str]:
+    """A stranger's first message in an unwired chat, held; `owner` pressed "New agent…" on its card (at `at`), so
+    their next `/newagent NAME` names the group. The held message and the approval's id."""
     hello = ev.InboundMessage(
-        route=ev.Route(channel="telegram", chat_id="c9"),
-        message_id="m1",
+        route=ev.Route(channel="telegram", chat_id=chat),
+        message_id=f"m-{chat}",
         sender=ev.Sender(id="bob"),
         text="hello there",
         sent_at=1_100.0,
     )
     store.route_batch([hello], 1_100.0)
-    [(approval,)] = store.conn.execute("SELECT id FROM approvals WHERE kind = 'channel'").fetchall()
+    [(approval,)] = store.conn.execute(
+        "SELECT a.id FROM approvals a JOIN messaging_groups m ON m.id = a.messaging_group"
+        " WHERE a.kind = 'channel' AND m.chat_id = ?",
+        (chat,),
+    ).fetchall()
     store.on_decision(
-        ev.ApprovalDecision(id=approval, decision="approved", decided_by=owner, value=cards.NEW_AGENT), 1_200.0
+        ev.ApprovalDecision(id=approval, decision="approved", decided_by=owner, value=cards.NEW_AGENT), at
     )
     return hello, str(approval)
 
@@ -57,10 +63,15 @@ async def test_the_owner_names_a_new_agent_and_the_chat_is_connected_to_it_once(
     assert isinstance(request, ev.ApprovalRequest) and request.kind == "channel"
     assert [b.id for b in request.card.buttons] == ["connect:main", cards.NEW_AGENT, cards.DENY]
 
-    await decide(js, request.id, "telegram:alice", cards.NEW_AGENT, "d0")  # not an owner: nothing happens
+    await decide(js, request.id, "telegram:alice", cards.NEW_AGENT, "d0")  # not an owner: not carried out
     await decide(js, request.id, owner, cards.NEW_AGENT, "d1")
     await decide(js, request.id, owner, cards.NEW_AGENT, "d2")  # redelivered past the dedupe: asked once
-    [_, ask] = await collect(js, "t-requests-2", subjects.APPROVAL_REQUEST, want=2, settle=1.5)
+    sent = await collect(js, "t-requests-2", subjects.APPROVAL_REQUEST, want=4, settle=1.5)
+    [_, again, told, ask] = [r for r in sent if isinstance(r, ev.ApprovalRequest)]
+    assert again.id == cards.again_id(request.id) and again.approvers == (owner,)  # asked again, of the owner
+    assert told.approvers == ("telegram:alice",) and "only a global admin or an owner may make a new agent" in (
+        told.card.body
+    )
     assert isinstance(ask, ev.ApprovalRequest) and ask.id == f"{request.id}{cards.NAMING_SUFFIX}"
     assert ask.approvers == (owner,) and ask.card.buttons == ()  # a notice in the owner's chat
     assert "/newagent NAME" in ask.card.body and "chat c9 on telegram" in ask.card.body
@@ -76,8 +87,9 @@ async def test_the_owner_names_a_new_agent_and_the_chat_is_connected_to_it_once(
 
     replies = await collect(js, "t-out", subjects.outbound("local", "terminal"), want=3)
     texts = [r.text for r in replies if isinstance(r, ev.OutboundMessage)]
-    assert texts[0].startswith("Give the new agent a name: /newagent NAME")
-    assert texts[1] == "An agent group or folder named main exists already: /newagent another name."
+    waits = " Nothing was created; chat c9 on telegram still waits for a name."
+    assert texts[0] == f"An agent's name is one word ({RULE}). /newagent not-a-name would name it not-a-name.{waits}"
+    assert texts[1] == f"An agent group named main exists already: /newagent another name.{waits}"
     assert texts[2] == "Created agent group research (folder groups/research) and connected chat c9 on telegram to it."
     wakes = [w for w in await collect(js, "t-wakes", WAKES, want=2) if isinstance(w, ev.Wake)]
     assert sorted((w.agent_group, w.message.text) for w in wakes) == [
@@ -108,7 +120,8 @@ async def test_the_owner_names_a_new_agent_and_the_chat_is_connected_to_it_once(
         ("/newagent@ClawdenBot research", "research"),
         ("/NEWAGENT research", "research"),
         ("/newagent", ""),
-        ("/newagent two words", ""),
+        ("/newagent  research \n", "research"),
+        ("/newagent two words", "two words"),  # said as given: the reply says a name is one word
         ("newagent research", None),
         ("/web", None),
     ],
@@ -117,20 +130,34 @@ def test_newagent_parses_one_name(text: str, name: str | None) -> None:
     assert cards.named(text) == name
 
 
+FOLDERS = {"main": "main", "sales": "research"}  # sales keeps its memory in groups/research
+RULE = "lowercase letters, digits, - and _, at most 40, starting with a letter or digit"
+ONE_WORD = f"An agent's name is one word ({RULE})."
+TAKEN = "An agent group named main exists already: /newagent another name."
+
+
 @pytest.mark.parametrize(
-    ("name", "taken", "problem"),
+    ("given", "reply"),
     [
-        ("research", False, ""),
-        ("research", True, "exists already"),
-        ("", False, "Give the new agent a name"),
-        ("Research", False, "Give the new agent a name"),
-        ("../etc", False, "Give the new agent a name"),
-        ("x" * 41, False, "Give the new agent a name"),
+        ("ops", ""),
+        ("", f"Give the new agent a name: /newagent NAME ({RULE})."),
+        ("My Agent!", f"{ONE_WORD} /newagent my-agent would name it my-agent."),
+        ("Main Agent", f"{ONE_WORD} /newagent main-agent would name it main-agent."),
+        ("sales team", f"{ONE_WORD} /newagent sales-team would name it sales-team."),
+        ("! ?", ONE_WORD),  # nothing to make of it
+        ("Main !", ONE_WORD),  # main is taken: no suggestion that would be refused in turn
+        ("Ops", "Agent group names are lowercase: /newagent ops would name it ops."),
+        ("Main", f"Agent group names are lowercase, so that is main. {TAKEN}"),
+        ("../etc", f"../etc cannot name an agent group: give a name of {RULE}."),
+        ("x" * 41, f"{'x' * 41} cannot name an agent group: give a name of {RULE}."),
+        ("main", TAKEN),
+        ("global", "global is the folder of the memory every agent group shares: /newagent another name."),
+        ("research", "Agent group sales keeps its memory in the folder research: /newagent another name."),
     ],
 )
-def test_a_new_agents_name_must_be_a_free_group_name(name: str, taken: bool, problem: str) -> None:
-    found = cards.name_problem(name, taken=taken)
-    assert (problem in found) if problem else found == ""
+def test_each_newagent_that_makes_no_group_is_told_why_and_what_to_send(given: str, reply: str) -> None:
+    waits = " Nothing was created; chat c9 on telegram still waits for a name."
+    assert cards.name_problem(given, "chat c9 on telegram", FOLDERS) == (f"{reply}{waits}" if reply else "")
 
 
 def _wake_in(store: RouterStore, chat: str) -> ev.Wake:
@@ -212,3 +239,54 @@ def test_a_refused_newagent_from_the_owners_address_creates_nothing_and_is_recor
     )
     # the owner's question stays open: their own `/newagent` still names the agent
     assert store.conn.execute("SELECT naming_by FROM approvals WHERE id = ?", (approval,)).fetchone()[0] == owner
+
+
+def _owner_says(store: RouterStore, text: str, n: int) -> list[ev.Event]:
+    said = ev.InboundMessage(
+        route=ev.Route(channel="local", chat_id="term"), message_id=f"o{n}", sender=ev.Sender(id="alice"), text=text,
+        sent_at=1_300.0 + n,
+    )  # fmt: skip
+    outcome = store.route_batch([said], 1_300.0 + n)
+    store.published([o.id for o in outcome.outgoing])
+    return [ev.decode(o.payload) for o in outcome.outgoing]
+
+
+def _replies(sent: list[ev.Event]) -> list[str]:
+    return [e.text for e in sent if isinstance(e, ev.OutboundMessage) and e.route.chat_id == "term"]
+
+
+def _groups(store: RouterStore) -> list[str]:
+    return [r[0] for r in store.conn.execute("SELECT name FROM agent_groups ORDER BY name")]
+
+
+def test_newagent_global_is_refused_and_the_memory_every_group_shares_is_left_alone(tmp_path: Path) -> None:
+    store = RouterStore.open(tmp_path / "router.db")
+    store.seed("main", "local", "alice", 1_000.0)
+    store.groups_dir = tmp_path / "groups"
+    store.groups_dir.mkdir()
+    asked_for_a_name(store, "local:alice")
+    [reply] = _replies(_owner_says(store, "/newagent global", 1))
+    assert reply.startswith("global is the folder of the memory every agent group shares: /newagent another name.")
+    assert _groups(store) == ["main"] and not (store.groups_dir / "global").exists()
+
+
+def test_newagent_names_the_chat_the_owner_was_asked_about_last_and_says_which_still_wait(tmp_path: Path) -> None:
+    store = RouterStore.open(tmp_path / "router.db")
+    store.seed("main", "local", "alice", 1_000.0)
+    store.groups_dir = tmp_path / "groups"
+    (store.groups_dir / "beta").mkdir(parents=True)
+    (store.groups_dir / "beta" / "CLAUDE.md").write_text("left by a group deleted long ago")
+    asked_for_a_name(store, "local:alice", chat="c2", at=1_200.0)  # c2 knocked last, but was asked about first
+    asked_for_a_name(store, "local:alice", chat="c1", at=1_250.0)  # the name asked for last: c1's
+    first = _owner_says(store, "/newagent alpha", 1)
+    assert _replies(first) == [
+        "Created agent group alpha (folder groups/alpha) and connected chat c1 on telegram to it. Still waiting for a"
+        " name: chat c2 on telegram (/newagent NAME names chat c2 on telegram next)."
+    ]
+    assert [(w.agent_group, w.route.chat_id) for w in first if isinstance(w, ev.Wake)] == [("alpha", "c1")]
+    second = _owner_says(store, "/newagent beta", 2)
+    assert _replies(second) == [
+        "Created agent group beta (folder groups/beta) and connected chat c2 on telegram to it. Its folder had a"
+        " CLAUDE.md already, which is kept."
+    ]
+    assert [(w.agent_group, w.route.chat_id) for w in second if isinstance(w, ev.Wake)] == [("beta", "c2")]

@@ -14,7 +14,7 @@ from clawden.bus import ctl
 from clawden.bus import events as ev
 from clawden.config import GroupConfig
 from services.router.control import Control
-from services.router.placement import Placement, Runners, Seen, away_since, gone, place
+from services.router.placement import Hearing, Placement, Runners, Seen, away_since, gone, place
 from services.router.schema import MIGRATIONS
 from services.router.store import RouterError, RouterStore
 from services.runner import heartbeat
@@ -48,7 +48,8 @@ def beat(
 
 
 def seen(rid: str, *, age: float = 1.0, placed: int = 0, **figures: Any) -> Seen:
-    return Seen(beat(rid, **figures), NOW - age, placed)
+    """A beat heard `age` seconds ago, the router listening all along (the tables' NOW is both clocks)."""
+    return Seen(beat(rid, **figures), NOW - age, NOW - age, placed)
 
 
 def table(*runners: Seen) -> dict[str, Seen]:
@@ -187,21 +188,21 @@ def test_a_runner_is_away_once_silent_past_dead_after(runners: dict[str, Seen], 
 
 
 @pytest.mark.parametrize(
-    ("runners", "started", "declared"),
+    ("runners", "listened", "declared"),
     [
-        (table(seen("a", age=1)), NOW - 100, {}),  # beating
-        (table(seen("a", age=DEAD_AFTER + 1)), NOW - 100, {"a": NOW - DEAD_AFTER - 1}),  # since its last beat
-        # never heard: gone once the router has listened for dead_after, since the router started
-        ({}, NOW - DEAD_AFTER - 1, {"a": NOW - DEAD_AFTER - 1}),
-        ({}, NOW - DEAD_AFTER, {}),
+        (table(seen("a", age=1)), NOW, {}),  # beating
+        (table(seen("a", age=DEAD_AFTER + 1)), NOW, {"a": NOW - DEAD_AFTER - 1}),  # since its last beat
+        # never heard: gone once the router has listened for dead_after (since it started, at 500)
+        ({}, DEAD_AFTER + 1, {"a": 500.0}),
+        ({}, DEAD_AFTER, {}),
         # only runners that hold sessions count: a silent runner with none is nothing to act on
-        (table(seen("a", age=1), seen("c", age=99)), NOW - 100, {}),
+        (table(seen("a", age=1), seen("c", age=99)), NOW, {}),
     ],
 )
 def test_a_runner_holding_sessions_is_gone_once_silent_past_dead_after_or_never_heard(
-    runners: dict[str, Seen], started: float, declared: dict[str, float]
+    runners: dict[str, Seen], listened: float, declared: dict[str, float]
 ) -> None:
-    assert gone(runners, ["a"], NOW, DEAD_AFTER, started) == declared
+    assert gone(runners, ["a"], listened, DEAD_AFTER, 500.0) == declared
 
 
 def test_the_table_keeps_each_runners_latest_beat_and_counts_what_was_placed_since() -> None:
@@ -213,7 +214,60 @@ def test_the_table_keeps_each_runners_latest_beat_and_counts_what_was_placed_sin
     runners.placed("a")
     assert runners.snapshot()["a"].placed == 2
     runners.heard(beat("a", free=1), NOW + 5)  # the new beat counts them itself
-    assert runners.snapshot() == {"a": Seen(beat("a", free=1), NOW + 5, 0)}
+    assert runners.snapshot() == {"a": Seen(beat("a", free=1), NOW + 5, 5.0, 0)}  # listening since the first beat
+
+
+@pytest.mark.parametrize(
+    ("looks", "at", "listened"),
+    [
+        ([], NOW + 30, 30.0),  # connected all along, on the link it began with
+        ([(NOW + 10, 0), (NOW + 20, 0)], NOW + 30, 30.0),
+        # cut off at the look at +10 (deaf from the look before, at +0), still cut off at +20: nothing since
+        ([(NOW + 10, None), (NOW + 20, None)], NOW + 30, 0.0),
+        # back at +20 on a new link: from then on only
+        ([(NOW + 10, None), (NOW + 20, 1)], NOW + 30, 10.0),
+        # a new link found at +20, the outage never seen: nothing since the look before it counts
+        ([(NOW + 10, 0), (NOW + 20, 1)], NOW + 30, 20.0),
+        # a look that comes late (another thread's clock) moves nothing back
+        ([(NOW + 10, 0), (NOW + 5, None)], NOW + 30, 10.0),
+    ],
+)
+def test_the_router_listens_only_while_connected_to_nats(
+    looks: list[tuple[float, int | None]], at: float, listened: float
+) -> None:
+    hearing = Hearing(start=NOW, checked=NOW)
+    for now, link in looks:
+        hearing = hearing.look(now, link)
+    assert hearing.listened(at) == listened
+
+
+def test_a_runner_is_not_judged_silent_for_the_time_the_router_was_cut_off_from_nats(store: RouterStore) -> None:
+    store.shared_storage = True
+    store.runners.looked(NOW, 0)
+    store.runners.heard(beat("a"), NOW)
+    wake = say(store, "t1", 1)
+    assert runner_of(store, wake.session_id) == "a"
+    store.runners.looked(NOW + 1, None)  # the router is cut off from NATS: no beat reaches it
+    back = NOW + 120
+    store.runners.looked(back, 1)  # and back, on a new link; b's beat comes first, a's is due any moment
+    store.runners.heard(beat("b"), back)
+    assert store.gone_runners(back + 1) == {}  # a is not gone: it was silent only while the router could not hear
+    assert notices_in(said(store, "t1", 2, back + 1)) == []  # its chat is told nothing: its wake goes to a
+    assert runner_of(store, wake.session_id) == "a"
+    store.runners.heard(beat("b", free=1), back + 1)
+    assert runner_of(store, say(store, "t2", 3).session_id) == "a"  # a is still live for new sessions (8 free > 1)
+    # silent for dead_after of the router's listening: gone now, since its last beat
+    assert store.gone_runners(back + DEAD_AFTER + 1) == {"a": NOW}
+
+
+def test_a_runner_silent_before_the_router_was_cut_off_stays_gone_when_it_is_back(store: RouterStore) -> None:
+    store.runners.looked(NOW, 0)
+    store.runners.heard(beat("a"), NOW)
+    say(store, "t1", 1)
+    store.runners.looked(NOW + DEAD_AFTER + 1, 0)  # a is silent past dead_after already ...
+    store.runners.looked(NOW + DEAD_AFTER + 2, None)  # ... when the router is cut off
+    store.runners.looked(NOW + 120, 1)
+    assert len(notices_in(said(store, "t1", 2, NOW + 121))) == 1  # its chat is told its message waits
 
 
 def test_each_fallback_is_news_once_until_a_live_runner_fits_again() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from clawden.bus import ctl
 from clawden.bus import events as ev
-from services.router import engage, pairing
+from services.router import cards, engage, pairing
 from services.router.control import Control
 from services.router.schema import MIGRATIONS
 from services.router.store import MAX_HELD, Outcome, RouterStore
@@ -279,6 +279,86 @@ def test_a_declined_chat_stays_quiet(store: RouterStore) -> None:
     assert published(store, store.route_batch([msg(n=2)], NOW)) == []
     [chat] = admin(store, "chats", op="list", channel="telegram")
     assert chat["denied"] is True
+
+
+def approve(store: RouterStore, approval_id: str, by: str = OWNER, value: str = "approve") -> list[ev.Event]:
+    decision = ev.ApprovalDecision(id=approval_id, decision="approved", decided_by=by, value=value)
+    return published(store, store.on_decision(decision, NOW))
+
+
+def test_a_connection_to_an_agent_group_deleted_since_the_card_is_not_carried_out_and_asked_again(
+    store: RouterStore,
+) -> None:
+    admin(store, "groups", op="create", name="helper")
+    [request] = requests(published(store, store.route_batch([msg(n=1)], NOW)))
+    admin(store, "groups", op="delete", name="helper")
+    refused = approve(store, request.id, value="connect:helper")
+    assert wakes(refused) == [] and admin(store, "wirings", op="list", channel="telegram") == []
+    again, told = requests(refused)
+    # the owner's card says what they pressed; their own chat says it was not done, and why
+    assert (told.id, told.approvers, told.card.buttons) == (f"{request.id}{cards.UNDONE_SUFFIX}", (OWNER,), ())
+    assert told.card.title == "Not carried out"
+    assert told.card.body == (
+        "You chose Connect to helper on the card about connecting family (chat c1 on telegram), and it was not carried"
+        " out: there is no agent group helper any more. Whatever that card shows, nothing was changed."
+        " A new card asks again."
+    )
+    # a new card, with the groups there are now, that counts for the same approval
+    assert (again.id, again.kind, again.approvers) == (cards.again_id(request.id), "channel", (OWNER,))
+    assert [b.id for b in again.card.buttons] == ["connect:main", "new-agent", "deny"]
+    assert again.card.body.endswith(
+        "Asked again: local:alice's answer (Connect to helper) was not carried out: there is no agent group helper"
+        " any more."
+    )
+    assert [w.message.id for w in wakes(approve(store, again.id, value="connect:main"))] == ["telegram:m1:main"]
+
+
+def test_a_sender_approved_by_an_admin_no_longer_is_not_carried_out_and_asked_of_those_who_may(
+    store: RouterStore,
+) -> None:
+    wire(store, policy="request_approval")
+    admin(store, "roles", op="grant", user_id="telegram:ann", role="admin", agent_group="main")
+    [request] = requests(published(store, store.route_batch([msg()], NOW)))
+    assert request.approvers == ("telegram:ann", OWNER)
+    admin(store, "roles", op="revoke", user_id="telegram:ann", role="admin", agent_group="main")
+    refused = approve(store, request.id, by="telegram:ann")
+    assert wakes(refused) == []
+    again, told = requests(refused)
+    assert told.approvers == ("telegram:ann",) and told.context == {"channel": "telegram"}
+    assert "You chose Allow on the card about telegram:u1 writing to main in chat c1 on telegram" in (told.card.body)
+    assert "not carried out: only an admin of main, a global admin or an owner may approve it" in told.card.body
+    assert (again.kind, again.approvers, again.card.title) == ("sender", (OWNER,), "New sender")
+    assert len(wakes(approve(store, again.id))) == 1
+    # delivered again after all this: said again under the same id (the approvals service keeps the first)
+    [late] = requests(approve(store, request.id, by="telegram:ann"))
+    assert late.id == told.id and "not carried out: local:alice approved it already" in late.card.body
+
+
+@pytest.mark.parametrize(
+    ("withdraw", "why"),
+    [
+        (lambda store: admin(store, "groups", op="delete", name="main"), "agent group main was deleted"),
+        (lambda store: admin(store, "chats", op="delete", channel="telegram", chat_id="c1"), "the chat was deleted"),
+        (
+            lambda store: store.expire_approvals(NOW + 8 * 86400),
+            "it had expired, and the messages it held were dropped",
+        ),
+    ],
+)
+def test_an_approval_pressed_after_the_router_dropped_it_tells_who_pressed_it_was_not_carried_out(
+    store: RouterStore, withdraw: Any, why: str
+) -> None:
+    wire(store, policy="request_approval")
+    [request] = requests(published(store, store.route_batch([msg()], NOW)))
+    withdraw(store)
+    store.published([o.id for o in store.outgoing()])
+    [told] = requests(approve(store, request.id))
+    assert (told.id, told.approvers) == (f"{request.id}{cards.UNDONE_SUFFIX}", (OWNER,))
+    assert f"and it was not carried out: {why}. Whatever that card shows, nothing was changed." in told.card.body
+    # a denial there is what happened anyway, and other services' decisions are none of the router's
+    denied = ev.ApprovalDecision(id=request.id, decision="denied", decided_by=OWNER)
+    assert published(store, store.on_decision(denied, NOW)) == []
+    assert approve(store, "vault-1234") == []
 
 
 # --- pairing ---------------------------------------------------------------------------------------

@@ -103,8 +103,10 @@ async def moving(tmp_path: Path, nc: Client) -> AsyncIterator[Moving]:
     await ensure_streams(js)
     store = await RouterStore.start(tmp_path / "router.db", "r1")  # before any heartbeat, sessions go to r1
     await store.run(store.seed, "main", "local", "alice", 0.0)
-    store.shared_storage, store.dead_after, store.started = True, DEAD_AFTER, time.time() - 10 * DEAD_AFTER
-    ctx = types.SimpleNamespace(js=js, stopping=asyncio.Event())
+    store.shared_storage, store.dead_after = True, DEAD_AFTER
+    # listening long since, on this link: a runner never heard (r1) is gone
+    store.runners.looked(time.time() - 10 * DEAD_AFTER, nc.stats["reconnects"])
+    ctx = types.SimpleNamespace(js=js, nc=nc, stopping=asyncio.Event())
     due = await bind(js, router_due(), batch=64)
     try:
         yield Moving(Router(cast(ServiceContext, ctx), store), store, js, due)
