@@ -218,18 +218,25 @@ async def test_once_waits_past_a_notice_and_exits_non_zero_when_the_message_will
     assert "I'm busy; your turn comes" in out.getvalue() and "the answer" in out.getvalue()
 
 
+async def chat_home(
+    tmp_path: Path, nats_server: NatsServer, nc: Client
+) -> tuple[dict[str, str], JetStreamContext.PushSubscription]:
+    """A new home on the test's NATS: the environment `clawden chat` runs in, and what it publishes, as read."""
+    home = tmp_path / "home"
+    setup.init(home)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    inbound = await js.subscribe(subjects.inbound("local"))
+    return {**os.environ, "CLAWDEN_HOME": str(home), "CLAWDEN_NATS_URL": nats_server.url}, inbound
+
+
 @pytest.mark.parametrize(
     ("lines", "messages"), [(False, ["first line\nsecond line"]), (True, ["first line", "second line"])]
 )
 async def test_piped_input_is_one_message_unless_asked_line_by_line(
     tmp_path: Path, nats_server: NatsServer, nc: Client, router: None, lines: bool, messages: list[str]
 ) -> None:
-    home = tmp_path / "home"
-    setup.init(home)
-    js = nc.jetstream()
-    await ensure_streams(js)
-    inbound = await js.subscribe(subjects.inbound("local"))
-    env = {**os.environ, "CLAWDEN_HOME": str(home), "CLAWDEN_NATS_URL": nats_server.url}
+    env, inbound = await chat_home(tmp_path, nats_server, nc)
 
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -255,12 +262,7 @@ async def test_piped_input_is_one_message_unless_asked_line_by_line(
 async def test_without_a_router_chat_says_so_in_one_line_with_what_to_run_and_sends_nothing(
     tmp_path: Path, nats_server: NatsServer, nc: Client
 ) -> None:
-    home = tmp_path / "home"
-    setup.init(home)
-    js = nc.jetstream()
-    await ensure_streams(js)
-    inbound = await js.subscribe(subjects.inbound("local"))
-    env = {**os.environ, "CLAWDEN_HOME": str(home), "CLAWDEN_NATS_URL": nats_server.url}
+    env, inbound = await chat_home(tmp_path, nats_server, nc)
 
     proc = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "clawden", "chat", "--once", "hello", "--timeout", "3"),
@@ -324,12 +326,8 @@ class Pty:
 async def test_in_a_terminal_a_paste_is_one_message_a_reply_keeps_the_typed_line_and_ctrl_c_leaves_at_once(
     tmp_path: Path, nats_server: NatsServer, nc: Client, router: None
 ) -> None:
-    home = tmp_path / "home"
-    setup.init(home)
-    js = nc.jetstream()
-    await ensure_streams(js)
-    inbound = await js.subscribe(subjects.inbound("local"))
-    term = Pty({**os.environ, "CLAWDEN_HOME": str(home), "CLAWDEN_NATS_URL": nats_server.url, "TERM": "xterm"})
+    env, inbound = await chat_home(tmp_path, nats_server, nc)
+    term = Pty({**env, "TERM": "xterm"})
     try:
         await asyncio.to_thread(term.wait_for, b"you> ")
 
@@ -342,7 +340,7 @@ async def test_in_a_terminal_a_paste_is_one_message_a_reply_keeps_the_typed_line
         term.write(b"half typ")
         await asyncio.to_thread(term.wait_for, b"half typ")
         await publish(
-            js,
+            nc.jetstream(),
             subjects.outbound("local", ROUTE.chat_id),
             ev.OutboundMessage(id="r-1", route=ROUTE, text="a reply", agent_group="main"),
             msg_id="r-1",

@@ -799,25 +799,38 @@ def test_a_turn_past_its_time_budget_is_stopped_and_the_chat_is_told(
     assert "echo: " in session.reply_to(session.send("still there?")).content["text"]
 
 
+ASK = ToolCall("ask_user_question", {"question": "Which one?", "options": ["tea", "coffee"], "timeout": 60})
+
+
+def asked(session: Session, fake: FakeAnthropic) -> tuple[int, sessiondb.OutboundMessage]:
+    """A message whose turn asks the person a question, and that question's row, once the agent waits on it."""
+    fake.script(ASK)
+    seq = session.send("ask me something")
+    return seq, session.wait(lambda: next((m for m in session.outbound() if m.kind == "question"), None))
+
+
+def answered_on_the_rerun(session: Session, fake: FakeAnthropic, seq: int, question: sessiondb.OutboundMessage) -> None:
+    """The turn, run again, asks again and takes the click on the first card: one card, one answer, completed."""
+    session.wait(lambda: True if fake.pending_script < 3 else None)  # the rerun has asked
+    sessiondb.respond(session.dir, question.content["request_id"], {"answer": "tea"})  # a click on the first card
+    session.wait(lambda: session.acks().get(seq) if session.acks().get(seq) in ("completed", "failed") else None)
+    assert session.acks()[seq] == "completed"
+    rows = [(m.kind, m.content.get("text")) for m in session.outbound() if m.in_reply_to == seq]
+    assert rows == [("question", None), ("chat", "tea it is")]  # one card, not a second
+
+
+RERUN = (ASK, ToolCall("send_message", {"text": "tea it is"}), Text("done"))
+
+
 def test_a_question_asked_again_after_its_container_died_is_the_same_card_and_takes_its_answer(
     session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
 ) -> None:
     agent = start_agent()
-    ask = ToolCall("ask_user_question", {"question": "Which one?", "options": ["tea", "coffee"], "timeout": 60})
-    fake.script(ask)
-    seq = session.send("ask me something")
-    question = session.wait(lambda: next((m for m in session.outbound() if m.kind == "question"), None))
+    seq, question = asked(session, fake)
     agent.kill()  # while it waits for the person: the turn runs again in the next container, and asks again
-
-    fake.script(ask, ToolCall("send_message", {"text": "tea it is"}), Text("done"))
+    fake.script(*RERUN)
     start_agent()
-    session.wait(lambda: True if fake.pending_script < 3 else None)  # the rerun has asked
-    sessiondb.respond(session.dir, question.content["request_id"], {"answer": "tea"})  # a click on the first card
-    session.wait(lambda: session.acks().get(seq) if session.acks().get(seq) in ("completed", "failed") else None)
-
-    assert session.acks()[seq] == "completed"
-    rows = [(m.kind, m.content.get("text")) for m in session.outbound() if m.in_reply_to == seq]
-    assert rows == [("question", None), ("chat", "tea it is")]  # one card, not a second
+    answered_on_the_rerun(session, fake, seq, question)
 
 
 def test_a_question_claude_code_died_waiting_on_is_asked_again_and_takes_its_answer(
@@ -826,21 +839,11 @@ def test_a_question_claude_code_died_waiting_on_is_asked_again_and_takes_its_ans
     """Claude Code dying while the agent waits on the person is not the message's fault: the turn runs again and
     asks again (the same card), and the person's click reaches it, rather than the message failing under it."""
     agent = start_agent()
-    ask = ToolCall("ask_user_question", {"question": "Which one?", "options": ["tea", "coffee"], "timeout": 60})
-    fake.script(ask)
-    seq = session.send("ask me something")
-    question = session.wait(lambda: next((m for m in session.outbound() if m.kind == "question"), None))
-    fake.script(ask, ToolCall("send_message", {"text": "tea it is"}), Text("done"))
+    seq, question = asked(session, fake)
+    fake.script(*RERUN)
     for pid in agent.children():
         os.kill(pid, signal.SIGKILL)
-
-    session.wait(lambda: True if fake.pending_script < 3 else None)  # the rerun has asked
-    sessiondb.respond(session.dir, question.content["request_id"], {"answer": "tea"})
-    session.wait(lambda: session.acks().get(seq) if session.acks().get(seq) in ("completed", "failed") else None)
-
-    assert session.acks()[seq] == "completed"
-    rows = [(m.kind, m.content.get("text")) for m in session.outbound() if m.in_reply_to == seq]
-    assert rows == [("question", None), ("chat", "tea it is")]
+    answered_on_the_rerun(session, fake, seq, question)
 
 
 def test_a_question_a_restart_stopped_the_wait_for_is_asked_again_and_takes_its_answer(
@@ -849,22 +852,12 @@ def test_a_question_a_restart_stopped_the_wait_for_is_asked_again_and_takes_its_
     """Asking is not answering: a container stopped on purpose (SIGTERM: a restart, a shutdown) while its agent waits
     for the person leaves the message owed, not completed, and the click on the card reaches the next container."""
     agent = start_agent()
-    ask = ToolCall("ask_user_question", {"question": "Which one?", "options": ["tea", "coffee"], "timeout": 60})
-    fake.script(ask)
-    seq = session.send("ask me something")
-    question = session.wait(lambda: next((m for m in session.outbound() if m.kind == "question"), None))
+    seq, question = asked(session, fake)
     assert agent.terminate() == 0
     assert session.acks() == {seq: "processing"}
-
-    fake.script(ask, ToolCall("send_message", {"text": "tea it is"}), Text("done"))
+    fake.script(*RERUN)
     start_agent()
-    session.wait(lambda: True if fake.pending_script < 3 else None)  # the rerun has asked
-    sessiondb.respond(session.dir, question.content["request_id"], {"answer": "tea"})
-    session.wait(lambda: session.acks().get(seq) if session.acks().get(seq) in ("completed", "failed") else None)
-
-    assert session.acks()[seq] == "completed"
-    rows = [(m.kind, m.content.get("text")) for m in session.outbound() if m.in_reply_to == seq]
-    assert rows == [("question", None), ("chat", "tea it is")]
+    answered_on_the_rerun(session, fake, seq, question)
 
 
 def test_a_message_sent_to_another_destination_does_not_answer_the_person(

@@ -175,6 +175,13 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
+# A WebSocket handshake as a client sends it through the tunnel (the site under test decides what it answers).
+WEBSOCKET_ASK = (
+    b"GET /socket HTTP/1.1\r\nHost: api.example.test\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhl\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
 async def open_tunnel(
     socket_path: Path, host: str, ca_pem: bytes, port: int = 443
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

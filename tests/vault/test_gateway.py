@@ -23,6 +23,7 @@ from tests.eventually import eventually
 from tests.fakes.anthropic import FakeTLS
 from tests.vault.conftest import GROUP, RigFactory, relay, rule, secret
 from tests.vault.sites import (
+    WEBSOCKET_ASK,
     FakeUpstream,
     LaxSite,
     Received,
@@ -259,10 +260,7 @@ async def test_websocket_upgrade_is_piped_after_injection(rig: RigFactory, site:
     async with rig(token) as r:
         reader, writer = await open_tunnel(r.socket, "api.example.test", r.gateway.ca.cert_pem)
         try:
-            writer.write(
-                b"GET /socket HTTP/1.1\r\nHost: api.example.test\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhl\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            )
+            writer.write(WEBSOCKET_ASK)
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             greeting = await asyncio.wait_for(reader.readexactly(len(b"hello from the site")), 5)
         finally:

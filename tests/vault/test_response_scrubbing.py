@@ -12,7 +12,7 @@ import h11
 import pytest
 
 from tests.vault.conftest import RigFactory, secret
-from tests.vault.sites import FakeUpstream, Received, Reply, close_writer, open_tunnel
+from tests.vault.sites import WEBSOCKET_ASK, FakeUpstream, Received, Reply, close_writer, open_tunnel
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -106,10 +106,7 @@ async def test_a_secret_echoed_in_a_websocket_switch_is_scrubbed(rig: RigFactory
     async with rig((header,)) as r:
         reader, writer = await open_tunnel(r.socket, "api.example.test", r.gateway.ca.cert_pem)
         try:
-            writer.write(
-                b"GET /socket HTTP/1.1\r\nHost: api.example.test\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhl\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            )
+            writer.write(WEBSOCKET_ASK)
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         finally:
             await close_writer(writer)
