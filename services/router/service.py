@@ -53,6 +53,14 @@ class Router:
 
     # --- publishing -------------------------------------------------------------------------------
 
+    async def flush_all(self) -> bool:
+        """Publish the whole outbox, a batch at a time (the caller holds `publishing`, so nothing joins it meanwhile);
+        True once it is empty, False where NATS did not take a batch."""
+        while batch := await self.store.run(self.store.outgoing):
+            if not await self.flush(batch):
+                return False
+        return True
+
     async def flush(self, outgoing: Sequence[outbox.Outgoing]) -> bool:
         """Publish outbox rows (a session's wakes each wait for the previous one's ack); True if all went."""
         done = await outbox.publish(self.ctx.js, self.store, outgoing, timeout=PUBLISH_TIMEOUT)
@@ -243,7 +251,7 @@ class Router:
         self.look()
         for gone in await self.store.run(self.store.gone_runners, time.time()):
             async with self.publishing:
-                if not await self.flush(await self.store.run(self.store.outgoing)):
+                if not await self.flush_all():
                     return  # NATS is not taking what we publish: the next round tries again
                 try:
                     untaken = await failover.untaken_wakes(self.ctx.js, gone)
@@ -256,7 +264,7 @@ class Router:
                     log.exception("moving runner %s's sessions failed", gone)
                     continue
                 self.counts.update(outcome.counts)
-                await self.flush(outcome.outgoing)
+                await self.flush_all()  # the moved sessions' wakes, before anything else is published
 
     async def failing_over(self, every: float) -> None:
         while await sleep_unless_stopping(self.ctx.stopping, every):

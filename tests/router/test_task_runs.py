@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 import types
@@ -314,3 +315,27 @@ async def scheduler_add(home: Path, url: str, session_id: str) -> str:
         ),
     )
     return info.id
+
+
+async def test_a_move_publishes_the_whole_outbox_first_so_no_wake_reaches_the_runner_left_after_it(
+    moving: Moving, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat = await moving.chat()
+    runs = [due_run(chat.session_id, n) for n in (1, 2, 3)]
+    publish_for_real = moving.router.flush
+
+    async def not_taken(outgoing: object) -> bool:  # NATS away: the wakes wait in the outbox, for r1
+        return False
+
+    monkeypatch.setattr(moving.router, "flush", not_taken)
+    for run in runs:
+        await hand_over(moving.js, run)
+    await moving.handle(3)
+    monkeypatch.setattr(moving.router, "flush", publish_for_real)
+    # An outbox longer than one read of it (2,000 rows in the service; one here).
+    monkeypatch.setattr(moving.store, "outgoing", functools.partial(RouterStore.outgoing, moving.store, 1))
+    await moving.move_to("r2")
+    while rows := await moving.store.run(moving.store.outgoing):  # the publishing rounds after the move
+        assert await moving.router.flush(rows)
+    on_r2 = await moving.wakes("r2")
+    assert [[w.epoch for w in task_wakes(on_r2, run)] for run in runs] == [[2], [2], [2]]
