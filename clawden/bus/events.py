@@ -34,6 +34,7 @@ GroupName = Annotated[str, msgspec.Meta(pattern=GROUP_PATTERN)]
 SessionId = Annotated[str, msgspec.Meta(pattern=subjects.TOKEN_PATTERN)]
 OptionalGroup = Annotated[str, msgspec.Meta(pattern=f"^$|{GROUP_PATTERN}")]
 OptionalSession = Annotated[str, msgspec.Meta(pattern=f"^$|{subjects.TOKEN_PATTERN}")]
+OptionalToken = Annotated[str, msgspec.Meta(pattern=f"^$|{subjects.TOKEN_PATTERN}")]
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -625,6 +626,9 @@ class ApprovalRequest(_Event, tag="approval.request", frozen=True):
     # Users (`<channel>:<handle>`) who may decide, most specific first, when the requester knows
     # (the router does: it owns roles). Empty: the approvals service picks.
     approvers: tuple[str, ...] = ()
+    # Not a question: a word about the request `amends`, already decided, by the requester that asked it, shown under
+    # its card's outcome (`card.body`: the router's "not carried out, and why"). Nothing is asked or decided.
+    amends: OptionalToken = ""
 
 
 class ApprovalDecision(_Event, tag="approval.decision", frozen=True):

@@ -70,4 +70,6 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE outbox ADD COLUMN lane TEXT NOT NULL DEFAULT '';
     """,
     ),
+    # The requester's word on a decided request, shown under the card's outcome (`ApprovalRequest.amends`).
+    ("0004_amended", "ALTER TABLE approvals ADD COLUMN note TEXT NOT NULL DEFAULT ''"),
 ]

@@ -70,6 +70,9 @@ class Approvals:
     # --- handlers -------------------------------------------------------------------------------
 
     async def on_request(self, request: ev.ApprovalRequest, msg: Msg) -> None:
+        if request.amends:
+            await self.step(self.store.amend, request, time.time())
+            return
         approvers: tuple[str, ...] = request.approvers
         if not approvers and request.kind != "question":
             try:

@@ -64,6 +64,20 @@ class Store(outbox.OutboxStore):
 
     # --- requests -------------------------------------------------------------------------------
 
+    def amend(self, request: ev.ApprovalRequest, now: float) -> Step:
+        """The requester's word on a request it asked that is decided now: shown under the card's outcome (edited again
+        where it was edited already). Only the requester that asked may amend it, once, and only once decided."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM approvals WHERE id = ?", (request.amends,)).fetchone()
+            if row is None or row["status"] == "pending" or row["requester"] != request.requester or row["note"]:
+                return Step("amend_ignored")
+            db.execute("UPDATE approvals SET note = ? WHERE id = ?", (request.card.body, request.amends))
+            self._audit(request.amends, now, "amended", request.requester, request.card.body)
+            if row["edited"]:
+                db.execute("UPDATE approvals SET edited = 0 WHERE id = ?", (request.amends,))
+                self._edit(request.amends)
+            return Step("amended")
+
     def add_request(self, request: ev.ApprovalRequest, approvers: Sequence[str], now: float) -> Step:
         """Record a request and send its card; with nobody to send it to, deny it at once and say why."""
         with self._tx() as db:
@@ -218,9 +232,10 @@ class Store(outbox.OutboxStore):
         if not label and row["value"]:
             label = next((b.label for b in card.buttons if b.id == row["value"]), row["value"])
         decided_by = "" if row["decided_by"] == DECIDER else row["decided_by"]
-        shown = cards.decided_card(card, cards.outcome_line(row["status"], decided_by, label, row["reason"]))
+        line = cards.outcome_line(row["status"], decided_by, label, row["reason"])
+        shown = cards.decided_card(card, f"{line}\n{row['note']}" if row["note"] else line)
         route = ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"])
-        edit_id = f"{row['card_id']}:{row['status']}"
+        edit_id = f"{row['card_id']}:{row['status']}" + (":amended" if row["note"] else "")
         self.emit(
             subjects.outbound(route.channel, route.chat_id),
             edit_id,

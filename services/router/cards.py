@@ -27,6 +27,7 @@ NAME_RULE = f"lowercase letters, digits, - and _, at most {MAX_NAME}, starting w
 NAMING_SUFFIX = "-name"  # the follow-up notice's id: the channel approval's, with this
 # The notice to whoever pressed a button the router did not carry out: the pressed card's id, with this.
 UNDONE_SUFFIX = "-undone"
+AMEND_SUFFIX = "-amend"  # the word under that card's outcome, that the choice was not carried out
 STARTER_MEMORY = """\
 # {name}
 
@@ -162,10 +163,24 @@ def not_done(
         card=ev.Card(
             title="Not carried out",
             body=f"You chose {choice(decision.value)} on the card about {about}, and it was not carried out: {why}."
-            f" Whatever that card shows, nothing was changed.{then}",
+            f" Nothing was changed.{then}",
         ),
         approvers=(decision.decided_by,),
         context={"channel": decision.decided_by.partition(":")[0]},
+    )
+
+
+def amendment(
+    decision: ev.ApprovalDecision, kind: Literal["sender", "channel"], agent_group: str, why: str
+) -> ev.ApprovalRequest:
+    """The word the approvals service shows under the pressed card's outcome, so that card does not read as done."""
+    return ev.ApprovalRequest(
+        id=f"{decision.id}{AMEND_SUFFIX}",
+        kind=kind,
+        requester=REQUESTER,
+        agent_group=agent_group or "main",
+        card=ev.Card(title="Not carried out", body=f"⚠️ Not carried out: {why}."),
+        amends=decision.id,
     )
 
 

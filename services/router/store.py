@@ -1267,7 +1267,9 @@ class RouterStore(outbox.OutboxStore):
             "approval %s: %s answered after it was withdrawn (%s)", decision.id, decision.decided_by, gone["why"]
         )
         notice = cards.not_done(decision, gone["kind"], gone["agent_group"], gone["about"], gone["why"], again=False)
-        self.emit(subjects.APPROVAL_REQUEST, notice.id, notice, lane=decision.id)
+        amended = cards.amendment(decision, gone["kind"], gone["agent_group"], gone["why"])
+        for request in (amended, notice):
+            self.emit(subjects.APPROVAL_REQUEST, request.id, request, lane=decision.id)
         out.counts["decisions_too_late"] += 1
 
     def _about(self, row: sqlite3.Row) -> str:
@@ -1296,7 +1298,9 @@ class RouterStore(outbox.OutboxStore):
         out.counts["decisions_refused"] += 1
         again = self._ask_again(row, decision, why)
         notice = cards.not_done(decision, row["kind"], row["agent_group"], self._about(row), why, again=again)
-        self.emit(subjects.APPROVAL_REQUEST, notice.id, notice, lane=row["id"])
+        amended = cards.amendment(decision, row["kind"], row["agent_group"], why)
+        for request in (amended, notice):
+            self.emit(subjects.APPROVAL_REQUEST, request.id, request, lane=row["id"])
 
     def _ask_again(self, row: sqlite3.Row, decision: ev.ApprovalDecision, why: str) -> bool:
         """A new card for the approval, under a new id that counts for it (`merged_approvals`); False when there is

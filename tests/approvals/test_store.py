@@ -147,6 +147,40 @@ def test_a_card_decided_before_its_receipt_is_edited_when_the_receipt_comes(stor
     assert isinstance(edit, ev.OutboundEdit) and edit.target_message_id == "m9"
 
 
+def amendment(of: str = "vault-1", by: str = "vault", why: str = "the key was revoked") -> ev.ApprovalRequest:
+    """The requester's word that a decided request was not carried out (the router's, in the service)."""
+    return msgspec.structs.replace(
+        request(f"{of}-amend"), requester=by, card=ev.Card(title="Not carried out", body=f"⚠️ {why}"), amends=of
+    )
+
+
+def test_a_requester_that_could_not_carry_out_a_decision_says_so_under_the_cards_outcome(store: Store) -> None:
+    store.add_request(request(), [OWNER], 1000)
+    card = sent_card(store)
+    store.click(click(card, "approve"), 1002)
+    drain(store)
+    assert store.amend(amendment(by="runner"), 1003).result == "amend_ignored"  # only the requester that asked
+    assert store.amend(amendment(), 1003).result == "amended"
+    (edit,) = drain(store)  # nothing asked, nobody else told: the pressed card shows it
+    assert isinstance(edit, ev.OutboundEdit) and edit.target_message_id == "m1" and edit.id.endswith(":amended")
+    assert edit.text.endswith("Approved by local:alice\n⚠️ the key was revoked")
+    assert store.amend(amendment(why="again"), 1004).result == "amend_ignored"  # said once
+    assert drain(store) == [] and store.get("vault-1-amend") is None
+
+
+def test_an_amendment_waits_for_the_decision_and_rides_on_the_edit_when_the_receipt_comes(store: Store) -> None:
+    store.add_request(request(), [OWNER], 1000)
+    assert store.amend(amendment(), 1001).result == "amend_ignored"  # still pending: nothing to amend yet
+    (card,) = drain(store)
+    assert isinstance(card, ev.OutboundMessage)
+    store.decide("vault-1", "approve", OWNER, 1002)
+    assert store.amend(amendment(), 1003).result == "amended"
+    assert [type(e) for e in drain(store)] == [ev.ApprovalDecision]  # the card's id is not known yet
+    store.receipt(ev.DeliveryReceipt(outbound_id=card.id, route=card.route, ok=True, platform_message_id="m9"), 1004)
+    (edit,) = drain(store)
+    assert isinstance(edit, ev.OutboundEdit) and edit.text.endswith("\n⚠️ the key was revoked")
+
+
 def test_an_undeliverable_card_denies_the_request(store: Store) -> None:
     store.add_request(request(), [OWNER], 1000)
     (card,) = drain(store)

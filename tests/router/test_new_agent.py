@@ -66,9 +66,10 @@ async def test_the_owner_names_a_new_agent_and_the_chat_is_connected_to_it_once(
     await decide(js, request.id, "telegram:alice", cards.NEW_AGENT, "d0")  # not an owner: not carried out
     await decide(js, request.id, owner, cards.NEW_AGENT, "d1")
     await decide(js, request.id, owner, cards.NEW_AGENT, "d2")  # redelivered past the dedupe: asked once
-    sent = await collect(js, "t-requests-2", subjects.APPROVAL_REQUEST, want=4, settle=1.5)
-    [_, again, told, ask] = [r for r in sent if isinstance(r, ev.ApprovalRequest)]
+    sent = await collect(js, "t-requests-2", subjects.APPROVAL_REQUEST, want=5, settle=1.5)
+    [_, again, amended, told, ask] = [r for r in sent if isinstance(r, ev.ApprovalRequest)]
     assert again.id == cards.again_id(request.id) and again.approvers == (owner,)  # asked again, of the owner
+    assert amended.amends == request.id  # the card alice pressed says it was not carried out
     assert told.approvers == ("telegram:alice",) and "only a global admin or an owner may make a new agent" in (
         told.card.body
     )

@@ -294,14 +294,18 @@ def test_a_connection_to_an_agent_group_deleted_since_the_card_is_not_carried_ou
     admin(store, "groups", op="delete", name="helper")
     refused = approve(store, request.id, value="connect:helper")
     assert wakes(refused) == [] and admin(store, "wirings", op="list", channel="telegram") == []
-    again, told = requests(refused)
-    # the owner's card says what they pressed; their own chat says it was not done, and why
+    again, amended, told = requests(refused)
+    # the card pressed says under its outcome that it was not done (the approvals service edits it), and their own
+    # chat says so, and why
+    assert (amended.amends, amended.card.body) == (
+        request.id,
+        "⚠️ Not carried out: there is no agent group helper any more.",
+    )
     assert (told.id, told.approvers, told.card.buttons) == (f"{request.id}{cards.UNDONE_SUFFIX}", (OWNER,), ())
     assert told.card.title == "Not carried out"
     assert told.card.body == (
         "You chose Connect to helper on the card about connecting family (chat c1 on telegram), and it was not carried"
-        " out: there is no agent group helper any more. Whatever that card shows, nothing was changed."
-        " A new card asks again."
+        " out: there is no agent group helper any more. Nothing was changed. A new card asks again."
     )
     # a new card, with the groups there are now, that counts for the same approval
     assert (again.id, again.kind, again.approvers) == (cards.again_id(request.id), "channel", (OWNER,))
@@ -323,14 +327,15 @@ def test_a_sender_approved_by_an_admin_no_longer_is_not_carried_out_and_asked_of
     admin(store, "roles", op="revoke", user_id="telegram:ann", role="admin", agent_group="main")
     refused = approve(store, request.id, by="telegram:ann")
     assert wakes(refused) == []
-    again, told = requests(refused)
+    again, amended, told = requests(refused)
+    assert amended.amends == request.id and amended.requester == cards.REQUESTER
     assert told.approvers == ("telegram:ann",) and told.context == {"channel": "telegram"}
     assert "You chose Allow on the card about telegram:u1 writing to main in chat c1 on telegram" in (told.card.body)
     assert "not carried out: only an admin of main, a global admin or an owner may approve it" in told.card.body
     assert (again.kind, again.approvers, again.card.title) == ("sender", (OWNER,), "New sender")
     assert len(wakes(approve(store, again.id))) == 1
     # delivered again after all this: said again under the same id (the approvals service keeps the first)
-    [late] = requests(approve(store, request.id, by="telegram:ann"))
+    [_, late] = requests(approve(store, request.id, by="telegram:ann"))
     assert late.id == told.id and "not carried out: local:alice approved it already" in late.card.body
 
 
@@ -352,9 +357,10 @@ def test_an_approval_pressed_after_the_router_dropped_it_tells_who_pressed_it_wa
     [request] = requests(published(store, store.route_batch([msg()], NOW)))
     withdraw(store)
     store.published([o.id for o in store.outgoing()])
-    [told] = requests(approve(store, request.id))
+    [amended, told] = requests(approve(store, request.id))
+    assert (amended.amends, amended.card.body) == (request.id, f"⚠️ Not carried out: {why}.")
     assert (told.id, told.approvers) == (f"{request.id}{cards.UNDONE_SUFFIX}", (OWNER,))
-    assert f"and it was not carried out: {why}. Whatever that card shows, nothing was changed." in told.card.body
+    assert f"and it was not carried out: {why}. Nothing was changed." in told.card.body
     # a denial there is what happened anyway, and other services' decisions are none of the router's
     denied = ev.ApprovalDecision(id=request.id, decision="denied", decided_by=OWNER)
     assert published(store, store.on_decision(denied, NOW)) == []
