@@ -270,7 +270,7 @@ class Supervisor:
             if code == EX_CONFIG:  # it said why in its log; restarting would only say it again
                 # The service logged "<name> cannot run as configured: <why>": the why is what is said here.
                 why = last_error(child.log_path, child.log_offset)
-                child.failed = why.removeprefix(f"{child.name} cannot run as configured: ")
+                child.failed = why.removeprefix(f"{child.name} cannot run as configured: ") or f"exited {EX_CONFIG}"
                 self.say(
                     f"{child.name} cannot run as configured: {child.failed}\n"
                     f"{'':<10}not restarting it (see {child.log_path})"

@@ -878,11 +878,14 @@ def bridge_start_fix(cfg: Config, channel: str) -> str:
     return f"{start_hint(cfg, unit)} (`clawden logs channel@{channel}` says why it stopped)"
 
 
-async def bridge_running(p: Probe, channel: str) -> bool:
-    """Whether the bridge answers on the bus: a token that works is no use to a bridge that does not run."""
+async def bridge_running(p: Probe, channel: str) -> bool | None:
+    """Whether the bridge answers on the bus: a token that works is no use to a bridge that does not run. None when
+    NATS itself cannot be reached: its own row says so, and nothing is known of the bridge."""
     try:
         await p.ask(PING.at(natsauth.identity(f"channel@{channel}")), Nothing())
-    except (Unreachable, RuntimeError):  # NATS away (its own row says so), or nobody answers as this bridge
+    except Unreachable:
+        return None
+    except RuntimeError:  # nobody answers as this bridge
         return False
     return True
 
@@ -894,7 +897,7 @@ def channel_row(channel: str) -> CheckFn:
 
     async def check(p: Probe) -> Result:
         token = await token_check(p)
-        if token.status != "ok" or await bridge_running(p, channel):
+        if token.status != "ok" or await bridge_running(p, channel) is not False:
             return token
         return warn(f"{token.detail}; but its bridge is not running", bridge_start_fix(p.cfg, channel))
 

@@ -526,12 +526,14 @@ class Delivery:
         if event.target_outbound_id:
             shared = await (await self._shared_log()).parts(event.target_outbound_id)
             if any(r.platform_id == event.target_message_id for r in shared.values()):
-                gone = {n for n, p in local.items() if p.removed}
-                parts = {
-                    n: Send(n, "sent", r.platform_id, "", r.kind, removed=r.removed or n in gone)
-                    for n, r in shared.items()
-                    if r.state == "sent"  # what an edit can reach
-                }
+                # Merged part by part: a 'sent' the bus did not take from this instance is still in its own log.
+                parts = {n: p for n, p in local.items() if p.state == "sent"}
+                for n, r in shared.items():
+                    if r.state == "sent":  # what an edit can reach
+                        mine = parts.get(n)
+                        parts[n] = Send(
+                            n, "sent", r.platform_id, "", r.kind, removed=r.removed or bool(mine and mine.removed)
+                        )
                 return event.target_outbound_id, parts
         return (found[0], local) if found else ("", {})
 

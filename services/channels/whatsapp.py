@@ -20,7 +20,8 @@ import logging
 import mimetypes
 import re
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,7 @@ import httpx
 import msgspec
 
 from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secret
-from clawden.bus import bind, consume, publish, sentlog, subjects, webhooks
+from clawden.bus import Retry, bind, consume, publish, sentlog, subjects, webhooks
 from clawden.bus import events as ev
 from clawden.bus.streams import bridge_webhooks
 from clawden.config import Config
@@ -48,6 +49,7 @@ MAX_ROWS, MAX_ROW_TITLE = 10, 24  # "List messages": up to 10 rows, titles up to
 WINDOW = 24 * 3600.0  # "Customer service windows"
 WINDOW_KEPT = 30 * 24 * 3600.0  # past it a refusal says "never" instead of "n days ago"
 PRUNE_EVERY = 6 * 3600.0
+STATUS_LOOKS = 3  # a status naming no message known yet is looked for again this often, a second apart
 PENDING_KEPT = 1000
 UPLOAD_LIMIT = 100 * 1024 * 1024  # documents; images 5 MB, audio and video 16 MB ("Supported media types")
 DOWNLOAD_LIMIT = 100 * 1024 * 1024
@@ -298,6 +300,7 @@ class WhatsAppBridge(Bridge):
         # What twins (instances on other hosts, sharing the webhook durable) must know of what this one heard, and
         # the other way round: each person's last message (the window) and each sent message's record (statuses).
         self._shared = sentlog.SharedNotes(ctx.js, CHANNEL)
+        self._unplaced: Counter[str] = Counter()  # statuses of messages no record names yet: looks so far
         self._pending: dict[str, ev.OutboundMessage] = {}  # outbound id -> message, while its parts go
         # Sends between the Graph call and noting its wamid: a status webhook may overtake the answer.
         self._in_flight: set[asyncio.Future[None]] = set()
@@ -454,7 +457,14 @@ class WhatsAppBridge(Bridge):
             await asyncio.wait(set(self._in_flight))
             found = await self._sent_record(s.id)
         if found is None:
-            return  # not ours, or older than we keep
+            # A twin may have sent it and not noted it yet (its note follows Graph's answer): looked for again a
+            # few times, as the delivery is waited out; then it is not ours, or older than we keep.
+            self._unplaced[s.id] += 1
+            if self._unplaced[s.id] <= STATUS_LOOKS:
+                raise Retry(f"no record yet of the message a {s.status} status names", delay=1.0)
+            del self._unplaced[s.id]
+            return
+        self._unplaced.pop(s.id, None)
         try:
             record = _sent_decoder.decode(found)
         except msgspec.DecodeError as exc:  # only this channel's bridges write there: said, not retried
@@ -482,7 +492,12 @@ class WhatsAppBridge(Bridge):
         """The record of a message this instance sent, or a twin did (None: neither, or older than kept)."""
         assert self._inbound is not None
         found = await self._inbound.state.cursor(f"sent:{wamid}")
-        return found[0] if found else await self._shared.get(f"sent:{wamid}")
+        if found:
+            return found[0]
+        try:
+            return await self._shared.get(f"sent:{wamid}")
+        except sentlog.Unavailable as exc:  # the bus's trouble, not the status's: the delivery is waited out
+            raise Retry(f"the shared notes: {exc}", delay=2.0) from exc
 
     async def _saw(self, wa_id: str, at: float) -> None:
         """The person wrote at `at`: their customer-service window runs 24 hours from the latest message."""
@@ -492,7 +507,18 @@ class WhatsAppBridge(Bridge):
         known = await state.cursor(f"window:{wa_id}")
         if known is None or float(known[0]) < at:
             await state.set_cursor(f"window:{wa_id}", str(at))
-        await self._shared.raise_to(f"window:{wa_id}", str(at), lambda new, there: float(new) > _float(there))
+        await self._share(
+            self._shared.raise_to(f"window:{wa_id}", str(at), lambda new, there: float(new) > _float(there))
+        )
+
+    @staticmethod
+    async def _share(note: Awaitable[None]) -> None:
+        """Tell the twins what this instance knows; the bus not taking it costs them, never this instance's own
+        work (the message was read, the send went): a twin then answers from what it knows itself."""
+        try:
+            await note
+        except sentlog.Unavailable as exc:
+            log.warning("the twins were not told (the shared notes did not take it): %s", exc)
 
     # --- out ---
 
@@ -553,7 +579,7 @@ class WhatsAppBridge(Bridge):
             return
         record = _sent_encoder.encode(SentRecord(event.id, event.session_id, event.seq, chat_id)).decode()
         await self._inbound.state.set_cursor(f"sent:{wamid}", record)
-        await self._shared.put(f"sent:{wamid}", record)  # a status callback may come to a twin
+        await self._share(self._shared.put(f"sent:{wamid}", record))  # a status callback may come to a twin
 
     async def send_text(
         self, route: ev.Route, text: str, *, reply_to: str | None, buttons: list[list[ButtonRef]], key: str

@@ -27,6 +27,9 @@ NAME_RULE = f"lowercase letters, digits, - and _, at most {MAX_NAME}, starting w
 NAMING_SUFFIX = "-name"  # the follow-up notice's id: the channel approval's, with this
 # The notice to whoever pressed a button the router did not carry out: the pressed card's id, with this.
 UNDONE_SUFFIX = "-undone"
+NO_LONGER_MAY_NAME = (
+    "No agent group was made: only a global admin or an owner may make a new agent, and you are neither any more."
+)
 AMEND_SUFFIX = "-amend"  # the word under that card's outcome, that the choice was not carried out
 STARTER_MEMORY = """\
 # {name}

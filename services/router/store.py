@@ -1467,6 +1467,9 @@ class RouterStore(outbox.OutboxStore):
         if not rows:
             return False
         row, chat = rows[0], self._chat_name(rows[0]["messaging_group"])
+        if not self.roles.may_decide(user, None):  # no longer an owner or global admin since New agent was pressed
+            self._reply(event, cards.NO_LONGER_MAY_NAME, 0, out, kind="error")
+            return True
         folders = dict(self.conn.execute("SELECT name, folder FROM agent_groups").fetchall())
         if why := cards.name_problem(given, chat, folders):
             self._reply(event, why, 0, out, kind="error")

@@ -14,12 +14,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import msgspec
 import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from clawden.bus import Retry, ensure_streams, subjects
+from clawden.bus import Retry, ensure_streams, sentlog, subjects
 from clawden.bus import events as ev
 from services.channels.bridge import BridgeStats, ButtonRef, Capabilities
 from services.channels.delivery import POISON_AFTER, Delivery, TypingIndicators, plan
@@ -386,6 +387,19 @@ async def test_an_edit_handed_to_the_instance_that_did_not_send_the_message_refi
     await first.handle(edit("eins eins eins\n\nzwei zwei zwei\n\ndrei drei drei", 2), fake_msg())
     assert shown.keys() == {"p1", "p2"} and shown["p1"] == "eins eins eins" and shown["p2"].startswith("zwei zwei")
     assert [(r.ok, r.error) for r in await receipts(bus) if r.outbound_id.startswith("s:e")] == [(True, None)] * 2
+
+
+async def test_a_part_the_shared_log_missed_as_sent_is_still_refilled_by_the_instance_that_sent_it(
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    shown: dict[str, str] = {}
+    delivery = delivery_for(Editable(shown), state, bus, tmp_path)
+    await delivery.handle(message("one one one\n\ntwo two two", id="s:5"), fake_msg())
+    # The bus did not take this instance's 'sent' of the second part: the shared log still says 'sending'.
+    await sentlog.SentLog(bus.js, "memory", "elsewhere").record("s:5", 1, "sending", kind="text")
+    edit = ev.OutboundEdit(id="s:e5", route=ROUTE, target_message_id="p1", text="uno uno uno\n\ndos dos dos")
+    await delivery.handle(msgspec.structs.replace(edit, target_outbound_id="s:5"), fake_msg())
+    assert shown == {"p1": "uno uno uno", "p2": "dos dos dos"}
 
 
 async def test_an_edit_naming_a_message_that_does_not_hold_its_target_edits_the_target_alone(

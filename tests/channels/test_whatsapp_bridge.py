@@ -9,15 +9,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import msgspec
 import pytest
 
 from clawden.bus import events as ev
-from clawden.bus import publish, subjects
+from clawden.bus import publish, sentlog, subjects
+from services.channels.whatsapp import SentRecord
 from tests.channels.whatsapp_harness import WhatsApp, WhatsAppProcess, whatsapp
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 from tests.fakes.telegram import png
-from tests.fakes.whatsapp import PHONE_NUMBER_ID, GraphError
+from tests.fakes.whatsapp import PHONE_NUMBER_ID, GraphError, SentMessage
 
 pytestmark = pytest.mark.process
 ADA = "447700900123"
@@ -298,3 +300,15 @@ async def test_a_twin_answers_in_the_window_the_other_heard_open_and_each_tells_
         assert [(r.ok, r.session_id, r.seq, r.platform_message_id) for r in read] == [(True, "s1", 3, sent.wamid)]
     finally:
         twin.close()
+
+
+async def test_a_status_that_comes_before_the_twins_note_of_its_send_still_reaches_the_agent(wa: WhatsApp) -> None:
+    # A twin sent it: Meta's status webhook can overtake the note the twin writes once Graph answers it.
+    sent = SentMessage("wamid.TWIN1", ADA, {"type": "text", "text": {"body": "from the twin"}})
+    assert await wa.graph.status(sent, "read") == 200
+    # The bridge has the status, and no record of the message yet: it looks again.
+    await eventually(lambda: "no record yet of the message a read status names" in wa.bridge.output(), timeout=30)
+    note = msgspec.json.encode(SentRecord("twin-2", "s1", 9, ADA)).decode()
+    await sentlog.SharedNotes(wa.bus.js, "whatsapp").put(f"sent:{sent.wamid}", note)
+    [read] = await receipt_for(wa, "twin-2")
+    assert (read.ok, read.state, read.session_id, read.seq) == (True, "read", "s1", 9)

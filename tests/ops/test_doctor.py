@@ -221,8 +221,10 @@ def test_a_channel_with_a_good_token_is_ok_only_while_its_bridge_runs(
         stopped = asyncio.run(row(cfg, env, "channel telegram"))
     finally:
         sup.stop()
+    nats_down = asyncio.run(row(cfg, env, "channel telegram"))  # the NATS row says so; nothing is known of the bridge
 
     assert running.status == "ok" and running.detail.startswith("token accepted: @clawden_test_bot")
+    assert (nats_down.status, nats_down.detail) == (running.status, running.detail)
     assert stopped.status == "WARN"
     assert stopped.detail.startswith("token accepted: @clawden_test_bot")
     assert stopped.detail.endswith("; but its bridge is not running")

@@ -291,3 +291,26 @@ def test_newagent_names_the_chat_the_owner_was_asked_about_last_and_says_which_s
         " CLAUDE.md already, which is kept."
     ]
     assert [(w.agent_group, w.route.chat_id) for w in second if isinstance(w, ev.Wake)] == [("beta", "c2")]
+
+
+def test_newagent_from_someone_no_longer_an_admin_makes_no_group(tmp_path: Path) -> None:
+    store = RouterStore.open(tmp_path / "router.db")
+    store.seed("main", "local", "alice", 1_000.0)
+    control = Control(store, clock=lambda: 1_150.0)
+
+    def roles(op: str) -> None:
+        verb, request = ctl.Subject("router", "roles").decode(
+            msgspec.json.encode({"op": op, "user_id": "local:carol", "role": "admin"})
+        )
+        control.handle(verb, request)
+
+    roles("grant")  # a global admin presses New agent…, and is no longer one when the name comes
+    asked_for_a_name(store, "local:carol")
+    roles("revoke")
+    said = ev.InboundMessage(
+        route=ev.Route(channel="local", chat_id="term"), message_id="c1", sender=ev.Sender(id="carol"),
+        text="/newagent research", sent_at=1_301.0,
+    )  # fmt: skip
+    sent = [ev.decode(o.payload) for o in store.route_batch([said], 1_301.0).outgoing]
+    assert _replies(sent) == [cards.NO_LONGER_MAY_NAME]
+    assert _groups(store) == ["main"] and not [e for e in sent if isinstance(e, ev.Wake)]
