@@ -432,11 +432,11 @@ class Gateway:
 
     # -- listeners --
 
-    async def listen(self, agent_group: str, socket_path: Path, owner: int | None = None) -> None:
-        """Start serving ``agent_group`` on ``socket_path`` (mode 0600, owned by `owner` when given: the user
-        the group's containers run as); returns once the socket accepts."""
+    async def listen(self, agent_group: str, socket_path: Path, owner: int | None = None, mode: int = 0o600) -> None:
+        """Start serving ``agent_group`` on ``socket_path`` (`mode`, owned by `owner` when given: the user the
+        group's containers run as); returns once the socket accepts."""
         _clear_socket_path(socket_path)
-        sock = unixsock.bind(socket_path, mode=0o600, owner=owner)
+        sock = unixsock.bind(socket_path, mode=mode, owner=owner)
         server = await asyncio.start_unix_server(self._handler(agent_group), sock=sock, limit=READ_SIZE)
         self._servers[f"unix:{socket_path}"] = server
         self._socket_paths[f"unix:{socket_path}"] = socket_path

@@ -4,6 +4,7 @@ behind `clawden secrets|rules|audit|egress`."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -206,7 +207,15 @@ class Vault:
                 folder.mkdir(parents=True, exist_ok=True)
                 folder.chmod(0o700 if owner is None else 0o711)
                 path = folder / SOCKET_NAME
-                await self.gateway.listen(agent_group, path, owner)
+                try:
+                    await self.gateway.listen(agent_group, path, owner)
+                except OSError as exc:
+                    if owner is None or exc.errno not in (errno.EPERM, errno.EINVAL):
+                        raise
+                    # A root vault that may not chown (its unit drops CAP_CHOWN and maps no uid but root): the
+                    # containers' user can reach the socket only as everyone can.
+                    log.warning("cannot give %s to uid %d (%s); it is open to every local user", path, owner, exc)
+                    await self.gateway.listen(agent_group, path, None, mode=0o666)
                 self.listening[agent_group] = path
                 log.info("gateway for %s listening on %s", agent_group, path, extra={"agent_group": agent_group})
         return path

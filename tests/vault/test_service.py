@@ -84,11 +84,17 @@ class Vault:
         return self.log.read_text()
 
 
-def spawn_vault(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def spawn_vault(env: dict[str, str], log: Path, prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "clawden", "run", "vault"], env=env, stdout=out, stderr=subprocess.STDOUT
+            [*prefix, sys.executable, "-m", "clawden", "run", "vault"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
+
+
+@pytest.fixture
+def vault_prefix() -> tuple[str, ...]:
+    """What the vault process is started under (a test may drop a capability, as a unit's sandbox does)."""
+    return ()
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
@@ -103,7 +109,7 @@ def short_home() -> Iterator[Path]:
 
 
 @pytest.fixture
-async def vault(nats_server: NatsServer, short_home: Path) -> AsyncIterator[Vault]:
+async def vault(nats_server: NatsServer, short_home: Path, vault_prefix: tuple[str, ...]) -> AsyncIterator[Vault]:
     tls = make_tls(["api.example.test", "api.anthropic.com"], str(short_home))
     site = await FakeUpstream().start(tls.server_context)
     home = short_home / "home"
@@ -123,7 +129,7 @@ approval_timeout = 5
     log = short_home / "vault.log"
     env = dict(os.environ, CLAWDEN_HOME=str(home))
     env.pop("ANTHROPIC_API_KEY", None)
-    proc = spawn_vault(env, log)
+    proc = spawn_vault(env, log, vault_prefix)
     v = Vault(home, cfg, proc, log, site)
     try:
         deadline = time.monotonic() + 30
@@ -217,6 +223,18 @@ async def test_only_the_groups_containers_may_connect_to_its_gateway_socket(vaul
     assert stat.S_IMODE(folder.st_mode) == 0o711 and folder.st_uid == 0
     assert connects_as(agentcontainer.AGENT_UID, Path(reply.socket)) == "ok"
     assert connects_as(agentcontainer.AGENT_UID + 1, Path(reply.socket)) == "EACCES"  # any other local user
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="a root vault's sandbox, made by setpriv, as root")
+@pytest.mark.parametrize("vault_prefix", [("setpriv", "--bounding-set", "-chown", "--")])
+async def test_a_root_vault_that_may_not_chown_still_serves_the_containers_user(vault: Vault) -> None:
+    # Its unit drops CAP_CHOWN: the socket cannot be given to the image's user, so it is left open to every user
+    # rather than to none (the group's agents would get no model calls), and the log says so.
+    reply = await vault.ask(vault_ctl.GATEWAY, vault_ctl.GroupRequest(agent_group="main"))
+    sock = os.stat(reply.socket)
+    assert stat.S_IMODE(sock.st_mode) == 0o666 and sock.st_uid == 0
+    assert connects_as(agentcontainer.AGENT_UID, Path(reply.socket)) == "ok"
+    assert "it is open to every local user" in vault.logs()
 
 
 async def test_secrets_rules_and_audit_through_the_cli(vault: Vault) -> None:
