@@ -44,14 +44,16 @@ def clawden(stack: Stack, *args: str) -> str:
 
 def think(stack: Stack, brain: Brain) -> None:
     """Each agent turn's first model call goes to `brain` with the prompt's text; once a tool answered, the
-    agent is done. Chosen by content, not by order, since two agents ask the model at once."""
+    agent is done, unless a message came meanwhile (Claude Code hands it over mid-turn, as on a busy machine): that
+    goes to `brain` too. Chosen by content, not by order, since two agents ask the model at once."""
 
     def reply(body: dict[str, Any]) -> Reply:
         if not body.get("tools") or is_compaction(body):
             return default_reply(body)
-        if is_tool_result_turn(last_user_turn(body)):
+        said = last_user_text(body)
+        if is_tool_result_turn(last_user_turn(body)) and "from=" not in said:
             return Text("done")
-        return brain(last_user_text(body))
+        return brain(said)
 
     stack.fake.responder = reply
 
