@@ -212,7 +212,7 @@ class Vault:
                 except OSError as exc:
                     if owner is None or exc.errno not in (errno.EPERM, errno.EINVAL):
                         raise
-                    # A root vault that may not chown (its unit drops CAP_CHOWN and maps no uid but root): the
+                    # A root vault that may not chown (a sandbox without CAP_CHOWN, or one mapping no uid but root): the
                     # containers' user can reach the socket only as everyone can.
                     log.warning("cannot give %s to uid %d (%s); it is open to every local user", path, owner, exc)
                     await self.gateway.listen(agent_group, path, None, mode=0o666)

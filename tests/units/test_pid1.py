@@ -31,6 +31,7 @@ from clawden import config as config_mod
 from clawden import control, natsserver
 from clawden.bus.ctl import router as router_ctl
 from clawden.cli import units
+from clawden.vaultfiles import SOCKET_NAME
 from tests.channels.email_harness import letter, mails, text_of, unique
 from tests.channels.matrix_harness import Person
 from tests.eventually import eventually
@@ -223,6 +224,10 @@ def test_a_terminal_chat_and_a_telegram_chat_are_answered(install: Install) -> N
     out = chat_once(install, "hello from the terminal")
     assert out.returncode == 0, out.stderr + install.machine.journal()
     assert out.stdout.startswith("main> echo: ") and "hello from the terminal" in out.stdout
+    # The root vault gave the main group's gateway socket to the image's user alone (its unit keeps CAP_CHOWN).
+    sock = config_mod.load(install.home).gateway_dir / "main" / SOCKET_NAME
+    assert install.machine.sh(f"stat -c '%a %u' {sock}").strip() == "600 1000"
+    assert "open to every local user" not in install.machine.sh("journalctl --no-pager -u clawden-vault")
     ada, chat = telegram_chat(install, "Ada")
     install.telegram.send(chat, ada, "hello from telegram")
     [answer] = telegram_answers(install, chat, 1)
