@@ -5,8 +5,9 @@ environment it reads, and the user it runs as. The runner makes agent containers
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from clawden.vaultfiles import BUNDLE_FILE, CA_FILE, SOCKET_NAME
 
@@ -94,9 +95,39 @@ def environment(
     return env
 
 
-def container_user() -> tuple[str, int | None]:
-    """Run as the runner's own uid; as root, as the image's unprivileged user (and chown to it)."""
+@dataclass(frozen=True)
+class Engine:
+    """What the Docker engine's `docker info` says that changes how agent containers are made."""
+
+    operating_system: str = ""  # DOCKER_DESKTOP there
+    cpus: int | None = None  # Docker refuses a larger `--cpus`; None: it did not say
+    # Rootless Docker: the engine runs in a user namespace of its user's, and a container's root is that user.
+    rootless: bool = False
+    # Whether it holds a container to its memory and pids limits: rootless Docker without cgroup v2 delegation
+    # accepts the limits and silently drops them.
+    limits: bool = True
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any]) -> Engine:
+        cpus = info.get("NCPU")
+        return cls(
+            operating_system=str(info.get("OperatingSystem") or ""),
+            cpus=cpus if isinstance(cpus, int) and cpus > 0 else None,
+            rootless=any("name=rootless" in str(o) for o in info.get("SecurityOptions") or ()),
+            limits=info.get("MemoryLimit") is not False and info.get("PidsLimit") is not False,
+        )
+
+
+def container_user(rootless: bool = False) -> tuple[str, int | None]:
+    """The user agent containers run as, and the uid the runner hands their folders to (None: its own).
+
+    Under rootless Docker, the container's root: its uid 0 is the engine's user, the install's, who owns the
+    session folders and the vault's 0600 sockets (any other uid there is a sub-uid no host file belongs to), and
+    with no capabilities it is that user and no more. Otherwise as the runner's own uid; as root, as the image's
+    unprivileged user (and the folders are chowned to it)."""
     uid = os.getuid()
+    if rootless:
+        return "0:0", None
     if uid == 0:
         return f"{AGENT_UID}:{AGENT_UID}", AGENT_UID
     return f"{uid}:{os.getgid()}", None

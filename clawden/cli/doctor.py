@@ -132,19 +132,32 @@ DOCKER_FIX = "start Docker (`sudo systemctl start docker`) and let this user use
 
 
 async def check_docker(p: Probe) -> Result:
-    def version() -> dict[str, Any]:
+    def ask() -> tuple[dict[str, Any], agentcontainer.Engine]:
         client = _docker(5)
         try:
-            answer: dict[str, Any] = client.version()
-            return answer
+            return client.version(), agentcontainer.Engine.from_info(client.info())
         finally:
             client.close()
 
     try:
-        v = await asyncio.to_thread(version)
+        v, engine = await asyncio.to_thread(ask)
     except Exception as exc:  # DockerException, requests' errors, PermissionError
         return fail(f"the Docker engine does not answer: {exc}", DOCKER_FIX)
-    return ok(f"engine {v.get('Version', '?')} ({v.get('Os', '?')}/{v.get('Arch', '?')})")
+    detail = f"engine {v.get('Version', '?')} ({v.get('Os', '?')}/{v.get('Arch', '?')})"
+    if engine.rootless and os.getuid() == 0:
+        return fail(
+            f"{detail} is rootless Docker, whose containers' root is its user, not root: they cannot use the folders"
+            " a root runner makes",
+            "run Clawden as the user whose rootless Docker it talks to, or point DOCKER_HOST at the system engine",
+        )
+    detail += ", rootless: containers run as its user" if engine.rootless else ""
+    if not engine.limits:
+        return warn(
+            f"{detail}; it drops containers' memory and pids limits: an agent may use all of this machine's memory",
+            "give rootless Docker cgroup v2 delegation (systemd's `Delegate=yes` for the user manager) on a"
+            " cgroup v2 host",
+        )
+    return ok(detail)
 
 
 async def group_images(p: Probe) -> tuple[dict[str, list[str]], str]:
@@ -467,13 +480,13 @@ def run_trust_container(cfg: Config, trust: Path, gateway_dir: Path | None) -> t
     from docker.types import Mount
 
     env = agentcontainer.environment(trust=True)  # an agent's environment, trust variables included
-    user = agentcontainer.container_user()[0]
     mounts = [Mount(agentcontainer.TRUST_MOUNT, str(trust), type="bind", read_only=True)]
     if gateway_dir is not None:
         mounts.append(Mount(agentcontainer.GATEWAY_MOUNT, str(gateway_dir), type="bind", read_only=True))
     client = _docker(int(CONTAINER_WAIT) + 15)
     container = None
     try:
+        user = agentcontainer.container_user(agentcontainer.Engine.from_info(client.info()).rootless)[0]
         container = client.containers.run(
             cfg.runner.image,
             ["python", "-c", TRUST_SCRIPT],

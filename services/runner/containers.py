@@ -33,6 +33,7 @@ from clawden.agentcontainer import (
     SESSION_MOUNT,
     SKILLS_MOUNT,
     TRUST_MOUNT,
+    Engine,
     Tuning,
 )
 from clawden.bus import events as ev
@@ -310,24 +311,14 @@ class Docker:
     async def ping(self) -> bool:
         return bool(await self.call(self.client.ping))
 
-    async def engine_os(self) -> str:
-        """The engine's OperatingSystem ("Docker Desktop" there); "" if it does not say."""
+    async def engine(self) -> Engine:
+        """What the engine says of itself; a Linux engine with its defaults if it does not answer."""
         try:
             info = await self.call(self.client.info)
-        except Exception as exc:  # then vault_transport = "auto" means the socket, as on Linux
+        except Exception as exc:  # then vault_transport = "auto" means the socket, and Docker checks `--cpus` itself
             log.warning("docker info failed (%s); taking the engine for a Linux one", exc)
-            return ""
-        return str(info.get("OperatingSystem") or "")
-
-    async def engine_cpus(self) -> int | None:
-        """CPUs the engine has (Docker refuses a larger `--cpus`); None if it does not say."""
-        try:
-            info = await self.call(self.client.info)
-        except Exception as exc:  # only a better refusal is lost: Docker itself still checks at start
-            log.warning("docker info failed (%s); not checking groups' cpus against the engine", exc)
-            return None
-        cpus = info.get("NCPU")
-        return cpus if isinstance(cpus, int) and cpus > 0 else None
+            return Engine()
+        return Engine.from_info(info)
 
     async def start(self, spec: ContainerSpec) -> Container:
         def run() -> Container:

@@ -1352,9 +1352,18 @@ async def main(ctx: ServiceContext) -> None:
     await heartbeat.serve_own(ctx, runner_api.RESTART, runner.ctl_restart)
     try:
         await docker.ping()
-        runner.engine_cpus = await docker.engine_cpus()
-        runner.vault_transport = vault_transport(ctx.config.runner.vault_transport, await docker.engine_os())
+        engine = await docker.engine()
+        runner.engine_cpus = engine.cpus
+        runner.vault_transport = vault_transport(ctx.config.runner.vault_transport, engine.operating_system)
         log.info("containers reach the vault by %s", runner.vault_transport)
+        if engine.rootless:
+            runner.user = container_user(rootless=True)[0]
+            log.info("rootless Docker: containers run as its user (their root, with no capabilities)")
+        if not engine.limits:
+            log.warning(
+                "the Docker engine drops containers' memory and pids limits (rootless Docker without cgroup v2"
+                " delegation): an agent may use all of this machine's memory"
+            )
         if runner.vault_transport == "tcp" and (problem := tcp_problem(ctx.config.runner)):
             log.error("no agent container can start: %s", problem)  # each start says so again
         docker.watch_deaths(runner.on_death, runner.on_events_followed)

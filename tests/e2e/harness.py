@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import json
 import os
+import pwd
 import secrets
 import signal
 import sqlite3
@@ -39,9 +40,13 @@ class Stack:
     proc: subprocess.Popen[str]
     nats_url: str
     output: list[str] = field(default_factory=list)
+    docker_host: str | None = None  # the engine `clawden up` was given, when not the environment's
 
     def env(self) -> dict[str, str]:
         return dict(os.environ, CLAWDEN_HOME=str(self.home))
+
+    def engine(self) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.docker_host) if self.docker_host else docker.from_env()
 
     async def connect(self, name: str = "test") -> Client:
         """A client as the owner's CLI identity: the stack's NATS lets nobody in without one."""
@@ -49,7 +54,7 @@ class Stack:
         return await connect(self.nats_url, name, nkeys_seed_str=seed)
 
     def containers(self) -> list[docker.models.containers.Container]:
-        client = docker.from_env()
+        client = self.engine()
         try:
             return list(client.containers.list(filters={"label": f"{LABEL_INSTALL}={self.install_id}"}))
         finally:
@@ -76,7 +81,7 @@ class Stack:
                 self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-        client = docker.from_env()
+        client = self.engine()
         try:
             for c in client.containers.list(all=True, filters={"label": f"{LABEL_INSTALL}={self.install_id}"}):
                 c.remove(force=True)
@@ -123,8 +128,14 @@ def start_stack(
     sites: tuple[str, ...] = (),
     hosts: dict[str, str] | None = None,
     nats: str = "",
+    user: str | None = None,
+    docker_host: str | None = None,
+    python: str = sys.executable,
+    environ: dict[str, str] | None = None,
 ) -> Stack:
-    """`nats`: more `[nats]` lines, e.g. a cluster's `url = [...]` (then `clawden up` runs no server of its own).
+    """`user`: who runs `clawden up` (the test runs as root), given the home, with `python` and more `environ`;
+    `docker_host`: its engine.
+    `nats`: more `[nats]` lines, e.g. a cluster's `url = [...]` (then `clawden up` runs no server of its own).
     `sites`: more hosts the fake answers as (in its certificate and the vault's host map), so a test can
     see what an agent's tool sends them through the vault. `hosts`: more hosts mapped to a test's own
     server ("127.0.0.1:port"), whose certificate is then `<home>/run/fake-site.pem` (the fake's, from the
@@ -159,15 +170,24 @@ host_map = {{{host_map}}}
 """)
     env = dict(os.environ, CLAWDEN_HOME=str(home))
     env.pop("ANTHROPIC_API_KEY", None)
+    if docker_host:
+        env["DOCKER_HOST"] = docker_host
+    env.update(environ or {})
+    if user is not None:
+        env["HOME"] = str(Path(f"~{user}").expanduser())
+        subprocess.run(["chown", "-R", f"{user}:", str(home)], check=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clawden", "up"],
+        [python, "-m", "clawden", "up"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        user=user,
+        group=None if user is None else pwd.getpwnam(user).pw_gid,
+        extra_groups=None if user is None else [],
     )
-    stack = Stack(home, install_id, key, fake, proc, config.load(home).nats_url)
+    stack = Stack(home, install_id, key, fake, proc, config.load(home).nats_url, docker_host=docker_host)
     deadline = time.monotonic() + ready_timeout
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
