@@ -181,7 +181,9 @@ def translate(
                         agent_group=info.agent_group,
                         card=card,
                         route=route,
-                        expires_at=time.time() + timeout,
+                        # The agent waits `timeout` from when it wrote the row (its clock is the host's), however
+                        # late a runner reads it; never from later than now, which the agent could write.
+                        expires_at=min(row.created_at, time.time()) + timeout,
                         context={"session_id": info.id, "seq": str(row.seq)},
                     ),
                     shown,

@@ -3,7 +3,9 @@ row (clawden/sessionrows.py) once, and a row that is not what its kind says refu
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,20 @@ def test_a_question_row_asks_the_approvals_service_with_its_options(folder: Path
     [action] = translate(INFO, folder, row(folder, "question", content), {})
     assert isinstance(action, Ask) and action.options == ("Yes", "No")
     assert action.request.kind == "question" and action.request.card.body == "Tea?"
+
+
+def test_a_question_expires_when_the_agent_stops_waiting_not_a_timeout_after_the_runner_read_it(folder: Path) -> None:
+    # The agent waits `timeout` from when it wrote the row; a runner that reads it late (restarted, or NATS away
+    # meanwhile) must not offer the person a card the agent no longer waits on.
+    content = {"request_id": "q-1", "question": "Tea?", "options": ["Yes", "No"], "timeout": 60}
+    asked = row(folder, "question", content)
+    late = dataclasses.replace(asked, created_at=time.time() - 45)
+    [action] = translate(INFO, folder, late, {})
+    assert isinstance(action, Ask) and action.request.expires_at == pytest.approx(late.created_at + 60, abs=0.01)
+    # A time the agent wrote in the future buys it no longer card than asked.
+    future = dataclasses.replace(asked, created_at=time.time() + 3600)
+    [action] = translate(INFO, folder, future, {})
+    assert isinstance(action, Ask) and action.request.expires_at <= time.time() + 60
 
 
 def test_a_task_row_goes_to_the_scheduler_and_the_agent_hears_so(folder: Path) -> None:
