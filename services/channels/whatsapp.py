@@ -20,13 +20,13 @@ import logging
 import mimetypes
 import re
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 import msgspec
+from nats.errors import Error as NatsError
 
 from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secret
 from clawden.bus import Retry, bind, consume, publish, sentlog, subjects, webhooks
@@ -49,7 +49,7 @@ MAX_ROWS, MAX_ROW_TITLE = 10, 24  # "List messages": up to 10 rows, titles up to
 WINDOW = 24 * 3600.0  # "Customer service windows"
 WINDOW_KEPT = 30 * 24 * 3600.0  # past it a refusal says "never" instead of "n days ago"
 PRUNE_EVERY = 6 * 3600.0
-STATUS_LOOKS = 3  # a status naming no message known yet is looked for again this often, a second apart
+REPORTED = ("delivered", "read", "failed")  # the statuses that become receipts; "sent" was said at send
 PENDING_KEPT = 1000
 UPLOAD_LIMIT = 100 * 1024 * 1024  # documents; images 5 MB, audio and video 16 MB ("Supported media types")
 DOWNLOAD_LIMIT = 100 * 1024 * 1024
@@ -182,8 +182,9 @@ class SentRecord(msgspec.Struct, frozen=True):
     chat_id: str
 
 
-_sent_encoder = msgspec.json.Encoder()
+_encoder = msgspec.json.Encoder()
 _sent_decoder = msgspec.json.Decoder(SentRecord)
+_status_decoder = msgspec.json.Decoder(Status)
 
 
 # --- the pure parts ---------------------------------------------------------------------------------------
@@ -298,9 +299,9 @@ class WhatsAppBridge(Bridge):
         )
         self._inbound: Inbound | None = None
         # What twins (instances on other hosts, sharing the webhook durable) must know of what this one heard, and
-        # the other way round: each person's last message (the window) and each sent message's record (statuses).
+        # the other way round: each person's last message (the window), each sent message's record (statuses), and
+        # the statuses that came before their message's record.
         self._shared = sentlog.SharedNotes(ctx.js, CHANNEL)
-        self._unplaced: Counter[str] = Counter()  # statuses of messages no record names yet: looks so far
         self._pending: dict[str, ev.OutboundMessage] = {}  # outbound id -> message, while its parts go
         # Sends between the Graph call and noting its wamid: a status webhook may overtake the answer.
         self._in_flight: set[asyncio.Future[None]] = set()
@@ -447,7 +448,7 @@ class WhatsAppBridge(Bridge):
 
     async def _status(self, s: Status) -> None:
         """delivered, read and failed become receipts for the message WhatsApp names; sent was said at send."""
-        if s.status not in ("delivered", "read", "failed") or self._inbound is None:
+        if s.status not in REPORTED or self._inbound is None:
             return
         found = await self._sent_record(s.id)
         if found is None and self._in_flight:
@@ -457,19 +458,31 @@ class WhatsAppBridge(Bridge):
             await asyncio.wait(set(self._in_flight))
             found = await self._sent_record(s.id)
         if found is None:
-            # A twin may have sent it and not noted it yet (its note follows Graph's answer): looked for again a
-            # few times, as the delivery is waited out; then it is not ours, or older than we keep.
-            self._unplaced[s.id] += 1
-            if self._unplaced[s.id] <= STATUS_LOOKS:
-                raise Retry(f"no record yet of the message a {s.status} status names", delay=1.0)
-            del self._unplaced[s.id]
+            # A twin may have sent it and not noted it yet (its note follows Graph's answer). The status is left
+            # beside the note, then the note looked for once more; the sender notes, then looks for what was left
+            # (`_report_left`). Whichever writes second sees the other's, so one of them reports it (both may:
+            # the receipt's msg_id keeps one).
+            try:
+                await self._shared.put(f"status:{s.id}:{s.status}", _encoder.encode(s).decode())
+            except sentlog.Unavailable as exc:  # not left for the sender: the delivery is waited out instead
+                raise Retry(f"the shared notes did not take a {s.status} status: {exc}", delay=2.0) from exc
+            found = await self._sent_record(s.id)
+        if found is None:
+            # Not ours, older than we keep, or a twin's not noted yet, which the twin reports once it notes it.
+            # What was left expires with the sent-log (the stream's max age) where no sender comes for it.
+            log.info(
+                "a %s status for %s names no message noted yet: left for the instance that sent it", s.status, s.id
+            )
             return
-        self._unplaced.pop(s.id, None)
         try:
             record = _sent_decoder.decode(found)
         except msgspec.DecodeError as exc:  # only this channel's bridges write there: said, not retried
             log.error("the record of sent message %s cannot be read: %s", s.id, exc)
             return
+        await self._report(s, record)
+
+    async def _report(self, s: Status, record: SentRecord) -> None:
+        """Publish the receipt a status means for the message `record` names."""
         error = None
         if s.status == "failed":
             why = "; ".join(f"{e.title or e.message} ({e.code})" for e in s.errors) or "no reason given"
@@ -487,6 +500,19 @@ class WhatsAppBridge(Bridge):
         await publish(
             self.ctx.js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{record.outbound_id}:{s.status}"
         )
+
+    async def _report_left(self, wamid: str, record: SentRecord) -> None:
+        """Report the statuses of a message this instance has just noted that a twin took before the note was
+        there (`_status` left them). Best effort, as the note: the bus failing costs those receipts, not the send."""
+        for status in REPORTED:
+            try:
+                left = await self._shared.get(f"status:{wamid}:{status}")
+                if left is not None:
+                    await self._report(_status_decoder.decode(left), record)
+            except (sentlog.Unavailable, NatsError, TimeoutError) as exc:
+                log.warning("the %s status a twin left for %s was not reported: %r", status, wamid, exc)
+            except msgspec.DecodeError as exc:  # only this channel's bridges write there: said, not retried
+                log.error("the %s status a twin left for %s cannot be read: %s", status, wamid, exc)
 
     async def _sent_record(self, wamid: str) -> str | None:
         """The record of a message this instance sent, or a twin did (None: neither, or older than kept)."""
@@ -577,9 +603,11 @@ class WhatsAppBridge(Bridge):
         event = self._pending.get(key.rsplit("#", 1)[0])
         if event is None or self._inbound is None:
             return
-        record = _sent_encoder.encode(SentRecord(event.id, event.session_id, event.seq, chat_id)).decode()
-        await self._inbound.state.set_cursor(f"sent:{wamid}", record)
-        await self._share(self._shared.put(f"sent:{wamid}", record))  # a status callback may come to a twin
+        record = SentRecord(event.id, event.session_id, event.seq, chat_id)
+        note = _encoder.encode(record).decode()
+        await self._inbound.state.set_cursor(f"sent:{wamid}", note)
+        await self._share(self._shared.put(f"sent:{wamid}", note))  # a status callback may come to a twin
+        await self._report_left(wamid, record)
 
     async def send_text(
         self, route: ev.Route, text: str, *, reply_to: str | None, buttons: list[list[ButtonRef]], key: str

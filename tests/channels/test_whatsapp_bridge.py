@@ -9,12 +9,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import msgspec
 import pytest
 
 from clawden.bus import events as ev
-from clawden.bus import publish, sentlog, subjects
-from services.channels.whatsapp import SentRecord
+from clawden.bus import publish, subjects
 from tests.channels.whatsapp_harness import WhatsApp, WhatsAppProcess, whatsapp
 from tests.conftest import NatsServer
 from tests.eventually import eventually
@@ -302,13 +300,41 @@ async def test_a_twin_answers_in_the_window_the_other_heard_open_and_each_tells_
         twin.close()
 
 
-async def test_a_status_that_comes_before_the_twins_note_of_its_send_still_reaches_the_agent(wa: WhatsApp) -> None:
-    # A twin sent it: Meta's status webhook can overtake the note the twin writes once Graph answers it.
-    sent = SentMessage("wamid.TWIN1", ADA, {"type": "text", "text": {"body": "from the twin"}})
+async def test_a_status_taken_before_the_twin_noted_its_send_reaches_the_agent_once(
+    wa: WhatsApp, tmp_path: Path, nats_server: NatsServer
+) -> None:
+    # Meta's status webhook for a message the twin sends can overtake, by any margin, the note the twin writes once
+    # Graph answers it. Here this instance has taken the status and finished with it before the twin even sends.
+    await heard(wa, "hi")
+    sent = SentMessage("wamid.HBgLTwinNotedLate01=", ADA, {"type": "text", "text": {"body": "from the twin"}})
+    wa.graph.wamids.append(sent.wamid)  # what Graph will call the twin's message
     assert await wa.graph.status(sent, "read") == 200
-    # The bridge has the status, and no record of the message yet: it looks again.
-    await eventually(lambda: "no record yet of the message a read status names" in wa.bridge.output(), timeout=30)
-    note = msgspec.json.encode(SentRecord("twin-2", "s1", 9, ADA)).decode()
-    await sentlog.SharedNotes(wa.bus.js, "whatsapp").put(f"sent:{sent.wamid}", note)
-    [read] = await receipt_for(wa, "twin-2")
-    assert (read.ok, read.state, read.session_id, read.seq) == (True, "read", "s1", 9)
+    await eventually(lambda: took_every_delivery(wa), timeout=30, message=wa.bridge.output)
+    assert wa.bridge.stop() == 0
+    twin = WhatsAppProcess(tmp_path / "host-b", nats_server.url, wa.graph).start()
+    try:
+        await wa.bus.send_to(ADA, "from the twin", id="twin-2", session_id="s1", seq=9)
+
+        async def answered() -> list[ev.DeliveryReceipt] | None:  # the twin reports what was left, then the send
+            mine = [r for r in await wa.bus.receipts() if r.outbound_id == "twin-2"]
+            return mine if any(r.state == "delivered" for r in mine) else None
+
+        receipts = await eventually(answered, timeout=30, message=twin.output)
+        assert [m.wamid for m in wa.graph.to(ADA)] == [sent.wamid]
+        assert sorted((r.state, r.ok, r.session_id, r.seq, r.platform_message_id) for r in receipts) == [
+            ("delivered", True, "s1", 9, sent.wamid),
+            ("read", True, "s1", 9, sent.wamid),
+        ]
+    finally:
+        twin.close()
+
+
+async def test_a_status_naming_a_message_nobody_sent_gives_no_receipt_and_one_info_line(wa: WhatsApp) -> None:
+    await heard(wa, "hi")
+    before = len(wa.bridge.output())
+    nobody = SentMessage("wamid.HBgLNobodySentIt01=", ADA, {"type": "text", "text": {"body": "from elsewhere"}})
+    assert await wa.graph.status(nobody, "delivered") == 200
+    await eventually(lambda: took_every_delivery(wa), timeout=30, message=wa.bridge.output)
+    said = wa.bridge.output()[before:].splitlines()
+    assert len(said) == 1 and " I clawden.channels.whatsapp: " in said[0] and nobody.wamid in said[0], said
+    assert [r for r in await wa.bus.receipts() if r.platform_message_id == nobody.wamid] == []

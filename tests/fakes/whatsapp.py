@@ -282,6 +282,8 @@ class FakeGraph:
         # and only then is the send answered.
         self.before_answer: Callable[[], Awaitable[None]] | None = None
         self._late: asyncio.Future[int] | None = None
+        # The ids the next sends are given, first first: a test names a message before it is sent.
+        self.wamids: list[str] = []
         self.media: dict[str, tuple[bytes, str, str]] = {}  # id -> (bytes, mime, filename)
         self.last_inbound: dict[str, float] = {}
         self.faults: dict[str, list[GraphError]] = {}
@@ -509,7 +511,7 @@ class FakeGraph:
     def _send(self, payload: dict[str, Any]) -> dict[str, Any]:
         check_message(payload, self.media)
         to = str(payload["to"])
-        wamid = f"wamid.HBgLFake{next(self._ids):010d}="
+        wamid = self.wamids.pop(0) if self.wamids else f"wamid.HBgLFake{next(self._ids):010d}="
         # "Customer service windows": outside 24 h of the person's last message only templates may go. Meta
         # accepts the call all the same and reports the failure in a status webhook ("failed", 131047).
         if payload["type"] != "template" and time.time() - self.last_inbound.get(to, 0.0) > WINDOW:
