@@ -106,6 +106,9 @@ class Engine:
     # Whether it holds a container to its memory and pids limits: rootless Docker without cgroup v2 delegation
     # accepts the limits and silently drops them.
     limits: bool = True
+    # A rootful engine with `userns-remap`: every container uid is shifted to a range no host file belongs to, so
+    # agents cannot use their folders (not supported: doctor and the runner say so).
+    remapped: bool = False
 
     @classmethod
     def from_info(cls, info: Mapping[str, Any]) -> Engine:
@@ -114,6 +117,7 @@ class Engine:
             operating_system=str(info.get("OperatingSystem") or ""),
             cpus=cpus if isinstance(cpus, int) and cpus > 0 else None,
             rootless=any("name=rootless" in str(o) for o in info.get("SecurityOptions") or ()),
+            remapped=any("name=userns" in str(o) for o in info.get("SecurityOptions") or ()),
             limits=info.get("MemoryLimit") is not False and info.get("PidsLimit") is not False,
         )
 

@@ -150,6 +150,12 @@ async def check_docker(p: Probe) -> Result:
             " a root runner makes",
             "run Clawden as the user whose rootless Docker it talks to, or point DOCKER_HOST at the system engine",
         )
+    if engine.remapped:
+        return fail(
+            f"{detail} remaps containers' users (userns-remap): an agent's uid owns no host file, so it cannot use"
+            " its session folder",
+            "run Clawden on an engine without userns-remap, or on rootless Docker as its user",
+        )
     detail += ", rootless: containers run as its user" if engine.rootless else ""
     if not engine.limits:
         return warn(

@@ -1359,6 +1359,11 @@ async def main(ctx: ServiceContext) -> None:
         if engine.rootless:
             runner.user = container_user(rootless=True)[0]
             log.info("rootless Docker: containers run as its user (their root, with no capabilities)")
+        if engine.remapped:
+            log.error(
+                "the Docker engine remaps containers' users (userns-remap): agents cannot use their session folders;"
+                " run Clawden on an engine without it, or on rootless Docker as its user"
+            )
         if not engine.limits:
             log.warning(
                 "the Docker engine drops containers' memory and pids limits (rootless Docker without cgroup v2"

@@ -30,6 +30,12 @@ def test_a_rootless_engine_without_cgroups_says_so() -> None:
     assert (engine.rootless, engine.limits) == (True, False)
 
 
+def test_an_engine_that_remaps_users_says_so() -> None:
+    # `dockerd --userns-remap=default`'s SecurityOptions (Docker 20.10).
+    remapped = ROOTFUL | {"SecurityOptions": ["name=seccomp,profile=default", "name=userns"]}
+    assert (Engine.from_info(remapped).remapped, Engine.from_info(ROOTFUL).remapped) == (True, False)
+
+
 def test_an_engine_that_says_little_is_taken_for_a_plain_linux_one() -> None:
     assert Engine.from_info({"NCPU": 0, "SecurityOptions": None}) == Engine()
 
