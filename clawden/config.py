@@ -118,6 +118,9 @@ class VaultConfig(msgspec.Struct, frozen=True, kw_only=True):
     # other word is an error at load: a typo must never leave egress open unnoticed.
     default_egress: Literal["open", "allowlist"] = "open"
     approval_timeout: float = 180.0  # seconds a held request waits for a human
+    # Connections one agent group may hold open to the gateway at once (tunnels and WebSockets included); past
+    # it a connection gets a 429, so one group cannot take the descriptors the others need.
+    max_connections_per_group: Annotated[int, msgspec.Meta(ge=1)] = 128
     read_timeout: float = 600.0  # seconds a site may stay silent mid-request (a model thinking)
     audit_retention_days: float = 30.0
     # "host:port" for the TCP listener with per-group proxy tokens (engines where sockets cannot

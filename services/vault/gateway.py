@@ -100,6 +100,18 @@ AWS_BODY_LIMIT = 16 << 20
 NO_BODY_STATUSES = frozenset({204, 304})
 MAX_TOKEN_CALL_BODY = 64 * 1024  # a client library's refresh form is a few hundred bytes
 MAX_TOLD = 1024  # above this, tripped limits of windows that ended are forgotten
+# Connections one agent group may hold open to the gateway at once, tunnels and WebSocket pipes included, so
+# that one group cannot take the descriptors and memory every other group's model calls need. Measured
+# (Python 3.11, TLS both ways): a held tunnel costs the vault 1 descriptor and ~290 KiB, one with a request in
+# flight 2 and ~600 KiB. A Claude Code session keeps a handful open; a group's sessions plus a package manager's
+# parallel downloads (npm: up to 15 per host) fit well under 128, and 128 with a request in flight each hold 256
+# descriptors and ~75 MiB: a quarter of the 1024 a systemd service gets by default. (launchd's 256 is too few
+# for any cap: its unit must raise it.)
+MAX_CONNECTIONS_PER_GROUP = 128
+# A connection past the cap is answered (a 429) once its request head is in: an agent's requests come at
+# once, so this many waiting for their answer at a time is plenty, and that wait is bounded.
+REFUSALS_ANSWERED_AT_ONCE = 16
+REFUSAL_TIMEOUT = 5.0
 
 
 # ---- small pure helpers ----
@@ -151,6 +163,77 @@ def proxy_token(headers: list[Header]) -> str | None:
                 return None
             return password or user or None
     return None
+
+
+def too_many_connections(group: str, cap: int) -> Reply:
+    """The answer to a connection past its group's cap: a 429 the model SDKs retry after a second, by when
+    the group's other requests may have ended."""
+    return responses.json_reply(
+        429,
+        {
+            "error": "too_many_connections",
+            "message": f"Agent group {group} already has {cap} connections open to the vault, its limit. "
+            "Wait for some to finish (or close those you do not need) and try again.",
+            "limit": cap,
+        },
+        retry=True,
+        extra=((b"retry-after", b"1"),),
+    )
+
+
+class ConnectionSlots:
+    """How many connections each agent group holds open, against one cap for every group (no IO).
+
+    A connection past the cap is told so once its request head is in (an answer written before it would be
+    lost: the close resets the connection while the client still writes); up to `answering` of a group's
+    are waiting for theirs at once, and one past those is closed unanswered, so a flood of silent
+    connections holds no more descriptors than that. It also knows which groups are in a burst of refusals
+    and how many each refused, so that a burst is logged once rather than once a connection. A burst ends
+    when its group is back to half its cap, not at its first close: an agent at the cap that closes one
+    connection and opens two would otherwise make two lines of each pair, and the log would be as floodable
+    as the descriptors were."""
+
+    def __init__(self, cap: int, answering: int = REFUSALS_ANSWERED_AT_ONCE) -> None:
+        self.cap = cap
+        self.answering = answering
+        self.held: dict[str, int] = {}
+        self.refusing: dict[str, int] = {}  # refused connections of each group being answered
+        self.refused: dict[str, int] = {}  # the groups in a burst of refusals: how many so far
+
+    def take(self, group: str) -> bool:
+        """One more of the group's connections, if under the cap; False (and counted as refused) if not."""
+        held = self.held.get(group, 0)
+        if held >= self.cap:
+            self.refused[group] = self.refused.get(group, 0) + 1
+            return False
+        self.held[group] = held + 1
+        return True
+
+    def give_back(self, group: str) -> int:
+        """One of the group's connections ended. Returns how many its burst refused when this ends it, else 0."""
+        held = self.held[group] - 1
+        if held:
+            self.held[group] = held
+        else:
+            del self.held[group]
+        if group in self.refused and held <= self.cap // 2:
+            return self.refused.pop(group)
+        return 0
+
+    def start_answer(self, group: str) -> bool:
+        """Whether a refused connection of `group` may wait for its request to be answered."""
+        answering = self.refusing.get(group, 0)
+        if answering >= self.answering:
+            return False
+        self.refusing[group] = answering + 1
+        return True
+
+    def end_answer(self, group: str) -> None:
+        answering = self.refusing[group] - 1
+        if answering:
+            self.refusing[group] = answering
+        else:
+            del self.refusing[group]
 
 
 def model_credential_catalog(credential: str) -> Catalog:
@@ -351,6 +434,7 @@ class Gateway:
         connect_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
         apps: AppTokens | None = None,
+        max_connections_per_group: int = MAX_CONNECTIONS_PER_GROUP,
     ) -> None:
         """``credential`` alone makes a gateway that injects one model key for every group.
 
@@ -388,6 +472,7 @@ class Gateway:
         self._socket_paths: dict[str, Path] = {}
         self._closing = False
         self._connections: set[asyncio.Task[None]] = set()
+        self.slots = ConnectionSlots(max_connections_per_group)
         # TCP listener connections and the token each showed: they last as long as that token does.
         self._bindings: dict[asyncio.Task[None], tcpauth.Binding] = {}
         self._cut: set[asyncio.Task[None]] = set()  # connections ended because their token was withdrawn
@@ -459,7 +544,12 @@ class Gateway:
             assert task is not None
             self._connections.add(task)
             try:
-                await self._serve_connection(agent_group, reader, writer)
+                # A socket's group is known before a byte is read (a TCP connection's once it shows its token):
+                # its slot, taken here, is given back by _serve_connection as the connection ends.
+                if agent_group is not None and not self._take_slot(agent_group):
+                    await self._refuse_at_accept(agent_group, reader, writer)
+                else:
+                    await self._serve_connection(agent_group, reader, writer)
             except asyncio.CancelledError:
                 # Python 3.11's stream callback logs a traceback for a cancelled handler task; when close()
                 # or a withdrawn token is the canceller, ending quietly is the intended outcome.
@@ -508,6 +598,7 @@ class Gateway:
         task = asyncio.current_task()
         assert task is not None
         bound: tcpauth.Binding | None = None
+        counted = agent_group  # the group whose slot this connection holds, given back as it ends
         try:
             while (event := await self._next_request(side)) is not None:
                 if agent_group is None and origin is None:
@@ -519,6 +610,9 @@ class Gateway:
                         continue
                     self._bindings[task] = bound
                     group = bound.group
+                    if (counted := self._hold_slot(group, counted)) is None:
+                        await self._refuse_connection(side, group, event)
+                        return
                 assert group is not None
                 if event.method != b"CONNECT":
                     await self._exchange(group, side, event, origin)
@@ -539,13 +633,75 @@ class Gateway:
             pass  # the agent hung up; nothing to answer
         finally:
             self._bindings.pop(task, None)  # from here on, a withdrawn token has nothing left to end
-            side.writer.close()
-            # Bounded: after a failed TLS handshake asyncio may never report the close to the stream.
-            with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await side.writer.wait_closed()
+            await self._end_connection(side, writer, counted)
+
+    async def _end_connection(self, side: _Side, writer: asyncio.StreamWriter, held: str | None) -> None:
+        """The connection closed, then its slot given back (even when cancelled while closing): only once its
+        descriptor is gone is the slot free."""
+        try:
+            await _hang_up(side.writer)
             if side.writer is not writer:
                 writer.close()
+        finally:
+            if held is not None:
+                self._give_slot(held)
+
+    async def _refuse_at_accept(self, group: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._refuse_connection(_Side(reader, writer), group)
+        finally:
+            await _hang_up(writer)
+
+    def _hold_slot(self, group: str, held: str | None) -> str | None:
+        """The group whose slot a TCP connection holds once its request's token names `group` (`held`: the one it
+        held, given back should it, after a 407, show another group's token); None when `group` is at its cap."""
+        if held == group:
+            return group
+        if held is not None:
+            self._give_slot(held)
+        return group if self._take_slot(group) else None
+
+    def _take_slot(self, group: str) -> bool:
+        """A slot for a connection of `group`; False when the group is at its cap. The first refusal of a burst
+        is logged, the rest only counted."""
+        if self.slots.take(group):
+            return True
+        if self.slots.refused[group] == 1:
+            log.warning(
+                "agent group %s reached its cap of %d gateway connections: refusing those past it (said again once "
+                "it is down to %d)",
+                group,
+                self.slots.cap,
+                self.slots.cap // 2,
+            )
+        return False
+
+    async def _refuse_connection(self, side: _Side, group: str, request: h11.Request | None = None) -> None:
+        """Tell the agent, in answer to its request (read here unless given), that its group is at its cap; the
+        connection then ends. Unanswered when too many of the group's are waiting, or this one sends nothing."""
+        if not self.slots.start_answer(group):
+            side.writer.transport.abort()
+            return
+        try:
+            async with asyncio.timeout(REFUSAL_TIMEOUT):
+                if request is None and not isinstance(await side.next_event(), h11.Request):
+                    return
+                await self._drain_small_body(side)
+                side.send_reply(too_many_connections(group, self.slots.cap), close=True)
+                await side.writer.drain()
+        except (TimeoutError, h11.ProtocolError, _ClientGone, ConnectionError, OSError, ssl.SSLError):
+            side.writer.transport.abort()
+        finally:
+            self.slots.end_answer(group)
+
+    def _give_slot(self, group: str) -> None:
+        if refused := self.slots.give_back(group):
+            log.warning(
+                "agent group %s is down to %d gateway connections; %d past its cap were refused",
+                group,
+                self.slots.held.get(group, 0),
+                refused,
+            )
 
     async def _next_request(self, side: _Side) -> h11.Request | None:
         """The agent's next request head; None once it hangs up or stays idle too long."""
@@ -1154,6 +1310,20 @@ async def _wait_hangup(side: _Side, limit: int = 1 << 20) -> None:
         buffered += len(data)
         side.conn.receive_data(data)
     await asyncio.Event().wait()
+
+
+async def _hang_up(writer: asyncio.StreamWriter) -> None:
+    """Close an agent connection, its unsent bytes given a few seconds to go. Bounded: after a failed TLS
+    handshake asyncio may never report the close to the stream; and an agent that reads nothing would keep
+    the descriptor open after its slot was freed, so past the bound the connection is dropped."""
+    writer.close()
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await writer.wait_closed()
+    except TimeoutError:
+        writer.transport.abort()
+    except (ConnectionError, OSError, ssl.SSLError):
+        pass
 
 
 def _clear_socket_path(socket_path: Path) -> None:

@@ -4,11 +4,13 @@ behind `clawden secrets|rules|audit|egress`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import logging
 import os
 import re
+import resource
 import secrets as tokens
 import socket
 import time
@@ -600,8 +602,19 @@ def _updated(old: Rule, request: api.UpdateRule) -> Rule:
     return msgspec.structs.replace(old, **fields)
 
 
+def raise_open_files(wanted: int = 8192) -> None:
+    """Room for every group's gateway connections (`vault.max_connections_per_group`) where the limit passed on is
+    low: `clawden up` under a shell's 1024, or macOS's 256. The units set it themselves and refuse setrlimit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        allowed = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (allowed, hard))
+
+
 async def main(ctx: ServiceContext) -> None:
     cfg = ctx.config
+    raise_open_files()
     folder = vault_dir(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
@@ -628,6 +641,7 @@ async def main(ctx: ServiceContext) -> None:
         rate_counts=rates,
         approval_timeout=cfg.vault.approval_timeout,
         read_timeout=cfg.vault.read_timeout,
+        max_connections_per_group=cfg.vault.max_connections_per_group,
     )
     vault = Vault(cfg, store, sealer, ca, gateway, ctx.notifier, announce=lambda e: _publish_change(ctx, e))
     await store.run(vault.bootstrap_model_key)

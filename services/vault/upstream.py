@@ -26,6 +26,9 @@ log = logging.getLogger("clawden.vault")
 Header = tuple[bytes, bytes]
 READ_SIZE = 64 * 1024
 MAX_HEAD_SIZE = 64 * 1024
+# Idle connections one agent group's pool keeps, across all its sites: each holds a descriptor and ~300 KiB
+# (TLS) for up to the idle expiry, so without this a group could hold any number by calling many sites.
+MAX_IDLE_PER_OWNER = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,7 @@ class Upstream:
         read_timeout: float = 600.0,
         idle_expiry: float = 60.0,
         max_idle_per_origin: int = 32,
+        max_idle_per_owner: int = MAX_IDLE_PER_OWNER,
     ) -> None:
         self._tls = tls or client_tls()
         self._host_map = {k.lower(): v for k, v in (host_map or {}).items()}
@@ -112,6 +116,7 @@ class Upstream:
         self.read_timeout = read_timeout
         self._idle_expiry = idle_expiry
         self._max_idle = max_idle_per_origin
+        self._max_idle_owned = max_idle_per_owner
         # Pooled per agent group: should a site ever read one request's bytes as part of another's,
         # the two belong to the same group, and so carry the same credentials.
         self._idle: dict[tuple[str, Origin], list[Connection]] = {}
@@ -138,10 +143,25 @@ class Upstream:
             idle.append(conn)
             if len(idle) > self._max_idle:
                 idle.pop(0).close()
+            self._trim_owner(conn.owner)
             if self._sweep is None:
                 self._sweep = asyncio.get_running_loop().call_later(self._idle_expiry, self._close_expired)
         else:
             conn.close()
+
+    def _trim_owner(self, owner: str) -> None:
+        """Closes the owner's oldest idle connection when it holds more than its share, whatever their sites: a
+        group calling many sites once each (a name per call under its own domain) would otherwise keep a
+        descriptor per site until the expiry, past what its cap on connections allows it."""
+        owned = [conn for (who, _), idle in self._idle.items() if who == owner for conn in idle]
+        if len(owned) <= self._max_idle_owned:
+            return
+        oldest = min(owned, key=lambda conn: conn.idle_since)
+        key = (owner, oldest.origin)
+        self._idle[key].remove(oldest)
+        if not self._idle[key]:
+            del self._idle[key]
+        oldest.close()
 
     def _usable(self, conn: Connection, now: float) -> bool:
         return not conn.writer.is_closing() and not conn.reader.at_eof() and now - conn.idle_since < self._idle_expiry

@@ -39,3 +39,47 @@ async def test_an_idle_connection_is_closed_at_its_expiry_with_no_request_after_
         await upstream.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_groups_idle_connections_are_bounded_across_its_sites() -> None:
+    hung_up: list[int] = []
+    closed = asyncio.Event()
+    opened: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = len(opened)
+        opened.append(number)
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            hung_up.append(number)
+            closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    names = ["one.test", "two.test", "three.test"]
+    upstream = Upstream(host_map=dict.fromkeys(names, address), max_idle_per_owner=2)
+
+    async def call(name: str, owner: str) -> None:
+        response = await upstream.request(
+            Origin("http", name, 80), b"GET", b"/", [(b"host", name.encode())], b"", owner=owner
+        )
+        assert [chunk async for chunk in upstream.body_chunks(response)] == [b"ok"]
+
+    try:
+        for name in names:  # a group calling three sites once each
+            await call(name, "family")
+        await call("one.test", "work")
+        await asyncio.wait_for(closed.wait(), 5)
+        kept = sorted((owner, origin.host) for (owner, origin) in upstream._idle)
+    finally:
+        await upstream.close()
+        server.close()
+        await server.wait_closed()
+
+    assert hung_up == [0]  # the group's oldest idle connection, closed as its third went idle
+    assert kept == [("family", "three.test"), ("family", "two.test"), ("work", "one.test")]
