@@ -3,9 +3,10 @@
 `place` is pure: the runners' latest heartbeats (each with when the router got it, by the router's own clock,
 so hosts' clocks may differ), how long the router has listened, the group's `runner` pin and the runners that hold
 its extra mounts in, and the runner to fall back on; a `Placement` out. A runner's silence is counted in time the
-router listened (`Hearing`): a beat is core NATS, never replayed, so a stretch the router itself was cut off from
-NATS is no silence of anybody's. `Runners` is the router's table of those heartbeats: the heartbeat subscription
-writes it on the event loop, the store's thread reads it when it makes a session."""
+router knows it listened (`Hearing`): a beat is core NATS, never replayed, so a stretch the router itself was cut
+off from NATS, or that the server never answered for, is no silence of anybody's. `Runners` is the router's table
+of those heartbeats: the heartbeat subscription writes it on the event loop, the store's thread reads it when it
+makes a session."""
 
 from __future__ import annotations
 
@@ -18,27 +19,55 @@ from clawden.bus import events as ev
 
 @dataclass(frozen=True, slots=True)
 class Hearing:
-    """How long the router has listened for heartbeats: only time it was connected to NATS counts. The service looks
-    at its link before each step that judges runners; a look that finds the link it found last time was connected
-    all along, and one that finds another (lost, or a new one since) heard nothing since the last look, however
-    short the outage was. So coming back from an outage, every runner's silence is what it was when the link went,
-    and grows only while the router could hear a beat."""
+    """How long the router has listened for heartbeats: only time it knows it heard counts. Knowing takes an
+    answer of the server: the router sends a PING, and once the PONG is back on the same link, and every beat
+    that came before it handled, everything the server sent before it took the PING has been heard (one TCP
+    stream, in order), so the stretch from the last answer (or change of link) to the PING was heard. The wait
+    for the PONG counts as deaf: a frozen server, or a link that silently drops packets, leaves the client looking
+    connected all along, and then nothing tells the wait from silence but the answer. A change of link (the
+    client's count of reconnections, or None when cut off) makes everything since the last answer deaf: core NATS
+    replays nothing lost with a connection. So coming back from an outage, every runner's silence is what the
+    router last knew of it, and grows only with what the server answered.
+
+    `listened` counts the stretch not answered yet too (a beat is dated by it, and placing a new session or telling
+    a chat its runner is away go by it), but never past a PING in flight: the router acts on a runner's silence
+    (moving its sessions) only as of an answer (`answered`), when that stretch is none."""
 
     start: float  # when the router began to listen, by its clock
-    checked: float  # its last look at the link
+    checked: float  # its last answer or change of link: the time up to here is known heard or deaf
     link: int | None = 0  # the link it found then (the client's count of reconnections); None: cut off
     deaf: float = 0.0  # seconds the router could hear nothing, in all, up to `checked`
+    asked: float | None = None  # when it sent the PING in flight on `link`, if one is
 
     def look(self, now: float, link: int | None) -> Hearing:
-        now = max(now, self.checked)
+        """The link at `now`. The same one proves nothing: only an answer does. Another (lost, or a new one since)
+        heard nothing since the last answer, however short the outage was, and a PING in flight is void."""
         if link is not None and link == self.link:
-            return replace(self, checked=now)
+            return self
+        now = max(now, self.checked)
         return Hearing(self.start, now, link, self.deaf + now - self.checked)
 
+    def ask(self, now: float, link: int | None) -> Hearing:
+        """A PING sent at `now` on `link` (the first in flight is the one its answer settles)."""
+        looked = self.look(now, link)
+        if link is None or looked.asked is not None:
+            return looked
+        return replace(looked, asked=max(now, looked.checked))
+
+    def answered(self, now: float, link: int | None) -> Hearing:
+        """The PONG to the PING in flight, with every beat received before it handled, at `now` on `link`: heard up
+        to the PING, deaf while it waited. Nothing is settled when no PING is in flight on this link."""
+        looked = self.look(now, link)
+        if looked.asked is None:
+            return looked
+        now = max(now, looked.asked)
+        return Hearing(self.start, now, link, looked.deaf + now - looked.asked)
+
     def listened(self, now: float) -> float:
-        """Seconds listened from `start` to `now`; cut off at the last look, deaf since."""
-        deaf = self.deaf + max(0.0, now - self.checked) if self.link is None else self.deaf
-        return now - self.start - deaf
+        """Seconds listened from `start` to `now`: none past a look that found the router cut off, nor past a PING
+        still in flight."""
+        end = self.checked if self.link is None else now if self.asked is None else self.asked
+        return min(now, end) - self.start - self.deaf
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +154,8 @@ def place(
 
 class Runners:
     """The latest heartbeat of each runner, how many sessions were placed on it since, and how long the router has
-    listened. Written from the event loop (`heard`, `looked`) and the store's thread (`placed`), hence the lock."""
+    listened. Written from the event loop (`heard`, `looked`, `asked`, `answered`) and the store's thread
+    (`placed`), hence the lock."""
 
     def __init__(self) -> None:
         self._seen: dict[str, Seen] = {}
@@ -142,6 +172,16 @@ class Runners:
         """The router's link to NATS at `now` (`Hearing.look`)."""
         with self._lock:
             self._hearing = self._begun(now).look(now, link)
+
+    def asked(self, now: float, link: int | None) -> None:
+        """A PING sent at `now` on `link` (`Hearing.ask`)."""
+        with self._lock:
+            self._hearing = self._begun(now).ask(now, link)
+
+    def answered(self, now: float, link: int | None) -> None:
+        """Its PONG, every beat before it handled (`Hearing.answered`)."""
+        with self._lock:
+            self._hearing = self._begun(now).answered(now, link)
 
     def hearing(self, now: float) -> Hearing:
         with self._lock:

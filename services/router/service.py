@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import Header
 
 from clawden import outbox
@@ -30,6 +31,12 @@ LOCAL_CHANNEL = "local"  # the machine owner's own terminal: its chats all go to
 BATCH = 256  # one SQLite transaction per fetched batch; the consumer's max_ack_pending bounds it
 SWEEP_EVERY = 3600.0
 PUBLISH_TIMEOUT = 5.0
+# How long a step that judges runners waits for the server to answer its PING; if it has not, that step judges
+# nothing (the PING stays in flight, and its wait counts as deaf however long it lasts).
+ANSWER_WAIT = 2.0
+# nats-py's own timeout on that round trip, which must never end it: on a timeout nats-py cancels the PONG's future,
+# and a PONG that comes after that stops its reader for good (InvalidStateError), the client still "connected".
+NEVER = 10 * 365 * 24 * 3600
 
 Inbound = ev.Inbound
 _agent_decoder: msgspec.json.Decoder[ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing] = (
@@ -50,6 +57,14 @@ class Router:
         self.counts: Counter[str] = Counter()
         # What the router last heard from each runner (its ping's stats): the figures placement goes by.
         self.heard: dict[str, dict[str, float]] = {}
+        self.beats: Subscription | None = None  # the heartbeat subscription (`main`)
+        self._beat_handled = asyncio.Event()  # set, and replaced, as each beat is handled
+        self._answering = asyncio.Lock()  # one step waits for the server's answer at a time
+        # The round trip in flight, if any. One still in flight at shutdown ends with the connection (the runtime
+        # drains it after `main`): cancelled before, its PONG could come late and stop the client's reader.
+        self._ping: asyncio.Task[int] | None = None
+        self._ping_link: int | None = None  # the link its PING went out on, once it has
+        self._ping_late = False  # its lateness said once
 
     # --- publishing -------------------------------------------------------------------------------
 
@@ -70,12 +85,77 @@ class Router:
             log.warning("publishing failed in %d lane(s), kept in the outbox: %r", len(done.errors), done.errors[0])
         return not done.errors
 
-    def look(self) -> None:
-        """The router's link to NATS now, for judging runners only by time it could hear their beats
-        (`placement.Hearing`), before each step that may judge them. On the event loop, where the client changes
-        that state too, so a look never finds a link half made (connected, and not yet counted)."""
+    def link(self) -> int | None:
+        """The router's link to NATS: the client's count of reconnections, or None while it is cut off. Read on the
+        event loop, where the client changes that state too, so it is never found half made (connected, and not
+        yet counted)."""
         nc = self.ctx.nc
-        self.store.runners.looked(time.time(), nc.stats["reconnects"] if nc.is_connected else None)
+        return int(nc.stats["reconnects"]) if nc.is_connected else None
+
+    def look(self) -> None:
+        """The link now, before each step that may judge runners (`placement.Hearing.look`): a change of link makes
+        the router deaf since its last answer."""
+        self.store.runners.looked(time.time(), self.link())
+
+    async def answer(self) -> float | None:
+        """A round trip through the server, for judging runners only by time the router knows it heard their beats
+        (`placement.Hearing`): a PING, its PONG on the same link, then every beat received before the PONG handled.
+        The server sent those beats before it took the PING, and TCP kept them in order, so once they are handled
+        no beat it had sent is still on its way. When it came, or None when the server has not answered in
+        `ANSWER_WAIT`: then the caller judges nothing this time, and the PING stays in flight (asking again would
+        only queue a second PING behind it); its wait counts as deaf however it ends, so a timeout here only delays
+        a judgement, never makes one."""
+        async with self._answering:
+            link = self.link()
+            if self._ping is not None and link is not None and self._ping_link not in (None, link):
+                # Sent on a connection that is gone: nats-py dropped its PONG's future with it, so nothing can
+                # answer it now, and cancelling it cannot leave a future for a late PONG to trip over.
+                self._ping.cancel()
+                self._ping = None
+            if self._ping is None:
+                if link is None:
+                    self.look()
+                    return None
+                self._ping, self._ping_link, self._ping_late = asyncio.create_task(self._round_trip()), None, False
+            ping = self._ping
+            await asyncio.wait({ping}, timeout=ANSWER_WAIT)
+            if not ping.done():
+                if not self._ping_late:
+                    self._ping_late = True
+                    log.warning(
+                        "NATS has not answered a ping for %.0f s: the router judges no runner until it does",
+                        ANSWER_WAIT,
+                    )
+                self.look()
+                return None
+            self._ping = None
+            if ping.cancelled() or ping.exception() is not None:
+                self.look()
+                return None
+            await self.beats_handled()
+            now = time.time()
+            self.store.runners.answered(now, self.link())
+            if self._ping_late:
+                log.info("NATS answered again: the time it did not counts as deaf")
+            return now
+
+    async def _round_trip(self) -> int:
+        """The PING, sent on the link it returns, and its PONG. `rtt` puts the PONG's future in the client's queue and
+        writes the PING before it first waits, so the link read just before is the one it went out on."""
+        link = self.link()
+        if link is None:
+            raise ConnectionError("cut off from NATS")
+        self._ping_link = link
+        self.store.runners.asked(time.time(), link)
+        await self.ctx.nc.rtt(NEVER)
+        return link
+
+    async def beats_handled(self) -> None:
+        """Every heartbeat the client has received so far handled. nats-py queues each on the subscription, and
+        its task hands them to `on_heartbeat` in order, each in one step (it never waits): an empty queue means
+        none is left."""
+        while self.beats is not None and self.beats.pending_msgs:
+            await self._beat_handled.wait()
 
     async def settle(self, work: Callable[..., Outcome], *args: Any) -> Outcome | None:
         """Run one store step and publish what it queued; None when the step itself failed."""
@@ -222,7 +302,15 @@ class Router:
 
     async def on_heartbeat(self, msg: Msg) -> None:
         """A runner's latest load, kept for placing new sessions. Its id must be the one its subject names (a
-        runner may publish only its own), so one runner cannot speak for another."""
+        runner may publish only its own), so one runner cannot speak for another. Handled in one step, with no
+        wait: `beats_handled` counts on it."""
+        try:
+            self._hear(msg)
+        finally:
+            self._beat_handled.set()
+            self._beat_handled = asyncio.Event()
+
+    def _hear(self, msg: Msg) -> None:
         try:
             beat = ev.decoder_for(ev.RunnerHeartbeat).decode(msg.data)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -245,11 +333,18 @@ class Router:
         await self.store.run(self.store.prune, time.time())
 
     async def fail_over(self) -> None:
-        """Move the sessions of every runner declared gone to live runners (shared storage only). Under the
-        publishing lock: the outbox is published first and nothing else publishes meanwhile, so every wake for
-        the gone runner is on its subject when it is read, and none is sent there after the move."""
-        self.look()
-        for gone in await self.store.run(self.store.gone_runners, time.time()):
+        """Move the sessions of every runner declared gone to live runners (shared storage only). Judged as of an
+        answer of the server (`answer`), and judged again just before each move, once the beats that came meanwhile
+        are handled: a runner heard since stays. Under the publishing lock: the outbox is published first and nothing
+        else publishes meanwhile, so every wake for the gone runner is on its subject when it is read, and none is
+        sent there after the move."""
+        answered = await self.answer()
+        if answered is None:
+            self.counts["failover_unanswered"] += 1  # the server did not answer: nothing is judged this time
+            return
+        judged = await self.store.run(self.store.gone_runners, answered)
+        self.counts["failover_checks"] += 1
+        for gone in judged:
             async with self.publishing:
                 if not await self.flush_all():
                     return  # NATS is not taking what we publish: the next round tries again
@@ -257,6 +352,12 @@ class Router:
                     untaken = await failover.untaken_wakes(self.ctx.js, gone)
                 except Exception as exc:
                     log.warning("cannot read what runner %s had not taken yet (%r); its sessions move later", gone, exc)
+                    continue
+                # Those answers came through the server after any beat it sent before them: once they are handled,
+                # a runner heard since the judgement is live again.
+                await self.beats_handled()
+                if gone not in await self.store.run(self.store.gone_runners, time.time()):
+                    log.info("runner %s was heard again before its sessions moved: they stay", gone)
                     continue
                 try:
                     outcome = await self.store.run(self.store.move_sessions, gone, untaken, time.time())
@@ -271,10 +372,11 @@ class Router:
             await self.fail_over()
 
     async def looking(self, every: float) -> None:
-        """A look at the link between steps too (a safety net: an outage found at a look counts from the one before
-        it, so a silence the router did hear is never lost to an outage it looked at only long after)."""
+        """A round trip through the server every `every` seconds (`answer`): the time up to each PING it answers
+        counts as heard, so a runner's silence grows between steps too, and a server that stops answering is found
+        within `every`, its link looking connected or not."""
         while await sleep_unless_stopping(self.ctx.stopping, every):
-            self.look()
+            await self.answer()
 
     async def sweeping(self) -> None:
         while await sleep_unless_stopping(self.ctx.stopping, SWEEP_EVERY):
@@ -327,7 +429,7 @@ async def main(ctx: ServiceContext) -> None:
                 await ctx.endpoint(verb, router.serving(verb))
         inbound = await bind(ctx.js, router_inbound(), batch=BATCH)
         # Core NATS, before READY: a heartbeat is not replayed, and until one comes sessions go to runner.id.
-        await ctx.nc.subscribe(subjects.ALL_HEARTBEATS, cb=router.on_heartbeat)
+        router.beats = await ctx.nc.subscribe(subjects.ALL_HEARTBEATS, cb=router.on_heartbeat)
         router.look()  # listening from now: a runner never heard is gone once the router has listened dead_after
         decisions = await bind(ctx.js, router_decisions(), batch=16)
         agents = await bind(ctx.js, router_agents(), batch=64)

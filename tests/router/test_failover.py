@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -110,10 +114,15 @@ async def test_the_router_moves_a_silent_runners_sessions_to_a_live_one_with_wha
             await beating
 
 
-async def beating(nc: Client, runner: str) -> None:
+async def beating(
+    nc: Client, runner: str, every: float = 0.3, beaten: asyncio.Event | None = None, load: float | None = None
+) -> None:
+    hb = beat(runner) if load is None else msgspec.structs.replace(beat(runner), load=load)
     while True:
-        await nc.publish(subjects.heartbeat(runner), ev.encode(beat(runner)))
-        await asyncio.sleep(0.3)
+        await nc.publish(subjects.heartbeat(runner), ev.encode(hb))
+        if beaten is not None:
+            beaten.set()
+        await asyncio.sleep(every)
 
 
 async def test_a_runner_is_not_declared_gone_for_the_time_the_router_was_cut_off_from_nats(
@@ -144,6 +153,62 @@ async def test_a_runner_is_not_declared_gone_for_the_time_the_router_was_cut_off
             await asyncio.sleep(dead_after + 1)  # both beat on: a is live, and nothing moves
             assert (await router.stats()).get("sessions_moved", 0) == 0, router.output()
             assert await collect(js, "t-b", subjects.wake("b"), want=0) == []
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_runner_is_not_declared_gone_while_the_server_is_frozen_and_the_router_still_looks_connected(
+    tmp_path: Path, nats_server: NatsServer, nc: Client, js: JetStreamContext
+) -> None:
+    # The router's link stays "connected" while the server is stopped (SIGSTOP): nothing flows, and nats-py would
+    # notice only with its own ping, minutes later. a and b beat on; their beats wait in the server's sockets.
+    dead_after = 3.0
+    config = f'id = "a"\ndead_after = {dead_after}\nshared_storage = true'
+    async with running_router(tmp_path / "home", nats_server.url, config) as router:
+        await nc.publish(subjects.heartbeat("a"), ev.encode(beat("a")))
+        await nc.flush()
+        await send(js, chat_message(1, chat="c1", channel="local", sender="local:someone"))
+        [first] = await collect(js, "t-a", subjects.wake("a"), want=1)
+        assert isinstance(first, ev.Wake)
+
+        a_beat = asyncio.Event()
+        tasks = [
+            asyncio.create_task(beating(nc, "b", every=0.2, load=0.0)),  # idler than a: a moved session goes there
+            asyncio.create_task(beating(nc, "a", every=1.5, beaten=a_beat)),  # live: half of dead_after apart
+        ]
+
+        async def b_heard() -> bool:
+            return "b" in await heard(router)
+
+        try:
+            await eventually(b_heard, 30, router.output)
+            a_beat.clear()
+            await a_beat.wait()
+            await nc.flush()  # a's beat is in, and on its way to the router
+            # Frozen just before a's next beat: a's silence passes dead_after 1.8 s into the freeze, b's only at
+            # 3.2 s, so a router that counts the freeze as heard finds a gone and b live in between.
+            await asyncio.sleep(1.2)
+            os.kill(nats_server.proc.pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(dead_after + 1)
+            finally:
+                os.kill(nats_server.proc.pid, signal.SIGCONT)
+
+            checks = (await router.stats()).get("failover_checks", 0)
+
+            async def judged_twice_since() -> dict[str, Any] | None:
+                # Two failover rounds that judged since the server is back: the second began after the first had
+                # moved whatever it judged gone, and both judged on what came out of the freeze.
+                stats = await router.stats()
+                done = stats.get("sessions_moved", 0) or stats.get("failover_checks", 0) >= checks + 2
+                return stats if done else None
+
+            stats = await eventually(judged_twice_since, 60, router.output)
+            assert stats.get("sessions_moved", 0) == 0, router.output()
+            assert await collect(js, "t-b", subjects.wake("b"), want=0) == []
+            assert "a" in await heard(router)
         finally:
             for task in tasks:
                 task.cancel()

@@ -218,26 +218,48 @@ def test_the_table_keeps_each_runners_latest_beat_and_counts_what_was_placed_sin
 
 
 @pytest.mark.parametrize(
-    ("looks", "at", "listened"),
+    ("steps", "at", "listened"),
     [
         ([], NOW + 30, 30.0),  # connected all along, on the link it began with
-        ([(NOW + 10, 0), (NOW + 20, 0)], NOW + 30, 30.0),
-        # cut off at the look at +10 (deaf from the look before, at +0), still cut off at +20: nothing since
-        ([(NOW + 10, None), (NOW + 20, None)], NOW + 30, 0.0),
+        ([("look", NOW + 10, 0), ("look", NOW + 20, 0)], NOW + 30, 30.0),
+        # cut off at the look at +10 (deaf since the start), still cut off at +20: nothing since
+        ([("look", NOW + 10, None), ("look", NOW + 20, None)], NOW + 30, 0.0),
         # back at +20 on a new link: from then on only
-        ([(NOW + 10, None), (NOW + 20, 1)], NOW + 30, 10.0),
-        # a new link found at +20, the outage never seen: nothing since the look before it counts
-        ([(NOW + 10, 0), (NOW + 20, 1)], NOW + 30, 20.0),
-        # a look that comes late (another thread's clock) moves nothing back
-        ([(NOW + 10, 0), (NOW + 5, None)], NOW + 30, 10.0),
+        ([("look", NOW + 10, None), ("look", NOW + 20, 1)], NOW + 30, 10.0),
+        # a new link found at +20, the outage never seen: a look that found the old link proves nothing, so
+        # nothing before +20 counts ...
+        ([("look", NOW + 10, 0), ("look", NOW + 20, 1)], NOW + 30, 10.0),
+        # ... but an answer does: the server answered at +11 a PING sent at +10, so all up to +10 was heard
+        ([("ask", NOW + 10, 0), ("answer", NOW + 11, 0), ("look", NOW + 20, 1)], NOW + 30, 20.0),
+        # a PING in flight: nothing past it counts until it is answered (a frozen server, a link dropping
+        # packets: the client looks connected all along) ...
+        ([("ask", NOW + 10, 0)], NOW + 30, 10.0),
+        ([("ask", NOW + 10, 0), ("look", NOW + 20, 0)], NOW + 30, 10.0),
+        # ... and once it is, its wait (4 s here) is deaf: the time from the answer on counts again
+        ([("ask", NOW + 10, 0), ("answer", NOW + 14, 0)], NOW + 30, 26.0),
+        # a second PING behind the first: the first one's answer settles
+        ([("ask", NOW + 10, 0), ("ask", NOW + 12, 0), ("answer", NOW + 14, 0)], NOW + 30, 26.0),
+        # cut off while a PING was in flight: it proves nothing, even if an answer is reported on the new link
+        ([("ask", NOW + 10, 0), ("look", NOW + 12, None), ("answer", NOW + 14, 0)], NOW + 30, 16.0),
+        ([("ask", NOW + 10, 0), ("answer", NOW + 14, 1)], NOW + 30, 16.0),
+        # a PING on a new link: the link before it is deaf, and the new one counts from its answer on
+        ([("ask", NOW + 10, 1)], NOW + 30, 0.0),
+        ([("ask", NOW + 10, 1), ("answer", NOW + 11, 1)], NOW + 30, 19.0),
+        # no PING goes out cut off; an answer with no PING in flight settles nothing
+        ([("ask", NOW + 10, None)], NOW + 30, 0.0),
+        ([("answer", NOW + 10, 0)], NOW + 30, 30.0),
+        # times from another thread's clock move nothing back: a look, a PING or an answer stamped too early
+        ([("look", NOW + 10, None), ("look", NOW + 5, 1)], NOW + 30, 20.0),
+        ([("look", NOW + 10, None), ("ask", NOW + 5, 1), ("answer", NOW + 12, 1)], NOW + 30, 18.0),
+        ([("ask", NOW + 10, 0), ("answer", NOW + 8, 0)], NOW + 30, 30.0),
     ],
 )
-def test_the_router_listens_only_while_connected_to_nats(
-    looks: list[tuple[float, int | None]], at: float, listened: float
+def test_the_router_counts_only_time_the_server_answered_for_on_one_link(
+    steps: list[tuple[str, float, int | None]], at: float, listened: float
 ) -> None:
     hearing = Hearing(start=NOW, checked=NOW)
-    for now, link in looks:
-        hearing = hearing.look(now, link)
+    for step, now, link in steps:
+        hearing = {"look": hearing.look, "ask": hearing.ask, "answer": hearing.answered}[step](now, link)
     assert hearing.listened(at) == listened
 
 
@@ -264,10 +286,34 @@ def test_a_runner_silent_before_the_router_was_cut_off_stays_gone_when_it_is_bac
     store.runners.looked(NOW, 0)
     store.runners.heard(beat("a"), NOW)
     say(store, "t1", 1)
-    store.runners.looked(NOW + DEAD_AFTER + 1, 0)  # a is silent past dead_after already ...
+    store.runners.asked(NOW + DEAD_AFTER + 1, 0)  # the server answers a PING: a is silent past dead_after already ...
+    store.runners.answered(NOW + DEAD_AFTER + 1, 0)
     store.runners.looked(NOW + DEAD_AFTER + 2, None)  # ... when the router is cut off
     store.runners.looked(NOW + 120, 1)
     assert len(notices_in(said(store, "t1", 2, NOW + 121))) == 1  # its chat is told its message waits
+
+
+def test_a_runner_is_not_judged_gone_for_the_time_the_server_took_to_answer(store: RouterStore) -> None:
+    store.shared_storage = True
+    store.runners.looked(NOW, 0)
+    store.runners.heard(beat("a"), NOW)
+    wake = say(store, "t1", 1)
+    # A PING at +1 that the server answers only much later: it was frozen, or the link dropped packets, while the
+    # client looked connected all along (the same link). b's beat came just before the answer.
+    store.runners.asked(NOW + 1, 0)
+    late = NOW + DEAD_AFTER + 5
+    store.runners.heard(beat("b"), late)
+    assert store.gone_runners(late) == {}  # nothing past the PING counts while it is in flight
+    assert notices_in(said(store, "t1", 2, late)) == []  # nor for telling a chat its runner is away
+    store.runners.answered(late, 0)
+    assert store.gone_runners(late) == {}  # the wait for the answer was deaf
+    assert runner_of(store, wake.session_id) == "a"
+    # a's silence grows again only with what the server answers for: 1 s before the PING, and from its answer on
+    later = late + DEAD_AFTER
+    store.runners.asked(later, 0)
+    store.runners.answered(later, 0)
+    store.runners.heard(beat("b"), later)
+    assert store.gone_runners(later) == {"a": NOW}  # 16 s: past dead_after
 
 
 def test_each_fallback_is_news_once_until_a_live_runner_fits_again() -> None:
