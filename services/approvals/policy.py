@@ -37,6 +37,12 @@ def ttl(kind: str) -> float:
     return DEFAULT_TTL.get(kind, LONG_TTL)
 
 
+def expiry(request: ev.ApprovalRequest, asked_at: float) -> float:
+    """When a request stops being decidable: its own `expires_at`, else its kind's lifetime from when it was
+    asked (when it reached the bus), however long the service took to handle it."""
+    return request.expires_at or asked_at + ttl(request.kind)
+
+
 def direct_chat(user: str, known: Mapping[str, ev.Route]) -> ev.Route | None:
     """Where a user reads their own cards: the direct chat we last saw them write in, else one the
     platform derives from the handle; None when the platform needs a chat we never saw."""

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
-from clawden import outbox
+from clawden import control, outbox
 from clawden.bus import bind, consume, subjects
 from clawden.bus import events as ev
 from clawden.bus.connection import Retry
@@ -33,14 +33,22 @@ Inbound = ev.Inbound  # edits and deletes too: it reads the stream whole, and ig
 
 PUBLISH_TIMEOUT = 5.0
 ROUTER_TIMEOUT = 5.0
-# Times one request asks the router who may approve it, each a `Retry` later; then a clear denial. Counted
-# here: a held Retry is the same delivery, so JetStream's delivery count does not grow with them.
-ROUTER_TRIES = 5
+# A router that does not answer (stopped, restarting, still starting) has decided nothing: the request is asked
+# again this much later, for as long as it takes, held by a `Retry` (one delivery kept alive, so JetStream's
+# max_deliver is not spent), until the router answers or the request's own expiry ends the wait.
 ROUTER_RETRY = 2.0
 # The expiry timer re-arms on every new card; this bounds a sleep (and retries the outbox) anyway.
 SAFETY_TICK = 30.0
-RESTART_REASON = "Clawden's approvals service restarted before anyone answered; ask again"
+# At a start, while clicks left from before are still owed (one the last process took and never acked comes
+# again only at its ack wait), how long a pull may stay empty before the durable's counts are read again.
+CATCH_UP_PULL = 1.0
 STATUSES = ("pending", "approved", "denied", "expired", "answered")
+
+
+def _bus_time(msg: Msg) -> float:
+    """When a message reached the bus (the server stamps it; a sender's own time could say anything)."""
+    stamped = msg.metadata.timestamp
+    return stamped.timestamp() if stamped else time.time()
 
 
 class Approvals:
@@ -50,7 +58,6 @@ class Approvals:
         self.counts: Counter[str] = Counter()
         self.changed = asyncio.Event()
         self.flushing = asyncio.Lock()
-        self.router_tries: Counter[str] = Counter()  # by request id, while the router does not answer
 
     async def flush(self) -> None:
         """Publish what committed steps queued, in order; a failure leaves it queued and raises Retry."""
@@ -73,31 +80,45 @@ class Approvals:
         if request.amends:
             await self.step(self.store.amend, request, time.time())
             return
+        asked_at = _bus_time(msg)  # the same for each try, and after a restart: the request's age counts from it
         approvers: tuple[str, ...] = request.approvers
         if not approvers and request.kind != "question":
-            try:
-                approvers = await self.ask_router(request.agent_group)
-            except Exception as exc:
-                self.router_tries[request.id] += 1
-                if self.router_tries[request.id] < ROUTER_TRIES:
-                    raise Retry(
-                        f"the router did not say who approves {request.agent_group}: {exc!r}", delay=ROUTER_RETRY
-                    ) from exc
-                await self.step(
-                    self.store.approvers_unknown,
-                    request,
-                    "Clawden could not find out who may approve it (the router did not answer)",
-                    time.time(),
-                )
-                del self.router_tries[request.id]
+            found = await self.approvers_of(request, asked_at)
+            if found is None:
                 return
-            self.router_tries.pop(request.id, None)
-        await self.step(self.store.add_request, request, approvers, time.time())
+            approvers = found
+        await self.step(self.store.add_request, request, approvers, time.time(), asked_at)
         self.changed.set()
+
+    async def approvers_of(self, request: ev.ApprovalRequest, asked_at: float) -> tuple[str, ...] | None:
+        """Who may approve, in the router's word; None when the request was settled here instead. Only the router
+        refusing to say denies it; a router that does not answer is asked again (`Retry`) until the request's own
+        expiry, which then expires it: its silence is nobody's decision."""
+        expires_at = policy.expiry(request, asked_at)
+        try:
+            return await self.ask_router(request.agent_group)
+        except control.Refused as exc:
+            if exc.code == "400":  # the router's own answer: it will not say who approves this
+                reason = f"the router refused to say who may approve it: {exc}"
+                await self.step(self.store.approvers_unknown, request, "denied", reason, expires_at, time.time())
+                return None
+            unanswered: control.ControlError = exc  # it failed on it ("500"): no word on this request
+        except control.ControlError as exc:  # nobody answered, or not in words this service reads
+            unanswered = exc
+        self.counts["router_unanswered"] += 1
+        now = time.time()
+        if now >= expires_at:
+            reason = "it expired before the router said who may approve it"
+            await self.step(self.store.approvers_unknown, request, "expired", reason, expires_at, now)
+            return None
+        raise Retry(
+            f"the router did not say who approves {request.agent_group}: {unanswered}",
+            delay=min(ROUTER_RETRY, expires_at - now),  # no later than the expiry, which ends the wait
+        ) from unanswered
 
     async def ask_router(self, agent_group: str) -> tuple[str, ...]:
         """Admins of the agent group, then global admins, then owners: the router owns roles."""
-        # No answer or a refusal raises: the caller retries the request, then denies it with a reason.
+        # No answer (NoAnswer) or a refusal (Refused) raises: `approvers_of` tells them apart.
         reply = await ask_on(
             self.ctx.nc, router_api.APPROVERS, router_api.ApproversGet(agent_group=agent_group), timeout=ROUTER_TIMEOUT
         )
@@ -107,8 +128,7 @@ class Approvals:
         # Judged by when the click reached the bus (the router forwards it as it comes), not when it is
         # applied: a click in time counts after a restart, and one after the expiry never does. The server
         # stamps it; a bridge's `sent_at` could be written to say anything.
-        stamped = msg.metadata.timestamp
-        await self.step(self.store.click, action, stamped.timestamp() if stamped else time.time())
+        await self.step(self.store.click, action, _bus_time(msg))
 
     async def on_receipt(self, receipt: ev.DeliveryReceipt, msg: Msg) -> None:
         if msg.subject != subjects.receipt(receipt.route.channel):
@@ -160,14 +180,27 @@ class Approvals:
                 log.warning("expiry pass failed: %r", exc)
 
     async def recover(self, clicks: Puller) -> None:
-        """Startup: apply clicks that came while we were down, each judged by its own time against its
-        card's expiry (`on_click`), then expire what is still pending."""
+        """Startup: apply every click that came while we were down, each judged by its own time against its
+        card's expiry (`on_click`), then expire, once, what came due meanwhile. Nothing else expires: a restart
+        of this service is no answer, and whoever asked still waits (the router's held messages, a runner's
+        question); each request keeps its own expiry."""
         await self.flush()
-        # Applied or not, a click that fails comes back and is applied once.
-        await consume(clicks, ev.InboundAction, self.on_click, stopping=self.ctx.stopping, until_idle=0.5)
-        expired = await self.store.run(self.store.expire_all_pending, time.time(), RESTART_REASON)
+        durable = clicks.consumer
+        while True:
+            # Caught up when the durable has no click left to deliver and none delivered but unacked (the last
+            # process's, redelivered at its ack wait): every click stored before `checked` is applied, so a
+            # request due by then that a press in time settled is settled, and the rest may expire.
+            checked = time.time()
+            info = await self.ctx.js.consumer_info(durable.stream, durable.durable)
+            if not info.num_pending and not info.num_ack_pending:
+                break
+            # Applied or not, a click that fails comes back and is applied once.
+            await consume(clicks, ev.InboundAction, self.on_click, stopping=self.ctx.stopping, until_idle=CATCH_UP_PULL)
+            if self.ctx.stopping.is_set():
+                return
+        expired = await self.store.run(self.store.expire_due, checked)
         if expired:
-            log.warning("expired %d approval(s) left pending by the previous process; requesters told", expired)
+            log.warning("expired %d approval(s) whose time ran out while the service was down", expired)
         self.counts["expired_at_start"] += expired
         await self.flush()
 

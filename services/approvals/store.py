@@ -78,13 +78,16 @@ class Store(outbox.OutboxStore):
                 self._edit(request.amends)
             return Step("amended")
 
-    def add_request(self, request: ev.ApprovalRequest, approvers: Sequence[str], now: float) -> Step:
-        """Record a request and send its card; with nobody to send it to, deny it at once and say why."""
+    def add_request(
+        self, request: ev.ApprovalRequest, approvers: Sequence[str], now: float, asked_at: float | None = None
+    ) -> Step:
+        """Record a request and send its card; with nobody to send it to, deny it at once and say why. Without an
+        expiry of its own it lives its kind's lifetime from `asked_at` (when it reached the bus; else `now`)."""
         with self._tx() as db:
             if db.execute("SELECT 1 FROM approvals WHERE id = ?", (request.id,)).fetchone():
                 return Step("duplicate")
             card = cards.card_for(request)
-            expires_at = request.expires_at or now + policy.ttl(request.kind)
+            expires_at = policy.expiry(request, now if asked_at is None else asked_at)
             delivery = policy.choose_delivery(request, approvers, self._chats)
             card_id = self._new_card_id()
             route = delivery.route if delivery else None
@@ -167,8 +170,16 @@ class Store(outbox.OutboxStore):
             f"{delivery.route.channel}:{delivery.route.chat_id} as {card_id}",
         )
 
-    def approvers_unknown(self, request: ev.ApprovalRequest, why: str, now: float) -> Step:
-        """The router never said who may approve: the requester hears a no rather than nothing."""
+    def approvers_unknown(
+        self,
+        request: ev.ApprovalRequest,
+        outcome: Literal["denied", "expired"],
+        why: str,
+        expires_at: float,
+        now: float,
+    ) -> Step:
+        """The router never said who may approve: it refused to (denied), or the request's own expiry came while
+        it did not answer (expired). The requester hears which, and why, rather than nothing."""
         with self._tx() as db:
             if db.execute("SELECT 1 FROM approvals WHERE id = ?", (request.id,)).fetchone():
                 return Step("duplicate")
@@ -185,10 +196,13 @@ class Store(outbox.OutboxStore):
                     ev.encode(request),
                     msgspec.json.encode(card),
                     now,
-                    request.expires_at or now,
+                    expires_at,
                 ),
             )
             self._audit(request.id, now, "requested", request.requester, f"{request.kind}: {card.title}")
+            if outcome == "expired":
+                self._decide(request.id, "expired", "", "", why, now)
+                return Step("expired_unasked")
             self._decide(request.id, "denied", DECIDER, "", why, now)
             return Step("no_approver")
 
@@ -391,6 +405,8 @@ class Store(outbox.OutboxStore):
     # --- expiry ---------------------------------------------------------------------------------
 
     def expire_due(self, now: float) -> int:
+        """Expire what is pending and due by `now`, once each: while running as each expiry comes, and at a
+        start what came due while the service was down (a restart itself expires nothing)."""
         with self._tx() as db:
             due = [
                 r[0]
@@ -399,15 +415,6 @@ class Store(outbox.OutboxStore):
             for approval_id in due:
                 self._decide(approval_id, "expired", "", "", TOO_LATE, now)
             return len(due)
-
-    def expire_all_pending(self, now: float, reason: str) -> int:
-        """After a restart: whoever waited may have restarted too, so nothing is left half-open; the
-        requester is told and may ask again."""
-        with self._tx() as db:
-            ids = [r[0] for r in db.execute("SELECT id FROM approvals WHERE status = 'pending'")]
-            for approval_id in ids:
-                self._decide(approval_id, "expired", "", "", reason, now)
-            return len(ids)
 
     def next_expiry(self) -> float | None:
         row = self.conn.execute("SELECT MIN(expires_at) FROM approvals WHERE status = 'pending'").fetchone()

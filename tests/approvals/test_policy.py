@@ -201,3 +201,12 @@ def test_a_clicker_is_named_like_the_router_names_users_and_cards_live_by_kind()
     assert policy.user_id("telegram", "42") == policy.user_id("telegram", "telegram:42") == "telegram:42"
     assert policy.ttl("credential") == 180.0 and policy.ttl("sender") == policy.LONG_TTL
     assert policy.direct_chat("nohandle", {}) is None
+
+
+def test_a_request_expires_at_its_own_time_else_its_kinds_lifetime_from_when_it_was_asked() -> None:
+    asked = request("agent_request")
+    assert policy.expiry(asked, NOW) == NOW + policy.DEFAULT_TTL["agent_request"]
+    own = ev.ApprovalRequest(
+        id="r2", kind="agent_request", requester="runner", agent_group="main", card=asked.card, expires_at=EXPIRES
+    )
+    assert policy.expiry(own, NOW + 5000) == EXPIRES

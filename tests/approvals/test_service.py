@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -25,7 +26,9 @@ from nats.aio.msg import Msg
 from clawden import config, natsauth, natsserver, setup
 from clawden.bus import bind, connect, consume, ensure_streams, publish, streams, subjects
 from clawden.bus import events as ev
+from clawden.bus.ctl import router as router_ctl
 from clawden.chat import terminal_outbound
+from clawden.control import ask_on
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 
@@ -272,18 +275,62 @@ async def test_expiry_denies_and_edits_the_card(bus: tuple[Client, Owner]) -> No
     assert "Expired" in edit.text and edit.card.buttons == ()
 
 
-async def test_a_restart_leaves_no_card_pending_and_no_requester_waiting(up: Up, bus: tuple[Client, Owner]) -> None:
-    nc, owner = bus
-    requester = Requester(nc, "vault-restart")
-    await requester.ask(host="restart.example.com")
-    card = await owner.first(ev.OutboundMessage, text="restart.example.com")
+async def restart_approvals(nc: Client) -> None:
+    """Kill the approvals process of `clawden up` (a crash, a reboot) and wait for the one it starts again."""
     ping = json.loads((await nc.request(subjects.ctl("approvals", "ping"), b"", timeout=10)).data)
-    os.kill(ping["pid"], signal.SIGKILL)  # `clawden up` starts it again
-    decision = await requester.decision(timeout=60)
-    assert decision.decision == "expired" and "restarted" in decision.reason
+    os.kill(ping["pid"], signal.SIGKILL)
+
+    async def back() -> bool:
+        with contextlib.suppress(Exception):
+            again = json.loads((await nc.request(subjects.ctl("approvals", "ping"), b"", timeout=0.5)).data)
+            return bool(again["pid"] != ping["pid"] and again["ready"])
+        return False
+
+    await eventually(back, 60, "`clawden up` did not start the approvals service again")
+
+
+async def test_a_new_senders_approval_survives_an_approvals_restart_and_its_held_messages_are_delivered(
+    bus: tuple[Client, Owner],
+) -> None:
+    """The router holds a new sender's messages for days behind its approval; the approvals service restarting
+    (an upgrade, a reboot) is no answer: the card stays open, the owner approves it after, and the messages go on."""
+    nc, owner = bus
+    chat = ev.Route(channel="telegram", chat_id="c-restart")
+    await ask_on(
+        nc,
+        router_ctl.CHATS_CREATE,
+        router_ctl.ChatCreate(channel=chat.channel, chat_id=chat.chat_id, policy="request_approval"),
+        wait_for_service=True,
+    )
+    await ask_on(
+        nc,
+        router_ctl.WIRINGS_CREATE,
+        router_ctl.WiringCreate(channel=chat.channel, chat_id=chat.chat_id, agent_group="main"),
+    )
+    woken: list[ev.Wake] = []
+
+    async def on_wake(msg: Msg) -> None:
+        wake = ev.decode(msg.data)
+        if isinstance(wake, ev.Wake) and wake.route == chat:
+            woken.append(wake)
+
+    await nc.subscribe(f"{subjects.PREFIX}.wake.>", cb=on_wake)
+    for n, text in enumerate(("first", "second")):
+        line = ev.InboundMessage(
+            route=chat, message_id=f"r{n}", sender=ev.Sender(id="telegram:newcomer"), text=text, sent_at=time.time()
+        )
+        await publish(nc.jetstream(), subjects.inbound("telegram"), line, msg_id=line.key)
+    card = await owner.first(ev.OutboundMessage, text="telegram:newcomer")
+    [held] = [a for a in await control(nc, "list", {"status": "pending"}) if a["kind"] == "sender"]
+
+    await restart_approvals(nc)
+
+    assert [a["id"] for a in await control(nc, "list", {"status": "pending"}) if a["kind"] == "sender"] == [held["id"]]
+    await owner.press(card, "approve")
+    await eventually(lambda: len(woken) >= 2, 30, lambda: f"woken: {woken}")
+    assert [w.message.text for w in woken] == ["first", "second"]
     edit = await owner.first(ev.OutboundEdit, target_message_id=owner.ids[card.id])
-    assert "Expired" in edit.text
-    assert await control(nc, "list", {"status": "pending"}) == []
+    assert f"Approved by {OWNER}" in edit.text
 
 
 # --- approvals alone (`clawden run approvals`): no router, and a service that stops and starts -----------
@@ -377,14 +424,72 @@ async def alone(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Alone]
     await nc.close()
 
 
-async def test_a_request_is_denied_when_the_router_never_says_who_may_approve_it(alone: Alone) -> None:
-    """No router: a few tries, then the requester hears a no, rather than waiting for ever (a held Retry
-    is one delivery, so the count must be the service's own)."""
+class Router:
+    """The router's `approvers` verb, answered from the test: absent until `come`, like a router restarting."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.asked = 0
+
+    async def come(self, refusal: str = "") -> None:
+        """From now on it answers: the owner approves, or (`refusal`) the router's "400" with those words."""
+
+        async def answer(msg: Msg) -> None:
+            self.asked += 1
+            if refusal:
+                errors = {"Nats-Service-Error": refusal, "Nats-Service-Error-Code": "400"}
+                await self.nc.publish(msg.reply, b"", headers=errors)
+                return
+            reply = router_ctl.Approvers(agent_group="main", approvers=[OWNER])
+            await msg.respond(msgspec.json.encode(reply))
+
+        await self.nc.subscribe(router_ctl.APPROVERS.subject, cb=answer)
+
+
+async def unanswered(alone: Alone) -> int:
+    return (await alone.stats()).get("router_unanswered", 0)
+
+
+async def test_a_request_waits_for_an_absent_router_and_is_decided_once_it_answers(alone: Alone) -> None:
+    """No router (it is restarting): no answer is no decision. The request is asked about again and again, more
+    often than the five tries that once ended in a denial, and is decided as usual once a router answers."""
     requester = Requester(alone.nc, "vault-norouter")
-    await requester.ask()  # no approvers: the router is asked
+    await requester.ask(ttl=600)  # no approvers: the router is asked who may approve it
+
+    async def asked_past_the_old_limit() -> bool:
+        return not requester.decisions.empty() or await unanswered(alone) > 5
+
+    await eventually(asked_past_the_old_limit, 60, "the approvals service stopped asking the router")
+    assert requester.decisions.empty(), f"decided while the router was away: {requester.decisions.get_nowait()}"
+    waiting = await alone.js.consumer_info("CLAWDEN_APPROVALS", streams.approvals_requests().durable)
+    assert waiting.num_redelivered == 0  # held as one delivery: none of max_deliver spent on the wait
+
+    router = Router(alone.nc)
+    await router.come()
+    card = await alone.owner.first(ev.OutboundMessage, text="api.github.com")
+    assert router.asked >= 1
+    await alone.forward(alone.owner.action(card, "approve"))
+    decision = await requester.decision()
+    assert (decision.decision, decision.decided_by) == ("approved", OWNER)
+
+
+async def test_a_request_the_router_never_answers_about_expires_at_its_own_time(alone: Alone) -> None:
+    """The request's own expiry ends the wait for an absent router: it expired, nobody denied it."""
+    requester = Requester(alone.nc, "vault-norouter-expires")
+    expires_at = await requester.ask(ttl=4)
     decision = await requester.decision(timeout=60)
-    assert decision.decision == "denied"
-    assert "could not find out who may approve it" in decision.reason
+    assert (decision.decision, decision.decided_by) == ("expired", "")
+    assert "before the router said who may approve it" in decision.reason
+    assert decision.decided_at >= expires_at
+
+
+async def test_only_the_routers_own_refusal_denies_a_request(alone: Alone) -> None:
+    await Router(alone.nc).come(refusal="bad request: no such field")
+    requester = Requester(alone.nc, "vault-refused")
+    await requester.ask(ttl=600)
+    decision = await requester.decision()
+    assert (decision.decision, decision.decided_by) == ("denied", "approvals")
+    assert decision.reason == "the router refused to say who may approve it: bad request: no such field"
 
 
 async def test_a_bridge_cannot_speak_for_another_channel(alone: Alone) -> None:
@@ -469,3 +574,34 @@ async def test_at_a_restart_a_click_counts_only_if_it_came_before_the_expiry(alo
     assert (expired.decision, expired.reason) == ("expired", "nobody answered in time")
     assert "had expired before you pressed it" in (await owner.first(ev.OutboundMessage, text="Sorry")).text
     assert "Expired" in (await owner.first(ev.OutboundEdit, target_message_id=owner.ids[late_card.id])).text
+
+
+async def test_a_start_expires_once_what_came_due_while_the_service_was_down_and_nothing_else(alone: Alone) -> None:
+    """A request whose expiry passed during the downtime is expired at the start, once (one decision, one edit of
+    its card); one whose time is not up stays open across the restart, and an approver decides it after."""
+    owner = alone.owner
+    due, lasting = Requester(alone.nc, "vault-due"), Requester(alone.nc, "vault-lasting")
+    due_expiry = await due.ask(ttl=3, host="due.example.com", approvers=(OWNER,))
+    await lasting.ask(ttl=600, host="lasting.example.com", approvers=(OWNER,))
+    due_card = await owner.first(ev.OutboundMessage, text="due.example.com")
+    lasting_card = await owner.first(ev.OutboundMessage, text="lasting.example.com")
+    alone.approvals.stop()
+    await asyncio.sleep(max(0.0, due_expiry - time.time()) + 0.2)  # its time runs out while nothing runs
+
+    await alone.approvals.start(alone.nc)
+    assert [a["id"] for a in await control(alone.nc, "list", {"status": "pending"})] == ["vault-lasting"]
+    assert (await alone.stats()).get("expired_at_start") == 1
+    expired = await due.decision()
+    assert (expired.decision, expired.reason) == ("expired", "nobody answered in time")
+    assert "Expired" in (await owner.first(ev.OutboundEdit, target_message_id=owner.ids[due_card.id])).text
+
+    alone.approvals.stop()
+    await alone.approvals.start(alone.nc)
+    assert (await alone.stats()).get("expired_at_start", 0) == 0
+    await alone.forward(owner.action(lasting_card, "approve"))
+    assert (await lasting.decision()).decision == "approved"
+    assert due.decisions.empty()  # its one decision, not told again by the second start
+    shown = await control(alone.nc, "show", {"id": "vault-due"})
+    assert [a["what"] for a in shown["audit"]].count("expired") == 1
+    edits = [e for e in owner.seen if isinstance(e, ev.OutboundEdit) and e.target_message_id == owner.ids[due_card.id]]
+    assert len(edits) == 1

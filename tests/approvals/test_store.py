@@ -10,7 +10,7 @@ import pytest
 
 from clawden import servicedb
 from clawden.bus import events as ev
-from services.approvals import cards
+from services.approvals import cards, policy
 from services.approvals.schema import MIGRATIONS
 from services.approvals.store import Store
 
@@ -73,6 +73,25 @@ def test_no_approver_is_a_clear_denial_to_the_requester(store: Store) -> None:
     (decision,) = drain(store)
     assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "denied"
     assert "nobody can approve it" in decision.reason
+
+
+def test_a_request_without_an_expiry_lives_its_kinds_lifetime_from_when_it_reached_the_bus(store: Store) -> None:
+    """Handled late (the router away for a while, a restart): its age still counts from when it was asked."""
+    store.add_request(request(expires_at=0), [OWNER], now=1100, asked_at=1000)
+    assert store.list("pending")[0]["expires_at"] == 1000 + policy.ttl("credential")
+
+
+def test_the_routers_refusal_to_name_approvers_denies_and_its_silence_until_the_expiry_expires(store: Store) -> None:
+    refused = store.approvers_unknown(request("refused"), "denied", "the router refused: bad request", 1060, 1000)
+    silent = store.approvers_unknown(request("silent"), "expired", "the router never answered", 1060, 1060)
+    assert (refused.result, silent.result) == ("no_approver", "expired_unasked")
+    decisions = [e for e in drain(store) if isinstance(e, ev.ApprovalDecision)]
+    assert [(d.id, d.decision, d.decided_by, d.reason) for d in decisions] == [
+        ("refused", "denied", "approvals", "the router refused: bad request"),
+        ("silent", "expired", "", "the router never answered"),
+    ]
+    assert store.approvers_unknown(request("silent"), "expired", "again", 1060, 1061).result == "duplicate"
+    assert store.list("pending") == []
 
 
 def test_a_decision_applies_once_even_if_clicked_twice(store: Store) -> None:
