@@ -18,12 +18,34 @@ import aiosqlite
 # BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception: the same for a service's file as for a session's.
 from clawden.sessiondb import transaction as transaction
 
-__all__ = ["Store", "apply_migrations", "open_db", "transaction"]
+__all__ = ["Store", "apply_migrations", "open_db", "transaction", "unwritable"]
 
 log = logging.getLogger("clawden.servicedb")
 Synchronous = Literal["NORMAL", "FULL"]
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+# SQLite's primary result codes for a database that cannot be written now and may be later, whatever is written: a
+# lock held past the busy timeout, a full disk, an I/O error, a file gone read-only or unopenable.
+UNWRITABLE = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+
+def unwritable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be written for now (the machine's trouble, waited out), not that
+    what was asked of it is wrong (a bug, or bad input)."""
+    return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", 0) & 0xFF in UNWRITABLE
 
 
 def open_db(

@@ -4,6 +4,7 @@ approval decisions in. Deciding is `engage.decide`, state is `store`; this modul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import logging
 import time
@@ -21,6 +22,7 @@ from clawden.bus import bind, consume_batches, ctl, nak, subjects
 from clawden.bus import events as ev
 from clawden.bus.streams import router_agents, router_decisions, router_due, router_inbound
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
+from clawden.servicedb import unwritable
 from services.router import control, failover, relay, weblink
 from services.router.store import Outcome, Routable, RouterError, RouterStore
 
@@ -31,6 +33,9 @@ LOCAL_CHANNEL = "local"  # the machine owner's own terminal: its chats all go to
 BATCH = 256  # one SQLite transaction per fetched batch; the consumer's max_ack_pending bounds it
 SWEEP_EVERY = 3600.0
 PUBLISH_TIMEOUT = 5.0
+# The longest wait between tries of a step router.db could not take; under the inbound durables' ack wait (30 s),
+# since each try also tells JetStream the deliveries it holds are in progress.
+HELD_WAIT = 10.0
 # How long a step that judges runners waits for the server to answer its PING; if it has not, that step judges
 # nothing (the PING stays in flight, and its wait counts as deaf however long it lasts).
 ANSWER_WAIT = 2.0
@@ -157,18 +162,41 @@ class Router:
         while self.beats is not None and self.beats.pending_msgs:
             await self._beat_handled.wait()
 
-    async def settle(self, work: Callable[..., Outcome], *args: Any) -> Outcome | None:
-        """Run one store step and publish what it queued; None when the step itself failed."""
-        self.look()
-        async with self.publishing:
-            try:
-                outcome = await self.store.run(work, *args)
-            except Exception:
-                log.exception("router.db step %s failed", getattr(work, "__name__", work))
-                return None
-            self.counts.update(outcome.counts)
-            outcome.unpublished = not await self.flush(outcome.outgoing)
-            return outcome
+    async def settle(self, work: Callable[..., Outcome], *args: Any, held: Sequence[Msg] = ()) -> Outcome | None:
+        """Run one store step and publish what it queued; None when the step itself failed.
+
+        With `held`, the deliveries the step is for: while router.db cannot be written (a full disk, an I/O error, a
+        lock held past the busy timeout: `servicedb.unwritable`), the step is tried again and the deliveries kept
+        alive meanwhile, for as long as it takes. A nak would count toward max_deliver, and JetStream gives up on a
+        message after that many, however sound it was; nothing else can be routed meanwhile either."""
+        name = getattr(work, "__name__", work)
+        wait, waited = 1.0, 0
+        while True:
+            self.look()
+            async with self.publishing:
+                try:
+                    outcome = await self.store.run(work, *args)
+                except Exception as exc:
+                    if not (held and unwritable(exc)):
+                        log.exception("router.db step %s failed", name)
+                        return None
+                    waited += 1
+                    if waited & (waited - 1) == 0:  # the 1st, 2nd, 4th, 8th… try: a long wait is said, not flooded
+                        log.error(
+                            "router.db cannot be written (%s): %d message(s) wait (try %d)", exc, len(held), waited
+                        )
+                else:
+                    self.counts.update(outcome.counts)
+                    outcome.unpublished = not await self.flush(outcome.outgoing)
+                    if waited:
+                        log.info("router.db took step %s again after %d tries", name, waited)
+                    return outcome
+            for msg in held:
+                with contextlib.suppress(Exception):  # NATS away too: the delivery may lapse, and comes again
+                    await msg.in_progress()
+            if not await sleep_unless_stopping(self.ctx.stopping, wait):
+                return None  # naked by the caller: the next start takes them
+            wait = min(wait * 2, HELD_WAIT)
 
     # --- inbound ----------------------------------------------------------------------------------
 
@@ -208,7 +236,7 @@ class Router:
             keyed.append((msg, event.key))
         if not events:
             return
-        outcome = await self.settle(self.store.route_batch, events, time.time())
+        outcome = await self.settle(self.store.route_batch, events, time.time(), held=[m for m, _ in keyed])
         for msg, key in keyed:
             # Routed state is committed; a failed publish stays in the outbox and a redelivery
             # (seen as a duplicate) flushes it, so a nak loses nothing and routes nothing twice.
@@ -233,7 +261,7 @@ class Router:
                 sends.append(event)
             else:  # typing, edits, reactions and the runner's other notices mean nothing to an agent
                 self.counts["agent_ignored"] += 1
-        outcome = await self.settle(self.store.relay_batch, sends, time.time()) if sends else None
+        outcome = await self.settle(self.store.relay_batch, sends, time.time(), held=msgs) if sends else None
         for msg in msgs:
             if sends and (outcome is None or outcome.unpublished):
                 await nak(msg)
@@ -258,7 +286,7 @@ class Router:
             taken.append(msg)
         if not runs:
             return
-        outcome = await self.settle(self.store.wake_due, runs, time.time())
+        outcome = await self.settle(self.store.wake_due, runs, time.time(), held=taken)
         for msg in taken:
             # Woken and committed; a wake not yet published stays in the outbox, and the redelivery (a duplicate
             # by `processed`) publishes it: a nak loses nothing and wakes nothing twice.

@@ -22,6 +22,7 @@ import msgspec
 from clawden import config, logs, outbox
 from clawden.bus import events as ev
 from clawden.bus import subjects
+from clawden.servicedb import unwritable
 from clawden.setup import write_new_memory
 from services.router import cards, engage, notices, placement, relay, schema
 from services.router.entities import ALL_CHATS, ALWAYS, TERMINAL_CHANNEL, UnknownSenderPolicy, user_id_of
@@ -211,7 +212,9 @@ class RouterStore(outbox.OutboxStore):
                 try:
                     if self._first(event.key, now, out):
                         moved = self._take(event, now, out) or moved
-                except Exception:
+                except Exception as exc:
+                    if unwritable(exc):  # no fault of this message's: the whole batch waits (Router.settle)
+                        raise
                     log.exception("routing %s failed", event.key)
                     db.execute("ROLLBACK TO one")
                     out.failed.add(event.key)

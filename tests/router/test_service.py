@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import sqlite3
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -14,6 +16,7 @@ from nats.js.api import Header
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.bus.ctl import router as router_ctl
+from tests.eventually import eventually
 from tests.router.conftest import RouterProcess, collect
 from tests.router.test_store import too_large_with_its_agents_settings
 
@@ -208,3 +211,25 @@ async def test_a_message_too_large_to_wake_an_agent_with_is_refused_and_its_chat
     assert isinstance(told, ev.OutboundMessage) and told.kind == "error" and "too large" in told.text
     [dropped] = await router.ask(router_ctl.DROPPED_LIST, router_ctl.DroppedList())
     assert dropped.key == "telegram:m1" and dropped.reason.startswith("too large to pass on to an agent")
+
+
+async def test_a_message_that_comes_while_router_db_cannot_be_written_waits_for_it_and_is_routed_once(
+    router: RouterProcess, js: JetStreamContext
+) -> None:
+    # Another process holds router.db's write lock past the router's busy timeout (a backup, a full disk would do
+    # the same): no fault of the message's, so it must not spend its deliveries (JetStream gives up after 20).
+    holder = sqlite3.connect(router.config.data_dir / "router.db", isolation_level=None, timeout=10)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        await send(js, chat_message(1, chat="terminal", channel="local", sender="local:someone"))
+        failed = re.compile(r"router\.db (cannot be written|step route_batch failed)")
+        await eventually(lambda: len(failed.findall(router.output())) >= 2, timeout=60, message=router.output)
+        info = await js.consumer_info("CLAWDEN_INBOUND", "router")
+        assert (info.num_redelivered, info.num_ack_pending) == (0, 1), router.output()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    [wake] = await collect(js, "t-wakes", WAKES, want=1)
+    assert isinstance(wake, ev.Wake) and wake.message.id.startswith("local:m1")
+    info = await js.consumer_info("CLAWDEN_INBOUND", "router")
+    assert (info.num_redelivered, info.num_ack_pending, info.num_pending) == (0, 0, 0)
