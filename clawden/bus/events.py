@@ -631,6 +631,17 @@ class ApprovalRequest(_Event, tag="approval.request", frozen=True):
     amends: OptionalToken = ""
 
 
+class ApprovalWithdrawn(_Event, tag="approval.withdrawn", frozen=True):
+    """The requester no longer waits on request `id` (its agent hung up, its own wait ended, it restarted), on the
+    subject its requests go to. Only the requester that asked may withdraw it; a pending request is then settled
+    as expired (its card edited "Withdrawn: `reason`") and the decision published as usual. One already decided
+    stays as it is: its decision was published, and the requester reads it."""
+
+    id: Token
+    requester: str
+    reason: Text = ""
+
+
 class ApprovalDecision(_Event, tag="approval.decision", frozen=True):
     id: Token
     decision: Literal["approved", "denied", "expired", "answered"]
@@ -702,6 +713,7 @@ Event = (
     | TaskDue
     | TaskOrphaned
     | ApprovalRequest
+    | ApprovalWithdrawn
     | ApprovalDecision
     | AuditEvent
     | RunnerHeartbeat
@@ -735,3 +747,5 @@ OUTBOUND_DECODER = msgspec.json.Decoder(Outbound)
 # What a runner reads from its wake subject.
 WAKE_DECODER = msgspec.json.Decoder(Wake | Adopt)
 TYPING_OFF_DECODER = msgspec.json.Decoder(TypingOff)
+# What the approvals service reads from `approval.request`: requests, and requesters withdrawing theirs.
+APPROVAL_REQUEST_DECODER = msgspec.json.Decoder(ApprovalRequest | ApprovalWithdrawn)

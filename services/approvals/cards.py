@@ -59,6 +59,8 @@ def outcome_line(decision: str, decided_by: str, label: str = "", reason: str = 
             return f"❌ Denied{who}" + (f" ({reason})" if reason and not decided_by else "")
         case "answered":
             return f"Answered{who}: {label}"
+        case "withdrawn":  # its requester stopped waiting: nothing was let through
+            return f"↩️ Withdrawn: {reason or 'nobody waits for it any more'}"
         case _:
             return f"⌛ Expired ({reason or 'nobody answered in time'})"
 

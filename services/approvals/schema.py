@@ -72,4 +72,18 @@ MIGRATIONS: list[tuple[str, str]] = [
     ),
     # The requester's word on a decided request, shown under the card's outcome (`ApprovalRequest.amends`).
     ("0004_amended", "ALTER TABLE approvals ADD COLUMN note TEXT NOT NULL DEFAULT ''"),
+    # Requests their requester withdrew (`ApprovalWithdrawn`): settled as expired, the card saying "Withdrawn". A
+    # withdrawal applied before its request (held while the router is asked) waits here for it.
+    (
+        "0005_withdrawals",
+        """
+        CREATE TABLE withdrawals (
+            id TEXT NOT NULL,
+            requester TEXT NOT NULL,          -- counts only for a request of this requester's
+            reason TEXT NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (id, requester)
+        );
+    """,
+    ),
 ]

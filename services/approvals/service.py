@@ -76,13 +76,17 @@ class Approvals:
 
     # --- handlers -------------------------------------------------------------------------------
 
-    async def on_request(self, request: ev.ApprovalRequest, msg: Msg) -> None:
+    async def on_request(self, request: ev.ApprovalRequest | ev.ApprovalWithdrawn, msg: Msg) -> None:
+        if isinstance(request, ev.ApprovalWithdrawn):
+            await self.step(self.store.withdraw, request, time.time())
+            return
         if request.amends:
             await self.step(self.store.amend, request, time.time())
             return
         asked_at = _bus_time(msg)  # the same for each try, and after a restart: the request's age counts from it
         approvers: tuple[str, ...] = request.approvers
-        if not approvers and request.kind != "question":
+        withdrawn = await self.store.run(self.store.withdrawn_before, request)
+        if not approvers and request.kind != "question" and not withdrawn:  # withdrawn: nobody is to be asked
             found = await self.approvers_of(request, asked_at)
             if found is None:
                 return
@@ -250,7 +254,7 @@ async def main(ctx: ServiceContext) -> None:
         await ctx.ready()
         stop = ctx.stopping
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(consume(requests, ev.ApprovalRequest, svc.on_request, stopping=stop))
+            tg.create_task(consume(requests, ev.APPROVAL_REQUEST_DECODER, svc.on_request, stopping=stop))
             tg.create_task(consume(clicks, ev.InboundAction, svc.on_click, stopping=stop))
             tg.create_task(consume(receipts, ev.DeliveryReceipt, svc.on_receipt, stopping=stop))
             tg.create_task(

@@ -78,17 +78,50 @@ class Store(outbox.OutboxStore):
                 self._edit(request.amends)
             return Step("amended")
 
+    def withdraw(self, withdrawn: ev.ApprovalWithdrawn, now: float) -> Step:
+        """The requester stopped waiting on a request it asked: a pending one is settled as expired, once (the
+        decision published, the card edited "Withdrawn"), so a later press decides nothing. One already decided
+        stays so; one not here yet (held while the router is asked) is settled so when it comes."""
+        with self._tx() as db:
+            row = db.execute("SELECT requester, status FROM approvals WHERE id = ?", (withdrawn.id,)).fetchone()
+            if row is not None and (row["requester"] != withdrawn.requester or row["status"] != "pending"):
+                return Step("withdraw_ignored")
+            reason = withdrawn.reason or "its requester stopped waiting"
+            db.execute(
+                "INSERT OR IGNORE INTO withdrawals (id, requester, reason, at) VALUES (?, ?, ?, ?)",
+                (withdrawn.id, withdrawn.requester, reason, now),
+            )
+            if row is None:
+                self._audit(withdrawn.id, now, "withdrawn_early", withdrawn.requester, reason)
+                return Step("withdrawn_early")
+            self._decide(withdrawn.id, "expired", "", "", f"withdrawn by {withdrawn.requester}: {reason}", now)
+            log.info("approval %s withdrawn by %s: %s", withdrawn.id, withdrawn.requester, reason)
+            return Step("withdrawn")
+
+    def withdrawn_before(self, request: ev.ApprovalRequest) -> bool:
+        """Whether its requester withdrew this request before it was recorded (no router need be asked)."""
+        return self._withdrawal(request.id, request.requester) is not None
+
+    def _withdrawal(self, approval_id: str, requester: str) -> str | None:
+        """The reason the requester gave when it withdrew this request; None when it did not."""
+        row = self.conn.execute(
+            "SELECT reason FROM withdrawals WHERE id = ? AND requester = ?", (approval_id, requester)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def add_request(
         self, request: ev.ApprovalRequest, approvers: Sequence[str], now: float, asked_at: float | None = None
     ) -> Step:
         """Record a request and send its card; with nobody to send it to, deny it at once and say why. Without an
-        expiry of its own it lives its kind's lifetime from `asked_at` (when it reached the bus; else `now`)."""
+        expiry of its own it lives its kind's lifetime from `asked_at` (when it reached the bus; else `now`). One its
+        requester withdrew already is recorded as such, and no card goes out."""
         with self._tx() as db:
             if db.execute("SELECT 1 FROM approvals WHERE id = ?", (request.id,)).fetchone():
                 return Step("duplicate")
             card = cards.card_for(request)
             expires_at = policy.expiry(request, now if asked_at is None else asked_at)
-            delivery = policy.choose_delivery(request, approvers, self._chats)
+            withdrawn = self._withdrawal(request.id, request.requester)
+            delivery = None if withdrawn is not None else policy.choose_delivery(request, approvers, self._chats)
             card_id = self._new_card_id()
             route = delivery.route if delivery else None
             db.execute(
@@ -119,6 +152,9 @@ class Store(outbox.OutboxStore):
                 request.requester,
                 f"{request.kind} for {request.agent_group}: {card.title}",
             )
+            if withdrawn is not None:
+                self._decide(request.id, "expired", "", "", f"withdrawn by {request.requester}: {withdrawn}", now)
+                return Step("withdrawn")
             if delivery is None:
                 reason = (
                     "nobody can approve it: no admin of this agent group, no global admin and no owner"
@@ -246,7 +282,11 @@ class Store(outbox.OutboxStore):
         if not label and row["value"]:
             label = next((b.label for b in card.buttons if b.id == row["value"]), row["value"])
         decided_by = "" if row["decided_by"] == DECIDER else row["decided_by"]
-        line = cards.outcome_line(row["status"], decided_by, label, row["reason"])
+        withdrawn = self._withdrawal(approval_id, row["requester"]) if row["status"] == "expired" else None
+        if withdrawn is not None:
+            line = cards.outcome_line("withdrawn", "", reason=withdrawn)
+        else:
+            line = cards.outcome_line(row["status"], decided_by, label, row["reason"])
         shown = cards.decided_card(card, f"{line}\n{row['note']}" if row["note"] else line)
         route = ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"])
         edit_id = f"{row['card_id']}:{row['status']}" + (":amended" if row["note"] else "")
@@ -293,7 +333,9 @@ class Store(outbox.OutboxStore):
             elif outcome.why == "already":
                 self._audit(row["id"], now, "late_click", clicker, f"pressed {action.button_id} ({row['status']})")
                 by = f" by {row['decided_by']}" if row["decided_by"] and row["decided_by"] != DECIDER else ""
-                self._reply(action, reply_id, f"This was already settled: {row['status']}{by}.")
+                withdrawn = self._withdrawal(row["id"], row["requester"]) if row["status"] == "expired" else None
+                status = row["status"] if withdrawn is None else f"withdrawn ({withdrawn}); nothing was let through"
+                self._reply(action, reply_id, f"This was already settled: {status}{by}.")
             elif outcome.why == "expired":
                 self._audit(row["id"], now, "late_click", clicker, f"pressed {action.button_id} after its expiry")
                 self._decide(row["id"], "expired", "", "", TOO_LATE, now, target=action.message_id)

@@ -2,7 +2,10 @@
 
 The vault publishes an ``ApprovalRequest`` on ``clawden.approval.request`` and waits for the
 ``ApprovalDecision`` on ``clawden.approval.decision.<id>`` (subscribed before publishing, so a fast
-decision cannot be missed) or for the expiry. Who is asked and how is the approvals service's job.
+decision cannot be missed) or for the expiry. An ask that ends without a decision is withdrawn
+(``ApprovalWithdrawn``), so its card never shows "Approved" with nobody waiting; each open ask is recorded in
+``vault.db`` until it ends, and a vault that stopped without withdrawing one withdraws it at its next start.
+Who is asked and how is the approvals service's job.
 The card shows method, host, path and the first bytes of the body with every stored value and
 anything that looks like a credential blanked out; never a header.
 """
@@ -20,6 +23,7 @@ from typing import Literal, Protocol
 
 import msgspec
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from clawden.bus import events as ev
@@ -29,6 +33,10 @@ log = logging.getLogger("clawden.vault")
 
 PREVIEW_BYTES = 4096  # read from the body before asking; the rest stays on the wire
 CARD_PREVIEW_CHARS = 600
+# Once its own wait has ended and it has withdrawn the ask, how long the vault waits for the approvals service's
+# final word on it: the withdrawal, or a press applied just before it. A bound on waiting for an absent service,
+# not a judgement: with the service up, its decision (published either way) ends the wait.
+FINAL_WORD = 3.0
 Outcome = Literal["approved", "denied", "expired", "unavailable"]
 _CREDENTIAL_FIELD = re.compile(
     r"""(?ix)
@@ -174,7 +182,9 @@ def request_event(ask: ApprovalAsk) -> ev.ApprovalRequest:
         requester="vault",
         agent_group=ask.agent_group,
         card=card_for(ask),
-        expires_at=ask.expires_at,
+        # The vault gives up first and withdraws it, so the card says why it ended; the approvals service's own
+        # expiry is for a vault that never says (it is then withdrawn at the vault's next start).
+        expires_at=ask.expires_at + FINAL_WORD,
         context={
             "method": ask.method,
             "host": ask.host,
@@ -186,12 +196,23 @@ def request_event(ask: ApprovalAsk) -> ev.ApprovalRequest:
 
 
 _decisions = msgspec.json.Decoder(ev.ApprovalDecision)
+STOPPED = "the vault stopped waiting for it"
+
+
+class OpenAsks(Protocol):
+    """Where the asks being waited on are recorded (`vault.db`), so a vault that stops without withdrawing one
+    withdraws it at its next start."""
+
+    async def opened(self, approval_id: str) -> None: ...
+
+    async def closed(self, approval_id: str) -> None: ...
 
 
 class BusApprover:
-    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, open_asks: OpenAsks | None = None) -> None:
         self._nc = nc
         self._js = js
+        self._open = open_asks
 
     async def tell_limit(self, trip: LimitTrip) -> None:
         try:
@@ -202,39 +223,86 @@ class BusApprover:
         log.info("told the owner that rate limit %s tripped for %s", trip.rule, trip.agent_group)
 
     async def ask(self, ask: ApprovalAsk) -> Outcome:
+        """Ask and wait for the decision. An ask that ends without one is withdrawn: cancelled (the agent hung up,
+        the vault stops; the cancel's message says which), or its own wait over, when the approvals service's final
+        word on it, asked for by the withdrawal, is the answer (a press that came first lets the request through)."""
+        if self._open is not None:
+            await self._open.opened(ask.id)  # before it is asked: a vault stopped from now on withdraws it at start
         sub = await self._nc.subscribe(subjects.approval_decision(ask.id))
+        settled = False  # decided, or withdrawn: a restart has nothing left to withdraw
+        why = STOPPED
         try:
             try:
                 await publish(self._js, subjects.APPROVAL_REQUEST, request_event(ask), msg_id=f"vault:{ask.id}")
             except Exception as exc:
                 log.error("cannot publish approval request %s: %s", ask.id, exc)
+                why = "the vault could not ask for it"  # it may have been stored all the same
                 return "unavailable"
             log.info("approval %s asked: %s %s%s for %s", ask.id, ask.method, ask.host, ask.path, ask.agent_group)
-            while (remaining := ask.expires_at - time.time()) > 0:
-                try:
-                    msg = await sub.next_msg(timeout=remaining)
-                except TimeoutError:
-                    break
-                try:
-                    decision = _decisions.decode(msg.data)
-                except msgspec.DecodeError as exc:
-                    log.warning("ignoring a malformed decision for %s: %s", ask.id, exc)
-                    continue
-                if decision.id != ask.id:
-                    continue
-                outcome: Outcome = (
-                    "approved"
-                    if decision.decision == "approved"
-                    else ("expired" if decision.decision == "expired" else "denied")
-                )
-                log.info("approval %s %s by %s", ask.id, outcome, decision.decided_by or "?")
-                return outcome
-            return "expired"
+            decided = await self._decision(sub, ask.id, ask.expires_at)
+            if decided is None:
+                why = "nobody answered before the vault stopped waiting; the agent was told it timed out"
+                settled = await self.withdraw(ask.id, why)
+                # Its final word, published either way; without it (the service away) the answer is as before.
+                decided = await self._decision(sub, ask.id, time.time() + FINAL_WORD) if settled else None
+            settled = settled or decided is not None
+            return decided or "expired"
+        except asyncio.CancelledError as exc:
+            why = str(exc.args[0]) if exc.args and exc.args[0] else STOPPED
+            raise
         finally:
+            if not settled:
+                settled = await self.withdraw(ask.id, why)
+            if settled and self._open is not None:
+                await self._open.closed(ask.id)
             try:
                 await sub.unsubscribe()
             except Exception as exc:  # the connection is gone; the subscription went with it
                 log.debug("unsubscribing approval %s: %s", ask.id, exc)
+
+    async def _decision(self, sub: Subscription, approval_id: str, until: float) -> Outcome | None:
+        """The decision on `approval_id` that comes before `until`; None when none does."""
+        while (remaining := until - time.time()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=remaining)
+            except TimeoutError:
+                return None
+            try:
+                decision = _decisions.decode(msg.data)
+            except msgspec.DecodeError as exc:
+                log.warning("ignoring a malformed decision for %s: %s", approval_id, exc)
+                continue
+            if decision.id != approval_id:
+                continue
+            outcome: Outcome = (
+                "approved"
+                if decision.decision == "approved"
+                else ("expired" if decision.decision == "expired" else "denied")
+            )
+            log.info("approval %s %s by %s", approval_id, outcome, decision.decided_by or decision.reason or "?")
+            return outcome
+        return None
+
+    async def withdraw(self, approval_id: str, reason: str) -> bool:
+        """Tell the approvals service nobody waits on this ask any more; False when that could not be said."""
+        withdrawn = ev.ApprovalWithdrawn(id=approval_id, requester="vault", reason=reason)
+        try:
+            await publish(self._js, subjects.APPROVAL_REQUEST, withdrawn, msg_id=f"vault:withdrawn:{approval_id}")
+        except Exception as exc:
+            log.error("cannot withdraw approval %s (%s): %s; the next start does", approval_id, reason, exc)
+            return False
+        log.info("approval %s withdrawn: %s", approval_id, reason)
+        return True
+
+    async def withdraw_left(self, left: Iterable[str]) -> int:
+        """At start: withdraw the asks a vault that stopped left open (its waiters went with it)."""
+        done = 0
+        for approval_id in left:
+            if await self.withdraw(approval_id, "the vault restarted while it waited; the agent's request was dropped"):
+                done += 1
+                if self._open is not None:
+                    await self._open.closed(approval_id)
+        return done
 
 
 class HeldAsks:

@@ -37,7 +37,15 @@ import h11
 from clawden import unixsock
 from clawden.pki import CertificateAuthority, is_loopback
 from services.vault import responses, sigv4, tcpauth
-from services.vault.approvals import PREVIEW_BYTES, ApprovalAsk, Approver, LimitTrip, NoApprover, redact_preview
+from services.vault.approvals import (
+    FINAL_WORD,
+    PREVIEW_BYTES,
+    ApprovalAsk,
+    Approver,
+    LimitTrip,
+    NoApprover,
+    redact_preview,
+)
 from services.vault.apps import (
     PLACEHOLDER_TOKEN,
     Provider,
@@ -968,14 +976,16 @@ class Gateway:
         asking = asyncio.ensure_future(self._approver.ask(ask))
         hangup = asyncio.ensure_future(_wait_hangup(body.side))
         try:
-            async with asyncio.timeout(self._approval_timeout + 1):  # the approver should expire first
+            # The approver ends first: its own expiry, then the approvals service's final word (FINAL_WORD).
+            async with asyncio.timeout(self._approval_timeout + FINAL_WORD + 1):
                 await asyncio.wait({asking, hangup}, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             return "expired"
         finally:
+            gone = hangup.done() and not hangup.cancelled()
             hangup.cancel()
-            if not asking.done():
-                asking.cancel()
+            if not asking.done():  # the cancel's words go on the card, as why the ask was withdrawn
+                asking.cancel("the agent hung up while it waited" if gone else "the vault stopped waiting for it")
             # Its read must be over before the connection reads again (one reader at a time).
             await asyncio.wait({hangup, asking})
         if asking.cancelled():

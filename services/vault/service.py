@@ -629,7 +629,11 @@ async def main(ctx: ServiceContext) -> None:
     # A restart must not forgive a daily cap.
     rates = RateCounts(lambda counts, now: store.run(store.save_rate_counts, counts, now))
     rates.load(await store.run(store.rate_counts, time.time()))
-    held = HeldAsks(BusApprover(ctx.nc, ctx.js))  # what the HTTP API's long-poll shows
+    approver = BusApprover(ctx.nc, ctx.js, StoredAsks(store))
+    # Asks a stopped vault left open went with its memory: nobody waits on their cards any more.
+    if withdrawn := await approver.withdraw_left(await store.run(store.open_asks)):
+        log.warning("withdrew %d approval(s) the last vault process left waiting", withdrawn)
+    held = HeldAsks(approver)  # what the HTTP API's long-poll shows
     gateway = Gateway(
         cfg.model.upstream,
         ca=ca,
@@ -701,6 +705,19 @@ async def main(ctx: ServiceContext) -> None:
         await gateway.close()
         await rates.flush()  # a no-op after a clean stop; after a failure, what can still be saved
         await store.stop()
+
+
+class StoredAsks:
+    """The asks being waited on, in `vault.db` (`approvals.OpenAsks`)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def opened(self, approval_id: str) -> None:
+        await self.store.run(self.store.open_ask, approval_id, time.time())
+
+    async def closed(self, approval_id: str) -> None:
+        await self.store.run(self.store.close_ask, approval_id)
 
 
 async def _listen_tcp(cfg: Config, vault: Vault, gateway: Gateway, ca: CertificateAuthority, folder: Path) -> None:

@@ -146,6 +146,17 @@ MIGRATIONS: list[tuple[str, str]] = [
     );
     """,
     ),
+    (
+        "0007_open_asks",
+        """
+    -- Approvals the gateway waits on (its waiters are in memory): a vault that stopped without withdrawing
+    -- one withdraws it at its next start, so no card is left to approve what nobody waits for.
+    CREATE TABLE IF NOT EXISTS open_asks (
+        id TEXT PRIMARY KEY,
+        opened_at REAL NOT NULL
+    );
+    """,
+    ),
 ]
 APP_COLUMNS = (
     "provider",
@@ -353,6 +364,17 @@ class Store(servicedb.Store):
                 rows,
             )
             self.conn.execute("DELETE FROM rate_counts WHERE (window_index + 1) * window_seconds <= ?", (now,))
+
+    # -- approvals the gateway waits on (``approvals.BusApprover``) --
+
+    def open_ask(self, approval_id: str, now: float) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO open_asks (id, opened_at) VALUES (?, ?)", (approval_id, now))
+
+    def close_ask(self, approval_id: str) -> None:
+        self.conn.execute("DELETE FROM open_asks WHERE id = ?", (approval_id,))
+
+    def open_asks(self) -> list[str]:
+        return [row[0] for row in self.conn.execute("SELECT id FROM open_asks ORDER BY opened_at")]
 
     # -- per-group settings --
 

@@ -200,6 +200,49 @@ def test_an_amendment_waits_for_the_decision_and_rides_on_the_edit_when_the_rece
     assert isinstance(edit, ev.OutboundEdit) and edit.text.endswith("\n⚠️ the key was revoked")
 
 
+def withdrawal(rid: str = "vault-1", by: str = "vault", why: str = "the agent hung up") -> ev.ApprovalWithdrawn:
+    return ev.ApprovalWithdrawn(id=rid, requester=by, reason=why)
+
+
+def test_a_withdrawn_request_is_settled_once_and_its_card_says_so(store: Store) -> None:
+    store.add_request(request(), [OWNER], 1000)
+    card = sent_card(store)
+    assert store.withdraw(withdrawal(by="runner"), 1001).result == "withdraw_ignored"  # only the requester that asked
+    assert drain(store) == [] and store.list("pending")[0]["id"] == "vault-1"
+    assert store.withdraw(withdrawal(), 1002).result == "withdrawn"
+    decision, edit = drain(store)
+    assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "expired"
+    assert decision.reason == "withdrawn by vault: the agent hung up"
+    assert isinstance(edit, ev.OutboundEdit) and edit.card is not None and edit.card.buttons == ()
+    assert edit.text.endswith("↩️ Withdrawn: the agent hung up")
+    assert store.withdraw(withdrawal(why="again"), 1003).result == "withdraw_ignored"  # once
+    assert store.click(click(card, "approve"), 1004).result == "already"
+    (reply,) = drain(store)
+    assert isinstance(reply, ev.OutboundMessage)
+    assert reply.text == "This was already settled: withdrawn (the agent hung up); nothing was let through."
+
+
+def test_a_withdrawal_of_a_decided_request_changes_nothing(store: Store) -> None:
+    store.add_request(request(), [OWNER], 1000)
+    card = sent_card(store)
+    store.click(click(card, "approve"), 1002)
+    drain(store)
+    assert store.withdraw(withdrawal(), 1003).result == "withdraw_ignored"
+    assert drain(store) == [] and store.get("vault-1")["status"] == "approved"  # type: ignore[index]
+
+
+def test_a_withdrawal_before_its_request_is_recorded_settles_it_when_it_comes_without_a_card(store: Store) -> None:
+    """The request was held while the router was asked who approves (a `Retry`), and the withdrawal overtook it."""
+    assert store.withdraw(withdrawal(by="router"), 1000).result == "withdrawn_early"
+    assert store.withdraw(withdrawal(), 1000).result == "withdrawn_early"
+    assert store.withdrawn_before(request()) and not store.withdrawn_before(request("vault-2"))
+    assert store.add_request(request(), [], 1001).result == "withdrawn"
+    (decision,) = drain(store)  # no card
+    assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "expired"
+    assert decision.reason == "withdrawn by vault: the agent hung up"
+    assert store.add_request(request("vault-2"), [OWNER], 1001).result == "sent"  # only the id withdrawn
+
+
 def test_an_undeliverable_card_denies_the_request(store: Store) -> None:
     store.add_request(request(), [OWNER], 1000)
     (card,) = drain(store)

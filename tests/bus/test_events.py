@@ -62,6 +62,7 @@ EXAMPLES: list[ev.Event] = [
         expires_at=10.0,
         context={"host": "api.github.com"},
     ),
+    ev.ApprovalWithdrawn(id="ap1", requester="vault", reason="the agent hung up while it waited"),
     ev.ApprovalDecision(id="ap1", decision="approved", decided_by="telegram:1"),
     ev.AuditEvent(service="vault", kind="request", at=2.0, fields={"status": "200"}),
     ev.RunnerHeartbeat(

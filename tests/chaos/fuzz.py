@@ -46,7 +46,7 @@ KINDS: dict[str, tuple[type[Any], ...]] = {
     "outbound": (ev.OutboundMessage, ev.OutboundEdit, ev.OutboundReaction, ev.Typing),
     "task": (ev.TaskOp,),
     "due": (ev.TaskDue,),  # the scheduler's due runs, for the router
-    "approval.request": (ev.ApprovalRequest,),
+    "approval.request": (ev.ApprovalRequest, ev.ApprovalWithdrawn),
     "approval.click": (ev.InboundAction,),
     "approval.decision": (ev.ApprovalDecision,),
     "event": (ev.AuditEvent,),
