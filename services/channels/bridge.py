@@ -15,22 +15,37 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import aiohttp
 import msgspec
 from nats.js import JetStreamContext
 
 from clawden import control
+from clawden.backoff import backoff
 from clawden.bus import events as ev
 from clawden.bus import publish, subjects
 from clawden.bus.ctl import router as router_api
-from services.channels.retry import PlatformError
-from services.channels.state import BridgeState
+from clawden.runtime import sleep_unless_stopping
+from services.channels.retry import Kind, PlatformError
+from services.channels.state import BridgeState, Queued
 
 log = logging.getLogger("clawden.channels")
+
+# How long a message waits for a file the platform cannot hand over yet (a 5xx, a connection cut) before it is
+# published without it, saying why; meanwhile its chat's later messages wait behind it, and other chats go on.
+# A person who sent a file with a question expects the answer to be about the file, but not a chat silent for an
+# hour: after a few minutes an answer saying the file did not come through (the agent can ask for it again) is
+# the better one. The platforms keep a file far longer (Telegram's link an hour at least, Discord's signed CDN
+# links a day), so patience, not the file's expiry, ends the wait.
+FILE_PATIENCE = 300.0
+FILE_RETRY_CAP = 30.0  # the longest pause between two tries of a file that waits (doubling from 1 s)
+CHUNK = 64 * 1024  # bytes a download hands over at a time
+# A download may take as long as it needs while bytes keep coming; a minute without any is a dead connection.
+DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
 
 
 # --- what a bridge declares -------------------------------------------------------------------------
@@ -111,6 +126,17 @@ class Bridge(abc.ABC):
     async def send_file(self, route: ev.Route, path: Path, *, key: str) -> str:
         raise PlatformError(f"{self.name} cannot send files", "permanent")
 
+    async def fetch_file(self, attachment: ev.Attachment, dest: Path, progress: Callable[[], None]) -> None:
+        """Download the file `attachment.url` names on the platform into `dest` as it arrives (`save_stream`),
+        calling `progress` on each chunk: in the listener that is `Inbound.alive`, so a slow download is not a deaf
+        listener. Raise TooLarge past `capabilities.max_download_bytes`, PlatformError "permanent" where trying
+        again cannot help (gone, refused: say which) and "transient" where it may (a 5xx, a connection cut)."""
+        raise PlatformError(f"{self.name} cannot fetch files", "permanent")
+
+    def too_large(self) -> str:
+        """Why a file over `capabilities.max_download_bytes` is not fetched, for the agent."""
+        return f"the {self.name} bridge fetches files of at most {self.capabilities.max_download_bytes // 2**20} MB"
+
     async def edit(self, route: ev.Route, target: str, text: str, buttons: list[list[ButtonRef]]) -> None:
         raise PlatformError(f"{self.name} cannot edit messages", "permanent")
 
@@ -144,6 +170,93 @@ class Bridge(abc.ABC):
 
 
 # --- inbound: what a listener publishes ---------------------------------------------------------------
+
+
+class TooLarge(PlatformError):
+    """A file the bridge does not fetch for its size: the message goes on, its text saying so."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description, "permanent")
+
+
+async def save_stream(chunks: AsyncIterable[bytes], dest: Path, limit: int, progress: Callable[[], None]) -> int:
+    """Write a download into `dest` as it arrives (as `<dest>.part`, renamed once whole), calling `progress` on
+    each chunk; past `limit` bytes it is TooLarge and nothing is kept. Returns the size."""
+    size = 0
+    partial = dest.with_name(dest.name + ".part")
+    await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
+    out = await asyncio.to_thread(partial.open, "wb")
+    try:
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"over {limit} bytes")
+                await asyncio.to_thread(out.write, chunk)  # the disk may be slow; the loop serves other chats
+                progress()
+        finally:
+            await asyncio.to_thread(out.close)
+        await asyncio.to_thread(partial.rename, dest)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return size
+
+
+def download_refused(platform: str, status: int) -> PlatformError:
+    """A file server's answer other than 200: a 5xx, 408 or 429 may pass (transient); anything else will not (the
+    file is gone, or not the bot's to read)."""
+    kind: Kind = "transient" if status >= 500 or status in (408, 429) else "permanent"
+    return PlatformError(f"{platform} answered HTTP {status}", kind, code=status)
+
+
+async def http_download(
+    session: aiohttp.ClientSession,
+    url: str,
+    dest: Path,
+    limit: int,
+    progress: Callable[[], None],
+    *,
+    platform: str,
+    headers: dict[str, str] | None = None,
+    refuse: Callable[[aiohttp.ClientResponse], None] | None = None,
+) -> None:
+    """GET `url` into `dest` as it arrives (`save_stream`) for a bridge's `fetch_file`: an answer other than 200 is
+    `download_refused` (`refuse` may raise first, for a page that is not the file); a connection that fails, drops
+    or stays silent for DOWNLOAD_TIMEOUT's minute is transient."""
+    try:
+        async with session.get(url, headers=headers, timeout=DOWNLOAD_TIMEOUT) as resp:
+            if refuse is not None:
+                refuse(resp)
+            if resp.status != 200:
+                raise download_refused(platform, resp.status)
+            await save_stream(resp.content.iter_chunked(CHUNK), dest, limit, progress)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise PlatformError(f"the download from {platform} failed ({type(exc).__name__})", "transient") from None
+
+
+def _chat_of(event: ev.Inbound) -> str | None:
+    """The chat whose order the event keeps: a message, or a person's edit or delete of one."""
+    if isinstance(event, ev.InboundMessage | ev.InboundEdit | ev.InboundDelete):
+        return event.route.chat_id
+    return None
+
+
+def _pending(attachment: ev.Attachment) -> bool:
+    """Still to fetch: it names a file on the platform (fetched ones name a local file, refused ones nothing)."""
+    return bool(attachment.url) and not attachment.url.startswith("file://")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} seconds"
+    return f"{seconds / 60:.0f} minutes"
+
+
+def _with_notes(message: ev.InboundMessage, notes: list[str]) -> ev.InboundMessage:
+    if not notes:
+        return message
+    return msgspec.structs.replace(message, text=message.text + ("\n\n" if message.text else "") + "\n".join(notes))
 
 
 def card_token(card_id: str) -> str:
@@ -196,10 +309,23 @@ class BridgeStats:
 
 
 class Inbound:
-    """Handed to `Bridge.listen`: publishes platform events durably and tracks the listener's liveness."""
+    """Handed to `Bridge.listen`: publishes platform events durably and tracks the listener's liveness.
+
+    A message whose file the platform cannot hand over yet is queued in the bridge's state (`deliver`), with its
+    chat's later events behind it, and published by a task of its own once the file comes, is refused for good,
+    or `patience` runs out: the listener goes on with other chats, and may move the platform's cursor."""
 
     def __init__(
-        self, js: JetStreamContext, channel: str, state: BridgeState, files_dir: Path, stats: BridgeStats
+        self,
+        js: JetStreamContext,
+        channel: str,
+        state: BridgeState,
+        files_dir: Path,
+        stats: BridgeStats,
+        *,
+        bridge: Bridge | None = None,
+        stopping: asyncio.Event | None = None,
+        patience: float = FILE_PATIENCE,
     ) -> None:
         self.js = js
         self.channel = channel
@@ -207,6 +333,11 @@ class Inbound:
         self.files_dir = files_dir
         self.stats = stats
         self.liveness = Liveness()
+        self.bridge = bridge  # whose `fetch_file` fetches what `deliver` is handed
+        self.stopping = stopping or asyncio.Event()
+        self.patience = patience
+        self._queued: set[str] | None = None  # chats with events queued behind a file; None until read
+        self._releasing: dict[str, asyncio.Task[None]] = {}
 
     def alive(self) -> None:
         self.liveness.alive()
@@ -220,49 +351,182 @@ class Inbound:
             await asyncio.sleep(min(left, 5.0))
         self.alive()
 
-    async def fetch_attachments(
-        self, message: ev.InboundMessage, limit: int, get: Callable[[ev.Attachment], Awaitable[bytes]]
-    ) -> ev.InboundMessage:
-        """`message` with each attachment fetched by `get` into the bridge's folder (its url then the local
-        file), three tries while `get` raises a transient PlatformError; one over `limit` bytes is not
-        fetched, one that cannot be keeps an empty url, and the text says what was too large."""
-        attachments, notes = [], []
-        for attachment in message.attachments:
-            path: Path | None = None
-            if attachment.size > limit:
-                notes.append(f"[{attachment.name} was too large to fetch]")
-            elif attachment.url:
-                path = await self._fetch(attachment, message, get)
-            attachments.append(msgspec.structs.replace(attachment, url=path.as_uri() if path else ""))
-        text = message.text + ("\n\n" if message.text and notes else "") + "\n".join(notes)
-        return msgspec.structs.replace(message, attachments=tuple(attachments), text=text)
-
-    async def _fetch(
-        self, attachment: ev.Attachment, message: ev.InboundMessage, get: Callable[[ev.Attachment], Awaitable[bytes]]
-    ) -> Path | None:
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", attachment.name)[-100:] or "file"
-        dest = self.files_dir / re.sub(r"[^A-Za-z0-9]", "_", message.message_id) / safe
-        for attempt in range(3):
-            try:
-                body = await get(attachment)
-            except PlatformError as exc:
-                if exc.kind == "permanent" or attempt == 2:
-                    log.warning(
-                        "%s: could not fetch %s of %s: %s", self.channel, attachment.name, message.key, exc.description
-                    )
-                    return None
-                await self.pause(1.0 + attempt)
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            await asyncio.to_thread(dest.write_bytes, body)
-            return dest
-        return None
-
     async def publish(self, event: ev.Inbound) -> None:
-        """Returns once JetStream has stored the event; only then may the platform cursor move.
+        """Returns once the event is stored: in JetStream, or queued behind a message of its chat that waits for a
+        file (`deliver`), so the chat's order holds. Only then may the platform cursor move.
 
         NATS being away is waited out, never dropped: the key dedupes a publish that did land.
         """
+        chat = _chat_of(event)
+        if chat is not None and chat in await self._queued_chats():
+            await self._queue(chat, Queued(ev.encode(event), [], time.time()))
+            return
+        await self._store(event)
+
+    async def deliver(self, message: ev.InboundMessage) -> None:
+        """Publish a message with its files fetched into the bridge's folder: each attachment's url is then the
+        local file, or "" with the text saying why it is not there (too large, refused). A file the platform
+        cannot hand over yet queues the message (`publish`); returns once it is stored either way."""
+        chat = message.route.chat_id
+        if chat not in await self._queued_chats():
+            notes: list[str] = []
+            fetched, why = await self._fetch(message, notes, self.alive)
+            if not why and chat not in await self._queued_chats():
+                await self._store(_with_notes(fetched, notes))
+                return
+            if why:
+                log.warning(
+                    "%s: %s waits for a file the platform cannot hand over yet (%s); its chat's next messages wait "
+                    "behind it, for %.0f minutes at most",
+                    self.channel,
+                    message.key,
+                    why,
+                    self.patience / 60,
+                )
+            await self._queue(chat, Queued(ev.encode(fetched), notes, time.time(), why))
+            return
+        await self._queue(chat, Queued(ev.encode(message), [], time.time()))
+
+    async def resume(self) -> None:
+        """Start publishing what an earlier run left queued (`serve` calls it before the listener starts)."""
+        await self._queued_chats()
+
+    async def close(self) -> None:
+        """Stop the queues' tasks; what they hold stays in the state for the next start."""
+        tasks = list(self._releasing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- the queue behind a file ---------------------------------------------------------------------
+
+    async def _queued_chats(self) -> set[str]:
+        if self._queued is None:
+            self._queued = set(await self.state.queued_chats())
+            for chat in self._queued:
+                self._release_soon(chat)
+        return self._queued
+
+    async def _queue(self, chat: str, queued: Queued) -> None:
+        await self.state.queue(chat, queued)
+        (await self._queued_chats()).add(chat)
+        self._release_soon(chat)
+
+    def _release_soon(self, chat: str) -> None:
+        task = self._releasing.get(chat)
+        if task is None or task.done():
+            self._releasing[chat] = asyncio.create_task(self._keep_releasing(chat), name=f"{self.channel}-queue-{chat}")
+
+    async def _keep_releasing(self, chat: str) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._release(chat)
+                return
+            except Exception:  # the state or a bug: what waits stays queued, and is tried again
+                failures += 1
+                log.exception("%s: publishing what waits in chat %s failed; trying again", self.channel, chat)
+                if not await sleep_unless_stopping(self.stopping, backoff(failures, cap=60.0)):
+                    return
+
+    async def _release(self, chat: str) -> None:
+        """Publish the chat's queued events in order, each once what it waits for came or was given up on."""
+        tries = 0
+        while (queued := await self.state.first_queued(chat)) is not None:
+            try:
+                event = ev.INBOUND_DECODER.decode(queued.event)
+            except msgspec.DecodeError as exc:  # written by this bridge: only a change of the contract does this
+                log.error(
+                    "%s: dropping a queued event that no longer decodes (%s): %r", self.channel, exc, queued.event
+                )
+                await self.state.dequeue(queued.seq)
+                continue
+            if isinstance(event, ev.InboundMessage):
+                ready = await self._retry_files(event, queued)
+                if ready is None:
+                    left = queued.since + self.patience - time.time()  # the last try comes as the patience ends
+                    delay = max(0.0, min(backoff(tries, cap=FILE_RETRY_CAP), left))
+                    tries += 1
+                    if not await sleep_unless_stopping(self.stopping, delay):
+                        return
+                    continue
+                event = ready
+            await self._store(event, waiting=lambda: None)
+            await self.state.dequeue(queued.seq)
+            tries = 0
+        self._queued_discard(chat)
+
+    def _queued_discard(self, chat: str) -> None:
+        if self._queued is not None:
+            self._queued.discard(chat)
+
+    async def _retry_files(self, message: ev.InboundMessage, queued: Queued) -> ev.InboundMessage | None:
+        """The message to publish once its files are fetched, refused, or waited for `patience`; None while a file
+        may still come (what this try fetched is kept in the state)."""
+        notes = list(queued.notes)
+        # Not the listener: a slow download here says nothing about whether it hears the platform.
+        fetched, why = await self._fetch(message, notes, lambda: None)
+        if not why:
+            log.info("%s: %s has its files now", self.channel, message.key)
+            return _with_notes(fetched, notes)
+        waited = time.time() - queued.since
+        if waited < self.patience:
+            await self.state.requeue(Queued(ev.encode(fetched), notes, queued.since, why, queued.seq))
+            return None
+        failing = f"still failing after {_duration(waited)} ({why})"
+        log.warning("%s: %s goes without the files it waited for: %s", self.channel, message.key, failing)
+        notes += [f"[{a.name} could not be fetched: {failing}]" for a in fetched.attachments if _pending(a)]
+        attachments = tuple(msgspec.structs.replace(a, url="") if _pending(a) else a for a in fetched.attachments)
+        return _with_notes(msgspec.structs.replace(fetched, attachments=attachments), notes)
+
+    async def _fetch(
+        self, message: ev.InboundMessage, notes: list[str], progress: Callable[[], None]
+    ) -> tuple[ev.InboundMessage, str]:
+        """One pass over the files still to fetch, in order: the message with each fetched (its local file) or
+        refused (no url, and a note in `notes` saying why), up to the first that may come later, and why that one
+        did not ("" when none is left)."""
+        attachments = list(message.attachments)
+        why = ""
+        for i, attachment in enumerate(attachments):
+            if not _pending(attachment):
+                continue
+            try:
+                path = await self._fetch_one(attachment, message, i, progress)
+            except TooLarge:
+                notes.append(f"[{attachment.name} was too large to fetch: {self._bridge.too_large()}]")
+                path = None
+            except PlatformError as exc:
+                if exc.kind != "permanent":
+                    why = exc.description
+                    break
+                log.warning("%s: cannot fetch %s of %s: %s", self.channel, attachment.name, message.key, exc)
+                notes.append(f"[{attachment.name} could not be fetched: {exc.description}]")
+                path = None
+            except OSError as exc:  # the bridge's own disk (full, unwritable): may pass; the patience ends it
+                why = f"it could not be saved: {exc.strerror or exc}"
+                break
+            attachments[i] = msgspec.structs.replace(attachment, url=path.as_uri() if path else "")
+        return msgspec.structs.replace(message, attachments=tuple(attachments)), why
+
+    async def _fetch_one(
+        self, attachment: ev.Attachment, message: ev.InboundMessage, index: int, progress: Callable[[], None]
+    ) -> Path:
+        if attachment.size > self._bridge.capabilities.max_download_bytes:
+            raise TooLarge(f"{attachment.size} bytes")
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", attachment.name)[-100:] or "file"
+        dest = self.files_dir / re.sub(r"[^A-Za-z0-9]", "_", message.message_id)[-120:] / f"{index + 1}-{safe}"
+        await self._bridge.fetch_file(attachment, dest, progress)
+        return dest
+
+    @property
+    def _bridge(self) -> Bridge:
+        if self.bridge is None:
+            raise PlatformError(f"the {self.channel} bridge fetches no files", "permanent")
+        return self.bridge
+
+    async def _store(self, event: ev.Inbound, waiting: Callable[[], None] | None = None) -> None:
+        """Returns once JetStream has stored the event; NATS being away is waited out, calling `waiting` (by
+        default `alive`: waiting on NATS is not the platform going deaf)."""
         failures = 0
         while True:
             try:
@@ -274,7 +538,7 @@ class Inbound:
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
                     log.warning("cannot store inbound %s in JetStream yet (%d tries): %r", event.key, failures, exc)
-                self.alive()  # waiting on NATS is not the platform going deaf
+                (waiting or self.alive)()
                 await asyncio.sleep(min(5.0, 0.2 * 2**failures))
         if failures:
             log.info("stored inbound %s after %d failed tries", event.key, failures)

@@ -587,7 +587,9 @@ class Delivery:
     ) -> T:
         """`resends`: how many sends whose outcome is unknown may go again though the platform does not
         dedupe them (each may post a second copy; the bridge's capabilities say why it accepts that).
-        `repeat_until`: the wall-clock time after which the platform no longer drops a repeat of the call."""
+        `repeat_until`: the wall-clock time after which the platform no longer drops a repeat of the call.
+        An outage (`PlatformError.outage`: the request never left, a 5xx, a rate limit) is waited out for as long as
+        it lasts, the event held in its lane; only a refusal, or answers lost past the deadline, end it."""
         started = time.monotonic()
         attempt = 0
         noticed = False
@@ -623,7 +625,7 @@ class Delivery:
                         event.id,
                         exc.description,
                     )
-                if self.policy.gives_up(elapsed, delay):
+                if self.policy.gives_up(elapsed, delay, outage=exc.outage):
                     # After a try that may have gone through, giving up is not a refusal: the outcome is unknown.
                     raise PlatformError(
                         f"gave up after {attempt + 1} tries in {elapsed:.0f}s; last error: {exc.description}",
@@ -631,14 +633,16 @@ class Delivery:
                         code=exc.code,
                     ) from exc
                 self.stats.retries += 1
-                log.warning(
-                    "%s: outbound %s failed (%s); try %d, next in %.1fs",
-                    self.channel,
-                    event.id,
-                    exc.description,
-                    attempt + 1,
-                    delay,
-                )
+                # An outage may last hours, each try a line: the first few, then one in twenty.
+                if attempt < 5 or attempt % 20 == 0:
+                    log.warning(
+                        "%s: outbound %s failed (%s); try %d, next in %.1fs",
+                        self.channel,
+                        event.id,
+                        exc.description,
+                        attempt + 1,
+                        delay,
+                    )
                 if not noticed and delay >= self.policy.notice_after:
                     noticed = True
                     await self._receipt(

@@ -22,6 +22,7 @@ import random
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +36,7 @@ from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secre
 from clawden.bus import events as ev
 from clawden.config import Config
 from clawden.runtime import ServiceContext
-from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound
+from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound, http_download
 from services.channels.pacing import Limit, Pacer
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.service import serve
@@ -600,9 +601,7 @@ class DiscordBridge(Bridge):
         place = await self._place(channel, guild, inbound)
         message = inbound_message(data, self.me, place)
         if message is not None:
-            if message.attachments:
-                message = await inbound.fetch_attachments(message, self.capabilities.max_download_bytes, self._get_file)
-            await inbound.publish(message)
+            await inbound.deliver(message)
         self._saw(key)
         last = await inbound.state.cursor(f"last:{channel}")
         if last is None or snowflake_after(str(data["id"]), last[0]):
@@ -698,18 +697,13 @@ class DiscordBridge(Bridge):
         if not pressed:
             log.info("discord: a press on an expired card in %s", channel)
 
-    async def _get_file(self, attachment: ev.Attachment) -> bytes:
+    async def fetch_file(self, attachment: ev.Attachment, dest: Path, progress: Callable[[], None]) -> None:
         """Attachment URLs are the CDN's, signed, fetched without the token."""
-        assert self._ws_session is not None
-        try:
-            async with self._ws_session.get(attachment.url) as resp:
-                if resp.status >= 400:
-                    raise DiscordError(
-                        f"download: HTTP {resp.status}", "transient" if resp.status >= 500 else "permanent"
-                    )
-                return await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DiscordError(f"download: {exc!r}", "transient") from exc
+        if self._ws_session is None or self._ws_session.closed:
+            self._ws_session = aiohttp.ClientSession()
+        await http_download(
+            self._ws_session, attachment.url, dest, self.capabilities.max_download_bytes, progress, platform="Discord"
+        )
 
     # --- out: the REST API -------------------------------------------------------------------------
 

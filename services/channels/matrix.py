@@ -22,21 +22,21 @@ import mimetypes
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
 from nio import AsyncClient, AsyncClientConfig, ErrorResponse, RoomPreset, SyncResponse
-from nio.responses import DownloadError
 
 from clawden.bridgeconfig import BridgeConfigError, channel_settings, number, read_secret, redact
 from clawden.bus import events as ev
 from clawden.config import Config
 from clawden.runtime import ServiceContext
-from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound, card_token
+from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound, card_token, http_download
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.service import serve
 from services.channels.state import BridgeState
@@ -352,6 +352,7 @@ class MatrixBridge(Bridge):
         self.own: OrderedDict[str, None] = OrderedDict()
         self.deaf_after = sync_timeout + 60.0
         self._state: Inbound | None = None
+        self._media: aiohttp.ClientSession | None = None  # for downloads, streamed (nio reads a file whole)
 
     async def start(self) -> None:
         try:
@@ -541,9 +542,7 @@ class MatrixBridge(Bridge):
             return
         if event.reply_to and await self._pressed(event.reply_to, event.text, event, inbound):
             return
-        if event.attachments:
-            event = await self._fetch_files(event, inbound)
-        await inbound.publish(event)
+        await inbound.deliver(event)
 
     async def _pressed(self, target: str, text: str, event: ev.InboundMessage, inbound: Inbound) -> bool:
         """A reply to a card that is one of its numbers presses that button."""
@@ -636,46 +635,39 @@ class MatrixBridge(Bridge):
             log.info("matrix: the router refused the invite of %s to %s: %s", inviter, room_id, reason)
         return allowed
 
-    async def _fetch_files(self, event: ev.InboundMessage, inbound: Inbound) -> ev.InboundMessage:
-        attachments = []
-        notes = []
-        for attachment in event.attachments:
-            path: Path | None = None
-            if attachment.size > self.capabilities.max_download_bytes:
-                notes.append(
-                    f"[{attachment.name} was too large to fetch: over "
-                    f"{self.capabilities.max_download_bytes // (1024 * 1024)} MB]"
-                )
-            elif attachment.url.startswith("mxc://"):
-                path = await self._download(attachment, event, inbound)
-            attachments.append(msgspec.structs.replace(attachment, url=path.as_uri() if path else ""))
-        text = event.text
-        if notes:
-            text = (text + "\n\n" if text else "") + "\n".join(notes)
-        return msgspec.structs.replace(event, attachments=tuple(attachments), text=text)
-
-    async def _download(self, attachment: ev.Attachment, event: ev.InboundMessage, inbound: Inbound) -> Path | None:
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", attachment.name)[-100:] or "file"
-        folder = hashlib.sha256(event.route.chat_id.encode()).hexdigest()[:16]
-        dest = inbound.files_dir / folder / f"{txn_id(event.message_id)[:12]}-{safe}"
-        for attempt in range(3):
-            try:
-                resp = await call("download", self.api.download(mxc=attachment.url))
-            except MatrixError as exc:
-                if exc.kind == "permanent" or attempt == 2:
-                    log.warning("could not fetch %s from %s: %s", attachment.name, event.key, exc.description)
-                    return None
-                await inbound.pause(1.0 + attempt)
-                continue
-            if isinstance(resp, DownloadError):
-                return None
-            body = resp.body
-            if len(body) > self.capabilities.max_download_bytes:
-                return None
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            await asyncio.to_thread(dest.write_bytes, body)
-            return dest
-        return None
+    async def fetch_file(self, attachment: ev.Attachment, dest: Path, progress: Callable[[], None]) -> None:
+        """From the media repository, streamed: the authenticated endpoint (Matrix 1.11), else the older one on a
+        homeserver that does not know it yet."""
+        server, _, media = attachment.url.removeprefix("mxc://").partition("/")
+        if not attachment.url.startswith("mxc://") or not server or not media or "/" in media:
+            raise MatrixError(f"not a media repository address: {attachment.url[:100]}", "permanent")
+        if self._media is None or self._media.closed:
+            self._media = aiohttp.ClientSession()
+        headers = {"Authorization": f"Bearer {self.credential.access_token}"}
+        limit = self.capabilities.max_download_bytes
+        where = f"{quote(server, safe='')}/{quote(media, safe='')}"
+        try:
+            await http_download(
+                self._media,
+                f"{self.homeserver}/_matrix/client/v1/media/download/{where}",
+                dest,
+                limit,
+                progress,
+                platform="the homeserver",
+                headers=headers,
+            )
+        except PlatformError as exc:
+            if exc.code not in (404, 405):  # an older homeserver knows only the unauthenticated path
+                raise
+            await http_download(
+                self._media,
+                f"{self.homeserver}/_matrix/media/v3/download/{where}",
+                dest,
+                limit,
+                progress,
+                platform="the homeserver",
+                headers=headers,
+            )
 
     # --- out ------------------------------------------------------------------------------------
 
@@ -789,6 +781,8 @@ class MatrixBridge(Bridge):
     async def close(self) -> None:
         await self.api.close()
         await self.poller.close()
+        if self._media is not None:
+            await self._media.close()
 
 
 # --- the service ------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-# rate_limited, transient: the platform did not act; try again (after `retry_after` if it said so).
+# rate_limited, transient: the platform did not act; try again (after `retry_after` if it said so). A transient
+#          failure with a 4xx `code` is a refusal an operator can fix (a revoked token, a missing scope; an SMTP
+#          "try later"): tried again, but only until the deadline, since it may never pass by itself.
 # permanent: trying again cannot help (bad request, blocked bot, no such chat).
 # unknown: the request may have reached the platform and its answer was lost; repeating a send
 #          could post it twice, so a bridge repeats it only where the platform dedupes (idempotent_sends)
@@ -33,15 +35,23 @@ class PlatformError(Exception):
     def retryable(self) -> bool:
         return self.kind in ("rate_limited", "transient")
 
+    @property
+    def outage(self) -> bool:
+        """The platform did not act and did not refuse: the request never left, the platform was unreachable or
+        answered 5xx, or it asked for time (a rate limit). Such a failure is waited out however long it lasts."""
+        return self.kind == "rate_limited" or (self.kind == "transient" and not 400 <= self.code < 500)
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter, overridden by the platform's own `retry_after`, within a deadline."""
+    """Exponential backoff with jitter, overridden by the platform's own `retry_after`; an outage is waited out, any
+    other failure worth another try is tried only within a deadline."""
 
     first: float = 1.0
     factor: float = 2.0
     ceiling: float = 60.0
-    # How long one outbound event may keep failing before it is reported as failed for good.
+    # How long one outbound event may keep failing with a refusal (a bad token) or lost answers before it is
+    # reported as failed (or unconfirmed); an outage (`PlatformError.outage`) has no deadline.
     deadline: float = 600.0
     # A wait at least this long is worth a non-final receipt, so the agent knows it is delayed.
     notice_after: float = 10.0
@@ -55,5 +65,7 @@ class RetryPolicy:
         # Full jitter within the upper half: many bridges restarting together do not stampede.
         return base * (0.5 + 0.5 * (random.random() if jitter is None else jitter))
 
-    def gives_up(self, elapsed: float, next_delay: float) -> bool:
-        return elapsed + next_delay > self.deadline
+    def gives_up(self, elapsed: float, next_delay: float, *, outage: bool = False) -> bool:
+        """Whether to stop trying. Never during an outage: the reply then waits for the platform, held in its
+        lane (JetStream keeps it), instead of being settled as failed while the request never reached anyone."""
+        return not outage and elapsed + next_delay > self.deadline

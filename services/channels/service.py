@@ -45,7 +45,15 @@ async def serve(
         await bridge.start()  # a BridgeConfigError stops the service with EX_CONFIG (runtime)
         await follow_twins(ctx.nc, name, typing)
         await state.prune()
-        inbound = Inbound(ctx.js, name, state, ctx.config.data_dir / "channels" / name / "files", stats)
+        inbound = Inbound(
+            ctx.js,
+            name,
+            state,
+            ctx.config.data_dir / "channels" / name / "files",
+            stats,
+            bridge=bridge,
+            stopping=ctx.stopping,
+        )
         delivery = Delivery(
             bridge,
             state,
@@ -73,11 +81,15 @@ async def serve(
                 stats=consume_stats,
             )
 
-        async with asyncio.TaskGroup() as tg:
-            for puller in lanes:
-                tg.create_task(take(puller))
-            tg.create_task(_listen_forever(bridge, inbound, ctx.stopping, stats))
-            tg.create_task(_housekeeping(state, inbound.files_dir, ctx.stopping))
+        await inbound.resume()  # messages an earlier run left waiting for a file, before anything newer
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for puller in lanes:
+                    tg.create_task(take(puller))
+                tg.create_task(_listen_forever(bridge, inbound, ctx.stopping, stats))
+                tg.create_task(_housekeeping(state, inbound.files_dir, ctx.stopping))
+        finally:
+            await inbound.close()
     finally:
         await typing.close()
         await bridge.close()

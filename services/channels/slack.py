@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secre
 from clawden.bus import events as ev
 from clawden.config import Config
 from clawden.runtime import ServiceContext
-from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound
+from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound, http_download
 from services.channels.pacing import Limit, Pacer
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.service import serve
@@ -497,9 +497,7 @@ class SlackBridge(Bridge):
         message = inbound_message(event, me, self.own_threads)
         if message is None:
             return
-        if message.attachments:
-            message = await inbound.fetch_attachments(message, self.capabilities.max_download_bytes, self._get_file)
-        await inbound.publish(message)
+        await inbound.deliver(message)
 
     async def _revision(self, event: dict[str, Any], me: Me, inbound: Inbound) -> None:
         """A person's edit or a delete: passed on; the router sends it where the message went, if anywhere."""
@@ -537,21 +535,26 @@ class SlackBridge(Bridge):
             if not pressed:
                 log.info("slack: a press on an expired card in %s", channel)
 
-    async def _get_file(self, attachment: ev.Attachment) -> bytes:
-        """`url_private_download` needs the bot token (api.slack.com/types/file#authentication)."""
+    async def fetch_file(self, attachment: ev.Attachment, dest: Path, progress: Callable[[], None]) -> None:
+        """`url_private_download` needs the bot token (api.slack.com/types/file#authentication); without access,
+        Slack answers its sign-in page."""
+
+        def sign_in_page(resp: aiohttp.ClientResponse) -> None:
+            if resp.status == 200 and resp.content_type == "text/html":
+                raise SlackError("Slack answered its sign-in page: the bot may not read this file", "permanent")
+
         self._apis()
         assert self.session is not None
-        try:
-            async with self.session.get(
-                attachment.url, headers={"Authorization": f"Bearer {self.tokens.bot}"}, allow_redirects=True
-            ) as resp:
-                if resp.status >= 400 or resp.content_type == "text/html":  # a login page: no access
-                    raise SlackError(
-                        f"download: HTTP {resp.status}", "transient" if resp.status >= 500 else "permanent"
-                    )
-                return await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SlackError(f"download: {exc!r}", "transient") from exc
+        await http_download(
+            self.session,
+            attachment.url,
+            dest,
+            self.capabilities.max_download_bytes,
+            progress,
+            platform="Slack",
+            headers={"Authorization": f"Bearer {self.tokens.bot}"},
+            refuse=sign_in_page,
+        )
 
     # --- out: the Web API -----------------------------------------------------------------------
 

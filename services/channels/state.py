@@ -1,4 +1,5 @@
-"""A bridge's own state (`data/channels/<name>.db`): its platform cursor, its sent-log and its card buttons."""
+"""A bridge's own state (`data/channels/<name>.db`): its platform cursor, its sent-log, its card buttons and the
+inbound events queued behind a file."""
 
 from __future__ import annotations
 
@@ -66,6 +67,24 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE sends ADD COLUMN tried_at REAL NOT NULL DEFAULT 0;
     """,
     ),
+    # Inbound events queued behind a file the platform could not hand over yet (a 5xx, a connection cut), and
+    # the same chat's later events behind them, so the chat's order holds: published in `seq` order once the
+    # file is fetched, refused for good, or waited for long enough. Kept here, so the listener may move the
+    # platform's cursor past them and a restart goes on where this one stopped.
+    (
+        "0005_queued_inbound",
+        """
+        CREATE TABLE queued (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            chat TEXT NOT NULL,
+            event BLOB NOT NULL,  -- as it will be published: fetched files with file:// urls, the rest the platform's
+            notes TEXT NOT NULL DEFAULT '[]',  -- why each file no longer pending was not fetched (a JSON list)
+            since REAL NOT NULL DEFAULT 0,  -- when it began to wait: the patience counts from then
+            why TEXT NOT NULL DEFAULT ''  -- the last failure
+        );
+        CREATE INDEX queued_by_chat ON queued (chat, seq);
+    """,
+    ),
 ]
 
 SendState = Literal["sending", "sent", "failed", "unconfirmed"]
@@ -84,6 +103,17 @@ class Send:
     kind: PartKind = ""
     removed: bool = False  # an edit took it away (or emptied it)
     tried_at: float = 0.0  # when it was first marked 'sending' (0: never, or logged before this was kept)
+
+
+@dataclass(frozen=True)
+class Queued:
+    """An inbound event queued behind a file (see the `queued` table); `event` as `clawden.bus.events` encodes it."""
+
+    event: bytes
+    notes: list[str]
+    since: float = 0.0
+    why: str = ""
+    seq: int = 0  # its place in the queue (0 until stored)
 
 
 class BridgeState:
@@ -176,6 +206,40 @@ class BridgeState:
     async def unmark(self, outbound_id: str, part: int) -> None:
         """The platform said no for certain: the part was not sent, and may be tried again."""
         await self.db.execute("DELETE FROM sends WHERE outbound_id = ? AND part = ?", (outbound_id, part))
+        await self.db.commit()
+
+    # --- inbound events queued behind a file -----------------------------------------------------
+
+    async def queue(self, chat: str, queued: Queued) -> None:
+        await self.db.execute(
+            "INSERT INTO queued (chat, event, notes, since, why) VALUES (?, ?, ?, ?, ?)",
+            (chat, queued.event, json.dumps(queued.notes), queued.since, queued.why),
+        )
+        await self.db.commit()
+
+    async def queued_chats(self) -> list[str]:
+        cur = await self.db.execute("SELECT DISTINCT chat FROM queued")
+        return [str(row[0]) async for row in cur]
+
+    async def first_queued(self, chat: str) -> Queued | None:
+        cur = await self.db.execute(
+            "SELECT seq, event, notes, since, why FROM queued WHERE chat = ? ORDER BY seq LIMIT 1", (chat,)
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        return Queued(bytes(row[1]), [str(n) for n in json.loads(row[2])], float(row[3]), str(row[4]), int(row[0]))
+
+    async def requeue(self, queued: Queued) -> None:
+        """Keep what a try fetched (and why the rest was not), so a restart does not fetch it again."""
+        await self.db.execute(
+            "UPDATE queued SET event = ?, notes = ?, since = ?, why = ? WHERE seq = ?",
+            (queued.event, json.dumps(queued.notes), queued.since, queued.why, queued.seq),
+        )
+        await self.db.commit()
+
+    async def dequeue(self, seq: int) -> None:
+        await self.db.execute("DELETE FROM queued WHERE seq = ?", (seq,))
         await self.db.commit()
 
     # --- card buttons --------------------------------------------------------------------------

@@ -24,7 +24,17 @@ from clawden.bridgeconfig import BridgeConfigError, channel_settings, number, re
 from clawden.bus import events as ev
 from clawden.config import Config
 from clawden.runtime import ServiceContext
-from services.channels.bridge import Bridge, ButtonRef, Capabilities, GroupReach, Inbound
+from services.channels.bridge import (
+    CHUNK,
+    Bridge,
+    ButtonRef,
+    Capabilities,
+    GroupReach,
+    Inbound,
+    TooLarge,
+    download_refused,
+    save_stream,
+)
 from services.channels.pacing import Limit, Pacer
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.service import serve
@@ -33,6 +43,7 @@ from services.channels.split import utf16_len
 log = logging.getLogger("clawden.channels.telegram")
 
 CHANNEL = "telegram"
+FILE_REF = "telegram-file:"  # an attachment's url until it is fetched: this and its file id
 API_URL = "https://api.telegram.org"
 CURSOR = "getUpdates.offset"
 # Telegram numbers updates afresh (at random) after a week without any: an older cursor could
@@ -57,10 +68,6 @@ CHAT_LIMIT = Limit(1, 1.0)
 GROUP_LIMIT = Limit(20, 60.0)
 OVERALL_LIMIT = Limit(30, 1.0)
 PACING_SLACK = 0.2  # seconds added to each window: a request is timed here, counted on Telegram's arrival
-
-
-class TooLarge(Exception):
-    """A file Telegram will not hand a bot (over 20 MB): the message goes on, saying so in its text."""
 
 
 CAPABILITIES = Capabilities(
@@ -444,6 +451,14 @@ def _album_key(update: dict[str, Any]) -> tuple[Any, str] | None:
     return (message.get("chat", {}).get("id"), str(album)) if album else None
 
 
+def with_files(event: ev.InboundMessage, refs: list[FileRef]) -> ev.InboundMessage:
+    """The message with each attachment naming its file (`FILE_REF` and the file id), for `fetch_file`."""
+    attachments = tuple(
+        msgspec.structs.replace(a, url=FILE_REF + ref.file_id) for a, ref in zip(event.attachments, refs, strict=True)
+    )
+    return msgspec.structs.replace(event, attachments=attachments)
+
+
 def album_message(parts: list[dict[str, Any]], bot: BotIdentity) -> tuple[ev.InboundMessage | None, list[FileRef]]:
     """One event for an album: the first part's id, the caption one of its parts carries (Telegram shows
     it under the album), and every part's file."""
@@ -548,25 +563,10 @@ class BotAPI:
         try:
             async with self.client.stream("GET", self.files + file_path) as response:
                 if response.status_code != 200:
-                    raise TelegramError(
-                        f"file download answered HTTP {response.status_code}",
-                        "transient" if response.status_code >= 500 else "permanent",
-                        code=response.status_code,
-                    )
-                size = 0
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                partial = dest.with_name(dest.name + ".part")
-                with partial.open("wb") as out:
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > limit:
-                            raise TelegramError(f"file is larger than {limit} bytes", "permanent")
-                        out.write(chunk)
-                        progress()  # a slow download is not a deaf listener
-                partial.rename(dest)
-                return size
+                    raise download_refused("Telegram", response.status_code)
+                return await save_stream(response.aiter_bytes(CHUNK), dest, limit, progress)
         except httpx.TransportError as exc:
-            raise TelegramError(f"file download failed ({type(exc).__name__})", "transient") from None
+            raise TelegramError(f"the download from Telegram failed ({type(exc).__name__})", "transient") from None
 
 
 def _result(response: httpx.Response) -> Any:
@@ -778,14 +778,13 @@ class TelegramBridge(Bridge):
             if len(group) > 1:
                 event, refs = album_message([u["message"] for u in group], me)
                 if event is not None:
-                    await inbound.publish(await self._fetch_files(event, refs, inbound))
+                    await inbound.deliver(with_files(event, refs))
             elif "message" in update and (moved := migration_of(update["message"])) is not None:
                 await self._moved(*moved, inbound)
             elif "message" in update:
                 event = inbound_message(update["message"], me)
                 if event is not None:
-                    event = await self._fetch_files(event, files_of(update["message"]), inbound)
-                    await inbound.publish(event)
+                    await inbound.deliver(with_files(event, files_of(update["message"])))
             elif "edited_message" in update:
                 if (edit := inbound_edit(update, me)) is not None:
                     await inbound.publish(edit)
@@ -809,53 +808,23 @@ class TelegramBridge(Bridge):
         if first:
             log.warning("telegram group %d became supergroup %d; its chat moves with it", old, new)
 
-    async def _fetch_files(self, event: ev.InboundMessage, refs: list[FileRef], inbound: Inbound) -> ev.InboundMessage:
-        if not refs:
-            return event
-        attachments = []
-        too_large = []
-        for ref, attachment in zip(refs, event.attachments, strict=True):
-            try:
-                path = await self._download(ref, event, inbound)
-            except TooLarge:
-                too_large.append(ref.name)
-                path = None
-            attachments.append(msgspec.structs.replace(attachment, url=path.as_uri()) if path else attachment)
-        text = event.text
-        if too_large:
-            # The message still goes: the agent reads the words and knows a file came that it cannot open.
-            text = (text + "\n\n" if text else "") + "".join(
-                f"[{name} was too large to fetch: Telegram lets bots download files of at most 20 MB]"
-                for name in too_large
-            )
-        return msgspec.structs.replace(event, attachments=tuple(attachments), text=text)
+    async def fetch_file(self, attachment: ev.Attachment, dest: Path, progress: Callable[[], None]) -> None:
+        """getFile for the path, then the file itself, streamed (a slow download is not a deaf listener)."""
+        file_id = attachment.url.removeprefix(FILE_REF)
+        try:
+            info = await self.api.call("getFile", {"file_id": file_id})
+        except TelegramError as exc:
+            if "file is too big" in exc.description:
+                raise TooLarge(exc.description) from None
+            raise
+        if not info.get("file_path"):
+            # File.file_path is optional (core.telegram.org/bots/api#file): absent for a file over the 20 MB a bot
+            # may download, whatever size the message claimed.
+            raise TooLarge("Telegram gave no path for it")
+        await self.api.download(str(info["file_path"]), dest, self.capabilities.max_download_bytes, progress)
 
-    async def _download(self, ref: FileRef, event: ev.InboundMessage, inbound: Inbound) -> Path | None:
-        """The fetched file, or None when fetching failed; TooLarge when Telegram will not serve it to a bot."""
-        limit = self.capabilities.max_download_bytes
-        if ref.size > limit:
-            log.info("not fetching %s (%d bytes): over the %d-byte limit", ref.name, ref.size, limit)
-            raise TooLarge(ref.name)
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", ref.name)[-100:] or "file"
-        dest = inbound.files_dir / event.route.chat_id / f"{event.message_id.rsplit(':', 1)[-1]}-{safe}"
-        for attempt in range(3):
-            try:
-                info = await self.api.call("getFile", {"file_id": ref.file_id})
-                if not info.get("file_path"):
-                    # File.file_path is optional (core.telegram.org/bots/api#file): absent for a file over the
-                    # 20 MB a bot may download, whatever size the message claimed.
-                    log.info("not fetching %s: Telegram gave no path for it (over 20 MB)", ref.name)
-                    raise TooLarge(ref.name)
-                await self.api.download(str(info["file_path"]), dest, limit, inbound.alive)
-                return dest
-            except TelegramError as exc:
-                if "file is too big" in exc.description:
-                    raise TooLarge(ref.name) from exc
-                if exc.kind == "permanent" or attempt == 2:
-                    log.warning("could not fetch %s from message %s: %s", ref.name, event.key, exc.description)
-                    return None
-                await inbound.pause(1.0 + attempt)
-        return None
+    def too_large(self) -> str:
+        return "Telegram lets bots download files of at most 20 MB"
 
     async def _click(self, query: dict[str, Any], inbound: Inbound) -> None:
         message = query.get("message")

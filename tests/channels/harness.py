@@ -4,12 +4,13 @@ client that publishes outbound events and reads what the bridge published."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -20,6 +21,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from clawden import setup
 from clawden.bus import connect, ensure_streams, publish, subjects
 from clawden.bus import events as ev
+from services.channels.bridge import Bridge, BridgeStats, Inbound
+from services.channels.service import _listen_forever
+from services.channels.state import BridgeState
 from tests.fakes.telegram import FakeTelegram
 
 OutboundEvent = ev.OutboundMessage | ev.OutboundEdit | ev.OutboundReaction | ev.Typing
@@ -109,6 +113,25 @@ class BridgeProcess(ChannelProcess):
 
     def credentials(self) -> dict[str, str]:
         return {"CLAWDEN_TELEGRAM_TOKEN": self.fake.token, "CLAWDEN_TELEGRAM_API_URL": self.fake.url}
+
+
+@contextlib.asynccontextmanager
+async def listening(bridge: Bridge, js: JetStreamContext, home: Path) -> AsyncIterator[tuple[Inbound, BridgeStats]]:
+    """A bridge's listener run in this process as the bridge's process runs it (`_listen_forever`), for a test that
+    changes what a process is not told from outside, such as `deaf_after`."""
+    state = await BridgeState.open(home / f"{bridge.name}.db")
+    stats = BridgeStats()
+    stopping = asyncio.Event()
+    inbound = Inbound(js, bridge.name, state, home / "files", stats)
+    inbound.bridge = bridge  # the bridge whose `fetch_file` fetches what people send
+    listener = asyncio.create_task(_listen_forever(bridge, inbound, stopping, stats))
+    try:
+        yield inbound, stats
+    finally:
+        stopping.set()
+        await asyncio.wait_for(listener, 10)
+        await bridge.close()
+        await state.close()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, message: Callable[[], str] | str = "timed out") -> None:

@@ -3,17 +3,25 @@ clients speaking the client-server API (httpx), and a bus client on the bridge's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import httpx
+from aiohttp import web
 
 from tests.channels.harness import Bus, ChannelProcess
+from tests.fakes.discord import Trickle
+from tests.fakes.threaded import ThreadedServer
 from tests.servers.synapse.fixture import Account, Synapse
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 
 class MatrixBridgeProcess(ChannelProcess):
@@ -145,3 +153,70 @@ class MatrixBus(Bus):
 
 def deadline(seconds: float) -> float:
     return time.monotonic() + seconds
+
+
+class MediaProxy(ThreadedServer):
+    """The bridge's homeserver as a proxy in front of Synapse: everything passes through unchanged, except media
+    downloads, which answer the statuses in `failures` first (a media repository in trouble), then pass, at the
+    pace a `trickle` sets when there is one. `downloads` has the status of each media download, in turn."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.failures: list[int] = []
+        self.trickle: Trickle | None = None
+        self.downloads: list[int] = []
+        self.url = ""
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> MediaProxy:
+        self._loop = asyncio.get_running_loop()
+        self._session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_route("*", "/{path:.*}", self._pass)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        bound = self._runner.addresses[0]
+        self.url = f"http://{bound[0]}:{bound[1]}"
+        return self
+
+    async def stop(self) -> None:
+        if self.trickle is not None:
+            self.trickle.finish()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    def start_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> MediaProxy:
+        self._serve_in_thread(host, port, "matrix-media-proxy")
+        return self
+
+    async def _pass(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        media = "/media/" in request.path and "/download/" in request.path
+        if media:
+            with self._lock:
+                failure = self.failures.pop(0) if self.failures else None
+            if failure is not None:
+                self.downloads.append(failure)
+                return web.Response(status=failure, text="upstream failure")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        async with self._session.request(
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=await request.read(),
+            allow_redirects=False,
+        ) as answer:
+            body = await answer.read()
+            kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+        if media:
+            self.downloads.append(answer.status)
+            if self.trickle is not None and answer.status == 200:
+                return await self.trickle.serve(request, body)
+        return web.Response(status=answer.status, body=body, headers=kept)

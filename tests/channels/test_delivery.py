@@ -84,6 +84,7 @@ def delivery_for(
     tmp_path: Path,
     stopping: asyncio.Event | None = None,
     deadline: float = 5,
+    ceiling: float = 60.0,
 ) -> Delivery:
     return Delivery(
         bridge,
@@ -92,7 +93,7 @@ def delivery_for(
         BridgeStats(),
         TypingIndicators(bridge),
         stopping=stopping or asyncio.Event(),
-        policy=RetryPolicy(first=0.05, deadline=deadline),
+        policy=RetryPolicy(first=0.05, ceiling=ceiling, deadline=deadline),
         typing_horizon=60,
         file_roots=(tmp_path,),
     )
@@ -492,6 +493,34 @@ async def test_giving_up_after_answers_were_lost_reports_the_message_unconfirmed
     assert bridge.calls > 1
     [receipt] = await receipts(bus)
     assert receipt.unconfirmed and not receipt.ok
+
+
+async def test_an_outage_longer_than_the_deadline_is_waited_out_and_the_message_goes(
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    """Requests that never left (connection refused) and 5xx answers, for five times the deadline and more: the
+    platform never refused the message, so it goes once the platform is back, and no final failure is reported."""
+    bridge = MemoryBridge()
+    unreachable = PlatformError("cannot reach the platform (ConnectError)", "transient", connection=True)
+    unavailable = PlatformError("HTTP 503", "transient", code=503)
+    bridge.failures.extend([unreachable, unavailable] * 15)
+    started = time.monotonic()
+    await delivery_for(bridge, state, bus, tmp_path, deadline=0.3, ceiling=0.1).handle(message("hello"), fake_msg())
+    assert time.monotonic() - started > 5 * 0.3, "the outage did not outlast the deadline"
+    assert bridge.calls == 31 and bridge.posted == [("c1", "hello")]
+    assert [(r.ok, r.final) for r in await receipts(bus)] == [(True, True)]
+
+
+async def test_a_refusal_an_operator_can_fix_is_tried_only_until_the_deadline(
+    state: BridgeState, bus: Bus, tmp_path: Path
+) -> None:
+    """A revoked token (a transient 401) may never pass by itself: after the deadline the agent is told."""
+    bridge = MemoryBridge()
+    bridge.failures.extend(PlatformError("invalid_auth", "transient", code=401) for _ in range(1000))
+    await delivery_for(bridge, state, bus, tmp_path, deadline=0.3, ceiling=0.1).handle(message("hello"), fake_msg())
+    [receipt] = await receipts(bus)
+    assert not receipt.ok and receipt.final and not receipt.unconfirmed
+    assert (receipt.error or "").startswith("gave up after") and "invalid_auth" in (receipt.error or "")
 
 
 async def test_a_part_first_tried_longer_ago_than_the_platform_drops_repeats_is_not_sent_again(

@@ -17,12 +17,13 @@ import pytest
 
 from clawden.bus import events as ev
 from clawden.bus import subjects
+from services.channels import discord as discord_bridge
 from services.channels.discord import INTENTS, Buckets, Place, inbound_delete, inbound_edit, inbound_message, route_key
 from tests.channels.discord_harness import DiscordBridge, DiscordBus
-from tests.channels.harness import until
+from tests.channels.harness import listening, until
 from tests.conftest import NatsServer
 from tests.eventually import eventually
-from tests.fakes.discord import BOT_ID, MESSAGE_CONTENT, Error, FakeDiscord
+from tests.fakes.discord import BOT_ID, MESSAGE_CONTENT, Error, FakeDiscord, Trickle
 
 
 @pytest.fixture
@@ -291,6 +292,45 @@ async def test_a_file_from_a_person_is_fetched_into_the_inbox(
     assert await asyncio.to_thread(stored.read_bytes) == b"milk, eggs"
 
 
+async def test_a_file_the_cdn_refuses_arrives_as_a_note_saying_why(
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
+    """A 404 is Discord's final word (the file is gone): not tried again, and the agent reads why it has no file."""
+    ada = discord.user("ada")
+    dm = discord.dm(ada)
+    discord.inject("cdn", Error(404))
+    bridge.start()
+    discord.say(dm, ada, "my notes", files={"list.txt": b"milk, eggs"})
+    [message] = await bus.messages(1)
+    assert message.text == "my notes\n\n[list.txt could not be fetched: Discord answered HTTP 404]"
+    assert [(a.name, a.url) for a in message.attachments] == [("list.txt", "")]
+    assert discord.cdn_calls == [404]
+
+
+async def test_a_download_slower_than_deaf_after_is_not_taken_for_a_deaf_listener(
+    discord: FakeDiscord, bus: DiscordBus, tmp_path: Path
+) -> None:
+    """A big attachment from a slow CDN: each chunk that arrives is a sign of life, so the listener is not cancelled
+    mid-download."""
+    trickle = discord.trickle = Trickle(chunk=64 * 1024)
+    ada = discord.user("ada")
+    dm = discord.dm(ada)
+    data = bytes(range(256)) * 1024  # four chunks
+    bridge = discord_bridge.DiscordBridge(discord.url, discord.gateway_url, discord.token)
+    bridge.deaf_after = 1.5
+    async with listening(bridge, bus.js, tmp_path) as (_, stats):
+        await until(lambda: connected(discord, 1), 10)
+        discord.say(dm, ada, "the recording", files={"talk.bin": data})
+        for _ in range(4):  # the test sets the pace: the download takes 2.4 times deaf_after
+            await asyncio.sleep(0.6 * bridge.deaf_after)
+            trickle.step()
+        await until(lambda: stats.inbound == 1 or trickle.aborted.is_set(), 10, "the message was never stored")
+        assert not trickle.aborted.is_set() and stats.reconnects == 0, "the listener was cancelled mid-download"
+    [message] = await bus.messages(1)
+    stored = Path(url2pathname(urlsplit(message.attachments[0].url).path))
+    assert await asyncio.to_thread(stored.read_bytes) == data
+
+
 # --- out ------------------------------------------------------------------------------------------------------
 
 
@@ -421,6 +461,24 @@ async def test_a_429_is_waited_out_as_discord_says_and_the_message_goes_once(
     assert outcomes == [429, 502, 200]
     first, second = discord.calls_to("create_message")[:2]
     assert second.at - first.at >= 1.5, "the retry came before retry_after"
+
+
+async def test_a_discord_outage_longer_than_the_send_deadline_is_waited_out_and_the_answer_lands(
+    discord: FakeDiscord, bus: DiscordBus, bridge: DiscordBridge
+) -> None:
+    """Discord answering 502 and 503 for longer than `send_deadline`: it never refused the answer, so the answer
+    waits for Discord instead of being reported failed."""
+    ada = discord.user("ada")
+    dm = discord.dm(ada)
+    discord.inject("create_message", Error(502, channel=dm), Error(503, channel=dm), Error(502, channel=dm))
+    bridge.settings["send_deadline"] = "1"
+    bridge.start()
+    await bus.send(dm, "after the outage", id="o1")
+    [receipt] = await bus.wait_receipts(1, timeout=30)
+    assert receipt.ok and discord.texts(dm) == ["after the outage"]
+    calls = discord.calls_to("create_message")
+    assert [c.outcome for c in calls] == [502, 503, 502, 200]
+    assert calls[-1].at - calls[0].at > 1, "the outage did not outlast the deadline"
 
 
 async def test_a_channel_held_by_a_429_does_not_hold_up_another(

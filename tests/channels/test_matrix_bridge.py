@@ -4,6 +4,7 @@ lost or repeated across a crash, 429s waited out."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -20,10 +21,12 @@ from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.natsserver import free_port
 from clawden.runtime import EX_CONFIG
-from services.channels.matrix import E2EE_NOTICE, TIMELINE_LIMIT
-from tests.channels.matrix_harness import MatrixBridgeProcess, MatrixBus, Person
+from services.channels.matrix import E2EE_NOTICE, TIMELINE_LIMIT, Credential, MatrixBridge
+from tests.channels.harness import listening
+from tests.channels.matrix_harness import MatrixBridgeProcess, MatrixBus, MediaProxy, Person
 from tests.conftest import NatsServer
 from tests.eventually import eventually
+from tests.fakes.discord import Trickle
 from tests.servers.synapse.fixture import Account, Synapse
 
 
@@ -355,6 +358,64 @@ async def test_files_travel_through_the_media_repository_both_ways(
     refused = (await bus.wait_receipts(2))[1]
     assert not refused.ok and refused.error == f"big.bin is {10 * 1024 * 1024 + 1} bytes; matrix takes at most 10485760"
     assert len(await ada.messages_from(room, bot.user_id)) == 1
+
+
+@pytest.fixture
+def proxy(synapse: Synapse) -> Iterator[MediaProxy]:
+    p = MediaProxy(synapse.url).start_in_thread()
+    yield p
+    p.stop_thread()
+
+
+def in_process(proxy: MediaProxy, bot: Account) -> MatrixBridge:
+    """The bridge as its process makes it, but here (to lower `deaf_after`), its homeserver the proxy."""
+    bridge = MatrixBridge(proxy.url, Credential(bot.token, bot.device_id), sync_timeout=0.5)
+    bridge.deaf_after = 1.5
+    return bridge
+
+
+async def send_file(ada: Person, room: str, data: bytes, name: str) -> None:
+    mxc = await ada.upload(data, name, "application/octet-stream")
+    info = {"size": len(data), "mimetype": "application/octet-stream"}
+    await ada.send(room, {"msgtype": "m.file", "body": name, "filename": name, "url": mxc, "info": info})
+
+
+async def test_a_download_slower_than_deaf_after_is_not_taken_for_a_deaf_listener(
+    tmp_path: Path, proxy: MediaProxy, ada: Person, bot: Account, bus: MatrixBus, router_admits: set[str]
+) -> None:
+    """A big file from a slow media repository: each chunk that arrives is a sign of life, so the listener is not
+    cancelled mid-download."""
+    trickle = proxy.trickle = Trickle(chunk=64 * 1024)
+    data = bytes(range(256)) * 1024  # four chunks
+    bridge = in_process(proxy, bot)
+    async with listening(bridge, bus.js, tmp_path) as (_, stats):
+        room = await direct_room(ada, bot)
+        await send_file(ada, room, data, "talk.bin")
+        await eventually(lambda: proxy.downloads, 20, "the file was never asked for")
+        for _ in range(4):  # the test sets the pace: the download takes 2.4 times deaf_after
+            await asyncio.sleep(0.6 * bridge.deaf_after)
+            trickle.step()
+        await eventually(lambda: stats.inbound == 1 or trickle.aborted.is_set(), 10, "the message was never stored")
+        assert not trickle.aborted.is_set() and stats.reconnects == 0, "the listener was cancelled mid-download"
+    [message] = await messages(bus, 1)
+    assert local_file(message.attachments[0].url) == data
+
+
+async def test_a_file_the_media_repository_cannot_hand_over_for_a_while_waits_in_its_room_and_arrives(
+    tmp_path: Path, proxy: MediaProxy, ada: Person, bot: Account, bus: MatrixBus, router_admits: set[str]
+) -> None:
+    """503s for longer than the bridge's first try: the message waits for its file, the room's next message behind
+    it, and arrives with the file."""
+    bridge = in_process(proxy, bot)
+    async with listening(bridge, bus.js, tmp_path):
+        room = await direct_room(ada, bot)
+        proxy.failures = [503, 503, 503]
+        await send_file(ada, room, b"milk, eggs", "list.txt")
+        await ada.say(room, "did you get it?")
+        got = await messages(bus, 2)
+    assert [(m.text, len(m.attachments)) for m in got] == [("", 1), ("did you get it?", 0)]
+    assert local_file(got[0].attachments[0].url) == b"milk, eggs"
+    assert proxy.downloads == [503, 503, 503, 200]
 
 
 async def test_a_card_goes_to_the_approver_in_a_direct_room_and_only_a_numbered_reply_presses_it(

@@ -15,12 +15,13 @@ from urllib.request import url2pathname
 import pytest
 
 from clawden.bus import events as ev
+from services.channels import slack as slack_bridge
 from services.channels.slack import Me, card_blocks, escape, inbound_delete, inbound_edit, inbound_message
-from tests.channels.harness import until
+from tests.channels.harness import listening, until
 from tests.channels.slack_harness import SlackBridge, SlackBus
 from tests.conftest import NatsServer
 from tests.eventually import eventually
-from tests.fakes.slack import BOT_USER, Drop, Error, FakeSlack
+from tests.fakes.slack import BOT_USER, Drop, Error, FakeSlack, Trickle
 
 
 @pytest.fixture
@@ -164,6 +165,50 @@ async def test_a_file_from_a_person_is_fetched_with_the_bot_token(
     assert await asyncio.to_thread(stored.read_bytes) == b"milk, eggs"
 
 
+async def test_a_file_slack_cannot_hand_over_for_a_while_waits_in_its_chat_and_arrives(
+    slack: FakeSlack, bus: SlackBus, bridge: SlackBridge
+) -> None:
+    """Slack's file server answers 503 for longer than the bridge's first try: the message waits for its file, and
+    its chat's next message waits behind it (the chat's order holds), while another chat's message goes at once."""
+    ada, bea = slack.user("ada"), slack.user("bea")
+    with_ada, with_bea = slack.dm(ada), slack.dm(bea)
+    slack.inject("download", *[Error(503)] * 3)
+    bridge.start()
+    slack.say(with_ada, ada, "my notes", files=[b"milk, eggs"], names=["list.txt"])
+    slack.say(with_ada, ada, "did you get them?")
+    await until(lambda: len(slack.calls_to("download")) >= 1, 10, "the file was never asked for")
+    slack.say(with_bea, bea, "hello")
+    got = await messages(bus, 3, timeout=40)
+    assert [m.text for m in got] == ["hello", "my notes", "did you get them?"]
+    stored = Path(url2pathname(urlsplit(got[1].attachments[0].url).path))
+    assert await asyncio.to_thread(stored.read_bytes) == b"milk, eggs"
+    assert [c.outcome for c in slack.calls_to("download")] == ["fault 503"] * 3 + ["ok"]
+
+
+async def test_a_download_slower_than_deaf_after_is_not_taken_for_a_deaf_listener(
+    slack: FakeSlack, bus: SlackBus, tmp_path: Path
+) -> None:
+    """A big file from a slow file server: each chunk that arrives is a sign of life, so the listener is not
+    cancelled mid-download (its envelope then never acknowledged, and each redelivery cut short the same way)."""
+    trickle = slack.trickle = Trickle(chunk=64 * 1024)
+    ada = slack.user("ada")
+    dm = slack.dm(ada)
+    data = bytes(range(256)) * 1024  # four chunks
+    bridge = slack_bridge.SlackBridge(slack.url, slack_bridge.parse_tokens(slack.token))
+    bridge.deaf_after = 1.5
+    async with listening(bridge, bus.js, tmp_path) as (_, stats):
+        await until(lambda: slack.connections == 1, 10)
+        slack.say(dm, ada, "the recording", files=[data], names=["talk.bin"])
+        for _ in range(4):  # the test sets the pace: the download takes 2.4 times deaf_after
+            await asyncio.sleep(0.6 * bridge.deaf_after)
+            trickle.step()
+        await until(lambda: stats.inbound == 1 or trickle.aborted.is_set(), 10, "the message was never stored")
+        assert not trickle.aborted.is_set() and stats.reconnects == 0, "the listener was cancelled mid-download"
+    [message] = await messages(bus, 1)
+    stored = Path(url2pathname(urlsplit(message.attachments[0].url).path))
+    assert await asyncio.to_thread(stored.read_bytes) == data
+
+
 # --- out ------------------------------------------------------------------------------------------------------
 
 
@@ -284,6 +329,24 @@ async def test_a_5xx_and_a_dropped_answer_are_tried_again_and_the_message_lands_
     [receipt] = await bus.wait_receipts(1)
     assert receipt.ok and slack.texts(dm) == ["after two failures"]
     assert [c.outcome for c in slack.calls_to("chat.postMessage")] == ["fault 503 internal_error", "dropped", "ok"]
+
+
+async def test_a_slack_outage_longer_than_the_send_deadline_is_waited_out_and_the_answer_lands(
+    slack: FakeSlack, bus: SlackBus, bridge: SlackBridge
+) -> None:
+    """Slack answering 503 for longer than `send_deadline`: it never refused the answer, so the answer waits for
+    Slack instead of being reported failed."""
+    ada = slack.user("ada")
+    dm = slack.dm(ada)
+    slack.inject("chat.postMessage", *[Error(503)] * 3)
+    bridge.settings["send_deadline"] = "1"
+    bridge.start()
+    await bus.send(dm, "after the outage", id="o1")
+    [receipt] = await bus.wait_receipts(1, timeout=30)
+    assert receipt.ok and slack.texts(dm) == ["after the outage"]
+    calls = slack.calls_to("chat.postMessage")
+    assert [c.outcome for c in calls] == ["fault 503 internal_error"] * 3 + ["ok"]
+    assert calls[-1].at - calls[0].at > 1, "the outage did not outlast the deadline"
 
 
 # People's edits and deletes become edits and deletes of the message they were.

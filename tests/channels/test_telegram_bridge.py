@@ -27,6 +27,7 @@ from services.channels.retry import PlatformError
 from services.channels.telegram import ALLOWED_UPDATES, CAPABILITIES, TelegramBridge
 from tests.channels.harness import BridgeProcess, Bus, until
 from tests.conftest import NatsServer
+from tests.eventually import eventually
 from tests.fakes.telegram import BadGateway, Clock, Delay, Drop, Error, FakeTelegram, Fault, Hang, png
 
 
@@ -209,6 +210,54 @@ async def test_a_file_telegram_gives_no_path_for_still_delivers_the_message_sayi
     )
     assert [(a.name, a.url) for a in first.attachments] == [("trip.mp4", "")]
     assert second.text == "did it arrive?"
+
+
+async def test_a_file_telegram_cannot_hand_over_for_a_while_waits_in_its_chat_and_arrives(
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
+    """Telegram's file server answers 502 for longer than the bridge's first try: the message waits for its file,
+    and its chat's next message waits behind it, while another chat's message goes at once."""
+    ada, bob = fake.user("Ada"), fake.user("Bob")
+    with_ada, with_bob = fake.private_chat(ada), fake.private_chat(bob)
+    fake.inject("file", *[BadGateway()] * 3)
+    bridge.start()
+    fake.send(with_ada, ada, "the report", document=("q3.pdf", b"%PDF-1.4 fake", "application/pdf"))
+    fake.send(with_ada, ada, "did it arrive?")
+    await until(lambda: len(fake.calls_to("file")) >= 1, 15, "the file was never asked for")
+    fake.send(with_bob, bob, "hello")
+    await until(lambda: len(fake.calls_to("file")) == 4, 30, lambda: f"{fake.calls_to('file')}")
+    await eventually(lambda: _inbound_count(bus, 3), 15, "not every message was stored")
+    got = await bus.inbound()
+    assert [e.text for e in got] == ["hello", "the report", "did it arrive?"]
+    path = Path(url2pathname(urlsplit(got[1].attachments[0].url).path))
+    assert await asyncio.to_thread(path.read_bytes) == b"%PDF-1.4 fake"
+    assert [c.outcome for c in fake.calls_to("file")] == ["BadGateway"] * 3 + ["ok"]
+
+
+async def test_a_message_waiting_for_its_file_outlives_a_killed_bridge(
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
+    """Telegram is told the update is taken once the message waits in the bridge's own state: a bridge killed
+    meanwhile finds it there when it comes back, and fetches the file then."""
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    fake.inject("file", *[BadGateway()] * 1000)
+    bridge.start()
+    sent = fake.send(chat, ada, "the report", document=("q3.pdf", b"%PDF-1.4 fake", "application/pdf"))
+    await until(lambda: fake.confirmed_offset > 0 and len(fake.calls_to("file")) >= 2, 15, "never confirmed")
+    bridge.kill()
+    assert await bus.inbound() == []
+    fake.clear_faults()
+    bridge.start()
+    await eventually(lambda: _inbound_count(bus, 1), 15, "the message never came")
+    [event] = await bus.inbound()
+    assert (event.text, event.message_id) == ("the report", f"{chat['id']}:{sent['message_id']}")
+    path = Path(url2pathname(urlsplit(event.attachments[0].url).path))
+    assert await asyncio.to_thread(path.read_bytes) == b"%PDF-1.4 fake"
+
+
+async def _inbound_count(bus: Bus, count: int) -> bool:
+    return len(await bus.inbound()) >= count
 
 
 @pytest.mark.fake(private_topics=True)
@@ -797,7 +846,9 @@ async def test_a_send_that_fails_for_good_is_reported_final_and_logged(
     bridge.start()
     await bus.send(blocked["id"], "hello?", id="s1:blocked", seq=7, session_id="s1")
     await bus.wait_receipts(1)
-    fake.inject("sendMessage", *[Error(500)] * 40)
+    # A rejected token (which an operator can fix) is tried until the deadline, then reported; a 5xx would be
+    # waited out (the test below).
+    fake.inject("sendMessage", *[Error(401, "Unauthorized")] * 40)
     await bus.send(flaky["id"], "anyone?", id="s1:flaky", seq=9, session_id="s1")
     receipts = {r.outbound_id: r for r in await bus.wait_receipts(2, timeout=30)}
     assert receipts["s1:blocked"] == ev.DeliveryReceipt(
@@ -814,6 +865,24 @@ async def test_a_send_that_fails_for_good_is_reported_final_and_logged(
     log = bridge.output()
     assert "outbound s1:blocked to chat" in log and "failed for good: Forbidden: bot was blocked by the user" in log
     assert "outbound s1:flaky" in log and "gave up after" in log
+
+
+async def test_a_telegram_outage_longer_than_the_send_deadline_is_waited_out_and_the_answer_lands(
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+) -> None:
+    """Telegram's front answering 502 and 500 for longer than `send_deadline`: Telegram never refused the answer,
+    so it waits for Telegram instead of being reported failed."""
+    ada = fake.user("Ada")
+    chat = fake.private_chat(ada)
+    fake.inject("sendMessage", BadGateway(), Error(500), BadGateway())
+    bridge.settings["send_deadline"] = "1"
+    bridge.start()
+    await bus.send(chat["id"], "after the outage", id="o1")
+    [receipt] = await bus.wait_receipts(1, timeout=30)
+    assert receipt.ok and fake.texts(chat) == ["after the outage"]
+    calls = fake.calls_to("sendMessage")
+    assert [c.outcome for c in calls] == ["BadGateway", "Error", "BadGateway", "ok"]
+    assert calls[-1].at - calls[0].at > 1, "the outage did not outlast the deadline"
 
 
 async def test_a_group_upgraded_to_a_supergroup_is_announced_once_and_answers_reach_the_supergroup(

@@ -74,6 +74,44 @@ class Drop(Fault):
 
 
 @dataclass
+class Trickle:
+    """Downloads handed over `chunk` bytes at a time, each chunk once the test lets it through (`step`): a slow file
+    server whose pace the test sets, without the fake sleeping. `sent` counts the chunks written; `aborted` is set
+    when the client went away mid-download."""
+
+    chunk: int = 64 * 1024
+    sent: int = 0
+    aborted: threading.Event = field(default_factory=threading.Event)
+    _permits: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    _open: threading.Event = field(default_factory=threading.Event)
+
+    def step(self, chunks: int = 1) -> None:
+        for _ in range(chunks):
+            self._permits.release()
+
+    def finish(self) -> None:
+        """Let every chunk through from now on (the server stops: no download is left waiting)."""
+        self._open.set()
+
+    async def serve(self, request: web.Request, data: bytes) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))}
+        )
+        await resp.prepare(request)
+        try:
+            for at in range(0, len(data), self.chunk):
+                while not self._open.is_set() and not await asyncio.to_thread(self._permits.acquire, True, 0.2):
+                    pass
+                await resp.write(data[at : at + self.chunk])
+                self.sent += 1
+            await resp.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            self.aborted.set()
+            raise
+        return resp
+
+
+@dataclass
 class Call:
     name: str
     method: str
@@ -140,6 +178,8 @@ class FakeDiscord(ThreadedServer):
         self.sent_dispatches: list[int] = []  # every seq sent, over every connection
         self.session: GatewaySession | None = None
         self.files: dict[str, bytes] = {}
+        self.cdn_calls: list[int] = []  # the status of each attachment download, in turn
+        self.trickle: Trickle | None = None  # set: attachment downloads go at the test's pace
         self._ids = itertools.count(1)
         self._faults: dict[str, list[Fault]] = {}
         self._interactions: dict[str, tuple[str, float, bool]] = {}  # id -> token, sent at, acknowledged
@@ -178,6 +218,8 @@ class FakeDiscord(ThreadedServer):
         return self
 
     async def stop(self) -> None:
+        if self.trickle is not None:
+            self.trickle.finish()
         if self._ws is not None:
             await self._ws.close()
         if self._runner is not None:
@@ -344,7 +386,7 @@ class FakeDiscord(ThreadedServer):
 
     def inject(self, name: str, *faults: Fault) -> None:
         """Faults for the next calls of one REST route, by name: me, channel, history, create_message, edit_message,
-        delete_message, reaction, typing, create_dm, callback."""
+        delete_message, reaction, typing, create_dm, callback; or "cdn" for the next attachment downloads."""
         with self._lock:
             self._faults.setdefault(name, []).extend(faults)
 
@@ -771,9 +813,21 @@ class FakeDiscord(ThreadedServer):
         return 204, None
 
     async def _cdn(self, request: web.Request) -> web.StreamResponse:
+        fault = self._next_fault("cdn", request.match_info["channel"])
+        if isinstance(fault, Drop):
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
+        if isinstance(fault, Error):
+            self.cdn_calls.append(fault.status)
+            return web.Response(status=fault.status, text="upstream failure")
         data = self.files.get(request.match_info["id"])
         if data is None:
+            self.cdn_calls.append(404)
             return web.Response(status=404, text="Not Found")
+        self.cdn_calls.append(200)
+        if self.trickle is not None:
+            return await self.trickle.serve(request, data)
         return web.Response(body=data, content_type="application/octet-stream")
 
 

@@ -109,6 +109,44 @@ class Drop(Fault):
 
 
 @dataclass
+class Trickle:
+    """Downloads handed over `chunk` bytes at a time, each chunk once the test lets it through (`step`): a slow file
+    server whose pace the test sets, without the fake sleeping. `sent` counts the chunks written; `aborted` is set
+    when the client went away mid-download."""
+
+    chunk: int = 64 * 1024
+    sent: int = 0
+    aborted: threading.Event = field(default_factory=threading.Event)
+    _permits: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    _open: threading.Event = field(default_factory=threading.Event)
+
+    def step(self, chunks: int = 1) -> None:
+        for _ in range(chunks):
+            self._permits.release()
+
+    def finish(self) -> None:
+        """Let every chunk through from now on (the server stops: no download is left waiting)."""
+        self._open.set()
+
+    async def serve(self, request: web.Request, data: bytes) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))}
+        )
+        await resp.prepare(request)
+        try:
+            for at in range(0, len(data), self.chunk):
+                while not self._open.is_set() and not await asyncio.to_thread(self._permits.acquire, True, 0.2):
+                    pass
+                await resp.write(data[at : at + self.chunk])
+                self.sent += 1
+            await resp.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            self.aborted.set()
+            raise
+        return resp
+
+
+@dataclass
 class Call:
     method: str
     params: dict[str, Any]
@@ -168,6 +206,7 @@ class FakeSlack(ThreadedServer):
         self.connections = 0
         self.files: dict[str, dict[str, Any]] = {}
         self.uploaded: dict[str, bytes] = {}
+        self.trickle: Trickle | None = None  # set: file downloads go at the test's pace
         self._ids = itertools.count(1)
         self._ts = itertools.count(1)
         self._faults: dict[str, list[Fault]] = {}
@@ -205,6 +244,8 @@ class FakeSlack(ThreadedServer):
         return self
 
     async def stop(self) -> None:
+        if self.trickle is not None:
+            self.trickle.finish()
         self._redeliverer.cancel()
         for ws in list(self._sockets):
             await ws.close()
@@ -425,6 +466,7 @@ class FakeSlack(ThreadedServer):
     # --- faults and what was recorded ---------------------------------------------------------------
 
     def inject(self, method: str, *faults: Fault) -> None:
+        """Faults for the next calls of a Web API method, or of "download" (a file's private URL), in turn."""
         with self._lock:
             self._faults.setdefault(method, []).extend(faults)
 
@@ -775,10 +817,23 @@ class FakeSlack(ThreadedServer):
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
         fid = request.match_info["file_id"]
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        fault = self._next_fault("download", {})
+        if isinstance(fault, Drop):
+            self._record("download", {"file": fid}, token, "dropped")
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
+        if isinstance(fault, Error):
+            self._record("download", {"file": fid}, token, f"fault {fault.status}")
+            return web.Response(status=fault.status, text="upstream failure")
         if request.headers.get("Authorization") != f"Bearer {BOT_TOKEN}":
             return web.Response(status=200, text="<html>Sign in to Slack</html>", content_type="text/html")
         if fid not in self.uploaded:
             return web.Response(status=404, text="not found")
+        self._record("download", {"file": fid}, token, "ok")
+        if self.trickle is not None:
+            return await self.trickle.serve(request, self.uploaded[fid])
         return web.Response(body=self.uploaded[fid], content_type="application/octet-stream")
 
 

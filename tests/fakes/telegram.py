@@ -750,7 +750,8 @@ class FakeTelegram(ThreadedServer):
             self.webhook_url = url
 
     def inject(self, method: str, *faults: Fault) -> None:
-        """The next requests to `method` (any letter case; "*" for every method) get these faults, in turn."""
+        """The next requests to `method` (any letter case; "*" for every method; "file" for the next file downloads,
+        which take Error, BadGateway, Drop and Hang) get these faults, in turn."""
         with self._lock:
             self._faults[method.lower()].extend(faults)
 
@@ -854,7 +855,16 @@ class FakeTelegram(ThreadedServer):
         split = urlsplit(request.target.decode())
         path = split.path
         if path.startswith(f"/file/bot{self.token}/"):
-            return await self._download(conn, writer, path.removeprefix(f"/file/bot{self.token}/"))
+            file_path = path.removeprefix(f"/file/bot{self.token}/")
+            with self._lock:  # not "*": a download is no Bot API method
+                fault = self._faults["file"].popleft() if self._faults.get("file") else None
+            if fault is None:
+                self._record("file", {"file_path": file_path}, "ok")
+                return await self._download(conn, writer, file_path)
+            if not isinstance(fault, Error | BadGateway | Drop | Hang):
+                raise TypeError(f"a download cannot take {fault!r}")
+            self._record("file", {"file_path": file_path}, type(fault).__name__)
+            return await self._apply_fault(fault, conn, writer, "file", {})
         match = re.fullmatch(r"/bot([^/]+)/([A-Za-z]+)", path)
         if match is None:
             await self._send(conn, writer, 404, {"ok": False, "error_code": 404, "description": "Not Found"})
