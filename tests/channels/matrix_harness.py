@@ -17,8 +17,8 @@ import httpx
 from aiohttp import web
 
 from tests.channels.harness import Bus, ChannelProcess
-from tests.fakes.discord import Trickle
 from tests.fakes.threaded import ThreadedServer
+from tests.fakes.trickle import Trickle
 from tests.servers.synapse.fixture import Account, Synapse
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}

@@ -23,7 +23,8 @@ from tests.channels.discord_harness import DiscordBridge, DiscordBus
 from tests.channels.harness import listening, until
 from tests.conftest import NatsServer
 from tests.eventually import eventually
-from tests.fakes.discord import BOT_ID, MESSAGE_CONTENT, Error, FakeDiscord, Trickle
+from tests.fakes.discord import BOT_ID, MESSAGE_CONTENT, Error, FakeDiscord
+from tests.fakes.trickle import Trickle
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from tests.channels.harness import listening
 from tests.channels.matrix_harness import MatrixBridgeProcess, MatrixBus, MediaProxy, Person
 from tests.conftest import NatsServer
 from tests.eventually import eventually
-from tests.fakes.discord import Trickle
+from tests.fakes.trickle import Trickle
 from tests.servers.synapse.fixture import Account, Synapse
 
 

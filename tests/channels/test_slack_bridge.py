@@ -21,7 +21,8 @@ from tests.channels.harness import listening, until
 from tests.channels.slack_harness import SlackBridge, SlackBus
 from tests.conftest import NatsServer
 from tests.eventually import eventually
-from tests.fakes.slack import BOT_USER, Drop, Error, FakeSlack, Trickle
+from tests.fakes.slack import BOT_USER, Drop, Error, FakeSlack
+from tests.fakes.trickle import Trickle
 
 
 @pytest.fixture
