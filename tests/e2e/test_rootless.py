@@ -11,6 +11,7 @@ import pwd
 import secrets
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import docker
 import pytest
-from docker.errors import DockerException
 
 from clawden import config
 from tests.e2e.harness import Terminal, session_folder, start_stack
@@ -58,7 +58,14 @@ def rootless_engine(docker_client: docker.DockerClient, agent_image: str) -> Ite
     if missing:
         _unavailable(f"rootless Docker needs {', '.join(missing)} (bin/setup installs them)")
     user = _user()
+    # An engine an earlier run left (a SIGKILLed pytest) would answer on the socket in this one's place.
+    subprocess.run(["pkill", "--signal", "KILL", "--uid", str(user.pw_uid)], check=False)
+    gone_by = time.monotonic() + 30
+    while subprocess.run(["pgrep", "--uid", str(user.pw_uid)], capture_output=True).returncode == 0:
+        assert time.monotonic() < gone_by, f"processes of {USER} outlive SIGKILL"
+        time.sleep(0.1)  # the kernel is still reaping them
     runtime = Path(f"/run/user/{user.pw_uid}")
+    shutil.rmtree(runtime, ignore_errors=True)  # its pid file and sockets
     runtime.mkdir(parents=True, exist_ok=True)
     os.chown(runtime, user.pw_uid, user.pw_gid)
     runtime.chmod(0o700)
@@ -87,13 +94,16 @@ def rootless_engine(docker_client: docker.DockerClient, agent_image: str) -> Ite
         )
     try:
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                client = docker.DockerClient(base_url=host)  # it asks the engine's API version at once
-                break
-            except (DockerException, OSError):
-                assert engine.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.2)  # the engine is still starting
+        while True:  # the engine listens on its socket once it has started
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(str(runtime / "docker.sock"))
+                    break
+                except OSError:
+                    assert engine.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)  # the engine is still starting
+        assert engine.poll() is None, log.read_text()[-3000:]  # the engine answering is this one
+        client = docker.DockerClient(base_url=host)
         try:
             wanted = docker_client.images.get(agent_image).id
             if not any(wanted == image.id for image in client.images.list(agent_image)):
