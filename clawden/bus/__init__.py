@@ -11,6 +11,7 @@ from clawden.bus.connection import (
     nak,
     publish,
     publish_stored,
+    stored_at,
 )
 from clawden.bus.streams import STREAMS, Consumer, ensure_consumer, ensure_streams
 
@@ -29,5 +30,6 @@ __all__ = [
     "nak",
     "publish",
     "publish_stored",
+    "stored_at",
     "subjects",
 ]

@@ -148,6 +148,13 @@ async def publish_stored(
 Handler = Callable[[E, Msg], Awaitable[None]]
 
 
+def stored_at(msg: Msg, fallback: float) -> float:
+    """When a JetStream message reached the bus, as the server stamped it (a sender's own time could say anything);
+    `fallback` for a message that carries no stamp."""
+    stamped = msg.metadata.timestamp
+    return stamped.timestamp() if stamped else fallback
+
+
 async def nak(msg: Msg) -> None:
     """Have `msg` redelivered after a backoff that grows with its deliveries (1 s, 2 s … 30 s); a nak that
     cannot be sent (NATS away) leaves the redelivery to the consumer's AckWait."""

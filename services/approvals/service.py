@@ -14,7 +14,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from clawden import control, outbox
-from clawden.bus import bind, consume, subjects
+from clawden.bus import bind, consume, stored_at, subjects
 from clawden.bus import events as ev
 from clawden.bus.connection import Retry
 from clawden.bus.ctl import approvals as api
@@ -43,12 +43,6 @@ SAFETY_TICK = 30.0
 # again only at its ack wait), how long a pull may stay empty before the durable's counts are read again.
 CATCH_UP_PULL = 1.0
 STATUSES = ("pending", "approved", "denied", "expired", "answered")
-
-
-def _bus_time(msg: Msg) -> float:
-    """When a message reached the bus (the server stamps it; a sender's own time could say anything)."""
-    stamped = msg.metadata.timestamp
-    return stamped.timestamp() if stamped else time.time()
 
 
 class Approvals:
@@ -83,7 +77,8 @@ class Approvals:
         if request.amends:
             await self.step(self.store.amend, request, time.time())
             return
-        asked_at = _bus_time(msg)  # the same for each try, and after a restart: the request's age counts from it
+        # The same for each try, and after a restart: the request's age counts from when it reached the bus.
+        asked_at = stored_at(msg, time.time())
         approvers: tuple[str, ...] = request.approvers
         withdrawn = await self.store.run(self.store.withdrawn_before, request)
         if not approvers and request.kind != "question" and not withdrawn:  # withdrawn: nobody is to be asked
@@ -132,7 +127,7 @@ class Approvals:
         # Judged by when the click reached the bus (the router forwards it as it comes), not when it is
         # applied: a click in time counts after a restart, and one after the expiry never does. The server
         # stamps it; a bridge's `sent_at` could be written to say anything.
-        await self.step(self.store.click, action, _bus_time(msg))
+        await self.step(self.store.click, action, stored_at(msg, time.time()))
 
     async def on_receipt(self, receipt: ev.DeliveryReceipt, msg: Msg) -> None:
         if msg.subject != subjects.receipt(receipt.route.channel):

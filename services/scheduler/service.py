@@ -14,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 from nats.aio.msg import Msg
 
-from clawden.bus import bind, consume, publish, subjects
+from clawden.bus import bind, consume, publish, stored_at, subjects
 from clawden.bus import events as ev
 from clawden.bus.ctl import scheduler as api
 from clawden.bus.streams import scheduler_chat_moves, scheduler_orphans, scheduler_tasks
@@ -155,7 +155,7 @@ class Scheduler:
             if outcome == "rejected":
                 await self._tell_rejected(op, error)  # the notice may not have left last time
             return
-        when = msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else self.clock.now()
+        when = stored_at(msg, self.clock.now())
         try:
             task = await self.store.run(self._apply, op, when)
         except TaskError as exc:
