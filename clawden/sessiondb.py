@@ -706,6 +706,13 @@ def has_unanswered(folder: Path) -> bool:
     return row is not None
 
 
+def newest_unanswered(folder: Path) -> int:
+    """The seq of the newest message the agent still owes an answer to (0: none)."""
+    with opened(folder / INBOUND, readonly=True) as conn:
+        row = conn.execute("SELECT MAX(seq) FROM messages_in WHERE status = 'pending' AND trigger = 1").fetchone()
+    return int(row[0] or 0)
+
+
 def inbound_status(folder: Path) -> dict[int, str]:
     with opened(folder / INBOUND, readonly=True) as conn:
         return {int(r["seq"]): str(r["status"]) for r in conn.execute("SELECT seq, status FROM messages_in")}

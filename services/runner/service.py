@@ -152,7 +152,15 @@ class Runner:
         self.engine_cpus: int | None = None  # what Docker's engine has; set once it answered
         self.vault_transport: VaultTransport = "socket"  # from [runner] vault_transport and the engine, at start
         self.vault_reached = True  # whether containers here reach the vault, as last probed (probing_vault)
-        self.counters = {"wakes": 0, "started": 0, "published": 0, "crashed": 0, "hung": 0, "idle_stopped": 0}
+        self.counters = {
+            "wakes": 0,
+            "started": 0,
+            "published": 0,
+            "crashed": 0,
+            "hung": 0,
+            "idle_stopped": 0,
+            "queue_notices": 0,
+        }
         # The in-container `clawden`: one socket per session under run/admin/, never in the agent's writable folder.
         self.admin = AdminDesk(ctx, index, self.cfg.path("run", "admin"), self.owner_uid, self.note, self.session_dir)
         # `create_agent`: new agent groups an agent asks for, made once an admin approves (newagent.py).
@@ -928,19 +936,25 @@ class Runner:
             for session_id in plan.tell:
                 waiting = self.queue[session_id]
                 waiting.told = True
-                self._spawn(
-                    self._tell(
-                        waiting.info,
-                        f"queued-{int(waiting.since)}",
-                        "I'm busy with other conversations right now; "
-                        "I'll get to your message as soon as a slot frees up.",
-                    ),
-                    f"queued-{session_id}",
-                )
+                self._spawn(self._tell_waiting(waiting), f"queued-{session_id}")
             if plan.make_room:
                 self.making_room = True
                 self._spawn(self._make_room(), "make-room")
             await sleep_unless_stopping(self.ctx.stopping, 1.0, self.changed)
+
+    async def _tell_waiting(self, waiting: Waiting) -> None:
+        """Tell a chat kept waiting for a slot, once for the messages it waits with: the notice is keyed by the newest
+        of them, so a session that waits again for the same ones (its start failed, a drain, a runner restart) says
+        nothing twice (the bus and every bridge drop a second event of one id)."""
+        seq = await asyncio.to_thread(sessiondb.newest_unanswered, waiting.folder)
+        if not seq:
+            return  # answered meanwhile, or woken with nothing to answer (a task's run says nothing until it ends)
+        self.counters["queue_notices"] += 1
+        await self._tell(
+            waiting.info,
+            f"queued-{seq}",
+            "I'm busy with other conversations right now; I'll get to your message as soon as a slot frees up.",
+        )
 
     def _queued(self) -> Iterator[core.Queued]:
         return (core.Queued(sid, w.since, w.not_before, w.told) for sid, w in self.queue.items())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 from clawden import control
@@ -9,7 +12,7 @@ from clawden.bus.ctl import Nothing
 from clawden.bus.ctl.common import PING
 from clawden.config import load
 from tests.chaos.chaos import answer
-from tests.e2e.harness import Stack, Terminal
+from tests.e2e.harness import Stack, Terminal, service_pid
 from tests.eventually import eventually
 from tests.fakes.anthropic import Hang
 
@@ -63,6 +66,35 @@ async def test_chats_beyond_the_cap_wait_their_turn_are_told_and_all_get_answere
         assert "hello from b" in (await b.reply(timeout=90)).text
         assert "hello from c" in (await c.reply(timeout=90)).text
         assert len(stack.containers()) == 1
+
+
+async def test_a_chat_kept_waiting_is_told_once_for_the_same_message_across_a_runner_restart(stack: Stack) -> None:
+    """The runner that told the chat it waits is killed; the one `clawden up` starts finds the chat still waiting for
+    the same message and would say so again: the notice is keyed by that message, so the chat reads it once."""
+    async with Terminal(stack, "holder") as holder, Terminal(stack, "patient") as patient:
+        await stack.wait_until_idle((await holder.ask("hello from the holder", timeout=90)).session_id)
+        stack.fake.script(Hang())
+        await holder.send("the holder keeps the only slot busy")
+        await eventually(
+            lambda: any(
+                "keeps the only slot busy" in str(r.body.get("messages", [])) for r in stack.fake.messages_requests()
+            ),
+            timeout=60,
+        )
+        await patient.send("hello from the patient")
+        assert "busy with other conversations" in (await patient.reply(timeout=30)).text
+        old = await service_pid(stack, "runner")
+        os.kill(old, signal.SIGKILL)
+        assert await service_pid(stack, "runner") != old  # `clawden up` started another
+
+        async def told_again() -> bool:
+            return (await runner_counters(stack)).get("queue_notices", 0) >= 1
+
+        await eventually(told_again, timeout=60)  # the new runner has decided to tell the waiting chat
+        stack.fake.release()
+        assert "keeps the only slot busy" in (await answer(holder, 90)).text
+        said = await patient.reply(timeout=90)
+        assert "hello from the patient" in said.text, f"told twice: {said.text!r}"
 
 
 async def test_a_chat_that_writes_again_at_once_gives_the_only_slot_to_one_that_waits(stack: Stack) -> None:
