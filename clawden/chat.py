@@ -28,7 +28,7 @@ from clawden.bus.ctl import Nothing
 from clawden.bus.ctl.common import PING
 from clawden.cardtext import render_text
 from clawden.config import Config
-from clawden.control import ControlError, NoAnswer, ask_on
+from clawden.control import ControlError, NoAnswer, NotListening, ask_on
 from clawden.installed import start_hint
 from clawden.owner import Unreachable, connect_cli
 
@@ -334,14 +334,17 @@ class Conversation:
 
 async def router_answers(cfg: Config, nc: Client) -> None:
     """The router reads what is typed here and hands it to an agent: without it a message would wait, unanswered,
-    for as long as the chat lasts. ControlError, in one line with what to run, when it does not answer."""
+    for as long as the chat lasts. ControlError, in one line with what to run, when nothing listens for it. A router
+    that listens and is slow to answer (a busy machine) is running: the chat goes on, and says so."""
     try:
         await ask_on(nc, PING.at("router"), Nothing(), timeout=ROUTER_WAIT, wait_for_service=True)
-    except NoAnswer:
+    except NotListening:
         raise ControlError(
             f"the router is not running, so nothing would answer here: {start_hint(cfg, 'clawden-router')}"
             " (`clawden status` shows what runs)"
         ) from None
+    except NoAnswer:
+        print("(the router is slow to answer; messages wait for it)", file=sys.stderr)
 
 
 async def chat(

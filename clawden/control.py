@@ -35,6 +35,11 @@ class NoAnswer(ControlError):
     """Nobody answered: the service is down or still starting, or the request timed out."""
 
 
+class NotListening(NoAnswer):
+    """Nobody listens on the subject: the service is not running (or not this far into its start). Unlike a timeout,
+    which a running service too slow to answer gives as well."""
+
+
 class Refused(ControlError):
     """The service answered with an error: `code` "400" for the caller's mistake, "500" for its own."""
 
@@ -88,7 +93,7 @@ async def ask_on(
             # Nobody listens yet: the service is down, or still starting (its endpoints come up one by
             # one); ask again until the time is up rather than fail a just-started one.
             if not wait_for_service or time.monotonic() + NO_RESPONDERS_RETRY >= deadline:
-                raise NoAnswer(
+                raise NotListening(
                     f"the {service} service did not answer (it is not running, or not this far into its start)"
                 ) from exc
             await asyncio.sleep(NO_RESPONDERS_RETRY)

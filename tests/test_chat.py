@@ -218,6 +218,41 @@ async def test_once_waits_past_a_notice_and_exits_non_zero_when_the_message_will
     assert "I'm busy; your turn comes" in out.getvalue() and "the answer" in out.getvalue()
 
 
+async def test_a_router_that_listens_but_is_slow_to_answer_is_running_so_the_chat_goes_on(
+    tmp_path: Path,
+    nats_server: NatsServer,
+    nc: Client,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A busy machine: the router's ping waits behind its work. It listens, so it is running: the message is sent
+    and answered, where the chat used to end saying the router was not running."""
+    pinged = asyncio.Event()
+
+    async def busy(msg: Msg) -> None:
+        pinged.set()  # and no answer within the wait
+
+    sub = await nc.subscribe(PING.at("router").subject, cb=busy)
+    monkeypatch.setattr("clawden.chat.ROUTER_WAIT", 0.5)
+    cfg = setup.init(tmp_path / "home")
+    cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
+    js = nc.jetstream()
+    await ensure_streams(js)
+    inbound = await js.subscribe(subjects.inbound("local"))
+    session = asyncio.create_task(chat(cfg, chat_id="terminal", once="hello", timeout=30, stdout=io.StringIO()))
+    sent = ev.decode((await inbound.next_msg(timeout=15)).data)
+    assert pinged.is_set() and isinstance(sent, ev.InboundMessage) and sent.text == "hello"
+    await publish(
+        js,
+        subjects.outbound("local", ROUTE.chat_id),
+        ev.OutboundMessage(id="s-1:r", route=ROUTE, text="hi"),
+        msg_id="s-1:r",
+    )
+    assert await asyncio.wait_for(session, 15) == 0
+    assert "the router is slow to answer" in capsys.readouterr().err
+    await sub.unsubscribe()
+
+
 async def chat_home(
     tmp_path: Path, nats_server: NatsServer, nc: Client
 ) -> tuple[dict[str, str], JetStreamContext.PushSubscription]:
