@@ -106,8 +106,8 @@ class Engine:
     # Whether it holds a container to its memory and pids limits: rootless Docker without cgroup v2 delegation
     # accepts the limits and silently drops them.
     limits: bool = True
-    # A rootful engine with `userns-remap`: every container uid is shifted to a range no host file belongs to, so
-    # agents cannot use their folders (not supported: doctor and the runner say so).
+    # A rootful engine with `userns-remap`: it shifts every container uid to a sub-uid no host file belongs to, so
+    # agent containers run in the host's user namespace there (`userns_mode`).
     remapped: bool = False
 
     @classmethod
@@ -120,6 +120,13 @@ class Engine:
             remapped=any("name=userns" in str(o) for o in info.get("SecurityOptions") or ()),
             limits=info.get("MemoryLimit") is not False and info.get("PidsLimit") is not False,
         )
+
+    @property
+    def userns_mode(self) -> str | None:
+        """`docker run --userns` for agent containers: "host" on a remapped engine, where their uid is then the
+        host's as on a plain one (they keep their own mount, pid, network and ipc namespaces, and no capabilities);
+        None, the engine's own, elsewhere."""
+        return "host" if self.remapped else None
 
 
 def container_user(rootless: bool = False) -> tuple[str, int | None]:

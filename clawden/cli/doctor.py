@@ -150,13 +150,12 @@ async def check_docker(p: Probe) -> Result:
             " a root runner makes",
             "run Clawden as the user whose rootless Docker it talks to, or point DOCKER_HOST at the system engine",
         )
-    if engine.remapped:
-        return fail(
-            f"{detail} remaps containers' users (userns-remap): an agent's uid owns no host file, so it cannot use"
-            " its session folder",
-            "run Clawden on an engine without userns-remap, or on rootless Docker as its user",
-        )
     detail += ", rootless: containers run as its user" if engine.rootless else ""
+    # Where the engine would shift an agent's uid to a sub-uid that owns no host file (its session folder neither),
+    # agents opt out of the remap: as on a plain engine, they run as a host uid with no capabilities.
+    detail += (
+        ", remaps containers' users (userns-remap): agents run in the host's user namespace" if engine.remapped else ""
+    )
     if not engine.limits:
         return warn(
             f"{detail}; it drops containers' memory and pids limits: an agent may use all of this machine's memory",
@@ -492,13 +491,14 @@ def run_trust_container(cfg: Config, trust: Path, gateway_dir: Path | None) -> t
     client = _docker(int(CONTAINER_WAIT) + 15)
     container = None
     try:
-        user = agentcontainer.container_user(agentcontainer.Engine.from_info(client.info()).rootless)[0]
+        engine = agentcontainer.Engine.from_info(client.info())
         container = client.containers.run(
             cfg.runner.image,
             ["python", "-c", TRUST_SCRIPT],
             detach=True,
             environment=env,
-            user=user,
+            user=agentcontainer.container_user(engine.rootless)[0],
+            userns_mode=engine.userns_mode,
             name=f"clawden-{cfg.install_id}-doctor-{secrets.token_hex(3)}",
             labels={"dev.clawden.install": cfg.install_id, DOCTOR_LABEL: "trust"},
             network_mode="none",

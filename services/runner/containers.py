@@ -150,6 +150,7 @@ class ContainerSpec:
     cpus: float
     pids: int
     user: str
+    userns_mode: str | None = None  # "host" on a remapped engine (`agentcontainer.Engine.userns_mode`)
     model: str = ""
     timezone: str = ""
     tuning: Tuning = field(default_factory=Tuning)
@@ -231,6 +232,7 @@ class ContainerSpec:
             "labels": self.labels(),
             "environment": self.environment(),
             "user": self.user,
+            "userns_mode": self.userns_mode,
             "network_mode": self.network,
             "read_only": True,
             "tmpfs": {"/tmp": "rw,size=256m,mode=1777"},

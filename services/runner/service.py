@@ -140,6 +140,7 @@ class Runner:
         # it does, live or not (a container that died meanwhile leaves its last replies to no ring).
         self.unpublished: set[str] = set()
         self.user, self.owner_uid = container_user()
+        self.userns_mode: str | None = None  # "host" on a remapped engine, at start
         self.tasks: set[asyncio.Task[None]] = set()
         self.queue: dict[str, Waiting] = {}  # insertion order is arrival order
         self.changed = asyncio.Event()
@@ -575,6 +576,7 @@ class Runner:
             cpus=run.cpus,
             pids=run.pids,
             user=self.user,
+            userns_mode=self.userns_mode,
             model=run.model,
             tuning=Tuning(
                 max_turns=run.max_turns,
@@ -1368,15 +1370,17 @@ async def main(ctx: ServiceContext) -> None:
         await docker.ping()
         engine = await docker.engine()
         runner.engine_cpus = engine.cpus
+        runner.userns_mode = engine.userns_mode
         runner.vault_transport = vault_transport(ctx.config.runner.vault_transport, engine.operating_system)
         log.info("containers reach the vault by %s", runner.vault_transport)
         if engine.rootless:
             runner.user = container_user(rootless=True)[0]
             log.info("rootless Docker: containers run as its user (their root, with no capabilities)")
         if engine.remapped:
-            log.error(
-                "the Docker engine remaps containers' users (userns-remap): agents cannot use their session folders;"
-                " run Clawden on an engine without it, or on rootless Docker as its user"
+            log.info(
+                "the Docker engine remaps containers' users (userns-remap): agent containers run in the host's user"
+                " namespace (--userns=host), as %s with no capabilities, as on a plain engine",
+                runner.user,
             )
         if not engine.limits:
             log.warning(

@@ -30,10 +30,17 @@ def test_a_rootless_engine_without_cgroups_says_so() -> None:
     assert (engine.rootless, engine.limits) == (True, False)
 
 
+# `dockerd --userns-remap=default`'s SecurityOptions (Docker 20.10).
+REMAPPED = ROOTFUL | {"SecurityOptions": ["name=seccomp,profile=default", "name=userns"]}
+
+
 def test_an_engine_that_remaps_users_says_so() -> None:
-    # `dockerd --userns-remap=default`'s SecurityOptions (Docker 20.10).
-    remapped = ROOTFUL | {"SecurityOptions": ["name=seccomp,profile=default", "name=userns"]}
-    assert (Engine.from_info(remapped).remapped, Engine.from_info(ROOTFUL).remapped) == (True, False)
+    assert (Engine.from_info(REMAPPED).remapped, Engine.from_info(ROOTFUL).remapped) == (True, False)
+
+
+def test_containers_of_a_remapped_engine_run_in_the_host_user_namespace_and_others_in_the_engines_own() -> None:
+    modes = [Engine.from_info(info).userns_mode for info in (REMAPPED, ROOTFUL, ROOTLESS)]
+    assert modes == ["host", None, None]
 
 
 def test_an_engine_that_says_little_is_taken_for_a_plain_linux_one() -> None:
