@@ -271,7 +271,7 @@ def deliveries(instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         channel = inst["name"].removeprefix("channel-")
         counts = (inst.get("stats") or {}).get(channel) or {}
-        out.append({"channel": channel, **{k: counts.get(k, 0) for k in DELIVERY_COUNTERS}})
+        out.append({"channel": channel, **{k: counts.get(k, 0) for k in (*DELIVERY_COUNTERS, "waiting_on_files")}})
     return out
 
 

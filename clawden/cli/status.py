@@ -195,6 +195,11 @@ def render_deliveries(rows: list[dict[str, Any]]) -> str:
         ),
     ]
     for d in rows:
+        if d.get("waiting_on_files"):
+            out.append(
+                f"{d['channel']}: messages of {d['waiting_on_files']} chat(s) wait for files the platform has not"
+                " handed over yet (each goes without its files after 5 minutes, saying why)"
+            )
         if d.get("expired"):
             out.append(
                 f"{d['channel']}: {d['expired']} incoming message(s) expired on the platform before the "

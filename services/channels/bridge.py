@@ -306,6 +306,7 @@ class BridgeStats:
     reconnects: int = 0
     listener_errors: int = 0
     last_alive: float = 0.0  # wall clock of the listener's last sign of life (shown by `clawden status`)
+    waiting_on_files: int = 0  # chats whose messages wait for a file the platform has not handed over yet
 
 
 class Inbound:
@@ -403,13 +404,16 @@ class Inbound:
     async def _queued_chats(self) -> set[str]:
         if self._queued is None:
             self._queued = set(await self.state.queued_chats())
+            self.stats.waiting_on_files = len(self._queued)
             for chat in self._queued:
                 self._release_soon(chat)
         return self._queued
 
     async def _queue(self, chat: str, queued: Queued) -> None:
         await self.state.queue(chat, queued)
-        (await self._queued_chats()).add(chat)
+        chats = await self._queued_chats()
+        chats.add(chat)
+        self.stats.waiting_on_files = len(chats)
         self._release_soon(chat)
 
     def _release_soon(self, chat: str) -> None:
@@ -459,6 +463,7 @@ class Inbound:
     def _queued_discard(self, chat: str) -> None:
         if self._queued is not None:
             self._queued.discard(chat)
+            self.stats.waiting_on_files = len(self._queued)
 
     async def _retry_files(self, message: ev.InboundMessage, queued: Queued) -> ev.InboundMessage | None:
         """The message to publish once its files are fetched, refused, or waited for `patience`; None while a file

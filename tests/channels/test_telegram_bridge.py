@@ -235,21 +235,27 @@ async def test_a_file_telegram_cannot_hand_over_for_a_while_waits_in_its_chat_an
 
 
 async def test_a_message_waiting_for_its_file_outlives_a_killed_bridge(
-    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
+    fake: FakeTelegram, bus: Bus, bridge: BridgeProcess, nats_server: NatsServer
 ) -> None:
     """Telegram is told the update is taken once the message waits in the bridge's own state: a bridge killed
-    meanwhile finds it there when it comes back, and fetches the file then."""
+    meanwhile finds it there when it comes back, and fetches the file then. `clawden status` says a chat waits."""
     ada = fake.user("Ada")
     chat = fake.private_chat(ada)
     fake.inject("file", *[BadGateway()] * 1000)
     bridge.start()
     sent = fake.send(chat, ada, "the report", document=("q3.pdf", b"%PDF-1.4 fake", "application/pdf"))
     await until(lambda: fake.confirmed_offset > 0 and len(fake.calls_to("file")) >= 2, 15, "never confirmed")
+    waiting = "telegram: messages of 1 chat(s) wait for files the platform has not handed over yet"
+    assert waiting in status.render_deliveries([await delivery_counts(nats_server.url)])
     bridge.kill()
     assert await bus.inbound() == []
-    fake.clear_faults()
     bridge.start()
-    await eventually(lambda: _inbound_count(bus, 1), 15, "the message never came")
+    asked = len(fake.calls_to("file"))
+    await until(lambda: len(fake.calls_to("file")) > asked, 15, "the file was not asked for again")
+    assert waiting in status.render_deliveries([await delivery_counts(nats_server.url)])  # read back from its state
+    fake.clear_faults()
+    await eventually(lambda: _inbound_count(bus, 1), 30, "the message never came")
+    assert (await delivery_counts(nats_server.url))["waiting_on_files"] == 0
     [event] = await bus.inbound()
     assert (event.text, event.message_id) == ("the report", f"{chat['id']}:{sent['message_id']}")
     path = Path(url2pathname(urlsplit(event.attachments[0].url).path))
