@@ -86,4 +86,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
     """,
     ),
+    # A withdrawn request says so in its own row (its requester's reason), so `withdrawals` need keep only those
+    # whose request is not recorded yet, and no longer than a copy of it could still come (`forget_withdrawals`).
+    (
+        "0006_withdrawn",
+        """
+        ALTER TABLE approvals ADD COLUMN withdrawn TEXT;  -- NULL: not withdrawn
+        UPDATE approvals SET withdrawn = (
+            SELECT w.reason FROM withdrawals w WHERE w.id = approvals.id AND w.requester = approvals.requester
+        ) WHERE status = 'expired';
+        DELETE FROM withdrawals WHERE id IN (SELECT id FROM approvals);
+    """,
+    ),
 ]

@@ -4,14 +4,17 @@ asked. Deciding lives in `policy` and `store`; this module moves bytes, times ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.js.api import ConsumerInfo
 
 from clawden import control, outbox
 from clawden.bus import bind, consume, stored_at, subjects
@@ -20,10 +23,11 @@ from clawden.bus.connection import Retry
 from clawden.bus.ctl import approvals as api
 from clawden.bus.ctl import router as router_api
 from clawden.bus.pull import Puller
-from clawden.bus.streams import approvals_clicks, approvals_inbound, approvals_receipts, approvals_requests
+from clawden.bus.streams import approvals_clicks, approvals_inbound, approvals_receipts, approvals_requests, given_up
 from clawden.control import ask_on
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
 from services.approvals import policy
+from services.approvals.catchup import CatchUp
 from services.approvals.store import Step, Store
 
 log = logging.getLogger("clawden.approvals")
@@ -43,6 +47,7 @@ SAFETY_TICK = 30.0
 # again only at its ack wait), how long a pull may stay empty before the durable's counts are read again.
 CATCH_UP_PULL = 1.0
 STATUSES = ("pending", "approved", "denied", "expired", "answered")
+ROUTING = "waiting for the router"  # the reason `approvals list` gives a request the router has not answered about
 
 
 class Approvals:
@@ -52,6 +57,8 @@ class Approvals:
         self.counts: Counter[str] = Counter()
         self.changed = asyncio.Event()
         self.flushing = asyncio.Lock()
+        # Requests held while the router is asked who approves them (not recorded yet): listed as such.
+        self.routing: dict[str, api.ApprovalDetail] = {}
 
     async def flush(self) -> None:
         """Publish what committed steps queued, in order; a failure leaves it queued and raises Retry."""
@@ -86,20 +93,23 @@ class Approvals:
             if found is None:
                 return
             approvers = found
+        self.routing.pop(request.id, None)  # recorded now (withdrawn meanwhile, or the router answered)
         await self.step(self.store.add_request, request, approvers, time.time(), asked_at)
         self.changed.set()
 
     async def approvers_of(self, request: ev.ApprovalRequest, asked_at: float) -> tuple[str, ...] | None:
         """Who may approve, in the router's word; None when the request was settled here instead. Only the router
         refusing to say denies it; a router that does not answer is asked again (`Retry`) until the request's own
-        expiry, which then expires it: its silence is nobody's decision."""
+        expiry, which then expires it: its silence is nobody's decision. Until then `approvals list` shows it as
+        waiting for the router."""
         expires_at = policy.expiry(request, asked_at)
+        self.routing[request.id] = waiting_for_router(request, asked_at, expires_at)
         try:
             return await self.ask_router(request.agent_group)
         except control.Refused as exc:
             if exc.code == "400":  # the router's own answer: it will not say who approves this
                 reason = f"the router refused to say who may approve it: {exc}"
-                await self.step(self.store.approvers_unknown, request, "denied", reason, expires_at, time.time())
+                await self.settle_unrouted(request, "denied", reason, expires_at)
                 return None
             unanswered: control.ControlError = exc  # it failed on it ("500"): no word on this request
         except control.ControlError as exc:  # nobody answered, or not in words this service reads
@@ -108,12 +118,18 @@ class Approvals:
         now = time.time()
         if now >= expires_at:
             reason = "it expired before the router said who may approve it"
-            await self.step(self.store.approvers_unknown, request, "expired", reason, expires_at, now)
+            await self.settle_unrouted(request, "expired", reason, expires_at)
             return None
         raise Retry(
             f"the router did not say who approves {request.agent_group}: {unanswered}",
             delay=min(ROUTER_RETRY, expires_at - now),  # no later than the expiry, which ends the wait
         ) from unanswered
+
+    async def settle_unrouted(
+        self, request: ev.ApprovalRequest, outcome: Literal["denied", "expired"], why: str, expires_at: float
+    ) -> None:
+        self.routing.pop(request.id, None)  # recorded now, as settled
+        await self.step(self.store.approvers_unknown, request, outcome, why, expires_at, time.time())
 
     async def ask_router(self, agent_group: str) -> tuple[str, ...]:
         """Admins of the agent group, then global admins, then owners: the router owns roles."""
@@ -175,6 +191,7 @@ class Approvals:
                 expired = await self.store.run(self.store.expire_due, time.time())
                 self.counts["expired"] += expired
                 await self.flush()
+                self.counts["withdrawals_forgotten"] += await self.store.run(self.store.forget_withdrawals, time.time())
             except Exception as exc:  # the next tick tries again; the outbox keeps what is owed
                 log.warning("expiry pass failed: %r", exc)
 
@@ -182,21 +199,39 @@ class Approvals:
         """Startup: apply every click that came while we were down, each judged by its own time against its
         card's expiry (`on_click`), then expire, once, what came due meanwhile. Nothing else expires: a restart
         of this service is no answer, and whoever asked still waits (the router's held messages, a runner's
-        question); each request keeps its own expiry."""
+        question); each request keeps its own expiry.
+
+        Caught up means every click stored before `checked` handled once (`CatchUp`): applied, or failed and left
+        to come again after the start, so one that fails every time holds nothing up. A click the last process
+        took and never acked comes again at its ack wait, and is waited for."""
         await self.flush()
         durable = clicks.consumer
-        while True:
-            # Caught up when the durable has no click left to deliver and none delivered but unacked (the last
-            # process's, redelivered at its ack wait): every click stored before `checked` is applied, so a
-            # request due by then that a press in time settled is settled, and the rest may expire.
-            checked = time.time()
-            info = await self.ctx.js.consumer_info(durable.stream, durable.durable)
-            if not info.num_pending and not info.num_ack_pending:
-                break
-            # Applied or not, a click that fails comes back and is applied once.
-            await consume(clicks, ev.InboundAction, self.on_click, stopping=self.ctx.stopping, until_idle=CATCH_UP_PULL)
-            if self.ctx.stopping.is_set():
-                return
+        checked = time.time()
+        stream = await self.ctx.js.stream_info(durable.stream)
+        info = await self.ctx.js.consumer_info(durable.stream, durable.durable)
+        _, delivered, _ = _progress(info)
+        owed = CatchUp(stream.state.last_seq, delivered, info.num_ack_pending or 0)
+
+        async def on_given_up(msg: Msg) -> None:  # JetStream gave up on one: it will not come (`Puller` logs it)
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                owed.given_up(int(json.loads(msg.data)["stream_seq"]))
+
+        async def on_click(action: ev.InboundAction, msg: Msg) -> None:
+            try:
+                await self.on_click(action, msg)
+            finally:
+                owed.handled(msg.metadata.sequence.stream)
+
+        advisories = await self.ctx.nc.subscribe(given_up(durable), cb=on_given_up)
+        try:
+            while not owed.done(*_progress(info)):
+                await consume(clicks, ev.InboundAction, on_click, stopping=self.ctx.stopping, until_idle=CATCH_UP_PULL)
+                if self.ctx.stopping.is_set():
+                    return
+                info = await self.ctx.js.consumer_info(durable.stream, durable.durable)
+        finally:
+            with contextlib.suppress(Exception):
+                await advisories.unsubscribe()
         expired = await self.store.run(self.store.expire_due, checked)
         if expired:
             log.warning("expired %d approval(s) whose time ran out while the service was down", expired)
@@ -208,14 +243,23 @@ class Approvals:
     async def ctl_list(self, req: api.ListRequest) -> list[api.Approval]:
         if req.status and req.status not in STATUSES:
             raise ControlError(f"status {req.status!r}: one of {', '.join(STATUSES)}")
-        rows = await self.store.run(self.store.list, req.status, max(1, min(req.limit, 10_000)))
-        return msgspec.convert(rows, list[api.Approval])
+        limit = max(1, min(req.limit, 10_000))
+        rows = msgspec.convert(await self.store.run(self.store.list, req.status, limit), list[api.Approval])
+        if req.status not in ("", "pending") or not self.routing:
+            return rows
+        # Those still waiting for the router are pending too; one recorded meanwhile is listed once, as recorded.
+        recorded = await self.store.run(self.store.recorded, list(self.routing))
+        waiting = [msgspec.convert(a, api.Approval, from_attributes=True) for a in self.routing.values()]
+        waiting = [a for a in waiting if a.id not in recorded]
+        return sorted([*rows, *waiting], key=lambda a: a.created_at, reverse=True)[:limit]
 
     async def ctl_decide(self, req: api.DecideRequest) -> api.ApprovalDetail:
         """`clawden approvals approve|deny|answer`: the machine's owner decides without a chat."""
         step = await self.step(self.store.decide, req.id, req.choice, req.by or "the machine's owner", time.time())
         found = await self.store.run(self.store.get, req.id)
         if step.result == "unknown" or found is None:
+            if req.id in self.routing:  # not recorded yet: nobody was asked, and it has nothing to decide on
+                raise ControlError(f"{req.id} is {ROUTING} to say who may approve it: it cannot be decided yet")
             raise ControlError(f"no approval {req.id!r} (see `clawden approvals list`)")
         if step.result in ("already", "expired"):  # expired: too late, and the store expired it just now
             raise ControlError(
@@ -229,8 +273,47 @@ class Approvals:
     async def ctl_show(self, req: api.ShowRequest) -> api.ApprovalDetail:
         found = await self.store.run(self.store.get, req.id)
         if found is None:
+            if req.id in self.routing:
+                return self.routing[req.id]
             raise ControlError(f"no approval {req.id!r} (see `clawden approvals list`)")
         return msgspec.convert(found, api.ApprovalDetail)
+
+
+def waiting_for_router(request: ev.ApprovalRequest, asked_at: float, expires_at: float) -> api.ApprovalDetail:
+    """How `approvals list` and `show` give a request not recorded yet: pending, sent to nobody, nothing to press
+    until the router says who may, and the reason saying so."""
+    return api.ApprovalDetail(
+        id=request.id,
+        card_id="",
+        kind=request.kind,
+        requester=request.requester,
+        agent_group=request.agent_group,
+        status="pending",
+        approver="",
+        channel="",
+        chat_id="",
+        created_at=asked_at,
+        expires_at=expires_at,
+        decided_at=None,
+        decided_by="",
+        value="",
+        reason=ROUTING,
+        thread_id=None,
+        card_message_id=None,
+        edited=0,
+        unreachable="[]",
+        deciders=[],
+        title=request.card.title,
+        body=request.card.body,
+        buttons=[],
+        audit=[],
+    )
+
+
+def _progress(info: ConsumerInfo) -> tuple[int, int, int]:
+    """A durable's messages not delivered yet, the stream sequence it delivered last, and its ack floor."""
+    delivered = info.delivered.stream_seq if info.delivered else 0
+    return info.num_pending or 0, delivered, info.ack_floor.stream_seq if info.ack_floor else 0
 
 
 async def main(ctx: ServiceContext) -> None:

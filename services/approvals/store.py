@@ -15,6 +15,7 @@ import msgspec
 from clawden import outbox
 from clawden.bus import events as ev
 from clawden.bus import subjects
+from clawden.bus.streams import STREAMS, approvals_requests
 from services.approvals import cards, policy
 from services.approvals.schema import MIGRATIONS
 
@@ -23,6 +24,11 @@ DECIDER = "approvals"  # decided_by when no person decided (no approver, undeliv
 TOO_LATE = "nobody answered in time"
 _card_decoder = msgspec.json.Decoder(ev.Card)
 _request_decoder = msgspec.json.Decoder(ev.ApprovalRequest)
+# How long a withdrawal waits for its request: a copy of the request is stored at the latest the duplicate window
+# after it was asked (a publisher's retries), before the withdrawal, and is delivered at the latest the stream's
+# max_age after that. Past it, no copy can come, and the withdrawal is forgotten.
+_REQUESTS = next(s for s in STREAMS if s.name == approvals_requests().stream)
+WITHDRAWAL_KEPT = _REQUESTS.max_age + _REQUESTS.duplicate_window
 
 
 @dataclass
@@ -87,13 +93,14 @@ class Store(outbox.OutboxStore):
             if row is not None and (row["requester"] != withdrawn.requester or row["status"] != "pending"):
                 return Step("withdraw_ignored")
             reason = withdrawn.reason or "its requester stopped waiting"
-            db.execute(
-                "INSERT OR IGNORE INTO withdrawals (id, requester, reason, at) VALUES (?, ?, ?, ?)",
-                (withdrawn.id, withdrawn.requester, reason, now),
-            )
             if row is None:
+                db.execute(
+                    "INSERT OR IGNORE INTO withdrawals (id, requester, reason, at) VALUES (?, ?, ?, ?)",
+                    (withdrawn.id, withdrawn.requester, reason, now),
+                )
                 self._audit(withdrawn.id, now, "withdrawn_early", withdrawn.requester, reason)
                 return Step("withdrawn_early")
+            db.execute("UPDATE approvals SET withdrawn = ? WHERE id = ?", (reason, withdrawn.id))
             self._decide(withdrawn.id, "expired", "", "", f"withdrawn by {withdrawn.requester}: {reason}", now)
             log.info("approval %s withdrawn by %s: %s", withdrawn.id, withdrawn.requester, reason)
             return Step("withdrawn")
@@ -101,6 +108,15 @@ class Store(outbox.OutboxStore):
     def withdrawn_before(self, request: ev.ApprovalRequest) -> bool:
         """Whether its requester withdrew this request before it was recorded (no router need be asked)."""
         return self._withdrawal(request.id, request.requester) is not None
+
+    def forget_withdrawals(self, now: float) -> int:
+        """Forget the withdrawals whose request can no longer come (`WITHDRAWAL_KEPT`); how many."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM withdrawals WHERE at <= ?", (now - WITHDRAWAL_KEPT,)).rowcount
+
+    def _forget_withdrawal(self, approval_id: str) -> None:
+        """A request has its row now: a copy of it, or of its withdrawal, is told by the row."""
+        self.conn.execute("DELETE FROM withdrawals WHERE id = ?", (approval_id,))
 
     def _withdrawal(self, approval_id: str, requester: str) -> str | None:
         """The reason the requester gave when it withdrew this request; None when it did not."""
@@ -126,8 +142,8 @@ class Store(outbox.OutboxStore):
             route = delivery.route if delivery else None
             db.execute(
                 "INSERT INTO approvals (id, card_id, kind, requester, agent_group, request, card, approver, deciders,"
-                " channel, chat_id, thread_id, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " channel, chat_id, thread_id, created_at, expires_at, withdrawn)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request.id,
                     card_id,
@@ -143,8 +159,10 @@ class Store(outbox.OutboxStore):
                     route.thread_id if route else None,
                     now,
                     expires_at,
+                    withdrawn,
                 ),
             )
+            self._forget_withdrawal(request.id)
             self._audit(
                 request.id,
                 now,
@@ -235,6 +253,7 @@ class Store(outbox.OutboxStore):
                     expires_at,
                 ),
             )
+            self._forget_withdrawal(request.id)
             self._audit(request.id, now, "requested", request.requester, f"{request.kind}: {card.title}")
             if outcome == "expired":
                 self._decide(request.id, "expired", "", "", why, now)
@@ -282,9 +301,8 @@ class Store(outbox.OutboxStore):
         if not label and row["value"]:
             label = next((b.label for b in card.buttons if b.id == row["value"]), row["value"])
         decided_by = "" if row["decided_by"] == DECIDER else row["decided_by"]
-        withdrawn = self._withdrawal(approval_id, row["requester"]) if row["status"] == "expired" else None
-        if withdrawn is not None:
-            line = cards.outcome_line("withdrawn", "", reason=withdrawn)
+        if row["withdrawn"] is not None:
+            line = cards.outcome_line("withdrawn", "", reason=row["withdrawn"])
         else:
             line = cards.outcome_line(row["status"], decided_by, label, row["reason"])
         shown = cards.decided_card(card, f"{line}\n{row['note']}" if row["note"] else line)
@@ -333,7 +351,7 @@ class Store(outbox.OutboxStore):
             elif outcome.why == "already":
                 self._audit(row["id"], now, "late_click", clicker, f"pressed {action.button_id} ({row['status']})")
                 by = f" by {row['decided_by']}" if row["decided_by"] and row["decided_by"] != DECIDER else ""
-                withdrawn = self._withdrawal(row["id"], row["requester"]) if row["status"] == "expired" else None
+                withdrawn = row["withdrawn"]
                 status = row["status"] if withdrawn is None else f"withdrawn ({withdrawn}); nothing was let through"
                 self._reply(action, reply_id, f"This was already settled: {status}{by}.")
             elif outcome.why == "expired":
@@ -523,6 +541,11 @@ class Store(outbox.OutboxStore):
             )
         ]
         return out
+
+    def recorded(self, approval_ids: Sequence[str]) -> set[str]:
+        """Those of `approval_ids` that have their row."""
+        marks = ", ".join("?" * len(approval_ids))
+        return {r[0] for r in self.conn.execute(f"SELECT id FROM approvals WHERE id IN ({marks})", approval_ids)}
 
     def request_of(self, approval_id: str) -> ev.ApprovalRequest | None:
         row = self.conn.execute("SELECT request FROM approvals WHERE id = ?", (approval_id,)).fetchone()

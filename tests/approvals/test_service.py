@@ -10,6 +10,7 @@ import getpass
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,9 +27,10 @@ from nats.aio.msg import Msg
 from clawden import config, natsauth, natsserver, setup
 from clawden.bus import bind, connect, consume, ensure_streams, publish, streams, subjects
 from clawden.bus import events as ev
+from clawden.bus.ctl import approvals as approvals_ctl
 from clawden.bus.ctl import router as router_ctl
 from clawden.chat import terminal_outbound
-from clawden.control import ask_on
+from clawden.control import Refused, ask_on
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 
@@ -342,6 +344,7 @@ class ApprovalsProcess:
     def __init__(self, home: Path, url: str) -> None:
         self.env = dict(os.environ, CLAWDEN_HOME=str(home), CLAWDEN_NATS_URL=url)
         self.log = home / "approvals.log"
+        self.db = config.load(home).data_dir / "approvals.db"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def spawn(self) -> None:
@@ -605,3 +608,87 @@ async def test_a_start_expires_once_what_came_due_while_the_service_was_down_and
     assert [a["what"] for a in shown["audit"]].count("expired") == 1
     edits = [e for e in owner.seen if isinstance(e, ev.OutboundEdit) and e.target_message_id == owner.ids[due_card.id]]
     assert len(edits) == 1
+
+
+async def test_a_request_waiting_for_the_router_is_listed_as_such(alone: Alone) -> None:
+    """`clawden approvals list` shows a request the router has not yet said who approves, marked as waiting for it;
+    once the router answers it is listed as any other, sent to its approver."""
+    requester = Requester(alone.nc, "vault-routing")
+    expires_at = await requester.ask(ttl=600)
+    await eventually(lambda: unanswered(alone), 30, "the approvals service never asked the router")
+
+    [waiting] = [a for a in await control(alone.nc, "list", {"status": "pending"}) if a["id"] == "vault-routing"]
+    assert (waiting["status"], waiting["approver"], waiting["reason"]) == ("pending", "", "waiting for the router")
+    assert (waiting["kind"], waiting["agent_group"], waiting["expires_at"]) == ("credential", "main", expires_at)
+    assert "vault-routing" in [a["id"] for a in await control(alone.nc, "list", {})]
+    assert "vault-routing" not in [a["id"] for a in await control(alone.nc, "list", {"status": "approved"})]
+    shown = await ask_on(alone.nc, approvals_ctl.SHOW, approvals_ctl.ShowRequest(id="vault-routing"))
+    assert (shown.reason, shown.title, shown.buttons) == ("waiting for the router", "held", [])  # nothing to press yet
+    with pytest.raises(Refused, match="waiting for the router"):
+        decide = approvals_ctl.DecideRequest(id="vault-routing", choice="approve")
+        await ask_on(alone.nc, approvals_ctl.DECIDE, decide)
+
+    await Router(alone.nc).come()
+    await alone.owner.first(ev.OutboundMessage, text="api.github.com")
+    [sent] = [a for a in await control(alone.nc, "list", {}) if a["id"] == "vault-routing"]
+    assert (sent["status"], sent["approver"], sent["reason"]) == ("pending", OWNER, "")
+
+
+def spoil(db: Path, approval_id: str, deciders: str) -> str:
+    """Set a request's deciders as stored (what a click is checked against); the value it had."""
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        [(before,)] = conn.execute("SELECT deciders FROM approvals WHERE id = ?", (approval_id,)).fetchall()
+        conn.execute("UPDATE approvals SET deciders = ? WHERE id = ?", (deciders, approval_id))
+    return str(before)
+
+
+async def test_a_click_that_keeps_failing_does_not_hold_the_start_and_is_retried_after_it(alone: Alone) -> None:
+    """A click whose handling fails every time (its card's row cannot be read) is handled once at the start and left
+    to come again: the start does not wait for JetStream to give up on it, the click after it is applied, what came
+    due meanwhile expires, and once its row reads again the failing click is applied too."""
+    owner = alone.owner
+    stuck, good, due = (Requester(alone.nc, f"vault-{n}") for n in ("stuck", "good", "due-too"))
+    await stuck.ask(ttl=600, host="stuck.example.com", approvers=(OWNER,))
+    await good.ask(ttl=600, host="good.example.com", approvers=(OWNER,))
+    due_expiry = await due.ask(ttl=3, host="duetoo.example.com", approvers=(OWNER,))
+    stuck_card = await owner.first(ev.OutboundMessage, text="stuck.example.com")
+    good_card = await owner.first(ev.OutboundMessage, text="good.example.com")
+    await eventually(lambda: stuck_card.id in owner.ids and good_card.id in owner.ids)
+    alone.approvals.stop()
+    deciders = spoil(alone.approvals.db, "vault-stuck", "not json")
+
+    await alone.forward(owner.action(stuck_card, "approve"))
+    await alone.forward(owner.action(good_card, "approve"))
+    await asyncio.sleep(max(0.0, due_expiry - time.time()) + 0.2)  # its time runs out while nothing runs
+    await alone.approvals.start(alone.nc)  # ready within its 30 s, not after max_deliver's minutes
+
+    assert (await good.decision()).decision == "approved"
+    assert (await due.decision()).decision == "expired"
+    assert stuck.decisions.empty()
+    spoil(alone.approvals.db, "vault-stuck", deciders)
+    decision = await stuck.decision(timeout=90)  # its next delivery, after a backoff
+    assert (decision.decision, decision.decided_by) == ("approved", OWNER)
+
+
+async def test_a_click_the_last_process_took_and_never_acked_is_applied_at_the_start_before_expiry(
+    alone: Alone,
+) -> None:
+    """A click delivered to the process before and never acked (it died handling it) comes again: the start waits
+    for it and applies it, judged by when it came, before it expires what came due."""
+    owner = alone.owner
+    requester = Requester(alone.nc, "vault-taken")
+    expiry = await requester.ask(ttl=4, host="taken.example.com", approvers=(OWNER,))
+    card = await owner.first(ev.OutboundMessage, text="taken.example.com")
+    await eventually(lambda: card.id in owner.ids)
+    alone.approvals.stop()
+    await alone.forward(owner.action(card, "approve"))
+    taker = await bind(alone.js, streams.approvals_clicks(), batch=1)  # the process that died with it
+    [taken] = await eventually(lambda: taker.next(), 20, "the click never came")
+    await taker.stop()
+    await asyncio.sleep(max(0.0, expiry - time.time()) + 0.2)  # its request came due while nothing ran
+    await taken.nak(delay=2.0)  # due again shortly after the start (as a dead process's is at its ack wait)
+    await alone.approvals.start(alone.nc)
+
+    decision = await requester.decision()
+    assert (decision.decision, decision.decided_by) == ("approved", OWNER)
+    assert (await alone.stats()).get("expired_at_start", 0) == 0

@@ -10,6 +10,7 @@ import pytest
 
 from clawden import servicedb
 from clawden.bus import events as ev
+from clawden.bus.streams import STREAMS, approvals_requests
 from services.approvals import cards, policy
 from services.approvals.schema import MIGRATIONS
 from services.approvals.store import Store
@@ -241,6 +242,68 @@ def test_a_withdrawal_before_its_request_is_recorded_settles_it_when_it_comes_wi
     assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "expired"
     assert decision.reason == "withdrawn by vault: the agent hung up"
     assert store.add_request(request("vault-2"), [OWNER], 1001).result == "sent"  # only the id withdrawn
+
+
+def withdrawals_kept(store: Store) -> list[tuple[str, str]]:
+    return [tuple(r) for r in store.conn.execute("SELECT id, requester FROM withdrawals ORDER BY id, requester")]
+
+
+def test_a_withdrawal_is_not_kept_once_its_request_is_recorded(store: Store) -> None:
+    """What a withdrawal is kept for is its request coming after it; once recorded, a copy of either changes nothing,
+    and the card still says it was withdrawn."""
+    store.add_request(request(), [OWNER], 1000)
+    card = sent_card(store)
+    store.withdraw(withdrawal(), 1001)
+    store.withdraw(withdrawal("vault-2"), 1001)
+    store.withdraw(withdrawal("vault-2", by="router"), 1001)
+    assert store.add_request(request("vault-2"), [OWNER], 1002).result == "withdrawn"
+    assert withdrawals_kept(store) == []
+    drain(store)
+    assert store.add_request(request("vault-2"), [OWNER], 1003).result == "duplicate"
+    assert store.withdraw(withdrawal("vault-2"), 1003).result == "withdraw_ignored"
+    assert store.click(click(card, "approve"), 1004).result == "already"
+    (reply,) = drain(store)
+    assert isinstance(reply, ev.OutboundMessage)
+    assert reply.text == "This was already settled: withdrawn (the agent hung up); nothing was let through."
+
+
+def test_a_withdrawal_whose_request_never_came_is_kept_while_a_copy_of_it_still_could(store: Store) -> None:
+    """A request is stored at most the duplicate window after it was asked (a publisher's retries), and delivered at
+    most the stream's max_age after that: a withdrawal waits that long for it, then is forgotten."""
+    [stream] = [s for s in STREAMS if s.name == approvals_requests().stream]
+    kept = stream.max_age + stream.duplicate_window
+    store.withdraw(withdrawal("vault-gone"), 1000)
+    store.withdraw(withdrawal("vault-late"), 1000 + 3600)
+    assert store.forget_withdrawals(1000 + kept - 1) == 0
+    assert store.forget_withdrawals(1000 + kept) == 1
+    assert withdrawals_kept(store) == [("vault-late", "vault")]
+    assert store.add_request(request("vault-late"), [OWNER], 1000 + kept).result == "withdrawn"
+
+
+def test_migrating_keeps_a_withdrawn_requests_card_saying_so(tmp_path: Path) -> None:
+    """Withdrawals kept before a request's row said so itself move into the row; those of a recorded request go."""
+    path = tmp_path / "approvals.db"
+    conn, _ = servicedb.open_db(path, MIGRATIONS[:5])
+    withdrawn = request()
+    conn.execute(
+        "INSERT INTO approvals (id, card_id, kind, requester, agent_group, request, card, status, approver, deciders,"
+        " channel, chat_id, card_message_id, created_at, expires_at, decided_at, reason, edited)"
+        " VALUES ('vault-1', 'ap-1', 'credential', 'vault', 'main', ?, ?, 'expired', ?, ?, 'local', 'terminal', 'm1',"
+        " 1000, 1060, 1001, 'withdrawn by vault: gone', 1)",
+        (ev.encode(withdrawn), msgspec.json.encode(withdrawn.card), OWNER, f'["{OWNER}"]'),
+    )
+    conn.execute("INSERT INTO withdrawals VALUES ('vault-1', 'vault', 'gone', 1001), ('vault-2', 'vault', 'x', 1001)")
+    conn.close()
+    store = Store.open(path)
+    assert withdrawals_kept(store) == [("vault-2", "vault")]
+    late = ev.InboundAction(
+        route=TERMINAL, action_id="a1", sender=ev.Sender(id=OWNER), card_id="ap-1", button_id="approve"
+    )
+    assert store.click(late, 1002).result == "already"
+    (reply,) = drain(store)
+    assert isinstance(reply, ev.OutboundMessage)
+    assert reply.text == "This was already settled: withdrawn (gone); nothing was let through."
+    store.close()
 
 
 def test_an_undeliverable_card_denies_the_request(store: Store) -> None:
