@@ -44,18 +44,20 @@ async def test_a_burst_of_messages_to_a_new_chat_starts_one_container(stack: Sta
     assert len([c for c in stack.containers() if c.labels["dev.clawden.session"] == session]) == 1
 
 
+async def hold_the_only_slot(stack: Stack, chat: Terminal, text: str) -> None:
+    """`chat`'s container takes the only slot and keeps it: its turn on `text` is held by the model until
+    `stack.fake.release()`. Returns once the model holds it: only then may other chats come."""
+    await stack.wait_until_idle((await chat.ask(f"hello before {text}", timeout=90)).session_id)
+    stack.fake.script(Hang())
+    await chat.send(text)
+    await eventually(
+        lambda: any(text in str(r.body.get("messages", [])) for r in stack.fake.messages_requests()), timeout=60
+    )
+
+
 async def test_chats_beyond_the_cap_wait_their_turn_are_told_and_all_get_answered(stack: Stack) -> None:
     async with Terminal(stack, "cap-a") as a, Terminal(stack, "cap-b") as b, Terminal(stack, "cap-c") as c:
-        await stack.wait_until_idle((await a.ask("hello from a", timeout=90)).session_id)
-        stack.fake.script(Hang())
-        await a.send("a keeps the only slot busy")
-        # The slot is taken once the model holds a's turn: only then may b and c come.
-        await eventually(
-            lambda: any(
-                "a keeps the only slot busy" in str(r.body.get("messages", [])) for r in stack.fake.messages_requests()
-            ),
-            timeout=60,
-        )
+        await hold_the_only_slot(stack, a, "a keeps the only slot busy")
         await b.send("hello from b")
         await c.send("hello from c")
         told_b, told_c = await b.reply(timeout=30), await c.reply(timeout=30)
@@ -72,15 +74,7 @@ async def test_a_chat_kept_waiting_is_told_once_for_the_same_message_across_a_ru
     """The runner that told the chat it waits is killed; the one `clawden up` starts finds the chat still waiting for
     the same message and would say so again: the notice is keyed by that message, so the chat reads it once."""
     async with Terminal(stack, "holder") as holder, Terminal(stack, "patient") as patient:
-        await stack.wait_until_idle((await holder.ask("hello from the holder", timeout=90)).session_id)
-        stack.fake.script(Hang())
-        await holder.send("the holder keeps the only slot busy")
-        await eventually(
-            lambda: any(
-                "keeps the only slot busy" in str(r.body.get("messages", [])) for r in stack.fake.messages_requests()
-            ),
-            timeout=60,
-        )
+        await hold_the_only_slot(stack, holder, "the holder keeps the only slot busy")
         await patient.send("hello from the patient")
         assert "busy with other conversations" in (await patient.reply(timeout=30)).text
         old = await service_pid(stack, "runner")
@@ -102,13 +96,7 @@ async def test_a_chat_that_writes_again_at_once_gives_the_only_slot_to_one_that_
     its container never idle. Once another chat has waited past the notice, that container finishes its turn and
     leaves (`core.to_drain`); the talker queues behind the waiter and goes on after it."""
     async with Terminal(stack, "talker") as talker, Terminal(stack, "waiter") as waiter:
-        await stack.wait_until_idle((await talker.ask("hello from the talker", timeout=90)).session_id)
-        stack.fake.script(Hang())
-        await talker.send("talker 0")
-        await eventually(
-            lambda: any("talker 0" in str(r.body.get("messages", [])) for r in stack.fake.messages_requests()),
-            timeout=60,
-        )
+        await hold_the_only_slot(stack, talker, "talker 0")
         await waiter.send("hello from the waiter")
         assert "busy with other conversations" in (await waiter.reply(timeout=30)).text
         stack.fake.release()
