@@ -192,17 +192,24 @@ async def test_a_reply_delivered_twice_is_shown_once(
     assert out.getvalue().count("only once") == 1
 
 
-@pytest.mark.parametrize(("last", "code"), [("reply", 0), ("error", 1)])
-async def test_once_waits_past_a_notice_and_exits_non_zero_when_the_message_will_not_be_answered(
-    tmp_path: Path, nats_server: NatsServer, nc: Client, router: None, last: str, code: int
-) -> None:
+async def chat_once(
+    tmp_path: Path, nats_server: NatsServer, nc: Client, out: TextIO
+) -> tuple[JetStreamContext, JetStreamContext.PushSubscription, asyncio.Task[int]]:
+    """`clawden chat --once hello` on a new home: its stream, what it publishes (as read), and its task."""
     cfg = setup.init(tmp_path / "home")
     cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
     js = nc.jetstream()
     await ensure_streams(js)
     inbound = await js.subscribe(subjects.inbound("local"))
+    return js, inbound, asyncio.create_task(chat(cfg, chat_id="terminal", once="hello", timeout=30, stdout=out))
+
+
+@pytest.mark.parametrize(("last", "code"), [("reply", 0), ("error", 1)])
+async def test_once_waits_past_a_notice_and_exits_non_zero_when_the_message_will_not_be_answered(
+    tmp_path: Path, nats_server: NatsServer, nc: Client, router: None, last: str, code: int
+) -> None:
     out = io.StringIO()
-    session = asyncio.create_task(chat(cfg, chat_id="terminal", once="hello", timeout=30, stdout=out))
+    js, inbound, session = await chat_once(tmp_path, nats_server, nc, out)
     sent = ev.decode((await inbound.next_msg(timeout=15)).data)
     assert isinstance(sent, ev.InboundMessage) and sent.text == "hello"
 
@@ -234,12 +241,7 @@ async def test_a_router_that_listens_but_is_slow_to_answer_is_running_so_the_cha
 
     sub = await nc.subscribe(PING.at("router").subject, cb=busy)
     monkeypatch.setattr("clawden.chat.ROUTER_WAIT", 0.5)
-    cfg = setup.init(tmp_path / "home")
-    cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
-    js = nc.jetstream()
-    await ensure_streams(js)
-    inbound = await js.subscribe(subjects.inbound("local"))
-    session = asyncio.create_task(chat(cfg, chat_id="terminal", once="hello", timeout=30, stdout=io.StringIO()))
+    js, inbound, session = await chat_once(tmp_path, nats_server, nc, io.StringIO())
     sent = ev.decode((await inbound.next_msg(timeout=15)).data)
     assert pinged.is_set() and isinstance(sent, ev.InboundMessage) and sent.text == "hello"
     await publish(
@@ -392,12 +394,7 @@ async def test_in_a_terminal_a_paste_is_one_message_a_reply_keeps_the_typed_line
 async def test_once_leaves_as_soon_as_its_reply_is_shown_and_acknowledged(
     tmp_path: Path, nats_server: NatsServer, nc: Client, router: None
 ) -> None:
-    cfg = setup.init(tmp_path / "home")
-    cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
-    js = nc.jetstream()
-    await ensure_streams(js)
-    inbound = await js.subscribe(subjects.inbound("local"))
-    session = asyncio.create_task(chat(cfg, chat_id="terminal", once="hello", timeout=30, stdout=io.StringIO()))
+    js, inbound, session = await chat_once(tmp_path, nats_server, nc, io.StringIO())
     await inbound.next_msg(timeout=15)
 
     await publish(
