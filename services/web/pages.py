@@ -199,12 +199,17 @@ def approvals(rows: list[approvals_ctl.ApprovalDetail], user: str, csrf: str, no
         buttons = "".join(
             f'<button type="submit" name="choice" value="{e(b.id)}">{e(b.label)}</button>' for b in r.buttons
         )
+        # Nothing to press yet (the router has not said who may approve it): the reason says why.
+        action = (
+            f" <em>{e(r.reason)}</em>"
+            if not buttons and r.reason
+            else f'<form method="post" action="/approvals/{e(r.id)}">'
+            f'<input type="hidden" name="csrf" value="{e(csrf)}">{buttons}</form>'
+        )
         items.append(
             f'<li class="approval" id="a-{e(r.id)}"><strong>{e(r.title or r.kind)}</strong> '
             f"<span>{e(r.body)}</span> <small>{e(r.agent_group)}, asked {e(when(r.created_at))},"
-            f" expires {e(when(r.expires_at))}</small>"
-            f'<form method="post" action="/approvals/{e(r.id)}"><input type="hidden" name="csrf" value="{e(csrf)}">'
-            f"{buttons}</form></li>"
+            f" expires {e(when(r.expires_at))}</small>{action}</li>"
         )
     shown = f'<p role="status">{e(note)}</p>' if note else ""
     return layout(
