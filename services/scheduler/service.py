@@ -7,6 +7,8 @@ import asyncio
 import functools
 import logging
 import secrets
+import sys
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -21,27 +23,55 @@ from clawden.bus.streams import scheduler_chat_moves, scheduler_orphans, schedul
 from clawden.clock import Clock
 from clawden.runtime import ControlError, ServiceContext
 from services.scheduler import schedule as sched
-from services.scheduler.catchup import plan
+from services.scheduler.catchup import Watch, plan
 from services.scheduler.store import STATUSES, Change, NewTask, PastTime, Store, Task, TaskError
 
 log = logging.getLogger("clawden.scheduler")
 
 # Longest sleep without looking at the clock again: monotonic timers do not count a suspended
-# host's sleep, so a wall-clock jump is noticed within this (a safety net, not the trigger).
+# host's sleep, so a wall-clock jump is noticed within this (a safety net, not the trigger). It also
+# bounds how near a suspend's start or end a run may come due and still fire (catchup.away).
 MAX_SLEEP = 300.0
 RETRY_AFTER = 1.0  # a publish that failed (NATS away) is retried this soon
 
 
+def machine_slept() -> float | None:
+    """Seconds this machine has been suspended since it booted; None where no pair of clocks tells.
+
+    The difference of a clock that counts a suspend and one that does not, both read from the same counter, so it
+    grows by the time asleep and by nothing else (no NTP slew, no wall-clock step). Linux: CLOCK_BOOTTIME counts a
+    suspend, CLOCK_MONOTONIC (the event loop's timers) does not, and both are slewed alike. macOS: time.monotonic()
+    and CLOCK_UPTIME_RAW are mach_absolute_time, which stops in sleep, while CLOCK_MONOTONIC_RAW
+    (mach_continuous_time) goes on; both are raw (CLOCK_MONOTONIC there also counts sleep, but is slewed)."""
+    if sys.platform == "linux":
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - time.clock_gettime(time.CLOCK_MONOTONIC)
+    if sys.platform == "darwin":
+        return time.clock_gettime(time.CLOCK_MONOTONIC_RAW) - time.clock_gettime(time.CLOCK_UPTIME_RAW)
+    return None  # elsewhere a run is judged by how late it is (catchup.GRACE)
+
+
 class Scheduler:
-    def __init__(self, ctx: ServiceContext, store: Store, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        store: Store,
+        clock: Clock | None = None,
+        slept: Callable[[], float | None] = machine_slept,
+    ) -> None:
         self.ctx = ctx
         self.store = store  # started: one thread owns the connection, every step runs there in order
         self.clock = clock or Clock()  # what time it is and how it passes: a test moves a fake one
+        self.slept = slept  # how long the machine has been suspended: a test suspends a fake one
         self.zone = sched.host_zone()
         self.changed = asyncio.Event()  # re-arms the clock: a task was added or changed
-        # When each due task's runs were decided, by (task id, next run): kept until they are handed over, so a
-        # run seen due while the scheduler runs is judged at that time, however long NATS is away after it.
-        self.decided: dict[tuple[str, int | None], float] = {}
+        # A run that came due before the start was missed while the scheduler was down; one that came due since,
+        # while the machine slept (its suspended time grew between two looks at the clock around it), was missed
+        # too; any other run fires, however late.
+        self.started = self.clock.now()
+        self.looked = (self.started, self.slept())  # the last look at the clock: wall time, suspended time
+        # What the scheduler saw when each due task's runs were decided, by (task id, next run): kept until they
+        # are handed over, so a run is judged as it was first seen due, however long NATS is away after it.
+        self.decided: dict[tuple[str, int | None], Watch] = {}
         self.counters: Counter[str] = Counter()
 
     # --- firing --------------------------------------------------------------------------------
@@ -51,10 +81,11 @@ class Scheduler:
         while not self.ctx.stopping.is_set():
             self.changed.clear()
             next_at = await self.store.run(self.store.next_due)
-            now = self.clock.now()
+            watch = self.look()
+            now = watch.now
             if next_at is not None and next_at <= now:
                 try:
-                    await self.fire_due(now)
+                    await self.fire_due(watch)
                 except Exception:
                     log.exception("firing due tasks failed; retrying in %.0fs", RETRY_AFTER)
                     await self.clock.sleep(RETRY_AFTER, self.ctx.stopping, self.changed)
@@ -62,19 +93,27 @@ class Scheduler:
             sleep = MAX_SLEEP if next_at is None else min(MAX_SLEEP, next_at - now)
             await self.clock.sleep(sleep, self.ctx.stopping, self.changed)
 
-    async def fire_due(self, now: float) -> None:
+    def look(self) -> Watch:
+        """Look at the clock: the time now, and how long the machine slept since the last look."""
+        now, slept = self.clock.now(), self.slept()
+        since, slept_before = self.looked
+        self.looked = (now, slept)
+        grown = None if slept is None or slept_before is None else slept - slept_before
+        return Watch(started=self.started, since=since, now=now, slept=grown)
+
+    async def fire_due(self, watch: Watch) -> None:
         """Hand every due task's runs to the router; a publish that fails raises, and the loop tries again.
 
-        Each task's runs are planned at the time they were first seen due, not at this try's: a run the scheduler
-        decided to fire is fired once NATS takes it, as late as that may be, and only runs it did not get to (it
-        was down) are judged by the catch-up policy. A decision is forgotten once its task is no longer due from
-        the same run (handed over and committed, paused, cancelled or rescheduled)."""
-        tasks = await self.store.run(self.store.due, now)
-        self.decided = {(t.id, t.next_run): self.decided.get((t.id, t.next_run), now) for t in tasks}
+        Each task's runs are planned on what the scheduler saw when they were first seen due, not at this try: a
+        run it decided to fire is fired once NATS takes it, as late as that may be, and only runs it was not there
+        for (it was down, the machine asleep) are judged by the catch-up policy. A decision is forgotten once its
+        task is no longer due from the same run (handed over and committed, paused, cancelled or rescheduled)."""
+        tasks = await self.store.run(self.store.due, watch.now)
+        self.decided = {(t.id, t.next_run): self.decided.get((t.id, t.next_run), watch) for t in tasks}
         for task in tasks:
             await self._fire(task, self.decided[(task.id, task.next_run)])
 
-    async def _fire(self, task: Task, decided: float) -> None:
+    async def _fire(self, task: Task, decided: Watch) -> None:
         now = self.clock.now()
         try:
             schedule = task.parsed()
@@ -83,7 +122,7 @@ class Scheduler:
             await self.store.run(self.store.set_status, task, "pause", now)
             return
         assert task.next_run is not None
-        p = plan(schedule, task.next_run, decided, task.catch_up)
+        p = plan(schedule, task.next_run, decided, task.catch_up, task.anchor)
         # Publish first, then commit: a crash in between re-publishes the same msg id, which
         # JetStream drops as a duplicate, so each run is fired once whatever happens.
         for at, outcome in p.fire:
@@ -97,7 +136,8 @@ class Scheduler:
         await self.store.run(self.store.record_plan, task, p, now)
         if p.not_fired:
             log.warning(
-                "task %s: %d run(s) %s after downtime (catch-up policy %s)%s",
+                "task %s: %d run(s) %s: due while the scheduler was down or the machine asleep, or behind a later run"
+                " that fired in their place (catch-up policy %s)%s",
                 task.id,
                 len(p.not_fired) + p.unlisted,
                 p.not_fired[0][1],

@@ -1,5 +1,6 @@
-"""The scheduler on a clock a test moves: a run fires when the clock reaches its time, not before and
-without anyone waiting for it; real NATS and a real scheduler.db around it."""
+"""The scheduler on a clock a test moves (and a machine it suspends): a run fires when the clock reaches its time, not
+before and without anyone waiting for it, and late if the scheduler was awake but slow; real NATS and a real
+scheduler.db around it."""
 
 from __future__ import annotations
 
@@ -26,6 +27,31 @@ from tests.eventually import eventually
 from tests.fakes.clock import FakeClock
 
 START = datetime(2026, 1, 5, 7, 0, tzinfo=UTC).timestamp()
+
+
+class Machine(FakeClock):
+    """The clock of a machine a test can suspend: a suspend moves the wall time and the time asleep
+    (`machine_slept`), and not the time awake, as closing a laptop's lid and opening it again does. The fake's
+    timers run on wall time, so a suspend ends a wait at once, where a real timer (on the time awake) ends it
+    later: what the scheduler then sees is the same, a little sooner."""
+
+    def __init__(self, start: float) -> None:
+        super().__init__(start)
+        self.asleep = 0.0
+
+    def suspend(self, seconds: float) -> None:
+        self.asleep += seconds
+        self.advance(seconds)
+
+    def slept(self) -> float:
+        return self.asleep
+
+    async def moved(self, seconds: float, suspended: bool = False) -> None:
+        """Move the clock (or suspend the machine) past the scheduler's wait, and wait until it has looked at the
+        clock, done what was due and sleeps again."""
+        self.sleeping.clear()
+        (self.suspend if suspended else self.advance)(seconds)
+        await asyncio.wait_for(self.sleeping.wait(), 10)
 
 
 def task(task_id: str, schedule: str, catch_up: str = "once") -> NewTask:
@@ -95,11 +121,11 @@ async def stored(nc: Client) -> list[str]:
 class Running:
     """A scheduler process's life on a shared store and clock: started, then stopped as a restart does."""
 
-    def __init__(self, nc: Client, tmp_path: Path, store: Store, clock: FakeClock, js: object = None) -> None:
+    def __init__(self, nc: Client, tmp_path: Path, store: Store, clock: Machine, js: object = None) -> None:
         self.ctx = types.SimpleNamespace(
             js=js or nc.jetstream(), stopping=asyncio.Event(), config=Config(home=str(tmp_path))
         )
-        self.scheduler = Scheduler(cast(ServiceContext, self.ctx), store, clock)
+        self.scheduler = Scheduler(cast(ServiceContext, self.ctx), store, clock, clock.slept)
         self.firing = asyncio.create_task(self.scheduler.firing())
 
     async def stop(self) -> None:
@@ -109,7 +135,7 @@ class Running:
 
 async def test_runs_fire_as_the_clock_reaches_them_and_not_before(nc: Client, tmp_path: Path) -> None:
     runs = await listen(nc)
-    clock = FakeClock(START)
+    clock = Machine(START)
     store = await Store.start(tmp_path / "scheduler.db")
     await store.run(store.create, task("t-soon", "2026-01-05T07:01"), START)
     await store.run(store.create, task("t-daily", "0 8 * * *"), START)
@@ -132,7 +158,7 @@ async def test_runs_fire_as_the_clock_reaches_them_and_not_before(nc: Client, tm
 
 async def test_a_restart_after_five_missed_runs_catches_up_as_each_policy_says(nc: Client, tmp_path: Path) -> None:
     runs = await listen(nc)
-    clock = FakeClock(START)
+    clock = Machine(START)
     store = await Store.start(tmp_path / "scheduler.db")
     await store.run(store.create, task("t-once", "every 1m"), START)
     await store.run(store.create, task("t-skip", "every 1m", catch_up="skip"), START)
@@ -176,7 +202,7 @@ async def test_a_run_due_while_nats_is_away_fires_once_it_is_back_whatever_its_c
     nc: Client, tmp_path: Path
 ) -> None:
     await ensure_streams(nc.jetstream())
-    clock = FakeClock(START)
+    clock = Machine(START)
     gate = Gate(nc.jetstream(), clock)
     store = await Store.start(tmp_path / "scheduler.db")
     await store.run(store.create, task("t-hourly", "every 1h", catch_up="skip"), START)
@@ -200,7 +226,7 @@ async def test_a_run_due_while_nats_is_away_fires_once_it_is_back_whatever_its_c
 
 async def test_a_task_cancelled_while_another_runs_publish_waits_is_not_fired(nc: Client, tmp_path: Path) -> None:
     runs = await listen(nc)
-    clock = FakeClock(START)
+    clock = Machine(START)
     gate = Gate(nc.jetstream(), clock)
     store = await Store.start(tmp_path / "scheduler.db")
     await store.run(store.create, task("t-a", "2026-01-05T07:01"), START)
@@ -229,3 +255,107 @@ async def test_a_task_cancelled_while_another_runs_publish_waits_is_not_fired(nc
 
 def at(run: dict[str, Any]) -> Any:
     return run["scheduled_at"]
+
+
+async def test_a_run_starved_for_five_minutes_past_its_time_fires_late_whatever_its_policy(
+    nc: Client, tmp_path: Path
+) -> None:
+    runs = await listen(nc)
+    clock = Machine(START)
+    store = await Store.start(tmp_path / "scheduler.db")
+    await store.run(store.create, task("t-skip", "0 8 * * *", catch_up="skip"), START)
+    running = Running(nc, tmp_path, store, clock)
+    try:
+        await asyncio.wait_for(clock.sleeping.wait(), 10)
+        await clock.moved(3590)  # 07:59:50: nothing is due yet
+        await clock.moved(310)  # awake all along, but it gets the CPU (or its disk) back only at 08:05
+        logged = await store.run(store.runs, "t-skip")
+        assert [(r["scheduled_at"], r["outcome"]) for r in logged] == [(int(START) + 3600, "fired")]
+        assert await stored(nc) == ["task:t-skip:2026-01-05T08:00:00Z"]
+        await eventually(lambda: runs, message="the router hears of it")
+        assert [(r.text, r.at) for r in runs] == [("t-skip is due", START + 3600)]
+    finally:
+        await running.stop()
+        await store.stop()
+
+
+async def test_a_run_due_while_the_machine_slept_is_skipped_however_soon_it_woke(nc: Client, tmp_path: Path) -> None:
+    await ensure_streams(nc.jetstream())
+    clock = Machine(START)
+    store = await Store.start(tmp_path / "scheduler.db")
+    await store.run(store.create, task("t-skip", "0 8 * * *", catch_up="skip"), START)
+    running = Running(nc, tmp_path, store, clock)
+    try:
+        await asyncio.wait_for(clock.sleeping.wait(), 10)
+        await clock.moved(3590)  # 07:59:50: nothing is due yet
+        await clock.moved(40, suspended=True)  # the lid is closed until 08:00:30
+        logged = await store.run(store.runs, "t-skip")
+        assert [(r["scheduled_at"], r["outcome"]) for r in logged] == [(int(START) + 3600, "skipped")]
+        assert await stored(nc) == []
+        daily = await store.run(store.get, "t-skip")
+        assert daily is not None and daily.next_run == START + 3600 + 86400, "tomorrow's run is next"
+    finally:
+        await running.stop()
+        await store.stop()
+
+
+async def test_a_run_due_while_the_scheduler_was_down_is_skipped_however_quick_the_restart(
+    nc: Client, tmp_path: Path
+) -> None:
+    await ensure_streams(nc.jetstream())
+    clock = Machine(START)
+    store = await Store.start(tmp_path / "scheduler.db")
+    await store.run(store.create, task("t-skip", "0 8 * * *", catch_up="skip"), START)
+    try:
+        first = Running(nc, tmp_path, store, clock)
+        await asyncio.wait_for(clock.sleeping.wait(), 10)
+        await clock.moved(3590)  # 07:59:50: nothing is due yet
+        await first.stop()
+        clock.advance(30)  # down from 07:59:50 to 08:00:20
+        second = Running(nc, tmp_path, store, clock)
+        await asyncio.wait_for(clock.sleeping.wait(), 10)  # it looked at the clock and did what was due
+        await second.stop()
+        logged = await store.run(store.runs, "t-skip")
+        assert [(r["scheduled_at"], r["outcome"]) for r in logged] == [(int(START) + 3600, "skipped")]
+        assert await stored(nc) == []
+    finally:
+        await store.stop()
+
+
+async def test_runs_judged_when_first_seen_due_keep_that_judgement_while_nats_is_away(
+    nc: Client, tmp_path: Path
+) -> None:
+    """Seen due after a sleep, every run came due in it: the latest is caught up, and NATS is away for its first
+    publish. Judged again at the retry, every run would look come due while the scheduler was awake (before its last
+    look), and the latest would count as fired on time."""
+    await ensure_streams(nc.jetstream())
+    clock = Machine(START)
+    gate = Gate(nc.jetstream(), clock)
+    store = await Store.start(tmp_path / "scheduler.db")
+    await store.run(store.create, task("t-hold", "2026-01-05T07:01"), START)
+    await store.run(store.create, task("t-half", "every 30m"), START)
+    running = Running(nc, tmp_path, store, clock, gate)
+    try:
+        await asyncio.wait_for(clock.sleeping.wait(), 10)
+        gate.hold_next = True  # the 07:01 run's publish waits: the scheduler does not look at the clock meanwhile
+        clock.advance(60)
+        await asyncio.wait_for(gate.held, 10)
+        clock.advance(60)  # 07:02
+        clock.suspend(2 * 3600)  # asleep until 09:02: the 07:30 to 09:00 runs come due in the sleep
+        gate.away_until = clock.now() + 30  # and NATS is away for the first try of what is due now
+        gate.release.set()
+        assert await asyncio.wait_for(gate.failures.get(), 10) == clock.now()
+        await asyncio.wait_for(clock.sleeping.wait(), 10)
+        clock.advance(30)  # NATS is back
+        logged = await eventually(
+            lambda: store.run(store.runs, "t-half"), message="the runs are handed over and logged"
+        )
+        half_hour = [int(START) + 1800 * n for n in range(1, 5)]
+        assert sorted((r["scheduled_at"], r["outcome"]) for r in logged) == [
+            *[(s, "missed") for s in half_hour[:3]],
+            (half_hour[3], "caught_up"),
+        ]
+        assert sorted(await stored(nc)) == ["task:t-half:2026-01-05T09:00:00Z", "task:t-hold:2026-01-05T07:01:00Z"]
+    finally:
+        await running.stop()
+        await store.stop()

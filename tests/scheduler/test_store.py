@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from clawden import servicedb
-from services.scheduler.catchup import plan
+from services.scheduler.catchup import Watch, plan
 from services.scheduler.store import MAX_SCRIPT, MIGRATIONS, Change, NewTask, PastTime, Store, TaskError, migrate
 
 
@@ -75,7 +75,7 @@ def test_a_bad_schedule_creates_nothing(store: Store) -> None:
 
 def test_a_run_planned_before_a_pause_does_not_undo_the_pause(store: Store) -> None:
     task = store.create(new(), 1_000)
-    p = plan(task.parsed(), 1_010, 1_010.1, task.catch_up)
+    p = plan(task.parsed(), 1_010, Watch(1_000, 1_009, 1_010.1, 0), task.catch_up)
     store.set_status(task, "pause", 1_010.05)
     store.record_plan(task, p, 1_010.2)
     assert store.get(task.id).status == "paused"  # type: ignore[union-attr]
@@ -83,7 +83,7 @@ def test_a_run_planned_before_a_pause_does_not_undo_the_pause(store: Store) -> N
 
 def test_a_one_shot_is_done_after_its_run(store: Store) -> None:
     task = store.create(new(schedule="in 5s"), 1_000)
-    store.record_plan(task, plan(task.parsed(), 1_005, 1_005.1, "once"), 1_005.1)
+    store.record_plan(task, plan(task.parsed(), 1_005, Watch(1_000, 1_004, 1_005.1, 0), "once"), 1_005.1)
     done = store.get(task.id)
     assert done is not None and (done.status, done.next_run, done.last_run) == ("done", None, 1_005)
     with pytest.raises(TaskError, match="is done"):

@@ -235,7 +235,7 @@ def register(sub: Sub) -> None:
         dest="catch_up",
         choices=CATCH_UP,
         default="once",
-        help="after downtime: run once for what was missed (default), or skip it",
+        help="for runs due while the scheduler was down or the machine asleep: run once (default), or skip them",
     )
     v.add_argument("--script", metavar="FILE", help=SCRIPT_HELP)
     v.add_argument(
@@ -246,7 +246,12 @@ def register(sub: Sub) -> None:
     v.add_argument("--prompt", help="the new prompt")
     v.add_argument("--schedule", help="the new schedule (as for `tasks add`)")
     v.add_argument("--tz", help="the new IANA time zone")
-    v.add_argument("--catch-up", dest="catch_up", choices=CATCH_UP, help="after downtime: run once, or skip")
+    v.add_argument(
+        "--catch-up",
+        dest="catch_up",
+        choices=CATCH_UP,
+        help="for runs due while the scheduler was down or the machine asleep: run once, or skip",
+    )
     v.add_argument("--script", metavar="FILE", help=SCRIPT_HELP)
     v.add_argument("--no-script", dest="no_script", action="store_true", help="remove the pre-check script")
     verb("pause", "stop a task from running until resumed", _status(ctl.PAUSE)).add_argument("task_id")
