@@ -1,4 +1,5 @@
-"""The audit trail: one record per request (who, what, where, which rule, what came of it).
+"""The audit trail: one record per request (who, what, where, which rule, what came of it), and one per burst of
+connections refused over their group's cap (with how many: a record each would let a flood fill the disk).
 
 Records carry names and counts only, never a header value, a query string or a body, so never a
 credential. The gateway hands them to a sink on its hot path; ``AuditLog`` buffers them and a
@@ -38,13 +39,16 @@ class AuditRecord:
     injected: tuple[str, ...] = ()  # names of the secrets added
     approval_id: str = ""
     at: float = 0.0
+    count: int = 1  # what it stands for: a request, or a burst of refused connections (from `at`, that long)
 
     def event(self) -> ev.AuditEvent:
+        what = " ".join(f"{self.agent_group} {self.method} {self.host}{self.path}".split())  # a burst has no request
+        times = f" x{self.count}" if self.count != 1 else ""
         return ev.AuditEvent(
             service="vault",
             kind="request",
             at=self.at,
-            summary=f"{self.agent_group} {self.method} {self.host}{self.path} -> {self.status} {self.decision}",
+            summary=f"{what} -> {self.status} {self.decision}{times}",
             fields={
                 "agent_group": self.agent_group,
                 "method": self.method,
@@ -58,6 +62,7 @@ class AuditRecord:
                 "duration_ms": f"{self.duration_ms:.1f}",
                 "injected": ",".join(self.injected),
                 "approval_id": self.approval_id,
+                "count": str(self.count),
             },
         )
 

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import ssl
 import stat
 import tempfile
@@ -30,6 +31,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 import h11
@@ -88,6 +90,9 @@ from services.vault.upstream import Origin, Response, Upstream, UpstreamError, c
 
 log = logging.getLogger("clawden.vault")
 
+K = TypeVar("K")
+V = TypeVar("V")
+
 Header = tuple[bytes, bytes]
 READ_SIZE = 64 * 1024
 # Above h11's 16 KiB default: a 431 would break an agent's turn, and 64 KiB still bounds memory.
@@ -120,6 +125,16 @@ MAX_CONNECTIONS_PER_GROUP = 128
 # once, so this many waiting for their answer at a time is plenty, and that wait is bounded.
 REFUSALS_ANSWERED_AT_ONCE = 16
 REFUSAL_TIMEOUT = 5.0
+# Connections on the TCP listener that have not shown a token yet belong to no group, so no group's cap holds
+# them: these bound them all. Past the cap the oldest is dropped, not the newest: an honest relay shows its token
+# within a round trip of connecting (it has the request head before it dials), so it is never the oldest for long,
+# while refusing the newest would let anyone keep the listener shut with `cap` idle connections renewed every
+# timeout. 256 is two groups' whole caps opened at once, and 256 descriptors are 3 % of the unit's 8192.
+MAX_UNAUTHENTICATED = 256
+# The time from accept to a token shown: a TLS handshake (where the listener speaks TLS) and one request head. The
+# relay needs a round trip and, with TLS, a handshake's few milliseconds of CPU; 15 s is what a CPU-starved
+# container already must meet for the TLS handshake of every tunnel (TLS_HANDSHAKE_TIMEOUT), a heavier one.
+UNAUTHENTICATED_TIMEOUT = TLS_HANDSHAKE_TIMEOUT
 
 
 # ---- small pure helpers ----
@@ -242,6 +257,63 @@ class ConnectionSlots:
             self.refusing[group] = answering
         else:
             del self.refusing[group]
+
+
+class Unauthenticated(Generic[K, V]):
+    """The TCP listener's connections that have shown no token yet, oldest first, against one cap for them all
+    (no IO). Each is kept with what ends it (`V`). One past the cap makes room by dropping the oldest; the drops
+    of a burst are counted so it is logged once, and a burst ends when the pool is back to half its cap."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.waiting: dict[K, V] = {}  # in the order they came
+        self.dropped = 0  # by the burst going on
+
+    def admit(self, key: K, value: V) -> tuple[K, V] | None:
+        """One more connection; returns the oldest, no longer counted, when it had to go to make room."""
+        oldest = None
+        if len(self.waiting) >= self.cap:
+            oldest = next(iter(self.waiting.items()))
+            del self.waiting[oldest[0]]
+            self.dropped += 1
+        self.waiting[key] = value
+        return oldest
+
+    def leave(self, key: K) -> V | None:
+        """The connection showed its token, ended, or ran out of time: what ends it, if it was still counted."""
+        return self.waiting.pop(key, None)
+
+    def burst_ended(self) -> int:
+        """How many a burst of drops took, once the pool is back to half its cap (then forgotten); else 0."""
+        if not self.dropped or len(self.waiting) > self.cap // 2:
+            return 0
+        dropped, self.dropped = self.dropped, 0
+        return dropped
+
+
+@dataclass
+class _Unshown:
+    """A TCP listener connection yet to show a token: the timer that ends it, and its transport once it has one
+    (a TLS connection's comes with its handshake; until then, cancelling its task ends the handshake)."""
+
+    timer: asyncio.TimerHandle
+    transport: asyncio.WriteTransport | None = None
+
+
+class _HandOver(asyncio.Protocol):
+    """Hands each connection the TLS listener accepts to `take` as a socket of its own, before a byte of it is
+    read: the loop (uvloop at once) would read the ClientHello into a stream's buffer, where TLS started later
+    never sees it. The accepted descriptor is then closed; the copy keeps the connection open."""
+
+    def __init__(self, take: Callable[[socket.socket], None]) -> None:
+        self._take = take
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket").dup()
+        # Only a close(2) of this descriptor: no FIN, no RST while the copy is open. (uvloop's transports are
+        # asyncio.Transport by their methods, not their class.)
+        cast(asyncio.Transport, transport).abort()
+        self._take(sock)
 
 
 def model_credential_catalog(credential: str) -> Catalog:
@@ -443,6 +515,8 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         apps: AppTokens | None = None,
         max_connections_per_group: int = MAX_CONNECTIONS_PER_GROUP,
+        max_unauthenticated: int = MAX_UNAUTHENTICATED,
+        unauthenticated_timeout: float = UNAUTHENTICATED_TIMEOUT,
     ) -> None:
         """``credential`` alone makes a gateway that injects one model key for every group.
 
@@ -481,9 +555,14 @@ class Gateway:
         self._closing = False
         self._connections: set[asyncio.Task[None]] = set()
         self.slots = ConnectionSlots(max_connections_per_group)
+        self._bursts: dict[str, tuple[float, float]] = {}  # a burst of refusals: its start (clock, perf_counter)
+        # TCP listener connections yet to show a token, each with what ends it.
+        self.unauthenticated: Unauthenticated[asyncio.Task[None], _Unshown] = Unauthenticated(max_unauthenticated)
+        self._unauthenticated_timeout = unauthenticated_timeout
         # TCP listener connections and the token each showed: they last as long as that token does.
         self._bindings: dict[asyncio.Task[None], tcpauth.Binding] = {}
-        self._cut: set[asyncio.Task[None]] = set()  # connections ended because their token was withdrawn
+        # Connections the gateway ended itself: their token was withdrawn, or they showed none in time.
+        self._cut: set[asyncio.Task[None]] = set()
         self._told: set[RateKey] = set()  # limits the owner was told of, in their windows
         self._telling: set[asyncio.Future[None]] = set()
         # App connections (Google, GitHub): their token calls go out on this pool too, as the vault's own.
@@ -537,9 +616,13 @@ class Gateway:
     async def listen_tcp(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
         """The fallback listener: each connection names its group with a proxy token; returns the port. With
         `tls`, connections speak TLS first (runners on other hosts: `[vault] tcp_tls`)."""
-        server = await asyncio.start_server(
-            self._handler(None), host, port, limit=READ_SIZE, ssl=tls, ssl_handshake_timeout=30 if tls else None
-        )
+        if tls is None:
+            server = await asyncio.start_server(self._handler(None), host, port, limit=READ_SIZE)
+        else:
+            # Not `ssl=tls`: asyncio would make the handshake before any code of ours saw the connection, unbounded
+            # in number and for up to a minute each. Each is handed over as a socket of its own, yet unread.
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(lambda: _HandOver(lambda sock: self._accept_tls(sock, tls)), host, port)
         bound = int(server.sockets[0].getsockname()[1])
         self._servers[f"tcp:{host}:{bound}"] = server
         return bound
@@ -548,28 +631,34 @@ class Gateway:
         self, agent_group: str | None
     ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[None, None, None]]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._connections.add(task)
-            try:
-                # A socket's group is known before a byte is read (a TCP connection's once it shows its token):
-                # its slot, taken here, is given back by _serve_connection as the connection ends.
-                if agent_group is not None and not self._take_slot(agent_group):
-                    await self._refuse_at_accept(agent_group, reader, writer)
-                else:
-                    await self._serve_connection(agent_group, reader, writer)
-            except asyncio.CancelledError:
-                # Python 3.11's stream callback logs a traceback for a cancelled handler task; when close()
-                # or a withdrawn token is the canceller, ending quietly is the intended outcome.
-                if not (self._closing or task in self._cut):
-                    raise
-            except Exception:
-                log.exception("gateway connection for %s failed", agent_group or "tcp")
-            finally:
-                self._connections.discard(task)
-                self._cut.discard(task)
+            # A socket's group is known before a byte is read (a TCP connection's once it shows its token):
+            # its slot, taken here, is given back by _serve_connection as the connection ends.
+            if agent_group is None:
+                await self._guard(self._serve_listener(reader, writer), "tcp")
+            elif not self._take_slot(agent_group):
+                await self._guard(self._refuse_at_accept(agent_group, reader, writer), agent_group)
+            else:
+                await self._guard(self._serve_connection(agent_group, reader, writer), agent_group)
 
         return handle
+
+    async def _guard(self, serve: Coroutine[None, None, None], name: str) -> None:
+        """Serve one connection in its own task, owned by the gateway until it ends."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await serve
+        except asyncio.CancelledError:
+            # Python 3.11's stream callback logs a traceback for a cancelled handler task; when close(), a
+            # withdrawn token or the bound on tokenless connections is the canceller, ending quietly is intended.
+            if not (self._closing or task in self._cut):
+                raise
+        except Exception:
+            log.exception("gateway connection for %s failed", name)
+        finally:
+            self._connections.discard(task)
+            self._cut.discard(task)
 
     async def close(self) -> None:
         self._closing = True
@@ -595,6 +684,92 @@ class Gateway:
         if self._own_work_dir is not None:
             shutil.rmtree(self._own_work_dir, ignore_errors=True)
 
+    # -- the TCP listener's connections until they show a token --
+
+    async def _serve_listener(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A plain connection on the TCP listener: one yet to show a token from its accept until it shows one."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._admit(task, writer.transport)
+        try:
+            await self._serve_connection(None, reader, writer)
+        finally:
+            self._leave_unauthenticated(task)
+
+    def _accept_tls(self, sock: socket.socket, tls: ssl.SSLContext) -> None:
+        if self._closing:  # accepted as the listener closed
+            sock.close()
+            return
+        task = asyncio.ensure_future(self._guard(self._serve_tls(sock, tls), "tcp"))
+        self._connections.add(task)  # from now on, should close() come before the task starts
+
+    async def _serve_tls(self, sock: socket.socket, tls: ssl.SSLContext) -> None:
+        """A connection on the TLS listener: one yet to show a token from its accept, its handshake included."""
+        task = asyncio.current_task()
+        assert task is not None
+        entry = self._admit(task, None)
+        try:
+            loop = asyncio.get_running_loop()
+            streams: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = loop.create_future()
+            # As asyncio.start_server makes them: a server's streams (a tunnel's TLS inside is a server's too).
+            protocol = asyncio.StreamReaderProtocol(
+                asyncio.StreamReader(limit=READ_SIZE), lambda reader, writer: streams.set_result((reader, writer))
+            )
+            try:
+                # Cancelled (dropped, out of time), this closes the socket, the handshake unfinished.
+                await loop.connect_accepted_socket(lambda: protocol, sock, ssl=tls)
+            except (ssl.SSLError, ConnectionError, OSError) as exc:  # a TimeoutError is an OSError too
+                log.debug("TLS on the gateway's TCP listener failed: %s", exc)
+                return
+            reader, writer = streams.result()  # made as the handshake completed
+            entry.transport = writer.transport
+            await self._serve_connection(None, reader, writer)
+        finally:
+            self._leave_unauthenticated(task)
+
+    def _admit(self, task: asyncio.Task[None], transport: asyncio.WriteTransport | None) -> _Unshown:
+        """Count a listener connection among those yet to show a token, the oldest dropped should there be no room."""
+        timer = asyncio.get_running_loop().call_later(self._unauthenticated_timeout, self._time_up, task)
+        entry = _Unshown(timer, transport)
+        dropped = self.unauthenticated.admit(task, entry)
+        if dropped is not None:
+            if self.unauthenticated.dropped == 1:
+                log.warning(
+                    "the gateway's TCP listener has %d connections that showed no token: dropping the oldest as more "
+                    "come (said again once it is down to %d)",
+                    self.unauthenticated.cap,
+                    self.unauthenticated.cap // 2,
+                )
+            self._end_unauthenticated(*dropped)
+        return entry
+
+    def _time_up(self, task: asyncio.Task[None]) -> None:
+        """A connection's time to show a token is up: a resource bound (the pool's room), not a rule."""
+        if (entry := self._leave_unauthenticated(task)) is not None:
+            self._end_unauthenticated(task, entry)
+
+    def _end_unauthenticated(self, task: asyncio.Task[None], entry: _Unshown) -> None:
+        entry.timer.cancel()
+        if entry.transport is not None:
+            entry.transport.abort()  # its descriptor goes now, whatever its task is waiting on
+        self._cut.add(task)
+        task.cancel()  # in its handshake, that closes the socket
+
+    def _leave_unauthenticated(self, task: asyncio.Task[None]) -> _Unshown | None:
+        """The connection is no longer one yet to show a token (it showed one, or ended); its entry, if it was
+        still counted."""
+        entry = self.unauthenticated.leave(task)
+        if entry is not None:
+            entry.timer.cancel()
+        if dropped := self.unauthenticated.burst_ended():
+            log.warning(
+                "the gateway's TCP listener is down to %d connections that showed no token; %d were dropped to make "
+                "room",
+                len(self.unauthenticated.waiting),
+                dropped,
+            )
+        return entry
+
     # -- one agent connection: a loop of requests, perhaps inside a CONNECT tunnel --
 
     async def _serve_connection(
@@ -617,6 +792,7 @@ class Gateway:
                             return
                         continue
                     self._bindings[task] = bound
+                    self._leave_unauthenticated(task)
                     group = bound.group
                     if (counted := self._hold_slot(group, counted)) is None:
                         await self._refuse_connection(side, group, event)
@@ -675,6 +851,7 @@ class Gateway:
         if self.slots.take(group):
             return True
         if self.slots.refused[group] == 1:
+            self._bursts[group] = (self._clock(), time.perf_counter())
             log.warning(
                 "agent group %s reached its cap of %d gateway connections: refusing those past it (said again once "
                 "it is down to %d)",
@@ -703,13 +880,30 @@ class Gateway:
             self.slots.end_answer(group)
 
     def _give_slot(self, group: str) -> None:
-        if refused := self.slots.give_back(group):
-            log.warning(
-                "agent group %s is down to %d gateway connections; %d past its cap were refused",
-                group,
-                self.slots.held.get(group, 0),
-                refused,
+        """A connection of `group` ended; should that end a burst of refusals, the burst is logged and audited,
+        as one record with its count (one a refused connection would let a flood fill the disk)."""
+        if not (refused := self.slots.give_back(group)):
+            return
+        log.warning(
+            "agent group %s is down to %d gateway connections; %d past its cap were refused",
+            group,
+            self.slots.held.get(group, 0),
+            refused,
+        )
+        at, started = self._bursts.pop(group)
+        self._audit_safely(
+            AuditRecord(
+                agent_group=group,
+                method="",
+                host="",
+                path="",
+                status=429,
+                duration_ms=(time.perf_counter() - started) * 1000.0,
+                decision="too_many_connections",
+                count=refused,
+                at=at,
             )
+        )
 
     async def _next_request(self, side: _Side) -> h11.Request | None:
         """The agent's next request head; None once it hangs up or stays idle too long."""
@@ -1245,6 +1439,9 @@ class Gateway:
             approval_id=ex.approval_id,
             at=ex.at,
         )
+        self._audit_safely(record)
+
+    def _audit_safely(self, record: AuditRecord) -> None:
         try:
             self._audit(record)
         except Exception:

@@ -157,6 +157,13 @@ MIGRATIONS: list[tuple[str, str]] = [
     );
     """,
     ),
+    (
+        "0008_audit_count",
+        """
+    -- One record may stand for many: a burst of connections refused over their group's cap.
+    ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+    """,
+    ),
 ]
 APP_COLUMNS = (
     "provider",
@@ -186,6 +193,7 @@ AUDIT_COLUMNS = (
     "duration_ms",
     "injected",
     "approval_id",
+    "count",
 )
 
 
@@ -554,6 +562,7 @@ class Store(servicedb.Store):
                 round(r.duration_ms, 3),
                 ",".join(r.injected),
                 r.approval_id,
+                r.count,
             )
             for r in records
         ]

@@ -243,7 +243,7 @@ def audit(
             r.method,
             r.host + r.path,
             r.status,
-            r.decision + (f" ({r.rule})" if r.rule else ""),
+            r.said(),
             f"{r.duration_ms:.0f}ms",
             r.injected,
         )

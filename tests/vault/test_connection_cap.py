@@ -1,5 +1,5 @@
 """The gateway's cap on each agent group's concurrent connections: past it a connection gets a 429 and is
-closed, the refusals of a burst are logged once, and another group goes on being served."""
+closed, the refusals of a burst are logged and audited once, and another group goes on being served."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import h11
+import msgspec
 import pytest
 
+from clawden.bus.ctl import vault as api
+from services.vault.audit import AuditRecord, log_audit
 from services.vault.catalog import Catalog
 from services.vault.gateway import REFUSALS_ANSWERED_AT_ONCE, ConnectionSlots, Gateway, token_hash
+from services.vault.store import Store
 from tests.eventually import eventually
 from tests.fakes.anthropic import FakeTLS
 from tests.vault.conftest import SITES
@@ -33,7 +37,7 @@ Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 @contextlib.asynccontextmanager
 async def capped(
-    site: FakeUpstream, site_tls: FakeTLS, sock_dir: Path
+    site: FakeUpstream, site_tls: FakeTLS, sock_dir: Path, audit: list[AuditRecord] | None = None
 ) -> AsyncIterator[tuple[Gateway, dict[str, Path]]]:
     """A gateway capping each group at CAP connections, serving A and B on their own sockets."""
     gateway = Gateway(
@@ -41,6 +45,7 @@ async def capped(
         extra_ca_file=site_tls.ca_file,
         host_map=dict.fromkeys(SITES, site.address),
         max_connections_per_group=CAP,
+        audit=audit.append if audit is not None else log_audit,
     )
     sockets = {group: sock_dir / group / "gateway.sock" for group in (A, B)}
     for group, path in sockets.items():
@@ -220,6 +225,41 @@ async def test_each_burst_of_refusals_is_logged_once(
         burst,
         f"agent group {A} is down to 2 gateway connections; 1 past its cap were refused",
     ]
+
+
+async def test_each_burst_of_refusals_is_audited_once_with_its_count(
+    site: FakeUpstream, site_tls: FakeTLS, sock_dir: Path, tmp_path: Path
+) -> None:
+    audit: list[AuditRecord] = []
+    async with capped(site, site_tls, sock_dir, audit) as (gateway, sockets):
+        held = [await tunnel(gateway, sockets[A]) for _ in range(CAP)]
+        try:
+            for _ in range(5):
+                await answer_to_connect(sockets[A])
+            during = [r for r in audit if r.decision == "too_many_connections"]
+            await close_all(held[: CAP // 2])  # back to half the cap: the burst is over
+            del held[: CAP // 2]
+            await eventually(lambda: A not in gateway.slots.refused)
+            held += [await tunnel(gateway, sockets[A]) for _ in range(CAP // 2)]
+            await answer_to_connect(sockets[A])  # a second burst, over as its connections close
+        finally:
+            await close_all(held)
+        await eventually(lambda: A not in gateway.slots.refused)
+
+    bursts = [r for r in audit if r.decision == "too_many_connections"]
+    store = Store.open(tmp_path / "vault.db")
+    store.write_audit(bursts)
+    stored = [(row["agent_group"], row["status"], row["decision"], row["count"]) for row in store.audit()]
+
+    assert during == []  # a burst is audited as it ends, when its count is known
+    assert [(r.agent_group, r.status, r.count) for r in bursts] == [(A, 429, 5), (A, 429, 1)]
+    assert all(r.duration_ms > 0 and r.at > 0 for r in bursts)  # from its first refusal, that long
+    assert bursts[0].event().summary == f"{A} -> 429 too_many_connections x5"
+    assert bursts[0].event().fields["count"] == "5"
+    assert stored == [(A, 429, "too_many_connections", 5), (A, 429, "too_many_connections", 1)]
+    # As `clawden vault audit` and the dashboard show it (the vault's control answer):
+    shown = msgspec.convert(store.audit(), list[api.AuditRecord])
+    assert [r.said() for r in shown] == ["too_many_connections x5", "too_many_connections"]
 
 
 def test_slots_count_each_group_and_end_a_burst_at_half_the_cap() -> None:

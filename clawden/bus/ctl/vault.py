@@ -189,6 +189,11 @@ class AuditRecord(Reply, frozen=True):
     duration_ms: float
     injected: str
     approval_id: str
+    count: int = 1  # connections one record stands for (a burst refused over the group's cap)
+
+    def said(self) -> str:
+        """The decision as the CLI and the dashboard show it: with its rule, and how many it stands for."""
+        return self.decision + (f" ({self.rule})" if self.rule else "") + (f" x{self.count}" if self.count != 1 else "")
 
 
 class Audit(Reply, frozen=True):

@@ -248,7 +248,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             r.method,
             r.host + r.path,
             str(r.status),
-            r.decision + (f" ({r.rule})" if r.rule else ""),
+            r.said(),
             f"{r.duration_ms:.0f}ms",
             r.injected,
         ]
