@@ -634,12 +634,15 @@ class ApprovalRequest(_Event, tag="approval.request", frozen=True):
 class ApprovalWithdrawn(_Event, tag="approval.withdrawn", frozen=True):
     """The requester no longer waits on request `id` (its agent hung up, its own wait ended, it restarted), on the
     subject its requests go to. Only the requester that asked may withdraw it; a pending request is then settled
-    as expired (its card edited "Withdrawn: `reason`") and the decision published as usual. One already decided
-    stays as it is: its decision was published, and the requester reads it."""
+    as expired (its card edited "Withdrawn: `reason`") and the decision published as usual. One already approved or
+    answered is amended: its requester never acted on it. A `last_call` is the exception: the requester still takes a
+    decision that reaches it within moments (the vault's own wait ending), and withdraws again, not as a last call,
+    only if none does."""
 
     id: Token
     requester: str
     reason: Text = ""
+    last_call: bool = False
 
 
 class ApprovalDecision(_Event, tag="approval.decision", frozen=True):

@@ -65,6 +65,11 @@ def outcome_line(decision: str, decided_by: str, label: str = "", reason: str = 
             return f"⌛ Expired ({reason or 'nobody answered in time'})"
 
 
+def stopped_waiting_line(reason: str) -> str:
+    """Under the outcome of a card decided before its requester, which had stopped waiting, heard the decision."""
+    return f"↩️ But its requester had stopped waiting ({reason}): nothing was let through"
+
+
 def decided_card(card: ev.Card, line: str) -> ev.Card:
     """The card after the outcome: the same words, the outcome below, and no buttons left to press."""
     body = f"{card.body}\n\n{line}" if card.body else line

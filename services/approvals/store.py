@@ -50,6 +50,22 @@ def _settling(row: sqlite3.Row) -> policy.Card:
     )
 
 
+def _withdrawn_after_deciding(row: sqlite3.Row) -> bool:
+    """Whether its requester withdrew it after it was decided (one withdrawn before is settled as expired by that)."""
+    return row["withdrawn"] is not None and row["status"] != "expired"
+
+
+def _settled(row: sqlite3.Row) -> str:
+    """How a settled request is told to a late press."""
+    by = f" by {row['decided_by']}" if row["decided_by"] and row["decided_by"] != DECIDER else ""
+    withdrawn = row["withdrawn"]
+    if withdrawn is None:
+        return f"{row['status']}{by}"
+    if _withdrawn_after_deciding(row):
+        return f"{row['status']}{by}, but its requester had stopped waiting ({withdrawn}); nothing was let through"
+    return f"withdrawn ({withdrawn}); nothing was let through"
+
+
 class Store(outbox.OutboxStore):
     migrations = MIGRATIONS
     synchronous = "FULL"  # a decision, once told, is never forgotten
@@ -87,12 +103,14 @@ class Store(outbox.OutboxStore):
     def withdraw(self, withdrawn: ev.ApprovalWithdrawn, now: float) -> Step:
         """The requester stopped waiting on a request it asked: a pending one is settled as expired, once (the
         decision published, the card edited "Withdrawn"), so a later press decides nothing. One already decided
-        stays so; one not here yet (held while the router is asked) is settled so when it comes."""
+        stays so (`_withdrawn_after`); one not here yet (held while the router is asked) is settled so when it comes."""
         with self._tx() as db:
-            row = db.execute("SELECT requester, status FROM approvals WHERE id = ?", (withdrawn.id,)).fetchone()
-            if row is not None and (row["requester"] != withdrawn.requester or row["status"] != "pending"):
+            row = db.execute("SELECT * FROM approvals WHERE id = ?", (withdrawn.id,)).fetchone()
+            if row is not None and row["requester"] != withdrawn.requester:
                 return Step("withdraw_ignored")
             reason = withdrawn.reason or "its requester stopped waiting"
+            if row is not None and row["status"] != "pending":
+                return self._withdrawn_after(row, withdrawn, reason, now)
             if row is None:
                 db.execute(
                     "INSERT OR IGNORE INTO withdrawals (id, requester, reason, at) VALUES (?, ?, ?, ?)",
@@ -104,6 +122,25 @@ class Store(outbox.OutboxStore):
             self._decide(withdrawn.id, "expired", "", "", f"withdrawn by {withdrawn.requester}: {reason}", now)
             log.info("approval %s withdrawn by %s: %s", withdrawn.id, withdrawn.requester, reason)
             return Step("withdrawn")
+
+    def _withdrawn_after(self, row: sqlite3.Row, withdrawn: ev.ApprovalWithdrawn, reason: str, now: float) -> Step:
+        """A withdrawal of a request approved or answered before it came, which its requester never acted on (it was
+        down when the press was applied, or gone just before): recorded, and its card, still saying who decided,
+        says so under the outcome, once. Not after a last call, when the requester may still have let it through (it
+        withdraws again, for good, if it did not); nor for one denied or expired, whose card says already that nothing
+        was."""
+        said = row["withdrawn"] is not None  # amended once already
+        if row["status"] not in ("approved", "answered") or said or withdrawn.last_call:
+            return Step("withdraw_ignored")
+        self.conn.execute("UPDATE approvals SET withdrawn = ? WHERE id = ?", (reason, row["id"]))
+        self._audit(row["id"], now, "withdrawn_after", withdrawn.requester, f"{row['status']} first: {reason}")
+        if row["edited"]:  # else the receipt, when it comes, draws the card with it
+            self.conn.execute("UPDATE approvals SET edited = 0 WHERE id = ?", (row["id"],))
+            self._edit(row["id"])
+        log.warning(
+            "approval %s was %s, but %s had stopped waiting: %s", row["id"], row["status"], withdrawn.requester, reason
+        )
+        return Step("withdrawn_after")
 
     def withdrawn_before(self, request: ev.ApprovalRequest) -> bool:
         """Whether its requester withdrew this request before it was recorded (no router need be asked)."""
@@ -301,13 +338,17 @@ class Store(outbox.OutboxStore):
         if not label and row["value"]:
             label = next((b.label for b in card.buttons if b.id == row["value"]), row["value"])
         decided_by = "" if row["decided_by"] == DECIDER else row["decided_by"]
-        if row["withdrawn"] is not None:
-            line = cards.outcome_line("withdrawn", "", reason=row["withdrawn"])
+        withdrawn, after = row["withdrawn"], _withdrawn_after_deciding(row)
+        if withdrawn is not None and not after:
+            line = cards.outcome_line("withdrawn", "", reason=withdrawn)
         else:
             line = cards.outcome_line(row["status"], decided_by, label, row["reason"])
+            if after:
+                line += "\n" + cards.stopped_waiting_line(withdrawn)
         shown = cards.decided_card(card, f"{line}\n{row['note']}" if row["note"] else line)
         route = ev.Route(channel=row["channel"], chat_id=row["chat_id"], thread_id=row["thread_id"])
         edit_id = f"{row['card_id']}:{row['status']}" + (":amended" if row["note"] else "")
+        edit_id += ":withdrawn" if after else ""
         self.emit(
             subjects.outbound(route.channel, route.chat_id),
             edit_id,
@@ -350,10 +391,7 @@ class Store(outbox.OutboxStore):
                 )
             elif outcome.why == "already":
                 self._audit(row["id"], now, "late_click", clicker, f"pressed {action.button_id} ({row['status']})")
-                by = f" by {row['decided_by']}" if row["decided_by"] and row["decided_by"] != DECIDER else ""
-                withdrawn = row["withdrawn"]
-                status = row["status"] if withdrawn is None else f"withdrawn ({withdrawn}); nothing was let through"
-                self._reply(action, reply_id, f"This was already settled: {status}{by}.")
+                self._reply(action, reply_id, f"This was already settled: {_settled(row)}.")
             elif outcome.why == "expired":
                 self._audit(row["id"], now, "late_click", clicker, f"pressed {action.button_id} after its expiry")
                 self._decide(row["id"], "expired", "", "", TOO_LATE, now, target=action.message_id)

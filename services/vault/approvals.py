@@ -242,10 +242,11 @@ class BusApprover:
             decided = await self._decision(sub, ask.id, ask.expires_at)
             if decided is None:
                 why = "nobody answered before the vault stopped waiting; the agent was told it timed out"
-                settled = await self.withdraw(ask.id, why)
-                # Its final word, published either way; without it (the service away) the answer is as before.
-                decided = await self._decision(sub, ask.id, time.time() + FINAL_WORD) if settled else None
-            settled = settled or decided is not None
+                # A last call: the approvals service's final word, published either way, is still taken (a press
+                # applied first lets the request through). Without one in time, the withdrawal below is final.
+                called = await self.withdraw(ask.id, why, last_call=True)
+                decided = await self._decision(sub, ask.id, time.time() + FINAL_WORD) if called else None
+            settled = decided is not None
             return decided or "expired"
         except asyncio.CancelledError as exc:
             why = str(exc.args[0]) if exc.args and exc.args[0] else STOPPED
@@ -283,11 +284,13 @@ class BusApprover:
             return outcome
         return None
 
-    async def withdraw(self, approval_id: str, reason: str) -> bool:
-        """Tell the approvals service nobody waits on this ask any more; False when that could not be said."""
-        withdrawn = ev.ApprovalWithdrawn(id=approval_id, requester="vault", reason=reason)
+    async def withdraw(self, approval_id: str, reason: str, *, last_call: bool = False) -> bool:
+        """Tell the approvals service nobody waits on this ask any more (with `last_call`, nobody but for its final
+        word, for FINAL_WORD); False when that could not be said."""
+        withdrawn = ev.ApprovalWithdrawn(id=approval_id, requester="vault", reason=reason, last_call=last_call)
+        key = f"vault:{'last-call' if last_call else 'withdrawn'}:{approval_id}"
         try:
-            await publish(self._js, subjects.APPROVAL_REQUEST, withdrawn, msg_id=f"vault:withdrawn:{approval_id}")
+            await publish(self._js, subjects.APPROVAL_REQUEST, withdrawn, msg_id=key)
         except Exception as exc:
             log.error("cannot withdraw approval %s (%s): %s; the next start does", approval_id, reason, exc)
             return False

@@ -692,3 +692,36 @@ async def test_a_click_the_last_process_took_and_never_acked_is_applied_at_the_s
     decision = await requester.decision()
     assert (decision.decision, decision.decided_by) == ("approved", OWNER)
     assert (await alone.stats()).get("expired_at_start", 0) == 0
+
+
+async def test_an_approval_applied_while_its_requester_was_away_is_shown_as_not_let_through_once_withdrawn(
+    alone: Alone,
+) -> None:
+    """The owner approves while the vault is down: the press is applied and published, but nobody hears it. At its
+    start the vault withdraws the ask: the card keeps who approved and says that nothing was let through, once."""
+    owner = alone.owner
+    requester = Requester(alone.nc, "vault-away")
+    await requester.ask(host="away.example.com", approvers=(OWNER,))
+    card = await owner.first(ev.OutboundMessage, text="away.example.com")
+    await eventually(lambda: card.id in owner.ids)
+    await alone.forward(owner.action(card, "approve"))
+    assert (await requester.decision()).decision == "approved"
+    approved = await owner.first(ev.OutboundEdit, target_message_id=owner.ids[card.id])
+    assert f"Approved by {OWNER}" in approved.text and "stopped waiting" not in approved.text
+
+    reason = "the vault restarted while it waited; the agent's request was dropped"
+    withdrawn = ev.ApprovalWithdrawn(id="vault-away", requester="vault", reason=reason)
+    await publish(alone.js, subjects.APPROVAL_REQUEST, withdrawn, msg_id="vault:withdrawn:vault-away")
+    amended = await owner.first(ev.OutboundEdit, target_message_id=owner.ids[card.id], text="nothing was let through")
+    assert amended.text.endswith(
+        f"✅ Approved by {OWNER}\n↩️ But its requester had stopped waiting ({reason}): nothing was let through"
+    )
+    await publish(alone.js, subjects.APPROVAL_REQUEST, withdrawn, msg_id="vault:withdrawn:vault-away:again")
+    counts = await eventually(lambda: _counted(alone, "withdraw_ignored"), 20)
+    assert counts.get("withdrawn_after") == 1  # the second copy amended nothing more
+    assert (await control(alone.nc, "show", {"id": "vault-away"}))["status"] == "approved"
+
+
+async def _counted(alone: Alone, what: str) -> dict[str, int] | None:
+    counts = await alone.stats()
+    return counts if counts.get(what) else None

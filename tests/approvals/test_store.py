@@ -201,8 +201,10 @@ def test_an_amendment_waits_for_the_decision_and_rides_on_the_edit_when_the_rece
     assert isinstance(edit, ev.OutboundEdit) and edit.text.endswith("\n⚠️ the key was revoked")
 
 
-def withdrawal(rid: str = "vault-1", by: str = "vault", why: str = "the agent hung up") -> ev.ApprovalWithdrawn:
-    return ev.ApprovalWithdrawn(id=rid, requester=by, reason=why)
+def withdrawal(
+    rid: str = "vault-1", by: str = "vault", why: str = "the agent hung up", last_call: bool = False
+) -> ev.ApprovalWithdrawn:
+    return ev.ApprovalWithdrawn(id=rid, requester=by, reason=why, last_call=last_call)
 
 
 def test_a_withdrawn_request_is_settled_once_and_its_card_says_so(store: Store) -> None:
@@ -223,13 +225,69 @@ def test_a_withdrawn_request_is_settled_once_and_its_card_says_so(store: Store) 
     assert reply.text == "This was already settled: withdrawn (the agent hung up); nothing was let through."
 
 
-def test_a_withdrawal_of_a_decided_request_changes_nothing(store: Store) -> None:
+RESTARTED = "the vault restarted while it waited; the agent's request was dropped"
+
+
+def test_an_approval_its_requester_never_heard_says_so_under_who_approved_once(store: Store) -> None:
+    """The owner pressed while the vault was down: the press was applied, but at its start the vault withdrew the
+    ask, and let nothing through. The card keeps who approved and adds why nothing was let through, once."""
     store.add_request(request(), [OWNER], 1000)
     card = sent_card(store)
     store.click(click(card, "approve"), 1002)
     drain(store)
-    assert store.withdraw(withdrawal(), 1003).result == "withdraw_ignored"
-    assert drain(store) == [] and store.get("vault-1")["status"] == "approved"  # type: ignore[index]
+    assert store.withdraw(withdrawal(why=RESTARTED), 1003).result == "withdrawn_after"
+    (edit,) = drain(store)  # the decision stands, published once: only the card is amended
+    assert isinstance(edit, ev.OutboundEdit) and edit.target_message_id == "m1" and edit.id.endswith(":withdrawn")
+    assert edit.text.endswith(
+        f"✅ Approved by local:alice\n↩️ But its requester had stopped waiting ({RESTARTED}): nothing was let through"
+    )
+    assert store.get("vault-1")["status"] == "approved"  # type: ignore[index]
+    assert store.withdraw(withdrawal(why="again"), 1004).result == "withdraw_ignored"  # amended once
+    assert drain(store) == []
+    assert store.click(click(card, "approve", action="a2"), 1005).result == "already"
+    (reply,) = drain(store)
+    assert isinstance(reply, ev.OutboundMessage)
+    assert reply.text == (
+        f"This was already settled: approved by {OWNER}, but its requester had stopped waiting ({RESTARTED});"
+        " nothing was let through."
+    )
+
+
+def test_an_approval_decided_before_its_receipt_and_then_withdrawn_is_drawn_with_both_when_the_receipt_comes(
+    store: Store,
+) -> None:
+    store.add_request(request(), [OWNER], 1000)
+    (card,) = drain(store)
+    assert isinstance(card, ev.OutboundMessage)
+    store.decide("vault-1", "approve", OWNER, 1001)
+    assert store.withdraw(withdrawal(why=RESTARTED), 1002).result == "withdrawn_after"
+    assert [type(e) for e in drain(store)] == [ev.ApprovalDecision]  # the card's id is not known yet
+    store.receipt(ev.DeliveryReceipt(outbound_id=card.id, route=card.route, ok=True, platform_message_id="m9"), 1003)
+    (edit,) = drain(store)
+    assert isinstance(edit, ev.OutboundEdit) and "Approved by local:alice\n↩️ But its requester" in edit.text
+
+
+def test_a_last_call_after_an_approval_changes_nothing(store: Store) -> None:
+    """The vault's own wait ended: it withdraws, yet still takes the decision published before for a moment, and
+    lets an approval through. Its card must not say that nothing was."""
+    store.add_request(request(), [OWNER], 1000)
+    card = sent_card(store)
+    store.click(click(card, "approve"), 1002)
+    drain(store)
+    assert store.withdraw(withdrawal(why="its wait ended", last_call=True), 1003).result == "withdraw_ignored"
+    assert drain(store) == [] and store.get("vault-1")["withdrawn"] is None  # type: ignore[index]
+    # It let nothing through after all (the decision reached it too late): its final withdrawal amends the card.
+    assert store.withdraw(withdrawal(why="its wait ended"), 1006).result == "withdrawn_after"
+
+
+def test_a_withdrawal_of_a_denied_request_changes_nothing(store: Store) -> None:
+    """Nothing was let through, and its card says so already."""
+    store.add_request(request(), [OWNER], 1000)
+    card = sent_card(store)
+    store.click(click(card, "deny"), 1002)
+    drain(store)
+    assert store.withdraw(withdrawal(why=RESTARTED), 1003).result == "withdraw_ignored"
+    assert drain(store) == [] and store.get("vault-1")["status"] == "denied"  # type: ignore[index]
 
 
 def test_a_withdrawal_before_its_request_is_recorded_settles_it_when_it_comes_without_a_card(store: Store) -> None:

@@ -13,13 +13,15 @@ from typing import Any
 
 import httpx
 import pytest
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from clawden import config as config_mod
 from clawden import control, setup
+from clawden.bus import ensure_streams, subjects
 from clawden.bus import events as ev
-from clawden.bus import subjects
 from clawden.bus.ctl import vault as vault_ctl
+from services.vault import approvals as vault_approvals
 from tests.approvals.test_service import OWNER, Alone, Router, alone  # noqa: F401 (a fixture)
 from tests.conftest import NatsServer
 from tests.eventually import eventually
@@ -169,6 +171,28 @@ async def test_a_vault_restarted_while_a_request_waited_withdraws_it_at_start(as
     assert not any(r.target == b"/pay/restart" for r in vault.site.received)
 
 
+async def test_a_press_while_the_vault_is_down_is_shown_as_not_let_through_once_it_withdraws_at_start(
+    asking: Alone, vault: Vault
+) -> None:
+    """The owner approves while the vault is down: the approvals service applies it, but nobody is there to let the
+    request through. At its start the vault withdraws the ask; the card keeps who approved and says so."""
+    call, card = await held(asking, vault, "/pay/down")
+    vault.proc.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(vault.proc.wait, 20)
+    await asyncio.gather(call, return_exceptions=True)
+    await asking.forward(asking.owner.action(card, "approve"))
+    edit = await final_edit(asking, card)
+    assert f"Approved by {OWNER}" in edit.text, edit.text
+
+    vault.proc = spawn_vault(vault.env(), vault.log)
+    await answering(vault)
+    amended: ev.OutboundEdit = await asking.owner.first(
+        ev.OutboundEdit, timeout=30, target_message_id=asking.owner.ids[card.id], text="nothing was let through"
+    )
+    assert f"Approved by {OWNER}" in amended.text and "the vault restarted while it waited" in amended.text, amended
+    assert not any(r.target == b"/pay/down" for r in vault.site.received)
+
+
 @pytest.mark.parametrize("approval_timeout", [4.0])
 async def test_an_ask_the_vault_stops_waiting_on_is_withdrawn_and_the_agent_told_it_timed_out(
     asking: Alone, vault: Vault
@@ -189,10 +213,12 @@ async def test_a_press_applied_as_the_vault_stops_waiting_lets_the_request_throu
     its own wait ended (it is stopped meanwhile, SIGSTOP). Its withdrawal then changes nothing, and the decision
     that went out, approved, is the agent's answer, as the card says."""
     asked_at: list[float] = []
+    asked_id: list[str] = []
 
     async def on_request(msg: Msg) -> None:
-        if isinstance(ev.decode(msg.data), ev.ApprovalRequest):
+        if isinstance(request := ev.decode(msg.data), ev.ApprovalRequest):
             asked_at.append(time.time())
+            asked_id.append(request.id)
 
     await asking.nc.subscribe(subjects.APPROVAL_REQUEST, cb=on_request)
     call, card = await held(asking, vault, "/pay/last-moment")
@@ -210,5 +236,39 @@ async def test_a_press_applied_as_the_vault_stops_waiting_lets_the_request_throu
     answer = await call
     assert answer.status_code == 200, answer.text
     assert any(r.target == b"/pay/last-moment" for r in vault.site.received)
+    if f"approval {asked_id[0]} withdrawn:" in vault.logs():  # its timer came first: the withdrawal was a last call
+        counts = await eventually(lambda: counted(asking, "withdraw_ignored"), 30)
+        assert "withdrawn_after" not in counts, counts  # the card is not told that nothing was let through
     edits = [e.text for e in asking.owner.seen if isinstance(e, ev.OutboundEdit)]
-    assert not any("Withdrawn" in text for text in edits), edits
+    assert not any("Withdrawn" in text or "nothing was let through" in text for text in edits), edits
+
+
+async def counted(side: Alone, what: str) -> dict[str, int] | None:
+    counts = await side.stats()
+    return counts if counts.get(what) else None
+
+
+async def test_a_last_call_that_gets_no_word_is_followed_by_a_final_withdrawal(
+    nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vault's own wait ends: its withdrawal is a last call (a decision that reaches it within FINAL_WORD still
+    counts). With no word in that time it let nothing through, and withdraws again for good, so a press applied late
+    (the approvals service behind) amends its card instead of leaving "Approved" with nothing let through."""
+    monkeypatch.setattr(vault_approvals, "FINAL_WORD", 0.2)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    said = await js.subscribe(subjects.APPROVAL_REQUEST)
+    ask = vault_approvals.ApprovalAsk(
+        id="late-1",
+        agent_group="main",
+        method="POST",
+        host="api.example.test",
+        path="/pay",
+        rule="ask",
+        preview="",
+        expires_at=time.time() + 0.2,
+    )
+    assert await vault_approvals.BusApprover(nc, js).ask(ask) == "expired"
+    events = [ev.decode((await said.next_msg(timeout=5)).data) for _ in range(3)]
+    assert [type(e).__name__ for e in events] == ["ApprovalRequest", "ApprovalWithdrawn", "ApprovalWithdrawn"]
+    assert [e.last_call for e in events[1:] if isinstance(e, ev.ApprovalWithdrawn)] == [True, False]
