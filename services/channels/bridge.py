@@ -126,11 +126,11 @@ class Bridge(abc.ABC):
     async def send_file(self, route: ev.Route, path: Path, *, key: str) -> str:
         raise PlatformError(f"{self.name} cannot send files", "permanent")
 
-    async def fetch_file(self, attachment: ev.Attachment, dest: Path, progress: Callable[[], None]) -> None:
-        """Download the file `attachment.url` names on the platform into `dest` as it arrives (`save_stream`),
-        calling `progress` on each chunk: in the listener that is `Inbound.alive`, so a slow download is not a deaf
-        listener. Raise TooLarge past `capabilities.max_download_bytes`, PlatformError "permanent" where trying
-        again cannot help (gone, refused: say which) and "transient" where it may (a 5xx, a connection cut)."""
+    async def fetch_file(self, attachment: ev.Attachment, dest: Path) -> None:
+        """Download the file `attachment.url` names on the platform into `dest` as it arrives (`save_stream`), in
+        its chat's own task, never the listener's. Raise TooLarge past `capabilities.max_download_bytes`,
+        PlatformError "permanent" where trying again cannot help (gone, refused: say which) and "transient" where it
+        may (a 5xx, a connection cut)."""
         raise PlatformError(f"{self.name} cannot fetch files", "permanent")
 
     def too_large(self) -> str:
@@ -179,9 +179,9 @@ class TooLarge(PlatformError):
         super().__init__(description, "permanent")
 
 
-async def save_stream(chunks: AsyncIterable[bytes], dest: Path, limit: int, progress: Callable[[], None]) -> int:
-    """Write a download into `dest` as it arrives (as `<dest>.part`, renamed once whole), calling `progress` on
-    each chunk; past `limit` bytes it is TooLarge and nothing is kept. Returns the size."""
+async def save_stream(chunks: AsyncIterable[bytes], dest: Path, limit: int) -> int:
+    """Write a download into `dest` as it arrives (as `<dest>.part`, renamed once whole); past `limit` bytes it is
+    TooLarge and nothing is kept. Returns the size."""
     size = 0
     partial = dest.with_name(dest.name + ".part")
     await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
@@ -193,7 +193,6 @@ async def save_stream(chunks: AsyncIterable[bytes], dest: Path, limit: int, prog
                 if size > limit:
                     raise TooLarge(f"over {limit} bytes")
                 await asyncio.to_thread(out.write, chunk)  # the disk may be slow; the loop serves other chats
-                progress()
         finally:
             await asyncio.to_thread(out.close)
         await asyncio.to_thread(partial.rename, dest)
@@ -215,7 +214,6 @@ async def http_download(
     url: str,
     dest: Path,
     limit: int,
-    progress: Callable[[], None],
     *,
     platform: str,
     headers: dict[str, str] | None = None,
@@ -230,7 +228,7 @@ async def http_download(
                 refuse(resp)
             if resp.status != 200:
                 raise download_refused(platform, resp.status)
-            await save_stream(resp.content.iter_chunked(CHUNK), dest, limit, progress)
+            await save_stream(resp.content.iter_chunked(CHUNK), dest, limit)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise PlatformError(f"the download from {platform} failed ({type(exc).__name__})", "transient") from None
 
@@ -366,27 +364,16 @@ class Inbound:
 
     async def deliver(self, message: ev.InboundMessage) -> None:
         """Publish a message with its files fetched into the bridge's folder: each attachment's url is then the
-        local file, or "" with the text saying why it is not there (too large, refused). A file the platform
-        cannot hand over yet queues the message (`publish`); returns once it is stored either way."""
+        local file, or "" with the text saying why it is not there (too large, refused, not handed over in time).
+
+        A message with files to fetch is queued in the bridge's state, with its chat's later events behind it, and
+        its chat's own task fetches them and publishes it: a slow download holds up neither the listener (its
+        platform's heartbeats, other chats) nor another chat. Returns once the message is stored either way."""
         chat = message.route.chat_id
-        if chat not in await self._queued_chats():
-            notes: list[str] = []
-            fetched, why = await self._fetch(message, notes, self.alive)
-            if not why and chat not in await self._queued_chats():
-                await self._store(_with_notes(fetched, notes))
-                return
-            if why:
-                log.warning(
-                    "%s: %s waits for a file the platform cannot hand over yet (%s); its chat's next messages wait "
-                    "behind it, for %.0f minutes at most",
-                    self.channel,
-                    message.key,
-                    why,
-                    self.patience / 60,
-                )
-            await self._queue(chat, Queued(ev.encode(fetched), notes, time.time(), why))
+        if chat in await self._queued_chats() or any(_pending(a) for a in message.attachments):
+            await self._queue(chat, Queued(ev.encode(message), [], time.time()))
             return
-        await self._queue(chat, Queued(ev.encode(message), [], time.time()))
+        await self._store(message)
 
     async def resume(self) -> None:
         """Start publishing what an earlier run left queued (`serve` calls it before the listener starts)."""
@@ -469,13 +456,22 @@ class Inbound:
         """The message to publish once its files are fetched, refused, or waited for `patience`; None while a file
         may still come (what this try fetched is kept in the state)."""
         notes = list(queued.notes)
-        # Not the listener: a slow download here says nothing about whether it hears the platform.
-        fetched, why = await self._fetch(message, notes, lambda: None)
+        fetched, why = await self._fetch(message, notes)
         if not why:
-            log.info("%s: %s has its files now", self.channel, message.key)
+            if queued.why:
+                log.info("%s: %s has its files now", self.channel, message.key)
             return _with_notes(fetched, notes)
         waited = time.time() - queued.since
         if waited < self.patience:
+            if not queued.why:
+                log.warning(
+                    "%s: %s waits for a file the platform cannot hand over yet (%s); its chat's next messages wait "
+                    "behind it, for %.0f minutes at most",
+                    self.channel,
+                    message.key,
+                    why,
+                    self.patience / 60,
+                )
             await self.state.requeue(Queued(ev.encode(fetched), notes, queued.since, why, queued.seq))
             return None
         failing = f"still failing after {_duration(waited)} ({why})"
@@ -484,9 +480,7 @@ class Inbound:
         attachments = tuple(msgspec.structs.replace(a, url="") if _pending(a) else a for a in fetched.attachments)
         return _with_notes(msgspec.structs.replace(fetched, attachments=attachments), notes)
 
-    async def _fetch(
-        self, message: ev.InboundMessage, notes: list[str], progress: Callable[[], None]
-    ) -> tuple[ev.InboundMessage, str]:
+    async def _fetch(self, message: ev.InboundMessage, notes: list[str]) -> tuple[ev.InboundMessage, str]:
         """One pass over the files still to fetch, in order: the message with each fetched (its local file) or
         refused (no url, and a note in `notes` saying why), up to the first that may come later, and why that one
         did not ("" when none is left)."""
@@ -496,7 +490,7 @@ class Inbound:
             if not _pending(attachment):
                 continue
             try:
-                path = await self._fetch_one(attachment, message, i, progress)
+                path = await self._fetch_one(attachment, message, i)
             except TooLarge:
                 notes.append(f"[{attachment.name} was too large to fetch: {self._bridge.too_large()}]")
                 path = None
@@ -513,14 +507,12 @@ class Inbound:
             attachments[i] = msgspec.structs.replace(attachment, url=path.as_uri() if path else "")
         return msgspec.structs.replace(message, attachments=tuple(attachments)), why
 
-    async def _fetch_one(
-        self, attachment: ev.Attachment, message: ev.InboundMessage, index: int, progress: Callable[[], None]
-    ) -> Path:
+    async def _fetch_one(self, attachment: ev.Attachment, message: ev.InboundMessage, index: int) -> Path:
         if attachment.size > self._bridge.capabilities.max_download_bytes:
             raise TooLarge(f"{attachment.size} bytes")
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", attachment.name)[-100:] or "file"
         dest = self.files_dir / re.sub(r"[^A-Za-z0-9]", "_", message.message_id)[-120:] / f"{index + 1}-{safe}"
-        await self._bridge.fetch_file(attachment, dest, progress)
+        await self._bridge.fetch_file(attachment, dest)
         return dest
 
     @property

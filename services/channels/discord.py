@@ -22,7 +22,6 @@ import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -697,12 +696,12 @@ class DiscordBridge(Bridge):
         if not pressed:
             log.info("discord: a press on an expired card in %s", channel)
 
-    async def fetch_file(self, attachment: ev.Attachment, dest: Path, progress: Callable[[], None]) -> None:
+    async def fetch_file(self, attachment: ev.Attachment, dest: Path) -> None:
         """Attachment URLs are the CDN's, signed, fetched without the token."""
         if self._ws_session is None or self._ws_session.closed:
             self._ws_session = aiohttp.ClientSession()
         await http_download(
-            self._ws_session, attachment.url, dest, self.capabilities.max_download_bytes, progress, platform="Discord"
+            self._ws_session, attachment.url, dest, self.capabilities.max_download_bytes, platform="Discord"
         )
 
     # --- out: the REST API -------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import mimetypes
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Container
+from collections.abc import Container
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -635,7 +635,7 @@ class MatrixBridge(Bridge):
             log.info("matrix: the router refused the invite of %s to %s: %s", inviter, room_id, reason)
         return allowed
 
-    async def fetch_file(self, attachment: ev.Attachment, dest: Path, progress: Callable[[], None]) -> None:
+    async def fetch_file(self, attachment: ev.Attachment, dest: Path) -> None:
         """From the media repository, streamed: the authenticated endpoint (Matrix 1.11), else the older one on a
         homeserver that does not know it yet."""
         server, _, media = attachment.url.removeprefix("mxc://").partition("/")
@@ -652,7 +652,6 @@ class MatrixBridge(Bridge):
                 f"{self.homeserver}/_matrix/client/v1/media/download/{where}",
                 dest,
                 limit,
-                progress,
                 platform="the homeserver",
                 headers=headers,
             )
@@ -664,7 +663,6 @@ class MatrixBridge(Bridge):
                 f"{self.homeserver}/_matrix/media/v3/download/{where}",
                 dest,
                 limit,
-                progress,
                 platform="the homeserver",
                 headers=headers,
             )

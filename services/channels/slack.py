@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Container
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -535,7 +535,7 @@ class SlackBridge(Bridge):
             if not pressed:
                 log.info("slack: a press on an expired card in %s", channel)
 
-    async def fetch_file(self, attachment: ev.Attachment, dest: Path, progress: Callable[[], None]) -> None:
+    async def fetch_file(self, attachment: ev.Attachment, dest: Path) -> None:
         """`url_private_download` needs the bot token (api.slack.com/types/file#authentication); without access,
         Slack answers its sign-in page."""
 
@@ -550,7 +550,6 @@ class SlackBridge(Bridge):
             attachment.url,
             dest,
             self.capabilities.max_download_bytes,
-            progress,
             platform="Slack",
             headers={"Authorization": f"Bearer {self.tokens.bot}"},
             refuse=sign_in_page,

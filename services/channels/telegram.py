@@ -12,7 +12,6 @@ import logging
 import mimetypes
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -558,13 +557,13 @@ class BotAPI:
             ) from None
         return _result(response)
 
-    async def download(self, file_path: str, dest: Path, limit: int, progress: Callable[[], None]) -> int:
-        """Streams a file to `dest` (at most `limit` bytes), calling `progress` per chunk; returns its size."""
+    async def download(self, file_path: str, dest: Path, limit: int) -> int:
+        """Streams a file to `dest` (at most `limit` bytes); returns its size."""
         try:
             async with self.client.stream("GET", self.files + file_path) as response:
                 if response.status_code != 200:
                     raise download_refused("Telegram", response.status_code)
-                return await save_stream(response.aiter_bytes(CHUNK), dest, limit, progress)
+                return await save_stream(response.aiter_bytes(CHUNK), dest, limit)
         except httpx.TransportError as exc:
             raise TelegramError(f"the download from Telegram failed ({type(exc).__name__})", "transient") from None
 
@@ -808,7 +807,7 @@ class TelegramBridge(Bridge):
         if first:
             log.warning("telegram group %d became supergroup %d; its chat moves with it", old, new)
 
-    async def fetch_file(self, attachment: ev.Attachment, dest: Path, progress: Callable[[], None]) -> None:
+    async def fetch_file(self, attachment: ev.Attachment, dest: Path) -> None:
         """getFile for the path, then the file itself, streamed (a slow download is not a deaf listener)."""
         file_id = attachment.url.removeprefix(FILE_REF)
         try:
@@ -821,7 +820,7 @@ class TelegramBridge(Bridge):
             # File.file_path is optional (core.telegram.org/bots/api#file): absent for a file over the 20 MB a bot
             # may download, whatever size the message claimed.
             raise TooLarge("Telegram gave no path for it")
-        await self.api.download(str(info["file_path"]), dest, self.capabilities.max_download_bytes, progress)
+        await self.api.download(str(info["file_path"]), dest, self.capabilities.max_download_bytes)
 
     def too_large(self) -> str:
         return "Telegram lets bots download files of at most 20 MB"

