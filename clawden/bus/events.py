@@ -56,6 +56,9 @@ class Attachment(_Part, frozen=True):
     mime: str = "application/octet-stream"
     size: int = 0
     url: str = ""  # where the bridge can fetch it from; never fetched by the router
+    # Why the bridge has no file for it (too large, refused, not handed over in time); its url is then "". The agent
+    # reads it beside the attachment ("not saved: ...").
+    error: Annotated[str, msgspec.Meta(max_length=1000)] = ""
 
 
 class Route(_Part, frozen=True):

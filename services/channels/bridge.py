@@ -252,6 +252,8 @@ def _duration(seconds: float) -> str:
 
 
 def _with_notes(message: ev.InboundMessage, notes: list[str]) -> ev.InboundMessage:
+    """The notes an earlier version queued with a message (why a file was not fetched), added to its text; a file's
+    reason is now its attachment's `error`."""
     if not notes:
         return message
     return msgspec.structs.replace(message, text=message.text + ("\n\n" if message.text else "") + "\n".join(notes))
@@ -455,12 +457,11 @@ class Inbound:
     async def _retry_files(self, message: ev.InboundMessage, queued: Queued) -> ev.InboundMessage | None:
         """The message to publish once its files are fetched, refused, or waited for `patience`; None while a file
         may still come (what this try fetched is kept in the state)."""
-        notes = list(queued.notes)
-        fetched, why = await self._fetch(message, notes)
+        fetched, why = await self._fetch(message)
         if not why:
             if queued.why:
                 log.info("%s: %s has its files now", self.channel, message.key)
-            return _with_notes(fetched, notes)
+            return _with_notes(fetched, queued.notes)
         waited = time.time() - queued.since
         if waited < self.patience:
             if not queued.why:
@@ -472,18 +473,20 @@ class Inbound:
                     why,
                     self.patience / 60,
                 )
-            await self.state.requeue(Queued(ev.encode(fetched), notes, queued.since, why, queued.seq))
+            await self.state.requeue(Queued(ev.encode(fetched), queued.notes, queued.since, why, queued.seq))
             return None
         failing = f"still failing after {_duration(waited)} ({why})"
         log.warning("%s: %s goes without the files it waited for: %s", self.channel, message.key, failing)
-        notes += [f"[{a.name} could not be fetched: {failing}]" for a in fetched.attachments if _pending(a)]
-        attachments = tuple(msgspec.structs.replace(a, url="") if _pending(a) else a for a in fetched.attachments)
-        return _with_notes(msgspec.structs.replace(fetched, attachments=attachments), notes)
+        attachments = tuple(
+            msgspec.structs.replace(a, url="", error=f"it could not be fetched: {failing}") if _pending(a) else a
+            for a in fetched.attachments
+        )
+        return _with_notes(msgspec.structs.replace(fetched, attachments=attachments), queued.notes)
 
-    async def _fetch(self, message: ev.InboundMessage, notes: list[str]) -> tuple[ev.InboundMessage, str]:
+    async def _fetch(self, message: ev.InboundMessage) -> tuple[ev.InboundMessage, str]:
         """One pass over the files still to fetch, in order: the message with each fetched (its local file) or
-        refused (no url, and a note in `notes` saying why), up to the first that may come later, and why that one
-        did not ("" when none is left)."""
+        refused (no url, and its `error` saying why), up to the first that may come later, and why that one did not
+        ("" when none is left)."""
         attachments = list(message.attachments)
         why = ""
         for i, attachment in enumerate(attachments):
@@ -491,20 +494,20 @@ class Inbound:
                 continue
             try:
                 path = await self._fetch_one(attachment, message, i)
+                attachments[i] = msgspec.structs.replace(attachment, url=path.as_uri())
             except TooLarge:
-                notes.append(f"[{attachment.name} was too large to fetch: {self._bridge.too_large()}]")
-                path = None
+                error = f"it was too large to fetch: {self._bridge.too_large()}"
+                attachments[i] = msgspec.structs.replace(attachment, url="", error=error)
             except PlatformError as exc:
                 if exc.kind != "permanent":
                     why = exc.description
                     break
                 log.warning("%s: cannot fetch %s of %s: %s", self.channel, attachment.name, message.key, exc)
-                notes.append(f"[{attachment.name} could not be fetched: {exc.description}]")
-                path = None
+                error = f"it could not be fetched: {exc.description}"
+                attachments[i] = msgspec.structs.replace(attachment, url="", error=error)
             except OSError as exc:  # the bridge's own disk (full, unwritable): may pass; the patience ends it
                 why = f"it could not be saved: {exc.strerror or exc}"
                 break
-            attachments[i] = msgspec.structs.replace(attachment, url=path.as_uri() if path else "")
         return msgspec.structs.replace(message, attachments=tuple(attachments)), why
 
     async def _fetch_one(self, attachment: ev.Attachment, message: ev.InboundMessage, index: int) -> Path:

@@ -110,7 +110,7 @@ class Queued:
     """An inbound event queued behind a file (see the `queued` table); `event` as `clawden.bus.events` encodes it."""
 
     event: bytes
-    notes: list[str]
+    notes: list[str]  # from an earlier version: why files were not fetched (now each attachment's `error`)
     since: float = 0.0
     why: str = ""
     seq: int = 0  # its place in the queue (0 until stored)

@@ -489,7 +489,7 @@ class Runner:
         described: dict[str, object] = {"name": attachment.name, "mime": attachment.mime, "size": attachment.size}
         bridges = (self.cfg.data_dir / "channels").resolve()
         if not attachment.url.startswith("file://"):
-            return described
+            return described | ({"error": attachment.error} if attachment.error else {})
         source = Path(attachment.url.removeprefix("file://")).resolve()
         # Only files a bridge on this host fetched: never a path a message could point anywhere.
         why = (

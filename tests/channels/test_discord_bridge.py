@@ -303,8 +303,10 @@ async def test_a_file_the_cdn_refuses_arrives_as_a_note_saying_why(
     bridge.start()
     discord.say(dm, ada, "my notes", files={"list.txt": b"milk, eggs"})
     [message] = await bus.messages(1)
-    assert message.text == "my notes\n\n[list.txt could not be fetched: Discord answered HTTP 404]"
-    assert [(a.name, a.url) for a in message.attachments] == [("list.txt", "")]
+    assert message.text == "my notes"
+    assert [(a.name, a.url, a.error) for a in message.attachments] == [
+        ("list.txt", "", "it could not be fetched: Discord answered HTTP 404")
+    ]
     assert discord.cdn_calls == [404]
 
 

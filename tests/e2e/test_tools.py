@@ -268,6 +268,8 @@ async def test_a_file_a_bridge_fetched_lands_in_the_inbox_and_the_prompt(stack: 
         attachments=(
             ev.Attachment(name="note.txt", mime="text/plain", size=13, url=fetched.as_uri()),
             ev.Attachment(name="key", mime="text/plain", size=10, url=elsewhere.as_uri()),
+            # The bridge could not fetch this one, and says why.
+            ev.Attachment(name="film.mp4", mime="video/mp4", size=99, error="it was too large to fetch"),
         ),
     )
     seen = len(stack.fake.messages_requests(with_tools=True))
@@ -279,6 +281,7 @@ async def test_a_file_a_bridge_fetched_lands_in_the_inbox_and_the_prompt(stack: 
     assert (
         "[attachment key (text/plain, 10 bytes) (not saved: it is not a file a bridge on this host fetched)]" in prompt
     )
+    assert "[attachment film.mp4 (video/mp4, 99 bytes) (not saved: it was too large to fetch)]" in prompt
     inbox = stack.home / "sessions" / "main" / reply.session_id / "inbox"
     assert [p.read_text() for p in inbox.rglob("*") if p.is_file()] == ["buy oat milk\n"]
 
