@@ -702,6 +702,9 @@ class Gateway:
             return
         task = asyncio.ensure_future(self._guard(self._serve_tls(sock, tls), "tcp"))
         self._connections.add(task)  # from now on, should close() come before the task starts
+        # A task cancelled before it started never handed the socket to a transport: closed here then. Otherwise a
+        # no-op: the transport closed (or, under uvloop, detached) it as the connection ended.
+        task.add_done_callback(lambda _: sock.close())
 
     async def _serve_tls(self, sock: socket.socket, tls: ssl.SSLContext) -> None:
         """A connection on the TLS listener: one yet to show a token from its accept, its handshake included."""
