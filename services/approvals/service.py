@@ -88,7 +88,9 @@ class Approvals:
         asked_at = stored_at(msg, time.time())
         approvers: tuple[str, ...] = request.approvers
         withdrawn = await self.store.run(self.store.withdrawn_before, request)
-        if not approvers and request.kind != "question" and not withdrawn:  # withdrawn: nobody is to be asked
+        # Withdrawn already, or a copy of one recorded already (published twice, redelivered): nobody is to be asked.
+        recorded = await self.store.run(self.store.recorded, [request.id])
+        if not approvers and request.kind != "question" and not withdrawn and not recorded:
             found = await self.approvers_of(request, asked_at)
             if found is None:
                 return

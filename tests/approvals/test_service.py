@@ -634,6 +634,31 @@ async def test_a_request_waiting_for_the_router_is_listed_as_such(alone: Alone) 
     assert (sent["status"], sent["approver"], sent["reason"]) == ("pending", OWNER, "")
 
 
+async def test_a_copy_of_a_recorded_request_is_a_duplicate_without_asking_the_router(alone: Alone) -> None:
+    """A request published again (a requester's retry whose first publish did land, under another key) is found
+    recorded before anyone is asked: with the router away, it is not held for it until its expiry."""
+    requester = Requester(alone.nc, "vault-copy")
+    await requester.ask(ttl=600, approvers=(OWNER,))  # no router needed: recorded, its card sent
+    await alone.owner.first(ev.OutboundMessage, text="api.github.com")
+    [stored] = [e for e in await stored_requests(alone) if isinstance(e, ev.ApprovalRequest)]
+    copy = msgspec.structs.replace(stored, approvers=())
+    await publish(alone.js, subjects.APPROVAL_REQUEST, copy, msg_id="vault:vault-copy:again")
+    await eventually(lambda: duplicates(alone), 30, "the copy was never taken for a duplicate")
+    assert await unanswered(alone) == 0  # the (absent) router was never asked
+
+
+async def stored_requests(alone: Alone) -> list[ev.Event]:
+    sub = await alone.js.subscribe(subjects.APPROVAL_REQUEST, ordered_consumer=True)
+    try:
+        return [ev.decode((await sub.next_msg(timeout=5)).data)]
+    finally:
+        await sub.unsubscribe()
+
+
+async def duplicates(alone: Alone) -> int:
+    return (await alone.stats()).get("duplicate", 0)
+
+
 def spoil(db: Path, approval_id: str, deciders: str) -> str:
     """Set a request's deciders as stored (what a click is checked against); the value it had."""
     with contextlib.closing(sqlite3.connect(db)) as conn, conn:
