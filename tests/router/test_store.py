@@ -166,7 +166,7 @@ def too_large_with_its_agents_settings() -> ev.InboundMessage:
     """A message the bus carried (under NATS's default 1 MiB), which with a group's 32 KiB starter memory makes a
     wake the bus would not."""
     files = tuple(
-        ev.Attachment(name=f"scan-{i}.pdf", url=f"https://files.example/{i}/" + "a" * 1000) for i in range(950)
+        ev.Attachment(name=f"scan-{i}.pdf", url=f"https://files.example/{i}/" + "a" * 1000) for i in range(940)
     )
     big = msgspec.structs.replace(msg("see attached"), attachments=files)
     assert 1_000_000 < len(ev.encode(big)) < 1024 * 1024 - 1024
