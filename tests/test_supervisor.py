@@ -19,6 +19,7 @@ from clawden import config, natsauth, natsserver, setup
 from clawden.supervisor import Supervisor, image_warning
 from tests.conftest import NatsServer
 from tests.fakes.telegram import FakeTelegram
+from tests.procs import running
 
 
 def test_a_service_that_cannot_run_as_configured_is_not_restarted(
@@ -331,16 +332,9 @@ def _start_up_in_its_own_terminal_group(home: Path) -> tuple[subprocess.Popen[st
     return up, pids
 
 
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _kill_left(pids: dict[str, int]) -> None:
     for pid in pids.values():
-        if _running(pid):
+        if running(pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -352,10 +346,10 @@ def test_a_closed_terminal_stops_up_and_everything_it_started(tmp_path: Path) ->
         os.killpg(up.pid, signal.SIGHUP)  # what the terminal (or a lost SSH session) sends its group
         rest, _ = up.communicate(timeout=60)
         deadline = time.monotonic() + 5
-        while any(_running(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        while any(running(pid) for pid in pids.values()) and time.monotonic() < deadline:
             time.sleep(0.05)
 
-        assert not [name for name, pid in pids.items() if _running(pid)], rest
+        assert not [name for name, pid in pids.items() if running(pid)], rest
         assert up.returncode == 0 and rest.rstrip().endswith("stopped"), rest
     finally:
         _kill_left(pids)

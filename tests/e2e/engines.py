@@ -21,6 +21,7 @@ from pathlib import Path
 import docker
 
 from tests.e2e.harness import Stack, Terminal, session_folder, start_stack
+from tests.procs import running
 
 REPO = Path(__file__).resolve().parents[2]
 # The test's venv may live where the user cannot go (its Python under root's home): the user runs Debian's Python of
@@ -40,14 +41,6 @@ def make_user(name: str, *options: str, subids: str = "") -> pwd.struct_passwd:
         if subids and not any(line.startswith(f"{name}:") for line in Path(table).read_text().splitlines()):
             subprocess.run(["usermod", flag, subids, name], check=True)
     return pwd.getpwnam(name)
-
-
-def running(pid: int) -> bool:
-    """Whether process `pid` is alive: there, and not a zombie waiting for its parent."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def kill_processes(user: pwd.struct_passwd, killed: int = 0) -> None:
