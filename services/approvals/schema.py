@@ -98,4 +98,19 @@ MIGRATIONS: list[tuple[str, str]] = [
         DELETE FROM withdrawals WHERE id IN (SELECT id FROM approvals);
     """,
     ),
+    # Requests held while the router is asked who may approve them (no row in `approvals` yet), from the first try
+    # until they are recorded: listed and shown as pending, decided by the machine's owner, and expired at their own
+    # time, right from a start, rather than only once JetStream delivers the held request again.
+    (
+        "0007_waiting",
+        """
+        CREATE TABLE waiting (
+            id TEXT PRIMARY KEY,
+            request BLOB NOT NULL,            -- the ApprovalRequest as received (its msgspec JSON)
+            asked_at REAL NOT NULL,           -- when it reached the bus
+            expires_at REAL NOT NULL
+        );
+        CREATE INDEX waiting_expiry ON waiting (expires_at);
+    """,
+    ),
 ]

@@ -28,7 +28,7 @@ from clawden.control import ask_on
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
 from services.approvals import policy
 from services.approvals.catchup import CatchUp
-from services.approvals.store import Step, Store
+from services.approvals.store import UNROUTED, Step, Store
 
 log = logging.getLogger("clawden.approvals")
 # What the inbound subjects carry: direct chats and moves are learnt from it; the rest is skipped (clicks
@@ -47,7 +47,6 @@ SAFETY_TICK = 30.0
 # again only at its ack wait), how long a pull may stay empty before the durable's counts are read again.
 CATCH_UP_PULL = 1.0
 STATUSES = ("pending", "approved", "denied", "expired", "answered")
-ROUTING = "waiting for the router"  # the reason `approvals list` gives a request the router has not answered about
 
 
 class Approvals:
@@ -57,8 +56,6 @@ class Approvals:
         self.counts: Counter[str] = Counter()
         self.changed = asyncio.Event()
         self.flushing = asyncio.Lock()
-        # Requests held while the router is asked who approves them (not recorded yet): listed as such.
-        self.routing: dict[str, api.ApprovalDetail] = {}
 
     async def flush(self) -> None:
         """Publish what committed steps queued, in order; a failure leaves it queued and raises Retry."""
@@ -87,25 +84,25 @@ class Approvals:
         # The same for each try, and after a restart: the request's age counts from when it reached the bus.
         asked_at = stored_at(msg, time.time())
         approvers: tuple[str, ...] = request.approvers
-        withdrawn = await self.store.run(self.store.withdrawn_before, request)
-        # Withdrawn already, or a copy of one recorded already (published twice, redelivered): nobody is to be asked.
-        recorded = await self.store.run(self.store.recorded, [request.id])
-        if not approvers and request.kind != "question" and not withdrawn and not recorded:
-            found = await self.approvers_of(request, asked_at)
-            if found is None:
-                return
-            approvers = found
-        self.routing.pop(request.id, None)  # recorded now (withdrawn meanwhile, or the router answered)
+        if not approvers and request.kind != "question":  # a question's card goes to the chat that asked
+            # Kept in approvals.db while it waits (listed, decidable by the owner, expiring at its time); nobody is
+            # asked about one recorded already (a copy, one the owner decided meanwhile) or withdrawn before it came.
+            waiting = await self.store.run(self.store.wait_for_router, request, asked_at)
+            if waiting.result == "waiting":
+                self.changed.set()  # its expiry, for the timer
+            if waiting.result in ("waiting", "still_waiting"):
+                found = await self.approvers_of(request, policy.expiry(request, asked_at))
+                if found is None:
+                    return
+                approvers = found
         await self.step(self.store.add_request, request, approvers, time.time(), asked_at)
         self.changed.set()
 
-    async def approvers_of(self, request: ev.ApprovalRequest, asked_at: float) -> tuple[str, ...] | None:
+    async def approvers_of(self, request: ev.ApprovalRequest, expires_at: float) -> tuple[str, ...] | None:
         """Who may approve, in the router's word; None when the request was settled here instead. Only the router
         refusing to say denies it; a router that does not answer is asked again (`Retry`) until the request's own
-        expiry, which then expires it: its silence is nobody's decision. Until then `approvals list` shows it as
-        waiting for the router."""
-        expires_at = policy.expiry(request, asked_at)
-        self.routing[request.id] = waiting_for_router(request, asked_at, expires_at)
+        expiry, which then expires it: its silence is nobody's decision. Meanwhile it waits in approvals.db
+        (`Store.wait_for_router`)."""
         try:
             return await self.ask_router(request.agent_group)
         except control.Refused as exc:
@@ -119,8 +116,7 @@ class Approvals:
         self.counts["router_unanswered"] += 1
         now = time.time()
         if now >= expires_at:
-            reason = "it expired before the router said who may approve it"
-            await self.settle_unrouted(request, "expired", reason, expires_at)
+            await self.settle_unrouted(request, "expired", UNROUTED, expires_at)
             return None
         raise Retry(
             f"the router did not say who approves {request.agent_group}: {unanswered}",
@@ -130,7 +126,6 @@ class Approvals:
     async def settle_unrouted(
         self, request: ev.ApprovalRequest, outcome: Literal["denied", "expired"], why: str, expires_at: float
     ) -> None:
-        self.routing.pop(request.id, None)  # recorded now, as settled
         await self.step(self.store.approvers_unknown, request, outcome, why, expires_at, time.time())
 
     async def ask_router(self, agent_group: str) -> tuple[str, ...]:
@@ -246,22 +241,14 @@ class Approvals:
         if req.status and req.status not in STATUSES:
             raise ControlError(f"status {req.status!r}: one of {', '.join(STATUSES)}")
         limit = max(1, min(req.limit, 10_000))
-        rows = msgspec.convert(await self.store.run(self.store.list, req.status, limit), list[api.Approval])
-        if req.status not in ("", "pending") or not self.routing:
-            return rows
-        # Those still waiting for the router are pending too; one recorded meanwhile is listed once, as recorded.
-        recorded = await self.store.run(self.store.recorded, list(self.routing))
-        waiting = [msgspec.convert(a, api.Approval, from_attributes=True) for a in self.routing.values()]
-        waiting = [a for a in waiting if a.id not in recorded]
-        return sorted([*rows, *waiting], key=lambda a: a.created_at, reverse=True)[:limit]
+        return msgspec.convert(await self.store.run(self.store.list, req.status, limit), list[api.Approval])
 
     async def ctl_decide(self, req: api.DecideRequest) -> api.ApprovalDetail:
-        """`clawden approvals approve|deny|answer`: the machine's owner decides without a chat."""
+        """`clawden approvals approve|deny|answer`: the machine's owner decides without a chat, also a request still
+        waiting for the router (the decision goes to its requester; the router is not needed to say who may)."""
         step = await self.step(self.store.decide, req.id, req.choice, req.by or "the machine's owner", time.time())
         found = await self.store.run(self.store.get, req.id)
         if step.result == "unknown" or found is None:
-            if req.id in self.routing:  # not recorded yet: nobody was asked, and it has nothing to decide on
-                raise ControlError(f"{req.id} is {ROUTING} to say who may approve it: it cannot be decided yet")
             raise ControlError(f"no approval {req.id!r} (see `clawden approvals list`)")
         if step.result in ("already", "expired"):  # expired: too late, and the store expired it just now
             raise ControlError(
@@ -275,41 +262,8 @@ class Approvals:
     async def ctl_show(self, req: api.ShowRequest) -> api.ApprovalDetail:
         found = await self.store.run(self.store.get, req.id)
         if found is None:
-            if req.id in self.routing:
-                return self.routing[req.id]
             raise ControlError(f"no approval {req.id!r} (see `clawden approvals list`)")
         return msgspec.convert(found, api.ApprovalDetail)
-
-
-def waiting_for_router(request: ev.ApprovalRequest, asked_at: float, expires_at: float) -> api.ApprovalDetail:
-    """How `approvals list` and `show` give a request not recorded yet: pending, sent to nobody, nothing to press
-    until the router says who may, and the reason saying so."""
-    return api.ApprovalDetail(
-        id=request.id,
-        card_id="",
-        kind=request.kind,
-        requester=request.requester,
-        agent_group=request.agent_group,
-        status="pending",
-        approver="",
-        channel="",
-        chat_id="",
-        created_at=asked_at,
-        expires_at=expires_at,
-        decided_at=None,
-        decided_by="",
-        value="",
-        reason=ROUTING,
-        thread_id=None,
-        card_message_id=None,
-        edited=0,
-        unreachable="[]",
-        deciders=[],
-        title=request.card.title,
-        body=request.card.body,
-        buttons=[],
-        audit=[],
-    )
 
 
 def _progress(info: ConsumerInfo) -> tuple[int, int, int]:

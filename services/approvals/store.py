@@ -22,6 +22,8 @@ from services.approvals.schema import MIGRATIONS
 log = logging.getLogger("clawden.approvals")
 DECIDER = "approvals"  # decided_by when no person decided (no approver, undeliverable card)
 TOO_LATE = "nobody answered in time"
+UNROUTED = "it expired before the router said who may approve it"
+ROUTING = "waiting for the router"  # the reason `approvals list` gives a request the router has not answered about
 _card_decoder = msgspec.json.Decoder(ev.Card)
 _request_decoder = msgspec.json.Decoder(ev.ApprovalRequest)
 # How long a withdrawal waits for its request: a copy of the request is stored at the latest the duplicate window
@@ -48,6 +50,39 @@ def _settling(row: sqlite3.Row) -> policy.Card:
         buttons=_card_decoder.decode(row["card"]).buttons,
         expires_at=row["expires_at"],
     )
+
+
+def _unrouted_card(request: ev.ApprovalRequest, waiting: sqlite3.Row) -> policy.Card:
+    """What the owner's choice at the machine is judged by for a request waiting for the router: sent to nobody."""
+    return policy.Card(
+        kind=request.kind,
+        status="pending",
+        deciders=(),
+        route=ev.Route(channel="", chat_id=""),
+        buttons=cards.card_for(request).buttons,
+        expires_at=waiting["expires_at"],
+    )
+
+
+def _unrouted_row(request: ev.ApprovalRequest, waiting: sqlite3.Row) -> dict[str, Any]:
+    """How `list` gives a request waiting for the router: pending, sent to nobody, and the reason saying why."""
+    return {
+        "id": request.id,
+        "card_id": "",
+        "kind": request.kind,
+        "requester": request.requester,
+        "agent_group": request.agent_group,
+        "status": "pending",
+        "approver": "",
+        "channel": "",
+        "chat_id": "",
+        "created_at": waiting["asked_at"],
+        "expires_at": waiting["expires_at"],
+        "decided_at": None,
+        "decided_by": "",
+        "value": "",
+        "reason": ROUTING,
+    }
 
 
 def _withdrawn_after_deciding(row: sqlite3.Row) -> bool:
@@ -103,7 +138,8 @@ class Store(outbox.OutboxStore):
     def withdraw(self, withdrawn: ev.ApprovalWithdrawn, now: float) -> Step:
         """The requester stopped waiting on a request it asked: a pending one is settled as expired, once (the
         decision published, the card edited "Withdrawn"), so a later press decides nothing. One already decided
-        stays so (`_withdrawn_after`); one not here yet (held while the router is asked) is settled so when it comes."""
+        stays so (`_withdrawn_after`); one waiting for the router is settled so at once; one not here yet, when it
+        comes."""
         with self._tx() as db:
             row = db.execute("SELECT * FROM approvals WHERE id = ?", (withdrawn.id,)).fetchone()
             if row is not None and row["requester"] != withdrawn.requester:
@@ -117,7 +153,11 @@ class Store(outbox.OutboxStore):
                     (withdrawn.id, withdrawn.requester, reason, now),
                 )
                 self._audit(withdrawn.id, now, "withdrawn_early", withdrawn.requester, reason)
-                return Step("withdrawn_early")
+                waiting = self._waiting(withdrawn.id)
+                if waiting is None or waiting[0].requester != withdrawn.requester:
+                    return Step("withdrawn_early")
+                # Held while the router is asked: settled now, without a card (its held delivery then finds it so).
+                return self._add(waiting[0], (), now, waiting[1]["asked_at"])
             db.execute("UPDATE approvals SET withdrawn = ? WHERE id = ?", (reason, withdrawn.id))
             self._decide(withdrawn.id, "expired", "", "", f"withdrawn by {withdrawn.requester}: {reason}", now)
             log.info("approval %s withdrawn by %s: %s", withdrawn.id, withdrawn.requester, reason)
@@ -142,10 +182,6 @@ class Store(outbox.OutboxStore):
         )
         return Step("withdrawn_after")
 
-    def withdrawn_before(self, request: ev.ApprovalRequest) -> bool:
-        """Whether its requester withdrew this request before it was recorded (no router need be asked)."""
-        return self._withdrawal(request.id, request.requester) is not None
-
     def forget_withdrawals(self, now: float) -> int:
         """Forget the withdrawals whose request can no longer come (`WITHDRAWAL_KEPT`); how many."""
         with self._tx() as db:
@@ -168,67 +204,81 @@ class Store(outbox.OutboxStore):
         """Record a request and send its card; with nobody to send it to, deny it at once and say why. Without an
         expiry of its own it lives its kind's lifetime from `asked_at` (when it reached the bus; else `now`). One its
         requester withdrew already is recorded as such, and no card goes out."""
-        with self._tx() as db:
-            if db.execute("SELECT 1 FROM approvals WHERE id = ?", (request.id,)).fetchone():
-                return Step("duplicate")
-            card = cards.card_for(request)
-            expires_at = policy.expiry(request, now if asked_at is None else asked_at)
-            withdrawn = self._withdrawal(request.id, request.requester)
-            delivery = None if withdrawn is not None else policy.choose_delivery(request, approvers, self._chats)
-            card_id = self._new_card_id()
-            route = delivery.route if delivery else None
-            db.execute(
-                "INSERT INTO approvals (id, card_id, kind, requester, agent_group, request, card, approver, deciders,"
-                " channel, chat_id, thread_id, created_at, expires_at, withdrawn)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    request.id,
-                    card_id,
-                    request.kind,
-                    request.requester,
-                    request.agent_group,
-                    ev.encode(request),
-                    msgspec.json.encode(card),
-                    delivery.approver if delivery else "",
-                    json.dumps(list(approvers)),
-                    route.channel if route else "",
-                    route.chat_id if route else "",
-                    route.thread_id if route else None,
-                    now,
-                    expires_at,
-                    withdrawn,
-                ),
+        with self._tx():
+            return self._add(request, approvers, now, now if asked_at is None else asked_at)
+
+    def _add(self, request: ev.ApprovalRequest, approvers: Sequence[str], now: float, asked_at: float) -> Step:
+        db = self.conn
+        if db.execute("SELECT 1 FROM approvals WHERE id = ?", (request.id,)).fetchone():
+            return Step("duplicate")
+        card = cards.card_for(request)
+        expires_at = policy.expiry(request, asked_at)
+        withdrawn = self._withdrawal(request.id, request.requester)
+        delivery = None if withdrawn is not None else policy.choose_delivery(request, approvers, self._chats)
+        card_id = self._record(request, card, now, expires_at, approvers, delivery, withdrawn)
+        if withdrawn is not None:
+            self._decide(request.id, "expired", "", "", f"withdrawn by {request.requester}: {withdrawn}", now)
+            return Step("withdrawn")
+        if delivery is None:
+            reason = (
+                "nobody can approve it: no admin of this agent group, no global admin and no owner"
+                " has a chat Clawden can reach (grant one with `clawden roles`)"
             )
-            self._forget_withdrawal(request.id)
-            self._audit(
+            self._decide(request.id, "denied", DECIDER, "", reason, now)
+            log.warning("approval %s (%s for %s) denied: no approver", request.id, request.kind, request.agent_group)
+            return Step("no_approver")
+        if expires_at <= now:
+            self._decide(request.id, "expired", "", "", "it had expired before it arrived", now)
+            return Step("expired")
+        self._send_card(request, card, card_id, delivery, now)
+        if not card.buttons:  # a notice (a rate limit tripped): nothing to decide, nothing to expire or edit
+            db.execute("UPDATE approvals SET edited = 1 WHERE id = ?", (request.id,))
+            self._decide(request.id, "answered", DECIDER, "", "a notice: nothing to decide", now)
+            return Step("notice")
+        return Step("sent")
+
+    def _record(
+        self,
+        request: ev.ApprovalRequest,
+        card: ev.Card,
+        now: float,
+        expires_at: float,
+        approvers: Sequence[str] = (),
+        delivery: policy.Delivery | None = None,
+        withdrawn: str | None = None,
+    ) -> str:
+        """Insert a request's row, pending, its card to go to `delivery` (or to nobody); returns the card's id. It
+        waits no longer for the router, and a withdrawal kept for it is told by the row from now on."""
+        card_id = self._new_card_id()
+        route = delivery.route if delivery else None
+        self.conn.execute(
+            "INSERT INTO approvals (id, card_id, kind, requester, agent_group, request, card, approver, deciders,"
+            " channel, chat_id, thread_id, created_at, expires_at, withdrawn)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
                 request.id,
-                now,
-                "requested",
+                card_id,
+                request.kind,
                 request.requester,
-                f"{request.kind} for {request.agent_group}: {card.title}",
-            )
-            if withdrawn is not None:
-                self._decide(request.id, "expired", "", "", f"withdrawn by {request.requester}: {withdrawn}", now)
-                return Step("withdrawn")
-            if delivery is None:
-                reason = (
-                    "nobody can approve it: no admin of this agent group, no global admin and no owner"
-                    " has a chat Clawden can reach (grant one with `clawden roles`)"
-                )
-                self._decide(request.id, "denied", DECIDER, "", reason, now)
-                log.warning(
-                    "approval %s (%s for %s) denied: no approver", request.id, request.kind, request.agent_group
-                )
-                return Step("no_approver")
-            if expires_at <= now:
-                self._decide(request.id, "expired", "", "", "it had expired before it arrived", now)
-                return Step("expired")
-            self._send_card(request, card, card_id, delivery, now)
-            if not card.buttons:  # a notice (a rate limit tripped): nothing to decide, nothing to expire or edit
-                db.execute("UPDATE approvals SET edited = 1 WHERE id = ?", (request.id,))
-                self._decide(request.id, "answered", DECIDER, "", "a notice: nothing to decide", now)
-                return Step("notice")
-            return Step("sent")
+                request.agent_group,
+                ev.encode(request),
+                msgspec.json.encode(card),
+                delivery.approver if delivery else "",
+                json.dumps(list(approvers)),
+                route.channel if route else "",
+                route.chat_id if route else "",
+                route.thread_id if route else None,
+                now,
+                expires_at,
+                withdrawn,
+            ),
+        )
+        self.conn.execute("DELETE FROM waiting WHERE id = ?", (request.id,))
+        self._forget_withdrawal(request.id)
+        self._audit(
+            request.id, now, "requested", request.requester, f"{request.kind} for {request.agent_group}: {card.title}"
+        )
+        return card_id
 
     def _new_card_id(self) -> str:
         card_id = cards.short_id()
@@ -274,29 +324,48 @@ class Store(outbox.OutboxStore):
         with self._tx() as db:
             if db.execute("SELECT 1 FROM approvals WHERE id = ?", (request.id,)).fetchone():
                 return Step("duplicate")
-            card = cards.card_for(request)
+            return self._unrouted(request, outcome, why, expires_at, now)
+
+    def _unrouted(
+        self,
+        request: ev.ApprovalRequest,
+        outcome: Literal["denied", "expired"],
+        why: str,
+        expires_at: float,
+        now: float,
+    ) -> Step:
+        self._record(request, cards.card_for(request), now, expires_at)
+        if outcome == "expired":
+            self._decide(request.id, "expired", "", "", why, now)
+            return Step("expired_unasked")
+        self._decide(request.id, "denied", DECIDER, "", why, now)
+        return Step("no_approver")
+
+    # --- waiting for the router -----------------------------------------------------------------
+
+    def wait_for_router(self, request: ev.ApprovalRequest, asked_at: float) -> Step:
+        """Whether the router is to be asked who may approve `request`: not when it is recorded already (a copy of
+        one recorded, one decided at the machine while it waited) nor withdrawn before it came (`add_request`
+        settles both). Else it waits in `waiting` from its first try until it is recorded, so it is listed and shown
+        as pending, its owner may decide it (`decide`) and it expires at its own time (`expire_due`), across a
+        restart too. "waiting" the first time, "still_waiting" on each try after."""
+        if self.conn.execute("SELECT 1 FROM approvals WHERE id = ?", (request.id,)).fetchone():
+            return Step("duplicate")
+        if self._withdrawal(request.id, request.requester) is not None:
+            return Step("withdrawn")
+        if self.conn.execute("SELECT 1 FROM waiting WHERE id = ?", (request.id,)).fetchone():
+            return Step("still_waiting")
+        with self._tx() as db:
             db.execute(
-                "INSERT INTO approvals (id, card_id, kind, requester, agent_group, request, card, created_at,"
-                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    request.id,
-                    cards.short_id(),
-                    request.kind,
-                    request.requester,
-                    request.agent_group,
-                    ev.encode(request),
-                    msgspec.json.encode(card),
-                    now,
-                    expires_at,
-                ),
+                "INSERT INTO waiting (id, request, asked_at, expires_at) VALUES (?, ?, ?, ?)",
+                (request.id, ev.encode(request), asked_at, policy.expiry(request, asked_at)),
             )
-            self._forget_withdrawal(request.id)
-            self._audit(request.id, now, "requested", request.requester, f"{request.kind}: {card.title}")
-            if outcome == "expired":
-                self._decide(request.id, "expired", "", "", why, now)
-                return Step("expired_unasked")
-            self._decide(request.id, "denied", DECIDER, "", why, now)
-            return Step("no_approver")
+            self._audit(request.id, asked_at, "waiting", request.requester, ROUTING)
+        return Step("waiting")
+
+    def _waiting(self, approval_id: str) -> tuple[ev.ApprovalRequest, sqlite3.Row] | None:
+        row = self.conn.execute("SELECT * FROM waiting WHERE id = ?", (approval_id,)).fetchone()
+        return None if row is None else (_request_decoder.decode(row["request"]), row)
 
     # --- deciding -------------------------------------------------------------------------------
 
@@ -485,19 +554,33 @@ class Store(outbox.OutboxStore):
 
     def decide(self, ref: str, choice: str, decider: str, now: float) -> Step:
         """A decision made at the machine (`clawden approvals approve|deny|answer`), whose owner may decide
-        anything: `choice` names a button by id, label or number; the card is edited as for a click."""
+        anything: `choice` names a button by id, label or number; the card is edited as for a click. The owner
+        needs no router to say who may: a request waiting for it is recorded (its card sent to nobody) and decided
+        at once, and its held delivery, when it comes again, finds it so."""
         with self._tx() as db:
             row = db.execute("SELECT * FROM approvals WHERE id = ? OR card_id = ?", (ref, ref)).fetchone()
-            if row is None:
+            waiting = None if row is not None else self._waiting(ref)
+            if row is not None:
+                settling = _settling(row)
+            elif waiting is not None:
+                settling = _unrouted_card(*waiting)
+            else:
                 return Step("unknown")
-            outcome = policy.choose(_settling(row), choice, now)
+            outcome = policy.choose(settling, choice, now)
             if isinstance(outcome, policy.Unsettled):
-                if outcome.why == "expired":  # the timer had not come to it yet: it expires now, undecided
+                if outcome.why == "expired" and row is not None:  # the timer had not come to it yet: it expires now
                     self._decide(row["id"], "expired", "", "", TOO_LATE, now)
+                elif outcome.why == "expired" and waiting is not None:
+                    self._unrouted(waiting[0], "expired", UNROUTED, settling.expires_at, now)
                 return Step(outcome.why)
+            if waiting is not None:
+                request = waiting[0]
+                self._record(request, cards.card_for(request), now, settling.expires_at)
+                self._audit(request.id, now, "unrouted", decider, f"decided at the machine while {ROUTING}")
+            approval_id = row["id"] if row is not None else ref
             decision, button = outcome.decision, outcome.button
-            self._decide(row["id"], decision, decider, button.id, "", now, label=button.label)
-            log.info("approval %s %s by %s at the machine (%s)", row["id"], decision, decider, button.id)
+            self._decide(approval_id, decision, decider, button.id, "", now, label=button.label)
+            log.info("approval %s %s by %s at the machine (%s)", approval_id, decision, decider, button.id)
             return Step(decision)
 
     # --- expiry ---------------------------------------------------------------------------------
@@ -512,10 +595,17 @@ class Store(outbox.OutboxStore):
             ]
             for approval_id in due:
                 self._decide(approval_id, "expired", "", "", TOO_LATE, now)
-            return len(due)
+            # Those the router never answered about (asked again in vain, or their held delivery not back yet).
+            unrouted = db.execute("SELECT request, expires_at FROM waiting WHERE expires_at <= ?", (now,)).fetchall()
+            for request, expires_at in unrouted:
+                self._unrouted(_request_decoder.decode(request), "expired", UNROUTED, expires_at, now)
+            return len(due) + len(unrouted)
 
     def next_expiry(self) -> float | None:
-        row = self.conn.execute("SELECT MIN(expires_at) FROM approvals WHERE status = 'pending'").fetchone()
+        row = self.conn.execute(
+            "SELECT MIN(at) FROM (SELECT MIN(expires_at) AS at FROM approvals WHERE status = 'pending'"
+            " UNION ALL SELECT MIN(expires_at) FROM waiting)"
+        ).fetchone()
         return None if row[0] is None else float(row[0])
 
     # --- direct chats ---------------------------------------------------------------------------
@@ -558,32 +648,40 @@ class Store(outbox.OutboxStore):
             args.append(status)
         sql += " ORDER BY created_at DESC LIMIT ?"
         args.append(limit)
-        return [dict(r) for r in self.conn.execute(sql, args)]
+        rows = [dict(r) for r in self.conn.execute(sql, args)]
+        if status not in ("", "pending"):
+            return rows
+        # Those waiting for the router are pending too (`_unrouted_row`), a few at most: merged here.
+        waiting = self.conn.execute("SELECT * FROM waiting ORDER BY asked_at DESC LIMIT ?", (limit,)).fetchall()
+        if not waiting:
+            return rows
+        merged = [*rows, *(_unrouted_row(_request_decoder.decode(w["request"]), w) for w in waiting)]
+        return sorted(merged, key=lambda r: float(r["created_at"]), reverse=True)[:limit]
 
     def get(self, approval_id: str) -> dict[str, Any] | None:
         row = self.conn.execute(
             "SELECT * FROM approvals WHERE id = ? OR card_id = ?", (approval_id, approval_id)
         ).fetchone()
-        if row is None:
+        if row is not None:
+            out = dict(row)
+            del out["request"], out["card"]
+            card = _card_decoder.decode(row["card"])
+            out["deciders"] = json.loads(row["deciders"])
+        elif (waiting := self._waiting(approval_id)) is not None:
+            out = _unrouted_row(*waiting)
+            card = cards.card_for(waiting[0])  # the choices its owner has at the machine (`decide`)
+            out.update(thread_id=None, card_message_id=None, edited=0, unreachable="[]", deciders=[])
+        else:
             return None
-        out = dict(row)
-        del out["request"], out["card"]
-        card = _card_decoder.decode(row["card"])
         out["title"], out["body"] = card.title, card.body
         out["buttons"] = [{"id": b.id, "label": b.label} for b in card.buttons]
-        out["deciders"] = json.loads(row["deciders"])
         out["audit"] = [
             dict(r)
             for r in self.conn.execute(
-                "SELECT at, what, actor, detail FROM audit WHERE approval_id = ? ORDER BY seq", (row["id"],)
+                "SELECT at, what, actor, detail FROM audit WHERE approval_id = ? ORDER BY seq", (out["id"],)
             )
         ]
         return out
-
-    def recorded(self, approval_ids: Sequence[str]) -> set[str]:
-        """Those of `approval_ids` that have their row."""
-        marks = ", ".join("?" * len(approval_ids))
-        return {r[0] for r in self.conn.execute(f"SELECT id FROM approvals WHERE id IN ({marks})", approval_ids)}
 
     def request_of(self, approval_id: str) -> ev.ApprovalRequest | None:
         row = self.conn.execute("SELECT request FROM approvals WHERE id = ?", (approval_id,)).fetchone()

@@ -13,7 +13,7 @@ from clawden.bus import events as ev
 from clawden.bus.streams import STREAMS, approvals_requests
 from services.approvals import cards, policy
 from services.approvals.schema import MIGRATIONS
-from services.approvals.store import Store
+from services.approvals.store import ROUTING, UNROUTED, Store
 
 OWNER = "local:alice"
 TERMINAL = ev.Route(channel="local", chat_id="terminal")
@@ -294,7 +294,8 @@ def test_a_withdrawal_before_its_request_is_recorded_settles_it_when_it_comes_wi
     """The request was held while the router was asked who approves (a `Retry`), and the withdrawal overtook it."""
     assert store.withdraw(withdrawal(by="router"), 1000).result == "withdrawn_early"
     assert store.withdraw(withdrawal(), 1000).result == "withdrawn_early"
-    assert store.withdrawn_before(request()) and not store.withdrawn_before(request("vault-2"))
+    assert store.wait_for_router(request(), 999).result == "withdrawn"  # no router is asked about it
+    assert store.wait_for_router(request("vault-2"), 999).result == "waiting"
     assert store.add_request(request(), [], 1001).result == "withdrawn"
     (decision,) = drain(store)  # no card
     assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "expired"
@@ -543,3 +544,91 @@ def test_a_card_with_nothing_to_press_is_a_notice_that_never_waits_expires_or_is
     assert store.list("pending") == [] and store.expire_due(2000) == 0
     store.receipt(ev.DeliveryReceipt(outbound_id=card.id, route=card.route, ok=True, platform_message_id="m5"), 1001)
     assert drain(store) == []  # no "Expired" or "Answered" line is added to a notice
+
+
+# --- waiting for the router ---------------------------------------------------------------------------
+
+
+def test_a_request_waiting_for_the_router_is_kept_in_the_database_from_its_first_try(tmp_path: Path) -> None:
+    """Listed and shown as pending from approvals.db, so a restart shows it at once (not when it is delivered again),
+    with the choices its owner has at the machine."""
+    first = Store.open(tmp_path / "approvals.db")
+    assert first.wait_for_router(request(), 1000).result == "waiting"
+    assert first.wait_for_router(request(), 1000).result == "still_waiting"  # the next try writes nothing
+    first.close()
+
+    again = Store.open(tmp_path / "approvals.db")
+    (listed,) = again.list("pending")
+    assert (listed["id"], listed["status"], listed["approver"], listed["reason"]) == ("vault-1", "pending", "", ROUTING)
+    assert (listed["created_at"], listed["expires_at"]) == (1000, 1060)
+    assert [r["id"] for r in again.list()] == ["vault-1"] and again.list("approved") == []
+    shown = again.get("vault-1")
+    assert shown is not None and [b["label"] for b in shown["buttons"]] == ["Approve", "Deny"]
+    assert [a["what"] for a in shown["audit"]] == ["waiting"]
+    assert msgspec.json.encode(shown)  # the control endpoint can send it as is
+    assert drain(again) == []  # nothing sent while it waits
+    again.close()
+
+
+def test_a_request_the_router_named_approvers_for_waits_no_more(store: Store) -> None:
+    store.wait_for_router(request(), 1000)
+    assert store.add_request(request(), [OWNER], 1001, asked_at=1000).result == "sent"
+    (listed,) = store.list("pending")
+    assert (listed["approver"], listed["reason"]) == (OWNER, "")
+    assert store.next_expiry() == 1060
+    assert store.wait_for_router(request(), 1000).result == "duplicate"  # its held delivery: nobody is asked
+
+
+def test_the_owner_decides_a_request_waiting_for_the_router_at_once_without_a_card(store: Store) -> None:
+    store.wait_for_router(request(), 1000)
+    assert store.decide("vault-1", "maybe", "local:owner", 1001).result == "bad_button"
+    assert store.list("pending")[0]["reason"] == ROUTING  # still waiting: nothing was recorded
+    assert store.decide("vault-1", "approve", "local:owner", 1002).result == "approved"
+    (decision,) = drain(store)  # to the requester, and no card to anybody
+    assert isinstance(decision, ev.ApprovalDecision)
+    assert (decision.id, decision.decision, decision.decided_by, decision.value) == (
+        "vault-1",
+        "approved",
+        "local:owner",
+        "approve",
+    )
+    found = store.get("vault-1")
+    assert found is not None and (found["status"], found["approver"], found["deciders"]) == ("approved", "", [])
+    assert [a["what"] for a in found["audit"]] == ["waiting", "requested", "unrouted", "approved"]
+    assert store.list("pending") == [] and store.next_expiry() is None
+    # Its held delivery comes again: found recorded, it asks nobody and sends nothing, whatever the router says.
+    assert store.wait_for_router(request(), 1000).result == "duplicate"
+    assert store.add_request(request(), [OWNER], 1003, asked_at=1000).result == "duplicate"
+    assert store.approvers_unknown(request(), "denied", "refused", 1060, 1003).result == "duplicate"
+    assert store.decide("vault-1", "deny", "local:owner", 1004).result == "already"
+    assert drain(store) == []
+
+
+def test_a_request_waiting_for_the_router_expires_at_its_own_time(store: Store) -> None:
+    """Its silence is nobody's decision: expired, not denied, once, without a card; the machine's owner is too late."""
+    store.wait_for_router(request(expires_at=1060), 1000)
+    store.wait_for_router(request("vault-2", expires_at=1090), 1000)
+    assert store.next_expiry() == 1060
+    assert store.expire_due(1059) == 0
+    assert store.expire_due(1060) == 1
+    (decision,) = drain(store)
+    assert isinstance(decision, ev.ApprovalDecision)
+    assert (decision.id, decision.decision, decision.decided_by) == ("vault-1", "expired", "")
+    assert decision.reason == UNROUTED
+    assert store.expire_due(1061) == 0 and store.next_expiry() == 1090
+    assert store.decide("vault-2", "approve", "local:owner", 1090).result == "expired"
+    (late,) = drain(store)
+    assert isinstance(late, ev.ApprovalDecision) and (late.decision, late.reason) == ("expired", UNROUTED)
+    assert [r["status"] for r in store.list()] == ["expired", "expired"] and store.next_expiry() is None
+
+
+def test_a_request_waiting_for_the_router_is_withdrawn_at_once(store: Store) -> None:
+    """Its requester stops waiting (the vault's wait ended): settled now, not at its held delivery's next try."""
+    store.wait_for_router(request(), 1000)
+    assert store.withdraw(withdrawal(by="runner"), 1001).result == "withdrawn_early"  # not its requester
+    assert store.list("pending")[0]["reason"] == ROUTING
+    assert store.withdraw(withdrawal(), 1002).result == "withdrawn"
+    (decision,) = drain(store)  # no card
+    assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "expired"
+    assert decision.reason == "withdrawn by vault: the agent hung up"
+    assert store.list("pending") == [] and store.wait_for_router(request(), 1000).result == "duplicate"
