@@ -122,6 +122,13 @@ class VaultConfig(msgspec.Struct, frozen=True, kw_only=True):
     # it a connection gets a 429, so one group cannot take the descriptors the others need.
     max_connections_per_group: Annotated[int, msgspec.Meta(ge=1)] = 128
     read_timeout: float = 600.0  # seconds a site may stay silent mid-request (a model thinking)
+    # Connections on the TCP listener that have not shown a proxy token yet belong to no group's cap: at most this
+    # many at once, the oldest dropped past it (each burst of drops one audit record, group `tcp:no-token`). At
+    # most half the 8192 descriptors the vault asks for, so that a flood of them leaves the groups theirs.
+    max_tokenless_connections: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 256
+    # Seconds from accept (a TLS handshake included) for such a connection to show its token; a relay needs a
+    # round trip. At most an idle authenticated connection's 300: one that names nobody never gets longer.
+    tokenless_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 15.0
     audit_retention_days: float = 30.0
     # "host:port" for the TCP listener with per-group proxy tokens (engines where sockets cannot
     # cross into containers); empty: off.

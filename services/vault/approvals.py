@@ -225,14 +225,21 @@ class BusApprover:
     async def ask(self, ask: ApprovalAsk) -> Outcome:
         """Ask and wait for the decision. An ask that ends without one is withdrawn: cancelled (the agent hung up,
         the vault stops; the cancel's message says which), or its own wait over, when the approvals service's final
-        word on it, asked for by the withdrawal, is the answer (a press that came first lets the request through)."""
-        if self._open is not None:
-            await self._open.opened(ask.id)  # before it is asked: a vault stopped from now on withdraws it at start
-        sub = await self._nc.subscribe(subjects.approval_decision(ask.id))
-        settled = False  # decided, or withdrawn: a restart has nothing left to withdraw
+        word on it, asked for by the withdrawal, is the answer (a press that came first lets the request through).
+
+        A decision counts once it is returned. A cancel that lands after it came, while the ask is closed (a synced
+        commit), ends the ask with nothing let through, so it is withdrawn like any other: an approval's card then
+        says that nothing was."""
+        answered = False  # the caller gets the decision: nothing to withdraw
+        asked = False  # the request may be on the bus
         why = STOPPED
+        sub: Subscription | None = None
         try:
+            if self._open is not None:
+                await self._open.opened(ask.id)  # before it is asked: a vault stopped from now on withdraws it at start
+            sub = await self._nc.subscribe(subjects.approval_decision(ask.id))
             try:
+                asked = True
                 await publish(self._js, subjects.APPROVAL_REQUEST, request_event(ask), msg_id=f"vault:{ask.id}")
             except Exception as exc:
                 log.error("cannot publish approval request %s: %s", ask.id, exc)
@@ -246,20 +253,34 @@ class BusApprover:
                 # applied first lets the request through). Without one in time, the withdrawal below is final.
                 called = await self.withdraw(ask.id, why, last_call=True)
                 decided = await self._decision(sub, ask.id, time.time() + FINAL_WORD) if called else None
-            settled = decided is not None
-            return decided or "expired"
+            if decided is None:
+                return "expired"
+            await self._close(ask.id, sub)  # in the try: a cancel in it is caught below, as one before the decision
+            answered = True
+            return decided
         except asyncio.CancelledError as exc:
             why = str(exc.args[0]) if exc.args and exc.args[0] else STOPPED
             raise
         finally:
-            if not settled:
-                settled = await self.withdraw(ask.id, why)
-            if settled and self._open is not None:
-                await self._open.closed(ask.id)
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # the connection is gone; the subscription went with it
-                log.debug("unsubscribing approval %s: %s", ask.id, exc)
+            if not answered:
+                if not asked or await self.withdraw(ask.id, why):
+                    await self._close(ask.id, sub)
+                elif sub is not None:
+                    await self._unsubscribe(ask.id, sub)
+
+    async def _close(self, approval_id: str, sub: Subscription | None) -> None:
+        """The ask is over: a restart has nothing left to withdraw, and its decisions are no longer heard."""
+        if self._open is not None:
+            await self._open.closed(approval_id)
+        if sub is not None:
+            await self._unsubscribe(approval_id, sub)
+
+    @staticmethod
+    async def _unsubscribe(approval_id: str, sub: Subscription) -> None:
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:  # the connection is gone; the subscription went with it
+            log.debug("unsubscribing approval %s: %s", approval_id, exc)
 
     async def _decision(self, sub: Subscription, approval_id: str, until: float) -> Outcome | None:
         """The decision on `approval_id` that comes before `until`; None when none does."""
@@ -312,42 +333,45 @@ class HeldAsks:
     """The asks the gateway is waiting on, for the HTTP API's long-poll (`GET /v1/approvals/pending`).
 
     Wraps the approver: an ask is held from before it is published until its outcome, and every change
-    wakes the waiters, so a long-poll answers the moment something is held, not on a timer."""
+    wakes the waiters, so a long-poll answers the moment something is held, not on a timer. A change never
+    waits (no lock): once the outcome is in hand, nothing may stand between it and the gateway, where a cancel
+    (the agent hanging up) would drop a decision the approver counts as given."""
 
     def __init__(self, inner: Approver) -> None:
         self.inner = inner
         self.asks: dict[str, ApprovalAsk] = {}
         self.created: dict[str, float] = {}
         self.version = 0  # counts changes: a waiter names the one it saw, so none is missed between looks
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()  # set, and replaced, at each change
 
     async def ask(self, ask: ApprovalAsk) -> Outcome:
-        await self._change(ask.id, ask)
+        self._change(ask.id, ask)
         try:
             return await self.inner.ask(ask)
         finally:
-            await self._change(ask.id, None)
+            self._change(ask.id, None)
 
     async def tell_limit(self, trip: LimitTrip) -> None:
         await self.inner.tell_limit(trip)
 
-    async def _change(self, id: str, ask: ApprovalAsk | None) -> None:
-        async with self._changed:
-            if ask is None:
-                self.asks.pop(id, None)
-                self.created.pop(id, None)
-            else:
-                self.asks[id] = ask
-                self.created[id] = time.time()
-            self.version += 1
-            self._changed.notify_all()
+    def _change(self, id: str, ask: ApprovalAsk | None) -> None:
+        if ask is None:
+            self.asks.pop(id, None)
+            self.created.pop(id, None)
+        else:
+            self.asks[id] = ask
+            self.created[id] = time.time()
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def wait_past(self, version: int, timeout: float) -> bool:
         """True once the held asks change after ``version``; False when ``timeout`` (the long-poll's bound)
         ends first."""
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.version != version), timeout)
-            except TimeoutError:
-                return False
+        if self.version != version:
             return True
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

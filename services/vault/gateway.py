@@ -135,6 +135,9 @@ MAX_UNAUTHENTICATED = 256
 # relay needs a round trip and, with TLS, a handshake's few milliseconds of CPU; 15 s is what a CPU-starved
 # container already must meet for the TLS handshake of every tunnel (TLS_HANDSHAKE_TIMEOUT), a heavier one.
 UNAUTHENTICATED_TIMEOUT = TLS_HANDSHAKE_TIMEOUT
+# Whom a burst of those drops is audited under: they belong to no group, and a colon is in no group's name
+# (`events.GROUP_PATTERN`), so no group's records are mixed with them. `clawden audit --agent tcp:no-token` lists them.
+TOKENLESS = "tcp:no-token"
 
 
 # ---- small pure helpers ----
@@ -262,7 +265,7 @@ class ConnectionSlots:
 class Unauthenticated(Generic[K, V]):
     """The TCP listener's connections that have shown no token yet, oldest first, against one cap for them all
     (no IO). Each is kept with what ends it (`V`). One past the cap makes room by dropping the oldest; the drops
-    of a burst are counted so it is logged once, and a burst ends when the pool is back to half its cap."""
+    of a burst are counted so it is logged and audited once, and a burst ends when the pool is back to half its cap."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -559,6 +562,7 @@ class Gateway:
         # TCP listener connections yet to show a token, each with what ends it.
         self.unauthenticated: Unauthenticated[asyncio.Task[None], _Unshown] = Unauthenticated(max_unauthenticated)
         self._unauthenticated_timeout = unauthenticated_timeout
+        self._tokenless_burst: tuple[float, float] | None = None  # a burst of drops: its start (clock, perf_counter)
         # TCP listener connections and the token each showed: they last as long as that token does.
         self._bindings: dict[asyncio.Task[None], tcpauth.Binding] = {}
         # Connections the gateway ended itself: their token was withdrawn, or they showed none in time.
@@ -737,6 +741,7 @@ class Gateway:
         dropped = self.unauthenticated.admit(task, entry)
         if dropped is not None:
             if self.unauthenticated.dropped == 1:
+                self._tokenless_burst = (self._clock(), time.perf_counter())
                 log.warning(
                     "the gateway's TCP listener has %d connections that showed no token: dropping the oldest as more "
                     "come (said again once it is down to %d)",
@@ -760,7 +765,8 @@ class Gateway:
 
     def _leave_unauthenticated(self, task: asyncio.Task[None]) -> _Unshown | None:
         """The connection is no longer one yet to show a token (it showed one, or ended); its entry, if it was
-        still counted."""
+        still counted. Should that end a burst of drops, the burst is logged and audited, as one record with its
+        count, as a group's refusals are (`_give_slot`)."""
         entry = self.unauthenticated.leave(task)
         if entry is not None:
             entry.timer.cancel()
@@ -770,6 +776,21 @@ class Gateway:
                 "room",
                 len(self.unauthenticated.waiting),
                 dropped,
+            )
+            assert self._tokenless_burst is not None  # set by the burst's first drop
+            (at, started), self._tokenless_burst = self._tokenless_burst, None
+            self._audit_safely(
+                AuditRecord(
+                    agent_group=TOKENLESS,
+                    method="",
+                    host="",
+                    path="",
+                    status=0,  # dropped unanswered
+                    duration_ms=(time.perf_counter() - started) * 1000.0,
+                    decision="too_many_tokenless",
+                    count=dropped,
+                    at=at,
+                )
             )
         return entry
 

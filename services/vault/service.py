@@ -646,6 +646,8 @@ async def main(ctx: ServiceContext) -> None:
         approval_timeout=cfg.vault.approval_timeout,
         read_timeout=cfg.vault.read_timeout,
         max_connections_per_group=cfg.vault.max_connections_per_group,
+        max_unauthenticated=cfg.vault.max_tokenless_connections,
+        unauthenticated_timeout=cfg.vault.tokenless_timeout,
     )
     vault = Vault(cfg, store, sealer, ca, gateway, ctx.notifier, announce=lambda e: _publish_change(ctx, e))
     await store.run(vault.bootstrap_model_key)
@@ -708,7 +710,8 @@ async def main(ctx: ServiceContext) -> None:
 
 
 class StoredAsks:
-    """The asks being waited on, in `vault.db` (`approvals.OpenAsks`)."""
+    """The asks being waited on, in `vault.db` (`approvals.OpenAsks`): each opening and closing synced to disk, so
+    that a power cut neither leaves an ask nobody withdraws nor withdraws one whose request went through."""
 
     def __init__(self, store: Store) -> None:
         self.store = store

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,16 @@ class Store(servicedb.Store):
         path.chmod(0o600)
         return super().connect(path)
 
+    @contextmanager
+    def _synced(self) -> Iterator[None]:
+        """The block's commits synced to disk (`synchronous = FULL`: the WAL fsynced at each commit), then the file's
+        own setting again. Outside a transaction only: SQLite refuses to change it inside one."""
+        self.conn.execute("PRAGMA synchronous = FULL")
+        try:
+            yield
+        finally:
+            self.conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+
     def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         return list(self.conn.execute(sql, tuple(args)).fetchall())
 
@@ -375,11 +386,18 @@ class Store(servicedb.Store):
 
     # -- approvals the gateway waits on (``approvals.BusApprover``) --
 
+    # Both synced at their commit, unlike the file's other writes (NORMAL): a power cut must not lose either. A lost
+    # `open_ask` leaves an ask nobody withdraws should the vault then die; a lost `close_ask`, after an approved
+    # request went through, has the next start withdraw it, and its card say that nothing was let through. One
+    # fdatasync of the WAL each (0.2-0.8 ms on the development VM, against 0.02 ms unsynced), per human decision.
+
     def open_ask(self, approval_id: str, now: float) -> None:
-        self.conn.execute("INSERT OR IGNORE INTO open_asks (id, opened_at) VALUES (?, ?)", (approval_id, now))
+        with self._synced():
+            self.conn.execute("INSERT OR IGNORE INTO open_asks (id, opened_at) VALUES (?, ?)", (approval_id, now))
 
     def close_ask(self, approval_id: str) -> None:
-        self.conn.execute("DELETE FROM open_asks WHERE id = ?", (approval_id,))
+        with self._synced():
+            self.conn.execute("DELETE FROM open_asks WHERE id = ?", (approval_id,))
 
     def open_asks(self) -> list[str]:
         return [row[0] for row in self.conn.execute("SELECT id FROM open_asks ORDER BY opened_at")]

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from clawden.bus.events import GROUP_NAME
+from services.vault.audit import AuditRecord, AuditSink, log_audit
 from services.vault.catalog import Catalog
 from services.vault.certs import ListenerTls
-from services.vault.gateway import Gateway, Unauthenticated, token_hash
+from services.vault.gateway import TOKENLESS, Gateway, Unauthenticated, token_hash
 from tests.eventually import eventually
 from tests.fakes.anthropic import FakeTLS
 from tests.vault.conftest import SITES
@@ -31,7 +33,11 @@ Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 @contextlib.asynccontextmanager
 async def listener(
-    site: FakeUpstream, site_tls: FakeTLS, timeout: float = 60.0, tls_dir: Path | None = None
+    site: FakeUpstream,
+    site_tls: FakeTLS,
+    timeout: float = 60.0,
+    tls_dir: Path | None = None,
+    audit: AuditSink = log_audit,
 ) -> AsyncIterator[tuple[Gateway, int]]:
     """A gateway whose TCP listener keeps CAP tokenless connections at most, each for `timeout` seconds; speaking
     TLS (its certificate kept in `tls_dir`) when given one."""
@@ -41,6 +47,7 @@ async def listener(
         host_map=dict.fromkeys(SITES, site.address),
         max_unauthenticated=CAP,
         unauthenticated_timeout=timeout,
+        audit=audit,
     )
     gateway.update_tokens({token_hash("a"): A})
     tls = ListenerTls(gateway.ca, tls_dir, ("127.0.0.1",)).context if tls_dir else None
@@ -71,7 +78,8 @@ async def test_a_flood_of_tokenless_connections_holds_only_the_newest_few_and_no
     site: FakeUpstream, site_tls: FakeTLS, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="clawden.vault")
-    async with listener(site, site_tls) as (gateway, port):
+    audited: list[AuditRecord] = []
+    async with listener(site, site_tls, audit=audited.append) as (gateway, port):
         authenticated = await connect(port)
         flood: list[Stream] = []
         try:
@@ -102,6 +110,12 @@ async def test_a_flood_of_tokenless_connections_holds_only_the_newest_few_and_no
         f"the gateway's TCP listener is down to {CAP // 2} connections that showed no token; {4 * CAP + 1} were "
         "dropped to make room",
     ]
+    # The burst is audited once too, with its count, under a name no agent group can have.
+    (burst,) = [r for r in audited if r.agent_group == TOKENLESS]
+    assert (burst.decision, burst.status, burst.count) == ("too_many_tokenless", 0, 4 * CAP + 1)
+    assert burst.event().summary == f"tcp:no-token -> 0 too_many_tokenless x{4 * CAP + 1}"
+    assert all(r.agent_group == A for r in audited if r is not burst)  # the requests, each its own record
+    assert not GROUP_NAME.match(TOKENLESS)
 
 
 async def test_a_connection_that_shows_no_token_in_time_is_closed_and_one_that_did_is_kept(
