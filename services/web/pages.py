@@ -199,13 +199,13 @@ def approvals(rows: list[approvals_ctl.ApprovalDetail], user: str, csrf: str, no
         buttons = "".join(
             f'<button type="submit" name="choice" value="{e(b.id)}">{e(b.label)}</button>' for b in r.buttons
         )
-        # Nothing to press yet (the router has not said who may approve it): the reason says why.
-        action = (
-            f" <em>{e(r.reason)}</em>"
-            if not buttons and r.reason
-            else f'<form method="post" action="/approvals/{e(r.id)}">'
-            f'<input type="hidden" name="csrf" value="{e(csrf)}">{buttons}</form>'
-        )
+        # Why it is still pending where that is said (the router has not named its approvers yet), and its choices.
+        action = f" <em>{e(r.reason)}</em>" if r.reason else ""
+        if buttons:
+            action += (
+                f'<form method="post" action="/approvals/{e(r.id)}">'
+                f'<input type="hidden" name="csrf" value="{e(csrf)}">{buttons}</form>'
+            )
         items.append(
             f'<li class="approval" id="a-{e(r.id)}"><strong>{e(r.title or r.kind)}</strong> '
             f"<span>{e(r.body)}</span> <small>{e(r.agent_group)}, asked {e(when(r.created_at))},"
