@@ -230,6 +230,15 @@ class Conversation:
         self.got_reply = asyncio.Event()
         self.failed: list[str] = []  # ids of replies that said the message will not be answered
         self.shown: dict[str, None] = {}  # outbound ids already printed, oldest first
+        self.asked = ""  # `--once`: the message id of what it sent, once sent
+
+    def earlier(self, event: ev.Outbound) -> bool:
+        """`--once`: a reply that is not the answer to its message. One that came before the message was sent (left
+        unread by an earlier chat), or one that names another message it answers; one that names none (a reply from
+        an older runner) counts as the answer once the message is sent, as before."""
+        if not self.once or not isinstance(event, ev.OutboundMessage):
+            return False
+        return not self.asked or event.answering not in ("", self.asked)
 
     async def on_outbound(self, event: ev.Outbound, msg: Msg) -> None:
         if event.route.chat_id != self.terminal.chat_id or isinstance(event, ev.Typing):
@@ -240,6 +249,7 @@ class Conversation:
         if len(self.shown) > SHOWN_KEPT:
             self.shown.pop(next(iter(self.shown)))
         message_id = event.target_message_id if not isinstance(event, ev.OutboundMessage) else uuid.uuid4().hex
+        earlier = self.earlier(event)
         if self.interactive:  # over the input line, which is then drawn again below with what was typed on it
             print(
                 f"\r\x1b[K{self.terminal.show(event, message_id)}\n{PROMPT}{Reader.typed()}",
@@ -247,11 +257,14 @@ class Conversation:
                 file=self.stdout,
                 flush=True,
             )
+        elif earlier:  # stdout is the answer alone, for a script to read
+            print(f"(earlier) {self.terminal.show(event, message_id)}", file=sys.stderr, flush=True)
         else:
             print(self.terminal.show(event, message_id), file=self.stdout, flush=True)
         receipt = ev.receipt_for(event, platform_message_id=message_id)
         await publish_stored(self.js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{event.id}")
-        if isinstance(event, ev.OutboundMessage) and event.kind != "notice":  # a notice: the answer follows
+        # A notice: the answer follows. An earlier reply: shown (and so receipted), and the answer still awaited.
+        if isinstance(event, ev.OutboundMessage) and event.kind != "notice" and not earlier:
             if event.kind == "error":
                 self.failed.append(event.id)
             if self.once:
@@ -265,6 +278,8 @@ class Conversation:
             print(f"(not sent: a message may hold at most {ev.MAX_TEXT} bytes)", file=sys.stderr)
             return False
         event = self.terminal.line(text)
+        if self.once and isinstance(event, ev.InboundMessage):
+            self.asked = event.message_id  # before it is out: its answer cannot come first
         await publish_stored(self.js, subjects.inbound(CHANNEL), event, msg_id=event.key)
         return True
 

@@ -19,6 +19,7 @@ class _Row(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
 
 class Chat(_Row, frozen=True, tag="chat"):
     text: str = ""
+    failed: bool = False  # the agent runner's word that the turn failed: the chat hears it as Clawden's error
 
 
 class File(_Row, frozen=True, tag="file"):

@@ -225,6 +225,38 @@ async def test_once_waits_past_a_notice_and_exits_non_zero_when_the_message_will
     assert "I'm busy; your turn comes" in out.getvalue() and "the answer" in out.getvalue()
 
 
+async def test_once_prints_the_answer_to_its_own_message_not_one_left_from_before(
+    tmp_path: Path, nats_server: NatsServer, nc: Client, router: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reply nobody read (an earlier `--once` left after the first of two, a chat closed early) waits in the
+    terminal's durable, and a late answer to an earlier message may come while this one waits: each is shown as
+    earlier, on stderr, and `--once` waits for the answer to its own message. It used to print the first reply that
+    came as the answer, and so stayed one message behind from then on."""
+    out = io.StringIO()
+    cfg = setup.init(tmp_path / "home")
+    cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
+    js = nc.jetstream()
+    await ensure_streams(js)
+    lane = subjects.outbound("local", ROUTE.chat_id)
+    left = ev.OutboundMessage(id="s-1:left", route=ROUTE, text="left from before", answering="m-old")
+    await publish(js, lane, left, msg_id=left.id)
+    inbound = await js.subscribe(subjects.inbound("local"))
+    session = asyncio.create_task(chat(cfg, chat_id="terminal", once="hello", timeout=30, stdout=out))
+    sent = ev.decode((await inbound.next_msg(timeout=15)).data)
+    assert isinstance(sent, ev.InboundMessage) and sent.text == "hello"
+
+    late = ev.OutboundMessage(id="s-1:late", route=ROUTE, text="late answer to another", answering="m-older")
+    await publish(js, lane, late, msg_id=late.id)
+    await eventually(lambda: "late answer to another" in capsys.readouterr().err or None, 10)
+    assert not session.done()  # still waiting for its own answer
+    answer = ev.OutboundMessage(id="s-1:answer", route=ROUTE, text="the answer", answering=sent.message_id)
+    await publish(js, lane, answer, msg_id=answer.id)
+
+    assert await asyncio.wait_for(session, 15) == 0
+    assert "the answer" in out.getvalue() and "left from before" not in out.getvalue(), out.getvalue()
+    assert "late answer" not in out.getvalue(), out.getvalue()
+
+
 async def test_a_router_that_listens_but_is_slow_to_answer_is_running_so_the_chat_goes_on(
     tmp_path: Path,
     nats_server: NatsServer,

@@ -216,8 +216,13 @@ class OutboundMessage(_Event, tag="outbound.message", frozen=True):
     files: tuple[str, ...] = ()
     # Who speaks: "reply", the agent (or the host answering a command); "notice", the host about a
     # message still to be answered (queued, retried); "error", the host saying it will not be answered
-    # (failed, refused). `clawden chat --once` waits past a notice and exits non-zero on an error.
+    # (failed, refused, the agent's turn failed). `clawden chat --once` waits past a notice and exits non-zero
+    # on an error.
     kind: Literal["reply", "notice", "error"] = "reply"
+    # The platform's id of the person's message this answers, where the sender knows it (a reply the agent marked
+    # as answering it, the host's word that it failed); not quoted on the platform, which is `reply_to`'s part.
+    # `clawden chat --once` waits for the answer to its own message, and shows an earlier one as earlier.
+    answering: str = ""
 
 
 class OutboundEdit(_Event, tag="outbound.edit", frozen=True):

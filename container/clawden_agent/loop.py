@@ -910,7 +910,7 @@ class Runner:
     def _fail(self, seqs: list[int], anchor: int, reason: str) -> None:
         log.warning("turn failed: %s", reason)
         text = f"Sorry — the agent failed: {reason}"
-        tools.write_reply(self.state, text, suffix="failed", reply_to=anchor, answers=seqs)
+        tools.write_reply(self.state, text, suffix="failed", reply_to=anchor, answers=seqs, failed=True)
         sessiondb.ack(self.config.session_dir, seqs, "failed")
         self.ring_host()
 

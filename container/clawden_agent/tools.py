@@ -120,16 +120,16 @@ def write_reply(
     routing: sessiondb.Routing | None = None,
     reply_to: int | None = None,
     answers: list[int] | None = None,
+    failed: bool = False,
 ) -> int | None:
     """Write one chat row answering `reply_to` (by default the message the agent answers now);
-    returns its seq, None when there is no chat."""
+    returns its seq, None when there is no chat. `failed`: it says the turn failed (the chat hears an error)."""
     routing = routing or sessiondb.session_routing(state.session_dir)
     if routing is None:
         return None
     reply_to = reply_to or state.reply_to
-    return write_row(
-        state, f"reply:{reply_to}:{suffix}", "chat", {"text": text}, routing, reply_to=reply_to, answers=answers
-    )
+    content: dict[str, object] = {"text": text, "failed": True} if failed else {"text": text}
+    return write_row(state, f"reply:{reply_to}:{suffix}", "chat", content, routing, reply_to=reply_to, answers=answers)
 
 
 def request_id(folder: Path, row_id: str, prefix: str) -> str:

@@ -738,7 +738,12 @@ class RouterStore(outbox.OutboxStore):
         self, event: ev.InboundMessage, text: str, index: int, out: Outcome, kind: Literal["reply", "error"] = "reply"
     ) -> None:
         reply = ev.OutboundMessage(
-            id=f"router:{event.key}:{index}", route=event.route, text=text, reply_to=event.message_id, kind=kind
+            id=f"router:{event.key}:{index}",
+            route=event.route,
+            text=text,
+            reply_to=event.message_id,
+            kind=kind,
+            answering=event.message_id,
         )
         self.emit(
             subjects.outbound(event.route.channel, event.route.chat_id),

@@ -54,7 +54,12 @@ async def answer(ctx: ServiceContext, event: ev.InboundMessage, user: str, msg: 
         except control.ControlError as exc:
             text = f"No sign-in link: {exc}"
     reply = ev.OutboundMessage(
-        id=f"router:{event.key}:web", route=event.route, text=text, reply_to=event.message_id, kind="reply"
+        id=f"router:{event.key}:web",
+        route=event.route,
+        text=text,
+        reply_to=event.message_id,
+        kind="reply",
+        answering=event.message_id,
     )
     try:
         await ctx.js.publish(

@@ -79,8 +79,9 @@ def translate(
     content = _content(row)
     if route.channel == ev.AGENT_CHANNEL and not isinstance(content, sessionrows.Chat | sessionrows.TaskRequest):
         return _not_for_agents(row, content)
+    answering = _answering(folder, row)
     match content:
-        case sessionrows.Chat(text=text):
+        case sessionrows.Chat(text=text, failed=failed):
             if not _text(text):
                 raise Refused("empty message")
             return [
@@ -93,6 +94,8 @@ def translate(
                         agent_group=info.agent_group,
                         session_id=info.id,
                         seq=row.seq,
+                        kind="error" if failed else "reply",
+                        answering=answering,
                     ),
                     key,
                 )
@@ -112,6 +115,7 @@ def translate(
                         agent_group=info.agent_group,
                         session_id=info.id,
                         seq=row.seq,
+                        answering=answering,
                     ),
                     key,
                 )
@@ -135,6 +139,7 @@ def translate(
                         agent_group=info.agent_group,
                         session_id=info.id,
                         seq=row.seq,
+                        answering=answering,
                     ),
                     key,
                 )
@@ -221,6 +226,14 @@ def _task(info: SessionInfo, route: ev.Route, c: sessionrows.TaskRequest, runner
         Publish(subjects.task(op), task, f"task:{c.request_id}"),
         Respond(c.request_id, {"result": f"{op} of task {task.task_id} is on its way to the scheduler"}),
     ]
+
+
+def _answering(folder: Path, row: sessiondb.OutboundMessage) -> str:
+    """The platform's id of the person's message the row answers (the agent marks each reply with the message it
+    answers), or "" when it answers none or that message came without one."""
+    if row.in_reply_to is None or row.in_reply_to % 2:
+        return ""
+    return sessiondb.platform_message_id(folder, row.in_reply_to) or ""
 
 
 def _content(row: sessiondb.OutboundMessage) -> sessionrows.Outbound:

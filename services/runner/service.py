@@ -871,7 +871,9 @@ class Runner:
         prepare_folder(folder, self.owner_uid)
         sessiondb.insert_inbound(folder, message, outbound_max_seq=sessiondb.outbound_max_seq(folder))
 
-    async def _tell(self, info: SessionInfo, key: str, text: str, kind: Literal["notice", "error"] = "notice") -> None:
+    async def _tell(
+        self, info: SessionInfo, key: str, text: str, kind: Literal["notice", "error"] = "notice", answering: str = ""
+    ) -> None:
         await self._still_ours(info)
         event = ev.OutboundMessage(
             id=f"{info.id}:{key}",
@@ -880,12 +882,14 @@ class Runner:
             session_id=info.id,
             agent_group=info.agent_group,
             kind=kind,
+            answering=answering,
         )
         await publish(self.ctx.js, subjects.outbound(info.route.channel, info.route.chat_id), event, msg_id=event.id)
 
     async def _fail(self, info: SessionInfo, failed: list[sessiondb.InboundMessage], why: str) -> None:
         for message in failed:
-            await self._tell(info, f"failed-{message.seq}", f"Sorry — I couldn't answer that: {why}", "error")
+            text, answering = f"Sorry — I couldn't answer that: {why}", message.content.get("platform_message_id")
+            await self._tell(info, f"failed-{message.seq}", text, "error", str(answering or ""))
 
     # --- receipts -------------------------------------------------------------------------------
 

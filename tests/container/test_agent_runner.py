@@ -299,6 +299,7 @@ def test_api_error_becomes_a_failure_reply_and_the_next_message_still_works(
     reply = session.reply_to(good)
 
     assert failure.content["text"].startswith("Sorry — the agent failed: ")
+    assert failure.content.get("failed") is True and "failed" not in reply.content  # the chat hears it as an error
     assert "the fake refuses this one" in failure.content["text"]
     assert session.acks() == {bad: "failed", good: "completed"}
     assert reply.content["text"].startswith("echo: ") and "and this one works" in reply.content["text"]

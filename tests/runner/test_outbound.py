@@ -42,6 +42,34 @@ def test_a_chat_row_is_a_message_to_the_sessions_own_chat(folder: Path) -> None:
     assert action.subject == subjects.outbound("local", "kitchen")
 
 
+def test_a_reply_names_the_platform_message_it_answers_and_a_failed_turn_is_an_error(folder: Path) -> None:
+    """The agent marks each reply with the message it answers (its seq): the event carries that message's platform
+    id, so `clawden chat --once` can tell its answer from an earlier one. The agent runner's word that a turn failed
+    is Clawden's error, as the host's own failures are."""
+    asked = sessiondb.InboundMessage(
+        id="m-1", kind="chat", content={"text": "hi", "platform_message_id": "p-42"}, routing=sessiondb.Routing("", "")
+    )
+    seq, _ = sessiondb.insert_inbound(folder, asked)
+    routing = sessiondb.Routing("", "")
+    sessiondb.write_outbound(
+        folder, id="reply", kind="chat", content={"text": "hello"}, routing=routing, in_reply_to=seq
+    )
+    failed = {"text": "Sorry — the agent failed: boom", "failed": True}
+    sessiondb.write_outbound(folder, id="failed", kind="chat", content=failed, routing=routing, in_reply_to=seq)
+    sessiondb.write_outbound(folder, id="unprompted", kind="chat", content={"text": "good morning"}, routing=routing)
+
+    events = []
+    for outbound in sessiondb.read_new_outbound(folder):
+        [action] = translate(INFO, folder, outbound, {})
+        assert isinstance(action, Publish) and isinstance(action.event, ev.OutboundMessage)
+        events.append((action.event.text, action.event.kind, action.event.answering))
+    assert events == [
+        ("hello", "reply", "p-42"),
+        ("Sorry — the agent failed: boom", "error", "p-42"),
+        ("good morning", "reply", ""),
+    ]
+
+
 def test_a_card_row_keeps_its_buttons_in_order(folder: Path) -> None:
     content = {"title": "Lunch?", "body": "Pick one", "buttons": [{"id": "1", "label": "Soup"}, {"label": "Salad"}]}
     [action] = translate(INFO, folder, row(folder, "card", content), {})
