@@ -24,7 +24,7 @@ pytestmark = pytest.mark.docker
 
 USER = "clawden-rootless-test"
 ROOTLESS_SCRIPT = "/usr/share/docker.io/contrib/dockerd-rootless.sh"  # Debian's docker.io ships it there
-TOOLS = ("rootlesskit", "newuidmap")  # bin/setup installs them
+TOOLS = ("rootlesskit", "newuidmap")  # bin/setup --tests installs them
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def rootless_engine(docker_client: docker.DockerClient, agent_image: str) -> Ite
         _unavailable("starting a rootless engine for a user of its own takes root")
     missing = [t for t in TOOLS if shutil.which(t) is None] + ([] if Path(ROOTLESS_SCRIPT).exists() else ["docker.io"])
     if missing:
-        _unavailable(f"rootless Docker needs {', '.join(missing)} (bin/setup installs them)")
+        _unavailable(f"rootless Docker needs {', '.join(missing)} (bin/setup --tests installs them)")
     # The test's own user, with the sub-uids rootless Docker maps its containers' users to.
     user = engines.make_user(USER, "--create-home", subids="300000-365535")
     engines.kill_processes(user)  # an engine an earlier run left would answer on the socket in this one's place

@@ -45,7 +45,7 @@ def write_units(inst: units.Install, folder: Path) -> list[Path]:
 def systemd_analyze() -> str:
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        _unavailable("systemd-analyze is missing: install Debian's `systemd` package (bin/setup does)")
+        _unavailable("systemd-analyze is missing: install Debian's `systemd` package (bin/setup --tests does)")
     return tool
 
 

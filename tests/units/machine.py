@@ -20,7 +20,7 @@ from tests.plugins.docker import _unavailable
 IMAGE = "clawden-systemd:bookworm"
 BUILD = (
     "container/bootstrap-base.sh --tag clawden-systemd:bookworm "
-    "--include systemd,systemd-sysv,dbus,libpam-systemd,procps (bin/setup does)"
+    "--include systemd,systemd-sysv,dbus,libpam-systemd,procps (bin/setup --tests does)"
 )
 LABEL_INSTALL = "dev.clawden.install"
 

@@ -42,7 +42,7 @@ asyncio.run(main(Path(sys.argv[1])))
 
 def _unavailable(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (under CI this test fails rather than skips: bin/setup should install strace)")
+        pytest.fail(f"{reason} (under CI this test fails rather than skips: bin/setup --tests should install strace)")
     pytest.skip(reason)
 
 

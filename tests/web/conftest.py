@@ -35,7 +35,7 @@ LOOPBACK_ONLY = [
 
 def _missing(why: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{why} (under CI a browser test fails rather than skips; bin/setup installs it)")
+        pytest.fail(f"{why} (under CI a browser test fails rather than skips; bin/setup --tests installs it)")
     pytest.skip(why)
 
 

@@ -2,7 +2,7 @@
 # Build clawden-mailserver:test, the real Postfix + Dovecot the email tests talk to on loopback: the
 # Debian packages the bootstrapped base lacks are fetched on the host into the build context, and the
 # image is built with `--network none` on clawden-base:bookworm (container/bootstrap-base.sh).
-# bin/setup runs it; tests/servers/mail/fixture.py starts the image once per test session.
+# bin/setup --tests runs it; tests/servers/mail/fixture.py starts the image once per test session.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 

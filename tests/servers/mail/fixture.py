@@ -1,5 +1,5 @@
 """A real Postfix + Dovecot for the email tests: one container per test session (`clawden-mailserver:test`, built
-by bin/setup), on the host's network bound to 127.0.0.1 only, on free high ports. Postfix takes mail for any
+by bin/setup --tests), on the host's network bound to 127.0.0.1 only, on free high ports. Postfix takes mail for any
 `<name>@localhost` (no relay, no DNS) and hands it to Dovecot over LMTP, which keeps it in that name's Maildir
 and serves it over IMAP (with IDLE), one password for all.
 
@@ -105,7 +105,7 @@ def mail_server(docker_client: docker.DockerClient, tmp_path_factory: pytest.Tem
     try:
         image = docker_client.images.get(TAG)
     except ImageNotFound:
-        _unavailable(f"image {TAG} is missing; run bin/setup (or `bash tests/servers/mail/build.sh`)")
+        _unavailable(f"image {TAG} is missing; run bin/setup --tests (or `bash tests/servers/mail/build.sh`)")
     if (image.labels or {}).get("dev.clawden.source") != source_hash():
         _unavailable(f"image {TAG} was built from an older context; run `bash tests/servers/mail/build.sh`")
     smtp_port, imap_port, smtps_port, imaps_port = free_port(), free_port(), free_port(), free_port()

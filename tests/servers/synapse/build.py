@@ -1,7 +1,7 @@
 """Build `clawden-synapse:test`, the Synapse the Matrix tests run, the way the agent image is built: on the
 Debian-bootstrapped base, from wheels downloaded on the host into the build context, with `--network none`.
 
-`python -m tests.servers.synapse.build` (bin/setup runs it); it does nothing when the image is current.
+`python -m tests.servers.synapse.build` (bin/setup --tests runs it); it does nothing when the image is current.
 """
 
 from __future__ import annotations

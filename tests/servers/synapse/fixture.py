@@ -1,5 +1,5 @@
 """A real Synapse for the Matrix tests: one container per test session (`clawden-synapse:test`, built by
-bin/setup), on the host's network bound to 127.0.0.1 only, SQLite, no federation, rate limits raised.
+bin/setup --tests), on the host's network bound to 127.0.0.1 only, SQLite, no federation, rate limits raised.
 
 Users are registered through the shared-secret admin API. Missing Docker or image: skip, but fail under CI.
 """
@@ -130,7 +130,7 @@ def synapse(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPat
     try:
         docker_client.images.get(TAG)
     except ImageNotFound:
-        _unavailable(f"image {TAG} is missing; run bin/setup (or `python -m tests.servers.synapse.build`)")
+        _unavailable(f"image {TAG} is missing; run bin/setup --tests (or `python -m tests.servers.synapse.build`)")
     if not is_current(TAG):
         _unavailable(f"image {TAG} was built from an older Dockerfile; run `python -m tests.servers.synapse.build`")
     data = tmp_path_factory.mktemp("synapse")
