@@ -114,6 +114,9 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 
 HOME_HELP = "Clawden home (default: $CLAWDEN_HOME or ~/.clawden)"
+# What `clawden run` and `up --service` take besides the bridges (`clawden.runtime.SERVICES`, whose imports the
+# help should not pay for; tests/ops/test_cli_help.py checks the two agree).
+SERVICE_NAMES = "router, runner, vault, scheduler, approvals, webhooks, web"
 
 
 class Parser(argparse.ArgumentParser):
@@ -142,11 +145,13 @@ def parser() -> Parser:
     sub.add_parser("init", help="create the home, config and the default agent group").set_defaults(func=cmd_init)
 
     run = sub.add_parser("run", help="run one service in the foreground (what a systemd unit runs)")
-    run.add_argument("service", help="router, runner, vault, or channel@<platform>")
+    run.add_argument("service", help=f"{SERVICE_NAMES}, or channel@<platform> (telegram, slack, ...)")
     run.set_defaults(func=cmd_run)
 
     up = sub.add_parser("up", help="run NATS and every service in the foreground (Ctrl-C stops)")
-    up.add_argument("--service", action="append", help="only these services (repeatable)")
+    up.add_argument(
+        "--service", action="append", help=f"only this one (repeatable): {SERVICE_NAMES}, or channel@<platform>"
+    )
     up.set_defaults(func=cmd_up)
 
     chat = sub.add_parser("chat", help="talk to your assistant from this terminal")

@@ -122,7 +122,11 @@ def register(sub: Sub) -> None:
         "files in <home>/logs that `clawden up` writes, every service interleaved by "
         "time when none is named.",
     )
-    logs.add_argument("service", nargs="?", help="router, runner, vault, scheduler, approvals, nats or channel@<name>")
+    logs.add_argument(
+        "service",
+        nargs="?",
+        help="router, runner, vault, scheduler, approvals, webhooks, web, nats or channel@<name> (default: all)",
+    )
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("--session", help="only lines about this session id")
     logs.add_argument("-n", "--lines", type=_count, default=50, help="how many of the last lines (default 50)")
