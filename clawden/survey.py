@@ -145,6 +145,8 @@ async def _backlogs(nc: Client, cfg: config_mod.Config, channels: tuple[str, ...
     """Each durable's backlog (delivered-not-yet and unacknowledged), and the expected ones missing."""
     table = natsauth.grants(cfg, channels, natsauth.added_runners(cfg))
     owners = {(c.stream, c.durable): ident for ident, grant in table.items() for c in grant.consumes}
+    # An HTTP service that is not configured runs nowhere: its durables are not missing, only never made.
+    unconfigured = {"webhooks", "web"} - set(config_mod.http_services(cfg))
     js = nc.jetstream()
     rows: list[dict[str, Any]] = []
     for stream in streams.STREAMS:
@@ -169,7 +171,7 @@ async def _backlogs(nc: Client, cfg: config_mod.Config, channels: tuple[str, ...
         rows += [
             {"stream": stream.name, "durable": durable, "owner": owner, "missing": True}
             for (name, durable), owner in sorted(owners.items())
-            if name == stream.name and durable not in present
+            if name == stream.name and durable not in present and owner not in unconfigured
         ]
     return fold_lanes(rows, channels)
 

@@ -192,3 +192,13 @@ async def test_an_added_runners_durables_are_named_as_its_own(stack: Stack) -> N
         natsauth.seed_path(cfg, natsauth.runner_identity("b")).unlink()
     [wake] = [r for r in report["streams"] if r["durable"] == "runner-b"]
     assert wake["owner"] == "runner-b" and wake["missing"]
+
+
+@pytest.mark.docker
+async def test_the_web_apps_lanes_are_not_listed_missing_where_it_is_not_configured(stack: Stack) -> None:
+    """No `[web] listen`: the web app runs nowhere, so its durables are never made, and status does not call them
+    missing (it listed `channel-web-0..7 web missing` on every new install)."""
+    cfg = cfg_of(stack)
+    assert not cfg.web.listen and not cfg.webhooks.listen
+    report = await gather(cfg)
+    assert not [r for r in report["streams"] if r.get("owner") in ("web", "webhooks")], report["streams"]
