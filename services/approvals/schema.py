@@ -113,4 +113,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX waiting_expiry ON waiting (expires_at);
     """,
     ),
+    # One ask of the router serves every request of an agent group waiting for it (`Store.routed`): the group, for
+    # the service's rounds of asking. Rows from 0007 take it from the request they keep.
+    (
+        "0008_waiting_group",
+        """
+        ALTER TABLE waiting ADD COLUMN agent_group TEXT NOT NULL DEFAULT '';
+        UPDATE waiting SET agent_group = COALESCE(json_extract(CAST(request AS TEXT), '$.agent_group'), '');
+        CREATE INDEX waiting_group ON waiting (agent_group, expires_at);
+    """,
+    ),
 ]

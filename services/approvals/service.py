@@ -10,13 +10,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerInfo
 
 from clawden import control, outbox
+from clawden.backoff import backoff
 from clawden.bus import bind, consume, stored_at, subjects
 from clawden.bus import events as ev
 from clawden.bus.connection import Retry
@@ -28,7 +29,7 @@ from clawden.control import ask_on
 from clawden.runtime import ControlError, ServiceContext, sleep_unless_stopping
 from services.approvals import policy
 from services.approvals.catchup import CatchUp
-from services.approvals.store import UNROUTED, Step, Store
+from services.approvals.store import Step, Store
 
 log = logging.getLogger("clawden.approvals")
 # What the inbound subjects carry: direct chats and moves are learnt from it; the rest is skipped (clicks
@@ -37,10 +38,12 @@ Inbound = ev.Inbound  # edits and deletes too: it reads the stream whole, and ig
 
 PUBLISH_TIMEOUT = 5.0
 ROUTER_TIMEOUT = 5.0
-# A router that does not answer (stopped, restarting, still starting) has decided nothing: the request is asked
-# again this much later, for as long as it takes, held by a `Retry` (one delivery kept alive, so JetStream's
-# max_deliver is not spent), until the router answers or the request's own expiry ends the wait.
-ROUTER_RETRY = 2.0
+# A router that does not answer (stopped, restarting, still starting) has decided nothing: a group it was silent
+# about is asked again after a backoff from ROUTER_RETRY up to ROUTER_RETRY_CAP, for as long as requests of it wait
+# (`Approvals.routing`); the cap is the longest a request waits once the router is back, if nothing else wakes it.
+ROUTER_RETRY = 1.0
+ROUTER_RETRY_CAP = 10.0
+ROUTER_ASKS = 8  # groups asked about at once
 # The expiry timer re-arms on every new card; this bounds a sleep (and retries the outbox) anyway.
 SAFETY_TICK = 30.0
 # At a start, while clicks left from before are still owed (one the last process took and never acked comes
@@ -56,6 +59,8 @@ class Approvals:
         self.counts: Counter[str] = Counter()
         self.changed = asyncio.Event()
         self.flushing = asyncio.Lock()
+        self.new_waiting = asyncio.Event()  # a request started waiting for the router: its group may be new
+        self.asking = asyncio.Semaphore(ROUTER_ASKS)
 
     async def flush(self) -> None:
         """Publish what committed steps queued, in order; a failure leaves it queued and raises Retry."""
@@ -69,6 +74,7 @@ class Approvals:
     async def step(self, fn: Callable[..., Step], *args: Any) -> Step:
         result = await self.store.run(fn, *args)
         self.counts[result.result] += 1
+        self.counts.update(result.counts)
         await self.flush()
         return result
 
@@ -81,56 +87,80 @@ class Approvals:
         if request.amends:
             await self.step(self.store.amend, request, time.time())
             return
-        # The same for each try, and after a restart: the request's age counts from when it reached the bus.
+        # The same after a restart: the request's age counts from when it reached the bus.
         asked_at = stored_at(msg, time.time())
-        approvers: tuple[str, ...] = request.approvers
-        if not approvers and request.kind != "question":  # a question's card goes to the chat that asked
-            # Kept in approvals.db while it waits (listed, decidable by the owner, expiring at its time); nobody is
-            # asked about one recorded already (a copy, one the owner decided meanwhile) or withdrawn before it came.
-            waiting = await self.store.run(self.store.wait_for_router, request, asked_at)
+        if not request.approvers and request.kind != "question":  # a question's card goes to the chat that asked
+            # It waits for the router in approvals.db (`routing` asks), and is acked once committed there: a request
+            # waiting holds no delivery, so nothing behind it on the stream waits with it.
+            waiting = await self.step(self.store.wait_for_router, request, asked_at, time.time())
             if waiting.result == "waiting":
                 self.changed.set()  # its expiry, for the timer
-            if waiting.result in ("waiting", "still_waiting"):
-                found = await self.approvers_of(request, policy.expiry(request, asked_at))
-                if found is None:
-                    return
-                approvers = found
-        await self.step(self.store.add_request, request, approvers, time.time(), asked_at)
+                self.new_waiting.set()
+            return
+        await self.step(self.store.add_request, request, request.approvers, time.time(), asked_at)
         self.changed.set()
 
-    async def approvers_of(self, request: ev.ApprovalRequest, expires_at: float) -> tuple[str, ...] | None:
-        """Who may approve, in the router's word; None when the request was settled here instead. Only the router
-        refusing to say denies it; a router that does not answer is asked again (`Retry`) until the request's own
-        expiry, which then expires it: its silence is nobody's decision. Meanwhile it waits in approvals.db
-        (`Store.wait_for_router`)."""
-        try:
-            return await self.ask_router(request.agent_group)
-        except control.Refused as exc:
-            if exc.code == "400":  # the router's own answer: it will not say who approves this
-                reason = f"the router refused to say who may approve it: {exc}"
-                await self.settle_unrouted(request, "denied", reason, expires_at)
-                return None
-            unanswered: control.ControlError = exc  # it failed on it ("500"): no word on this request
-        except control.ControlError as exc:  # nobody answered, or not in words this service reads
-            unanswered = exc
-        self.counts["router_unanswered"] += 1
-        now = time.time()
-        if now >= expires_at:
-            await self.settle_unrouted(request, "expired", UNROUTED, expires_at)
-            return None
-        raise Retry(
-            f"the router did not say who approves {request.agent_group}: {unanswered}",
-            delay=min(ROUTER_RETRY, expires_at - now),  # no later than the expiry, which ends the wait
-        ) from unanswered
+    # --- asking the router who may approve ------------------------------------------------------
 
-    async def settle_unrouted(
-        self, request: ev.ApprovalRequest, outcome: Literal["denied", "expired"], why: str, expires_at: float
-    ) -> None:
-        await self.step(self.store.approvers_unknown, request, outcome, why, expires_at, time.time())
+    async def routing(self) -> None:
+        """Ask the router who may approve for each agent group with requests waiting, once per group whatever the
+        number of its requests, and record them all with its answer (`Store.routed`). A group the router is silent
+        about is asked again after a backoff; one that starts waiting is asked at once, as is every group at a start
+        (a restart resumes asking right away) and once the router answered about any (it is back). Its silence is
+        nobody's decision: a request waits until the router answers or its own expiry expires it (`expiring`)."""
+        silent: dict[str, tuple[int, float]] = {}  # group -> (asks in vain in a row, when to ask again: monotonic)
+        while not self.ctx.stopping.is_set():
+            self.new_waiting.clear()
+            try:
+                groups = await self.store.run(self.store.waiting_groups, time.time())
+            except Exception as exc:  # approvals.db unreadable for now: a new request, or the tick, tries again
+                log.warning("could not read the requests waiting for the router: %r", exc)
+                groups = []
+            due = [g for g in groups if g not in silent or silent[g][1] <= time.monotonic()]
+            why_not = await asyncio.gather(*(self.route(g) for g in due))  # None where the router answered
+            silent = {g: silent[g] for g in groups if g in silent}  # a group waiting no more starts afresh
+            if any(why is None for why in why_not):
+                silent.clear()  # the router is back: every group still waiting is asked again now
+                continue
+            for group, why in zip(due, why_not, strict=True):
+                tries = silent.get(group, (0, 0.0))[0]
+                wait = backoff(tries, base=ROUTER_RETRY, cap=ROUTER_RETRY_CAP)
+                silent[group] = (tries + 1, time.monotonic() + wait)
+                if tries & (tries - 1) == 0:  # the 1st, 2nd, 3rd, 5th, 9th… time: a long wait is said, not flooded
+                    log.warning("the router did not say who approves for %s (%d asks): %s", group, tries + 1, why)
+            wake = min((at for _, at in silent.values()), default=time.monotonic() + SAFETY_TICK)
+            await sleep_unless_stopping(self.ctx.stopping, wake - time.monotonic(), self.new_waiting)
+
+    async def route(self, agent_group: str) -> str | None:
+        """Ask the router about one group and settle its waiting requests with the answer; None once it answered,
+        else why not. Only the router refusing to say (its "400") denies them; its failing ("500") is no word on
+        them, nor its silence."""
+        settle: Callable[..., Step]
+        answer: tuple[str, ...] | str  # who may approve, or why the router will not say
+        try:
+            async with self.asking:
+                approvers = await self.ask_router(agent_group)
+            settle, answer = self.store.routed, approvers
+        except control.Refused as exc:
+            if exc.code != "400":
+                self.counts["router_unanswered"] += 1
+                return str(exc)
+            settle, answer = self.store.refused, f"the router refused to say who may approve it: {exc}"
+        except control.ControlError as exc:  # nobody answered, or not in words this service reads
+            self.counts["router_unanswered"] += 1
+            return str(exc)
+        try:
+            await self.step(settle, agent_group, answer, time.time())
+        except Retry as exc:  # committed, not all published: the outbox keeps the rest for the next flush
+            log.warning("the requests of %s waiting for the router are settled, not all told yet: %s", agent_group, exc)
+        except Exception as exc:  # approvals.db not writable for now: they still wait, and the router is asked again
+            log.warning("could not settle the requests of %s waiting for the router: %r", agent_group, exc)
+            return repr(exc)
+        return None
 
     async def ask_router(self, agent_group: str) -> tuple[str, ...]:
         """Admins of the agent group, then global admins, then owners: the router owns roles."""
-        # No answer (NoAnswer) or a refusal (Refused) raises: `approvers_of` tells them apart.
+        # No answer (NoAnswer) or a refusal (Refused) raises: `route` tells them apart.
         reply = await ask_on(
             self.ctx.nc, router_api.APPROVERS, router_api.ApproversGet(agent_group=agent_group), timeout=ROUTER_TIMEOUT
         )
@@ -284,10 +314,12 @@ async def main(ctx: ServiceContext) -> None:
         clicks = await bind(ctx.js, approvals_clicks())
         receipts = await bind(ctx.js, approvals_receipts())
         inbound = await bind(ctx.js, approvals_inbound(), batch=64)
-        await svc.recover(clicks)
-        await ctx.ready()
         stop = ctx.stopping
         async with asyncio.TaskGroup() as tg:
+            # At once, not after the clicks' catch-up: what waits for the router from before is asked about now.
+            tg.create_task(svc.routing())
+            await svc.recover(clicks)
+            await ctx.ready()
             tg.create_task(consume(requests, ev.APPROVAL_REQUEST_DECODER, svc.on_request, stopping=stop))
             tg.create_task(consume(clicks, ev.InboundAction, svc.on_click, stopping=stop))
             tg.create_task(consume(receipts, ev.DeliveryReceipt, svc.on_receipt, stopping=stop))

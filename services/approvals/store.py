@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -156,7 +157,7 @@ class Store(outbox.OutboxStore):
                 waiting = self._waiting(withdrawn.id)
                 if waiting is None or waiting[0].requester != withdrawn.requester:
                     return Step("withdrawn_early")
-                # Held while the router is asked: settled now, without a card (its held delivery then finds it so).
+                # Waiting for the router: settled now, without a card, and waiting no more (`routed` skips it).
                 return self._add(waiting[0], (), now, waiting[1]["asked_at"])
             db.execute("UPDATE approvals SET withdrawn = ? WHERE id = ?", (reason, withdrawn.id))
             self._decide(withdrawn.id, "expired", "", "", f"withdrawn by {withdrawn.requester}: {reason}", now)
@@ -311,21 +312,6 @@ class Store(outbox.OutboxStore):
             f"{delivery.route.channel}:{delivery.route.chat_id} as {card_id}",
         )
 
-    def approvers_unknown(
-        self,
-        request: ev.ApprovalRequest,
-        outcome: Literal["denied", "expired"],
-        why: str,
-        expires_at: float,
-        now: float,
-    ) -> Step:
-        """The router never said who may approve: it refused to (denied), or the request's own expiry came while
-        it did not answer (expired). The requester hears which, and why, rather than nothing."""
-        with self._tx() as db:
-            if db.execute("SELECT 1 FROM approvals WHERE id = ?", (request.id,)).fetchone():
-                return Step("duplicate")
-            return self._unrouted(request, outcome, why, expires_at, now)
-
     def _unrouted(
         self,
         request: ev.ApprovalRequest,
@@ -343,25 +329,54 @@ class Store(outbox.OutboxStore):
 
     # --- waiting for the router -----------------------------------------------------------------
 
-    def wait_for_router(self, request: ev.ApprovalRequest, asked_at: float) -> Step:
-        """Whether the router is to be asked who may approve `request`: not when it is recorded already (a copy of
-        one recorded, one decided at the machine while it waited) nor withdrawn before it came (`add_request`
-        settles both). Else it waits in `waiting` from its first try until it is recorded, so it is listed and shown
-        as pending, its owner may decide it (`decide`) and it expires at its own time (`expire_due`), across a
-        restart too. "waiting" the first time, "still_waiting" on each try after."""
-        if self.conn.execute("SELECT 1 FROM approvals WHERE id = ?", (request.id,)).fetchone():
-            return Step("duplicate")
-        if self._withdrawal(request.id, request.requester) is not None:
-            return Step("withdrawn")
-        if self.conn.execute("SELECT 1 FROM waiting WHERE id = ?", (request.id,)).fetchone():
-            return Step("still_waiting")
+    def wait_for_router(self, request: ev.ApprovalRequest, asked_at: float, now: float) -> Step:
+        """A request that names no approvers waits in `waiting` until the router says who may approve it (`routed`):
+        committed here, so its delivery is acked and holds up nothing behind it, and listed and shown as pending,
+        decided by its owner (`decide`) and expired at its own time (`expire_due`), across a restart too. A copy of
+        one waiting or recorded already (published twice, or delivered again after a crash before its ack) is a
+        duplicate; one withdrawn before it came is recorded as such (`add_request`)."""
         with self._tx() as db:
+            recorded = db.execute("SELECT 1 FROM approvals WHERE id = ?", (request.id,)).fetchone()
+            if recorded or self._withdrawal(request.id, request.requester) is not None:
+                return self._add(request, (), now, asked_at)
+            if db.execute("SELECT 1 FROM waiting WHERE id = ?", (request.id,)).fetchone():
+                return Step("duplicate")
             db.execute(
-                "INSERT INTO waiting (id, request, asked_at, expires_at) VALUES (?, ?, ?, ?)",
-                (request.id, ev.encode(request), asked_at, policy.expiry(request, asked_at)),
+                "INSERT INTO waiting (id, agent_group, request, asked_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                (request.id, request.agent_group, ev.encode(request), asked_at, policy.expiry(request, asked_at)),
             )
             self._audit(request.id, asked_at, "waiting", request.requester, ROUTING)
         return Step("waiting")
+
+    def waiting_groups(self, now: float) -> list[str]:
+        """The agent groups the router is to be asked about: one ask serves all of a group's waiting requests (one
+        expired is left to `expire_due`)."""
+        sql = "SELECT DISTINCT agent_group FROM waiting WHERE expires_at > ? ORDER BY agent_group"
+        return [r[0] for r in self.conn.execute(sql, (now,))]
+
+    def routed(self, agent_group: str, approvers: Sequence[str], now: float) -> Step:
+        """The router named who may approve for `agent_group`: each request of it still waiting is recorded and its
+        card sent (as `add_request`), and waits no more, in one transaction."""
+        with self._tx():
+            counts: Counter[str] = Counter()
+            for request, row in self._waiting_in(agent_group, now):
+                counts[self._add(request, approvers, now, row["asked_at"]).result] += 1
+            return Step("routed", dict(counts))
+
+    def refused(self, agent_group: str, why: str, now: float) -> Step:
+        """The router refused to say who may approve for `agent_group` (its "400"): each request of it still waiting
+        is denied, and its requester told why, rather than left to wait for an answer that will not come."""
+        with self._tx():
+            counts: Counter[str] = Counter()
+            for request, row in self._waiting_in(agent_group, now):
+                counts[self._unrouted(request, "denied", why, row["expires_at"], now).result] += 1
+            return Step("refused", dict(counts))
+
+    def _waiting_in(self, agent_group: str, now: float) -> list[tuple[ev.ApprovalRequest, sqlite3.Row]]:
+        rows = self.conn.execute(
+            "SELECT * FROM waiting WHERE agent_group = ? AND expires_at > ? ORDER BY asked_at", (agent_group, now)
+        ).fetchall()
+        return [(_request_decoder.decode(row["request"]), row) for row in rows]
 
     def _waiting(self, approval_id: str) -> tuple[ev.ApprovalRequest, sqlite3.Row] | None:
         row = self.conn.execute("SELECT * FROM waiting WHERE id = ?", (approval_id,)).fetchone()
@@ -556,7 +571,7 @@ class Store(outbox.OutboxStore):
         """A decision made at the machine (`clawden approvals approve|deny|answer`), whose owner may decide
         anything: `choice` names a button by id, label or number; the card is edited as for a click. The owner
         needs no router to say who may: a request waiting for it is recorded (its card sent to nobody) and decided
-        at once, and its held delivery, when it comes again, finds it so."""
+        at once, and waits no more (`routed` skips it; a copy of it is a duplicate)."""
         with self._tx() as db:
             row = db.execute("SELECT * FROM approvals WHERE id = ? OR card_id = ?", (ref, ref)).fetchone()
             waiting = None if row is not None else self._waiting(ref)
@@ -595,7 +610,7 @@ class Store(outbox.OutboxStore):
             ]
             for approval_id in due:
                 self._decide(approval_id, "expired", "", "", TOO_LATE, now)
-            # Those the router never answered about (asked again in vain, or their held delivery not back yet).
+            # Those the router never said who may approve (`routed` leaves them to this).
             unrouted = db.execute("SELECT request, expires_at FROM waiting WHERE expires_at <= ?", (now,)).fetchall()
             for request, expires_at in unrouted:
                 self._unrouted(_request_decoder.decode(request), "expired", UNROUTED, expires_at, now)

@@ -1,16 +1,33 @@
 """A request the router has not said who may approve, as `clawden run approvals` keeps it while the router is away:
-listed from approvals.db right after a crash, decided by the machine's owner without the router, and expired at its
-own time whatever the service went through. The router is answered (or not) by the test."""
+waiting in approvals.db, its delivery acked, so it holds up nothing behind it; listed from there right after a crash,
+decided by the machine's owner without the router, expired at its own time whatever the service went through, and
+sent to its approvers by one ask per agent group once the router answers. The router is answered (or not) by the
+test."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+from nats.aio.msg import Msg
+
 from clawden.bus import events as ev
-from clawden.bus import streams
+from clawden.bus import publish, streams, subjects
 from clawden.bus.ctl import approvals as approvals_ctl
+from clawden.bus.ctl import router as router_ctl
 from clawden.control import ask_on
-from tests.approvals.test_service import OWNER, Alone, Requester, Router, alone, control, unanswered  # noqa: F401
+from services.approvals.service import ROUTER_TIMEOUT
+from tests.approvals.test_service import (  # noqa: F401 (alone: a fixture)
+    OWNER,
+    Alone,
+    Requester,
+    Router,
+    alone,
+    control,
+    duplicates,
+    held_request,
+    unanswered,
+)
 from tests.eventually import eventually
 
 ROUTING = "waiting for the router"
@@ -40,7 +57,8 @@ async def test_the_owner_decides_a_request_waiting_for_the_router_and_its_reques
     alone: Alone,  # noqa: F811
 ) -> None:
     """The machine's owner needs no router to say who may decide: the decision goes to the requester as any other.
-    The held request, when it comes again, finds it decided: no card, nobody asked, nothing decided twice."""
+    It waits no more: when the router comes back, nobody is asked about it, no card goes out, nothing is decided
+    twice."""
     requester = Requester(alone.nc, "vault-owner")
     await requester.ask(ttl=600)
     await asked_in_vain(alone)
@@ -52,14 +70,11 @@ async def test_the_owner_decides_a_request_waiting_for_the_router_and_its_reques
     assert (decision.decision, decision.decided_by, decision.value) == ("approved", OWNER, "approve")
 
     router = Router(alone.nc)
-    await router.come()  # too late to be asked: the request is decided
-
-    async def held_no_more() -> bool:
-        info = await alone.js.consumer_info("CLAWDEN_APPROVALS", streams.approvals_requests().durable)
-        return info.num_pending == 0 and info.num_ack_pending == 0
-
-    await eventually(held_no_more, 20, "the held request was never finished")
-    assert (await alone.stats()).get("duplicate") == 1 and router.asked == 0
+    await router.come()
+    following = Requester(alone.nc, "vault-owner-next")
+    await following.ask(ttl=600, host="next.example.com")
+    await alone.owner.first(ev.OutboundMessage, text="next.example.com")  # the router came, and was asked
+    assert router.groups == ["main"]  # once, for the one still waiting
     cards = [e for e in alone.owner.seen if isinstance(e, ev.OutboundMessage) and "api.github.com" in e.text]
     assert cards == [] and requester.decisions.empty()
     shown = await ask_on(alone.nc, approvals_ctl.SHOW, approvals_ctl.ShowRequest(id="vault-owner"))
@@ -82,3 +97,100 @@ async def test_a_request_the_router_never_answers_about_expires_at_its_own_time_
     assert (decision.decision, decision.decided_by) == ("expired", "")
     assert decision.reason == "it expired before the router said who may approve it"
     assert decision.decided_at >= expires_at
+
+
+async def waiting_for_the_router(alone: Alone) -> set[str]:  # noqa: F811 (the fixture's name)
+    listed = await control(alone.nc, "list", {"status": "pending", "limit": 1000})
+    return {a["id"] for a in listed if a["reason"] == ROUTING}
+
+
+async def test_requests_waiting_for_an_absent_router_hold_up_nothing_behind_them(alone: Alone) -> None:  # noqa: F811
+    """More requests wait for the router than the request durable lets be delivered and unacked at once: each is acked
+    once it waits in approvals.db, so a withdrawal and a request naming its approver behind them are handled at
+    once, not after the crowd's expiry."""
+    recorded = Requester(alone.nc, "vault-recorded")
+    await recorded.ask(ttl=600, host="recorded.example.com", approvers=(OWNER,))
+    await alone.owner.first(ev.OutboundMessage, text="recorded.example.com")
+    crowd = {f"vault-crowd-{n}" for n in range(streams.approvals_requests().max_ack_pending + 44)}
+    for rid in crowd:
+        await publish(alone.js, subjects.APPROVAL_REQUEST, held_request(rid, ttl=600), msg_id=f"vault:{rid}")
+
+    withdrawn = ev.ApprovalWithdrawn(id="vault-recorded", requester="vault", reason="the agent hung up")
+    await publish(alone.js, subjects.APPROVAL_REQUEST, withdrawn, msg_id="vault:withdrawn:vault-recorded")
+    named = Requester(alone.nc, "vault-named")
+    await named.ask(ttl=600, host="named.example.com", approvers=(OWNER,))
+
+    decision = await recorded.decision(timeout=30)
+    assert (decision.decision, decision.reason) == ("expired", "withdrawn by vault: the agent hung up")
+    await alone.owner.first(ev.OutboundMessage, timeout=30, text="named.example.com")
+    assert await waiting_for_the_router(alone) == crowd
+    requests = await alone.js.consumer_info("CLAWDEN_APPROVALS", streams.approvals_requests().durable)
+    assert (requests.num_pending, requests.num_ack_pending) == (0, 0)  # none held for the router
+
+
+async def test_a_router_that_takes_the_ask_and_never_answers_holds_up_no_other_request(
+    alone: Alone,  # noqa: F811
+) -> None:
+    """The router is asked beside the requests, not in their way: a request naming its approver is handled while an
+    ask the router took (and hangs on) is still open."""
+    asks: list[float] = []
+
+    async def hung(msg: Msg) -> None:
+        asks.append(time.monotonic())
+
+    await alone.nc.subscribe(router_ctl.APPROVERS.subject, cb=hung)
+    await Requester(alone.nc, "vault-hung").ask(ttl=600)
+    await eventually(lambda: asks, 20, "the router was never asked")
+    await Requester(alone.nc, "vault-named").ask(ttl=600, host="named.example.com", approvers=(OWNER,))
+    await alone.owner.first(ev.OutboundMessage, text="named.example.com")
+    assert time.monotonic() < asks[0] + ROUTER_TIMEOUT  # the ask had not timed out yet
+
+
+async def test_the_router_is_asked_per_group_not_per_request_and_one_answer_sends_all_its_cards(
+    alone: Alone,  # noqa: F811
+) -> None:
+    """While the router is away it is asked about each group now and then (a growing wait), not about each request;
+    once it answers, one ask per group sends the card of every request of it, a copy of one being a duplicate."""
+    per_group = 20
+    for group in ("main", "ops"):
+        for n in range(per_group):
+            request = held_request(f"vault-{group}-{n}", ttl=600, host=f"{group}-{n}.example.com", agent_group=group)
+            await publish(alone.js, subjects.APPROVAL_REQUEST, request, msg_id=f"vault:{request.id}")
+    copy = held_request("vault-main-0", ttl=600, host="main-0.example.com")
+    await publish(alone.js, subjects.APPROVAL_REQUEST, copy, msg_id="vault:vault-main-0:again")
+
+    async def all_waiting() -> bool:
+        return len(await waiting_for_the_router(alone)) == 2 * per_group
+
+    await eventually(all_waiting, 30, "the requests were never all waiting for the router")
+    await asyncio.sleep(5)  # a while of the router away: asked at once, then 1 s, 2 s, 4 s… later, per group
+    assert 2 <= await unanswered(alone) <= 2 * 4  # not 2 * per_group and more, as when each request asked
+
+    router = Router(alone.nc)
+    await router.come()
+
+    def cards() -> list[ev.OutboundMessage]:
+        seen = [e for e in alone.owner.seen if isinstance(e, ev.OutboundMessage) and e.card is not None]
+        return [e for e in seen if "example.com" in e.text]
+
+    await eventually(lambda: len(cards()) >= 2 * per_group, 30, lambda: f"cards: {len(cards())}")
+    assert sorted(router.groups) == ["main", "ops"]
+    assert len(cards()) == 2 * per_group and len({c.card.title for c in cards() if c.card}) == 2 * per_group
+    assert await waiting_for_the_router(alone) == set() and await duplicates(alone) == 1
+
+
+async def test_after_a_crash_the_router_is_asked_about_waiting_requests_at_once(alone: Alone) -> None:  # noqa: F811
+    """The process dies while requests wait for the router; the one started after it asks about them as it starts,
+    not when JetStream would deliver them again (their ack wait, half a minute on)."""
+    for n in range(3):
+        await Requester(alone.nc, f"vault-restart-{n}").ask(ttl=600, host=f"restart-{n}.example.com")
+    await eventually(lambda: unanswered(alone), 30, "the approvals service never asked the router")
+    assert len(await waiting_for_the_router(alone)) == 3
+    alone.approvals.kill()
+    router = Router(alone.nc)
+    await router.come()
+
+    await alone.approvals.start(alone.nc)
+    for n in range(3):
+        await alone.owner.first(ev.OutboundMessage, timeout=10, text=f"restart-{n}.example.com")
+    assert router.groups == ["main"]

@@ -123,6 +123,34 @@ class Owner:
         )
 
 
+def held_request(
+    rid: str, ttl: float = 120, host: str = "api.github.com", approvers: tuple[str, ...] = (), agent_group: str = "main"
+) -> ev.ApprovalRequest:
+    """A request as the vault asks it, holding an agent's call to `host`."""
+    return ev.ApprovalRequest(
+        id=rid,
+        kind="credential",
+        requester="vault",
+        agent_group=agent_group,
+        card=ev.Card(
+            title="held",
+            buttons=(
+                ev.Button(id="approve", label="Approve", style="primary"),
+                ev.Button(id="deny", label="Deny", style="danger"),
+            ),
+        ),
+        approvers=approvers,
+        expires_at=time.time() + ttl,
+        context={
+            "method": "POST",
+            "host": host,
+            "path": "/repos/me/x/issues",
+            "rule": "github writes",
+            "body_preview": '{"title": "bug"}',
+        },
+    )
+
+
 class Requester:
     """Waits on a decision the way the vault does: subscribed to its decision subject before asking."""
 
@@ -131,35 +159,16 @@ class Requester:
         self.rid = rid
         self.decisions: asyncio.Queue[ev.ApprovalDecision] = asyncio.Queue()
 
-    async def ask(self, ttl: float = 120, host: str = "api.github.com", approvers: tuple[str, ...] = ()) -> float:
+    async def ask(
+        self, ttl: float = 120, host: str = "api.github.com", approvers: tuple[str, ...] = (), agent_group: str = "main"
+    ) -> float:
         """Publish the request (without approvers, the approvals service asks the router); its expiry."""
 
         async def got(msg: Msg) -> None:
             await self.decisions.put(ev.decoder_for(ev.ApprovalDecision).decode(msg.data))
 
         await self.nc.subscribe(subjects.approval_decision(self.rid), cb=got)
-        request = ev.ApprovalRequest(
-            id=self.rid,
-            kind="credential",
-            requester="vault",
-            agent_group="main",
-            card=ev.Card(
-                title="held",
-                buttons=(
-                    ev.Button(id="approve", label="Approve", style="primary"),
-                    ev.Button(id="deny", label="Deny", style="danger"),
-                ),
-            ),
-            approvers=approvers,
-            expires_at=time.time() + ttl,
-            context={
-                "method": "POST",
-                "host": host,
-                "path": "/repos/me/x/issues",
-                "rule": "github writes",
-                "body_preview": '{"title": "bug"}',
-            },
-        )
+        request = held_request(self.rid, ttl, host, approvers, agent_group)
         await publish(self.nc.jetstream(), subjects.APPROVAL_REQUEST, request, msg_id=f"vault:{self.rid}")
         return request.expires_at
 
@@ -439,17 +448,20 @@ class Router:
     def __init__(self, nc: Client) -> None:
         self.nc = nc
         self.asked = 0
+        self.groups: list[str] = []  # the agent group of each ask, in order
 
     async def come(self, refusal: str = "") -> None:
         """From now on it answers: the owner approves, or (`refusal`) the router's "400" with those words."""
 
         async def answer(msg: Msg) -> None:
             self.asked += 1
+            group = msgspec.json.decode(msg.data, type=router_ctl.ApproversGet).agent_group
+            self.groups.append(group)
             if refusal:
                 errors = {"Nats-Service-Error": refusal, "Nats-Service-Error-Code": "400"}
                 await self.nc.publish(msg.reply, b"", headers=errors)
                 return
-            reply = router_ctl.Approvers(agent_group="main", approvers=[OWNER])
+            reply = router_ctl.Approvers(agent_group=group, approvers=[OWNER])
             await msg.respond(msgspec.json.encode(reply))
 
         await self.nc.subscribe(router_ctl.APPROVERS.subject, cb=answer)
@@ -460,18 +472,18 @@ async def unanswered(alone: Alone) -> int:
 
 
 async def test_a_request_waits_for_an_absent_router_and_is_decided_once_it_answers(alone: Alone) -> None:
-    """No router (it is restarting): no answer is no decision. The request is asked about again and again, more
-    often than the five tries that once ended in a denial, and is decided as usual once a router answers."""
+    """No router (it is restarting): no answer is no decision. The request waits in approvals.db, its delivery acked,
+    the router asked again and again, and is decided as usual once a router answers."""
     requester = Requester(alone.nc, "vault-norouter")
     await requester.ask(ttl=600)  # no approvers: the router is asked who may approve it
 
-    async def asked_past_the_old_limit() -> bool:
-        return not requester.decisions.empty() or await unanswered(alone) > 5
+    async def asked_again() -> bool:
+        return not requester.decisions.empty() or await unanswered(alone) >= 3
 
-    await eventually(asked_past_the_old_limit, 60, "the approvals service stopped asking the router")
+    await eventually(asked_again, 60, "the approvals service stopped asking the router")
     assert requester.decisions.empty(), f"decided while the router was away: {requester.decisions.get_nowait()}"
     waiting = await alone.js.consumer_info("CLAWDEN_APPROVALS", streams.approvals_requests().durable)
-    assert waiting.num_redelivered == 0  # held as one delivery: none of max_deliver spent on the wait
+    assert (waiting.num_ack_pending, waiting.num_redelivered) == (0, 0)  # taken once, and holds no delivery
 
     router = Router(alone.nc)
     await router.come()

@@ -82,17 +82,56 @@ def test_a_request_without_an_expiry_lives_its_kinds_lifetime_from_when_it_reach
     assert store.list("pending")[0]["expires_at"] == 1000 + policy.ttl("credential")
 
 
-def test_the_routers_refusal_to_name_approvers_denies_and_its_silence_until_the_expiry_expires(store: Store) -> None:
-    refused = store.approvers_unknown(request("refused"), "denied", "the router refused: bad request", 1060, 1000)
-    silent = store.approvers_unknown(request("silent"), "expired", "the router never answered", 1060, 1060)
-    assert (refused.result, silent.result) == ("no_approver", "expired_unasked")
+def test_the_routers_refusal_to_name_approvers_denies_its_groups_waiting_requests_and_its_silence_expires_them(
+    store: Store,
+) -> None:
+    store.wait_for_router(request("refused"), 1000, 1000)
+    store.wait_for_router(request("refused-too"), 1000, 1000)
+    store.wait_for_router(ops("silent"), 1000, 1000)
+    refused = store.refused("main", "the router refused: bad request", 1001)
+    assert (refused.result, refused.counts) == ("refused", {"no_approver": 2})
+    assert store.expire_due(1060) == 1
     decisions = [e for e in drain(store) if isinstance(e, ev.ApprovalDecision)]
     assert [(d.id, d.decision, d.decided_by, d.reason) for d in decisions] == [
         ("refused", "denied", "approvals", "the router refused: bad request"),
-        ("silent", "expired", "", "the router never answered"),
+        ("refused-too", "denied", "approvals", "the router refused: bad request"),
+        ("silent", "expired", "", UNROUTED),
     ]
-    assert store.approvers_unknown(request("silent"), "expired", "again", 1060, 1061).result == "duplicate"
-    assert store.list("pending") == []
+    assert store.refused("main", "again", 1061).counts == {} and store.list("pending") == []
+
+
+def ops(rid: str) -> ev.ApprovalRequest:
+    return msgspec.structs.replace(request(rid), agent_group="ops")
+
+
+def test_one_answer_of_the_router_records_every_request_of_its_group_waiting_for_it(store: Store) -> None:
+    """Each gets its card, as if it had named its approvers; another group's keep waiting, and an expired one is left
+    to expire (`expire_due`), not sent a card."""
+    store.wait_for_router(request("vault-1"), 1000, 1000)
+    store.wait_for_router(request("vault-2", expires_at=1020), 1001, 1001)
+    store.wait_for_router(request("vault-3"), 1002, 1002)
+    store.wait_for_router(ops("vault-ops"), 1002, 1002)
+    assert store.waiting_groups(1010) == ["main", "ops"]
+    assert store.waiting_groups(1060) == []  # all expired: nobody is asked about them
+    drain(store)
+
+    routed = store.routed("main", [OWNER], 1030)
+    assert (routed.result, routed.counts) == ("routed", {"sent": 2})
+    cards_sent = [e for e in drain(store) if isinstance(e, ev.OutboundMessage)]
+    assert [c.route for c in cards_sent] == [TERMINAL, TERMINAL] and len({c.id for c in cards_sent}) == 2
+    pending = {r["id"]: r for r in store.list("pending")}
+    assert {i: (r["approver"], r["reason"]) for i, r in pending.items()} == {
+        "vault-1": (OWNER, ""),
+        "vault-3": (OWNER, ""),
+        "vault-2": ("", ROUTING),  # expired at 1020: the timer's
+        "vault-ops": ("", ROUTING),
+    }
+    assert (pending["vault-1"]["created_at"], pending["vault-1"]["expires_at"]) == (1030, 1060)
+    assert store.waiting_groups(1030) == ["ops"]
+    assert store.routed("main", [OWNER], 1031).counts == {}  # asked again: nothing left to send
+    assert store.expire_due(1031) == 1
+    (expired,) = drain(store)
+    assert isinstance(expired, ev.ApprovalDecision) and (expired.id, expired.reason) == ("vault-2", UNROUTED)
 
 
 def test_a_decision_applies_once_even_if_clicked_twice(store: Store) -> None:
@@ -294,9 +333,9 @@ def test_a_withdrawal_before_its_request_is_recorded_settles_it_when_it_comes_wi
     """The request was held while the router was asked who approves (a `Retry`), and the withdrawal overtook it."""
     assert store.withdraw(withdrawal(by="router"), 1000).result == "withdrawn_early"
     assert store.withdraw(withdrawal(), 1000).result == "withdrawn_early"
-    assert store.wait_for_router(request(), 999).result == "withdrawn"  # no router is asked about it
-    assert store.wait_for_router(request("vault-2"), 999).result == "waiting"
-    assert store.add_request(request(), [], 1001).result == "withdrawn"
+    assert store.wait_for_router(request(), 999, 1001).result == "withdrawn"  # no router is asked about it
+    assert store.wait_for_router(request("vault-2"), 999, 1001).result == "waiting"
+    assert store.waiting_groups(1001) == ["main"] and store.add_request(request(), [], 1001).result == "duplicate"
     (decision,) = drain(store)  # no card
     assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "expired"
     assert decision.reason == "withdrawn by vault: the agent hung up"
@@ -553,8 +592,9 @@ def test_a_request_waiting_for_the_router_is_kept_in_the_database_from_its_first
     """Listed and shown as pending from approvals.db, so a restart shows it at once (not when it is delivered again),
     with the choices its owner has at the machine."""
     first = Store.open(tmp_path / "approvals.db")
-    assert first.wait_for_router(request(), 1000).result == "waiting"
-    assert first.wait_for_router(request(), 1000).result == "still_waiting"  # the next try writes nothing
+    assert first.wait_for_router(request(), 1000, 1000).result == "waiting"
+    # A copy (published again, or delivered again after a crash before its ack) writes nothing.
+    assert first.wait_for_router(request(), 1000, 1001).result == "duplicate"
     first.close()
 
     again = Store.open(tmp_path / "approvals.db")
@@ -570,17 +610,34 @@ def test_a_request_waiting_for_the_router_is_kept_in_the_database_from_its_first
     again.close()
 
 
+def test_migrating_keeps_each_request_waiting_for_the_router_under_its_group(tmp_path: Path) -> None:
+    """Requests that waited before one ask served a whole group are asked about, and recorded, by their group."""
+    path = tmp_path / "approvals.db"
+    conn, _ = servicedb.open_db(path, [m for m in MIGRATIONS if m[0] < "0008"])
+    for waiting in (request("vault-1"), ops("vault-ops")):
+        conn.execute(
+            "INSERT INTO waiting (id, request, asked_at, expires_at) VALUES (?, ?, 1000, 1060)",
+            (waiting.id, ev.encode(waiting)),
+        )
+    conn.close()
+    store = Store.open(path)
+    assert store.waiting_groups(1000) == ["main", "ops"]
+    assert store.routed("ops", [OWNER], 1001).counts == {"sent": 1}
+    assert [r["id"] for r in store.list("pending") if r["approver"] == OWNER] == ["vault-ops"]
+    store.close()
+
+
 def test_a_request_the_router_named_approvers_for_waits_no_more(store: Store) -> None:
-    store.wait_for_router(request(), 1000)
+    store.wait_for_router(request(), 1000, 1000)
     assert store.add_request(request(), [OWNER], 1001, asked_at=1000).result == "sent"
     (listed,) = store.list("pending")
     assert (listed["approver"], listed["reason"]) == (OWNER, "")
     assert store.next_expiry() == 1060
-    assert store.wait_for_router(request(), 1000).result == "duplicate"  # its held delivery: nobody is asked
+    assert store.wait_for_router(request(), 1000, 1002).result == "duplicate"  # a copy: nobody is asked
 
 
 def test_the_owner_decides_a_request_waiting_for_the_router_at_once_without_a_card(store: Store) -> None:
-    store.wait_for_router(request(), 1000)
+    store.wait_for_router(request(), 1000, 1000)
     assert store.decide("vault-1", "maybe", "local:owner", 1001).result == "bad_button"
     assert store.list("pending")[0]["reason"] == ROUTING  # still waiting: nothing was recorded
     assert store.decide("vault-1", "approve", "local:owner", 1002).result == "approved"
@@ -596,18 +653,18 @@ def test_the_owner_decides_a_request_waiting_for_the_router_at_once_without_a_ca
     assert found is not None and (found["status"], found["approver"], found["deciders"]) == ("approved", "", [])
     assert [a["what"] for a in found["audit"]] == ["waiting", "requested", "unrouted", "approved"]
     assert store.list("pending") == [] and store.next_expiry() is None
-    # Its held delivery comes again: found recorded, it asks nobody and sends nothing, whatever the router says.
-    assert store.wait_for_router(request(), 1000).result == "duplicate"
+    # It waits no more: a copy asks nobody, and the router's answer, or its refusal, sends and decides nothing.
+    assert store.wait_for_router(request(), 1000, 1003).result == "duplicate" and store.waiting_groups(1003) == []
     assert store.add_request(request(), [OWNER], 1003, asked_at=1000).result == "duplicate"
-    assert store.approvers_unknown(request(), "denied", "refused", 1060, 1003).result == "duplicate"
+    assert store.routed("main", [OWNER], 1003).counts == store.refused("main", "no", 1003).counts == {}
     assert store.decide("vault-1", "deny", "local:owner", 1004).result == "already"
     assert drain(store) == []
 
 
 def test_a_request_waiting_for_the_router_expires_at_its_own_time(store: Store) -> None:
     """Its silence is nobody's decision: expired, not denied, once, without a card; the machine's owner is too late."""
-    store.wait_for_router(request(expires_at=1060), 1000)
-    store.wait_for_router(request("vault-2", expires_at=1090), 1000)
+    store.wait_for_router(request(expires_at=1060), 1000, 1000)
+    store.wait_for_router(request("vault-2", expires_at=1090), 1000, 1000)
     assert store.next_expiry() == 1060
     assert store.expire_due(1059) == 0
     assert store.expire_due(1060) == 1
@@ -624,11 +681,11 @@ def test_a_request_waiting_for_the_router_expires_at_its_own_time(store: Store) 
 
 def test_a_request_waiting_for_the_router_is_withdrawn_at_once(store: Store) -> None:
     """Its requester stops waiting (the vault's wait ended): settled now, not at its held delivery's next try."""
-    store.wait_for_router(request(), 1000)
+    store.wait_for_router(request(), 1000, 1000)
     assert store.withdraw(withdrawal(by="runner"), 1001).result == "withdrawn_early"  # not its requester
     assert store.list("pending")[0]["reason"] == ROUTING
     assert store.withdraw(withdrawal(), 1002).result == "withdrawn"
     (decision,) = drain(store)  # no card
     assert isinstance(decision, ev.ApprovalDecision) and decision.decision == "expired"
     assert decision.reason == "withdrawn by vault: the agent hung up"
-    assert store.list("pending") == [] and store.wait_for_router(request(), 1000).result == "duplicate"
+    assert store.list("pending") == [] and store.wait_for_router(request(), 1000, 1000).result == "duplicate"
