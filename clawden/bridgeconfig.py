@@ -9,6 +9,7 @@ import os
 import tomllib
 
 from clawden.bus import subjects, webhooks
+from clawden.channelsettings import FLAGS, SETTINGS
 from clawden.config import Config
 from clawden.natsauth import webhook_routes
 from clawden.runtime import ConfigurationError
@@ -40,6 +41,28 @@ def number(channel: str, settings: dict[str, str], key: str, default: float) -> 
     if value < 0:
         raise BridgeConfigError(f"[channels.{channel}] {key} must not be negative")
     return value
+
+
+def settings_problems(cfg: Config, channel: str, environ: dict[str, str] | None = None) -> list[str]:
+    """Each value of `[channels.<channel>]` (or its `CLAWDEN_<NAME>_<KEY>`) that the built-in bridge would refuse
+    at its start, read as the bridge reads it (`number` for seconds and sizes): `clawden doctor` says it before
+    `clawden up` does. A channel not in `channelsettings.SETTINGS` (another's bridge) is not checked."""
+    settings = channel_settings(cfg, channel, environ)
+    problems: list[str] = []
+    for key, kind in SETTINGS.get(channel, {}).items():
+        value = settings.get(key)
+        if value is None or kind == "text":
+            continue
+        if kind == "number":
+            try:
+                number(channel, settings, key, 0.0)
+            except BridgeConfigError as exc:
+                problems.append(str(exc))
+        elif kind == "whole" and not value.strip().isdigit():
+            problems.append(f"[channels.{channel}] {key} must be a whole number, not {value!r}")
+        elif kind == "flag" and value.strip().lower() not in FLAGS:
+            problems.append(f"[channels.{channel}] {key} must be true or false, not {value!r}")
+    return problems
 
 
 def read_secret(cfg: Config, channel: str, environ: dict[str, str] | None = None) -> str:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from clawden.bus import subjects
+from clawden.bus.events import CPUS_RANGE, MEMORY_RANGE, PIDS_RANGE, GroupSettings, memory_bytes
 from clawden.mcpservers import McpServer
 from clawden.registry import installed_channels
 
@@ -31,9 +35,14 @@ class NatsConfig(msgspec.Struct, frozen=True, kw_only=True):
         return tuple(dict.fromkeys(u.strip() for u in given if u.strip()))
 
 
-# A runner's id names its subjects (clawden.wake.<id>, clawden.runner.heartbeat.<id>): subjects.TOKEN_PATTERN,
-# written out here because the bus package imports this module.
-RunnerId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# Bounds a value must keep for the services to work at all, checked when the config loads (a `max_containers` of 0
+# or `cpus` of 0 is not a choice: every chat would wait, or every container fail to start).
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NotNegative = Annotated[float, msgspec.Meta(ge=0)]
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+
+# A runner's id names its subjects (clawden.wake.<id>, clawden.runner.heartbeat.<id>).
+RunnerId = Annotated[str, msgspec.Meta(pattern=subjects.TOKEN_PATTERN)]
 
 
 class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,27 +50,28 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Seconds without a runner's heartbeat (every 5 s) before the router places no new session on it.
     dead_after: Annotated[float, msgspec.Meta(gt=0)] = 15.0
     image: str = "clawden-agent:latest"
-    idle_timeout: float = 1800.0
-    memory: str = "2g"
-    cpus: float = 2.0
-    pids: int = 512
-    docker_workers: int = 4
-    safety_poll: float = 2.0
-    max_containers: int = 8
+    idle_timeout: Positive = 1800.0
+    memory: str = "2g"  # Docker's notation, as `clawden groups update --memory` takes it (`runner_problem`)
+    # The bounds `clawden groups update --cpus/--pids` takes.
+    cpus: Annotated[float, msgspec.Meta(ge=CPUS_RANGE[0], le=CPUS_RANGE[1])] = 2.0
+    pids: Annotated[int, msgspec.Meta(ge=PIDS_RANGE[0], le=PIDS_RANGE[1])] = 512
+    docker_workers: AtLeastOne = 4
+    safety_poll: Positive = 2.0
+    max_containers: AtLeastOne = 8
     # Containers coming up at once (docker start until the agent's Claude Code answers); 0: one per
     # CPU. Fifty starting together on two cores each take the whole wave's time.
-    parallel_starts: int = 0
+    parallel_starts: Annotated[int, msgspec.Meta(ge=0)] = 0
     # Seconds without a heartbeat while the agent owes an answer before it counts as hung
     # (a declared long tool call extends it).
-    hang_timeout: float = 600.0
+    hang_timeout: Positive = 600.0
     # Model calls the agent may make for one message, and seconds it may work on it (waits for a
     # person's answer not counted), before it is stopped and the chat told.
-    max_turns: int = 100
-    turn_budget: float = 1800.0
+    max_turns: AtLeastOne = 100
+    turn_budget: Positive = 1800.0
     # Tries a message gets across container crashes and hangs before it fails for good.
-    max_tries: int = 3
+    max_tries: AtLeastOne = 3
     # Seconds a chat may wait for a free container slot before it is told so.
-    queue_notice_after: float = 5.0
+    queue_notice_after: NotNegative = 5.0
     # systemd restarts keep containers for the next runner to adopt; `clawden up` stops them.
     stop_containers_on_exit: bool = False
     # How containers reach the vault: "socket" (a Unix socket per group, mounted in; the socket names the
@@ -117,11 +127,11 @@ class VaultConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Groups without their own `clawden egress` setting: "open" (any host, audited) or "allowlist". Any
     # other word is an error at load: a typo must never leave egress open unnoticed.
     default_egress: Literal["open", "allowlist"] = "open"
-    approval_timeout: float = 180.0  # seconds a held request waits for a human
+    approval_timeout: Positive = 180.0  # seconds a held request waits for a human
     # Connections one agent group may hold open to the gateway at once (tunnels and WebSockets included); past
     # it a connection gets a 429, so one group cannot take the descriptors the others need.
     max_connections_per_group: Annotated[int, msgspec.Meta(ge=1)] = 128
-    read_timeout: float = 600.0  # seconds a site may stay silent mid-request (a model thinking)
+    read_timeout: Positive = 600.0  # seconds a site may stay silent mid-request (a model thinking)
     # Connections on the TCP listener that have not shown a proxy token yet belong to no group's cap: at most this
     # many at once, the oldest dropped past it (each burst of drops one audit record, group `tcp:no-token`). At
     # most half the 8192 descriptors the vault asks for, so that a flood of them leaves the groups theirs.
@@ -129,7 +139,7 @@ class VaultConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Seconds from accept (a TLS handshake included) for such a connection to show its token; a relay needs a
     # round trip. At most an idle authenticated connection's 300: one that names nobody never gets longer.
     tokenless_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 15.0
-    audit_retention_days: float = 30.0
+    audit_retention_days: Positive = 30.0
     # "host:port" for the TCP listener with per-group proxy tokens (engines where sockets cannot
     # cross into containers); empty: off.
     tcp_listen: str = ""
@@ -146,7 +156,7 @@ class VaultConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Shortest `every` interval a task may have without a pre-check script: each run is a model turn.
-    min_interval: float = 60.0
+    min_interval: NotNegative = 60.0
 
 
 class WebhooksConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -156,12 +166,12 @@ class WebhooksConfig(msgspec.Struct, frozen=True, kw_only=True):
     DEFAULT_LISTEN: ClassVar[str] = "127.0.0.1:8787"  # where `clawden run webhooks` alone listens
     # The https URL the platforms are told (through the proxy); `clawden doctor` checks it reaches us.
     public_url: str = ""
-    max_body: int = 1 << 20  # bytes; WhatsApp's deliveries are a few KiB
-    rate: float = 50.0  # requests per second per source, with a burst of `burst`
-    burst: int = 200
+    max_body: AtLeastOne = 1 << 20  # bytes; WhatsApp's deliveries are a few KiB
+    rate: Positive = 50.0  # requests per second per source, with a burst of `burst`
+    burst: AtLeastOne = 200
     # Seconds a client may take to send its whole body (slowloris), and to wait for JetStream's ack.
-    body_timeout: float = 10.0
-    ack_timeout: float = 5.0
+    body_timeout: Positive = 10.0
+    ack_timeout: Positive = 5.0
     # Behind a proxy every request comes from it: take the source from X-Forwarded-For's last hop.
     forwarded_for: bool = False
     # Third-party bridges' routes: channel -> scheme (clawden/bus/webhooks.py).
@@ -176,15 +186,19 @@ class WebConfig(msgspec.Struct, frozen=True, kw_only=True):
     # The address the browser uses (through a proxy: `https://clawden.example.org`). Login links name it,
     # state-changing requests must come from this origin, and an https one makes the cookie Secure.
     public_url: str = ""
-    link_minutes: float = 10.0  # how long a one-time login link lasts
-    session_days: float = 14.0  # how long a signed-in browser stays signed in
-    login_rate: float = 0.2  # login attempts per second per source (one every 5 s), with a burst of
-    login_burst: int = 10
+    link_minutes: Positive = 10.0  # how long a one-time login link lasts
+    session_days: Positive = 14.0  # how long a signed-in browser stays signed in
+    login_rate: Positive = 0.2  # login attempts per second per source (one every 5 s), with a burst of
+    login_burst: AtLeastOne = 10
+
+
+# An install's id names its containers (`clawden-<id>-<session>`) and its NATS server: a name Docker and NATS take.
+InstallId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     home: str = ""
-    install_id: str = "default"
+    install_id: InstallId = "default"
     nats: NatsConfig = NatsConfig()
     runner: RunnerConfig = RunnerConfig()
     model: ModelConfig = ModelConfig()
@@ -308,16 +322,43 @@ def load(home: Path | None = None, environ: dict[str, str] | None = None) -> Con
     try:
         cfg = msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{file}: {exc}{_choices(str(exc))}") from exc
-    if problem := nats_problem(cfg.nats) or model_problem(cfg.model):
-        raise ConfigError(f"{file}: {problem}")
+        raise ConfigError(_said(str(exc), raw, file, env)) from exc
+    if problem := nats_problem(cfg.nats) or model_problem(cfg.model) or runner_problem(cfg):
+        named = _NAMED.match(problem)
+        raise ConfigError(_blame(named and (named["section"], named["key"]), problem, file, env))
     return cfg
+
+
+_AT = re.compile(r"^(?P<why>.*) - at `\$\.(?:(?P<section>\w+)\.)?(?P<key>\w+)`$")
+_NAMED = re.compile(r"^(?P<section>\w+)\.(?P<key>\w+) ")  # "nats.port is 0: ..."
+
+
+def _said(error: str, raw: dict[str, Any], file: Path, environ: Mapping[str, str]) -> str:
+    """msgspec's `Expected `int` >= 1 - at `$.runner.max_containers`` as `runner.max_containers = 0: Expected `int`
+    >= 1`, said of where the value came from."""
+    found = _AT.match(error)
+    if found is None:
+        return f"{file}: {error}"
+    section, key = found["section"], found["key"]
+    value = (raw.get(section) or {}).get(key) if section else raw.get(key)
+    text = f"{f'{section}.' if section else ''}{key} = {value!r}: {found['why']}{_choices(error)}"
+    return _blame((section or "", key), text, file, environ)
+
+
+def _blame(setting: tuple[str, str] | None, problem: str, file: Path, environ: Mapping[str, str]) -> str:
+    """`problem` said of where the value came from: config.toml, or the `CLAWDEN_<SECTION>_<KEY>` variable that
+    overrides it there (a bad variable is not fixed by editing the file)."""
+    if setting is not None and (setting[0] in _SECTIONS or setting == ("", "install_id")):
+        variable = "_".join(("CLAWDEN", *filter(None, setting))).upper()
+        name = next((k for k in environ if k.upper() == variable), None)
+        if name is not None:
+            return f"environment variable {name}: {problem} (it overrides {file}; unset or correct it)"
+    return f"{file}: {problem}"
 
 
 def _choices(error: str) -> str:
     """For a word a setting does not accept (`Invalid enum value 'alowlist' - at `$.vault.default_egress``),
     the words it does."""
-    import re
     import typing
 
     found = re.search(r"^Invalid enum value .* at `\$\.(\w+)\.(\w+)`$", error)
@@ -346,6 +387,26 @@ def nats_problem(nats: NatsConfig) -> str | None:
         return "nats.replicas = 3 needs a cluster, but the embedded server is one server: set nats.url to its servers"
     if nats.ca_file and not Path(nats.ca_file).is_file():
         return f"nats.ca_file {nats.ca_file} is not a file: point it at the cluster's ca.pem (clawden cluster init)"
+    return None
+
+
+def runner_problem(cfg: Config) -> str | None:
+    """What is wrong with the container limits, `[runner]`'s and each `[groups.<name>]`'s, in one line that names
+    the fix; None when nothing. Sizes and images are read as `clawden groups update --memory/--image` reads them
+    (`GroupSettings.problems`): a limit Docker refuses would fail every container start, long after the config
+    loaded, as "my container could not be started"."""
+    runner = cfg.runner
+    size = memory_bytes(runner.memory)
+    if size is None or not MEMORY_RANGE[0] <= size <= MEMORY_RANGE[1]:
+        return f"runner.memory {runner.memory!r} is not a memory size: give one from 64m to 1024g, e.g. 2g"
+    if not runner.image:
+        return "runner.image is empty: give an image reference like clawden-agent:latest"
+    if why := GroupSettings(image=runner.image).problems().get("image"):
+        return f"runner.{why}"
+    for name, group in cfg.groups.items():
+        # 0 and "" are "not set" in both: the runner's own apply.
+        for why in GroupSettings(memory=group.memory, cpus=group.cpus, pids=group.pids).problems().values():
+            return f"[groups.{name}] {why}"
     return None
 
 
@@ -383,9 +444,12 @@ def unknown_settings(raw: dict[str, Any]) -> list[str]:
 
 
 def _unknown_in_channels(channels: dict[str, Any]) -> list[str]:
-    """`[channels.<name>]` for no installed bridge, and a token written there (a bridge reads its token only
-    from keys/<name> or CLAWDEN_<NAME>_TOKEN, never from config.toml)."""
+    """`[channels.<name>]` for no installed bridge, a token written there (a bridge reads its token only
+    from keys/<name> or CLAWDEN_<NAME>_TOKEN, never from config.toml), and a key a built-in bridge does not read
+    (`channelsettings.SETTINGS`; another's bridge reads what it likes)."""
     import difflib
+
+    from clawden.channelsettings import SETTINGS
 
     names = sorted(installed_channels())
     found: list[str] = []
@@ -394,11 +458,19 @@ def _unknown_in_channels(channels: dict[str, Any]) -> list[str]:
             near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
             hint = f" (did you mean [channels.{near[0]}]?)" if near else ""
             found.append(f"[channels.{name}] is not a channel Clawden knows{hint}")
-        elif isinstance(table, dict) and "token" in table:
+            continue
+        if not isinstance(table, dict):
+            continue
+        if "token" in table:
             found.append(
                 f"token in [channels.{name}] is not read: put it in keys/{name} (chmod 600) or "
                 f"CLAWDEN_{name.upper()}_TOKEN, and take it out of config.toml"
             )
+        known = SETTINGS.get(name, {})
+        for key in [k for k in table if name in SETTINGS and k not in known and k != "token"]:
+            near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            found.append(f"{key} in [channels.{name}] is not a setting the {name} bridge reads{hint}")
     return found
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import socket
 import subprocess
@@ -12,6 +13,8 @@ import sysconfig
 import time
 from importlib import metadata
 from pathlib import Path
+
+from clawden import pdeathsig
 
 
 class NatsServerError(RuntimeError):
@@ -96,9 +99,15 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None, timeo
 
 
 def start(
-    port: int, store_dir: Path, *, log_file: Path | None = None, config_file: Path | None = None
+    port: int,
+    store_dir: Path,
+    *,
+    log_file: Path | None = None,
+    config_file: Path | None = None,
+    with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start a JetStream-enabled, loopback-only server and wait until it accepts connections."""
+    """Start a JetStream-enabled, loopback-only server and wait until it accepts connections. `with_parent`: it is
+    sent SIGTERM when this process dies (Linux; call this from the main thread, see `pdeathsig.arm`)."""
     store_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its copy
     offset = out.tell() if not isinstance(out, int) else 0
@@ -111,6 +120,7 @@ def start(
             # Out of the terminal's process group: Ctrl-C there must not stop it before the services
             # that still use it (its owner stops it), and SIGHUP would make it reload.
             start_new_session=True,
+            preexec_fn=pdeathsig.preexec(os.getpid()) if with_parent else None,
         )
     finally:
         if not isinstance(out, int):

@@ -4,6 +4,8 @@ Each child runs what a systemd unit runs (`clawden run <service>`: the same entr
 and log), with its own notify socket so we know when it is ready; a child that dies is restarted with
 backoff; Ctrl-C, SIGTERM or a closed terminal (SIGHUP) stops the services first and NATS last. Each child,
 NATS too, runs in its own session, so a signal to the terminal's process group reaches only this process.
+On Linux each child is also sent SIGTERM when this process dies however it dies (SIGKILL, the OOM killer):
+left running, re-parented to init, they would hold NATS's port and make the next `clawden up` refuse to start.
 
 On Linux the children are forked from this process once it has imported every service's modules
 (`preload`), the way a pre-forking server shares its code: their module pages stay shared, which
@@ -31,7 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import BinaryIO, TextIO
 
-from clawden import logs, natsauth, natsserver, setup
+from clawden import logs, natsauth, natsserver, pdeathsig, setup
 from clawden.backoff import backoff
 from clawden.config import Config, configured_bridges, http_services, unknown_in_file
 from clawden.models import model_warning
@@ -83,6 +85,7 @@ class Forked:
     def start(cls, name: str, env: dict[str, str], log: BinaryIO) -> Forked:
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid:
             return cls(pid)
@@ -91,6 +94,7 @@ class Forked:
             os.setsid()
             for sig in STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
+            pdeathsig.arm(parent)  # after the reset: the supervisor's handler would swallow the signal
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
@@ -197,7 +201,11 @@ class Supervisor:
             pass
         try:
             self.nats = natsserver.start(
-                self.cfg.nats.port, self.cfg.data_dir / "nats", log_file=log, config_file=natsauth.conf_path(self.cfg)
+                self.cfg.nats.port,
+                self.cfg.data_dir / "nats",
+                log_file=log,
+                config_file=natsauth.conf_path(self.cfg),
+                with_parent=True,
             )
         except natsserver.NatsServerError as exc:
             raise SystemExit(f"NATS did not start: {exc} (see {log})") from None
@@ -229,6 +237,7 @@ class Supervisor:
                 stderr=log,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=pdeathsig.preexec(os.getpid()),
             )
         log.close()
         child.ready = False
@@ -248,6 +257,7 @@ class Supervisor:
                 self.cfg.data_dir / "nats",
                 log_file=self.logs / "nats.log",
                 config_file=natsauth.conf_path(self.cfg),
+                with_parent=True,
             )
         except natsserver.NatsServerError as exc:
             self.say(f"nats did not start again: {exc}")

@@ -110,6 +110,17 @@ def test_names_clawden_does_not_read_are_found_with_the_nearest_it_does(tmp_path
         "cpu in [runner] is not a setting Clawden knows (did you mean cpus?)",
         "memroy in [groups.main] is not a setting Clawden knows (did you mean memory?)",
         "zebra in [vault] is not a setting Clawden knows",
+        "anything in [channels.telegram] is not a setting the telegram bridge reads",
+    ]
+
+
+def test_a_misspelt_key_in_a_bridges_table_is_found_with_the_nearest_it_reads(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(
+        '[channels.telegram]\npol_timeout = 3\nsend_deadline = 60\n[channels.email]\nimap_hots = "x"\n'
+    )
+    assert config.unknown_in_file(config.load(tmp_path, {})) == [
+        "pol_timeout in [channels.telegram] is not a setting the telegram bridge reads (did you mean poll_timeout?)",
+        "imap_hots in [channels.email] is not a setting the email bridge reads (did you mean imap_host?)",
     ]
 
 
@@ -194,3 +205,64 @@ def test_a_token_in_config_toml_and_a_misspelled_channel_are_said_with_where_eac
         " and take it out of config.toml",
         "[channels.telegrm] is not a channel Clawden knows (did you mean [channels.telegram]?)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Each passed the load before, and failed only later: every new chat waited 30 s and was told "my container
+        # could not be started", or "I'm busy" forever.
+        ('[runner]\nmemory = "lots"\n', r"runner\.memory 'lots' is not a memory size: give one from 64m to 1024g"),
+        ('[runner]\nmemory = "2m"\n', r"runner\.memory '2m' is not a memory size"),
+        ('[runner]\nmemory = ""\n', r"runner\.memory '' is not a memory size"),
+        ("[runner]\nmax_containers = 0\n", r"runner\.max_containers = 0: Expected `int` >= 1"),
+        ("[runner]\ncpus = 0.0\n", r"runner\.cpus = 0\.0: Expected `float` >= 0\.01"),
+        ("[runner]\ncpus = nan\n", r"runner\.cpus = nan"),
+        ("[runner]\npids = 0\n", r"runner\.pids = 0: Expected `int` >= 32"),
+        ("[runner]\nidle_timeout = -1\n", r"runner\.idle_timeout = -1"),
+        ("[runner]\nmax_tries = 0\n", r"runner\.max_tries = 0"),
+        ("[runner]\nmax_turns = 0\n", r"runner\.max_turns = 0"),
+        ("[runner]\nsafety_poll = 0\n", r"runner\.safety_poll = 0"),
+        ("[runner]\ndocker_workers = 0\n", r"runner\.docker_workers = 0"),
+        ('[runner]\nimage = "Clawden Agent"\n', r"runner\.image 'Clawden Agent': give an image reference"),
+        ('[runner]\nimage = ""\n', r"runner\.image is empty"),
+        ('[groups.main]\nmemory = "lots"\n', r"\[groups\.main\] memory 'lots': give a size from 64m to 1024g"),
+        ("[groups.main]\ncpus = -1\n", r"\[groups\.main\] cpus -1\.0: give a number from 0\.01 to 256"),
+        ("[vault]\napproval_timeout = 0\n", r"vault\.approval_timeout = 0"),
+        ("[webhooks]\nrate = 0\n", r"webhooks\.rate = 0"),
+        ("[web]\nlogin_burst = 0\n", r"web\.login_burst = 0"),
+        ('install_id = "my install"\n', r"install_id = 'my install'"),
+    ],
+)
+def test_a_value_no_service_could_work_with_is_an_error_at_load_naming_the_setting(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(config.ConfigError, match=message) as raised:
+        config.load(tmp_path, {})
+    assert str(raised.value).startswith(f"{tmp_path / 'config.toml'}: ")
+
+
+def test_memory_sizes_are_read_as_groups_update_reads_them(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[runner]\nmemory = "1.5g"\n[groups.main]\nmemory = "512mb"\n')
+    cfg = config.load(tmp_path, {})
+    assert cfg.runner.memory == "1.5g" and cfg.groups["main"].memory == "512mb"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CLAWDEN_RUNNER_IDLE_TIMEOUT", "abc", r"runner\.idle_timeout = 'abc': Expected `float`, got `str`"),
+        ("CLAWDEN_RUNNER_MAX_CONTAINERS", "0", r"runner\.max_containers = '0': Expected `int` >= 1"),
+        ("CLAWDEN_RUNNER_MEMORY", "lots", r"runner\.memory 'lots' is not a memory size"),
+        ("CLAWDEN_NATS_PORT", "0", r"nats\.port is 0"),
+        ("CLAWDEN_INSTALL_ID", "a b", r"install_id = 'a b'"),
+    ],
+)
+def test_a_bad_environment_override_names_the_variable_not_config_toml(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    (tmp_path / "config.toml").write_text("[runner]\nidle_timeout = 60\n")  # nothing wrong in the file
+    with pytest.raises(config.ConfigError, match=message) as raised:
+        config.load(tmp_path, {variable: value})
+    assert str(raised.value).startswith(f"environment variable {variable}: "), raised.value

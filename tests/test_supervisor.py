@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -304,10 +305,13 @@ def test_up_forks_each_service_from_itself_holding_none_of_its_descriptors_and_r
     assert up.returncode == 0
 
 
-def _start_up_in_its_own_terminal_group(home: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
+def _start_up_in_its_own_terminal_group(
+    home: Path, config_toml: bool = True
+) -> tuple[subprocess.Popen[str], dict[str, int]]:
     """`clawden up` as a terminal runs it (the leader of its own process group), once all its services are
-    ready, with the pid of each of its children (`nats` too) by name."""
-    (home / "config.toml").write_text(f"[nats]\nport = {natsserver.free_port()}\n")
+    ready, with the pid of each of its children (`nats` too) by name. `config_toml`: a new home's, on a free port."""
+    if config_toml:
+        (home / "config.toml").write_text(f"[nats]\nport = {natsserver.free_port()}\n")
     setup.init(home)
     services = ("--service", "scheduler", "--service", "approvals")
     up = subprocess.Popen(
@@ -353,6 +357,31 @@ def test_a_closed_terminal_stops_up_and_everything_it_started(tmp_path: Path) ->
         assert up.returncode == 0 and rest.rstrip().endswith("stopped"), rest
     finally:
         _kill_left(pids)
+
+
+@pytest.mark.nats
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's; reads /proc")
+def test_a_killed_up_takes_everything_it_started_with_it_and_the_next_up_starts(tmp_path: Path) -> None:
+    """SIGKILL gives `up` no chance to stop anything: its children were left running under init, NATS holding
+    the port, and the next `up` refused ("this install's NATS already runs on port ...")."""
+    up, pids = _start_up_in_its_own_terminal_group(tmp_path)
+    exited = {name: os.pidfd_open(pid) for name, pid in pids.items()}  # readable once that process has exited
+    try:
+        up.kill()
+        up.communicate(timeout=30)
+        for name, fd in exited.items():
+            assert select.select([fd], [], [], 30)[0], f"{name} still runs after `up` was killed"
+        assert not [name for name, pid in pids.items() if running(pid)]
+
+        again, started = _start_up_in_its_own_terminal_group(tmp_path, config_toml=False)  # the same port
+        again.send_signal(signal.SIGINT)
+        rest, _ = again.communicate(timeout=60)
+        _kill_left(started)
+    finally:
+        for fd in exited.values():
+            os.close(fd)
+        _kill_left(pids)
+    assert again.returncode == 0 and rest.rstrip().endswith("stopped"), rest
 
 
 _NATS_TRAPPED = re.compile(r'^\[\d+\] (\d{4})/(\d\d)/(\d\d) (\d\d:\d\d:\d\d\.\d{3})\d* \[INF\] Trapped "(\w+)" signal')

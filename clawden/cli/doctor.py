@@ -34,7 +34,7 @@ import nkeys
 from nats.aio.client import Client
 
 from clawden import agentcontainer, installed, natsauth, packagespec
-from clawden.bridgeconfig import BridgeConfigError, read_secret
+from clawden.bridgeconfig import BridgeConfigError, read_secret, settings_problems
 from clawden.bus.ctl import Nothing, Verb
 from clawden.bus.ctl import router as router_ctl
 from clawden.bus.ctl import vault as vault_ctl
@@ -57,7 +57,8 @@ DOCTOR_LABEL = "dev.clawden.doctor"
 Req = TypeVar("Req", bound=msgspec.Struct)
 Rep = TypeVar("Rep")
 
-Status = Literal["ok", "WARN", "FAIL"]
+# skip: the check could not be run because of what another row found (said in its detail).
+Status = Literal["ok", "WARN", "FAIL", "skip"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ def warn(detail: str, fix: str) -> Result:
 
 def fail(detail: str, fix: str) -> Result:
     return Result("FAIL", detail, fix)
+
+
+def skip(detail: str) -> Result:
+    return Result("skip", detail)
 
 
 @dataclass
@@ -480,8 +485,14 @@ def _probe_group(cfg: Config) -> str:
     return "main" if "main" in groups or not groups else groups[0]
 
 
+class ImageAbsent(Exception):
+    """The image is not on this machine. Doctor never pulls one: it would reach a registry, then run what it got."""
+
+
 def run_trust_container(cfg: Config, trust: Path, gateway_dir: Path | None) -> tuple[bool, str]:
-    """The trust script in a container made like an agent's: no network, read-only, no capabilities."""
+    """The trust script in a container made like an agent's: no network, read-only, no capabilities. Made with
+    `containers.create`, which never pulls (docker-py's `containers.run` pulls an image it does not find)."""
+    import docker.errors
     from docker.types import Mount
 
     env = agentcontainer.environment(trust=True)  # an agent's environment, trust variables included
@@ -492,24 +503,27 @@ def run_trust_container(cfg: Config, trust: Path, gateway_dir: Path | None) -> t
     container = None
     try:
         engine = agentcontainer.Engine.from_info(client.info())
-        container = client.containers.run(
-            cfg.runner.image,
-            ["python", "-c", TRUST_SCRIPT],
-            detach=True,
-            environment=env,
-            user=agentcontainer.container_user(engine.rootless)[0],
-            userns_mode=engine.userns_mode,
-            name=f"clawden-{cfg.install_id}-doctor-{secrets.token_hex(3)}",
-            labels={"dev.clawden.install": cfg.install_id, DOCTOR_LABEL: "trust"},
-            network_mode="none",
-            read_only=True,
-            tmpfs={"/tmp": "rw,size=16m,mode=1777"},
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges:true"],
-            mem_limit="256m",
-            pids_limit=64,
-            mounts=mounts,
-        )
+        try:
+            container = client.containers.create(
+                cfg.runner.image,
+                ["python", "-c", TRUST_SCRIPT],
+                environment=env,
+                user=agentcontainer.container_user(engine.rootless)[0],
+                userns_mode=engine.userns_mode,
+                name=f"clawden-{cfg.install_id}-doctor-{secrets.token_hex(3)}",
+                labels={"dev.clawden.install": cfg.install_id, DOCTOR_LABEL: "trust"},
+                network_mode="none",
+                read_only=True,
+                tmpfs={"/tmp": "rw,size=16m,mode=1777"},
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges:true"],
+                mem_limit="256m",
+                pids_limit=64,
+                mounts=mounts,
+            )
+        except docker.errors.ImageNotFound as exc:
+            raise ImageAbsent(cfg.runner.image) from exc
+        container.start()
         code = int(container.wait(timeout=CONTAINER_WAIT).get("StatusCode", -1))
         output = bytes(container.logs()).decode("utf-8", "replace").strip()
     finally:
@@ -555,6 +569,11 @@ async def check_ca_trust(p: Probe) -> Result:
                 "the CA is in the container's default trust (no handshake: containers reach the vault over TCP"
                 " here, and the check goes through a gateway socket)"
             )
+    except ImageAbsent:
+        return skip(
+            f"not run: the agent image {p.cfg.runner.image} is not on this machine (see the agent image row), and"
+            " doctor pulls no image"
+        )
     except Exception as exc:
         return fail(
             f"could not run a container from {p.cfg.runner.image}: {exc}",
@@ -842,22 +861,37 @@ async def check_model(p: Probe) -> Result:
 
 
 async def check_config(p: Probe) -> Result:
-    """Names config.toml has that Clawden does not read (typos), and model names that are not Claude's."""
+    """Values a bridge would refuse at its start (`clawden up` would say so only then), names config.toml has that
+    Clawden does not read (typos), `[groups.<name>]` for no agent group, and model names that are not Claude's."""
+    import difflib
+
     from clawden.models import model_warning
 
     file = p.cfg.path("config.toml")
+    refused = [
+        problem
+        for channel in configured_channels(p.cfg, p.environ)
+        for problem in settings_problems(p.cfg, channel, p.environ)
+    ]
     problems = unknown_in_file(p.cfg)
     if problem := model_warning(p.cfg.model.model):
         problems.append(f"[model] model: {problem}")
     try:
         groups = await p.ask(router_ctl.GROUPS_LIST, router_ctl.ListAll(limit=10_000))
     except (Unreachable, RuntimeError):
-        groups = []
+        groups = None  # which groups there are is the router's to say: their tables go unchecked
+    names = [g.name for g in groups or ()]
+    for name in [n for n in p.cfg.groups if groups is not None and n not in names]:
+        near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f" (did you mean [groups.{near[0]}]?)" if near else f" (`clawden groups create {name}` makes it)"
+        problems.append(f"[groups.{name}] is not an agent group: its settings apply to none{hint}")
     problems += [
         f"agent group {g.name}: {problem} (`clawden groups update {g.name} --model ...`)"
-        for g in groups
+        for g in groups or ()
         if (problem := model_warning(g.model))
     ]
+    if refused:
+        return fail("; ".join(refused + problems), f"correct them in {file} (or the CLAWDEN_<NAME>_<KEY> variable)")
     if problems:
         return warn("; ".join(problems), f"correct them (settings in {file})")
     return ok(f"{file}: every setting is one Clawden reads" if file.exists() else "no config.toml (defaults)")
@@ -1097,7 +1131,12 @@ def render(results: Sequence[tuple[str, Result]]) -> str:
             lines.append(f"{'':<6}{'':<{width}}fix: {r.fix}")
     failed = sum(r.status == "FAIL" for _, r in results)
     warned = sum(r.status == "WARN" for _, r in results)
-    summary = [f"{failed} failed" if failed else "", f"{warned} to look at" if warned else ""]
+    skipped = sum(r.status == "skip" for _, r in results)
+    summary = [
+        f"{failed} failed" if failed else "",
+        f"{warned} to look at" if warned else "",
+        f"{skipped} not run" if skipped else "",
+    ]
     lines += ["", ", ".join(s for s in summary if s) or "all checks passed"]
     return "\n".join(lines)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -277,6 +280,39 @@ async def test_a_container_trusts_the_ca_even_while_the_vault_is_down(tmp_path: 
 
 
 @pytest.mark.docker
+async def test_with_the_agent_image_missing_the_trust_check_is_not_run_and_no_registry_is_asked(
+    tmp_path: Path, docker_client: object
+) -> None:
+    """docker-py's `containers.run` pulls an image it does not find: doctor asked a registry for the agent image,
+    and would have run whatever came back. The image here names a registry on loopback that only counts callers."""
+    cfg = fresh_home(tmp_path / "home")
+    vault_ca(cfg)
+    registry = socket.create_server(("127.0.0.1", 0))
+    callers: list[object] = []
+
+    def count() -> None:
+        with contextlib.suppress(OSError):  # closed when the test is done
+            while True:
+                conn, _ = registry.accept()
+                callers.append(conn.getpeername())
+                conn.close()  # no answer: a pull fails at once
+
+    threading.Thread(target=count, daemon=True).start()
+    image = f"127.0.0.1:{registry.getsockname()[1]}/clawden-absent:1"
+    cfg = msgspec.structs.replace(cfg, runner=msgspec.structs.replace(cfg.runner, image=image))
+    try:
+        result = await check_ca_trust(Probe(cfg, {}))
+    finally:
+        registry.close()
+
+    assert callers == []
+    assert result == Result(
+        "skip",
+        f"not run: the agent image {image} is not on this machine (see the agent image row), and doctor pulls no image",
+    )
+
+
+@pytest.mark.docker
 async def test_in_tcp_mode_the_trust_check_says_it_tries_no_socket_handshake(tmp_path: Path, agent_image: str) -> None:
     """Containers that reach the vault over TCP (Docker Desktop) have no gateway socket to try a handshake on."""
     cfg = fresh_home(tmp_path / "home")
@@ -382,3 +418,40 @@ async def test_a_typo_in_config_and_a_model_that_is_not_claudes_are_warned_of(tm
         "[model] model: 'gpt-4o' is not a Claude model name"
     )
     assert result.fix == f"correct them (settings in {cfg.path('config.toml')})"
+
+
+async def test_a_channel_value_the_bridge_would_refuse_fails_the_config_row_before_up_does(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    cfg = fresh_home(home)
+    with (home / "config.toml").open("a") as file:
+        file.write(
+            '[channels.telegram]\nsend_deadline = "ten minutes"\npol_timeout = 3\n[channels.email]\nidle = "ture"\n'
+        )
+    probe = Probe(config_mod.load(home, environ={}), {"CLAWDEN_EMAIL_IMAP_PORT": "imaps"})
+    try:
+        result = await check_config(probe)
+    finally:
+        await probe.close()
+
+    assert result.status == "FAIL"
+    assert result.detail == (
+        "[channels.email] imap_port must be a whole number, not 'imaps'; "
+        "[channels.email] idle must be true or false, not 'ture'; "
+        "[channels.telegram] send_deadline must be a number, not 'ten minutes'; "
+        "pol_timeout in [channels.telegram] is not a setting the telegram bridge reads (did you mean poll_timeout?)"
+    )
+    assert result.fix == f"correct them in {cfg.path('config.toml')} (or the CLAWDEN_<NAME>_<KEY> variable)"
+
+
+async def test_a_group_table_for_no_agent_group_is_warned_of_with_the_nearest_group(core: Core) -> None:
+    cfg = msgspec.structs.replace(core.cfg, groups={"mian": config_mod.GroupConfig(memory="1g")})
+    probe = Probe(cfg, {})
+    try:
+        result = await check_config(probe)
+    finally:
+        await probe.close()
+
+    assert result.status == "WARN"
+    assert (
+        result.detail == "[groups.mian] is not an agent group: its settings apply to none (did you mean [groups.main]?)"
+    )

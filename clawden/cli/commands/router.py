@@ -554,6 +554,8 @@ def pair(args: argparse.Namespace) -> int:
     _known_channel(args, args.channel, to_pair=True)
     pairing = _ask(args, ctl.PAIR, ctl.PairCreate(channel=args.channel))
     minutes = max(1, round((pairing.expires_at - time.time()) / 60))
+    if warning := _bridge_down(args, args.channel):
+        print(f"warning: {warning}", file=sys.stderr)
     return _show(
         args,
         pairing,
@@ -563,6 +565,29 @@ def pair(args: argparse.Namespace) -> int:
             " whoever sends it first becomes an owner."
         ),
     )
+
+
+BRIDGE_PING_WAIT = 2.0  # a bridge that runs answers its ping at once; this much covers one still starting
+
+
+def _bridge_down(args: argparse.Namespace, channel: str) -> str:
+    """Why a code handed out now would wait for nobody ("" when the bridge answers, or may: only one that nobody
+    listens for is said down, as `clawden status` says DOWN), with how to start it."""
+    from clawden import natsauth
+    from clawden.bus.ctl.common import PING
+    from clawden.cli.doctor import bridge_start_fix  # the fix doctor's channel row gives
+
+    cfg = config_mod.load(Path(args.home).expanduser() if args.home else None)
+    try:
+        control.run(cfg, PING.at(natsauth.identity(f"channel@{channel}")), Nothing(), timeout=BRIDGE_PING_WAIT)
+    except control.NotListening:
+        return (
+            f"the {channel} bridge is not running (`clawden status` shows it DOWN): nobody there reads the code"
+            f" until it runs; {bridge_start_fix(cfg, channel)}"
+        )
+    except control.ControlError:  # slow, or NATS away: not known to be down
+        pass
+    return ""
 
 
 def register(sub: Sub) -> None:
@@ -689,6 +714,6 @@ def register(sub: Sub) -> None:
     p.set_defaults(func=dropped_list)
 
     p = sub.add_parser("pair", help="print a one-time code; whoever sends it on CHANNEL becomes an owner")
-    p.add_argument("channel")
+    p.add_argument("channel", help="the platform the code is sent on: telegram, slack, discord, matrix, ...")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=pair)
