@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 
+# `docker run` of an image this machine holds, with no network: never a pull (the CLI's default pulls an image it
+# does not find, and would run whatever a registry answered under that name).
+RUN_LOCAL = ("docker", "run", "--rm", "--pull", "never", "--network", "none")
+
 
 class DockerError(RuntimeError):
     """The docker CLI is missing, or an image could not be produced; the message is for a person."""

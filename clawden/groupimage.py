@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-from clawden.dockercli import DockerError, docker, image_labels
+from clawden.dockercli import RUN_LOCAL, DockerError, docker, image_labels
 from clawden.packagespec import (
     BASE_LABEL,
     GROUP_LABEL,
@@ -72,7 +72,7 @@ def base_id(base: str) -> str:
 def base_packages(base: str) -> tuple[set[str], str]:
     """The Debian packages the base image has installed, and its Debian codename."""
     script = "dpkg-query -W -f '${Package}\\n'; . /etc/os-release; echo \"codename=$VERSION_CODENAME\""
-    cmd = ["docker", "run", "--rm", "--network", "none", "--user", "0:0", "--entrypoint", "sh", base, "-c", script]
+    cmd = [*RUN_LOCAL, "--user", "0:0", "--entrypoint", "sh", base, "-c", script]
     probe = docker(cmd)
     if probe.returncode != 0:
         raise BuildError(f"cannot list the packages of {base}: {_tail(probe.stderr)}")
@@ -83,7 +83,7 @@ def base_packages(base: str) -> tuple[set[str], str]:
 
 def base_status(base: str) -> str:
     """The base image's dpkg status file: what apt resolves the group's packages against."""
-    cmd = ["docker", "run", "--rm", "--network", "none", "--entrypoint", "cat", base, "/var/lib/dpkg/status"]
+    cmd = [*RUN_LOCAL, "--entrypoint", "cat", base, "/var/lib/dpkg/status"]
     result = docker(cmd)
     if result.returncode != 0:
         raise BuildError(f"cannot read the Debian packages of {base}: {_tail(result.stderr)}")
@@ -242,7 +242,7 @@ def fetch_pip(requirements: tuple[str, ...], dest: Path, base: str, log: Log) ->
     the wheel cache when it holds them all, otherwise downloaded into the cache first."""
     dest.mkdir(parents=True, exist_ok=True)
     code = "import sys, platform; print('%d.%d' % sys.version_info[:2], platform.machine())"
-    probe = docker(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python3", base, "-c", code])
+    probe = docker([*RUN_LOCAL, "--entrypoint", "python3", base, "-c", code])
     if probe.returncode != 0:
         raise BuildError(f"cannot ask {base} for its Python: {_tail(probe.stderr)}")
     python, machine = probe.stdout.split()

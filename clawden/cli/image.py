@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import clawden
-from clawden.dockercli import DockerError, docker
+from clawden.dockercli import RUN_LOCAL, DockerError, docker
 from clawden.dockercli import image_exists as image_exists
 from clawden.dockercli import image_labels as image_labels
 from clawden.resources import resource_dir
@@ -278,7 +278,7 @@ def probe_base(base: str) -> WheelTarget:
         "import platform, sys; lib, ver = platform.libc_ver(); "
         "print('%d.%d' % sys.version_info[:2], platform.machine(), ver if lib == 'glibc' else '-')"
     )
-    cmd = ["docker", "run", "--rm", "--network", "none", "--entrypoint", "python3", base, "-c", code]
+    cmd = [*RUN_LOCAL, "--entrypoint", "python3", base, "-c", code]
     result = docker(cmd)
     if result.returncode != 0:
         raise ImageBuildError(f"cannot run python3 in {base}: {result.stderr.strip()}")
@@ -292,7 +292,7 @@ def build_network(base: str, *, log: Log) -> str:
         f"dpkg-query -W -f='${{Status}}' {pkg} 2>/dev/null | grep -q 'ok installed' || echo {pkg};"
         for pkg in SYSTEM_PACKAGES
     )
-    result = docker(["docker", "run", "--rm", "--network", "none", "--entrypoint", "sh", base, "-c", check])
+    result = docker([*RUN_LOCAL, "--entrypoint", "sh", base, "-c", check])
     if result.returncode != 0:
         raise ImageBuildError(f"cannot inspect the packages of {base}: {result.stderr.strip()}")
     missing = result.stdout.split()

@@ -193,7 +193,7 @@ class ContainerSpec:
         return {"CLAWDEN_RUNNER": self.runner, "CLAWDEN_EPOCH": str(self.epoch)} if self.runner else {}
 
     def run_kwargs(self) -> dict[str, Any]:
-        """Everything `containers.run` gets: no network (vault_network in tcp mode), read-only root, no
+        """Everything `containers.create` gets: no network (vault_network in tcp mode), read-only root, no
         capabilities, limits."""
         mounts = [
             Mount(SESSION_MOUNT, str(self.session_dir), type="bind"),
@@ -325,12 +325,6 @@ class Docker:
     async def start(self, spec: ContainerSpec) -> Container:
         def run() -> Container:
             try:
-                self.client.images.get(spec.image)
-            except docker.errors.ImageNotFound as exc:  # never let run() try a pull
-                raise ImageMissing(
-                    f"agent image {spec.image} is missing; build it with `clawden image build --tag {spec.image}`"
-                ) from exc
-            try:
                 existing = self.client.containers.get(spec.name)
             except docker.errors.NotFound:
                 pass
@@ -339,7 +333,13 @@ class Docker:
                 if existing.status == "running" and shares(env, spec.fence_env()):
                     return existing  # another runner instance got there first: share it
                 removed(existing)  # a stopped one, or one of an older placement, would block the name
-            container: Container = self.client.containers.run(**spec.run_kwargs())
+            try:  # create and start, never docker-py's run(): that pulls an image it does not find
+                container: Container = self.client.containers.create(**spec.run_kwargs())
+            except docker.errors.ImageNotFound as exc:
+                raise ImageMissing(
+                    f"agent image {spec.image} is missing; build it with `clawden image build --tag {spec.image}`"
+                ) from exc
+            container.start()
             return container
 
         return await self.call(run)
