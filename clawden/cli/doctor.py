@@ -841,7 +841,7 @@ async def check_model(p: Probe) -> Result:
         stored = (await p.ask(vault_ctl.SECRETS_LIST, Nothing())).secrets
     except (Unreachable, RuntimeError):
         if local:
-            return ok(f"{local} (the vault could not be asked; it stores this key when it starts)")
+            return ok(f"{local} (the vault could not be asked; it imports the key at its start if new or changed)")
         return fail(
             "no model credential: no ANTHROPIC_API_KEY, no keys/anthropic, and the vault could not "
             "be asked for a stored one",
@@ -853,7 +853,12 @@ async def check_model(p: Probe) -> Result:
         who = ", ".join(grants).replace("*", "every agent group") or "nobody"
         return ok(f"the vault holds {', '.join(names)} (granted to {who})")
     if local:
-        return fail(f"{local} exists but the vault holds no anthropic secret", "restart the vault (it stores it then)")
+        return fail(
+            f"{local} holds a key but the vault holds no anthropic secret (removed with `clawden secrets remove`, or "
+            "not imported: see the vault's log)",
+            "give it again: `clawden secrets add anthropic --type anthropic < keys/anthropic`, or delete the file if"
+            " that key is done",
+        )
     return fail("no model credential: the vault holds no anthropic secret", MODEL_FIX)
 
 

@@ -50,7 +50,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             key_file.write_text(key + "\n")
     where = f"--home {cfg.home} " if args.home else ""
     if key_file.exists():
-        print(f"  model key:   {key_file} (the vault makes it its `anthropic` secret){_tell_vault(cfg)}")
+        imported = "the vault imports it as its `anthropic` secret when it is new or changed"
+        print(f"  model key:   {key_file} ({imported}; `clawden secrets` changes it from then on){_tell_vault(cfg)}")
         print(f"next: `clawden {where}up` (it stays in the foreground), then `clawden {where}chat` in another terminal")
     else:
         print(

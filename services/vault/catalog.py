@@ -267,7 +267,7 @@ class GroupView:
 
     group: str
     egress: Egress
-    granted: tuple[Credential, ...]  # most specific last, so the last write wins
+    granted: tuple[Credential, ...]  # which one a request gets where several write one place: `precedence`
     others: tuple[Credential, ...]  # stored but not granted to this group
     rules: tuple[Rule, ...]
     leak_checked: tuple[Credential, ...]

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
-from services.vault.catalog import Credential
+from services.vault.catalog import Credential, Secret
 
 Header = tuple[bytes, bytes]
 
@@ -50,8 +50,25 @@ def strip_hop_by_hop(headers: Iterable[Header], keep_upgrade: bool = False) -> l
     return kept
 
 
+def places(secret: Secret) -> frozenset[str]:
+    """Where a secret writes in a request: header names (lower case), ``?<param>`` or ``path``. Two secrets
+    with a place in common overwrite each other, so one request gets only one of them (`precedence`).
+    An anthropic secret holds both of its headers: an API key clears ``authorization``, an OAuth token
+    ``x-api-key``. SigV4 (``aws``) writes ``authorization``."""
+    if secret.kind == "anthropic":
+        return frozenset({"x-api-key", "authorization"})
+    if secret.kind in ("openai", "aws"):
+        return frozenset({"authorization"})
+    if secret.header_name:
+        return frozenset({secret.header_name.lower()})
+    if secret.param_name:
+        return frozenset({f"?{secret.param_name}"})
+    return frozenset({"path"})
+
+
 def inject(credentials: Sequence[Credential], headers: list[Header], target: bytes) -> tuple[list[Header], bytes]:
-    """``headers`` and ``target`` with each credential applied in turn."""
+    """``headers`` and ``target`` with each credential applied in turn (`precedence.choose` has left one
+    credential per place)."""
     for credential in credentials:
         secret, value = credential.secret, credential.value.encode()
         if secret.kind == "anthropic":

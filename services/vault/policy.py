@@ -1,11 +1,12 @@
 """The gateway's decision for one request: a pure function of (agent group, request head, rules, clock).
 
 Order, as in OneCLI: the leak guard and block rules first, then the egress allowlist, then manual
-approval, then rate limits; what passes gets the group's matching secrets injected. A rule with body
-conditions also needs the body: ``needs_body`` says when the gateway must read it first (up to
-``CONDITION_BODY_LIMIT``), and ``decide`` gets what ``body_for_conditions`` makes of it. Rate limits
-count in fixed windows (``now // window``); the caller owns the counters (``ratecounts.RateCounts``)
-and passes a read-only view of them in, and adds the returned ``charges`` once the request goes ahead.
+approval, then rate limits; what passes gets the group's matching secrets injected, one per place in the
+request (`precedence`). A rule with body conditions also needs the body: ``needs_body`` says when the
+gateway must read it first (up to ``CONDITION_BODY_LIMIT``), and ``decide`` gets what
+``body_for_conditions`` makes of it. Rate limits count in fixed windows (``now // window``); the caller
+owns the counters (``ratecounts.RateCounts``) and passes a read-only view of them in, and adds the
+returned ``charges`` once the request goes ahead.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from urllib.parse import unquote, unquote_to_bytes
 from services.vault.catalog import WINDOW_SECONDS, Condition, Credential, GroupView, Rule
 from services.vault.injection import path_substitution
 from services.vault.patterns import host_matches, path_matches, secret_port
+from services.vault.precedence import Tie, choose
 
 Header = tuple[bytes, bytes]
 # Headers and a query parameter through which frameworks (Rails, Laravel, Express's method-override)
@@ -115,8 +117,9 @@ def with_form_methods(head: RequestHead, data: bytes) -> RequestHead:
 
 @dataclass(frozen=True, slots=True)
 class Allowed:
-    credentials: tuple[Credential, ...]  # to inject, in order (the last write to a header wins)
+    credentials: tuple[Credential, ...]  # to inject: one per place (`precedence.choose`)
     charges: tuple[RateKey, ...] = ()
+    tied: tuple[Tie, ...] = ()  # secrets left out though as specific as the one injected (a tie stored before)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +174,8 @@ def decide(
             if usage.get(key, 0) >= rule.rate_limit:
                 return Limited(rule, retry_after=max(1, math.ceil(key.ends - now)), key=key)
             charges.append(key)
-    return Allowed(injectable(view.granted, head), tuple(charges))
+    choice = choose(injectable(view.granted, head), view.group)
+    return Allowed(choice.injected, tuple(charges), choice.tied)
 
 
 def injectable(credentials: Sequence[Credential], head: RequestHead) -> tuple[Credential, ...]:

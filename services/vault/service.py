@@ -53,6 +53,7 @@ from services.vault.catalog import (
 from services.vault.certs import ListenerTls, write_trust_files
 from services.vault.gateway import Gateway
 from services.vault.oauth_connect import AppConnections
+from services.vault.precedence import all_ties, shared_place, ties
 from services.vault.ratecounts import RateCounts
 from services.vault.refusals import Conflict, NotFound
 from services.vault.sealing import Sealer, SealError, load_key
@@ -67,6 +68,9 @@ PRUNE_EVERY = 3600.0
 # assistant can answer at all: "missing", or the names of the model secrets.
 MODEL_KEY_FIELD = "x_clawden_model_key"
 NO_MODEL_KEY = "missing"
+# Where a model key is given outside the vault, as key_imports names them (the file by its place in the home).
+ENV_SOURCE = "ANTHROPIC_API_KEY"
+FILE_SOURCE = "keys/anthropic"
 API_KEY_PREFIX = "oc_"  # OneCLI's project keys look so; a client that checks the shape is satisfied
 API_KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 Announce = Callable[[ev.AuditEvent], Awaitable[None]]
@@ -81,17 +85,21 @@ async def _nobody(_event: ev.AuditEvent) -> None:
 
 
 def model_credential(cfg: Config) -> tuple[str, str]:
-    """The bootstrap model key and where it came from: ANTHROPIC_API_KEY, else keys/anthropic."""
+    """The model key given outside the vault and where: ANTHROPIC_API_KEY, else keys/anthropic; ('', '')."""
     key = os.environ.get("ANTHROPIC_API_KEY", "").strip()
     if key:
-        return key, "ANTHROPIC_API_KEY"
+        return key, ENV_SOURCE
     file = cfg.keys_dir / "anthropic"
     try:
         if file.stat().st_mode & 0o077:
             log.warning("%s is readable by others; chmod 600 it", file)
-        return file.read_text().strip(), str(file)
+        return file.read_text().strip(), FILE_SOURCE
     except FileNotFoundError:
         return "", ""
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 class Vault:
@@ -117,6 +125,7 @@ class Vault:
         self.tcp_tls_name = ""  # its certificate's first name where it speaks TLS ([vault] tcp_tls)
         self._lock = asyncio.Lock()
         self.ca_file, self.bundle_file = write_trust_files(ca, trust_dir(cfg))
+        self._ties_told: set[tuple[str, str]] = set()
 
     # -- the catalog the gateway reads --
 
@@ -149,6 +158,39 @@ class Vault:
         tokens_by_hash |= await self.store.run(self.store.container_tokens)
         self.gateway.update_tokens(tokens_by_hash)
         self.tell_model_key(catalog)
+        await self.tell_ties(catalog)
+
+    async def tell_ties(self, catalog: Catalog) -> None:
+        """Say once (a warning and an audit event) each tie the catalog holds: stored before `secrets add` refused
+        them, they are settled at every request the same way, the secret added first injected (`precedence`)."""
+        age = {c.name: (c.secret.created_at, c.name) for c in catalog.credentials}
+        beaten: dict[str, tuple[Secret, Secret]] = {}  # a secret left out -> (the oldest it ties with, it)
+        for pair in all_ties([c.secret for c in catalog.credentials]):
+            kept, left = sorted(pair, key=lambda s: age[s.name])
+            if left.name not in beaten or age[kept.name] < age[beaten[left.name][0].name]:
+                beaten[left.name] = (kept, left)
+        found = {(kept.name, left.name): (kept, left) for kept, left in beaten.values()}
+        for key in sorted(found.keys() - self._ties_told):
+            kept, left = found[key]
+            summary = (
+                f"secrets {kept.name} and {left.name} tie: both set {shared_place(kept, left)} on "
+                f"{kept.host_pattern} for the same agent groups and neither is more specific; requests get "
+                f"{kept.name}, added first, and never {left.name}. End it: remove {left.name}, or grant it to some "
+                "agent groups only"
+            )
+            log.warning("%s", summary)
+            event = ev.AuditEvent(
+                service="vault",
+                kind="secrets-tied",
+                at=time.time(),
+                summary=summary,
+                fields={"actor": "vault", "injected": kept.name, "left_out": left.name},
+            )
+            try:
+                await self.announce(event)
+            except Exception as exc:  # said in the log above; only the bus copy is lost
+                log.error("cannot publish the audit event of the tie of %s and %s: %s", kept.name, left.name, exc)
+        self._ties_told = set(found)
 
     @staticmethod
     def model_secrets(catalog: Catalog) -> list[str]:
@@ -169,29 +211,86 @@ class Vault:
         )
 
     def bootstrap_model_key(self) -> None:
-        """Keep the secret `anthropic` equal to ANTHROPIC_API_KEY / keys/anthropic when one is given."""
+        """Import the model key given as ANTHROPIC_API_KEY or keys/anthropic as the secret `anthropic`, when it
+        is new or changed since it was last imported from there. The source is a way to give the key, not a
+        standing override: a key replaced or removed with `clawden secrets` stays so until the source changes."""
         value, source = model_credential(self.cfg)
-        current = {s.name: (s, sealed) for s, sealed in self.store.secrets()}.get(MODEL_SECRET)
+        current = self.store.secret_sealed(MODEL_SECRET)
         if not value:
-            if current is None:
+            if not self.model_secrets_stored():
                 log.warning(
                     "no model key: set ANTHROPIC_API_KEY for the vault, write %s, or "
                     "`clawden secrets add anthropic --type anthropic`",
                     self.cfg.keys_dir / "anthropic",
                 )
             return
-        if current is not None:
-            try:
-                if self.sealer.open(current[1], f"secret:{MODEL_SECRET}") == value:
-                    return
-            except SealError:
-                pass
+        held = self._opened(current)
+        last = self.store.key_import(MODEL_SECRET, source)
+        where = self._source_said(source)
+        if last is not None and (last == "" or self._opened_digest(last, source) == _digest(value)):
+            # Given before (or, in a vault.db from before imports were recorded, imposed at every start): what
+            # the vault holds now was set with `clawden secrets` since, and stands.
+            if last == "":
+                self._record_import(source, value)
+            if held != value:
+                log.warning(
+                    "%s holds a model key other than the secret %s (%s with `clawden secrets`); it is imported "
+                    "again only if it changes: delete it, or write the key you want there",
+                    where,
+                    MODEL_SECRET,
+                    "removed" if current is None else "changed",
+                )
+            return
+        if held == value:
+            self._record_import(source, value)
+            return
         grants = current[0].grants if current is not None else ("*",)
         secret = check_secret(
             Secret(name=MODEL_SECRET, kind="anthropic", host_pattern="api.anthropic.com", grants=grants), value
         )
+        others = [s for s, _ in self.store.secrets()]
+        if clash := self.new_ties(secret, current[0] if current is not None else None, others):
+            log.warning("the model key in %s is not imported: %s", where, tie_refusal(secret, clash[0]))
+            return
         self.store.put_secret(secret, self.sealer.seal(value, f"secret:{MODEL_SECRET}"))
-        log.info("stored the model key from %s as secret %s", source, MODEL_SECRET)
+        self._record_import(source, value)
+        log.info(
+            "imported the model key from %s as secret %s (%s)",
+            where,
+            MODEL_SECRET,
+            "new there" if last is None else "changed there since it was last imported",
+        )
+
+    def model_secrets_stored(self) -> bool:
+        return any(s.kind == "anthropic" for s, _ in self.store.secrets())
+
+    def _opened(self, stored: tuple[Secret, str] | None) -> str | None:
+        if stored is None:
+            return None
+        try:
+            return self.sealer.open(stored[1], f"secret:{stored[0].name}")
+        except SealError:
+            return None
+
+    def _opened_digest(self, sealed: str, source: str) -> str | None:
+        try:
+            return self.sealer.open(sealed, f"key-import:{MODEL_SECRET}:{source}")
+        except SealError:  # sealed under another vault key: as if nothing had been imported
+            return None
+
+    def _record_import(self, source: str, value: str) -> None:
+        sealed = self.sealer.seal(_digest(value), f"key-import:{MODEL_SECRET}:{source}")
+        self.store.record_key_import(MODEL_SECRET, source, sealed, time.time())
+
+    def _source_said(self, source: str) -> str:
+        return str(self.cfg.keys_dir / "anthropic") if source == FILE_SOURCE else source
+
+    @staticmethod
+    def new_ties(secret: Secret, old: Secret | None, others: list[Secret]) -> list[Secret]:
+        """The secrets ``secret`` would tie with that its earlier version (``old``) did not: a tie stored before
+        the check does not stop its secrets from being changed (or narrowed, to end it)."""
+        before = {s.name for s in ties(old, others)} if old is not None else set()
+        return [s for s in ties(secret, others) if s.name not in before]
 
     # -- sockets --
 
@@ -268,13 +367,19 @@ class Vault:
             )
         except CatalogError as exc:
             raise ControlError(str(exc)) from None
-        if not request.replace and any(s.name == secret.name for s, _ in await self.store.run(self.store.secrets)):
-            raise Conflict(
-                f"a secret named {secret.name} exists; add --replace to replace it (its value, host and grants)"
-            )
-        sealed = self.sealer.seal(value, f"secret:{secret.name}")
-        created = await self.store.run(self.store.put_secret, secret, sealed)
-        await self.refresh()
+        async with self._lock:  # two adds at once must not each miss the other's tie
+            stored = [s for s, _ in await self.store.run(self.store.secrets)]
+            old = next((s for s in stored if s.name == secret.name), None)
+            if not request.replace and old is not None:
+                raise Conflict(
+                    f"a secret named {secret.name} exists; add --replace to replace it (its value, host and grants)"
+                )
+            if clash := self.new_ties(secret, old, stored):
+                raise Conflict(tie_refusal(secret, clash[0]))
+            sealed = self.sealer.seal(value, f"secret:{secret.name}")
+            created = await self.store.run(self.store.put_secret, secret, sealed)
+            await self.refresh()
+        await self._say_source_differs(secret.name, value)
         log.info(
             "secret %s %s (%s for %s)",
             secret.name,
@@ -283,6 +388,21 @@ class Vault:
             secret.host_pattern,
         )
         return api.SecretAdded(secret=_secret(secret), created=created)
+
+    async def _say_source_differs(self, name: str, value: str | None) -> None:
+        """The model key set or removed here while ANTHROPIC_API_KEY / keys/anthropic holds another: said, as that
+        source is imported again once it changes (`clawden secrets` says so for the file and its own shell)."""
+        if name != MODEL_SECRET:
+            return
+        given, source = await asyncio.to_thread(model_credential, self.cfg)
+        if given and given != value:
+            log.warning(
+                "%s still holds %s; it is imported again only if it changes",
+                self._source_said(source),
+                f"a model key, though the secret {MODEL_SECRET} is removed"
+                if value is None
+                else f"a model key other than the secret {MODEL_SECRET}'s",
+            )
 
     async def on_secrets_list(self, _request: Nothing) -> api.Secrets:
         secrets = await self.store.run(self.store.secrets)
@@ -295,6 +415,7 @@ class Vault:
             raise NotFound(f"no secret named {name!r}")
         await self.refresh()
         log.info("secret %s removed", name)
+        await self._say_source_differs(name, None)
         return api.Removed(removed=name)
 
     async def on_secrets_grant(self, request: api.Grant) -> api.SecretGranted:
@@ -302,12 +423,19 @@ class Vault:
         for group in agents:
             if not GROUP.match(str(group)):
                 raise ControlError(f"{group!r} is not an agent group name")
-        changed = await self.store.run(
-            self.store.change_grants, name, () if revoke else agents, agents if revoke else ()
-        )
-        if not changed:
-            raise ControlError(f"no secret named {name!r}")
-        await self.refresh()
+        async with self._lock:
+            stored = [s for s, _ in await self.store.run(self.store.secrets)]
+            old = next((s for s in stored if s.name == name), None)
+            if old is not None and not revoke:  # taking a grant away never makes a tie
+                widened = msgspec.structs.replace(old, grants=tuple(sorted({*old.grants, *agents})))
+                if clash := self.new_ties(widened, old, stored):
+                    raise Conflict(tie_refusal(widened, clash[0], granting=True))
+            changed = await self.store.run(
+                self.store.change_grants, name, () if revoke else agents, agents if revoke else ()
+            )
+            if not changed:
+                raise ControlError(f"no secret named {name!r}")
+            await self.refresh()
         secret = await self.store.run(self.store.secret, name)
         return api.SecretGranted(secret=_secret(secret))
 
@@ -544,6 +672,28 @@ class Vault:
             await self.announce(event)
         except Exception as exc:  # the change is made and logged; the bus copy is lost, and that is said
             log.error("cannot publish the audit event of %s: %s", summary, exc)
+
+
+def tie_refusal(secret: Secret, other: Secret, *, granting: bool = False) -> str:
+    """Why ``secret`` may not be stored (or granted so) beside ``other``: they tie (`precedence`); and the ways out."""
+    path = "" if other.path_pattern == "*" else other.path_pattern
+    grants = ", ".join(other.grants).replace("*", "every agent group")
+    clash = (
+        f"{secret.name} would set {shared_place(secret, other)} on the same requests as {other.name} "
+        f"({other.host_pattern}{path}, granted to {grants}) and neither is more specific, so which one a request "
+        "should carry is unclear"
+    )
+    narrower = "a grant naming a group wins over one to every group"
+    remove = f"remove {other.name} first (`clawden secrets remove {other.name}`)"
+    if granting:
+        return (
+            f"{clash}: granting it so is refused. Grant {secret.name} to agent groups by name ({narrower}), or {remove}"
+        )
+    return (
+        f"{clash}: storing it is refused. Put the value in {other.name} instead (`clawden secrets add {other.name} "
+        f"--type {other.kind} --replace`), grant {secret.name} to some agent groups only (--agent GROUP: {narrower}), "
+        f"or {remove}"
+    )
 
 
 def _secret(secret: Secret | None) -> api.SecretInfo:

@@ -165,6 +165,25 @@ MIGRATIONS: list[tuple[str, str]] = [
     ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
     """,
     ),
+    (
+        "0009_key_imports",
+        """
+    -- What was last imported into a secret from where it is given outside the vault (ANTHROPIC_API_KEY,
+    -- keys/anthropic): a sealed sha256 of the value, never the value. A source is imported again only when
+    -- it holds something else, so a key changed or removed with `clawden secrets` stays so.
+    CREATE TABLE IF NOT EXISTS key_imports (
+        secret TEXT NOT NULL,
+        source TEXT NOT NULL,
+        digest_sealed TEXT NOT NULL,
+        imported_at REAL NOT NULL,
+        PRIMARY KEY (secret, source)
+    );
+    -- Before this table the file was imported at every start, so a stored model key is what it held then,
+    -- or what `clawden secrets` made of it since: source '' marks it as given, whatever the source holds.
+    INSERT OR IGNORE INTO key_imports (secret, source, digest_sealed, imported_at)
+        SELECT name, '', '', updated_at FROM secrets WHERE name = 'anthropic';
+    """,
+    ),
 ]
 APP_COLUMNS = (
     "provider",
@@ -308,6 +327,30 @@ class Store(servicedb.Store):
 
     def secret(self, name: str) -> Secret | None:
         return next((s for s, _ in self.secrets() if s.name == name), None)
+
+    def secret_sealed(self, name: str) -> tuple[Secret, str] | None:
+        return next(((s, sealed) for s, sealed in self.secrets() if s.name == name), None)
+
+    # -- what was imported into a secret from outside the vault (``Vault.bootstrap_model_key``) --
+
+    def key_import(self, secret: str, source: str) -> str | None:
+        """The sealed digest last imported from ``source``; "" for a secret stored before imports were
+        recorded (source ''), None when nothing was."""
+        row = self.conn.execute(
+            "SELECT digest_sealed FROM key_imports WHERE secret = ? AND source IN (?, '') ORDER BY source DESC",
+            (secret, source),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_key_import(self, secret: str, source: str, digest_sealed: str, now: float) -> None:
+        with self._tx():
+            self.conn.execute("DELETE FROM key_imports WHERE secret = ? AND source = ''", (secret,))
+            self.conn.execute(
+                """INSERT INTO key_imports (secret, source, digest_sealed, imported_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (secret, source) DO UPDATE SET digest_sealed = excluded.digest_sealed,
+                       imported_at = excluded.imported_at""",
+                (secret, source, digest_sealed, now),
+            )
 
     # -- rules --
 

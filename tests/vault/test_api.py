@@ -227,6 +227,24 @@ async def test_a_secret_value_is_in_no_response_and_changes_are_audited_by_key(v
     await eventually(lambda: [e for e in events if e.kind == "api-secret-removed"])
 
 
+async def test_a_secret_that_would_tie_with_another_is_refused_with_the_ways_out(vault: Vault) -> None:
+    key = await vault.new_key("ties")
+    first = {"name": "token", "type": "generic", "value": VALUE, "hostPattern": SITE}
+    first["injectionConfig"] = {"headerName": "Authorization"}  # type: ignore[assignment]
+    async with vault.client(key) as api:
+        await api.post("/v1/secrets", json=first)
+        tied = await api.post("/v1/secrets", json=first | {"name": "token2"})
+        narrower = await api.post("/v1/secrets", json=first | {"name": "token3", "agents": ["ci"]})
+        listed = await api.get("/v1/secrets")
+    assert tied.status_code == 409, tied.text
+    assert tied.json()["message"].startswith(
+        f"token2 would set authorization on the same requests as token ({SITE}, granted to every agent group)"
+    )
+    assert "--replace" in tied.json()["message"] and "--agent GROUP" in tied.json()["message"]
+    assert narrower.status_code == 201, narrower.text
+    assert sorted(s["name"] for s in listed.json()) == ["token", "token3"]
+
+
 async def test_bad_input_gets_the_clis_messages_and_onecli_statuses(vault: Vault) -> None:
     key = await vault.new_key("checks")
     async with vault.client(key) as api:

@@ -49,14 +49,14 @@ def test_by_default_the_tokenless_pool_is_as_the_gateway_bounds_it(tmp_path: Pat
 @pytest.mark.parametrize(
     ("setting", "said"),
     [
-        ("max_tokenless_connections = 0", "Expected `int` >= 1 - at `$.vault.max_tokenless_connections`"),
-        ("max_tokenless_connections = 5000", "Expected `int` <= 4096 - at `$.vault.max_tokenless_connections`"),
-        ("max_tokenless_connections = 2.5", "Expected `int`, got `float` - at `$.vault.max_tokenless_connections`"),
-        ("tokenless_timeout = 0", "Expected `float` > 0.0 - at `$.vault.tokenless_timeout`"),
-        ("tokenless_timeout = -1", "Expected `float` > 0.0 - at `$.vault.tokenless_timeout`"),
-        ("tokenless_timeout = nan", "Expected `float` > 0.0 - at `$.vault.tokenless_timeout`"),
-        ("tokenless_timeout = inf", "Expected `float` <= 300.0 - at `$.vault.tokenless_timeout`"),
-        ('tokenless_timeout = "soon"', "Expected `float`, got `str` - at `$.vault.tokenless_timeout`"),
+        ("max_tokenless_connections = 0", "vault.max_tokenless_connections = 0: Expected `int` >= 1"),
+        ("max_tokenless_connections = 5000", "vault.max_tokenless_connections = 5000: Expected `int` <= 4096"),
+        ("max_tokenless_connections = 2.5", "vault.max_tokenless_connections = 2.5: Expected `int`, got `float`"),
+        ("tokenless_timeout = 0", "vault.tokenless_timeout = 0: Expected `float` > 0.0"),
+        ("tokenless_timeout = -1", "vault.tokenless_timeout = -1: Expected `float` > 0.0"),
+        ("tokenless_timeout = nan", "vault.tokenless_timeout = nan: Expected `float` > 0.0"),
+        ("tokenless_timeout = inf", "vault.tokenless_timeout = inf: Expected `float` <= 300.0"),
+        ('tokenless_timeout = "soon"', "vault.tokenless_timeout = 'soon': Expected `float`, got `str`"),
     ],
 )
 def test_a_bad_tokenless_setting_is_refused_naming_it(tmp_path: Path, setting: str, said: str) -> None:

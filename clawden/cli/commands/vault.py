@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import getpass
 import json
+import os
 import re
 import sys
 import time
@@ -132,6 +133,7 @@ def cmd_secrets_add(args: argparse.Namespace) -> int:
         f"{verb} {secret.name}: {_describe(secret)} for {secret.host_pattern}{secret.path_pattern}"
         f" (granted to {grants})"
     )
+    _say_model_key_sources(args, secret.name, request.value)
     return 0
 
 
@@ -160,7 +162,37 @@ def cmd_secrets_list(args: argparse.Namespace) -> int:
 def cmd_secrets_remove(args: argparse.Namespace) -> int:
     _ask(args, ctl.SECRETS_REMOVE, ctl.Named(name=args.name))
     print(f"removed {args.name}")
+    _say_model_key_sources(args, args.name, None)
     return 0
+
+
+MODEL_SECRET = "anthropic"  # the secret the vault imports ANTHROPIC_API_KEY / keys/anthropic into
+
+
+def _say_model_key_sources(args: argparse.Namespace, name: str, value: str | None) -> None:
+    """The model key was set (``value``) or removed while a place the vault imports it from holds another:
+    say so, since that place is imported again once it changes (and a stale copy is easy to forget)."""
+    if name != MODEL_SECRET:
+        return
+    file = _cfg(args).keys_dir / "anthropic"
+    try:
+        in_file = file.read_text().strip()
+    except OSError:  # none, or not this user's to read
+        in_file = ""
+    places = [
+        (os.environ.get("ANTHROPIC_API_KEY", "").strip(), "ANTHROPIC_API_KEY in this shell", "Unset it"),
+        (in_file, str(file), "Delete it"),
+    ]
+    for held, where, drop in places:
+        if not held or held == value:
+            continue
+        what, fix = (
+            ("a model key", " if that key is done") if value is None else ("another key", ", or put the new key there")
+        )
+        print(
+            f"note: {where} still holds {what}; the vault imports it again only if it changes. {drop}{fix}.",
+            file=sys.stderr,
+        )
 
 
 def cmd_secrets_grant(args: argparse.Namespace) -> int:
