@@ -8,7 +8,7 @@ the JSON path of what was wrong.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -19,7 +19,10 @@ class _Row(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
 
 class Chat(_Row, frozen=True, tag="chat"):
     text: str = ""
-    failed: bool = False  # the agent runner's word that the turn failed: the chat hears it as Clawden's error
+    # Who speaks, as the outbound event's `kind`: the agent ("reply"), or the agent runner itself, about a message
+    # still being worked on ("notice": the model's API keeps failing, Claude Code retries) or one that will not be
+    # answered ("error": the turn failed). `clawden chat --once` waits past a notice and exits 1 on an error.
+    says: Literal["reply", "notice", "error"] = "reply"
 
 
 class File(_Row, frozen=True, tag="file"):

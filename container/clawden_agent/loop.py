@@ -56,6 +56,9 @@ DEFAULT_MAX_MESSAGES = 10  # pending rows one prompt carries, unless the group s
 EFFORTS = ("low", "medium", "high", "xhigh", "max")  # Claude Code's --effort levels
 SIGHTING_WAIT_SECONDS = 30.0
 MCP_STATUS_WAIT_SECONDS = 5.0
+# Claude Code's try of a model call at which the chat is told the API is failing: its first two retries come within
+# about 1.5 s (a blip, an overloaded moment); the rest back off to minutes in all, which the chat should not sit out.
+RETRY_NOTICE_AT = 3
 DEFAULT_MAX_TURNS = 100  # model calls for one prompt before Claude Code stops it
 DEFAULT_TURN_BUDGET = 1800.0  # seconds of work on one turn (waits on a person not counted)
 PLACEHOLDER_API_KEY = "clawden-managed"
@@ -752,6 +755,8 @@ class Runner:
             await asyncio.to_thread(self._note_mcp, failed)
         elif isinstance(message, SystemMessage) and message.subtype == "compact_boundary":
             self._compacted = message.data.get("compact_metadata") or {}
+        elif isinstance(message, SystemMessage) and message.subtype == "api_retry":
+            await asyncio.to_thread(self._api_retrying, message.data)
         elif isinstance(message, AssistantMessage):
             self.agent.sightings.saw(message)
         elif isinstance(message, UserMessage):
@@ -937,6 +942,30 @@ class Runner:
             self._tell(f"mcp:{uuid.uuid4()}", mcp.notice(new))
         if failed != told:
             sessiondb.set_state(folder, sessiondb.MCP_FAILED_KEY, json.dumps(failed) if failed else None)
+
+    def _api_retrying(self, retry: dict[str, Any]) -> None:
+        """Claude Code tries a model call again (the API overloaded, down, or out of reach): past a blip, the chat
+        hears that its message is still being worked on, once per run of failures, where it heard nothing for
+        minutes while the tries backed off. A notice, not an answer: the message still waits for its reply."""
+        attempt, tries = retry.get("attempt"), retry.get("max_retries")
+        if attempt != RETRY_NOTICE_AT or not self.ledger.busy:  # no message waits on it (a turn of its own)
+            return
+        status, error = retry.get("error_status"), retry.get("error") or "no answer"
+        why = f"{status} {error}" if status else str(error)
+        log.warning("the model's API failed %s times in a row (%s); Claude Code keeps trying", attempt, why)
+        routing = sessiondb.session_routing(self.config.session_dir)
+        if routing is None:
+            return
+        upto = f", up to {tries} times" if tries else ""
+        text = f"The model's API is not answering ({why}); I keep trying{upto}."
+        sessiondb.write_outbound(
+            self.config.session_dir,
+            id=f"api-retry:{uuid.uuid4().hex}",
+            kind="chat",
+            content={"text": text, "says": "notice"},
+            routing=routing,
+        )
+        self.ring_host()
 
     def _tell(self, row_id: str, text: str) -> None:
         """A message of the agent's own, answering nothing in particular."""

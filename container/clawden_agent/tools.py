@@ -123,12 +123,13 @@ def write_reply(
     failed: bool = False,
 ) -> int | None:
     """Write one chat row answering `reply_to` (by default the message the agent answers now);
-    returns its seq, None when there is no chat. `failed`: it says the turn failed (the chat hears an error)."""
+    returns its seq, None when there is no chat. `failed`: it says the turn failed (the chat hears an error:
+    `sessionrows.Chat.says`)."""
     routing = routing or sessiondb.session_routing(state.session_dir)
     if routing is None:
         return None
     reply_to = reply_to or state.reply_to
-    content: dict[str, object] = {"text": text, "failed": True} if failed else {"text": text}
+    content: dict[str, object] = {"text": text, "says": "error"} if failed else {"text": text}
     return write_row(state, f"reply:{reply_to}:{suffix}", "chat", content, routing, reply_to=reply_to, answers=answers)
 
 

@@ -81,7 +81,7 @@ def translate(
         return _not_for_agents(row, content)
     answering = _answering(folder, row)
     match content:
-        case sessionrows.Chat(text=text, failed=failed):
+        case sessionrows.Chat(text=text, says=says):
             if not _text(text):
                 raise Refused("empty message")
             return [
@@ -94,7 +94,7 @@ def translate(
                         agent_group=info.agent_group,
                         session_id=info.id,
                         seq=row.seq,
-                        kind="error" if failed else "reply",
+                        kind=says,
                         answering=answering,
                     ),
                     key,

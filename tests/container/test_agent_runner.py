@@ -299,10 +299,32 @@ def test_api_error_becomes_a_failure_reply_and_the_next_message_still_works(
     reply = session.reply_to(good)
 
     assert failure.content["text"].startswith("Sorry — the agent failed: ")
-    assert failure.content.get("failed") is True and "failed" not in reply.content  # the chat hears it as an error
+    assert failure.content.get("says") == "error" and "says" not in reply.content  # the chat hears it as an error
     assert "the fake refuses this one" in failure.content["text"]
     assert session.acks() == {bad: "failed", good: "completed"}
     assert reply.content["text"].startswith("echo: ") and "and this one works" in reply.content["text"]
+
+
+def test_a_model_api_that_keeps_failing_is_told_to_the_chat_once_and_the_answer_still_comes(
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
+    """Claude Code retries a failing model call with backoff, for minutes in all; the chat heard nothing meanwhile.
+    At its third try in a row the chat gets a notice (Claude Code's own `api_retry` event, no timer), which answers
+    nothing: the message's reply still comes, and only it is recorded as the answer."""
+    start_agent()
+    fake.script(*[Error(529, "Overloaded", type="overloaded_error")] * 3)
+
+    seq = session.send("are you there?")
+    reply = session.reply_to(seq)
+
+    notices = [m for m in session.outbound() if m.content.get("says") == "notice"]
+    assert len(notices) == 1, [m.content for m in session.outbound()]
+    [notice] = notices
+    assert notice.content["text"] == "The model's API is not answering (529 overloaded); I keep trying, up to 10 times."
+    assert notice.in_reply_to is None and reply.content["text"].startswith("echo: ")
+    with sessiondb.opened(session.dir / sessiondb.OUTBOUND, readonly=True) as conn:
+        answering = {int(r[0]) for r in conn.execute("SELECT out_seq FROM answered")}
+    assert notice.seq not in answering and reply.seq in answering
 
 
 def test_a_message_claude_code_died_on_is_sent_again_once_then_fails(

@@ -42,10 +42,12 @@ def test_a_chat_row_is_a_message_to_the_sessions_own_chat(folder: Path) -> None:
     assert action.subject == subjects.outbound("local", "kitchen")
 
 
-def test_a_reply_names_the_platform_message_it_answers_and_a_failed_turn_is_an_error(folder: Path) -> None:
+def test_a_reply_names_the_platform_message_it_answers_and_the_agent_runners_own_words_keep_their_kind(
+    folder: Path,
+) -> None:
     """The agent marks each reply with the message it answers (its seq): the event carries that message's platform
     id, so `clawden chat --once` can tell its answer from an earlier one. The agent runner's word that a turn failed
-    is Clawden's error, as the host's own failures are."""
+    is Clawden's error, and that the model's API keeps failing a notice, as the host's own are."""
     asked = sessiondb.InboundMessage(
         id="m-1", kind="chat", content={"text": "hi", "platform_message_id": "p-42"}, routing=sessiondb.Routing("", "")
     )
@@ -54,9 +56,11 @@ def test_a_reply_names_the_platform_message_it_answers_and_a_failed_turn_is_an_e
     sessiondb.write_outbound(
         folder, id="reply", kind="chat", content={"text": "hello"}, routing=routing, in_reply_to=seq
     )
-    failed = {"text": "Sorry — the agent failed: boom", "failed": True}
+    failed = {"text": "Sorry — the agent failed: boom", "says": "error"}
     sessiondb.write_outbound(folder, id="failed", kind="chat", content=failed, routing=routing, in_reply_to=seq)
     sessiondb.write_outbound(folder, id="unprompted", kind="chat", content={"text": "good morning"}, routing=routing)
+    notice = {"text": "The model's API is not answering", "says": "notice"}
+    sessiondb.write_outbound(folder, id="notice", kind="chat", content=notice, routing=routing)
 
     events = []
     for outbound in sessiondb.read_new_outbound(folder):
@@ -67,6 +71,7 @@ def test_a_reply_names_the_platform_message_it_answers_and_a_failed_turn_is_an_e
         ("hello", "reply", "p-42"),
         ("Sorry — the agent failed: boom", "error", "p-42"),
         ("good morning", "reply", ""),
+        ("The model's API is not answering", "notice", ""),
     ]
 
 
