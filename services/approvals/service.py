@@ -92,8 +92,9 @@ class Approvals:
         if not request.approvers and request.kind != "question":  # a question's card goes to the chat that asked
             # It waits for the router in approvals.db (`routing` asks), and is acked once committed there: a request
             # waiting holds no delivery, so nothing behind it on the stream waits with it.
-            waiting = await self.step(self.store.wait_for_router, request, asked_at, time.time())
-            if waiting.result == "waiting":
+            try:
+                await self.step(self.store.wait_for_router, request, asked_at, time.time())
+            finally:  # also when publishing what the step queued failed: it is committed, and comes again a copy
                 self.changed.set()  # its expiry, for the timer
                 self.new_waiting.set()
             return
@@ -209,9 +210,9 @@ class Approvals:
 
     async def expiring(self) -> None:
         while not self.ctx.stopping.is_set():
+            self.changed.clear()  # before the read: a request recorded while it is read wakes the sleep below
             nxt = await self.store.run(self.store.next_expiry)
             wait = SAFETY_TICK if nxt is None else min(SAFETY_TICK, max(0.0, nxt - time.time()))
-            self.changed.clear()
             if not await sleep_unless_stopping(self.ctx.stopping, wait, self.changed):
                 return
             try:

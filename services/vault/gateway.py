@@ -1124,7 +1124,8 @@ class Gateway:
         self._rates.charge(verdict.charges, ex.at)
         ex.injected = tuple(c.name for c in verdict.credentials)
         if verdict.tied:  # a tie stored before `secrets add` refused them: the audit names who was left out
-            ex.rule = "tie: " + ",".join(sorted({left for left, _ in verdict.tied})) + " left out"
+            tie = "tie: " + ",".join(sorted({left for left, _ in verdict.tied})) + " left out"
+            ex.rule = f"{ex.rule}; {tie}" if ex.rule else tie  # after the approval rule that held it, if one did
         # A stored secret for the host wins; else the host's app connection, if it is one's.
         token_call = is_agent_token_call(ex.method, head.host, ex.path) if not verdict.credentials else None
         if token_call is not None:

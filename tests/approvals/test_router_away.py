@@ -163,8 +163,10 @@ async def test_the_router_is_asked_per_group_not_per_request_and_one_answer_send
         return len(await waiting_for_the_router(alone)) == 2 * per_group
 
     await eventually(all_waiting, 30, "the requests were never all waiting for the router")
-    await asyncio.sleep(5)  # a while of the router away: asked at once, then 1 s, 2 s, 4 s… later, per group
-    assert 2 <= await unanswered(alone) <= 2 * 4  # not 2 * per_group and more, as when each request asked
+    before = await unanswered(alone)
+    await asyncio.sleep(5)  # a while of the router away: asked 1 s, 2 s, 4 s… apart, per group
+    # In any 5 s at most 4 asks per group, however long getting here took; each request asking was dozens.
+    assert before >= 2 and await unanswered(alone) - before <= 2 * 4
 
     router = Router(alone.nc)
     await router.come()
