@@ -89,6 +89,8 @@ WEB_CALLS = (
     "vault.rules-remove",
     "vault.audit",
     "vault.egress",
+    # never vault.model-check: each call sends the model key to api.anthropic.com; only the owner's
+    # `clawden doctor` (the cli identity, allowed everything) asks it
     "scheduler.tasks",
     "scheduler.get",
     "scheduler.runs",

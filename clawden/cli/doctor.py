@@ -835,6 +835,76 @@ MODEL_FIX = (
 )
 
 
+def model_check_result(held: str, reply: vault_ctl.ModelChecks) -> Result:
+    """The model row from what the API said to each model secret, sent by the vault: the worst of them. A rejected
+    API key fails; so does a way to the API that will not mend itself (a certificate that does not verify, a
+    private address, a host map pointing nowhere). A name that does not resolve or a connection refused is
+    warned of: a machine offline for a moment. A subscription token refused is warned of too: the call it is
+    tried with is not the one Claude Code makes, so the refusal may be the endpoint's, not the token's."""
+    host = reply.host + (f" (mapped to {reply.mapped_to} by [vault] host_map)" if reply.mapped_to else "")
+    if not reply.checks:
+        return ok(f"{held}; none is for {reply.host}, so none was tried there")
+    rows = [_model_check_row(host, reply.mapped_to, c) for c in reply.checks]
+    accepted = [c.name for c in reply.checks if c.outcome == "accepted"]
+    if all(r.status == "ok" for r in rows):
+        it = "it" if len(accepted) == 1 else "each"
+        return ok(f"{held}; {reply.host} accepted {it}")
+    worst = next(r for level in ("FAIL", "WARN") for r in rows if r.status == level)
+    said = "; ".join(r.detail for r in rows if r.status != "ok")
+    if accepted:
+        said += f"; {reply.host} accepted {', '.join(accepted)}"
+    return Result(worst.status, f"{held}; {said}", worst.fix)
+
+
+def _model_check_row(host: str, mapped_to: str, c: vault_ctl.ModelCheck) -> Result:
+    said = f"{c.status} {c.error_type}: {c.message}".strip(": ")
+    replace = f"`clawden secrets add {c.name} --type anthropic --replace` (it asks for the value)"
+    if c.outcome == "accepted":
+        return ok(c.name)
+    if c.outcome == "rejected" and c.oauth:
+        return warn(
+            f"{host} refused the subscription token {c.name} ({said}): it may have expired or been revoked",
+            f"if chats fail too, make a new one with `claude setup-token` and store it: {replace}",
+        )
+    if c.outcome == "rejected":
+        return fail(
+            f"{host} rejected {c.name} ({said}): the key is wrong or revoked",
+            f"store a working key: {replace}; a revoked one is replaced in the Anthropic Console",
+        )
+    if c.outcome == "other":
+        return warn(f"{host} answered {said} to {c.name}", _other_fix(c.status))
+    tried = f"tried from the vault: {c.message}"
+    where = f", where [vault] host_map sends it ({mapped_to})" if mapped_to else ""
+    if c.unreached == "tls":
+        return fail(
+            f"{tried}{where or ': a proxy intercepting TLS?'}",
+            "give the CA that signed that certificate as [vault] extra_ca_file (a proxy's that intercepts TLS), or let"
+            " the vault reach api.anthropic.com directly",
+        )
+    if mapped_to:
+        return fail(
+            f"{tried}{where}",
+            "correct or remove api.anthropic.com in [vault] host_map (config.toml), then restart the vault",
+        )
+    if c.unreached == "private":
+        return fail(
+            f"{tried} (a DNS filter, or an /etc/hosts entry?)",
+            "let this machine resolve api.anthropic.com to its public address",
+        )
+    return warn(
+        f"{tried}: agents cannot answer until it can",
+        "check this machine's network (DNS, a firewall or proxy in the way), then run `clawden doctor` again",
+    )
+
+
+def _other_fix(status: int) -> str:
+    if status == 429:
+        return "the key works, but is being rate limited now: see its limits in the Anthropic Console"
+    if status >= 500:
+        return "Anthropic is failing or overloaded now: try again later"
+    return "something other than the API may have answered: look at [vault] host_map and any proxy in the way"
+
+
 async def check_model(p: Probe) -> Result:
     local = local_model_key(p.cfg, p.environ)
     try:
@@ -851,7 +921,12 @@ async def check_model(p: Probe) -> Result:
     if names:
         grants = sorted({g for s in stored if s.name in names for g in s.grants})
         who = ", ".join(grants).replace("*", "every agent group") or "nobody"
-        return ok(f"the vault holds {', '.join(names)} (granted to {who})")
+        held = f"the vault holds {', '.join(names)} (granted to {who})"
+        try:  # the vault asks api.anthropic.com itself: the key never leaves it
+            checked = await ask(await p.nats(), vault_ctl.MODEL_CHECK, Nothing(), vault_ctl.MODEL_CHECK_WAIT + 2)
+        except (Unreachable, RuntimeError) as exc:  # a vault older than the check, or one that did not answer
+            return ok(f"{held}; not tried on the API ({exc})")
+        return model_check_result(held, checked)
     if local:
         return fail(
             f"{local} holds a key but the vault holds no anthropic secret (removed with `clawden secrets remove`, or "
@@ -1093,7 +1168,7 @@ def checks(cfg: Config, environ: dict[str, str]) -> list[Check]:
         Check("gateway CA", check_ca, 5),
         Check("CA trust in a container", check_ca_trust, CONTAINER_WAIT + 20),
         *([Check("vault tcp", check_vault_tcp, 30)] if cfg.vault.tcp_listen else []),
-        Check("model credential", check_model, 10),
+        Check("model credential", check_model, vault_ctl.MODEL_CHECK_WAIT + 8),  # the vault asks the API
         *([Check(f"channel {name}", channel_row(name), 20) for name in channels] or [Check("channels", no_channels)]),
         *([Check("webhooks", check_webhooks, 25)] if cfg.webhooks.listen else []),
         *([Check("web", check_web, 25)] if cfg.web.listen else []),

@@ -52,6 +52,7 @@ from services.vault.catalog import (
 )
 from services.vault.certs import ListenerTls, write_trust_files
 from services.vault.gateway import Gateway
+from services.vault.modelcheck import ModelChecker
 from services.vault.oauth_connect import AppConnections
 from services.vault.precedence import all_ties, shared_place, ties
 from services.vault.ratecounts import RateCounts
@@ -227,11 +228,11 @@ class Vault:
         held = self._opened(current)
         last = self.store.key_import(MODEL_SECRET, source)
         where = self._source_said(source)
-        if last is not None and (last == "" or self._opened_digest(last, source) == _digest(value)):
-            # Given before (or, in a vault.db from before imports were recorded, imposed at every start): what
-            # the vault holds now was set with `clawden secrets` since, and stands.
-            if last == "":
-                self._record_import(source, value)
+        # In a vault.db from before imports were recorded ("" here) the source was imposed at every start: this one
+        # start does as that version would have (a key written to the file since, the way it documented, is taken),
+        # and the rule holds from then on.
+        if last and self._opened_digest(last, source) == _digest(value):
+            # Given before: what the vault holds now was set with `clawden secrets` since, and stands.
             if held != value:
                 log.warning(
                     "%s holds a model key other than the secret %s (%s with `clawden secrets`); it is imported "
@@ -835,6 +836,11 @@ async def main(ctx: ServiceContext) -> None:
             await ctx.endpoint(api.CONTAINER_TOKEN, vault.on_container_token_shared)
             await _serve_container_tokens(ctx, vault)
             await ctx.endpoint(api.MODEL_KEY, vault.on_model_key)
+            # The model key tried on api.anthropic.com as the gateway would send it, for `clawden doctor` only.
+            checker = ModelChecker(
+                lambda: gateway.catalog, extra_ca_file=cfg.vault.extra_ca_file or None, host_map=cfg.vault.host_map
+            )
+            await ctx.endpoint(api.MODEL_CHECK, checker.on_check)
             await ctx.endpoint(api.API_KEYS_CREATE, vault.on_api_keys_create)
             await ctx.endpoint(api.API_KEYS_LIST, vault.on_api_keys_list)
             await ctx.endpoint(api.API_KEYS_REVOKE, vault.on_api_keys_revoke)

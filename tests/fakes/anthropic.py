@@ -1,6 +1,7 @@
 """A fake Anthropic Messages API on loopback, speaking the real wire format, for tests and benchmarks.
 
-It answers POST /v1/messages (JSON or `stream: true` SSE) and /v1/messages/count_tokens, records
+It answers POST /v1/messages (JSON or `stream: true` SSE), /v1/messages/count_tokens and GET /v1/models
+(which checks the key against `api_keys`, as `clawden doctor`'s check through the vault needs), records
 every request, plays a per-test script of replies, and otherwise echoes through a tool whose
 name ends with `send_message`, so an agent that replies with that tool gets a plausible turn.
 
@@ -22,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import h11
 
@@ -275,6 +276,37 @@ def error_json(status: int, message: str, type_: str | None = None) -> dict[str,
     return {"type": "error", "error": {"type": type_ or _ERROR_TYPES.get(status, "api_error"), "message": message}}
 
 
+# The list `GET /v1/models` pages through, newest first, in the API's shape (its docs' "List Models").
+MODELS = (
+    (DEFAULT_MODEL, "Claude Fake 1", "2025-05-14T00:00:00Z"),
+    ("claude-fake-0", "Claude Fake 0", "2024-10-22T00:00:00Z"),
+)
+OAUTH_BETA = "oauth-2025-04-20"
+
+
+def models_page(limit: int) -> dict[str, Any]:
+    data = [
+        {"type": "model", "id": model, "display_name": name, "created_at": created}
+        for model, name, created in MODELS[:limit]
+    ]
+    return {"data": data, "first_id": data[0]["id"], "last_id": data[-1]["id"], "has_more": limit < len(MODELS)}
+
+
+def key_refusal(headers: dict[str, str], keys: set[str] | None) -> str:
+    """Why the API refuses the request's credentials (its 401 message), or "" when it takes them: an API key in
+    x-api-key, or an OAuth token as a bearer with the OAuth beta announced."""
+    key = headers.get("x-api-key", "")
+    bearer = headers.get("authorization", "").removeprefix("Bearer ")
+    if key:
+        return "" if keys is None or key in keys else "invalid x-api-key"
+    if not bearer:
+        return "x-api-key header is required"
+    betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",")]
+    if OAUTH_BETA not in betas:
+        return "OAuth authentication is currently not supported."
+    return "" if keys is None or bearer in keys else "Invalid bearer token"
+
+
 # --- the server ---------------------------------------------------------------------------------
 
 
@@ -303,6 +335,9 @@ class FakeAnthropic(ThreadedServer):
         # Answers every request by its body in place of the script (two agents asking at once, say).
         self.responder: Callable[[dict[str, Any]], Reply] | None = None
         self.connections = 0  # accepted connections, to check keep-alive
+        # The keys (API keys or OAuth tokens) `GET /v1/models` accepts; None: any. Messages take any key.
+        self.api_keys: set[str] | None = None
+        self.models_error: Error | None = None  # `GET /v1/models` answers this instead (a 529, say)
         self.url = ""
 
     # lifecycle
@@ -463,8 +498,27 @@ class FakeAnthropic(ThreadedServer):
             await self._answer(conn, writer, parsed, reply)
         elif method == "POST" and path.startswith("/v1/messages"):
             await self._send_json(conn, writer, 400, error_json(400, "body must be a JSON object"))
+        elif method == "GET" and path == "/v1/models":
+            status, payload = self.models_answer(headers, split.query)
+            await self._send_json(conn, writer, status, payload)
         else:
             await self._send_json(conn, writer, 404, error_json(404, f"Not found: {method} {path}"))
+
+    def models_answer(self, headers: dict[str, str], query: str) -> tuple[int, dict[str, Any]]:
+        """`GET /v1/models` as the API answers it: the key checked (`api_keys`), then a page of the list."""
+        if self.models_error is not None:
+            return self.models_error.status, error_json(
+                self.models_error.status, self.models_error.message, self.models_error.type
+            )
+        refused = key_refusal(headers, self.api_keys)
+        if refused:
+            return 401, error_json(401, refused)
+        if not headers.get("anthropic-version"):
+            return 400, error_json(400, "anthropic-version: header is required")
+        limit = parse_qs(query).get("limit", ["20"])[0]
+        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+            return 400, error_json(400, "limit: Input should be greater than or equal to 1 and at most 1000")
+        return 200, models_page(int(limit))
 
     async def _answer(
         self, conn: h11.Connection, writer: asyncio.StreamWriter, body: dict[str, Any], reply: Reply

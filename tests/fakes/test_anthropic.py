@@ -177,15 +177,34 @@ async def test_script_is_kept_for_agent_turns_and_plays_in_order(
 async def test_unknown_paths_get_anthropic_shaped_404_and_count_tokens_answers(
     fake: FakeAnthropic, client: httpx.AsyncClient
 ) -> None:
-    missing = await client.get("/v1/models")
+    missing = await client.get("/v1/files")
     counted = await client.post("/v1/messages/count_tokens", json=body())
 
     assert missing.status_code == 404
     assert missing.json()["type"] == "error" and missing.json()["error"]["type"] == "not_found_error"
     assert counted.status_code == 200 and counted.json()["input_tokens"] > 0
-    assert [(r.method, r.path) for r in fake.requests] == [("GET", "/v1/models"), ("POST", "/v1/messages/count_tokens")]
+    assert [(r.method, r.path) for r in fake.requests] == [("GET", "/v1/files"), ("POST", "/v1/messages/count_tokens")]
     assert fake.requests[1].headers["x-api-key"] == "sk-test"
     assert fake.connections == 1  # keep-alive
+
+
+async def test_the_model_list_checks_the_key_as_the_api_does(fake: FakeAnthropic, client: httpx.AsyncClient) -> None:
+    fake.api_keys = {"sk-test", "sk-ant-oat01-token"}
+    oauth = {"authorization": "Bearer sk-ant-oat01-token", "anthropic-version": "2023-06-01"}
+
+    listed = await client.get("/v1/models", params={"limit": 1})
+    wrong = await client.get("/v1/models", headers={"x-api-key": "sk-wrong"})
+    bearer = await client.get("/v1/models", headers={**oauth, "x-api-key": "", "anthropic-beta": "oauth-2025-04-20"})
+    no_beta = await client.get("/v1/models", headers={**oauth, "x-api-key": ""})
+
+    assert listed.status_code == 200
+    page = listed.json()
+    assert [m["type"] for m in page["data"]] == ["model"] and page["first_id"] == page["last_id"] == "claude-fake-1"
+    assert page["has_more"] is True
+    assert wrong.status_code == 401
+    assert wrong.json() == {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}
+    assert bearer.status_code == 200 and len(bearer.json()["data"]) == 2
+    assert no_beta.json()["error"]["message"] == "OAuth authentication is currently not supported."
 
 
 async def test_hang_holds_the_request_until_released(fake: FakeAnthropic, client: httpx.AsyncClient) -> None:

@@ -22,7 +22,8 @@ import msgspec
 import pytest
 
 from clawden import config as config_mod
-from clawden import installed, natsauth, setup
+from clawden import installed, natsauth, natsserver, setup
+from clawden.bus.ctl.vault import ModelCheck, ModelChecks
 from clawden.cli import doctor
 from clawden.cli.doctor import (
     DISK_WARN,
@@ -34,12 +35,14 @@ from clawden.cli.doctor import (
     check_config,
     check_image,
     check_keys,
+    check_model,
     check_nats,
     check_vault_key,
     configured_channels,
     diagnose,
     disk_result,
     exit_code,
+    model_check_result,
     read_storage,
     storage_result,
 )
@@ -48,9 +51,11 @@ from clawden.pki import CertificateAuthority
 from clawden.supervisor import Supervisor
 from clawden.vaultfiles import trust_dir
 from services.vault.certs import write_trust_files
+from tests.conftest import NatsServer
 from tests.e2e.harness import Stack
 from tests.fakes.telegram import FakeTelegram
 from tests.ops.conftest import Core, fresh_home
+from tests.vault.model_vault import API_KEY, model_vault
 
 
 def by_name(results: list[tuple[str, Result]]) -> dict[str, Result]:
@@ -260,6 +265,129 @@ async def test_a_telegram_token_file_others_may_read_is_refused_before_any_reque
 
     assert result.status == "FAIL" and "readable by other users" in result.detail
     assert telegram.calls_to("getMe") == []
+
+
+HELD = "the vault holds anthropic (granted to every agent group)"
+
+
+async def model_row(cfg: config_mod.Config) -> Result:
+    probe = Probe(cfg, {})
+    try:
+        return await check_model(probe)
+    finally:
+        await probe.close()
+
+
+@pytest.mark.nats
+async def test_the_model_row_says_the_api_accepted_the_key_the_vault_sent(nats_server: NatsServer) -> None:
+    async with model_vault(nats_server.url) as v:
+        v.fake.api_keys = {API_KEY}
+
+        result = await model_row(v.cfg)
+
+        assert result == Result("ok", f"{HELD}; api.anthropic.com accepted it")
+        assert [h["x-api-key"] for h in v.asked_models()] == [API_KEY]  # the vault asked, with the key it holds
+
+
+@pytest.mark.nats
+async def test_a_key_the_api_rejects_fails_with_how_to_store_a_working_one(nats_server: NatsServer) -> None:
+    async with model_vault(nats_server.url) as v:
+        v.fake.api_keys = {"sk-ant-api03-the-key-anthropic-knows"}
+
+        result = await model_row(v.cfg)
+
+    assert result.status == "FAIL"
+    assert result.detail.endswith(
+        "rejected anthropic (401 authentication_error: invalid x-api-key): the key is wrong or revoked"
+    )
+    assert "`clawden secrets add anthropic --type anthropic --replace`" in result.fix
+    assert API_KEY not in result.detail + result.fix
+
+
+@pytest.mark.nats
+async def test_a_host_map_pointing_nowhere_fails_with_the_host_map_to_correct(nats_server: NatsServer) -> None:
+    closed = f"127.0.0.1:{natsserver.free_port()}"
+    async with model_vault(nats_server.url, map_to=closed) as v:
+        result = await model_row(v.cfg)
+
+    assert result.status == "FAIL"
+    assert "cannot reach api.anthropic.com (ConnectionRefusedError)" in result.detail
+    assert result.detail.endswith(f"where [vault] host_map sends it ({closed})")
+    assert "[vault] host_map" in result.fix
+
+
+@pytest.mark.nats
+async def test_a_certificate_the_vault_cannot_verify_fails_with_the_extra_ca_to_give(nats_server: NatsServer) -> None:
+    async with model_vault(nats_server.url, trusted=False) as v:
+        result = await model_row(v.cfg)
+
+    assert result.status == "FAIL" and "presented a certificate that does not verify" in result.detail
+    assert "[vault] extra_ca_file" in result.fix
+
+
+def checked(*checks: ModelCheck, mapped_to: str = "") -> ModelChecks:
+    return ModelChecks(host="api.anthropic.com", mapped_to=mapped_to, checks=list(checks))
+
+
+@pytest.mark.parametrize(
+    ("check", "status", "says"),
+    [
+        # offline for a moment, or no DNS yet: warned of, not failed
+        (
+            ModelCheck(
+                name="anthropic", outcome="unreachable", unreached="dns", message="api.anthropic.com does not resolve"
+            ),
+            "WARN",
+            "tried from the vault: api.anthropic.com does not resolve: agents cannot answer until it can",
+        ),
+        (
+            ModelCheck(name="anthropic", outcome="unreachable", unreached="timeout", message="connecting timed out"),
+            "WARN",
+            "connecting timed out",
+        ),
+        # a DNS filter answering a private address does not mend itself
+        (
+            ModelCheck(name="anthropic", outcome="unreachable", unreached="private", message="resolves to 10.0.0.1"),
+            "FAIL",
+            "(a DNS filter, or an /etc/hosts entry?)",
+        ),
+        # the subscription token is tried on a call Claude Code does not make: its refusal is only warned of
+        (
+            ModelCheck(name="anthropic", outcome="rejected", oauth=True, status=401, error_type="authentication_error"),
+            "WARN",
+            "refused the subscription token anthropic (401 authentication_error): it may have expired",
+        ),
+        (
+            ModelCheck(
+                name="anthropic", outcome="other", status=529, error_type="overloaded_error", message="Overloaded"
+            ),
+            "WARN",
+            "api.anthropic.com answered 529 overloaded_error: Overloaded to anthropic",
+        ),
+    ],
+    ids=["dns", "timeout", "private-address", "subscription-token", "overloaded"],
+)
+def test_the_model_row_weighs_what_the_api_said(check: ModelCheck, status: str, says: str) -> None:
+    result = model_check_result(HELD, checked(check))
+
+    assert result.status == status and result.detail.startswith(HELD + "; ") and says in result.detail
+    assert result.fix
+
+
+def test_of_several_model_secrets_the_worst_answer_makes_the_row() -> None:
+    good = ModelCheck(name="anthropic", outcome="accepted", status=200)
+    bad = ModelCheck(name="work", outcome="rejected", status=401, error_type="authentication_error", message="no")
+    busy = ModelCheck(name="spare", outcome="other", status=429, error_type="rate_limit_error", message="slow")
+
+    result = model_check_result("the vault holds anthropic, spare, work", checked(good, busy, bad))
+
+    assert result.status == "FAIL" and "`clawden secrets add work --type anthropic --replace`" in result.fix
+    assert result.detail.endswith("; api.anthropic.com accepted anthropic")
+    assert "rate_limit_error: slow" in result.detail and "rejected work (401 authentication_error: no)" in result.detail
+    assert model_check_result(HELD, checked(good, good)) == Result("ok", f"{HELD}; api.anthropic.com accepted each")
+    assert (
+        model_check_result(HELD, checked()).detail == f"{HELD}; none is for api.anthropic.com, so none was tried there"
+    )
 
 
 def vault_ca(cfg: config_mod.Config) -> CertificateAuthority:

@@ -154,9 +154,10 @@ def test_vault_db_keeps_a_sealed_digest_never_the_key(rig: Rig) -> None:
     assert hashlib.sha256(GOOD.encode()).hexdigest().encode() not in data
 
 
-def test_a_vault_db_from_before_import_records_keeps_a_key_the_cli_set(tmp_path: Path) -> None:
-    """Upgrading after the reported fix: the old vault imposed the file at every start, so the stored key differs
-    from the file only because `clawden secrets` set it since; it stands."""
+def test_a_vault_db_from_before_import_records_takes_the_file_once_as_that_version_did(tmp_path: Path) -> None:
+    """Upgrading: the old vault imposed the file at every start, and said to fix a key by writing the file. The first
+    start does as it would have (the file's key is taken, a typo there included), then the new rule holds: a key set
+    with `clawden secrets` stands until the file changes."""
     db, key = tmp_path / "vault.db", os.urandom(32)
     old, _applied = servicedb.open_db(db, [m for m in MIGRATIONS if m[0] < "0009"])
     old.execute(
@@ -171,8 +172,10 @@ def test_a_vault_db_from_before_import_records_keeps_a_key_the_cli_set(tmp_path:
     rig.give_file(TYPO)
 
     rig.start()
+    assert rig.held() == TYPO  # what the file holds, as the old vault would have taken it at this start
+    rig.cli_sets(GOOD)
     rig.start()
-    assert rig.held() == GOOD
+    assert rig.held() == GOOD  # set with `clawden secrets` since: it stands
 
     rig.give_file(NEWER)
     rig.start()

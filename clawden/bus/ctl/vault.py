@@ -300,6 +300,38 @@ def runner_of(subject: str) -> str | None:
 
 
 MODEL_KEY = declare(SERVICE, "model-key", Nothing, ModelKey)
+
+# -- the model key checked live (`clawden doctor`): the vault asks api.anthropic.com, so the key never leaves it --
+
+ModelOutcome = Literal["accepted", "rejected", "unreachable", "other"]
+# Where an unreachable API stopped: its name did not resolve, resolved to a private address (the gateway reaches
+# public ones only), refused or dropped the connection, or presented a certificate that does not verify, or the
+# vault's bound passed.
+Unreached = Literal["", "dns", "private", "connect", "tls", "timeout"]
+MODEL_CHECK_WAIT = 10.0  # the vault answers within this, whatever api.anthropic.com does
+
+
+class ModelCheck(Reply, frozen=True):
+    """What api.anthropic.com said to `GET /v1/models?limit=1` carrying one model secret, injected as the
+    gateway injects it: accepted (200), rejected (401/403: the key is wrong or revoked), unreachable, or
+    another status. Never the secret: `message` is Anthropic's error message, or why it could not be reached."""
+
+    name: str
+    outcome: ModelOutcome
+    oauth: bool = False  # a Claude subscription token (sk-ant-oat…), sent as a bearer token
+    status: int = 0  # the HTTP status; 0 when none came
+    error_type: str = ""  # Anthropic's error.type: authentication_error, permission_error, …
+    message: str = ""
+    unreached: Unreached = ""
+
+
+class ModelChecks(Reply, frozen=True):
+    host: str  # the API asked: api.anthropic.com
+    mapped_to: str = ""  # where `[vault] host_map` sends it instead; "": where its name resolves
+    checks: list[ModelCheck] = []  # one per anthropic secret for that host; none stored: empty
+
+
+MODEL_CHECK = declare(SERVICE, "model-check", Nothing, ModelChecks)
 API_KEYS_CREATE = declare(SERVICE, "api-keys-create", Named, ApiKeyCreated)
 API_KEYS_LIST = declare(SERVICE, "api-keys-list", Nothing, ApiKeys)
 API_KEYS_REVOKE = declare(SERVICE, "api-keys-revoke", Named, ApiKeyInfo)

@@ -1,0 +1,158 @@
+"""`clawden doctor`'s live check of the model key (`ctl.vault.model-check`): the vault itself asks
+api.anthropic.com for one model with each stored anthropic secret put in as the gateway puts it, on the
+gateway's kind of upstream connection (its trust and host map), so the key never leaves the vault. A wrong
+or revoked key, or no route to the API, is then found by doctor instead of at the first chat, after Claude
+Code's minutes of retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import h11
+import msgspec
+
+from clawden.bus.ctl import Nothing
+from clawden.bus.ctl import vault as api
+from services.vault.catalog import Catalog, Credential
+from services.vault.injection import OAUTH_PREFIX, inject
+from services.vault.patterns import host_matches
+from services.vault.upstream import Origin, Response, Upstream, UpstreamError, client_tls
+
+log = logging.getLogger("clawden.vault")
+
+MODEL_HOST = "api.anthropic.com"
+TARGET = b"/v1/models?limit=1"  # the cheapest authenticated call: no tokens spent, one short answer
+API_VERSION = b"2023-06-01"  # the API refuses a request without anthropic-version
+OWNER = "vault-model-check"  # the upstream pool's owner: never an agent group's
+CONNECT_TIMEOUT = 4.0  # the name's lookup, the connection and the TLS handshake
+ANSWER_TIMEOUT = 4.0  # each read of the answer
+MAX_ANSWER = 64 * 1024  # the list of one model, or an error, is a few hundred bytes
+MAX_MESSAGE = 300
+HIDDEN = "clawden-managed"  # what stands for the secret should an answer ever quote it
+
+
+class _Error(msgspec.Struct):
+    type: str = ""
+    message: str = ""
+
+
+class _Answer(msgspec.Struct):
+    """Anthropic's error body, `{"type": "error", "error": {"type": …, "message": …}}`; any other body: empty."""
+
+    error: _Error | None = None
+
+
+class ModelChecker:
+    """Answers `model-check` from the catalog the gateway reads now."""
+
+    def __init__(
+        self,
+        catalog: Callable[[], Catalog],
+        *,
+        extra_ca_file: Path | str | None = None,
+        host_map: Mapping[str, str] | None = None,
+    ) -> None:
+        self._catalog = catalog
+        self._tls = client_tls(extra_ca_file)  # read once, at the start, as the gateway's is
+        self._host_map = {k.lower(): v for k, v in (host_map or {}).items()}
+
+    async def on_check(self, _request: Nothing) -> api.ModelChecks:
+        credentials = [
+            c
+            for c in self._catalog().credentials
+            if c.secret.kind == "anthropic" and host_matches(c.secret.host_pattern, MODEL_HOST, 443)
+        ]
+        # A pool of its own, closed after: a pooled connection would hide a name that stopped resolving or a
+        # route that went away, and the timeouts are the check's, not an agent's minutes-long answer's.
+        upstream = Upstream(
+            self._tls,
+            host_map=self._host_map,
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=ANSWER_TIMEOUT,
+        )
+        try:
+            checks = await asyncio.gather(*(self._check(upstream, c) for c in credentials))
+        finally:
+            await upstream.close()
+        for check in checks:
+            log.info("model check of %s: %s %s", check.name, check.outcome, check.status or check.unreached)
+        mapped = self._host_map.get(MODEL_HOST) or self._host_map.get(f"{MODEL_HOST}:443") or ""
+        return api.ModelChecks(host=MODEL_HOST, mapped_to=mapped, checks=list(checks))
+
+    async def _check(self, upstream: Upstream, credential: Credential) -> api.ModelCheck:
+        name, oauth = credential.name, credential.value.startswith(OAUTH_PREFIX)
+        origin = Origin("https", MODEL_HOST, 443)
+        plain = [(b"anthropic-version", API_VERSION), (b"accept", b"application/json")]
+        headers, target = inject([credential], plain, TARGET)
+        headers = [(b"host", origin.authority), *headers, (b"accept-encoding", b"identity")]
+        budget = api.MODEL_CHECK_WAIT - 1  # the answer must reach the CLI within MODEL_CHECK_WAIT
+        try:
+            async with asyncio.timeout(budget):
+                response = await upstream.request(origin, b"GET", target, headers, b"", owner=OWNER)
+                body = await _read(upstream, response)
+        except UpstreamError as exc:
+            unreached, why = unreachable(exc)
+            return api.ModelCheck(name=name, outcome="unreachable", oauth=oauth, unreached=unreached, message=why)
+        except TimeoutError:
+            why = f"{MODEL_HOST} did not answer within {budget:.0f} s"
+            return api.ModelCheck(name=name, outcome="unreachable", oauth=oauth, unreached="timeout", message=why)
+        error = _error(body)
+        status = response.status
+        outcome: api.ModelOutcome = "accepted" if status == 200 else "rejected" if status in (401, 403) else "other"
+        return api.ModelCheck(
+            name=name,
+            outcome=outcome,
+            oauth=oauth,
+            status=status,
+            error_type=_hidden(error.type, credential)[:64],
+            message=_hidden(error.message, credential)[:MAX_MESSAGE],
+        )
+
+
+def unreachable(exc: UpstreamError) -> tuple[api.Unreached, str]:
+    """Where the way to the API broke, from the upstream's error and what it was raised from, and why in words."""
+    cause = exc.__cause__
+    why = str(exc)
+    if isinstance(cause, OSError) and cause.strerror and not isinstance(cause, socket.gaierror | ssl.SSLError):
+        why += f": {cause.strerror}"
+    if exc.code == "private_address_blocked":
+        return "private", why
+    if isinstance(cause, socket.gaierror) or "does not resolve" in why:
+        return "dns", why
+    if isinstance(cause, ssl.SSLError):
+        return "tls", why
+    if exc.code == "gateway_timeout":
+        return "timeout", why
+    return "connect", why
+
+
+async def _read(upstream: Upstream, response: Response) -> bytes:
+    """The answer's body, or as much of it as came: the status already says what matters most."""
+    body = b""
+    with contextlib.suppress(OSError, h11.ProtocolError):  # the site hung up, or stalled (TimeoutError), mid-answer
+        async with contextlib.aclosing(upstream.body_chunks(response)) as chunks:
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > MAX_ANSWER:
+                    break
+    return body
+
+
+def _error(body: bytes) -> _Error:
+    try:
+        answer = msgspec.json.decode(body, type=_Answer)
+    except msgspec.DecodeError:  # not JSON, or not Anthropic's error shape: the status alone speaks
+        return _Error()
+    return answer.error or _Error()
+
+
+def _hidden(text: str, credential: Credential) -> str:
+    """The text with the secret's value replaced, should an answer ever quote it back."""
+    return text.replace(credential.value, HIDDEN) if credential.value else text
