@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -55,6 +52,7 @@ from tests.conftest import NatsServer
 from tests.e2e.harness import Stack
 from tests.fakes.telegram import FakeTelegram
 from tests.ops.conftest import Core, fresh_home
+from tests.registry import counting_registry
 from tests.vault.model_vault import API_KEY, model_vault
 
 
@@ -415,23 +413,9 @@ async def test_with_the_agent_image_missing_the_trust_check_is_not_run_and_no_re
     and would have run whatever came back. The image here names a registry on loopback that only counts callers."""
     cfg = fresh_home(tmp_path / "home")
     vault_ca(cfg)
-    registry = socket.create_server(("127.0.0.1", 0))
-    callers: list[object] = []
-
-    def count() -> None:
-        with contextlib.suppress(OSError):  # closed when the test is done
-            while True:
-                conn, _ = registry.accept()
-                callers.append(conn.getpeername())
-                conn.close()  # no answer: a pull fails at once
-
-    threading.Thread(target=count, daemon=True).start()
-    image = f"127.0.0.1:{registry.getsockname()[1]}/clawden-absent:1"
-    cfg = msgspec.structs.replace(cfg, runner=msgspec.structs.replace(cfg.runner, image=image))
-    try:
+    with counting_registry() as (image, callers):
+        cfg = msgspec.structs.replace(cfg, runner=msgspec.structs.replace(cfg.runner, image=image))
         result = await check_ca_trust(Probe(cfg, {}))
-    finally:
-        registry.close()
 
     assert callers == []
     assert result == Result(

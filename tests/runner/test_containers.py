@@ -3,11 +3,8 @@ pulled (with Docker)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import secrets
-import socket
-import threading
 from pathlib import Path
 
 import docker
@@ -15,6 +12,7 @@ import pytest
 
 from clawden.agentcontainer import PROJECT_SETTINGS
 from services.runner.containers import LABEL_INSTALL, ContainerSpec, Docker, ImageMissing, shares
+from tests.registry import counting_registry
 
 
 def spec(tmp_path: Path) -> ContainerSpec:
@@ -101,29 +99,17 @@ def test_a_running_container_is_shared_only_by_a_start_under_the_same_placement(
 async def test_a_missing_image_is_said_and_never_pulled(tmp_path: Path, docker_client: docker.DockerClient) -> None:
     """docker-py's `containers.run` pulls an image it does not find, and a check just before it leaves a gap. The
     image here names a registry on loopback that only counts its callers: nothing may call it."""
-    registry = socket.create_server(("127.0.0.1", 0))
-    callers: list[object] = []
-
-    def count() -> None:
-        with contextlib.suppress(OSError):  # closed when the test is done
-            while True:
-                conn, _ = registry.accept()
-                callers.append(conn.getpeername())
-                conn.close()
-
-    threading.Thread(target=count, daemon=True).start()
-    image = f"127.0.0.1:{registry.getsockname()[1]}/clawden-absent:1"
     install = f"t{secrets.token_hex(4)}"
-    made = dataclasses.replace(spec(tmp_path), image=image, install_id=install)
-    binds = (made.session_dir, made.group_dir / PROJECT_SETTINGS, made.claude_home, made.cache_dir, tmp_path / "gw")
-    for folder in binds:  # the engine checks every bind's source before it looks for the image
-        folder.mkdir(parents=True)
     engine = Docker(install)
-    try:
-        with pytest.raises(ImageMissing, match=f"agent image {image} is missing; build it with"):
-            await engine.start(made)
-    finally:
-        registry.close()
-        engine.close()
+    with counting_registry() as (image, callers):
+        made = dataclasses.replace(spec(tmp_path), image=image, install_id=install)
+        binds = (made.session_dir, made.group_dir / PROJECT_SETTINGS, made.claude_home, made.cache_dir, tmp_path / "gw")
+        for folder in binds:  # the engine checks every bind's source before it looks for the image
+            folder.mkdir(parents=True)
+        try:
+            with pytest.raises(ImageMissing, match=f"agent image {image} is missing; build it with"):
+                await engine.start(made)
+        finally:
+            engine.close()
     assert callers == []
     assert not docker_client.containers.list(all=True, filters={"label": f"{LABEL_INSTALL}={install}"})
