@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 
 import msgspec
 import pytest
 from nats.aio.client import Client
 
-from clawden import control
 from clawden.bus import events as ev
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl import vault as vault_ctl
@@ -31,7 +29,7 @@ from tests.vault.test_service import (
     bus,
     restart,
     short_home,
-    spawn_vault,
+    start,
     vault,
     vault_prefix,
 )
@@ -46,18 +44,6 @@ SECOND = "sk-ant-api03-a-second-model-key-01234567"
 async def stop(vault: Vault) -> None:
     vault.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(vault.proc.wait, 20) == 0, vault.logs()
-
-
-async def start(vault: Vault) -> None:
-    vault.proc = spawn_vault(vault.env(), vault.log)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            await vault.ask(vault_ctl.SECRETS_LIST, Nothing())
-            return
-        except control.ControlError:
-            assert vault.proc.poll() is None and time.monotonic() < deadline, vault.logs()
-            await asyncio.sleep(0.2)
 
 
 async def model_call(vault: Vault, group: str = "main") -> bytes:

@@ -482,6 +482,11 @@ async def restart(vault: Vault) -> None:
     """SIGTERM the vault, wait for a clean exit, start it again and wait until it answers."""
     vault.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(vault.proc.wait, 20) == 0, vault.logs()
+    await start(vault)
+
+
+async def start(vault: Vault) -> None:
+    """Start the vault and wait until it answers."""
     vault.proc = spawn_vault(vault.env(), vault.log)
     deadline = time.monotonic() + 30
     while True:

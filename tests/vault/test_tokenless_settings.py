@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from clawden import config as config_mod
-from clawden import control, natsserver, setup
-from clawden.bus.ctl import vault as vault_ctl
+from clawden import natsserver, setup
 from services.vault.gateway import MAX_UNAUTHENTICATED, TOKENLESS, UNAUTHENTICATED_TIMEOUT
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 from tests.vault.sites import FakeUpstream
 from tests.vault.test_service import Vault, short_home, spawn_vault
+from tests.vault.test_tcp_service import answers
 from tests.vault.test_unauthenticated import closed_by_gateway
 
 __all__ = ["short_home"]  # the fixture, used here
@@ -63,15 +63,6 @@ def test_a_bad_tokenless_setting_is_refused_naming_it(tmp_path: Path, setting: s
     with pytest.raises(config_mod.ConfigError) as refused:
         load(tmp_path, setting)
     assert str(refused.value) == f"{tmp_path / 'config.toml'}: {said}"
-
-
-async def answers(v: Vault) -> bool:
-    try:
-        await v.ask(vault_ctl.AUDIT, vault_ctl.AuditQuery(limit=1))
-    except control.ControlError:
-        assert v.proc.poll() is None, v.logs()
-        return False
-    return True
 
 
 @pytest.fixture
