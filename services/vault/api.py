@@ -32,6 +32,11 @@ from clawden.bus.ctl import vault as api
 from clawden.runtime import ConfigurationError, ControlError
 from clawden.vaultfiles import SOCKET_NAME
 from services.vault.approvals import ApprovalAsk, HeldAsks
+from services.vault.catalog import Credential, GroupView
+from services.vault.gateway import MODEL_HOST
+from services.vault.injection import OAUTH_PREFIX
+from services.vault.policy import RequestHead, injectable
+from services.vault.precedence import choose
 from services.vault.refusals import Conflict, NotFound
 
 if TYPE_CHECKING:  # the service imports this module to serve it
@@ -46,6 +51,7 @@ CA_CONTAINER_PATH = "/tmp/onecli-gateway-ca.pem"  # where OneCLI's SDK mounts th
 # inside (on the agent image's port) as the proxy.
 CONTAINER_SOCKET = f"{GATEWAY_MOUNT}/{SOCKET_NAME}"
 RELAY_PROXY = f"http://127.0.0.1:{RELAY_PORT}"
+MODEL_CALL = RequestHead(method="POST", host=MODEL_HOST, port=443, target=b"/v1/messages", headers=())  # Claude Code's
 POLL_DEFAULT = 30.0  # seconds a long-poll waits when nothing is held, as OneCLI's gateway
 POLL_MAX = 60.0
 APPROVALS_TIMEOUT = 5.0
@@ -209,6 +215,13 @@ def container_env(proxy_url: str, model_kinds: Collection[str], oauth: bool) -> 
     return env
 
 
+def model_key(view: GroupView) -> Credential | None:
+    """The anthropic secret the gateway puts into the group's model calls: of several granted, the one `precedence`
+    chooses for such a call, whose kind (an OAuth token or an API key) names the placeholder the container is given."""
+    injected = choose(injectable(view.granted, MODEL_CALL), view.group).injected
+    return next((c for c in injected if c.secret.kind == "anthropic"), None)
+
+
 def pending_json(ask: ApprovalAsk, created: float, name: str) -> dict[str, Any]:
     return {
         "id": ask.id,
@@ -355,9 +368,10 @@ class Api:
                 if identifier
                 else "no default agent: pass ?agent=<identifier>",
             )
-        granted = self.vault.gateway.catalog.view(identifier).granted
-        kinds = {c.secret.kind for c in granted}
-        oauth = any(c.secret.kind == "anthropic" and c.value.startswith("sk-ant-oat") for c in granted)
+        view = self.vault.gateway.catalog.view(identifier)
+        kinds = {c.secret.kind for c in view.granted}
+        key = model_key(view)
+        oauth = key is not None and key.value.startswith(OAUTH_PREFIX)
         transport = request.query_params.get("transport", "tcp")
         if transport == "socket":
             socket_path = await self.vault.open_gateway(identifier)

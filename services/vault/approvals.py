@@ -87,7 +87,11 @@ class LimitTrip:
 
 
 class Approver(Protocol):
-    async def ask(self, ask: ApprovalAsk) -> Outcome: ...
+    async def ask(self, ask: ApprovalAsk) -> Outcome:
+        """The outcome of `ask`, which ends of itself: its expiry (`ask.expires_at`) and every step after it bounded by
+        its own deadline. The gateway sets no timer over it (only the agent hanging up cancels it), so a decision
+        returned late is still the answer."""
+        ...
 
     async def tell_limit(self, trip: LimitTrip) -> None: ...
 
@@ -229,7 +233,10 @@ class BusApprover:
 
         A decision counts once it is returned. A cancel that lands after it came, while the ask is closed (a synced
         commit), ends the ask with nothing let through, so it is withdrawn like any other: an approval's card then
-        says that nothing was."""
+        says that nothing was.
+
+        It ends of itself, as `Approver.ask` promises: each publish has its timeout (`bus.publish`), each record in
+        `vault.db` SQLite's busy timeout, and the waits end at the expiry and FINAL_WORD after the last call."""
         answered = False  # the caller gets the decision: nothing to withdraw
         asked = False  # the request may be on the bus
         why = STOPPED

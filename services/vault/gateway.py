@@ -40,7 +40,6 @@ from clawden import unixsock
 from clawden.pki import CertificateAuthority, is_loopback
 from services.vault import responses, sigv4, tcpauth
 from services.vault.approvals import (
-    FINAL_WORD,
     PREVIEW_BYTES,
     ApprovalAsk,
     Approver,
@@ -1197,11 +1196,9 @@ class Gateway:
         asking = asyncio.ensure_future(self._approver.ask(ask))
         hangup = asyncio.ensure_future(_wait_hangup(body.side))
         try:
-            # The approver ends first: its own expiry, then the approvals service's final word (FINAL_WORD).
-            async with asyncio.timeout(self._approval_timeout + FINAL_WORD + 1):
-                await asyncio.wait({asking, hangup}, return_when=asyncio.FIRST_COMPLETED)
-        except TimeoutError:
-            return "expired"
+            # No timer here: the approver ends the wait itself (`Approver.ask`), and a decision it gives is the answer
+            # however long its last steps took. A timer could only turn a press the card shows applied into a refusal.
+            await asyncio.wait({asking, hangup}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone = hangup.done() and not hangup.cancelled()
             hangup.cancel()

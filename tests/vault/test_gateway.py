@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -502,11 +503,17 @@ async def test_an_approval_gated_request_fails_on_deny_or_expiry(rig: RigFactory
     assert r.site.received == []
 
 
-async def test_the_approval_wait_itself_expires(rig: RigFactory) -> None:
+async def test_an_ask_expires_approval_timeout_after_it_is_held(rig: RigFactory) -> None:
+    """The gateway gives the approver the expiry and takes its word for the end of the wait (it has no timer of its
+    own): "expired" refuses the request as timed out."""
     rules = (rule("ask-all", "manual_approval", "api.example.test"),)
     async with rig(rules=rules, approval_timeout=0.2) as r, r.client() as http:
-        response = await http.get("https://api.example.test/")  # nobody ever answers
+        r.approver.answer("expired")
+        before = time.time()
+        response = await http.get("https://api.example.test/")
+        after = time.time()
 
+    assert before + 0.2 <= r.approver.asks[0].expires_at <= after + 0.2
     assert response.status_code == 403 and "timed out" in response.json()["message"]
 
 

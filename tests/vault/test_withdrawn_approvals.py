@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,20 +18,26 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from clawden import agentcontainer, control, setup
 from clawden import config as config_mod
-from clawden import control, setup
 from clawden.bus import ensure_streams, subjects
 from clawden.bus import events as ev
 from clawden.bus.ctl import vault as vault_ctl
 from services.vault import approvals as vault_approvals
+from services.vault.approvals import BusApprover
+from services.vault.catalog import Catalog, Rule
+from services.vault.gateway import Gateway
+from services.vault.service import StoredAsks
+from services.vault.store import Store as VaultStore
 from tests.approvals.test_service import OWNER, Alone, Router, alone  # noqa: F401 (a fixture)
 from tests.conftest import NatsServer
 from tests.eventually import eventually
-from tests.fakes.anthropic import make_tls
-from tests.vault.sites import FakeUpstream
+from tests.fakes.anthropic import FakeTLS, make_tls
+from tests.vault.sites import FakeUpstream, load_relay
 from tests.vault.test_service import GITHUB, Vault, agent_client, short_home, spawn_vault  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.timeout(90)
+relay = load_relay()
 
 
 @pytest.fixture
@@ -241,6 +249,78 @@ async def test_a_press_applied_as_the_vault_stops_waiting_lets_the_request_throu
         assert "withdrawn_after" not in counts, counts  # the card is not told that nothing was let through
     edits = [e.text for e in asking.owner.seen if isinstance(e, ev.OutboundEdit)]
     assert not any("Withdrawn" in text or "nothing was let through" in text for text in edits), edits
+
+
+class SlowToClose(StoredAsks):
+    """The vault's record of open asks, whose closing commit (synced to disk) is held up until the test lets it go: a
+    slow disk, or a machine too busy to run it."""
+
+    def __init__(self, store: VaultStore) -> None:
+        super().__init__(store)
+        self.closing = asyncio.Event()
+        self.may_close = asyncio.Event()
+
+    async def closed(self, approval_id: str) -> None:
+        self.closing.set()
+        await self.may_close.wait()
+        await super().closed(approval_id)
+
+
+async def test_a_press_applied_as_the_final_word_lets_the_request_through_however_long_the_ask_takes_to_close(
+    nc: Client, site: FakeUpstream, site_tls: FakeTLS, sock_dir: Path, tmp_path: Path
+) -> None:
+    """The vault's own wait ends and its last call goes out; the approvals service's final word is that the owner
+    approved. The vault then closes the ask, and that takes longer than the wait, the final word and a second
+    together (a slow disk, a starved machine). The approval still stands: the gateway waits for the approver's own
+    answer, whose every step has its own bound, with no timer of its own that could turn it into a time-out."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    said = await js.subscribe(subjects.APPROVAL_REQUEST)
+    store = await VaultStore.start(tmp_path / "vault.db")
+    asks = SlowToClose(store)
+    rules = (Rule(name="ask-pay", action="manual_approval", host_pattern="api.example.test", path_pattern="/pay/*"),)
+    gateway = Gateway(
+        catalog=Catalog(rules=rules),
+        extra_ca_file=site_tls.ca_file,
+        host_map={"api.example.test": site.address},
+        approver=BusApprover(nc, js, asks),
+        approval_timeout=0.3,
+    )
+    socket = sock_dir / "main" / "gateway.sock"
+    await gateway.listen("main", socket, agentcontainer.container_user()[1])
+    relayed = await relay.serve_relay(str(socket))
+    client = httpx.AsyncClient(
+        proxy=f"http://127.0.0.1:{relayed.sockets[0].getsockname()[1]}",
+        verify=ssl.create_default_context(cadata=gateway.ca.cert_pem.decode()),
+        trust_env=False,
+        timeout=60,
+    )
+    try:
+        call = asyncio.create_task(client.post("https://api.example.test/pay/slow-close", content=b"{}"))
+        request = ev.decode((await said.next_msg(timeout=10)).data)
+        last_call = ev.decode((await said.next_msg(timeout=10)).data)
+        assert isinstance(request, ev.ApprovalRequest)
+        assert isinstance(last_call, ev.ApprovalWithdrawn) and last_call.last_call
+        decision = ev.ApprovalDecision(id=request.id, decision="approved", decided_by=OWNER)
+        await nc.publish(subjects.approval_decision(request.id), ev.encode(decision))  # the final word
+        await asyncio.wait_for(asks.closing.wait(), 10)
+        # The close ends past the ask's expiry + FINAL_WORD + 1 s (the request's own expiry is the ask's + FINAL_WORD).
+        await eventually(lambda: time.time() > request.expires_at + 1.5, 30)
+        asks.may_close.set()
+        answer = await call
+
+        assert answer.status_code == 200, answer.text
+        assert [r.target for r in site.received] == [b"/pay/slow-close"]
+        assert await store.run(store.open_asks) == []
+        with pytest.raises(TimeoutError):  # the approval stands: no withdrawal for good follows the last call
+            await said.next_msg(timeout=0.5)
+    finally:
+        asks.may_close.set()
+        await client.aclose()
+        relayed.close()
+        await relayed.wait_closed()
+        await gateway.close()
+        await store.stop()
 
 
 async def counted(side: Alone, what: str) -> dict[str, int] | None:
