@@ -80,8 +80,8 @@ def fail(detail: str, fix: str) -> Result:
     return Result("FAIL", detail, fix)
 
 
-def skip(detail: str) -> Result:
-    return Result("skip", detail)
+def skip(detail: str, fix: str = "") -> Result:
+    return Result("skip", detail, fix)
 
 
 @dataclass
@@ -905,18 +905,30 @@ def _other_fix(status: int) -> str:
     return "something other than the API may have answered: look at [vault] host_map and any proxy in the way"
 
 
+def unasked_vault_result(cfg: Config, local: str, why: Unreachable | RuntimeError) -> Result:
+    """The model row when the vault could not be asked. Its secrets are its own (the CLI never opens vault.db), so
+    with no key here to fall back on, whether a credential exists is not known: said so, not failed."""
+    if local:
+        return ok(f"{local} (the vault could not be asked; it imports the key at its start if new or changed)")
+    unknown = "not checked: no ANTHROPIC_API_KEY or keys/anthropic here, and the vault, which may hold a stored key,"
+    if isinstance(why, Unreachable):  # the bus is down, or refuses the CLI: the NATS row fails with why
+        return skip(
+            f"{unknown} cannot be asked while NATS is out of reach (the NATS row says why)",
+            f"{why.fix}, then run `clawden doctor` again",
+        )
+    return warn(
+        f"{unknown} could not be asked: {why}",
+        f"{start_hint(cfg, 'clawden-vault')} (if it runs, `clawden status` and its log say why it does not answer),"
+        " then run `clawden doctor` again",
+    )
+
+
 async def check_model(p: Probe) -> Result:
     local = local_model_key(p.cfg, p.environ)
     try:
         stored = (await p.ask(vault_ctl.SECRETS_LIST, Nothing())).secrets
-    except (Unreachable, RuntimeError):
-        if local:
-            return ok(f"{local} (the vault could not be asked; it imports the key at its start if new or changed)")
-        return fail(
-            "no model credential: no ANTHROPIC_API_KEY, no keys/anthropic, and the vault could not "
-            "be asked for a stored one",
-            MODEL_FIX,
-        )
+    except (Unreachable, RuntimeError) as exc:
+        return unasked_vault_result(p.cfg, local, exc)
     names = [s.name for s in stored if s.kind == "anthropic"]
     if names:
         grants = sorted({g for s in stored if s.name in names for g in s.grants})

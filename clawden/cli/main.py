@@ -9,8 +9,9 @@ import importlib.metadata
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from clawden import config as config_mod
 from clawden.control import ControlError
@@ -122,10 +123,38 @@ SERVICE_NAMES = "router, runner, vault, scheduler, approvals, webhooks, web"
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is said in two lines (what is wrong, where the help is) instead of
-    the whole usage block above it; subcommands' parsers are of this class too."""
+    the whole usage block above it, by the subcommand given it; subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", Subcommands)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message}\n  see `{self.prog} --help`\n")
+
+
+if TYPE_CHECKING:
+    _SubParsersAction = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    _SubParsersAction = argparse._SubParsersAction  # not subscriptable at run time
+
+
+class Subcommands(_SubParsersAction):
+    """Arguments the chosen subcommand does not take are refused by that subcommand's parser. argparse hands them
+    up to the top parser, whose error would point at `clawden --help` for `clawden secrets add x --bogus`."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        # Where argparse leaves what the subcommand's parser did not take, for the parser above it to report.
+        extras = vars(namespace).pop(argparse._UNRECOGNIZED_ARGS_ATTR, None)
+        if extras and values:
+            self.choices[values[0]].error(f"unrecognized arguments: {' '.join(extras)}")
 
 
 def _version() -> str:

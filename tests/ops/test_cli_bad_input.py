@@ -125,6 +125,28 @@ def test_a_bad_option_is_two_lines_with_where_the_help_is(tmp_path: Path, args: 
     assert says in first and second.startswith("  see `clawden ") and second.endswith(" --help`")
 
 
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (("status", "--nope"), "clawden status"),
+        (("groups", "update", "main", "--nope"), "clawden groups update"),
+        (("secrets", "add", "gh", "--type", "generic", "--nope"), "clawden secrets add"),
+        (("rules", "add", "r", "--action", "block", "--host", "x.example", "--nope"), "clawden rules add"),
+        (("groups", "packages", "add", "main", "--apt", "jq", "--nope"), "clawden groups packages add"),
+        (("--nope", "status"), "clawden"),  # before the subcommand: the top's own
+    ],
+)
+def test_an_argument_a_subcommand_does_not_take_is_refused_by_that_subcommand(
+    tmp_path: Path, args: tuple[str, ...], command: str
+) -> None:
+    fresh_home(tmp_path / "home")
+
+    out = clawden(*args, home=tmp_path / "home")
+
+    assert out.returncode == 2
+    assert said_briefly(out) == [f"{command}: unrecognized arguments: --nope", f"  see `{command} --help`"]
+
+
 def test_version() -> None:
     out = clawden("--version")
     assert out.returncode == 0 and out.stdout.startswith("clawden 0.")

@@ -19,7 +19,9 @@ import msgspec
 import pytest
 
 from clawden import config as config_mod
-from clawden import installed, natsauth, natsserver, setup
+from clawden import control, installed, natsauth, natsserver, setup
+from clawden.bus.ctl import Nothing
+from clawden.bus.ctl import vault as vault_ctl
 from clawden.bus.ctl.vault import ModelCheck, ModelChecks
 from clawden.cli import doctor
 from clawden.cli.doctor import (
@@ -91,14 +93,14 @@ def test_each_failure_says_its_fix_and_hides_none_of_the_others(
     )
     assert results["vault key"].status == "WARN" and "creates it when it first starts" in results["vault key"].detail
     assert results["gateway CA"].status == results["CA trust in a container"].status == "FAIL"
-    assert results["model credential"].status == "FAIL"
-    assert "clawden secrets add anthropic --type anthropic" in results["model credential"].fix
+    assert results["model credential"].status == "skip"  # the vault may hold one: it cannot be asked
+    assert results["model credential"].fix == "start Clawden with `clawden up`, then run `clawden doctor` again"
     assert results["keys"].status == results["disk"].status == "ok"  # checked all the same
     assert exit_code(list(results.items())) == 1
 
     assert main(["--home", str(cfg.home), "doctor"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL  NATS " in out and "fix: start Clawden with `clawden up`" in out and "4 failed" in out
+    assert "FAIL  NATS " in out and "fix: start Clawden with `clawden up`" in out and "3 failed" in out
 
 
 async def test_nats_refusing_the_cli_identity_is_a_failure_with_its_fix(secured_nats: config_mod.Config) -> None:
@@ -321,6 +323,50 @@ async def test_a_certificate_the_vault_cannot_verify_fails_with_the_extra_ca_to_
 
     assert result.status == "FAIL" and "presented a certificate that does not verify" in result.detail
     assert "[vault] extra_ca_file" in result.fix
+
+
+@pytest.mark.nats
+async def test_with_the_bus_down_a_key_the_vault_holds_is_not_called_missing(nats_server: NatsServer) -> None:
+    async with model_vault(nats_server.url) as v:
+        (v.cfg.keys_dir / "anthropic").unlink()  # the key lives in the vault alone, as `clawden secrets add` leaves it
+        stored = await control.ask(v.cfg, vault_ctl.SECRETS_LIST, Nothing())
+        assert [s.name for s in stored.secrets] == ["anthropic"]
+        nats_server.stop()
+        try:
+            result = await model_row(v.cfg)
+        finally:
+            nats_server.restart()  # for the vault to stop cleanly
+
+    assert result.status == "skip"
+    assert result.detail.startswith("not checked: no ANTHROPIC_API_KEY or keys/anthropic here, and the vault, which")
+    assert result.detail.endswith("cannot be asked while NATS is out of reach (the NATS row says why)")
+    assert result.fix == f"{installed.start_hint(v.cfg)}, then run `clawden doctor` again"  # as the NATS row says
+
+
+@pytest.mark.nats
+async def test_with_the_vault_not_answering_on_a_running_bus_the_model_row_is_warned_of(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    setup.init(tmp_path / "home")
+    (tmp_path / "home" / "config.toml").write_text(f'[nats]\nurl = "{nats_server.url}"\n')
+
+    result = await model_row(config_mod.load(tmp_path / "home", environ={}))
+
+    assert result.status == "WARN"
+    assert result.detail.startswith("not checked: no ANTHROPIC_API_KEY or keys/anthropic here, and the vault, which")
+    assert "could not be asked: the vault service did not answer" in result.detail
+    assert result.fix.endswith("then run `clawden doctor` again")
+
+
+@pytest.mark.nats
+async def test_a_vault_that_answers_holding_no_model_key_fails_with_how_to_add_one(nats_server: NatsServer) -> None:
+    async with model_vault(nats_server.url) as v:
+        (v.cfg.keys_dir / "anthropic").unlink()
+        await control.ask(v.cfg, vault_ctl.SECRETS_REMOVE, vault_ctl.Named(name="anthropic"))
+
+        result = await model_row(v.cfg)
+
+    assert result == Result("FAIL", "no model credential: the vault holds no anthropic secret", doctor.MODEL_FIX)
 
 
 def checked(*checks: ModelCheck, mapped_to: str = "") -> ModelChecks:
