@@ -99,6 +99,23 @@ def model_credential(cfg: Config) -> tuple[str, str]:
         return "", ""
 
 
+def model_key_sources(cfg: Config, value: str | None) -> list[api.ModelKeySource]:
+    """The places the model key is imported from, as this process sees them (its own environment, not a shell's),
+    that hold a key other than ``value``, the model secret's now (None: it was removed). Both are said, though the
+    variable hides the file while it is set: a stale key in either is easy to forget, and imported once it shows."""
+    found = []
+    if (given := os.environ.get(ENV_SOURCE, "").strip()) and given != value:
+        found.append(api.ModelKeySource(kind="env", where=ENV_SOURCE))
+    file = cfg.keys_dir / "anthropic"
+    try:
+        held = file.read_text().strip()
+    except OSError:  # none (or unreadable, which the import at the start says)
+        held = ""
+    if held and held != value:
+        found.append(api.ModelKeySource(kind="file", where=str(file)))
+    return found
+
+
 def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
@@ -375,35 +392,42 @@ class Vault:
                 raise Conflict(
                     f"a secret named {secret.name} exists; add --replace to replace it (its value, host and grants)"
                 )
+            if old is not None and not request.agents:
+                # A replacement that names no groups keeps the grants it had: a value corrected must not silently
+                # reach every agent group (it did, as "none given" meant "all" for a new secret).
+                secret = msgspec.structs.replace(secret, grants=old.grants)
             if clash := self.new_ties(secret, old, stored):
                 raise Conflict(tie_refusal(secret, clash[0]))
             sealed = self.sealer.seal(value, f"secret:{secret.name}")
             created = await self.store.run(self.store.put_secret, secret, sealed)
             await self.refresh()
-        await self._say_source_differs(secret.name, value)
+        sources = await self._say_source_differs(secret.name, value)
         log.info(
-            "secret %s %s (%s for %s)",
+            "secret %s %s (%s for %s, granted to %s)",
             secret.name,
             "added" if created else "replaced",
             secret.kind,
             secret.host_pattern,
+            ", ".join(secret.grants) or "nobody",
         )
-        return api.SecretAdded(secret=_secret(secret), created=created)
+        return api.SecretAdded(secret=_secret(secret), created=created, model_key_sources=sources)
 
-    async def _say_source_differs(self, name: str, value: str | None) -> None:
-        """The model key set or removed here while ANTHROPIC_API_KEY / keys/anthropic holds another: said, as that
-        source is imported again once it changes (`clawden secrets` says so for the file and its own shell)."""
+    async def _say_source_differs(self, name: str, value: str | None) -> list[api.ModelKeySource]:
+        """The model key set or removed here while ANTHROPIC_API_KEY / keys/anthropic holds another: said in the log
+        and answered for `clawden secrets` to say, as that source is imported again once it changes. The vault
+        looks, since only it sees its own environment (a systemd unit's, not the shell's that runs the CLI)."""
         if name != MODEL_SECRET:
-            return
-        given, source = await asyncio.to_thread(model_credential, self.cfg)
-        if given and given != value:
+            return []
+        sources = await asyncio.to_thread(model_key_sources, self.cfg, value)
+        for source in sources:
             log.warning(
                 "%s still holds %s; it is imported again only if it changes",
-                self._source_said(source),
+                source.where,
                 f"a model key, though the secret {MODEL_SECRET} is removed"
                 if value is None
                 else f"a model key other than the secret {MODEL_SECRET}'s",
             )
+        return sources
 
     async def on_secrets_list(self, _request: Nothing) -> api.Secrets:
         secrets = await self.store.run(self.store.secrets)
@@ -416,8 +440,7 @@ class Vault:
             raise NotFound(f"no secret named {name!r}")
         await self.refresh()
         log.info("secret %s removed", name)
-        await self._say_source_differs(name, None)
-        return api.Removed(removed=name)
+        return api.Removed(removed=name, model_key_sources=await self._say_source_differs(name, None))
 
     async def on_secrets_grant(self, request: api.Grant) -> api.SecretGranted:
         name, agents, revoke = request.name, request.agents, request.revoke

@@ -51,6 +51,8 @@ class AddSecret(Request, frozen=True):
     path_template: str = ""  # generic: the value goes into the path, e.g. /bot{value}
     path_regex: str = ""  # generic: or the first match of this regex on the path...
     path_replacement: str = ""  # ...becomes this, holding {value}
+    # The agent groups granted it. None given: the grants of the secret it replaces (`replace`), else every group
+    # (OneCLI v1's default, which the HTTP API keeps; `clawden secrets add` names the groups itself).
     agents: list[str] = []
     replace: bool = False  # a secret of that name exists: replace it (else refused)
     force: bool = False  # a non-model secret may match the model API's host
@@ -146,9 +148,24 @@ class RuleInfo(Reply, frozen=True):
     large_body: LargeBody | None = None
 
 
+KeySourceKind = Literal["env", "file"]
+
+
+class ModelKeySource(Reply, frozen=True):
+    """A place the vault imports the model key from (its own ANTHROPIC_API_KEY, or keys/anthropic as it reads
+    the file) that holds a key other than the model secret's: said because the vault imports it again once it
+    changes. Only where: never the key, nor anything derived from it."""
+
+    kind: KeySourceKind
+    where: str  # the variable's name, or the file's path
+
+
 class SecretAdded(Reply, frozen=True):
     secret: SecretInfo
     created: bool
+    # The model secret (`anthropic`) set: the vault's import sources that hold another key. A vault from before
+    # said none here (its log said it).
+    model_key_sources: list[ModelKeySource] = []
 
 
 class SecretGranted(Reply, frozen=True):
@@ -173,6 +190,7 @@ class Rules(Reply, frozen=True):
 
 class Removed(Reply, frozen=True):
     removed: str
+    model_key_sources: list[ModelKeySource] = []  # the model secret removed: its import sources that hold a key
 
 
 class AuditRecord(Reply, frozen=True):

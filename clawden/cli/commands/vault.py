@@ -10,7 +10,6 @@ import argparse
 import datetime as dt
 import getpass
 import json
-import os
 import re
 import sys
 import time
@@ -66,13 +65,19 @@ def _print_json(data: object) -> None:
     print(json.dumps(msgspec.to_builtins(data), indent=2))
 
 
+def _groups(args: argparse.Namespace) -> set[str]:
+    """The agent groups the router knows. NoBus: the vault cannot be asked either (say that once); another
+    ControlError: a vault run on its own, with no router to ask."""
+    return {g.name for g in control.run(_cfg(args), router.GROUPS_LIST, router.ListAll(), timeout=3)}
+
+
 def _known_groups(args: argparse.Namespace, names: list[str] | None) -> None:
     """Refuse agent groups the router does not know: a rule or grant for a typo protects nobody."""
     asked = {n for n in names or [] if n and n != "*"}
     if not asked:
         return
     try:
-        known = {g.name for g in control.run(_cfg(args), router.GROUPS_LIST, router.ListAll(), timeout=3)}
+        known = _groups(args)
     except control.NoBus:
         raise  # the vault cannot be asked either: say that once
     except control.ControlError as exc:  # a vault run on its own: say what could not be checked
@@ -107,8 +112,43 @@ def _describe(secret: ctl.SecretInfo) -> str:
 # --- secrets ---------------------------------------------------------------------------------------
 
 
+MODEL_TYPE = "anthropic"  # the model key: every agent needs it to answer at all
+
+
+def _default_grants(args: argparse.Namespace) -> list[str]:
+    """Whom a secret added without --agent is granted to. Least privilege (as OneCLI v2's per-agent grants): a
+    GitHub or mail token must not silently reach every agent group, nor one added later. So: the only group,
+    by name; with several, the owner says which. The model key alone goes to every group, since a group
+    without it cannot answer at all ("--type openai" is a tool's key like any other: no exception)."""
+    if args.type == MODEL_TYPE:
+        return ["*"]
+    how = "--agent G (repeatable), or --agent '*' for every agent group, now and later"
+    try:
+        groups = sorted(_groups(args))
+    except control.NoBus:
+        raise  # the vault cannot be asked either: say that once
+    except control.ControlError as exc:  # a vault run on its own
+        raise SystemExit(
+            f"clawden: say which agent groups may use {args.name}: {how} (the router could not be asked which "
+            f"groups there are: {exc})"
+        ) from None
+    if len(groups) == 1:
+        return groups
+    if not groups:
+        raise SystemExit(f"clawden: there is no agent group yet to grant {args.name} to: create one, or give {how}")
+    raise SystemExit(f"clawden: say which agent groups may use {args.name} (there are {', '.join(groups)}): {how}")
+
+
+def _stored(args: argparse.Namespace, name: str) -> bool:
+    return any(s.name == name for s in _ask(args, ctl.SECRETS_LIST, Nothing()).secrets)
+
+
 def cmd_secrets_add(args: argparse.Namespace) -> int:
-    _known_groups(args, args.agent)
+    agents: list[str] = args.agent or []
+    if agents:
+        _known_groups(args, agents)
+    elif not (args.replace and _stored(args, args.name)):  # a replacement naming none keeps its grants (the vault's)
+        agents = _default_grants(args)
     request = ctl.AddSecret(
         name=args.name,
         type=args.type,
@@ -121,19 +161,24 @@ def cmd_secrets_add(args: argparse.Namespace) -> int:
         path_template=args.path_template or "",
         path_regex=args.path_regex or "",
         path_replacement=args.path_replacement or "",
-        agents=args.agent or [],
+        agents=agents,
         replace=args.replace,
         force=args.force,
     )
     reply = _ask(args, ctl.SECRETS_ADD, request)
     secret = reply.secret
     verb = "stored" if reply.created else "replaced"
-    grants = ", ".join(secret.grants).replace("*", "every agent group")
+    grants = ", ".join(secret.grants).replace("*", "every agent group") or "nobody"
+    kept = ", as before" if not agents and not reply.created else ""
     print(
         f"{verb} {secret.name}: {_describe(secret)} for {secret.host_pattern}{secret.path_pattern}"
-        f" (granted to {grants})"
+        f" (granted to {grants}{kept})"
     )
-    _say_model_key_sources(args, secret.name, request.value)
+    if agents and not args.agent and agents != ["*"]:  # the only group, by name: say how to let others
+        print(
+            f"{agents[0]} is the only agent group; to grant it to others: clawden secrets grant {secret.name} --agent G"
+        )
+    _say_model_key_sources(reply.model_key_sources, removed=False)
     return 0
 
 
@@ -160,34 +205,22 @@ def cmd_secrets_list(args: argparse.Namespace) -> int:
 
 
 def cmd_secrets_remove(args: argparse.Namespace) -> int:
-    _ask(args, ctl.SECRETS_REMOVE, ctl.Named(name=args.name))
+    removed = _ask(args, ctl.SECRETS_REMOVE, ctl.Named(name=args.name))
     print(f"removed {args.name}")
-    _say_model_key_sources(args, args.name, None)
+    _say_model_key_sources(removed.model_key_sources, removed=True)
     return 0
 
 
-MODEL_SECRET = "anthropic"  # the secret the vault imports ANTHROPIC_API_KEY / keys/anthropic into
-
-
-def _say_model_key_sources(args: argparse.Namespace, name: str, value: str | None) -> None:
-    """The model key was set (``value``) or removed while a place the vault imports it from holds another:
-    say so, since that place is imported again once it changes (and a stale copy is easy to forget)."""
-    if name != MODEL_SECRET:
-        return
-    file = _cfg(args).keys_dir / "anthropic"
-    try:
-        in_file = file.read_text().strip()
-    except OSError:  # none, or not this user's to read
-        in_file = ""
-    places = [
-        (os.environ.get("ANTHROPIC_API_KEY", "").strip(), "ANTHROPIC_API_KEY in this shell", "Unset it"),
-        (in_file, str(file), "Delete it"),
-    ]
-    for held, where, drop in places:
-        if not held or held == value:
-            continue
-        what, fix = (
-            ("a model key", " if that key is done") if value is None else ("another key", ", or put the new key there")
+def _say_model_key_sources(sources: list[ctl.ModelKeySource], removed: bool) -> None:
+    """The model key was set or removed while a place the vault imports it from holds another: say so, since that
+    place is imported again once it changes (and a stale copy is easy to forget). The vault says which places:
+    only it sees its own environment (a systemd unit's is not this shell's) and reads the file as it does."""
+    what, fix = ("a model key", " if that key is done") if removed else ("another key", ", or put the new key there")
+    for source in sources:
+        where, drop = (
+            (f"{source.where} in the vault's environment", "Unset it there")
+            if source.kind == "env"
+            else (source.where, "Delete it")
         )
         print(
             f"note: {where} still holds {what}; the vault imports it again only if it changes. {drop}{fix}.",
@@ -323,7 +356,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--format", default="{value}", help="generic: header value format (default {value}), e.g. 'Bearer {value}'"
     )
     add.add_argument("--param", help="generic: query parameter to set instead of a header")
-    add.add_argument("--agent", action="append", help="agent group to grant it to (repeatable; default: all)")
+    add.add_argument(
+        "--agent",
+        action="append",
+        help="agent group to grant it to (repeatable; '*': every group, now and later). Default: the only agent "
+        "group (with several, name them); --type anthropic: every group; --replace: the grants it had",
+    )
     add.add_argument("--replace", action="store_true", help="replace a secret of the same name")
     add.add_argument(
         "--force", action="store_true", help="let a secret that is not the model key match the model API's host"
