@@ -18,6 +18,7 @@ from clawden import logtail
 from clawden.bus.ctl import router as router_ctl
 from clawden.bus.ctl import scheduler as scheduler_ctl
 from clawden.bus.ctl import vault as vault_ctl
+from clawden.grants import default_grants
 from services.web import panels
 from services.web.backend import TASK_VERBS, BackendError
 from services.web.scope import EVERY_GROUP, Scope
@@ -120,7 +121,8 @@ class Dashboard:
         if not scope.everything and not agents:
             agents = sorted(scope.groups)  # an admin's secret is for their own groups, never for every group
         scope.need_all(agents or [EVERY_GROUP], "a secret for every agent group")
-        if refused := known_groups(agents, [g.name for g in await self.backend.group_list()]):
+        groups = [g.name for g in await self.backend.group_list()]
+        if refused := known_groups(agents, groups):
             return back("/vault", error=refused)
         if not form.get("value", "").strip():
             return back("/vault", error="no value given (type it in the Value field)")
@@ -128,6 +130,14 @@ class Dashboard:
             replace = form.get("replace") == "1" and await self._replaceable(scope, form.get("name", ""))
         except BackendError as exc:
             return back("/vault", error=str(exc))
+        if not agents and not replace:  # a replacement naming none keeps its grants (the vault's rule)
+            agents = default_grants(form.get("type", ""), groups) or []
+            if not agents:
+                return back(
+                    "/vault",
+                    error=f"tick the agent groups that may use it (there are {', '.join(groups) or 'none yet'}),"
+                    " or every agent group (*) for all of them, now and later",
+                )
         secret = vault_ctl.AddSecret(
             name=form.get("name", ""),
             type=form.get("type", ""),

@@ -131,11 +131,18 @@ def _secret_form(groups: list[str], scope: Scope, csrf: str) -> str:
         + field("header", "Header", extra=' placeholder="Authorization"', ident="secret-header")
         + field("format", "Header value format", value="{value}", ident="secret-format")
         + field("param", "Query parameter (instead of a header)", ident="secret-param")
-        + '<fieldset class="agents"><legend>Agent groups that may use it (none ticked: all)</legend>'
+        + f'<fieldset class="agents"><legend>Agent groups that may use it ({e(_untick(scope))})</legend>'
         + f"{agents}</fieldset>"
         + check("replace", "Replace a secret of this name", "secret-replace")
         + '<button type="submit">Store the secret</button></fieldset></form>'
     )
+
+
+def _untick(scope: Scope) -> str:
+    """What no group ticked means (`clawden.grants`; an admin's secret is for their own groups)."""
+    if scope.everything:
+        return "none ticked: the only group, or every group for the model key; with several, tick them"
+    return "none ticked: yours"
 
 
 def _grant_form(rows: list[vault_ctl.SecretInfo], groups: list[str], scope: Scope, csrf: str) -> str:

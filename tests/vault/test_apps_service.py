@@ -156,7 +156,18 @@ tcp_listen = "127.0.0.1:{natsserver.free_port()}"
 async def connect_google(host: Host) -> subprocess.CompletedProcess[bytes]:
     secret_file = host.home / "google-client-secret"
     secret_file.write_text(CLIENT_SECRET)
-    args = ["apps", "connect", "google", "--client-id", CLIENT_ID, "--client-secret-file", str(secret_file)]
+    # A vault on its own, with no router to say which agent groups there are: every group, named.
+    args = [
+        "apps",
+        "connect",
+        "google",
+        "--client-id",
+        CLIENT_ID,
+        "--client-secret-file",
+        str(secret_file),
+        "--agent",
+        "*",
+    ]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -249,7 +260,7 @@ async def test_a_browser_on_another_machine_hands_the_answer_back_by_paste(host:
     secret_file = host.home / "github-client-secret"
     secret_file.write_text(CLIENT_SECRET)
     proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "clawden", "apps", "connect", "github", "--client-id", CLIENT_ID],
+        *[sys.executable, "-m", "clawden", "apps", "connect", "github", "--client-id", CLIENT_ID, "--agent", "*"],
         *["--client-secret-file", str(secret_file), "--no-browser", "--paste"],
         env=host.env,
         stdin=asyncio.subprocess.PIPE,
@@ -286,7 +297,19 @@ async def test_github_connects_by_device_code_with_no_browser_or_redirect(host: 
             vault_ctl.AppDeviceBegin(provider="google", client_id=CLIENT_ID),
         )
     proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "clawden", "apps", "connect", "github", "--client-id", CLIENT_ID, "--device"],
+        *[
+            sys.executable,
+            "-m",
+            "clawden",
+            "apps",
+            "connect",
+            "github",
+            "--client-id",
+            CLIENT_ID,
+            "--device",
+            "--agent",
+            "*",
+        ],
         env={**host.env, "CLAWDEN_APP_CLIENT_SECRET": CLIENT_SECRET},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -307,3 +330,12 @@ async def test_github_connects_by_device_code_with_no_browser_or_redirect(host: 
         user = await agent.get("https://api.github.com/user", headers={"user-agent": "agent/1"})
     assert user.status_code == 200 and user.json()["login"] == "ada"
     assert [s for s in [*host.fake.issued, CLIENT_SECRET] for text in host.seen if s in text] == []
+
+
+async def test_an_app_connected_naming_no_agent_group_is_refused_while_the_groups_cannot_be_told(host: Host) -> None:
+    """Least privilege (`clawden.grants`): a mailbox's tokens reach the groups named, never every group unasked; with
+    no router to say which groups there are, the owner names them, and no consent page is opened."""
+    done = await host.cli("apps", "connect", "google", "--client-id", CLIENT_ID, "--no-browser")
+    assert done.returncode != 0 and not done.stdout
+    assert "say which agent groups may use google" in done.stderr and "--agent '*'" in done.stderr
+    assert "no apps connected" in (await host.cli("apps", "list")).stdout

@@ -142,6 +142,28 @@ async def test_a_secret_added_from_the_vault_page_is_stored_and_its_value_never_
     assert len(bodies) >= 8 and not [b for b in bodies if value.encode() in b]
 
 
+async def test_a_secret_with_no_group_ticked_is_refused_while_there_are_several_groups(
+    web_stack: Stack, page: Any
+) -> None:
+    """Least privilege (`clawden.grants`): a token reaches the groups the owner ticked, never every group unasked."""
+    await a_group(web_stack, GARDEN)
+    name = f"mail-{uuid.uuid4().hex[:6]}"
+    await sign_in(page, web_stack)
+    await page.goto(web_url(web_stack) + "/vault")
+    await page.fill("#secret-name", name)
+    await page.select_option("#secret-type", "generic")
+    await page.fill("#secret-value", "v")
+    await page.fill("#secret-host", "mail.example")
+    await page.fill("#secret-header", "Authorization")
+    await page.click("#add-secret button[type=submit]")
+    alert = page.locator("p[role=alert].error")
+    await alert.wait_for()
+    said = await alert.text_content() or ""
+    assert said.startswith("tick the agent groups that may use it") and GARDEN in said and "main" in said
+    listed = (await control.ask(cfg_of(web_stack), vault_ctl.SECRETS_LIST, Nothing())).secrets
+    assert name not in [s.name for s in listed]
+
+
 async def test_a_task_is_paused_from_the_tasks_page_and_its_runs_are_shown(
     web_stack: Stack, page: Any, audited: list[ev.AuditEvent]
 ) -> None:

@@ -25,6 +25,7 @@ from clawden import control
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl import vault as ctl
 from clawden.cli.commands._output import table
+from clawden.cli.commands.vault import grants_for
 
 if TYPE_CHECKING:  # subscriptable only to the type checker
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -117,6 +118,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     if args.device:
         return _connect_device(args)
     cfg = _cfg(args)
+    agents = grants_for(args, args.provider, args.provider)  # before the secret is asked for
     secret = _client_secret(args)
     with Callback() as callback:
         request = ctl.AppBegin(
@@ -125,7 +127,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
             client_secret=secret,
             redirect_uri=callback.uri,
             scopes=args.scope or [],
-            agents=args.agent or [],
+            agents=agents,
         )
         begun = control.run(cfg, ctl.APPS_BEGIN, request)
         callback.state = begun.state
@@ -157,12 +159,13 @@ def cmd_connect(args: argparse.Namespace) -> int:
 def _connect_device(args: argparse.Namespace) -> int:
     """RFC 8628: the owner types a code at the provider's page, on any device; the vault polls for the grant."""
     cfg = _cfg(args)
+    agents = grants_for(args, args.provider, args.provider)  # before the secret is asked for
     request = ctl.AppDeviceBegin(
         provider=args.provider,
         client_id=args.client_id,
         client_secret=_client_secret(args),
         scopes=args.scope or [],
-        agents=args.agent or [],
+        agents=agents,
     )
     device = control.run(cfg, ctl.APPS_DEVICE_BEGIN, request)
     print(f"On any device, open {device.verification_uri} and enter the code {device.user_code}", flush=True)
@@ -218,7 +221,11 @@ def register(sub: Sub) -> None:
         "--client-secret-file", help=f"a file holding the client's secret (or set {SECRET_ENV}, or type it)"
     )
     connect.add_argument("--scope", action="append", help="an OAuth scope (repeat; default: read-only basics)")
-    connect.add_argument("--agent", action="append", help="an agent group that may use it (repeat; default: all)")
+    connect.add_argument(
+        "--agent",
+        action="append",
+        help="an agent group that may use it (repeat; '*': every group; default: the only one)",
+    )
     connect.add_argument("--no-browser", action="store_true", help="only print the page to open")
     connect.add_argument(
         "--device", action="store_true", help="GitHub: confirm a code on any device instead (no redirect at all)"

@@ -24,6 +24,7 @@ from clawden.bus.ctl import Nothing, Verb, router
 from clawden.bus.ctl import vault as ctl
 from clawden.cli.commands._args import LIMIT
 from clawden.cli.commands._output import table as _table
+from clawden.grants import EVERY_GROUP, MODEL_TYPE, default_grants
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 Req = TypeVar("Req", bound=msgspec.Struct)
@@ -112,16 +113,14 @@ def _describe(secret: ctl.SecretInfo) -> str:
 # --- secrets ---------------------------------------------------------------------------------------
 
 
-MODEL_TYPE = "anthropic"  # the model key: every agent needs it to answer at all
-
-
-def _default_grants(args: argparse.Namespace) -> list[str]:
-    """Whom a secret added without --agent is granted to. Least privilege (as OneCLI v2's per-agent grants): a
-    GitHub or mail token must not silently reach every agent group, nor one added later. So: the only group,
-    by name; with several, the owner says which. The model key alone goes to every group, since a group
-    without it cannot answer at all ("--type openai" is a tool's key like any other: no exception)."""
-    if args.type == MODEL_TYPE:
-        return ["*"]
+def grants_for(args: argparse.Namespace, name: str, kind: str) -> list[str]:
+    """The agent groups `--agent` names (each checked), or, with none named, those `clawden.grants` gives a
+    credential of `kind` (a secret's type, or an app's); exits saying why when the owner must name them."""
+    if args.agent:
+        _known_groups(args, args.agent)
+        return list(args.agent)
+    if kind == MODEL_TYPE:
+        return [EVERY_GROUP]
     how = "--agent G (repeatable), or --agent '*' for every agent group, now and later"
     try:
         groups = sorted(_groups(args))
@@ -129,14 +128,14 @@ def _default_grants(args: argparse.Namespace) -> list[str]:
         raise  # the vault cannot be asked either: say that once
     except control.ControlError as exc:  # a vault run on its own
         raise SystemExit(
-            f"clawden: say which agent groups may use {args.name}: {how} (the router could not be asked which "
+            f"clawden: say which agent groups may use {name}: {how} (the router could not be asked which "
             f"groups there are: {exc})"
         ) from None
-    if len(groups) == 1:
-        return groups
+    if (grants := default_grants(kind, groups)) is not None:
+        return grants
     if not groups:
-        raise SystemExit(f"clawden: there is no agent group yet to grant {args.name} to: create one, or give {how}")
-    raise SystemExit(f"clawden: say which agent groups may use {args.name} (there are {', '.join(groups)}): {how}")
+        raise SystemExit(f"clawden: there is no agent group yet to grant {name} to: create one, or give {how}")
+    raise SystemExit(f"clawden: say which agent groups may use {name} (there are {', '.join(groups)}): {how}")
 
 
 def _stored(args: argparse.Namespace, name: str) -> bool:
@@ -144,11 +143,9 @@ def _stored(args: argparse.Namespace, name: str) -> bool:
 
 
 def cmd_secrets_add(args: argparse.Namespace) -> int:
-    agents: list[str] = args.agent or []
-    if agents:
-        _known_groups(args, agents)
-    elif not (args.replace and _stored(args, args.name)):  # a replacement naming none keeps its grants (the vault's)
-        agents = _default_grants(args)
+    # A replacement naming none keeps its grants (the vault's rule for an empty list).
+    keep = not args.agent and args.replace and _stored(args, args.name)
+    agents = [] if keep else grants_for(args, args.name, args.type)
     request = ctl.AddSecret(
         name=args.name,
         type=args.type,
@@ -174,7 +171,7 @@ def cmd_secrets_add(args: argparse.Namespace) -> int:
         f"{verb} {secret.name}: {_describe(secret)} for {secret.host_pattern}{secret.path_pattern}"
         f" (granted to {grants}{kept})"
     )
-    if agents and not args.agent and agents != ["*"]:  # the only group, by name: say how to let others
+    if agents and not args.agent and agents != [EVERY_GROUP]:  # the only group, by name: say how to let others
         print(
             f"{agents[0]} is the only agent group; to grant it to others: clawden secrets grant {secret.name} --agent G"
         )
