@@ -89,7 +89,7 @@ async def test_the_agent_calls_the_groups_mcp_tool_and_the_upstream_gets_the_vau
         clawden,
         stack,
         *("secrets", "add", "tickets", "--type", "generic", "--host", SITE),
-        *("--header", "Authorization", "--format", "Bearer {value}"),
+        *("--header", "Authorization", "--format", "Bearer {value}", "--agent", "main"),
         stdin=SECRET,
     )
     added = await run(
@@ -191,7 +191,7 @@ async def test_a_remote_mcp_server_is_reached_through_the_vault_with_its_secret(
         clawden,
         stack,
         *("secrets", "add", "helpdesk", "--type", "generic", "--host", REMOTE_SITE),
-        *("--header", "Authorization", "--format", "Bearer {value}"),
+        *("--header", "Authorization", "--format", "Bearer {value}", "--agent", "main"),
         stdin=REMOTE_SECRET,
     )
     await run(clawden, stack, "groups", "mcp", "add", "main", "helpdesk", "--url", f"https://{REMOTE_SITE}/mcp")
