@@ -14,6 +14,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,12 +209,15 @@ host_map = {{{host_map}}}
 
 
 class Terminal:
-    """One terminal chat on the bus: sends lines, collects replies (and acknowledges them)."""
+    """One terminal chat on the bus: sends lines, collects replies (and acknowledges them). `ask` takes the answer to
+    its own message (`OutboundMessage.answering`, as `clawden chat --once` does); every other reply (a notice, a card,
+    a late answer to an earlier message) stays unread for `reply`, oldest first."""
 
     def __init__(self, stack: Stack, chat_id: str) -> None:
         self.stack = stack
         self.chat_id = chat_id
-        self.replies: asyncio.Queue[ev.OutboundMessage] = asyncio.Queue()
+        self.unread: deque[ev.OutboundMessage] = deque()  # in the order they came, less what a test has taken
+        self.came = asyncio.Condition()
         self.seen: set[str] = set()
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
@@ -228,7 +233,9 @@ class Terminal:
                 if event.id in self.seen:
                     return  # redelivered after a lost ack: `clawden chat` shows it once, and so do we
                 self.seen.add(event.id)
-                await self.replies.put(event)
+                async with self.came:
+                    self.unread.append(event)
+                    self.came.notify_all()
                 # Like `clawden chat`: a receipt with a platform id, so edits and reactions can target it.
                 receipt = ev.DeliveryReceipt(
                     outbound_id=event.id,
@@ -265,8 +272,28 @@ class Terminal:
         return event
 
     async def reply(self, timeout: float = 60) -> ev.OutboundMessage:
-        return await asyncio.wait_for(self.replies.get(), timeout)
+        """The oldest reply not read yet, whatever it answers (a notice, a card, a scheduled task's message)."""
+        return await self._take(lambda _: True, timeout, "no reply")
+
+    async def answer(self, sent: ev.InboundMessage, timeout: float = 60) -> ev.OutboundMessage:
+        """The reply answering `sent`; those that came before it stay unread."""
+        return await self._take(lambda r: r.answering == sent.message_id, timeout, f"no answer to {sent.text!r}")
 
     async def ask(self, text: str, timeout: float = 60) -> ev.OutboundMessage:
-        await self.send(text)
-        return await self.reply(timeout)
+        return await self.answer(await self.send(text), timeout)
+
+    async def _take(
+        self, wanted: Callable[[ev.OutboundMessage], bool], timeout: float, what: str
+    ) -> ev.OutboundMessage:
+        def found() -> ev.OutboundMessage | None:
+            return next((r for r in self.unread if wanted(r)), None)
+
+        try:
+            async with self.came:
+                reply = await asyncio.wait_for(self.came.wait_for(found), timeout)
+                assert reply is not None
+                self.unread.remove(reply)
+                return reply
+        except TimeoutError:
+            unread = [(r.kind, r.answering, r.text[:80]) for r in self.unread]
+            raise TimeoutError(f"{what} in {self.chat_id} within {timeout:.0f}s; unread: {unread}") from None

@@ -35,8 +35,7 @@ async def test_a_burst_of_messages_to_a_new_chat_starts_one_container(stack: Sta
         replies = [await term.reply(timeout=90)]
         session = replies[0].session_id
         await stack.wait_until_idle(session)
-        while not term.replies.empty():
-            replies.append(term.replies.get_nowait())
+        replies += term.unread
     assert (await runner_counters(stack))["started"] == started + 1
     # Everything sent before the agent woke arrives in its first turn(s), each message seen once.
     seen = " ".join(r.text for r in replies)
@@ -101,7 +100,7 @@ async def test_a_chat_that_writes_again_at_once_gives_the_only_slot_to_one_that_
         assert "busy with other conversations" in (await waiter.reply(timeout=30)).text
         stack.fake.release()
         said = 0
-        while waiter.replies.empty() and said < 8:
+        while not waiter.unread and said < 8:
             assert f"talker {said}" in (await answer(talker, 90)).text
             said += 1
             await talker.send(f"talker {said}")

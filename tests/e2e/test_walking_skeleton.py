@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from clawden.bus import events as ev
 from tests.e2e.harness import Stack, Terminal, start_stack
+from tests.eventually import eventually
 from tests.fakes.anthropic import Hang
 
 pytestmark = pytest.mark.docker
@@ -71,6 +73,27 @@ async def test_a_second_message_reuses_the_container_and_the_conversation(stack:
         later = stack.fake.messages_requests(with_tools=True)[calls_before:]
         # Same Claude conversation: the model is shown the first exchange again.
         assert any("my name is Ada" in str(r.body["messages"]) for r in later)
+
+
+async def test_a_reply_names_the_message_it_answers_so_a_late_one_is_not_taken_for_the_next_answer(
+    stack: Stack,
+) -> None:
+    """What a busy CI shows: the answer to an earlier message is read after a later message is sent. `ask` takes the
+    reply that names its own message (`answering`), and the earlier one stays unread for a test that wants it."""
+    async with Terminal(stack, "late") as term:
+        first = await term.send("the first question")
+
+        def unread_answer() -> ev.OutboundMessage | None:
+            return next((r for r in term.unread if r.answering == first.message_id), None)
+
+        late = await eventually(unread_answer, 90, "the first question was never answered")
+        await stack.wait_until_idle(late.session_id)
+
+        answer = await term.ask("the second question")
+
+        assert "the second question" in answer.text and "the first question" not in answer.text
+        assert list(term.unread) == [late] and "the first question" in late.text
+        assert await term.reply() == late
 
 
 async def test_a_container_killed_mid_turn_is_replaced_and_the_message_answered_once(stack: Stack) -> None:
