@@ -52,7 +52,10 @@ class Chat:
 
     async def _read(self) -> None:
         while True:
-            reply = await self.term.replies.get()
+            try:
+                reply = await self.term.reply(timeout=3600)  # whatever it answers: matched by the text it echoes
+            except TimeoutError:
+                continue
             now = time.perf_counter()
             for text in [t for t in self.pending if f">{t}<" in reply.text or f">{t}\n" in reply.text]:
                 self.latencies.append((now - self.pending.pop(text)) * 1000)
