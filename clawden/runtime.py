@@ -106,7 +106,9 @@ class ServiceContext:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     stats: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    trouble: str = ""  # what the ready service cannot do right now (`set_trouble`), for ping and `clawden status`
     _micro: Service | None = None
+    _status: str = ""  # the status line it became ready with, shown again once its trouble is over
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _subjects: dict[str, _Subject] = field(default_factory=dict)
 
@@ -156,9 +158,20 @@ class ServiceContext:
     async def ready(self, status: str = "") -> None:
         """Called by a service once it takes work: flushes subscriptions, then tells systemd."""
         await self.nc.flush()
-        self.notifier.ready(status or f"{self.name} ready")
+        self._status = status or f"{self.name} ready"
+        self.notifier.ready(self.trouble or self._status)
         self._ready.set()
         log.info("%s ready", self.name)
+
+    def set_trouble(self, line: str) -> None:
+        """Say what the service cannot do right now in a person's words ("cannot reach Telegram since 21:14 …"),
+        or "" once it can again: ping carries it, so `clawden status` shows the service degraded with the line
+        instead of up, and systemd's status line shows it. Set on the failure itself and cleared on the success
+        that ends it, never by a timer."""
+        if line == self.trouble:
+            return
+        self.trouble = line
+        self.notifier.status(line or self._status or f"{self.name} starting")
 
 
 async def sleep_unless_stopping(stopping: asyncio.Event, seconds: float, *wakers: asyncio.Event) -> bool:
@@ -343,4 +356,5 @@ async def _ping(ctx: ServiceContext) -> ctl.common.Pong:
         ready=ctx._ready.is_set(),
         stats=ctx.stats,
         verbs=sorted(v.key for v in ctx.served()),
+        trouble=ctx.trouble,
     )

@@ -135,7 +135,7 @@ async def _services(nc: Client, expected: list[str], wait: float) -> tuple[list[
             mine[0]["error"] = ping
             continue
         target = next((i for i in mine if i["pid"] == ping.pid), mine[0])
-        target.update(ready=ping.ready, stats=ping.stats)
+        target.update(ready=ping.ready, stats=ping.stats, trouble=ping.trouble)
         target["uptime"] = ping.uptime  # the service's own clock
     down = [name for name in expected if name not in names]
     return sorted(instances, key=lambda i: (i["name"], i["pid"] or 0)), down
@@ -174,6 +174,16 @@ async def _backlogs(nc: Client, cfg: config_mod.Config, channels: tuple[str, ...
             if name == stream.name and durable not in present and owner not in unconfigured
         ]
     return fold_lanes(rows, channels)
+
+
+def service_state(inst: dict[str, Any]) -> str:
+    """An instance's state as `clawden status` and the web's status page show it: degraded where it is ready but
+    says what it cannot do (`trouble`, shown beside it)."""
+    if "error" in inst:
+        return "not answering"
+    if not inst.get("ready", True):
+        return "starting"
+    return "degraded" if inst.get("trouble") else "up"
 
 
 def fold_lanes(rows: list[dict[str, Any]], channels: tuple[str, ...]) -> list[dict[str, Any]]:

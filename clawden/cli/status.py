@@ -22,6 +22,7 @@ from clawden.survey import discover as discover
 from clawden.survey import expected_services as expected_services
 from clawden.survey import fold_lanes as fold_lanes
 from clawden.survey import report as report
+from clawden.survey import service_state
 
 
 async def gather(cfg: config_mod.Config, wait: float = DISCOVERY_WAIT) -> Report:
@@ -39,7 +40,8 @@ async def status(cfg: config_mod.Config, wait: float = DISCOVERY_WAIT) -> Report
 
 
 def healthy(report: Report) -> bool:
-    return not report["down"] and not any("error" in s for s in report["services"])
+    """Every expected service answers, and none says it cannot do its work (`trouble`: degraded)."""
+    return not report["down"] and not any("error" in s or s.get("trouble") for s in report["services"])
 
 
 # ---- showing (pure) --------------------------------------------------------------------------------
@@ -71,7 +73,7 @@ def render(report: Report) -> str:
     rows: list[list[object]] = []
     for inst in report["services"]:
         requests, errors, avg = _totals(inst)
-        state = "not answering" if "error" in inst else "up" if inst.get("ready", True) else "starting"
+        state = service_state(inst)
         rows.append(
             [inst["name"], state, inst["version"], inst["pid"] or "-", duration(inst["uptime"]), requests, errors, avg]
         )
@@ -88,6 +90,8 @@ def render(report: Report) -> str:
     for inst in report["services"]:
         if "error" in inst:
             out.append(f"{inst['name']}: {inst['error']}")
+        elif inst.get("trouble"):
+            out.append(f"{inst['name']}: {inst['trouble']}")
 
     out.append("")
     box = report["containers"]

@@ -30,6 +30,7 @@ from clawden.bus import events as ev
 from clawden.bus import publish, subjects
 from clawden.bus.ctl import router as router_api
 from clawden.runtime import sleep_unless_stopping
+from services.channels.reach import Reach
 from services.channels.retry import Kind, PlatformError
 from services.channels.state import BridgeState, Queued
 
@@ -107,9 +108,14 @@ class Bridge(abc.ABC):
     deaf_after: float = 120.0
     # None until the bridge knows (or where the platform hands a bridge every group message).
     group_reach: GroupReach | None = None
+    # What a person calls the far side, in lines such as "cannot reach Telegram since 21:14"; unset: the name.
+    platform: str = ""
 
-    async def start(self) -> None:  # noqa: B027 - an optional hook; the default does nothing
-        """Check credentials and reach the platform once; raise BridgeConfigError with a clear message."""
+    async def start(self) -> PlatformError | None:
+        """Check credentials and reach the platform once; raise BridgeConfigError with a clear message. Where the
+        platform cannot be reached now, the bridge starts anyway (outbound work waits, the listener keeps trying)
+        and returns the failure, so the service says at once that it cannot reach it (`Reach`)."""
+        return None
 
     @abc.abstractmethod
     async def listen(self, inbound: Inbound) -> None:
@@ -327,6 +333,7 @@ class Inbound:
         bridge: Bridge | None = None,
         stopping: asyncio.Event | None = None,
         patience: float = FILE_PATIENCE,
+        reach: Reach | None = None,
     ) -> None:
         self.js = js
         self.channel = channel
@@ -334,6 +341,10 @@ class Inbound:
         self.files_dir = files_dir
         self.stats = stats
         self.liveness = Liveness()
+        # Whether the listener reaches the platform (the service's ping says so): `alive` ends a trouble, and
+        # `pause` starts one where the listener heard nothing since it started or last paused.
+        self.reach = reach or Reach(channel)
+        self._heard = False
         self.bridge = bridge  # whose `fetch_file` fetches what `deliver` is handed
         self.stopping = stopping or asyncio.Event()
         self.patience = patience
@@ -341,16 +352,33 @@ class Inbound:
         self._releasing: dict[str, asyncio.Task[None]] = {}
 
     def alive(self) -> None:
-        self.liveness.alive()
-        self.stats.last_alive = round(time.time(), 1)
+        """The listener heard from its platform: a sign of life, and the end of any trouble reaching it."""
+        self._stir()
+        self._heard = True
+        self.reach.reached()
+
+    def listening(self) -> None:
+        """A listener (re)starts: alive to the deafness watch, but it has not heard from its platform yet."""
+        self._stir()
+        self._heard = False
 
     async def pause(self, seconds: float) -> None:
-        """A listener's wait between tries: long waits still count as signs of life."""
+        """A listener's wait between tries: long waits still count as signs of life. Every bridge's listener
+        pauses after a call to its platform failed, and also to wait after one that worked (an album's other
+        parts, a poll interval), but always having heard from the platform first: a pause with nothing heard
+        since the listener started or last paused follows a failure, so the bridge cannot reach its platform."""
+        if not self._heard:
+            self.reach.failed()
+        self._heard = False
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
-            self.alive()
+            self._stir()
             await asyncio.sleep(min(left, 5.0))
-        self.alive()
+        self._stir()
+
+    def _stir(self) -> None:
+        self.liveness.alive()
+        self.stats.last_alive = round(time.time(), 1)
 
     async def publish(self, event: ev.Inbound) -> None:
         """Returns once the event is stored: in JetStream, or queued behind a message of its chat that waits for a

@@ -339,6 +339,7 @@ def parse_credential(secret: str) -> Credential:
 
 class MatrixBridge(Bridge):
     name = CHANNEL
+    platform = "the Matrix homeserver"
     capabilities = CAPABILITIES
 
     def __init__(self, homeserver: str, credential: Credential, *, sync_timeout: float = 30.0) -> None:

@@ -20,7 +20,8 @@ from clawden.bus.streams import bridge_lanes
 from clawden.runtime import ServiceContext
 from services.channels.bridge import Bridge, BridgeStats, Inbound
 from services.channels.delivery import Delivery, TypingIndicators
-from services.channels.retry import RetryPolicy
+from services.channels.reach import Reach, Trouble, why_unreachable
+from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.state import BridgeState
 
 log = logging.getLogger("clawden.channels")
@@ -41,8 +42,12 @@ async def serve(
     stats = BridgeStats()
     ctx.stats[name] = stats
     typing = TypingIndicators(bridge, lambda notice: ctx.nc.publish(subjects.typing_off(name), ev.encode(notice)))
+    # Ping's `trouble` while the platform cannot be reached: `clawden status` then shows the bridge degraded.
+    reach = Reach(bridge.platform or name.capitalize(), ctx.set_trouble)
     try:
-        await bridge.start()  # a BridgeConfigError stops the service with EX_CONFIG (runtime)
+        # A BridgeConfigError stops the service with EX_CONFIG (runtime); a platform away is said before READY.
+        if (away := await bridge.start()) is not None:
+            reach.failed(Trouble(why_unreachable(away)))
         await follow_twins(ctx.nc, name, typing)
         await state.prune()
         inbound = Inbound(
@@ -53,6 +58,7 @@ async def serve(
             stats,
             bridge=bridge,
             stopping=ctx.stopping,
+            reach=reach,
         )
         delivery = Delivery(
             bridge,
@@ -120,7 +126,7 @@ async def _listen_forever(bridge: Bridge, inbound: Inbound, stopping: asyncio.Ev
     """Keep the listener running: restart it when it fails, and when it goes deaf, reconnect first."""
     failures = 0
     while not stopping.is_set():
-        inbound.alive()
+        inbound.listening()
         started = time.monotonic()
         listener = asyncio.create_task(bridge.listen(inbound), name=f"{bridge.name}-listen")
         deaf = asyncio.create_task(inbound.liveness.wait_deaf(bridge.deaf_after))
@@ -145,12 +151,25 @@ async def _listen_forever(bridge: Bridge, inbound: Inbound, stopping: asyncio.Ev
         stats.listener_errors += 1
         exc = listener.exception() if not listener.cancelled() else None
         delay = min(30.0, 2.0 ** min(failures, 5))
+        inbound.reach.failed(listener_trouble(inbound.reach.platform, exc))
         if exc is not None:
             log.error("%s listener failed (%r); restarting in %.0fs", bridge.name, exc, delay, exc_info=exc)
         else:
             log.error("%s listener returned; restarting in %.0fs", bridge.name, delay)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), delay)
+
+
+def listener_trouble(platform: str, exc: BaseException | None) -> Trouble:
+    """Why the listener stopped, as the service says it: one that could not get through cannot reach the platform;
+    any other (refused, or a bug) cannot hear it."""
+    if isinstance(exc, OSError | TimeoutError) or (isinstance(exc, PlatformError) and (exc.connection or exc.outage)):
+        return Trouble(why_unreachable(exc))
+    return Trouble(
+        why=f"its listener failed: {type(exc).__name__}: {exc}" if exc is not None else "its listener stopped",
+        problem=f"cannot hear {platform}",
+        outcome="what people write waits there; the bridge's log says why",
+    )
 
 
 async def _housekeeping(state: BridgeState, files_dir: Path, stopping: asyncio.Event) -> None:

@@ -35,6 +35,7 @@ from services.channels.bridge import (
     save_stream,
 )
 from services.channels.pacing import Limit, Pacer
+from services.channels.reach import Trouble, why_unreachable
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.service import serve
 from services.channels.split import utf16_len
@@ -593,11 +594,42 @@ def _result(response: httpx.Response) -> Any:
     )
 
 
+def poll_trouble(exc: TelegramError) -> Trouble:
+    """What a failed getUpdates means to a person, for the service's `trouble` (`clawden status`)."""
+    if exc.code == 409 and "webhook" in exc.description.lower():
+        return Trouble(
+            "a webhook is set for this bot",
+            problem="Telegram refuses polling",
+            outcome="no messages come in until it is removed: deleteWebhook, or delete_webhook = true "
+            "under [channels.telegram]",
+        )
+    if exc.code == 409:
+        return Trouble(
+            "another process polls this bot",
+            problem="Telegram refuses polling",
+            outcome="messages may go to that process instead: run one telegram bridge per bot token",
+        )
+    if exc.code in (401, 404):
+        return Trouble(
+            f"{exc.code} {exc.description}",
+            problem="Telegram refuses the bot token",
+            outcome="nothing comes in or goes out until keys/telegram holds the token @BotFather gave you",
+        )
+    if exc.code == 429:
+        wait = f" {exc.retry_after:.0f}s" if exc.retry_after is not None else ""
+        return Trouble(f"it asks the bot to wait{wait}", problem="Telegram is holding the bot back")
+    if exc.connection:
+        return Trouble(why_unreachable(exc))
+    answer = exc.description if exc.description.startswith("HTTP ") else f"{exc.code} {exc.description}"
+    return Trouble(f"it answers {answer}")
+
+
 # --- the bridge -----------------------------------------------------------------------------------------
 
 
 class TelegramBridge(Bridge):
     name = CHANNEL
+    platform = "Telegram"
     capabilities = CAPABILITIES
 
     def __init__(
@@ -626,14 +658,17 @@ class TelegramBridge(Bridge):
         # is stuck somewhere no timeout reaches.
         self.deaf_after = poll_timeout + poll_grace + 30.0
 
-    async def start(self) -> None:
+    async def start(self) -> TelegramError | None:
         try:
             await self._identify()
         except TelegramError as exc:
             if exc.kind == "permanent":
                 raise
-            # Telegram unreachable right now: outbound work queues up, the listener keeps trying.
+            # Telegram unreachable right now: outbound work queues up, the listener keeps trying, and the service
+            # says it cannot reach Telegram until a poll gets through.
             log.warning("cannot reach Telegram yet (%s); will keep trying", exc.description)
+            return exc
+        return None
 
     async def _identify(self) -> BotIdentity:
         try:
@@ -672,6 +707,7 @@ class TelegramBridge(Bridge):
             except TelegramError as exc:
                 failures += 1
                 first_failure = first_failure or time.monotonic()
+                inbound.reach.failed(poll_trouble(exc))  # at once: Telegram says why, unlike a bare pause
                 await inbound.pause(await self._poll_failed(exc, failures))
                 continue
             inbound.alive()

@@ -276,6 +276,7 @@ def media_kind(mime: str) -> Literal["image", "audio", "video", "document"]:
 
 class WhatsAppBridge(Bridge):
     name = CHANNEL
+    platform = "WhatsApp"
     capabilities = Capabilities(
         max_text=MAX_TEXT,
         reactions=True,

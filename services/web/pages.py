@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from clawden.bus.ctl import approvals as approvals_ctl
 from clawden.bus.ctl import router as router_ctl
+from clawden.survey import service_state
 from services.web.files import ACCEPT, MAX_FILES
 from services.web.store import Shown
 
@@ -149,9 +150,15 @@ def _table(headers: tuple[str, ...], rows: Iterable[Iterable[object]]) -> str:
 
 def status(report: dict[str, Any], user: str, csrf: str) -> str:
     services = _table(
-        ("service", "pid", "uptime", "ready", "error"),
+        ("service", "state", "pid", "uptime", "why"),
         (
-            (s["name"], s.get("pid") or "-", duration(s.get("uptime")), s.get("ready", "-"), s.get("error", ""))
+            (
+                s["name"],
+                service_state(s),
+                s.get("pid") or "-",
+                duration(s.get("uptime")),
+                s.get("error") or s.get("trouble") or "",
+            )
             for s in report["services"]
         ),
     )

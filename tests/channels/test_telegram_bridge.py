@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from urllib.request import url2pathname
 import nats
 import pytest
 
+from clawden import config as config_mod
 from clawden.bus import events as ev
 from clawden.bus import subjects
 from clawden.bus.ctl import Nothing
@@ -808,6 +810,61 @@ async def test_a_send_that_could_not_connect_is_retried_and_counted_as_not_sent(
         fake.stop_thread()
 
 
+async def bridge_status(nats_url: str, home: Path) -> tuple[dict[str, Any], str]:
+    """The bridge's row in `clawden status`'s report, and the report as the command prints it."""
+    nc = await nats.connect(nats_url)
+    try:
+        report = await status.report(nc, config_mod.load(home, environ={}), wait=0.5)
+    finally:
+        await nc.close()
+    [row] = [s for s in report["services"] if s["name"] == "channel-telegram"]
+    return row, status.render(report)
+
+
+async def trouble_of(nats_url: str) -> str:
+    """What the bridge's ping says it cannot do now ("" when nothing)."""
+    nc = await nats.connect(nats_url)
+    try:
+        return (await status.ask(nc, PING.at("channel-telegram"), Nothing())).trouble
+    finally:
+        await nc.close()
+
+
+async def untroubled(nats_url: str) -> bool:
+    return await trouble_of(nats_url) == ""
+
+
+async def test_a_bridge_that_cannot_reach_telegram_is_degraded_with_why_until_telegram_answers(
+    tmp_path: Path,
+    nats_server: NatsServer,
+    bus: Bus,  # the bus makes the streams, as the core services do
+) -> None:
+    fake = FakeTelegram()
+    port = free_port()
+    bridge = BridgeProcess(tmp_path / "home", nats_server.url, fake)
+    fake.url = f"http://127.0.0.1:{port}"  # nothing listens there yet: every connect is refused
+    try:
+        bridge.start()  # READY all the same: replies wait for Telegram in their lanes
+        row, shown = await bridge_status(nats_server.url, bridge.home)
+        said = (
+            r"cannot reach Telegram since \d\d:\d\d \(connection refused\); "
+            "messages wait and go through once it answers"
+        )
+        assert re.fullmatch(said, row["trouble"]), row
+        assert re.search(r"^channel-telegram +degraded ", shown, re.MULTILINE), shown
+        assert re.search(f"^channel-telegram: {said}$", shown, re.MULTILINE), shown
+        assert not status.healthy({"down": [], "services": [row]})
+
+        fake.start_in_thread(port=port)
+        await eventually(lambda: untroubled(nats_server.url), 40, bridge.output)  # its next poll
+        row, shown = await bridge_status(nats_server.url, bridge.home)
+        assert row["trouble"] == "" and re.search(r"^channel-telegram +up ", shown, re.MULTILINE), shown
+        assert "cannot reach Telegram" not in shown
+    finally:
+        bridge.close()
+        fake.stop_thread()
+
+
 async def test_with_429s_5xx_and_dropped_polls_nothing_is_lost_or_repeated(
     fake: FakeTelegram, bus: Bus, bridge: BridgeProcess
 ) -> None:
@@ -1030,6 +1087,23 @@ async def test_another_poller_is_reported_and_polling_goes_on(
     fake.send(chat, ada, "still here")
     await until(lambda: fake.pending_updates == 0, 20)
     assert [e.text for e in await bus.inbound()] == ["still here"]
+
+
+async def test_a_poll_telegram_refuses_makes_the_bridge_say_why_until_a_poll_gets_through(
+    fake: FakeTelegram, nats_server: NatsServer, bus: Bus, bridge: BridgeProcess
+) -> None:
+    bridge.start()
+    assert await untroubled(nats_server.url)
+
+    fake.inject("getUpdates", Error(409, "Conflict: terminated by other getUpdates request"))
+    # Said at once, after one refused poll, in Telegram's own terms.
+    trouble = await eventually(lambda: trouble_of(nats_server.url), 15, bridge.output)
+    assert re.fullmatch(
+        r"Telegram refuses polling since \d\d:\d\d \(another process polls this bot\); messages may go to that "
+        "process instead: run one telegram bridge per bot token",
+        trouble,
+    )
+    await eventually(lambda: untroubled(nats_server.url), 20, bridge.output)  # the next poll, 5 s on
 
 
 async def test_the_bridge_declares_what_it_supports(nats_server: NatsServer, bridge: BridgeProcess) -> None:

@@ -14,6 +14,9 @@ class Pong(Reply, frozen=True):
     ready: bool
     stats: dict[str, Any]  # each service's own counters, by name
     verbs: list[str] = []  # the control verbs it has a handler for (`Verb.key`), so a test can hold it to the contract
+    # What a ready service cannot do right now, in a person's words ("" when nothing), e.g. a bridge that cannot
+    # reach its platform; `clawden status` then shows it degraded with this line. A default, so older replies decode.
+    trouble: str = ""
 
 
 class Capabilities(Reply, frozen=True, omit_defaults=True):

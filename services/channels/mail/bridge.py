@@ -219,6 +219,7 @@ def smtp_failure(exc: Exception, *, submitting: bool) -> PlatformError:
 
 class EmailBridge(Bridge):
     name = CHANNEL
+    platform = "the mail server"
 
     def __init__(self, settings: MailSettings, store_path: Path) -> None:
         self.s = settings
