@@ -34,7 +34,7 @@ AMEND_SUFFIX = "-amend"  # the word under that card's outcome, that the choice w
 STARTER_MEMORY = """\
 # {name}
 
-You are the {name} agent on your owner's home server, answering the chat {chat}. Reply with the
+You are the {name} agent on your owner's home server{answering}. Reply with the
 `send_message` tool; keep replies short and plain, as in a chat.
 
 This folder is your memory: notes you keep here survive between conversations. Your owner may
@@ -260,6 +260,8 @@ def created(name: str, chat: str, *, kept_memory: bool, waiting: Sequence[str]) 
     return said
 
 
-def starter_memory(name: str, chat: str) -> str:
-    """A new agent group's first CLAUDE.md: the router keeps it with the group (it goes to the runner)."""
-    return STARTER_MEMORY.format(name=name, chat=chat)[: ctl.MAX_STARTER_MEMORY]
+def starter_memory(name: str, chat: str = "") -> str:
+    """A new agent group's first CLAUDE.md: the router keeps it with the group (it goes to the runner). `chat`: the
+    one it was made for (`/newagent`); a group made with `clawden groups create` has none yet."""
+    answering = f", answering the chat {chat}" if chat else ""
+    return STARTER_MEMORY.format(name=name, answering=answering)[: ctl.MAX_STARTER_MEMORY]

@@ -46,7 +46,7 @@ from clawden.bus.ctl.router import (
     WiringList,
     WiringUpdate,
 )
-from services.router import pairing
+from services.router import cards, pairing
 from services.router.entities import ALL_CHATS, InvalidName, channel_name, group_name, pattern, user_id
 from services.router.store import RouterError, RouterStore
 
@@ -144,6 +144,9 @@ class Control:
         _check_settings(req.model, req.container, req.assistant_name)
         pin = _runner_pin(req.runner)
         container = _set_only(msgspec.to_builtins(req.container))
+        # Every group starts with a CLAUDE.md (as `/newagent` and `clawden init` give theirs): the one asked for,
+        # or the starter; its runner writes it at the group's first container where the folder has none.
+        memory = req.starter_memory or cards.starter_memory(name)
         with self.store.transaction() as db:
             if db.execute("SELECT 1 FROM agent_groups WHERE name = ?", (name,)).fetchone():
                 raise RouterError(f"agent group {name!r} already exists")
@@ -163,10 +166,11 @@ class Control:
                     json.dumps(container),
                     now,
                     pin,
-                    req.starter_memory,
+                    memory,
                 ),
             )
         self.store.reload()
+        self.store.write_memory_now(folder, memory)
         return _as(api.Group, self._group_json(self._group(name)))
 
     def _groups_update(self, req: GroupUpdate) -> api.Group:

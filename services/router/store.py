@@ -1487,14 +1487,7 @@ class RouterStore(outbox.OutboxStore):
             "INSERT INTO agent_groups (name, folder, created_at, changed_at, starter_memory) VALUES (?, ?, ?, ?, ?)",
             (name, name, now, now, memory),
         )
-        written: bool | None = None
-        if self.groups_dir is not None:
-            # At once, so the owner can open it now; the runner that starts the group's containers writes it from
-            # the group's settings where it is missing (this failed, or that runner is on another host).
-            try:
-                written = write_new_memory(self.groups_dir, name, memory)  # False: one is there, kept
-            except OSError as exc:
-                log.warning("agent group %s: its CLAUDE.md not written here (%s); its runner will write it", name, exc)
+        written = self.write_memory_now(name, memory)
         connect = ev.ApprovalDecision(
             id=row["id"], decision="approved", decided_by=user, value=f"{cards.CONNECT_PREFIX}{name}", decided_at=now
         )
@@ -1504,6 +1497,18 @@ class RouterStore(outbox.OutboxStore):
         out.counts["agents_created"] += 1
         log.info("agent group %s created by %s for %s", name, user, chat)
         return True
+
+    def write_memory_now(self, folder: str, memory: str) -> bool | None:
+        """A new group's CLAUDE.md at once, so the owner can open it now; the runner that starts the group's
+        containers writes it from the group's settings where it is missing (this failed, or that runner is on
+        another host). False: one is there, kept; None: not written here."""
+        if self.groups_dir is None:
+            return None
+        try:
+            return write_new_memory(self.groups_dir, folder, memory)
+        except OSError as exc:
+            log.warning("agent group %s: its CLAUDE.md not written here (%s); its runner will write it", folder, exc)
+            return None
 
     # --- entity writes shared by routing and control ----------------------------------------------
 
