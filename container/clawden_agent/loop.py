@@ -59,6 +59,13 @@ MCP_STATUS_WAIT_SECONDS = 5.0
 # Claude Code's try of a model call at which the chat is told the API is failing: its first two retries come within
 # about 1.5 s (a blip, an overloaded moment); the rest back off to minutes in all, which the chat should not sit out.
 RETRY_NOTICE_AT = 3
+# A model call refused for its credentials (Claude Code's `authentication_failed`): Claude Code tries it again all the
+# same (a key helper or a login may mend it), but here only the owner can, so the chat is told at once what to run.
+KEY_REFUSED_STATUSES = (401, 403)
+KEY_FIX = (
+    "the owner can set the right one with `clawden secrets add anthropic --type anthropic --replace`"
+    " (`clawden doctor` checks it)"
+)
 DEFAULT_MAX_TURNS = 100  # model calls for one prompt before Claude Code stops it
 DEFAULT_TURN_BUDGET = 1800.0  # seconds of work on one turn (waits on a person not counted)
 PLACEHOLDER_API_KEY = "clawden-managed"
@@ -499,15 +506,26 @@ async def _once(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
 
 def result_error(message: ResultMessage, max_turns: int) -> str:
     """Why a result failed, in words for the chat: the CLI's own error text, never the agent's
-    private scratch text."""
+    private scratch text. A refused model key names the owner's fix: Claude Code's own ("Fix external API key")
+    names none that works here."""
     if message.terminal_reason == "max_turns" or message.subtype == "error_max_turns":
         return f"it took more than {max_turns} steps, the limit for one message"
+    said = message.subtype
     for candidate in ("; ".join(message.errors or []), message.result or ""):
         if candidate.strip():
-            return short_reason(candidate)
-    if message.api_error_status:
-        return f"API error (HTTP {message.api_error_status})"
-    return message.subtype
+            said = short_reason(candidate)
+            break
+    else:
+        if message.api_error_status:
+            said = f"API error (HTTP {message.api_error_status})"
+    if message.api_error_status in KEY_REFUSED_STATUSES:
+        return f"the model API refused the model key ({said}): {KEY_FIX}"
+    return said
+
+
+def key_refused(status: object, error: object) -> bool:
+    """An `api_retry` event for a model call refused for its credentials (HTTP 401 or 403)."""
+    return status in KEY_REFUSED_STATUSES or error == "authentication_failed"
 
 
 def named_uuids(message: ResultMessage) -> list[str]:
@@ -549,6 +567,7 @@ class Runner:
         self._riders: dict[int, tuple[int, ...]] = {}  # row seq -> edits and deletes folded into it
         self._compacting: set[str] = set()  # uuids of the /compact prompts sent
         self._compacted: dict[str, Any] | None = None  # what Claude Code's last compaction reported
+        self._key_refusal_told = False  # this run of failed model calls already named the key as the cause
         self.moved: sessiondb.Fenced | None = None  # the session was moved to another runner: write nothing more
 
     def ring_host(self) -> None:
@@ -946,18 +965,34 @@ class Runner:
     def _api_retrying(self, retry: dict[str, Any]) -> None:
         """Claude Code tries a model call again (the API overloaded, down, or out of reach): past a blip, the chat
         hears that its message is still being worked on, once per run of failures, where it heard nothing for
-        minutes while the tries backed off. A notice, not an answer: the message still waits for its reply."""
+        minutes while the tries backed off. A notice, not an answer: the message still waits for its reply.
+        A refused key is no blip and no outage: the chat hears what the owner must do at its first retry, once
+        per run, and not that the API is not answering."""
         attempt, tries = retry.get("attempt"), retry.get("max_retries")
-        if attempt != RETRY_NOTICE_AT or not self.ledger.busy:  # no message waits on it (a turn of its own)
-            return
         status, error = retry.get("error_status"), retry.get("error") or "no answer"
         why = f"{status} {error}" if status else str(error)
+        if attempt == 1:  # a new run of failures
+            self._key_refusal_told = False
+        if key_refused(status, error):
+            if self._key_refusal_told or not self.ledger.busy:
+                return
+            self._key_refusal_told = True
+            log.warning("the model API refused the model key (%s); Claude Code keeps trying", why)
+            self._notice(f"The model API refused the model key ({why}): {KEY_FIX}.")
+            return
+        if attempt != RETRY_NOTICE_AT or not self.ledger.busy:  # no message waits on it (a turn of its own)
+            return
+        if self._key_refusal_told:  # the chat knows the cause: the key, not the API's health
+            return
         log.warning("the model's API failed %s times in a row (%s); Claude Code keeps trying", attempt, why)
+        upto = f", up to {tries} times" if tries else ""
+        self._notice(f"The model's API is not answering ({why}); I keep trying{upto}.")
+
+    def _notice(self, text: str) -> None:
+        """A notice about the message being worked on, which answers nothing."""
         routing = sessiondb.session_routing(self.config.session_dir)
         if routing is None:
             return
-        upto = f", up to {tries} times" if tries else ""
-        text = f"The model's API is not answering ({why}); I keep trying{upto}."
         sessiondb.write_outbound(
             self.config.session_dir,
             id=f"api-retry:{uuid.uuid4().hex}",

@@ -156,7 +156,7 @@ class Dashboard:
             return back("/vault", error=str(exc))
         info = added.secret
         verb = "stored" if added.created else "replaced"
-        where = info.host_pattern + info.path_pattern
+        where = info.host_pattern + (" (any path)" if info.path_pattern == "*" else info.path_pattern)  # not host*
         summary = f"{verb} secret {info.name} for {where} (granted to {', '.join(info.grants)})"
         await self.backend.changed(scope.user, "secret_added", summary, secret=info.name)
         return back("/vault", note=summary)

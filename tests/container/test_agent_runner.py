@@ -327,6 +327,44 @@ def test_a_model_api_that_keeps_failing_is_told_to_the_chat_once_and_the_answer_
     assert notice.seq not in answering and reply.seq in answering
 
 
+KEY_FIX = (
+    "the owner can set the right one with `clawden secrets add anthropic --type anthropic --replace`"
+    " (`clawden doctor` checks it)"
+)
+
+
+def test_a_refused_model_key_is_told_to_the_chat_at_the_first_retry_with_the_owners_fix(
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
+    """Claude Code retries a 401 like an outage, for minutes; the chat hears at once that the key is refused and
+    what the owner runs, once, and not that the API is not answering. A key mended meanwhile still answers."""
+    start_agent()
+    fake.script(*[Error(401, "invalid x-api-key")] * 3)
+
+    seq = session.send("are you there?")
+    reply = session.reply_to(seq)
+
+    notices = [m.content["text"] for m in session.outbound() if m.content.get("says") == "notice"]
+    assert notices == [f"The model API refused the model key (401 authentication_failed): {KEY_FIX}."]
+    assert reply.content["text"].startswith("echo: ")
+
+
+def test_a_message_failed_by_a_refused_model_key_names_the_owners_fix(
+    session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
+) -> None:
+    """When the tries run out, the failure says the key was refused and how to set it, where Claude Code's own text
+    ("Fix external API key") names nothing an owner of Clawden can do."""
+    start_agent(CLAUDE_CODE_MAX_RETRIES="1")  # the tries run out at once, not after minutes of backoff
+    fake.script(*[Error(401, "invalid x-api-key")] * 2)
+
+    failure = session.reply_to(session.send("hello?"))
+
+    text = failure.content["text"]
+    assert failure.content.get("says") == "error"
+    assert text.startswith("Sorry — the agent failed: the model API refused the model key ("), text
+    assert text.endswith(f"): {KEY_FIX}"), text
+
+
 def test_a_message_claude_code_died_on_is_sent_again_once_then_fails(
     session: Session, fake: FakeAnthropic, start_agent: Callable[..., AgentProcess]
 ) -> None:

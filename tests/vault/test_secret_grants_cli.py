@@ -38,7 +38,7 @@ async def test_with_one_agent_group_a_secret_goes_to_that_group_by_name(routed: 
     added = await routed.cli("secrets", "add", "gh", *GH, stdin=GITHUB + "\n")
 
     assert added.returncode == 0, added.stderr
-    assert "stored gh: Authorization: Bearer {value} for api.github.com* (granted to main)" in added.stdout
+    assert "stored gh: Authorization: Bearer {value} for api.github.com (any path) (granted to main)" in added.stdout
     assert "to grant it to others: clawden secrets grant gh --agent G" in added.stdout
     assert (await grants(routed))["gh"] == ["main"]  # by name: a group added later does not get it
 
@@ -90,7 +90,7 @@ async def test_a_replacement_without_agent_keeps_the_grants_it_had(routed: Vault
 
     assert replaced.returncode == 0, replaced.stderr
     assert (
-        "replaced gh: Authorization: Bearer {value} for api.github.com* (granted to main, as before)" in replaced.stdout
+        "replaced gh: Authorization: Bearer {value} for api.github.com (any path) (granted to main, as before)" in replaced.stdout
     )
     assert key.returncode == 0 and "(granted to main, as before)" in key.stdout, key.stderr
     assert await grants(routed) == {"gh": ["main"], "anthropic": ["main"]}

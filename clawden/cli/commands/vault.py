@@ -7,6 +7,7 @@ and the shell history would keep it), and no command ever prints one.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import getpass
 import json
@@ -167,16 +168,69 @@ def cmd_secrets_add(args: argparse.Namespace) -> int:
     verb = "stored" if reply.created else "replaced"
     grants = ", ".join(secret.grants).replace("*", "every agent group") or "nobody"
     kept = ", as before" if not agents and not reply.created else ""
-    print(
-        f"{verb} {secret.name}: {_describe(secret)} for {secret.host_pattern}{secret.path_pattern}"
-        f" (granted to {grants}{kept})"
-    )
+    print(f"{verb} {secret.name}: {_describe(secret)} for {_where(secret)} (granted to {grants}{kept})")
     if agents and not args.agent and agents != [EVERY_GROUP]:  # the only group, by name: say how to let others
         print(
             f"{agents[0]} is the only agent group; to grant it to others: clawden secrets grant {secret.name} --agent G"
         )
     _say_model_key_sources(reply.model_key_sources, removed=False)
+    if secret.kind == MODEL_TYPE:
+        _say_model_check(args, secret.name)
     return 0
+
+
+def _where(secret: ctl.SecretInfo) -> str:
+    """Host and path as the owner reads them: `api.github.com*` would look like the host pattern the vault refuses."""
+    path = " (any path)" if secret.path_pattern == "*" else secret.path_pattern
+    return secret.host_pattern + path
+
+
+def _say_model_check(args: argparse.Namespace, name: str) -> None:
+    """The model key just stored, tried on the model API by the vault as `clawden doctor` has it tried, and read as
+    doctor reads it: a wrong key is told now, not by the first chat that fails after minutes of retries. Stored is
+    stored: a refusal is a warning, not a failure of the command."""
+    from clawden.cli.doctor import model_check_result  # a large module, needed only here
+
+    try:
+        reply = asyncio.run(_ask_now(_cfg(args), ctl.MODEL_CHECK, Nothing(), ctl.MODEL_CHECK_WAIT + 2))
+    except control.NotListening:  # it has just stored the key, so it runs: a vault from before the check
+        print(
+            "not checked on the model API: the vault is older than its model check (restart it to update it), and"
+            " `clawden doctor` checks the key then",
+            file=sys.stderr,
+        )
+        return
+    except control.ControlError as exc:  # it did not answer in time
+        print(f"not checked on the model API: {exc}", file=sys.stderr)
+        return
+    mine = [c for c in reply.checks if c.name == name]
+    if not mine:  # stored for another host than the one the check asks
+        print(f"not checked on the model API: the check asks {reply.host}, which {name} is not for", file=sys.stderr)
+        return
+    result = model_check_result("", msgspec.structs.replace(reply, checks=mine))
+    said = result.detail.removeprefix("; ")  # doctor's words after what it says the vault holds, said above here
+    if result.status == "ok":
+        print(said)
+        return
+    lead = "warning" if mine[0].outcome == "rejected" else "not checked"  # unreachable, or a 429 or 5xx: no verdict
+    print(f"{lead}: {said}", file=sys.stderr)
+    if result.fix:
+        print(f"  fix: {result.fix}", file=sys.stderr)
+
+
+async def _ask_now(cfg: config_mod.Config, verb: Verb[Req, Rep], request: Req, timeout: float) -> Rep:
+    """Ask a service that has just answered another verb: nobody listening for this one is a service older than the
+    verb, not one still starting, so it is said at once (`control.ask` would ask again until its timeout)."""
+    from clawden.owner import Unreachable, connect_cli
+
+    try:
+        nc = await connect_cli(cfg, timeout)
+    except Unreachable as exc:
+        raise control.NoBus(f"{exc}\n  fix: {exc.fix}") from None
+    try:
+        return await control.ask_on(nc, verb, request, timeout=timeout)
+    finally:
+        await nc.close()
 
 
 def cmd_secrets_list(args: argparse.Namespace) -> int:
@@ -321,9 +375,31 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_egress(args: argparse.Namespace) -> int:
+    if args.group is None:
+        return _egress_of_every_group(args)
     _known_groups(args, [args.group])
     reply = _ask(args, ctl.EGRESS, ctl.EgressRequest(agent_group=args.group, mode=args.mode))
     print(f"{reply.agent_group}: egress {reply.egress}")
+    return 0
+
+
+def _egress_of_every_group(args: argparse.Namespace) -> int:
+    """`clawden egress` alone: each agent group's mode. The vault keeps a mode only for the groups given one, so the
+    router says which groups there are and the vault answers for each (its default for the rest)."""
+    try:
+        groups = sorted(_groups(args))
+    except control.NoBus:
+        raise  # the vault cannot be asked either: say that once
+    except control.ControlError as exc:  # a vault run on its own
+        raise SystemExit(
+            f"clawden: name an agent group (clawden egress GROUP): the router could not be asked which groups there"
+            f" are: {exc}"
+        ) from None
+    if not groups:
+        print("no agent groups yet (clawden groups create NAME)")
+        return 0
+    for group in groups:
+        print(f"{group}: egress {_ask(args, ctl.EGRESS, ctl.EgressRequest(agent_group=group)).egress}")
     return 0
 
 
@@ -413,8 +489,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit.add_argument("--json", action="store_true", help="print JSON")
     audit.set_defaults(func=cmd_audit)
 
-    egress = sub.add_parser("egress", help="show or set where an agent group may go: open or allowlist")
-    egress.add_argument("group")
+    egress = sub.add_parser(
+        "egress", help="show or set where an agent group may go: open or allowlist (no group: every group's)"
+    )
+    egress.add_argument("group", nargs="?")
     egress.add_argument("mode", nargs="?", choices=["open", "allowlist"])
     egress.set_defaults(func=cmd_egress)
 
