@@ -341,8 +341,30 @@ def _said(error: str, raw: dict[str, Any], file: Path, environ: Mapping[str, str
         return f"{file}: {error}"
     section, key = found["section"], found["key"]
     value = (raw.get(section) or {}).get(key) if section else raw.get(key)
-    text = f"{f'{section}.' if section else ''}{key} = {value!r}: {found['why']}{_choices(error)}"
+    why = _wrong_type(found["why"], key) or found["why"]
+    text = f"{f'{section}.' if section else ''}{key} = {value!r}: {why}{_choices(error)}"
     return _blame((section or "", key), text, file, environ)
+
+
+_TYPE_WORDS = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
+_TYPE_WORDS |= {"array": "a list", "object": "a table", "null": "nothing"}
+_UNITS = (("_days", "days"), ("_minutes", "minutes"))
+_UNITLESS = frozenset({"cpus", "rate", "login_rate"})  # numbers that are not seconds
+
+
+def _wrong_type(why: str, key: str) -> str | None:
+    """msgspec's `Expected `float`, got `str`` in the words of config.toml: "expected a number of seconds, not
+    text" (`idle_timeout = '30m'`); None for any other complaint."""
+    found = re.fullmatch(r"Expected `(\w+)`, got `(\w+)`", why)
+    if found is None:
+        return None
+    wanted, got = found[1], found[2]
+    if wanted == "float" and key not in _UNITLESS:
+        unit = next((u for end, u in _UNITS if key.endswith(end)), "seconds")
+        how = ", written without quotes or a unit (e.g. 90 or 1.5)" if got == "str" else ""
+        return f"expected a number of {unit}{how}, not {_TYPE_WORDS.get(got, got)}"
+    said = "a fraction" if got == "float" else _TYPE_WORDS.get(got, got)
+    return f"expected {_TYPE_WORDS.get(wanted, wanted)}, not {said}"
 
 
 def _blame(setting: tuple[str, str] | None, problem: str, file: Path, environ: Mapping[str, str]) -> str:
@@ -544,7 +566,10 @@ cpus = 2.0
 pids = 512
 
 [model]
-# Where the vault sends model requests. The key comes from ANTHROPIC_API_KEY or keys/anthropic.
+# Only for agents' model calls that reach the vault over plain HTTP (a container without the gateway's CA);
+# the usual ones, over HTTPS through the gateway, go to api.anthropic.com whatever this says.
+# The key is the vault's `anthropic` secret (`clawden secrets add anthropic --type anthropic --replace`),
+# imported from ANTHROPIC_API_KEY or keys/anthropic when it is new or changed there.
 upstream = "https://api.anthropic.com"
 """
 

@@ -29,7 +29,7 @@ from clawden import logs, natsauth
 from clawden.bus import ctl, ensure_streams, subjects
 from clawden.bus.streams import wait_streams
 from clawden.registry import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE
-from clawden.sdnotify import Notifier
+from clawden.sdnotify import TROUBLE_FIELD, Notifier
 
 log = logging.getLogger("clawden.runtime")
 VERSION = "0.1.0"
@@ -159,7 +159,7 @@ class ServiceContext:
         """Called by a service once it takes work: flushes subscriptions, then tells systemd."""
         await self.nc.flush()
         self._status = status or f"{self.name} ready"
-        self.notifier.ready(self.trouble or self._status)
+        self.notifier.notify(ready="1", status=self.trouble or self._status, **{TROUBLE_FIELD: self.trouble})
         self._ready.set()
         log.info("%s ready", self.name)
 
@@ -171,7 +171,7 @@ class ServiceContext:
         if line == self.trouble:
             return
         self.trouble = line
-        self.notifier.status(line or self._status or f"{self.name} starting")
+        self.notifier.notify(status=line or self._status or f"{self.name} starting", **{TROUBLE_FIELD: line})
 
 
 async def sleep_unless_stopping(stopping: asyncio.Event, seconds: float, *wakers: asyncio.Event) -> bool:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import socket
 
+# A ready service's trouble (`ServiceContext.set_trouble`), beside its STATUS: `clawden up` prints it once per change.
+TROUBLE_FIELD = "x_clawden_trouble"
+
 
 class Notifier:
     def __init__(self, environ: dict[str, str] | None = None) -> None:

@@ -38,6 +38,7 @@ from clawden.backoff import backoff
 from clawden.config import Config, configured_bridges, http_services, unknown_in_file
 from clawden.models import model_warning
 from clawden.runtime import EX_CONFIG
+from clawden.sdnotify import TROUBLE_FIELD
 
 SERVICES = ("vault", "router", "runner", "scheduler", "approvals")
 # Ctrl-C, a stop, and a closed terminal or lost SSH session (SIGHUP): each is the same orderly stop.
@@ -155,6 +156,7 @@ class Child:
     said: dict[str, str] = field(default_factory=dict)  # the last value of each notify field
     log_offset: int = 0  # where this run's lines start in its log
     failed: str = ""  # why it cannot run as configured: it is not restarted, and readiness names it
+    trouble: str = ""  # what it says it cannot do (`ServiceContext.set_trouble`), as last printed; "" when none
 
 
 class Supervisor:
@@ -169,6 +171,7 @@ class Supervisor:
         self.nats: subprocess.Popen[bytes] | None = None
         self.stopping = False
         self.announced = ""  # what was last said about being ready, so it is said once per change
+        self.started = False  # whether NATS or any service was started: else there is nothing to say stopped
 
     def say(self, line: str) -> None:
         with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) cannot be told, and the stop goes on
@@ -209,6 +212,7 @@ class Supervisor:
             )
         except natsserver.NatsServerError as exc:
             raise SystemExit(f"NATS did not start: {exc} (see {log})") from None
+        self.started = True
         self.say(f"nats      {self.cfg.nats_url:<28} log: {log}")
 
     def spawn(self, child: Child) -> None:
@@ -240,7 +244,9 @@ class Supervisor:
                 preexec_fn=pdeathsig.preexec(os.getpid()),
             )
         log.close()
+        self.started = True
         child.ready = False
+        child.trouble = ""
         child.started_at = time.monotonic()
         self.say(f"{child.name:<9} pid {child.proc.pid:<22} log: {child.log_path}")
 
@@ -311,6 +317,10 @@ class Supervisor:
             if fields.get("READY") == "1" and not child.ready:
                 child.ready = True
                 self.say(f"{child.name} ready")
+            if (trouble := fields.get(TROUBLE_FIELD.upper())) is not None and trouble != child.trouble:
+                # Said once per change: what it cannot do, and when that is over.
+                self.say(f"{child.name} degraded: {trouble}" if trouble else f"{child.name} ok again")
+                child.trouble = trouble
             self.announce()
 
     def readiness(self) -> str:
@@ -375,7 +385,8 @@ class Supervisor:
                 child.notify.close()
             child.notify_path.unlink(missing_ok=True)
         self.tmp.rmdir()
-        self.say("stopped")
+        if self.started:  # a refused start (NATS already runs) stopped nothing: "stopped" would read as if it had
+            self.say("stopped")
 
 
 def default_services(cfg: Config) -> tuple[str, ...]:

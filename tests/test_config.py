@@ -243,6 +243,31 @@ def test_a_value_no_service_could_work_with_is_an_error_at_load_naming_the_setti
     assert str(raised.value).startswith(f"{tmp_path / 'config.toml'}: ")
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[runner]\nidle_timeout = '30m'\n",
+            "runner.idle_timeout = '30m': expected a number of seconds, written without quotes or a unit "
+            "(e.g. 90 or 1.5), not text",
+        ),
+        (
+            "[vault]\naudit_retention_days = '1w'\n",
+            "vault.audit_retention_days = '1w': expected a number of days, written without quotes or a unit "
+            "(e.g. 90 or 1.5), not text",
+        ),
+        ("[runner]\ncpus = 'two'\n", "runner.cpus = 'two': expected a number, not text"),
+        ("[runner]\npids = 1.5\n", "runner.pids = 1.5: expected a whole number, not a fraction"),
+        ("[runner]\nshared_storage = 'yes'\n", "runner.shared_storage = 'yes': expected true or false, not text"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_said_in_config_toml_words(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(config.ConfigError) as raised:
+        config.load(tmp_path, {})
+    assert str(raised.value) == f"{tmp_path / 'config.toml'}: {message}"
+
+
 def test_memory_sizes_are_read_as_groups_update_reads_them(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text('[runner]\nmemory = "1.5g"\n[groups.main]\nmemory = "512mb"\n')
     cfg = config.load(tmp_path, {})
@@ -252,7 +277,7 @@ def test_memory_sizes_are_read_as_groups_update_reads_them(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("CLAWDEN_RUNNER_IDLE_TIMEOUT", "abc", r"runner\.idle_timeout = 'abc': Expected `float`, got `str`"),
+        ("CLAWDEN_RUNNER_IDLE_TIMEOUT", "abc", r"runner\.idle_timeout = 'abc': expected a number of seconds"),
         ("CLAWDEN_RUNNER_MAX_CONTAINERS", "0", r"runner\.max_containers = '0': Expected `int` >= 1"),
         ("CLAWDEN_RUNNER_MEMORY", "lots", r"runner\.memory 'lots' is not a memory size"),
         ("CLAWDEN_NATS_PORT", "0", r"nats\.port is 0"),
@@ -266,3 +291,12 @@ def test_a_bad_environment_override_names_the_variable_not_config_toml(
     with pytest.raises(config.ConfigError, match=message) as raised:
         config.load(tmp_path, {variable: value})
     assert str(raised.value).startswith(f"environment variable {variable}: "), raised.value
+
+
+def test_a_new_config_says_what_model_upstream_is_for_and_where_the_key_lives(tmp_path: Path) -> None:
+    config.init_home(tmp_path / "home")
+    text = (tmp_path / "home" / "config.toml").read_text()
+    model = text[text.index("[model]") : text.index("upstream =")]
+
+    assert "plain HTTP" in model and "api.anthropic.com whatever this says" in model
+    assert "the vault's `anthropic` secret" in model and "Where the vault sends model requests" not in model

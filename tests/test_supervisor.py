@@ -12,13 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from clawden import config, natsauth, natsserver, setup
-from clawden.supervisor import Supervisor, image_warning
+from clawden.supervisor import READY, Supervisor, image_warning
 from tests.conftest import NatsServer
 from tests.fakes.telegram import FakeTelegram
 from tests.procs import running
@@ -240,6 +241,60 @@ def test_up_is_not_ready_without_a_model_key_and_says_so_until_one_is_given(
         sup.stop()
 
 
+async def _until_async(sup: Supervisor, out: io.StringIO, text: str, timeout: float = 60) -> None:
+    """`_until` for a test whose fakes serve on its event loop."""
+    deadline = time.monotonic() + timeout
+    while text not in out.getvalue():
+        assert time.monotonic() < deadline, out.getvalue()
+        sup.poll()
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.nats
+async def test_the_console_says_when_the_vault_finds_the_model_key_refused_and_when_that_is_over() -> None:
+    from clawden import control
+    from clawden.bus.ctl import Nothing
+    from clawden.bus.ctl import vault as vault_ctl
+    from tests.fakes.anthropic import FakeAnthropic, make_tls
+
+    with tempfile.TemporaryDirectory(prefix="clawden-up-", dir="/tmp") as name:  # the vault's sockets: a short path
+        home = Path(name) / "home"
+        fake = await FakeAnthropic().start()
+        tls = make_tls(["api.anthropic.com"], name)
+        address = await fake.listen_tls(tls.server_context)
+        fake.api_keys = {"sk-ant-api03-the-key-anthropic-knows"}
+        home.mkdir()
+        (home / "config.toml").write_text(
+            f'[nats]\nport = {natsserver.free_port()}\n[vault]\nextra_ca_file = "{tls.ca_file}"\n'
+            f'host_map = {{"api.anthropic.com" = "{address}"}}\n'
+        )
+        cfg = setup.init(home)
+        (cfg.keys_dir / "anthropic").write_text("sk-ant-api03-a-key-anthropic-refuses\n")
+        (cfg.keys_dir / "anthropic").chmod(0o600)
+        out = io.StringIO()
+        sup = Supervisor(cfg, ("vault",), out=out)
+        try:
+            sup.start_nats()
+            await _until_async(sup, out, "all services ready")
+
+            await control.ask(cfg, vault_ctl.MODEL_CHECK, Nothing(), timeout=vault_ctl.MODEL_CHECK_WAIT + 2)
+            await _until_async(sup, out, "vault degraded: ")
+            fake.api_keys = {"sk-ant-api03-a-key-anthropic-refuses"}
+            await control.ask(cfg, vault_ctl.MODEL_CHECK, Nothing(), timeout=vault_ctl.MODEL_CHECK_WAIT + 2)
+            await _until_async(sup, out, "vault ok again")
+        finally:
+            sup.stop()
+            await fake.stop()
+
+    said = out.getvalue().splitlines()
+    assert (
+        "vault degraded: the model API refused the anthropic key (401 authentication_error: invalid x-api-key); "
+        "set the right one: `clawden secrets add anthropic --type anthropic --replace`"
+    ) in said, said
+    assert sum(line.startswith("vault degraded") for line in said) == 1, said  # once per change
+    assert said.index("vault ok again") > said.index(READY)
+
+
 def test_a_missing_agent_image_is_said_at_up_with_the_command_that_builds_that_tag(agent_image: str) -> None:
     assert image_warning(agent_image) is None
     problem = image_warning("clawden-agent:no-such-tag")
@@ -408,6 +463,30 @@ def test_ctrl_c_stops_nats_only_after_the_services(tmp_path: Path) -> None:
     for service in ("scheduler", "approvals"):
         last = (tmp_path / "logs" / f"{service}.log").read_text().splitlines()[-1]
         assert "stopping" in last and last[:23] <= nats_stopped_at, (last, nats_stopped_at)
+
+
+@pytest.mark.nats
+def test_a_second_up_is_refused_without_saying_stopped(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(f"[nats]\nport = {natsserver.free_port()}\n")
+    cfg = setup.init(tmp_path)
+    out = io.StringIO()
+    first = Supervisor(cfg, (), out=out)
+    try:
+        first.start_nats()
+
+        second = subprocess.run(
+            [sys.executable, "-m", "clawden", "--home", str(tmp_path), "up", "--service", "scheduler"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        first.stop()
+
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert f"this install's NATS already runs on port {cfg.nats.port}" in second.stderr, second.stderr
+    assert "stopped" not in second.stdout, second.stdout
+    assert out.getvalue().rstrip().endswith("stopped")  # the one that started NATS says it
 
 
 @pytest.mark.nats

@@ -4,6 +4,7 @@ else the files `clawden up` and the launchd agents write under <home>/logs, inte
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import heapq
 import re
 import time
@@ -141,10 +142,23 @@ def log_files(logs: Path, service: str | None) -> dict[str, Path]:
     if service:
         path = logs / file_name(service)
         if not path.exists():
-            have = ", ".join(sorted(p.stem for p in logs.glob("*.log"))) or "none"
-            raise FileNotFoundError(f"no log for {canonical(service)} in {logs} (there are: {have})")
+            names = sorted(canonical(p.stem) for p in logs.glob("*.log"))
+            near = nearest(canonical(service), names)
+            hint = f"; did you mean `clawden logs {near}`?" if near else ""
+            raise FileNotFoundError(
+                f"no log for {canonical(service)} in {logs} (there are: {', '.join(names) or 'none'}){hint}"
+            )
         return {path.stem: path}
     return {p.stem: p for p in sorted(logs.glob("*.log"))}
+
+
+def nearest(asked: str, names: list[str]) -> str | None:
+    """The log a mistyped or short name most likely meant: `telegram` is `channel@telegram`'s, `ruoter` `router`'s."""
+    bridged = [n for n in names if n.partition("@")[2] == asked]
+    if bridged:
+        return bridged[0]
+    near = difflib.get_close_matches(asked, names, n=1, cutoff=0.6)
+    return near[0] if near else None
 
 
 def merged(per_file: Iterable[list[Record]]) -> list[Record]:

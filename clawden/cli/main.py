@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import getpass
 import importlib.metadata
 import logging
@@ -56,8 +57,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"next: `clawden {where}up` (it stays in the foreground), then `clawden {where}chat` in another terminal")
     else:
         print(
-            f"  model key:   none yet: put your Anthropic API key in {key_file} (chmod 600) and run this again,"
+            f"  model key:   none in {key_file}: put your Anthropic API key there (chmod 600) and run this again,"
             " or give it to the vault once it runs: `clawden secrets add anthropic --type anthropic`"
+            " (nothing to do if the vault holds one already: `clawden secrets list` shows it)"
         )
         print(f"next: `clawden {where}up`, give it the key as above, then `clawden {where}chat` in another terminal")
     return 0
@@ -131,6 +133,19 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message}\n  see `{self.prog} --help`\n")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        """A choice not among them names the nearest, if one is near (`clawden stauts`: did you mean `clawden
+        status`?), instead of the whole list, which is all argparse gives."""
+        if action.choices is None or value in action.choices or not isinstance(value, str):
+            super()._check_value(action, value)
+            return
+        near = difflib.get_close_matches(value, [str(c) for c in action.choices], n=1, cutoff=0.6)
+        if not near:
+            super()._check_value(action, value)
+            return
+        guess = f"`{self.prog} {near[0]}`" if isinstance(action, Subcommands) else repr(near[0])
+        raise argparse.ArgumentError(action, f"invalid choice: {value!r}: did you mean {guess}?")
 
 
 if TYPE_CHECKING:

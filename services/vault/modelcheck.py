@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import socket
 import ssl
@@ -49,8 +50,49 @@ class _Answer(msgspec.Struct):
     error: _Error | None = None
 
 
+class RefusedKeys:
+    """The model keys the API refused (401, 403) at their latest check, as the vault's trouble, told to `say` (the
+    service's `set_trouble`) as it changes. A key that passes a check, or is replaced or removed, is no longer
+    refused. A check that did not reach the API says nothing of the key, so it changes nothing: a way to the API
+    that is down is not the key's fault, and the agents' own calls say so where it matters, in the chat."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self._say = say
+        self._refused: dict[str, tuple[str, str]] = {}  # secret -> (sha256 of the value refused, the API's answer)
+        self.line = ""
+
+    def checked(self, credential: Credential, check: api.ModelCheck) -> None:
+        if check.outcome == "rejected":
+            answer = " ".join(filter(None, (str(check.status), check.error_type and f"{check.error_type}:")))
+            answer = f"{answer} {check.message}".strip() if check.message else answer.rstrip(":")
+            self._refused[credential.name] = (_digest(credential.value), answer)
+        elif check.outcome == "accepted":
+            self._refused.pop(credential.name, None)
+        self._tell()
+
+    def stored(self, catalog: Catalog) -> None:
+        """The catalog changed: a refused key replaced or removed is no longer this vault's trouble."""
+        now = {c.name: _digest(c.value) for c in catalog.credentials if c.secret.kind == "anthropic"}
+        self._refused = {n: r for n, r in self._refused.items() if now.get(n) == r[0]}
+        self._tell()
+
+    def _tell(self) -> None:
+        line = "; ".join(
+            f"the model API refused the {name} key ({answer}); set the right one: "
+            f"`clawden secrets add {name} --type anthropic --replace`"
+            for name, (_, answer) in sorted(self._refused.items())
+        )
+        if line != self.line:
+            self.line = line
+            self._say(line)
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
 class ModelChecker:
-    """Answers `model-check` from the catalog the gateway reads now."""
+    """Answers `model-check` from the catalog the gateway reads now; each outcome goes to `refused`."""
 
     def __init__(
         self,
@@ -58,8 +100,10 @@ class ModelChecker:
         *,
         extra_ca_file: Path | str | None = None,
         host_map: Mapping[str, str] | None = None,
+        refused: RefusedKeys | None = None,
     ) -> None:
         self._catalog = catalog
+        self._refused = refused
         self._tls = client_tls(extra_ca_file)  # read once, at the start, as the gateway's is
         self._host_map = {k.lower(): v for k, v in (host_map or {}).items()}
 
@@ -81,8 +125,10 @@ class ModelChecker:
             checks = await asyncio.gather(*(self._check(upstream, c) for c in credentials))
         finally:
             await upstream.close()
-        for check in checks:
+        for credential, check in zip(credentials, checks, strict=True):
             log.info("model check of %s: %s %s", check.name, check.outcome, check.status or check.unreached)
+            if self._refused is not None:
+                self._refused.checked(credential, check)
         mapped = self._host_map.get(MODEL_HOST) or self._host_map.get(f"{MODEL_HOST}:443") or ""
         return api.ModelChecks(host=MODEL_HOST, mapped_to=mapped, checks=list(checks))
 

@@ -52,7 +52,7 @@ from services.vault.catalog import (
 )
 from services.vault.certs import ListenerTls, write_trust_files
 from services.vault.gateway import Gateway
-from services.vault.modelcheck import ModelChecker
+from services.vault.modelcheck import ModelChecker, RefusedKeys
 from services.vault.oauth_connect import AppConnections
 from services.vault.precedence import all_ties, shared_place, ties
 from services.vault.ratecounts import RateCounts
@@ -120,6 +120,9 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+NO_KEY_STATUS = "no model key: `clawden secrets add anthropic --type anthropic`"
+
+
 class Vault:
     def __init__(
         self,
@@ -144,6 +147,7 @@ class Vault:
         self._lock = asyncio.Lock()
         self.ca_file, self.bundle_file = write_trust_files(ca, trust_dir(cfg))
         self._ties_told: set[tuple[str, str]] = set()
+        self.refused: RefusedKeys | None = None  # model keys the API refused at their last check: the trouble
 
     # -- the catalog the gateway reads --
 
@@ -175,6 +179,8 @@ class Vault:
                 log.error("the proxy token of %s does not open with this vault key", group)
         tokens_by_hash |= await self.store.run(self.store.container_tokens)
         self.gateway.update_tokens(tokens_by_hash)
+        if self.refused is not None:
+            self.refused.stored(catalog)
         self.tell_model_key(catalog)
         await self.tell_ties(catalog)
 
@@ -219,14 +225,11 @@ class Vault:
         if self.notifier is None:
             return
         names = self.model_secrets(catalog)
-        self.notifier.notify(
-            **{
-                MODEL_KEY_FIELD: ",".join(names) or NO_MODEL_KEY,
-                "status": f"model key: {', '.join(names)}"
-                if names
-                else "no model key: `clawden secrets add anthropic --type anthropic`",
-            }
-        )
+        status = f"model key: {', '.join(names)}" if names else NO_KEY_STATUS
+        if self.refused is not None and self.refused.line:
+            self.notifier.notify(**{MODEL_KEY_FIELD: ",".join(names) or NO_MODEL_KEY})  # the trouble stays the status
+        else:
+            self.notifier.notify(**{MODEL_KEY_FIELD: ",".join(names) or NO_MODEL_KEY, "status": status})
 
     def bootstrap_model_key(self) -> None:
         """Import the model key given as ANTHROPIC_API_KEY or keys/anthropic as the secret `anthropic`, when it
@@ -859,9 +862,20 @@ async def main(ctx: ServiceContext) -> None:
             await ctx.endpoint(api.CONTAINER_TOKEN, vault.on_container_token_shared)
             await _serve_container_tokens(ctx, vault)
             await ctx.endpoint(api.MODEL_KEY, vault.on_model_key)
-            # The model key tried on api.anthropic.com as the gateway would send it, for `clawden doctor` only.
+
+            # The model key tried on api.anthropic.com as the gateway would send it, for `clawden doctor` only; a key
+            # it refuses is the vault's trouble (`clawden status`: degraded) until one passes or it is replaced.
+            def say_refused(line: str) -> None:
+                ctx.set_trouble(line)
+                if not line:  # the model-key status line again, as before the trouble
+                    vault.tell_model_key(gateway.catalog)
+
+            vault.refused = RefusedKeys(say_refused)
             checker = ModelChecker(
-                lambda: gateway.catalog, extra_ca_file=cfg.vault.extra_ca_file or None, host_map=cfg.vault.host_map
+                lambda: gateway.catalog,
+                extra_ca_file=cfg.vault.extra_ca_file or None,
+                host_map=cfg.vault.host_map,
+                refused=vault.refused,
             )
             await ctx.endpoint(api.MODEL_CHECK, checker.on_check)
             await ctx.endpoint(api.API_KEYS_CREATE, vault.on_api_keys_create)

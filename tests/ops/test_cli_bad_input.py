@@ -147,6 +147,29 @@ def test_an_argument_a_subcommand_does_not_take_is_refused_by_that_subcommand(
     assert said_briefly(out) == [f"{command}: unrecognized arguments: --nope", f"  see `{command} --help`"]
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("stauts",), "clawden: argument command: invalid choice: 'stauts': did you mean `clawden status`?"),
+        (
+            ("secrets", "ad"),
+            "clawden secrets: argument secrets_command: invalid choice: 'ad': did you mean `clawden secrets add`?",
+        ),
+        (("groups", "packages", "ad", "main"), "invalid choice: 'ad': did you mean `clawden groups packages add`?"),
+    ],
+)
+def test_a_mistyped_subcommand_names_the_nearest_at_every_level(
+    tmp_path: Path, args: tuple[str, ...], says: str
+) -> None:
+    fresh_home(tmp_path / "home")
+
+    out = clawden(*args, home=tmp_path / "home")
+
+    assert out.returncode == 2
+    first, _see = said_briefly(out)
+    assert first.endswith(says) and "choose from" not in first
+
+
 def test_version() -> None:
     out = clawden("--version")
     assert out.returncode == 0 and out.stdout.startswith("clawden 0.")
@@ -328,6 +351,16 @@ def test_a_model_that_is_not_claudes_is_warned_of_and_yes_deletes(core: Core) ->
     gone = core.clawden("groups", "delete", "gptish", "--yes")
     assert gone.returncode == 0 and "deleted agent group gptish" in gone.stdout
     assert "gptish" not in groups(core)
+
+
+def test_updating_a_group_that_does_not_exist_says_so_before_any_model_warning(core: Core) -> None:
+    out = core.clawden("groups", "update", "famly", "--model", "gpt-4o")
+
+    assert out.returncode == 1
+    assert "famly" in said_briefly(out)[0] and "warning" not in out.stderr
+    updated = core.clawden("groups", "update", "main", "--model", "gpt-4o")
+    assert updated.returncode == 0 and "'gpt-4o' is not a Claude model name" in updated.stderr
+    core.clawden("groups", "update", "main", "--model", "")
 
 
 # ---- every subcommand, given bad input: running, stopped, and pointed at another install's port -------

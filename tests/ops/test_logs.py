@@ -125,6 +125,17 @@ def test_a_service_without_a_log_names_those_there_are(logs: Path) -> None:
         read(logs, "channel@telegram")
 
 
+@pytest.mark.parametrize(("asked", "meant"), [("telegram", "channel@telegram"), ("ruoter", "router")])
+def test_a_name_without_a_log_suggests_the_log_it_most_likely_meant(tmp_path: Path, asked: str, meant: str) -> None:
+    body = {"router": ROUTER, "channel-telegram": "10:00:00.000 I clawden.channels: telegram bridge ready\n"}
+    folder = write_logs(tmp_path / "logs", body, dt.datetime(2026, 11, 21, 10, 5))
+
+    with pytest.raises(FileNotFoundError) as refused:
+        read(folder, asked)
+
+    assert str(refused.value).endswith(f"(there are: channel@telegram, router); did you mean `clawden logs {meant}`?")
+
+
 def test_following_prints_new_lines_of_the_session_as_they_are_written(tmp_path: Path) -> None:
     home = tmp_path / "home"
     folder = write_logs(home / "logs", {"router": ROUTER, "runner": RUNNER}, dt.datetime(2026, 11, 21, 10, 5))

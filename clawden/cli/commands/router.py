@@ -154,8 +154,6 @@ def _group_options(p: argparse.ArgumentParser) -> None:
 def _group_options_given(args: argparse.Namespace) -> Options:
     """The group's fields a person gave, its container settings as one `ContainerSettings` when any."""
     given = _only(args, "folder", "assistant_name", "provider", "model", "runner")
-    if problem := model_warning(args.model or ""):  # the router checks only its shape
-        print(f"clawden: warning: {problem}", file=sys.stderr)
     container = _only(
         args,
         *("image", "memory", "cpus", "pids", "idle_timeout", "max_turns", "turn_budget"),
@@ -181,13 +179,20 @@ def groups_get(args: argparse.Namespace) -> int:
     return _show(args, _ask(args, ctl.GROUPS_GET, ctl.GroupGet(name=args.name)), _fields)
 
 
+def _warn_of_model(args: argparse.Namespace) -> None:
+    if problem := model_warning(args.model or ""):  # the router checks only its shape
+        print(f"clawden: warning: {problem}", file=sys.stderr)
+
+
 def groups_create(args: argparse.Namespace) -> int:
+    _warn_of_model(args)
     group = _ask(args, ctl.GROUPS_CREATE, ctl.GroupCreate(name=args.name, **_group_options_given(args)))
     return _show(args, group, lambda g: f"created agent group {g.name} (folder groups/{g.folder})")
 
 
 def groups_update(args: argparse.Namespace) -> int:
     group = _ask(args, ctl.GROUPS_UPDATE, ctl.GroupUpdate(name=args.name, **_group_options_given(args)))
+    _warn_of_model(args)  # after the update: a group that does not exist is the first thing to hear
     return _show(args, group, _fields)
 
 

@@ -1,0 +1,60 @@
+"""A model key the API refuses is the vault's trouble: ping carries it (`clawden status`: degraded, with the
+`clawden secrets add … --replace` that mends it) from the check that found it until a check passes or the key is
+replaced; a check that cannot reach the API is no fault of the key's and leaves the trouble as it was."""
+
+from __future__ import annotations
+
+import pytest
+
+from clawden import control, natsserver
+from clawden.bus.ctl import Nothing
+from clawden.bus.ctl.common import PING
+from tests.conftest import NatsServer
+from tests.vault.model_vault import API_KEY, ModelVault, model_vault
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.nats, pytest.mark.process]
+
+REFUSED = (
+    "the model API refused the anthropic key (401 authentication_error: invalid x-api-key); set the right one: "
+    "`clawden secrets add anthropic --type anthropic --replace`"
+)
+
+
+async def trouble(v: ModelVault) -> str:
+    return (await control.ask(v.cfg, PING.at("vault"), Nothing())).trouble
+
+
+async def test_a_refused_key_is_the_vaults_trouble_until_a_check_passes(nats_server: NatsServer) -> None:
+    async with model_vault(nats_server.url) as v:
+        v.fake.api_keys = {"sk-ant-api03-the-key-anthropic-knows"}
+        assert await trouble(v) == ""
+
+        await v.check()
+        refused = await trouble(v)
+        v.fake.api_keys = {API_KEY}  # revoked, then honoured again (say, a billing hold lifted)
+        await v.check()
+
+        assert refused == REFUSED
+        assert await trouble(v) == ""
+
+
+async def test_a_refused_key_replaced_is_no_longer_the_trouble(nats_server: NatsServer) -> None:
+    async with model_vault(nats_server.url) as v:
+        v.fake.api_keys = {"sk-ant-api03-the-key-anthropic-knows"}
+        await v.check()
+        assert await trouble(v) == REFUSED
+
+        await v.store("sk-ant-api03-the-key-anthropic-knows")
+
+        assert await trouble(v) == ""
+        assert [c.outcome for c in (await v.check()).checks] == ["accepted"]
+        assert await trouble(v) == ""
+
+
+async def test_an_api_out_of_reach_is_not_the_keys_trouble(nats_server: NatsServer) -> None:
+    nowhere = f"127.0.0.1:{natsserver.free_port()}"  # nothing listens there
+    async with model_vault(nats_server.url, map_to=nowhere) as v:
+        [check] = (await v.check()).checks
+
+        assert check.outcome == "unreachable"
+        assert await trouble(v) == ""
