@@ -2,22 +2,25 @@
 
 A card prints as numbered choices; typing one of the numbers presses that button. A paste of several
 lines is one message (the terminal brackets it, GNU readline keeps it whole), and so is piped input
-up to its end, unless `--lines` asks for a message per line.
+up to its end, unless `--lines` asks for a message per line. A chat outlives a restart of `clawden up`:
+it says when Clawden goes and comes back, and what was typed meanwhile is sent then, once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import getpass
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TextIO, get_args
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -26,6 +29,7 @@ from clawden.bus import Consumer, bind, consume, ensure_streams, publish_stored,
 from clawden.bus import events as ev
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl.common import PING
+from clawden.bus.ctl.router import CHATS_LIST, ChatList
 from clawden.cardtext import render_text
 from clawden.config import Config
 from clawden.control import ControlError, NoAnswer, NotListening, ask_on
@@ -33,7 +37,11 @@ from clawden.installed import start_hint
 from clawden.owner import Unreachable, connect_cli
 
 CHANNEL = "local"
+DEFAULT_CHAT = "terminal"
 ROUTER_WAIT = 5.0  # seconds a router still starting (`clawden up` a moment ago) is given to answer its ping
+CHATS_WAIT = 2.0  # seconds the router is given to list the chats, for `--chat NAME`'s typo check
+LOST = "lost Clawden (is `clawden up` running?); waiting for it to come back…"
+BACK = "back"
 
 
 def terminal_outbound(chat_id: str) -> Consumer:
@@ -68,9 +76,10 @@ class OpenCard:
 class TerminalChat:
     """What the terminal shows for each outbound event, and what a typed line means."""
 
-    def __init__(self, chat_id: str, user: str) -> None:
+    def __init__(self, chat_id: str, user: str, *, once: bool = False) -> None:
         self.chat_id = chat_id
         self.user = user
+        self.once = once  # `--once`: nothing can be typed, so a card says how to decide it elsewhere
         self.route = ev.Route(channel=CHANNEL, chat_id=chat_id)
         self.open_card: OpenCard | None = None
         self.texts: dict[str, str] = {}  # what was printed for each message id, newest last
@@ -95,10 +104,18 @@ class TerminalChat:
         lines = [f"{who}> {text}"]
         if event.card is not None and event.card.buttons:
             choices = "   ".join(f"[{i}] {b.label}" for i, b in enumerate(event.card.buttons, 1))
-            lines.append(f"    {choices}   (type a number to choose)")
+            lines.append(f"    {choices}   {self.how_to_choose(event.id, event.card)}")
             card_id = event.id
             self.open_card = OpenCard(card_id, message_id, tuple(b.id for b in event.card.buttons))
         return "\n".join(lines)
+
+    def how_to_choose(self, card_id: str, card: ev.Card) -> str:
+        if not self.once:
+            return "(type a number to choose)"
+        # An approval card's outbound id is its card id, which `clawden approvals` takes as well as the request's.
+        if {"approve", "deny"} <= {b.id for b in card.buttons}:
+            return f"(decide with `clawden approvals approve {card_id}` or `clawden approvals deny {card_id}`)"
+        return f"(answer with `clawden approvals answer {card_id} <number>`)"
 
     def line(self, text: str) -> ev.InboundMessage | ev.InboundAction:
         """A typed line: the number of an open card's choice presses that button; anything else is chat."""
@@ -119,12 +136,25 @@ class TerminalChat:
 
 SHOWN_KEPT = 1000
 PROMPT = "you> "
-HELP = """\
-Everything you type goes to your assistant, except:
-  /clear   start a fresh conversation (the agent's memory file stays)
-  /cost    what this chat and its last message cost
-  /help    this list
-  /exit    leave (also /quit, or Ctrl-D)"""
+# What the agent runner answers itself, for an admin of the group (the owner is one): the words are the bus's
+# (`ev.WakeCommand`), these are what /help says of each (tests/test_chat.py keeps the two in step).
+RUNNER_COMMANDS: dict[ev.WakeCommand, str] = {
+    "clear": "start a fresh conversation (the agent's memory file stays)",
+    "cost": "what this chat and its last message cost",
+    "compact": "have Claude Code summarise the conversation so far",
+    "context": "how full the model's context is",
+    "files": "what the group's folder holds",
+}
+
+
+def help_text() -> str:
+    said = [(word, RUNNER_COMMANDS.get(word, "")) for word in get_args(ev.WakeCommand) if word]
+    said += [("help", "this list"), ("exit", "leave (also /quit, or Ctrl-D)")]
+    lines = (f"  {'/' + word:<9}{what}".rstrip() for word, what in said)
+    return "\n".join(["Everything you type goes to your assistant, except:", *lines])
+
+
+HELP = help_text()
 
 
 class Reader:
@@ -138,6 +168,7 @@ class Reader:
         self.interactive = interactive
         self.texts: asyncio.Queue[str | None] = asyncio.Queue()
         self.ready = threading.Event()  # the loop has handled the last text: read the next
+        self.prompting = False  # the prompt is on screen (not while a typed line is being sent)
 
     def start(self) -> None:
         self.ready.set()
@@ -151,10 +182,12 @@ class Reader:
             self.ready.clear()
             text: str | None
             if self.interactive:
+                self.prompting = True
                 try:
                     text = input(PROMPT)
                 except EOFError:
                     text = None
+                self.prompting = False
             else:
                 text = self.stdin.readline() or None
             self.loop.call_soon_threadsafe(self.texts.put_nowait, text)
@@ -214,6 +247,40 @@ def terminal_kept(stdin: TextIO, stdout: TextIO) -> Iterator[None]:
 COMMANDS = ("/exit", "/quit", "/help")  # what the terminal handles itself
 
 
+class Link:
+    """Whether the chat reaches Clawden now. It waits for a `clawden up` that went away (a restart) for as long as
+    that takes, says once that it went and once that it is back, and what must reach the bus waits on `up`."""
+
+    def __init__(self) -> None:
+        self.up = asyncio.Event()
+        self.up.set()
+        self.losses = 0  # how often it went: a failed publish that saw none is not the connection's doing
+
+    def watch(self, nc: Client, say: Callable[[str], None]) -> None:
+        # `connect_cli` gives up after a few tries, so a chat started without Clawden says so at once; once in, the
+        # chat never gives up. nats-py reads the limit and the callbacks at each disconnect, and connect_cli has no
+        # way to pass them, so they go on the client it made; its own callbacks (which log) still run first.
+        nc.options["max_reconnect_attempts"] = -1
+        logged_lost, logged_back = nc._disconnected_cb, nc._reconnected_cb
+
+        async def lost() -> None:
+            if logged_lost is not None:
+                await logged_lost()
+            if nc.is_closed or nc.is_draining or not self.up.is_set():
+                return  # our own leaving, or a reconnect try that failed: said once already
+            self.up.clear()
+            self.losses += 1
+            say(LOST)
+
+        async def back() -> None:
+            if logged_back is not None:
+                await logged_back()
+            self.up.set()
+            say(BACK)
+
+        nc._disconnected_cb, nc._reconnected_cb = lost, back
+
+
 class Conversation:
     """One terminal's side of a chat once connected: replies shown (and receipted) as they come, and
     what is typed or piped sent; `ask`, `talk` and `pipe` are the three ways a chat runs."""
@@ -222,6 +289,8 @@ class Conversation:
         self, js: JetStreamContext, terminal: TerminalChat, stdout: TextIO, *, interactive: bool, once: bool
     ) -> None:
         self.js = js
+        self.link = Link()
+        self.keyboard: Reader | None = None  # a person's, in a terminal
         self.terminal = terminal
         self.stdout = stdout
         self.interactive = interactive
@@ -250,19 +319,14 @@ class Conversation:
             self.shown.pop(next(iter(self.shown)))
         message_id = event.target_message_id if not isinstance(event, ev.OutboundMessage) else uuid.uuid4().hex
         earlier = self.earlier(event)
-        if self.interactive:  # over the input line, which is then drawn again below with what was typed on it
-            print(
-                f"\r\x1b[K{self.terminal.show(event, message_id)}\n{PROMPT}{Reader.typed()}",
-                end="",
-                file=self.stdout,
-                flush=True,
-            )
+        if self.interactive:
+            self.note(self.terminal.show(event, message_id))
         elif earlier:  # stdout is the answer alone, for a script to read
             print(f"(earlier) {self.terminal.show(event, message_id)}", file=sys.stderr, flush=True)
         else:
             print(self.terminal.show(event, message_id), file=self.stdout, flush=True)
         receipt = ev.receipt_for(event, platform_message_id=message_id)
-        await publish_stored(self.js, subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{event.id}")
+        await self.store(subjects.receipt(CHANNEL), receipt, msg_id=f"receipt:{event.id}")
         # A notice: the answer follows. An earlier reply: shown (and so receipted), and the answer still awaited.
         if isinstance(event, ev.OutboundMessage) and event.kind != "notice" and not earlier:
             if event.kind == "error":
@@ -273,6 +337,30 @@ class Conversation:
                 self.stopping.set()
             self.got_reply.set()
 
+    def note(self, text: str) -> None:
+        """A line of the chat's own: in a terminal over the input line, which is then drawn again below with what
+        was typed on it; else on stderr (stdout is the replies alone, for a script to read)."""
+        if self.interactive and (self.keyboard is None or self.keyboard.prompting):
+            print(f"\r\x1b[K{text}\n{PROMPT}{Reader.typed()}", end="", file=self.stdout, flush=True)
+        elif self.interactive:  # a typed line is on its way: its prompt comes back after it
+            print(text, file=self.stdout, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    async def store(self, subject: str, event: ev.Event, *, msg_id: str) -> str:
+        """Publish to the stream: "" once it holds the event, else why it does not. While Clawden is away this waits
+        for it to come back and tries again with the same `msg_id`, so however many tries reach it, it is stored
+        once (the streams' dedupe window is a day)."""
+        while True:
+            await self.link.up.wait()
+            losses = self.link.losses
+            try:
+                await publish_stored(self.js, subject, event, msg_id=msg_id)
+                return ""
+            except (nats.errors.Error, TimeoutError) as exc:
+                if self.link.losses == losses and self.link.up.is_set():
+                    return f"Clawden did not take it ({type(exc).__name__}: {exc})"
+
     async def send(self, text: str) -> bool:
         if len(text.encode()) > ev.MAX_TEXT:
             print(f"(not sent: a message may hold at most {ev.MAX_TEXT} bytes)", file=sys.stderr)
@@ -280,8 +368,17 @@ class Conversation:
         event = self.terminal.line(text)
         if self.once and isinstance(event, ev.InboundMessage):
             self.asked = event.message_id  # before it is out: its answer cannot come first
-        await publish_stored(self.js, subjects.inbound(CHANNEL), event, msg_id=event.key)
-        return True
+        if not self.link.up.is_set():
+            self.note("(Clawden is away: this is sent when it is back; Ctrl-C leaves without sending it)")
+        try:
+            why = await self.store(subjects.inbound(CHANNEL), event, msg_id=event.key)
+        except asyncio.CancelledError:  # Ctrl-C, or `--once`'s time up
+            away = not self.link.up.is_set()
+            self.note("(not sent: Clawden was away)" if away else "(not confirmed: Clawden did not acknowledge it)")
+            raise
+        if why:
+            self.note(f"(not sent: {why})")
+        return not why
 
     async def handle(self, text: str) -> bool:
         """One typed text: sent, or a command the terminal handles; False to leave."""
@@ -305,9 +402,13 @@ class Conversation:
         """`--once`: one message, and its answer; the exit code tells an answer from "could not answer"."""
         if not text.strip():
             raise ControlError("--once needs a message to send")
-        if not await self.send(text):
-            return 2
-        if not await self.replied(timeout):
+        until = time.monotonic() + timeout  # a Clawden away when it is sent counts against the wait too
+        try:
+            if not await asyncio.wait_for(self.send(text), timeout):
+                return 2
+        except TimeoutError:
+            return 2  # `send` said it was not sent
+        if not await self.replied(until - time.monotonic()):
             print(f"(no reply within {timeout:.0f}s)", file=sys.stderr)
             return 1
         return 1 if self.failed else 0
@@ -319,13 +420,18 @@ class Conversation:
             file=self.stdout,
             flush=True,
         )
-        keyboard = Reader(asyncio.get_running_loop(), stdin, interactive=True)
+        keyboard = self.keyboard = Reader(asyncio.get_running_loop(), stdin, interactive=True)
         with terminal_kept(stdin, self.stdout):
             keyboard.start()
-            while (text := await keyboard.texts.get()) is not None:
-                if not await self.handle(text):
-                    break
-                keyboard.ready.set()
+            try:
+                while (text := await keyboard.texts.get()) is not None:
+                    if not await self.handle(text):
+                        break
+                    keyboard.ready.set()
+            except asyncio.CancelledError:  # Ctrl-C: the shell's prompt goes on a line of its own, not after ours
+                if keyboard.prompting:
+                    print(file=self.stdout, flush=True)
+                raise
         return 0
 
     async def pipe(self, stdin: TextIO, *, line_by_line: bool, timeout: float) -> int:
@@ -362,10 +468,32 @@ async def router_answers(cfg: Config, nc: Client) -> None:
         print("(the router is slow to answer; messages wait for it)", file=sys.stderr)
 
 
+async def near_miss(nc: Client, chat_id: str) -> str:
+    """The chat that `--chat NAME` was likely meant to name, when NAME names none yet but one is close (a typo);
+    "" otherwise, and when the router cannot say at once: a new chat is what was asked for, so this only warns."""
+    try:
+        chats = await ask_on(nc, CHATS_LIST, ChatList(channel=CHANNEL), timeout=CHATS_WAIT)
+    except ControlError:
+        return ""
+    known = {DEFAULT_CHAT, *(c.chat_id for c in chats if c.channel == CHANNEL and c.chat_id != "*")}
+    if chat_id in known:
+        return ""
+    close = difflib.get_close_matches(chat_id, sorted(known), n=1)
+    return close[0] if close else ""
+
+
+async def leave(nc: Client) -> None:
+    """Drain (the last acks go out); a client still waiting for Clawden to come back has nothing to drain."""
+    try:
+        await nc.drain()
+    except nats.errors.Error:
+        await nc.close()
+
+
 async def chat(
     cfg: Config,
     *,
-    chat_id: str = "terminal",
+    chat_id: str = DEFAULT_CHAT,
     once: str | None = None,
     timeout: float = 300.0,
     stdin: TextIO | None = None,
@@ -383,18 +511,25 @@ async def chat(
         nc = await connect_cli(cfg, timeout=10, reconnects=3)
     except Unreachable as exc:
         raise ControlError(f"{exc}\n  fix: {exc.fix}") from None
+    interactive = once is None and stdin is sys.stdin and stdin.isatty()
+    js = nc.jetstream()
+    talk = Conversation(
+        js,
+        TerminalChat(chat_id, getpass.getuser(), once=once is not None),
+        stdout,
+        interactive=interactive,
+        once=once is not None,
+    )
+    talk.link.watch(nc, talk.note)
     try:
         await router_answers(cfg, nc)
     except ControlError:
         await nc.close()
         raise
-    js = nc.jetstream()
+    if chat_id != DEFAULT_CHAT and (meant := await near_miss(nc, chat_id)):
+        print(f"no chat {chat_id} yet; did you mean {meant}? (starting a new chat {chat_id})", file=sys.stderr)
     await ensure_streams(js)
     sub = await bind(js, terminal_outbound(chat_id))
-    interactive = once is None and stdin is sys.stdin and stdin.isatty()
-    talk = Conversation(
-        js, TerminalChat(chat_id, getpass.getuser()), stdout, interactive=interactive, once=once is not None
-    )
     receiver = asyncio.create_task(consume(sub, ev.OUTBOUND_DECODER, talk.on_outbound, stopping=talk.stopping))
     try:
         if once is not None:
@@ -404,5 +539,7 @@ async def chat(
         return await talk.pipe(stdin, line_by_line=line_by_line, timeout=timeout)
     finally:
         talk.stopping.set()
-        await asyncio.wait_for(receiver, 5)
-        await nc.drain()
+        # A reply's receipt waiting for Clawden to come back is given up: the reply comes again next time.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(receiver, 5)
+        await leave(nc)

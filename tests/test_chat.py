@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, get_args
 
 import msgspec
 import nats.errors
@@ -25,7 +25,8 @@ from clawden import setup
 from clawden.bus import ensure_streams, publish, subjects
 from clawden.bus import events as ev
 from clawden.bus.ctl.common import PING, Pong
-from clawden.chat import TerminalChat, chat
+from clawden.bus.ctl.router import CHATS_LIST, Chat
+from clawden.chat import RUNNER_COMMANDS, TerminalChat, chat
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 
@@ -47,6 +48,19 @@ def test_a_card_prints_as_numbered_choices() -> None:
         "main> The agent asks:\n\nAllow GitHub?\n\nGET api.github.com/user\n"
         "    [1] Approve   [2] Deny   (type a number to choose)"
     )
+
+
+def test_once_says_how_to_decide_a_card_since_nothing_can_be_typed_there() -> None:
+    """`--once` reads no keyboard: "type a number" would ask for what cannot be done."""
+    once = TerminalChat("terminal", "ada", once=True)
+    approval = once.show(card_message("ap-1"), "m1")
+    question = ev.Card(title="Which?", buttons=(ev.Button(id="a", label="A"), ev.Button(id="b", label="B")))
+    asked = once.show(ev.OutboundMessage(id="ap-2", route=ROUTE, text="Which?", card=question), "m2")
+
+    assert approval.endswith(
+        "[1] Approve   [2] Deny   (decide with `clawden approvals approve ap-1` or `clawden approvals deny ap-1`)"
+    ), approval
+    assert asked.endswith("[1] A   [2] B   (answer with `clawden approvals answer ap-2 <number>`)"), asked
 
 
 def test_typing_a_choice_presses_that_button_once() -> None:
@@ -166,8 +180,71 @@ async def test_help_lists_the_commands_and_exit_leaves_without_sending_what_foll
     stdin.close()
 
     assert "/exit    leave (also /quit, or Ctrl-D)" in out.getvalue()
+    # Every command the agent runner answers (the bus's list of them), each with what it does.
+    for word in filter(None, get_args(ev.WakeCommand)):
+        assert f"  /{word} " in out.getvalue(), (word, out.getvalue())
     with pytest.raises(nats.errors.TimeoutError):
         await inbound.next_msg(timeout=1)
+
+
+def test_help_says_what_each_command_the_agent_runner_answers_does() -> None:
+    """/help lists the bus's commands (`ev.WakeCommand`); a new one needs its line here."""
+    assert set(RUNNER_COMMANDS) == set(get_args(ev.WakeCommand)) - {""}
+
+
+@pytest.mark.parametrize(
+    ("name", "warning"),
+    [
+        ("kitchn", "no chat kitchn yet; did you mean kitchen? (starting a new chat kitchn)\n"),
+        ("kitchen", ""),
+        ("garden", ""),
+        ("termnal", "no chat termnal yet; did you mean terminal? (starting a new chat termnal)\n"),
+    ],
+)
+async def test_a_chat_name_close_to_an_existing_one_is_warned_of_and_still_opened(
+    tmp_path: Path,
+    nats_server: NatsServer,
+    nc: Client,
+    router: None,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    warning: str,
+) -> None:
+    kitchen = Chat(
+        channel="local", chat_id="kitchen", name="terminal", is_group=False, policy="inherit", denied=False,
+        wired=["main"], created_at=1.0,
+    )  # fmt: skip
+
+    async def chats(msg: Msg) -> None:
+        await msg.respond(msgspec.json.encode([kitchen]))
+
+    sub = await nc.subscribe(CHATS_LIST.subject, cb=chats)
+    cfg = setup.init(tmp_path / "home")
+    cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
+    await ensure_streams(nc.jetstream())
+    inbound = await nc.jetstream().subscribe(subjects.inbound("local"))
+    session = asyncio.create_task(chat(cfg, chat_id=name, once="hi", timeout=0.5, stdout=io.StringIO()))
+    sent = ev.decode((await inbound.next_msg(timeout=15)).data)
+    await asyncio.wait_for(session, 15)
+    await sub.unsubscribe()
+
+    assert isinstance(sent, ev.InboundMessage) and sent.route.chat_id == name
+    assert capsys.readouterr().err.replace("(no reply within 0s)\n", "") == warning
+
+
+async def test_a_new_chat_is_opened_without_a_word_when_the_router_does_not_list_chats(
+    tmp_path: Path, nats_server: NatsServer, nc: Client, router: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = setup.init(tmp_path / "home")
+    cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
+    await ensure_streams(nc.jetstream())
+    inbound = await nc.jetstream().subscribe(subjects.inbound("local"))
+    session = asyncio.create_task(chat(cfg, chat_id="kitchn", once="hi", timeout=0.5, stdout=io.StringIO()))
+    sent = ev.decode((await inbound.next_msg(timeout=15)).data)
+    await asyncio.wait_for(session, 15)
+
+    assert isinstance(sent, ev.InboundMessage) and sent.route.chat_id == "kitchn"
+    assert capsys.readouterr().err == "(no reply within 0s)\n"
 
 
 async def test_a_reply_delivered_twice_is_shown_once(
@@ -418,7 +495,9 @@ async def test_in_a_terminal_a_paste_is_one_message_a_reply_keeps_the_typed_line
 
         term.write(b"\x03")  # Ctrl-C, with nothing sent
         assert await asyncio.to_thread(term.exit_code) == 130
-        assert b"Traceback" not in term.seen and term.seen.endswith(b"\x1b[?2004l"), term.seen[-200:]
+        assert b"Traceback" not in term.seen, term.seen[-200:]
+        # The shell's prompt then starts a line of its own, not after "you> half typ".
+        assert term.seen.endswith(b"half typ\r\n\x1b[?2004l"), term.seen[-200:]
     finally:
         await asyncio.to_thread(term.close)
 

@@ -67,4 +67,5 @@ def files_text(files: list[tuple[str, int]], limit: int = FILES_SHOWN) -> str:
     lines = [f"{path} ({size(n)})" for path, n in files[:limit]]
     more = f"\n… and {len(files) - limit} more." if len(files) > limit else ""
     total = sum(n for _, n in files)
-    return f"The workspace holds {len(files)} files ({size(total)}):\n" + "\n".join(lines) + more
+    count = f"{len(files)} file" + ("" if len(files) == 1 else "s")
+    return f"The workspace holds {count} ({size(total)}):\n" + "\n".join(lines) + more

@@ -60,6 +60,7 @@ def test_files_lists_the_workspace_with_sizes_and_says_what_it_left_out(tmp_path
         "The workspace holds 4 files (3.0 MiB):\na.md (2 B)\nbig.bin (3.0 MiB)\n… and 2 more."
     )
     assert commands.files_text([]) == "The workspace is empty."
+    assert commands.files_text([("a.md", 2)]) == "The workspace holds 1 file (2 B):\na.md (2 B)"
     assert commands.size(5 * 2**30) == "5.0 GiB"
 
 
