@@ -103,6 +103,7 @@ CLOSE_TIMEOUT = 5.0
 APPROVAL_TIMEOUT = 180.0
 # The host model calls are judged as on the compatibility path, wherever model.upstream points.
 MODEL_HOST = "api.anthropic.com"
+KEY_REFUSED = frozenset({401, 403})  # the model API's answers to a key it will not take (authentication, permission)
 METHOD = re.compile(r"[A-Z]+(?:-[A-Z]+)*")
 BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE", "CONNECT"})
 DROPPED_UPSTREAM = frozenset({b"host", b"expect", b"content-length"})
@@ -1359,6 +1360,11 @@ class Gateway:
     ) -> None:
         ex.status = response.status
         headers = strip_hop_by_hop(response.headers)
+        if response.status in KEY_REFUSED and ex.injected and ex.host == MODEL_HOST:
+            # The model API refused the key the vault put in: the same key again cannot pass, and Claude Code would
+            # try again for minutes. The Anthropic SDKs' own header ends that, so the agent fails at once and says
+            # how the owner sets the right key (its runner names the command).
+            headers = [(k, v) for k, v in headers if k.lower() != b"x-should-retry"] + [(b"x-should-retry", b"false")]
         if scrubber:
             # A value injected into the request goes back as the agent's placeholder (Location, bodies
             # quoting the path, the query or a header); the body's length may change, so it goes chunked.

@@ -14,7 +14,7 @@ import pytest
 from clawden.bus import events as ev
 from tests.e2e.harness import Stack, Terminal, start_stack
 from tests.eventually import eventually
-from tests.fakes.anthropic import Hang
+from tests.fakes.anthropic import Error, Hang
 
 pytestmark = pytest.mark.docker
 
@@ -117,6 +117,19 @@ async def test_a_container_killed_mid_turn_is_replaced_and_the_message_answered_
         assert replacement.id != container.id
         after = await term.ask("are you back?", timeout=90)
         assert "are you back?" in after.text
+
+
+async def test_a_model_key_the_api_refuses_fails_the_turn_at_once_naming_the_owners_fix(stack: Stack) -> None:
+    """The vault marks the model API's 401 to its key `x-should-retry: false`: Claude Code does not try the same key
+    again for minutes, and the chat is told at once how the owner sets the right one."""
+    async with Terminal(stack, "refused") as term:
+        session = (await term.ask("warm up", timeout=90)).session_id
+        await stack.wait_until_idle(session)  # the warm-up turn's last model call is over
+        seen = len(stack.fake.messages_requests(with_tools=True))
+        stack.fake.script(Error(401, "invalid x-api-key"))
+        reply = await term.ask("and now?", timeout=90)
+        assert reply.kind == "error" and "clawden secrets add anthropic --type anthropic --replace" in reply.text
+        assert len(stack.fake.messages_requests(with_tools=True)) == seen + 1  # the refused call, not tried again
 
 
 def processes_with_env(entry: str) -> list[int]:

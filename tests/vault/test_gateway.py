@@ -326,10 +326,15 @@ async def test_an_auth_failure_with_an_injected_key_passes_through(rig: RigFacto
         await reply.send(h11.EndOfMessage())
 
     site.respond = respond_401
-    async with rig(model_key()) as r, r.client() as http:
+    others = (secret("github", "generic", "api.example.test", GITHUB_TOKEN, header_name="Authorization"),)
+    async with rig((*model_key(), *others)) as r, r.client() as http:
         response = await http.post("https://api.anthropic.com/v1/messages", content=b"{}")
+        elsewhere = await http.get("https://api.example.test/user")
 
     assert (response.status_code, response.text) == (401, "no")
+    # The model API refused the vault's key: Claude Code is told not to try the same key again for minutes.
+    assert response.headers["x-should-retry"] == "false"
+    assert (elsewhere.status_code, "x-should-retry" in elsewhere.headers) == (401, False)  # another site's own say
 
 
 # ---- rules, egress, leaks ----
