@@ -31,6 +31,8 @@ from clawden.bus.streams import wait_streams
 from clawden.registry import CHANNEL_ENTRY_POINTS, CHANNEL_MODULE
 from clawden.sdnotify import TROUBLE_FIELD, Notifier
 
+TROUBLE_MAX = 500  # characters of a trouble line: a datagram field, and one line of `clawden status`
+
 log = logging.getLogger("clawden.runtime")
 VERSION = "0.1.0"
 DRAIN_TIMEOUT = 10.0
@@ -168,6 +170,7 @@ class ServiceContext:
         or "" once it can again: ping carries it, so `clawden status` shows the service degraded with the line
         instead of up, and systemd's status line shows it. Set on the failure itself and cleared on the success
         that ends it, never by a timer."""
+        line = " ".join(line.split())[:TROUBLE_MAX]  # one line on the notify socket, whatever an error said
         if line == self.trouble:
             return
         self.trouble = line

@@ -309,7 +309,7 @@ class Supervisor:
             return
         while True:
             try:
-                data = child.notify.recv(4096).decode()
+                data = child.notify.recv(4096).decode(errors="replace")  # a cut datagram is no crash
             except (BlockingIOError, OSError):
                 return
             fields = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)

@@ -62,6 +62,16 @@ RETRY_NOTICE_AT = 3
 # A model call refused for its credentials (Claude Code's `authentication_failed`): Claude Code tries it again all the
 # same (a key helper or a login may mend it), but here only the owner can, so the chat is told at once what to run.
 KEY_REFUSED_STATUSES = (401, 403)
+# The vault's own 401/403 answers (OneCLI's error names): each says its own fix (a grant, a rule, a human's no), so
+# they are not the model API refusing the key. `tests/container/test_vault_refusals.py` keeps this list whole.
+VAULT_REFUSALS = (
+    "access_restricted",
+    "credential_not_found",
+    "blocked_by_policy",
+    "blocked_by_default_policy",
+    "manual_approval_denied",
+    "secret_leak_blocked",
+)
 KEY_FIX = (
     "the owner can set the right one with `clawden secrets add anthropic --type anthropic --replace`"
     " (`clawden doctor` checks it)"
@@ -518,7 +528,8 @@ def result_error(message: ResultMessage, max_turns: int) -> str:
     else:
         if message.api_error_status:
             said = f"API error (HTTP {message.api_error_status})"
-    if message.api_error_status in KEY_REFUSED_STATUSES:
+    told = f"{message.result} {message.errors}"
+    if message.api_error_status in KEY_REFUSED_STATUSES and not any(name in told for name in VAULT_REFUSALS):
         return f"the model API refused the model key ({said}): {KEY_FIX}"
     return said
 

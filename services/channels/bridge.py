@@ -362,6 +362,15 @@ class Inbound:
         self._stir()
         self._heard = False
 
+    async def wait(self, seconds: float) -> None:
+        """A wait that says nothing of the platform's reach: a side task's (Discord's history catch-up told to slow
+        down) while the listener itself hears the platform."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self._stir()
+            await asyncio.sleep(min(left, 5.0))
+        self._stir()
+
     async def pause(self, seconds: float) -> None:
         """A listener's wait between tries: long waits still count as signs of life. Every bridge's listener
         pauses after a call to its platform failed, and also to wait after one that worked (an album's other
@@ -370,11 +379,7 @@ class Inbound:
         if not self._heard:
             self.reach.failed()
         self._heard = False
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            self._stir()
-            await asyncio.sleep(min(left, 5.0))
-        self._stir()
+        await self.wait(seconds)
 
     def _stir(self) -> None:
         self.liveness.alive()

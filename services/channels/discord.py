@@ -653,7 +653,7 @@ class DiscordBridge(Bridge):
                     if exc.kind == "permanent":  # the channel is gone or closed to the bot
                         log.warning("discord: cannot read the history of %s: %s", channel, exc.description)
                         break
-                    await inbound.pause(exc.retry_after or 1.0)
+                    await inbound.wait(exc.retry_after or 1.0)  # the catch-up's own slowing down: the gateway is heard
                     continue
                 messages = sorted(page, key=lambda m: int(m["id"]))
                 for msg in messages:

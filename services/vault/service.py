@@ -393,7 +393,8 @@ class Vault:
             old = next((s for s in stored if s.name == secret.name), None)
             if not request.replace and old is not None:
                 raise Conflict(
-                    f"a secret named {secret.name} exists; add --replace to replace it (its value, host and grants)"
+                    f"a secret named {secret.name} exists; add --replace to replace it (its value and host; its "
+                    "grants only where groups are named)"
                 )
             if old is not None and not request.agents:
                 # A replacement that names no groups keeps the grants it had: a value corrected must not silently

@@ -118,16 +118,18 @@ class Dashboard:
     async def secret_add(self, request: Request) -> Response:
         scope, form = await self._posted(request)
         agents = form.all("agents")
-        if not scope.everything and not agents:
+        replacing = form.get("replace") == "1"  # naming no groups, it keeps the grants it has (checked below)
+        if not scope.everything and not agents and not replacing:
             agents = sorted(scope.groups)  # an admin's secret is for their own groups, never for every group
-        scope.need_all(agents or [EVERY_GROUP], "a secret for every agent group")
+        if agents or not replacing:
+            scope.need_all(agents or [EVERY_GROUP], "a secret for every agent group")
         groups = [g.name for g in await self.backend.group_list()]
         if refused := known_groups(agents, groups):
             return back("/vault", error=refused)
         if not form.get("value", "").strip():
             return back("/vault", error="no value given (type it in the Value field)")
         try:
-            replace = form.get("replace") == "1" and await self._replaceable(scope, form.get("name", ""))
+            replace = replacing and await self._replaceable(scope, form.get("name", ""))
         except BackendError as exc:
             return back("/vault", error=str(exc))
         if not agents and not replace:  # a replacement naming none keeps its grants (the vault's rule)
@@ -156,8 +158,7 @@ class Dashboard:
             return back("/vault", error=str(exc))
         info = added.secret
         verb = "stored" if added.created else "replaced"
-        where = info.host_pattern + (" (any path)" if info.path_pattern == "*" else info.path_pattern)  # not host*
-        summary = f"{verb} secret {info.name} for {where} (granted to {', '.join(info.grants)})"
+        summary = f"{verb} secret {info.name} for {info.where()} (granted to {', '.join(info.grants)})"
         await self.backend.changed(scope.user, "secret_added", summary, secret=info.name)
         return back("/vault", note=summary)
 

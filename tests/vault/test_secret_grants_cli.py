@@ -90,7 +90,8 @@ async def test_a_replacement_without_agent_keeps_the_grants_it_had(routed: Vault
 
     assert replaced.returncode == 0, replaced.stderr
     assert (
-        "replaced gh: Authorization: Bearer {value} for api.github.com (any path) (granted to main, as before)" in replaced.stdout
+        "replaced gh: Authorization: Bearer {value} for api.github.com (any path) (granted to main, as before)"
+        in replaced.stdout
     )
     assert key.returncode == 0 and "(granted to main, as before)" in key.stdout, key.stderr
     assert await grants(routed) == {"gh": ["main"], "anthropic": ["main"]}

@@ -255,7 +255,7 @@ async def test_secrets_rules_and_audit_through_the_cli(vault: Vault) -> None:
         stdin=GITHUB + "\n",
     )
     assert added.returncode == 0, added.stderr
-    assert "stored github: Authorization: Bearer {value} for api.example.test*" in added.stdout
+    assert "stored github: Authorization: Bearer {value} for api.example.test (any path)" in added.stdout
     listed = await vault.cli("secrets", "list")
     assert "github" in listed.stdout and "anthropic" in listed.stdout
     rule = await vault.cli(

@@ -132,6 +132,11 @@ class SecretInfo(Reply, frozen=True):
     path_regex: str = ""
     path_replacement: str = ""
 
+    def where(self) -> str:
+        """Host and path as the owner reads them: `api.github.com*` would look like the host pattern the vault
+        refuses, so any path is said in words."""
+        return self.host_pattern + (" (any path)" if self.path_pattern == "*" else self.path_pattern)
+
 
 class RuleInfo(Reply, frozen=True):
     name: str

@@ -168,7 +168,7 @@ def cmd_secrets_add(args: argparse.Namespace) -> int:
     verb = "stored" if reply.created else "replaced"
     grants = ", ".join(secret.grants).replace("*", "every agent group") or "nobody"
     kept = ", as before" if not agents and not reply.created else ""
-    print(f"{verb} {secret.name}: {_describe(secret)} for {_where(secret)} (granted to {grants}{kept})")
+    print(f"{verb} {secret.name}: {_describe(secret)} for {secret.where()} (granted to {grants}{kept})")
     if agents and not args.agent and agents != [EVERY_GROUP]:  # the only group, by name: say how to let others
         print(
             f"{agents[0]} is the only agent group; to grant it to others: clawden secrets grant {secret.name} --agent G"
@@ -177,12 +177,6 @@ def cmd_secrets_add(args: argparse.Namespace) -> int:
     if secret.kind == MODEL_TYPE:
         _say_model_check(args, secret.name)
     return 0
-
-
-def _where(secret: ctl.SecretInfo) -> str:
-    """Host and path as the owner reads them: `api.github.com*` would look like the host pattern the vault refuses."""
-    path = " (any path)" if secret.path_pattern == "*" else secret.path_pattern
-    return secret.host_pattern + path
 
 
 def _say_model_check(args: argparse.Namespace, name: str) -> None:
