@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -73,6 +74,17 @@ def _groups(args: argparse.Namespace) -> set[str]:
     return {g.name for g in control.run(_cfg(args), router.GROUPS_LIST, router.ListAll(), timeout=3)}
 
 
+def _groups_or_exit(args: argparse.Namespace, refusal: Callable[[str], str]) -> list[str]:
+    """The agent groups, sorted; where the router alone cannot be asked (a vault run on its own), exit with
+    `refusal` given why. With no bus at all, NoBus goes up: the vault cannot be asked either (said once)."""
+    try:
+        return sorted(_groups(args))
+    except control.NoBus:
+        raise
+    except control.ControlError as exc:
+        raise SystemExit(refusal(f"which groups there are: {exc}")) from None
+
+
 def _known_groups(args: argparse.Namespace, names: list[str] | None) -> None:
     """Refuse agent groups the router does not know: a rule or grant for a typo protects nobody."""
     asked = {n for n in names or [] if n and n != "*"}
@@ -123,15 +135,9 @@ def grants_for(args: argparse.Namespace, name: str, kind: str) -> list[str]:
     if kind == MODEL_TYPE:
         return [EVERY_GROUP]
     how = "--agent G (repeatable), or --agent '*' for every agent group, now and later"
-    try:
-        groups = sorted(_groups(args))
-    except control.NoBus:
-        raise  # the vault cannot be asked either: say that once
-    except control.ControlError as exc:  # a vault run on its own
-        raise SystemExit(
-            f"clawden: say which agent groups may use {name}: {how} (the router could not be asked which "
-            f"groups there are: {exc})"
-        ) from None
+    groups = _groups_or_exit(
+        args, lambda why: f"clawden: say which agent groups may use {name}: {how} (the router could not be asked {why})"
+    )
     if (grants := default_grants(kind, groups)) is not None:
         return grants
     if not groups:
@@ -380,15 +386,9 @@ def cmd_egress(args: argparse.Namespace) -> int:
 def _egress_of_every_group(args: argparse.Namespace) -> int:
     """`clawden egress` alone: each agent group's mode. The vault keeps a mode only for the groups given one, so the
     router says which groups there are and the vault answers for each (its default for the rest)."""
-    try:
-        groups = sorted(_groups(args))
-    except control.NoBus:
-        raise  # the vault cannot be asked either: say that once
-    except control.ControlError as exc:  # a vault run on its own
-        raise SystemExit(
-            f"clawden: name an agent group (clawden egress GROUP): the router could not be asked which groups there"
-            f" are: {exc}"
-        ) from None
+    groups = _groups_or_exit(
+        args, lambda why: f"clawden: name an agent group (clawden egress GROUP): the router could not be asked {why}"
+    )
     if not groups:
         print("no agent groups yet (clawden groups create NAME)")
         return 0
