@@ -59,9 +59,12 @@ class RefusedKeys:
     def __init__(self, say: Callable[[str], None]) -> None:
         self._say = say
         self._refused: dict[str, tuple[str, str]] = {}  # secret -> (sha256 of the value refused, the API's answer)
+        self._stored: dict[str, str] = {}  # secret -> sha256 of its value now, as `stored` last saw the catalog
         self.line = ""
 
     def checked(self, credential: Credential, check: api.ModelCheck) -> None:
+        if self._stored.get(credential.name, _digest(credential.value)) != _digest(credential.value):
+            return  # replaced while it was being checked: the answer is about a key no longer stored
         if check.outcome == "rejected":
             answer = " ".join(filter(None, (str(check.status), check.error_type and f"{check.error_type}:")))
             answer = f"{answer} {check.message}".strip() if check.message else answer.rstrip(":")
@@ -73,6 +76,7 @@ class RefusedKeys:
     def stored(self, catalog: Catalog) -> None:
         """The catalog changed: a refused key replaced or removed is no longer this vault's trouble."""
         now = {c.name: _digest(c.value) for c in catalog.credentials if c.secret.kind == "anthropic"}
+        self._stored = now
         self._refused = {n: r for n, r in self._refused.items() if now.get(n) == r[0]}
         self._tell()
 

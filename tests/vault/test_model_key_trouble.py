@@ -58,3 +58,21 @@ async def test_an_api_out_of_reach_is_not_the_keys_trouble(nats_server: NatsServ
 
         assert check.outcome == "unreachable"
         assert await trouble(v) == ""
+
+
+def test_a_refusal_of_a_key_replaced_while_it_was_checked_is_not_recorded_for_the_new_one() -> None:
+    """A check runs for seconds: a key replaced meanwhile must not inherit the old one's refusal."""
+    from clawden.bus.ctl import vault as vault_ctl
+    from services.vault.catalog import Catalog, Credential, Secret
+    from services.vault.modelcheck import RefusedKeys
+
+    said: list[str] = []
+    refused = RefusedKeys(said.append)
+    model = Secret(name="anthropic", kind="anthropic", host_pattern="api.anthropic.com")
+    old, new = Credential(model, "sk-ant-old"), Credential(model, "sk-ant-new")
+    rejected = vault_ctl.ModelCheck(name="anthropic", outcome="rejected", status=401, message="invalid x-api-key")
+    refused.stored(Catalog(credentials=(new,)))  # replaced while the old key's check was out
+    refused.checked(old, rejected)
+    assert (refused.line, said) == ("", [])
+    refused.checked(new, rejected)  # the new key's own refusal is the trouble
+    assert refused.line.startswith("the model API refused the anthropic key (401 invalid x-api-key)")
