@@ -37,6 +37,7 @@ from clawden.bus import events as ev
 from clawden.config import Config
 from clawden.runtime import ServiceContext
 from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound, card_token, http_download
+from services.channels.reach import call_trouble
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.service import serve
 from services.channels.state import BridgeState
@@ -268,6 +269,9 @@ class MatrixError(PlatformError):
     pass
 
 
+MATRIX_FIX = "run `clawden channels login matrix` again"  # a token the homeserver refuses (`clawden status`)
+
+
 def classify(resp: ErrorResponse, what: str) -> MatrixError:
     """A homeserver's refusal as a PlatformError: 429 honours `retry_after_ms`; 5xx and a bad token (which an
     operator can fix) are retried until the deadline; anything else is final."""
@@ -435,6 +439,7 @@ class MatrixBridge(Bridge):
                     log.warning(
                         "matrix sync failed (%s), %d in a row; retrying in %.1fs", exc.description, failures, delay
                     )
+                inbound.reach.failed(call_trouble(inbound.reach.platform, exc, MATRIX_FIX))  # its terms, at once
                 await inbound.pause(delay)
                 continue
             inbound.alive()

@@ -98,6 +98,23 @@ def why_unreachable(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def call_trouble(platform: str, exc: PlatformError, fix: str) -> Trouble:
+    """A listener's failed call to its platform in a person's words: the connection (`why_unreachable`), credentials
+    it refuses (401/403, which only the owner can mend: `fix` says how), being held back, or its own answer."""
+    if exc.connection:
+        return Trouble(why_unreachable(exc))
+    if exc.code in (401, 403):
+        return Trouble(
+            exc.description,
+            problem=f"{platform} refuses the bridge's credentials",
+            outcome=f"nothing comes in or goes out until they are mended: {fix}",
+        )
+    if exc.kind == "rate_limited":
+        wait = f" {exc.retry_after:.0f}s" if exc.retry_after is not None else ""
+        return Trouble(f"it asks the bridge to wait{wait}", problem=f"{platform} is holding the bridge back")
+    return Trouble(f"it answers {exc.description}")
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """The exception and those it came from, outermost first: a client library's "from None" only hides its cause
     from tracebacks (`__context__` still holds it)."""

@@ -35,6 +35,7 @@ from clawden.config import Config
 from clawden.runtime import ServiceContext
 from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound, http_download
 from services.channels.pacing import Limit, Pacer
+from services.channels.reach import call_trouble
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.service import serve
 
@@ -256,6 +257,10 @@ class SlackError(PlatformError):
     pass
 
 
+# How the owner mends tokens Slack refuses (`clawden status` says it beside the refusal).
+SLACK_FIX = "keys/slack holds the bot token and the app-level token (`clawden doctor` tries both)"
+
+
 # Errors an operator fixes (a token, a scope): retried until the deadline, like a 5xx, so nothing is lost.
 FIXABLE = {
     "invalid_auth",
@@ -409,6 +414,7 @@ class SlackBridge(Bridge):
                 failures += 1
                 delay = exc.retry_after if exc.retry_after is not None else min(30.0, 0.5 * 2 ** min(failures, 6))
                 log.warning("slack: apps.connections.open failed (%s); retrying in %.1fs", exc.description, delay)
+                inbound.reach.failed(call_trouble(inbound.reach.platform, exc, SLACK_FIX))  # in Slack's terms, at once
                 await inbound.pause(delay)
                 continue
             try:

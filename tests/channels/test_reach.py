@@ -10,7 +10,7 @@ import time
 import pytest
 
 from clawden.natsserver import free_port
-from services.channels.reach import WAITING, Reach, Trouble, line, when, why_unreachable
+from services.channels.reach import WAITING, Reach, Trouble, call_trouble, line, when, why_unreachable
 from services.channels.retry import PlatformError
 from services.channels.telegram import BotAPI, TelegramError, poll_trouble
 
@@ -108,3 +108,34 @@ async def test_a_telegram_that_refuses_connections_is_said_to_refuse_them() -> N
 def test_a_poll_telegram_refuses_says_what_it_refuses(error: TelegramError, problem: str, why: str) -> None:
     trouble = poll_trouble(error)
     assert (trouble.problem, trouble.why) == (problem, why)
+
+
+@pytest.mark.parametrize(
+    ("exc", "said"),
+    [
+        (
+            PlatformError("sync: M_UNKNOWN_TOKEN Invalid access token", "transient", code=401),
+            "the Matrix homeserver refuses the bridge's credentials since 21:14 (sync: M_UNKNOWN_TOKEN Invalid access "
+            "token); nothing comes in or goes out until they are mended: log in again",
+        ),
+        (
+            PlatformError("sync: too many requests", "rate_limited", code=429, retry_after=12),
+            "the Matrix homeserver is holding the bridge back since 21:14 (it asks the bridge to wait 12s); messages "
+            "wait and go through once it answers",
+        ),
+        (
+            PlatformError("sync: cannot reach the homeserver", "transient", connection=True),
+            "cannot reach the Matrix homeserver since 21:14 (no connection); messages wait and go through once it "
+            "answers",
+        ),
+        (
+            PlatformError("sync: M_UNKNOWN bad request", "permanent", code=400),
+            "cannot reach the Matrix homeserver since 21:14 (it answers sync: M_UNKNOWN bad request); messages wait "
+            "and go through once it answers",
+        ),
+    ],
+)
+def test_a_listeners_failed_call_is_said_in_the_platforms_terms(exc: PlatformError, said: str) -> None:
+    at = time.mktime((2026, 12, 6, 21, 14, 0, 0, 0, -1))
+    platform = "the Matrix homeserver"
+    assert line(platform, call_trouble(platform, exc, "log in again"), at, at + 60) == said

@@ -12,12 +12,16 @@ from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
+import nats
 import pytest
 
 from clawden.bus import events as ev
+from clawden.bus.ctl import Nothing
+from clawden.bus.ctl.common import PING
+from clawden.cli import status
 from services.channels import slack as slack_bridge
 from services.channels.slack import Me, card_blocks, escape, inbound_delete, inbound_edit, inbound_message
-from tests.channels.harness import listening, until
+from tests.channels.harness import ChannelProcess, listening, until
 from tests.channels.slack_harness import SlackBridge, SlackBus
 from tests.conftest import NatsServer
 from tests.eventually import eventually
@@ -419,3 +423,32 @@ def test_a_delete_of_the_bots_own_message_is_not_news() -> None:
     assert inbound_delete(dict(event, previous_message={"user": BOT_USER, "ts": "10.0"}), ME) is None
     person = inbound_delete(dict(event, previous_message={"user": "U1", "ts": "10.0", "thread_ts": "9.0"}), ME)
     assert person is not None and (person.message_id, person.route.thread_id) == ("C1:10.0", "9.0")
+
+
+async def test_tokens_slack_refuses_make_the_bridge_say_so_with_the_fix_until_slack_takes_them(
+    slack: FakeSlack, bus: SlackBus, bridge: SlackBridge, nats_server: NatsServer
+) -> None:
+    """A revoked app-level token is not "cannot reach Slack": `clawden status` says Slack refuses the credentials, and
+    how the owner mends them, from the first refusal until a connection is opened."""
+
+    async def trouble() -> str:
+        nc = await nats.connect(nats_server.url)
+        try:
+            return (await status.ask(nc, PING.at("channel-slack"), Nothing())).trouble
+        finally:
+            await nc.close()
+
+    slack.inject("apps.connections.open", *[Error(200, "invalid_auth")] * 1000)
+    ChannelProcess.start(bridge)  # READY, with no socket to wait for
+    said = await eventually(trouble, 30, bridge.output)
+    assert (
+        said.startswith("Slack refuses the bridge's credentials since ")
+        and "(apps.connections.open: invalid_auth)" in said
+    )
+    assert said.endswith("until they are mended: " + slack_bridge.SLACK_FIX)
+    slack.heal("apps.connections.open")
+
+    async def mended() -> bool:
+        return await trouble() == ""
+
+    await eventually(mended, 60, bridge.output)  # its next try opens the socket, and Slack says hello

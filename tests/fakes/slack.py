@@ -433,6 +433,11 @@ class FakeSlack(ThreadedServer):
         with self._lock:
             self._faults.setdefault(method, []).extend(faults)
 
+    def heal(self, method: str) -> None:
+        """Drop the faults still waiting for a method: its next call is answered as usual."""
+        with self._lock:
+            self._faults.pop(method, None)
+
     def duplicate(self, count: int) -> None:
         """The next `count` envelopes go out twice (a second envelope id, `retry_attempt` 1)."""
         self._duplicate += count
