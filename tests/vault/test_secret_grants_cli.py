@@ -61,6 +61,10 @@ async def test_with_several_groups_a_secret_without_agent_is_refused_and_nothing
     both = await routed.cli("secrets", "add", "gh2", *GH, "--agent", "main", "--agent", "work", stdin="x" * 20)
     assert both.returncode == 0, both.stderr
     assert (await grants(routed))["gh"] == ["*"] and (await grants(routed))["gh2"] == ["main", "work"]
+    # The same name again without --replace: what is wrong is that it exists, not which groups (the vault says it).
+    again = await routed.cli("secrets", "add", "gh", *GH, stdin=GITHUB + "\n")
+    assert again.returncode != 0 and "a secret named gh exists; add --replace" in again.stderr, again.stderr
+    assert (await grants(routed))["gh"] == ["*"]
 
 
 async def test_the_model_key_still_goes_to_every_group_and_openai_does_not(routed: Vault) -> None:

@@ -150,9 +150,11 @@ def _stored(args: argparse.Namespace, name: str) -> bool:
 
 
 def cmd_secrets_add(args: argparse.Namespace) -> int:
-    # A replacement naming none keeps its grants (the vault's rule for an empty list).
-    keep = not args.agent and args.replace and _stored(args, args.name)
-    agents = [] if keep else grants_for(args, args.name, args.type)
+    # A name stored already, with no groups named: a replacement keeps its grants (the vault's rule for an empty
+    # list), and without --replace the vault's own refusal ("exists; add --replace") is what to say, not the groups
+    # (the model key's default, every group, asks the router nothing: the vault says it itself).
+    stored = not args.agent and (args.replace or args.type != MODEL_TYPE) and _stored(args, args.name)
+    agents = [] if stored else grants_for(args, args.name, args.type)
     request = ctl.AddSecret(
         name=args.name,
         type=args.type,
