@@ -558,6 +558,9 @@ class Gateway:
         self._closing = False
         self._connections: set[asyncio.Task[None]] = set()
         self.slots = ConnectionSlots(max_connections_per_group)
+        # Told the status of each model call that carried the vault's secrets (their names): the service keeps a
+        # key the API refuses as its trouble (`modelcheck.RefusedKeys`), as an agent's call finds it.
+        self.model_answered: Callable[[tuple[str, ...], int], None] | None = None
         self._bursts: dict[str, tuple[float, float]] = {}  # a burst of refusals: its start (clock, perf_counter)
         # TCP listener connections yet to show a token, each with what ends it.
         self.unauthenticated: Unauthenticated[asyncio.Task[None], _Unshown] = Unauthenticated(max_unauthenticated)
@@ -1360,6 +1363,8 @@ class Gateway:
     ) -> None:
         ex.status = response.status
         headers = strip_hop_by_hop(response.headers)
+        if ex.injected and ex.host == MODEL_HOST and self.model_answered is not None:
+            self.model_answered(ex.injected, response.status)
         if response.status in KEY_REFUSED and ex.injected and ex.host == MODEL_HOST:
             # The model API refused the key the vault put in: the same key again cannot pass, and Claude Code would
             # try again for minutes. The Anthropic SDKs' own header ends that, so the agent fails at once and says

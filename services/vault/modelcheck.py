@@ -73,6 +73,21 @@ class RefusedKeys:
             self._refused.pop(credential.name, None)
         self._tell()
 
+    def answered(self, names: tuple[str, ...], status: int) -> None:
+        """An agent's model call carrying these secrets was answered `status` (the gateway says so): a 401/403 is the
+        key refused, known at once rather than at the next check; a success clears it. A refusal already known keeps
+        the words its check gave, so the line does not change with every call."""
+        for name in names:
+            digest = self._stored.get(name)
+            if digest is None:  # not a model key
+                continue
+            if status in (401, 403):
+                if self._refused.get(name, ("", ""))[0] != digest:
+                    self._refused[name] = (digest, f"{status} to an agent's model call")
+            elif 200 <= status < 300:
+                self._refused.pop(name, None)
+        self._tell()
+
     def stored(self, catalog: Catalog) -> None:
         """The catalog changed: a refused key replaced or removed is no longer this vault's trouble."""
         now = {c.name: _digest(c.value) for c in catalog.credentials if c.secret.kind == "anthropic"}

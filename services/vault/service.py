@@ -872,6 +872,8 @@ async def main(ctx: ServiceContext) -> None:
                     vault.tell_model_key(gateway.catalog)
 
             vault.refused = RefusedKeys(say_refused)
+            vault.refused.stored(gateway.catalog)
+            gateway.model_answered = vault.refused.answered
             checker = ModelChecker(
                 lambda: gateway.catalog,
                 extra_ca_file=cfg.vault.extra_ca_file or None,

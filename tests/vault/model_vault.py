@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from clawden import config as config_mod
-from clawden import control, setup
+from clawden import control, natsserver, setup
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl import vault as vault_ctl
 from tests.eventually import eventually
@@ -46,9 +46,12 @@ class ModelVault:
 
 
 @asynccontextmanager
-async def model_vault(nats_url: str, *, trusted: bool = True, map_to: str = "") -> AsyncIterator[ModelVault]:
+async def model_vault(
+    nats_url: str, *, trusted: bool = True, map_to: str = "", tcp: bool = False
+) -> AsyncIterator[ModelVault]:
     """The vault with `API_KEY` as its `anthropic` secret (from keys/anthropic). `trusted`: the fake's CA is its
-    extra_ca_file; `map_to`: where its host map sends api.anthropic.com instead of the fake."""
+    extra_ca_file; `map_to`: where its host map sends api.anthropic.com instead of the fake; `tcp`: its gateway has a
+    TCP listener, for a test's own agent (`PROXY_TOKEN`)."""
     # The gateway's sockets live under the home: pytest's tmp_path is too long for a socket's path.
     with tempfile.TemporaryDirectory(prefix="clawden-mc-", dir="/tmp") as name:
         folder = Path(name)
@@ -63,6 +66,7 @@ async def model_vault(nats_url: str, *, trusted: bool = True, map_to: str = "") 
         cfg.path("config.toml").write_text(
             f'install_id = "mc"\n[nats]\nurl = "{nats_url}"\n[vault]\n{trust}'
             f'host_map = {{"api.anthropic.com" = "{map_to or address}"}}\n'
+            + (f'tcp_listen = "127.0.0.1:{natsserver.free_port()}"\n' if tcp else "")
         )
         cfg = config_mod.load(home, environ={})
         log = folder / "vault.log"

@@ -4,12 +4,18 @@ replaced; a check that cannot reach the API is no fault of the key's and leaves 
 
 from __future__ import annotations
 
+import ssl
+
+import httpx
 import pytest
 
 from clawden import control, natsserver
 from clawden.bus.ctl import Nothing
+from clawden.bus.ctl import vault as vault_ctl
 from clawden.bus.ctl.common import PING
+from clawden.vaultfiles import CA_CERT
 from tests.conftest import NatsServer
+from tests.fakes.anthropic import Error
 from tests.vault.model_vault import API_KEY, ModelVault, model_vault
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.nats, pytest.mark.process]
@@ -76,3 +82,25 @@ def test_a_refusal_of_a_key_replaced_while_it_was_checked_is_not_recorded_for_th
     assert (refused.line, said) == ("", [])
     refused.checked(new, rejected)  # the new key's own refusal is the trouble
     assert refused.line.startswith("the model API refused the anthropic key (401 invalid x-api-key)")
+
+
+async def test_an_agents_model_call_the_api_refuses_is_the_trouble_until_one_is_answered(
+    nats_server: NatsServer,
+) -> None:
+    """No check needed: the gateway tells the vault the API refused the key on an agent's own call (a key revoked
+    after it was checked), and the next call it answers clears it."""
+    async with model_vault(nats_server.url, tcp=True) as v:
+        proxy = await control.ask(v.cfg, vault_ctl.PROXY_TOKEN, vault_ctl.GroupRequest(agent_group="main"))
+        trust = ssl.create_default_context(cafile=str(v.cfg.keys_dir / CA_CERT))
+        turn = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+        async with httpx.AsyncClient(proxy=proxy.proxy_url, verify=trust, trust_env=False, timeout=10) as agent:
+            v.fake.script(Error(401, "invalid x-api-key"), any_request=True)
+            refused = await agent.post("https://api.anthropic.com/v1/messages", json=turn)
+            assert (refused.status_code, refused.headers["x-should-retry"]) == (401, "false")
+            assert await trouble(v) == (
+                "the model API refused the anthropic key (401 to an agent's model call); set the right one: "
+                "`clawden secrets add anthropic --type anthropic --replace`"
+            )
+            answered = await agent.post("https://api.anthropic.com/v1/messages", json=turn)
+            assert answered.status_code == 200
+            assert await trouble(v) == ""
