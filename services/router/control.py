@@ -145,7 +145,8 @@ class Control:
         pin = _runner_pin(req.runner)
         container = _set_only(msgspec.to_builtins(req.container))
         # Every group starts with a CLAUDE.md (as `/newagent` and `clawden init` give theirs): the one asked for,
-        # or the starter; its runner writes it at the group's first container where the folder has none.
+        # or the starter; its runner writes it at the group's first container where the folder has none (not here:
+        # the runner that asked for the group, `/newagent` approved there, writes it and says if one was kept).
         memory = req.starter_memory or cards.starter_memory(name)
         with self.store.transaction() as db:
             if db.execute("SELECT 1 FROM agent_groups WHERE name = ?", (name,)).fetchone():
@@ -170,7 +171,6 @@ class Control:
                 ),
             )
         self.store.reload()
-        self.store.write_memory_now(folder, memory)
         return _as(api.Group, self._group_json(self._group(name)))
 
     def _groups_update(self, req: GroupUpdate) -> api.Group:

@@ -316,20 +316,14 @@ def test_newagent_from_someone_no_longer_an_admin_makes_no_group(tmp_path: Path)
     assert _groups(store) == ["main"] and not [e for e in sent if isinstance(e, ev.Wake)]
 
 
-def test_a_group_created_without_starter_memory_gets_the_starter_and_its_claude_md_at_once(tmp_path: Path) -> None:
-    """`clawden groups create family` gives the group a CLAUDE.md, as `/newagent` and `clawden init` do: kept with
-    the group (its runner writes it where the folder has none) and written now where the router can."""
+def test_a_group_created_without_starter_memory_gets_the_starter(tmp_path: Path) -> None:
+    """`clawden groups create family` gives the group a CLAUDE.md, as `/newagent` and `clawden init` do: kept with the
+    group, which its runner writes at the group's first container where the folder has none."""
     store = RouterStore.open(tmp_path / "router.db")
     store.seed("main", "local", "alice", 1_000.0)
-    store.groups_dir = tmp_path / "groups"
     control = Control(store, clock=lambda: 1_500.0)
     _create(control, name="family")
     memory = (store.group_settings("family") or ev.GroupSettings()).starter_memory
     assert (
         memory == cards.starter_memory("family") and "You are the family agent on your owner's home server." in memory
     )
-    assert (store.groups_dir / "family" / "CLAUDE.md").read_text() == memory
-    (store.groups_dir / "kept").mkdir()
-    (store.groups_dir / "kept" / "CLAUDE.md").write_text("mine")
-    _create(control, name="kept")
-    assert (store.groups_dir / "kept" / "CLAUDE.md").read_text() == "mine"  # the owner's own is never overwritten

@@ -51,12 +51,19 @@ def test_by_default_the_tokenless_pool_is_as_the_gateway_bounds_it(tmp_path: Pat
     [
         ("max_tokenless_connections = 0", "vault.max_tokenless_connections = 0: Expected `int` >= 1"),
         ("max_tokenless_connections = 5000", "vault.max_tokenless_connections = 5000: Expected `int` <= 4096"),
-        ("max_tokenless_connections = 2.5", "vault.max_tokenless_connections = 2.5: Expected `int`, got `float`"),
+        (
+            "max_tokenless_connections = 2.5",
+            "vault.max_tokenless_connections = 2.5: expected a whole number, not a fraction",
+        ),
         ("tokenless_timeout = 0", "vault.tokenless_timeout = 0: Expected `float` > 0.0"),
         ("tokenless_timeout = -1", "vault.tokenless_timeout = -1: Expected `float` > 0.0"),
         ("tokenless_timeout = nan", "vault.tokenless_timeout = nan: Expected `float` > 0.0"),
         ("tokenless_timeout = inf", "vault.tokenless_timeout = inf: Expected `float` <= 300.0"),
-        ('tokenless_timeout = "soon"', "vault.tokenless_timeout = 'soon': Expected `float`, got `str`"),
+        (
+            'tokenless_timeout = "soon"',
+            "vault.tokenless_timeout = 'soon': expected a number of seconds, written without quotes or a unit"
+            " (e.g. 90 or 1.5), not text",
+        ),
     ],
 )
 def test_a_bad_tokenless_setting_is_refused_naming_it(tmp_path: Path, setting: str, said: str) -> None:
