@@ -44,20 +44,25 @@ async def stored_texts(nc: Client) -> list[str]:
     return texts
 
 
+async def chat_left_by_clawden(tmp_path: Path, nats_server: NatsServer, nc: Client) -> Pty:
+    """An open chat in a terminal whose NATS server was then killed, once it said Clawden went."""
+    env, _ = await chat_home(tmp_path, nats_server, nc)
+    term = Pty({**env, "TERM": "xterm"})
+    await asyncio.to_thread(term.wait_for, b"you> ")
+    nats_server.proc.kill()
+    await asyncio.to_thread(nats_server.proc.wait)
+    await asyncio.to_thread(term.wait_for, LOST.encode())
+    return term
+
+
 async def test_an_open_chat_says_when_clawden_goes_and_comes_back_and_sends_what_was_typed_meanwhile_once(
     tmp_path: Path,
     nats_server: NatsServer,
     nc: Client,
     router: None,  # noqa: F811
 ) -> None:
-    env, _ = await chat_home(tmp_path, nats_server, nc)
-    term = Pty({**env, "TERM": "xterm"})
+    term = await chat_left_by_clawden(tmp_path, nats_server, nc)
     try:
-        await asyncio.to_thread(term.wait_for, b"you> ")
-        nats_server.proc.kill()
-        await asyncio.to_thread(nats_server.proc.wait)
-        await asyncio.to_thread(term.wait_for, LOST.encode())
-
         await asyncio.sleep(OUTAGE)
         term.write(b"typed while away\r")
         await asyncio.to_thread(term.wait_for, b"this is sent when it is back")
@@ -118,13 +123,8 @@ async def test_ctrl_c_while_a_typed_line_waits_for_clawden_says_it_was_not_sent(
     nc: Client,
     router: None,  # noqa: F811
 ) -> None:
-    env, _ = await chat_home(tmp_path, nats_server, nc)
-    term = Pty({**env, "TERM": "xterm"})
+    term = await chat_left_by_clawden(tmp_path, nats_server, nc)
     try:
-        await asyncio.to_thread(term.wait_for, b"you> ")
-        nats_server.proc.kill()
-        await asyncio.to_thread(nats_server.proc.wait)
-        await asyncio.to_thread(term.wait_for, LOST.encode())
         await asyncio.sleep(OUTAGE)
         term.write(b"never sent\r")
         await asyncio.to_thread(term.wait_for, b"this is sent when it is back")
@@ -145,13 +145,8 @@ async def test_ctrl_d_while_clawden_is_away_leaves_quietly(
     nc: Client,
     router: None,  # noqa: F811
 ) -> None:
-    env, _ = await chat_home(tmp_path, nats_server, nc)
-    term = Pty({**env, "TERM": "xterm"})
+    term = await chat_left_by_clawden(tmp_path, nats_server, nc)
     try:
-        await asyncio.to_thread(term.wait_for, b"you> ")
-        nats_server.proc.kill()
-        await asyncio.to_thread(nats_server.proc.wait)
-        await asyncio.to_thread(term.wait_for, LOST.encode())
         await asyncio.sleep(OUTAGE)
 
         term.write(b"\x04")
