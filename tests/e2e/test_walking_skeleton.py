@@ -4,6 +4,7 @@ real Claude Code CLI, and the fake model standing in for the Anthropic API."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -130,6 +131,24 @@ async def test_a_model_key_the_api_refuses_fails_the_turn_at_once_naming_the_own
         reply = await term.ask("and now?", timeout=90)
         assert reply.kind == "error" and "clawden secrets add anthropic --type anthropic --replace" in reply.text
         assert len(stack.fake.messages_requests(with_tools=True)) == seen + 1  # the refused call, not tried again
+        code, report = clawden_status(stack)
+        [vault] = [s for s in report["services"] if s["name"] == "vault"]
+        assert code == 1 and "refused the anthropic key" in vault["trouble"]
+        # The next call the API answers clears it: the stack is healthy again for the tests after this one.
+        assert (await term.ask("and again?", timeout=90)).kind != "error"
+        code, report = clawden_status(stack)
+        assert code == 0, report
+
+
+def clawden_status(stack: Stack) -> tuple[int, dict]:
+    out = subprocess.run(
+        [sys.executable, "-m", "clawden", "status", "--json"],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return out.returncode, json.loads(out.stdout)
 
 
 def processes_with_env(entry: str) -> list[int]:
@@ -144,16 +163,9 @@ def processes_with_env(entry: str) -> list[int]:
 
 
 def test_clawden_status_lists_every_service(stack: Stack) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "clawden", "status", "--json"],
-        env=stack.env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    for name in ("router", "runner", "vault"):
-        assert f'"name": "{name}"' in out.stdout
+    code, report = clawden_status(stack)
+    assert code == 0, report
+    assert {"router", "runner", "vault"} <= {s["name"] for s in report["services"]}
 
 
 def test_ctrl_c_stops_every_service_and_container(tmp_path: Path, docker_client: object, agent_image: str) -> None:
