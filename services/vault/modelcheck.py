@@ -15,6 +15,7 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import h11
 import msgspec
@@ -50,15 +51,32 @@ class _Answer(msgspec.Struct):
     error: _Error | None = None
 
 
+class Refusal(NamedTuple):
+    digest: str  # sha256 of the value refused: a key replaced since is not this refusal's
+    answer: str  # what the API said, as the trouble line quotes it
+
+
 class RefusedKeys:
     """The model keys the API refused (401, 403) at their latest check, as the vault's trouble, told to `say` (the
     service's `set_trouble`) as it changes. A key that passes a check, or is replaced or removed, is no longer
     refused. A check that did not reach the API says nothing of the key, so it changes nothing: a way to the API
-    that is down is not the key's fault, and the agents' own calls say so where it matters, in the chat."""
+    that is down is not the key's fault, and the agents' own calls say so where it matters, in the chat.
 
-    def __init__(self, say: Callable[[str], None]) -> None:
+    `refused` is what an earlier process recorded and `save` is handed every change (the service keeps them in
+    vault.db), so a restart does not forget a refusal while the refused key is still the one stored: the first
+    `stored` keeps the recorded refusals whose key is, and drops the rest."""
+
+    def __init__(
+        self,
+        say: Callable[[str], None],
+        *,
+        refused: Mapping[str, Refusal] | None = None,
+        save: Callable[[dict[str, Refusal]], None] | None = None,
+    ) -> None:
         self._say = say
-        self._refused: dict[str, tuple[str, str]] = {}  # secret -> (sha256 of the value refused, the API's answer)
+        self._save = save
+        self._refused: dict[str, Refusal] = dict(refused or {})  # secret -> its refusal
+        self._saved = dict(self._refused)
         self._stored: dict[str, str] = {}  # secret -> sha256 of its value now, as `stored` last saw the catalog
         self.line = ""
 
@@ -68,7 +86,7 @@ class RefusedKeys:
         if check.outcome == "rejected":
             answer = " ".join(filter(None, (str(check.status), check.error_type and f"{check.error_type}:")))
             answer = f"{answer} {check.message}".strip() if check.message else answer.rstrip(":")
-            self._refused[credential.name] = (_digest(credential.value), answer)
+            self._refused[credential.name] = Refusal(_digest(credential.value), answer)
         elif check.outcome == "accepted":
             self._refused.pop(credential.name, None)
         self._tell()
@@ -82,20 +100,24 @@ class RefusedKeys:
             if digest is None:  # not a model key
                 continue
             if status in (401, 403):
-                if self._refused.get(name, ("", ""))[0] != digest:
-                    self._refused[name] = (digest, f"{status} to an agent's model call")
+                if self._refused.get(name, Refusal("", "")).digest != digest:
+                    self._refused[name] = Refusal(digest, f"{status} to an agent's model call")
             elif 200 <= status < 300:
                 self._refused.pop(name, None)
         self._tell()
 
     def stored(self, catalog: Catalog) -> None:
-        """The catalog changed: a refused key replaced or removed is no longer this vault's trouble."""
+        """The catalog changed (or is first seen): a refused key replaced or removed is no longer this vault's
+        trouble."""
         now = {c.name: _digest(c.value) for c in catalog.credentials if c.secret.kind == "anthropic"}
         self._stored = now
-        self._refused = {n: r for n, r in self._refused.items() if now.get(n) == r[0]}
+        self._refused = {n: r for n, r in self._refused.items() if now.get(n) == r.digest}
         self._tell()
 
     def _tell(self) -> None:
+        if self._save is not None and self._refused != self._saved:
+            self._saved = dict(self._refused)
+            self._save(dict(self._refused))
         line = "; ".join(
             f"the model API refused the {name} key ({answer}); set the right one: "
             f"`clawden secrets add {name} --type anthropic --replace`"

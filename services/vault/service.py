@@ -52,7 +52,7 @@ from services.vault.catalog import (
 )
 from services.vault.certs import ListenerTls, write_trust_files
 from services.vault.gateway import Gateway
-from services.vault.modelcheck import ModelChecker, RefusedKeys
+from services.vault.modelcheck import ModelChecker, Refusal, RefusedKeys
 from services.vault.oauth_connect import AppConnections
 from services.vault.precedence import all_ties, shared_place, ties
 from services.vault.ratecounts import RateCounts
@@ -65,6 +65,7 @@ from services.vault.tcpauth import registration_refusal, token_hash
 log = logging.getLogger("clawden.vault")
 
 PRUNE_EVERY = 3600.0
+REFUSALS_RETRY = 30.0  # a write of the refused model keys that failed (a full disk) is tried again so often
 # A notify field (systemd passes on X_ fields it does not know) by which `clawden up` learns whether the
 # assistant can answer at all: "missing", or the names of the model secrets.
 MODEL_KEY_FIELD = "x_clawden_model_key"
@@ -829,6 +830,18 @@ async def main(ctx: ServiceContext) -> None:
     )
     vault = Vault(cfg, store, sealer, ca, gateway, ctx.notifier, announce=lambda e: _publish_change(ctx, e))
     await store.run(vault.bootstrap_model_key)
+
+    # A model key the API refuses (`clawden doctor`'s check, or an agent's own call) is the vault's trouble (`clawden
+    # status`: degraded) until one passes or it is replaced. A restart does not forget it while that key is still the
+    # one stored: known before the first request is answered, from the first catalog (`refresh`).
+    def say_refused(line: str) -> None:
+        ctx.set_trouble(line)
+        if not line:  # the model-key status line again, as before the trouble
+            vault.tell_model_key(gateway.catalog)
+
+    refusals = StoredRefusals(store, sealer)
+    vault.refused = RefusedKeys(say_refused, refused=await refusals.load(), save=refusals.save)
+    gateway.model_answered = vault.refused.answered
     await vault.refresh()
     apps = AppConnections(store, sealer, gateway.apps, vault.audit_change)
     await apps.load()
@@ -837,6 +850,7 @@ async def main(ctx: ServiceContext) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(audit.run(last_flush), name="vault-audit")
             tg.create_task(rates.run(last_flush), name="vault-rates")
+            tg.create_task(refusals.run(last_flush), name="vault-model-refusals")
             tg.create_task(_prune(store, cfg.vault.audit_retention_days, ctx.stopping), name="vault-prune")
             # Containers that outlived a vault restart reconnect to the same socket paths.
             if cfg.gateway_dir.is_dir():
@@ -863,17 +877,7 @@ async def main(ctx: ServiceContext) -> None:
             await ctx.endpoint(api.CONTAINER_TOKEN, vault.on_container_token_shared)
             await _serve_container_tokens(ctx, vault)
             await ctx.endpoint(api.MODEL_KEY, vault.on_model_key)
-
-            # The model key tried on api.anthropic.com as the gateway would send it, for `clawden doctor` only; a key
-            # it refuses is the vault's trouble (`clawden status`: degraded) until one passes or it is replaced.
-            def say_refused(line: str) -> None:
-                ctx.set_trouble(line)
-                if not line:  # the model-key status line again, as before the trouble
-                    vault.tell_model_key(gateway.catalog)
-
-            vault.refused = RefusedKeys(say_refused)
-            vault.refused.stored(gateway.catalog)
-            gateway.model_answered = vault.refused.answered
+            # The model key tried on api.anthropic.com as the gateway would send it, for `clawden doctor` only.
             checker = ModelChecker(
                 lambda: gateway.catalog,
                 extra_ca_file=cfg.vault.extra_ca_file or None,
@@ -902,6 +906,7 @@ async def main(ctx: ServiceContext) -> None:
         last_flush.set()
         await gateway.close()
         await rates.flush()  # a no-op after a clean stop; after a failure, what can still be saved
+        await refusals.flush()
         await store.stop()
 
 
@@ -917,6 +922,50 @@ class StoredAsks:
 
     async def closed(self, approval_id: str) -> None:
         await self.store.run(self.store.close_ask, approval_id)
+
+
+class StoredRefusals:
+    """The model keys the API refused (`modelcheck.RefusedKeys`) in `vault.db`, written behind each change. The
+    digest of the value refused is sealed, as `key_imports` seals it: a refused value need not be a real key (a
+    placeholder, a typo, a password pasted by mistake), and the bare sha256 of a guessable value gives it away to
+    whoever reads the file without the vault key."""
+
+    def __init__(self, store: Store, sealer: Sealer) -> None:
+        self.store = store
+        self.sealer = sealer
+        self._unwritten: dict[str, tuple[str, str]] | None = None  # the latest refusals, sealed, not yet written
+        self._wake = asyncio.Event()
+
+    async def load(self) -> dict[str, Refusal]:
+        """The refusals the last process recorded; one sealed under another vault key is as if never recorded."""
+        refusals = {}
+        for name, (sealed, answer) in (await self.store.run(self.store.model_key_refusals)).items():
+            with contextlib.suppress(SealError):
+                refusals[name] = Refusal(self.sealer.open(sealed, f"model-refusal:{name}"), answer)
+        return refusals
+
+    def save(self, refusals: dict[str, Refusal]) -> None:
+        self._unwritten = {n: (self.sealer.seal(r.digest, f"model-refusal:{n}"), r.answer) for n, r in refusals.items()}
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Write each change until ``stopping``, then what is left."""
+        while await sleep_unless_stopping(stopping, REFUSALS_RETRY, self._wake):
+            self._wake.clear()
+            await self.flush()
+        await self.flush()
+
+    async def flush(self) -> None:
+        if (refusals := self._unwritten) is None:
+            return
+        try:
+            # Each write is the whole set, and the store runs its steps in turn: the last one written is the truth.
+            await self.store.run(self.store.save_model_key_refusals, refusals)
+        except Exception:  # kept for the next try; the trouble in memory stands meanwhile
+            log.exception("recording the refused model keys in vault.db failed")
+            return
+        if self._unwritten is refusals:  # nothing changed while it was written
+            self._unwritten = None
 
 
 async def _listen_tcp(cfg: Config, vault: Vault, gateway: Gateway, ca: CertificateAuthority, folder: Path) -> None:

@@ -184,6 +184,18 @@ MIGRATIONS: list[tuple[str, str]] = [
         SELECT name, '', '', updated_at FROM secrets WHERE name = 'anthropic';
     """,
     ),
+    (
+        "0010_model_key_refusals",
+        """
+    -- The model keys the API refused (`modelcheck.RefusedKeys`), so a restart does not forget the vault's trouble
+    -- while the refused key is still stored: a sealed sha256 of the value refused (never the value), and the answer.
+    CREATE TABLE IF NOT EXISTS model_key_refusals (
+        secret TEXT PRIMARY KEY,
+        digest_sealed TEXT NOT NULL,
+        answer TEXT NOT NULL
+    );
+    """,
+    ),
 ]
 APP_COLUMNS = (
     "provider",
@@ -350,6 +362,23 @@ class Store(servicedb.Store):
                    ON CONFLICT (secret, source) DO UPDATE SET digest_sealed = excluded.digest_sealed,
                        imported_at = excluded.imported_at""",
                 (secret, source, digest_sealed, now),
+            )
+
+    # -- the model keys the API refused (``modelcheck.RefusedKeys``; the service seals and opens the digests) --
+
+    def model_key_refusals(self) -> dict[str, tuple[str, str]]:
+        """secret -> (sealed digest of the value refused, the API's answer)."""
+        rows = self.conn.execute("SELECT secret, digest_sealed, answer FROM model_key_refusals").fetchall()
+        return {secret: (sealed, answer) for secret, sealed, answer in rows}
+
+    def save_model_key_refusals(self, refusals: dict[str, tuple[str, str]]) -> None:
+        """The refusals now, in place of those stored: each save is the whole (small) set, so the last one written
+        is the truth whatever came before."""
+        with self._tx():
+            self.conn.execute("DELETE FROM model_key_refusals")
+            self.conn.executemany(
+                "INSERT INTO model_key_refusals (secret, digest_sealed, answer) VALUES (?, ?, ?)",
+                [(secret, sealed, answer) for secret, (sealed, answer) in refusals.items()],
             )
 
     # -- rules --
