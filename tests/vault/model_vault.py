@@ -31,6 +31,28 @@ class ModelVault:
     fake: FakeAnthropic
     address: str  # where the fake serves api.anthropic.com over TLS
     log: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        """`clawden run vault`, until it answers on the bus."""
+        proc = self.proc = _spawn(self.env, self.log)
+
+        async def answers() -> bool:
+            assert proc.poll() is None, self.log.read_text()
+            try:
+                await control.ask(self.cfg, vault_ctl.SECRETS_LIST, Nothing(), timeout=2)
+            except control.ControlError:
+                return False
+            return True
+
+        await eventually(answers, timeout=30, message=self.log.read_text)
+
+    async def stop(self) -> None:
+        """SIGTERM, as systemd or `clawden up` stops it, and a clean exit."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(self.proc.wait, 20) == 0, self.log.read_text()
 
     async def check(self) -> vault_ctl.ModelChecks:
         return await control.ask(self.cfg, vault_ctl.MODEL_CHECK, Nothing(), timeout=vault_ctl.MODEL_CHECK_WAIT + 2)
@@ -68,30 +90,20 @@ async def model_vault(
             f'host_map = {{"api.anthropic.com" = "{map_to or address}"}}\n'
             + (f'tcp_listen = "127.0.0.1:{natsserver.free_port()}"\n' if tcp else "")
         )
-        cfg = config_mod.load(home, environ={})
-        log = folder / "vault.log"
         env = dict(os.environ, CLAWDEN_HOME=str(home))
         env.pop("ANTHROPIC_API_KEY", None)
-        proc = _spawn(env, log)
+        v = ModelVault(config_mod.load(home, environ={}), fake, address, folder / "vault.log", env)
         try:
-
-            async def answers() -> bool:
-                assert proc.poll() is None, log.read_text()
-                try:
-                    await control.ask(cfg, vault_ctl.SECRETS_LIST, Nothing(), timeout=2)
-                except control.ControlError:
-                    return False
-                return True
-
-            await eventually(answers, timeout=30, message=log.read_text)
-            yield ModelVault(cfg, fake, address, log)
+            await v.start()
+            yield v
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
+            if v.proc is not None and v.proc.poll() is None:
+                v.proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.to_thread(v.proc.wait, 20)
+                except subprocess.TimeoutExpired:
+                    v.proc.kill()
+                    await asyncio.to_thread(v.proc.wait)
             await fake.stop()
 
 

@@ -5,32 +5,21 @@ keeps it while the refused key is still the one stored."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import os
-import signal
 import sqlite3
 import ssl
-import subprocess
-import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
-from clawden import config as config_mod
-from clawden import control, natsserver, setup
+from clawden import control, natsserver
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl import vault as vault_ctl
 from clawden.bus.ctl.common import PING
 from clawden.vaultfiles import CA_CERT, VAULT_DB, vault_dir
 from tests.conftest import NatsServer
-from tests.eventually import eventually
-from tests.fakes.anthropic import Error, FakeAnthropic, make_tls
-from tests.vault.model_vault import API_KEY, ModelVault, _spawn, model_vault
+from tests.fakes.anthropic import Error
+from tests.vault.model_vault import API_KEY, ModelVault, model_vault
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.nats, pytest.mark.process]
 
@@ -120,66 +109,6 @@ async def test_an_agents_model_call_the_api_refuses_is_the_trouble_until_one_is_
             assert await trouble(v) == ""
 
 
-@dataclass
-class Restartable:
-    """`model_vault`'s vault, whose process the test stops and starts again on the same home."""
-
-    v: ModelVault
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        proc = self.proc = _spawn(self.env, self.v.log)
-
-        async def answers() -> bool:
-            assert proc.poll() is None, self.v.log.read_text()
-            try:
-                await control.ask(self.v.cfg, vault_ctl.SECRETS_LIST, Nothing(), timeout=2)
-            except control.ControlError:
-                return False
-            return True
-
-        await eventually(answers, timeout=30, message=self.v.log.read_text)
-
-    async def stop(self) -> None:
-        """SIGTERM, as systemd or `clawden up` stops it, and a clean exit."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(self.proc.wait, 20) == 0, self.v.log.read_text()
-
-
-@asynccontextmanager
-async def restartable_vault(nats_url: str) -> AsyncIterator[Restartable]:
-    """The vault of `model_vault` (the fake API over TLS, `API_KEY` imported from keys/anthropic), started."""
-    with tempfile.TemporaryDirectory(prefix="clawden-mr-", dir="/tmp") as folder:  # the gateway's sockets are under it
-        fake = await FakeAnthropic().start()
-        tls = make_tls(["api.anthropic.com"], folder)
-        address = await fake.listen_tls(tls.server_context)
-        home = Path(folder) / "home"
-        cfg = setup.init(home)
-        (cfg.keys_dir / "anthropic").write_text(API_KEY + "\n")
-        (cfg.keys_dir / "anthropic").chmod(0o600)
-        cfg.path("config.toml").write_text(
-            f'install_id = "mr"\n[nats]\nurl = "{nats_url}"\n[vault]\nextra_ca_file = "{tls.ca_file}"\n'
-            f'host_map = {{"api.anthropic.com" = "{address}"}}\n'
-        )
-        env = dict(os.environ, CLAWDEN_HOME=str(home))
-        env.pop("ANTHROPIC_API_KEY", None)
-        r = Restartable(ModelVault(config_mod.load(home, environ={}), fake, address, Path(folder) / "vault.log"), env)
-        try:
-            await r.start()
-            yield r
-        finally:
-            if r.proc is not None and r.proc.poll() is None:
-                r.proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.to_thread(r.proc.wait, 20)
-                except subprocess.TimeoutExpired:
-                    r.proc.kill()
-                    await asyncio.to_thread(r.proc.wait)
-            await fake.stop()
-
-
 def recorded(v: ModelVault) -> list[tuple[str, ...]]:
     """The refusals vault.db holds."""
     db = sqlite3.connect(vault_dir(v.cfg) / VAULT_DB)
@@ -192,19 +121,19 @@ def recorded(v: ModelVault) -> list[tuple[str, ...]]:
 async def test_a_refused_key_is_still_the_trouble_after_a_restart(nats_server: NatsServer) -> None:
     """The vault stopped and started again (an upgrade, a reboot) with the refused key still stored: the trouble is
     there at once, with the words the check gave, before any check or agent's call."""
-    async with restartable_vault(nats_server.url) as r:
-        r.v.fake.api_keys = {"sk-ant-api03-the-key-anthropic-knows"}
-        await r.v.check()
-        assert await trouble(r.v) == REFUSED
-        asked = len(r.v.asked_models())
+    async with model_vault(nats_server.url) as v:
+        v.fake.api_keys = {"sk-ant-api03-the-key-anthropic-knows"}
+        await v.check()
+        assert await trouble(v) == REFUSED
+        asked = len(v.asked_models())
 
-        await r.stop()
-        await r.start()
+        await v.stop()
+        await v.start()
 
-        assert await trouble(r.v) == REFUSED
-        assert len(r.v.asked_models()) == asked  # no check told it
+        assert await trouble(v) == REFUSED
+        assert len(v.asked_models()) == asked  # no check told it
         # Kept by a sealed digest: neither the key nor its bare sha256 is in vault.db.
-        [(secret, sealed, _answer)] = recorded(r.v)
+        [(secret, sealed, _answer)] = recorded(v)
         assert (
             secret == "anthropic"
             and API_KEY not in sealed
@@ -215,16 +144,16 @@ async def test_a_refused_key_is_still_the_trouble_after_a_restart(nats_server: N
 async def test_a_refused_key_replaced_while_the_vault_was_down_is_not_the_trouble(nats_server: NatsServer) -> None:
     """A vault that is down takes a new key only where it is given outside it (keys/anthropic, or ANTHROPIC_API_KEY),
     imported at its next start: the refusal of the key it replaced is not the trouble, and is dropped."""
-    async with restartable_vault(nats_server.url) as r:
+    async with model_vault(nats_server.url) as v:
         good = "sk-ant-api03-the-key-anthropic-knows"
-        r.v.fake.api_keys = {good}
-        await r.v.check()
-        assert await trouble(r.v) == REFUSED
+        v.fake.api_keys = {good}
+        await v.check()
+        assert await trouble(v) == REFUSED
 
-        await r.stop()
-        (r.v.cfg.keys_dir / "anthropic").write_text(good + "\n")
-        await r.start()
+        await v.stop()
+        (v.cfg.keys_dir / "anthropic").write_text(good + "\n")
+        await v.start()
 
-        assert await trouble(r.v) == ""
-        await r.stop()
-        assert recorded(r.v) == []
+        assert await trouble(v) == ""
+        await v.stop()
+        assert recorded(v) == []
