@@ -24,12 +24,14 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import APIError
 
 from clawden.bus import Consumer, bind, consume, ensure_streams, publish_stored, subjects
 from clawden.bus import events as ev
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl.common import PING
 from clawden.bus.ctl.router import CHATS_LIST, ChatList
+from clawden.bus.pull import Puller
 from clawden.cardtext import render_text
 from clawden.config import Config
 from clawden.control import ControlError, NoAnswer, NotListening, ask_on
@@ -249,36 +251,26 @@ COMMANDS = ("/exit", "/quit", "/help")  # what the terminal handles itself
 
 class Link:
     """Whether the chat reaches Clawden now. It waits for a `clawden up` that went away (a restart) for as long as
-    that takes, says once that it went and once that it is back, and what must reach the bus waits on `up`."""
+    that takes, says once that it went and once that it is back, and what must reach the bus waits on `up`. The
+    connection tells it (it is `connect_cli`'s watcher), after its own log lines, and never of our own leaving."""
 
     def __init__(self) -> None:
         self.up = asyncio.Event()
         self.up.set()
         self.losses = 0  # how often it went: a failed publish that saw none is not the connection's doing
+        # Where its lines go: the conversation's own way (`Conversation.note`) once there is one.
+        self.say: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)
 
-    def watch(self, nc: Client, say: Callable[[str], None]) -> None:
-        # `connect_cli` gives up after a few tries, so a chat started without Clawden says so at once; once in, the
-        # chat never gives up. nats-py reads the limit and the callbacks at each disconnect, and connect_cli has no
-        # way to pass them, so they go on the client it made; its own callbacks (which log) still run first.
-        nc.options["max_reconnect_attempts"] = -1
-        logged_lost, logged_back = nc._disconnected_cb, nc._reconnected_cb
+    async def lost(self) -> None:
+        if not self.up.is_set():
+            return  # said once already
+        self.up.clear()
+        self.losses += 1
+        self.say(LOST)
 
-        async def lost() -> None:
-            if logged_lost is not None:
-                await logged_lost()
-            if nc.is_closed or nc.is_draining or not self.up.is_set():
-                return  # our own leaving, or a reconnect try that failed: said once already
-            self.up.clear()
-            self.losses += 1
-            say(LOST)
-
-        async def back() -> None:
-            if logged_back is not None:
-                await logged_back()
-            self.up.set()
-            say(BACK)
-
-        nc._disconnected_cb, nc._reconnected_cb = lost, back
+    async def back(self) -> None:
+        self.up.set()
+        self.say(BACK)
 
 
 class Conversation:
@@ -286,10 +278,11 @@ class Conversation:
     what is typed or piped sent; `ask`, `talk` and `pipe` are the three ways a chat runs."""
 
     def __init__(
-        self, js: JetStreamContext, terminal: TerminalChat, stdout: TextIO, *, interactive: bool, once: bool
+        self, js: JetStreamContext, link: Link, terminal: TerminalChat, stdout: TextIO, *, interactive: bool, once: bool
     ) -> None:
         self.js = js
-        self.link = Link()
+        self.link = link
+        link.say = self.note
         self.keyboard: Reader | None = None  # a person's, in a terminal
         self.terminal = terminal
         self.stdout = stdout
@@ -339,8 +332,9 @@ class Conversation:
 
     def note(self, text: str) -> None:
         """A line of the chat's own: in a terminal over the input line, which is then drawn again below with what
-        was typed on it; else on stderr (stdout is the replies alone, for a script to read)."""
-        if self.interactive and (self.keyboard is None or self.keyboard.prompting):
+        was typed on it; else on stderr (stdout is the replies alone, for a script to read). Before the keyboard is
+        read (the chat still starting) there is no input line to draw again."""
+        if self.interactive and self.keyboard is not None and self.keyboard.prompting:
             print(f"\r\x1b[K{text}\n{PROMPT}{Reader.typed()}", end="", file=self.stdout, flush=True)
         elif self.interactive:  # a typed line is on its way: its prompt comes back after it
             print(text, file=self.stdout, flush=True)
@@ -482,6 +476,24 @@ async def near_miss(nc: Client, chat_id: str) -> str:
     return close[0] if close else ""
 
 
+async def open_replies(js: JetStreamContext, link: Link, chat_id: str) -> Puller:
+    """The streams and this terminal's durable, set up, and a pull on it. A Clawden that goes away meanwhile (`clawden
+    up` restarted just as the chat began) is waited for and the set-up done again: it creates or updates, so twice is
+    as once. A failure while Clawden is there ends the chat in one line."""
+    while True:
+        await link.up.wait()
+        losses = link.losses
+        try:
+            await ensure_streams(js)
+            return await bind(js, terminal_outbound(chat_id))
+        except (nats.errors.Error, TimeoutError) as exc:
+            if link.losses == losses and link.up.is_set():
+                why = exc.description if isinstance(exc, APIError) and exc.description else type(exc).__name__
+                raise ControlError(
+                    f"Clawden did not set up this chat's replies ({why}); `clawden status` shows whether it runs well"
+                ) from None
+
+
 async def leave(nc: Client) -> None:
     """Drain (the last acks go out); a client still waiting for Clawden to come back has nothing to drain."""
     try:
@@ -507,29 +519,32 @@ async def chat(
     except ValueError:
         raise ControlError(f"--chat {chat_id!r}: a chat name is one word of letters, digits, '-' and '_'") from None
     # The owner's terminal: the CLI identity (a bridge's identity could not make a durable per terminal).
+    link = Link()
     try:
-        nc = await connect_cli(cfg, timeout=10, reconnects=3)
+        nc = await connect_cli(cfg, timeout=10, reconnects=3, watcher=link)
     except Unreachable as exc:
         raise ControlError(f"{exc}\n  fix: {exc.fix}") from None
+    # `connect_cli` gives up after a few tries, so a chat started without Clawden says so at once; once in, the chat
+    # never gives up. nats-py reads the limit from the client's options at each reconnect try.
+    nc.options["max_reconnect_attempts"] = -1
     interactive = once is None and stdin is sys.stdin and stdin.isatty()
     js = nc.jetstream()
     talk = Conversation(
         js,
+        link,
         TerminalChat(chat_id, getpass.getuser(), once=once is not None),
         stdout,
         interactive=interactive,
         once=once is not None,
     )
-    talk.link.watch(nc, talk.note)
     try:
         await router_answers(cfg, nc)
+        if chat_id != DEFAULT_CHAT and (meant := await near_miss(nc, chat_id)):
+            print(f"no chat {chat_id} yet; did you mean {meant}? (starting a new chat {chat_id})", file=sys.stderr)
+        sub = await open_replies(js, link, chat_id)
     except ControlError:
         await nc.close()
         raise
-    if chat_id != DEFAULT_CHAT and (meant := await near_miss(nc, chat_id)):
-        print(f"no chat {chat_id} yet; did you mean {meant}? (starting a new chat {chat_id})", file=sys.stderr)
-    await ensure_streams(js)
-    sub = await bind(js, terminal_outbound(chat_id))
     receiver = asyncio.create_task(consume(sub, ev.OUTBOUND_DECODER, talk.on_outbound, stopping=talk.stopping))
     try:
         if once is not None:

@@ -11,6 +11,7 @@ from nats.errors import Error as NatsError
 
 from clawden import config as config_mod
 from clawden import natsauth
+from clawden.bus.connection import Watcher
 from clawden.installed import start_hint
 
 
@@ -22,11 +23,13 @@ class Unreachable(ConnectionError):
         self.fix = fix
 
 
-async def connect_cli(cfg: config_mod.Config, timeout: float = 5.0, reconnects: int = 1) -> Client:
-    """The owner's CLI connection, or `Unreachable` in plain words."""
+async def connect_cli(
+    cfg: config_mod.Config, timeout: float = 5.0, reconnects: int = 1, watcher: Watcher | None = None
+) -> Client:
+    """The owner's CLI connection, or `Unreachable` in plain words. `watcher` is told when it is lost and back."""
     try:
         return await asyncio.wait_for(
-            natsauth.connect_as(cfg, natsauth.CLI, max_reconnect_attempts=reconnects), timeout
+            natsauth.connect_as(cfg, natsauth.CLI, max_reconnect_attempts=reconnects, watcher=watcher), timeout
         )
     except natsauth.IdentityError as exc:
         raise Unreachable(str(exc), f"chmod 600 {natsauth.seed_path(cfg, natsauth.CLI)}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
 from pathlib import Path
 
 import msgspec
@@ -115,6 +116,42 @@ async def test_once_prints_its_answer_when_it_comes_after_clawden_was_restarted(
     assert out.getvalue() == "clawden> the slow answer\n"
     err = capsys.readouterr().err
     assert err == f"{LOST}\n{BACK}\n", err
+
+
+class GoneStderr(io.StringIO):
+    """The stderr of `clawden chat --once ... 2>&1 | head -1` once `head` has left."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+async def test_once_gets_its_answer_after_a_restart_though_its_lost_and_back_lines_cannot_be_written(
+    tmp_path: Path,
+    nats_server: NatsServer,
+    nc: Client,
+    router: None,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The chat hears of the restart through the callbacks it connects with, which never raise: a line it cannot
+    write is not the connection's end. It used to chain its lines onto nats-py's private callbacks itself, where the
+    failed write stopped the reconnecting (nats.py#204) and the answer never came."""
+    cfg = setup.init(tmp_path / "home")
+    cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=nats_server.url))
+    js = nc.jetstream()
+    await ensure_streams(js)
+    inbound = await js.subscribe(subjects.inbound("local"))
+    monkeypatch.setattr(sys, "stderr", GoneStderr())
+    out = io.StringIO()
+    session = asyncio.create_task(chat(cfg, once="slow one", timeout=15, stdout=out))
+    sent = ev.decode((await inbound.next_msg(timeout=15)).data)
+    assert isinstance(sent, ev.InboundMessage)
+
+    await killed_and_back(nats_server, meanwhile=0.0)
+    answer = ev.OutboundMessage(id="s-1:answer", route=ROUTE, text="the slow answer", answering=sent.message_id)
+    await publish_stored(js, subjects.outbound("local", ROUTE.chat_id), answer, msg_id=answer.id)
+
+    assert await asyncio.wait_for(session, 30) == 0
+    assert out.getvalue() == "clawden> the slow answer\n"
 
 
 async def test_ctrl_c_while_a_typed_line_waits_for_clawden_says_it_was_not_sent(

@@ -9,7 +9,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 from nats.aio.client import Client
@@ -48,7 +48,26 @@ def tls_context(ca_file: str) -> ssl.SSLContext:
     return context
 
 
-async def connect(url: str | Sequence[str], name: str, *, ca_file: str = "", **options: Any) -> Client:
+class Watcher(Protocol):
+    """Told, after the log line, that the connection was lost (not by its own close or drain) or is back."""
+
+    async def lost(self) -> None: ...
+
+    async def back(self) -> None: ...
+
+
+async def _tell(watcher: Watcher | None, *, lost: bool) -> None:
+    if watcher is None:
+        return
+    try:
+        await (watcher.lost() if lost else watcher.back())
+    except Exception as exc:  # it must not stop the reconnecting, as a raising callback would (nats.py#204)
+        log.error("a connection watcher failed: %r", exc)
+
+
+async def connect(
+    url: str | Sequence[str], name: str, *, ca_file: str = "", watcher: Watcher | None = None, **options: Any
+) -> Client:
     """Connect with reconnect-forever, a private inbox prefix, and callbacks that never raise.
 
     `url` is one server or a cluster's servers (a list, or comma-separated): every one goes to the client,
@@ -57,6 +76,8 @@ async def connect(url: str | Sequence[str], name: str, *, ca_file: str = "", **o
 
     A server that is not up yet is waited for; one that refuses our credentials is not: that
     raises `AuthorizationError` at once instead of retrying forever.
+
+    `watcher` is told of each loss and return through the same callbacks (a client that shows them, `clawden chat`).
     """
     servers = server_list(url)
     url = ",".join(servers)
@@ -73,9 +94,11 @@ async def connect(url: str | Sequence[str], name: str, *, ca_file: str = "", **o
     async def on_disconnected() -> None:
         if not (nc.is_closed or nc.is_draining):
             log.warning("nats disconnected from %s", url)
+            await _tell(watcher, lost=True)
 
     async def on_reconnected() -> None:
         log.info("nats reconnected")
+        await _tell(watcher, lost=False)
 
     async def on_closed() -> None:
         log.debug("nats connection closed")

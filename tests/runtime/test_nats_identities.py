@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -195,7 +196,8 @@ async def test_a_bridge_may_not_reshape_streams_or_read_another_identitys_replie
 
 async def test_nobody_gets_in_without_a_known_key_and_a_refused_service_stops_trying(cfg: config_mod.Config) -> None:
     stranger = natsauth.new_seed()  # a well-formed key the server does not list
-    for options in ({}, {"nkeys_seed_str": stranger}):
+    seeds: list[dict[str, Any]] = [{}, {"nkeys_seed_str": stranger}]
+    for options in seeds:
         # reconnect-forever waits for a server that is not up yet, but not for one that said no
         with pytest.raises(AuthorizationError):
             await asyncio.wait_for(connect(cfg.nats_url, "stranger", **options), 10)
