@@ -186,13 +186,23 @@ def service_state(inst: dict[str, Any]) -> str:
     return "degraded" if inst.get("trouble") else "up"
 
 
+# `clawden chat`'s durables, one per terminal chat (`chat.terminal_outbound`, named after the chat).
+TERMINALS = ("CLAWDEN_OUTBOUND", "channel-local-")
+
+
 def fold_lanes(rows: list[dict[str, Any]], channels: tuple[str, ...]) -> list[dict[str, Any]]:
     """A bridge's outbound lanes as one row (`channel-telegram-0..7`), their backlogs summed; missing
-    only when every lane is."""
+    only when every lane is. The terminal chats' durables as one row too, `pending` None: each reads every terminal
+    lane and skips other chats' replies, so its count of them is no backlog of its own (a closed chat's would only
+    grow); what one was handed and has not done (`ack_pending`) is."""
     lane_of = {(c.stream, c.durable): channel for channel in channels for c in streams.bridge_lanes(channel)}
     out: list[dict[str, Any]] = []
     folded: dict[str, dict[str, Any]] = {}
+    terminals = []
     for row in rows:
+        if row["stream"] == TERMINALS[0] and row["durable"].startswith(TERMINALS[1]):
+            terminals.append(row)
+            continue
         channel = lane_of.get((row["stream"], row["durable"]))
         if channel is None:
             out.append(row)
@@ -220,6 +230,13 @@ def fold_lanes(rows: list[dict[str, Any]], channels: tuple[str, ...]) -> list[di
             for key in ("pending", "ack_pending", "redelivered", "waiting_pulls"):
                 del row[key]
             row["missing"] = True
+    if terminals:
+        n = len(terminals)
+        out.append(
+            {"stream": TERMINALS[0], "durable": f"{TERMINALS[1]}* ({n} chat{'s' * (n != 1)})", "owner": natsauth.CLI}
+            | {"chats": n, "pending": None}
+            | {k: sum(r[k] for r in terminals) for k in ("ack_pending", "redelivered", "waiting_pulls")}
+        )
     return out
 
 

@@ -68,6 +68,10 @@ def _totals(inst: dict[str, Any]) -> tuple[int, int, str]:
     return requests, errors, f"{avg:.1f}ms" if requests else "-"
 
 
+def _count(pending: int | None) -> object:
+    return "-" if pending is None else pending  # None: not a backlog of its own (survey.fold_lanes)
+
+
 def render(report: Report) -> str:
     out = [f"NATS {report['nats']}", ""]
     rows: list[list[object]] = []
@@ -104,7 +108,10 @@ def render(report: Report) -> str:
     if isinstance(backlog, dict):
         out.append(f"stream backlogs: unknown ({backlog['error']})")
     else:
-        out.append("stream backlogs (pending: not yet delivered; ack pending: delivered, not yet done):")
+        out.append(
+            "stream backlogs (pending: not yet delivered, `-` where each reads other chats' too; "
+            "ack pending: delivered, not yet done):"
+        )
         out.append(
             table(
                 [
@@ -112,7 +119,7 @@ def render(report: Report) -> str:
                         r["stream"],
                         r["durable"] or "-",
                         r.get("owner") or "-",
-                        "missing" if r.get("missing") else r.get("error") or r["pending"],
+                        "missing" if r.get("missing") else r.get("error") or _count(r["pending"]),
                         "" if r.get("missing") or r.get("error") else r["ack_pending"],
                         "" if r.get("missing") or r.get("error") else r["redelivered"],
                     ]

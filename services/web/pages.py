@@ -183,7 +183,7 @@ def status(report: dict[str, Any], user: str, csrf: str) -> str:
                 (
                     r["stream"],
                     r["durable"],
-                    r.get("pending", "missing"),
+                    "-" if "pending" in r and r["pending"] is None else r.get("pending", "missing"),
                     r.get("ack_pending", ""),
                     r.get("redelivered", ""),
                 )
