@@ -37,6 +37,7 @@ from clawden.config import Config
 from clawden.runtime import ServiceContext
 from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound, http_download
 from services.channels.pacing import Limit, Pacer
+from services.channels.reach import Trouble, call_trouble, why_unreachable
 from services.channels.retry import PlatformError, RetryPolicy
 from services.channels.service import serve
 
@@ -60,6 +61,11 @@ FATAL_CLOSE = {
     4014: "a disallowed intent: switch on Message Content in the developer portal (Bot page)",
 }
 FATAL_RETRY = 600.0  # seconds between identifies while a close code says the configuration is wrong
+# How the owner mends a token Discord refuses (the bridge reads keys/discord when it starts).
+DISCORD_FIX = (
+    "put the bot token (developer portal, Bot, Reset Token) in keys/discord and restart the bridge; `clawden doctor` "
+    "tries it"
+)
 NO_RESUME_CLOSE = {4007, 4009}  # invalid seq, session timed out: identify anew
 # Create Message takes about 5 a channel per 5 seconds; sends and edits into one channel are paced to it. A rate only:
 # the buckets the X-RateLimit headers describe are what the bridge obeys.
@@ -284,7 +290,8 @@ class DiscordError(PlatformError):
 
 def classify(status: int, body: Any, headers: dict[str, str], what: str) -> DiscordError:
     data = body if isinstance(body, dict) else {}
-    text = f"{what}: HTTP {status} {data.get('message') or ''} (code {data.get('code', '-')})".strip()
+    said = f" {data['message']}" if data.get("message") else ""
+    text = f"{what}: HTTP {status}{said} (code {data.get('code', '-')})"
     if status == 429:
         retry = data.get("retry_after") or headers.get("retry-after")
         return DiscordError(text, "rate_limited", code=429, retry_after=float(retry) if retry is not None else None)
@@ -370,6 +377,35 @@ class Session:
         self.session_id, self.resume_url, self.seq = "", "", None
 
 
+class Refused(BridgeConfigError):
+    """Discord closed the Gateway with a code that ends every session until a person mends the bot (FATAL_CLOSE)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"Discord closed the Gateway with {code}: {FATAL_CLOSE[code]}")
+        self.code = code
+
+
+def refused_trouble(platform: str, exc: Refused) -> Trouble:
+    """A fatal close in a person's words: 4004 is the token refused, as a REST 401 is; the others say what to switch
+    on or mend, which the next identify, rare (FATAL_RETRY), finds mended."""
+    if exc.code == 4004:
+        return call_trouble(platform, DiscordError(str(exc), "transient", code=401), DISCORD_FIX)
+    return Trouble(
+        str(exc),
+        problem=f"{platform} refuses the bridge's Gateway session",
+        outcome=f"nothing comes in until it is mended; the bridge tries again every {FATAL_RETRY / 60:.0f} minutes",
+    )
+
+
+def gateway_trouble(platform: str, exc: BaseException) -> Trouble:
+    """A Gateway connection that failed before its first payload: a handshake Discord answered with an HTTP status
+    (a 429 holds the bridge back) in Discord's terms, else why it could not connect."""
+    if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status:
+        headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
+        return call_trouble(platform, classify(exc.status, None, headers, "the Gateway"), DISCORD_FIX)
+    return Trouble(why_unreachable(exc))
+
+
 class Reconnect(Exception):
     """The connection is over; `resume` says whether the session may go on."""
 
@@ -398,14 +434,18 @@ class DiscordBridge(Bridge):
         self._catching_up: asyncio.Task[None] | None = None
         self.identifies = 0
         self.resumes = 0
+        self._heard = False  # the Gateway connection in hand has sent a payload past its hello
 
-    async def start(self) -> None:
+    async def start(self) -> DiscordError | None:
         try:
             await self._whoami()
         except DiscordError as exc:
             if exc.code == 401 or exc.kind == "permanent":
                 raise BridgeConfigError(f"Discord refused the bot token: {exc.description}") from None
+            # Outbound work queues up, the listener keeps trying, and the service says why until it gets through.
             log.warning("cannot reach Discord yet (%s); will keep trying", exc.description)
+            return exc
+        return None
 
     async def _whoami(self) -> str:
         user = await self.rest.call("GET", "/users/@me")
@@ -417,8 +457,17 @@ class DiscordBridge(Bridge):
 
     async def listen(self, inbound: Inbound) -> None:
         self._inbound = inbound
-        if not self.me:
-            await self._whoami()
+        platform = inbound.reach.platform
+        failures = 0
+        while not self.me:  # start could not ask who the bot is
+            try:
+                await self._whoami()
+            except DiscordError as exc:
+                failures += 1
+                delay = exc.retry_after if exc.retry_after is not None else min(30.0, 0.5 * 2 ** min(failures, 6))
+                log.warning("discord: GET /users/@me failed (%s); trying again in %.1fs", exc.description, delay)
+                inbound.reach.failed(call_trouble(platform, exc, DISCORD_FIX))  # in Discord's terms, at once
+                await inbound.pause(delay)
         if self._ws_session is None or self._ws_session.closed:
             self._ws_session = aiohttp.ClientSession()
         failures = 0
@@ -437,16 +486,20 @@ class DiscordBridge(Bridge):
                 failures += 1
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6))
                 log.warning("discord: the Gateway failed (%r); connecting again in %.1fs", exc, delay)
+                if not self._heard:  # it never got going (a drop after payloads is no trouble): why, at once
+                    inbound.reach.failed(gateway_trouble(platform, exc))
                 await inbound.pause(delay)
-            except BridgeConfigError as exc:
+            except Refused as exc:
                 # Only a person can fix it; Discord allows 1000 identifies a day and resets the token past that,
                 # so the bridge tries again rarely instead of at the listener's restart pace.
                 self.session.forget()
                 log.error("discord: %s; trying again in %.0f minutes", exc, FATAL_RETRY / 60)
+                inbound.reach.failed(refused_trouble(platform, exc))
                 await inbound.pause(FATAL_RETRY)
 
     async def _connection(self, url: str, inbound: Inbound) -> None:
         assert self._ws_session is not None
+        self._heard = False
         async with self._ws_session.ws_connect(url, autoping=True, max_msg_size=0) as ws:
             self.socket = ws
             acked = asyncio.Event()
@@ -460,6 +513,7 @@ class DiscordBridge(Bridge):
                 await self._hello(ws)
                 while True:
                     payload = await self._receive(ws)
+                    self._heard = True
                     inbound.alive()
                     await self._payload(ws, payload, acked, inbound)
             finally:
@@ -480,7 +534,7 @@ class DiscordBridge(Bridge):
             raise Reconnect("a Gateway payload that is not an object", resume=True)
         code = ws.close_code or 0
         if code in FATAL_CLOSE:
-            raise BridgeConfigError(f"Discord closed the Gateway with {code}: {FATAL_CLOSE[code]}")
+            raise Refused(code)
         raise Reconnect(f"the Gateway closed ({code or msg.type.name})", resume=code not in NO_RESUME_CLOSE)
 
     async def _hello(self, ws: aiohttp.ClientWebSocketResponse) -> None:

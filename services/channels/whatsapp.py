@@ -28,14 +28,16 @@ import httpx
 import msgspec
 from nats.errors import Error as NatsError
 
+from clawden.backoff import backoff
 from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secret
 from clawden.bus import Retry, bind, consume, publish, sentlog, subjects, webhooks
 from clawden.bus import events as ev
 from clawden.bus.streams import bridge_webhooks
 from clawden.config import Config
-from clawden.runtime import ServiceContext
+from clawden.runtime import ServiceContext, sleep_unless_stopping
 from services.channels import service
 from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound
+from services.channels.reach import Trouble, call_trouble
 from services.channels.retry import PlatformError
 from services.channels.state import SENDS_KEPT
 
@@ -55,9 +57,15 @@ UPLOAD_LIMIT = 100 * 1024 * 1024  # documents; images 5 MB, audio and video 16 M
 DOWNLOAD_LIMIT = 100 * 1024 * 1024
 # Graph error codes ("Error codes" page): what trying again can fix.
 RATE_CODES = {4, 80007, 130429, 131048, 131056}
+PAIR_RATE_CODES = {131056}  # "Pair rate limit": too many messages to one person; the number itself is not held back
 TRANSIENT_CODES = {1, 2, 131000, 131016, 133004}
 WINDOW_CODES = {131047}  # "Re-engagement message": more than 24 hours since the person last wrote
 TOKEN_CODES = {190}
+# How the owner mends a token the Graph API refuses (the bridge reads keys/whatsapp when it starts).
+WHATSAPP_FIX = (
+    "put a valid access token in keys/whatsapp (Meta's app dashboard: a system user's token) and restart the "
+    "bridge; `clawden doctor` tries it"
+)
 WINDOW_REFUSAL = (
     "not sent: WhatsApp lets a business write only within 24 hours of the person's last message, "
     "and this person last wrote {ago}; only an approved template may be sent until they write again"
@@ -207,8 +215,21 @@ def graph_error(status: int, body: dict[str, Any], retry_after: str | None) -> P
             text + ": outside the 24-hour customer-service window; only a template may be sent", "permanent", code=code
         )
     if code in TOKEN_CODES or status == 401:
-        return PlatformError(text + ": the token in keys/whatsapp is invalid or expired", "permanent", code=code)
+        return PlatformError(
+            text + ": the token in keys/whatsapp is invalid or expired", "permanent", code=code or status
+        )
     return PlatformError(text, "permanent", code=code)
+
+
+def graph_trouble(exc: PlatformError) -> Trouble | None:
+    """What a failed Graph call says of the bridge's reach to WhatsApp, in its terms: the token refused (with the
+    owner's fix), the number held back, or WhatsApp not reached; None where WhatsApp answered about this call alone
+    (a bad request, a closed window, one person's pair rate limit): it was reached."""
+    if exc.code in TOKEN_CODES or exc.code == 401:
+        return call_trouble("WhatsApp", PlatformError(exc.description, exc.kind, code=401), WHATSAPP_FIX)
+    if exc.connection or (exc.outage and exc.code not in PAIR_RATE_CODES):
+        return call_trouble("WhatsApp", exc, WHATSAPP_FIX)
+    return None
 
 
 def interactive(text: str, buttons: list[ButtonRef]) -> dict[str, Any] | None:
@@ -307,10 +328,22 @@ class WhatsAppBridge(Bridge):
         # Sends between the Graph call and noting its wamid: a status webhook may overtake the answer.
         self._in_flight: set[asyncio.Future[None]] = set()
         self._pruned = 0.0
+        # The bridge's reach is its Graph calls (the webhooks come through the front door): the last call's outcome
+        # sets the service's trouble or ends it (`_reached`), and while it is set a delivery does not end it.
+        self._unreached = False
 
     # --- Graph calls ---
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            body = await self._graph(method, path, **kwargs)
+        except PlatformError as exc:
+            self._reached(exc)
+            raise
+        self._reached(None)
+        return body
+
+    async def _graph(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         url = path if path.startswith("http") else f"{self.graph_url}/{path}"
         try:
             response = await self.http.request(method, url, **kwargs)
@@ -328,7 +361,19 @@ class WhatsAppBridge(Bridge):
             )
         return body
 
-    async def start(self) -> None:
+    def _reached(self, failure: PlatformError | None) -> None:
+        """A Graph call's outcome, said as the service's trouble: set on a failure that is WhatsApp's (`graph_trouble`),
+        ended by any answer about the call itself. Before the listener starts, `start` returns its failure instead."""
+        trouble = graph_trouble(failure) if failure is not None else None
+        self._unreached = trouble is not None
+        if self._inbound is None:
+            return
+        if trouble is not None:
+            self._inbound.reach.failed(trouble)
+        else:
+            self._inbound.reach.reached()
+
+    async def start(self) -> PlatformError | None:
         if not self.phone_number_id:
             raise BridgeConfigError(
                 "no phone number id: set [channels.whatsapp] phone_number_id in config.toml "
@@ -341,9 +386,11 @@ class WhatsAppBridge(Bridge):
                 raise BridgeConfigError(
                     f"WhatsApp refused the phone number id {self.phone_number_id}: {exc.description}"
                 ) from None
+            # The service says so at once; the listener asks again until WhatsApp answers (`_ask_again`).
             log.warning("WhatsApp unreachable at start (%s); starting anyway", exc.description)
-            return
+            return exc
         log.info("WhatsApp number %s (%s)", info.get("display_phone_number", "?"), info.get("verified_name", "?"))
+        return None
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -356,12 +403,36 @@ class WhatsAppBridge(Bridge):
         await self._forget_old(inbound)
 
         async def handle(delivery: webhooks.WebhookDelivery, _msg: Any) -> None:
-            inbound.alive()
+            if self._unreached:
+                # Meta reached the front door, which says nothing of the bridge reaching the Graph API: a sign of
+                # life that leaves the trouble to the next Graph answer.
+                await inbound.wait(0)
+            else:
+                inbound.alive()
             await self.on_delivery(delivery.body, inbound)
             if time.monotonic() - self._pruned > PRUNE_EVERY:
                 await self._forget_old(inbound)
 
-        await consume(puller, webhooks.WebhookDelivery, handle, stopping=self.ctx.stopping)
+        # Beside the consumer, not in a TaskGroup: the consumer's own failure reaches the service as it is.
+        asking = asyncio.create_task(self._ask_again()) if self._unreached else None
+        try:
+            await consume(puller, webhooks.WebhookDelivery, handle, stopping=self.ctx.stopping)
+        finally:
+            if asking is not None:
+                asking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asking
+
+    async def _ask_again(self) -> None:
+        """Start could not reach the Graph API: ask it again (the phone number, as start did), backing off, until it
+        answers, so the trouble ends when WhatsApp answers, not only at the next message sent."""
+        failures = 0
+        while self._unreached:
+            failures += 1
+            if not await sleep_unless_stopping(self.ctx.stopping, backoff(failures, cap=300.0)):
+                return
+            with contextlib.suppress(PlatformError):  # said as trouble by `_call`
+                await self._call("GET", self.phone_number_id)
 
     async def _forget_old(self, inbound: Inbound) -> None:
         """Status records live as long as the sent-log (a status for an older message names nothing we

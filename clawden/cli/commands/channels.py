@@ -35,18 +35,30 @@ def describe(name: str, ping: dict[str, Any] | None) -> str:
         f"{k} {stats[k]}" for k in ("inbound", "sent", "failed", "unconfirmed", "reconnects") if k in stats
     )
     heard = f"  heard {time.time() - stats['last_alive']:.0f}s ago" if stats.get("last_alive") else ""
-    return f"running  pid {ping.get('pid', '?')}  up {ping.get('uptime', 0):.0f}s{heard}  {counts}".rstrip()
+    # `clawden status`'s word for a bridge that runs but says it cannot do its work (survey.service_state).
+    state = "degraded" if ping.get("trouble") else "running"
+    return f"{state}  pid {ping.get('pid', '?')}  up {ping.get('uptime', 0):.0f}s{heard}  {counts}".rstrip()
+
+
+def listing(bridges: dict[str, str], pings: dict[str, dict[str, Any]] | None) -> list[str]:
+    """One line per bridge, installed or answering; under a degraded one, the trouble its ping carries (why, since
+    when, what waits), as `clawden status` says it."""
+    out = []
+    for name in sorted(set(bridges) | set(pings or {})):
+        ping = (pings or {}).get(name)
+        state = describe(name, ping) if pings is not None else "unknown (NATS unreachable)"
+        out.append(f"{name:<12} {bridges.get(name, 'not installed here'):<24} {state}")
+        if ping is not None and "error" not in ping and ping.get("trouble"):
+            out.append(f"{'':<12} {ping['trouble']}")
+    if not bridges:
+        out.append("no chat bridges are installed")
+    return out
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     cfg = config_mod.load(Path(args.home).expanduser() if args.home else None)
-    bridges = installed_channels()
-    pings = asyncio.run(running(cfg))
-    for name in sorted(set(bridges) | set(pings or {})):
-        state = describe(name, (pings or {}).get(name)) if pings is not None else "unknown (NATS unreachable)"
-        print(f"{name:<12} {bridges.get(name, 'not installed here'):<24} {state}")
-    if not bridges:
-        print("no chat bridges are installed")
+    for line in listing(installed_channels(), asyncio.run(running(cfg))):
+        print(line)
     return 0
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import aioimaplib
 import aiosmtplib
 
+from clawden.backoff import backoff
 from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secret
 from clawden.bus import events as ev
 from clawden.config import Config
@@ -34,6 +35,7 @@ from clawden.runtime import ServiceContext
 from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound
 from services.channels.mail import core
 from services.channels.mail.store import MailStore
+from services.channels.reach import Trouble, call_trouble
 from services.channels.retry import Kind, PlatformError, RetryPolicy
 from services.channels.service import serve
 
@@ -42,6 +44,18 @@ log = logging.getLogger("clawden.channels.email")
 CHANNEL = "email"
 _FETCHED = re.compile(rb"UID (\d+)")
 _UIDVALIDITY = re.compile(r"UIDVALIDITY (\d+)")
+# A login the server declines for now, not for its credentials (RFC 5530 response codes; Dovecot's and others' words
+# for too many connections): a limit it asks the bridge to wait out, or a part of it that is down.
+_HELD_BACK = re.compile(r"\[LIMIT\]|too many|maximum number of connections", re.IGNORECASE)
+_DOWN_FOR_NOW = re.compile(r"\[UNAVAILABLE\]", re.IGNORECASE)
+# How the owner mends a password the server refuses (the bridge reads it when it starts).
+MAIL_FIX = (
+    "put the mailbox password in keys/email (`clawden channels login email` checks it and writes it there) and "
+    "restart the bridge; `clawden doctor` tries both logins"
+)
+# Seconds between IMAP logins while the server refuses the password: only a person can mend it, and a server's
+# fail2ban bans an address after a few refused logins (IMAP and SMTP alike) within minutes.
+REFUSED_RETRY = 600.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,24 @@ class LoginRefused(BridgeConfigError):
     code = 401
 
 
+def login_failure(what: str, said: str) -> Exception:
+    """A server's "no" to the bridge's login: held back (a connection limit) or down for now, which are waited out,
+    else the credentials refused (`LoginRefused`), which only the owner can mend."""
+    text = f"{what} refused: {said}"
+    if _HELD_BACK.search(said):
+        return PlatformError(text, "rate_limited")
+    if _DOWN_FOR_NOW.search(said):
+        return PlatformError(text, "transient")
+    return LoginRefused(text)
+
+
+def login_trouble(platform: str, exc: LoginRefused | PlatformError) -> Trouble:
+    """A refused login in a person's words (`call_trouble`): the credentials, with the owner's fix, or held back."""
+    if isinstance(exc, LoginRefused):
+        exc = PlatformError(str(exc), "transient", code=LoginRefused.code)
+    return call_trouble(platform, exc, MAIL_FIX)
+
+
 async def imap_connect(s: MailSettings) -> aioimaplib.IMAP4:
     if s.imap_security == "tls":
         client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
@@ -151,7 +183,7 @@ async def imap_connect(s: MailSettings) -> aioimaplib.IMAP4:
         await client.wait_hello_from_server()
         response = await client.login(s.login, s.password)
         if response.result != "OK":
-            raise LoginRefused(f"IMAP login as {s.login} refused: {_said(response)}")
+            raise login_failure(f"IMAP login as {s.login}", _said(response))
     except BaseException:
         await imap_close(client)
         raise
@@ -214,6 +246,16 @@ def smtp_failure(exc: Exception, *, submitting: bool) -> PlatformError:
     return PlatformError(f"the mail server cannot take mail from this bridge as configured: {exc}", "permanent")
 
 
+def smtp_refusal(login: str, exc: aiosmtplib.SMTPAuthenticationError) -> PlatformError:
+    """A submission's login the server refused: for now (4xx, tried again), or the password (5xx). That fails the
+    mail at once instead of trying again: each try would be one more refused login, and a server's fail2ban bans an
+    address after a few. The service's trouble says it with the fix."""
+    text = f"SMTP login as {login} refused: {exc.code} {exc.message}"
+    if 400 <= exc.code < 500:
+        return PlatformError(text, "transient", code=exc.code)
+    return PlatformError(text, "permanent", code=LoginRefused.code)
+
+
 # --- the bridge -----------------------------------------------------------------------------------------
 
 
@@ -235,21 +277,32 @@ class EmailBridge(Bridge):
         # IDLE is renewed every idle_renew seconds, and each renewal is a sign of life.
         self.deaf_after = max(120.0, settings.idle_renew * 2 + settings.timeout * 2, settings.poll_interval * 3)
         self._send_lock = asyncio.Lock()
+        self._inbound: Inbound | None = None
+        # The SMTP login the server refused, said as the service's trouble until a submission logs in: till then
+        # the IMAP listener's signs of life do not end it (they say nothing of SMTP).
+        self._smtp_refused: Trouble | None = None
 
     @property
     def store(self) -> MailStore:
         assert self._store is not None, "start() opens the store"
         return self._store
 
-    async def start(self) -> None:
+    async def start(self) -> PlatformError | None:
         self._store = await MailStore.open(self.store_path)
         await self.store.prune()
         try:
             await imap_close(await imap_connect(self.s))
         except BridgeConfigError:
             raise
-        except Exception as exc:  # the server is down or away: the listener keeps trying
+        except PlatformError as exc:  # a login the server declines for now: the listener says so in its terms
+            log.warning("IMAP server %s:%d declines the login for now: %s", self.s.imap_host, self.s.imap_port, exc)
+            return exc
+        except Exception as exc:  # the server is down or away: the listener keeps trying, and the service says why
             log.warning("IMAP server %s:%d not reachable yet: %r", self.s.imap_host, self.s.imap_port, exc)
+            away = PlatformError(f"cannot reach the IMAP server: {exc!r}", "transient", connection=True)
+            away.__cause__ = exc  # the operating system's reason, for `why_unreachable`
+            return away
+        return None
 
     async def close(self) -> None:
         if self._store is not None:
@@ -259,7 +312,8 @@ class EmailBridge(Bridge):
     # --- in -------------------------------------------------------------------------------------------
 
     async def listen(self, inbound: Inbound) -> None:
-        client = await imap_connect(self.s)
+        self._inbound = inbound
+        client = await self._log_in(inbound)
         try:
             selected = _ok(await client.select(self.s.mailbox), f"SELECT {self.s.mailbox}")
             validity = next(
@@ -283,7 +337,7 @@ class EmailBridge(Bridge):
             )
             while True:
                 last = await self._catch_up(client, inbound, validity, last)
-                inbound.alive()
+                await self._alive(inbound)
                 if idle:
                     await self._idle(client)
                 else:
@@ -291,6 +345,43 @@ class EmailBridge(Bridge):
                     _ok(await client.noop(), "NOOP")
         finally:
             await imap_close(client)
+
+    async def _log_in(self, inbound: Inbound) -> aioimaplib.IMAP4:
+        """The IMAP login, tried until the server takes it. A refusal is said in the server's terms at once: the
+        password refused (tried again only every REFUSED_RETRY), or held back; a server away ends the listener, which
+        the service restarts and says cannot reach it."""
+        failures = 0
+        while True:
+            try:
+                return await imap_connect(self.s)
+            except (LoginRefused, PlatformError) as exc:
+                failures += 1
+                refused = isinstance(exc, LoginRefused)
+                delay = REFUSED_RETRY if refused else backoff(failures, cap=300.0)
+                log.error("%s; trying again in %.0fs", exc, delay)
+                inbound.reach.failed(login_trouble(inbound.reach.platform, exc))
+                await inbound.pause(delay)
+
+    async def _alive(self, inbound: Inbound) -> None:
+        """The IMAP server was heard. It ends the listener's own trouble, but not a refused SMTP login's, which is
+        said again in its place: only a submission that logs in says that is mended."""
+        if self._smtp_refused is None:
+            inbound.alive()
+            return
+        await inbound.wait(0)  # a sign of life
+        if inbound.reach.trouble != self._smtp_refused:
+            inbound.reach.failed(self._smtp_refused)
+
+    def _smtp_login(self, refused: PlatformError | None) -> None:
+        """A submission's login, said as the service's trouble: refused sets it, taken ends what a refusal set."""
+        if self._inbound is None or (refused is None and self._smtp_refused is None):
+            return
+        reach = self._inbound.reach
+        self._smtp_refused = login_trouble(reach.platform, refused) if refused is not None else None
+        if self._smtp_refused is not None:
+            reach.failed(self._smtp_refused)
+        else:
+            reach.reached()
 
     async def _cursor(self, inbound: Inbound, validity: str) -> int:
         """The last UID handled, valid only under the UIDVALIDITY it was taken with."""
@@ -360,7 +451,7 @@ class EmailBridge(Bridge):
                 await client.uid("store", str(uid), "+FLAGS.SILENT (\\Seen)")
             await inbound.state.set_cursor(f"{self.s.mailbox}.uid", str(uid))
             last = uid
-            inbound.alive()
+            await self._alive(inbound)
         return last, len(uids)
 
     async def _received(self, raw: bytes, fallback_id: str, inbound: Inbound) -> None:
@@ -516,8 +607,13 @@ class EmailBridge(Bridge):
             smtp = smtp_client(self.s)
             try:
                 await smtp.connect()  # with STARTTLS and the login, as configured
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                refused = smtp_refusal(self.s.login, exc)
+                self._smtp_login(refused)
+                raise refused from exc
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 raise smtp_failure(exc, submitting=False) from exc
+            self._smtp_login(None)
             try:
                 await smtp.send_message(mail)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:

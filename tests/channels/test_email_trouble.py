@@ -1,0 +1,173 @@
+"""What the email bridge says is wrong (its ping's `trouble`, which `clawden status` shows as degraded) when the mail
+server refuses it, in the server's terms: the IMAP or SMTP login refused, with the owner's fix; held back by a
+connection limit; unreachable otherwise. The words as a table, then the bridge process against the real Postfix +
+Dovecot, whose password is changed under it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+
+from clawden.bus import events as ev
+from clawden.bus.ctl import Nothing
+from clawden.bus.ctl.common import PING
+from clawden.cli import status
+from services.channels.mail import bridge as mail
+from services.channels.reach import line
+from services.channels.retry import PlatformError
+from tests.channels.email_harness import EmailBridgeProcess, EmailBus, letter, mails, text_of, unique
+from tests.conftest import NatsServer
+from tests.eventually import eventually
+from tests.servers.mail.fixture import MailServer
+
+PLATFORM = "the mail server"
+AT = time.mktime((2026, 12, 6, 21, 14, 0, 0, 0, -1))  # the lines' "since": 21:14 local time
+REFUSED = "nothing comes in or goes out until they are mended: " + mail.MAIL_FIX
+
+
+def said(exc: Exception) -> str:
+    assert isinstance(exc, mail.LoginRefused | PlatformError)
+    return line(PLATFORM, mail.login_trouble(PLATFORM, exc), AT, AT)
+
+
+@pytest.mark.parametrize(
+    ("answer", "text"),
+    [
+        (
+            "[AUTHENTICATIONFAILED] Authentication failed.",
+            "the mail server refuses the bridge's credentials since 21:14 (IMAP login as a@b refused: "
+            f"[AUTHENTICATIONFAILED] Authentication failed.); {REFUSED}",
+        ),
+        (
+            "Maximum number of connections from user+IP exceeded (mail_max_userip_connections=10)",
+            "the mail server is holding the bridge back since 21:14 (it asks the bridge to wait); messages wait and "
+            "go through once it answers",
+        ),
+        (
+            "[UNAVAILABLE] Temporary authentication failure",
+            "cannot reach the mail server since 21:14 (it answers IMAP login as a@b refused: [UNAVAILABLE] Temporary "
+            "authentication failure); messages wait and go through once it answers",
+        ),
+    ],
+)
+def test_an_imap_login_the_server_declines_is_said_in_its_terms(answer: str, text: str) -> None:
+    assert said(mail.login_failure("IMAP login as a@b", answer)) == text
+
+
+def test_only_a_refusal_of_the_credentials_stops_the_bridge_at_start() -> None:
+    assert isinstance(mail.login_failure("IMAP login as a@b", "[AUTHENTICATIONFAILED] no"), mail.LoginRefused)
+    assert not isinstance(mail.login_failure("IMAP login as a@b", "[LIMIT] Too many"), mail.LoginRefused)
+
+
+def test_an_smtp_login_refused_fails_the_mail_at_once_and_one_refused_for_now_is_tried_again() -> None:
+    password = mail.smtp_refusal("a@b", aiosmtplib.SMTPAuthenticationError(535, "5.7.8 authentication failed"))
+    assert (password.kind, said(password)) == (
+        "permanent",
+        "the mail server refuses the bridge's credentials since 21:14 (SMTP login as a@b refused: 535 5.7.8 "
+        f"authentication failed); {REFUSED}",
+    )
+    later = mail.smtp_refusal("a@b", aiosmtplib.SMTPAuthenticationError(454, "4.7.0 Temporary authentication failure"))
+    assert later.kind == "transient" and said(later).startswith("cannot reach the mail server since 21:14 (it answers")
+
+
+# --- the bridge against the real Postfix + Dovecot -------------------------------------------------------------------
+
+
+@contextmanager
+def password_changed(server: MailServer, *, kick: str = "") -> Iterator[None]:
+    """Dovecot, and Postfix's SASL (which asks Dovecot), take another password until the block ends; `kick`: that
+    user's IMAP connections are cut, so they log in again."""
+    container = server.container.get_wrapped_container()
+    conf = "/srv/dovecot/dovecot.conf"
+
+    def take(password: str) -> None:
+        swap = f"sed -i 's/^  args = password=.*/  args = password={password}/' {conf}"
+        # Postfix too: its smtpd processes keep their connection to the auth process the reload retires.
+        reload = f"doveadm -c {conf} reload && postfix -c /srv/postfix/etc reload"
+        result = container.exec_run(["sh", "-c", f"{swap} && {reload}"])
+        assert result.exit_code == 0, result.output
+        # A reload returns before the new auth process answers: asked until it takes the new password (no event).
+        deadline = time.monotonic() + 15
+        check = ["doveadm", "-c", conf, "auth", "test", "anyone@localhost", password]
+        while container.exec_run(check).exit_code != 0:
+            assert time.monotonic() < deadline, "Dovecot did not take the new password"
+            time.sleep(0.1)
+
+    take("another-" + server.password)
+    try:
+        if kick:
+            result = container.exec_run(["doveadm", "-c", conf, "kick", kick])
+            assert result.exit_code == 0, result.output
+        yield
+    finally:
+        take(server.password)
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[EmailBus]:
+    b = await EmailBus.open(nats_server.url)
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+async def bridge(tmp_path: Path, nats_server: NatsServer, mail_server: MailServer) -> AsyncIterator[EmailBridgeProcess]:
+    b = EmailBridgeProcess(tmp_path / "home", nats_server.url, mail_server, unique("assistant"))
+    await b.start()
+    await eventually(lambda: "reading INBOX" in b.output(), 30, b.output)
+    yield b
+    b.close()
+
+
+async def trouble(bus: EmailBus) -> str:
+    return (await status.ask(bus.nc, PING.at("channel-email"), Nothing())).trouble
+
+
+async def test_a_password_the_imap_server_stops_taking_is_said_refused_with_the_fix(
+    mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess
+) -> None:
+    assert await trouble(bus) == ""
+    with password_changed(mail_server, kick=bridge.address):
+
+        async def refused() -> str | None:
+            now = await trouble(bus)
+            return now if now.startswith("the mail server refuses the bridge's credentials since ") else None
+
+        now = await eventually(refused, 120, bridge.output)  # the cut IDLE ends within its 30 s timeout
+    assert f"(IMAP login as {bridge.address} refused: " in now and now.endswith(REFUSED), now
+
+
+async def test_a_password_smtp_refuses_is_said_until_a_submission_logs_in_and_mail_coming_in_does_not_end_it(
+    mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess
+) -> None:
+    ada = unique("ada")
+    mail_server.send(letter(ada, bridge.address, "Anything new?"))
+    [got] = await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage))
+    with password_changed(mail_server):
+        await bus.send(got.route.chat_id, "Refused.", id="out-refused")
+        [receipt] = await bus.wait(bus.receipts, lambda r: r.outbound_id == "out-refused" and r.final, timeout=60)
+        now = await trouble(bus)
+    assert not receipt.ok and "SMTP login" in (receipt.error or "") and "535" in (receipt.error or ""), bridge.output()
+    assert now.startswith("the mail server refuses the bridge's credentials since ") and now.endswith(REFUSED), now
+    assert f"(SMTP login as {bridge.address} refused: 535" in now
+
+    # The reload that gave the password back cut the IMAP connection too: once the listener hears the server again
+    # (a mail comes in), its own trouble is over and the SMTP login's is said again, never ended.
+    mail_server.send(letter(ada, bridge.address, "Still there?"))
+    await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage) and "Still there?" in e.text)
+
+    async def smtp_said() -> str | None:
+        again = await trouble(bus)
+        return again if again.partition(" since ")[0] == now.partition(" since ")[0] else None
+
+    assert f"(SMTP login as {bridge.address} refused: 535" in await eventually(smtp_said, 30, bridge.output)
+
+    await bus.send(got.route.chat_id, "Taken.", id="out-taken")
+    [answer] = await mails(mail_server, ada, 1, timeout=60, context=bridge.output)
+    assert text_of(answer) == "Taken."
+    assert await trouble(bus) == ""
