@@ -101,11 +101,19 @@ def password_changed(server: MailServer, *, kick: str = "") -> Iterator[None]:
     take("another-" + server.password)
     try:
         if kick:
-            result = container.exec_run(["doveadm", "-c", conf, "kick", kick])
-            assert result.exit_code == 0, result.output
+            cut(server, kick)
         yield
     finally:
         take(server.password)
+
+
+def cut(server: MailServer, user: str) -> None:
+    """The user's IMAP connections cut by Dovecot: the bridge's listener logs in again. None to cut (68, "No users
+    kicked") is a listener between two connections, which logs in again anyway."""
+    result = server.container.get_wrapped_container().exec_run(
+        ["doveadm", "-c", "/srv/dovecot/dovecot.conf", "kick", user]
+    )
+    assert result.exit_code in (0, 68), result.output
 
 
 @pytest.fixture
@@ -156,10 +164,12 @@ async def test_a_password_smtp_refuses_is_said_until_a_submission_logs_in_and_ma
     assert now.startswith("the mail server refuses the bridge's credentials since ") and now.endswith(REFUSED), now
     assert f"(SMTP login as {bridge.address} refused: 535" in now
 
-    # The reload that gave the password back cut the IMAP connection too: once the listener hears the server again
-    # (a mail comes in), its own trouble is over and the SMTP login's is said again, never ended.
+    # The listener logs in again (its connection cut, the password given back): once it hears the server again (a
+    # mail comes in), its own trouble is over and the SMTP login's is said again, never ended. Whether Dovecot's
+    # reloads cut the IMAP connection, and when, is its own affair (a busy machine differs): the cut here is certain.
+    cut(mail_server, bridge.address)
     mail_server.send(letter(ada, bridge.address, "Still there?"))
-    await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage) and "Still there?" in e.text)
+    await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage) and "Still there?" in e.text, timeout=120)
 
     async def smtp_said() -> str | None:
         again = await trouble(bus)
