@@ -5,6 +5,7 @@ Dovecot, whose password is changed under it."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -107,6 +108,13 @@ def password_changed(server: MailServer, *, kick: str = "") -> Iterator[None]:
         take(server.password)
 
 
+def landed(server: MailServer, user: str, text: str) -> bool:
+    """Whether a mail with `text` is in the user's INBOX. Postfix is asked to try its deferred mail first: one it
+    could not hand to Dovecot while the reloads restarted its LMTP would wait minutes for its next try."""
+    server.container.get_wrapped_container().exec_run(["postqueue", "-c", "/srv/postfix/etc", "-f"])
+    return any(text in text_of(m) for m in server.inbox(user))
+
+
 def cut(server: MailServer, user: str) -> None:
     """The user's IMAP connections cut by Dovecot: the bridge's listener logs in again. None to cut (68, "No users
     kicked") is a listener between two connections, which logs in again anyway."""
@@ -167,8 +175,9 @@ async def test_a_password_smtp_refuses_is_said_until_a_submission_logs_in_and_ma
     # The listener logs in again (its connection cut, the password given back): once it hears the server again (a
     # mail comes in), its own trouble is over and the SMTP login's is said again, never ended. Whether Dovecot's
     # reloads cut the IMAP connection, and when, is its own affair (a busy machine differs): the cut here is certain.
-    cut(mail_server, bridge.address)
     mail_server.send(letter(ada, bridge.address, "Still there?"))
+    await eventually(lambda: asyncio.to_thread(landed, mail_server, bridge.address, "Still there?"), 120)
+    cut(mail_server, bridge.address)
     await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage) and "Still there?" in e.text, timeout=120)
 
     async def smtp_said() -> str | None:
