@@ -31,6 +31,7 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
+from clawden.backoff import backoff
 from clawden.bridgeconfig import BridgeConfigError, channel_settings, read_secret
 from clawden.bus import events as ev
 from clawden.config import Config
@@ -464,7 +465,7 @@ class DiscordBridge(Bridge):
                 await self._whoami()
             except DiscordError as exc:
                 failures += 1
-                delay = exc.retry_after if exc.retry_after is not None else min(30.0, 0.5 * 2 ** min(failures, 6))
+                delay = exc.retry_after if exc.retry_after is not None else backoff(failures, base=0.5, cap=30.0)
                 log.warning("discord: GET /users/@me failed (%s); trying again in %.1fs", exc.description, delay)
                 inbound.reach.failed(call_trouble(platform, exc, DISCORD_FIX))  # in Discord's terms, at once
                 await inbound.pause(delay)
@@ -484,7 +485,7 @@ class DiscordBridge(Bridge):
                 continue
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 failures += 1
-                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                delay = backoff(failures, base=0.5, cap=30.0)
                 log.warning("discord: the Gateway failed (%r); connecting again in %.1fs", exc, delay)
                 if not self._heard:  # it never got going (a drop after payloads is no trouble): why, at once
                     inbound.reach.failed(gateway_trouble(platform, exc))
