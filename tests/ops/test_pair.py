@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from clawden.cli.commands.router import degraded_warning
 from tests.ops.conftest import Core
 
 
@@ -24,3 +25,17 @@ def test_a_code_for_a_channel_whose_bridge_is_down_comes_with_a_warning(core: Co
         "warning: the telegram bridge is not running (`clawden status` shows it DOWN): nobody there reads the code"
         " until it runs; "
     ), out.stderr
+
+
+def test_a_code_for_a_degraded_bridge_says_what_holds_it_back() -> None:
+    """A bridge that runs but cannot work answers its ping with its trouble (`Pong.trouble`): the code would be
+    read only once that is mended, so `pair` says it with the bridge's own words."""
+    trouble = "Telegram refused the bot token (401 Unauthorized); put the token @BotFather gave you in keys/telegram"
+
+    said = degraded_warning("telegram", trouble)
+
+    assert said == (
+        f"the telegram bridge is degraded (`clawden status`): {trouble}. A message with the code is read only once"
+        " that is mended, and pairs only if that is before the code expires"
+    )
+    assert degraded_warning("telegram", "") == ""  # an untroubled bridge: nothing to say

@@ -559,7 +559,7 @@ def pair(args: argparse.Namespace) -> int:
     _known_channel(args, args.channel, to_pair=True)
     pairing = _ask(args, ctl.PAIR, ctl.PairCreate(channel=args.channel))
     minutes = max(1, round((pairing.expires_at - time.time()) / 60))
-    if warning := _bridge_down(args, args.channel):
+    if warning := _bridge_warning(args, args.channel):
         print(f"warning: {warning}", file=sys.stderr)
     return _show(
         args,
@@ -575,24 +575,35 @@ def pair(args: argparse.Namespace) -> int:
 BRIDGE_PING_WAIT = 2.0  # a bridge that runs answers its ping at once; this much covers one still starting
 
 
-def _bridge_down(args: argparse.Namespace, channel: str) -> str:
-    """Why a code handed out now would wait for nobody ("" when the bridge answers, or may: only one that nobody
-    listens for is said down, as `clawden status` says DOWN), with how to start it."""
+def _bridge_warning(args: argparse.Namespace, channel: str) -> str:
+    """Why a code handed out now would wait for nobody ("" when the bridge answers untroubled, or may: only one
+    nobody listens for is said down, as `clawden status` says DOWN), with how to mend it."""
     from clawden import natsauth
     from clawden.bus.ctl.common import PING
     from clawden.cli.doctor import bridge_start_fix  # the fix doctor's channel row gives
 
     cfg = config_mod.load(Path(args.home).expanduser() if args.home else None)
     try:
-        control.run(cfg, PING.at(natsauth.identity(f"channel@{channel}")), Nothing(), timeout=BRIDGE_PING_WAIT)
+        pong = control.run(cfg, PING.at(natsauth.identity(f"channel@{channel}")), Nothing(), timeout=BRIDGE_PING_WAIT)
     except control.NotListening:
         return (
             f"the {channel} bridge is not running (`clawden status` shows it DOWN): nobody there reads the code"
             f" until it runs; {bridge_start_fix(cfg, channel)}"
         )
     except control.ControlError:  # slow, or NATS away: not known to be down
-        pass
-    return ""
+        return ""
+    return degraded_warning(channel, pong.trouble)
+
+
+def degraded_warning(channel: str, trouble: str) -> str:
+    """A bridge that runs but cannot work (`clawden status` shows it degraded): the code reaches it only once
+    what it says is mended."""
+    if not trouble:
+        return ""
+    return (
+        f"the {channel} bridge is degraded (`clawden status`): {trouble}. A message with the code is read only"
+        " once that is mended, and pairs only if that is before the code expires"
+    )
 
 
 def register(sub: Sub) -> None:
