@@ -40,6 +40,9 @@ from clawden.owner import Unreachable, connect_cli
 
 CHANNEL = "local"
 DEFAULT_CHAT = "terminal"
+# Tries of the first connect, so a chat started without Clawden says so at once (in about a second and a half); once
+# in, it waits for Clawden to come back without limit.
+FIRST_TRIES = 4
 ROUTER_WAIT = 5.0  # seconds a router still starting (`clawden up` a moment ago) is given to answer its ping
 CHATS_WAIT = 2.0  # seconds the router is given to list the chats, for `--chat NAME`'s typo check
 LOST = "lost Clawden (is `clawden up` running?); waiting for it to come back…"
@@ -260,6 +263,13 @@ class Link:
         self.losses = 0  # how often it went: a failed publish that saw none is not the connection's doing
         # Where its lines go: the conversation's own way (`Conversation.note`) once there is one.
         self.say: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)
+        # The pull for replies, once open: its request went with the connection, so it is made again on the way back
+        # instead of when it would have expired.
+        self.replies: Puller | None = None
+
+    def went_since(self, losses: int) -> bool:
+        """Whether Clawden went away since `losses` was read, or is away now: a failure then is the connection's."""
+        return self.losses != losses or not self.up.is_set()
 
     async def lost(self) -> None:
         if not self.up.is_set():
@@ -270,6 +280,8 @@ class Link:
 
     async def back(self) -> None:
         self.up.set()
+        if self.replies is not None:
+            self.replies.renew()
         self.say(BACK)
 
 
@@ -352,7 +364,7 @@ class Conversation:
                 await publish_stored(self.js, subject, event, msg_id=msg_id)
                 return ""
             except (nats.errors.Error, TimeoutError) as exc:
-                if self.link.losses == losses and self.link.up.is_set():
+                if not self.link.went_since(losses):
                     return f"Clawden did not take it ({type(exc).__name__}: {exc})"
 
     async def send(self, text: str) -> bool:
@@ -447,19 +459,28 @@ class Conversation:
         return 0 if await self.replied(timeout) else 1
 
 
-async def router_answers(cfg: Config, nc: Client) -> None:
+async def router_answers(cfg: Config, nc: Client, link: Link) -> None:
     """The router reads what is typed here and hands it to an agent: without it a message would wait, unanswered,
     for as long as the chat lasts. ControlError, in one line with what to run, when nothing listens for it. A router
-    that listens and is slow to answer (a busy machine) is running: the chat goes on, and says so."""
-    try:
-        await ask_on(nc, PING.at("router"), Nothing(), timeout=ROUTER_WAIT, wait_for_service=True)
-    except NotListening:
-        raise ControlError(
-            f"the router is not running, so nothing would answer here: {start_hint(cfg, 'clawden-router')}"
-            " (`clawden status` shows what runs)"
-        ) from None
-    except NoAnswer:
-        print("(the router is slow to answer; messages wait for it)", file=sys.stderr)
+    that listens and is slow to answer (a busy machine) is running: the chat goes on, and says so. A ping lost with
+    Clawden (`clawden up` restarted as the chat began) is no word on the router: the link says Clawden went, and the
+    router is asked again once it is back."""
+    while True:
+        await link.up.wait()
+        losses = link.losses
+        try:
+            await ask_on(nc, PING.at("router"), Nothing(), timeout=ROUTER_WAIT, wait_for_service=True)
+            return
+        except NoAnswer as exc:
+            if link.went_since(losses):
+                continue
+            if isinstance(exc, NotListening):
+                raise ControlError(
+                    f"the router is not running, so nothing would answer here: {start_hint(cfg, 'clawden-router')}"
+                    " (`clawden status` shows what runs)"
+                ) from None
+            print("(the router is slow to answer; messages wait for it)", file=sys.stderr)
+            return
 
 
 async def near_miss(nc: Client, chat_id: str) -> str:
@@ -487,7 +508,7 @@ async def open_replies(js: JetStreamContext, link: Link, chat_id: str) -> Puller
             await ensure_streams(js)
             return await bind(js, terminal_outbound(chat_id))
         except (nats.errors.Error, TimeoutError) as exc:
-            if link.losses == losses and link.up.is_set():
+            if not link.went_since(losses):
                 why = exc.description if isinstance(exc, APIError) and exc.description else type(exc).__name__
                 raise ControlError(
                     f"Clawden did not set up this chat's replies ({why}); `clawden status` shows whether it runs well"
@@ -521,12 +542,9 @@ async def chat(
     # The owner's terminal: the CLI identity (a bridge's identity could not make a durable per terminal).
     link = Link()
     try:
-        nc = await connect_cli(cfg, timeout=10, reconnects=3, watcher=link)
+        nc = await connect_cli(cfg, timeout=10, reconnects=-1, first_tries=FIRST_TRIES, watcher=link)
     except Unreachable as exc:
         raise ControlError(f"{exc}\n  fix: {exc.fix}") from None
-    # `connect_cli` gives up after a few tries, so a chat started without Clawden says so at once; once in, the chat
-    # never gives up. nats-py reads the limit from the client's options at each reconnect try.
-    nc.options["max_reconnect_attempts"] = -1
     interactive = once is None and stdin is sys.stdin and stdin.isatty()
     js = nc.jetstream()
     talk = Conversation(
@@ -538,10 +556,10 @@ async def chat(
         once=once is not None,
     )
     try:
-        await router_answers(cfg, nc)
+        await router_answers(cfg, nc, link)
         if chat_id != DEFAULT_CHAT and (meant := await near_miss(nc, chat_id)):
             print(f"no chat {chat_id} yet; did you mean {meant}? (starting a new chat {chat_id})", file=sys.stderr)
-        sub = await open_replies(js, link, chat_id)
+        sub = link.replies = await open_replies(js, link, chat_id)
     except ControlError:
         await nc.close()
         raise

@@ -24,13 +24,20 @@ class Unreachable(ConnectionError):
 
 
 async def connect_cli(
-    cfg: config_mod.Config, timeout: float = 5.0, reconnects: int = 1, watcher: Watcher | None = None
+    cfg: config_mod.Config,
+    timeout: float = 5.0,
+    reconnects: int = 1,
+    watcher: Watcher | None = None,
+    first_tries: int = 0,
 ) -> Client:
-    """The owner's CLI connection, or `Unreachable` in plain words. `watcher` is told when it is lost and back."""
+    """The owner's CLI connection, or `Unreachable` in plain words. `watcher` is told when it is lost and back.
+    `reconnects` is nats-py's limit on tries, for the first connect and each reconnect (-1: none); `first_tries`
+    bounds the first connect alone, for a connection that reconnects without limit once made (`clawden chat`)."""
+    connecting = natsauth.connect_as(
+        cfg, natsauth.CLI, max_reconnect_attempts=reconnects, first_tries=first_tries, watcher=watcher
+    )
     try:
-        return await asyncio.wait_for(
-            natsauth.connect_as(cfg, natsauth.CLI, max_reconnect_attempts=reconnects, watcher=watcher), timeout
-        )
+        return await asyncio.wait_for(connecting, timeout)
     except natsauth.IdentityError as exc:
         raise Unreachable(str(exc), f"chmod 600 {natsauth.seed_path(cfg, natsauth.CLI)}") from None
     except AuthorizationError:

@@ -14,7 +14,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import AuthorizationError, NoRespondersError
+from nats.errors import AuthorizationError, NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
@@ -66,7 +66,13 @@ async def _tell(watcher: Watcher | None, *, lost: bool) -> None:
 
 
 async def connect(
-    url: str | Sequence[str], name: str, *, ca_file: str = "", watcher: Watcher | None = None, **options: Any
+    url: str | Sequence[str],
+    name: str,
+    *,
+    ca_file: str = "",
+    watcher: Watcher | None = None,
+    first_tries: int = 0,
+    **options: Any,
 ) -> Client:
     """Connect with reconnect-forever, a private inbox prefix, and callbacks that never raise.
 
@@ -75,21 +81,30 @@ async def connect(
     certificates that CA signed (a cluster off loopback).
 
     A server that is not up yet is waited for; one that refuses our credentials is not: that
-    raises `AuthorizationError` at once instead of retrying forever.
+    raises `AuthorizationError` at once instead of retrying forever. `first_tries` bounds the wait
+    for the first connect only (a command that says at once that NATS is not running): after that
+    many failed tries it raises nats-py's `NoServersError`, and once connected it reconnects forever.
 
     `watcher` is told of each loss and return through the same callbacks (a client that shows them, `clawden chat`).
     """
     servers = server_list(url)
     url = ",".join(servers)
     nc = Client()
-    refused = asyncio.Event()
+    refused, given_up = asyncio.Event(), asyncio.Event()
+    failed = 0  # tries that did not connect (nats-py reports each to error_cb)
 
     # Logging never raises (handler errors go to handleError), which matters: a raising callback
     # stops nats-py from reconnecting (nats.py#204).
     async def on_error(exc: Exception) -> None:
+        nonlocal failed
         log.warning("nats error: %s", exc)
-        if not nc.is_connected and "authorization violation" in str(exc).lower():
+        if nc.is_connected:
+            return
+        if "authorization violation" in str(exc).lower():
             refused.set()
+        failed += 1
+        if failed == first_tries:
+            given_up.set()
 
     async def on_disconnected() -> None:
         if not (nc.is_closed or nc.is_draining):
@@ -120,21 +135,31 @@ async def connect(
     }
     if ca_file:
         settings["tls"] = tls_context(ca_file)
-    connecting = asyncio.ensure_future(nc.connect(**(settings | options)))
-    refusal = asyncio.ensure_future(refused.wait())
+    if await _first_connect(nc, settings | options, stop_on=(refused, given_up)):
+        return nc
+    if refused.is_set():
+        raise AuthorizationError(f"NATS at {url} refused the credentials of {name!r}")
+    raise NoServersError
+
+
+async def _first_connect(nc: Client, settings: dict[str, Any], *, stop_on: tuple[asyncio.Event, ...]) -> bool:
+    """`nc.connect`; False when one of `stop_on` was set first, and the tries were stopped and `nc` closed."""
+    connecting = asyncio.ensure_future(nc.connect(**settings))
+    stops = [asyncio.ensure_future(event.wait()) for event in stop_on]
     try:
-        await asyncio.wait({connecting, refusal}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({connecting, *stops}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        refusal.cancel()
+        for stop in stops:
+            stop.cancel()
         if not connecting.done():
             connecting.cancel()
             with contextlib.suppress(BaseException):
                 await connecting
             await nc.close()
-    if not connecting.cancelled():
-        connecting.result()  # raises what a connect without retries raised
-        return nc
-    raise AuthorizationError(f"NATS at {url} refused the credentials of {name!r}")
+    if connecting.cancelled():
+        return False
+    connecting.result()  # raises what a connect without retries raised
+    return True
 
 
 async def publish(

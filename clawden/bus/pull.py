@@ -79,9 +79,15 @@ class Puller:
         self._outstanding -= 1
         self._arrived.set()
 
+    def renew(self) -> None:
+        """The open request is gone (the connection to the server was lost and is back): the next `next` makes a new
+        one at once instead of at the old one's expiry, and one waiting now returns to make it."""
+        self._outstanding = 0
+        self._arrived.set()
+
     async def _request(self) -> None:
         self._outstanding = self.batch
-        # A request lost with a reconnect is given up after its expiry (plus slack) and renewed.
+        # A request lost with a reconnect is renewed by `renew` where the owner hears of it, else after its expiry.
         self._deadline = time.monotonic() + self.expires + 1.0
         request = {"batch": self.batch, "expires": int(self.expires * 1e9)}
         await self.nc.publish(
