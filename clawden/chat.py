@@ -263,9 +263,6 @@ class Link:
         self.losses = 0  # how often it went: a failed publish that saw none is not the connection's doing
         # Where its lines go: the conversation's own way (`Conversation.note`) once there is one.
         self.say: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)
-        # The pull for replies, once open: its request went with the connection, so it is made again on the way back
-        # instead of when it would have expired.
-        self.replies: Puller | None = None
 
     def went_since(self, losses: int) -> bool:
         """Whether Clawden went away since `losses` was read, or is away now: a failure then is the connection's."""
@@ -280,8 +277,6 @@ class Link:
 
     async def back(self) -> None:
         self.up.set()
-        if self.replies is not None:
-            self.replies.renew()
         self.say(BACK)
 
 
@@ -559,7 +554,7 @@ async def chat(
         await router_answers(cfg, nc, link)
         if chat_id != DEFAULT_CHAT and (meant := await near_miss(nc, chat_id)):
             print(f"no chat {chat_id} yet; did you mean {meant}? (starting a new chat {chat_id})", file=sys.stderr)
-        sub = link.replies = await open_replies(js, link, chat_id)
+        sub = await open_replies(js, link, chat_id)
     except ControlError:
         await nc.close()
         raise

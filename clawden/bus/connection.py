@@ -22,7 +22,7 @@ from nats.js.errors import NoStreamResponseError
 
 from clawden.backoff import backoff
 from clawden.bus import events
-from clawden.bus.pull import Puller
+from clawden.bus.pull import Puller, renew_all
 from clawden.bus.streams import Consumer, ensure_consumer
 
 log = logging.getLogger("clawden.bus")
@@ -113,6 +113,7 @@ async def connect(
 
     async def on_reconnected() -> None:
         log.info("nats reconnected")
+        renew_all(nc)
         await _tell(watcher, lost=False)
 
     async def on_closed() -> None:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import time
+import weakref
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -24,6 +25,16 @@ log = logging.getLogger("clawden.bus")
 # Status codes JetStream sends on a pull request's inbox: the request is over (no messages, timed
 # out, or refused, e.g. max ack pending); 100 is an idle heartbeat.
 _REQUEST_OVER = {"404", "408", "409"}
+
+# Each connection's open pulls, so a reconnect renews them all (`renew_all`); weak, so a dropped pull is forgotten.
+_pulls: weakref.WeakKeyDictionary[Client, weakref.WeakSet[Puller]] = weakref.WeakKeyDictionary()
+
+
+def renew_all(nc: Client) -> None:
+    """The connection is back: every pull request it had went with the old one, so each is made again now instead
+    of at its expiry (a consumer would otherwise sit idle for up to `expires` after a NATS restart)."""
+    for puller in list(_pulls.get(nc, ())):
+        puller.renew()
 
 
 class Puller:
@@ -45,8 +56,10 @@ class Puller:
         """Subscribe the inbox; the durable must exist already (`bind` or `ensure_consumer`)."""
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
         self._given_up_sub = await self.nc.subscribe(given_up(self.consumer), cb=self._on_given_up)
+        _pulls.setdefault(self.nc, weakref.WeakSet()).add(self)
 
     async def stop(self) -> None:
+        _pulls.get(self.nc, weakref.WeakSet()).discard(self)
         for sub in (self._sub, self._given_up_sub):
             if sub is not None:
                 with contextlib.suppress(Exception):
@@ -81,13 +94,15 @@ class Puller:
 
     def renew(self) -> None:
         """The open request is gone (the connection to the server was lost and is back): the next `next` makes a new
-        one at once instead of at the old one's expiry, and one waiting now returns to make it."""
+        one at once instead of at the old one's expiry, and one waiting now returns to make it. A request the server
+        still holds (only the connection blinked) may then bring a second batch; `next` keeps it for later."""
         self._outstanding = 0
         self._arrived.set()
 
     async def _request(self) -> None:
         self._outstanding = self.batch
-        # A request lost with a reconnect is renewed by `renew` where the owner hears of it, else after its expiry.
+        # A request lost with a reconnect is renewed at once by `renew_all` (a connection from `bus.connect`), else
+        # after its expiry.
         self._deadline = time.monotonic() + self.expires + 1.0
         request = {"batch": self.batch, "expires": int(self.expires * 1e9)}
         await self.nc.publish(

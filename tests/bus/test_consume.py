@@ -12,10 +12,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from clawden import natsserver
 from clawden.bus import (
     Consumer,
     Retry,
     bind,
+    connect,
     consume,
     consume_batches,
     ensure_streams,
@@ -206,3 +208,57 @@ async def test_a_message_waiting_at_a_stop_is_handed_back_and_taken_at_the_next_
 
     await asyncio.wait_for(consume(await bind(js, consumer), ev.InboundMessage, now, stopping=done), 30)
     assert taken == [("9", 2)]
+
+
+class Returns:
+    """A `bus.connect` watcher: `returned` is set once the connection is back (after its pulls were renewed)."""
+
+    def __init__(self) -> None:
+        self.returned = asyncio.Event()
+
+    async def lost(self) -> None:
+        self.returned.clear()
+
+    async def back(self) -> None:
+        self.returned.set()
+
+
+async def test_after_a_nats_restart_the_loop_takes_a_new_message_at_once_not_when_its_lost_pull_expires(
+    nats_server: NatsServer,
+) -> None:
+    """The pull request a consumer had open went with the server. `bus.connect`'s reconnect makes it again at once:
+    here the pull's expiry is ten minutes, so a loop that waited for it would not see the message in time."""
+    returns = Returns()
+    nc = await connect(nats_server.url, "restarted", watcher=returns)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    puller = await bind(js, Consumer("CLAWDEN_INBOUND", "restarted", subjects.ALL_INBOUND), batch=16)
+    puller.expires = 600.0
+    seen: asyncio.Queue[str] = asyncio.Queue()
+    stopping = asyncio.Event()
+
+    async def handle(msgs: list[Msg]) -> None:
+        for m in msgs:
+            seen.put_nowait(ev.decoder_for(ev.InboundMessage).decode(m.data).message_id)
+            await m.ack()
+
+    loop = asyncio.create_task(consume_batches(puller, handle, stopping=stopping))
+    try:
+        await publish(js, subjects.inbound("local"), message(1), msg_id=message(1).key)
+        assert await asyncio.wait_for(seen.get(), 10) == "1"  # its pull is open
+        nats_server.proc.kill()
+        await asyncio.to_thread(nats_server.proc.wait)
+        nats_server.proc = await asyncio.to_thread(natsserver.start, nats_server.port, nats_server.store)
+        await asyncio.wait_for(returns.returned.wait(), 30)
+        await publish(js, subjects.inbound("local"), message(2), msg_id=message(2).key)
+
+        # A SIGKILLed server may not have written the ack of 1 yet, and delivers it again: at least once, as JetStream
+        # is.
+        got = [await asyncio.wait_for(seen.get(), 30)]
+        while got[-1] != "2":
+            got.append(await asyncio.wait_for(seen.get(), 30))
+        assert set(got[:-1]) <= {"1"}, got
+    finally:
+        stopping.set()
+        await asyncio.wait_for(loop, 10)
+        await nc.close()
