@@ -50,6 +50,10 @@ SERVICES = {
 
 
 EX_CONFIG = 78  # sysexits.h: units name it in RestartPreventExitStatus=, so no restart loop
+# sysexits.h's EX_TEMPFAIL: the service stopped so as to be started again (`ServiceContext.restart`). `clawden up`
+# starts it again at once, outside its crash backoff; systemd (Restart=on-failure) and launchd (KeepAlive
+# SuccessfulExit=false) restart it as after any failure.
+EX_RESTART = 75
 
 
 class ConfigurationError(Exception):
@@ -109,6 +113,7 @@ class ServiceContext:
     stats: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     trouble: str = ""  # what the ready service cannot do right now (`set_trouble`), for ping and `clawden status`
+    restarting: str = ""  # why the service asked to be started again (`restart`); "" when it did not
     _micro: Service | None = None
     _status: str = ""  # the status line it became ready with, shown again once its trouble is over
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -175,6 +180,14 @@ class ServiceContext:
             return
         self.trouble = line
         self.notifier.notify(status=line or self._status or f"{self.name} starting", **{TROUBLE_FIELD: line})
+
+    def restart(self, why: str) -> None:
+        """Stop the way SIGTERM stops the service (in-flight work finished or left unacked, NATS drained), then
+        exit EX_RESTART so its supervisor starts it again: for a change only a fresh process takes, such as a
+        new credential. `why` ("keys/telegram changed") becomes the status line systemd and `clawden up` show."""
+        self.restarting = why
+        self.notifier.status(f"restarting: {why}")
+        self.stopping.set()
 
 
 async def sleep_unless_stopping(stopping: asyncio.Event, seconds: float, *wakers: asyncio.Event) -> bool:
@@ -316,6 +329,8 @@ async def _serve(name: str, cfg: config_mod.Config, main: ServiceMain) -> int:
             work.cancel()
         watchdog.cancel()
     code = work.result() if work.done() and not work.cancelled() else 0
+    if code == 0 and ctx.restarting:
+        code = EX_RESTART
     try:
         await ctx._micro.stop()
         await asyncio.wait_for(nc.drain(), 5)

@@ -36,8 +36,9 @@ from typing import BinaryIO, TextIO
 from clawden import logs, natsauth, natsserver, pdeathsig, setup
 from clawden.backoff import backoff
 from clawden.config import Config, configured_bridges, http_services, unknown_in_file
+from clawden.keywatch import KeyFile, judge
 from clawden.models import model_warning
-from clawden.runtime import EX_CONFIG
+from clawden.runtime import EX_CONFIG, EX_RESTART
 from clawden.sdnotify import TROUBLE_FIELD
 
 SERVICES = ("vault", "router", "runner", "scheduler", "approvals")
@@ -157,6 +158,8 @@ class Child:
     log_offset: int = 0  # where this run's lines start in its log
     failed: str = ""  # why it cannot run as configured: it is not restarted, and readiness names it
     trouble: str = ""  # what it says it cannot do (`ServiceContext.set_trouble`), as last printed; "" when none
+    # A bridge that could not run as configured: its credential file, started again once that holds a new one.
+    key: KeyFile | None = None
 
 
 class Supervisor:
@@ -275,6 +278,8 @@ class Supervisor:
         for child in self.children:
             self._read_notify(child)
             if child.proc is None:
+                if child.key is not None and self._key_mended(child):
+                    child.next_start = now
                 if now >= child.next_start:
                     self.spawn(child)
                 continue
@@ -287,18 +292,37 @@ class Supervisor:
                 # The service logged "<name> cannot run as configured: <why>": the why is what is said here.
                 why = last_error(child.log_path, child.log_offset)
                 child.failed = why.removeprefix(f"{child.name} cannot run as configured: ") or f"exited {EX_CONFIG}"
+                child.proc, child.next_start = None, float("inf")
+                if child.name.startswith("channel@"):  # a refused token, perhaps: mended in its file, it is tried again
+                    child.key = KeyFile.of(self.cfg, child.name.removeprefix("channel@"))
+                until = f" until {child.key.shown} holds a new credential" if child.key is not None else ""
                 self.say(
                     f"{child.name} cannot run as configured: {child.failed}\n"
-                    f"{'':<10}not restarting it (see {child.log_path})"
+                    f"{'':<10}not restarting it{until} (see {child.log_path})"
                 )
-                child.proc, child.next_start = None, float("inf")
                 self.announce()  # the others may all be ready already: say so, and that this one is not
+                continue
+            if code == EX_RESTART and child.ready:  # a restart it asked for (a new credential): no crash to back off
+                status = child.said.get("STATUS", "")  # "restarting: <why>" (`ServiceContext.restart`)
+                self.say(f"{child.name} {status if status.startswith('restarting: ') else 'restarting, as it asked'}")
+                child.proc, child.next_start = None, now
                 continue
             delay = backoff(child.restarts, cap=30.0) if child.restarts else 0.5
             child.restarts += 1
             child.proc = None
             child.next_start = now + delay
             self.say(f"{child.name} exited with {code}; restarting in {delay:.1f}s (see {child.log_path})")
+
+    def _key_mended(self, child: Child) -> bool:
+        """Whether the credential file of a bridge that could not run now holds another credential (one stat a poll;
+        the bytes are read only when it moved)."""
+        assert child.key is not None
+        look = child.key.look()
+        if look is None or judge(child.key.taken, look) != "restart":
+            return False
+        self.say(f"{child.name}: {child.key.shown} changed; starting it again")
+        child.key, child.failed = None, ""
+        return True
 
     def nothing_runs(self) -> bool:
         """Every service has given up for good (each cannot run as configured): waiting would change nothing."""

@@ -62,10 +62,10 @@ FATAL_CLOSE = {
     4014: "a disallowed intent: switch on Message Content in the developer portal (Bot page)",
 }
 FATAL_RETRY = 600.0  # seconds between identifies while a close code says the configuration is wrong
-# How the owner mends a token Discord refuses (the bridge reads keys/discord when it starts).
+# How the owner mends a token Discord refuses (the running bridge notices a new keys/discord: `keywatch`).
 DISCORD_FIX = (
-    "put the bot token (developer portal, Bot, Reset Token) in keys/discord and restart the bridge; `clawden doctor` "
-    "tries it"
+    "put the bot token (developer portal, Bot, Reset Token) in keys/discord; the bridge notices and restarts with it; "
+    "`clawden doctor` tries it"
 )
 NO_RESUME_CLOSE = {4007, 4009}  # invalid seq, session timed out: identify anew
 # Create Message takes about 5 a channel per 5 seconds; sends and edits into one channel are paced to it. A rate only:

@@ -269,7 +269,8 @@ class MatrixError(PlatformError):
     pass
 
 
-MATRIX_FIX = "run `clawden channels login matrix` again"  # a token the homeserver refuses (`clawden status`)
+# A token the homeserver refuses (`clawden status`): the login writes a new keys/matrix, which the bridge notices.
+MATRIX_FIX = "run `clawden channels login matrix` again; the bridge notices the new keys/matrix and restarts with it"
 
 
 def classify(resp: ErrorResponse, what: str) -> MatrixError:
@@ -867,4 +868,4 @@ def store_login(cfg: Config, homeserver: str, cred: Credential) -> list[str]:
 async def main(ctx: ServiceContext) -> None:
     logging.getLogger("nio").setLevel(logging.WARNING)  # nio logs every event of every sync at INFO
     bridge, policy, typing_max = bridge_from_settings(ctx)
-    await serve(ctx, bridge, policy=policy, typing_horizon=typing_max)
+    await serve(ctx, bridge, policy=policy, typing_horizon=typing_max, key_check=parse_credential)

@@ -17,6 +17,7 @@ from clawden.bus import ConsumeStats, bind, consume, ctl, subjects
 from clawden.bus import events as ev
 from clawden.bus.pull import Puller
 from clawden.bus.streams import bridge_lanes
+from clawden.keywatch import Check, KeyFile, watch
 from clawden.runtime import ServiceContext
 from services.channels.bridge import Bridge, BridgeStats, Inbound
 from services.channels.delivery import Delivery, TypingIndicators
@@ -31,13 +32,22 @@ log = logging.getLogger("clawden.channels")
 
 
 async def serve(
-    ctx: ServiceContext, bridge: Bridge, *, policy: RetryPolicy | None = None, typing_horizon: float = 120.0
+    ctx: ServiceContext,
+    bridge: Bridge,
+    *,
+    policy: RetryPolicy | None = None,
+    typing_horizon: float = 120.0,
+    key_check: Check | None = None,
 ) -> None:
-    """Run a bridge: check it can start, take outbound work, listen, until the service stops."""
+    """Run a bridge: check it can start, take outbound work, listen, until the service stops, or until keys/<name>
+    holds a new credential (`keywatch`; `key_check` is the bridge's own reading of it, raising BridgeConfigError for
+    one it would refuse at its start)."""
     # Request lines carry tokens in their URLs (Telegram's do); client libraries log them at INFO.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     name = bridge.name
+    # What the file holds now is what the bridge was built with a moment ago: later bytes are a new credential.
+    key = await asyncio.to_thread(KeyFile.of, ctx.config, name, key_check)
     state = await BridgeState.open(ctx.config.data_dir / "channels" / f"{name}.db")
     stats = BridgeStats()
     ctx.stats[name] = stats
@@ -94,6 +104,8 @@ async def serve(
                     tg.create_task(take(puller))
                 tg.create_task(_listen_forever(bridge, inbound, ctx.stopping, stats))
                 tg.create_task(_housekeeping(state, inbound.files_dir, ctx.stopping))
+                if key is not None:
+                    tg.create_task(watch(key, ctx))
         finally:
             await inbound.close()
     finally:

@@ -258,7 +258,10 @@ class SlackError(PlatformError):
 
 
 # How the owner mends tokens Slack refuses (`clawden status` says it beside the refusal).
-SLACK_FIX = "keys/slack holds the bot token and the app-level token (`clawden doctor` tries both)"
+SLACK_FIX = (
+    "keys/slack holds the bot token and the app-level token (`clawden doctor` tries both); the bridge notices a new "
+    "keys/slack and restarts with it"
+)
 
 
 # Errors an operator fixes (a token, a scope): retried until the deadline, like a 5xx, so nothing is lost.
@@ -691,4 +694,4 @@ async def check_token(cfg: Config, environ: dict[str, str] | None = None) -> str
 async def main(ctx: ServiceContext) -> None:
     logging.getLogger("slack_sdk").setLevel(logging.WARNING)
     bridge, policy = bridge_from_settings(ctx)
-    await serve(ctx, bridge, policy=policy)
+    await serve(ctx, bridge, policy=policy, key_check=parse_tokens)

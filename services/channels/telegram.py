@@ -613,7 +613,8 @@ def poll_trouble(exc: TelegramError) -> Trouble:
         return Trouble(
             f"{exc.code} {exc.description}",
             problem="Telegram refuses the bot token",
-            outcome="nothing comes in or goes out until keys/telegram holds the token @BotFather gave you",
+            outcome="nothing comes in or goes out until keys/telegram holds the token @BotFather gave you; the bridge "
+            "notices the new file and restarts with it",
         )
     if exc.code == 429:
         wait = f" {exc.retry_after:.0f}s" if exc.retry_after is not None else ""

@@ -61,10 +61,10 @@ PAIR_RATE_CODES = {131056}  # "Pair rate limit": too many messages to one person
 TRANSIENT_CODES = {1, 2, 131000, 131016, 133004}
 WINDOW_CODES = {131047}  # "Re-engagement message": more than 24 hours since the person last wrote
 TOKEN_CODES = {190}
-# How the owner mends a token the Graph API refuses (the bridge reads keys/whatsapp when it starts).
+# How the owner mends a token the Graph API refuses (the running bridge notices a new keys/whatsapp: `keywatch`).
 WHATSAPP_FIX = (
-    "put a valid access token in keys/whatsapp (Meta's app dashboard: a system user's token) and restart the "
-    "bridge; `clawden doctor` tries it"
+    "put a valid access token in keys/whatsapp (Meta's app dashboard: a system user's token); the bridge notices "
+    "and restarts with it; `clawden doctor` tries it"
 )
 WINDOW_REFUSAL = (
     "not sent: WhatsApp lets a business write only within 24 hours of the person's last message, "
