@@ -31,7 +31,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar, cast
+from typing import cast
 from urllib.parse import urlsplit
 
 import h11
@@ -85,12 +85,10 @@ from services.vault.policy import (
 from services.vault.ratecounts import RateCounts
 from services.vault.responses import SELFTEST_HOST, Reply
 from services.vault.tcpauth import token_hash as token_hash  # tests hash tokens as the gateway does
+from services.vault.tokenless import Unauthenticated, peer_address
 from services.vault.upstream import Origin, Response, Upstream, UpstreamError, client_tls
 
 log = logging.getLogger("clawden.vault")
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 Header = tuple[bytes, bytes]
 READ_SIZE = 64 * 1024
@@ -129,7 +127,9 @@ REFUSAL_TIMEOUT = 5.0
 # them: these bound them all. Past the cap the oldest is dropped, not the newest: an honest relay shows its token
 # within a round trip of connecting (it has the request head before it dials), so it is never the oldest for long,
 # while refusing the newest would let anyone keep the listener shut with `cap` idle connections renewed every
-# timeout. 256 is two groups' whole caps opened at once, and 256 descriptors are 3 % of the unit's 8192.
+# timeout. It is the oldest of the peer address that holds the most (`tokenless.Unauthenticated`), not the oldest
+# of all, so that one address opening connections faster than another's TLS handshake ends pushes out its own.
+# 256 is two groups' whole caps opened at once, and 256 descriptors are 3 % of the unit's 8192.
 MAX_UNAUTHENTICATED = 256
 # The time from accept to a token shown: a TLS handshake (where the listener speaks TLS) and one request head. The
 # relay needs a round trip and, with TLS, a handshake's few milliseconds of CPU; 15 s is what a CPU-starved
@@ -262,43 +262,13 @@ class ConnectionSlots:
             del self.refusing[group]
 
 
-class Unauthenticated(Generic[K, V]):
-    """The TCP listener's connections that have shown no token yet, oldest first, against one cap for them all
-    (no IO). Each is kept with what ends it (`V`). One past the cap makes room by dropping the oldest; the drops
-    of a burst are counted so it is logged and audited once, and a burst ends when the pool is back to half its cap."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.waiting: dict[K, V] = {}  # in the order they came
-        self.dropped = 0  # by the burst going on
-
-    def admit(self, key: K, value: V) -> tuple[K, V] | None:
-        """One more connection; returns the oldest, no longer counted, when it had to go to make room."""
-        oldest = None
-        if len(self.waiting) >= self.cap:
-            oldest = next(iter(self.waiting.items()))
-            del self.waiting[oldest[0]]
-            self.dropped += 1
-        self.waiting[key] = value
-        return oldest
-
-    def leave(self, key: K) -> V | None:
-        """The connection showed its token, ended, or ran out of time: what ends it, if it was still counted."""
-        return self.waiting.pop(key, None)
-
-    def burst_ended(self) -> int:
-        """How many a burst of drops took, once the pool is back to half its cap (then forgotten); else 0."""
-        if not self.dropped or len(self.waiting) > self.cap // 2:
-            return 0
-        dropped, self.dropped = self.dropped, 0
-        return dropped
-
-
 @dataclass
 class _Unshown:
-    """A TCP listener connection yet to show a token: the timer that ends it, and its transport once it has one
-    (a TLS connection's comes with its handshake; until then, cancelling its task ends the handshake)."""
+    """A TCP listener connection yet to show a token: its peer's address, the timer that ends it, and its transport
+    once it has one (a TLS connection's comes with its handshake; until then, cancelling its task ends the
+    handshake)."""
 
+    peer: str
     timer: asyncio.TimerHandle
     transport: asyncio.WriteTransport | None = None
 
@@ -697,7 +667,7 @@ class Gateway:
         """A plain connection on the TCP listener: one yet to show a token from its accept until it shows one."""
         task = asyncio.current_task()
         assert task is not None
-        self._admit(task, writer.transport)
+        self._admit(task, peer_address(writer.get_extra_info("peername")), writer.transport)
         try:
             await self._serve_connection(None, reader, writer)
         finally:
@@ -717,7 +687,7 @@ class Gateway:
         """A connection on the TLS listener: one yet to show a token from its accept, its handshake included."""
         task = asyncio.current_task()
         assert task is not None
-        entry = self._admit(task, None)
+        entry = self._admit(task, _peer_of(sock))
         try:
             loop = asyncio.get_running_loop()
             streams: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = loop.create_future()
@@ -737,18 +707,20 @@ class Gateway:
         finally:
             self._leave_unauthenticated(task)
 
-    def _admit(self, task: asyncio.Task[None], transport: asyncio.WriteTransport | None) -> _Unshown:
-        """Count a listener connection among those yet to show a token, the oldest dropped should there be no room."""
+    def _admit(self, task: asyncio.Task[None], peer: str, transport: asyncio.WriteTransport | None = None) -> _Unshown:
+        """Count a listener connection from `peer` among those yet to show a token; should there be no room, the
+        oldest of the address that holds the most is dropped."""
         timer = asyncio.get_running_loop().call_later(self._unauthenticated_timeout, self._time_up, task)
-        entry = _Unshown(timer, transport)
-        dropped = self.unauthenticated.admit(task, entry)
+        entry = _Unshown(peer, timer, transport)
+        dropped = self.unauthenticated.admit(task, entry, peer)
         if dropped is not None:
             if self.unauthenticated.dropped == 1:
                 self._tokenless_burst = (self._clock(), time.perf_counter())
                 log.warning(
-                    "the gateway's TCP listener has %d connections that showed no token: dropping the oldest as more "
-                    "come (said again once it is down to %d)",
+                    "the gateway's TCP listener has %d connections that showed no token: as more come, dropping the "
+                    "oldest of the address that holds the most (now %s; said again once it is down to %d)",
                     self.unauthenticated.cap,
+                    dropped[1].peer or "an unknown address",
                     self.unauthenticated.cap // 2,
                 )
             self._end_unauthenticated(*dropped)
@@ -1566,6 +1538,14 @@ async def _hang_up(writer: asyncio.StreamWriter) -> None:
         writer.transport.abort()
     except (ConnectionError, OSError, ssl.SSLError):
         pass
+
+
+def _peer_of(sock: socket.socket) -> str:
+    """The address a TLS listener connection is counted under (`peer_address`)."""
+    try:
+        return peer_address(sock.getpeername())
+    except OSError:  # it left already: its handshake fails at once
+        return ""
 
 
 def _clear_socket_path(socket_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The TCP listener's connections that have shown no token yet (so belong to no group's cap): one pool for them all,
-the oldest dropped past its cap, each given a bounded time to show its token, a TLS handshake included. A flood of
-them holds no more than the cap's descriptors, and neither honest connections nor authenticated groups are stopped."""
+the oldest dropped past its cap (of the address that holds the most: test_tokenless_fairness.py), each given a bounded
+time to show its token, a TLS handshake included. A flood of them holds no more than the cap's descriptors, and
+neither honest connections nor authenticated groups are stopped."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from clawden.bus.events import GROUP_NAME
 from services.vault.audit import AuditRecord, AuditSink, log_audit
 from services.vault.catalog import Catalog
 from services.vault.certs import ListenerTls
-from services.vault.gateway import TOKENLESS, Gateway, Unauthenticated, token_hash
+from services.vault.gateway import TOKENLESS, Gateway, token_hash
+from services.vault.tokenless import Unauthenticated
 from tests.eventually import eventually
 from tests.fakes.anthropic import FakeTLS
 from tests.vault.conftest import SITES
@@ -38,14 +40,15 @@ async def listener(
     timeout: float = 60.0,
     tls_dir: Path | None = None,
     audit: AuditSink = log_audit,
+    cap: int = CAP,
 ) -> AsyncIterator[tuple[Gateway, int]]:
-    """A gateway whose TCP listener keeps CAP tokenless connections at most, each for `timeout` seconds; speaking
+    """A gateway whose TCP listener keeps `cap` tokenless connections at most, each for `timeout` seconds; speaking
     TLS (its certificate kept in `tls_dir`) when given one."""
     gateway = Gateway(
         catalog=Catalog(),
         extra_ca_file=site_tls.ca_file,
         host_map=dict.fromkeys(SITES, site.address),
-        max_unauthenticated=CAP,
+        max_unauthenticated=cap,
         unauthenticated_timeout=timeout,
         audit=audit,
     )
@@ -105,8 +108,8 @@ async def test_a_flood_of_tokenless_connections_holds_only_the_newest_few_and_no
     assert still.startswith(b"HTTP/1.1 200 ") and theirs.startswith(b"HTTP/1.1 200 ")
     assert [answer.split(b" ")[1] for answer in kept] == [b"200"] * (CAP - 1)
     assert [r.getMessage() for r in caplog.records if "no token" in r.getMessage()] == [
-        f"the gateway's TCP listener has {CAP} connections that showed no token: dropping the oldest as more come "
-        f"(said again once it is down to {CAP // 2})",
+        f"the gateway's TCP listener has {CAP} connections that showed no token: as more come, dropping the oldest "
+        f"of the address that holds the most (now 127.0.0.1; said again once it is down to {CAP // 2})",
         f"the gateway's TCP listener is down to {CAP // 2} connections that showed no token; {4 * CAP + 1} were "
         "dropped to make room",
     ]
@@ -166,7 +169,7 @@ async def test_on_a_tls_listener_a_handshake_counts_as_not_yet_shown_and_is_boun
 
 def test_the_pool_drops_its_oldest_past_the_cap_and_ends_a_burst_at_half_of_it() -> None:
     pool: Unauthenticated[str, int] = Unauthenticated(4)
-    admitted = [pool.admit(name, n) for n, name in enumerate("abcdef")]
+    admitted = [pool.admit(name, n, "10.0.0.1") for n, name in enumerate("abcdef")]
     during = pool.burst_ended()
     left = pool.leave("c"), pool.leave("c"), pool.leave("d")
     at_half = pool.burst_ended(), pool.burst_ended()
