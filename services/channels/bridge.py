@@ -30,7 +30,7 @@ from clawden.bus import events as ev
 from clawden.bus import publish, subjects
 from clawden.bus.ctl import router as router_api
 from clawden.runtime import sleep_unless_stopping
-from services.channels.reach import Reach
+from services.channels.reach import Reach, Trouble, why_unreachable
 from services.channels.retry import Kind, PlatformError
 from services.channels.state import BridgeState, Queued
 
@@ -116,6 +116,10 @@ class Bridge(abc.ABC):
         platform cannot be reached now, the bridge starts anyway (outbound work waits, the listener keeps trying)
         and returns the failure, so the service says at once that it cannot reach it (`Reach`)."""
         return None
+
+    def start_trouble(self, away: PlatformError) -> Trouble:
+        """How the service says what `start` returned: by default, that the platform cannot be reached."""
+        return Trouble(why_unreachable(away))
 
     @abc.abstractmethod
     async def listen(self, inbound: Inbound) -> None:

@@ -57,7 +57,7 @@ async def serve(
     try:
         # A BridgeConfigError stops the service with EX_CONFIG (runtime); a platform away is said before READY.
         if (away := await bridge.start()) is not None:
-            reach.failed(Trouble(why_unreachable(away)))
+            reach.failed(bridge.start_trouble(away))
         await follow_twins(ctx.nc, name, typing)
         await state.prune()
         inbound = Inbound(

@@ -1,14 +1,15 @@
 """What the email bridge says is wrong (its ping's `trouble`, which `clawden status` shows as degraded) when the mail
 server refuses it, in the server's terms: the IMAP or SMTP login refused, with the owner's fix; held back by a
-connection limit; unreachable otherwise. The words as a table, then the bridge process against the real Postfix +
-Dovecot, whose password is changed under it."""
+connection limit; unreachable otherwise. The words as a table; the bridge's start, which tries both logins, against
+the real Postfix + Dovecot; then the bridge process, whose password the server stops taking under it."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import aiosmtplib
@@ -18,10 +19,12 @@ from clawden.bus import events as ev
 from clawden.bus.ctl import Nothing
 from clawden.bus.ctl.common import PING
 from clawden.cli import status
+from clawden.natsserver import free_port
 from services.channels.mail import bridge as mail
-from services.channels.reach import line
+from services.channels.reach import Trouble, line, why_unreachable
 from services.channels.retry import PlatformError
 from tests.channels.email_harness import EmailBridgeProcess, EmailBus, letter, mails, text_of, unique
+from tests.channels.harness import listening
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 from tests.servers.mail.fixture import MailServer
@@ -74,6 +77,132 @@ def test_an_smtp_login_refused_fails_the_mail_at_once_and_one_refused_for_now_is
     )
     later = mail.smtp_refusal("a@b", aiosmtplib.SMTPAuthenticationError(454, "4.7.0 Temporary authentication failure"))
     assert later.kind == "transient" and said(later).startswith("cannot reach the mail server since 21:14 (it answers")
+
+
+# --- the server's side of a test: what Dovecot (and Postfix's SASL, which asks it) takes -----------------------------
+
+DOVECOT = "/srv/dovecot/dovecot.conf"
+REFUSES_SMTP = "/srv/dovecot/refuses-smtp"
+
+
+def _dovecot_takes(server: MailServer, change: str, *, smtp: bool, imap: bool, user: str) -> None:
+    """Run `change` (a shell line editing Dovecot's config), reload both servers, and wait until Dovecot answers
+    `user`'s logins as `smtp` and `imap` say: a reload returns before the new auth process answers (no event)."""
+    container = server.container.get_wrapped_container()
+    # Postfix too: its smtpd processes keep their connection to the auth process the reload retires.
+    result = container.exec_run(
+        ["sh", "-c", f"{change} && doveadm -c {DOVECOT} reload && postfix -c /srv/postfix/etc reload"]
+    )
+    assert result.exit_code == 0, result.output
+
+    def takes(service: str) -> bool:
+        check = ["doveadm", "-c", DOVECOT, "auth", "test", "-x", f"service={service}", user, server.password]
+        return container.exec_run(check).exit_code == 0
+
+    deadline = time.monotonic() + 15
+    while (takes("smtp"), takes("imap")) != (smtp, imap):
+        assert time.monotonic() < deadline, f"Dovecot did not come to take SMTP {smtp}, IMAP {imap} for {user}"
+        time.sleep(0.1)
+
+
+@contextmanager
+def smtp_refuses(server: MailServer, user: str) -> Iterator[None]:
+    """Postfix refuses `user`'s SMTP login (535, RFC 4954's "authentication credentials invalid") while Dovecot's
+    IMAP takes the same password, until the block ends: a passdb that denies the user for the smtp service alone
+    (the lookup key names the service: Postfix asks Dovecot with service=smtp)."""
+    container = server.container.get_wrapped_container()
+    conf = container.exec_run(["cat", DOVECOT]).output.decode()
+    deny = f"passdb {{\n  driver = passwd-file\n  args = username_format=%s-%u {REFUSES_SMTP}\n  deny = yes\n}}\n"
+    changed = base64.b64encode(conf.replace("passdb {", deny + "passdb {", 1).encode()).decode()
+    kept = base64.b64encode(conf.encode()).decode()
+    write = f"echo 'smtp-{user}:x' > {REFUSES_SMTP} && echo '{changed}' | base64 -d > {DOVECOT}"
+    _dovecot_takes(server, write, smtp=False, imap=True, user=user)
+    try:
+        yield
+    finally:
+        _dovecot_takes(server, f"echo '{kept}' | base64 -d > {DOVECOT}", smtp=True, imap=True, user=user)
+
+
+# --- the bridge's start: both logins tried before it says it is ready ------------------------------------------------
+
+
+def mailbox(server: MailServer, address: str, **settings: str) -> mail.MailSettings:
+    given = {
+        "address": address,
+        "imap_host": server.host,
+        "imap_port": str(server.imap_port),
+        "imap_security": "none",
+        "smtp_port": str(server.smtp_port),
+        "smtp_security": "none",
+    }
+    return mail.MailSettings.of(given | settings, lambda: server.password)
+
+
+@asynccontextmanager
+async def started(s: mail.MailSettings, home: Path) -> AsyncIterator[tuple[mail.EmailBridge, str]]:
+    """The bridge started, and what its service says at once: the line a failed start becomes ("" when none)."""
+    bridge = mail.EmailBridge(s, home / "threads.db")
+    away = await bridge.start()
+    try:
+        yield bridge, "" if away is None else line(PLATFORM, Trouble(why_unreachable(away)), AT, AT)
+    finally:
+        await bridge.close()
+
+
+async def test_a_start_whose_smtp_login_is_taken_says_nothing(mail_server: MailServer, tmp_path: Path) -> None:
+    async with started(mailbox(mail_server, unique("ok")), tmp_path) as (_, said_at_start):
+        assert said_at_start == ""
+
+
+async def test_a_start_says_an_smtp_login_the_server_refuses(mail_server: MailServer, tmp_path: Path) -> None:
+    address = unique("smtp-refused")
+    with smtp_refuses(mail_server, address):
+        async with started(mailbox(mail_server, address), tmp_path) as (_, said_at_start):
+            pass
+    assert f"(SMTP login as {address} refused: 535 " in said_at_start, said_at_start
+
+
+async def test_a_start_says_it_cannot_reach_an_smtp_server_that_is_away(
+    mail_server: MailServer, tmp_path: Path
+) -> None:
+    port = free_port()  # nothing listens there
+    async with started(mailbox(mail_server, unique("away"), smtp_port=str(port)), tmp_path) as (_, said_at_start):
+        assert said_at_start == (
+            f"cannot reach the mail server since 21:14 (its SMTP server 127.0.0.1:{port}: connection refused); "
+            "messages wait and go through once it answers"
+        )
+
+
+async def test_a_start_says_a_starttls_it_cannot_trust(mail_server: MailServer, tmp_path: Path) -> None:
+    s = mailbox(mail_server, unique("tls"), smtp_security="starttls")  # the server's own certificate, not trusted
+    async with started(s, tmp_path) as (_, said_at_start):
+        assert said_at_start == (
+            f"cannot reach the mail server since 21:14 (its SMTP server 127.0.0.1:{mail_server.smtp_port}: the secure "
+            "connection failed (self-signed certificate)); messages wait and go through once it answers"
+        )
+    async with started(
+        mailbox(mail_server, unique("tls"), smtp_security="starttls", ca_file=str(mail_server.ca_file)), tmp_path
+    ) as (_, said_at_start):
+        assert said_at_start == ""
+
+
+async def test_an_smtp_login_taken_at_start_ends_a_refusal_held_from_before(
+    mail_server: MailServer, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    address = unique("mended")
+    bridge = mail.EmailBridge(mailbox(mail_server, address), tmp_path / "threads.db")
+    with smtp_refuses(mail_server, address):
+        assert await bridge.start() is not None
+    await bridge.close()
+    assert await bridge.start() is None  # the same bridge, started again with the server taking the login
+    bus = await EmailBus.open(nats_server.url)
+    try:
+        async with listening(bridge, bus.js, tmp_path) as (inbound, _):
+            mail_server.send(letter(unique("ada"), address, "Heard?"))
+            await bus.wait(bus.inbound, lambda e: isinstance(e, ev.InboundMessage) and e.text.endswith("Heard?"))
+            assert not inbound.reach.failing, inbound.reach.trouble
+    finally:
+        await bus.close()
 
 
 # --- the bridge against the real Postfix + Dovecot -------------------------------------------------------------------
@@ -189,4 +318,26 @@ async def test_a_password_smtp_refuses_is_said_until_a_submission_logs_in_and_ma
     await bus.send(got.route.chat_id, "Taken.", id="out-taken")
     [answer] = await mails(mail_server, ada, 1, timeout=60, context=bridge.output)
     assert text_of(answer) == "Taken."
+    assert await trouble(bus) == ""
+
+
+async def test_a_bridge_whose_smtp_login_is_refused_starts_degraded_saying_so(
+    tmp_path: Path, nats_server: NatsServer, mail_server: MailServer, bus: EmailBus
+) -> None:
+    """Degraded from its READY on, in a refused submission's exact words (`Bridge.start_trouble`)."""
+    address = unique("assistant")
+    b = EmailBridgeProcess(tmp_path / "home", nats_server.url, mail_server, address)
+    try:
+        with smtp_refuses(mail_server, address):
+            await b.start()
+            at_ready = await trouble(bus)
+    finally:
+        b.close()
+    assert at_ready.startswith("the mail server refuses the bridge's credentials since "), at_ready
+    assert f"(SMTP login as {address} refused: 535 " in at_ready and at_ready.endswith(REFUSED), at_ready
+
+
+async def test_a_bridge_whose_logins_are_taken_starts_healthy(
+    mail_server: MailServer, bus: EmailBus, bridge: EmailBridgeProcess
+) -> None:
     assert await trouble(bus) == ""

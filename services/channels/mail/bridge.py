@@ -35,7 +35,7 @@ from clawden.runtime import ServiceContext
 from services.channels.bridge import Bridge, ButtonRef, Capabilities, Inbound
 from services.channels.mail import core
 from services.channels.mail.store import MailStore
-from services.channels.reach import Trouble, call_trouble
+from services.channels.reach import Trouble, call_trouble, why_unreachable
 from services.channels.retry import Kind, PlatformError, RetryPolicy
 from services.channels.service import serve
 
@@ -48,10 +48,10 @@ _UIDVALIDITY = re.compile(r"UIDVALIDITY (\d+)")
 # for too many connections): a limit it asks the bridge to wait out, or a part of it that is down.
 _HELD_BACK = re.compile(r"\[LIMIT\]|too many|maximum number of connections", re.IGNORECASE)
 _DOWN_FOR_NOW = re.compile(r"\[UNAVAILABLE\]", re.IGNORECASE)
-# How the owner mends a password the server refuses (the bridge reads it when it starts).
+# How the owner mends a password the server refuses (the bridge restarts with a new keys/email of its own accord).
 MAIL_FIX = (
-    "put the mailbox password in keys/email (`clawden channels login email` checks it and writes it there) and "
-    "restart the bridge; `clawden doctor` tries both logins"
+    "put the mailbox password in keys/email (`clawden channels login email` checks it and writes it there); the "
+    "bridge notices and restarts with it; `clawden doctor` tries both logins"
 )
 # Seconds between IMAP logins while the server refuses the password: only a person can mend it, and a server's
 # fail2ban bans an address after a few refused logins (IMAP and SMTP alike) within minutes.
@@ -224,6 +224,26 @@ def smtp_client(s: MailSettings) -> aiosmtplib.SMTP:
     )
 
 
+async def smtp_check(s: MailSettings) -> None:
+    """Log in to the SMTP server as a submission does (TLS as configured, EHLO, STARTTLS, AUTH), then QUIT having sent
+    nothing. Within `s.timeout` in all, the bound of any one exchange: a server that does not answer holds up the
+    bridge's start (and `clawden doctor`) no longer than one silent IMAP exchange would."""
+    smtp = smtp_client(s)
+    deadline = asyncio.timeout(s.timeout)
+    try:
+        async with deadline:
+            await smtp.connect()
+    except BaseException as exc:
+        smtp.close()
+        if isinstance(exc, TimeoutError) and deadline.expired():  # said in the client's terms, as its own timeouts are
+            raise aiosmtplib.SMTPTimeoutError(f"no answer within {s.timeout:g}s") from exc
+        raise
+    try:
+        await asyncio.wait_for(smtp.quit(), 5)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):  # it took the login: a lost goodbye changes nothing
+        smtp.close()
+
+
 def smtp_failure(exc: Exception, *, submitting: bool) -> PlatformError:
     """What a failed submission means. The server's answer decides where there is one: 4xx is temporary, 5xx
     permanent. A connection that broke while connecting or logging in certainly sent nothing; one that broke
@@ -278,8 +298,9 @@ class EmailBridge(Bridge):
         self.deaf_after = max(120.0, settings.idle_renew * 2 + settings.timeout * 2, settings.poll_interval * 3)
         self._send_lock = asyncio.Lock()
         self._inbound: Inbound | None = None
-        # The SMTP login the server refused, said as the service's trouble until a submission logs in: till then
-        # the IMAP listener's signs of life do not end it (they say nothing of SMTP).
+        # The SMTP login the server refused (the start's check, or a submission's), said as the service's trouble
+        # until an SMTP login is taken: till then the IMAP listener's signs of life do not end it (they say nothing
+        # of SMTP).
         self._smtp_refused: Trouble | None = None
 
     @property
@@ -302,6 +323,31 @@ class EmailBridge(Bridge):
             away = PlatformError(f"cannot reach the IMAP server: {exc!r}", "transient", connection=True)
             away.__cause__ = exc  # the operating system's reason, for `why_unreachable`
             return away
+        return await self._check_smtp()
+
+    def start_trouble(self, away: PlatformError) -> Trouble:
+        """The start's SMTP refusal in a submission's words; anything else as any bridge says it."""
+        return self._smtp_refused or super().start_trouble(away)
+
+    async def _check_smtp(self) -> PlatformError | None:
+        """The SMTP login tried once at start (`smtp_check`), so a refused one is said before any reply needs it.
+        A refusal is held as a submission's is (`_smtp_login`) and returned; a login taken ends an earlier refusal
+        (it proves the password); a server away, or a secure connection that fails, is returned in its words."""
+        where = f"SMTP server {self.s.smtp_host}:{self.s.smtp_port}"
+        try:
+            await smtp_check(self.s)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            refused = smtp_refusal(self.s.login, exc)
+            log.error("%s: %s", where, refused)
+            self._smtp_login(refused)
+            return refused
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            log.warning("%s not reachable yet: %r", where, exc)
+            failure = smtp_failure(exc, submitting=False)
+            failure.__cause__ = exc  # the operating system's reason, for `why_unreachable`
+            # No cause on what is returned: the service's `why_unreachable` says its description as it is.
+            return PlatformError(f"its {where}: {why_unreachable(failure)}", "transient")
+        self._smtp_login(None)
         return None
 
     async def close(self) -> None:
@@ -373,15 +419,16 @@ class EmailBridge(Bridge):
             inbound.reach.failed(self._smtp_refused)
 
     def _smtp_login(self, refused: PlatformError | None) -> None:
-        """A submission's login, said as the service's trouble: refused sets it, taken ends what a refusal set."""
-        if self._inbound is None or (refused is None and self._smtp_refused is None):
+        """An SMTP login (a submission's or the start's check), said as the service's trouble: refused sets it, taken
+        ends what a refusal set. Before the listener starts it is only held: `listen` says it."""
+        held = self._smtp_refused
+        self._smtp_refused = login_trouble(self.platform, refused) if refused is not None else None
+        if self._inbound is None:
             return
-        reach = self._inbound.reach
-        self._smtp_refused = login_trouble(reach.platform, refused) if refused is not None else None
         if self._smtp_refused is not None:
-            reach.failed(self._smtp_refused)
-        else:
-            reach.reached()
+            self._inbound.reach.failed(self._smtp_refused)
+        elif held is not None:
+            self._inbound.reach.reached()
 
     async def _cursor(self, inbound: Inbound, validity: str) -> int:
         """The last UID handled, valid only under the UIDVALIDITY it was taken with."""
@@ -661,8 +708,7 @@ async def check_token(cfg: Config, environ: dict[str, str] | None = None) -> str
     finally:
         await imap_close(client)
     try:
-        async with smtp_client(s):
-            pass
+        await smtp_check(s)
     except aiosmtplib.SMTPAuthenticationError as exc:
         raise LoginRefused(f"SMTP login as {s.login} refused: {exc.code} {exc.message}") from exc
     return (
@@ -681,8 +727,7 @@ async def login(server: str, user: str, password: str) -> MailSettings:
     s = MailSettings.of(given | {"address": user, "imap_host": server}, lambda: password)
     await imap_close(await imap_connect(s))
     try:
-        async with smtp_client(s):
-            pass
+        await smtp_check(s)
     except aiosmtplib.SMTPAuthenticationError as exc:
         raise LoginRefused(f"SMTP login as {s.login} refused: {exc.code} {exc.message}") from exc
     return s
