@@ -6,13 +6,14 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from clawden import natsserver, setup
 from clawden.runtime import EX_RESTART
-from clawden.supervisor import Supervisor
+from clawden.supervisor import Child, Supervisor
 from tests.channels.harness import BridgeProcess, Bus, until
 from tests.channels.test_telegram_bridge import trouble_of
 from tests.conftest import NatsServer
@@ -96,73 +97,73 @@ async def test_a_bad_or_half_written_key_is_said_once_and_the_bridge_keeps_runni
     assert "restarting" not in bridge.output()
 
 
-@pytest.mark.nats
-def test_up_starts_a_bridge_that_restarted_for_a_new_key_again_at_once(
-    tmp_path: Path, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def up(tmp_path: Path, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch) -> Iterator[Up]:
+    """`clawden up`'s supervisor of the Telegram bridge (and the scheduler, which makes the streams a bridge may not
+    make itself), its token in keys/telegram; started by the test, which writes the key first."""
     monkeypatch.setenv("CLAWDEN_TELEGRAM_API_URL", fake.url)
     monkeypatch.setenv("CLAWDEN_TELEGRAM_POLL_TIMEOUT", "2")
     monkeypatch.delenv("CLAWDEN_TELEGRAM_TOKEN", raising=False)
     (tmp_path / "config.toml").write_text(f"[nats]\nport = {natsserver.free_port()}\n")
     cfg = setup.init(tmp_path)
-    key = cfg.keys_dir / "telegram"
-    write_key(key, fake.token)
-    out = io.StringIO()
-    # The scheduler makes the streams a bridge may not make itself.
-    sup = Supervisor(cfg, ("scheduler", "channel@telegram"), out=out)
-    try:
-        sup.start_nats()
-        _until(sup, out, "channel@telegram ready")
+    running = Up(Supervisor(cfg, ("scheduler", "channel@telegram"), out=io.StringIO()), cfg.keys_dir / "telegram")
+    yield running
+    running.sup.stop()
 
-        fake.token = NEW_TOKEN
-        write_key(key, NEW_TOKEN)
-        _until(sup, out, "channel@telegram restarting: keys/telegram changed")
-        bridge = sup.children[1]
-        assert bridge.proc is None and bridge.next_start <= time.monotonic() and bridge.restarts == 0
-        _until(sup, out, "channel@telegram ready", after="restarting: keys/telegram changed")
-        assert "exited with" not in out.getvalue(), out.getvalue()
-    finally:
-        sup.stop()
+
+@dataclass
+class Up:
+    sup: Supervisor
+    key: Path
+
+    @property
+    def bridge(self) -> Child:
+        return self.sup.children[1]
+
+    def said(self) -> str:
+        assert isinstance(self.sup.out, io.StringIO)
+        return self.sup.out.getvalue()
+
+    def until(self, text: str, after: str = "", timeout: float = 60) -> None:
+        """Polls the supervisor as `clawden up` does until its console says `text` (after `after`)."""
+        deadline = time.monotonic() + timeout
+        while text not in (self.said().split(after, 1)[-1] if after else self.said()):
+            assert time.monotonic() < deadline, self.said()
+            self.sup.poll()
+            time.sleep(0.05)
+
+
+@pytest.mark.nats
+def test_up_starts_a_bridge_that_restarted_for_a_new_key_again_at_once(fake: FakeTelegram, up: Up) -> None:
+    write_key(up.key, fake.token)
+    up.sup.start_nats()
+    up.until("channel@telegram ready")
+
+    fake.token = NEW_TOKEN
+    write_key(up.key, NEW_TOKEN)
+    up.until("channel@telegram restarting: keys/telegram changed")
+    assert up.bridge.proc is None and up.bridge.next_start <= time.monotonic() and up.bridge.restarts == 0
+    up.until("channel@telegram ready", after="restarting: keys/telegram changed")
+    assert "exited with" not in up.said(), up.said()
 
 
 @pytest.mark.nats
 def test_up_starts_a_bridge_whose_token_was_refused_at_its_start_again_once_keys_holds_a_new_one(
-    tmp_path: Path, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+    fake: FakeTelegram, up: Up
 ) -> None:
     """A token Telegram refuses at the bridge's start stops it for good (EX_CONFIG: restarting would only repeat
     that). The owner mends keys/telegram: `clawden up` starts the bridge again with it, no restart of `up` asked."""
-    monkeypatch.setenv("CLAWDEN_TELEGRAM_API_URL", fake.url)
-    monkeypatch.setenv("CLAWDEN_TELEGRAM_POLL_TIMEOUT", "2")
-    monkeypatch.delenv("CLAWDEN_TELEGRAM_TOKEN", raising=False)
-    (tmp_path / "config.toml").write_text(f"[nats]\nport = {natsserver.free_port()}\n")
-    cfg = setup.init(tmp_path)
-    key = cfg.keys_dir / "telegram"
-    write_key(key, "7012345678:AATypoInThePastedToken-0123456789")
-    out = io.StringIO()
-    sup = Supervisor(cfg, ("scheduler", "channel@telegram"), out=out)
-    try:
-        sup.start_nats()
-        _until(sup, out, "channel@telegram cannot run as configured")
-        _until(sup, out, "not restarting it until keys/telegram holds a new credential")
-        bridge = sup.children[1]
-        assert bridge.proc is None and bridge.next_start == float("inf")
+    write_key(up.key, "7012345678:AATypoInThePastedToken-0123456789")
+    up.sup.start_nats()
+    up.until("channel@telegram cannot run as configured")
+    up.until("not restarting it until keys/telegram holds a new credential")
+    assert up.bridge.proc is None and up.bridge.next_start == float("inf")
 
-        write_key(key, "")  # half written: not a credential, so not tried
-        sup.poll()
-        assert bridge.proc is None and "starting it again" not in out.getvalue()
+    write_key(up.key, "")  # half written: not a credential, so not tried
+    up.sup.poll()
+    assert up.bridge.proc is None and "starting it again" not in up.said()
 
-        write_key(key, fake.token)
-        _until(sup, out, "channel@telegram: keys/telegram changed; starting it again")
-        _until(sup, out, "channel@telegram ready", after="starting it again")
-        assert bridge.failed == ""
-    finally:
-        sup.stop()
-
-
-def _until(sup: Supervisor, out: io.StringIO, text: str, after: str = "", timeout: float = 60) -> None:
-    """Polls the supervisor as `clawden up` does until its console says `text` (after `after`)."""
-    deadline = time.monotonic() + timeout
-    while text not in (out.getvalue().split(after, 1)[-1] if after else out.getvalue()):
-        assert time.monotonic() < deadline, out.getvalue()
-        sup.poll()
-        time.sleep(0.05)
+    write_key(up.key, fake.token)
+    up.until("channel@telegram: keys/telegram changed; starting it again")
+    up.until("channel@telegram ready", after="starting it again")
+    assert up.bridge.failed == ""
