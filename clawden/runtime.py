@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -247,8 +247,18 @@ def run(name: str, home: str | None = None) -> int:
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(_serve(name, cfg, main))
-    return uvloop.run(_serve(name, cfg, main))
+        return exit_code(asyncio.run(_serve(name, cfg, main)))
+    return exit_code(uvloop.run(_serve(name, cfg, main)))
+
+
+def exit_code(code: int, environ: Mapping[str, str] = os.environ) -> int:
+    """The process's exit code for the service's `code`. launchd has no RestartPreventExitStatus=, and its KeepAlive
+    (SuccessfulExit=false) would start a service that cannot run as configured every ThrottleInterval, asking the
+    platform with a refused token each time: under it (the plists set CLAWDEN_SUPERVISOR=launchd) that exit is 0, so
+    the job stays down, and a bridge's WatchPaths starts it again once its key file changes."""
+    if code == EX_CONFIG and environ.get("CLAWDEN_SUPERVISOR") == "launchd":
+        return 0
+    return code
 
 
 async def _before_stop(work: asyncio.Future[Any], stopping: asyncio.Event) -> bool:

@@ -36,6 +36,9 @@ UNITS_DIR = resource_dir("units")
 SERVICES = ("vault", "router", "runner", "scheduler", "approvals")  # the core, as `clawden up` runs it
 NATS_UNIT = "clawden-nats.service"
 CHANNEL_TEMPLATE = "clawden-channel@.service"
+# Starts the bridge again once keys/<name> changes: one that could not run with the credential it had (exit 78,
+# which its unit does not restart) runs once the file is mended.
+CHANNEL_PATH_TEMPLATE = "clawden-channel@.path"
 LABEL_PREFIX = "dev.clawden"
 # Hidden from every service by ProtectHome= and PrivateTmp=: install paths there are bound back read-only.
 HIDDEN = (Path("/home"), Path("/root"), Path("/run/user"), Path("/tmp"), Path("/var/tmp"))
@@ -179,30 +182,50 @@ def _template(kind: str, name: str) -> str:
 
 
 def systemd_units(inst: Install) -> list[UnitFile]:
-    """The target, the NATS server (when embedded), one unit per service and the bridge template."""
+    """The target, the NATS server (when embedded), one unit per service and the bridge templates (its service, and
+    the path unit that starts it when its credential file changes)."""
     inst.check_paths()
     names = [
         TARGET,
         *([NATS_UNIT] if inst.nats_server is not None else []),
         *(f"clawden-{s}.service" for s in inst.services),
         CHANNEL_TEMPLATE,
+        CHANNEL_PATH_TEMPLATE,
     ]
     values, flags = inst.values(), inst.flags()
     return [UnitFile(n, render(_template("systemd", n), values, flags)) for n in names]
 
 
 def enabled_units(inst: Install) -> list[str]:
-    """What `systemctl enable` gets: the target and every unit it should pull in, bridges included."""
+    """What `systemctl enable` gets: the target and every unit it should pull in, bridges (and their path units)
+    included."""
     return [
         TARGET,
         *([NATS_UNIT] if inst.nats_server is not None else []),
         *(f"clawden-{s}.service" for s in inst.services),
-        *(channel_unit(c) for c in inst.channels),
+        *(unit for c in inst.channels for unit in channel_units(c)),
     ]
 
 
 def channel_unit(channel: str) -> str:
     return CHANNEL_TEMPLATE.replace("@", f"@{channel}")
+
+
+def channel_path_unit(channel: str) -> str:
+    return CHANNEL_PATH_TEMPLATE.replace("@", f"@{channel}")
+
+
+def channel_units(channel: str) -> tuple[str, str]:
+    """A bridge's instances: its service, and the path unit that starts it again when keys/<channel> changes."""
+    return channel_unit(channel), channel_path_unit(channel)
+
+
+def enabled_channel_units(folder: Path) -> list[str]:
+    """The bridge instances `enable` linked into the target's wants (services and path units), by name."""
+    wants = folder / f"{TARGET}.wants"
+    return sorted(
+        p.name for pattern in ("clawden-channel@?*.service", "clawden-channel@?*.path") for p in wants.glob(pattern)
+    )
 
 
 def label(name: str) -> str:
@@ -228,7 +251,7 @@ def launchd_plists(inst: Install) -> list[UnitFile]:
 
 
 def check_plist(plist: UnitFile) -> dict[str, object]:
-    """What launchd needs and plistlib cannot tell: a matching Label, absolute program and log paths."""
+    """What launchd needs and plistlib cannot tell: a matching Label, absolute program, log and watched paths."""
     try:
         data = plistlib.loads(plist.text.encode())
     except (ValueError, plistlib.InvalidFileException) as exc:
@@ -241,6 +264,9 @@ def check_plist(plist: UnitFile) -> dict[str, object]:
     for key in ("StandardOutPath", "StandardErrorPath", "WorkingDirectory"):
         if not (isinstance(data.get(key), str) and os.path.isabs(data[key])):
             raise UnitsError(f"{plist.name}: {key} must be an absolute path")
+    watched = data.get("WatchPaths", [])
+    if not (isinstance(watched, list) and all(isinstance(w, str) and os.path.isabs(w) for w in watched)):
+        raise UnitsError(f"{plist.name}: WatchPaths must be a list of absolute paths")
     return dict(data)
 
 
@@ -415,11 +441,8 @@ def install_plan(inst: Install, folder: Path, identities: Call | None = None, *,
     plan += [Write(folder / unit.name, unit.text) for unit in systemd_units(inst)]
     plan.append(Run(_systemctl(inst.mode, "daemon-reload")))
     # A bridge whose token is gone stops and stays off; the ones configured now are enabled below.
-    gone = sorted(
-        p.name
-        for p in (folder / f"{TARGET}.wants").glob("clawden-channel@?*.service")
-        if p.name not in {channel_unit(c) for c in inst.channels}
-    )
+    configured = {unit for c in inst.channels for unit in channel_units(c)}
+    gone = [name for name in enabled_channel_units(folder) if name not in configured]
     if gone:
         plan.append(Run(_systemctl(inst.mode, "disable", "--now", *gone), check=False))
     plan.append(Run(_systemctl(inst.mode, "enable", *(["--now"] if now else []), *enabled_units(inst))))
@@ -449,13 +472,14 @@ def uninstall_plan(mode: Mode, folder: Path, uid: int) -> list[Action]:
             ]
         return plan
     files = sorted(p for p in folder.glob("clawden*") if p.is_file() and not p.is_symlink())
-    instances = sorted(p.name for p in (folder / f"{TARGET}.wants").glob("clawden-channel@?*.service"))
+    instances = enabled_channel_units(folder)
     if not files and not instances:
         return []
-    units = {p.name for p in files} - {CHANNEL_TEMPLATE}
+    units = {p.name for p in files} - {CHANNEL_TEMPLATE, CHANNEL_PATH_TEMPLATE}
     plan = [
         Run(_systemctl(mode, "disable", "--now", *sorted(units), *instances), check=False),
-        Run(_systemctl(mode, "stop", "clawden-channel@*.service"), check=False),
+        # The path units too: one left watching would start its bridge again when the key file changes.
+        Run(_systemctl(mode, "stop", "clawden-channel@*.path", "clawden-channel@*.service"), check=False),
     ]
     plan += [Remove(p) for p in files]
     plan += [Run(_systemctl(mode, "daemon-reload")), Run(_systemctl(mode, "reset-failed", "clawden*"), check=False)]

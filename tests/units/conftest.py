@@ -30,15 +30,19 @@ def install_for(home: Path, variant: str) -> units.Install:
 
 
 def write_units(inst: units.Install, folder: Path) -> list[Path]:
-    """The rendered files, plus the bridge instance as a link to the template (as `enable` makes it)."""
+    """The rendered files, plus each bridge's instances as links to the templates (as `enable` makes them)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for unit in units.systemd_units(inst):
         (folder / unit.name).write_text(unit.text)
         paths.append(folder / unit.name)
-    instances = [folder / units.channel_unit(name) for name in ("telegram", "matrix")]
-    for instance in instances:
-        instance.symlink_to(units.CHANNEL_TEMPLATE)
+    instances = []
+    for name in ("telegram", "matrix"):
+        for instance, template in zip(
+            units.channel_units(name), (units.CHANNEL_TEMPLATE, units.CHANNEL_PATH_TEMPLATE), strict=True
+        ):
+            (folder / instance).symlink_to(template)
+            instances.append(folder / instance)
     return [*paths, *instances]
 
 

@@ -68,13 +68,14 @@ def test_user_install_writes_the_units_enables_them_with_the_bridge_and_lingers(
             "clawden-nats.service",
             *(f"clawden-{s}.service" for s in units.SERVICES),
             "clawden-channel@.service",
+            "clawden-channel@.path",
         ]
     )
     assert f"Environment=CLAWDEN_HOME={home}\n" in (folder / "clawden-router.service").read_text()
     enabled = (
         "systemctl --user enable clawden.target clawden-nats.service "
         + " ".join(f"clawden-{s}.service" for s in units.SERVICES)
-        + " clawden-channel@telegram.service"
+        + " clawden-channel@telegram.service clawden-channel@telegram.path"  # the bridge, and what starts it again
     )
     user = pwd.getpwuid(os.getuid()).pw_name
     linger = [] if (units.LINGER_DIR / user).exists() else [f"loginctl enable-linger {user}"]
@@ -98,17 +99,21 @@ def test_uninstall_stops_disables_and_removes_what_install_wrote(
     assert clawden(home, "units", "install", "--user", env=env).returncode == 0
     folder = tmp_path / "config" / "systemd" / "user"
     (folder / "clawden.target.wants").mkdir()  # what the real `enable` made for the bridge
-    (folder / "clawden.target.wants" / "clawden-channel@telegram.service").symlink_to(
-        folder / "clawden-channel@.service"
-    )
+    for instance in units.channel_units("telegram"):
+        template = instance.replace("@telegram", "@")
+        (folder / "clawden.target.wants" / instance).symlink_to(folder / template)
     log.write_text("")
     out = clawden(home, "units", "uninstall", "--user", env=env)
     assert out.returncode == 0, out.stderr
     calls = log.read_text().splitlines()
     assert calls[0].startswith("systemctl --user disable --now clawden-approvals.service")
-    assert calls[0].endswith(" clawden.target clawden-channel@telegram.service")
+    assert calls[0].endswith(" clawden.target clawden-channel@telegram.path clawden-channel@telegram.service")
+    assert "clawden-channel@.path" not in calls[0].split()  # a template is no unit to disable
+    # Bridges not enabled (started by hand) stop too, and no path unit is left to start one again.
+    assert calls[1] == "systemctl --user stop clawden-channel@*.path clawden-channel@*.service"
     assert "systemctl --user daemon-reload" in calls
     assert not list(folder.glob("clawden*.service")) and not (folder / "clawden.target").exists()
+    assert not list(folder.glob("clawden*.path"))
 
 
 def test_dry_run_says_everything_and_does_nothing(
@@ -188,9 +193,10 @@ def test_a_bridge_without_a_token_any_more_is_disabled_on_the_next_install(
     wants = tmp_path / "config" / "systemd" / "user" / "clawden.target.wants"
     wants.mkdir(parents=True)
     (wants / "clawden-channel@slack.service").symlink_to("../clawden-channel@.service")
+    (wants / "clawden-channel@slack.path").symlink_to("../clawden-channel@.path")
     assert clawden(home, "units", "install", "--user", env=env).returncode == 0
     calls = log.read_text().splitlines()
-    assert "systemctl --user disable --now clawden-channel@slack.service" in calls
+    assert "systemctl --user disable --now clawden-channel@slack.path clawden-channel@slack.service" in calls
     assert not any("enable" in c and "slack" in c for c in calls if "disable" not in c)
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from clawden import natsserver
 from clawden.cli import units
+from tests.fakes.telegram import FakeTelegram
 from tests.units.machine import LABEL_INSTALL, Machine, booted
 
 pytestmark = pytest.mark.docker
@@ -103,8 +104,33 @@ def test_a_reinstall_reloads_nats_and_a_killed_service_comes_back(machine: Machi
     )
 
 
+def test_a_bridge_whose_token_was_refused_at_its_start_runs_once_its_key_file_is_mended(machine: Machine) -> None:
+    """Added to the running install with a token Telegram refuses, the bridge exits 78, which its unit does not
+    restart; the owner writes the right token into keys/telegram and its path unit starts it, no systemctl needed."""
+    bridge, watcher = units.channel_units("telegram")
+    key = f"{HOME}/keys/telegram"
+    telegram = FakeTelegram().start_in_thread()  # on the host's loopback, which the machine shares
+    try:
+        machine.sh(
+            f"printf '[channels.telegram]\\napi_url = \"{telegram.url}\"\\npoll_timeout = 2\\npoll_grace = 2\\n' "
+            f">> {HOME}/config.toml && umask 077 && echo 7012345678:refused > {key}"
+        )
+        machine.sh(install_command(machine), root=machine.scope == "system")
+        machine.systemctl(f"start {units.TARGET}")  # as after `install --now`: the target pulls in what is new
+        machine.wait(lambda: machine.state(bridge) == "failed", 60, "the bridge did not fail on the refused token")
+        assert machine.systemctl(f"show -p ExecMainStatus --value {bridge}").strip() == "78"
+        assert machine.state(watcher) == "active"
+
+        machine.sh(f"umask 077 && echo {telegram.token} > {key}")  # as the owner mends it: no restart by hand
+        machine.wait(lambda: machine.state(bridge) == "active", 60, "the mended key file did not start the bridge")
+        assert machine.systemctl(f"show -p NRestarts --value {bridge}").strip() == "0"  # started, not restarted
+    finally:
+        telegram.stop_thread()
+
+
 def test_uninstall_stops_everything_and_leaves_no_unit_file(machine: Machine) -> None:
     machine.sh(f"{PYTHON} -m clawden units uninstall --{machine.scope}", root=machine.scope == "system")
-    assert {u: machine.state(u) for u in UNITS} == dict.fromkeys(UNITS, "inactive")
+    stopped = [*UNITS, *units.channel_units("telegram")]  # with the bridge the test above added, and its path unit
+    assert {u: machine.state(u) for u in stopped} == dict.fromkeys(stopped, "inactive")
     folder = f"/home/{USER}/.config/systemd/user" if machine.scope == "user" else "/etc/systemd/system"
     assert not machine.sh(f"ls {folder} | grep clawden", check=False, root=True).strip()

@@ -70,6 +70,18 @@ def test_the_bridge_template_runs_its_instance_as_its_own_identity(tmp_path: Pat
     assert f"LoadCredential=nats.nk:{tmp_path / 'home'}/keys/nats/channel-%i.nk\n" in template.text
 
 
+def test_the_bridge_path_unit_starts_its_namesake_when_its_key_file_is_written(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    rendered = {u.name: u.text for u in units.systemd_units(install_for(home, "user"))}
+    text = rendered[units.CHANNEL_PATH_TEMPLATE]
+    # Fired once a writer closes the file, not on each write of a half-written token (PathModified=).
+    assert re.findall(r"^Path\w*=(.*)$", text, re.M) == [f"{home}/keys/%i"]
+    assert "\nPathChanged=" in text and "\nUnit=" not in text  # so clawden-channel@<name>.service is what starts
+    # Enabled and stopped with the target, as the bridge is.
+    assert "\nPartOf=clawden.target\n" in text and "\nWantedBy=clawden.target\n" in text
+    assert units.channel_units("telegram") == ("clawden-channel@telegram.service", "clawden-channel@telegram.path")
+
+
 def readme_scores() -> dict[tuple[str, str], float]:
     """`| clawden-router.service | 1.1 | 1.1 | 1.6 |` rows under the README's exposure table."""
     scores: dict[tuple[str, str], float] = {}
