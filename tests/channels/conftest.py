@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.channels.harness import Bus
+from tests.conftest import NatsServer
 from tests.e2e.harness import Stack, start_stack
 from tests.fakes.telegram import FakeTelegram
 from tests.router.conftest import router as router_fixture
@@ -19,6 +21,14 @@ def fake(request: pytest.FixtureRequest) -> Iterator[FakeTelegram]:
     f = FakeTelegram(**(mark.kwargs if mark else {})).start_in_thread()
     yield f
     f.stop_thread()
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
+    """The test's side of NATS for a bridge: what it publishes and receives (a module may have its own)."""
+    b = await Bus.open(nats_server.url)
+    yield b
+    await b.close()
 
 
 # The router as a real process, for the tests where a bridge and the router meet.

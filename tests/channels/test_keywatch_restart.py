@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +27,6 @@ def write_key(path: Path, token: str) -> None:
     """As an owner does it, `echo <token> > keys/telegram`: truncated, then written, in place."""
     path.write_text(token + "\n")
     path.chmod(0o600)
-
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    b = await Bus.open(nats_server.url)
-    yield b
-    await b.close()
 
 
 @pytest.fixture

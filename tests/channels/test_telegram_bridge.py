@@ -8,7 +8,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,13 +31,6 @@ from tests.channels.harness import BridgeProcess, Bus, until
 from tests.conftest import NatsServer
 from tests.eventually import eventually
 from tests.fakes.telegram import BadGateway, Clock, Delay, Drop, Error, FakeTelegram, Fault, Hang, png
-
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    b = await Bus.open(nats_server.url)
-    yield b
-    await b.close()
 
 
 @pytest.fixture
