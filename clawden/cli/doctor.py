@@ -1014,13 +1014,19 @@ def bridge_start_fix(cfg: Config, channel: str) -> str:
     units run one whose unit `clawden units install` enabled (it enables those with a token when it runs)."""
     scope = installed.installed_scope(ask_systemctl=False)
     if scope is None:
-        return "restart `clawden up`: it starts every bridge that has a token when it starts"
+        return (
+            f"restart `clawden up`: it starts every bridge that has a token when it starts (one it started that could"
+            f" not run starts again by itself once keys/{channel} holds a new credential)"
+        )
     unit = f"clawden-channel@{channel}.service"
     folder = installed.SYSTEM_UNIT_DIR if scope == "system" else installed.unit_dir("user", Path.home())
     if not (folder / f"{installed.TARGET}.wants" / unit).exists():  # the token came after the units were installed
         sudo, home = ("sudo " if scope == "system" else ""), f"--home {cfg.home} "
         return f"`{sudo}clawden {home}units install --{scope} --now`: it enables and starts every bridge with a token"
-    return f"{start_hint(cfg, unit)} (`clawden logs channel@{channel}` says why it stopped)"
+    return (
+        f"{start_hint(cfg, unit)} (`clawden logs channel@{channel}` says why it stopped; one that stopped on its"
+        f" credential starts by itself once keys/{channel} holds a new one)"
+    )
 
 
 async def bridge_running(p: Probe, channel: str) -> bool | None:

@@ -236,7 +236,10 @@ def test_a_channel_with_a_good_token_is_ok_only_while_its_bridge_runs(
     assert stopped.status == "WARN"
     assert stopped.detail.startswith("token accepted: @clawden_test_bot")
     assert stopped.detail.endswith("; but its bridge is not running")
-    assert stopped.fix == "restart `clawden up`: it starts every bridge that has a token when it starts"
+    assert stopped.fix == (
+        "restart `clawden up`: it starts every bridge that has a token when it starts (one it started that could not"
+        " run starts again by itself once keys/telegram holds a new credential)"
+    )
 
 
 async def test_a_telegram_token_the_api_rejects_fails_with_where_to_put_the_right_one(
