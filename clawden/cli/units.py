@@ -31,6 +31,7 @@ from clawden.installed import TARGET as TARGET
 from clawden.installed import Mode as Mode
 from clawden.installed import unit_dir as unit_dir
 from clawden.resources import resource_dir
+from clawden.runtime import EX_CONFIG
 
 UNITS_DIR = resource_dir("units")
 SERVICES = ("vault", "router", "runner", "scheduler", "approvals")  # the core, as `clawden up` runs it
@@ -394,7 +395,121 @@ class Call:
         return self.description
 
 
-Action = Write | Remove | Run | Call
+@dataclass(frozen=True)
+class Start:
+    """`systemctl start` of the enabled units, then a word on each that did not start: why, and the fix. A bridge that
+    did not start leaves the install standing (its path unit starts it once keys/<name> is mended); any other unit
+    fails it, for without the core nothing is answered."""
+
+    mode: Mode
+    units: tuple[str, ...]
+    keys: Path  # keys/<name>, the files the bridges' path units watch
+
+    def __str__(self) -> str:
+        return "$ " + " ".join(_systemctl(self.mode, "start", *self.units))
+
+
+Action = Write | Remove | Run | Call | Start
+
+
+# ---- what did not start, and why (pure) ------------------------------------------------------------
+
+# What `systemctl show` tells of each unit once its start is over: whether it runs, and if not, why.
+SHOWN = "Id,ActiveState,SubState,Result,ExecMainStatus,ExecMainStartTimestamp,SyslogIdentifier"
+RESULTS = {  # systemd's Result= in plain words ({status}: ExecMainStatus, the exit code or the signal)
+    "exit-code": "it exited {status}",
+    "signal": "it was killed by signal {status}",
+    "core-dump": "it dumped core (signal {status})",
+    "timeout": "it did not say it was ready in time (TimeoutStartSec=)",
+    "watchdog": "its watchdog expired",
+    "start-limit-hit": "it failed too often to be started again now (StartLimitBurst=)",
+}
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """One unit as `systemctl show -p SHOWN` describes it."""
+
+    name: str
+    active: str  # ActiveState: active, failed, activating (as in auto-restart), inactive
+    sub: str = ""
+    result: str = ""  # Result: success, exit-code, signal, timeout, watchdog, start-limit-hit, …
+    status: int = 0  # ExecMainStatus: the main process's exit code (or signal)
+    started_at: str = ""  # ExecMainStartTimestamp, as `journalctl --since` takes it
+    identifier: str = ""  # SyslogIdentifier: what its journal lines are tagged with
+
+    @property
+    def channel(self) -> str:
+        """The bridge's channel, for a bridge's service or path unit; "" for any other unit."""
+        prefix = CHANNEL_TEMPLATE.partition("@")[0] + "@"
+        return self.name.removeprefix(prefix).rpartition(".")[0] if self.name.startswith(prefix) else ""
+
+
+def unit_states(shown: str) -> list[UnitState]:
+    """`systemctl show -p SHOWN <units>`: one block of KEY=value lines per unit, a blank line between blocks."""
+    states = []
+    for block in shown.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if "Id" not in props:
+            continue
+        status = props.get("ExecMainStatus", "")
+        states.append(
+            UnitState(
+                name=props["Id"],
+                active=props.get("ActiveState", ""),
+                sub=props.get("SubState", ""),
+                result=props.get("Result", ""),
+                status=int(status) if status.isdigit() else 0,
+                started_at=props.get("ExecMainStartTimestamp", ""),
+                identifier=props.get("SyslogIdentifier", ""),
+            )
+        )
+    return states
+
+
+def cannot_run_as_configured(unit: UnitState) -> bool:
+    """Whether it exited 78: then the error it logged last says why (`… cannot run as configured: …`)."""
+    return unit.result == "exit-code" and unit.status == EX_CONFIG
+
+
+def why_not_started(unit: UnitState, logged: str = "") -> str:
+    """Why a unit does not run: its process's own words where the journal had them, else systemd's."""
+    if logged:
+        return logged
+    if cannot_run_as_configured(unit):
+        return f"it exited {EX_CONFIG}: it cannot run as configured (its journal says why)"
+    if unit.result in RESULTS:
+        return RESULTS[unit.result].format(status=unit.status)
+    return f"it is {unit.active} ({unit.sub})"
+
+
+def not_started(down: Sequence[UnitState], logged: Mapping[str, str], mode: Mode, keys: Path) -> tuple[list[str], str]:
+    """What to say of the units that did not start: lines on the bridges, which leave the install standing (a bridge's
+    path unit starts it once its key file is mended), and the error that fails it ("" when only bridges are down)."""
+    user = " --user" if mode == "user" else ""
+    said: list[str] = []
+    core: list[str] = []
+    for unit in down:
+        line = f"{unit.name} did not start: {why_not_started(unit, logged.get(unit.name, ''))}"
+        if not unit.channel:
+            core.append(line)
+        elif unit.name == channel_unit(unit.channel):
+            said += [
+                f"  {line}",
+                f"  the rest runs without it; `clawden doctor` checks its credential, and once "
+                f"{keys / unit.channel} holds one that works, {channel_path_unit(unit.channel)} starts it",
+            ]
+        else:  # its path unit: mending the key file would start nothing
+            said += [f"  {line}", f"  see `systemctl{user} status {unit.name}`"]
+    if not core:
+        return said, ""
+    first = next(u.name for u in down if not u.channel)
+    failed = "\n  ".join(core)
+    return said, (
+        f"installed and enabled, but Clawden's core did not start:\n  {failed}\n"
+        f"see `systemctl{user} status 'clawden*'` and `journalctl{user} -u {first}`; `clawden doctor` checks what "
+        f"the services need, and `systemctl{user} start {TARGET}` starts them again"
+    )
 
 
 def identities(cfg: Config) -> Call | None:
@@ -445,8 +560,8 @@ def install_plan(inst: Install, folder: Path, identities: Call | None = None, *,
     gone = [name for name in enabled_channel_units(folder) if name not in configured]
     if gone:
         plan.append(Run(_systemctl(inst.mode, "disable", "--now", *gone), check=False))
-    plan.append(Run(_systemctl(inst.mode, "enable", *(["--now"] if now else []), *enabled_units(inst))))
-    if inst.nats_server is not None:  # a running server picks up identities added to nats.conf
+    plan.append(Run(_systemctl(inst.mode, "enable", *enabled_units(inst))))
+    if inst.nats_server is not None:  # a running server picks up identities added to nats.conf, before a bridge asks
         plan.append(Run(_systemctl(inst.mode, "try-reload-or-restart", NATS_UNIT)))
     if inst.mode == "user" and not (LINGER_DIR / inst.user).exists():
         # Without polkit only root may turn it on: then say how, but the units are installed all the same.
@@ -458,6 +573,8 @@ def install_plan(inst: Install, folder: Path, identities: Call | None = None, *,
                 f"turn it on with `sudo loginctl enable-linger {inst.user}`",
             )
         )
+    if now:  # last: what did not start is the last thing said
+        plan.append(Start(inst.mode, tuple(enabled_units(inst)), inst.home / "keys"))
     return plan
 
 
@@ -513,6 +630,9 @@ def apply(plan: Sequence[Action], say: Callable[[str], object], *, dry_run: bool
             say(str(action))
         elif isinstance(action, Call):
             say(action.do())
+        elif isinstance(action, Start):
+            say(str(action))
+            start(action, say)
         else:
             say(str(action))
             result = subprocess.run(action.argv, capture_output=True, text=True, check=False)
@@ -525,3 +645,43 @@ def apply(plan: Sequence[Action], say: Callable[[str], object], *, dry_run: bool
             say(f"  (exit {result.returncode}{': ' + output.splitlines()[-1] if output else ''})")
             if action.hint:
                 say(f"  {action.hint}")
+
+
+def start(action: Start, say: Callable[[str], object]) -> None:
+    """Start the units, wait for their starts to be over (systemctl does), and say what did not start and why; raise
+    if any unit but a bridge's did not."""
+    argv = _systemctl(action.mode, "start", *action.units)
+    started = _run(argv)
+    shown = _run(_systemctl(action.mode, "show", "-p", SHOWN, *action.units))
+    if shown.returncode != 0:
+        raise UnitsError(f"`systemctl show` failed ({shown.returncode}): {(shown.stdout + shown.stderr).strip()}")
+    down = [u for u in unit_states(shown.stdout) if u.active != "active"]
+    if started.returncode != 0 and not down:  # systemctl failed for a reason of its own: its words, then
+        raise UnitsError(
+            f"`{' '.join(argv)}` failed ({started.returncode}): {(started.stdout + started.stderr).strip()}"
+        )
+    logged = {u.name: logged_error(action.mode, u) for u in down if cannot_run_as_configured(u)}
+    said, failed = not_started(down, logged, action.mode, action.keys)
+    for line in said:
+        say(line)
+    if failed:
+        raise UnitsError(failed)
+
+
+def logged_error(mode: Mode, unit: UnitState) -> str:
+    """The last error the unit's process logged since it started ("" if the journal cannot tell: not readable by
+    this user, or not written yet)."""
+    if not (unit.identifier and unit.started_at):
+        return ""
+    argv = ["journalctl", *(["--user"] if mode == "user" else []), "--quiet", "--no-pager", "--output=cat"]
+    argv += ["--priority=err", "--lines=1", f"--identifier={unit.identifier}", f"--since={unit.started_at}"]
+    try:
+        result = _run(tuple(argv), timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = result.stdout.strip().splitlines()
+    return lines[0] if result.returncode == 0 and lines else ""
+
+
+def _run(argv: tuple[str, ...], timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)

@@ -214,3 +214,26 @@ def test_identities_written_by_root_into_a_users_home_belong_to_that_user(tmp_pa
     step.do()
     written = [home / "nats.conf", *(home / "keys" / "nats").iterdir()]
     assert {p.stat().st_uid for p in written} == {nobody.pw_uid}
+
+
+def test_install_now_fails_when_a_core_service_did_not_start_and_says_which(
+    home: Path, machine: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    env, log = machine
+    # systemd 252's words after a start in which the router crashed and the rest came up (`show` is all it is asked).
+    shown = tmp_path / "shown"
+    shown.write_text(
+        "Id=clawden.target\nActiveState=active\nSubState=active\n\n"
+        "Result=exit-code\nExecMainStatus=1\nSyslogIdentifier=clawden-router\nId=clawden-router.service\n"
+        "ActiveState=activating\nSubState=auto-restart\n"
+    )
+    systemctl = tmp_path / "bin" / "systemctl"
+    systemctl.write_text(FAKE_TOOL.format(log=log) + f'[ "$2" = show ] && cat "{shown}"\nexit 0\n')
+    out = clawden(home, "units", "install", "--user", "--now", env=env)
+    assert out.returncode == 1, out.stdout
+    assert out.stderr.splitlines()[:2] == [
+        "clawden units: installed and enabled, but Clawden's core did not start:",
+        "  clawden-router.service did not start: it exited 1",
+    ]
+    assert "journalctl --user -u clawden-router.service" in out.stderr
+    assert log.read_text().splitlines()[-2].startswith("systemctl --user start clawden.target clawden-nats.service")

@@ -104,9 +104,12 @@ def test_a_reinstall_reloads_nats_and_a_killed_service_comes_back(machine: Machi
     )
 
 
-def test_a_bridge_whose_token_was_refused_at_its_start_runs_once_its_key_file_is_mended(machine: Machine) -> None:
+def test_a_bridge_whose_token_is_refused_at_install_now_is_said_and_runs_once_its_key_file_is_mended(
+    machine: Machine,
+) -> None:
     """Added to the running install with a token Telegram refuses, the bridge exits 78, which its unit does not
-    restart; the owner writes the right token into keys/telegram and its path unit starts it, no systemctl needed."""
+    restart: `install --now` still succeeds, since the rest runs, and says why the bridge did not start and how to
+    mend it. The owner writes the right token into keys/telegram and its path unit starts it, no systemctl needed."""
     bridge, watcher = units.channel_units("telegram")
     key = f"{HOME}/keys/telegram"
     telegram = FakeTelegram().start_in_thread()  # on the host's loopback, which the machine shares
@@ -115,9 +118,20 @@ def test_a_bridge_whose_token_was_refused_at_its_start_runs_once_its_key_file_is
             f"printf '[channels.telegram]\\napi_url = \"{telegram.url}\"\\npoll_timeout = 2\\npoll_grace = 2\\n' "
             f">> {HOME}/config.toml && umask 077 && echo 7012345678:refused > {key}"
         )
-        machine.sh(install_command(machine), root=machine.scope == "system")
-        machine.systemctl(f"start {units.TARGET}")  # as after `install --now`: the target pulls in what is new
-        machine.wait(lambda: machine.state(bridge) == "failed", 60, "the bridge did not fail on the refused token")
+        out = machine.sh(
+            f"{install_command(machine)} --now 2>&1; echo exit=$?", root=machine.scope == "system"
+        ).splitlines()
+        assert out[-1] == "exit=0", "\n".join(out)
+        said = "\n".join(out)
+        # Its own words, from its journal: Telegram refused the token (not NATS the bridge's new identity).
+        assert (
+            f"  {bridge} did not start: channel@telegram cannot run as configured: Telegram rejected the bot token"
+        ) in said, said
+        mend = f"`clawden doctor` checks its credential, and once {key} holds one that works, {watcher} starts it"
+        assert mend in said
+        assert "clawden units:" not in said  # no error: the install stands
+        assert {u: machine.state(u) for u in UNITS} == dict.fromkeys(UNITS, "active")
+        assert machine.state(bridge) == "failed"
         assert machine.systemctl(f"show -p ExecMainStatus --value {bridge}").strip() == "78"
         assert machine.state(watcher) == "active"
 

@@ -127,7 +127,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     install = verbs.add_parser("install", help="write the units for this install, enable them (and linger)")
     modes(install)
-    install.add_argument("--now", action="store_true", help="also start them")
+    install.add_argument(
+        "--now",
+        action="store_true",
+        help="also start them, and say which did not start and why (a bridge that did not start fails nothing)",
+    )
     install.set_defaults(func=_run(cmd_install))
 
     uninstall = verbs.add_parser("uninstall", help="stop, disable and remove Clawden's units")
