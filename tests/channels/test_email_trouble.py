@@ -21,7 +21,7 @@ from clawden.bus.ctl.common import PING
 from clawden.cli import status
 from clawden.natsserver import free_port
 from services.channels.mail import bridge as mail
-from services.channels.reach import Trouble, line, why_unreachable
+from services.channels.reach import line
 from services.channels.retry import PlatformError
 from tests.channels.email_harness import EmailBridgeProcess, EmailBus, letter, mails, text_of, unique
 from tests.channels.harness import listening
@@ -144,7 +144,7 @@ async def started(s: mail.MailSettings, home: Path) -> AsyncIterator[tuple[mail.
     bridge = mail.EmailBridge(s, home / "threads.db")
     away = await bridge.start()
     try:
-        yield bridge, "" if away is None else line(PLATFORM, Trouble(why_unreachable(away)), AT, AT)
+        yield bridge, "" if away is None else line(PLATFORM, bridge.start_trouble(away), AT, AT)
     finally:
         await bridge.close()
 
@@ -173,17 +173,42 @@ async def test_a_start_says_it_cannot_reach_an_smtp_server_that_is_away(
         )
 
 
-async def test_a_start_says_a_starttls_it_cannot_trust(mail_server: MailServer, tmp_path: Path) -> None:
-    s = mailbox(mail_server, unique("tls"), smtp_security="starttls")  # the server's own certificate, not trusted
+UNTRUSTED = "the mail server's certificate is not trusted since 21:14"
+CA_FIX = (
+    "replies wait until it is: set [channels.email] ca_file to its CA and restart the bridge, or fix the server's "
+    "certificate"
+)
+NAME_FIX = (
+    "replies wait until it is: set [channels.email] smtp_host to a name it holds and restart the bridge, or fix the "
+    "server's certificate"
+)
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+async def test_a_start_says_an_smtp_certificate_it_cannot_trust_with_the_fix(
+    mail_server: MailServer, tmp_path: Path, security: str
+) -> None:
+    port = mail_server.smtp_port if security == "starttls" else mail_server.smtps_port
+    tls = {"smtp_security": security, "smtp_port": str(port)}
+    async with started(mailbox(mail_server, unique("tls"), **tls), tmp_path) as (_, said_at_start):  # its own CA
+        assert said_at_start == f"{UNTRUSTED} (SMTP server 127.0.0.1:{port}: self-signed certificate); {CA_FIX}"
+    trusted = mailbox(mail_server, unique("tls"), **tls, ca_file=str(mail_server.ca_file))
+    async with started(trusted, tmp_path) as (_, said_at_start):
+        assert said_at_start == ""
+
+
+async def test_a_start_says_an_smtp_certificate_for_another_name_with_the_fix(
+    mail_server: MailServer, tmp_path: Path
+) -> None:
+    # 127.1 is 127.0.0.1 to the resolver, but a name to TLS: one the certificate (127.0.0.1, localhost) does not hold.
+    s = mailbox(
+        mail_server, unique("tls"), smtp_host="127.1", smtp_security="starttls", ca_file=str(mail_server.ca_file)
+    )
     async with started(s, tmp_path) as (_, said_at_start):
         assert said_at_start == (
-            f"cannot reach the mail server since 21:14 (its SMTP server 127.0.0.1:{mail_server.smtp_port}: the secure "
-            "connection failed (self-signed certificate)); messages wait and go through once it answers"
+            f"{UNTRUSTED} (SMTP server 127.1:{mail_server.smtp_port}: Hostname mismatch, certificate is not valid for "
+            f"'127.1'); {NAME_FIX}"
         )
-    async with started(
-        mailbox(mail_server, unique("tls"), smtp_security="starttls", ca_file=str(mail_server.ca_file)), tmp_path
-    ) as (_, said_at_start):
-        assert said_at_start == ""
 
 
 async def test_an_smtp_login_taken_at_start_ends_a_refusal_held_from_before(

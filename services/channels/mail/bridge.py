@@ -54,8 +54,11 @@ MAIL_FIX = (
     "bridge notices and restarts with it; `clawden doctor` tries both logins"
 )
 # Seconds between IMAP logins while the server refuses the password: only a person can mend it, and a server's
-# fail2ban bans an address after a few refused logins (IMAP and SMTP alike) within minutes.
+# fail2ban bans an address after a few refused logins (IMAP and SMTP alike) within minutes. Also the pace at which a
+# held SMTP trouble (a refused login, an untrusted certificate) is checked again while nothing is sent.
 REFUSED_RETRY = 600.0
+# OpenSSL's verify codes for a certificate that is valid but not for the name or address the bridge asked for.
+_NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,13 @@ async def smtp_check(s: MailSettings) -> None:
 def smtp_failure(exc: Exception, *, submitting: bool) -> PlatformError:
     """What a failed submission means. The server's answer decides where there is one: 4xx is temporary, 5xx
     permanent. A connection that broke while connecting or logging in certainly sent nothing; one that broke
-    while the mail was being submitted (`submitting`) may have delivered it."""
+    while the mail was being submitted (`submitting`) may have delivered it. A certificate the bridge cannot trust
+    sent nothing either, and is waited out as an outage is: the owner can mend it (`untrusted_trouble`)."""
+    cert = untrusted(exc)
+    if cert is not None:
+        return PlatformError(
+            f"the mail server's certificate is not trusted ({_verify_message(cert)})", "transient", connection=True
+        )
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         codes = [r.code for r in exc.recipients]
         words = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
@@ -264,6 +273,37 @@ def smtp_failure(exc: Exception, *, submitting: bool) -> PlatformError:
     if broken or isinstance(exc, aiosmtplib.SMTPConnectError):
         return PlatformError(f"cannot reach the mail server: {exc}", "transient", connection=True)
     return PlatformError(f"the mail server cannot take mail from this bridge as configured: {exc}", "permanent")
+
+
+def untrusted(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check that failed a connection, if that is what did: STARTTLS raises it as it is, implicit TLS
+    under the client's SMTPConnectError."""
+    seen: set[int] = set()
+    at: BaseException | None = exc
+    while at is not None and id(at) not in seen:
+        if isinstance(at, ssl.SSLCertVerificationError):
+            return at
+        seen.add(id(at))
+        at = at.__cause__ or at.__context__
+    return None
+
+
+def untrusted_trouble(platform: str, where: str, cert: ssl.SSLCertVerificationError) -> Trouble:
+    """An SMTP server's certificate the bridge cannot trust, in a person's words, with the owner's fix: a name the
+    certificate does not hold, or a CA the bridge does not know (a server's own, an expired or broken chain)."""
+    if cert.verify_code in _NAME_MISMATCH:
+        fix = "set [channels.email] smtp_host to a name it holds and restart the bridge"
+    else:
+        fix = "set [channels.email] ca_file to its CA and restart the bridge"
+    return Trouble(
+        f"{where}: {_verify_message(cert)}",
+        problem=f"{platform}'s certificate is not trusted",
+        outcome=f"replies wait until it is: {fix}, or fix the server's certificate",
+    )
+
+
+def _verify_message(cert: ssl.SSLCertVerificationError) -> str:
+    return (cert.verify_message or str(cert)).rstrip(".")
 
 
 def smtp_refusal(login: str, exc: aiosmtplib.SMTPAuthenticationError) -> PlatformError:
@@ -298,10 +338,14 @@ class EmailBridge(Bridge):
         self.deaf_after = max(120.0, settings.idle_renew * 2 + settings.timeout * 2, settings.poll_interval * 3)
         self._send_lock = asyncio.Lock()
         self._inbound: Inbound | None = None
-        # The SMTP login the server refused (the start's check, or a submission's), said as the service's trouble
-        # until an SMTP login is taken: till then the IMAP listener's signs of life do not end it (they say nothing
-        # of SMTP).
-        self._smtp_refused: Trouble | None = None
+        # The SMTP trouble met by the start's check or a submission (the login refused, or a certificate the bridge
+        # cannot trust), said as the service's trouble until an SMTP login is taken: till then the IMAP listener's
+        # signs of life do not end it (they say nothing of SMTP). While one is held, the listener's `_recheck_smtp`
+        # tries the login again every `smtp_retry` seconds after the last SMTP connection.
+        self._smtp_trouble: Trouble | None = None
+        self._smtp_held = asyncio.Event()
+        self._smtp_tried = 0.0  # monotonic time of the last SMTP connection (a check's or a submission's)
+        self.smtp_retry = REFUSED_RETRY
 
     @property
     def store(self) -> MailStore:
@@ -326,14 +370,17 @@ class EmailBridge(Bridge):
         return await self._check_smtp()
 
     def start_trouble(self, away: PlatformError) -> Trouble:
-        """The start's SMTP refusal in a submission's words; anything else as any bridge says it."""
-        return self._smtp_refused or super().start_trouble(away)
+        """The start's SMTP trouble (a refused login, an untrusted certificate) in a submission's words; anything
+        else as any bridge says it."""
+        return self._smtp_trouble or super().start_trouble(away)
 
     async def _check_smtp(self) -> PlatformError | None:
-        """The SMTP login tried once at start (`smtp_check`), so a refused one is said before any reply needs it.
-        A refusal is held as a submission's is (`_smtp_login`) and returned; a login taken ends an earlier refusal
-        (it proves the password); a server away, or a secure connection that fails, is returned in its words."""
+        """The SMTP login tried at start (`smtp_check`), so a refused one is said before any reply needs it, and
+        again while a trouble is held (`_recheck_smtp`). A refusal, or a certificate the bridge cannot trust, is held
+        as a submission's is (`_smtp_connect_failed`) and returned; a login taken ends an earlier trouble (it proves
+        the password and the certificate); a server away is returned in its words."""
         where = f"SMTP server {self.s.smtp_host}:{self.s.smtp_port}"
+        self._smtp_tried = time.monotonic()
         try:
             await smtp_check(self.s)
         except aiosmtplib.SMTPAuthenticationError as exc:
@@ -342,8 +389,11 @@ class EmailBridge(Bridge):
             self._smtp_login(refused)
             return refused
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            failure = self._smtp_connect_failed(exc)
+            if untrusted(exc) is not None:
+                log.error("%s: %s", where, failure)
+                return failure
             log.warning("%s not reachable yet: %r", where, exc)
-            failure = smtp_failure(exc, submitting=False)
             failure.__cause__ = exc  # the operating system's reason, for `why_unreachable`
             # No cause on what is returned: the service's `why_unreachable` says its description as it is.
             return PlatformError(f"its {where}: {why_unreachable(failure)}", "transient")
@@ -359,6 +409,14 @@ class EmailBridge(Bridge):
 
     async def listen(self, inbound: Inbound) -> None:
         self._inbound = inbound
+        recheck = asyncio.create_task(self._recheck_smtp(), name=f"{CHANNEL}-smtp-recheck")
+        try:
+            await self._read_mailbox(inbound)
+        finally:
+            recheck.cancel()
+            await asyncio.gather(recheck, return_exceptions=True)
+
+    async def _read_mailbox(self, inbound: Inbound) -> None:
         client = await self._log_in(inbound)
         try:
             selected = _ok(await client.select(self.s.mailbox), f"SELECT {self.s.mailbox}")
@@ -409,25 +467,61 @@ class EmailBridge(Bridge):
                 await inbound.pause(delay)
 
     async def _alive(self, inbound: Inbound) -> None:
-        """The IMAP server was heard. It ends the listener's own trouble, but not a refused SMTP login's, which is
-        said again in its place: only a submission that logs in says that is mended."""
-        if self._smtp_refused is None:
+        """The IMAP server was heard. It ends the listener's own trouble, but not an SMTP one, which is said again in
+        its place: only an SMTP login taken (a submission's, or `_recheck_smtp`'s) says that is mended."""
+        if self._smtp_trouble is None:
             inbound.alive()
             return
         await inbound.wait(0)  # a sign of life
-        if inbound.reach.trouble != self._smtp_refused:
-            inbound.reach.failed(self._smtp_refused)
+        if inbound.reach.trouble != self._smtp_trouble:
+            inbound.reach.failed(self._smtp_trouble)
+
+    async def _recheck_smtp(self) -> None:
+        """While an SMTP trouble is held, the login tried again (`smtp_check`, sending nothing) `smtp_retry` seconds
+        after the last SMTP connection, so a trouble the owner mends on the server ends with no reply to send: a pace,
+        as slow as the refused IMAP login's, since each refused try counts towards a fail2ban ban. With no trouble
+        held it waits and connects to nothing."""
+        while True:
+            await self._smtp_held.wait()
+            left = self._smtp_tried + self.smtp_retry - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(left)  # the pace: a submission meanwhile moves it on, or ends the trouble
+                continue
+            async with self._send_lock:  # not alongside a submission: one SMTP connection at a time
+                if self._smtp_trouble is not None:
+                    log.info("trying the SMTP login again (%s)", self._smtp_trouble.why)
+                    try:
+                        await self._check_smtp()  # it sets `_smtp_tried` first: a failure below keeps the pace
+                    except Exception:  # a bug must not end the re-checks for the listener's life
+                        log.exception("the SMTP login could not be tried again")
+
+    def _smtp_connect_failed(self, exc: Exception) -> PlatformError:
+        """A failed SMTP connection, classified (`smtp_failure`); a certificate the bridge cannot trust is held as the
+        service's trouble, as a refused login is, while the reply waits."""
+        cert = untrusted(exc)
+        if cert is not None:
+            where = f"SMTP server {self.s.smtp_host}:{self.s.smtp_port}"
+            self._hold_smtp(untrusted_trouble(self.platform, where, cert))
+        return smtp_failure(exc, submitting=False)
 
     def _smtp_login(self, refused: PlatformError | None) -> None:
-        """An SMTP login (a submission's or the start's check), said as the service's trouble: refused sets it, taken
-        ends what a refusal set. Before the listener starts it is only held: `listen` says it."""
-        held = self._smtp_refused
-        self._smtp_refused = login_trouble(self.platform, refused) if refused is not None else None
+        """An SMTP login (a submission's or a check's): refused holds its trouble, taken ends any trouble held."""
+        self._hold_smtp(login_trouble(self.platform, refused) if refused is not None else None)
+
+    def _hold_smtp(self, trouble: Trouble | None) -> None:
+        """The SMTP trouble held, said as the service's trouble; None ends what was held, unless the service now says
+        the listener's own. Before the listener starts it is only held: `listen` says it."""
+        held = self._smtp_trouble
+        self._smtp_trouble = trouble
+        if trouble is not None:
+            self._smtp_held.set()
+        else:
+            self._smtp_held.clear()
         if self._inbound is None:
             return
-        if self._smtp_refused is not None:
-            self._inbound.reach.failed(self._smtp_refused)
-        elif held is not None:
+        if trouble is not None:
+            self._inbound.reach.failed(trouble)
+        elif held is not None and self._inbound.reach.trouble == held:
             self._inbound.reach.reached()
 
     async def _cursor(self, inbound: Inbound, validity: str) -> int:
@@ -652,6 +746,7 @@ class EmailBridge(Bridge):
         msgid = str(mail["Message-ID"])
         async with self._send_lock:  # one submission at a time: a home server's SMTP limits are small
             smtp = smtp_client(self.s)
+            self._smtp_tried = time.monotonic()
             try:
                 await smtp.connect()  # with STARTTLS and the login, as configured
             except aiosmtplib.SMTPAuthenticationError as exc:
@@ -659,7 +754,7 @@ class EmailBridge(Bridge):
                 self._smtp_login(refused)
                 raise refused from exc
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                raise smtp_failure(exc, submitting=False) from exc
+                raise self._smtp_connect_failed(exc) from exc
             self._smtp_login(None)
             try:
                 await smtp.send_message(mail)
