@@ -125,6 +125,7 @@ PURE = (
     "services/router/engage.py",
     "services/vault/policy.py",
     "container/clawden_agent/ledger.py",
+    "services/vault/tokenless.py",
 )
 IO = (
     "asyncio",

@@ -101,6 +101,7 @@ def test_the_pool_drops_as_the_rule_says_over_many_comings_and_goings(addresses:
         (("::1", 50123, 0, 0), "::1"),
         (None, ""),  # it left before it was asked
         ("/run/some.sock", ""),
+        (("not-an-ip", 0), "not-an-ip"),  # no TCP peer is so named: counted under the name as given
     ],
 )
 def test_a_peer_is_counted_under_its_ip_alone_in_one_spelling(peername: object, address: str) -> None:
