@@ -10,7 +10,7 @@ import tomllib
 
 from clawden.bus import subjects, webhooks
 from clawden.channelsettings import FLAGS, SETTINGS
-from clawden.config import Config
+from clawden.config import Config, token_variable
 from clawden.natsauth import webhook_routes
 from clawden.runtime import ConfigurationError
 
@@ -71,7 +71,7 @@ def read_secret(cfg: Config, channel: str, environ: dict[str, str] | None = None
     Every secret read here is also cut out of all log output of this process.
     """
     env = os.environ if environ is None else environ
-    variable = f"CLAWDEN_{channel.upper()}_TOKEN"
+    variable = token_variable(channel)
     file = cfg.keys_dir / channel
     secret = env.get(variable, "").strip()
     if not secret:

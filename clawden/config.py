@@ -539,13 +539,16 @@ def http_services(cfg: Config) -> tuple[str, ...]:
     return (*(("webhooks",) if cfg.webhooks.listen else ()), *(("web",) if cfg.web.listen else ()))
 
 
+def token_variable(channel: str) -> str:
+    """The environment variable that gives a bridge its credential instead of keys/<channel>."""
+    return f"CLAWDEN_{channel.upper()}_TOKEN"
+
+
 def configured_bridges(cfg: Config, environ: dict[str, str] | None = None) -> list[str]:
     """Bridges with a token (`keys/<name>` or `CLAWDEN_<NAME>_TOKEN`): `clawden up` runs those."""
     env = dict(os.environ) if environ is None else environ
     names = installed_channels()
-    return [
-        f"channel@{n}" for n in sorted(names) if (cfg.keys_dir / n).exists() or env.get(f"CLAWDEN_{n.upper()}_TOKEN")
-    ]
+    return [f"channel@{n}" for n in sorted(names) if (cfg.keys_dir / n).exists() or env.get(token_variable(n))]
 
 
 DEFAULT_CONFIG_TOML = """\

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from clawden.config import Config
+from clawden.config import Config, token_variable
 from clawden.runtime import ConfigurationError, ServiceContext, sleep_unless_stopping
 
 log = logging.getLogger("clawden.channels")
@@ -77,7 +77,7 @@ class KeyFile:
     def of(cls, cfg: Config, name: str, check: Check | None = None) -> KeyFile | None:
         """The file the bridge `name` read its credential from, its digest taken as the one it runs with; None when
         the credential came from `CLAWDEN_<NAME>_TOKEN` (as `read_secret` prefers), as nothing is there to watch."""
-        if os.environ.get(f"CLAWDEN_{name.upper()}_TOKEN", "").strip():
+        if os.environ.get(token_variable(name), "").strip():
             return None
         key = cls(cfg.keys_dir / name, f"keys/{name}", check)
         key.taken = (key.look() or Look()).digest
